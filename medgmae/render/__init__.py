@@ -1,0 +1,170 @@
+"""Differentiable voxel-accumulation rendering of 3D Gaussians.
+
+:func:`render_volume` is the public entry point: it validates its inputs, turns scales and quaternions into
+precision matrices and cutoff boxes with ordinary (autograd-tracked) PyTorch, and hands the pre-processed
+Gaussians to a backend:
+
+* ``"torch"`` (:mod:`medgmae.render._torch_impl`): plain PyTorch, any device, chunked tile binning.
+* ``"triton"`` (:mod:`medgmae.render._triton_impl`): Triton kernels with a hand-written backward. On CUDA tensors
+  they compile to GPU kernels; on CPU tensors they run only under ``TRITON_INTERPRET=1`` (as in the tests).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from medgmae.gaussians import quaternion_to_rotation_matrix
+from medgmae.render._torch_impl import TILE, count_pairs, render_torch
+
+__all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "BACKENDS"]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    for name, t in (("means", means), ("scales", scales), ("quats", quats), ("intensities", intensities)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not (t.is_floating_point()):
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if means.dim() != 3 or means.shape[-1] != 3:
+        raise ValueError(f"means must have shape (B, K, 3), got {tuple(means.shape)}")
+    b, k = means.shape[:2]
+    if scales.dim() != 3 or scales.shape[-1] != 3:
+        raise ValueError(f"scales must have shape (B, K, 3), got {tuple(scales.shape)}")
+    if quats.dim() != 3 or quats.shape[-1] != 4:
+        raise ValueError(f"quats must have shape (B, K, 4) as (w, x, y, z), got {tuple(quats.shape)}")
+    if intensities.dim() != 2:
+        raise ValueError(f"intensities must have shape (B, K), got {tuple(intensities.shape)}")
+    for name, t in (("scales", scales), ("quats", quats), ("intensities", intensities)):
+        if tuple(t.shape[:2]) != (b, k):
+            raise ValueError(
+                f"{name} has batch/K dims {tuple(t.shape[:2])} but means has {(b, k)}: mismatched batch or K"
+            )
+    devs = {t.device for t in (means, scales, quats, intensities)}
+    if len(devs) != 1:
+        raise ValueError(f"means, scales, quats and intensities must be on one device, got {sorted(map(str, devs))}")
+    try:
+        shape_t = tuple(int(s) for s in shape)
+    except TypeError as e:
+        raise ValueError(f"shape must be a sequence of three positive ints (D, H, W), got {shape!r}") from e
+    if len(shape_t) != 3 or any(s <= 0 for s in shape_t):
+        raise ValueError(f"shape must be three positive ints (D, H, W), got {shape!r} (empty shape)")
+    if not (isinstance(cutoff, (int, float)) and cutoff > 0 and cutoff == cutoff and cutoff != float("inf")):
+        raise ValueError(f"cutoff must be a positive finite number, got {cutoff!r}")
+    if k == 0:
+        return
+    # one host sync for all value checks; find the culprit only on failure
+    with torch.no_grad():
+        flags = torch.stack(
+            [
+                ~torch.isfinite(means).all(),
+                ~torch.isfinite(scales).all(),
+                ~(scales > 0).all(),
+                ~torch.isfinite(quats).all(),
+                ~(quats.norm(dim=-1) > 0).all(),
+                ~torch.isfinite(intensities).all(),
+            ]
+        ).cpu()
+    messages = [
+        "means must be finite (found NaN or Inf)",
+        "scales must be finite (found NaN or Inf)",
+        "scales must be positive (found a value <= 0)",
+        "quats must be finite (found NaN or Inf)",
+        "quats must be non-zero (found a zero quaternion)",
+        "intensities must be finite (found NaN or Inf)",
+    ]
+    for bad, msg in zip(flags.tolist(), messages):
+        if bad:
+            raise ValueError(msg)
+
+
+def preprocess_gaussians(
+    means: Tensor, scales: Tensor, quats: Tensor, intensities: Tensor, cutoff: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Precision "conics", cutoff-box half-widths and the compute dtype for the backends.
+
+    Returns:
+        ``(means, conics, intensities, extents)`` in float32 (float64 when any input is float64), with
+        ``conics`` ``(B, K, 6)`` = ``(Pdd, Phh, Pww, Pdh, Pdw, Phw)`` of ``P = R diag(1/s^2) R^T`` and ``extents``
+        ``(B, K, 3)`` = ``cutoff * sqrt(diag(Sigma))`` (detached).
+    """
+    dtype = torch.float64 if torch.float64 in (means.dtype, scales.dtype, quats.dtype, intensities.dtype) else torch.float32
+    means, scales, quats, intensities = (t.to(dtype) for t in (means, scales, quats, intensities))
+    rot = quaternion_to_rotation_matrix(quats)  # (B, K, 3, 3)
+    prec = (rot * scales.unsqueeze(-2).square().reciprocal()) @ rot.transpose(-1, -2)
+    conics = torch.stack(
+        [prec[..., 0, 0], prec[..., 1, 1], prec[..., 2, 2], prec[..., 0, 1], prec[..., 0, 2], prec[..., 1, 2]], -1
+    )
+    with torch.no_grad():
+        var_diag = (rot.square() * scales.unsqueeze(-2).square()).sum(-1)  # diag(R S^2 R^T)
+        extents = cutoff * var_diag.sqrt()
+    return means, conics, intensities, extents
+
+
+def _triton_usable(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def render_volume(
+    means: Tensor,
+    scales: Tensor,
+    quats: Tensor,
+    intensities: Tensor,
+    shape: Sequence[int],
+    cutoff: float = 3.0,
+    backend: str = "auto",
+) -> Tensor:
+    """Render 3D Gaussians into a voxel volume by summing their (truncated) densities.
+
+    ``V(x) = sum_i I_i exp(-1/2 d^T Sigma_i^-1 d)``, ``d = x - mu_i``, ``Sigma_i = R_i diag(s_i^2) R_i^T``; a term is
+    dropped where the Mahalanobis distance ``sqrt(d^T Sigma_i^-1 d)`` exceeds ``cutoff``.
+
+    Args:
+        means: ``(B, K, 3)`` positions in voxel-index coordinates along the output's three spatial dims
+            (voxel centre ``j`` is at ``j``).
+        scales: ``(B, K, 3)`` positive standard deviations in voxels along each Gaussian's own axes.
+        quats: ``(B, K, 4)`` rotations as ``(w, x, y, z)``; normalised inside.
+        intensities: ``(B, K)``.
+        shape: ``(D, H, W)`` of the output.
+        cutoff: Mahalanobis distance beyond which a Gaussian contributes nothing.
+        backend: ``"torch"``, ``"triton"`` or ``"auto"`` (triton for CUDA tensors, torch otherwise).
+
+    Returns:
+        ``(B, D, H, W)`` float32 volume (float64 if any input is float64), differentiable with respect to all
+        four Gaussian inputs. Computation happens in float32 even under autocast (bf16 inputs are upcast).
+
+    Raises:
+        ValueError: on wrong ranks/shapes, mismatched batch or K, non-positive or non-finite scales, zero
+            quaternions, non-finite means or intensities, an empty shape, or an unknown backend.
+    """
+    _check_inputs(means, scales, quats, intensities, shape, cutoff, backend)
+    shape = tuple(int(s) for s in shape)
+    b, k = means.shape[:2]
+    device = means.device
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and not _triton_usable(device):
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on the CPU); "
+            f"got tensors on {device}"
+        )
+    with torch.autocast(device_type=device.type, enabled=False):
+        if k == 0:
+            dtype = torch.float64 if means.dtype == torch.float64 else torch.float32
+            zero = (means.sum() + scales.sum() + quats.sum() + intensities.sum()).to(dtype) * 0
+            return zero + torch.zeros((b, *shape), device=device, dtype=dtype)
+        m, conics, inten, extents = preprocess_gaussians(means, scales, quats, intensities, cutoff)
+        if backend == "triton":
+            from medgmae.render._triton_impl import render_triton
+
+            return render_triton(m, conics, inten, extents, shape, float(cutoff))
+        return render_torch(m, conics, inten, extents, shape, float(cutoff), TILE)

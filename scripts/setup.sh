@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the toolkit into the current Python environment (Python >= 3.10).
+#   bash scripts/setup.sh          # the toolkit
+#   bash scripts/setup.sh --test   # the toolkit and its test extras (pytest, pytest-xdist)
+# On a machine without an NVIDIA GPU the CPU build of PyTorch is installed first, so that pip does not pull
+# several GB of CUDA wheels: a wheel from pip's configured local wheel folders (find-links) when there is one,
+# otherwise PyTorch's CPU wheel index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+extra=""
+case "${1:-}" in
+  "") ;;
+  --test) extra="[test]" ;;
+  *) echo "usage: bash scripts/setup.sh [--test]" >&2; exit 2 ;;
+esac
+
+if "$PY" -c "import torch" 2>/dev/null; then
+  echo "[setup] PyTorch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "[setup] NVIDIA GPU found: installing PyTorch with CUDA"
+  "$PY" -m pip install "torch>=2.4"
+else
+  echo "[setup] no GPU found: installing the CPU build of PyTorch"
+  "$PY" -m pip install --no-index "torch>=2.4" 2>/dev/null \
+    || "$PY" -m pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"
+fi
+"$PY" -m pip install -e ".${extra}"
+echo "[setup] done"
