@@ -1,0 +1,281 @@
+"""Ignite handlers shared by the toolkit's MONAI bundles: atomic checkpoint/resume, non-finite loss, clipping.
+
+MONAI's own ``CheckpointSaver`` writes with ``atomic=False`` (see its source) and restores neither the random
+number generators nor the random transforms' states, so an interrupted save can leave a truncated file and a
+resumed run diverges from an uninterrupted one. :class:`CheckpointHandler` closes both gaps; everything else
+(trainers, stats, TensorBoard, LR scheduling via ``monai.handlers.LrScheduleHandler`` with
+``monai.optimizers.WarmupCosineSchedule``) comes from MONAI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.transforms import Compose, Randomizable
+
+from medgmae.engine.io import load_torch_file, save_torch_atomic
+
+__all__ = [
+    "RandomStateTracker",
+    "CheckpointHandler",
+    "NonFiniteLossHandler",
+    "GradientClipHandler",
+    "latest_checkpoint",
+    "resolve_device",
+]
+
+logger = logging.getLogger("medgmae.engine")
+
+_EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ValueError: an unknown name, or CUDA asked for on a machine without it.
+    """
+    name = str(name).strip().lower()
+    if name in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}' was requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+        return dev
+    raise ValueError(f"unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _randomizables(obj: Any, seen: set | None = None) -> list[Randomizable]:
+    """Random transforms reachable from a transform, a Compose or a dataset (depth-first, stable order)."""
+    seen = set() if seen is None else seen
+    out: list[Randomizable] = []
+    if obj is None or id(obj) in seen:
+        return out
+    seen.add(id(obj))
+    if isinstance(obj, Randomizable):
+        out.append(obj)
+    children = list(obj.transforms) if isinstance(obj, Compose) else []
+    if isinstance(obj, (Randomizable, Compose)) or hasattr(obj, "transform"):
+        children += [v for v in vars(obj).values() if isinstance(v, (Randomizable, Compose))]
+    for child in children:
+        out.extend(_randomizables(child, seen))
+    return out
+
+
+class RandomStateTracker:
+    """A ``state_dict``-able snapshot of every random number generator a training run draws from.
+
+    Covers Python's ``random``, NumPy's global generator, torch's CPU and CUDA generators, and the private
+    ``RandomState`` of each MONAI random transform reachable from ``source`` (a dataset or transform chain), so
+    that a resumed run draws the same crops and shuffles as an uninterrupted one.
+
+    Args:
+        source: dataset or transform whose random transforms are tracked (optional).
+    """
+
+    def __init__(self, source: Any = None) -> None:
+        self.transforms = _randomizables(source)
+
+    def state_dict(self) -> dict:
+        return {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "transforms": [t.R.get_state() for t in self.transforms],
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if torch.cuda.is_available() and state.get("cuda"):
+            torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state.get("transforms", [])
+        if len(saved) != len(self.transforms):
+            logger.warning(
+                "checkpoint has %d random-transform states but the pipeline has %d: crops will differ from an "
+                "uninterrupted run", len(saved), len(self.transforms)
+            )
+        for t, s in zip(self.transforms, saved):
+            t.R.set_state(s)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The ``checkpoint_epoch=N.pt`` in ``output_dir`` with the largest N, or None."""
+    d = Path(output_dir)
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+class CheckpointHandler:
+    """Atomic checkpoints at epoch ends and on interruption, and exact resume.
+
+    At every ``save_interval`` epochs it writes ``checkpoint_epoch=N.pt`` (keeping the newest ``n_saved``) with the
+    state dicts of ``objects``, the engine's epoch/iteration and a :class:`RandomStateTracker`. When the run stops
+    on an exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` and re-raises; at a normal end it
+    writes ``checkpoint_final.pt``. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
+    the engine starts and continues from the next epoch, bit for bit on the same machine and software.
+
+    Args:
+        output_dir: folder for checkpoints.
+        objects: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer, lr_scheduler, ...).
+        resume: load the newest checkpoint at start when there is one.
+        source: dataset or transform chain whose random transforms' states are saved (recommended).
+        save_interval: epochs between checkpoints.
+        n_saved: epoch checkpoints kept.
+        map_location: where tensors are loaded on resume.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        objects: Mapping[str, Any],
+        resume: bool = False,
+        source: Any = None,
+        save_interval: int = 1,
+        n_saved: int = 1,
+        map_location: Any = "cpu",
+    ) -> None:
+        if save_interval < 1 or n_saved < 1:
+            raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval}, {n_saved}")
+        for name, obj in objects.items():
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+                raise ValueError(f"checkpoint object '{name}' ({type(obj).__name__}) has no state_dict/load_state_dict")
+        self.output_dir = Path(output_dir)
+        self.objects = dict(objects)
+        self.resume = bool(resume)
+        self.rng = RandomStateTracker(source)
+        self.save_interval, self.n_saved, self.map_location = save_interval, n_saved, map_location
+        self.resumed_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._on_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_epoch)
+        engine.add_event_handler(Events.COMPLETED, self._on_completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+
+    def _payload(self, engine: Engine) -> dict:
+        return {
+            "engine": {"epoch": engine.state.epoch, "iteration": engine.state.iteration},
+            "objects": {k: v.state_dict() for k, v in self.objects.items()},
+            "random_state": self.rng.state_dict(),
+        }
+
+    def save(self, engine: Engine, filename: str) -> Path:
+        path = save_torch_atomic(self._payload(engine), self.output_dir / filename)
+        logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, engine.state.epoch, engine.state.iteration)
+        return path
+
+    def _on_epoch(self, engine: Engine) -> None:
+        self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
+        old = sorted(
+            ((int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))),
+            reverse=True,
+        )
+        for _, p in old[self.n_saved :]:
+            p.unlink(missing_ok=True)
+
+    def _on_completed(self, engine: Engine) -> None:
+        self.save(engine, "checkpoint_final.pt")
+
+    def _on_exception(self, engine: Engine, e: BaseException) -> None:
+        try:
+            self.save(engine, "checkpoint_interrupted.pt")
+        except Exception as save_error:  # never mask the original error
+            logger.error("could not save the interrupted checkpoint: %s", save_error)
+        raise e
+
+    def _on_started(self, engine: Engine) -> None:
+        if not self.resume:
+            return
+        path = latest_checkpoint(self.output_dir)
+        if path is None:
+            logger.info("resume requested but no checkpoint in %s: starting from scratch", self.output_dir)
+            return
+        ckpt = load_torch_file(path, self.map_location)
+        missing = set(self.objects) - set(ckpt.get("objects", {}))
+        if missing:
+            raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
+        for name, obj in self.objects.items():
+            obj.load_state_dict(ckpt["objects"][name])
+        self.rng.load_state_dict(ckpt["random_state"])
+        epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
+        if engine.state.max_epochs is not None and epoch > engine.state.max_epochs:
+            raise ValueError(
+                f"checkpoint {path} is at epoch {epoch}, beyond max_epochs={engine.state.max_epochs}: raise max_epochs to continue"
+            )
+        engine.state.epoch, engine.state.iteration = epoch, iteration
+        self.resumed_from = path
+        logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
+
+
+class NonFiniteLossHandler:
+    """Stop training with a clear error when the loss becomes NaN or infinite.
+
+    Args:
+        loss_key: key of the loss in ``engine.state.output`` (MONAI trainers use ``"loss"``).
+    """
+
+    def __init__(self, loss_key: str = "loss") -> None:
+        self.loss_key = loss_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        out = engine.state.output
+        if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):
+            out = out[0]  # decollated batch: every item carries the batch loss
+        loss = out.get(self.loss_key) if isinstance(out, Mapping) else out
+        if loss is None:
+            return
+        value = float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"non-finite loss ({value}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                "training stopped. Check the input data for NaN voxels, lower the learning rate or disable amp, "
+                "then resume from the last epoch checkpoint."
+            )
+
+
+class GradientClipHandler:
+    """Clip the global gradient norm after ``backward`` and before the optimiser step (MONAI trainers).
+
+    Attach to a ``monai.engines.SupervisedTrainer``; it hooks ``IterationEvents.BACKWARD_COMPLETED`` and unscales
+    the gradients first when the trainer uses a ``GradScaler``.
+
+    Args:
+        max_norm: maximum total gradient norm.
+    """
+
+    def __init__(self, max_norm: float = 1.0) -> None:
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be positive, got {max_norm}")
+        self.max_norm = float(max_norm)
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        scaler = getattr(engine, "scaler", None)
+        if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
+            scaler.unscale_(engine.optimizer)
+        torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)

@@ -1,0 +1,73 @@
+"""Atomic file output: every file the toolkit writes appears whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+__all__ = ["atomic_write", "save_torch_atomic", "save_json_atomic", "load_torch_file"]
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name ends with ``path``'s own name, so writers that choose the format from the extension
+    (nibabel's ``.nii.gz``, PIL's ``.png``) behave as for the final name. On error the temporary file is removed
+    and any existing ``path`` is left untouched.
+
+    Args:
+        path: the final file path; its parent folder is created if needed.
+
+    Yields:
+        The temporary path to write to.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:12]}-{path.name}"
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"nothing was written to the temporary file for {path}")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_write`; returns the final path."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON through :func:`atomic_write`; returns the final path."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent)
+            f.write("\n")
+    return Path(path)
+
+
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load`` with clear errors naming the file when it is missing or unreadable.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable PyTorch file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # corrupt, truncated or not a torch file
+        raise ValueError(f"{what} {path} is not a readable PyTorch file ({type(e).__name__}: {e})") from e
