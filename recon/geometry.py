@@ -1,0 +1,333 @@
+"""Circular parallel-beam and cone-beam CT geometries.
+
+World frame (millimetres): the volume is centred on the origin, the rotation axis is ``z``. A volume array has
+shape ``(D, H, W)`` with axes ``(z, y, x)``: voxel ``(k, j, i)`` has its centre at
+``((i - (W-1)/2) sx, (j - (H-1)/2) sy, (k - (D-1)/2) sz)``. Projections have shape ``(views, rows, cols)``;
+detector rows run along ``z`` and columns along ``u``.
+
+At angle ``theta`` (ASTRA's convention for its ``parallel3d`` and ``cone`` geometries):
+
+* parallel beam: rays travel along ``(sin t, -cos t, 0)``; the detector is centred on the origin;
+* cone beam: the source sits at ``dso (sin t, -cos t, 0)`` and the detector centre at ``-(dsd - dso)
+  (sin t, -cos t, 0)``;
+* detector columns step along ``u = (cos t, sin t, 0)`` and rows along ``v = (0, 0, 1)``; pixel ``(r, c)`` has its
+  centre at ``d + (c - (cols-1)/2) du u + (r - (rows-1)/2) dv v``.
+
+:meth:`CTGeometry.vectors` writes these as ASTRA ``parallel3d_vec`` / ``cone_vec`` rows, the single definition both
+projector backends use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["CTGeometry", "GEOMETRY_KINDS"]
+
+GEOMETRY_KINDS = ("parallel", "cone")
+
+
+def _triple(name: str, value) -> tuple:
+    try:
+        t = tuple(value)
+    except TypeError:
+        t = (value,) * 3
+    if len(t) == 1:
+        t = t * 3
+    if len(t) != 3:
+        raise ValueError(f"{name} must have 3 entries (z, y, x), got {value!r}")
+    return t
+
+
+def _pair(name: str, value) -> tuple:
+    try:
+        t = tuple(value)
+    except TypeError:
+        t = (value,) * 2
+    if len(t) == 1:
+        t = t * 2
+    if len(t) != 2:
+        raise ValueError(f"{name} must have 2 entries (rows, cols), got {value!r}")
+    return t
+
+
+@dataclass
+class CTGeometry:
+    """A circular-orbit CT scan.
+
+    Attributes:
+        kind: ``"parallel"`` or ``"cone"``.
+        volume_shape: ``(D, H, W)`` voxels, axes ``(z, y, x)``.
+        voxel_size: ``(sz, sy, sx)`` in mm.
+        det_shape: detector ``(rows, cols)``.
+        det_spacing: detector pixel size ``(row, col)`` in mm (on the detector, not at the isocentre).
+        angles: projection angles in radians.
+        source_origin: source-to-isocentre distance in mm (cone beam only).
+        source_detector: source-to-detector distance in mm (cone beam only).
+        affine: optional 4x4 voxel-to-world affine of the NIfTI the volume came from (array order ``(x, y, z)``),
+            carried so that reconstructions are written in the same space.
+    """
+
+    kind: str
+    volume_shape: tuple
+    voxel_size: tuple
+    det_shape: tuple
+    det_spacing: tuple
+    angles: list = field(default_factory=list)
+    source_origin: float | None = None
+    source_detector: float | None = None
+    affine: list | None = None
+
+    def __post_init__(self) -> None:
+        self.volume_shape = tuple(int(s) for s in _triple("volume_shape", self.volume_shape))
+        self.voxel_size = tuple(float(s) for s in _triple("voxel_size", self.voxel_size))
+        self.det_shape = tuple(int(s) for s in _pair("det_shape", self.det_shape))
+        self.det_spacing = tuple(float(s) for s in _pair("det_spacing", self.det_spacing))
+        self.angles = [float(a) for a in np.asarray(self.angles, dtype=np.float64).reshape(-1)]
+        if self.source_origin is not None:
+            self.source_origin = float(self.source_origin)
+        if self.source_detector is not None:
+            self.source_detector = float(self.source_detector)
+        self.validate()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def parallel(
+        cls,
+        volume_shape: Sequence[int],
+        voxel_size: float | Sequence[float] = 1.0,
+        det_shape: Sequence[int] | None = None,
+        det_spacing: float | Sequence[float] | None = None,
+        num_angles: int = 180,
+        arc_deg: float = 180.0,
+        angles: Sequence[float] | None = None,
+        affine=None,
+    ) -> "CTGeometry":
+        """Parallel-beam geometry; the default detector covers the volume's diagonal at the voxel pitch.
+
+        Args:
+            volume_shape: ``(D, H, W)``.
+            voxel_size: mm, one value or ``(sz, sy, sx)``.
+            det_shape: ``(rows, cols)``; default ``(D, ceil(diagonal / col pitch))``.
+            det_spacing: mm, default ``(sz, max(sy, sx))``.
+            num_angles: number of equispaced views over ``arc_deg`` (ignored when ``angles`` is given).
+            arc_deg: scan arc in degrees; views at ``arc * i / num_angles``.
+            angles: explicit angles in radians.
+            affine: optional NIfTI affine to carry.
+        """
+        vs = _triple("voxel_size", voxel_size)
+        vs = tuple(float(v) for v in vs)
+        if det_spacing is None:
+            det_spacing = (vs[0], max(vs[1], vs[2]))
+        det_spacing = _pair("det_spacing", det_spacing)
+        if det_shape is None:
+            diag = math.hypot(volume_shape[1] * vs[1], volume_shape[2] * vs[2])
+            det_shape = (int(volume_shape[0] * vs[0] / float(det_spacing[0]) + 0.999), int(math.ceil(diag / float(det_spacing[1]))))
+        return cls(
+            "parallel", tuple(volume_shape), vs, tuple(det_shape), tuple(det_spacing),
+            _angles(num_angles, arc_deg, angles), None, None, _affine_list(affine),
+        )  # fmt: skip
+
+    @classmethod
+    def cone(
+        cls,
+        volume_shape: Sequence[int],
+        voxel_size: float | Sequence[float] = 1.0,
+        source_origin: float | None = None,
+        source_detector: float | None = None,
+        det_shape: Sequence[int] | None = None,
+        det_spacing: float | Sequence[float] | None = None,
+        num_angles: int = 360,
+        arc_deg: float = 360.0,
+        angles: Sequence[float] | None = None,
+        affine=None,
+    ) -> "CTGeometry":
+        """Cone-beam geometry; defaults put the source at 4 volume half-diagonals with magnification 1.5 and a
+        detector that covers the magnified volume.
+
+        Args:
+            volume_shape: ``(D, H, W)``.
+            voxel_size: mm, one value or ``(sz, sy, sx)``.
+            source_origin: source-to-isocentre distance in mm.
+            source_detector: source-to-detector distance in mm.
+            det_shape: ``(rows, cols)``.
+            det_spacing: detector pixel size in mm; default the voxel size times the magnification.
+            num_angles: number of equispaced views over ``arc_deg`` (ignored when ``angles`` is given).
+            arc_deg: scan arc in degrees.
+            angles: explicit angles in radians.
+            affine: optional NIfTI affine to carry.
+        """
+        vs = tuple(float(v) for v in _triple("voxel_size", voxel_size))
+        half = [0.5 * n * s for n, s in zip(volume_shape, vs)]
+        r_xy = math.hypot(half[1], half[2])
+        if source_origin is None:
+            source_origin = 4.0 * math.sqrt(sum(h * h for h in half))
+        if source_detector is None:
+            source_detector = 1.5 * source_origin
+        if source_origin <= r_xy:
+            raise ValueError(f"source_origin ({source_origin} mm) must exceed the volume's radius ({r_xy:.2f} mm)")
+        mag_max = source_detector / (source_origin - r_xy)
+        if det_spacing is None:
+            m = source_detector / source_origin
+            det_spacing = (vs[0] * m, max(vs[1], vs[2]) * m)
+        det_spacing = _pair("det_spacing", det_spacing)
+        if det_shape is None:
+            rows = int(math.ceil(2 * half[0] * mag_max / float(det_spacing[0])))
+            cols = int(math.ceil(2 * r_xy * source_detector / math.sqrt(source_origin**2 - r_xy**2) / float(det_spacing[1])))
+            det_shape = (rows, cols)
+        return cls(
+            "cone", tuple(volume_shape), vs, tuple(det_shape), tuple(det_spacing),
+            _angles(num_angles, arc_deg, angles), float(source_origin), float(source_detector), _affine_list(affine),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` on an inconsistent geometry."""
+        if self.kind not in GEOMETRY_KINDS:
+            raise ValueError(f"geometry kind must be one of {GEOMETRY_KINDS}, got {self.kind!r}")
+        if any(s <= 0 for s in self.volume_shape):
+            raise ValueError(f"volume_shape must be positive, got {self.volume_shape}")
+        for name, vals in (("voxel_size", self.voxel_size), ("det_spacing", self.det_spacing)):
+            if not all(math.isfinite(v) and v > 0 for v in vals):
+                raise ValueError(f"{name} must be positive and finite, got {vals}")
+        if any(s <= 0 for s in self.det_shape):
+            raise ValueError(f"det_shape must be positive, got {self.det_shape}")
+        if not self.angles:
+            raise ValueError("angles must not be empty")
+        if not all(math.isfinite(a) for a in self.angles):
+            raise ValueError("angles must be finite (found NaN or Inf)")
+        half = [0.5 * n * s for n, s in zip(self.volume_shape, self.voxel_size)]
+        r_xy = math.hypot(half[1], half[2])
+        det_w = self.det_shape[1] * self.det_spacing[1]
+        det_h = self.det_shape[0] * self.det_spacing[0]
+        tol = 1e-6 + 1e-3 * max(det_w, det_h)
+        if self.kind == "parallel":
+            if self.source_origin is not None or self.source_detector is not None:
+                raise ValueError("source_origin/source_detector apply to cone-beam geometries only")
+            need_w, need_h = 2 * min(half[1], half[2]), 2 * half[0]
+        else:
+            so, sd = self.source_origin, self.source_detector
+            if so is None or sd is None:
+                raise ValueError("a cone-beam geometry needs source_origin and source_detector (mm)")
+            if not (math.isfinite(so) and math.isfinite(sd) and so > 0 and sd > 0):
+                raise ValueError(f"source distances must be positive and finite, got {so}, {sd}")
+            if sd < so:
+                raise ValueError(f"source_detector ({sd} mm) must be at least source_origin ({so} mm)")
+            if so <= r_xy:
+                raise ValueError(f"source_origin ({so} mm) must lie outside the volume (radius {r_xy:.2f} mm)")
+            need_w = 2 * min(half[1], half[2]) * sd / so
+            need_h = 2 * half[0] * sd / so
+        if det_w + tol < need_w or det_h + tol < need_h:
+            raise ValueError(
+                f"detector too small for the volume: {det_w:.2f} x {det_h:.2f} mm (cols x rows) but the volume needs "
+                f"at least {need_w:.2f} x {need_h:.2f} mm at the detector"
+            )
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def num_views(self) -> int:
+        return len(self.angles)
+
+    @property
+    def proj_shape(self) -> tuple:
+        """``(views, rows, cols)`` of the projection array."""
+        return (self.num_views, *self.det_shape)
+
+    @property
+    def extent(self) -> tuple:
+        """Physical size ``(z, y, x)`` of the volume in mm."""
+        return tuple(n * s for n, s in zip(self.volume_shape, self.voxel_size))
+
+    def vectors(self) -> np.ndarray:
+        """``(views, 12)`` float64 rows in ASTRA's ``parallel3d_vec`` / ``cone_vec`` layout (x, y, z order):
+        ray direction (parallel) or source position (cone), detector centre, column step ``u``, row step ``v``."""
+        a = np.asarray(self.angles, dtype=np.float64)
+        s, c, z = np.sin(a), np.cos(a), np.zeros_like(a)
+        direction = np.stack([s, -c, z], 1)
+        u = np.stack([c, s, z], 1) * self.det_spacing[1]
+        v = np.stack([z, z, np.ones_like(a)], 1) * self.det_spacing[0]
+        if self.kind == "parallel":
+            return np.concatenate([direction, np.zeros_like(direction), u, v], 1)
+        src = direction * self.source_origin
+        det = -direction * (self.source_detector - self.source_origin)
+        return np.concatenate([src, det, u, v], 1)
+
+    def default_affine(self) -> np.ndarray:
+        """Affine of the NIfTI the volume came from, or a centred diagonal one for array order ``(x, y, z)``."""
+        if self.affine is not None:
+            return np.asarray(self.affine, dtype=np.float64)
+        aff = np.eye(4)
+        sz, sy, sx = self.voxel_size
+        aff[0, 0], aff[1, 1], aff[2, 2] = sx, sy, sz
+        aff[:3, 3] = [-(self.volume_shape[2] - 1) / 2 * sx, -(self.volume_shape[1] - 1) / 2 * sy, -(self.volume_shape[0] - 1) / 2 * sz]
+        return aff
+
+    def check_projections(self, shape: Sequence[int], name: str = "projections") -> None:
+        """Raise ``ValueError`` unless ``shape`` ends with ``(views, rows, cols)`` of this geometry."""
+        if tuple(shape[-3:]) != self.proj_shape or len(shape) not in (3, 4):
+            raise ValueError(
+                f"{name} have shape {tuple(shape)} but the geometry expects (views, rows, cols) = {self.proj_shape}"
+            )
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CTGeometry":
+        if not isinstance(d, dict):
+            raise ValueError(f"a geometry must be a JSON object, got {type(d).__name__}")
+        known = {"kind", "volume_shape", "voxel_size", "det_shape", "det_spacing", "angles", "source_origin", "source_detector", "affine"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown geometry fields {sorted(unknown)}")
+        missing = {"kind", "volume_shape", "voxel_size", "det_shape", "det_spacing", "angles"} - set(d)
+        if missing:
+            raise ValueError(f"geometry is missing fields {sorted(missing)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        """Write the geometry as JSON (atomically)."""
+        from recon.io import atomic_write
+
+        with atomic_write(path) as tmp:
+            Path(tmp).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CTGeometry":
+        """Read a geometry JSON; errors name the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"geometry file {path} does not exist")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"geometry file {path} is not valid JSON: {e}") from e
+        try:
+            return cls.from_dict(d)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"geometry file {path}: {e}") from e
+
+
+def _angles(num_angles: int, arc_deg: float, angles) -> list:
+    if angles is not None:
+        return [float(a) for a in angles]
+    if int(num_angles) <= 0:
+        raise ValueError(f"num_angles must be positive, got {num_angles}")
+    if not (math.isfinite(arc_deg) and arc_deg > 0):
+        raise ValueError(f"arc must be a positive number of degrees, got {arc_deg}")
+    return list(np.deg2rad(arc_deg) * np.arange(int(num_angles)) / int(num_angles))
+
+
+def _affine_list(affine):
+    if affine is None:
+        return None
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {a.shape}")
+    return a.tolist()

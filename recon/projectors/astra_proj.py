@@ -1,0 +1,180 @@
+"""ASTRA Toolbox backend.
+
+* On CUDA tensors: ASTRA's 3D GPU projector (``cuda3d``) on ``parallel3d_vec`` / ``cone_vec`` geometries, with
+  the torch tensors handed to ASTRA through DLPack (``astra.experimental.direct_FP3D`` / ``direct_BP3D``: ASTRA
+  links the device memory, no host copies).
+* On CPU tensors (no CUDA): parallel beam only, slice by slice with ASTRA's 2D CPU projectors (``strip`` by
+  default, or ``linear`` / ``line``); needs one detector row per volume slice at the slice pitch and square
+  pixels in-plane. ASTRA's 2D images have row 0 at the top (largest ``y``), hence the flips.
+
+ASTRA's 3D functions abort the process when ASTRA has no CUDA, so every 3D call is guarded by
+``astra.use_cuda()`` and raises a ``ValueError`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recon.geometry import CTGeometry
+from recon.projectors.base import Projector
+
+__all__ = ["AstraProjector", "astra_cuda_available"]
+
+
+def astra_cuda_available() -> bool:
+    """True when ASTRA was built with CUDA and sees a GPU (the only case its 3D functions are safe to call)."""
+    try:
+        import astra
+    except ImportError:
+        return False
+    return bool(astra.use_cuda())
+
+
+class AstraProjector(Projector):
+    """``A`` and ``A^T`` computed by ASTRA.
+
+    Args:
+        geometry: the scan.
+        projector_2d: ASTRA 2D CPU projector type for the CPU path (``"strip"``, ``"linear"`` or ``"line"``).
+    """
+
+    name = "astra"
+
+    def __init__(self, geometry: CTGeometry, projector_2d: str = "strip"):
+        super().__init__(geometry)
+        try:
+            import astra  # noqa: F401
+        except ImportError as e:  # pragma: no cover - astra-toolbox is a dependency
+            raise ValueError("the ASTRA backend needs astra-toolbox installed") from e
+        if projector_2d not in ("strip", "linear", "line"):
+            raise ValueError(f"projector_2d must be 'strip', 'linear' or 'line', got {projector_2d!r}")
+        self.projector_2d = projector_2d
+        self._ids: dict = {}
+
+    # ------------------------------------------------------------------ 3D (CUDA)
+    def _geoms_3d(self, views: Tensor | None):
+        import astra
+
+        g = self.geometry
+        (ez, ey, ex), (d, h, w) = g.extent, g.volume_shape
+        vol = astra.create_vol_geom(h, w, d, -ex / 2, ex / 2, -ey / 2, ey / 2, -ez / 2, ez / 2)
+        vec = g.vectors()
+        if views is not None:
+            vec = vec[views.cpu().numpy()]
+        kind = "parallel3d_vec" if g.kind == "parallel" else "cone_vec"
+        return vol, astra.create_proj_geom(kind, g.det_shape[0], g.det_shape[1], vec)
+
+    def _projector_3d(self, views: Tensor | None) -> int:
+        import astra
+
+        key = None if views is None else tuple(views.tolist())
+        if key not in self._ids:
+            if len(self._ids) > 16:
+                self.close()
+            vol, proj = self._geoms_3d(views)
+            self._ids[key] = astra.create_projector("cuda3d", proj, vol)
+        return self._ids[key]
+
+    def _check_cuda(self, t: Tensor) -> None:
+        if not astra_cuda_available():
+            raise ValueError(
+                "ASTRA's 3D projectors need CUDA but astra.use_cuda() is False; use backend='torch' "
+                "(or a parallel-beam geometry on CPU tensors for ASTRA's 2D CPU path)"
+            )
+        if t.device.type != "cuda":
+            raise ValueError(f"ASTRA's 3D path takes CUDA tensors, got a tensor on {t.device}")
+
+    # ------------------------------------------------------------------ 2D (CPU)
+    def _check_2d(self) -> None:
+        g = self.geometry
+        if g.kind != "parallel":
+            raise ValueError("ASTRA on CPU supports parallel-beam geometries only (cone beam needs CUDA)")
+        if g.det_shape[0] != g.volume_shape[0] or not math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6):
+            raise ValueError(
+                "ASTRA's CPU path projects slice by slice and needs one detector row per slice at the slice pitch: "
+                f"rows {g.det_shape[0]} vs slices {g.volume_shape[0]}, row pitch {g.det_spacing[0]} vs {g.voxel_size[0]} mm"
+            )
+        if not math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6):
+            raise ValueError(f"ASTRA's CPU path needs square in-plane voxels, got {g.voxel_size[1:]} mm")
+
+    def _projector_2d(self, views: Tensor | None) -> int:
+        import astra
+
+        key = ("2d", None if views is None else tuple(views.tolist()))
+        if key not in self._ids:
+            g = self.geometry
+            _, ey, ex = g.extent
+            vol = astra.create_vol_geom(g.volume_shape[1], g.volume_shape[2], -ex / 2, ex / 2, -ey / 2, ey / 2)
+            vec = g.vectors()
+            if views is not None:
+                vec = vec[views.cpu().numpy()]
+            vec2 = np.concatenate([vec[:, 0:2], vec[:, 3:5], vec[:, 6:8]], 1)
+            proj = astra.create_proj_geom("parallel_vec", g.det_shape[1], vec2)
+            self._ids[key] = astra.create_projector(self.projector_2d, proj, vol)
+        return self._ids[key]
+
+    # ------------------------------------------------------------------ raw operators
+    def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
+        g = self.geometry
+        nv = g.num_views if views is None else views.numel()
+        if volume.device.type == "cuda" or astra_cuda_available():
+            self._check_cuda(volume)
+            import astra.experimental as ax
+
+            pid = self._projector_3d(views)
+            out = []
+            for x in volume.float():
+                y = torch.zeros((g.det_shape[0], nv, g.det_shape[1]), device=volume.device, dtype=torch.float32)
+                ax.direct_FP3D(pid, x.contiguous(), y)
+                out.append(y.permute(1, 0, 2))
+            return torch.stack(out).to(volume.dtype)
+        self._check_2d()
+        import astra
+
+        pid = self._projector_2d(views)
+        x = volume.detach().cpu().numpy()
+        out = np.zeros((x.shape[0], nv, *g.det_shape), dtype=np.float64)
+        for b in range(x.shape[0]):
+            for k in range(g.volume_shape[0]):
+                sid, s = astra.create_sino(np.ascontiguousarray(x[b, k, ::-1, :], dtype=np.float32), pid)
+                astra.data2d.delete(sid)
+                out[b, :, k, :] = s
+        return torch.from_numpy(out).to(volume.device, volume.dtype)
+
+    def _adjoint_raw(self, proj: Tensor, views: Tensor | None) -> Tensor:
+        g = self.geometry
+        if proj.device.type == "cuda" or astra_cuda_available():
+            self._check_cuda(proj)
+            import astra.experimental as ax
+
+            pid = self._projector_3d(views)
+            out = []
+            for y in proj.float():
+                x = torch.zeros(g.volume_shape, device=proj.device, dtype=torch.float32)
+                ax.direct_BP3D(pid, x, y.permute(1, 0, 2).contiguous())
+                out.append(x)
+            return torch.stack(out).to(proj.dtype)
+        self._check_2d()
+        import astra
+
+        pid = self._projector_2d(views)
+        y = proj.detach().cpu().numpy()
+        out = np.zeros((y.shape[0], *g.volume_shape), dtype=np.float64)
+        for b in range(y.shape[0]):
+            for k in range(g.volume_shape[0]):
+                bid, img = astra.create_backprojection(np.ascontiguousarray(y[b, :, k, :], dtype=np.float32), pid)
+                astra.data2d.delete(bid)
+                out[b, k] = img[::-1, :]
+        return torch.from_numpy(out).to(proj.device, proj.dtype)
+
+    def close(self) -> None:
+        """Free the ASTRA projector objects."""
+        import astra
+
+        for key, pid in self._ids.items():
+            (astra.projector.delete if key and key[0] == "2d" else astra.projector3d.delete)(pid)
+        self._ids.clear()

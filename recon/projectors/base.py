@@ -1,0 +1,107 @@
+"""The projector interface and the autograd pair that makes any backend differentiable."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from recon.geometry import CTGeometry
+
+__all__ = ["Projector", "ForwardProjection", "BackProjection"]
+
+
+class ForwardProjection(torch.autograd.Function):
+    """``y = A x``; the backward pass applies the adjoint ``A^T``."""
+
+    @staticmethod
+    def forward(ctx, volume: Tensor, projector: "Projector", views):  # type: ignore[override]
+        ctx.projector, ctx.views = projector, views
+        with torch.no_grad():
+            return projector._forward_raw(volume, views)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return ctx.projector._adjoint_raw(grad.contiguous(), ctx.views), None, None
+
+
+class BackProjection(torch.autograd.Function):
+    """``x = A^T y``; the backward pass applies the forward projection ``A``."""
+
+    @staticmethod
+    def forward(ctx, proj: Tensor, projector: "Projector", views):  # type: ignore[override]
+        ctx.projector, ctx.views = projector, views
+        with torch.no_grad():
+            return projector._adjoint_raw(proj, views)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return ctx.projector._forward_raw(grad.contiguous(), ctx.views), None, None
+
+
+class Projector:
+    """A linear CT projector ``A`` for one :class:`CTGeometry` (subclasses implement ``_forward_raw`` and
+    ``_adjoint_raw``).
+
+    ``forward`` and ``adjoint`` are differentiable PyTorch operations (each is the other's backward).
+    Volumes are ``(B, D, H, W)`` (or ``(D, H, W)``) and projections ``(B, V, rows, cols)`` (or ``(V, rows, cols)``),
+    with ``V`` the number of selected views.
+    """
+
+    name = "base"
+
+    def __init__(self, geometry: CTGeometry):
+        if not isinstance(geometry, CTGeometry):
+            raise ValueError(f"geometry must be a CTGeometry, got {type(geometry).__name__}")
+        self.geometry = geometry
+
+    def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def _adjoint_raw(self, proj: Tensor, views: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def _views(self, views, device) -> Tensor | None:
+        if views is None:
+            return None
+        v = torch.as_tensor(views, dtype=torch.long).reshape(-1)
+        if v.numel() == 0 or int(v.min()) < 0 or int(v.max()) >= self.geometry.num_views:
+            raise ValueError(f"views must index 0..{self.geometry.num_views - 1}, got {v.tolist()}")
+        return v.to(device)
+
+    def forward(self, volume: Tensor, views=None) -> Tensor:
+        """Forward projection ``A x``.
+
+        Args:
+            volume: ``(B, D, H, W)`` or ``(D, H, W)`` in attenuation units (1/mm).
+            views: optional indices of the views to project.
+
+        Returns:
+            ``(B, V, rows, cols)`` (or ``(V, rows, cols)``) line integrals.
+        """
+        squeeze = volume.dim() == 3
+        x = volume.unsqueeze(0) if squeeze else volume
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.geometry.volume_shape:
+            raise ValueError(f"volume must be (B, *{self.geometry.volume_shape}), got {tuple(volume.shape)}")
+        y = ForwardProjection.apply(x, self, self._views(views, x.device))
+        return y[0] if squeeze else y
+
+    def adjoint(self, proj: Tensor, views=None) -> Tensor:
+        """Adjoint (unfiltered backprojection) ``A^T y``.
+
+        Args:
+            proj: ``(B, V, rows, cols)`` or ``(V, rows, cols)``.
+            views: optional indices of the views ``proj`` holds.
+
+        Returns:
+            ``(B, D, H, W)`` (or ``(D, H, W)``).
+        """
+        squeeze = proj.dim() == 3
+        y = proj.unsqueeze(0) if squeeze else proj
+        v = self._views(views, y.device)
+        nv = self.geometry.num_views if v is None else v.numel()
+        if y.dim() != 4 or tuple(y.shape[1:]) != (nv, *self.geometry.det_shape):
+            raise ValueError(f"projections must be (B, {nv}, {self.geometry.det_shape[0]}, {self.geometry.det_shape[1]}), got {tuple(proj.shape)}")
+        x = BackProjection.apply(y, self, v)
+        return x[0] if squeeze else x
+
+    __call__ = forward
