@@ -1,0 +1,166 @@
+"""Gaussians as binary ``.ply`` in the 3D Gaussian Splatting attribute convention.
+
+The vertex element carries ``x, y, z``, ``nx, ny, nz`` (zeros), ``f_dc_0..2`` (grey colour from the intensity),
+``opacity`` (a logit), ``scale_0..2`` (natural-log scales), ``rot_0..3`` (quaternion ``w, x, y, z``), so the files
+open in 3DGS viewers, plus ``intensity`` (the Gaussian's intensity as is) and ``sigma_0..2`` (linear scales, so that
+:func:`load_ply` returns exactly what :func:`save_ply` was given: ``exp(log(s))`` is not always ``s`` in float32).
+Header comments record the frame, the volume shape and the voxel-to-world affine when given.
+
+PLY is written with NumPy rather than a PLY library because only this fixed, flat layout is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from medgmae.engine.io import atomic_write
+from medgmae.gaussians import Gaussians3D
+
+__all__ = ["save_ply", "load_ply", "PlyMeta"]
+
+_SH_C0 = 0.28209479177387814  # zeroth spherical-harmonic constant used by 3DGS for f_dc
+_FIELDS = (
+    ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
+    + [f"scale_{i}" for i in range(3)]
+    + [f"rot_{i}" for i in range(4)]
+    + ["intensity"]
+    + [f"sigma_{i}" for i in range(3)]
+)
+
+
+class PlyMeta(dict):
+    """Header metadata read back by :func:`load_ply`: ``frame`` (str), ``shape`` (tuple) and ``affine`` (4x4)."""
+
+
+def save_ply(
+    path: str | os.PathLike,
+    gaussians: Gaussians3D,
+    frame: str = "voxel",
+    shape: Sequence[int] | None = None,
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Write one set of Gaussians (batch size 1) to a binary little-endian ``.ply``, atomically.
+
+    Args:
+        path: output file.
+        gaussians: a :class:`Gaussians3D` with ``B == 1``.
+        frame: the coordinate frame of the centres (``"voxel"``, ``"normalized"`` or ``"world"``), recorded in the
+            header.
+        shape: the volume shape the Gaussians belong to, recorded in the header.
+        affine: 4x4 voxel-to-world matrix, recorded in the header.
+
+    Returns:
+        The path written.
+    """
+    if gaussians.batch_size != 1:
+        raise ValueError(f"save_ply writes one set of Gaussians: got batch size {gaussians.batch_size}; index it first")
+    if any(c in frame for c in "\r\n"):
+        raise ValueError("frame must be a single-line string")
+    m, s, q, i = (t.detach().to("cpu", torch.float32).numpy()[0] for t in gaussians.tensors())
+    if not (s > 0).all():
+        raise ValueError("scales must be positive to be written as log-scales")
+    k = m.shape[0]
+    data = np.zeros(k, dtype=[(f, "<f4") for f in _FIELDS])
+    for j, name in enumerate("xyz"):
+        data[name] = m[:, j]
+    grey = (np.clip(i, 0.0, 1.0) - 0.5) / _SH_C0
+    for j in range(3):
+        data[f"f_dc_{j}"] = grey
+        data[f"scale_{j}"] = np.log(s[:, j].astype(np.float64)).astype(np.float32)
+        data[f"sigma_{j}"] = s[:, j]
+    alpha = np.clip(np.abs(i), 1e-4, 1 - 1e-4).astype(np.float64)
+    data["opacity"] = np.log(alpha / (1 - alpha)).astype(np.float32)
+    for j in range(4):
+        data[f"rot_{j}"] = q[:, j]
+    data["intensity"] = i
+    header = ["ply", "format binary_little_endian 1.0", "comment medgmae gaussians", f"comment frame {frame}"]
+    if shape is not None:
+        header.append("comment shape " + " ".join(str(int(v)) for v in shape))
+    if affine is not None:
+        a = np.asarray(affine, dtype=np.float64)
+        if a.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {a.shape}")
+        header.append("comment affine " + " ".join(repr(float(v)) for v in a.ravel()))
+    header.append(f"element vertex {k}")
+    header += [f"property float {f}" for f in _FIELDS]
+    header.append("end_header")
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(("\n".join(header) + "\n").encode("ascii"))
+            f.write(data.tobytes())
+    return Path(path)
+
+
+def load_ply(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Gaussians3D, PlyMeta]:
+    """Read Gaussians written by :func:`save_ply` or by 3DGS tools (binary little-endian float vertices).
+
+    Files from other tools need ``x, y, z, scale_0..2, rot_0..3``; the intensity comes from ``intensity`` when
+    present, otherwise from the grey level of ``f_dc_0`` (``0.5 + C0 * f_dc_0``).
+
+    Returns:
+        ``(gaussians, meta)`` with ``B == 1`` and :class:`PlyMeta` from the header comments.
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: not a binary little-endian PLY with the needed float properties.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PLY file not found: {path}")
+    raw = path.read_bytes()
+    end = raw.find(b"end_header\n")
+    if not raw.startswith(b"ply\n") or end < 0:
+        raise ValueError(f"{path} is not a PLY file (missing 'ply' magic or 'end_header')")
+    lines = raw[:end].decode("ascii", errors="replace").splitlines()
+    meta, props, count, in_vertex = PlyMeta(frame="voxel", shape=None, affine=None), [], None, False
+    for line in lines:
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "format" and parts[1:2] != ["binary_little_endian"]:
+            raise ValueError(f"{path}: only binary_little_endian PLY is supported, got '{line}'")
+        if parts[0] == "comment" and len(parts) > 2:
+            if parts[1] == "frame":
+                meta["frame"] = parts[2]
+            elif parts[1] == "shape":
+                meta["shape"] = tuple(int(v) for v in parts[2:])
+            elif parts[1] == "affine":
+                meta["affine"] = np.array([float(v) for v in parts[2:]], dtype=np.float64).reshape(4, 4)
+        elif parts[0] == "element":
+            in_vertex = parts[1] == "vertex"
+            if in_vertex:
+                count = int(parts[2])
+        elif parts[0] == "property" and in_vertex:
+            if parts[1] not in ("float", "float32"):
+                raise ValueError(f"{path}: vertex property '{parts[-1]}' is {parts[1]}, only float is supported")
+            props.append(parts[-1])
+    if count is None:
+        raise ValueError(f"{path}: no vertex element")
+    needed = ["x", "y", "z", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [p for p in needed if p not in props]
+    if missing:
+        raise ValueError(f"{path}: missing vertex properties {missing}")
+    body = raw[end + len(b"end_header\n") :]
+    dtype = np.dtype([(p, "<f4") for p in props])
+    if len(body) < count * dtype.itemsize:
+        raise ValueError(f"{path}: truncated ({len(body)} bytes of vertex data, {count * dtype.itemsize} expected)")
+    data = np.frombuffer(body, dtype=dtype, count=count)
+    means = np.stack([data["x"], data["y"], data["z"]], -1)
+    if all(f"sigma_{j}" in props for j in range(3)):
+        scales = np.stack([data[f"sigma_{j}"] for j in range(3)], -1)
+    else:
+        scales = np.exp(np.stack([data[f"scale_{j}"] for j in range(3)], -1))
+    quats = np.stack([data[f"rot_{j}"] for j in range(4)], -1)
+    if "intensity" in props:
+        inten = np.array(data["intensity"])
+    elif "f_dc_0" in props:
+        inten = 0.5 + _SH_C0 * np.array(data["f_dc_0"])
+    else:
+        inten = np.ones(count, np.float32)
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(0).to(device)  # noqa: E731
+    return Gaussians3D(to(means), to(scales), to(quats), to(inten)), meta

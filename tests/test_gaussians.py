@@ -1,0 +1,141 @@
+"""Gaussian container, frames, head activations and PLY round trips."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medgmae.gaussians import (
+    INTENSITY_BIAS_INIT,
+    SCALE_BIAS_INIT,
+    Gaussians3D,
+    activate_gaussian_heads,
+    covariance_matrices,
+    precision_matrices,
+    quaternion_to_rotation_matrix,
+    rotation_matrix_to_quaternion,
+)
+from medgmae.ply import load_ply, save_ply
+from medgmae.render import render_volume
+
+
+def _random(b=2, k=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return Gaussians3D(
+        torch.rand(b, k, 3, generator=g, dtype=dtype),
+        0.02 + 0.2 * torch.rand(b, k, 3, generator=g, dtype=dtype),
+        torch.randn(b, k, 4, generator=g, dtype=dtype),
+        torch.rand(b, k, generator=g, dtype=dtype),
+    )
+
+
+def test_quaternion_rotation_matches_axis_angle():
+    theta = 0.7
+    q = torch.tensor([math.cos(theta / 2), 0.0, 0.0, math.sin(theta / 2)], dtype=torch.float64) * 3.0  # unnormalised
+    r = quaternion_to_rotation_matrix(q)
+    c, s = math.cos(theta), math.sin(theta)
+    expected = torch.tensor([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=torch.float64)
+    assert torch.allclose(r, expected, atol=1e-12)
+
+
+def test_rotations_are_proper_and_invertible():
+    g = _random(3, 50)
+    r = g.rotation_matrices()
+    eye = torch.eye(3, dtype=torch.float64).expand_as(r)
+    assert torch.allclose(r @ r.transpose(-1, -2), eye, atol=1e-12)
+    assert torch.allclose(torch.linalg.det(r), torch.ones(3, 50, dtype=torch.float64), atol=1e-12)
+    q = rotation_matrix_to_quaternion(r)
+    assert torch.allclose(quaternion_to_rotation_matrix(q), r, atol=1e-10)
+
+
+def test_covariance_and_precision_are_inverse():
+    g = _random()
+    cov, prec = covariance_matrices(g.scales, g.quats), precision_matrices(g.scales, g.quats)
+    eye = torch.eye(3, dtype=torch.float64).expand_as(cov)
+    assert torch.allclose(cov @ prec, eye, atol=1e-9)
+    evals = torch.linalg.eigvalsh(cov)
+    assert torch.allclose(evals, g.scales.square().sort(-1).values, rtol=1e-9, atol=1e-12)
+
+
+def test_head_activations_and_bias_inits():
+    b, k = 2, 7
+    raw = torch.randn(b, k, 11, dtype=torch.float64) * 3
+    g = activate_gaussian_heads(raw[..., :3], raw[..., 3:6], raw[..., 6:10], raw[..., 10:], scale_cap=0.5)
+    assert torch.allclose(g.means, torch.sigmoid(raw[..., :3]))
+    assert torch.allclose(g.scales, 0.5 * torch.sigmoid(raw[..., 3:6]))
+    assert torch.allclose(g.quats.norm(dim=-1), torch.ones(b, k, dtype=torch.float64))
+    assert torch.allclose(g.intensities, torch.sigmoid(raw[..., 10]))
+    assert abs(torch.sigmoid(torch.tensor(SCALE_BIAS_INIT)).item() - 0.2) < 1e-3
+    assert abs(torch.sigmoid(torch.tensor(INTENSITY_BIAS_INIT)).item() - 0.4) < 1e-3
+
+
+def test_container_validation_and_tensor_roundtrip():
+    g = _random()
+    assert torch.equal(Gaussians3D.from_tensor(g.as_tensor()).as_tensor(), g.as_tensor())
+    with pytest.raises(ValueError, match="scales"):
+        Gaussians3D(g.means, g.scales[:, :2], g.quats, g.intensities)
+    with pytest.raises(ValueError, match="intensities"):
+        Gaussians3D(g.means, g.scales, g.quats, g.intensities[..., None])
+    both = Gaussians3D.cat([g, g[0:2]], dim=1)
+    assert both.num_gaussians == 10 and both.batch_size == 2
+    assert g[1].batch_size == 1
+
+
+@pytest.mark.parametrize("shape", [(12, 12, 12), (10, 14, 7)])
+def test_normalized_to_voxel_frame_renders_the_same_function(shape):
+    """A Gaussian in the normalised frame, moved to voxels and rendered, equals its density at voxel centres."""
+    g = _random(1, 4, seed=3)
+    g = Gaussians3D(0.3 + 0.4 * g.means, 0.05 + 0.1 * g.scales, g.quats, g.intensities)
+    vol = g.to_voxel(shape).render(shape, cutoff=50.0, backend="torch")
+    n = torch.tensor(shape, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in shape], indexing="ij"), -1)
+    u = (grid.reshape(-1, 3) + 0.5) / n  # voxel centres in the normalised frame
+    d = u[None] - g.means[0][:, None]
+    q = torch.einsum("kna,kab,knb->kn", d, g.precisions()[0], d)
+    expected = (g.intensities[0][:, None] * torch.exp(-0.5 * q)).sum(0).reshape(shape)
+    assert torch.allclose(vol[0], expected, atol=1e-9)
+    back = g.to_voxel(shape).to_normalized(shape)
+    assert torch.allclose(back.means, g.means, atol=1e-12)
+    assert torch.allclose(back.covariances(), g.covariances(), atol=1e-12)
+
+
+def test_ply_roundtrip_is_lossless(tmp_path):
+    g = _random(1, 33, dtype=torch.float32)
+    g = Gaussians3D(g.means * 96, g.scales * 96, g.quats, g.intensities)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    path = save_ply(tmp_path / "g.ply", g, frame="voxel", shape=(96, 96, 80), affine=affine)
+    back, meta = load_ply(path)
+    for a, b in zip(g.tensors(), back.tensors()):
+        assert torch.equal(a, b)
+    assert meta["frame"] == "voxel" and meta["shape"] == (96, 96, 80)
+    assert np.array_equal(meta["affine"], affine)
+    text = path.read_bytes().split(b"end_header")[0].decode()
+    for prop in ("x", "scale_0", "rot_3", "opacity", "f_dc_0", "intensity"):
+        assert f"property float {prop}\n" in text
+
+
+def test_ply_from_3dgs_layout_and_errors(tmp_path):
+    # a file with only the 3DGS attributes: log-scales and f_dc give scales and intensity
+    k = 4
+    fields = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"] + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
+    data = np.zeros(k, dtype=[(f, "<f4") for f in fields])
+    data["scale_0"] = np.log(2.0)
+    data["rot_0"] = 1.0
+    data["f_dc_0"] = (0.75 - 0.5) / 0.28209479177387814
+    header = "ply\nformat binary_little_endian 1.0\nelement vertex 4\n" + "".join(f"property float {f}\n" for f in fields) + "end_header\n"
+    (tmp_path / "gs.ply").write_bytes(header.encode() + data.tobytes())
+    g, _ = load_ply(tmp_path / "gs.ply")
+    assert torch.allclose(g.scales[0, :, 0], torch.full((k,), 2.0))
+    assert torch.allclose(g.intensities, torch.full((1, k), 0.75))
+    (tmp_path / "trunc.ply").write_bytes(header.encode() + data.tobytes()[:10])
+    with pytest.raises(ValueError, match="truncated"):
+        load_ply(tmp_path / "trunc.ply")
+    (tmp_path / "ascii.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nend_header\n")
+    with pytest.raises(ValueError, match="binary_little_endian"):
+        load_ply(tmp_path / "ascii.ply")
+    with pytest.raises(FileNotFoundError, match="missing.ply"):
+        load_ply(tmp_path / "missing.ply")
+    with pytest.raises(ValueError, match="batch size 2"):
+        save_ply(tmp_path / "b2.ply", _random(2, 3))
+    assert not (tmp_path / "b2.ply").exists()
