@@ -1,0 +1,40 @@
+"""Every bundle's metadata.json passes MONAI's verify_metadata offline against the shipped schema."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "bundles" / "schema" / "meta_schema.json"
+BUNDLES = sorted(p.parent.parent for p in (ROOT / "bundles").glob("*/configs/metadata.json"))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_verify_metadata_offline(bundle):
+    meta = bundle / "configs" / "metadata.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(SCHEMA)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "metadata is verified with no error" in (run.stdout + run.stderr)
+
+
+def test_schema_rejects_incomplete_metadata(tmp_path):
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps({"schema": "x", "version": "0.1.0"}))
+    run = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(SCHEMA)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode != 0 and "required property" in (run.stdout + run.stderr)
+
+
+def test_every_bundle_has_the_standard_files():
+    assert BUNDLES, "no bundles found"
+    for b in BUNDLES:
+        for rel in ("configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
+            assert (b / rel).is_file(), f"{b.name} lacks {rel}"
