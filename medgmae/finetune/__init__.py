@@ -1,0 +1,27 @@
+"""UNETR segmentation fine-tuning from the pre-trained encoder: data, weights, evaluation (see bundles/unetr_finetune)."""
+
+from medgmae.finetune.data import (
+    DatasetError,
+    check_case,
+    check_cases,
+    inference_transforms,
+    label_names,
+    prepare_datalists,
+    read_datalist,
+    resolve_num_classes,
+    select_label_fraction,
+    train_transforms,
+    val_transforms,
+)
+from medgmae.finetune.evaluate import SaveSegmentationd, SegmentationReport, per_case_dice
+from medgmae.finetune.weights import (
+    BestCheckpointSaver,
+    build_unetr,
+    layer_id,
+    load_finetuned,
+    load_pretrained_encoder,
+    param_groups,
+    read_encoder_file,
+    set_encoder_trainable,
+    stock_unetr_from_encoder,
+)

@@ -1,0 +1,323 @@
+"""Segmentation data for UNETR fine-tuning: Decathlon datalists, label subsets, per-case checks and transforms.
+
+Datalists are Decathlon-style JSON files (``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}``
+paths relative to the datalist's folder or to ``data_dir``) with a ``labels`` map ``{"0": "background", ...}``,
+as distributed for BTCV (14 classes) and AMOS CT (16 classes). The transforms follow MONAI's BTCV references.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from monai.data import load_decathlon_datalist
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
+
+from medgmae.engine import atomic_write
+
+__all__ = [
+    "DatasetError",
+    "read_datalist",
+    "label_names",
+    "resolve_num_classes",
+    "select_label_fraction",
+    "check_case",
+    "check_cases",
+    "prepare_datalists",
+    "train_transforms",
+    "val_transforms",
+    "inference_transforms",
+    "phantom_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
+DEFAULT_HU_RANGE = (-175.0, 250.0)
+
+
+class DatasetError(ValueError):
+    """A datalist or one of its cases cannot be used; the message names the file or case and the problem."""
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DatasetError(f"datalist not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
+
+
+def read_datalist(datalist: str | Path, key: str = "training", data_dir: str | Path | None = None) -> list[dict]:
+    """Cases of one list of a Decathlon datalist, with absolute paths.
+
+    Args:
+        datalist: the JSON file.
+        key: ``"training"``, ``"validation"`` or ``"test"``.
+        data_dir: base folder of the relative paths (defaults to the datalist's folder).
+
+    Returns:
+        list of dicts with ``image`` (and ``label`` where given) as absolute path strings.
+
+    Raises:
+        DatasetError: the file is missing or invalid, or the list is absent or empty.
+    """
+    datalist = Path(datalist)
+    content = _read_json(datalist)
+    if key not in content:
+        raise DatasetError(f"datalist {datalist} has no '{key}' list (it has {sorted(content)})")
+    if not content[key]:
+        raise DatasetError(f"datalist {datalist}: the '{key}' list is empty")
+    base = Path(data_dir) if data_dir else datalist.parent
+    return load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=key, base_dir=base)
+
+
+def label_names(datalist: str | Path | None = None, num_classes: int | None = None) -> list[str]:
+    """Class names in label order (background first) from the datalist's ``labels`` map or a class count.
+
+    Args:
+        datalist: Decathlon JSON with a ``labels`` map ``{"0": "background", "1": "spleen", ...}``.
+        num_classes: class count from the configuration; checked against the datalist when both are given.
+
+    Returns:
+        ``num_classes`` names (``class_<i>`` where the datalist has none).
+    """
+    labels = _read_json(Path(datalist)).get("labels") if datalist else None
+    if labels:
+        try:
+            index = {int(k): str(v) for k, v in labels.items()}
+        except (ValueError, AttributeError) as e:
+            raise DatasetError(f"datalist {datalist}: 'labels' must map integer strings to names, got {labels!r}") from e
+        if sorted(index) != list(range(len(index))):
+            raise DatasetError(f"datalist {datalist}: 'labels' keys must be 0..{len(index) - 1}, got {sorted(index)}")
+        if num_classes and int(num_classes) != len(index):
+            raise DatasetError(f"num_classes={num_classes} but datalist {datalist} names {len(index)} labels")
+        return [index[i] for i in range(len(index))]
+    if not num_classes:
+        raise DatasetError(f"set num_classes: datalist {datalist} has no 'labels' map")
+    return ["background"] + [f"class_{i}" for i in range(1, int(num_classes))]
+
+
+def resolve_num_classes(datalist: str | Path | None, num_classes: int | None = None) -> int:
+    """The class count: ``num_classes`` when set (> 0), else the size of the datalist's ``labels`` map."""
+    n = len(label_names(datalist, num_classes or None))
+    if n < 2:
+        raise DatasetError(f"need at least 2 classes (background and one structure), got {n}")
+    return n
+
+
+def select_label_fraction(
+    cases: Sequence[dict], fraction: float, seed: int = 0, output_dir: str | Path | None = None
+) -> list[dict]:
+    """A deterministic subset of the training cases: ``max(1, round(fraction * n))`` of them.
+
+    One seeded permutation orders the cases, and each fraction takes its head, so for a fixed seed the subsets are
+    nested (the 1 % cases are inside the 10 % cases). The chosen list is written to
+    ``output_dir/training_cases.json``.
+
+    Args:
+        cases: training cases.
+        fraction: in ``(0, 1]``.
+        seed: permutation seed.
+        output_dir: folder for ``training_cases.json`` (not written when ``None``).
+
+    Returns:
+        the chosen cases in their original order.
+    """
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    if not cases:
+        raise DatasetError("no training cases to choose from")
+    n = max(1, int(round(float(fraction) * len(cases))))
+    order = np.random.default_rng(seed).permutation(len(cases))
+    chosen = [cases[i] for i in sorted(order[:n].tolist())]
+    if output_dir is not None:
+        out = Path(output_dir) / "training_cases.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        record = {"label_fraction": float(fraction), "seed": int(seed), "num_total": len(cases), "cases": chosen}
+        with atomic_write(out) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=2, default=str))
+    logger.info("label_fraction %s: %d of %d training cases", fraction, n, len(cases))
+    return chosen
+
+
+def _load(path: str):
+    import nibabel as nib
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(path)
+    img = nib.load(path)
+    return img
+
+
+def check_case(case: dict, num_classes: int, atol: float = 1e-3) -> None:
+    """Check one labelled case: files exist and read, same shape and affine, labels in ``[0, num_classes)``, finite.
+
+    Args:
+        case: ``{"image": path, "label": path}``.
+        num_classes: classes, background included.
+        atol: tolerance on affine entries (mm).
+
+    Raises:
+        DatasetError: naming the case and the problem.
+    """
+    name = case.get("image", case)
+    if "image" not in case or "label" not in case:
+        raise DatasetError(f"case {name}: needs both 'image' and 'label', got keys {sorted(case)}")
+    imgs = {}
+    for key in ("image", "label"):
+        try:
+            imgs[key] = _load(str(case[key]))
+        except FileNotFoundError:
+            raise DatasetError(f"case {name}: {key} file not found: {case[key]}") from None
+        except Exception as e:
+            raise DatasetError(f"case {name}: cannot read {key} file {case[key]}: {e}") from e
+    image, label = imgs["image"], imgs["label"]
+    if image.shape[:3] != label.shape[:3]:
+        raise DatasetError(f"case {name}: image shape {image.shape} differs from label shape {label.shape} ({case['label']})")
+    if not np.allclose(image.affine, label.affine, atol=atol):
+        raise DatasetError(
+            f"case {name}: image and label affines differ ({case['label']}):\n{np.round(image.affine, 4)}\nvs\n"
+            f"{np.round(label.affine, 4)}"
+        )
+    lab = np.asanyarray(label.dataobj)
+    if not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)):
+        raise DatasetError(f"case {name}: label {case['label']} has non-integer or non-finite values")
+    lo, hi = int(lab.min()), int(lab.max())
+    if lo < 0 or hi >= num_classes:
+        raise DatasetError(
+            f"case {name}: label values in [{lo}, {hi}] are outside the class range [0, {num_classes - 1}] ({case['label']})"
+        )
+    if not np.all(np.isfinite(np.asanyarray(image.dataobj))):
+        raise DatasetError(f"case {name}: image {case['image']} has NaN or infinite voxels")
+
+
+def check_cases(cases: Sequence[dict], num_classes: int) -> list[dict]:
+    """:func:`check_case` on every case; returns the cases unchanged so that it can sit inside a bundle config."""
+    if not cases:
+        raise DatasetError("empty case list")
+    for case in cases:
+        check_case(case, num_classes)
+    return list(cases)
+
+
+def phantom_dataset(out_dir: str | Path, num_cases: int = 6, num_validation: int = 2, seed: int = 0, shape=None) -> str:
+    """Write (once) a labelled phantom dataset with the toolkit's generator and return its ``dataset.json`` path."""
+    from medgmae.data.phantom import write_phantom_dataset
+
+    out_dir = Path(out_dir)
+    datalist = out_dir / "dataset.json"
+    if datalist.is_file():
+        return str(datalist)
+    kwargs = {"shape": tuple(shape)} if shape else {}
+    return str(write_phantom_dataset(out_dir, num_cases, seed=seed, num_validation=num_validation, **kwargs))
+
+
+def prepare_datalists(
+    dataset_dir: str | Path,
+    datalist: str | Path,
+    output_dir: str | Path,
+    label_fraction: float = 1.0,
+    seed: int = 0,
+    num_classes: int | None = None,
+    phantom_cases: int = 6,
+    phantom_shape: Sequence[int] | None = None,
+) -> dict:
+    """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` is empty, label subset, checks.
+
+    Args:
+        dataset_dir: folder with the images (``""``: phantom data written to ``output_dir/phantom``).
+        datalist: Decathlon JSON (``""``: ``dataset_dir/dataset.json``); relative paths resolve against its folder.
+        output_dir: run folder (``training_cases.json`` goes there).
+        label_fraction: fraction of training cases with labels used.
+        seed: subset seed.
+        num_classes: class count (``None`` or 0: from the datalist's ``labels``).
+        phantom_cases: phantom cases (training + validation) when no dataset is given.
+        phantom_shape: phantom volume shape (generator default when ``None``).
+
+    Returns:
+        ``{"datalist", "num_classes", "label_names", "training", "validation"}`` with checked case lists.
+    """
+    if not dataset_dir:
+        n_val = max(1, phantom_cases // 3)
+        datalist = phantom_dataset(Path(output_dir) / "phantom", phantom_cases, n_val, seed=seed, shape=phantom_shape)
+        dataset_dir = Path(datalist).parent
+    elif not datalist:
+        datalist = Path(dataset_dir) / "dataset.json"
+    names = label_names(datalist, num_classes or None)
+    training = read_datalist(datalist, "training", dataset_dir)
+    validation = read_datalist(datalist, "validation", dataset_dir)
+    training = select_label_fraction(training, label_fraction, seed, output_dir)
+    check_cases(training, len(names))
+    check_cases(validation, len(names))
+    return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": training, "validation": validation}
+
+
+def _load_and_resample(keys, pixdim, hu_range, interp) -> list:
+    return [
+        LoadImaged(keys=keys, image_only=True),
+        EnsureChannelFirstd(keys=keys),
+        Orientationd(keys=keys, axcodes="RAS"),
+        Spacingd(keys=keys, pixdim=pixdim, mode=interp),
+        ScaleIntensityRanged(keys="image", a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True),
+        CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
+    ]
+
+
+def train_transforms(
+    roi_size: Sequence[int] | int = 96,
+    pixdim: Sequence[float] = DEFAULT_PIXDIM,
+    hu_range: Sequence[float] = DEFAULT_HU_RANGE,
+    num_samples: int = 4,
+) -> Compose:
+    """MONAI BTCV training pipeline: load, RAS, resample, HU window to [0, 1], foreground crop, 1:1 pos/neg crops of
+    ``roi_size``, flips on each axis, 90-degree rotations, intensity scale and shift."""
+    roi = [roi_size] * 3 if isinstance(roi_size, int) else list(roi_size)
+    keys = ["image", "label"]
+    return Compose(
+        _load_and_resample(keys, pixdim, hu_range, ("bilinear", "nearest"))
+        + [
+            SpatialPadd(keys=keys, spatial_size=roi),
+            RandCropByPosNegLabeld(
+                keys=keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=num_samples,
+                image_key="image", image_threshold=0,
+            ),
+            RandFlipd(keys=keys, prob=0.1, spatial_axis=0),
+            RandFlipd(keys=keys, prob=0.1, spatial_axis=1),
+            RandFlipd(keys=keys, prob=0.1, spatial_axis=2),
+            RandRotate90d(keys=keys, prob=0.1, max_k=3),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.1),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            EnsureTyped(keys=keys, track_meta=False),
+        ]
+    )
+
+
+def val_transforms(pixdim: Sequence[float] = DEFAULT_PIXDIM, hu_range: Sequence[float] = DEFAULT_HU_RANGE) -> Compose:
+    """Deterministic part of :func:`train_transforms` (whole volumes, for sliding-window validation)."""
+    keys = ["image", "label"]
+    return Compose(_load_and_resample(keys, pixdim, hu_range, ("bilinear", "nearest")) + [EnsureTyped(keys=keys)])
+
+
+def inference_transforms(pixdim: Sequence[float] = DEFAULT_PIXDIM, hu_range: Sequence[float] = DEFAULT_HU_RANGE) -> Compose:
+    """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space."""
+    return Compose(_load_and_resample(["image"], pixdim, hu_range, "bilinear") + [EnsureTyped(keys="image")])

@@ -1,0 +1,160 @@
+"""Segmentation results: per-case and per-class Dice (``metrics.json``, per-case CSV) and NIfTI segmentations.
+
+Both outputs are written atomically. :class:`SegmentationReport` is an ignite handler for a MONAI
+``SupervisedEvaluator`` whose post-processing yields one-hot ``pred`` and ``label``; :class:`SaveSegmentationd`
+writes an inverted (original-space) prediction as a label-map NIfTI.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Hashable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.metrics import DiceMetric
+from monai.transforms import MapTransform
+
+from medgmae.engine import atomic_write, save_json_atomic
+
+__all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name"]
+
+logger = logging.getLogger(__name__)
+
+
+def case_name(item: Mapping) -> str:
+    """File name of a case's image (without folders and NIfTI extension), from MONAI metadata."""
+    img = item.get("image")
+    meta = getattr(img, "meta", None) or item.get("image_meta_dict") or {}
+    name = Path(str(meta.get("filename_or_obj", "case"))).name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def per_case_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Dice per foreground class of one case (MONAI :class:`DiceMetric`).
+
+    Args:
+        pred: ``(C, *spatial)`` one-hot prediction.
+        label: ``(C, *spatial)`` one-hot reference.
+
+    Returns:
+        ``(C - 1,)`` Dice of classes 1..C-1; NaN where the reference has no voxel of the class.
+    """
+    if pred.shape != label.shape:
+        raise ValueError(f"pred shape {tuple(pred.shape)} differs from label shape {tuple(label.shape)}")
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    return metric(pred[None].float(), label[None].float())[0].cpu()
+
+
+class SegmentationReport:
+    """Collect per-case Dice over an evaluator run; write ``metrics.json`` and ``per_case_dice.csv``.
+
+    ``metrics.json`` holds ``mean_dice`` (mean over all case/class values, as MONAI's ``MeanDice``), per-class
+    means under ``dice_per_class`` (by label name), the number of cases, and ``extra`` (e.g. the checkpoint used).
+
+    Args:
+        output_dir: folder for the two files.
+        label_names: names of classes 0..C-1 (background first).
+        extra: more entries for ``metrics.json``.
+        csv_name: per-case file name.
+    """
+
+    def __init__(
+        self, output_dir: str | Path, label_names: Sequence[str], extra: Mapping | None = None, csv_name: str = "per_case_dice.csv"
+    ) -> None:
+        if len(label_names) < 2:
+            raise ValueError(f"need at least 2 label names, got {list(label_names)}")
+        self.output_dir, self.names = Path(output_dir), list(label_names)
+        self.extra, self.csv_name = dict(extra or {}), csv_name
+        self.rows: list[tuple[str, list[float]]] = []
+        self.metrics: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        items = output if isinstance(output, (list, tuple)) else [output]
+        for item in items:
+            dice = per_case_dice(item["pred"], item["label"])
+            if dice.numel() != len(self.names) - 1:
+                raise ValueError(f"prediction has {dice.numel() + 1} classes but {len(self.names)} label names are set")
+            self.rows.append((case_name(item), dice.tolist()))
+
+    def summary(self) -> dict:
+        """Metrics of the collected cases."""
+        values = np.array([d for _, d in self.rows], dtype=np.float64).reshape(len(self.rows), len(self.names) - 1)
+        with np.errstate(all="ignore"):
+            per_class = np.nanmean(values, axis=0) if len(values) else np.full(len(self.names) - 1, np.nan)
+            mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        clean = lambda v: None if not math.isfinite(v) else float(v)  # noqa: E731  JSON has no NaN
+        return {
+            "mean_dice": clean(mean),
+            "dice_per_class": {n: clean(float(v)) for n, v in zip(self.names[1:], per_class)},
+            "num_cases": len(self.rows),
+            **self.extra,
+        }
+
+    def write(self, engine: Engine | None = None) -> dict:
+        """Write ``metrics.json`` and the per-case CSV; returns the metrics."""
+        self.metrics = self.summary()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_json_atomic(self.metrics, self.output_dir / "metrics.json")
+        with atomic_write(self.output_dir / self.csv_name) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["case", "mean_dice"] + self.names[1:])
+                for name, dice in self.rows:
+                    finite = [d for d in dice if math.isfinite(d)]
+                    mean = sum(finite) / len(finite) if finite else float("nan")
+                    w.writerow([name, _fmt(mean)] + [_fmt(d) for d in dice])
+        logger.info("mean Dice %s over %d cases -> %s", self.metrics["mean_dice"], len(self.rows), self.output_dir)
+        return self.metrics
+
+
+def _fmt(v: float) -> str:
+    return "" if not math.isfinite(v) else f"{v:.6f}"
+
+
+class SaveSegmentationd(MapTransform):
+    """Write a label map (``argmax`` already applied, in the input image's original space) as ``<case>_seg.nii.gz``.
+
+    The affine is the tensor's own (after :class:`monai.transforms.Invertd`, the original image's), so the file
+    overlays the input in 3D Slicer or ITK-SNAP. Written atomically.
+
+    Args:
+        keys: key of the label map ``(1, *spatial)``.
+        output_dir: destination folder.
+        postfix: appended to the case name.
+    """
+
+    def __init__(self, keys="pred", output_dir: str | Path = "segmentations", postfix: str = "seg") -> None:
+        super().__init__(keys)
+        self.output_dir, self.postfix = Path(output_dir), postfix
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            seg = d[key]
+            if seg.ndim != 4 or seg.shape[0] != 1:
+                raise ValueError(f"{key}: expected a (1, H, W, D) label map, got {tuple(seg.shape)}")
+            affine = np.asarray(torch.as_tensor(seg.affine).cpu(), dtype=np.float64)
+            labels = np.asarray(seg[0].detach().cpu().round()).astype(np.uint8 if seg.max() < 256 else np.int16)
+            path = self.output_dir / f"{case_name(d)}_{self.postfix}.nii.gz"
+            img = nib.Nifti1Image(labels, affine)
+            img.header.set_xyzt_units("mm")
+            with atomic_write(path) as tmp:
+                nib.save(img, str(tmp))
+            logger.info("wrote %s", path)
+            d[f"{key}_path"] = str(path)
+        return d

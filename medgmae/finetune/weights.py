@@ -1,0 +1,326 @@
+"""Pre-trained encoder weights into UNETR: strict loading, network construction, layer-wise LR decay, freezing.
+
+``encoder.pt`` (written by pre-training) holds ``{"kind": "medgmae-encoder", "config": MaskedViTEncoder.config(),
+"state_dict": ..., "source": <model class>}``. Its tensors go into ``network.vit`` of either
+:class:`~medgmae.networks.unetr.MedGMAEUNETR` (any patch size; every tensor, class token included) or MONAI's
+:class:`~monai.networks.nets.UNETR` (16^3 patches, 12 blocks; its ViT has no class token, so ``cls_token`` is the
+one tensor left out, and said so in the log). Any other missing, unexpected or mis-shaped tensor is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import UNETR
+
+from medgmae.networks.unetr import MedGMAEUNETR
+from medgmae.networks.vit import MaskedViTEncoder
+
+__all__ = [
+    "ENCODER_KIND",
+    "read_encoder_file",
+    "load_pretrained_encoder",
+    "build_unetr",
+    "stock_unetr_from_encoder",
+    "layer_id",
+    "param_groups",
+    "set_encoder_trainable",
+    "load_finetuned",
+    "BestCheckpointSaver",
+]
+
+logger = logging.getLogger(__name__)
+
+ENCODER_KIND = "medgmae-encoder"
+#: encoder tensors that MONAI's ViT (``classification=False``) has no place for
+STOCK_UNETR_DROPPED = ("cls_token",)
+
+
+def read_encoder_file(path: str | Path) -> dict:
+    """Read and check an ``encoder.pt`` file.
+
+    Args:
+        path: file written by pre-training.
+
+    Returns:
+        the dict with ``kind``, ``config``, ``state_dict`` and ``source``.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file cannot be read or is not a MedGMAE encoder file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pre-trained encoder file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # corrupt or truncated file
+        raise ValueError(f"cannot read pre-trained encoder file {path}: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != ENCODER_KIND:
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a '{ENCODER_KIND}' file (kind: {kind!r}); pass the encoder.pt written by pre-training")
+    for key in ("config", "state_dict"):
+        if key not in ckpt:
+            raise ValueError(f"{path} has no '{key}' entry")
+    return ckpt
+
+
+def load_pretrained_encoder(network: nn.Module, encoder: str | Path | dict, source_name: str | None = None) -> int:
+    """Copy every pre-trained encoder tensor into ``network.vit``; fail on any missing or mis-shaped tensor.
+
+    Args:
+        network: :class:`MedGMAEUNETR` or MONAI :class:`UNETR`.
+        encoder: path of an ``encoder.pt`` file, its loaded dict, or a bare encoder state dict.
+        source_name: name used in messages (defaults to the path).
+
+    Returns:
+        the number of tensors loaded.
+
+    Raises:
+        ValueError: a tensor is missing on either side or has another shape (all of them are listed).
+    """
+    if not hasattr(network, "vit"):
+        raise ValueError(f"{type(network).__name__} has no 'vit' encoder to load weights into")
+    if isinstance(encoder, (str, Path)):
+        source_name = source_name or str(encoder)
+        encoder = read_encoder_file(encoder)
+    source_name = source_name or "encoder state dict"
+    state = encoder["state_dict"] if "state_dict" in encoder else encoder
+    target = network.vit.state_dict()
+    dropped = [k for k in STOCK_UNETR_DROPPED if isinstance(network, UNETR) and k in state and k not in target]
+    source = {k: v for k, v in state.items() if k not in dropped}
+    missing = sorted(set(target) - set(source))
+    unexpected = sorted(set(source) - set(target))
+    mis_shaped = [
+        f"{k}: checkpoint {tuple(source[k].shape)} vs network {tuple(target[k].shape)}"
+        for k in sorted(set(source) & set(target))
+        if source[k].shape != target[k].shape
+    ]
+    if missing or unexpected or mis_shaped:
+        lines = [f"cannot load pre-trained encoder {source_name} into {type(network).__name__}.vit:"]
+        if missing:
+            lines.append(f"  {len(missing)} network tensors missing from the checkpoint: {missing[:8]}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} checkpoint tensors with no place in the network: {unexpected[:8]}")
+        if mis_shaped:
+            lines.append(f"  {len(mis_shaped)} tensors of another shape: {mis_shaped[:8]}")
+        lines.append("  (patch size, width, depth, MLP ratio and img_size must match the pre-trained encoder)")
+        raise ValueError("\n".join(lines))
+    network.vit.load_state_dict(source, strict=True)
+    note = f"; left out {dropped} (MONAI UNETR's ViT has no class token)" if dropped else ""
+    logger.info("loaded %d/%d pre-trained encoder tensors from %s%s", len(source), len(state), source_name, note)
+    return len(source)
+
+
+def build_unetr(
+    num_classes: int,
+    roi_size: Sequence[int] | int,
+    pretrained: str | Path = "",
+    encoder: dict | None = None,
+    feature_size: int = 16,
+    in_channels: int = 1,
+) -> MedGMAEUNETR:
+    """UNETR for fine-tuning: the encoder's architecture comes from ``pretrained`` when given, else from ``encoder``.
+
+    Args:
+        num_classes: output classes, background included.
+        roi_size: training crop / sliding-window size; must equal the pre-trained encoder's ``img_size``.
+        pretrained: path of ``encoder.pt``, or ``""`` to train from scratch.
+        encoder: :class:`MaskedViTEncoder` arguments for training from scratch (``img_size`` is ``roi_size``).
+        feature_size: decoder width.
+        in_channels: image channels.
+
+    Returns:
+        the network, with pre-trained encoder weights loaded when ``pretrained`` is set.
+    """
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2 (background and at least one structure), got {num_classes}")
+    if pretrained:
+        ckpt = read_encoder_file(pretrained)
+        cfg = dict(ckpt["config"])
+        roi = tuple(int(r) for r in ([roi_size] * len(cfg["img_size"]) if isinstance(roi_size, int) else roi_size))
+        if tuple(cfg["img_size"]) != roi:
+            raise ValueError(
+                f"roi_size {roi} differs from the img_size {tuple(cfg['img_size'])} the encoder in {pretrained} was "
+                f"pre-trained with; set roi_size to {tuple(cfg['img_size'])}"
+            )
+        if cfg.get("in_channels", 1) != in_channels:
+            raise ValueError(f"{pretrained} was pre-trained with {cfg.get('in_channels')} channels, not {in_channels}")
+        net = MedGMAEUNETR(int(num_classes), encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
+        load_pretrained_encoder(net, ckpt, source_name=str(pretrained))
+        return net
+    cfg = dict(encoder or {})
+    cfg.update(img_size=roi_size, in_channels=in_channels)
+    logger.info("training from scratch: no pre-trained encoder")
+    return MedGMAEUNETR(int(num_classes), encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
+
+
+def stock_unetr_from_encoder(
+    pretrained: str | Path, num_classes: int, feature_size: int = 16, norm_name: str = "instance"
+) -> UNETR:
+    """MONAI's own :class:`UNETR` with the pre-trained encoder loaded; needs 16^3 patches and 12 blocks.
+
+    Args:
+        pretrained: path of ``encoder.pt``.
+        num_classes: output classes.
+        feature_size: decoder width.
+        norm_name: decoder normalisation.
+
+    Returns:
+        the MONAI network with every encoder tensor but ``cls_token`` loaded into ``UNETR.vit``.
+    """
+    ckpt = read_encoder_file(pretrained)
+    cfg = ckpt["config"]
+    if set(cfg["patch_size"]) != {16} or cfg["num_layers"] != 12:
+        raise ValueError(
+            f"MONAI UNETR needs 16^3 patches and 12 blocks; {pretrained} has patch {tuple(cfg['patch_size'])} and "
+            f"{cfg['num_layers']} blocks: use medgmae.networks.unetr.MedGMAEUNETR"
+        )
+    net = UNETR(
+        in_channels=cfg["in_channels"],
+        out_channels=num_classes,
+        img_size=tuple(cfg["img_size"]),
+        feature_size=feature_size,
+        hidden_size=cfg["hidden_size"],
+        mlp_dim=int(cfg["hidden_size"] * cfg["mlp_ratio"]),
+        num_heads=cfg["num_heads"],
+        norm_name=norm_name,
+        spatial_dims=cfg["spatial_dims"],
+        qkv_bias=True,
+    )
+    load_pretrained_encoder(net, ckpt, source_name=str(pretrained))
+    return net
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise LR decay: 0 embedding, ``i + 1`` block ``i``, ``num_layers + 1`` the rest."""
+    if name.startswith(("vit.cls_token", "vit.patch_embedding")):
+        return 0
+    if name.startswith("vit.blocks."):
+        return int(name.split(".")[2]) + 1
+    return num_layers + 1
+
+
+def param_groups(
+    network: nn.Module, lr: float, weight_decay: float = 1e-5, layer_decay: float = 1.0, freeze_encoder: bool = False
+) -> list[dict]:
+    """Optimizer parameter groups with layer-wise learning-rate decay (BEiT / MAE fine-tuning recipe).
+
+    A parameter at depth ``d`` (see :func:`layer_id`) gets ``lr * layer_decay ** (num_layers + 1 - d)``: the decoder
+    and the final norm train at ``lr``, earlier blocks slower. Biases, norms, the class token and the position
+    embedding get no weight decay.
+
+    Args:
+        network: :class:`MedGMAEUNETR` or MONAI :class:`UNETR`.
+        lr: base learning rate.
+        weight_decay: decay of weight matrices.
+        layer_decay: per-block factor in ``(0, 1]``; 1 disables the decay.
+        freeze_encoder: leave the encoder (``vit``) out and set ``requires_grad=False`` on it.
+
+    Returns:
+        groups for any ``torch.optim`` optimizer, each with its ``lr`` and ``weight_decay``.
+    """
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    set_encoder_trainable(network, not freeze_encoder)
+    num_layers = len(network.vit.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in network.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = layer_id(name, num_layers)
+        no_decay = p.ndim <= 1 or name.endswith(("cls_token", "position_embeddings"))
+        g = groups.setdefault(
+            (depth, no_decay),
+            {"params": [], "lr": lr * layer_decay ** (num_layers + 1 - depth), "weight_decay": 0.0 if no_decay else weight_decay},
+        )
+        g["params"].append(p)
+    return list(groups.values())
+
+
+def set_encoder_trainable(network: nn.Module, trainable: bool) -> None:
+    """Freeze (``False``) or unfreeze the encoder.
+
+    The fixed sin-cos position embedding of :class:`MaskedViTEncoder` and the unused ``norm_cross_attn`` of MONAI's
+    transformer blocks always stay frozen.
+    """
+    fixed_pos = isinstance(network.vit, MaskedViTEncoder)
+    for name, p in network.vit.named_parameters():
+        frozen = "norm_cross_attn" in name or (fixed_pos and name.endswith("position_embeddings"))
+        p.requires_grad_(trainable and not frozen)
+
+
+FINETUNED_KIND = "medgmae-unetr"
+
+
+def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu") -> MedGMAEUNETR:
+    """Rebuild a fine-tuned :class:`MedGMAEUNETR` from ``best_model.pt`` (or a training checkpoint holding one).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file is not a fine-tuned UNETR.
+    """
+    from medgmae.engine import load_torch_file
+
+    ckpt = load_torch_file(path, map_location, what="fine-tuned model")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != FINETUNED_KIND:
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a '{FINETUNED_KIND}' model file (kind: {kind!r}); pass best_model.pt of a run")
+    cfg = dict(ckpt["config"])
+    out_channels, feature_size = cfg.pop("out_channels"), cfg.pop("feature_size")
+    net = MedGMAEUNETR(out_channels, encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
+    net.load_state_dict(ckpt["state_dict"], strict=True)
+    return net
+
+
+class BestCheckpointSaver:
+    """Save ``best_model.pt`` atomically whenever a validation metric improves (attach to the evaluator).
+
+    The file is ``{"kind": "medgmae-unetr", "config", "state_dict", "epoch", "metric_name", "metric"}``, readable
+    by :func:`load_finetuned`. The best value so far is part of ``state_dict()`` so that resumed runs keep it.
+
+    Args:
+        output_dir: run folder.
+        network: the :class:`MedGMAEUNETR` being trained.
+        metric_name: key in ``engine.state.metrics`` (higher is better).
+        filename: file name.
+    """
+
+    def __init__(self, output_dir: str | Path, network: MedGMAEUNETR, metric_name: str = "val_mean_dice", filename: str = "best_model.pt") -> None:
+        if not hasattr(network, "config"):
+            raise ValueError(f"{type(network).__name__} has no config(); use MedGMAEUNETR")
+        self.path, self.network, self.metric_name = Path(output_dir) / filename, network, metric_name
+        self.best, self.best_epoch = -float("inf"), 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        from medgmae.engine import save_torch_atomic
+
+        if self.metric_name not in engine.state.metrics:
+            raise KeyError(f"metric '{self.metric_name}' not computed; available: {sorted(engine.state.metrics)}")
+        value = float(engine.state.metrics[self.metric_name])
+        if not value > self.best:  # NaN never improves
+            return
+        self.best, self.best_epoch = value, int(engine.state.epoch)
+        net = self.network.module if hasattr(self.network, "module") else self.network
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        payload = {"kind": FINETUNED_KIND, "config": net.config(), "state_dict": state, "epoch": self.best_epoch,
+                   "metric_name": self.metric_name, "metric": value}
+        save_torch_atomic(payload, self.path)
+        logger.info("new best %s %.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
