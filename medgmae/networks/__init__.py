@@ -1,0 +1,30 @@
+"""Networks: the masked ViT encoder, MedGMAE / MedGMAE* and the voxel-MAE baseline."""
+
+from medgmae.networks.medgmae import (
+    ENCODER_KIND,
+    MAEOutput,
+    MaskedAutoencoder3D,
+    MedGMAE,
+    ResidualGaussianLevel,
+    load_model_checkpoint,
+    masked_mse,
+    patch_mask_to_voxels,
+)
+from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder, ViTPreset, random_masking
+from medgmae.networks.voxel_mae import VoxelMAE
+
+__all__ = [
+    "ENCODER_KIND",
+    "MAEOutput",
+    "MaskedAutoencoder3D",
+    "MaskedViTEncoder",
+    "MedGMAE",
+    "ResidualGaussianLevel",
+    "VIT_PRESETS",
+    "ViTPreset",
+    "VoxelMAE",
+    "load_model_checkpoint",
+    "masked_mse",
+    "patch_mask_to_voxels",
+    "random_masking",
+]

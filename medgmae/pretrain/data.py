@@ -1,0 +1,115 @@
+"""Where pre-training data comes from: a user's datalist / folder, or phantom volumes generated on first use."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch.distributed as dist
+from monai.data import load_decathlon_datalist
+
+__all__ = ["pretrain_datalist", "phantom_dataset", "VOLUME_SUFFIXES"]
+
+logger = logging.getLogger("medgmae.pretrain")
+
+#: File endings taken as volumes when ``dataset_dir`` is a plain folder.
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
+def _dist_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def phantom_dataset(
+    work_dir: str | Path, num_cases: int, seed: int = 0, shape: Sequence[int] | None = None
+) -> Path:
+    """Generate (once) ``num_cases`` phantom CT volumes under ``work_dir/phantom`` and return their dataset.json.
+
+    Under torch.distributed only rank 0 writes; the others wait at a barrier.
+    """
+    if num_cases < 1:
+        raise ValueError(f"num_phantoms must be >= 1, got {num_cases}")
+    from medgmae.data.phantom import write_phantom_dataset
+
+    out = Path(work_dir) / "phantom"
+    json_path = out / "dataset.json"
+    if _dist_rank() == 0 and not json_path.is_file():
+        kwargs = {} if shape is None else {"shape": tuple(int(s) for s in shape)}
+        logger.info("no dataset_dir given: writing %d phantom volumes to %s", num_cases, out)
+        json_path = Path(write_phantom_dataset(out, num_cases, seed=seed, num_validation=0, **kwargs))
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return json_path
+
+
+def _folder_datalist(folder: Path) -> list[dict]:
+    items = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
+    dicom_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.dcm")))
+    return [{"image": str(p)} for p in items + dicom_dirs]
+
+
+def pretrain_datalist(
+    dataset_dir: str | Path,
+    work_dir: str | Path,
+    num_phantoms: int = 4,
+    phantom_seed: int = 0,
+    phantom_shape: Sequence[int] | None = None,
+    validate: bool = True,
+) -> list[dict]:
+    """The training items (``{"image": path[, "label": path]}``) for pre-training.
+
+    Args:
+        dataset_dir: ``""`` (generate phantoms), a Decathlon-style ``dataset.json``, a folder holding one, or a
+            folder of volumes (NIfTI, NRRD, MHA, DICOM series sub-folders).
+        work_dir: where phantoms are written.
+        num_phantoms: phantom volumes to generate when ``dataset_dir`` is empty.
+        phantom_seed: seed of the phantom generator.
+        phantom_shape: phantom volume shape (the generator's default when ``None``).
+        validate: check every image (readable, 3D, finite) before training.
+
+    Returns:
+        Training and validation items together (pre-training uses no labels for supervision).
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` does not exist.
+        ValueError: the datalist is empty or an image is unusable (the message names the file).
+    """
+    if str(dataset_dir).strip() == "":
+        json_path = phantom_dataset(work_dir, num_phantoms, phantom_seed, phantom_shape)
+    else:
+        src = Path(dataset_dir).expanduser()
+        if not src.exists():
+            raise FileNotFoundError(f"dataset_dir does not exist: {src}")
+        json_path = src if src.is_file() else src / "dataset.json"
+    if json_path.is_file():
+        try:
+            items = load_decathlon_datalist(str(json_path), is_segmentation=True, data_list_key="training")
+        except Exception as e:
+            raise ValueError(f"{json_path}: not a usable Decathlon-style datalist ({type(e).__name__}: {e})") from e
+        try:
+            items += load_decathlon_datalist(str(json_path), is_segmentation=True, data_list_key="validation")
+        except ValueError:
+            pass  # no validation list
+    else:
+        items = _folder_datalist(Path(dataset_dir))
+    if not items:
+        raise ValueError(f"no training volumes found in {dataset_dir or json_path}: the datalist is empty")
+    if validate:
+        _validate(items, json_path if json_path.is_file() else Path(dataset_dir))
+    return items
+
+
+def _validate(items: list[dict], source: Path) -> None:
+    """Use the data package's validation when it provides one, otherwise check that files exist."""
+    try:
+        from medgmae.data import validate_datalist  # type: ignore[attr-defined]
+    except ImportError:
+        validate_datalist = None
+    if validate_datalist is not None:
+        validate_datalist(items)
+        return
+    for item in items:
+        p = Path(item["image"])
+        if not p.exists():
+            raise FileNotFoundError(f"{source}: image listed in the datalist does not exist: {p}")

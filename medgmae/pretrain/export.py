@@ -1,0 +1,67 @@
+"""Writing the pre-trained weights: ``encoder.pt`` (for fine-tuning) and ``model.pt`` (for zero-shot use)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch.distributed as dist
+import torch.nn as nn
+from ignite.engine import Engine, Events
+
+from medgmae.engine import save_torch_atomic
+from medgmae.pretrain.trainer import unwrap_model
+
+__all__ = ["save_pretrained", "ModelExportHandler", "ENCODER_FILE", "MODEL_FILE"]
+
+ENCODER_FILE = "encoder.pt"
+MODEL_FILE = "model.pt"
+
+logger = logging.getLogger("medgmae.pretrain")
+
+
+def _is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``encoder.pt`` and ``model.pt`` atomically into ``output_dir``.
+
+    ``encoder.pt``: ``{"kind": "medgmae-encoder", "config", "state_dict", "source"}``; ``model.pt``:
+    ``{"kind": "medgmae" | "medgmae-star" | "voxel-mae", "config", "state_dict"}``.
+
+    Args:
+        network: MedGMAE / VoxelMAE, optionally wrapped in DDP.
+        output_dir: destination folder (created if needed).
+
+    Returns:
+        The two paths.
+    """
+    model = unwrap_model(network)
+    out = Path(output_dir)
+    enc = save_torch_atomic(model.encoder_checkpoint(), out / ENCODER_FILE)
+    full = save_torch_atomic(model.model_checkpoint(), out / MODEL_FILE)
+    return enc, full
+
+
+class ModelExportHandler:
+    """Ignite handler writing ``encoder.pt`` and ``model.pt`` at each epoch end (or only when training
+    completes), on the main process only under DDP.
+
+    Args:
+        output_dir: destination folder.
+        network: the trained network.
+        every_epoch: also write after every epoch (not only at the end).
+    """
+
+    def __init__(self, output_dir: str | Path, network: nn.Module, every_epoch: bool = True) -> None:
+        self.output_dir, self.network, self.every_epoch = Path(output_dir), network, bool(every_epoch)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED if self.every_epoch else Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        enc, full = save_pretrained(self.network, self.output_dir)
+        logger.info("epoch %d: wrote %s and %s", engine.state.epoch, enc, full)
