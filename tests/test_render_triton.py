@@ -1,0 +1,218 @@
+"""Tests of the Triton renderer (medgmae.render._triton_impl).
+
+On a CPU-only machine the kernels run under ``TRITON_INTERPRET=1`` (set by conftest.py before triton is imported):
+the same kernel source that compiles for the GPU. Values are checked against the float64 dense reference of
+test_render.py, gradients against the torch backend (the kernels compute in float32, so no float64 gradcheck).
+The ``gpu`` tests compare both backends on CUDA at realistic sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_render import assert_matches_reference, dense_reference, random_gaussians, special_gaussians  # noqa: E402
+
+from medgmae.render import preprocess_gaussians, render_volume  # noqa: E402
+from medgmae.render._torch_impl import bin_gaussians_to_tiles, render_torch  # noqa: E402
+from medgmae.render._triton_impl import bin_pairs, render_triton  # noqa: E402
+
+needs_triton_here = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or TRITON_INTERPRET=1",
+)
+pytestmark = needs_triton_here
+
+
+def _raw(gs, shape, cutoff, tile):
+    m, c, i, e = preprocess_gaussians(*gs, cutoff)
+    return render_triton(m, c, i, e, shape, cutoff, tile)
+
+
+@pytest.mark.parametrize(
+    "shape,tile,cutoff",
+    [((11, 14, 9), 4, 3.0), ((13, 9, 10), 8, 3.0), ((11, 14, 9), 4, 1.5)],
+)
+def test_triton_matches_dense_reference(shape, tile, cutoff):
+    """Non-cubic volumes, partial tiles, B=2, rotated anisotropic / outside / tiny / huge / needle Gaussians."""
+    rnd = random_gaussians(2, 14, shape, seed=11)
+    sp = special_gaussians(shape, tiny=0.12)
+    gs = [torch.cat([r, s.expand(2, *s.shape[1:])], 1) for r, s in zip(rnd, sp)]
+    ref, amb = dense_reference(*gs, shape, cutoff)
+    out = _raw(gs, shape, cutoff, tile)
+    assert out.shape == (2, *shape) and out.dtype == torch.float32
+    assert_matches_reference(out, ref, amb)
+
+
+def test_triton_far_gaussians_no_cancellation():
+    """Large Gaussians centred far outside the tile (big tile-local means): float32 cancellation stays small."""
+    shape = (8, 8, 8)
+    means = torch.tensor([[[-40.0, 50.0, 3.0], [4.0, 4.0, 70.0], [30.0, 30.0, 30.0]]])
+    scales = torch.tensor([[[20.0, 25.0, 30.0], [8.0, 9.0, 30.0], [15.0, 15.0, 15.0]]])
+    quats = torch.tensor([[[0.9, 0.1, 0.3, -0.2], [0.6, 0.3, 0.3, 0.6], [1.0, 0.0, 0.0, 0.0]]])
+    inten = torch.tensor([[1.0, 2.0, 0.5]])
+    gs = (means, scales, quats, inten)
+    ref, amb = dense_reference(*gs, shape, 3.0)
+    assert (ref.abs() > 0.01).float().mean() > 0.9  # nearly every voxel gets real contributions
+    assert_matches_reference(_raw(gs, shape, 3.0, 8), ref, amb, rtol=2e-5, atol=1e-6)
+
+
+def test_triton_many_gaussians_per_tile():
+    """More Gaussians per tile than one chunk (wide chunks, several loop iterations, staggered backward)."""
+    shape = (8, 6, 7)
+    gs = random_gaussians(2, 70, shape, seed=12, scale_range=(2.0, 6.0))
+    ref, amb = dense_reference(*gs, shape, 3.0)
+    out = _raw(gs, shape, 3.0, 4)
+    assert_matches_reference(out, ref, amb)
+    _check_grads_against_torch(gs, shape, 3.0, 4)
+
+
+def _check_grads_against_torch(gs, shape, cutoff, tile, seed=0):
+    """Triton's gradients of means, conics and intensities against the torch backend's (float64)."""
+    m, c, i, e = preprocess_gaussians(*[t.double() for t in gs], cutoff)
+    inputs64 = [t.detach().clone().requires_grad_() for t in (m, c, i)]
+    inputs32 = [t.detach().float().clone().requires_grad_() for t in (m, c, i)]
+    ref = render_torch(*inputs64[:3], e, shape, cutoff, tile)
+    out = render_triton(inputs32[0], inputs32[1], inputs32[2], e.float(), shape, cutoff, tile)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    want = torch.autograd.grad((ref * w).sum(), inputs64)
+    got = torch.autograd.grad((out * w.float()).sum(), inputs32)
+    for name, a, b in zip(("means", "conics", "intensities"), got, want):
+        assert a.dtype == torch.float32
+        scale = b.abs().max().item()
+        assert scale > 0
+        err = (a.double() - b).abs().max().item()
+        assert err <= 2e-4 * scale, f"{name}: max error {err:.3g} vs scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("tile", [4, 8])
+def test_triton_gradients_match_torch(tile):
+    shape = (10, 7, 12)
+    rnd = random_gaussians(2, 10, shape, seed=13)
+    sp = special_gaussians(shape, tiny=0.3)
+    gs = [torch.cat([r, s.expand(2, *s.shape[1:])], 1) for r, s in zip(rnd, sp)]
+    _check_grads_against_torch(gs, shape, 3.0, tile)
+
+
+def test_render_volume_triton_all_four_gradients():
+    """Through the public API: gradients of means, scales, quats, intensities match the torch backend."""
+    shape = (9, 8, 10)
+    gs32 = random_gaussians(2, 9, shape, seed=14)
+    leaves = {}
+    for backend in ("torch", "triton"):
+        xs = [t.clone().requires_grad_() for t in gs32]
+        out = render_volume(*xs, shape, backend=backend)
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        leaves[backend] = (out, torch.autograd.grad((out * w).sum(), xs))
+    torch.testing.assert_close(leaves["triton"][0], leaves["torch"][0], rtol=1e-4, atol=1e-5)
+    for name, a, b in zip(("means", "scales", "quats", "intensities"), leaves["triton"][1], leaves["torch"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item(), msg=lambda m: f"{name}: {m}")
+
+
+def test_triton_float64_inputs_give_float64_outputs():
+    shape = (6, 5, 7)
+    gs = random_gaussians(1, 6, shape, seed=15, dtype=torch.float64)
+    xs = [t.clone().requires_grad_() for t in gs]
+    out = render_volume(*xs, shape, backend="triton")
+    assert out.dtype == torch.float64
+    out.sum().backward()
+    assert all(x.grad.dtype == torch.float64 for x in xs)
+    ref, amb = dense_reference(*gs, shape, 3.0)
+    assert_matches_reference(out, ref, amb)
+
+
+def test_triton_k_zero_and_no_pairs():
+    out = render_volume(torch.zeros(2, 0, 3), torch.ones(2, 0, 3), torch.ones(2, 0, 4), torch.ones(2, 0), (4, 5, 6), backend="triton")
+    assert out.shape == (2, 4, 5, 6) and torch.count_nonzero(out) == 0
+    # Gaussians whose cutoff boxes all miss the volume: zero output and zero gradients
+    means = torch.tensor([[[-20.0, 2.0, 2.0], [2.0, 40.0, 2.0]]], requires_grad=True)
+    inten = torch.ones(1, 2, requires_grad=True)
+    out = render_volume(means, torch.ones(1, 2, 3), torch.tensor([[[1.0, 0, 0, 0]] * 2]), inten, (4, 5, 6), backend="triton")
+    assert torch.count_nonzero(out) == 0
+    out.sum().backward()
+    assert torch.count_nonzero(means.grad) == 0 and torch.count_nonzero(inten.grad) == 0
+
+
+@pytest.mark.parametrize("tile", [4, 8])
+def test_bin_pairs_matches_torch_binning(tile):
+    """Same (Gaussian, tile) pairs as the torch backend's binning, grouped by (batch, tile), Gaussians ascending."""
+    shape = (21, 9, 17)
+    b, k = 3, 25
+    gs = random_gaussians(b, k, shape, seed=16, scale_range=(0.3, 5.0), margin=8.0)
+    m, _, _, e = preprocess_gaussians(*gs, 3.0)
+    gids, tile_start, n = bin_pairs(m, e, shape, tile)
+    gid_ref, tid_ref = bin_gaussians_to_tiles(m, e, shape, tile)
+    assert n == gid_ref.numel() == gids.numel() and n > 0
+    n_tiles = tile_start.numel() - 1
+    assert n_tiles % b == 0 and tile_start[0] == 0 and tile_start[-1] == n
+    key_ref = (gid_ref // k) * (n_tiles // b) + tid_ref
+    got = set()
+    for key in range(n_tiles):
+        seg = gids[tile_start[key] : tile_start[key + 1]].long()
+        assert torch.all(seg[1:] > seg[:-1])
+        assert torch.all(seg // k == key // (n_tiles // b))  # right batch
+        got.update((key, int(g)) for g in seg)
+    assert got == set(zip(key_ref.tolist(), gid_ref.tolist()))
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    kw = dict(
+        means=torch.rand(1, 2, 3), scales=torch.ones(1, 2, 3), quats=torch.ones(1, 2, 4), intensities=torch.ones(1, 2)
+    )
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        render_volume(**kw, shape=(4, 4, 4), backend="triton")
+    m, c, i, e = preprocess_gaussians(kw["means"], kw["scales"], kw["quats"], kw["intensities"], 3.0)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        render_triton(m, c, i, e, (4, 4, 4), 3.0)
+
+
+@pytest.mark.parametrize("tile", [2, 6])
+def test_render_triton_bad_tile(tile):
+    m, c, i, e = preprocess_gaussians(torch.rand(1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 2, 4), torch.ones(1, 2), 3.0)
+    with pytest.raises(ValueError, match="tile"):
+        render_triton(m, c, i, e, (4, 4, 4), 3.0, tile)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GPU: both backends at realistic sizes
+# ---------------------------------------------------------------------------------------------------------------------
+def _gpu_case(b, k, n, scale, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    means = torch.rand(b, k, 3, device="cuda", generator=g) * n
+    scales = scale * (0.5 + torch.rand(b, k, 3, device="cuda", generator=g))
+    quats = torch.randn(b, k, 4, device="cuda", generator=g)
+    inten = torch.rand(b, k, device="cuda", generator=g)
+    return means, scales, quats, inten
+
+
+def _compare_backends_cuda(gs, shape, grad_rtol):
+    res = {}
+    for backend in ("torch", "triton"):
+        xs = [t.clone().requires_grad_() for t in gs]
+        out = render_volume(*xs, shape, backend=backend)
+        w = torch.randn(out.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
+        res[backend] = (out.detach(), torch.autograd.grad((out * w).sum(), xs))
+    ref = res["torch"][0]
+    torch.testing.assert_close(res["triton"][0], ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    for name, a, b in zip(("means", "scales", "quats", "intensities"), res["triton"][1], res["torch"][1]):
+        torch.testing.assert_close(
+            a, b, rtol=grad_rtol, atol=grad_rtol * b.abs().max().item(), msg=lambda m: f"{name}: {m}"
+        )
+
+
+@pytest.mark.gpu
+def test_gpu_dense_96_b2_k2048():
+    shape = (96, 96, 96)
+    _compare_backends_cuda(_gpu_case(2, 2048, 96, 0.2 * 96 / 2, seed=0), shape, grad_rtol=2e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_sparse_256_k50k():
+    shape = (256, 256, 256)
+    _compare_backends_cuda(_gpu_case(1, 50_000, 256, 1.0, seed=1), shape, grad_rtol=2e-3)
