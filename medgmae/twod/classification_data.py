@@ -1,0 +1,334 @@
+"""Image-classification data for GViT: image folders, CSV lists and the generated phantom-slice task.
+
+Accepted inputs (``dataset`` argument of :func:`load_classification_data`):
+
+* a folder with one sub-folder per class (``root/<class>/<image>``), split into training and validation
+  stratified by class; or a folder holding ``train/`` and ``val/`` folders of that form (kept as given);
+* a CSV file of ``path,label`` rows (an optional ``path,label`` header; paths relative to the CSV's folder);
+  an optional third column ``split`` with ``train`` / ``val`` fixes the split.
+
+Images are PNG / JPEG / BMP / TIFF, grayscale (1 channel) or colour (3 channels, alpha dropped), 8 or 16 bit,
+scaled to ``[0, 1]`` and resized to the model's square size. Problems (missing or empty folders, a single class,
+unreadable images, malformed CSV rows) raise ``ValueError`` naming the file and the problem.
+
+The default task (:func:`write_phantom_slice_task`) cuts axial slices from generated phantoms
+(:mod:`medgmae.data.phantom`) and labels each slice by the organ that covers most of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import CacheDataset
+from PIL import Image
+
+from medgmae.engine import atomic_write, save_json_atomic
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ClassificationData",
+    "read_image",
+    "scan_image_folder",
+    "read_csv_list",
+    "load_classification_data",
+    "LoadClassificationImage",
+    "make_dataset",
+    "write_phantom_slice_task",
+]
+
+logger = logging.getLogger("medgmae.gvit")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class ClassificationData:
+    """A resolved classification dataset.
+
+    Attributes:
+        train: ``[{"image": path, "label": int}]`` training items.
+        val: validation items of the same form.
+        class_names: class index -> name.
+        channels: 1 or 3, from the first training image.
+    """
+
+    train: list[dict]
+    val: list[dict]
+    class_names: list[str]
+    channels: int = 1
+    source: str = ""
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as ``(C, H, W)`` float32 in ``[0, 1]``, C = 1 (grayscale) or 3 (colour).
+
+    Raises:
+        ValueError: the file is missing or cannot be decoded as an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float32) / (65535.0 if mode.startswith("I;16") else max(1.0, float(np.asarray(im).max())))
+                arr = arr[None]
+            elif mode in ("L", "1", "F"):
+                arr = np.asarray(im.convert("F"), dtype=np.float32)[None] / (1.0 if mode == "F" else 255.0)
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+    if not np.isfinite(arr).all():
+        raise ValueError(f"image {path} contains NaN or Inf values")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _require_classes(class_names: Sequence[str], where: str) -> None:
+    if len(class_names) < 2:
+        found = f"only class {list(class_names)}" if class_names else "no classes"
+        raise ValueError(f"{where}: classification needs at least 2 classes, found {found}")
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
+    """Items and class names of a folder with one sub-folder of images per class (sorted by name).
+
+    Raises:
+        ValueError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"dataset folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"dataset folder {root} is empty: expected one sub-folder of images per class")
+    _require_classes(classes, f"dataset folder {root}")
+    items = []
+    for idx, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        items += [{"image": str(f), "label": idx} for f in files]
+    return items, classes
+
+
+def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
+    """Items and class names of a ``path,label[,split]`` CSV; classes sorted by name.
+
+    Raises:
+        ValueError: a missing or empty file, a row without both fields, an unknown split, a listed image that
+            does not exist, or fewer than two classes.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ValueError(f"CSV file not found: {csv_path}")
+    try:
+        with open(csv_path, newline="") as f:
+            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"CSV file {csv_path} cannot be parsed: {e}") from e
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise ValueError(f"CSV file {csv_path} lists no images: expected rows of path,label")
+    parsed = []
+    for line, r in rows:
+        if len(r) not in (2, 3) or not r[0].strip() or not r[1].strip():
+            raise ValueError(f"CSV file {csv_path}, line {line}: expected 'path,label' or 'path,label,split', got {r}")
+        split = r[2].strip().lower() if len(r) == 3 else ""
+        if split not in ("", "train", "val"):
+            raise ValueError(f"CSV file {csv_path}, line {line}: split must be 'train' or 'val', got {r[2]!r}")
+        path = Path(r[0].strip())
+        path = path if path.is_absolute() else csv_path.parent / path
+        if not path.is_file():
+            raise ValueError(f"CSV file {csv_path}, line {line}: image not found: {path}")
+        parsed.append((str(path), r[1].strip(), split))
+    classes = sorted({label for _, label, _ in parsed})
+    _require_classes(classes, f"CSV file {csv_path}")
+    index = {c: i for i, c in enumerate(classes)}
+    return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s in parsed], classes
+
+
+def _stratified_split(items: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted({it["label"] for it in items}):
+        group = [it for it in items if it["label"] == label]
+        rng.shuffle(group)
+        n_val = int(round(len(group) * val_fraction)) if len(group) > 1 else 0
+        n_val = min(max(n_val, 1 if len(group) > 1 and val_fraction > 0 else 0), len(group) - 1)
+        val += group[:n_val]
+        train += group[n_val:]
+    return train, val
+
+
+def load_classification_data(
+    dataset: str | Path, val_fraction: float = 0.2, seed: int = 0, check_images: bool = True
+) -> ClassificationData:
+    """Resolve a dataset folder or CSV into training and validation items.
+
+    Args:
+        dataset: class-folder root, a root with ``train/`` and ``val/`` class folders, or a CSV file.
+        val_fraction: fraction of each class held out for validation when the split is not given.
+        seed: seed of the stratified split.
+        check_images: decode every image once now, so that a corrupt file fails before training.
+
+    Returns:
+        :class:`ClassificationData`.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    path = Path(dataset)
+    if path.suffix.lower() == ".csv" or path.is_file():
+        items, classes = read_csv_list(path)
+        if any("split" in it for it in items):
+            train = [it for it in items if it.get("split", "train") == "train"]
+            val = [it for it in items if it.get("split") == "val"]
+        else:
+            train, val = _stratified_split(items, val_fraction, seed)
+        for it in items:
+            it.pop("split", None)
+    elif (path / "train").is_dir() and (path / "val").is_dir():
+        train, classes = scan_image_folder(path / "train")
+        val, val_classes = scan_image_folder(path / "val")
+        if val_classes != classes:
+            raise ValueError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
+    else:
+        items, classes = scan_image_folder(path)
+        train, val = _stratified_split(items, val_fraction, seed)
+    if not train:
+        raise ValueError(f"dataset {path}: no training images after the split")
+    channels = {}
+    if check_images:
+        for it in train + val:
+            channels[it["image"]] = read_image(it["image"]).shape[0]
+    first = channels.get(train[0]["image"]) or read_image(train[0]["image"]).shape[0]
+    counts = {"train": dict(Counter(classes[it["label"]] for it in train)), "val": dict(Counter(classes[it["label"]] for it in val))}
+    return ClassificationData(train, val, list(classes), int(first), str(path), counts)
+
+
+class LoadClassificationImage:
+    """Dictionary transform: read ``"image"``, match ``channels``, resize to ``image_size``; label to a tensor.
+
+    Args:
+        image_size: output ``(H, W)`` or an int.
+        channels: 1 (colour images averaged to luminance) or 3 (grayscale replicated).
+    """
+
+    def __init__(self, image_size: int | Sequence[int], channels: int) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        self.channels = channels
+
+    def __call__(self, item: dict) -> dict:
+        img = torch.from_numpy(read_image(item["image"]))
+        if img.shape[0] != self.channels:
+            img = img.mean(0, keepdim=True) if self.channels == 1 else img.expand(3, -1, -1)
+        if tuple(img.shape[1:]) != self.size:
+            img = F.interpolate(img[None], size=self.size, mode="bilinear", antialias=True, align_corners=False)[0]
+        return {"image": img.clamp(0, 1).contiguous(), "label": torch.tensor(int(item["label"]), dtype=torch.long),
+                "path": item["image"]}  # fmt: skip
+
+
+def make_dataset(items: list[dict], image_size: int | Sequence[int], channels: int, cache: bool = True) -> CacheDataset:
+    """A MONAI :class:`~monai.data.CacheDataset` of loaded, resized images (all cached when ``cache``)."""
+    return CacheDataset(items, transform=LoadClassificationImage(image_size, channels), cache_rate=1.0 if cache else 0.0,
+                        num_workers=0, progress=False)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- default task
+def _slice_to_png(hu: np.ndarray, size: int, window: tuple[float, float]) -> Image.Image:
+    lo, hi = window
+    arr = np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    t = torch.from_numpy(arr)[None, None]
+    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    return Image.fromarray((t.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8), mode="L")
+
+
+def write_phantom_slice_task(
+    out_dir: str | Path,
+    num_cases: int = 6,
+    seed: int = 0,
+    image_size: int = 32,
+    volume_shape: Sequence[int] = (64, 64, 64),
+    min_fraction: float = 0.02,
+    max_per_class: int = 200,
+    window: tuple[float, float] = (-1000.0, 1000.0),
+) -> Path:
+    """Write the default GViT task: axial phantom slices labelled by their largest organ, as class-folder PNGs.
+
+    Each phantom of :func:`medgmae.data.phantom.generate_phantom` is cut into axial slices (the last, S-I axis of
+    its RAS voxel grid); a slice is labelled by the organ of :data:`~medgmae.data.phantom.ORGAN_LABELS` with the
+    largest area in it, kept when that area is at least ``min_fraction`` of the slice. Organs with fewer than 4
+    slices are dropped and every class is capped at ``max_per_class`` slices. Intensities are windowed to
+    ``window`` HU. Files are ``out_dir/<organ>/case<i>_z<k>.png``; ``out_dir/task.json`` (written last) records
+    the parameters and counts, and an existing task with the same parameters is reused.
+
+    Returns:
+        ``out_dir``.
+    """
+    from medgmae.data.phantom import ORGAN_LABELS, generate_phantom
+
+    if num_cases < 1 or image_size < 8:
+        raise ValueError(f"num_cases must be >= 1 and image_size >= 8, got {num_cases} and {image_size}")
+    out_dir = Path(out_dir)
+    params = dict(num_cases=num_cases, seed=seed, image_size=image_size, volume_shape=list(volume_shape),
+                  min_fraction=min_fraction, max_per_class=max_per_class, window=list(window))  # fmt: skip
+    marker = out_dir / "task.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("params") == params:
+                return out_dir
+        except (json.JSONDecodeError, OSError):
+            pass
+    if out_dir.is_dir():  # a stale or partial task: clear its slices so that no old file is counted
+        marker.unlink(missing_ok=True)
+        for old in out_dir.glob("*/case*_z*.png"):
+            old.unlink()
+    slices: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for case in range(num_cases):
+        ph = generate_phantom(seed + case, shape=tuple(volume_shape))
+        image, label = np.asarray(ph.image, dtype=np.float32), np.asarray(ph.label)
+        for z in range(label.shape[2]):
+            lab = label[:, :, z]
+            areas = np.bincount(lab.ravel(), minlength=max(ORGAN_LABELS) + 1)
+            areas[0] = 0
+            organ = int(areas.argmax())
+            if areas[organ] < min_fraction * lab.size or organ not in ORGAN_LABELS:
+                continue
+            # RAS (x: right->left, y: posterior->anterior): show anterior up, patient's right on the left
+            hu = np.flipud(image[:, :, z].T)
+            slices.setdefault(ORGAN_LABELS[organ], []).append((f"case{case}_z{z:03d}", hu))
+    rng = random.Random(seed)
+    counts = {}
+    for name, group in sorted(slices.items()):
+        if len(group) < 4:
+            continue
+        rng.shuffle(group)
+        for stem, hu in sorted(group[:max_per_class], key=lambda s: s[0]):
+            with atomic_write(out_dir / name / f"{stem}.png") as tmp:
+                _slice_to_png(hu, image_size, window).save(tmp, format="PNG")
+        counts[name] = min(len(group), max_per_class)
+    if len(counts) < 2:
+        raise ValueError(f"the phantom slice task produced {len(counts)} class(es) {sorted(counts)}: use more cases or a larger volume")
+    save_json_atomic({"task": "phantom axial slices labelled by the organ with the largest area", "params": params,
+                      "counts": counts}, marker)  # fmt: skip
+    return out_dir

@@ -1,0 +1,290 @@
+"""GViT's three-phase training as MONAI engines.
+
+1. ``"warmup"``: the Gaussian encoder alone, on the reconstruction loss ``L_pix + lambda L_perc``;
+   the classifier is frozen.
+2. ``"classifier"``: the encoder is frozen (eval mode, so each image has one fixed set of Gaussians) and the
+   classifier is trained on its Gaussians with cross-entropy.
+3. ``"joint"``: both are trained. The classifier follows ``dL_cls/dphi``; the encoder follows the guided gradient
+   of equation (1), ``dL_rec/dtheta + gamma dL_cls/dtheta`` (see :mod:`medgmae.twod.guidance`), applied every
+   ``guidance_interval`` iterations (the paper's Algorithm 1 uses 10) and ``gamma = 0`` in between. With
+   ``gamma = 0`` this is the paper's no-guidance baseline: the encoder sees only the reconstruction loss.
+
+Each phase is a :class:`monai.engines.SupervisedTrainer` whose ``iteration_update`` is a :class:`GViTIteration`,
+with MONAI's ``StatsHandler`` and ``LrScheduleHandler`` (AdamW, warm-up + cosine,
+:class:`monai.optimizers.WarmupCosineSchedule`) and the toolkit's ``CheckpointHandler`` (one sub-folder per phase,
+so that ``resume`` skips finished phases and continues the interrupted one) and ``NonFiniteLossHandler``.
+:class:`GViTWorkflow` runs the phases in order, writes ``model.pt`` and evaluates (``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedTrainer
+from monai.handlers import LrScheduleHandler, StatsHandler
+from monai.optimizers import WarmupCosineSchedule
+from torch import nn
+
+from medgmae.engine import CheckpointHandler, NonFiniteLossHandler, resolve_device
+from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
+
+__all__ = ["PHASES", "set_phase", "phase_parameters", "GViTIteration", "build_phase_trainer", "GViTWorkflow"]
+
+logger = logging.getLogger("medgmae.gvit")
+
+PHASES = ("warmup", "classifier", "joint")
+
+
+def _check_phase(phase: str) -> None:
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+
+
+def set_phase(model: nn.Module, phase: str) -> None:
+    """Freeze and unfreeze a :class:`~medgmae.twod.gvit.GViT` for a phase (``requires_grad`` and train/eval)."""
+    _check_phase(phase)
+    enc, cls = phase in ("warmup", "joint"), phase in ("classifier", "joint")
+    model.encoder.requires_grad_(enc).train(enc)
+    model.classifier.requires_grad_(cls).train(cls)
+
+
+def phase_parameters(model: nn.Module, phase: str) -> list[nn.Parameter]:
+    """Parameters a phase trains."""
+    _check_phase(phase)
+    mods = {"warmup": [model.encoder], "classifier": [model.classifier], "joint": [model.encoder, model.classifier]}[phase]
+    return [p for m in mods for p in m.parameters()]
+
+
+class GViTIteration:
+    """``iteration_update`` of a phase's :class:`~monai.engines.SupervisedTrainer`: one optimisation step.
+
+    Args:
+        phase: ``"warmup"``, ``"classifier"`` or ``"joint"``.
+        rec_loss: reconstruction loss.
+        gamma: guidance strength in ``[0, 0.1]`` (joint phase).
+        guidance_interval: apply guidance every this many iterations (``gamma = 0`` in between).
+        render_backend: backend of :func:`medgmae.twod.render.render_2d_gaussians`.
+        amp: bf16 autocast of the networks on CUDA (rendering and losses stay float32).
+
+    Returns (per call):
+        ``{"image", "label", "pred", "loss", "loss_rec", "loss_cls"}``; ``loss`` is the phase's objective
+        (``L_rec``, ``L_cls`` or ``L_rec + L_cls``), ``pred`` the logits (None in the warm-up).
+    """
+
+    def __init__(
+        self,
+        phase: str,
+        rec_loss: ReconstructionLoss | None = None,
+        gamma: float = 0.1,
+        guidance_interval: int = 1,
+        render_backend: str = "auto",
+        amp: bool = False,
+    ) -> None:
+        _check_phase(phase)
+        if guidance_interval < 1:
+            raise ValueError(f"guidance_interval must be >= 1, got {guidance_interval}")
+        self.phase, self.rec_loss = phase, rec_loss or ReconstructionLoss()
+        self.gamma, self.guidance_interval = check_gamma(gamma), int(guidance_interval)
+        self.render_backend, self.amp = render_backend, amp
+
+    def _autocast(self, device: torch.device):
+        if self.amp and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def __call__(self, engine: Engine, batchdata: Mapping) -> dict:
+        model, opt = engine.network, engine.optimizer
+        x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        y = y.long().view(-1)
+        opt.zero_grad(set_to_none=True)
+        logits = loss_rec = loss_cls = None
+        with self._autocast(x.device):
+            if self.phase == "classifier":
+                with torch.no_grad():
+                    g = model.encoder(x)
+                logits = model.classifier(g)
+            else:
+                g = model.encoder(x)
+                if self.phase == "joint":
+                    logits = model.classifier(g)
+        if logits is not None:
+            loss_cls = F.cross_entropy(logits.float(), y)
+        if self.phase != "classifier":
+            rendered = model.encoder.decode(g.float()).render(x.shape[-2:], backend=self.render_backend)
+            loss_rec = self.rec_loss(rendered, x)
+        if self.phase == "warmup":
+            loss = loss_rec
+            loss.backward()
+        elif self.phase == "classifier":
+            loss = loss_cls
+            loss.backward()
+        else:
+            gamma = self.gamma if (engine.state.iteration - 1) % self.guidance_interval == 0 else 0.0
+            guided_backward(loss_rec, loss_cls, g, model.classifier.parameters(), gamma)
+            loss = loss_rec + loss_cls
+        opt.step()
+        detach = lambda t: None if t is None else t.detach()  # noqa: E731
+        return {"image": x, "label": y, "pred": detach(logits), "loss": loss.detach(),
+                "loss_rec": detach(loss_rec), "loss_cls": detach(loss_cls)}  # fmt: skip
+
+
+def build_phase_trainer(
+    phase: str,
+    model: nn.Module,
+    train_loader,
+    max_epochs: int,
+    device: torch.device | str = "cpu",
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    warmup_fraction: float = 0.1,
+    rec_loss: ReconstructionLoss | None = None,
+    gamma: float = 0.1,
+    guidance_interval: int = 1,
+    render_backend: str = "auto",
+    amp: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    source=None,
+    log_every: int = 10,
+) -> SupervisedTrainer:
+    """A MONAI trainer for one phase: AdamW (betas 0.9/0.95) on the phase's parameters, warm-up + cosine LR.
+
+    Args:
+        phase: ``"warmup"``, ``"classifier"`` or ``"joint"``.
+        model: a :class:`~medgmae.twod.gvit.GViT`.
+        train_loader: yields ``{"image": (B, C, H, W) in [0, 1], "label": (B,)}``.
+        max_epochs: epochs of this phase (>= 1).
+        device: training device.
+        lr, weight_decay: AdamW settings.
+        warmup_fraction: fraction of the phase's iterations with linear LR warm-up.
+        rec_loss, gamma, guidance_interval, render_backend, amp: see :class:`GViTIteration`.
+        checkpoint_dir: folder of this phase's checkpoints (none when None).
+        resume: continue from the newest checkpoint in ``checkpoint_dir``.
+        source: dataset whose random transforms are checkpointed.
+        log_every: iterations between loss log lines.
+    """
+    _check_phase(phase)
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs of phase {phase!r} must be >= 1, got {max_epochs}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    set_phase(model, phase)
+    opt = torch.optim.AdamW(phase_parameters(model, phase), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    total = max(1, max_epochs * len(train_loader))
+    sched = WarmupCosineSchedule(opt, warmup_steps=int(warmup_fraction * total), t_total=total, warmup_multiplier=0.1)
+    handlers = [
+        LrScheduleHandler(sched, print_lr=False, epoch_level=False),
+        StatsHandler(
+            name="medgmae.gvit", tag_name=f"{phase}_loss", output_transform=lambda out: out["loss"],
+            iteration_log=lambda e, i: i % max(1, log_every) == 0,
+        ),
+        NonFiniteLossHandler("loss"),
+    ]  # fmt: skip
+    if checkpoint_dir is not None:
+        handlers.append(CheckpointHandler(checkpoint_dir, {"model": model, "optimizer": opt, "lr_scheduler": sched}, resume, source))
+    trainer = SupervisedTrainer(
+        device=torch.device(device), max_epochs=max_epochs, train_data_loader=train_loader, network=model,
+        optimizer=opt, loss_function=rec_loss or ReconstructionLoss(),
+        iteration_update=GViTIteration(phase, rec_loss, gamma, guidance_interval, render_backend, amp),
+        train_handlers=handlers, amp=False, decollate=False,
+    )  # fmt: skip
+    trainer.add_event_handler(Events.STARTED, lambda _: set_phase(model, phase))
+    return trainer
+
+
+class GViTWorkflow:
+    """The three phases in order, then ``model.pt`` and the evaluation (``metrics.json``) in ``output_dir``.
+
+    Args:
+        model: a :class:`~medgmae.twod.gvit.GViT`.
+        train_loader: training batches.
+        val_loader: evaluation batches (the training loader is used when None).
+        class_names: class index -> name.
+        output_dir: run folder: ``checkpoints/<phase>/``, ``model.pt``, ``metrics.json``, PNGs.
+        epochs: ``{"warmup": n, "classifier": n, "joint": n}``; a phase with 0 epochs is skipped.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        lr, weight_decay: AdamW settings of every phase.
+        gamma: guidance strength in ``[0, 0.1]``; 0 trains without guidance.
+        guidance_interval: iterations per guidance step in the joint phase.
+        pixel_loss, perceptual_weight: reconstruction loss (see :class:`~medgmae.twod.guidance.ReconstructionLoss`).
+        amp: bf16 autocast on CUDA.
+        resume: continue from the phases' checkpoints.
+        render_backend: 2D renderer backend.
+        num_explanations: explanation PNGs written by the evaluation.
+        source: dataset whose random transforms are checkpointed.
+        log_every: iterations between loss log lines.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader,
+        val_loader,
+        class_names,
+        output_dir: str | Path,
+        epochs: Mapping[str, int],
+        device: str = "auto",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        gamma: float = 0.1,
+        guidance_interval: int = 1,
+        pixel_loss: str = "bce",
+        perceptual_weight: float = 0.1,
+        amp: bool = False,
+        resume: bool = False,
+        render_backend: str = "auto",
+        num_explanations: int = 8,
+        source=None,
+        log_every: int = 10,
+    ) -> None:
+        unknown = set(epochs) - set(PHASES)
+        if unknown:
+            raise ValueError(f"epochs has unknown phases {sorted(unknown)}; expected {PHASES}")
+        for k, v in epochs.items():
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"epochs[{k!r}] must be a non-negative int, got {v!r}")
+        if not any(epochs.get(p, 0) for p in PHASES):
+            raise ValueError("every phase has 0 epochs: nothing to train")
+        if len(class_names) != model.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
+        self.device = resolve_device(device)
+        if amp and self.device.type != "cuda":
+            logger.info("amp applies to CUDA only; training in float32 on %s", self.device)
+        self.model = model.to(self.device)
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.class_names, self.output_dir = list(class_names), Path(output_dir)
+        self.epochs = {p: int(epochs.get(p, 0)) for p in PHASES}
+        self.rec_loss = ReconstructionLoss(pixel_loss, perceptual_weight)
+        self.kwargs = dict(lr=lr, weight_decay=weight_decay, gamma=check_gamma(gamma), guidance_interval=guidance_interval,
+                           render_backend=render_backend, amp=amp, resume=resume, source=source, log_every=log_every)  # fmt: skip
+        self.num_explanations = num_explanations
+        self.trainers: dict[str, SupervisedTrainer] = {}
+
+    def trainer(self, phase: str) -> SupervisedTrainer:
+        """The (new) MONAI trainer of ``phase``."""
+        self.trainers[phase] = build_phase_trainer(
+            phase, self.model, self.train_loader, self.epochs[phase], self.device, rec_loss=self.rec_loss,
+            checkpoint_dir=self.output_dir / "checkpoints" / phase, **self.kwargs,
+        )  # fmt: skip
+        return self.trainers[phase]
+
+    def run(self) -> dict:
+        """Train every phase with epochs > 0, save ``model.pt``, evaluate; returns the metrics."""
+        from medgmae.twod.gvit_eval import evaluate_gvit
+
+        for phase in PHASES:
+            if self.epochs[phase] > 0:
+                logger.info("GViT phase %r: %d epoch(s)", phase, self.epochs[phase])
+                self.trainer(phase).run()
+        self.model.save(self.output_dir / "model.pt")
+        loader = self.val_loader if self.val_loader is not None and len(self.val_loader) > 0 else self.train_loader
+        return evaluate_gvit(
+            self.model, loader, self.class_names, self.output_dir, device=self.device,
+            num_explanations=self.num_explanations, render_backend=self.kwargs["render_backend"],
+        )  # fmt: skip
