@@ -1,0 +1,265 @@
+"""MedGMAE, MedGMAE* and the voxel-MAE baseline: shapes, masking, heads, loss, gradients, levels, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medgmae.gaussians import INTENSITY_BIAS_INIT, SCALE_BIAS_INIT, Gaussians3D
+from medgmae.networks import MaskedViTEncoder, MedGMAE, VoxelMAE, masked_mse, patch_mask_to_voxels
+from medgmae.networks.medgmae import ResidualGaussianLevel
+
+IMG, PATCH, K = 32, 8, 12
+N_PATCHES = (IMG // PATCH) ** 3
+
+
+def _gmae(**kw) -> MedGMAE:
+    torch.manual_seed(0)
+    return MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=K, **kw)
+
+
+def _vmae(**kw) -> VoxelMAE:
+    torch.manual_seed(0)
+    return VoxelMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", **kw)
+
+
+def _volume(b: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 1, IMG, IMG, IMG, generator=g)
+
+
+def _gen(seed: int = 7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"medgmae": _gmae(), "star": _gmae(multi_level=True), "voxel": _vmae()}
+
+
+@pytest.mark.parametrize("name", ["medgmae", "star", "voxel"])
+def test_output_shapes_and_mask_ratio(models, name):
+    model, x = models[name], _volume()
+    out = model(x, generator=_gen())
+    assert out.pred.shape == x.shape and out.mask.shape == (2, 1, IMG, IMG, IMG)
+    assert out.patch_mask.shape == (2, N_PATCHES)
+    # 75 % of the patches of every sample are masked
+    assert out.patch_mask.sum(1).tolist() == [0.75 * N_PATCHES] * 2
+    # the voxel mask is the patch mask upsampled: every patch is all-0 or all-1 and matches its patch flag
+    per_patch = model.encoder.patchify(out.mask)
+    assert torch.equal(per_patch.amin(-1), per_patch.amax(-1))
+    assert torch.equal(per_patch[..., 0], out.patch_mask)
+    assert out["loss"].dim() == 0 and math.isfinite(out.loss.item())
+    if name == "voxel":
+        assert out.gaussians is None
+    else:
+        total = K * (7 if name == "star" else 1)
+        assert out.gaussians.means.shape == (2, total, 3) and out.gaussians.quats.shape == (2, total, 4)
+
+
+def test_patch_mask_to_voxels_against_loop():
+    m = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]])
+    vox = patch_mask_to_voxels(m, (2, 2, 2), (3, 2, 1))
+    assert vox.shape == (1, 1, 6, 4, 2)
+    for i in range(6):
+        for j in range(4):
+            for k in range(2):
+                assert vox[0, 0, i, j, k] == m[0, (i // 3) * 4 + (j // 2) * 2 + k]
+
+
+def test_head_bias_init_and_activations():
+    model = _gmae(scale_cap=0.25)
+    assert torch.allclose(model.head_scale.bias, torch.full((3,), SCALE_BIAS_INIT))
+    assert torch.allclose(model.head_intensity.bias, torch.full((1,), INTENSITY_BIAS_INIT))
+    raw = {}
+    for name in ("head_mean", "head_scale", "head_rotation", "head_intensity"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: raw.__setitem__(name, o.detach().double()))
+    g = model.predict_gaussians(_volume(1))
+    assert torch.allclose(g.means.double(), torch.sigmoid(raw["head_mean"]), atol=1e-6)
+    assert torch.allclose(g.scales.double(), 0.25 * torch.sigmoid(raw["head_scale"]), atol=1e-6)
+    q = raw["head_rotation"]
+    assert torch.allclose(g.quats.double(), q / q.norm(dim=-1, keepdim=True), atol=1e-6)
+    assert torch.allclose(g.intensities.double(), torch.sigmoid(raw["head_intensity"][..., 0]), atol=1e-6)
+    # with zero head weights the Gaussians sit at the paper's initial values
+    for head in (model.head_mean, model.head_scale, model.head_rotation, model.head_intensity):
+        torch.nn.init.zeros_(head.weight)
+    g = model.predict_gaussians(_volume(1))
+    assert torch.allclose(g.means, torch.full_like(g.means, 0.5))
+    assert torch.allclose(g.scales, torch.full_like(g.scales, 0.25 / (1 + math.exp(-SCALE_BIAS_INIT))))  # ~0.2 cap
+    assert torch.allclose(g.intensities, torch.full_like(g.intensities, 1 / (1 + math.exp(-INTENSITY_BIAS_INIT))))
+    assert torch.allclose(g.quats, torch.tensor([1.0, 0.0, 0.0, 0.0]).expand_as(g.quats))
+
+
+def _dense_render(g: Gaussians3D, n: int, cutoff: float) -> torch.Tensor:
+    """float64 oracle: sum of truncated Gaussians at voxel centres (j + 0.5) / n of the normalised frame."""
+    c = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+    out = torch.zeros(g.batch_size, pts.shape[0], dtype=torch.float64)
+    prec = g.precisions().double()
+    for b in range(g.batch_size):
+        for k in range(g.num_gaussians):
+            d = pts - g.means[b, k].double()
+            m2 = torch.einsum("pi,ij,pj->p", d, prec[b, k], d)
+            out[b] += torch.where(m2 <= cutoff**2, g.intensities[b, k].double() * torch.exp(-0.5 * m2), 0.0)
+    return out.reshape(g.batch_size, n, n, n)
+
+
+def test_rendered_prediction_matches_dense_oracle(models):
+    model, x = models["medgmae"], _volume()
+    out = model(x, generator=_gen())
+    ref = _dense_render(out.gaussians.detach(), IMG, model.cutoff)
+    assert torch.allclose(out.pred[:, 0].double(), ref, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["medgmae", "voxel"])
+def test_loss_is_masked_mse(models, name):
+    model, x = models[name], _volume()
+    out = model(x, generator=_gen())
+    m = out.mask.double()
+    ref = ((out.pred.double() - x.double()).square() * m).sum() / m.sum()
+    assert torch.allclose(out.loss.double(), ref, rtol=1e-5)
+    # perturbing the target's visible voxels leaves the loss unchanged; perturbing masked voxels changes it
+    noise = torch.rand_like(x)
+    vis = x + noise * (1 - out.mask)
+    hid = x + noise * out.mask
+    assert torch.equal(masked_mse(out.pred, vis, out.mask), out.loss)
+    assert masked_mse(out.pred, hid, out.mask) > out.loss + 1e-3
+
+
+def test_encoder_sees_only_visible_patches(models):
+    model, x = models["medgmae"], _volume()
+    out = model(x, generator=_gen())
+    x_masked_changed = x + torch.rand_like(x) * out.mask
+    out2 = model(x_masked_changed, generator=_gen())
+    assert torch.equal(out2.patch_mask, out.patch_mask)
+    assert torch.allclose(out2.pred, out.pred, atol=1e-6)  # same prediction ...
+    assert out2.loss > out.loss + 1e-3  # ... scored against the changed hidden voxels
+    out3 = model(x + torch.rand_like(x) * (1 - out.mask), generator=_gen())
+    assert not torch.allclose(out3.pred, out.pred, atol=1e-4)
+
+
+def test_loss_on_all_voxels_option():
+    model, x = _gmae(loss_on_all_voxels=True), _volume()
+    out = model(x, generator=_gen())
+    assert torch.allclose(out.loss, (out.pred - x).square().mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["medgmae", "star", "voxel"])
+def test_gradient_reaches_every_parameter(name):
+    model = {"medgmae": _gmae, "star": lambda: _gmae(multi_level=True), "voxel": _vmae}[name]()
+    model(_volume(), generator=_gen()).loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) > 20
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_star_levels_counts_parents_and_scale_shrink():
+    model = _gmae(multi_level=True, level_multipliers=(1, 2, 4), level_deltas=(0.02, 0.05), scale_cap=0.3)
+    x = _volume(1)
+    with torch.no_grad():
+        latent, _, ids = model.encoder(x)
+        levels = model.decode_gaussians(latent, ids)
+    assert [g.num_gaussians for g in levels] == [K, 2 * K, 4 * K]
+    assert model.total_gaussians == 7 * K
+    s0 = levels[0].scales / 0.3  # relative (sigmoid) scales of the roots
+    for l, (g, delta) in enumerate(zip(levels[1:], (0.02, 0.05)), start=1):
+        parent, root = levels[l - 1], s0.repeat_interleave(2**l, dim=1)
+        # each child stays within sigma_mu of its parent (children of parent p at p * 2 + c)
+        assert (g.means - parent.means.repeat_interleave(2, dim=1)).abs().max() <= model.sigma_mu + 1e-6
+        # s_l = s_0 + tanh(.) * 0.1 - delta_l in units of the cap
+        assert ((g.scales / 0.3 - (root - delta)).abs() <= 0.1 + 1e-6).all()
+        assert torch.allclose(g.quats.norm(dim=-1), torch.ones(1, g.num_gaussians))
+    # with zero residuals the scales shrink exactly by delta_l per level: monotone
+    lvl = ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3)
+    parent = Gaussians3D(torch.rand(1, 3, 3), torch.full((1, 3, 3), 0.06), torch.randn(1, 3, 4), torch.rand(1, 3))
+    root = torch.full((1, 3, 3), 0.2)
+    child, _ = lvl.refine(parent, root, torch.zeros(1, 6, 11))
+    assert torch.allclose(child.scales, torch.full((1, 6, 3), (0.2 - 0.05) * 0.3))
+    assert torch.equal(child.means, parent.means.repeat_interleave(2, dim=1))
+    # large negative residuals are clamped positive
+    child, _ = lvl.refine(parent, torch.full((1, 3, 3), 0.01), torch.full((1, 6, 11), -50.0))
+    assert (child.scales > 0).all()
+
+
+def test_star_renders_the_sum_of_levels():
+    model = _gmae(multi_level=True)
+    x = _volume(1)
+    with torch.no_grad():
+        latent, _, ids = model.encoder(x)
+        levels = model.decode_gaussians(latent, ids)
+        pred, g = model.reconstruct(latent, ids)
+        summed = sum(model.render(lv) for lv in levels)
+    assert g.num_gaussians == 7 * K
+    assert torch.allclose(pred, summed, atol=1e-5)
+
+
+def test_predict_gaussians_zero_mask_is_forward_without_mask(models):
+    model, x = models["medgmae"], _volume()
+    g = model.predict_gaussians(x)
+    out = model(x, mask_ratio=0.0)
+    assert out.patch_mask.sum() == 0
+    assert torch.allclose(g.as_tensor(), out.gaussians.as_tensor().detach(), atol=1e-6)
+    # with nothing masked the loss falls back to all voxels
+    assert torch.allclose(out.loss, (out.pred - x).square().mean(), rtol=1e-6)
+
+
+def test_decoder_positions_are_those_of_the_visible_patches(models):
+    model = models["medgmae"]
+    latent, mask, ids = model.encoder(_volume(), mask_ratio=0.75, generator=_gen())
+    pos = model.visible_positions(ids, latent.shape[1] - 1)
+    table = model.decoder_pos_embed[0]
+    for b in range(2):
+        rows = torch.cdist(pos[b], table).argmin(-1)
+        assert sorted(rows.tolist()) == torch.nonzero(mask[b] == 0).flatten().tolist()
+
+
+@pytest.mark.parametrize("cls,kw", [(MedGMAE, {}), (MedGMAE, {"multi_level": True}), (VoxelMAE, {})])
+def test_checkpoint_round_trip(tmp_path, cls, kw):
+    torch.manual_seed(3)
+    model = cls(img_size=IMG, patch_size=PATCH, model_size="tiny", **({"num_gaussians": K} if cls is MedGMAE else {}), **kw)
+    x = _volume(1)
+    ref = model(x, generator=_gen()).pred
+    torch.save(model.model_checkpoint(), tmp_path / "model.pt")
+    torch.save({"model": model.state_dict(), "config": {"kind": model.kind, **model.config()}}, tmp_path / "train.pt")
+    for name in ("model.pt", "train.pt"):
+        loaded = cls.from_checkpoint(tmp_path / name)
+        assert loaded.config() == model.config() and loaded.kind == model.kind
+        assert torch.equal(loaded(x, generator=_gen()).pred, ref)
+    enc = model.encoder_checkpoint()
+    assert enc["kind"] == "medgmae-encoder" and enc["source"] == cls.__name__
+    encoder = MaskedViTEncoder(**enc["config"])
+    encoder.load_state_dict(enc["state_dict"])
+    assert torch.equal(encoder(x)[0], model.encoder(x)[0])
+
+
+def test_from_checkpoint_wrong_kind_and_bad_files(tmp_path, models):
+    torch.save(models["voxel"].model_checkpoint(), tmp_path / "voxel.pt")
+    torch.save(models["medgmae"].encoder_checkpoint(), tmp_path / "encoder.pt")
+    torch.save(models["medgmae"].model_checkpoint(), tmp_path / "gmae.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"voxel\.pt.*'voxel-mae'"):
+        MedGMAE.from_checkpoint(tmp_path / "voxel.pt")
+    with pytest.raises(ValueError, match=r"encoder\.pt.*'medgmae-encoder'"):
+        VoxelMAE.from_checkpoint(tmp_path / "encoder.pt")
+    with pytest.raises(ValueError, match=r"gmae\.pt.*'medgmae'"):
+        VoxelMAE.from_checkpoint(tmp_path / "gmae.pt")
+    with pytest.raises(ValueError, match=r"junk\.pt"):
+        MedGMAE.from_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        MedGMAE.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mask_ratio"):
+        _gmae(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="model_size"):
+        MedGMAE(img_size=IMG, patch_size=PATCH, model_size="huge")
+    with pytest.raises(ValueError, match="divide"):
+        _gmae(multi_level=True, level_multipliers=(1, 3, 4), level_deltas=(0.02, 0.05))
+    with pytest.raises(ValueError, match="num_gaussians"):
+        MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=0)
+    with pytest.raises(ValueError, match="expected input"):
+        _vmae()(torch.rand(1, 1, IMG, IMG, IMG // 2))
