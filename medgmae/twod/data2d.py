@@ -1,0 +1,194 @@
+"""2D training and evaluation data: slices of the toolkit's CT phantoms, or any folder of images.
+
+* :func:`phantom_slices` cuts axial slices (with organ labels and a body mask) out of phantom volumes from
+  :func:`medgmae.data.phantom.generate_phantom`, windowed to ``[0, 1]`` and resized, shown radiologically
+  (patient's right on the image's left, anterior at the top).
+* :func:`image_folder_items` lists PNG/JPEG/NIfTI/DICOM files of a folder (recursively).
+* :class:`LoadImage2Dd` is the MONAI dictionary transform that reads one of those files with
+  :func:`medgmae.twod.io.read_image` and brings it to the model's channels and size.
+* :func:`gmae2d_dataset` combines them with MONAI transforms into the pre-training dataset of the
+  ``gmae2d_pretrain`` bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
+
+from medgmae.twod.io import IMAGE_SUFFIXES, read_image, to_model_input
+
+__all__ = ["phantom_slices", "image_folder_items", "LoadImage2Dd", "gmae2d_dataset", "DEFAULT_WINDOW", "edge_map"]
+
+#: Soft-tissue-and-air CT window (HU) used for phantom slices.
+DEFAULT_WINDOW = (-350.0, 400.0)
+
+
+def _resize(arr: np.ndarray, size: Sequence[int], nearest: bool) -> np.ndarray:
+    t = torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32)[None, None]
+    if nearest:
+        t = F.interpolate(t, size=tuple(size), mode="nearest-exact")
+    else:
+        t = F.interpolate(t, size=tuple(size), mode="area" if t.shape[-1] >= size[-1] else "bilinear")
+    return t[0, 0].numpy()
+
+
+def phantom_slices(
+    num_cases: int = 4,
+    slices_per_case: int = 8,
+    image_size: Sequence[int] = (64, 64),
+    seed: int = 0,
+    volume_shape: Sequence[int] = (96, 96, 32),
+    spacing: Sequence[float] = (2.0, 2.0, 5.0),
+    window: Sequence[float] = DEFAULT_WINDOW,
+    in_channels: int = 1,
+) -> list[dict]:
+    """Axial slices of phantom CT volumes with their labels.
+
+    Args:
+        num_cases: phantom volumes (seeds ``seed, seed + 1, ...``).
+        slices_per_case: slices per volume, evenly spaced over its central 70 % craniocaudally.
+        image_size: output ``(H, W)``.
+        seed: first phantom seed.
+        volume_shape: phantom ``(X, Y, Z)`` voxels.
+        spacing: phantom voxel size (mm).
+        window: HU mapped to ``[0, 1]`` (clipped).
+        in_channels: 1, or 3 to repeat the grey channel.
+
+    Returns:
+        Dicts with ``image`` ``(C, H, W)`` float32 in ``[0, 1]``, ``label`` ``(1, H, W)`` uint8 organ ids
+        (``medgmae.data.phantom.ORGAN_LABELS``), ``body`` ``(1, H, W)`` uint8 (1 inside the body), ``case`` and
+        ``slice``.
+    """
+    from medgmae.data.phantom import generate_phantom
+
+    if num_cases < 1 or slices_per_case < 1:
+        raise ValueError(f"num_cases and slices_per_case must be >= 1, got {num_cases}, {slices_per_case}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    lo, hi = (float(w) for w in window)
+    if not hi > lo:
+        raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
+    size = tuple(int(s) for s in image_size)
+    items = []
+    for case in range(num_cases):
+        ph = generate_phantom(int(seed) + case, shape=tuple(volume_shape), spacing=tuple(spacing))
+        depth = ph.image.shape[2]
+        ks = np.unique(np.linspace(0.15 * depth, 0.85 * depth - 1, slices_per_case).round().astype(int))
+        for k in ks:
+            radiological = lambda v: v[::-1, ::-1, k].T  # noqa: E731  rows: anterior first; columns: patient right first
+            img = np.clip((radiological(ph.image) - lo) / (hi - lo), 0.0, 1.0)
+            img = np.clip(_resize(img, size, nearest=False), 0.0, 1.0).astype(np.float32)[None]
+            label = _resize(radiological(ph.label).astype(np.float32), size, nearest=True).astype(np.uint8)[None]
+            body_src = ph.tissue if ph.tissue is not None else (ph.image > -500)
+            body = (_resize(radiological(body_src > 0).astype(np.float32), size, nearest=True) > 0.5).astype(np.uint8)[None]
+            items.append({"image": np.repeat(img, in_channels, 0), "label": label, "body": body, "case": case, "slice": int(k)})
+    return items
+
+
+def edge_map(label: np.ndarray) -> np.ndarray:
+    """Boolean boundary pixels of a label map ``(H, W)``: where a pixel differs from its right or lower neighbour."""
+    label = np.asarray(label)
+    out = np.zeros(label.shape, dtype=bool)
+    out[:, :-1] |= label[:, 1:] != label[:, :-1]
+    out[:-1, :] |= label[1:, :] != label[:-1, :]
+    return out
+
+
+def image_folder_items(dataset_dir: str | os.PathLike) -> list[dict]:
+    """``[{"image": path}, ...]`` for every readable-looking image under ``dataset_dir`` (sorted, recursive).
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: it holds no PNG/JPEG/BMP/TIFF/NIfTI/DICOM file.
+    """
+    folder = Path(dataset_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset_dir not found or not a folder: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [{"image": str(p)} for p in files]
+
+
+class LoadImage2Dd(MapTransform):
+    """Read 2D image files (PNG/JPEG/NIfTI slice/DICOM) into ``(C, H, W)`` float32 tensors in ``[0, 1]``.
+
+    Entries that are already arrays/tensors are only brought to ``channels`` and ``image_size``.
+
+    Args:
+        keys: keys to load.
+        image_size: output ``(H, W)``.
+        channels: 1 or 3 (grey <-> RGB conversion as in :func:`~medgmae.twod.io.to_model_input`).
+        window: intensity window for NIfTI/DICOM.
+        allow_missing_keys: as in MONAI.
+    """
+
+    def __init__(
+        self,
+        keys,
+        image_size: Sequence[int],
+        channels: int = 1,
+        window: Sequence[float] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_size = tuple(int(s) for s in image_size)
+        self.channels, self.window = int(channels), window
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            arr = read_image(value, window=self.window) if isinstance(value, (str, os.PathLike)) else value
+            d[key] = to_model_input(arr, self.channels, self.image_size)[0]
+        return d
+
+
+def gmae2d_dataset(
+    dataset_dir: str | os.PathLike | None = "",
+    image_size: Sequence[int] = (64, 64),
+    in_channels: int = 1,
+    num_phantom_cases: int = 4,
+    slices_per_case: int = 8,
+    seed: int = 0,
+    flip: bool = True,
+    cache: bool = True,
+) -> Dataset:
+    """The 2D GMAE pre-training dataset: ``{"image": (C, H, W)}`` items.
+
+    Args:
+        dataset_dir: an image folder, or ``""``/``None`` for phantom slices.
+        image_size: ``(H, W)``.
+        in_channels: 1 or 3.
+        num_phantom_cases: phantom volumes when no folder is given.
+        slices_per_case: slices per phantom volume.
+        seed: first phantom seed.
+        flip: random left-right flips (MONAI ``RandFlipd``).
+        cache: cache the deterministic part (MONAI ``CacheDataset``).
+
+    Returns:
+        A MONAI dataset.
+    """
+    size = tuple(int(s) for s in image_size)
+    if dataset_dir:
+        items = image_folder_items(dataset_dir)
+    else:
+        items = [{"image": it["image"]} for it in phantom_slices(num_phantom_cases, slices_per_case, size, seed, in_channels=in_channels)]
+    transforms = [
+        LoadImage2Dd("image", size, in_channels),
+        SelectItemsd(keys="image"),
+        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+    ]
+    if flip:
+        transforms.append(RandFlipd(keys="image", prob=0.5, spatial_axis=1))
+    pipeline = Compose(transforms)
+    if cache:
+        return CacheDataset(items, pipeline, cache_rate=1.0, num_workers=0, progress=False)
+    return Dataset(items, pipeline)

@@ -1,0 +1,232 @@
+"""Reading 2D images (PNG, JPEG, a NIfTI slice, DICOM) into ``[0, 1]`` float arrays, and writing PNG grids.
+
+Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB), scaled to ``[0, 1]``:
+
+* PNG/JPEG/BMP/TIFF: 8- or 16-bit, grey, grey+alpha, RGB(A) or palette (alpha is dropped); divided by the
+  type's maximum.
+* NIfTI (``.nii``, ``.nii.gz``): a 2D image, or one axial slice of a volume (reoriented to RAS, the middle slice
+  unless ``slice_index`` is given, shown radiologically: anterior up, patient's right on the left); scaled by ``window`` if given, else between the 0.5 and 99.5 percentiles.
+* DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
+  and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
+
+Errors name the file: missing (FileNotFoundError), unreadable or corrupt, empty or non-finite (ValueError).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medgmae.engine import atomic_write
+
+__all__ = ["read_image", "to_model_input", "image_kind", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
+
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = _PIL_SUFFIXES + _NIFTI_SUFFIXES + _DICOM_SUFFIXES
+
+
+def image_kind(path: str | os.PathLike) -> str:
+    """``"pil"``, ``"nifti"`` or ``"dicom"`` from the name (or the DICOM preamble); ValueError otherwise."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(_NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(_PIL_SUFFIXES):
+        return "pil"
+    if name.endswith(_DICOM_SUFFIXES):
+        return "dicom"
+    try:
+        with open(path, "rb") as f:
+            if f.read(132)[128:132] == b"DICM":
+                return "dicom"
+    except OSError:
+        pass
+    raise ValueError(f"{path}: unsupported image type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM file)")
+
+
+def _scale(arr: np.ndarray, path: Path, window: Sequence[float] | None) -> np.ndarray:
+    arr = arr.astype(np.float32)
+    if arr.size == 0:
+        raise ValueError(f"{path}: empty image")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: image contains NaN or infinite values")
+    if window is not None:
+        lo, hi = float(window[0]), float(window[1])
+    else:
+        lo, hi = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
+        if hi <= lo:
+            lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros_like(arr)
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float32)
+                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                return (arr / maxval)[None]
+            if im.mode in ("1", "L", "LA", "F"):
+                arr = np.asarray(im.convert("F") if im.mode == "F" else im.convert("L"), dtype=np.float32)
+                return (arr if im.mode == "F" else arr / 255.0)[None]
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            return arr.transpose(2, 0, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def _read_nifti(path: Path, slice_index: int | None) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        if len(img.shape) >= 3:
+            img = nib.as_closest_canonical(img)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # nibabel raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    data = np.squeeze(data)
+    if data.ndim == 2:
+        return data.T[None]  # (x, y) -> rows along y
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
+    k = data.shape[2] // 2 if slice_index is None else int(slice_index)
+    if not 0 <= k < data.shape[2]:
+        raise ValueError(f"{path}: slice {k} is outside the volume's {data.shape[2]} slices")
+    return data[::-1, ::-1, k].T[None].copy()  # RAS volume shown radiologically: anterior up, patient right left
+
+
+def _read_dicom(path: Path, slice_index: int | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array.astype(np.float32)
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
+        raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
+    rgb = str(getattr(ds, "PhotometricInterpretation", "")).upper() in ("RGB", "YBR_FULL", "YBR_FULL_422")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        k = frames // 2 if slice_index is None else int(slice_index)
+        if not 0 <= k < frames:
+            raise ValueError(f"{path}: frame {k} is outside the file's {frames} frames")
+        arr = arr[k]
+    if rgb:
+        return arr.transpose(2, 0, 1) / 255.0, (0.0, 1.0)
+    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    window = None
+    centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
+    if centre is not None and width is not None:
+        centre = float(centre[0] if isinstance(centre, pydicom.multival.MultiValue) else centre)
+        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+        if width > 0:
+            window = (centre - width / 2.0, centre + width / 2.0)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = -arr
+        window = None if window is None else (-window[1], -window[0])
+    return arr[None], window
+
+
+def read_image(
+    path: str | os.PathLike, slice_index: int | None = None, window: Sequence[float] | None = None
+) -> np.ndarray:
+    """Read a 2D image as ``(C, H, W)`` float32 in ``[0, 1]`` (``C`` = 1 or 3).
+
+    Args:
+        path: PNG/JPEG/BMP/TIFF, NIfTI (2D, or a slice of a 3D volume) or DICOM file.
+        slice_index: slice of a NIfTI volume (last axis) or frame of a multi-frame DICOM (default: middle).
+        window: ``(low, high)`` intensity window for NIfTI/DICOM (e.g. HU); default: the DICOM window or the
+            0.5/99.5 percentiles.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unsupported, unreadable or corrupt file, NaN values, or a bad slice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    if window is not None and (len(window) != 2 or not float(window[1]) > float(window[0])):
+        raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
+    kind = image_kind(path)
+    if kind == "pil":
+        arr = _read_pil(path)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{path}: image contains NaN or infinite values")
+        return np.clip(arr, 0.0, 1.0).astype(np.float32)
+    if kind == "nifti":
+        return _scale(_read_nifti(path, slice_index), path, window)
+    arr, file_window = _read_dicom(path, slice_index)
+    return _scale(arr, path, window if window is not None else file_window)
+
+
+def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:
+    """``(C, H, W)`` image -> ``(1, channels, *size)`` float32 tensor: grey/RGB conversion and area/bilinear resize.
+
+    RGB to grey uses ITU-R 601 luma weights; grey to RGB repeats the channel.
+    """
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32)).float()
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"image must be (C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if x.shape[0] == 3 and channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+    elif x.shape[0] == 1 and channels == 3:
+        x = x.expand(3, -1, -1)
+    x = x.unsqueeze(0)
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) != size:
+        shrink = x.shape[2] >= size[0] and x.shape[3] >= size[1]
+        x = F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+def _to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    arr = torch.as_tensor(img).detach().float().cpu().clamp(0, 1).numpy()
+    if arr.ndim == 2:
+        arr = arr[None]
+    arr = (arr * 255.0 + 0.5).astype(np.uint8)
+    return arr[0] if arr.shape[0] == 1 else arr[:3].transpose(1, 2, 0)
+
+
+def save_png(img: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
+    """Save a ``(C, H, W)`` or ``(H, W)`` image in ``[0, 1]`` (bool masks: 0/255) as 8-bit PNG, atomically."""
+    from PIL import Image
+
+    arr = _to_uint8(img)
+    with atomic_write(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_png_grid(images: torch.Tensor | Sequence, path: str | os.PathLike, ncols: int | None = None, pad: int = 2) -> Path:
+    """Tile ``N`` images ``(N, C, H, W)`` (``C`` 1 or 3, values in ``[0, 1]``) into one PNG, row-major, with
+    ``pad`` white pixels between tiles; written atomically."""
+    x = torch.stack([torch.as_tensor(i) for i in images]) if not isinstance(images, torch.Tensor) else images
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty (N, C, H, W) stack, got {tuple(x.shape)}")
+    x = x.detach().float().cpu()
+    n, c, h, w = x.shape
+    ncols = n if ncols is None else max(1, min(int(ncols), n))
+    nrows = (n + ncols - 1) // ncols
+    grid = torch.ones(c, nrows * (h + pad) + pad, ncols * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = x[i]
+    return save_png(grid, path)
