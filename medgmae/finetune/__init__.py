@@ -4,6 +4,8 @@ from medgmae.finetune.data import (
     DatasetError,
     check_case,
     check_cases,
+    evaluation_cases,
+    inference_cases,
     inference_transforms,
     label_names,
     prepare_datalists,

@@ -42,6 +42,8 @@ __all__ = [
     "check_case",
     "check_cases",
     "prepare_datalists",
+    "evaluation_cases",
+    "inference_cases",
     "train_transforms",
     "val_transforms",
     "inference_transforms",
@@ -220,16 +222,19 @@ def check_cases(cases: Sequence[dict], num_classes: int) -> list[dict]:
     return list(cases)
 
 
-def phantom_dataset(out_dir: str | Path, num_cases: int = 6, num_validation: int = 2, seed: int = 0, shape=None) -> str:
-    """Write (once) a labelled phantom dataset with the toolkit's generator and return its ``dataset.json`` path."""
+def phantom_dataset(
+    out_dir: str | Path, num_cases: int = 6, num_validation: int = 2, seed: int = 0, shape=None, spacing=None
+) -> str:
+    """Write a labelled phantom dataset with the toolkit's generator (reused when already there); return the path
+    of its ``dataset.json``. ``shape`` / ``spacing`` default to the generator's."""
     from medgmae.data.phantom import write_phantom_dataset
 
-    out_dir = Path(out_dir)
-    datalist = out_dir / "dataset.json"
-    if datalist.is_file():
-        return str(datalist)
-    kwargs = {"shape": tuple(shape)} if shape else {}
-    return str(write_phantom_dataset(out_dir, num_cases, seed=seed, num_validation=num_validation, **kwargs))
+    kwargs = {}
+    if shape:
+        kwargs["shape"] = tuple(int(s) for s in shape)
+    if spacing:
+        kwargs["spacing"] = tuple(float(s) for s in spacing)
+    return str(write_phantom_dataset(Path(out_dir), num_cases, seed=seed, num_validation=num_validation, **kwargs))
 
 
 def prepare_datalists(
@@ -241,6 +246,7 @@ def prepare_datalists(
     num_classes: int | None = None,
     phantom_cases: int = 6,
     phantom_shape: Sequence[int] | None = None,
+    phantom_spacing: Sequence[float] | None = None,
 ) -> dict:
     """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` is empty, label subset, checks.
 
@@ -253,13 +259,16 @@ def prepare_datalists(
         num_classes: class count (``None`` or 0: from the datalist's ``labels``).
         phantom_cases: phantom cases (training + validation) when no dataset is given.
         phantom_shape: phantom volume shape (generator default when ``None``).
+        phantom_spacing: phantom voxel size in mm (generator default when ``None``).
 
     Returns:
         ``{"datalist", "num_classes", "label_names", "training", "validation"}`` with checked case lists.
     """
     if not dataset_dir:
         n_val = max(1, phantom_cases // 3)
-        datalist = phantom_dataset(Path(output_dir) / "phantom", phantom_cases, n_val, seed=seed, shape=phantom_shape)
+        datalist = phantom_dataset(
+            Path(output_dir) / "phantom", phantom_cases, n_val, seed=seed, shape=phantom_shape, spacing=phantom_spacing
+        )
         dataset_dir = Path(datalist).parent
     elif not datalist:
         datalist = Path(dataset_dir) / "dataset.json"
@@ -270,6 +279,66 @@ def prepare_datalists(
     check_cases(training, len(names))
     check_cases(validation, len(names))
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": training, "validation": validation}
+
+
+def evaluation_cases(
+    dataset_dir: str | Path, datalist: str | Path, output_dir: str | Path, key: str = "validation",
+    num_classes: int | None = None, labelled: bool = True,
+) -> dict:
+    """Cases to evaluate or segment: list ``key`` of the datalist (the run's phantom datalist when both
+    ``dataset_dir`` and ``datalist`` are empty).
+
+    Args:
+        dataset_dir: image folder (``""``: the phantom data under ``output_dir/phantom``).
+        datalist: Decathlon JSON (``""``: ``dataset_dir/dataset.json``).
+        output_dir: the training run's folder.
+        key: datalist list to read.
+        num_classes: class count (``None`` or 0: from the datalist).
+        labelled: check each case's label (evaluation); ``False`` for inference.
+
+    Returns:
+        ``{"datalist", "num_classes", "label_names", "cases"}``.
+    """
+    if not datalist:
+        datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
+    if not Path(datalist).is_file() and not dataset_dir:
+        raise DatasetError(f"no datalist given and no phantom datalist at {datalist}: run training first or set datalist")
+    names = label_names(datalist, num_classes or None)
+    cases = read_datalist(datalist, key, dataset_dir or None)
+    if labelled:
+        check_cases(cases, len(names))
+    else:
+        for case in cases:
+            if not Path(case["image"]).is_file():
+                raise DatasetError(f"case {case['image']}: image file not found")
+        cases = [{"image": c["image"]} for c in cases]
+    return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "cases": cases}
+
+
+def inference_cases(
+    input_files: Sequence[str] | str, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
+    key: str = "validation",
+) -> list[dict]:
+    """Images to segment: ``input_files`` when given (a path or a list), else the images of list ``key`` of the
+    datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty, the run's phantom datalist when both are).
+
+    Raises:
+        DatasetError: a missing image (named) or no datalist.
+    """
+    if isinstance(input_files, (str, Path)):
+        input_files = [input_files] if str(input_files) else []
+    if input_files:
+        cases = [{"image": str(Path(f).resolve())} for f in input_files]
+    else:
+        if not datalist:
+            datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
+        if not Path(datalist).is_file():
+            raise DatasetError(f"nothing to segment: set input_files or datalist (no datalist at {datalist})")
+        cases = [{"image": c["image"]} for c in read_datalist(datalist, key, dataset_dir or None)]
+    for case in cases:
+        if not Path(case["image"]).is_file():
+            raise DatasetError(f"case {case['image']}: image file not found")
+    return cases
 
 
 def _load_and_resample(keys, pixdim, hu_range, interp) -> list:
