@@ -1,0 +1,187 @@
+"""UNETR fine-tuning data (datalists, label fractions, per-case checks) and the unetr_finetune bundle end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medgmae.finetune.data import (
+    DatasetError,
+    check_case,
+    inference_cases,
+    label_names,
+    prepare_datalists,
+    resolve_num_classes,
+    select_label_fraction,
+)
+from medgmae.networks.vit import MaskedViTEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "unetr_finetune" / "configs"
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return str(path)
+
+
+def make_case(root: Path, name: str, shape=(12, 12, 8), label_shape=None, label_affine=None, max_label=2, nan=False):
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    image = np.random.default_rng(0).normal(0, 50, shape).astype(np.float32)
+    if nan:
+        image[0, 0, 0] = np.nan
+    label = np.zeros(label_shape or shape, np.uint8)
+    label[2:6, 2:6, 2:5] = max_label
+    return {
+        "image": write_nifti(root / f"{name}_img.nii.gz", image, affine),
+        "label": write_nifti(root / f"{name}_lab.nii.gz", label, affine if label_affine is None else label_affine),
+    }
+
+
+# ------------------------------------------------------------------ datalists and label fractions
+def test_label_fraction_subsets_deterministic_nested(tmp_path):
+    cases = [{"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"} for i in range(30)]
+    sub_1 = select_label_fraction(cases, 0.01, seed=3)
+    sub_10 = select_label_fraction(cases, 0.1, seed=3, output_dir=tmp_path)
+    sub_100 = select_label_fraction(cases, 1.0, seed=3)
+    assert len(sub_1) == 1 and len(sub_10) == 3 and sub_100 == cases
+    assert all(c in sub_10 for c in sub_1)  # nested for a fixed seed
+    assert select_label_fraction(cases, 0.1, seed=3) == sub_10  # deterministic
+    assert any(select_label_fraction(cases, 0.1, seed=s) != sub_10 for s in range(4, 9))  # the seed matters
+    record = json.loads((tmp_path / "training_cases.json").read_text())
+    assert record["cases"] == sub_10 and record["label_fraction"] == 0.1 and record["num_total"] == 30
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="label_fraction"):
+            select_label_fraction(cases, bad)
+
+
+@pytest.mark.parametrize("n_classes", [14, 16])  # BTCV, AMOS CT
+def test_label_names_from_datalist(tmp_path, n_classes):
+    labels = {str(i): ("background" if i == 0 else f"organ{i}") for i in range(n_classes)}
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"labels": labels, "training": [], "validation": []}))
+    names = label_names(path)
+    assert len(names) == n_classes and names[0] == "background" and names[-1] == f"organ{n_classes - 1}"
+    assert resolve_num_classes(path, 0) == n_classes
+    with pytest.raises(DatasetError, match=f"names {n_classes} labels"):
+        label_names(path, num_classes=n_classes + 1)
+    path.write_text(json.dumps({"training": []}))
+    assert label_names(path, num_classes=5) == ["background", "class_1", "class_2", "class_3", "class_4"]
+    with pytest.raises(DatasetError, match="set num_classes"):
+        label_names(path)
+
+
+def test_empty_or_missing_lists(tmp_path):
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"labels": {"0": "bg", "1": "x"}, "training": [], "validation": []}))
+    with pytest.raises(DatasetError, match="'training' list is empty"):
+        prepare_datalists(str(tmp_path), str(path), tmp_path / "out")
+    with pytest.raises(DatasetError, match="datalist not found"):
+        prepare_datalists(str(tmp_path), str(tmp_path / "nope.json"), tmp_path / "out")
+
+
+# ------------------------------------------------------------------ per-case checks
+def test_good_case_passes(tmp_path):
+    check_case(make_case(tmp_path, "good"), num_classes=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(label_shape=(12, 12, 7)), "image shape .* differs from label shape"),
+        (dict(label_affine=np.diag([1.5, 1.5, 2.5, 1.0])), "affines differ"),
+        (dict(max_label=3), r"outside the class range \[0, 2\]"),
+        (dict(nan=True), "NaN"),
+    ],
+)
+def test_bad_case_errors_name_the_case(tmp_path, kwargs, message):
+    case = make_case(tmp_path, "bad_case_07", **kwargs)
+    with pytest.raises(DatasetError, match=message) as err:
+        check_case(case, num_classes=3)
+    assert "bad_case_07_img.nii.gz" in str(err.value)
+
+
+def test_missing_file_names_the_case(tmp_path):
+    case = make_case(tmp_path, "case_11")
+    os.remove(case["label"])
+    with pytest.raises(DatasetError, match="case .*case_11_img.nii.gz: label file not found"):
+        check_case(case, num_classes=3)
+    with pytest.raises(DatasetError, match="nowhere.nii.gz"):
+        inference_cases([str(tmp_path / "nowhere.nii.gz")])
+
+
+def test_prepare_datalists_checks_every_case(tmp_path):
+    good = make_case(tmp_path, "good")
+    bad = make_case(tmp_path, "outside", max_label=5)
+    dl = tmp_path / "dataset.json"
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": [good, bad], "validation": [good]}))
+    with pytest.raises(DatasetError, match="outside_img.nii.gz"):
+        prepare_datalists(str(tmp_path), str(dl), tmp_path / "out")
+    out = prepare_datalists(str(tmp_path), str(dl), tmp_path / "out2", label_fraction=0.5, seed=1)
+    assert out["num_classes"] == 3 and len(out["training"]) == 1
+    assert (tmp_path / "out2" / "training_cases.json").is_file()
+
+
+# ------------------------------------------------------------------ bundle, end to end
+def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config),
+           "--logging_file", str(CONFIGS / "logging.conf"), *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_bundle_train_resume_evaluate_infer(tmp_path):
+    torch.manual_seed(0)
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=2, num_heads=4, mlp_ratio=2.0)
+    encoder_pt = tmp_path / "encoder.pt"
+    torch.save({"kind": "medgmae-encoder", "config": enc.config(), "state_dict": enc.state_dict(), "source": "test"}, encoder_pt)
+    out = tmp_path / "run"
+    common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+              "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1",
+              "--pretrained", str(encoder_pt), "--label_fraction", "0.5"]
+    proc = run_bundle("training", "train.json", *common, "--max_epochs", "1")
+    n = len(enc.state_dict())
+    assert f"loaded {n}/{n} pre-trained encoder tensors" in proc.stdout + proc.stderr
+    chosen = json.loads((out / "training_cases.json").read_text())
+    assert chosen["num_total"] == 2 and len(chosen["cases"]) == 1
+    best = torch.load(out / "best_model.pt", weights_only=False)
+    assert best["kind"] == "medgmae-unetr" and best["epoch"] == 1 and 0.0 <= best["metric"] <= 1.0
+    # the encoder was fine-tuned from the pre-trained weights, the decoder was trained
+    assert not torch.equal(best["state_dict"]["vit.blocks.0.attn.qkv.weight"], enc.state_dict()["blocks.0.attn.qkv.weight"])
+
+    proc = run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
+    assert "resumed from" in proc.stdout + proc.stderr and (out / "checkpoint_epoch=2.pt").is_file()
+    ckpt = torch.load(out / "checkpoint_epoch=2.pt", weights_only=False)
+    assert ckpt["engine"]["epoch"] == 2 and ckpt["engine"]["iteration"] == 2
+
+    run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["num_cases"] == 1 and len(metrics["dice_per_class"]) == 17
+    assert 0.0 <= metrics["mean_dice"] <= 1.0
+    with open(out / "eval" / "per_case_dice.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["case"] == "case_0002"
+    values = [float(v) for k, v in rows[0].items() if k != "case" and v != ""]
+    assert values and all(0.0 <= v <= 1.0 for v in values)
+
+    # inference on an image in another orientation and spacing: the segmentation is in the input's space
+    src = nib.load(out / "phantom" / "imagesTr" / "case_0002.nii.gz")
+    data = np.asarray(src.dataobj)[::-1, :, ::2].astype(np.int16)  # L-to-R flipped, 4 mm slices
+    affine = src.affine @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1.0]])
+    moved = write_nifti(tmp_path / "input" / "moved.nii.gz", data, affine)
+    run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", f"['{moved}']")
+    seg = nib.load(out / "segmentations" / "moved_seg.nii.gz")
+    assert seg.shape == data.shape
+    np.testing.assert_allclose(seg.affine, nib.load(moved).affine, atol=1e-5)
+    assert np.asarray(seg.dataobj).max() < 18
