@@ -44,6 +44,7 @@ __all__ = [
     "LoadClassificationImage",
     "make_dataset",
     "write_phantom_slice_task",
+    "resolve_classification_data",
 ]
 
 logger = logging.getLogger("medgmae.gvit")
@@ -265,33 +266,39 @@ def _slice_to_png(hu: np.ndarray, size: int, window: tuple[float, float]) -> Ima
 
 def write_phantom_slice_task(
     out_dir: str | Path,
-    num_cases: int = 6,
+    num_cases: int = 10,
+    num_val_cases: int = 2,
     seed: int = 0,
     image_size: int = 32,
-    volume_shape: Sequence[int] = (64, 64, 64),
+    volume_shape: Sequence[int] = (64, 64, 48),
     min_fraction: float = 0.02,
     max_per_class: int = 200,
-    window: tuple[float, float] = (-1000.0, 1000.0),
+    window: tuple[float, float] = (-500.0, 500.0),
 ) -> Path:
     """Write the default GViT task: axial phantom slices labelled by their largest organ, as class-folder PNGs.
 
     Each phantom of :func:`medgmae.data.phantom.generate_phantom` is cut into axial slices (the last, S-I axis of
     its RAS voxel grid); a slice is labelled by the organ of :data:`~medgmae.data.phantom.ORGAN_LABELS` with the
-    largest area in it, kept when that area is at least ``min_fraction`` of the slice. Organs with fewer than 4
-    slices are dropped and every class is capped at ``max_per_class`` slices. Intensities are windowed to
-    ``window`` HU. Files are ``out_dir/<organ>/case<i>_z<k>.png``; ``out_dir/task.json`` (written last) records
-    the parameters and counts, and an existing task with the same parameters is reused.
+    largest area in it, kept when that area is at least ``min_fraction`` of the slice. With the phantom's upper
+    abdominal field of view this gives a body-region task (lung bases / liver / bowel). Organs with fewer than 4
+    training slices are dropped and each class is capped at ``max_per_class`` slices per split. Intensities are
+    windowed to ``window`` HU and shown radiologically (anterior up, patient's right on the left).
+
+    The last ``num_val_cases`` phantoms form the validation split, so that no case has slices in both splits.
+    Files are ``out_dir/{train,val}/<organ>/case<i>_z<k>.png``; ``out_dir/task.json`` (written last) records the
+    parameters and counts, and an existing task with the same parameters is reused.
 
     Returns:
-        ``out_dir``.
+        ``out_dir``, a dataset folder for :func:`load_classification_data`.
     """
     from medgmae.data.phantom import ORGAN_LABELS, generate_phantom
 
-    if num_cases < 1 or image_size < 8:
-        raise ValueError(f"num_cases must be >= 1 and image_size >= 8, got {num_cases} and {image_size}")
+    if image_size < 8 or not 1 <= num_val_cases < num_cases:
+        raise ValueError(f"need image_size >= 8 and 1 <= num_val_cases < num_cases, got {image_size}, {num_val_cases}, {num_cases}")
     out_dir = Path(out_dir)
-    params = dict(num_cases=num_cases, seed=seed, image_size=image_size, volume_shape=list(volume_shape),
-                  min_fraction=min_fraction, max_per_class=max_per_class, window=list(window))  # fmt: skip
+    params = dict(num_cases=num_cases, num_val_cases=num_val_cases, seed=seed, image_size=image_size,
+                  volume_shape=list(volume_shape), min_fraction=min_fraction, max_per_class=max_per_class,
+                  window=list(window))  # fmt: skip
     marker = out_dir / "task.json"
     if marker.is_file():
         try:
@@ -301,10 +308,11 @@ def write_phantom_slice_task(
             pass
     if out_dir.is_dir():  # a stale or partial task: clear its slices so that no old file is counted
         marker.unlink(missing_ok=True)
-        for old in out_dir.glob("*/case*_z*.png"):
+        for old in out_dir.glob("*/*/case*_z*.png"):
             old.unlink()
-    slices: dict[str, list[tuple[str, np.ndarray]]] = {}
+    slices: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {"train": {}, "val": {}}
     for case in range(num_cases):
+        split = "val" if case >= num_cases - num_val_cases else "train"
         ph = generate_phantom(seed + case, shape=tuple(volume_shape))
         image, label = np.asarray(ph.image, dtype=np.float32), np.asarray(ph.label)
         for z in range(label.shape[2]):
@@ -314,21 +322,44 @@ def write_phantom_slice_task(
             organ = int(areas.argmax())
             if areas[organ] < min_fraction * lab.size or organ not in ORGAN_LABELS:
                 continue
-            # RAS (x: right->left, y: posterior->anterior): show anterior up, patient's right on the left
-            hu = np.flipud(image[:, :, z].T)
-            slices.setdefault(ORGAN_LABELS[organ], []).append((f"case{case}_z{z:03d}", hu))
+            # RAS axes (0: towards the patient's right, 1: towards anterior) -> rows anterior-first, columns right-first
+            hu = np.flip(image[:, :, z].T, (0, 1))
+            slices[split].setdefault(ORGAN_LABELS[organ], []).append((f"case{case}_z{z:03d}", hu))
+    classes = sorted(name for name, group in slices["train"].items() if len(group) >= 4)
+    missing = [c for c in classes if not slices["val"].get(c)]
+    if len(classes) < 2 or missing:
+        raise ValueError(
+            f"the phantom slice task has training classes {classes} and validation lacks {missing}: "
+            "use more cases (num_cases / num_val_cases) or a larger volume_shape"
+        )
     rng = random.Random(seed)
-    counts = {}
-    for name, group in sorted(slices.items()):
-        if len(group) < 4:
-            continue
-        rng.shuffle(group)
-        for stem, hu in sorted(group[:max_per_class], key=lambda s: s[0]):
-            with atomic_write(out_dir / name / f"{stem}.png") as tmp:
-                _slice_to_png(hu, image_size, window).save(tmp, format="PNG")
-        counts[name] = min(len(group), max_per_class)
-    if len(counts) < 2:
-        raise ValueError(f"the phantom slice task produced {len(counts)} class(es) {sorted(counts)}: use more cases or a larger volume")
+    counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
+    for split in ("train", "val"):
+        for name in classes:
+            group = slices[split][name]
+            rng.shuffle(group)
+            for stem, hu in sorted(group[:max_per_class], key=lambda t: t[0]):
+                with atomic_write(out_dir / split / name / f"{stem}.png") as tmp:
+                    _slice_to_png(hu, image_size, window).save(tmp, format="PNG")
+            counts[split][name] = min(len(group), max_per_class)
     save_json_atomic({"task": "phantom axial slices labelled by the organ with the largest area", "params": params,
                       "counts": counts}, marker)  # fmt: skip
     return out_dir
+
+
+def resolve_classification_data(
+    dataset_dir: str | Path | None,
+    default_root: str | Path,
+    image_size: int = 32,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    num_cases: int = 10,
+) -> ClassificationData:
+    """``dataset_dir`` (folder or CSV) loaded by :func:`load_classification_data`; when it is empty or None,
+    the default phantom-slice task written to (or reused from) ``default_root``."""
+    if dataset_dir is None or str(dataset_dir).strip() == "":
+        logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)
+        dataset_dir = write_phantom_slice_task(default_root, num_cases=num_cases, seed=seed, image_size=image_size)
+    data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed)
+    logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)
+    return data

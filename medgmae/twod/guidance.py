@@ -65,7 +65,9 @@ class ReconstructionLoss(nn.Module):
         """``{"pixel", "perceptual", "total"}`` for ``(B, C, H, W)`` ``pred`` and ``target``."""
         if pred.shape != target.shape or pred.dim() != 4:
             raise ValueError(f"pred and target must be matching (B, C, H, W) tensors, got {tuple(pred.shape)} and {tuple(target.shape)}")
-        pred, target = pred.float(), target.float()
+        if pred.dtype in (torch.float16, torch.bfloat16):  # BCE and SSIM in at least float32
+            pred = pred.float()
+        target = target.to(pred.dtype)
         if self.pixel == "bce":
             pix = F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target.clamp(0, 1))
         else:

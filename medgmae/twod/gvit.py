@@ -443,14 +443,16 @@ class GViT(nn.Module):
             raise ValueError(f"{path} has neither 'state_dict' nor 'model' weights")
         model = cls(**ckpt["config"])
         model.load_state_dict(state)
+        model.class_names = ckpt.get("class_names")
         return model
 
-    def save(self, path: str | Path) -> None:
-        """Write ``model.pt`` atomically."""
+    def save(self, path: str | Path, class_names: Sequence[str] | None = None) -> None:
+        """Write ``model.pt`` (``{"kind": "gvit", "config", "state_dict", "class_names"}``) atomically."""
         from medgmae.engine import atomic_write
 
+        names = list(class_names) if class_names is not None else getattr(self, "class_names", None)
         with atomic_write(path) as tmp:
-            torch.save({"kind": self.kind, "config": self.config(), "state_dict": self.state_dict()}, tmp)
+            torch.save({"kind": self.kind, "config": self.config(), "state_dict": self.state_dict(), "class_names": names}, tmp)
 
 
 class PatchViTClassifier(nn.Module):

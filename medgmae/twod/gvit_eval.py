@@ -31,6 +31,7 @@ __all__ = [
     "ellipse_points",
     "save_explanation_png",
     "evaluate_gvit",
+    "evaluate_model_file",
 ]
 
 # viridis anchors (matplotlib's colormap sampled at 0, 0.25, 0.5, 0.75, 1)
@@ -214,3 +215,49 @@ def evaluate_gvit(
     metrics["explanations"] = written
     save_json_atomic(metrics, output_dir / "metrics.json")
     return metrics
+
+
+def evaluate_model_file(
+    model_path: str | Path,
+    data,
+    output_dir: str | Path,
+    split: str = "val",
+    batch_size: int = 32,
+    device: str = "auto",
+    num_explanations: int = 8,
+    render_backend: str = "auto",
+) -> dict:
+    """Evaluate a saved GViT (``model.pt`` or a training checkpoint) on a split of a dataset.
+
+    Args:
+        model_path: file written by training.
+        data: a :class:`~medgmae.twod.classification_data.ClassificationData`.
+        output_dir: folder for ``metrics.json``, ``confusion_matrix.png`` and ``explanations/``.
+        split: ``"val"``, ``"train"`` or ``"all"``.
+        batch_size: evaluation batch size.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        num_explanations: explanation PNGs to write.
+        render_backend: 2D renderer backend.
+    """
+    from monai.data import DataLoader
+
+    from medgmae.engine import resolve_device
+    from medgmae.twod.classification_data import make_dataset
+    from medgmae.twod.gvit import GViT
+
+    if split not in ("val", "train", "all"):
+        raise ValueError(f"split must be 'val', 'train' or 'all', got {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
+    names = getattr(model, "class_names", None)
+    if names is not None and list(names) != list(data.class_names):
+        raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
+    if model.num_classes != data.num_classes:
+        raise ValueError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
+    items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
+    if not items:
+        raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
+    loader = DataLoader(make_dataset(items, model.img_size, model.in_channels), batch_size=batch_size, shuffle=False)
+    return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend)

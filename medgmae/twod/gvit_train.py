@@ -282,7 +282,7 @@ class GViTWorkflow:
             if self.epochs[phase] > 0:
                 logger.info("GViT phase %r: %d epoch(s)", phase, self.epochs[phase])
                 self.trainer(phase).run()
-        self.model.save(self.output_dir / "model.pt")
+        self.model.save(self.output_dir / "model.pt", class_names=self.class_names)
         loader = self.val_loader if self.val_loader is not None and len(self.val_loader) > 0 else self.train_loader
         return evaluate_gvit(
             self.model, loader, self.class_names, self.output_dir, device=self.device,

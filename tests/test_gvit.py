@@ -1,0 +1,358 @@
+"""GViT: Gaussian encoder and classifier, losses, eq. (1) guidance, phases, data and evaluation."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage.metrics import structural_similarity
+from torch.utils.data import DataLoader
+
+from medgmae.twod.classification_data import (
+    LoadClassificationImage,
+    load_classification_data,
+    read_csv_list,
+    scan_image_folder,
+    write_phantom_slice_task,
+)
+from medgmae.twod.gvit import (
+    DenoisingGaussianEncoder,
+    GaussianViTClassifier,
+    GViT,
+    decode_gaussians_2d,
+    gaussian_dim,
+    sample_gaussian_tokens,
+)
+from medgmae.twod.gvit_eval import classification_metrics, ellipse_points
+from medgmae.twod.gvit_train import PHASES, build_phase_trainer
+from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guidance_gradient, guided_backward
+
+SIZE = 16  # image edge: the smallest that keeps an 11-pixel SSIM window
+
+
+def tiny_encoder(channels=1, k=6, mode="denoising", **kw):
+    return DenoisingGaussianEncoder(channels, SIZE, 4, k, hidden_size=24, num_layers=1, num_heads=2, mlp_ratio=2.0, mode=mode, **kw)
+
+
+def tiny_classifier(channels=1, num_classes=3):
+    return GaussianViTClassifier(channels, num_classes, hidden_size=24, num_layers=2, num_heads=2, mlp_ratio=2.0)
+
+
+def _perturb_head(enc: DenoisingGaussianEncoder, seed=0):
+    """The residual head starts at zero; give it weights so that gradients reach the whole encoder."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in enc.head[-1].parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+# ----------------------------------------------------------------------------------------------- guidance
+def _joint_losses(enc, clf, x, y, g0, rec):
+    g = enc(x, g0=g0)
+    rendered = enc.decode(g).render((SIZE, SIZE), backend="torch")
+    return g, rec(rendered, x), F.cross_entropy(clf(g), y)
+
+
+@pytest.mark.parametrize("gamma", [0.1, 0.03, 0.0])
+def test_guided_backward_equals_separate_gradients(gamma):
+    torch.manual_seed(0)
+    enc, clf = tiny_encoder().double(), tiny_classifier().double()
+    _perturb_head(enc)
+    x = torch.rand(2, 1, SIZE, SIZE, dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    g0 = sample_gaussian_tokens(2, 6, 1, generator=torch.Generator().manual_seed(1)).double()
+    rec = ReconstructionLoss("bce", 0.1)
+    enc_p, clf_p = [p for p in enc.parameters() if p.requires_grad], list(clf.parameters())
+
+    # reference: every gradient on its own, with autograd
+    g, l_rec, l_cls = _joint_losses(enc, clf, x, y, g0, rec)
+    rec_theta, rec_enc = (lambda t: (t[0], t[1:]))(torch.autograd.grad(l_rec, [g, *enc_p], retain_graph=True, allow_unused=True))
+    cls_theta, *cls_rest = torch.autograd.grad(l_cls, [g, *enc_p, *clf_p], allow_unused=True)
+    cls_enc, cls_clf = cls_rest[: len(enc_p)], cls_rest[len(enc_p) :]
+
+    g, l_rec, l_cls = _joint_losses(enc, clf, x, y, g0, rec)
+    guided = guided_backward(l_rec, l_cls, g, clf.parameters(), gamma)
+
+    torch.testing.assert_close(guided, rec_theta + gamma * cls_theta, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(guided, guidance_gradient(rec_theta, cls_theta, gamma), rtol=1e-9, atol=1e-12)
+    n_used = 0
+    for p, gr, gc in zip(enc_p, rec_enc, cls_enc):  # every encoder weight gets dL_rec/dpsi + gamma dL_cls/dpsi
+        if gr is None and gc is None:  # MONAI's TransformerBlock keeps an unused cross-attention norm
+            assert p.grad is None
+            continue
+        torch.testing.assert_close(p.grad, gr + gamma * gc, rtol=1e-8, atol=1e-12)
+        n_used += 1
+    assert n_used >= len(enc_p) - 2
+    for p, gc in zip(clf_p, cls_clf):  # the classifier follows dL_cls/dphi, not scaled by gamma
+        torch.testing.assert_close(p.grad, gc, rtol=1e-8, atol=1e-12)
+    if gamma > 0:  # and the classifier term really enters, with the descent sign
+        assert (guided - rec_theta).abs().max() > 1e-6
+        assert not torch.allclose(guided, rec_theta - gamma * cls_theta)
+
+
+def test_guided_step_lowers_classification_loss():
+    """A descent step along eq. (1) lowers L_cls relative to the reconstruction-only step (first order)."""
+    torch.manual_seed(1)
+    clf = tiny_classifier().double().requires_grad_(False)
+    theta = sample_gaussian_tokens(3, 10, 1, generator=torch.Generator().manual_seed(2)).double().requires_grad_(True)
+    y = torch.tensor([0, 1, 2])
+    target = torch.rand(3, 1, SIZE, SIZE, dtype=torch.float64)
+    l_rec = ReconstructionLoss("mse", 0.1)(decode_gaussians_2d(theta, 1).render((SIZE, SIZE), "torch"), target)
+    grad_rec = torch.autograd.grad(l_rec, theta)[0]
+    l_cls = F.cross_entropy(clf(theta), y)
+    grad_cls = torch.autograd.grad(l_cls, theta)[0]
+    eta = 1e-3
+    cls_after = {}
+    for gamma in (0.0, 0.1):
+        with torch.no_grad():
+            cls_after[gamma] = F.cross_entropy(clf(theta - eta * guidance_gradient(grad_rec, grad_cls, gamma)), y).item()
+    predicted = -eta * 0.1 * grad_cls.square().sum().item()  # first-order change from the guidance term
+    assert predicted < 0
+    assert cls_after[0.1] - cls_after[0.0] == pytest.approx(predicted, rel=0.05)
+
+
+@pytest.mark.parametrize("bad", [-0.01, 0.2, float("nan"), "0.1"])
+def test_gamma_range(bad):
+    with pytest.raises(ValueError, match="gamma"):
+        check_gamma(bad)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def test_reconstruction_loss_matches_references():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 24, 24, generator=gen, dtype=torch.float64)
+    pred = (target + 0.2 * torch.randn(2, 1, 24, 24, generator=gen, dtype=torch.float64)).clamp(0.01, 0.99)
+    parts = ReconstructionLoss("bce", 0.1).components(pred, target)
+    bce = -(target * pred.log() + (1 - target) * (1 - pred).log()).mean()
+    torch.testing.assert_close(parts["pixel"], bce)
+    # D-SSIM against scikit-image's SSIM with Wang et al.'s Gaussian window (sigma 1.5, population covariance)
+    ref = np.mean(
+        [
+            structural_similarity(t[0].numpy(), p[0].numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                  use_sample_covariance=False, full=True)[1][5:-5, 5:-5].mean()
+            for t, p in zip(target, pred)
+        ]
+    )  # fmt: skip
+    assert parts["perceptual"].item() == pytest.approx(1 - ref, abs=1e-6)
+    torch.testing.assert_close(parts["total"], bce + 0.1 * parts["perceptual"])
+    assert ReconstructionLoss("mse", 0.0)(pred, target).item() == pytest.approx(F.mse_loss(pred, target).item())
+    with pytest.raises(ValueError, match="pixel"):
+        ReconstructionLoss("l1")
+    with pytest.raises(ValueError, match="at least 11"):
+        ReconstructionLoss()(pred[..., :8, :8], target[..., :8, :8])
+
+
+# ----------------------------------------------------------------------------------------------- model
+def test_classifier_any_k_and_permutation_invariance():
+    torch.manual_seed(0)
+    clf = tiny_classifier(channels=3, num_classes=4).eval()
+    for k in (8, 37):
+        g = sample_gaussian_tokens(2, k, 3, generator=torch.Generator().manual_seed(k))
+        out = clf(g)
+        assert out.shape == (2, 4)
+        perm = torch.randperm(k)
+        torch.testing.assert_close(clf(g[:, perm]), out, rtol=1e-5, atol=1e-5)
+    # it is not a constant function of the set: moving one Gaussian changes the logits
+    g2 = g.clone()
+    g2[:, 0, :2] += 1.0
+    assert (clf(g2) - out).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="expected Gaussians"):
+        clf(torch.zeros(2, 5, 7))  # 7 = 1-channel vector for a 3-channel classifier
+
+
+def test_encoder_residual_and_scale_bound():
+    torch.manual_seed(0)
+    enc = tiny_encoder(channels=3, k=5, scale_factor=0.5)
+    x = torch.rand(2, 3, SIZE, SIZE)
+    g0 = sample_gaussian_tokens(2, 5, 3, scale_factor=0.5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(enc(x, g0=g0), g0)  # zero-initialised residual head: g = g0 + 0
+    _perturb_head(enc)
+    g = enc(x, g0=g0)
+    assert g.shape == (2, 5, gaussian_dim(3)) == (2, 5, 9)
+    # the Gaussian tokens carry no index embedding: permuting g0 permutes the prediction
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    torch.testing.assert_close(enc(x, g0=g0[:, perm]), g[:, perm], rtol=1e-5, atol=1e-5)
+    dec = decode_gaussians_2d(torch.full((1, 2, 9), 30.0), 3, scale_factor=0.5)
+    assert torch.allclose(dec.scales, torch.tensor(0.5)) and dec.means.abs().max() <= 1
+    # eval mode is deterministic, training mode draws new g0
+    enc.eval()
+    torch.testing.assert_close(enc(x), enc(x))
+    enc.train()
+    assert not torch.allclose(enc(x), enc(x))
+
+
+def test_learned_query_variant():
+    torch.manual_seed(0)
+    enc = tiny_encoder(k=7, mode="queries")
+    x = torch.rand(2, 1, SIZE, SIZE)
+    g = enc(x)
+    assert g.shape == (2, 7, 7)
+    torch.testing.assert_close(enc(x, g0=torch.zeros_like(g)), g)  # no noise input: g0 is zero
+    assert (g[0] - g[1]).abs().max() > 0  # but it depends on the image
+    with pytest.raises(ValueError, match="mode"):
+        tiny_encoder(mode="slots")
+
+
+def test_model_file_roundtrip_and_wrong_kind(tmp_path):
+    m = GViT(1, SIZE, 3, num_gaussians=4, patch_size=4)
+    m.save(tmp_path / "model.pt", class_names=["a", "b", "c"])
+    back = GViT.from_checkpoint(tmp_path / "model.pt")
+    assert back.class_names == ["a", "b", "c"]
+    x = torch.rand(2, 1, SIZE, SIZE)
+    m.eval(), back.eval()
+    torch.testing.assert_close(back(x), m(x))
+    torch.save({"kind": "gmae2d", "config": {}, "state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="gmae2d"):
+        GViT.from_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="broken.pt"):
+        GViT.from_checkpoint(tmp_path / "broken.pt")
+
+
+# ----------------------------------------------------------------------------------------------- phases
+def _loader(n=4, channels=1, num_classes=3):
+    gen = torch.Generator().manual_seed(0)
+    items = [{"image": torch.rand(channels, SIZE, SIZE, generator=gen), "label": torch.tensor(i % num_classes)} for i in range(n)]
+    return DataLoader(items, batch_size=n)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_phase_freezes_what_it_should(phase):
+    torch.manual_seed(0)
+    model = GViT(1, SIZE, 3, num_gaussians=6, patch_size=4)
+    _perturb_head(model.encoder)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = build_phase_trainer(phase, model, _loader(), max_epochs=1, device="cpu", lr=1e-2, render_backend="torch")
+    trainer.run()
+    trains_enc, trains_cls = phase in ("warmup", "joint"), phase in ("classifier", "joint")
+    assert all(p.requires_grad == trains_enc for p in model.encoder.parameters())
+    assert all(p.requires_grad == trains_cls for p in model.classifier.parameters())
+    assert model.encoder.training == trains_enc  # frozen Gaussians: deterministic g0 in the classifier phase
+    after = model.state_dict()
+    for prefix, trained in (("encoder.", trains_enc), ("classifier.", trains_cls)):
+        changed = [k for k in after if k.startswith(prefix) and not torch.equal(after[k], before[k])]
+        if trained:
+            assert len(changed) > 0.8 * sum(1 for k in after if k.startswith(prefix) and after[k].is_floating_point())
+        else:
+            assert changed == []
+    out = trainer.state.output
+    assert torch.isfinite(out["loss"])
+    assert (out["loss_rec"] is None) == (phase == "classifier") and (out["loss_cls"] is None) == (phase == "warmup")
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _write_png(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _folder(tmp_path, classes=("a", "b"), n=3, rgb_first=False):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        for i in range(n):
+            shape = (20, 20, 3) if (rgb_first and c == classes[0]) else (20, 20)
+            _write_png(tmp_path / "data" / c / f"{i}.png", rng.integers(0, 255, shape, dtype=np.uint8))
+    return tmp_path / "data"
+
+
+def test_image_folder_and_channels(tmp_path):
+    root = _folder(tmp_path, rgb_first=True)
+    data = load_classification_data(root, val_fraction=0.34, seed=0)
+    assert data.class_names == ["a", "b"] and data.channels == 3
+    assert len(data.train) == 4 and len(data.val) == 2 and {it["label"] for it in data.val} == {0, 1}
+    rgb = root / "a" / "0.png"
+    ref = np.asarray(Image.open(rgb), dtype=np.float32) / 255.0
+    one = LoadClassificationImage(20, 1)({"image": str(rgb), "label": 0})["image"]
+    np.testing.assert_allclose(one[0].numpy(), ref.mean(-1), atol=1e-6)
+    gray = root / "b" / "0.png"
+    three = LoadClassificationImage(20, 3)({"image": str(gray), "label": 1})["image"]
+    ref_g = np.asarray(Image.open(gray), dtype=np.float32) / 255.0
+    for ch in range(3):
+        np.testing.assert_allclose(three[ch].numpy(), ref_g, atol=1e-6)
+    assert LoadClassificationImage(8, 1)({"image": str(gray), "label": 1})["image"].shape == (1, 8, 8)
+
+
+def test_data_errors_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        scan_image_folder(tmp_path / "empty")
+    single = _folder(tmp_path / "s", classes=("only",))
+    with pytest.raises(ValueError, match="at least 2 classes.*only"):
+        load_classification_data(single)
+    root = _folder(tmp_path / "e", classes=("a", "b"))
+    (root / "c").mkdir()
+    with pytest.raises(ValueError, match=r"class folder .*c holds no images"):
+        scan_image_folder(root)
+    root = _folder(tmp_path / "u")
+    (root / "b" / "bad.png").write_bytes(b"\x89PNG\r\n garbage")
+    with pytest.raises(ValueError, match=r"cannot read image .*bad\.png"):
+        load_classification_data(root)
+    with pytest.raises(ValueError, match="not found"):
+        load_classification_data(tmp_path / "missing")
+
+
+def test_csv_lists_and_errors(tmp_path):
+    root = _folder(tmp_path)
+    good = tmp_path / "list.csv"
+    with open(good, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for c in ("a", "b"):
+            for i in range(3):
+                w.writerow([f"data/{c}/{i}.png", f"class_{c}", "val" if i == 0 else "train"])
+    items, classes = read_csv_list(good)
+    assert classes == ["class_a", "class_b"] and len(items) == 6
+    data = load_classification_data(good)
+    assert len(data.val) == 2 and len(data.train) == 4
+    cases = {
+        "short.csv": ("data/a/0.png\n", "line 1: expected 'path,label'"),
+        "missing.csv": ("path,label\ndata/a/0.png,a\nnope.png,b\n", r"line 3: image not found: .*nope\.png"),
+        "one.csv": ("data/a/0.png,a\ndata/a/1.png,a\n", "at least 2 classes"),
+        "split.csv": ("data/a/0.png,a,test\ndata/b/0.png,b\n", "split must be"),
+        "blank.csv": ("path,label\n", "lists no images"),
+    }
+    for name, (text, msg) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=msg) as info:
+            read_csv_list(tmp_path / name)
+        assert name in str(info.value)
+
+
+def test_phantom_slice_task_is_ordered_by_body_region(tmp_path):
+    out = write_phantom_slice_task(tmp_path / "task", num_cases=3, num_val_cases=1, image_size=16, volume_shape=(32, 32, 32))
+    data = load_classification_data(out)
+    assert {"liver", "lungs"} <= set(data.class_names) and data.channels == 1
+    assert all("case2_" in it["image"] for it in data.val) and not any("case2_" in it["image"] for it in data.train)
+    # anatomy: the lung bases lie above the liver (slice index z grows towards superior)
+    z = {c: np.mean([int(it["image"].rsplit("_z", 1)[1][:3]) for it in data.train if it["label"] == i])
+         for i, c in enumerate(data.class_names)}  # fmt: skip
+    assert z["lungs"] > z["liver"]
+    assert Image.open(data.train[0]["image"]).size == (16, 16)
+    mtime = (out / "task.json").stat().st_mtime_ns
+    write_phantom_slice_task(tmp_path / "task", num_cases=3, num_val_cases=1, image_size=16, volume_shape=(32, 32, 32))
+    assert (out / "task.json").stat().st_mtime_ns == mtime  # same parameters: reused, not rewritten
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def test_classification_metrics_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    preds = np.array([0, 1, 0, 1, 1, 0])
+    m = classification_metrics(labels, preds, ["x", "y", "z", "w"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class_accuracy"] == {"x": pytest.approx(2 / 3), "y": 1.0, "z": 0.0, "w": None}
+    assert m["confusion_matrix"][0] == [2, 1, 0, 0] and m["confusion_matrix"][2] == [1, 0, 0, 0]
+
+
+def test_ellipse_points_are_two_sigma():
+    mean, scales, angle = (0.2, -0.3), (0.1, 0.05), 0.7
+    pts = np.array(ellipse_points(mean, scales, angle, (64, 64)))
+    p = pts / 32.0 - 1.0 - np.array(mean)  # back to the [-1, 1] frame, centred
+    c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, -s], [s, c]])
+    prec = rot @ np.diag(1 / np.square(scales)) @ rot.T
+    np.testing.assert_allclose(np.einsum("ni,ij,nj->n", p, prec, p), 4.0, rtol=1e-9)
