@@ -30,6 +30,7 @@ renderer reproduces):
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from typing import Sequence
@@ -61,6 +62,7 @@ ALPHA_MAX = 0.999
 ALPHA_MIN = 1.0 / 255.0
 #: Compositing stops before the transmittance would reach this value.
 T_MIN = 1e-4
+_LOG_T_MIN = math.log(T_MIN)
 #: Pixels per chunk are chosen so that one chunk holds about this many ``(B, K, pixels)`` elements.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -166,13 +168,16 @@ def _composite_chunk(means2d: Tensor, conics: Tensor, opacities: Tensor, colors:
     sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
     alpha = (opacities.unsqueeze(-1) * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
     alpha = torch.where((sigma < 0) | (alpha < ALPHA_MIN), torch.zeros_like(alpha), alpha)
+    # transmittances as cumulative sums of log(1 - alpha) (1 - alpha >= 1 - ALPHA_MAX > 0): cheaper to
+    # differentiate than cumprod
     with torch.no_grad():  # exclusive early stop: drop the Gaussian that would take T to T_MIN or below, and all after
-        alive = torch.cumprod(1.0 - alpha, dim=1) > T_MIN
+        alive = torch.cumsum(torch.log1p(-alpha), dim=1) > _LOG_T_MIN
     alpha = alpha * alive
-    trans_incl = torch.cumprod(1.0 - alpha, dim=1)  # (B, K, P)
-    trans_excl = torch.cat([torch.ones_like(trans_incl[:, :1]), trans_incl[:, :-1]], dim=1)
-    image = torch.einsum("bkp,bkc->bcp", alpha * trans_excl, colors)
-    return image, trans_incl[:, -1]
+    log_keep = torch.log1p(-alpha)
+    log_incl = torch.cumsum(log_keep, dim=1)  # (B, K, P): log T after each Gaussian
+    weights = alpha * torch.exp(log_incl - log_keep)  # alpha_k * T before Gaussian k
+    image = torch.einsum("bkp,bkc->bcp", weights, colors)
+    return image, torch.exp(log_incl[:, -1])
 
 
 def _render_torch(means, scales, quats, colors, opacities, size, background) -> tuple[Tensor, Tensor]:
