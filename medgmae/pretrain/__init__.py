@@ -7,6 +7,7 @@ from medgmae.pretrain.inference import GaussianInference, slices_png
 from medgmae.pretrain.trainer import (
     MODEL_KINDS,
     MaskedAutoencoderTrainer,
+    as_bool,
     ModelConfigRecord,
     build_model,
     masked_psnr,
@@ -19,6 +20,7 @@ __all__ = [
     "MODEL_KINDS",
     "GaussianInference",
     "MaskedAutoencoderTrainer",
+    "as_bool",
     "ModelConfigRecord",
     "ModelExportHandler",
     "build_model",

@@ -22,7 +22,11 @@ def _dist_rank() -> int:
 
 
 def phantom_dataset(
-    work_dir: str | Path, num_cases: int, seed: int = 0, shape: Sequence[int] | None = None
+    work_dir: str | Path,
+    num_cases: int,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+    spacing: Sequence[float] | float | None = None,
 ) -> Path:
     """Generate (once) ``num_cases`` phantom CT volumes under ``work_dir/phantom`` and return their dataset.json.
 
@@ -35,7 +39,9 @@ def phantom_dataset(
     out = Path(work_dir) / "phantom"
     json_path = out / "dataset.json"
     if _dist_rank() == 0 and not json_path.is_file():
-        kwargs = {} if shape is None else {"shape": tuple(int(s) for s in shape)}
+        kwargs: dict = {} if shape is None else {"shape": tuple(int(s) for s in shape)}
+        if spacing is not None:
+            kwargs["spacing"] = spacing
         logger.info("no dataset_dir given: writing %d phantom volumes to %s", num_cases, out)
         json_path = Path(write_phantom_dataset(out, num_cases, seed=seed, num_validation=0, **kwargs))
     if dist.is_available() and dist.is_initialized():
@@ -55,6 +61,7 @@ def pretrain_datalist(
     num_phantoms: int = 4,
     phantom_seed: int = 0,
     phantom_shape: Sequence[int] | None = None,
+    phantom_spacing: Sequence[float] | float | None = None,
     validate: bool = True,
 ) -> list[dict]:
     """The training items (``{"image": path[, "label": path]}``) for pre-training.
@@ -66,6 +73,7 @@ def pretrain_datalist(
         num_phantoms: phantom volumes to generate when ``dataset_dir`` is empty.
         phantom_seed: seed of the phantom generator.
         phantom_shape: phantom volume shape (the generator's default when ``None``).
+        phantom_spacing: phantom voxel size in mm (the generator's default when ``None``).
         validate: check every image (readable, 3D, finite) before training.
 
     Returns:
@@ -76,7 +84,7 @@ def pretrain_datalist(
         ValueError: the datalist is empty or an image is unusable (the message names the file).
     """
     if str(dataset_dir).strip() == "":
-        json_path = phantom_dataset(work_dir, num_phantoms, phantom_seed, phantom_shape)
+        json_path = phantom_dataset(work_dir, num_phantoms, phantom_seed, phantom_shape, phantom_spacing)
     else:
         src = Path(dataset_dir).expanduser()
         if not src.exists():

@@ -34,7 +34,8 @@ def slices_png(volumes: Sequence[np.ndarray], path: str | Path) -> Path:
         if v.ndim != 3:
             raise ValueError(f"slices_png needs 3D volumes, got shape {v.shape}")
         c = [s // 2 for s in v.shape]
-        views = [v[c[0], :, :], v[:, c[1], :], v[:, :, c[2]]]
+        # sagittal, coronal, axial of a RAS-ordered array, rotated so that superior / anterior is up
+        views = [np.rot90(v[c[0], :, :]), np.rot90(v[:, c[1], :]), np.rot90(v[:, :, c[2]])]
         h = max(x.shape[0] for x in views)
         views = [np.pad(x, ((0, h - x.shape[0]), (0, 0))) for x in views]
         rows.append(np.concatenate(views, axis=1))
@@ -74,6 +75,8 @@ class GaussianInference:
     ) -> None:
         if not a_max > a_min:
             raise ValueError(f"a_max ({a_max}) must exceed a_min ({a_min})")
+        if not str(image_path).strip():
+            raise ValueError("no input volume given: set image (e.g. --image /path/to/ct.nii.gz)")
         self.model_path, self.image_path, self.output_dir = Path(model_path), Path(image_path), Path(output_dir)
         if not self.image_path.exists():
             raise FileNotFoundError(f"input volume not found: {self.image_path}")
@@ -116,8 +119,8 @@ class GaussianInference:
         Returns:
             The written paths by kind (``ply``, ``nifti``, ``png``).
         """
+        volume, affine = self.load()  # input errors first, before the model is loaded
         model = MedGMAE.from_checkpoint(self.model_path).to(self.device).eval()
-        volume, affine = self.load()
         gaussians, rendered = self.predict(model, volume)
         stem, out = self._stem(), self.output_dir
         out.mkdir(parents=True, exist_ok=True)
@@ -134,9 +137,7 @@ class GaussianInference:
         return paths
 
     def _save_ply(self, gaussians: Gaussians3D, shape: tuple[int, ...], affine: np.ndarray, path: Path) -> Path:
-        try:
-            from medgmae.ply import save_ply
-        except ImportError as e:
-            raise RuntimeError("medgmae.ply (save_ply) is not available in this installation") from e
-        save_ply(path, gaussians.to_voxel(shape)[0].cpu())
-        return path
+        """Gaussians in the input's voxel frame, with its shape and voxel-to-world affine in the header."""
+        from medgmae.ply import save_ply
+
+        return save_ply(path, gaussians.to_voxel(shape)[0].to("cpu"), frame="voxel", shape=shape, affine=affine)

@@ -18,7 +18,7 @@ from monai.utils import CommonKeys
 from medgmae.networks.medgmae import MAEOutput, MedGMAE
 from medgmae.networks.voxel_mae import VoxelMAE
 
-__all__ = ["MaskedAutoencoderTrainer", "build_model", "unwrap_model", "ModelConfigRecord", "masked_psnr", "MODEL_KINDS"]
+__all__ = ["as_bool", "MaskedAutoencoderTrainer", "build_model", "unwrap_model", "ModelConfigRecord", "masked_psnr", "MODEL_KINDS"]
 
 #: ``model`` names accepted by :func:`build_model`.
 MODEL_KINDS = ("medgmae", "medgmae-star", "voxel-mae")
@@ -167,3 +167,21 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
 
 def _unused_loss(*_: Any) -> torch.Tensor:
     raise RuntimeError("MaskedAutoencoderTrainer takes the loss from the model output")
+
+
+def as_bool(value: Any, name: str = "flag") -> bool:
+    """A command-line flag as a bool: accepts bools, 0/1 and true/false/yes/no/on/off (any case).
+
+    Raises:
+        ValueError: anything else, naming the flag.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
