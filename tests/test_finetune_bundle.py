@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -185,3 +186,36 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, nib.load(moved).affine, atol=1e-5)
     assert np.asarray(seg.dataobj).max() < 18
+
+
+# ------------------------------------------------------------------ metrics files
+def test_segmentation_report_analytic_dice(tmp_path):
+    from monai.data import MetaTensor
+
+    from medgmae.finetune.evaluate import SegmentationReport, check_num_classes
+
+    def onehot(labels):
+        return torch.nn.functional.one_hot(torch.as_tensor(labels).long(), 3).permute(3, 0, 1, 2).float()
+
+    ref, pred = np.zeros((10, 10, 10)), np.zeros((10, 10, 10))
+    ref[2:6, 2:6, 2:6] = 1
+    pred[3:7, 2:6, 2:6] = 1  # overlap 3x4x4 of two 64-voxel cubes: Dice 2*48/128
+    pred[8:, 8:, 8:] = 2  # class 2 is absent from the reference: no Dice (NaN), not 0
+    image = MetaTensor(torch.zeros(1, 10, 10, 10), meta={"filename_or_obj": "/data/case_0042.nii.gz"})
+    report = SegmentationReport(tmp_path, ["background", "liver", "spleen"], extra={"checkpoint": "best_model.pt"})
+
+    class State:  # what a SupervisedEvaluator hands its handlers after decollation
+        output = [{"image": image, "pred": onehot(pred), "label": onehot(ref)}]
+
+    class Engine:
+        state = State()
+
+    report._collect(Engine())
+    metrics = report.write()
+    assert metrics["mean_dice"] == pytest.approx(0.75) and metrics["dice_per_class"] == {"liver": pytest.approx(0.75), "spleen": None}
+    assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint"] == "best_model.pt"
+    with open(tmp_path / "per_case_dice.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{"case": "case_0042", "mean_dice": "0.750000", "liver": "0.750000", "spleen": ""}]
+    with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
+        check_num_classes(SimpleNamespace(out_channels=2), 3)

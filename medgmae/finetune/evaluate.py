@@ -22,7 +22,7 @@ from monai.transforms import MapTransform
 
 from medgmae.engine import atomic_write, save_json_atomic
 
-__all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name"]
+__all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,13 @@ def case_name(item: Mapping) -> str:
         if name.endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+def check_num_classes(network: torch.nn.Module, num_classes: int, source: str = "the model") -> None:
+    """Raise a ``ValueError`` when the network predicts another number of classes than the datalist names."""
+    out = getattr(network, "out_channels", None)
+    if out is not None and int(out) != int(num_classes):
+        raise ValueError(f"{source} predicts {out} classes but the datalist has {num_classes}: evaluate on the same label set")
 
 
 def per_case_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,168 @@
+"""Scratch vs voxel-MAE vs MedGMAE initialisation for UNETR segmentation, at several label fractions.
+
+One command pre-trains both encoders briefly on unlabelled phantoms (``bundles/medgmae_pretrain``, a different
+phantom seed from the segmentation data) unless encoder files are given, then fine-tunes UNETR with the
+``bundles/unetr_finetune`` bundle from each initialisation at each label fraction with the same budget of optimiser
+steps, and writes a markdown table of the validation mean Dice (foreground classes, MONAI ``MeanDice``) after the
+last step.
+
+    python bench/finetune_compare.py --out runs/finetune_compare --device cpu
+
+Every run is a plain bundle command (printed), so any cell of the table can be reproduced or extended on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN = REPO / "bundles" / "medgmae_pretrain" / "configs"
+FINETUNE = REPO / "bundles" / "unetr_finetune" / "configs"
+INITS = ("scratch", "voxel-mae", "medgmae")
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command, log its output, raise with the log's tail on failure; returns seconds."""
+    print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed ({proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
+    return time.perf_counter() - t0
+
+
+def bundle(config_dir: Path, *overrides: str, config: str = "train.json") -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(config_dir / config),
+            "--logging_file", str(config_dir / "logging.conf"), *overrides]  # fmt: skip
+
+
+def pretrain(kind: str, args: argparse.Namespace) -> Path:
+    out = args.out / f"pretrain_{kind}"
+    encoder = out / "encoder.pt"
+    if encoder.is_file() and not args.force:
+        return encoder
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = bundle(
+        PRETRAIN, "--output_dir", str(out), "--model_kind", kind, "--model_size", args.model_size,
+        "--roi_size", str(args.roi), "--patch_size", str(args.patch), "--num_gaussians", str(args.num_gaussians),
+        "--max_epochs", str(args.pretrain_epochs), "--num_phantoms", str(args.pretrain_phantoms),
+        "--phantom_shape", json.dumps(args.phantom_shape), "--seed", str(args.seed + 1), "--device", args.device,
+        "--amp", "false",
+    )  # fmt: skip
+    seconds = run(cmd, out / "log.txt")
+    print(f"pre-trained {kind} in {seconds:.0f} s -> {encoder}", flush=True)
+    return encoder
+
+
+def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n_train: int, args: argparse.Namespace) -> dict:
+    out = args.out / f"finetune_{init}_{fraction:g}"
+    n_cases = max(1, round(fraction * n_train))
+    # a fixed budget of optimiser steps: one step per training case per epoch (batch of one volume)
+    epochs = max(1, math.ceil(args.steps / n_cases))
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = bundle(
+        FINETUNE, "--output_dir", str(out), "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
+        "--pretrained", str(encoder) if encoder else "", "--label_fraction", str(fraction), "--seed", str(args.seed),
+        "--max_epochs", str(epochs), "--val_interval", str(epochs), "--roi_size", json.dumps([args.roi] * 3),
+        "--feature_size", str(args.feature_size), "--num_samples", str(args.num_samples),
+        "--learning_rate", str(args.lr), "--device", args.device,
+        "--encoder", json.dumps(dict(patch_size=args.patch, **ENCODER_SIZES[args.model_size])),
+    )  # fmt: skip
+    seconds = run(cmd, out / "log.txt")
+    metrics = json.loads((out / "validation" / "metrics.json").read_text())
+    return {"init": init, "fraction": fraction, "train_cases": n_cases, "epochs": epochs, "steps": epochs * n_cases,
+            "mean_dice": metrics["mean_dice"], "seconds": seconds}  # fmt: skip
+
+
+#: scratch encoders match the pre-training presets (medgmae.networks.vit.VIT_PRESETS)
+ENCODER_SIZES = {
+    "tiny": dict(hidden_size=96, num_layers=2, num_heads=4, mlp_ratio=2.0),
+    "small": dict(hidden_size=384, num_layers=6, num_heads=6, mlp_ratio=4.0),
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, mlp_ratio=4.0),
+}
+
+
+def table(rows: list[dict], fractions: list[float], args: argparse.Namespace) -> str:
+    lines = ["| initialisation | " + " | ".join(f"mean Dice @ {f:g} labels" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]  # fmt: skip
+    for init in INITS:
+        cells = []
+        for f in fractions:
+            r = next(r for r in rows if r["init"] == init and r["fraction"] == f)
+            cells.append("n/a" if r["mean_dice"] is None else f"{r['mean_dice']:.4f}")
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("| initialisation | fraction | training cases | epochs | steps | seconds |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows:
+        lines.append(f"| {r['init']} | {r['fraction']:g} | {r['train_cases']} | {r['epochs']} | {r['steps']} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/finetune_compare"), help="working folder")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0], help="label fractions")
+    p.add_argument("--medgmae-encoder", type=Path, help="encoder.pt from MedGMAE pre-training (skips pre-training)")
+    p.add_argument("--voxel-mae-encoder", type=Path, help="encoder.pt from voxel-MAE pre-training (skips pre-training)")
+    p.add_argument("--model-size", default="tiny", choices=sorted(ENCODER_SIZES), help="encoder preset")
+    p.add_argument("--roi", type=int, default=48, help="crop edge (pre-training img_size = fine-tuning roi_size)")
+    p.add_argument("--patch", type=int, default=12, help="patch edge")
+    p.add_argument("--num-gaussians", type=int, default=64, help="MedGMAE Gaussians")
+    p.add_argument("--pretrain-epochs", type=int, default=5)
+    p.add_argument("--pretrain-phantoms", type=int, default=6, help="unlabelled phantoms for pre-training")
+    p.add_argument("--cases", type=int, default=10, help="labelled phantom training cases")
+    p.add_argument("--val-cases", type=int, default=3, help="labelled phantom validation cases")
+    p.add_argument("--phantom-shape", type=int, nargs=3, default=[64, 64, 48])
+    p.add_argument("--steps", type=int, default=40, help="fine-tuning optimiser steps per run (the fixed budget)")
+    p.add_argument("--num-samples", type=int, default=2, help="crops per step")
+    p.add_argument("--feature-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="pre-train again even when encoder.pt exists")
+    p.add_argument("--table", type=Path, help="markdown output (default OUT/table.md)")
+    args = p.parse_args(argv)
+    for name in ("fractions",):
+        if any(not 0 < f <= 1 for f in getattr(args, name)):
+            p.error("fractions must be in (0, 1]")
+    if args.roi % args.patch:
+        p.error(f"--patch {args.patch} must divide --roi {args.roi}")
+    if args.steps < 1 or args.cases < 1 or args.val_cases < 1:
+        p.error("--steps, --cases and --val-cases must be >= 1")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from medgmae.finetune.data import phantom_dataset
+
+    datalist = Path(phantom_dataset(args.out / "phantom_labelled", args.cases + args.val_cases, args.val_cases,
+                                    seed=args.seed, shape=args.phantom_shape, spacing=(1.5, 1.5, 2.0)))  # fmt: skip
+    encoders = {
+        "scratch": None,
+        "voxel-mae": args.voxel_mae_encoder or pretrain("voxel-mae", args),
+        "medgmae": args.medgmae_encoder or pretrain("medgmae", args),
+    }
+    for name, path in encoders.items():
+        if path is not None and not Path(path).is_file():
+            p.error(f"{name} encoder not found: {path}")
+    rows = [finetune(init, f, encoders[init], datalist, args.cases, args) for f in args.fractions for init in INITS]
+    text = table(rows, args.fractions, args)
+    out = args.table or args.out / "table.md"
+    from medgmae.engine import atomic_write
+
+    with atomic_write(out) as tmp:
+        Path(tmp).write_text(text)
+    (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
