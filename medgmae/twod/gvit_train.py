@@ -178,16 +178,17 @@ def build_phase_trainer(
     opt = torch.optim.AdamW(phase_parameters(model, phase), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     total = max(1, max_epochs * len(train_loader))
     sched = WarmupCosineSchedule(opt, warmup_steps=int(warmup_fraction * total), t_total=total, warmup_multiplier=0.1)
-    handlers = [
+    handlers = []
+    if checkpoint_dir is not None:  # first: StatsHandler re-raises exceptions, later EXCEPTION_RAISED handlers never run
+        handlers.append(CheckpointHandler(checkpoint_dir, {"model": model, "optimizer": opt, "lr_scheduler": sched}, resume, source))
+    handlers += [
+        NonFiniteLossHandler("loss"),
         LrScheduleHandler(sched, print_lr=False, epoch_level=False),
         StatsHandler(
             name="medgmae.gvit", tag_name=f"{phase}_loss", output_transform=lambda out: out["loss"],
             iteration_log=lambda e, i: i % max(1, log_every) == 0,
         ),
-        NonFiniteLossHandler("loss"),
     ]  # fmt: skip
-    if checkpoint_dir is not None:
-        handlers.append(CheckpointHandler(checkpoint_dir, {"model": model, "optimizer": opt, "lr_scheduler": sched}, resume, source))
     trainer = SupervisedTrainer(
         device=torch.device(device), max_epochs=max_epochs, train_data_loader=train_loader, network=model,
         optimizer=opt, loss_function=rec_loss or ReconstructionLoss(),

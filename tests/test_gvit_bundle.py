@@ -1,0 +1,150 @@
+"""GViT bundle: smoke training on CPU, evaluation, resume (exact, after an interruption), bad input, metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import run, verify_metadata
+from monai.data import DataLoader
+from monai.utils import set_determinism
+from PIL import Image
+
+from medgmae.twod.classification_data import load_classification_data, make_dataset
+from medgmae.twod.gvit import GViT
+from medgmae.twod.gvit_train import GViTWorkflow
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "gvit_classification"
+TINY = dict(max_epochs=1, num_phantoms=3, image_size=16, patch_size=4, num_gaussians=12, batch_size=32, device="cpu",
+            num_explanations=2)
+
+
+def _bundle_cli(config: str, *args: str, run_id: str = "training") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(BUNDLE / "configs" / config),
+           "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+
+
+def _bundle(config: str, run_id: str = "training", **overrides) -> None:
+    """``monai.bundle run`` in this process (the CLI path is exercised by the bad-input test)."""
+    run(run_id, config_file=str(BUNDLE / "configs" / config), **overrides)
+
+
+def test_bundle_train_evaluate_and_resume(tmp_path):
+    out = tmp_path / "run"
+    _bundle("train.json", output_dir=str(out), **TINY)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    names = metrics["class_names"]
+    assert len(names) >= 2 and set(metrics["per_class_accuracy"]) == set(names)
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (len(names), len(names)) and cm.sum() == metrics["num_images"] > 0
+    assert metrics["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert Image.open(out / "confusion_matrix.png").format == "PNG"
+    assert len(list((out / "explanations").glob("*.png"))) == 2
+    for phase in ("warmup", "classifier", "joint"):
+        assert (out / "checkpoints" / phase / "checkpoint_epoch=1.pt").is_file()
+    model = GViT.from_checkpoint(out / "model.pt")
+    assert model.class_names == names and model.encoder.num_gaussians == 12
+
+    # the evaluation config on the same model and validation split reproduces the training metrics
+    _bundle("evaluate.json", run_id="evaluating", output_dir=str(out), device="cpu", image_size=16, num_phantoms=3,
+            num_explanations=1)  # fmt: skip
+    ev = json.loads((out / "eval" / "metrics.json").read_text())
+    assert ev["confusion_matrix"] == metrics["confusion_matrix"]
+
+    # resume of a finished run: every phase restarts from its last checkpoint, nothing is retrained
+    before = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    epoch_files = sorted((out / "checkpoints").glob("*/checkpoint_epoch=1.pt"))
+    stamps = [p.stat().st_mtime_ns for p in epoch_files]
+    _bundle("train.json", output_dir=str(out), resume=True, **TINY)
+    assert len(epoch_files) == 3 and [p.stat().st_mtime_ns for p in epoch_files] == stamps  # no epoch was re-run
+    after = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bundle_bad_input_fails_clearly(tmp_path):
+    single = tmp_path / "single" / "only"
+    single.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(single / "a.png")
+    out = tmp_path / "run"
+    args = [x for k, v in TINY.items() for x in (f"--{k}", str(v))]
+    res = _bundle_cli("train.json", "--output_dir", str(out), "--dataset_dir", str(tmp_path / "single"), *args)
+    assert res.returncode != 0
+    assert "at least 2 classes" in res.stderr and str(tmp_path / "single") in res.stderr
+    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+
+
+def test_metadata_verifies(tmp_path):
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    schema = str(REPO / "bundles" / "schema" / "meta_schema.json")
+    verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=schema)  # raises when invalid
+    del meta["network_data_format"]
+    (tmp_path / "bad.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="network_data_format"):
+        verify_metadata(meta_file=str(tmp_path / "bad.json"), filepath=schema)
+
+
+# ----------------------------------------------------------------------------------------------- exact resume
+def _shapes_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    for cls in ("disc", "bar"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(8):
+            a = np.zeros((16, 16), np.uint8)
+            cy, cx = rng.integers(5, 11, 2)
+            if cls == "disc":
+                a[(yy - cy) ** 2 + (xx - cx) ** 2 < 10] = 220
+            else:
+                a[cy - 1 : cy + 1, 2:14] = 220
+            Image.fromarray(a).save(root / cls / f"{i}.png")
+    return root
+
+
+def _workflow(data, out: Path, resume: bool) -> GViTWorkflow:
+    set_determinism(seed=0)
+    train = DataLoader(make_dataset(data.train, 16, 1), batch_size=4, shuffle=True)
+    val = DataLoader(make_dataset(data.val, 16, 1), batch_size=4)
+    model = GViT(1, 16, 2, num_gaussians=6, patch_size=4)
+    return GViTWorkflow(model, train, val, data.class_names, out, {"warmup": 1, "classifier": 1, "joint": 2},
+                        device="cpu", resume=resume, render_backend="torch", num_explanations=0)  # fmt: skip
+
+
+def test_interrupted_run_resumes_bit_for_bit(tmp_path):
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    straight = _workflow(data, tmp_path / "a", resume=False)
+    metrics_a = straight.run()
+
+    interrupted = _workflow(data, tmp_path / "b", resume=False)
+    build = interrupted.trainer
+
+    def build_and_interrupt(phase):
+        trainer = build(phase)
+        if phase == "joint":  # stop in the middle of the second joint epoch
+            @trainer.on(Events.ITERATION_COMPLETED(once=len(interrupted.train_loader) + 1))
+            def _stop(_):
+                raise KeyboardInterrupt("simulated interruption")
+
+        return trainer
+
+    interrupted.trainer = build_and_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    assert (tmp_path / "b" / "checkpoints" / "joint" / "checkpoint_interrupted.pt").is_file()
+    assert not (tmp_path / "b" / "model.pt").exists()
+
+    resumed = _workflow(data, tmp_path / "b", resume=True)
+    metrics_b = resumed.run()
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert metrics_b["confusion_matrix"] == metrics_a["confusion_matrix"]
