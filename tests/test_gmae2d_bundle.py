@@ -1,0 +1,107 @@
+"""Tests of the gmae2d_pretrain bundle: a short training run, exact resume, image-folder data, bad inputs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser, run, verify_metadata
+from monai.utils import set_determinism
+from PIL import Image
+
+from medgmae.twod.cli import main as cli_main
+from medgmae.twod.gmae import GMAE2D
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "gmae2d_pretrain"
+TRAIN = str(BUNDLE / "configs" / "train.json")
+TINY = dict(model_size="tiny", image_size=32, patch_size=8, num_gaussians=32, batch_size=4, num_phantoms=1,
+            slices_per_case=6, device="cpu", amp=False, warmup_steps=1)  # fmt: skip
+
+
+def _train(output_dir, **overrides):
+    run("training", config_file=TRAIN, logging_file=False, output_dir=str(output_dir), **{**TINY, **overrides})
+
+
+def test_metadata_passes_the_schema():
+    verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(BUNDLE.parent / "schema" / "meta_schema.json"))
+    for name in ("LICENSE", "docs/README.md", "configs/logging.conf"):
+        assert (BUNDLE / name).is_file(), name
+
+
+def test_training_resumes_exactly_and_feeds_the_cli(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _train(straight, max_epochs=2)
+    # the same run, stopped by an error at the end of its first epoch ...
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({**TINY, "output_dir": str(split), "max_epochs": 2})
+    set_determinism(seed=0)
+    trainer = parser.get_parsed_content("train#trainer")
+
+    def stop(engine):
+        raise RuntimeError("power cut")
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), stop)
+    with pytest.raises(RuntimeError, match="power cut"):
+        trainer.run()
+    assert (split / "checkpoint_epoch=1.pt").is_file() and (split / "checkpoint_interrupted.pt").is_file()
+    # ... and resumed
+    _train(split, max_epochs=2, resume=True)
+    assert (split / "checkpoint_epoch=2.pt").is_file() and not (split / "checkpoint_epoch=1.pt").exists()
+    a = torch.load(straight / "model.pt", weights_only=False)
+    b = torch.load(split / "model.pt", weights_only=False)
+    assert a["kind"] == b["kind"] == "gmae2d" and a["config"] == b["config"]
+    assert a["config"]["num_gaussians"] == 32 and a["config"]["img_size"] == [32, 32]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key  # bit for bit, as if never interrupted
+    init = GMAE2D(img_size=32, patch_size=8, model_size="tiny", in_channels=1, num_gaussians=32).state_dict()
+    assert any(not torch.equal(init[k], v) for k, v in a["state_dict"].items() if k.startswith("head_"))
+    assert torch.load(split / "encoder.pt", weights_only=False)["kind"] == "medgmae-encoder"
+    # the training checkpoint loads too
+    assert GMAE2D.from_checkpoint(split / "checkpoint_epoch=2.pt").config() == a["config"]
+    # the exported model drives the CLI
+    img = (np.random.default_rng(1).random((32, 32)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "slice.png")
+    out = tmp_path / "seg"
+    assert cli_main(["segment", "--checkpoint", str(split / "model.pt"), "--image", str(tmp_path / "slice.png"),
+                     "--out", str(out), "--num-layers", "4"]) == 0  # fmt: skip
+    assert json.loads((out / "segment.json").read_text())["num_layers"] == 4
+
+
+def test_training_on_an_rgb_image_folder(tmp_path):
+    data = tmp_path / "images" / "nested"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 30), (32, 32), (50, 64), (20, 24)]):
+        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(data / f"im{i}.{'png' if i % 2 else 'jpg'}")
+    _train(tmp_path / "run", dataset_dir=str(tmp_path / "images"), in_channels=3, max_epochs=1)
+    model = GMAE2D.from_checkpoint(tmp_path / "run" / "model.pt")
+    assert model.in_channels == 3 and model.head_color.out_features == 3
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"dataset_dir": "/nonexistent/folder/x"}, "/nonexistent/folder/x"),
+        ({"dataset_dir": "EMPTY"}, "holds no images"),
+        ({"dataset_dir": "CORRUPT"}, "broken.png"),
+        ({"model_size": "gigantic"}, "model_size"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
+)
+def test_bad_configuration_fails_clearly(tmp_path, overrides, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "broken.png").write_bytes(b"\x89PNG not really")
+    folders = {"EMPTY": str(tmp_path / "empty"), "CORRUPT": str(tmp_path / "corrupt")}
+    overrides = {k: folders.get(v, v) for k, v in overrides.items()}
+    with pytest.raises(Exception) as info:
+        _train(tmp_path / "run", max_epochs=1, **overrides)
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    assert any(message in text for text in chain), chain
+    assert not (tmp_path / "run" / "model.pt").exists()
