@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "load_nifti", "save_nifti", "load_projections", "save_projections"]
+from medgmae.engine import atomic_write
 
-try:  # the shared implementation when present
-    from medgmae.engine import atomic_write  # type: ignore
-except ImportError:  # pragma: no cover - exercised only before medgmae.engine exists
-
-    @contextlib.contextmanager
-    def atomic_write(path):
-        """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
-        os.close(fd)
-        try:
-            yield Path(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+__all__ = ["atomic_write", "load_nifti", "save_nifti", "load_projections", "save_projections", "load_torch_state"]
 
 
 def load_nifti(path) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -84,3 +65,14 @@ def save_projections(path, proj: np.ndarray) -> None:
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(proj, dtype=np.float32))
+
+
+def load_torch_state(path):
+    """``torch.load`` of a saved reconstruction state with an error naming the file."""
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"cannot read {path}: {e}") from e

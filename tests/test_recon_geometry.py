@@ -1,0 +1,88 @@
+"""CT geometry: construction, validation, JSON round trip, and ASTRA's own vector conversion as the reference."""
+
+import math
+
+import numpy as np
+import pytest
+
+from recon.geometry import CTGeometry
+
+
+def test_parallel_defaults_cover_volume_and_angles():
+    g = CTGeometry.parallel((4, 10, 12), (2.0, 1.0, 1.0), num_angles=6, arc_deg=180)
+    assert g.det_shape[0] * g.det_spacing[0] >= 8.0
+    assert g.det_shape[1] * g.det_spacing[1] >= math.hypot(10, 12) - 1e-9
+    np.testing.assert_allclose(g.angles, np.deg2rad(np.arange(6) * 30.0))
+    assert g.proj_shape == (6, *g.det_shape)
+
+
+def test_json_round_trip(tmp_path):
+    g = CTGeometry.cone((6, 8, 10), (1.5, 1.0, 1.0), num_angles=7, arc_deg=200, affine=np.diag([1.0, 1.0, 1.5, 1.0]))
+    path = tmp_path / "g.json"
+    g.save(path)
+    h = CTGeometry.load(path)
+    assert h == g
+    np.testing.assert_allclose(h.vectors(), g.vectors())
+    np.testing.assert_allclose(h.default_affine(), np.diag([1.0, 1.0, 1.5, 1.0]))
+
+
+def test_explicit_angle_list():
+    g = CTGeometry.parallel((2, 8, 8), 1.0, angles=[0.1, 0.5, 2.0])
+    assert g.angles == [0.1, 0.5, 2.0] and g.num_views == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(kind="parallel", volume_shape=(0, 8, 8), voxel_size=1, det_shape=(1, 12), det_spacing=1, angles=[0.0]), "volume_shape"),
+        (dict(kind="parallel", volume_shape=(1, 8, 8), voxel_size=-1, det_shape=(1, 12), det_spacing=1, angles=[0.0]), "voxel_size"),
+        (dict(kind="parallel", volume_shape=(1, 8, 8), voxel_size=1, det_shape=(1, 12), det_spacing=0, angles=[0.0]), "det_spacing"),
+        (dict(kind="parallel", volume_shape=(1, 8, 8), voxel_size=1, det_shape=(1, 4), det_spacing=1, angles=[0.0]), "detector too small"),
+        (dict(kind="parallel", volume_shape=(1, 8, 8), voxel_size=1, det_shape=(1, 12), det_spacing=1, angles=[0.0, float("nan")]), "NaN"),
+        (dict(kind="parallel", volume_shape=(1, 8, 8), voxel_size=1, det_shape=(1, 12), det_spacing=1, angles=[]), "empty"),
+        (dict(kind="fan", volume_shape=(1, 8, 8), voxel_size=1, det_shape=(1, 12), det_spacing=1, angles=[0.0]), "kind"),
+        (dict(kind="cone", volume_shape=(1, 8, 8), voxel_size=1, det_shape=(4, 40), det_spacing=1, angles=[0.0]), "source_origin"),
+        (dict(kind="cone", volume_shape=(1, 8, 8), voxel_size=1, det_shape=(4, 40), det_spacing=1, angles=[0.0], source_origin=3, source_detector=9), "outside the volume"),
+        (dict(kind="cone", volume_shape=(1, 8, 8), voxel_size=1, det_shape=(4, 40), det_spacing=1, angles=[0.0], source_origin=30, source_detector=20), "at least"),
+    ],
+)
+def test_validation_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CTGeometry(**kwargs)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        CTGeometry.load(bad)
+    missing = tmp_path / "missing.json"
+    with pytest.raises(ValueError, match="missing.json"):
+        CTGeometry.load(missing)
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"kind": "parallel"}')
+    with pytest.raises(ValueError, match="missing fields"):
+        CTGeometry.load(partial)
+
+
+def test_check_projections():
+    g = CTGeometry.parallel((2, 8, 8), 1.0, num_angles=5)
+    g.check_projections((5, *g.det_shape))
+    with pytest.raises(ValueError, match="expects"):
+        g.check_projections((4, *g.det_shape))
+
+
+@pytest.mark.parametrize("kind", ["parallel", "cone"])
+def test_vectors_match_astra_conversion(kind):
+    """ASTRA's geom_2vec of its circular geometries is the definition our vectors follow."""
+    from astra import create_proj_geom
+    from astra.functions import geom_2vec
+
+    angles = np.array([0.0, 0.3, 1.2, 4.0])
+    if kind == "parallel":
+        g = CTGeometry("parallel", (4, 6, 6), 1.0, (5, 11), (2.0, 1.5), angles)
+        ref = geom_2vec(create_proj_geom("parallel3d", 1.5, 2.0, 5, 11, angles))["Vectors"]
+    else:
+        g = CTGeometry("cone", (4, 6, 6), 1.0, (9, 19), (2.0, 1.5), angles, 100.0, 150.0)
+        ref = geom_2vec(create_proj_geom("cone", 1.5, 2.0, 9, 19, angles, 100.0, 50.0))["Vectors"]
+    np.testing.assert_allclose(g.vectors(), ref, atol=1e-9)
