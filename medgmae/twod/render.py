@@ -64,7 +64,7 @@ ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 _LOG_T_MIN = math.log(T_MIN)
 #: Pixels per chunk are chosen so that one chunk holds about this many ``(B, K, pixels)`` elements.
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 23
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -257,15 +257,16 @@ def _render_gsplat(means, scales, quats, colors, opacities, size, background) ->
     h, w = size
     b = means.shape[0]
     dtype = means.dtype
-    means, scales, quats, colors, opacities = (t.float() for t in (means, scales, quats, colors, opacities))
+    means, scales, quats, colors, opacities = (t.float().contiguous() for t in (means, scales, quats, colors, opacities))
     # orthographic: depth only orders the Gaussians; shift it in front of gsplat's near plane (0.01)
     z = means[..., 2:] - means[..., 2:].detach().amin(dim=1, keepdim=True) + 1.0
     cam_means = torch.cat([means[..., :2], z], -1)
-    viewmats = torch.eye(4, device=means.device).expand(b, 1, 4, 4)
-    ks = means.new_tensor([[w / 2.0, 0.0, w / 2.0], [0.0, h / 2.0, h / 2.0], [0.0, 0.0, 1.0]]).expand(b, 1, 3, 3)
+    viewmats = torch.eye(4, device=means.device).expand(b, 1, 4, 4).contiguous()
+    # x = -1 .. 1 maps to pixel coordinates 0 .. W (pixel j has its centre at j + 0.5), likewise y to 0 .. H
+    ks = means.new_tensor([[w / 2.0, 0.0, w / 2.0], [0.0, h / 2.0, h / 2.0], [0.0, 0.0, 1.0]]).expand(b, 1, 3, 3).contiguous()
     bg = None
     if background is not None:
-        bg = background.float().expand(b, colors.shape[-1]).reshape(b, 1, -1)
+        bg = background.float().expand(b, colors.shape[-1]).reshape(b, 1, -1).contiguous()
     with torch.autocast(device_type="cuda", enabled=False):
         image, alpha, _ = rasterization(
             cam_means, quats, scales, opacities, colors, viewmats, ks, w, h,
