@@ -275,13 +275,13 @@ class DenoisingGaussianEncoder(nn.Module):
             g0 = self.initial_gaussians(b, x.device, generator)
         elif tuple(g0.shape) != (b, self.num_gaussians, gaussian_dim(self.in_channels)):
             raise ValueError(f"g0 must be {(b, self.num_gaussians, gaussian_dim(self.in_channels))}, got {tuple(g0.shape)}")
-        g0 = g0.to(patches.dtype)
+        g0 = g0.to(x.dtype)  # the residual sum stays in the input precision under autocast
         gtok = self.gaussian_embed(g0) if self.mode == "denoising" else self.queries.expand(b, -1, -1)
         tokens = torch.cat([self.vit.cls_token.expand(b, -1, -1), patches, gtok + self.gaussian_type], dim=1)
         for blk in self.vit.blocks:
             tokens = blk(tokens)
         tokens = self.vit.norm(tokens)
-        return g0 + self.head(tokens[:, -self.num_gaussians :])
+        return g0 + self.head(tokens[:, -self.num_gaussians :]).to(g0.dtype)
 
     def decode(self, g: Tensor) -> Gaussians2D:
         """Activated Gaussians of raw ``g``."""
