@@ -31,7 +31,7 @@ def test_ramp_filter_shape():
     np.testing.assert_allclose(float(f[64]), 0.5, atol=5e-3)
     for name in FILTERS[1:]:  # apodised windows attenuate high frequencies only
         g = ramp_filter(128, name)
-        assert float(g[64]) < 0.5 * float(f[64]) + 1e-6 and abs(float(g[3] - f[3])) < 0.01
+        assert float(g[64]) < 0.7 * float(f[64]) and abs(float(g[3] - f[3])) < 0.01
     with pytest.raises(ValueError, match="filter"):
         ramp_filter(128, "butterworth")
 
