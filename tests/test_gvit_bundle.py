@@ -57,10 +57,12 @@ def test_bundle_train_evaluate_and_resume(tmp_path):
     assert model.class_names == names and model.encoder.num_gaussians == 12
 
     # the evaluation config on the same model and validation split reproduces the training metrics
-    _bundle("evaluate.json", run_id="evaluating", output_dir=str(out), device="cpu", image_size=16, num_phantoms=3,
-            num_explanations=1)  # fmt: skip
+    task_stamp = (out / "data" / "task.json").stat().st_mtime_ns
+    _bundle("evaluate.json", run_id="evaluating", output_dir=str(out), device="cpu", num_phantoms=3, num_explanations=-1)
     ev = json.loads((out / "eval" / "metrics.json").read_text())
     assert ev["confusion_matrix"] == metrics["confusion_matrix"]
+    assert len(list((out / "eval" / "explanations").glob("*.png"))) == ev["num_images"]  # one per image
+    assert (out / "data" / "task.json").stat().st_mtime_ns == task_stamp  # the task at the model's size was reused
 
     # resume of a finished run: every phase restarts from its last checkpoint, nothing is retrained
     before = torch.load(out / "model.pt", weights_only=False)["state_dict"]

@@ -187,10 +187,14 @@ def evaluate_gvit(
 ) -> dict:
     """Evaluate a :class:`~medgmae.twod.gvit.GViT` and write metrics, confusion matrix and explanations.
 
+    ``num_explanations`` explanation PNGs are written for the first images of ``loader`` (all of them when < 0).
+
     Returns:
         The metrics dictionary written to ``output_dir/metrics.json``.
     """
     output_dir = Path(output_dir)
+    if num_explanations < 0:
+        num_explanations = len(loader.dataset) if hasattr(loader, "dataset") else float("inf")
     labels, preds = predict(model, loader, device)
     metrics = classification_metrics(labels, preds, class_names)
     save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names, output_dir / "confusion_matrix.png")
@@ -219,30 +223,36 @@ def evaluate_gvit(
 
 def evaluate_model_file(
     model_path: str | Path,
-    data,
+    dataset_dir: str | Path | None,
     output_dir: str | Path,
+    default_root: str | Path | None = None,
     split: str = "val",
     batch_size: int = 32,
     device: str = "auto",
-    num_explanations: int = 8,
+    num_explanations: int = -1,
     render_backend: str = "auto",
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    num_cases: int = 10,
 ) -> dict:
     """Evaluate a saved GViT (``model.pt`` or a training checkpoint) on a split of a dataset.
 
     Args:
         model_path: file written by training.
-        data: a :class:`~medgmae.twod.classification_data.ClassificationData`.
+        dataset_dir: dataset folder or CSV; empty or None for the default phantom-slice task.
         output_dir: folder for ``metrics.json``, ``confusion_matrix.png`` and ``explanations/``.
+        default_root: where the default task lives (written there at the model's image size if absent).
         split: ``"val"``, ``"train"`` or ``"all"``.
         batch_size: evaluation batch size.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        num_explanations: explanation PNGs to write.
+        num_explanations: explanation PNGs to write (all images when < 0).
         render_backend: 2D renderer backend.
+        seed, val_fraction, num_cases: dataset split and default-task settings, as in training.
     """
     from monai.data import DataLoader
 
     from medgmae.engine import resolve_device
-    from medgmae.twod.classification_data import make_dataset
+    from medgmae.twod.classification_data import make_dataset, resolve_classification_data
     from medgmae.twod.gvit import GViT
 
     if split not in ("val", "train", "all"):
@@ -251,6 +261,10 @@ def evaluate_model_file(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
+    if not dataset_dir and default_root is None:
+        raise ValueError("dataset_dir is empty and no default_root is given for the default task")
+    data = resolve_classification_data(dataset_dir, default_root or "", image_size=model.img_size[0], seed=seed,
+                                       val_fraction=val_fraction, num_cases=num_cases)  # fmt: skip
     names = getattr(model, "class_names", None)
     if names is not None and list(names) != list(data.class_names):
         raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
