@@ -188,12 +188,15 @@ def window_fbp(fbp_volume: Tensor, mu_water: float = MU_WATER, hu_window: Sequen
     return ((mu_to_hu(fbp_volume, mu_water) - lo) / (hi - lo)).clamp(0.0, 1.0)
 
 
-def _window_origins(n: int, w: int, overlap: int) -> list[int]:
+def _window_origins(n: int, w: int, overlap: int) -> tuple[list[int], list[float]]:
+    """Window origins along one axis (stride ``w - overlap``, the last window flush with the end) and the
+    boundaries between the windows' own regions (midpoints of the overlaps), so every position is owned by one."""
     if n <= w:
-        return [0]
+        return [0], []
     stride = max(1, w - overlap)
-    origins = list(range(0, n - w, stride)) + [n - w]
-    return sorted(set(origins))
+    origins = sorted(set(list(range(0, n - w, stride)) + [n - w]))
+    bounds = [0.5 * (b + a + w) - 0.5 for a, b in zip(origins, origins[1:])]
+    return origins, bounds
 
 
 @torch.no_grad()
@@ -220,8 +223,9 @@ def medgmae_init(
         spacing: the model's pre-training spacing in mm.
         mu_water: attenuation of water (1/mm) for the HU conversion.
         hu_window: the pre-training intensity window (HU).
-        overlap: voxels of overlap between windows (on the resampled grid); Gaussians are kept by the window whose
-            central region holds their centre.
+        overlap: minimum overlap between windows (voxels of the resampled grid); the last window along each axis is
+            flush with the volume's end. Each Gaussian is kept by the one window that owns its centre (the
+            boundaries between windows are the middles of their overlaps).
         batch_size: windows per decoder call.
         min_intensity: drop Gaussians below this window-unit intensity.
         calibrate: finish with the least-squares gain against the FBP volume.
@@ -243,21 +247,23 @@ def medgmae_init(
     x = F.interpolate(x[None, None], size=new_shape, mode="trilinear", align_corners=False)[0, 0]
     pad = [max(0, w - n) for n, w in zip(new_shape, win)]
     x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
-    origins = [_window_origins(n, w, overlap) for n, w in zip(new_shape, win)]
-    tiles = [(a, b, c) for a in origins[0] for b in origins[1] for c in origins[2]]
+    axes = [_window_origins(n, w, overlap) for n, w in zip(new_shape, win)]
+    tiles = [(i, j, k) for i in range(len(axes[0][0])) for j in range(len(axes[1][0])) for k in range(len(axes[2][0]))]
     kept: list[Gaussians3D] = []
     for t0 in range(0, len(tiles), batch_size):
         batch = tiles[t0 : t0 + batch_size]
-        inp = torch.stack([x[a : a + win[0], b : b + win[1], c : c + win[2]] for a, b, c in batch])[:, None].to(device)
+        orgs = [tuple(axes[a][0][t[a]] for a in range(3)) for t in batch]
+        inp = torch.stack([x[a : a + win[0], b : b + win[1], c : c + win[2]] for a, b, c in orgs])[:, None].to(device)
         pred = model.predict_gaussians(inp.float(), mask_ratio=0.0).to(vol.device).to_voxel(win)
-        for i, org in enumerate(batch):
+        for i, (tile, org) in enumerate(zip(batch, orgs)):
             g = pred[i]
             m = g.means[0] + torch.tensor(org, dtype=g.means.dtype, device=g.means.device)
             ok = g.intensities[0] > min_intensity
             for ax in range(3):
-                lo = org[ax] + (overlap / 2 if org[ax] > 0 else 0) - 0.5
-                hi = org[ax] + win[ax] - (overlap / 2 if org[ax] + win[ax] < new_shape[ax] else 0) - 0.5
-                ok &= (m[:, ax] >= lo) & (m[:, ax] < min(hi, new_shape[ax] - 0.5))
+                origins, bounds = axes[ax]
+                lo = bounds[tile[ax] - 1] if tile[ax] > 0 else -0.5
+                hi = bounds[tile[ax]] if tile[ax] < len(origins) - 1 else new_shape[ax] - 0.5
+                ok &= (m[:, ax] >= lo) & (m[:, ax] < hi)
             kept.append(Gaussians3D(m[ok][None], g.scales[0][ok][None], g.quats[0][ok][None], g.intensities[0][ok][None]))
     merged = Gaussians3D.cat(kept, dim=1)
     if merged.num_gaussians == 0:
