@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 from monai.transforms import (
@@ -162,13 +163,10 @@ def select_label_fraction(
     return chosen
 
 
-def _load(path: str):
-    import nibabel as nib
-
+def _load(path: str) -> nib.spatialimages.SpatialImage:
     if not Path(path).is_file():
         raise FileNotFoundError(path)
-    img = nib.load(path)
-    return img
+    return nib.load(path)
 
 
 def check_case(case: dict, num_classes: int, atol: float = 1e-3) -> None:

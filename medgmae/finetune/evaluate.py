@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
@@ -101,7 +102,8 @@ class SegmentationReport:
     def summary(self) -> dict:
         """Metrics of the collected cases."""
         values = np.array([d for _, d in self.rows], dtype=np.float64).reshape(len(self.rows), len(self.names) - 1)
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # an all-NaN class (absent from every reference) has no mean
+            warnings.simplefilter("ignore", RuntimeWarning)
             per_class = np.nanmean(values, axis=0) if len(values) else np.full(len(self.names) - 1, np.nan)
             mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         clean = lambda v: None if not math.isfinite(v) else float(v)  # noqa: E731  JSON has no NaN

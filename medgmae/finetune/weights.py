@@ -292,7 +292,9 @@ class BestCheckpointSaver:
         filename: file name.
     """
 
-    def __init__(self, output_dir: str | Path, network: MedGMAEUNETR, metric_name: str = "val_mean_dice", filename: str = "best_model.pt") -> None:
+    def __init__(
+        self, output_dir: str | Path, network: MedGMAEUNETR, metric_name: str = "val_mean_dice", filename: str = "best_model.pt"
+    ) -> None:
         if not hasattr(network, "config"):
             raise ValueError(f"{type(network).__name__} has no config(); use MedGMAEUNETR")
         self.path, self.network, self.metric_name = Path(output_dir) / filename, network, metric_name

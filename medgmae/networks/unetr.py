@@ -23,10 +23,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
-from monai.utils import ensure_tuple_rep
 from torch import Tensor
 
 from medgmae.networks.vit import MaskedViTEncoder
