@@ -187,8 +187,9 @@ def bench_case(case: Case, backends, device, args, timer: Timer, exp_rate: float
             "sigma": f"{case.scale_lo:.3g}-{case.scale_hi:.3g}", "box pairs": box, "in-cutoff pairs": inside,
             "backend": backend, "fwd ms": t_f * 1e3, "fwd+bwd ms": t_fb * 1e3,
             "fwd ns/pair": t_f * 1e9 / max(inside, 1), "fwd+bwd ns/pair": t_fb * 1e9 / max(inside, 1),
-            "peak MiB": peak,
         }  # fmt: skip
+        if device.type == "cuda":
+            row["peak MiB"] = peak
         if exp_rate:
             floor = inside / exp_rate
             row["fwd / floor"] = t_f / floor
@@ -282,14 +283,20 @@ def main(argv=None) -> int:
     for case in make_cases(args.quick, args.cases):
         print(f"{case.name} B={case.batch} K={case.k} {case.size}^3", file=sys.stderr, flush=True)
         rows += bench_case(case, args.backend_list, device, args, timer, exp_rate)
-    cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]) if argv is None else "main(" + repr(argv) + ")"
+    if argv is None:
+        cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    else:
+        cmd = f"main({argv!r})"
     header = [
         f"date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"device: {dev_desc}",
         f"torch {torch.__version__}, cutoff {args.cutoff}, command: `{cmd}`",
     ]
     if exp_rate:
-        header.append(f"floor: in-cutoff pairs / ({EXP_PER_CLK_PER_SM} exp/clk/SM x SMs x clock) = {exp_rate / 1e12:.2f} Texp/s; x2 for fwd+bwd")
+        header.append(
+            f"floor: in-cutoff pairs / ({EXP_PER_CLK_PER_SM} exp/clk/SM x SMs x clock = {exp_rate / 1e12:.2f} Texp/s);"
+            " x2 for fwd+bwd"
+        )
     text = "\n".join(f"- {h}" for h in header) + "\n\n" + markdown_table(rows) + "\n"
     print(text)
     if args.out:

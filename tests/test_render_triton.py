@@ -27,10 +27,16 @@ needs_triton_here = pytest.mark.skipif(
     reason="needs CUDA or TRITON_INTERPRET=1",
 )
 pytestmark = needs_triton_here
+#: where the kernels run: the GPU if there is one, else the CPU through the interpreter
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _dev(ts):
+    return [t.to(DEVICE) for t in ts]
 
 
 def _raw(gs, shape, cutoff, tile):
-    m, c, i, e = preprocess_gaussians(*gs, cutoff)
+    m, c, i, e = preprocess_gaussians(*_dev(gs), cutoff)
     return render_triton(m, c, i, e, shape, cutoff, tile)
 
 
@@ -65,7 +71,7 @@ def test_triton_far_gaussians_no_cancellation():
 def test_triton_many_gaussians_per_tile():
     """More Gaussians per tile than one chunk (wide chunks, several loop iterations, staggered backward)."""
     shape = (8, 6, 7)
-    gs = random_gaussians(2, 70, shape, seed=12, scale_range=(2.0, 6.0))
+    gs = random_gaussians(1, 70, shape, seed=12, scale_range=(2.0, 6.0))
     ref, amb = dense_reference(*gs, shape, 3.0)
     out = _raw(gs, shape, 3.0, 4)
     assert_matches_reference(out, ref, amb)
@@ -74,12 +80,12 @@ def test_triton_many_gaussians_per_tile():
 
 def _check_grads_against_torch(gs, shape, cutoff, tile, seed=0):
     """Triton's gradients of means, conics and intensities against the torch backend's (float64)."""
-    m, c, i, e = preprocess_gaussians(*[t.double() for t in gs], cutoff)
+    m, c, i, e = preprocess_gaussians(*_dev([t.double() for t in gs]), cutoff)
     inputs64 = [t.detach().clone().requires_grad_() for t in (m, c, i)]
     inputs32 = [t.detach().float().clone().requires_grad_() for t in (m, c, i)]
     ref = render_torch(*inputs64[:3], e, shape, cutoff, tile)
     out = render_triton(inputs32[0], inputs32[1], inputs32[2], e.float(), shape, cutoff, tile)
-    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(DEVICE)
     want = torch.autograd.grad((ref * w).sum(), inputs64)
     got = torch.autograd.grad((out * w.float()).sum(), inputs32)
     for name, a, b in zip(("means", "conics", "intensities"), got, want):
@@ -102,12 +108,12 @@ def test_triton_gradients_match_torch(tile):
 def test_render_volume_triton_all_four_gradients():
     """Through the public API: gradients of means, scales, quats, intensities match the torch backend."""
     shape = (9, 8, 10)
-    gs32 = random_gaussians(2, 9, shape, seed=14)
+    gs32 = _dev(random_gaussians(2, 9, shape, seed=14))
     leaves = {}
     for backend in ("torch", "triton"):
         xs = [t.clone().requires_grad_() for t in gs32]
         out = render_volume(*xs, shape, backend=backend)
-        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
         leaves[backend] = (out, torch.autograd.grad((out * w).sum(), xs))
     torch.testing.assert_close(leaves["triton"][0], leaves["torch"][0], rtol=1e-4, atol=1e-5)
     for name, a, b in zip(("means", "scales", "quats", "intensities"), leaves["triton"][1], leaves["torch"][1]):
@@ -117,7 +123,7 @@ def test_render_volume_triton_all_four_gradients():
 def test_triton_float64_inputs_give_float64_outputs():
     shape = (6, 5, 7)
     gs = random_gaussians(1, 6, shape, seed=15, dtype=torch.float64)
-    xs = [t.clone().requires_grad_() for t in gs]
+    xs = [t.clone().requires_grad_() for t in _dev(gs)]
     out = render_volume(*xs, shape, backend="triton")
     assert out.dtype == torch.float64
     out.sum().backward()
@@ -127,12 +133,14 @@ def test_triton_float64_inputs_give_float64_outputs():
 
 
 def test_triton_k_zero_and_no_pairs():
-    out = render_volume(torch.zeros(2, 0, 3), torch.ones(2, 0, 3), torch.ones(2, 0, 4), torch.ones(2, 0), (4, 5, 6), backend="triton")
+    empty = _dev((torch.zeros(2, 0, 3), torch.ones(2, 0, 3), torch.ones(2, 0, 4), torch.ones(2, 0)))
+    out = render_volume(*empty, (4, 5, 6), backend="triton")
     assert out.shape == (2, 4, 5, 6) and torch.count_nonzero(out) == 0
     # Gaussians whose cutoff boxes all miss the volume: zero output and zero gradients
-    means = torch.tensor([[[-20.0, 2.0, 2.0], [2.0, 40.0, 2.0]]], requires_grad=True)
-    inten = torch.ones(1, 2, requires_grad=True)
-    out = render_volume(means, torch.ones(1, 2, 3), torch.tensor([[[1.0, 0, 0, 0]] * 2]), inten, (4, 5, 6), backend="triton")
+    means = torch.tensor([[[-20.0, 2.0, 2.0], [2.0, 40.0, 2.0]]], device=DEVICE, requires_grad=True)
+    inten = torch.ones(1, 2, device=DEVICE, requires_grad=True)
+    quats = torch.tensor([[[1.0, 0, 0, 0]] * 2], device=DEVICE)
+    out = render_volume(means, torch.ones(1, 2, 3, device=DEVICE), quats, inten, (4, 5, 6), backend="triton")
     assert torch.count_nonzero(out) == 0
     out.sum().backward()
     assert torch.count_nonzero(means.grad) == 0 and torch.count_nonzero(inten.grad) == 0
@@ -143,7 +151,7 @@ def test_bin_pairs_matches_torch_binning(tile):
     """Same (Gaussian, tile) pairs as the torch backend's binning, grouped by (batch, tile), Gaussians ascending."""
     shape = (21, 9, 17)
     b, k = 3, 25
-    gs = random_gaussians(b, k, shape, seed=16, scale_range=(0.3, 5.0), margin=8.0)
+    gs = _dev(random_gaussians(b, k, shape, seed=16, scale_range=(0.3, 5.0), margin=8.0))
     m, _, _, e = preprocess_gaussians(*gs, 3.0)
     gids, tile_start, n = bin_pairs(m, e, shape, tile)
     gid_ref, tid_ref = bin_gaussians_to_tiles(m, e, shape, tile)
@@ -174,7 +182,8 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 @pytest.mark.parametrize("tile", [2, 6])
 def test_render_triton_bad_tile(tile):
-    m, c, i, e = preprocess_gaussians(torch.rand(1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 2, 4), torch.ones(1, 2), 3.0)
+    gs = _dev((torch.rand(1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 2, 4), torch.ones(1, 2)))
+    m, c, i, e = preprocess_gaussians(*gs, 3.0)
     with pytest.raises(ValueError, match="tile"):
         render_triton(m, c, i, e, (4, 4, 4), 3.0, tile)
 
@@ -185,7 +194,7 @@ def test_render_triton_bad_tile(tile):
 def _gpu_case(b, k, n, scale, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
     means = torch.rand(b, k, 3, device="cuda", generator=g) * n
-    scales = scale * (0.5 + torch.rand(b, k, 3, device="cuda", generator=g))
+    scales = scale * (0.8 + 0.4 * torch.rand(b, k, 3, device="cuda", generator=g))
     quats = torch.randn(b, k, 4, device="cuda", generator=g)
     inten = torch.rand(b, k, device="cuda", generator=g)
     return means, scales, quats, inten
@@ -209,10 +218,11 @@ def _compare_backends_cuda(gs, shape, grad_rtol):
 @pytest.mark.gpu
 def test_gpu_dense_96_b2_k2048():
     shape = (96, 96, 96)
-    _compare_backends_cuda(_gpu_case(2, 2048, 96, 0.2 * 96 / 2, seed=0), shape, grad_rtol=2e-3)
+    # MedGMAE's initial scale, 0.2 of the volume (sigma ~19 voxels): every Gaussian covers most tiles
+    _compare_backends_cuda(_gpu_case(2, 2048, 96, 0.2 * 96, seed=0), shape, grad_rtol=2e-3)
 
 
 @pytest.mark.gpu
 def test_gpu_sparse_256_k50k():
     shape = (256, 256, 256)
-    _compare_backends_cuda(_gpu_case(1, 50_000, 256, 1.0, seed=1), shape, grad_rtol=2e-3)
+    _compare_backends_cuda(_gpu_case(1, 50_000, 256, 1.5, seed=1), shape, grad_rtol=2e-3)  # sigma 1.2-1.8
