@@ -1,7 +1,7 @@
 """MedGMAE pre-training: the trainer, data sources, weight export and zero-shot inference used by the
 ``bundles/medgmae_pretrain`` configs."""
 
-from medgmae.pretrain.data import phantom_dataset, pretrain_datalist
+from medgmae.pretrain.data import CheckVolumed, phantom_dataset, pretrain_datalist
 from medgmae.pretrain.export import ENCODER_FILE, MODEL_FILE, ModelExportHandler, save_pretrained
 from medgmae.pretrain.inference import GaussianInference, slices_png
 from medgmae.pretrain.trainer import (
@@ -15,6 +15,7 @@ from medgmae.pretrain.trainer import (
 )
 
 __all__ = [
+    "CheckVolumed",
     "ENCODER_FILE",
     "MODEL_FILE",
     "MODEL_KINDS",

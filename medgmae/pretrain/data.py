@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import torch
 import torch.distributed as dist
 from monai.data import load_decathlon_datalist
+from monai.transforms import MapTransform
 
-__all__ = ["pretrain_datalist", "phantom_dataset", "VOLUME_SUFFIXES"]
+__all__ = ["pretrain_datalist", "phantom_dataset", "CheckVolumed", "VOLUME_SUFFIXES"]
 
 logger = logging.getLogger("medgmae.pretrain")
 
@@ -121,3 +123,29 @@ def _validate(items: list[dict], source: Path) -> None:
         p = Path(item["image"])
         if not p.exists():
             raise FileNotFoundError(f"{source}: image listed in the datalist does not exist: {p}")
+
+
+class CheckVolumed(MapTransform):
+    """Stop with the file's name when a loaded image is not a finite single-channel 3D volume.
+
+    Placed right after ``LoadImaged`` / ``EnsureChannelFirstd``, it runs while the dataset is cached, i.e. before
+    training starts.
+
+    Args:
+        keys: keys of the images to check.
+    """
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            meta = getattr(img, "meta", {}) or {}
+            name = meta.get("filename_or_obj", key)
+            shape = tuple(img.shape)
+            if len(shape) != 4 or shape[0] != 1:
+                raise ValueError(f"{name}: expected a single-channel 3D volume, got an array of shape {shape[1:]} "
+                                 f"with {shape[0]} channel(s) (2D and 4D images are not supported)")
+            t = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name}: the volume contains NaN or infinite voxels")
+        return d

@@ -1,0 +1,255 @@
+"""The medgmae_pretrain bundle: training runs through ``python -m monai.bundle``, exact resume, 2-process DDP on
+CPU (gloo), bad data, zero-shot inference; and the pre-training engine's clipping and non-finite-loss stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medgmae.gaussians import Gaussians3D
+from medgmae.networks import MaskedViTEncoder, MedGMAE, VoxelMAE
+from medgmae.ply import load_ply
+from medgmae.pretrain import MaskedAutoencoderTrainer, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "medgmae_pretrain" / "configs"
+TRAIN = str(CONFIGS / "train.json")
+MULTI = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+SMALL = [
+    "--roi_size", "32", "--patch_size", "8", "--num_gaussians", "8", "--num_phantoms", "2",
+    "--phantom_shape", "[48,48,40]", "--phantom_spacing", "3.0", "--pixdim", "3.0", "--num_samples", "1",
+    "--batch_size", "1", "--lr_schedule_epochs", "2", "--device", "cpu",
+]  # fmt: skip
+
+
+def _env(threads: int | None = None) -> dict:
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    if threads is not None or os.environ.get("PYTEST_XDIST_WORKER"):
+        env["OMP_NUM_THREADS"] = str(threads or 1)
+    return env
+
+
+def _bundle(*args: str, cwd: Path, threads: int | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", *args]
+    return subprocess.run(cmd, cwd=cwd, env=_env(threads), capture_output=True, text=True, timeout=300)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One short run generating phantoms (then resumed to 2 epochs) and an uninterrupted 2-epoch run."""
+    root = tmp_path_factory.mktemp("pretrain_bundle")
+    resumed, straight = root / "resumed", root / "straight"
+    first = _ok(_bundle("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(resumed), "--max_epochs", "1", cwd=root))
+    after_first = {
+        "epoch_ckpt": sorted(p.name for p in resumed.glob("checkpoint_epoch=*.pt")),
+        "encoder": _ckpt(resumed / "encoder.pt"),
+        "model": _ckpt(resumed / "model.pt"),
+        "log": first.stdout + first.stderr,
+    }
+    dataset = resumed / "phantom" / "dataset.json"
+    second = _ok(
+        _bundle("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(resumed), "--max_epochs", "2",
+                "--resume", "true", cwd=root)
+    )  # fmt: skip
+    # the default run id ("run") of the same config, from the same phantom data, without interruption
+    _ok(_bundle("run", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(dataset), "--output_dir", str(straight),
+                "--max_epochs", "2", cwd=root))  # fmt: skip
+    return {"root": root, "resumed": resumed, "straight": straight, "dataset": dataset, "first": after_first,
+            "resume_log": second.stdout + second.stderr}  # fmt: skip
+
+
+def test_smoke_run_writes_checkpoint_encoder_and_model(runs):
+    first = runs["first"]
+    assert first["epoch_ckpt"] == ["checkpoint_epoch=1.pt"]
+    assert "train_loss" in first["log"]  # StatsHandler progress
+    assert list((runs["resumed"] / "tensorboard").glob("events.out.tfevents.*"))
+    data = json.loads(runs["dataset"].read_text())
+    assert len(data["training"]) == 2 and (runs["dataset"].parent / data["training"][0]["image"]).is_file()
+    enc = first["encoder"]
+    assert enc["kind"] == "medgmae-encoder" and enc["source"] == "MedGMAE"
+    encoder = MaskedViTEncoder(**enc["config"])
+    encoder.load_state_dict(enc["state_dict"])  # strict
+    assert encoder.img_size == (32, 32, 32) and encoder.patch_size == (8, 8, 8)
+    model = first["model"]
+    assert model["kind"] == "medgmae" and model["config"]["num_gaussians"] == 8
+    # model.pt's encoder weights are encoder.pt's
+    for k, v in enc["state_dict"].items():
+        assert torch.equal(model["state_dict"][f"encoder.{k}"], v)
+
+
+def test_resume_continues_bit_for_bit(runs):
+    resumed, straight = runs["resumed"], runs["straight"]
+    assert "resumed from" in runs["resume_log"] and "checkpoint_epoch=1.pt" in runs["resume_log"]
+    a, b = _ckpt(resumed / "checkpoint_epoch=2.pt"), _ckpt(straight / "checkpoint_epoch=2.pt")
+    assert a["engine"] == b["engine"] == {"epoch": 2, "iteration": 4}
+    wa, wb = a["objects"]["model"], b["objects"]["model"]
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # training moved the weights after the resume
+    w1 = runs["first"]["model"]["state_dict"]
+    assert any(not torch.equal(w1[k], wa[k]) for k in wa)
+    oa, ob = a["objects"]["optimizer"]["state"], b["objects"]["optimizer"]["state"]
+    assert all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
+    assert a["objects"]["lr_scheduler"]["last_epoch"] == b["objects"]["lr_scheduler"]["last_epoch"] == 4
+    # the full training checkpoint rebuilds the model
+    model = MedGMAE.from_checkpoint(resumed / "checkpoint_epoch=2.pt")
+    assert all(torch.equal(model.state_dict()[k], wa[k]) for k in wa)
+
+
+def test_two_process_gloo_training(runs, tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = _ok(
+        _bundle("run", "training", "--config_file", MULTI, *SMALL, "--dataset_dir", str(runs["dataset"]),
+                "--output_dir", str(out), "--max_epochs", "1", cwd=tmp_path, threads=1, launcher=launcher)
+    )  # fmt: skip
+    r0, r1 = _ckpt(out / "checkpoint_epoch=1.pt"), _ckpt(out / "rank1" / "checkpoint_epoch=1.pt")
+    # 2 volumes sharded over 2 ranks: one iteration each
+    assert r0["engine"] == r1["engine"] == {"epoch": 1, "iteration": 1}
+    w0, w1 = r0["objects"]["model"], r1["objects"]["model"]
+    assert not any(k.startswith("module.") for k in w0)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # gradients were all-reduced
+    assert (out / "encoder.pt").is_file() and not (out / "rank1" / "encoder.pt").exists()
+    assert "train_loss" in proc.stdout + proc.stderr
+
+
+def test_bad_dataset_dir_fails_naming_the_path(tmp_path):
+    missing = tmp_path / "no_such_data"
+    proc = _bundle("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(missing),
+                   "--output_dir", str(tmp_path / "out"), "--max_epochs", "1", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and str(missing) in proc.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "dataset.json").write_text(json.dumps({"training": [{"image": "imagesTr/gone.nii.gz"}]}))
+    proc = _bundle("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(bad),
+                   "--output_dir", str(tmp_path / "out"), "--max_epochs", "1", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and "gone.nii.gz" in proc.stderr
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_inference_writes_ply_nifti_and_png(runs, tmp_path):
+    image = runs["dataset"].parent / json.loads(runs["dataset"].read_text())["training"][0]["image"]
+    model_path = runs["resumed"] / "model.pt"
+    _ok(_bundle("run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--model_path", str(model_path),
+                "--image", str(image), "--inference_dir", str(tmp_path), "--device", "cpu", cwd=tmp_path))  # fmt: skip
+    src = nib.load(str(image))
+    out = nib.load(str(tmp_path / "case_0000_rendered.nii.gz"))
+    assert out.shape == src.shape and np.allclose(out.affine, src.affine)
+    g, meta = load_ply(tmp_path / "case_0000_gaussians.ply")
+    assert g.num_gaussians == 8 and meta["frame"] == "voxel" and tuple(meta["shape"]) == src.shape
+    assert np.allclose(meta["affine"], src.affine)
+    # the NIfTI is the rendering of the written Gaussians, mapped back to HU
+    rendered = g.render(src.shape)[0].numpy() * (250.0 + 175.0) - 175.0
+    assert np.allclose(out.get_fdata(), rendered, atol=0.05)
+    png = Image.open(tmp_path / "case_0000_slices.png")
+    assert png.mode == "L" and png.size[1] == 2 * max(src.shape[1:])  # two rows: input and rendering
+
+
+def test_inference_rejects_voxel_mae_model_and_missing_image(tmp_path):
+    from medgmae.pretrain import GaussianInference
+
+    vm = VoxelMAE(img_size=32, patch_size=8, model_size="tiny")
+    torch.save(vm.model_checkpoint(), tmp_path / "voxel.pt")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(tmp_path / "v.nii.gz"))
+    with pytest.raises(ValueError, match="voxel.pt"):
+        GaussianInference(tmp_path / "voxel.pt", tmp_path / "v.nii.gz", tmp_path / "out", device="cpu").run()
+    with pytest.raises(FileNotFoundError, match="nothing.nii.gz"):
+        GaussianInference(tmp_path / "voxel.pt", tmp_path / "nothing.nii.gz", tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _loader(x: torch.Tensor, n: int = 2) -> list[dict]:
+    return [{"image": x.clone()} for _ in range(n)]
+
+
+def test_trainer_clips_gradients_to_one():
+    from monai.engines.utils import IterationEvents
+
+    torch.manual_seed(0)
+    model = build_model("medgmae", "tiny", img_size=32, patch_size=8, num_gaussians=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = MaskedAutoencoderTrainer("cpu", 1, _loader(torch.rand(1, 1, 32, 32, 32) * 50), model, opt, grad_clip=1.0)
+    norms = {"before": [], "after": []}
+
+    def total_norm() -> float:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
+
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, lambda e: norms["before"].append(total_norm()))
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: norms["after"].append(total_norm()))
+    trainer.run()
+    assert min(norms["before"]) > 1.0  # a large target makes large gradients ...
+    assert max(norms["after"]) == pytest.approx(1.0, rel=1e-4)  # ... clipped to norm 1
+    assert set(trainer.state.output) == {"loss", "psnr_masked"}
+
+
+def test_trainer_stops_on_non_finite_loss():
+    from medgmae.engine import NonFiniteLossHandler
+
+    model = build_model("voxel-mae", "tiny", img_size=32, patch_size=8)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.rand(1, 1, 32, 32, 32)
+    x[..., 3, 3, 3] = float("nan")
+    trainer = MaskedAutoencoderTrainer("cpu", 1, _loader(x), model, opt, train_handlers=[NonFiniteLossHandler()])
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        trainer.run()
+    assert trainer.state.iteration == 1
+
+
+@pytest.mark.gpu
+def test_trainer_bf16_autocast_on_cuda():
+    torch.manual_seed(0)
+    model = build_model("medgmae", "tiny", img_size=32, patch_size=8, num_gaussians=16).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    seen = []
+    model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer = MaskedAutoencoderTrainer("cuda", 1, _loader(torch.rand(1, 1, 32, 32, 32)), model, opt, amp=True)
+    trainer.run()
+    assert seen and all(d == torch.bfloat16 for d in seen)
+    assert torch.isfinite(trainer.state.output["loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "name,array,message",
+    [
+        ("nan.nii.gz", np.where(np.arange(512).reshape(8, 8, 8) == 5, np.nan, 0.0), "NaN or infinite"),
+        ("flat.nii.gz", np.zeros((8, 8)), "single-channel 3D"),
+        ("series.nii.gz", np.zeros((8, 8, 8, 3)), "single-channel 3D"),
+    ],
+)
+def test_unusable_volumes_are_named(tmp_path, name, array, message):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    from medgmae.pretrain import CheckVolumed
+
+    nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(tmp_path / name))
+    chain = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), CheckVolumed("image")])
+    with pytest.raises(Exception) as err:
+        chain({"image": str(tmp_path / name)})
+    causes, e = [], err.value  # MONAI wraps transform errors in RuntimeError("applying transform ...")
+    while e is not None:
+        causes.append(e)
+        e = e.__cause__
+    assert any(isinstance(c, ValueError) and message in str(c) and name in str(c) for c in causes)
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(good))
+    assert chain({"image": str(good)})["image"].shape == (1, 8, 8, 8)
