@@ -187,7 +187,7 @@ def test_trainer_clips_gradients_to_one():
     torch.manual_seed(0)
     model = build_model("medgmae", "tiny", img_size=32, patch_size=8, num_gaussians=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer = MaskedAutoencoderTrainer("cpu", 1, _loader(torch.rand(1, 1, 32, 32, 32) * 50), model, opt, grad_clip=1.0)
+    trainer = MaskedAutoencoderTrainer("cpu", 1, _loader(torch.rand(1, 1, 32, 32, 32) * 50, 1), model, opt, grad_clip=1.0)
     norms = {"before": [], "after": []}
 
     def total_norm() -> float:
@@ -253,3 +253,24 @@ def test_unusable_volumes_are_named(tmp_path, name, array, message):
     good = tmp_path / "good.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(good))
     assert chain({"image": str(good)})["image"].shape == (1, 8, 8, 8)
+
+
+def test_metadata_passes_the_shipped_schema(tmp_path):
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(REPO / "bundles" / "schema" / "meta_schema.json"))
+    broken = json.loads((CONFIGS / "metadata.json").read_text())
+    del broken["network_data_format"]
+    (tmp_path / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(Exception, match="network_data_format"):
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(REPO / "bundles" / "schema" / "meta_schema.json"))
+
+
+def test_command_line_flags_are_parsed_strictly():
+    from medgmae.pretrain import as_bool
+
+    assert [as_bool(v) for v in (True, "true", "False", "1", 0, "off")] == [True, True, False, True, False, False]
+    with pytest.raises(ValueError, match="resume must be true or false, got 'maybe'"):
+        as_bool("maybe", "resume")
+    with pytest.raises(ValueError, match="model kind"):
+        build_model("gaussian-vae")
