@@ -55,17 +55,18 @@ def test_triton_matches_dense_reference(shape, tile, cutoff):
     assert_matches_reference(out, ref, amb)
 
 
-def test_triton_far_gaussians_no_cancellation():
+@pytest.mark.parametrize("tile", [8, 16])
+def test_triton_far_gaussians_no_cancellation(tile):
     """Large Gaussians centred far outside the tile (big tile-local means): float32 cancellation stays small."""
-    shape = (8, 8, 8)
+    shape = (8, 8, 8) if tile == 8 else (16, 9, 12)
     means = torch.tensor([[[-40.0, 50.0, 3.0], [4.0, 4.0, 70.0], [30.0, 30.0, 30.0]]])
     scales = torch.tensor([[[20.0, 25.0, 30.0], [8.0, 9.0, 30.0], [15.0, 15.0, 15.0]]])
     quats = torch.tensor([[[0.9, 0.1, 0.3, -0.2], [0.6, 0.3, 0.3, 0.6], [1.0, 0.0, 0.0, 0.0]]])
     inten = torch.tensor([[1.0, 2.0, 0.5]])
     gs = (means, scales, quats, inten)
     ref, amb = dense_reference(*gs, shape, 3.0)
-    assert (ref.abs() > 0.01).float().mean() > 0.9  # nearly every voxel gets real contributions
-    assert_matches_reference(_raw(gs, shape, 3.0, 8), ref, amb, rtol=2e-5, atol=1e-6)
+    assert (ref.abs() > 0.01).float().mean() > 0.85  # nearly every voxel gets real contributions
+    assert_matches_reference(_raw(gs, shape, 3.0, tile), ref, amb, rtol=2e-5, atol=1e-6)
 
 
 def test_triton_many_gaussians_per_tile():
@@ -180,7 +181,7 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
         render_triton(m, c, i, e, (4, 4, 4), 3.0)
 
 
-@pytest.mark.parametrize("tile", [2, 6])
+@pytest.mark.parametrize("tile", [2, 6, 32])
 def test_render_triton_bad_tile(tile):
     gs = _dev((torch.rand(1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 2, 4), torch.ones(1, 2)))
     m, c, i, e = preprocess_gaussians(*gs, 3.0)
@@ -226,3 +227,73 @@ def test_gpu_dense_96_b2_k2048():
 def test_gpu_sparse_256_k50k():
     shape = (256, 256, 256)
     _compare_backends_cuda(_gpu_case(1, 50_000, 256, 1.5, seed=1), shape, grad_rtol=2e-3)  # sigma 1.2-1.8
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GPU code generation, checked without a GPU
+# ---------------------------------------------------------------------------------------------------------------------
+_AOT_SCRIPT = r"""
+import json, os, re, subprocess, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import medgmae.render._triton_impl as T
+
+common = {"N_TILES": "i32", "NT_H": "i32", "NT_W": "i32", "D": "i32", "H": "i32", "W": "i32", "thr": "fp32"}
+consts = {"TILE": "constexpr", "BLOCK_V": "constexpr", "BLOCK_G": "constexpr"}
+fwd = {"means_ptr": "*fp32", "conics_ptr": "*fp32", "inten_ptr": "*fp32", "gids_ptr": "*i32",
+       "tile_start_ptr": "*i64", "out_ptr": "*fp32", **common, **consts}
+bwd = {"means_ptr": "*fp32", "conics_ptr": "*fp32", "inten_ptr": "*fp32", "gids_ptr": "*i32",
+       "tile_start_ptr": "*i64", "grad_out_ptr": "*fp32", "g_means_ptr": "*fp32", "g_conics_ptr": "*fp32",
+       "g_inten_ptr": "*fp32", **common, **consts}
+emit = {"tlo_ptr": "*i32", "span_ptr": "*i32", "start_ptr": "*i64", "keys_ptr": "*i32", "gids_ptr": "*i32",
+        "K": "i32", "NT_H": "i32", "NT_W": "i32", "N_TILES": "i32", "BLOCK": "constexpr"}
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
+target = GPUTarget("cuda", 90, 32)
+out = []
+
+def build(name, fn, sig, cx, warps):
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=target, options={"num_warps": warps})
+    ptx = k.asm["ptx"]
+    spill = None
+    if os.path.exists(ptxas):
+        with open(os.path.join(sys.argv[1], name + ".ptx"), "w") as f:
+            f.write(ptx)
+        res = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", f.name + ".cubin"],
+                             capture_output=True, text=True)
+        m = re.search(r"(\d+) bytes spill stores", res.stderr)
+        spill = int(m.group(1)) if m else None
+    out.append({"name": name, "spill": spill,
+                "mma_tf32": bool(re.search(r"(wgmma\S*tf32|mma\.sync\S*tf32)", ptx)),
+                "ex2": "ex2.approx" in ptx, "red_relaxed": "red.global.gpu.relaxed.add.f32" in ptx})
+
+build("emit", T._emit_pairs_kernel, emit, {"BLOCK": 256}, 4)
+for regime, per_tile in (("dense", 100), ("sparse", 1)):
+    f, b = T._launch_config(per_tile * 1000, 1000, 8)
+    build("fwd_" + regime, T._forward_kernel, fwd, {"TILE": 8, "BLOCK_V": f[0], "BLOCK_G": f[1]}, f[2])
+    build("bwd_" + regime, T._backward_kernel, bwd, {"TILE": 8, "BLOCK_V": b[0], "BLOCK_G": b[1]}, b[2])
+print(json.dumps(out))
+"""
+
+
+def test_kernels_compile_for_hopper(tmp_path):
+    """The kernel source compiles for sm_90 (no GPU needed): TF32 tensor-core products, ex2, relaxed reductions,
+    and no register spills at the launch shapes used (when Triton's bundled ptxas is there to tell)."""
+    import json
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    res = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    kernels = {k["name"]: k for k in json.loads(res.stdout.strip().splitlines()[-1])}
+    assert set(kernels) == {"emit", "fwd_dense", "bwd_dense", "fwd_sparse", "bwd_sparse"}
+    for name, k in kernels.items():
+        if name != "emit":
+            assert k["mma_tf32"] and k["ex2"], name
+        if name.startswith("bwd"):
+            assert k["red_relaxed"], name
+        assert k["spill"] in (0, None), f"{name} spills {k['spill']} bytes"
