@@ -263,3 +263,16 @@ def test_bad_arguments():
         MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=0)
     with pytest.raises(ValueError, match="expected input"):
         _vmae()(torch.rand(1, 1, IMG, IMG, IMG // 2))
+
+
+def test_bf16_autocast_keeps_gaussians_float32():
+    model, x = _gmae(multi_level=True), _volume(1)
+    seen = []
+    model.decoder_blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model(x, generator=_gen())
+    assert seen == [torch.bfloat16]  # the transformer ran in bf16 ...
+    assert all(t.dtype == torch.float32 for t in out.gaussians.tensors())  # ... the heads and levels in float32
+    assert out.pred.dtype == torch.float32 and torch.isfinite(out.loss)
+    ref = model(x, generator=_gen())
+    assert torch.allclose(out.gaussians.means, ref.gaussians.means, atol=0.05)

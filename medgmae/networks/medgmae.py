@@ -487,15 +487,17 @@ class MedGMAE(MaskedAutoencoder3D):
         visible = x[:, 1:] + self.visible_positions(ids_restore, x.shape[1] - 1)
         tokens = torch.cat([x[:, :1], self.query_tokens.expand(b, -1, -1), visible], dim=1)
         feats = self.run_decoder(tokens)[:, 1 : 1 + k].float()
-        g = activate_gaussian_heads(
-            self.head_mean(feats), self.head_scale(feats), self.head_rotation(feats), self.head_intensity(feats), 1.0
-        )
-        rel_scale = g.scales  # sigmoid output: scale in units of the cap
-        g.scales = (rel_scale * self.scale_cap).clamp_min(self.min_scale)
-        levels = [g]
-        for level in self.levels:
-            feats, child, rel_scale = level(feats, levels[-1], rel_scale)
-            levels.append(child)
+        # the heads run in float32 even under autocast: bf16 centres would be ~0.4 voxel coarse at 96^3
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            g = activate_gaussian_heads(
+                self.head_mean(feats), self.head_scale(feats), self.head_rotation(feats), self.head_intensity(feats), 1.0
+            )
+            rel_scale = g.scales  # sigmoid output: scale in units of the cap
+            g.scales = (rel_scale * self.scale_cap).clamp_min(self.min_scale)
+            levels = [g]
+            for level in self.levels:
+                feats, child, rel_scale = level(feats, levels[-1], rel_scale)
+                levels.append(child)
         return levels
 
     def render(self, gaussians: Gaussians3D) -> Tensor:
