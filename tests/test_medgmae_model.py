@@ -268,7 +268,7 @@ def test_bad_arguments():
 def test_bf16_autocast_keeps_gaussians_float32():
     model, x = _gmae(multi_level=True), _volume(1)
     seen = []
-    model.decoder_blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    model.decoder_blocks[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         out = model(x, generator=_gen())
     assert seen == [torch.bfloat16]  # the transformer ran in bf16 ...
