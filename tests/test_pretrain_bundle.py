@@ -220,7 +220,7 @@ def test_trainer_bf16_autocast_on_cuda():
     model = build_model("medgmae", "tiny", img_size=32, patch_size=8, num_gaussians=16).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     seen = []
-    model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    model.encoder.blocks[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer = MaskedAutoencoderTrainer("cuda", 1, _loader(torch.rand(1, 1, 32, 32, 32)), model, opt, amp=True)
     trainer.run()
     assert seen and all(d == torch.bfloat16 for d in seen)
