@@ -399,6 +399,7 @@ def _backward_kernel(
     start = tl.load(tile_start_ptr + pid)
     end = tl.load(tile_start_ptr + pid + 1)
     n_chunks = (end - start + BLOCK_G - 1) // BLOCK_G
+    tl.static_assert(BLOCK_V <= TILE * TILE, "a backward voxel block must lie in one d-slice of the tile")
     for i in range(0, n_chunks):
         # staggered start: concurrent programs of the dense regime add to different Gaussians
         j = start + ((i + pid) % n_chunks) * BLOCK_G
@@ -421,19 +422,23 @@ def _backward_kernel(
             go = tl.load(grad_out_ptr + out_off, mask=inside, other=0.0)
             e, keep = _log2_weights_t(a_t, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, gmask, thr, BLOCK_G)
             gw = tl.where(keep, tl.exp2(e), 0.0) * go[None, :]
-            d_inten += tl.sum(gw, axis=1)
-            r_d = gw * xd[None, :]
+            # the block lies in one d-slice of the tile: xd is constant, its moments follow from the others
+            xd0 = ((s * BLOCK_V) // (TILE * TILE)) * 1.0 - (TILE - 1) * 0.5  # "* 1.0": a loop index or a Python int
             r_h = gw * xh[None, :]
             r_w = gw * xw[None, :]
-            g6 += tl.sum(r_d, axis=1)
-            g7 += tl.sum(r_h, axis=1)
-            g8 += tl.sum(r_w, axis=1)
-            g0 += tl.sum(r_d * xd[None, :], axis=1)
+            s0 = tl.sum(gw, axis=1)
+            s_h = tl.sum(r_h, axis=1)
+            s_w = tl.sum(r_w, axis=1)
+            d_inten += s0
             g1 += tl.sum(r_h * xh[None, :], axis=1)
             g2 += tl.sum(r_w * xw[None, :], axis=1)
-            g3 += tl.sum(r_d * xh[None, :], axis=1)
-            g4 += tl.sum(r_d * xw[None, :], axis=1)
             g5 += tl.sum(r_h * xw[None, :], axis=1)
+            g7 += s_h
+            g8 += s_w
+            g6 += xd0 * s0
+            g0 += (xd0 * xd0) * s0
+            g3 += xd0 * s_h
+            g4 += xd0 * s_w
         # the sums above are of g*w; dL/dq = -I/2 g w
         rs = -0.5 * inten
         g0 = g0 * rs
@@ -483,13 +488,13 @@ def _launch_config(n_pairs: int, n_keys: int, tile: int) -> tuple[tuple[int, int
     Gaussians fills one warpgroup's 64-row tensor-core tile.
     """
     per_tile = n_pairs / max(n_keys, 1)
-    nv = tile**3
-    bv = min(nv, 128)
+    bv = min(tile**3, 128)
+    bv_b = min(tile * tile, 64)  # backward blocks stay inside one d-slice of the tile
     if per_tile >= 48:
-        return (bv, 32, 8 if bv * 32 >= 4096 else 4), (32, 64, 4)
+        return (bv, 32, 8 if bv * 32 >= 4096 else 4), (min(bv_b, 32), 64, 4)
     if per_tile >= 20:
-        return (bv, 32, 8 if bv * 32 >= 4096 else 4), (bv, 32 if bv <= 64 else 16, 4)
-    return (bv, 16, 4 if bv * 16 >= 2048 else 2), (bv, 16, 4 if bv * 16 >= 2048 else 2)
+        return (bv, 32, 8 if bv * 32 >= 4096 else 4), (bv_b, 32 if bv_b <= 32 else 16, 4)
+    return (bv, 16, 4 if bv * 16 >= 2048 else 2), (bv_b, 16, 4 if bv_b * 16 >= 1024 else 2)
 
 
 def _device_guard(device: torch.device):
