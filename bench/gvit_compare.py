@@ -8,7 +8,7 @@ classifier sees (classifier + joint phases).
 
 Example (CPU, a few minutes)::
 
-    python bench/gvit_compare.py --out runs/bench_gvit --epochs 5 5 5
+    python bench/gvit_compare.py --out runs/bench_gvit
 
 Prints a Markdown table and writes ``results.json`` into ``--out``.
 """
@@ -56,14 +56,15 @@ def _train_patch_vit(model, loader, epochs, lr, device):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/bench_gvit", help="output folder (task data, results.json)")
-    ap.add_argument("--epochs", type=int, nargs=3, default=[5, 5, 5], metavar=("WARMUP", "CLASSIFIER", "JOINT"))
-    ap.add_argument("--num_gaussians", type=int, default=64)
+    ap.add_argument("--epochs", type=int, nargs=3, default=[8, 8, 6], metavar=("WARMUP", "CLASSIFIER", "JOINT"))
+    ap.add_argument("--num_gaussians", type=int, default=36)
     ap.add_argument("--model_size", default="tiny")
-    ap.add_argument("--image_size", type=int, default=32)
+    ap.add_argument("--image_size", type=int, default=24)
     ap.add_argument("--patch_size", type=int, default=4)
-    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--gamma", type=float, default=0.1)
+    ap.add_argument("--encoder_mode", default="denoising", choices=["denoising", "queries"])
     ap.add_argument("--num_cases", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -89,14 +90,16 @@ def main(argv=None) -> dict:
 
     e_warm, e_cls, e_joint = args.epochs
     rec = ReconstructionLoss("bce", 0.1)
-    gvit = GViT(data.channels, args.image_size, data.num_classes, args.num_gaussians, args.model_size, args.patch_size).to(device)
+    gvit = GViT(data.channels, args.image_size, data.num_classes, args.num_gaussians, args.model_size, args.patch_size,
+                mode=args.encoder_mode).to(device)
     t0 = time.time()
     for phase, epochs in (("warmup", e_warm), ("classifier", e_cls)):
         build_phase_trainer(phase, gvit, train_loader, epochs, device, lr=args.lr, rec_loss=rec).run()
     shared = time.time() - t0
-    record("GViT after classifier phase (frozen Gaussians)", gvit, shared)
+    record(f"{'GViT' if args.encoder_mode == 'denoising' else 'GViT (learned queries)'} after classifier phase (frozen Gaussians)", gvit, shared)
     state, rng = copy.deepcopy(gvit.state_dict()), torch.get_rng_state()
-    for name, gamma in ((f"GViT + guidance (gamma={args.gamma})", args.gamma), ("GViT, no guidance (gamma=0)", 0.0)):
+    tag = "GViT" if args.encoder_mode == "denoising" else "GViT (learned queries)"
+    for name, gamma in ((f"{tag} + guidance (gamma={args.gamma})", args.gamma), (f"{tag}, no guidance (gamma=0)", 0.0)):
         gvit.load_state_dict(state)
         torch.set_rng_state(rng)
         t0 = time.time()

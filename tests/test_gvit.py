@@ -356,3 +356,34 @@ def test_ellipse_points_are_two_sigma():
     rot = np.array([[c, -s], [s, c]])
     prec = rot @ np.diag(1 / np.square(scales)) @ rot.T
     np.testing.assert_allclose(np.einsum("ni,ij,nj->n", p, prec, p), 4.0, rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
+def test_joint_phase_on_cuda_with_gsplat_and_amp():
+    torch.manual_seed(0)
+    model = GViT(3, 32, 3, num_gaussians=16, patch_size=4).cuda()
+    _perturb_head(model.encoder)
+    x = torch.rand(4, 3, 32, 32, device="cuda")
+    y = torch.tensor([0, 1, 2, 0], device="cuda")
+    # eq. (1) through the gsplat renderer: the one-pass guided gradient equals the separate gradients
+    g0 = sample_gaussian_tokens(4, 16, 3, generator=torch.Generator().manual_seed(0), device="cuda")
+    rec = ReconstructionLoss()
+
+    def losses():
+        g = model.encoder(x, g0=g0)
+        return g, rec(model.encoder.decode(g).render((32, 32), backend="gsplat"), x), F.cross_entropy(model.classifier(g), y)
+
+    g, l_rec, l_cls = losses()
+    ref = torch.autograd.grad(l_rec, g, retain_graph=True)[0] + 0.1 * torch.autograd.grad(l_cls, g)[0]
+    g, l_rec, l_cls = losses()
+    guided = guided_backward(l_rec, l_cls, g, model.classifier.parameters(), 0.1)
+    torch.testing.assert_close(guided, ref, rtol=1e-4, atol=1e-7)
+    model.zero_grad(set_to_none=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = [{"image": x.cpu(), "label": y.cpu()}]
+    trainer = build_phase_trainer("joint", model, loader, 1, "cuda", amp=True, render_backend="gsplat")
+    trainer.run()
+    assert torch.isfinite(trainer.state.output["loss"])
+    assert not torch.equal(model.state_dict()["encoder.head.2.weight"], before["encoder.head.2.weight"])
+    assert not torch.equal(model.state_dict()["classifier.head.weight"], before["classifier.head.weight"])
