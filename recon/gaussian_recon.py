@@ -341,13 +341,21 @@ class GaussianReconstructor:
             out["ssim"] = ssim_fn(vol, self.reference)
         return out
 
-    def run(self, checkpoint_path: str | Path | None = None, progress: bool = True, ssim_every_eval: bool = True) -> GaussianReconResult:
+    def run(
+        self,
+        checkpoint_path: str | Path | None = None,
+        progress: bool = True,
+        ssim_every_eval: bool = True,
+        stop_at: int | None = None,
+    ) -> GaussianReconResult:
         """Optimise to ``config.iterations`` (continuing from the current iteration after a resume).
 
         Args:
             checkpoint_path: where to save checkpoints (every ``checkpoint_every`` iterations and at the end).
             progress: show a tqdm bar with the loss (and PSNR/SSIM when a reference is given).
             ssim_every_eval: compute SSIM at every evaluation (PSNR always).
+            stop_at: stop after this iteration (default ``config.iterations``); the schedules still follow
+                ``config.iterations``, so a later :meth:`run` continues exactly.
 
         Returns:
             :class:`GaussianReconResult`.
@@ -358,14 +366,15 @@ class GaussianReconstructor:
         t0 = time.perf_counter()
         bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc="3DGR-CT", dynamic_ncols=True)
         postfix: dict = {}
-        while self.iteration < c.iterations:
+        stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
+        while self.iteration < stop:
             loss = self.step()
             it = self.iteration
             if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
                 self.densify_and_prune()
-            if it % c.eval_every == 0 or it == c.iterations:
+            if it % c.eval_every == 0 or it == stop:
                 rec = {"iteration": it, "loss": loss, "num_gaussians": int(self.params["means"].shape[0]), "seconds": time.perf_counter() - t0}
-                rec.update(self.evaluate(with_ssim=ssim_every_eval or it == c.iterations))
+                rec.update(self.evaluate(with_ssim=ssim_every_eval or it == stop))
                 self.history.append(rec)
                 postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians")}
             postfix["loss"] = f"{loss:.4g}"
