@@ -274,3 +274,23 @@ def test_command_line_flags_are_parsed_strictly():
         as_bool("maybe", "resume")
     with pytest.raises(ValueError, match="model kind"):
         build_model("gaussian-vae")
+
+
+def test_datalist_sources_and_errors(tmp_path):
+    from medgmae.pretrain import pretrain_datalist
+
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    for name in ("b.nii.gz", "a.nrrd", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    items = pretrain_datalist(str(folder), tmp_path)
+    assert [Path(i["image"]).name for i in items] == ["a.nrrd", "b.nii.gz"]
+    (tmp_path / "empty.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(ValueError, match="empty"):
+        pretrain_datalist(str(tmp_path / "empty.json"), tmp_path)
+    (tmp_path / "lab.json").write_text(json.dumps({"training": [{"image": "vols/b.nii.gz", "label": "vols/none.nii.gz"}]}))
+    with pytest.raises(FileNotFoundError, match=r"lab\.json.*none\.nii\.gz"):
+        pretrain_datalist(str(tmp_path / "lab.json"), tmp_path)
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken\.json"):
+        pretrain_datalist(str(tmp_path / "broken.json"), tmp_path)

@@ -76,7 +76,7 @@ def pretrain_datalist(
         phantom_seed: seed of the phantom generator.
         phantom_shape: phantom volume shape (the generator's default when ``None``).
         phantom_spacing: phantom voxel size in mm (the generator's default when ``None``).
-        validate: check every image (readable, 3D, finite) before training.
+        validate: check that every listed file exists.
 
     Returns:
         Training and validation items together (pre-training uses no labels for supervision).
@@ -111,18 +111,11 @@ def pretrain_datalist(
 
 
 def _validate(items: list[dict], source: Path) -> None:
-    """Use the data package's validation when it provides one, otherwise check that files exist."""
-    try:
-        from medgmae.data import validate_datalist  # type: ignore[attr-defined]
-    except ImportError:
-        validate_datalist = None
-    if validate_datalist is not None:
-        validate_datalist(items)
-        return
+    """Every listed file must exist (contents are checked by :class:`CheckVolumed` while the data is cached)."""
     for item in items:
-        p = Path(item["image"])
-        if not p.exists():
-            raise FileNotFoundError(f"{source}: image listed in the datalist does not exist: {p}")
+        for key in ("image", "label"):
+            if key in item and not Path(item[key]).exists():
+                raise FileNotFoundError(f"{source}: {key} listed in the datalist does not exist: {item[key]}")
 
 
 class CheckVolumed(MapTransform):
