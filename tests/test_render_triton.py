@@ -148,25 +148,42 @@ def test_triton_k_zero_and_no_pairs():
 
 
 @pytest.mark.parametrize("tile", [4, 8])
-def test_bin_pairs_matches_torch_binning(tile):
-    """Same (Gaussian, tile) pairs as the torch backend's binning, grouped by (batch, tile), Gaussians ascending."""
+def test_bin_pairs_against_torch_binning(tile):
+    """The torch backend's box pairs, grouped by (batch, tile) with Gaussians ascending, less culled tiles, each
+    of which has no voxel within the cutoff (checked in float64 over the tile)."""
     shape = (21, 9, 17)
-    b, k = 3, 25
+    b, k, cutoff = 3, 25, 3.0
     gs = _dev(random_gaussians(b, k, shape, seed=16, scale_range=(0.3, 5.0), margin=8.0))
-    m, _, _, e = preprocess_gaussians(*gs, 3.0)
-    gids, tile_start, n = bin_pairs(m, e, shape, tile)
+    m, c, _, e = preprocess_gaussians(*gs, cutoff)
+    gids, tile_start, n = bin_pairs(m, c, e, shape, cutoff, tile)
     gid_ref, tid_ref = bin_gaussians_to_tiles(m, e, shape, tile)
     assert n == gid_ref.numel() == gids.numel() and n > 0
-    n_tiles = tile_start.numel() - 1
-    assert n_tiles % b == 0 and tile_start[0] == 0 and tile_start[-1] == n
-    key_ref = (gid_ref // k) * (n_tiles // b) + tid_ref
+    n_keys = tile_start.numel() - 1
+    n_tiles = n_keys // b
+    assert n_keys % b == 0 and tile_start[0] == 0 and 0 < tile_start[-1] < n  # some culling happened
     got = set()
-    for key in range(n_tiles):
+    for key in range(n_keys):
         seg = gids[tile_start[key] : tile_start[key + 1]].long()
         assert torch.all(seg[1:] > seg[:-1])
-        assert torch.all(seg // k == key // (n_tiles // b))  # right batch
+        assert torch.all(seg // k == key // n_tiles)  # right batch
         got.update((key, int(g)) for g in seg)
-    assert got == set(zip(key_ref.tolist(), gid_ref.tolist()))
+    box = set(zip(((gid_ref // k) * n_tiles + tid_ref).tolist(), gid_ref.tolist()))
+    assert got <= box and len(got) == int(tile_start[-1])
+    # every culled tile is out of reach: all its voxels have q > cutoff^2
+    nt = [(s + tile - 1) // tile for s in shape]
+    r = torch.arange(tile, dtype=torch.float64)
+    offs = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    m64, c64 = m.double().cpu().reshape(-1, 3), c.double().cpu().reshape(-1, 6)
+    for key, g in box - got:
+        t = key % n_tiles
+        origin = torch.tensor([t // (nt[1] * nt[2]), (t // nt[2]) % nt[1], t % nt[2]], dtype=torch.float64) * tile
+        x = origin + offs
+        x = x[(x < torch.tensor(shape, dtype=torch.float64)).all(-1)]
+        d = x - m64[g]
+        p = c64[g]
+        q = (p[0] * d[:, 0] ** 2 + p[1] * d[:, 1] ** 2 + p[2] * d[:, 2] ** 2
+             + 2 * (p[3] * d[:, 0] * d[:, 1] + p[4] * d[:, 0] * d[:, 2] + p[5] * d[:, 1] * d[:, 2]))  # fmt: skip
+        assert q.min() > cutoff**2, (key, g)
 
 
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
@@ -246,8 +263,9 @@ fwd = {"means_ptr": "*fp32", "conics_ptr": "*fp32", "inten_ptr": "*fp32", "gids_
 bwd = {"means_ptr": "*fp32", "conics_ptr": "*fp32", "inten_ptr": "*fp32", "gids_ptr": "*i32",
        "tile_start_ptr": "*i64", "grad_out_ptr": "*fp32", "g_means_ptr": "*fp32", "g_conics_ptr": "*fp32",
        "g_inten_ptr": "*fp32", **common, **consts}
-emit = {"tlo_ptr": "*i32", "span_ptr": "*i32", "start_ptr": "*i64", "keys_ptr": "*i32", "gids_ptr": "*i32",
-        "K": "i32", "NT_H": "i32", "NT_W": "i32", "N_TILES": "i32", "BLOCK": "constexpr"}
+emit = {"tlo_ptr": "*i32", "span_ptr": "*i32", "start_ptr": "*i64", "means_ptr": "*fp32", "conics_ptr": "*fp32",
+        "keys_ptr": "*i32", "gids_ptr": "*i32", "K": "i32", "NT_H": "i32", "NT_W": "i32", "N_TILES": "i32",
+        "SENTINEL": "i32", "cull_dist": "fp32", "TILE": "constexpr", "BLOCK": "constexpr"}
 ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
 target = GPUTarget("cuda", 90, 32)
 out = []
@@ -267,7 +285,7 @@ def build(name, fn, sig, cx, warps):
                 "mma_tf32": bool(re.search(r"(wgmma\S*tf32|mma\.sync\S*tf32)", ptx)),
                 "ex2": "ex2.approx" in ptx, "red_relaxed": "red.global.gpu.relaxed.add.f32" in ptx})
 
-build("emit", T._emit_pairs_kernel, emit, {"BLOCK": 256}, 4)
+build("emit", T._emit_pairs_kernel, emit, {"TILE": 8, "BLOCK": 256}, 4)
 for regime, per_tile in (("dense", 100), ("sparse", 1)):
     f, b = T._launch_config(per_tile * 1000, 1000, 8)
     build("fwd_" + regime, T._forward_kernel, fwd, {"TILE": 8, "BLOCK_V": f[0], "BLOCK_G": f[1]}, f[2])

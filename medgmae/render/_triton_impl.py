@@ -41,8 +41,10 @@ it walks the tile in blocks of ``BLOCK_V`` voxels, recomputing the weights with 
 transposed, Gaussians along the rows, so that the per-Gaussian sums are row reductions inside a thread and a few
 lanes, and per-Gaussian values are not replicated across the accumulator layout), and accumulates with ``g`` the
 incoming gradient: ``dL/dI = sum_v g w`` and the nine monomial moments ``sum_v g w A_vj``; ``dL/dC_j`` is these
-times ``-I/2`` (``dL/dq = -1/2 g I w``), the constant monomial's being ``-I/2 dL/dI``. They map to the conic and
-mean gradients in closed form. The moments are plain FMAs and row sums rather than a second ``A^T r`` tensor-core
+times ``-I/2`` (``dL/dq = -1/2 g I w``), the constant monomial's being ``-I/2 dL/dI``. A voxel block lies inside
+one d-slice of the tile, so ``xd`` is constant over it and the four moments involving ``xd`` follow from the
+others: per Gaussian-voxel element this costs 5 multiplies and 6 row-sum adds besides the exponential. The moments
+map to the conic and mean gradients in closed form. The moments are plain FMAs and row sums rather than a second ``A^T r`` tensor-core
 product: that product has a 16-row output and a long contraction, which ``mma`` can only do with every warp
 holding whole operands (255 registers and heavy spills in ``ptxas -v``). Each program then adds its per-Gaussian
 partial sums (10 floats per pair) to the outputs with relaxed ``tl.atomic_add`` (``red.global.add.f32``). A
@@ -88,15 +90,35 @@ def _emit_pairs_kernel(
     tlo_ptr,  # (N, 3) int32 first tile index per axis
     span_ptr,  # (N, 3) int32 number of tiles per axis (0 for an empty box)
     start_ptr,  # (N,) int64 exclusive cumulative pair count
-    keys_ptr,  # (P,) int32 out: b * n_tiles + tile
+    means_ptr,  # (N, 3) float32
+    conics_ptr,  # (N, 6) float32
+    keys_ptr,  # (P,) int32 out: b * n_tiles + tile, or the sentinel B * n_tiles for a culled tile
     gids_ptr,  # (P,) int32 out: b * K + k
     K,
     NT_H,
     NT_W,
     N_TILES,
+    SENTINEL,
+    cull_dist,  # cutoff with a rounding margin
+    TILE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     g = tl.program_id(0).to(tl.int64)
+    mu_d = tl.load(means_ptr + g * 3 + 0)
+    mu_h = tl.load(means_ptr + g * 3 + 1)
+    mu_w = tl.load(means_ptr + g * 3 + 2)
+    pdd = tl.load(conics_ptr + g * 6 + 0)
+    phh = tl.load(conics_ptr + g * 6 + 1)
+    pww = tl.load(conics_ptr + g * 6 + 2)
+    pdh = tl.load(conics_ptr + g * 6 + 3)
+    pdw = tl.load(conics_ptr + g * 6 + 4)
+    phw = tl.load(conics_ptr + g * 6 + 5)
+    # lambda_max(P) <= min(trace, largest Gershgorin row sum); tile voxels lie within `rho` of the tile centre
+    gersh = tl.maximum(tl.maximum(pdd + tl.abs(pdh) + tl.abs(pdw), phh + tl.abs(pdh) + tl.abs(phw)),
+                       pww + tl.abs(pdw) + tl.abs(phw))  # fmt: skip
+    lam = tl.minimum(pdd + phh + pww, gersh)
+    rho = (TILE - 1) * 0.8660254037844386  # (TILE - 1) / 2 * sqrt(3)
+    reach = cull_dist + rho * tl.sqrt(lam)
     sd = tl.load(span_ptr + g * 3 + 0)
     sh = tl.load(span_ptr + g * 3 + 1)
     sw = tl.load(span_ptr + g * 3 + 2)
@@ -115,26 +137,41 @@ def _emit_pairs_kernel(
         th = (local // sw) % sh
         td = local // (sw * sh)
         tile = ((td + td0) * NT_H + (th + th0)) * NT_W + (tw + tw0)
+        # cull tiles whose every voxel is beyond the cutoff: |x - mu|_P >= |c - mu|_P - rho sqrt(lambda_max)
+        dd = ((td + td0) * TILE).to(tl.float32) + (TILE - 1) * 0.5 - mu_d
+        dh = ((th + th0) * TILE).to(tl.float32) + (TILE - 1) * 0.5 - mu_h
+        dw = ((tw + tw0) * TILE).to(tl.float32) + (TILE - 1) * 0.5 - mu_w
+        q = (pdd * dd * dd + phh * dh * dh + pww * dw * dw
+             + 2.0 * (pdh * dd * dh + pdw * dd * dw + phw * dh * dw))  # fmt: skip
+        key = tl.where(q <= reach * reach, base + tile, SENTINEL)
         dst = start + local.to(tl.int64)
-        tl.store(keys_ptr + dst, (base + tile).to(tl.int32), mask=mask)
+        tl.store(keys_ptr + dst, key.to(tl.int32), mask=mask)
         tl.store(gids_ptr + dst, tl.zeros([BLOCK], dtype=tl.int32) + gid32, mask=mask)
 
 
 def bin_pairs(
-    means: Tensor, extents: Tensor, shape: Sequence[int], tile: int = TILE
+    means: Tensor, conics: Tensor, extents: Tensor, shape: Sequence[int], cutoff: float, tile: int = TILE
 ) -> tuple[Tensor, Tensor, int]:
-    """Bin all Gaussians of the batch to the voxel tiles their cutoff boxes touch.
+    """Bin all Gaussians of the batch to the voxel tiles their cutoff boxes touch, culling tiles out of reach.
+
+    A tile of the box is dropped when even its nearest voxel is provably beyond the cutoff: the Mahalanobis
+    distance of the tile centre minus the tile's half-diagonal times ``sqrt(lambda_max(P))`` (bounded by the
+    trace and the Gershgorin row sums) exceeds ``cutoff``. This removes about a quarter of the pairs in the dense
+    regime (the corners of the boxes around large ellipsoids). Culled pairs get a sentinel key that sorts last.
 
     Args:
-        means: ``(B, K, 3)`` centres in voxel coordinates.
+        means: ``(B, K, 3)`` float32 centres in voxel coordinates.
+        conics: ``(B, K, 6)`` float32 precision entries.
         extents: ``(B, K, 3)`` cutoff-box half-widths in voxels.
         shape: ``(D, H, W)``.
+        cutoff: Mahalanobis cutoff.
         tile: tile edge in voxels.
 
     Returns:
         ``(gids, tile_start, n_pairs)``: ``gids`` ``(P,)`` int32 flat Gaussian indices ``b * K + k`` sorted by
         ``(batch, tile)`` key (and by Gaussian inside a tile); ``tile_start`` ``(B * n_tiles + 1,)`` int64 so that
-        the pairs of key ``j`` are ``gids[tile_start[j]:tile_start[j + 1]]``; ``n_pairs`` = P.
+        the pairs of key ``j`` are ``gids[tile_start[j]:tile_start[j + 1]]``; ``n_pairs`` = P, the number of box
+        pairs before culling (``tile_start[-1]`` of them were kept; the rest trail ``gids``).
     """
     b, k = means.shape[:2]
     nt = _tile_grid(shape, tile)
@@ -161,12 +198,17 @@ def bin_pairs(
         tlo.to(torch.int32).contiguous(),
         span.to(torch.int32).contiguous(),
         (ends - counts).contiguous(),
+        means.contiguous(),
+        conics.contiguous(),
         keys,
         gids,
         k,
         nt[1],
         nt[2],
         n_tiles,
+        b * n_tiles,
+        float(cutoff) * (1.0 + 1e-3) + 1e-3,
+        TILE=tile,
         BLOCK=256,
     )
     keys, order = torch.sort(keys, stable=True)
@@ -512,7 +554,7 @@ class _RenderTriton(torch.autograd.Function):
         n_tiles = nt[0] * nt[1] * nt[2]
         m32, c32, i32 = (t.detach().to(torch.float32).contiguous() for t in (means, conics, intensities))
         with _device_guard(means.device):
-            gids, tile_start, n_pairs = bin_pairs(m32, extents, shape, tile)
+            gids, tile_start, n_pairs = bin_pairs(m32, c32, extents, shape, cutoff, tile)
             cfg_fwd, cfg_bwd = _launch_config(n_pairs, b * n_tiles, tile)
             out = torch.empty((b, d, h, w), device=means.device, dtype=torch.float32)
             thr = -0.5 * _LOG2E * cutoff * cutoff
