@@ -7,8 +7,10 @@ half-widths of the cutoff boxes), organised like a 3DGS tile rasteriser and eval
 **Binning** (:func:`bin_pairs`). The output is split into ``TILE^3`` voxel tiles. A small kernel
 (``_emit_pairs_kernel``, one program per Gaussian of the whole ``(B, K)`` set) writes one int32 key
 ``b * n_tiles + tile`` and one int32 Gaussian index ``b * K + k`` for every tile its (clipped) cutoff box touches,
-at offsets given by an exclusive cumulative sum of the per-Gaussian tile counts. The only host synchronisation is
-reading the total pair count to allocate these arrays. A stable ``torch.sort`` by key groups the pairs by
+at offsets given by an exclusive cumulative sum of the per-Gaussian tile counts; tiles of the box that are provably
+beyond the cutoff (tile-centre Mahalanobis distance minus the tile's half-diagonal times ``sqrt(lambda_max(P))``)
+get a sentinel key that sorts after all others. The only host synchronisation is reading the total pair count to
+allocate these arrays. A stable ``torch.sort`` by key groups the pairs by
 ``(batch, tile)`` (Gaussians in index order inside a tile, so the forward summation order is deterministic) and
 ``torch.searchsorted`` gives each tile's ``[start, end)`` range. Keys and Gaussian indices are int32 (checked);
 offsets into the pair list and into the output are int64, so volumes up to 512^3 with B > 8 and K up to 1M do not
@@ -22,9 +24,11 @@ tile-local mean ``m``, the quadratic form is linear in the ten monomials of ``x`
     A = (xd^2, xh^2, xw^2, xd xh, xd xw, xh xw, xd, xh, xw, 1),
     C = (Pdd, Phh, Pww, 2Pdh, 2Pdw, 2Phw, -2(Pm)_d, -2(Pm)_h, -2(Pm)_w, m^T P m).
 
-A tile's voxels against a chunk of ``BLOCK_G`` Gaussians is therefore one ``(T^3, 16) x (16, BLOCK_G)`` matrix
-product (``tl.dot``, the 10 monomials zero-padded to 16) followed by ``exp2``, the cutoff mask and a weighted row
-sum, like a FlashAttention tile. The coefficients are pre-scaled by ``-log2(e) / 2`` so the product is directly
+A block of ``BLOCK_V`` voxels of the tile against a chunk of ``BLOCK_G`` Gaussians is therefore one
+``(BLOCK_V, 16) x (16, BLOCK_G)`` matrix product (``tl.dot``, the 10 monomials zero-padded to 16) followed by
+``exp2``, the cutoff mask and a weighted row sum, like a FlashAttention tile. The program walks its tile block by
+block (outer loop) and the tile's Gaussians chunk by chunk (inner loop), so the output is written once, with no
+atomics, and every voxel of the volume exactly once (``torch.empty`` output). The coefficients are pre-scaled by ``-log2(e) / 2`` so the product is directly
 the ``exp2`` argument.
 
 *Precision of the product.* Plain TF32 (10-bit mantissa) would give errors of ~1e-3 relative on terms that
