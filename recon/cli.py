@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fbp", default=None, help="FBP volume for the initialisation (computed when absent)")
     r.add_argument("--init", required=True, choices=INIT_METHODS)
     r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
+    r.add_argument("--model-spacing", type=_positive_float, default=1.5, help="voxel spacing (mm) the MedGMAE model was pre-trained at")
     r.add_argument("--iterations", type=int, default=1000)
     r.add_argument("--num-gaussians", type=_positive_int, default=20000, help="initial Gaussians for random/fbp")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume for PSNR/SSIM")
@@ -279,7 +280,7 @@ def cmd_reconstruct(args) -> int:
     elif args.init == "fbp":
         init = fbp_init(fbp_t, args.num_gaussians, seed=args.seed)
     else:
-        init = medgmae_init(fbp_t, geom.voxel_size, model)
+        init = medgmae_init(fbp_t, geom.voxel_size, model, spacing=args.model_spacing)
     init_seconds = time.perf_counter() - t0
     cfg = GaussianReconConfig(
         iterations=args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,

@@ -1,0 +1,190 @@
+"""``medgmae-recon`` end to end (simulate -> fbp -> reconstruct -> evaluate) and every input error path
+(exit code 2, nothing written)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medgmae.data.phantom import generate_phantom
+from medgmae.networks.medgmae import MedGMAE
+from recon.cli import main
+from recon.geometry import CTGeometry
+from recon.metrics import evaluate
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory):
+    """A 16 x 16 x 12 phantom in HU at 8 mm (NIfTI with a real affine)."""
+    d = tmp_path_factory.mktemp("ct")
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    path = d / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(path))
+    return path, ph
+
+
+@pytest.fixture(scope="module")
+def simulated(ct, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "scan"
+    assert main(["simulate", "--volume", str(ct[0]), "--geometry", "parallel", "--views", "10", "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=48, render_backend="torch")
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(m.model_checkpoint(), path)
+    wrong = path.parent / "encoder.pt"
+    torch.save(m.encoder_checkpoint(), wrong)
+    return path, wrong
+
+
+def _files(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*")) if d.exists() else []
+
+
+def test_simulate_outputs(simulated, ct):
+    assert _files(simulated) == ["fbp.nii.gz", "geometry.json", "projections.npy", "reference.nii.gz"]
+    geom = CTGeometry.load(simulated / "geometry.json")
+    proj = np.load(simulated / "projections.npy")
+    assert proj.shape == geom.proj_shape and geom.num_views == 10 and geom.kind == "parallel"
+    ref = nib.load(str(simulated / "reference.nii.gz"))
+    np.testing.assert_allclose(ref.affine, ct[1].affine)
+    # HU -> attenuation: mu = 0.0192 (1 + HU / 1000), clipped at 0
+    np.testing.assert_allclose(ref.get_fdata(), np.maximum(0.0192 * (1 + ct[1].image / 1000.0), 0), rtol=1e-5, atol=1e-7)
+    assert geom.volume_shape == ct[1].image.shape[::-1] and geom.voxel_size == (16.0, 12.0, 12.0)
+
+
+def test_simulate_cone_with_noise(ct, tmp_path):
+    out = tmp_path / "cone"
+    args = ["simulate", "--volume", str(ct[0]), "--geometry", "cone", "--views", "12", "--photons", "1e4", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    noisy = np.load(out / "projections.npy")
+    geom = CTGeometry.load(out / "geometry.json")
+    from recon.projectors import TorchProjector
+
+    ref = nib.load(str(out / "reference.nii.gz")).get_fdata().transpose(2, 1, 0)
+    clean = TorchProjector(geom)(torch.from_numpy(ref).float()).numpy()
+    diff = noisy - clean
+    assert geom.kind == "cone" and 0 < np.abs(diff).mean() < 0.1 and abs(diff.mean()) < 0.01
+
+
+def test_end_to_end(simulated, model_file, tmp_path, capsys):
+    fbp_out = tmp_path / "fbp2.nii.gz"
+    assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"), "--out", str(fbp_out), "--device", "cpu"]) == 0
+    np.testing.assert_allclose(nib.load(str(fbp_out)).get_fdata(), nib.load(str(simulated / "fbp.nii.gz")).get_fdata(), atol=1e-6)
+    for init, extra in (("fbp", ["--num-gaussians", "200"]), ("medgmae", ["--checkpoint", str(model_file[0]), "--model-spacing", "12"])):
+        out = tmp_path / f"rec_{init}"
+        args = [
+            "reconstruct", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
+            "--fbp", str(simulated / "fbp.nii.gz"), "--init", init, "--iterations", "12", "--eval-every", "4",
+            "--reference", str(simulated / "reference.nii.gz"), "--out", str(out), "--no-progress", "--device", "cpu", *extra,
+        ]  # fmt: skip
+        assert main(args) == 0, init
+        assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt"]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["iterations"] == 12 and metrics["init"] == init
+        assert [h["iteration"] for h in metrics["history"]] == [4, 8, 12]
+        assert set(metrics["iterations_to_psnr"]) == {"30", "35"}
+        rec = nib.load(str(out / "recon.nii.gz"))
+        np.testing.assert_allclose(rec.affine, nib.load(str(simulated / "reference.nii.gz")).affine)
+        capsys.readouterr()
+        assert main(["evaluate", "--recon", str(out / "recon.nii.gz"), "--reference", str(simulated / "reference.nii.gz")]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["psnr"] == pytest.approx(metrics["final"]["psnr"], abs=1e-3)
+        ref = nib.load(str(simulated / "reference.nii.gz")).get_fdata()
+        assert printed == pytest.approx(evaluate(rec.get_fdata(), ref), abs=1e-6)
+        from medgmae.ply import load_ply
+
+        g, meta = load_ply(out / "gaussians.ply")
+        assert g.num_gaussians == metrics["num_gaussians"] and tuple(meta["shape"]) == CTGeometry.load(simulated / "geometry.json").volume_shape
+    # resume continues from the saved state to a longer run
+    out = tmp_path / "rec_fbp"
+    args = [
+        "reconstruct", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
+        "--init", "fbp", "--num-gaussians", "200", "--iterations", "16", "--eval-every", "4", "--resume", "--out", str(out),
+        "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 16
+
+
+def _reconstruct_args(sim, out, *extra):
+    return ["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"), "--out", str(out), "--no-progress", "--iterations", "2", "--device", "cpu", *extra]
+
+
+def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_path, capsys):
+    sim = simulated
+    bad_proj = tmp_path / "inputs" / "short.npy"
+    bad_proj.parent.mkdir()
+    np.save(bad_proj, np.load(sim / "projections.npy")[:5])
+    nan_proj = tmp_path / "inputs" / "nan.npy"
+    p = np.load(sim / "projections.npy")
+    p[0, 0, 0] = np.nan
+    np.save(nan_proj, p)
+    bad_geom = tmp_path / "inputs" / "bad.json"
+    bad_geom.write_text(json.dumps({**json.loads((sim / "geometry.json").read_text()), "voxel_size": [0, 1, 1]}))
+    small = tmp_path / "inputs" / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(small))
+    garbage = tmp_path / "inputs" / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    cases = {
+        "missing volume": (["simulate", "--volume", str(tmp_path / "nope.nii.gz"), "--geometry", "cone", "--views", "4", "--out", str(out)], "does not exist"),
+        "missing projections": (["fbp", "--projections", str(tmp_path / "nope.npy"), "--geometry", str(sim / "geometry.json"), "--out", str(out / "f.nii.gz")], "does not exist"),
+        "missing geometry": (["fbp", "--projections", str(sim / "projections.npy"), "--geometry", str(tmp_path / "g.json"), "--out", str(out / "f.nii.gz")], "does not exist"),
+        "shape mismatch fbp": (["fbp", "--projections", str(bad_proj), "--geometry", str(sim / "geometry.json"), "--out", str(out / "f.nii.gz")], "expects"),
+        "shape mismatch": (_reconstruct_args(sim, out, "--projections", str(bad_proj), "--init", "fbp"), "expects"),
+        "nan projections": (_reconstruct_args(sim, out, "--projections", str(nan_proj), "--init", "fbp"), "NaN"),
+        "bad geometry": (_reconstruct_args(sim, out, "--geometry", str(bad_geom), "--init", "fbp"), "voxel_size"),
+        "medgmae without checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae"), "--checkpoint"),
+        "missing checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(tmp_path / "m.pt")), "does not exist"),
+        "wrong-kind checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[1])), "medgmae-encoder"),
+        "corrupt checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(garbage)), "garbage.pt"),
+        "reference shape": (_reconstruct_args(sim, out, "--init", "fbp", "--reference", str(small)), "reference"),
+        "resume without state": (_reconstruct_args(sim, out, "--init", "fbp", "--resume"), "no saved state"),
+        "evaluate missing": (["evaluate", "--recon", str(tmp_path / "r.nii.gz"), "--reference", str(sim / "reference.nii.gz")], "does not exist"),
+        "evaluate shapes": (["evaluate", "--recon", str(small), "--reference", str(sim / "reference.nii.gz")], "shape"),
+    }
+    for name, (args, msg) in cases.items():
+        capsys.readouterr()
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert msg in err and "error" in err, (name, err)
+        assert not out.exists(), name
+        assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")], name  # no staging leftovers
+
+
+def test_argparse_errors_exit_2(simulated):
+    with pytest.raises(SystemExit) as e:
+        main(["simulate", "--volume", "x.nii.gz", "--geometry", "fan", "--views", "4", "--out", "o"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["simulate", "--volume", "x.nii.gz", "--geometry", "cone", "--views", "-3", "--out", "o"])
+    assert e.value.code == 2
+
+
+def test_python_m_recon_process_exit_code(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run(
+        [sys.executable, "-m", "recon", "reconstruct", "--projections", str(tmp_path / "p.npy"), "--geometry", str(tmp_path / "g.json"), "--init", "medgmae", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2 and "--checkpoint" in r.stderr
+    assert not (tmp_path / "o").exists()
