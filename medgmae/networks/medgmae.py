@@ -436,9 +436,12 @@ class MedGMAE(MaskedAutoencoder3D):
         )
 
     def _init_heads(self) -> None:
-        for head in (self.head_mean, self.head_scale, self.head_rotation, self.head_intensity):
-            nn.init.xavier_uniform_(head.weight)
-            nn.init.zeros_(head.bias)
+        # centres spread over the volume (xavier); scale, rotation and intensity start from their biases (small
+        # weights), so that every Gaussian begins at 0.2 of the scale cap and intensity 0.4, as the paper intends
+        nn.init.xavier_uniform_(self.head_mean.weight)
+        nn.init.zeros_(self.head_mean.bias)
+        for head in (self.head_scale, self.head_rotation, self.head_intensity):
+            nn.init.normal_(head.weight, std=0.02)
         nn.init.constant_(self.head_scale.bias, SCALE_BIAS_INIT)
         nn.init.constant_(self.head_intensity.bias, INTENSITY_BIAS_INIT)
         with torch.no_grad():
