@@ -55,6 +55,33 @@ def test_triton_matches_dense_reference(shape, tile, cutoff):
     assert_matches_reference(out, ref, amb)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="emulates TF32 inside the Triton interpreter")
+def test_triton_accurate_with_tf32_products(monkeypatch):
+    """With the interpreter's tl.dot truncating float32 operands to TF32 as the tensor cores do, small, sharp
+    Gaussians (where the monomial terms are large and cancel) still match the float64 reference to float32
+    accuracy, forward and backward: the coefficient split of the kernels is exact enough."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def tf32_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        def trunc(h):
+            if h.data.dtype != np.float32:
+                return h
+            bits = h.data.view(np.int32) & np.int32(-8192)
+            return interpreter.TensorHandle(bits.view(np.float32), h.dtype)
+
+        return original(self, trunc(a), trunc(b), d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", tf32_dot)
+    shape = (9, 8, 10)
+    gs = random_gaussians(1, 24, shape, seed=21, scale_range=(0.06, 0.3), margin=0.0)
+    ref, amb = dense_reference(*gs, shape, 3.0)
+    assert_matches_reference(_raw(gs, shape, 3.0, 8), ref, amb, rtol=1e-4, atol=1e-5)
+    _check_grads_against_torch(gs, shape, 3.0, 8)
+
+
 @pytest.mark.parametrize("tile", [8, 16])
 def test_triton_far_gaussians_no_cancellation(tile):
     """Large Gaussians centred far outside the tile (big tile-local means): float32 cancellation stays small."""
@@ -226,7 +253,8 @@ def _compare_backends_cuda(gs, shape, grad_rtol):
         w = torch.randn(out.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
         res[backend] = (out.detach(), torch.autograd.grad((out * w).sum(), xs))
     ref = res["torch"][0]
-    torch.testing.assert_close(res["triton"][0], ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    # on the GPU the split-TF32 products carry up to 2^-20 relative error per coefficient (module docstring)
+    torch.testing.assert_close(res["triton"][0], ref, rtol=5e-4, atol=5e-5 * ref.abs().max().item())
     for name, a, b in zip(("means", "scales", "quats", "intensities"), res["triton"][1], res["torch"][1]):
         torch.testing.assert_close(
             a, b, rtol=grad_rtol, atol=grad_rtol * b.abs().max().item(), msg=lambda m: f"{name}: {m}"

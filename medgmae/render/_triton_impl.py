@@ -32,13 +32,15 @@ atomics, and every voxel of the volume exactly once (``torch.empty`` output). Th
 the ``exp2`` argument.
 
 *Precision of the product.* Plain TF32 (10-bit mantissa) would give errors of ~1e-3 relative on terms that
-cancel, i.e. visibly wrong weights. IEEE float32 ``tl.dot`` is exact enough but runs on the FMA units, costing as
-much as evaluating the quadratic form directly. We use a two-pass TF32 split that is close to float32 accuracy at
-the cost of two tensor-core products: the monomials of the tile-centred voxel grid are multiples of 1/4 no larger
-than ``(T/2)^2``, hence exactly representable in TF32; the coefficients are split as ``C = C_hi + C_lo`` with
-``C_hi`` the float32 value with its low 13 mantissa bits cleared (exact in TF32) and ``C_lo = C - C_hi`` (exact in
-float32, below 2^-10 of ``C``). ``A @ C_hi`` is then exact up to float32 accumulation and ``A @ C_lo`` loses at
-most 2^-10 of ``C_lo``, i.e. under 2^-20 of ``C``. ``tf32x3`` would spend a third product on ``A_lo = 0``.
+cancel, i.e. visibly wrong weights (the terms reach ~1e4 for a Gaussian of scale 0.1 near a tile's corner, where
+the weight needs ``q`` to ~1e-4). IEEE float32 ``tl.dot`` is exact but runs on the FMA units, costing as much as
+evaluating the quadratic form directly. We split only the coefficients, on the tensor cores: the monomials of the
+tile-centred voxel grid are multiples of 1/4 no larger than ``(T/2)^2``, hence exact in TF32; the coefficients
+are split as ``C = C_hi + C_mid + C_lo``, ``C_hi`` being ``C`` with its low 13 mantissa bits cleared (exact in
+TF32), ``C_mid`` the same of ``C - C_hi`` and ``C_lo`` the remainder (below 2^-20 of ``C``). The products with
+``C_hi`` and ``C_mid`` are exact up to float32 accumulation, the one with ``C_lo`` loses at most 2^-10 of it,
+i.e. 2^-30 of ``C``: float32 accuracy for three tensor-core products, which cost little next to the exponentials.
+``tf32x3`` also takes three products but wastes one on ``A_lo = 0`` and keeps only ~21 bits of ``C``.
 
 **Backward** (``_backward_kernel``, one program per ``(batch, tile)``). For each chunk of ``BLOCK_G`` Gaussians
 it walks the tile in blocks of ``BLOCK_V`` voxels, recomputing the weights with the same split product (here
@@ -315,9 +317,11 @@ def _log2_weights(a, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, gmask, thr, BLOCK
     c = tl.where(row == 8, (-2.0 * s * pmw)[None, :], c)
     c = tl.where(row == 9, (s * mpm)[None, :], c)
     c_hi = _split_hi(c)
-    c_lo = c - c_hi
-    e = tl.dot(a, c_hi, input_precision="tf32")
-    e = tl.dot(a, c_lo, acc=e, input_precision="tf32")
+    c_rest = c - c_hi
+    c_mid = _split_hi(c_rest)
+    e = tl.dot(a, c_rest - c_mid, input_precision="tf32")
+    e = tl.dot(a, c_mid, acc=e, input_precision="tf32")
+    e = tl.dot(a, c_hi, acc=e, input_precision="tf32")
     keep = (e >= thr) & gmask[None, :]
     return e, keep
 
@@ -372,9 +376,11 @@ def _log2_weights_t(a_t, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, gmask, thr, B
     c = tl.where(col == 8, (-2.0 * s * pmw)[:, None], c)
     c = tl.where(col == 9, (s * mpm)[:, None], c)
     c_hi = _split_hi(c)
-    c_lo = c - c_hi
-    e = tl.dot(c_hi, a_t, input_precision="tf32")
-    e = tl.dot(c_lo, a_t, acc=e, input_precision="tf32")
+    c_rest = c - c_hi
+    c_mid = _split_hi(c_rest)
+    e = tl.dot(c_rest - c_mid, a_t, input_precision="tf32")
+    e = tl.dot(c_mid, a_t, acc=e, input_precision="tf32")
+    e = tl.dot(c_hi, a_t, acc=e, input_precision="tf32")
     keep = (e >= thr) & gmask[:, None]
     return e, keep
 
