@@ -35,6 +35,30 @@ def _dev(ts):
     return [t.to(DEVICE) for t in ts]
 
 
+@pytest.fixture(autouse=True)
+def tf32_products_in_interpreter(monkeypatch):
+    """Make the interpreter's ``tl.dot`` truncate float32 operands to TF32 (10 mantissa bits) like the GPU's
+    tensor cores with ``input_precision="tf32"``, so that the CPU tests see the GPU's product precision."""
+    if DEVICE.type == "cuda" or os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    import numpy as np
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def tf32_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        def trunc(h):
+            if h.data.dtype != np.float32:
+                return h
+            return interpreter.TensorHandle((h.data.view(np.int32) & np.int32(-8192)).view(np.float32), h.dtype)
+
+        return original(self, trunc(a), trunc(b), d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", tf32_dot)
+    yield
+
+
 def _raw(gs, shape, cutoff, tile):
     m, c, i, e = preprocess_gaussians(*_dev(gs), cutoff)
     return render_triton(m, c, i, e, shape, cutoff, tile)
@@ -55,26 +79,10 @@ def test_triton_matches_dense_reference(shape, tile, cutoff):
     assert_matches_reference(out, ref, amb)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="emulates TF32 inside the Triton interpreter")
-def test_triton_accurate_with_tf32_products(monkeypatch):
-    """With the interpreter's tl.dot truncating float32 operands to TF32 as the tensor cores do, small, sharp
-    Gaussians (where the monomial terms are large and cancel) still match the float64 reference to float32
-    accuracy, forward and backward: the coefficient split of the kernels is exact enough."""
-    import numpy as np
-    from triton.runtime import interpreter
-
-    original = interpreter.InterpreterBuilder.create_dot
-
-    def tf32_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        def trunc(h):
-            if h.data.dtype != np.float32:
-                return h
-            bits = h.data.view(np.int32) & np.int32(-8192)
-            return interpreter.TensorHandle(bits.view(np.float32), h.dtype)
-
-        return original(self, trunc(a), trunc(b), d, input_precision, max_num_imprecise_acc)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", tf32_dot)
+def test_triton_accurate_with_tf32_products():
+    """Small, sharp Gaussians (where the monomial terms are large and cancel) match the float64 reference to
+    float32 accuracy, forward and backward, although tl.dot's operands are TF32 (truncated in the interpreter by
+    the fixture below, as the tensor cores do): the coefficient split of the kernels is exact enough."""
     shape = (9, 8, 10)
     gs = random_gaussians(1, 24, shape, seed=21, scale_range=(0.06, 0.3), margin=0.0)
     ref, amb = dense_reference(*gs, shape, 3.0)
