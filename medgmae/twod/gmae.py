@@ -38,6 +38,10 @@ from medgmae.twod.render import render_gaussians_2d
 __all__ = ["SplatGaussians", "GMAE2D", "GMAE2D_KIND", "activate_splat_heads", "sincos_embedding_2d"]
 
 GMAE2D_KIND = "gmae2d"
+#: Standard deviation of the query tokens at initialisation. With MAE's 0.02 the K tokens start nearly equal and
+#: the decoder predicts K nearly identical Gaussians; unit-scale tokens start them apart (on phantom slices, 80
+#: CPU steps: full-image MSE 0.017 with 1.0 against 0.023 with 0.02, Gaussian centres spread 3x wider).
+QUERY_INIT_STD = 1.0
 
 
 @dataclass
@@ -212,7 +216,7 @@ class GMAE2D(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(dec)
         self.register_buffer("decoder_pos_embed", sincos_embedding_2d(self.grid_size, dec), persistent=False)
-        self.query_tokens = nn.Parameter(torch.randn(1, self.num_gaussians, dec) * 0.02)
+        self.query_tokens = nn.Parameter(torch.randn(1, self.num_gaussians, dec) * QUERY_INIT_STD)
         self.head_mean = nn.Linear(dec, 3)
         self.head_scale = nn.Linear(dec, 3)
         self.head_rotation = nn.Linear(dec, 4)
