@@ -8,7 +8,8 @@ Cases (from the renderer's specification):
 ``--quick`` shrinks both (dense: B=2, K in {32, 128}, 32^3; sparse: K in {2k, 8k}, 64^3) for a CPU run of a few
 minutes. For every case the table gives the number of Gaussian-voxel pairs inside the cutoff boxes
 (:func:`medgmae.render.count_pairs`), an estimate of the pairs inside the cutoff ellipsoids (Monte Carlo: 64
-voxels drawn per Gaussian from its clipped box), the times, the time per in-cutoff pair and the triton/torch ratio.
+voxels drawn per Gaussian from its clipped box), the times, the time per in-cutoff pair and the triton/torch ratio;
+for the triton backend also the voxel evaluations its kernels do (kept Gaussian-tile pairs x TILE^3).
 
 On a GPU the table also gives the ratio to a throughput floor. Assumption: every in-cutoff pair needs at least one
 ``exp`` on the special-function units, which issue 16 results per clock per SM on NVIDIA GPUs since Volta (a
@@ -163,6 +164,13 @@ def bench_case(case: Case, backends, device, args, timer: Timer, exp_rate: float
     m, _, _, ext = preprocess_gaussians(*gs, args.cutoff)
     box = count_pairs(m, ext, shape)
     inside = in_cutoff_pairs(gs, shape, args.cutoff)
+    tile_evals = None
+    if "triton" in backends:  # voxel evaluations the kernels do: kept (Gaussian, tile) pairs x TILE^3
+        from medgmae.render._triton_impl import TILE, bin_pairs
+
+        _, conics, _, _ = preprocess_gaussians(*gs, args.cutoff)
+        _, tile_start, _ = bin_pairs(m.float(), conics.float(), ext, shape, args.cutoff, TILE)
+        tile_evals = int(tile_start[-1]) * TILE**3
     rows = []
     results = {}
     for backend in backends:
@@ -190,6 +198,8 @@ def bench_case(case: Case, backends, device, args, timer: Timer, exp_rate: float
         }  # fmt: skip
         if device.type == "cuda":
             row["peak MiB"] = peak
+        if backend == "triton" and tile_evals is not None:
+            row["triton voxel evals"] = tile_evals
         if exp_rate:
             floor = inside / exp_rate
             row["fwd / floor"] = t_f / floor
