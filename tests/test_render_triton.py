@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest.importorskip("triton")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_render import assert_matches_reference, dense_reference, random_gaussians, special_gaussians  # noqa: E402
 
