@@ -244,7 +244,8 @@ def _tile_coords(pid, N_TILES, NT_H, NT_W, TILE: tl.constexpr):
 
 @triton.jit
 def _voxel_block(v0, b, t_d, t_h, t_w, D, H, W, TILE: tl.constexpr, BLOCK_V: tl.constexpr):
-    """Voxels ``v0 .. v0 + BLOCK_V`` of a tile: monomials A ``(BLOCK_V, 16)``, output offsets, in-volume mask."""
+    """Voxels ``v0 .. v0 + BLOCK_V`` of a tile: monomials A ``(BLOCK_V, 16)``, output offsets, in-volume mask and
+    the tile-centred coordinates ``xd, xh, xw``."""
     v = v0 + tl.arange(0, BLOCK_V)
     vd = v // (TILE * TILE)
     vh = (v // TILE) % TILE
@@ -299,7 +300,7 @@ def _split_hi(x):
 
 @triton.jit
 def _log2_weights(a, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, gmask, thr, BLOCK_G: tl.constexpr):
-    """``log2`` of the Gaussian weights ``(TILE^3, BLOCK_G)`` and the within-cutoff mask."""
+    """``log2`` of the Gaussian weights ``(BLOCK_V, BLOCK_G)`` and the within-cutoff mask."""
     pmd = pdd * md + pdh * mh + pdw * mw
     pmh = pdh * md + phh * mh + phw * mw
     pmw = pdw * md + phw * mh + pww * mw
