@@ -140,7 +140,9 @@ def render_volume(
 
     Returns:
         ``(B, D, H, W)`` float32 volume (float64 if any input is float64), differentiable with respect to all
-        four Gaussian inputs. Computation happens in float32 even under autocast (bf16 inputs are upcast).
+        four Gaussian inputs. Computation happens in float32 even under autocast (bf16 inputs are upcast);
+        the torch backend computes in float64 for float64 inputs, the triton backend computes in float32 also
+        then (float64 output with float32-accurate values).
 
     Raises:
         ValueError: on wrong ranks/shapes, mismatched batch or K, non-positive or non-finite scales, zero
