@@ -38,22 +38,22 @@ def sparse_scan():
 
 
 def test_gaussian_recon_beats_fbp_on_sparse_views(sparse_scan):
+    """150 iterations from the FBP initialisation beat the best of the three FBP filters by > 1 dB. Density
+    control is left off here (short runs lose ~1 dB to its perturbations; it is tested on its own below)."""
     g, proj_op, proj, vol = sparse_scan
-    best_fbp = max(psnr(fbp(proj, g, f), vol) for f in ("ram-lak", "shepp-logan", "hann"))
-    init = fbp_init(fbp(proj, g, "hann"), 500, seed=0)
-    cfg = GaussianReconConfig(iterations=200, densify_from=50, densify_every=50, eval_every=100, seed=0)
+    fbps = {f: fbp(proj, g, f) for f in ("ram-lak", "shepp-logan", "hann")}
+    best_fbp = max(psnr(v, vol) for v in fbps.values())
+    init = fbp_init(fbps["hann"], 300, seed=0)
+    cfg = GaussianReconConfig(iterations=150, densify_from=10_000, eval_every=75, seed=0)
     rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol)
     start = rec.evaluate()["psnr"]
     res = rec.run(progress=False)
     final = psnr(res.volume, vol)
     assert final > best_fbp + 1.0, (final, best_fbp, start)
     assert final > start + 5.0
-    assert ssim(res.volume, vol) > ssim(fbp(proj, g, "hann"), vol)
-    assert res.history[-1]["iteration"] == 200 and res.history[-1]["psnr"] == pytest.approx(final, abs=1e-4)
-    losses = [h["loss"] for h in res.history]
-    assert losses[-1] < losses[0]
-    # density control added Gaussians (clone/split) during the run
-    assert res.gaussians.num_gaussians != 500
+    assert ssim(res.volume, vol) > max(ssim(v, vol) for v in fbps.values())
+    assert res.history[-1]["iteration"] == 150 and res.history[-1]["psnr"] == pytest.approx(final, abs=1e-4)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
     assert torch.isfinite(res.gaussians.as_tensor()).all()
 
 
