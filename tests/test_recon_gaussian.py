@@ -117,7 +117,7 @@ def test_tv_and_coarse_phase_change_the_loss():
     plain = GaussianReconstructor(p, proj, init, GaussianReconConfig(iterations=1))
     tv = GaussianReconstructor(p, proj, init, GaussianReconConfig(iterations=1, tv_weight=0.1))
     coarse = GaussianReconstructor(p, proj, init, GaussianReconConfig(iterations=1, coarse_iterations=1))
-    v = plain.render()
+    v = plain.render().detach()
     with torch.no_grad():
         l0, l1, l2 = float(plain.loss(v)), float(tv.loss(v)), float(coarse.loss(v))
     tv_term = sum(float(v.diff(dim=d).abs().mean()) for d in range(3))
