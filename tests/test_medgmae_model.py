@@ -276,3 +276,10 @@ def test_bf16_autocast_keeps_gaussians_float32():
     assert out.pred.dtype == torch.float32 and torch.isfinite(out.loss)
     ref = model(x, generator=_gen())
     assert torch.allclose(out.gaussians.means, ref.gaussians.means, atol=0.05)
+
+
+def test_initial_gaussians_spread_over_the_volume():
+    g = _gmae().predict_gaussians(_volume(1))
+    # centres roughly uniform over [0, 1]^3 (a uniform distribution has std 0.29), not bunched in the middle
+    assert (g.means.std(dim=1) > 0.15).all()
+    assert g.means.amin() < 0.2 and g.means.amax() > 0.8

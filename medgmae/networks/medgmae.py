@@ -420,7 +420,8 @@ class MedGMAE(MaskedAutoencoder3D):
         if self.multi_level:
             self.kind = "medgmae-star"
         dec = self.preset.decoder_hidden_size
-        self.query_tokens = nn.Parameter(torch.randn(1, self.num_gaussians, dec) * 0.02)
+        # unit-scale query tokens: with MAE's 0.02 the K tokens start nearly equal and so do their Gaussians
+        self.query_tokens = nn.Parameter(torch.randn(1, self.num_gaussians, dec))
         self.head_mean = nn.Linear(dec, 3)
         self.head_scale = nn.Linear(dec, 3)
         self.head_rotation = nn.Linear(dec, 4)
