@@ -135,6 +135,11 @@ class MaskedViTEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_size)
         nn.init.normal_(self.cls_token, std=0.02)
+        # MONAI's TransformerBlock always builds a cross-attention LayerNorm; without cross-attention it never
+        # receives a gradient, which DistributedDataParallel rejects. Freeze it (its weights stay in the state dict).
+        for blk in self.blocks:
+            if hasattr(blk, "norm_cross_attn"):
+                blk.norm_cross_attn.requires_grad_(False)
 
     def config(self) -> dict:
         """Constructor arguments, saved beside weights so that the encoder can be rebuilt."""
