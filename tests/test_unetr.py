@@ -100,6 +100,7 @@ def test_round_trip_12_patch_base_depth(tmp_path):
 
 
 def test_16_patch_into_stock_monai_unetr(tmp_path, caplog):
+    torch.manual_seed(0)
     enc = MaskedViTEncoder(img_size=32, patch_size=16, num_layers=12, **TINY).eval()
     path = save_encoder(enc, tmp_path / "encoder.pt")
     with caplog.at_level("INFO"):
@@ -108,7 +109,8 @@ def test_16_patch_into_stock_monai_unetr(tmp_path, caplog):
     n = len(enc.state_dict())
     assert f"loaded {n - 1}/{n}" in caplog.text and "cls_token" in caplog.text
     x = torch.randn(1, 1, 32, 32, 32)
-    with torch.no_grad():  # the same ViT without the class token
+    # the same ViT without the class token (MONAI's ViT computes attention without the fused kernel: float32 rounding)
+    with torch.no_grad():
         tokens = enc.patch_embedding(x)
         ref_hidden = []
         for blk in enc.blocks:
@@ -116,8 +118,8 @@ def test_16_patch_into_stock_monai_unetr(tmp_path, caplog):
             ref_hidden.append(tokens)
         ref = enc.norm(tokens)
         out, hidden = stock.vit(x)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
-    torch.testing.assert_close(hidden[9], ref_hidden[9], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden[9], ref_hidden[9], rtol=1e-5, atol=1e-5)
     assert stock(x).shape == (1, 3, 32, 32, 32)
 
     # with 16^3 patches the generic UNETR is MONAI's UNETR plus the class token: same names and shapes
