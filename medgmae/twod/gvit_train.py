@@ -184,11 +184,9 @@ def build_phase_trainer(
     handlers += [
         NonFiniteLossHandler("loss"),
         LrScheduleHandler(sched, print_lr=False, epoch_level=False),
-        StatsHandler(
-            name="medgmae.gvit", tag_name=f"{phase}_loss", output_transform=lambda out: out["loss"],
-            iteration_log=lambda e, i: i % max(1, log_every) == 0,
-        ),
-    ]  # fmt: skip
+    ]
+    stats = StatsHandler(name=None, tag_name=f"{phase}_loss", output_transform=lambda out: out["loss"], iteration_log=False)
+    handlers.append(stats)
     trainer = SupervisedTrainer(
         device=torch.device(device), max_epochs=max_epochs, train_data_loader=train_loader, network=model,
         optimizer=opt, loss_function=rec_loss or ReconstructionLoss(),
@@ -196,6 +194,7 @@ def build_phase_trainer(
         train_handlers=handlers, amp=False, decollate=False,
     )  # fmt: skip
     trainer.add_event_handler(Events.STARTED, lambda _: set_phase(model, phase))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=max(1, int(log_every))), stats.iteration_completed)
     return trainer
 
 
