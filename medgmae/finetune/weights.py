@@ -190,7 +190,7 @@ def stock_unetr_from_encoder(
         num_heads=cfg["num_heads"],
         norm_name=norm_name,
         spatial_dims=cfg["spatial_dims"],
-        qkv_bias=True,
+        qkv_bias=bool(cfg.get("qkv_bias", True)),
     )
     load_pretrained_encoder(net, ckpt, source_name=str(pretrained))
     return net

@@ -111,7 +111,7 @@ class MaskedViTEncoder(nn.Module):
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by {2 * spatial_dims} for sin-cos embedding")
         self.img_size, self.patch_size, self.spatial_dims = img, patch, spatial_dims
         self.in_channels, self.hidden_size, self.num_layers, self.num_heads = in_channels, hidden_size, num_layers, num_heads
-        self.mlp_ratio = mlp_ratio
+        self.mlp_ratio, self.qkv_bias, self.dropout_rate = mlp_ratio, qkv_bias, dropout_rate
         self.grid_size = tuple(i // p for i, p in zip(img, patch))
         self.num_patches = int(torch.tensor(self.grid_size).prod())
         self.patch_embedding = PatchEmbeddingBlock(
@@ -152,6 +152,8 @@ class MaskedViTEncoder(nn.Module):
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
             spatial_dims=self.spatial_dims,
+            dropout_rate=self.dropout_rate,
+            qkv_bias=self.qkv_bias,
         )
 
     def patchify(self, x: Tensor) -> Tensor:
