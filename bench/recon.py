@@ -86,7 +86,7 @@ def run_case(args, device) -> dict:
     out = {
         "shape_zyx": list(shape), "voxel_mm": list(voxel), "geometry": geom.kind, "views": geom.num_views,
         "projector": proj_op.name, "fbp_seconds": fbp_seconds,
-        "fbp": {"psnr": psnr(rec_fbp, vol), "ssim": ssim(rec_fbp, vol)},
+        "fbp_volume": {"psnr": psnr(rec_fbp, vol), "ssim": ssim(rec_fbp, vol)}, "runs": {},
     }  # fmt: skip
     inits = {"fbp": lambda: fbp_init(rec_fbp, args.num_gaussians, seed=args.seed)}
     if args.compare_medgmae:
@@ -129,7 +129,7 @@ def run_case(args, device) -> dict:
         for thr in args.targets:
             hits = [h["iteration"] for h in res.history if h.get("psnr", -math.inf) >= thr]
             reached[str(thr)] = hits[0] if hits else None
-        out[name] = {
+        out["runs"][name] = {
             "init_seconds": init_seconds, "initial_gaussians": init.num_gaussians, "initial_psnr": start.get("psnr"),
             "seconds_per_iteration_median": statistics.median(iter_times) if iter_times else None,
             "total_seconds": total, "final_psnr": res.history[-1].get("psnr") if res.history else None,
