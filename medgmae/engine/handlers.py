@@ -132,6 +132,10 @@ class CheckpointHandler:
     writes ``checkpoint_final.pt``. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
     the engine starts and continues from the next epoch, bit for bit on the same machine and software.
 
+    Attach it before ``monai.handlers.StatsHandler``: both re-raise from their ``EXCEPTION_RAISED`` handler, and
+    ignite stops calling an event's handlers at the first that raises, so a handler attached after StatsHandler
+    would never write ``checkpoint_interrupted.pt``.
+
     Args:
         output_dir: folder for checkpoints.
         objects: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer, lr_scheduler, ...).
