@@ -13,7 +13,7 @@ sequence of phantom crops, and reports the masked-voxel PSNR on fixed held-out c
 
     python bench/pretrain.py --psnr-curve --steps 120 --eval-every 20
 
-Results are printed as markdown tables (copy them into bench/results_pretrain.md).
+Results are printed as markdown tables (copy them into bench/RESULTS.md).
 """
 
 from __future__ import annotations
