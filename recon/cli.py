@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medgmae.cli_types import positive_float, positive_int
 from recon.geometry import CTGeometry
 
 __all__ = ["main", "build_parser"]
@@ -44,26 +44,6 @@ RECON_STATE = "recon_state.pt"
 
 class CLIError(ValueError):
     """A user-facing error: printed and turned into exit code 2."""
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="attenuation volume, projections, geometry and FBP from a CT volume in HU")
     s.add_argument("--volume", required=True, help="CT volume in HU (NIfTI)")
     s.add_argument("--geometry", required=True, choices=("parallel", "cone"))
-    s.add_argument("--views", required=True, type=_positive_int, help="number of projection angles")
-    s.add_argument("--arc", type=_positive_float, default=None, help="scan arc in degrees (default 180 parallel, 360 cone)")
-    s.add_argument("--photons", type=_positive_float, default=None, help="incident photons per detector pixel (Poisson noise)")
+    s.add_argument("--views", required=True, type=positive_int, help="number of projection angles")
+    s.add_argument("--arc", type=positive_float, default=None, help="scan arc in degrees (default 180 parallel, 360 cone)")
+    s.add_argument("--photons", type=positive_float, default=None, help="incident photons per detector pixel (Poisson noise)")
     s.add_argument("--filter", default="hann", choices=FILTERS, help="FBP/FDK filter for fbp.nii.gz")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
@@ -97,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fbp", default=None, help="FBP volume for the initialisation (computed when absent)")
     r.add_argument("--init", required=True, choices=INIT_METHODS)
     r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
-    r.add_argument("--model-spacing", type=_positive_float, default=1.5, help="voxel spacing (mm) the MedGMAE model was pre-trained at")
+    r.add_argument("--model-spacing", type=positive_float, default=1.5, help="voxel spacing (mm) the MedGMAE model was pre-trained at")
     r.add_argument("--iterations", type=int, default=1000)
-    r.add_argument("--num-gaussians", type=_positive_int, default=20000, help="initial Gaussians for random/fbp")
+    r.add_argument("--num-gaussians", type=positive_int, default=20000, help="initial Gaussians for random/fbp")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume for PSNR/SSIM")
-    r.add_argument("--views-per-iteration", type=_positive_int, default=None)
+    r.add_argument("--views-per-iteration", type=positive_int, default=None)
     r.add_argument("--tv", type=float, default=0.0, help="TV weight")
-    r.add_argument("--eval-every", type=_positive_int, default=50)
+    r.add_argument("--eval-every", type=positive_int, default=50)
     r.add_argument("--checkpoint-every", type=int, default=500, help="iterations between resumable states (0: end only)")
     r.add_argument("--resume", action="store_true", help=f"continue from OUT/{RECON_STATE}")
     r.add_argument("--backend", default="auto", choices=("auto", "torch", "astra"), help="projector backend")

@@ -14,12 +14,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from medgmae.networks.medgmae import MaskedAutoencoder3D
+from medgmae.networks.mae_base import MaskedAutoencoder
 
 __all__ = ["VoxelMAE"]
 
 
-class VoxelMAE(MaskedAutoencoder3D):
+class VoxelMAE(MaskedAutoencoder):
     """MAE with a voxel-regression decoder over :class:`~medgmae.networks.vit.MaskedViTEncoder`.
 
     Args:

@@ -22,32 +22,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from medgmae.cli_types import nonneg_float, positive_int
 from medgmae.engine import atomic_write, resolve_device
 from medgmae.twod import layers as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.io import read_image, save_png, save_png_grid, to_model_input
 
 __all__ = ["main", "build_parser"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,20 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="intensity window for NIfTI/DICOM (e.g. HU)")
     common.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"), help="renderer backend")
-    common.add_argument("--render-size", type=_positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the model's)")
-    common.add_argument("--threshold", type=_nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer")
+    common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the model's)")
+    common.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer")
 
     p = sub.add_parser("layers", parents=[common], help="layer stack and partial renders as PNG grids")
-    p.add_argument("--num-layers", type=_positive_int, default=16, help="L equal depth groups")
-    p.add_argument("--first-count", type=_positive_int, default=32, help="smallest K of the partial renders (then doubled)")
+    p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups")
+    p.add_argument("--first-count", type=positive_int, default=32, help="smallest K of the partial renders (then doubled)")
 
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask")
-    p.add_argument("--num-layers", type=_positive_int, default=16, help="L equal depth groups")
+    p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
     p.add_argument("--reference", type=Path, default=None, help="reference mask image (non-zero = foreground) for IoU")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities")
-    p.add_argument("--granularities", type=_positive_int, nargs="+", default=[4, 8, 16], help="numbers of layers, l@L")
+    p.add_argument("--granularities", type=positive_int, nargs="+", default=[4, 8, 16], help="numbers of layers, l@L")
     return parser
 
 

@@ -20,19 +20,15 @@ MSE on the masked pixels only (no normalised-patch target: every Gaussian can re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import TransformerBlock
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import Tensor
 
 from medgmae.gaussians import SCALE_BIAS_INIT
-from medgmae.networks.medgmae import ENCODER_KIND, MAEOutput, MaskedAutoencoder3D, load_model_checkpoint, masked_mse, patch_mask_to_voxels
-from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder
+from medgmae.networks.mae_base import MaskedAutoencoder, sincos_embedding_2d
 from medgmae.twod.render import render_gaussians_2d
 
 __all__ = ["SplatGaussians", "GMAE2D", "GMAE2D_KIND", "activate_splat_heads", "sincos_embedding_2d"]
@@ -125,17 +121,12 @@ def activate_splat_heads(
     )
 
 
-def sincos_embedding_2d(grid_size: Sequence[int], dim: int) -> Tensor:
-    """Fixed 2D sin-cos embedding ``(1, gh * gw, dim)`` (MONAI's, zero-padded when ``dim`` is not a multiple of 4)."""
-    if dim < 4:
-        raise ValueError(f"sin-cos embedding width must be at least 4, got {dim}")
-    usable = dim - dim % 4
-    emb = build_sincos_position_embedding(list(grid_size), usable, spatial_dims=2).data
-    return F.pad(emb, (0, dim - usable))
-
-
-class GMAE2D(nn.Module):
+class GMAE2D(MaskedAutoencoder):
     """Gaussian masked autoencoder for 1- or 3-channel images.
+
+    The encoder, the decoder trunk, masking, the loss and (de)serialisation are
+    :class:`~medgmae.networks.mae_base.MaskedAutoencoder`'s (``spatial_dims=2``); this class adds the query tokens,
+    the Gaussian heads and the splatting renderer.
 
     Args:
         img_size: ``(H, W)`` (or one int) of the input images.
@@ -153,12 +144,6 @@ class GMAE2D(nn.Module):
 
     kind = GMAE2D_KIND
 
-    # the decoder's token handling is MedGMAE's (same maths in 2D and 3D)
-    visible_positions = MaskedAutoencoder3D.visible_positions
-    run_decoder = MaskedAutoencoder3D.run_decoder
-    _freeze_unused_norms = MaskedAutoencoder3D._freeze_unused_norms
-    encoder_state_dict = MaskedAutoencoder3D.encoder_state_dict
-
     def __init__(
         self,
         img_size: Sequence[int] | int = 224,
@@ -172,50 +157,16 @@ class GMAE2D(nn.Module):
         render_backend: str = "auto",
         loss_on_all_pixels: bool = False,
     ) -> None:
-        super().__init__()
-        if model_size not in VIT_PRESETS:
-            raise ValueError(f"model_size must be one of {sorted(VIT_PRESETS)}, got {model_size!r}")
-        if not 0.0 <= float(mask_ratio) < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        if int(in_channels) < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if int(num_gaussians) < 1:
             raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
         if not (0.0 < float(min_scale) < float(scale_cap)):
             raise ValueError(f"need 0 < min_scale < scale_cap, got min_scale={min_scale}, scale_cap={scale_cap}")
         if render_backend not in ("auto", "torch", "gsplat"):
             raise ValueError(f"render_backend must be 'auto', 'torch' or 'gsplat', got {render_backend!r}")
-        img = tuple(int(s) for s in ((img_size,) * 2 if isinstance(img_size, int) else img_size))
-        patch = tuple(int(s) for s in ((patch_size,) * 2 if isinstance(patch_size, int) else patch_size))
-        if len(img) != 2 or len(patch) != 2:
-            raise ValueError(f"img_size and patch_size must be 2D, got {img_size!r} and {patch_size!r}")
-        preset = VIT_PRESETS[model_size]
-        self.preset, self.model_size = preset, model_size
-        self.img_size, self.patch_size, self.in_channels = img, patch, int(in_channels)
-        self.mask_ratio, self.num_gaussians = float(mask_ratio), int(num_gaussians)
-        self.scale_cap, self.min_scale = float(scale_cap), float(min_scale)
-        self.render_backend, self.loss_on_all_pixels = render_backend, bool(loss_on_all_pixels)
-        self.encoder = MaskedViTEncoder(
-            in_channels=self.in_channels,
-            img_size=img,
-            patch_size=patch,
-            hidden_size=preset.hidden_size,
-            num_layers=preset.num_layers,
-            num_heads=preset.num_heads,
-            mlp_ratio=preset.mlp_ratio,
-            spatial_dims=2,
-        )
-        self.grid_size = self.encoder.grid_size
-        dec = preset.decoder_hidden_size
-        self.decoder_embed = nn.Linear(preset.hidden_size, dec)
-        self.decoder_blocks = nn.ModuleList(
-            [
-                TransformerBlock(dec, int(dec * preset.mlp_ratio), preset.decoder_num_heads, qkv_bias=True, use_flash_attention=True)
-                for _ in range(preset.decoder_num_layers)
-            ]
-        )
-        self.decoder_norm = nn.LayerNorm(dec)
-        self.register_buffer("decoder_pos_embed", sincos_embedding_2d(self.grid_size, dec), persistent=False)
+        super().__init__(img_size, patch_size, in_channels, model_size, mask_ratio, loss_on_all_pixels, spatial_dims=2)
+        self.num_gaussians, self.scale_cap, self.min_scale = int(num_gaussians), float(scale_cap), float(min_scale)
+        self.render_backend = render_backend
+        dec = self.preset.decoder_hidden_size
         self.query_tokens = nn.Parameter(torch.randn(1, self.num_gaussians, dec) * QUERY_INIT_STD)
         self.head_mean = nn.Linear(dec, 3)
         self.head_scale = nn.Linear(dec, 3)
@@ -223,7 +174,11 @@ class GMAE2D(nn.Module):
         self.head_color = nn.Linear(dec, self.in_channels)
         self.head_opacity = nn.Linear(dec, 1)
         self._init_heads()
-        self._freeze_unused_norms()
+
+    @property
+    def loss_on_all_pixels(self) -> bool:
+        """Whether the loss scores every pixel (the base class's ``loss_on_all_voxels``)."""
+        return self.loss_on_all_voxels
 
     def _init_heads(self) -> None:
         for head in (self.head_mean, self.head_scale, self.head_rotation, self.head_color, self.head_opacity):
@@ -233,54 +188,20 @@ class GMAE2D(nn.Module):
         with torch.no_grad():
             self.head_rotation.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
 
-    # ------------------------------------------------------------------ (de)serialisation
     def config(self) -> dict:
         """Constructor arguments (JSON-serialisable), saved beside the weights."""
-        return dict(
-            img_size=list(self.img_size),
-            patch_size=list(self.patch_size),
-            in_channels=self.in_channels,
-            model_size=self.model_size,
-            mask_ratio=self.mask_ratio,
+        cfg = super().config()
+        del cfg["loss_on_all_voxels"]
+        cfg.update(
             num_gaussians=self.num_gaussians,
             scale_cap=self.scale_cap,
             min_scale=self.min_scale,
             render_backend=self.render_backend,
             loss_on_all_pixels=self.loss_on_all_pixels,
         )
-
-    def model_checkpoint(self) -> dict:
-        """The ``model.pt`` payload ``{"kind": "gmae2d", "config", "state_dict"}``."""
-        return {"kind": self.kind, "config": self.config(), "state_dict": self.state_dict()}
-
-    def encoder_checkpoint(self) -> dict:
-        """The ``encoder.pt`` payload shared with the 3D models."""
-        return {"kind": ENCODER_KIND, "config": self.encoder.config(), "state_dict": self.encoder_state_dict(), "source": type(self).__name__}
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "GMAE2D":
-        """Rebuild from ``model.pt`` or a full training checkpoint (``"model"`` + ``"config"``) of kind ``gmae2d``.
-
-        Raises:
-            FileNotFoundError: the file does not exist.
-            ValueError: unreadable file or a checkpoint of another kind (the message names the file).
-        """
-        config, state = load_model_checkpoint(path, GMAE2D_KIND, map_location)
-        try:
-            model = cls(**config)
-            model.load_state_dict(state)
-        except (TypeError, RuntimeError) as e:
-            raise ValueError(f"{path}: config/weights do not describe a GMAE2D model ({e})") from e
-        return model
+        return cfg
 
     # ------------------------------------------------------------------ model
-    def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(
-                f"expected input (B, {self.in_channels}, {self.img_size[0]}, {self.img_size[1]}), "
-                f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
-            )
-
     def decode_gaussians(self, latent: Tensor, ids_restore: Tensor) -> SplatGaussians:
         """``[cls] + queries + visible`` decoder tokens -> K Gaussians.
 
@@ -305,27 +226,11 @@ class GMAE2D(nn.Module):
         """``(B, C, H, W)`` rendering at ``image_size`` (default: the model's input size) on a black background."""
         return gaussians.render(self.img_size if image_size is None else image_size, self.render_backend)
 
-    def forward(self, x: Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None) -> MAEOutput:
-        """Mask, encode, decode, render and score.
-
-        Args:
-            x: ``(B, C, H, W)`` images scaled to ``[0, 1]``.
-            mask_ratio: overrides the model's ratio (e.g. 0 at inference).
-            generator: random generator for the masks.
-
-        Returns:
-            :class:`~medgmae.networks.medgmae.MAEOutput`: ``loss`` (MSE on the masked pixels), ``pred``
-            ``(B, C, H, W)``, ``mask`` ``(B, 1, H, W)`` (1 = hidden from the encoder), ``patch_mask`` ``(B, N)``
-            and ``gaussians`` (:class:`SplatGaussians`).
-        """
-        self._check_input(x)
-        ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
-        latent, patch_mask, ids_restore = self.encoder(x, mask_ratio=ratio, generator=generator)
+    def reconstruct(self, latent: Tensor, ids_restore: Tensor) -> tuple[Tensor, SplatGaussians]:
+        """Decode and render: ``((B, C, H, W) prediction, SplatGaussians)``; :meth:`forward` is the base class's
+        (MSE on the masked pixels, ``mask`` ``(B, 1, H, W)``, 1 = hidden from the encoder)."""
         gaussians = self.decode_gaussians(latent, ids_restore)
-        pred = self.render(gaussians)
-        pixel_mask = patch_mask_to_voxels(patch_mask, self.grid_size, self.patch_size)
-        loss = masked_mse(pred, x, None if self.loss_on_all_pixels else pixel_mask)
-        return MAEOutput(loss=loss, pred=pred, mask=pixel_mask, patch_mask=patch_mask, gaussians=gaussians)
+        return self.render(gaussians), gaussians
 
     @torch.no_grad()
     def predict_gaussians(self, x: Tensor, mask_ratio: float = 0.0, generator: torch.Generator | None = None) -> SplatGaussians:

@@ -1,0 +1,351 @@
+"""What every masked autoencoder of the toolkit shares, in 2D and 3D.
+
+:class:`MaskedAutoencoder` holds the :class:`~medgmae.networks.vit.MaskedViTEncoder`, the decoder trunk (embedding
+to the decoder width, MONAI transformer blocks, final norm, fixed sin-cos positions of the patches), masking, the
+masked MSE and the ``model.pt`` / ``encoder.pt`` (de)serialisation. MedGMAE, the voxel-MAE baseline and the 2D GMAE
+subclass it and add their decoder heads and :meth:`MaskedAutoencoder.reconstruct`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import TransformerBlock
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+from torch import Tensor
+
+from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder
+
+__all__ = [
+    "ENCODER_KIND",
+    "MAEOutput",
+    "MaskedAutoencoder",
+    "load_model_checkpoint",
+    "masked_mse",
+    "patch_mask_to_voxels",
+    "sincos_embedding",
+    "sincos_embedding_2d",
+    "sincos_embedding_3d",
+]
+
+#: ``kind`` of the encoder-only file (``encoder.pt``) read by fine-tuning.
+ENCODER_KIND = "medgmae-encoder"
+
+
+@dataclass
+class MAEOutput:
+    """What a masked autoencoder's ``forward`` returns.
+
+    Attributes:
+        loss: scalar MSE (masked voxels only unless the model was built with ``loss_on_all_voxels=True``).
+        pred: ``(B, C, *img_size)`` reconstruction of the whole input (the rendered Gaussians for MedGMAE / GMAE).
+        mask: ``(B, 1, *img_size)`` voxel (pixel) mask, 1 where the voxel's patch was hidden from the encoder.
+        patch_mask: ``(B, N)`` patch mask in the patch-embedding order, 1 = masked.
+        gaussians: the predicted Gaussians (:class:`~medgmae.gaussians.Gaussians3D` in the normalised frame for
+            MedGMAE, :class:`~medgmae.twod.gmae.SplatGaussians` for the 2D GMAE, ``None`` for the voxel-MAE).
+    """
+
+    loss: Tensor
+    pred: Tensor
+    mask: Tensor
+    patch_mask: Tensor
+    gaussians: Any = None
+
+    def __getitem__(self, key: str) -> Any:
+        """Dict-style access (``out["loss"]``) for code written against dictionaries."""
+        return getattr(self, key)
+
+
+def sincos_embedding(grid_size: Sequence[int], dim: int, spatial_dims: int) -> Tensor:
+    """Fixed 2D or 3D sin-cos positional embedding for any width.
+
+    MONAI's :func:`build_sincos_position_embedding` needs ``dim`` divisible by ``2 * spatial_dims``; the largest
+    such width is built with it and the remaining channels are zero.
+
+    Args:
+        grid_size: patch grid, ``spatial_dims`` sizes.
+        dim: embedding width.
+        spatial_dims: 2 or 3.
+
+    Returns:
+        ``(1, prod(grid_size), dim)`` float32 tensor in the patch-embedding (row-major) order.
+    """
+    unit = 2 * spatial_dims
+    if dim < unit:
+        raise ValueError(f"sin-cos embedding width must be at least {unit}, got {dim}")
+    usable = dim - dim % unit
+    emb = build_sincos_position_embedding(list(grid_size), usable, spatial_dims=spatial_dims).data
+    return F.pad(emb, (0, dim - usable))
+
+
+def sincos_embedding_3d(grid_size: Sequence[int], dim: int) -> Tensor:
+    """:func:`sincos_embedding` for a ``(gd, gh, gw)`` grid: ``(1, gd * gh * gw, dim)``."""
+    return sincos_embedding(grid_size, dim, spatial_dims=3)
+
+
+def sincos_embedding_2d(grid_size: Sequence[int], dim: int) -> Tensor:
+    """:func:`sincos_embedding` for a ``(gh, gw)`` grid: ``(1, gh * gw, dim)``."""
+    return sincos_embedding(grid_size, dim, spatial_dims=2)
+
+
+def patch_mask_to_voxels(patch_mask: Tensor, grid_size: Sequence[int], patch_size: Sequence[int]) -> Tensor:
+    """Upsample a ``(B, N)`` patch mask (patch-embedding order) to a ``(B, 1, *img_size)`` voxel mask."""
+    b = patch_mask.shape[0]
+    m = patch_mask.reshape(b, 1, *grid_size)
+    for axis, p in enumerate(patch_size):
+        m = m.repeat_interleave(int(p), dim=2 + axis)
+    return m
+
+
+def masked_mse(pred: Tensor, target: Tensor, voxel_mask: Tensor | None) -> Tensor:
+    """Mean squared error over the voxels where ``voxel_mask`` is 1 (all voxels when it is ``None`` or empty).
+
+    Args:
+        pred: ``(B, C, *spatial)``.
+        target: same shape as ``pred``.
+        voxel_mask: ``(B, 1, *spatial)`` of 0/1, broadcast over channels, or ``None``.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    err = (pred.float() - target.float()).square()
+    if voxel_mask is None:
+        return err.mean()
+    weight = voxel_mask.to(err.dtype).expand_as(err)
+    denom = weight.sum()
+    # nothing masked (mask_ratio 0): fall back to all voxels, without a host synchronisation
+    return torch.where(denom > 0, (err * weight).sum() / denom.clamp_min(1.0), err.mean())
+
+
+class MaskedAutoencoder(nn.Module):
+    """A masked ViT autoencoder: the encoder, the decoder trunk, masking, loss and (de)serialisation.
+
+    Subclasses add their decoder heads and implement :meth:`reconstruct`
+    (``latent, ids_restore -> (pred, gaussians or None)``); :meth:`forward` is shared. Subclasses of one
+    dimensionality leave ``spatial_dims`` out of their constructor and :meth:`config`.
+
+    Args:
+        img_size: input size, ``spatial_dims`` values ``(D, H, W)`` / ``(H, W)``, or one int.
+        patch_size: patch edge(s); must divide ``img_size``.
+        in_channels: image channels.
+        model_size: a key of :data:`~medgmae.networks.vit.VIT_PRESETS` (``tiny``, ``small``, ``base``, ``large``).
+        mask_ratio: fraction of patches hidden from the encoder during training, in ``[0, 1)``.
+        loss_on_all_voxels: compute the MSE over every voxel (pixel) instead of the masked ones only.
+        spatial_dims: 3 for volumes, 2 for images.
+    """
+
+    #: the ``kind`` written to ``model.pt``; subclasses override.
+    kind = "masked-autoencoder"
+    #: the ``kind`` values :meth:`from_checkpoint` accepts (empty: ``kind`` only).
+    checkpoint_kinds: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        img_size: Sequence[int] | int = 96,
+        patch_size: Sequence[int] | int = 12,
+        in_channels: int = 1,
+        model_size: str = "base",
+        mask_ratio: float = 0.75,
+        loss_on_all_voxels: bool = False,
+        spatial_dims: int = 3,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if model_size not in VIT_PRESETS:
+            raise ValueError(f"model_size must be one of {sorted(VIT_PRESETS)}, got {model_size!r}")
+        if not 0.0 <= float(mask_ratio) < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if int(in_channels) < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        img = tuple(int(s) for s in ((img_size,) * spatial_dims if isinstance(img_size, int) else img_size))
+        patch = tuple(int(s) for s in ((patch_size,) * spatial_dims if isinstance(patch_size, int) else patch_size))
+        if len(img) != spatial_dims or len(patch) != spatial_dims:
+            raise ValueError(f"img_size and patch_size must be {spatial_dims}D, got {img_size!r} and {patch_size!r}")
+        preset = VIT_PRESETS[model_size]
+        self.preset, self.model_size, self.spatial_dims = preset, model_size, spatial_dims
+        self.img_size, self.patch_size, self.in_channels = img, patch, int(in_channels)
+        self.mask_ratio, self.loss_on_all_voxels = float(mask_ratio), bool(loss_on_all_voxels)
+        self.encoder = MaskedViTEncoder(
+            in_channels=self.in_channels,
+            img_size=img,
+            patch_size=patch,
+            hidden_size=preset.hidden_size,
+            num_layers=preset.num_layers,
+            num_heads=preset.num_heads,
+            mlp_ratio=preset.mlp_ratio,
+            spatial_dims=spatial_dims,
+        )
+        self.grid_size = self.encoder.grid_size
+        dec = preset.decoder_hidden_size
+        self.decoder_embed = nn.Linear(preset.hidden_size, dec)
+        self.decoder_blocks = nn.ModuleList(
+            [
+                TransformerBlock(dec, int(dec * preset.mlp_ratio), preset.decoder_num_heads, qkv_bias=True, use_flash_attention=True)
+                for _ in range(preset.decoder_num_layers)
+            ]
+        )
+        self.decoder_norm = nn.LayerNorm(dec)
+        pos = sincos_embedding(self.grid_size, dec, spatial_dims)
+        self.register_buffer("decoder_pos_embed", pos, persistent=False)
+        self._freeze_unused_norms()
+
+    def _freeze_unused_norms(self) -> None:
+        """MONAI's TransformerBlock builds ``norm_cross_attn`` even without cross-attention; it never receives a
+        gradient, which DistributedDataParallel rejects. Such norms are frozen (their weights stay in the state
+        dict)."""
+        for module in self.modules():
+            if isinstance(module, TransformerBlock) and not getattr(module, "with_cross_attention", False):
+                norm = getattr(module, "norm_cross_attn", None)
+                if isinstance(norm, nn.Module):
+                    norm.requires_grad_(False)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable), saved beside the weights."""
+        return dict(
+            img_size=list(self.img_size),
+            patch_size=list(self.patch_size),
+            in_channels=self.in_channels,
+            model_size=self.model_size,
+            mask_ratio=self.mask_ratio,
+            loss_on_all_voxels=self.loss_on_all_voxels,
+        )
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """The encoder's weights, as :class:`MaskedViTEncoder` names them (for ``encoder.pt``)."""
+        return self.encoder.state_dict()
+
+    def encoder_checkpoint(self) -> dict:
+        """The ``encoder.pt`` payload agreed with fine-tuning."""
+        return {
+            "kind": ENCODER_KIND,
+            "config": self.encoder.config(),
+            "state_dict": self.encoder_state_dict(),
+            "source": type(self).__name__,
+        }
+
+    def model_checkpoint(self) -> dict:
+        """The ``model.pt`` payload: ``{"kind", "config", "state_dict"}``."""
+        return {"kind": self.kind, "config": self.config(), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "MaskedAutoencoder":
+        """Rebuild a model from ``model.pt`` or from a full training checkpoint (``"model"`` + ``"config"``).
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: the file is not a checkpoint of this model's kind, or its config and weights do not build
+                this model (the message names the file).
+        """
+        config, state = load_model_checkpoint(path, cls.checkpoint_kinds or cls.kind, map_location)
+        try:
+            model = cls(**config)
+            model.load_state_dict(state)
+        except (TypeError, RuntimeError) as e:
+            raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
+        return model
+
+    # ------------------------------------------------------------------ model
+    def visible_positions(self, ids_restore: Tensor, num_visible: int) -> Tensor:
+        """``(B, N_vis, C_dec)`` decoder positional embeddings of the visible patches, in the encoder's order."""
+        ids_keep = torch.argsort(ids_restore, dim=1)[:, :num_visible]
+        pos = self.decoder_pos_embed.expand(ids_keep.shape[0], -1, -1)
+        return torch.gather(pos, 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+
+    def run_decoder(self, tokens: Tensor) -> Tensor:
+        """MONAI transformer blocks and the final norm."""
+        for blk in self.decoder_blocks:
+            tokens = blk(tokens)
+        return self.decoder_norm(tokens)
+
+    def reconstruct(self, latent: Tensor, ids_restore: Tensor) -> tuple[Tensor, Any]:
+        """Decode encoder tokens to ``(pred (B, C, *img_size), gaussians or None)``."""
+        raise NotImplementedError
+
+    def _check_input(self, x: Tensor) -> None:
+        if (
+            not isinstance(x, Tensor)
+            or x.dim() != 2 + self.spatial_dims
+            or x.shape[1] != self.in_channels
+            or tuple(x.shape[2:]) != self.img_size
+        ):
+            raise ValueError(
+                f"expected input (B, {self.in_channels}, {', '.join(map(str, self.img_size))}), "
+                f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+            )
+
+    def forward(self, x: Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None) -> MAEOutput:
+        """Mask, encode, decode and score.
+
+        Args:
+            x: ``(B, C, *img_size)`` input scaled to ``[0, 1]``.
+            mask_ratio: overrides the model's ratio (e.g. 0 at inference).
+            generator: random generator for the masks (reproducible masking).
+
+        Returns:
+            :class:`MAEOutput` with ``loss``, ``pred``, ``mask`` (voxels), ``patch_mask`` and ``gaussians``.
+        """
+        self._check_input(x)
+        ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
+        latent, patch_mask, ids_restore = self.encoder(x, mask_ratio=ratio, generator=generator)
+        pred, gaussians = self.reconstruct(latent, ids_restore)
+        voxel_mask = patch_mask_to_voxels(patch_mask, self.grid_size, self.patch_size)
+        loss = masked_mse(pred, x, None if self.loss_on_all_voxels else voxel_mask)
+        return MAEOutput(loss=loss, pred=pred, mask=voxel_mask, patch_mask=patch_mask, gaussians=gaussians)
+
+
+def load_model_checkpoint(
+    path: str | Path, kinds: str | Sequence[str], map_location: str | torch.device = "cpu"
+) -> tuple[dict, dict]:
+    """Read ``(config, state_dict)`` from ``model.pt`` or from a training checkpoint.
+
+    Training checkpoints are accepted as ``{"model": state_dict, "config": {...}}`` or in
+    :class:`medgmae.engine.CheckpointHandler`'s layout (``{"objects": {"model": ..., "config": ...}}``), where the
+    config carries the model's ``kind``.
+
+    Args:
+        path: the file.
+        kinds: accepted ``kind`` value(s).
+        map_location: passed to :func:`torch.load`.
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: unreadable file, wrong kind or missing entries; the message names the file.
+    """
+    path = Path(path)
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # corrupt / not a torch file
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    if isinstance(ckpt.get("objects"), dict) and "model" in ckpt["objects"]:  # medgmae.engine.CheckpointHandler
+        ckpt = {"model": ckpt["objects"]["model"], "config": ckpt["objects"].get("config")}
+    if "state_dict" in ckpt and "kind" in ckpt:
+        kind, config, state = ckpt["kind"], ckpt.get("config"), ckpt["state_dict"]
+    elif "model" in ckpt and "config" in ckpt:  # full training checkpoint
+        config, state = ckpt["config"], ckpt["model"]
+        kind = ckpt.get("kind") or (config.get("kind") if isinstance(config, dict) else None)
+        if isinstance(config, dict) and "model" in config and isinstance(config["model"], dict):
+            config = config["model"]
+        if kind is None and isinstance(config, dict):
+            kind = "medgmae-star" if config.get("multi_level") else ("medgmae" if "num_gaussians" in config else "voxel-mae")
+    else:
+        raise ValueError(f"{path}: not a model file (no 'kind'/'state_dict' nor 'model'/'config' entries)")
+    if kind not in kinds:
+        raise ValueError(f"{path}: checkpoint kind is {kind!r}, expected {' or '.join(map(repr, kinds))}")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: checkpoint has no model config")
+    config = {k: v for k, v in config.items() if k != "kind"}
+    return config, state

@@ -1,0 +1,73 @@
+"""The shared masked-autoencoder base (2D and 3D) and the shared argparse value types."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+
+from medgmae.cli_types import nonneg_float, positive_float, positive_int
+from medgmae.networks import MedGMAE, VoxelMAE
+from medgmae.networks.mae_base import MaskedAutoencoder, sincos_embedding
+from medgmae.twod.gmae import GMAE2D
+
+
+@pytest.mark.parametrize("spatial_dims, grid", [(2, (3, 4)), (3, (2, 3, 2))])
+def test_sincos_embedding_matches_monai_and_zero_pads(spatial_dims, grid):
+    unit = 2 * spatial_dims
+    ref = build_sincos_position_embedding(list(grid), 4 * unit, spatial_dims=spatial_dims).data
+    assert torch.equal(sincos_embedding(grid, 4 * unit, spatial_dims), ref)
+    padded = sincos_embedding(grid, 4 * unit + unit - 1, spatial_dims)
+    assert torch.equal(padded[..., : 4 * unit], ref) and not padded[..., 4 * unit :].any()
+    with pytest.raises(ValueError, match=f"at least {unit}"):
+        sincos_embedding(grid, unit - 1, spatial_dims)
+
+
+def test_base_validates_dimensions_and_channels():
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        MaskedAutoencoder(16, 4, model_size="tiny", spatial_dims=4)
+    with pytest.raises(ValueError, match="must be 2D"):
+        MaskedAutoencoder((16, 16, 16), 4, model_size="tiny", spatial_dims=2)
+    with pytest.raises(ValueError, match="in_channels must be >= 1"):
+        MaskedAutoencoder(16, 4, in_channels=0, model_size="tiny")
+
+
+def test_2d_and_3d_models_share_the_trunk_names():
+    torch.manual_seed(0)
+    models = [MedGMAE(16, 4, model_size="tiny", num_gaussians=4), VoxelMAE(16, 4, model_size="tiny"),
+              GMAE2D(16, 4, 1, model_size="tiny", num_gaussians=4)]  # fmt: skip
+    trunk = [{k for k in m.state_dict() if k.split(".")[0] in ("encoder", "decoder_embed", "decoder_blocks", "decoder_norm")} for m in models]
+    assert trunk[0] == trunk[1] == trunk[2] and trunk[0]
+    for m in models:
+        assert m.decoder_pos_embed.shape == (1, m.encoder.num_patches, m.preset.decoder_hidden_size)
+        frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+        fixed = {"encoder.patch_embedding.position_embeddings"}  # MONAI's sin-cos patch positions
+        assert frozen > fixed and all("norm_cross_attn" in n for n in frozen - fixed)
+    assert models[2].spatial_dims == 2 and "loss_on_all_voxels" not in models[2].config()
+
+
+def test_from_checkpoint_with_mismatched_weights_names_the_file(tmp_path):
+    torch.manual_seed(0)
+    payload = MedGMAE(16, 4, model_size="tiny", num_gaussians=4).model_checkpoint()
+    payload["config"]["num_gaussians"] = 5
+    torch.save(payload, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="model.pt: config/weights do not describe a MedGMAE model"):
+        MedGMAE.from_checkpoint(tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize(
+    "parse, good, bad",
+    [
+        (positive_int, {"3": 3, "1": 1}, ["0", "-2", "1.5", "x"]),
+        (positive_float, {"0.5": 0.5, "1e3": 1000.0}, ["0", "-1", "nan", "inf", "x"]),
+        (nonneg_float, {"0": 0.0, "2.5": 2.5}, ["-0.1", "nan", "inf", "y"]),
+    ],
+)
+def test_cli_types(parse, good, bad):
+    for text, value in good.items():
+        assert parse(text) == value and type(parse(text)) is type(value)
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
+            parse(text)
