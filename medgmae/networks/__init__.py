@@ -1,5 +1,7 @@
-"""Networks: the masked ViT encoder, MedGMAE / MedGMAE* and the voxel-MAE baseline."""
+"""Networks: the masked ViT encoder, the shared masked-autoencoder base, MedGMAE / MedGMAE*, the voxel-MAE baseline
+and the UNETR for fine-tuning (``medgmae.networks.unetr``)."""
 
+from medgmae.networks.mae_base import MaskedAutoencoder
 from medgmae.networks.medgmae import (
     ENCODER_KIND,
     MAEOutput,
@@ -16,6 +18,7 @@ from medgmae.networks.voxel_mae import VoxelMAE
 __all__ = [
     "ENCODER_KIND",
     "MAEOutput",
+    "MaskedAutoencoder",
     "MaskedAutoencoder3D",
     "MaskedViTEncoder",
     "MedGMAE",
