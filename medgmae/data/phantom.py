@@ -430,6 +430,7 @@ def _body(scene, rng, A, B, skin, fat, muscle, hu_j):
     scene.dome = _dome(scene, rng)
     dome = scene.dome
     below = scene.z[None, None, :] < dome - 4.0
+    scene.interior = interior
     scene.cavity = interior & below
     scene.thorax = interior & (scene.z[None, None, :] > dome)
     diaphragm = interior & ~scene.cavity & ~scene.thorax
@@ -619,7 +620,7 @@ def _vessel(scene, points, radius, hu, label):
     sl, sdf = _tube(scene, pts, np.full(len(pts), radius))
     if sl is None:
         return
-    scene.paint(sl, (sdf < 0) & (scene.cavity[sl] | scene.thorax[sl]), hu, label)
+    scene.paint(sl, (sdf < 0) & scene.interior[sl], hu, label)  # crosses the diaphragm
 
 
 def _spine_and_muscles(scene, rng, hu_j):

@@ -1,0 +1,110 @@
+"""Synthetic phantom generator: determinism, label sanity, NIfTI geometry, dataset.json and CLI errors."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medgmae.data.phantom import ORGAN_LABELS, generate_phantom, main, phantom_affine, write_phantom_dataset
+
+SMALL = (64, 52, 48)
+SPACING = (3.0, 3.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return generate_phantom(3, shape=(96, 80, 72), spacing=2.0)
+
+
+def test_determinism():
+    a, b = generate_phantom(5, SMALL, SPACING), generate_phantom(5, SMALL, SPACING)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label, b.label)
+    c = generate_phantom(6, SMALL, SPACING)
+    assert not np.array_equal(a.label, c.label)
+    assert np.abs(a.image - c.image).mean() > 5.0
+
+
+def test_labels_present_inside_body_and_connected(phantom):
+    assert phantom.image.dtype == np.float32 and phantom.label.dtype == np.uint8
+    body = phantom.tissue > 0
+    for k, name in ORGAN_LABELS.items():
+        if k == 0:
+            continue
+        m = phantom.label == k
+        assert m.sum() >= 20, f"{name} has {m.sum()} voxels"
+        assert not (m & ~body).any(), f"{name} outside the body"
+        if name in ("liver", "spleen", "aorta", "inferior_vena_cava", "stomach"):
+            comps, n = ndimage.label(m)
+            largest = np.bincount(comps.ravel())[1:].max()
+            assert largest >= 0.95 * m.sum(), f"{name} fragmented into {n} parts"
+    # volumes relative to the adult reference scaled by the phantom's linear scale
+    s3 = phantom.scale**3
+    assert 600 * s3 < phantom.organ_volume_ml(6) < 2500 * s3  # liver
+    assert 60 * s3 < phantom.organ_volume_ml(1) < 400 * s3  # spleen
+    assert 60 * s3 < phantom.organ_volume_ml(2) < 300 * s3  # right kidney
+
+
+def test_hu_ranges(phantom):
+    med = {k: float(np.median(phantom.image[phantom.label == k])) for k in ORGAN_LABELS if k}
+    assert 40 <= med[6] <= 70  # liver
+    assert 30 <= med[1] <= 65  # spleen
+    assert med[14] > 300  # vertebrae
+    assert med[16] < -700  # lungs
+    fat = np.median(phantom.image[(phantom.tissue == 2) & (phantom.label == 0)])
+    assert -130 < fat < -60
+    corner = phantom.image[:4, :4, :]
+    assert abs(float(np.median(corner)) + 1000) < 15
+
+
+def test_affine():
+    aff = phantom_affine((10, 12, 14), (1.0, 2.0, 3.0))
+    np.testing.assert_allclose(np.diag(aff), [1.0, 2.0, 3.0, 1.0])
+    centre = aff @ np.array([4.5, 5.5, 6.5, 1.0])
+    np.testing.assert_allclose(centre[:3], 0.0, atol=1e-12)
+    assert nib.aff2axcodes(aff) == ("R", "A", "S")
+
+
+def test_dataset_roundtrip(tmp_path):
+    path = write_phantom_dataset(tmp_path / "ds", 3, seed=1, shape=(32, 28, 24), spacing=(4.0, 4.0, 5.0), num_validation=1)
+    doc = json.loads(path.read_text())
+    assert doc["labels"]["0"] == "background" and doc["labels"]["6"] == "liver"
+    assert doc["numTraining"] == 2 and len(doc["training"]) == 2 and len(doc["validation"]) == 1
+    entry = doc["training"][0]
+    assert entry["image"] == "imagesTr/case_0000.nii.gz" and entry["label"] == "labelsTr/case_0000.nii.gz"
+    img, lab = nib.load(path.parent / entry["image"]), nib.load(path.parent / entry["label"])
+    ph = generate_phantom(doc["case_seeds"][0], (32, 28, 24), (4.0, 4.0, 5.0))
+    np.testing.assert_allclose(img.affine, ph.affine)
+    np.testing.assert_allclose(img.header.get_zooms(), (4.0, 4.0, 5.0))
+    assert lab.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(lab.dataobj), ph.label)
+    np.testing.assert_allclose(np.asarray(img.dataobj), np.rint(ph.image), atol=0.5)
+    mtime = (path.parent / entry["image"]).stat().st_mtime_ns
+    assert write_phantom_dataset(tmp_path / "ds", 3, seed=1, shape=(32, 28, 24), spacing=(4.0, 4.0, 5.0),
+                                 num_validation=1) == path
+    assert (path.parent / entry["image"]).stat().st_mtime_ns == mtime  # identical dataset not regenerated
+    assert not list((tmp_path / "ds").rglob("*.tmp*"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--num-cases", "2"],
+    ["--out", "X", "--num-cases", "0"],
+    ["--out", "X", "--num-cases", "2", "--shape", "32", "32"],
+    ["--out", "X", "--num-cases", "2", "--spacing", "-1"],
+    ["--out", "X", "--num-cases", "2", "--spacing", "1", "2"],
+    ["--out", "X", "--num-cases", "2", "--num-validation", "2"],
+])
+def test_cli_bad_flags(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert not (tmp_path / "X" / "dataset.json").exists()
+
+
+def test_cli_writes(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "d"), "--num-cases", "1", "--shape", "24", "24", "16", "--spacing", "5"]) == 0
+    assert "dataset.json" in capsys.readouterr().out
+    assert (tmp_path / "d" / "labelsTr" / "case_0000.nii.gz").is_file()
