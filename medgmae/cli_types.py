@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Callable, TypeVar
 
-__all__ = ["nonneg_float", "positive_float", "positive_int"]
+__all__ = ["nonneg_float", "nonneg_int", "positive_float", "positive_int"]
 
 T = TypeVar("T", int, float)
 
@@ -26,6 +26,11 @@ def _parse(text: str, convert: Callable[[str], T], accept: Callable[[T], bool], 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     return _parse(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0."""
+    return _parse(text, int, lambda v: v >= 0, "a non-negative integer")
 
 
 def positive_float(text: str) -> float:

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from medgmae.cli_types import nonneg_int, positive_float, positive_int
 from scipy import ndimage
 
 __all__ = [
@@ -863,38 +865,8 @@ def write_phantom_dataset(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (np.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
 def _shape_dim(text: str) -> int:
-    v = _positive_int(text)
+    v = positive_int(text)
     if v < 8:
         raise argparse.ArgumentTypeError(f"each shape dimension must be >= 8, got {text!r}")
     return v
@@ -906,13 +878,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a Decathlon-style dataset of synthetic abdominal CT phantoms (NIfTI images and labels).",
     )
     p.add_argument("--out", required=True, help="output folder (dataset.json, imagesTr/, labelsTr/)")
-    p.add_argument("--num-cases", type=_positive_int, required=True, help="number of cases")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--num-cases", type=positive_int, required=True, help="number of cases")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="dataset seed (default 0)")
     p.add_argument("--shape", type=_shape_dim, nargs=3, metavar=("X", "Y", "Z"), default=list(DEFAULT_SHAPE),
                    help=f"voxels along R, A, S (default {' '.join(map(str, DEFAULT_SHAPE))})")
-    p.add_argument("--spacing", type=_positive_float, nargs="+", metavar="MM", default=list(DEFAULT_SPACING),
+    p.add_argument("--spacing", type=positive_float, nargs="+", metavar="MM", default=list(DEFAULT_SPACING),
                    help="voxel size in mm: one value or three (default 1.5)")
-    p.add_argument("--num-validation", type=_nonneg_int, default=None,
+    p.add_argument("--num-validation", type=nonneg_int, default=None,
                    help="cases in the validation list (default num-cases // 5)")
     return p
 
