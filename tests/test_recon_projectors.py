@@ -167,6 +167,9 @@ def test_astra_3d_is_guarded_without_cuda():
     with pytest.raises(ValueError, match="one detector row per slice"):
         AstraProjector(par)(torch.zeros(1, 4, 8, 8))
     assert make_projector(cone, "auto", "cpu").name == "torch"
+    parallel = CTGeometry.parallel((4, 8, 8), num_angles=6)
+    assert make_projector(parallel, "auto", "cpu").name == "astra"  # ASTRA's CPU 2D projectors, slice by slice
+    assert make_projector(par, "auto", "cpu").name == "torch"  # rows do not match slices: ASTRA's CPU path cannot
 
 
 @pytest.mark.gpu

@@ -1,13 +1,13 @@
 """Differentiable CT projectors: one interface, two backends.
 
 :func:`make_projector` picks ``"astra"`` (ASTRA's CUDA 3D projectors when ASTRA has CUDA and the data lives on a
-GPU) or ``"torch"`` (the pure-PyTorch ray marcher, any device) for ``backend="auto"``.
+GPU) or ``"torch"`` (the pure-PyTorch ray marcher, any device) for ``backend="auto"``; on the CPU, parallel beam goes to ASTRA's 2D projectors, slice by slice.
 """
 
 from __future__ import annotations
 
 from recon.geometry import CTGeometry
-from recon.projectors.astra_proj import AstraProjector, astra_cuda_available
+from recon.projectors.astra_proj import AstraProjector, astra_cpu_supports, astra_cuda_available
 from recon.projectors.base import BackProjection, ForwardProjection, Projector
 from recon.projectors.torch_proj import TorchProjector
 
@@ -18,6 +18,7 @@ __all__ = [
     "ForwardProjection",
     "BackProjection",
     "make_projector",
+    "astra_cpu_supports",
     "astra_cuda_available",
     "PROJECTOR_BACKENDS",
 ]
@@ -30,7 +31,8 @@ def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **
 
     Args:
         geometry: the scan.
-        backend: ``"auto"`` (ASTRA on CUDA devices when ASTRA has CUDA, else PyTorch), ``"torch"`` or ``"astra"``.
+        backend: ``"auto"`` (ASTRA on CUDA devices when ASTRA has CUDA and for parallel beam on the CPU, else
+            PyTorch), ``"torch"`` or ``"astra"``.
         device: where the data will live (decides ``"auto"``).
         kwargs: passed to the backend's constructor (``step`` for torch, ``projector_2d`` for astra).
 
@@ -40,8 +42,14 @@ def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **
     if backend not in PROJECTOR_BACKENDS:
         raise ValueError(f"backend must be one of {PROJECTOR_BACKENDS}, got {backend!r}")
     if backend == "auto":
+        # ASTRA's CUDA 3D projectors on the GPU; on the CPU, ASTRA's 2D projectors slice by slice for parallel
+        # beam (about 25x faster than the PyTorch ray marcher on a 160 x 128 x 112 volume, 30 views: 1.5 s against
+        # 39 s for a forward and adjoint); cone beam on the CPU has only the PyTorch projector.
         on_cuda = str(device).startswith("cuda")
-        backend = "astra" if on_cuda and astra_cuda_available() else "torch"
+        if on_cuda:
+            backend = "astra" if astra_cuda_available() else "torch"
+        else:
+            backend = "astra" if astra_cpu_supports(geometry) else "torch"
     if backend == "astra":
         return AstraProjector(geometry, **kwargs)
     return TorchProjector(geometry, **kwargs)

@@ -34,6 +34,17 @@ def astra_cuda_available() -> bool:
     return bool(astra.use_cuda())
 
 
+
+def astra_cpu_supports(geometry: CTGeometry) -> bool:
+    """Whether ASTRA's CPU path (2D parallel-beam projectors, slice by slice) can take ``geometry``: parallel beam
+    with one detector row per volume slice at the slice pitch."""
+    g = geometry
+    return (
+        g.kind == "parallel"
+        and g.det_shape[0] == g.volume_shape[0]
+        and math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6)
+    )
+
 class AstraProjector(Projector):
     """``A`` and ``A^T`` computed by ASTRA.
 
@@ -93,7 +104,7 @@ class AstraProjector(Projector):
         g = self.geometry
         if g.kind != "parallel":
             raise ValueError("ASTRA on CPU supports parallel-beam geometries only (cone beam needs CUDA)")
-        if g.det_shape[0] != g.volume_shape[0] or not math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6):
+        if not astra_cpu_supports(g):
             raise ValueError(
                 "ASTRA's CPU path projects slice by slice and needs one detector row per slice at the slice pitch: "
                 f"rows {g.det_shape[0]} vs slices {g.volume_shape[0]}, row pitch {g.det_spacing[0]} vs {g.voxel_size[0]} mm"
