@@ -16,13 +16,7 @@ from recon.metrics import psnr, ssim
 from recon.projectors import TorchProjector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These small problems run fastest single-threaded (and far faster than two threads on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
