@@ -211,6 +211,29 @@ class Gaussians3D:
         scales, quats = _factorise_covariance(cov)
         return Gaussians3D(means, scales, quats, self.intensities)
 
+    def transformed(self, linear: Tensor, offset: Tensor) -> "Gaussians3D":
+        """The Gaussians under the affine map ``x -> linear @ x + offset``.
+
+        Centres map exactly; covariances become ``linear Sigma linear^T``, re-factorised into scales and a rotation
+        (computed in float64, returned in the Gaussians' dtype). Intensities (peak values) are unchanged.
+
+        Args:
+            linear: ``(3, 3)`` matrix, e.g. an affine's upper-left block (any non-singular matrix).
+            offset: ``(3,)`` translation.
+
+        Returns:
+            The mapped :class:`Gaussians3D`.
+        """
+        lin = torch.as_tensor(linear, dtype=torch.float64, device=self.means.device)
+        off = torch.as_tensor(offset, dtype=torch.float64, device=self.means.device)
+        if lin.shape != (3, 3) or off.shape != (3,):
+            raise ValueError(f"linear must be (3, 3) and offset (3,), got {tuple(lin.shape)} and {tuple(off.shape)}")
+        means = self.means.double() @ lin.T + off
+        cov = lin @ covariance_matrices(self.scales.double(), self.quats.double()) @ lin.T
+        scales, quats = _factorise_covariance(0.5 * (cov + cov.transpose(-1, -2)))
+        dt = self.means.dtype
+        return Gaussians3D(means.to(dt), scales.to(dt), quats.to(dt), self.intensities)
+
     def render(self, shape: Sequence[int], cutoff: float = 3.0, backend: str = "auto") -> Tensor:
         """Render Gaussians given in the **voxel** frame to a ``(B, D, H, W)`` volume."""
         from medgmae.render import render_volume

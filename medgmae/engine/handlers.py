@@ -58,6 +58,20 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     raise ValueError(f"unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+def _numpy_state_to_plain(state: tuple) -> dict:
+    """A NumPy ``RandomState.get_state()`` tuple as plain data (keys as a tensor), so that checkpoints load with
+    ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = state
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+
+
+def _plain_to_numpy_state(d: Mapping) -> tuple:
+    """The inverse of :func:`_numpy_state_to_plain`."""
+    return (d["name"], np.asarray(d["keys"].numpy(), dtype=np.uint32), int(d["pos"]), int(d["has_gauss"]),
+            float(d["cached_gaussian"]))  # fmt: skip
+
+
 def _randomizables(obj: Any, seen: set | None = None) -> list[Randomizable]:
     """Random transforms reachable from a transform, a Compose or a dataset (depth-first, stable order)."""
     seen = set() if seen is None else seen
@@ -92,15 +106,15 @@ class RandomStateTracker:
     def state_dict(self) -> dict:
         return {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "transforms": [t.R.get_state() for t in self.transforms],
+            "transforms": [_numpy_state_to_plain(t.R.get_state()) for t in self.transforms],
         }
 
     def load_state_dict(self, state: Mapping) -> None:
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_plain_to_numpy_state(state["numpy"]))
         torch.set_rng_state(state["torch"])
         if torch.cuda.is_available() and state.get("cuda"):
             torch.cuda.set_rng_state_all(state["cuda"])
@@ -111,7 +125,7 @@ class RandomStateTracker:
                 "uninterrupted run", len(saved), len(self.transforms)
             )
         for t, s in zip(self.transforms, saved):
-            t.R.set_state(s)
+            t.R.set_state(_plain_to_numpy_state(s))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

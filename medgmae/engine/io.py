@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,16 +59,26 @@ def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path
 
 
 def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
-    """``torch.load`` with clear errors naming the file when it is missing or unreadable.
+    """``torch.load(weights_only=True)`` with errors naming the file.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a readable PyTorch file.
+        ValueError: the file is unreadable or corrupt, or it holds Python objects other than tensors and plain
+            data (it is refused, and nothing in it runs).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "weights_only" in msg or "Unsupported global" in msg or "Weights only load failed" in msg:
+            raise ValueError(
+                f"{path}: refused to load this {what}: it holds Python objects other than tensors and plain data, "
+                "and loading such objects could run arbitrary code. Only files written by this toolkit (or "
+                f"re-saved as plain tensors) are accepted. Details: {msg.splitlines()[-1] if msg else ''}"
+            ) from e
+        raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
     except Exception as e:  # corrupt, truncated or not a torch file
-        raise ValueError(f"{what} {path} is not a readable PyTorch file ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e

@@ -3,12 +3,10 @@ and the UNETR for fine-tuning (``medgmae.networks.unetr``)."""
 
 from medgmae.networks.mae_base import MaskedAutoencoder
 from medgmae.networks.medgmae import (
-    ENCODER_KIND,
     MAEOutput,
     MaskedAutoencoder3D,
     MedGMAE,
     ResidualGaussianLevel,
-    load_model_checkpoint,
     masked_mse,
     patch_mask_to_voxels,
 )
@@ -16,7 +14,6 @@ from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder, ViTPreset, rando
 from medgmae.networks.voxel_mae import VoxelMAE
 
 __all__ = [
-    "ENCODER_KIND",
     "MAEOutput",
     "MaskedAutoencoder",
     "MaskedAutoencoder3D",
@@ -26,7 +23,6 @@ __all__ = [
     "VIT_PRESETS",
     "ViTPreset",
     "VoxelMAE",
-    "load_model_checkpoint",
     "masked_mse",
     "patch_mask_to_voxels",
     "random_masking",

@@ -19,23 +19,19 @@ from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import Tensor
 
+from medgmae.checkpoint import ENCODER_KIND, load_checkpoint, make_checkpoint
 from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder
+from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
-    "ENCODER_KIND",
     "MAEOutput",
     "MaskedAutoencoder",
-    "load_model_checkpoint",
     "masked_mse",
     "patch_mask_to_voxels",
     "sincos_embedding",
     "sincos_embedding_2d",
     "sincos_embedding_3d",
 ]
-
-#: ``kind`` of the encoder-only file (``encoder.pt``) read by fine-tuning.
-ENCODER_KIND = "medgmae-encoder"
-
 
 @dataclass
 class MAEOutput:
@@ -173,6 +169,8 @@ class MaskedAutoencoder(nn.Module):
         self.preset, self.model_size, self.spatial_dims = preset, model_size, spatial_dims
         self.img_size, self.patch_size, self.in_channels = img, patch, int(in_channels)
         self.mask_ratio, self.loss_on_all_voxels = float(mask_ratio), bool(loss_on_all_voxels)
+        #: the pre-processing the model is (to be) trained with; written into ``model.pt`` / ``encoder.pt``.
+        self.preprocessing: PreprocessingSpec | None = None
         self.encoder = MaskedViTEncoder(
             in_channels=self.in_channels,
             img_size=img,
@@ -224,33 +222,39 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder.state_dict()
 
     def encoder_checkpoint(self) -> dict:
-        """The ``encoder.pt`` payload agreed with fine-tuning."""
-        return {
-            "kind": ENCODER_KIND,
-            "config": self.encoder.config(),
-            "state_dict": self.encoder_state_dict(),
-            "source": type(self).__name__,
-        }
+        """The ``encoder.pt`` payload (:mod:`medgmae.checkpoint` format, kind ``medgmae-encoder``) read by
+        fine-tuning, with the pre-processing record."""
+        return make_checkpoint(ENCODER_KIND, self.encoder.config(), self.encoder_state_dict(), self.preprocessing,
+                               extra={"source": type(self).__name__})  # fmt: skip
 
     def model_checkpoint(self) -> dict:
-        """The ``model.pt`` payload: ``{"kind", "config", "state_dict"}``."""
-        return {"kind": self.kind, "config": self.config(), "state_dict": self.state_dict()}
+        """The ``model.pt`` payload (:mod:`medgmae.checkpoint` format) with the pre-processing record."""
+        return make_checkpoint(self.kind, self.config(), self.state_dict(), self.preprocessing)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "MaskedAutoencoder":
-        """Rebuild a model from ``model.pt`` or from a full training checkpoint (``"model"`` + ``"config"``).
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu", needed_for: str | None = None
+    ) -> "MaskedAutoencoder":
+        """Rebuild a model from ``model.pt`` or from a training checkpoint; sets :attr:`preprocessing`.
+
+        Args:
+            path: the file.
+            map_location: passed to :func:`torch.load`.
+            needed_for: what the caller needs, for the wrong-kind message (e.g. ``"--init medgmae needs a medgmae
+                model.pt"``).
 
         Raises:
             FileNotFoundError: the file does not exist.
             ValueError: the file is not a checkpoint of this model's kind, or its config and weights do not build
                 this model (the message names the file).
         """
-        config, state = load_model_checkpoint(path, cls.checkpoint_kinds or cls.kind, map_location)
+        ckpt = load_checkpoint(path, cls.checkpoint_kinds or cls.kind, needed_for, map_location)
         try:
-            model = cls(**config)
-            model.load_state_dict(state)
+            model = cls(**ckpt.config)
+            model.load_state_dict(ckpt.state_dict)
         except (TypeError, RuntimeError) as e:
             raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
+        model.preprocessing = ckpt.preprocessing
         return model
 
     # ------------------------------------------------------------------ model
@@ -300,52 +304,3 @@ class MaskedAutoencoder(nn.Module):
         voxel_mask = patch_mask_to_voxels(patch_mask, self.grid_size, self.patch_size)
         loss = masked_mse(pred, x, None if self.loss_on_all_voxels else voxel_mask)
         return MAEOutput(loss=loss, pred=pred, mask=voxel_mask, patch_mask=patch_mask, gaussians=gaussians)
-
-
-def load_model_checkpoint(
-    path: str | Path, kinds: str | Sequence[str], map_location: str | torch.device = "cpu"
-) -> tuple[dict, dict]:
-    """Read ``(config, state_dict)`` from ``model.pt`` or from a training checkpoint.
-
-    Training checkpoints are accepted as ``{"model": state_dict, "config": {...}}`` or in
-    :class:`medgmae.engine.CheckpointHandler`'s layout (``{"objects": {"model": ..., "config": ...}}``), where the
-    config carries the model's ``kind``.
-
-    Args:
-        path: the file.
-        kinds: accepted ``kind`` value(s).
-        map_location: passed to :func:`torch.load`.
-
-    Raises:
-        FileNotFoundError: missing file.
-        ValueError: unreadable file, wrong kind or missing entries; the message names the file.
-    """
-    path = Path(path)
-    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
-    if not path.is_file():
-        raise FileNotFoundError(f"model checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # corrupt / not a torch file
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    if isinstance(ckpt.get("objects"), dict) and "model" in ckpt["objects"]:  # medgmae.engine.CheckpointHandler
-        ckpt = {"model": ckpt["objects"]["model"], "config": ckpt["objects"].get("config")}
-    if "state_dict" in ckpt and "kind" in ckpt:
-        kind, config, state = ckpt["kind"], ckpt.get("config"), ckpt["state_dict"]
-    elif "model" in ckpt and "config" in ckpt:  # full training checkpoint
-        config, state = ckpt["config"], ckpt["model"]
-        kind = ckpt.get("kind") or (config.get("kind") if isinstance(config, dict) else None)
-        if isinstance(config, dict) and "model" in config and isinstance(config["model"], dict):
-            config = config["model"]
-        if kind is None and isinstance(config, dict):
-            kind = "medgmae-star" if config.get("multi_level") else ("medgmae" if "num_gaussians" in config else "voxel-mae")
-    else:
-        raise ValueError(f"{path}: not a model file (no 'kind'/'state_dict' nor 'model'/'config' entries)")
-    if kind not in kinds:
-        raise ValueError(f"{path}: checkpoint kind is {kind!r}, expected {' or '.join(map(repr, kinds))}")
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: checkpoint has no model config")
-    config = {k: v for k, v in config.items() if k != "kind"}
-    return config, state

@@ -21,10 +21,8 @@ from torch import Tensor
 
 from medgmae.gaussians import INTENSITY_BIAS_INIT, SCALE_BIAS_INIT, Gaussians3D, activate_gaussian_heads
 from medgmae.networks.mae_base import (
-    ENCODER_KIND,
     MAEOutput,
     MaskedAutoencoder,
-    load_model_checkpoint,
     masked_mse,
     patch_mask_to_voxels,
     sincos_embedding_3d,
@@ -39,8 +37,6 @@ __all__ = [
     "masked_mse",
     "patch_mask_to_voxels",
     "sincos_embedding_3d",
-    "load_model_checkpoint",
-    "ENCODER_KIND",
 ]
 
 #: The 3D masked autoencoder base of MedGMAE and the voxel-MAE baseline (``spatial_dims`` defaults to 3).

@@ -1,0 +1,167 @@
+"""The toolkit's one checkpoint format and its loader.
+
+Every model file the toolkit writes (``model.pt``, ``encoder.pt``, ``best_model.pt`` of MedGMAE, MedGMAE*,
+voxel-MAE, 2D GMAE, GViT and fine-tuned UNETR) is a dict::
+
+    {"format": "medgmae", "version": 1, "kind": str, "config": dict, "preprocessing": dict | None,
+     "state_dict": {name: Tensor}, "extra": dict}
+
+holding only tensors, numbers, strings, lists and dicts, so it loads with ``torch.load(weights_only=True)``:
+opening a checkpoint someone shared never runs code. :func:`load_checkpoint` names the file in every error and,
+for a checkpoint of another kind, both kinds.
+
+Training (resume) checkpoints of :class:`medgmae.engine.CheckpointHandler` follow the same rule (only plain data),
+and :func:`load_checkpoint` also accepts them, reading the model from their ``objects``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from medgmae.engine.io import load_torch_file, save_torch_atomic
+from medgmae.preprocessing import PreprocessingSpec
+
+__all__ = [
+    "Checkpoint",
+    "CHECKPOINT_KINDS",
+    "ENCODER_KIND",
+    "make_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+FORMAT, VERSION = "medgmae", 1
+ENCODER_KIND = "medgmae-encoder"
+#: kind -> what it is, for messages.
+CHECKPOINT_KINDS = {
+    "medgmae": "MedGMAE model",
+    "medgmae-star": "MedGMAE* model",
+    "voxel-mae": "voxel-MAE model",
+    ENCODER_KIND: "pre-trained ViT encoder",
+    "gmae2d": "2D GMAE model",
+    "gvit": "GViT classifier",
+    "patch-vit": "patch-ViT classifier (GViT baseline)",
+    "medgmae-unetr": "fine-tuned UNETR",
+}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model file.
+
+    Attributes:
+        kind: one of :data:`CHECKPOINT_KINDS`.
+        config: the model's constructor arguments.
+        state_dict: the weights.
+        preprocessing: the recorded pre-processing (``None`` for models without one, e.g. 2D).
+        extra: anything else the writer stored (plain data).
+        path: the file it came from.
+    """
+
+    kind: str
+    config: dict
+    state_dict: dict
+    preprocessing: PreprocessingSpec | None = None
+    extra: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def make_checkpoint(
+    kind: str,
+    config: Mapping,
+    state_dict: Mapping[str, torch.Tensor],
+    preprocessing: PreprocessingSpec | Mapping | None = None,
+    extra: Mapping | None = None,
+) -> dict:
+    """The payload of a model file (see the module docstring); raises ``ValueError`` for an unknown kind."""
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; known: {sorted(CHECKPOINT_KINDS)}")
+    if isinstance(preprocessing, PreprocessingSpec):
+        preprocessing = preprocessing.to_dict()
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "config": dict(config),
+        "preprocessing": None if preprocessing is None else dict(preprocessing),
+        "state_dict": dict(state_dict),
+        "extra": dict(extra or {}),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
+    """Write a :func:`make_checkpoint` payload atomically; returns the path."""
+    return save_torch_atomic(dict(payload), path)
+
+
+def _kind_phrase(kind: str | None) -> str:
+    return f"a {kind} checkpoint ({CHECKPOINT_KINDS[kind]})" if kind in CHECKPOINT_KINDS else f"a checkpoint of kind {kind!r}"
+
+
+def _from_training_state(ckpt: dict) -> dict | None:
+    """A :class:`CheckpointHandler` payload -> the model-file layout, or ``None`` when it holds no model."""
+    objects = ckpt.get("objects")
+    if not isinstance(objects, dict) or "model" not in objects:
+        return None
+    record = objects.get("config")
+    if not isinstance(record, dict):
+        return None
+    return {
+        "kind": record.get("kind"),
+        "config": record.get("config"),
+        "preprocessing": record.get("preprocessing"),
+        "state_dict": objects["model"],
+        "extra": {"training_state": True},
+    }
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    kinds: str | Sequence[str] | None = None,
+    needed_for: str | None = None,
+    map_location: Any = "cpu",
+) -> Checkpoint:
+    """Read a model file (or a training checkpoint holding a model) safely and check its kind.
+
+    Args:
+        path: the file.
+        kinds: accepted kind(s); ``None`` accepts any.
+        needed_for: what the caller needs it for, for the wrong-kind message, e.g.
+            ``"--init medgmae needs a medgmae model.pt"``.
+        map_location: passed to :func:`torch.load`.
+
+    Returns:
+        The :class:`Checkpoint`.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: unreadable / unsafe file, not a model file, or another kind; the message names the file.
+    """
+    path = Path(path)
+    ckpt = load_torch_file(path, map_location, what="model checkpoint")
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    if "kind" not in ckpt:
+        ckpt = _from_training_state(ckpt) or ckpt
+    kind = ckpt.get("kind")
+    if kind is None or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("config"), dict):
+        raise ValueError(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
+    accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
+    if accepted is not None and kind not in accepted:
+        want = needed_for or f"expected {' or '.join(accepted)}"
+        raise ValueError(f"{path.name} is {_kind_phrase(kind)}; {want} (file: {path})")
+    spec = ckpt.get("preprocessing")
+    preprocessing = None if spec is None else PreprocessingSpec.from_dict(spec, source=str(path))
+    return Checkpoint(
+        kind=kind,
+        config=dict(ckpt["config"]),
+        state_dict=ckpt["state_dict"],
+        preprocessing=preprocessing,
+        extra=dict(ckpt.get("extra") or {}),
+        path=path,
+    )

@@ -1,0 +1,148 @@
+"""Reading CT volumes with their geometry: the toolkit's one 3D reader.
+
+NIfTI (``.nii``, ``.nii.gz``) is read with nibabel; NRRD, MetaImage (``.mha``, ``.mhd``) and DICOM series (a
+folder of ``.dcm`` slices) with SimpleITK, which reads their geometry (origin, spacing, direction) correctly
+without the ``itk`` package that MONAI's ITK reader would need.
+
+Axis order and world frame (the toolkit's convention, see :mod:`medgmae.preprocessing`): the array is ``(I, J, K)``
+in the file's index order (for SimpleITK images, ``(x, y, z)`` index order, i.e. SimpleITK's numpy array
+transposed), and ``affine`` maps index ``(i, j, k, 1)`` to RAS+ world millimetres (ITK's LPS world converted).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Volume", "read_volume", "is_volume_path", "VOLUME_SUFFIXES", "LoadVolumed"]
+
+#: File endings read as volumes (a folder holding ``.dcm`` files is a DICOM series).
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A 3D volume and its geometry.
+
+    Attributes:
+        array: ``(I, J, K)`` float32 voxel values (HU for CT).
+        affine: ``(4, 4)`` float64 index -> RAS+ world (mm).
+        path: the file or folder it was read from.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the array axes: the norms of the affine's columns."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def is_volume_path(path: str | os.PathLike) -> bool:
+    """A file with a volume ending, or a folder holding ``.dcm`` files."""
+    p = Path(path)
+    if p.is_dir():
+        return any(p.glob("*.dcm"))
+    return p.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
+
+
+def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        names = reader.GetGDCMSeriesFileNames(str(path))
+        if not names:
+            raise ValueError("no DICOM series found in the folder")
+        reader.SetFileNames(names)
+        img = reader.Execute()
+    else:
+        img = sitk.ReadImage(str(path))
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"expected one value per voxel, got {img.GetNumberOfComponentsPerPixel()} components")
+    dim = img.GetDimension()
+    arr = sitk.GetArrayViewFromImage(img).astype(np.float32).transpose(tuple(range(dim - 1, -1, -1)))
+    if dim != 3:
+        return arr, np.eye(4)  # rejected by the caller with the shape
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)
+    lps[:3, 3] = img.GetOrigin()
+    return np.ascontiguousarray(arr), _LPS_TO_RAS @ lps
+
+
+def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
+    """Read a 3D volume (NIfTI, NRRD, MetaImage or a DICOM series folder) with its RAS affine.
+
+    Args:
+        path: the file or DICOM folder.
+        check_finite: reject NaN / infinite voxels.
+
+    Returns:
+        The :class:`Volume` (array ``(I, J, K)`` float32, affine index -> RAS mm).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unreadable or corrupt file, not a single 3D volume, non-finite voxels or a singular affine;
+            the message names the file.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"volume not found: {p}")
+    if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)):
+        raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
+    try:
+        arr, affine = _read_nifti(p) if p.name.lower().endswith((".nii", ".nii.gz")) else _read_sitk(p)
+    except Exception as e:  # nibabel / SimpleITK raise many types for corrupt or truncated files
+        raise ValueError(f"{p}: cannot read the volume ({type(e).__name__}: {e})") from e
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ValueError(f"{p}: expected a single 3D volume, got an array of shape {arr.shape} (2D and 4D images are not supported)")
+    if check_finite and not np.isfinite(arr).all():
+        raise ValueError(f"{p}: the volume contains NaN or infinite voxels")
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(f"{p}: the voxel-to-world matrix is singular or not finite:\n{affine}")
+    return Volume(arr, affine, p)
+
+
+class LoadVolumed:
+    """MONAI-style dictionary transform: replace path entries by channel-first MetaTensors ``(1, I, J, K)`` read with
+    :func:`read_volume`, whose ``affine`` MONAI's spatial transforms (``Orientationd``, ``Spacingd``) then use.
+
+    Args:
+        keys: keys holding paths.
+        allow_missing_keys: skip keys absent from the dict.
+    """
+
+    def __init__(self, keys, allow_missing_keys: bool = False) -> None:
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.allow_missing_keys = bool(allow_missing_keys)
+
+    def __call__(self, data: dict) -> dict:
+        import torch
+        from monai.data import MetaTensor
+
+        d = dict(data)
+        for key in self.keys:
+            if key not in d:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"key {key!r} not in the data item {sorted(d)}")
+            vol = read_volume(d[key])
+            meta = {"filename_or_obj": str(vol.path), "original_affine": vol.affine.copy(), "space": "RAS"}
+            d[key] = MetaTensor(torch.from_numpy(vol.array)[None], affine=torch.from_numpy(vol.affine), meta=meta)
+        return d

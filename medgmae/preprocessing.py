@@ -1,0 +1,196 @@
+"""The pre-processing contract: how a CT volume becomes a model input, recorded in every checkpoint.
+
+A pre-trained model is only meaningful on data prepared the way it was trained on. :class:`PreprocessingSpec` is
+that recipe, in one small record: the array orientation, the voxel spacing, the intensity window and its mapping,
+the input (crop) size and the patch size. The pre-training bundle builds its deterministic transforms from it and
+writes the values it used into ``model.pt`` and ``encoder.pt``; zero-shot inference (:mod:`medgmae.zeroshot`),
+the reconstruction's MedGMAE initialisation and fine-tuning read them back from the checkpoint.
+
+Frames and axis order (the convention of the whole toolkit):
+
+* **world**: millimetres in the scanner frame, RAS+ as NIfTI and MONAI's readers report it (``+x`` left -> right,
+  ``+y`` posterior -> anterior, ``+z`` inferior -> superior).
+* **array**: a volume ``(I, J, K)`` with a 4x4 ``affine`` mapping index ``(i, j, k, 1)`` to world; MONAI's
+  ``LoadImage`` returns arrays in this order (for NIfTI, the file's own index order).
+* **model**: after :meth:`PreprocessingSpec.transforms` the array is in ``orientation`` (``"RAS"``: axis 0 runs
+  left -> right, 1 posterior -> anterior, 2 inferior -> superior) at ``spacing`` mm, intensities windowed.
+
+The defaults are MedGMAE's (paper, section 4.1): RAS, 1.5 mm isotropic, HU ``[-175, 250]`` -> ``[0, 1]`` clipped,
+96^3 crops of 12^3 patches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+__all__ = ["PreprocessingSpec", "DEFAULT_SPEC", "reconcile_spacing_window"]
+
+logger = logging.getLogger("medgmae")
+
+_AXIS_LETTERS = ({"L", "R"}, {"P", "A"}, {"I", "S"})
+
+
+def _triple(value: Any, name: str, cast=float) -> tuple:
+    """A scalar or a length-3 sequence as a 3-tuple of ``cast``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (cast(value),) * 3
+    try:
+        vals = tuple(cast(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or three numbers, got {value!r}") from None
+    if len(vals) != 3:
+        raise ValueError(f"{name} must have three values (one per spatial axis), got {value!r}")
+    return vals
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """How a CT volume is turned into a model input; saved in checkpoints as :meth:`to_dict`.
+
+    Args:
+        orientation: axis codes of the model's array order (MONAI ``Orientationd``), e.g. ``"RAS"``.
+        spacing: voxel size in mm along the three array axes after orientation.
+        hu_window: ``(a_min, a_max)`` HU range mapped linearly to ``intensity_range``.
+        intensity_range: ``(b_min, b_max)`` model intensities of ``a_min`` and ``a_max``.
+        clip: clip the mapped intensities to ``intensity_range``.
+        input_size: model input (crop) size in voxels.
+        patch_size: ViT patch size in voxels.
+
+    Raises:
+        ValueError: any value is malformed (non-positive spacing, an empty window, bad axis codes, sizes that
+            are not multiples of the patch size).
+    """
+
+    orientation: str = "RAS"
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    hu_window: tuple[float, float] = (-175.0, 250.0)
+    intensity_range: tuple[float, float] = (0.0, 1.0)
+    clip: bool = True
+    input_size: tuple[int, int, int] = (96, 96, 96)
+    patch_size: tuple[int, int, int] = (12, 12, 12)
+
+    def __post_init__(self) -> None:
+        orient = str(self.orientation).upper()
+        if len(orient) != 3 or any(sum(c in letters for c in orient) != 1 for letters in _AXIS_LETTERS):
+            raise ValueError(f"orientation must be three axis codes, one of L/R, P/A and I/S each (e.g. 'RAS'), got {self.orientation!r}")
+        spacing = _triple(self.spacing, "spacing")
+        if not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(f"spacing must be positive millimetres, got {self.spacing!r}")
+        window = tuple(float(v) for v in self.hu_window)
+        rng = tuple(float(v) for v in self.intensity_range)
+        if len(window) != 2 or not window[1] > window[0]:
+            raise ValueError(f"hu_window must be (a_min, a_max) with a_max > a_min, got {self.hu_window!r}")
+        if len(rng) != 2 or rng[0] == rng[1]:
+            raise ValueError(f"intensity_range must be two different numbers (b_min, b_max), got {self.intensity_range!r}")
+        size, patch = _triple(self.input_size, "input_size", int), _triple(self.patch_size, "patch_size", int)
+        if not all(p > 0 and s > 0 and s % p == 0 for s, p in zip(size, patch)):
+            raise ValueError(f"input_size {size} must be positive multiples of patch_size {patch}")
+        for name, value in (("orientation", orient), ("spacing", spacing), ("hu_window", window),
+                            ("intensity_range", rng), ("clip", bool(self.clip)), ("input_size", size),
+                            ("patch_size", patch)):  # fmt: skip
+            object.__setattr__(self, name, value)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        """Plain lists / numbers / strings (JSON- and ``weights_only``-safe)."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, source: str = "preprocessing spec") -> "PreprocessingSpec":
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error naming ``source``."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{source}: the pre-processing record must be a dict, got {type(d).__name__}")
+        known = {"orientation", "spacing", "hu_window", "intensity_range", "clip", "input_size", "patch_size"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown pre-processing keys {unknown} (known: {sorted(known)})")
+        try:
+            return cls(**dict(d))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: invalid pre-processing record ({e})") from e
+
+    # ------------------------------------------------------------------ intensities
+    def window(self, hu):
+        """HU -> model intensities (tensor or array), clipped when :attr:`clip`."""
+        (a0, a1), (b0, b1) = self.hu_window, self.intensity_range
+        x = (hu - a0) / (a1 - a0) * (b1 - b0) + b0
+        if self.clip:
+            lo, hi = min(b0, b1), max(b0, b1)
+            x = x.clip(lo, hi) if hasattr(x, "clip") else min(max(x, lo), hi)
+        return x
+
+    def unwindow(self, x):
+        """Model intensities -> HU (the inverse of :meth:`window` inside the window)."""
+        (a0, a1), (b0, b1) = self.hu_window, self.intensity_range
+        return (x - b0) / (b1 - b0) * (a1 - a0) + a0
+
+    @property
+    def hu_per_unit(self) -> float:
+        """HU per model-intensity unit (the window's slope)."""
+        (a0, a1), (b0, b1) = self.hu_window, self.intensity_range
+        return (a1 - a0) / (b1 - b0)
+
+    # ------------------------------------------------------------------ MONAI transforms
+    def transforms(self, keys: Sequence[str] = ("image",), label_keys: Sequence[str] = ()) -> list:
+        """The deterministic spatial and intensity transforms of this spec, for already loaded channel-first
+        MetaTensors: ``Orientationd`` -> ``Spacingd`` (bilinear for images, nearest for ``label_keys``) ->
+        ``ScaleIntensityRanged`` on the image keys.
+
+        Args:
+            keys: image keys (windowed, interpolated linearly).
+            label_keys: label keys (nearest-neighbour, not windowed).
+
+        Returns:
+            A list of MONAI transforms.
+        """
+        from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd
+
+        images, labels = list(keys), list(label_keys)
+        every = images + labels
+        (a0, a1), (b0, b1) = self.hu_window, self.intensity_range
+        return [
+            Orientationd(keys=every, axcodes=self.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacingd(keys=every, pixdim=self.spacing, mode=["bilinear"] * len(images) + ["nearest"] * len(labels)),
+            ScaleIntensityRanged(keys=images, a_min=a0, a_max=a1, b_min=b0, b_max=b1, clip=self.clip),
+        ]
+
+
+#: MedGMAE's pre-processing (the bundle's defaults).
+DEFAULT_SPEC = PreprocessingSpec()
+
+
+def reconcile_spacing_window(
+    recorded: PreprocessingSpec | None,
+    spacing: Sequence[float] | float | None,
+    hu_window: Sequence[float] | None,
+    source: str = "the pre-trained encoder",
+) -> tuple[tuple[float, float, float], tuple[float, float]]:
+    """Spacing and HU window for a consumer of a pre-trained model: the recorded ones unless overridden.
+
+    A value given explicitly (not ``None``) wins; when it differs from the recorded one a warning names both, since
+    the model then sees data prepared differently from its pre-training.
+
+    Args:
+        recorded: the checkpoint's spec (``None``: nothing recorded, the defaults of :data:`DEFAULT_SPEC` apply).
+        spacing: the user's spacing in mm, or ``None``.
+        hu_window: the user's ``(a_min, a_max)``, or ``None``.
+        source: how the checkpoint is named in the warning.
+
+    Returns:
+        ``(spacing (3,), hu_window (2,))``.
+    """
+    base = recorded or DEFAULT_SPEC
+    out_spacing = base.spacing if spacing is None else _triple(spacing, "spacing")
+    out_window = base.hu_window if hu_window is None else tuple(float(v) for v in hu_window)
+    if recorded is not None:
+        for name, mine, theirs in (("spacing", out_spacing, recorded.spacing), ("HU window", out_window, recorded.hu_window)):
+            if not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(mine, theirs)):
+                logger.warning(
+                    "%s %s differs from the %s %s recorded in %s: the model will see data prepared differently "
+                    "from its pre-training", name, list(mine), name, list(theirs), source,
+                )
+    return out_spacing, out_window

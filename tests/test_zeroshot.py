@@ -1,0 +1,171 @@
+"""The pipeline contract of zero-shot inference: what the decoder is fed, and the exact way back.
+
+Scans are sampled from analytic functions of world coordinates on grids with RAS, LPS and oblique affines and
+anisotropic spacing, so every expectation is computed independently of the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medgmae.gaussians import Gaussians3D, covariance_matrices
+from medgmae.preprocessing import PreprocessingSpec
+from medgmae.zeroshot import zero_shot_gaussians
+
+SPEC = PreprocessingSpec(spacing=2.0, input_size=24, patch_size=4)
+SHAPE = (40, 30, 22)
+SPACING = np.array([1.2, 1.7, 3.1])
+
+
+def _rot(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _affine(kind: str) -> np.ndarray:
+    """index -> RAS world: RAS-ordered, LPS-ordered (i towards the left, j posterior) or oblique (rotated ~17 deg)."""
+    a = np.eye(4)
+    direction = {"ras": np.eye(3), "lps": np.diag([-1.0, -1.0, 1.0]), "oblique": _rot(0.3, -0.2, 0.25)}[kind]
+    a[:3, :3] = direction * SPACING
+    a[:3, 3] = [-20.0, 35.0, -110.0]
+    return a
+
+
+def _world_points(affine: np.ndarray, shape) -> np.ndarray:
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    return (idx @ affine[:3, :3].T + affine[:3, 3]).reshape(*shape, 3)
+
+
+def _centre(affine: np.ndarray) -> np.ndarray:
+    return affine[:3, :3] @ ((np.array(SHAPE) - 1) / 2.0) + affine[:3, 3]
+
+
+def _blob_hu(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Water background with a bright blob 8 mm to the right, 5 mm anterior and 12 mm superior of the centre."""
+    d = points - (centre + np.array([8.0, 5.0, 12.0]))
+    return 200.0 * np.exp(-(d**2).sum(-1) / (2 * 7.0**2))
+
+
+class _Probe(torch.nn.Module):
+    """A 'model' that records the windows (and their claimed world frames) it is given."""
+
+    img_size = SPEC.input_size
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[torch.Tensor] = []
+        self.affines: list[np.ndarray] = []
+
+    def decode(self, windows: torch.Tensor, affines: np.ndarray) -> Gaussians3D:
+        self.windows += list(windows[:, 0])
+        self.affines += list(affines)
+        b = windows.shape[0]
+        return Gaussians3D(torch.full((b, 1, 3), 0.5), torch.full((b, 1, 3), 0.05), torch.tensor([[[1.0, 0, 0, 0]]]).expand(b, 1, 4),
+                           torch.ones(b, 1))  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["ras", "lps", "oblique"])
+def test_decoder_always_receives_ras_windows_at_the_model_spacing(kind):
+    affine = _affine(kind)
+    centre = _centre(affine)
+    scan = _blob_hu(_world_points(affine, SHAPE), centre).astype(np.float32)
+    probe = _Probe()
+    zero_shot_gaussians(scan, affine, probe, spec=SPEC, overlap=4, decode=probe.decode)
+    assert probe.windows
+    inv_scan = np.linalg.inv(affine)
+    checked = 0
+    for win, waff in zip(probe.windows, probe.affines):
+        lin = waff[:3, :3]
+        # RAS at the model's spacing: columns of length 2 mm, each pointing along +x, +y, +z (up to the scan's
+        # obliquity, which MONAI's Orientation/Spacing keep)
+        np.testing.assert_allclose(np.linalg.norm(lin, axis=0), 2.0, rtol=1e-5)
+        assert all(np.argmax(np.abs(lin[:, c])) == c and lin[c, c] > 0 for c in range(3)), lin
+        # the window's content is the scan at the world points the window claims (independent analytic value)
+        pts = _world_points(waff, win.shape)
+        idx = (pts - affine[:3, 3]) @ inv_scan[:3, :3].T
+        inside = np.all((idx >= 1) & (idx <= np.array(SHAPE) - 2), -1)
+        expected = SPEC.window(_blob_hu(pts, centre))
+        got = win.numpy()
+        assert np.abs(got[inside] - expected[inside]).max() < 0.03
+        checked += int(inside.sum())
+    assert checked > 1000
+    if kind != "oblique":  # the bright blob is superior / anterior / right: high indices along all three axes
+        full = max(probe.windows, key=lambda w: float(w.max()))
+        peak = np.unravel_index(int(full.argmax()), full.shape)
+        waff = probe.affines[[float(w.max()) for w in probe.windows].index(float(full.max()))]
+        world = waff[:3, :3] @ np.array(peak) + waff[:3, 3]
+        np.testing.assert_allclose(world, centre + [8.0, 5.0, 12.0], atol=2.5)
+
+
+def _true_gaussians(affine: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame centres inside the scan and random covariances (3-9 mm scales, random rotations)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.uniform(2, np.array(SHAPE) - 3, size=(k, 3))
+    means = idx @ affine[:3, :3].T + affine[:3, 3]
+    covs = []
+    for _ in range(k):
+        r = _rot(*rng.uniform(-np.pi, np.pi, 3))
+        covs.append(r @ np.diag(rng.uniform(3, 9, 3) ** 2) @ r.T)
+    return means, np.stack(covs)
+
+
+def _as_gaussians(means: np.ndarray, covs: np.ndarray) -> Gaussians3D:
+    evals, evecs = np.linalg.eigh(covs)
+    evecs[..., 2] *= np.sign(np.linalg.det(evecs))[:, None]
+    from medgmae.gaussians import rotation_matrix_to_quaternion
+
+    q = rotation_matrix_to_quaternion(torch.from_numpy(evecs))
+    return Gaussians3D(torch.from_numpy(means)[None], torch.from_numpy(np.sqrt(evals))[None], q[None],
+                       torch.ones(1, len(means), dtype=torch.float64))  # fmt: skip
+
+
+@pytest.mark.parametrize("kind,seed", [("ras", 0), ("lps", 1), ("oblique", 2), ("oblique", 3)])
+def test_exact_round_trip_with_an_oracle_decoder(kind, seed):
+    affine = _affine(kind)
+    means, covs = _true_gaussians(affine, 40, seed)
+    truth = _as_gaussians(means, covs)
+    scan = np.zeros(SHAPE, np.float32)
+
+    def oracle(windows, win_affines):
+        out = []
+        for waff in win_affines:  # world -> window voxels -> window's normalised frame
+            inv = torch.from_numpy(np.linalg.inv(waff))
+            out.append(truth.transformed(inv[:3, :3], inv[:3, 3]).to_normalized(SPEC.input_size))
+        return Gaussians3D.cat(out, dim=0)
+
+    res = zero_shot_gaussians(scan, affine, _Probe(), spec=SPEC, overlap=6, decode=oracle, min_intensity=0.5)
+    assert res.world.num_gaussians == len(means)  # each once: the window owning its centre keeps it
+    order = np.lexsort(res.world.means[0].numpy().T)
+    np.testing.assert_allclose(res.world.means[0].numpy()[order], means[np.lexsort(means.T)], atol=1e-4)
+    got_cov = covariance_matrices(res.world.scales, res.world.quats)[0].numpy()[order]
+    want = covs[np.lexsort(means.T)]
+    assert np.abs(got_cov - want).max() / np.abs(want).max() < 1e-4
+    # the scan's voxel frame: A^-1 applied to centres and covariances
+    inv = np.linalg.inv(affine)
+    vox_means = means @ inv[:3, :3].T + inv[:3, 3]
+    vorder = np.lexsort(res.voxel.means[0].numpy().T)
+    np.testing.assert_allclose(res.voxel.means[0].numpy()[vorder], vox_means[np.lexsort(vox_means.T)], atol=1e-4)
+    vcov = covariance_matrices(res.voxel.scales, res.voxel.quats)[0].numpy()[vorder]
+    want_v = np.einsum("ij,kjl,ml->kim", inv[:3, :3], covs, inv[:3, :3])[np.lexsort(vox_means.T)]
+    assert np.abs(vcov - want_v).max() / np.abs(want_v).max() < 1e-4
+
+
+def test_bad_inputs_are_named():
+    probe = _Probe()
+    with pytest.raises(ValueError, match="3D"):
+        zero_shot_gaussians(np.zeros((4, 4)), np.eye(4), probe, spec=SPEC, decode=probe.decode)
+    with pytest.raises(ValueError, match="non-singular"):
+        zero_shot_gaussians(np.zeros((4, 4, 4)), np.zeros((4, 4)), probe, spec=SPEC, decode=probe.decode)
+    bad = np.zeros((4, 4, 4), np.float32)
+    bad[1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        zero_shot_gaussians(bad, np.eye(4), probe, spec=SPEC, decode=probe.decode)
+    with pytest.raises(ValueError, match="overlap"):
+        zero_shot_gaussians(np.zeros((4, 4, 4)), np.eye(4), probe, spec=SPEC, overlap=24, decode=probe.decode)
