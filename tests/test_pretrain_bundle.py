@@ -50,7 +50,7 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def _ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # every file the bundle writes is plain data
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_smoke_run_writes_checkpoint_encoder_and_model(runs):
     data = json.loads(runs["dataset"].read_text())
     assert len(data["training"]) == 2 and (runs["dataset"].parent / data["training"][0]["image"]).is_file()
     enc = first["encoder"]
-    assert enc["kind"] == "medgmae-encoder" and enc["source"] == "MedGMAE"
+    assert enc["kind"] == "medgmae-encoder" and enc["extra"]["source"] == "MedGMAE"
     encoder = MaskedViTEncoder(**enc["config"])
     encoder.load_state_dict(enc["state_dict"])  # strict
     assert encoder.img_size == (32, 32, 32) and encoder.patch_size == (8, 8, 8)
@@ -94,6 +94,10 @@ def test_smoke_run_writes_checkpoint_encoder_and_model(runs):
     # model.pt's encoder weights are encoder.pt's
     for k, v in enc["state_dict"].items():
         assert torch.equal(model["state_dict"][f"encoder.{k}"], v)
+    # both record the pre-processing the run used (SMALL sets --pixdim 3.0, --roi_size 32, --patch_size 8)
+    want = {"orientation": "RAS", "spacing": [3.0] * 3, "hu_window": [-175.0, 250.0], "intensity_range": [0.0, 1.0],
+            "clip": True, "input_size": [32] * 3, "patch_size": [8] * 3}  # fmt: skip
+    assert model["preprocessing"] == enc["preprocessing"] == want
 
 
 def test_resume_continues_bit_for_bit(runs):
@@ -155,10 +159,14 @@ def test_inference_writes_ply_nifti_and_png(runs, tmp_path):
     out = nib.load(str(tmp_path / "case_0000_rendered.nii.gz"))
     assert out.shape == src.shape and np.allclose(out.affine, src.affine)
     g, meta = load_ply(tmp_path / "case_0000_gaussians.ply")
-    assert g.num_gaussians == 8 and meta["frame"] == "voxel" and tuple(meta["shape"]) == src.shape
+    assert g.num_gaussians > 8 and meta["frame"] == "world" and tuple(meta["shape"]) == src.shape  # several windows
     assert np.allclose(meta["affine"], src.affine)
-    # the NIfTI is the rendering of the written Gaussians, mapped back to HU
-    rendered = g.render(src.shape)[0].numpy() * (250.0 + 175.0) - 175.0
+    # the NIfTI is the rendering of the written (world, mm) Gaussians on the input's grid, mapped back to HU with the
+    # window recorded in model.pt
+    inv = torch.from_numpy(np.linalg.inv(src.affine))
+    spec = runs["first"]["model"]["preprocessing"]
+    lo, hi = spec["hu_window"]
+    rendered = g.transformed(inv[:3, :3], inv[:3, 3]).render(src.shape)[0].numpy() * (hi - lo) + lo
     assert np.allclose(out.get_fdata(), rendered, atol=0.05)
     png = Image.open(tmp_path / "case_0000_slices.png")
     assert png.mode == "L" and png.size[1] == 2 * max(src.shape[1:])  # two rows: input and rendering

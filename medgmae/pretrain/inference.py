@@ -1,5 +1,9 @@
-"""Zero-shot inference with a pre-trained MedGMAE: a volume in; its Gaussians (``.ply``), their rendering
-(NIfTI, on the input's grid and affine) and a PNG of orthogonal slices out."""
+"""Zero-shot inference with a pre-trained MedGMAE: a scan in; its Gaussians (``.ply`` in world millimetres), their
+rendering (NIfTI on the input's own grid and affine) and a PNG of orthogonal slices out.
+
+The Gaussians come from :func:`medgmae.zeroshot.zero_shot_gaussians`, which prepares the scan with the
+pre-processing recorded in ``model.pt`` (orientation, spacing, HU window) and tiles it with sliding windows.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize, ScaleIntensityRange
 from PIL import Image
 
+from medgmae.data.reader import VOLUME_SUFFIXES, read_volume
 from medgmae.engine import atomic_write, resolve_device
-from medgmae.gaussians import Gaussians3D
 from medgmae.networks.medgmae import MedGMAE
+from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
 __all__ = ["GaussianInference", "slices_png"]
 
@@ -48,19 +52,16 @@ def slices_png(volumes: Sequence[np.ndarray], path: str | Path) -> Path:
 
 
 class GaussianInference:
-    """Predict the Gaussians of a whole volume with a pre-trained MedGMAE / MedGMAE* and render them back.
-
-    The volume is scaled like the training crops (HU ``[a_min, a_max]`` to ``[0, 1]``, clipped), resized to the
-    model's input size, and encoded unmasked. The predicted Gaussians live in the normalised frame of the whole
-    volume, so they are rendered directly on the input's own voxel grid and saved with the input's affine.
+    """Predict the Gaussians of a whole scan with a pre-trained MedGMAE / MedGMAE* and render them back.
 
     Args:
-        model_path: ``model.pt`` or a training checkpoint of a MedGMAE model.
-        image_path: input volume (NIfTI, NRRD, MHA or a DICOM series folder).
+        model_path: ``model.pt`` or a training checkpoint of a MedGMAE model (its recorded pre-processing is used).
+        image_path: input scan (NIfTI, NRRD, MetaImage or a DICOM series folder), in HU.
         output_dir: destination folder; files are named after the input.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        a_min, a_max: HU window used in pre-training.
-        output_hu: write the rendering in HU (otherwise in the ``[0, 1]`` training scale).
+        overlap: minimum overlap of the sliding windows, in voxels of the model's grid.
+        batch_size: windows per decoder call.
+        output_hu: write the rendering in HU (otherwise in the model's intensity units).
     """
 
     def __init__(
@@ -69,49 +70,24 @@ class GaussianInference:
         image_path: str | Path,
         output_dir: str | Path,
         device: str = "auto",
-        a_min: float = -175.0,
-        a_max: float = 250.0,
+        overlap: int = 0,
+        batch_size: int = 2,
         output_hu: bool = True,
     ) -> None:
-        if not a_max > a_min:
-            raise ValueError(f"a_max ({a_max}) must exceed a_min ({a_min})")
         if not str(image_path).strip():
             raise ValueError("no input volume given: set image (e.g. --image /path/to/ct.nii.gz)")
         self.model_path, self.image_path, self.output_dir = Path(model_path), Path(image_path), Path(output_dir)
         if not self.image_path.exists():
             raise FileNotFoundError(f"input volume not found: {self.image_path}")
         self.device = resolve_device(device)
-        self.a_min, self.a_max, self.output_hu = float(a_min), float(a_max), bool(output_hu)
+        self.overlap, self.batch_size, self.output_hu = int(overlap), int(batch_size), bool(output_hu)
 
     def _stem(self) -> str:
         name = self.image_path.name
-        for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        for suffix in VOLUME_SUFFIXES:
             if name.lower().endswith(suffix):
                 return name[: -len(suffix)]
         return name
-
-    def load(self) -> tuple[torch.Tensor, np.ndarray]:
-        """``((1, D, H, W) scaled volume, 4x4 affine)``; rejects non-3D or non-finite images naming the file."""
-        try:
-            img = Compose([LoadImage(image_only=True), EnsureChannelFirst()])(str(self.image_path))
-        except Exception as e:
-            raise ValueError(f"{self.image_path}: cannot read the volume ({type(e).__name__}: {e})") from e
-        if img.dim() != 4 or img.shape[0] != 1:
-            raise ValueError(f"{self.image_path}: expected a single-channel 3D volume, got shape {tuple(img.shape)}")
-        if not torch.isfinite(img.as_tensor()).all():
-            raise ValueError(f"{self.image_path}: the volume contains NaN or infinite voxels")
-        affine = np.asarray(img.affine, dtype=np.float64)
-        scaled = ScaleIntensityRange(self.a_min, self.a_max, 0.0, 1.0, clip=True)(img)
-        return torch.as_tensor(scaled.as_tensor(), dtype=torch.float32), affine
-
-    @torch.no_grad()
-    def predict(self, model: MedGMAE, volume: torch.Tensor) -> tuple[Gaussians3D, torch.Tensor]:
-        """Gaussians (normalised frame) and their ``(D, H, W)`` rendering on the volume's own grid."""
-        x = Resize(model.img_size, mode="trilinear")(volume).as_tensor() if tuple(volume.shape[1:]) != model.img_size else volume
-        g = model.predict_gaussians(x.unsqueeze(0).to(self.device), mask_ratio=0.0)
-        shape = tuple(volume.shape[1:])
-        rendered = g.to_voxel(shape).render(shape, model.cutoff, model.render_backend)[0]
-        return g, rendered.cpu()
 
     def run(self) -> dict[str, Path]:
         """Run and write ``<name>_gaussians.ply``, ``<name>_rendered.nii.gz`` and ``<name>_slices.png``.
@@ -119,25 +95,34 @@ class GaussianInference:
         Returns:
             The written paths by kind (``ply``, ``nifti``, ``png``).
         """
-        volume, affine = self.load()  # input errors first, before the model is loaded
-        model = MedGMAE.from_checkpoint(self.model_path).to(self.device).eval()
-        gaussians, rendered = self.predict(model, volume)
-        stem, out = self._stem(), self.output_dir
-        out.mkdir(parents=True, exist_ok=True)
-        paths: dict[str, Path] = {}
-        data = rendered.numpy().astype(np.float32)
-        if self.output_hu:
-            data = data * (self.a_max - self.a_min) + self.a_min
-        paths["nifti"] = out / f"{stem}_rendered.nii.gz"
-        with atomic_write(paths["nifti"]) as tmp:
-            nib.save(nib.Nifti1Image(data, affine), str(tmp))
-        paths["png"] = slices_png([volume[0].numpy(), np.clip(rendered.numpy(), 0, 1)], out / f"{stem}_slices.png")
-        paths["ply"] = self._save_ply(gaussians, tuple(volume.shape[1:]), affine, out / f"{stem}_gaussians.ply")
-        logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-        return paths
+        volume = read_volume(self.image_path)  # input errors first, before the model is loaded
+        model = MedGMAE.from_checkpoint(
+            self.model_path, needed_for="zero-shot inference needs a medgmae or medgmae-star model.pt"
+        ).to(self.device).eval()
+        res = zero_shot_gaussians(volume.array, volume.affine, model, overlap=self.overlap, batch_size=self.batch_size)
+        with torch.no_grad():
+            rendered = res.voxel.to(self.device).render(res.shape, model.cutoff, model.render_backend)[0].cpu().numpy()
+        return self._write(volume.array, volume.affine, res, rendered)
 
-    def _save_ply(self, gaussians: Gaussians3D, shape: tuple[int, ...], affine: np.ndarray, path: Path) -> Path:
-        """Gaussians in the input's voxel frame, with its shape and voxel-to-world affine in the header."""
+    def _write(self, scan: np.ndarray, affine: np.ndarray, res: ZeroShotResult, rendered: np.ndarray) -> dict[str, Path]:
         from medgmae.ply import save_ply
 
-        return save_ply(path, gaussians.to_voxel(shape)[0].to("cpu"), frame="voxel", shape=shape, affine=affine)
+        stem, out = self._stem(), self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, Path] = {"nifti": out / f"{stem}_rendered.nii.gz", "png": out / f"{stem}_slices.png",
+                                  "ply": out / f"{stem}_gaussians.ply"}  # fmt: skip
+        data = (res.spec.unwindow(rendered) if self.output_hu else rendered).astype(np.float32)
+        with atomic_write(paths["nifti"]) as tmp:
+            nib.save(nib.Nifti1Image(data, affine), str(tmp))
+        b0, b1 = res.spec.intensity_range
+        pictures = [(res.spec.window(scan) - b0) / (b1 - b0), np.clip((rendered - b0) / (b1 - b0), 0, 1)]
+        slices_png([_to_ras(v, affine) for v in pictures], paths["png"])
+        save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine)
+        logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))
+        return paths
+
+
+def _to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The array reoriented (axis permutations and flips only) to the closest RAS order, for pictures."""
+    ornt = nib.orientations.io_orientation(affine)
+    return nib.orientations.apply_orientation(volume, ornt)
