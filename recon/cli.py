@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fbp", default=None, help="FBP volume for the initialisation (computed when absent)")
     r.add_argument("--init", required=True, choices=INIT_METHODS)
     r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
-    r.add_argument("--model-spacing", type=positive_float, default=1.5, help="voxel spacing (mm) the MedGMAE model was pre-trained at")
+    r.add_argument("--model-spacing", type=positive_float, default=None,
+                   help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
     r.add_argument("--iterations", type=int, default=1000)
     r.add_argument("--num-gaussians", type=positive_int, default=20000, help="initial Gaussians for random/fbp")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume for PSNR/SSIM")
@@ -121,13 +122,16 @@ def _geometry_and_projections(proj_path: str, geom_path: str) -> tuple[CTGeometr
     return geom, proj
 
 
-def _volume_matching(path: str, geom: CTGeometry, what: str) -> np.ndarray:
+def _volume_matching(path: str, geom: CTGeometry, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI volume ``(z, y, x)`` of the geometry's shape, and its affine (checked against ``geometry.json``'s)."""
     from recon.io import load_nifti
 
-    vol, _, _ = load_nifti(path)
+    vol, affine, _ = load_nifti(path)
     if vol.shape != geom.volume_shape:
         raise CLIError(f"{what} {path} has shape {vol.shape[::-1]} (x, y, z) but the geometry's volume is {geom.volume_shape[::-1]}")
-    return vol
+    if geom.affine is not None and not np.allclose(affine, geom.default_affine(), atol=1e-4):
+        raise CLIError(f"{what} {path} has another voxel-to-world affine than the geometry:\n{affine}\nvs\n{geom.default_affine()}")
+    return vol, affine
 
 
 class _Staging:
@@ -206,6 +210,17 @@ def cmd_fbp(args) -> int:
     return 0
 
 
+def _model_spec(model, spacing: float | None, checkpoint: str):
+    """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
+    import dataclasses
+
+    from medgmae.preprocessing import DEFAULT_SPEC, reconcile_spacing_window
+
+    recorded = model.preprocessing
+    spacing3, window = reconcile_spacing_window(recorded, spacing, None, source=checkpoint)
+    return dataclasses.replace(recorded or DEFAULT_SPEC, spacing=spacing3, hu_window=window)
+
+
 def cmd_reconstruct(args) -> int:
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
@@ -223,8 +238,8 @@ def cmd_reconstruct(args) -> int:
     if args.checkpoint and args.init != "medgmae":
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {args.init})")
     geom, proj = _geometry_and_projections(args.projections, args.geometry)
-    reference = _volume_matching(args.reference, geom, "reference") if args.reference else None
-    fbp_vol = _volume_matching(args.fbp, geom, "FBP volume") if args.fbp else None
+    reference = _volume_matching(args.reference, geom, "reference")[0] if args.reference else None
+    fbp_vol, affine = _volume_matching(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
     model = None
     if args.init == "medgmae":
         from medgmae.networks.medgmae import MedGMAE
@@ -232,7 +247,7 @@ def cmd_reconstruct(args) -> int:
         if not Path(args.checkpoint).is_file():
             raise CLIError(f"model checkpoint {args.checkpoint} does not exist")
         try:
-            model = MedGMAE.from_checkpoint(args.checkpoint, map_location="cpu")
+            model = MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae model.pt")
         except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
             raise CLIError(f"cannot use {args.checkpoint} for --init medgmae: {e}") from e
     out = Path(args.out)
@@ -260,7 +275,7 @@ def cmd_reconstruct(args) -> int:
     elif args.init == "fbp":
         init = fbp_init(fbp_t, args.num_gaussians, seed=args.seed)
     else:
-        init = medgmae_init(fbp_t, geom.voxel_size, model, spacing=args.model_spacing)
+        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
     init_seconds = time.perf_counter() - t0
     cfg = GaussianReconConfig(
         iterations=args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,

@@ -7,18 +7,13 @@ intensities in attenuation units (1/mm), and finish with the same amplitude cali
 Attenuation and HU: ``HU = 1000 (mu / mu_water - 1)`` with ``mu_water`` = :data:`MU_WATER` (0.0192 / mm, water at
 about 70 keV), so air (``mu = 0``) is -1000 HU.
 
-Zero-shot MedGMAE initialisation (:func:`medgmae_init`):
-
-1. the FBP volume (attenuation) is converted to HU and windowed like the pre-training data, ``[-175, 250]`` HU
-   -> ``[0, 1]`` (clipped);
-2. it is resampled (trilinear) to the pre-training spacing (1.5 mm) and tiled into windows of the model's input
-   size (96^3 for the paper's model; zero padding = below the window);
-3. the decoder predicts each window's Gaussians (normalised frame, ``mask_ratio = 0``), which are mapped to the
-   window's voxels, shifted by the window's origin, and stretched from the 1.5 mm grid to the reconstruction grid
-   (anisotropic stretches re-factorise the covariance), keeping those centred inside the volume;
-4. intensities (window units) are mapped to attenuation with the window's slope ``425 / 1000 * mu_water``; the
-   window clips everything below -175 HU, an additive offset no sum of Gaussians can carry, so the common
-   least-squares gain against the FBP finishes the mapping.
+Zero-shot MedGMAE initialisation (:func:`medgmae_init`): the FBP volume (attenuation) is converted to HU and
+handed, with its affine, to :func:`medgmae.zeroshot.zero_shot_gaussians`, which prepares it exactly as the model's
+pre-training data (orientation, spacing and HU window read from ``model.pt``), tiles it and maps the decoder's
+Gaussians back to the reconstruction's ``(z, y, x)`` voxel frame. This module adds only the intensity mapping:
+window units -> attenuation with the window's slope (``(a_max - a_min) / 1000 * mu_water`` per unit); the window
+clips everything below ``a_min``, an additive offset no sum of Gaussians can carry, so the common least-squares
+gain against the FBP finishes the mapping.
 """
 
 from __future__ import annotations
@@ -28,32 +23,28 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from medgmae.gaussians import Gaussians3D, rotation_matrix_to_quaternion
+from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
 from medgmae.render import render_volume
 
 __all__ = [
     "MU_WATER",
-    "HU_WINDOW",
-    "PRETRAIN_SPACING",
     "INIT_METHODS",
     "hu_to_mu",
     "mu_to_hu",
     "random_init",
     "fbp_init",
     "medgmae_init",
+    "window_fbp",
+    "zyx_affine",
     "stretch_gaussians",
     "calibrate_intensities",
 ]
 
 #: Linear attenuation coefficient of water (1/mm) used for HU <-> attenuation.
 MU_WATER = 0.0192
-#: MedGMAE's pre-training intensity window (HU), mapped to [0, 1].
-HU_WINDOW = (-175.0, 250.0)
-#: MedGMAE's pre-training voxel spacing (mm).
-PRETRAIN_SPACING = 1.5
 INIT_METHODS = ("random", "fbp", "medgmae")
 
 
@@ -182,95 +173,58 @@ def stretch_gaussians(g: Gaussians3D, factors: Sequence[float], offset: Sequence
     return Gaussians3D(means, scales, rotation_matrix_to_quaternion(evecs).to(g.quats.dtype), g.intensities)
 
 
-def window_fbp(fbp_volume: Tensor, mu_water: float = MU_WATER, hu_window: Sequence[float] = HU_WINDOW) -> Tensor:
-    """Attenuation -> HU -> ``[0, 1]`` over ``hu_window`` (clipped), as MedGMAE was pre-trained."""
-    lo, hi = hu_window
-    return ((mu_to_hu(fbp_volume, mu_water) - lo) / (hi - lo)).clamp(0.0, 1.0)
+def window_fbp(fbp_volume: Tensor, mu_water: float = MU_WATER, spec: PreprocessingSpec = DEFAULT_SPEC) -> Tensor:
+    """Attenuation -> HU -> the model's intensity window (``spec``)."""
+    return spec.window(mu_to_hu(fbp_volume, mu_water))
 
 
-def _window_origins(n: int, w: int, overlap: int) -> tuple[list[int], list[float]]:
-    """Window origins along one axis (stride ``w - overlap``, the last window flush with the end) and the
-    boundaries between the windows' own regions (midpoints of the overlaps), so every position is owned by one."""
-    if n <= w:
-        return [0], []
-    stride = max(1, w - overlap)
-    origins = sorted(set(list(range(0, n - w, stride)) + [n - w]))
-    bounds = [0.5 * (b + a + w) - 0.5 for a, b in zip(origins, origins[1:])]
-    return origins, bounds
+def zyx_affine(affine_xyz: np.ndarray) -> np.ndarray:
+    """The index -> world matrix of a ``(z, y, x)`` array from the NIfTI affine of its ``(x, y, z)`` original."""
+    a = np.asarray(affine_xyz, dtype=np.float64)
+    if a.shape != (4, 4):
+        raise ValueError(f"affine must be 4x4, got shape {a.shape}")
+    return a[:, [2, 1, 0, 3]]
 
 
 @torch.no_grad()
 def medgmae_init(
     fbp_volume: Tensor,
-    voxel_size: Sequence[float],
+    affine: np.ndarray,
     model,
-    spacing: float = PRETRAIN_SPACING,
+    spec: PreprocessingSpec | None = None,
     mu_water: float = MU_WATER,
-    hu_window: Sequence[float] = HU_WINDOW,
     overlap: int = 0,
     batch_size: int = 2,
     min_intensity: float = 1e-3,
     calibrate: bool = True,
     cutoff: float = 3.0,
 ) -> Gaussians3D:
-    """Zero-shot initialisation from a pre-trained MedGMAE (see the module docstring for the mapping).
+    """Zero-shot initialisation from a pre-trained MedGMAE (see the module docstring).
 
     Args:
-        fbp_volume: ``(D, H, W)`` attenuation volume (1/mm).
-        voxel_size: ``(sz, sy, sx)`` of the reconstruction grid in mm.
-        model: a MedGMAE (``predict_gaussians(x, mask_ratio=0.0) -> Gaussians3D`` in the normalised frame and an
-            ``img_size`` attribute, the window size).
-        spacing: the model's pre-training spacing in mm.
+        fbp_volume: ``(D, H, W)`` = ``(z, y, x)`` attenuation volume (1/mm).
+        affine: ``(4, 4)`` NIfTI affine of the volume's ``(x, y, z)`` array order (as :func:`recon.io.load_nifti`
+            and ``CTGeometry.default_affine`` give it), index -> world mm.
+        model: a MedGMAE (``predict_gaussians``, ``img_size``; ``preprocessing`` when loaded from ``model.pt``).
+        spec: overrides the model's recorded pre-processing.
         mu_water: attenuation of water (1/mm) for the HU conversion.
-        hu_window: the pre-training intensity window (HU).
-        overlap: minimum overlap between windows (voxels of the resampled grid); the last window along each axis is
-            flush with the volume's end. Each Gaussian is kept by the one window that owns its centre (the
-            boundaries between windows are the middles of their overlaps).
+        overlap: minimum overlap between windows (voxels of the model's grid).
         batch_size: windows per decoder call.
-        min_intensity: drop Gaussians below this window-unit intensity.
+        min_intensity: drop Gaussians at or below this window-unit intensity.
         calibrate: finish with the least-squares gain against the FBP volume.
         cutoff: renderer cutoff used for the calibration.
+
+    Returns:
+        Voxel-frame ``(z, y, x)`` Gaussians (``B = 1``) in attenuation units.
     """
+    from medgmae.zeroshot import zero_shot_gaussians
+
     vol = _check_volume(fbp_volume)
-    vs = [float(v) for v in voxel_size]
-    if len(vs) != 3 or not all(v > 0 for v in vs):
-        raise ValueError(f"voxel_size must be three positive numbers, got {voxel_size}")
-    win = getattr(model, "img_size", 96)
-    win = tuple(int(w) for w in (win if isinstance(win, (tuple, list)) else (win,) * 3))
-    if overlap < 0 or any(overlap >= w for w in win):
-        raise ValueError(f"overlap must be in [0, window) = [0, {min(win)}), got {overlap}")
-    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    device = param.device if param is not None else vol.device
-    shape = vol.shape
-    new_shape = [max(1, int(round(n * v / spacing))) for n, v in zip(shape, vs)]
-    x = window_fbp(vol, mu_water, hu_window)
-    x = F.interpolate(x[None, None], size=new_shape, mode="trilinear", align_corners=False)[0, 0]
-    pad = [max(0, w - n) for n, w in zip(new_shape, win)]
-    x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
-    axes = [_window_origins(n, w, overlap) for n, w in zip(new_shape, win)]
-    tiles = [(i, j, k) for i in range(len(axes[0][0])) for j in range(len(axes[1][0])) for k in range(len(axes[2][0]))]
-    kept: list[Gaussians3D] = []
-    for t0 in range(0, len(tiles), batch_size):
-        batch = tiles[t0 : t0 + batch_size]
-        orgs = [tuple(axes[a][0][t[a]] for a in range(3)) for t in batch]
-        inp = torch.stack([x[a : a + win[0], b : b + win[1], c : c + win[2]] for a, b, c in orgs])[:, None].to(device)
-        pred = model.predict_gaussians(inp.float(), mask_ratio=0.0).to(vol.device).to_voxel(win)
-        for i, (tile, org) in enumerate(zip(batch, orgs)):
-            g = pred[i]
-            m = g.means[0] + torch.tensor(org, dtype=g.means.dtype, device=g.means.device)
-            ok = g.intensities[0] > min_intensity
-            for ax in range(3):
-                origins, bounds = axes[ax]
-                lo = bounds[tile[ax] - 1] if tile[ax] > 0 else -0.5
-                hi = bounds[tile[ax]] if tile[ax] < len(origins) - 1 else new_shape[ax] - 0.5
-                ok &= (m[:, ax] >= lo) & (m[:, ax] < hi)
-            kept.append(Gaussians3D(m[ok][None], g.scales[0][ok][None], g.quats[0][ok][None], g.intensities[0][ok][None]))
-    merged = Gaussians3D.cat(kept, dim=1)
-    if merged.num_gaussians == 0:
+    res = zero_shot_gaussians(mu_to_hu(vol, mu_water).cpu(), zyx_affine(affine), model, spec=spec, overlap=overlap,
+                              batch_size=batch_size, min_intensity=min_intensity)  # fmt: skip
+    if res.voxel.num_gaussians == 0:
         raise ValueError("the MedGMAE decoder produced no Gaussians inside the volume (is the FBP volume empty?)")
-    # resampled grid -> reconstruction grid: x = (x' + 0.5) f - 0.5 with f = N / N'
-    f = [n / m for n, m in zip(shape, new_shape)]
-    g = stretch_gaussians(merged, f, [0.5 * a - 0.5 for a in f])
-    lo, hi = hu_window
-    g = Gaussians3D(g.means, g.scales.clamp_min(0.3), g.quats, g.intensities * (hi - lo) / 1000.0 * mu_water)
+    g = res.voxel.to(vol.device)
+    slope = res.spec.hu_per_unit / 1000.0 * mu_water
+    g = Gaussians3D(g.means, g.scales.clamp_min(0.3), g.quats, g.intensities * slope)
     return calibrate_intensities(g, vol, cutoff) if calibrate else g

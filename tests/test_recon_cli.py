@@ -14,6 +14,7 @@ import torch
 
 from medgmae.data.phantom import generate_phantom
 from medgmae.networks.medgmae import MedGMAE
+from medgmae.preprocessing import PreprocessingSpec
 from recon.cli import main
 from recon.geometry import CTGeometry
 from recon.metrics import evaluate
@@ -43,6 +44,7 @@ def simulated(ct, tmp_path_factory):
 def model_file(tmp_path_factory):
     torch.manual_seed(0)
     m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=48, render_backend="torch")
+    m.preprocessing = PreprocessingSpec(spacing=12.0, input_size=16, patch_size=8)  # read back by --init medgmae
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save(m.model_checkpoint(), path)
     wrong = path.parent / "encoder.pt"
@@ -84,7 +86,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     fbp_out = tmp_path / "fbp2.nii.gz"
     assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"), "--out", str(fbp_out), "--device", "cpu"]) == 0
     np.testing.assert_allclose(nib.load(str(fbp_out)).get_fdata(), nib.load(str(simulated / "fbp.nii.gz")).get_fdata(), atol=1e-6)
-    for init, extra in (("fbp", ["--num-gaussians", "200"]), ("medgmae", ["--checkpoint", str(model_file[0]), "--model-spacing", "12"])):
+    for init, extra in (("fbp", ["--num-gaussians", "200"]), ("medgmae", ["--checkpoint", str(model_file[0])])):
         out = tmp_path / f"rec_{init}"
         args = [
             "reconstruct", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
@@ -150,7 +152,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "bad geometry": (_reconstruct_args(sim, out, "--geometry", str(bad_geom), "--init", "fbp"), "voxel_size"),
         "medgmae without checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae"), "--checkpoint"),
         "missing checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(tmp_path / "m.pt")), "does not exist"),
-        "wrong-kind checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[1])), "medgmae-encoder"),
+        "wrong-kind checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[1])), "medgmae-encoder checkpoint (pre-trained ViT encoder); --init medgmae needs a medgmae model.pt"),
         "corrupt checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(garbage)), "garbage.pt"),
         "reference shape": (_reconstruct_args(sim, out, "--init", "fbp", "--reference", str(small)), "reference"),
         "resume without state": (_reconstruct_args(sim, out, "--init", "fbp", "--resume"), "no saved state"),

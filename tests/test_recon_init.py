@@ -7,7 +7,10 @@ import torch
 from medgmae.gaussians import Gaussians3D
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.render import render_volume
-from recon.init import HU_WINDOW, MU_WATER, fbp_init, hu_to_mu, medgmae_init, mu_to_hu, random_init, stretch_gaussians, window_fbp
+from medgmae.preprocessing import PreprocessingSpec
+from recon.init import MU_WATER, fbp_init, hu_to_mu, medgmae_init, mu_to_hu, random_init, stretch_gaussians, window_fbp
+
+HU_WINDOW = (-175.0, 250.0)  # MedGMAE's window, written out independently of the code under test
 
 
 def _render(g: Gaussians3D, shape):
@@ -56,7 +59,8 @@ def test_stub_windows_reproduce_the_windowed_volume():
     shape = (20, 24, 28)
     vol = _blob_volume(shape, (9.0, 12.5, 15.0), 8.0)
     model = VoxelStubModel(16)
-    g = medgmae_init(vol, (1.5, 1.5, 1.5), model, calibrate=False, min_intensity=0.0, batch_size=3)
+    spec = PreprocessingSpec(spacing=1.5, input_size=16, patch_size=8)
+    g = medgmae_init(vol, np.diag([1.5, 1.5, 1.5, 1.0]), model, spec=spec, calibrate=False, min_intensity=0.0, batch_size=3)
     assert sum(c[0] for c in model.calls) == 2 * 2 * 2 and model.calls[0][1:] == (1, 16, 16, 16)
     assert g.num_gaussians == int(np.prod(shape))  # each voxel owned by exactly one window
     rendered = _render(g, shape)
@@ -71,9 +75,9 @@ def test_stub_frame_with_resampling_and_calibration():
     shape = (24, 40, 36)
     centre = (10.0, 22.0, 14.0)
     vol = _blob_volume(shape, centre, 9.0)
-    vs = (1.0, 0.75, 0.75)
+    affine = np.diag([0.75, 0.75, 1.0, 1.0])  # NIfTI (x, y, z) order: (sz, sy, sx) = (1.0, 0.75, 0.75)
     model = VoxelStubModel(12, sigma=0.8)  # overlapping Gaussians: a smooth rendering
-    g = medgmae_init(vol, vs, model)
+    g = medgmae_init(vol, affine, model, spec=PreprocessingSpec(spacing=1.5, input_size=12, patch_size=4))
     r = _render(g, shape)
     grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"), -1)
 
@@ -88,19 +92,47 @@ def test_stub_frame_with_resampling_and_calibration():
 
 def test_real_model_frame_matches_window_render():
     """A (randomly initialised) tiny MedGMAE on a volume of exactly one window: with the reconstruction grid at
-    a third of the pre-training spacing, global voxel 3j+1 is window voxel j, so the global rendering sampled
-    there equals the model's own rendering of its window (times the intensity slope)."""
+    a third of the pre-training spacing (46 voxels of 0.5 mm -> 16 of 1.5 mm, first voxel centres shared),
+    global voxel 3j is window voxel j, so the global rendering sampled there equals the model's own rendering of
+    its window (times the intensity slope). The window reaches the model in RAS order: (x, y, z) = the
+    reconstruction's (z, y, x) transposed."""
     torch.manual_seed(0)
     model = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=32, render_backend="torch").eval()
-    shape = (48, 48, 48)
-    vol = torch.nn.functional.interpolate(_blob_volume((16, 16, 16), (7.0, 8.0, 9.0), 5.0)[None, None], size=shape, mode="nearest")[0, 0]
-    g = medgmae_init(vol, (0.5, 0.5, 0.5), model, calibrate=False, min_intensity=0.0)
-    x = window_fbp(torch.nn.functional.interpolate(vol[None, None], size=(16, 16, 16), mode="trilinear", align_corners=False))
-    own = model.render(model.predict_gaussians(x))[0, 0]
+    model.preprocessing = PreprocessingSpec(spacing=1.5, input_size=16, patch_size=8)
+    shape = (46, 46, 46)
+    small = _blob_volume((16, 16, 16), (7.0, 8.0, 9.0), 5.0)
+    vol = small.repeat_interleave(3, 0).repeat_interleave(3, 1).repeat_interleave(3, 2)[:46, :46, :46]
+    g = medgmae_init(vol, np.diag([0.5, 0.5, 0.5, 1.0]), model, calibrate=False, min_intensity=0.0)
+    x = window_fbp(small).permute(2, 1, 0)[None, None]  # (z, y, x) -> RAS (x, y, z), sampled at global voxels 3j
+    own = model.render(model.predict_gaussians(x))[0, 0].permute(2, 1, 0)
     assert g.num_gaussians == 32
     lo, hi = HU_WINDOW
-    r = _render(g, shape)[1::3, 1::3, 1::3] / ((hi - lo) / 1000.0 * MU_WATER)
+    r = _render(g, shape)[::3, ::3, ::3] / ((hi - lo) / 1000.0 * MU_WATER)
     torch.testing.assert_close(r, own, rtol=1e-3, atol=1e-4)
+
+
+def test_probe_receives_ras_windows_from_the_reconstruction_frame():
+    """The reconstruction's (z, y, x) arrays reach the decoder in RAS order: a marker superior, mid, left in the
+    volume appears at low axis-0 (left), mid axis-1 and high axis-2 (superior) indices of the window."""
+    shape = (40, 30, 20)  # (z, y, x): 20 voxels left-right, 30 posterior-anterior, 40 inferior-superior
+    hu = torch.full(shape, -1000.0)
+    hu[34:37, 14:17, 1:4] = 300.0  # superior, mid, left (x index low = left in a RAS affine)
+    calls = []
+
+    class Probe(torch.nn.Module):
+        img_size = (48, 48, 48)
+
+        def predict_gaussians(self, x, mask_ratio=0.0):
+            calls.append(x[:, 0].clone())
+            b = x.shape[0]
+            return Gaussians3D(torch.full((b, 1, 3), 0.1), torch.full((b, 1, 3), 0.05),
+                               torch.tensor([1.0, 0, 0, 0]).expand(b, 1, 4), torch.ones(b, 1))  # fmt: skip
+
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    medgmae_init(hu_to_mu(hu), affine, Probe(), spec=PreprocessingSpec(spacing=1.5, input_size=48, patch_size=8))
+    (win,) = calls[0]
+    centroid = np.argwhere(win.numpy() > 0.5).mean(0)
+    np.testing.assert_allclose(centroid, (2.0, 15.0, 35.0), atol=1e-6)
 
 
 def test_stretch_gaussians_matches_covariance():
