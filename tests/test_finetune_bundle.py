@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from medgmae.checkpoint import make_checkpoint
+
 from medgmae.finetune.data import (
     DatasetError,
     check_case,
@@ -25,6 +27,7 @@ from medgmae.finetune.data import (
     select_label_fraction,
 )
 from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.preprocessing import PreprocessingSpec
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "unetr_finetune" / "configs"
@@ -143,10 +146,14 @@ def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.Complete
 
 
 def test_bundle_train_resume_evaluate_infer(tmp_path):
+    """The chain pre-training -> fine-tuning -> evaluation / inference with the pre-processing read from the
+    checkpoints: encoder.pt records 2 mm voxels and a (-200, 300) HU window (not the bundle's defaults), and
+    best_model.pt carries them on to evaluation and inference."""
     torch.manual_seed(0)
     enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=2, num_heads=4, mlp_ratio=2.0)
     encoder_pt = tmp_path / "encoder.pt"
-    torch.save({"kind": "medgmae-encoder", "config": enc.config(), "state_dict": enc.state_dict(), "source": "test"}, encoder_pt)
+    spec = PreprocessingSpec(spacing=2.0, hu_window=(-200.0, 300.0), input_size=24, patch_size=12)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec, {"source": "test"}), encoder_pt)
     out = tmp_path / "run"
     common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1",
@@ -156,14 +163,16 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert f"loaded {n}/{n} pre-trained encoder tensors" in proc.stdout + proc.stderr
     chosen = json.loads((out / "training_cases.json").read_text())
     assert chosen["num_total"] == 2 and len(chosen["cases"]) == 1
-    best = torch.load(out / "best_model.pt", weights_only=False)
-    assert best["kind"] == "medgmae-unetr" and best["epoch"] == 1 and 0.0 <= best["metric"] <= 1.0
+    best = torch.load(out / "best_model.pt", weights_only=True)
+    assert best["kind"] == "medgmae-unetr" and best["extra"]["epoch"] == 1 and 0.0 <= best["extra"]["metric"] <= 1.0
+    assert best["preprocessing"] == spec.to_dict()  # read from encoder.pt, passed on
+    assert "differs from" not in proc.stdout + proc.stderr
     # the encoder was fine-tuned from the pre-trained weights, the decoder was trained
     assert not torch.equal(best["state_dict"]["vit.blocks.0.attn.qkv.weight"], enc.state_dict()["blocks.0.attn.qkv.weight"])
 
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
     assert "resumed from" in proc.stdout + proc.stderr and (out / "checkpoint_epoch=2.pt").is_file()
-    ckpt = torch.load(out / "checkpoint_epoch=2.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
     assert ckpt["engine"]["epoch"] == 2 and ckpt["engine"]["iteration"] == 2
 
     run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")
@@ -219,3 +228,20 @@ def test_segmentation_report_analytic_dice(tmp_path):
     assert rows == [{"case": "case_0042", "mean_dice": "0.750000", "liver": "0.750000", "spleen": ""}]
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
+
+
+def test_spacing_override_warns_naming_both(tmp_path, caplog):
+    from medgmae.finetune import finetune_spec
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    spec = PreprocessingSpec(spacing=2.0, input_size=24, patch_size=12)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), tmp_path / "encoder.pt")
+    with caplog.at_level("WARNING"):
+        got = finetune_spec(tmp_path / "encoder.pt", pixdim=[1.5, 1.5, 2.0], roi_size=24)
+    assert got.spacing == (1.5, 1.5, 2.0) and got.hu_window == spec.hu_window
+    assert "spacing [1.5, 1.5, 2.0] differs from the spacing [2.0, 2.0, 2.0]" in caplog.text and "encoder.pt" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert finetune_spec(tmp_path / "encoder.pt", roi_size=24).spacing == (2.0, 2.0, 2.0)
+        assert finetune_spec("", roi_size=24, patch_size=12).spacing == (1.5, 1.5, 2.0)  # no encoder: BTCV recipe
+    assert "differs" not in caplog.text

@@ -223,13 +223,14 @@ def test_checkpoint_round_trip(tmp_path, cls, kw):
     x = _volume(1)
     ref = model(x, generator=_gen()).pred
     torch.save(model.model_checkpoint(), tmp_path / "model.pt")
-    torch.save({"model": model.state_dict(), "config": {"kind": model.kind, **model.config()}}, tmp_path / "train.pt")
+    record = {"kind": model.kind, "config": model.config(), "preprocessing": None}  # CheckpointHandler's layout
+    torch.save({"objects": {"model": model.state_dict(), "config": record}}, tmp_path / "train.pt")
     for name in ("model.pt", "train.pt"):
         loaded = cls.from_checkpoint(tmp_path / name)
         assert loaded.config() == model.config() and loaded.kind == model.kind
         assert torch.equal(loaded(x, generator=_gen()).pred, ref)
     enc = model.encoder_checkpoint()
-    assert enc["kind"] == "medgmae-encoder" and enc["source"] == cls.__name__
+    assert enc["kind"] == "medgmae-encoder" and enc["extra"]["source"] == cls.__name__
     encoder = MaskedViTEncoder(**enc["config"])
     encoder.load_state_dict(enc["state_dict"])
     assert torch.equal(encoder(x)[0], model.encoder(x)[0])
@@ -240,11 +241,11 @@ def test_from_checkpoint_wrong_kind_and_bad_files(tmp_path, models):
     torch.save(models["medgmae"].encoder_checkpoint(), tmp_path / "encoder.pt")
     torch.save(models["medgmae"].model_checkpoint(), tmp_path / "gmae.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"voxel\.pt.*'voxel-mae'"):
+    with pytest.raises(ValueError, match=r"voxel\.pt is a voxel-mae checkpoint.*expected medgmae or medgmae-star"):
         MedGMAE.from_checkpoint(tmp_path / "voxel.pt")
-    with pytest.raises(ValueError, match=r"encoder\.pt.*'medgmae-encoder'"):
+    with pytest.raises(ValueError, match=r"encoder\.pt is a medgmae-encoder checkpoint.*expected voxel-mae"):
         VoxelMAE.from_checkpoint(tmp_path / "encoder.pt")
-    with pytest.raises(ValueError, match=r"gmae\.pt.*'medgmae'"):
+    with pytest.raises(ValueError, match=r"gmae\.pt is a medgmae checkpoint"):
         VoxelMAE.from_checkpoint(tmp_path / "gmae.pt")
     with pytest.raises(ValueError, match=r"junk\.pt"):
         MedGMAE.from_checkpoint(tmp_path / "junk.pt")

@@ -8,6 +8,8 @@ import pytest
 import torch
 from monai.networks.nets import UNETR
 
+from medgmae.checkpoint import make_checkpoint
+
 from medgmae.finetune.weights import (
     build_unetr,
     layer_id,
@@ -23,7 +25,7 @@ TINY = dict(hidden_size=48, num_heads=4, mlp_ratio=2.0)
 
 
 def save_encoder(encoder: MaskedViTEncoder, path, source="test") -> str:
-    torch.save({"kind": "medgmae-encoder", "config": encoder.config(), "state_dict": encoder.state_dict(), "source": source}, path)
+    torch.save(make_checkpoint("medgmae-encoder", encoder.config(), encoder.state_dict(), extra={"source": source}), path)
     return str(path)
 
 
@@ -162,8 +164,8 @@ def test_pretrained_img_size_and_kind_checked(tmp_path):
     path = save_encoder(enc, tmp_path / "encoder.pt")
     with pytest.raises(ValueError, match="roi_size"):
         build_unetr(3, 48, pretrained=path)
-    torch.save({"kind": "voxel-mae", "config": {}, "state_dict": {}}, tmp_path / "model.pt")
-    with pytest.raises(ValueError, match="model.pt.*not a 'medgmae-encoder'"):
+    torch.save({"kind": "voxel-mae", "config": {}, "state_dict": {}}, tmp_path / "model.pt")  # another kind
+    with pytest.raises(ValueError, match="model.pt is a voxel-mae checkpoint.*fine-tuning needs the encoder.pt"):
         read_encoder_file(tmp_path / "model.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         read_encoder_file(tmp_path / "nope.pt")

@@ -21,18 +21,16 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
-    Orientationd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    ScaleIntensityRanged,
-    Spacingd,
     SpatialPadd,
 )
 
 from medgmae.engine import atomic_write
+from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec, reconcile_spacing_window
 
 __all__ = [
     "DatasetError",
@@ -48,13 +46,15 @@ __all__ = [
     "train_transforms",
     "val_transforms",
     "inference_transforms",
+    "finetune_spec",
+    "finetuned_spec",
     "phantom_dataset",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: Fine-tuning spacing without a pre-trained encoder (MONAI's BTCV UNETR recipe); with one, its recorded spacing.
 DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
-DEFAULT_HU_RANGE = (-175.0, 250.0)
 
 
 class DatasetError(ValueError):
@@ -339,29 +339,76 @@ def inference_cases(
     return cases
 
 
-def _load_and_resample(keys, pixdim, hu_range, interp) -> list:
+def finetune_spec(
+    pretrained: str | Path = "",
+    pixdim: Sequence[float] | float | None = None,
+    hu_range: Sequence[float] | None = None,
+    roi_size: Sequence[int] | int = 96,
+    patch_size: Sequence[int] | int | None = None,
+) -> PreprocessingSpec:
+    """The pre-processing of a fine-tuning run.
+
+    With a pre-trained ``encoder.pt`` its recorded spacing and HU window are used unless ``pixdim`` / ``hu_range``
+    are given; a given value that differs from the recorded one is used with a warning naming both. Without one,
+    :data:`DEFAULT_PIXDIM` and the toolkit's HU window apply.
+
+    Args:
+        pretrained: path of ``encoder.pt`` or ``""``.
+        pixdim: spacing override (mm) or ``None``.
+        hu_range: ``(a_min, a_max)`` override or ``None``.
+        roi_size: training crop / sliding-window size.
+        patch_size: the encoder's patch size, recorded in the spec (the pre-trained encoder's when there is one).
+
+    Returns:
+        The :class:`~medgmae.preprocessing.PreprocessingSpec`, written into ``best_model.pt``.
+    """
+    from medgmae.finetune.weights import read_encoder_file
+
+    recorded, enc_patch = None, None
+    if pretrained:
+        ckpt = read_encoder_file(pretrained)
+        recorded, enc_patch = ckpt.preprocessing, ckpt.config.get("patch_size")
+    if recorded is None and pixdim is None:
+        pixdim = DEFAULT_PIXDIM
+    spacing, window = reconcile_spacing_window(recorded, pixdim, hu_range, source=str(pretrained))
+    base = recorded or DEFAULT_SPEC
+    return PreprocessingSpec(orientation=base.orientation, spacing=spacing, hu_window=window,
+                             intensity_range=base.intensity_range, clip=base.clip, input_size=roi_size,
+                             patch_size=enc_patch or patch_size or base.patch_size)  # fmt: skip
+
+
+def finetuned_spec(
+    checkpoint: str | Path, pixdim: Sequence[float] | float | None = None, hu_range: Sequence[float] | None = None
+) -> PreprocessingSpec:
+    """The pre-processing recorded in a fine-tuned ``best_model.pt``, with optional overrides (warned about)."""
+    import dataclasses
+
+    from medgmae.checkpoint import load_checkpoint
+    from medgmae.finetune.weights import FINETUNED_KIND
+
+    ckpt = load_checkpoint(checkpoint, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run")
+    recorded = ckpt.preprocessing
+    spacing, window = reconcile_spacing_window(recorded, pixdim, hu_range, source=str(checkpoint))
+    return dataclasses.replace(recorded or DEFAULT_SPEC, spacing=spacing, hu_window=window)
+
+
+def _load_and_resample(keys, spec: PreprocessingSpec) -> list:
+    labels = [k for k in keys if k == "label"]
     return [
         LoadImaged(keys=keys, image_only=True),
         EnsureChannelFirstd(keys=keys),
-        Orientationd(keys=keys, axcodes="RAS"),
-        Spacingd(keys=keys, pixdim=pixdim, mode=interp),
-        ScaleIntensityRanged(keys="image", a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True),
+        *spec.transforms(keys=["image"], label_keys=labels),
         CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
     ]
 
 
-def train_transforms(
-    roi_size: Sequence[int] | int = 96,
-    pixdim: Sequence[float] = DEFAULT_PIXDIM,
-    hu_range: Sequence[float] = DEFAULT_HU_RANGE,
-    num_samples: int = 4,
-) -> Compose:
-    """MONAI BTCV training pipeline: load, RAS, resample, HU window to [0, 1], foreground crop, 1:1 pos/neg crops of
-    ``roi_size``, flips on each axis, 90-degree rotations, intensity scale and shift."""
-    roi = [roi_size] * 3 if isinstance(roi_size, int) else list(roi_size)
+def train_transforms(spec: PreprocessingSpec, num_samples: int = 4) -> Compose:
+    """MONAI BTCV training pipeline: load, ``spec`` (orientation, spacing, HU window), foreground crop, 1:1 pos/neg
+    crops of ``spec.input_size``, flips on each axis, 90-degree rotations, intensity scale and shift."""
+    roi = list(spec.input_size)
     keys = ["image", "label"]
     return Compose(
-        _load_and_resample(keys, pixdim, hu_range, ("bilinear", "nearest"))
+        _load_and_resample(keys, spec)
         + [
             SpatialPadd(keys=keys, spatial_size=roi),
             RandCropByPosNegLabeld(
@@ -379,12 +426,12 @@ def train_transforms(
     )
 
 
-def val_transforms(pixdim: Sequence[float] = DEFAULT_PIXDIM, hu_range: Sequence[float] = DEFAULT_HU_RANGE) -> Compose:
+def val_transforms(spec: PreprocessingSpec) -> Compose:
     """Deterministic part of :func:`train_transforms` (whole volumes, for sliding-window validation)."""
     keys = ["image", "label"]
-    return Compose(_load_and_resample(keys, pixdim, hu_range, ("bilinear", "nearest")) + [EnsureTyped(keys=keys)])
+    return Compose(_load_and_resample(keys, spec) + [EnsureTyped(keys=keys)])
 
 
-def inference_transforms(pixdim: Sequence[float] = DEFAULT_PIXDIM, hu_range: Sequence[float] = DEFAULT_HU_RANGE) -> Compose:
+def inference_transforms(spec: PreprocessingSpec) -> Compose:
     """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space."""
-    return Compose(_load_and_resample(["image"], pixdim, hu_range, "bilinear") + [EnsureTyped(keys="image")])
+    return Compose(_load_and_resample(["image"], spec) + [EnsureTyped(keys="image")])

@@ -17,8 +17,10 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import UNETR
 
+from medgmae.checkpoint import ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
     "ENCODER_KIND",
@@ -35,46 +37,29 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ENCODER_KIND = "medgmae-encoder"
 #: encoder tensors that MONAI's ViT (``classification=False``) has no place for
 STOCK_UNETR_DROPPED = ("cls_token",)
 
 
-def read_encoder_file(path: str | Path) -> dict:
-    """Read and check an ``encoder.pt`` file.
-
-    Args:
-        path: file written by pre-training.
-
-    Returns:
-        the dict with ``kind``, ``config``, ``state_dict`` and ``source``.
+def read_encoder_file(path: str | Path) -> Checkpoint:
+    """Read and check an ``encoder.pt`` file (:mod:`medgmae.checkpoint` format, kind ``medgmae-encoder``).
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file cannot be read or is not a MedGMAE encoder file.
+        ValueError: the file cannot be read or is not a MedGMAE encoder file (the message names both kinds).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pre-trained encoder file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # corrupt or truncated file
-        raise ValueError(f"cannot read pre-trained encoder file {path}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != ENCODER_KIND:
-        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a '{ENCODER_KIND}' file (kind: {kind!r}); pass the encoder.pt written by pre-training")
-    for key in ("config", "state_dict"):
-        if key not in ckpt:
-            raise ValueError(f"{path} has no '{key}' entry")
-    return ckpt
+    return load_checkpoint(path, ENCODER_KIND, "fine-tuning needs the encoder.pt written by pre-training")
 
 
-def load_pretrained_encoder(network: nn.Module, encoder: str | Path | dict, source_name: str | None = None) -> int:
+def load_pretrained_encoder(
+    network: nn.Module, encoder: str | Path | Checkpoint | dict, source_name: str | None = None
+) -> int:
     """Copy every pre-trained encoder tensor into ``network.vit``; fail on any missing or mis-shaped tensor.
 
     Args:
         network: :class:`MedGMAEUNETR` or MONAI :class:`UNETR`.
-        encoder: path of an ``encoder.pt`` file, its loaded dict, or a bare encoder state dict.
+        encoder: path of an ``encoder.pt`` file, its :class:`~medgmae.checkpoint.Checkpoint`, or a bare encoder
+            state dict.
         source_name: name used in messages (defaults to the path).
 
     Returns:
@@ -89,7 +74,7 @@ def load_pretrained_encoder(network: nn.Module, encoder: str | Path | dict, sour
         source_name = source_name or str(encoder)
         encoder = read_encoder_file(encoder)
     source_name = source_name or "encoder state dict"
-    state = encoder["state_dict"] if "state_dict" in encoder else encoder
+    state = encoder.state_dict if isinstance(encoder, Checkpoint) else encoder
     target = network.vit.state_dict()
     dropped = [k for k in STOCK_UNETR_DROPPED if isinstance(network, UNETR) and k in state and k not in target]
     source = {k: v for k, v in state.items() if k not in dropped}
@@ -141,7 +126,7 @@ def build_unetr(
         raise ValueError(f"num_classes must be >= 2 (background and at least one structure), got {num_classes}")
     if pretrained:
         ckpt = read_encoder_file(pretrained)
-        cfg = dict(ckpt["config"])
+        cfg = dict(ckpt.config)
         roi = tuple(int(r) for r in ([roi_size] * len(cfg["img_size"]) if isinstance(roi_size, int) else roi_size))
         if tuple(cfg["img_size"]) != roi:
             raise ValueError(
@@ -174,7 +159,7 @@ def stock_unetr_from_encoder(
         the MONAI network with every encoder tensor but ``cls_token`` loaded into ``UNETR.vit``.
     """
     ckpt = read_encoder_file(pretrained)
-    cfg = ckpt["config"]
+    cfg = ckpt.config
     if set(cfg["patch_size"]) != {16} or cfg["num_layers"] != 12:
         raise ValueError(
             f"MONAI UNETR needs 16^3 patches and 12 blocks; {pretrained} has patch {tuple(cfg['patch_size'])} and "
@@ -260,45 +245,50 @@ FINETUNED_KIND = "medgmae-unetr"
 
 
 def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu") -> MedGMAEUNETR:
-    """Rebuild a fine-tuned :class:`MedGMAEUNETR` from ``best_model.pt`` (or a training checkpoint holding one).
+    """Rebuild a fine-tuned :class:`MedGMAEUNETR` from ``best_model.pt``; its recorded pre-processing is set as
+    the network's ``preprocessing`` attribute.
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file is not a fine-tuned UNETR.
+        ValueError: the file is not a fine-tuned UNETR (the message names both kinds).
     """
-    from medgmae.engine import load_torch_file
-
-    ckpt = load_torch_file(path, map_location, what="fine-tuned model")
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != FINETUNED_KIND:
-        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a '{FINETUNED_KIND}' model file (kind: {kind!r}); pass best_model.pt of a run")
-    cfg = dict(ckpt["config"])
+    ckpt = load_checkpoint(path, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run", map_location)
+    cfg = dict(ckpt.config)
     out_channels, feature_size = cfg.pop("out_channels"), cfg.pop("feature_size")
     net = MedGMAEUNETR(out_channels, encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
-    net.load_state_dict(ckpt["state_dict"], strict=True)
+    net.load_state_dict(ckpt.state_dict, strict=True)
+    net.preprocessing = ckpt.preprocessing
     return net
 
 
 class BestCheckpointSaver:
     """Save ``best_model.pt`` atomically whenever a validation metric improves (attach to the evaluator).
 
-    The file is ``{"kind": "medgmae-unetr", "config", "state_dict", "epoch", "metric_name", "metric"}``, readable
-    by :func:`load_finetuned`. The best value so far is part of ``state_dict()`` so that resumed runs keep it.
+    The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr`` with the run's pre-processing and
+    ``extra = {"epoch", "metric_name", "metric"}``, readable by :func:`load_finetuned`. The best value so far is
+    part of ``state_dict()`` so that resumed runs keep it.
 
     Args:
         output_dir: run folder.
         network: the :class:`MedGMAEUNETR` being trained.
         metric_name: key in ``engine.state.metrics`` (higher is better).
         filename: file name.
+        preprocessing: the run's pre-processing, recorded in the file for evaluation and inference.
     """
 
     def __init__(
-        self, output_dir: str | Path, network: MedGMAEUNETR, metric_name: str = "val_mean_dice", filename: str = "best_model.pt"
+        self,
+        output_dir: str | Path,
+        network: MedGMAEUNETR,
+        metric_name: str = "val_mean_dice",
+        filename: str = "best_model.pt",
+        preprocessing: PreprocessingSpec | None = None,
     ) -> None:
         if not hasattr(network, "config"):
             raise ValueError(f"{type(network).__name__} has no config(); use MedGMAEUNETR")
         self.path, self.network, self.metric_name = Path(output_dir) / filename, network, metric_name
         self.best, self.best_epoch = -float("inf"), 0
+        self.preprocessing = preprocessing
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -316,8 +306,8 @@ class BestCheckpointSaver:
         self.best, self.best_epoch = value, int(engine.state.epoch)
         net = self.network.module if hasattr(self.network, "module") else self.network
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        payload = {"kind": FINETUNED_KIND, "config": net.config(), "state_dict": state, "epoch": self.best_epoch,
-                   "metric_name": self.metric_name, "metric": value}
+        payload = make_checkpoint(FINETUNED_KIND, net.config(), state, self.preprocessing,
+                                  extra={"epoch": self.best_epoch, "metric_name": self.metric_name, "metric": value})
         save_torch_atomic(payload, self.path)
         logger.info("new best %s %.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path)
 
