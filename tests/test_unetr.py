@@ -143,7 +143,7 @@ def test_missing_tensor_fails_loudly(tmp_path):
     net = MedGMAEUNETR(3, encoder=MaskedViTEncoder(**enc.config()))
     before = net.vit.blocks[0].mlp.linear1.weight.detach().clone()
     with pytest.raises(ValueError, match="blocks.1.mlp.linear1.weight"):
-        load_pretrained_encoder(net, ckpt)
+        load_pretrained_encoder(net, ckpt["state_dict"])
     assert torch.equal(net.vit.blocks[0].mlp.linear1.weight, before)  # nothing partially loaded
 
 
@@ -154,7 +154,7 @@ def test_mis_shaped_and_unexpected_tensors_fail(tmp_path):
     state["decoder_embed.weight"] = torch.ones(3, 3)
     net = MedGMAEUNETR(3, encoder=MaskedViTEncoder(**enc.config()))
     with pytest.raises(ValueError) as err:
-        load_pretrained_encoder(net, {"state_dict": state})
+        load_pretrained_encoder(net, state)
     msg = str(err.value)
     assert "norm.weight: checkpoint (40,) vs network (48,)" in msg and "decoder_embed.weight" in msg
 
