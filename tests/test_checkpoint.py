@@ -1,0 +1,149 @@
+"""The one checkpoint format: every model kind round-trips, wrong kinds and corrupt files are named, and loading
+never runs code from the file."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from medgmae.checkpoint import CHECKPOINT_KINDS, load_checkpoint, make_checkpoint
+from medgmae.engine import CheckpointHandler, load_torch_file
+from medgmae.networks import MedGMAE, VoxelMAE
+from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.preprocessing import PreprocessingSpec
+from medgmae.twod.gmae import GMAE2D
+
+SPEC = PreprocessingSpec(spacing=(0.8, 0.8, 2.5), hu_window=(-100.0, 300.0), input_size=16, patch_size=8)
+
+
+def _models() -> dict:
+    torch.manual_seed(0)
+    tiny = dict(img_size=16, patch_size=8, model_size="tiny")
+    models = {
+        "medgmae": MedGMAE(**tiny, num_gaussians=4),
+        "medgmae-star": MedGMAE(**tiny, num_gaussians=2, multi_level=True),
+        "voxel-mae": VoxelMAE(**tiny),
+        "gmae2d": GMAE2D(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4),
+    }
+    for kind in ("medgmae", "medgmae-star", "voxel-mae"):
+        models[kind].preprocessing = SPEC
+    return models
+
+
+@pytest.mark.parametrize("kind", ["medgmae", "medgmae-star", "voxel-mae", "gmae2d"])
+def test_every_model_kind_round_trips_with_its_spec(tmp_path, kind):
+    model = _models()[kind]
+    path = tmp_path / "model.pt"
+    torch.save(model.model_checkpoint(), path)
+    raw = torch.load(path, weights_only=True)  # plain data only
+    assert raw["format"] == "medgmae" and raw["kind"] == kind
+    back = type(model).from_checkpoint(path)
+    assert back.config() == model.config() and back.kind == kind
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert back.preprocessing == (None if kind == "gmae2d" else SPEC)
+
+
+def test_encoder_file_carries_the_spec(tmp_path):
+    model = _models()["medgmae"]
+    torch.save(model.encoder_checkpoint(), tmp_path / "encoder.pt")
+    ckpt = load_checkpoint(tmp_path / "encoder.pt", "medgmae-encoder")
+    assert ckpt.preprocessing == SPEC and ckpt.extra["source"] == "MedGMAE"
+    enc = MaskedViTEncoder(**ckpt.config)
+    enc.load_state_dict(ckpt.state_dict)
+
+
+def test_fine_tuned_unetr_round_trips(tmp_path):
+    from types import SimpleNamespace
+
+    from medgmae.finetune import BestCheckpointSaver, load_finetuned
+    from medgmae.networks.unetr import MedGMAEUNETR
+
+    net = MedGMAEUNETR(3, encoder=MaskedViTEncoder(img_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=2), feature_size=4)
+    saver = BestCheckpointSaver(tmp_path, net, preprocessing=SPEC)
+    saver(SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": 0.5}, epoch=3)))
+    back = load_finetuned(tmp_path / "best_model.pt")
+    assert back.preprocessing == SPEC
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in net.state_dict().items())
+    assert load_checkpoint(tmp_path / "best_model.pt").extra == {"epoch": 3, "metric_name": "val_mean_dice", "metric": 0.5}
+
+
+def test_wrong_kind_names_the_file_and_both_kinds(tmp_path):
+    m = _models()
+    torch.save(m["gmae2d"].model_checkpoint(), tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=r"x\.pt is a gmae2d checkpoint \(2D GMAE model\); --init medgmae needs a medgmae model\.pt"):
+        load_checkpoint(tmp_path / "x.pt", ("medgmae", "medgmae-star"), "--init medgmae needs a medgmae model.pt")
+    with pytest.raises(ValueError, match=r"x\.pt is a gmae2d checkpoint.*expected medgmae or medgmae-star"):
+        MedGMAE.from_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="unknown checkpoint kind"):
+        make_checkpoint("resnet", {}, {})
+    assert {"medgmae", "medgmae-star", "voxel-mae", "medgmae-encoder", "gmae2d", "gvit", "medgmae-unetr"} <= set(CHECKPOINT_KINDS)
+
+
+def test_corrupt_truncated_and_foreign_files_are_named(tmp_path):
+    torch.save(_models()["medgmae"].model_checkpoint(), tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.pt").write_text("hello")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    for name, pattern in (("truncated.pt", "not a readable PyTorch file"), ("text.pt", "not a readable PyTorch file"),
+                          ("foreign.pt", "not a model checkpoint of this toolkit"), ("list.pt", "not a model checkpoint")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"{name}.*{pattern}|{pattern}.*{name}"):
+            load_checkpoint(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad_spec = make_checkpoint("medgmae", {}, {}, {"spacing": [-1, 1, 1]})
+    torch.save(bad_spec, tmp_path / "badspec.pt")
+    with pytest.raises(ValueError, match="badspec.pt.*spacing"):
+        load_checkpoint(tmp_path / "badspec.pt")
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["model_file", "training_state"])
+def test_a_pickle_payload_is_refused_and_never_runs(tmp_path, where):
+    marker = tmp_path / "pwned"
+    payload = _models()["medgmae"].model_checkpoint()
+    if where == "model_file":
+        payload["extra"] = {"x": _Payload(marker)}
+    else:
+        payload = {"objects": {"model": payload["state_dict"], "config": _Payload(marker)}}
+    path = tmp_path / "shared_model.pt"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"shared_model\.pt: refused to load .* could run arbitrary code"):
+        MedGMAE.from_checkpoint(path)
+    with pytest.raises(ValueError, match="refused"):
+        load_torch_file(path)
+    assert not marker.exists()
+    # the payload really is live: plain pickle would have run it
+    with zipfile.ZipFile(path) as z:
+        name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+        assert b"system" in z.read(name)
+    del pickle  # (plain pickle is never used on checkpoints)
+
+
+def test_training_checkpoints_are_plain_data(tmp_path):
+    """CheckpointHandler's resume file (RNG states included) loads with weights_only=True."""
+    from ignite.engine import Engine
+    from monai.transforms import RandSpatialCropd
+
+    model = _models()["medgmae"]
+    handler = CheckpointHandler(tmp_path, {"model": model}, source=RandSpatialCropd(keys="x", roi_size=4))
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.iteration = 1, 1
+    path = handler.save(engine, "checkpoint_epoch=1.pt")
+    state = torch.load(path, weights_only=True)
+    assert set(state) == {"engine", "objects", "random_state"}
+    handler.rng.load_state_dict(state["random_state"])  # restorable
