@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from medgmae.engine import atomic_write
 
-__all__ = ["read_image", "to_model_input", "image_kind", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
+__all__ = ["read_image", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -39,7 +39,7 @@ IMAGE_SUFFIXES = _PIL_SUFFIXES + _NIFTI_SUFFIXES + _DICOM_SUFFIXES
 _UINT16_MAX = 65535.0
 
 
-def image_kind(path: str | os.PathLike) -> str:
+def _image_kind(path: str | os.PathLike) -> str:
     """``"pil"``, ``"nifti"`` or ``"dicom"`` from the name (or the DICOM preamble); ValueError otherwise."""
     path = Path(path)
     name = path.name.lower()
@@ -176,7 +176,7 @@ def read_image(
         raise FileNotFoundError(f"image not found: {path}")
     if window is not None and (len(window) != 2 or not float(window[1]) > float(window[0])):
         raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
-    kind = image_kind(path)
+    kind = _image_kind(path)
     if kind == "pil":
         arr = _read_pil(path)
         if not np.isfinite(arr).all():
