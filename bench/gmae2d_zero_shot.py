@@ -35,7 +35,7 @@ import torch
 from scipy import ndimage
 from skimage import feature, filters
 
-from medgmae.twod import layers as L
+from medgmae.twod import layering as L
 from medgmae.twod.data2d import edge_map, phantom_slices
 from medgmae.twod.gmae import GMAE2D
 

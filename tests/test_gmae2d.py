@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medgmae.twod import layers as L
+from medgmae.twod import layering as L
 from medgmae.twod.cli import main
 from medgmae.twod.gmae import GMAE2D, SplatGaussians, activate_splat_heads
-from medgmae.twod.io import read_image, to_model_input
+from medgmae.twod.images import read_image, to_model_input
 from medgmae.twod.render import render_gaussians_2d
 
 
@@ -256,6 +256,28 @@ def test_read_image_formats(tmp_path):
     hu = np.array([[-1000, -160, 40], [240, 500, 0]], np.float32)
     _write_dicom(tmp_path / "ct.dcm", hu)
     np.testing.assert_allclose(read_image(tmp_path / "ct.dcm")[0], np.clip((hu + 160) / 400, 0, 1), atol=1e-6)
+
+
+def test_read_image_integer_scale_is_the_file_type_maximum(tmp_path):
+    """8-bit files are divided by 255 and 16-bit files by 65535, whatever the image's own range: a dark 16-bit
+    image is neither stretched to its maximum nor taken for 8-bit because its values stay below 256."""
+    dark = np.array([[0, 1, 100], [255, 128, 7]], np.uint16)
+    bright = np.array([[0, 1000, 30000], [65535, 12345, 257]], np.uint16)
+    for name, values in (("dark", dark), ("bright", bright)):
+        for ext in ("png", "tif"):
+            Image.fromarray(values).save(tmp_path / f"{name}.{ext}")
+            assert Image.open(tmp_path / f"{name}.{ext}").mode.startswith("I;16")  # really a 16-bit file
+            np.testing.assert_array_equal(read_image(tmp_path / f"{name}.{ext}")[0], (values / 65535.0).astype(np.float32))
+    # 32-bit integer images (PIL mode "I") are read on the same 16-bit scale
+    Image.fromarray(dark.astype(np.int32)).save(tmp_path / "dark32.tif")
+    assert Image.open(tmp_path / "dark32.tif").mode == "I"
+    np.testing.assert_array_equal(read_image(tmp_path / "dark32.tif")[0], (dark / 65535.0).astype(np.float32))
+    Image.fromarray(np.array([[0, 70000]], np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=r"wide\.tif.*outside the 16-bit range"):
+        read_image(tmp_path / "wide.tif")
+    # the same stored values in an 8-bit file read on the 8-bit scale
+    Image.fromarray(dark.astype(np.uint8)).save(tmp_path / "dark8.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "dark8.png")[0], (dark / 255.0).astype(np.float32))
 
 
 def test_read_image_errors_name_the_file(tmp_path):

@@ -105,3 +105,25 @@ def test_bad_configuration_fails_clearly(tmp_path, overrides, message):
         e = e.__cause__ or e.__context__
     assert any(message in text for text in chain), chain
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def _resolved(tmp_path, **overrides):
+    """Parse the training config with overrides, on a torch.device("cuda") that is never used (nothing is moved
+    to it), so that the trainer's bf16 switch shows what ``amp`` resolved to (it is always off on CPU)."""
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({**TINY, "output_dir": str(tmp_path), "slices_per_case": 1, "image_size": 16,
+                   "device_obj": "$torch.device('cuda')", "network": "@network_def", **overrides})  # fmt: skip
+    return parser
+
+
+@pytest.mark.parametrize("value", ["false", "False", "0", False])
+def test_string_flags_turn_amp_and_resume_off(tmp_path, value):
+    on = _resolved(tmp_path / "on", amp=True, resume=True)
+    assert on.get_parsed_content("train#trainer").bf16 is True
+    assert on.get_parsed_content("train#handlers")[2].resume is True
+    off = _resolved(tmp_path / "off", amp=value, resume=value)
+    assert off.get_parsed_content("train#trainer").bf16 is False
+    assert off.get_parsed_content("train#handlers")[2].resume is False
+    cpu = _resolved(tmp_path / "cpu", amp=True, device_obj="$torch.device('cpu')")
+    assert cpu.get_parsed_content("train#trainer").bf16 is False  # amp is bf16 autocast on CUDA only

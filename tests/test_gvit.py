@@ -14,8 +14,8 @@ from skimage.metrics import structural_similarity
 from torch.utils.data import DataLoader
 
 from medgmae.twod.classification_data import (
-    LoadClassificationImage,
     load_classification_data,
+    make_dataset,
     read_csv_list,
     scan_image_folder,
     write_phantom_slice_task,
@@ -267,14 +267,19 @@ def test_image_folder_and_channels(tmp_path):
     assert len(data.train) == 4 and len(data.val) == 2 and {it["label"] for it in data.val} == {0, 1}
     rgb = root / "a" / "0.png"
     ref = np.asarray(Image.open(rgb), dtype=np.float32) / 255.0
-    one = LoadClassificationImage(20, 1)({"image": str(rgb), "label": 0})["image"]
-    np.testing.assert_allclose(one[0].numpy(), ref.mean(-1), atol=1e-6)
+    one = make_dataset([{"image": str(rgb), "label": 0}], 20, 1)[0]
+    np.testing.assert_allclose(one["image"][0].numpy(), ref @ np.array([0.299, 0.587, 0.114]), atol=1e-6)  # ITU-R 601 luma
+    assert one["label"].dtype == torch.long and int(one["label"]) == 0 and one["path"] == str(rgb)
     gray = root / "b" / "0.png"
-    three = LoadClassificationImage(20, 3)({"image": str(gray), "label": 1})["image"]
+    three = make_dataset([{"image": str(gray), "label": 1}], 20, 3)[0]["image"]
     ref_g = np.asarray(Image.open(gray), dtype=np.float32) / 255.0
     for ch in range(3):
         np.testing.assert_allclose(three[ch].numpy(), ref_g, atol=1e-6)
-    assert LoadClassificationImage(8, 1)({"image": str(gray), "label": 1})["image"].shape == (1, 8, 8)
+    small = make_dataset([{"image": str(gray), "label": 1}], 8, 1)[0]["image"]
+    assert small.shape == (1, 8, 8)
+    # 20 -> 10 halves: area resampling is the mean of each 2 x 2 block
+    half = make_dataset([{"image": str(gray), "label": 1}], 10, 1)[0]["image"]
+    np.testing.assert_allclose(half[0].numpy(), ref_g.reshape(10, 2, 10, 2).mean((1, 3)), atol=1e-6)
 
 
 def test_data_errors_are_named(tmp_path):
@@ -290,7 +295,7 @@ def test_data_errors_are_named(tmp_path):
         scan_image_folder(root)
     root = _folder(tmp_path / "u")
     (root / "b" / "bad.png").write_bytes(b"\x89PNG\r\n garbage")
-    with pytest.raises(ValueError, match=r"cannot read image .*bad\.png"):
+    with pytest.raises(ValueError, match=r"bad\.png: not a readable image"):
         load_classification_data(root)
     with pytest.raises(ValueError, match="not found"):
         load_classification_data(tmp_path / "missing")

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import run, verify_metadata
+from monai.bundle import ConfigParser, run, verify_metadata
 from monai.data import DataLoader
 from monai.utils import set_determinism
 from PIL import Image
 
 from medgmae.twod.classification_data import load_classification_data, make_dataset
 from medgmae.twod.gvit import GViT
-from medgmae.twod.gvit_train import GViTWorkflow
+from medgmae.engine import GradientClipHandler
+from medgmae.twod.gvit_train import GViTWorkflow, default_phase_handlers
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "gvit_classification"
@@ -119,7 +120,8 @@ def _workflow(data, out: Path, resume: bool) -> GViTWorkflow:
     val = DataLoader(make_dataset(data.val, 16, 1), batch_size=4)
     model = GViT(1, 16, 2, num_gaussians=6, patch_size=4)
     return GViTWorkflow(model, train, val, data.class_names, out, {"warmup": 1, "classifier": 1, "joint": 2},
-                        device="cpu", resume=resume, render_backend="torch", num_explanations=0)  # fmt: skip
+                        device="cpu", render_backend="torch", num_explanations=0,
+                        handlers=default_phase_handlers(resume=resume))  # fmt: skip
 
 
 def test_interrupted_run_resumes_bit_for_bit(tmp_path):
@@ -150,3 +152,72 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     sa, sb = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert metrics_b["confusion_matrix"] == metrics_a["confusion_matrix"]
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+def _parser(tmp_path: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({**TINY, "dataset_dir": str(_shapes_dataset(tmp_path / "shapes")), "output_dir": str(tmp_path / "run"),
+                   "image_size": 16, "num_gaussians": 6, "batch_size": 4, **overrides})  # fmt: skip
+    return parser
+
+
+@pytest.mark.parametrize("value", ["false", "False", "0", False])
+def test_string_flags_turn_amp_and_resume_off(tmp_path, value):
+    on = _parser(tmp_path / "on", resume=True)  # the shipped default is amp: true
+    assert on.get_parsed_content("workflow").amp is True
+    assert on.get_parsed_content("train#handlers")[0].resume is True
+
+    off = _parser(tmp_path / "off", amp=value, resume=value)
+    workflow = off.get_parsed_content("workflow")
+    assert workflow.amp is False
+    assert workflow.trainer("warmup")._process_function.amp is False  # the iteration the trainer runs
+    assert off.get_parsed_content("train#handlers")[0].resume is False
+
+    bad = _parser(tmp_path / "bad", amp="maybe")
+    with pytest.raises(Exception) as err:
+        bad.get_parsed_content("workflow")
+    assert "amp must be true or false, got 'maybe'" in str(err.value.__cause__)
+
+
+class _GradNormProbe:
+    """Records the global gradient norm when the backward pass has completed (after earlier handlers ran)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def attach(self, engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        grads = [p.grad.norm() for p in engine.network.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack(grads))))
+
+
+def test_handlers_are_config_a_user_can_add_and_override(tmp_path):
+    """A handler added to ``train#handlers`` runs in every phase; a listed handler's arguments are overridden by id."""
+    overrides = {"warmup_epochs": 1, "classifier_epochs": 1, "joint_epochs": 1, "num_explanations": 0,
+                 "render_backend": "torch"}  # fmt: skip
+    plain = _parser(tmp_path / "plain", **overrides)
+    unclipped = _GradNormProbe()
+    plain["train"]["handlers"].append(unclipped)
+    set_determinism(seed=0)
+    plain.get_parsed_content("workflow").run()
+    assert len(unclipped.norms) > 0 and min(unclipped.norms) > 1e-3  # unclipped gradients are larger than the cap
+
+    clipped = _parser(tmp_path / "clipped", **overrides)
+    probe = _GradNormProbe()
+    clipped["train"]["handlers"] += [{"_target_": "medgmae.engine.GradientClipHandler", "max_norm": 1e-3}, probe]
+    clipped["train#handlers#3#log_every"] = 1  # override by id: the PhaseStats entry logs every iteration
+    set_determinism(seed=0)
+    workflow = clipped.get_parsed_content("workflow")
+    workflow.run()
+    assert len(probe.norms) == len(unclipped.norms)  # three phases, one record per iteration
+    assert max(probe.norms) <= 1e-3 * (1 + 1e-4)
+    handlers = clipped.get_parsed_content("train#handlers")
+    assert isinstance(handlers[4], GradientClipHandler) and handlers[3].log_every == 1
+    assert all((tmp_path / "clipped" / "run" / "checkpoints" / ph / "checkpoint_epoch=1.pt").is_file()
+               for ph in ("warmup", "classifier", "joint"))  # fmt: skip

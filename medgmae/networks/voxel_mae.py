@@ -68,10 +68,3 @@ class VoxelMAE(MaskedAutoencoder):
         tokens = torch.cat([x[:, :1], tokens + self.decoder_pos_embed], dim=1)
         patches = self.decoder_pred(self.run_decoder(tokens)[:, 1:]).float()
         return self.encoder.unpatchify(patches, self.in_channels), None
-
-    @torch.no_grad()
-    def predict_volume(self, x: Tensor, mask_ratio: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
-        """Reconstruction ``(B, C, D, H, W)`` of ``x`` with ``mask_ratio`` of its patches hidden."""
-        self._check_input(x)
-        latent, _, ids_restore = self.encoder(x, mask_ratio=float(mask_ratio), generator=generator)
-        return self.reconstruct(latent, ids_restore)[0]

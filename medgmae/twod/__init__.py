@@ -1,15 +1,12 @@
-"""2D Gaussian masked autoencoders: the splatting renderer, 2D GMAE and its zero-shot layering tools."""
+"""2D Gaussian models: 2D GMAE (masked autoencoder with a splatting decoder) and GViT (Gaussian-token classifier).
 
-from medgmae.twod.gmae import GMAE2D, GMAE2D_KIND, SplatGaussians
-from medgmae.twod.render import BACKENDS, project_gaussians_2d, render_2d_gaussians, render_gaussians_2d, set_gsplat_cache_dir
+Modules: :mod:`~medgmae.twod.render` (the splatting renderer), :mod:`~medgmae.twod.gmae` (2D GMAE),
+:mod:`~medgmae.twod.layering` (its zero-shot depth layering, figure-ground and edges), :mod:`~medgmae.twod.cli`
+(``medgmae-2d``), :mod:`~medgmae.twod.images` (the 2D image reader and PNG writers), :mod:`~medgmae.twod.data2d`
+(the loader, phantom slices and the 2D GMAE dataset), :mod:`~medgmae.twod.gvit` (GViT), :mod:`~medgmae.twod.guidance`,
+:mod:`~medgmae.twod.gvit_train`, :mod:`~medgmae.twod.gvit_eval` and :mod:`~medgmae.twod.classification_data`.
+"""
 
-__all__ = [
-    "BACKENDS",
-    "GMAE2D",
-    "GMAE2D_KIND",
-    "SplatGaussians",
-    "project_gaussians_2d",
-    "render_2d_gaussians",
-    "render_gaussians_2d",
-    "set_gsplat_cache_dir",
-]
+from medgmae.twod.gmae import GMAE2D, SplatGaussians
+
+__all__ = ["GMAE2D", "SplatGaussians"]

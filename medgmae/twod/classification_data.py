@@ -7,12 +7,14 @@ Accepted inputs (``dataset`` argument of :func:`load_classification_data`):
 * a CSV file of ``path,label`` rows (an optional ``path,label`` header; paths relative to the CSV's folder);
   an optional third column ``split`` with ``train`` / ``val`` fixes the split.
 
-Images are PNG / JPEG / BMP / TIFF, grayscale (1 channel) or colour (3 channels, alpha dropped), 8 or 16 bit,
-scaled to ``[0, 1]`` and resized to the model's square size. Problems (missing or empty folders, a single class,
+Images are any file :func:`medgmae.twod.images.read_image` reads (PNG / JPEG / BMP / TIFF, 8 or 16 bit, grey or
+colour; a NIfTI slice; DICOM), loaded by the same :class:`~medgmae.twod.data2d.LoadImage2Dd` as 2D GMAE's
+images: scaled to ``[0, 1]`` and brought to the model's channels and square size. Problems (missing or empty folders, a single class,
 unreadable images, malformed CSV rows) raise ``ValueError`` naming the file and the problem.
 
 The default task (:func:`write_phantom_slice_task`) cuts axial slices from generated phantoms
-(:mod:`medgmae.data.phantom`) and labels each slice by the organ that covers most of it.
+(:mod:`medgmae.data.phantom`, through :func:`medgmae.twod.data2d.axial_slices`) and labels each slice by the
+organ that covers most of it.
 """
 
 from __future__ import annotations
@@ -28,20 +30,18 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import CacheDataset
-from PIL import Image
+from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
-from medgmae.engine import atomic_write, save_json_atomic
+from medgmae.engine import save_json_atomic
+from medgmae.twod.data2d import LoadImage2Dd, axial_slices, window_to_image
+from medgmae.twod.images import IMAGE_SUFFIXES, read_image, save_png
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "ClassificationData",
-    "read_image",
     "scan_image_folder",
     "read_csv_list",
     "load_classification_data",
-    "LoadClassificationImage",
     "make_dataset",
     "write_phantom_slice_task",
     "resolve_classification_data",
@@ -49,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger("medgmae.gvit")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -75,33 +74,6 @@ class ClassificationData:
         return len(self.class_names)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as ``(C, H, W)`` float32 in ``[0, 1]``, C = 1 (grayscale) or 3 (colour).
-
-    Raises:
-        ValueError: the file is missing or cannot be decoded as an image.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float32) / (65535.0 if mode.startswith("I;16") else max(1.0, float(np.asarray(im).max())))
-                arr = arr[None]
-            elif mode in ("L", "1", "F"):
-                arr = np.asarray(im.convert("F"), dtype=np.float32)[None] / (1.0 if mode == "F" else 255.0)
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-    if not np.isfinite(arr).all():
-        raise ValueError(f"image {path} contains NaN or Inf values")
-    return np.clip(arr, 0.0, 1.0)
-
-
 def _require_classes(class_names: Sequence[str], where: str) -> None:
     if len(class_names) < 2:
         found = f"only class {list(class_names)}" if class_names else "no classes"
@@ -123,9 +95,9 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     _require_classes(classes, f"dataset folder {root}")
     items = []
     for idx, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in (root / name).iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
         if not files:
-            raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         items += [{"image": str(f), "label": idx} for f in files]
     return items, classes
 
@@ -225,44 +197,31 @@ def load_classification_data(
     return ClassificationData(train, val, list(classes), int(first), str(path), counts)
 
 
-class LoadClassificationImage:
-    """Dictionary transform: read ``"image"``, match ``channels``, resize to ``image_size``; label to a tensor.
+def make_dataset(items: list[dict], image_size: int | Sequence[int], channels: int, cache: bool = True) -> CacheDataset:
+    """A MONAI :class:`~monai.data.CacheDataset` of ``{"image": (C, H, W) in [0, 1], "label": long, "path": str}``.
+
+    Images are read and resized by :class:`~medgmae.twod.data2d.LoadImage2Dd` (all cached when ``cache``).
 
     Args:
-        image_size: output ``(H, W)`` or an int.
-        channels: 1 (colour images averaged to luminance) or 3 (grayscale replicated).
+        items: ``[{"image": path, "label": int}]``.
+        image_size: ``(H, W)`` or an int.
+        channels: 1 (colour images to ITU-R 601 luma) or 3 (grey replicated).
+        cache: cache every loaded image.
     """
-
-    def __init__(self, image_size: int | Sequence[int], channels: int) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-        self.channels = channels
-
-    def __call__(self, item: dict) -> dict:
-        img = torch.from_numpy(read_image(item["image"]))
-        if img.shape[0] != self.channels:
-            img = img.mean(0, keepdim=True) if self.channels == 1 else img.expand(3, -1, -1)
-        if tuple(img.shape[1:]) != self.size:
-            img = F.interpolate(img[None], size=self.size, mode="bilinear", antialias=True, align_corners=False)[0]
-        return {"image": img.clamp(0, 1).contiguous(), "label": torch.tensor(int(item["label"]), dtype=torch.long),
-                "path": item["image"]}  # fmt: skip
-
-
-def make_dataset(items: list[dict], image_size: int | Sequence[int], channels: int, cache: bool = True) -> CacheDataset:
-    """A MONAI :class:`~monai.data.CacheDataset` of loaded, resized images (all cached when ``cache``)."""
-    return CacheDataset(items, transform=LoadClassificationImage(image_size, channels), cache_rate=1.0 if cache else 0.0,
-                        num_workers=0, progress=False)  # fmt: skip
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    transform = Compose([
+        CopyItemsd(keys="image", names="path"),
+        LoadImage2Dd("image", size, channels),
+        EnsureTyped(keys="label", dtype=torch.long, track_meta=False),
+    ])  # fmt: skip
+    return CacheDataset(items, transform=transform, cache_rate=1.0 if cache else 0.0, num_workers=0, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------- default task
-def _slice_to_png(hu: np.ndarray, size: int, window: tuple[float, float]) -> Image.Image:
-    lo, hi = window
-    arr = np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    t = torch.from_numpy(arr)[None, None]
-    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0, 0]
-    return Image.fromarray((t.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8), mode="L")
-
+_TASK_VERSION = 2
+"""Bumped when the task's images change for the same parameters (2: slices resized as every 2D input is)."""
 
 def write_phantom_slice_task(
     out_dir: str | Path,
@@ -291,40 +250,16 @@ def write_phantom_slice_task(
     Returns:
         ``out_dir``, a dataset folder for :func:`load_classification_data`.
     """
-    from medgmae.data.phantom import ORGAN_LABELS, generate_phantom
-
     if image_size < 8 or not 1 <= num_val_cases < num_cases:
         raise ValueError(f"need image_size >= 8 and 1 <= num_val_cases < num_cases, got {image_size}, {num_val_cases}, {num_cases}")
     out_dir = Path(out_dir)
-    params = dict(num_cases=num_cases, num_val_cases=num_val_cases, seed=seed, image_size=image_size,
-                  volume_shape=list(volume_shape), min_fraction=min_fraction, max_per_class=max_per_class,
-                  window=list(window))  # fmt: skip
+    params = dict(version=_TASK_VERSION, num_cases=num_cases, num_val_cases=num_val_cases, seed=seed,
+                  image_size=image_size, volume_shape=list(volume_shape), min_fraction=min_fraction,
+                  max_per_class=max_per_class, window=list(window))  # fmt: skip
     marker = out_dir / "task.json"
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("params") == params:
-                return out_dir
-        except (json.JSONDecodeError, OSError):
-            pass
-    if out_dir.is_dir():  # a stale or partial task: clear its slices so that no old file is counted
-        marker.unlink(missing_ok=True)
-        for old in out_dir.glob("*/*/case*_z*.png"):
-            old.unlink()
-    slices: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {"train": {}, "val": {}}
-    for case in range(num_cases):
-        split = "val" if case >= num_cases - num_val_cases else "train"
-        ph = generate_phantom(seed + case, shape=tuple(volume_shape))
-        image, label = np.asarray(ph.image, dtype=np.float32), np.asarray(ph.label)
-        for z in range(label.shape[2]):
-            lab = label[:, :, z]
-            areas = np.bincount(lab.ravel(), minlength=max(ORGAN_LABELS) + 1)
-            areas[0] = 0
-            organ = int(areas.argmax())
-            if areas[organ] < min_fraction * lab.size or organ not in ORGAN_LABELS:
-                continue
-            # RAS axes (0: towards the patient's right, 1: towards anterior) -> rows anterior-first, columns right-first
-            hu = np.flip(image[:, :, z].T, (0, 1))
-            slices[split].setdefault(ORGAN_LABELS[organ], []).append((f"case{case}_z{z:03d}", hu))
+    if _reuse_or_clear(out_dir, params):
+        return out_dir
+    slices = _labelled_slices(num_cases, num_val_cases, seed, volume_shape, min_fraction)
     classes = sorted(name for name, group in slices["train"].items() if len(group) >= 4)
     missing = [c for c in classes if not slices["val"].get(c)]
     if len(classes) < 2 or missing:
@@ -339,12 +274,49 @@ def write_phantom_slice_task(
             group = slices[split][name]
             rng.shuffle(group)
             for stem, hu in sorted(group[:max_per_class], key=lambda t: t[0]):
-                with atomic_write(out_dir / split / name / f"{stem}.png") as tmp:
-                    _slice_to_png(hu, image_size, window).save(tmp, format="PNG")
+                save_png(window_to_image(hu, window, (image_size, image_size)), out_dir / split / name / f"{stem}.png")
             counts[split][name] = min(len(group), max_per_class)
     save_json_atomic({"task": "phantom axial slices labelled by the organ with the largest area", "params": params,
                       "counts": counts}, marker)  # fmt: skip
     return out_dir
+
+
+def _reuse_or_clear(out_dir: Path, params: dict) -> bool:
+    """True when ``out_dir`` holds a finished task with ``params``; otherwise removes any stale or partial task's
+    slices (so that no old file is counted) and returns False."""
+    marker = out_dir / "task.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("params") == params:
+                return True
+        except (json.JSONDecodeError, OSError):
+            pass
+    if out_dir.is_dir():
+        marker.unlink(missing_ok=True)
+        for old in out_dir.glob("*/*/case*_z*.png"):
+            old.unlink()
+    return False
+
+
+def _labelled_slices(
+    num_cases: int, num_val_cases: int, seed: int, volume_shape: Sequence[int], min_fraction: float
+) -> dict[str, dict[str, list[tuple[str, np.ndarray]]]]:
+    """``{split: {organ: [(stem, hu (H, W)), ...]}}``: every axial slice whose largest organ covers at least
+    ``min_fraction`` of it, labelled by that organ; the last ``num_val_cases`` phantoms are the validation split."""
+    from medgmae.data.phantom import ORGAN_LABELS, generate_phantom
+
+    slices: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {"train": {}, "val": {}}
+    for case in range(num_cases):
+        split = "val" if case >= num_cases - num_val_cases else "train"
+        for sl in axial_slices(generate_phantom(seed + case, shape=tuple(volume_shape))):
+            lab = sl["label"]
+            areas = np.bincount(lab.ravel(), minlength=max(ORGAN_LABELS) + 1)
+            areas[0] = 0
+            organ = int(areas.argmax())
+            if areas[organ] < min_fraction * lab.size or organ not in ORGAN_LABELS:
+                continue
+            slices[split].setdefault(ORGAN_LABELS[organ], []).append((f"case{case}_z{sl['slice']:03d}", sl["hu"]))
+    return slices
 
 
 def resolve_classification_data(

@@ -24,9 +24,9 @@ import torch
 
 from medgmae.cli_types import nonneg_float, positive_int
 from medgmae.engine import atomic_write, resolve_device
-from medgmae.twod import layers as L
+from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
-from medgmae.twod.io import read_image, save_png, save_png_grid, to_model_input
+from medgmae.twod.images import read_image, save_png, save_png_grid, to_model_input
 
 __all__ = ["main", "build_parser"]
 

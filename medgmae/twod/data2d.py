@@ -1,11 +1,14 @@
 """2D training and evaluation data: slices of the toolkit's CT phantoms, or any folder of images.
 
-* :func:`phantom_slices` cuts axial slices (with organ labels and a body mask) out of phantom volumes from
-  :func:`medgmae.data.phantom.generate_phantom`, windowed to ``[0, 1]`` and resized, shown radiologically
-  (patient's right on the image's left, anterior at the top).
+* :func:`axial_slices` cuts axial slices (HU, organ labels, body mask) out of a phantom from
+  :func:`medgmae.data.phantom.generate_phantom`, shown radiologically (patient's right on the image's left,
+  anterior at the top), and :func:`window_to_image` windows one to ``[0, 1]`` at the model's size: the one
+  phantom-slice generator of 2D GMAE (:func:`phantom_slices`) and GViT
+  (:func:`medgmae.twod.classification_data.write_phantom_slice_task`).
 * :func:`image_folder_items` lists PNG/JPEG/NIfTI/DICOM files of a folder (recursively).
-* :class:`LoadImage2Dd` is the MONAI dictionary transform that reads one of those files with
-  :func:`medgmae.twod.io.read_image` and brings it to the model's channels and size.
+* :class:`LoadImage2Dd` is the one loader of 2D image files, for 2D GMAE and GViT: a MONAI dictionary transform
+  that reads a file with :func:`medgmae.twod.images.read_image` and brings it to the model's channels and size
+  with :func:`medgmae.twod.images.to_model_input`.
 * :func:`gmae2d_dataset` combines them with MONAI transforms into the pre-training dataset of the
   ``gmae2d_pretrain`` bundle.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,21 +25,57 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
-from medgmae.twod.io import IMAGE_SUFFIXES, read_image, to_model_input
+from medgmae.twod.images import IMAGE_SUFFIXES, read_image, to_model_input
 
-__all__ = ["phantom_slices", "image_folder_items", "LoadImage2Dd", "gmae2d_dataset", "DEFAULT_WINDOW", "edge_map"]
+__all__ = [
+    "axial_slices",
+    "window_to_image",
+    "phantom_slices",
+    "image_folder_items",
+    "LoadImage2Dd",
+    "gmae2d_dataset",
+    "DEFAULT_WINDOW",
+    "edge_map",
+]
 
 #: Soft-tissue-and-air CT window (HU) used for phantom slices.
 DEFAULT_WINDOW = (-350.0, 400.0)
 
 
-def _resize(arr: np.ndarray, size: Sequence[int], nearest: bool) -> np.ndarray:
+def _nearest(arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
     t = torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32)[None, None]
-    if nearest:
-        t = F.interpolate(t, size=tuple(size), mode="nearest-exact")
-    else:
-        t = F.interpolate(t, size=tuple(size), mode="area" if t.shape[-1] >= size[-1] else "bilinear")
-    return t[0, 0].numpy()
+    return F.interpolate(t, size=tuple(size), mode="nearest-exact")[0, 0].numpy()
+
+
+def axial_slices(phantom, indices: Iterable[int] | None = None) -> Iterator[dict]:
+    """Axial slices of a phantom, shown radiologically (rows anterior first, columns patient's right first).
+
+    Args:
+        phantom: a :class:`medgmae.data.phantom.Phantom` (RAS voxel order, the last axis inferior to superior).
+        indices: slice indices along the last axis (default: all).
+
+    Yields:
+        ``{"slice": k, "hu": (H, W) float32, "label": (H, W) uint8, "body": (H, W) bool}`` at the phantom's
+        resolution (``H`` = its A-P size, ``W`` its R-L size).
+    """
+    depth = phantom.image.shape[2]
+    body = phantom.tissue > 0 if phantom.tissue is not None else phantom.image > -500
+    for k in range(depth) if indices is None else indices:
+        k = int(k)
+        if not 0 <= k < depth:
+            raise ValueError(f"slice {k} is outside the phantom's {depth} slices")
+        yield {"slice": k, "hu": phantom.image[::-1, ::-1, k].T, "label": phantom.label[::-1, ::-1, k].T,
+               "body": body[::-1, ::-1, k].T}  # fmt: skip
+
+
+def window_to_image(hu: np.ndarray, window: Sequence[float], size: Sequence[int]) -> np.ndarray:
+    """``(H, W)`` HU -> ``(h, w)`` float32 in ``[0, 1]``: ``window`` mapped to ``[0, 1]`` (clipped), then resized
+    as every 2D input is (:func:`~medgmae.twod.images.to_model_input`: area when shrinking, bilinear otherwise)."""
+    lo, hi = (float(w) for w in window)
+    if not hi > lo:
+        raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
+    img = np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return to_model_input(img[None], 1, size)[0, 0].numpy()
 
 
 def phantom_slices(
@@ -72,23 +111,17 @@ def phantom_slices(
         raise ValueError(f"num_cases and slices_per_case must be >= 1, got {num_cases}, {slices_per_case}")
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    lo, hi = (float(w) for w in window)
-    if not hi > lo:
-        raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
     size = tuple(int(s) for s in image_size)
     items = []
     for case in range(num_cases):
         ph = generate_phantom(int(seed) + case, shape=tuple(volume_shape), spacing=tuple(spacing))
         depth = ph.image.shape[2]
         ks = np.unique(np.linspace(0.15 * depth, 0.85 * depth - 1, slices_per_case).round().astype(int))
-        for k in ks:
-            radiological = lambda v: v[::-1, ::-1, k].T  # noqa: E731  rows: anterior first; columns: patient right first
-            img = np.clip((radiological(ph.image) - lo) / (hi - lo), 0.0, 1.0)
-            img = np.clip(_resize(img, size, nearest=False), 0.0, 1.0).astype(np.float32)[None]
-            label = _resize(radiological(ph.label).astype(np.float32), size, nearest=True).astype(np.uint8)[None]
-            body_src = ph.tissue if ph.tissue is not None else (ph.image > -500)
-            body = (_resize(radiological(body_src > 0).astype(np.float32), size, nearest=True) > 0.5).astype(np.uint8)[None]
-            items.append({"image": np.repeat(img, in_channels, 0), "label": label, "body": body, "case": case, "slice": int(k)})
+        for sl in axial_slices(ph, ks):
+            img = window_to_image(sl["hu"], window, size)[None]
+            label = _nearest(sl["label"].astype(np.float32), size).astype(np.uint8)[None]
+            body = (_nearest(sl["body"].astype(np.float32), size) > 0.5).astype(np.uint8)[None]
+            items.append({"image": np.repeat(img, in_channels, 0), "label": label, "body": body, "case": case, "slice": sl["slice"]})
     return items
 
 
@@ -125,7 +158,7 @@ class LoadImage2Dd(MapTransform):
     Args:
         keys: keys to load.
         image_size: output ``(H, W)``.
-        channels: 1 or 3 (grey <-> RGB conversion as in :func:`~medgmae.twod.io.to_model_input`).
+        channels: 1 or 3 (grey <-> RGB conversion as in :func:`~medgmae.twod.images.to_model_input`).
         window: intensity window for NIfTI/DICOM.
         allow_missing_keys: as in MONAI.
     """

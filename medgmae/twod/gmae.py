@@ -31,7 +31,7 @@ from medgmae.gaussians import SCALE_BIAS_INIT
 from medgmae.networks.mae_base import MaskedAutoencoder, sincos_embedding_2d
 from medgmae.twod.render import render_gaussians_2d
 
-__all__ = ["SplatGaussians", "GMAE2D", "GMAE2D_KIND", "activate_splat_heads", "sincos_embedding_2d"]
+__all__ = ["SplatGaussians", "GMAE2D", "activate_splat_heads", "sincos_embedding_2d"]
 
 GMAE2D_KIND = "gmae2d"
 #: Standard deviation of the query tokens at initialisation. With MAE's 0.02 the K tokens start nearly equal and

@@ -9,10 +9,15 @@
    ``guidance_interval`` iterations (the paper's Algorithm 1 uses 10) and ``gamma = 0`` in between. With
    ``gamma = 0`` this is the paper's no-guidance baseline: the encoder sees only the reconstruction loss.
 
-Each phase is a :class:`monai.engines.SupervisedTrainer` whose ``iteration_update`` is a :class:`GViTIteration`,
-with MONAI's ``StatsHandler`` and ``LrScheduleHandler`` (AdamW, warm-up + cosine,
-:class:`monai.optimizers.WarmupCosineSchedule`) and the toolkit's ``CheckpointHandler`` (one sub-folder per phase,
-so that ``resume`` skips finished phases and continues the interrupted one) and ``NonFiniteLossHandler``.
+Each phase is a :class:`monai.engines.SupervisedTrainer` whose ``iteration_update`` is a :class:`GViTIteration`
+(AdamW, warm-up + cosine, :class:`monai.optimizers.WarmupCosineSchedule`). Its handlers come from a list, the
+bundle's ``train#handlers``: an entry is either a handler (attached to every phase's trainer, e.g.
+``NonFiniteLossHandler`` or ``GradientClipHandler``) or a factory called with the phase's :class:`PhaseContext`
+(its optimiser, scheduler and checkpoint folder) that returns the phase's own handler: :class:`PhaseCheckpoint`
+(the toolkit's ``CheckpointHandler``, one sub-folder per phase, so that ``resume`` skips finished phases and
+continues the interrupted one), :class:`PhaseLrSchedule` (MONAI's ``LrScheduleHandler``) and :class:`PhaseStats`
+(MONAI's ``StatsHandler``); :func:`default_phase_handlers` is that list. :class:`GViTIteration` fires MONAI's
+``IterationEvents``, so ``GradientClipHandler`` clips between the backward pass and the step.
 :class:`GViTWorkflow` runs the phases in order, writes ``model.pt`` and evaluates (``metrics.json``).
 """
 
@@ -20,13 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
 from monai.handlers import LrScheduleHandler, StatsHandler
 from monai.optimizers import WarmupCosineSchedule
 from torch import nn
@@ -34,7 +41,19 @@ from torch import nn
 from medgmae.engine import CheckpointHandler, NonFiniteLossHandler, resolve_device
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
 
-__all__ = ["PHASES", "set_phase", "phase_parameters", "GViTIteration", "build_phase_trainer", "GViTWorkflow"]
+__all__ = [
+    "PHASES",
+    "set_phase",
+    "phase_parameters",
+    "GViTIteration",
+    "PhaseContext",
+    "PhaseCheckpoint",
+    "PhaseLrSchedule",
+    "PhaseStats",
+    "default_phase_handlers",
+    "build_phase_trainer",
+    "GViTWorkflow",
+]
 
 logger = logging.getLogger("medgmae.gvit")
 
@@ -69,8 +88,11 @@ class GViTIteration:
         rec_loss: reconstruction loss.
         gamma: guidance strength in ``[0, 0.1]`` (joint phase).
         guidance_interval: apply guidance every this many iterations (``gamma = 0`` in between).
-        render_backend: backend of :func:`medgmae.twod.render.render_2d_gaussians`.
-        amp: bf16 autocast of the networks on CUDA (rendering and losses stay float32).
+        render_backend: backend of :meth:`medgmae.twod.gvit.Gaussians2D.render`.
+        amp: bf16 autocast of the networks on CUDA, off on CPU (rendering and losses stay float32).
+
+    Fires ``IterationEvents.FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED`` (gradients ready:
+    ``GradientClipHandler`` clips here) and ``MODEL_COMPLETED`` (after the optimiser step).
 
     Returns (per call):
         ``{"image", "label", "pred", "loss", "loss_rec", "loss_cls"}``; ``loss`` is the phase's objective
@@ -118,6 +140,8 @@ class GViTIteration:
         if self.phase != "classifier":
             rendered = model.encoder.decode(g.float()).render(x.shape[-2:], backend=self.render_backend)
             loss_rec = self.rec_loss(rendered, x)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
         if self.phase == "warmup":
             loss = loss_rec
             loss.backward()
@@ -128,10 +152,104 @@ class GViTIteration:
             gamma = self.gamma if (engine.state.iteration - 1) % self.guidance_interval == 0 else 0.0
             guided_backward(loss_rec, loss_cls, g, model.classifier.parameters(), gamma)
             loss = loss_rec + loss_cls
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         opt.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         detach = lambda t: None if t is None else t.detach()  # noqa: E731
         return {"image": x, "label": y, "pred": detach(logits), "loss": loss.detach(),
                 "loss_rec": detach(loss_rec), "loss_cls": detach(loss_cls)}  # fmt: skip
+
+
+@dataclass
+class PhaseContext:
+    """What a phase's handler factories receive.
+
+    Attributes:
+        phase: ``"warmup"``, ``"classifier"`` or ``"joint"``.
+        model: the :class:`~medgmae.twod.gvit.GViT`.
+        optimizer: the phase's AdamW.
+        lr_scheduler: the phase's warm-up + cosine schedule.
+        checkpoint_dir: the phase's checkpoint folder (None: no checkpoints).
+    """
+
+    phase: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    checkpoint_dir: Path | None = None
+
+    @property
+    def objects(self) -> dict:
+        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler``."""
+        return {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler}
+
+
+class PhaseCheckpoint:
+    """Handler factory: the toolkit's ``CheckpointHandler`` in the phase's checkpoint folder (none without one).
+
+    Put it first in the list: MONAI's ``StatsHandler`` re-raises exceptions, so exception handlers attached after
+    it (the interruption checkpoint) would never run.
+
+    Args:
+        resume: continue from the newest checkpoint of each phase (finished phases are not re-run).
+        source: dataset whose random transforms are checkpointed.
+    """
+
+    def __init__(self, resume: bool = False, source: Any = None) -> None:
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be a bool, got {resume!r}")
+        self.resume, self.source = resume, source
+
+    def __call__(self, ctx: PhaseContext) -> CheckpointHandler | None:
+        if ctx.checkpoint_dir is None:
+            return None
+        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source)
+
+
+class PhaseLrSchedule:
+    """Handler factory: MONAI's ``LrScheduleHandler`` stepping the phase's scheduler every iteration."""
+
+    def __call__(self, ctx: PhaseContext) -> LrScheduleHandler:
+        return LrScheduleHandler(ctx.lr_scheduler, print_lr=False, epoch_level=False)
+
+
+class PhaseStats:
+    """Handler factory: MONAI's ``StatsHandler`` logging ``<phase>_loss`` every ``log_every`` iterations.
+
+    Args:
+        log_every: iterations between loss log lines (>= 1).
+    """
+
+    def __init__(self, log_every: int = 10) -> None:
+        if int(log_every) < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
+        self.log_every = int(log_every)
+
+    def _due(self, _engine: Engine, iteration: int) -> bool:
+        return iteration % self.log_every == 0
+
+    def __call__(self, ctx: PhaseContext) -> StatsHandler:
+        return StatsHandler(name=None, tag_name=f"{ctx.phase}_loss", output_transform=lambda out: out["loss"],
+                            iteration_log=self._due)  # fmt: skip
+
+
+def default_phase_handlers(resume: bool = False, source: Any = None, log_every: int = 10) -> list:
+    """The handlers of every phase, as the bundle's ``train#handlers`` lists them: checkpoints, the non-finite loss
+    guard, the LR schedule and loss logging."""
+    return [PhaseCheckpoint(resume, source), NonFiniteLossHandler("loss"), PhaseLrSchedule(), PhaseStats(log_every)]
+
+
+def _phase_handlers(handlers: Sequence, ctx: PhaseContext) -> list:
+    """Entries with ``attach`` are used as they are; others are factories called with ``ctx`` (None: skipped)."""
+    out = []
+    for h in handlers:
+        if not hasattr(h, "attach"):
+            if not callable(h):
+                raise ValueError(f"a GViT handler must have attach() or be a factory of PhaseContext, got {h!r}")
+            h = h(ctx)
+        if h is not None:
+            out.append(h)
+    return out
 
 
 def build_phase_trainer(
@@ -149,9 +267,7 @@ def build_phase_trainer(
     render_backend: str = "auto",
     amp: bool = False,
     checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    source=None,
-    log_every: int = 10,
+    handlers: Sequence[Any | Callable[[PhaseContext], Any]] | None = None,
 ) -> SupervisedTrainer:
     """A MONAI trainer for one phase: AdamW (betas 0.9/0.95) on the phase's parameters, warm-up + cosine LR.
 
@@ -165,9 +281,7 @@ def build_phase_trainer(
         warmup_fraction: fraction of the phase's iterations with linear LR warm-up.
         rec_loss, gamma, guidance_interval, render_backend, amp: see :class:`GViTIteration`.
         checkpoint_dir: folder of this phase's checkpoints (none when None).
-        resume: continue from the newest checkpoint in ``checkpoint_dir``.
-        source: dataset whose random transforms are checkpointed.
-        log_every: iterations between loss log lines.
+        handlers: handlers and handler factories (see the module doc); default :func:`default_phase_handlers`.
     """
     _check_phase(phase)
     if max_epochs < 1:
@@ -178,23 +292,15 @@ def build_phase_trainer(
     opt = torch.optim.AdamW(phase_parameters(model, phase), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     total = max(1, max_epochs * len(train_loader))
     sched = WarmupCosineSchedule(opt, warmup_steps=int(warmup_fraction * total), t_total=total, warmup_multiplier=0.1)
-    handlers = []
-    if checkpoint_dir is not None:  # first: StatsHandler re-raises exceptions, later EXCEPTION_RAISED handlers never run
-        handlers.append(CheckpointHandler(checkpoint_dir, {"model": model, "optimizer": opt, "lr_scheduler": sched}, resume, source))
-    handlers += [
-        NonFiniteLossHandler("loss"),
-        LrScheduleHandler(sched, print_lr=False, epoch_level=False),
-    ]
-    stats = StatsHandler(name=None, tag_name=f"{phase}_loss", output_transform=lambda out: out["loss"], iteration_log=False)
-    handlers.append(stats)
+    ctx = PhaseContext(phase, model, opt, sched, None if checkpoint_dir is None else Path(checkpoint_dir))
     trainer = SupervisedTrainer(
         device=torch.device(device), max_epochs=max_epochs, train_data_loader=train_loader, network=model,
         optimizer=opt, loss_function=rec_loss or ReconstructionLoss(),
         iteration_update=GViTIteration(phase, rec_loss, gamma, guidance_interval, render_backend, amp),
-        train_handlers=handlers, amp=False, decollate=False,
+        train_handlers=_phase_handlers(default_phase_handlers() if handlers is None else handlers, ctx),
+        amp=False, decollate=False,
     )  # fmt: skip
     trainer.add_event_handler(Events.STARTED, lambda _: set_phase(model, phase))
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=max(1, int(log_every))), stats.iteration_completed)
     return trainer
 
 
@@ -213,12 +319,11 @@ class GViTWorkflow:
         gamma: guidance strength in ``[0, 0.1]``; 0 trains without guidance.
         guidance_interval: iterations per guidance step in the joint phase.
         pixel_loss, perceptual_weight: reconstruction loss (see :class:`~medgmae.twod.guidance.ReconstructionLoss`).
-        amp: bf16 autocast on CUDA.
-        resume: continue from the phases' checkpoints.
+        amp: bf16 autocast on CUDA, off on CPU.
         render_backend: 2D renderer backend.
         num_explanations: explanation PNGs written by the evaluation.
-        source: dataset whose random transforms are checkpointed.
-        log_every: iterations between loss log lines.
+        handlers: every phase's handlers and handler factories (see the module doc); default
+            :func:`default_phase_handlers` (no resume).
     """
 
     def __init__(
@@ -237,11 +342,9 @@ class GViTWorkflow:
         pixel_loss: str = "bce",
         perceptual_weight: float = 0.1,
         amp: bool = False,
-        resume: bool = False,
         render_backend: str = "auto",
         num_explanations: int = 8,
-        source=None,
-        log_every: int = 10,
+        handlers: Sequence | None = None,
     ) -> None:
         unknown = set(epochs) - set(PHASES)
         if unknown:
@@ -253,7 +356,9 @@ class GViTWorkflow:
             raise ValueError("every phase has 0 epochs: nothing to train")
         if len(class_names) != model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
-        self.device = resolve_device(device)
+        if not isinstance(amp, bool):
+            raise ValueError(f"amp must be a bool, got {amp!r}")
+        self.device, self.amp = resolve_device(device), amp
         if amp and self.device.type != "cuda":
             logger.info("amp applies to CUDA only; training in float32 on %s", self.device)
         self.model = model.to(self.device)
@@ -262,7 +367,7 @@ class GViTWorkflow:
         self.epochs = {p: int(epochs.get(p, 0)) for p in PHASES}
         self.rec_loss = ReconstructionLoss(pixel_loss, perceptual_weight)
         self.kwargs = dict(lr=lr, weight_decay=weight_decay, gamma=check_gamma(gamma), guidance_interval=guidance_interval,
-                           render_backend=render_backend, amp=amp, resume=resume, source=source, log_every=log_every)  # fmt: skip
+                           render_backend=render_backend, amp=amp, handlers=handlers)  # fmt: skip
         self.num_explanations = num_explanations
         self.trainers: dict[str, SupervisedTrainer] = {}
 

@@ -3,7 +3,12 @@
 Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB), scaled to ``[0, 1]``:
 
 * PNG/JPEG/BMP/TIFF: 8- or 16-bit, grey, grey+alpha, RGB(A) or palette (alpha is dropped); divided by the
-  type's maximum.
+  maximum of the file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever the image's own values. A fixed
+  scale keeps intensities comparable between images (the same stored value reads the same everywhere) and does
+  not depend on content: a dark 16-bit image stays dark, it is neither stretched to its own maximum nor taken
+  for 8-bit because its values happen to stay below 256. 32-bit integer images (PIL mode ``I``, e.g. a 16-bit
+  PNG in old Pillow versions or an ``int32`` TIFF) are read as 16-bit data and must hold values in
+  ``[0, 65535]``; floating-point images are taken as already scaled (clipped to ``[0, 1]``).
 * NIfTI (``.nii``, ``.nii.gz``): a 2D image, or one axial slice of a volume (reoriented to RAS, the middle slice
   unless ``slice_index`` is given, shown radiologically: anterior up, patient's right on the left); scaled by ``window`` if given, else between the 0.5 and 99.5 percentiles.
 * DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
@@ -24,15 +29,17 @@ import torch.nn.functional as F
 
 from medgmae.engine import atomic_write
 
-__all__ = ["read_image", "to_model_input", "image_kind", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
+__all__ = ["read_image", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = _PIL_SUFFIXES + _NIFTI_SUFFIXES + _DICOM_SUFFIXES
+"""File-name endings of every readable 2D image, the one list used to scan image folders."""
+_UINT16_MAX = 65535.0
 
 
-def image_kind(path: str | os.PathLike) -> str:
+def _image_kind(path: str | os.PathLike) -> str:
     """``"pil"``, ``"nifti"`` or ``"dicom"`` from the name (or the DICOM preamble); ValueError otherwise."""
     path = Path(path)
     name = path.name.lower()
@@ -69,22 +76,31 @@ def _scale(arr: np.ndarray, path: Path, window: Sequence[float] | None) -> np.nd
 
 
 def _read_pil(path: Path) -> np.ndarray:
+    """``(C, H, W)`` float32 of a PIL-readable file, divided by its integer type's maximum (see the module doc)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float32)
-                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                return (arr / maxval)[None]
-            if im.mode in ("1", "L", "LA", "F"):
-                arr = np.asarray(im.convert("F") if im.mode == "F" else im.convert("L"), dtype=np.float32)
-                return (arr if im.mode == "F" else arr / 255.0)[None]
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-            return arr.transpose(2, 0, 1)
+            mode = im.mode
+            if mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit ("I") integers
+                arr = np.asarray(im, dtype=np.float64)[None]
+            elif mode in ("1", "L", "LA", "F"):
+                arr = np.asarray(im if mode == "F" else im.convert("L"), dtype=np.float32)[None]
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    if mode == "F":
+        return arr
+    if not mode.startswith("I"):
+        return arr / 255.0
+    if arr.size and (arr.min() < 0 or arr.max() > _UINT16_MAX):
+        raise ValueError(
+            f"{path}: integer image with values in [{arr.min():g}, {arr.max():g}], outside the 16-bit range "
+            f"[0, {_UINT16_MAX:g}]; save it as an 8- or 16-bit image, or as NIfTI/DICOM with a window"
+        )
+    return (arr / _UINT16_MAX).astype(np.float32)
 
 
 def _read_nifti(path: Path, slice_index: int | None) -> np.ndarray:
@@ -160,7 +176,7 @@ def read_image(
         raise FileNotFoundError(f"image not found: {path}")
     if window is not None and (len(window) != 2 or not float(window[1]) > float(window[0])):
         raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
-    kind = image_kind(path)
+    kind = _image_kind(path)
     if kind == "pil":
         arr = _read_pil(path)
         if not np.isfinite(arr).all():

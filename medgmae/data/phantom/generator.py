@@ -1,0 +1,178 @@
+"""The phantom generator: :func:`generate_phantom`, the :class:`Phantom` it returns, labels and grid geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from medgmae.data.phantom.anatomy import paint_body, paint_ribs, paint_spine_and_muscles, paint_thorax, paint_viscera
+from medgmae.data.phantom.scene import A_REF, B_REF, Scene
+
+__all__ = ["ORGAN_LABELS", "TISSUE_CLASSES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "GENERATOR_VERSION", "Phantom",
+           "generate_phantom", "phantom_affine", "validate_geometry"]
+
+ORGAN_LABELS: dict[int, str] = {
+    0: "background",
+    1: "spleen",
+    2: "right_kidney",
+    3: "left_kidney",
+    4: "gallbladder",
+    5: "esophagus",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    9: "inferior_vena_cava",
+    10: "portal_splenic_vein",
+    11: "pancreas",
+    12: "right_adrenal_gland",
+    13: "left_adrenal_gland",
+    14: "vertebrae",
+    15: "bowel",
+    16: "lungs",
+    17: "ribs",
+}
+"""Label ids of the phantom's label map (0 = background). 1-13 are BTCV's organs in BTCV's order."""
+
+TISSUE_CLASSES: dict[int, str] = {
+    0: "air",
+    1: "skin",
+    2: "fat",
+    3: "muscle",
+    4: "soft_tissue",
+    5: "bone",
+    6: "lung",
+    7: "fluid",
+    8: "gas",
+}
+"""Tissue ids of ``Phantom.tissue`` (what each voxel is made of, independent of the organ label)."""
+
+DEFAULT_SHAPE: tuple[int, int, int] = (160, 128, 112)
+DEFAULT_SPACING: tuple[float, float, float] = (1.5, 1.5, 1.5)
+GENERATOR_VERSION = 1
+"""Bumped whenever the generated content changes for a given seed (recorded in ``dataset.json``)."""
+
+
+@dataclass
+class Phantom:
+    """One synthetic CT case.
+
+    Attributes:
+        image: (X, Y, Z) float32 volume in HU, RAS voxel order.
+        label: (X, Y, Z) uint8 organ labels, ids as in ``ORGAN_LABELS``.
+        affine: (4, 4) float64 voxel-to-world (RAS, mm) matrix.
+        spacing: voxel size in mm along the three array axes.
+        tissue: (X, Y, Z) uint8 tissue classes, ids as in ``TISSUE_CLASSES``.
+        seed: the seed the case was generated from.
+        scale: physical mm per reference-adult mm (linear); organ volumes scale with ``scale ** 3``.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    tissue: np.ndarray | None = None
+    seed: int = 0
+    scale: float = 1.0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.image.shape)
+
+    def organ_volume_ml(self, label_id: int) -> float:
+        """Volume of one label in mL (cm^3)."""
+        return float(np.count_nonzero(self.label == label_id)) * float(np.prod(self.spacing)) / 1000.0
+
+
+def validate_geometry(shape: Sequence[int], spacing: Sequence[float] | float) -> tuple[tuple, tuple]:
+    """``(shape, spacing)`` as int/float triples; ValueError for fewer than 8 voxels or a non-positive spacing."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or any(s < 8 for s in shape):
+        raise ValueError(f"shape must be three integers >= 8 (X, Y, Z voxels), got {shape}.")
+    if isinstance(spacing, (int, float)):
+        spacing = (float(spacing),) * 3
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive finite numbers (mm), got {spacing}.")
+    return shape, spacing
+
+
+def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """RAS affine of a phantom grid: ``diag(spacing)`` with the volume centre at world (0, 0, 0) mm.
+
+    Args:
+        shape: (X, Y, Z) voxels.
+        spacing: voxel size in mm along the three axes.
+
+    Returns:
+        (4, 4) float64 voxel-to-world matrix.
+    """
+    shape, spacing = validate_geometry(shape, spacing)
+    affine = np.diag([*spacing, 1.0]).astype(np.float64)
+    affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing)]
+    return affine
+
+
+
+def generate_phantom(
+    seed: int,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] | float = DEFAULT_SPACING,
+    noise: bool = True,
+) -> Phantom:
+    """Generate one synthetic abdominal CT case.
+
+    Args:
+        seed: random seed (any non-negative integer); the same seed, shape and spacing give identical arrays.
+        shape: (X, Y, Z) voxels in RAS order (each >= 8).
+        spacing: voxel size in mm, one number or three.
+        noise: add correlated Gaussian noise (10-15 HU); False gives the noise-free (partial-volume smoothed) image.
+
+    Returns:
+        A ``Phantom`` with ``image`` (X, Y, Z) float32 HU, ``label`` (X, Y, Z) uint8, ``affine`` (4, 4) float64,
+        ``spacing`` and ``tissue`` (X, Y, Z) uint8.
+    """
+    shape, spacing = validate_geometry(shape, spacing)
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    rng = np.random.default_rng(int(seed))
+    U = rng.uniform
+
+    # --- body size and layers (reference mm) ---
+    A, B = A_REF * U(0.9, 1.1), B_REF * U(0.85, 1.12)
+    fill = U(0.8, 0.92)
+    scale = fill * min(shape[0] * spacing[0] / 2 / (A * 1.06), shape[1] * spacing[1] / 2 / (B * 1.04))
+    fat = U(8.0, 30.0)  # subcutaneous fat, mm at the flanks
+    muscle = U(9.0, 14.0)
+    skin = 2.5
+    cavity_ab = (A - skin - fat - muscle, B - skin - fat * 1.1 - muscle)
+    scene = Scene(shape, spacing, scale, cavity_ab)
+    hu_j = lambda mean, sd: float(mean + rng.normal(0.0, sd))  # noqa: E731
+
+    paint_body(scene, rng, A, B, skin, fat, muscle, hu_j)
+    paint_viscera(scene, rng, hu_j)
+    paint_spine_and_muscles(scene, rng, hu_j)
+    paint_thorax(scene, rng, hu_j)
+    paint_ribs(scene, rng, A, B, skin, fat, muscle, hu_j)
+
+    # --- partial-volume blur, correlated noise ---
+    image = ndimage.gaussian_filter(scene.hu, sigma=0.6, mode="nearest")
+    if noise:
+        sigma = U(10.0, 15.0)
+        white = rng.standard_normal(shape, dtype=np.float32)
+        corr = ndimage.gaussian_filter(white, sigma=0.7, mode="wrap")
+        image += corr * np.float32(sigma / max(float(corr.std()), 1e-6))
+    np.clip(image, -1024.0, 3071.0, out=image)
+    return Phantom(
+        image=image.astype(np.float32, copy=False),
+        label=scene.label,
+        affine=phantom_affine(shape, spacing),
+        spacing=spacing,
+        tissue=scene.tissue,
+        seed=int(seed),
+        scale=float(scale),
+        meta={"body_semi_axes_mm": (A * scale, B * scale), "fat_mm": fat * scale},
+    )

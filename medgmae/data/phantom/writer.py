@@ -1,0 +1,152 @@
+"""Writing a Decathlon-style phantom dataset: NIfTI images and labels with a ``dataset.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medgmae.data.phantom.generator import (
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    GENERATOR_VERSION,
+    ORGAN_LABELS,
+    generate_phantom,
+    validate_geometry,
+)
+from medgmae.engine import atomic_write, save_json_atomic
+
+__all__ = ["case_seeds", "write_phantom_dataset"]
+
+
+def case_seeds(seed: int, num_cases: int) -> list[int]:
+    """Per-case seeds of a phantom dataset (independent streams derived from the dataset seed)."""
+    ss = np.random.SeedSequence(int(seed))
+    return [int(s.generate_state(1, np.uint32)[0]) for s in ss.spawn(int(num_cases))]
+
+
+def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
+    """Write ``data`` as a NIfTI file with the RAS ``affine`` (qform and sform) in mm, atomically."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    img.header.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_write(path) as tmp:
+        nib.save(img, tmp)
+
+
+def _dataset_params(num_cases, seed, shape, spacing, num_validation) -> dict:
+    """The validated generator parameters recorded in ``dataset.json`` (``num_validation`` defaulted)."""
+    if int(num_cases) != num_cases or num_cases < 1:
+        raise ValueError(f"num_cases must be a positive integer, got {num_cases!r}.")
+    num_cases = int(num_cases)
+    if num_validation is None:
+        num_validation = num_cases // 5 if num_cases >= 2 else 0
+    if int(num_validation) != num_validation or not 0 <= num_validation < num_cases:
+        raise ValueError(f"num_validation must be in [0, num_cases - 1] = [0, {num_cases - 1}], got {num_validation!r}.")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    shape, spacing = validate_geometry(shape, spacing)
+    return {
+        "generator": "medgmae.data.phantom",
+        "version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "num_cases": num_cases,
+        "num_validation": int(num_validation),
+        "shape": list(shape),
+        "spacing": list(spacing),
+    }
+
+
+def _is_complete(json_path: Path, params: dict) -> bool:
+    """Whether ``json_path`` records the generator ``params`` and every file it lists exists."""
+    if not json_path.is_file():
+        return False
+    try:
+        old = json.loads(json_path.read_text())
+        files = [e[k] for lst in ("training", "validation") for e in old.get(lst, []) for k in ("image", "label")]
+        return old.get("phantom") == params and all((json_path.parent / f).is_file() for f in files)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError):
+        return False  # unreadable or foreign dataset.json: regenerate
+
+
+def _dataset_doc(entries: list[dict], num_validation: int, params: dict, seeds: list[int]) -> dict:
+    """The ``dataset.json`` content: the last ``num_validation`` entries form the validation list."""
+    n_train = len(entries) - num_validation
+    return {
+        "name": "MedGMAE abdominal CT phantoms",
+        "description": "Synthetic non-contrast abdominal CT phantoms with organ labels (medgmae.data.phantom).",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {str(k): v for k, v in ORGAN_LABELS.items()},
+        "numTraining": n_train,
+        "numValidation": num_validation,
+        "numTest": 0,
+        "training": entries[:n_train],
+        "validation": entries[n_train:],
+        "test": [],
+        "phantom": params,
+        "case_seeds": seeds,
+    }
+
+
+def write_phantom_dataset(
+    out_dir: str | os.PathLike,
+    num_cases: int,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] | float = DEFAULT_SPACING,
+    num_validation: int | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Write a Decathlon-style phantom dataset and return the path of its ``dataset.json``.
+
+    Layout: ``imagesTr/case_XXXX.nii.gz`` (int16 HU, rounded), ``labelsTr/case_XXXX.nii.gz`` (uint8 labels), both
+    with the RAS affine of ``phantom_affine``, and ``dataset.json`` with ``name``, ``description``, ``labels``
+    (``{"0": "background", ...}``), ``numTraining``/``numValidation`` and ``training``/``validation`` lists of
+    ``{"image", "label"}`` paths relative to the json's folder (the last ``num_validation`` cases are the
+    validation list). Every file is written to a temporary name in its folder and renamed, ``dataset.json`` last.
+    When ``dataset.json`` already records the same generator parameters and all its files exist, nothing is
+    generated again.
+
+    Args:
+        out_dir: output folder (created).
+        num_cases: number of cases (>= 1).
+        seed: dataset seed; case ``i`` is ``generate_phantom(case_seeds(seed, num_cases)[i], shape, spacing)``.
+        shape: (X, Y, Z) voxels per case.
+        spacing: voxel size in mm.
+        num_validation: cases held out in the ``validation`` list; default ``num_cases // 5`` (0 for < 2 cases).
+        verbose: print one line per written case.
+
+    Returns:
+        Path of ``dataset.json``.
+    """
+    params = _dataset_params(num_cases, seed, shape, spacing, num_validation)
+    num_cases, num_validation = params["num_cases"], params["num_validation"]
+    shape, spacing = tuple(params["shape"]), tuple(params["spacing"])
+    out = Path(out_dir)
+    json_path = out / "dataset.json"
+    if _is_complete(json_path, params):
+        return json_path
+    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    seeds = case_seeds(seed, num_cases)
+    entries = []
+    for i, s in enumerate(seeds):
+        t0 = time.perf_counter()
+        ph = generate_phantom(s, shape, spacing)
+        name = f"case_{i:04d}.nii.gz"
+        _save_nifti(np.rint(ph.image), ph.affine, out / "imagesTr" / name, np.int16)
+        _save_nifti(ph.label, ph.affine, out / "labelsTr" / name, np.uint8)
+        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+        if verbose:
+            print(f"  {out / 'imagesTr' / name} (seed {s}, {time.perf_counter() - t0:.1f} s)")
+    save_json_atomic(_dataset_doc(entries, num_validation, params, seeds), json_path)
+    return json_path

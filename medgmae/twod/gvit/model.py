@@ -1,0 +1,96 @@
+"""GViT: the Gaussian encoder and the Gaussian-token classifier together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from medgmae.twod.gvit.classifier import GaussianViTClassifier, vit_preset
+from medgmae.twod.gvit.encoder import DenoisingGaussianEncoder
+
+__all__ = ["GViT"]
+
+
+class GViT(nn.Module):
+    """Gaussian encoder plus Gaussian-token classifier; ``forward(images) -> logits``.
+
+    Args:
+        in_channels: image channels (1 or 3).
+        img_size: image size ``(H, W)`` or an int.
+        num_classes: number of classes.
+        num_gaussians: K Gaussians per image.
+        model_size: a :data:`~medgmae.networks.vit.VIT_PRESETS` key, used for the encoder and the classifier.
+        patch_size: encoder patch edge.
+        mode: encoder variant, ``"denoising"`` or ``"queries"``.
+        scale_factor: the scale bound ``c``.
+    """
+
+    kind = "gvit"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        img_size: Sequence[int] | int = 32,
+        num_classes: int = 2,
+        num_gaussians: int = 64,
+        model_size: str = "tiny",
+        patch_size: Sequence[int] | int = 4,
+        mode: str = "denoising",
+        scale_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        p = vit_preset(model_size)
+        self.model_size = model_size
+        self.encoder = DenoisingGaussianEncoder(
+            in_channels, img_size, patch_size, num_gaussians, p.hidden_size, p.num_layers, p.num_heads, p.mlp_ratio,
+            mode=mode, scale_factor=scale_factor,
+        )  # fmt: skip
+        self.classifier = GaussianViTClassifier(
+            in_channels, num_classes, p.hidden_size, p.num_layers, p.num_heads, p.mlp_ratio, scale_factor
+        )
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return tuple(self.encoder.vit.img_size)
+
+    @property
+    def in_channels(self) -> int:
+        return self.encoder.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.num_classes
+
+    def config(self) -> dict:
+        """Constructor arguments, saved beside the weights."""
+        e = self.encoder
+        return dict(
+            in_channels=e.in_channels, img_size=list(e.vit.img_size), num_classes=self.classifier.num_classes,
+            num_gaussians=e.num_gaussians, model_size=self.model_size, patch_size=list(e.vit.patch_size),
+            mode=e.mode, scale_factor=e.scale_factor,
+        )  # fmt: skip
+
+    def gaussians(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Raw Gaussians ``(B, K, 6 + C)`` of images ``x``."""
+        return self.encoder(x, generator=generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` in ``[0, 1]`` to logits ``(B, num_classes)``."""
+        return self.classifier(self.encoder(x))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location="cpu") -> "GViT":
+        """Rebuild from a ``model.pt`` or a training checkpoint (see :func:`~medgmae.twod.gvit.checkpoint.load_gvit`)."""
+        from medgmae.twod.gvit.checkpoint import load_gvit
+
+        return load_gvit(path, map_location, cls)
+
+    def save(self, path: str | Path, class_names: Sequence[str] | None = None) -> None:
+        """Write ``model.pt`` atomically (see :func:`~medgmae.twod.gvit.checkpoint.save_gvit`)."""
+        from medgmae.twod.gvit.checkpoint import save_gvit
+
+        save_gvit(self, path, class_names)
