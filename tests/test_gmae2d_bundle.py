@@ -50,15 +50,15 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path):
     # ... and resumed
     _train(split, max_epochs=2, resume=True)
     assert (split / "checkpoint_epoch=2.pt").is_file() and not (split / "checkpoint_epoch=1.pt").exists()
-    a = torch.load(straight / "model.pt", weights_only=False)
-    b = torch.load(split / "model.pt", weights_only=False)
+    a = torch.load(straight / "model.pt", weights_only=True)
+    b = torch.load(split / "model.pt", weights_only=True)
     assert a["kind"] == b["kind"] == "gmae2d" and a["config"] == b["config"]
     assert a["config"]["num_gaussians"] == 32 and a["config"]["img_size"] == [32, 32]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key  # bit for bit, as if never interrupted
     init = GMAE2D(img_size=32, patch_size=8, model_size="tiny", in_channels=1, num_gaussians=32).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in a["state_dict"].items() if k.startswith("head_"))
-    assert torch.load(split / "encoder.pt", weights_only=False)["kind"] == "medgmae-encoder"
+    assert torch.load(split / "encoder.pt", weights_only=True)["kind"] == "medgmae-encoder"
     # the training checkpoint loads too
     assert GMAE2D.from_checkpoint(split / "checkpoint_epoch=2.pt").config() == a["config"]
     # the exported model drives the CLI

@@ -207,7 +207,7 @@ def test_model_file_roundtrip_and_wrong_kind(tmp_path):
     m.eval(), back.eval()
     torch.testing.assert_close(back(x), m(x))
     torch.save({"kind": "gmae2d", "config": {}, "state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="gmae2d"):
+    with pytest.raises(ValueError, match=r"other\.pt is a gmae2d checkpoint \(2D GMAE model\); expected a gvit model\.pt"):
         GViT.from_checkpoint(tmp_path / "other.pt")
     (tmp_path / "broken.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="broken.pt"):

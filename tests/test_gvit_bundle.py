@@ -66,12 +66,12 @@ def test_bundle_train_evaluate_and_resume(tmp_path):
     assert (out / "data" / "task.json").stat().st_mtime_ns == task_stamp  # the task at the model's size was reused
 
     # resume of a finished run: every phase restarts from its last checkpoint, nothing is retrained
-    before = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    before = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     epoch_files = sorted((out / "checkpoints").glob("*/checkpoint_epoch=1.pt"))
     stamps = [p.stat().st_mtime_ns for p in epoch_files]
     _bundle("train.json", output_dir=str(out), resume=True, **TINY)
     assert len(epoch_files) == 3 and [p.stat().st_mtime_ns for p in epoch_files] == stamps  # no epoch was re-run
-    after = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 

@@ -5,6 +5,8 @@ from medgmae.finetune.data import (
     check_case,
     check_cases,
     evaluation_cases,
+    finetune_spec,
+    finetuned_spec,
     inference_cases,
     inference_transforms,
     label_names,
