@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Pre-train the MedGMAE used by bench/recon.py through the pre-training bundle, on generated phantoms, with the
+# bundle's own pre-processing (RAS, 1.5 mm, HU [-175, 250]) recorded in model.pt. About an hour on 2 CPU cores.
+#   bash bench/pretrain_for_recon.sh [OUTPUT_DIR] [MAX_EPOCHS]
+# The phantoms used here (seeds 0..15 of the generator) are disjoint from the held-out phantoms bench/recon.py
+# reconstructs (seed 1000 and up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/recon_bench_model}
+epochs=${2:-150}
+python -m monai.bundle run training --config_file bundles/medgmae_pretrain/configs/train.json \
+    --output_dir "$out" --num_phantoms 16 --max_epochs "$epochs" --model_size tiny --num_gaussians 256 \
+    --device cpu --resume true
