@@ -131,7 +131,9 @@ def test_exact_round_trip_with_an_oracle_decoder(kind, seed):
     affine = _affine(kind)
     means, covs = _true_gaussians(affine, 40, seed)
     truth = _as_gaussians(means, covs)
-    scan = np.zeros(SHAPE, np.float32)
+    inv = torch.from_numpy(np.linalg.inv(affine))
+    # the scan: the true Gaussians rendered on its (non-identity, anisotropic) grid, in HU
+    scan = (truth.transformed(inv[:3, :3], inv[:3, 3]).to(torch.float32).render(SHAPE)[0] * 300.0 - 100.0).numpy()
 
     def oracle(windows, win_affines):
         out = []
