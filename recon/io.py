@@ -68,11 +68,27 @@ def save_projections(path, proj: np.ndarray) -> None:
 
 
 def load_torch_state(path):
-    """``torch.load`` of a saved reconstruction state with an error naming the file."""
+    """``torch.load(..., weights_only=True)`` of a saved reconstruction state, with errors naming the file.
+
+    Only tensors, numbers, strings, lists, tuples and dicts are read: a pickle that would construct any other
+    object (and so could run code) is refused before anything in it runs.
+
+    Raises:
+        ValueError: the file is missing, unreadable, or not a plain tensor state.
+    """
+    import pickle
+
     import torch
 
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"state file {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"refusing to load {path}: it is not a plain tensor state (torch.load weights_only=True rejected it: {first})"
+        ) from e
     except Exception as e:
         raise ValueError(f"cannot read {path}: {e}") from e
