@@ -33,126 +33,13 @@ from medgmae.gaussians import Gaussians3D
 from medgmae.render import render_volume
 from recon.metrics import psnr as psnr_fn
 from recon.metrics import ssim as ssim_fn
+from recon.presets import GaussianReconConfig
 from recon.projectors import Projector
 
 __all__ = ["GaussianReconConfig", "GaussianReconResult", "GaussianReconstructor", "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "recon-gaussians"
 _PARAMS = ("means", "log_scales", "quats", "intensities")
-
-
-@dataclass
-class GaussianReconConfig:
-    """Optimisation settings. Build them with :meth:`preset` (``"toolkit"``, the default, or ``"3dgr-ct"``, the
-    published settings; see :mod:`recon.presets`) and override single fields as needed.
-
-    Lengths (``lr_means``, ``grad_threshold``, ``split_scale``, ``prune_min_scale``) are in ``length_unit``:
-    voxels, or ``"volume"``: the largest volume side (3DGR-CT's normalised frame, exact for cubic volumes).
-    ``min_scale`` is always in voxels; intensities are in ``value_scale`` units (see the module docstring).
-
-    Attributes:
-        iterations: total iterations.
-        preset: the preset these settings came from (a label recorded with the results).
-        lr_means, lr_scales, lr_quats, lr_intensities: Adam learning rates at the start.
-        lr_final_ratio: the scale, rotation and intensity learning rates decay log-linearly to this fraction at
-            the last iteration (1 = constant).
-        lr_means_final_ratio: final fraction of the position learning rate (``None``: ``lr_final_ratio``).
-        lr_means_horizon: the position rate reaches ``lr_means_final_ratio`` after ``lr_means_horizon *
-            iterations`` iterations (log-linear, constant after).
-        intensity_activation: ``"linear"`` (intensities optimised directly) or ``"sigmoid"`` (optimised as logits).
-        loss: ``"relative"`` (projection MSE divided by the mean square of the measured projections) or ``"mse"``
-            (plain MSE of projections of the volume in ``value_scale`` units).
-        length_unit: ``"voxel"`` or ``"volume"`` (see above).
-        tv_weight: weight of the anisotropic total variation of the volume (``value_scale`` units), 0 = off.
-        views_per_iteration: project a random subset of this many views per iteration (``None``: all views).
-        coarse_iterations: length of the coarse phase.
-        coarse_mode: ``"bin"`` (full volume, 2x2-binned projections in the loss) or ``"half"`` (the Gaussians
-            rendered on a half-resolution grid and projected on a half-resolution detector, compared with the
-            measured projections downsampled 2x2).
-        densify_mode: ``"toolkit"`` or ``"3dgr-ct"`` (see :mod:`recon.density`).
-        densify_from, densify_until, densify_every: the density-control window and period.
-        densify_fraction: fraction of the Gaussians (largest mean positional-gradient norm) cloned or split
-            (toolkit mode).
-        grad_threshold: only Gaussians with at least this positional-gradient norm are densified.
-        split_scale: Gaussians whose largest scale exceeds this are split, smaller ones cloned.
-        prune_intensity: prune intensities (after the activation) below this (``value_scale`` units).
-        prune_scale: prune Gaussians whose largest scale exceeds this fraction of the smallest volume side (0: off).
-        prune_min_scale: prune Gaussians whose smallest scale is below this (0: off).
-        max_gaussians: cap on the number of Gaussians.
-        min_scale: lower bound of the scales (voxels).
-        cutoff: renderer cutoff (Mahalanobis).
-        eval_every: iterations between PSNR/SSIM evaluations (when a reference is given).
-        checkpoint_every: iterations between checkpoints (0 = only at the end when a path is set).
-        seed: random seed (view subsets and density control).
-    """
-
-    iterations: int = 1000
-    preset: str = "toolkit"
-    lr_means: float = 0.05
-    lr_scales: float = 0.02
-    lr_quats: float = 0.01
-    lr_intensities: float = 0.02
-    lr_final_ratio: float = 0.1
-    lr_means_final_ratio: float | None = None
-    lr_means_horizon: float = 1.0
-    intensity_activation: str = "linear"
-    loss: str = "relative"
-    length_unit: str = "voxel"
-    tv_weight: float = 0.0
-    views_per_iteration: int | None = None
-    coarse_iterations: int = 0
-    coarse_mode: str = "bin"
-    densify_mode: str = "toolkit"
-    densify_from: int = 100
-    densify_until: int = 0
-    densify_every: int = 100
-    densify_fraction: float = 0.05
-    grad_threshold: float = 0.0
-    split_scale: float = 2.0
-    prune_intensity: float = 0.005
-    prune_scale: float = 0.5
-    prune_min_scale: float = 0.0
-    max_gaussians: int = 200_000
-    min_scale: float = 0.3
-    cutoff: float = 3.0
-    eval_every: int = 50
-    checkpoint_every: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        for name in ("lr_means", "lr_scales", "lr_quats", "lr_intensities", "lr_final_ratio", "lr_means_horizon", "min_scale", "cutoff"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be positive, got {v}")
-        if self.lr_means_final_ratio is not None and not (math.isfinite(self.lr_means_final_ratio) and self.lr_means_final_ratio > 0):
-            raise ValueError(f"lr_means_final_ratio must be positive, got {self.lr_means_final_ratio}")
-        for name, allowed in (("intensity_activation", ("linear", "sigmoid")), ("loss", ("relative", "mse")),
-                              ("length_unit", ("voxel", "volume")), ("coarse_mode", ("bin", "half")),
-                              ("densify_mode", ("toolkit", "3dgr-ct"))):  # fmt: skip
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.densify_mode == "3dgr-ct" and self.intensity_activation != "sigmoid":
-            raise ValueError("densify_mode '3dgr-ct' prunes on sigmoid intensities: it needs intensity_activation='sigmoid'")
-        if self.views_per_iteration is not None and self.views_per_iteration < 1:
-            raise ValueError(f"views_per_iteration must be >= 1, got {self.views_per_iteration}")
-        if not 0 < self.densify_fraction <= 1:
-            raise ValueError(f"densify_fraction must be in (0, 1], got {self.densify_fraction}")
-        if self.max_gaussians < 1:
-            raise ValueError(f"max_gaussians must be >= 1, got {self.max_gaussians}")
-        if self.densify_until == 0:
-            self.densify_until = int(0.6 * self.iterations)
-        if self.eval_every < 1 or self.densify_every < 1:
-            raise ValueError("eval_every and densify_every must be >= 1")
-
-    @classmethod
-    def preset(cls, name: str, iterations: int = 1000, **overrides) -> "GaussianReconConfig":
-        """Settings of preset ``name`` (``"toolkit"`` or ``"3dgr-ct"``) for a run of ``iterations``, with
-        ``overrides`` replacing single fields (see :func:`recon.presets.preset_config`)."""
-        from recon.presets import preset_config
-
-        return preset_config(name, iterations, **overrides)
 
 
 @dataclass
@@ -187,7 +74,8 @@ class GaussianReconstructor:
         reference: optional ``(D, H, W)`` ground truth for PSNR/SSIM.
         device: where to optimise.
         value_scale: the intensity unit (attenuation); default the 99th percentile of the initial intensities
-            (``|init|``). With sigmoid intensities, the initial intensities must lie in ``(0, value_scale)``.
+            (``|init|``). With sigmoid intensities, the initial intensities are clamped into ``(0, value_scale)``
+            (to ``[1e-6, 1 - 1e-6]`` of it).
     """
 
     def __init__(
@@ -238,9 +126,7 @@ class GaussianReconstructor:
         g = g.detach().to(self.device, torch.float32)
         inten = g.intensities[0] / self.value_scale
         if self.config.intensity_activation == "sigmoid":
-            if not bool(((inten > 0) & (inten < 1)).all()):
-                raise ValueError("sigmoid intensities need initial intensities in (0, value_scale)")
-            inten = torch.logit(inten)
+            inten = torch.logit(inten.clamp(1e-6, 1 - 1e-6))
         values = {
             "means": g.means[0],
             "log_scales": g.scales[0].clamp_min(self.config.min_scale).log(),
