@@ -304,7 +304,7 @@ def cmd_reconstruct(args) -> int:
         if not state_path.is_file():
             raise CLIError(f"--resume: no saved state {state_path}")
         state = load_torch_state(state_path)
-        saved = state.get("config", {}).get("preset", "toolkit") if isinstance(state, dict) else None
+        saved = state.get("config", {}).get("preset_name", "toolkit") if isinstance(state, dict) else None
         if saved != args.preset:
             raise CLIError(f"--resume: {state_path} was written with --preset {saved}, not {args.preset}")
     device = _device(args.device)

@@ -322,7 +322,8 @@ class GaussianReconstructor:
             progress: show a tqdm bar with the loss (and PSNR/SSIM when a reference is given).
             ssim_every_eval: compute SSIM at every evaluation (PSNR always).
             stop_at: stop after this iteration (default ``config.iterations``); the schedules still follow
-                ``config.iterations``, so a later :meth:`run` continues exactly.
+                ``config.iterations``, so a later :meth:`run` continues exactly (the history holds the evaluations
+                every ``eval_every`` iterations and at ``config.iterations``, as an uninterrupted run's).
 
         Returns:
             :class:`GaussianReconResult`.
@@ -339,9 +340,9 @@ class GaussianReconstructor:
             it = self.iteration
             if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
                 self.densify_and_prune()
-            if it % c.eval_every == 0 or it == stop:
+            if it % c.eval_every == 0 or it == c.iterations:
                 rec = {"iteration": it, "loss": loss, "num_gaussians": int(self.params["means"].shape[0]), "seconds": time.perf_counter() - t0}
-                rec.update(self.evaluate(with_ssim=ssim_every_eval or it == stop))
+                rec.update(self.evaluate(with_ssim=ssim_every_eval or it == c.iterations))
                 self.history.append(rec)
                 postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians")}
             postfix["loss"] = f"{loss:.4g}"

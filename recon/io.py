@@ -86,7 +86,8 @@ def load_torch_state(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "Unsupported" in ln or "WeightsUnpickler" in ln), lines[0] if lines else type(e).__name__)
         raise ValueError(
             f"refusing to load {path}: it is not a plain tensor state (torch.load weights_only=True rejected it: {first})"
         ) from e

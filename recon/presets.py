@@ -102,7 +102,7 @@ class GaussianReconConfig:
 
     Attributes:
         iterations: total iterations.
-        preset: the preset these settings came from (a label recorded with the results).
+        preset_name: the preset these settings came from (a label recorded with the results).
         lr_means, lr_scales, lr_quats, lr_intensities: Adam learning rates at the start.
         lr_final_ratio: the scale, rotation and intensity learning rates decay log-linearly to this fraction at
             the last iteration (1 = constant).
@@ -137,7 +137,7 @@ class GaussianReconConfig:
     """
 
     iterations: int = 1000
-    preset: str = "toolkit"
+    preset_name: str = "toolkit"
     lr_means: float = 0.05
     lr_scales: float = 0.02
     lr_quats: float = 0.01
@@ -191,6 +191,8 @@ class GaussianReconConfig:
             raise ValueError(f"densify_fraction must be in (0, 1], got {self.densify_fraction}")
         if self.max_gaussians < 1:
             raise ValueError(f"max_gaussians must be >= 1, got {self.max_gaussians}")
+        if self.preset_name not in PRESETS:
+            raise ValueError(f"preset_name must be one of {PRESETS}, got {self.preset_name!r}")
         if self.densify_until == 0:
             self.densify_until = int(0.6 * self.iterations)
         if self.eval_every < 1 or self.densify_every < 1:
@@ -214,7 +216,7 @@ def _3dgr_ct(iterations: int) -> dict:
     p, n = _published, max(1, iterations)
     scale = n / p("max_iter")
     return {
-        "preset": "3dgr-ct",
+        "preset_name": "3dgr-ct",
         "lr_means": p("position_lr_init") * p("spatial_lr_scale"),
         "lr_means_final_ratio": p("position_lr_final") / p("position_lr_init"),
         "lr_means_horizon": p("position_lr_max_steps") / p("max_iter"),
@@ -245,7 +247,7 @@ def _3dgr_ct(iterations: int) -> dict:
 
 
 def _toolkit(iterations: int) -> dict:
-    return {"preset": "toolkit", "coarse_iterations": int(0.1 * iterations)}
+    return {"preset_name": "toolkit", "coarse_iterations": int(0.1 * iterations)}
 
 
 def preset_config(name: str, iterations: int = 1000, **overrides) -> GaussianReconConfig:

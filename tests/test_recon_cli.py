@@ -151,7 +151,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     _check_slices(out / "slices.png", columns=2)
     assert (out / "recon_state.pt").is_file()
     state = torch.load(out / "recon_state.pt", weights_only=True)
-    assert state["iteration"] == 4 and state["config"]["preset"] == "3dgr-ct"
+    assert state["iteration"] == 4 and state["config"]["preset_name"] == "3dgr-ct"
     capsys.readouterr()
     assert main(_reconstruct_args(simulated, out, "--iterations", "6", "--resume")) == 2
     assert "--preset 3dgr-ct" in capsys.readouterr().err
