@@ -277,8 +277,6 @@ OUTPUTS = {
 
 
 def cmd_reconstruct(args) -> int:
-    from dataclasses import asdict
-
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
     from recon.io import load_torch_state
@@ -331,19 +329,27 @@ def cmd_reconstruct(args) -> int:
         except (ValueError, KeyError, RuntimeError) as e:
             raise CLIError(f"cannot resume from {state_path}: {e}") from e
     result = rec.run(checkpoint_path=state_path, progress=not args.no_progress)
-    metrics = {
-        "preset": args.preset, "init": init_settings["init"], "iterations": result.iterations, "time_seconds": result.seconds,
-        "init_seconds": init_seconds, "num_gaussians": result.gaussians.num_gaussians, "initial_gaussians": init.num_gaussians,
-        "device": str(device), "projector": projector.name, "value_scale": rec.value_scale, "settings": asdict(cfg),
-        "init_settings": init_settings, "fbp_filter": None if fbp_vol is not None else args.filter,
-        "iterations_to_psnr": result.iterations_to_psnr, "history": result.history,
-    }  # fmt: skip
+    metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
     _write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
     _print_summary(metrics, out)
     return 0
+
+
+def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device) -> dict:
+    """What ``metrics.json`` records: the preset, every setting, the run and its history."""
+    from dataclasses import asdict
+
+    return {
+        "preset": args.preset, "init": init_settings["init"], "iterations": result.iterations, "time_seconds": result.seconds,
+        "init_seconds": init_seconds, "num_gaussians": result.gaussians.num_gaussians, "initial_gaussians": init.num_gaussians,
+        "device": str(device), "projector": projector, "value_scale": rec.value_scale, "settings": asdict(cfg),
+        "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
+        "arguments": {k: v for k, v in vars(args).items() if k != "command"},
+        "iterations_to_psnr": result.iterations_to_psnr, "history": result.history,
+    }  # fmt: skip
 
 
 def _load_model(args):

@@ -143,7 +143,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "preset 3dgr-ct" in printed and "PSNR/SSIM not computed" in printed and str(out / "slices.png") in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["preset"] == "3dgr-ct" and metrics["init"] == "3dgr-ct"
+    assert metrics["preset"] == "3dgr-ct" and metrics["init"] == "3dgr-ct" and metrics["arguments"]["preset"] == "3dgr-ct"
     expected = json.loads(json.dumps(asdict(preset_config("3dgr-ct", 4, eval_every=50, seed=0))))
     assert metrics["settings"] == expected
     assert metrics["init_settings"]["ini_sigma"] == THREEDGR_CT_INIT["ini_sigma"] == 0.15
