@@ -216,3 +216,15 @@ def test_astra_cuda_matches_torch(kind):
     assert float((bt - ba).norm() / ba.norm()) < 0.05
     lhs, rhs = float((a(x) * y).sum()), float((x * a.adjoint(y)).sum())
     assert abs(lhs - rhs) < 0.02 * abs(lhs)  # ASTRA's GPU FP/BP are matched only approximately
+
+
+def test_astra_cpu_cache_stays_bounded_under_random_view_subsets():
+    g = CTGeometry.parallel((2, 8, 8), 1.0, num_angles=12)
+    p = AstraProjector(g)
+    vol = _blobs(g.volume_shape, dtype=torch.float32)
+    full = p(vol)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        views = torch.randperm(12, generator=gen)[:4].sort().values
+        torch.testing.assert_close(p(vol, views), full[views])
+        assert len(p._ids) <= 17

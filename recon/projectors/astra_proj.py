@@ -121,6 +121,8 @@ class AstraProjector(Projector):
 
         key = ("2d", None if views is None else tuple(views.tolist()))
         if key not in self._ids:
+            if len(self._ids) > 16:  # random view subsets: keep the cache of ASTRA objects bounded
+                self.close()
             g = self.geometry
             _, ey, ex = g.extent
             vol = astra.create_vol_geom(g.volume_shape[1], g.volume_shape[2], -ex / 2, ex / 2, -ey / 2, ey / 2)
