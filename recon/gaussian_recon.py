@@ -332,7 +332,7 @@ class GaussianReconstructor:
 
         c = self.config
         t0 = time.perf_counter()
-        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc="3DGR-CT", dynamic_ncols=True)
+        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
         postfix: dict = {}
         stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
         while self.iteration < stop:
