@@ -4,14 +4,23 @@ Subcommands::
 
     medgmae-recon simulate --volume ct.nii.gz --geometry parallel|cone --views N [--arc DEG] [--photons I0] --out DIR
     medgmae-recon fbp --projections P.npy --geometry G.json [--filter hann] --out fbp.nii.gz
-    medgmae-recon reconstruct --projections P.npy --geometry G.json [--fbp F.nii.gz] --init random|fbp|medgmae
-                  [--checkpoint model.pt] [--iterations N] [--reference R.nii.gz] --out DIR
+    medgmae-recon reconstruct --projections P.npy --geometry G.json [--fbp F.nii.gz] [--preset toolkit|3dgr-ct]
+                  [--init random|fbp|medgmae|3dgr-ct] [--checkpoint model.pt] [--iterations N] [--reference R.nii.gz]
+                  --out DIR
     medgmae-recon evaluate --recon R.nii.gz --reference R2.nii.gz
 
 Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuation (1/mm) with
 ``mu = 0.0192 (1 + HU / 1000)``, clipped at 0 (water 0.0192 / mm, air 0); projections are line integrals of ``mu``
 (dimensionless). With ``--photons I0`` they are turned into Poisson counts ``~ Poisson(I0 exp(-p))`` and back into
 ``-log(max(counts, 1) / I0)``. All volumes written are attenuation volumes (1/mm) with the input's affine.
+
+``reconstruct`` uses the settings of ``--preset`` (``toolkit``, the default, or ``3dgr-ct``, SigmaLDC/3DGR-CT's
+published settings; see :mod:`recon.presets`), including its initialisation unless ``--init`` is given
+(``toolkit``: ``fbp`` with 20,000 Gaussians; ``3dgr-ct``: its own with 50,000). It writes ``recon.nii.gz``,
+``gaussians.ply``, ``metrics.json`` (the preset, every setting used, the history and PSNR/SSIM),
+``curve.png``, ``slices.png`` (three orthogonal mid-slices of reference / FBP / reconstruction / error, or FBP /
+reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``
+iterations and at the end), and prints a closing summary.
 ``evaluate`` prints ``{"psnr", "ssim", "data_range"}`` as JSON: PSNR and SSIM on the reference's range
 ``max - min`` (see :mod:`recon.metrics`).
 
@@ -49,6 +58,7 @@ class CLIError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     from recon.fbp import FILTERS
     from recon.init import INIT_METHODS
+    from recon.presets import PRESETS
 
     p = argparse.ArgumentParser(prog="medgmae-recon", description="CT simulation, FBP/FDK and 3DGR-CT Gaussian reconstruction.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,12 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--projections", required=True)
     r.add_argument("--geometry", required=True)
     r.add_argument("--fbp", default=None, help="FBP volume for the initialisation (computed when absent)")
-    r.add_argument("--init", required=True, choices=INIT_METHODS)
+    r.add_argument("--preset", default="toolkit", choices=PRESETS, help="optimisation settings (default toolkit)")
+    r.add_argument("--init", default=None, choices=(*INIT_METHODS, "3dgr-ct"), help="initialisation (default: the preset's)")
     r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
     r.add_argument("--model-spacing", type=positive_float, default=None,
                    help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
     r.add_argument("--iterations", type=int, default=1000)
-    r.add_argument("--num-gaussians", type=positive_int, default=20000, help="initial Gaussians for random/fbp")
+    r.add_argument("--num-gaussians", type=positive_int, default=None, help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's, 20000 or 50000)")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None)
     r.add_argument("--tv", type=float, default=0.0, help="TV weight")
@@ -221,42 +232,94 @@ def _model_spec(model, spacing: float | None, checkpoint: str):
     return dataclasses.replace(recorded or DEFAULT_SPEC, spacing=spacing3, hu_window=window)
 
 
+def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarray, model):
+    """The initial Gaussians and the intensity unit (``None``: the reconstructor's default)."""
+    from recon.init import fbp_init, medgmae_init, random_init
+    from recon.init_3dgr import init_3dgr_ct
+
+    k = init_settings.get("num_gaussians", 0)
+    if init_settings["init"] == "random":
+        init = random_init(fbp_t, k, seed=args.seed)
+    elif init_settings["init"] == "fbp":
+        init = fbp_init(fbp_t, k, seed=args.seed)
+    elif init_settings["init"] == "3dgr-ct":
+        kw = {n: init_settings[n] for n in ("start", "air_threshold", "ini_intensity", "ini_sigma", "neighbour_kernel", "intensity_offset")}
+        return init_3dgr_ct(fbp_t, k, **kw)
+    else:
+        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
+    if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images
+        return init, float(fbp_t.max().clamp_min(1e-12))
+    return init, None
+
+
+def _init_settings(args) -> dict:
+    from recon.presets import preset_init_settings
+
+    settings = preset_init_settings(args.preset)
+    if args.init is not None and args.init != settings["init"]:
+        defaults = preset_init_settings("3dgr-ct" if args.init == "3dgr-ct" else "toolkit")
+        settings = {**defaults, "init": args.init}
+    if args.num_gaussians is not None:
+        settings["num_gaussians"] = args.num_gaussians
+    if settings["init"] == "medgmae":
+        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
+    return settings
+
+
+def _print_summary(metrics: dict, out: Path) -> None:
+    lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
+             f"in {metrics['time_seconds']:.1f} s (+{metrics['init_seconds']:.1f} s FBP and initialisation), "
+             f"{metrics['num_gaussians']} Gaussians"]  # fmt: skip
+    if "final" in metrics:
+        for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
+            lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
+    else:
+        lines.append("  no --reference: PSNR/SSIM not computed")
+    lines.append(f"outputs in {out}:")
+    for name, what in OUTPUTS.items():
+        lines.append(f"  {out / name}  ({what})")
+    print("\n".join(lines))
+
+
+OUTPUTS = {
+    "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
+    "gaussians.ply": "the Gaussians, world frame",
+    "metrics.json": "preset, every setting, history, PSNR/SSIM",
+    "curve.png": "loss and PSNR per iteration",
+    "slices.png": "orthogonal mid-slices: reference / FBP / reconstruction / error",
+    RECON_STATE: "resumable state (--resume)",
+}
+
+
 def cmd_reconstruct(args) -> int:
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
-    from recon.init import fbp_init, medgmae_init, random_init
-    from recon.io import load_torch_state, save_nifti
+    from medgmae.engine import load_torch_file
     from recon.metrics import evaluate
-    from recon.plot import draw_curve
     from recon.projectors import make_projector
 
     # ---- validate everything before writing anything
     if args.iterations < 0:
         raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
-    if args.init == "medgmae" and not args.checkpoint:
+    init_settings = _init_settings(args)
+    if init_settings["init"] == "medgmae" and not args.checkpoint:
         raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
-    if args.checkpoint and args.init != "medgmae":
-        raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {args.init})")
+    if args.checkpoint and init_settings["init"] != "medgmae":
+        raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
     geom, proj = _geometry_and_projections(args.projections, args.geometry)
     reference = _volume_matching(args.reference, geom, "reference")[0] if args.reference else None
     fbp_vol, affine = _volume_matching(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
-    model = None
-    if args.init == "medgmae":
-        from medgmae.networks.medgmae import MedGMAE
-
-        if not Path(args.checkpoint).is_file():
-            raise CLIError(f"model checkpoint {args.checkpoint} does not exist")
-        try:
-            model = MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae model.pt")
-        except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
-            raise CLIError(f"cannot use {args.checkpoint} for --init medgmae: {e}") from e
+    model = _load_model(args) if init_settings["init"] == "medgmae" else None
     out = Path(args.out)
     state_path = out / RECON_STATE
     state = None
     if args.resume:
         if not state_path.is_file():
             raise CLIError(f"--resume: no saved state {state_path}")
-        state = load_torch_state(state_path)
+        state = load_torch_file(state_path, what="reconstruction state")
+        saved = state.get("config", {}).get("preset_name", "toolkit") if isinstance(state, dict) else None
+        if saved != args.preset:
+            raise CLIError(f"--resume: {state_path} was written with --preset {saved}, not {args.preset}")
     device = _device(args.device)
     if model is not None:
         model = model.to(device).eval()
@@ -266,65 +329,74 @@ def cmd_reconstruct(args) -> int:
     projector = make_projector(geom, args.backend, device)
     proj_t = torch.from_numpy(proj).to(device)
     t0 = time.perf_counter()
-    if fbp_vol is None:
-        fbp_t = fbp(proj_t, geom, args.filter)
-    else:
-        fbp_t = torch.from_numpy(fbp_vol).to(device)
-    if args.init == "random":
-        init = random_init(fbp_t, args.num_gaussians, seed=args.seed)
-    elif args.init == "fbp":
-        init = fbp_init(fbp_t, args.num_gaussians, seed=args.seed)
-    else:
-        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
+    fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
+    init, value_scale = _initialise(args, init_settings, fbp_t, affine, model)
     init_seconds = time.perf_counter() - t0
-    cfg = GaussianReconConfig(
-        iterations=args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
+    cfg = GaussianReconConfig.preset(
+        args.preset, args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
         eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed,
-        coarse_iterations=int(0.1 * args.iterations),
     )  # fmt: skip
     ref_t = None if reference is None else torch.from_numpy(reference)
-    rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device)
+    rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
     if state is not None:
         try:
             rec.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CLIError(f"cannot resume from {state_path}: {e}") from e
-    result = rec.run(checkpoint_path=state_path if cfg.checkpoint_every > 0 else None, progress=not args.no_progress)
-    volume = result.volume.cpu().numpy()
-    metrics = {
-        "init": args.init,
-        "iterations": result.iterations,
-        "time_seconds": result.seconds,
-        "init_seconds": init_seconds,
-        "num_gaussians": result.gaussians.num_gaussians,
-        "device": str(device),
-        "projector": projector.name,
-        "iterations_to_psnr": result.iterations_to_psnr,
-        "history": result.history,
-    }
+    result = rec.run(checkpoint_path=state_path, progress=not args.no_progress)
+    metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     if reference is not None:
-        metrics["final"] = evaluate(volume, reference)
+        metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
+    _write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
+    _print_summary(metrics, out)
+    return 0
 
-    # ---- write
+
+def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device) -> dict:
+    """What ``metrics.json`` records: the preset, every setting, the run and its history."""
+    from dataclasses import asdict
+
+    return {
+        "preset": args.preset, "init": init_settings["init"], "iterations": result.iterations, "time_seconds": result.seconds,
+        "init_seconds": init_seconds, "num_gaussians": result.gaussians.num_gaussians, "initial_gaussians": init.num_gaussians,
+        "device": str(device), "projector": projector, "value_scale": rec.value_scale, "settings": asdict(cfg),
+        "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
+        "arguments": {k: v for k, v in vars(args).items() if k != "command"},
+        "iterations_to_psnr": result.iterations_to_psnr, "history": result.history,
+    }  # fmt: skip
+
+
+def _load_model(args):
+    from medgmae.networks.medgmae import MedGMAE
+
+    if not Path(args.checkpoint).is_file():
+        raise CLIError(f"model checkpoint {args.checkpoint} does not exist")
+    try:
+        return MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae model.pt")
+    except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
+        raise CLIError(f"cannot use {args.checkpoint} for --init medgmae: {e}") from e
+
+
+def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
+    """Stage every output and move them into ``out`` together."""
+    from medgmae.engine import save_json_atomic
     from medgmae.ply import save_ply
+    from recon.io import save_nifti
+    from recon.plot import draw_curve, draw_slices
 
+    volume = result.volume.cpu().numpy()
     stage = _Staging(out)
     try:
         save_nifti(stage.path("recon.nii.gz"), volume, geom.default_affine())
         save_ply(stage.path("gaussians.ply"), result.gaussians.to("cpu"), frame="voxel", shape=geom.volume_shape, affine=_zyx_affine(geom))
-        with open(stage.path("metrics.json"), "w") as fh:
-            json.dump(metrics, fh, indent=2)
+        save_json_atomic(metrics, stage.path("metrics.json"))
         draw_curve(result.history, stage.path("curve.png"))
+        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage.path("slices.png"), reference=reference)
         stage.commit()
     except BaseException:
         stage.discard()
         raise
-    summary = {k: metrics[k] for k in ("init", "iterations", "time_seconds", "num_gaussians")}
-    if "final" in metrics:
-        summary.update(psnr=metrics["final"]["psnr"], ssim=metrics["final"]["ssim"], fbp_psnr=metrics["fbp"]["psnr"])
-    print(json.dumps(summary))
-    return 0
 
 
 def cmd_evaluate(args) -> int:

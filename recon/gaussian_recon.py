@@ -1,17 +1,21 @@
-"""3DGR-CT: CT reconstruction with 3D Gaussians.
+"""Gaussian CT reconstruction (3DGR-CT-style): fit 3D Gaussians to measured projections.
 
 Each iteration renders the Gaussians into the voxel grid (:func:`medgmae.render.render_volume`), projects the
-volume with a differentiable projector and takes an Adam step on the relative projection MSE (optionally plus a
-TV term on the volume). Each parameter kind has its own learning rate, decayed exponentially to
-``lr_final_ratio`` of its start over the run. Adaptive density control runs every ``densify_every`` iterations
-between ``densify_from`` and ``densify_until``: the Gaussians with the largest mean positional-gradient norm are
-cloned (small ones, the clone drawn from the Gaussian and both halves at half intensity) or split (large ones: two
-children drawn from the Gaussian with scales divided by 1.6), and Gaussians with a negligible intensity or an
-oversized scale are pruned. During the first ``coarse_iterations`` the loss compares 2x2-binned projections
-(the coarse phase: low spatial frequencies first).
+volume with a differentiable projector and takes an Adam step on a projection MSE (optionally plus a TV term on
+the volume). Each parameter kind has its own learning rate with a log-linear decay (see
+:class:`GaussianReconConfig`). Adaptive density control (:mod:`recon.density`) runs every ``densify_every``
+iterations between ``densify_from`` and ``densify_until``. During the first ``coarse_iterations`` the loss works at
+half resolution (the coarse phase: low spatial frequencies first). Two presets (:mod:`recon.presets`): the
+toolkit's defaults and SigmaLDC/3DGR-CT's published settings.
 
 Parameters live in the voxel frame of the reconstruction grid; intensities are optimised in units of
-``value_scale`` (a robust maximum of the initial volume) so one set of learning rates fits any attenuation scale.
+``value_scale`` (a robust maximum of the initial volume unless given) so one set of learning rates fits any
+attenuation scale. With ``intensity_activation="sigmoid"`` the intensity parameters are logits.
+
+Checkpoints (:meth:`GaussianReconstructor.state_dict`) hold every piece of state (parameters, Adam moments, the
+iteration that fixes the learning rates, the generator's state, the density-control statistics, the history) as
+tensors, numbers, strings, lists and dicts, so they load with ``torch.load(..., weights_only=True)`` and a resumed
+run continues bit for bit. The reconstructor draws random numbers only from its own generator.
 """
 
 from __future__ import annotations
@@ -29,78 +33,13 @@ from medgmae.gaussians import Gaussians3D
 from medgmae.render import render_volume
 from recon.metrics import psnr as psnr_fn
 from recon.metrics import ssim as ssim_fn
+from recon.presets import GaussianReconConfig
 from recon.projectors import Projector
 
 __all__ = ["GaussianReconConfig", "GaussianReconResult", "GaussianReconstructor", "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "recon-gaussians"
 _PARAMS = ("means", "log_scales", "quats", "intensities")
-
-
-@dataclass
-class GaussianReconConfig:
-    """Optimisation settings (learning rates in voxels, log-voxels, quaternion units and ``value_scale`` units).
-
-    Attributes:
-        iterations: total iterations.
-        lr_means, lr_scales, lr_quats, lr_intensities: Adam learning rates at the start.
-        lr_final_ratio: every learning rate decays exponentially to this fraction at the last iteration.
-        tv_weight: weight of the anisotropic total variation of the volume (``value_scale`` units), 0 = off.
-        views_per_iteration: project a random subset of this many views per iteration (``None``: all views).
-        coarse_iterations: length of the coarse phase (2x2-binned projections in the loss).
-        densify_from, densify_until, densify_every: the density-control window and period.
-        densify_fraction: fraction of the Gaussians (largest mean positional-gradient norm) cloned or split.
-        grad_threshold: only Gaussians above this mean positional-gradient norm are densified.
-        split_scale: Gaussians whose largest scale exceeds this (voxels) are split, smaller ones cloned.
-        prune_intensity: prune ``|intensity| <`` this (``value_scale`` units).
-        prune_scale: prune Gaussians whose largest scale exceeds this fraction of the smallest volume side.
-        max_gaussians: cap on the number of Gaussians.
-        min_scale: lower bound of the scales (voxels).
-        cutoff: renderer cutoff (Mahalanobis).
-        eval_every: iterations between PSNR/SSIM evaluations (when a reference is given).
-        checkpoint_every: iterations between checkpoints (0 = only at the end when a path is set).
-        seed: random seed (view subsets and density control).
-    """
-
-    iterations: int = 1000
-    lr_means: float = 0.05
-    lr_scales: float = 0.02
-    lr_quats: float = 0.01
-    lr_intensities: float = 0.02
-    lr_final_ratio: float = 0.1
-    tv_weight: float = 0.0
-    views_per_iteration: int | None = None
-    coarse_iterations: int = 0
-    densify_from: int = 100
-    densify_until: int = 0
-    densify_every: int = 100
-    densify_fraction: float = 0.05
-    grad_threshold: float = 0.0
-    split_scale: float = 2.0
-    prune_intensity: float = 0.005
-    prune_scale: float = 0.5
-    max_gaussians: int = 200_000
-    min_scale: float = 0.3
-    cutoff: float = 3.0
-    eval_every: int = 50
-    checkpoint_every: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        for name in ("lr_means", "lr_scales", "lr_quats", "lr_intensities", "lr_final_ratio"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be positive, got {v}")
-        if self.views_per_iteration is not None and self.views_per_iteration < 1:
-            raise ValueError(f"views_per_iteration must be >= 1, got {self.views_per_iteration}")
-        if not 0 < self.densify_fraction <= 1:
-            raise ValueError(f"densify_fraction must be in (0, 1], got {self.densify_fraction}")
-        if self.densify_until == 0:
-            self.densify_until = int(0.6 * self.iterations)
-        if self.eval_every < 1 or self.densify_every < 1:
-            raise ValueError("eval_every and densify_every must be >= 1")
 
 
 @dataclass
@@ -134,6 +73,9 @@ class GaussianReconstructor:
         config: :class:`GaussianReconConfig`.
         reference: optional ``(D, H, W)`` ground truth for PSNR/SSIM.
         device: where to optimise.
+        value_scale: the intensity unit (attenuation); default the 99th percentile of the initial intensities
+            (``|init|``). With sigmoid intensities, the initial intensities are clamped into ``(0, value_scale)``
+            (to ``[1e-6, 1 - 1e-6]`` of it).
     """
 
     def __init__(
@@ -144,6 +86,7 @@ class GaussianReconstructor:
         config: GaussianReconConfig | None = None,
         reference: Tensor | None = None,
         device: str | torch.device = "cpu",
+        value_scale: float | None = None,
     ):
         self.projector, self.config = projector, config or GaussianReconConfig()
         self.geometry = projector.geometry
@@ -155,34 +98,64 @@ class GaussianReconstructor:
             raise ValueError(f"init must hold one set (B=1) of at least one Gaussian, got B={init.batch_size}, K={init.num_gaussians}")
         if reference is not None and tuple(reference.shape) != self.geometry.volume_shape:
             raise ValueError(f"reference shape {tuple(reference.shape)} does not match the volume {self.geometry.volume_shape}")
+        if value_scale is not None and not (math.isfinite(value_scale) and value_scale > 0):
+            raise ValueError(f"value_scale must be positive, got {value_scale}")
         self.proj = projections.to(self.device, torch.float32)
         self.reference = None if reference is None else reference.detach().to(torch.float32).cpu()
         inten = init.intensities.detach().float()
-        self.value_scale = float(torch.quantile(inten.abs().flatten(), 0.99).clamp_min(1e-12)) if inten.numel() > 1 else float(inten.abs().max().clamp_min(1e-12))
+        if value_scale is None:
+            q = torch.quantile(inten.abs().flatten(), 0.99) if inten.numel() > 1 else inten.abs().max()
+            value_scale = float(q.clamp_min(1e-12))
+        self.value_scale = float(value_scale)
         self.proj_norm = float(self.proj.square().mean().clamp_min(1e-12))
+        self.length = float(max(self.geometry.volume_shape)) if self.config.length_unit == "volume" else 1.0
         self.iteration = 0
         self.history: list = []
+        self.last_grad_norm: Tensor | None = None
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self._coarse = None
+        if self.config.coarse_mode == "half" and self.config.coarse_iterations > 0:
+            from recon.coarse import HalfResolutionStage
+
+            self._coarse = HalfResolutionStage(self.geometry, self.projector.name, self.proj)
         self._set_params(init)
         self._build_optimizer()
 
     # ------------------------------------------------------------------ parameters
     def _set_params(self, g: Gaussians3D) -> None:
         g = g.detach().to(self.device, torch.float32)
+        inten = g.intensities[0] / self.value_scale
+        if self.config.intensity_activation == "sigmoid":
+            inten = torch.logit(inten.clamp(1e-6, 1 - 1e-6))
         values = {
             "means": g.means[0],
             "log_scales": g.scales[0].clamp_min(self.config.min_scale).log(),
             "quats": F.normalize(g.quats[0], dim=-1),
-            "intensities": g.intensities[0] / self.value_scale,
+            "intensities": inten,
         }
         self.params = {k: torch.nn.Parameter(v.clone().contiguous()) for k, v in values.items()}
 
-    def _build_optimizer(self) -> None:
+    def _base_lrs(self) -> dict[str, float]:
         c = self.config
-        lrs = {"means": c.lr_means, "log_scales": c.lr_scales, "quats": c.lr_quats, "intensities": c.lr_intensities}
+        return {"means": c.lr_means * self.length, "log_scales": c.lr_scales, "quats": c.lr_quats, "intensities": c.lr_intensities}
+
+    def learning_rates(self, iteration: int) -> dict[str, float]:
+        """Learning rates of the step taken at ``iteration`` (log-linear decay, a function of the iteration only)."""
+        c = self.config
+        n = max(1, c.iterations)
+        out = {}
+        for name, lr in self._base_lrs().items():
+            ratio, horizon = c.lr_final_ratio, 1.0
+            if name == "means":
+                ratio = c.lr_means_final_ratio if c.lr_means_final_ratio is not None else c.lr_final_ratio
+                horizon = c.lr_means_horizon
+            t = min(1.0, iteration / (horizon * n))
+            out[name] = math.exp(math.log(lr) * (1.0 - t) + math.log(lr * ratio) * t)
+        return out
+
+    def _build_optimizer(self) -> None:
+        lrs = self.learning_rates(self.iteration)
         self.optimizer = torch.optim.Adam([{"params": [self.params[k]], "lr": lrs[k], "name": k} for k in _PARAMS], eps=1e-15)
-        gamma = c.lr_final_ratio ** (1.0 / max(1, c.iterations))
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma)
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -190,12 +163,17 @@ class GaussianReconstructor:
         self.grad_accum = torch.zeros(k, device=self.device)
         self.grad_count = torch.zeros(k, device=self.device)
 
+    def activated_intensities(self) -> Tensor:
+        """``(K,)`` intensities in ``value_scale`` units (after the activation; differentiable)."""
+        x = self.params["intensities"]
+        return torch.sigmoid(x) if self.config.intensity_activation == "sigmoid" else x
+
     def gaussians(self) -> Gaussians3D:
         """Current Gaussians (voxel frame, attenuation units, detached)."""
         p = {k: v.detach() for k, v in self.params.items()}
         return Gaussians3D(
             p["means"][None], p["log_scales"].exp()[None], F.normalize(p["quats"], dim=-1)[None],
-            p["intensities"][None] * self.value_scale,
+            self.activated_intensities().detach()[None] * self.value_scale,
         )  # fmt: skip
 
     def render(self) -> Tensor:
@@ -203,21 +181,30 @@ class GaussianReconstructor:
         p = self.params
         scales = p["log_scales"].exp().clamp_min(self.config.min_scale)
         return render_volume(
-            p["means"][None], scales[None], p["quats"][None], p["intensities"][None], self.geometry.volume_shape, self.config.cutoff
+            p["means"][None], scales[None], p["quats"][None], self.activated_intensities()[None], self.geometry.volume_shape, self.config.cutoff
         )[0]
 
+    def render_coarse(self) -> Tensor:
+        """The Gaussians rendered on the half-resolution grid of the coarse phase (``value_scale`` units)."""
+        p = self.params
+        return self._coarse.render(p["means"], p["log_scales"].exp(), p["quats"], self.activated_intensities(), self.config.min_scale, self.config.cutoff)
+
     # ------------------------------------------------------------------ optimisation
-    def loss(self, volume: Tensor) -> Tensor:
+    def loss(self, volume: Tensor, coarse: bool = False) -> Tensor:
+        """Projection loss of ``volume`` (``value_scale`` units; the half-resolution volume when ``coarse``)."""
         c = self.config
         views = None
-        target = self.proj
+        projector, target = (self._coarse.projector, self._coarse.proj) if coarse else (self.projector, self.proj)
         if c.views_per_iteration is not None and c.views_per_iteration < self.geometry.num_views:
             views = torch.randperm(self.geometry.num_views, generator=self.generator)[: c.views_per_iteration].sort().values
-            target = self.proj[views.to(self.device)]
-        pred = self.projector.forward(volume * self.value_scale, views)
-        if self.iteration < c.coarse_iterations:
+            target = target[views.to(self.device)]
+        pred = projector.forward(volume * self.value_scale, views)
+        if self.iteration < c.coarse_iterations and c.coarse_mode == "bin":
             pred, target = F.avg_pool2d(pred, 2, ceil_mode=True), F.avg_pool2d(target, 2, ceil_mode=True)
-        loss = (pred - target).square().mean() / self.proj_norm
+        if c.loss == "relative":
+            loss = (pred - target).square().mean() / self.proj_norm
+        else:
+            loss = ((pred - target) / self.value_scale).square().mean()
         if c.tv_weight > 0:
             tv = sum((volume.diff(dim=d)).abs().mean() for d in range(3))
             loss = loss + c.tv_weight * tv
@@ -225,18 +212,21 @@ class GaussianReconstructor:
 
     def step(self) -> float:
         """One optimisation step; returns the loss."""
+        for group, lr in zip(self.optimizer.param_groups, self.learning_rates(self.iteration).values()):
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.render())
+        coarse = self._coarse is not None and self.iteration < self.config.coarse_iterations
+        loss = self.loss(self.render_coarse(), coarse=True) if coarse else self.loss(self.render())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at iteration {self.iteration}")
         loss.backward()
         with torch.no_grad():
             g = self.params["means"].grad
-            if g is not None:
-                self.grad_accum += g.norm(dim=-1)
-                self.grad_count += 1
+            norm = g.norm(dim=-1) if g is not None else torch.zeros_like(self.grad_accum)
+            self.grad_accum += norm
+            self.grad_count += 1
+            self.last_grad_norm = norm
         self.optimizer.step()
-        self.scheduler.step()
         with torch.no_grad():
             self.params["quats"].copy_(F.normalize(self.params["quats"], dim=-1))
             lo = math.log(self.config.min_scale)
@@ -260,70 +250,47 @@ class GaussianReconstructor:
             group["params"][0] = p
             self.params[name] = p
         self._reset_stats()
+        self.last_grad_norm = None
 
-    @torch.no_grad()
     def densify_and_prune(self) -> dict:
-        """One round of adaptive density control; returns counts of cloned, split and pruned Gaussians."""
-        c = self.config
-        p = self.params
-        k = p["means"].shape[0]
-        avg = self.grad_accum / self.grad_count.clamp_min(1)
-        scales = p["log_scales"].exp()
-        n_pick = min(int(math.ceil(c.densify_fraction * k)), max(0, c.max_gaussians - k))
-        chosen = torch.zeros(k, dtype=torch.bool, device=self.device)
-        if n_pick > 0:
-            top = torch.topk(avg, n_pick).indices
-            chosen[top[avg[top] > c.grad_threshold]] = True
-        big = scales.max(-1).values > c.split_scale
-        clone, split = chosen & ~big, chosen & big
-        rot = Gaussians3D(p["means"][None], scales[None], p["quats"][None], p["intensities"][None]).rotation_matrices()[0]
+        """One round of adaptive density control (:mod:`recon.density`); returns counts of cloned, split and
+        pruned Gaussians."""
+        from recon.density import densify_3dgr_ct, densify_toolkit
 
-        def sample(mask: Tensor, shrink: float) -> dict[str, Tensor]:
-            n = int(mask.sum())
-            z = torch.randn(n, 3, generator=self.generator).to(self.device) * scales[mask]
-            return {
-                "means": p["means"][mask] + (rot[mask] @ z.unsqueeze(-1)).squeeze(-1) * shrink,
-                "log_scales": p["log_scales"][mask] - math.log(1.6 if shrink == 1.0 else 1.0),
-                "quats": p["quats"][mask],
-                "intensities": p["intensities"][mask] * (1.0 if shrink == 1.0 else 0.5),
-            }
-
-        new_clone = sample(clone, 0.5)
-        new_split = [sample(split, 1.0), sample(split, 1.0)]
-        p["intensities"][clone] *= 0.5
-        limit = c.prune_scale * min(self.geometry.volume_shape)
-        prune = (p["intensities"].abs() < c.prune_intensity) | (scales.max(-1).values > limit) | split
-        keep = (~prune).nonzero().squeeze(-1)
-        new = {n: torch.cat([new_clone[n], new_split[0][n], new_split[1][n]], 0) for n in _PARAMS}
-        if keep.numel() + new["means"].shape[0] == 0:  # never prune everything
-            keep = torch.arange(k, device=self.device)
-        self._replace(keep, new)
-        return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(prune.sum() - split.sum())}
+        return (densify_3dgr_ct if self.config.densify_mode == "3dgr-ct" else densify_toolkit)(self)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
+        """Everything a resumed run needs (``torch.load(..., weights_only=True)``-safe)."""
         return {
             "kind": CHECKPOINT_KIND,
             "iteration": self.iteration,
-            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "value_scale": self.value_scale,
             "history": self.history,
             "generator": self.generator.get_state(),
+            "grad_accum": self.grad_accum.detach().cpu().clone(),
+            "grad_count": self.grad_count.detach().cpu().clone(),
             "config": asdict(self.config),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (the reconstructor must have been built for the same scan)."""
         if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
             raise ValueError(f"not a Gaussian reconstruction checkpoint (kind {state.get('kind') if isinstance(state, dict) else None!r})")
+        missing = [k for k in ("iteration", "params", "optimizer", "value_scale", "generator", "grad_accum", "grad_count") if k not in state]
+        if missing:
+            raise ValueError(f"the checkpoint lacks {missing} (written by an older version: start a new run)")
         self.value_scale = float(state["value_scale"])
-        self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in state["params"].items()}
+        self.params = {k: torch.nn.Parameter(state["params"][k].to(self.device, torch.float32).clone()) for k in _PARAMS}
+        self.iteration, self.history = int(state["iteration"]), [dict(r) for r in state["history"]]
         self._build_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.iteration, self.history = int(state["iteration"]), list(state["history"])
+        self.grad_accum = state["grad_accum"].to(self.device).clone()
+        self.grad_count = state["grad_count"].to(self.device).clone()
         self.generator.set_state(state["generator"])
+        self.last_grad_norm = None
 
     def save_checkpoint(self, path: str | Path) -> None:
         from medgmae.engine import save_torch_atomic
@@ -355,7 +322,8 @@ class GaussianReconstructor:
             progress: show a tqdm bar with the loss (and PSNR/SSIM when a reference is given).
             ssim_every_eval: compute SSIM at every evaluation (PSNR always).
             stop_at: stop after this iteration (default ``config.iterations``); the schedules still follow
-                ``config.iterations``, so a later :meth:`run` continues exactly.
+                ``config.iterations``, so a later :meth:`run` continues exactly (the history holds the evaluations
+                every ``eval_every`` iterations and at ``config.iterations``, as an uninterrupted run's).
 
         Returns:
             :class:`GaussianReconResult`.
@@ -364,7 +332,7 @@ class GaussianReconstructor:
 
         c = self.config
         t0 = time.perf_counter()
-        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc="3DGR-CT", dynamic_ncols=True)
+        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
         postfix: dict = {}
         stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
         while self.iteration < stop:
@@ -372,9 +340,9 @@ class GaussianReconstructor:
             it = self.iteration
             if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
                 self.densify_and_prune()
-            if it % c.eval_every == 0 or it == stop:
+            if it % c.eval_every == 0 or it == c.iterations:
                 rec = {"iteration": it, "loss": loss, "num_gaussians": int(self.params["means"].shape[0]), "seconds": time.perf_counter() - t0}
-                rec.update(self.evaluate(with_ssim=ssim_every_eval or it == stop))
+                rec.update(self.evaluate(with_ssim=ssim_every_eval or it == c.iterations))
                 self.history.append(rec)
                 postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians")}
             postfix["loss"] = f"{loss:.4g}"
@@ -384,7 +352,7 @@ class GaussianReconstructor:
                 self.save_checkpoint(checkpoint_path)
         bar.close()
         seconds = time.perf_counter() - t0
-        if checkpoint_path is not None:
+        if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)
         with torch.no_grad():
             volume = self.render() * self.value_scale
@@ -393,3 +361,4 @@ class GaussianReconstructor:
             hits = [r["iteration"] for r in self.history if r.get("psnr", -math.inf) >= thr]
             reached[str(thr)] = hits[0] if hits else None
         return GaussianReconResult(self.gaussians(), volume.detach(), list(self.history), self.iteration, seconds, reached)
+

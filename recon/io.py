@@ -8,7 +8,7 @@ import numpy as np
 
 from medgmae.engine import atomic_write
 
-__all__ = ["atomic_write", "load_nifti", "save_nifti", "load_projections", "save_projections", "load_torch_state"]
+__all__ = ["atomic_write", "load_nifti", "save_nifti", "load_projections", "save_projections"]
 
 
 def load_nifti(path) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -65,14 +65,3 @@ def save_projections(path, proj: np.ndarray) -> None:
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(proj, dtype=np.float32))
-
-
-def load_torch_state(path):
-    """``torch.load`` of a saved reconstruction state with an error naming the file."""
-    import torch
-
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"cannot read {path}: {e}") from e

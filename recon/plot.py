@@ -1,10 +1,11 @@
-"""A dependency-light convergence plot (PIL only): loss (log scale) and, when available, PSNR per iteration."""
+"""Dependency-light pictures (PIL only): the convergence plot (loss on a log scale and, when available, PSNR per
+iteration) and three orthogonal mid-slices of the reference, FBP, reconstruction and error."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["draw_curve"]
+__all__ = ["draw_curve", "draw_slices"]
 
 
 def _series_box(draw, box, xs, ys, colour, label, log=False):
@@ -43,3 +44,82 @@ def draw_curve(history: list, path) -> None:
         _series_box(draw, (10, 245, 630, 470), xs, [r.get("psnr") for r in history], (30, 90, 200), "PSNR (dB)")
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+_CELL = 160
+_HEADER = 18
+
+
+def _mid_slices(vol):
+    """Axial, coronal and sagittal mid-slices of a ``(D, H, W)`` array (each 2D, rows top to bottom)."""
+    import numpy as np
+
+    d, h, w = vol.shape
+    return [vol[d // 2], np.flipud(vol[:, h // 2, :]), np.flipud(vol[:, :, w // 2])]
+
+
+def _to_cell(img2d, lo: float, hi: float, colour: bool):
+    """A ``_CELL`` x ``_CELL`` RGB PIL image of a slice windowed to ``[lo, hi]``, aspect kept (letterboxed)."""
+    import numpy as np
+    from PIL import Image
+
+    x = np.clip((np.asarray(img2d, dtype=np.float64) - lo) / max(hi - lo, 1e-12), 0, 1)
+    if colour:  # black -> red -> yellow -> white for the error maps
+        rgb = np.stack([np.clip(3 * x, 0, 1), np.clip(3 * x - 1, 0, 1), np.clip(3 * x - 2, 0, 1)], -1)
+    else:
+        rgb = np.repeat(x[..., None], 3, -1)
+    im = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    scale = _CELL / max(im.width, im.height)
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST)
+    cell = Image.new("RGB", (_CELL, _CELL), (0, 0, 0))
+    cell.paste(im, ((_CELL - im.width) // 2, (_CELL - im.height) // 2))
+    return cell
+
+
+def draw_slices(volumes: dict, path, reference=None) -> tuple[int, int]:
+    """Write a PNG of three orthogonal mid-slices (rows: axial, coronal, sagittal) of each volume (columns).
+
+    With a ``reference``, it comes first, every volume shares its grey window ``[min, max]``, and the last column
+    is the error ``|last volume - reference|`` (black-red-yellow-white, its own range ``[0, max]``); without one,
+    the window is the first volume's 1st-99th percentile range.
+
+    Args:
+        volumes: ``{title: (D, H, W) array}`` in display order (e.g. FBP, reconstruction).
+        path: output PNG (written atomically).
+        reference: optional ``(D, H, W)`` ground truth.
+
+    Returns:
+        ``(width, height)`` of the image: ``(160 * columns, 18 + 3 * 160)``.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from recon.io import atomic_write
+
+    if not volumes:
+        raise ValueError("draw_slices needs at least one volume")
+    cols = [(t, np.asarray(v, dtype=np.float64)) for t, v in volumes.items()]
+    shape = cols[0][1].shape
+    if len(shape) != 3 or any(v.shape != shape for _, v in cols):
+        raise ValueError(f"volumes must share one (D, H, W) shape, got {[v.shape for _, v in cols]}")
+    if reference is not None:
+        ref = np.asarray(reference, dtype=np.float64)
+        if ref.shape != shape:
+            raise ValueError(f"reference shape {ref.shape} does not match the volumes {shape}")
+        lo, hi = float(ref.min()), float(ref.max())
+        err = np.abs(cols[-1][1] - ref)
+        panels = [("reference", ref, False, lo, hi)] + [(t, v, False, lo, hi) for t, v in cols]
+        panels.append((f"|{cols[-1][0]} - reference|", err, True, 0.0, float(err.max())))
+    else:
+        lo, hi = (float(q) for q in np.percentile(cols[0][1], [1, 99]))
+        panels = [(t, v, False, lo, hi) for t, v in cols]
+    size = (_CELL * len(panels), _HEADER + 3 * _CELL)
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for c, (title, vol, colour, a, b) in enumerate(panels):
+        draw.text((c * _CELL + 4, 3), title, fill=(0, 0, 0))
+        for r, sl in enumerate(_mid_slices(vol)):
+            img.paste(_to_cell(sl, a, b, colour), (c * _CELL, _HEADER + r * _CELL))
+    with atomic_write(path) as tmp:
+        img.save(tmp, format="PNG")
+    return size

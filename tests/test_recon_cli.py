@@ -2,6 +2,7 @@
 (exit code 2, nothing written)."""
 
 import json
+from dataclasses import asdict
 import os
 import subprocess
 import sys
@@ -94,9 +95,10 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
             "--reference", str(simulated / "reference.nii.gz"), "--out", str(out), "--no-progress", "--device", "cpu", *extra,
         ]  # fmt: skip
         assert main(args) == 0, init
-        assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt"]
+        assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt", "slices.png"]
         metrics = json.loads((out / "metrics.json").read_text())
-        assert metrics["iterations"] == 12 and metrics["init"] == init
+        assert metrics["iterations"] == 12 and metrics["init"] == init and metrics["preset"] == "toolkit"
+        _check_slices(out / "slices.png", columns=4)
         assert [h["iteration"] for h in metrics["history"]] == [4, 8, 12]
         assert set(metrics["iterations_to_psnr"]) == {"30", "35"}
         rec = nib.load(str(out / "recon.nii.gz"))
@@ -120,6 +122,41 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     ]  # fmt: skip
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 16
+
+
+def _check_slices(path, columns):
+    """Three orthogonal mid-slices per column (160 px cells under an 18 px title row), not blank."""
+    from PIL import Image
+
+    img = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    assert img.shape == (18 + 3 * 160, 160 * columns)
+    for c in range(columns):  # every panel shows something
+        assert img[18:, c * 160 : (c + 1) * 160].var() > 0, c
+
+
+def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
+    """``--preset 3dgr-ct`` runs 3DGR-CT's initialisation and settings and records them; without a reference the
+    slices show FBP / reconstruction and the summary says no PSNR was computed; ``--checkpoint-every 0`` saves the
+    state at the end, and resuming it under another preset is refused."""
+    from recon.presets import THREEDGR_CT_INIT, preset_config
+
+    out = tmp_path / "rec3dgr"
+    assert main(_reconstruct_args(simulated, out, "--preset", "3dgr-ct", "--iterations", "4", "--checkpoint-every", "0")) == 0
+    printed = capsys.readouterr().out
+    assert "preset 3dgr-ct" in printed and "PSNR/SSIM not computed" in printed and str(out / "slices.png") in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["preset"] == "3dgr-ct" and metrics["init"] == "3dgr-ct" and metrics["arguments"]["preset"] == "3dgr-ct"
+    expected = json.loads(json.dumps(asdict(preset_config("3dgr-ct", 4, eval_every=50, seed=0))))
+    assert metrics["settings"] == expected
+    assert metrics["init_settings"]["ini_sigma"] == THREEDGR_CT_INIT["ini_sigma"] == 0.15
+    assert metrics["init_settings"]["num_gaussians"] == 50000 and metrics["initial_gaussians"] < 50000  # a tiny volume
+    _check_slices(out / "slices.png", columns=2)
+    assert (out / "recon_state.pt").is_file()
+    state = torch.load(out / "recon_state.pt", weights_only=True)
+    assert state["iteration"] == 4 and state["config"]["preset_name"] == "3dgr-ct"
+    capsys.readouterr()
+    assert main(_reconstruct_args(simulated, out, "--iterations", "6", "--resume")) == 2
+    assert "--preset 3dgr-ct" in capsys.readouterr().err
 
 
 def _reconstruct_args(sim, out, *extra):
@@ -156,6 +193,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "corrupt checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(garbage)), "garbage.pt"),
         "reference shape": (_reconstruct_args(sim, out, "--init", "fbp", "--reference", str(small)), "reference"),
         "resume without state": (_reconstruct_args(sim, out, "--init", "fbp", "--resume"), "no saved state"),
+        "fbp init with checkpoint": (_reconstruct_args(sim, out, "--preset", "3dgr-ct", "--checkpoint", str(model_file[0])), "--init 3dgr-ct"),
         "evaluate missing": (["evaluate", "--recon", str(tmp_path / "r.nii.gz"), "--reference", str(sim / "reference.nii.gz")], "does not exist"),
         "evaluate shapes": (["evaluate", "--recon", str(small), "--reference", str(sim / "reference.nii.gz")], "shape"),
     }

@@ -12,6 +12,8 @@ from recon.fbp import fbp
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
 from recon.geometry import CTGeometry
 from recon.init import fbp_init, hu_to_mu
+from recon.init_3dgr import init_3dgr_ct
+from medgmae.engine import load_torch_file
 from recon.metrics import psnr, ssim
 from recon.projectors import TorchProjector
 
@@ -87,22 +89,61 @@ def test_density_control_clone_split_prune():
     rec.run(progress=False)  # the optimiser keeps working on the new parameter set
 
 
-def test_checkpoint_resume_is_exact(tmp_path):
+def _resumable(preset, state_path=None, stop_at=None):
+    """A 12-iteration run with density-control rounds after iterations 4 and 8; optionally interrupted."""
     g, p, proj, vol = _tiny_problem()
-    init = fbp_init(fbp(proj, g), 40, seed=0)
-    cfg = dict(iterations=12, densify_from=4, densify_every=4, densify_until=8, eval_every=3, checkpoint_every=6, views_per_iteration=3)
-    full = GaussianReconstructor(p, proj, init, GaussianReconConfig(**cfg), reference=vol).run(progress=False)
+    f = fbp(proj, g)
+    if preset == "toolkit":
+        init, vs = fbp_init(f, 40, seed=0), None
+        extra = dict(densify_from=4, densify_until=8, densify_fraction=0.25)
+    else:  # every Gaussian is densified (threshold 0), half-resolution stage for 5 iterations
+        init, vs = init_3dgr_ct(f, 40)
+        extra = dict(densify_from=0, densify_until=12, grad_threshold=0.0, coarse_iterations=5)
+    cfg = GaussianReconConfig.preset(preset, 12, densify_every=4, eval_every=3, checkpoint_every=3, views_per_iteration=3, seed=1, **extra)
+    rec = GaussianReconstructor(p, proj, init, cfg, reference=vol, value_scale=vs)
+    return rec, rec.run(checkpoint_path=state_path, progress=False, stop_at=stop_at)
+
+
+@pytest.mark.parametrize("preset", ["toolkit", "3dgr-ct"])
+def test_checkpoint_resume_is_bit_exact_across_density_control(tmp_path, preset):
+    """A run interrupted after iteration 7 (inside the density-control window, after the round at 4 and before
+    the one at 8) and resumed from its state file (loaded with weights_only=True) ends bit for bit where the
+    uninterrupted run ends: parameters, Adam moments, number of Gaussians, history."""
+    full_rec, full = _resumable(preset)
     ck = tmp_path / "state.pt"
-    first = GaussianReconstructor(p, proj, init, GaussianReconConfig(**cfg), reference=vol)
-    first.run(checkpoint_path=ck, progress=False, stop_at=6)  # an interrupted run
-    resumed = GaussianReconstructor(p, proj, init, GaussianReconConfig(**cfg), reference=vol)
-    resumed.load_state_dict(torch.load(ck, weights_only=False))
-    assert resumed.iteration == 6
+    _resumable(preset, ck, stop_at=7)
+    state = load_torch_file(ck)
+    assert state["iteration"] == 7 and float(state["grad_count"].max()) == 3  # statistics since the round at 4
+    resumed, _ = _resumable(preset, stop_at=0)
+    resumed.load_state_dict(state)
     out = resumed.run(progress=False)
-    torch.testing.assert_close(out.volume, full.volume, rtol=1e-5, atol=1e-7)
-    assert [h["iteration"] for h in out.history] == [h["iteration"] for h in full.history]
+    assert out.gaussians.num_gaussians == full.gaussians.num_gaussians != 40
+    for name in full_rec.params:
+        assert torch.equal(resumed.params[name], full_rec.params[name]), name
+    for a, b in zip(resumed.optimizer.param_groups, full_rec.optimizer.param_groups):
+        sa, sb = resumed.optimizer.state[a["params"][0]], full_rec.optimizer.state[b["params"][0]]
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"]) and a["lr"] == b["lr"]
+    assert torch.equal(out.volume, full.volume)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(out.history) == strip(full.history)
     with pytest.raises(ValueError, match="not a Gaussian reconstruction checkpoint"):
         resumed.load_state_dict({"kind": "medgmae"})
+    with pytest.raises(ValueError, match="lacks"):
+        resumed.load_state_dict({"kind": "recon-gaussians", "iteration": 3})
+
+
+def test_resume_needs_the_density_statistics(tmp_path):
+    """Negative control: resuming the toolkit run with the statistics zeroed (what an incomplete state gives)
+    densifies other Gaussians, so the exactness test above can tell."""
+    _, full = _resumable("toolkit")
+    ck = tmp_path / "state.pt"
+    _resumable("toolkit", ck, stop_at=7)
+    state = load_torch_file(ck)
+    state["grad_accum"].zero_()
+    state["grad_count"].zero_()
+    resumed, _ = _resumable("toolkit", stop_at=0)
+    resumed.load_state_dict(state)
+    assert not torch.equal(resumed.run(progress=False).volume, full.volume)
 
 
 def test_tv_and_coarse_phase_change_the_loss():

@@ -74,10 +74,12 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "weights_only" in msg or "Unsupported global" in msg or "Weights only load failed" in msg:
+            lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "Unsupported" in ln or "WeightsUnpickler" in ln), lines[-1] if lines else "")
             raise ValueError(
                 f"{path}: refused to load this {what}: it holds Python objects other than tensors and plain data, "
                 "and loading such objects could run arbitrary code. Only files written by this toolkit (or "
-                f"re-saved as plain tensors) are accepted. Details: {msg.splitlines()[-1] if msg else ''}"
+                f"re-saved as plain tensors) are accepted. ({why})"
             ) from e
         raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
     except Exception as e:  # corrupt, truncated or not a torch file

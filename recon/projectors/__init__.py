@@ -31,8 +31,10 @@ def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **
 
     Args:
         geometry: the scan.
-        backend: ``"auto"`` (ASTRA on CUDA devices when ASTRA has CUDA and for parallel beam on the CPU, else
-            PyTorch), ``"torch"`` or ``"astra"``.
+        backend: ``"auto"`` (ASTRA on CUDA devices when ASTRA has CUDA; on the CPU, ASTRA's 2D path for the
+            parallel-beam geometries it takes, whether or not ASTRA has CUDA; else PyTorch), ``"torch"`` or
+            ``"astra"``. The ASTRA projector itself routes by the tensors' device, so a choice made for the CPU
+            holds on any machine.
         device: where the data will live (decides ``"auto"``).
         kwargs: passed to the backend's constructor (``step`` for torch, ``projector_2d`` for astra).
 

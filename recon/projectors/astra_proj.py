@@ -3,12 +3,13 @@
 * On CUDA tensors: ASTRA's 3D GPU projector (``cuda3d``) on ``parallel3d_vec`` / ``cone_vec`` geometries, with
   the torch tensors handed to ASTRA through DLPack (``astra.experimental.direct_FP3D`` / ``direct_BP3D``: ASTRA
   links the device memory, no host copies).
-* On CPU tensors (no CUDA): parallel beam only, slice by slice with ASTRA's 2D CPU projectors (``strip`` by
+* On CPU tensors (whether or not ASTRA has CUDA): parallel beam only, slice by slice with ASTRA's 2D CPU projectors (``strip`` by
   default, or ``linear`` / ``line``); needs one detector row per volume slice at the slice pitch and square
   pixels in-plane. ASTRA's 2D images have row 0 at the top (largest ``y``), hence the flips.
 
-ASTRA's 3D functions abort the process when ASTRA has no CUDA, so every 3D call is guarded by
-``astra.use_cuda()`` and raises a ``ValueError`` instead.
+The path is chosen by the tensor's device, never by ``astra.use_cuda()`` alone: astra-toolbox's Linux wheels are
+CUDA builds, so on a GPU machine CPU tensors still take the 2D CPU path. ASTRA's 3D functions abort the process
+when ASTRA has no CUDA, so every 3D call is guarded by ``astra.use_cuda()`` and raises a ``ValueError`` instead.
 """
 
 from __future__ import annotations
@@ -103,7 +104,10 @@ class AstraProjector(Projector):
     def _check_2d(self) -> None:
         g = self.geometry
         if g.kind != "parallel":
-            raise ValueError("ASTRA on CPU supports parallel-beam geometries only (cone beam needs CUDA)")
+            raise ValueError(
+                "ASTRA on CPU tensors supports parallel-beam geometries only (cone beam needs CUDA tensors); "
+                "use backend='torch' for cone beam on the CPU"
+            )
         if not astra_cpu_supports(g):
             raise ValueError(
                 "ASTRA's CPU path projects slice by slice and needs one detector row per slice at the slice pitch: "
@@ -117,6 +121,8 @@ class AstraProjector(Projector):
 
         key = ("2d", None if views is None else tuple(views.tolist()))
         if key not in self._ids:
+            if len(self._ids) > 16:  # random view subsets: keep the cache of ASTRA objects bounded
+                self.close()
             g = self.geometry
             _, ey, ex = g.extent
             vol = astra.create_vol_geom(g.volume_shape[1], g.volume_shape[2], -ex / 2, ex / 2, -ey / 2, ey / 2)
@@ -132,7 +138,7 @@ class AstraProjector(Projector):
     def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
         g = self.geometry
         nv = g.num_views if views is None else views.numel()
-        if volume.device.type == "cuda" or astra_cuda_available():
+        if volume.device.type != "cpu":
             self._check_cuda(volume)
             import astra.experimental as ax
 
@@ -158,7 +164,7 @@ class AstraProjector(Projector):
 
     def _adjoint_raw(self, proj: Tensor, views: Tensor | None) -> Tensor:
         g = self.geometry
-        if proj.device.type == "cuda" or astra_cuda_available():
+        if proj.device.type != "cpu":
             self._check_cuda(proj)
             import astra.experimental as ax
 

@@ -1,0 +1,117 @@
+"""Adaptive density control of the Gaussian reconstruction: the toolkit's rule and 3DGR-CT's published one.
+
+Both work on a :class:`~recon.gaussian_recon.GaussianReconstructor` in place (parameters and Adam moments, through
+its ``_replace``) and return counts ``{"cloned", "split", "pruned"}``. New Gaussians start with zero Adam moments.
+
+* :func:`densify_toolkit`: the ``densify_fraction`` Gaussians with the largest *mean* positional-gradient norm
+  since the last round (above ``grad_threshold``) are cloned (small: a copy drawn from the Gaussian, both at half
+  intensity) or split (large: two children drawn from the rotated Gaussian, scales / 1.6, half intensity); prunes
+  ``|intensity| < prune_intensity``, a largest scale over ``prune_scale`` of the smallest volume side, and never
+  grows past ``max_gaussians``.
+* :func:`densify_3dgr_ct`: SigmaLDC/3DGR-CT's ``GaussianModel.densify_and_prune`` (models/gaussian_model.py):
+  every Gaussian whose *current* positional-gradient norm is at least ``grad_threshold`` is cloned in place
+  (largest scale ``<= split_scale``: same centre, both at half the sigmoid intensity) or split (two children with
+  centres drawn from ``N(mu, diag(s^2))`` in the unrotated frame, scales / 1.6, the same intensity; the parent is
+  removed); then Gaussians with a sigmoid intensity below ``prune_intensity`` or a smallest scale below
+  ``prune_min_scale`` are pruned. It runs only while there are fewer than ``max_gaussians`` Gaussians.
+
+Lengths (``split_scale``, ``prune_min_scale``, ``grad_threshold``) are in the reconstructor's length unit
+(``config.length_unit``): voxels, or the largest volume side for ``"volume"`` (3DGR-CT's normalised frame).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from medgmae.gaussians import Gaussians3D
+
+__all__ = ["densify_toolkit", "densify_3dgr_ct", "DENSIFY_MODES"]
+
+DENSIFY_MODES = ("toolkit", "3dgr-ct")
+_PARAMS = ("means", "log_scales", "quats", "intensities")
+
+
+@torch.no_grad()
+def densify_toolkit(rec) -> dict:
+    """The toolkit's density control (see the module docstring). ``rec``: the reconstructor."""
+    c, p, dev = rec.config, rec.params, rec.device
+    k = p["means"].shape[0]
+    avg = rec.grad_accum / rec.grad_count.clamp_min(1) * rec.length
+    scales = p["log_scales"].exp()
+    n_pick = min(int(math.ceil(c.densify_fraction * k)), max(0, c.max_gaussians - k))
+    chosen = torch.zeros(k, dtype=torch.bool, device=dev)
+    if n_pick > 0:
+        top = torch.topk(avg, n_pick).indices
+        chosen[top[avg[top] > c.grad_threshold]] = True
+    big = scales.max(-1).values > c.split_scale * rec.length
+    clone, split = chosen & ~big, chosen & big
+    rot = Gaussians3D(p["means"][None], scales[None], p["quats"][None], p["intensities"][None]).rotation_matrices()[0]
+
+    def sample(mask: Tensor, shrink: float) -> dict[str, Tensor]:
+        n = int(mask.sum())
+        z = torch.randn(n, 3, generator=rec.generator).to(dev) * scales[mask]
+        return {
+            "means": p["means"][mask] + (rot[mask] @ z.unsqueeze(-1)).squeeze(-1) * shrink,
+            "log_scales": p["log_scales"][mask] - math.log(1.6 if shrink == 1.0 else 1.0),
+            "quats": p["quats"][mask],
+            "intensities": p["intensities"][mask] * (1.0 if shrink == 1.0 else 0.5),
+        }
+
+    new_clone = sample(clone, 0.5)
+    new_split = [sample(split, 1.0), sample(split, 1.0)]
+    p["intensities"][clone] *= 0.5
+    limit = c.prune_scale * min(rec.geometry.volume_shape) if c.prune_scale > 0 else math.inf
+    prune = (rec.activated_intensities().abs() < c.prune_intensity) | (scales.max(-1).values > limit) | split
+    if c.prune_min_scale > 0:
+        prune |= scales.min(-1).values < c.prune_min_scale * rec.length
+    keep = (~prune).nonzero().squeeze(-1)
+    new = {n: torch.cat([new_clone[n], new_split[0][n], new_split[1][n]], 0) for n in _PARAMS}
+    if keep.numel() + new["means"].shape[0] == 0:  # never prune everything
+        keep = torch.arange(k, device=dev)
+    rec._replace(keep, new)
+    return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(prune.sum() - split.sum())}
+
+
+@torch.no_grad()
+def densify_3dgr_ct(rec) -> dict:
+    """3DGR-CT's density control (see the module docstring). ``rec``: the reconstructor (sigmoid intensities)."""
+    c, p, dev, unit = rec.config, rec.params, rec.device, rec.length
+    k = p["means"].shape[0]
+    if k >= c.max_gaussians:  # train_ct_recon.py: `if gaussians.get_xyz.shape[-2] < config['max_gaussians']`
+        return {"cloned": 0, "split": 0, "pruned": 0}
+    grads = rec.last_grad_norm if rec.last_grad_norm is not None else torch.zeros(k, device=dev)
+    scales = p["log_scales"].exp()
+    selected = grads * unit >= c.grad_threshold  # gradient with respect to positions in the normalised frame
+    big = scales.max(-1).values > c.split_scale * unit
+    clone, split = selected & ~big, selected & big
+    # clone in place: sigmoid(new logit) = sigmoid(old logit) / 2 for the parent and the copy
+    half = torch.logit(torch.sigmoid(p["intensities"][clone]) / 2)
+    p["intensities"][clone] = half
+    new_clone = {n: p[n][clone] for n in _PARAMS}
+    # split into N = 2 children drawn from N(mu, diag(s^2)) (not rotated, as published), scales / (0.8 N)
+    n_split = int(split.sum())
+    std = scales[split].repeat(2, 1)
+    z = torch.randn(std.shape, generator=rec.generator).to(dev) * std
+    new_split = {
+        "means": p["means"][split].repeat(2, 1) + z,
+        "log_scales": (scales[split].repeat(2, 1) / (0.8 * 2)).log(),
+        "quats": p["quats"][split].repeat(2, 1),
+        "intensities": p["intensities"][split].repeat(2),
+    }
+    new = {n: torch.cat([new_clone[n], new_split[n]], 0) for n in _PARAMS}
+
+    def pruned(rows: dict[str, Tensor]) -> Tensor:
+        low = torch.sigmoid(rows["intensities"]) < c.prune_intensity
+        return low | (rows["log_scales"].exp().min(-1).values < c.prune_min_scale * unit)
+
+    drop_old = pruned(p) | split
+    drop_new = pruned(new)
+    keep = (~drop_old).nonzero().squeeze(-1)
+    if keep.numel() + int((~drop_new).sum()) == 0:  # never prune everything
+        keep, drop_new = torch.arange(k, device=dev), torch.zeros_like(drop_new)
+    rec._replace(keep, {n: v[~drop_new] for n, v in new.items()})
+    n_pruned = int(drop_old.sum()) - n_split + int(drop_new.sum())
+    return {"cloned": int(clone.sum()), "split": n_split, "pruned": n_pruned}
