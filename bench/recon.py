@@ -3,7 +3,8 @@
 1. Speed: seconds per iteration and total time for a configurable volume / scan (``--size``, ``--views``,
    ``--iterations``); ``--gpu-case`` selects a 256 x 256 x 80 volume, 120 cone-beam views, 15k iterations.
 2. Convergence: iterations and seconds to reach PSNR targets (FBP + 2 dB and FBP + 4 dB, plus any ``--targets``)
-   from the ``random``, ``fbp`` and zero-shot ``medgmae`` initialisations on a held-out phantom (generator seed
+   from ``random`` and ``toolkit`` (FBP-gradient) initialisations with the toolkit preset, 3DGR-CT's own
+   initialisation with its ``3dgr-ct`` preset, and the zero-shot ``medgmae`` initialisation with the toolkit preset on a held-out phantom (generator seed
    ``--seed``, default 1000; the bundle's phantoms use SeedSequence-derived 32-bit seeds of dataset seed 0).
 
 No inverse crime: the measurements are simulated from the phantom generated at twice the resolution (2x finer
@@ -89,25 +90,29 @@ def run_case(args, device) -> dict:
     }  # fmt: skip
     fbp_psnr = out["fbp_volume"]["psnr"]
     targets = sorted({round(fbp_psnr + 2, 2), round(fbp_psnr + 4, 2), *args.targets})
+    from recon.init_3dgr import init_3dgr_ct
+
+    # name -> (initialisation returning (Gaussians, value_scale or None), optimiser preset)
     inits = {
-        "random": lambda: random_init(rec_fbp, args.num_gaussians, seed=args.seed),
-        "fbp": lambda: fbp_init(rec_fbp, args.num_gaussians, seed=args.seed),
+        "random": (lambda: (random_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
+        "toolkit": (lambda: (fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
+        "3dgr-ct": (lambda: init_3dgr_ct(rec_fbp, args.num_gaussians_3dgr), "3dgr-ct"),
     }
     if args.compare_medgmae:
         from medgmae.networks.medgmae import MedGMAE
 
         model = MedGMAE.from_checkpoint(args.checkpoint, needed_for="bench/recon.py needs a medgmae model.pt").to(device).eval()
         out["medgmae_model"] = {"checkpoint": args.checkpoint, "preprocessing": model.preprocessing.to_dict() if model.preprocessing else None}
-        inits["medgmae"] = lambda: medgmae_init(rec_fbp, geom.default_affine(), model, overlap=args.overlap)
-    for name, make in inits.items():
+        inits["medgmae"] = (lambda: (medgmae_init(rec_fbp, geom.default_affine(), model, overlap=args.overlap), None), "toolkit")
+    for name, (make, preset) in inits.items():
+        if args.only and name not in args.only:
+            continue
         t = time.perf_counter()
-        init = make()
+        init, value_scale = make()
         init_seconds = time.perf_counter() - t
-        cfg = GaussianReconConfig(
-            iterations=args.iterations, eval_every=args.eval_every, views_per_iteration=args.views_per_iteration,
-            densify_from=min(100, args.iterations // 5), densify_every=100, coarse_iterations=0, seed=args.seed,
-        )  # fmt: skip
-        rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol.cpu(), device=device)
+        cfg = GaussianReconConfig.preset(preset, args.iterations, eval_every=args.eval_every,
+                                         views_per_iteration=args.views_per_iteration, seed=args.seed)  # fmt: skip
+        rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol.cpu(), device=device, value_scale=value_scale)
         start = rec.evaluate()
         iter_times = []
         t0 = time.perf_counter()
@@ -132,7 +137,8 @@ def run_case(args, device) -> dict:
             hits = [h["iteration"] for h in res.history if h.get("psnr", -math.inf) >= thr]
             reached[f"{thr:.2f}"] = {"iteration": hits[0], "seconds": init_seconds + hits[0] * per_iter} if hits else None
         out["runs"][name] = {
-            "init_seconds": init_seconds, "initial_gaussians": init.num_gaussians, "initial_psnr": start.get("psnr"),
+            "preset": preset, "init_seconds": init_seconds, "initial_gaussians": init.num_gaussians,
+            "initial_psnr": start.get("psnr"),
             "seconds_per_iteration_median": statistics.median(iter_times) if iter_times else None,
             "total_seconds": total, "final_psnr": res.history[-1].get("psnr") if res.history else None,
             "final_ssim": ssim(res.volume, vol), "final_gaussians": res.gaussians.num_gaussians,
@@ -149,7 +155,7 @@ def plot_curves(result: dict, path: str) -> None:
 
     from medgmae.engine import atomic_write
 
-    colours = {"random": (120, 120, 120), "fbp": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60)}
+    colours = {"random": (120, 120, 120), "toolkit": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60)}
     runs = result["runs"]
     pts = [(it, p) for r in runs.values() for it, p in r["curve"] if math.isfinite(p)]
     fbp_psnr = result["fbp_volume"]["psnr"]
@@ -185,7 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--geometry", choices=("parallel", "cone"), default="cone")
     p.add_argument("--views", type=int, default=60)
     p.add_argument("--iterations", type=int, default=400)
-    p.add_argument("--num-gaussians", type=int, default=1000)
+    p.add_argument("--num-gaussians", type=int, default=20000, help="Gaussians of the random and toolkit (fbp) inits")
+    p.add_argument("--num-gaussians-3dgr", type=int, default=50000, help="Gaussians of the 3DGR-CT init (published: 50k)")
+    p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
     p.add_argument("--views-per-iteration", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--targets", type=float, nargs="*", default=[], help="PSNR targets besides FBP + 2 and + 4 dB")
