@@ -293,36 +293,84 @@ def _load_chunk(gids_ptr, means_ptr, conics_ptr, inten_ptr, j, end, c_d, c_h, c_
 
 
 @triton.jit
-def _split_hi(x):
-    """``x`` with the low 13 mantissa bits cleared: exactly representable in TF32."""
-    return (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+def _bcast(v, G_ROWS: tl.constexpr):
+    """A per-Gaussian vector as a row (Gaussians along the columns) or, with ``G_ROWS``, as a column."""
+    if G_ROWS:
+        return v[:, None]
+    else:
+        return v[None, :]
 
 
 @triton.jit
-def _log2_weights(a, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, gmask, thr, BLOCK_G: tl.constexpr):
-    """``log2`` of the Gaussian weights ``(BLOCK_V, BLOCK_G)`` and the within-cutoff mask."""
-    pmd = pdd * md + pdh * mh + pdw * mw
-    pmh = pdh * md + phh * mh + phw * mw
-    pmw = pdw * md + phw * mh + pww * mw
-    mpm = md * pmd + mh * pmh + mw * pmw
-    s = -0.5 * 1.4426950408889634  # -log2(e) / 2
-    row = tl.arange(0, 16)[:, None]
-    c = tl.where(row == 0, (s * pdd)[None, :], 0.0)
-    c = tl.where(row == 1, (s * phh)[None, :], c)
-    c = tl.where(row == 2, (s * pww)[None, :], c)
-    c = tl.where(row == 3, (2.0 * s * pdh)[None, :], c)
-    c = tl.where(row == 4, (2.0 * s * pdw)[None, :], c)
-    c = tl.where(row == 5, (2.0 * s * phw)[None, :], c)
-    c = tl.where(row == 6, (-2.0 * s * pmd)[None, :], c)
-    c = tl.where(row == 7, (-2.0 * s * pmh)[None, :], c)
-    c = tl.where(row == 8, (-2.0 * s * pmw)[None, :], c)
-    c = tl.where(row == 9, (s * mpm)[None, :], c)
-    c_hi = _split_hi(c)
-    c_rest = c - c_hi
-    c_mid = _split_hi(c_rest)
-    e = tl.dot(a, c_rest - c_mid, input_precision="tf32")
-    e = tl.dot(a, c_mid, acc=e, input_precision="tf32")
-    e = tl.dot(a, c_hi, acc=e, input_precision="tf32")
+def _coefficient_slices(md, mh, mw, pdd, phh, pww, pdh, pdw, phw, G_ROWS: tl.constexpr):
+    """The coefficients ``C`` of the chunk (pre-scaled by ``-log2(e)/2``) as three TF32-exact slices.
+
+    Returns ``(hi, mid, lo)``, each ``(16, BLOCK_G)`` (``(BLOCK_G, 16)`` with ``G_ROWS``), rows 10-15 zero:
+    ``hi`` and ``mid`` on the per-Gaussian fixed-point grids ``g1 = 2^(k-10)`` and ``g2 = 2^(k-21)``, where
+    ``2^k <= max_j |C_j| < 2^(k+1)``, and ``lo`` the remainder rounded to TF32 (module docstring: *Precision*).
+    """
+    md64 = md.to(tl.float64)
+    mh64 = mh.to(tl.float64)
+    mw64 = mw.to(tl.float64)
+    pdd64 = pdd.to(tl.float64)
+    phh64 = phh.to(tl.float64)
+    pww64 = pww.to(tl.float64)
+    pdh64 = pdh.to(tl.float64)
+    pdw64 = pdw.to(tl.float64)
+    phw64 = phw.to(tl.float64)
+    # float64: products of two float32 values are exact, so C carries ~2^-50 relative error
+    pmd = pdd64 * md64 + pdh64 * mh64 + pdw64 * mw64
+    pmh = pdh64 * md64 + phh64 * mh64 + phw64 * mw64
+    pmw = pdw64 * md64 + phw64 * mh64 + pww64 * mw64
+    mpm = md64 * pmd + mh64 * pmh + mw64 * pmw
+    s = -0.7213475204444817  # -log2(e) / 2 (a common factor of all C_j: its own rounding is harmless)
+    if G_ROWS:
+        j = tl.arange(0, 16)[None, :]
+    else:
+        j = tl.arange(0, 16)[:, None]
+    c = tl.where(j == 0, _bcast(s * pdd64, G_ROWS), 0.0)
+    c = tl.where(j == 1, _bcast(s * phh64, G_ROWS), c)
+    c = tl.where(j == 2, _bcast(s * pww64, G_ROWS), c)
+    c = tl.where(j == 3, _bcast(2.0 * s * pdh64, G_ROWS), c)
+    c = tl.where(j == 4, _bcast(2.0 * s * pdw64, G_ROWS), c)
+    c = tl.where(j == 5, _bcast(2.0 * s * phw64, G_ROWS), c)
+    c = tl.where(j == 6, _bcast(-2.0 * s * pmd, G_ROWS), c)
+    c = tl.where(j == 7, _bcast(-2.0 * s * pmh, G_ROWS), c)
+    c = tl.where(j == 8, _bcast(-2.0 * s * pmw, G_ROWS), c)
+    c = tl.where(j == 9, _bcast(s * mpm, G_ROWS), c)
+    c1 = c.to(tl.float32)  # C = c1 + c2 to ~2^-48 relative
+    c2 = (c - c1.to(tl.float64)).to(tl.float32)
+    if G_ROWS:
+        big = tl.max(tl.abs(c1), axis=1)
+    else:
+        big = tl.max(tl.abs(c1), axis=0)
+    p2k = (big.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)  # 2^k (0 for an empty lane)
+    # (x + 1.5 * 2^23 * g) - 1.5 * 2^23 * g rounds x to a multiple of g (|x| < 2^22 g): 1.5 * 2^23 * g1 = 12288 * 2^k
+    b1 = _bcast(p2k * 12288.0, G_ROWS)
+    b2 = _bcast(p2k * 6.0, G_ROWS)
+    hi = (c1 + b1) - b1
+    r1 = c1 - hi  # exact, |r1| <= g1 / 2
+    mid = (r1 + b2) - b2
+    lo = _round_tf32((r1 - mid) + c2)
+    return hi, mid, lo
+
+
+@triton.jit
+def _round_tf32(x):
+    """``x`` rounded to the nearest TF32 value (10 mantissa bits; ties away from zero)."""
+    return ((x.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _log2_weights(a, hi, mid, lo, gmask, thr):
+    """``log2`` of the Gaussian weights ``(BLOCK_V, BLOCK_G)`` and the within-cutoff mask.
+
+    The largest slice first, each later product accumulating onto it: ``hi``'s fixed-point sum is exact, and the
+    running sum the tensor cores align the next products to is then already small (module docstring).
+    """
+    e = tl.dot(a, hi, input_precision="tf32")
+    e = tl.dot(a, mid, acc=e, input_precision="tf32")
+    e = tl.dot(a, lo, acc=e, input_precision="tf32")
     keep = (e >= thr) & gmask[None, :]
     return e, keep
 
@@ -358,30 +406,11 @@ def _voxel_block_t(v0, b, t_d, t_h, t_w, D, H, W, TILE: tl.constexpr, BLOCK_V: t
 
 
 @triton.jit
-def _log2_weights_t(a_t, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, gmask, thr, BLOCK_G: tl.constexpr):
+def _log2_weights_t(a_t, hi, mid, lo, gmask, thr):
     """As :func:`_log2_weights`, transposed: ``(BLOCK_G, BLOCK_V)`` with Gaussians along the rows."""
-    pmd = pdd * md + pdh * mh + pdw * mw
-    pmh = pdh * md + phh * mh + phw * mw
-    pmw = pdw * md + phw * mh + pww * mw
-    mpm = md * pmd + mh * pmh + mw * pmw
-    s = -0.5 * 1.4426950408889634  # -log2(e) / 2
-    col = tl.arange(0, 16)[None, :]
-    c = tl.where(col == 0, (s * pdd)[:, None], 0.0)
-    c = tl.where(col == 1, (s * phh)[:, None], c)
-    c = tl.where(col == 2, (s * pww)[:, None], c)
-    c = tl.where(col == 3, (2.0 * s * pdh)[:, None], c)
-    c = tl.where(col == 4, (2.0 * s * pdw)[:, None], c)
-    c = tl.where(col == 5, (2.0 * s * phw)[:, None], c)
-    c = tl.where(col == 6, (-2.0 * s * pmd)[:, None], c)
-    c = tl.where(col == 7, (-2.0 * s * pmh)[:, None], c)
-    c = tl.where(col == 8, (-2.0 * s * pmw)[:, None], c)
-    c = tl.where(col == 9, (s * mpm)[:, None], c)
-    c_hi = _split_hi(c)
-    c_rest = c - c_hi
-    c_mid = _split_hi(c_rest)
-    e = tl.dot(c_rest - c_mid, a_t, input_precision="tf32")
-    e = tl.dot(c_mid, a_t, acc=e, input_precision="tf32")
-    e = tl.dot(c_hi, a_t, acc=e, input_precision="tf32")
+    e = tl.dot(hi, a_t, input_precision="tf32")
+    e = tl.dot(mid, a_t, acc=e, input_precision="tf32")
+    e = tl.dot(lo, a_t, acc=e, input_precision="tf32")
     keep = (e >= thr) & gmask[:, None]
     return e, keep
 
@@ -419,7 +448,8 @@ def _forward_kernel(
             g, gmask, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, inten = _load_chunk(
                 gids_ptr, means_ptr, conics_ptr, inten_ptr, j, end, c_d, c_h, c_w, BLOCK_G
             )
-            e, keep = _log2_weights(a, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, gmask, thr, BLOCK_G)
+            hi, mid, lo = _coefficient_slices(md, mh, mw, pdd, phh, pww, pdh, pdw, phw, False)
+            e, keep = _log2_weights(a, hi, mid, lo, gmask, thr)
             w = tl.where(keep, tl.exp2(e), 0.0)
             acc += tl.sum(w * inten[None, :], axis=1)
         tl.store(out_ptr + out_off, acc, mask=inside)
@@ -459,6 +489,7 @@ def _backward_kernel(
         g, gmask, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, inten = _load_chunk(
             gids_ptr, means_ptr, conics_ptr, inten_ptr, j, end, c_d, c_h, c_w, BLOCK_G
         )
+        hi, mid, lo = _coefficient_slices(md, mh, mw, pdd, phh, pww, pdh, pdw, phw, True)
         # dL/dC_j = sum_v A_vj r_v, accumulated over the tile's voxel blocks; g9 = sum r = -I/2 dL/dI
         d_inten = tl.zeros([BLOCK_G], dtype=tl.float32)
         g0 = tl.zeros([BLOCK_G], dtype=tl.float32)
@@ -473,7 +504,7 @@ def _backward_kernel(
         for s in range(0, TILE * TILE * TILE // BLOCK_V):
             a_t, out_off, inside, xd, xh, xw = _voxel_block_t(s * BLOCK_V, b, t_d, t_h, t_w, D, H, W, TILE, BLOCK_V)
             go = tl.load(grad_out_ptr + out_off, mask=inside, other=0.0)
-            e, keep = _log2_weights_t(a_t, md, mh, mw, pdd, phh, pww, pdh, pdw, phw, gmask, thr, BLOCK_G)
+            e, keep = _log2_weights_t(a_t, hi, mid, lo, gmask, thr)
             gw = tl.where(keep, tl.exp2(e), 0.0) * go[None, :]
             # the block lies in one d-slice of the tile: xd is constant, its moments follow from the others
             xd0 = ((s * BLOCK_V) // (TILE * TILE)) * 1.0 - (TILE - 1) * 0.5  # "* 1.0": a loop index or a Python int
