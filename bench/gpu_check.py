@@ -53,7 +53,8 @@ PARTS = ("tests", "render", "pretrain", "recon", "twod")
 #: whole check stays under 8 minutes (460 s at most)
 BUDGET_GPU = {"tests": 95, "render": 105, "pretrain": 70, "recon": 75, "twod": 50}
 GSPLAT_WAIT_S = 30.0
-BUDGET_DRY = {"tests": 60, "render": 60, "pretrain": 60, "recon": 60, "twod": 60}
+#: the dry run checks that the code runs, not its speed: budgets that a loaded CI machine does not reach
+BUDGET_DRY = dict.fromkeys(PARTS, 600)
 ASTRA_NOTE = (
     "astra-toolbox's CUDA build needs libcudart 12 and libcufft 11 (nvidia-cufft-cu12: a 201 MB wheel), over the "
     "64 MiB that can travel to the GPU machine"
