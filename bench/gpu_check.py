@@ -122,8 +122,10 @@ def run_pytest(rec: Recorder, item: str, files: list[str], select: str) -> None:
     summary = lines[-1].strip("= ") if lines else "(no output)"
     outcomes = [ln for ln in lines if re.match(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", ln)]
     ok = res.returncode in (0, 5)  # 5: nothing selected
-    rec.add(item, "ok" if ok else "failed", f"{summary} ({' '.join(files)})", returncode=res.returncode,
-            outcomes=outcomes, log=(res.stdout + res.stderr)[-6000:])  # fmt: skip
+    failed = [ln[:160] for ln in outcomes if ln.startswith(("FAILED", "ERROR"))]
+    result = f"{summary}" + (f"; {'; '.join(failed[:4])}" if failed else f" ({' '.join(files)})")
+    rec.add(item, "ok" if ok else "failed", result, returncode=res.returncode, outcomes=outcomes,
+            log=(res.stdout + res.stderr)[-6000:])  # fmt: skip
 
 
 def part_tests(rec: Recorder, dry: bool) -> None:

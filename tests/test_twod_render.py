@@ -219,21 +219,6 @@ def test_gsplat_cache_dir_stays_out_of_home(monkeypatch, tmp_path):
     assert (tmp_path / "run" / "ext").is_dir()
 
 
-def test_missing_cuda_compiler_raises_clear_error(monkeypatch, tmp_path):
-    # stand-in for gsplat's JIT backend module as it is left when no nvcc is found (importing the real one
-    # would start a compilation wherever a CUDA toolkit is installed)
-    fake = types.ModuleType("gsplat.cuda._backend")
-    fake._C = None
-    fake.cuda_toolkit_available = lambda: False
-    import gsplat.cuda
-
-    monkeypatch.setitem(sys.modules, "gsplat.cuda._backend", fake)
-    monkeypatch.setattr(gsplat.cuda, "_backend", fake, raising=False)
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    with pytest.raises(RuntimeError, match="no CUDA compiler"):
-        R._load_gsplat()
-
-
 def _fake_gsplat_without_nvcc(monkeypatch, tmp_path):
     """Stand-in for gsplat's JIT backend module as it is left when no nvcc is found (importing the real one would
     start a compilation wherever a CUDA toolkit is installed)."""
@@ -245,6 +230,12 @@ def _fake_gsplat_without_nvcc(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "gsplat.cuda._backend", fake)
     monkeypatch.setattr(gsplat.cuda, "_backend", fake, raising=False)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+
+
+def test_missing_cuda_compiler_raises_clear_error(monkeypatch, tmp_path):
+    _fake_gsplat_without_nvcc(monkeypatch, tmp_path)
+    with pytest.raises(RuntimeError, match="no CUDA compiler"):
+        R._load_gsplat()
 
 
 def test_auto_backend_falls_back_to_torch_without_nvcc(monkeypatch, tmp_path, caplog):
