@@ -54,9 +54,11 @@ operands. The kernels avoid all three:
 So ``|e_kernel - e| <= 2^(k-33) sum_j |A_j| + 2^-21 |e|``: the only sizeable term is the TF32 rounding of ``lo``,
 ``sum_j |A_j| <= 85`` for ``T = 8`` (361 for ``T = 16``) at a tile corner, and ``M`` at most ~``0.72 |P| |m|^2``.
 For a scale of 0.06 voxel (``|P| = 278``) at an 8^3 tile's corner (``|m|^2 ~ 37``) the bound is ~7e-5 in ``e``,
-i.e. ~5e-5 relative in the weight; errors of random sign over ten slices stay far below it (worst measured:
-~3e-6 over 50 draws of 0.06-0.3 voxel Gaussians, ``tests/test_render_triton.py``), and they scale as
-``1 / scale^2``, so Gaussians of a voxel or more are accurate to ~1e-7. The price: the float64 coefficients and the
+i.e. ~5e-5 relative in the weight; errors of random sign over ten slices stay far below it. Measured against the
+float64 oracle with TF32-truncated products (interpreter; the draws of ``tests/test_render_triton.py``, Gaussians
+of 0.06-0.3 voxel): worst relative weight error 2.9e-6 over 24 draws on 8^3 tiles (the previous scheme: 1.5e-4),
+6.0e-5 on 16^3 tiles (previously 5.9e-4), whose bound is ~20x larger. The error scales as ``1 / scale^2``, so
+Gaussians of a voxel or more are accurate to ~1e-7. The price: the float64 coefficients and the
 slicing, per Gaussian and voxel block in the forward (about one float64 operation per Gaussian-voxel pair) and per
 Gaussian chunk in the backward; the three TF32 products per pair are as before. The previous
 scheme (coefficients rounded in float32, three TF32 slices each relative to its own coefficient, smallest
