@@ -365,7 +365,8 @@ def build(name, fn, sig, cx, warps):
         spill = int(m.group(1)) if m else None
     out.append({"name": name, "spill": spill,
                 "mma_tf32": bool(re.search(r"(wgmma\S*tf32|mma\.sync\S*tf32)", ptx)),
-                "ex2": "ex2.approx" in ptx, "red_relaxed": "red.global.gpu.relaxed.add.f32" in ptx})
+                "ex2": "ex2.approx" in ptx, "red_relaxed": "red.global.gpu.relaxed.add.f32" in ptx,
+                "grid_round": "0f46400000" in ptx and "0fC6400000" in ptx})  # (c + 12288 * 2^k) - 12288 * 2^k kept
 
 build("emit", T._emit_pairs_kernel, emit, {"TILE": 8, "BLOCK": 256}, 4)
 for regime, per_tile in (("dense", 100), ("sparse", 1)):
@@ -378,7 +379,8 @@ print(json.dumps(out))
 
 def test_kernels_compile_for_hopper(tmp_path):
     """The kernel source compiles for sm_90 (no GPU needed): TF32 tensor-core products, ex2, relaxed reductions,
-    and no register spills at the launch shapes used (when Triton's bundled ptxas is there to tell)."""
+    the grid rounding of the coefficient slices, and no register spills at the launch shapes used (when Triton's
+    bundled ptxas is there to tell)."""
     import json
     import subprocess
 
@@ -393,7 +395,8 @@ def test_kernels_compile_for_hopper(tmp_path):
     assert set(kernels) == {"emit", "fwd_dense", "bwd_dense", "fwd_sparse", "bwd_sparse"}
     for name, k in kernels.items():
         if name != "emit":
-            assert k["mma_tf32"] and k["ex2"], name
+            # the coefficient slicing's exact rounding to a grid was not folded away by the compiler
+            assert k["mma_tf32"] and k["ex2"] and k["grid_round"], name
         if name.startswith("bwd"):
             assert k["red_relaxed"], name
         assert k["spill"] in (0, None), f"{name} spills {k['spill']} bytes"
