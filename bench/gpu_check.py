@@ -193,6 +193,8 @@ def main(argv=None) -> int:
     info = header(args.dry_run, argv)
     budgets = BUDGET_DRY if args.dry_run else BUDGET_GPU
     build = None if args.dry_run or "twod" not in args.part_list else start_gsplat_build(out)
+    if build is not None:
+        info["note"] = "gsplat's CUDA extension compiled in the background (6 jobs) while the other parts ran"
     rows = []
     env, end = {}, time.monotonic() + TOTAL_GPU_S
     try:
