@@ -365,6 +365,7 @@ def test_ellipse_points_are_two_sigma():
 
 # ----------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.gpu
+@pytest.mark.usefixtures("gsplat_cuda")
 def test_joint_phase_on_cuda_with_gsplat_and_amp():
     torch.manual_seed(0)
     model = GViT(3, 32, 3, num_gaussians=16, patch_size=4).cuda()

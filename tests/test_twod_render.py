@@ -219,9 +219,9 @@ def test_gsplat_cache_dir_stays_out_of_home(monkeypatch, tmp_path):
     assert (tmp_path / "run" / "ext").is_dir()
 
 
-def test_missing_cuda_compiler_raises_clear_error(monkeypatch, tmp_path):
-    # stand-in for gsplat's JIT backend module as it is left when no nvcc is found (importing the real one
-    # would start a compilation wherever a CUDA toolkit is installed)
+def _fake_gsplat_without_nvcc(monkeypatch, tmp_path):
+    """Stand-in for gsplat's JIT backend module as it is left when no nvcc is found (importing the real one would
+    start a compilation wherever a CUDA toolkit is installed)."""
     fake = types.ModuleType("gsplat.cuda._backend")
     fake._C = None
     fake.cuda_toolkit_available = lambda: False
@@ -230,11 +230,56 @@ def test_missing_cuda_compiler_raises_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "gsplat.cuda._backend", fake)
     monkeypatch.setattr(gsplat.cuda, "_backend", fake, raising=False)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+
+
+def test_missing_cuda_compiler_raises_clear_error(monkeypatch, tmp_path):
+    _fake_gsplat_without_nvcc(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError, match="no CUDA compiler"):
         R._load_gsplat()
 
 
+def test_auto_backend_falls_back_to_torch_without_nvcc(monkeypatch, tmp_path, caplog):
+    """A CUDA device whose gsplat build has no nvcc: "auto" resolves to the PyTorch compositor with one warning line,
+    logged once; explicit choices and CPU devices are unaffected."""
+    _fake_gsplat_without_nvcc(monkeypatch, tmp_path)
+    monkeypatch.setattr(R, "_GSPLAT_PROBE", {})
+    monkeypatch.setattr(R, "_NOTICES", set())
+    with caplog.at_level("WARNING", logger="medgmae.twod.render"):
+        assert R.resolve_backend_2d("auto", torch.device("cuda")) == "torch"  # the real probe, no CUDA needed
+        assert R.resolve_backend_2d("auto", "cuda:0") == "torch"
+    notices = [r for r in caplog.records if "gsplat is unavailable" in r.getMessage()]
+    assert len(notices) == 1 and "no CUDA compiler (nvcc)" in notices[0].getMessage()
+    assert "\n" not in notices[0].getMessage() and "PyTorch compositor" in notices[0].getMessage()
+    assert R._GSPLAT_PROBE["error"] is not None  # probed once, cached
+    assert R.resolve_backend_2d("gsplat", "cuda") == "gsplat"  # an explicit choice still fails loudly when rendering
+    assert R.resolve_backend_2d("auto", "cpu") == "torch" and R.resolve_backend_2d("torch", "cuda") == "torch"
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        R.resolve_backend_2d("gsplat", "cpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        R.resolve_backend_2d("opengl", "cuda")
+
+
+def test_auto_backend_uses_gsplat_when_it_loads_and_reports_other_failures(monkeypatch, caplog):
+    monkeypatch.setattr(R, "_NOTICES", set())
+    assert R.resolve_backend_2d("auto", "cuda", probe=lambda: None) == "gsplat"
+
+    def broken():
+        raise ImportError("No module named 'gsplat'")
+
+    with caplog.at_level("WARNING", logger="medgmae.twod.render"):
+        assert R.resolve_backend_2d("auto", "cuda", probe=broken) == "torch"
+    assert any("No module named 'gsplat'" in r.getMessage() for r in caplog.records)
+
+
+def test_gsplat_gpu_tests_skip_without_nvcc(monkeypatch, tmp_path, request):
+    """The fixture of the gsplat GPU tests turns a missing nvcc into a skip, not a failure."""
+    _fake_gsplat_without_nvcc(monkeypatch, tmp_path)
+    with pytest.raises(pytest.skip.Exception, match="no CUDA compiler"):
+        request.getfixturevalue("gsplat_cuda")
+
+
 @pytest.mark.gpu
+@pytest.mark.usefixtures("gsplat_cuda")
 @pytest.mark.parametrize("channels", [1, 3])
 def test_gsplat_matches_torch_on_cuda(channels):
     args = [t.float().cuda() for t in _random_gaussians(2, 64, channels, seed=21)]

@@ -6,7 +6,9 @@ dispatches to a backend:
 * ``"gsplat"``: :func:`gsplat.rasterization` with ``camera_model="ortho"`` (CUDA tensors only).
 * ``"torch"``: plain PyTorch front-to-back alpha compositing of the same projected 2D Gaussians, chunked over
   pixels, any device. It is the CPU path and the test oracle of the gsplat path.
-* ``"auto"``: gsplat for CUDA tensors, torch otherwise.
+* ``"auto"``: gsplat for CUDA tensors, torch otherwise; on CUDA it falls back to torch, with a one-line warning
+  logged once per process, where gsplat's CUDA extension cannot be built or loaded (for instance no ``nvcc`` for its
+  just-in-time build). :func:`resolve_backend_2d` makes this choice.
 
 Frame and camera. ``x`` runs along the image width to the right and ``y`` along the height downwards, both in
 ``[-1, 1]`` with -1/+1 the *outer edges* of the first/last pixel, so pixel ``(i, j)`` of an ``H x W`` image has
@@ -30,10 +32,11 @@ renderer reproduces):
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -46,6 +49,7 @@ __all__ = [
     "render_2d_gaussians",
     "project_gaussians_2d",
     "set_gsplat_cache_dir",
+    "resolve_backend_2d",
     "BACKENDS",
     "EPS2D",
     "ALPHA_MAX",
@@ -63,6 +67,11 @@ ALPHA_MIN = 1.0 / 255.0
 #: Compositing stops before the transmittance would reach this value.
 T_MIN = 1e-4
 _LOG_T_MIN = math.log(T_MIN)
+_LOG = logging.getLogger(__name__)
+#: Outcome of probing gsplat's CUDA extension in this process: ``{"error": None | str}`` once probed.
+_GSPLAT_PROBE: dict = {}
+#: Fallback reasons already logged (the notice is given once per reason and process).
+_NOTICES: set = set()
 #: Pixels per chunk are chosen so that one chunk holds about this many ``(B, K, pixels)`` elements.
 _CHUNK_ELEMENTS = 1 << 23
 
@@ -252,6 +261,59 @@ def _load_gsplat():
     return rasterization
 
 
+def _gsplat_error(probe: Callable[[], object] | None) -> str | None:
+    """``None`` when gsplat's CUDA extension loads, else why not (the default probe's result is cached)."""
+    if probe is None:
+        if "error" not in _GSPLAT_PROBE:
+            _GSPLAT_PROBE["error"] = _gsplat_error(_load_gsplat)
+        return _GSPLAT_PROBE["error"]
+    try:
+        probe()
+    except (RuntimeError, ImportError, OSError) as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
+def resolve_backend_2d(backend: str, device: torch.device | str, probe: Callable[[], object] | None = None) -> str:
+    """The backend that renders for ``backend`` on ``device``: ``"torch"`` or ``"gsplat"``.
+
+    ``"auto"`` gives gsplat on CUDA devices when its CUDA extension loads, else the PyTorch compositor; when gsplat
+    is unavailable on a CUDA device (no ``nvcc`` for its just-in-time build, a failed build, gsplat not installed)
+    a one-line warning naming the reason is logged once. An explicit ``"gsplat"`` is returned as is (its errors
+    surface when rendering).
+
+    Args:
+        backend: ``"auto"``, ``"torch"`` or ``"gsplat"``.
+        device: where the Gaussians live.
+        probe: callable that raises ``RuntimeError`` / ``ImportError`` / ``OSError`` when gsplat cannot be used
+            (default: loading gsplat's CUDA extension, once per process).
+
+    Returns:
+        ``"torch"`` or ``"gsplat"``.
+
+    Raises:
+        ValueError: for an unknown backend, or ``"gsplat"`` on a non-CUDA device.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if backend == "torch":
+        return "torch"
+    if device.type != "cuda":
+        if backend == "gsplat":
+            raise ValueError(f"backend='gsplat' needs CUDA tensors, got tensors on {device}; use backend='torch'")
+        return "torch"
+    if backend == "gsplat":
+        return "gsplat"
+    error = _gsplat_error(probe)
+    if error is None:
+        return "gsplat"
+    if error not in _NOTICES:
+        _NOTICES.add(error)
+        _LOG.warning("gsplat is unavailable (%s); rendering 2D Gaussians with the PyTorch compositor instead", error)
+    return "torch"
+
+
 def _render_gsplat(means, scales, quats, colors, opacities, size, background) -> tuple[Tensor, Tensor]:
     rasterization = _load_gsplat()
     h, w = size
@@ -299,7 +361,9 @@ def render_gaussians_2d(
         colors: ``(B, K, C)`` colours, any ``C >= 1``.
         opacities: ``(B, K)`` in ``[0, 1]``.
         image_size: ``(H, W)``.
-        backend: ``"torch"``, ``"gsplat"`` (CUDA tensors only) or ``"auto"`` (gsplat on CUDA, torch otherwise).
+        backend: ``"torch"``, ``"gsplat"`` (CUDA tensors only) or ``"auto"`` (gsplat on CUDA, torch otherwise, and
+            torch with a one-line warning where gsplat's CUDA extension cannot be built; see
+            :func:`resolve_backend_2d`).
         background: optional ``(C,)`` or ``(B, C)`` colour behind the Gaussians (default black).
         return_alpha: also return the accumulated opacity ``1 - T_final``.
 
@@ -310,13 +374,11 @@ def render_gaussians_2d(
     Raises:
         ValueError: on wrong shapes, mismatched devices, non-finite values, non-positive scales, zero quaternions,
             opacities outside ``[0, 1]``, a bad ``image_size`` or backend, or ``backend="gsplat"`` on CPU tensors.
-        RuntimeError: when gsplat's CUDA extension cannot be built (e.g. no CUDA compiler).
+        RuntimeError: with ``backend="gsplat"``, when gsplat's CUDA extension cannot be built (e.g. no CUDA
+            compiler); ``"auto"`` falls back to torch instead.
     """
     size = _check_inputs(means, scales, quats, colors, opacities, image_size, backend, background)
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "torch"
-    if backend == "gsplat" and not means.is_cuda:
-        raise ValueError(f"backend='gsplat' needs CUDA tensors, got tensors on {means.device}; use backend='torch'")
+    backend = resolve_backend_2d(backend, means.device)
     b, k = means.shape[:2]
     if k == 0:
         zero = (means.sum() + scales.sum() + quats.sum() + colors.sum() + opacities.sum()) * 0

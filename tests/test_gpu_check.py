@@ -1,0 +1,64 @@
+"""The GPU check (bench/gpu_check.py) in its dry run: every part runs on the CPU at tiny sizes and none fails.
+
+The dry run goes through the same part functions, the pytest run, the table and the JSON as the GPU run; this keeps
+the script from rotting between the rare occasions a GPU is there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_dry_run_reports_every_part(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    rows = data["rows"]
+    mod = _module()
+    assert {r["part"] for r in rows} == set(mod.PARTS)
+    bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    assert not bad, bad
+    # every measurement ran (the only skip is ASTRA's CUDA projector, absent on the CPU)
+    assert [r["item"] for r in rows if r["status"] == "skipped"] == [
+        next(r["item"] for r in rows if r["part"] == "recon" and r["item"].startswith("astra"))
+    ]
+    assert sum(r["part"] == "render" for r in rows) == 2 and all("(part)" != r["item"] for r in rows)
+    # the triton backend agrees with the torch one even through the interpreter
+    for r in (r for r in rows if r["part"] == "render"):
+        assert r["fwd_rel_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-3
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| part | item | status | result |" in table and data["info"]["dry_run"] is True
+    assert all(f"| {p} |" in table for p in mod.PARTS)
+    assert table.strip() in res.stdout
+
+
+def test_part_over_its_budget_is_reported_not_fatal(tmp_path):
+    """A part whose process outlives its budget is killed and reported as a failed row."""
+    mod = _module()
+    rows = mod.run_part("tests", budget=-19.9, dry=True, work=tmp_path)  # killed after 0.1 s
+    assert rows[-1]["status"] == "failed" and "killed at its time budget" in rows[-1]["result"]
+
+
+def test_gpu_test_files_find_the_gpu_tests():
+    mod = _module()
+    files = mod.gpu_test_files()
+    assert "tests/test_render_triton.py" in files and "tests/test_gpu_check.py" not in files
+    assert mod.gpu_test_files("gsplat") and set(mod.gpu_test_files("gsplat")) <= set(files)
