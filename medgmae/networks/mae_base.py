@@ -19,7 +19,7 @@ from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import Tensor
 
-from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder
+from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder, quiet_monai_meshgrid
 
 __all__ = [
     "ENCODER_KIND",
@@ -79,7 +79,8 @@ def sincos_embedding(grid_size: Sequence[int], dim: int, spatial_dims: int) -> T
     if dim < unit:
         raise ValueError(f"sin-cos embedding width must be at least {unit}, got {dim}")
     usable = dim - dim % unit
-    emb = build_sincos_position_embedding(list(grid_size), usable, spatial_dims=spatial_dims).data
+    with quiet_monai_meshgrid():
+        emb = build_sincos_position_embedding(list(grid_size), usable, spatial_dims=spatial_dims).data
     return F.pad(emb, (0, dim - usable))
 
 
