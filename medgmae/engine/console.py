@@ -96,6 +96,10 @@ class EpochProgress:
 
     def __init__(self, loss_key: str = "loss", history: Any = None, progress_bar: bool = True, name: str = "train_loss") -> None:
         self.loss_key, self.history, self.name = loss_key, history, name
+        if isinstance(progress_bar, str):
+            if progress_bar.strip().lower() not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"progress_bar must be true or false, got {progress_bar!r}")
+            progress_bar = progress_bar.strip().lower() in ("1", "true", "yes", "on")
         self.progress_bar = bool(progress_bar)
         self._sum, self._count, self._t0 = 0.0, 0, 0.0
 
@@ -127,6 +131,8 @@ class EpochProgress:
         mean = self._sum / self._count if self._count else math.nan
         if self.history is not None and self._count:
             self.history.record(self.name, engine.state.epoch, mean)
+        if not is_main_process():
+            return
         logger.info(
             "epoch %d/%d: %s %.5f (%d iterations, %.1f s, %.2f it/s)",
             engine.state.epoch, engine.state.max_epochs or 0, self.name, mean, iters, seconds, iters / seconds,

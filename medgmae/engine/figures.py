@@ -56,11 +56,12 @@ def upscale(img: np.ndarray, factor: int) -> np.ndarray:
     return img if factor <= 1 else img.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """Sagittal, coronal and axial mid-slices of a ``(D, H, W)`` volume, superior / anterior up."""
+def mid_slices(volume: np.ndarray, centre: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Sagittal, coronal and axial slices of a ``(D, H, W)`` volume through ``centre`` (default: the middle),
+    superior / anterior up."""
     if volume.ndim != 3:
         raise ValueError(f"mid_slices needs a 3D volume, got shape {volume.shape}")
-    c = [s // 2 for s in volume.shape]
+    c = [s // 2 for s in volume.shape] if centre is None else [min(max(int(i), 0), s - 1) for i, s in zip(centre, volume.shape)]
     return [np.rot90(volume[c[0], :, :]), np.rot90(volume[:, c[1], :]), np.rot90(volume[:, :, c[2]])]
 
 

@@ -343,7 +343,7 @@ def _load_and_resample(keys, pixdim, hu_range, interp) -> list:
     return [
         LoadImaged(keys=keys, image_only=True),
         EnsureChannelFirstd(keys=keys),
-        Orientationd(keys=keys, axcodes="RAS"),
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=keys, pixdim=pixdim, mode=interp),
         ScaleIntensityRanged(keys="image", a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True),
         CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
