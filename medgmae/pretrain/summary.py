@@ -92,6 +92,8 @@ class PretrainSummary:
         self.roi_size, self.example_image, self.pixdim = list(roi_size), str(example_image), float(pixdim)
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
         self.writer = summary_writer
+        self.title = "pre-training finished"
+        self.model_note = "last epoch: zero-shot inference, reconstruction init"
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -109,8 +111,12 @@ class PretrainSummary:
             "last_val_ssim": h.latest("val_ssim"),
             "files": {**files, "pictures": str(out / "pictures"), "curves": str(out / CURVES_FILE),
                       "tensorboard": str(self.tensorboard_dir)},  # fmt: skip
-            "next": next_commands(out, self.model_kind, self.roi_size, self.example_image, self.pixdim),
+            "next": self.commands(),
         }
+
+    def commands(self) -> dict[str, str]:
+        """The follow-up commands printed at the end (subclasses for other bundles override this)."""
+        return next_commands(self.out, self.model_kind, self.roi_size, self.example_image, self.pixdim)
 
     def text(self, s: dict) -> str:
         """The summary as console lines."""
@@ -119,9 +125,9 @@ class PretrainSummary:
                 if s["best_epoch"] is not None else "no finite validation PSNR")  # fmt: skip
         last = s["last_val_ssim"]
         lines = [
-            f"pre-training finished: {s['epochs']} epochs of {s['model_kind']}; {best}"
+            f"{self.title}: {s['epochs']} epochs of {s['model_kind']}; {best}"
             + (f" (last SSIM {last:.4f})" if last is not None else ""),
-            f"  {MODEL_FILE:<14} {f[MODEL_FILE]}  (last epoch: zero-shot inference, reconstruction init)",
+            f"  {MODEL_FILE:<14} {f[MODEL_FILE]}  ({self.model_note})",
             f"  {ENCODER_FILE:<14} {f[ENCODER_FILE]}  (encoder for fine-tuning)",
             f"  {BEST_MODEL_FILE:<14} {f[BEST_MODEL_FILE]}  (best validation PSNR, model.pt format)",
             f"  {'pictures':<14} {f['pictures']}  and curves {f['curves']}",
