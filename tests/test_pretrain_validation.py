@@ -33,6 +33,23 @@ def test_masked_ssim_matches_scikit_image_on_the_masked_voxels(seed):
     assert float(got[0]) == pytest.approx(ref, abs=2e-4)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_masked_ssim_map_is_monais(dims):
+    from monai.metrics.regression import KernelType, compute_ssim_and_cs
+
+    g = torch.Generator().manual_seed(dims)
+    shape = (2, 1) + (19,) * dims
+    target = torch.rand(shape, generator=g)
+    pred = target + 0.2 * torch.randn(shape, generator=g)
+    mask = (torch.rand(shape, generator=g) < 0.5).float()
+    smap, _ = compute_ssim_and_cs(pred, target, dims, [11] * dims, [1.5] * dims, 1.0, KernelType.GAUSSIAN)
+    m = mask[(slice(None), slice(None)) + (slice(5, -5),) * dims]
+    ref = (smap * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+    assert torch.allclose(masked_ssim(pred, target, mask), ref, atol=1e-5)
+    # no masked voxel where the map is defined: the mean over all of it
+    assert torch.allclose(masked_ssim(pred, target, torch.zeros_like(mask)), smap.flatten(1).mean(1), atol=1e-5)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_masked_psnr_per_sample_matches_numpy(seed):
     rng = np.random.default_rng(seed)

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
-from monai.metrics.regression import KernelType, compute_ssim_and_cs
+from monai.networks.layers import separable_filtering
 from torch import Tensor
 
 from medgmae.engine import MetricHistory, is_main_process
@@ -57,14 +57,23 @@ def masked_psnr_per_sample(pred: Tensor, target: Tensor, mask: Tensor, data_rang
     return 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
 
 
+def _gaussian_1d(kernel_size: int, sigma: float, like: Tensor) -> Tensor:
+    """The normalised 1D Gaussian window of MONAI's SSIM (its 2D/3D window is the outer product of these)."""
+    dist = torch.arange((1 - kernel_size) / 2, (1 + kernel_size) / 2, 1.0, dtype=like.dtype, device=like.device)
+    gauss = torch.exp(-((dist / sigma) ** 2) / 2)
+    return gauss / gauss.sum()
+
+
 def masked_ssim(
     pred: Tensor, target: Tensor, mask: Tensor, data_range: float = 1.0, kernel_size: int = 11, kernel_sigma: float = 1.5
 ) -> Tensor:
-    """Mean SSIM of each batch item over its masked voxels (MONAI's Gaussian-window SSIM map).
+    """Mean SSIM of each batch item over its masked voxels (the Gaussian-window SSIM map of MONAI's ``SSIMMetric``).
 
-    The SSIM map is MONAI's :func:`~monai.metrics.regression.compute_ssim_and_cs` (Gaussian window ``kernel_size``,
-    ``sigma``, ``k1 = 0.01``, ``k2 = 0.03``), defined where the whole window fits; it is averaged over the masked
-    voxels there (over all of them for an item with no masked voxel in that region).
+    The SSIM map is that of MONAI's :func:`~monai.metrics.regression.compute_ssim_and_cs` (Gaussian window
+    ``kernel_size``, ``sigma``, ``k1 = 0.01``, ``k2 = 0.03``), defined where the whole window fits; the window is
+    separable, so it is applied as 1D filters (MONAI's ``separable_filtering``: 33 instead of 1331 products per
+    voxel in 3D). The map is averaged over the masked voxels (over all of them for an item with no masked voxel
+    where the map is defined).
 
     Args:
         pred: ``(B, C, *spatial)``, 2 or 3 spatial dimensions, each at least ``kernel_size``.
@@ -82,13 +91,17 @@ def masked_ssim(
     dims = pred.dim() - 2
     if dims not in (2, 3) or min(pred.shape[2:]) < kernel_size or kernel_size % 2 == 0:
         raise ValueError(f"masked_ssim needs 2D/3D images of at least an odd kernel_size={kernel_size}, got {tuple(pred.shape)}")
-    ssim_map, _ = compute_ssim_and_cs(
-        pred.float(), target.float(), dims, [kernel_size] * dims, [kernel_sigma] * dims, data_range, KernelType.GAUSSIAN
-    )
+    x, y = pred.float(), target.float()
+    window = _gaussian_1d(kernel_size, kernel_sigma, x)
     r = kernel_size // 2
-    inner = mask.float()[(slice(None), slice(None)) + (slice(r, -r),) * dims].expand_as(ssim_map).flatten(1)
-    inner = torch.where(inner.sum(1, keepdim=True) > 0, inner, torch.ones_like(inner))
-    return (ssim_map.flatten(1) * inner).sum(1) / inner.sum(1)
+    inner = (slice(None), slice(None)) + (slice(r, -r),) * dims
+    mu_x, mu_y, mu_xx, mu_yy, mu_xy = (separable_filtering(t, [window] * dims)[inner] for t in (x, y, x * x, y * y, x * y))
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    sigma_x, sigma_y, sigma_xy = mu_xx - mu_x * mu_x, mu_yy - mu_y * mu_y, mu_xy - mu_x * mu_y
+    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * (2 * sigma_xy + c2) / (sigma_x + sigma_y + c2)
+    weight = mask.float()[inner].expand_as(ssim_map).flatten(1)
+    weight = torch.where(weight.sum(1, keepdim=True) > 0, weight, torch.ones_like(weight))
+    return (ssim_map.flatten(1) * weight).sum(1) / weight.sum(1)
 
 
 def save_best_model(network: nn.Module, output_dir: str | Path, filename: str = BEST_MODEL_FILE) -> Path:
