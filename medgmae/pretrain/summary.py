@@ -93,7 +93,7 @@ class PretrainSummary:
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
         self.writer = summary_writer
         self.title = "pre-training finished"
-        self.model_note = "last epoch: zero-shot inference, reconstruction init"
+        self.model_note = "last epoch" + ("" if self.model_kind == "voxel-mae" else ": zero-shot inference, reconstruction init")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
