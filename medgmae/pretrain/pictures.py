@@ -25,13 +25,21 @@ __all__ = ["ValidationPictureHandler", "reconstruction_figure", "tile_factor"]
 logger = logging.getLogger("medgmae.pretrain")
 
 _VIEWS = ("sag", "cor", "ax")
-#: grey shown over masked patches, and how much of the image shows through
-_GREY, _SHOW_THROUGH = 0.5, 0.25
+#: the blue-grey shown over masked patches (RGB), and how much of the image shows through
+_GREY, _SHOW_THROUGH = np.array([120.0, 120.0, 150.0]), 0.25
 
 
 def tile_factor(shape: tuple[int, ...], min_tile: int = 160) -> int:
     """The integer enlargement that makes a slice of a volume of ``shape`` at least ``min_tile`` pixels wide."""
     return max(1, math.ceil(min_tile / max(shape)))
+
+
+def _masked_rgb(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A slice in grey with its masked voxels greyed out (blue-grey, the image faintly showing through)."""
+    rgb = grey_rgb(img).astype(np.float64)
+    m = mask > 0
+    rgb[m] = _SHOW_THROUGH * rgb[m] + (1 - _SHOW_THROUGH) * _GREY
+    return np.round(rgb).astype(np.uint8)
 
 
 def _centres_tile(target: np.ndarray, view: int, centres: np.ndarray, values: np.ndarray, factor: int) -> np.ndarray:
@@ -74,9 +82,9 @@ def reconstruction_figure(
     if not target.shape == pred.shape == mask.shape or target.ndim != 3:
         raise ValueError(f"target, pred and mask must be 3D of one shape, got {target.shape}, {pred.shape}, {mask.shape}")
     f = tile_factor(target.shape)
-    masked = np.where(mask > 0, _SHOW_THROUGH * target + (1 - _SHOW_THROUGH) * _GREY, target)
-    rows = []
-    for name, vol in (("masked input", masked), ("rendering" if centres is not None else "reconstruction", pred), ("target", target)):
+    rows = [[label_tile(upscale(_masked_rgb(s, m), f), f"masked input: {v}")
+             for s, m, v in zip(mid_slices(target), mid_slices(mask), _VIEWS)]]  # fmt: skip
+    for name, vol in (("rendering" if centres is not None else "reconstruction", pred), ("target", target)):
         rows.append([label_tile(upscale(grey_rgb(s), f), f"{name}: {v}") for s, v in zip(mid_slices(vol), _VIEWS)])
     if centres is not None:
         values = np.zeros(len(centres)) if intensities is None else np.asarray(intensities, dtype=np.float64)
