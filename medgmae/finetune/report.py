@@ -14,7 +14,7 @@ import logging
 import math
 import shlex
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -45,7 +45,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
     return np.round(rgb).astype(np.uint8)
 
 
-def segmentation_figure(image: np.ndarray, pred: np.ndarray, label: np.ndarray, title: str = "", min_tile: int = 160) -> np.ndarray:
+def segmentation_figure(
+    image: np.ndarray, pred: np.ndarray, label: np.ndarray, title: str = "", min_tile: int = 160
+) -> np.ndarray:
     """Two rows of three orthogonal slices (prediction over the image, reference label over the image).
 
     Args:
@@ -66,7 +68,8 @@ def segmentation_figure(image: np.ndarray, pred: np.ndarray, label: np.ndarray, 
     slices = mid_slices(image, centre)
     rows = []
     for name, lab in (("prediction", pred), ("label", label)):
-        rows.append([label_tile(upscale(overlay(s, l), f), f"{name}: {v}") for s, l, v in zip(slices, mid_slices(lab, centre), _VIEWS)])
+        tiles = [upscale(overlay(s, l), f) for s, l in zip(slices, mid_slices(lab, centre))]
+        rows.append([label_tile(t, f"{name}: {v}") for t, v in zip(tiles, _VIEWS)])
     return label_tile(tile_grid(rows), title)
 
 
@@ -163,7 +166,8 @@ class FinetuneSummary:
         """README's evaluation and inference commands for this run."""
         out = shlex.quote(str(self.out))
         return {
-            "evaluate": f"python -m monai.bundle run evaluating --config_file bundles/unetr_finetune/configs/evaluate.json --output_dir {out}",
+            "evaluate": "python -m monai.bundle run evaluating --config_file bundles/unetr_finetune/configs/evaluate.json "
+            f"--output_dir {out}",
             "segment": "python -m monai.bundle run inferring --config_file bundles/unetr_finetune/configs/inference.json "
             f"--output_dir {out} --input_files \"['ct.nii.gz']\"",
         }

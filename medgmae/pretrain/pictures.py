@@ -18,7 +18,17 @@ from ignite.engine import Engine, Events
 from PIL import Image, ImageDraw
 
 from medgmae.engine import is_main_process
-from medgmae.engine.figures import add_image, colormap, grey_rgb, label_tile, mid_slices, save_png, slice_point, tile_grid, upscale
+from medgmae.engine.figures import (
+    add_image,
+    colormap,
+    grey_rgb,
+    label_tile,
+    mid_slices,
+    save_png,
+    slice_point,
+    tile_grid,
+    upscale,
+)
 
 __all__ = ["ValidationPictureHandler", "reconstruction_figure", "tile_factor"]
 
@@ -88,7 +98,8 @@ def reconstruction_figure(
         rows.append([label_tile(upscale(grey_rgb(s), f), f"{name}: {v}") for s, v in zip(mid_slices(vol), _VIEWS)])
     if centres is not None:
         values = np.zeros(len(centres)) if intensities is None else np.asarray(intensities, dtype=np.float64)
-        rows.append([label_tile(_centres_tile(target, i, np.asarray(centres), values, f), f"centres: {v}") for i, v in enumerate(_VIEWS)])
+        tiles = [_centres_tile(target, i, np.asarray(centres), values, f) for i in range(3)]
+        rows.append([label_tile(t, f"centres: {v}") for t, v in zip(tiles, _VIEWS)])
     return label_tile(tile_grid(rows), title)
 
 

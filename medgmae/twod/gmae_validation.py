@@ -66,7 +66,9 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return np.round(img.transpose(1, 2, 0) * 255).astype(np.uint8)
 
 
-def gmae2d_figure(image: np.ndarray, pred: np.ndarray, mask: np.ndarray, layers: np.ndarray, min_tile: int = 96) -> list[np.ndarray]:
+def gmae2d_figure(
+    image: np.ndarray, pred: np.ndarray, mask: np.ndarray, layers: np.ndarray, min_tile: int = 96
+) -> list[np.ndarray]:
     """One row of labelled tiles: input, masked input (hidden patches grey), rendering, and each depth layer.
 
     Args:
@@ -106,7 +108,9 @@ class GMAE2DPictureHandler:
         summary_writer: Any = None,
     ) -> None:  # fmt: skip
         if int(interval) < 1 or int(num_layers) < 1 or int(num_images) < 1:
-            raise ValueError(f"picture_interval, num_layers and num_images must be >= 1, got {interval}, {num_layers}, {num_images}")
+            raise ValueError(
+                f"picture_interval, num_layers and num_images must be >= 1, got {interval}, {num_layers}, {num_images}"
+            )
         self.validator, self.folder, self.writer = validator, Path(output_dir) / "pictures", summary_writer
         self.interval, self.num_layers, self.num_images = int(interval), int(num_layers), int(num_images)
 
@@ -125,7 +129,8 @@ class GMAE2DPictureHandler:
         rows = []
         for i in range(min(self.num_images, len(self.validator.crops()))):
             x, out = self.validator.masked_output(i)
-            layers, _ = render_layers(out.gaussians, min(self.num_layers, model.num_gaussians), x.shape[-2:], model.render_backend)
+            num_layers = min(self.num_layers, model.num_gaussians)
+            layers, _ = render_layers(out.gaussians, num_layers, x.shape[-2:], model.render_backend)
             arrays = [t[0].float().cpu().numpy() for t in (x, out.pred, out.mask, layers)]
             rows.append(gmae2d_figure(*arrays))
         return label_tile(tile_grid(rows), f"epoch {epoch}: fixed validation images and masks")
@@ -157,7 +162,5 @@ class GMAE2DSummary(PretrainSummary):
 
     def commands(self) -> dict[str, str]:
         model, image = shlex.quote(str(self.out / "model.pt")), shlex.quote(self.example_image or "slice.png")
-        return {
-            f"zero-shot {tool}": f"medgmae-2d {tool} --checkpoint {model} --image {image} --out {shlex.quote(str(self.out / tool))}"
-            for tool in ("layers", "segment", "edges")
-        }
+        out = {tool: shlex.quote(str(self.out / tool)) for tool in ("layers", "segment", "edges")}
+        return {f"zero-shot {t}": f"medgmae-2d {t} --checkpoint {model} --image {image} --out {o}" for t, o in out.items()}
