@@ -145,6 +145,39 @@ def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.Complete
     return proc
 
 
+#: third-party notices the bundle filters or avoids (none may reach the console)
+FILTERED = ("nvImageCodec", "torch.meshgrid", "Orientationd.__init__:labels")
+
+
+def _check_progress_pictures_and_summary(out: Path, log: str) -> None:
+    import math
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from medgmae.finetune import val_transforms
+
+    assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
+    assert "epoch 1/1: train_loss" in log and "Iter: 1/" not in log  # one line per epoch, not per iteration
+    assert "fine-tuning finished: 1 epochs; best validation mean Dice" in log and "| liver |" in log
+    assert torch.load(out / "best_model.pt", weights_only=True)["kind"] == "medgmae-unetr"
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    dice = [e.value for e in acc.Scalars("val_mean_dice")]
+    assert len(dice) == 1 and math.isfinite(dice[0]) and "val/segmentation" in acc.Tags()["images"]
+    table = (out / "dice_per_class.md").read_text().splitlines()
+    assert table[:2] == ["| class | Dice |", "| --- | --- |"] and len(table) == 2 + 17 + 1
+    # two rows (prediction, label) of 3 slices of the pre-processed validation case, enlarged to >= 160 pixels
+    case = json.loads((out / "phantom" / "dataset.json").read_text())["validation"][0]
+    root = out / "phantom"
+    shape = val_transforms([1.5, 1.5, 2.0])({k: str(root / v) for k, v in case.items()})["image"].shape[1:]
+    f = -(-160 // max(shape))
+    x, y, z = (f * n for n in shape)
+    cell_h, cell_w = max(z, y) + 14, max(y, x)  # sagittal (z, y), coronal (z, x), axial (y, x)
+    pic = np.asarray(Image.open(out / "segmentation.png").convert("RGB"))
+    assert pic.shape == (14 + 2 * (cell_h + 2) + 2, 3 * (cell_w + 2) + 2, 3) and pic.astype(float).var() > 100.0
+
+
 def test_bundle_train_resume_evaluate_infer(tmp_path):
     """The chain pre-training -> fine-tuning -> evaluation / inference with the pre-processing read from the
     checkpoints: encoder.pt records 2 mm voxels and a (-200, 300) HU window (not the bundle's defaults), and
@@ -169,6 +202,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert "differs from" not in proc.stdout + proc.stderr
     # the encoder was fine-tuned from the pre-trained weights, the decoder was trained
     assert not torch.equal(best["state_dict"]["vit.blocks.0.attn.qkv.weight"], enc.state_dict()["blocks.0.attn.qkv.weight"])
+    _check_progress_pictures_and_summary(out, proc.stdout + proc.stderr)
 
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
     assert "resumed from" in proc.stdout + proc.stderr and (out / "checkpoint_epoch=2.pt").is_file()

@@ -30,9 +30,50 @@ def test_metadata_passes_the_schema():
         assert (BUNDLE / name).is_file(), name
 
 
-def test_training_resumes_exactly_and_feeds_the_cli(tmp_path):
+#: third-party notices the bundle filters or avoids (none may reach the console)
+FILTERED = ("nvImageCodec", "torch.meshgrid", "Orientationd.__init__:labels")
+
+
+def _check_validation_and_pictures(run_dir: Path, console: str, caught: list) -> None:
+    """Validation metrics in TensorBoard, best_model.pt, pictures of the fixed images, no filtered notices."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    messages = console + "\n".join(str(w.message) for w in caught)
+    assert not any(text in messages for text in FILTERED), [t for t in FILTERED if t in messages]
+    best = torch.load(run_dir / "best_model.pt", weights_only=True)
+    assert best["kind"] == "gmae2d" and GMAE2D.from_checkpoint(run_dir / "best_model.pt").num_gaussians == 32
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    psnr = [e.value for e in acc.Scalars("val/psnr")] + [e.value for e in acc.Scalars("val/ssim")]
+    assert len(psnr) == 4 and np.isfinite(psnr).all() and "val/reconstruction" in acc.Tags()["images"]
+    # 4 validation images x (input, masked, rendering, 4 layers), 32-pixel images enlarged 3x under 14-pixel labels
+    pic = np.asarray(Image.open(run_dir / "pictures" / "epoch_0002.png").convert("RGB"))
+    assert pic.shape == (14 + 4 * (96 + 14 + 2) + 2, 7 * (96 + 2) + 2, 3) and pic.astype(float).var() > 100.0
+    curves = np.asarray(Image.open(run_dir / "curves.png").convert("RGB"))
+    assert curves.astype(float).var() > 100.0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_epoch"] in (1, 2) and "medgmae-2d layers" in summary["next"]["zero-shot layers"]
+
+
+def test_validation_images_are_held_out():
+    from medgmae.twod.data2d import gmae2d_dataset
+    from medgmae.twod.gmae_validation import gmae2d_validation_dataset
+
+    train = gmae2d_dataset("", (32, 32), 1, num_phantom_cases=1, slices_per_case=4, seed=0, flip=False, cache=False)
+    val = gmae2d_validation_dataset("", (32, 32), 1, num_phantoms=1, num_images=4, seed=0)
+    assert len(val) == 4
+    assert not any(torch.equal(torch.as_tensor(v["image"]), torch.as_tensor(t["image"])) for v in val for t in train)
+
+
+def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd):
+    import warnings
+
     straight, split = tmp_path / "straight", tmp_path / "split"
-    _train(straight, max_epochs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(straight, max_epochs=2)
+    out, err = capfd.readouterr()
+    _check_validation_and_pictures(straight, out + err, caught)
     # the same run, stopped by an error at the end of its first epoch ...
     parser = ConfigParser()
     parser.read_config(TRAIN)
@@ -56,6 +97,9 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path):
     assert a["config"]["num_gaussians"] == 32 and a["config"]["img_size"] == [32, 32]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key  # bit for bit, as if never interrupted
+    ha = torch.load(straight / "checkpoint_epoch=2.pt", weights_only=False)["objects"]["history"]
+    assert ha == torch.load(split / "checkpoint_epoch=2.pt", weights_only=False)["objects"]["history"]
+    assert ha["series"]["val_psnr"]["epoch"] == [1, 2]  # the resumed run kept epoch 1's validation
     init = GMAE2D(img_size=32, patch_size=8, model_size="tiny", in_channels=1, num_gaussians=32).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in a["state_dict"].items() if k.startswith("head_"))
     assert torch.load(split / "encoder.pt", weights_only=True)["kind"] == "medgmae-encoder"

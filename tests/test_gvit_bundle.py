@@ -40,9 +40,21 @@ def _bundle(config: str, run_id: str = "training", **overrides) -> None:
     run(run_id, config_file=str(BUNDLE / "configs" / config), **overrides)
 
 
-def test_bundle_train_evaluate_and_resume(tmp_path):
+#: third-party notices the bundles filter or avoid (none may reach the console)
+FILTERED = ("nvImageCodec", "torch.meshgrid", "Orientationd.__init__:labels")
+
+
+def test_bundle_train_evaluate_and_resume(tmp_path, capfd):
     out = tmp_path / "run"
     _bundle("train.json", output_dir=str(out), **TINY)
+    console = "".join(capfd.readouterr())
+    assert not any(text in console for text in FILTERED), [t for t in FILTERED if t in console]
+    # the closing summary names the confusion matrix and the ellipse explanations that exist
+    summary = json.loads((out / "summary.json").read_text())
+    assert Path(summary["files"]["confusion_matrix"]).is_file() and len(summary["explanation_files"]) == 2
+    assert all(Path(p).is_file() for p in summary["explanation_files"])
+    assert summary["accuracy"] == json.loads((out / "metrics.json").read_text())["accuracy"]
+    assert "evaluate.json" in summary["next"]["evaluate"] and str(out) in summary["next"]["evaluate"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     names = metrics["class_names"]
@@ -64,6 +76,8 @@ def test_bundle_train_evaluate_and_resume(tmp_path):
     assert ev["confusion_matrix"] == metrics["confusion_matrix"]
     assert len(list((out / "eval" / "explanations").glob("*.png"))) == ev["num_images"]  # one per image
     assert (out / "data" / "task.json").stat().st_mtime_ns == task_stamp  # the task at the model's size was reused
+    ev_summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert len(ev_summary["explanation_files"]) == ev["num_images"] and ev_summary["files"]["model"] == str(out / "model.pt")
 
     # resume of a finished run: every phase restarts from its last checkpoint, nothing is retrained
     before = torch.load(out / "model.pt", weights_only=True)["state_dict"]
@@ -73,6 +87,13 @@ def test_bundle_train_evaluate_and_resume(tmp_path):
     assert len(epoch_files) == 3 and [p.stat().st_mtime_ns for p in epoch_files] == stamps  # no epoch was re-run
     after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_confusion_table_layout():
+    from medgmae.twod.gvit_summary import confusion_table
+
+    assert confusion_table([[3, 1], [0, 2]], ["a", "b"]).splitlines() == [
+        "| true \\ predicted | a | b |", "| --- | --- | --- |", "| a | 3 | 1 |", "| b | 0 | 2 |"]
 
 
 def test_bundle_bad_input_fails_clearly(tmp_path):

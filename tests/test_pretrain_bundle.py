@@ -3,6 +3,7 @@ CPU (gloo), bad data, zero-shot inference; and the pre-training engine's clippin
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -98,6 +99,65 @@ def test_smoke_run_writes_checkpoint_encoder_and_model(runs):
     want = {"orientation": "RAS", "spacing": [3.0] * 3, "hu_window": [-175.0, 250.0], "intensity_range": [0.0, 1.0],
             "clip": True, "input_size": [32] * 3, "patch_size": [8] * 3}  # fmt: skip
     assert model["preprocessing"] == enc["preprocessing"] == want
+
+
+#: third-party notices the bundle filters or avoids (none may reach the console)
+FILTERED = ("nvImageCodec", "torch.meshgrid", "Orientationd.__init__:labels")
+
+
+def _png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _tensorboard(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_validation_best_model_pictures_tensorboard_and_summary(runs):
+    straight = runs["straight"]
+    log = runs["first"]["log"]
+    assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
+    assert "validation (2 crops, fixed masks)" in log and "pre-training finished: 1 epochs" in log
+    # best_model.pt: model.pt's format, loadable without unpickling code, rebuilds the model
+    best = torch.load(straight / "best_model.pt", map_location="cpu", weights_only=True)
+    assert set(best) == set(_ckpt(straight / "model.pt")) and best["kind"] == "medgmae"
+    assert MedGMAE.from_checkpoint(straight / "best_model.pt").num_gaussians == 8
+    # validation metrics: finite, in TensorBoard per validated epoch, and the best one in summary.json
+    acc = _tensorboard(straight / "tensorboard")
+    psnr = [e.value for e in acc.Scalars("val/psnr")]
+    ssim = [e.value for e in acc.Scalars("val/ssim")]
+    assert [e.step for e in acc.Scalars("val/psnr")] == [1, 2] and np.isfinite(psnr + ssim).all()
+    assert all(-1.0 <= v <= 1.0 for v in ssim)
+    summary = json.loads((straight / "summary.json").read_text())
+    assert summary["best_val_psnr"] == pytest.approx(max(psnr), abs=1e-4) and summary["best_epoch"] == 1 + int(np.argmax(psnr))
+    assert str(straight / "encoder.pt") in summary["next"]["fine-tune"] and "--init medgmae" in summary["next"]["reconstruction init"]
+    assert "val/reconstruction" in acc.Tags()["images"] and "curves" in acc.Tags()["images"]
+    # pictures: 4 rows (masked input, rendering, target, centres) x 3 slices of the 32^3 crop enlarged 5x
+    pic = _png(straight / "pictures" / "epoch_0002.png")
+    tile = 5 * 32
+    assert pic.shape == (14 + 4 * (tile + 14 + 2) + 2, 3 * (tile + 2) + 2, 3)
+    assert pic.astype(float).var() > 100.0
+    curves = _png(straight / "curves.png")
+    assert curves.shape == (300, 3 * 420, 3) and curves.astype(float).var() > 100.0
+    assert sorted(p.name for p in (runs["resumed"] / "pictures").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+
+
+def test_resume_keeps_history_and_best_model(runs):
+    a, b = _ckpt(runs["resumed"] / "checkpoint_epoch=2.pt"), _ckpt(runs["straight"] / "checkpoint_epoch=2.pt")
+    ha, hb = a["objects"]["history"], b["objects"]["history"]
+    assert ha == hb  # curves and best epoch of the resumed run are the uninterrupted run's, bit for bit
+    assert ha["series"]["val_psnr"]["epoch"] == [1, 2] and ha["series"]["train_loss"]["epoch"] == [1, 2]
+    buf = io.BytesIO()
+    torch.save(ha, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True) == ha
+    wa = torch.load(runs["resumed"] / "best_model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(runs["straight"] / "best_model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_resume_continues_bit_for_bit(runs):

@@ -17,6 +17,7 @@ from medgmae.finetune.data import (
     train_transforms,
     val_transforms,
 )
+from medgmae.finetune.report import FinetuneSummary, SegmentationPicture, dice_table, segmentation_figure
 from medgmae.finetune.evaluate import SaveSegmentationd, SegmentationReport, check_num_classes, per_case_dice
 from medgmae.finetune.weights import (
     BestCheckpointSaver,

@@ -20,7 +20,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from torch import Tensor
 
 from medgmae.checkpoint import ENCODER_KIND, load_checkpoint, make_checkpoint
-from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder
+from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder, quiet_monai_meshgrid
 from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
@@ -75,7 +75,8 @@ def sincos_embedding(grid_size: Sequence[int], dim: int, spatial_dims: int) -> T
     if dim < unit:
         raise ValueError(f"sin-cos embedding width must be at least {unit}, got {dim}")
     usable = dim - dim % unit
-    emb = build_sincos_position_embedding(list(grid_size), usable, spatial_dims=spatial_dims).data
+    with quiet_monai_meshgrid():
+        emb = build_sincos_position_embedding(list(grid_size), usable, spatial_dims=spatial_dims).data
     return F.pad(emb, (0, dim - usable))
 
 

@@ -7,8 +7,10 @@ Built from MONAI's :class:`~monai.networks.blocks.PatchEmbeddingBlock` and
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -16,7 +18,16 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from monai.utils import ensure_tuple_rep
 from torch import Tensor
 
-__all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "random_masking"]
+__all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "quiet_monai_meshgrid", "random_masking"]
+
+
+@contextmanager
+def quiet_monai_meshgrid() -> Iterator[None]:
+    """Silence torch's ``meshgrid`` indexing notice inside MONAI's sin-cos position embedding, which calls
+    ``torch.meshgrid`` without ``indexing=`` (its ``"ij"`` default is what MONAI means); other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
+        yield
 
 
 @dataclass(frozen=True)
@@ -114,17 +125,18 @@ class MaskedViTEncoder(nn.Module):
         self.mlp_ratio, self.qkv_bias, self.dropout_rate = mlp_ratio, qkv_bias, dropout_rate
         self.grid_size = tuple(i // p for i, p in zip(img, patch))
         self.num_patches = int(torch.tensor(self.grid_size).prod())
-        self.patch_embedding = PatchEmbeddingBlock(
-            in_channels=in_channels,
-            img_size=img,
-            patch_size=patch,
-            hidden_size=hidden_size,
-            num_heads=num_heads,
-            proj_type="conv",
-            pos_embed_type="sincos",
-            dropout_rate=dropout_rate,
-            spatial_dims=spatial_dims,
-        )
+        with quiet_monai_meshgrid():
+            self.patch_embedding = PatchEmbeddingBlock(
+                in_channels=in_channels,
+                img_size=img,
+                patch_size=patch,
+                hidden_size=hidden_size,
+                num_heads=num_heads,
+                proj_type="conv",
+                pos_embed_type="sincos",
+                dropout_rate=dropout_rate,
+                spatial_dims=spatial_dims,
+            )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         mlp_dim = int(hidden_size * mlp_ratio)
         self.blocks = nn.ModuleList(

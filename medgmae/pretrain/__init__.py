@@ -4,6 +4,9 @@
 from medgmae.pretrain.data import CheckVolumed, phantom_dataset, pretrain_datalist
 from medgmae.pretrain.export import ENCODER_FILE, MODEL_FILE, ModelExportHandler, save_pretrained
 from medgmae.pretrain.inference import GaussianInference, slices_png
+from medgmae.pretrain.pictures import ValidationPictureHandler, reconstruction_figure
+from medgmae.pretrain.split import pretrain_split
+from medgmae.pretrain.summary import PretrainSummary
 from medgmae.pretrain.trainer import (
     MODEL_KINDS,
     MaskedAutoencoderTrainer,
@@ -13,8 +16,17 @@ from medgmae.pretrain.trainer import (
     masked_psnr,
     unwrap_model,
 )
+from medgmae.pretrain.validation import BEST_MODEL_FILE, MaskedValidationHandler, masked_psnr_per_sample, masked_ssim
 
 __all__ = [
+    "BEST_MODEL_FILE",
+    "MaskedValidationHandler",
+    "PretrainSummary",
+    "ValidationPictureHandler",
+    "masked_psnr_per_sample",
+    "masked_ssim",
+    "pretrain_split",
+    "reconstruction_figure",
     "CheckVolumed",
     "ENCODER_FILE",
     "MODEL_FILE",

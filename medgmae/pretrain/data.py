@@ -29,23 +29,31 @@ def phantom_dataset(
     seed: int = 0,
     shape: Sequence[int] | None = None,
     spacing: Sequence[float] | float | None = None,
+    num_validation: int = 0,
 ) -> Path:
-    """Generate (once) ``num_cases`` phantom CT volumes under ``work_dir/phantom`` and return their dataset.json.
+    """Generate (once) phantom CT volumes under ``work_dir/phantom`` and return their dataset.json.
 
-    Under torch.distributed only rank 0 writes; the others wait at a barrier.
+    ``num_cases`` volumes make the ``training`` list and ``num_validation`` further ones the ``validation`` list
+    (the training cases do not depend on ``num_validation``). Under torch.distributed only rank 0 writes; the
+    others wait at a barrier.
     """
     if num_cases < 1:
         raise ValueError(f"num_phantoms must be >= 1, got {num_cases}")
+    if num_validation < 0:
+        raise ValueError(f"num_val_phantoms must be >= 0, got {num_validation}")
     from medgmae.data.phantom import write_phantom_dataset
 
     out = Path(work_dir) / "phantom"
     json_path = out / "dataset.json"
-    if _dist_rank() == 0 and not json_path.is_file():
+    if _dist_rank() == 0:
         kwargs: dict = {} if shape is None else {"shape": tuple(int(s) for s in shape)}
         if spacing is not None:
             kwargs["spacing"] = spacing
-        logger.info("no dataset_dir given: writing %d phantom volumes to %s", num_cases, out)
-        json_path = Path(write_phantom_dataset(out, num_cases, seed=seed, num_validation=0, **kwargs))
+        if not json_path.is_file():
+            logger.info("no dataset_dir given: writing %d + %d phantom volumes (training + validation) to %s",
+                        num_cases, num_validation, out)  # fmt: skip
+        # returns at once when the dataset.json there was written with the same parameters
+        json_path = Path(write_phantom_dataset(out, num_cases + num_validation, seed=seed, num_validation=num_validation, **kwargs))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return json_path

@@ -1,0 +1,139 @@
+"""What a training run prints: a per-epoch progress bar, one summary line per epoch, and no known-harmless
+third-party noise.
+
+:func:`quiet_known_warnings` removes, by exact message, the notices that MONAI emits on every run although
+nothing is wrong (the nvImageCodec DICOM plugin missing on a machine without it). Everything else, and every
+warning of the toolkit itself, stays visible. :class:`EpochProgress` puts ignite's tqdm
+:class:`~ignite.handlers.ProgressBar` (loss, it/s, ETA) on the console and logs one line per epoch for log files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import warnings
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+__all__ = ["EpochProgress", "KNOWN_HARMLESS", "is_main_process", "loss_value", "quiet_known_warnings"]
+
+logger = logging.getLogger("medgmae.engine")
+
+#: ``(logger name or warning category, message start)`` of the third-party notices :func:`quiet_known_warnings`
+#: removes. Each is emitted on every run and needs no action.
+KNOWN_HARMLESS: tuple[tuple[str, str], ...] = (
+    # MONAI's DICOM reader looks for NVIDIA's optional GPU JPEG decoder and says so when it is absent
+    ("monai.data.nvimgcodec_pydicom_plugin", "nvImageCodec is not available"),
+    ("UserWarning", "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"),
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.starts)
+
+
+def quiet_known_warnings() -> None:
+    """Filter the notices listed in :data:`KNOWN_HARMLESS` (by exact message start); idempotent.
+
+    Call it before the data pipeline is built (the bundles do so from their ``initialize`` step).
+    """
+    categories = {"UserWarning": UserWarning, "FutureWarning": FutureWarning, "DeprecationWarning": DeprecationWarning}
+    for source, start in KNOWN_HARMLESS:
+        if source in categories:
+            warnings.filterwarnings("ignore", message=re.escape(start), category=categories[source])
+            continue
+        log = logging.getLogger(source)
+        if not any(isinstance(f, _DropMessages) and f.starts == (start,) for f in log.filters):
+            log.addFilter(_DropMessages((start,)))
+
+
+def is_main_process() -> bool:
+    """True outside torch.distributed and on rank 0."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def loss_value(output: Any, key: str = "loss") -> float | None:
+    """The loss of an engine output as a float (dict, decollated list of dicts, tensor or number), or None."""
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], Mapping):
+        output = output[0]  # decollated batch: every item carries the batch loss
+    value = output.get(key) if isinstance(output, Mapping) else output
+    if value is None:
+        return None
+    if torch.is_tensor(value):
+        return float(value.detach().float().mean())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class EpochProgress:
+    """A tqdm progress bar per epoch (loss, it/s, ETA) and one summary line per epoch in the log.
+
+    The bar goes to the terminal (stderr) and disappears at the epoch's end, where one line
+    ``epoch 3/15: train_loss 0.01234 (16 iterations, 14.2 s, 1.13 it/s)`` is logged instead; log files so hold one
+    line per epoch. The epoch's mean loss is also recorded in ``history`` (a
+    :class:`~medgmae.engine.history.MetricHistory`) as ``train_loss`` when one is given.
+
+    Attach it before the checkpoint handler so that the recorded loss of an epoch is in that epoch's checkpoint.
+
+    Args:
+        loss_key: key of the loss in ``engine.state.output``.
+        history: where the epoch's mean loss is recorded (optional).
+        progress_bar: show the tqdm bar (the epoch line is logged either way).
+        name: name of the loss in the line and the history.
+    """
+
+    def __init__(self, loss_key: str = "loss", history: Any = None, progress_bar: bool = True, name: str = "train_loss") -> None:
+        self.loss_key, self.history, self.name = loss_key, history, name
+        if isinstance(progress_bar, str):
+            if progress_bar.strip().lower() not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"progress_bar must be true or false, got {progress_bar!r}")
+            progress_bar = progress_bar.strip().lower() in ("1", "true", "yes", "on")
+        self.progress_bar = bool(progress_bar)
+        self._sum, self._count, self._t0 = 0.0, 0, 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
+        if self.progress_bar and is_main_process():
+            from ignite.handlers import ProgressBar
+
+            bar = ProgressBar(
+                persist=False,
+                bar_format="{desc}[{n_fmt}/{total_fmt}] {percentage:3.0f}%|{bar}{postfix} [{elapsed}<{remaining}, {rate_fmt}]",
+                mininterval=0.5,
+            )
+            bar.attach(engine, output_transform=lambda out: {self.name: loss_value(out, self.loss_key) or 0.0})
+
+    def _start(self, engine: Engine) -> None:
+        self._sum, self._count, self._t0 = 0.0, 0, time.perf_counter()
+
+    def _step(self, engine: Engine) -> None:
+        value = loss_value(engine.state.output, self.loss_key)
+        if value is not None:
+            self._sum, self._count = self._sum + value, self._count + 1
+
+    def _end(self, engine: Engine) -> None:
+        seconds = max(time.perf_counter() - self._t0, 1e-9)
+        iters = engine.state.epoch_length or self._count
+        mean = self._sum / self._count if self._count else math.nan
+        if self.history is not None and self._count:
+            self.history.record(self.name, engine.state.epoch, mean)
+        if not is_main_process():
+            return
+        logger.info(
+            "epoch %d/%d: %s %.5f (%d iterations, %.1f s, %.2f it/s)",
+            engine.state.epoch, engine.state.max_epochs or 0, self.name, mean, iters, seconds, iters / seconds,
+        )  # fmt: skip

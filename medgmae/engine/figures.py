@@ -1,0 +1,180 @@
+"""Small picture helpers shared by the bundles' progress pictures (PIL and NumPy only, no plotting library).
+
+Slices of a RAS-ordered ``(D, H, W)`` volume are shown as in :func:`medgmae.pretrain.slices_png`: sagittal,
+coronal and axial mid-slices rotated so that superior / anterior is up. Images are ``(H, W, 3)`` uint8 RGB arrays
+until :func:`save_png` writes them (atomically) or :func:`add_image` puts them in TensorBoard.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from medgmae.engine.io import atomic_write
+
+__all__ = [
+    "add_image",
+    "colormap",
+    "grey_rgb",
+    "label_tile",
+    "line_plot",
+    "mid_slices",
+    "slice_point",
+    "save_png",
+    "tile_grid",
+    "upscale",
+]
+
+#: anchors of a perceptually ordered dark-blue -> green -> yellow colour map (viridis-like)
+_CMAP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+#: line colours of :func:`line_plot`
+_LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in ``[0, 1]`` (clipped) to ``(..., 3)`` uint8 colours."""
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0.0, 1.0) * (len(_CMAP) - 1)
+    i = np.minimum(v.astype(int), len(_CMAP) - 2)
+    t = (v - i)[..., None]
+    return np.round(_CMAP[i] * (1 - t) + _CMAP[i + 1] * t).astype(np.uint8)
+
+
+def grey_rgb(img: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """A 2D array windowed to ``[vmin, vmax]`` as an ``(H, W, 3)`` uint8 grey image."""
+    if img.ndim != 2:
+        raise ValueError(f"grey_rgb needs a 2D array, got shape {img.shape}")
+    g = np.clip((np.nan_to_num(img.astype(np.float64)) - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    return np.repeat(np.round(g * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def upscale(img: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of an ``(H, W[, C])`` image by an integer factor."""
+    return img if factor <= 1 else img.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def mid_slices(volume: np.ndarray, centre: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Sagittal, coronal and axial slices of a ``(D, H, W)`` volume through ``centre`` (default: the middle),
+    superior / anterior up."""
+    if volume.ndim != 3:
+        raise ValueError(f"mid_slices needs a 3D volume, got shape {volume.shape}")
+    c = [s // 2 for s in volume.shape] if centre is None else [min(max(int(i), 0), s - 1) for i, s in zip(centre, volume.shape)]
+    return [np.rot90(volume[c[0], :, :]), np.rot90(volume[:, c[1], :]), np.rot90(volume[:, :, c[2]])]
+
+
+def slice_point(view: int, point: Sequence[float], shape: Sequence[int]) -> tuple[float, float, float]:
+    """Where a voxel-frame point ``(d, h, w)`` falls in :func:`mid_slices` view ``view``.
+
+    Returns:
+        ``(row, col, distance)``: pixel position in the rotated slice and the point's distance (voxels) from the
+        slice plane.
+    """
+    d, h, w = (float(p) for p in point)
+    D, H, W = (int(s) for s in shape)
+    if view == 0:
+        return W - 1 - w, h, abs(d - D // 2)
+    if view == 1:
+        return W - 1 - w, d, abs(h - H // 2)
+    if view == 2:
+        return H - 1 - h, d, abs(w - W // 2)
+    raise ValueError(f"view must be 0, 1 or 2, got {view}")
+
+
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
+def label_tile(img: np.ndarray, text: str, band: int = 14) -> np.ndarray:
+    """An ``(H, W, 3)`` image with ``text`` written in a black band above it."""
+    out = Image.new("RGB", (img.shape[1], img.shape[0] + band), (0, 0, 0))
+    out.paste(Image.fromarray(img), (0, band))
+    ImageDraw.Draw(out).text((3, 1), text, fill=(255, 255, 255), font=_font())
+    return np.asarray(out)
+
+
+def tile_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2) -> np.ndarray:
+    """Place rows of ``(h, w, 3)`` tiles in a grid (cells padded to the largest tile), black background."""
+    if not rows or not all(rows):
+        raise ValueError("tile_grid needs at least one non-empty row")
+    ch = max(t.shape[0] for r in rows for t in r)
+    cw = max(t.shape[1] for r in rows for t in r)
+    ncol = max(len(r) for r in rows)
+    out = np.zeros((len(rows) * (ch + pad) + pad, ncol * (cw + pad) + pad, 3), np.uint8)
+    for i, r in enumerate(rows):
+        for j, t in enumerate(r):
+            y, x = pad + i * (ch + pad), pad + j * (cw + pad)
+            out[y : y + t.shape[0], x : x + t.shape[1]] = t
+    return out
+
+
+def _ticks(lo: float, hi: float) -> tuple[float, float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0, 1.0
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.05 or 1.0
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.05
+    return lo - pad, hi + pad
+
+
+def line_plot(
+    panels: Sequence[tuple[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]]], size: tuple[int, int] = (420, 300)
+) -> np.ndarray:
+    """Panels side by side, each a line plot of named ``(x, y)`` series with a legend and axis ranges.
+
+    Args:
+        panels: ``(title, {series name: (x values, y values)})`` per panel; non-finite points are skipped.
+        size: ``(width, height)`` of one panel in pixels.
+
+    Returns:
+        ``(height, width * len(panels), 3)`` uint8 RGB image on a white background.
+    """
+    if not panels:
+        raise ValueError("line_plot needs at least one panel")
+    w, h = size
+    out = Image.new("RGB", (w * len(panels), h), (255, 255, 255))
+    draw, font = ImageDraw.Draw(out), _font()
+    for p, (title, series) in enumerate(panels):
+        ox, left, right, top, bottom = p * w, p * w + 56, p * w + w - 12, 22, h - 30
+        pts = {k: [(float(a), float(b)) for a, b in zip(*v) if math.isfinite(float(a)) and math.isfinite(float(b))]
+               for k, v in series.items()}  # fmt: skip
+        xs = [a for v in pts.values() for a, _ in v] or [0.0, 1.0]
+        ys = [b for v in pts.values() for _, b in v] or [0.0, 1.0]
+        (x0, x1), (y0, y1) = _ticks(min(xs), max(xs)), _ticks(min(ys), max(ys))
+        draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+        draw.text((ox + 6, 4), title, fill=(0, 0, 0), font=font)
+        for val, y in ((y1, top), (y0, bottom)):
+            draw.text((ox + 4, y - 6), f"{val:.4g}", fill=(0, 0, 0), font=font)
+        for val, x in ((x0, left), (x1, right)):
+            draw.text((x - 10, bottom + 4), f"{val:.4g}", fill=(0, 0, 0), font=font)
+        draw.text(((left + right) // 2 - 14, bottom + 14), "epoch", fill=(0, 0, 0), font=font)
+
+        def to_px(a: float, b: float) -> tuple[float, float]:
+            return left + (a - x0) / (x1 - x0) * (right - left), bottom - (b - y0) / (y1 - y0) * (bottom - top)
+
+        for i, (name, v) in enumerate(pts.items()):
+            colour = _LINE_COLOURS[i % len(_LINE_COLOURS)]
+            xy = [to_px(a, b) for a, b in v]
+            if len(xy) > 1:
+                draw.line(xy, fill=colour, width=2)
+            for x, y in xy:
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+            draw.text((right - 110, top + 4 + 12 * i), f"- {name}", fill=colour, font=font)
+    return np.asarray(out)
+
+
+def save_png(img: np.ndarray, path: str | Path) -> Path:
+    """Write an ``(H, W, 3)`` uint8 image as PNG, atomically."""
+    with atomic_write(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="PNG")
+    return Path(path)
+
+
+def add_image(writer: Any, tag: str, img: np.ndarray, step: int) -> None:
+    """Put an ``(H, W, 3)`` uint8 image in TensorBoard (no-op without a writer)."""
+    if writer is not None:
+        writer.add_image(tag, np.ascontiguousarray(img), global_step=int(step), dataformats="HWC")
+        writer.flush()

@@ -1,0 +1,204 @@
+"""What a fine-tuning run shows: a picture of one validation segmentation and a closing summary with a Dice table.
+
+:class:`SegmentationPicture` (an evaluator handler) draws the first validation case after every validation:
+three orthogonal slices through the centre of its labelled structures, the prediction overlaid in the top row and
+the reference label in the bottom row (``segmentation.png``, ``val/segmentation`` in TensorBoard).
+:class:`FinetuneSummary` (a trainer handler) ends the run with the best validation mean Dice and its epoch, the
+per-class Dice of the last validation (printed and saved as ``dice_per_class.md``), where the outputs are and the
+evaluation and inference commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from medgmae.engine import atomic_write, is_main_process
+from medgmae.engine.figures import add_image, grey_rgb, label_tile, mid_slices, save_png, tile_grid, upscale
+
+__all__ = ["FinetuneSummary", "SegmentationPicture", "dice_table", "overlay", "segmentation_figure"]
+
+logger = logging.getLogger("medgmae.finetune")
+
+#: class colours (class c uses entry (c - 1) mod 20); background is not coloured
+PALETTE = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
+     [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200],
+     [128, 0, 0], [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128]], dtype=np.float64
+)  # fmt: skip
+_VIEWS = ("sag", "cor", "ax")
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A 2D image in ``[0, 1]`` as grey with its non-zero ``labels`` blended in :data:`PALETTE` colours."""
+    rgb = grey_rgb(image).astype(np.float64)
+    fg = labels > 0
+    colours = PALETTE[(labels[fg].astype(int) - 1) % len(PALETTE)]
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colours
+    return np.round(rgb).astype(np.uint8)
+
+
+def segmentation_figure(
+    image: np.ndarray, pred: np.ndarray, label: np.ndarray, title: str = "", min_tile: int = 160
+) -> np.ndarray:
+    """Two rows of three orthogonal slices (prediction over the image, reference label over the image).
+
+    Args:
+        image: ``(X, Y, Z)`` RAS volume in ``[0, 1]``.
+        pred: ``(X, Y, Z)`` predicted class indices.
+        label: ``(X, Y, Z)`` reference class indices.
+        title: text above the picture.
+        min_tile: slices are enlarged by an integer factor to at least this many pixels.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+    """
+    if not image.shape == pred.shape == label.shape or image.ndim != 3:
+        raise ValueError(f"image, pred and label must be 3D of one shape, got {image.shape}, {pred.shape}, {label.shape}")
+    fg = np.argwhere(label > 0)
+    centre = fg.mean(0).round().astype(int) if len(fg) else None  # through the labelled structures
+    f = max(1, math.ceil(min_tile / max(image.shape)))
+    slices = mid_slices(image, centre)
+    rows = []
+    for name, lab in (("prediction", pred), ("label", label)):
+        tiles = [upscale(overlay(s, l), f) for s, l in zip(slices, mid_slices(lab, centre))]
+        rows.append([label_tile(t, f"{name}: {v}") for t, v in zip(tiles, _VIEWS)])
+    return label_tile(tile_grid(rows), title)
+
+
+def _labels(t: Any) -> np.ndarray:
+    """``(C, X, Y, Z)`` one-hot or ``(1, X, Y, Z)`` index tensor -> ``(X, Y, Z)`` class indices."""
+    t = torch.as_tensor(t).detach().cpu()
+    return (t.argmax(0) if t.shape[0] > 1 else t[0]).numpy().astype(np.int64)
+
+
+class SegmentationPicture:
+    """After every validation, :func:`segmentation_figure` of the first validation case (evaluator handler).
+
+    Writes ``output_dir/segmentation.png`` (replaced at each validation) and ``val/segmentation`` to TensorBoard at
+    the trainer's epoch; main process only. Expects decollated evaluator outputs with ``image`` (scaled to
+    ``[0, 1]``), ``pred`` and ``label`` (one-hot or indices).
+
+    Args:
+        output_dir: run folder.
+        summary_writer: TensorBoard ``SummaryWriter`` (optional).
+        filename: PNG name.
+    """
+
+    def __init__(self, output_dir: str | Path, summary_writer: Any = None, filename: str = "segmentation.png") -> None:
+        self.path, self.writer = Path(output_dir) / filename, summary_writer
+        self._case: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._capture)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._case = None
+
+    def _capture(self, engine: Engine) -> None:
+        if self._case is not None:
+            return
+        out = engine.state.output
+        item = out[0] if isinstance(out, (list, tuple)) else out
+        if not all(k in item for k in ("image", "pred", "label")):
+            return
+        from medgmae.finetune.evaluate import case_name
+
+        image = torch.as_tensor(item["image"]).detach().float().cpu()[0].numpy()
+        self._case = {"name": case_name(item), "image": image, "pred": _labels(item["pred"]), "label": _labels(item["label"])}
+
+    def __call__(self, engine: Engine) -> None:
+        if self._case is None or not is_main_process():
+            return
+        c = self._case
+        img = segmentation_figure(c["image"], c["pred"], c["label"], title=f"epoch {engine.state.epoch}: {c['name']}")
+        save_png(img, self.path)
+        add_image(self.writer, "val/segmentation", img, engine.state.epoch)
+
+
+def dice_table(dice_per_class: Mapping[str, float | None], mean: float | None = None) -> str:
+    """A markdown table of per-class Dice (``n/a`` where the class is absent from every reference)."""
+    fmt = lambda v: "n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.4f}"  # noqa: E731
+    lines = ["| class | Dice |", "| --- | --- |"] + [f"| {name} | {fmt(v)} |" for name, v in dice_per_class.items()]
+    if mean is not None:
+        lines.append(f"| **mean** | {fmt(mean)} |")
+    return "\n".join(lines)
+
+
+class FinetuneSummary:
+    """Closing summary of a fine-tuning run (trainer handler, at completion, main process).
+
+    Args:
+        output_dir: run folder.
+        report: the validation :class:`~medgmae.finetune.SegmentationReport` (its last metrics are tabulated).
+        best_saver: the :class:`~medgmae.finetune.BestCheckpointSaver` (best mean Dice and epoch).
+        tensorboard_dir: the TensorBoard log folder.
+        summary_writer: TensorBoard ``SummaryWriter`` to flush (optional).
+        table_name: file name of the markdown Dice table.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        report: Any,
+        best_saver: Any,
+        tensorboard_dir: str | Path | None = None,
+        summary_writer: Any = None,
+        table_name: str = "dice_per_class.md",
+    ) -> None:
+        self.out, self.report, self.best = Path(output_dir), report, best_saver
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
+        self.writer, self.table_path = summary_writer, Path(output_dir) / table_name
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def next_commands(self) -> dict[str, str]:
+        """README's evaluation and inference commands for this run."""
+        out = shlex.quote(str(self.out))
+        return {
+            "evaluate": "python -m monai.bundle run evaluating --config_file bundles/unetr_finetune/configs/evaluate.json "
+            f"--output_dir {out}",
+            "segment": "python -m monai.bundle run inferring --config_file bundles/unetr_finetune/configs/inference.json "
+            f"--output_dir {out} --input_files \"['ct.nii.gz']\"",
+        }
+
+    def text(self, epochs: int) -> tuple[str, str]:
+        """``(summary lines, markdown Dice table)``."""
+        metrics = getattr(self.report, "metrics", None) or {}
+        table = dice_table(metrics.get("dice_per_class", {}), metrics.get("mean_dice"))
+        best = getattr(self.best, "best", -math.inf)
+        head = (f"best validation mean Dice {best:.4f} at epoch {self.best.best_epoch}" if math.isfinite(best)
+                else "no finite validation Dice")  # fmt: skip
+        val_dir = Path(getattr(self.report, "output_dir", self.out / "validation"))
+        lines = [
+            f"fine-tuning finished: {epochs} epochs; {head}",
+            f"per-class Dice of the last validation ({metrics.get('num_cases', 0)} cases):",
+            table,
+            f"  {'best_model.pt':<14} {self.best.path}",
+            f"  {'validation':<14} {val_dir / 'metrics.json'}, {val_dir / 'per_case_dice.csv'}",
+            f"  {'Dice table':<14} {self.table_path}",
+            f"  {'segmentation':<14} {self.out / 'segmentation.png'}",
+            f"  {'TensorBoard':<14} tensorboard --logdir {shlex.quote(str(self.tensorboard_dir))}",
+            "next:",
+        ] + [f"  {k}: {v}" for k, v in self.next_commands().items()]
+        return "\n".join(lines), table
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        text, table = self.text(engine.state.epoch)
+        with atomic_write(self.table_path) as tmp:
+            tmp.write_text(table + "\n")
+        if self.writer is not None:
+            self.writer.flush()
+        logger.info("\n%s", text)

@@ -1,0 +1,146 @@
+"""The end of a pre-training run: a PNG of the curves and a closing summary with the next commands.
+
+:class:`PretrainSummary` runs when training completes (main process): it writes ``curves.png`` (validation PSNR,
+training and validation loss, validation SSIM per epoch; also in TensorBoard as ``curves``), logs the best
+validation PSNR and its epoch, where ``model.pt``, ``encoder.pt``, ``best_model.pt``, the pictures and the
+TensorBoard log are, and the commands that use them (fine-tuning, zero-shot inference, reconstruction
+initialisation), and saves the same as ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+from typing import Any, Sequence
+
+from ignite.engine import Engine, Events
+
+from medgmae.engine import MetricHistory, is_main_process, save_json_atomic
+from medgmae.engine.figures import add_image, line_plot, save_png
+from medgmae.pretrain.export import ENCODER_FILE, MODEL_FILE
+from medgmae.pretrain.validation import BEST_MODEL_FILE
+
+__all__ = ["PretrainSummary", "curves_figure", "next_commands"]
+
+logger = logging.getLogger("medgmae.pretrain")
+
+CURVES_FILE = "curves.png"
+
+
+def curves_figure(history: MetricHistory):
+    """``(H, W, 3)`` uint8 picture of validation PSNR, training / validation loss and validation SSIM per epoch."""
+    return line_plot(
+        [
+            ("validation masked PSNR (dB)", {"validation": history.get("val_psnr")}),
+            ("loss (masked MSE)", {"training": history.get("train_loss"), "validation": history.get("val_loss")}),
+            ("validation masked SSIM", {"validation": history.get("val_ssim")}),
+        ]
+    )
+
+
+def next_commands(out: Path, model_kind: str, roi_size: Sequence[int], example_image: str) -> dict[str, str]:
+    """The follow-up commands of README's "Using it" table with this run's paths filled in."""
+    q = shlex.quote
+    roi = "[" + ",".join(str(int(r)) for r in roi_size) + "]"
+    cmds = {
+        "fine-tune": "python -m monai.bundle run training --config_file bundles/unetr_finetune/configs/train.json "
+        f"--pretrained {q(str(out / ENCODER_FILE))} --roi_size {q(roi)} --output_dir {q(str(out.parent / 'unetr_finetune'))}"
+    }
+    if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
+        image = q(example_image or "ct.nii.gz")
+        cmds["zero-shot inference"] = (
+            "python -m monai.bundle run inference --config_file bundles/medgmae_pretrain/configs/inference.json "
+            f"--model_path {q(str(out / MODEL_FILE))} --image {image} --inference_dir {q(str(out / 'gaussians'))}"
+        )
+        scan, rec = q(str(out / "scan")), q(str(out / "recon"))
+        cmds["reconstruction init"] = (
+            f"medgmae-recon simulate --volume {image} --geometry cone --views 120 --out {scan} && "
+            f"medgmae-recon reconstruct --projections {scan}/projections.npy --geometry {scan}/geometry.json "
+            f"--fbp {scan}/fbp.nii.gz --init medgmae --checkpoint {q(str(out / MODEL_FILE))} "
+            f"--iterations 1000 --reference {scan}/reference.nii.gz --out {rec}"
+        )
+    return cmds
+
+
+class PretrainSummary:
+    """Closing summary of a pre-training run (see the module docstring); main process only.
+
+    Args:
+        output_dir: the run folder.
+        history: the run's :class:`~medgmae.engine.MetricHistory`.
+        model_kind: ``medgmae``, ``medgmae-star`` or ``voxel-mae``.
+        roi_size: crop size the model was trained at.
+        example_image: a volume to put in the inference commands (e.g. the first validation volume).
+        tensorboard_dir: the TensorBoard log folder.
+        summary_writer: TensorBoard ``SummaryWriter`` (the curves go there too; it is flushed).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        history: MetricHistory,
+        model_kind: str,
+        roi_size: Sequence[int],
+        example_image: str = "",
+        tensorboard_dir: str | Path | None = None,
+        summary_writer: Any = None,
+    ) -> None:
+        self.out, self.history, self.model_kind = Path(output_dir), history, str(model_kind)
+        self.roi_size, self.example_image = list(roi_size), str(example_image)
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
+        self.writer = summary_writer
+        self.title = "pre-training finished"
+        self.model_note = "last epoch" + ("" if self.model_kind == "voxel-mae" else ": zero-shot inference, reconstruction init")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def summary(self, engine: Engine) -> dict:
+        """What the summary says, as JSON-serialisable data."""
+        h, out = self.history, self.out
+        files = {name: str(out / name) for name in (MODEL_FILE, ENCODER_FILE, BEST_MODEL_FILE)}
+        return {
+            "epochs": int(engine.state.epoch),
+            "model_kind": self.model_kind,
+            "best_val_psnr": h.best_value if h.has_best else None,
+            "best_epoch": h.best_epoch if h.has_best else None,
+            "last_val_psnr": h.latest("val_psnr"),
+            "last_val_ssim": h.latest("val_ssim"),
+            "files": {**files, "pictures": str(out / "pictures"), "curves": str(out / CURVES_FILE),
+                      "tensorboard": str(self.tensorboard_dir)},  # fmt: skip
+            "next": self.commands(),
+        }
+
+    def commands(self) -> dict[str, str]:
+        """The follow-up commands printed at the end (subclasses for other bundles override this)."""
+        return next_commands(self.out, self.model_kind, self.roi_size, self.example_image)
+
+    def text(self, s: dict) -> str:
+        """The summary as console lines."""
+        f = s["files"]
+        best = (f"best validation masked PSNR {s['best_val_psnr']:.2f} dB at epoch {s['best_epoch']}"
+                if s["best_epoch"] is not None else "no finite validation PSNR")  # fmt: skip
+        last = s["last_val_ssim"]
+        lines = [
+            f"{self.title}: {s['epochs']} epochs of {s['model_kind']}; {best}"
+            + (f" (last SSIM {last:.4f})" if last is not None else ""),
+            f"  {MODEL_FILE:<14} {f[MODEL_FILE]}  ({self.model_note})",
+            f"  {ENCODER_FILE:<14} {f[ENCODER_FILE]}  (encoder for fine-tuning)",
+            f"  {BEST_MODEL_FILE:<14} {f[BEST_MODEL_FILE]}  (best validation PSNR, model.pt format)",
+            f"  {'pictures':<14} {f['pictures']}  and curves {f['curves']}",
+            f"  {'TensorBoard':<14} tensorboard --logdir {shlex.quote(f['tensorboard'])}",
+            "next:",
+        ]
+        lines += [f"  {name}: {cmd}" for name, cmd in s["next"].items()]
+        return "\n".join(lines)
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        img = curves_figure(self.history)
+        save_png(img, self.out / CURVES_FILE)
+        add_image(self.writer, "curves", img, engine.state.epoch)
+        s = self.summary(engine)
+        save_json_atomic(s, self.out / "summary.json")
+        logger.info("\n%s", self.text(s))

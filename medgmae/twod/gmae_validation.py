@@ -1,0 +1,166 @@
+"""Validation with pictures for 2D GMAE pre-training (the ``gmae2d_pretrain`` bundle).
+
+The 3D pre-training handlers do the scoring: :class:`~medgmae.pretrain.validation.MaskedValidationHandler` (masked
+PSNR / SSIM on fixed images with fixed masks, ``best_model.pt``) and
+:class:`~medgmae.pretrain.summary.PretrainSummary` (curves and closing summary). This module adds the 2D parts:
+the fixed validation images (:func:`gmae2d_validation_dataset`), the picture of each (:func:`gmae2d_figure`:
+input, masked input, rendering and the depth layers of the Gaussians, nearest first) written every few epochs by
+:class:`GMAE2DPictureHandler`, and the follow-up commands of :class:`GMAE2DSummary`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch.utils.data import Subset
+
+from medgmae.engine import is_main_process
+from medgmae.engine.figures import add_image, label_tile, save_png, tile_grid, upscale
+from medgmae.pretrain.summary import PretrainSummary
+
+__all__ = ["GMAE2DPictureHandler", "GMAE2DSummary", "gmae2d_figure", "gmae2d_validation_dataset"]
+
+logger = logging.getLogger("medgmae.twod")
+
+
+def gmae2d_validation_dataset(
+    dataset_dir: str = "", image_size=(64, 64), in_channels: int = 1, num_phantoms: int = 8, num_images: int = 4,
+    seed: int = 0,
+):  # fmt: skip
+    """The fixed validation images of 2D GMAE pre-training (no random flips).
+
+    Args:
+        dataset_dir: the training image folder; ``""`` for phantom slices.
+        image_size: ``(H, W)``.
+        in_channels: 1 or 3.
+        num_phantoms: phantom volumes used for training (seeds ``seed .. seed + num_phantoms - 1``); validation
+            slices come from the held-out volume ``seed + num_phantoms``.
+        num_images: validation images (an image folder gives its first ``num_images`` images: they are not held out).
+        seed: the training phantom seed.
+
+    Returns:
+        A dataset of ``{"image": (C, H, W)}`` items.
+    """
+    from medgmae.twod.data2d import gmae2d_dataset
+
+    if int(num_images) < 1:
+        raise ValueError(f"val_images must be >= 1, got {num_images}")
+    if dataset_dir:
+        ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False)
+        return Subset(ds, range(min(int(num_images), len(ds))))
+    return gmae2d_dataset("", image_size, in_channels, num_phantom_cases=1, slices_per_case=int(num_images),
+                          seed=int(seed) + int(num_phantoms), flip=False, cache=False)  # fmt: skip
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` in ``[0, 1]`` (C = 1 or 3) -> ``(H, W, 3)`` uint8."""
+    img = np.clip(np.nan_to_num(img.astype(np.float64)), 0.0, 1.0)
+    img = np.repeat(img, 3, 0) if img.shape[0] == 1 else img[:3]
+    return np.round(img.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+def gmae2d_figure(
+    image: np.ndarray, pred: np.ndarray, mask: np.ndarray, layers: np.ndarray, min_tile: int = 96
+) -> list[np.ndarray]:
+    """One row of labelled tiles: input, masked input (hidden patches grey), rendering, and each depth layer.
+
+    Args:
+        image: ``(C, H, W)`` in ``[0, 1]``.
+        pred: ``(C, H, W)`` rendering.
+        mask: ``(1, H, W)``, 1 where the patch was hidden from the encoder.
+        layers: ``(L, C, H, W)`` renderings of the depth layers, nearest first.
+        min_tile: tiles are enlarged by an integer factor to at least this many pixels.
+
+    Returns:
+        ``3 + L`` tiles ``(f H + 14, f W, 3)``.
+    """
+    f = max(1, math.ceil(min_tile / max(image.shape[1:])))
+    masked = np.where(mask > 0, 0.25 * image + 0.75 * 0.5, image)
+    named = [("input", image), ("masked", masked), ("rendering", pred)]
+    named += [(f"layer {i + 1}" + (" (near)" if i == 0 else ""), layer) for i, layer in enumerate(layers)]
+    return [label_tile(upscale(_rgb(a), f), name) for name, a in named]
+
+
+class GMAE2DPictureHandler:
+    """Every ``interval`` epochs (and at the last), :func:`gmae2d_figure` rows of the first validation images.
+
+    Writes ``output_dir/pictures/epoch_NNNN.png`` and TensorBoard ``val/reconstruction``; main process only. The
+    images and masks are the validator's fixed ones.
+
+    Args:
+        validator: the run's :class:`~medgmae.pretrain.validation.MaskedValidationHandler`.
+        output_dir: run folder.
+        interval: epochs between pictures.
+        num_layers: depth layers shown (the Gaussians sorted by depth, cut in equal groups).
+        num_images: rows (validation images) in the picture.
+        summary_writer: TensorBoard ``SummaryWriter`` (optional).
+    """
+
+    def __init__(
+        self, validator: Any, output_dir: str | Path, interval: int = 5, num_layers: int = 4, num_images: int = 4,
+        summary_writer: Any = None,
+    ) -> None:  # fmt: skip
+        if int(interval) < 1 or int(num_layers) < 1 or int(num_images) < 1:
+            raise ValueError(
+                f"picture_interval, num_layers and num_images must be >= 1, got {interval}, {num_layers}, {num_images}"
+            )
+        self.validator, self.folder, self.writer = validator, Path(output_dir) / "pictures", summary_writer
+        self.interval, self.num_layers, self.num_images = int(interval), int(num_layers), int(num_images)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
+
+    def _due(self, engine: Engine, epoch: int) -> bool:
+        return epoch % self.interval == 0 or epoch == engine.state.max_epochs
+
+    @torch.no_grad()
+    def figure(self, epoch: int) -> np.ndarray:
+        """The picture with the current weights: one row per validation image."""
+        from medgmae.twod.layering import render_layers
+
+        model = self.validator.model
+        rows = []
+        for i in range(min(self.num_images, len(self.validator.crops()))):
+            x, out = self.validator.masked_output(i)
+            num_layers = min(self.num_layers, model.num_gaussians)
+            layers, _ = render_layers(out.gaussians, num_layers, x.shape[-2:], model.render_backend)
+            arrays = [t[0].float().cpu().numpy() for t in (x, out.pred, out.mask, layers)]
+            rows.append(gmae2d_figure(*arrays))
+        return label_tile(tile_grid(rows), f"epoch {epoch}: fixed validation images and masks")
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        img = self.figure(engine.state.epoch)
+        path = save_png(img, self.folder / f"epoch_{engine.state.epoch:04d}.png")
+        add_image(self.writer, "val/reconstruction", img, engine.state.epoch)
+        logger.info("epoch %d: wrote %s", engine.state.epoch, path)
+
+
+class GMAE2DSummary(PretrainSummary):
+    """:class:`~medgmae.pretrain.summary.PretrainSummary` for 2D GMAE: the follow-up commands are ``medgmae-2d``'s
+    zero-shot tools on this run's ``model.pt``.
+
+    Args:
+        output_dir: the run folder.
+        history: the run's :class:`~medgmae.engine.MetricHistory`.
+        example_image: an image for the commands (``slice.png`` when empty).
+        kwargs: further :class:`~medgmae.pretrain.summary.PretrainSummary` arguments.
+    """
+
+    def __init__(self, output_dir: str | Path, history: Any, example_image: str = "", **kwargs: Any) -> None:
+        super().__init__(output_dir, history, model_kind="gmae2d", roi_size=[], example_image=example_image, **kwargs)
+        self.title = "2D GMAE pre-training finished"
+        self.model_note = "last epoch: zero-shot layers, figure-ground, edges"
+
+    def commands(self) -> dict[str, str]:
+        model, image = shlex.quote(str(self.out / "model.pt")), shlex.quote(self.example_image or "slice.png")
+        out = {tool: shlex.quote(str(self.out / tool)) for tool in ("layers", "segment", "edges")}
+        return {f"zero-shot {t}": f"medgmae-2d {t} --checkpoint {model} --image {image} --out {o}" for t, o in out.items()}

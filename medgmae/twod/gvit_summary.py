@@ -1,0 +1,89 @@
+"""The closing summary of a GViT run: accuracy, the confusion matrix, the ellipse explanations and what to run next.
+
+:func:`gvit_summary` reads what :func:`~medgmae.twod.gvit_eval.evaluate_gvit` wrote (``metrics.json``,
+``confusion_matrix.png``, ``explanations/``), logs the accuracy, per-class accuracy and the confusion matrix as a
+text table, where the PNGs and ``model.pt`` are, and the evaluation command, and saves the same as
+``summary.json`` beside ``metrics.json``. The ``gvit_classification`` bundle calls it after training and after
+evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+from medgmae.engine import is_main_process, save_json_atomic
+
+__all__ = ["confusion_table", "gvit_summary"]
+
+logger = logging.getLogger("medgmae.twod")
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{float(v):.4f}"
+
+
+def confusion_table(matrix: list[list[int]], class_names: list[str]) -> str:
+    """A markdown table of a confusion matrix (rows = true class, columns = predicted)."""
+    head = "| true \\ predicted | " + " | ".join(class_names) + " |"
+    rule = "| --- |" + " --- |" * len(class_names)
+    rows = [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |" for name, row in zip(class_names, matrix)]
+    return "\n".join([head, rule] + rows)
+
+
+def gvit_summary(results_dir: str | Path, run_dir: str | Path | None = None, max_listed: int = 3) -> dict:
+    """Log and save (``summary.json``) the closing summary of a GViT training or evaluation.
+
+    Args:
+        results_dir: the folder holding ``metrics.json``, ``confusion_matrix.png`` and ``explanations/``.
+        run_dir: the training run folder (``model.pt``, ``checkpoints/``); ``results_dir`` when None.
+        max_listed: explanation PNGs named in the log.
+
+    Returns:
+        The summary.
+
+    Raises:
+        FileNotFoundError: ``metrics.json`` is missing (the evaluation did not run).
+    """
+    results, run = Path(results_dir), Path(run_dir or results_dir)
+    metrics_path = results / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"no metrics.json in {results}: the evaluation did not run")
+    import json
+
+    m = json.loads(metrics_path.read_text())
+    explanations = sorted((results / "explanations").glob("*.png")) if (results / "explanations").is_dir() else []
+    s = {
+        "accuracy": m.get("accuracy"),
+        "per_class_accuracy": m.get("per_class_accuracy", {}),
+        "num_images": m.get("num_images"),
+        "files": {
+            "model": str(run / "model.pt"),
+            "metrics": str(metrics_path),
+            "confusion_matrix": str(results / "confusion_matrix.png"),
+            "explanations": str(results / "explanations"),
+            "checkpoints": str(run / "checkpoints"),
+        },
+        "explanation_files": [str(p) for p in explanations],
+        "next": {
+            "evaluate": "python -m monai.bundle run evaluating --config_file bundles/gvit_classification/configs/evaluate.json "
+            f"--output_dir {shlex.quote(str(run))}"
+        },
+    }
+    if is_main_process():
+        per_class = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["per_class_accuracy"].items())
+        lines = [
+            f"GViT finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})",
+            "confusion matrix (rows = true class):",
+            confusion_table(m.get("confusion_matrix", []), m.get("class_names", [])),
+            f"  {'model.pt':<18} {s['files']['model']}",
+            f"  {'metrics':<18} {s['files']['metrics']}",
+            f"  {'confusion matrix':<18} {s['files']['confusion_matrix']}",
+            f"  {'explanations':<18} {len(explanations)} PNGs in {s['files']['explanations']} (image | 2-sigma ellipses, "
+            "small det(Sigma) yellow | rendering)" + "".join(f"\n{'':<22}{p.name}" for p in explanations[:max_listed]),
+            "next:",
+        ] + [f"  {k}: {v}" for k, v in s["next"].items()]
+        logger.info("\n%s", "\n".join(lines))
+        save_json_atomic(s, results / "summary.json")
+    return s

@@ -1,0 +1,46 @@
+"""Console hygiene and progress: only the listed third-party notices are filtered; the per-epoch line and the
+recorded mean loss."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+
+from medgmae.engine import EpochProgress, MetricHistory, loss_value, quiet_known_warnings
+
+
+def test_only_the_known_notices_are_filtered(caplog):
+    quiet_known_warnings()
+    quiet_known_warnings()  # idempotent
+    log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    with caplog.at_level(logging.INFO):
+        log.warning("nvImageCodec is not available; skipping pydicom decoder plugin registration.")
+        log.warning("something else went wrong")
+    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_known_warnings()  # filters go in front of "always"
+        warnings.warn("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully.", UserWarning)
+        warnings.warn("our own warning", UserWarning)
+    assert [str(w.message) for w in caught] == ["our own warning"]
+
+
+def test_epoch_progress_logs_one_line_per_epoch_and_records_the_mean_loss(caplog):
+    losses = np.random.default_rng(0).random((2, 5))
+    engine = Engine(lambda e, b: {"loss": torch.tensor(losses[e.state.epoch - 1, (e.state.iteration - 1) % 5])})
+    history = MetricHistory()
+    EpochProgress(history=history, progress_bar="false").attach(engine)
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        engine.run(range(5), max_epochs=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train_loss") and "5 iterations" in lines[0]
+    epochs, values = history.get("train_loss")
+    assert epochs == [1, 2] and np.allclose(values, losses.mean(1))
+    assert loss_value([{"loss": torch.tensor(0.5)}]) == 0.5 and loss_value({"other": 1}) is None
+    with pytest.raises(ValueError, match="progress_bar"):
+        EpochProgress(progress_bar="maybe")

@@ -1,0 +1,138 @@
+"""Pre-training validation: masked-voxel PSNR / SSIM against independent references, fixed masks, the split of
+the data, the pictures and the metric history."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from medgmae.engine import MetricHistory
+from medgmae.pretrain import MaskedValidationHandler, build_model, masked_psnr_per_sample, masked_ssim, pretrain_split
+from medgmae.pretrain.pictures import reconstruction_figure
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_masked_ssim_matches_scikit_image_on_the_masked_voxels(seed):
+    rng = np.random.default_rng(seed)
+    shape = (1, 1, 24, 22, 20) if seed % 2 else (1, 1, 30, 26)
+    target = rng.random(shape)
+    pred = np.clip(target + rng.normal(0, 0.1 + 0.1 * seed, shape), -0.2, 1.2)
+    mask = (rng.random(shape) < 0.6).astype(np.float64)
+    got = masked_ssim(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(mask))
+    # skimage: Gaussian window sigma 1.5 (11 wide), population covariances, as Wang et al.; its map is valid where
+    # the whole window fits, i.e. 5 voxels in from each border
+    _, smap = structural_similarity(pred[0, 0], target[0, 0], data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, full=True)  # fmt: skip
+    inner = (slice(5, -5),) * (len(shape) - 2)
+    ref = (smap[inner] * mask[0, 0][inner]).sum() / mask[0, 0][inner].sum()
+    assert float(got[0]) == pytest.approx(ref, abs=2e-4)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_masked_ssim_map_is_monais(dims):
+    from monai.metrics.regression import KernelType, compute_ssim_and_cs
+
+    g = torch.Generator().manual_seed(dims)
+    shape = (2, 1) + (19,) * dims
+    target = torch.rand(shape, generator=g)
+    pred = target + 0.2 * torch.randn(shape, generator=g)
+    mask = (torch.rand(shape, generator=g) < 0.5).float()
+    smap, _ = compute_ssim_and_cs(pred, target, dims, [11] * dims, [1.5] * dims, 1.0, KernelType.GAUSSIAN)
+    m = mask[(slice(None), slice(None)) + (slice(5, -5),) * dims]
+    ref = (smap * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+    assert torch.allclose(masked_ssim(pred, target, mask), ref, atol=1e-5)
+    # no masked voxel where the map is defined: the mean over all of it
+    assert torch.allclose(masked_ssim(pred, target, torch.zeros_like(mask)), smap.flatten(1).mean(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_masked_psnr_per_sample_matches_numpy(seed):
+    rng = np.random.default_rng(seed)
+    target, pred = rng.random((3, 1, 8, 8, 8)), rng.random((3, 1, 8, 8, 8))
+    mask = (rng.random((3, 1, 8, 8, 8)) < 0.5).astype(np.float64)
+    got = masked_psnr_per_sample(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(mask))
+    for i in range(3):
+        mse = ((pred[i] - target[i]) ** 2)[mask[i] > 0].mean()
+        assert float(got[i]) == pytest.approx(10 * math.log10(1.0 / mse), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["voxel-mae", "medgmae"])
+def test_validation_uses_fixed_masks_and_leaves_training_randomness_alone(kind, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(kind, "tiny", img_size=16, patch_size=8, num_gaussians=4)
+    crops = [{"image": torch.rand(1, 16, 16, 16)} for _ in range(3)]
+    history = MetricHistory()
+    val = MaskedValidationHandler(model, crops, history, tmp_path, seed=3)
+    state = torch.get_rng_state()
+    first = val.evaluate()
+    assert torch.equal(torch.get_rng_state(), state)  # masks come from the handler's own generators
+    assert val.evaluate() == first and all(math.isfinite(v) for v in first.values())
+    assert model.training  # restored after evaluation
+    # the reference: each crop under its own seeded mask, scored on the masked voxels
+    x, out = val.masked_output(1)
+    m = out.mask[0, 0].bool()
+    mse = float((out.pred[0, 0] - x[0, 0])[m].double().square().mean())
+    assert float(masked_psnr_per_sample(out.pred, x, out.mask)[0]) == pytest.approx(10 * math.log10(1 / mse), rel=1e-5)
+    assert 0 < float(out.mask.mean()) < 1
+
+
+def test_history_best_and_state_roundtrip():
+    h = MetricHistory("val_psnr", "max")
+    assert h.update_best(1, 10.0) and not h.update_best(2, float("nan")) and not h.update_best(3, 9.0)
+    h.record("val_psnr", 1, 10.0)
+    h.record("val_psnr", 1, 11.0)  # same epoch again: replaced
+    other = MetricHistory("val_psnr")
+    other.load_state_dict(h.state_dict())
+    assert other.get("val_psnr") == ([1], [11.0]) and (other.best_epoch, other.best_value) == (1, 10.0)
+    with pytest.raises(ValueError, match="val_loss"):
+        MetricHistory("val_loss").load_state_dict(h.state_dict())
+
+
+def _volumes(folder, names):
+    import nibabel as nib
+
+    folder.mkdir()
+    for n in names:
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(folder / n))
+
+
+def test_split_holds_out_validation_volumes(tmp_path):
+    names = [f"v{i}.nii.gz" for i in range(10)]
+    _volumes(tmp_path / "vols", names)
+    s = pretrain_split(str(tmp_path / "vols"), tmp_path, val_fraction=0.2, seed=1)
+    assert len(s["validation"]) == 2 and len(s["training"]) == 8
+    assert not {i["image"] for i in s["validation"]} & {i["image"] for i in s["training"]}
+    assert s == pretrain_split(str(tmp_path / "vols"), tmp_path, val_fraction=0.2, seed=1)  # seeded draw
+    # a Decathlon validation list wins over the fraction
+    data = {"training": [{"image": f"vols/{n}"} for n in names[:7]], "validation": [{"image": f"vols/{names[9]}"}]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    s = pretrain_split(str(tmp_path / "d.json"), tmp_path, val_fraction=0.5)
+    assert len(s["training"]) == 7 and [i["image"].split("/")[-1] for i in s["validation"]] == ["v9.nii.gz"]
+    with pytest.raises(ValueError, match="val_fraction"):
+        pretrain_split(str(tmp_path / "vols"), tmp_path, val_fraction=1.0)
+
+
+def test_split_generates_held_out_phantoms(tmp_path):
+    s = pretrain_split("", tmp_path, num_phantoms=2, num_val_phantoms=1, phantom_shape=[24, 24, 20], phantom_spacing=4.0)
+    assert [i["image"].split("/")[-1] for i in s["training"]] == ["case_0000.nii.gz", "case_0001.nii.gz"]
+    assert [i["image"].split("/")[-1] for i in s["validation"]] == ["case_0002.nii.gz"]
+
+
+def test_reconstruction_figure_layout():
+    t = np.random.default_rng(0).random((20, 24, 16))
+    mask = np.zeros_like(t)
+    mask[:10] = 1
+    centres = np.array([[10.0, 12.0, 8.0], [4.0, 3.0, 3.0]])
+    img = reconstruction_figure(t, t * 0.5, mask, centres, np.array([0.2, 0.9]), title="x")
+    # rotated mid-slices are 16x24, 16x20 and 24x20 voxels, enlarged f = ceil(160 / 24) = 7 times; cells take the
+    # largest tile under a 14-pixel label, 2-pixel gaps, a 14-pixel title band on top
+    f = 7
+    cell_h, cell_w = 24 * f + 14, 24 * f
+    assert img.shape == (14 + 4 * (cell_h + 2) + 2, 3 * (cell_w + 2) + 2, 3)
+    assert reconstruction_figure(t, t, mask).shape[0] == 14 + 3 * (cell_h + 2) + 2  # voxel-MAE: no centres row
+    assert img.astype(float).var() > 100.0
