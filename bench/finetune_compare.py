@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [finetune(init, f, encoders[init], datalist, args.cases, args) for f in args.fractions for init in INITS]
     text = table(rows, args.fractions, args)
     out = args.table or args.out / "table.md"
-    from medgmae.engine import atomic_write
+    from medgmae.files import atomic_write
 
     with atomic_write(out) as tmp:
         Path(tmp).write_text(text)

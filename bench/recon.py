@@ -42,7 +42,7 @@ from medgmae.data.phantom import generate_phantom  # noqa: E402
 from recon.fbp import fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
-from recon.init import fbp_init, hu_to_mu, medgmae_init, random_init  # noqa: E402
+from recon.initialisation import fbp_init, hu_to_mu, medgmae_init, random_init  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
 from recon.projectors import make_projector  # noqa: E402
 
@@ -153,7 +153,7 @@ def plot_curves(result: dict, path: str) -> None:
     """PSNR against iteration for every initialisation, with the FBP level, as a PNG (PIL only)."""
     from PIL import Image, ImageDraw
 
-    from medgmae.engine import atomic_write
+    from medgmae.files import atomic_write
 
     colours = {"random": (120, 120, 120), "toolkit": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60)}
     runs = result["runs"]
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     if args.png:
         plot_curves(result, args.png)
     if args.json:
-        from medgmae.engine import save_json_atomic
+        from medgmae.files import save_json_atomic
 
         save_json_atomic(result, args.json)
     return 0

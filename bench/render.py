@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medgmae.engine import atomic_write
+from medgmae.files import atomic_write
 from medgmae.render import count_pairs, preprocess_gaussians, render_volume
 
 EXP_PER_CLK_PER_SM = 16

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from medgmae.engine.io import load_torch_file, save_torch_atomic
+from medgmae.files import load_torch_file, save_torch_atomic
 from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from medgmae.engine.io import atomic_write
+from medgmae.files import atomic_write
 from medgmae.gaussians import Gaussians3D
 
 __all__ = ["save_ply", "load_ply", "PlyMeta"]

@@ -57,7 +57,7 @@ class CLIError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     from recon.fbp import FILTERS
-    from recon.init import INIT_METHODS
+    from recon.initialisation import INIT_METHODS
     from recon.presets import PRESETS
 
     p = argparse.ArgumentParser(prog="medgmae-recon", description="CT simulation, FBP/FDK and 3DGR-CT Gaussian reconstruction.")
@@ -122,7 +122,7 @@ def _device(name: str) -> torch.device:
 
 
 def _geometry_and_projections(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
-    from recon.io import load_projections
+    from recon.scan_files import load_projections
 
     geom = CTGeometry.load(geom_path)
     proj = load_projections(proj_path)
@@ -135,9 +135,9 @@ def _geometry_and_projections(proj_path: str, geom_path: str) -> tuple[CTGeometr
 
 def _volume_matching(path: str, geom: CTGeometry, what: str) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI volume ``(z, y, x)`` of the geometry's shape, and its affine (checked against ``geometry.json``'s)."""
-    from recon.io import load_nifti
+    from recon.scan_files import load_volume
 
-    vol, affine, _ = load_nifti(path)
+    vol, affine, _ = load_volume(path)
     if vol.shape != geom.volume_shape:
         raise CLIError(f"{what} {path} has shape {vol.shape[::-1]} (x, y, z) but the geometry's volume is {geom.volume_shape[::-1]}")
     if geom.affine is not None and not np.allclose(affine, geom.default_affine(), atol=1e-4):
@@ -176,12 +176,12 @@ def _zyx_affine(geom: CTGeometry) -> np.ndarray:
 # ---------------------------------------------------------------------- commands
 def cmd_simulate(args) -> int:
     from recon.fbp import fbp
-    from recon.init import hu_to_mu
-    from recon.io import load_nifti, save_nifti, save_projections
+    from recon.initialisation import hu_to_mu
+    from recon.scan_files import load_volume, save_nifti, save_projections
     from recon.projectors import make_projector
 
     out = Path(args.out)
-    hu, affine, voxel = load_nifti(args.volume)
+    hu, affine, voxel = load_volume(args.volume)
     device = _device(args.device)
     mu = hu_to_mu(hu).astype(np.float32)
     if args.geometry == "parallel":
@@ -212,7 +212,7 @@ def cmd_simulate(args) -> int:
 
 def cmd_fbp(args) -> int:
     from recon.fbp import fbp
-    from recon.io import save_nifti
+    from recon.scan_files import save_nifti
 
     geom, proj = _geometry_and_projections(args.projections, args.geometry)
     device = _device(args.device)
@@ -234,7 +234,7 @@ def _model_spec(model, spacing: float | None, checkpoint: str):
 
 def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarray, model):
     """The initial Gaussians and the intensity unit (``None``: the reconstructor's default)."""
-    from recon.init import fbp_init, medgmae_init, random_init
+    from recon.initialisation import fbp_init, medgmae_init, random_init
     from recon.init_3dgr import init_3dgr_ct
 
     k = init_settings.get("num_gaussians", 0)
@@ -294,7 +294,7 @@ OUTPUTS = {
 def cmd_reconstruct(args) -> int:
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
-    from medgmae.engine import load_torch_file
+    from medgmae.files import load_torch_file
     from recon.metrics import evaluate
     from recon.projectors import make_projector
 
@@ -380,9 +380,9 @@ def _load_model(args):
 
 def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
     """Stage every output and move them into ``out`` together."""
-    from medgmae.engine import save_json_atomic
+    from medgmae.files import save_json_atomic
     from medgmae.ply import save_ply
-    from recon.io import save_nifti
+    from recon.scan_files import save_nifti
     from recon.plot import draw_curve, draw_slices
 
     volume = result.volume.cpu().numpy()
@@ -400,11 +400,11 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
 
 
 def cmd_evaluate(args) -> int:
-    from recon.io import load_nifti
+    from recon.scan_files import load_volume
     from recon.metrics import evaluate
 
-    rec, _, _ = load_nifti(args.recon)
-    ref, _, _ = load_nifti(args.reference)
+    rec, _, _ = load_volume(args.recon)
+    ref, _, _ = load_volume(args.reference)
     if rec.shape != ref.shape:
         raise CLIError(f"{args.recon} has shape {rec.shape[::-1]} but {args.reference} has {ref.shape[::-1]}")
     print(json.dumps(evaluate(rec, ref)))

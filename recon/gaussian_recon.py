@@ -293,7 +293,7 @@ class GaussianReconstructor:
         self.last_grad_norm = None
 
     def save_checkpoint(self, path: str | Path) -> None:
-        from medgmae.engine import save_torch_atomic
+        from medgmae.files import save_torch_atomic
 
         save_torch_atomic(self.state_dict(), path)
 

@@ -293,7 +293,7 @@ class CTGeometry:
 
     def save(self, path: str | Path) -> None:
         """Write the geometry as JSON (atomically)."""
-        from recon.io import atomic_write
+        from medgmae.files import atomic_write
 
         with atomic_write(path) as tmp:
             Path(tmp).write_text(json.dumps(self.to_dict(), indent=2))

@@ -34,7 +34,7 @@ def draw_curve(history: list, path) -> None:
     """Write a PNG of ``history`` records (``iteration``, ``loss``, optional ``psnr``) atomically."""
     from PIL import Image, ImageDraw
 
-    from recon.io import atomic_write
+    from medgmae.files import atomic_write
 
     img = Image.new("RGB", (640, 480), (255, 255, 255))
     draw = ImageDraw.Draw(img)
@@ -94,7 +94,7 @@ def draw_slices(volumes: dict, path, reference=None) -> tuple[int, int]:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from recon.io import atomic_write
+    from medgmae.files import atomic_write
 
     if not volumes:
         raise ValueError("draw_slices needs at least one volume")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from medgmae.checkpoint import CHECKPOINT_KINDS, load_checkpoint, make_checkpoint
-from medgmae.engine import CheckpointHandler, load_torch_file
+from medgmae.engine import CheckpointHandler
+from medgmae.files import load_torch_file
 from medgmae.networks import MedGMAE, VoxelMAE
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec

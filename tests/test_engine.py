@@ -11,16 +11,8 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.transforms import Compose, Lambdad, RandGaussianNoised
 
-from medgmae.engine import (
-    CheckpointHandler,
-    GradientClipHandler,
-    NonFiniteLossHandler,
-    atomic_write,
-    latest_checkpoint,
-    load_torch_file,
-    resolve_device,
-    save_json_atomic,
-)
+from medgmae.engine import CheckpointHandler, GradientClipHandler, NonFiniteLossHandler, latest_checkpoint, resolve_device
+from medgmae.files import atomic_write, load_torch_file, save_json_atomic
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

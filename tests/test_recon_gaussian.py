@@ -11,9 +11,9 @@ from medgmae.gaussians import Gaussians3D
 from recon.fbp import fbp
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
 from recon.geometry import CTGeometry
-from recon.init import fbp_init, hu_to_mu
+from recon.initialisation import fbp_init, hu_to_mu
 from recon.init_3dgr import init_3dgr_ct
-from medgmae.engine import load_torch_file
+from medgmae.files import load_torch_file
 from recon.metrics import psnr, ssim
 from recon.projectors import TorchProjector
 

@@ -8,7 +8,7 @@ from medgmae.gaussians import Gaussians3D
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.render import render_volume
 from medgmae.preprocessing import PreprocessingSpec
-from recon.init import MU_WATER, fbp_init, hu_to_mu, medgmae_init, mu_to_hu, random_init, stretch_gaussians, window_fbp
+from recon.initialisation import MU_WATER, fbp_init, hu_to_mu, medgmae_init, mu_to_hu, random_init, stretch_gaussians, window_fbp
 
 HU_WINDOW = (-175.0, 250.0)  # MedGMAE's window, written out independently of the code under test
 

@@ -15,9 +15,9 @@ from recon.coarse import half_geometry, halving_matrix
 from recon.fbp import fbp
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
 from recon.geometry import CTGeometry
-from recon.init import hu_to_mu
+from recon.initialisation import hu_to_mu
 from recon.init_3dgr import init_3dgr_ct
-from medgmae.engine import load_torch_file
+from medgmae.files import load_torch_file
 from recon.metrics import psnr
 from recon.presets import THREEDGR_CT, preset_config
 from recon.projectors import TorchProjector, make_projector

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from medgmae.engine.io import atomic_write
+from medgmae.files import atomic_write
 
 __all__ = [
     "add_image",

@@ -21,7 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, Randomizable
 
-from medgmae.engine.io import load_torch_file, save_torch_atomic
+from medgmae.files import load_torch_file, save_torch_atomic
 
 __all__ = [
     "RandomStateTracker",

@@ -29,7 +29,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medgmae.engine import atomic_write
+from medgmae.files import atomic_write
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec, reconcile_spacing_window
 
 __all__ = [

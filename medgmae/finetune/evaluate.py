@@ -21,7 +21,7 @@ from ignite.engine import Engine, Events
 from monai.metrics import DiceMetric
 from monai.transforms import MapTransform
 
-from medgmae.engine import atomic_write, save_json_atomic
+from medgmae.files import atomic_write, save_json_atomic
 
 __all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "check_num_classes"]
 

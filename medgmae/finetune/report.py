@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medgmae.engine import atomic_write, is_main_process
+from medgmae.engine import is_main_process
+from medgmae.files import atomic_write
 from medgmae.engine.figures import add_image, grey_rgb, label_tile, mid_slices, save_png, tile_grid, upscale
 
 __all__ = ["FinetuneSummary", "SegmentationPicture", "dice_table", "overlay", "segmentation_figure"]

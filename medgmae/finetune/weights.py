@@ -296,7 +296,7 @@ class BestCheckpointSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine) -> None:
-        from medgmae.engine import save_torch_atomic
+        from medgmae.files import save_torch_atomic
 
         if self.metric_name not in engine.state.metrics:
             raise KeyError(f"metric '{self.metric_name}' not computed; available: {sorted(engine.state.metrics)}")

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
-from medgmae.engine import save_torch_atomic
+from medgmae.files import save_torch_atomic
 from medgmae.pretrain.trainer import unwrap_model
 
 __all__ = ["save_pretrained", "ModelExportHandler", "ENCODER_FILE", "MODEL_FILE"]

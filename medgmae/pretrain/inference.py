@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from medgmae.data.reader import VOLUME_SUFFIXES, read_volume
-from medgmae.engine import atomic_write, resolve_device
+from medgmae.engine import resolve_device
+from medgmae.files import atomic_write
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 

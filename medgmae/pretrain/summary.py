@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from ignite.engine import Engine, Events
 
-from medgmae.engine import MetricHistory, is_main_process, save_json_atomic
+from medgmae.engine import MetricHistory, is_main_process
+from medgmae.files import save_json_atomic
 from medgmae.engine.figures import add_image, line_plot, save_png
 from medgmae.pretrain.export import ENCODER_FILE, MODEL_FILE
 from medgmae.pretrain.validation import BEST_MODEL_FILE

@@ -33,7 +33,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
-from medgmae.engine import save_json_atomic
+from medgmae.files import save_json_atomic
 from medgmae.twod.data2d import LoadImage2Dd, axial_slices, window_to_image
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image, save_png
 

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 import torch
 
 from medgmae.cli_types import nonneg_float, positive_int
-from medgmae.engine import atomic_write, resolve_device
+from medgmae.engine import resolve_device
+from medgmae.files import atomic_write
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.images import read_image, save_png, save_png_grid, to_model_input

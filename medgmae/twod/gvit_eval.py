@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from medgmae.engine import atomic_write, save_json_atomic
+from medgmae.files import atomic_write, save_json_atomic
 from medgmae.twod.gvit import Gaussians2D
 
 __all__ = [

@@ -13,7 +13,8 @@ import logging
 import shlex
 from pathlib import Path
 
-from medgmae.engine import is_main_process, save_json_atomic
+from medgmae.engine import is_main_process
+from medgmae.files import save_json_atomic
 
 __all__ = ["confusion_table", "gvit_summary"]
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medgmae.engine import atomic_write
+from medgmae.files import atomic_write
 
 __all__ = ["read_image", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
 

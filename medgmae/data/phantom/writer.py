@@ -18,7 +18,7 @@ from medgmae.data.phantom.generator import (
     generate_phantom,
     validate_geometry,
 )
-from medgmae.engine import atomic_write, save_json_atomic
+from medgmae.files import atomic_write, save_json_atomic
 
 __all__ = ["case_seeds", "write_phantom_dataset"]
 

@@ -1,4 +1,4 @@
-"""File helpers: atomic writes and NIfTI volumes in the reconstruction's ``(z, y, x)`` array order."""
+"""Scan files of the reconstruction: volumes in its ``(z, y, x)`` array order, NIfTI output, projection stacks."""
 
 from __future__ import annotations
 
@@ -6,34 +6,28 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae.engine import atomic_write
+from medgmae.files import atomic_write
 
-__all__ = ["atomic_write", "load_nifti", "save_nifti", "load_projections", "save_projections"]
+__all__ = ["load_volume", "save_nifti", "load_projections", "save_projections"]
 
 
-def load_nifti(path) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Read a 3D NIfTI as float32 ``(z, y, x)`` (NIfTI array order ``(x, y, z)`` transposed).
+def load_volume(path) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Read a 3D volume (NIfTI, NRRD, MetaImage or a DICOM series, through the toolkit's one reader
+    :func:`medgmae.data.reader.read_volume`) as float32 ``(z, y, x)``: the reader's ``(i, j, k)`` order transposed.
 
     Returns:
-        ``(volume (D, H, W), affine (4, 4), voxel_size (sz, sy, sx))``.
-    """
-    import nibabel as nib
+        ``(volume (D, H, W), affine (4, 4) of the (i, j, k) = (x, y, z) order, voxel_size (sz, sy, sx))``.
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"volume file {path} does not exist")
+    Raises:
+        ValueError: missing, unreadable, not 3D or non-finite; the message names the file.
+    """
+    from medgmae.data.reader import read_volume
+
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # nibabel raises several types for corrupt files
-        raise ValueError(f"cannot read volume {path}: {e}") from e
-    data = np.squeeze(data)
-    if data.ndim != 3:
-        raise ValueError(f"volume {path} must be 3D, got shape {data.shape}")
-    if not np.isfinite(data).all():
-        raise ValueError(f"volume {path} contains NaN or Inf voxels")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), np.asarray(img.affine, dtype=np.float64), zooms[::-1]
+        vol = read_volume(path)
+    except FileNotFoundError as e:
+        raise ValueError(f"volume file {path} does not exist") from e
+    return np.ascontiguousarray(vol.array.transpose(2, 1, 0)), vol.affine, vol.spacing[::-1]
 
 
 def save_nifti(path, volume: np.ndarray, affine: np.ndarray) -> None:

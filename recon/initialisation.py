@@ -203,7 +203,7 @@ def medgmae_init(
 
     Args:
         fbp_volume: ``(D, H, W)`` = ``(z, y, x)`` attenuation volume (1/mm).
-        affine: ``(4, 4)`` NIfTI affine of the volume's ``(x, y, z)`` array order (as :func:`recon.io.load_nifti`
+        affine: ``(4, 4)`` NIfTI affine of the volume's ``(x, y, z)`` array order (as :func:`recon.scan_files.load_volume`
             and ``CTGeometry.default_affine`` give it), index -> world mm.
         model: a MedGMAE (``predict_gaussians``, ``img_size``; ``preprocessing`` when loaded from ``model.pt``).
         spec: overrides the model's recorded pre-processing.

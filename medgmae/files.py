@@ -1,4 +1,5 @@
-"""Atomic file output: every file the toolkit writes appears whole or not at all."""
+"""File I/O shared by the whole toolkit: atomic output (every file appears whole or not at all) and the one safe
+``torch.load`` (``weights_only=True``, errors naming the file). Light on purpose: no ignite or MONAI imports."""
 
 from __future__ import annotations
 
