@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from medgmae.gaussians import Gaussians3D, rotation_matrix_to_quaternion
+from medgmae.gaussians import Gaussians3D
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
 from medgmae.render import render_volume
 
@@ -39,7 +39,6 @@ __all__ = [
     "medgmae_init",
     "window_fbp",
     "zyx_affine",
-    "stretch_gaussians",
     "calibrate_intensities",
 ]
 
@@ -155,22 +154,6 @@ def fbp_init(
     inten = v.flatten()[idx]
     g = Gaussians3D(means[None], scales[None], _identity_quats(k, "cpu")[None], inten[None])
     return calibrate_intensities(g.to(vol.device), vol, cutoff)
-
-
-def stretch_gaussians(g: Gaussians3D, factors: Sequence[float], offset: Sequence[float] = (0.0, 0.0, 0.0)) -> Gaussians3D:
-    """Map Gaussians by ``x -> diag(factors) x + offset``: covariances become ``F Sigma F`` (re-factorised when
-    anisotropic)."""
-    f = torch.as_tensor([float(a) for a in factors], dtype=g.means.dtype, device=g.means.device)
-    o = torch.as_tensor([float(a) for a in offset], dtype=g.means.dtype, device=g.means.device)
-    means = g.means * f + o
-    if bool((f == f[0]).all()):
-        return Gaussians3D(means, g.scales * f[0], g.quats, g.intensities)
-    cov = g.covariances() * f.view(3, 1) * f.view(1, 3)
-    evals, evecs = torch.linalg.eigh(cov.double())
-    det = torch.linalg.det(evecs)
-    evecs = torch.cat([evecs[..., :2], evecs[..., 2:] * det.sign()[..., None, None]], -1)
-    scales = evals.clamp_min(1e-12).sqrt().to(g.scales.dtype)
-    return Gaussians3D(means, scales, rotation_matrix_to_quaternion(evecs).to(g.quats.dtype), g.intensities)
 
 
 def window_fbp(fbp_volume: Tensor, mu_water: float = MU_WATER, spec: PreprocessingSpec = DEFAULT_SPEC) -> Tensor:

@@ -6,18 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from medgmae.gaussians import (
-    INTENSITY_BIAS_INIT,
-    SCALE_BIAS_INIT,
-    Gaussians3D,
-    activate_gaussian_heads,
+from medgmae.gaussians import INTENSITY_BIAS_INIT, SCALE_BIAS_INIT, Gaussians3D, activate_gaussian_heads
+from medgmae.ply import load_ply, save_ply
+from medgmae.render import render_volume
+from medgmae.rotations import (
     covariance_matrices,
     precision_matrices,
     quaternion_to_rotation_matrix,
     rotation_matrix_to_quaternion,
 )
-from medgmae.ply import load_ply, save_ply
-from medgmae.render import render_volume
 
 
 def _random(b=2, k=5, seed=0, dtype=torch.float64):
@@ -139,3 +136,20 @@ def test_ply_from_3dgs_layout_and_errors(tmp_path):
     with pytest.raises(ValueError, match="batch size 2"):
         save_ply(tmp_path / "b2.ply", _random(2, 3))
     assert not (tmp_path / "b2.ply").exists()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_transformed_maps_centres_and_covariances_exactly(seed):
+    """``x -> L x + t`` for random (non-orthogonal, some reflecting) L: centres L m + t and covariances
+    L Sigma L^T against a float64 numpy oracle, and the density at mapped points is the original density."""
+    rng = np.random.default_rng(seed)
+    g = _random(1, 7, seed)
+    lin = rng.normal(size=(3, 3)) + 2 * np.eye(3)
+    if seed % 2:
+        lin[:, 0] *= -1  # a reflection (e.g. LPS <-> RAS)
+    t = rng.normal(size=3) * 10
+    h = g.transformed(torch.from_numpy(lin), torch.from_numpy(t))
+    m, cov = g.means[0].numpy(), covariance_matrices(g.scales, g.quats)[0].numpy()
+    np.testing.assert_allclose(h.means[0].numpy(), m @ lin.T + t, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(covariance_matrices(h.scales, h.quats)[0].numpy(), lin @ cov @ lin.T, rtol=1e-9, atol=1e-10)
+    assert torch.equal(h.intensities, g.intensities)

@@ -8,7 +8,7 @@ from medgmae.gaussians import Gaussians3D
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.render import render_volume
 from medgmae.preprocessing import PreprocessingSpec
-from recon.initialisation import MU_WATER, fbp_init, hu_to_mu, medgmae_init, mu_to_hu, random_init, stretch_gaussians, window_fbp
+from recon.initialisation import MU_WATER, fbp_init, hu_to_mu, medgmae_init, mu_to_hu, random_init, window_fbp
 
 HU_WINDOW = (-175.0, 250.0)  # MedGMAE's window, written out independently of the code under test
 
@@ -133,16 +133,6 @@ def test_probe_receives_ras_windows_from_the_reconstruction_frame():
     (win,) = calls[0]
     centroid = np.argwhere(win.numpy() > 0.5).mean(0)
     np.testing.assert_allclose(centroid, (2.0, 15.0, 35.0), atol=1e-6)
-
-
-def test_stretch_gaussians_matches_covariance():
-    gen = torch.Generator().manual_seed(0)
-    q = torch.nn.functional.normalize(torch.randn(1, 5, 4, generator=gen), dim=-1)
-    g = Gaussians3D(torch.rand(1, 5, 3, generator=gen), torch.rand(1, 5, 3, generator=gen) + 0.2, q, torch.rand(1, 5, generator=gen))
-    f = torch.tensor([2.0, 0.5, 1.5])
-    h = stretch_gaussians(g, f.tolist(), (1.0, 2.0, 3.0))
-    torch.testing.assert_close(h.covariances(), g.covariances() * f.view(3, 1) * f.view(1, 3), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(h.means, g.means * f + torch.tensor([1.0, 2.0, 3.0]))
 
 
 def test_fbp_and_random_init():

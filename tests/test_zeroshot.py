@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from medgmae.gaussians import Gaussians3D, covariance_matrices
+from medgmae.gaussians import Gaussians3D
+from medgmae.rotations import covariance_matrices
 from medgmae.preprocessing import PreprocessingSpec
 from medgmae.zeroshot import zero_shot_gaussians
 
@@ -119,7 +120,7 @@ def _true_gaussians(affine: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, 
 def _as_gaussians(means: np.ndarray, covs: np.ndarray) -> Gaussians3D:
     evals, evecs = np.linalg.eigh(covs)
     evecs[..., 2] *= np.sign(np.linalg.det(evecs))[:, None]
-    from medgmae.gaussians import rotation_matrix_to_quaternion
+    from medgmae.rotations import rotation_matrix_to_quaternion
 
     q = rotation_matrix_to_quaternion(torch.from_numpy(evecs))
     return Gaussians3D(torch.from_numpy(means)[None], torch.from_numpy(np.sqrt(evals))[None], q[None],

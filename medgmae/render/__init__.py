@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from medgmae.gaussians import quaternion_to_rotation_matrix
+from medgmae.rotations import quaternion_to_rotation_matrix
 from medgmae.render._torch_impl import TILE, count_pairs, render_torch
 
 __all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "BACKENDS"]

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from medgmae.gaussians import covariance_matrices
+from medgmae.rotations import covariance_matrices
 
 __all__ = [
     "render_gaussians_2d",
