@@ -19,7 +19,6 @@ gain against the FBP finishes the mapping.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 import torch
