@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import time
@@ -28,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from monai.optimizers import WarmupCosineSchedule
 
 from medgmae.engine import resolve_device
 from medgmae.networks import MedGMAE, VoxelMAE
@@ -60,13 +61,16 @@ def _device_name(device: torch.device) -> str:
 
 
 def _train_step(model, opt, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    """One iteration of the shipped pre-training engine (:class:`MaskedAutoencoderTrainer`, as the bundle builds it:
+    forward with the masked loss, backward, clipping to 1.0, optimiser step; bf16 autocast when ``bf16``)."""
+    from medgmae.pretrain import MaskedAutoencoderTrainer
+
+    batch = {"image": x}
+    trainer = MaskedAutoencoderTrainer(device=x.device, max_epochs=1, train_data_loader=[batch], network=model,
+                                       optimizer=opt, grad_clip=1.0, amp=bf16)  # fmt: skip
+
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        trainer._iteration(trainer, batch)
 
     return step
 
@@ -125,12 +129,13 @@ def _phantom_crops(seeds: list[int], per_case: int, roi: int, rng: np.random.Gen
 
 @torch.no_grad()
 def _masked_psnr(model, x: torch.Tensor, seed: int) -> float:
+    """The shipped masked-voxel PSNR (:func:`medgmae.pretrain.masked_psnr`) with fixed masks."""
+    from medgmae.pretrain import masked_psnr
+
     model.eval()
     out = model(x, generator=torch.Generator(device=x.device).manual_seed(seed))
-    m = out.mask.expand_as(x)
-    mse = float(((out.pred - x).square() * m).sum() / m.sum())
     model.train()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
+    return float(masked_psnr(out, x))
 
 
 def psnr_curve(args: argparse.Namespace, device: torch.device) -> dict:
@@ -143,19 +148,13 @@ def psnr_curve(args: argparse.Namespace, device: torch.device) -> dict:
         common = dict(img_size=args.roi, patch_size=args.roi_patch, model_size="tiny")
         model = (MedGMAE(**common, num_gaussians=args.curve_k) if name == "medgmae" else VoxelMAE(**common)).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
-        )
+        sched = WarmupCosineSchedule(opt, warmup_steps=10, t_total=args.steps)  # the bundle's schedule
         order = torch.Generator().manual_seed(1)
         curve = [(0, _masked_psnr(model, val, 7))]
         t0 = time.perf_counter()
         for step in range(1, args.steps + 1):
             idx = torch.randint(0, train.shape[0], (args.curve_batch,), generator=order)
-            loss = model(train[idx]).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            _train_step(model, opt, train[idx], device.type == "cuda")()
             sched.step()
             if step % args.eval_every == 0 or step == args.steps:
                 curve.append((step, _masked_psnr(model, val, 7)))
