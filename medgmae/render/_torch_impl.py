@@ -7,20 +7,33 @@ The Gaussians arrive pre-processed by :func:`medgmae.render.render_volume`:
 * ``intensities`` ``(B, K)``,
 * ``extents`` ``(B, K, 3)``: half-widths ``cutoff * sqrt(Sigma_aa)`` of each Gaussian's cutoff bounding box.
 
-Work is organised like a tile rasteriser: the output is split into ``TILE^3`` voxel tiles, every Gaussian is
-binned to the tiles its cutoff box touches, and (Gaussian, tile) pairs are evaluated in chunks with tile-local
-coordinates (small magnitudes, no float32 cancellation). Memory is bounded by the chunk size, never
-``B x K x D*H*W``. The backward pass is written by hand and recomputes the weights per chunk.
+Two paths, chosen per Gaussian by :func:`render_torch`:
+
+* stencil (:mod:`medgmae.render._stencil_impl`): Gaussians whose cutoff box is at most ``LEVELS[-1]`` voxels wide
+  along every axis are evaluated on their own box only (the sparse regime of reconstruction);
+* tile: larger Gaussians are organised like a tile rasteriser: the output is split into ``TILE^3`` voxel tiles,
+  every Gaussian is binned to the tiles its cutoff box touches, and (Gaussian, tile) pairs are evaluated in
+  chunks with tile-local coordinates (small magnitudes, no float32 cancellation); the volume clips the work.
+
+Memory is bounded by the chunk sizes, never ``B x K x D*H*W``. Both backward passes are written by hand and
+recompute the weights per chunk.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["TILE", "bin_gaussians_to_tiles", "render_torch", "count_pairs"]
+from medgmae.render._stencil_impl import LEVELS, render_stencil, stencil_widths
+
+__all__ = ["TILE", "PATHS", "bin_gaussians_to_tiles", "render_torch", "count_pairs", "torch_path"]
+
+#: Choices of :func:`torch_path`: per-Gaussian choice, everything on tiles, stencils wherever they fit.
+PATHS = ("auto", "tile", "stencil")
+_path = "auto"
 
 #: Edge of the cubic voxel tiles Gaussians are binned to.
 TILE = 8
@@ -205,6 +218,25 @@ class _RenderTorch(torch.autograd.Function):
         )
 
 
+@contextlib.contextmanager
+def torch_path(path: str) -> Iterator[None]:
+    """Force the torch backend's path inside the ``with`` block (for benchmarks and tests).
+
+    Args:
+        path: ``"auto"`` (stencils for the Gaussians that fit one, tiles for the rest; the default), ``"tile"``
+            (every Gaussian on tiles, the previous implementation) or ``"stencil"`` (same as ``"auto"``: the
+            Gaussians too large for a stencil always go to tiles).
+    """
+    global _path
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    old, _path = _path, path
+    try:
+        yield
+    finally:
+        _path = old
+
+
 def render_torch(
     means: Tensor,
     conics: Tensor,
@@ -228,4 +260,17 @@ def render_torch(
     Returns:
         ``(B, D, H, W)`` volume in the dtype of ``means``.
     """
-    return _RenderTorch.apply(means, conics, intensities, extents, tuple(shape), float(cutoff), int(tile))
+    shape = tuple(int(s) for s in shape)
+    if _path == "tile":
+        return _RenderTorch.apply(means, conics, intensities, extents, shape, float(cutoff), int(tile))
+    _, _, nonempty = _voxel_ranges(means.detach(), extents.detach(), shape)
+    small = (stencil_widths(extents) <= LEVELS[-1]).all(-1)
+    gids = (small & nonempty).reshape(-1).nonzero().squeeze(1)
+    if gids.numel() == 0:
+        return _RenderTorch.apply(means, conics, intensities, extents, shape, float(cutoff), int(tile))
+    out = render_stencil(means, conics, intensities, extents, gids, shape, float(cutoff))
+    if bool((~small & nonempty).any()):
+        # the tile path skips the stencil Gaussians: a negative extent makes their box empty
+        rest = torch.where(small.unsqueeze(-1), torch.full_like(extents, -1.0), extents)
+        out = out + _RenderTorch.apply(means, conics, intensities, rest, shape, float(cutoff), int(tile))
+    return out
