@@ -12,7 +12,7 @@ The exponent is factorised by completing the square in the first axis:
 
 with ``r`` the quadratic form of the Schur complement (the ``(h, w)`` marginal's precision) times ``-1/2``, so
 the shift and ``r`` are two-dimensional per Gaussian and only a handful of passes run over the 3D stencil.
-The forward pass scatters with ``index_add_`` into a padded volume; the backward pass gathers the output
+The forward pass scatters with ``scatter_add_`` into a padded volume; the backward pass gathers the output
 gradient and reduces it against the weights to the moments ``sum F u_a^i u_b^j`` (``i + j <= 2``) with three
 small matrix products against fixed integer-power tables, from which the gradients of means, conics and
 intensities follow in closed form. The weights are recomputed in the backward pass.
@@ -20,17 +20,22 @@ intensities follow in closed form. The weights are recomputed in the backward pa
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LEVELS", "CHUNK_ELEMS", "stencil_widths", "render_stencil"]
+__all__ = ["LEVELS", "CHUNK_ELEMS", "MIN_GROUP_ELEMS", "stencil_widths", "render_stencil"]
 
 #: Stencil edge lengths (voxels) a Gaussian's box width is rounded up to; the last is the largest stencil.
-LEVELS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
+LEVELS = tuple(range(1, 17))
 #: Upper bound on voxel evaluations held at once.
-CHUNK_ELEMS = 1 << 18
+CHUNK_ELEMS = 1 << 20
+#: Groups of fewer voxel evaluations are merged with the next group (see :class:`_Plan`).
+MIN_GROUP_ELEMS = 1 << 17
 
 
 def stencil_widths(extents: Tensor) -> Tensor:
@@ -39,7 +44,13 @@ def stencil_widths(extents: Tensor) -> Tensor:
 
 
 class _Plan:
-    """Groups of Gaussians by rounded stencil shape, their stencil origins and the padded output frame."""
+    """Groups of Gaussians by rounded stencil shape, their stencil origins and the padded output frame.
+
+    Gaussians are sorted by their rounded shape ``(Sd, Sh, Sw)``; a group holding fewer than
+    :data:`MIN_GROUP_ELEMS` voxel evaluations is merged with the next one (the per-axis maximum shape), so many
+    small groups do not cost one pass of Python overhead each. Groups are split into chunks of at most
+    :data:`CHUNK_ELEMS` evaluations.
+    """
 
     def __init__(self, means: Tensor, extents: Tensor, gids: Tensor, shape: Sequence[int], batch: int, k: int):
         dev = means.device
@@ -49,94 +60,122 @@ class _Plan:
         li = torch.bucketize(stencil_widths(e), levels)  # index of the level each width rounds up to
         key = (li[:, 0] * len(LEVELS) + li[:, 1]) * len(LEVELS) + li[:, 2]
         key, order = torch.sort(key, stable=True)
-        self.gids = gids[order]
-        origin = torch.ceil(m[order] - e[order]).long()  # (N, 3) first stencil voxel
-        width = levels[li[order]]
+        self.gids, m = gids[order], m[order]
+        origin = torch.ceil(m - e[order])  # (N, 3) first stencil voxel, in the volume's frame
         n = torch.tensor(self.shape, device=dev)
-        lo = (-origin.min(0).values).clamp_min(0) if origin.numel() else torch.zeros(3, dtype=torch.long, device=dev)
-        hi = (origin + width - n).max(0).values.clamp_min(0) if origin.numel() else lo
+        lo = (-origin.min(0).values).clamp_min(0).long()
         keys, counts = torch.unique_consecutive(key, return_counts=True)
-        sync = torch.cat([lo, hi, keys, counts]).tolist()  # the one host sync
-        self.pad_lo, pad_hi = sync[:3], sync[3:6]
-        ng = len(keys)
-        self.padded = tuple(a + b + c for a, b, c in zip(self.shape, self.pad_lo, pad_hi))
-        self.origin = origin + torch.tensor(self.pad_lo, device=dev)  # in the padded frame
-        self.groups = []
-        start = 0
-        for key_g, cnt in zip(sync[6 : 6 + ng], sync[6 + ng :]):
-            s = (LEVELS[key_g // len(LEVELS) ** 2], LEVELS[(key_g // len(LEVELS)) % len(LEVELS)], LEVELS[key_g % len(LEVELS)])
-            step = max(1, CHUNK_ELEMS // (s[0] * s[1] * s[2]))
-            for a in range(start, start + cnt, step):
-                self.groups.append((slice(a, min(start + cnt, a + step)), s))
-            start += cnt
-        self.index_dtype = torch.int32 if batch * self.padded[0] * self.padded[1] * self.padded[2] < 2**31 else torch.int64
+        sync = torch.cat([lo, keys, counts]).tolist()  # one host sync for the plan...
+        self.chunks, self.centre = self._chunks(sync[3:], len(keys), dev)
+        width = (2.0 * self.centre).long() + 1  # stencil widths after merging
+        hi = (origin.long() + width - n).max(0).values.clamp_min(0).tolist()  # ...and one for the padding
+        self.pad_lo = sync[:3]
+        self.padded = tuple(a + b + c for a, b, c in zip(self.shape, self.pad_lo, hi))
+        self.u0 = origin - m  # (N, 3) stencil-local coordinate of the first stencil voxel
+        dp, hp, wp = self.padded
+        o = origin.long() + torch.tensor(self.pad_lo, device=dev)
+        self.base = (self.gids // k) * (dp * hp * wp) + (o[:, 0] * hp + o[:, 1]) * wp + o[:, 2]
+        self._offsets: dict = {}
 
-    def offsets(self, s: tuple, device) -> Tensor:
-        """Flat padded-volume offsets ``(Sd*Sh*Sw,)`` of a stencil's voxels from its first voxel."""
-        _, ph, pw = self.padded
-        i, j, k = (torch.arange(n, device=device) for n in s)
-        return ((i[:, None, None] * ph + j[None, :, None]) * pw + k[None, None, :]).reshape(-1).to(self.index_dtype)
+    def _chunks(self, sync: list, ng: int, dev) -> tuple[list, Tensor]:
+        """``[(slice, (Sd, Sh, Sw))]`` chunks, merging small groups; ``(N, 3)`` centre ``(S - 1) / 2`` per Gaussian."""
+        nl = len(LEVELS)
+        groups: list = []  # [start, count, shape]
+        for key_g, cnt in zip(sync[:ng], sync[ng:]):
+            s = (LEVELS[key_g // nl**2], LEVELS[(key_g // nl) % nl], LEVELS[key_g % nl])
+            if groups and groups[-1][1] * math.prod(groups[-1][2]) < MIN_GROUP_ELEMS:
+                groups[-1][1] += cnt
+                groups[-1][2] = tuple(max(a, b) for a, b in zip(groups[-1][2], s))
+            else:
+                groups.append([groups[-1][0] + groups[-1][1] if groups else 0, cnt, s])
+        chunks, centre = [], []
+        for start, cnt, s in groups:
+            step = max(1, CHUNK_ELEMS // math.prod(s))
+            chunks += [(slice(a, min(start + cnt, a + step)), s) for a in range(start, start + cnt, step)]
+            centre.append(torch.tensor([0.5 * (a - 1) for a in s]).expand(cnt, 3))
+        return chunks, torch.cat(centre).to(dev) if centre else torch.zeros(0, 3, device=dev)
+
+    def offsets(self, s: tuple) -> Tensor:
+        """Flat padded-volume offsets ``(Sd*Sh*Sw,)`` of a stencil's voxels from its first voxel (cached)."""
+        if s not in self._offsets:
+            _, ph, pw = self.padded
+            i, j, k = (torch.arange(n, device=self.base.device) for n in s)
+            off = (i[:, None, None] * ph + j[None, :, None]) * pw + k[None, None, :]
+            self._offsets[s] = off.reshape(-1)
+        return self._offsets[s]
 
     def flat_index(self, sl: slice, s: tuple) -> Tensor:
-        """``(P, Sd*Sh*Sw)`` flat indices into the padded ``(B, Dp, Hp, Wp)`` volume of a chunk's stencils."""
-        dp, hp, wp = self.padded
-        g, o = self.gids[sl], self.origin[sl]
-        base = (g // self.k) * (dp * hp * wp) + (o[:, 0] * hp + o[:, 1]) * wp + o[:, 2]
-        return base.to(self.index_dtype)[:, None] + self.offsets(s, g.device)[None, :]
+        """``(P * Sd*Sh*Sw,)`` flat indices into the padded ``(B, Dp, Hp, Wp)`` volume of a chunk's stencils."""
+        return (self.base[sl, None] + self.offsets(s)[None, :]).reshape(-1)
 
 
 def _coefficients(conics: Tensor) -> Tensor:
-    """Per-Gaussian ``(N, 6)`` ``(Pdd/2, b_h, b_w, r_hh, r_hw, r_ww)`` of the factorised exponent (float64 maths)."""
+    """Per-Gaussian ``(N, 6)`` ``(-Pdd/2, b_h, b_w, r_hh, r_hw, r_ww)`` of the factorised exponent (float64 maths)."""
     c = conics.detach().double()
     pdd, phh, pww, pdh, pdw, phw = c.unbind(-1)
     bh, bw = pdh / pdd, pdw / pdd
     return torch.stack(
-        [0.5 * pdd, bh, bw, -0.5 * (phh - pdh * bh), -(phw - pdh * bw), -0.5 * (pww - pdw * bw)], -1
+        [-0.5 * pdd, bh, bw, -0.5 * (phh - pdh * bh), -(phw - pdh * bw), -0.5 * (pww - pdw * bw)], -1
     ).to(conics.dtype)
 
 
-def _local_axes(plan: _Plan, sl: slice, s: tuple, means: Tensor):
-    """Stencil-local coordinates ``u_a = voxel_a - mu_a`` per axis: three ``(P, S_a)`` tensors."""
-    m = means.reshape(-1, 3)[plan.gids[sl]]
-    u0 = (plan.origin[sl] - torch.tensor(plan.pad_lo, device=m.device)).to(m.dtype) - m  # (P, 3)
-    return [u0[:, a : a + 1] + torch.arange(s[a], device=m.device, dtype=m.dtype) for a in range(3)]
+@functools.lru_cache(maxsize=64)
+def _ramp(n: int, device, dtype) -> Tensor:
+    return torch.arange(n, device=device, dtype=dtype)
 
 
-def _log_weights(coef: Tensor, u, cutoff: float) -> Tensor:
-    """``(P, Sd, Sh, Sw)`` weights ``exp(-q/2)``, zero where ``q > cutoff^2``."""
-    ud, uh, uw = u
-    h, bh, bw, rhh, rhw, rww = (coef[:, i, None, None] for i in range(6))
-    shift = bh * uh[:, :, None] + bw * uw[:, None, :]  # (P, Sh, Sw)
-    r = rhh * (uh * uh)[:, :, None] + rhw * uh[:, :, None] * uw[:, None, :] + rww * (uw * uw)[:, None, :]
-    t = ud[:, :, None, None] + shift[:, None]
-    t.mul_(t)
-    e = torch.addcmul(r[:, None], t, h[:, None].neg(), out=t)  # -q/2
-    e.masked_fill_(e < -0.5 * cutoff * cutoff, float("-inf"))
-    return e.exp_()
+def _weights(coef: Tensor, u0: Tensor, s: tuple, cutoff: float) -> Tensor:
+    """``(P, Sd, Sh, Sw)`` weights ``exp(-q/2)`` of a chunk, zero where ``q > cutoff^2``.
 
-
-def _moments(f: Tensor, u, s: tuple) -> Tensor:
-    """``(P, 3, 3, 3)`` moments ``sum f u_d^i u_h^j u_w^k`` (``i, j, k <= 2``) of ``f`` ``(P, Sd, Sh, Sw)``.
-
-    Contracts each axis against the powers of centred integer offsets (one matrix product over all Gaussians per
-    axis), then shifts the polynomial basis to ``u`` per Gaussian: ``[1, u, u^2] = L [1, k, k^2]``.
+    Args:
+        coef: ``(P, 6)`` from :func:`_coefficients`.
+        u0: ``(P, 3)`` stencil-local coordinates of the first stencil voxel.
+        s: the stencil shape.
+        cutoff: Mahalanobis cutoff.
     """
-    p = f.shape[0]
-    out = f
-    lows = []
-    for a in (2, 1, 0):
-        c0 = 0.5 * (s[a] - 1)
-        k = torch.arange(s[a], device=f.device, dtype=f.dtype) - c0
-        table = torch.stack([torch.ones_like(k), k, k * k], -1)  # (S_a, 3)
-        out = out.movedim(a + 1, -1) @ table if a != 2 else out @ table  # contract axis a, its powers go last
-        delta = u[a][:, 0] + c0  # u = delta + k
-        low = torch.zeros(p, 3, 3, device=f.device, dtype=f.dtype)
-        low[:, 0, 0], low[:, 1, 1], low[:, 2, 2] = 1.0, 1.0, 1.0
-        low[:, 1, 0], low[:, 2, 0], low[:, 2, 1] = delta, delta * delta, 2.0 * delta
-        lows.append(low)
-    # out is (P, 3_w, 3_h, 3_d) after the three contractions (w, then h, then d, each moved last in turn)
-    lw, lh, ld = lows
-    return torch.einsum("pai,pbj,pck,pkji->pabc", ld, lh, lw, out)
+    ud, uh, uw = (u0[:, a, None] + _ramp(s[a], u0.device, u0.dtype) for a in range(3))
+    nh, bh, bw, rhh, rhw, rww = (coef[:, i, None] for i in range(6))
+    uh, uw = uh[:, :, None], uw[:, None, :]
+    shift = (bh[:, :, None] * uh + bw[:, :, None] * uw).unsqueeze(1)  # (P, 1, Sh, Sw)
+    r = (rhh * uh.squeeze(2)).unsqueeze(2) * uh + (rhw[:, :, None] * uh + (rww * uw.squeeze(1))[:, None, :]) * uw
+    t = ud[:, :, None, None] + shift  # (P, Sd, Sh, Sw): u_d + b_h u_h + b_w u_w
+    t.mul_(t)
+    e = torch.addcmul(r.unsqueeze(1), t, nh[:, :, None, None], out=t)  # -q/2
+    lim = torch.nextafter(torch.tensor(-0.5 * cutoff * cutoff, dtype=e.dtype), torch.tensor(-math.inf, dtype=e.dtype))
+    return F.threshold_(e, float(lim), -math.inf).exp_()  # keeps -q/2 >= -cutoff^2/2
+
+
+@functools.lru_cache(maxsize=64)
+def _power_table(n: int, device, dtype) -> Tensor:
+    """``(n, 3)`` powers 0, 1, 2 of the centred offsets ``k - (n - 1) / 2``."""
+    k = torch.arange(n, device=device, dtype=dtype) - 0.5 * (n - 1)
+    return torch.stack([torch.ones_like(k), k, k * k], -1)
+
+
+def _raw_moments(f: Tensor, s: tuple) -> Tensor:
+    """``(P, 3, 3, 3)`` moments ``sum f k_w^c k_h^b k_d^a`` (index order ``[c, b, a]``) over centred offsets."""
+    out = f @ _power_table(s[2], f.device, f.dtype)  # (P, Sd, Sh, 3): one matrix product over all Gaussians
+    out = out.transpose(2, 3) @ _power_table(s[1], f.device, f.dtype)  # (P, Sd, 3, 3)
+    return out.permute(0, 2, 3, 1) @ _power_table(s[0], f.device, f.dtype)  # (P, 3, 3, 3)
+
+
+def _shift_moments(raw: Tensor, delta: Tensor) -> Tensor:
+    """Moments over ``u = delta + k`` from those over ``k`` (``[1, u, u^2] = L [1, k, k^2]`` per axis).
+
+    Args:
+        raw: ``(N, 3, 3, 3)`` from :func:`_raw_moments` (index order ``[w, h, d]``).
+        delta: ``(N, 3)`` ``u`` at the stencil's centre offset per axis.
+
+    Returns:
+        ``(N, 3, 3, 3)`` moments ``sum f u_d^a u_h^b u_w^c`` indexed ``[a, b, c]``.
+    """
+    one, zero = torch.ones_like(delta), torch.zeros_like(delta)
+    low = torch.stack(
+        [torch.stack([one, zero, zero], -1), torch.stack([delta, one, zero], -1),
+         torch.stack([delta * delta, 2 * delta, one], -1)],
+        -2,
+    )  # (N, 3 axes, 3, 3)  # fmt: skip
+    return torch.einsum("nai,nbj,nck,nkji->nabc", low[:, 0], low[:, 1], low[:, 2], raw)
 
 
 class _RenderStencil(torch.autograd.Function):
@@ -148,10 +187,10 @@ class _RenderStencil(torch.autograd.Function):
         dp, hp, wp = plan.padded
         out = torch.zeros(b * dp * hp * wp, device=means.device, dtype=means.dtype)
         inten = intensities.reshape(-1)[plan.gids]
-        for sl, s in plan.groups:
-            w = _log_weights(coef[sl], _local_axes(plan, sl, s, means), cutoff)
+        for sl, s in plan.chunks:
+            w = _weights(coef[sl], plan.u0[sl], s, cutoff)
             w.mul_(inten[sl, None, None, None])
-            out.index_add_(0, plan.flat_index(sl, s).reshape(-1), w.reshape(-1))
+            out.scatter_add_(0, plan.flat_index(sl, s), w.reshape(-1))
         ctx.save_for_backward(means, conics, intensities, coef)
         ctx.plan, ctx.cutoff = plan, cutoff
         d, h, w_ = plan.shape
@@ -162,19 +201,19 @@ class _RenderStencil(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         means, conics, intensities, coef = ctx.saved_tensors
         plan, cutoff = ctx.plan, ctx.cutoff
-        b, k = means.shape[:2]
+        b = means.shape[0]
         dp, hp, wp = plan.padded
         d, h, w_ = plan.shape
         lo = plan.pad_lo
         g_pad = torch.zeros(b, dp, hp, wp, device=means.device, dtype=means.dtype)
         g_pad[:, lo[0] : lo[0] + d, lo[1] : lo[1] + h, lo[2] : lo[2] + w_] = grad_out
         g_flat = g_pad.reshape(-1)
-        mom = torch.empty(plan.gids.numel(), 3, 3, 3, device=means.device, dtype=means.dtype)
-        for sl, s in plan.groups:
-            u = _local_axes(plan, sl, s, means)
-            f = _log_weights(coef[sl], u, cutoff)
-            f.mul_(g_flat.index_select(0, plan.flat_index(sl, s).reshape(-1)).view_as(f))
-            mom[sl] = _moments(f, u, s)
+        raw = torch.empty(plan.gids.numel(), 3, 3, 3, device=means.device, dtype=means.dtype)
+        for sl, s in plan.chunks:
+            f = _weights(coef[sl], plan.u0[sl], s, cutoff)
+            f.mul_(g_flat.index_select(0, plan.flat_index(sl, s)).view_as(f))
+            raw[sl] = _raw_moments(f, s)
+        mom = _shift_moments(raw, plan.u0 + plan.centre)
         return (*_gradients(mom, means, conics, intensities, plan.gids, ctx.needs_input_grad), None, None, None, None)
 
 
