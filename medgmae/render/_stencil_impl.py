@@ -153,29 +153,33 @@ def _power_table(n: int, device, dtype) -> Tensor:
 
 
 def _raw_moments(f: Tensor, s: tuple) -> Tensor:
-    """``(P, 3, 3, 3)`` moments ``sum f k_w^c k_h^b k_d^a`` (index order ``[c, b, a]``) over centred offsets."""
-    out = f @ _power_table(s[2], f.device, f.dtype)  # (P, Sd, Sh, 3): one matrix product over all Gaussians
-    out = out.transpose(2, 3) @ _power_table(s[1], f.device, f.dtype)  # (P, Sd, 3, 3)
-    return out.permute(0, 2, 3, 1) @ _power_table(s[0], f.device, f.dtype)  # (P, 3, 3, 3)
+    """``(P, 3, 3, 3)`` moments ``sum f k_w^c k_h^b k_d^a`` (index order ``[c, b, a]``) over centred offsets.
+
+    Three matrix products over all Gaussians of the chunk at once, one per axis (``w``, then ``h``, then ``d``).
+    """
+    p = f.shape[0]
+    out = f @ _power_table(s[2], f.device, f.dtype)  # (P, Sd, Sh, 3)
+    out = out.transpose(2, 3).reshape(-1, s[1]) @ _power_table(s[1], f.device, f.dtype)  # (P * Sd * 3, 3)
+    out = out.view(p, s[0], 9).transpose(1, 2).reshape(-1, s[0]) @ _power_table(s[0], f.device, f.dtype)
+    return out.view(p, 3, 3, 3)
 
 
 def _shift_moments(raw: Tensor, delta: Tensor) -> Tensor:
-    """Moments over ``u = delta + k`` from those over ``k`` (``[1, u, u^2] = L [1, k, k^2]`` per axis).
+    """Moments over ``u = delta + k`` from those over ``k``: ``[1, u, u^2] = [1, k + delta, k^2 + 2 delta k + delta^2]``.
 
     Args:
         raw: ``(N, 3, 3, 3)`` from :func:`_raw_moments` (index order ``[w, h, d]``).
-        delta: ``(N, 3)`` ``u`` at the stencil's centre offset per axis.
+        delta: ``(N, 3)`` ``u`` at each stencil's centre offset, per axis ``(d, h, w)``.
 
     Returns:
-        ``(N, 3, 3, 3)`` moments ``sum f u_d^a u_h^b u_w^c`` indexed ``[a, b, c]``.
+        ``(N, 3, 3, 3)`` moments ``sum f u_w^c u_h^b u_d^a``, same index order ``[c, b, a]``.
     """
-    one, zero = torch.ones_like(delta), torch.zeros_like(delta)
-    low = torch.stack(
-        [torch.stack([one, zero, zero], -1), torch.stack([delta, one, zero], -1),
-         torch.stack([delta * delta, 2 * delta, one], -1)],
-        -2,
-    )  # (N, 3 axes, 3, 3)  # fmt: skip
-    return torch.einsum("nai,nbj,nck,nkji->nabc", low[:, 0], low[:, 1], low[:, 2], raw)
+    out = raw
+    for axis, dim in ((2, 1), (1, 2), (0, 3)):  # (delta column, moment dim); r0, r1, r2 are (N, 3, 3)
+        dl = delta[:, axis, None, None]
+        r0, r1, r2 = out.unbind(dim)
+        out = torch.stack([r0, r1 + dl * r0, r2 + dl * (2.0 * r1 + dl * r0)], dim)
+    return out
 
 
 class _RenderStencil(torch.autograd.Function):
@@ -220,10 +224,10 @@ class _RenderStencil(torch.autograd.Function):
 def _gradients(mom: Tensor, means: Tensor, conics: Tensor, intensities: Tensor, gids: Tensor, needs) -> tuple:
     """Gradients of means, conics and intensities from the per-Gaussian moments of ``G w``."""
     b, k = means.shape[:2]
-    n0 = mom[:, 0, 0, 0]
-    m1 = torch.stack([mom[:, 1, 0, 0], mom[:, 0, 1, 0], mom[:, 0, 0, 1]], -1)
+    n0 = mom[:, 0, 0, 0]  # index order [w, h, d] powers
+    m1 = torch.stack([mom[:, 0, 0, 1], mom[:, 0, 1, 0], mom[:, 1, 0, 0]], -1)
     m2 = torch.stack(
-        [mom[:, 2, 0, 0], mom[:, 0, 2, 0], mom[:, 0, 0, 2], 2 * mom[:, 1, 1, 0], 2 * mom[:, 1, 0, 1], 2 * mom[:, 0, 1, 1]],
+        [mom[:, 0, 0, 2], mom[:, 0, 2, 0], mom[:, 2, 0, 0], 2 * mom[:, 0, 1, 1], 2 * mom[:, 1, 0, 1], 2 * mom[:, 1, 1, 0]],
         -1,
     )
     dq = -0.5 * intensities.reshape(-1)[gids]  # dL/dq = -I/2 G w
