@@ -22,7 +22,7 @@ also given amortised per iteration. Medians over ``--iterations`` timed iteratio
 Usage::
 
     python bench/recon_profile.py --threads 2
-    python bench/recon_profile.py --threads 2 --render-path tile   # the renderer's tile path only
+    python bench/recon_profile.py --threads 2 --render-path tile   # the renderer's previous (tile) path
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medgmae.data.phantom import generate_phantom  # noqa: E402
+from medgmae.render._torch_impl import PATHS, torch_path  # noqa: E402
 from recon.fbp import fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
@@ -107,8 +108,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--projector", default="auto", choices=("auto", "torch", "astra"))
-    p.add_argument("--render-path", default=None, choices=("auto", "tile", "stencil"),
-                   help="force the torch renderer's path (sets MEDGMAE_RENDER_PATH; default: the library's choice)")
+    p.add_argument("--render-path", default="auto", choices=PATHS[:2],
+                   help="the torch renderer's path: auto (stencils for small Gaussians, the default) or tile (the "
+                   "previous implementation)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
     if args.threads < 1 or args.iterations < 1 or args.warmup < 0 or args.views < 1 or args.num_gaussians < 1:
@@ -119,8 +121,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.render_path:
-        os.environ["MEDGMAE_RENDER_PATH"] = args.render_path
+    with torch_path(args.render_path):
+        return _run(args, argv)
+
+
+def _run(args, argv) -> int:
     vol, geom, proj_op, proj, init = build_case(args.views, args.num_gaussians, args.seed, args.projector)
     cfg = GaussianReconConfig(iterations=1000, densify_from=100, densify_every=100, seed=args.seed)
     rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol)
@@ -152,7 +157,7 @@ def main(argv=None) -> int:
         f"{os.getloadavg()[0]:.1f} at the end",
         f"case: {SHAPE_ZYX} voxels of {VOXEL_ZYX} mm, {geom.num_views} parallel views, projector "
         f"{proj_op.name}, fbp init K = {init.num_gaussians}, renderer path "
-        f"{os.environ.get('MEDGMAE_RENDER_PATH', 'default')}; median of {args.iterations} iterations",
+        f"{args.render_path}; median of {args.iterations} iterations",
         f"command: `{cmd}`",
     ]
     lines = [f"- {h}" for h in header] + ["", "| part | ms / iteration |", "|---|---|"]

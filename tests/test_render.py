@@ -17,7 +17,7 @@ import torch
 from medgmae.render import preprocess_gaussians, render_volume
 from medgmae.render import _stencil_impl
 from medgmae.render._reference import render_volume_reference as dense_reference
-from medgmae.render._stencil_impl import LEVELS, stencil_widths
+from medgmae.render._stencil_impl import MAX_WIDTH, stencil_widths
 from medgmae.render._torch_impl import torch_path
 
 
@@ -144,7 +144,7 @@ def test_float64_gradients_with_cutoff_match_reference():
 def _stencil_sized(gs, cutoff):
     """Whether every Gaussian's cutoff box fits a stencil (so the torch backend renders all of them that way)."""
     _, _, _, ext = preprocess_gaussians(*gs, cutoff)
-    return bool((stencil_widths(ext) <= LEVELS[-1]).all())
+    return bool((stencil_widths(ext) <= MAX_WIDTH).all())
 
 
 # (scale range in voxels, cutoff): sub-voxel, about a voxel, several voxels (the widest stencils)

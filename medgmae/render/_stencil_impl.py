@@ -1,10 +1,10 @@
 """Per-Gaussian stencil renderer (plain PyTorch, any device) for small Gaussians.
 
-Each Gaussian is evaluated on its own cutoff box only: a stencil of ``Sd x Sh x Sw`` voxels starting at
-``ceil(mu - extent)``, where ``S = floor(2 extent) + 1`` (rounded up to one of :data:`LEVELS`) covers every voxel
-inside the cutoff ellipsoid. Gaussians with the same rounded stencil form a group; a group is evaluated in chunks
-of at most :data:`CHUNK_ELEMS` voxel evaluations, so memory stays bounded. Coordinates are stencil-local (voxel
-minus centre, small magnitudes), so float32 loses nothing to cancellation.
+Each Gaussian is evaluated on its own cutoff box only, clipped to the volume: a stencil of ``Sd x Sh x Sw``
+voxels (at most :data:`MAX_WIDTH` per axis) that holds every voxel inside the cutoff ellipsoid. Gaussians with the
+same stencil shape form a group (small groups are merged); a group is evaluated in chunks of at most
+:data:`CHUNK_ELEMS` voxel evaluations, so memory stays bounded. Coordinates are stencil-local (voxel minus
+centre, small magnitudes), so float32 loses nothing to cancellation.
 
 The exponent is factorised by completing the square in the first axis:
 
@@ -28,68 +28,63 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LEVELS", "CHUNK_ELEMS", "MIN_GROUP_ELEMS", "stencil_widths", "render_stencil"]
+__all__ = ["MAX_WIDTH", "CHUNK_ELEMS", "MIN_GROUP_ELEMS", "stencil_widths", "render_stencil"]
 
-#: Stencil edge lengths (voxels) a Gaussian's box width is rounded up to; the last is the largest stencil.
-LEVELS = tuple(range(1, 17))
+#: Widest stencil (voxels per axis); Gaussians with wider boxes go to the tile path.
+MAX_WIDTH = 16
 #: Upper bound on voxel evaluations held at once.
 CHUNK_ELEMS = 1 << 20
 #: Groups of fewer voxel evaluations are merged with the next group (see :class:`_Plan`).
-MIN_GROUP_ELEMS = 1 << 17
+MIN_GROUP_ELEMS = 1 << 16
 
 
 def stencil_widths(extents: Tensor) -> Tensor:
-    """``(..., 3)`` int64 stencil widths ``floor(2 extent) + 1``: voxels an interval of that length can hold."""
+    """``(..., 3)`` int64 ``floor(2 extent) + 1``: the most voxels a cutoff box of these half-widths can hold."""
     return torch.floor(2.0 * extents.detach()).long() + 1
 
 
 class _Plan:
-    """Groups of Gaussians by rounded stencil shape, their stencil origins and the padded output frame.
+    """Groups of Gaussians by stencil shape, their stencil origins and the padded output frame.
 
-    Gaussians are sorted by their rounded shape ``(Sd, Sh, Sw)``; a group holding fewer than
-    :data:`MIN_GROUP_ELEMS` voxel evaluations is merged with the next one (the per-axis maximum shape), so many
-    small groups do not cost one pass of Python overhead each. Groups are split into chunks of at most
-    :data:`CHUNK_ELEMS` evaluations.
+    Gaussians are sorted by their stencil shape ``(Sd, Sh, Sw)`` (their clipped box); consecutive groups holding
+    fewer than :data:`MIN_GROUP_ELEMS` voxel evaluations each are merged until they hold that many (the per-axis
+    maximum shape, which may reach past the volume: the output is padded for it), so many small groups do not
+    cost one pass of Python overhead each. Groups are split into chunks of at most :data:`CHUNK_ELEMS` evaluations.
     """
 
-    def __init__(self, means: Tensor, extents: Tensor, gids: Tensor, shape: Sequence[int], batch: int, k: int):
-        dev = means.device
+    def __init__(self, gids: Tensor, origin: Tensor, width: Tensor, shape: Sequence[int], batch: int, k: int):
+        dev = gids.device
         self.shape, self.batch, self.k = tuple(int(s) for s in shape), batch, k
-        levels = torch.tensor(LEVELS, device=dev)
-        m, e = means.detach().reshape(-1, 3)[gids], extents.detach().reshape(-1, 3)[gids]
-        li = torch.bucketize(stencil_widths(e), levels)  # index of the level each width rounds up to
-        key = (li[:, 0] * len(LEVELS) + li[:, 1]) * len(LEVELS) + li[:, 2]
+        nl = MAX_WIDTH + 1
+        key = (width[:, 0] * nl + width[:, 1]) * nl + width[:, 2]
         key, order = torch.sort(key, stable=True)
-        self.gids, m = gids[order], m[order]
-        origin = torch.ceil(m - e[order])  # (N, 3) first stencil voxel, in the volume's frame
-        n = torch.tensor(self.shape, device=dev)
-        lo = (-origin.min(0).values).clamp_min(0).long()
+        self.gids, origin = gids[order], origin[order]
         keys, counts = torch.unique_consecutive(key, return_counts=True)
-        sync = torch.cat([lo, keys, counts]).tolist()  # one host sync for the plan...
-        self.chunks, self.centre = self._chunks(sync[3:], len(keys), dev)
+        sync = torch.cat([keys, counts]).tolist()  # one host sync for the plan...
+        self.chunks, self.centre = self._chunks(sync, len(keys), dev)
         width = (2.0 * self.centre).long() + 1  # stencil widths after merging
-        hi = (origin.long() + width - n).max(0).values.clamp_min(0).tolist()  # ...and one for the padding
-        self.pad_lo = sync[:3]
-        self.padded = tuple(a + b + c for a, b, c in zip(self.shape, self.pad_lo, hi))
-        self.u0 = origin - m  # (N, 3) stencil-local coordinate of the first stencil voxel
+        n = torch.tensor(self.shape, device=dev)
+        pad = (origin + width - n).max(0).values.clamp_min(0).tolist()  # ...and one for the padding
+        self.padded = tuple(a + b for a, b in zip(self.shape, pad))
+        self.origin = origin  # (N, 3) first stencil voxel (inside the volume)
         dp, hp, wp = self.padded
-        o = origin.long() + torch.tensor(self.pad_lo, device=dev)
-        self.base = (self.gids // k) * (dp * hp * wp) + (o[:, 0] * hp + o[:, 1]) * wp + o[:, 2]
+        self.base = (self.gids // k) * (dp * hp * wp) + (origin[:, 0] * hp + origin[:, 1]) * wp + origin[:, 2]
         self._offsets: dict = {}
 
     def _chunks(self, sync: list, ng: int, dev) -> tuple[list, Tensor]:
         """``[(slice, (Sd, Sh, Sw))]`` chunks, merging small groups; ``(N, 3)`` centre ``(S - 1) / 2`` per Gaussian."""
-        nl = len(LEVELS)
-        groups: list = []  # [start, count, shape]
+        nl = MAX_WIDTH + 1
+        groups: list = []  # [start, count, shape, merged from small groups]
         for key_g, cnt in zip(sync[:ng], sync[ng:]):
-            s = (LEVELS[key_g // nl**2], LEVELS[(key_g // nl) % nl], LEVELS[key_g % nl])
-            if groups and groups[-1][1] * math.prod(groups[-1][2]) < MIN_GROUP_ELEMS:
-                groups[-1][1] += cnt
+            s = (key_g // nl**2, (key_g // nl) % nl, key_g % nl)
+            small = cnt * math.prod(s) < MIN_GROUP_ELEMS
+            if small and groups and groups[-1][3] and groups[-1][1] * math.prod(groups[-1][2]) < MIN_GROUP_ELEMS:
+                groups[-1][1] += cnt  # small groups merge with each other, never into a large one
                 groups[-1][2] = tuple(max(a, b) for a, b in zip(groups[-1][2], s))
             else:
-                groups.append([groups[-1][0] + groups[-1][1] if groups else 0, cnt, s])
+                groups.append([groups[-1][0] + groups[-1][1] if groups else 0, cnt, s, small])
         chunks, centre = [], []
-        for start, cnt, s in groups:
+        for start, cnt, s, _ in groups:
             step = max(1, CHUNK_ELEMS // math.prod(s))
             chunks += [(slice(a, min(start + cnt, a + step)), s) for a in range(start, start + cnt, step)]
             centre.append(torch.tensor([0.5 * (a - 1) for a in s]).expand(cnt, 3))
@@ -184,9 +179,10 @@ def _shift_moments(raw: Tensor, delta: Tensor) -> Tensor:
 
 class _RenderStencil(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, conics, intensities, extents, gids, shape, cutoff):  # type: ignore[override]
+    def forward(ctx, means, conics, intensities, gids, origin, width, shape, cutoff):  # type: ignore[override]
         b, k = means.shape[:2]
-        plan = _Plan(means, extents, gids, shape, b, k)
+        plan = _Plan(gids, origin, width, shape, b, k)
+        plan.u0 = plan.origin.to(means.dtype) - means.detach().reshape(-1, 3)[plan.gids]  # (N, 3) local first voxel
         coef = _coefficients(conics.reshape(-1, 6)[plan.gids])
         dp, hp, wp = plan.padded
         out = torch.zeros(b * dp * hp * wp, device=means.device, dtype=means.dtype)
@@ -198,8 +194,7 @@ class _RenderStencil(torch.autograd.Function):
         ctx.save_for_backward(means, conics, intensities, coef)
         ctx.plan, ctx.cutoff = plan, cutoff
         d, h, w_ = plan.shape
-        lo = plan.pad_lo
-        return out.view(b, dp, hp, wp)[:, lo[0] : lo[0] + d, lo[1] : lo[1] + h, lo[2] : lo[2] + w_].contiguous()
+        return out.view(b, dp, hp, wp)[:, :d, :h, :w_].contiguous()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -208,9 +203,8 @@ class _RenderStencil(torch.autograd.Function):
         b = means.shape[0]
         dp, hp, wp = plan.padded
         d, h, w_ = plan.shape
-        lo = plan.pad_lo
         g_pad = torch.zeros(b, dp, hp, wp, device=means.device, dtype=means.dtype)
-        g_pad[:, lo[0] : lo[0] + d, lo[1] : lo[1] + h, lo[2] : lo[2] + w_] = grad_out
+        g_pad[:, :d, :h, :w_] = grad_out
         g_flat = g_pad.reshape(-1)
         raw = torch.empty(plan.gids.numel(), 3, 3, 3, device=means.device, dtype=means.dtype)
         for sl, s in plan.chunks:
@@ -218,7 +212,8 @@ class _RenderStencil(torch.autograd.Function):
             f.mul_(g_flat.index_select(0, plan.flat_index(sl, s)).view_as(f))
             raw[sl] = _raw_moments(f, s)
         mom = _shift_moments(raw, plan.u0 + plan.centre)
-        return (*_gradients(mom, means, conics, intensities, plan.gids, ctx.needs_input_grad), None, None, None, None)
+        grads = _gradients(mom, means, conics, intensities, plan.gids, ctx.needs_input_grad)
+        return (*grads, None, None, None, None, None)
 
 
 def _gradients(mom: Tensor, means: Tensor, conics: Tensor, intensities: Tensor, gids: Tensor, needs) -> tuple:
@@ -251,22 +246,31 @@ def _gradients(mom: Tensor, means: Tensor, conics: Tensor, intensities: Tensor, 
 
 
 def render_stencil(
-    means: Tensor, conics: Tensor, intensities: Tensor, extents: Tensor, gids: Tensor, shape: Sequence[int], cutoff: float
+    means: Tensor,
+    conics: Tensor,
+    intensities: Tensor,
+    gids: Tensor,
+    origin: Tensor,
+    width: Tensor,
+    shape: Sequence[int],
+    cutoff: float,
 ) -> Tensor:
-    """Render the Gaussians ``gids`` (flat ``b * K + k``) of pre-processed inputs with per-Gaussian stencils.
+    """Render the Gaussians ``gids`` (flat ``b * K + k``) of pre-processed inputs on per-Gaussian stencils.
 
     Args:
         means: ``(B, K, 3)`` voxel-frame centres.
         conics: ``(B, K, 6)`` precision entries ``(Pdd, Phh, Pww, Pdh, Pdw, Phw)``.
         intensities: ``(B, K)``.
-        extents: ``(B, K, 3)`` cutoff-box half-widths (no gradient); every selected Gaussian's stencil width
-            :func:`stencil_widths` must be at most ``LEVELS[-1]``.
-        gids: ``(N,)`` int64 flat indices of the Gaussians to render (others contribute nothing and get zero
-            gradients); each one's cutoff box must meet the volume (the padded frame covers their stencils).
+        gids: ``(N,)`` int64 flat indices of the Gaussians to render (the others contribute nothing and get zero
+            gradients).
+        origin: ``(N, 3)`` int64 first voxel of each one's stencil, inside the volume.
+        width: ``(N, 3)`` int64 stencil widths, 1 to ``MAX_WIDTH``; ``origin .. origin + width - 1`` must hold
+            every voxel of the volume inside the Gaussian's cutoff ellipsoid (e.g. its clipped cutoff box).
         shape: ``(D, H, W)``.
         cutoff: Mahalanobis cutoff.
 
     Returns:
         ``(B, D, H, W)`` volume in the dtype of ``means``; differentiable w.r.t. means, conics, intensities.
     """
-    return _RenderStencil.apply(means, conics, intensities, extents, gids, tuple(int(s) for s in shape), float(cutoff))
+    shape = tuple(int(s) for s in shape)
+    return _RenderStencil.apply(means, conics, intensities, gids, origin, width, shape, float(cutoff))

@@ -9,8 +9,9 @@ The Gaussians arrive pre-processed by :func:`medgmae.render.render_volume`:
 
 Two paths, chosen per Gaussian by :func:`render_torch`:
 
-* stencil (:mod:`medgmae.render._stencil_impl`): Gaussians whose cutoff box is at most ``LEVELS[-1]`` voxels wide
-  along every axis are evaluated on their own box only (the sparse regime of reconstruction);
+* stencil (:mod:`medgmae.render._stencil_impl`): Gaussians whose cutoff box, clipped to the volume, is at most
+  ``MAX_WIDTH`` voxels wide along every axis are evaluated on that box only (the sparse regime of
+  reconstruction);
 * tile: larger Gaussians are organised like a tile rasteriser: the output is split into ``TILE^3`` voxel tiles,
   every Gaussian is binned to the tiles its cutoff box touches, and (Gaussian, tile) pairs are evaluated in
   chunks with tile-local coordinates (small magnitudes, no float32 cancellation); the volume clips the work.
@@ -27,7 +28,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from medgmae.render._stencil_impl import LEVELS, render_stencil, stencil_widths
+from medgmae.render._stencil_impl import MAX_WIDTH, render_stencil
 
 __all__ = ["TILE", "PATHS", "bin_gaussians_to_tiles", "render_torch", "count_pairs", "torch_path"]
 
@@ -263,12 +264,13 @@ def render_torch(
     shape = tuple(int(s) for s in shape)
     if _path == "tile":
         return _RenderTorch.apply(means, conics, intensities, extents, shape, float(cutoff), int(tile))
-    _, _, nonempty = _voxel_ranges(means.detach(), extents.detach(), shape)
-    small = (stencil_widths(extents) <= LEVELS[-1]).all(-1)
+    lo, hi, nonempty = _voxel_ranges(means.detach(), extents.detach(), shape)
+    small = (hi - lo < MAX_WIDTH).all(-1)  # clipped box at most MAX_WIDTH voxels wide
     gids = (small & nonempty).reshape(-1).nonzero().squeeze(1)
     if gids.numel() == 0:
         return _RenderTorch.apply(means, conics, intensities, extents, shape, float(cutoff), int(tile))
-    out = render_stencil(means, conics, intensities, extents, gids, shape, float(cutoff))
+    lo, hi = lo.reshape(-1, 3)[gids], hi.reshape(-1, 3)[gids]
+    out = render_stencil(means, conics, intensities, gids, lo, hi - lo + 1, shape, float(cutoff))
     if bool((~small & nonempty).any()):
         # the tile path skips the stencil Gaussians: a negative extent makes their box empty
         rest = torch.where(small.unsqueeze(-1), torch.full_like(extents, -1.0), extents)
