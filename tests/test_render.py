@@ -196,8 +196,9 @@ def test_stencil_path_gradcheck_float64():
 
 
 def test_stencil_chunks_bounded_and_merged(monkeypatch):
-    """Tiny chunk and merge limits (many chunks, merged groups of mixed shapes) give the same volume and
-    gradients as the defaults, and no chunk holds more than ``CHUNK_ELEMS`` voxel evaluations."""
+    """Tiny chunk, merge and saved-weight limits (many chunks, merged groups of mixed shapes, weights partly kept
+    from the forward pass and partly recomputed) give the same volume and gradients as the defaults, and no chunk
+    holds more than ``CHUNK_ELEMS`` voxel evaluations."""
     gs = random_gaussians(1, 60, SHAPE, seed=9, scale_range=(0.2, 2.5), dtype=torch.float64)
     assert _stencil_sized(gs, 3.0)
     gs = [t.clone().requires_grad_() for t in gs]
@@ -219,12 +220,23 @@ def test_stencil_chunks_bounded_and_merged(monkeypatch):
 
     monkeypatch.setattr(_stencil_impl, "CHUNK_ELEMS", 2000)
     monkeypatch.setattr(_stencil_impl, "MIN_GROUP_ELEMS", 3000)
+    monkeypatch.setattr(_stencil_impl, "SAVED_ELEMS", 5000)  # some chunks' weights kept, the rest recomputed
     monkeypatch.setattr(_stencil_impl._Plan, "_chunks", spy)
     got = run()
     assert seen and seen[-1] >= 10 and max(seen[:-1]) <= 2000
     torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
     for a, b in zip(got[1], want[1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_stencil_backward_twice_gives_the_same_gradients():
+    """The weights kept from the forward pass are not consumed by a backward pass (``retain_graph``)."""
+    gs = [t.clone().requires_grad_() for t in random_gaussians(1, 20, SHAPE, seed=11, scale_range=(0.3, 2.0))]
+    out = render_volume(*gs, SHAPE, backend="torch")
+    first = torch.autograd.grad(out.square().sum(), gs, retain_graph=True)
+    second = torch.autograd.grad(out.square().sum(), gs)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 
 def test_torch_path_rejects_unknown_path():

@@ -15,7 +15,8 @@ the shift and ``r`` are two-dimensional per Gaussian and only a handful of passe
 The forward pass scatters with ``scatter_add_`` into a padded volume; the backward pass gathers the output
 gradient and reduces it against the weights to the moments ``sum F u_a^i u_b^j`` (``i + j <= 2``) with three
 small matrix products against fixed integer-power tables, from which the gradients of means, conics and
-intensities follow in closed form. The weights are recomputed in the backward pass.
+intensities follow in closed form. The forward pass keeps the weights of its first chunks, up to
+:data:`SAVED_ELEMS` evaluations, for the backward pass, which recomputes the rest.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MAX_WIDTH", "CHUNK_ELEMS", "MIN_GROUP_ELEMS", "stencil_widths", "render_stencil"]
+__all__ = ["MAX_WIDTH", "CHUNK_ELEMS", "SAVED_ELEMS", "MIN_GROUP_ELEMS", "stencil_widths", "render_stencil"]
 
 #: Widest stencil (voxels per axis); Gaussians with wider boxes go to the tile path.
 MAX_WIDTH = 16
 #: Upper bound on voxel evaluations held at once.
 CHUNK_ELEMS = 1 << 20
+#: Weights of up to this many voxel evaluations are kept from the forward for the backward pass (the rest are
+#: recomputed), so memory stays bounded: 64 MiB in float32.
+SAVED_ELEMS = 1 << 24
 #: Groups of fewer voxel evaluations are merged with the next group (see :class:`_Plan`).
 MIN_GROUP_ELEMS = 1 << 16
 
@@ -187,12 +191,15 @@ class _RenderStencil(torch.autograd.Function):
         dp, hp, wp = plan.padded
         out = torch.zeros(b * dp * hp * wp, device=means.device, dtype=means.dtype)
         inten = intensities.reshape(-1)[plan.gids]
-        for sl, s in plan.chunks:
+        kept, budget = {}, SAVED_ELEMS if any(ctx.needs_input_grad[:3]) else 0
+        for i, (sl, s) in enumerate(plan.chunks):
             w = _weights(coef[sl], plan.u0[sl], s, cutoff)
-            w.mul_(inten[sl, None, None, None])
-            out.scatter_add_(0, plan.flat_index(sl, s), w.reshape(-1))
+            out.scatter_add_(0, plan.flat_index(sl, s), (w * inten[sl, None, None, None]).reshape(-1))
+            if w.numel() <= budget:  # keep the weights for the backward pass while the budget lasts
+                kept[i] = w
+                budget -= w.numel()
         ctx.save_for_backward(means, conics, intensities, coef)
-        ctx.plan, ctx.cutoff = plan, cutoff
+        ctx.plan, ctx.cutoff, ctx.kept = plan, cutoff, kept
         d, h, w_ = plan.shape
         return out.view(b, dp, hp, wp)[:, :d, :h, :w_].contiguous()
 
@@ -207,9 +214,9 @@ class _RenderStencil(torch.autograd.Function):
         g_pad[:, :d, :h, :w_] = grad_out
         g_flat = g_pad.reshape(-1)
         raw = torch.empty(plan.gids.numel(), 3, 3, 3, device=means.device, dtype=means.dtype)
-        for sl, s in plan.chunks:
-            f = _weights(coef[sl], plan.u0[sl], s, cutoff)
-            f.mul_(g_flat.index_select(0, plan.flat_index(sl, s)).view_as(f))
+        for i, (sl, s) in enumerate(plan.chunks):
+            w = ctx.kept[i] if i in ctx.kept else _weights(coef[sl], plan.u0[sl], s, cutoff)
+            f = g_flat.index_select(0, plan.flat_index(sl, s)).view_as(w).mul_(w)
             raw[sl] = _raw_moments(f, s)
         mom = _shift_moments(raw, plan.u0 + plan.centre)
         grads = _gradients(mom, means, conics, intensities, plan.gids, ctx.needs_input_grad)
