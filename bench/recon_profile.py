@@ -154,7 +154,7 @@ def _run(args, argv) -> int:
         f"date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"device: CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, load average "
-        f"{os.getloadavg()[0]:.1f} at the end",
+        f"{os.getloadavg()[0]:.1f} at the end, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
         f"case: {SHAPE_ZYX} voxels of {VOXEL_ZYX} mm, {geom.num_views} parallel views, projector "
         f"{proj_op.name}, fbp init K = {init.num_gaussians}, renderer path "
         f"{args.render_path}; median of {args.iterations} iterations",
