@@ -247,7 +247,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--backends", default=None, help="comma list of torch,triton (default: both on GPU, torch on CPU)")
     p.add_argument("--torch-paths", default="auto",
-                   help=f"comma list of the torch backend's paths to time, of {PATHS[:2]} (tile: the previous "
+                   help=f"comma list of the torch backend's paths to time, of {PATHS} (tile: the previous "
                    "implementation; auto: stencils for small Gaussians)")
     p.add_argument("--cases", choices=("all", "dense", "sparse"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes (CPU: a few minutes)")
@@ -280,7 +280,7 @@ def parse_args(argv=None):
     if args.repeats < 1 or args.budget <= 0:
         p.error("--repeats must be >= 1 and --budget > 0")
     args.torch_paths = [t.strip() for t in args.torch_paths.split(",") if t.strip()]
-    if not args.torch_paths or any(t not in PATHS[:2] for t in args.torch_paths):
+    if not args.torch_paths or any(t not in PATHS for t in args.torch_paths):
         p.error(f"--torch-paths must list auto and/or tile, got {args.torch_paths!r}")
     args.device, args.backend_list = device, backends
     return args

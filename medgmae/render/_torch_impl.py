@@ -32,8 +32,8 @@ from medgmae.render._stencil_impl import MAX_WIDTH, render_stencil
 
 __all__ = ["TILE", "PATHS", "bin_gaussians_to_tiles", "render_torch", "count_pairs", "torch_path"]
 
-#: Choices of :func:`torch_path`: per-Gaussian choice, everything on tiles, stencils wherever they fit.
-PATHS = ("auto", "tile", "stencil")
+#: Choices of :func:`torch_path`: per-Gaussian choice (the default), or every Gaussian on tiles.
+PATHS = ("auto", "tile")
 _path = "auto"
 
 #: Edge of the cubic voxel tiles Gaussians are binned to.
@@ -224,9 +224,11 @@ def torch_path(path: str) -> Iterator[None]:
     """Force the torch backend's path inside the ``with`` block (for benchmarks and tests).
 
     Args:
-        path: ``"auto"`` (stencils for the Gaussians that fit one, tiles for the rest; the default), ``"tile"``
-            (every Gaussian on tiles, the previous implementation) or ``"stencil"`` (same as ``"auto"``: the
-            Gaussians too large for a stencil always go to tiles).
+        path: ``"auto"`` (stencils for the Gaussians whose clipped box fits one, tiles for the rest; the default)
+            or ``"tile"`` (every Gaussian on tiles: the implementation before the stencil path).
+
+    Raises:
+        ValueError: on another ``path``.
     """
     global _path
     if path not in PATHS:
