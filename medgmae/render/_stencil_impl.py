@@ -4,7 +4,7 @@ Each Gaussian is evaluated on its own cutoff box only, clipped to the volume: a 
 voxels (at most :data:`MAX_WIDTH` per axis) that holds every voxel inside the cutoff ellipsoid. Gaussians with the
 same stencil shape form a group (small groups are merged); a group is evaluated in chunks of at most
 :data:`CHUNK_ELEMS` voxel evaluations, so memory stays bounded. Coordinates are stencil-local (voxel minus
-centre, small magnitudes), so float32 loses nothing to cancellation.
+centre, small magnitudes), so float32 does not lose the offsets to cancellation against large coordinates.
 
 The exponent is factorised by completing the square in the first axis:
 
@@ -38,7 +38,7 @@ CHUNK_ELEMS = 1 << 20
 #: Weights of up to this many voxel evaluations are kept from the forward for the backward pass (the rest are
 #: recomputed), so memory stays bounded: 64 MiB in float32.
 SAVED_ELEMS = 1 << 24
-#: Groups of fewer voxel evaluations are merged with the next group (see :class:`_Plan`).
+#: Consecutive groups of fewer voxel evaluations each are merged with each other (see :class:`_Plan`).
 MIN_GROUP_ELEMS = 1 << 16
 
 
