@@ -91,7 +91,8 @@ def timed_parts(rec: GaussianReconstructor) -> dict:
     rec.scheduler.step()
     with torch.no_grad():
         rec.params["quats"].copy_(torch.nn.functional.normalize(rec.params["quats"], dim=-1))
-        rec.params["log_scales"].clamp_(min=math.log(rec.config.min_scale), max=math.log(max(rec.geometry.volume_shape)))
+        lo, hi = math.log(rec.config.min_scale), math.log(max(rec.geometry.volume_shape))
+        rec.params["log_scales"].clamp_(min=lo, max=hi)
     rec.iteration += 1
     t6 = clock()
     for name, (a, b) in zip(PARTS, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6)]):

@@ -164,7 +164,7 @@ def _raw_moments(f: Tensor, s: tuple) -> Tensor:
 
 
 def _shift_moments(raw: Tensor, delta: Tensor) -> Tensor:
-    """Moments over ``u = delta + k`` from those over ``k``: ``[1, u, u^2] = [1, k + delta, k^2 + 2 delta k + delta^2]``.
+    """Moments over ``u = delta + k`` from those over ``k``: ``[1, u, u^2] = [1, k + d, k^2 + 2 d k + d^2]``.
 
     Args:
         raw: ``(N, 3, 3, 3)`` from :func:`_raw_moments` (index order ``[w, h, d]``).
@@ -229,7 +229,8 @@ def _gradients(mom: Tensor, means: Tensor, conics: Tensor, intensities: Tensor, 
     n0 = mom[:, 0, 0, 0]  # index order [w, h, d] powers
     m1 = torch.stack([mom[:, 0, 0, 1], mom[:, 0, 1, 0], mom[:, 1, 0, 0]], -1)
     m2 = torch.stack(
-        [mom[:, 0, 0, 2], mom[:, 0, 2, 0], mom[:, 2, 0, 0], 2 * mom[:, 0, 1, 1], 2 * mom[:, 1, 0, 1], 2 * mom[:, 1, 1, 0]],
+        [mom[:, 0, 0, 2], mom[:, 0, 2, 0], mom[:, 2, 0, 0],
+         2 * mom[:, 0, 1, 1], 2 * mom[:, 1, 0, 1], 2 * mom[:, 1, 1, 0]],
         -1,
     )
     dq = -0.5 * intensities.reshape(-1)[gids]  # dL/dq = -I/2 G w

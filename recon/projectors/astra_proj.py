@@ -5,8 +5,8 @@
   links the device memory, no host copies).
 * On CPU tensors (no CUDA): parallel beam only, slice by slice with ASTRA's 2D CPU projectors (``strip`` by
   default, or ``linear`` / ``line``), whose weights are applied to all slices in one sparse product
-  (:class:`recon.projectors.astra_matrix.SliceMatrix`); needs one detector row per volume slice at the slice pitch and square
-  pixels in-plane. ASTRA's 2D images have row 0 at the top (largest ``y``), hence the flips.
+  (:class:`recon.projectors.astra_matrix.SliceMatrix`); needs one detector row per volume slice at the slice
+  pitch and square pixels in-plane. ASTRA's 2D images have row 0 at the top (largest ``y``), hence the flips.
 
 ASTRA's 3D functions abort the process when ASTRA has no CUDA, so every 3D call is guarded by
 ``astra.use_cuda()`` and raises a ``ValueError`` instead.
