@@ -42,6 +42,7 @@ import torch
 
 from medgmae.files import atomic_write
 from medgmae.render import count_pairs, preprocess_gaussians, render_volume
+from medgmae.render._torch_impl import PATHS, torch_path
 
 EXP_PER_CLK_PER_SM = 16
 
@@ -173,7 +174,9 @@ def bench_case(case: Case, backends, device, args, timer: Timer, exp_rate: float
         tile_evals = int(tile_start[-1]) * TILE**3
     rows = []
     results = {}
-    for backend in backends:
+    runs = [(b, p) for b in backends for p in (args.torch_paths if b == "torch" else [None])]
+    for backend, path in runs:
+        label = backend if path is None or len(args.torch_paths) == 1 else f"{backend} ({path})"
         leaves = [t.clone().requires_grad_() for t in gs]
         grad = torch.randn((case.batch, *shape), device=device)
 
@@ -186,14 +189,15 @@ def bench_case(case: Case, backends, device, args, timer: Timer, exp_rate: float
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        t_f = timer(fwd, args.repeats, args.budget)
-        t_fb = timer(fwd_bwd, args.repeats, args.budget)
+        with torch_path(path or "auto"):
+            t_f = timer(fwd, args.repeats, args.budget)
+            t_fb = timer(fwd_bwd, args.repeats, args.budget)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-        results[backend] = (t_f, t_fb)
+        results[label] = (t_f, t_fb)
         row = {
             "case": case.name, "B": case.batch, "K": case.k, "shape": f"{case.size}^3",
             "sigma": f"{case.scale_lo:.3g}-{case.scale_hi:.3g}", "box pairs": box, "in-cutoff pairs": inside,
-            "backend": backend, "fwd ms": t_f * 1e3, "fwd+bwd ms": t_fb * 1e3,
+            "backend": label, "fwd ms": t_f * 1e3, "fwd+bwd ms": t_fb * 1e3,
             "fwd ns/pair": t_f * 1e9 / max(inside, 1), "fwd+bwd ns/pair": t_fb * 1e9 / max(inside, 1),
         }  # fmt: skip
         if device.type == "cuda":
@@ -205,7 +209,7 @@ def bench_case(case: Case, backends, device, args, timer: Timer, exp_rate: float
             row["fwd / floor"] = t_f / floor
             row["fwd+bwd / floor"] = t_fb / (2 * floor)
         rows.append(row)
-        print(f"  {backend}: fwd {t_f * 1e3:.2f} ms, fwd+bwd {t_fb * 1e3:.2f} ms", file=sys.stderr, flush=True)
+        print(f"  {label}: fwd {t_f * 1e3:.2f} ms, fwd+bwd {t_fb * 1e3:.2f} ms", file=sys.stderr, flush=True)
     if "torch" in results and "triton" in results:
         for row in rows:
             if row["backend"] == "triton":
@@ -242,6 +246,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--backends", default=None, help="comma list of torch,triton (default: both on GPU, torch on CPU)")
+    p.add_argument("--torch-paths", default="auto",
+                   help=f"comma list of the torch backend's paths to time, of {PATHS} (tile: the previous "
+                   "implementation; auto: stencils for small Gaussians)")
     p.add_argument("--cases", choices=("all", "dense", "sparse"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes (CPU: a few minutes)")
     p.add_argument("--cutoff", type=float, default=3.0)
@@ -272,6 +279,9 @@ def parse_args(argv=None):
         p.error(f"--cutoff must be a positive finite number, got {args.cutoff}")
     if args.repeats < 1 or args.budget <= 0:
         p.error("--repeats must be >= 1 and --budget > 0")
+    args.torch_paths = [t.strip() for t in args.torch_paths.split(",") if t.strip()]
+    if not args.torch_paths or any(t not in PATHS for t in args.torch_paths):
+        p.error(f"--torch-paths must list auto and/or tile, got {args.torch_paths!r}")
     args.device, args.backend_list = device, backends
     return args
 

@@ -1,8 +1,10 @@
-"""Tests of medgmae.render.render_volume: the torch backend and the public API (validation, dtypes, gradients).
+"""Tests of medgmae.render.render_volume: the torch backend (its stencil and tile paths) and the public API
+(validation, dtypes, gradients).
 
-The reference is :func:`dense_reference`, an independent float64 evaluation of the formula over all voxels and all
-Gaussians: rotations by quaternion conjugation of the basis vectors, the covariance ``R diag(s^2) R^T`` inverted
-with ``torch.linalg.inv``, no tiles and no boxes. The Triton backend's tests reuse it.
+The reference is :func:`medgmae.render._reference.render_volume_reference`, an independent float64 evaluation of
+the formula over all voxels and all Gaussians: rotations by quaternion conjugation of the basis vectors, the
+covariance ``R diag(s^2) R^T`` inverted with ``torch.linalg.inv``, no tiles, no boxes, no stencils. The Triton
+backend's tests use it too.
 """
 
 from __future__ import annotations
@@ -12,55 +14,11 @@ import math
 import pytest
 import torch
 
-from medgmae.render import render_volume
-
-
-def _hamilton(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    pw, px, py, pz = p.unbind(-1)
-    qw, qx, qy, qz = q.unbind(-1)
-    return torch.stack(
-        [
-            pw * qw - px * qx - py * qy - pz * qz,
-            pw * qx + px * qw + py * qz - pz * qy,
-            pw * qy - px * qz + py * qw + pz * qx,
-            pw * qz + px * qy - py * qx + pz * qw,
-        ],
-        -1,
-    )
-
-
-def _rotation_by_conjugation(quats: torch.Tensor) -> torch.Tensor:
-    """``(..., 3, 3)`` whose column j is ``q e_j q*`` for the normalised quaternion ``q``."""
-    q = quats / quats.norm(dim=-1, keepdim=True)
-    conj = q * torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=q.dtype)
-    cols = []
-    for j in range(3):
-        e = torch.zeros(4, dtype=q.dtype)
-        e[1 + j] = 1.0
-        cols.append(_hamilton(_hamilton(q, e.expand_as(q)), conj)[..., 1:])
-    return torch.stack(cols, -1)
-
-
-def dense_reference(means, scales, quats, intensities, shape, cutoff, margin=1e-3):
-    """Float64 ``V(x) = sum_i I_i exp(-q_i(x)/2) [q_i(x) <= cutoff^2]`` over every voxel and Gaussian.
-
-    Returns:
-        ``(volume, ambiguity)``, both ``(B, D, H, W)``: ``ambiguity`` bounds the terms whose ``q`` lies within a
-        relative ``margin`` of ``cutoff^2``, where float32 backends may legitimately round either way.
-    """
-    means, scales, quats, intensities = (t.detach().double() for t in (means, scales, quats, intensities))
-    rot = _rotation_by_conjugation(quats)
-    cov = rot @ torch.diag_embed(scales.square()) @ rot.transpose(-1, -2)
-    prec = torch.linalg.inv(cov)  # (B, K, 3, 3)
-    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in shape), indexing="ij"), -1)
-    d = grid.reshape(1, 1, -1, 3) - means.unsqueeze(2)  # (B, K, V, 3)
-    q = torch.einsum("bkvi,bkij,bkvj->bkv", d, prec, d)
-    term = intensities.unsqueeze(-1) * torch.exp(-0.5 * q)
-    c2 = cutoff * cutoff
-    vol = (term * (q <= c2)).sum(1)
-    amb = (term.abs() * ((q - c2).abs() <= margin * c2)).sum(1)
-    b = means.shape[0]
-    return vol.reshape(b, *shape), amb.reshape(b, *shape)
+from medgmae.render import preprocess_gaussians, render_volume
+from medgmae.render import _stencil_impl
+from medgmae.render._reference import render_volume_reference as dense_reference
+from medgmae.render._stencil_impl import MAX_WIDTH, stencil_widths
+from medgmae.render._torch_impl import torch_path
 
 
 def assert_matches_reference(out, ref, amb, rtol=1e-4, atol=2e-5):
@@ -114,13 +72,15 @@ def special_gaussians(shape, dtype=torch.float32, tiny=0.05):
 SHAPE = (11, 14, 9)
 
 
+@pytest.mark.parametrize("path", ["auto", "tile"])
 @pytest.mark.parametrize("cutoff", [3.0, 1.5])
-def test_torch_matches_dense_reference(cutoff):
+def test_torch_matches_dense_reference(cutoff, path):
     rnd = random_gaussians(2, 16, SHAPE, seed=1)
     sp = special_gaussians(SHAPE)
     gs = [torch.cat([r, s.expand(2, *s.shape[1:])], 1) for r, s in zip(rnd, sp)]
     ref, amb = dense_reference(*gs, SHAPE, cutoff)
-    out = render_volume(*gs, SHAPE, cutoff=cutoff, backend="torch")
+    with torch_path(path):
+        out = render_volume(*gs, SHAPE, cutoff=cutoff, backend="torch")
     assert out.shape == (2, *SHAPE) and out.dtype == torch.float32
     assert_matches_reference(out, ref, amb)
 
@@ -175,17 +135,114 @@ def test_float64_gradients_with_cutoff_match_reference():
     out = render_volume(*gs, SHAPE, cutoff=3.0, backend="torch")
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     got = torch.autograd.grad((out * w).sum(), gs)
-    # differentiable dense reference (same formula; the mask is piecewise constant)
-    means, scales, quats, inten = gs
-    rot = _rotation_by_conjugation(quats)
-    prec = torch.linalg.inv(rot @ torch.diag_embed(scales.square()) @ rot.transpose(-1, -2))
-    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in SHAPE), indexing="ij"), -1)
-    d = grid.reshape(1, 1, -1, 3) - means.unsqueeze(2)
-    q = torch.einsum("bkvi,bkij,bkvj->bkv", d, prec, d)
-    ref = (inten.unsqueeze(-1) * torch.exp(-0.5 * q) * (q <= 9.0)).sum(1).reshape(out.shape)
+    ref, _ = dense_reference(*gs, SHAPE, 3.0)  # differentiable; the mask is piecewise constant
     want = torch.autograd.grad((ref * w).sum(), gs)
     for name, a, b in zip(("means", "scales", "quats", "intensities"), got, want):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+def _stencil_sized(gs, cutoff):
+    """Whether every Gaussian's cutoff box fits a stencil (so the torch backend renders all of them that way)."""
+    _, _, _, ext = preprocess_gaussians(*gs, cutoff)
+    return bool((stencil_widths(ext) <= MAX_WIDTH).all())
+
+
+# (scale range in voxels, cutoff): sub-voxel, about a voxel, several voxels (the widest stencils)
+STENCIL_REGIMES = [((0.1, 0.6), 3.0), ((0.4, 2.0), 3.0), ((1.5, 2.6), 3.0), ((0.3, 4.0), 1.5)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_stencil_path_matches_reference_many_seeds(seed):
+    """Rotated anisotropic Gaussians, centres up to 3 voxels outside the volume (boxes cut by the border),
+    rendered on stencils only, against the float64 oracle; float32 and float64."""
+    scales, cutoff = STENCIL_REGIMES[seed % len(STENCIL_REGIMES)]
+    shape = [(11, 14, 9), (7, 16, 12), (13, 5, 10)][seed % 3]
+    gs = random_gaussians(2, 40, shape, seed=100 + seed, scale_range=scales)
+    assert _stencil_sized(gs, cutoff)
+    ref, amb = dense_reference(*gs, shape, cutoff)
+    assert ref.abs().max() > 0.1  # something inside the volume
+    assert_matches_reference(render_volume(*gs, shape, cutoff=cutoff, backend="torch"), ref, amb)
+    out64 = render_volume(*[t.double() for t in gs], shape, cutoff=cutoff, backend="torch")
+    assert_matches_reference(out64, ref, amb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stencil_path_float64_gradients_match_reference(seed):
+    scales, cutoff = STENCIL_REGIMES[seed]
+    gs = random_gaussians(2, 12, SHAPE, seed=200 + seed, scale_range=scales, dtype=torch.float64)
+    assert _stencil_sized(gs, cutoff)
+    gs = [t.clone().requires_grad_() for t in gs]
+    out = render_volume(*gs, SHAPE, cutoff=cutoff, backend="torch")
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    got = torch.autograd.grad((out * w).sum(), gs)
+    ref, _ = dense_reference(*gs, SHAPE, cutoff)
+    want = torch.autograd.grad((ref * w).sum(), gs)
+    for name, a, b in zip(("means", "scales", "quats", "intensities"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+def test_stencil_path_gradcheck_float64():
+    """Cutoff 4 with scales up to 1.2 voxels: every box fits a stencil, and the mask's jumps are ~3e-4 of the
+    peak, far from the perturbed points."""
+    shape = (5, 6, 4)
+    gs = random_gaussians(1, 3, shape, seed=7, scale_range=(0.5, 1.2), dtype=torch.float64, margin=1.0)
+    assert _stencil_sized(gs, 4.0)
+    gs = [t.clone().requires_grad_() for t in gs]
+
+    def f(m, s, q, i):
+        return render_volume(m, s, q, i, shape, cutoff=4.0, backend="torch")
+
+    assert torch.autograd.gradcheck(f, gs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_stencil_chunks_bounded_and_merged(monkeypatch):
+    """Tiny chunk, merge and saved-weight limits (many chunks, merged groups of mixed shapes, weights partly kept
+    from the forward pass and partly recomputed) give the same volume and gradients as the defaults, and no chunk
+    holds more than ``CHUNK_ELEMS`` voxel evaluations."""
+    gs = random_gaussians(1, 60, SHAPE, seed=9, scale_range=(0.2, 2.5), dtype=torch.float64)
+    assert _stencil_sized(gs, 3.0)
+    gs = [t.clone().requires_grad_() for t in gs]
+    w = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run():
+        out = render_volume(*gs, SHAPE, cutoff=3.0, backend="torch")
+        return out.detach(), torch.autograd.grad((out * w).sum(), gs)
+
+    want = run()
+    seen = []
+    original = _stencil_impl._Plan._chunks
+
+    def spy(self, *args):
+        chunks, centre = original(self, *args)
+        seen.extend((sl.stop - sl.start) * math.prod(s) for sl, s in chunks)
+        seen.append(len(chunks))
+        return chunks, centre
+
+    monkeypatch.setattr(_stencil_impl, "CHUNK_ELEMS", 2000)
+    monkeypatch.setattr(_stencil_impl, "MIN_GROUP_ELEMS", 3000)
+    monkeypatch.setattr(_stencil_impl, "SAVED_ELEMS", 5000)  # some chunks' weights kept, the rest recomputed
+    monkeypatch.setattr(_stencil_impl._Plan, "_chunks", spy)
+    got = run()
+    assert seen and seen[-1] >= 10 and max(seen[:-1]) <= 2000
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_stencil_backward_twice_gives_the_same_gradients():
+    """The weights kept from the forward pass are not consumed by a backward pass (``retain_graph``)."""
+    gs = [t.clone().requires_grad_() for t in random_gaussians(1, 20, SHAPE, seed=11, scale_range=(0.3, 2.0))]
+    out = render_volume(*gs, SHAPE, backend="torch")
+    first = torch.autograd.grad(out.square().sum(), gs, retain_graph=True)
+    second = torch.autograd.grad(out.square().sum(), gs)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_torch_path_rejects_unknown_path():
+    with pytest.raises(ValueError, match="path"):
+        with torch_path("stencils"):
+            pass
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

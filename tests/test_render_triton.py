@@ -17,7 +17,9 @@ import torch
 
 pytest.importorskip("triton")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_render import assert_matches_reference, dense_reference, random_gaussians, special_gaussians  # noqa: E402
+from test_render import assert_matches_reference, random_gaussians, special_gaussians  # noqa: E402
+
+from medgmae.render._reference import render_volume_reference as dense_reference  # noqa: E402
 
 from medgmae.render import preprocess_gaussians, render_volume  # noqa: E402
 from medgmae.render._torch_impl import bin_gaussians_to_tiles, render_torch  # noqa: E402

@@ -4,9 +4,14 @@
 precision matrices and cutoff boxes with ordinary (autograd-tracked) PyTorch, and hands the pre-processed
 Gaussians to a backend:
 
-* ``"torch"`` (:mod:`medgmae.render._torch_impl`): plain PyTorch, any device, chunked tile binning.
+* ``"torch"`` (:mod:`medgmae.render._torch_impl`): plain PyTorch, any device, chunked; Gaussians whose clipped
+  cutoff box is at most 16 voxels wide go to per-Gaussian stencils (:mod:`medgmae.render._stencil_impl`), larger
+  ones to tile binning.
 * ``"triton"`` (:mod:`medgmae.render._triton_impl`): Triton kernels with a hand-written backward. On CUDA tensors
   they compile to GPU kernels; on CPU tensors they run only under ``TRITON_INTERPRET=1`` (as in the tests).
+
+:func:`medgmae.render._reference.render_volume_reference` is the plain dense float64 evaluation of the same
+formula (every Gaussian at every voxel), the oracle the backends are tested against.
 """
 
 from __future__ import annotations

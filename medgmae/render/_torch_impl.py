@@ -7,20 +7,34 @@ The Gaussians arrive pre-processed by :func:`medgmae.render.render_volume`:
 * ``intensities`` ``(B, K)``,
 * ``extents`` ``(B, K, 3)``: half-widths ``cutoff * sqrt(Sigma_aa)`` of each Gaussian's cutoff bounding box.
 
-Work is organised like a tile rasteriser: the output is split into ``TILE^3`` voxel tiles, every Gaussian is
-binned to the tiles its cutoff box touches, and (Gaussian, tile) pairs are evaluated in chunks with tile-local
-coordinates (small magnitudes, no float32 cancellation). Memory is bounded by the chunk size, never
-``B x K x D*H*W``. The backward pass is written by hand and recomputes the weights per chunk.
+Two paths, chosen per Gaussian by :func:`render_torch`:
+
+* stencil (:mod:`medgmae.render._stencil_impl`): Gaussians whose cutoff box, clipped to the volume, is at most
+  ``MAX_WIDTH`` voxels wide along every axis are evaluated on that box only (the sparse regime of
+  reconstruction);
+* tile: larger Gaussians are organised like a tile rasteriser: the output is split into ``TILE^3`` voxel tiles,
+  every Gaussian is binned to the tiles its cutoff box touches, and (Gaussian, tile) pairs are evaluated in
+  chunks with tile-local coordinates (small magnitudes, no float32 cancellation); the volume clips the work.
+
+Memory is bounded by the chunk sizes, never ``B x K x D*H*W``. Both backward passes are written by hand and
+recompute the weights per chunk.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["TILE", "bin_gaussians_to_tiles", "render_torch", "count_pairs"]
+from medgmae.render._stencil_impl import MAX_WIDTH, render_stencil
+
+__all__ = ["TILE", "PATHS", "bin_gaussians_to_tiles", "render_torch", "count_pairs", "torch_path"]
+
+#: Choices of :func:`torch_path`: per-Gaussian choice (the default), or every Gaussian on tiles.
+PATHS = ("auto", "tile")
+_path = "auto"
 
 #: Edge of the cubic voxel tiles Gaussians are binned to.
 TILE = 8
@@ -205,6 +219,27 @@ class _RenderTorch(torch.autograd.Function):
         )
 
 
+@contextlib.contextmanager
+def torch_path(path: str) -> Iterator[None]:
+    """Force the torch backend's path inside the ``with`` block (for benchmarks and tests).
+
+    Args:
+        path: ``"auto"`` (stencils for the Gaussians whose clipped box fits one, tiles for the rest; the default)
+            or ``"tile"`` (every Gaussian on tiles: the implementation before the stencil path).
+
+    Raises:
+        ValueError: on another ``path``.
+    """
+    global _path
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    old, _path = _path, path
+    try:
+        yield
+    finally:
+        _path = old
+
+
 def render_torch(
     means: Tensor,
     conics: Tensor,
@@ -228,4 +263,18 @@ def render_torch(
     Returns:
         ``(B, D, H, W)`` volume in the dtype of ``means``.
     """
-    return _RenderTorch.apply(means, conics, intensities, extents, tuple(shape), float(cutoff), int(tile))
+    shape = tuple(int(s) for s in shape)
+    if _path == "tile":
+        return _RenderTorch.apply(means, conics, intensities, extents, shape, float(cutoff), int(tile))
+    lo, hi, nonempty = _voxel_ranges(means.detach(), extents.detach(), shape)
+    small = (hi - lo < MAX_WIDTH).all(-1)  # clipped box at most MAX_WIDTH voxels wide
+    gids = (small & nonempty).reshape(-1).nonzero().squeeze(1)
+    if gids.numel() == 0:
+        return _RenderTorch.apply(means, conics, intensities, extents, shape, float(cutoff), int(tile))
+    lo, hi = lo.reshape(-1, 3)[gids], hi.reshape(-1, 3)[gids]
+    out = render_stencil(means, conics, intensities, gids, lo, hi - lo + 1, shape, float(cutoff))
+    if bool((~small & nonempty).any()):
+        # the tile path skips the stencil Gaussians: a negative extent makes their box empty
+        rest = torch.where(small.unsqueeze(-1), torch.full_like(extents, -1.0), extents)
+        out = out + _RenderTorch.apply(means, conics, intensities, rest, shape, float(cutoff), int(tile))
+    return out

@@ -3,9 +3,10 @@
 * On CUDA tensors: ASTRA's 3D GPU projector (``cuda3d``) on ``parallel3d_vec`` / ``cone_vec`` geometries, with
   the torch tensors handed to ASTRA through DLPack (``astra.experimental.direct_FP3D`` / ``direct_BP3D``: ASTRA
   links the device memory, no host copies).
-* On CPU tensors (whether or not ASTRA has CUDA): parallel beam only, slice by slice with ASTRA's 2D CPU projectors (``strip`` by
-  default, or ``linear`` / ``line``); needs one detector row per volume slice at the slice pitch and square
-  pixels in-plane. ASTRA's 2D images have row 0 at the top (largest ``y``), hence the flips.
+* On CPU tensors (whether or not ASTRA has CUDA): parallel beam only, slice by slice with ASTRA's 2D CPU projectors
+  (``strip`` by default, or ``linear`` / ``line``), whose weights are applied to all slices in one sparse product
+  (:class:`recon.projectors.astra_matrix.SliceMatrix`); needs one detector row per volume slice at the slice
+  pitch and square pixels in-plane. ASTRA's 2D images have row 0 at the top (largest ``y``), hence the flips.
 
 The path is chosen by the tensor's device, never by ``astra.use_cuda()`` alone: astra-toolbox's Linux wheels are
 CUDA builds, so on a GPU machine CPU tensors still take the 2D CPU path. ASTRA's 3D functions abort the process
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from recon.geometry import CTGeometry
+from recon.projectors.astra_matrix import SliceMatrix
 from recon.projectors.base import Projector
 
 __all__ = ["AstraProjector", "astra_cuda_available"]
@@ -66,6 +68,7 @@ class AstraProjector(Projector):
             raise ValueError(f"projector_2d must be 'strip', 'linear' or 'line', got {projector_2d!r}")
         self.projector_2d = projector_2d
         self._ids: dict = {}
+        self._matrices: dict = {}
 
     # ------------------------------------------------------------------ 3D (CUDA)
     def _geoms_3d(self, views: Tensor | None):
@@ -134,6 +137,17 @@ class AstraProjector(Projector):
             self._ids[key] = astra.create_projector(self.projector_2d, proj, vol)
         return self._ids[key]
 
+    def _matrix_2d(self, views: Tensor | None) -> SliceMatrix:
+        """The 2D projector's weights as a sparse matrix applied to all slices at once (cached per view set)."""
+        key = ("matrix", None if views is None else tuple(views.tolist()))
+        if key not in self._matrices:
+            if len(self._matrices) > 16:  # random view subsets: keep the cached matrices bounded too
+                self._matrices.clear()
+            g = self.geometry
+            nv = g.num_views if views is None else views.numel()
+            self._matrices[key] = SliceMatrix(self._projector_2d(views), g.volume_shape[1:], nv, g.det_shape[1])
+        return self._matrices[key]
+
     # ------------------------------------------------------------------ raw operators
     def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
         g = self.geometry
@@ -150,17 +164,7 @@ class AstraProjector(Projector):
                 out.append(y.permute(1, 0, 2))
             return torch.stack(out).to(volume.dtype)
         self._check_2d()
-        import astra
-
-        pid = self._projector_2d(views)
-        x = volume.detach().cpu().numpy()
-        out = np.zeros((x.shape[0], nv, *g.det_shape), dtype=np.float64)
-        for b in range(x.shape[0]):
-            for k in range(g.volume_shape[0]):
-                sid, s = astra.create_sino(np.ascontiguousarray(x[b, k, ::-1, :], dtype=np.float32), pid)
-                astra.data2d.delete(sid)
-                out[b, :, k, :] = s
-        return torch.from_numpy(out).to(volume.device, volume.dtype)
+        return self._matrix_2d(views).forward(volume)
 
     def _adjoint_raw(self, proj: Tensor, views: Tensor | None) -> Tensor:
         g = self.geometry
@@ -176,17 +180,7 @@ class AstraProjector(Projector):
                 out.append(x)
             return torch.stack(out).to(proj.dtype)
         self._check_2d()
-        import astra
-
-        pid = self._projector_2d(views)
-        y = proj.detach().cpu().numpy()
-        out = np.zeros((y.shape[0], *g.volume_shape), dtype=np.float64)
-        for b in range(y.shape[0]):
-            for k in range(g.volume_shape[0]):
-                bid, img = astra.create_backprojection(np.ascontiguousarray(y[b, :, k, :], dtype=np.float32), pid)
-                astra.data2d.delete(bid)
-                out[b, k] = img[::-1, :]
-        return torch.from_numpy(out).to(proj.device, proj.dtype)
+        return self._matrix_2d(views).adjoint(proj)
 
     def close(self) -> None:
         """Free the ASTRA projector objects."""
