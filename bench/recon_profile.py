@@ -3,7 +3,7 @@
 The case (issue 11, "Fast on the CPU"): a phantom of 27 x 64 x 64 voxels of 6 x 3.8 x 3.8 mm (z, y, x; generated
 at that geometry by :func:`medgmae.data.phantom.generate_phantom`, no noise, HU -> attenuation), 60 parallel-beam
 views over 180 degrees, the projector ``make_projector(..., "auto")`` picks on the CPU, and the ``fbp``
-initialisation (``recon.init.fbp_init`` of the Hann-filtered FBP) with about 21k Gaussians.
+initialisation (``recon.initialisation.fbp_init`` of the Hann-filtered FBP) with about 21k Gaussians.
 
 Each timed iteration runs the parts of :meth:`recon.gaussian_recon.GaussianReconstructor.step` one after the
 other with a timer around each:
@@ -46,7 +46,7 @@ from medgmae.render._torch_impl import PATHS, torch_path  # noqa: E402
 from recon.fbp import fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
-from recon.init import fbp_init, hu_to_mu  # noqa: E402
+from recon.initialisation import fbp_init, hu_to_mu  # noqa: E402
 from recon.projectors import make_projector  # noqa: E402
 
 SHAPE_ZYX = (27, 64, 64)
@@ -166,7 +166,7 @@ def _run(args, argv) -> int:
     print("\n".join(lines))
     print(f"density control: {counts}", file=sys.stderr)
     if args.json:
-        from medgmae.engine import save_json_atomic
+        from medgmae.files import save_json_atomic
 
         save_json_atomic({"header": header, "ms": {k: v * 1e3 for k, v in rows}}, args.json)
     return 0
