@@ -1,7 +1,7 @@
 """MedGMAE pre-training: the trainer, data sources, weight export and zero-shot inference used by the
 ``bundles/medgmae_pretrain`` configs."""
 
-from medgmae.pretrain.data import CheckVolumed, phantom_dataset, pretrain_datalist
+from medgmae.pretrain.data import pretrain_datalist
 from medgmae.pretrain.export import ENCODER_FILE, MODEL_FILE, ModelExportHandler, save_pretrained
 from medgmae.pretrain.inference import GaussianInference, slices_png
 from medgmae.pretrain.trainer import (
@@ -15,7 +15,6 @@ from medgmae.pretrain.trainer import (
 )
 
 __all__ = [
-    "CheckVolumed",
     "ENCODER_FILE",
     "MODEL_FILE",
     "MODEL_KINDS",
@@ -26,7 +25,6 @@ __all__ = [
     "ModelExportHandler",
     "build_model",
     "masked_psnr",
-    "phantom_dataset",
     "pretrain_datalist",
     "save_pretrained",
     "slices_png",
