@@ -17,7 +17,7 @@ import torch
 
 from medgmae.finetune.data import (
     DatasetError,
-    check_case,
+    check_cases,
     inference_cases,
     label_names,
     prepare_datalists,
@@ -93,30 +93,31 @@ def test_empty_or_missing_lists(tmp_path):
 
 # ------------------------------------------------------------------ per-case checks
 def test_good_case_passes(tmp_path):
-    check_case(make_case(tmp_path, "good"), num_classes=3)
+    case = make_case(tmp_path, "good")
+    assert check_cases([case], num_classes=3) == [case]
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, message, culprit",
     [
-        (dict(label_shape=(12, 12, 7)), "image shape .* differs from label shape"),
-        (dict(label_affine=np.diag([1.5, 1.5, 2.5, 1.0])), "affines differ"),
-        (dict(max_label=3), r"outside the class range \[0, 2\]"),
-        (dict(nan=True), "NaN"),
+        (dict(label_shape=(12, 12, 7)), "label shape .* differs from image shape", "lab"),
+        (dict(label_affine=np.diag([1.5, 1.5, 2.5, 1.0])), "affines differ", "lab"),
+        (dict(max_label=3), r"outside the class range \[0, 2\]", "lab"),
+        (dict(nan=True), "NaN", "img"),
     ],
 )
-def test_bad_case_errors_name_the_case(tmp_path, kwargs, message):
+def test_bad_case_errors_name_the_file(tmp_path, kwargs, message, culprit):
     case = make_case(tmp_path, "bad_case_07", **kwargs)
     with pytest.raises(DatasetError, match=message) as err:
-        check_case(case, num_classes=3)
-    assert "bad_case_07_img.nii.gz" in str(err.value)
+        check_cases([make_case(tmp_path, "good"), case], num_classes=3)
+    assert f"bad_case_07_{culprit}.nii.gz" in str(err.value) and "good_" not in str(err.value)
 
 
 def test_missing_file_names_the_case(tmp_path):
     case = make_case(tmp_path, "case_11")
     os.remove(case["label"])
-    with pytest.raises(DatasetError, match="case .*case_11_img.nii.gz: label file not found"):
-        check_case(case, num_classes=3)
+    with pytest.raises(DatasetError, match="label volume not found: .*case_11_lab.nii.gz"):
+        check_cases([case], num_classes=3)
     with pytest.raises(DatasetError, match="nowhere.nii.gz"):
         inference_cases([str(tmp_path / "nowhere.nii.gz")])
 
@@ -126,8 +127,9 @@ def test_prepare_datalists_checks_every_case(tmp_path):
     bad = make_case(tmp_path, "outside", max_label=5)
     dl = tmp_path / "dataset.json"
     dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": [good, bad], "validation": [good]}))
-    with pytest.raises(DatasetError, match="outside_img.nii.gz"):
+    with pytest.raises(DatasetError, match="outside_lab.nii.gz: label values in"):
         prepare_datalists(str(tmp_path), str(dl), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written before the data passed
     out = prepare_datalists(str(tmp_path), str(dl), tmp_path / "out2", label_fraction=0.5, seed=1)
     assert out["num_classes"] == 3 and len(out["training"]) == 1
     assert (tmp_path / "out2" / "training_cases.json").is_file()
