@@ -12,7 +12,7 @@ Pre-training (:mod:`medgmae.pretrain.data`) and fine-tuning (:mod:`medgmae.finet
 from medgmae.data.cache import DiskCacheDataset, cache_folder, training_dataset
 from medgmae.data.datalist import DatasetError, folder_datalist, phantom_dataset, read_datalist, resolve_datalist
 from medgmae.data.phantom import ORGAN_LABELS, Phantom, generate_phantom, write_phantom_dataset
-from medgmae.data.precheck import check_item, precheck
+from medgmae.data.precheck import check_datalist, check_item
 from medgmae.data.reader import LoadVolumed, Volume, read_volume
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
     "folder_datalist",
     "generate_phantom",
     "phantom_dataset",
-    "precheck",
+    "check_datalist",
     "read_datalist",
     "read_volume",
     "resolve_datalist",

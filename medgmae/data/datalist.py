@@ -8,7 +8,7 @@ One datalist reader for pre-training and fine-tuning. A data source is one of
 * a folder of volumes: files with an ending of :data:`~medgmae.data.reader.VOLUME_SUFFIXES` and sub-folders of DICOM
   slices (one series each), read by :func:`~medgmae.data.reader.read_volume`.
 
-Contents are checked by :func:`medgmae.data.precheck.precheck`; here only the lists are resolved.
+Contents are checked by :func:`medgmae.data.precheck.check_datalist`; here only the lists are resolved.
 """
 
 from __future__ import annotations

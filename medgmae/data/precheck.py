@@ -1,7 +1,7 @@
 """The pre-check: every file of a training run opened once, all problems reported together, before training starts.
 
 A bad file found while training (a truncated ``.nii.gz`` fails deep inside a dataset with ``EOFError`` and no file
-name) wastes the run up to that point. :func:`precheck` reads each image (and label) fully with
+name) wastes the run up to that point. :func:`check_datalist` reads each image (and label) fully with
 :func:`~medgmae.data.reader.read_volume` (header and data: truncated or corrupt files, 2D/4D arrays, NaN/inf
 voxels, singular geometry), compares each label with its image (shape and affine) and checks label values
 (integers in ``[0, num_classes)``). It collects every problem and raises ONE :class:`DatasetError` naming each file
@@ -29,7 +29,7 @@ from medgmae.data.datalist import DatasetError, dist_rank
 from medgmae.data.reader import read_volume
 from medgmae.engine.io import save_json_atomic
 
-__all__ = ["precheck", "check_item", "LEDGER_FILE"]
+__all__ = ["check_datalist", "check_item", "LEDGER_FILE"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -139,7 +139,7 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
     return problems
 
 
-def precheck(
+def check_datalist(
     items: Sequence[dict],
     label_key: str | None = None,
     num_classes: int | None = None,

@@ -30,7 +30,7 @@ from monai.transforms import (
 )
 
 from medgmae.data.datalist import DatasetError, phantom_dataset, read_datalist
-from medgmae.data.precheck import precheck
+from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import LoadVolumed
 from medgmae.engine import atomic_write
 
@@ -142,7 +142,7 @@ def check_cases(
     Returns:
         ``cases`` unchanged (so that the call can sit inside a bundle config).
     """
-    return precheck(cases, label_key="label", num_classes=num_classes, require_label=True, workers=workers,
+    return check_datalist(cases, label_key="label", num_classes=num_classes, require_label=True, workers=workers,
                     ledger_dir=ledger_dir, source=source)  # fmt: skip
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae.data.datalist import resolve_datalist
-from medgmae.data.precheck import precheck
+from medgmae.data.precheck import check_datalist
 
 __all__ = ["pretrain_datalist"]
 
@@ -33,7 +33,7 @@ def pretrain_datalist(
         phantom_seed: seed of the phantom generator.
         phantom_shape: phantom volume shape (the generator's default when ``None``).
         phantom_spacing: phantom voxel size in mm (the generator's default when ``None``).
-        validate: run :func:`~medgmae.data.precheck.precheck` on every file (images, and labels when listed).
+        validate: run :func:`~medgmae.data.precheck.check_datalist` on every file (images, and labels when listed).
         precheck_workers: processes of the pre-check.
         ledger_dir: where the pre-check remembers the files that passed (the cache folder).
 
@@ -47,5 +47,5 @@ def pretrain_datalist(
     items, source = resolve_datalist(dataset_dir, work_dir, phantom_cases=int(num_phantoms), phantom_seed=int(phantom_seed),
                                      phantom_shape=phantom_shape, phantom_spacing=phantom_spacing)  # fmt: skip
     if validate:
-        precheck(items, label_key="label", workers=int(precheck_workers), ledger_dir=ledger_dir, source=str(source))
+        check_datalist(items, label_key="label", workers=int(precheck_workers), ledger_dir=ledger_dir, source=str(source))
     return items
