@@ -221,3 +221,27 @@ def test_segmentation_report_analytic_dice(tmp_path):
     assert rows == [{"case": "case_0042", "mean_dice": "0.750000", "liver": "0.750000", "spleen": ""}]
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
+
+
+def test_multi_gpu_config_two_process_gloo(tmp_path):
+    """train.json + multi_gpu_train.json on 2 CPU processes (gloo): sharded training, gradients all-reduced, rank 0
+    alone writes checkpoints (with both ranks' random states), the best model and the logs."""
+    out = tmp_path / "ddp"
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
+           "run", "training", "--config_file", configs, "--logging_file", str(CONFIGS / "logging.conf"),
+           "--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+           "--encoder", "{'patch_size': 12, 'hidden_size': 48, 'num_layers': 1, 'num_heads': 4, 'mlp_ratio': 2.0}",
+           "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--max_epochs", "1"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = torch.load(out / "checkpoint_epoch=1.pt", weights_only=True)
+    assert ckpt["engine"] == {"epoch": 1, "iteration": 1}  # 2 training cases over 2 ranks
+    assert len(ckpt["random_state_ranks"]) == 2
+    assert not any(k.startswith("module.") for k in ckpt["objects"]["network"])
+    best = torch.load(out / "best_model.pt", weights_only=True)
+    assert best["epoch"] == 1 and 0.0 <= best["metric"] <= 1.0
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1  # written by one process: rank 0
+    assert not list(out.glob("rank*"))
