@@ -70,9 +70,10 @@ def runs(tmp_path_factory):
         _bundle("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(resumed), "--max_epochs", "2",
                 "--resume", "true", cwd=root)
     )  # fmt: skip
-    # the default run id ("run") of the same config, from the same phantom data, without interruption
+    # the default run id ("run") of the same config, from the same phantom data, without interruption (with the
+    # loader workers of the phantom run: the default for a given dataset_dir is 4)
     _ok(_bundle("run", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(dataset), "--output_dir", str(straight),
-                "--max_epochs", "2", cwd=root))  # fmt: skip
+                "--max_epochs", "2", "--num_workers", "0", cwd=root))  # fmt: skip
     return {"root": root, "resumed": resumed, "straight": straight, "dataset": dataset, "first": after_first,
             "resume_log": second.stdout + second.stderr}  # fmt: skip
 

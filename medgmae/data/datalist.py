@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path
 
-__all__ = ["DatasetError", "dist_rank", "phantom_dataset", "folder_datalist", "read_datalist", "resolve_datalist"]
+__all__ = ["DatasetError", "dist_rank", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist", "resolve_datalist"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -92,6 +92,24 @@ def folder_datalist(folder: str | Path) -> list[dict]:
     return [{"image": str(p)} for p in files + series]
 
 
+def load_datalist_json(path: str | Path) -> dict:
+    """The JSON object of a datalist file.
+
+    Raises:
+        DatasetError: the file is missing, not valid JSON, or not a JSON object.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"datalist not found: {path}")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
+    if not isinstance(content, dict):
+        raise DatasetError(f"datalist {path} must hold a JSON object (with 'training' / 'validation' lists)")
+    return content
+
+
 def read_datalist(
     datalist: str | Path, key: str = "training", data_dir: str | Path | None = None, required: bool = True
 ) -> list[dict]:
@@ -111,14 +129,7 @@ def read_datalist(
             or empty.
     """
     path = Path(datalist).expanduser()
-    if not path.is_file():
-        raise DatasetError(f"datalist not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
-    if not isinstance(content, dict):
-        raise DatasetError(f"datalist {path} must hold a JSON object with a '{key}' list")
+    content = load_datalist_json(path)
     items = content.get(key)
     if not items:
         if required:

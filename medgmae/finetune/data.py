@@ -29,7 +29,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medgmae.data.datalist import DatasetError, phantom_dataset, read_datalist
+from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import LoadVolumed
 from medgmae.engine import atomic_write
@@ -55,15 +55,6 @@ DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
 DEFAULT_HU_RANGE = (-175.0, 250.0)
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DatasetError(f"datalist not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
-
-
 def label_names(datalist: str | Path | None = None, num_classes: int | None = None) -> list[str]:
     """Class names in label order (background first) from the datalist's ``labels`` map or a class count.
 
@@ -74,7 +65,7 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
     Returns:
         ``num_classes`` names (``class_<i>`` where the datalist has none).
     """
-    labels = _read_json(Path(datalist)).get("labels") if datalist else None
+    labels = load_datalist_json(datalist).get("labels") if datalist else None
     if labels:
         try:
             index = {int(k): str(v) for k, v in labels.items()}
