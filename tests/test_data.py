@@ -235,3 +235,28 @@ def test_gzip_truncation_is_what_the_check_sees(tmp_path):
         gzip.decompress(path.read_bytes())
     with pytest.raises(ValueError, match="cut.nii.gz: cannot read the volume"):
         read_volume(path)
+
+
+def _fill(args: tuple) -> list:
+    items, cache_root, spec_dict = args
+    spec = PreprocessingSpec(**spec_dict)
+    ds = training_dataset(items, _chain(spec), cache_root, spec=spec.to_dict())
+    return [tuple(ds[i]["image"].shape) for i in range(len(ds))] + [str(ds.cache_dir)]
+
+
+def test_several_processes_fill_one_cache_at_once(tmp_path):
+    """Four processes pre-process the same items into one cache at the same time (as DDP ranks or jobs sharing a
+    cache do): every file is whole, no temporary file is left, and a later reader decodes nothing."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    items = [{"image": _nifti(tmp_path / f"v{i}.nii.gz", np.random.default_rng(i).normal(0, 200, (24, 20, 16)).astype(np.float32))}
+             for i in range(6)]  # fmt: skip
+    spec = PreprocessingSpec(spacing=1.5, input_size=4, patch_size=2)
+    with ProcessPoolExecutor(4) as pool:
+        results = list(pool.map(_fill, [(items, tmp_path / "cache", spec.to_dict())] * 4))
+    folders = {r[-1] for r in results}
+    assert len(folders) == 1 and all(r[:-1] == [(1, 4, 4, 4)] * 6 for r in results)
+    folder = Path(folders.pop())
+    assert len(list(folder.glob("*.pt"))) == 6 and not list(folder.glob(".tmp-*"))
+    for f in folder.glob("*.pt"):
+        torch.load(f, weights_only=True)  # whole files
