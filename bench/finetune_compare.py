@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps, --cases and --val-cases must be >= 1")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from medgmae.finetune.data import phantom_dataset
+    from medgmae.data import phantom_dataset
 
     datalist = Path(phantom_dataset(args.out / "phantom_labelled", args.cases + args.val_cases, args.val_cases,
                                     seed=args.seed, shape=args.phantom_shape, spacing=(1.5, 1.5, 2.0)))  # fmt: skip

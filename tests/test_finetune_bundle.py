@@ -19,7 +19,7 @@ from medgmae.checkpoint import make_checkpoint
 
 from medgmae.finetune.data import (
     DatasetError,
-    check_case,
+    check_cases,
     inference_cases,
     label_names,
     prepare_datalists,
@@ -96,30 +96,31 @@ def test_empty_or_missing_lists(tmp_path):
 
 # ------------------------------------------------------------------ per-case checks
 def test_good_case_passes(tmp_path):
-    check_case(make_case(tmp_path, "good"), num_classes=3)
+    case = make_case(tmp_path, "good")
+    assert check_cases([case], num_classes=3) == [case]
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, message, culprit",
     [
-        (dict(label_shape=(12, 12, 7)), "image shape .* differs from label shape"),
-        (dict(label_affine=np.diag([1.5, 1.5, 2.5, 1.0])), "affines differ"),
-        (dict(max_label=3), r"outside the class range \[0, 2\]"),
-        (dict(nan=True), "NaN"),
+        (dict(label_shape=(12, 12, 7)), "label shape .* differs from image shape", "lab"),
+        (dict(label_affine=np.diag([1.5, 1.5, 2.5, 1.0])), "affines differ", "lab"),
+        (dict(max_label=3), r"outside the class range \[0, 2\]", "lab"),
+        (dict(nan=True), "NaN", "img"),
     ],
 )
-def test_bad_case_errors_name_the_case(tmp_path, kwargs, message):
+def test_bad_case_errors_name_the_file(tmp_path, kwargs, message, culprit):
     case = make_case(tmp_path, "bad_case_07", **kwargs)
     with pytest.raises(DatasetError, match=message) as err:
-        check_case(case, num_classes=3)
-    assert "bad_case_07_img.nii.gz" in str(err.value)
+        check_cases([make_case(tmp_path, "good"), case], num_classes=3)
+    assert f"bad_case_07_{culprit}.nii.gz" in str(err.value) and "good_" not in str(err.value)
 
 
 def test_missing_file_names_the_case(tmp_path):
     case = make_case(tmp_path, "case_11")
     os.remove(case["label"])
-    with pytest.raises(DatasetError, match="case .*case_11_img.nii.gz: label file not found"):
-        check_case(case, num_classes=3)
+    with pytest.raises(DatasetError, match="label volume not found: .*case_11_lab.nii.gz"):
+        check_cases([case], num_classes=3)
     with pytest.raises(DatasetError, match="nowhere.nii.gz"):
         inference_cases([str(tmp_path / "nowhere.nii.gz")])
 
@@ -129,8 +130,9 @@ def test_prepare_datalists_checks_every_case(tmp_path):
     bad = make_case(tmp_path, "outside", max_label=5)
     dl = tmp_path / "dataset.json"
     dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": [good, bad], "validation": [good]}))
-    with pytest.raises(DatasetError, match="outside_img.nii.gz"):
+    with pytest.raises(DatasetError, match="outside_lab.nii.gz: label values in"):
         prepare_datalists(str(tmp_path), str(dl), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written before the data passed
     out = prepare_datalists(str(tmp_path), str(dl), tmp_path / "out2", label_fraction=0.5, seed=1)
     assert out["num_classes"] == 3 and len(out["training"]) == 1
     assert (tmp_path / "out2" / "training_cases.json").is_file()
@@ -279,3 +281,27 @@ def test_spacing_override_warns_naming_both(tmp_path, caplog):
         assert finetune_spec(tmp_path / "encoder.pt", roi_size=24).spacing == (2.0, 2.0, 2.0)
         assert finetune_spec("", roi_size=24, patch_size=12).spacing == (1.5, 1.5, 2.0)  # no encoder: BTCV recipe
     assert "differs" not in caplog.text
+
+
+def test_multi_gpu_config_two_process_gloo(tmp_path):
+    """train.json + multi_gpu_train.json on 2 CPU processes (gloo): sharded training, gradients all-reduced, rank 0
+    alone writes checkpoints (with both ranks' random states), the best model and the logs."""
+    out = tmp_path / "ddp"
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
+           "run", "training", "--config_file", configs, "--logging_file", str(CONFIGS / "logging.conf"),
+           "--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+           "--encoder", "{'patch_size': 12, 'hidden_size': 48, 'num_layers': 1, 'num_heads': 4, 'mlp_ratio': 2.0}",
+           "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--max_epochs", "1"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = torch.load(out / "checkpoint_epoch=1.pt", weights_only=True)
+    assert ckpt["engine"] == {"epoch": 1, "iteration": 1}  # 2 training cases over 2 ranks
+    assert len(ckpt["random_state_ranks"]) == 2
+    assert not any(k.startswith("module.") for k in ckpt["objects"]["network"])
+    best = torch.load(out / "best_model.pt", weights_only=True)
+    assert best["extra"]["epoch"] == 1 and 0.0 <= best["extra"]["metric"] <= 1.0
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1  # written by one process: rank 0
+    assert not list(out.glob("rank*"))

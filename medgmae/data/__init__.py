@@ -1,10 +1,36 @@
-"""Data: the synthetic abdominal CT phantom generator (:mod:`medgmae.data.phantom`).
+"""3D data: the one volume reader, datalists, the pre-check, the disk-cached datasets and the phantom generator.
 
-The MONAI loading pipelines live beside the code that uses them: :mod:`medgmae.pretrain.data` (pre-training
-datalists, folders and volume checks) and :mod:`medgmae.finetune.data` (segmentation datalists, label fractions,
-per-case checks).
+* :mod:`medgmae.data.reader`: :func:`read_volume` (NIfTI, NRRD, MetaImage, DICOM series) and ``LoadVolumed``.
+* :mod:`medgmae.data.datalist`: Decathlon datalists, folders of volumes, generated phantom datasets.
+* :mod:`medgmae.data.precheck`: every file opened once before training, all problems reported in one error.
+* :mod:`medgmae.data.cache`: the deterministic pre-processing cached on disk, keyed by the pre-processing spec.
+* :mod:`medgmae.data.phantom`: the synthetic abdominal CT phantom generator.
+
+Pre-training (:mod:`medgmae.pretrain.data`) and fine-tuning (:mod:`medgmae.finetune.data`) build on these.
 """
 
+from medgmae.data.cache import DiskCacheDataset, cache_folder, training_dataset
+from medgmae.data.datalist import DatasetError, folder_datalist, phantom_dataset, read_datalist, resolve_datalist
 from medgmae.data.phantom import ORGAN_LABELS, Phantom, generate_phantom, write_phantom_dataset
+from medgmae.data.precheck import check_datalist, check_item
+from medgmae.data.reader import LoadVolumed, Volume, read_volume
 
-__all__ = ["ORGAN_LABELS", "Phantom", "generate_phantom", "write_phantom_dataset"]
+__all__ = [
+    "ORGAN_LABELS",
+    "DatasetError",
+    "DiskCacheDataset",
+    "LoadVolumed",
+    "Phantom",
+    "Volume",
+    "cache_folder",
+    "check_item",
+    "folder_datalist",
+    "generate_phantom",
+    "phantom_dataset",
+    "check_datalist",
+    "read_datalist",
+    "read_volume",
+    "resolve_datalist",
+    "training_dataset",
+    "write_phantom_dataset",
+]

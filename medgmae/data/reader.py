@@ -14,8 +14,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
 
 __all__ = ["Volume", "read_volume", "is_volume_path", "VOLUME_SUFFIXES", "LoadVolumed"]
 
@@ -119,30 +124,27 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
     return Volume(arr, affine, p)
 
 
-class LoadVolumed:
-    """MONAI-style dictionary transform: replace path entries by channel-first MetaTensors ``(1, I, J, K)`` read with
+class LoadVolumed(MapTransform):
+    """MONAI dictionary transform: replace path entries by channel-first MetaTensors ``(1, I, J, K)`` read with
     :func:`read_volume`, whose ``affine`` MONAI's spatial transforms (``Orientationd``, ``Spacingd``) then use.
+
+    The meta data hold what MONAI's ``LoadImaged`` records (``filename_or_obj``, ``original_affine``, ``affine``,
+    ``spatial_shape``, ``space``), so inversion (``Invertd``) and writers of results in the input's space work
+    unchanged; unlike ``LoadImaged`` it reads MetaImage and DICOM series without the ``itk`` package.
 
     Args:
         keys: keys holding paths.
         allow_missing_keys: skip keys absent from the dict.
     """
 
-    def __init__(self, keys, allow_missing_keys: bool = False) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.allow_missing_keys = bool(allow_missing_keys)
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
 
-    def __call__(self, data: dict) -> dict:
-        import torch
-        from monai.data import MetaTensor
-
+    def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        for key in self.keys:
-            if key not in d:
-                if self.allow_missing_keys:
-                    continue
-                raise KeyError(f"key {key!r} not in the data item {sorted(d)}")
+        for key in self.key_iterator(d):
             vol = read_volume(d[key])
-            meta = {"filename_or_obj": str(vol.path), "original_affine": vol.affine.copy(), "space": "RAS"}
+            meta = {"filename_or_obj": str(vol.path), "original_affine": vol.affine.copy(), "space": "RAS",
+                    "spatial_shape": np.asarray(vol.array.shape)}  # fmt: skip
             d[key] = MetaTensor(torch.from_numpy(vol.array)[None], affine=torch.from_numpy(vol.affine), meta=meta)
         return d

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, Randomizable
 
@@ -128,6 +129,13 @@ class RandomStateTracker:
             t.R.set_state(_plain_to_numpy_state(s))
 
 
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` under torch.distributed, ``(0, 1)`` without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The ``checkpoint_epoch=N.pt`` in ``output_dir`` with the largest N, or None."""
     d = Path(output_dir)
@@ -145,6 +153,11 @@ class CheckpointHandler:
     on an exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` and re-raises; at a normal end it
     writes ``checkpoint_final.pt``. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
     the engine starts and continues from the next epoch, bit for bit on the same machine and software.
+
+    Under torch.distributed every rank attaches it, and only rank 0 writes: at each epoch end the random states of
+    all ranks are gathered into the checkpoint (``random_state_ranks``); on resume rank 0 reads the checkpoint and
+    broadcasts it, and each rank restores the weights, optimiser and its own random states, so a resumed DDP run
+    continues as the uninterrupted one (``output_dir`` need only be visible to rank 0).
 
     Attach it before ``monai.handlers.StatsHandler``: both re-raise from their ``EXCEPTION_RAISED`` handler, and
     ignite stops calling an event's handlers at the first that raises, so a handler attached after StatsHandler
@@ -188,20 +201,32 @@ class CheckpointHandler:
         engine.add_event_handler(Events.COMPLETED, self._on_completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
 
-    def _payload(self, engine: Engine) -> dict:
-        return {
+    def _payload(self, engine: Engine, gather: bool = True) -> dict:
+        random_state = self.rng.state_dict()
+        payload = {
             "engine": {"epoch": engine.state.epoch, "iteration": engine.state.iteration},
             "objects": {k: v.state_dict() for k, v in self.objects.items()},
-            "random_state": self.rng.state_dict(),
+            "random_state": random_state,
         }
+        rank, world = _world()
+        if gather and world > 1:  # a collective: every rank reaches it at the same epoch end
+            states: list = [None] * world
+            dist.all_gather_object(states, random_state)
+            payload["random_state_ranks"] = states
+        return payload
 
-    def save(self, engine: Engine, filename: str) -> Path:
-        path = save_torch_atomic(self._payload(engine), self.output_dir / filename)
+    def save(self, engine: Engine, filename: str, gather: bool = True) -> Path | None:
+        """Write ``filename`` in ``output_dir`` (rank 0 only; every rank calls it when ``gather``)."""
+        payload = self._payload(engine, gather)
+        if _world()[0] != 0:
+            return None
+        path = save_torch_atomic(payload, self.output_dir / filename)
         logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, engine.state.epoch, engine.state.iteration)
         return path
 
     def _on_epoch(self, engine: Engine) -> None:
-        self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
+        if self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt") is None:
+            return
         old = sorted(
             ((int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))),
             reverse=True,
@@ -213,8 +238,8 @@ class CheckpointHandler:
         self.save(engine, "checkpoint_final.pt")
 
     def _on_exception(self, engine: Engine, e: BaseException) -> None:
-        try:
-            self.save(engine, "checkpoint_interrupted.pt")
+        try:  # no collective here: the other ranks may not have failed
+            self.save(engine, "checkpoint_interrupted.pt", gather=False)
         except Exception as save_error:  # never mask the original error
             logger.error("could not save the interrupted checkpoint: %s", save_error)
         raise e
@@ -222,17 +247,22 @@ class CheckpointHandler:
     def _on_started(self, engine: Engine) -> None:
         if not self.resume:
             return
-        path = latest_checkpoint(self.output_dir)
+        path, ckpt = self._read_latest()
         if path is None:
             logger.info("resume requested but no checkpoint in %s: starting from scratch", self.output_dir)
             return
-        ckpt = load_torch_file(path, self.map_location)
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         if missing:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
         for name, obj in self.objects.items():
             obj.load_state_dict(ckpt["objects"][name])
-        self.rng.load_state_dict(ckpt["random_state"])
+        rank, world = _world()
+        ranks = ckpt.get("random_state_ranks")
+        if world > 1 and not (isinstance(ranks, list) and len(ranks) == world):
+            logger.warning("checkpoint %s holds no random states for %d ranks: rank %d resumes with rank 0's, and "
+                           "crops will differ from an uninterrupted run", path, world, rank)  # fmt: skip
+        self.rng.load_state_dict(ranks[rank] if world > 1 and isinstance(ranks, list) and len(ranks) == world
+                                 else ckpt["random_state"])  # fmt: skip
         epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
         if engine.state.max_epochs is not None and epoch > engine.state.max_epochs:
             raise ValueError(
@@ -241,6 +271,33 @@ class CheckpointHandler:
         engine.state.epoch, engine.state.iteration = epoch, iteration
         self.resumed_from = path
         logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
+
+
+    def _read_latest(self) -> tuple[Path | None, dict | None]:
+        """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks."""
+        rank, world = _world()
+        box: list = [None, None]
+        if rank == 0:
+            path = latest_checkpoint(self.output_dir)
+            box = [None if path is None else str(path), None if path is None else load_torch_file(path, "cpu")]
+        if world > 1:
+            dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            return None, None
+        ckpt = box[1]
+        if self.map_location != "cpu":
+            ckpt = _to_device(ckpt, self.map_location)
+        return Path(box[0]), ckpt
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
 
 
 class NonFiniteLossHandler:

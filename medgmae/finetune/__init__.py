@@ -2,7 +2,6 @@
 
 from medgmae.finetune.data import (
     DatasetError,
-    check_case,
     check_cases,
     evaluation_cases,
     finetune_spec,

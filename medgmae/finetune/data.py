@@ -1,5 +1,6 @@
-"""Segmentation data for UNETR fine-tuning: Decathlon datalists, label subsets, per-case checks and transforms.
+"""Segmentation data for UNETR fine-tuning: label names, label subsets, case lists and transforms.
 
+Datalists, phantom data and the pre-check of every case come from the shared 3D data layer (:mod:`medgmae.data`).
 Datalists are Decathlon-style JSON files (``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}``
 paths relative to the datalist's folder or to ``data_dir``) with a ``labels`` map ``{"0": "background", ...}``,
 as distributed for BTCV (14 classes) and AMOS CT (16 classes). The transforms follow MONAI's BTCV references.
@@ -12,15 +13,11 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import nibabel as nib
 import numpy as np
-from monai.data import load_decathlon_datalist
 from monai.transforms import (
     Compose,
     CropForegroundd,
-    EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
@@ -29,6 +26,9 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
+from medgmae.data.precheck import check_datalist
+from medgmae.data.reader import LoadVolumed
 from medgmae.files import atomic_write
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec, reconcile_spacing_window
 
@@ -38,7 +38,6 @@ __all__ = [
     "label_names",
     "resolve_num_classes",
     "select_label_fraction",
-    "check_case",
     "check_cases",
     "prepare_datalists",
     "evaluation_cases",
@@ -48,50 +47,12 @@ __all__ = [
     "inference_transforms",
     "finetune_spec",
     "finetuned_spec",
-    "phantom_dataset",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Fine-tuning spacing without a pre-trained encoder (MONAI's BTCV UNETR recipe); with one, its recorded spacing.
 DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
-
-
-class DatasetError(ValueError):
-    """A datalist or one of its cases cannot be used; the message names the file or case and the problem."""
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DatasetError(f"datalist not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
-
-
-def read_datalist(datalist: str | Path, key: str = "training", data_dir: str | Path | None = None) -> list[dict]:
-    """Cases of one list of a Decathlon datalist, with absolute paths.
-
-    Args:
-        datalist: the JSON file.
-        key: ``"training"``, ``"validation"`` or ``"test"``.
-        data_dir: base folder of the relative paths (defaults to the datalist's folder).
-
-    Returns:
-        list of dicts with ``image`` (and ``label`` where given) as absolute path strings.
-
-    Raises:
-        DatasetError: the file is missing or invalid, or the list is absent or empty.
-    """
-    datalist = Path(datalist)
-    content = _read_json(datalist)
-    if key not in content:
-        raise DatasetError(f"datalist {datalist} has no '{key}' list (it has {sorted(content)})")
-    if not content[key]:
-        raise DatasetError(f"datalist {datalist}: the '{key}' list is empty")
-    base = Path(data_dir) if data_dir else datalist.parent
-    return load_decathlon_datalist(datalist, is_segmentation=True, data_list_key=key, base_dir=base)
 
 
 def label_names(datalist: str | Path | None = None, num_classes: int | None = None) -> list[str]:
@@ -104,7 +65,7 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
     Returns:
         ``num_classes`` names (``class_<i>`` where the datalist has none).
     """
-    labels = _read_json(Path(datalist)).get("labels") if datalist else None
+    labels = load_datalist_json(datalist).get("labels") if datalist else None
     if labels:
         try:
             index = {int(k): str(v) for k, v in labels.items()}
@@ -163,76 +124,17 @@ def select_label_fraction(
     return chosen
 
 
-def _load(path: str) -> nib.spatialimages.SpatialImage:
-    if not Path(path).is_file():
-        raise FileNotFoundError(path)
-    return nib.load(path)
+def check_cases(
+    cases: Sequence[dict], num_classes: int, workers: int = 0, source: str = "", ledger_dir: str | Path | None = None
+) -> list[dict]:
+    """The fine-tuning pre-check: every case has an image and a label that read, with the same shape and affine,
+    finite voxels and labels in ``[0, num_classes)``; one :class:`DatasetError` lists every unusable file.
 
-
-def check_case(case: dict, num_classes: int, atol: float = 1e-3) -> None:
-    """Check one labelled case: files exist and read, same shape and affine, labels in ``[0, num_classes)``, finite.
-
-    Args:
-        case: ``{"image": path, "label": path}``.
-        num_classes: classes, background included.
-        atol: tolerance on affine entries (mm).
-
-    Raises:
-        DatasetError: naming the case and the problem.
+    Returns:
+        ``cases`` unchanged (so that the call can sit inside a bundle config).
     """
-    name = case.get("image", case)
-    if "image" not in case or "label" not in case:
-        raise DatasetError(f"case {name}: needs both 'image' and 'label', got keys {sorted(case)}")
-    imgs = {}
-    for key in ("image", "label"):
-        try:
-            imgs[key] = _load(str(case[key]))
-        except FileNotFoundError:
-            raise DatasetError(f"case {name}: {key} file not found: {case[key]}") from None
-        except Exception as e:
-            raise DatasetError(f"case {name}: cannot read {key} file {case[key]}: {e}") from e
-    image, label = imgs["image"], imgs["label"]
-    if image.shape[:3] != label.shape[:3]:
-        raise DatasetError(f"case {name}: image shape {image.shape} differs from label shape {label.shape} ({case['label']})")
-    if not np.allclose(image.affine, label.affine, atol=atol):
-        raise DatasetError(
-            f"case {name}: image and label affines differ ({case['label']}):\n{np.round(image.affine, 4)}\nvs\n"
-            f"{np.round(label.affine, 4)}"
-        )
-    lab = np.asanyarray(label.dataobj)
-    if not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)):
-        raise DatasetError(f"case {name}: label {case['label']} has non-integer or non-finite values")
-    lo, hi = int(lab.min()), int(lab.max())
-    if lo < 0 or hi >= num_classes:
-        raise DatasetError(
-            f"case {name}: label values in [{lo}, {hi}] are outside the class range [0, {num_classes - 1}] ({case['label']})"
-        )
-    if not np.all(np.isfinite(np.asanyarray(image.dataobj))):
-        raise DatasetError(f"case {name}: image {case['image']} has NaN or infinite voxels")
-
-
-def check_cases(cases: Sequence[dict], num_classes: int) -> list[dict]:
-    """:func:`check_case` on every case; returns the cases unchanged so that it can sit inside a bundle config."""
-    if not cases:
-        raise DatasetError("empty case list")
-    for case in cases:
-        check_case(case, num_classes)
-    return list(cases)
-
-
-def phantom_dataset(
-    out_dir: str | Path, num_cases: int = 6, num_validation: int = 2, seed: int = 0, shape=None, spacing=None
-) -> str:
-    """Write a labelled phantom dataset with the toolkit's generator (reused when already there); return the path
-    of its ``dataset.json``. ``shape`` / ``spacing`` default to the generator's."""
-    from medgmae.data.phantom import write_phantom_dataset
-
-    kwargs = {}
-    if shape:
-        kwargs["shape"] = tuple(int(s) for s in shape)
-    if spacing:
-        kwargs["spacing"] = tuple(float(s) for s in spacing)
-    return str(write_phantom_dataset(Path(out_dir), num_cases, seed=seed, num_validation=num_validation, **kwargs))
+    return check_datalist(cases, label_key="label", num_classes=num_classes, require_label=True, workers=workers,
+                    ledger_dir=ledger_dir, source=source)  # fmt: skip
 
 
 def prepare_datalists(
@@ -245,6 +147,8 @@ def prepare_datalists(
     phantom_cases: int = 6,
     phantom_shape: Sequence[int] | None = None,
     phantom_spacing: Sequence[float] | None = None,
+    precheck_workers: int = 0,
+    ledger_dir: str | Path | None = None,
 ) -> dict:
     """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` is empty, label subset, checks.
 
@@ -258,6 +162,8 @@ def prepare_datalists(
         phantom_cases: phantom cases (training + validation) when no dataset is given.
         phantom_shape: phantom volume shape (generator default when ``None``).
         phantom_spacing: phantom voxel size in mm (generator default when ``None``).
+        precheck_workers: processes of the pre-check.
+        ledger_dir: where the pre-check remembers the files that passed (the cache folder; ``None``: nowhere).
 
     Returns:
         ``{"datalist", "num_classes", "label_names", "training", "validation"}`` with checked case lists.
@@ -273,9 +179,10 @@ def prepare_datalists(
     names = label_names(datalist, num_classes or None)
     training = read_datalist(datalist, "training", dataset_dir)
     validation = read_datalist(datalist, "validation", dataset_dir)
+    # check the chosen cases before anything is written
+    check_cases(select_label_fraction(training, label_fraction, seed) + validation, len(names), workers=precheck_workers,
+                source=str(datalist), ledger_dir=ledger_dir)  # fmt: skip
     training = select_label_fraction(training, label_fraction, seed, output_dir)
-    check_cases(training, len(names))
-    check_cases(validation, len(names))
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": training, "validation": validation}
 
 
@@ -304,10 +211,10 @@ def evaluation_cases(
     names = label_names(datalist, num_classes or None)
     cases = read_datalist(datalist, key, dataset_dir or None)
     if labelled:
-        check_cases(cases, len(names))
+        check_cases(cases, len(names), source=str(datalist))
     else:
         for case in cases:
-            if not Path(case["image"]).is_file():
+            if not Path(case["image"]).exists():
                 raise DatasetError(f"case {case['image']}: image file not found")
         cases = [{"image": c["image"]} for c in cases]
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "cases": cases}
@@ -334,7 +241,7 @@ def inference_cases(
             raise DatasetError(f"nothing to segment: set input_files or datalist (no datalist at {datalist})")
         cases = [{"image": c["image"]} for c in read_datalist(datalist, key, dataset_dir or None)]
     for case in cases:
-        if not Path(case["image"]).is_file():
+        if not Path(case["image"]).exists():
             raise DatasetError(f"case {case['image']}: image file not found")
     return cases
 
@@ -395,8 +302,7 @@ def finetuned_spec(
 def _load_and_resample(keys, spec: PreprocessingSpec) -> list:
     labels = [k for k in keys if k == "label"]
     return [
-        LoadImaged(keys=keys, image_only=True),
-        EnsureChannelFirstd(keys=keys),
+        LoadVolumed(keys=keys),
         *spec.transforms(keys=["image"], label_keys=labels),
         CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
     ]

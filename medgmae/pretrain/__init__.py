@@ -1,11 +1,10 @@
 """MedGMAE pre-training: the trainer, data sources, weight export and zero-shot inference used by the
 ``bundles/medgmae_pretrain`` configs."""
 
-from medgmae.pretrain.data import CheckVolumed, phantom_dataset, pretrain_datalist
+from medgmae.pretrain.data import pretrain_split
 from medgmae.pretrain.export import ENCODER_FILE, MODEL_FILE, ModelExportHandler, save_pretrained
 from medgmae.pretrain.inference import GaussianInference, slices_png
 from medgmae.pretrain.pictures import ValidationPictureHandler, reconstruction_figure
-from medgmae.pretrain.split import pretrain_split
 from medgmae.pretrain.summary import PretrainSummary
 from medgmae.pretrain.trainer import (
     MODEL_KINDS,
@@ -27,7 +26,6 @@ __all__ = [
     "masked_ssim",
     "pretrain_split",
     "reconstruction_figure",
-    "CheckVolumed",
     "ENCODER_FILE",
     "MODEL_FILE",
     "MODEL_KINDS",
@@ -38,8 +36,6 @@ __all__ = [
     "ModelExportHandler",
     "build_model",
     "masked_psnr",
-    "phantom_dataset",
-    "pretrain_datalist",
     "save_pretrained",
     "slices_png",
     "unwrap_model",

@@ -1,152 +1,90 @@
-"""Where pre-training data comes from: a user's datalist / folder, or phantom volumes generated on first use."""
+"""Pre-training data: the training / validation split of a user's datalist or folder, or of phantom volumes
+generated on first use, every file checked before training (the shared 3D data layer, :mod:`medgmae.data`, does
+the reading and checking).
+
+Validation data is held out from training: extra phantom volumes when the toolkit generates its data, the
+``validation`` list of a Decathlon datalist, or else a seeded random fraction of the user's volumes.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
-import torch
-import torch.distributed as dist
-from monai.data import load_decathlon_datalist
-from monai.transforms import MapTransform
+from medgmae.data.datalist import read_datalist, resolve_datalist
+from medgmae.data.precheck import check_datalist
 
-__all__ = ["pretrain_datalist", "phantom_dataset", "CheckVolumed", "VOLUME_SUFFIXES"]
+__all__ = ["pretrain_split"]
 
 logger = logging.getLogger("medgmae.pretrain")
 
-#: File endings taken as volumes when ``dataset_dir`` is a plain folder.
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+def _fraction_split(items: list[dict], val_fraction: float, seed: int, source: str) -> tuple[list[dict], list[dict]]:
+    if len(items) < 2 or val_fraction == 0:
+        if len(items) < 2:
+            logger.warning("%s: a single volume, nothing to hold out: validating on the training volume", source)
+        return items, list(items)
+    n_val = min(len(items) - 1, max(1, round(val_fraction * len(items))))
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-def _dist_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def phantom_dataset(
-    work_dir: str | Path,
-    num_cases: int,
-    seed: int = 0,
-    shape: Sequence[int] | None = None,
-    spacing: Sequence[float] | float | None = None,
-    num_validation: int = 0,
-) -> Path:
-    """Generate (once) phantom CT volumes under ``work_dir/phantom`` and return their dataset.json.
-
-    ``num_cases`` volumes make the ``training`` list and ``num_validation`` further ones the ``validation`` list
-    (the training cases do not depend on ``num_validation``). Under torch.distributed only rank 0 writes; the
-    others wait at a barrier.
-    """
-    if num_cases < 1:
-        raise ValueError(f"num_phantoms must be >= 1, got {num_cases}")
-    if num_validation < 0:
-        raise ValueError(f"num_val_phantoms must be >= 0, got {num_validation}")
-    from medgmae.data.phantom import write_phantom_dataset
-
-    out = Path(work_dir) / "phantom"
-    json_path = out / "dataset.json"
-    if _dist_rank() == 0:
-        kwargs: dict = {} if shape is None else {"shape": tuple(int(s) for s in shape)}
-        if spacing is not None:
-            kwargs["spacing"] = spacing
-        if not json_path.is_file():
-            logger.info("no dataset_dir given: writing %d + %d phantom volumes (training + validation) to %s",
-                        num_cases, num_validation, out)  # fmt: skip
-        # returns at once when the dataset.json there was written with the same parameters
-        json_path = Path(write_phantom_dataset(out, num_cases + num_validation, seed=seed, num_validation=num_validation, **kwargs))
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    return json_path
-
-
-def _folder_datalist(folder: Path) -> list[dict]:
-    items = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
-    dicom_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.dcm")))
-    return [{"image": str(p)} for p in items + dicom_dirs]
-
-
-def pretrain_datalist(
+def pretrain_split(
     dataset_dir: str | Path,
     work_dir: str | Path,
-    num_phantoms: int = 4,
-    phantom_seed: int = 0,
+    num_phantoms: int = 8,
+    num_val_phantoms: int = 1,
+    val_fraction: float = 0.1,
+    seed: int = 0,
     phantom_shape: Sequence[int] | None = None,
     phantom_spacing: Sequence[float] | float | None = None,
     validate: bool = True,
-) -> list[dict]:
-    """The training items (``{"image": path[, "label": path]}``) for pre-training.
+    precheck_workers: int = 0,
+    ledger_dir: str | Path | None = None,
+) -> dict[str, list[dict]]:
+    """Training and validation items (``{"image": path[, "label": path]}``) for pre-training, every file checked.
 
     Args:
         dataset_dir: ``""`` (generate phantoms), a Decathlon-style ``dataset.json``, a folder holding one, or a
-            folder of volumes (NIfTI, NRRD, MHA, DICOM series sub-folders).
-        work_dir: where phantoms are written.
-        num_phantoms: phantom volumes to generate when ``dataset_dir`` is empty.
-        phantom_seed: seed of the phantom generator.
+            folder of volumes (NIfTI, NRRD, MetaImage, DICOM series sub-folders).
+        work_dir: where phantoms are written (``work_dir/phantom``).
+        num_phantoms: phantom training volumes when ``dataset_dir`` is empty.
+        num_val_phantoms: further phantom volumes held out for validation (>= 1).
+        val_fraction: fraction of the user's volumes held out when the datalist has no ``validation`` list (a
+            folder of volumes, or a datalist with ``training`` only), drawn with ``seed``; in ``[0, 1)``. With 0, or
+            a single volume, validation runs on the training volumes.
+        seed: phantom generator seed and seed of the held-out draw.
         phantom_shape: phantom volume shape (the generator's default when ``None``).
         phantom_spacing: phantom voxel size in mm (the generator's default when ``None``).
-        validate: check that every listed file exists.
+        validate: run :func:`~medgmae.data.precheck.check_datalist` on every file (images, and labels when listed).
+        precheck_workers: processes of the pre-check.
+        ledger_dir: where the pre-check remembers the files that passed (the cache folder).
 
     Returns:
-        Training and validation items together (pre-training uses no labels for supervision).
+        ``{"training": [...], "validation": [...]}``, both non-empty.
 
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist.
-        ValueError: the datalist is empty or an image is unusable (the message names the file).
+        ValueError: a bad argument; ``DatasetError`` (a ``ValueError``) for an empty or invalid datalist or unusable
+            files (one message names them all).
     """
-    if str(dataset_dir).strip() == "":
-        json_path = phantom_dataset(work_dir, num_phantoms, phantom_seed, phantom_shape, phantom_spacing)
-    else:
-        src = Path(dataset_dir).expanduser()
-        if not src.exists():
-            raise FileNotFoundError(f"dataset_dir does not exist: {src}")
-        json_path = src if src.is_file() else src / "dataset.json"
-    if json_path.is_file():
-        try:
-            items = load_decathlon_datalist(str(json_path), is_segmentation=True, data_list_key="training")
-        except Exception as e:
-            raise ValueError(f"{json_path}: not a usable Decathlon-style datalist ({type(e).__name__}: {e})") from e
-        try:
-            items += load_decathlon_datalist(str(json_path), is_segmentation=True, data_list_key="validation")
-        except ValueError:
-            pass  # no validation list
-    else:
-        items = _folder_datalist(Path(dataset_dir))
-    if not items:
-        raise ValueError(f"no training volumes found in {dataset_dir or json_path}: the datalist is empty")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if int(num_val_phantoms) < 1:
+        raise ValueError(f"num_val_phantoms must be >= 1, got {num_val_phantoms}")
+    train, source = resolve_datalist(
+        dataset_dir, work_dir, keys=("training",), phantom_cases=int(num_phantoms) + int(num_val_phantoms),
+        phantom_validation=int(num_val_phantoms), phantom_seed=int(seed), phantom_shape=phantom_shape,
+        phantom_spacing=phantom_spacing,
+    )  # fmt: skip
+    val = read_datalist(source, "validation", required=False) if source.is_file() else []
+    if not val:
+        train, val = _fraction_split(train, float(val_fraction), int(seed), str(source))
     if validate:
-        _validate(items, json_path if json_path.is_file() else Path(dataset_dir))
-    return items
-
-
-def _validate(items: list[dict], source: Path) -> None:
-    """Every listed file must exist (contents are checked by :class:`CheckVolumed` while the data is cached)."""
-    for item in items:
-        for key in ("image", "label"):
-            if key in item and not Path(item[key]).exists():
-                raise FileNotFoundError(f"{source}: {key} listed in the datalist does not exist: {item[key]}")
-
-
-class CheckVolumed(MapTransform):
-    """Stop with the file's name when a loaded image is not a finite single-channel 3D volume.
-
-    Placed right after ``LoadImaged`` / ``EnsureChannelFirstd``, it runs while the dataset is cached, i.e. before
-    training starts.
-
-    Args:
-        keys: keys of the images to check.
-    """
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            meta = getattr(img, "meta", {}) or {}
-            name = meta.get("filename_or_obj", key)
-            shape = tuple(img.shape)
-            if len(shape) != 4 or shape[0] != 1:
-                raise ValueError(f"{name}: expected a single-channel 3D volume, got an array of shape {shape[1:]} "
-                                 f"with {shape[0]} channel(s) (2D and 4D images are not supported)")
-            t = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{name}: the volume contains NaN or infinite voxels")
-        return d
+        unique = list({item["image"]: item for item in train + val}.values())
+        check_datalist(unique, label_key="label", workers=int(precheck_workers), ledger_dir=ledger_dir, source=str(source))
+    return {"training": train, "validation": val}

@@ -1,0 +1,155 @@
+"""Loader throughput of the pre-training bundle, per worker, beside what a base-model step consumes on one GPU.
+
+The pipeline timed is the bundle's own (``bundles/medgmae_pretrain/configs/train.json`` parsed with MONAI's
+``ConfigParser``): the pre-check, then the dataset the trainer iterates (disk cache keyed by the pre-processing,
+random crops after it). Items are drawn in this process, i.e. as one loader worker draws them:
+
+* epoch 1 from the raw files (decode, orient, resample, window, foreground crop, cache write, random crops);
+* epochs 2.. from the disk cache (load the cached array, random crops).
+
+The GPU side is an ESTIMATE (no GPU measurement of the pre-training step exists yet): the floating-point work and
+the number of kernels of one base-model training step (forward + backward + AdamW) are counted on the CPU with
+``torch.utils.flop_counter.FlopCounterMode`` and a dispatch counter, and turned into a step time on an H100 as
+``max(FLOPs / (efficiency * peak), kernels * launch_cost)``; the assumptions are printed with the result.
+
+Usage::
+
+    python bench/data.py                                   # 6 CT-sized phantoms (512x512x160 at 0.75x0.75x2.5 mm)
+    python bench/data.py --num 4 --shape 256 256 96 --out bench/results_data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+H100_BF16_PEAK = 989e12  # FLOP/s, dense bf16, H100 SXM datasheet
+EFFICIENCY = 0.4  # sustained fraction of peak assumed for a ViT training step
+LAUNCH_COST = 5e-6  # s per kernel launch (CUDA launch + framework overhead), assumed
+
+
+def loader_throughput(folder: Path, work: Path, epochs: int, pixdim: float) -> dict:
+    """Volumes per second of the bundle's dataset drawn in one process, epoch by epoch."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "medgmae_pretrain" / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(folder), "output_dir": str(work), "num_workers": 0, "pixdim": pixdim,
+                   "device": "cpu"})  # fmt: skip
+    t0 = time.perf_counter()
+    items = parser.get_parsed_content("datalist")
+    precheck_s = time.perf_counter() - t0
+    dataset = parser.get_parsed_content("train#dataset")
+    out = {"num_volumes": len(items), "precheck_s_per_volume": precheck_s / len(items), "epochs": []}
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        for i in range(len(dataset)):
+            dataset[i]
+        dt = time.perf_counter() - t0
+        out["epochs"].append({"epoch": epoch, "source": "raw files" if epoch == 1 else "disk cache",
+                              "s_per_volume": dt / len(items), "volumes_per_s": len(items) / dt})  # fmt: skip
+        print(f"epoch {epoch} ({out['epochs'][-1]['source']}): {len(items) / dt:.2f} volumes/s per worker", flush=True)
+    cached = [p for p in (work / "cache").rglob("*.pt")]
+    out["cache_mb_per_volume"] = sum(p.stat().st_size for p in cached) / max(1, len(cached)) / 2**20
+    return out
+
+
+class _KernelCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def gpu_step_estimate(model_size: str, num_gaussians: int, roi: int, patch: int, crops: int, volumes: int) -> dict:
+    """Estimated seconds per training step on one H100 and the volumes/s it consumes (see the module docstring)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medgmae.pretrain import build_model
+
+    torch.manual_seed(0)
+    model = build_model("medgmae", model_size, img_size=roi, patch_size=patch, num_gaussians=num_gaussians)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.rand(1, 1, roi, roi, roi)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(x).loss.backward()
+        opt.step()
+
+    step()  # allocate the optimiser state
+    flops = FlopCounterMode(display=False)
+    with flops:
+        step()
+    kernels = _KernelCounter()
+    with kernels:
+        step()
+    flop = flops.get_total_flops() * crops  # matmul work scales with the crops per step
+    t_compute = flop / (EFFICIENCY * H100_BF16_PEAK)
+    t_launch = kernels.count * LAUNCH_COST  # the kernel count does not grow with the batch
+    t_step = max(t_compute, t_launch)
+    return {"model_size": model_size, "num_gaussians": num_gaussians, "roi": roi, "crops_per_step": crops,
+            "volumes_per_step": volumes, "gflop_per_step": flop / 1e9, "kernels_per_step": kernels.count,
+            "t_compute_s": t_compute, "t_launch_s": t_launch, "t_step_s": t_step, "volumes_per_s": volumes / t_step,
+            "assumptions": f"H100 SXM bf16 peak {H100_BF16_PEAK / 1e12:.0f} TFLOP/s at {EFFICIENCY:.0%} efficiency, "
+                           f"{LAUNCH_COST * 1e6:.0f} us per kernel launch"}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--num", type=int, default=6, help="volumes")
+    p.add_argument("--shape", type=int, nargs=3, default=[512, 512, 160], help="raw volume shape (voxels)")
+    p.add_argument("--spacing", type=float, nargs=3, default=[0.75, 0.75, 2.5], help="raw voxel size (mm)")
+    p.add_argument("--pixdim", type=float, default=1.5, help="pre-training spacing (mm)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--model-size", default="base")
+    p.add_argument("--num-gaussians", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8, help="volumes per GPU step (the estimate's batch)")
+    p.add_argument("--num-samples", type=int, default=2, help="crops per volume")
+    p.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    args = p.parse_args()
+
+    from medgmae.data.phantom import write_phantom_dataset
+
+    torch.set_num_threads(1)  # one worker: one thread
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        src = write_phantom_dataset(Path(tmp) / "raw", args.num, seed=0, shape=tuple(args.shape),
+                                    spacing=tuple(args.spacing), num_validation=0)  # fmt: skip
+        print(f"wrote {args.num} phantoms {args.shape} in {time.perf_counter() - t0:.0f} s", flush=True)
+        loader = loader_throughput(src, Path(tmp) / "run", args.epochs, args.pixdim)
+        loader["raw_mb_per_volume"] = sum(f.stat().st_size for f in (src.parent / "imagesTr").iterdir()) / args.num / 2**20
+    torch.set_num_threads(os.cpu_count() or 1)
+    gpu = gpu_step_estimate(args.model_size, args.num_gaussians, 96, 12, args.batch_size * args.num_samples, args.batch_size)
+    cached_rate = min(e["volumes_per_s"] for e in loader["epochs"][1:]) if len(loader["epochs"]) > 1 else None
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), torch {torch.__version__}",
+        "command": "python " + " ".join(sys.argv),
+        "raw": {"shape": args.shape, "spacing": args.spacing}, "pixdim": args.pixdim,
+        "loader_per_worker": loader, "gpu_step_ESTIMATE": gpu,
+        "workers_per_gpu_ESTIMATE": {"from_disk_cache": None if not cached_rate else gpu["volumes_per_s"] / cached_rate,
+                                     "from_raw_files": gpu["volumes_per_s"] / loader["epochs"][0]["volumes_per_s"]},
+    }  # fmt: skip
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Datasets that scale with the data, not with RAM: the deterministic pre-processing cached on disk once.
+
+:func:`training_dataset` builds the dataset of a training run. Its deterministic head (load, orient, resample,
+window, crop to foreground; everything before the first random transform) runs once per volume and is stored as
+one ``.pt`` file per item by :class:`DiskCacheDataset` (MONAI's ``PersistentDataset``); every later epoch, resumed
+run or rank loads that file and applies only the random crops and augmentations, in the data loader's worker
+processes. The cache lives in a sub-folder of ``cache_root`` named by a hash of the pre-processing record (the
+:class:`~medgmae.preprocessing.PreprocessingSpec` and a description of the deterministic transforms), so changing
+the spacing or the HU window starts a new cache instead of reusing stale arrays. Each item's file name hashes its
+paths with the size and modification time of its files, so an edited volume is pre-processed again.
+
+Keeping pre-processed volumes in RAM is an option (``cache_rate`` > 0: MONAI's ``CacheDataset``, filled before the
+first step, as fast as it gets for small data and impossible for large data).
+
+Several processes may build one cache at once (ranks of a DDP job, several jobs): each file is written under a
+temporary name in the cache folder itself and renamed (``os.replace``, atomic on POSIX), so a reader sees a whole
+file or none. MONAI's ``PersistentDataset`` (1.x) writes into a ``tempfile.TemporaryDirectory()`` (the system
+temporary folder) and ``shutil.move``s the file into the cache; when that folder is on another filesystem (a
+node-local ``/tmp`` and a shared cache) the move is a copy, which another rank can read half-written. Hence the
+override of ``_cachecheck``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import types
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, PersistentDataset
+from monai.transforms import Compose, RandomizableTrait
+
+from medgmae.files import atomic_write, save_json_atomic
+
+__all__ = ["DiskCacheDataset", "describe_transforms", "cache_folder", "training_dataset", "item_hash"]
+
+logger = logging.getLogger("medgmae.data")
+
+_SKIP_ATTRS = {"R", "backend"}
+
+
+def _describe(obj: Any, depth: int = 0) -> Any:
+    """A JSON-able, address-free description of a transform and its settings."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_describe(v, depth + 1) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _describe(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (np.ndarray, torch.Tensor, np.generic)):
+        arr = np.asarray(obj.detach().cpu() if isinstance(obj, torch.Tensor) else obj)
+        return arr.tolist() if arr.size <= 64 else f"array{arr.shape}"
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)):
+        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
+    if isinstance(obj, (torch.dtype, np.dtype, Path)):
+        return str(obj)
+    name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if depth > 4 or not hasattr(obj, "__dict__"):
+        return name
+    attrs = {k: v for k, v in vars(obj).items() if not k.startswith("_") and k not in _SKIP_ATTRS}
+    return {"type": name, **{k: _describe(v, depth + 1) for k, v in sorted(attrs.items())}}
+
+
+def describe_transforms(transform: Callable) -> list:
+    """Descriptions of the deterministic head of ``transform`` (up to the first random transform)."""
+    chain = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
+    head = []
+    for t in chain:
+        if isinstance(t, RandomizableTrait):
+            break
+        head.append(_describe(t))
+    return head
+
+
+def cache_folder(cache_root: str | Path, transform: Callable, spec: Mapping | None = None) -> Path:
+    """``cache_root/<hash>``: the folder of the cache of this pre-processing (created, with a ``preprocessing.json``
+    describing it).
+
+    Args:
+        cache_root: parent folder of caches.
+        transform: the dataset's transform chain (its deterministic head is hashed).
+        spec: the pre-processing record (``PreprocessingSpec.to_dict()`` or any JSON-able mapping).
+
+    Returns:
+        The folder.
+    """
+    record = {"spec": dict(spec) if spec else None, "transforms": describe_transforms(transform)}
+    text = json.dumps(record, sort_keys=True, default=str)
+    folder = Path(cache_root) / hashlib.sha256(text.encode()).hexdigest()[:16]
+    if not (folder / "preprocessing.json").is_file():
+        save_json_atomic(record, folder / "preprocessing.json")
+    return folder
+
+
+def item_hash(item: Mapping) -> bytes:
+    """Cache key of a datalist item: its entries plus the size and modification time of each file it names."""
+    stats = {}
+    for key, value in item.items():
+        if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
+            st = os.stat(value)
+            stats[key] = [st.st_size, st.st_mtime_ns]
+    text = json.dumps({"item": {k: str(v) for k, v in item.items()}, "stats": stats}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest().encode()
+
+
+class DiskCacheDataset(PersistentDataset):
+    """MONAI ``PersistentDataset`` whose cache files are written atomically inside the cache folder (see the module
+    docstring) and read back when unreadable ones are recomputed.
+
+    Args:
+        data: datalist items.
+        transform: the full chain; its deterministic head is cached.
+        cache_dir: folder of the cache files (use :func:`cache_folder`).
+        track_meta: keep MetaTensors (with their affine) in the cache (needed by inversion and by writers of
+            results in the input's space).
+    """
+
+    def __init__(self, data: Sequence, transform: Callable, cache_dir: str | Path, track_meta: bool = False) -> None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        super().__init__(data, transform, cache_dir=cache_dir, hash_func=item_hash, track_meta=track_meta,
+                         weights_only=not track_meta)  # fmt: skip
+        self.transform_hash = ""  # the folder already names the pre-processing
+
+    def _cachecheck(self, item_transformed: Any) -> Any:
+        hashfile = Path(self.cache_dir) / f"{self.hash_func(item_transformed).decode()}.pt"
+        if hashfile.is_file():
+            try:
+                return torch.load(hashfile, weights_only=self.weights_only)
+            except Exception as e:  # corrupt (e.g. a disk filled up): recompute and replace it
+                logger.warning("unreadable cache file %s (%s): pre-processing the item again", hashfile, e)
+        from copy import deepcopy
+
+        from monai.utils import convert_to_tensor
+
+        out = self._pre_transform(deepcopy(item_transformed))
+        with atomic_write(hashfile) as tmp:
+            torch.save(convert_to_tensor(out, convert_numeric=False, track_meta=self.track_meta), tmp)
+        return out
+
+
+def training_dataset(
+    data: Sequence[dict],
+    transform: Callable,
+    cache_root: str | Path | None,
+    spec: Mapping | None = None,
+    cache_rate: float = 0.0,
+    track_meta: bool = False,
+    cache_workers: int = 0,
+) -> PersistentDataset | CacheDataset:
+    """The dataset of a training (or validation) run: the disk cache by default, RAM as an option.
+
+    Args:
+        data: datalist items.
+        transform: deterministic head then random tail (a MONAI ``Compose``).
+        cache_root: parent folder of disk caches (``None`` with ``cache_rate`` 0: no cache, every epoch
+            pre-processes again).
+        spec: the pre-processing record naming the cache (``PreprocessingSpec.to_dict()``).
+        cache_rate: fraction kept pre-processed in RAM instead (0: disk cache only).
+        track_meta: keep MetaTensors in the cache.
+        cache_workers: threads filling the RAM cache.
+
+    Returns:
+        A MONAI dataset.
+    """
+    if not 0.0 <= float(cache_rate) <= 1.0:
+        raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}")
+    if float(cache_rate) > 0:
+        return CacheDataset(data, transform, cache_rate=float(cache_rate), num_workers=int(cache_workers) or None,
+                            progress=False)  # fmt: skip
+    if cache_root is None or str(cache_root) == "":
+        from monai.data import Dataset
+
+        return Dataset(data, transform)
+    folder = cache_folder(cache_root, transform, spec)
+    logger.info("pre-processed volumes are cached in %s", folder)
+    return DiskCacheDataset(data, transform, folder, track_meta=track_meta)

@@ -1,0 +1,190 @@
+"""Where 3D training data comes from: Decathlon datalists, folders of volumes, generated phantoms.
+
+One datalist reader for pre-training and fine-tuning. A data source is one of
+
+* ``""``: phantom CT volumes (with organ labels) generated once under the run's folder (:func:`phantom_dataset`);
+* a Decathlon-style ``dataset.json`` (``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}``
+  paths relative to the json's folder or to ``data_dir``), or a folder holding one;
+* a folder of volumes: files with an ending of :data:`~medgmae.data.reader.VOLUME_SUFFIXES` and sub-folders of DICOM
+  slices (one series each), read by :func:`~medgmae.data.reader.read_volume`.
+
+Contents are checked by :func:`medgmae.data.precheck.check_datalist`; here only the lists are resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch.distributed as dist
+
+from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path
+
+__all__ = ["DatasetError", "dist_rank", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist", "resolve_datalist"]
+
+logger = logging.getLogger("medgmae.data")
+
+
+class DatasetError(ValueError):
+    """A datalist or one of its files cannot be used; the message names the file and the problem."""
+
+
+def dist_rank() -> int:
+    """This process's rank under torch.distributed (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def phantom_dataset(
+    out_dir: str | Path,
+    num_cases: int,
+    num_validation: int = 0,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+    spacing: Sequence[float] | float | None = None,
+) -> Path:
+    """Generate (once) a labelled phantom dataset under ``out_dir`` and return the path of its ``dataset.json``.
+
+    Under torch.distributed only rank 0 writes (the generator writes every file atomically and reuses a complete
+    dataset with the same parameters); the other ranks wait at a barrier, so ``out_dir`` must be on a filesystem
+    every node sees.
+
+    Args:
+        out_dir: dataset folder.
+        num_cases: cases in all (>= 1).
+        num_validation: cases of them in the ``validation`` list.
+        seed: generator seed.
+        shape: volume shape ``(X, Y, Z)`` (the generator's default when ``None``).
+        spacing: voxel size in mm (the generator's default when ``None``).
+
+    Returns:
+        Path of ``dataset.json``.
+    """
+    if int(num_cases) < 1:
+        raise ValueError(f"the number of phantom cases must be >= 1, got {num_cases}")
+    if not 0 <= int(num_validation) < int(num_cases):
+        raise ValueError(f"num_validation must be in [0, {int(num_cases) - 1}], got {num_validation}")
+    from medgmae.data.phantom import write_phantom_dataset
+
+    out = Path(out_dir)
+    kwargs: dict = {}
+    if shape:
+        kwargs["shape"] = tuple(int(s) for s in shape)
+    if spacing:
+        kwargs["spacing"] = spacing if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
+    if dist_rank() == 0:
+        write_phantom_dataset(out, int(num_cases), seed=int(seed), num_validation=int(num_validation), **kwargs)
+    _barrier()
+    return out / "dataset.json"
+
+
+def folder_datalist(folder: str | Path) -> list[dict]:
+    """``{"image": path}`` for every volume file and DICOM series sub-folder of ``folder``, sorted by name."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
+    series = sorted(p for p in folder.iterdir() if p.is_dir() and is_volume_path(p))
+    return [{"image": str(p)} for p in files + series]
+
+
+def load_datalist_json(path: str | Path) -> dict:
+    """The JSON object of a datalist file.
+
+    Raises:
+        DatasetError: the file is missing, not valid JSON, or not a JSON object.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"datalist not found: {path}")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
+    if not isinstance(content, dict):
+        raise DatasetError(f"datalist {path} must hold a JSON object (with 'training' / 'validation' lists)")
+    return content
+
+
+def read_datalist(
+    datalist: str | Path, key: str = "training", data_dir: str | Path | None = None, required: bool = True
+) -> list[dict]:
+    """The items of one list of a Decathlon datalist, with absolute paths.
+
+    Args:
+        datalist: the JSON file.
+        key: ``"training"``, ``"validation"`` or ``"test"``.
+        data_dir: base folder of relative paths (default: the datalist's folder).
+        required: an absent or empty list is an error (else ``[]``).
+
+    Returns:
+        Dicts with ``image`` (and ``label`` where given) as absolute path strings.
+
+    Raises:
+        DatasetError: the file is missing or not valid JSON, an item has no image, or a required list is absent
+            or empty.
+    """
+    path = Path(datalist).expanduser()
+    content = load_datalist_json(path)
+    items = content.get(key)
+    if not items:
+        if required:
+            what = "is empty" if key in content else f"is missing (the file has {sorted(content)})"
+            raise DatasetError(f"datalist {path}: the '{key}' list {what}")
+        return []
+    base = Path(data_dir).expanduser() if data_dir else path.parent
+    out = []
+    for i, item in enumerate(items):
+        item = {"image": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or "image" not in item:
+            raise DatasetError(f"datalist {path}: item {i} of '{key}' has no 'image': {item!r}")
+        out.append({k: str(base / v) if k in ("image", "label") else v for k, v in item.items()})
+    return out
+
+
+def resolve_datalist(
+    dataset_dir: str | Path,
+    work_dir: str | Path,
+    keys: Sequence[str] = ("training", "validation"),
+    phantom_cases: int = 4,
+    phantom_validation: int = 0,
+    phantom_seed: int = 0,
+    phantom_shape: Sequence[int] | None = None,
+    phantom_spacing: Sequence[float] | float | None = None,
+) -> tuple[list[dict], Path]:
+    """The items of a data source (see the module docstring) and the datalist or folder they came from.
+
+    Args:
+        dataset_dir: ``""``, a datalist, a folder holding ``dataset.json`` or a folder of volumes.
+        work_dir: phantoms go to ``work_dir/phantom``.
+        keys: datalist lists joined (a folder of volumes has no lists: all its volumes).
+        phantom_cases, phantom_validation, phantom_seed, phantom_shape, phantom_spacing: see
+            :func:`phantom_dataset`.
+
+    Returns:
+        ``(items, source)``.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` does not exist.
+        DatasetError: no volumes found, or an invalid datalist.
+    """
+    if str(dataset_dir).strip() == "":
+        src = phantom_dataset(Path(work_dir) / "phantom", phantom_cases, phantom_validation, phantom_seed,
+                              phantom_shape, phantom_spacing)  # fmt: skip
+    else:
+        src = Path(dataset_dir).expanduser()
+        if not src.exists():
+            raise FileNotFoundError(f"dataset_dir does not exist: {src}")
+        if src.is_dir() and (src / "dataset.json").is_file():
+            src = src / "dataset.json"
+    if src.is_file():
+        items = [it for k in keys for it in read_datalist(src, k, required=(k == keys[0]))]
+    else:
+        items = folder_datalist(src)
+    if not items:
+        raise DatasetError(f"no volumes found in {src} (readable: {', '.join(VOLUME_SUFFIXES)} files or DICOM folders)")
+    return items, src

@@ -1,0 +1,263 @@
+"""The 3D data layer: one reader for every format (geometry checked against nibabel reading the same image written
+as NIfTI), the pre-check naming every unusable file, the disk cache keyed by the pre-processing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.transforms import Compose, RandSpatialCropd
+
+import medgmae.data.precheck as precheck_mod
+import medgmae.data.reader as reader_mod
+from medgmae.data import DatasetError, LoadVolumed, check_datalist, read_volume, training_dataset
+from medgmae.data.cache import DiskCacheDataset, item_hash
+from medgmae.finetune.data import check_cases
+from medgmae.preprocessing import PreprocessingSpec
+from medgmae.pretrain import pretrain_split
+
+SHAPE = (20, 16, 12)  # (x, y, z) index order
+SPACING = (0.8, 1.3, 2.5)
+ORIGIN = (-12.0, 30.5, 7.25)
+
+
+def _rotation(seed: int) -> np.ndarray:
+    """A proper rotation (det +1), far from the identity and from axis flips."""
+    a, b, c = np.random.default_rng(seed).uniform(0.3, 1.2, 3)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _sitk_image(seed: int = 0, label: bool = False) -> sitk.Image:
+    rng = np.random.default_rng(seed)
+    zyx = SHAPE[::-1]
+    arr = rng.integers(0, 3, zyx).astype(np.uint8) if label else rng.integers(-1000, 1500, zyx).astype(np.int16)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(SPACING)
+    img.SetOrigin(ORIGIN)
+    img.SetDirection(_rotation(seed).flatten().tolist())
+    return img
+
+
+def _write_dicom_series(img: sitk.Image, folder: Path) -> Path:
+    """One CT slice per file, geometry in the patient position / orientation tags (SimpleITK's DICOM example)."""
+    folder.mkdir(parents=True)
+    d = np.asarray(img.GetDirection()).reshape(3, 3)
+    orientation = "\\".join(f"{v:.10f}" for v in (*d[:, 0], *d[:, 1]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
+                           ("0020|000e", "1.2.826.0.1.3680043.2.1125.2"), ("0020|0037", orientation),
+                           ("0018|0050", str(img.GetSpacing()[2])), ("0020|0013", str(k)),
+                           ("0008|0018", f"1.2.826.0.1.3680043.2.1125.3.{k}"),
+                           ("0020|0032", "\\".join(f"{v:.10f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))))):  # fmt: skip
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
+def _nifti(path: Path, array: np.ndarray, affine=None) -> str:
+    nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 2.0, 1.0]) if affine is None else affine), str(path))
+    return str(path)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture()
+def formats(tmp_path, monkeypatch):
+    """The same image (and label) as NIfTI (written by SimpleITK), NRRD, MetaImage and a DICOM series."""
+    monkeypatch.setitem(sys.modules, "itk", None)  # itk is no dependency: any use of it fails here
+    img, lab = _sitk_image(3), _sitk_image(3, label=True)
+    out = {}
+    for ext in (".nii.gz", ".nrrd", ".mha"):
+        out[ext] = {"image": str(tmp_path / f"ct{ext}"), "label": str(tmp_path / f"seg{ext}")}
+        sitk.WriteImage(img, out[ext]["image"])
+        sitk.WriteImage(lab, out[ext]["label"])
+    out["dicom"] = {"image": str(_write_dicom_series(img, tmp_path / "ct_series")), "label": out[".mha"]["label"]}
+    return out
+
+
+def test_every_format_reads_with_the_geometry_of_the_nifti(formats):
+    ref = nib.load(formats[".nii.gz"]["image"])  # nibabel on ITK's NIfTI: the independent reference
+    # the ITK geometry in RAS: diag(-1, -1, 1) @ [direction * spacing | origin]
+    lps = np.eye(4)
+    lps[:3, :3] = _rotation(3) * np.asarray(SPACING)
+    lps[:3, 3] = ORIGIN
+    np.testing.assert_allclose(ref.affine, np.diag([-1, -1, 1, 1]) @ lps, atol=1e-4)
+    for fmt, item in formats.items():
+        vol = read_volume(item["image"])
+        assert vol.array.shape == SHAPE, fmt
+        np.testing.assert_array_equal(vol.array, np.asarray(ref.dataobj, np.float32), err_msg=fmt)
+        np.testing.assert_allclose(vol.affine, ref.affine, atol=1e-4, err_msg=fmt)
+        np.testing.assert_allclose(vol.spacing, SPACING, rtol=1e-5, err_msg=fmt)
+        t = LoadVolumed("image")({"image": item["image"]})["image"]
+        assert t.shape == (1, *SHAPE)
+        np.testing.assert_allclose(t.affine.numpy(), ref.affine, atol=1e-4)
+
+
+def test_every_format_passes_the_fine_tuning_and_pre_training_checks(formats, tmp_path):
+    cases = list(formats.values())
+    assert check_cases(cases, num_classes=3) == cases
+    with pytest.raises(DatasetError, match=r"outside the class range \[0, 1\]"):
+        check_cases(cases[:1], num_classes=2)
+    folder = tmp_path / "pretrain"
+    folder.mkdir()
+    for item in cases[1:3]:
+        Path(item["image"]).rename(folder / Path(item["image"]).name)
+    Path(formats["dicom"]["image"]).rename(folder / "ct_series")
+    split = pretrain_split(str(folder), tmp_path, val_fraction=0.0)
+    items = split["training"]
+    assert sorted(Path(i["image"]).name for i in items) == ["ct.mha", "ct.nrrd", "ct_series"]
+    # the model input of each format is that of the NIfTI
+    spec = PreprocessingSpec(spacing=2.0, input_size=8, patch_size=4)
+    chain = Compose([LoadVolumed("image")] + spec.transforms(["image"]))
+    ref = chain({"image": formats[".nii.gz"]["image"]})["image"]
+    for item in items:
+        out = chain(item)["image"]
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out.as_tensor(), ref.as_tensor(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out.affine.numpy(), ref.affine.numpy(), atol=1e-4)
+
+
+def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _nifti(folder / f"good_{i}.nii.gz", rng.normal(0, 100, (16, 16, 12)).astype(np.float32))
+    _truncate(Path(_nifti(folder / "cut.nii.gz", rng.normal(0, 100, (32, 32, 24)).astype(np.float32))))
+    _nifti(folder / "flat.nii.gz", np.zeros((16, 16), np.float32))
+    _nifti(folder / "movie.nii.gz", np.zeros((8, 8, 8, 3), np.float32))
+    nan = np.zeros((8, 8, 8), np.float32)
+    nan[1, 2, 3] = np.nan
+    _nifti(folder / "nan.nii.gz", nan)
+    for workers in (0, 2):
+        with pytest.raises(DatasetError) as err:
+            pretrain_split(str(folder), tmp_path, precheck_workers=workers, ledger_dir=tmp_path / "cache")
+        msg = str(err.value)
+        assert msg.startswith("4 problem(s)") and "good_" not in msg
+        lines = msg.splitlines()[1:]
+        for name, problem in (("cut.nii.gz", "cannot read the volume"), ("flat.nii.gz", "single 3D volume"),
+                              ("movie.nii.gz", "single 3D volume"), ("nan.nii.gz", "NaN")):  # fmt: skip
+            assert any(name in line and problem in line for line in lines), (name, msg)
+    assert not (tmp_path / "cache").exists()  # nothing written
+
+
+def test_precheck_ledger_reads_each_file_once(tmp_path, monkeypatch):
+    items = [{"image": _nifti(tmp_path / f"v{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(3)]
+    reads = []
+    real = precheck_mod.read_volume
+    monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert sorted(reads) == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz"]
+    reads.clear()
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert reads == []  # checked before, unchanged
+    _nifti(tmp_path / "v1.nii.gz", np.full((8, 8, 9), 7, np.float32))  # edited: new size
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert reads == ["v1.nii.gz"]
+    reads.clear()
+    check_datalist(items, label_key="label", num_classes=2, ledger_dir=tmp_path / "cache")  # other settings: all again
+    assert len(reads) == 3
+
+
+def _chain(spec: PreprocessingSpec) -> Compose:
+    return Compose([LoadVolumed("image")] + spec.transforms(["image"]) + [RandSpatialCropd("image", roi_size=4)])
+
+
+def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch):
+    items = [{"image": _nifti(tmp_path / f"v{i}.nii.gz", np.random.default_rng(i).normal(0, 200, (12, 10, 8)).astype(np.float32))}
+             for i in range(3)]  # fmt: skip
+    reads = []
+    real = reader_mod.read_volume
+    monkeypatch.setattr(reader_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+
+    def epoch(spec: PreprocessingSpec) -> tuple[DiskCacheDataset, list]:
+        ds = training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict())
+        return ds, [ds[i]["image"] for i in range(len(ds))]
+
+    ds, first = epoch(spec)
+    assert isinstance(ds, DiskCacheDataset) and len(reads) == 3
+    files = sorted(Path(ds.cache_dir).glob("*.pt"))
+    assert len(files) == 3 and not list(Path(ds.cache_dir).glob(".tmp-*"))
+    # the cached arrays are the deterministic transforms' output, computed independently here
+    direct = Compose([LoadVolumed("image")] + spec.transforms(["image"]))(items[0])["image"]
+    cached = torch.load(Path(ds.cache_dir) / f"{item_hash(items[0]).decode()}.pt", weights_only=True)
+    assert torch.equal(cached["image"], direct.as_tensor())
+    reads.clear()
+    ds2, _ = epoch(spec)
+    assert reads == [] and ds2.cache_dir == ds.cache_dir  # same spec: the cache is reused, nothing decoded
+    for changed in (PreprocessingSpec(spacing=3.0, input_size=4, patch_size=2),
+                    PreprocessingSpec(spacing=2.0, hu_window=(-100, 300), input_size=4, patch_size=2)):  # fmt: skip
+        reads.clear()
+        ds3, _ = epoch(changed)
+        assert ds3.cache_dir != ds.cache_dir and len(reads) == 3  # spacing / window changed: pre-processed again
+    # a damaged cache file is pre-processed again, not a crash
+    files[0].write_bytes(b"broken")
+    reads.clear()
+    ds4, again = epoch(spec)
+    assert len(reads) == 1 and all(a.shape == (1, 4, 4, 4) for a in again)
+    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text())
+    assert record["spec"] == spec.to_dict()
+
+
+def test_ram_cache_is_an_option(tmp_path):
+    from monai.data import CacheDataset
+
+    items = [{"image": _nifti(tmp_path / "v.nii.gz", np.zeros((8, 8, 8), np.float32))}]
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+    assert isinstance(training_dataset(items, _chain(spec), tmp_path / "cache", cache_rate=1.0), CacheDataset)
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ValueError, match="cache_rate"):
+        training_dataset(items, _chain(spec), tmp_path / "cache", cache_rate=1.5)
+
+
+def test_gzip_truncation_is_what_the_check_sees(tmp_path):
+    """The truncated file of the pre-check test fails in gzip itself (the failure users met inside a dataset)."""
+    path = Path(_nifti(tmp_path / "cut.nii.gz", np.random.default_rng(0).normal(0, 1, (32, 32, 24)).astype(np.float32)))
+    _truncate(path)
+    with pytest.raises(EOFError):
+        gzip.decompress(path.read_bytes())
+    with pytest.raises(ValueError, match="cut.nii.gz: cannot read the volume"):
+        read_volume(path)
+
+
+def _fill(args: tuple) -> list:
+    items, cache_root, spec_dict = args
+    spec = PreprocessingSpec(**spec_dict)
+    ds = training_dataset(items, _chain(spec), cache_root, spec=spec.to_dict())
+    return [tuple(ds[i]["image"].shape) for i in range(len(ds))] + [str(ds.cache_dir)]
+
+
+def test_several_processes_fill_one_cache_at_once(tmp_path):
+    """Four processes pre-process the same items into one cache at the same time (as DDP ranks or jobs sharing a
+    cache do): every file is whole, no temporary file is left, and a later reader decodes nothing."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    items = [{"image": _nifti(tmp_path / f"v{i}.nii.gz", np.random.default_rng(i).normal(0, 200, (24, 20, 16)).astype(np.float32))}
+             for i in range(6)]  # fmt: skip
+    spec = PreprocessingSpec(spacing=1.5, input_size=4, patch_size=2)
+    with ProcessPoolExecutor(4) as pool:
+        results = list(pool.map(_fill, [(items, tmp_path / "cache", spec.to_dict())] * 4))
+    folders = {r[-1] for r in results}
+    assert len(folders) == 1 and all(r[:-1] == [(1, 4, 4, 4)] * 6 for r in results)
+    folder = Path(folders.pop())
+    assert len(list(folder.glob("*.pt"))) == 6 and not list(folder.glob(".tmp-*"))
+    for f in folder.glob("*.pt"):
+        torch.load(f, weights_only=True)  # whole files
