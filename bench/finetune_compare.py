@@ -33,7 +33,7 @@ def run(cmd: list[str], log: Path) -> float:
     print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"command failed ({proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
     return time.perf_counter() - t0

@@ -88,7 +88,7 @@ def run_part(part: str, budget: float, dry: bool, work: Path, **env: str) -> lis
     t0 = time.monotonic()
     status = None
     try:
-        res = subprocess.run(cmd, cwd=ROOT, env=_child_env(dry, **env), capture_output=True, text=True,
+        res = subprocess.run(cmd, cwd=ROOT, env=_child_env(dry, **env), capture_output=True, encoding="utf-8", errors="replace",
                              timeout=budget + 20)  # fmt: skip
         tail = (res.stdout + res.stderr)[-3000:]
         if res.returncode != 0:

@@ -124,7 +124,7 @@ def part_render(rec: Recorder, dry: bool) -> None:
         cases = br.make_cases(False, "all")
         clock, _ = br.sm_clock_hz(None)
         exp_rate = torch.cuda.get_device_properties(device).multi_processor_count * br.EXP_PER_CLK_PER_SM * clock
-    opts = argparse.Namespace(cutoff=3.0, repeats=2 if dry else 10, budget=0.01 if dry else 1.5)
+    opts = argparse.Namespace(cutoff=3.0, repeats=2 if dry else 10, budget=0.01 if dry else 1.5, torch_paths=["auto"])
     timer = br.Timer(device)
     for case in cases:
 

@@ -17,7 +17,7 @@ def test_verify_metadata_offline(bundle):
     meta = bundle / "configs" / "metadata.json"
     run = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(SCHEMA)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, encoding="utf-8", errors="replace", timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "metadata is verified with no error" in (run.stdout + run.stderr)
@@ -28,7 +28,7 @@ def test_schema_rejects_incomplete_metadata(tmp_path):
     meta.write_text(json.dumps({"schema": "x", "version": "0.1.0"}))
     run = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(SCHEMA)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, encoding="utf-8", errors="replace", timeout=120,
     )
     assert run.returncode != 0 and "required property" in (run.stdout + run.stderr)
 

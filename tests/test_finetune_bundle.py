@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from medgmae.checkpoint import make_checkpoint
-
 from medgmae.finetune.data import (
     DatasetError,
     check_cases,
+    finetuned_spec,
     inference_cases,
     label_names,
     prepare_datalists,
@@ -142,7 +142,7 @@ def test_prepare_datalists_checks_every_case(tmp_path):
 def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config),
            "--logging_file", str(CONFIGS / "logging.conf"), *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -172,7 +172,8 @@ def _check_progress_pictures_and_summary(out: Path, log: str) -> None:
     # two rows (prediction, label) of 3 slices of the pre-processed validation case, enlarged to >= 160 pixels
     case = json.loads((out / "phantom" / "dataset.json").read_text())["validation"][0]
     root = out / "phantom"
-    shape = val_transforms([1.5, 1.5, 2.0])({k: str(root / v) for k, v in case.items()})["image"].shape[1:]
+    spec = finetuned_spec(out / "best_model.pt")  # the run's pre-processing, recorded in its best model
+    shape = val_transforms(spec)({k: str(root / v) for k, v in case.items()})["image"].shape[1:]
     f = -(-160 // max(shape))
     x, y, z = (f * n for n in shape)
     cell_h, cell_w = max(z, y) + 14, max(y, x)  # sagittal (z, y), coronal (z, x), axial (y, x)
@@ -294,7 +295,7 @@ def test_multi_gpu_config_two_process_gloo(tmp_path):
            "--encoder", "{'patch_size': 12, 'hidden_size': 48, 'num_layers': 1, 'num_heads': 4, 'mlp_ratio': 2.0}",
            "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--max_epochs", "1"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=400, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoint_epoch=1.pt", weights_only=True)
     assert ckpt["engine"] == {"epoch": 1, "iteration": 1}  # 2 training cases over 2 ranks

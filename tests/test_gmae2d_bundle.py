@@ -161,13 +161,19 @@ def _resolved(tmp_path, **overrides):
     return parser
 
 
+def _checkpointer(parser):
+    from medgmae.engine import CheckpointHandler
+
+    return next(h for h in parser.get_parsed_content("train#handlers") if isinstance(h, CheckpointHandler))
+
+
 @pytest.mark.parametrize("value", ["false", "False", "0", False])
 def test_string_flags_turn_amp_and_resume_off(tmp_path, value):
     on = _resolved(tmp_path / "on", amp=True, resume=True)
     assert on.get_parsed_content("train#trainer").bf16 is True
-    assert on.get_parsed_content("train#handlers")[2].resume is True
+    assert _checkpointer(on).resume is True
     off = _resolved(tmp_path / "off", amp=value, resume=value)
     assert off.get_parsed_content("train#trainer").bf16 is False
-    assert off.get_parsed_content("train#handlers")[2].resume is False
+    assert _checkpointer(off).resume is False
     cpu = _resolved(tmp_path / "cpu", amp=True, device_obj="$torch.device('cpu')")
     assert cpu.get_parsed_content("train#trainer").bf16 is False  # amp is bf16 autocast on CUDA only

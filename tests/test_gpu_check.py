@@ -28,7 +28,7 @@ def test_dry_run_reports_every_part(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     res = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=900)  # fmt: skip
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = data["rows"]

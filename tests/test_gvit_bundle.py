@@ -32,7 +32,7 @@ def _bundle_cli(config: str, *args: str, run_id: str = "training") -> subprocess
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(BUNDLE / "configs" / config),
            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    return subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", cwd=REPO, env=env, timeout=300)
 
 
 def _bundle(config: str, run_id: str = "training", **overrides) -> None:

@@ -42,7 +42,7 @@ def _env(threads: int | None = None) -> dict:
 
 def _bundle(*args: str, cwd: Path, threads: int | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", *args]
-    return subprocess.run(cmd, cwd=cwd, env=_env(threads), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=cwd, env=_env(threads), capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -215,7 +215,7 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path):
         subprocess.Popen(
             _torchrun("--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
                       "--master_port", str(port), "-m", "monai.bundle", *common, "2", "--output_dir", str(straight)),
-            cwd=tmp_path, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=tmp_path, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
         )  # fmt: skip
         for rank in (0, 1)
     ]

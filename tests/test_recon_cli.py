@@ -219,7 +219,7 @@ def test_python_m_recon_process_exit_code(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     r = subprocess.run(
         [sys.executable, "-m", "recon", "reconstruct", "--projections", str(tmp_path / "p.npy"), "--geometry", str(tmp_path / "g.json"), "--init", "medgmae", "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120,
     )  # fmt: skip
     assert r.returncode == 2 and "--checkpoint" in r.stderr
     assert not (tmp_path / "o").exists()

@@ -362,7 +362,7 @@ def build(name, fn, sig, cx, warps):
         with open(os.path.join(sys.argv[1], name + ".ptx"), "w") as f:
             f.write(ptx)
         res = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", f.name + ".cubin"],
-                             capture_output=True, text=True)
+                             capture_output=True, encoding="utf-8", errors="replace")
         m = re.search(r"(\d+) bytes spill stores", res.stderr)
         spill = int(m.group(1)) if m else None
     out.append({"name": name, "spill": spill,
@@ -390,7 +390,7 @@ def test_kernels_compile_for_hopper(tmp_path):
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     res = subprocess.run(
-        [sys.executable, "-c", _AOT_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", _AOT_SCRIPT, str(tmp_path)], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=600
     )
     assert res.returncode == 0, res.stderr[-3000:]
     kernels = {k["name"]: k for k in json.loads(res.stdout.strip().splitlines()[-1])}

@@ -177,6 +177,8 @@ class MaskedValidationHandler:
                 transform.set_random_state(seed=self.seed)
             crops: list[Tensor] = []
             for i in range(len(self.dataset)):
+                if len(crops) >= self.max_crops:  # read no more validation volumes than the crops need
+                    break
                 item = self.dataset[i]
                 for d in item if isinstance(item, list) else [item]:
                     x = d[self.image_key]
