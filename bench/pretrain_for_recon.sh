@@ -2,8 +2,9 @@
 # Pre-train the MedGMAE used by bench/recon.py through the pre-training bundle, on generated phantoms, with the
 # bundle's own pre-processing (RAS, 1.5 mm, HU [-175, 250]) recorded in model.pt. About an hour on 2 CPU cores.
 #   bash bench/pretrain_for_recon.sh [OUTPUT_DIR] [MAX_EPOCHS]
-# The phantoms used here (seeds 0..15 of the generator) are disjoint from the held-out phantoms bench/recon.py
-# reconstructs (seed 1000 and up).
+# The phantoms used here (the bundle's dataset seed 0: 32-bit SeedSequence-derived case seeds) are disjoint from the
+# held-out phantom bench/recon.py reconstructs (generator seed 1000 by default). Stop it at any time: model.pt is
+# rewritten after every epoch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/recon_bench_model}
