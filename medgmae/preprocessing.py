@@ -21,12 +21,13 @@ The defaults are MedGMAE's (paper, section 4.1): RAS, 1.5 mm isotropic, HU ``[-1
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["PreprocessingSpec", "DEFAULT_SPEC", "reconcile_spacing_window"]
+__all__ = ["PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides"]
 
 logger = logging.getLogger("medgmae")
 
@@ -163,25 +164,25 @@ class PreprocessingSpec:
 DEFAULT_SPEC = PreprocessingSpec()
 
 
-def reconcile_spacing_window(
+def spec_with_overrides(
     recorded: PreprocessingSpec | None,
-    spacing: Sequence[float] | float | None,
-    hu_window: Sequence[float] | None,
+    spacing: Sequence[float] | float | None = None,
+    hu_window: Sequence[float] | None = None,
     source: str = "the pre-trained encoder",
-) -> tuple[tuple[float, float, float], tuple[float, float]]:
-    """Spacing and HU window for a consumer of a pre-trained model: the recorded ones unless overridden.
+) -> PreprocessingSpec:
+    """A consumer's pre-processing: the checkpoint's recorded spec, with the spacing / HU window the user gave.
 
     A value given explicitly (not ``None``) wins; when it differs from the recorded one a warning names both, since
     the model then sees data prepared differently from its pre-training.
 
     Args:
-        recorded: the checkpoint's spec (``None``: nothing recorded, the defaults of :data:`DEFAULT_SPEC` apply).
+        recorded: the checkpoint's spec (``None``: nothing recorded, :data:`DEFAULT_SPEC` is the base).
         spacing: the user's spacing in mm, or ``None``.
         hu_window: the user's ``(a_min, a_max)``, or ``None``.
         source: how the checkpoint is named in the warning.
 
     Returns:
-        ``(spacing (3,), hu_window (2,))``.
+        The spec (``recorded`` or the default, with the overrides).
     """
     base = recorded or DEFAULT_SPEC
     out_spacing = base.spacing if spacing is None else _triple(spacing, "spacing")
@@ -193,4 +194,4 @@ def reconcile_spacing_window(
                     "%s %s differs from the %s %s recorded in %s: the model will see data prepared differently "
                     "from its pre-training", name, list(mine), name, list(theirs), source,
                 )
-    return out_spacing, out_window
+    return dataclasses.replace(base, spacing=out_spacing, hu_window=out_window)

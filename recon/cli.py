@@ -223,13 +223,9 @@ def cmd_fbp(args) -> int:
 
 def _model_spec(model, spacing: float | None, checkpoint: str):
     """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
-    import dataclasses
+    from medgmae.preprocessing import spec_with_overrides
 
-    from medgmae.preprocessing import DEFAULT_SPEC, reconcile_spacing_window
-
-    recorded = model.preprocessing
-    spacing3, window = reconcile_spacing_window(recorded, spacing, None, source=checkpoint)
-    return dataclasses.replace(recorded or DEFAULT_SPEC, spacing=spacing3, hu_window=window)
+    return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
 
 
 def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarray, model):

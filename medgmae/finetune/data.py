@@ -8,6 +8,7 @@ as distributed for BTCV (14 classes) and AMOS CT (16 classes). The transforms fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -30,7 +31,7 @@ from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_data
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import LoadVolumed
 from medgmae.files import atomic_write
-from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec, reconcile_spacing_window
+from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
 
 __all__ = [
     "DatasetError",
@@ -277,26 +278,19 @@ def finetune_spec(
         recorded, enc_patch = ckpt.preprocessing, ckpt.config.get("patch_size")
     if recorded is None and pixdim is None:
         pixdim = DEFAULT_PIXDIM
-    spacing, window = reconcile_spacing_window(recorded, pixdim, hu_range, source=str(pretrained))
-    base = recorded or DEFAULT_SPEC
-    return PreprocessingSpec(orientation=base.orientation, spacing=spacing, hu_window=window,
-                             intensity_range=base.intensity_range, clip=base.clip, input_size=roi_size,
-                             patch_size=enc_patch or patch_size or base.patch_size)  # fmt: skip
+    spec = spec_with_overrides(recorded, pixdim, hu_range, source=str(pretrained))
+    return dataclasses.replace(spec, input_size=roi_size, patch_size=enc_patch or patch_size or spec.patch_size)
 
 
 def finetuned_spec(
     checkpoint: str | Path, pixdim: Sequence[float] | float | None = None, hu_range: Sequence[float] | None = None
 ) -> PreprocessingSpec:
     """The pre-processing recorded in a fine-tuned ``best_model.pt``, with optional overrides (warned about)."""
-    import dataclasses
-
     from medgmae.checkpoint import load_checkpoint
     from medgmae.finetune.weights import FINETUNED_KIND
 
     ckpt = load_checkpoint(checkpoint, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run")
-    recorded = ckpt.preprocessing
-    spacing, window = reconcile_spacing_window(recorded, pixdim, hu_range, source=str(checkpoint))
-    return dataclasses.replace(recorded or DEFAULT_SPEC, spacing=spacing, hu_window=window)
+    return spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint))
 
 
 def _load_and_resample(keys, spec: PreprocessingSpec) -> list:
