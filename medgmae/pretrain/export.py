@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch.distributed as dist
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
+from medgmae.engine import is_main_process
 from medgmae.files import save_torch_atomic
 from medgmae.pretrain.trainer import unwrap_model
 
@@ -18,10 +18,6 @@ ENCODER_FILE = "encoder.pt"
 MODEL_FILE = "model.pt"
 
 logger = logging.getLogger("medgmae.pretrain")
-
-
-def _is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, Path]:
@@ -61,7 +57,7 @@ class ModelExportHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED if self.every_epoch else Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         enc, full = save_pretrained(self.network, self.output_dir)
         logger.info("epoch %d: wrote %s and %s", engine.state.epoch, enc, full)
