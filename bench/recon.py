@@ -95,21 +95,34 @@ def run_case(args, device) -> dict:
         out["fbp_filters"][name] = {"psnr": psnr(r, vol), "ssim": ssim(r, vol)}
     fbp_psnr = max(v["psnr"] for v in out["fbp_filters"].values())
     out["best_fbp_psnr"] = fbp_psnr
-    targets = sorted({round(fbp_psnr + 2, 2), round(fbp_psnr + 4, 2), *args.targets})
+    targets = sorted({round(fbp_psnr + d, 2) for d in args.relative_targets} | set(args.targets))
+    out["targets"] = targets
     from recon.init_3dgr import init_3dgr_ct
+
+    # 3DGR-CT places 50k Gaussians in an 80 x 256 x 256 volume; "published-density" keeps that fraction of voxels
+    k_3dgr = args.num_gaussians_3dgr
+    if k_3dgr is None:
+        k_3dgr = max(100, round(50000 * math.prod(shape) / (80 * 256 * 256)))
 
     # name -> (initialisation returning (Gaussians, value_scale or None), optimiser preset)
     inits = {
         "random": (lambda: (random_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
         "toolkit": (lambda: (fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
-        "3dgr-ct": (lambda: init_3dgr_ct(rec_fbp, args.num_gaussians_3dgr), "3dgr-ct"),
+        "3dgr-ct": (lambda: init_3dgr_ct(rec_fbp, k_3dgr), "3dgr-ct"),
     }
+    out["num_gaussians_3dgr"] = k_3dgr
     if args.compare_medgmae:
         from medgmae.networks.medgmae import MedGMAE
 
         model = MedGMAE.from_checkpoint(args.checkpoint, needed_for="bench/recon.py needs a medgmae model.pt").to(device).eval()
         out["medgmae_model"] = {"checkpoint": args.checkpoint, "preprocessing": model.preprocessing.to_dict() if model.preprocessing else None}
-        inits["medgmae"] = (lambda: (medgmae_init(rec_fbp, geom.default_affine(), model, overlap=args.overlap), None), "toolkit")
+        affine = geom.default_affine()
+        inits["medgmae"] = (lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap), None), "toolkit")
+        # the same zero-shot Gaussians subdivided to the budget of the random and toolkit starts
+        inits["medgmae-dense"] = (
+            lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap, num_gaussians=args.num_gaussians, seed=args.seed), None),
+            "toolkit",
+        )
     for name, (make, preset) in inits.items():
         if args.only and name not in args.only:
             continue
@@ -161,7 +174,8 @@ def plot_curves(result: dict, path: str) -> None:
 
     from medgmae.files import atomic_write
 
-    colours = {"random": (120, 120, 120), "toolkit": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60)}
+    colours = {"random": (120, 120, 120), "toolkit": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60),
+               "medgmae-dense": (230, 140, 20)}  # fmt: skip
     runs = result["runs"]
     pts = [(it, p) for r in runs.values() for it, p in r["curve"] if math.isfinite(p)]
     fbp_psnr = result["best_fbp_psnr"]
@@ -198,11 +212,14 @@ def main(argv=None) -> int:
     p.add_argument("--views", type=int, default=60)
     p.add_argument("--iterations", type=int, default=400)
     p.add_argument("--num-gaussians", type=int, default=20000, help="Gaussians of the random and toolkit (fbp) inits")
-    p.add_argument("--num-gaussians-3dgr", type=int, default=50000, help="Gaussians of the 3DGR-CT init (published: 50k)")
+    p.add_argument("--num-gaussians-3dgr", type=int, default=None,
+                   help="Gaussians of the 3DGR-CT init (default: its published density, 50k per 80 x 256 x 256 voxels)")
     p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
     p.add_argument("--views-per-iteration", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--targets", type=float, nargs="*", default=[], help="PSNR targets besides FBP + 2 and + 4 dB")
+    p.add_argument("--targets", type=float, nargs="*", default=[], help="absolute PSNR targets (dB)")
+    p.add_argument("--relative-targets", type=float, nargs="*", default=[-3.0, -1.0, 0.0, 2.0, 4.0],
+                   help="PSNR targets relative to the best FBP / FDK (dB)")
     p.add_argument("--photons", type=float, default=1e5, help="incident photons per detector pixel (0: no noise)")
     p.add_argument("--png", default=None, help="write the PSNR curves of every initialisation here")
     p.add_argument("--overlap", type=int, default=16, help="sliding-window overlap of the zero-shot initialisation")

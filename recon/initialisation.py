@@ -39,6 +39,7 @@ __all__ = [
     "window_fbp",
     "zyx_affine",
     "calibrate_intensities",
+    "subdivide_gaussians",
 ]
 
 #: Linear attenuation coefficient of water (1/mm) used for HU <-> attenuation.
@@ -155,6 +156,41 @@ def fbp_init(
     return calibrate_intensities(g.to(vol.device), vol, cutoff)
 
 
+@torch.no_grad()
+def subdivide_gaussians(g: Gaussians3D, num_gaussians: int, seed: int = 0) -> Gaussians3D:
+    """Replace each Gaussian by ``m = floor(num_gaussians / K)`` smaller children whose expected sum is the parent.
+
+    Children of a Gaussian ``(mu, Sigma = R diag(s^2) R^T, I)`` have covariance ``f^2 Sigma`` with
+    ``f = m^(-1/3)``, the parent's intensity ``I`` and centres drawn from ``N(mu, (1 - f^2) Sigma)``: the
+    expected rendered sum ``m I N(mu, (1 - f^2) Sigma) * exp(-x^T (f^2 Sigma)^-1 x / 2)`` is exactly the parent
+    (peak-valued Gaussians, the renderer's convention). A coarse start keeps its picture and gets the Gaussian
+    budget of the other initialisations, each child free to move on its own.
+
+    Args:
+        g: Gaussians (``B = 1``), any frame.
+        num_gaussians: the budget; returned unchanged when it is not at least twice ``K``.
+        seed: random seed of the child centres.
+
+    Returns:
+        ``m K`` Gaussians (``B = 1``) on ``g``'s device.
+    """
+    if g.batch_size != 1:
+        raise ValueError(f"subdivide_gaussians takes one set of Gaussians (B = 1), got B = {g.batch_size}")
+    k = g.num_gaussians
+    m = num_gaussians // max(k, 1)
+    if k == 0 or m < 2:
+        return g
+    f = m ** (-1.0 / 3.0)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(k, m, 3, generator=gen, dtype=torch.float64).to(g.means.device)
+    rot = g.rotation_matrices()[0].double()  # (K, 3, 3)
+    offs = torch.einsum("kij,kmj->kmi", rot, z * g.scales[0].double()[:, None, :]) * math.sqrt(1.0 - f * f)
+    means = (g.means[0].double()[:, None, :] + offs).reshape(-1, 3).float()
+    rep = lambda t: t[0].repeat_interleave(m, dim=0)  # noqa: E731
+    return Gaussians3D(means[None], (rep(g.scales) * f)[None], rep(g.quats)[None], rep(g.intensities)[None])
+
+
+
 def window_fbp(fbp_volume: Tensor, mu_water: float = MU_WATER, spec: PreprocessingSpec = DEFAULT_SPEC) -> Tensor:
     """Attenuation -> HU -> the model's intensity window (``spec``)."""
     return spec.window(mu_to_hu(fbp_volume, mu_water))
@@ -180,6 +216,8 @@ def medgmae_init(
     min_intensity: float = 1e-3,
     calibrate: bool = True,
     cutoff: float = 3.0,
+    num_gaussians: int | None = None,
+    seed: int = 0,
 ) -> Gaussians3D:
     """Zero-shot initialisation from a pre-trained MedGMAE (see the module docstring).
 
@@ -195,6 +233,9 @@ def medgmae_init(
         min_intensity: drop Gaussians at or below this window-unit intensity.
         calibrate: finish with the least-squares gain against the FBP volume.
         cutoff: renderer cutoff used for the calibration.
+        num_gaussians: a Gaussian budget: the decoder's Gaussians are subdivided to about this many
+            (:func:`subdivide_gaussians`) before the calibration; ``None`` keeps the decoder's own count.
+        seed: random seed of the subdivision.
 
     Returns:
         Voxel-frame ``(z, y, x)`` Gaussians (``B = 1``) in attenuation units.
@@ -209,4 +250,6 @@ def medgmae_init(
     g = res.voxel.to(vol.device)
     slope = res.spec.hu_per_unit / 1000.0 * mu_water
     g = Gaussians3D(g.means, g.scales.clamp_min(0.3), g.quats, g.intensities * slope)
+    if num_gaussians is not None:
+        g = subdivide_gaussians(g, num_gaussians, seed)
     return calibrate_intensities(g, vol, cutoff) if calibrate else g
