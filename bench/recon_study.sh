@@ -5,7 +5,8 @@
 #   e.g. bash bench/recon_study.sh runs/recon_bench_model/model.pt runs/recon_study 600 parallel:20:1000 cone:90:1001
 # MODEL_PT comes from bench/pretrain_for_recon.sh. Each case writes OUT_DIR/<case>.json and .png; summarise them with
 #   python bench/recon_summary.py OUT_DIR/*.json
-# One thread per case (run several cases side by side on a multi-core machine).
+# One thread per case (run several cases side by side on a multi-core machine). INITS="a b" runs only those
+# initialisations (written to <case>_<first init>.json; the summary merges the files of one case).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 out=$2 iters=$3
@@ -14,8 +15,14 @@ mkdir -p "$out"
 for case in "$@"; do
     IFS=: read -r geom views seed <<<"$case"
     name="${geom}${views}_seed${seed}"
+    only=()
+    if [[ -n "${INITS:-}" ]]; then
+        read -r -a inits <<<"$INITS"
+        only=(--only "${inits[@]}")
+        name="${name}_${inits[0]}"
+    fi
     OMP_WAIT_POLICY=PASSIVE python bench/recon.py --size 32 64 64 --voxel 6 4 4 --geometry "$geom" --views "$views" \
         --iterations "$iters" --eval-every 10 --seed "$seed" --threads 1 --device cpu --compare-medgmae \
-        --checkpoint "$model" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
+        --checkpoint "$model" "${only[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
     echo "$name done"
 done

@@ -1,0 +1,97 @@
+"""Summarise the reconstruction study: the JSON files of ``bench/recon.py`` as one markdown table, plus one PNG
+holding every case's PSNR curves (the cases' own PNGs side by side).
+
+    python bench/recon_summary.py runs/recon_study/*.json --png runs/recon_study/curves.png
+
+For each case: the best FBP/FDK PSNR, and per initialisation its preset, initial Gaussians, initial and final
+PSNR, median seconds per iteration and the iterations to each PSNR target (``-``: not reached in the run). The
+last column compares the iterations to the highest target reached by both runs with ``3dgr-ct`` and ``toolkit``
+(negative: fewer iterations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _iters(run: dict, target: str):
+    hit = run["iterations_to_psnr"].get(target)
+    return None if hit is None else hit["iteration"]
+
+
+def _versus(runs: dict, name: str, other: str, targets: list[str]) -> str:
+    """Relative change in iterations of ``name`` against ``other`` at the highest target both reached."""
+    if name not in runs or other not in runs:
+        return "n/a"
+    for t in reversed(targets):
+        a, b = _iters(runs[name], t), _iters(runs[other], t)
+        if a is not None and b is not None and b > 0:
+            return f"{100 * (a - b) / b:+.0f} % at {float(t):.1f} dB"
+    return "no common target"
+
+
+def case_table(result: dict) -> str:
+    """Markdown rows of one case."""
+    runs = result["runs"]
+    targets = sorted(next(iter(runs.values()))["iterations_to_psnr"], key=float)
+    head = (f"**{result['geometry']}, {result['views']} views, phantom seed {result['phantom_seed']}**: "
+            f"best FBP/FDK {result['best_fbp_psnr']:.2f} dB; {result.get('iterations', '?')} iterations\n\n")  # fmt: skip
+    cols = ["init", "preset", "Gaussians (start -> end)", "PSNR start", "PSNR end", "s/it"]
+    cols += [f"it to {float(t):.1f}" for t in targets] + ["vs 3dgr-ct", "vs toolkit"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, r in runs.items():
+        row = [name, r["preset"], f"{r['initial_gaussians']} -> {r['final_gaussians']}", f"{r['initial_psnr']:.2f}",
+               f"{r['final_psnr']:.2f}", f"{r['seconds_per_iteration_median']:.3f}"]  # fmt: skip
+        row += [str(_iters(r, t)) if _iters(r, t) is not None else "-" for t in targets]
+        row += ["" if name == "3dgr-ct" else _versus(runs, name, "3dgr-ct", targets),
+                "" if name == "toolkit" else _versus(runs, name, "toolkit", targets)]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def tile_pngs(paths: list[Path], out: str, columns: int = 2) -> None:
+    """The cases' PNGs in a grid of ``columns``."""
+    from PIL import Image
+
+    from medgmae.files import atomic_write
+
+    imgs = [Image.open(p).convert("RGB") for p in paths]
+    w, h = max(i.width for i in imgs), max(i.height for i in imgs)
+    rows = (len(imgs) + columns - 1) // columns
+    canvas = Image.new("RGB", (w * min(columns, len(imgs)), h * rows), (255, 255, 255))
+    for k, img in enumerate(imgs):
+        canvas.paste(img, ((k % columns) * w, (k // columns) * h))
+    with atomic_write(out) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="JSON files of bench/recon.py")
+    p.add_argument("--png", default=None, help="write every case's curves (their PNGs, side by side) here")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    pngs, cases = [], {}
+    for path in args.results:  # files of one case (same geometry, views, phantom, iterations) are merged
+        result = json.loads(Path(path).read_text())
+        result["iterations"] = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
+        key = (result["geometry"], result["views"], result["phantom_seed"], result["iterations"])
+        if key in cases:
+            cases[key]["runs"].update(result["runs"])
+        else:
+            cases[key] = result
+        png = Path(path).with_suffix(".png")
+        if png.exists():
+            pngs.append(png)
+    for result in cases.values():
+        print(case_table(result))
+    if args.png and pngs:
+        tile_pngs(pngs, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
