@@ -2,12 +2,15 @@
 
 ASTRA has no CPU cone-beam projector (its 3D projectors need CUDA), and the ray marcher of
 :mod:`recon.projectors.torch_proj` re-evaluates ``grid_sample`` over every ray sample on every call, which is slow
-on a CPU (about 19 s for a forward and adjoint of a 32 x 64 x 64 cone-beam volume with 90 views at one thread).
+on a CPU.
 :class:`RayMatrixProjector` builds, once per geometry, the sparse matrix ``A`` of exactly that operator: the same
 rays and sample positions (taken from :meth:`TorchProjector._rays` and :meth:`TorchProjector._to_grid`, so the two
 cannot drift), the trilinear weights of ``grid_sample(align_corners=False, padding_mode="zeros")`` with corners
 outside the volume dropped, times the step. A projection is then one sparse-times-dense product ``A x`` and the
-adjoint ``A^T y``, equal to the ray marcher up to rounding (bench/projectors.py measures the speed).
+adjoint ``A^T y`` (scipy's CSR products, single-threaded; faster here than ``torch.sparse.mm``), equal to the
+ray marcher up to rounding. Building costs a few ray-marcher calls (``python bench/projectors.py --cone-matrix``:
+51 s to build, then 0.24 s against 16.5 s per forward and adjoint for 90 views at one thread), so it pays off in
+iterative reconstruction, not for a single projection.
 
 Memory grows with rays x samples inside the volume; :func:`estimate_matrix_bytes` bounds it before anything is
 built, and :func:`recon.projectors.make_projector` uses this projector for ``"auto"`` on the CPU only when the
@@ -30,11 +33,12 @@ from recon.projectors.torch_proj import TorchProjector
 __all__ = ["RayMatrixProjector", "estimate_matrix_bytes", "MATRIX_BUDGET_BYTES"]
 
 #: Largest matrix ``make_projector(..., "auto")`` builds on the CPU (A and A^T together, as bounded by
-#: :func:`estimate_matrix_bytes`); 1.5 GiB leaves room for the reconstruction itself on a small machine.
+#: :func:`estimate_matrix_bytes`); 1.5 GiB leaves room for the reconstruction itself on a small machine. The
+#: build briefly holds up to about 2.5 times the matrices (measured 2.2 for 20 views of the bench case).
 MATRIX_BUDGET_BYTES = 3 << 29
 
 #: Ray samples expanded to trilinear corners at once while building (bounds the build's temporary memory).
-_BUILD_SAMPLES = 1 << 20
+_BUILD_SAMPLES = 1 << 18
 
 
 def _ray_tables(marcher: TorchProjector) -> tuple[Tensor, Tensor, Tensor]:
@@ -152,7 +156,8 @@ class RayMatrixProjector(Projector):
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         blocks = [_build_rows(marcher, r0, min(r0 + chunk, start.shape[0]), start, d, t).astype(np_dtype) for r0 in range(0, start.shape[0], chunk)]
         self.a = sp.vstack(blocks, format="csr")
-        self.at = self.a.T.tocsr()
+        del blocks
+        self.at = self.a.T.tocsr()  # A^T as its own CSR: the adjoint gathers instead of scattering
         self._pixels = geometry.det_shape[0] * geometry.det_shape[1]
 
     @property
