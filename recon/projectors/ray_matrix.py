@@ -9,8 +9,8 @@ cannot drift), the trilinear weights of ``grid_sample(align_corners=False, paddi
 outside the volume dropped, times the step. A projection is then one sparse-times-dense product ``A x`` and the
 adjoint ``A^T y`` (scipy's CSR products, single-threaded; faster here than ``torch.sparse.mm``), equal to the
 ray marcher up to rounding. Building costs a few ray-marcher calls (``python bench/projectors.py --cone-matrix``:
-51 s to build, then 0.24 s against 16.5 s per forward and adjoint for 90 views at one thread), so it pays off in
-iterative reconstruction, not for a single projection.
+about 50 s to build, then 0.24-0.29 s against 17-27 s per forward and adjoint for a 32 x 64 x 64 volume and 90
+views at one thread, bench/RESULTS.md), so it pays off in iterative reconstruction, not for a single projection.
 
 Memory grows with rays x samples inside the volume; :func:`estimate_matrix_bytes` bounds it before anything is
 built, and :func:`recon.projectors.make_projector` uses this projector for ``"auto"`` on the CPU only when the
