@@ -61,8 +61,9 @@ def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **
             backend = "astra" if astra_cuda_available() else "torch"
         elif astra_cpu_supports(geometry):
             backend = "astra"
-        elif geometry.kind == "cone" and estimate_matrix_bytes(geometry, kwargs.get("step", 0.5)) <= ray_matrix.MATRIX_BUDGET_BYTES:
-            backend = "matrix"
+        elif geometry.kind == "cone":
+            fits = estimate_matrix_bytes(geometry, kwargs.get("step", 0.5)) <= ray_matrix.MATRIX_BUDGET_BYTES
+            backend = "matrix" if fits else "torch"
         else:
             backend = "torch"
     if backend == "astra":

@@ -84,6 +84,12 @@ def estimate_matrix_bytes(geometry: CTGeometry, step: float = 0.5) -> int:
     return int(2 * float(per_ray.sum()) * 8 + 8 * (rows + cols + 2))
 
 
+def _pixel_coords(grid: Tensor, shape: tuple) -> Tensor:
+    """grid_sample's unnormalisation for align_corners=False: ``(S, 3)`` normalised ``(x, y, z)`` to voxel indices."""
+    size = grid.new_tensor([shape[2], shape[1], shape[0]])
+    return ((grid + 1) * size - 1) / 2
+
+
 def _corner_entries(grid: Tensor, shape: tuple) -> tuple[Tensor, Tensor, Tensor]:
     """Trilinear corners of ``grid_sample(align_corners=False, padding_mode="zeros")`` at normalised points.
 
@@ -96,8 +102,7 @@ def _corner_entries(grid: Tensor, shape: tuple) -> tuple[Tensor, Tensor, Tensor]
         ``grid``, the flat voxel index and the interpolation weight.
     """
     d, h, w = shape
-    size = grid.new_tensor([w, h, d])
-    pix = ((grid + 1) * size - 1) / 2  # grid_sample's unnormalisation for align_corners=False
+    pix = _pixel_coords(grid, shape)
     lo = pix.floor()
     frac = pix - lo
     lo = lo.long()
@@ -122,9 +127,8 @@ def _build_rows(marcher: TorchProjector, r0: int, r1: int, start: Tensor, d: Ten
     shape = g.volume_shape
     pts = start[r0:r1, None, :] + t.view(1, -1, 1) * d[r0:r1, None, :]  # (R, ns, 3) mm
     grid = marcher._to_grid(pts).reshape(-1, 3)
-    size = grid.new_tensor([shape[2], shape[1], shape[0]])
-    pix = ((grid + 1) * size - 1) / 2
-    inside = ((pix > -1) & (pix < size)).all(-1)  # some corner of the sample is in the volume
+    pix = _pixel_coords(grid, shape)
+    inside = ((pix > -1) & (pix < pix.new_tensor(shape[::-1]))).all(-1)  # some corner of the sample is in the volume
     sample_idx = inside.nonzero().squeeze(1)
     s, vox, w = _corner_entries(grid[sample_idx], shape)
     rows = torch.div(sample_idx[s], t.numel(), rounding_mode="floor")
@@ -154,7 +158,10 @@ class RayMatrixProjector(Projector):
         start, d, t = _ray_tables(marcher)
         chunk = max(1, _BUILD_SAMPLES // marcher.num_steps)
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        blocks = [_build_rows(marcher, r0, min(r0 + chunk, start.shape[0]), start, d, t).astype(np_dtype) for r0 in range(0, start.shape[0], chunk)]
+        rays = start.shape[0]
+        blocks = [
+            _build_rows(marcher, r0, min(r0 + chunk, rays), start, d, t).astype(np_dtype) for r0 in range(0, rays, chunk)
+        ]
         self.a = sp.vstack(blocks, format="csr")
         del blocks
         self.at = self.a.T.tocsr()  # A^T as its own CSR: the adjoint gathers instead of scattering
@@ -169,7 +176,8 @@ class RayMatrixProjector(Projector):
         """Rows of view ``v`` (a CSR sharing ``A``'s arrays)."""
         a, p = self.a, self._pixels
         lo, hi = a.indptr[v * p], a.indptr[(v + 1) * p]
-        return sp.csr_matrix((a.data[lo:hi], a.indices[lo:hi], a.indptr[v * p : (v + 1) * p + 1] - lo), shape=(p, a.shape[1]))
+        indptr = a.indptr[v * p : (v + 1) * p + 1] - lo
+        return sp.csr_matrix((a.data[lo:hi], a.indices[lo:hi], indptr), shape=(p, a.shape[1]))
 
     def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
         b = volume.shape[0]
