@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-case", action="store_true", help="256 x 256 x 80, 120 cone views, 15k iterations")
     p.add_argument("--compare-medgmae", action="store_true", help="also run the zero-shot MedGMAE initialisation")
     p.add_argument("--checkpoint", default=None, help="MedGMAE model.pt from the pre-training bundle")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "astra"))
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "astra", "matrix"))
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=1000, help="phantom generator seed (held out from pre-training)")

@@ -108,7 +108,7 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=int, default=7, help="timed iterations (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--projector", default="auto", choices=("auto", "torch", "astra"))
+    p.add_argument("--projector", default="auto", choices=("auto", "torch", "astra", "matrix"))
     p.add_argument("--render-path", default="auto", choices=PATHS,
                    help="the torch renderer's path: auto (stencils for small Gaussians, the default) or tile (the "
                    "previous implementation)")

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-every", type=positive_int, default=50)
     r.add_argument("--checkpoint-every", type=int, default=500, help="iterations between resumable states (0: end only)")
     r.add_argument("--resume", action="store_true", help=f"continue from OUT/{RECON_STATE}")
-    r.add_argument("--backend", default="auto", choices=("auto", "torch", "astra"), help="projector backend")
+    r.add_argument("--backend", default="auto", choices=("auto", "torch", "astra", "matrix"), help="projector backend (matrix: the PyTorch projector precomputed as a CPU sparse matrix)")
     r.add_argument("--filter", default="hann", choices=FILTERS, help="filter for the FBP when --fbp is absent")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto")

@@ -1,29 +1,36 @@
-"""Differentiable CT projectors: one interface, two backends.
+"""Differentiable CT projectors: one interface, three backends.
 
 :func:`make_projector` picks ``"astra"`` (ASTRA's CUDA 3D projectors when ASTRA has CUDA and the data lives on a
-GPU) or ``"torch"`` (the pure-PyTorch ray marcher, any device) for ``backend="auto"``; on the CPU, parallel beam goes to ASTRA's 2D projectors, slice by slice.
+GPU) or ``"torch"`` (the pure-PyTorch ray marcher, any device) for ``backend="auto"``; on the CPU, parallel beam goes
+to ASTRA's 2D projectors, slice by slice, and cone beam to ``"matrix"`` (the ray marcher's operator as one sparse
+matrix) when that matrix fits :data:`MATRIX_BUDGET_BYTES`.
 """
 
 from __future__ import annotations
 
 from recon.geometry import CTGeometry
 from recon.projectors.astra_proj import AstraProjector, astra_cpu_supports, astra_cuda_available
+from recon.projectors import ray_matrix
 from recon.projectors.base import BackProjection, ForwardProjection, Projector
+from recon.projectors.ray_matrix import MATRIX_BUDGET_BYTES, RayMatrixProjector, estimate_matrix_bytes
 from recon.projectors.torch_proj import TorchProjector
 
 __all__ = [
     "Projector",
     "TorchProjector",
     "AstraProjector",
+    "RayMatrixProjector",
     "ForwardProjection",
     "BackProjection",
     "make_projector",
     "astra_cpu_supports",
     "astra_cuda_available",
     "PROJECTOR_BACKENDS",
+    "MATRIX_BUDGET_BYTES",
+    "estimate_matrix_bytes",
 ]
 
-PROJECTOR_BACKENDS = ("auto", "torch", "astra")
+PROJECTOR_BACKENDS = ("auto", "torch", "astra", "matrix")
 
 
 def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **kwargs) -> Projector:
@@ -32,11 +39,12 @@ def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **
     Args:
         geometry: the scan.
         backend: ``"auto"`` (ASTRA on CUDA devices when ASTRA has CUDA; on the CPU, ASTRA's 2D path for the
-            parallel-beam geometries it takes, whether or not ASTRA has CUDA; else PyTorch), ``"torch"`` or
-            ``"astra"``. The ASTRA projector itself routes by the tensors' device, so a choice made for the CPU
-            holds on any machine.
+            parallel-beam geometries it takes, whether or not ASTRA has CUDA, and the sparse matrix for cone beam
+            when its bound fits ``ray_matrix.MATRIX_BUDGET_BYTES``; else PyTorch), ``"torch"``, ``"astra"`` or
+            ``"matrix"``. The ASTRA projector itself routes by the tensors' device, so a choice made for the CPU
+            holds on any machine; the matrix works on the CPU (other devices' tensors are copied there and back).
         device: where the data will live (decides ``"auto"``).
-        kwargs: passed to the backend's constructor (``step`` for torch, ``projector_2d`` for astra).
+        kwargs: passed to the backend's constructor (``step`` for torch and matrix, ``projector_2d`` for astra).
 
     Returns:
         A :class:`Projector`.
@@ -46,12 +54,20 @@ def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **
     if backend == "auto":
         # ASTRA's CUDA 3D projectors on the GPU; on the CPU, ASTRA's 2D projectors slice by slice for parallel
         # beam (about 25x faster than the PyTorch ray marcher on a 160 x 128 x 112 volume, 30 views: 1.5 s against
-        # 39 s for a forward and adjoint); cone beam on the CPU has only the PyTorch projector.
+        # 39 s for a forward and adjoint); ASTRA has no CPU cone beam, so there the ray marcher's own operator is
+        # precomputed as a sparse matrix when it fits the memory budget (bench/RESULTS.md, "CPU cone beam").
         on_cuda = str(device).startswith("cuda")
         if on_cuda:
             backend = "astra" if astra_cuda_available() else "torch"
+        elif astra_cpu_supports(geometry):
+            backend = "astra"
+        elif geometry.kind == "cone":
+            fits = estimate_matrix_bytes(geometry, kwargs.get("step", 0.5)) <= ray_matrix.MATRIX_BUDGET_BYTES
+            backend = "matrix" if fits else "torch"
         else:
-            backend = "astra" if astra_cpu_supports(geometry) else "torch"
+            backend = "torch"
     if backend == "astra":
         return AstraProjector(geometry, **kwargs)
+    if backend == "matrix":
+        return RayMatrixProjector(geometry, **kwargs)
     return TorchProjector(geometry, **kwargs)

@@ -1,0 +1,203 @@
+"""The PyTorch ray marcher's operator as one precomputed sparse matrix, for cone beam (and parallel beam) on the CPU.
+
+ASTRA has no CPU cone-beam projector (its 3D projectors need CUDA), and the ray marcher of
+:mod:`recon.projectors.torch_proj` re-evaluates ``grid_sample`` over every ray sample on every call, which is slow
+on a CPU.
+:class:`RayMatrixProjector` builds, once per geometry, the sparse matrix ``A`` of exactly that operator: the same
+rays and sample positions (taken from :meth:`TorchProjector._rays` and :meth:`TorchProjector._to_grid`, so the two
+cannot drift), the trilinear weights of ``grid_sample(align_corners=False, padding_mode="zeros")`` with corners
+outside the volume dropped, times the step. A projection is then one sparse-times-dense product ``A x`` and the
+adjoint ``A^T y`` (scipy's CSR products, single-threaded; faster here than ``torch.sparse.mm``), equal to the
+ray marcher up to rounding. Building costs a few ray-marcher calls (``python bench/projectors.py --cone-matrix``:
+about 50 s to build, then 0.24-0.29 s against 17-27 s per forward and adjoint for a 32 x 64 x 64 volume and 90
+views at one thread, bench/RESULTS.md), so it pays off in iterative reconstruction, not for a single projection.
+
+Memory grows with rays x samples inside the volume; :func:`estimate_matrix_bytes` bounds it before anything is
+built, and :func:`recon.projectors.make_projector` uses this projector for ``"auto"`` on the CPU only when the
+bound fits :data:`MATRIX_BUDGET_BYTES`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from recon.geometry import CTGeometry
+from recon.projectors.base import Projector
+from recon.projectors.torch_proj import TorchProjector
+
+__all__ = ["RayMatrixProjector", "estimate_matrix_bytes", "MATRIX_BUDGET_BYTES"]
+
+#: Largest matrix ``make_projector(..., "auto")`` builds on the CPU (A and A^T together, as bounded by
+#: :func:`estimate_matrix_bytes`); 1.5 GiB leaves room for the reconstruction itself on a small machine. The
+#: build briefly holds up to about 2.5 times the matrices (measured 2.2 for 20 views of the bench case).
+MATRIX_BUDGET_BYTES = 3 << 29
+
+#: Ray samples expanded to trilinear corners at once while building (bounds the build's temporary memory).
+_BUILD_SAMPLES = 1 << 18
+
+
+def _ray_tables(marcher: TorchProjector) -> tuple[Tensor, Tensor, Tensor]:
+    """Start points and directions ``(rays, 3)`` (float64, mm) and the sample distances ``t`` of the ray marcher."""
+    start, d = marcher._rays(torch.device("cpu"), torch.float64)
+    t = (torch.arange(marcher.num_steps, dtype=torch.float64) + 0.5) * marcher.step_mm
+    return start.reshape(-1, 3), d.reshape(-1, 3), t
+
+
+def _box_chords(start: Tensor, d: Tensor, half: Tensor) -> Tensor:
+    """Length (mm) of each ray's chord through the box ``|p| <= half`` (slab method), 0 for rays that miss."""
+    inv = 1.0 / d  # +-inf along axes a ray does not move on
+    t0, t1 = (-half - start) * inv, (half - start) * inv
+    lo = torch.minimum(t0, t1).nan_to_num(-math.inf).amax(-1)
+    hi = torch.maximum(t0, t1).nan_to_num(math.inf).amin(-1)
+    return (hi - lo).clamp(min=0)
+
+
+def estimate_matrix_bytes(geometry: CTGeometry, step: float = 0.5) -> int:
+    """Upper bound on the memory of :class:`RayMatrixProjector`'s matrices (``A`` and ``A^T``, CSR, float32).
+
+    A ray's row holds the corners of the lattice cells its samples fall in, within the sampling support (the
+    volume padded by half a voxel, where ``grid_sample`` still reads an edge voxel): at most 8 per sample, and at
+    most 8 for the first cell plus 4 for each lattice plane the chord crosses (a new cell shares a face with the
+    last one). The bound takes the smaller of the two per ray.
+
+    Args:
+        geometry: the scan.
+        step: the ray marcher's step as a fraction of the smallest voxel.
+
+    Returns:
+        Bytes (a float32 value and an int32 index per entry, twice, plus the row pointers).
+    """
+    marcher = TorchProjector(geometry, step=step)
+    start, d, _ = _ray_tables(marcher)
+    vs = torch.tensor(geometry.voxel_size[::-1], dtype=torch.float64)  # (x, y, z)
+    half = torch.tensor(geometry.extent[::-1], dtype=torch.float64) / 2 + vs / 2
+    chord = _box_chords(start, d, half)
+    samples = (chord / marcher.step_mm + 1).floor().clamp(max=marcher.num_steps)
+    planes = (chord[:, None] * d.abs() / vs).floor().sum(-1) + 3
+    per_ray = torch.minimum(8 * samples, 8 + 4 * planes) * (chord > 0)
+    rows, cols = start.shape[0], math.prod(geometry.volume_shape)
+    return int(2 * float(per_ray.sum()) * 8 + 8 * (rows + cols + 2))
+
+
+def _pixel_coords(grid: Tensor, shape: tuple) -> Tensor:
+    """grid_sample's unnormalisation for align_corners=False: ``(S, 3)`` normalised ``(x, y, z)`` to voxel indices."""
+    size = grid.new_tensor([shape[2], shape[1], shape[0]])
+    return ((grid + 1) * size - 1) / 2
+
+
+def _corner_entries(grid: Tensor, shape: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """Trilinear corners of ``grid_sample(align_corners=False, padding_mode="zeros")`` at normalised points.
+
+    Args:
+        grid: ``(S, 3)`` normalised ``(x, y, z)`` points.
+        shape: ``(D, H, W)``.
+
+    Returns:
+        ``(sample, voxel, weight)``, one entry per in-volume corner with a non-zero weight: the sample's row in
+        ``grid``, the flat voxel index and the interpolation weight.
+    """
+    d, h, w = shape
+    pix = _pixel_coords(grid, shape)
+    lo = pix.floor()
+    frac = pix - lo
+    lo = lo.long()
+    # per axis, the weights of the lower and upper corner, zeroed where that corner lies outside the volume
+    axis = []
+    for k, n in enumerate((w, h, d)):
+        wk = torch.stack([1 - frac[:, k], frac[:, k]], -1)  # (S, 2)
+        ck = lo[:, k, None] + torch.tensor([0, 1])
+        axis.append(wk * ((ck >= 0) & (ck < n)))
+    wx, wy, wz = axis
+    weight = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).reshape(-1, 8)  # corners (z, y, x)
+    step = torch.tensor([(dz * h + dy) * w + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+    base = (lo[:, 2] * h + lo[:, 1]) * w + lo[:, 0]  # flat index of the lower corner (may be outside: weight 0)
+    keep = weight != 0
+    sample, corner = keep.nonzero().unbind(1)
+    return sample, base[sample] + step[corner], weight[keep]
+
+
+def _build_rows(marcher: TorchProjector, r0: int, r1: int, start: Tensor, d: Tensor, t: Tensor) -> sp.csr_matrix:
+    """CSR block of ``A`` for rays ``r0:r1`` (duplicates summed), float64."""
+    g = marcher.geometry
+    shape = g.volume_shape
+    pts = start[r0:r1, None, :] + t.view(1, -1, 1) * d[r0:r1, None, :]  # (R, ns, 3) mm
+    grid = marcher._to_grid(pts).reshape(-1, 3)
+    pix = _pixel_coords(grid, shape)
+    inside = ((pix > -1) & (pix < pix.new_tensor(shape[::-1]))).all(-1)  # some corner of the sample is in the volume
+    sample_idx = inside.nonzero().squeeze(1)
+    s, vox, w = _corner_entries(grid[sample_idx], shape)
+    rows = torch.div(sample_idx[s], t.numel(), rounding_mode="floor")
+    n = math.prod(shape)
+    coo = sp.coo_matrix((w.numpy() * marcher.step_mm, (rows.numpy(), vox.numpy())), shape=(r1 - r0, n))
+    return coo.tocsr()  # sums the entries of samples that share a corner
+
+
+class RayMatrixProjector(Projector):
+    """The :class:`TorchProjector` operator as a CPU sparse matrix, built once per geometry.
+
+    Args:
+        geometry: the scan.
+        step: the ray marcher's sampling interval as a fraction of the smallest voxel (0.5 by default).
+        dtype: the matrix's dtype (``torch.float32`` by default; ``torch.float64`` for reference computations).
+    """
+
+    name = "matrix"
+
+    def __init__(self, geometry: CTGeometry, step: float = 0.5, dtype: torch.dtype = torch.float32):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        super().__init__(geometry)
+        marcher = TorchProjector(geometry, step=step)
+        self.step_mm, self.num_steps = marcher.step_mm, marcher.num_steps
+        self.dtype = dtype
+        start, d, t = _ray_tables(marcher)
+        chunk = max(1, _BUILD_SAMPLES // marcher.num_steps)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        rays = start.shape[0]
+        blocks = [
+            _build_rows(marcher, r0, min(r0 + chunk, rays), start, d, t).astype(np_dtype) for r0 in range(0, rays, chunk)
+        ]
+        self.a = sp.vstack(blocks, format="csr")
+        del blocks
+        self.at = self.a.T.tocsr()  # A^T as its own CSR: the adjoint gathers instead of scattering
+        self._pixels = geometry.det_shape[0] * geometry.det_shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of ``A`` and ``A^T`` in bytes."""
+        return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in (self.a, self.at))
+
+    def _view_block(self, v: int) -> sp.csr_matrix:
+        """Rows of view ``v`` (a CSR sharing ``A``'s arrays)."""
+        a, p = self.a, self._pixels
+        lo, hi = a.indptr[v * p], a.indptr[(v + 1) * p]
+        indptr = a.indptr[v * p : (v + 1) * p + 1] - lo
+        return sp.csr_matrix((a.data[lo:hi], a.indices[lo:hi], indptr), shape=(p, a.shape[1]))
+
+    def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
+        b = volume.shape[0]
+        x = volume.detach().to("cpu", self.dtype).reshape(b, -1).T.contiguous().numpy()  # (N, B), C-ordered
+        if views is None:
+            y = self.a @ x
+        else:
+            y = np.concatenate([self._view_block(int(v)) @ x for v in views.tolist()])
+        y = torch.from_numpy(np.ascontiguousarray(y.T)).view(b, -1, *self.geometry.det_shape)
+        return y.to(volume.device, volume.dtype)
+
+    def _adjoint_raw(self, proj: Tensor, views: Tensor | None) -> Tensor:
+        b = proj.shape[0]
+        y = proj.detach().to("cpu", self.dtype).reshape(b, -1).T.contiguous().numpy()  # (V * P, B)
+        if views is None:
+            x = self.at @ y
+        else:
+            p = self._pixels
+            x = np.zeros((self.a.shape[1], b), dtype=y.dtype)
+            for i, v in enumerate(views.tolist()):
+                x += self._view_block(int(v)).T @ y[i * p : (i + 1) * p]
+        x = torch.from_numpy(np.ascontiguousarray(x.T)).view(b, *self.geometry.volume_shape)
+        return x.to(proj.device, proj.dtype)
