@@ -188,7 +188,9 @@ def cmd_simulate(args) -> int:
         geom = CTGeometry.parallel(mu.shape, voxel, num_angles=args.views, arc_deg=args.arc or 180.0, affine=affine)
     else:
         geom = CTGeometry.cone(mu.shape, voxel, num_angles=args.views, arc_deg=args.arc or 360.0, affine=affine)
-    proj_op = make_projector(geom, "auto", device)
+    # one projection: on the CPU, building the cone-beam matrix would cost more than the ray marcher's single pass
+    backend = "torch" if geom.kind == "cone" and device.type == "cpu" else "auto"
+    proj_op = make_projector(geom, backend, device)
     with torch.no_grad():
         proj = proj_op.forward(torch.from_numpy(mu).to(device)).cpu()
     if args.photons is not None:

@@ -54,7 +54,8 @@ class HalfResolutionStage:
 
     Args:
         geometry: the full-resolution scan.
-        backend: projector backend name (``"torch"`` or ``"astra"``), as the full-resolution projector.
+        backend: projector backend name (``"torch"``, ``"astra"`` or ``"matrix"``), as the full-resolution
+            projector.
         projections: ``(V, rows, cols)`` measured projections.
     """
 
