@@ -12,8 +12,8 @@ import torch
 from skimage.metrics import structural_similarity
 
 from medgmae.engine import MetricHistory
-from medgmae.pretrain import MaskedValidationHandler, build_model, masked_psnr_per_sample, masked_ssim, pretrain_split
-from medgmae.pretrain.pictures import reconstruction_figure
+from medgmae.mae_training import MaskedValidationHandler, build_model, masked_psnr_per_sample, masked_ssim, pretrain_split
+from medgmae.mae_training.pictures import reconstruction_figure
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -25,12 +25,12 @@ from torch import Tensor
 
 from medgmae.engine import MetricHistory, is_main_process
 from medgmae.networks.mae_base import MAEOutput
-from medgmae.pretrain.export import MODEL_FILE, save_pretrained
-from medgmae.pretrain.trainer import unwrap_model
+from medgmae.mae_training.export import MODEL_FILE, save_pretrained
+from medgmae.mae_training.trainer import unwrap_model
 
 __all__ = ["BEST_MODEL_FILE", "MaskedValidationHandler", "masked_psnr_per_sample", "masked_ssim", "save_best_model"]
 
-logger = logging.getLogger("medgmae.pretrain")
+logger = logging.getLogger("medgmae.mae_training")
 
 #: the best validation model, in ``model.pt``'s format
 BEST_MODEL_FILE = "best_model.pt"
@@ -105,7 +105,7 @@ def masked_ssim(
 
 
 def save_best_model(network: nn.Module, output_dir: str | Path, filename: str = BEST_MODEL_FILE) -> Path:
-    """Write ``network`` as ``output_dir/filename`` with :func:`~medgmae.pretrain.save_pretrained`'s ``model.pt``
+    """Write ``network`` as ``output_dir/filename`` with :func:`~medgmae.mae_training.save_pretrained`'s ``model.pt``
     writer (same format), atomically."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
