@@ -380,7 +380,7 @@ def test_metadata_passes_the_shipped_schema(tmp_path):
 
 
 def test_command_line_flags_are_parsed_strictly():
-    from medgmae.mae_training import as_bool
+    from medgmae.cli_types import as_bool
 
     assert [as_bool(v) for v in (True, "true", "False", "1", 0, "off")] == [True, True, False, True, False, False]
     with pytest.raises(ValueError, match="resume must be true or false, got 'maybe'"):

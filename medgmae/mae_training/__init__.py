@@ -6,16 +6,15 @@ from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE, ModelExportHan
 from medgmae.mae_training.inference import GaussianInference, slices_png
 from medgmae.mae_training.pictures import ValidationPictureHandler, reconstruction_figure
 from medgmae.mae_training.summary import PretrainSummary
-from medgmae.mae_training.trainer import (
-    MODEL_KINDS,
-    MaskedAutoencoderTrainer,
-    as_bool,
-    ModelConfigRecord,
-    build_model,
+from medgmae.mae_training.models import MODEL_KINDS, ModelConfigRecord, build_model
+from medgmae.mae_training.trainer import MaskedAutoencoderTrainer
+from medgmae.mae_training.validation import (
+    BEST_MODEL_FILE,
+    MaskedValidationHandler,
     masked_psnr,
-    unwrap_model,
+    masked_psnr_per_sample,
+    masked_ssim,
 )
-from medgmae.mae_training.validation import BEST_MODEL_FILE, MaskedValidationHandler, masked_psnr_per_sample, masked_ssim
 
 __all__ = [
     "BEST_MODEL_FILE",
@@ -31,12 +30,10 @@ __all__ = [
     "MODEL_KINDS",
     "GaussianInference",
     "MaskedAutoencoderTrainer",
-    "as_bool",
     "ModelConfigRecord",
     "ModelExportHandler",
     "build_model",
     "masked_psnr",
     "save_pretrained",
     "slices_png",
-    "unwrap_model",
 ]

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
-from medgmae.engine import is_main_process
+from medgmae.engine import is_main_process, unwrap_model
 from medgmae.files import save_torch_atomic
-from medgmae.mae_training.trainer import unwrap_model
 
 __all__ = ["save_pretrained", "ModelExportHandler", "ENCODER_FILE", "MODEL_FILE"]
 
