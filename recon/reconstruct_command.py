@@ -84,11 +84,23 @@ OUTPUTS = {
 }
 
 
+def _resume_state(state_path: Path, preset: str) -> dict:
+    """The saved state to ``--resume`` from, checked to exist and to have been written with ``--preset preset``."""
+    from medgmae.files import load_torch_file
+
+    if not state_path.is_file():
+        raise CLIError(f"--resume: no saved state {state_path}")
+    state = load_torch_file(state_path, what="reconstruction state")
+    saved = state.get("config", {}).get("preset_name", "toolkit") if isinstance(state, dict) else None
+    if saved != preset:
+        raise CLIError(f"--resume: {state_path} was written with --preset {saved}, not {preset}")
+    return state
+
+
 def cmd_reconstruct(args) -> int:
     """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary."""
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
-    from medgmae.files import load_torch_file
     from recon.metrics import evaluate
     from recon.projectors import make_projector
 
@@ -106,14 +118,7 @@ def cmd_reconstruct(args) -> int:
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
     out = Path(args.out)
     state_path = out / RECON_STATE
-    state = None
-    if args.resume:
-        if not state_path.is_file():
-            raise CLIError(f"--resume: no saved state {state_path}")
-        state = load_torch_file(state_path, what="reconstruction state")
-        saved = state.get("config", {}).get("preset_name", "toolkit") if isinstance(state, dict) else None
-        if saved != args.preset:
-            raise CLIError(f"--resume: {state_path} was written with --preset {saved}, not {args.preset}")
+    state = _resume_state(state_path, args.preset) if args.resume else None
     device = resolve_cli_device(args.device)
     if model is not None:
         model = model.to(device).eval()
