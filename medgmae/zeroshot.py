@@ -128,7 +128,9 @@ def _default_decoder(model) -> Callable[[Tensor, np.ndarray], Gaussians3D]:
     return decode
 
 
-def _spec_and_window(model, spec: PreprocessingSpec | None, overlap: int, batch_size: int) -> tuple[PreprocessingSpec, tuple]:
+def _spec_and_window(
+    model, spec: PreprocessingSpec | None, overlap: int, batch_size: int
+) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
     """The pre-processing in use and the model's window ``(3,)``; ``ValueError`` for a bad overlap or batch size."""
     spec = spec or getattr(model, "preprocessing", None)
     if spec is None:

@@ -87,7 +87,7 @@ class StagedOutputs:
 
 
 def cmd_simulate(args) -> int:
-    """``simulate``: attenuation volume, projections (optionally with Poisson noise), geometry and FBP of a CT volume."""
+    """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume."""
     from recon.fbp import fbp
     from recon.initialisation import hu_to_mu
     from recon.scan_files import load_volume, save_nifti, save_projections

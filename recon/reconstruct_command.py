@@ -189,7 +189,8 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
     stage = StagedOutputs(out)
     try:
         save_nifti(stage.path("recon.nii.gz"), volume, geom.default_affine())
-        save_ply(stage.path("gaussians.ply"), result.gaussians.to("cpu"), frame="voxel", shape=geom.volume_shape, affine=zyx_affine(geom.default_affine()))
+        save_ply(stage.path("gaussians.ply"), result.gaussians.to("cpu"), frame="voxel", shape=geom.volume_shape,
+                 affine=zyx_affine(geom.default_affine()))
         save_json_atomic(metrics, stage.path("metrics.json"))
         draw_curve(result.history, stage.path("curve.png"))
         draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage.path("slices.png"), reference=reference)

@@ -27,7 +27,14 @@ from medgmae.engine import MetricHistory, is_main_process, unwrap_model
 from medgmae.networks.mae_base import MAEOutput
 from medgmae.mae_training.export import MODEL_FILE, save_pretrained
 
-__all__ = ["BEST_MODEL_FILE", "MaskedValidationHandler", "masked_psnr", "masked_psnr_per_sample", "masked_ssim", "save_best_model"]
+__all__ = [
+    "BEST_MODEL_FILE",
+    "MaskedValidationHandler",
+    "masked_psnr",
+    "masked_psnr_per_sample",
+    "masked_ssim",
+    "save_best_model",
+]
 
 logger = logging.getLogger("medgmae.mae_training")
 

@@ -55,7 +55,9 @@ class Gaussians2D:
         from medgmae.twod.render import render_planar_gaussians
 
         size = tuple(ensure_tuple_rep(image_size, 2))
-        return render_planar_gaussians(self.means, self.scales, self.angles, self.colors, self.opacities, size, backend=backend)
+        return render_planar_gaussians(
+            self.means, self.scales, self.angles, self.colors, self.opacities, size, backend=backend
+        )
 
 
 def decode_gaussians_2d(g: Tensor, channels: int, scale_factor: float = 1.0) -> Gaussians2D:
