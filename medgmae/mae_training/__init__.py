@@ -4,9 +4,9 @@ zero-shot inference that the ``bundles/medgmae_pretrain`` and ``bundles/gmae2d_p
 from medgmae.mae_training.data import pretrain_split
 from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE, ModelExportHandler, save_pretrained
 from medgmae.mae_training.inference import GaussianInference, slices_png
+from medgmae.mae_training.models import MODEL_KINDS, ModelConfigRecord, build_model
 from medgmae.mae_training.pictures import ValidationPictureHandler, reconstruction_figure
 from medgmae.mae_training.summary import PretrainSummary
-from medgmae.mae_training.models import MODEL_KINDS, ModelConfigRecord, build_model
 from medgmae.mae_training.trainer import MaskedAutoencoderTrainer
 from medgmae.mae_training.validation import (
     BEST_MODEL_FILE,
