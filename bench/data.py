@@ -80,7 +80,7 @@ def gpu_step_estimate(model_size: str, num_gaussians: int, roi: int, patch: int,
     """Estimated seconds per training step on one H100 and the volumes/s it consumes (see the module docstring)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from medgmae.pretrain import build_model
+    from medgmae.mae_training import build_model
 
     torch.manual_seed(0)
     model = build_model("medgmae", model_size, img_size=roi, patch_size=patch, num_gaussians=num_gaussians)

@@ -107,7 +107,7 @@ def run_part(part: str, budget: float, dry: bool, work: Path, **env: str) -> lis
 
 def start_gsplat_build(out: Path):
     """Build gsplat's CUDA extension in the background (6 compile jobs) while the other parts run."""
-    code = "from medgmae.twod.render import _load_gsplat; _load_gsplat()"
+    code = "from medgmae.twod.gsplat_backend import _load_gsplat; _load_gsplat()"
     env = _child_env(False)
     env.setdefault("MAX_JOBS", "6")
     with open(out / "gsplat_build.log", "w") as log:  # its own session: the driver ends the whole build at exit

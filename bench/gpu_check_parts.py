@@ -217,7 +217,8 @@ def part_twod(rec: Recorder, dry: bool) -> None:
     import torch
 
     from bench.render import Timer
-    from medgmae.twod.render import render_gaussians_2d, resolve_backend_2d
+    from medgmae.twod.gsplat_backend import resolve_backend_2d
+    from medgmae.twod.render import render_gaussians_2d
 
     built = os.environ.get("GPU_CHECK_GSPLAT", "ok") == "ok"  # set by the driver from the background build
     if not dry and built:

@@ -63,7 +63,7 @@ def _device_name(device: torch.device) -> str:
 def _train_step(model, opt, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
     """One iteration of the shipped pre-training engine (:class:`MaskedAutoencoderTrainer`, as the bundle builds it:
     forward with the masked loss, backward, clipping to 1.0, optimiser step; bf16 autocast when ``bf16``)."""
-    from medgmae.pretrain import MaskedAutoencoderTrainer
+    from medgmae.mae_training import MaskedAutoencoderTrainer
 
     batch = {"image": x}
     trainer = MaskedAutoencoderTrainer(device=x.device, max_epochs=1, train_data_loader=[batch], network=model,
@@ -129,8 +129,8 @@ def _phantom_crops(seeds: list[int], per_case: int, roi: int, rng: np.random.Gen
 
 @torch.no_grad()
 def _masked_psnr(model, x: torch.Tensor, seed: int) -> float:
-    """The shipped masked-voxel PSNR (:func:`medgmae.pretrain.masked_psnr`) with fixed masks."""
-    from medgmae.pretrain import masked_psnr
+    """The shipped masked-voxel PSNR (:func:`medgmae.mae_training.masked_psnr`) with fixed masks."""
+    from medgmae.mae_training import masked_psnr
 
     model.eval()
     out = model(x, generator=torch.Generator(device=x.device).manual_seed(seed))

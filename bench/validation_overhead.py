@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from medgmae.engine import MetricHistory
-    from medgmae.pretrain import MaskedValidationHandler, ValidationPictureHandler, build_model
+    from medgmae.mae_training import MaskedValidationHandler, ValidationPictureHandler, build_model
 
     device = torch.device(args.device)
     torch.manual_seed(0)

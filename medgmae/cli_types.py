@@ -1,13 +1,17 @@
-"""``argparse`` value types shared by the command-line tools: each parses one option value or raises
-:class:`argparse.ArgumentTypeError` naming it, which argparse turns into a usage error (exit status 2)."""
+"""Flag parsing shared by the command-line tools and the bundle configs.
+
+The ``argparse`` value types each parse one option value or raise :class:`argparse.ArgumentTypeError` naming it,
+which argparse turns into a usage error (exit status 2). :func:`as_bool` parses a true/false flag given to a bundle
+(``--amp false``) or a handler argument, raising ``ValueError`` naming the flag.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
-__all__ = ["nonneg_float", "nonneg_int", "positive_float", "positive_int"]
+__all__ = ["as_bool", "nonneg_float", "nonneg_int", "positive_float", "positive_int"]
 
 T = TypeVar("T", int, float)
 
@@ -41,3 +45,28 @@ def positive_float(text: str) -> float:
 def nonneg_float(text: str) -> float:
     """A finite number >= 0."""
     return _parse(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def as_bool(value: Any, name: str = "flag") -> bool:
+    """A true/false flag as a bool: accepts bools, 0/1 and true/false/yes/no/on/off (any case, as text or not).
+
+    Args:
+        value: the flag's value.
+        name: the flag's name, for the error message.
+
+    Returns:
+        The bool.
+
+    Raises:
+        ValueError: anything else, naming the flag.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -96,27 +96,8 @@ def save_ply(
     return Path(path)
 
 
-def load_ply(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Gaussians3D, PlyMeta]:
-    """Read Gaussians written by :func:`save_ply` or by 3DGS tools (binary little-endian float vertices).
-
-    Files from other tools need ``x, y, z, scale_0..2, rot_0..3``; the intensity comes from ``intensity`` when
-    present, otherwise from the grey level of ``f_dc_0`` (``0.5 + C0 * f_dc_0``).
-
-    Returns:
-        ``(gaussians, meta)`` with ``B == 1`` and :class:`PlyMeta` from the header comments.
-
-    Raises:
-        FileNotFoundError: missing file.
-        ValueError: not a binary little-endian PLY with the needed float properties.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"PLY file not found: {path}")
-    raw = path.read_bytes()
-    end = raw.find(b"end_header\n")
-    if not raw.startswith(b"ply\n") or end < 0:
-        raise ValueError(f"{path} is not a PLY file (missing 'ply' magic or 'end_header')")
-    lines = raw[:end].decode("ascii", errors="replace").splitlines()
+def _read_header(lines: list[str], path: Path) -> tuple[PlyMeta, list[str], int]:
+    """The :class:`PlyMeta` comments, vertex property names and vertex count of a PLY header (``path`` for errors)."""
     meta, props, count, in_vertex = PlyMeta(frame="voxel", shape=None, affine=None), [], None, False
     for line in lines:
         parts = line.split()
@@ -141,6 +122,30 @@ def load_ply(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
             props.append(parts[-1])
     if count is None:
         raise ValueError(f"{path}: no vertex element")
+    return meta, props, count
+
+
+def load_ply(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Gaussians3D, PlyMeta]:
+    """Read Gaussians written by :func:`save_ply` or by 3DGS tools (binary little-endian float vertices).
+
+    Files from other tools need ``x, y, z, scale_0..2, rot_0..3``; the intensity comes from ``intensity`` when
+    present, otherwise from the grey level of ``f_dc_0`` (``0.5 + C0 * f_dc_0``).
+
+    Returns:
+        ``(gaussians, meta)`` with ``B == 1`` and :class:`PlyMeta` from the header comments.
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: not a binary little-endian PLY with the needed float properties.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PLY file not found: {path}")
+    raw = path.read_bytes()
+    end = raw.find(b"end_header\n")
+    if not raw.startswith(b"ply\n") or end < 0:
+        raise ValueError(f"{path} is not a PLY file (missing 'ply' magic or 'end_header')")
+    meta, props, count = _read_header(raw[:end].decode("ascii", errors="replace").splitlines(), path)
     needed = ["x", "y", "z", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     missing = [p for p in needed if p not in props]
     if missing:

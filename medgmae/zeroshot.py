@@ -128,6 +128,23 @@ def _default_decoder(model) -> Callable[[Tensor, np.ndarray], Gaussians3D]:
     return decode
 
 
+def _spec_and_window(
+    model, spec: PreprocessingSpec | None, overlap: int, batch_size: int
+) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
+    """The pre-processing in use and the model's window ``(3,)``; ``ValueError`` for a bad overlap or batch size."""
+    spec = spec or getattr(model, "preprocessing", None)
+    if spec is None:
+        logger.warning("the model records no pre-processing: using the default %s", DEFAULT_SPEC)
+        spec = DEFAULT_SPEC
+    win = getattr(model, "img_size", spec.input_size)
+    win = tuple(int(w) for w in (win if isinstance(win, (tuple, list)) else (win,) * 3))
+    if int(overlap) < 0 or any(int(overlap) >= w for w in win):
+        raise ValueError(f"overlap must be in [0, {min(win)}) voxels, got {overlap}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return spec, win
+
+
 @torch.no_grad()
 def zero_shot_gaussians(
     volume: Tensor | np.ndarray,
@@ -157,16 +174,7 @@ def zero_shot_gaussians(
     Returns:
         The :class:`ZeroShotResult`.
     """
-    spec = spec or getattr(model, "preprocessing", None)
-    if spec is None:
-        logger.warning("the model records no pre-processing: using the default %s", DEFAULT_SPEC)
-        spec = DEFAULT_SPEC
-    win = getattr(model, "img_size", spec.input_size)
-    win = tuple(int(w) for w in (win if isinstance(win, (tuple, list)) else (win,) * 3))
-    if int(overlap) < 0 or any(int(overlap) >= w for w in win):
-        raise ValueError(f"overlap must be in [0, {min(win)}) voxels, got {overlap}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    spec, win = _spec_and_window(model, spec, overlap, batch_size)
     scan_shape = tuple(int(s) for s in np.shape(volume))
     x, prep_affine = prepare_scan(volume, affine, spec)
     n = tuple(x.shape)

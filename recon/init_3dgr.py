@@ -37,6 +37,24 @@ def forward_difference_gradient(volume: Tensor) -> Tensor:
     return F.pad(torch.sqrt(gx * gx + gy * gy + gz * gz), (1, 1, 1, 1, 1, 1))
 
 
+def _check_init_arguments(
+    fbp_volume: Tensor, num_gaussians: int, start: float, neighbour_kernel: int, ini_sigma: float, ini_intensity: float
+) -> None:
+    """Raise ``ValueError`` naming the first bad argument of :func:`init_3dgr_ct`."""
+    if not isinstance(fbp_volume, Tensor) or fbp_volume.dim() != 3:
+        raise ValueError(f"the FBP volume must be a (D, H, W) tensor, got {getattr(fbp_volume, 'shape', type(fbp_volume))}")
+    if not torch.isfinite(fbp_volume).all():
+        raise ValueError("the FBP volume contains NaN or Inf")
+    if num_gaussians < 1:
+        raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
+    if not 0 <= start < 1:
+        raise ValueError(f"start must be in [0, 1), got {start}")
+    if neighbour_kernel < 1 or neighbour_kernel % 2 == 0:
+        raise ValueError(f"neighbour_kernel must be a positive odd number, got {neighbour_kernel}")
+    if not (ini_sigma > 0 and ini_intensity > 0):
+        raise ValueError(f"ini_sigma and ini_intensity must be positive, got {ini_sigma}, {ini_intensity}")
+
+
 def init_3dgr_ct(
     fbp_volume: Tensor,
     num_gaussians: int = THREEDGR_CT_INIT["num_gaussian"],
@@ -63,18 +81,7 @@ def init_3dgr_ct(
         ``(gaussians, value_scale)``: voxel-frame Gaussians (``B = 1``) in attenuation units and the FBP's maximum,
         the intensity unit of the reconstruction.
     """
-    if not isinstance(fbp_volume, Tensor) or fbp_volume.dim() != 3:
-        raise ValueError(f"the FBP volume must be a (D, H, W) tensor, got {getattr(fbp_volume, 'shape', type(fbp_volume))}")
-    if not torch.isfinite(fbp_volume).all():
-        raise ValueError("the FBP volume contains NaN or Inf")
-    if num_gaussians < 1:
-        raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
-    if not 0 <= start < 1:
-        raise ValueError(f"start must be in [0, 1), got {start}")
-    if neighbour_kernel < 1 or neighbour_kernel % 2 == 0:
-        raise ValueError(f"neighbour_kernel must be a positive odd number, got {neighbour_kernel}")
-    if not (ini_sigma > 0 and ini_intensity > 0):
-        raise ValueError(f"ini_sigma and ini_intensity must be positive, got {ini_sigma}, {ini_intensity}")
+    _check_init_arguments(fbp_volume, num_gaussians, start, neighbour_kernel, ini_sigma, ini_intensity)
     vol = fbp_volume.detach().float().cpu()
     value_scale = float(vol.max())
     if not value_scale > 0:

@@ -37,7 +37,7 @@ def one_thread():
 def gsplat_cuda():
     """Skip (not fail) a GPU test where gsplat's CUDA extension cannot be built or loaded, e.g. no ``nvcc`` for
     its just-in-time build on the machine."""
-    from medgmae.twod.render import _load_gsplat
+    from medgmae.twod.gsplat_backend import _load_gsplat
 
     try:
         _load_gsplat()

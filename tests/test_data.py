@@ -21,7 +21,7 @@ from medgmae.data import DatasetError, LoadVolumed, check_datalist, read_volume,
 from medgmae.data.cache import DiskCacheDataset, item_hash
 from medgmae.finetune.data import check_cases
 from medgmae.preprocessing import PreprocessingSpec
-from medgmae.pretrain import pretrain_split
+from medgmae.mae_training import pretrain_split
 
 SHAPE = (20, 16, 12)  # (x, y, z) index order
 SPACING = (0.8, 1.3, 2.5)

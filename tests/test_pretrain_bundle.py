@@ -19,7 +19,7 @@ from PIL import Image
 from medgmae.gaussians import Gaussians3D
 from medgmae.networks import MaskedViTEncoder, MedGMAE, VoxelMAE
 from medgmae.ply import load_ply
-from medgmae.pretrain import MaskedAutoencoderTrainer, build_model
+from medgmae.mae_training import MaskedAutoencoderTrainer, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "medgmae_pretrain" / "configs"
@@ -305,7 +305,7 @@ def test_inference_writes_ply_nifti_and_png(runs, tmp_path):
 
 
 def test_inference_rejects_voxel_mae_model_and_missing_image(tmp_path):
-    from medgmae.pretrain import GaussianInference
+    from medgmae.mae_training import GaussianInference
 
     vm = VoxelMAE(img_size=32, patch_size=8, model_size="tiny")
     torch.save(vm.model_checkpoint(), tmp_path / "voxel.pt")
@@ -380,7 +380,7 @@ def test_metadata_passes_the_shipped_schema(tmp_path):
 
 
 def test_command_line_flags_are_parsed_strictly():
-    from medgmae.pretrain import as_bool
+    from medgmae.cli_types import as_bool
 
     assert [as_bool(v) for v in (True, "true", "False", "1", 0, "off")] == [True, True, False, True, False, False]
     with pytest.raises(ValueError, match="resume must be true or false, got 'maybe'"):
@@ -390,7 +390,7 @@ def test_command_line_flags_are_parsed_strictly():
 
 
 def test_datalist_sources_and_errors(tmp_path):
-    from medgmae.pretrain import pretrain_split
+    from medgmae.mae_training import pretrain_split
 
     folder = tmp_path / "vols"
     folder.mkdir()

@@ -12,8 +12,16 @@ import torch
 from skimage.metrics import structural_similarity
 
 from medgmae.engine import MetricHistory
-from medgmae.pretrain import MaskedValidationHandler, build_model, masked_psnr_per_sample, masked_ssim, pretrain_split
-from medgmae.pretrain.pictures import reconstruction_figure
+from medgmae.mae_training import (
+    MaskedValidationHandler,
+    build_model,
+    masked_psnr,
+    masked_psnr_per_sample,
+    masked_ssim,
+    pretrain_split,
+)
+from medgmae.networks import MAEOutput
+from medgmae.mae_training.pictures import reconstruction_figure
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -59,6 +67,21 @@ def test_masked_psnr_per_sample_matches_numpy(seed):
     for i in range(3):
         mse = ((pred[i] - target[i]) ** 2)[mask[i] > 0].mean()
         assert float(got[i]) == pytest.approx(10 * math.log10(1.0 / mse), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_masked_psnr_pools_the_batch_like_numpy(seed):
+    """The trainer's ``psnr_masked``: one MSE over every masked voxel of the batch, channels included."""
+    rng = np.random.default_rng(seed)
+    channels = 1 + seed % 2
+    target, pred = rng.random((3, channels, 6, 7, 5)), rng.random((3, channels, 6, 7, 5))
+    mask = (rng.random((3, 1, 6, 7, 5)) < 0.3).astype(np.float64)
+    out = MAEOutput(loss=torch.tensor(0.0), pred=torch.from_numpy(pred), mask=torch.from_numpy(mask), patch_mask=None)
+    mse = ((pred - target) ** 2)[np.broadcast_to(mask, pred.shape) > 0].mean()
+    assert float(masked_psnr(out, torch.from_numpy(target))) == pytest.approx(10 * math.log10(1.0 / mse), rel=1e-5)
+    assert float(masked_psnr(out, torch.from_numpy(target), data_range=2.0)) == pytest.approx(
+        10 * math.log10(4.0 / mse), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("kind", ["voxel-mae", "medgmae"])

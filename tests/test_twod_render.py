@@ -1,4 +1,4 @@
-"""Tests of the 2D splatting renderer (medgmae.twod.render)."""
+"""Tests of the 2D splatting renderer (medgmae.twod.render, .compositor and .gsplat_backend)."""
 
 import math
 import sys
@@ -7,8 +7,9 @@ import types
 import pytest
 import torch
 
-from medgmae.twod import render as R
-from medgmae.twod.render import render_2d_gaussians, render_gaussians_2d
+from medgmae.twod import compositor
+from medgmae.twod import gsplat_backend as G
+from medgmae.twod.render import render_gaussians_2d, render_planar_gaussians
 
 
 def _random_gaussians(b, k, c, seed, dtype=torch.float64, opacity=(0.05, 1.0), scale=(0.03, 0.35)):
@@ -128,7 +129,7 @@ def test_chunked_rendering_and_gradients_match_unchunked(monkeypatch):
         t.requires_grad_(True)
     img = render_gaussians_2d(*args, (16, 20), "torch")
     grads = torch.autograd.grad((img * torch.linspace(0, 1, img.numel()).view_as(img)).sum(), args)
-    monkeypatch.setattr(R, "_CHUNK_ELEMENTS", 2 * 24 * 7)  # 7 pixels per chunk, recomputed in backward
+    monkeypatch.setattr(compositor, "_CHUNK_ELEMENTS", 2 * 24 * 7)  # 7 pixels per chunk, recomputed in backward
     img_c = render_gaussians_2d(*args, (16, 20), "torch")
     grads_c = torch.autograd.grad((img_c * torch.linspace(0, 1, img.numel()).view_as(img)).sum(), args)
     torch.testing.assert_close(img_c, img)
@@ -145,7 +146,7 @@ def test_gradients_against_finite_differences():
     assert torch.autograd.gradcheck(fn, tuple(args), eps=1e-6, atol=1e-6)
 
 
-def test_render_2d_gaussians_wrapper():
+def test_render_planar_gaussians_wrapper():
     g = torch.Generator().manual_seed(5)
     b, k = 2, 12
     means2d = torch.rand(b, k, 2, generator=g, dtype=torch.float64) * 2 - 1
@@ -153,7 +154,7 @@ def test_render_2d_gaussians_wrapper():
     angles = (torch.rand(b, k, generator=g, dtype=torch.float64) - 0.5) * 6
     colors = torch.rand(b, k, 3, generator=g, dtype=torch.float64)
     opac = torch.rand(b, k, generator=g, dtype=torch.float64)
-    img = render_2d_gaussians(means2d, scales2d, angles, colors, opac, (14, 18), "torch")
+    img = render_planar_gaussians(means2d, scales2d, angles, colors, opac, (14, 18), "torch")
     # reference: depth = token order, covariance R(angle) diag(s^2) R(angle)^T built directly in 2D
     c, s = torch.cos(angles), torch.sin(angles)
     rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
@@ -210,12 +211,12 @@ def test_bad_size_backend_background_and_cpu_gsplat():
 
 def test_gsplat_cache_dir_stays_out_of_home(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "user_choice"))
-    assert R.set_gsplat_cache_dir(tmp_path / "other") == str(tmp_path / "user_choice")
+    assert G.set_gsplat_cache_dir(tmp_path / "other") == str(tmp_path / "user_choice")
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
     monkeypatch.setenv("MEDGMAE_CACHE_DIR", str(tmp_path / "cache"))
-    assert R.set_gsplat_cache_dir() == str(tmp_path / "cache" / "torch_extensions")
+    assert G.set_gsplat_cache_dir() == str(tmp_path / "cache" / "torch_extensions")
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
-    assert R.set_gsplat_cache_dir(tmp_path / "run" / "ext") == str(tmp_path / "run" / "ext")
+    assert G.set_gsplat_cache_dir(tmp_path / "run" / "ext") == str(tmp_path / "run" / "ext")
     assert (tmp_path / "run" / "ext").is_dir()
 
 
@@ -235,39 +236,39 @@ def _fake_gsplat_without_nvcc(monkeypatch, tmp_path):
 def test_missing_cuda_compiler_raises_clear_error(monkeypatch, tmp_path):
     _fake_gsplat_without_nvcc(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError, match="no CUDA compiler"):
-        R._load_gsplat()
+        G._load_gsplat()
 
 
 def test_auto_backend_falls_back_to_torch_without_nvcc(monkeypatch, tmp_path, caplog):
     """A CUDA device whose gsplat build has no nvcc: "auto" resolves to the PyTorch compositor with one warning line,
     logged once; explicit choices and CPU devices are unaffected."""
     _fake_gsplat_without_nvcc(monkeypatch, tmp_path)
-    monkeypatch.setattr(R, "_GSPLAT_PROBE", {})
-    monkeypatch.setattr(R, "_NOTICES", set())
-    with caplog.at_level("WARNING", logger="medgmae.twod.render"):
-        assert R.resolve_backend_2d("auto", torch.device("cuda")) == "torch"  # the real probe, no CUDA needed
-        assert R.resolve_backend_2d("auto", "cuda:0") == "torch"
+    monkeypatch.setattr(G, "_GSPLAT_PROBE", {})
+    monkeypatch.setattr(G, "_NOTICES", set())
+    with caplog.at_level("WARNING", logger="medgmae.twod.gsplat_backend"):
+        assert G.resolve_backend_2d("auto", torch.device("cuda")) == "torch"  # the real probe, no CUDA needed
+        assert G.resolve_backend_2d("auto", "cuda:0") == "torch"
     notices = [r for r in caplog.records if "gsplat is unavailable" in r.getMessage()]
     assert len(notices) == 1 and "no CUDA compiler (nvcc)" in notices[0].getMessage()
     assert "\n" not in notices[0].getMessage() and "PyTorch compositor" in notices[0].getMessage()
-    assert R._GSPLAT_PROBE["error"] is not None  # probed once, cached
-    assert R.resolve_backend_2d("gsplat", "cuda") == "gsplat"  # an explicit choice still fails loudly when rendering
-    assert R.resolve_backend_2d("auto", "cpu") == "torch" and R.resolve_backend_2d("torch", "cuda") == "torch"
+    assert G._GSPLAT_PROBE["error"] is not None  # probed once, cached
+    assert G.resolve_backend_2d("gsplat", "cuda") == "gsplat"  # an explicit choice still fails loudly when rendering
+    assert G.resolve_backend_2d("auto", "cpu") == "torch" and G.resolve_backend_2d("torch", "cuda") == "torch"
     with pytest.raises(ValueError, match="needs CUDA tensors"):
-        R.resolve_backend_2d("gsplat", "cpu")
+        G.resolve_backend_2d("gsplat", "cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
-        R.resolve_backend_2d("opengl", "cuda")
+        G.resolve_backend_2d("opengl", "cuda")
 
 
 def test_auto_backend_uses_gsplat_when_it_loads_and_reports_other_failures(monkeypatch, caplog):
-    monkeypatch.setattr(R, "_NOTICES", set())
-    assert R.resolve_backend_2d("auto", "cuda", probe=lambda: None) == "gsplat"
+    monkeypatch.setattr(G, "_NOTICES", set())
+    assert G.resolve_backend_2d("auto", "cuda", probe=lambda: None) == "gsplat"
 
     def broken():
         raise ImportError("No module named 'gsplat'")
 
-    with caplog.at_level("WARNING", logger="medgmae.twod.render"):
-        assert R.resolve_backend_2d("auto", "cuda", probe=broken) == "torch"
+    with caplog.at_level("WARNING", logger="medgmae.twod.gsplat_backend"):
+        assert G.resolve_backend_2d("auto", "cuda", probe=broken) == "torch"
     assert any("No module named 'gsplat'" in r.getMessage() for r in caplog.records)
 
 

@@ -6,7 +6,7 @@
 * :mod:`medgmae.data.cache`: the deterministic pre-processing cached on disk, keyed by the pre-processing spec.
 * :mod:`medgmae.data.phantom`: the synthetic abdominal CT phantom generator.
 
-Pre-training (:mod:`medgmae.pretrain.data`) and fine-tuning (:mod:`medgmae.finetune.data`) build on these.
+Pre-training (:mod:`medgmae.mae_training.data`) and fine-tuning (:mod:`medgmae.finetune.data`) build on these.
 """
 
 from medgmae.data.cache import DiskCacheDataset, cache_folder, training_dataset

@@ -8,6 +8,7 @@ from medgmae.engine.handlers import (
     RandomStateTracker,
     latest_checkpoint,
     resolve_device,
+    unwrap_model,
 )
 from medgmae.engine.console import EpochProgress, is_main_process, loss_value, quiet_known_warnings
 from medgmae.engine.history import MetricHistory
@@ -24,4 +25,5 @@ __all__ = [
     "RandomStateTracker",
     "latest_checkpoint",
     "resolve_device",
+    "unwrap_model",
 ]

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from medgmae.cli_types import as_bool
+
 __all__ = ["EpochProgress", "KNOWN_HARMLESS", "is_main_process", "loss_value", "quiet_known_warnings"]
 
 logger = logging.getLogger("medgmae.engine")
@@ -96,11 +98,7 @@ class EpochProgress:
 
     def __init__(self, loss_key: str = "loss", history: Any = None, progress_bar: bool = True, name: str = "train_loss") -> None:
         self.loss_key, self.history, self.name = loss_key, history, name
-        if isinstance(progress_bar, str):
-            if progress_bar.strip().lower() not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(f"progress_bar must be true or false, got {progress_bar!r}")
-            progress_bar = progress_bar.strip().lower() in ("1", "true", "yes", "on")
-        self.progress_bar = bool(progress_bar)
+        self.progress_bar = as_bool(progress_bar, "progress_bar")
         self._sum, self._count, self._t0 = 0.0, 0, 0.0
 
     def attach(self, engine: Engine) -> None:

@@ -1,6 +1,6 @@
 """Small picture helpers shared by the bundles' progress pictures (PIL and NumPy only, no plotting library).
 
-Slices of a RAS-ordered ``(D, H, W)`` volume are shown as in :func:`medgmae.pretrain.slices_png`: sagittal,
+Slices of a RAS-ordered ``(D, H, W)`` volume are shown as in :func:`medgmae.mae_training.slices_png`: sagittal,
 coronal and axial mid-slices rotated so that superior / anterior is up. Images are ``(H, W, 3)`` uint8 RGB arrays
 until :func:`save_png` writes them (atomically) or :func:`add_image` puts them in TensorBoard.
 """

@@ -31,6 +31,7 @@ __all__ = [
     "GradientClipHandler",
     "latest_checkpoint",
     "resolve_device",
+    "unwrap_model",
 ]
 
 logger = logging.getLogger("medgmae.engine")
@@ -57,6 +58,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) found")
         return dev
     raise ValueError(f"unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def unwrap_model(network: torch.nn.Module) -> torch.nn.Module:
+    """The model inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (``network`` itself if unwrapped)."""
+    while isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        network = network.module
+    return network
 
 
 def _numpy_state_to_plain(state: tuple) -> dict:

@@ -18,6 +18,7 @@ import torch.nn as nn
 from monai.networks.nets import UNETR
 
 from medgmae.checkpoint import ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
+from medgmae.engine import unwrap_model
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
@@ -304,7 +305,7 @@ class BestCheckpointSaver:
         if not value > self.best:  # NaN never improves
             return
         self.best, self.best_epoch = value, int(engine.state.epoch)
-        net = self.network.module if hasattr(self.network, "module") else self.network
+        net = unwrap_model(self.network)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         payload = make_checkpoint(FINETUNED_KIND, net.config(), state, self.preprocessing,
                                   extra={"epoch": self.best_epoch, "metric_name": self.metric_name, "metric": value})

@@ -88,6 +88,13 @@ Launch shapes (:func:`_launch_config`) are chosen so that no kernel spills regis
 
 Everything runs unchanged under ``TRITON_INTERPRET=1`` on CPU tensors (how the tests run it); ``tl.dot``'s
 ``input_precision`` is ignored there (numpy float32 matmul).
+
+This module is longer than the toolkit's other modules on purpose: the forward kernel and its hand-written backward
+twin must evaluate exactly the same weights, so they share the device helpers (tile coordinates, voxel blocks,
+coefficient slicing, ``log2`` weights) and the precision argument above, and are kept in one file where a change
+to one is seen beside the other. The two long kernels (``_emit_pairs_kernel``, ``_backward_kernel``) follow the
+derivations above step by step; split into helpers they would pass a dozen per-Gaussian values back and forth as
+long tuples, which reads worse.
 """
 
 from __future__ import annotations
@@ -133,6 +140,11 @@ def _emit_pairs_kernel(
     TILE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """Write the ``(key, Gaussian)`` pairs of Gaussian ``g`` (one program each) for the tiles its box touches.
+
+    Over 60 lines because the Gaussian's mean and nine precision values are loaded once and all used by the tile
+    loop's culling test; helpers would pass them around as long tuples.
+    """
     g = tl.program_id(0).to(tl.int64)
     mu_d = tl.load(means_ptr + g * 3 + 0)
     mu_h = tl.load(means_ptr + g * 3 + 1)
@@ -202,6 +214,9 @@ def bin_pairs(
         ``(batch, tile)`` key (and by Gaussian inside a tile); ``tile_start`` ``(B * n_tiles + 1,)`` int64 so that
         the pairs of key ``j`` are ``gids[tile_start[j]:tile_start[j + 1]]``; ``n_pairs`` = P, the number of box
         pairs before culling (``tile_start[-1]`` of them were kept; the rest trail ``gids``).
+
+    Over 60 lines because it is one pipeline (tile ranges, pair emission, sort, tile offsets) whose intermediates mean
+    nothing apart; most of its body is the kernel launch's argument list.
     """
     b, k = means.shape[:2]
     nt = _tile_grid(shape, tile)
@@ -501,6 +516,11 @@ def _backward_kernel(
     BLOCK_V: tl.constexpr,
     BLOCK_G: tl.constexpr,
 ):
+    """Gradients of the means, conics and intensities from one ``(batch, tile)`` program (see the module docstring).
+
+    Over 60 lines because the ten per-Gaussian moment accumulators of the voxel-block loop feed the closed-form
+    conic and mean gradients right after it; helpers would pass the ten values back and forth as long tuples.
+    """
     pid = tl.program_id(0).to(tl.int64)
     b, t_d, t_h, t_w, c_d, c_h, c_w = _tile_coords(pid, N_TILES, NT_H, NT_W, TILE)
     start = tl.load(tile_start_ptr + pid)

@@ -1,6 +1,8 @@
 """2D Gaussian models: 2D GMAE (masked autoencoder with a splatting decoder) and GViT (Gaussian-token classifier).
 
-Modules: :mod:`~medgmae.twod.render` (the splatting renderer), :mod:`~medgmae.twod.gmae` (2D GMAE),
+Modules: :mod:`~medgmae.twod.render` (the splatting renderer's entry points), :mod:`~medgmae.twod.compositor`
+(its PyTorch compositor and conventions), :mod:`~medgmae.twod.gsplat_backend` (its gsplat backend and the choice of
+backend), :mod:`~medgmae.twod.gmae` (2D GMAE),
 :mod:`~medgmae.twod.layering` (its zero-shot depth layering, figure-ground and edges), :mod:`~medgmae.twod.cli`
 (``medgmae-2d``), :mod:`~medgmae.twod.images` (the 2D image reader and PNG writers), :mod:`~medgmae.twod.data2d`
 (the loader, phantom slices and the 2D GMAE dataset), :mod:`~medgmae.twod.gvit` (GViT), :mod:`~medgmae.twod.guidance`,

@@ -1,8 +1,8 @@
 """Validation with pictures for 2D GMAE pre-training (the ``gmae2d_pretrain`` bundle).
 
-The 3D pre-training handlers do the scoring: :class:`~medgmae.pretrain.validation.MaskedValidationHandler` (masked
+The 3D pre-training handlers do the scoring: :class:`~medgmae.mae_training.validation.MaskedValidationHandler` (masked
 PSNR / SSIM on fixed images with fixed masks, ``best_model.pt``) and
-:class:`~medgmae.pretrain.summary.PretrainSummary` (curves and closing summary). This module adds the 2D parts:
+:class:`~medgmae.mae_training.summary.PretrainSummary` (curves and closing summary). This module adds the 2D parts:
 the fixed validation images (:func:`gmae2d_validation_dataset`), the picture of each (:func:`gmae2d_figure`:
 input, masked input, rendering and the depth layers of the Gaussians, nearest first) written every few epochs by
 :class:`GMAE2DPictureHandler`, and the follow-up commands of :class:`GMAE2DSummary`.
@@ -23,7 +23,7 @@ from torch.utils.data import Subset
 
 from medgmae.engine import is_main_process
 from medgmae.engine.figures import add_image, label_tile, save_png, tile_grid, upscale
-from medgmae.pretrain.summary import PretrainSummary
+from medgmae.mae_training.summary import PretrainSummary
 
 __all__ = ["GMAE2DPictureHandler", "GMAE2DSummary", "gmae2d_figure", "gmae2d_validation_dataset"]
 
@@ -95,7 +95,7 @@ class GMAE2DPictureHandler:
     images and masks are the validator's fixed ones.
 
     Args:
-        validator: the run's :class:`~medgmae.pretrain.validation.MaskedValidationHandler`.
+        validator: the run's :class:`~medgmae.mae_training.validation.MaskedValidationHandler`.
         output_dir: run folder.
         interval: epochs between pictures.
         num_layers: depth layers shown (the Gaussians sorted by depth, cut in equal groups).
@@ -145,14 +145,14 @@ class GMAE2DPictureHandler:
 
 
 class GMAE2DSummary(PretrainSummary):
-    """:class:`~medgmae.pretrain.summary.PretrainSummary` for 2D GMAE: the follow-up commands are ``medgmae-2d``'s
+    """:class:`~medgmae.mae_training.summary.PretrainSummary` for 2D GMAE: the follow-up commands are ``medgmae-2d``'s
     zero-shot tools on this run's ``model.pt``.
 
     Args:
         output_dir: the run folder.
         history: the run's :class:`~medgmae.engine.MetricHistory`.
         example_image: an image for the commands (``slice.png`` when empty).
-        kwargs: further :class:`~medgmae.pretrain.summary.PretrainSummary` arguments.
+        kwargs: further :class:`~medgmae.mae_training.summary.PretrainSummary` arguments.
     """
 
     def __init__(self, output_dir: str | Path, history: Any, example_image: str = "", **kwargs: Any) -> None:

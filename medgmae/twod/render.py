@@ -3,9 +3,10 @@
 :func:`render_gaussians_2d` is the public entry point shared by 2D GMAE and GViT. It validates its inputs and
 dispatches to a backend:
 
-* ``"gsplat"``: :func:`gsplat.rasterization` with ``camera_model="ortho"`` (CUDA tensors only).
+* ``"gsplat"``: :func:`gsplat.rasterization` with ``camera_model="ortho"`` (CUDA tensors only;
+  :mod:`medgmae.twod.gsplat_backend`).
 * ``"torch"``: plain PyTorch front-to-back alpha compositing of the same projected 2D Gaussians, chunked over
-  pixels, any device. It is the CPU path and the test oracle of the gsplat path.
+  pixels, any device (:mod:`medgmae.twod.compositor`). It is the CPU path and the test oracle of the gsplat path.
 * ``"auto"``: gsplat for CUDA tensors, torch otherwise; on CUDA it falls back to torch, with a one-line warning
   logged once per process, where gsplat's CUDA extension cannot be built or loaded (for instance no ``nvcc`` for its
   just-in-time build). :func:`resolve_backend_2d` makes this choice.
@@ -17,67 +18,28 @@ Gaussians are composited front to back in increasing ``z`` (ties keep the input 
 ``+z`` orthographically, so a Gaussian's image-plane covariance is the top-left ``2 x 2`` block of
 ``R S S^T R^T`` (in pixels: scaled by ``W / 2`` along x and ``H / 2`` along y).
 
-Conventions shared by both backends (those of gsplat 1.5's ``"classic"`` rasterisation, which the torch
-renderer reproduces):
+The conventions shared by both backends (gsplat 1.5's ``"classic"`` rasterisation: low-pass dilation, alpha clamp
+and threshold, early stop) are listed in :mod:`medgmae.twod.compositor`.
 
-* a low-pass dilation of ``EPS2D = 0.3`` pixel^2 is added to the diagonal of every projected 2D covariance,
-  without opacity compensation (``rasterize_mode="classic"``, ``eps2d=0.3``);
-* ``alpha = min(ALPHA_MAX, o * exp(-d^T Sigma^-1 d / 2))`` with ``ALPHA_MAX = 0.999`` (gsplat's clamp; the
-  original 3DGS rasteriser uses 0.99);
-* contributions with ``alpha < ALPHA_MIN = 1/255`` are skipped;
-* a pixel stops compositing before the Gaussian that would bring its transmittance to ``T_MIN = 1e-4`` or below
-  (gsplat's exclusive early stop);
-* ``pixel = sum_k c_k alpha_k T_k + T_final * background``.
+:func:`render_planar_gaussians` renders planar Gaussians (a 2D centre, two scales and an angle each, depth given by
+their order), GViT's tokens, through :func:`render_gaussians_2d`.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-import tempfile
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from medgmae.rotations import covariance_matrices
+from medgmae.twod.compositor import render_torch
+from medgmae.twod.gsplat_backend import BACKENDS, render_gsplat, resolve_backend_2d
 
-__all__ = [
-    "render_gaussians_2d",
-    "render_2d_gaussians",
-    "project_gaussians_2d",
-    "set_gsplat_cache_dir",
-    "resolve_backend_2d",
-    "BACKENDS",
-    "EPS2D",
-    "ALPHA_MAX",
-    "ALPHA_MIN",
-    "T_MIN",
-]
-
-BACKENDS = ("auto", "torch", "gsplat")
-#: Low-pass dilation (pixel^2) added to the projected covariance's diagonal (gsplat's ``eps2d``).
-EPS2D = 0.3
-#: Upper clamp of a Gaussian's alpha at a pixel (gsplat 1.5).
-ALPHA_MAX = 0.999
-#: Contributions below this alpha are skipped.
-ALPHA_MIN = 1.0 / 255.0
-#: Compositing stops before the transmittance would reach this value.
-T_MIN = 1e-4
-_LOG_T_MIN = math.log(T_MIN)
-_LOG = logging.getLogger(__name__)
-#: Outcome of probing gsplat's CUDA extension in this process: ``{"error": None | str}`` once probed.
-_GSPLAT_PROBE: dict = {}
-#: Fallback reasons already logged (the notice is given once per reason and process).
-_NOTICES: set = set()
-#: Pixels per chunk are chosen so that one chunk holds about this many ``(B, K, pixels)`` elements.
-_CHUNK_ELEMENTS = 1 << 23
+__all__ = ["render_gaussians_2d", "render_planar_gaussians"]
 
 
-# ----------------------------------------------------------------------------------------------- validation
 def _check_inputs(means, scales, quats, colors, opacities, image_size, backend, background) -> tuple[int, int]:
+    """Validate :func:`render_gaussians_2d`'s arguments (ValueError naming the first bad one); returns ``(H, W)``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     named = (("means", means), ("scales", scales), ("quats", quats), ("colors", colors), ("opacities", opacities))
@@ -132,213 +94,6 @@ def _check_inputs(means, scales, quats, colors, opacities, image_size, backend, 
     return size
 
 
-# ----------------------------------------------------------------------------------------------- projection
-def project_gaussians_2d(
-    means: Tensor, scales: Tensor, quats: Tensor, image_size: Sequence[int], eps2d: float = EPS2D
-) -> tuple[Tensor, Tensor]:
-    """Orthographic projection of 3D Gaussians to pixel-space 2D means and dilated covariances.
-
-    Args:
-        means: ``(B, K, 3)`` centres, ``x, y`` in ``[-1, 1]`` image-plane units.
-        scales: ``(B, K, 3)`` standard deviations in the same units.
-        quats: ``(B, K, 4)`` rotations ``(w, x, y, z)``.
-        image_size: ``(H, W)``.
-        eps2d: dilation added to the diagonal of the pixel-space covariance.
-
-    Returns:
-        ``(means2d, cov2d)``: ``(B, K, 2)`` centres in pixel units (pixel ``j`` has its centre at ``j + 0.5``)
-        and ``(B, K, 2, 2)`` covariances in pixel^2, dilated by ``eps2d``.
-    """
-    h, w = (int(s) for s in image_size)
-    focal = means.new_tensor([w / 2.0, h / 2.0])
-    means2d = (means[..., :2] + 1.0) * focal
-    cov2d = covariance_matrices(scales, quats)[..., :2, :2] * focal.view(2, 1) * focal.view(1, 2)
-    cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
-    return means2d, cov2d
-
-
-# ----------------------------------------------------------------------------------------------- torch backend
-def _composite_chunk(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, pix: Tensor) -> tuple[Tensor, Tensor]:
-    """Front-to-back compositing of depth-sorted Gaussians at a chunk of pixel centres.
-
-    Args:
-        means2d: ``(B, K, 2)`` sorted pixel-space centres.
-        conics: ``(B, K, 3)`` ``(a, b, c)`` of the inverse covariance ``[[a, b], [b, c]]``.
-        opacities: ``(B, K)``.
-        colors: ``(B, K, C)``.
-        pix: ``(P, 2)`` pixel centres ``(x, y)``.
-
-    Returns:
-        ``(B, C, P)`` accumulated colour and ``(B, P)`` final transmittance.
-    """
-    dx = means2d[..., 0:1] - pix[:, 0]  # (B, K, P)
-    dy = means2d[..., 1:2] - pix[:, 1]
-    a, b, c = (t.unsqueeze(-1) for t in conics.unbind(-1))
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = (opacities.unsqueeze(-1) * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
-    alpha = torch.where((sigma < 0) | (alpha < ALPHA_MIN), torch.zeros_like(alpha), alpha)
-    # transmittances as cumulative sums of log(1 - alpha) (1 - alpha >= 1 - ALPHA_MAX > 0): cheaper to
-    # differentiate than cumprod
-    with torch.no_grad():  # exclusive early stop: drop the Gaussian that would take T to T_MIN or below, and all after
-        alive = torch.cumsum(torch.log1p(-alpha), dim=1) > _LOG_T_MIN
-    alpha = alpha * alive
-    log_keep = torch.log1p(-alpha)
-    log_incl = torch.cumsum(log_keep, dim=1)  # (B, K, P): log T after each Gaussian
-    weights = alpha * torch.exp(log_incl - log_keep)  # alpha_k * T before Gaussian k
-    image = torch.einsum("bkp,bkc->bcp", weights, colors)
-    return image, torch.exp(log_incl[:, -1])
-
-
-def _render_torch(means, scales, quats, colors, opacities, size, background) -> tuple[Tensor, Tensor]:
-    h, w = size
-    b, k = means.shape[:2]
-    means2d, cov2d = project_gaussians_2d(means, scales, quats, size)
-    det = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
-    conics = torch.stack([cov2d[..., 1, 1], -cov2d[..., 0, 1], cov2d[..., 0, 0]], -1) / det.unsqueeze(-1)
-    order = torch.argsort(means[..., 2].detach(), dim=1, stable=True)
-    gather = lambda t: torch.gather(t, 1, order.view(b, k, *([1] * (t.dim() - 2))).expand_as(t))  # noqa: E731
-    means2d, conics, opacities, colors = gather(means2d), gather(conics), gather(opacities), gather(colors)
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=means.device, dtype=means2d.dtype) + 0.5,
-        torch.arange(w, device=means.device, dtype=means2d.dtype) + 0.5,
-        indexing="ij",
-    )
-    pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # (H*W, 2)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, b * k))
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (means2d, conics, opacities, colors))
-    images, trans = [], []
-    for start in range(0, pix.shape[0], chunk):
-        args = (means2d, conics, opacities, colors, pix[start : start + chunk])
-        if needs_grad and pix.shape[0] > chunk:  # recompute per chunk in backward: memory ~ one chunk
-            img, t = checkpoint(_composite_chunk, *args, use_reentrant=False)
-        else:
-            img, t = _composite_chunk(*args)
-        images.append(img)
-        trans.append(t)
-    image = torch.cat(images, -1).reshape(b, -1, h, w)
-    t_final = torch.cat(trans, -1).reshape(b, 1, h, w)
-    if background is not None:
-        image = image + t_final * background.view(-1, background.shape[-1], 1, 1)
-    return image, 1.0 - t_final
-
-
-# ----------------------------------------------------------------------------------------------- gsplat backend
-def set_gsplat_cache_dir(path: str | os.PathLike | None = None) -> str:
-    """Choose where gsplat's CUDA extension is compiled and cached (``TORCH_EXTENSIONS_DIR``).
-
-    A value already set by the user in the environment is kept. Otherwise ``path`` (e.g. a folder under a
-    training run's output directory) is used, else ``$MEDGMAE_CACHE_DIR/torch_extensions``, else a per-user
-    folder in the system temporary directory, so that nothing is written to the user's home directory.
-    Must be called before gsplat's CUDA backend is first imported to have an effect.
-
-    Returns:
-        The directory in use.
-    """
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return os.environ["TORCH_EXTENSIONS_DIR"]
-    if path is None:
-        base = os.environ.get("MEDGMAE_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"medgmae-cache-{os.getuid()}")
-        path = os.path.join(base, "torch_extensions")
-    path = os.path.abspath(os.fspath(path))
-    os.makedirs(path, exist_ok=True)
-    os.environ["TORCH_EXTENSIONS_DIR"] = path
-    return path
-
-
-def _load_gsplat():
-    """Import :func:`gsplat.rasterization` with its CUDA extension built (compiling it on first use)."""
-    cache = set_gsplat_cache_dir()
-    try:
-        from gsplat import rasterization
-        from gsplat.cuda import _backend
-    except Exception as e:  # compilation errors surface here
-        raise RuntimeError(f"gsplat's CUDA extension could not be built or loaded (cache {cache}): {e}") from e
-    if _backend._C is None:
-        hint = "" if _backend.cuda_toolkit_available() else " no CUDA compiler (nvcc) was found: install the CUDA toolkit or set CUDA_HOME;"
-        raise RuntimeError(
-            f"gsplat's CUDA extension is not available:{hint} cache {cache}. Use backend='torch' to render without it."
-        )
-    return rasterization
-
-
-def _gsplat_error(probe: Callable[[], object] | None) -> str | None:
-    """``None`` when gsplat's CUDA extension loads, else why not (the default probe's result is cached)."""
-    if probe is None:
-        if "error" not in _GSPLAT_PROBE:
-            _GSPLAT_PROBE["error"] = _gsplat_error(_load_gsplat)
-        return _GSPLAT_PROBE["error"]
-    try:
-        probe()
-    except (RuntimeError, ImportError, OSError) as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    return None
-
-
-def resolve_backend_2d(backend: str, device: torch.device | str, probe: Callable[[], object] | None = None) -> str:
-    """The backend that renders for ``backend`` on ``device``: ``"torch"`` or ``"gsplat"``.
-
-    ``"auto"`` gives gsplat on CUDA devices when its CUDA extension loads, else the PyTorch compositor; when gsplat
-    is unavailable on a CUDA device (no ``nvcc`` for its just-in-time build, a failed build, gsplat not installed)
-    a one-line warning naming the reason is logged once. An explicit ``"gsplat"`` is returned as is (its errors
-    surface when rendering).
-
-    Args:
-        backend: ``"auto"``, ``"torch"`` or ``"gsplat"``.
-        device: where the Gaussians live.
-        probe: callable that raises ``RuntimeError`` / ``ImportError`` / ``OSError`` when gsplat cannot be used
-            (default: loading gsplat's CUDA extension, once per process).
-
-    Returns:
-        ``"torch"`` or ``"gsplat"``.
-
-    Raises:
-        ValueError: for an unknown backend, or ``"gsplat"`` on a non-CUDA device.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    device = torch.device(device)
-    if backend == "torch":
-        return "torch"
-    if device.type != "cuda":
-        if backend == "gsplat":
-            raise ValueError(f"backend='gsplat' needs CUDA tensors, got tensors on {device}; use backend='torch'")
-        return "torch"
-    if backend == "gsplat":
-        return "gsplat"
-    error = _gsplat_error(probe)
-    if error is None:
-        return "gsplat"
-    if error not in _NOTICES:
-        _NOTICES.add(error)
-        _LOG.warning("gsplat is unavailable (%s); rendering 2D Gaussians with the PyTorch compositor instead", error)
-    return "torch"
-
-
-def _render_gsplat(means, scales, quats, colors, opacities, size, background) -> tuple[Tensor, Tensor]:
-    rasterization = _load_gsplat()
-    h, w = size
-    b = means.shape[0]
-    dtype = means.dtype
-    means, scales, quats, colors, opacities = (t.float().contiguous() for t in (means, scales, quats, colors, opacities))
-    # orthographic: depth only orders the Gaussians; shift it in front of gsplat's near plane (0.01)
-    z = means[..., 2:] - means[..., 2:].detach().amin(dim=1, keepdim=True) + 1.0
-    cam_means = torch.cat([means[..., :2], z], -1)
-    viewmats = torch.eye(4, device=means.device).expand(b, 1, 4, 4).contiguous()
-    # x = -1 .. 1 maps to pixel coordinates 0 .. W (pixel j has its centre at j + 0.5), likewise y to 0 .. H
-    ks = means.new_tensor([[w / 2.0, 0.0, w / 2.0], [0.0, h / 2.0, h / 2.0], [0.0, 0.0, 1.0]]).expand(b, 1, 3, 3).contiguous()
-    bg = None
-    if background is not None:
-        bg = background.float().expand(b, colors.shape[-1]).reshape(b, 1, -1).contiguous()
-    with torch.autocast(device_type="cuda", enabled=False):
-        image, alpha, _ = rasterization(
-            cam_means, quats, scales, opacities, colors, viewmats, ks, w, h,
-            near_plane=0.01, eps2d=EPS2D, packed=False, backgrounds=bg,
-            rasterize_mode="classic", camera_model="ortho",
-        )  # fmt: skip
-    return image[:, 0].permute(0, 3, 1, 2).to(dtype), alpha[:, 0].permute(0, 3, 1, 2).to(dtype)
-
-
-# ----------------------------------------------------------------------------------------------- public API
 def render_gaussians_2d(
     means: Tensor,
     scales: Tensor,
@@ -389,12 +144,12 @@ def render_gaussians_2d(
         return (image, alpha) if return_alpha else image
     if background is not None:
         background = background.to(device=means.device, dtype=means.dtype)
-    render = _render_gsplat if backend == "gsplat" else _render_torch
+    render = render_gsplat if backend == "gsplat" else render_torch
     image, alpha = render(means, scales, quats, colors, opacities, size, background)
     return (image, alpha) if return_alpha else image
 
 
-def render_2d_gaussians(
+def render_planar_gaussians(
     means2d: Tensor,
     scales2d: Tensor,
     angles: Tensor,
@@ -404,7 +159,8 @@ def render_2d_gaussians(
     backend: str = "auto",
     background: Tensor | None = None,
 ) -> Tensor:
-    """Render planar 2D Gaussians: a thin wrapper that lifts them onto :func:`render_gaussians_2d`.
+    """Render planar Gaussians (GViT's tokens: a 2D centre, two scales and an in-plane angle each, no depth) by
+    lifting them onto :func:`render_gaussians_2d`, whose Gaussians are 3D (centre with depth, three scales, quaternion).
 
     Gaussian ``k`` gets depth ``k``, so the first token is the nearest (composited first). A rotation by
     ``angle`` about ``z`` maps the Gaussian's first axis to ``(cos angle, sin angle)`` in ``(x, y)``; since ``y``

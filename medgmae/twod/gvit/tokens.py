@@ -52,10 +52,12 @@ class Gaussians2D:
 
     def render(self, image_size: Sequence[int] | int, backend: str = "auto") -> Tensor:
         """Render to ``(B, C, H, W)`` with the 2D Gaussian renderer (gsplat on CUDA, PyTorch on CPU)."""
-        from medgmae.twod.render import render_2d_gaussians
+        from medgmae.twod.render import render_planar_gaussians
 
         size = tuple(ensure_tuple_rep(image_size, 2))
-        return render_2d_gaussians(self.means, self.scales, self.angles, self.colors, self.opacities, size, backend=backend)
+        return render_planar_gaussians(
+            self.means, self.scales, self.angles, self.colors, self.opacities, size, backend=backend
+        )
 
 
 def decode_gaussians_2d(g: Tensor, channels: int, scale_factor: float = 1.0) -> Gaussians2D:

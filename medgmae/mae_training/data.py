@@ -18,7 +18,7 @@ from medgmae.data.precheck import check_datalist
 
 __all__ = ["pretrain_split"]
 
-logger = logging.getLogger("medgmae.pretrain")
+logger = logging.getLogger("medgmae.mae_training")
 
 
 def _fraction_split(items: list[dict], val_fraction: float, seed: int, source: str) -> tuple[list[dict], list[dict]]:

@@ -23,14 +23,20 @@ from ignite.engine import Engine, Events
 from monai.networks.layers import separable_filtering
 from torch import Tensor
 
-from medgmae.engine import MetricHistory, is_main_process
+from medgmae.engine import MetricHistory, is_main_process, unwrap_model
 from medgmae.networks.mae_base import MAEOutput
-from medgmae.pretrain.export import MODEL_FILE, save_pretrained
-from medgmae.pretrain.trainer import unwrap_model
+from medgmae.mae_training.export import MODEL_FILE, save_pretrained
 
-__all__ = ["BEST_MODEL_FILE", "MaskedValidationHandler", "masked_psnr_per_sample", "masked_ssim", "save_best_model"]
+__all__ = [
+    "BEST_MODEL_FILE",
+    "MaskedValidationHandler",
+    "masked_psnr",
+    "masked_psnr_per_sample",
+    "masked_ssim",
+    "save_best_model",
+]
 
-logger = logging.getLogger("medgmae.pretrain")
+logger = logging.getLogger("medgmae.mae_training")
 
 #: the best validation model, in ``model.pt``'s format
 BEST_MODEL_FILE = "best_model.pt"
@@ -55,6 +61,22 @@ def masked_psnr_per_sample(pred: Tensor, target: Tensor, mask: Tensor, data_rang
     err = (pred.float() - target.float()).square().flatten(1)
     mse = (err * w).sum(1) / w.sum(1)
     return 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
+
+
+def masked_psnr(out: MAEOutput, target: Tensor, data_range: float = 1.0) -> Tensor:
+    """PSNR (dB) over the masked voxels of a whole batch pooled (the trainer's ``psnr_masked``): one MSE over every
+    masked voxel of every item, i.e. :func:`masked_psnr_per_sample` with the batch taken as one item.
+
+    Args:
+        out: the model output; its ``pred`` is ``(B, C, *spatial)`` and its ``mask`` ``(B, 1, *spatial)`` of 0/1.
+        target: the images, same shape as ``out.pred``.
+        data_range: value range of the images.
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    as_one_item = (out.pred, target, out.mask.expand_as(target))
+    return masked_psnr_per_sample(*(t.flatten(0, 1).unsqueeze(0) for t in as_one_item), data_range=data_range)[0]
 
 
 def _gaussian_1d(kernel_size: int, sigma: float, like: Tensor) -> Tensor:
@@ -105,7 +127,7 @@ def masked_ssim(
 
 
 def save_best_model(network: nn.Module, output_dir: str | Path, filename: str = BEST_MODEL_FILE) -> Path:
-    """Write ``network`` as ``output_dir/filename`` with :func:`~medgmae.pretrain.save_pretrained`'s ``model.pt``
+    """Write ``network`` as ``output_dir/filename`` with :func:`~medgmae.mae_training.save_pretrained`'s ``model.pt``
     writer (same format), atomically."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from medgmae.engine.figures import (
 
 __all__ = ["ValidationPictureHandler", "reconstruction_figure", "tile_factor"]
 
-logger = logging.getLogger("medgmae.pretrain")
+logger = logging.getLogger("medgmae.mae_training")
 
 _VIEWS = ("sag", "cor", "ax")
 #: the blue-grey shown over masked patches (RGB), and how much of the image shows through
@@ -110,7 +110,7 @@ class ValidationPictureHandler:
     process only. The crop and its mask are the validator's fixed ones, so pictures of different epochs compare.
 
     Args:
-        validator: the :class:`~medgmae.pretrain.validation.MaskedValidationHandler` of the run.
+        validator: the :class:`~medgmae.mae_training.validation.MaskedValidationHandler` of the run.
         output_dir: run folder (pictures go to its ``pictures`` sub-folder).
         interval: epochs between pictures.
         summary_writer: TensorBoard ``SummaryWriter`` (optional).
@@ -131,7 +131,7 @@ class ValidationPictureHandler:
 
     def figure(self, epoch: int) -> np.ndarray:
         """The picture of the fixed crop with the current weights."""
-        from medgmae.pretrain.validation import masked_psnr_per_sample
+        from medgmae.mae_training.validation import masked_psnr_per_sample
 
         x, out = self.validator.masked_output(0)
         psnr = float(masked_psnr_per_sample(out.pred, x, out.mask)[0])

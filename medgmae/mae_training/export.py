@@ -8,16 +8,15 @@ from pathlib import Path
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
-from medgmae.engine import is_main_process
+from medgmae.engine import is_main_process, unwrap_model
 from medgmae.files import save_torch_atomic
-from medgmae.pretrain.trainer import unwrap_model
 
 __all__ = ["save_pretrained", "ModelExportHandler", "ENCODER_FILE", "MODEL_FILE"]
 
 ENCODER_FILE = "encoder.pt"
 MODEL_FILE = "model.pt"
 
-logger = logging.getLogger("medgmae.pretrain")
+logger = logging.getLogger("medgmae.mae_training")
 
 
 def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, Path]:

@@ -24,7 +24,7 @@ from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
 __all__ = ["GaussianInference", "slices_png"]
 
-logger = logging.getLogger("medgmae.pretrain")
+logger = logging.getLogger("medgmae.mae_training")
 
 
 def slices_png(volumes: Sequence[np.ndarray], path: str | Path) -> Path:

@@ -19,12 +19,12 @@ from ignite.engine import Engine, Events
 from medgmae.engine import MetricHistory, is_main_process
 from medgmae.files import save_json_atomic
 from medgmae.engine.figures import add_image, line_plot, save_png
-from medgmae.pretrain.export import ENCODER_FILE, MODEL_FILE
-from medgmae.pretrain.validation import BEST_MODEL_FILE
+from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE
+from medgmae.mae_training.validation import BEST_MODEL_FILE
 
 __all__ = ["PretrainSummary", "curves_figure", "next_commands"]
 
-logger = logging.getLogger("medgmae.pretrain")
+logger = logging.getLogger("medgmae.mae_training")
 
 CURVES_FILE = "curves.png"
 

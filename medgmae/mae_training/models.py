@@ -1,0 +1,83 @@
+"""The models the masked-autoencoder bundles build, by name, and the record of a model's configuration that
+training checkpoints carry (so that a model can be rebuilt from a training checkpoint alone)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch.nn as nn
+
+from medgmae.engine import unwrap_model
+from medgmae.networks.medgmae import MedGMAE
+from medgmae.networks.voxel_mae import VoxelMAE
+from medgmae.preprocessing import PreprocessingSpec
+
+__all__ = ["MODEL_KINDS", "ModelConfigRecord", "build_model"]
+
+#: ``model`` names accepted by :func:`build_model`.
+MODEL_KINDS = ("medgmae", "medgmae-star", "voxel-mae")
+
+
+def build_model(
+    kind: str = "medgmae",
+    model_size: str = "tiny",
+    img_size: Sequence[int] | int = 96,
+    patch_size: Sequence[int] | int = 12,
+    num_gaussians: int = 512,
+    mask_ratio: float = 0.75,
+    loss_on_all_voxels: bool = False,
+    preprocessing: PreprocessingSpec | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a pre-training model by name (what the bundle configs instantiate).
+
+    Args:
+        kind: ``"medgmae"``, ``"medgmae-star"`` (multi-level) or ``"voxel-mae"``.
+        model_size: ViT preset.
+        img_size: crop size.
+        patch_size: patch edge(s).
+        num_gaussians: K (ignored by the voxel-MAE).
+        mask_ratio: training mask ratio.
+        loss_on_all_voxels: MSE on every voxel instead of the masked ones.
+        preprocessing: the data pre-processing the model is trained with, recorded in its checkpoints; its
+            ``input_size`` and ``patch_size`` must match ``img_size`` and ``patch_size``.
+        kwargs: further :class:`~medgmae.networks.MedGMAE` arguments (``scale_cap``, ``level_multipliers``...).
+
+    Returns:
+        The model.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
+    common = dict(img_size=img_size, patch_size=patch_size, model_size=model_size, mask_ratio=mask_ratio,
+                  loss_on_all_voxels=loss_on_all_voxels)  # fmt: skip
+    if kind == "voxel-mae":
+        model = VoxelMAE(**common)  # the Gaussian-only arguments do not apply
+    else:
+        model = MedGMAE(**common, num_gaussians=num_gaussians, multi_level=kind == "medgmae-star", **kwargs)
+    if preprocessing is not None:
+        if tuple(preprocessing.input_size) != model.img_size or tuple(preprocessing.patch_size) != model.patch_size:
+            raise ValueError(
+                f"the pre-processing's input_size {preprocessing.input_size} / patch_size {preprocessing.patch_size} "
+                f"differ from the model's img_size {model.img_size} / patch_size {model.patch_size}"
+            )
+        model.preprocessing = preprocessing
+    return model
+
+
+class ModelConfigRecord:
+    """``state_dict``-able record of a model's kind, config and pre-processing, stored in training checkpoints as
+    ``"config"`` (``{"kind", "config", "preprocessing"}``, the model-file fields of :mod:`medgmae.checkpoint`) so
+    that :meth:`MedGMAE.from_checkpoint` can rebuild the model from a training checkpoint alone."""
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = unwrap_model(network)
+
+    def state_dict(self) -> dict:
+        spec = getattr(self.network, "preprocessing", None)
+        return {"kind": self.network.kind, "config": self.network.config(), "preprocessing": spec.to_dict() if spec else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff:
+            raise ValueError(f"checkpoint was written by a different model configuration (saved, current): {diff}")

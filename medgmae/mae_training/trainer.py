@@ -1,0 +1,101 @@
+"""The pre-training engine: MONAI's SupervisedTrainer with a masked-autoencoder iteration.
+
+One iteration runs the model (its ``forward`` returns the masked-voxel loss), under bf16 autocast on CUDA when
+``amp`` is on, back-propagates, clips the global gradient norm and steps the optimiser. MONAI's iteration events
+fire as in the stock trainer, so MONAI and toolkit handlers attach unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys
+
+from medgmae.mae_training.validation import masked_psnr
+from medgmae.networks.mae_base import MAEOutput
+
+__all__ = ["MaskedAutoencoderTrainer"]
+
+
+class MaskedAutoencoderTrainer(SupervisedTrainer):
+    """SupervisedTrainer whose iteration trains a masked autoencoder on unlabelled crops.
+
+    The batch's ``image`` goes through the network, whose output (:class:`~medgmae.networks.MAEOutput`) carries
+    the loss; ``loss_function`` is not used. Gradients are clipped to ``grad_clip`` (global norm) before the step.
+    ``engine.state.output`` is ``{"loss": float tensor, "psnr_masked": float tensor}``.
+
+    Args:
+        device: training device.
+        max_epochs: epochs to train.
+        train_data_loader: loader of dicts with an ``image`` key ``(B, 1, D, H, W)``.
+        network: MedGMAE, MedGMAE* or VoxelMAE (optionally DDP-wrapped).
+        optimizer: the optimiser.
+        grad_clip: maximum global gradient norm (``0`` disables clipping).
+        amp: bf16 autocast for the network on CUDA (no effect on CPU; bf16 needs no loss scaling).
+        train_handlers: ignite/MONAI handlers.
+        image_key: batch key of the image.
+        kwargs: further :class:`monai.engines.SupervisedTrainer` arguments.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        grad_clip: float = 1.0,
+        amp: bool = False,
+        train_handlers: Sequence | None = None,
+        image_key: str = CommonKeys.IMAGE,
+        **kwargs: Any,
+    ) -> None:
+        if grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {grad_clip}")
+        device = torch.device(device)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=_unused_loss,
+            train_handlers=train_handlers,
+            amp=False,  # bf16 autocast is handled in _iteration; no GradScaler
+            decollate=False,
+            **kwargs,
+        )
+        self.grad_clip = float(grad_clip)
+        self.bf16 = bool(amp) and device.type == "cuda"
+        self.image_key = image_key
+
+    def _iteration(self, engine: "MaskedAutoencoderTrainer", batchdata: dict) -> dict:  # type: ignore[override]
+        if batchdata is None or self.image_key not in batchdata:
+            raise ValueError(f"training batch must be a dict with an '{self.image_key}' entry")
+        x = batchdata[self.image_key]
+        x = (x.as_tensor() if hasattr(x, "as_tensor") else x).to(engine.state.device, non_blocking=engine.non_blocking)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            out: MAEOutput = engine.network(x)
+        engine.state.output = {CommonKeys.LOSS: out.loss}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        out.loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.grad_clip)
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        with torch.no_grad():
+            psnr = masked_psnr(out, x)
+        engine.state.output = {CommonKeys.LOSS: out.loss.detach(), "psnr_masked": psnr}
+        return engine.state.output
+
+
+def _unused_loss(*_: Any) -> torch.Tensor:
+    raise RuntimeError("MaskedAutoencoderTrainer takes the loss from the model output")

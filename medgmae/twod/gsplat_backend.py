@@ -1,0 +1,153 @@
+"""The gsplat backend of the 2D renderer and the choice of backend.
+
+:func:`render_gsplat` renders with :func:`gsplat.rasterization` (``camera_model="ortho"``, CUDA tensors only), in the
+frame of :mod:`medgmae.twod.render` and with the conventions of :mod:`medgmae.twod.compositor`. gsplat builds its CUDA
+extension just in time; :func:`set_gsplat_cache_dir` keeps that build out of the user's home directory.
+:func:`resolve_backend_2d` turns ``"auto"`` into gsplat for CUDA tensors and the PyTorch compositor otherwise,
+falling back to the compositor, with a one-line warning logged once per process, where gsplat's CUDA extension cannot
+be built or loaded (for instance no ``nvcc`` for its just-in-time build).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from medgmae.twod.compositor import EPS2D
+
+__all__ = ["BACKENDS", "render_gsplat", "resolve_backend_2d", "set_gsplat_cache_dir"]
+
+BACKENDS = ("auto", "torch", "gsplat")
+_LOG = logging.getLogger(__name__)
+#: Outcome of probing gsplat's CUDA extension in this process: ``{"error": None | str}`` once probed.
+_GSPLAT_PROBE: dict = {}
+#: Fallback reasons already logged (the notice is given once per reason and process).
+_NOTICES: set = set()
+
+
+def set_gsplat_cache_dir(path: str | os.PathLike | None = None) -> str:
+    """Choose where gsplat's CUDA extension is compiled and cached (``TORCH_EXTENSIONS_DIR``).
+
+    A value already set by the user in the environment is kept. Otherwise ``path`` (e.g. a folder under a
+    training run's output directory) is used, else ``$MEDGMAE_CACHE_DIR/torch_extensions``, else a per-user
+    folder in the system temporary directory, so that nothing is written to the user's home directory.
+    Must be called before gsplat's CUDA backend is first imported to have an effect.
+
+    Returns:
+        The directory in use.
+    """
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    if path is None:
+        base = os.environ.get("MEDGMAE_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"medgmae-cache-{os.getuid()}")
+        path = os.path.join(base, "torch_extensions")
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(path, exist_ok=True)
+    os.environ["TORCH_EXTENSIONS_DIR"] = path
+    return path
+
+
+def _load_gsplat():
+    """Import :func:`gsplat.rasterization` with its CUDA extension built (compiling it on first use)."""
+    cache = set_gsplat_cache_dir()
+    try:
+        from gsplat import rasterization
+        from gsplat.cuda import _backend
+    except Exception as e:  # compilation errors surface here
+        raise RuntimeError(f"gsplat's CUDA extension could not be built or loaded (cache {cache}): {e}") from e
+    if _backend._C is None:
+        hint = "" if _backend.cuda_toolkit_available() else " no CUDA compiler (nvcc) was found: install the CUDA toolkit or set CUDA_HOME;"
+        raise RuntimeError(
+            f"gsplat's CUDA extension is not available:{hint} cache {cache}. Use backend='torch' to render without it."
+        )
+    return rasterization
+
+
+def _gsplat_error(probe: Callable[[], object] | None) -> str | None:
+    """``None`` when gsplat's CUDA extension loads, else why not (the default probe's result is cached)."""
+    if probe is None:
+        if "error" not in _GSPLAT_PROBE:
+            _GSPLAT_PROBE["error"] = _gsplat_error(_load_gsplat)
+        return _GSPLAT_PROBE["error"]
+    try:
+        probe()
+    except (RuntimeError, ImportError, OSError) as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
+def resolve_backend_2d(backend: str, device: torch.device | str, probe: Callable[[], object] | None = None) -> str:
+    """The backend that renders for ``backend`` on ``device``: ``"torch"`` or ``"gsplat"``.
+
+    ``"auto"`` gives gsplat on CUDA devices when its CUDA extension loads, else the PyTorch compositor; when gsplat
+    is unavailable on a CUDA device (no ``nvcc`` for its just-in-time build, a failed build, gsplat not installed)
+    a one-line warning naming the reason is logged once. An explicit ``"gsplat"`` is returned as is (its errors
+    surface when rendering).
+
+    Args:
+        backend: ``"auto"``, ``"torch"`` or ``"gsplat"``.
+        device: where the Gaussians live.
+        probe: callable that raises ``RuntimeError`` / ``ImportError`` / ``OSError`` when gsplat cannot be used
+            (default: loading gsplat's CUDA extension, once per process).
+
+    Returns:
+        ``"torch"`` or ``"gsplat"``.
+
+    Raises:
+        ValueError: for an unknown backend, or ``"gsplat"`` on a non-CUDA device.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if backend == "torch":
+        return "torch"
+    if device.type != "cuda":
+        if backend == "gsplat":
+            raise ValueError(f"backend='gsplat' needs CUDA tensors, got tensors on {device}; use backend='torch'")
+        return "torch"
+    if backend == "gsplat":
+        return "gsplat"
+    error = _gsplat_error(probe)
+    if error is None:
+        return "gsplat"
+    if error not in _NOTICES:
+        _NOTICES.add(error)
+        _LOG.warning("gsplat is unavailable (%s); rendering 2D Gaussians with the PyTorch compositor instead", error)
+    return "torch"
+
+
+def render_gsplat(means, scales, quats, colors, opacities, size, background) -> tuple[Tensor, Tensor]:
+    """Render validated CUDA inputs (see :func:`medgmae.twod.render.render_gaussians_2d`) with gsplat, in float32.
+
+    Returns:
+        ``(B, C, H, W)`` image and ``(B, 1, H, W)`` accumulated opacity, in the dtype of ``means``.
+
+    Raises:
+        RuntimeError: when gsplat's CUDA extension cannot be built or loaded.
+    """
+    rasterization = _load_gsplat()
+    h, w = size
+    b = means.shape[0]
+    dtype = means.dtype
+    means, scales, quats, colors, opacities = (t.float().contiguous() for t in (means, scales, quats, colors, opacities))
+    # orthographic: depth only orders the Gaussians; shift it in front of gsplat's near plane (0.01)
+    z = means[..., 2:] - means[..., 2:].detach().amin(dim=1, keepdim=True) + 1.0
+    cam_means = torch.cat([means[..., :2], z], -1)
+    viewmats = torch.eye(4, device=means.device).expand(b, 1, 4, 4).contiguous()
+    # x = -1 .. 1 maps to pixel coordinates 0 .. W (pixel j has its centre at j + 0.5), likewise y to 0 .. H
+    ks = means.new_tensor([[w / 2.0, 0.0, w / 2.0], [0.0, h / 2.0, h / 2.0], [0.0, 0.0, 1.0]]).expand(b, 1, 3, 3).contiguous()
+    bg = None
+    if background is not None:
+        bg = background.float().expand(b, colors.shape[-1]).reshape(b, 1, -1).contiguous()
+    with torch.autocast(device_type="cuda", enabled=False):
+        image, alpha, _ = rasterization(
+            cam_means, quats, scales, opacities, colors, viewmats, ks, w, h,
+            near_plane=0.01, eps2d=EPS2D, packed=False, backgrounds=bg,
+            rasterize_mode="classic", camera_model="ortho",
+        )  # fmt: skip
+    return image[:, 0].permute(0, 3, 1, 2).to(dtype), alpha[:, 0].permute(0, 3, 1, 2).to(dtype)

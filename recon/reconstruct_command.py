@@ -1,0 +1,200 @@
+"""What ``medgmae-recon reconstruct`` does: the initialisation it asks for, the optimisation, and its outputs
+(``recon.nii.gz``, ``gaussians.ply``, ``metrics.json``, ``curve.png``, ``slices.png``, the resumable
+``recon_state.pt``) written together, then the closing summary. Every input is checked before anything is written."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recon.commands import CLIError, StagedOutputs, load_matching_volume, load_scan, resolve_cli_device
+from recon.geometry import CTGeometry
+
+__all__ = ["OUTPUTS", "RECON_STATE", "cmd_reconstruct"]
+
+RECON_STATE = "recon_state.pt"
+
+
+def _model_spec(model, spacing: float | None, checkpoint: str):
+    """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
+    from medgmae.preprocessing import spec_with_overrides
+
+    return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
+
+
+def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarray, model):
+    """The initial Gaussians and the intensity unit (``None``: the reconstructor's default)."""
+    from recon.initialisation import fbp_init, medgmae_init, random_init
+    from recon.init_3dgr import init_3dgr_ct
+
+    k = init_settings.get("num_gaussians", 0)
+    if init_settings["init"] == "random":
+        init = random_init(fbp_t, k, seed=args.seed)
+    elif init_settings["init"] == "fbp":
+        init = fbp_init(fbp_t, k, seed=args.seed)
+    elif init_settings["init"] == "3dgr-ct":
+        kw = {n: init_settings[n] for n in ("start", "air_threshold", "ini_intensity", "ini_sigma", "neighbour_kernel", "intensity_offset")}
+        return init_3dgr_ct(fbp_t, k, **kw)
+    else:
+        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
+    if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images
+        return init, float(fbp_t.max().clamp_min(1e-12))
+    return init, None
+
+
+def _init_settings(args) -> dict:
+    from recon.presets import preset_init_settings
+
+    settings = preset_init_settings(args.preset)
+    if args.init is not None and args.init != settings["init"]:
+        defaults = preset_init_settings("3dgr-ct" if args.init == "3dgr-ct" else "toolkit")
+        settings = {**defaults, "init": args.init}
+    if args.num_gaussians is not None:
+        settings["num_gaussians"] = args.num_gaussians
+    if settings["init"] == "medgmae":
+        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
+    return settings
+
+
+def _print_summary(metrics: dict, out: Path) -> None:
+    lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
+             f"in {metrics['time_seconds']:.1f} s (+{metrics['init_seconds']:.1f} s FBP and initialisation), "
+             f"{metrics['num_gaussians']} Gaussians"]  # fmt: skip
+    if "final" in metrics:
+        for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
+            lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
+    else:
+        lines.append("  no --reference: PSNR/SSIM not computed")
+    lines.append(f"outputs in {out}:")
+    for name, what in OUTPUTS.items():
+        lines.append(f"  {out / name}  ({what})")
+    print("\n".join(lines))
+
+
+OUTPUTS = {
+    "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
+    "gaussians.ply": "the Gaussians, world frame",
+    "metrics.json": "preset, every setting, history, PSNR/SSIM",
+    "curve.png": "loss and PSNR per iteration",
+    "slices.png": "orthogonal mid-slices: reference / FBP / reconstruction / error",
+    RECON_STATE: "resumable state (--resume)",
+}
+
+
+def _resume_state(state_path: Path, preset: str) -> dict:
+    """The saved state to ``--resume`` from, checked to exist and to have been written with ``--preset preset``."""
+    from medgmae.files import load_torch_file
+
+    if not state_path.is_file():
+        raise CLIError(f"--resume: no saved state {state_path}")
+    state = load_torch_file(state_path, what="reconstruction state")
+    saved = state.get("config", {}).get("preset_name", "toolkit") if isinstance(state, dict) else None
+    if saved != preset:
+        raise CLIError(f"--resume: {state_path} was written with --preset {saved}, not {preset}")
+    return state
+
+
+def cmd_reconstruct(args) -> int:
+    """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary."""
+    from recon.fbp import fbp
+    from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
+    from recon.metrics import evaluate
+    from recon.projectors import make_projector
+
+    # ---- validate everything before writing anything
+    if args.iterations < 0:
+        raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
+    init_settings = _init_settings(args)
+    if init_settings["init"] == "medgmae" and not args.checkpoint:
+        raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
+    if args.checkpoint and init_settings["init"] != "medgmae":
+        raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
+    geom, proj = load_scan(args.projections, args.geometry)
+    reference = load_matching_volume(args.reference, geom, "reference")[0] if args.reference else None
+    fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
+    model = _load_model(args) if init_settings["init"] == "medgmae" else None
+    out = Path(args.out)
+    state_path = out / RECON_STATE
+    state = _resume_state(state_path, args.preset) if args.resume else None
+    device = resolve_cli_device(args.device)
+    if model is not None:
+        model = model.to(device).eval()
+
+    # ---- compute
+    torch.manual_seed(args.seed)
+    projector = make_projector(geom, args.backend, device)
+    proj_t = torch.from_numpy(proj).to(device)
+    t0 = time.perf_counter()
+    fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
+    init, value_scale = _initialise(args, init_settings, fbp_t, affine, model)
+    init_seconds = time.perf_counter() - t0
+    cfg = GaussianReconConfig.preset(
+        args.preset, args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
+        eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed,
+    )  # fmt: skip
+    ref_t = None if reference is None else torch.from_numpy(reference)
+    rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
+    if state is not None:
+        try:
+            rec.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CLIError(f"cannot resume from {state_path}: {e}") from e
+    result = rec.run(checkpoint_path=state_path, progress=not args.no_progress)
+    metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
+    if reference is not None:
+        metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
+        metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
+    _write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
+    _print_summary(metrics, out)
+    return 0
+
+
+def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device) -> dict:
+    """What ``metrics.json`` records: the preset, every setting, the run and its history."""
+    from dataclasses import asdict
+
+    return {
+        "preset": args.preset, "init": init_settings["init"], "iterations": result.iterations, "time_seconds": result.seconds,
+        "init_seconds": init_seconds, "num_gaussians": result.gaussians.num_gaussians, "initial_gaussians": init.num_gaussians,
+        "device": str(device), "projector": projector, "value_scale": rec.value_scale, "settings": asdict(cfg),
+        "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
+        "arguments": {k: v for k, v in vars(args).items() if k != "command"},
+        "iterations_to_psnr": result.iterations_to_psnr, "history": result.history,
+    }  # fmt: skip
+
+
+def _load_model(args):
+    from medgmae.networks.medgmae import MedGMAE
+
+    if not Path(args.checkpoint).is_file():
+        raise CLIError(f"model checkpoint {args.checkpoint} does not exist")
+    try:
+        return MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae model.pt")
+    except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
+        raise CLIError(f"cannot use {args.checkpoint} for --init medgmae: {e}") from e
+
+
+def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
+    """Stage every output and move them into ``out`` together."""
+    from medgmae.files import save_json_atomic
+    from medgmae.ply import save_ply
+    from recon.initialisation import zyx_affine
+    from recon.plot import draw_curve, draw_slices
+    from recon.scan_files import save_nifti
+
+    volume = result.volume.cpu().numpy()
+    stage = StagedOutputs(out)
+    try:
+        save_nifti(stage.path("recon.nii.gz"), volume, geom.default_affine())
+        save_ply(stage.path("gaussians.ply"), result.gaussians.to("cpu"), frame="voxel", shape=geom.volume_shape,
+                 affine=zyx_affine(geom.default_affine()))
+        save_json_atomic(metrics, stage.path("metrics.json"))
+        draw_curve(result.history, stage.path("curve.png"))
+        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage.path("slices.png"), reference=reference)
+        stage.commit()
+    except BaseException:
+        stage.discard()
+        raise
