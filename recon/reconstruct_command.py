@@ -39,7 +39,8 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
         kw = {n: init_settings[n] for n in ("start", "air_threshold", "ini_intensity", "ini_sigma", "neighbour_kernel", "intensity_offset")}
         return init_3dgr_ct(fbp_t, k, **kw)
     else:
-        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
+        spec = _model_spec(model, args.model_spacing, args.checkpoint)
+        init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=init_settings.get("num_gaussians"), seed=args.seed)
     if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images
         return init, float(fbp_t.max().clamp_min(1e-12))
     return init, None
@@ -55,7 +56,8 @@ def _init_settings(args) -> dict:
     if args.num_gaussians is not None:
         settings["num_gaussians"] = args.num_gaussians
     if settings["init"] == "medgmae":
-        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
+        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing,
+                    "num_gaussians": args.num_gaussians}  # a budget the decoder's Gaussians are subdivided to
     return settings
 
 

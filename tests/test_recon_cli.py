@@ -87,7 +87,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     fbp_out = tmp_path / "fbp2.nii.gz"
     assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"), "--out", str(fbp_out), "--device", "cpu"]) == 0
     np.testing.assert_allclose(nib.load(str(fbp_out)).get_fdata(), nib.load(str(simulated / "fbp.nii.gz")).get_fdata(), atol=1e-6)
-    for init, extra in (("fbp", ["--num-gaussians", "200"]), ("medgmae", ["--checkpoint", str(model_file[0])])):
+    for init, extra in (("fbp", ["--num-gaussians", "200"]), ("medgmae", ["--checkpoint", str(model_file[0]), "--num-gaussians", "1500"])):
         out = tmp_path / f"rec_{init}"
         args = [
             "reconstruct", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
@@ -98,6 +98,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt", "slices.png"]
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["iterations"] == 12 and metrics["init"] == init and metrics["preset"] == "toolkit"
+        assert 750 < metrics["initial_gaussians"] <= 1500 if init == "medgmae" else metrics["initial_gaussians"] == 200
         _check_slices(out / "slices.png", columns=4)
         assert [h["iteration"] for h in metrics["history"]] == [4, 8, 12]
         assert set(metrics["iterations_to_psnr"]) == {"30", "35"}
