@@ -58,8 +58,9 @@ def _mid_slices(vol):
     return [vol[d // 2], np.flipud(vol[:, h // 2, :]), np.flipud(vol[:, :, w // 2])]
 
 
-def _to_cell(img2d, lo: float, hi: float, colour: bool):
-    """A ``_CELL`` x ``_CELL`` RGB PIL image of a slice windowed to ``[lo, hi]``, aspect kept (letterboxed)."""
+def _to_cell(img2d, lo: float, hi: float, colour: bool, pixel_mm=(1.0, 1.0)):
+    """A ``_CELL`` x ``_CELL`` RGB PIL image of a slice windowed to ``[lo, hi]``, drawn to scale (a pixel is
+    ``pixel_mm = (row, column)`` mm) and letterboxed."""
     import numpy as np
     from PIL import Image
 
@@ -69,14 +70,15 @@ def _to_cell(img2d, lo: float, hi: float, colour: bool):
     else:
         rgb = np.repeat(x[..., None], 3, -1)
     im = Image.fromarray((rgb * 255).round().astype(np.uint8))
-    scale = _CELL / max(im.width, im.height)
-    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST)
+    w_mm, h_mm = im.width * pixel_mm[1], im.height * pixel_mm[0]
+    scale = _CELL / max(w_mm, h_mm)
+    im = im.resize((max(1, round(w_mm * scale)), max(1, round(h_mm * scale))), Image.NEAREST)
     cell = Image.new("RGB", (_CELL, _CELL), (0, 0, 0))
     cell.paste(im, ((_CELL - im.width) // 2, (_CELL - im.height) // 2))
     return cell
 
 
-def draw_slices(volumes: dict, path, reference=None) -> tuple[int, int]:
+def draw_slices(volumes: dict, path, reference=None, voxel_size=(1.0, 1.0, 1.0)) -> tuple[int, int]:
     """Write a PNG of three orthogonal mid-slices (rows: axial, coronal, sagittal) of each volume (columns).
 
     With a ``reference``, it comes first, every volume shares its grey window ``[min, max]``, and the last column
@@ -87,6 +89,7 @@ def draw_slices(volumes: dict, path, reference=None) -> tuple[int, int]:
         volumes: ``{title: (D, H, W) array}`` in display order (e.g. FBP, reconstruction).
         path: output PNG (written atomically).
         reference: optional ``(D, H, W)`` ground truth.
+        voxel_size: ``(z, y, x)`` voxel size (mm): slices are drawn to scale.
 
     Returns:
         ``(width, height)`` of the image: ``(160 * columns, 18 + 3 * 160)``.
@@ -116,10 +119,12 @@ def draw_slices(volumes: dict, path, reference=None) -> tuple[int, int]:
     size = (_CELL * len(panels), _HEADER + 3 * _CELL)
     img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
+    sz, sy, sx = (float(v) for v in voxel_size)
+    pixels = [(sy, sx), (sz, sx), (sz, sy)]  # axial, coronal, sagittal: (row, column) mm
     for c, (title, vol, colour, a, b) in enumerate(panels):
         draw.text((c * _CELL + 4, 3), title, fill=(0, 0, 0))
         for r, sl in enumerate(_mid_slices(vol)):
-            img.paste(_to_cell(sl, a, b, colour), (c * _CELL, _HEADER + r * _CELL))
+            img.paste(_to_cell(sl, a, b, colour, pixels[r]), (c * _CELL, _HEADER + r * _CELL))
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
     return size

@@ -195,7 +195,8 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
                  affine=zyx_affine(geom.default_affine()))
         save_json_atomic(metrics, stage.path("metrics.json"))
         draw_curve(result.history, stage.path("curve.png"))
-        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage.path("slices.png"), reference=reference)
+        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage.path("slices.png"), reference=reference,
+                    voxel_size=geom.voxel_size)
         stage.commit()
     except BaseException:
         stage.discard()

@@ -224,3 +224,21 @@ def test_python_m_recon_process_exit_code(tmp_path):
     )  # fmt: skip
     assert r.returncode == 2 and "--checkpoint" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_slices_are_drawn_to_scale(tmp_path):
+    """A cube of 18 mm in voxels of 3 x 1 x 1 mm ((z, y, x)) is square in all three views of slices.png."""
+    from PIL import Image
+
+    from recon.plot import draw_slices
+
+    vol = np.zeros((10, 30, 30))
+    vol[2:8, 6:24, 6:24] = 1.0  # 6 slices x 3 mm = 18 rows x 1 mm = 18 columns x 1 mm
+    draw_slices({"cube": vol}, tmp_path / "s.png", voxel_size=(3.0, 1.0, 1.0))
+    img = np.asarray(Image.open(tmp_path / "s.png").convert("L"), dtype=np.float64)
+    cell, header = 160, 18
+    for r, view in enumerate(("axial", "coronal", "sagittal")):
+        bright = img[header + r * cell : header + (r + 1) * cell, :cell] > 128
+        rows, cols = np.nonzero(bright.any(1))[0], np.nonzero(bright.any(0))[0]
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert abs(height / width - 1) < 0.1, (view, height, width)
