@@ -120,9 +120,14 @@ def test_every_format_passes_the_fine_tuning_and_pre_training_checks(formats, tm
     for item in cases[1:3]:
         Path(item["image"]).rename(folder / Path(item["image"]).name)
     Path(formats["dicom"]["image"]).rename(folder / "ct_series")
+    unnamed = _write_dicom_series(_sitk_image(3), folder / "export")  # slices named IM0000, ... as PACS exports do
+    for k, f in enumerate(sorted(unnamed.iterdir())):
+        f.rename(unnamed / f"IM{k:04d}")
+    (folder / "notes").mkdir()  # a folder without a series is not a volume
+    (folder / "notes" / "readme.txt").write_text("not DICOM")
     split = pretrain_split(str(folder), tmp_path, val_fraction=0.0)
     items = split["training"]
-    assert sorted(Path(i["image"]).name for i in items) == ["ct.mha", "ct.nrrd", "ct_series"]
+    assert sorted(Path(i["image"]).name for i in items) == ["ct.mha", "ct.nrrd", "ct_series", "export"]
     # the model input of each format is that of the NIfTI
     spec = PreprocessingSpec(spacing=2.0, input_size=8, patch_size=4)
     chain = Compose([LoadVolumed("image")] + spec.transforms(["image"]))

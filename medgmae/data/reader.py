@@ -24,7 +24,7 @@ from monai.transforms import MapTransform
 
 __all__ = ["Volume", "read_volume", "is_volume_path", "VOLUME_SUFFIXES", "LoadVolumed"]
 
-#: File endings read as volumes (a folder holding ``.dcm`` files is a DICOM series).
+#: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -50,10 +50,16 @@ class Volume:
 
 
 def is_volume_path(path: str | os.PathLike) -> bool:
-    """A file with a volume ending, or a folder holding ``.dcm`` files."""
+    """A file with a volume ending, or a folder holding a DICOM series: ``.dcm`` files, or files without that
+    ending in which GDCM (through SimpleITK) finds a series (many scanners and PACS exports name slices
+    ``IM0001`` or by number)."""
     p = Path(path)
     if p.is_dir():
-        return any(p.glob("*.dcm"))
+        if any(p.glob("*.dcm")):
+            return True
+        import SimpleITK as sitk
+
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
     return p.name.lower().endswith(VOLUME_SUFFIXES)
 
 
