@@ -1,8 +1,8 @@
 """Reading CT volumes with their geometry: the toolkit's one 3D reader.
 
 NIfTI (``.nii``, ``.nii.gz``) is read with nibabel; NRRD, MetaImage (``.mha``, ``.mhd``) and DICOM series (a
-folder of DICOM slices, with or without the ``.dcm`` ending) with SimpleITK, which reads their geometry (origin, spacing, direction) correctly
-without the ``itk`` package that MONAI's ITK reader would need.
+folder of DICOM slices, with or without the ``.dcm`` ending) with SimpleITK, which reads their geometry (origin,
+spacing, direction) correctly without the ``itk`` package that MONAI's ITK reader would need.
 
 Axis order and world frame (the toolkit's convention, see :mod:`medgmae.preprocessing`): the array is ``(I, J, K)``
 in the file's index order (for SimpleITK images, ``(x, y, z)`` index order, i.e. SimpleITK's numpy array
