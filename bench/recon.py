@@ -52,6 +52,7 @@ from recon.fbp import FILTERS, fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 from recon.initialisation import fbp_init, hu_to_mu, medgmae_init, random_init  # noqa: E402
+from recon.presets import sparse_start_growth  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
 from recon.projectors import make_projector  # noqa: E402
 
@@ -135,8 +136,7 @@ def run_case(args, device) -> dict:
         # the sparse zero-shot Gaussians grown quickly by the optimiser instead: density control every 10 iterations
         # from iteration 10, half of the Gaussians cloned or split each round, up to the same budget
         inits["medgmae-grow"] = (inits["medgmae"][0], "toolkit")
-        grow = {"densify_from": 10, "densify_every": 10, "densify_fraction": 0.5, "max_gaussians": args.num_gaussians}
-        overrides["medgmae-grow"] = grow
+        overrides["medgmae-grow"] = sparse_start_growth(args.num_gaussians)
         # the paper's comparison: the zero-shot start under 3DGR-CT's own optimiser (intensities in FBP-maximum units)
         inits["medgmae-3dgr"] = (lambda: (inits["medgmae"][0]()[0], float(rec_fbp.max())), "3dgr-ct")
     for name, (make, preset) in inits.items():

@@ -4,9 +4,9 @@ holding every case's PSNR curves (the cases' own PNGs side by side).
     python bench/recon_summary.py runs/recon_study/*.json --png runs/recon_study/curves.png
 
 For each case: the best FBP/FDK PSNR, and per initialisation its preset, initial Gaussians, initial and final
-PSNR, median seconds per iteration and the iterations to each PSNR target (``-``: not reached in the run). The
-last column compares the iterations to the highest target reached by both runs with ``3dgr-ct`` and ``toolkit``
-(negative: fewer iterations).
+PSNR, median seconds per iteration and the iterations to each PSNR target (``--relative`` dB from the best
+FBP/FDK, read off the PSNR curves; ``-``: not reached in the run). The last columns compare the iterations to the
+highest target reached by both runs with ``3dgr-ct`` and ``toolkit`` (negative: fewer iterations).
 """
 
 from __future__ import annotations
@@ -17,30 +17,33 @@ import sys
 from pathlib import Path
 
 
-def _iters(run: dict, target: str):
-    hit = run["iterations_to_psnr"].get(target)
-    return None if hit is None else hit["iteration"]
+def _iters(run: dict, target: float):
+    """First evaluated iteration whose PSNR reaches ``target`` (``None``: never)."""
+    return next((it for it, p in run["curve"] if p >= target), None)
 
 
-def _versus(runs: dict, name: str, other: str, targets: list[str]) -> str:
+def _versus(runs: dict, name: str, other: str, targets: list[float]) -> str:
     """Relative change in iterations of ``name`` against ``other`` at the highest target both reached."""
     if name not in runs or other not in runs:
         return "n/a"
     for t in reversed(targets):
         a, b = _iters(runs[name], t), _iters(runs[other], t)
         if a is not None and b is not None and b > 0:
-            return f"{100 * (a - b) / b:+.0f} % at {float(t):.1f} dB"
+            return f"{100 * (a - b) / b:+.0f} % at {t:.1f} dB"
+    reached = [t for t in targets if _iters(runs[name], t) is not None]
+    if reached and _iters(runs[other], reached[0]) is None:
+        return f"{other} reached none of {name}'s targets"
     return "no common target"
 
 
-def case_table(result: dict) -> str:
-    """Markdown rows of one case."""
+def case_table(result: dict, relative: list[float]) -> str:
+    """Markdown rows of one case (targets ``relative`` dB from the best FBP/FDK)."""
     runs = result["runs"]
-    targets = sorted(next(iter(runs.values()))["iterations_to_psnr"], key=float)
+    targets = [round(result["best_fbp_psnr"] + d, 2) for d in sorted(relative)]
     head = (f"**{result['geometry']}, {result['views']} views, phantom seed {result['phantom_seed']}**: "
             f"best FBP/FDK {result['best_fbp_psnr']:.2f} dB; {result.get('iterations', '?')} iterations\n\n")  # fmt: skip
     cols = ["init", "preset", "Gaussians (start -> end)", "PSNR start", "PSNR end", "s/it"]
-    cols += [f"it to {float(t):.1f}" for t in targets] + ["vs 3dgr-ct", "vs toolkit"]
+    cols += [f"it to {t:.1f} ({d:+g})" for t, d in zip(targets, sorted(relative))] + ["vs 3dgr-ct", "vs toolkit"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in runs.items():
         row = [name, r["preset"], f"{r['initial_gaussians']} -> {r['final_gaussians']}", f"{r['initial_psnr']:.2f}",
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="JSON files of bench/recon.py")
     p.add_argument("--png", default=None, help="write every case's curves (their PNGs, side by side) here")
+    p.add_argument("--relative", type=float, nargs="+", default=[-9.0, -6.0, -3.0, -1.0, 0.0, 2.0],
+                   help="PSNR targets in dB from the best FBP/FDK")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     pngs, cases = [], {}
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
         if png.exists():
             pngs.append(png)
     for result in cases.values():
-        print(case_table(result))
+        print(case_table(result, args.relative))
     if args.png and pngs:
         tile_pngs(pngs, args.png)
     return 0

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
     r.add_argument("--iterations", type=int, default=1000)
     r.add_argument("--num-gaussians", type=positive_int, default=None, help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's, 20000 or 50000); "
-                   "for medgmae a budget its decoded Gaussians are subdivided to (default: as decoded)")
+                   "for medgmae with the toolkit preset the budget its sparse start grows to (default 20000)")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None)
     r.add_argument("--tv", type=float, default=0.0, help="TV weight")

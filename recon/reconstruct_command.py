@@ -39,8 +39,7 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
         kw = {n: init_settings[n] for n in ("start", "air_threshold", "ini_intensity", "ini_sigma", "neighbour_kernel", "intensity_offset")}
         return init_3dgr_ct(fbp_t, k, **kw)
     else:
-        spec = _model_spec(model, args.model_spacing, args.checkpoint)
-        init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=init_settings.get("num_gaussians"), seed=args.seed)
+        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
     if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images
         return init, float(fbp_t.max().clamp_min(1e-12))
     return init, None
@@ -56,8 +55,9 @@ def _init_settings(args) -> dict:
     if args.num_gaussians is not None:
         settings["num_gaussians"] = args.num_gaussians
     if settings["init"] == "medgmae":
-        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing,
-                    "num_gaussians": args.num_gaussians}  # a budget the decoder's Gaussians are subdivided to
+        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
+        if args.preset == "toolkit":  # the sparse start grows to a budget (recon.presets.sparse_start_growth)
+            settings["grow_to"] = args.num_gaussians or preset_init_settings("toolkit")["num_gaussians"]
     return settings
 
 
@@ -104,6 +104,7 @@ def cmd_reconstruct(args) -> int:
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
     from recon.metrics import evaluate
+    from recon.presets import sparse_start_growth
     from recon.projectors import make_projector
 
     # ---- validate everything before writing anything
@@ -133,9 +134,10 @@ def cmd_reconstruct(args) -> int:
     fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
     init, value_scale = _initialise(args, init_settings, fbp_t, affine, model)
     init_seconds = time.perf_counter() - t0
+    growth = sparse_start_growth(init_settings["grow_to"]) if "grow_to" in init_settings else {}
     cfg = GaussianReconConfig.preset(
         args.preset, args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
-        eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed,
+        eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed, **growth,
     )  # fmt: skip
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)

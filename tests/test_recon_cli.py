@@ -98,7 +98,11 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt", "slices.png"]
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["iterations"] == 12 and metrics["init"] == init and metrics["preset"] == "toolkit"
-        assert 750 < metrics["initial_gaussians"] <= 1500 if init == "medgmae" else metrics["initial_gaussians"] == 200
+        if init == "medgmae":  # the sparse start grows to the budget on the schedule of sparse_start_growth
+            assert metrics["init_settings"]["grow_to"] == 1500 and metrics["settings"]["max_gaussians"] == 1500
+            assert metrics["settings"]["densify_every"] == 10
+        else:
+            assert metrics["initial_gaussians"] == 200
         _check_slices(out / "slices.png", columns=4)
         assert [h["iteration"] for h in metrics["history"]] == [4, 8, 12]
         assert set(metrics["iterations_to_psnr"]) == {"30", "35"}
