@@ -40,6 +40,8 @@ its initialisation is :func:`recon.init_3dgr.init_3dgr_ct`. How the numbers are 
 * its initialisation (``--init fbp``): 20,000 Gaussians sampled with probability proportional to the FBP's
   gradient magnitude (plus a uniform part), scales from the 3 nearest neighbours, intensities calibrated by
   least squares against the FBP, instead of a deterministic top-gradient band at half resolution.
+* a sparse start (``--init medgmae``: the zero-shot Gaussians) grows fast with :func:`sparse_start_growth`
+  (density control every 10 iterations, half of the Gaussians per round, up to the budget).
 """
 
 from __future__ import annotations
