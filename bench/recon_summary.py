@@ -1,5 +1,5 @@
 """Summarise the reconstruction study: the JSON files of ``bench/recon.py`` as one markdown table, plus one PNG
-holding every case's PSNR curves (the cases' own PNGs side by side).
+holding every case's PSNR curves (one panel per case, drawn by ``bench/recon.py``'s ``plot_curves``).
 
     python bench/recon_summary.py runs/recon_study/*.json --png runs/recon_study/curves.png
 
@@ -55,13 +55,23 @@ def case_table(result: dict, relative: list[float]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def tile_pngs(paths: list[Path], out: str, columns: int = 2) -> None:
-    """The cases' PNGs in a grid of ``columns``."""
+def tile_curves(cases: list[dict], out: str, columns: int = 2) -> None:
+    """Every case's PSNR curves (``plot_curves`` of ``bench/recon.py``) in a grid of ``columns``."""
+    import importlib.util
+    import tempfile
+
     from PIL import Image
 
     from medgmae.files import atomic_write
 
-    imgs = [Image.open(p).convert("RGB") for p in paths]
+    spec = importlib.util.spec_from_file_location("bench_recon", Path(__file__).with_name("recon.py"))
+    bench_recon = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_recon)
+    imgs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, case in enumerate(cases):
+            bench_recon.plot_curves(case, f"{tmp}/{k}.png")
+            imgs.append(Image.open(f"{tmp}/{k}.png").convert("RGB"))
     w, h = max(i.width for i in imgs), max(i.height for i in imgs)
     rows = (len(imgs) + columns - 1) // columns
     canvas = Image.new("RGB", (w * min(columns, len(imgs)), h * rows), (255, 255, 255))
@@ -74,12 +84,12 @@ def tile_pngs(paths: list[Path], out: str, columns: int = 2) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="JSON files of bench/recon.py")
-    p.add_argument("--png", default=None, help="write every case's curves (their PNGs, side by side) here")
+    p.add_argument("--png", default=None, help="write every case's curves here (one panel per case)")
     p.add_argument("--relative", type=float, nargs="+", default=[-9.0, -6.0, -3.0, -1.0, 0.0, 2.0],
                    help="PSNR targets in dB from the best FBP/FDK")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    pngs, cases = [], {}
+    cases = {}
     for path in args.results:  # files of one case (same geometry, views, phantom, iterations) are merged
         result = json.loads(Path(path).read_text())
         result["iterations"] = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
@@ -88,13 +98,10 @@ def main(argv=None) -> int:
             cases[key]["runs"].update(result["runs"])
         else:
             cases[key] = result
-        png = Path(path).with_suffix(".png")
-        if png.exists():
-            pngs.append(png)
     for result in cases.values():
         print(case_table(result, args.relative))
-    if args.png and pngs:
-        tile_pngs(pngs, args.png)
+    if args.png and cases:
+        tile_curves(list(cases.values()), args.png)
     return 0
 
 
