@@ -183,7 +183,7 @@ def part_recon(rec: Recorder, dry: bool) -> None:
 
     device = torch.device("cpu" if dry else "cuda")
     its = 3 if dry else 30
-    case = dict(size=[8, 16, 16], voxel=[6.0, 6.0, 6.0], views=6, num_gaussians=64) if dry else dict(
+    case = dict(size=[8, 16, 16], voxel=[6, 6, 6], views=6, num_gaussians=64) if dry else dict(
         size=[80, 256, 256], voxel=[2.5, 1.5, 1.5], views=120, num_gaussians=50_000)  # fmt: skip
     for backend in ("torch", "astra"):
         item = f"{backend} projector, {'x'.join(map(str, case['size'][::-1]))}, {case['views']} cone views"
@@ -199,10 +199,11 @@ def part_recon(rec: Recorder, dry: bool) -> None:
             continue
 
         def measure(backend=backend, item=item) -> None:
-            opts = argparse.Namespace(geometry="cone", iterations=its, eval_every=its, views_per_iteration=None,
-                                      targets=[], compare_medgmae=False, checkpoint=None, seed=1000, progress=False,
-                                      backend=backend, photons=1e5, only=["toolkit"], overlap=16,
-                                      num_gaussians_3dgr=50_000, **case)  # fmt: skip
+            opts = brc.build_parser().parse_args([
+                "--geometry", "cone", "--iterations", str(its), "--eval-every", str(its), "--backend", backend,
+                "--only", "toolkit", "--size", *map(str, case["size"]), "--voxel", *map(str, case["voxel"]),
+                "--views", str(case["views"]), "--num-gaussians", str(case["num_gaussians"]),
+            ])  # fmt: skip
             out = brc.run_case(opts, device)
             run = out["runs"]["toolkit"]
             spi = run["seconds_per_iteration_median"]

@@ -222,7 +222,8 @@ def plot_curves(result: dict, path: str) -> None:
         img.save(tmp, format="PNG")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (also how ``bench/gpu_check_parts.py`` builds its reconstruction case)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, nargs=3, default=[32, 32, 32], metavar=("D", "H", "W"))
     p.add_argument("--voxel", type=float, nargs=3, default=[6.0, 6.0, 6.0], metavar=("SZ", "SY", "SX"))
@@ -250,6 +251,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1000, help="phantom generator seed (held out from pre-training)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", default=None, help="write the results here")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.compare_medgmae and not args.checkpoint:
         p.error("--compare-medgmae needs --checkpoint (a model.pt from the pre-training bundle)")
