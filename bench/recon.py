@@ -52,9 +52,9 @@ from recon.fbp import FILTERS, fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 from recon.initialisation import fbp_init, hu_to_mu, medgmae_init, random_init  # noqa: E402
-from recon.presets import sparse_start_growth  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
-from recon.projectors import make_projector  # noqa: E402
+from recon.presets import THREEDGR_CT, sparse_start_growth  # noqa: E402
+from recon.projectors import PROJECTOR_BACKENDS, make_projector  # noqa: E402
 
 
 def phantom_mu(seed: int, shape_zyx, voxel_zyx) -> torch.Tensor:
@@ -111,7 +111,7 @@ def run_case(args, device) -> dict:
     # 3DGR-CT places 50k Gaussians in an 80 x 256 x 256 volume; "published-density" keeps that fraction of voxels
     k_3dgr = args.num_gaussians_3dgr
     if k_3dgr is None:
-        k_3dgr = max(100, round(50000 * math.prod(shape) / (80 * 256 * 256)))
+        k_3dgr = max(100, round(THREEDGR_CT["num_gaussian"][0] * math.prod(shape) / (80 * 256 * 256)))
 
     # name -> (initialisation returning (Gaussians, value_scale or None), optimiser preset); preset overrides by name
     overrides: dict[str, dict] = {}
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-case", action="store_true", help="256 x 256 x 80, 120 cone views, 15k iterations")
     p.add_argument("--compare-medgmae", action="store_true", help="also run the zero-shot MedGMAE initialisation")
     p.add_argument("--checkpoint", default=None, help="MedGMAE model.pt from the pre-training bundle")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "astra", "matrix"))
+    p.add_argument("--backend", default="auto", choices=PROJECTOR_BACKENDS)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=1000, help="phantom generator seed (held out from pre-training)")

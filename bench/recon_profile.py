@@ -47,7 +47,7 @@ from recon.fbp import fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 from recon.initialisation import fbp_init, hu_to_mu  # noqa: E402
-from recon.projectors import make_projector  # noqa: E402
+from recon.projectors import PROJECTOR_BACKENDS, make_projector  # noqa: E402
 
 SHAPE_ZYX = (27, 64, 64)
 VOXEL_ZYX = (6.0, 3.8, 3.8)
@@ -108,7 +108,7 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=int, default=7, help="timed iterations (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--projector", default="auto", choices=("auto", "torch", "astra", "matrix"))
+    p.add_argument("--projector", default="auto", choices=PROJECTOR_BACKENDS)
     p.add_argument("--render-path", default="auto", choices=PATHS,
                    help="the torch renderer's path: auto (stencils for small Gaussians, the default) or tile (the "
                    "previous implementation)")

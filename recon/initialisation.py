@@ -192,7 +192,6 @@ def subdivide_gaussians(g: Gaussians3D, num_gaussians: int, seed: int = 0) -> Ga
     return Gaussians3D(means[None], (rep(g.scales) * f)[None], rep(g.quats)[None], rep(g.intensities)[None])
 
 
-
 def window_fbp(fbp_volume: Tensor, mu_water: float = MU_WATER, spec: PreprocessingSpec = DEFAULT_SPEC) -> Tensor:
     """Attenuation -> HU -> the model's intensity window (``spec``)."""
     return spec.window(mu_to_hu(fbp_volume, mu_water))
