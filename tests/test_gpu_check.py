@@ -50,11 +50,15 @@ def test_dry_run_reports_every_part(tmp_path):
     assert table.strip() in res.stdout
 
 
-def test_part_over_its_budget_is_reported_not_fatal(tmp_path):
+def test_part_over_its_budget_is_reported_not_fatal(tmp_path, monkeypatch):
     """A part whose process outlives its budget is killed and reported as a failed row."""
     mod = _module()
-    # killed after 0.1 s: the render part's dry run takes seconds (torch import, renders), so it cannot finish first
-    # even when this process is descheduled on a loaded machine (the quick "tests" part sometimes could)
+    # the part's process is a stand-in that sleeps 30 s: killed after 0.1 s, it can never finish first (a real dry-run
+    # part with a spent budget skips its items and sometimes exited within 0.1 s)
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_text("#!/bin/sh\nexec sleep 30\n")
+    sleeper.chmod(0o755)
+    monkeypatch.setattr(mod.sys, "executable", str(sleeper))
     rows = mod.run_part("render", budget=-19.9, dry=True, work=tmp_path)
     assert rows[-1]["status"] == "failed" and "killed at its time budget" in rows[-1]["result"]
 
