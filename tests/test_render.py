@@ -17,8 +17,9 @@ import torch
 from medgmae.render import preprocess_gaussians, render_volume
 from medgmae.render import _stencil_impl
 from medgmae.render._reference import render_volume_reference as dense_reference
+from medgmae.render._reference import rotation_by_conjugation
 from medgmae.render._stencil_impl import MAX_WIDTH, stencil_widths
-from medgmae.render._torch_impl import torch_path
+from medgmae.render._torch_impl import _voxel_ranges, torch_path
 
 
 def assert_matches_reference(out, ref, amb, rtol=1e-4, atol=2e-5):
@@ -195,10 +196,10 @@ def test_stencil_path_gradcheck_float64():
     assert torch.autograd.gradcheck(f, gs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-def test_stencil_chunks_bounded_and_merged(monkeypatch):
-    """Tiny chunk, merge and saved-weight limits (many chunks, merged groups of mixed shapes, weights partly kept
-    from the forward pass and partly recomputed) give the same volume and gradients as the defaults, and no chunk
-    holds more than ``CHUNK_ELEMS`` voxel evaluations."""
+def test_stencil_chunks_bounded(monkeypatch):
+    """A tiny chunk and saved-weight limit (many chunks, weights partly kept from the forward pass and partly
+    recomputed) gives the same volume and gradients as the defaults, and no chunk holds more than
+    ``CHUNK_ELEMS`` voxel evaluations."""
     gs = random_gaussians(1, 60, SHAPE, seed=9, scale_range=(0.2, 2.5), dtype=torch.float64)
     assert _stencil_sized(gs, 3.0)
     gs = [t.clone().requires_grad_() for t in gs]
@@ -209,24 +210,48 @@ def test_stencil_chunks_bounded_and_merged(monkeypatch):
         return out.detach(), torch.autograd.grad((out * w).sum(), gs)
 
     want = run()
-    seen = []
-    original = _stencil_impl._Plan._chunks
+    sizes, calls = [], []
+    original = _stencil_impl._Runs._chunks
 
-    def spy(self, *args):
-        chunks, centre = original(self, *args)
-        seen.extend((sl.stop - sl.start) * math.prod(s) for sl, s in chunks)
-        seen.append(len(chunks))
-        return chunks, centre
+    def spy(length):
+        chunks = original(length)
+        sizes.extend((sl.stop - sl.start) * n for sl, n in chunks)
+        calls.append(len(chunks))
+        return chunks
 
-    monkeypatch.setattr(_stencil_impl, "CHUNK_ELEMS", 2000)
-    monkeypatch.setattr(_stencil_impl, "MIN_GROUP_ELEMS", 3000)
-    monkeypatch.setattr(_stencil_impl, "SAVED_ELEMS", 5000)  # some chunks' weights kept, the rest recomputed
-    monkeypatch.setattr(_stencil_impl._Plan, "_chunks", spy)
+    monkeypatch.setattr(_stencil_impl, "CHUNK_ELEMS", 200)
+    monkeypatch.setattr(_stencil_impl, "BLOCK_COLUMNS", 300)  # several blocks of Gaussians
+    monkeypatch.setattr(_stencil_impl, "SAVED_ELEMS", 1000)  # some chunks' weights kept, the rest recomputed
+    monkeypatch.setattr(_stencil_impl._Runs, "_chunks", staticmethod(spy))
     got = run()
-    assert seen and seen[-1] >= 10 and max(seen[:-1]) <= 2000
+    assert len(calls) >= 3 and len(sizes) >= 10 and max(sizes) <= 200
     torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
     for a, b in zip(got[1], want[1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_stencil_runs_hold_the_in_cutoff_voxels_once(monkeypatch):
+    """The runs cover each Gaussian's in-cutoff voxels (float64 count, within the volume) and nothing else but
+    voxels at the cutoff's rounding margin: about one evaluation per in-cutoff pair."""
+    shape = (17, 15, 19)
+    gs = random_gaussians(1, 50, shape, seed=21, scale_range=(0.3, 2.5), dtype=torch.float64)
+    assert _stencil_sized(gs, 3.0)
+    means, conics, _, ext = preprocess_gaussians(*gs, 3.0)
+    lo, hi, nonempty = _voxel_ranges(means, ext, shape)
+    gids = nonempty.reshape(-1).nonzero().squeeze(1)
+    lo, hi = lo.reshape(-1, 3)[gids], hi.reshape(-1, 3)[gids]
+    monkeypatch.setattr(_stencil_impl, "BLOCK_COLUMNS", 64)  # several blocks
+    _, blocks = _stencil_impl._block_runs(means, conics, gids, lo, hi - lo + 1, shape, 3.0)
+    evals = sum((sl.stop - sl.start) * n for _, runs in blocks for sl, n in runs.chunks)
+    assert len(blocks) >= 5 and sum(blk.stop - blk.start for blk, _ in blocks) == gids.numel()
+    m, sc, qt, _ = (t.double() for t in gs)
+    rot = rotation_by_conjugation(qt)
+    prec = torch.linalg.inv(rot @ torch.diag_embed(sc.square()) @ rot.transpose(-1, -2))
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in shape), indexing="ij"), -1)
+    d = grid.reshape(1, 1, -1, 3) - m.unsqueeze(2)
+    q = torch.einsum("bkvi,bkij,bkvj->bkv", d, prec, d)
+    inside, band = int((q <= 9.0).sum()), int(((q - 9.0).abs() <= 1e-6).sum())
+    assert inside > 1000 and inside <= evals <= inside + band
 
 
 def test_stencil_backward_twice_gives_the_same_gradients():

@@ -1,22 +1,29 @@
-"""Per-Gaussian stencil renderer (plain PyTorch, any device) for small Gaussians.
+"""Per-Gaussian stencil renderer (plain PyTorch, any device) for small Gaussians: runs of in-cutoff voxels.
 
-Each Gaussian is evaluated on its own cutoff box only, clipped to the volume: a stencil of ``Sd x Sh x Sw``
-voxels (at most :data:`MAX_WIDTH` per axis) that holds every voxel inside the cutoff ellipsoid. Gaussians with the
-same stencil shape form a group (small groups are merged); a group is evaluated in chunks of at most
-:data:`CHUNK_ELEMS` voxel evaluations, so memory stays bounded. Coordinates are stencil-local (voxel minus
-centre, small magnitudes), so float32 does not lose the offsets to cancellation against large coordinates.
+Each Gaussian is evaluated only on the voxels inside its cutoff ellipsoid, as runs along the last axis (``w``,
+contiguous in memory). Completing the square in ``u_w`` (``u = voxel - centre``),
 
-The exponent is factorised by completing the square in the first axis:
+``-q/2 = -(Pww/2) (u_w + a_d u_d + a_h u_h)^2 + r(u_d, u_h)``, ``(a_d, a_h) = (Pdw, Phw) / Pww``,
 
-``-q/2 = -(Pdd/2) (u_d + b_h u_h + b_w u_w)^2 + r(u_h, u_w)``, ``b = (Pdh, Pdw) / Pdd``,
+with ``r`` the quadratic form of the Schur complement (the ``(d, h)`` marginal's precision) times ``-1/2``. So
+for every voxel column ``(d, h)`` of the Gaussian's clipped cutoff box the voxels with ``q <= cutoff^2`` form one
+interval of ``w``, known in closed form: ``|u_w + a_d u_d + a_h u_h| <= sqrt((r + cutoff^2 / 2) / (Pww / 2))``
+(empty where ``r < -cutoff^2 / 2``). These runs are computed in float64 with a relative margin of 1e-6 (a
+superset of the voxels the float32 exponent keeps); the exponent is then thresholded as before, so the cutoff
+means exactly what it means on the tile path. Runs of equal length ``L`` form a group evaluated as one ``(C, L)``
+block, in chunks of at most :data:`CHUNK_ELEMS` evaluations: there is no padding and no box corner, about one
+evaluation per in-cutoff voxel (a whole box costs 2-3 for rotated Gaussians, a tile 64 or more), and at most
+``max width`` groups, so the Python overhead does not grow with the number of Gaussians.
 
-with ``r`` the quadratic form of the Schur complement (the ``(h, w)`` marginal's precision) times ``-1/2``, so
-the shift and ``r`` are two-dimensional per Gaussian and only a handful of passes run over the 3D stencil.
-The forward pass scatters with ``scatter_add_`` into a padded volume; the backward pass gathers the output
-gradient and reduces it against the weights to the moments ``sum F u_a^i u_b^j`` (``i + j <= 2``) with three
-small matrix products against fixed integer-power tables, from which the gradients of means, conics and
-intensities follow in closed form. The forward pass keeps the weights of its first chunks, up to
-:data:`SAVED_ELEMS` evaluations, for the backward pass, which recomputes the rest.
+Coordinates are Gaussian-local (small magnitudes), so float32 does not lose the offsets to cancellation. The
+forward pass scatters with ``scatter_add_``; the backward pass gathers the output gradient and reduces it against
+the weights to per-run moments ``sum f k^i`` (``i <= 2``, one small matrix product per chunk), which give each
+Gaussian's moments ``sum f u_a u_b`` with one ``index_add_``; the gradients of means, conics and intensities follow
+in closed form. The forward pass keeps the weights of its first chunks, up to :data:`SAVED_ELEMS` evaluations, for
+the backward pass, which recomputes the rest.
+
+Why not a library: neither MONAI nor gsplat renders 3D Gaussians into voxels on the CPU; R2-Gaussian's voxeliser
+is CUDA only.
 """
 
 from __future__ import annotations
@@ -29,17 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MAX_WIDTH", "CHUNK_ELEMS", "SAVED_ELEMS", "MIN_GROUP_ELEMS", "stencil_widths", "render_stencil"]
+__all__ = ["MAX_WIDTH", "CHUNK_ELEMS", "SAVED_ELEMS", "BLOCK_COLUMNS", "stencil_widths", "render_stencil"]
 
-#: Widest stencil (voxels per axis); Gaussians with wider boxes go to the tile path.
+#: Widest clipped cutoff box (voxels per axis) rendered here; Gaussians with wider boxes go to the tile path.
 MAX_WIDTH = 16
 #: Upper bound on voxel evaluations held at once.
 CHUNK_ELEMS = 1 << 20
 #: Weights of up to this many voxel evaluations are kept from the forward for the backward pass (the rest are
 #: recomputed), so memory stays bounded: 64 MiB in float32.
 SAVED_ELEMS = 1 << 24
-#: Consecutive groups of fewer voxel evaluations each are merged with each other (see :class:`_Plan`).
-MIN_GROUP_ELEMS = 1 << 16
+#: Box columns set up at once: the runs of a block of Gaussians are found and rendered before the next block's,
+#: so their per-run arrays stay small (in cache, and off the allocator's page-faulting path for large blocks).
+BLOCK_COLUMNS = 1 << 18
 
 
 def stencil_widths(extents: Tensor) -> Tensor:
@@ -47,75 +55,130 @@ def stencil_widths(extents: Tensor) -> Tensor:
     return torch.floor(2.0 * extents.detach()).long() + 1
 
 
-class _Plan:
-    """Groups of Gaussians by stencil shape, their stencil origins and the padded output frame.
+def _coefficients(conics: Tensor) -> Tensor:
+    """``(N, 6)`` float64 ``(-Pww/2, a_d, a_h, r_dd, r_dh, r_hh)`` of the exponent factorised in ``u_w``.
 
-    Gaussians are sorted by their stencil shape ``(Sd, Sh, Sw)`` (their clipped box); consecutive groups holding
-    fewer than :data:`MIN_GROUP_ELEMS` voxel evaluations each are merged until they hold that many (the per-axis
-    maximum shape, which may reach past the volume: the output is padded for it), so many small groups do not
-    cost one pass of Python overhead each. Groups are split into chunks of at most :data:`CHUNK_ELEMS` evaluations.
+    ``-q/2 = -(Pww/2) (u_w + a_d u_d + a_h u_h)^2 + r_dd u_d^2 + r_dh u_d u_h + r_hh u_h^2``.
+    """
+    pdd, phh, pww, pdh, pdw, phw = conics.detach().double().unbind(-1)
+    ad, ah = pdw / pww, phw / pww
+    return torch.stack([-0.5 * pww, ad, ah, -0.5 * (pdd - pdw * ad), -(pdh - pdw * ah), -0.5 * (phh - phw * ah)], -1)
+
+
+class _Runs:
+    """The runs of in-cutoff voxels along ``w`` of one block of Gaussians, grouped by length into chunks.
+
+    Found in two stages without per-voxel work: per box row ``(Gaussian, d)`` the quantities that do not depend
+    on ``h``; then, for the rows of each box height ``Sh`` at once, a dense ``(Sh, rows)`` grid of columns (every
+    operation contiguous and vectorised), each column's run bounds in closed form.
+
+    Per run (sorted by length): ``t0`` the completed-square variable at its first voxel (``u_w + a_d u_d + a_h
+    u_h``), ``r`` and ``nw`` the exponent's coefficients, ``uh`` and ``uw0`` its local ``h`` and first ``w``
+    coordinates, ``row`` its box row, ``base`` the flat index of its first voxel in the ``(B, D, H, W)`` output,
+    ``length``; per row: ``rg`` the Gaussian (index into the block), ``ud``. ``chunks`` lists ``(slice, L)``.
+
+    Args:
+        g: per Gaussian of the block: ``local`` ``(10, n)`` in the evaluation dtype: ``u_d`` and ``u_h`` at the
+            box's first voxel, the centre's ``w`` from it, the box width in ``w`` minus one, and the
+            :func:`_coefficients`; ``width`` ``(n, 3)`` int64 boxes, ``base`` ``(n,)`` flat index of the box's
+            first voxel, ``sh`` ``(n,)`` int16 box heights.
+        shape: ``(D, H, W)``.
+        cutoff: Mahalanobis cutoff.
+        dtype: dtype of the evaluation.
     """
 
-    def __init__(self, gids: Tensor, origin: Tensor, width: Tensor, shape: Sequence[int], batch: int, k: int):
-        dev = gids.device
-        self.shape, self.batch, self.k = tuple(int(s) for s in shape), batch, k
-        nl = MAX_WIDTH + 1
-        key = (width[:, 0] * nl + width[:, 1]) * nl + width[:, 2]
-        key, order = torch.sort(key, stable=True)
-        self.gids, origin = gids[order], origin[order]
-        keys, counts = torch.unique_consecutive(key, return_counts=True)
-        sync = torch.cat([keys, counts]).tolist()  # one host sync for the plan...
-        self.chunks, self.centre = self._chunks(sync, len(keys), dev)
-        width = (2.0 * self.centre).long() + 1  # stencil widths after merging
-        n = torch.tensor(self.shape, device=dev)
-        pad = (origin + width - n).max(0).values.clamp_min(0).tolist()  # ...and one for the padding
-        self.padded = tuple(a + b for a, b in zip(self.shape, pad))
-        self.origin = origin  # (N, 3) first stencil voxel (inside the volume)
-        dp, hp, wp = self.padded
-        self.base = (self.gids // k) * (dp * hp * wp) + (origin[:, 0] * hp + origin[:, 1]) * wp + origin[:, 2]
-        self._offsets: dict = {}
+    def __init__(self, g: dict, shape, cutoff: float, dtype):
+        rows = self._rows(g, shape)
+        cols = self._columns(rows, 0.5 * cutoff * cutoff, int(shape[2]))
+        length, order = torch.sort(cols.pop("length"), stable=True)  # a radix sort for int16 keys
+        first = int(torch.searchsorted(length, torch.ones((), dtype=length.dtype)))
+        sel, self.length = order[first:], length[first:]
+        for key, val in cols.items():
+            setattr(self, key, val.index_select(0, sel))
+        self.rg, self.ud = rows["rg"], rows["ud"]
+        self.nw = rows["nw"].index_select(0, self.row)
+        self.chunks = self._chunks(self.length)
 
-    def _chunks(self, sync: list, ng: int, dev) -> tuple[list, Tensor]:
-        """``[(slice, (Sd, Sh, Sw))]`` chunks, merging small groups; ``(N, 3)`` centre ``(S - 1) / 2`` per Gaussian."""
-        nl = MAX_WIDTH + 1
-        groups: list = []  # [start, count, shape, merged from small groups]
-        for key_g, cnt in zip(sync[:ng], sync[ng:]):
-            s = (key_g // nl**2, (key_g // nl) % nl, key_g % nl)
-            small = cnt * math.prod(s) < MIN_GROUP_ELEMS
-            if small and groups and groups[-1][3] and groups[-1][1] * math.prod(groups[-1][2]) < MIN_GROUP_ELEMS:
-                groups[-1][1] += cnt  # small groups merge with each other, never into a large one
-                groups[-1][2] = tuple(max(a, b) for a, b in zip(groups[-1][2], s))
-            else:
-                groups.append([groups[-1][0] + groups[-1][1] if groups else 0, cnt, s, small])
-        chunks, centre = [], []
-        for start, cnt, s, _ in groups:
-            step = max(1, CHUNK_ELEMS // math.prod(s))
-            chunks += [(slice(a, min(start + cnt, a + step)), s) for a in range(start, start + cnt, step)]
-            centre.append(torch.tensor([0.5 * (a - 1) for a in s]).expand(cnt, 3))
-        return chunks, torch.cat(centre).to(dev) if centre else torch.zeros(0, 3, device=dev)
+    @staticmethod
+    def _chunks(length: Tensor) -> list:
+        """``[(slice, L)]``: runs of one length ``L`` per chunk, at most :data:`CHUNK_ELEMS` evaluations each."""
+        lengths, counts = torch.unique_consecutive(length, return_counts=True)
+        chunks, start = [], 0
+        for n, cnt in zip(lengths.tolist(), counts.tolist()):  # one host sync
+            step = max(1, CHUNK_ELEMS // n)
+            chunks += [(slice(a, min(start + cnt, a + step)), n) for a in range(start, start + cnt, step)]
+            start += cnt
+        return chunks
 
-    def offsets(self, s: tuple) -> Tensor:
-        """Flat padded-volume offsets ``(Sd*Sh*Sw,)`` of a stencil's voxels from its first voxel (cached)."""
-        if s not in self._offsets:
-            _, ph, pw = self.padded
-            i, j, k = (torch.arange(n, device=self.base.device) for n in s)
-            off = (i[:, None, None] * ph + j[None, :, None]) * pw + k[None, None, :]
-            self._offsets[s] = off.reshape(-1)
-        return self._offsets[s]
+    def index(self, sl: slice, n: int) -> Tensor:
+        """``(L * C,)`` flat output indices of a chunk's voxels, offset-major like :func:`_weights`."""
+        return (_ramp(n, self.base.device, torch.int64)[:, None] + self.base[sl]).reshape(-1)
 
-    def flat_index(self, sl: slice, s: tuple) -> Tensor:
-        """``(P * Sd*Sh*Sw,)`` flat indices into the padded ``(B, Dp, Hp, Wp)`` volume of a chunk's stencils."""
-        return (self.base[sl, None] + self.offsets(s)[None, :]).reshape(-1)
+    @staticmethod
+    def _rows(g: dict, shape) -> dict:
+        """Per box row ``(Gaussian, d)``: the Gaussian ``rg`` and the ``h``-independent terms of its columns."""
+        h_, w_ = shape[1:]
+        width, dev = g["width"], g["width"].device
+        rg = torch.repeat_interleave(torch.arange(width.shape[0], device=dev), width[:, 0])
+        jd = torch.arange(rg.numel(), device=dev) - (torch.cumsum(width[:, 0], 0) - width[:, 0]).index_select(0, rg)
+        ud0, uh0, cw, wn, nw, ad, ah, rdd, rdh, rhh = g["local"].index_select(1, rg)
+        ud = ud0 + jd
+        return {
+            "rg": rg, "ud": ud, "nw": nw, "ah": ah, "rhh": rhh, "s0": ad * ud, "r0": rdd * ud * ud, "r1": rdh * ud,
+            "uh0": uh0, "cw": cw, "wn": wn, "sh": g["sh"].index_select(0, rg),
+            "rowbase": g["base"].index_select(0, rg) + jd * (h_ * w_),
+        }
+
+    @staticmethod
+    def _columns(rows: dict, c2: float, row_stride: int) -> dict:
+        """Every box column's run, for the rows of each box height at once (flat, grouped by height).
+
+        Per column: ``length`` (int16, 0 where empty), ``t0``, ``uw0``, ``r``, ``uh`` (the rows' dtype), ``base``,
+        ``row``. The closed-form bounds are widened by a relative and absolute ``margin`` (:func:`_margin`).
+        """
+        margin = _margin(rows["nw"].dtype)
+        heights, counts = torch.unique_consecutive(rows["sh"], return_counts=True)  # rows come sorted by height
+        out, start = {k: [] for k in ("length", "t0", "uw0", "r", "uh", "base", "row")}, 0
+        for n, cnt in zip(heights.tolist(), counts.tolist()):  # one host sync
+            sl, v = slice(start, start + cnt), {}
+            for key in ("cw", "ah", "rhh", "s0", "r0", "r1", "uh0", "wn", "rowbase"):
+                v[key] = rows[key][sl]
+            v["inv"] = -(1 + margin) ** 2 / rows["nw"][sl]
+            k = torch.arange(n, device=v["cw"].device)[:, None]
+            uh = v["uh0"] + k  # (Sh, rows): h - mu_h
+            s = v["s0"] + v["ah"] * uh
+            r = v["r0"] + (v["r1"] + v["rhh"] * uh) * uh
+            # half-length of the run, widened: sqrt((r + c2 + margin) / (Pww / 2) * (1 + margin)^2)
+            half = ((r + (c2 + margin)) * v["inv"]).clamp_min_(0).sqrt_()
+            centre = v["cw"] - s  # the run is centre +- half, in voxels from the box's first w, within the box
+            lo = torch.ceil(centre - half).clamp_min_(0)
+            length = (torch.minimum(torch.floor(centre + half), v["wn"]) - lo + 1).clamp_min_(0)
+            uw0 = lo - v["cw"]
+            for key, val in (
+                ("length", length.to(torch.int16)), ("t0", uw0 + s), ("uw0", uw0), ("r", r), ("uh", uh),
+                ("base", v["rowbase"] + (k * row_stride + lo.long())),
+                ("row", torch.arange(start, start + cnt, device=k.device).expand(n, -1)),
+            ):
+                out[key].append(val.reshape(-1))
+            start += cnt
+        return {k: torch.cat(v) for k, v in out.items()}
 
 
-def _coefficients(conics: Tensor) -> Tensor:
-    """Per-Gaussian ``(N, 6)`` ``(-Pdd/2, b_h, b_w, r_hh, r_hw, r_ww)`` of the factorised exponent (float64 maths)."""
-    c = conics.detach().double()
-    pdd, phh, pww, pdh, pdw, phw = c.unbind(-1)
-    bh, bw = pdh / pdd, pdw / pdd
-    return torch.stack(
-        [-0.5 * pdd, bh, bw, -0.5 * (phh - pdh * bh), -(phw - pdh * bw), -0.5 * (pww - pdw * bw)], -1
-    ).to(conics.dtype)
+def _margin(dtype: torch.dtype) -> float:
+    """Relative and absolute widening of the runs' closed-form bounds, so they hold every voxel the exponent
+    keeps despite rounding: 1e-6 in float64, 64 ulps (7.6e-6) in float32."""
+    return max(1e-6, 64 * torch.finfo(dtype).eps)
+
+
+def _blocks(width: Tensor) -> list:
+    """Slices of consecutive Gaussians holding about :data:`BLOCK_COLUMNS` box columns each (two host syncs)."""
+    cols = torch.cumsum(width[:, 0] * width[:, 1], 0)
+    if cols.numel() == 0:
+        return []
+    marks = torch.arange(1, max(1, -(-int(cols[-1]) // BLOCK_COLUMNS)), device=width.device) * BLOCK_COLUMNS
+    ends = (torch.searchsorted(cols, marks) + 1).tolist() + [cols.numel()]
+    starts = [0] + ends[:-1]
+    return [slice(a, b) for a, b in zip(starts, ends) if b > a]
 
 
 @functools.lru_cache(maxsize=64)
@@ -123,133 +186,129 @@ def _ramp(n: int, device, dtype) -> Tensor:
     return torch.arange(n, device=device, dtype=dtype)
 
 
-def _weights(coef: Tensor, u0: Tensor, s: tuple, cutoff: float) -> Tensor:
-    """``(P, Sd, Sh, Sw)`` weights ``exp(-q/2)`` of a chunk, zero where ``q > cutoff^2``.
+def _weights(t0: Tensor, nw: Tensor, r: Tensor, n: int, lim: float) -> Tensor:
+    """``(L, C)`` weights ``exp(-q/2)`` of a chunk's ``C`` runs of length ``L``, zero where ``-q/2 < lim``.
 
-    Args:
-        coef: ``(P, 6)`` from :func:`_coefficients`.
-        u0: ``(P, 3)`` stencil-local coordinates of the first stencil voxel.
-        s: the stencil shape.
-        cutoff: Mahalanobis cutoff.
+    Laid out offset-major so every operation runs along the long ``C`` axis (vectorised; a ``(C, L)`` layout
+    with ``L`` of a few voxels costs several times more per element).
     """
-    ud, uh, uw = (u0[:, a, None] + _ramp(s[a], u0.device, u0.dtype) for a in range(3))
-    nh, bh, bw, rhh, rhw, rww = (coef[:, i, None] for i in range(6))
-    uh, uw = uh[:, :, None], uw[:, None, :]
-    shift = (bh[:, :, None] * uh + bw[:, :, None] * uw).unsqueeze(1)  # (P, 1, Sh, Sw)
-    r = (rhh * uh.squeeze(2)).unsqueeze(2) * uh + (rhw[:, :, None] * uh + (rww * uw.squeeze(1))[:, None, :]) * uw
-    t = ud[:, :, None, None] + shift  # (P, Sd, Sh, Sw): u_d + b_h u_h + b_w u_w
+    t = _ramp(n, t0.device, t0.dtype)[:, None] + t0
     t.mul_(t)
-    e = torch.addcmul(r.unsqueeze(1), t, nh[:, :, None, None], out=t)  # -q/2
-    lim = torch.nextafter(torch.tensor(-0.5 * cutoff * cutoff, dtype=e.dtype), torch.tensor(-math.inf, dtype=e.dtype))
-    return F.threshold_(e, float(lim), -math.inf).exp_()  # keeps -q/2 >= -cutoff^2/2
+    e = torch.addcmul(r, t, nw, out=t)  # -q/2
+    return F.threshold_(e, lim, -math.inf).exp_()
+
+
+def _threshold(cutoff: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value below ``-cutoff^2 / 2``: ``F.threshold`` keeps values strictly above it."""
+    lim = torch.tensor(-0.5 * cutoff * cutoff, dtype=dtype)
+    return float(torch.nextafter(lim, torch.tensor(-math.inf, dtype=dtype)))
 
 
 @functools.lru_cache(maxsize=64)
 def _power_table(n: int, device, dtype) -> Tensor:
-    """``(n, 3)`` powers 0, 1, 2 of the centred offsets ``k - (n - 1) / 2``."""
+    """``(3, n)`` powers 0, 1, 2 of the centred offsets ``k - (n - 1) / 2``."""
     k = torch.arange(n, device=device, dtype=dtype) - 0.5 * (n - 1)
-    return torch.stack([torch.ones_like(k), k, k * k], -1)
+    return torch.stack([torch.ones_like(k), k, k * k], 0)
 
 
-def _raw_moments(f: Tensor, s: tuple) -> Tensor:
-    """``(P, 3, 3, 3)`` moments ``sum f k_w^c k_h^b k_d^a`` (index order ``[c, b, a]``) over centred offsets.
-
-    Three matrix products over all Gaussians of the chunk at once, one per axis (``w``, then ``h``, then ``d``).
-    """
-    p = f.shape[0]
-    out = f @ _power_table(s[2], f.device, f.dtype)  # (P, Sd, Sh, 3)
-    out = out.transpose(2, 3).reshape(-1, s[1]) @ _power_table(s[1], f.device, f.dtype)  # (P * Sd * 3, 3)
-    out = out.view(p, s[0], 9).transpose(1, 2).reshape(-1, s[0]) @ _power_table(s[0], f.device, f.dtype)
-    return out.view(p, 3, 3, 3)
-
-
-def _shift_moments(raw: Tensor, delta: Tensor) -> Tensor:
-    """Moments over ``u = delta + k`` from those over ``k``: ``[1, u, u^2] = [1, k + d, k^2 + 2 d k + d^2]``.
-
-    Args:
-        raw: ``(N, 3, 3, 3)`` from :func:`_raw_moments` (index order ``[w, h, d]``).
-        delta: ``(N, 3)`` ``u`` at each stencil's centre offset, per axis ``(d, h, w)``.
-
-    Returns:
-        ``(N, 3, 3, 3)`` moments ``sum f u_w^c u_h^b u_d^a``, same index order ``[c, b, a]``.
-    """
-    out = raw
-    for axis, dim in ((2, 1), (1, 2), (0, 3)):  # (delta column, moment dim); r0, r1, r2 are (N, 3, 3)
-        dl = delta[:, axis, None, None]
-        r0, r1, r2 = out.unbind(dim)
-        out = torch.stack([r0, r1 + dl * r0, r2 + dl * (2.0 * r1 + dl * r0)], dim)
-    return out
+def _block_runs(means: Tensor, conics: Tensor, gids: Tensor, origin: Tensor, width: Tensor, shape, cutoff: float):
+    """``gids`` ordered by box height, and ``[(slice, _Runs)]`` of the blocks of :func:`_blocks` of that order
+    (arguments as in :func:`render_stencil`)."""
+    d_, h_, w_ = shape
+    base = (((gids // means.shape[1]) * d_ + origin[:, 0]) * h_ + origin[:, 1]) * w_ + origin[:, 2]
+    # by box height (a block's rows then come grouped by height), then by position: the runs of one length stay
+    # in memory order, so the scatter and gathers walk the volume instead of jumping across it
+    order = torch.sort(width[:, 1] * (means.shape[0] * d_ * h_ * w_) + base)[1]
+    gids, origin, width, base = gids[order], origin[order], width[order], base[order]
+    mu = means.detach().reshape(-1, 3).index_select(0, gids).double()
+    nw, ad, ah, rdd, rdh, rhh = _coefficients(conics.reshape(-1, 6).index_select(0, gids)).unbind(-1)
+    o = origin.double()
+    # local terms only (offsets from the box's first voxel), so float32 keeps them to ~1e-6 voxels
+    local = torch.stack(
+        [o[:, 0] - mu[:, 0], o[:, 1] - mu[:, 1], mu[:, 2] - o[:, 2], width[:, 2] - 1.0, nw, ad, ah, rdd, rdh, rhh]
+    ).to(means.dtype)
+    sh = width[:, 1].to(torch.int16)
+    blocks = []
+    for blk in _blocks(width):
+        g = {"local": local[:, blk], "width": width[blk], "base": base[blk], "sh": sh[blk]}
+        blocks.append((blk, _Runs(g, shape, cutoff, means.dtype)))
+    return gids, blocks
 
 
 class _RenderStencil(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, conics, intensities, gids, origin, width, shape, cutoff):  # type: ignore[override]
-        b, k = means.shape[:2]
-        plan = _Plan(gids, origin, width, shape, b, k)
-        plan.u0 = plan.origin.to(means.dtype) - means.detach().reshape(-1, 3)[plan.gids]  # (N, 3) local first voxel
-        coef = _coefficients(conics.reshape(-1, 6)[plan.gids])
-        dp, hp, wp = plan.padded
-        out = torch.zeros(b * dp * hp * wp, device=means.device, dtype=means.dtype)
-        inten = intensities.reshape(-1)[plan.gids]
-        kept, budget = {}, SAVED_ELEMS if any(ctx.needs_input_grad[:3]) else 0
-        for i, (sl, s) in enumerate(plan.chunks):
-            w = _weights(coef[sl], plan.u0[sl], s, cutoff)
-            out.scatter_add_(0, plan.flat_index(sl, s), (w * inten[sl, None, None, None]).reshape(-1))
-            if w.numel() <= budget:  # keep the weights for the backward pass while the budget lasts
-                kept[i] = w
-                budget -= w.numel()
-        ctx.save_for_backward(means, conics, intensities, coef)
-        ctx.plan, ctx.cutoff, ctx.kept = plan, cutoff, kept
-        d, h, w_ = plan.shape
-        return out.view(b, dp, hp, wp)[:, :d, :h, :w_].contiguous()
+        gids, plan = _block_runs(means, conics, gids, origin, width, shape, cutoff)
+        inten = intensities.detach().reshape(-1).index_select(0, gids)
+        lim = _threshold(cutoff, means.dtype)
+        out = torch.zeros(means.shape[0] * math.prod(shape), device=means.device, dtype=means.dtype)
+        blocks, budget = [], SAVED_ELEMS if any(ctx.needs_input_grad[:3]) else 0
+        for blk, runs in plan:
+            it, kept = inten[blk].index_select(0, runs.rg).index_select(0, runs.row), {}
+            for i, (sl, n) in enumerate(runs.chunks):
+                w = _weights(runs.t0[sl], runs.nw[sl], runs.r[sl], n, lim)
+                out.scatter_add_(0, runs.index(sl, n), (w * it[sl]).reshape(-1))
+                if w.numel() <= budget:  # keep the weights for the backward pass while the budget lasts
+                    kept[i] = w
+                    budget -= w.numel()
+            blocks.append((blk, runs, kept))
+        ctx.save_for_backward(means, conics, intensities, gids)
+        ctx.blocks, ctx.lim = blocks, lim
+        return out.view(means.shape[0], *shape)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        means, conics, intensities, coef = ctx.saved_tensors
-        plan, cutoff = ctx.plan, ctx.cutoff
-        b = means.shape[0]
-        dp, hp, wp = plan.padded
-        d, h, w_ = plan.shape
-        g_pad = torch.zeros(b, dp, hp, wp, device=means.device, dtype=means.dtype)
-        g_pad[:, :d, :h, :w_] = grad_out
-        g_flat = g_pad.reshape(-1)
-        raw = torch.empty(plan.gids.numel(), 3, 3, 3, device=means.device, dtype=means.dtype)
-        for i, (sl, s) in enumerate(plan.chunks):
-            w = ctx.kept[i] if i in ctx.kept else _weights(coef[sl], plan.u0[sl], s, cutoff)
-            f = g_flat.index_select(0, plan.flat_index(sl, s)).view_as(w).mul_(w)
-            raw[sl] = _raw_moments(f, s)
-        mom = _shift_moments(raw, plan.u0 + plan.centre)
-        grads = _gradients(mom, means, conics, intensities, plan.gids, ctx.needs_input_grad)
+        means, conics, intensities, gids = ctx.saved_tensors
+        g = grad_out.reshape(-1)
+        mom = torch.zeros(gids.numel(), 10, device=means.device, dtype=means.dtype)
+        for blk, runs, kept in ctx.blocks:
+            raw = torch.empty(3, runs.row.numel(), device=means.device, dtype=means.dtype)
+            for i, (sl, n) in enumerate(runs.chunks):
+                w = kept[i] if i in kept else _weights(runs.t0[sl], runs.nw[sl], runs.r[sl], n, ctx.lim)
+                f = g.index_select(0, runs.index(sl, n)).view_as(w).mul_(w)  # (L, C)
+                raw[:, sl] = _power_table(n, f.device, f.dtype) @ f
+            mom[blk] = _gaussian_moments(raw, runs, blk.stop - blk.start)
+        grads = _gradients(mom, means, conics, intensities, gids, ctx.needs_input_grad)
         return (*grads, None, None, None, None, None)
+
+
+def _gaussian_moments(raw: Tensor, runs: _Runs, n: int) -> Tensor:
+    """``(n, 10)`` per-Gaussian moments ``sum f u^a`` of ``f = G w``, ``a`` in ``1, d, h, w, dd, hh, ww, dh, dw, hw``.
+
+    Args:
+        raw: ``(3, R)`` per-run sums of ``f k^i``, ``k`` the offset from the run's middle voxel.
+        runs: the runs of a block of ``n`` Gaussians.
+        n: number of Gaussians in the block.
+    """
+    f0, f1, f2 = raw.unbind(0)
+    mid = runs.uw0 + 0.5 * (runs.length.to(raw.dtype) - 1)  # u_w at the run's middle: u_w = mid + k
+    m1 = f1 + mid * f0
+    m2 = f2 + mid * (2.0 * f1 + mid * f0)
+    uh = runs.uh
+    hf0 = uh * f0
+    per_run = torch.stack([f0, hf0, uh * hf0, m1, uh * m1, m2])  # 1, h, hh, w, hw, ww
+    # (k, R) layouts: index_add_ along the last dimension is several times faster than along the first here
+    per_row = torch.zeros(6, runs.rg.numel(), device=raw.device, dtype=raw.dtype).index_add_(1, runs.row, per_run)
+    a, h, hh, w, hw, ww = per_row.unbind(0)
+    ud = runs.ud
+    per_row = torch.stack([a, ud * a, h, w, ud * ud * a, hh, ww, ud * h, ud * w, hw])
+    return torch.zeros(10, n, device=raw.device, dtype=raw.dtype).index_add_(1, runs.rg, per_row).t()
 
 
 def _gradients(mom: Tensor, means: Tensor, conics: Tensor, intensities: Tensor, gids: Tensor, needs) -> tuple:
     """Gradients of means, conics and intensities from the per-Gaussian moments of ``G w``."""
     b, k = means.shape[:2]
-    n0 = mom[:, 0, 0, 0]  # index order [w, h, d] powers
-    m1 = torch.stack([mom[:, 0, 0, 1], mom[:, 0, 1, 0], mom[:, 1, 0, 0]], -1)
-    m2 = torch.stack(
-        [mom[:, 0, 0, 2], mom[:, 0, 2, 0], mom[:, 2, 0, 0],
-         2 * mom[:, 0, 1, 1], 2 * mom[:, 1, 0, 1], 2 * mom[:, 1, 1, 0]],
-        -1,
-    )
-    dq = -0.5 * intensities.reshape(-1)[gids]  # dL/dq = -I/2 G w
-    g_int = torch.zeros(b * k, device=means.device, dtype=means.dtype).index_add_(0, gids, n0)
-    g_con = torch.zeros(b * k, 6, device=means.device, dtype=means.dtype).index_add_(0, gids, dq[:, None] * m2)
-    c = conics.reshape(-1, 6)[gids]
-    pm = torch.stack(
-        [
-            c[:, 0] * m1[:, 0] + c[:, 3] * m1[:, 1] + c[:, 4] * m1[:, 2],
-            c[:, 3] * m1[:, 0] + c[:, 1] * m1[:, 1] + c[:, 5] * m1[:, 2],
-            c[:, 4] * m1[:, 0] + c[:, 5] * m1[:, 1] + c[:, 2] * m1[:, 2],
-        ],
-        -1,
-    )  # P sum(F u)
-    g_means = torch.zeros(b * k, 3, device=means.device, dtype=means.dtype).index_add_(0, gids, -2.0 * dq[:, None] * pm)
+    n0, m1 = mom[:, 0], mom[:, 1:4]
+    m2 = torch.cat([mom[:, 4:7], 2.0 * mom[:, 7:10]], -1)  # conic order (dd, hh, ww, dh, dw, hw)
+    dq = -0.5 * intensities.detach().reshape(-1)[gids]  # dL/dq = -I/2 G w
+    c = conics.detach().reshape(-1, 6)[gids]
+    p = torch.stack([c[:, [0, 3, 4]], c[:, [3, 1, 5]], c[:, [4, 5, 2]]], 1)  # (N, 3, 3) precision
+    pm = (p @ m1.unsqueeze(-1)).squeeze(-1)  # P sum(F u)
+    z = functools.partial(torch.zeros, device=means.device, dtype=means.dtype)
     return (
-        g_means.view(b, k, 3) if needs[0] else None,
-        g_con.view(b, k, 6) if needs[1] else None,
-        g_int.view(b, k) if needs[2] else None,
+        z(b * k, 3).index_add_(0, gids, -2.0 * dq[:, None] * pm).view(b, k, 3) if needs[0] else None,
+        z(b * k, 6).index_add_(0, gids, dq[:, None] * m2).view(b, k, 6) if needs[1] else None,
+        z(b * k).index_add_(0, gids, n0).view(b, k) if needs[2] else None,
     )
 
 
@@ -263,7 +322,7 @@ def render_stencil(
     shape: Sequence[int],
     cutoff: float,
 ) -> Tensor:
-    """Render the Gaussians ``gids`` (flat ``b * K + k``) of pre-processed inputs on per-Gaussian stencils.
+    """Render the Gaussians ``gids`` (flat ``b * K + k``) of pre-processed inputs on their in-cutoff voxels.
 
     Args:
         means: ``(B, K, 3)`` voxel-frame centres.
@@ -271,9 +330,9 @@ def render_stencil(
         intensities: ``(B, K)``.
         gids: ``(N,)`` int64 flat indices of the Gaussians to render (the others contribute nothing and get zero
             gradients).
-        origin: ``(N, 3)`` int64 first voxel of each one's stencil, inside the volume.
-        width: ``(N, 3)`` int64 stencil widths, 1 to ``MAX_WIDTH``; ``origin .. origin + width - 1`` must hold
-            every voxel of the volume inside the Gaussian's cutoff ellipsoid (e.g. its clipped cutoff box).
+        origin: ``(N, 3)`` int64 first voxel of each one's box, inside the volume.
+        width: ``(N, 3)`` int64 box widths, 1 to ``MAX_WIDTH``; ``origin .. origin + width - 1`` must hold every
+            voxel of the volume inside the Gaussian's cutoff ellipsoid (e.g. its clipped cutoff box).
         shape: ``(D, H, W)``.
         cutoff: Mahalanobis cutoff.
 
