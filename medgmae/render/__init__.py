@@ -5,8 +5,8 @@ precision matrices and cutoff boxes with ordinary (autograd-tracked) PyTorch, an
 Gaussians to a backend:
 
 * ``"torch"`` (:mod:`medgmae.render._torch_impl`): plain PyTorch, any device, chunked; Gaussians whose clipped
-  cutoff box is at most 16 voxels wide go to per-Gaussian stencils (:mod:`medgmae.render._stencil_impl`), larger
-  ones to tile binning.
+  cutoff box is at most 16 voxels wide are evaluated on their in-cutoff voxels only, as runs along the last axis
+  (:mod:`medgmae.render._stencil_impl`), larger ones by tile binning.
 * ``"triton"`` (:mod:`medgmae.render._triton_impl`): Triton kernels with a hand-written backward. On CUDA tensors
   they compile to GPU kernels; on CPU tensors they run only under ``TRITON_INTERPRET=1`` (as in the tests).
 

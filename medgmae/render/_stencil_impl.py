@@ -8,17 +8,19 @@ contiguous in memory). Completing the square in ``u_w`` (``u = voxel - centre``)
 with ``r`` the quadratic form of the Schur complement (the ``(d, h)`` marginal's precision) times ``-1/2``. So
 for every voxel column ``(d, h)`` of the Gaussian's clipped cutoff box the voxels with ``q <= cutoff^2`` form one
 interval of ``w``, known in closed form: ``|u_w + a_d u_d + a_h u_h| <= sqrt((r + cutoff^2 / 2) / (Pww / 2))``
-(empty where ``r < -cutoff^2 / 2``). These runs are computed in float64 with a relative margin of 1e-6 (a
-superset of the voxels the float32 exponent keeps); the exponent is then thresholded as before, so the cutoff
-means exactly what it means on the tile path. Runs of equal length ``L`` form a group evaluated as one ``(C, L)``
-block, in chunks of at most :data:`CHUNK_ELEMS` evaluations: there is no padding and no box corner, about one
-evaluation per in-cutoff voxel (a whole box costs 2-3 for rotated Gaussians, a tile 64 or more), and at most
-``max width`` groups, so the Python overhead does not grow with the number of Gaussians.
+(empty where ``r < -cutoff^2 / 2``). The runs are found without per-voxel work (see :class:`_Runs`) and widened by
+a small margin (:func:`_margin`), so they hold every voxel the exponent keeps despite rounding; the exponent is
+then thresholded at ``q <= cutoff^2`` as on the tile path. Runs of equal length ``L`` form a group evaluated as
+one ``(L, C)`` block (offset-major, so every operation runs along the long axis), in chunks of at most
+:data:`CHUNK_ELEMS` evaluations: no padding and no box corners, about one evaluation per in-cutoff voxel where a
+whole box costs 2-3 for rotated Gaussians and a tile 64 or more. Gaussians are set up in blocks of about
+:data:`BLOCK_COLUMNS` box columns, ordered by box height and then by position, so each block has few groups and
+its scatter walks the volume in memory order.
 
 Coordinates are Gaussian-local (small magnitudes), so float32 does not lose the offsets to cancellation. The
 forward pass scatters with ``scatter_add_``; the backward pass gathers the output gradient and reduces it against
 the weights to per-run moments ``sum f k^i`` (``i <= 2``, one small matrix product per chunk), which give each
-Gaussian's moments ``sum f u_a u_b`` with one ``index_add_``; the gradients of means, conics and intensities follow
+Gaussian's moments ``sum f u_a u_b`` through two ``index_add_`` (runs to rows, rows to Gaussians); the gradients of means, conics and intensities follow
 in closed form. The forward pass keeps the weights of its first chunks, up to :data:`SAVED_ELEMS` evaluations, for
 the backward pass, which recomputes the rest.
 

@@ -10,8 +10,8 @@ The Gaussians arrive pre-processed by :func:`medgmae.render.render_volume`:
 Two paths, chosen per Gaussian by :func:`render_torch`:
 
 * stencil (:mod:`medgmae.render._stencil_impl`): Gaussians whose cutoff box, clipped to the volume, is at most
-  ``MAX_WIDTH`` voxels wide along every axis are evaluated on that box only (the sparse regime of
-  reconstruction);
+  ``MAX_WIDTH`` voxels wide along every axis are evaluated on the voxels inside their cutoff ellipsoid only, as
+  runs along ``w`` found in closed form (the sparse regime of reconstruction);
 * tile: larger Gaussians are organised like a tile rasteriser: the output is split into ``TILE^3`` voxel tiles,
   every Gaussian is binned to the tiles its cutoff box touches, and (Gaussian, tile) pairs are evaluated in
   chunks with tile-local coordinates (small magnitudes, no float32 cancellation); the volume clips the work.
