@@ -41,7 +41,9 @@ from torch import Tensor
 __all__ = ["MAX_WIDTH", "CHUNK_ELEMS", "SAVED_ELEMS", "BLOCK_COLUMNS", "stencil_widths", "render_stencil"]
 
 #: Widest clipped cutoff box (voxels per axis) rendered here; Gaussians with wider boxes go to the tile path.
-MAX_WIDTH = 16
+#: Runs beat tiles at every size measured on the CPU (``bench/RESULTS.md``), so only volumes wider than this many
+#: voxels (and run lengths that would not fit the int16 sort keys) use tiles.
+MAX_WIDTH = 1 << 14
 #: Upper bound on voxel evaluations held at once.
 CHUNK_ELEMS = 1 << 20
 #: Weights of up to this many voxel evaluations are kept from the forward for the backward pass (the rest are
