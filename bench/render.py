@@ -248,7 +248,7 @@ def parse_args(argv=None):
     p.add_argument("--backends", default=None, help="comma list of torch,triton (default: both on GPU, torch on CPU)")
     p.add_argument("--torch-paths", default="auto",
                    help=f"comma list of the torch backend's paths to time, of {PATHS} (tile: the previous "
-                   "implementation; auto: stencils for small Gaussians)")
+                   "implementation; auto: runs of in-cutoff voxels)")
     p.add_argument("--cases", choices=("all", "dense", "sparse"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes (CPU: a few minutes)")
     p.add_argument("--cutoff", type=float, default=3.0)

@@ -212,14 +212,24 @@ class GaussianReconstructor:
 
     def step(self) -> float:
         """One optimisation step; returns the loss."""
-        for group, lr in zip(self.optimizer.param_groups, self.learning_rates(self.iteration).values()):
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        self.start_step()
         coarse = self._coarse is not None and self.iteration < self.config.coarse_iterations
         loss = self.loss(self.render_coarse(), coarse=True) if coarse else self.loss(self.render())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at iteration {self.iteration}")
         loss.backward()
+        self.finish_step()
+        return float(loss.detach())
+
+    def start_step(self) -> None:
+        """The first part of :meth:`step`: this iteration's learning rates, gradients cleared."""
+        for group, lr in zip(self.optimizer.param_groups, self.learning_rates(self.iteration).values()):
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def finish_step(self) -> None:
+        """The last part of :meth:`step`, after the backward pass: densification statistics, the Adam step, the
+        quaternions normalised and the scales clamped, the iteration counted."""
         with torch.no_grad():
             g = self.params["means"].grad
             norm = g.norm(dim=-1) if g is not None else torch.zeros_like(self.grad_accum)
@@ -232,7 +242,6 @@ class GaussianReconstructor:
             lo = math.log(self.config.min_scale)
             self.params["log_scales"].clamp_(min=lo, max=math.log(max(self.geometry.volume_shape)))
         self.iteration += 1
-        return float(loss.detach())
 
     # ------------------------------------------------------------------ density control
     def _replace(self, keep: Tensor, new: dict[str, Tensor] | None) -> None:

@@ -54,3 +54,15 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     table = capsys.readouterr().out
     assert "| medgmae-dense | toolkit |" in table and "parallel, 8 views" in table
     assert (tmp_path / "all.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_recon_profile_parts_add_up_to_a_step(tmp_path):
+    """bench/recon_profile.py at a tiny size: every part is timed, they sum to about one step, and the profiled
+    iterations advance the reconstructor like steps (its own methods, so the script cannot rot)."""
+    profile = _load("recon_profile")
+    out = tmp_path / "p.json"
+    assert profile.main(["--threads", "1", "--views", "6", "--num-gaussians", "200", "--iterations", "2",
+                         "--warmup", "0", "--json", str(out)]) == 0
+    ms = json.loads(out.read_text())["ms"]
+    assert all(ms[k] >= 0 for k in profile.PARTS) and ms["render"] > 0 and ms["forward project"] > 0
+    assert ms["sum of parts"] == pytest.approx(sum(ms[k] for k in profile.PARTS))

@@ -4,9 +4,9 @@
 precision matrices and cutoff boxes with ordinary (autograd-tracked) PyTorch, and hands the pre-processed
 Gaussians to a backend:
 
-* ``"torch"`` (:mod:`medgmae.render._torch_impl`): plain PyTorch, any device, chunked; Gaussians whose clipped
-  cutoff box is at most 16 voxels wide are evaluated on their in-cutoff voxels only, as runs along the last axis
-  (:mod:`medgmae.render._stencil_impl`), larger ones by tile binning.
+* ``"torch"`` (:mod:`medgmae.render._torch_impl`): plain PyTorch, any device, chunked; every Gaussian is
+  evaluated on its in-cutoff voxels only, as runs along the last axis (:mod:`medgmae.render._stencil_impl`);
+  tile binning (the Triton kernels' scheme) remains as a forced path for comparison.
 * ``"triton"`` (:mod:`medgmae.render._triton_impl`): Triton kernels with a hand-written backward. On CUDA tensors
   they compile to GPU kernels; on CPU tensors they run only under ``TRITON_INTERPRET=1`` (as in the tests).
 

@@ -1,4 +1,4 @@
-"""Per-Gaussian stencil renderer (plain PyTorch, any device) for small Gaussians: runs of in-cutoff voxels.
+"""Per-Gaussian stencil renderer (plain PyTorch, any device): runs of in-cutoff voxels.
 
 Each Gaussian is evaluated only on the voxels inside its cutoff ellipsoid, as runs along the last axis (``w``,
 contiguous in memory). Completing the square in ``u_w`` (``u = voxel - centre``),

@@ -7,17 +7,19 @@ The Gaussians arrive pre-processed by :func:`medgmae.render.render_volume`:
 * ``intensities`` ``(B, K)``,
 * ``extents`` ``(B, K, 3)``: half-widths ``cutoff * sqrt(Sigma_aa)`` of each Gaussian's cutoff bounding box.
 
-Two paths, chosen per Gaussian by :func:`render_torch`:
+Two paths:
 
-* stencil (:mod:`medgmae.render._stencil_impl`): Gaussians whose cutoff box, clipped to the volume, is at most
-  ``MAX_WIDTH`` voxels wide along every axis are evaluated on the voxels inside their cutoff ellipsoid only, as
-  runs along ``w`` found in closed form (the sparse regime of reconstruction);
-* tile: larger Gaussians are organised like a tile rasteriser: the output is split into ``TILE^3`` voxel tiles,
-  every Gaussian is binned to the tiles its cutoff box touches, and (Gaussian, tile) pairs are evaluated in
-  chunks with tile-local coordinates (small magnitudes, no float32 cancellation); the volume clips the work.
+* stencil (:mod:`medgmae.render._stencil_impl`), the default for every Gaussian whose cutoff box, clipped to the
+  volume, is at most ``MAX_WIDTH`` voxels wide (all of them in practice): evaluated on the voxels inside its
+  cutoff ellipsoid only, as runs along ``w`` found in closed form;
+* tile, forced with :func:`torch_path` (and for any wider box): organised like the Triton kernels' tile
+  rasteriser: the output is split into ``TILE^3`` voxel tiles, every Gaussian is binned to the tiles its cutoff
+  box touches, and (Gaussian, tile) pairs are evaluated in chunks with tile-local coordinates (small magnitudes,
+  no float32 cancellation); the volume clips the work. It evaluates whole tiles, so it is slower on the CPU at
+  every size measured (``bench/RESULTS.md``), and stays as the plain-PyTorch twin of the GPU kernels.
 
-Memory is bounded by the chunk sizes, never ``B x K x D*H*W``. Both backward passes are written by hand and
-recompute the weights per chunk.
+Memory is bounded by the chunk sizes, never ``B x K x D*H*W``. Both backward passes are written by hand; the tile
+path recomputes the weights per chunk, the stencil path keeps those of its first chunks.
 """
 
 from __future__ import annotations
@@ -224,7 +226,8 @@ def torch_path(path: str) -> Iterator[None]:
     """Force the torch backend's path inside the ``with`` block (for benchmarks and tests).
 
     Args:
-        path: ``"auto"`` (stencils for the Gaussians whose clipped box fits one, tiles for the rest; the default)
+        path: ``"auto"`` (runs of in-cutoff voxels for every Gaussian whose clipped box is at most ``MAX_WIDTH``
+            wide, i.e. all in practice, tiles for the rest; the default)
             or ``"tile"`` (every Gaussian on tiles: the implementation before the stencil path).
 
     Raises:
