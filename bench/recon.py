@@ -81,7 +81,7 @@ def simulate(seed: int, geom: CTGeometry, photons: float | None, device) -> tupl
     return proj, reference
 
 
-def run_case(args, device) -> dict:
+def run_case(args, device, save=lambda out: None) -> dict:
     shape, voxel = tuple(args.size), tuple(args.voxel)
     if args.geometry == "cone":
         geom = CTGeometry.cone(shape, voxel, num_angles=args.views)
@@ -149,40 +149,55 @@ def run_case(args, device) -> dict:
                                          views_per_iteration=args.views_per_iteration, seed=args.seed,
                                          **overrides.get(name, {}))  # fmt: skip
         rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol.cpu(), device=device, value_scale=value_scale)
-        start = rec.evaluate()
-        iter_times = []
-        t0 = time.perf_counter()
-        orig_step = rec.step
+        meta = {"preset": preset, "preset_overrides": overrides.get(name, {}), "init_seconds": init_seconds,
+                "initial_gaussians": init.num_gaussians}  # fmt: skip
 
-        def timed_step():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            loss = orig_step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            iter_times.append(time.perf_counter() - t)
-            return loss
+        def partial(entry, name=name):
+            save({**out, "runs": {**out["runs"], name: entry}})
 
-        rec.step = timed_step
-        res = rec.run(progress=args.progress, ssim_every_eval=False)
-        total = time.perf_counter() - t0
-        reached = {}
+        out["runs"][name] = run_one(rec, args, device, vol, targets, meta, partial)
+    return out
+
+
+def run_one(rec, args, device, vol, targets, meta: dict, save_partial) -> dict:
+    """Optimise ``rec`` to the end; its entry of the results: curve, final PSNR / SSIM, iterations and seconds to
+    each target. With ``--partial-every N`` the run goes in segments of ``N`` iterations (``stop_at``: the same
+    run as without them) and ``save_partial`` gets the entry so far after each, marked ``"complete": false``."""
+    start = rec.evaluate()
+    iter_times, orig_step = [], rec.step
+
+    def timed_step():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss = orig_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        iter_times.append(time.perf_counter() - t)
+        return loss
+
+    rec.step = timed_step
+    end = rec.config.iterations
+    segment = args.partial_every or end
+    t0 = time.perf_counter()
+    while True:
+        res = rec.run(progress=args.progress, ssim_every_eval=False, stop_at=min(rec.iteration + segment, end))
         per_iter = statistics.median(iter_times) if iter_times else float("nan")
+        reached = {}
         for thr in targets:
             hits = [h["iteration"] for h in res.history if h.get("psnr", -math.inf) >= thr]
-            reached[f"{thr:.2f}"] = {"iteration": hits[0], "seconds": init_seconds + hits[0] * per_iter} if hits else None
-        out["runs"][name] = {
-            "preset": preset, "preset_overrides": overrides.get(name, {}), "init_seconds": init_seconds, "initial_gaussians": init.num_gaussians,
-            "initial_psnr": start.get("psnr"),
-            "seconds_per_iteration_median": statistics.median(iter_times) if iter_times else None,
-            "total_seconds": total, "final_psnr": res.history[-1].get("psnr") if res.history else None,
-            "final_ssim": ssim(res.volume, vol), "final_gaussians": res.gaussians.num_gaussians,
-            "iterations_to_psnr": reached,
+            reached[f"{thr:.2f}"] = {"iteration": hits[0], "seconds": meta["init_seconds"] + hits[0] * per_iter} if hits else None
+        entry = {
+            **meta, "initial_psnr": start.get("psnr"), "complete": rec.iteration >= end, "completed_iterations": rec.iteration,
+            "seconds_per_iteration_median": per_iter if iter_times else None, "total_seconds": time.perf_counter() - t0,
+            "final_psnr": res.history[-1].get("psnr") if res.history else None, "final_ssim": ssim(res.volume, vol),
+            "final_gaussians": res.gaussians.num_gaussians, "iterations_to_psnr": reached,
             "curve": [(0, round(start.get("psnr", float("nan")), 3))]
             + [(h["iteration"], round(h.get("psnr", float("nan")), 3)) for h in res.history],
         }  # fmt: skip
-    return out
+        if entry["complete"]:
+            return entry
+        save_partial(entry)
 
 
 def plot_curves(result: dict, path: str) -> None:
@@ -250,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=1000, help="phantom generator seed (held out from pre-training)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--partial-every", type=int, default=0,
+                   help="write --json every N iterations of a run, marked incomplete (for long runs; 0: at the end)")
     p.add_argument("--json", default=None, help="write the results here")
     return p
 
@@ -272,7 +289,15 @@ def main(argv=None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "command": " ".join(["python", "bench/recon.py", *(argv if argv is not None else sys.argv[1:])]),
     }  # fmt: skip
-    result.update(run_case(args, device))
+    def save(partial: dict) -> None:
+        if args.json:
+            from medgmae.files import save_json_atomic
+
+            save_json_atomic({**result, **partial}, args.json)
+
+    if args.partial_every < 0:
+        p.error("--partial-every must be >= 0")
+    result.update(run_case(args, device, save))
     text = json.dumps(result, indent=2)
     print(text)
     if args.png:

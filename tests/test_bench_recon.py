@@ -66,3 +66,24 @@ def test_recon_profile_parts_add_up_to_a_step(tmp_path):
     ms = json.loads(out.read_text())["ms"]
     assert all(ms[k] >= 0 for k in profile.PARTS) and ms["render"] > 0 and ms["forward project"] > 0
     assert ms["sum of parts"] == pytest.approx(sum(ms[k] for k in profile.PARTS))
+
+
+def test_partial_results_are_written_and_the_run_is_unchanged(tmp_path, monkeypatch):
+    """--partial-every: the JSON is written after every segment, marked incomplete, and the finished run's curve
+    equals that of an unsegmented run (the segments resume exactly)."""
+    import medgmae.files
+
+    base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
+            "--iterations", "6", "--eval-every", "2", "--num-gaussians", "200", "--device", "cpu", "--only", "toolkit",
+            "3dgr-ct"]  # fmt: skip
+    whole, parts = tmp_path / "whole.json", tmp_path / "parts.json"
+    assert bench_recon.main([*base, "--json", str(whole)]) == 0
+    saved, original = [], medgmae.files.save_json_atomic
+    monkeypatch.setattr(medgmae.files, "save_json_atomic", lambda obj, path: (saved.append(obj), original(obj, path)))
+    assert bench_recon.main([*base, "--json", str(parts), "--partial-every", "2"]) == 0
+    partial = [(name, r["completed_iterations"]) for obj in saved[:-1] for name, r in obj["runs"].items()
+               if not r["complete"]]  # fmt: skip
+    assert ("toolkit", 2) in partial and ("3dgr-ct", 4) in partial and "date" in saved[0]
+    a, b = json.loads(whole.read_text())["runs"], json.loads(parts.read_text())["runs"]
+    for name in ("toolkit", "3dgr-ct"):
+        assert b[name]["complete"] and b[name]["curve"] == a[name]["curve"]
