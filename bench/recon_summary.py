@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -46,8 +47,11 @@ def case_table(result: dict, relative: list[float]) -> str:
     cols += [f"it to {t:.1f} ({d:+g})" for t, d in zip(targets, sorted(relative))] + ["vs 3dgr-ct", "vs toolkit"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in runs.items():
+        end = f"{r['final_psnr']:.2f}"
+        if not r.get("complete", True):  # written by --partial-every before the run ended
+            end += f" (at iteration {r['completed_iterations']}, run incomplete)"
         row = [name, r["preset"], f"{r['initial_gaussians']} -> {r['final_gaussians']}", f"{r['initial_psnr']:.2f}",
-               f"{r['final_psnr']:.2f}", f"{r['seconds_per_iteration_median']:.3f}"]  # fmt: skip
+               end, f"{r['seconds_per_iteration_median']:.3f}"]  # fmt: skip
         row += [str(_iters(r, t)) if _iters(r, t) is not None else "-" for t in targets]
         row += ["" if name == "3dgr-ct" else _versus(runs, name, "3dgr-ct", targets),
                 "" if name == "toolkit" else _versus(runs, name, "toolkit", targets)]  # fmt: skip
@@ -92,7 +96,9 @@ def main(argv=None) -> int:
     cases = {}
     for path in args.results:  # files of one case (same geometry, views, phantom, iterations) are merged
         result = json.loads(Path(path).read_text())
-        result["iterations"] = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
+        planned = re.search(r"--iterations (\d+)", result.get("command", ""))  # runs may be incomplete
+        last = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
+        result["iterations"] = int(planned.group(1)) if planned else last
         key = (result["geometry"], result["views"], result["phantom_seed"], result["iterations"])
         if key in cases:
             cases[key]["runs"].update(result["runs"])

@@ -87,3 +87,18 @@ def test_partial_results_are_written_and_the_run_is_unchanged(tmp_path, monkeypa
     a, b = json.loads(whole.read_text())["runs"], json.loads(parts.read_text())["runs"]
     for name in ("toolkit", "3dgr-ct"):
         assert b[name]["complete"] and b[name]["curve"] == a[name]["curve"]
+
+
+def test_summary_marks_incomplete_runs(tmp_path, capsys):
+    base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
+            "--iterations", "4", "--eval-every", "2", "--num-gaussians", "200", "--device", "cpu", "--only", "toolkit"]
+    out = tmp_path / "r.json"
+    assert bench_recon.main([*base, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    run = result["runs"]["toolkit"]
+    run.update(complete=False, completed_iterations=2, curve=run["curve"][:2])
+    out.write_text(json.dumps(result))
+    capsys.readouterr()
+    assert recon_summary.main([str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "4 iterations" in table and "(at iteration 2, run incomplete)" in table
