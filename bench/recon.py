@@ -276,6 +276,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.compare_medgmae and not args.checkpoint:
         p.error("--compare-medgmae needs --checkpoint (a model.pt from the pre-training bundle)")
+    if args.partial_every < 0:
+        p.error("--partial-every must be >= 0")
     if args.gpu_case:
         args.size, args.voxel, args.geometry, args.views, args.iterations = [80, 256, 256], [2.5, 1.5, 1.5], "cone", 120, 15000
         args.num_gaussians, args.eval_every = max(args.num_gaussians, 50000), 250
@@ -289,23 +291,20 @@ def main(argv=None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "command": " ".join(["python", "bench/recon.py", *(argv if argv is not None else sys.argv[1:])]),
     }  # fmt: skip
+
     def save(partial: dict) -> None:
+        """Write the results so far (``partial`` over the header) to ``--json``, atomically."""
         if args.json:
             from medgmae.files import save_json_atomic
 
             save_json_atomic({**result, **partial}, args.json)
 
-    if args.partial_every < 0:
-        p.error("--partial-every must be >= 0")
     result.update(run_case(args, device, save))
     text = json.dumps(result, indent=2)
     print(text)
     if args.png:
         plot_curves(result, args.png)
-    if args.json:
-        from medgmae.files import save_json_atomic
-
-        save_json_atomic(result, args.json)
+    save({})
     return 0
 
 

@@ -101,9 +101,9 @@ def timed_parts(rec: GaussianReconstructor) -> dict:
     t5 = clock()
     rec.finish_step()
     t6 = clock()
-    t = {name: b - a for name, (a, b) in zip(PARTS, [(t0, t1), (t1, t3), (t1, t3), (t3, t4), (t4, t5), (t5, t6)])}
-    t["forward project"], t["loss"] = sum(spent), t["loss"] - sum(spent)
-    return t
+    project = sum(spent)
+    spans = [t1 - t0, project, t3 - t1 - project, t4 - t3, t5 - t4, t6 - t5]
+    return dict(zip(PARTS, spans))
 
 
 def parse_args(argv=None):

@@ -20,8 +20,8 @@ its scatter walks the volume in memory order.
 Coordinates are Gaussian-local (small magnitudes), so float32 does not lose the offsets to cancellation. The
 forward pass scatters with ``scatter_add_``; the backward pass gathers the output gradient and reduces it against
 the weights to per-run moments ``sum f k^i`` (``i <= 2``, one small matrix product per chunk), which give each
-Gaussian's moments ``sum f u_a u_b`` through two ``index_add_`` (runs to rows, rows to Gaussians); the gradients of means, conics and intensities follow
-in closed form. The forward pass keeps the weights of its first chunks, up to :data:`SAVED_ELEMS` evaluations, for
+Gaussian's moments ``sum f u_a u_b`` through two ``index_add_`` (runs to rows, rows to Gaussians); the gradients
+of means, conics and intensities follow in closed form. The forward pass keeps the weights of its first chunks, up to :data:`SAVED_ELEMS` evaluations, for
 the backward pass, which recomputes the rest.
 
 Why not a library: neither MONAI nor gsplat renders 3D Gaussians into voxels on the CPU; R2-Gaussian's voxeliser
@@ -88,10 +88,9 @@ class _Runs:
             first voxel, ``sh`` ``(n,)`` int16 box heights.
         shape: ``(D, H, W)``.
         cutoff: Mahalanobis cutoff.
-        dtype: dtype of the evaluation.
     """
 
-    def __init__(self, g: dict, shape, cutoff: float, dtype):
+    def __init__(self, g: dict, shape, cutoff: float):
         rows = self._rows(g, shape)
         cols = self._columns(rows, 0.5 * cutoff * cutoff, int(shape[2]))
         length, order = torch.sort(cols.pop("length"), stable=True)  # a radix sort for int16 keys
@@ -235,7 +234,7 @@ def _block_runs(means: Tensor, conics: Tensor, gids: Tensor, origin: Tensor, wid
     blocks = []
     for blk in _blocks(width):
         g = {"local": local[:, blk], "width": width[blk], "base": base[blk], "sh": sh[blk]}
-        blocks.append((blk, _Runs(g, shape, cutoff, means.dtype)))
+        blocks.append((blk, _Runs(g, shape, cutoff)))
     return gids, blocks
 
 
