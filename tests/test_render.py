@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from medgmae.render import preprocess_gaussians, render_volume
-from medgmae.render import _stencil_impl
+from medgmae.render import _stencil_impl, _stencil_runs
 from medgmae.render._reference import render_volume_reference as dense_reference
 from medgmae.render._reference import rotation_by_conjugation
 from medgmae.render._stencil_impl import MAX_WIDTH, stencil_widths
@@ -211,7 +211,7 @@ def test_stencil_chunks_bounded(monkeypatch):
 
     want = run()
     sizes, calls = [], []
-    original = _stencil_impl._Runs._chunks
+    original = _stencil_runs.Runs._chunks
 
     def spy(length):
         chunks = original(length)
@@ -219,15 +219,46 @@ def test_stencil_chunks_bounded(monkeypatch):
         calls.append(len(chunks))
         return chunks
 
-    monkeypatch.setattr(_stencil_impl, "CHUNK_ELEMS", 200)
-    monkeypatch.setattr(_stencil_impl, "BLOCK_COLUMNS", 300)  # several blocks of Gaussians
+    monkeypatch.setattr(_stencil_runs, "CHUNK_ELEMS", 200)
+    monkeypatch.setattr(_stencil_runs, "BLOCK_COLUMNS", 300)  # several blocks of Gaussians
     monkeypatch.setattr(_stencil_impl, "SAVED_ELEMS", 1000)  # some chunks' weights kept, the rest recomputed
-    monkeypatch.setattr(_stencil_impl._Runs, "_chunks", staticmethod(spy))
+    monkeypatch.setattr(_stencil_runs.Runs, "_chunks", staticmethod(spy))
     got = run()
     assert len(calls) >= 3 and len(sizes) >= 10 and max(sizes) <= 200
     torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
     for a, b in zip(got[1], want[1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_stencil_worker_threads_match_reference(monkeypatch):
+    """Blocks rendered by two worker threads (each into its own volume, forward; disjoint moments, backward) give
+    the float64 oracle's volume and gradients, bit-identical on a second run, and leave the caller's thread
+    count as it was."""
+    gs = random_gaussians(2, 40, SHAPE, seed=31, scale_range=(0.3, 2.5), dtype=torch.float64)
+    assert _stencil_sized(gs, 3.0)
+    gs = [t.clone().requires_grad_() for t in gs]
+    w = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    monkeypatch.setattr(_stencil_runs, "BLOCK_COLUMNS", 100)
+    monkeypatch.setattr(_stencil_runs, "MIN_BLOCK_COLUMNS", 16)
+    groups = []
+    original = _stencil_impl._groups
+    monkeypatch.setattr(_stencil_impl, "_groups", lambda *a: groups.append(original(*a)) or groups[-1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outs = [render_volume(*gs, SHAPE, cutoff=3.0, backend="torch") for _ in range(2)]
+        grads = [torch.autograd.grad((out * w).sum(), gs) for out in outs]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert len(groups) == 2 and all(len(g) == 2 and min(map(len, g)) >= 2 for g in groups)  # two forwards
+    ref, amb = dense_reference(*gs, SHAPE, 3.0)
+    assert_matches_reference(outs[0].detach(), ref.detach(), amb, rtol=1e-12, atol=1e-12)
+    assert torch.equal(outs[0], outs[1])
+    want = torch.autograd.grad((ref * w).sum(), gs)
+    for name, a, b, c in zip(("means", "scales", "quats", "intensities"), grads[0], want, grads[1]):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=lambda m: f"{name}: {m}")
+        assert torch.equal(a, c), name
 
 
 def test_stencil_runs_hold_the_in_cutoff_voxels_once(monkeypatch):
@@ -240,8 +271,9 @@ def test_stencil_runs_hold_the_in_cutoff_voxels_once(monkeypatch):
     lo, hi, nonempty = _voxel_ranges(means, ext, shape)
     gids = nonempty.reshape(-1).nonzero().squeeze(1)
     lo, hi = lo.reshape(-1, 3)[gids], hi.reshape(-1, 3)[gids]
-    monkeypatch.setattr(_stencil_impl, "BLOCK_COLUMNS", 64)  # several blocks
-    _, blocks = _stencil_impl._block_runs(means, conics, gids, lo, hi - lo + 1, shape, 3.0)
+    monkeypatch.setattr(_stencil_runs, "BLOCK_COLUMNS", 64)  # several blocks
+    _, specs = _stencil_runs.plan_blocks(means, conics, gids, lo, hi - lo + 1, shape, 1)
+    blocks = [(blk, _stencil_runs.Runs(g, shape, 3.0)) for blk, g in specs]
     evals = sum((sl.stop - sl.start) * n for _, runs in blocks for sl, n in runs.chunks)
     assert len(blocks) >= 5 and sum(blk.stop - blk.start for blk, _ in blocks) == gids.numel()
     m, sc, qt, _ = (t.double() for t in gs)
