@@ -3,9 +3,9 @@
 Each Gaussian is evaluated only on the voxels inside its cutoff ellipsoid, as runs along the last axis (``w``,
 contiguous in memory) whose ends are known in closed form (:mod:`._stencil_runs` finds them). Runs of equal
 length ``L`` form a group evaluated as one ``(L, C)`` block (offset-major, so every operation runs along the
-long axis), in chunks of at most :data:`._stencil_runs.CHUNK_ELEMS` evaluations: no padding and no box corners, about one
-evaluation per in-cutoff voxel where a whole box costs 2-3 for rotated Gaussians and a tile 64 or more. The
-exponent is thresholded at ``q <= cutoff^2`` as on the tile path.
+long axis), in chunks of at most :data:`._stencil_runs.CHUNK_ELEMS` evaluations: no padding and no box corners,
+about one evaluation per in-cutoff voxel where a whole box costs 2-3 for rotated Gaussians and a tile 64 or
+more. The exponent is thresholded at ``q <= cutoff^2`` as on the tile path.
 
 The forward pass scatters with ``scatter_add_``; the backward pass gathers the output gradient and reduces it
 against the weights to per-run moments ``sum f k^i`` (``i <= 2``, one small matrix product per chunk), which give
