@@ -15,8 +15,9 @@ first chunks, up to :data:`SAVED_ELEMS` evaluations, for the backward pass, whic
 
 On the CPU the blocks of Gaussians are shared among worker threads, one intra-op thread each (:func:`_map`):
 PyTorch runs ``scatter_add_`` and ``index_add_`` on one thread, so with the intra-op threads alone the other
-cores wait through much of the pass. Each worker scatters into its own volume (summed in a fixed order at the
-end) and writes the moments of its own Gaussians, so the result does not depend on thread timing.
+cores wait through much of the pass. Each worker renders a contiguous range of blocks, i.e. a slab of the volume:
+the first scatters into the output, the others into zeroed copies of their slabs (added in a fixed order at the
+end), and each writes the moments of its own Gaussians, so the result does not depend on thread timing.
 
 Why not a library: neither MONAI nor gsplat renders 3D Gaussians into voxels on the CPU; R2-Gaussian's voxeliser
 is CUDA only.
@@ -109,8 +110,9 @@ def _map(fn, groups: list) -> list:
 
 
 def _render_blocks(blocks: list, inten: Tensor, out: Tensor, shape, cutoff: float, lim: float, keep: int) -> list:
-    """Forward pass of one worker's blocks ``[(slice, spec)]``, scattered into ``out``; returns ``[(slice, Runs,
-    kept weights by chunk)]``, keeping up to ``keep`` evaluations' weights."""
+    """Forward pass of one worker's blocks ``[(slice, spec)]``, scattered into ``out`` (the flat voxels from the
+    one the specs' indices are relative to); returns ``[(slice, Runs, kept weights by chunk)]``, keeping up to
+    ``keep`` evaluations' weights."""
     done = []
     for blk, spec in blocks:
         runs = Runs(spec, shape, cutoff)
@@ -127,7 +129,7 @@ def _render_blocks(blocks: list, inten: Tensor, out: Tensor, shape, cutoff: floa
 
 def _moment_blocks(blocks: list, grad: Tensor, mom: Tensor, lim: float) -> None:
     """Backward pass of one worker's blocks (as returned by :func:`_render_blocks`): their Gaussians' rows of
-    ``mom`` from the flat output gradient ``grad``."""
+    ``mom`` from the flat output gradient ``grad`` (from the voxel the blocks' indices are relative to)."""
     for blk, runs, kept in blocks:
         raw = torch.empty(3, runs.row.numel(), device=grad.device, dtype=mom.dtype)
         for i, (sl, n) in enumerate(runs.chunks):
@@ -137,6 +139,23 @@ def _moment_blocks(blocks: list, grad: Tensor, mom: Tensor, lim: float) -> None:
         mom[blk] = _gaussian_moments(raw, runs, blk.stop - blk.start)
 
 
+def _regions(groups: list, shape) -> list:
+    """Per worker's group of blocks, the flat index range ``(lo, hi)`` of the voxels its boxes can touch, and the
+    group with its boxes' flat indices made relative to ``lo``."""
+    h_, w_ = shape[1:]
+    out = []
+    for group in groups:
+        if not group:
+            out.append(((0, 0), group))
+            continue
+        base = torch.cat([spec["base"] for _, spec in group])
+        width = torch.cat([spec["width"] for _, spec in group])
+        last = base.long() + ((width[:, 0] - 1) * h_ + width[:, 1] - 1) * w_ + width[:, 2] - 1
+        lo, hi = int(base.min()), int(last.max()) + 1
+        out.append(((lo, hi), [(blk, dict(spec, base=spec["base"] - lo)) for blk, spec in group]))
+    return out
+
+
 class _RenderStencil(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, conics, intensities, gids, origin, width, shape, cutoff):  # type: ignore[override]
@@ -144,23 +163,33 @@ class _RenderStencil(torch.autograd.Function):
         gids, specs = plan_blocks(means, conics, gids, origin, width, shape, workers)
         inten = intensities.detach().reshape(-1).index_select(0, gids)
         lim = _threshold(cutoff, means.dtype)
-        groups = _groups(specs, workers)
-        size = means.shape[0] * math.prod(shape)
-        outs = [torch.zeros(size, device=means.device, dtype=means.dtype) for _ in range(max(1, len(groups)))]
-        keep = SAVED_ELEMS // max(1, len(groups)) if any(ctx.needs_input_grad[:3]) else 0
-        ctx.blocks = _map(lambda j, grp: _render_blocks(grp, inten, outs[j], shape, cutoff, lim, keep), groups)
-        for extra in outs[1:]:
-            outs[0] += extra
+        regions = _regions(_groups(specs, workers), shape)
+        out = torch.zeros(means.shape[0] * math.prod(shape), device=means.device, dtype=means.dtype)
+        # the first worker scatters into the output, the others into zeroed copies of their own regions
+        parts = [out[lo:hi] if j == 0 else torch.zeros_like(out[lo:hi]) for j, ((lo, hi), _) in enumerate(regions)]
+        keep = SAVED_ELEMS // len(regions) if any(ctx.needs_input_grad[:3]) else 0
+
+        def work(j, group):
+            return _render_blocks(group, inten, parts[j], shape, cutoff, lim, keep)
+
+        ctx.blocks = _map(work, [group for _, group in regions])
+        for ((lo, hi), _), part in zip(regions[1:], parts[1:]):
+            out[lo:hi] += part
         ctx.save_for_backward(means, conics, intensities, gids)
-        ctx.lim = lim
-        return outs[0].view(means.shape[0], *shape)
+        ctx.lim, ctx.ranges = lim, [r for r, _ in regions]
+        return out.view(means.shape[0], *shape)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         means, conics, intensities, gids = ctx.saved_tensors
         grad = grad_out.reshape(-1)
         mom = torch.zeros(gids.numel(), 10, device=means.device, dtype=means.dtype)
-        _map(lambda j, grp: _moment_blocks(grp, grad, mom, ctx.lim), ctx.blocks)
+
+        def work(j, blocks):
+            lo, hi = ctx.ranges[j]
+            _moment_blocks(blocks, grad[lo:hi], mom, ctx.lim)
+
+        _map(work, ctx.blocks)
         grads = _gradients(mom, means, conics, intensities, gids, ctx.needs_input_grad)
         return (*grads, None, None, None, None, None)
 
