@@ -10,6 +10,7 @@ backend's tests use it too.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -259,6 +260,25 @@ def test_stencil_worker_threads_match_reference(monkeypatch):
     for name, a, b, c in zip(("means", "scales", "quats", "intensities"), grads[0], want, grads[1]):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=lambda m: f"{name}: {m}")
         assert torch.equal(a, c), name
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_stencil_worker_pool_is_renewed_in_a_forked_child():
+    """A forked child (a data loader worker) has none of the parent's pool threads: it gets a new pool."""
+    pool = _stencil_impl._pool(2)
+    assert pool.submit(int).result() == 0
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            child = _stencil_impl._pool(2)
+            ok = child is not pool and child.submit(lambda: 7).result(timeout=30) == 7
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
 
 
 def test_stencil_runs_hold_the_in_cutoff_voxels_once(monkeypatch):

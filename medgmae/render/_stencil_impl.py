@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import os
 from typing import Sequence
 
 import torch
@@ -93,6 +94,10 @@ def _groups(items: list, n: int) -> list:
 def _pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
     """A persistent pool: a new thread's first operations cost milliseconds."""
     return concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="medgmae-render")
+
+
+if hasattr(os, "register_at_fork"):  # a forked child (e.g. a data loader worker) has none of the pool's threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def _map(fn, groups: list) -> list:
