@@ -11,7 +11,7 @@ interval of ``w``, known in closed form: ``|u_w + a_d u_d + a_h u_h| <= sqrt((r 
 (:func:`_margin`) so they hold every voxel the exponent keeps despite rounding, and sorts them by length: runs of
 one length ``L`` are then evaluated as one ``(L, C)`` block.
 
-Gaussians are planned in blocks (:func:`_block_runs`) of about :data:`BLOCK_COLUMNS` box columns, ordered by
+Gaussians are planned in blocks (:func:`plan_blocks`) of about :data:`BLOCK_COLUMNS` box columns, ordered by
 position: a block's voxels are a slab of the volume, which stays in the cache while the block's runs are
 scattered and gathered (on 256^3 this halves the time per voxel of those against blocks spread over the volume).
 Coordinates are Gaussian-local (small magnitudes), so float32 does not lose the offsets to cancellation.
