@@ -187,7 +187,7 @@ def plan_blocks(means: Tensor, conics: Tensor, gids: Tensor, origin: Tensor, wid
     # scattered and gathered
     order = torch.sort(base)[1]
     spans = _blocks(width.index_select(0, order), parts)
-    gids, origin, width, base = gids[order], origin[order], width[order], base[order]
+    gids, origin, width, base = (t.index_select(0, order) for t in (gids, origin, width, base))
     mu = means.detach().reshape(-1, 3).index_select(0, gids).double()
     nw, ad, ah, rdd, rdh, rhh = _coefficients(conics.reshape(-1, 6).index_select(0, gids)).unbind(-1)
     o = origin.double()
