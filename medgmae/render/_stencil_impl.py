@@ -144,9 +144,12 @@ def _moment_blocks(blocks: list, grad: Tensor, mom: Tensor, lim: float) -> None:
         mom[blk] = _gaussian_moments(raw, runs, blk.stop - blk.start)
 
 
-def _regions(groups: list, shape) -> list:
+def _regions(groups: list, shape, size: int) -> list:
     """Per worker's group of blocks, the flat index range ``(lo, hi)`` of the voxels its boxes can touch, and the
-    group with its boxes' flat indices made relative to ``lo``."""
+    group with its boxes' flat indices made relative to ``lo``; the whole output ``(0, size)`` for one group (no
+    host syncs on accelerators)."""
+    if len(groups) == 1:
+        return [((0, size), groups[0])]
     h_, w_ = shape[1:]
     out = []
     for group in groups:
@@ -168,8 +171,9 @@ class _RenderStencil(torch.autograd.Function):
         gids, specs = plan_blocks(means, conics, gids, origin, width, shape, workers)
         inten = intensities.detach().reshape(-1).index_select(0, gids)
         lim = _threshold(cutoff, means.dtype)
-        regions = _regions(_groups(specs, workers), shape)
-        out = torch.zeros(means.shape[0] * math.prod(shape), device=means.device, dtype=means.dtype)
+        size = means.shape[0] * math.prod(shape)
+        regions = _regions(_groups(specs, workers), shape, size)
+        out = torch.zeros(size, device=means.device, dtype=means.dtype)
         # the first worker scatters into the output, the others into zeroed copies of their own regions
         parts = [out[lo:hi] if j == 0 else torch.zeros_like(out[lo:hi]) for j, ((lo, hi), _) in enumerate(regions)]
         keep = SAVED_ELEMS // len(regions) if any(ctx.needs_input_grad[:3]) else 0
