@@ -13,7 +13,7 @@ one length ``L`` are then evaluated as one ``(L, C)`` block.
 
 Gaussians are planned in blocks (:func:`plan_blocks`) of about :data:`BLOCK_COLUMNS` box columns, ordered by
 position: a block's voxels are a slab of the volume, which stays in the cache while the block's runs are
-scattered and gathered (on 256^3 this halves the time per voxel of those against blocks spread over the volume).
+scattered and gathered (profiled on 256^3: markedly cheaper per voxel than blocks spread over the volume).
 Coordinates are Gaussian-local (small magnitudes), so float32 does not lose the offsets to cancellation.
 """
 
@@ -116,8 +116,8 @@ class Runs:
         Per column: ``length`` (int16, 0 where empty), ``t0``, ``uw0``, ``r``, ``uh`` (the rows' dtype), ``base``
         (the rows' index dtype), ``row`` (int32). The closed-form bounds are widened by a relative and absolute
         ``margin`` (:func:`_margin`). One grid per block rather than one per box height: the padding (a third
-        more columns than the boxes hold on the sparse benchmark cases, all empty) costs less than a pass per
-        height (measured: 84 against 155 ms per forward pass on 256^3 with 50k Gaussians).
+        more columns than the boxes hold on the sparse benchmark cases, all empty) cost less than a pass per
+        height when profiled.
         """
         margin = _margin(rows["nw"].dtype)
         n, v = int(rows["sh"].max()), rows  # one host sync
