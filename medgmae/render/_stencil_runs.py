@@ -30,7 +30,7 @@ CHUNK_ELEMS = 1 << 20
 #: so their per-run arrays and their slab of the volume stay small (in cache).
 BLOCK_COLUMNS = 1 << 18
 #: Fewest box columns per worker for which the blocks are split among worker threads (below it the threads'
-#: overheads outweigh their gain: measured on the sparse benchmark cases, ``bench/RESULTS.md``).
+#: overheads outweighed their gain when the quick sparse benchmark case of K = 2000 was profiled).
 MIN_BLOCK_COLUMNS = 1 << 17
 
 
