@@ -5,7 +5,7 @@
 #   e.g. bash bench/recon_study.sh runs/recon_bench_model/model.pt runs/recon_study 600 parallel:20:1000 cone:90:1001
 # MODEL_PT comes from bench/pretrain_for_recon.sh. Each case writes OUT_DIR/<case>.json and .png; summarise them with
 #   python bench/recon_summary.py OUT_DIR/*.json
-# One thread per case (run several cases side by side on a multi-core machine). INITS="a b" runs only those
+# One torch thread per case unless THREADS=N (run several cases side by side on a multi-core machine). INITS="a b" runs only those
 # initialisations (written to <case>_<first init>.json; the summary merges the files of one case). EVAL_EVERY=N
 # evaluates the PSNR every N iterations (default 10); PARTIAL_EVERY=N writes the JSON every N iterations of a run
 # (marked incomplete), so a long run that is stopped still leaves its curve so far.
@@ -24,7 +24,7 @@ for case in "$@"; do
         name="${name}_${inits[0]}"
     fi
     OMP_WAIT_POLICY=PASSIVE python bench/recon.py --size 32 64 64 --voxel 6 4 4 --geometry "$geom" --views "$views" \
-        --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads 1 --device cpu --compare-medgmae \
+        --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu --compare-medgmae \
         --checkpoint "$model" "${only[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
     echo "$name done"
 done
