@@ -167,7 +167,7 @@ def bench_case(case: Case, backends, device, args, timer: Timer, exp_rate: float
     inside = in_cutoff_pairs(gs, shape, args.cutoff)
     tile_evals = None
     if "triton" in backends:  # voxel evaluations the kernels do: kept (Gaussian, tile) pairs x TILE^3
-        from medgmae.render._triton_impl import TILE, bin_pairs
+        from medgmae.render._triton_binning import TILE, bin_pairs
 
         _, conics, _, _ = preprocess_gaussians(*gs, args.cutoff)
         _, tile_start, _ = bin_pairs(m.float(), conics.float(), ext, shape, args.cutoff, TILE)

@@ -1,4 +1,4 @@
-"""Tests of the Triton renderer (medgmae.render._triton_impl).
+"""Tests of the Triton renderer (medgmae.render._triton_impl, _triton_binning, _triton_kernels).
 
 On a CPU-only machine the kernels run under ``TRITON_INTERPRET=1`` (set by conftest.py before triton is imported):
 the same kernel source that compiles for the GPU. Values are checked against the float64 dense reference of
@@ -106,7 +106,7 @@ def _worst_weight_error(gs, shape, tile, cutoff=3.0):
     return (err[live] / mag[live]).max().item()
 
 
-#: Bound on the weights' relative error for scales >= 0.06 voxel, per tile edge (module docstring of _triton_impl:
+#: Bound on the weights' relative error for scales >= 0.06 voxel, per tile edge (module docstring of _triton_kernels:
 #: the error bound grows with sum_j |A_j| * max_j |C_j|, ~20x from 8^3 to 16^3 tiles; render_volume uses 8^3);
 #: the previous kernel erred by up to 1.5e-4 on 8^3 tiles.
 SUB_VOXEL_RTOL = {8: 2e-5, 16: 2e-4}
@@ -338,7 +338,9 @@ import json, os, re, subprocess, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+import medgmae.render._triton_binning as TB
 import medgmae.render._triton_impl as T
+import medgmae.render._triton_kernels as TK
 
 common = {"N_TILES": "i32", "NT_H": "i32", "NT_W": "i32", "D": "i32", "H": "i32", "W": "i32", "thr": "fp32"}
 consts = {"TILE": "constexpr", "BLOCK_V": "constexpr", "BLOCK_G": "constexpr"}
@@ -370,11 +372,11 @@ def build(name, fn, sig, cx, warps):
                 "ex2": "ex2.approx" in ptx, "red_relaxed": "red.global.gpu.relaxed.add.f32" in ptx,
                 "grid_round": "0f46400000" in ptx and "0fC6400000" in ptx})  # (c + 12288 * 2^k) - 12288 * 2^k kept
 
-build("emit", T._emit_pairs_kernel, emit, {"TILE": 8, "BLOCK": 256}, 4)
+build("emit", TB._emit_pairs_kernel, emit, {"TILE": 8, "BLOCK": 256}, 4)
 for regime, per_tile in (("dense", 100), ("sparse", 1)):
     f, b = T._launch_config(per_tile * 1000, 1000, 8)
-    build("fwd_" + regime, T._forward_kernel, fwd, {"TILE": 8, "BLOCK_V": f[0], "BLOCK_G": f[1]}, f[2])
-    build("bwd_" + regime, T._backward_kernel, bwd, {"TILE": 8, "BLOCK_V": b[0], "BLOCK_G": b[1]}, b[2])
+    build("fwd_" + regime, TK._forward_kernel, fwd, {"TILE": 8, "BLOCK_V": f[0], "BLOCK_G": f[1]}, f[2])
+    build("bwd_" + regime, TK._backward_kernel, bwd, {"TILE": 8, "BLOCK_V": b[0], "BLOCK_G": b[1]}, b[2])
 print(json.dumps(out))
 """
 
