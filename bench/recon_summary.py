@@ -5,7 +5,9 @@ holding every case's PSNR curves (one panel per case, drawn by ``bench/recon.py`
 
 For each case: the best FBP/FDK PSNR, and per initialisation its preset, initial Gaussians, initial and final
 PSNR, median seconds per iteration and the iterations to each PSNR target (``--relative`` dB from the best
-FBP/FDK, read off the PSNR curves; ``-``: not reached in the run). The last columns compare the iterations to the
+FBP/FDK, read off the PSNR curves; ``-``: not reached in the run), with the seconds to them in brackets where the
+run recorded them (``curve_seconds``: the start's time plus the measured optimisation steps and density control,
+PSNR evaluations excluded). The last columns compare the iterations to the
 highest target reached by both runs with ``3dgr-ct`` and ``toolkit`` (negative: fewer iterations).
 """
 
@@ -21,6 +23,17 @@ from pathlib import Path
 def _iters(run: dict, target: float):
     """First evaluated iteration whose PSNR reaches ``target`` (``None``: never)."""
     return next((it for it, p in run["curve"] if p >= target), None)
+
+
+def _cell(run: dict, target: float) -> str:
+    """Iterations to ``target`` and, where the run recorded them, the seconds to it (``-``: never)."""
+    it = _iters(run, target)
+    if it is None:
+        return "-"
+    secs = dict(zip((i for i, _ in run["curve"]), run.get("curve_seconds", [])))
+    if it not in secs:
+        return str(it)
+    return f"{it} ({secs[it]:.1f} s)" if secs[it] < 10 else f"{it} ({secs[it]:.0f} s)"
 
 
 def _versus(runs: dict, name: str, other: str, targets: list[float]) -> str:
@@ -52,7 +65,7 @@ def case_table(result: dict, relative: list[float]) -> str:
             end += f" (at iteration {r['completed_iterations']}, run incomplete)"
         row = [name, r["preset"], f"{r['initial_gaussians']} -> {r['final_gaussians']}", f"{r['initial_psnr']:.2f}",
                end, f"{r['seconds_per_iteration_median']:.3f}"]  # fmt: skip
-        row += [str(_iters(r, t)) if _iters(r, t) is not None else "-" for t in targets]
+        row += [_cell(r, t) for t in targets]
         row += ["" if name == "3dgr-ct" else _versus(runs, name, "3dgr-ct", targets),
                 "" if name == "toolkit" else _versus(runs, name, "toolkit", targets)]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")

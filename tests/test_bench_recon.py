@@ -49,6 +49,12 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     assert dense == (300 // m) * m and dense > m  # subdivided to the budget
     assert runs["medgmae-grow"]["preset_overrides"]["densify_every"] == 10
     assert len(result["targets"]) == 5 and result["targets"][2] == pytest.approx(result["best_fbp_psnr"], abs=0.01)
+    for r in runs.values():  # seconds: the start's, then growing with every iteration (steps and density control)
+        secs = r["curve_seconds"]
+        assert len(secs) == len(r["curve"]) and secs[0] == pytest.approx(r["init_seconds"], abs=1e-3)
+        assert all(b > a for a, b in zip(secs, secs[1:]))
+        for hit in filter(None, r["iterations_to_psnr"].values()):
+            assert hit["seconds"] == pytest.approx(secs[[i for i, _ in r["curve"]].index(hit["iteration"])], abs=1e-3)
     capsys.readouterr()
     assert recon_summary.main([str(out), "--png", str(tmp_path / "all.png")]) == 0
     table = capsys.readouterr().out
