@@ -30,6 +30,7 @@ from monai.handlers import LrScheduleHandler
 from monai.optimizers import WarmupCosineSchedule
 from monai.utils import set_determinism
 
+from medgmae.files import atomic_write
 from medgmae.twod.classification_data import load_classification_data, make_dataset, write_phantom_slice_task
 from medgmae.twod.gvit import GViT, PatchViTClassifier
 from medgmae.twod.gvit_eval import classification_metrics, predict
@@ -53,7 +54,7 @@ def _train_patch_vit(model, loader, epochs, lr, device):
     trainer.run()
 
 
-def main(argv=None) -> dict:
+def _parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/bench_gvit", help="output folder (task data, results.json)")
     ap.add_argument("--epochs", type=int, nargs=3, default=[8, 8, 6], metavar=("WARMUP", "CLASSIFIER", "JOINT"))
@@ -68,10 +69,48 @@ def main(argv=None) -> dict:
     ap.add_argument("--num_cases", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _print_table(results: dict) -> None:
+    names = results["class_names"]
+    print("\n| model | val accuracy | " + " | ".join(names) + " | params | train s |")
+    print("|---|---|" + "---|" * len(names) + "---|---|")
+    for name, r in results["models"].items():
+        pc = " | ".join(f"{r['per_class_accuracy'][c]:.3f}" for c in names)
+        print(f"| {name} | {r['accuracy']:.3f} | {pc} | {r['params']:,} | {r['train_seconds']} |")
+
+
+def _train_gvits(args, data, train_loader, val_loader, device, record) -> None:
+    """GViT's warm-up and classifier phases once, then its joint phase with and without guidance from there."""
+    e_warm, e_cls, e_joint = args.epochs
+    rec = ReconstructionLoss("bce", 0.1)
+    gvit = GViT(data.channels, args.image_size, data.num_classes, args.num_gaussians, args.model_size, args.patch_size,
+                mode=args.encoder_mode).to(device)
+    t0 = time.time()
+    for phase, epochs in (("warmup", e_warm), ("classifier", e_cls)):
+        build_phase_trainer(phase, gvit, train_loader, epochs, device, lr=args.lr, rec_loss=rec).run()
+    shared = time.time() - t0
+    tag = "GViT" if args.encoder_mode == "denoising" else "GViT (learned queries)"
+    record(f"{tag} after classifier phase (frozen Gaussians)", gvit, shared)
+    state, rng = copy.deepcopy(gvit.state_dict()), torch.get_rng_state()
+    for name, gamma in ((f"{tag} + guidance (gamma={args.gamma})", args.gamma), (f"{tag}, no guidance (gamma=0)", 0.0)):
+        gvit.load_state_dict(state)
+        torch.set_rng_state(rng)
+        t0 = time.time()
+        trainer = build_phase_trainer("joint", gvit, train_loader, e_joint, device, lr=args.lr, rec_loss=rec, gamma=gamma)
+        trainer.run()
+        with torch.no_grad():
+            gvit.eval()
+            x = next(iter(val_loader))["image"].to(device)
+            r = rec(gvit.encoder.decode(gvit.encoder(x)).render(x.shape[-2:]), x).item()
+        record(name, gvit, shared + time.time() - t0, {"val_reconstruction_loss": round(r, 4)})
+
+
+def main(argv=None) -> dict:
+    args = _parse(argv)
     out = Path(args.out)
     device = torch.device(args.device)
-
     data = load_classification_data(
         write_phantom_slice_task(out / "data", num_cases=args.num_cases, seed=args.seed, image_size=args.image_size)
     )
@@ -88,42 +127,17 @@ def main(argv=None) -> dict:
                                    "params": _params(model), "train_seconds": round(seconds, 1), **(extra or {})}  # fmt: skip
         print(f"{name}: accuracy {m['accuracy']:.3f} per class {m['per_class_accuracy']} ({seconds:.0f} s)", flush=True)
 
-    e_warm, e_cls, e_joint = args.epochs
-    rec = ReconstructionLoss("bce", 0.1)
-    gvit = GViT(data.channels, args.image_size, data.num_classes, args.num_gaussians, args.model_size, args.patch_size,
-                mode=args.encoder_mode).to(device)
-    t0 = time.time()
-    for phase, epochs in (("warmup", e_warm), ("classifier", e_cls)):
-        build_phase_trainer(phase, gvit, train_loader, epochs, device, lr=args.lr, rec_loss=rec).run()
-    shared = time.time() - t0
-    record(f"{'GViT' if args.encoder_mode == 'denoising' else 'GViT (learned queries)'} after classifier phase (frozen Gaussians)", gvit, shared)
-    state, rng = copy.deepcopy(gvit.state_dict()), torch.get_rng_state()
-    tag = "GViT" if args.encoder_mode == "denoising" else "GViT (learned queries)"
-    for name, gamma in ((f"{tag} + guidance (gamma={args.gamma})", args.gamma), (f"{tag}, no guidance (gamma=0)", 0.0)):
-        gvit.load_state_dict(state)
-        torch.set_rng_state(rng)
-        t0 = time.time()
-        trainer = build_phase_trainer("joint", gvit, train_loader, e_joint, device, lr=args.lr, rec_loss=rec, gamma=gamma)
-        trainer.run()
-        with torch.no_grad():
-            gvit.eval()
-            x = next(iter(val_loader))["image"].to(device)
-            r = rec(gvit.encoder.decode(gvit.encoder(x)).render(x.shape[-2:]), x).item()
-        record(name, gvit, shared + time.time() - t0, {"val_reconstruction_loss": round(r, 4)})
-
+    _train_gvits(args, data, train_loader, val_loader, device, record)
     set_determinism(seed=args.seed)
     vit = PatchViTClassifier(data.channels, args.image_size, data.num_classes, args.model_size, args.patch_size).to(device)
     t0 = time.time()
-    _train_patch_vit(vit, train_loader, e_cls + e_joint, args.lr, device)
+    _train_patch_vit(vit, train_loader, sum(args.epochs[1:]), args.lr, device)
     record(f"patch ViT ({args.model_size}, patch {args.patch_size})", vit, time.time() - t0)
 
     results["device"] = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print("\n| model | val accuracy | " + " | ".join(data.class_names) + " | params | train s |")
-    print("|---|---|" + "---|" * len(data.class_names) + "---|---|")
-    for name, r in results["models"].items():
-        pc = " | ".join(f"{r['per_class_accuracy'][c]:.3f}" for c in data.class_names)
-        print(f"| {name} | {r['accuracy']:.3f} | {pc} | {r['params']:,} | {r['train_seconds']} |")
+    with atomic_write(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
+    _print_table(results)
     return results
 
 
