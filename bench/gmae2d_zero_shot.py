@@ -35,6 +35,7 @@ import torch
 from scipy import ndimage
 from skimage import feature, filters
 
+from medgmae.files import atomic_write
 from medgmae.twod import layering as L
 from medgmae.twod.data2d import edge_map, phantom_slices
 from medgmae.twod.gmae import GMAE2D
@@ -81,81 +82,94 @@ def summarise(counts: np.ndarray) -> dict:
     return {"precision": p, "recall": r, "f": 2 * p * r / max(p + r, 1e-12)}
 
 
+GRANULARITIES = (4, 8, 16)  # layer counts whose assignments give the GMAE edge maps
+SOBEL_THRESHOLDS = np.linspace(0.02, 0.5, 25)
+CANNY_SIGMAS = (0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def _score_gmae(model: GMAE2D, x, body, organs, gt_edges, args, acc: dict, i: int) -> None:
+    """Image ``i``'s full-render PSNR, figure-ground IoUs (every threshold and split) and edge counts into ``acc``."""
+    num_layers, size = args.num_layers, model.img_size
+    with torch.no_grad():
+        g = model.predict_gaussians(x)
+        full = model.render(g)
+        acc["psnr"].append(float(10 * torch.log10(1.0 / (full - x).square().mean().clamp_min(1e-12))))
+        cumulative = {n: L.cumulative_renders(g, n, size, "torch") for n in set(GRANULARITIES) | {num_layers}}
+        for t, th in enumerate(args.thresholds):
+            assign = L.layer_assignment(cumulative[num_layers], th)[0]
+            for split in range(num_layers + 1):
+                fg = L.figure_ground(assign, split)
+                acc["iou_body"][t, split, i] = float(L.mask_iou(fg, body))
+                acc["iou_organ"][t, split, i] = float(L.mask_iou(fg, organs))
+            for n in GRANULARITIES:
+                e = L.edges_from_assignment(L.layer_assignment(cumulative[n], th))[0].numpy()
+                acc["edges"][f"gmae l@{n}"][t] += f_score(e, gt_edges, args.tolerance)
+
+
+def _score_baselines(img: np.ndarray, body, organs, gt_edges, tol: int, acc: dict) -> None:
+    """Otsu figure-ground and Sobel / Canny edge counts of one image into ``acc``."""
+    fg_otsu = torch.as_tensor(img > filters.threshold_otsu(img))
+    acc["otsu_body"].append(float(L.mask_iou(fg_otsu, body)))
+    acc["otsu_organ"].append(float(L.mask_iou(fg_otsu, organs)))
+    mag = filters.sobel(img)
+    for j, t in enumerate(SOBEL_THRESHOLDS):
+        acc["sobel"][j] += f_score(mag > t, gt_edges, tol)
+    for j, s in enumerate(CANNY_SIGMAS):
+        acc["canny"][j] += f_score(feature.canny(img, sigma=s), gt_edges, tol)
+
+
+def _best(counts, params, name) -> dict:
+    """The scores of the parameter with the best F-score."""
+    scores = [summarise(c) for c in counts]
+    k = int(np.argmax([s["f"] for s in scores]))
+    return {**scores[k], name: params[k]}
+
+
+def _figure_ground_summary(acc: dict, ths: list, num_layers: int) -> dict:
+    mean_body, mean_organ = acc["iou_body"].mean(-1), acc["iou_organ"].mean(-1)
+    default_t = ths.index(0.05) if 0.05 in ths else 0
+    tb, sb = np.unravel_index(np.argmax(mean_body), mean_body.shape)
+    to, so = np.unravel_index(np.argmax(mean_organ), mean_organ.shape)
+    return {
+        "num_layers": num_layers,
+        "default": {"threshold": ths[default_t], "split": num_layers // 2,
+                    "iou_body": float(mean_body[default_t, num_layers // 2]),
+                    "iou_organs": float(mean_organ[default_t, num_layers // 2])},
+        "best_body": {"threshold": ths[tb], "split": int(sb), "iou_body": float(mean_body[tb, sb])},
+        "best_organs": {"threshold": ths[to], "split": int(so), "iou_organs": float(mean_organ[to, so])},
+        "iou_body_by_split_at_default_threshold": [round(float(v), 4) for v in mean_body[default_t]],
+        "iou_organs_by_split_at_default_threshold": [round(float(v), 4) for v in mean_organ[default_t]],
+        "otsu": {"iou_body": float(np.mean(acc["otsu_body"])), "iou_organs": float(np.mean(acc["otsu_organ"]))},
+    }  # fmt: skip
+
+
 def evaluate(model: GMAE2D, args) -> dict:
     size = model.img_size
     items = phantom_slices(args.eval_cases, args.slices_per_case, size, seed=10_000 + args.seed, in_channels=model.in_channels)
-    num_layers, ths = args.num_layers, args.thresholds
-    granularities = (4, 8, 16)
-    sobel_ts = np.linspace(0.02, 0.5, 25)
-    canny_sigmas = (0.5, 1.0, 1.5, 2.0, 3.0)
-    iou_body = np.zeros((len(ths), num_layers + 1, len(items)))  # split L: nothing is foreground
-    iou_organ = np.zeros_like(iou_body)
-    otsu_body, otsu_organ, psnr = [], [], []
-    edge_counts = {f"gmae l@{n}": np.zeros((len(ths), 4)) for n in granularities}
-    sobel_counts = np.zeros((len(sobel_ts), 4))
-    canny_counts = np.zeros((len(canny_sigmas), 4))
-    tol = args.tolerance
+    ths = args.thresholds
+    iou = np.zeros((len(ths), args.num_layers + 1, len(items)))  # split L: nothing is foreground
+    acc = {"iou_body": iou, "iou_organ": np.zeros_like(iou), "psnr": [], "otsu_body": [], "otsu_organ": [],
+           "edges": {f"gmae l@{n}": np.zeros((len(ths), 4)) for n in GRANULARITIES},
+           "sobel": np.zeros((len(SOBEL_THRESHOLDS), 4)), "canny": np.zeros((len(CANNY_SIGMAS), 4))}  # fmt: skip
     model.eval()
     for i, item in enumerate(items):
-        x = torch.as_tensor(item["image"])[None]
         body = torch.as_tensor(item["body"][0] > 0)
         organs = torch.as_tensor(item["label"][0] > 0)
         seg = item["label"][0].astype(np.int32)
         seg[(seg == 0) & (item["body"][0] > 0)] = 255
         gt_edges = edge_map(seg)
-        with torch.no_grad():
-            g = model.predict_gaussians(x)
-            full = model.render(g)
-            psnr.append(float(10 * torch.log10(1.0 / (full - x).square().mean().clamp_min(1e-12))))
-            cumulative = {n: L.cumulative_renders(g, n, size, "torch") for n in set(granularities) | {num_layers}}
-            for t, th in enumerate(ths):
-                assign = L.layer_assignment(cumulative[num_layers], th)[0]
-                for split in range(num_layers + 1):
-                    fg = L.figure_ground(assign, split)
-                    iou_body[t, split, i] = float(L.mask_iou(fg, body))
-                    iou_organ[t, split, i] = float(L.mask_iou(fg, organs))
-                for n in granularities:
-                    e = L.edges_from_assignment(L.layer_assignment(cumulative[n], th))[0].numpy()
-                    edge_counts[f"gmae l@{n}"][t] += f_score(e, gt_edges, tol)
-        img = item["image"][0]
-        fg_otsu = torch.as_tensor(img > filters.threshold_otsu(img))
-        otsu_body.append(float(L.mask_iou(fg_otsu, body)))
-        otsu_organ.append(float(L.mask_iou(fg_otsu, organs)))
-        mag = filters.sobel(img)
-        for j, t in enumerate(sobel_ts):
-            sobel_counts[j] += f_score(mag > t, gt_edges, tol)
-        for j, s in enumerate(canny_sigmas):
-            canny_counts[j] += f_score(feature.canny(img, sigma=s), gt_edges, tol)
-
-    def best(counts, params, name):
-        scores = [summarise(c) for c in counts]
-        k = int(np.argmax([s["f"] for s in scores]))
-        return {**scores[k], name: params[k]}
-
-    mean_body, mean_organ = iou_body.mean(-1), iou_organ.mean(-1)
-    default_t = ths.index(0.05) if 0.05 in ths else 0
-    tb, sb = np.unravel_index(np.argmax(mean_body), mean_body.shape)
-    to, so = np.unravel_index(np.argmax(mean_organ), mean_organ.shape)
+        _score_gmae(model, torch.as_tensor(item["image"])[None], body, organs, gt_edges, args, acc, i)
+        _score_baselines(item["image"][0], body, organs, gt_edges, args.tolerance, acc)
     return {
         "num_images": len(items),
         "image_size": list(size),
-        "psnr_full_render_db": float(np.mean(psnr)),
-        "figure_ground": {
-            "num_layers": num_layers,
-            "default": {"threshold": ths[default_t], "split": num_layers // 2,
-                        "iou_body": float(mean_body[default_t, num_layers // 2]),
-                        "iou_organs": float(mean_organ[default_t, num_layers // 2])},
-            "best_body": {"threshold": ths[tb], "split": int(sb), "iou_body": float(mean_body[tb, sb])},
-            "best_organs": {"threshold": ths[to], "split": int(so), "iou_organs": float(mean_organ[to, so])},
-            "iou_body_by_split_at_default_threshold": [round(float(v), 4) for v in mean_body[default_t]],
-            "iou_organs_by_split_at_default_threshold": [round(float(v), 4) for v in mean_organ[default_t]],
-            "otsu": {"iou_body": float(np.mean(otsu_body)), "iou_organs": float(np.mean(otsu_organ))},
-        },  # fmt: skip
+        "psnr_full_render_db": float(np.mean(acc["psnr"])),
+        "figure_ground": _figure_ground_summary(acc, list(ths), args.num_layers),
         "edges": {
-            "tolerance_px": tol,
-            **{name: best(c, list(ths), "threshold") for name, c in edge_counts.items()},
-            "sobel": best(sobel_counts, [float(t) for t in sobel_ts], "threshold"),
-            "canny": best(canny_counts, list(canny_sigmas), "sigma"),
+            "tolerance_px": args.tolerance,
+            **{name: _best(c, list(ths), "threshold") for name, c in acc["edges"].items()},
+            "sobel": _best(acc["sobel"], [float(t) for t in SOBEL_THRESHOLDS], "threshold"),
+            "canny": _best(acc["canny"], list(CANNY_SIGMAS), "sigma"),
         },
     }
 
@@ -194,8 +208,8 @@ def main(argv=None) -> int:
         command=" ".join([Path(sys.executable).name, *sys.argv]),
     )  # fmt: skip
     out = Path(args.output_dir) / "results_gmae2d.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    with atomic_write(out) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
 
