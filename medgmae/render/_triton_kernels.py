@@ -104,9 +104,8 @@ def _tile_coords(pid, N_TILES, NT_H, NT_W, TILE: tl.constexpr):
 
 
 @triton.jit
-def _voxel_block(v0, b, t_d, t_h, t_w, D, H, W, TILE: tl.constexpr, BLOCK_V: tl.constexpr):
-    """Voxels ``v0 .. v0 + BLOCK_V`` of a tile: monomials A ``(BLOCK_V, 16)``, output offsets, in-volume mask and
-    the tile-centred coordinates ``xd, xh, xw``."""
+def _voxel_coords(v0, b, t_d, t_h, t_w, D, H, W, TILE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Voxels ``v0 .. v0 + BLOCK_V`` of a tile: output offsets, in-volume mask, tile-centred ``xd, xh, xw``."""
     v = v0 + tl.arange(0, BLOCK_V)
     vd = v // (TILE * TILE)
     vh = (v // TILE) % TILE
@@ -117,9 +116,14 @@ def _voxel_block(v0, b, t_d, t_h, t_w, D, H, W, TILE: tl.constexpr, BLOCK_V: tl.
     inside = (gd < D) & (gh < H) & (gw < W)
     out_off = b * D * H * W + (gd * H + gh) * W + gw  # int64: b and the tile indices are int64
     half = (TILE - 1) * 0.5
-    xd = vd.to(tl.float32) - half
-    xh = vh.to(tl.float32) - half
-    xw = vw.to(tl.float32) - half
+    return out_off, inside, vd.to(tl.float32) - half, vh.to(tl.float32) - half, vw.to(tl.float32) - half
+
+
+@triton.jit
+def _voxel_block(v0, b, t_d, t_h, t_w, D, H, W, TILE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Voxels ``v0 .. v0 + BLOCK_V`` of a tile: monomials A ``(BLOCK_V, 16)``, output offsets, in-volume mask and
+    the tile-centred coordinates ``xd, xh, xw``."""
+    out_off, inside, xd, xh, xw = _voxel_coords(v0, b, t_d, t_h, t_w, D, H, W, TILE, BLOCK_V)
     col = tl.arange(0, 16)[None, :]
     a = tl.where(col == 0, (xd * xd)[:, None], 0.0)
     a = tl.where(col == 1, (xh * xh)[:, None], a)
@@ -239,19 +243,7 @@ def _log2_weights(a, hi, mid, lo, gmask, thr):
 @triton.jit
 def _voxel_block_t(v0, b, t_d, t_h, t_w, D, H, W, TILE: tl.constexpr, BLOCK_V: tl.constexpr):
     """As :func:`_voxel_block` with the monomials transposed, ``(16, BLOCK_V)`` (voxels along the columns)."""
-    v = v0 + tl.arange(0, BLOCK_V)
-    vd = v // (TILE * TILE)
-    vh = (v // TILE) % TILE
-    vw = v % TILE
-    gd = t_d * TILE + vd
-    gh = t_h * TILE + vh
-    gw = t_w * TILE + vw
-    inside = (gd < D) & (gh < H) & (gw < W)
-    out_off = b * D * H * W + (gd * H + gh) * W + gw
-    half = (TILE - 1) * 0.5
-    xd = vd.to(tl.float32) - half
-    xh = vh.to(tl.float32) - half
-    xw = vw.to(tl.float32) - half
+    out_off, inside, xd, xh, xw = _voxel_coords(v0, b, t_d, t_h, t_w, D, H, W, TILE, BLOCK_V)
     row = tl.arange(0, 16)[:, None]
     a = tl.where(row == 0, (xd * xd)[None, :], 0.0)
     a = tl.where(row == 1, (xh * xh)[None, :], a)
