@@ -82,7 +82,62 @@ def simulate(seed: int, geom: CTGeometry, photons: float | None, device) -> tupl
     return proj, reference
 
 
+def fbp_baselines(proj, geom: CTGeometry, vol, args) -> tuple[torch.Tensor, dict]:
+    """The Hann FBP/FDK the starts are made from, and the case's FBP/FDK records: every filter's PSNR / SSIM, the
+    best PSNR and the PSNR targets relative to it."""
+    t = time.perf_counter()
+    rec_fbp = fbp(proj, geom, "hann")
+    out = {"fbp_seconds": time.perf_counter() - t, "fbp_input_hann": {"psnr": psnr(rec_fbp, vol), "ssim": ssim(rec_fbp, vol)}}
+    out["fbp_filters"] = {}
+    for name in FILTERS:  # FBP / FDK with every filter; targets are relative to the best of them
+        r = rec_fbp if name == "hann" else fbp(proj, geom, name)
+        out["fbp_filters"][name] = {"psnr": psnr(r, vol), "ssim": ssim(r, vol)}
+    out["best_fbp_psnr"] = max(v["psnr"] for v in out["fbp_filters"].values())
+    out["targets"] = sorted({round(out["best_fbp_psnr"] + d, 2) for d in args.relative_targets} | set(args.targets))
+    return rec_fbp, out
+
+
+def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, dict]:
+    """``(inits, overrides)``: name -> (initialisation returning ``(Gaussians, value_scale or None)``, optimiser
+    preset), and the preset overrides by name; records the 3DGR-CT count and the MedGMAE model in ``out``."""
+    from recon.init_3dgr import init_3dgr_ct
+
+    # 3DGR-CT places 50k Gaussians in an 80 x 256 x 256 volume; "published-density" keeps that fraction of voxels
+    k_3dgr = args.num_gaussians_3dgr
+    if k_3dgr is None:
+        k_3dgr = max(100, round(THREEDGR_CT["num_gaussian"][0] * math.prod(geom.volume_shape) / (80 * 256 * 256)))
+    out["num_gaussians_3dgr"] = k_3dgr
+    overrides: dict[str, dict] = {}
+    inits = {
+        "random": (lambda: (random_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
+        "toolkit": (lambda: (fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
+        "3dgr-ct": (lambda: init_3dgr_ct(rec_fbp, k_3dgr), "3dgr-ct"),
+    }
+    if not args.compare_medgmae:
+        return inits, overrides
+    from medgmae.networks.medgmae import MedGMAE
+
+    model = MedGMAE.from_checkpoint(args.checkpoint, needed_for="bench/recon.py needs a medgmae model.pt").to(device).eval()
+    out["medgmae_model"] = {"checkpoint": args.checkpoint, "preprocessing": model.preprocessing.to_dict() if model.preprocessing else None}
+    affine = geom.default_affine()
+    # each start decodes the zero-shot Gaussians itself, so its init_seconds include the decoding
+    inits["medgmae"] = (lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap), None), "toolkit")
+    # the same zero-shot Gaussians subdivided to the budget of the random and toolkit starts
+    inits["medgmae-dense"] = (
+        lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap, num_gaussians=args.num_gaussians, seed=args.seed), None),
+        "toolkit",
+    )
+    # the sparse zero-shot Gaussians grown quickly by the optimiser instead: density control every 10 iterations
+    # from iteration 10, half of the Gaussians cloned or split each round, up to the same budget
+    inits["medgmae-grow"] = (inits["medgmae"][0], "toolkit")
+    overrides["medgmae-grow"] = sparse_start_growth(args.num_gaussians)
+    # the paper's comparison: the zero-shot start under 3DGR-CT's own optimiser (intensities in FBP-maximum units)
+    inits["medgmae-3dgr"] = (lambda: (inits["medgmae"][0]()[0], float(rec_fbp.max())), "3dgr-ct")
+    return inits, overrides
+
+
 def run_case(args, device, save=lambda out: None) -> dict:
+    """One scan: simulate it, the FBP/FDK baselines, then every start (``--only``: those) optimised to the end."""
     shape, voxel = tuple(args.size), tuple(args.voxel)
     if args.geometry == "cone":
         geom = CTGeometry.cone(shape, voxel, num_angles=args.views)
@@ -90,56 +145,13 @@ def run_case(args, device, save=lambda out: None) -> dict:
         geom = CTGeometry.parallel(shape, voxel, num_angles=args.views)
     proj, vol = simulate(args.seed, geom, args.photons, device)
     proj_op = make_projector(geom, args.backend, device)
-    t = time.perf_counter()
-    rec_fbp = fbp(proj, geom, "hann")
-    fbp_seconds = time.perf_counter() - t
+    rec_fbp, baselines = fbp_baselines(proj, geom, vol, args)
     out = {
         "shape_zyx": list(shape), "voxel_mm": list(voxel), "geometry": geom.kind, "views": geom.num_views,
         "photons": args.photons, "phantom_seed": args.seed, "simulated_on": "2x finer grid, PyTorch projector",
-        "projector": proj_op.name, "fbp_seconds": fbp_seconds,
-        "fbp_input_hann": {"psnr": psnr(rec_fbp, vol), "ssim": ssim(rec_fbp, vol)}, "runs": {},
+        "projector": proj_op.name, **baselines, "runs": {},
     }  # fmt: skip
-    out["fbp_filters"] = {}
-    for name in FILTERS:  # FBP / FDK with every filter; targets are relative to the best of them
-        r = rec_fbp if name == "hann" else fbp(proj, geom, name)
-        out["fbp_filters"][name] = {"psnr": psnr(r, vol), "ssim": ssim(r, vol)}
-    fbp_psnr = max(v["psnr"] for v in out["fbp_filters"].values())
-    out["best_fbp_psnr"] = fbp_psnr
-    targets = sorted({round(fbp_psnr + d, 2) for d in args.relative_targets} | set(args.targets))
-    out["targets"] = targets
-    from recon.init_3dgr import init_3dgr_ct
-
-    # 3DGR-CT places 50k Gaussians in an 80 x 256 x 256 volume; "published-density" keeps that fraction of voxels
-    k_3dgr = args.num_gaussians_3dgr
-    if k_3dgr is None:
-        k_3dgr = max(100, round(THREEDGR_CT["num_gaussian"][0] * math.prod(shape) / (80 * 256 * 256)))
-
-    # name -> (initialisation returning (Gaussians, value_scale or None), optimiser preset); preset overrides by name
-    overrides: dict[str, dict] = {}
-    inits = {
-        "random": (lambda: (random_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
-        "toolkit": (lambda: (fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
-        "3dgr-ct": (lambda: init_3dgr_ct(rec_fbp, k_3dgr), "3dgr-ct"),
-    }
-    out["num_gaussians_3dgr"] = k_3dgr
-    if args.compare_medgmae:
-        from medgmae.networks.medgmae import MedGMAE
-
-        model = MedGMAE.from_checkpoint(args.checkpoint, needed_for="bench/recon.py needs a medgmae model.pt").to(device).eval()
-        out["medgmae_model"] = {"checkpoint": args.checkpoint, "preprocessing": model.preprocessing.to_dict() if model.preprocessing else None}
-        affine = geom.default_affine()
-        inits["medgmae"] = (lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap), None), "toolkit")
-        # the same zero-shot Gaussians subdivided to the budget of the random and toolkit starts
-        inits["medgmae-dense"] = (
-            lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap, num_gaussians=args.num_gaussians, seed=args.seed), None),
-            "toolkit",
-        )
-        # the sparse zero-shot Gaussians grown quickly by the optimiser instead: density control every 10 iterations
-        # from iteration 10, half of the Gaussians cloned or split each round, up to the same budget
-        inits["medgmae-grow"] = (inits["medgmae"][0], "toolkit")
-        overrides["medgmae-grow"] = sparse_start_growth(args.num_gaussians)
-        # the paper's comparison: the zero-shot start under 3DGR-CT's own optimiser (intensities in FBP-maximum units)
-        inits["medgmae-3dgr"] = (lambda: (inits["medgmae"][0]()[0], float(rec_fbp.max())), "3dgr-ct")
+    inits, overrides = starts(args, rec_fbp, geom, device, out)
     for name, (make, preset) in inits.items():
         if args.only and name not in args.only:
             continue
@@ -156,7 +168,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
         def partial(entry, name=name):
             save({**out, "runs": {**out["runs"], name: entry}})
 
-        out["runs"][name] = run_one(rec, args, device, vol, targets, meta, partial)
+        out["runs"][name] = run_one(rec, args, device, vol, out["targets"], meta, partial)
     return out
 
 
