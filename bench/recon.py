@@ -223,8 +223,10 @@ def run_one(rec, args, device, vol, targets, meta: dict, save_partial) -> dict:
         save_partial(entry)
 
 
-def plot_curves(result: dict, path: str) -> None:
-    """PSNR against iteration for every initialisation, with the FBP level, as a PNG (PIL only)."""
+def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
+    """PSNR against iteration for every initialisation, with the FBP level, as a PNG (PIL only); with
+    ``x_axis="seconds"`` against the measured seconds (``curve_seconds``: start plus optimisation, evaluations
+    excluded; runs without them are left out)."""
     from PIL import Image, ImageDraw
 
     from medgmae.files import atomic_write
@@ -232,8 +234,15 @@ def plot_curves(result: dict, path: str) -> None:
     colours = {"random": (120, 120, 120), "toolkit": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60),
                "medgmae-dense": (230, 140, 20), "medgmae-grow": (150, 0, 150),
                "medgmae-3dgr": (120, 60, 0)}  # fmt: skip
+    if x_axis not in ("iteration", "seconds"):
+        raise ValueError(f"x_axis must be 'iteration' or 'seconds', got {x_axis!r}")
+
+    def series(r: dict) -> list[tuple[float, float]]:
+        xs = r.get("curve_seconds", []) if x_axis == "seconds" else [it for it, _ in r["curve"]]
+        return [(x, p) for x, (_, p) in zip(xs, r["curve"]) if math.isfinite(p)]
+
     runs = result["runs"]
-    pts = [(it, p) for r in runs.values() for it, p in r["curve"] if math.isfinite(p)]
+    pts = [pt for r in runs.values() for pt in series(r)]
     fbp_psnr = result["best_fbp_psnr"]
     w, h, m = 720, 480, 50
     x1 = max(it for it, _ in pts)
@@ -247,15 +256,15 @@ def plot_curves(result: dict, path: str) -> None:
     d.text((w - m - 120, sy(fbp_psnr) - 14), f"best FBP {fbp_psnr:.1f} dB", fill=(0, 0, 0))
     for k, (name, r) in enumerate(runs.items()):
         c = colours.get(name, (150, 0, 150))
-        line = [(sx(it), sy(p)) for it, p in r["curve"] if math.isfinite(p)]
+        line = [(sx(x), sy(p)) for x, p in series(r)]
         if len(line) > 1:
             d.line(line, fill=c, width=2)
         d.text((m + 8, m + 6 + 14 * k), name, fill=c)
     d.text((m, h - m + 8), "0", fill=(0, 0, 0))
-    d.text((w - m - 40, h - m + 8), f"it {x1}", fill=(0, 0, 0))
+    d.text((w - m - 40, h - m + 8), f"it {x1}" if x_axis == "iteration" else f"{x1:.0f} s", fill=(0, 0, 0))
     d.text((4, m), f"{y1:.1f} dB", fill=(0, 0, 0))
     d.text((4, h - m - 10), f"{y0:.1f} dB", fill=(0, 0, 0))
-    d.text((m, 14), f"{result['geometry']}, {result['views']} views, {result['photons']} photons: PSNR vs iteration", fill=(0, 0, 0))
+    d.text((m, 14), f"{result['geometry']}, {result['views']} views, {result['photons']} photons: PSNR vs {x_axis}", fill=(0, 0, 0))
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
 

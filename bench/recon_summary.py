@@ -1,7 +1,8 @@
 """Summarise the reconstruction study: the JSON files of ``bench/recon.py`` as one markdown table, plus one PNG
 holding every case's PSNR curves (one panel per case, drawn by ``bench/recon.py``'s ``plot_curves``).
 
-    python bench/recon_summary.py runs/recon_study/*.json --png runs/recon_study/curves.png
+    python bench/recon_summary.py runs/recon_study/*.json --png runs/recon_study/curves.png \
+        --png-seconds runs/recon_study/curves_seconds.png
 
 For each case: the best FBP/FDK PSNR, and per initialisation its preset, initial Gaussians, initial and final
 PSNR, median seconds per iteration and the iterations to each PSNR target (``--relative`` dB from the best
@@ -72,8 +73,8 @@ def case_table(result: dict, relative: list[float]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def tile_curves(cases: list[dict], out: str, columns: int = 2) -> None:
-    """Every case's PSNR curves (``plot_curves`` of ``bench/recon.py``) in a grid of ``columns``."""
+def tile_curves(cases: list[dict], out: str, columns: int = 2, x_axis: str = "iteration") -> None:
+    """Every case's PSNR curves (``plot_curves`` of ``bench/recon.py``, against ``x_axis``) in a grid of ``columns``."""
     import importlib.util
     import tempfile
 
@@ -87,7 +88,7 @@ def tile_curves(cases: list[dict], out: str, columns: int = 2) -> None:
     imgs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, case in enumerate(cases):
-            bench_recon.plot_curves(case, f"{tmp}/{k}.png")
+            bench_recon.plot_curves(case, f"{tmp}/{k}.png", x_axis)
             imgs.append(Image.open(f"{tmp}/{k}.png").convert("RGB"))
     w, h = max(i.width for i in imgs), max(i.height for i in imgs)
     rows = (len(imgs) + columns - 1) // columns
@@ -102,6 +103,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="JSON files of bench/recon.py")
     p.add_argument("--png", default=None, help="write every case's curves here (one panel per case)")
+    p.add_argument("--png-seconds", default=None, help="the same against the measured seconds (curve_seconds)")
     p.add_argument("--relative", type=float, nargs="+", default=[-9.0, -6.0, -3.0, -1.0, 0.0, 2.0],
                    help="PSNR targets in dB from the best FBP/FDK")
     args = p.parse_args(argv)
@@ -121,6 +123,8 @@ def main(argv=None) -> int:
         print(case_table(result, args.relative))
     if args.png and cases:
         tile_curves(list(cases.values()), args.png)
+    if args.png_seconds and cases:
+        tile_curves(list(cases.values()), args.png_seconds, x_axis="seconds")
     return 0
 
 

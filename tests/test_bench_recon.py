@@ -56,10 +56,13 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
         for hit in filter(None, r["iterations_to_psnr"].values()):
             assert hit["seconds"] == pytest.approx(secs[[i for i, _ in r["curve"]].index(hit["iteration"])], abs=1e-3)
     capsys.readouterr()
-    assert recon_summary.main([str(out), "--png", str(tmp_path / "all.png")]) == 0
+    assert recon_summary.main([str(out), "--png", str(tmp_path / "all.png"), "--png-seconds", str(tmp_path / "s.png")]) == 0
     table = capsys.readouterr().out
     assert "| medgmae-dense | toolkit |" in table and "parallel, 8 views" in table
-    assert (tmp_path / "all.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "all.png").read_bytes()[:4] == (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "all.png").read_bytes() != (tmp_path / "s.png").read_bytes()
+    with pytest.raises(ValueError, match="x_axis"):
+        bench_recon.plot_curves(result, str(tmp_path / "bad.png"), x_axis="minutes")
 
 
 def test_recon_profile_parts_add_up_to_a_step(tmp_path):
