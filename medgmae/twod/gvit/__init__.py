@@ -22,14 +22,13 @@ Modules:
 * :class:`PatchViTClassifier`: the patch-token ViT baseline of the same width and depth as the classifier.
 
 Modules: :mod:`~medgmae.twod.gvit.tokens` (Gaussian vectors and their embedding), :mod:`~medgmae.twod.gvit.encoder`,
-:mod:`~medgmae.twod.gvit.classifier`, :mod:`~medgmae.twod.gvit.model` (:class:`GViT`) and
-:mod:`~medgmae.twod.gvit.checkpoint` (``model.pt`` I/O).
+:mod:`~medgmae.twod.gvit.classifier` and :mod:`~medgmae.twod.gvit.model` (:class:`GViT` and its ``model.pt``
+I/O).
 """
 
-from medgmae.twod.gvit.checkpoint import load_gvit, save_gvit
 from medgmae.twod.gvit.classifier import GaussianViTClassifier, PatchViTClassifier
 from medgmae.twod.gvit.encoder import ENCODER_MODES, DenoisingGaussianEncoder
-from medgmae.twod.gvit.model import GViT
+from medgmae.twod.gvit.model import GViT, load_gvit, save_gvit
 from medgmae.twod.gvit.tokens import (
     GaussianTokenEmbedding,
     Gaussians2D,
