@@ -290,6 +290,8 @@ def _forward_kernel(
     BLOCK_V: tl.constexpr,
     BLOCK_G: tl.constexpr,
 ):
+    """The voxels of one ``(batch, tile)`` program, each written once: block by block, the sum over the tile's
+    Gaussians chunk by chunk (see the module docstring)."""
     pid = tl.program_id(0).to(tl.int64)
     b, t_d, t_h, t_w, c_d, c_h, c_w = _tile_coords(pid, N_TILES, NT_H, NT_W, TILE)
     start = tl.load(tile_start_ptr + pid)
