@@ -61,10 +61,21 @@ def _init_settings(args) -> dict:
     return settings
 
 
+#: Voxels per Gaussian above which the summary says the budget is too small. Seen on the scan the pre-training
+#: bundle's next-step command simulates (a 112 x 128 x 160 phantom, 60 parallel views): `reconstruct --init fbp
+#: --iterations 100` ended 9 dB below FBP with the default 20,000 Gaussians (115 voxels each) and 6 dB below with
+#: `--num-gaussians 150000`; the reconstruction study's volumes (bench/RESULTS.md) had about 7 voxels per Gaussian.
+SPARSE_BUDGET = 32.0
+
+
 def _print_summary(metrics: dict, out: Path) -> None:
     lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
              f"in {metrics['time_seconds']:.1f} s (+{metrics['init_seconds']:.1f} s FBP and initialisation), "
              f"{metrics['num_gaussians']} Gaussians"]  # fmt: skip
+    per = metrics.get("voxels_per_gaussian", 0.0)
+    if per > SPARSE_BUDGET:
+        lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
+                     f"bench/RESULTS.md used about one per 7); raise --num-gaussians (and the iterations)")  # fmt: skip
     if "final" in metrics:
         for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
             lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
@@ -163,6 +174,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
     return {
         "preset": args.preset, "init": init_settings["init"], "iterations": result.iterations, "time_seconds": result.seconds,
         "init_seconds": init_seconds, "num_gaussians": result.gaussians.num_gaussians, "initial_gaussians": init.num_gaussians,
+        "voxels_per_gaussian": result.volume.numel() / max(1, result.gaussians.num_gaussians),
         "device": str(device), "projector": projector, "value_scale": rec.value_scale, "settings": asdict(cfg),
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},

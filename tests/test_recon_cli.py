@@ -108,6 +108,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         assert set(metrics["iterations_to_psnr"]) == {"30", "35"}
         rec = nib.load(str(out / "recon.nii.gz"))
         np.testing.assert_allclose(rec.affine, nib.load(str(simulated / "reference.nii.gz")).affine)
+        assert metrics["voxels_per_gaussian"] == pytest.approx(np.prod(rec.shape) / metrics["num_gaussians"])
         capsys.readouterr()
         assert main(["evaluate", "--recon", str(out / "recon.nii.gz"), "--reference", str(simulated / "reference.nii.gz")]) == 0
         printed = json.loads(capsys.readouterr().out)
@@ -246,3 +247,14 @@ def test_slices_are_drawn_to_scale(tmp_path):
         rows, cols = np.nonzero(bright.any(1))[0], np.nonzero(bright.any(0))[0]
         height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
         assert abs(height / width - 1) < 0.1, (view, height, width)
+
+
+def test_summary_says_when_the_gaussians_are_too_few(tmp_path, capsys):
+    """The closing summary notes a budget of far fewer Gaussians than voxels, and only then."""
+    from recon.reconstruct_command import SPARSE_BUDGET, _print_summary
+
+    base = {"preset": "toolkit", "init": "fbp", "iterations": 3, "time_seconds": 1.0, "init_seconds": 0.1}
+    for per, noted in ((115.0, True), (SPARSE_BUDGET, False), (7.0, False)):
+        _print_summary({**base, "num_gaussians": 20000, "voxels_per_gaussian": per}, tmp_path)
+        text = capsys.readouterr().out
+        assert ("too few" in text) == noted and (f"one Gaussian per {per:.0f} voxels" in text) == noted
