@@ -61,10 +61,10 @@ def _init_settings(args) -> dict:
     return settings
 
 
-#: Voxels per Gaussian above which the summary says the budget is too small. Seen on the scan the pre-training
-#: bundle's next-step command simulates (a 112 x 128 x 160 phantom, 60 parallel views): `reconstruct --init fbp
-#: --iterations 100` ended 9 dB below FBP with the default 20,000 Gaussians (115 voxels each) and 6 dB below with
-#: `--num-gaussians 150000`; the reconstruction study's volumes (bench/RESULTS.md) had about 7 voxels per Gaussian.
+#: Voxels per Gaussian above which the summary says the budget is too small. On the scan the pre-training bundle's
+#: next-step command simulates (a 112 x 128 x 160 phantom, 60 parallel views), 100 iterations from the fbp start
+#: ended 9 dB below FBP with the default 20,000 Gaussians (115 voxels each) and 6 dB below with 150,000 (15 each);
+#: the reconstruction study's volumes had about 7 (`bench/recon_budget.sh`, bench/RESULTS.md).
 SPARSE_BUDGET = 32.0
 
 
