@@ -6,6 +6,10 @@
 #   e.g. bash bench/recon_budget.sh runs/medgmae_pretrain/phantom/imagesTr/case_0008.nii.gz runs/recon_budget 100 20000 150000
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ $# -lt 2 || ! -f $1 ]]; then
+    echo "usage: bash bench/recon_budget.sh VOLUME OUT_DIR [ITERATIONS] [BUDGET...] (VOLUME: a CT NIfTI in HU${1:+; not found: $1})" >&2
+    exit 2
+fi
 volume=$1 out=$2 iters=${3:-100}
 shift $(( $# < 3 ? $# : 3 ))
 budgets=("$@")
