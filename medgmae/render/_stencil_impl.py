@@ -152,10 +152,7 @@ def _regions(groups: list, shape, size: int) -> list:
         return [((0, size), groups[0])]
     h_, w_ = shape[1:]
     out = []
-    for group in groups:
-        if not group:
-            out.append(((0, 0), group))
-            continue
+    for group in groups:  # never empty: _groups makes at most one group per block
         base = torch.cat([spec["base"] for _, spec in group])
         width = torch.cat([spec["width"] for _, spec in group])
         last = base.long() + ((width[:, 0] - 1) * h_ + width[:, 1] - 1) * w_ + width[:, 2] - 1
