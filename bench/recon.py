@@ -52,6 +52,7 @@ from medgmae.data.phantom import generate_phantom  # noqa: E402
 from recon.fbp import FILTERS, fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
+from recon.holdout import holdout_split  # noqa: E402
 from recon.initialisation import fbp_init, hu_to_mu, medgmae_init, random_init  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
 from recon.presets import THREEDGR_CT, sparse_start_growth  # noqa: E402
@@ -146,11 +147,15 @@ def run_case(args, device, save=lambda out: None) -> dict:
     proj, vol = simulate(args.seed, geom, args.photons, device)
     proj_op = make_projector(geom, args.backend, device)
     rec_fbp, baselines = fbp_baselines(proj, geom, vol, args)
+    if args.holdout_views:  # the starts come from the FBP of the fitted views; the baselines use every view
+        fit = holdout_split(geom.num_views, args.holdout_views)[0]
+        rec_fbp = fbp(proj[fit.to(proj.device)], geom.select_views(fit.tolist()), "hann")
     out = {
         "shape_zyx": list(shape), "voxel_mm": list(voxel), "geometry": geom.kind, "views": geom.num_views,
         "photons": args.photons, "phantom_seed": args.seed, "simulated_on": "2x finer grid, PyTorch projector",
         "projector": proj_op.name, **baselines, "runs": {},
     }  # fmt: skip
+    out["holdout_views"] = args.holdout_views
     inits, overrides = starts(args, rec_fbp, geom, device, out)
     for name, (make, preset) in inits.items():
         if args.only and name not in args.only:
@@ -160,7 +165,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
         init_seconds = time.perf_counter() - t
         cfg = GaussianReconConfig.preset(preset, args.iterations, eval_every=args.eval_every,
                                          views_per_iteration=args.views_per_iteration, seed=args.seed,
-                                         **overrides.get(name, {}))  # fmt: skip
+                                         holdout_views=args.holdout_views, **overrides.get(name, {}))  # fmt: skip
         rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol.cpu(), device=device, value_scale=value_scale)
         meta = {"preset": preset, "preset_overrides": overrides.get(name, {}), "init_seconds": init_seconds,
                 "initial_gaussians": init.num_gaussians}  # fmt: skip
@@ -218,9 +223,21 @@ def run_one(rec, args, device, vol, targets, meta: dict, save_partial) -> dict:
             + [(h["iteration"], round(h.get("psnr", float("nan")), 3)) for h in res.history],
             "curve_seconds": [round(elapsed[0], 3)] + [round(elapsed[h["iteration"]], 3) for h in res.history],
         }  # fmt: skip
+        if rec.holdout is not None:
+            entry.update(holdout_entry(rec, res, vol))
         if entry["complete"]:
             return entry
         save_partial(entry)
+
+
+def holdout_entry(rec, res, vol) -> dict:
+    """With held-out views: the choice (iteration, PSNR and SSIM of the returned Gaussians), the held-out error per
+    evaluation, and the SSIM of the last iteration (``final_ssim`` is then the chosen one's)."""
+    with torch.no_grad():
+        last = rec.render().detach() * rec.value_scale
+    chosen = {"iteration": res.best_iteration, "psnr": psnr(res.volume, vol), "ssim": ssim(res.volume, vol)}
+    return {"holdout": rec.holdout.summary(), "chosen": chosen, "last_ssim": ssim(last, vol),
+            "holdout_curve": [(h["iteration"], h["holdout_error"]) for h in res.history]}  # fmt: skip
 
 
 def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
@@ -283,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
     p.add_argument("--views-per-iteration", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--holdout-views", type=int, default=0,
+                   help="views left out of the fit (recon.holdout); the starts use the FBP of the others")
     p.add_argument("--targets", type=float, nargs="*", default=[], help="absolute PSNR targets (dB)")
     p.add_argument("--relative-targets", type=float, nargs="*", default=[-3.0, -1.0, 0.0, 2.0, 4.0],
                    help="PSNR targets relative to the best FBP / FDK (dB)")

@@ -20,7 +20,10 @@ published settings; see :mod:`recon.presets`), including its initialisation unle
 ``gaussians.ply``, ``metrics.json`` (the preset, every setting used, the history and PSNR/SSIM),
 ``curve.png``, ``slices.png`` (three orthogonal mid-slices of reference / FBP / reconstruction / error, or FBP /
 reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``
-iterations and at the end), and prints a closing summary.
+iterations and at the end), and prints a closing summary. With ``--holdout-views N`` it leaves ``N`` views,
+spread over the scan, out of the fit and writes the Gaussians of the evaluation (every ``--eval-every`` iterations)
+that predicts them best, optionally stopping after ``--patience`` evaluations without improvement
+(:mod:`recon.holdout`).
 ``evaluate`` prints ``{"psnr", "ssim", "data_range"}`` as JSON: PSNR and SSIM on the reference's range
 ``max - min`` (see :mod:`recon.metrics`).
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medgmae.cli_types import positive_float, positive_int
+from medgmae.cli_types import nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 
@@ -86,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--views-per-iteration", type=positive_int, default=None)
     r.add_argument("--tv", type=float, default=0.0, help="TV weight")
     r.add_argument("--eval-every", type=positive_int, default=50)
+    r.add_argument("--holdout-views", type=nonneg_int, default=0,
+                   help="views left out of the fit, spread over the scan; the Gaussians of the evaluation that predicts "
+                        "them best are written (the iteration chosen without a reference; default 0: off)")
+    r.add_argument("--patience", type=nonneg_int, default=0,
+                   help="with --holdout-views: stop after this many evaluations without a better held-out error (0: run on)")
     r.add_argument("--checkpoint-every", type=int, default=500, help="iterations between resumable states (0: end only)")
     r.add_argument("--resume", action="store_true", help=f"continue from OUT/{RECON_STATE}")
     r.add_argument("--backend", default="auto", choices=PROJECTOR_BACKENDS, help="projector backend")

@@ -1,7 +1,7 @@
 """Adaptive density control of the Gaussian reconstruction: the toolkit's rule and 3DGR-CT's published one.
 
 Both work on a :class:`~recon.gaussian_recon.GaussianReconstructor` in place (parameters and Adam moments, through
-its ``_replace``) and return counts ``{"cloned", "split", "pruned"}``. New Gaussians start with zero Adam moments.
+:func:`replace_rows`) and return counts ``{"cloned", "split", "pruned"}``. New Gaussians start with zero Adam moments.
 
 * :func:`densify_toolkit`: the ``densify_fraction`` Gaussians with the largest *mean* positional-gradient norm
   since the last round (above ``grad_threshold``) are cloned (small: a copy drawn from the Gaussian, both at half
@@ -28,10 +28,30 @@ from torch import Tensor
 
 from medgmae.gaussians import Gaussians3D
 
-__all__ = ["densify_toolkit", "densify_3dgr_ct", "DENSIFY_MODES"]
+
+__all__ = ["densify_toolkit", "densify_3dgr_ct", "replace_rows", "DENSIFY_MODES"]
 
 DENSIFY_MODES = ("toolkit", "3dgr-ct")
 _PARAMS = ("means", "log_scales", "quats", "intensities")
+
+
+def replace_rows(rec, keep: Tensor, new: dict[str, Tensor] | None) -> None:
+    """Keep rows ``keep`` of every parameter of ``rec`` (and their Adam moments) and append ``new`` rows (zero
+    moments); the density statistics restart."""
+    for group in rec.optimizer.param_groups:
+        name = group["name"]
+        old = group["params"][0]
+        state = rec.optimizer.state.pop(old, None)
+        extra = new[name] if new else old.new_zeros((0, *old.shape[1:]))
+        p = torch.nn.Parameter(torch.cat([old.detach()[keep], extra], 0).contiguous())
+        if state is not None:
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = torch.cat([state[key][keep], torch.zeros_like(extra)], 0)
+            rec.optimizer.state[p] = state
+        group["params"][0] = p
+        rec.params[name] = p
+    rec._reset_stats()
+    rec.last_grad_norm = None
 
 
 @torch.no_grad()
@@ -71,7 +91,7 @@ def densify_toolkit(rec) -> dict:
     new = {n: torch.cat([new_clone[n], new_split[0][n], new_split[1][n]], 0) for n in _PARAMS}
     if keep.numel() + new["means"].shape[0] == 0:  # never prune everything
         keep = torch.arange(k, device=dev)
-    rec._replace(keep, new)
+    replace_rows(rec, keep, new)
     return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(prune.sum() - split.sum())}
 
 
@@ -112,6 +132,6 @@ def densify_3dgr_ct(rec) -> dict:
     keep = (~drop_old).nonzero().squeeze(-1)
     if keep.numel() + int((~drop_new).sum()) == 0:  # never prune everything
         keep, drop_new = torch.arange(k, device=dev), torch.zeros_like(drop_new)
-    rec._replace(keep, {n: v[~drop_new] for n, v in new.items()})
+    replace_rows(rec, keep, {n: v[~drop_new] for n, v in new.items()})
     n_pruned = int(drop_old.sum()) - n_split + int(drop_new.sum())
     return {"cloned": int(clone.sum()), "split": n_split, "pruned": n_pruned}

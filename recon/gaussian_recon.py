@@ -5,7 +5,8 @@ volume with a differentiable projector and takes an Adam step on a projection MS
 the volume). Each parameter kind has its own learning rate with a log-linear decay (see
 :class:`GaussianReconConfig`). Adaptive density control (:mod:`recon.density`) runs every ``densify_every``
 iterations between ``densify_from`` and ``densify_until``. During the first ``coarse_iterations`` the loss works at
-half resolution (the coarse phase: low spatial frequencies first). Two presets (:mod:`recon.presets`): the
+half resolution (the coarse phase: low spatial frequencies first). With ``holdout_views`` a few views stay out of
+the loss and choose the Gaussians returned (:mod:`recon.holdout`). Two presets (:mod:`recon.presets`): the
 toolkit's defaults and SigmaLDC/3DGR-CT's published settings.
 
 Parameters live in the voxel frame of the reconstruction grid; intensities are optimised in units of
@@ -53,6 +54,8 @@ class GaussianReconResult:
         iterations: iterations run in total.
         seconds: optimisation wall time (this run).
         iterations_to_psnr: first evaluated iteration reaching PSNR 30 and 35 (``None`` if never / no reference).
+        best_iteration: with held-out views, the iteration whose Gaussians ``gaussians`` and ``volume`` are (the
+            lowest held-out error); ``None`` without.
     """
 
     gaussians: Gaussians3D
@@ -61,6 +64,7 @@ class GaussianReconResult:
     iterations: int = 0
     seconds: float = 0.0
     iterations_to_psnr: dict = field(default_factory=dict)
+    best_iteration: int | None = None
 
 
 class GaussianReconstructor:
@@ -69,7 +73,8 @@ class GaussianReconstructor:
     Args:
         projector: the differentiable projector of the scan.
         projections: ``(V, rows, cols)`` measured line integrals.
-        init: initial Gaussians in the voxel frame of the projector's volume (``B = 1``), attenuation units.
+        init: initial Gaussians in the voxel frame of the projector's volume (``B = 1``), attenuation units. With
+            held-out views, derive it from the fitted views only (e.g. their FBP), or the held-out error is biased.
         config: :class:`GaussianReconConfig`.
         reference: optional ``(D, H, W)`` ground truth for PSNR/SSIM.
         device: where to optimise.
@@ -107,7 +112,6 @@ class GaussianReconstructor:
             q = torch.quantile(inten.abs().flatten(), 0.99) if inten.numel() > 1 else inten.abs().max()
             value_scale = float(q.clamp_min(1e-12))
         self.value_scale = float(value_scale)
-        self.proj_norm = float(self.proj.square().mean().clamp_min(1e-12))
         self.length = float(max(self.geometry.volume_shape)) if self.config.length_unit == "volume" else 1.0
         self.iteration = 0
         self.history: list = []
@@ -118,6 +122,13 @@ class GaussianReconstructor:
             from recon.coarse import HalfResolutionStage
 
             self._coarse = HalfResolutionStage(self.geometry, self.projector.name, self.proj)
+        self.holdout = None
+        if self.config.holdout_views:
+            from recon.holdout import HeldOutViews
+
+            self.holdout = HeldOutViews(self.geometry.num_views, self.config.holdout_views, self.config.holdout_patience)
+        fitted = self.proj if self.holdout is None else self.proj[self.holdout.fit.to(self.device)]
+        self.proj_norm = float(fitted.square().mean().clamp_min(1e-12))  # of the fitted views only
         self._set_params(init)
         self._build_optimizer()
 
@@ -163,25 +174,27 @@ class GaussianReconstructor:
         self.grad_accum = torch.zeros(k, device=self.device)
         self.grad_count = torch.zeros(k, device=self.device)
 
-    def activated_intensities(self) -> Tensor:
-        """``(K,)`` intensities in ``value_scale`` units (after the activation; differentiable)."""
-        x = self.params["intensities"]
+    def activated_intensities(self, params: dict[str, Tensor] | None = None) -> Tensor:
+        """``(K,)`` intensities in ``value_scale`` units (after the activation; differentiable) of ``params``
+        (default: the current parameters)."""
+        x = (self.params if params is None else params)["intensities"]
         return torch.sigmoid(x) if self.config.intensity_activation == "sigmoid" else x
 
-    def gaussians(self) -> Gaussians3D:
-        """Current Gaussians (voxel frame, attenuation units, detached)."""
-        p = {k: v.detach() for k, v in self.params.items()}
+    def gaussians(self, params: dict[str, Tensor] | None = None) -> Gaussians3D:
+        """The Gaussians of ``params`` (default: the current ones; voxel frame, attenuation units, detached)."""
+        p = {k: v.detach() for k, v in (self.params if params is None else params).items()}
         return Gaussians3D(
             p["means"][None], p["log_scales"].exp()[None], F.normalize(p["quats"], dim=-1)[None],
-            self.activated_intensities().detach()[None] * self.value_scale,
+            self.activated_intensities(p).detach()[None] * self.value_scale,
         )  # fmt: skip
 
-    def render(self) -> Tensor:
-        """``(D, H, W)`` volume of the current Gaussians, in ``value_scale`` units (differentiable)."""
-        p = self.params
+    def render(self, params: dict[str, Tensor] | None = None) -> Tensor:
+        """``(D, H, W)`` volume of ``params`` (default: the current parameters), in ``value_scale`` units
+        (differentiable)."""
+        p = self.params if params is None else params
         scales = p["log_scales"].exp().clamp_min(self.config.min_scale)
         return render_volume(
-            p["means"][None], scales[None], p["quats"][None], self.activated_intensities()[None], self.geometry.volume_shape, self.config.cutoff
+            p["means"][None], scales[None], p["quats"][None], self.activated_intensities(p)[None], self.geometry.volume_shape, self.config.cutoff
         )[0]
 
     def render_coarse(self) -> Tensor:
@@ -193,10 +206,13 @@ class GaussianReconstructor:
     def loss(self, volume: Tensor, coarse: bool = False) -> Tensor:
         """Projection loss of ``volume`` (``value_scale`` units; the half-resolution volume when ``coarse``)."""
         c = self.config
-        views = None
+        views = None if self.holdout is None else self.holdout.fit
+        fitted = self.geometry.num_views if views is None else len(views)
         projector, target = (self._coarse.projector, self._coarse.proj) if coarse else (self.projector, self.proj)
-        if c.views_per_iteration is not None and c.views_per_iteration < self.geometry.num_views:
-            views = torch.randperm(self.geometry.num_views, generator=self.generator)[: c.views_per_iteration].sort().values
+        if c.views_per_iteration is not None and c.views_per_iteration < fitted:
+            pick = torch.randperm(fitted, generator=self.generator)[: c.views_per_iteration].sort().values
+            views = pick if views is None else views[pick]
+        if views is not None:
             target = target[views.to(self.device)]
         pred = projector.forward(volume * self.value_scale, views)
         if self.iteration < c.coarse_iterations and c.coarse_mode == "bin":
@@ -209,6 +225,16 @@ class GaussianReconstructor:
             tv = sum((volume.diff(dim=d)).abs().mean() for d in range(3))
             loss = loss + c.tv_weight * tv
         return loss
+
+    @torch.no_grad()
+    def holdout_error(self, volume: Tensor | None = None) -> float:
+        """Relative projection MSE of ``volume`` (default: the current rendering; ``value_scale`` units) on the
+        held-out views: mean square error over their pixels divided by the mean square of the fitted views'
+        measurements (whatever ``config.loss``; no TV term)."""
+        views = self.holdout.held_out
+        vol = self.render() if volume is None else volume
+        pred = self.projector.forward(vol * self.value_scale, views)
+        return float((pred - self.proj[views.to(self.device)]).square().mean() / self.proj_norm)
 
     def step(self) -> float:
         """One optimisation step; returns the loss."""
@@ -244,23 +270,6 @@ class GaussianReconstructor:
         self.iteration += 1
 
     # ------------------------------------------------------------------ density control
-    def _replace(self, keep: Tensor, new: dict[str, Tensor] | None) -> None:
-        """Keep rows ``keep`` of every parameter (and their Adam moments) and append ``new`` rows."""
-        for group in self.optimizer.param_groups:
-            name = group["name"]
-            old = group["params"][0]
-            state = self.optimizer.state.pop(old, None)
-            extra = new[name] if new else old.new_zeros((0, *old.shape[1:]))
-            p = torch.nn.Parameter(torch.cat([old.detach()[keep], extra], 0).contiguous())
-            if state is not None:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    state[key] = torch.cat([state[key][keep], torch.zeros_like(extra)], 0)
-                self.optimizer.state[p] = state
-            group["params"][0] = p
-            self.params[name] = p
-        self._reset_stats()
-        self.last_grad_norm = None
-
     def densify_and_prune(self) -> dict:
         """One round of adaptive density control (:mod:`recon.density`); returns counts of cloned, split and
         pruned Gaussians."""
@@ -282,6 +291,7 @@ class GaussianReconstructor:
             "grad_accum": self.grad_accum.detach().cpu().clone(),
             "grad_count": self.grad_count.detach().cpu().clone(),
             "config": asdict(self.config),
+            "holdout": None if self.holdout is None else self.holdout.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -291,6 +301,9 @@ class GaussianReconstructor:
         missing = [k for k in ("iteration", "params", "optimizer", "value_scale", "generator", "grad_accum", "grad_count") if k not in state]
         if missing:
             raise ValueError(f"the checkpoint lacks {missing} (written by an older version: start a new run)")
+        if (state.get("holdout") is None) != (self.holdout is None):
+            raise ValueError(f"the saved run {'held out' if state.get('holdout') else 'did not hold out'} views, this one "
+                             f"{'does' if self.holdout else 'does not'}")  # fmt: skip
         self.value_scale = float(state["value_scale"])
         self.params = {k: torch.nn.Parameter(state["params"][k].to(self.device, torch.float32).clone()) for k in _PARAMS}
         self.iteration, self.history = int(state["iteration"]), [dict(r) for r in state["history"]]
@@ -300,6 +313,8 @@ class GaussianReconstructor:
         self.grad_count = state["grad_count"].to(self.device).clone()
         self.generator.set_state(state["generator"])
         self.last_grad_norm = None
+        if self.holdout is not None:
+            self.holdout.load_state_dict(state["holdout"], self.device)
 
     def save_checkpoint(self, path: str | Path) -> None:
         from medgmae.files import save_torch_atomic
@@ -334,6 +349,10 @@ class GaussianReconstructor:
                 ``config.iterations``, so a later :meth:`run` continues exactly (the history holds the evaluations
                 every ``eval_every`` iterations and at ``config.iterations``, as an uninterrupted run's).
 
+        With held-out views (``config.holdout_views``) every evaluation records ``holdout_error``, the run stops
+        early when ``config.holdout_patience`` evaluations in a row did not improve on the best, and the result
+        holds the Gaussians of the best evaluation (the checkpoint keeps the current state and the best).
+
         Returns:
             :class:`GaussianReconResult`.
         """
@@ -344,7 +363,7 @@ class GaussianReconstructor:
         bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
         postfix: dict = {}
         stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
-        while self.iteration < stop:
+        while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
             loss = self.step()
             it = self.iteration
             if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
@@ -352,8 +371,11 @@ class GaussianReconstructor:
             if it % c.eval_every == 0 or it == c.iterations:
                 rec = {"iteration": it, "loss": loss, "num_gaussians": int(self.params["means"].shape[0]), "seconds": time.perf_counter() - t0}
                 rec.update(self.evaluate(with_ssim=ssim_every_eval or it == c.iterations))
+                if self.holdout is not None:
+                    rec["holdout_error"] = self.holdout_error()
+                    self.holdout.update(it, rec["holdout_error"], self.params)
                 self.history.append(rec)
-                postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians")}
+                postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
             postfix["loss"] = f"{loss:.4g}"
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
@@ -363,11 +385,13 @@ class GaussianReconstructor:
         seconds = time.perf_counter() - t0
         if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)
+        chosen = None if self.holdout is None or self.holdout.best_params is None else self.holdout.best_params
         with torch.no_grad():
-            volume = self.render() * self.value_scale
+            volume = self.render(chosen) * self.value_scale
         reached = {}
         for thr in (30, 35):
             hits = [r["iteration"] for r in self.history if r.get("psnr", -math.inf) >= thr]
             reached[str(thr)] = hits[0] if hits else None
-        return GaussianReconResult(self.gaussians(), volume.detach(), list(self.history), self.iteration, seconds, reached)
+        best = None if chosen is None else self.holdout.best_iteration
+        return GaussianReconResult(self.gaussians(chosen), volume.detach(), list(self.history), self.iteration, seconds, reached, best)
 

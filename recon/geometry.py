@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -232,6 +232,13 @@ class CTGeometry:
     @property
     def num_views(self) -> int:
         return len(self.angles)
+
+    def select_views(self, views: Sequence[int]) -> "CTGeometry":
+        """The same scan with only the views ``views`` (indices into :attr:`angles`, in the order given)."""
+        idx = [int(v) for v in views]
+        if not idx or any(not 0 <= v < self.num_views for v in idx):
+            raise ValueError(f"views must be a non-empty list of indices below {self.num_views}, got {idx}")
+        return replace(self, angles=[self.angles[v] for v in idx])
 
     @property
     def proj_shape(self) -> tuple:

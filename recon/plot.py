@@ -31,17 +31,23 @@ def _series_box(draw, box, xs, ys, colour, label, log=False):
 
 
 def draw_curve(history: list, path) -> None:
-    """Write a PNG of ``history`` records (``iteration``, ``loss``, optional ``psnr``) atomically."""
+    """Write a PNG of ``history`` records (``iteration``, ``loss``, optional ``holdout_error`` and ``psnr``), one
+    panel each, atomically."""
     from PIL import Image, ImageDraw
 
     from medgmae.files import atomic_write
 
-    img = Image.new("RGB", (640, 480), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
     xs = [r["iteration"] for r in history]
-    _series_box(draw, (10, 10, 630, 235), xs, [r.get("loss") for r in history], (200, 40, 40), "projection loss (log)", log=True)
+    panels = [("loss", (200, 40, 40), "projection loss (log)", True)]
+    if any("holdout_error" in r for r in history):
+        panels.append(("holdout_error", (40, 140, 60), "held-out views: relative error (log)", True))
     if any("psnr" in r for r in history):
-        _series_box(draw, (10, 245, 630, 470), xs, [r.get("psnr") for r in history], (30, 90, 200), "PSNR (dB)")
+        panels.append(("psnr", (30, 90, 200), "PSNR (dB)", False))
+    img = Image.new("RGB", (640, 10 + 235 * len(panels)), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for i, (key, colour, label, log) in enumerate(panels):
+        top = 10 + 235 * i
+        _series_box(draw, (10, top, 630, top + 225), xs, [r.get(key) for r in history], colour, label, log=log)
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -141,7 +141,11 @@ class GaussianReconConfig:
         max_gaussians: cap on the number of Gaussians.
         min_scale: lower bound of the scales (voxels).
         cutoff: renderer cutoff (Mahalanobis).
-        eval_every: iterations between PSNR/SSIM evaluations (when a reference is given).
+        eval_every: iterations between evaluations (PSNR/SSIM when a reference is given, the held-out error when
+            views are held out).
+        holdout_views: views left out of the loss to choose the iteration by (:mod:`recon.holdout`; 0 = off):
+            the reconstruction returns the Gaussians of the evaluation with the lowest held-out error.
+        holdout_patience: stop after this many evaluations without a lower held-out error (0: run every iteration).
         checkpoint_every: iterations between checkpoints (0 = only at the end when a path is set).
         seed: random seed (view subsets and density control).
     """
@@ -176,6 +180,8 @@ class GaussianReconConfig:
     min_scale: float = 0.3
     cutoff: float = 3.0
     eval_every: int = 50
+    holdout_views: int = 0
+    holdout_patience: int = 0
     checkpoint_every: int = 0
     seed: int = 0
 
@@ -207,6 +213,10 @@ class GaussianReconConfig:
             self.densify_until = int(0.6 * self.iterations)
         if self.eval_every < 1 or self.densify_every < 1:
             raise ValueError("eval_every and densify_every must be >= 1")
+        if self.holdout_views < 0 or self.holdout_patience < 0:
+            raise ValueError(f"holdout_views and holdout_patience must be >= 0, got {self.holdout_views}, {self.holdout_patience}")
+        if self.holdout_patience and not self.holdout_views:
+            raise ValueError("holdout_patience needs holdout_views > 0 (the patience counts held-out evaluations)")
 
     @classmethod
     def preset(cls, name: str, iterations: int = 1000, **overrides) -> "GaussianReconConfig":

@@ -76,6 +76,11 @@ def _print_summary(metrics: dict, out: Path) -> None:
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
                      f"bench/RESULTS.md used about one per 7); raise --num-gaussians (and the iterations)")  # fmt: skip
+    if metrics.get("holdout"):
+        h = metrics["holdout"]
+        how = "stopped early" if h["stopped_early"] else "ran to the end"
+        lines.append(f"  held-out views {h['views']}: written the Gaussians of iteration {h['best_iteration']} "
+                     f"(lowest held-out error {h['best_error']:.4g}); the run {how} at iteration {metrics['iterations']}")  # fmt: skip
     if "final" in metrics:
         for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
             lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
@@ -121,12 +126,20 @@ def cmd_reconstruct(args) -> int:
     # ---- validate everything before writing anything
     if args.iterations < 0:
         raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
+    if args.patience and not args.holdout_views:
+        raise CLIError("--patience counts evaluations of held-out views: it needs --holdout-views")
+    if args.holdout_views and args.fbp:
+        raise CLIError(f"--fbp {args.fbp} with --holdout-views: that FBP has seen the held-out views; leave out --fbp "
+                       "(the initialisation then uses the FBP of the fitted views)")  # fmt: skip
     init_settings = _init_settings(args)
     if init_settings["init"] == "medgmae" and not args.checkpoint:
         raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
     if args.checkpoint and init_settings["init"] != "medgmae":
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
     geom, proj = load_scan(args.projections, args.geometry)
+    if args.holdout_views and not 1 <= args.holdout_views <= geom.num_views // 2:
+        raise CLIError(f"--holdout-views {args.holdout_views}: the scan {args.projections} has {geom.num_views} views; "
+                       f"hold out between 1 and {geom.num_views // 2}")  # fmt: skip
     reference = load_matching_volume(args.reference, geom, "reference")[0] if args.reference else None
     fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
@@ -143,12 +156,13 @@ def cmd_reconstruct(args) -> int:
     proj_t = torch.from_numpy(proj).to(device)
     t0 = time.perf_counter()
     fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
-    init, value_scale = _initialise(args, init_settings, fbp_t, affine, model)
+    init, value_scale = _initialise(args, init_settings, _fitted_fbp(args, geom, proj_t, fbp_t), affine, model)
     init_seconds = time.perf_counter() - t0
     growth = sparse_start_growth(init_settings["grow_to"]) if "grow_to" in init_settings else {}
     cfg = GaussianReconConfig.preset(
         args.preset, args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
-        eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed, **growth,
+        eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed,
+        holdout_views=args.holdout_views, holdout_patience=args.patience, **growth,
     )  # fmt: skip
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
@@ -167,6 +181,18 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def _fitted_fbp(args, geom: CTGeometry, proj_t: torch.Tensor, fbp_t: torch.Tensor) -> torch.Tensor:
+    """The FBP the initialisation starts from: ``fbp_t`` (every view), or with ``--holdout-views`` the FBP of the
+    fitted views only, so that nothing the held-out error is measured on enters the reconstruction."""
+    from recon.fbp import fbp
+    from recon.holdout import holdout_split
+
+    if not args.holdout_views:
+        return fbp_t
+    fit = holdout_split(geom.num_views, args.holdout_views)[0]
+    return fbp(proj_t[fit.to(proj_t.device)], geom.select_views(fit.tolist()), args.filter)
+
+
 def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device) -> dict:
     """What ``metrics.json`` records: the preset, every setting, the run and its history."""
     from dataclasses import asdict
@@ -179,6 +205,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
         "iterations_to_psnr": result.iterations_to_psnr, "history": result.history,
+        "holdout": None if rec.holdout is None else rec.holdout.summary(),
     }  # fmt: skip
 
 

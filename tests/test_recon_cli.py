@@ -200,6 +200,9 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "reference shape": (_reconstruct_args(sim, out, "--init", "fbp", "--reference", str(small)), "reference"),
         "resume without state": (_reconstruct_args(sim, out, "--init", "fbp", "--resume"), "no saved state"),
         "fbp init with checkpoint": (_reconstruct_args(sim, out, "--preset", "3dgr-ct", "--checkpoint", str(model_file[0])), "--init 3dgr-ct"),
+        "too many held-out views": (_reconstruct_args(sim, out, "--holdout-views", "6"), "has 10 views; hold out between 1 and 5"),
+        "patience without held-out views": (_reconstruct_args(sim, out, "--patience", "2"), "needs --holdout-views"),
+        "given fbp with held-out views": (_reconstruct_args(sim, out, "--holdout-views", "2", "--fbp", str(sim / "fbp.nii.gz")), "has seen the held-out views"),
         "evaluate missing": (["evaluate", "--recon", str(tmp_path / "r.nii.gz"), "--reference", str(sim / "reference.nii.gz")], "does not exist"),
         "evaluate shapes": (["evaluate", "--recon", str(small), "--reference", str(sim / "reference.nii.gz")], "shape"),
     }
@@ -258,3 +261,25 @@ def test_summary_says_when_the_gaussians_are_too_few(tmp_path, capsys):
         _print_summary({**base, "num_gaussians": 20000, "voxels_per_gaussian": per}, tmp_path)
         text = capsys.readouterr().out
         assert ("too few" in text) == noted and (f"one Gaussian per {per:.0f} voxels" in text) == noted
+
+
+def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
+    """--holdout-views writes the Gaussians of the evaluation with the lowest held-out error, records the choice,
+    draws the held-out error, and --patience ends the run early."""
+    from PIL import Image
+
+    out = tmp_path / "held"
+    args = _reconstruct_args(simulated, out, "--holdout-views", "2", "--patience", "1", "--iterations", "30", "--eval-every", "1",
+                             "--num-gaussians", "300", "--reference", str(simulated / "reference.nii.gz"))  # fmt: skip
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    h = m["holdout"]
+    errors = {r["iteration"]: r["holdout_error"] for r in m["history"]}
+    assert h["views"] == [2, 7] and h["best_iteration"] == min(errors, key=errors.get)
+    assert m["settings"]["holdout_views"] == 2 and m["settings"]["holdout_patience"] == 1
+    assert m["iterations"] == (h["best_iteration"] + 1 if h["stopped_early"] else 30)
+    rec = nib.load(str(out / "recon.nii.gz")).get_fdata()
+    ref = nib.load(str(simulated / "reference.nii.gz")).get_fdata()
+    assert m["final"]["psnr"] == pytest.approx(evaluate(rec, ref)["psnr"], abs=1e-3)
+    assert "held-out views [2, 7]" in capsys.readouterr().out
+    assert Image.open(out / "curve.png").size == (640, 10 + 3 * 235)  # loss, held-out error, PSNR
