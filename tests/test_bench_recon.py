@@ -111,3 +111,27 @@ def test_summary_marks_incomplete_runs(tmp_path, capsys):
     assert recon_summary.main([str(out)]) == 0
     table = capsys.readouterr().out
     assert "4 iterations" in table and "(at iteration 2, run incomplete)" in table
+
+
+def test_holdout_summary_replays_the_patience(tmp_path, capsys):
+    """bench/recon_holdout_summary.py on toy held-out and every-view runs: one row per start, the choice is the
+    lowest recorded held-out error, a patience of 1 stops one evaluation after the first non-improvement."""
+    summary = _load("recon_holdout_summary")
+    base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
+            "--iterations", "6", "--eval-every", "1", "--num-gaussians", "200", "--device", "cpu", "--only", "toolkit"]  # fmt: skip
+    held, full = tmp_path / "held.json", tmp_path / "full.json"
+    assert bench_recon.main([*base, "--holdout-views", "2", "--json", str(held)]) == 0
+    assert bench_recon.main([*base, "--json", str(full)]) == 0
+    run = json.loads(held.read_text())["runs"]["toolkit"]
+    errors = dict(run["holdout_curve"])
+    assert run["chosen"]["iteration"] == min(errors, key=errors.get) and run["holdout"]["views"] == [2, 6]
+    curve = [(1, 3.0), (2, 2.0), (3, 2.5), (4, 1.0), (5, 1.5), (6, 1.6)]
+    toy = {"holdout": {"views": [2, 6]}, "holdout_curve": curve}
+    assert summary.replay(toy, 8, 1) == (3, 2) and summary.replay(toy, 8, 2) == (6, 4) and summary.replay(toy, 8, 0) == (6, 4)
+    capsys.readouterr()
+    assert summary.main([str(held), "--full", str(full), "--patience", "1", "--png", str(tmp_path / "h.png")]) == 0
+    table = capsys.readouterr().out
+    assert "| toolkit |" in table and "n/a" not in table and "patience 1" in table
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        summary.main([str(full)])  # a run without held-out views

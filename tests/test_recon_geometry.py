@@ -86,3 +86,15 @@ def test_vectors_match_astra_conversion(kind):
         g = CTGeometry("cone", (4, 6, 6), 1.0, (9, 19), (2.0, 1.5), angles, 100.0, 150.0)
         ref = geom_2vec(create_proj_geom("cone", 1.5, 2.0, 9, 19, angles, 100.0, 50.0))["Vectors"]
     np.testing.assert_allclose(g.vectors(), ref, atol=1e-9)
+
+
+def test_select_views_keeps_the_scan_and_checks_indices():
+    g = CTGeometry.cone((8, 10, 12), (2.0, 1.0, 1.5), num_angles=12)
+    sub = g.select_views([1, 5, 11])
+    assert sub.angles == [g.angles[1], g.angles[5], g.angles[11]] and sub.num_views == 3
+    assert (sub.kind, sub.volume_shape, sub.voxel_size, sub.det_shape, sub.source_origin) == (
+        g.kind, g.volume_shape, g.voxel_size, g.det_shape, g.source_origin)
+    assert g.num_views == 12  # the original is unchanged
+    for bad in ([], [12], [-1]):
+        with pytest.raises(ValueError, match="indices below 12"):
+            g.select_views(bad)
