@@ -155,7 +155,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
         "photons": args.photons, "phantom_seed": args.seed, "simulated_on": "2x finer grid, PyTorch projector",
         "projector": proj_op.name, **baselines, "runs": {},
     }  # fmt: skip
-    out["holdout_views"] = args.holdout_views
+    out["holdout_views"], out["tv_weight"] = args.holdout_views, args.tv
     inits, overrides = starts(args, rec_fbp, geom, device, out)
     for name, (make, preset) in inits.items():
         if args.only and name not in args.only:
@@ -165,7 +165,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
         init_seconds = time.perf_counter() - t
         cfg = GaussianReconConfig.preset(preset, args.iterations, eval_every=args.eval_every,
                                          views_per_iteration=args.views_per_iteration, seed=args.seed,
-                                         holdout_views=args.holdout_views, **overrides.get(name, {}))  # fmt: skip
+                                         holdout_views=args.holdout_views, tv_weight=args.tv, **overrides.get(name, {}))  # fmt: skip
         rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol.cpu(), device=device, value_scale=value_scale)
         meta = {"preset": preset, "preset_overrides": overrides.get(name, {}), "init_seconds": init_seconds,
                 "initial_gaussians": init.num_gaussians}  # fmt: skip
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
     p.add_argument("--views-per-iteration", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--tv", type=float, default=0.0, help="TV weight of every start (the presets' tv_weight)")
     p.add_argument("--holdout-views", type=int, default=0,
                    help="views left out of the fit (recon.holdout); the starts use the FBP of the others")
     p.add_argument("--targets", type=float, nargs="*", default=[], help="absolute PSNR targets (dB)")
