@@ -148,7 +148,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
     proj_op = make_projector(geom, args.backend, device)
     rec_fbp, baselines = fbp_baselines(proj, geom, vol, args)
     if args.holdout_views:  # the starts come from the FBP of the fitted views; the baselines use every view
-        fit = holdout_split(geom.num_views, args.holdout_views)[0]
+        fit = holdout_split(geom.angles, args.holdout_views)[0]
         rec_fbp = fbp(proj[fit.to(proj.device)], geom.select_views(fit.tolist()), "hann")
     out = {
         "shape_zyx": list(shape), "voxel_mm": list(voxel), "geometry": geom.kind, "views": geom.num_views,

@@ -6,7 +6,8 @@
 
 Per case and start: where the held-out error chose (the iteration and PSNR of what ``reconstruct --holdout-views``
 writes without ``--patience``), the peak and last PSNR of that run, the peak and last PSNR of the same start fitted
-to every view (``--full``: the study's files), and for each ``--patience`` the iteration the run would stop at and
+to every view (``--full``: the study's files) with its PSNR at the chosen iteration (what a second run on every
+view stopped there would give, if the learning-rate schedule did not depend on the run's length), and for each ``--patience`` the iteration the run would stop at and
 the PSNR of what it would return (the recorded held-out errors replayed through :class:`recon.holdout.HeldOutViews`,
 the class the reconstruction uses). The PNG draws both PSNR curves per start and case, the choice marked.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -43,7 +45,8 @@ def _load(paths: list[str]) -> dict:
 
 def replay(run: dict, views: int, patience: int) -> tuple[int, int]:
     """``(stopped at, chosen iteration)`` of ``run``'s held-out errors under ``patience`` (0: never stops)."""
-    h = HeldOutViews(views, len(run["holdout"]["views"]), patience)
+    plain = [math.pi * i / views for i in range(views)]  # the split does not matter here, only the bookkeeping
+    h = HeldOutViews(plain, len(run["holdout"]["views"]), patience)
     last = 0
     for it, err in run["holdout_curve"]:
         last = it
@@ -63,14 +66,17 @@ def case_table(held: dict, full: dict | None, patiences: list[int]) -> str:
     g, v, seed = _key(held)
     head = (f"**{g}, {v} views, phantom seed {seed}** ({held['holdout_views']} views held out: "
             f"{next(iter(held['runs'].values()))['holdout']['views']}); best FBP/FDK (every view) {held['best_fbp_psnr']:.2f} dB\n\n")  # fmt: skip
-    cols = ["start", "chosen: it (PSNR)", "held-out run: peak (it)", "held-out run: last", "every view: peak (it)", "every view: last"]
+    cols = ["start", "chosen: it (PSNR)", "held-out run: peak (it)", "held-out run: last", "every view: peak (it)", "every view: last",
+            "every view at the chosen it"]
     cols += [f"patience {p}: stop, it (PSNR)" for p in patiences]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in held["runs"].items():
         psnr_at = dict(r["curve"])
         row = [name, f"{r['chosen']['iteration']} ({r['chosen']['psnr']:.2f})", "%.2f (%d)" % _peak(r), f"{r['curve'][-1][1]:.2f}"]
         other = (full or {}).get("runs", {}).get(name)
+        at = dict(other["curve"]).get(r["chosen"]["iteration"]) if other else None
         row += ["%.2f (%d)" % _peak(other), f"{other['curve'][-1][1]:.2f}"] if other else ["n/a", "n/a"]
+        row.append("n/a" if at is None else f"{at:.2f}")
         for p in patiences:
             stop, chosen = replay(r, v, p)
             row.append(f"{stop}, {chosen} ({psnr_at[chosen]:.2f})")

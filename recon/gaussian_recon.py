@@ -126,7 +126,7 @@ class GaussianReconstructor:
         if self.config.holdout_views:
             from recon.holdout import HeldOutViews
 
-            self.holdout = HeldOutViews(self.geometry.num_views, self.config.holdout_views, self.config.holdout_patience)
+            self.holdout = HeldOutViews(self.geometry.angles, self.config.holdout_views, self.config.holdout_patience)
         fitted = self.proj if self.holdout is None else self.proj[self.holdout.fit.to(self.device)]
         self.proj_norm = float(fitted.square().mean().clamp_min(1e-12))  # of the fitted views only
         self._set_params(init)

@@ -18,38 +18,47 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["HeldOutViews", "holdout_split"]
 
 
-def holdout_split(num_views: int, holdout: int) -> tuple[Tensor, Tensor]:
-    """Split view indices into fitted and held-out views, the held-out ones spread evenly over the scan.
+def holdout_split(angles, holdout: int) -> tuple[Tensor, Tensor]:
+    """Split view indices into fitted and held-out views, the held-out views spread evenly over the directions.
 
-    Held-out view ``i`` (``0 <= i < holdout``) is ``floor((i + 0.5) * num_views / holdout)``: the middle view of
-    the ``i``-th of ``holdout`` equal stretches of the arc.
+    A view's direction is its angle modulo 180 degrees: on a 360-degree scan views ``i`` and ``i + N / 2`` see the
+    object along the same lines, so holding out both would leave that direction out of the fit altogether. The
+    views are ordered by direction (stable: by index among equal directions) and held-out view ``i``
+    (``0 <= i < holdout``) is the one at position ``floor((i + 0.5) * N / holdout)`` of that order: the middle view
+    of the ``i``-th of ``holdout`` equal stretches of the directions covered. On a 180-degree scan that is view
+    ``floor((i + 0.5) * N / holdout)``.
 
     Args:
-        num_views: views of the scan.
-        holdout: views to hold out, ``1 <= holdout <= num_views // 2`` (at least as many views fitted as held out).
+        angles: the scan's view angles in radians (``CTGeometry.angles``), ``N`` of them.
+        holdout: views to hold out, ``1 <= holdout <= N // 2`` (at least as many views fitted as held out).
 
     Returns:
         ``(fit, held_out)``: sorted ``int64`` index tensors, disjoint, together every view.
     """
-    if num_views < 2 or not 1 <= holdout <= num_views // 2:
-        raise ValueError(f"holdout views must be between 1 and half of the {num_views} views ({num_views // 2}), got {holdout}")
-    held = torch.tensor([int((i + 0.5) * num_views / holdout) for i in range(holdout)], dtype=torch.int64)
-    mask = torch.ones(num_views, dtype=torch.bool)
+    a = np.asarray(angles, dtype=np.float64).reshape(-1)
+    n = len(a)
+    if n < 2 or not 1 <= holdout <= n // 2:
+        raise ValueError(f"holdout views must be between 1 and half of the {n} views ({n // 2}), got {holdout}")
+    direction = np.round(np.mod(a, np.pi), 9) % np.pi  # 180 degrees is direction 0, not just below pi
+    order = np.argsort(direction, kind="stable")
+    held = torch.from_numpy(np.sort(order[[int((i + 0.5) * n / holdout) for i in range(holdout)]])).to(torch.int64)
+    mask = torch.ones(n, dtype=torch.bool)
     mask[held] = False
-    return torch.arange(num_views)[mask], held
+    return torch.arange(n)[mask], held
 
 
 class HeldOutViews:
     """The held-out views of a reconstruction and the best state seen on them.
 
     Args:
-        num_views: views of the scan.
+        angles: the scan's view angles in radians.
         holdout: views to hold out (see :func:`holdout_split`).
         patience: stop after this many evaluations in a row without a lower held-out error (0: never stop early;
             the best state is kept in any case).
@@ -63,10 +72,10 @@ class HeldOutViews:
         stopped: whether the patience ran out.
     """
 
-    def __init__(self, num_views: int, holdout: int, patience: int = 0):
+    def __init__(self, angles, holdout: int, patience: int = 0):
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
-        self.fit, self.held_out = holdout_split(num_views, holdout)
+        self.fit, self.held_out = holdout_split(angles, holdout)
         self.patience = int(patience)
         self.best_error, self.best_iteration = math.inf, -1
         self.best_params: dict[str, Tensor] | None = None

@@ -189,7 +189,7 @@ def _fitted_fbp(args, geom: CTGeometry, proj_t: torch.Tensor, fbp_t: torch.Tenso
 
     if not args.holdout_views:
         return fbp_t
-    fit = holdout_split(geom.num_views, args.holdout_views)[0]
+    fit = holdout_split(geom.angles, args.holdout_views)[0]
     return fbp(proj_t[fit.to(proj_t.device)], geom.select_views(fit.tolist()), args.filter)
 
 

@@ -21,21 +21,42 @@ from recon.projectors import TorchProjector
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_split_spreads_the_held_out_views():
+@pytest.mark.parametrize("arc", [180.0, 360.0, 200.0])
+def test_split_spreads_the_held_out_views_over_the_directions(arc):
+    """Every view is fitted or held out, once; the held-out directions (angle modulo 180 degrees) are distinct and,
+    on 180- and 360-degree scans, spread as evenly as the directions allow (gaps differ by at most one step)."""
     for views in range(2, 41):
+        angles = np.deg2rad(arc) * np.arange(views) / views
+        directions = np.round(np.mod(angles, np.pi), 9) % np.pi
+        distinct = np.unique(directions)
+        step = np.diff(np.append(distinct, distinct[0] + np.pi)).max()
         for held in range(1, views // 2 + 1):
-            fit, out = holdout_split(views, held)
+            fit, out = holdout_split(angles, held)
             assert len(out) == held and len(fit) == views - held
             assert sorted(fit.tolist() + out.tolist()) == list(range(views))
-            gaps = np.diff(out.tolist() + [out[0].item() + views])  # cyclic gaps between held-out views
-            assert gaps.max() - gaps.min() <= 1, (views, held, out)  # as even as integers allow
-    for views, held in ((10, 0), (10, 6), (1, 1)):
+            d = np.sort(directions[out.numpy()])
+            if held <= len(distinct):
+                assert len(np.unique(d)) == held, (arc, views, held, out)
+            gaps = np.diff(np.append(d, d[0] + np.pi))
+            if arc in (180.0, 360.0):  # directions evenly spaced (a 200-degree arc covers them unevenly)
+                assert gaps.max() - gaps.min() <= step + 1e-6, (arc, views, held, out)
+    for n, held in ((10, 0), (10, 6), (1, 1)):
         with pytest.raises(ValueError, match="holdout views"):
-            holdout_split(views, held)
+            holdout_split(np.arange(n) * 0.1, held)
+
+
+def test_split_of_a_full_rotation_keeps_opposite_views_apart():
+    """20 views over 360 degrees, 2 held out: two directions 90 degrees apart, each opposite view still fitted
+    (holding out views 5 and 15, as an even spread over the indices would, removes the 90-degree direction)."""
+    angles = np.deg2rad(360.0) * np.arange(20) / 20
+    fit, out = holdout_split(angles, 2)
+    assert out.tolist() == [12, 17]  # 216 and 306 degrees: directions 36 and 126
+    assert {2, 7} <= set(fit.tolist())
+    assert holdout_split(angles[:10] / 2, 2)[1].tolist() == [2, 7]  # 180 degrees: evenly over the indices
 
 
 def test_best_state_and_patience_bookkeeping():
-    h = HeldOutViews(10, 2, patience=2)
+    h = HeldOutViews([0.1 * i for i in range(10)], 2, patience=2)
     params = {"means": torch.zeros(3, 3)}
     assert h.update(5, 1.0, params) and h.best_iteration == 5
     params["means"] += 1  # the copy must not follow the live parameters
@@ -47,7 +68,7 @@ def test_best_state_and_patience_bookkeeping():
     with pytest.raises(FloatingPointError):
         h.update(30, math.nan, params)
     with pytest.raises(ValueError, match="patience"):
-        HeldOutViews(10, 2, patience=-1)
+        HeldOutViews([0.1 * i for i in range(10)], 2, patience=-1)
 
 
 ITERATIONS = 60
@@ -67,7 +88,7 @@ def _run(scan, iterations=ITERATIONS, stop_at=None, state=None, **settings):
     """The toolkit optimiser from the FBP of the fitted views (every view without held-out ones)."""
     g, p, proj, vol = scan
     cfg = GaussianReconConfig.preset("toolkit", iterations, eval_every=5, seed=0, **settings)
-    fit = holdout_split(g.num_views, settings["holdout_views"])[0] if settings.get("holdout_views") else torch.arange(g.num_views)
+    fit = holdout_split(g.angles, settings["holdout_views"])[0] if settings.get("holdout_views") else torch.arange(g.num_views)
     init = fbp_init(fbp(proj[fit], g.select_views(fit.tolist())), 600, seed=0)
     rec = GaussianReconstructor(p, proj, init, cfg, reference=vol)
     if state is not None:
@@ -84,7 +105,7 @@ def test_the_fit_never_sees_the_held_out_views(scan):
     """Replacing the measurements of the held-out views changes the held-out errors but not one bit of the fit;
     without held-out views the same replacement changes the fit (negative control)."""
     g, p, proj, vol = scan
-    _, held = holdout_split(g.num_views, 2)
+    _, held = holdout_split(g.angles, 2)
     other = proj.clone()
     other[held] = other[held].flip(-1) * 1.5
     a, ra = _run(scan, 12, holdout_views=2)
