@@ -226,16 +226,6 @@ class GaussianReconstructor:
             loss = loss + c.tv_weight * tv
         return loss
 
-    @torch.no_grad()
-    def holdout_error(self, volume: Tensor | None = None) -> float:
-        """Relative projection MSE of ``volume`` (default: the current rendering; ``value_scale`` units) on the
-        held-out views: mean square error over their pixels divided by the mean square of the fitted views'
-        measurements (whatever ``config.loss``; no TV term)."""
-        views = self.holdout.held_out
-        vol = self.render() if volume is None else volume
-        pred = self.projector.forward(vol * self.value_scale, views)
-        return float((pred - self.proj[views.to(self.device)]).square().mean() / self.proj_norm)
-
     def step(self) -> float:
         """One optimisation step; returns the loss."""
         self.start_step()
@@ -369,12 +359,7 @@ class GaussianReconstructor:
             if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
                 self.densify_and_prune()
             if it % c.eval_every == 0 or it == c.iterations:
-                rec = {"iteration": it, "loss": loss, "num_gaussians": int(self.params["means"].shape[0]), "seconds": time.perf_counter() - t0}
-                rec.update(self.evaluate(with_ssim=ssim_every_eval or it == c.iterations))
-                if self.holdout is not None:
-                    rec["holdout_error"] = self.holdout_error()
-                    self.holdout.update(it, rec["holdout_error"], self.params)
-                self.history.append(rec)
+                rec = self._record(loss, time.perf_counter() - t0, with_ssim=ssim_every_eval or it == c.iterations)
                 postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
             postfix["loss"] = f"{loss:.4g}"
             bar.set_postfix(postfix, refresh=False)
@@ -385,6 +370,21 @@ class GaussianReconstructor:
         seconds = time.perf_counter() - t0
         if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)
+        return self._result(seconds)
+
+    def _record(self, loss: float, seconds: float, with_ssim: bool) -> dict:
+        """The evaluation of the current iteration, appended to the history (the held-out error recorded too)."""
+        rec = {"iteration": self.iteration, "loss": loss, "num_gaussians": int(self.params["means"].shape[0]), "seconds": seconds}
+        rec.update(self.evaluate(with_ssim=with_ssim))
+        if self.holdout is not None:
+            with torch.no_grad():
+                rec["holdout_error"] = self.holdout.error(self.projector, self.proj, self.render() * self.value_scale, self.proj_norm)
+            self.holdout.update(self.iteration, rec["holdout_error"], self.params)
+        self.history.append(rec)
+        return rec
+
+    def _result(self, seconds: float) -> GaussianReconResult:
+        """The result of :meth:`run`: the current Gaussians, or with held-out views those of the best evaluation."""
         chosen = None if self.holdout is None or self.holdout.best_params is None else self.holdout.best_params
         with torch.no_grad():
             volume = self.render(chosen) * self.value_scale

@@ -93,6 +93,20 @@ class HeldOutViews:
         self.stopped = self.patience > 0 and self.waiting >= self.patience
         return False
 
+    @torch.no_grad()
+    def error(self, projector, projections: Tensor, volume: Tensor, norm: float) -> float:
+        """Relative projection error of ``volume`` on the held-out views: the mean square error over their pixels
+        divided by ``norm`` (the reconstruction passes the mean square of the fitted views' measurements).
+
+        Args:
+            projector: the scan's :class:`~recon.projectors.Projector`.
+            projections: ``(V, rows, cols)`` every measured view.
+            volume: ``(D, H, W)`` attenuation volume.
+            norm: the divisor.
+        """
+        pred = projector.forward(volume, self.held_out)
+        return float((pred - projections[self.held_out.to(projections.device)]).square().mean() / norm)
+
     def summary(self) -> dict:
         """What ``metrics.json`` records: the held-out views and the chosen iteration."""
         return {"views": self.held_out.tolist(), "patience": self.patience, "best_iteration": self.best_iteration,

@@ -126,20 +126,14 @@ def cmd_reconstruct(args) -> int:
     # ---- validate everything before writing anything
     if args.iterations < 0:
         raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
-    if args.patience and not args.holdout_views:
-        raise CLIError("--patience counts evaluations of held-out views: it needs --holdout-views")
-    if args.holdout_views and args.fbp:
-        raise CLIError(f"--fbp {args.fbp} with --holdout-views: that FBP has seen the held-out views; leave out --fbp "
-                       "(the initialisation then uses the FBP of the fitted views)")  # fmt: skip
+    _check_holdout_flags(args)
     init_settings = _init_settings(args)
     if init_settings["init"] == "medgmae" and not args.checkpoint:
         raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
     if args.checkpoint and init_settings["init"] != "medgmae":
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
     geom, proj = load_scan(args.projections, args.geometry)
-    if args.holdout_views and not 1 <= args.holdout_views <= geom.num_views // 2:
-        raise CLIError(f"--holdout-views {args.holdout_views}: the scan {args.projections} has {geom.num_views} views; "
-                       f"hold out between 1 and {geom.num_views // 2}")  # fmt: skip
+    _check_holdout_flags(args, geom)
     reference = load_matching_volume(args.reference, geom, "reference")[0] if args.reference else None
     fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
@@ -179,6 +173,18 @@ def cmd_reconstruct(args) -> int:
     _write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
     _print_summary(metrics, out)
     return 0
+
+
+def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
+    """``--holdout-views`` and ``--patience`` make sense together and (with ``geom``) for this scan."""
+    if args.patience and not args.holdout_views:
+        raise CLIError("--patience counts evaluations of held-out views: it needs --holdout-views")
+    if args.holdout_views and args.fbp:
+        raise CLIError(f"--fbp {args.fbp} with --holdout-views: that FBP has seen the held-out views; leave out --fbp "
+                       "(the initialisation then uses the FBP of the fitted views)")  # fmt: skip
+    if geom is not None and args.holdout_views and not 1 <= args.holdout_views <= geom.num_views // 2:
+        raise CLIError(f"--holdout-views {args.holdout_views}: the scan {args.projections} has {geom.num_views} views; "
+                       f"hold out between 1 and {geom.num_views // 2}")  # fmt: skip
 
 
 def _fitted_fbp(args, geom: CTGeometry, proj_t: torch.Tensor, fbp_t: torch.Tensor) -> torch.Tensor:
