@@ -9,6 +9,9 @@ Subcommands::
                   --out DIR
     medgmae-recon evaluate --recon R.nii.gz --reference R2.nii.gz
 
+Projection stacks are ``.npy`` arrays ``(views, rows, cols)`` or MetaImage / NRRD / NIfTI stacks indexed
+(column, row, view), as RTK writes them (:func:`recon.scan_files.load_projections`).
+
 Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuation (1/mm) with
 ``mu = 0.0192 (1 + HU / 1000)``, clipped at 0 (water 0.0192 / mm, air 0); projections are line integrals of ``mu``
 (dimensionless). With ``--photons I0`` they are turned into Poisson counts ``~ Poisson(I0 exp(-p))`` and back into
@@ -44,6 +47,8 @@ from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 
 __all__ = ["main", "build_parser"]
 
+PROJECTIONS_HELP = "line integrals: .npy of shape (views, rows, cols), or a MetaImage (.mha/.mhd, as RTK writes), NRRD or NIfTI stack indexed (column, row, view)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``medgmae-recon`` argument parser: one subparser per command, choices from the modules that define them."""
@@ -67,14 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
 
     f = sub.add_parser("fbp", help="FBP (parallel) or FDK (cone) reconstruction")
-    f.add_argument("--projections", required=True, help=".npy of shape (views, rows, cols)")
+    f.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     f.add_argument("--geometry", required=True, help="geometry.json")
     f.add_argument("--filter", default="hann", choices=FILTERS)
     f.add_argument("--device", default="auto")
     f.add_argument("--out", required=True, help="output NIfTI")
 
     r = sub.add_parser("reconstruct", help="Gaussian (3DGR-CT) reconstruction")
-    r.add_argument("--projections", required=True)
+    r.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     r.add_argument("--geometry", required=True)
     r.add_argument("--fbp", default=None, help="FBP volume for the initialisation (computed when absent)")
     r.add_argument("--preset", default="toolkit", choices=PRESETS, help="optimisation settings (default toolkit)")

@@ -40,10 +40,22 @@ def save_nifti(path, volume: np.ndarray, affine: np.ndarray) -> None:
 
 
 def load_projections(path) -> np.ndarray:
-    """Read a ``.npy`` projection stack ``(views, rows, cols)`` as float32."""
+    """Read a projection stack ``(views, rows, cols)`` of line integrals as float32.
+
+    ``.npy`` files hold that array as it is. A MetaImage (``.mha`` / ``.mhd``, RTK's format for projection stacks),
+    NRRD or NIfTI stack is read through the toolkit's one reader (:func:`load_volume`): its last index runs over the
+    views, its second over the detector rows and its first over the columns (ITK's ``(x, y, z)`` = (column, row,
+    view), the array ``(views, rows, cols)`` SimpleITK gives); its spacing and origin are not used
+    (``geometry.json`` holds the geometry).
+
+    Raises:
+        ValueError: missing, unreadable, not 3D or non-finite; the message names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"projection file {path} does not exist")
+    if path.suffix.lower() != ".npy":
+        return load_volume(path)[0].astype(np.float32, copy=False)
     try:
         p = np.load(path, allow_pickle=False)
     except Exception as e:

@@ -283,3 +283,27 @@ def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
     assert m["final"]["psnr"] == pytest.approx(evaluate(rec, ref)["psnr"], abs=1e-3)
     assert "held-out views [2, 7]" in capsys.readouterr().out
     assert Image.open(out / "curve.png").size == (640, 10 + 3 * 235)  # loss, held-out error, PSNR
+
+
+def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
+    """A projection stack as MetaImage (RTK's layout: x = column, y = row, z = view) or NIfTI reads as the same
+    (views, rows, cols) array as the .npy, and reconstruct runs on it; other files are refused by name."""
+    import SimpleITK as sitk
+
+    from recon.scan_files import load_projections
+
+    proj = np.load(simulated / "projections.npy")
+    proj[0, 0, :3] = [1.0, 2.0, 3.0]  # an asymmetric marker: first view, first row, first columns
+    img = sitk.GetImageFromArray(proj)  # numpy (z, y, x) = (views, rows, cols)
+    img.SetSpacing((0.5, 0.7, 1.0))
+    sitk.WriteImage(img, str(tmp_path / "p.mha"))
+    nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), np.eye(4)), str(tmp_path / "p.nii.gz"))
+    for name in ("p.mha", "p.nii.gz"):
+        np.testing.assert_array_equal(load_projections(tmp_path / name), proj)
+    out = tmp_path / "rec"
+    args = _reconstruct_args(simulated, out, "--projections", str(tmp_path / "p.mha"), "--iterations", "1", "--num-gaussians", "50")
+    assert main(args) == 0 and (out / "recon.nii.gz").is_file()
+    (tmp_path / "p.txt").write_text("1 2 3")
+    capsys.readouterr()
+    assert main(_reconstruct_args(simulated, tmp_path / "bad", "--projections", str(tmp_path / "p.txt"))) == 2
+    assert "p.txt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
