@@ -26,7 +26,8 @@ reconstruction without a reference) and the resumable ``recon_state.pt`` (saved 
 iterations and at the end), and prints a closing summary. With ``--holdout-views N`` it leaves ``N`` views,
 spread over the scan, out of the fit and writes the Gaussians of the evaluation (every ``--eval-every`` iterations)
 that predicts them best, optionally stopping after ``--patience`` evaluations without improvement
-(:mod:`recon.holdout`).
+(:mod:`recon.holdout`); with ``--refit`` it then runs the same reconstruction on every view, stopped at the chosen
+iteration (same settings and schedule), and writes that (``recon_state.pt`` keeps the held-out run).
 ``evaluate`` prints ``{"psnr", "ssim", "data_range"}`` as JSON: PSNR and SSIM on the reference's range
 ``max - min`` (see :mod:`recon.metrics`).
 
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "them best are written (the iteration chosen without a reference; default 0: off)")
     r.add_argument("--patience", type=nonneg_int, default=0,
                    help="with --holdout-views: stop after this many evaluations without a better held-out error (0: run on)")
+    r.add_argument("--refit", action="store_true",
+                   help="with --holdout-views: then run again on every view to the chosen iteration and write that (the "
+                        "held-out views' information back in the fit; the same schedule, stopped there)")
     r.add_argument("--checkpoint-every", type=int, default=500, help="iterations between resumable states (0: end only)")
     r.add_argument("--resume", action="store_true", help=f"continue from OUT/{RECON_STATE}")
     r.add_argument("--backend", default="auto", choices=PROJECTOR_BACKENDS, help="projector backend")

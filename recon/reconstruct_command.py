@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,9 @@ def _print_summary(metrics: dict, out: Path) -> None:
     if metrics.get("holdout"):
         h = metrics["holdout"]
         how = "stopped early" if h["stopped_early"] else "ran to the end"
-        lines.append(f"  held-out views {h['views']}: written the Gaussians of iteration {h['best_iteration']} "
-                     f"(lowest held-out error {h['best_error']:.4g}); the run {how} at iteration {metrics['iterations']}")  # fmt: skip
+        what = "refitted to every view for" if h["refit"] else "written the Gaussians of"
+        lines.append(f"  held-out views {h['views']}: chose iteration {h['best_iteration']} (lowest held-out error "
+                     f"{h['best_error']:.4g}; the run {how} at iteration {h['run_iterations']}), {what} iteration {h['best_iteration']}")  # fmt: skip
     if "final" in metrics:
         for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
             lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
@@ -124,14 +126,7 @@ def cmd_reconstruct(args) -> int:
     from recon.projectors import make_projector
 
     # ---- validate everything before writing anything
-    if args.iterations < 0:
-        raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
-    _check_holdout_flags(args)
-    init_settings = _init_settings(args)
-    if init_settings["init"] == "medgmae" and not args.checkpoint:
-        raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
-    if args.checkpoint and init_settings["init"] != "medgmae":
-        raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
+    init_settings = _check_flags(args)
     geom, proj = load_scan(args.projections, args.geometry)
     _check_holdout_flags(args, geom)
     reference = load_matching_volume(args.reference, geom, "reference")[0] if args.reference else None
@@ -166,7 +161,13 @@ def cmd_reconstruct(args) -> int:
         except (ValueError, KeyError, RuntimeError) as e:
             raise CLIError(f"cannot resume from {state_path}: {e}") from e
     result = rec.run(checkpoint_path=state_path, progress=not args.no_progress)
+    holdout = None if rec.holdout is None else {**rec.holdout.summary(), "refit": bool(args.refit),
+                                                "run_iterations": result.iterations, "run_seconds": result.seconds}  # fmt: skip
+    if args.refit and result.best_iteration is not None:
+        init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
+        result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
+    metrics["holdout"] = holdout
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
@@ -175,10 +176,36 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def _refit(rec, init_fn, iteration: int, progress: bool):
+    """The run of ``rec`` on every view (``init_fn()``: the start from the every-view FBP), stopped at
+    ``iteration``: the same settings and schedule without held-out views."""
+    from recon.gaussian_recon import GaussianReconstructor
+
+    init, value_scale = init_fn()
+    cfg = replace(rec.config, holdout_views=0, holdout_patience=0)
+    full = GaussianReconstructor(rec.projector, rec.proj, init, cfg, reference=rec.reference, device=rec.device, value_scale=value_scale)
+    return full.run(progress=progress, stop_at=iteration)
+
+
+def _check_flags(args) -> dict:
+    """The flags that need no file checked against each other; returns the initialisation settings."""
+    if args.iterations < 0:
+        raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
+    _check_holdout_flags(args)
+    init_settings = _init_settings(args)
+    if init_settings["init"] == "medgmae" and not args.checkpoint:
+        raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
+    if args.checkpoint and init_settings["init"] != "medgmae":
+        raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
+    return init_settings
+
+
 def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
     """``--holdout-views`` and ``--patience`` make sense together and (with ``geom``) for this scan."""
     if args.patience and not args.holdout_views:
         raise CLIError("--patience counts evaluations of held-out views: it needs --holdout-views")
+    if args.refit and not args.holdout_views:
+        raise CLIError("--refit runs again to the iteration the held-out views chose: it needs --holdout-views")
     if args.holdout_views and args.fbp:
         raise CLIError(f"--fbp {args.fbp} with --holdout-views: that FBP has seen the held-out views; leave out --fbp "
                        "(the initialisation then uses the FBP of the fitted views)")  # fmt: skip
@@ -211,7 +238,6 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
         "iterations_to_psnr": result.iterations_to_psnr, "history": result.history,
-        "holdout": None if rec.holdout is None else rec.holdout.summary(),
     }  # fmt: skip
 
 

@@ -202,6 +202,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "fbp init with checkpoint": (_reconstruct_args(sim, out, "--preset", "3dgr-ct", "--checkpoint", str(model_file[0])), "--init 3dgr-ct"),
         "too many held-out views": (_reconstruct_args(sim, out, "--holdout-views", "6"), "has 10 views; hold out between 1 and 5"),
         "patience without held-out views": (_reconstruct_args(sim, out, "--patience", "2"), "needs --holdout-views"),
+        "refit without held-out views": (_reconstruct_args(sim, out, "--refit"), "needs --holdout-views"),
         "given fbp with held-out views": (_reconstruct_args(sim, out, "--holdout-views", "2", "--fbp", str(sim / "fbp.nii.gz")), "has seen the held-out views"),
         "evaluate missing": (["evaluate", "--recon", str(tmp_path / "r.nii.gz"), "--reference", str(sim / "reference.nii.gz")], "does not exist"),
         "evaluate shapes": (["evaluate", "--recon", str(small), "--reference", str(sim / "reference.nii.gz")], "shape"),
@@ -307,3 +308,24 @@ def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     capsys.readouterr()
     assert main(_reconstruct_args(simulated, tmp_path / "bad", "--projections", str(tmp_path / "p.txt"))) == 2
     assert "p.txt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_refit_is_the_every_view_run_stopped_at_the_chosen_iteration(ct, tmp_path):
+    """On a noisy scan the held-out views stop the run early; --refit then writes the run on every view stopped at
+    the chosen iteration: its history is, value for value, the start of a plain run's to the end, and it ends above
+    that run, which fits the noise."""
+    sim = tmp_path / "noisy"
+    assert main(["simulate", "--volume", str(ct[0]), "--geometry", "parallel", "--views", "12", "--photons", "100",
+                 "--out", str(sim), "--device", "cpu"]) == 0  # fmt: skip
+    common = ["--iterations", "200", "--eval-every", "10", "--num-gaussians", "300", "--reference", str(sim / "reference.nii.gz")]
+    assert main(_reconstruct_args(sim, tmp_path / "refit", *common, "--holdout-views", "2", "--patience", "3", "--refit")) == 0
+    assert main(_reconstruct_args(sim, tmp_path / "plain", *common)) == 0
+    refit, plain = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("refit", "plain"))
+    h = refit["holdout"]
+    assert h["refit"] and h["stopped_early"] and h["run_iterations"] == h["best_iteration"] + 30 < 200
+    assert refit["iterations"] == refit["history"][-1]["iteration"] == h["best_iteration"]
+    assert not any("holdout_error" in r for r in refit["history"])
+    for a, b in zip(refit["history"], plain["history"]):
+        assert (a["iteration"], a["num_gaussians"]) == (b["iteration"], b["num_gaussians"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)
+    assert refit["final"]["psnr"] > plain["final"]["psnr"] + 0.5
