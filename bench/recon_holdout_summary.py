@@ -111,8 +111,9 @@ def plot(cases: list[tuple[dict, dict | None]], path: str) -> None:
                 c = r["chosen"]
                 d.ellipse((sx(c["iteration"]) - 5, sy(c["psnr"]) - 5, sx(c["iteration"]) + 5, sy(c["psnr"]) + 5), outline=(0, 0, 0), width=2)
         g, v, seed = _key(held)
-        d.text((ox + m, oy + 8), f"{g}, {v} views (seed {seed}): thick = {held['holdout_views']} held out, thin = every view", fill=(0, 0, 0))
-        d.text((ox + m, oy + 22), "  ".join(f"{k}" for k in held["runs"]), fill=(0, 0, 0))
+        d.text((ox + m, oy + 8), f"{g}, {v} views (seed {seed}): thick = {held['holdout_views']} held out (circle: chosen), thin = every view", fill=(0, 0, 0))
+        for k, name in enumerate(held["runs"]):
+            d.text((ox + m + 110 * k, oy + 22), name, fill=COLOURS.get(name, (120, 120, 120)))
         d.text((ox + 2, oy + m), f"{y1:.1f}", fill=(0, 0, 0))
         d.text((ox + 2, oy + h - m - 10), f"{y0:.1f}", fill=(0, 0, 0))
         d.text((ox + w - m - 40, oy + h - m + 6), f"it {x1}", fill=(0, 0, 0))
