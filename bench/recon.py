@@ -52,7 +52,7 @@ from medgmae.data.phantom import generate_phantom  # noqa: E402
 from recon.fbp import FILTERS, fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
-from recon.holdout import holdout_split  # noqa: E402
+from recon.holdout import fitted_views_fbp  # noqa: E402
 from recon.initialisation import fbp_init, hu_to_mu, medgmae_init, random_init  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
 from recon.presets import THREEDGR_CT, sparse_start_growth  # noqa: E402
@@ -148,8 +148,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
     proj_op = make_projector(geom, args.backend, device)
     rec_fbp, baselines = fbp_baselines(proj, geom, vol, args)
     if args.holdout_views:  # the starts come from the FBP of the fitted views; the baselines use every view
-        fit = holdout_split(geom.angles, args.holdout_views)[0]
-        rec_fbp = fbp(proj[fit.to(proj.device)], geom.select_views(fit.tolist()), "hann")
+        rec_fbp = fitted_views_fbp(proj, geom, args.holdout_views, "hann")
     out = {
         "shape_zyx": list(shape), "voxel_mm": list(voxel), "geometry": geom.kind, "views": geom.num_views,
         "photons": args.photons, "phantom_seed": args.seed, "simulated_on": "2x finer grid, PyTorch projector",

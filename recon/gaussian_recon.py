@@ -314,9 +314,11 @@ class GaussianReconstructor:
     # ------------------------------------------------------------------ driver
     @torch.no_grad()
     def evaluate(self, volume: Tensor | None = None, with_ssim: bool = True) -> dict:
-        vol = (self.render() if volume is None else volume) * self.value_scale
+        """PSNR (and SSIM) of ``volume`` (default: the current rendering; ``value_scale`` units) against the
+        reference; ``{}`` without one."""
         if self.reference is None:
             return {}
+        vol = (self.render() if volume is None else volume) * self.value_scale
         out = {"psnr": psnr_fn(vol, self.reference)}
         if with_ssim:
             out["ssim"] = ssim_fn(vol, self.reference)
@@ -375,17 +377,18 @@ class GaussianReconstructor:
     def _record(self, loss: float, seconds: float, with_ssim: bool) -> dict:
         """The evaluation of the current iteration, appended to the history (the held-out error recorded too)."""
         rec = {"iteration": self.iteration, "loss": loss, "num_gaussians": int(self.params["means"].shape[0]), "seconds": seconds}
-        rec.update(self.evaluate(with_ssim=with_ssim))
+        with torch.no_grad():
+            volume = self.render() if self.holdout is not None or self.reference is not None else None
+        rec.update(self.evaluate(volume, with_ssim=with_ssim))
         if self.holdout is not None:
-            with torch.no_grad():
-                rec["holdout_error"] = self.holdout.error(self.projector, self.proj, self.render() * self.value_scale, self.proj_norm)
+            rec["holdout_error"] = self.holdout.error(self.projector, self.proj, volume * self.value_scale, self.proj_norm)
             self.holdout.update(self.iteration, rec["holdout_error"], self.params)
         self.history.append(rec)
         return rec
 
     def _result(self, seconds: float) -> GaussianReconResult:
         """The result of :meth:`run`: the current Gaussians, or with held-out views those of the best evaluation."""
-        chosen = None if self.holdout is None or self.holdout.best_params is None else self.holdout.best_params
+        chosen = None if self.holdout is None else self.holdout.best_params
         with torch.no_grad():
             volume = self.render(chosen) * self.value_scale
         reached = {}

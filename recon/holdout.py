@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["HeldOutViews", "holdout_split"]
+__all__ = ["HeldOutViews", "fitted_views_fbp", "holdout_split"]
 
 
 def holdout_split(angles, holdout: int) -> tuple[Tensor, Tensor]:
@@ -52,6 +52,25 @@ def holdout_split(angles, holdout: int) -> tuple[Tensor, Tensor]:
     mask = torch.ones(n, dtype=torch.bool)
     mask[held] = False
     return torch.arange(n)[mask], held
+
+
+def fitted_views_fbp(projections: Tensor, geometry, holdout: int, filter_name: str = "hann") -> Tensor:
+    """FBP / FDK of the views :func:`holdout_split` keeps in the fit: the start of a reconstruction whose held-out
+    error must not have seen the held-out views.
+
+    Args:
+        projections: ``(V, rows, cols)`` every measured view.
+        geometry: the scan's :class:`~recon.geometry.CTGeometry`.
+        holdout: views held out.
+        filter_name: the FBP filter.
+
+    Returns:
+        ``(D, H, W)`` attenuation volume.
+    """
+    from recon.fbp import fbp
+
+    fit = holdout_split(geometry.angles, holdout)[0]
+    return fbp(projections[fit.to(projections.device)], geometry.select_views(fit.tolist()), filter_name)
 
 
 class HeldOutViews:

@@ -121,6 +121,7 @@ def cmd_reconstruct(args) -> int:
     """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary."""
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
+    from recon.holdout import fitted_views_fbp
     from recon.metrics import evaluate
     from recon.presets import sparse_start_growth
     from recon.projectors import make_projector
@@ -145,7 +146,8 @@ def cmd_reconstruct(args) -> int:
     proj_t = torch.from_numpy(proj).to(device)
     t0 = time.perf_counter()
     fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
-    init, value_scale = _initialise(args, init_settings, _fitted_fbp(args, geom, proj_t, fbp_t), affine, model)
+    start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
+    init, value_scale = _initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0
     growth = sparse_start_growth(init_settings["grow_to"]) if "grow_to" in init_settings else {}
     cfg = GaussianReconConfig.preset(
@@ -212,18 +214,6 @@ def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
     if geom is not None and args.holdout_views and not 1 <= args.holdout_views <= geom.num_views // 2:
         raise CLIError(f"--holdout-views {args.holdout_views}: the scan {args.projections} has {geom.num_views} views; "
                        f"hold out between 1 and {geom.num_views // 2}")  # fmt: skip
-
-
-def _fitted_fbp(args, geom: CTGeometry, proj_t: torch.Tensor, fbp_t: torch.Tensor) -> torch.Tensor:
-    """The FBP the initialisation starts from: ``fbp_t`` (every view), or with ``--holdout-views`` the FBP of the
-    fitted views only, so that nothing the held-out error is measured on enters the reconstruction."""
-    from recon.fbp import fbp
-    from recon.holdout import holdout_split
-
-    if not args.holdout_views:
-        return fbp_t
-    fit = holdout_split(geom.angles, args.holdout_views)[0]
-    return fbp(proj_t[fit.to(proj_t.device)], geom.select_views(fit.tolist()), args.filter)
 
 
 def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device) -> dict:
