@@ -59,19 +59,21 @@ from recon.presets import THREEDGR_CT, sparse_start_growth  # noqa: E402
 from recon.projectors import PROJECTOR_BACKENDS, make_projector  # noqa: E402
 
 
-def phantom_mu(seed: int, shape_zyx, voxel_zyx) -> torch.Tensor:
-    """The phantom's attenuation (1/mm) as a ``(z, y, x)`` tensor."""
-    ph = generate_phantom(seed, shape=tuple(shape_zyx[::-1]), spacing=tuple(voxel_zyx[::-1]), noise=False)
+def phantom_mu(seed: int, shape_zyx, voxel_zyx, texture: bool = False) -> torch.Tensor:
+    """The phantom's attenuation (1/mm) as a ``(z, y, x)`` tensor: piecewise-constant organs with partial-volume
+    edges, with ``texture`` plus the generator's correlated 10-15 HU noise (a stand-in for tissue texture)."""
+    ph = generate_phantom(seed, shape=tuple(shape_zyx[::-1]), spacing=tuple(voxel_zyx[::-1]), noise=texture)
     return torch.from_numpy(hu_to_mu(ph.image).astype(np.float32)).permute(2, 1, 0).contiguous()
 
 
-def simulate(seed: int, geom: CTGeometry, photons: float | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(projections, reference)``: measured on a 2x finer phantom with Poisson noise; reference = its 2x2x2 mean."""
+def simulate(seed: int, geom: CTGeometry, photons: float | None, device, texture: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(projections, reference)``: measured on a 2x finer phantom (with ``texture``: see :func:`phantom_mu`) with
+    Poisson noise; reference = its 2x2x2 mean."""
     from recon.projectors import TorchProjector
 
     fine_shape = [2 * n for n in geom.volume_shape]
     fine_voxel = [v / 2 for v in geom.voxel_size]
-    fine = phantom_mu(seed, fine_shape, fine_voxel).to(device)
+    fine = phantom_mu(seed, fine_shape, fine_voxel, texture).to(device)
     fine_geom = CTGeometry.from_dict({**geom.to_dict(), "volume_shape": fine_shape, "voxel_size": fine_voxel})
     with torch.no_grad():
         proj = TorchProjector(fine_geom)(fine)
@@ -144,7 +146,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
         geom = CTGeometry.cone(shape, voxel, num_angles=args.views)
     else:
         geom = CTGeometry.parallel(shape, voxel, num_angles=args.views)
-    proj, vol = simulate(args.seed, geom, args.photons, device)
+    proj, vol = simulate(args.seed, geom, args.photons, device, args.texture)
     proj_op = make_projector(geom, args.backend, device)
     rec_fbp, baselines = fbp_baselines(proj, geom, vol, args)
     if args.holdout_views:  # the starts come from the FBP of the fitted views; the baselines use every view
@@ -154,7 +156,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
         "photons": args.photons, "phantom_seed": args.seed, "simulated_on": "2x finer grid, PyTorch projector",
         "projector": proj_op.name, **baselines, "runs": {},
     }  # fmt: skip
-    out["holdout_views"], out["tv_weight"] = args.holdout_views, args.tv
+    out["holdout_views"], out["tv_weight"], out["texture"] = args.holdout_views, args.tv, args.texture
     inits, overrides = starts(args, rec_fbp, geom, device, out)
     for name, (make, preset) in inits.items():
         if args.only and name not in args.only:
@@ -299,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
     p.add_argument("--views-per-iteration", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--texture", action="store_true", help="phantom with the generator's correlated 10-15 HU texture")
     p.add_argument("--tv", type=float, default=0.0, help="TV weight of every start (the presets' tv_weight)")
     p.add_argument("--holdout-views", type=int, default=0,
                    help="views left out of the fit (recon.holdout); the starts use the FBP of the others")

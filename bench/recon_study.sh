@@ -10,7 +10,7 @@
 # evaluates the PSNR every N iterations (default 10); PARTIAL_EVERY=N writes the JSON every N iterations of a run
 # (marked incomplete), so a long run that is stopped still leaves its curve so far. HOLDOUT=N leaves N views out of
 # the fit (recon.holdout; the starts use the FBP of the other views); summarise with bench/recon_holdout_summary.py.
-# TV=W adds a total-variation term of weight W to every start.
+# TV=W adds a total-variation term of weight W to every start; TEXTURE=1 gives the phantom its 10-15 HU texture.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 out=$2 iters=$3
@@ -26,7 +26,7 @@ for case in "$@"; do
         name="${name}_${inits[0]}"
     fi
     OMP_WAIT_POLICY=PASSIVE python bench/recon.py --size 32 64 64 --voxel 6 4 4 --geometry "$geom" --views "$views" \
-        --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --holdout-views "${HOLDOUT:-0}" --tv "${TV:-0}" --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu --compare-medgmae \
+        --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --holdout-views "${HOLDOUT:-0}" --tv "${TV:-0}" ${TEXTURE:+--texture} --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu --compare-medgmae \
         --checkpoint "$model" "${only[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
     echo "$name done"
 done
