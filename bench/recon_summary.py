@@ -55,17 +55,20 @@ def case_table(result: dict, relative: list[float]) -> str:
     """Markdown rows of one case (targets ``relative`` dB from the best FBP/FDK)."""
     runs = result["runs"]
     targets = [round(result["best_fbp_psnr"] + d, 2) for d in sorted(relative)]
-    head = (f"**{result['geometry']}, {result['views']} views, phantom seed {result['phantom_seed']}**: "
+    extra = "".join(text for key, text in (("texture", ", textured phantom"), ("tv_weight", f", TV {result.get('tv_weight')}"),
+                                           ("holdout_views", f", {result.get('holdout_views')} views held out")) if result.get(key))  # fmt: skip
+    head = (f"**{result['geometry']}, {result['views']} views, phantom seed {result['phantom_seed']}{extra}**: "
             f"best FBP/FDK {result['best_fbp_psnr']:.2f} dB; {result.get('iterations', '?')} iterations\n\n")  # fmt: skip
-    cols = ["init", "preset", "Gaussians (start -> end)", "PSNR start", "PSNR end", "s/it"]
+    cols = ["init", "preset", "Gaussians (start -> end)", "PSNR start", "PSNR peak (it)", "PSNR end", "s/it"]
     cols += [f"it to {t:.1f} ({d:+g})" for t, d in zip(targets, sorted(relative))] + ["vs 3dgr-ct", "vs toolkit"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in runs.items():
         end = f"{r['final_psnr']:.2f}"
         if not r.get("complete", True):  # written by --partial-every before the run ended
             end += f" (at iteration {r['completed_iterations']}, run incomplete)"
+        peak_it, peak = max(r["curve"], key=lambda c: c[1])
         row = [name, r["preset"], f"{r['initial_gaussians']} -> {r['final_gaussians']}", f"{r['initial_psnr']:.2f}",
-               end, f"{r['seconds_per_iteration_median']:.3f}"]  # fmt: skip
+               f"{peak:.2f} ({peak_it})", end, f"{r['seconds_per_iteration_median']:.3f}"]  # fmt: skip
         row += [_cell(r, t) for t in targets]
         row += ["" if name == "3dgr-ct" else _versus(runs, name, "3dgr-ct", targets),
                 "" if name == "toolkit" else _versus(runs, name, "toolkit", targets)]  # fmt: skip
@@ -114,7 +117,8 @@ def main(argv=None) -> int:
         planned = re.search(r"--iterations (\d+)", result.get("command", ""))  # runs may be incomplete
         last = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
         result["iterations"] = int(planned.group(1)) if planned else last
-        key = (result["geometry"], result["views"], result["phantom_seed"], result["iterations"])
+        settings = tuple(result.get(k) or 0 for k in ("tv_weight", "texture", "holdout_views"))  # runs of other settings stay apart
+        key = (result["geometry"], result["views"], result["phantom_seed"], result["iterations"], settings)
         if key in cases:
             cases[key]["runs"].update(result["runs"])
         else:
