@@ -42,7 +42,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medgmae.cli_types import nonneg_int, positive_float, positive_int
+from medgmae.cli_types import nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 
@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "for medgmae with the toolkit preset the budget its sparse start grows to (default 20000)")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None)
-    r.add_argument("--tv", type=float, default=0.0, help="TV weight")
+    r.add_argument("--tv", type=nonneg_float, default=0.0,
+                   help="weight of the volume's total variation beside the relative projection MSE (default 0; 1e-3 was "
+                        "best of 1e-4 / 1e-3 / 1e-2 on sparse, noisy phantom scans, bench/RESULTS.md)")
     r.add_argument("--eval-every", type=positive_int, default=50)
     r.add_argument("--holdout-views", type=nonneg_int, default=0,
                    help="views left out of the fit, spread over the scan; the Gaussians of the evaluation that predicts "
