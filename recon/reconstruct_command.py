@@ -80,9 +80,9 @@ def _print_summary(metrics: dict, out: Path) -> None:
     if metrics.get("holdout"):
         h = metrics["holdout"]
         how = "stopped early" if h["stopped_early"] else "ran to the end"
-        what = "refitted to every view for" if h["refit"] else "written the Gaussians of"
-        lines.append(f"  held-out views {h['views']}: chose iteration {h['best_iteration']} (lowest held-out error "
-                     f"{h['best_error']:.4g}; the run {how} at iteration {h['run_iterations']}), {what} iteration {h['best_iteration']}")  # fmt: skip
+        what = "the run on every view stopped at" if h["refit"] else "the Gaussians of"
+        lines.append(f"  held-out views {h['views']}: lowest held-out error {h['best_error']:.4g} at iteration {h['best_iteration']} "
+                     f"(the run {how} at iteration {h['run_iterations']}); written: {what} iteration {h['best_iteration']}")  # fmt: skip
     if "final" in metrics:
         for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
             lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")

@@ -329,3 +329,17 @@ def test_refit_is_the_every_view_run_stopped_at_the_chosen_iteration(ct, tmp_pat
         assert (a["iteration"], a["num_gaussians"]) == (b["iteration"], b["num_gaussians"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)
     assert refit["final"]["psnr"] > plain["final"]["psnr"] + 0.5
+
+
+@pytest.mark.parametrize("extra", [("--preset", "3dgr-ct"), ("--init", "medgmae")])
+def test_holdout_and_refit_with_every_start(simulated, model_file, tmp_path, extra):
+    """Held-out views and --refit work with 3DGR-CT's preset (sigmoid intensities in units of the FBP's maximum)
+    and the zero-shot start (decoded again from the every-view FBP for the refit)."""
+    args = [*extra, "--checkpoint", str(model_file[0])] if "medgmae" in extra else list(extra)
+    out = tmp_path / "run"
+    assert main(_reconstruct_args(simulated, out, *args, "--iterations", "4", "--eval-every", "2", "--num-gaussians", "200",
+                                  "--holdout-views", "2", "--refit")) == 0  # fmt: skip
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["holdout"]["refit"] and m["init"] == ("medgmae" if "medgmae" in extra else "3dgr-ct")
+    assert m["iterations"] == m["holdout"]["best_iteration"] and m["settings"]["holdout_views"] == 2
+    assert np.isfinite(nib.load(str(out / "recon.nii.gz")).get_fdata()).all()
