@@ -30,24 +30,27 @@ def _series_box(draw, box, xs, ys, colour, label, log=False):
     draw.text((x1 - 60, y1 - 14), f"it {int(xmax)}", fill=(80, 80, 80))
 
 
-def draw_curve(history: list, path) -> None:
+def draw_curve(history: list, path, holdout_errors: list | None = None) -> None:
     """Write a PNG of ``history`` records (``iteration``, ``loss``, optional ``holdout_error`` and ``psnr``), one
-    panel each, atomically."""
+    panel each, atomically. ``holdout_errors``: ``(iteration, error)`` pairs of another run (the held-out run
+    before a refit) to draw in the held-out panel instead of the records'."""
     from PIL import Image, ImageDraw
 
     from medgmae.files import atomic_write
 
     xs = [r["iteration"] for r in history]
-    panels = [("loss", (200, 40, 40), "projection loss (log)", True)]
-    if any("holdout_error" in r for r in history):
-        panels.append(("holdout_error", (40, 140, 60), "held-out views: relative error (log)", True))
+    if holdout_errors is None and any("holdout_error" in r for r in history):
+        holdout_errors = [(r["iteration"], r.get("holdout_error")) for r in history]
+    panels = [(xs, [r.get("loss") for r in history], (200, 40, 40), "projection loss (log)", True)]
+    if holdout_errors:
+        panels.append(([i for i, _ in holdout_errors], [e for _, e in holdout_errors], (40, 140, 60), "held-out views: relative error (log)", True))
     if any("psnr" in r for r in history):
-        panels.append(("psnr", (30, 90, 200), "PSNR (dB)", False))
+        panels.append((xs, [r.get("psnr") for r in history], (30, 90, 200), "PSNR (dB)", False))
     img = Image.new("RGB", (640, 10 + 235 * len(panels)), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    for i, (key, colour, label, log) in enumerate(panels):
+    for i, (x, y, colour, label, log) in enumerate(panels):
         top = 10 + 235 * i
-        _series_box(draw, (10, top, 630, top + 225), xs, [r.get(key) for r in history], colour, label, log=log)
+        _series_box(draw, (10, top, 630, top + 225), x, y, colour, label, log=log)
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -164,7 +164,8 @@ def cmd_reconstruct(args) -> int:
             raise CLIError(f"cannot resume from {state_path}: {e}") from e
     result = rec.run(checkpoint_path=state_path, progress=not args.no_progress)
     holdout = None if rec.holdout is None else {**rec.holdout.summary(), "refit": bool(args.refit),
-                                                "run_iterations": result.iterations, "run_seconds": result.seconds}  # fmt: skip
+                                                "run_iterations": result.iterations, "run_seconds": result.seconds,
+                                                "errors": [(r["iteration"], r["holdout_error"]) for r in result.history]}  # fmt: skip
     if args.refit and result.best_iteration is not None:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
         result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)
@@ -257,7 +258,7 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
         save_ply(stage.path("gaussians.ply"), result.gaussians.to("cpu"), frame="voxel", shape=geom.volume_shape,
                  affine=zyx_affine(geom.default_affine()))
         save_json_atomic(metrics, stage.path("metrics.json"))
-        draw_curve(result.history, stage.path("curve.png"))
+        draw_curve(result.history, stage.path("curve.png"), (metrics.get("holdout") or {}).get("errors"))
         draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage.path("slices.png"), reference=reference,
                     voxel_size=geom.voxel_size)
         stage.commit()

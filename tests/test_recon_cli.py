@@ -329,6 +329,11 @@ def test_refit_is_the_every_view_run_stopped_at_the_chosen_iteration(ct, tmp_pat
         assert (a["iteration"], a["num_gaussians"]) == (b["iteration"], b["num_gaussians"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)
     assert refit["final"]["psnr"] > plain["final"]["psnr"] + 0.5
+    errors = dict(h["errors"])  # the held-out run's errors, drawn in curve.png beside the refit's loss and PSNR
+    assert min(errors, key=errors.get) == h["best_iteration"] and max(errors) == h["run_iterations"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "refit" / "curve.png").size == (640, 10 + 3 * 235)
 
 
 @pytest.mark.parametrize("extra", [("--preset", "3dgr-ct"), ("--init", "medgmae")])
