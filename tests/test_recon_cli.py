@@ -298,7 +298,8 @@ def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     img = sitk.GetImageFromArray(proj)  # numpy (z, y, x) = (views, rows, cols)
     img.SetSpacing((0.5, 0.7, 1.0))
     sitk.WriteImage(img, str(tmp_path / "p.mha"))
-    nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), np.eye(4)), str(tmp_path / "p.nii.gz"))
+    affine = np.array([[0.0, 0.7, 0, 5], [-0.5, 0, 0, 2], [0, 0, 1.5, -3], [0, 0, 0, 1]])  # spacing and frame are ignored
+    nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), affine), str(tmp_path / "p.nii.gz"))
     for name in ("p.mha", "p.nii.gz"):
         np.testing.assert_array_equal(load_projections(tmp_path / name), proj)
     out = tmp_path / "rec"
