@@ -335,6 +335,11 @@ def test_refit_is_the_every_view_run_stopped_at_the_chosen_iteration(ct, tmp_pat
     from PIL import Image
 
     assert Image.open(tmp_path / "refit" / "curve.png").size == (640, 10 + 3 * 235)
+    before = nib.load(str(tmp_path / "refit" / "recon.nii.gz")).get_fdata()
+    assert main(_reconstruct_args(sim, tmp_path / "refit", *common, "--holdout-views", "2", "--patience", "3", "--refit", "--resume")) == 0
+    again = json.loads((tmp_path / "refit" / "metrics.json").read_text())  # the stopped run resumes to nothing more
+    assert again["holdout"]["run_iterations"] == h["run_iterations"] and again["holdout"]["best_iteration"] == h["best_iteration"]
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "refit" / "recon.nii.gz")).get_fdata(), before)
 
 
 @pytest.mark.parametrize("extra", [("--preset", "3dgr-ct"), ("--init", "medgmae")])
