@@ -15,7 +15,6 @@ the class the reconstruction uses). The PNG draws both PSNR curves per start and
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -32,15 +31,14 @@ def _key(result: dict) -> tuple:
 
 
 def _load(paths: list[str]) -> dict:
-    """Case key -> merged result (files of one case merged, as ``bench/recon_summary.py`` does)."""
-    cases: dict = {}
-    for path in paths:
-        result = json.loads(Path(path).read_text())
-        if _key(result) in cases:
-            cases[_key(result)]["runs"].update(result["runs"])
-        else:
-            cases[_key(result)] = result
-    return cases
+    """Case key (geometry, views, phantom) -> result, the files of one case merged by ``bench/recon_summary.py``'s
+    :func:`load_cases` (loaded by path: ``bench/`` is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_recon_summary", Path(__file__).with_name("recon_summary.py"))
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    return {_key(result): result for result in summary.load_cases(paths).values()}
 
 
 def replay(run: dict, views: int, patience: int) -> tuple[int, int]:

@@ -102,17 +102,11 @@ def tile_curves(cases: list[dict], out: str, columns: int = 2, x_axis: str = "it
         canvas.save(tmp, format="PNG")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="JSON files of bench/recon.py")
-    p.add_argument("--png", default=None, help="write every case's curves here (one panel per case)")
-    p.add_argument("--png-seconds", default=None, help="the same against the measured seconds (curve_seconds)")
-    p.add_argument("--relative", type=float, nargs="+", default=[-9.0, -6.0, -3.0, -1.0, 0.0, 2.0],
-                   help="PSNR targets in dB from the best FBP/FDK")
-    args = p.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    cases = {}
-    for path in args.results:  # files of one case (same geometry, views, phantom, iterations) are merged
+def load_cases(paths: list[str]) -> dict:
+    """``bench/recon.py`` JSON files by case: the files of one case (same geometry, views, phantom, planned
+    iterations, TV weight, texture and held-out views) merged into one result whose ``runs`` hold every start."""
+    cases: dict = {}
+    for path in paths:
         result = json.loads(Path(path).read_text())
         planned = re.search(r"--iterations (\d+)", result.get("command", ""))  # runs may be incomplete
         last = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
@@ -123,6 +117,19 @@ def main(argv=None) -> int:
             cases[key]["runs"].update(result["runs"])
         else:
             cases[key] = result
+    return cases
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="JSON files of bench/recon.py")
+    p.add_argument("--png", default=None, help="write every case's curves here (one panel per case)")
+    p.add_argument("--png-seconds", default=None, help="the same against the measured seconds (curve_seconds)")
+    p.add_argument("--relative", type=float, nargs="+", default=[-9.0, -6.0, -3.0, -1.0, 0.0, 2.0],
+                   help="PSNR targets in dB from the best FBP/FDK")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    cases = load_cases(args.results)
     for result in cases.values():
         print(case_table(result, args.relative))
     if args.png and cases:

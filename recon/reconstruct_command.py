@@ -168,7 +168,7 @@ def cmd_reconstruct(args) -> int:
                                                 "errors": [(r["iteration"], r["holdout_error"]) for r in result.history]}  # fmt: skip
     if args.refit and result.best_iteration is not None:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
-        result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)
+        rec, result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)  # its value_scale is recorded
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     metrics["holdout"] = holdout
     if reference is not None:
@@ -181,13 +181,13 @@ def cmd_reconstruct(args) -> int:
 
 def _refit(rec, init_fn, iteration: int, progress: bool):
     """The run of ``rec`` on every view (``init_fn()``: the start from the every-view FBP), stopped at
-    ``iteration``: the same settings and schedule without held-out views."""
+    ``iteration``: the same settings and schedule without held-out views. Returns ``(reconstructor, result)``."""
     from recon.gaussian_recon import GaussianReconstructor
 
     init, value_scale = init_fn()
     cfg = replace(rec.config, holdout_views=0, holdout_patience=0)
     full = GaussianReconstructor(rec.projector, rec.proj, init, cfg, reference=rec.reference, device=rec.device, value_scale=value_scale)
-    return full.run(progress=progress, stop_at=iteration)
+    return full, full.run(progress=progress, stop_at=iteration)
 
 
 def _check_flags(args) -> dict:
