@@ -241,6 +241,10 @@ def holdout_entry(rec, res, vol) -> dict:
             "holdout_curve": [(h["iteration"], h["holdout_error"]) for h in res.history]}  # fmt: skip
 
 
+#: Colours of runs not named after a start (e.g. ``bench/recon_budget_summary.py``'s budgets), in order.
+OTHER_COLOURS = [(30, 90, 200), (200, 40, 40), (30, 150, 60), (150, 0, 150), (230, 140, 20), (120, 120, 120)]
+
+
 def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
     """PSNR against iteration for every initialisation, with the FBP level, as a PNG (PIL only); with
     ``x_axis="seconds"`` against the measured seconds (``curve_seconds``: start plus optimisation, evaluations
@@ -273,7 +277,7 @@ def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
     d.line([(m, sy(fbp_psnr)), (w - m, sy(fbp_psnr))], fill=(0, 0, 0), width=1)
     d.text((w - m - 120, sy(fbp_psnr) - 14), f"best FBP {fbp_psnr:.1f} dB", fill=(0, 0, 0))
     for k, (name, r) in enumerate(runs.items()):
-        c = colours.get(name, (150, 0, 150))
+        c = colours.get(name, OTHER_COLOURS[k % len(OTHER_COLOURS)])
         line = [(sx(x), sy(p)) for x, p in series(r)]
         if len(line) > 1:
             d.line(line, fill=c, width=2)

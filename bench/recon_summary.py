@@ -76,8 +76,9 @@ def case_table(result: dict, relative: list[float]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def tile_curves(cases: list[dict], out: str, columns: int = 2, x_axis: str = "iteration") -> None:
-    """Every case's PSNR curves (``plot_curves`` of ``bench/recon.py``, against ``x_axis``) in a grid of ``columns``."""
+def tile_curves(cases: list[dict], out: str, columns: int = 2, x_axis: str | list[str] = "iteration") -> None:
+    """Every case's PSNR curves (``plot_curves`` of ``bench/recon.py``, against ``x_axis``, or ``x_axis[k]`` for
+    case ``k``) in a grid of ``columns``."""
     import importlib.util
     import tempfile
 
@@ -91,7 +92,7 @@ def tile_curves(cases: list[dict], out: str, columns: int = 2, x_axis: str = "it
     imgs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, case in enumerate(cases):
-            bench_recon.plot_curves(case, f"{tmp}/{k}.png", x_axis)
+            bench_recon.plot_curves(case, f"{tmp}/{k}.png", x_axis if isinstance(x_axis, str) else x_axis[k])
             imgs.append(Image.open(f"{tmp}/{k}.png").convert("RGB"))
     w, h = max(i.width for i in imgs), max(i.height for i in imgs)
     rows = (len(imgs) + columns - 1) // columns

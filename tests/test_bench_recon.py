@@ -135,3 +135,25 @@ def test_holdout_summary_replays_the_patience(tmp_path, capsys):
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         summary.main([str(full)])  # a run without held-out views
+
+
+def test_budget_summary_orders_budgets_and_reads_the_curves(tmp_path, capsys):
+    """bench/recon_budget_summary.py on two toy budgets of one scan: rows in budget order, the PSNR after N
+    iterations is the recorded evaluation's, the PNG is written, and a file of another scan is refused by name."""
+    summary = _load("recon_budget_summary")
+    base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
+            "--iterations", "4", "--eval-every", "2", "--device", "cpu", "--only", "toolkit"]  # fmt: skip
+    for n in (300, 100):
+        assert bench_recon.main([*base, "--num-gaussians", str(n), "--json", str(tmp_path / f"b{n}.json")]) == 0
+    run = json.loads((tmp_path / "b100.json").read_text())["runs"]["toolkit"]
+    capsys.readouterr()
+    files = [str(tmp_path / "b300.json"), str(tmp_path / "b100.json")]
+    assert summary.main([*files, "--at-iterations", "2", "--png", str(tmp_path / "b.png")]) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| 100 ->") or line.startswith("| 300 ->")]
+    assert [r[:6] for r in rows] == ["| 100 ", "| 300 "]
+    assert f"| {dict(run['curve'])[2]:.2f} |" in rows[0] and "| 20.5 |" in rows[0]  # 8 x 16 x 16 voxels / 100
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert bench_recon.main([*base, "--views", "6", "--json", str(tmp_path / "other.json")]) == 0
+    assert summary.main([files[0], str(tmp_path / "other.json")]) == 2
+    assert "other.json" in capsys.readouterr().err
