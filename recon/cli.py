@@ -53,16 +53,22 @@ PROJECTIONS_HELP = "line integrals: .npy of shape (views, rows, cols), or a Meta
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``medgmae-recon`` argument parser: one subparser per command, choices from the modules that define them."""
-    from recon.fbp import FILTERS
-    from recon.initialisation import INIT_METHODS
-    from recon.presets import PRESETS
-    from recon.projectors import PROJECTOR_BACKENDS
-
     p = argparse.ArgumentParser(prog="medgmae-recon", description="CT simulation, FBP/FDK and 3DGR-CT Gaussian reconstruction.")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_simulate(sub)
+    _add_fbp(sub)
+    _add_reconstruct(sub)
+    e = sub.add_parser("evaluate", help="PSNR/SSIM of a reconstruction, printed as JSON")
+    e.add_argument("--recon", required=True)
+    e.add_argument("--reference", required=True)
+    return p
+
+
+def _add_simulate(sub) -> None:
+    from recon.fbp import FILTERS
 
     s = sub.add_parser("simulate", help="attenuation volume, projections, geometry and FBP from a CT volume in HU")
-    s.add_argument("--volume", required=True, help="CT volume in HU (NIfTI)")
+    s.add_argument("--volume", required=True, help="CT volume in HU (NIfTI, NRRD, MetaImage or a DICOM series folder)")
     s.add_argument("--geometry", required=True, choices=("parallel", "cone"))
     s.add_argument("--views", required=True, type=positive_int, help="number of projection angles")
     s.add_argument("--arc", type=positive_float, default=None, help="scan arc in degrees (default 180 parallel, 360 cone)")
@@ -72,12 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", required=True, help="output folder")
 
+
+def _add_fbp(sub) -> None:
+    from recon.fbp import FILTERS
+
     f = sub.add_parser("fbp", help="FBP (parallel) or FDK (cone) reconstruction")
     f.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     f.add_argument("--geometry", required=True, help="geometry.json")
     f.add_argument("--filter", default="hann", choices=FILTERS)
     f.add_argument("--device", default="auto")
     f.add_argument("--out", required=True, help="output NIfTI")
+
+
+def _add_reconstruct(sub) -> None:
+    from recon.fbp import FILTERS
+    from recon.initialisation import INIT_METHODS
+    from recon.presets import PRESETS
+    from recon.projectors import PROJECTOR_BACKENDS
 
     r = sub.add_parser("reconstruct", help="Gaussian (3DGR-CT) reconstruction")
     r.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
@@ -113,11 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--out", required=True, help="output folder")
-
-    e = sub.add_parser("evaluate", help="PSNR/SSIM of a reconstruction, printed as JSON")
-    e.add_argument("--recon", required=True)
-    e.add_argument("--reference", required=True)
-    return p
 
 
 COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate}
