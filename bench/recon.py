@@ -7,13 +7,13 @@
    ``--targets``) on a held-out phantom (generator seed ``--seed``, default 1000; the bundle's phantoms use
    SeedSequence-derived 32-bit seeds of dataset seed 0), from these starts (optimiser preset in brackets):
 
-   * ``random``, ``toolkit`` (FBP-gradient) [toolkit], 20k Gaussians (``--num-gaussians``);
+   * ``random``, ``toolkit`` (FBP-gradient) [toolkit], the toolkit preset's budget (``--num-gaussians``; 20k on the study's volumes);
    * ``3dgr-ct``: 3DGR-CT's own initialisation [3dgr-ct], at its published density (50k Gaussians per
      80 x 256 x 256 voxels) unless ``--num-gaussians-3dgr``;
    * with ``--compare-medgmae``: ``medgmae``, the zero-shot Gaussians as decoded [toolkit]; ``medgmae-dense``, the
-     same subdivided to the 20k budget (``recon.initialisation.subdivide_gaussians``) [toolkit];
+     same subdivided to that budget (``recon.initialisation.subdivide_gaussians``) [toolkit];
      ``medgmae-grow``, the sparse start grown by fast density control (every 10 iterations, half of the Gaussians,
-     up to 20k) [toolkit]; ``medgmae-3dgr``, the zero-shot start under 3DGR-CT's optimiser [3dgr-ct] (the paper's
+     up to the budget) [toolkit]; ``medgmae-3dgr``, the zero-shot start under 3DGR-CT's optimiser [3dgr-ct] (the paper's
      "MedGMAE init" against "3DGR (original)").
 
 No inverse crime: the measurements are simulated from the phantom generated at twice the resolution (2x finer
@@ -55,7 +55,7 @@ from recon.geometry import CTGeometry  # noqa: E402
 from recon.holdout import fitted_views_fbp  # noqa: E402
 from recon.initialisation import fbp_init, hu_to_mu, medgmae_init, random_init  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
-from recon.presets import THREEDGR_CT, sparse_start_growth  # noqa: E402
+from recon.presets import THREEDGR_CT, sparse_start_growth, toolkit_budget, toolkit_cap  # noqa: E402
 from recon.projectors import PROJECTOR_BACKENDS, make_projector  # noqa: E402
 
 
@@ -110,7 +110,7 @@ def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, di
     if k_3dgr is None:
         k_3dgr = max(100, round(THREEDGR_CT["num_gaussian"][0] * math.prod(geom.volume_shape) / (80 * 256 * 256)))
     out["num_gaussians_3dgr"] = k_3dgr
-    overrides: dict[str, dict] = {}
+    overrides: dict[str, dict] = {"random": toolkit_cap(args.num_gaussians), "toolkit": toolkit_cap(args.num_gaussians)}
     inits = {
         "random": (lambda: (random_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
         "toolkit": (lambda: (fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geometry", choices=("parallel", "cone"), default="cone")
     p.add_argument("--views", type=int, default=60)
     p.add_argument("--iterations", type=int, default=400)
-    p.add_argument("--num-gaussians", type=int, default=20000, help="Gaussians of the random and toolkit (fbp) inits")
+    p.add_argument("--num-gaussians", type=int, default=None,
+                   help="Gaussians of the random and toolkit (fbp) inits and the zero-shot budget (default: the toolkit "
+                        "preset's, recon.presets.toolkit_budget: 20000 for volumes up to 160k voxels)")
     p.add_argument("--num-gaussians-3dgr", type=int, default=None,
                    help="Gaussians of the 3DGR-CT init (default: its published density, 50k per 80 x 256 x 256 voxels)")
     p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
@@ -338,7 +340,11 @@ def main(argv=None) -> int:
         p.error("--partial-every must be >= 0")
     if args.gpu_case:
         args.size, args.voxel, args.geometry, args.views, args.iterations = [80, 256, 256], [2.5, 1.5, 1.5], "cone", 120, 15000
-        args.num_gaussians, args.eval_every = max(args.num_gaussians, 50000), 250
+        args.num_gaussians, args.eval_every = args.num_gaussians or 50000, 250
+    if args.num_gaussians is None:
+        args.num_gaussians = toolkit_budget(math.prod(args.size))
+    if args.num_gaussians < 1:
+        p.error(f"--num-gaussians must be >= 1, got {args.num_gaussians}")
     if args.threads:
         torch.set_num_threads(args.threads)
     from medgmae.engine import resolve_device

@@ -19,7 +19,7 @@ Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuatio
 
 ``reconstruct`` uses the settings of ``--preset`` (``toolkit``, the default, or ``3dgr-ct``, SigmaLDC/3DGR-CT's
 published settings; see :mod:`recon.presets`), including its initialisation unless ``--init`` is given
-(``toolkit``: ``fbp`` with 20,000 Gaussians; ``3dgr-ct``: its own with 50,000). It writes ``recon.nii.gz``,
+(``toolkit``: ``fbp`` with one Gaussian per 8 voxels, at least 20,000; ``3dgr-ct``: its own with 50,000). It writes ``recon.nii.gz``,
 ``gaussians.ply``, ``metrics.json`` (the preset, every setting used, the history and PSNR/SSIM),
 ``curve.png``, ``slices.png`` (three orthogonal mid-slices of reference / FBP / reconstruction / error, or FBP /
 reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``
@@ -106,8 +106,10 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--model-spacing", type=positive_float, default=None,
                    help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
     r.add_argument("--iterations", type=int, default=1000)
-    r.add_argument("--num-gaussians", type=positive_int, default=None, help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's, 20000 or 50000); "
-                   "for medgmae with the toolkit preset the budget its sparse start grows to (default 20000)")
+    r.add_argument("--num-gaussians", type=positive_int, default=None,
+                   help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
+                        "least 20000; 3dgr-ct 50000); for medgmae with the toolkit preset the budget its sparse start "
+                        "grows to (the same default)")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None)
     r.add_argument("--tv", type=nonneg_float, default=0.0,

@@ -57,6 +57,8 @@ __all__ = [
     "preset_config",
     "preset_init_settings",
     "sparse_start_growth",
+    "toolkit_budget",
+    "toolkit_cap",
 ]
 
 PRESETS = ("toolkit", "3dgr-ct")
@@ -315,12 +317,35 @@ def preset_config(name: str, iterations: int = 1000, **overrides) -> GaussianRec
     return GaussianReconConfig(iterations=iterations, **values)
 
 
-def preset_init_settings(name: str) -> dict:
-    """The initialisation a preset uses by default: ``{"init": method, "num_gaussians": K, ...}``."""
+#: The toolkit preset's default budget: one initial Gaussian per this many voxels, at least
+#: :data:`TOOLKIT_MIN_GAUSSIANS` (measured in bench/RESULTS.md, "The Gaussian budget against volume size").
+TOOLKIT_VOXELS_PER_GAUSSIAN = 8
+TOOLKIT_MIN_GAUSSIANS = 20000
+
+
+def toolkit_budget(num_voxels: int) -> int:
+    """The toolkit preset's default number of Gaussians for a volume of ``num_voxels`` voxels: one per
+    :data:`TOOLKIT_VOXELS_PER_GAUSSIAN` voxels, at least :data:`TOOLKIT_MIN_GAUSSIANS` (the study's volumes of about
+    10^5 voxels keep 20,000; the bundle's 112 x 128 x 160 phantom gets about 290,000)."""
+    if num_voxels < 1:
+        raise ValueError(f"num_voxels must be >= 1, got {num_voxels}")
+    return max(TOOLKIT_MIN_GAUSSIANS, math.ceil(num_voxels / TOOLKIT_VOXELS_PER_GAUSSIAN))
+
+
+def toolkit_cap(num_gaussians: int) -> dict:
+    """Toolkit-preset override of the density-control cap for a start of ``num_gaussians``: ten times the start,
+    at least the preset's 200,000 (a start above the cap would never be densified)."""
+    return {"max_gaussians": max(GaussianReconConfig.max_gaussians, 10 * int(num_gaussians))}
+
+
+def preset_init_settings(name: str, num_voxels: int | None = None) -> dict:
+    """The initialisation a preset uses by default: ``{"init": method, "num_gaussians": K, ...}``; the toolkit's
+    ``K`` is :func:`toolkit_budget` of ``num_voxels`` (:data:`TOOLKIT_MIN_GAUSSIANS` when not given), 3DGR-CT's
+    its published 50,000."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
     if name == "toolkit":
-        return {"init": "fbp", "num_gaussians": 20000}
+        return {"init": "fbp", "num_gaussians": TOOLKIT_MIN_GAUSSIANS if num_voxels is None else toolkit_budget(num_voxels)}
     s = THREEDGR_CT_INIT
     return {"init": "3dgr-ct", "num_gaussians": s["num_gaussian"], "start": s["start"], "air_threshold": s["air_threshold"],
             "ini_intensity": s["ini_intensity"], "ini_sigma": s["ini_sigma"], "neighbour_kernel": s["neighbour_kernel"],

@@ -46,20 +46,32 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
     return init, None
 
 
-def _init_settings(args) -> dict:
+def _init_settings(args, num_voxels: int | None = None) -> dict:
+    """The initialisation's settings: the preset's, ``--init`` and ``--num-gaussians`` applied; the toolkit's
+    default budget is :func:`recon.presets.toolkit_budget` of ``num_voxels`` (the scan's volume)."""
     from recon.presets import preset_init_settings
 
-    settings = preset_init_settings(args.preset)
+    settings = preset_init_settings(args.preset, num_voxels)
     if args.init is not None and args.init != settings["init"]:
-        defaults = preset_init_settings("3dgr-ct" if args.init == "3dgr-ct" else "toolkit")
+        defaults = preset_init_settings("3dgr-ct" if args.init == "3dgr-ct" else "toolkit", num_voxels)
         settings = {**defaults, "init": args.init}
     if args.num_gaussians is not None:
         settings["num_gaussians"] = args.num_gaussians
     if settings["init"] == "medgmae":
         settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
         if args.preset == "toolkit":  # the sparse start grows to a budget (recon.presets.sparse_start_growth)
-            settings["grow_to"] = args.num_gaussians or preset_init_settings("toolkit")["num_gaussians"]
+            settings["grow_to"] = args.num_gaussians or preset_init_settings("toolkit", num_voxels)["num_gaussians"]
     return settings
+
+
+def _density_overrides(args, init_settings: dict, init) -> dict:
+    """Density-control overrides of the toolkit preset: growth of the sparse zero-shot start to its budget, or a cap
+    ten times a large start (:func:`recon.presets.toolkit_cap`)."""
+    from recon.presets import sparse_start_growth, toolkit_cap
+
+    if "grow_to" in init_settings:
+        return sparse_start_growth(init_settings["grow_to"])
+    return toolkit_cap(init.num_gaussians) if args.preset == "toolkit" else {}
 
 
 #: Voxels per Gaussian above which the summary says the budget is too small. On the scan the pre-training bundle's
@@ -123,12 +135,12 @@ def cmd_reconstruct(args) -> int:
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
     from recon.holdout import fitted_views_fbp
     from recon.metrics import evaluate
-    from recon.presets import sparse_start_growth
     from recon.projectors import make_projector
 
     # ---- validate everything before writing anything
-    init_settings = _check_flags(args)
+    _check_flags(args)
     geom, proj = load_scan(args.projections, args.geometry)
+    init_settings = _init_settings(args, int(np.prod(geom.volume_shape)))
     _check_holdout_flags(args, geom)
     reference = load_matching_volume(args.reference, geom, "reference")[0] if args.reference else None
     fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
@@ -149,11 +161,10 @@ def cmd_reconstruct(args) -> int:
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
     init, value_scale = _initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0
-    growth = sparse_start_growth(init_settings["grow_to"]) if "grow_to" in init_settings else {}
     cfg = GaussianReconConfig.preset(
         args.preset, args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
         eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed,
-        holdout_views=args.holdout_views, holdout_patience=args.patience, **growth,
+        holdout_views=args.holdout_views, holdout_patience=args.patience, **_density_overrides(args, init_settings, init),
     )  # fmt: skip
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)

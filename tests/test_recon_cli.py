@@ -354,3 +354,20 @@ def test_holdout_and_refit_with_every_start(simulated, model_file, tmp_path, ext
     assert m["holdout"]["refit"] and m["init"] == ("medgmae" if "medgmae" in extra else "3dgr-ct")
     assert m["iterations"] == m["holdout"]["best_iteration"] and m["settings"]["holdout_views"] == 2
     assert np.isfinite(nib.load(str(out / "recon.nii.gz")).get_fdata()).all()
+
+
+def test_default_budget_scales_with_the_volume(tmp_path):
+    """Without --num-gaussians the toolkit start has one Gaussian per 8 voxels (at least 20,000) and density control
+    may grow it tenfold; a given --num-gaussians is used as it is, under the preset's cap of 200,000."""
+    ph = generate_phantom(3, shape=(64, 64, 48), spacing=(4.0, 4.0, 5.0), noise=False)  # 196,608 voxels
+    vol = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(vol))
+    scan = tmp_path / "scan"
+    assert main(["simulate", "--volume", str(vol), "--geometry", "parallel", "--views", "4", "--out", str(scan), "--device", "cpu"]) == 0
+    for extra, k, cap in (([], 24576, 245760), (["--num-gaussians", "500"], 500, 200000)):
+        out = tmp_path / f"rec{k}"
+        argv = ["reconstruct", "--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json"),
+                "--fbp", str(scan / "fbp.nii.gz"), "--iterations", "1", "--no-progress", "--device", "cpu", "--out", str(out), *extra]  # fmt: skip
+        assert main(argv) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["initial_gaussians"] == k and m["init_settings"]["num_gaussians"] == k and m["settings"]["max_gaussians"] == cap

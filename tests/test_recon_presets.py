@@ -220,3 +220,17 @@ def test_resume_states_refuse_pickled_code(tmp_path):
     assert (tmp_path / "ran").exists()
     torch.save({"a": 1, "t": torch.ones(2), "rng": torch.Generator().get_state()}, tmp_path / "plain.pt")
     assert load_torch_file(tmp_path / "plain.pt")["a"] == 1
+
+
+def test_toolkit_budget_and_cap():
+    """One Gaussian per 8 voxels, rounded up, at least 20,000; the density cap ten times the start, at least 200,000."""
+    from recon.presets import preset_init_settings, toolkit_budget, toolkit_cap
+
+    assert toolkit_budget(112 * 128 * 160) == 286720 and toolkit_budget(32 * 64 * 64) == 20000
+    assert toolkit_budget(160_001) == 20001 and toolkit_budget(1) == 20000
+    assert preset_init_settings("toolkit", 8 * 30000 + 1)["num_gaussians"] == 30001
+    assert preset_init_settings("toolkit")["num_gaussians"] == 20000
+    assert preset_init_settings("3dgr-ct", 10**7)["num_gaussians"] == 50000  # the published count, whatever the volume
+    assert toolkit_cap(20000) == {"max_gaussians": 200000} and toolkit_cap(286720) == {"max_gaussians": 2867200}
+    with pytest.raises(ValueError, match="num_voxels"):
+        toolkit_budget(0)
