@@ -6,9 +6,8 @@ Both work on a :class:`~recon.gaussian_recon.GaussianReconstructor` in place (pa
 * :func:`densify_toolkit`: the ``densify_fraction`` Gaussians with the largest *mean* positional-gradient norm
   since the last round (above ``grad_threshold``) are cloned (small: a copy drawn from the Gaussian, both at half
   intensity) or split (large: two children drawn from the rotated Gaussian, scales / 1.6, the parent's intensity,
-  so about half its mass: a round that splits many large Gaussians lowers the PSNR for a few dozen iterations, and
-  children that keep all of the mass, 1.6^3 / 2 of the intensity, lowered it further on the bundle-size phantom);
-  prunes
+  so about half its mass; R2-Gaussian's children carry a quarter; a round that splits many large Gaussians lowers
+  the PSNR for a few dozen iterations: the budget study in bench/RESULTS.md); prunes
   ``|intensity| < prune_intensity``, a largest scale over ``prune_scale`` of the smallest volume side, and never
   grows past ``max_gaussians``.
 * :func:`densify_3dgr_ct`: SigmaLDC/3DGR-CT's ``GaussianModel.densify_and_prune`` (models/gaussian_model.py):

@@ -34,10 +34,12 @@ its initialisation is :func:`recon.init_3dgr.init_3dgr_ct`. How the numbers are 
   3DGR-CT move Gaussians by hundredths of a voxel and its initial scales fall below a voxel;
 * density control by ranking (the top 5 % by *mean* positional gradient since the last round, clones drawn from
   the Gaussian) instead of an absolute threshold on one iteration's gradient, whose meaning changes with the
-  data's units; a hard cap of 200,000 Gaussians and pruning of oversized Gaussians;
+  data's units; a cap of 200,000 Gaussians (ten times a larger start, :func:`toolkit_cap`) and pruning of
+  oversized Gaussians;
 * a short coarse phase (first 10 %) on 2x2-binned projections of the full-resolution volume, no half-resolution
   volume (cheaper to set up for any geometry, same low-frequency-first effect);
-* its initialisation (``--init fbp``): 20,000 Gaussians sampled with probability proportional to the FBP's
+* its initialisation (``--init fbp``): one Gaussian per 8 voxels, at least 20,000 (:func:`toolkit_budget`; 3DGR-CT
+  places 50,000 whatever the volume), sampled with probability proportional to the FBP's
   gradient magnitude (plus a uniform part), scales from the 3 nearest neighbours, intensities calibrated by
   least squares against the FBP, instead of a deterministic top-gradient band at half resolution.
 * a sparse start (``--init medgmae``: the zero-shot Gaussians) grows fast with :func:`sparse_start_growth`
