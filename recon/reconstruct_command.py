@@ -74,10 +74,10 @@ def _density_overrides(args, init_settings: dict, init) -> dict:
     return toolkit_cap(init.num_gaussians) if args.preset == "toolkit" else {}
 
 
-#: Voxels per Gaussian above which the summary says the budget is too small. On the scan the pre-training bundle's
-#: next-step command simulates (a 112 x 128 x 160 phantom, 60 parallel views), 100 iterations from the fbp start
-#: ended 9 dB below FBP with the default 20,000 Gaussians (115 voxels each) and 6 dB below with 150,000 (15 each);
-#: the reconstruction study's volumes had about 7 (`bench/recon_budget.sh`, bench/RESULTS.md).
+#: Voxels per Gaussian above which the summary says a given ``--num-gaussians`` is too small (the default budget has
+#: 8, ``recon.presets.toolkit_budget``). On a 112 x 128 x 160 phantom (60 noisy parallel views) 20,000 Gaussians
+#: (115 voxels each) ended 5.3 dB below one per 8 voxels after 400 iterations, 60,000 (38 each) 3.1 dB below
+#: (``bench/recon_budget_study.sh``, bench/RESULTS.md).
 SPARSE_BUDGET = 32.0
 
 
