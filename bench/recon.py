@@ -130,6 +130,7 @@ def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, di
         lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap, num_gaussians=args.num_gaussians, seed=args.seed), None),
         "toolkit",
     )
+    overrides["medgmae-dense"] = toolkit_cap(args.num_gaussians)  # as the random and toolkit starts of that budget
     # the sparse zero-shot Gaussians grown quickly by the optimiser instead: density control every 10 iterations
     # from iteration 10, half of the Gaussians cloned or split each round, up to the same budget
     inits["medgmae-grow"] = (inits["medgmae"][0], "toolkit")

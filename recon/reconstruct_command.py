@@ -201,8 +201,8 @@ def _refit(rec, init_fn, iteration: int, progress: bool):
     return full, full.run(progress=progress, stop_at=iteration)
 
 
-def _check_flags(args) -> dict:
-    """The flags that need no file checked against each other; returns the initialisation settings."""
+def _check_flags(args) -> None:
+    """The flags that need no file checked against each other (the budget is settled once the scan is read)."""
     if args.iterations < 0:
         raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
     _check_holdout_flags(args)
@@ -211,7 +211,6 @@ def _check_flags(args) -> dict:
         raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
     if args.checkpoint and init_settings["init"] != "medgmae":
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
-    return init_settings
 
 
 def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
