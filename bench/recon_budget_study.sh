@@ -4,7 +4,7 @@
 # default size (112 x 128 x 160 voxels of 1.5 mm, 2.3 M voxels), simulated on the 2x finer grid with Poisson noise
 # (1e5 photons per detector pixel). One run after another in one process of 2 torch threads.
 #   bash bench/recon_budget_study.sh OUT_DIR ITERATIONS GEOMETRY:VIEWS BUDGET...
-#   e.g. bash bench/recon_budget_study.sh runs/recon_budget_study 400 parallel:60 20000 60000 150000 300000
+#   e.g. bash bench/recon_budget_study.sh runs/recon_budget_study 400 parallel:60 20000 60000 150000 286720
 # SIZE="D H W" and VOXEL="SZ SY SX" (mm) choose another phantom size (default "112 128 160" and "1.5 1.5 1.5").
 # Each budget writes OUT_DIR/<geometry><views>_<budget>.json; summarise with
 #   python bench/recon_budget_summary.py OUT_DIR/*.json --png OUT_DIR/budget.png

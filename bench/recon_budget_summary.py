@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -52,9 +53,7 @@ def _psnr_at(run: dict, x: float, axis: str) -> str:
 def budget_table(result: dict, at_iterations: list[int], at_seconds: list[float] | None, relative: list[float]) -> str:
     """The markdown table of one budget study."""
     runs = result["runs"]
-    voxels = 1
-    for n in result["shape_zyx"]:
-        voxels *= int(n)
+    voxels = math.prod(int(n) for n in result["shape_zyx"])
     if not at_seconds:
         fastest = min(r["curve_seconds"][-1] for r in runs.values())
         at_seconds = [round(fastest / 2), round(fastest)]
