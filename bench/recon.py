@@ -34,6 +34,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -165,11 +166,12 @@ def run_case(args, device, save=lambda out: None) -> dict:
         t = time.perf_counter()
         init, value_scale = make()
         init_seconds = time.perf_counter() - t
+        run_overrides = {**overrides.get(name, {}), **dict(args.settings)}
         cfg = GaussianReconConfig.preset(preset, args.iterations, eval_every=args.eval_every,
                                          views_per_iteration=args.views_per_iteration, seed=args.seed,
-                                         holdout_views=args.holdout_views, tv_weight=args.tv, **overrides.get(name, {}))  # fmt: skip
+                                         holdout_views=args.holdout_views, tv_weight=args.tv, **run_overrides)  # fmt: skip
         rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol.cpu(), device=device, value_scale=value_scale)
-        meta = {"preset": preset, "preset_overrides": overrides.get(name, {}), "init_seconds": init_seconds,
+        meta = {"preset": preset, "preset_overrides": run_overrides, "init_seconds": init_seconds,
                 "initial_gaussians": init.num_gaussians}  # fmt: skip
 
         def partial(entry, name=name):
@@ -329,7 +331,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-every", type=int, default=0,
                    help="write --json every N iterations of a run, marked incomplete (for long runs; 0: at the end)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--set", nargs="+", default=[], type=parse_setting, metavar="KEY=VALUE", dest="settings",
+                   help="reconstruction settings (GaussianReconConfig fields) for every start, over the presets' own "
+                        "(e.g. split_rule=sample, densify_from=1000000 for no density control); recorded per run")
     return p
+
+
+#: settings with a flag of their own (``--set`` refuses them)
+_FLAGGED_SETTINGS = {"iterations": "--iterations", "eval_every": "--eval-every", "seed": "--seed", "tv_weight": "--tv",
+                     "views_per_iteration": "--views-per-iteration", "holdout_views": "--holdout-views"}
+
+
+def parse_setting(pair: str) -> tuple[str, object]:
+    """``"key=value"`` -> ``(key, value)``: a JSON value (number, ``null``, ...) or a plain string. Raises
+    ``argparse.ArgumentTypeError`` for a malformed pair, a key that is not a :class:`GaussianReconConfig` field and
+    one that has its own flag."""
+    key, sep, text = pair.partition("=")
+    known = {f.name for f in dataclasses.fields(GaussianReconConfig)}
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"takes KEY=VALUE, got {pair!r}")
+    if key in _FLAGGED_SETTINGS:
+        raise argparse.ArgumentTypeError(f"{key}: use {_FLAGGED_SETTINGS[key]}")
+    if key not in known:
+        raise argparse.ArgumentTypeError(f"{key} is not a reconstruction setting (one of {sorted(known)})")
+    try:
+        return key, json.loads(text)
+    except json.JSONDecodeError:
+        return key, text
 
 
 def main(argv=None) -> int:
@@ -346,6 +374,10 @@ def main(argv=None) -> int:
         args.num_gaussians = toolkit_budget(math.prod(args.size))
     if args.num_gaussians < 1:
         p.error(f"--num-gaussians must be >= 1, got {args.num_gaussians}")
+    try:  # a bad --set value fails here, before the scan is simulated
+        GaussianReconConfig.preset("toolkit", args.iterations, **dict(args.settings))
+    except (TypeError, ValueError) as e:
+        p.error(f"--set: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     from medgmae.engine import resolve_device

@@ -4,12 +4,19 @@ Both work on a :class:`~recon.gaussian_recon.GaussianReconstructor` in place (pa
 :func:`replace_rows`) and return counts ``{"cloned", "split", "pruned"}``. New Gaussians start with zero Adam moments.
 
 * :func:`densify_toolkit`: the ``densify_fraction`` Gaussians with the largest *mean* positional-gradient norm
-  since the last round (above ``grad_threshold``) are cloned (small: a copy drawn from the Gaussian, both at half
-  intensity) or split (large: two children drawn from the rotated Gaussian, scales / 1.6, the parent's intensity,
-  so about half its mass; R2-Gaussian's children carry a quarter; a round that splits many large Gaussians lowers
-  the PSNR for a few dozen iterations: the budget study in bench/RESULTS.md); prunes
-  ``|intensity| < prune_intensity``, a largest scale over ``prune_scale`` of the smallest volume side, and never
-  grows past ``max_gaussians``.
+  since the last round (above ``grad_threshold``) are densified by ``split_rule``:
+
+  - ``"moments"`` (the default): each is split in two along its largest axis (:func:`split_moments`): children
+    at ``mu +- a s_max e_max`` (``a = split_offset``), that axis's scale times ``sqrt(1 - a^2)``, intensity times
+    ``1 / (2 sqrt(1 - a^2))``, so the pair has the parent's mass, mean and covariance and the rendered volume
+    barely changes at the round; the optimiser then moves the halves apart where the data asks for it.
+  - ``"sample"`` (the rule before, as in 3D Gaussian splatting): small Gaussians (largest scale ``<=
+    split_scale``) cloned (a copy drawn from the Gaussian, both at half intensity), large ones split (two
+    children drawn from the rotated Gaussian, scales / 1.6, the parent's intensity, so about half its mass).
+    Each round lowers the PSNR for a few dozen iterations (the density-control study in bench/RESULTS.md).
+
+  It then prunes ``|intensity| < prune_intensity`` and a largest scale over ``prune_scale`` of the smallest
+  volume side, and never grows past ``max_gaussians``.
 * :func:`densify_3dgr_ct`: SigmaLDC/3DGR-CT's ``GaussianModel.densify_and_prune`` (models/gaussian_model.py):
   every Gaussian whose *current* positional-gradient norm is at least ``grad_threshold`` is cloned in place
   (largest scale ``<= split_scale``: same centre, both at half the sigmoid intensity) or split (two children with
@@ -31,9 +38,10 @@ from torch import Tensor
 from medgmae.gaussians import Gaussians3D
 
 
-__all__ = ["densify_toolkit", "densify_3dgr_ct", "replace_rows", "DENSIFY_MODES"]
+__all__ = ["densify_toolkit", "densify_3dgr_ct", "replace_rows", "split_moments", "DENSIFY_MODES", "SPLIT_RULES"]
 
 DENSIFY_MODES = ("toolkit", "3dgr-ct")
+SPLIT_RULES = ("moments", "sample")
 _PARAMS = ("means", "log_scales", "quats", "intensities")
 
 
@@ -56,6 +64,38 @@ def replace_rows(rec, keep: Tensor, new: dict[str, Tensor] | None) -> None:
     rec.last_grad_norm = None
 
 
+def split_moments(means: Tensor, scales: Tensor, rot: Tensor, intensities: Tensor, offset: float) -> dict[str, Tensor]:
+    """Split each Gaussian in two along its largest axis, keeping its mass, mean and covariance.
+
+    The children sit at ``mu +- a s e`` (``s``: the largest scale, ``e``: its axis, ``a = offset``) with that
+    axis's scale times ``sqrt(1 - a^2)`` and the intensity (peak value) times ``1 / (2 sqrt(1 - a^2))``: each
+    child has half the mass, and the pair's covariance along ``e`` is ``a^2 s^2 + (1 - a^2) s^2 = s^2``.
+
+    Args:
+        means: ``(N, 3)`` centres.
+        scales: ``(N, 3)`` standard deviations along the axes of ``rot``.
+        rot: ``(N, 3, 3)`` rotation matrices; column ``j`` is the direction of axis ``j``.
+        intensities: ``(N,)`` peak values (linear, not logits).
+        offset: ``a`` in ``(0, 1)``.
+
+    Returns:
+        ``{"means", "log_scales", "intensities"}`` of the ``2 N`` children, the ``+`` children first.
+    """
+    if not 0 < offset < 1:
+        raise ValueError(f"offset must be in (0, 1), got {offset}")
+    axis = scales.argmax(-1)
+    rows = torch.arange(scales.shape[0], device=scales.device)
+    step = (offset * scales[rows, axis]).unsqueeze(-1) * rot[rows, :, axis]
+    shrink = math.sqrt(1.0 - offset * offset)
+    child_scales = scales.clone()
+    child_scales[rows, axis] *= shrink
+    return {
+        "means": torch.cat([means + step, means - step], 0),
+        "log_scales": child_scales.log().repeat(2, 1),
+        "intensities": (intensities / (2.0 * shrink)).repeat(2),
+    }
+
+
 @torch.no_grad()
 def densify_toolkit(rec) -> dict:
     """The toolkit's density control (see the module docstring). ``rec``: the reconstructor."""
@@ -68,9 +108,30 @@ def densify_toolkit(rec) -> dict:
     if n_pick > 0:
         top = torch.topk(avg, n_pick).indices
         chosen[top[avg[top] > c.grad_threshold]] = True
-    big = scales.max(-1).values > c.split_scale * rec.length
-    clone, split = chosen & ~big, chosen & big
     rot = Gaussians3D(p["means"][None], scales[None], p["quats"][None], p["intensities"][None]).rotation_matrices()[0]
+    if c.split_rule == "moments":
+        clone, split = torch.zeros_like(chosen), chosen
+        new = split_moments(p["means"][split], scales[split], rot[split], p["intensities"][split], c.split_offset)
+        new["quats"] = p["quats"][split].repeat(2, 1)
+    else:
+        big = scales.max(-1).values > c.split_scale * rec.length
+        clone, split = chosen & ~big, chosen & big
+        new = _sample_children(rec, clone, split, scales, rot)
+    limit = c.prune_scale * min(rec.geometry.volume_shape) if c.prune_scale > 0 else math.inf
+    prune = (rec.activated_intensities().abs() < c.prune_intensity) | (scales.max(-1).values > limit) | split
+    if c.prune_min_scale > 0:
+        prune |= scales.min(-1).values < c.prune_min_scale * rec.length
+    keep = (~prune).nonzero().squeeze(-1)
+    if keep.numel() + new["means"].shape[0] == 0:  # never prune everything
+        keep = torch.arange(k, device=dev)
+    replace_rows(rec, keep, new)
+    return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(prune.sum() - split.sum())}
+
+
+def _sample_children(rec, clone: Tensor, split: Tensor, scales: Tensor, rot: Tensor) -> dict[str, Tensor]:
+    """``split_rule="sample"``: the copies of the cloned rows (whose intensities are halved in place) and two
+    drawn children per split row."""
+    p, dev = rec.params, rec.device
 
     def sample(mask: Tensor, shrink: float) -> dict[str, Tensor]:
         n = int(mask.sum())
@@ -82,19 +143,9 @@ def densify_toolkit(rec) -> dict:
             "intensities": p["intensities"][mask] * (1.0 if shrink == 1.0 else 0.5),
         }
 
-    new_clone = sample(clone, 0.5)
-    new_split = [sample(split, 1.0), sample(split, 1.0)]
+    parts = [sample(clone, 0.5), sample(split, 1.0), sample(split, 1.0)]
     p["intensities"][clone] *= 0.5
-    limit = c.prune_scale * min(rec.geometry.volume_shape) if c.prune_scale > 0 else math.inf
-    prune = (rec.activated_intensities().abs() < c.prune_intensity) | (scales.max(-1).values > limit) | split
-    if c.prune_min_scale > 0:
-        prune |= scales.min(-1).values < c.prune_min_scale * rec.length
-    keep = (~prune).nonzero().squeeze(-1)
-    new = {n: torch.cat([new_clone[n], new_split[0][n], new_split[1][n]], 0) for n in _PARAMS}
-    if keep.numel() + new["means"].shape[0] == 0:  # never prune everything
-        keep = torch.arange(k, device=dev)
-    replace_rows(rec, keep, new)
-    return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(prune.sum() - split.sum())}
+    return {n: torch.cat([part[n] for part in parts], 0) for n in _PARAMS}
 
 
 @torch.no_grad()

@@ -32,10 +32,12 @@ its initialisation is :func:`recon.init_3dgr.init_3dgr_ct`. How the numbers are 
 * lengths in voxels with larger position and scale rates (0.05 voxels, 0.02) decaying 10x over the run for all
   parameters: on the toolkit's small CPU-sized volumes (tens of voxels a side) the normalised-frame rates of
   3DGR-CT move Gaussians by hundredths of a voxel and its initial scales fall below a voxel;
-* density control by ranking (the top 5 % by *mean* positional gradient since the last round, clones drawn from
-  the Gaussian) instead of an absolute threshold on one iteration's gradient, whose meaning changes with the
-  data's units; a cap of 200,000 Gaussians (ten times a larger start, :func:`toolkit_cap`) and pruning of
-  oversized Gaussians;
+* density control by ranking (the top 5 % by *mean* positional gradient since the last round) instead of an
+  absolute threshold on one iteration's gradient, whose meaning changes with the data's units; each chosen
+  Gaussian is split in two along its largest axis with its mass, mean and covariance kept (3DGR-CT, like 3D
+  Gaussian splatting, clones small ones and draws smaller children for large ones, which drops the PSNR at every
+  round: measured in bench/RESULTS.md, "Density control"); a cap of 200,000 Gaussians (ten times a larger start,
+  :func:`toolkit_cap`) and pruning of oversized Gaussians;
 * a short coarse phase (first 10 %) on 2x2-binned projections of the full-resolution volume, no half-resolution
   volume (cheaper to set up for any geometry, same low-frequency-first effect);
 * its initialisation (``--init fbp``): one Gaussian per 8 voxels, at least 20,000 (:func:`toolkit_budget`; 3DGR-CT
@@ -135,10 +137,16 @@ class GaussianReconConfig:
             measured projections downsampled 2x2).
         densify_mode: ``"toolkit"`` or ``"3dgr-ct"`` (see :mod:`recon.density`).
         densify_from, densify_until, densify_every: the density-control window and period.
-        densify_fraction: fraction of the Gaussians (largest mean positional-gradient norm) cloned or split
-            (toolkit mode).
+        densify_fraction: fraction of the Gaussians (largest mean positional-gradient norm) densified (toolkit
+            mode).
         grad_threshold: only Gaussians with at least this positional-gradient norm are densified.
-        split_scale: Gaussians whose largest scale exceeds this are split, smaller ones cloned.
+        split_rule: toolkit mode: ``"moments"`` (each chosen Gaussian split in two along its largest axis, the
+            pair keeping its mass, mean and covariance) or ``"sample"`` (the earlier rule: small ones cloned,
+            large ones split into two drawn children); see :mod:`recon.density`.
+        split_offset: ``"moments"``: the children sit this many largest-scale standard deviations from the centre
+            (in ``(0, 1)``).
+        split_scale: Gaussians whose largest scale exceeds this are split, smaller ones cloned (3DGR-CT mode and
+            ``split_rule="sample"``).
         prune_intensity: prune intensities (after the activation) below this (``value_scale`` units).
         prune_scale: prune Gaussians whose largest scale exceeds this fraction of the smallest volume side (0: off).
         prune_min_scale: prune Gaussians whose smallest scale is below this (0: off).
@@ -176,6 +184,8 @@ class GaussianReconConfig:
     densify_every: int = 100
     densify_fraction: float = 0.05
     grad_threshold: float = 0.0
+    split_rule: str = "moments"
+    split_offset: float = 0.7
     split_scale: float = 2.0
     prune_intensity: float = 0.005
     prune_scale: float = 0.5
@@ -200,13 +210,15 @@ class GaussianReconConfig:
             raise ValueError(f"lr_means_final_ratio must be positive, got {self.lr_means_final_ratio}")
         for name, allowed in (("intensity_activation", ("linear", "sigmoid")), ("loss", ("relative", "mse")),
                               ("length_unit", ("voxel", "volume")), ("coarse_mode", ("bin", "half")),
-                              ("densify_mode", ("toolkit", "3dgr-ct"))):  # fmt: skip
+                              ("densify_mode", ("toolkit", "3dgr-ct")), ("split_rule", ("moments", "sample"))):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.densify_mode == "3dgr-ct" and self.intensity_activation != "sigmoid":
             raise ValueError("densify_mode '3dgr-ct' prunes on sigmoid intensities: it needs intensity_activation='sigmoid'")
         if self.views_per_iteration is not None and self.views_per_iteration < 1:
             raise ValueError(f"views_per_iteration must be >= 1, got {self.views_per_iteration}")
+        if not 0 < self.split_offset < 1:
+            raise ValueError(f"split_offset must be in (0, 1), got {self.split_offset}")
         if not 0 < self.densify_fraction <= 1:
             raise ValueError(f"densify_fraction must be in (0, 1], got {self.densify_fraction}")
         if self.max_gaussians < 1:
@@ -276,8 +288,8 @@ def _toolkit(iterations: int) -> dict:
 
 def sparse_start_growth(budget: int = 20000) -> dict:
     """Toolkit-preset overrides that grow a sparse start (the zero-shot MedGMAE Gaussians, about a thousand for a
-    small scan) quickly: density control every 10 iterations from iteration 10, half of the Gaussians cloned or
-    split each round, up to ``budget`` Gaussians (pruning continues after that).
+    small scan) quickly: density control every 10 iterations from iteration 10, half of the Gaussians split each
+    round, up to ``budget`` Gaussians (pruning continues after that).
 
     Measured in ``bench/RESULTS.md`` (reconstruction study): on 20-view parallel and cone scans the zero-shot start
     grown this way reaches the best FBP/FDK in 80-100 iterations (20,000 random Gaussians: 70-180, the FBP-based

@@ -63,12 +63,14 @@ def _tiny_problem(seed=0):
 
 
 def test_density_control_clone_split_prune():
+    """The drawn rule (``split_rule="sample"``): small Gaussians cloned, large ones split, tiny ones pruned."""
     g, p, proj, vol = _tiny_problem()
     means = torch.tensor([[[3.5, 5.5, 5.5], [4.0, 6.0, 6.0], [2.0, 2.0, 2.0], [5.0, 5.0, 5.0]]])
     scales = torch.tensor([[[0.8] * 3, [3.0] * 3, [1.0] * 3, [1.0] * 3]])
     quats = torch.tensor([[1.0, 0, 0, 0]]).expand(1, 4, 4).contiguous()
     inten = torch.tensor([[0.02, 0.02, 1e-6, 0.02]])
-    cfg = GaussianReconConfig(iterations=10, densify_fraction=0.5, split_scale=2.0, prune_intensity=0.005, min_scale=0.3)
+    cfg = GaussianReconConfig(iterations=10, densify_fraction=0.5, split_rule="sample", split_scale=2.0, prune_intensity=0.005,
+                              min_scale=0.3)
     rec = GaussianReconstructor(p, proj, Gaussians3D(means, scales, quats, inten), cfg)
     rec.grad_accum = torch.tensor([5.0, 4.0, 0.0, 0.1])
     rec.grad_count = torch.ones(4)
