@@ -139,7 +139,8 @@ def test_holdout_summary_replays_the_patience(tmp_path, capsys):
 
 def test_budget_summary_orders_budgets_and_reads_the_curves(tmp_path, capsys):
     """bench/recon_budget_summary.py on two toy budgets of one scan: rows in budget order, the PSNR after N
-    iterations is the recorded evaluation's, the PNG is written, and a file of another scan is refused by name."""
+    iterations is the recorded evaluation's, the PNG is written; a run given settings (``--set``) is named by them,
+    a file of another scan gets its own table, and a file that is not a result is refused by name."""
     summary = _load("recon_budget_summary")
     base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
             "--iterations", "4", "--eval-every", "2", "--device", "cpu", "--only", "toolkit"]  # fmt: skip
@@ -150,10 +151,28 @@ def test_budget_summary_orders_budgets_and_reads_the_curves(tmp_path, capsys):
     files = [str(tmp_path / "b300.json"), str(tmp_path / "b100.json")]
     assert summary.main([*files, "--at-iterations", "2", "--png", str(tmp_path / "b.png")]) == 0
     table = capsys.readouterr().out
-    rows = [line for line in table.splitlines() if line.startswith("| 100 ->") or line.startswith("| 300 ->")]
-    assert [r[:6] for r in rows] == ["| 100 ", "| 300 "]
+    rows = [line for line in table.splitlines() if "Gaussians |" in line]
+    assert [r.split(" |")[0] for r in rows] == ["| 100 Gaussians", "| 300 Gaussians"]
     assert f"| {dict(run['curve'])[2]:.2f} |" in rows[0] and "| 20.5 |" in rows[0]  # 8 x 16 x 16 voxels / 100
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert bench_recon.main([*base, "--num-gaussians", "100", "--set", "split_rule=sample", "densify_from=99",
+                             "--json", str(tmp_path / "s.json")]) == 0  # fmt: skip
     assert bench_recon.main([*base, "--views", "6", "--json", str(tmp_path / "other.json")]) == 0
-    assert summary.main([files[0], str(tmp_path / "other.json")]) == 2
-    assert "other.json" in capsys.readouterr().err
+    capsys.readouterr()
+    assert summary.main([*files, str(tmp_path / "s.json"), str(tmp_path / "other.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("best FBP/FDK") == 2 and "8 views" in out and "6 views" in out
+    assert "| 100 Gaussians, split_rule=sample, no density control |" in out
+    (tmp_path / "bad.json").write_text("{")
+    assert summary.main([files[0], str(tmp_path / "bad.json")]) == 2
+    assert "bad.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pair, message", [("foo=1", "foo is not a reconstruction setting"), ("split_rule", "KEY=VALUE"),
+                                           ("seed=3", "use --seed"), ("split_rule=foo", "split_rule must be one of"),
+                                           ("split_offset=1.5", "split_offset must be in")])  # fmt: skip
+def test_recon_set_refuses_bad_settings(pair, message, capsys):
+    """bench/recon.py --set: an unknown, malformed, flagged or invalid setting is refused before any simulation."""
+    with pytest.raises(SystemExit) as e:
+        bench_recon.main(["--set", pair])
+    assert e.value.code == 2 and message in capsys.readouterr().err
