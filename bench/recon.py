@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: this file must not hide `recon`
 
 from medgmae.data.phantom import generate_phantom  # noqa: E402
 from recon.fbp import FILTERS, fbp  # noqa: E402
@@ -58,6 +59,7 @@ from recon.initialisation import fbp_init, hu_to_mu, medgmae_init, random_init  
 from recon.metrics import psnr, ssim  # noqa: E402
 from recon.presets import THREEDGR_CT, sparse_start_growth, toolkit_budget, toolkit_cap  # noqa: E402
 from recon.projectors import PROJECTOR_BACKENDS, make_projector  # noqa: E402
+from recon_curves import plot_curves  # noqa: E402
 
 
 def phantom_mu(seed: int, shape_zyx, voxel_zyx, texture: bool = False) -> torch.Tensor:
@@ -242,56 +244,6 @@ def holdout_entry(rec, res, vol) -> dict:
     chosen = {"iteration": res.best_iteration, "psnr": psnr(res.volume, vol), "ssim": ssim(res.volume, vol)}
     return {"holdout": rec.holdout.summary(), "chosen": chosen, "last_ssim": ssim(last, vol),
             "holdout_curve": [(h["iteration"], h["holdout_error"]) for h in res.history]}  # fmt: skip
-
-
-#: Colours of runs not named after a start (e.g. ``bench/recon_budget_summary.py``'s budgets), in order.
-OTHER_COLOURS = [(30, 90, 200), (200, 40, 40), (30, 150, 60), (150, 0, 150), (230, 140, 20), (120, 120, 120)]
-
-
-def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
-    """PSNR against iteration for every initialisation, with the FBP level, as a PNG (PIL only); with
-    ``x_axis="seconds"`` against the measured seconds (``curve_seconds``: start plus optimisation, evaluations
-    excluded; runs without them are left out)."""
-    from PIL import Image, ImageDraw
-
-    from medgmae.files import atomic_write
-
-    colours = {"random": (120, 120, 120), "toolkit": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60),
-               "medgmae-dense": (230, 140, 20), "medgmae-grow": (150, 0, 150),
-               "medgmae-3dgr": (120, 60, 0)}  # fmt: skip
-    if x_axis not in ("iteration", "seconds"):
-        raise ValueError(f"x_axis must be 'iteration' or 'seconds', got {x_axis!r}")
-
-    def series(r: dict) -> list[tuple[float, float]]:
-        xs = r.get("curve_seconds", []) if x_axis == "seconds" else [it for it, _ in r["curve"]]
-        return [(x, p) for x, (_, p) in zip(xs, r["curve"]) if math.isfinite(p)]
-
-    runs = result["runs"]
-    pts = [pt for r in runs.values() for pt in series(r)]
-    fbp_psnr = result["best_fbp_psnr"]
-    w, h, m = 720, 480, 50
-    x1 = max(it for it, _ in pts)
-    y0, y1 = min([p for _, p in pts] + [fbp_psnr]) - 1, max([p for _, p in pts] + [fbp_psnr]) + 1
-    sx = lambda it: m + it / x1 * (w - 2 * m)  # noqa: E731
-    sy = lambda p: h - m - (p - y0) / (y1 - y0) * (h - 2 * m)  # noqa: E731
-    img = Image.new("RGB", (w, h), (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    d.rectangle((m, m, w - m, h - m), outline=(0, 0, 0))
-    d.line([(m, sy(fbp_psnr)), (w - m, sy(fbp_psnr))], fill=(0, 0, 0), width=1)
-    d.text((w - m - 120, sy(fbp_psnr) - 14), f"best FBP {fbp_psnr:.1f} dB", fill=(0, 0, 0))
-    for k, (name, r) in enumerate(runs.items()):
-        c = colours.get(name, OTHER_COLOURS[k % len(OTHER_COLOURS)])
-        line = [(sx(x), sy(p)) for x, p in series(r)]
-        if len(line) > 1:
-            d.line(line, fill=c, width=2)
-        d.text((m + 8, m + 6 + 14 * k), name, fill=c)
-    d.text((m, h - m + 8), "0", fill=(0, 0, 0))
-    d.text((w - m - 40, h - m + 8), f"it {x1}" if x_axis == "iteration" else f"{x1:.0f} s", fill=(0, 0, 0))
-    d.text((4, m), f"{y1:.1f} dB", fill=(0, 0, 0))
-    d.text((4, h - m - 10), f"{y0:.1f} dB", fill=(0, 0, 0))
-    d.text((m, 14), f"{result['geometry']}, {result['views']} views, {result['photons']} photons: PSNR vs {x_axis}", fill=(0, 0, 0))
-    with atomic_write(path) as tmp:
-        img.save(tmp, format="PNG")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: bench/recon.py must not hide `recon`
 
-from recon_summary import _cell, tile_curves  # noqa: E402
+from recon_curves import tile_curves  # noqa: E402
+from recon_summary import _cell  # noqa: E402
 
 
 def run_label(run: dict, iterations: int) -> str:

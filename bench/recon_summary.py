@@ -1,5 +1,5 @@
 """Summarise the reconstruction study: the JSON files of ``bench/recon.py`` as one markdown table, plus one PNG
-holding every case's PSNR curves (one panel per case, drawn by ``bench/recon.py``'s ``plot_curves``).
+holding every case's PSNR curves (one panel per case, drawn by ``bench/recon_curves.py``).
 
     python bench/recon_summary.py runs/recon_study/*.json --png runs/recon_study/curves.png \
         --png-seconds runs/recon_study/curves_seconds.png
@@ -19,6 +19,10 @@ import json
 import re
 import sys
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: bench/recon.py must not hide `recon`
+
+from recon_curves import tile_curves  # noqa: E402
 
 
 def _iters(run: dict, target: float):
@@ -74,33 +78,6 @@ def case_table(result: dict, relative: list[float]) -> str:
                 "" if name == "toolkit" else _versus(runs, name, "toolkit", targets)]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
     return head + "\n".join(lines) + "\n"
-
-
-def tile_curves(cases: list[dict], out: str, columns: int = 2, x_axis: str | list[str] = "iteration") -> None:
-    """Every case's PSNR curves (``plot_curves`` of ``bench/recon.py``, against ``x_axis``, or ``x_axis[k]`` for
-    case ``k``) in a grid of ``columns``."""
-    import importlib.util
-    import tempfile
-
-    from PIL import Image
-
-    from medgmae.files import atomic_write
-
-    spec = importlib.util.spec_from_file_location("bench_recon", Path(__file__).with_name("recon.py"))
-    bench_recon = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_recon)
-    imgs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for k, case in enumerate(cases):
-            bench_recon.plot_curves(case, f"{tmp}/{k}.png", x_axis if isinstance(x_axis, str) else x_axis[k])
-            imgs.append(Image.open(f"{tmp}/{k}.png").convert("RGB"))
-    w, h = max(i.width for i in imgs), max(i.height for i in imgs)
-    rows = (len(imgs) + columns - 1) // columns
-    canvas = Image.new("RGB", (w * min(columns, len(imgs)), h * rows), (255, 255, 255))
-    for k, img in enumerate(imgs):
-        canvas.paste(img, ((k % columns) * w, (k // columns) * h))
-    with atomic_write(out) as tmp:
-        canvas.save(tmp, format="PNG")
 
 
 def load_cases(paths: list[str]) -> dict:

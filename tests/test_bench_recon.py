@@ -62,7 +62,7 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     assert (tmp_path / "all.png").read_bytes()[:4] == (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "all.png").read_bytes() != (tmp_path / "s.png").read_bytes()
     with pytest.raises(ValueError, match="x_axis"):
-        bench_recon.plot_curves(result, str(tmp_path / "bad.png"), x_axis="minutes")
+        _load("recon_curves").plot_curves(result, str(tmp_path / "bad.png"), x_axis="minutes")
 
 
 def test_recon_profile_parts_add_up_to_a_step(tmp_path):
