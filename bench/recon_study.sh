@@ -3,7 +3,7 @@
 # (20) and full (90) views, with the random, toolkit, 3dgr-ct, medgmae and medgmae-dense initialisations.
 #   bash bench/recon_study.sh MODEL_PT OUT_DIR ITERATIONS CASE...      CASE = geometry:views:phantom_seed
 #   e.g. bash bench/recon_study.sh runs/recon_bench_model/model.pt runs/recon_study 600 parallel:20:1000 cone:90:1001
-# MODEL_PT comes from bench/pretrain_for_recon.sh. Each case writes OUT_DIR/<case>.json and .png; summarise them with
+# MODEL_PT comes from bench/pretrain_for_recon.sh ("none": no MedGMAE starts, with INITS of the others). Each case writes OUT_DIR/<case>.json and .png; summarise them with
 #   python bench/recon_summary.py OUT_DIR/*.json
 # One torch thread per case unless THREADS=N (run several cases side by side on a multi-core machine). INITS="a b" runs only those
 # initialisations (written to <case>_<first init>.json; the summary merges the files of one case). EVAL_EVERY=N
@@ -25,8 +25,10 @@ for case in "$@"; do
         only=(--only "${inits[@]}")
         name="${name}_${inits[0]}"
     fi
+    medgmae=(--compare-medgmae --checkpoint "$model")
+    [[ $model == none ]] && medgmae=()
     OMP_WAIT_POLICY=PASSIVE python bench/recon.py --size 32 64 64 --voxel 6 4 4 --geometry "$geom" --views "$views" \
-        --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --holdout-views "${HOLDOUT:-0}" --tv "${TV:-0}" ${TEXTURE:+--texture} --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu --compare-medgmae \
-        --checkpoint "$model" "${only[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
+        --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --holdout-views "${HOLDOUT:-0}" --tv "${TV:-0}" ${TEXTURE:+--texture} --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu "${medgmae[@]}" \
+        "${only[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
     echo "$name done"
 done
