@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Density control of the toolkit preset, without inverse crime: bench/recon.py's `toolkit` start (FBP-gradient
-# initialisation, toolkit optimiser) with the moment-matched split (the default), the drawn clone/split rule of
-# before (split_rule=sample) and no density control (densify_from past the end), on held-out phantoms (default
+# initialisation, toolkit optimiser) with the drawn clone/split rule (split_rule=sample, the default), the
+# moment-matched split (split_rule=moments) and no density control (densify_from past the end), on held-out phantoms (default
 # 64 x 96 x 96 voxels of 2.5 mm) simulated on the 2x finer grid with Poisson noise (1e5 photons per detector
 # pixel). One run after another in one process of 2 torch threads.
 #   bash bench/recon_density_study.sh OUT_DIR ITERATIONS BUDGET GEOMETRY:VIEWS...

@@ -11,6 +11,7 @@
 # (marked incomplete), so a long run that is stopped still leaves its curve so far. HOLDOUT=N leaves N views out of
 # the fit (recon.holdout; the starts use the FBP of the other views); summarise with bench/recon_holdout_summary.py.
 # TV=W adds a total-variation term of weight W to every start; TEXTURE=1 gives the phantom its 10-15 HU texture.
+# SET="key=value ..." passes reconstruction settings to every start (bench/recon.py --set), e.g. SET=split_rule=moments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 out=$2 iters=$3
@@ -27,8 +28,10 @@ for case in "$@"; do
     fi
     medgmae=(--compare-medgmae --checkpoint "$model")
     [[ $model == none ]] && medgmae=()
+    settings=()
+    [[ -n "${SET:-}" ]] && { read -r -a pairs <<<"$SET"; settings=(--set "${pairs[@]}"); }
     OMP_WAIT_POLICY=PASSIVE python bench/recon.py --size 32 64 64 --voxel 6 4 4 --geometry "$geom" --views "$views" \
         --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --holdout-views "${HOLDOUT:-0}" --tv "${TV:-0}" ${TEXTURE:+--texture} --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu "${medgmae[@]}" \
-        "${only[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
+        "${only[@]}" "${settings[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
     echo "$name done"
 done

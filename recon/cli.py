@@ -93,6 +93,7 @@ def _add_fbp(sub) -> None:
 def _add_reconstruct(sub) -> None:
     from recon.fbp import FILTERS
     from recon.initialisation import INIT_METHODS
+    from recon.density import SPLIT_RULES
     from recon.presets import PRESETS
     from recon.projectors import PROJECTOR_BACKENDS
 
@@ -115,6 +116,10 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--tv", type=nonneg_float, default=0.0,
                    help="weight of the volume's total variation beside the relative projection MSE (default 0; 1e-3 was "
                         "best of 1e-4 / 1e-3 / 1e-2 on sparse, noisy phantom scans, bench/RESULTS.md)")
+    r.add_argument("--split-rule", default=None, choices=SPLIT_RULES,
+                   help="toolkit preset: how density control splits: 'sample' (default: clones, children drawn 1.6x "
+                        "narrower) or 'moments' (halves along the largest axis, mass and covariance kept: no PSNR drop at "
+                        "a round, better with a coarse --num-gaussians on many views; bench/RESULTS.md)")
     r.add_argument("--eval-every", type=positive_int, default=50)
     r.add_argument("--holdout-views", type=nonneg_int, default=0,
                    help="views left out of the fit, spread over the scan; the Gaussians of the evaluation that predicts "

@@ -32,12 +32,11 @@ its initialisation is :func:`recon.init_3dgr.init_3dgr_ct`. How the numbers are 
 * lengths in voxels with larger position and scale rates (0.05 voxels, 0.02) decaying 10x over the run for all
   parameters: on the toolkit's small CPU-sized volumes (tens of voxels a side) the normalised-frame rates of
   3DGR-CT move Gaussians by hundredths of a voxel and its initial scales fall below a voxel;
-* density control by ranking (the top 5 % by *mean* positional gradient since the last round) instead of an
-  absolute threshold on one iteration's gradient, whose meaning changes with the data's units; each chosen
-  Gaussian is split in two along its largest axis with its mass, mean and covariance kept (3DGR-CT, like 3D
-  Gaussian splatting, clones small ones and draws smaller children for large ones, which drops the PSNR at every
-  round: measured in bench/RESULTS.md, "Density control"); a cap of 200,000 Gaussians (ten times a larger start,
-  :func:`toolkit_cap`) and pruning of oversized Gaussians;
+* density control by ranking (the top 5 % by *mean* positional gradient since the last round, clones drawn from
+  the Gaussian) instead of an absolute threshold on one iteration's gradient, whose meaning changes with the
+  data's units; a cap of 200,000 Gaussians (ten times a larger start, :func:`toolkit_cap`) and pruning of
+  oversized Gaussians; ``split_rule="moments"`` (``reconstruct --split-rule moments``) splits along the largest
+  axis instead, keeping the rendered volume at each round (bench/RESULTS.md, "Density control");
 * a short coarse phase (first 10 %) on 2x2-binned projections of the full-resolution volume, no half-resolution
   volume (cheaper to set up for any geometry, same low-frequency-first effect);
 * its initialisation (``--init fbp``): one Gaussian per 8 voxels, at least 20,000 (:func:`toolkit_budget`; 3DGR-CT
@@ -45,7 +44,7 @@ its initialisation is :func:`recon.init_3dgr.init_3dgr_ct`. How the numbers are 
   gradient magnitude (plus a uniform part), scales from the 3 nearest neighbours, intensities calibrated by
   least squares against the FBP, instead of a deterministic top-gradient band at half resolution.
 * a sparse start (``--init medgmae``: the zero-shot Gaussians) grows fast with :func:`sparse_start_growth`
-  (density control every 10 iterations, half of the Gaussians per round by the drawn rule, up to the budget).
+  (density control every 10 iterations, half of the Gaussians per round, up to the budget).
 """
 
 from __future__ import annotations
@@ -140,9 +139,10 @@ class GaussianReconConfig:
         densify_fraction: fraction of the Gaussians (largest mean positional-gradient norm) densified (toolkit
             mode).
         grad_threshold: only Gaussians with at least this positional-gradient norm are densified.
-        split_rule: toolkit mode: ``"moments"`` (each chosen Gaussian split in two along its largest axis, the
-            pair keeping its mass, mean and covariance) or ``"sample"`` (the earlier rule: small ones cloned,
-            large ones split into two drawn children); see :mod:`recon.density`.
+        split_rule: toolkit mode: ``"sample"`` (the default: small Gaussians cloned, large ones split into two drawn
+            children 1.6x narrower) or ``"moments"`` (each chosen Gaussian split in two along its largest axis, the
+            pair keeping its mass, mean and covariance: no PSNR drop at a round, better with a coarse budget on many
+            views, 0.1-0.5 dB lower at the end elsewhere in bench/RESULTS.md); see :mod:`recon.density`.
         split_offset: ``"moments"``: the children sit this many largest-scale standard deviations from the centre
             (in ``(0, 1)``).
         split_scale: Gaussians whose largest scale exceeds this are split, smaller ones cloned (3DGR-CT mode and
@@ -184,7 +184,7 @@ class GaussianReconConfig:
     densify_every: int = 100
     densify_fraction: float = 0.05
     grad_threshold: float = 0.0
-    split_rule: str = "moments"
+    split_rule: str = "sample"
     split_offset: float = 0.7
     split_scale: float = 2.0
     prune_intensity: float = 0.005
@@ -289,9 +289,7 @@ def _toolkit(iterations: int) -> dict:
 def sparse_start_growth(budget: int = 20000) -> dict:
     """Toolkit-preset overrides that grow a sparse start (the zero-shot MedGMAE Gaussians, about a thousand for a
     small scan) quickly: density control every 10 iterations from iteration 10, half of the Gaussians cloned or
-    split each round by the drawn rule (``split_rule="sample"``: split children are 1.6x narrower on every axis,
-    which refines the few large zero-shot Gaussians faster than the default split along one axis; it is the rule
-    the measurements below were made with), up to ``budget`` Gaussians (pruning continues after that).
+    split each round, up to ``budget`` Gaussians (pruning continues after that).
 
     Measured in ``bench/RESULTS.md`` (reconstruction study): on 20-view parallel and cone scans the zero-shot start
     grown this way reaches the best FBP/FDK in 80-100 iterations (20,000 random Gaussians: 70-180, the FBP-based
@@ -306,7 +304,7 @@ def sparse_start_growth(budget: int = 20000) -> dict:
     """
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
-    return {"densify_from": 10, "densify_every": 10, "densify_fraction": 0.5, "split_rule": "sample", "max_gaussians": int(budget)}
+    return {"densify_from": 10, "densify_every": 10, "densify_fraction": 0.5, "max_gaussians": int(budget)}
 
 
 def preset_config(name: str, iterations: int = 1000, **overrides) -> GaussianReconConfig:

@@ -66,12 +66,13 @@ def _init_settings(args, num_voxels: int | None = None) -> dict:
 
 def _density_overrides(args, init_settings: dict, init) -> dict:
     """Density-control overrides of the toolkit preset: growth of the sparse zero-shot start to its budget, or a cap
-    ten times a large start (:func:`recon.presets.toolkit_cap`)."""
+    ten times a large start (:func:`recon.presets.toolkit_cap`); ``--split-rule``."""
     from recon.presets import sparse_start_growth, toolkit_cap
 
+    rule = {} if args.split_rule is None else {"split_rule": args.split_rule}
     if "grow_to" in init_settings:
-        return sparse_start_growth(init_settings["grow_to"])
-    return toolkit_cap(init.num_gaussians) if args.preset == "toolkit" else {}
+        return {**sparse_start_growth(init_settings["grow_to"]), **rule}
+    return {**toolkit_cap(init.num_gaussians), **rule} if args.preset == "toolkit" else {}
 
 
 #: Voxels per Gaussian above which the summary says a given ``--num-gaussians`` is too small (the default budget has
@@ -206,6 +207,8 @@ def _check_flags(args) -> None:
     if args.iterations < 0:
         raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
     _check_holdout_flags(args)
+    if args.split_rule is not None and args.preset != "toolkit":
+        raise CLIError(f"--split-rule chooses the toolkit preset's density control; --preset {args.preset} uses its own")
     init_settings = _init_settings(args)
     if init_settings["init"] == "medgmae" and not args.checkpoint:
         raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")

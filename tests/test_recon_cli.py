@@ -87,7 +87,8 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     fbp_out = tmp_path / "fbp2.nii.gz"
     assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"), "--out", str(fbp_out), "--device", "cpu"]) == 0
     np.testing.assert_allclose(nib.load(str(fbp_out)).get_fdata(), nib.load(str(simulated / "fbp.nii.gz")).get_fdata(), atol=1e-6)
-    for init, extra in (("fbp", ["--num-gaussians", "200"]), ("medgmae", ["--checkpoint", str(model_file[0]), "--num-gaussians", "1500"])):
+    for init, extra in (("fbp", ["--num-gaussians", "200", "--split-rule", "moments"]),
+                        ("medgmae", ["--checkpoint", str(model_file[0]), "--num-gaussians", "1500"])):
         out = tmp_path / f"rec_{init}"
         args = [
             "reconstruct", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
@@ -98,6 +99,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt", "slices.png"]
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["iterations"] == 12 and metrics["init"] == init and metrics["preset"] == "toolkit"
+        assert metrics["settings"]["split_rule"] == ("moments" if init == "fbp" else "sample")  # --split-rule, the default
         if init == "medgmae":  # the sparse start grows to the budget on the schedule of sparse_start_growth
             assert metrics["init_settings"]["grow_to"] == 1500 and metrics["settings"]["max_gaussians"] == 1500
             assert metrics["settings"]["densify_every"] == 10
@@ -200,6 +202,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "reference shape": (_reconstruct_args(sim, out, "--init", "fbp", "--reference", str(small)), "reference"),
         "resume without state": (_reconstruct_args(sim, out, "--init", "fbp", "--resume"), "no saved state"),
         "fbp init with checkpoint": (_reconstruct_args(sim, out, "--preset", "3dgr-ct", "--checkpoint", str(model_file[0])), "--init 3dgr-ct"),
+        "split rule of the other preset": (_reconstruct_args(sim, out, "--preset", "3dgr-ct", "--split-rule", "moments"), "--split-rule chooses the toolkit"),
         "too many held-out views": (_reconstruct_args(sim, out, "--holdout-views", "6"), "has 10 views; hold out between 1 and 5"),
         "patience without held-out views": (_reconstruct_args(sim, out, "--patience", "2"), "needs --holdout-views"),
         "refit without held-out views": (_reconstruct_args(sim, out, "--refit"), "needs --holdout-views"),
