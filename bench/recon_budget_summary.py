@@ -5,10 +5,11 @@ the PSNR curves against iterations and against seconds (two panels per scan).
     python bench/recon_budget_summary.py runs/recon_budget_study/*.json --png runs/recon_budget_study/budget.png
 
 A run is named by its initial budget and the settings it was given (``bench/recon.py --set``; "no density
-control" for a ``densify_from`` past the end). Per run: Gaussians at the start and the end, voxels per initial Gaussian, median seconds per iteration, the PSNR
-after ``--at-iterations`` iterations and after ``--at-seconds`` seconds of the run (the last evaluation at or before
-that time, ``curve_seconds``: start plus optimisation steps, evaluations excluded; default: half and all of the
-fastest run's time), the peak and the iterations (seconds) to the targets ``--relative`` dB from the best FBP.
+control" for a ``densify_from`` past the end). Per run: Gaussians at the start and the end, voxels per initial
+Gaussian, median seconds per iteration, the PSNR after ``--at-iterations`` iterations and after ``--at-seconds``
+seconds of the run (the last evaluation at or before that time, ``curve_seconds``: start plus optimisation steps,
+evaluations excluded; default: half and all of the fastest run's time), the peak and the iterations (seconds) to
+the targets ``--relative`` dB from the best FBP.
 """
 
 from __future__ import annotations

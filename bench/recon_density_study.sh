@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Density control of the toolkit preset, without inverse crime: bench/recon.py's `toolkit` start (FBP-gradient
-# initialisation, toolkit optimiser) with the drawn clone/split rule (split_rule=sample, the default), the
-# moment-matched split (split_rule=moments) and no density control (densify_from past the end), on held-out phantoms (default
-# 64 x 96 x 96 voxels of 2.5 mm) simulated on the 2x finer grid with Poisson noise (1e5 photons per detector
-# pixel). One run after another in one process of 2 torch threads.
+# initialisation, toolkit optimiser) with the moment-matched split (split_rule=moments), the drawn clone/split rule
+# (split_rule=sample, the default) and no density control (densify_from past the end), on held-out phantoms
+# (default 64 x 96 x 96 voxels of 2.5 mm) simulated on the 2x finer grid with Poisson noise (1e5 photons per
+# detector pixel). One run after another in one process of 2 torch threads.
 #   bash bench/recon_density_study.sh OUT_DIR ITERATIONS BUDGET GEOMETRY:VIEWS...
-#   e.g. bash bench/recon_density_study.sh runs/recon_density 400 73728 parallel:90 cone:90 parallel:20
+#   e.g. bash bench/recon_density_study.sh runs/recon_density 400 default parallel:90 parallel:20 cone:20
 # BUDGET: initial Gaussians ("default": the toolkit budget of the volume). SIZE="D H W" and VOXEL="SZ SY SX" (mm)
 # choose another phantom size. Each scan and rule writes OUT_DIR/<geometry><views>_<budget>_<rule>.json; summarise
-# with  python bench/recon_density_summary.py OUT_DIR/*.json --png OUT_DIR/density.png
+# with  python bench/recon_budget_summary.py OUT_DIR/*.json --png OUT_DIR/density.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $# -lt 4 ]]; then

@@ -9,8 +9,8 @@ Both work on a :class:`~recon.gaussian_recon.GaussianReconstructor` in place (pa
   - ``"sample"`` (the default; the split as in 3D Gaussian splatting): small Gaussians (largest scale ``<=
     split_scale``) cloned (a copy drawn from the Gaussian, both at half intensity), large ones split (two children
     drawn from the rotated Gaussian, scales / 1.6, the parent's intensity, so about half its mass). A round lowers
-    the PSNR for a few dozen iterations (by up to about 5 dB with a coarse budget), but the children are narrower on every
-    axis.
+    the PSNR for a few dozen iterations (by up to about 5 dB with a coarse budget), but the children are narrower
+    on every axis.
   - ``"moments"``: each is split in two along its largest axis (:func:`split_moments`): children at ``mu +- a
     s_max e_max`` (``a = split_offset``), that axis's scale times ``sqrt(1 - a^2)``, intensity times ``1 / (2
     sqrt(1 - a^2))``, so the pair has the parent's mass, mean and covariance and the rendered volume barely
