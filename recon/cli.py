@@ -91,10 +91,9 @@ def _add_fbp(sub) -> None:
 
 
 def _add_reconstruct(sub) -> None:
-    from recon.density import SPLIT_RULES
     from recon.fbp import FILTERS
     from recon.initialisation import INIT_METHODS
-    from recon.presets import PRESETS
+    from recon.presets import PRESETS, SPLIT_RULES
     from recon.projectors import PROJECTOR_BACKENDS
 
     r = sub.add_parser("reconstruct", help="Gaussian (3DGR-CT) reconstruction")

@@ -41,10 +41,8 @@ from torch import Tensor
 from medgmae.gaussians import Gaussians3D
 
 
-__all__ = ["densify_toolkit", "densify_3dgr_ct", "replace_rows", "split_moments", "DENSIFY_MODES", "SPLIT_RULES"]
+__all__ = ["densify_toolkit", "densify_3dgr_ct", "replace_rows", "split_moments"]
 
-DENSIFY_MODES = ("toolkit", "3dgr-ct")
-SPLIT_RULES = ("moments", "sample")
 _PARAMS = ("means", "log_scales", "quats", "intensities")
 
 

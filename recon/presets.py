@@ -53,8 +53,10 @@ import math
 from dataclasses import dataclass, fields
 
 __all__ = [
+    "DENSIFY_MODES",
     "GaussianReconConfig",
     "PRESETS",
+    "SPLIT_RULES",
     "THREEDGR_CT",
     "THREEDGR_CT_INIT",
     "preset_config",
@@ -105,6 +107,11 @@ THREEDGR_CT = {
 THREEDGR_CT_INIT = {
     k: THREEDGR_CT[k][0] for k in ("num_gaussian", "start", "air_threshold", "ini_intensity", "ini_sigma", "neighbour_kernel", "intensity_offset")
 }
+
+#: Density-control rules (:mod:`recon.density`): ``densify_mode`` and, in toolkit mode, ``split_rule``.
+DENSIFY_MODES = ("toolkit", "3dgr-ct")
+SPLIT_RULES = ("sample", "moments")
+
 
 @dataclass
 class GaussianReconConfig:
@@ -210,7 +217,7 @@ class GaussianReconConfig:
             raise ValueError(f"lr_means_final_ratio must be positive, got {self.lr_means_final_ratio}")
         for name, allowed in (("intensity_activation", ("linear", "sigmoid")), ("loss", ("relative", "mse")),
                               ("length_unit", ("voxel", "volume")), ("coarse_mode", ("bin", "half")),
-                              ("densify_mode", ("toolkit", "3dgr-ct")), ("split_rule", ("moments", "sample"))):  # fmt: skip
+                              ("densify_mode", DENSIFY_MODES), ("split_rule", SPLIT_RULES)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.densify_mode == "3dgr-ct" and self.intensity_activation != "sigmoid":

@@ -98,8 +98,8 @@ def test_split_moments_rejects_bad_offsets():
 
 
 def test_toolkit_round_keeps_the_rendered_volume():
-    """A density-control round with the default rule splits the chosen Gaussians (parents removed, their Adam
-    moments with them) and leaves the rendered volume's mass unchanged; the drawn rule of before does not."""
+    """A density-control round with ``split_rule="moments"`` splits the chosen Gaussians (parents removed, their
+    Adam moments with them) and leaves the rendered volume's mass unchanged; the drawn rule (the default) does not."""
     g = CTGeometry.parallel((24, 24, 24), 1.0, num_angles=4)
     proj = torch.ones(g.proj_shape)  # not fitted here
     means, scales, quats, inten = _random_gaussians(3, 12)
