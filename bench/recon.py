@@ -224,7 +224,7 @@ def run_one(rec, args, device, vol, targets, meta: dict, save_partial) -> dict:
             **meta, "initial_psnr": start.get("psnr"), "complete": rec.iteration >= end, "completed_iterations": rec.iteration,
             "seconds_per_iteration_median": per_iter if iter_times else None, "total_seconds": time.perf_counter() - t0,
             "final_psnr": res.history[-1].get("psnr") if res.history else None, "final_ssim": ssim(res.volume, vol),
-            "final_gaussians": res.gaussians.num_gaussians, "iterations_to_psnr": reached,
+            "final_gaussians": res.gaussians.num_gaussians, "iterations_to_psnr": reached, "density_rounds": res.density_rounds,
             "curve": [(0, round(start.get("psnr", float("nan")), 3))]
             + [(h["iteration"], round(h.get("psnr", float("nan")), 3)) for h in res.history],
             "curve_seconds": [round(elapsed[0], 3)] + [round(elapsed[h["iteration"]], 3) for h in res.history],

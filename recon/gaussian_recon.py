@@ -14,7 +14,7 @@ Parameters live in the voxel frame of the reconstruction grid; intensities are o
 attenuation scale. With ``intensity_activation="sigmoid"`` the intensity parameters are logits.
 
 Checkpoints (:meth:`GaussianReconstructor.state_dict`) hold every piece of state (parameters, Adam moments, the
-iteration that fixes the learning rates, the generator's state, the density-control statistics, the history) as
+iteration that fixes the learning rates, the generator's state, the density-control statistics and rounds, the history) as
 tensors, numbers, strings, lists and dicts, so they load with ``torch.load(..., weights_only=True)`` and a resumed
 run continues bit for bit. The reconstructor draws random numbers only from its own generator.
 """
@@ -56,6 +56,7 @@ class GaussianReconResult:
         iterations_to_psnr: first evaluated iteration reaching PSNR 30 and 35 (``None`` if never / no reference).
         best_iteration: with held-out views, the iteration whose Gaussians ``gaussians`` and ``volume`` are (the
             lowest held-out error); ``None`` without.
+        density_rounds: one record per density-control round: iteration, cloned, split, pruned, num_gaussians after.
     """
 
     gaussians: Gaussians3D
@@ -65,6 +66,7 @@ class GaussianReconResult:
     seconds: float = 0.0
     iterations_to_psnr: dict = field(default_factory=dict)
     best_iteration: int | None = None
+    density_rounds: list = field(default_factory=list)
 
 
 class GaussianReconstructor:
@@ -115,6 +117,7 @@ class GaussianReconstructor:
         self.length = float(max(self.geometry.volume_shape)) if self.config.length_unit == "volume" else 1.0
         self.iteration = 0
         self.history: list = []
+        self.density_rounds: list = []  # {"iteration", "cloned", "split", "pruned", "num_gaussians"} per round
         self.last_grad_norm: Tensor | None = None
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self._coarse = None
@@ -277,6 +280,7 @@ class GaussianReconstructor:
             "optimizer": self.optimizer.state_dict(),
             "value_scale": self.value_scale,
             "history": self.history,
+            "density_rounds": self.density_rounds,
             "generator": self.generator.get_state(),
             "grad_accum": self.grad_accum.detach().cpu().clone(),
             "grad_count": self.grad_count.detach().cpu().clone(),
@@ -297,6 +301,7 @@ class GaussianReconstructor:
         self.value_scale = float(state["value_scale"])
         self.params = {k: torch.nn.Parameter(state["params"][k].to(self.device, torch.float32).clone()) for k in _PARAMS}
         self.iteration, self.history = int(state["iteration"]), [dict(r) for r in state["history"]]
+        self.density_rounds = [dict(r) for r in state.get("density_rounds", [])]
         self._build_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.grad_accum = state["grad_accum"].to(self.device).clone()
@@ -359,7 +364,7 @@ class GaussianReconstructor:
             loss = self.step()
             it = self.iteration
             if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
-                self.densify_and_prune()
+                self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": int(self.params["means"].shape[0])})
             if it % c.eval_every == 0 or it == c.iterations:
                 rec = self._record(loss, time.perf_counter() - t0, with_ssim=ssim_every_eval or it == c.iterations)
                 postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
@@ -391,10 +396,9 @@ class GaussianReconstructor:
         chosen = None if self.holdout is None else self.holdout.best_params
         with torch.no_grad():
             volume = self.render(chosen) * self.value_scale
-        reached = {}
-        for thr in (30, 35):
-            hits = [r["iteration"] for r in self.history if r.get("psnr", -math.inf) >= thr]
-            reached[str(thr)] = hits[0] if hits else None
+        hits = {thr: [r["iteration"] for r in self.history if r.get("psnr", -math.inf) >= thr] for thr in (30, 35)}
+        reached = {str(thr): (h[0] if h else None) for thr, h in hits.items()}
         best = None if chosen is None else self.holdout.best_iteration
-        return GaussianReconResult(self.gaussians(chosen), volume.detach(), list(self.history), self.iteration, seconds, reached, best)
+        return GaussianReconResult(self.gaussians(chosen), volume.detach(), list(self.history), self.iteration, seconds, reached, best,
+                                   list(self.density_rounds))  # fmt: skip
 

@@ -90,6 +90,12 @@ def _print_summary(metrics: dict, out: Path) -> None:
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
                      f"bench/RESULTS.md used about one per 7); raise --num-gaussians (and the iterations)")  # fmt: skip
+    rounds = metrics.get("density_rounds") or []
+    if rounds:
+        total = {k: sum(r[k] for r in rounds) for k in ("cloned", "split", "pruned")}
+        when = f"1 round (iteration {rounds[0]['iteration']})" if len(rounds) == 1 else \
+            f"{len(rounds)} rounds (iterations {rounds[0]['iteration']}-{rounds[-1]['iteration']})"
+        lines.append(f"  density control: {when}: {total['cloned']} cloned, {total['split']} split, {total['pruned']} pruned")
     if metrics.get("holdout"):
         h = metrics["holdout"]
         how = "stopped early" if h["stopped_early"] else "ran to the end"
@@ -110,7 +116,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
 OUTPUTS = {
     "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
     "gaussians.ply": "the Gaussians, world frame",
-    "metrics.json": "preset, every setting, history, PSNR/SSIM",
+    "metrics.json": "preset, every setting, history, density-control rounds, PSNR/SSIM",
     "curve.png": "loss and PSNR per iteration",
     "slices.png": "orthogonal mid-slices: reference / FBP / reconstruction / error",
     RECON_STATE: "resumable state (--resume)",
@@ -241,7 +247,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "device": str(device), "projector": projector, "value_scale": rec.value_scale, "settings": asdict(cfg),
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
-        "iterations_to_psnr": result.iterations_to_psnr, "history": result.history,
+        "iterations_to_psnr": result.iterations_to_psnr, "history": result.history, "density_rounds": result.density_rounds,
     }  # fmt: skip
 
 

@@ -48,6 +48,7 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     m, dense = runs["medgmae"]["initial_gaussians"], runs["medgmae-dense"]["initial_gaussians"]
     assert dense == (300 // m) * m and dense > m  # subdivided to the budget
     assert runs["medgmae-grow"]["preset_overrides"]["densify_every"] == 10
+    assert all(r["density_rounds"] == [] for r in runs.values())  # recorded (4 iterations: no round yet)
     assert len(result["targets"]) == 5 and result["targets"][2] == pytest.approx(result["best_fbp_psnr"], abs=0.01)
     for r in runs.values():  # seconds: the start's, then growing with every iteration (steps and density control)
         secs = r["curve_seconds"]

@@ -87,26 +87,30 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     fbp_out = tmp_path / "fbp2.nii.gz"
     assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"), "--out", str(fbp_out), "--device", "cpu"]) == 0
     np.testing.assert_allclose(nib.load(str(fbp_out)).get_fdata(), nib.load(str(simulated / "fbp.nii.gz")).get_fdata(), atol=1e-6)
-    for init, extra in (("fbp", ["--num-gaussians", "200", "--split-rule", "moments"]),
-                        ("medgmae", ["--checkpoint", str(model_file[0]), "--num-gaussians", "1500"])):
+    for init, iters, extra in (("fbp", 12, ["--num-gaussians", "200", "--split-rule", "moments"]),
+                               ("medgmae", 20, ["--checkpoint", str(model_file[0]), "--num-gaussians", "1500"])):
         out = tmp_path / f"rec_{init}"
         args = [
             "reconstruct", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
-            "--fbp", str(simulated / "fbp.nii.gz"), "--init", init, "--iterations", "12", "--eval-every", "4",
+            "--fbp", str(simulated / "fbp.nii.gz"), "--init", init, "--iterations", str(iters), "--eval-every", "4",
             "--reference", str(simulated / "reference.nii.gz"), "--out", str(out), "--no-progress", "--device", "cpu", *extra,
         ]  # fmt: skip
         assert main(args) == 0, init
         assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt", "slices.png"]
         metrics = json.loads((out / "metrics.json").read_text())
-        assert metrics["iterations"] == 12 and metrics["init"] == init and metrics["preset"] == "toolkit"
+        assert metrics["iterations"] == iters and metrics["init"] == init and metrics["preset"] == "toolkit"
         assert metrics["settings"]["split_rule"] == ("moments" if init == "fbp" else "sample")  # --split-rule, the default
         if init == "medgmae":  # the sparse start grows to the budget on the schedule of sparse_start_growth
             assert metrics["init_settings"]["grow_to"] == 1500 and metrics["settings"]["max_gaussians"] == 1500
             assert metrics["settings"]["densify_every"] == 10
+            assert [r["iteration"] for r in metrics["density_rounds"]] == [10]  # densify_until: 0.6 x 20
+            rnd = metrics["density_rounds"][0]
+            assert rnd["num_gaussians"] == metrics["history"][2]["num_gaussians"] > metrics["initial_gaussians"]  # at 12
+            assert f"density control: 1 round (iteration 10): {rnd['cloned']} cloned, {rnd['split']} split" in capsys.readouterr().out
         else:
             assert metrics["initial_gaussians"] == 200
         _check_slices(out / "slices.png", columns=4)
-        assert [h["iteration"] for h in metrics["history"]] == [4, 8, 12]
+        assert [h["iteration"] for h in metrics["history"]] == list(range(4, iters + 1, 4))
         assert set(metrics["iterations_to_psnr"]) == {"30", "35"}
         rec = nib.load(str(out / "recon.nii.gz"))
         np.testing.assert_allclose(rec.affine, nib.load(str(simulated / "reference.nii.gz")).affine)

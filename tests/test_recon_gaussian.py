@@ -128,10 +128,39 @@ def test_checkpoint_resume_is_bit_exact_across_density_control(tmp_path, preset)
     assert torch.equal(out.volume, full.volume)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(out.history) == strip(full.history)
+    assert [r["iteration"] for r in full.density_rounds] == [4, 8] and out.density_rounds == full.density_rounds
     with pytest.raises(ValueError, match="not a Gaussian reconstruction checkpoint"):
         resumed.load_state_dict({"kind": "medgmae"})
     with pytest.raises(ValueError, match="lacks"):
         resumed.load_state_dict({"kind": "recon-gaussians", "iteration": 3})
+
+
+@pytest.mark.parametrize("preset,rule", [("toolkit", "sample"), ("toolkit", "moments"), ("3dgr-ct", None)])
+def test_density_rounds_record_what_each_round_did(preset, rule):
+    """``result.density_rounds`` holds one record per round whose counts account for the change in the number of
+    Gaussians that round made (counted independently around each call) and whose ``num_gaussians`` is the count
+    after it."""
+    g, p, proj, vol = _tiny_problem()
+    f = fbp(proj, g)
+    extra = {"split_rule": rule, "densify_fraction": 0.3} if preset == "toolkit" else {"grad_threshold": 0.0}
+    init, vs = (fbp_init(f, 40, seed=0), None) if preset == "toolkit" else init_3dgr_ct(f, 40)
+    cfg = GaussianReconConfig.preset(preset, 13, densify_from=3, densify_until=12, densify_every=3, eval_every=13, seed=2, **extra)
+    rec = GaussianReconstructor(p, proj, init, cfg, value_scale=vs)
+    seen, call = [], rec.densify_and_prune
+
+    def counted():
+        before = rec.params["means"].shape[0]
+        out = call()
+        seen.append((rec.iteration, before, rec.params["means"].shape[0]))
+        return out
+
+    rec.densify_and_prune = counted
+    rounds = rec.run(progress=False).density_rounds
+    assert [r["iteration"] for r in rounds] == [3, 6, 9, 12] == [s[0] for s in seen]
+    assert any(r["split"] + r["cloned"] > 0 for r in rounds)
+    for r, (_, before, after) in zip(rounds, seen):
+        assert r["num_gaussians"] == after
+        assert after - before == r["cloned"] + r["split"] - r["pruned"], r
 
 
 def test_resume_needs_the_density_statistics(tmp_path):
