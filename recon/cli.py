@@ -8,6 +8,7 @@ Subcommands::
                   [--init random|fbp|medgmae|3dgr-ct] [--checkpoint model.pt] [--iterations N] [--reference R.nii.gz]
                   --out DIR
     medgmae-recon evaluate --recon R.nii.gz --reference R2.nii.gz
+    medgmae-recon select --runs DIR DIR [DIR ...] [--json choice.json]
 
 Projection stacks are ``.npy`` arrays ``(views, rows, cols)`` or MetaImage / NRRD / NIfTI stacks indexed
 (column, row, view), as RTK writes them (:func:`recon.scan_files.load_projections`).
@@ -29,7 +30,9 @@ that predicts them best, optionally stopping after ``--patience`` evaluations wi
 (:mod:`recon.holdout`); with ``--refit`` it then runs the same reconstruction on every view, stopped at the chosen
 iteration (same settings and schedule), and writes that (``recon_state.pt`` keeps the held-out run).
 ``evaluate`` prints ``{"psnr", "ssim", "data_range"}`` as JSON: PSNR and SSIM on the reference's range
-``max - min`` (see :mod:`recon.metrics`).
+``max - min`` (see :mod:`recon.metrics`). ``select`` ranks ``reconstruct --holdout-views N`` runs of one scan (other
+settings, e.g. ``--tv``) by their held-out error and names the lowest: a choice without a reference
+(:mod:`recon.select_command`).
 
 Errors in the inputs (missing or unreadable files, projections that do not match the geometry, a model
 checkpoint of the wrong kind, ``--init medgmae`` without ``--checkpoint``) print a message and exit with code 2
@@ -45,6 +48,7 @@ import sys
 from medgmae.cli_types import nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
+from recon.select_command import cmd_select
 
 __all__ = ["main", "build_parser"]
 
@@ -61,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="PSNR/SSIM of a reconstruction, printed as JSON")
     e.add_argument("--recon", required=True)
     e.add_argument("--reference", required=True)
+    s = sub.add_parser("select", help="rank reconstructions of one scan by held-out error (runs of reconstruct --holdout-views N)")
+    s.add_argument("--runs", nargs="+", required=True, help="output folders of reconstruct, the same scan and --holdout-views")
+    s.add_argument("--json", default=None, help="also write the ranking and the choice here")
     return p
 
 
@@ -138,7 +145,7 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--out", required=True, help="output folder")
 
 
-COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate}
+COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate, "select": cmd_select}
 
 
 def main(argv: list[str] | None = None) -> int:

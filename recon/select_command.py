@@ -1,0 +1,120 @@
+"""``medgmae-recon select``: choose among reconstructions of one scan by their held-out error, without a reference.
+
+A real scan has no ground truth to compare settings with (a total-variation weight, a Gaussian budget, a split
+rule, a start). Runs of ``reconstruct --holdout-views N`` on the same scan hold out the same views
+(:func:`recon.holdout.holdout_split` depends only on the angles and ``N``) and record the lowest error with which
+their Gaussians predicted them (``metrics.json``: ``holdout.best_error``, relative to the mean square of the fitted
+views, which is the same for every run of the scan). That error is a cross-validation score: the run with the
+lowest one predicts unseen views best, and ``select`` names it. How often that is also the run closest to the
+ground truth is measured in ``bench/RESULTS.md`` ("Choosing the TV weight by held-out views").
+
+Runs of different scans, with different held-out views, or without held-out views are refused with a message naming
+the run; nothing is written but the optional ``--json`` summary (atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from recon.commands import CLIError
+
+__all__ = ["cmd_select", "load_run", "rank_runs", "SETTING_KEYS"]
+
+#: What the table shows of each run when it differs between the runs (top-level keys of ``metrics.json`` and keys
+#: of its ``settings``).
+SETTING_KEYS = ("preset", "init", "initial_gaussians", "tv_weight", "split_rule", "iterations", "views_per_iteration")
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """The ``metrics.json`` of a ``reconstruct --holdout-views`` output folder.
+
+    Args:
+        run_dir: the folder ``reconstruct --out`` wrote.
+
+    Returns:
+        The parsed ``metrics.json``.
+
+    Raises:
+        CLIError: the folder has no readable ``metrics.json``, or the run held out no views.
+    """
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise CLIError(f"{run_dir}: no metrics.json (not an output folder of medgmae-recon reconstruct)")
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CLIError(f"{path}: not readable as JSON ({e})") from e
+    if not isinstance(metrics, dict) or "settings" not in metrics or "arguments" not in metrics:
+        raise CLIError(f"{path}: not the metrics of a Gaussian reconstruction")
+    h = metrics.get("holdout")
+    if not h or not isinstance(h.get("best_error"), (int, float)) or not math.isfinite(h["best_error"]):
+        raise CLIError(f"{run_dir}: reconstructed without --holdout-views (no held-out error to compare); run it again "
+                       "with --holdout-views N, the same N for every run")  # fmt: skip
+    return metrics
+
+
+def _scan_of(metrics: dict) -> tuple[str, str]:
+    a = metrics["arguments"]
+    return tuple(str(Path(a.get(k) or "").resolve()) for k in ("projections", "geometry"))
+
+
+def rank_runs(runs: dict[str, dict]) -> list[dict]:
+    """Check that the runs are comparable and rank them by held-out error.
+
+    Args:
+        runs: run name -> its ``metrics.json`` (:func:`load_run`).
+
+    Returns:
+        One row per run, lowest held-out error first: ``run``, ``held_out_error``, ``iteration`` (of that error),
+        ``settings`` (the :data:`SETTING_KEYS` that differ between the runs) and ``psnr`` / ``ssim`` of the written
+        volume where the run had a reference (``None`` otherwise).
+
+    Raises:
+        CLIError: fewer than two runs, runs of different scans, or different held-out views.
+    """
+    if len(runs) < 2:
+        raise CLIError(f"select compares at least two runs, got {len(runs)}")
+    first_name, first = next(iter(runs.items()))
+    for name, m in runs.items():
+        if _scan_of(m) != _scan_of(first):
+            raise CLIError(f"{name} reconstructs {_scan_of(m)[0]}, {first_name} {_scan_of(first)[0]}: select compares runs of one scan")
+        if m["holdout"]["views"] != first["holdout"]["views"]:
+            raise CLIError(f"{name} held out views {m['holdout']['views']}, {first_name} {first['holdout']['views']}: "
+                           "use the same --holdout-views for every run")  # fmt: skip
+    values = {name: {k: m["settings"][k] if k in m["settings"] else m.get(k) for k in SETTING_KEYS} for name, m in runs.items()}
+    differ = [k for k in SETTING_KEYS if len({json.dumps(v[k]) for v in values.values()}) > 1]
+    rows = [{"run": name, "held_out_error": float(m["holdout"]["best_error"]), "iteration": m["holdout"]["best_iteration"],
+             "settings": {k: values[name][k] for k in differ}, "psnr": (m.get("final") or {}).get("psnr"),
+             "ssim": (m.get("final") or {}).get("ssim")} for name, m in runs.items()]  # fmt: skip
+    return sorted(rows, key=lambda r: r["held_out_error"])
+
+
+def format_table(rows: list[dict]) -> str:
+    """The ranking as a markdown table (the chosen run first)."""
+    keys = list(rows[0]["settings"])
+    head = ["run", *keys, "held-out error", "at iteration", "PSNR", "SSIM"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows):
+        psnr = "-" if r["psnr"] is None else f"{r['psnr']:.2f}"
+        ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
+        cells = [("**" + r["run"] + "** (chosen)") if i == 0 else r["run"], *(str(r["settings"][k]) for k in keys),
+                 f"{r['held_out_error']:.5g}", str(r["iteration"]), psnr, ssim]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cmd_select(args) -> int:
+    """``select``: rank ``--runs`` by held-out error, print the table and the chosen run (and ``--json``)."""
+    from medgmae.files import save_json_atomic
+
+    names = [str(r) for r in args.runs]
+    if len(set(names)) != len(names):
+        raise CLIError(f"a run is named twice in --runs: {names}")
+    rows = rank_runs({name: load_run(name) for name in names})
+    print(format_table(rows))
+    print(f"chosen: {rows[0]['run']} (lowest held-out error, {rows[0]['held_out_error']:.5g} at iteration {rows[0]['iteration']})")
+    if args.json:
+        save_json_atomic({"chosen": rows[0]["run"], "runs": rows}, args.json)
+    return 0
