@@ -160,7 +160,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
         "photons": args.photons, "phantom_seed": args.seed, "simulated_on": "2x finer grid, PyTorch projector",
         "projector": proj_op.name, **baselines, "runs": {},
     }  # fmt: skip
-    out["holdout_views"], out["tv_weight"], out["texture"] = args.holdout_views, args.tv, args.texture
+    out["holdout_views"], out["tv_weight"], out["texture"], out["set"] = args.holdout_views, args.tv, args.texture, dict(args.settings)
     inits, overrides = starts(args, rec_fbp, geom, device, out)
     for name, (make, preset) in inits.items():
         if args.only and name not in args.only:

@@ -177,3 +177,32 @@ def test_recon_set_refuses_bad_settings(pair, message, capsys):
     with pytest.raises(SystemExit) as e:
         bench_recon.main(["--set", pair])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_select_summary_chooses_by_held_out_error_and_reports_what_it_gives_away(tmp_path, capsys):
+    """bench/recon_select_summary.py on toy held-out runs at three TV weights: the choice is the weight with the
+    lowest recorded held-out error, the best is the highest PSNR, the difference is what the choice gives away;
+    results without held-out views and two runs of one setting are refused."""
+    summary = _load("recon_select_summary")
+    base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
+            "--iterations", "6", "--eval-every", "2", "--num-gaussians", "200", "--device", "cpu", "--only", "toolkit"]  # fmt: skip
+    files = []
+    for w in ("0", "0.01", "5"):
+        files.append(tmp_path / f"tv{w}.json")
+        assert bench_recon.main([*base, "--holdout-views", "2", "--tv", w, "--json", str(files[-1])]) == 0
+    runs = {f"tv {float(f.stem[2:]):g}": json.loads(f.read_text())["runs"]["toolkit"] for f in files}
+    chosen = min(runs, key=lambda k: runs[k]["holdout"]["best_error"])
+    best = max(runs, key=lambda k: runs[k]["chosen"]["psnr"])
+    c = summary.choice(summary.load([str(f) for f in files])[("parallel", 8, 1000, "toolkit")])
+    assert (c["chosen"], c["best"]) == (chosen, best) and chosen != "tv 5"  # a weight of 5 flattens the volume
+    assert c["given_away"] >= 0 and c["given_away"] == pytest.approx(runs[best]["chosen"]["psnr"] - runs[chosen]["chosen"]["psnr"])
+    capsys.readouterr()
+    assert summary.main([str(f) for f in files]) == 0
+    table = capsys.readouterr().out
+    assert f"| {chosen} (chosen) |" in table and f"| parallel 8, seed 1000, toolkit | {chosen} |" in table
+    plain = tmp_path / "plain.json"
+    assert bench_recon.main([*base, "--json", str(plain)]) == 0
+    for bad in ([str(plain)], [str(files[0]), str(files[0])]):
+        with pytest.raises(SystemExit):
+            summary.main(bad)
+
