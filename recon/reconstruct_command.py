@@ -102,6 +102,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
         what = "the run on every view stopped at" if h["refit"] else "the Gaussians of"
         lines.append(f"  held-out views {h['views']}: lowest held-out error {h['best_error']:.4g} at iteration {h['best_iteration']} "
                      f"(the run {how} at iteration {h['run_iterations']}); written: {what} iteration {h['best_iteration']}")  # fmt: skip
+        lines.append(f"  (runs of this scan with the same --holdout-views and other settings: medgmae-recon select --runs {out} ...)")
     if "final" in metrics:
         for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
             lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")

@@ -289,7 +289,8 @@ def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
     rec = nib.load(str(out / "recon.nii.gz")).get_fdata()
     ref = nib.load(str(simulated / "reference.nii.gz")).get_fdata()
     assert m["final"]["psnr"] == pytest.approx(evaluate(rec, ref)["psnr"], abs=1e-3)
-    assert "held-out views [2, 7]" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "held-out views [2, 7]" in text and f"medgmae-recon select --runs {out} ..." in text
     assert Image.open(out / "curve.png").size == (640, 10 + 3 * 235)  # loss, held-out error, PSNR
 
 
