@@ -27,10 +27,10 @@ from recon_curves import tile_curves  # noqa: E402
 from recon_summary import _cell  # noqa: E402
 
 
-def run_label(run: dict, iterations: int) -> str:
+def run_label(run: dict, iterations: int, tv_weight: float = 0.0) -> str:
     """``"20000 Gaussians"``, plus the settings the run was given other than the density cap (``"no density
-    control"`` for a ``densify_from`` past ``iterations``)."""
-    extra = []
+    control"`` for a ``densify_from`` past ``iterations``) and a TV weight (``"TV 0.001"``) if any."""
+    extra = [f"TV {tv_weight:g}"] if tv_weight else []
     for key, value in run.get("preset_overrides", {}).items():
         if key == "max_gaussians":
             continue
@@ -46,10 +46,13 @@ def load_scans(paths: list[str]) -> list[dict]:
         try:
             result = json.loads(Path(path).read_text())
             key = tuple(str(result.get(k)) for k in ("geometry", "views", "phantom_seed", "shape_zyx", "photons"))
-            runs = {run_label(run, run["curve"][-1][0]): run for run in result["runs"].values()}
+            runs = {run_label(run, run["curve"][-1][0], result.get("tv_weight") or 0.0): run for run in result["runs"].values()}
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: not a bench/recon.py result ({type(e).__name__}: {e})") from None
-        scans.setdefault(key, {**result, "runs": {}})["runs"].update(runs)
+        merged = scans.setdefault(key, {**result, "runs": {}})["runs"]
+        if set(runs) & set(merged):
+            raise ValueError(f"{path}: a run named {sorted(set(runs) & set(merged))} of this scan is already in another file")
+        merged.update(runs)
     for merged in scans.values():
         merged["runs"] = dict(sorted(merged["runs"].items(), key=lambda kv: (kv[1]["initial_gaussians"], kv[0])))
     return list(scans.values())

@@ -167,6 +167,11 @@ def test_budget_summary_orders_budgets_and_reads_the_curves(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{")
     assert summary.main([files[0], str(tmp_path / "bad.json")]) == 2
     assert "bad.json" in capsys.readouterr().err
+    assert bench_recon.main([*base, "--num-gaussians", "100", "--tv", "0.001", "--json", str(tmp_path / "tv.json")]) == 0
+    capsys.readouterr()
+    assert summary.main([files[1], str(tmp_path / "tv.json")]) == 0 and "| 100 Gaussians, TV 0.001 |" in capsys.readouterr().out
+    assert summary.main([files[1], files[1]]) == 2  # the same run twice would hide one of them
+    assert "already in another file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("pair, message", [("foo=1", "foo is not a reconstruction setting"), ("split_rule", "KEY=VALUE"),
