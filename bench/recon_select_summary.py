@@ -53,12 +53,14 @@ def load(paths: list[str]) -> dict:
 
 
 def choice(rows: dict) -> dict:
-    """The setting the held-out error chooses, the one the PSNR would, and what the choice gives away (dB)."""
+    """The setting the held-out error chooses, the one the PSNR would, what the choice gives away (dB), and whether
+    the held-out error orders all the settings as the PSNR does."""
     if len({json.dumps(r["views"]) for r in rows.values()}) > 1:
         raise SystemExit(f"runs held out different views: {[r['views'] for r in rows.values()]}")
-    by_error = min(rows, key=lambda k: rows[k]["error"])
-    by_psnr = max(rows, key=lambda k: rows[k]["psnr"])
-    return {"chosen": by_error, "best": by_psnr, "given_away": rows[by_psnr]["psnr"] - rows[by_error]["psnr"]}
+    by_error = sorted(rows, key=lambda k: rows[k]["error"])
+    by_psnr = sorted(rows, key=lambda k: -rows[k]["psnr"])
+    return {"chosen": by_error[0], "best": by_psnr[0], "given_away": rows[by_psnr[0]]["psnr"] - rows[by_error[0]]["psnr"],
+            "same_order": by_error == by_psnr}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             last = "-" if r["last"] is None else f"{r['last']:.2f}"
             print(f"| {label}{mark} | {r['error']:.5g} | {r['iteration']} | {r['psnr']:.2f} | {r['peak']:.2f} | {last} |")
         gathered.append((f"{geom} {views}, seed {seed}, {start}", c, rows))
-    print("\n| scan, start | chosen by held-out error | PSNR | best by PSNR | PSNR | given away (dB) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| scan, start | chosen by held-out error | PSNR | best by PSNR | PSNR | given away (dB) | all in PSNR order |")
+    print("|---|---|---|---|---|---|---|")
     for name, c, rows in gathered:
         print(f"| {name} | {c['chosen']} | {rows[c['chosen']]['psnr']:.2f} | {c['best']} | {rows[c['best']]['psnr']:.2f} | "
-              f"{c['given_away']:.2f} |")  # fmt: skip
+              f"{c['given_away']:.2f} | {'yes' if c['same_order'] else 'no'} |")  # fmt: skip
     return 0
 
 

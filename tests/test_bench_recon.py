@@ -200,6 +200,7 @@ def test_select_summary_chooses_by_held_out_error_and_reports_what_it_gives_away
     best = max(runs, key=lambda k: runs[k]["chosen"]["psnr"])
     c = summary.choice(summary.load([str(f) for f in files])[("parallel", 8, 1000, "toolkit")])
     assert (c["chosen"], c["best"]) == (chosen, best) and chosen != "tv 5"  # a weight of 5 flattens the volume
+    assert c["same_order"] == (sorted(runs, key=lambda k: runs[k]["holdout"]["best_error"]) == sorted(runs, key=lambda k: -runs[k]["chosen"]["psnr"]))
     assert c["given_away"] >= 0 and c["given_away"] == pytest.approx(runs[best]["chosen"]["psnr"] - runs[chosen]["chosen"]["psnr"])
     capsys.readouterr()
     assert summary.main([str(f) for f in files]) == 0
