@@ -7,11 +7,11 @@ their Gaussians predicted them (``metrics.json``: ``holdout.best_error``, relati
 views, which is the same for every run of the scan). That error is a cross-validation score: the run with the
 lowest one predicts unseen views best, and ``select`` names it. How often that is also the run closest to the
 ground truth is measured in ``bench/RESULTS.md`` ("Choosing the TV weight by held-out views"): among TV weights 0,
-1e-4, 1e-3 and 1e-2 it chose the best on all three 20-view scans of the five, and too little TV on the two 90-view scans
-(1.6 and 3.8 dB below the best), so trust it on sparse, noisy scans, not on full views.
+1e-4, 1e-3 and 1e-2 it chose the best on all three 20-view scans of the five, and too little TV on the two
+90-view scans (1.6 and 3.8 dB below the best), so trust it on sparse, noisy scans, not on full views.
 
-Runs of different scans, with different held-out views, or without held-out views are refused with a message naming
-the run; nothing is written but the optional ``--json`` summary (atomically).
+Runs of different scans, with different held-out views, or without held-out views are refused with a message
+naming the run; nothing is written but the optional ``--json`` summary (atomically).
 """
 
 from __future__ import annotations
