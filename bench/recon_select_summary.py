@@ -47,7 +47,7 @@ def load(paths: list[str]) -> dict:
             cases.setdefault(key, {})[label] = {
                 "error": run["holdout"]["best_error"], "iteration": run["chosen"]["iteration"], "psnr": run["chosen"]["psnr"],
                 "peak": max(p for _, p in run["curve"]), "last": run["final_psnr"] if run["complete"] else None,
-                "views": run["holdout"]["views"], "best_fbp": result["best_fbp_psnr"], "complete": run["complete"],
+                "views": run["holdout"]["views"], "best_fbp": result["best_fbp_psnr"],
             }  # fmt: skip
     return cases
 
