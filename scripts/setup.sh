@@ -3,8 +3,9 @@
 #   bash scripts/setup.sh          # the toolkit
 #   bash scripts/setup.sh --test   # the toolkit and its test extras (pytest, pytest-xdist)
 # On a machine without an NVIDIA GPU the CPU build of PyTorch is installed first, so that pip does not pull
-# several GB of CUDA wheels: a wheel from pip's configured local wheel folders (find-links) when there is one,
-# otherwise PyTorch's CPU wheel index.
+# several GB of CUDA wheels: a wheel from pip's configured local wheel folders (find-links) when there is one
+# (installed on its own; its dependencies come with the toolkit's from the configured indexes), otherwise PyTorch's
+# CPU wheel index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -22,7 +23,7 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
   "$PY" -m pip install "torch>=2.4"
 else
   echo "[setup] no GPU found: installing the CPU build of PyTorch"
-  "$PY" -m pip install --no-index "torch>=2.4" 2>/dev/null \
+  "$PY" -m pip install --no-index --no-deps "torch>=2.4" 2>/dev/null \
     || "$PY" -m pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"
 fi
 "$PY" -m pip install -e ".${extra}"
