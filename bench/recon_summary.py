@@ -10,6 +10,11 @@ FBP/FDK, read off the PSNR curves; ``-``: not reached in the run), with the seco
 run recorded them (``curve_seconds``: the start's time plus the measured optimisation steps and density control,
 PSNR evaluations excluded). The last columns compare the iterations to the
 highest target reached by both runs with ``3dgr-ct`` and ``toolkit`` (negative: fewer iterations).
+
+With ``--name-by-model`` the MedGMAE starts are named by their model's file (``medgmae-grow (e150)`` for
+``.../e150.pt``, the folder's name for a ``model.pt``), so runs of one case with different models sit side by
+side. Where two files hold a start of the same name for one case, the later file's run replaces the earlier one
+(a re-run), and the summary says so on stderr.
 """
 
 from __future__ import annotations
@@ -80,17 +85,36 @@ def case_table(result: dict, relative: list[float]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def load_cases(paths: list[str]) -> dict:
+def _named_by_model(result: dict) -> dict:
+    """``result`` with its MedGMAE starts renamed ``<init> (<model file stem>)`` (its folder's name for a
+    ``model.pt``)."""
+    model = (result.get("medgmae_model") or {}).get("checkpoint")
+    if model:
+        stem = Path(model).stem if Path(model).stem != "model" else Path(model).parent.name
+        result["runs"] = {(f"{k} ({stem})" if k.startswith("medgmae") else k): v for k, v in result["runs"].items()}
+    return result
+
+
+def load_cases(paths: list[str], name_by_model: bool = False) -> dict:
     """``bench/recon.py`` JSON files by case: the files of one case (same geometry, views, phantom, planned
-    iterations, TV weight, texture and held-out views) merged into one result whose ``runs`` hold every start."""
+    iterations, TV weight, texture and held-out views) merged into one result whose ``runs`` hold every start.
+    A start found again in a later file replaces the earlier run (noted on stderr).
+    """
     cases: dict = {}
+    sources: dict = {}
     for path in paths:
         result = json.loads(Path(path).read_text())
+        if name_by_model:
+            result = _named_by_model(result)
         planned = re.search(r"--iterations (\d+)", result.get("command", ""))  # runs may be incomplete
         last = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
         result["iterations"] = int(planned.group(1)) if planned else last
         settings = tuple(result.get(k) or 0 for k in ("tv_weight", "texture", "holdout_views"))  # runs of other settings stay apart
         key = (result["geometry"], result["views"], result["phantom_seed"], result["iterations"], settings)
+        for name in result["runs"]:
+            if (key, name) in sources:
+                print(f"{path}: its start {name!r} replaces the one of {sources[key, name]}", file=sys.stderr)
+            sources[key, name] = path
         if key in cases:
             cases[key]["runs"].update(result["runs"])
         else:
@@ -105,9 +129,10 @@ def main(argv=None) -> int:
     p.add_argument("--png-seconds", default=None, help="the same against the measured seconds (curve_seconds)")
     p.add_argument("--relative", type=float, nargs="+", default=[-9.0, -6.0, -3.0, -1.0, 0.0, 2.0],
                    help="PSNR targets in dB from the best FBP/FDK")
+    p.add_argument("--name-by-model", action="store_true", help="name the MedGMAE starts by their model's file")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    cases = load_cases(args.results)
+    cases = load_cases(args.results, args.name_by_model)
     for result in cases.values():
         print(case_table(result, args.relative))
     if args.png and cases:
