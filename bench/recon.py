@@ -124,7 +124,8 @@ def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, di
     from medgmae.networks.medgmae import MedGMAE
 
     model = MedGMAE.from_checkpoint(args.checkpoint, needed_for="bench/recon.py needs a medgmae model.pt").to(device).eval()
-    out["medgmae_model"] = {"checkpoint": args.checkpoint, "preprocessing": model.preprocessing.to_dict() if model.preprocessing else None}
+    out["medgmae_model"] = {"checkpoint": args.checkpoint, "overlap": args.overlap,
+                            "preprocessing": model.preprocessing.to_dict() if model.preprocessing else None}
     affine = geom.default_affine()
     # each start decodes the zero-shot Gaussians itself, so its init_seconds include the decoding
     inits["medgmae"] = (lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap), None), "toolkit")

@@ -87,10 +87,12 @@ def case_table(result: dict, relative: list[float]) -> str:
 
 def _named_by_model(result: dict) -> dict:
     """``result`` with its MedGMAE starts renamed ``<init> (<model file stem>)`` (its folder's name for a
-    ``model.pt``)."""
+    ``model.pt``; plus the window overlap where it was not bench/recon.py's default, 16)."""
     model = (result.get("medgmae_model") or {}).get("checkpoint")
     if model:
         stem = Path(model).stem if Path(model).stem != "model" else Path(model).parent.name
+        if result["medgmae_model"].get("overlap", 16) != 16:
+            stem += f", overlap {result['medgmae_model']['overlap']}"
         result["runs"] = {(f"{k} ({stem})" if k.startswith("medgmae") else k): v for k, v in result["runs"].items()}
     return result
 

@@ -66,13 +66,14 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
         _load("recon_curves").plot_curves(result, str(tmp_path / "bad.png"), x_axis="minutes")
     # a second model's runs of the same case: kept apart by --name-by-model, else the later file's replace
     other = json.loads(out.read_text())
+    assert result["medgmae_model"]["overlap"] == 4
     other["medgmae_model"]["checkpoint"] = "models/e150.pt"
     other["runs"] = {k: v for k, v in other["runs"].items() if k == "medgmae-grow"}
     other["runs"]["medgmae-grow"]["final_psnr"] = 99.0
     (tmp_path / "e150.json").write_text(json.dumps(other))
     assert recon_summary.main([str(out), str(tmp_path / "e150.json"), "--name-by-model"]) == 0
     captured = capsys.readouterr()
-    assert f"| medgmae-grow ({model_file.parent.name}) | toolkit |" in captured.out and "| medgmae-grow (e150) | toolkit |" in captured.out
+    assert f"| medgmae-grow ({model_file.parent.name}, overlap 4) | toolkit |" in captured.out and "| medgmae-grow (e150, overlap 4) | toolkit |" in captured.out
     assert "| random | toolkit |" in captured.out and captured.err == ""
     assert recon_summary.main([str(out), str(tmp_path / "e150.json")]) == 0
     captured = capsys.readouterr()
