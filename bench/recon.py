@@ -69,13 +69,22 @@ def phantom_mu(seed: int, shape_zyx, voxel_zyx, texture: bool = False) -> torch.
     return torch.from_numpy(hu_to_mu(ph.image).astype(np.float32)).permute(2, 1, 0).contiguous()
 
 
-def simulate(seed: int, geom: CTGeometry, photons: float | None, device, texture: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+SIMULATED_ON = {"finer": "2x finer grid, PyTorch projector",
+                "same": "the reconstruction grid, PyTorch projector (inverse crime: a diagnostic only)"}
+
+
+def simulate(seed: int, geom: CTGeometry, photons: float | None, device, texture: bool = False,
+             grid: str = "finer") -> tuple[torch.Tensor, torch.Tensor]:
     """``(projections, reference)``: measured on a 2x finer phantom (with ``texture``: see :func:`phantom_mu`) with
-    Poisson noise; reference = its 2x2x2 mean."""
+    Poisson noise; reference = its 2x2x2 mean. ``grid="same"`` measures the phantom of the reconstruction grid
+    itself (the reference): no detail the grid cannot hold, a diagnostic of what the finer simulation changes."""
     from recon.projectors import TorchProjector
 
-    fine_shape = [2 * n for n in geom.volume_shape]
-    fine_voxel = [v / 2 for v in geom.voxel_size]
+    if grid not in SIMULATED_ON:
+        raise ValueError(f"grid must be one of {sorted(SIMULATED_ON)}, got {grid!r}")
+    factor = 2 if grid == "finer" else 1
+    fine_shape = [factor * n for n in geom.volume_shape]
+    fine_voxel = [v / factor for v in geom.voxel_size]
     fine = phantom_mu(seed, fine_shape, fine_voxel, texture).to(device)
     fine_geom = CTGeometry.from_dict({**geom.to_dict(), "volume_shape": fine_shape, "voxel_size": fine_voxel})
     with torch.no_grad():
@@ -84,7 +93,7 @@ def simulate(seed: int, geom: CTGeometry, photons: float | None, device, texture
             gen = torch.Generator(device=proj.device).manual_seed(seed)
             counts = torch.poisson(photons * torch.exp(-proj.double()), generator=gen)
             proj = (-torch.log(counts.clamp_min(1.0) / photons)).float()
-    reference = torch.nn.functional.avg_pool3d(fine[None, None], 2)[0, 0]
+    reference = torch.nn.functional.avg_pool3d(fine[None, None], factor)[0, 0]
     return proj, reference
 
 
@@ -151,14 +160,14 @@ def run_case(args, device, save=lambda out: None) -> dict:
         geom = CTGeometry.cone(shape, voxel, num_angles=args.views)
     else:
         geom = CTGeometry.parallel(shape, voxel, num_angles=args.views)
-    proj, vol = simulate(args.seed, geom, args.photons, device, args.texture)
+    proj, vol = simulate(args.seed, geom, args.photons, device, args.texture, args.simulate_grid)
     proj_op = make_projector(geom, args.backend, device)
     rec_fbp, baselines = fbp_baselines(proj, geom, vol, args)
     if args.holdout_views:  # the starts come from the FBP of the fitted views; the baselines use every view
         rec_fbp = fitted_views_fbp(proj, geom, args.holdout_views, "hann")
     out = {
         "shape_zyx": list(shape), "voxel_mm": list(voxel), "geometry": geom.kind, "views": geom.num_views,
-        "photons": args.photons, "phantom_seed": args.seed, "simulated_on": "2x finer grid, PyTorch projector",
+        "photons": args.photons, "phantom_seed": args.seed, "simulated_on": SIMULATED_ON[args.simulate_grid],
         "projector": proj_op.name, **baselines, "runs": {},
     }  # fmt: skip
     out["holdout_views"], out["tv_weight"], out["texture"], out["set"] = args.holdout_views, args.tv, args.texture, dict(args.settings)
@@ -270,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", type=float, nargs="*", default=[], help="absolute PSNR targets (dB)")
     p.add_argument("--relative-targets", type=float, nargs="*", default=[-3.0, -1.0, 0.0, 2.0, 4.0],
                    help="PSNR targets relative to the best FBP / FDK (dB)")
+    p.add_argument("--simulate-grid", choices=sorted(SIMULATED_ON), default="finer",
+                   help="measure a 2x finer phantom (default) or, as a diagnostic only, the reconstruction grid's")
     p.add_argument("--photons", type=float, default=1e5, help="incident photons per detector pixel (0: no noise)")
     p.add_argument("--png", default=None, help="write the PSNR curves of every initialisation here")
     p.add_argument("--overlap", type=int, default=16, help="sliding-window overlap of the zero-shot initialisation")

@@ -28,7 +28,8 @@ def _label(result: dict) -> str:
 
 
 def load(paths: list[str]) -> dict:
-    """(geometry, views, phantom seed, start) -> {setting label: row}; files without held-out views are refused."""
+    """(geometry, views, phantom seed, start, views held out, simulation) -> {setting label: row}; files without
+    held-out views are refused."""
     cases: dict = {}
     for path in paths:
         try:
@@ -40,7 +41,8 @@ def load(paths: list[str]) -> dict:
         for start, run in result["runs"].items():
             if "holdout" not in run or "chosen" not in run:
                 raise SystemExit(f"{path}: run {start!r} held out no views (bench/recon.py --holdout-views N)")
-            key = (result["geometry"], result["views"], result["phantom_seed"], start)
+            simulated = "" if result.get("simulated_on", "2x finer").startswith("2x finer") else ", simulated on its own grid"
+            key = (result["geometry"], result["views"], result["phantom_seed"], start, len(run["holdout"]["views"]), simulated)
             label = _label(result)
             if label in cases.get(key, {}):
                 raise SystemExit(f"{path}: a second run of {key} with {label}")
@@ -69,17 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cases = load(args.files)
     gathered = []
-    for (geom, views, seed, start), rows in sorted(cases.items()):
+    for (geom, views, seed, start, held, simulated), rows in sorted(cases.items()):
         c = choice(rows)
         first = next(iter(rows.values()))
-        print(f"\n**{geom}, {views} views, phantom seed {seed}, start {start}**: best FBP/FDK {first['best_fbp']:.2f} dB\n")
+        print(f"\n**{geom}, {views} views, phantom seed {seed}, start {start}, {held} held out{simulated}**: "
+              f"best FBP/FDK {first['best_fbp']:.2f} dB\n")
         print("| setting | held-out error (lowest) | at iteration | PSNR there | PSNR peak | PSNR last |")
         print("|---|---|---|---|---|---|")
         for label, r in sorted(rows.items(), key=lambda kv: kv[1]["error"]):
             mark = " (chosen)" if label == c["chosen"] else ""
             last = "-" if r["last"] is None else f"{r['last']:.2f}"
             print(f"| {label}{mark} | {r['error']:.5g} | {r['iteration']} | {r['psnr']:.2f} | {r['peak']:.2f} | {last} |")
-        gathered.append((f"{geom} {views}, seed {seed}, {start}", c, rows))
+        gathered.append((f"{geom} {views}, seed {seed}, {start}, {held} held out{simulated}", c, rows))
     print("\n| scan, start | chosen by held-out error | PSNR | best by PSNR | PSNR | given away (dB) | all in PSNR order |")
     print("|---|---|---|---|---|---|---|")
     for name, c, rows in gathered:

@@ -12,7 +12,8 @@
 # the fit (recon.holdout; the starts use the FBP of the other views); summarise with bench/recon_holdout_summary.py.
 # TV=W adds a total-variation term of weight W to every start; TEXTURE=1 gives the phantom its 10-15 HU texture.
 # SET="key=value ..." passes reconstruction settings to every start (bench/recon.py --set), e.g. SET=split_rule=moments.
-# OVERLAP=N sets the zero-shot start's sliding-window overlap (model voxels; default 16).
+# OVERLAP=N sets the zero-shot start's sliding-window overlap (model voxels; default 16). SIMULATE=same measures the
+# phantom of the reconstruction grid instead of a 2x finer one (an inverse crime: a diagnostic only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 out=$2 iters=$3
@@ -32,7 +33,7 @@ for case in "$@"; do
     settings=()
     [[ -n "${SET:-}" ]] && { read -r -a pairs <<<"$SET"; settings=(--set "${pairs[@]}"); }
     OMP_WAIT_POLICY=PASSIVE python bench/recon.py --size 32 64 64 --voxel 6 4 4 --geometry "$geom" --views "$views" \
-        --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --holdout-views "${HOLDOUT:-0}" --overlap "${OVERLAP:-16}" --tv "${TV:-0}" ${TEXTURE:+--texture} --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu "${medgmae[@]}" \
+        --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --holdout-views "${HOLDOUT:-0}" --overlap "${OVERLAP:-16}" --simulate-grid "${SIMULATE:-finer}" --tv "${TV:-0}" ${TEXTURE:+--texture} --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu "${medgmae[@]}" \
         "${only[@]}" "${settings[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
     echo "$name done"
 done

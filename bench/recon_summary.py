@@ -66,6 +66,8 @@ def case_table(result: dict, relative: list[float]) -> str:
     targets = [round(result["best_fbp_psnr"] + d, 2) for d in sorted(relative)]
     extra = "".join(text for key, text in (("texture", ", textured phantom"), ("tv_weight", f", TV {result.get('tv_weight')}"),
                                            ("holdout_views", f", {result.get('holdout_views')} views held out")) if result.get(key))  # fmt: skip
+    if result.get("simulated_on", "2x finer").startswith("the reconstruction grid"):
+        extra += ", simulated on the reconstruction grid (inverse crime)"
     head = (f"**{result['geometry']}, {result['views']} views, phantom seed {result['phantom_seed']}{extra}**: "
             f"best FBP/FDK {result['best_fbp_psnr']:.2f} dB; {result.get('iterations', '?')} iterations\n\n")  # fmt: skip
     cols = ["init", "preset", "Gaussians (start -> end)", "PSNR start", "PSNR peak (it)", "PSNR end", "s/it"]
@@ -111,7 +113,7 @@ def load_cases(paths: list[str], name_by_model: bool = False) -> dict:
         planned = re.search(r"--iterations (\d+)", result.get("command", ""))  # runs may be incomplete
         last = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
         result["iterations"] = int(planned.group(1)) if planned else last
-        settings = tuple(result.get(k) or 0 for k in ("tv_weight", "texture", "holdout_views"))  # runs of other settings stay apart
+        settings = tuple(result.get(k) or 0 for k in ("tv_weight", "texture", "holdout_views", "simulated_on"))  # runs of other settings stay apart
         key = (result["geometry"], result["views"], result["phantom_seed"], result["iterations"], settings)
         for name in result["runs"]:
             if (key, name) in sources:

@@ -213,17 +213,39 @@ def test_select_summary_chooses_by_held_out_error_and_reports_what_it_gives_away
     runs = {f"tv {float(f.stem[2:]):g}": json.loads(f.read_text())["runs"]["toolkit"] for f in files}
     chosen = min(runs, key=lambda k: runs[k]["holdout"]["best_error"])
     best = max(runs, key=lambda k: runs[k]["chosen"]["psnr"])
-    c = summary.choice(summary.load([str(f) for f in files])[("parallel", 8, 1000, "toolkit")])
+    c = summary.choice(summary.load([str(f) for f in files])[("parallel", 8, 1000, "toolkit", 2, "")])
     assert (c["chosen"], c["best"]) == (chosen, best) and chosen != "tv 5"  # a weight of 5 flattens the volume
     assert c["same_order"] == (sorted(runs, key=lambda k: runs[k]["holdout"]["best_error"]) == sorted(runs, key=lambda k: -runs[k]["chosen"]["psnr"]))
     assert c["given_away"] >= 0 and c["given_away"] == pytest.approx(runs[best]["chosen"]["psnr"] - runs[chosen]["chosen"]["psnr"])
     capsys.readouterr()
     assert summary.main([str(f) for f in files]) == 0
     table = capsys.readouterr().out
-    assert f"| {chosen} (chosen) |" in table and f"| parallel 8, seed 1000, toolkit | {chosen} |" in table
+    assert f"| {chosen} (chosen) |" in table and f"| parallel 8, seed 1000, toolkit, 2 held out | {chosen} |" in table
+    same = tmp_path / "same.json"  # the same-grid diagnostic is a scan of its own, not a second run of one setting
+    assert bench_recon.main([*base, "--holdout-views", "2", "--simulate-grid", "same", "--json", str(same)]) == 0
+    assert set(summary.load([str(files[0]), str(same)])) == {("parallel", 8, 1000, "toolkit", 2, ""),
+                                                             ("parallel", 8, 1000, "toolkit", 2, ", simulated on its own grid")}
     plain = tmp_path / "plain.json"
     assert bench_recon.main([*base, "--json", str(plain)]) == 0
     for bad in ([str(plain)], [str(files[0]), str(files[0])]):
         with pytest.raises(SystemExit):
             summary.main(bad)
 
+
+
+def test_simulation_grids():
+    """The 2x finer simulation sees detail the reconstruction grid cannot hold; the same-grid diagnostic measures
+    the reference itself (no noise: exactly its projections)."""
+    from recon.geometry import CTGeometry
+    from recon.projectors import TorchProjector
+
+    geom = CTGeometry.parallel((8, 16, 16), (8.0, 8.0, 8.0), num_angles=6)
+    fine_proj, fine_ref = bench_recon.simulate(3, geom, None, torch.device("cpu"), grid="finer")
+    same_proj, same_ref = bench_recon.simulate(3, geom, None, torch.device("cpu"), grid="same")
+    assert fine_ref.shape == same_ref.shape == geom.volume_shape
+    exact = TorchProjector(geom)(same_ref)
+    assert torch.allclose(same_proj, exact, atol=1e-6)  # no noise: the reference's own projections
+    rel = float((fine_proj - exact).norm() / exact.norm())
+    assert 1e-4 < rel < 0.2  # the finer phantom differs from its block mean, but measures the same object
+    with pytest.raises(ValueError, match="grid"):
+        bench_recon.simulate(3, geom, None, torch.device("cpu"), grid="coarse")
