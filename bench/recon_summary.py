@@ -134,9 +134,14 @@ def main(argv=None) -> int:
     p.add_argument("--relative", type=float, nargs="+", default=[-9.0, -6.0, -3.0, -1.0, 0.0, 2.0],
                    help="PSNR targets in dB from the best FBP/FDK")
     p.add_argument("--name-by-model", action="store_true", help="name the MedGMAE starts by their model's file")
+    p.add_argument("--starts", nargs="+", default=None, metavar="NAME",
+                   help="show only the starts whose names begin with one of these (e.g. toolkit medgmae-grow)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     cases = load_cases(args.results, args.name_by_model)
+    if args.starts:
+        for result in cases.values():
+            result["runs"] = {k: v for k, v in result["runs"].items() if k.startswith(tuple(args.starts))}
     for result in cases.values():
         print(case_table(result, args.relative))
     if args.png and cases:

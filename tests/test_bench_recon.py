@@ -75,6 +75,9 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     captured = capsys.readouterr()
     assert f"| medgmae-grow ({model_file.parent.name}, overlap 4) | toolkit |" in captured.out and "| medgmae-grow (e150, overlap 4) | toolkit |" in captured.out
     assert "| random | toolkit |" in captured.out and captured.err == ""
+    assert recon_summary.main([str(out), str(tmp_path / "e150.json"), "--name-by-model", "--starts", "toolkit", "medgmae-grow"]) == 0
+    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["| init", "| toolkit", f"| medgmae-grow ({model_file.parent.name}, overlap 4)", "| medgmae-grow (e150, overlap 4)"]
     assert recon_summary.main([str(out), str(tmp_path / "e150.json")]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("| medgmae-grow | toolkit |") == 1 and "| 99.00 |" in captured.out
