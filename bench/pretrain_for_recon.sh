@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pre-train the MedGMAE used by bench/recon.py through the pre-training bundle, on generated phantoms, with the
 # bundle's own pre-processing (RAS, 1.5 mm, HU [-175, 250]) recorded in model.pt. The default (150 epochs of 16
-# steps, K = 256 Gaussian queries per 96^3 window) takes about 13 minutes on 2 idle CPU cores.
+# steps, K = 256 Gaussian queries per 96^3 window) took about 5 s per epoch on 2 idle CPU cores (13 minutes), K = 1024
+# about 7.5 s per epoch; the two models of bench/RESULTS.md are in bench/results_recon_models/models/.
 #   bash bench/pretrain_for_recon.sh [OUTPUT_DIR] [MAX_EPOCHS] [NUM_GAUSSIANS]
 # The phantoms used here (the bundle's dataset seed 0: 32-bit SeedSequence-derived case seeds) are disjoint from the
 # held-out phantom bench/recon.py reconstructs (generator seed 1000 by default). Stop it at any time: model.pt is

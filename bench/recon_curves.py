@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 
-#: Colours of runs not named after a start (e.g. ``bench/recon_budget_summary.py``'s budgets), in order.
-OTHER_COLOURS = [(30, 90, 200), (200, 40, 40), (30, 150, 60), (150, 0, 150), (230, 140, 20), (120, 120, 120)]
+#: Colours of runs not named after a start (e.g. ``bench/recon_budget_summary.py``'s budgets, or a start named by
+#: its model), in order, skipping those the panel's named starts use.
+OTHER_COLOURS = [(30, 90, 200), (200, 40, 40), (30, 150, 60), (150, 0, 150), (230, 140, 20), (0, 170, 170),
+                 (220, 0, 120), (120, 60, 0), (120, 120, 120), (110, 110, 0)]
 
 
 def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
@@ -44,8 +46,10 @@ def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
     d.rectangle((m, m, w - m, h - m), outline=(0, 0, 0))
     d.line([(m, sy(fbp_psnr)), (w - m, sy(fbp_psnr))], fill=(0, 0, 0), width=1)
     d.text((w - m - 120, sy(fbp_psnr) - 14), f"best FBP {fbp_psnr:.1f} dB", fill=(0, 0, 0))
+    free = [c for c in OTHER_COLOURS if c not in {colours[n] for n in runs if n in colours}]
+    unnamed = [n for n in runs if n not in colours]
     for k, (name, r) in enumerate(runs.items()):
-        c = colours.get(name, OTHER_COLOURS[k % len(OTHER_COLOURS)])
+        c = colours.get(name) or free[unnamed.index(name) % len(free)]
         line = [(sx(x), sy(p)) for x, p in series(r)]
         if len(line) > 1:
             d.line(line, fill=c, width=2)
