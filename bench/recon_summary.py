@@ -101,7 +101,8 @@ def _named_by_model(result: dict) -> dict:
 
 def load_cases(paths: list[str], name_by_model: bool = False) -> dict:
     """``bench/recon.py`` JSON files by case: the files of one case (same geometry, views, phantom, planned
-    iterations, TV weight, texture and held-out views) merged into one result whose ``runs`` hold every start.
+    iterations, TV weight, texture, held-out views and simulation) merged into one result whose ``runs`` hold every
+    start.
     A start found again in a later file replaces the earlier run (noted on stderr).
     """
     cases: dict = {}
