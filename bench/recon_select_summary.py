@@ -20,6 +20,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: bench/recon.py must not hide `recon`
+
+from recon_summary import on_own_grid  # noqa: E402
+
 
 def _label(result: dict) -> str:
     """The setting a run differs in: its TV weight and its ``--set`` settings."""
@@ -41,7 +45,7 @@ def load(paths: list[str]) -> dict:
         for start, run in result["runs"].items():
             if "holdout" not in run or "chosen" not in run:
                 raise SystemExit(f"{path}: run {start!r} held out no views (bench/recon.py --holdout-views N)")
-            simulated = "" if result.get("simulated_on", "2x finer").startswith("2x finer") else ", simulated on its own grid"
+            simulated = ", simulated on its own grid" if on_own_grid(result) else ""
             key = (result["geometry"], result["views"], result["phantom_seed"], start, len(run["holdout"]["views"]), simulated)
             label = _label(result)
             if label in cases.get(key, {}):

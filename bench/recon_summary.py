@@ -60,13 +60,19 @@ def _versus(runs: dict, name: str, other: str, targets: list[float]) -> str:
     return "no common target"
 
 
+def on_own_grid(result: dict) -> bool:
+    """Whether ``result`` was simulated on the reconstruction grid (``bench/recon.py --simulate-grid same``, a
+    diagnostic) rather than on the 2x finer one; results written before the option are the finer kind."""
+    return result.get("simulated_on", "2x finer").startswith("the reconstruction grid")
+
+
 def case_table(result: dict, relative: list[float]) -> str:
     """Markdown rows of one case (targets ``relative`` dB from the best FBP/FDK)."""
     runs = result["runs"]
     targets = [round(result["best_fbp_psnr"] + d, 2) for d in sorted(relative)]
     extra = "".join(text for key, text in (("texture", ", textured phantom"), ("tv_weight", f", TV {result.get('tv_weight')}"),
                                            ("holdout_views", f", {result.get('holdout_views')} views held out")) if result.get(key))  # fmt: skip
-    if result.get("simulated_on", "2x finer").startswith("the reconstruction grid"):
+    if on_own_grid(result):
         extra += ", simulated on the reconstruction grid (inverse crime)"
     head = (f"**{result['geometry']}, {result['views']} views, phantom seed {result['phantom_seed']}{extra}**: "
             f"best FBP/FDK {result['best_fbp_psnr']:.2f} dB; {result.get('iterations', '?')} iterations\n\n")  # fmt: skip
