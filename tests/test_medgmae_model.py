@@ -184,6 +184,45 @@ def test_star_levels_counts_parents_and_scale_shrink():
     assert (child.scales > 0).all()
 
 
+def test_star_child_intensity_rules_against_their_formulas():
+    """Both rules against their closed forms in float64; under "logit" a child that "clamp" switches off (residual
+    pushing it below 0) still gets a gradient."""
+    parent = Gaussians3D(torch.rand(1, 5, 3), torch.full((1, 5, 3), 0.06), torch.randn(1, 5, 4), torch.rand(1, 5) * 0.3)
+    root = torch.full((1, 5, 3), 0.2)
+    r = torch.randn(1, 10, 11) * 3.0
+    ip = parent.intensities.double().repeat_interleave(2, dim=1)
+    t = torch.tanh(r[..., 10].double())
+    logit = ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3)
+    child, _ = logit.refine(parent, root, r)
+    expect = torch.sigmoid(torch.log(ip / (1 - ip)) + 3.0 * t)
+    assert torch.allclose(child.intensities.double(), expect, rtol=1e-5, atol=1e-7)
+    clamp = ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3, intensity_residual="clamp")
+    child, _ = clamp.refine(parent, root, r)
+    assert torch.allclose(child.intensities.double(), (ip + 0.1 * t).clamp(0, 1), atol=1e-7)
+    # a dim parent and a strongly negative residual: clamp gives 0 and no gradient, logit a positive one
+    dim = Gaussians3D(parent.means, parent.scales, parent.quats, torch.full((1, 5), 0.05))
+    for level, has_grad in ((clamp, False), (logit, True)):
+        rr = torch.full((1, 10, 11), -5.0, requires_grad=True)
+        child, _ = level.refine(dim, root, rr)
+        child.intensities.sum().backward()
+        assert (rr.grad[..., 10].abs() > 0).all() == has_grad
+        assert ((child.intensities > 0).all()) == has_grad
+    with pytest.raises(ValueError, match="intensity_residual"):
+        ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3, intensity_residual="relu")
+
+
+def test_star_checkpoint_from_before_the_intensity_rule_loads_as_clamp(tmp_path):
+    """A MedGMAE* config saved without ``level_intensity`` rebuilds with the rule it was trained with."""
+    model = _gmae(multi_level=True, level_intensity="clamp")
+    cfg = {k: v for k, v in model.config().items() if k != "level_intensity"}
+    assert MedGMAE.upgrade_config(cfg)["level_intensity"] == "clamp"
+    assert MedGMAE(**MedGMAE.upgrade_config(cfg)).levels[0].intensity_residual == "clamp"
+    assert "level_intensity" not in MedGMAE.upgrade_config({**cfg, "multi_level": False})
+    assert _gmae(multi_level=True).config()["level_intensity"] == "logit"
+    with pytest.raises(ValueError, match="level_intensity"):
+        _gmae(multi_level=True, level_intensity="relu")
+
+
 def test_star_renders_the_sum_of_levels():
     model = _gmae(multi_level=True)
     x = _volume(1)

@@ -218,6 +218,11 @@ class MaskedAutoencoder(nn.Module):
             loss_on_all_voxels=self.loss_on_all_voxels,
         )
 
+    @classmethod
+    def upgrade_config(cls, config: dict) -> dict:
+        """A saved :meth:`config` as this version's constructor takes it (subclasses fill in newer arguments)."""
+        return config
+
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The encoder's weights, as :class:`MaskedViTEncoder` names them (for ``encoder.pt``)."""
         return self.encoder.state_dict()
@@ -251,7 +256,7 @@ class MaskedAutoencoder(nn.Module):
         """
         ckpt = load_checkpoint(path, cls.checkpoint_kinds or cls.kind, needed_for, map_location)
         try:
-            model = cls(**ckpt.config)
+            model = cls(**cls.upgrade_config(dict(ckpt.config)))
             model.load_state_dict(ckpt.state_dict)
         except (TypeError, RuntimeError) as e:
             raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
