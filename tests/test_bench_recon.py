@@ -252,3 +252,27 @@ def test_simulation_grids():
     assert 1e-4 < rel < 0.2  # the finer phantom differs from its block mean, but measures the same object
     with pytest.raises(ValueError, match="grid"):
         bench_recon.simulate(3, geom, None, torch.device("cpu"), grid="coarse")
+
+
+def test_zero_shot_levels_counts_what_each_level_keeps(tmp_path, capsys):
+    """bench/zero_shot_levels.py on a MedGMAE* whose level 2 is switched off by hand (intensity bias -> 0 under
+    the clamp rule) and level 1 left alone: the table reports level 2 dead and carrying no mass."""
+    torch.manual_seed(0)
+    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4, render_backend="torch", multi_level=True,
+                level_intensity="clamp")  # fmt: skip
+    with torch.no_grad():
+        m.levels[1].heads.weight[10].zero_()
+        m.levels[1].heads.bias[10] = -50.0  # tanh -> -1: child intensity = clamp(parent - 0.1) = 0 for parents <= 0.1
+        m.head_intensity.weight.zero_()
+        m.head_intensity.bias.fill_(-3.0)  # level 0 at sigmoid(-3) = 0.047; level 1 stays within 0.1 of it
+    m.preprocessing = PreprocessingSpec(spacing=12.0, input_size=16, patch_size=8)
+    path = tmp_path / "star.pt"
+    torch.save(m.model_checkpoint(), path)
+    out = tmp_path / "levels.json"
+    assert _load("zero_shot_levels").main([str(path), "--seeds", "1", "2", "--json", str(out)]) == 0
+    levels = json.loads(out.read_text())[str(path)]["levels"]
+    assert [lv["gaussians"] for lv in levels] == [4, 8, 16]
+    assert levels[0]["alive"] == 4 and levels[2]["alive"] == 0 and levels[2]["mass_share"] == 0.0
+    assert abs(levels[0]["median_intensity"] - torch.sigmoid(torch.tensor(-3.0)).item()) < 1e-6
+    assert abs(sum(lv["mass_share"] for lv in levels) - 1.0) < 1e-9
+    assert "| star (clamp) | 2 | 16 | 0.0 |" in capsys.readouterr().out
