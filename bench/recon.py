@@ -8,12 +8,15 @@
    SeedSequence-derived 32-bit seeds of dataset seed 0), from these starts (optimiser preset in brackets):
 
    * ``random``, ``toolkit`` (FBP-gradient) [toolkit], the toolkit preset's budget (``--num-gaussians``; 20k on the study's volumes);
+     ``toolkit-fit``, the toolkit start with each Gaussian's intensity fitted to the FBP (``--fit-iterations`` steps of
+     ``recon.initialisation.fit_intensities``) [toolkit], only when ``--only`` names it (as the other ``*-fit`` starts);
    * ``3dgr-ct``: 3DGR-CT's own initialisation [3dgr-ct], at its published density (50k Gaussians per
      80 x 256 x 256 voxels) unless ``--num-gaussians-3dgr``;
    * with ``--compare-medgmae``: ``medgmae``, the zero-shot Gaussians as decoded [toolkit]; ``medgmae-dense``, the
      same subdivided to that budget (``recon.initialisation.subdivide_gaussians``) [toolkit];
      ``medgmae-grow``, the sparse start grown by fast density control (every 10 iterations, half of the Gaussians,
-     up to the budget) [toolkit]; ``medgmae-3dgr``, the zero-shot start under 3DGR-CT's optimiser [3dgr-ct] (the paper's
+     up to the budget) [toolkit]; ``medgmae-fit``, the same with each Gaussian's intensity fitted to the FBP first
+     (as ``toolkit-fit``) [toolkit], and ``medgmae-fit-3dgr`` under 3DGR-CT's optimiser; ``medgmae-3dgr``, the zero-shot start under 3DGR-CT's optimiser [3dgr-ct] (the paper's
      "MedGMAE init" against "3DGR (original)").
 
 No inverse crime: the measurements are simulated from the phantom generated at twice the resolution (2x finer
@@ -55,7 +58,7 @@ from recon.fbp import FILTERS, fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 from recon.holdout import fitted_views_fbp  # noqa: E402
-from recon.initialisation import fbp_init, hu_to_mu, medgmae_init, random_init  # noqa: E402
+from recon.initialisation import fbp_init, fit_intensities, hu_to_mu, medgmae_init, random_init  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
 from recon.presets import THREEDGR_CT, sparse_start_growth, toolkit_budget, toolkit_cap  # noqa: E402
 from recon.projectors import PROJECTOR_BACKENDS, make_projector  # noqa: E402
@@ -112,6 +115,10 @@ def fbp_baselines(proj, geom: CTGeometry, vol, args) -> tuple[torch.Tensor, dict
     return rec_fbp, out
 
 
+#: starts run only when ``--only`` names them (the intensity-fit experiment of bench/RESULTS.md)
+ON_REQUEST = ("toolkit-fit", "medgmae-fit", "medgmae-fit-3dgr")
+
+
 def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, dict]:
     """``(inits, overrides)``: name -> (initialisation returning ``(Gaussians, value_scale or None)``, optimiser
     preset), and the preset overrides by name; records the 3DGR-CT count and the MedGMAE model in ``out``."""
@@ -127,7 +134,13 @@ def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, di
         "random": (lambda: (random_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
         "toolkit": (lambda: (fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
         "3dgr-ct": (lambda: init_3dgr_ct(rec_fbp, k_3dgr), "3dgr-ct"),
+        # the toolkit start with each Gaussian's intensity fitted to the FBP (the control of medgmae-fit)
+        "toolkit-fit": (
+            lambda: (fit_intensities(fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), rec_fbp, args.fit_iterations), None),
+            "toolkit",
+        ),
     }
+    overrides["toolkit-fit"] = toolkit_cap(args.num_gaussians)
     if not args.compare_medgmae:
         return inits, overrides
     from medgmae.networks.medgmae import MedGMAE
@@ -148,6 +161,13 @@ def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, di
     # from iteration 10, half of the Gaussians cloned or split each round, up to the same budget
     inits["medgmae-grow"] = (inits["medgmae"][0], "toolkit")
     overrides["medgmae-grow"] = sparse_start_growth(args.num_gaussians)
+    # the grown start with each Gaussian's intensity fitted to the FBP first (recon.initialisation.fit_intensities)
+    inits["medgmae-fit"] = (
+        lambda: (medgmae_init(rec_fbp, affine, model, overlap=args.overlap, fit_iterations=args.fit_iterations), None),
+        "toolkit",
+    )
+    overrides["medgmae-fit"] = sparse_start_growth(args.num_gaussians)
+    inits["medgmae-fit-3dgr"] = (lambda: (inits["medgmae-fit"][0]()[0], float(rec_fbp.max())), "3dgr-ct")
     # the paper's comparison: the zero-shot start under 3DGR-CT's own optimiser (intensities in FBP-maximum units)
     inits["medgmae-3dgr"] = (lambda: (inits["medgmae"][0]()[0], float(rec_fbp.max())), "3dgr-ct")
     return inits, overrides
@@ -173,7 +193,7 @@ def run_case(args, device, save=lambda out: None) -> dict:
     out["holdout_views"], out["tv_weight"], out["texture"], out["set"] = args.holdout_views, args.tv, args.texture, dict(args.settings)
     inits, overrides = starts(args, rec_fbp, geom, device, out)
     for name, (make, preset) in inits.items():
-        if args.only and name not in args.only:
+        if (name not in args.only) if args.only else name in ON_REQUEST:
             continue
         t = time.perf_counter()
         init, value_scale = make()
@@ -284,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photons", type=float, default=1e5, help="incident photons per detector pixel (0: no noise)")
     p.add_argument("--png", default=None, help="write the PSNR curves of every initialisation here")
     p.add_argument("--overlap", type=int, default=16, help="sliding-window overlap of the zero-shot initialisation")
+    p.add_argument("--fit-iterations", type=int, default=20, help="intensity-fit steps of the *-fit starts")
     p.add_argument("--gpu-case", action="store_true", help="256 x 256 x 80, 120 cone views, 15k iterations")
     p.add_argument("--compare-medgmae", action="store_true", help="also run the zero-shot MedGMAE initialisation")
     p.add_argument("--checkpoint", default=None, help="MedGMAE model.pt from the pre-training bundle")

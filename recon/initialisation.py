@@ -39,6 +39,7 @@ __all__ = [
     "window_fbp",
     "zyx_affine",
     "calibrate_intensities",
+    "fit_intensities",
     "subdivide_gaussians",
 ]
 
@@ -76,6 +77,42 @@ def calibrate_intensities(g: Gaussians3D, target: Tensor, cutoff: float = 3.0) -
     if not math.isfinite(alpha) or alpha <= 0:
         alpha = 1.0
     return Gaussians3D(g.means, g.scales, g.quats, g.intensities * alpha)
+
+
+def fit_intensities(g: Gaussians3D, target: Tensor, iterations: int = 20, cutoff: float = 3.0) -> Gaussians3D:
+    """Per-Gaussian intensities fitted to ``target``: non-negative least squares ``min_{I >= 0} ||R(I) - F||^2``.
+
+    The rendered volume ``R`` is linear in the intensities, so the problem is convex; it is solved by projected
+    steepest descent with the exact step along the (bound-masked) gradient, starting from ``g``'s intensities, for
+    ``iterations`` steps of two renders and one backward pass each (a dense NNLS solver would need the
+    ``voxels x K`` matrix). Means, scales and rotations are kept.
+
+    Args:
+        g: ``B = 1`` voxel-frame Gaussians on ``target``'s grid.
+        target: ``(D, H, W)`` volume (the FBP).
+        iterations: descent steps (0 returns ``g`` unchanged).
+        cutoff: renderer cutoff.
+
+    Returns:
+        ``g`` with the fitted, non-negative intensities.
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    means, scales, quats = (t.detach() for t in (g.means, g.scales, g.quats))
+    x = g.intensities.detach().clamp_min(0)
+    for _ in range(iterations):
+        with torch.enable_grad():  # callers may run under no_grad
+            xi = x.clone().requires_grad_(True)
+            residual = render_volume(means, scales, quats, xi, shape=target.shape, cutoff=cutoff)[0] - target
+            (grad,) = torch.autograd.grad(0.5 * residual.square().sum(), xi)
+        d = torch.where((x <= 0) & (grad > 0), torch.zeros_like(grad), grad)  # no step out of the bound
+        with torch.no_grad():
+            rd = render_volume(means, scales, quats, d, shape=target.shape, cutoff=cutoff)[0]
+            den = float(rd.square().sum())
+            if not den > 0:
+                break
+            x = (x - float(d.square().sum()) / den * d).clamp_min(0)
+    return Gaussians3D(g.means, g.scales, g.quats, x)
 
 
 def _nn_scales(points: Tensor, k: int = 3) -> Tensor:
@@ -219,6 +256,7 @@ def medgmae_init(
     cutoff: float = 3.0,
     num_gaussians: int | None = None,
     seed: int = 0,
+    fit_iterations: int = 0,
 ) -> Gaussians3D:
     """Zero-shot initialisation from a pre-trained MedGMAE (see the module docstring).
 
@@ -237,6 +275,8 @@ def medgmae_init(
         num_gaussians: a Gaussian budget: the decoder's Gaussians are subdivided to about this many
             (:func:`subdivide_gaussians`) before the calibration; ``None`` keeps the decoder's own count.
         seed: random seed of the subdivision.
+        fit_iterations: after the calibration, fit each Gaussian's intensity to the FBP volume with this many
+            steps of :func:`fit_intensities` (0: the decoder's intensities, one common gain).
 
     Returns:
         Voxel-frame ``(z, y, x)`` Gaussians (``B = 1``) in attenuation units.
@@ -253,4 +293,5 @@ def medgmae_init(
     g = Gaussians3D(g.means, g.scales.clamp_min(0.3), g.quats, g.intensities * slope)
     if num_gaussians is not None:
         g = subdivide_gaussians(g, num_gaussians, seed)
-    return calibrate_intensities(g, vol, cutoff) if calibrate else g
+    g = calibrate_intensities(g, vol, cutoff) if calibrate else g
+    return fit_intensities(g, vol, fit_iterations, cutoff) if fit_iterations else g
