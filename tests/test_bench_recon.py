@@ -276,3 +276,18 @@ def test_zero_shot_levels_counts_what_each_level_keeps(tmp_path, capsys):
     assert abs(levels[0]["median_intensity"] - torch.sigmoid(torch.tensor(-3.0)).item()) < 1e-6
     assert abs(sum(lv["mass_share"] for lv in levels) - 1.0) < 1e-9
     assert "| star (clamp) | 2 | 16 | 0.0 |" in capsys.readouterr().out
+
+
+def test_fit_starts_run_on_request_and_start_nearer_the_fbp(tmp_path):
+    """``toolkit-fit`` runs only when named, and its fitted intensities start nearer the reference than the
+    toolkit start's single gain (same Gaussians, fitted to the FBP of 8 noisy views)."""
+    base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
+            "--iterations", "2", "--eval-every", "2", "--num-gaussians", "200", "--device", "cpu"]  # fmt: skip
+    out = tmp_path / "r.json"
+    assert bench_recon.main([*base, "--only", "toolkit", "toolkit-fit", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"toolkit", "toolkit-fit"}
+    assert runs["toolkit-fit"]["initial_psnr"] > runs["toolkit"]["initial_psnr"]
+    assert {"toolkit-fit", "medgmae-fit", "medgmae-fit-3dgr"} <= set(bench_recon.ON_REQUEST)
+    assert bench_recon.main([*base, "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())["runs"]) == {"random", "toolkit", "3dgr-ct"}
