@@ -13,8 +13,10 @@ highest target reached by both runs with ``3dgr-ct`` and ``toolkit`` (negative: 
 
 With ``--name-by-model`` the MedGMAE starts are named by their model's file (``medgmae-grow (e150)`` for
 ``.../e150.pt``, the folder's name for a ``model.pt``), so runs of one case with different models sit side by
-side. Where two files hold a start of the same name for one case, the later file's run replaces the earlier one
-(a re-run), and the summary says so on stderr.
+side; with ``--name-by-settings`` every start is named after the settings it ran with (``bench/recon.py --set``:
+``toolkit [coarse_iterations=0]``), so runs of one start with other settings do too. Where two files hold a
+start of the same name for one case, the later file's run replaces the earlier one (a re-run), and the summary
+says so on stderr.
 """
 
 from __future__ import annotations
@@ -105,7 +107,16 @@ def _named_by_model(result: dict) -> dict:
     return result
 
 
-def load_cases(paths: list[str], name_by_model: bool = False) -> dict:
+def _named_by_settings(result: dict) -> dict:
+    """``result`` with every start renamed ``<init> [key=value ...]`` after the reconstruction settings it ran with
+    (``bench/recon.py --set``); unchanged where it ran with none."""
+    tag = " ".join(f"{k}={v}" for k, v in sorted((result.get("set") or {}).items()))
+    if tag:
+        result["runs"] = {f"{k} [{tag}]": v for k, v in result["runs"].items()}
+    return result
+
+
+def load_cases(paths: list[str], name_by_model: bool = False, name_by_settings: bool = False) -> dict:
     """``bench/recon.py`` JSON files by case: the files of one case (same geometry, views, phantom, planned
     iterations, TV weight, texture, held-out views and simulation) merged into one result whose ``runs`` hold every
     start.
@@ -117,6 +128,8 @@ def load_cases(paths: list[str], name_by_model: bool = False) -> dict:
         result = json.loads(Path(path).read_text())
         if name_by_model:
             result = _named_by_model(result)
+        if name_by_settings:
+            result = _named_by_settings(result)
         planned = re.search(r"--iterations (\d+)", result.get("command", ""))  # runs may be incomplete
         last = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
         result["iterations"] = int(planned.group(1)) if planned else last
@@ -141,11 +154,13 @@ def main(argv=None) -> int:
     p.add_argument("--relative", type=float, nargs="+", default=[-9.0, -6.0, -3.0, -1.0, 0.0, 2.0],
                    help="PSNR targets in dB from the best FBP/FDK")
     p.add_argument("--name-by-model", action="store_true", help="name the MedGMAE starts by their model's file")
+    p.add_argument("--name-by-settings", action="store_true",
+                   help="name every start after the settings it ran with (bench/recon.py --set), e.g. 'toolkit [coarse_iterations=0]'")
     p.add_argument("--starts", nargs="+", default=None, metavar="NAME",
                    help="show only the starts whose names begin with one of these (e.g. toolkit medgmae-grow)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    cases = load_cases(args.results, args.name_by_model)
+    cases = load_cases(args.results, args.name_by_model, args.name_by_settings)
     if args.starts:
         for result in cases.values():
             result["runs"] = {k: v for k, v in result["runs"].items() if k.startswith(tuple(args.starts))}

@@ -37,8 +37,10 @@ its initialisation is :func:`recon.init_3dgr.init_3dgr_ct`. How the numbers are 
   data's units; a cap of 200,000 Gaussians (ten times a larger start, :func:`toolkit_cap`) and pruning of
   oversized Gaussians; ``split_rule="moments"`` (``reconstruct --split-rule moments``) splits along the largest
   axis instead, keeping the rendered volume at each round (bench/RESULTS.md, "Density control");
-* a short coarse phase (first 10 %) on 2x2-binned projections of the full-resolution volume, no half-resolution
-  volume (cheaper to set up for any geometry, same low-frequency-first effect);
+* no coarse phase: a first 10 % on 2x2-binned projections (``coarse_iterations``, ``coarse_mode="bin"``: the
+  full-resolution volume against binned projections, cheaper to set up for any geometry than a half-resolution
+  volume) cost the FBP-based start 25-43 % more iterations to the best FBP/FDK on five held-out phantom scans
+  and raised no peak (bench/RESULTS.md, "The coarse phase"); it stays available as a setting;
 * its initialisation (``--init fbp``): one Gaussian per 8 voxels, at least 20,000 (:func:`toolkit_budget`; 3DGR-CT
   places 50,000 whatever the volume), sampled with probability proportional to the FBP's
   gradient magnitude (plus a uniform part), scales from the 3 nearest neighbours, intensities calibrated by
@@ -290,7 +292,7 @@ def _3dgr_ct(iterations: int) -> dict:
 
 
 def _toolkit(iterations: int) -> dict:
-    return {"preset_name": "toolkit", "coarse_iterations": int(0.1 * iterations)}
+    return {"preset_name": "toolkit"}
 
 
 def sparse_start_growth(budget: int = 20000) -> dict:

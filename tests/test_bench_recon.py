@@ -82,6 +82,12 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     captured = capsys.readouterr()
     assert captured.out.count("| medgmae-grow | toolkit |") == 1 and "| 99.00 |" in captured.out
     assert "e150.json: its start 'medgmae-grow' replaces the one of" in captured.err
+    # runs of one start with other reconstruction settings: kept apart by --name-by-settings
+    other["set"] = {"coarse_iterations": 0}
+    (tmp_path / "nocoarse.json").write_text(json.dumps(other))
+    assert recon_summary.main([str(out), str(tmp_path / "nocoarse.json"), "--name-by-settings", "--starts", "medgmae-grow"]) == 0
+    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["| init", "| medgmae-grow", "| medgmae-grow [coarse_iterations=0]"]
 
 
 def test_recon_profile_parts_add_up_to_a_step(tmp_path):
