@@ -126,6 +126,9 @@ def _add_reconstruct(sub) -> None:
                    help="toolkit preset: how density control splits: 'sample' (default: clones, children drawn 1.6x "
                         "narrower) or 'moments' (halves along the largest axis, mass and covariance kept: no PSNR drop at "
                         "a round, better with a coarse --num-gaussians on many views; bench/RESULTS.md)")
+    r.add_argument("--coarse-iterations", type=nonneg_int, default=None,
+                   help="iterations of the coarse phase (default: the preset's: toolkit none, measured faster without "
+                        "it in bench/RESULTS.md; 3dgr-ct its published first third at half resolution)")
     r.add_argument("--eval-every", type=positive_int, default=50)
     r.add_argument("--holdout-views", type=nonneg_int, default=0,
                    help="views left out of the fit, spread over the scan; the Gaussians of the evaluation that predicts "

@@ -224,6 +224,8 @@ class GaussianReconConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.densify_mode == "3dgr-ct" and self.intensity_activation != "sigmoid":
             raise ValueError("densify_mode '3dgr-ct' prunes on sigmoid intensities: it needs intensity_activation='sigmoid'")
+        if self.coarse_iterations < 0:
+            raise ValueError(f"coarse_iterations must be >= 0, got {self.coarse_iterations}")
         if self.views_per_iteration is not None and self.views_per_iteration < 1:
             raise ValueError(f"views_per_iteration must be >= 1, got {self.views_per_iteration}")
         if not 0 < self.split_offset < 1:

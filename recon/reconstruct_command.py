@@ -173,6 +173,7 @@ def cmd_reconstruct(args) -> int:
         args.preset, args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
         eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed,
         holdout_views=args.holdout_views, holdout_patience=args.patience, **_density_overrides(args, init_settings, init),
+        **({} if args.coarse_iterations is None else {"coarse_iterations": args.coarse_iterations}),
     )  # fmt: skip
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)

@@ -87,7 +87,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     fbp_out = tmp_path / "fbp2.nii.gz"
     assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"), "--out", str(fbp_out), "--device", "cpu"]) == 0
     np.testing.assert_allclose(nib.load(str(fbp_out)).get_fdata(), nib.load(str(simulated / "fbp.nii.gz")).get_fdata(), atol=1e-6)
-    for init, iters, extra in (("fbp", 12, ["--num-gaussians", "200", "--split-rule", "moments"]),
+    for init, iters, extra in (("fbp", 12, ["--num-gaussians", "200", "--split-rule", "moments", "--coarse-iterations", "3"]),
                                ("medgmae", 20, ["--checkpoint", str(model_file[0]), "--num-gaussians", "1500"])):
         out = tmp_path / f"rec_{init}"
         args = [
@@ -100,6 +100,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["iterations"] == iters and metrics["init"] == init and metrics["preset"] == "toolkit"
         assert metrics["settings"]["split_rule"] == ("moments" if init == "fbp" else "sample")  # --split-rule, the default
+        assert metrics["settings"]["coarse_iterations"] == (3 if init == "fbp" else 0)  # --coarse-iterations, the default
         if init == "medgmae":  # the sparse start grows to the budget on the schedule of sparse_start_growth
             assert metrics["init_settings"]["grow_to"] == 1500 and metrics["settings"]["max_gaussians"] == 1500
             assert metrics["settings"]["densify_every"] == 10

@@ -72,6 +72,8 @@ def test_3dgr_ct_preset_uses_the_published_settings():
         preset_config("3dgr", 10)
     with pytest.raises(ValueError, match="unknown"):
         preset_config("3dgr-ct", 10, lr_xyz=1.0)
+    with pytest.raises(ValueError, match="coarse_iterations must be >= 0"):
+        preset_config("toolkit", 10, coarse_iterations=-1)
 
 
 def test_3dgr_ct_position_learning_rate_schedule():
