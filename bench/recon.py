@@ -16,8 +16,8 @@
      same subdivided to that budget (``recon.initialisation.subdivide_gaussians``) [toolkit];
      ``medgmae-grow``, the sparse start grown by fast density control (every 10 iterations, half of the Gaussians,
      up to the budget) [toolkit]; ``medgmae-fit``, the same with each Gaussian's intensity fitted to the FBP first
-     (as ``toolkit-fit``) [toolkit], and ``medgmae-fit-3dgr`` under 3DGR-CT's optimiser; ``medgmae-3dgr``, the zero-shot start under 3DGR-CT's optimiser [3dgr-ct] (the paper's
-     "MedGMAE init" against "3DGR (original)").
+     (as ``toolkit-fit``) [toolkit], and ``medgmae-fit-3dgr`` under 3DGR-CT's optimiser; ``medgmae-3dgr``, the
+     zero-shot start under 3DGR-CT's optimiser [3dgr-ct] (the paper's "MedGMAE init" against "3DGR (original)").
 
 No inverse crime: the measurements are simulated from the phantom generated at twice the resolution (2x finer
 voxels, same detector and angles, the PyTorch projector on the fine grid), with Poisson noise at ``--photons``
