@@ -53,6 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: this file must not hide `recon`
 
+from medgmae.cli_types import nonneg_float, nonneg_int, positive_float, positive_int  # noqa: E402
 from medgmae.data.phantom import generate_phantom  # noqa: E402
 from recon.fbp import FILTERS, fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
@@ -279,41 +280,41 @@ def holdout_entry(rec, res, vol) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's options (also how ``bench/gpu_check_parts.py`` builds its reconstruction case)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, nargs=3, default=[32, 32, 32], metavar=("D", "H", "W"))
-    p.add_argument("--voxel", type=float, nargs=3, default=[6.0, 6.0, 6.0], metavar=("SZ", "SY", "SX"))
+    p.add_argument("--size", type=positive_int, nargs=3, default=[32, 32, 32], metavar=("D", "H", "W"))
+    p.add_argument("--voxel", type=positive_float, nargs=3, default=[6.0, 6.0, 6.0], metavar=("SZ", "SY", "SX"))
     p.add_argument("--geometry", choices=("parallel", "cone"), default="cone")
-    p.add_argument("--views", type=int, default=60)
-    p.add_argument("--iterations", type=int, default=400)
-    p.add_argument("--num-gaussians", type=int, default=None,
+    p.add_argument("--views", type=positive_int, default=60)
+    p.add_argument("--iterations", type=nonneg_int, default=400)
+    p.add_argument("--num-gaussians", type=positive_int, default=None,
                    help="Gaussians of the random and toolkit (fbp) inits and the zero-shot budget (default: the toolkit "
                         "preset's, recon.presets.toolkit_budget: 20000 for volumes up to 160k voxels)")
-    p.add_argument("--num-gaussians-3dgr", type=int, default=None,
+    p.add_argument("--num-gaussians-3dgr", type=positive_int, default=None,
                    help="Gaussians of the 3DGR-CT init (default: its published density, 50k per 80 x 256 x 256 voxels)")
     p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
-    p.add_argument("--views-per-iteration", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--views-per-iteration", type=positive_int, default=None)
+    p.add_argument("--eval-every", type=positive_int, default=10)
     p.add_argument("--texture", action="store_true", help="phantom with the generator's correlated 10-15 HU texture")
-    p.add_argument("--tv", type=float, default=0.0, help="TV weight of every start (the presets' tv_weight)")
-    p.add_argument("--holdout-views", type=int, default=0,
+    p.add_argument("--tv", type=nonneg_float, default=0.0, help="TV weight of every start (the presets' tv_weight)")
+    p.add_argument("--holdout-views", type=nonneg_int, default=0,
                    help="views left out of the fit (recon.holdout); the starts use the FBP of the others")
     p.add_argument("--targets", type=float, nargs="*", default=[], help="absolute PSNR targets (dB)")
     p.add_argument("--relative-targets", type=float, nargs="*", default=[-3.0, -1.0, 0.0, 2.0, 4.0],
                    help="PSNR targets relative to the best FBP / FDK (dB)")
     p.add_argument("--simulate-grid", choices=sorted(SIMULATED_ON), default="finer",
                    help="measure a 2x finer phantom (default) or, as a diagnostic only, the reconstruction grid's")
-    p.add_argument("--photons", type=float, default=1e5, help="incident photons per detector pixel (0: no noise)")
+    p.add_argument("--photons", type=nonneg_float, default=1e5, help="incident photons per detector pixel (0: no noise)")
     p.add_argument("--png", default=None, help="write the PSNR curves of every initialisation here")
-    p.add_argument("--overlap", type=int, default=16, help="sliding-window overlap of the zero-shot initialisation")
-    p.add_argument("--fit-iterations", type=int, default=20, help="intensity-fit steps of the *-fit starts")
+    p.add_argument("--overlap", type=nonneg_int, default=16, help="sliding-window overlap of the zero-shot initialisation")
+    p.add_argument("--fit-iterations", type=nonneg_int, default=20, help="intensity-fit steps of the *-fit starts")
     p.add_argument("--gpu-case", action="store_true", help="256 x 256 x 80, 120 cone views, 15k iterations")
     p.add_argument("--compare-medgmae", action="store_true", help="also run the zero-shot MedGMAE initialisation")
     p.add_argument("--checkpoint", default=None, help="MedGMAE model.pt from the pre-training bundle")
     p.add_argument("--backend", default="auto", choices=PROJECTOR_BACKENDS)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=1000, help="phantom generator seed (held out from pre-training)")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--partial-every", type=int, default=0,
+    p.add_argument("--partial-every", type=nonneg_int, default=0,
                    help="write --json every N iterations of a run, marked incomplete (for long runs; 0: at the end)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--set", nargs="+", default=[], type=parse_setting, metavar="KEY=VALUE", dest="settings",

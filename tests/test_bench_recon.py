@@ -208,6 +208,17 @@ def test_recon_set_refuses_bad_settings(pair, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [(["--fit-iterations", "-1"], "--fit-iterations: expected a non-negative integer"),
+                                           (["--views", "0"], "--views: expected a positive integer"),
+                                           (["--voxel", "1", "nan", "1"], "--voxel: expected a positive number"),
+                                           (["--photons", "-5"], "--photons: expected a finite number >= 0")])  # fmt: skip
+def test_recon_refuses_nonsense_flags(argv, message, capsys):
+    """bench/recon.py: a count or size out of range is a usage error naming the flag, before any simulation."""
+    with pytest.raises(SystemExit) as e:
+        bench_recon.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_select_summary_chooses_by_held_out_error_and_reports_what_it_gives_away(tmp_path, capsys):
     """bench/recon_select_summary.py on toy held-out runs at three TV weights: the choice is the weight with the
     lowest recorded held-out error, the best is the highest PSNR, the difference is what the choice gives away;
