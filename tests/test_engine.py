@@ -52,7 +52,7 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None):
+def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None, extra: dict | None = None):
     torch.manual_seed(0)
     np.random.seed(0)
     data = [{"image": np.full((1, 4), i, np.float32), "label": np.full((1, 2), i % 3, np.float32)} for i in range(6)]
@@ -62,7 +62,7 @@ def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05
     loader = DataLoader(ds, batch_size=2, shuffle=True, num_workers=0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt}, resume=resume, source=ds)]
+    handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt, **(extra or {})}, resume=resume, source=ds)]
     handlers.append(NonFiniteLossHandler())
     if clip:
         handlers.append(GradientClipHandler(clip))
@@ -94,6 +94,33 @@ def test_resume_is_bit_for_bit(tmp_path):
     fresh, net_fresh = _make_trainer(tmp_path / "fresh", 2, resume=False)
     fresh.run()
     assert not all(torch.equal(a, b) for a, b in zip(net_fresh.state_dict().values(), net_rest.state_dict().values()))
+
+
+class _Record:
+    """A state_dict-able object that refuses a state other than its own (as a model's configuration record does)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        if state["value"] != self.value:
+            raise ValueError(f"saved {state['value']}, current {self.value}")
+
+
+def test_failed_resume_names_the_file_and_writes_nothing(tmp_path):
+    """A resume whose state does not fit fails naming the checkpoint and the object, before any training, and
+    writes no checkpoint (the epoch checkpoint it read is left as it was)."""
+    part, _ = _make_trainer(tmp_path, 2, resume=False, extra={"record": _Record(1)})
+    part.run()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    rest, _ = _make_trainer(tmp_path, 4, resume=True, extra={"record": _Record(2)})
+    with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*checkpoint_epoch=2\.pt \('record'\): saved 1, current 2"):
+        rest.run()
+    assert rest.state.iteration == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_non_finite_loss_stops_and_saves_interrupted(tmp_path):

@@ -223,6 +223,22 @@ def test_star_checkpoint_from_before_the_intensity_rule_loads_as_clamp(tmp_path)
         _gmae(multi_level=True, level_intensity="relu")
 
 
+def test_resuming_a_star_training_from_before_the_intensity_rule_keeps_or_names_it():
+    """A training checkpoint's model record from before ``level_intensity``: a run built with the clamp rule it was
+    trained with resumes; one built with today's default (logit) is refused, naming the field and both values."""
+    from medgmae.mae_training import ModelConfigRecord
+
+    old = ModelConfigRecord(_gmae(multi_level=True, level_intensity="clamp")).state_dict()
+    old["config"] = {k: v for k, v in old["config"].items() if k != "level_intensity"}
+    ModelConfigRecord(_gmae(multi_level=True, level_intensity="clamp")).load_state_dict(old)
+    with pytest.raises(ValueError, match=r"level_intensity: saved 'clamp', current 'logit'") as e:
+        ModelConfigRecord(_gmae(multi_level=True)).load_state_dict(old)
+    assert "num_gaussians" not in str(e.value)  # only the fields that differ
+    with pytest.raises(ValueError, match=r"num_gaussians: saved 16, current 8"):
+        ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8)).load_state_dict(
+            ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict())
+
+
 def test_star_renders_the_sum_of_levels():
     model = _gmae(multi_level=True)
     x = _volume(1)

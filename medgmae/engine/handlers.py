@@ -160,7 +160,9 @@ class CheckpointHandler:
     state dicts of ``objects``, the engine's epoch/iteration and a :class:`RandomStateTracker`. When the run stops
     on an exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` and re-raises; at a normal end it
     writes ``checkpoint_final.pt``. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
-    the engine starts and continues from the next epoch, bit for bit on the same machine and software.
+    the engine starts and continues from the next epoch, bit for bit on the same machine and software. A checkpoint
+    whose state does not fit (another kind of run; an object refusing it, such as a model configuration record)
+    stops the run at the start with an error naming the file and the object, and writes no checkpoint.
 
     Under torch.distributed every rank attaches it, and only rank 0 writes: at each epoch end the random states of
     all ranks are gathered into the checkpoint (``random_state_ranks``); on resume rank 0 reads the checkpoint and
@@ -202,6 +204,7 @@ class CheckpointHandler:
         self.rng = RandomStateTracker(source)
         self.save_interval, self.n_saved, self.map_location = save_interval, n_saved, map_location
         self.resumed_from: Path | None = None
+        self._failed_resume = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._on_started)
@@ -246,6 +249,8 @@ class CheckpointHandler:
         self.save(engine, "checkpoint_final.pt")
 
     def _on_exception(self, engine: Engine, e: BaseException) -> None:
+        if self._failed_resume:
+            raise e
         try:  # no collective here: the other ranks may not have failed
             self.save(engine, "checkpoint_interrupted.pt", gather=False)
         except Exception as save_error:  # never mask the original error
@@ -259,11 +264,15 @@ class CheckpointHandler:
         if path is None:
             logger.info("resume requested but no checkpoint in %s: starting from scratch", self.output_dir)
             return
+        self._failed_resume = True  # until the state is restored: a failure writes no checkpoint_interrupted.pt
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         if missing:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
         for name, obj in self.objects.items():
-            obj.load_state_dict(ckpt["objects"][name])
+            try:
+                obj.load_state_dict(ckpt["objects"][name])
+            except (ValueError, RuntimeError, KeyError) as e:
+                raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
         rank, world = _world()
         ranks = ckpt.get("random_state_ranks")
         if world > 1 and not (isinstance(ranks, list) and len(ranks) == world):
@@ -277,7 +286,7 @@ class CheckpointHandler:
                 f"checkpoint {path} is at epoch {epoch}, beyond max_epochs={engine.state.max_epochs}: raise max_epochs to continue"
             )
         engine.state.epoch, engine.state.iteration = epoch, iteration
-        self.resumed_from = path
+        self.resumed_from, self._failed_resume = path, False
         logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
 
 

@@ -77,7 +77,23 @@ class ModelConfigRecord:
         return {"kind": self.network.kind, "config": self.network.config(), "preprocessing": spec.to_dict() if spec else None}
 
     def load_state_dict(self, state: dict) -> None:
+        """Check that a resumed run builds the model its checkpoint was trained with.
+
+        The saved config is first brought to this version's arguments (``upgrade_config``: a MedGMAE* config from
+        before ``level_intensity`` existed names the clamp rule it was trained with).
+
+        Raises:
+            ValueError: naming each differing field (saved and current value) and how to resume with the saved ones.
+        """
         mine = self.state_dict()
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        saved = dict(state)
+        if isinstance(saved.get("config"), dict):
+            saved["config"] = type(self.network).upgrade_config(dict(saved["config"]))
+        diff = [f"{k}: saved {saved.get(k)!r}, current {v!r}" for k, v in mine.items() if k != "config" and saved.get(k) != v]
+        old, new = saved.get("config") or {}, mine["config"]
+        diff += [f"{k}: saved {old.get(k)!r}, current {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if diff:
-            raise ValueError(f"checkpoint was written by a different model configuration (saved, current): {diff}")
+            raise ValueError(
+                "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
+                "with the saved settings (e.g. --network_def#level_intensity clamp) or train into a new output_dir"
+            )
