@@ -259,6 +259,7 @@ def run_one(rec, args, device, vol, targets, meta: dict, save_partial) -> dict:
             "curve": [(0, round(start.get("psnr", float("nan")), 3))]
             + [(h["iteration"], round(h.get("psnr", float("nan")), 3)) for h in res.history],
             "curve_seconds": [round(elapsed[0], 3)] + [round(elapsed[h["iteration"]], 3) for h in res.history],
+            "loss_curve": [(h["iteration"], float(f"{h['loss']:.6g}")) for h in res.history],  # the fitted loss
         }  # fmt: skip
         if rec.holdout is not None:
             entry.update(holdout_entry(rec, res, vol))

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,8 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
         secs = r["curve_seconds"]
         assert len(secs) == len(r["curve"]) and secs[0] == pytest.approx(r["init_seconds"], abs=1e-3)
         assert all(b > a for a, b in zip(secs, secs[1:]))
+        assert [i for i, _ in r["loss_curve"]] == [i for i, _ in r["curve"][1:]]  # the fitted loss at each evaluation
+        assert all(math.isfinite(v) and v > 0 for _, v in r["loss_curve"])
         for hit in filter(None, r["iterations_to_psnr"].values()):
             assert hit["seconds"] == pytest.approx(secs[[i for i, _ in r["curve"]].index(hit["iteration"])], abs=1e-3)
     capsys.readouterr()
