@@ -62,6 +62,10 @@ def _versus(runs: dict, name: str, other: str, targets: list[float]) -> str:
     return "no common target"
 
 
+#: incident photons per detector pixel of the study's scans (``bench/recon.py --photons``' default)
+STUDY_PHOTONS = 1e5
+
+
 def on_own_grid(result: dict) -> bool:
     """Whether ``result`` was simulated on the reconstruction grid (``bench/recon.py --simulate-grid same``, a
     diagnostic) rather than on the 2x finer one; results written before the option are the finer kind."""
@@ -76,6 +80,8 @@ def case_table(result: dict, relative: list[float]) -> str:
                                            ("holdout_views", f", {result.get('holdout_views')} views held out")) if result.get(key))  # fmt: skip
     if on_own_grid(result):
         extra += ", simulated on the reconstruction grid (inverse crime)"
+    if result.get("photons", STUDY_PHOTONS) != STUDY_PHOTONS:
+        extra += ", no noise" if not result["photons"] else f", {result['photons']:g} photons per pixel"
     head = (f"**{result['geometry']}, {result['views']} views, phantom seed {result['phantom_seed']}{extra}**: "
             f"best FBP/FDK {result['best_fbp_psnr']:.2f} dB; {result.get('iterations', '?')} iterations\n\n")  # fmt: skip
     cols = ["init", "preset", "Gaussians (start -> end)", "PSNR start", "PSNR peak (it)", "PSNR end", "s/it"]
@@ -118,7 +124,7 @@ def _named_by_settings(result: dict) -> dict:
 
 def load_cases(paths: list[str], name_by_model: bool = False, name_by_settings: bool = False) -> dict:
     """``bench/recon.py`` JSON files by case: the files of one case (same geometry, views, phantom, planned
-    iterations, TV weight, texture, held-out views and simulation) merged into one result whose ``runs`` hold every
+    iterations, TV weight, texture, held-out views, simulation and photon count) merged into one result whose ``runs`` hold every
     start.
     A start found again in a later file replaces the earlier run (noted on stderr).
     """
@@ -134,6 +140,7 @@ def load_cases(paths: list[str], name_by_model: bool = False, name_by_settings: 
         last = max((r["curve"][-1][0] for r in result["runs"].values()), default="?")
         result["iterations"] = int(planned.group(1)) if planned else last
         settings = tuple(result.get(k) or 0 for k in ("tv_weight", "texture", "holdout_views", "simulated_on"))  # runs of other settings stay apart
+        settings += (result.get("photons", STUDY_PHOTONS),)
         key = (result["geometry"], result["views"], result["phantom_seed"], result["iterations"], settings)
         for name in result["runs"]:
             if (key, name) in sources:

@@ -91,6 +91,13 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     assert recon_summary.main([str(out), str(tmp_path / "nocoarse.json"), "--name-by-settings", "--starts", "medgmae-grow"]) == 0
     rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["| init", "| medgmae-grow", "| medgmae-grow [coarse_iterations=0]"]
+    # a scan measured without noise is a case of its own, named so
+    quiet = {**other, "photons": 0.0, "set": {}}
+    (tmp_path / "quiet.json").write_text(json.dumps(quiet))
+    assert recon_summary.main([str(out), str(tmp_path / "quiet.json")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.count("**parallel, 8 views, phantom seed 1000") == 2
+    assert "**parallel, 8 views, phantom seed 1000, no noise**" in captured.out
 
 
 def test_recon_profile_parts_add_up_to_a_step(tmp_path):
