@@ -72,8 +72,17 @@ def on_own_grid(result: dict) -> bool:
     return result.get("simulated_on", "2x finer").startswith("the reconstruction grid")
 
 
-def case_table(result: dict, relative: list[float]) -> str:
-    """Markdown rows of one case (targets ``relative`` dB from the best FBP/FDK)."""
+def _at(r: dict, iteration: int) -> str:
+    """``PSNR (loss)`` of run ``r`` at an evaluated ``iteration`` (the fitted loss where recorded), ``-`` if none."""
+    psnr, loss = dict(r["curve"]).get(iteration), dict(r.get("loss_curve", [])).get(iteration)
+    if psnr is None:
+        return "-"
+    return f"{psnr:.2f}" + ("" if loss is None else f" ({loss:.3g})")
+
+
+def case_table(result: dict, relative: list[float], at: list[int] = ()) -> str:
+    """Markdown rows of one case (targets ``relative`` dB from the best FBP/FDK; PSNR and fitted loss at the
+    iterations ``at``, and the loss at the peak and the end, where given)."""
     runs = result["runs"]
     targets = [round(result["best_fbp_psnr"] + d, 2) for d in sorted(relative)]
     extra = "".join(text for key, text in (("texture", ", textured phantom"), ("tv_weight", f", TV {result.get('tv_weight')}"),
@@ -85,6 +94,7 @@ def case_table(result: dict, relative: list[float]) -> str:
     head = (f"**{result['geometry']}, {result['views']} views, phantom seed {result['phantom_seed']}{extra}**: "
             f"best FBP/FDK {result['best_fbp_psnr']:.2f} dB; {result.get('iterations', '?')} iterations\n\n")  # fmt: skip
     cols = ["init", "preset", "Gaussians (start -> end)", "PSNR start", "PSNR peak (it)", "PSNR end", "s/it"]
+    cols += [f"PSNR (loss) at {i}" for i in at] + (["loss at peak -> end"] if at else [])
     cols += [f"it to {t:.1f} ({d:+g})" for t, d in zip(targets, sorted(relative))] + ["vs 3dgr-ct", "vs toolkit"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in runs.items():
@@ -94,6 +104,11 @@ def case_table(result: dict, relative: list[float]) -> str:
         peak_it, peak = max(r["curve"], key=lambda c: c[1])
         row = [name, r["preset"], f"{r['initial_gaussians']} -> {r['final_gaussians']}", f"{r['initial_psnr']:.2f}",
                f"{peak:.2f} ({peak_it})", end, f"{r['seconds_per_iteration_median']:.3f}"]  # fmt: skip
+        if at:
+            losses = dict(r.get("loss_curve", []))
+            last = r["curve"][-1][0]
+            row += [_at(r, i) for i in at]
+            row.append(f"{losses[peak_it]:.3g} -> {losses[last]:.3g}" if peak_it in losses and last in losses else "-")
         row += [_cell(r, t) for t in targets]
         row += ["" if name == "3dgr-ct" else _versus(runs, name, "3dgr-ct", targets),
                 "" if name == "toolkit" else _versus(runs, name, "toolkit", targets)]  # fmt: skip
@@ -163,6 +178,9 @@ def main(argv=None) -> int:
     p.add_argument("--name-by-model", action="store_true", help="name the MedGMAE starts by their model's file")
     p.add_argument("--name-by-settings", action="store_true",
                    help="name every start after the settings it ran with (bench/recon.py --set), e.g. 'toolkit [coarse_iterations=0]'")
+    p.add_argument("--at", type=int, nargs="+", default=[], metavar="ITERATION",
+                   help="also show the PSNR and the fitted loss (bench/recon.py loss_curve) at these iterations, "
+                        "and the loss at the peak and the end")
     p.add_argument("--starts", nargs="+", default=None, metavar="NAME",
                    help="show only the starts whose names begin with one of these (e.g. toolkit medgmae-grow)")
     args = p.parse_args(argv)
@@ -172,7 +190,7 @@ def main(argv=None) -> int:
         for result in cases.values():
             result["runs"] = {k: v for k, v in result["runs"].items() if k.startswith(tuple(args.starts))}
     for result in cases.values():
-        print(case_table(result, args.relative))
+        print(case_table(result, args.relative, args.at))
     if args.png and cases:
         tile_curves(list(cases.values()), args.png)
     if args.png_seconds and cases:

@@ -91,6 +91,13 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     assert recon_summary.main([str(out), str(tmp_path / "nocoarse.json"), "--name-by-settings", "--starts", "medgmae-grow"]) == 0
     rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["| init", "| medgmae-grow", "| medgmae-grow [coarse_iterations=0]"]
+    # --at: the PSNR and the fitted loss of each start at the given iterations, from its curves
+    assert recon_summary.main([str(out), "--at", "2", "3", "--starts", "toolkit"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| toolkit |")).split(" | ")
+    t = result["runs"]["toolkit"]
+    assert row[7] == f"{dict(t['curve'])[2]:.2f} ({dict(t['loss_curve'])[2]:.3g})" and row[8] == "-"  # 3: not evaluated
+    peak_it = max(t["curve"], key=lambda c: c[1])[0]
+    assert row[9] == (f"{dict(t['loss_curve'])[peak_it]:.3g} -> {dict(t['loss_curve'])[4]:.3g}" if peak_it else "-")
     # a scan measured without noise is a case of its own, named so
     quiet = {**other, "photons": 0.0, "set": {}}
     (tmp_path / "quiet.json").write_text(json.dumps(quiet))
