@@ -9,7 +9,10 @@ PSNR, median seconds per iteration and the iterations to each PSNR target (``--r
 FBP/FDK, read off the PSNR curves; ``-``: not reached in the run), with the seconds to them in brackets where the
 run recorded them (``curve_seconds``: the start's time plus the measured optimisation steps and density control,
 PSNR evaluations excluded). The last columns compare the iterations to the
-highest target reached by both runs with ``3dgr-ct`` and ``toolkit`` (negative: fewer iterations).
+highest target reached by both runs with ``3dgr-ct`` and ``toolkit`` (negative: fewer iterations). ``--at N ...``
+adds the PSNR and the fitted loss (``loss_curve``, where recorded) at those iterations and the loss at the peak
+and the end: a loss still falling while the PSNR falls is the optimiser fitting what the image cannot hold.
+A scan simulated with another photon count (``bench/recon.py --photons``) is a case of its own.
 
 With ``--name-by-model`` the MedGMAE starts are named by their model's file (``medgmae-grow (e150)`` for
 ``.../e150.pt``, the folder's name for a ``model.pt``), so runs of one case with different models sit side by
