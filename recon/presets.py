@@ -19,7 +19,10 @@ its initialisation is :func:`recon.init_3dgr.init_3dgr_ct`. How the numbers are 
   against ``max_iter = 15000``: the published run stops at a ~32x decay, not at the 1000x of its end point).
 * Coarse stage: 3DGR-CT compares the 8 strided half-resolution sub-grids in turn with projections of the
   downsampled *ground truth*; a real scan has none, so this preset compares one half-resolution rendering with
-  the *measured* projections downsampled 2x2 (:mod:`recon.coarse`).
+  the *measured* projections downsampled 2x2 (:mod:`recon.coarse`). Its Gaussians are then held only at the
+  half-resolution sample points: on 32 x 64 x 64 volumes the stage ends with the full-resolution image at 15-19 dB,
+  which gains 4-12 dB in the first few hundred full-resolution iterations (bench/RESULTS.md, "The published
+  schedule with 3DGR-CT's cap scaled to the volume").
 * Density control runs after iterations 100, 200, ... (3DGR-CT: loop indices 100, 200, ..., i.e. after steps
   101, 201, ...); its renderer sums every Gaussian over a box of +-2 standard deviations, here over the ellipsoid
   of Mahalanobis radius 2 (``cutoff = 2``); scales are floored at ``min_scale = 1e-3`` voxels (3DGR-CT: none).
