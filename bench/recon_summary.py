@@ -75,12 +75,14 @@ def on_own_grid(result: dict) -> bool:
     return result.get("simulated_on", "2x finer").startswith("the reconstruction grid")
 
 
-def _at(r: dict, iteration: int) -> str:
-    """``PSNR (loss)`` of run ``r`` at an evaluated ``iteration`` (the fitted loss where recorded), ``-`` if none."""
-    psnr, loss = dict(r["curve"]).get(iteration), dict(r.get("loss_curve", [])).get(iteration)
-    if psnr is None:
-        return "-"
-    return f"{psnr:.2f}" + ("" if loss is None else f" ({loss:.3g})")
+def _at_columns(r: dict, at: list[int], peak_it: int) -> list[str]:
+    """``PSNR (loss)`` of run ``r`` at each evaluated iteration of ``at`` (``-`` if not evaluated; the fitted loss
+    where recorded), then ``loss at peak -> end``."""
+    psnrs, losses = dict(r["curve"]), dict(r.get("loss_curve", []))
+    cells = ["-" if i not in psnrs else f"{psnrs[i]:.2f}" + (f" ({losses[i]:.3g})" if i in losses else "") for i in at]
+    last = r["curve"][-1][0]
+    cells.append(f"{losses[peak_it]:.3g} -> {losses[last]:.3g}" if peak_it in losses and last in losses else "-")
+    return cells
 
 
 def case_table(result: dict, relative: list[float], at: list[int] = ()) -> str:
@@ -108,10 +110,7 @@ def case_table(result: dict, relative: list[float], at: list[int] = ()) -> str:
         row = [name, r["preset"], f"{r['initial_gaussians']} -> {r['final_gaussians']}", f"{r['initial_psnr']:.2f}",
                f"{peak:.2f} ({peak_it})", end, f"{r['seconds_per_iteration_median']:.3f}"]  # fmt: skip
         if at:
-            losses = dict(r.get("loss_curve", []))
-            last = r["curve"][-1][0]
-            row += [_at(r, i) for i in at]
-            row.append(f"{losses[peak_it]:.3g} -> {losses[last]:.3g}" if peak_it in losses and last in losses else "-")
+            row += _at_columns(r, at, peak_it)
         row += [_cell(r, t) for t in targets]
         row += ["" if name == "3dgr-ct" else _versus(runs, name, "3dgr-ct", targets),
                 "" if name == "toolkit" else _versus(runs, name, "toolkit", targets)]  # fmt: skip
