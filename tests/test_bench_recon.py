@@ -325,3 +325,21 @@ def test_fit_starts_run_on_request_and_start_nearer_the_fbp(tmp_path):
     assert {"toolkit-fit", "medgmae-fit", "medgmae-fit-3dgr"} <= set(bench_recon.ON_REQUEST)
     assert bench_recon.main([*base, "--json", str(out)]) == 0
     assert set(json.loads(out.read_text())["runs"]) == {"random", "toolkit", "3dgr-ct"}
+
+
+def test_grown_3dgr_start_runs_on_request_under_the_toolkit_optimiser(tmp_path):
+    """``3dgr-ct-grow`` starts from 3DGR-CT's Gaussians (the count of the ``3dgr-ct`` start), runs the toolkit
+    optimiser with the sparse-start growth (a round every 10 iterations, the first 60 % of the run) and grows."""
+    base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
+            "--iterations", "20", "--eval-every", "4", "--num-gaussians", "200", "--num-gaussians-3dgr", "20",
+            "--device", "cpu"]  # fmt: skip
+    out = tmp_path / "g.json"
+    assert bench_recon.main([*base, "--only", "3dgr-ct", "3dgr-ct-grow", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    grow, pub = res["runs"]["3dgr-ct-grow"], res["runs"]["3dgr-ct"]
+    assert "3dgr-ct-grow" in bench_recon.ON_REQUEST
+    assert grow["preset"] == "toolkit" and pub["preset"] == "3dgr-ct"
+    assert grow["preset_overrides"]["densify_every"] == 10 and grow["preset_overrides"]["max_gaussians"] == 200
+    assert grow["initial_gaussians"] == pub["initial_gaussians"] == res["num_gaussians_3dgr"] == 20
+    assert [r["iteration"] for r in grow["density_rounds"]] == [10]
+    assert grow["final_gaussians"] > grow["initial_gaussians"]
