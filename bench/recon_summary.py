@@ -9,7 +9,8 @@ PSNR, median seconds per iteration and the iterations to each PSNR target (``--r
 FBP/FDK, read off the PSNR curves; ``-``: not reached in the run), with the seconds to them in brackets where the
 run recorded them (``curve_seconds``: the start's time plus the measured optimisation steps and density control,
 PSNR evaluations excluded). The last columns compare the iterations to the
-highest target reached by both runs with ``3dgr-ct`` and ``toolkit`` (negative: fewer iterations). ``--at N ...``
+highest target reached by both runs with ``3dgr-ct`` and ``toolkit`` (``--versus``: other starts; negative: fewer
+iterations), and the highest target reached that the other start never reached. ``--at N ...``
 adds the PSNR and the fitted loss (``loss_curve``, where recorded) at those iterations and the loss at the peak
 and the end: a loss still falling while the PSNR falls is the optimiser fitting what the image cannot hold.
 A scan simulated with another photon count (``bench/recon.py --photons``) is a case of its own.
@@ -52,18 +53,24 @@ def _cell(run: dict, target: float) -> str:
 
 
 def _versus(runs: dict, name: str, other: str, targets: list[float]) -> str:
-    """Relative change in iterations of ``name`` against ``other`` at the highest target both reached."""
+    """Relative change in iterations of ``name`` against ``other`` at the highest target both reached, and the
+    highest target ``name`` reached that ``other`` never did."""
     if name not in runs or other not in runs:
         return "n/a"
     for t in reversed(targets):
         a, b = _iters(runs[name], t), _iters(runs[other], t)
         if a is not None and b is not None and b > 0:
-            return f"{100 * (a - b) / b:+.0f} % at {t:.1f} dB"
+            cell = f"{100 * (a - b) / b:+.0f} % at {t:.1f} dB"
+            beyond = [u for u in targets if u > t and _iters(runs[name], u) is not None]
+            return cell + (f"; {other} never reached {beyond[-1]:.1f}" if beyond else "")
     reached = [t for t in targets if _iters(runs[name], t) is not None]
     if reached and _iters(runs[other], reached[0]) is None:
         return f"{other} reached none of {name}'s targets"
     return "no common target"
 
+
+#: the starts the comparison columns are against unless ``--versus``
+VERSUS = ("3dgr-ct", "toolkit")
 
 #: incident photons per detector pixel of the study's scans (``bench/recon.py --photons``' default)
 STUDY_PHOTONS = 1e5
@@ -85,9 +92,10 @@ def _at_columns(r: dict, at: list[int], peak_it: int) -> list[str]:
     return cells
 
 
-def case_table(result: dict, relative: list[float], at: list[int] = ()) -> str:
+def case_table(result: dict, relative: list[float], at: list[int] = (), versus: tuple[str, ...] = VERSUS) -> str:
     """Markdown rows of one case (targets ``relative`` dB from the best FBP/FDK; PSNR and fitted loss at the
-    iterations ``at``, and the loss at the peak and the end, where given)."""
+    iterations ``at``, and the loss at the peak and the end, where given; one comparison column per start of
+    ``versus``)."""
     runs = result["runs"]
     targets = [round(result["best_fbp_psnr"] + d, 2) for d in sorted(relative)]
     extra = "".join(text for key, text in (("texture", ", textured phantom"), ("tv_weight", f", TV {result.get('tv_weight')}"),
@@ -100,7 +108,7 @@ def case_table(result: dict, relative: list[float], at: list[int] = ()) -> str:
             f"best FBP/FDK {result['best_fbp_psnr']:.2f} dB; {result.get('iterations', '?')} iterations\n\n")  # fmt: skip
     cols = ["init", "preset", "Gaussians (start -> end)", "PSNR start", "PSNR peak (it)", "PSNR end", "s/it"]
     cols += [f"PSNR (loss) at {i}" for i in at] + (["loss at peak -> end"] if at else [])
-    cols += [f"it to {t:.1f} ({d:+g})" for t, d in zip(targets, sorted(relative))] + ["vs 3dgr-ct", "vs toolkit"]
+    cols += [f"it to {t:.1f} ({d:+g})" for t, d in zip(targets, sorted(relative))] + [f"vs {v}" for v in versus]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in runs.items():
         end = f"{r['final_psnr']:.2f}"
@@ -112,8 +120,7 @@ def case_table(result: dict, relative: list[float], at: list[int] = ()) -> str:
         if at:
             row += _at_columns(r, at, peak_it)
         row += [_cell(r, t) for t in targets]
-        row += ["" if name == "3dgr-ct" else _versus(runs, name, "3dgr-ct", targets),
-                "" if name == "toolkit" else _versus(runs, name, "toolkit", targets)]  # fmt: skip
+        row += ["" if name == v else _versus(runs, name, v, targets) for v in versus]
         lines.append("| " + " | ".join(row) + " |")
     return head + "\n".join(lines) + "\n"
 
@@ -185,6 +192,8 @@ def main(argv=None) -> int:
                         "and the loss at the peak and the end")
     p.add_argument("--starts", nargs="+", default=None, metavar="NAME",
                    help="show only the starts whose names begin with one of these (e.g. toolkit medgmae-grow)")
+    p.add_argument("--versus", nargs="+", default=list(VERSUS), metavar="NAME",
+                   help="the starts of the comparison columns (default: 3dgr-ct toolkit)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     cases = load_cases(args.results, args.name_by_model, args.name_by_settings)
@@ -192,7 +201,7 @@ def main(argv=None) -> int:
         for result in cases.values():
             result["runs"] = {k: v for k, v in result["runs"].items() if k.startswith(tuple(args.starts))}
     for result in cases.values():
-        print(case_table(result, args.relative, args.at))
+        print(case_table(result, args.relative, args.at, tuple(args.versus)))
     if args.png and cases:
         tile_curves(list(cases.values()), args.png)
     if args.png_seconds and cases:

@@ -343,3 +343,21 @@ def test_grown_3dgr_start_runs_on_request_under_the_toolkit_optimiser(tmp_path):
     assert grow["initial_gaussians"] == pub["initial_gaussians"] == res["num_gaussians_3dgr"] == 20
     assert [r["iteration"] for r in grow["density_rounds"]] == [10]
     assert grow["final_gaussians"] > grow["initial_gaussians"]
+
+
+def test_summary_compares_with_the_chosen_starts_and_names_targets_only_one_reached(capsys):
+    """``--versus`` picks the comparison columns; a cell gives the change at the highest target both reached
+    (hand-counted curves) and the highest target the other start never reached."""
+    curve = lambda pts: {"curve": pts, "preset": "toolkit", "initial_gaussians": 1, "final_gaussians": 1,
+                         "initial_psnr": pts[0][1], "final_psnr": pts[-1][1], "seconds_per_iteration_median": 0.1}  # noqa: E731
+    result = {"geometry": "cone", "views": 20, "phantom_seed": 7, "best_fbp_psnr": 20.0, "iterations": 40, "runs": {
+        "fast": curve([[0, 10.0], [10, 17.5], [20, 20.5], [30, 22.5], [40, 22.0]]),
+        "slow": curve([[0, 10.0], [10, 14.0], [20, 16.0], [30, 17.2], [40, 19.0]]),
+    }}  # fmt: skip
+    table = recon_summary.case_table(result, [-3.0, 0.0, 2.0], versus=("slow",))
+    row = next(line for line in table.splitlines() if line.startswith("| fast |")).split(" | ")
+    assert table.splitlines()[2].split(" | ")[-1] == "vs slow |"
+    assert row[-1] == "-67 % at 17.0 dB; slow never reached 22.0 |"  # 10 against 30 iterations to FBP - 3 dB
+    assert row[-4:-1] == ["10", "20", "30"]
+    slow_row = next(line for line in table.splitlines() if line.startswith("| slow |"))
+    assert slow_row.endswith("|  |")
