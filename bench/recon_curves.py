@@ -15,6 +15,23 @@ OTHER_COLOURS = [(30, 90, 200), (200, 40, 40), (30, 150, 60), (150, 0, 150), (23
                  (220, 0, 120), (120, 60, 0), (120, 120, 120), (110, 110, 0)]
 
 
+def on_own_grid(result: dict) -> bool:
+    """Whether ``result`` was simulated on the reconstruction grid (``bench/recon.py --simulate-grid same``, a
+    diagnostic) rather than on the 2x finer one; results written before the option are the finer kind."""
+    return result.get("simulated_on", "2x finer").startswith("the reconstruction grid")
+
+
+def panel_title(result: dict) -> str:
+    """The scan of ``result`` in words: geometry, views, phantom seed, the photon count (or no noise) and, for a
+    scan simulated on the reconstruction grid itself (``bench/recon.py --simulate-grid same``), that inverse crime."""
+    photons = result.get("photons")
+    noise = "no noise" if photons == 0 else f"{photons:g} photons" if photons is not None else "photons not recorded"
+    title = f"{result['geometry']}, {result['views']} views, seed {result.get('phantom_seed', '?')}, {noise}"
+    if on_own_grid(result):
+        title += ", simulated on the reconstruction grid"
+    return title
+
+
 def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
     """PSNR against iteration for every initialisation, with the FBP level, as a PNG (PIL only); with
     ``x_axis="seconds"`` against the measured seconds (``curve_seconds``: start plus optimisation, evaluations
@@ -25,7 +42,7 @@ def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
 
     colours = {"random": (120, 120, 120), "toolkit": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60),
                "medgmae-dense": (230, 140, 20), "medgmae-grow": (150, 0, 150),
-               "medgmae-3dgr": (120, 60, 0)}  # fmt: skip
+               "medgmae-3dgr": (120, 60, 0), "3dgr-ct-grow": (0, 170, 170)}  # fmt: skip
     if x_axis not in ("iteration", "seconds"):
         raise ValueError(f"x_axis must be 'iteration' or 'seconds', got {x_axis!r}")
 
@@ -58,7 +75,7 @@ def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
     d.text((w - m - 40, h - m + 8), f"it {x1}" if x_axis == "iteration" else f"{x1:.0f} s", fill=(0, 0, 0))
     d.text((4, m), f"{y1:.1f} dB", fill=(0, 0, 0))
     d.text((4, h - m - 10), f"{y0:.1f} dB", fill=(0, 0, 0))
-    d.text((m, 14), f"{result['geometry']}, {result['views']} views, {result['photons']} photons: PSNR vs {x_axis}", fill=(0, 0, 0))
+    d.text((m, 14), f"{panel_title(result)}: PSNR vs {x_axis}", fill=(0, 0, 0))
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: bench/recon.py must not hide `recon`
 
-from recon_summary import on_own_grid  # noqa: E402
+from recon_curves import on_own_grid  # noqa: E402
 
 
 def _label(result: dict) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: bench/recon.py must not hide `recon`
 
-from recon_curves import tile_curves  # noqa: E402
+from recon_curves import on_own_grid, tile_curves  # noqa: E402
 
 
 def _iters(run: dict, target: float):
@@ -74,12 +74,6 @@ VERSUS = ("3dgr-ct", "toolkit")
 
 #: incident photons per detector pixel of the study's scans (``bench/recon.py --photons``' default)
 STUDY_PHOTONS = 1e5
-
-
-def on_own_grid(result: dict) -> bool:
-    """Whether ``result`` was simulated on the reconstruction grid (``bench/recon.py --simulate-grid same``, a
-    diagnostic) rather than on the 2x finer one; results written before the option are the finer kind."""
-    return result.get("simulated_on", "2x finer").startswith("the reconstruction grid")
 
 
 def _at_columns(r: dict, at: list[int], peak_it: int) -> list[str]:

@@ -361,3 +361,14 @@ def test_summary_compares_with_the_chosen_starts_and_names_targets_only_one_reac
     assert row[-4:-1] == ["10", "20", "30"]
     slow_row = next(line for line in table.splitlines() if line.startswith("| slow |"))
     assert slow_row.endswith("|  |")
+
+
+def test_curve_panels_name_the_scan():
+    """The curve panel's title names the photon count, a scan without noise and one simulated on the
+    reconstruction grid (the tables' case headings say the same)."""
+    curves = _load("recon_curves")
+    base = {"geometry": "parallel", "views": 90, "phantom_seed": 1000, "photons": 1e5, "simulated_on": "2x finer grid, PyTorch projector"}
+    assert curves.panel_title(base) == "parallel, 90 views, seed 1000, 100000 photons"
+    exact = {**base, "photons": 0.0, "simulated_on": bench_recon.SIMULATED_ON["same"]}
+    assert curves.panel_title(exact) == "parallel, 90 views, seed 1000, no noise, simulated on the reconstruction grid"
+    assert curves.on_own_grid(exact) and not curves.on_own_grid({k: v for k, v in base.items() if k != "simulated_on"})
