@@ -20,7 +20,8 @@ Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuatio
 
 ``reconstruct`` uses the settings of ``--preset`` (``toolkit``, the default, or ``3dgr-ct``, SigmaLDC/3DGR-CT's
 published settings; see :mod:`recon.presets`), including its initialisation unless ``--init`` is given
-(``toolkit``: ``fbp`` with one Gaussian per 8 voxels, at least 20,000; ``3dgr-ct``: its own with 50,000). It writes ``recon.nii.gz``,
+(``toolkit``: ``fbp`` with one Gaussian per 8 voxels, at least 20,000; ``3dgr-ct``: its own with 50,000; under the
+toolkit preset every start, ``--init 3dgr-ct`` included, gets one least-squares intensity gain against the FBP). It writes ``recon.nii.gz``,
 ``gaussians.ply``, ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM),
 ``curve.png``, ``slices.png`` (three orthogonal mid-slices of reference / FBP / reconstruction / error, or FBP /
 reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``

@@ -28,7 +28,7 @@ def _model_spec(model, spacing: float | None, checkpoint: str):
 
 def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarray, model):
     """The initial Gaussians and the intensity unit (``None``: the reconstructor's default)."""
-    from recon.initialisation import fbp_init, medgmae_init, random_init
+    from recon.initialisation import calibrate_intensities, fbp_init, medgmae_init, random_init
     from recon.init_3dgr import init_3dgr_ct
 
     k = init_settings.get("num_gaussians", 0)
@@ -38,7 +38,12 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
         init = fbp_init(fbp_t, k, seed=args.seed)
     elif init_settings["init"] == "3dgr-ct":
         kw = {n: init_settings[n] for n in ("start", "air_threshold", "ini_intensity", "ini_sigma", "neighbour_kernel", "intensity_offset")}
-        return init_3dgr_ct(fbp_t, k, **kw)
+        init, value_scale = init_3dgr_ct(fbp_t, k, **kw)
+        if args.preset == "3dgr-ct":
+            return init, value_scale
+        # its 0.25 x FBP intensities suit 3DGR-CT's sigmoid; the toolkit's linear intensities start, as every other
+        # start of the toolkit preset, from one least-squares gain against the FBP
+        return calibrate_intensities(init, fbp_t), None
     else:
         init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
     if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images

@@ -380,3 +380,28 @@ def test_default_budget_scales_with_the_volume(tmp_path):
         assert main(argv) == 0
         m = json.loads((out / "metrics.json").read_text())
         assert m["initial_gaussians"] == k and m["init_settings"]["num_gaussians"] == k and m["settings"]["max_gaussians"] == cap
+
+
+def test_3dgr_start_under_the_toolkit_preset_gets_the_toolkit_gain():
+    """``--init 3dgr-ct`` keeps 3DGR-CT's intensities (0.25 x the normalised FBP + 0.001, sigmoid units of the
+    FBP's maximum) under its own preset; under the toolkit preset the same Gaussians get the least-squares gain
+    against the FBP that every toolkit start gets (gain of the rendered start against the FBP, in float64: 1)."""
+    from types import SimpleNamespace
+
+    from medgmae.render import render_volume
+    from recon.presets import preset_init_settings
+    from recon.reconstruct_command import _initialise
+
+    z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in (12, 20, 24)), indexing="ij")
+    fbp_t = 0.02 * torch.exp(-(((z - 6) / 4) ** 2 + ((y - 9) / 6) ** 2 + ((x - 13) / 7) ** 2)) + 0.01 * (x > 15)
+    settings = {**preset_init_settings("3dgr-ct"), "num_gaussians": 60}
+    own, scale = _initialise(SimpleNamespace(preset="3dgr-ct", seed=0), settings, fbp_t, np.eye(4), None)
+    assert scale == pytest.approx(float(fbp_t.max()))
+    assert own.num_gaussians == 60 and float((own.intensities / scale).max()) <= 0.251 + 1e-6
+    toolkit, unit = _initialise(SimpleNamespace(preset="toolkit", seed=0), settings, fbp_t, np.eye(4), None)
+    assert unit is None and torch.equal(toolkit.means, own.means) and torch.equal(toolkit.scales, own.scales)
+    r = render_volume(*toolkit.tensors(), shape=fbp_t.shape, cutoff=3.0)[0].double()
+    gain = float((r * fbp_t.double()).sum() / r.square().sum())
+    assert gain == pytest.approx(1.0, abs=1e-4)
+    ratio = toolkit.intensities / own.intensities  # one common gain, not a per-Gaussian fit
+    assert float(ratio.max() - ratio.min()) < 1e-4 * float(ratio.mean()) and float(ratio.mean()) > 1.5
