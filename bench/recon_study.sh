@@ -13,7 +13,8 @@
 # TV=W adds a total-variation term of weight W to every start; TEXTURE=1 gives the phantom its 10-15 HU texture.
 # SET="key=value ..." passes reconstruction settings to every start (bench/recon.py --set), e.g. SET=split_rule=moments.
 # OVERLAP=N sets the zero-shot start's sliding-window overlap (model voxels; default 16). SIMULATE=same measures the
-# phantom of the reconstruction grid instead of a 2x finer one (an inverse crime: a diagnostic only).
+# phantom of the reconstruction grid instead of a 2x finer one (an inverse crime: a diagnostic only). N3DGR=N places N
+# Gaussians in the 3DGR-CT starts instead of its published density (bench/recon.py --num-gaussians-3dgr).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 out=$2 iters=$3
@@ -30,10 +31,12 @@ for case in "$@"; do
     fi
     medgmae=(--compare-medgmae --checkpoint "$model")
     [[ $model == none ]] && medgmae=()
+    n3dgr=()
+    [[ -n "${N3DGR:-}" ]] && n3dgr=(--num-gaussians-3dgr "$N3DGR")
     settings=()
     [[ -n "${SET:-}" ]] && { read -r -a pairs <<<"$SET"; settings=(--set "${pairs[@]}"); }
     OMP_WAIT_POLICY=PASSIVE python bench/recon.py --size 32 64 64 --voxel 6 4 4 --geometry "$geom" --views "$views" \
         --iterations "$iters" --eval-every "${EVAL_EVERY:-10}" --holdout-views "${HOLDOUT:-0}" --overlap "${OVERLAP:-16}" --simulate-grid "${SIMULATE:-finer}" --tv "${TV:-0}" ${TEXTURE:+--texture} --partial-every "${PARTIAL_EVERY:-0}" --seed "$seed" --threads "${THREADS:-1}" --device cpu "${medgmae[@]}" \
-        "${only[@]}" "${settings[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
+        "${only[@]}" "${n3dgr[@]}" "${settings[@]}" --json "$out/$name.json" --png "$out/$name.png" > "$out/$name.log" 2>&1
     echo "$name done"
 done
