@@ -42,7 +42,7 @@ def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
 
     colours = {"random": (120, 120, 120), "toolkit": (30, 90, 200), "medgmae": (200, 40, 40), "3dgr-ct": (30, 150, 60),
                "medgmae-dense": (230, 140, 20), "medgmae-grow": (150, 0, 150),
-               "medgmae-3dgr": (120, 60, 0), "3dgr-ct-grow": (0, 170, 170)}  # fmt: skip
+               "medgmae-3dgr": (120, 60, 0), "3dgr-ct-grow": (240, 80, 160)}  # fmt: skip
     if x_axis not in ("iteration", "seconds"):
         raise ValueError(f"x_axis must be 'iteration' or 'seconds', got {x_axis!r}")
 
