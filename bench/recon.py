@@ -11,7 +11,7 @@
      ``toolkit-fit``, the toolkit start with each Gaussian's intensity fitted to the FBP (``--fit-iterations`` steps of
      ``recon.initialisation.fit_intensities``) [toolkit], only when ``--only`` names it (as the other ``*-fit`` starts);
    * ``3dgr-ct``: 3DGR-CT's own initialisation [3dgr-ct], at its published density (50k Gaussians per
-     80 x 256 x 256 voxels) unless ``--num-gaussians-3dgr``; ``3dgr-ct-grow``, the same Gaussians (one least-squares intensity gain, as every toolkit start) grown like
+     80 x 256 x 256 voxels) unless ``--num-gaussians-3dgr`` (``--ini-sigma-3dgr``: its scale rule); ``3dgr-ct-grow``, the same Gaussians (one least-squares intensity gain, as every toolkit start) grown like
      ``medgmae-grow`` below [toolkit], only when ``--only`` names it (the two sparse starts under one optimiser);
    * with ``--compare-medgmae``: ``medgmae``, the zero-shot Gaussians as decoded [toolkit]; ``medgmae-dense``, the
      same subdivided to that budget (``recon.initialisation.subdivide_gaussians``) [toolkit];
@@ -130,12 +130,12 @@ def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, di
     k_3dgr = args.num_gaussians_3dgr
     if k_3dgr is None:
         k_3dgr = max(100, round(THREEDGR_CT["num_gaussian"][0] * math.prod(geom.volume_shape) / (80 * 256 * 256)))
-    out["num_gaussians_3dgr"] = k_3dgr
+    out["num_gaussians_3dgr"], out["ini_sigma_3dgr"] = k_3dgr, args.ini_sigma_3dgr
     overrides: dict[str, dict] = {"random": toolkit_cap(args.num_gaussians), "toolkit": toolkit_cap(args.num_gaussians)}
     inits = {
         "random": (lambda: (random_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
         "toolkit": (lambda: (fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), None), "toolkit"),
-        "3dgr-ct": (lambda: init_3dgr_ct(rec_fbp, k_3dgr), "3dgr-ct"),
+        "3dgr-ct": (lambda: init_3dgr_ct(rec_fbp, k_3dgr, ini_sigma=args.ini_sigma_3dgr), "3dgr-ct"),
         # the toolkit start with each Gaussian's intensity fitted to the FBP (the control of medgmae-fit)
         "toolkit-fit": (
             lambda: (fit_intensities(fbp_init(rec_fbp, args.num_gaussians, seed=args.seed), rec_fbp, args.fit_iterations), None),
@@ -146,7 +146,8 @@ def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, di
     # 3DGR-CT's start under the toolkit optimiser, grown like the zero-shot start (medgmae-grow): the two sparse
     # starts compared under one optimiser, where both reach the FBP level. Its intensities get the least-squares
     # gain against the FBP that every start of the toolkit optimiser gets (3DGR-CT's 0.25 x FBP suits its sigmoid)
-    inits["3dgr-ct-grow"] = (lambda: (calibrate_intensities(init_3dgr_ct(rec_fbp, k_3dgr)[0], rec_fbp), None), "toolkit")
+    grow_3dgr = lambda: calibrate_intensities(init_3dgr_ct(rec_fbp, k_3dgr, ini_sigma=args.ini_sigma_3dgr)[0], rec_fbp)  # noqa: E731
+    inits["3dgr-ct-grow"] = (lambda: (grow_3dgr(), None), "toolkit")
     overrides["3dgr-ct-grow"] = sparse_start_growth(args.num_gaussians)
     if not args.compare_medgmae:
         return inits, overrides
@@ -297,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "preset's, recon.presets.toolkit_budget: 20000 for volumes up to 160k voxels)")
     p.add_argument("--num-gaussians-3dgr", type=positive_int, default=None,
                    help="Gaussians of the 3DGR-CT init (default: its published density, 50k per 80 x 256 x 256 voxels)")
+    p.add_argument("--ini-sigma-3dgr", type=positive_float, default=THREEDGR_CT["ini_sigma"][0],
+                   help="scale numerator of the 3DGR-CT init in its normalised frame (default: the published 0.15; "
+                        "0.15 x 256 / the largest volume side gives its initial Gaussians the size in voxels they "
+                        "have on 3DGR-CT's 256-voxel slices)")
     p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
     p.add_argument("--views-per-iteration", type=positive_int, default=None)
     p.add_argument("--eval-every", type=positive_int, default=10)

@@ -14,7 +14,8 @@
 # SET="key=value ..." passes reconstruction settings to every start (bench/recon.py --set), e.g. SET=split_rule=moments.
 # OVERLAP=N sets the zero-shot start's sliding-window overlap (model voxels; default 16). SIMULATE=same measures the
 # phantom of the reconstruction grid instead of a 2x finer one (an inverse crime: a diagnostic only). N3DGR=N places N
-# Gaussians in the 3DGR-CT starts instead of its published density (bench/recon.py --num-gaussians-3dgr).
+# Gaussians in the 3DGR-CT starts instead of its published density (bench/recon.py --num-gaussians-3dgr), SIGMA3DGR=S
+# sets their scale rule's numerator (--ini-sigma-3dgr).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 out=$2 iters=$3
@@ -33,6 +34,7 @@ for case in "$@"; do
     [[ $model == none ]] && medgmae=()
     n3dgr=()
     [[ -n "${N3DGR:-}" ]] && n3dgr=(--num-gaussians-3dgr "$N3DGR")
+    [[ -n "${SIGMA3DGR:-}" ]] && n3dgr+=(--ini-sigma-3dgr "$SIGMA3DGR")
     settings=()
     [[ -n "${SET:-}" ]] && { read -r -a pairs <<<"$SET"; settings=(--set "${pairs[@]}"); }
     OMP_WAIT_POLICY=PASSIVE python bench/recon.py --size 32 64 64 --voxel 6 4 4 --geometry "$geom" --views "$views" \

@@ -343,6 +343,10 @@ def test_grown_3dgr_start_runs_on_request_under_the_toolkit_optimiser(tmp_path):
     assert grow["initial_gaussians"] == pub["initial_gaussians"] == res["num_gaussians_3dgr"] == 20
     assert [r["iteration"] for r in grow["density_rounds"]] == [10]
     assert grow["final_gaussians"] > grow["initial_gaussians"]
+    assert res["ini_sigma_3dgr"] == 0.15  # the published scale rule unless --ini-sigma-3dgr
+    assert bench_recon.main([*base, "--only", "3dgr-ct-grow", "--ini-sigma-3dgr", "0.6", "--json", str(out)]) == 0
+    wide = json.loads(out.read_text())
+    assert wide["ini_sigma_3dgr"] == 0.6 and wide["runs"]["3dgr-ct-grow"]["initial_psnr"] != grow["initial_psnr"]
 
 
 def test_summary_compares_with_the_chosen_starts_and_names_targets_only_one_reached(capsys):
