@@ -211,8 +211,9 @@ def run_case(args, device, save=lambda out: None) -> dict:
                                          views_per_iteration=args.views_per_iteration, seed=args.seed,
                                          holdout_views=args.holdout_views, tv_weight=args.tv, **run_overrides)  # fmt: skip
         rec = GaussianReconstructor(proj_op, proj, init, cfg, reference=vol.cpu(), device=device, value_scale=value_scale)
+        q = torch.quantile(init.scales.flatten().float().cpu(), torch.tensor([0.1, 0.5, 0.9])).tolist()
         meta = {"preset": preset, "preset_overrides": run_overrides, "init_seconds": init_seconds,
-                "initial_gaussians": init.num_gaussians}  # fmt: skip
+                "initial_gaussians": init.num_gaussians, "initial_scale_voxels_p10_p50_p90": q}  # fmt: skip
 
         def partial(entry, name=name):
             save({**out, "runs": {**out["runs"], name: entry}})

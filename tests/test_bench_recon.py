@@ -347,6 +347,8 @@ def test_grown_3dgr_start_runs_on_request_under_the_toolkit_optimiser(tmp_path):
     assert bench_recon.main([*base, "--only", "3dgr-ct-grow", "--ini-sigma-3dgr", "0.6", "--json", str(out)]) == 0
     wide = json.loads(out.read_text())
     assert wide["ini_sigma_3dgr"] == 0.6 and wide["runs"]["3dgr-ct-grow"]["initial_psnr"] != grow["initial_psnr"]
+    q, q_wide = grow["initial_scale_voxels_p10_p50_p90"], wide["runs"]["3dgr-ct-grow"]["initial_scale_voxels_p10_p50_p90"]
+    assert q == sorted(q) and q_wide == pytest.approx([4 * v for v in q], rel=1e-5)  # the rule is linear in ini_sigma
 
 
 def test_summary_compares_with_the_chosen_starts_and_names_targets_only_one_reached(capsys):
