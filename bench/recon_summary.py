@@ -18,7 +18,8 @@ A scan simulated with another photon count (``bench/recon.py --photons``) is a c
 With ``--name-by-model`` the MedGMAE starts are named by their model's file (``medgmae-grow (e150)`` for
 ``.../e150.pt``, the folder's name for a ``model.pt``), so runs of one case with different models sit side by
 side; with ``--name-by-settings`` every start is named after the settings it ran with (``bench/recon.py --set``:
-``toolkit [coarse_iterations=0]``), so runs of one start with other settings do too. Where two files hold a
+``toolkit [coarse_iterations=0]``; a 3DGR-CT start also after ``--ini-sigma-3dgr``: ``3dgr-ct-grow [ini_sigma=0.6]``),
+so runs of one start with other settings do too. Where two files hold a
 start of the same name for one case, the later file's run replaces the earlier one (a re-run), and the summary
 says so on stderr.
 """
@@ -133,10 +134,19 @@ def _named_by_model(result: dict) -> dict:
 
 def _named_by_settings(result: dict) -> dict:
     """``result`` with every start renamed ``<init> [key=value ...]`` after the reconstruction settings it ran with
-    (``bench/recon.py --set``); unchanged where it ran with none."""
+    (``bench/recon.py --set``), and the 3DGR-CT starts also after a scale rule other than the published one
+    (``--ini-sigma-3dgr``: ``ini_sigma=0.6``); unchanged where it ran with neither."""
+    from recon.presets import THREEDGR_CT
+
     tag = " ".join(f"{k}={v}" for k, v in sorted((result.get("set") or {}).items()))
-    if tag:
-        result["runs"] = {f"{k} [{tag}]": v for k, v in result["runs"].items()}
+    sigma = result.get("ini_sigma_3dgr", THREEDGR_CT["ini_sigma"][0])
+    sigma_tag = f"ini_sigma={sigma:g}" if sigma != THREEDGR_CT["ini_sigma"][0] else ""
+
+    def renamed(name: str) -> str:
+        tags = " ".join(t for t in (tag, sigma_tag if name.startswith("3dgr-ct") else "") if t)
+        return f"{name} [{tags}]" if tags else name
+
+    result["runs"] = {renamed(k): v for k, v in result["runs"].items()}
     return result
 
 

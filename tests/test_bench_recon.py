@@ -378,3 +378,13 @@ def test_curve_panels_name_the_scan():
     exact = {**base, "photons": 0.0, "simulated_on": bench_recon.SIMULATED_ON["same"]}
     assert curves.panel_title(exact) == "parallel, 90 views, seed 1000, no noise, simulated on the reconstruction grid"
     assert curves.on_own_grid(exact) and not curves.on_own_grid({k: v for k, v in base.items() if k != "simulated_on"})
+
+
+def test_name_by_settings_names_the_3dgr_scale_rule():
+    """``--name-by-settings`` names a 3DGR-CT start run with another scale rule, and only the 3DGR-CT starts."""
+    result = {"set": {}, "ini_sigma_3dgr": 0.6, "runs": {"3dgr-ct-grow": 1, "3dgr-ct": 2, "medgmae-grow": 3}}
+    assert list(recon_summary._named_by_settings(result)["runs"]) == ["3dgr-ct-grow [ini_sigma=0.6]", "3dgr-ct [ini_sigma=0.6]", "medgmae-grow"]
+    both = {"set": {"tv_weight": 0.001}, "ini_sigma_3dgr": 0.6, "runs": {"3dgr-ct": 1, "toolkit": 2}}
+    assert list(recon_summary._named_by_settings(both)["runs"]) == ["3dgr-ct [tv_weight=0.001 ini_sigma=0.6]", "toolkit [tv_weight=0.001]"]
+    published = {"set": {}, "ini_sigma_3dgr": 0.15, "runs": {"3dgr-ct": 1}}
+    assert list(recon_summary._named_by_settings(published)["runs"]) == ["3dgr-ct"]
