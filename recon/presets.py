@@ -9,7 +9,10 @@ its initialisation is :func:`recon.init_3dgr.init_3dgr_ct`. How the numbers are 
   lengths of this preset are in units of the largest volume side (``length_unit="volume"``: the same frame for a
   cubic volume; 3DGR-CT normalises each axis separately, which stretches its Gaussians along the short axes of a
   non-cubic volume, here they stay isotropic in voxels), and intensities in units of the FBP's maximum
-  (``value_scale``), so thresholds such as ``min_intensity = 1e-4`` mean what they mean there.
+  (``value_scale``), so thresholds such as ``min_intensity = 1e-4`` mean what they mean there. Its initial scales
+  follow the volume too: on 64-voxel slices most are below a voxel, 4x smaller than on its 256-voxel ones, and the
+  start then stays below FBP on most scans under either preset (bench/RESULTS.md, "One optimiser for both sparse
+  starts").
 * The loss is the plain MSE of the projections (``loss="mse"``, as ``torch.nn.functional.mse_loss``); the
   gradient threshold ``max_grad = 1e-5`` applies to the positional gradient in the normalised frame. Its effect
   still depends on the projections' scale (3DGR-CT: 80 x 256 x 256 voxels of 1.4 mm, 20 cone-beam views).
