@@ -11,7 +11,8 @@
      ``toolkit-fit``, the toolkit start with each Gaussian's intensity fitted to the FBP (``--fit-iterations`` steps of
      ``recon.initialisation.fit_intensities``) [toolkit], only when ``--only`` names it (as the other ``*-fit`` starts);
    * ``3dgr-ct``: 3DGR-CT's own initialisation [3dgr-ct], at its published density (50k Gaussians per
-     80 x 256 x 256 voxels) unless ``--num-gaussians-3dgr`` (``--ini-sigma-3dgr``: its scale rule); ``3dgr-ct-grow``, the same Gaussians (one least-squares intensity gain, as every toolkit start) grown like
+     80 x 256 x 256 voxels) unless ``--num-gaussians-3dgr`` (``--ini-sigma-3dgr``: its scale rule);
+     ``3dgr-ct-grow``, the same Gaussians (one least-squares intensity gain, as every toolkit start) grown like
      ``medgmae-grow`` below [toolkit], only when ``--only`` names it (the two sparse starts under one optimiser);
    * with ``--compare-medgmae``: ``medgmae``, the zero-shot Gaussians as decoded [toolkit]; ``medgmae-dense``, the
      same subdivided to that budget (``recon.initialisation.subdivide_gaussians``) [toolkit];
@@ -117,7 +118,7 @@ def fbp_baselines(proj, geom: CTGeometry, vol, args) -> tuple[torch.Tensor, dict
     return rec_fbp, out
 
 
-#: starts run only when ``--only`` names them (the intensity-fit experiment and the grown 3DGR-CT start of bench/RESULTS.md)
+#: starts run only when ``--only`` names them (bench/RESULTS.md: the intensity-fit experiment, the grown 3DGR-CT start)
 ON_REQUEST = ("toolkit-fit", "medgmae-fit", "medgmae-fit-3dgr", "3dgr-ct-grow")
 
 
@@ -146,8 +147,10 @@ def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, di
     # 3DGR-CT's start under the toolkit optimiser, grown like the zero-shot start (medgmae-grow): the two sparse
     # starts compared under one optimiser, where both reach the FBP level. Its intensities get the least-squares
     # gain against the FBP that every start of the toolkit optimiser gets (3DGR-CT's 0.25 x FBP suits its sigmoid)
-    grow_3dgr = lambda: calibrate_intensities(init_3dgr_ct(rec_fbp, k_3dgr, ini_sigma=args.ini_sigma_3dgr)[0], rec_fbp)  # noqa: E731
-    inits["3dgr-ct-grow"] = (lambda: (grow_3dgr(), None), "toolkit")
+    inits["3dgr-ct-grow"] = (
+        lambda: (calibrate_intensities(init_3dgr_ct(rec_fbp, k_3dgr, ini_sigma=args.ini_sigma_3dgr)[0], rec_fbp), None),
+        "toolkit",
+    )
     overrides["3dgr-ct-grow"] = sparse_start_growth(args.num_gaussians)
     if not args.compare_medgmae:
         return inits, overrides
