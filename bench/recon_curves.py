@@ -32,10 +32,17 @@ def panel_title(result: dict) -> str:
     return title
 
 
+def start_of(name: str) -> str:
+    """The start a run's name is built on: ``3dgr-ct-grow [ini_sigma=0.6]`` and ``medgmae-grow (e150)`` -> the
+    name before the first bracket (``bench/recon_summary.py``'s ``--name-by-settings`` / ``--name-by-model``)."""
+    return name.split(" [")[0].split(" (")[0]
+
+
 def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
     """PSNR against iteration for every initialisation, with the FBP level, as a PNG (PIL only); with
     ``x_axis="seconds"`` against the measured seconds (``curve_seconds``: start plus optimisation, evaluations
-    excluded; runs without them are left out)."""
+    excluded; runs without them are left out). A run takes its start's colour (:func:`start_of`) unless another run
+    of the panel shares that start; the others take :data:`OTHER_COLOURS` in order."""
     from PIL import Image, ImageDraw
 
     from medgmae.files import atomic_write
@@ -63,10 +70,12 @@ def plot_curves(result: dict, path: str, x_axis: str = "iteration") -> None:
     d.rectangle((m, m, w - m, h - m), outline=(0, 0, 0))
     d.line([(m, sy(fbp_psnr)), (w - m, sy(fbp_psnr))], fill=(0, 0, 0), width=1)
     d.text((w - m - 120, sy(fbp_psnr) - 14), f"best FBP {fbp_psnr:.1f} dB", fill=(0, 0, 0))
-    free = [c for c in OTHER_COLOURS if c not in {colours[n] for n in runs if n in colours}]
-    unnamed = [n for n in runs if n not in colours]
+    bases = [start_of(n) for n in runs]
+    named = {n: colours[b] for n, b in zip(runs, bases) if b in colours and bases.count(b) == 1}
+    free = [c for c in OTHER_COLOURS if c not in named.values()]
+    unnamed = [n for n in runs if n not in named]
     for k, (name, r) in enumerate(runs.items()):
-        c = colours.get(name) or free[unnamed.index(name) % len(free)]
+        c = named.get(name) or free[unnamed.index(name) % len(free)]
         line = [(sx(x), sy(p)) for x, p in series(r)]
         if len(line) > 1:
             d.line(line, fill=c, width=2)

@@ -388,3 +388,23 @@ def test_name_by_settings_names_the_3dgr_scale_rule():
     assert list(recon_summary._named_by_settings(both)["runs"]) == ["3dgr-ct [tv_weight=0.001 ini_sigma=0.6]", "toolkit [tv_weight=0.001]"]
     published = {"set": {}, "ini_sigma_3dgr": 0.15, "runs": {"3dgr-ct": 1}}
     assert list(recon_summary._named_by_settings(published)["runs"]) == ["3dgr-ct"]
+
+
+def test_curve_colours_follow_the_start_unless_two_runs_share_it(tmp_path):
+    """A renamed run (``--name-by-settings``) is drawn in its start's colour; two runs of one start get colours
+    of their own (read back from the PNG's pixels)."""
+    from PIL import Image
+
+    curves = _load("recon_curves")
+    assert curves.start_of("3dgr-ct-grow [ini_sigma=0.6]") == curves.start_of("3dgr-ct-grow (x)") == "3dgr-ct-grow"
+    flat = lambda v: {"curve": [[0, v], [10, v]], "curve_seconds": [0.0, 1.0]}  # noqa: E731
+    base = {"geometry": "cone", "views": 20, "phantom_seed": 1, "photons": 1e5, "best_fbp_psnr": 20.0}
+    pink, green = (240, 80, 160), (30, 150, 60)
+    one = {**base, "runs": {"3dgr-ct-grow [ini_sigma=0.6]": flat(15.0), "medgmae-grow": flat(25.0)}}
+    curves.plot_curves(one, str(tmp_path / "one.png"))
+    colours = {c for _, c in Image.open(tmp_path / "one.png").convert("RGB").getcolors(1 << 20)}
+    assert pink in colours and (150, 0, 150) in colours
+    two = {**base, "runs": {"3dgr-ct": flat(15.0), "3dgr-ct [ini_sigma=0.6]": flat(25.0)}}
+    curves.plot_curves(two, str(tmp_path / "two.png"))
+    colours = {c for _, c in Image.open(tmp_path / "two.png").convert("RGB").getcolors(1 << 20)}
+    assert green not in colours and curves.OTHER_COLOURS[0] in colours and curves.OTHER_COLOURS[1] in colours
