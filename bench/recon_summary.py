@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--starts", nargs="+", default=None, metavar="NAME",
                    help="show only the starts whose names begin with one of these (e.g. toolkit medgmae-grow)")
     p.add_argument("--versus", nargs="+", default=list(VERSUS), metavar="NAME",
-                   help="the starts of the comparison columns (default: 3dgr-ct toolkit)")
+                   help=f"the starts of the comparison columns (default: {' '.join(VERSUS)})")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     cases = load_cases(args.results, args.name_by_model, args.name_by_settings)

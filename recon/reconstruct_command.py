@@ -38,12 +38,11 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
         init = fbp_init(fbp_t, k, seed=args.seed)
     elif init_settings["init"] == "3dgr-ct":
         kw = {n: init_settings[n] for n in ("start", "air_threshold", "ini_intensity", "ini_sigma", "neighbour_kernel", "intensity_offset")}
-        init, value_scale = init_3dgr_ct(fbp_t, k, **kw)
-        if args.preset == "3dgr-ct":
-            return init, value_scale
+        init = init_3dgr_ct(fbp_t, k, **kw)[0]
         # its 0.25 x FBP intensities suit 3DGR-CT's sigmoid; the toolkit's linear intensities start, as every other
         # start of the toolkit preset, from one least-squares gain against the FBP
-        return calibrate_intensities(init, fbp_t), None
+        if args.preset == "toolkit":
+            init = calibrate_intensities(init, fbp_t)
     else:
         init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
     if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images
