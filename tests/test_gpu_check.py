@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 
@@ -24,6 +26,7 @@ def _module():
     return mod
 
 
+@pytest.mark.triton_interpreter  # the dry run renders with the Triton backend through the interpreter
 def test_dry_run_reports_every_part(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])

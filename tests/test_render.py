@@ -322,7 +322,7 @@ def test_torch_path_rejects_unknown_path():
             pass
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton_interpreter)])
 def test_bf16_under_autocast_computes_in_float32(backend):
     # triton runs on CUDA where there is one, else on the CPU through the interpreter (see conftest.py)
     device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"

@@ -31,6 +31,10 @@ __all__ = ["TILE", "bin_pairs"]
 #: Edge of the cubic voxel tiles (``TILE^3`` voxels per program).
 TILE = 8
 _INT32_MAX = 2**31 - 1
+#: Every kernel of the renderer is compiled with floating-point contraction (a * b + c as one FMA) named
+#: explicitly: Triton 3.9 warns when it is left to its default, whose value changes to off in Triton 3.10. On is
+#: what the precision argument of :mod:`medgmae.render._triton_kernels` and ``bench/triton_aot.py`` assume.
+FP_FUSION = True
 
 
 @triton.jit
@@ -166,6 +170,7 @@ def bin_pairs(
         float(cutoff) * (1.0 + 1e-3) + 1e-3,
         TILE=tile,
         BLOCK=256,
+        enable_fp_fusion=FP_FUSION,
     )
     keys, order = torch.sort(keys, stable=True)
     gids = gids[order]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from medgmae.render._torch_impl import _tile_grid
-from medgmae.render._triton_binning import TILE, bin_pairs
+from medgmae.render._triton_binning import FP_FUSION, TILE, bin_pairs
 from medgmae.render._triton_kernels import _backward_kernel, _forward_kernel
 
 __all__ = ["TILE", "bin_pairs", "render_triton"]
@@ -40,9 +40,10 @@ def _launch_config(n_pairs: int, n_keys: int, tile: int) -> tuple[tuple[int, int
     """``(BLOCK_V, BLOCK_G, num_warps)`` for the forward and the backward kernel.
 
     Wide Gaussian chunks when tiles hold many Gaussians (dense regime), narrow ones when they hold few (sparse). The
-    choices keep every kernel free of register spills on sm_80 and sm_90 (checked with ``ptxas -v`` on
-    ahead-of-time compilations): at most ~160 registers per thread in the dense backward, whose chunk of 64
-    Gaussians fills one warpgroup's 64-row tensor-core tile.
+    choices keep every kernel free of register spills on sm_80 and sm_90 with Triton 3.6 to 3.9
+    (``bench/triton_aot.py`` compiles them ahead of time and reads the machine code; ``tests/test_triton_aot.py``):
+    168-182 registers per thread in the dense backward, whose chunk of 64 Gaussians fills one warpgroup's 64-row
+    tensor-core tile, 82-128 elsewhere.
     """
     per_tile = n_pairs / max(n_keys, 1)
     bv = min(tile**3, 128)
@@ -76,7 +77,7 @@ class _RenderTriton(torch.autograd.Function):
             _forward_kernel[(b * n_tiles,)](
                 m32, c32, i32, gids, tile_start, out,
                 n_tiles, nt[1], nt[2], d, h, w, thr,
-                TILE=tile, BLOCK_V=cfg_fwd[0], BLOCK_G=cfg_fwd[1], num_warps=cfg_fwd[2],
+                TILE=tile, BLOCK_V=cfg_fwd[0], BLOCK_G=cfg_fwd[1], num_warps=cfg_fwd[2], enable_fp_fusion=FP_FUSION,
             )  # fmt: skip
         ctx.save_for_backward(m32, c32, i32, gids, tile_start)
         ctx.meta = (shape, cutoff, tile, cfg_bwd, n_tiles, nt, (means.dtype, conics.dtype, intensities.dtype))
@@ -97,7 +98,7 @@ class _RenderTriton(torch.autograd.Function):
                 _backward_kernel[(b * n_tiles,)](
                     m32, c32, i32, gids, tile_start, go, g_means, g_conics, g_inten,
                     n_tiles, nt[1], nt[2], d, h, w, -0.5 * _LOG2E * cutoff * cutoff,
-                    TILE=tile, BLOCK_V=cfg_bwd[0], BLOCK_G=cfg_bwd[1], num_warps=cfg_bwd[2],
+                    TILE=tile, BLOCK_V=cfg_bwd[0], BLOCK_G=cfg_bwd[1], num_warps=cfg_bwd[2], enable_fp_fusion=FP_FUSION,
                 )  # fmt: skip
         return (
             g_means.to(m_dtype) if ctx.needs_input_grad[0] else None,

@@ -47,11 +47,12 @@ float64 oracle with TF32-truncated products (interpreter; the draws of ``tests/t
 of 0.06-0.3 voxel): worst relative weight error 2.9e-6 over 24 draws on 8^3 tiles (the previous scheme: 1.5e-4),
 6.0e-5 on 16^3 tiles (previously 5.9e-4), whose bound is ~20x larger. The error scales as ``1 / scale^2``, so
 Gaussians of a voxel or more are accurate to ~1e-7. The price: the float64 coefficients and the slicing, per
-Gaussian and voxel block in the forward (an estimate from the code: one or two float64 operations per
-Gaussian-voxel pair; not yet timed on a GPU) and per Gaussian chunk in the backward; the three chained TF32
-products per pair are as before (the previous scheme rounded ``C`` in float32, sliced each coefficient relative to
-its own size and accumulated the smallest slice first). The AOT test checks that the grid rounding survives
-compilation (two exact FMAs with ``+-12288 * 2^k``).
+Gaussian and voxel block in the forward (in the compiled code, 24 float64 instructions per thread and chunk, i.e.
+1.5 per Gaussian-voxel pair at the launch shapes used: ``bench/triton_aot.py``; not yet timed on a GPU) and per
+Gaussian chunk in the backward; the three chained TF32 products per pair are as before (the previous scheme
+rounded ``C`` in float32, sliced each coefficient relative to its own size and accumulated the smallest slice
+first). ``bench/triton_aot.py`` (and its test) checks that the grid rounding survives compilation (two exact FMAs
+with ``+-12288 * 2^k``).
 
 **Backward** (``_backward_kernel``, one program per ``(batch, tile)``). For each chunk of ``BLOCK_G`` Gaussians
 it walks the tile in blocks of ``BLOCK_V`` voxels, recomputing the weights with the same sliced product (the
