@@ -19,7 +19,8 @@ part cut off by its budget keeps what it finished; the dry run runs the parts in
    CUDA extension has been built in the background from the start).
 2. ``render``: the cases of ``bench/render.py`` with both backends (CUDA events, warm-up, median), the
    triton/torch ratios, the ratio to the exp-throughput floor (``bench/RESULTS.md``), and the agreement of the
-   triton backend's forward and gradients with the torch backend's.
+   triton backend's forward and gradients with the torch backend's; then, with the time left, other launch shapes
+   of the Triton kernels on the dense B=8, K=2048 case (``bench/render_launch.py``).
 3. ``pretrain``: base model, batch 8, K in {512, 2048}, 96^3, bf16 autocast, Triton renderer, against the
    voxel-MAE (``bench/pretrain.py``): step time, renderer share, volumes/s.
 4. ``recon``: seconds per iteration of the Gaussian reconstruction of 256 x 256 x 80 from 120 cone-beam views

@@ -146,6 +146,28 @@ def part_render(rec: Recorder, dry: bool) -> None:
             )
 
         _guard(rec, f"{case.name} B={case.batch} K={case.k} {case.size}^3", measure)
+    _guard(rec, "launch shapes (dense)", lambda: _launch_sweep(rec, dry, device, timer))
+
+
+def _launch_sweep(rec: Recorder, dry: bool, device, timer) -> None:
+    """Other launch shapes of the Triton kernels on the dense target case (``bench/render_launch.py``), with the
+    time the part has left (on the dry run: the chosen shapes and one other, through the interpreter)."""
+    from bench import render as br
+    from bench import render_launch as bl
+
+    case = br.Case("dense", 1, 4, 8, 1.6, 2.4) if dry else next(c for c in br.make_cases(False, "dense") if c.k == 2048)
+
+    def add(row: dict) -> None:
+        agree = row["max rel diff fwd"] <= 1e-4 and row["max rel diff grads"] <= 2e-3
+        rec.add(f"launch fwd {row['fwd shape']} bwd {row['bwd shape']}, {row['case']}", "ok" if agree else "mismatch",
+                f"fwd {row['fwd ms']:.3g} ms (x{row['fwd / chosen']:.2f} the chosen shapes), fwd+bwd "
+                f"{row['fwd+bwd ms']:.3g} ms (x{row['fwd+bwd / chosen']:.2f}); max rel diff from the chosen fwd "
+                f"{row['max rel diff fwd']:.1e}, grads {row['max rel diff grads']:.1e}", launch_row=row)  # fmt: skip
+
+    rows = bl.sweep(case, "dense", device, timer, repeats=2 if dry else 10, budget=0.01 if dry else 0.5,
+                    on_row=add, time_left=lambda: rec.left() - 8, limit=2 if dry else None)  # fmt: skip
+    if not rows:
+        rec.add("launch shapes (dense)", "skipped", "too little of the part's time budget left")
 
 
 def part_pretrain(rec: Recorder, dry: bool) -> None:

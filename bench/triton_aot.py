@@ -19,6 +19,7 @@ separate folder and put first on ``PYTHONPATH``::
 
     python bench/triton_aot.py --arch 80 90 --out triton_aot.md
     PYTHONPATH=/tmp/triton36 python bench/triton_aot.py --arch 90
+    python bench/triton_aot.py --arch 90 --candidates   # the shapes bench/render_launch.py times on a GPU
 
 Prints a markdown table, and the rows as JSON on the last line (``tests/test_render_triton.py`` reads them). These
 are static facts of the compiled code, not timings: what runs fast is measured on a GPU (``bench/gpu_check.py``).
@@ -132,17 +133,35 @@ def compile_kernel(name: str, fn, constexprs: dict, num_warps: int, arch: int, w
     return row
 
 
-def compile_all(archs: list[int]) -> list[dict]:
-    """Every kernel at every regime's launch shape, for each architecture."""
+def launch_shapes(candidates: bool) -> list[tuple[str, tuple[int, int, int]]]:
+    """``(kernel name, (BLOCK_V, BLOCK_G, num_warps))``: the shapes ``_launch_config`` picks in each regime and, with
+    ``candidates``, every other shape ``bench/render_launch.py`` times (each once, named by regime and shape)."""
+    shapes = []
+    for regime, per_tile in REGIMES.items():
+        fwd, bwd = TI._launch_config(per_tile * 1000, 1000, TILE)
+        shapes += [(f"fwd_{regime}", fwd), (f"bwd_{regime}", bwd)]
+    if candidates:
+        from bench.render_launch import CANDIDATES
+
+        seen = {(name[:3], shape) for name, shape in shapes}
+        for regime, pairs in CANDIDATES.items():
+            for kind, shape in (kv for pair in pairs for kv in zip(("fwd", "bwd"), pair)):
+                if (kind, shape) not in seen:
+                    seen.add((kind, shape))
+                    shapes.append((f"{kind}_{regime}_" + "x".join(map(str, shape)), shape))
+    return shapes
+
+
+def compile_all(archs: list[int], candidates: bool = False) -> list[dict]:
+    """The pair emission and the forward and backward at each launch shape (:func:`launch_shapes`), per architecture."""
     rows = []
+    kernels = {"fwd": TK._forward_kernel, "bwd": TK._backward_kernel}
     with tempfile.TemporaryDirectory() as workdir:
         for arch in archs:
             rows.append(compile_kernel("emit", TB._emit_pairs_kernel, {"TILE": TILE, "BLOCK": 256}, 4, arch, workdir))
-            for regime, per_tile in REGIMES.items():
-                fwd, bwd = TI._launch_config(per_tile * 1000, 1000, TILE)
-                for name, fn, (bv, bg, warps) in (("fwd", TK._forward_kernel, fwd), ("bwd", TK._backward_kernel, bwd)):
-                    cx = {"TILE": TILE, "BLOCK_V": bv, "BLOCK_G": bg}
-                    rows.append(compile_kernel(f"{name}_{regime}", fn, cx, warps, arch, workdir))
+            for name, (bv, bg, warps) in launch_shapes(candidates):
+                cx = {"TILE": TILE, "BLOCK_V": bv, "BLOCK_G": bg}
+                rows.append(compile_kernel(name, kernels[name[:3]], cx, warps, arch, workdir))
     return rows
 
 
@@ -165,11 +184,13 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities, e.g. 80 90")
+    p.add_argument("--candidates", action="store_true",
+                   help="also the other launch shapes bench/render_launch.py times")
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     args = p.parse_args(argv)
     if any(a < 75 for a in args.arch):
         p.error(f"--arch: Triton targets compute capability 75 and above, got {args.arch}")
-    rows = compile_all(args.arch)
+    rows = compile_all(args.arch, args.candidates)
     head = f"Triton {triton.__version__}, cuobjdump {'found' if _tool('cuobjdump') else 'missing'}; 8^3 tiles"
     text = head + "\n\n" + table(rows)
     print(text)

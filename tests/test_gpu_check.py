@@ -43,10 +43,14 @@ def test_dry_run_reports_every_part(tmp_path):
     assert [r["item"] for r in rows if r["status"] == "skipped"] == [
         next(r["item"] for r in rows if r["part"] == "recon" and r["item"].startswith("astra"))
     ]
-    assert sum(r["part"] == "render" for r in rows) == 2 and all("(part)" != r["item"] for r in rows)
+    render = [r for r in rows if r["part"] == "render" and not r["item"].startswith("launch")]
+    assert len(render) == 2 and all("(part)" != r["item"] for r in rows)
     # the triton backend agrees with the torch one even through the interpreter
-    for r in (r for r in rows if r["part"] == "render"):
+    for r in render:
         assert r["fwd_rel_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-3
+    # the launch-shape sweep ran: the chosen shapes and one other, the same volume and gradients
+    launch = [r for r in rows if r["item"].startswith("launch fwd")]
+    assert len(launch) == 2 and launch[0]["launch_row"]["fwd+bwd / chosen"] == 1.0
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| part | item | status | result |" in table and data["info"]["dry_run"] is True
     assert all(f"| {p} |" in table for p in mod.PARTS)
