@@ -24,6 +24,7 @@ HEADROOM = 160 * 2**20  # address space allowed beyond what the imports took
 LAUNCHER = """
 import resource, runpy, sys
 import torch, monai, ignite, nibabel, SimpleITK, medgmae.mae_training, medgmae.data  # noqa: F401  (the heavy imports)
+import torch._dynamo  # noqa: F401  (code, not data: some torch versions import it lazily when the optimiser is built)
 vm = [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize")][0]
 limit = vm + int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
