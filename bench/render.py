@@ -303,26 +303,30 @@ def main(argv=None) -> int:
     for case in make_cases(args.quick, args.cases):
         print(f"{case.name} B={case.batch} K={case.k} {case.size}^3", file=sys.stderr, flush=True)
         rows += bench_case(case, args.backend_list, device, args, timer, exp_rate)
-    if argv is None:
-        cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    else:
-        cmd = f"main({argv!r})"
-    header = [
-        f"date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"device: {dev_desc}",
-        f"torch {torch.__version__}, cutoff {args.cutoff}, command: `{cmd}`",
-    ]
+    header = [f"device: {dev_desc}", f"torch {torch.__version__}, cutoff {args.cutoff}, command: `{command_line(argv)}`"]
     if exp_rate:
         header.append(
             f"floor: in-cutoff pairs / ({EXP_PER_CLK_PER_SM} exp/clk/SM x SMs x clock = {exp_rate / 1e12:.2f} Texp/s);"
             " x2 for fwd+bwd"
         )
+    report(header, rows, args.out)
+    return 0
+
+
+def command_line(argv) -> str:
+    """How the benchmark was called, for its report."""
+    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]) if argv is None else f"main({argv!r})"
+
+
+def report(header: list[str], rows: list[dict], out: str | os.PathLike | None) -> str:
+    """Print the date, ``header`` lines and the table of ``rows``; also write them to ``out`` (atomically)."""
+    header = [f"date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", *header]
     text = "\n".join(f"- {h}" for h in header) + "\n\n" + markdown_table(rows) + "\n"
     print(text)
-    if args.out:
-        with atomic_write(args.out) as tmp:
+    if out:
+        with atomic_write(out) as tmp:
             tmp.write_text(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import torch  # noqa: E402
 
 import medgmae.render._triton_impl as _triton_impl  # noqa: E402
 from bench import render as br  # noqa: E402
-from medgmae.files import atomic_write  # noqa: E402
 from medgmae.render import render_volume  # noqa: E402
 
 Shape = tuple[int, int, int]  # (BLOCK_V, BLOCK_G, num_warps)
@@ -122,11 +121,8 @@ def main(argv=None) -> int:
         p.error(f"--k: no {args.case} case of bench/render.py has K = {k}")
     device = torch.device("cuda")
     rows = sweep(case, args.case, device, br.Timer(device), args.repeats, args.budget)
-    text = f"- device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}\n\n{br.markdown_table(rows)}\n"
-    print(text)
-    if args.out:
-        with atomic_write(args.out) as tmp:
-            tmp.write_text(text)
+    device_line = f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    br.report([device_line, f"command: `{br.command_line(argv)}`"], rows, args.out)
     return 0
 
 
