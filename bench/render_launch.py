@@ -43,8 +43,8 @@ CANDIDATES: dict[str, list[tuple[Shape, Shape]]] = {
         ((128, 16, 4), (32, 16, 2)), ((128, 16, 4), (64, 16, 2)), ((128, 16, 4), (64, 32, 4)),
     ],
 }  # fmt: skip
-#: Gaussians per tile that put ``_launch_config`` in each regime (as ``bench/triton_aot.py``)
-REGIME_PER_TILE = {"dense": 100, "sparse": 1}
+#: Gaussians per tile that put ``_launch_config`` in each of its regimes (also read by ``bench/triton_aot.py``)
+REGIME_PER_TILE = {"dense": 100, "medium": 30, "sparse": 1}
 
 
 def chosen(regime: str, tile: int = 8) -> tuple[Shape, Shape]:

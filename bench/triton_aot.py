@@ -44,8 +44,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import medgmae.render._triton_binning as TB  # noqa: E402
-import medgmae.render._triton_impl as TI  # noqa: E402
 import medgmae.render._triton_kernels as TK  # noqa: E402
+from bench.render_launch import CANDIDATES, REGIME_PER_TILE, chosen  # noqa: E402
 
 _COMMON = {"N_TILES": "i32", "NT_H": "i32", "NT_W": "i32", "D": "i32", "H": "i32", "W": "i32", "thr": "fp32"}
 _CONSTS = {"TILE": "constexpr", "BLOCK_V": "constexpr", "BLOCK_G": "constexpr"}
@@ -60,8 +60,6 @@ SIGNATURES = {
     "bwd": {**_GAUSSIANS, "grad_out_ptr": "*fp32", "g_means_ptr": "*fp32", "g_conics_ptr": "*fp32",
             "g_inten_ptr": "*fp32", **_COMMON, **_CONSTS},
 }  # fmt: skip
-#: Gaussians per tile that put ``_launch_config`` in each of its regimes
-REGIMES = {"dense": 100, "medium": 30, "sparse": 1}
 TILE = 8
 #: per multiprocessor: shared memory a kernel can use (bytes), from NVIDIA's CUDA C++ programming guide
 #: (compute capability table); both have 65,536 registers, at most 64 resident warps and 32 blocks
@@ -137,12 +135,10 @@ def launch_shapes(candidates: bool) -> list[tuple[str, tuple[int, int, int]]]:
     """``(kernel name, (BLOCK_V, BLOCK_G, num_warps))``: the shapes ``_launch_config`` picks in each regime and, with
     ``candidates``, every other shape ``bench/render_launch.py`` times (each once, named by regime and shape)."""
     shapes = []
-    for regime, per_tile in REGIMES.items():
-        fwd, bwd = TI._launch_config(per_tile * 1000, 1000, TILE)
+    for regime in REGIME_PER_TILE:
+        fwd, bwd = chosen(regime, TILE)
         shapes += [(f"fwd_{regime}", fwd), (f"bwd_{regime}", bwd)]
     if candidates:
-        from bench.render_launch import CANDIDATES
-
         seen = {(name[:3], shape) for name, shape in shapes}
         for regime, pairs in CANDIDATES.items():
             for kind, shape in (kv for pair in pairs for kv in zip(("fwd", "bwd"), pair)):
