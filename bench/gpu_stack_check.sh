@@ -40,7 +40,7 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, print ok / failed
 install_stack() {
     rm -rf "$VENV" && python3 -m venv "$VENV" && source "$VENV/bin/activate" \
         && pip install "torch==$TORCH" "$NUMPY" \
-        && pip install -e ".[test]" \
+        && pip install -e ".[test]" "torch==$TORCH" \
         && pip install --no-deps ninja "nvidia-cuda-nvcc==$CUDA.*" "nvidia-cuda-cccl==$CUDA.*" \
             "nvidia-nvvm==$CUDA.*" "nvidia-cuda-crt==$CUDA.*"
 }
