@@ -16,15 +16,16 @@ case "${1:-}" in
   *) echo "usage: bash scripts/setup.sh [--test]" >&2; exit 2 ;;
 esac
 
+TORCH_SPEC="torch>=2.8"  # as pyproject.toml: the oldest PyTorch the test suite has passed on
 if "$PY" -c "import torch" 2>/dev/null; then
   echo "[setup] PyTorch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "[setup] NVIDIA GPU found: installing PyTorch with CUDA"
-  "$PY" -m pip install "torch>=2.4"
+  "$PY" -m pip install "$TORCH_SPEC"
 else
   echo "[setup] no GPU found: installing the CPU build of PyTorch"
-  "$PY" -m pip install --no-index --no-deps "torch>=2.4" 2>/dev/null \
-    || "$PY" -m pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"
+  "$PY" -m pip install --no-index --no-deps "$TORCH_SPEC" 2>/dev/null \
+    || "$PY" -m pip install --index-url https://download.pytorch.org/whl/cpu "$TORCH_SPEC"
 fi
 "$PY" -m pip install -e ".${extra}"
 echo "[setup] done"

@@ -21,9 +21,9 @@ def triton_interpreter_problem() -> str | None:
     """Why Triton's interpreter cannot run the renderer's kernels on this machine, or ``None`` (also where the
     kernels are compiled rather than interpreted).
 
-    Triton 3.6's interpreter (the Triton of PyTorch 2.11) turns a loop bound loaded from memory into a Python int
-    with ``int()`` of a one-element array, which NumPy 2.4 and later refuse; later Triton releases extract the
-    element first. A tiny kernel with such a loop tells, whatever the versions.
+    The interpreters of Triton 3.6 and older (PyTorch 2.11 and older) turn a loop bound loaded from memory into a
+    Python int with ``int()`` of a one-element array, which NumPy 2.4 and later refuse; later Triton releases
+    extract the element first. A tiny kernel with such a loop tells, whatever the versions.
     """
     if os.environ.get("TRITON_INTERPRET") != "1":
         return None
