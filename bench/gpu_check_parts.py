@@ -98,17 +98,12 @@ def _render_agreement(gs, shape) -> tuple[float, float]:
     """Max |triton - torch| over max |torch| of the forward, and the worst such ratio over the four gradients."""
     import torch
 
-    from medgmae.render import render_volume
+    from bench.render import max_rel_diff, render_with_grads
 
-    res = {}
-    for backend in ("torch", "triton"):
-        xs = [t.clone().requires_grad_() for t in gs]
-        out = render_volume(*xs, shape, cutoff=3.0, backend=backend)
-        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.device)
-        res[backend] = (out.detach(), torch.autograd.grad((out * w).sum(), xs))
-    rel = lambda a, b: float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))  # noqa: E731
-    fwd = rel(res["triton"][0], res["torch"][0])
-    grad = max(rel(a, b) for a, b in zip(res["triton"][1], res["torch"][1]))
+    w = torch.randn((gs[0].shape[0], *shape), generator=torch.Generator().manual_seed(0)).to(gs[0].device)
+    res = {backend: render_with_grads(gs, shape, 3.0, w, backend) for backend in ("torch", "triton")}
+    fwd = max_rel_diff(res["triton"][0], res["torch"][0])
+    grad = max(max_rel_diff(a, b) for a, b in zip(res["triton"][1], res["torch"][1]))
     return fwd, grad
 
 

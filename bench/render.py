@@ -218,6 +218,19 @@ def bench_case(case: Case, backends, device, args, timer: Timer, exp_rate: float
     return rows
 
 
+def render_with_grads(gs, shape, cutoff: float, weight: torch.Tensor, backend: str):
+    """The volume of Gaussians ``gs`` (means, scales, quats, intensities) and the gradients of ``sum(volume *
+    weight)`` with respect to each of the four."""
+    xs = [t.clone().requires_grad_() for t in gs]
+    out = render_volume(*xs, shape, cutoff=cutoff, backend=backend)
+    return out.detach(), torch.autograd.grad((out * weight).sum(), xs)
+
+
+def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |a - b|`` over ``max |b|``."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):

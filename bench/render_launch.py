@@ -47,7 +47,7 @@ CANDIDATES: dict[str, list[tuple[Shape, Shape]]] = {
 REGIME_PER_TILE = {"dense": 100, "medium": 30, "sparse": 1}
 
 
-def chosen(regime: str, tile: int = 8) -> tuple[Shape, Shape]:
+def chosen(regime: str, tile: int = _triton_impl.TILE) -> tuple[Shape, Shape]:
     """The shapes ``_launch_config`` picks in ``regime``."""
     return _triton_impl._launch_config(REGIME_PER_TILE[regime] * 1000, 1000, tile)
 
@@ -68,12 +68,6 @@ def launch_shapes(fwd: Shape, bwd: Shape):
         _triton_impl._launch_config = original
 
 
-def _render_with_grads(gs, shape, cutoff: float, weight: torch.Tensor):
-    xs = [t.clone().requires_grad_() for t in gs]
-    out = render_volume(*xs, shape, cutoff=cutoff, backend="triton")
-    return out.detach(), torch.autograd.grad((out * weight).sum(), xs)
-
-
 def sweep(case: br.Case, regime: str, device, timer: br.Timer, repeats: int, budget: float, cutoff: float = 3.0,
           on_row=None, time_left=lambda: float("inf"), limit: int | None = None) -> list[dict]:  # fmt: skip
     """Time the shapes of ``regime`` on ``case`` (the chosen ones first; the first ``limit``); ``on_row(row)`` after
@@ -86,18 +80,18 @@ def sweep(case: br.Case, regime: str, device, timer: br.Timer, repeats: int, bud
         if time_left() <= 0:
             break
         with launch_shapes(fwd, bwd):
-            out, grads = _render_with_grads(gs, shape, cutoff, weight)
+            out, grads = br.render_with_grads(gs, shape, cutoff, weight, "triton")
             leaves = [t.clone().requires_grad_() for t in gs]
             t_f = timer(lambda: render_volume(*leaves, shape, cutoff=cutoff, backend="triton"), repeats, budget)
             t_fb = timer(lambda: torch.autograd.backward(
                 render_volume(*leaves, shape, cutoff=cutoff, backend="triton"), weight), repeats, budget)  # fmt: skip
         ref = ref or (out, grads, t_f, t_fb)
-        rel = lambda a, b: float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))  # noqa: E731
         row = {
             "case": f"{case.name} B={case.batch} K={case.k} {case.size}^3", "fwd shape": "x".join(map(str, fwd)),
             "bwd shape": "x".join(map(str, bwd)), "fwd ms": t_f * 1e3, "fwd+bwd ms": t_fb * 1e3,
             "fwd / chosen": t_f / ref[2], "fwd+bwd / chosen": t_fb / ref[3],
-            "max rel diff fwd": rel(out, ref[0]), "max rel diff grads": max(rel(a, b) for a, b in zip(grads, ref[1])),
+            "max rel diff fwd": br.max_rel_diff(out, ref[0]),
+            "max rel diff grads": max(br.max_rel_diff(a, b) for a, b in zip(grads, ref[1])),
         }  # fmt: skip
         rows.append(row)
         if on_row is not None:

@@ -21,7 +21,7 @@ separate folder and put first on ``PYTHONPATH``::
     PYTHONPATH=/tmp/triton36 python bench/triton_aot.py --arch 90
     python bench/triton_aot.py --arch 90 --candidates   # the shapes bench/render_launch.py times on a GPU
 
-Prints a markdown table, and the rows as JSON on the last line (``tests/test_render_triton.py`` reads them). These
+Prints a markdown table, and the rows as JSON on the last line (``tests/test_triton_aot.py`` reads them). These
 are static facts of the compiled code, not timings: what runs fast is measured on a GPU (``bench/gpu_check.py``).
 """
 
@@ -60,7 +60,7 @@ SIGNATURES = {
     "bwd": {**_GAUSSIANS, "grad_out_ptr": "*fp32", "g_means_ptr": "*fp32", "g_conics_ptr": "*fp32",
             "g_inten_ptr": "*fp32", **_COMMON, **_CONSTS},
 }  # fmt: skip
-TILE = 8
+TILE = TB.TILE
 #: per multiprocessor: shared memory a kernel can use (bytes), from NVIDIA's CUDA C++ programming guide
 #: (compute capability table); both have 65,536 registers, at most 64 resident warps and 32 blocks
 _SHARED_PER_SM = {80: 167_936, 90: 233_472}
