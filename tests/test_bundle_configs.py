@@ -1,0 +1,54 @@
+"""Every bundle config reads its true/false keys through ``medgmae.cli_types.as_bool``.
+
+``python -m monai.bundle run ... --resume false`` hands the config the *string* ``"false"`` (fire parses only
+``False`` as a bool), which is truthy: a key read as ``@resume`` would resume. Each bundle therefore passes such keys
+through ``as_bool``, which also rejects ``--amp maybe``.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "bundles").glob("*/configs/*.json") if p.name != "metadata.json")
+
+
+def _bool_keys(config: dict) -> list[str]:
+    return [k for k, v in config.items() if isinstance(v, bool) and "#" not in k]
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parents[1].name}/{p.name}" for p in CONFIGS])
+def test_true_false_keys_are_parsed_with_as_bool(path):
+    config = json.loads(path.read_text())
+    for key in _bool_keys(config):
+        for text in _strings(config):
+            for m in re.finditer(rf"@{re.escape(key)}(?![\w#])", text):
+                before = text[: m.start()]
+                assert before.endswith("as_bool("), f"{path.relative_to(ROOT)}: {text!r} reads @{key} without as_bool"
+                assert text[m.end() :].startswith(f", '{key}')"), f"{path.relative_to(ROOT)}: as_bool(@{key}) must name {key!r}"
+
+
+def test_a_false_flag_from_the_command_line_is_false():
+    parser = ConfigParser({"imports": ["$from medgmae.cli_types import as_bool"], "resume": False,
+                           "used": "$as_bool(@resume, 'resume')"})  # fmt: skip
+    for text, expected in (("false", False), ("False", False), ("true", True), ("0", False)):
+        parser["resume"] = text
+        assert parser.get_parsed_content("used", lazy=False) is expected
+    parser["resume"] = "maybe"
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps the expression's error
+        parser.get_parsed_content("used", lazy=False)
+    assert "resume must be true or false, got 'maybe'" in str(error.value.__cause__)
