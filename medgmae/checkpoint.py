@@ -150,6 +150,12 @@ def load_checkpoint(
         ckpt = _from_training_state(ckpt) or ckpt
     kind = ckpt.get("kind")
     if kind is None or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("config"), dict):
+        objects = ckpt.get("objects")
+        if isinstance(objects, dict) and "optimizer" in objects:  # a training state without a model record
+            raise ValueError(
+                f"{path}: a training-state checkpoint (for --resume; it holds {sorted(objects)}), not a model file: "
+                "give the run's model.pt (or best_model.pt)"
+            )
         raise ValueError(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
     accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
     if accepted is not None and kind not in accepted:

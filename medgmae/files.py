@@ -59,6 +59,13 @@ def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path
     return Path(path)
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts as ``torch.save`` output does: a zip archive, or the legacy pickle format."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
     """``torch.load(weights_only=True)`` with errors naming the file.
 
@@ -74,6 +81,11 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
+        if not _looks_like_torch_file(path):  # torch blames weights_only for any bytes it cannot unpickle
+            raise ValueError(
+                f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
+                f"is this the right path?"
+            ) from e
         if "weights_only" in msg or "Unsupported global" in msg or "Weights only load failed" in msg:
             lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
             why = next((ln for ln in lines if "Unsupported" in ln or "WeightsUnpickler" in ln), lines[-1] if lines else "")

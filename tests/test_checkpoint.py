@@ -99,10 +99,15 @@ def test_corrupt_truncated_and_foreign_files_are_named(tmp_path):
     data = (tmp_path / "good.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.pt").write_text("hello")
+    (tmp_path / "summary.json").write_text('{"best_epoch": 3}')
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 256)) * 4)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     torch.save([1, 2], tmp_path / "list.pt")
-    for name, pattern in (("truncated.pt", "not a readable PyTorch file"), ("text.pt", "not a readable PyTorch file"),
-                          ("foreign.pt", "not a model checkpoint of this toolkit"), ("list.pt", "not a model checkpoint")):  # fmt: skip
+    torch.save({"objects": {"network": {"w": torch.zeros(1)}, "optimizer": {"state": {}}}}, tmp_path / "checkpoint_final.pt")
+    for name, pattern in (("truncated.pt", "not a readable PyTorch file"), ("text.pt", "not a (readable )?PyTorch file"),
+                          ("summary.json", "not a PyTorch file"), ("noise.pt", "not a PyTorch file"),
+                          ("foreign.pt", "not a model checkpoint of this toolkit"), ("list.pt", "not a model checkpoint"),
+                          ("checkpoint_final.pt", r"a training-state checkpoint .*give the run's model\.pt")):  # fmt: skip
         with pytest.raises(ValueError, match=rf"{name}.*{pattern}|{pattern}.*{name}"):
             load_checkpoint(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="missing.pt"):

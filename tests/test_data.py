@@ -48,9 +48,9 @@ def _sitk_image(seed: int = 0, label: bool = False) -> sitk.Image:
     return img
 
 
-def _write_dicom_series(img: sitk.Image, folder: Path) -> Path:
+def _write_dicom_series(img: sitk.Image, folder: Path, series: int = 2, description: str = "") -> Path:
     """One CT slice per file, geometry in the patient position / orientation tags (SimpleITK's DICOM example)."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     d = np.asarray(img.GetDirection()).reshape(3, 3)
     orientation = "\\".join(f"{v:.10f}" for v in (*d[:, 0], *d[:, 1]))
     writer = sitk.ImageFileWriter()
@@ -58,12 +58,13 @@ def _write_dicom_series(img: sitk.Image, folder: Path) -> Path:
     for k in range(img.GetDepth()):
         sl = img[:, :, k]
         for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
-                           ("0020|000e", "1.2.826.0.1.3680043.2.1125.2"), ("0020|0037", orientation),
+                           ("0020|000e", f"1.2.826.0.1.3680043.2.1125.{series}"), ("0020|0037", orientation),
+                           ("0008|103e", description),
                            ("0018|0050", str(img.GetSpacing()[2])), ("0020|0013", str(k)),
-                           ("0008|0018", f"1.2.826.0.1.3680043.2.1125.3.{k}"),
+                           ("0008|0018", f"1.2.826.0.1.3680043.2.1125.3.{series}.{k}"),
                            ("0020|0032", "\\".join(f"{v:.10f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))))):  # fmt: skip
             sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"series{series}_slice_{k:03d}.dcm"))
         writer.Execute(sl)
     return folder
 
@@ -108,6 +109,20 @@ def test_every_format_reads_with_the_geometry_of_the_nifti(formats):
         t = LoadVolumed("image")({"image": item["image"]})["image"]
         assert t.shape == (1, *SHAPE)
         np.testing.assert_allclose(t.affine.numpy(), ref.affine, atol=1e-4)
+
+
+def test_a_folder_of_several_dicom_series_is_refused_naming_each(tmp_path):
+    folder = _write_dicom_series(_sitk_image(3), tmp_path / "exam", description="abdomen 1.0 B30f")
+    scout = sitk.Image(SHAPE[0], SHAPE[1], 2, sitk.sitkInt16)
+    _write_dicom_series(scout, folder, series=7, description="topogram")
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert str(folder) in message and "2 DICOM series" in message
+    assert f"({SHAPE[2]} slices, 'abdomen 1.0 B30f')" in message and "(2 slices, 'topogram')" in message
+    for f in folder.glob("series7_*"):  # one series left: read as before
+        f.unlink()
+    assert read_volume(folder).array.shape == SHAPE
 
 
 def test_every_format_passes_the_fine_tuning_and_pre_training_checks(formats, tmp_path):
@@ -253,12 +268,14 @@ def _fill(args: tuple) -> list:
 def test_several_processes_fill_one_cache_at_once(tmp_path):
     """Four processes pre-process the same items into one cache at the same time (as DDP ranks or jobs sharing a
     cache do): every file is whole, no temporary file is left, and a later reader decodes nothing."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     items = [{"image": _nifti(tmp_path / f"v{i}.nii.gz", np.random.default_rng(i).normal(0, 200, (24, 20, 16)).astype(np.float32))}
              for i in range(6)]  # fmt: skip
     spec = PreprocessingSpec(spacing=1.5, input_size=4, patch_size=2)
-    with ProcessPoolExecutor(4) as pool:
+    # spawned, not forked: a fork after earlier tests started thread pools (ITK's, OpenMP's) can deadlock the child
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_fill, [(items, tmp_path / "cache", spec.to_dict())] * 4))
     folders = {r[-1] for r in results}
     assert len(folders) == 1 and all(r[:-1] == [(1, 4, 4, 4)] * 6 for r in results)

@@ -52,14 +52,15 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None, extra: dict | None = None):
+def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None, extra: dict | None = None,
+                  batch_size: int = 2):  # fmt: skip
     torch.manual_seed(0)
     np.random.seed(0)
     data = [{"image": np.full((1, 4), i, np.float32), "label": np.full((1, 2), i % 3, np.float32)} for i in range(6)]
     transform = Compose([RandGaussianNoised(keys="image", prob=1.0, std=0.5), Lambdad("label", lambda x: x)])
     transform.set_random_state(seed=1)
     ds = Dataset(data, transform)
-    loader = DataLoader(ds, batch_size=2, shuffle=True, num_workers=0)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt, **(extra or {})}, resume=resume, source=ds)]
@@ -121,6 +122,32 @@ def test_failed_resume_names_the_file_and_writes_nothing(tmp_path):
         rest.run()
     assert rest.state.iteration == 0
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_changed_setting_is_named_before_the_weights_refuse_it(tmp_path):
+    """A resume with another model size: the configuration record names the change, not a tensor's shape."""
+    part, _ = _make_trainer(tmp_path, 1, resume=False, extra={"record": _Record(64)})
+    part.run()
+    rest, net = _make_trainer(tmp_path, 2, resume=True, extra={"record": _Record(32)})
+    with torch.no_grad():  # the weights would refuse the state too (as a changed num_gaussians does)
+        net[1].weight = torch.nn.Parameter(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"\('record'\): saved 64, current 32"):
+        rest.run()
+
+
+def test_a_changed_epoch_length_is_refused(tmp_path):
+    """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
+    against the new epoch length: ignite ended such a run at once, having trained nothing."""
+    part, _ = _make_trainer(tmp_path, 2, resume=False, batch_size=2)
+    part.run()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    rest, _ = _make_trainer(tmp_path, 4, resume=True, batch_size=3)
+    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt is at epoch 2 after 6 iterations \(3 per epoch\).* 2 iterations per epoch"):
+        rest.run()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    same, _ = _make_trainer(tmp_path, 3, resume=True, batch_size=2)
+    same.run()
+    assert same.state.iteration == 9
 
 
 def test_non_finite_loss_stops_and_saves_interrupted(tmp_path):

@@ -70,15 +70,40 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
+def _dicom_series_files(folder: Path) -> tuple[str, ...]:
+    """The slice files of the one DICOM series in ``folder``, sorted by GDCM along the slice normal.
+
+    Raises:
+        ValueError: no series, or several (a scout, a second reconstruction kernel, a contrast phase: reading one of
+            them silently would train on or infer from the wrong images); the message lists each with its slice count
+            and description.
+    """
+    import SimpleITK as sitk
+
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise ValueError("no DICOM series found in the folder")
+    if len(ids) == 1:
+        return sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
+    found = []
+    for uid in ids:
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        info = sitk.ImageFileReader()
+        info.SetFileName(names[0])
+        info.ReadImageInformation()
+        desc = info.GetMetaData("0008|103e").strip() if info.HasMetaDataKey("0008|103e") else "no description"
+        found.append(f"{uid} ({len(names)} slices, {desc!r})")
+    raise ValueError(
+        f"the folder holds {len(ids)} DICOM series; put each in its own folder and give that one: " + "; ".join(found)
+    )
+
+
 def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
-        names = reader.GetGDCMSeriesFileNames(str(path))
-        if not names:
-            raise ValueError("no DICOM series found in the folder")
-        reader.SetFileNames(names)
+        reader.SetFileNames(_dicom_series_files(path))
         img = reader.Execute()
     else:
         img = sitk.ReadImage(str(path))

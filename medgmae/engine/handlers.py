@@ -153,6 +153,25 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``objects`` with the records (anything but modules, optimisers and schedulers) first: a configuration record
+    refusing a changed setting then names the setting before a weight tensor fails on its changed shape."""
+    weights = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+    return sorted(objects.items(), key=lambda item: isinstance(item[1], weights))
+
+
+def _check_epoch_length(path: Path, epoch: int, iteration: int, epoch_length: int | None) -> None:
+    """Refuse a checkpoint whose iterations per epoch differ from this run's (ignite would count the saved
+    iterations against the new epoch length and end the run at once, or train past the schedule)."""
+    if epoch_length is None or epoch == 0 or iteration == epoch * epoch_length:
+        return
+    raise ValueError(
+        f"checkpoint {path} is at epoch {epoch} after {iteration} iterations ({iteration / epoch:g} per epoch), but "
+        f"this run has {epoch_length} iterations per epoch: the batch size, the number of training cases or the "
+        "samples per case changed. Resume with the settings of the interrupted run, or start a new output folder"
+    )
+
+
 class CheckpointHandler:
     """Atomic checkpoints at epoch ends and on interruption, and exact resume.
 
@@ -265,10 +284,11 @@ class CheckpointHandler:
             logger.info("resume requested but no checkpoint in %s: starting from scratch", self.output_dir)
             return
         self._failed_resume = True  # until the state is restored: a failure writes no checkpoint_interrupted.pt
+        _check_epoch_length(path, ckpt["engine"]["epoch"], ckpt["engine"]["iteration"], engine.state.epoch_length)
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         if missing:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
-        for name, obj in self.objects.items():
+        for name, obj in _records_first(self.objects):
             try:
                 obj.load_state_dict(ckpt["objects"][name])
             except (ValueError, RuntimeError, KeyError) as e:
