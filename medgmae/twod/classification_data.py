@@ -91,7 +91,9 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         raise ValueError(f"dataset folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"dataset folder {root} is empty: expected one sub-folder of images per class")
+        loose = sum(1 for p in root.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        what = f"holds {loose} image(s) but no class sub-folders" if loose else "is empty"
+        raise ValueError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
     _require_classes(classes, f"dataset folder {root}")
     items = []
     for idx, name in enumerate(classes):

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Hashable, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +40,8 @@ __all__ = [
     "check_image_size",
     "MIN_IMAGE_SIZE",
 ]
+
+logger = logging.getLogger("medgmae.twod")
 
 #: Soft-tissue-and-air CT window (HU) used for phantom slices.
 DEFAULT_WINDOW = (-350.0, 400.0)
@@ -165,8 +168,11 @@ def edge_map(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def image_folder_items(dataset_dir: str | os.PathLike) -> list[dict]:
+def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list[dict]:
     """``[{"image": path}, ...]`` for every readable-looking image under ``dataset_dir`` (sorted, recursive).
+
+    Each file gives one image: a 3D NIfTI volume its middle axial slice, a multi-frame DICOM its middle frame.
+    With ``log``, how many files and volumes were found is logged.
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -178,7 +184,24 @@ def image_folder_items(dataset_dir: str | os.PathLike) -> list[dict]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
     if not files:
         raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if log:
+        volumes = sum(_is_nifti_volume(p) for p in files)
+        note = f"; {volumes} of them 3D NIfTI volumes, each contributing its middle axial slice" if volumes else ""
+        logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)
     return [{"image": str(p)} for p in files]
+
+
+def _is_nifti_volume(path: Path) -> bool:
+    """True for a NIfTI file with more than one slice (read from its header only)."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # unreadable files fail later, naming the file, when they are loaded
+        return False
+    return len(shape) >= 3 and min(shape[:3]) > 1
 
 
 class LoadImage2Dd(MapTransform):
@@ -224,6 +247,7 @@ def gmae2d_dataset(
     seed: int = 0,
     flip: bool = True,
     cache: bool = True,
+    log: bool = True,
 ) -> Dataset:
     """The 2D GMAE pre-training dataset: ``{"image": (C, H, W)}`` items.
 
@@ -236,13 +260,14 @@ def gmae2d_dataset(
         seed: first phantom seed.
         flip: random left-right flips (MONAI ``RandFlipd``).
         cache: cache the deterministic part (MONAI ``CacheDataset``).
+        log: log what an image folder holds (:func:`image_folder_items`).
 
     Returns:
         A MONAI dataset.
     """
     size = tuple(int(s) for s in image_size)
     if dataset_dir:
-        items = image_folder_items(dataset_dir)
+        items = image_folder_items(dataset_dir, log)
     else:
         items = [{"image": it["image"]} for it in phantom_slices(num_phantom_cases, slices_per_case, size, seed, in_channels=in_channels)]
     transforms = [
