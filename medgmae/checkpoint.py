@@ -140,9 +140,13 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: unreadable / unsafe file, not a model file, or another kind; the message names the file.
+        ValueError: a folder, unreadable / unsafe file, not a model file, or another kind; the message names the
+            file.
     """
     path = Path(path)
+    if path.is_dir():
+        hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
+        raise ValueError(f"model checkpoint {path} is a folder, not a file{hint}")
     ckpt = load_torch_file(path, map_location, what="model checkpoint")
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")

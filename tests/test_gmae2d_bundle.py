@@ -133,6 +133,7 @@ def test_training_on_an_rgb_image_folder(tmp_path):
         ({"dataset_dir": "CORRUPT"}, "broken.png"),
         ({"model_size": "gigantic"}, "model_size"),
         ({"device": "tpu"}, "unknown device"),
+        ({"image_size": 8}, "image_size 8 is too small"),
     ],
 )
 def test_bad_configuration_fails_clearly(tmp_path, overrides, message):

@@ -202,6 +202,15 @@ def test_string_flags_turn_amp_and_resume_off(tmp_path, value):
     assert "amp must be true or false, got 'maybe'" in str(err.value.__cause__)
 
 
+def test_image_size_is_checked_before_anything_is_written(tmp_path):
+    for overrides, message in (({"image_size": 8, "patch_size": 4}, "image_size 8 is too small"),
+                               ({"image_size": 18, "patch_size": 4}, "multiple of patch_size 4")):  # fmt: skip
+        with pytest.raises(Exception) as err:
+            _parser(tmp_path, **overrides).get_parsed_content("workflow")
+        assert message in str(err.value) + str(err.value.__cause__)
+        assert not (tmp_path / "run").exists()
+
+
 class _GradNormProbe:
     """Records the global gradient norm when the backward pass has completed (after earlier handlers ran)."""
 

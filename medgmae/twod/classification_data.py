@@ -45,6 +45,8 @@ __all__ = [
     "make_dataset",
     "write_phantom_slice_task",
     "resolve_classification_data",
+    "phantom_task_params",
+    "phantom_task_conflicts",
 ]
 
 logger = logging.getLogger("medgmae.gvit")
@@ -60,6 +62,11 @@ class ClassificationData:
         val: validation items of the same form.
         class_names: class index -> name.
         channels: 1 or 3, from the first training image.
+        source: the dataset folder or CSV.
+        counts: images per class and split.
+        settings: how the data were chosen (set by :func:`resolve_classification_data`): ``dataset_dir`` (absolute,
+            ``""`` for the phantom task), ``default_root``, ``num_phantoms``, ``seed``, ``val_fraction``,
+            ``image_size``; saved in GViT's ``model.pt`` so that evaluation finds the same data.
     """
 
     train: list[dict]
@@ -68,6 +75,7 @@ class ClassificationData:
     channels: int = 1
     source: str = ""
     counts: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -91,7 +99,9 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         raise ValueError(f"dataset folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"dataset folder {root} is empty: expected one sub-folder of images per class")
+        loose = sum(1 for p in root.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        what = f"holds {loose} image(s) but no class sub-folders" if loose else "is empty"
+        raise ValueError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
     _require_classes(classes, f"dataset folder {root}")
     items = []
     for idx, name in enumerate(classes):
@@ -253,9 +263,7 @@ def write_phantom_slice_task(
     if image_size < 8 or not 1 <= num_val_cases < num_cases:
         raise ValueError(f"need image_size >= 8 and 1 <= num_val_cases < num_cases, got {image_size}, {num_val_cases}, {num_cases}")
     out_dir = Path(out_dir)
-    params = dict(version=_TASK_VERSION, num_cases=num_cases, num_val_cases=num_val_cases, seed=seed,
-                  image_size=image_size, volume_shape=list(volume_shape), min_fraction=min_fraction,
-                  max_per_class=max_per_class, window=list(window))  # fmt: skip
+    params = _task_params(num_cases, num_val_cases, seed, image_size, volume_shape, min_fraction, max_per_class, window)
     marker = out_dir / "task.json"
     if _reuse_or_clear(out_dir, params):
         return out_dir
@@ -281,6 +289,30 @@ def write_phantom_slice_task(
     return out_dir
 
 
+def _task_params(num_cases: int = 10, num_val_cases: int = 2, seed: int = 0, image_size: int = 32,
+                 volume_shape: Sequence[int] = (64, 64, 48), min_fraction: float = 0.02, max_per_class: int = 200,
+                 window: Sequence[float] = (-500.0, 500.0)) -> dict:  # fmt: skip
+    """The parameters recorded in a phantom task's ``task.json`` (the arguments of :func:`write_phantom_slice_task`)."""
+    return dict(version=_TASK_VERSION, num_cases=num_cases, num_val_cases=num_val_cases, seed=seed,
+                image_size=image_size, volume_shape=list(volume_shape), min_fraction=min_fraction,
+                max_per_class=max_per_class, window=list(window))  # fmt: skip
+
+
+def phantom_task_params(out_dir: str | Path) -> dict | None:
+    """The parameters of the finished phantom task in ``out_dir`` (its ``task.json``), or None when there is none."""
+    try:
+        return json.loads((Path(out_dir) / "task.json").read_text()).get("params")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def phantom_task_conflicts(out_dir: str | Path, num_cases: int, seed: int, image_size: int) -> dict | None:
+    """The parameters of a finished task in ``out_dir`` that :func:`write_phantom_slice_task` with these arguments
+    would replace (None when the folder holds no task or the same one)."""
+    old = phantom_task_params(out_dir)
+    return old if old is not None and old != _task_params(num_cases, seed=seed, image_size=image_size) else None
+
+
 def _reuse_or_clear(out_dir: Path, params: dict) -> bool:
     """True when ``out_dir`` holds a finished task with ``params``; otherwise removes any stale or partial task's
     slices (so that no old file is counted) and returns False."""
@@ -292,6 +324,8 @@ def _reuse_or_clear(out_dir: Path, params: dict) -> bool:
         except (json.JSONDecodeError, OSError):
             pass
     if out_dir.is_dir():
+        if marker.is_file():
+            logger.warning("%s holds a phantom task with other parameters: replacing it (%s)", out_dir, params)
         marker.unlink(missing_ok=True)
         for old in out_dir.glob("*/*/case*_z*.png"):
             old.unlink()
@@ -329,9 +363,14 @@ def resolve_classification_data(
 ) -> ClassificationData:
     """``dataset_dir`` (folder or CSV) loaded by :func:`load_classification_data`; when it is empty or None,
     the default phantom-slice task written to (or reused from) ``default_root``."""
-    if dataset_dir is None or str(dataset_dir).strip() == "":
+    phantom = dataset_dir is None or str(dataset_dir).strip() == ""
+    if phantom:
         logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)
         dataset_dir = write_phantom_slice_task(default_root, num_cases=num_cases, seed=seed, image_size=image_size)
     data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed)
+    data.settings = {"dataset_dir": "" if phantom else str(Path(dataset_dir).resolve()),
+                     "default_root": str(Path(default_root).resolve()) if phantom else "",
+                     "num_phantoms": int(num_cases), "seed": int(seed), "val_fraction": float(val_fraction),
+                     "image_size": int(image_size)}  # fmt: skip
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)
     return data

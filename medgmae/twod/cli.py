@@ -27,7 +27,7 @@ from medgmae.engine import resolve_device
 from medgmae.files import atomic_write
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
-from medgmae.twod.images import read_image, save_png, save_png_grid, to_model_input
+from medgmae.twod.images import read_image, read_mask, save_png, save_png_grid, to_model_input
 
 __all__ = ["main", "build_parser"]
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask")
     p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
-    p.add_argument("--reference", type=Path, default=None, help="reference mask image (non-zero = foreground) for IoU")
+    p.add_argument("--reference", type=Path, default=None, help="reference mask (non-zero = foreground) for IoU; a volume is read at the same --slice")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities")
     p.add_argument("--granularities", type=positive_int, nargs="+", default=[4, 8, 16], help="numbers of layers, l@L")
@@ -69,9 +69,19 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], torch.device]:
     return model, x, size, device
 
 
-def _check_layers(num_layers: int, model: GMAE2D) -> None:
+def _check_layers(num_layers: int, model: GMAE2D, flag: str = "--num-layers") -> None:
     if num_layers > model.num_gaussians:
-        raise ValueError(f"--num-layers {num_layers} exceeds the model's {model.num_gaussians} Gaussians")
+        raise ValueError(f"{flag} {num_layers} exceeds the model's {model.num_gaussians} Gaussians")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is, or lies below, an existing non-folder (before any computation)."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "exists and is not a folder" if folder == out else f"lies below {folder}, which is not a folder"
+                raise ValueError(f"--out {out} {where}")
+            return
 
 
 def _run_layers(args, model, x, size) -> dict[str, Callable[[Path], object]]:
@@ -100,7 +110,7 @@ def _run_segment(args, model, x, size) -> dict[str, Callable[[Path], object]]:
         raise ValueError(f"--split must be in 0..{args.num_layers - 1}, got {split}")
     reference = None
     if args.reference is not None:
-        ref = torch.as_tensor(read_image(args.reference)).amax(0)
+        ref = torch.as_tensor(read_mask(args.reference, slice_index=args.slice)).float()  # the image's slice
         reference = torch.nn.functional.interpolate(ref[None, None], size=size, mode="nearest-exact")[0, 0] > 0
     g = model.predict_gaussians(x)
     assignment = L.layer_assignment(L.cumulative_renders(g, args.num_layers, size, args.backend), args.threshold)[0].cpu()
@@ -118,7 +128,7 @@ def _run_segment(args, model, x, size) -> dict[str, Callable[[Path], object]]:
 
 def _run_edges(args, model, x, size) -> dict[str, Callable[[Path], object]]:
     for n in args.granularities:
-        _check_layers(n, model)
+        _check_layers(n, model, "--granularities")
     g = model.predict_gaussians(x)
     edges = L.zero_shot_edges(g, size, args.granularities, args.threshold, args.backend)
     outputs: dict[str, Callable[[Path], object]] = {
@@ -136,14 +146,26 @@ def _write_json(obj, path: Path) -> None:
 
 
 _COMMANDS = {"layers": _run_layers, "segment": _run_segment, "edges": _run_edges}
+#: files of a command whose names vary between runs; stale ones are removed when the command writes its outputs
+_OWNED_PATTERNS = {"edges": ("edges_l*.png",)}
+
+
+def _write_outputs(command: str, writers: dict[str, Callable[[Path], object]], out: Path) -> None:
+    """Write every output atomically, then remove this command's files of an earlier run that were not rewritten."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, write in writers.items():
+        write(out / name)
+    for pattern in _OWNED_PATTERNS.get(command, ()):
+        for old in out.glob(pattern):
+            if old.name not in writers:
+                old.unlink()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``medgmae-2d``; returns the exit status."""
     args = build_parser().parse_args(argv)  # exits with status 2 on nonsense flags
     try:
-        if args.out.exists() and not args.out.is_dir():
-            raise ValueError(f"--out {args.out} exists and is not a folder")
+        _check_out(args.out)
         model, x, size, _ = _load(args)
         with torch.no_grad():
             writers = _COMMANDS[args.command](args, model, x, size)
@@ -153,9 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, write in writers.items():  # everything is computed: write each file atomically
-        write(args.out / name)
+    _write_outputs(args.command, writers, args.out)  # everything is computed: write each file atomically
     print(f"medgmae-2d {args.command}: wrote {', '.join(writers)} to {args.out}")
     return 0
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Hashable, Iterable, Iterator, Mapping, Sequence
@@ -36,10 +37,43 @@ __all__ = [
     "gmae2d_dataset",
     "DEFAULT_WINDOW",
     "edge_map",
+    "check_image_size",
+    "MIN_IMAGE_SIZE",
 ]
+
+logger = logging.getLogger("medgmae.twod")
 
 #: Soft-tissue-and-air CT window (HU) used for phantom slices.
 DEFAULT_WINDOW = (-350.0, 400.0)
+#: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
+MIN_IMAGE_SIZE = 11
+
+
+def check_image_size(image_size, patch_size, min_size: int = MIN_IMAGE_SIZE) -> int:
+    """Check a bundle's square ``image_size`` against ``patch_size`` before anything is built or written.
+
+    Args:
+        image_size: the ``image_size`` key.
+        patch_size: the ``patch_size`` key.
+        min_size: smallest accepted edge.
+
+    Returns:
+        ``image_size`` as an int.
+
+    Raises:
+        ValueError: naming the key: not an integer, below ``min_size``, or not a multiple of ``patch_size``.
+    """
+    try:
+        size, patch = int(image_size), int(patch_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size and patch_size must be integers, got {image_size!r} and {patch_size!r}") from None
+    if size != float(image_size) or patch != float(patch_size):
+        raise ValueError(f"image_size and patch_size must be integers, got {image_size!r} and {patch_size!r}")
+    if size < min_size:
+        raise ValueError(f"image_size {size} is too small: at least {min_size} (the SSIM uses an {min_size}-pixel window)")
+    if patch < 1 or size % patch:
+        raise ValueError(f"image_size {size} must be a multiple of patch_size {patch}")
+    return size
 
 
 def _nearest(arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -134,8 +168,11 @@ def edge_map(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def image_folder_items(dataset_dir: str | os.PathLike) -> list[dict]:
+def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list[dict]:
     """``[{"image": path}, ...]`` for every readable-looking image under ``dataset_dir`` (sorted, recursive).
+
+    Each file gives one image: a 3D NIfTI volume its middle axial slice, a multi-frame DICOM its middle frame.
+    With ``log``, how many files and volumes were found is logged.
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -147,7 +184,24 @@ def image_folder_items(dataset_dir: str | os.PathLike) -> list[dict]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
     if not files:
         raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if log:
+        volumes = sum(_is_nifti_volume(p) for p in files)
+        note = f"; {volumes} of them 3D NIfTI volumes, each contributing its middle axial slice" if volumes else ""
+        logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)
     return [{"image": str(p)} for p in files]
+
+
+def _is_nifti_volume(path: Path) -> bool:
+    """True for a NIfTI file with more than one slice (read from its header only)."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # unreadable files fail later, naming the file, when they are loaded
+        return False
+    return len(shape) >= 3 and min(shape[:3]) > 1
 
 
 class LoadImage2Dd(MapTransform):
@@ -193,6 +247,7 @@ def gmae2d_dataset(
     seed: int = 0,
     flip: bool = True,
     cache: bool = True,
+    log: bool = True,
 ) -> Dataset:
     """The 2D GMAE pre-training dataset: ``{"image": (C, H, W)}`` items.
 
@@ -205,13 +260,14 @@ def gmae2d_dataset(
         seed: first phantom seed.
         flip: random left-right flips (MONAI ``RandFlipd``).
         cache: cache the deterministic part (MONAI ``CacheDataset``).
+        log: log what an image folder holds (:func:`image_folder_items`).
 
     Returns:
         A MONAI dataset.
     """
     size = tuple(int(s) for s in image_size)
     if dataset_dir:
-        items = image_folder_items(dataset_dir)
+        items = image_folder_items(dataset_dir, log)
     else:
         items = [{"image": it["image"]} for it in phantom_slices(num_phantom_cases, slices_per_case, size, seed, in_channels=in_channels)]
     transforms = [

@@ -53,7 +53,7 @@ def gmae2d_validation_dataset(
     if int(num_images) < 1:
         raise ValueError(f"val_images must be >= 1, got {num_images}")
     if dataset_dir:
-        ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False)
+        ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False, log=False)
         return Subset(ds, range(min(int(num_images), len(ds))))
     return gmae2d_dataset("", image_size, in_channels, num_phantom_cases=1, slices_per_case=int(num_images),
                           seed=int(seed) + int(num_phantoms), flip=False, cache=False)  # fmt: skip

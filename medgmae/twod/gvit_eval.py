@@ -3,18 +3,25 @@
 :func:`evaluate_gvit` writes into its output folder (each file atomically):
 
 * ``metrics.json``: ``accuracy``, ``per_class_accuracy`` (class name -> accuracy, ``null`` for a class without
-  images), ``confusion_matrix`` (rows = true class, columns = predicted), ``class_names``, ``num_images``;
+  images), ``confusion_matrix`` (rows = true class, columns = predicted), ``class_names``, ``num_images``,
+  ``explanations`` (how many PNGs), and the ``split`` and ``data`` settings evaluated when the caller gives them;
 * ``confusion_matrix.png``;
 * ``explanations/<n>_<true>_pred-<predicted>.png``: the image, its Gaussians drawn as 2-sigma ellipses coloured
   by ``det(Sigma)`` (the paper's saliency proxy: small, yellow = class-relevant; large, purple = background), and
-  the rendering of the Gaussians.
+  the rendering of the Gaussians. The folder is replaced as a whole: PNGs of an earlier evaluation do not stay.
+
+:func:`evaluate_model_file` evaluates a saved model on the data it was trained on (the settings recorded in its
+``model.pt``) unless told otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
+import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +39,11 @@ __all__ = [
     "save_explanation_png",
     "evaluate_gvit",
     "evaluate_model_file",
+    "evaluation_data_settings",
+    "DATA_DEFAULTS",
 ]
+
+logger = logging.getLogger("medgmae.gvit")
 
 # viridis anchors (matplotlib's colormap sampled at 0, 0.25, 0.5, 0.75, 1)
 _VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
@@ -184,10 +195,13 @@ def evaluate_gvit(
     device: torch.device | str = "cpu",
     num_explanations: int = 8,
     render_backend: str = "auto",
+    record: Mapping | None = None,
 ) -> dict:
     """Evaluate a :class:`~medgmae.twod.gvit.GViT` and write metrics, confusion matrix and explanations.
 
-    ``num_explanations`` explanation PNGs are written for the first images of ``loader`` (all of them when < 0).
+    ``num_explanations`` explanation PNGs are written for the first images of ``loader`` (all of them when < 0)
+    into a fresh folder that then replaces ``output_dir/explanations``. ``record`` (e.g. ``{"split": "val",
+    "data": {...}}``) is added to the metrics.
 
     Returns:
         The metrics dictionary written to ``output_dir/metrics.json``.
@@ -198,6 +212,30 @@ def evaluate_gvit(
     labels, preds = predict(model, loader, device)
     metrics = classification_metrics(labels, preds, class_names)
     save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names, output_dir / "confusion_matrix.png")
+    staging = output_dir / f".explanations-{uuid.uuid4().hex[:12]}"
+    try:
+        written = _write_explanations(model, loader, class_names, staging, device, num_explanations, render_backend)
+        _replace_folder(staging, output_dir / "explanations")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    metrics["explanations"] = written
+    metrics.update(dict(record or {}))
+    save_json_atomic(metrics, output_dir / "metrics.json")
+    return metrics
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put folder ``new`` in the place of ``target`` (whose old files are removed)."""
+    new.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}-old-{uuid.uuid4().hex[:12]}")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_explanations(model, loader, class_names, folder: Path, device, num_explanations, render_backend) -> int:
+    """Explanation PNGs of the first ``num_explanations`` images of ``loader`` in ``folder``; returns how many."""
     written = 0
     for batch in loader:
         if written >= num_explanations:
@@ -214,11 +252,66 @@ def evaluate_gvit(
             one = Gaussians2D(*(t[i : i + 1] for t in (dec.means, dec.scales, dec.angles, dec.colors, dec.opacities)))
             true, pr = class_names[int(lab[i])], class_names[int(pred[i])]
             name = f"{written:03d}_{_safe(true)}_pred-{_safe(pr)}.png"
-            save_explanation_png(x[i], one, output_dir / "explanations" / name, rendered[i], title=f"true {true} / predicted {pr}")
+            save_explanation_png(x[i], one, folder / name, rendered[i], title=f"true {true} / predicted {pr}")
             written += 1
-    metrics["explanations"] = written
-    save_json_atomic(metrics, output_dir / "metrics.json")
-    return metrics
+    return written
+
+
+#: the training data's settings assumed for a model file that records none (the bundle's defaults)
+DATA_DEFAULTS = {"dataset_dir": "", "num_phantoms": 10, "seed": 0, "val_fraction": 0.2}
+
+
+def _normalise(key: str, value):
+    if key == "dataset_dir":
+        return "" if value is None or str(value).strip() == "" else str(Path(value).resolve())
+    return float(value) if key == "val_fraction" else int(value)
+
+
+def evaluation_data_settings(recorded: Mapping | None, given: Mapping) -> dict:
+    """The data to evaluate on: each ``given`` value that is not None, else the one recorded at training, else
+    :data:`DATA_DEFAULTS`.
+
+    A given value that differs from training's is used, with a warning (a different ``seed`` or ``val_fraction``
+    makes validation images overlap training images).
+
+    Args:
+        recorded: ``model.pt``'s ``data`` settings (None for an older file).
+        given: ``dataset_dir``, ``num_phantoms``, ``seed``, ``val_fraction``, each None when not given.
+
+    Returns:
+        The settings, with ``default_root`` (training's phantom-task folder, ``""`` if unknown).
+    """
+    recorded = dict(recorded or {})
+    if not recorded:
+        logger.warning("the model file records no training data: evaluating on %s unless given",
+                       {k: v for k, v in DATA_DEFAULTS.items() if given.get(k) is None})  # fmt: skip
+    out = {"default_root": recorded.get("default_root", "")}
+    for key, default in DATA_DEFAULTS.items():
+        trained = _normalise(key, recorded.get(key, default))
+        out[key] = trained if given.get(key) is None else _normalise(key, given[key])
+        relevant = key != "num_phantoms" or not out["dataset_dir"]
+        if key in recorded and out[key] != trained and relevant:
+            overlap = ": validation images may overlap training images" if key in ("seed", "val_fraction") else ""
+            logger.warning("evaluating with %s %r, not training's %r%s", key, out[key], trained, overlap)
+    return out
+
+
+def _phantom_root(settings: Mapping, default_root: str | Path | None, output_dir: Path, image_size: int) -> Path:
+    """Where the evaluation's phantom task lives: training's (reused when it matches), else ``output_dir/data``,
+    so that training's task is never replaced."""
+    recorded = settings.get("default_root") or ""
+    root = Path(recorded) if recorded and Path(recorded).is_dir() else (Path(default_root) if default_root else None)
+    if root is None:
+        raise ValueError("dataset_dir is empty and no default_root is given for the default task")
+    from medgmae.twod.classification_data import phantom_task_conflicts
+
+    old = phantom_task_conflicts(root, settings["num_phantoms"], settings["seed"], image_size)
+    if old is None:
+        return root
+    own = output_dir / "data"
+    logger.warning("%s holds a phantom task with other settings (%s); leaving it untouched and writing the "
+                   "evaluation's task to %s", root, old, own)  # fmt: skip
+    return own
 
 
 def evaluate_model_file(
@@ -231,23 +324,27 @@ def evaluate_model_file(
     device: str = "auto",
     num_explanations: int = -1,
     render_backend: str = "auto",
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    num_cases: int = 10,
+    seed: int | None = None,
+    val_fraction: float | None = None,
+    num_cases: int | None = None,
 ) -> dict:
     """Evaluate a saved GViT (``model.pt`` or a training checkpoint) on a split of a dataset.
 
+    The data settings (``dataset_dir``, ``seed``, ``val_fraction``, ``num_cases``) default to the ones recorded in
+    ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used.
+
     Args:
         model_path: file written by training.
-        dataset_dir: dataset folder or CSV; empty or None for the default phantom-slice task.
+        dataset_dir: dataset folder or CSV; ``""`` for the default phantom-slice task; None: training's.
         output_dir: folder for ``metrics.json``, ``confusion_matrix.png`` and ``explanations/``.
-        default_root: where the default task lives (written there at the model's image size if absent).
+        default_root: where the default task lives when the model file does not say (written there at the
+            model's image size if absent; a different task there is left alone, see :func:`_phantom_root`).
         split: ``"val"``, ``"train"`` or ``"all"``.
         batch_size: evaluation batch size.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         num_explanations: explanation PNGs to write (all images when < 0).
         render_backend: 2D renderer backend.
-        seed, val_fraction, num_cases: dataset split and default-task settings, as in training.
+        seed, val_fraction, num_cases: dataset split and default-task settings; None: training's.
     """
     from monai.data import DataLoader
 
@@ -261,10 +358,11 @@ def evaluate_model_file(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
-    if not dataset_dir and default_root is None:
-        raise ValueError("dataset_dir is empty and no default_root is given for the default task")
-    data = resolve_classification_data(dataset_dir, default_root or "", image_size=model.img_size[0], seed=seed,
-                                       val_fraction=val_fraction, num_cases=num_cases)  # fmt: skip
+    given = dict(dataset_dir=dataset_dir, seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
+    st = evaluation_data_settings(getattr(model, "data_settings", None), given)
+    root = "" if st["dataset_dir"] else _phantom_root(st, default_root, Path(output_dir), model.img_size[0])
+    data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
+                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"])  # fmt: skip
     names = getattr(model, "class_names", None)
     if names is not None and list(names) != list(data.class_names):
         raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
@@ -274,4 +372,5 @@ def evaluate_model_file(
     if not items:
         raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
     loader = DataLoader(make_dataset(items, model.img_size, model.in_channels), batch_size=batch_size, shuffle=False)
-    return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend)
+    record = {"split": split, "data": {**data.settings, "source": data.source}, "model": str(model_path)}
+    return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)

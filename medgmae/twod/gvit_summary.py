@@ -16,7 +16,7 @@ from pathlib import Path
 from medgmae.engine import is_main_process
 from medgmae.files import save_json_atomic
 
-__all__ = ["confusion_table", "gvit_summary"]
+__all__ = ["confusion_table", "evaluate_command", "gvit_summary"]
 
 logger = logging.getLogger("medgmae.twod")
 
@@ -31,6 +31,20 @@ def confusion_table(matrix: list[list[int]], class_names: list[str]) -> str:
     rule = "| --- |" + " --- |" * len(class_names)
     rows = [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |" for name, row in zip(class_names, matrix)]
     return "\n".join([head, rule] + rows)
+
+
+def evaluate_command(run_dir: str | Path, data: dict | None = None) -> str:
+    """The evaluation command of a run: its folder and, when ``data`` (the ``data`` record of ``metrics.json``)
+    is known, the dataset and split settings spelled out (evaluation defaults to them anyway)."""
+    cmd = "python -m monai.bundle run evaluating --config_file bundles/gvit_classification/configs/evaluate.json"
+    cmd += f" --output_dir {shlex.quote(str(run_dir))}"
+    if data:
+        if data.get("dataset_dir"):
+            cmd += f" --dataset_dir {shlex.quote(str(data['dataset_dir']))}"
+        else:
+            cmd += f" --num_phantoms {int(data['num_phantoms'])}"
+        cmd += f" --seed {int(data['seed'])} --val_fraction {float(data['val_fraction'])}"
+    return cmd
 
 
 def gvit_summary(results_dir: str | Path, run_dir: str | Path | None = None, max_listed: int = 3) -> dict:
@@ -59,6 +73,8 @@ def gvit_summary(results_dir: str | Path, run_dir: str | Path | None = None, max
         "accuracy": m.get("accuracy"),
         "per_class_accuracy": m.get("per_class_accuracy", {}),
         "num_images": m.get("num_images"),
+        "split": m.get("split"),
+        "dataset": (m.get("data") or {}).get("source") or (m.get("data") or {}).get("dataset_dir") or None,
         "files": {
             "model": str(run / "model.pt"),
             "metrics": str(metrics_path),
@@ -67,15 +83,13 @@ def gvit_summary(results_dir: str | Path, run_dir: str | Path | None = None, max
             "checkpoints": str(run / "checkpoints"),
         },
         "explanation_files": [str(p) for p in explanations],
-        "next": {
-            "evaluate": "python -m monai.bundle run evaluating --config_file bundles/gvit_classification/configs/evaluate.json "
-            f"--output_dir {shlex.quote(str(run))}"
-        },
+        "next": {"evaluate": evaluate_command(run, m.get("data"))},
     }
     if is_main_process():
         per_class = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["per_class_accuracy"].items())
         lines = [
-            f"GViT finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})",
+            f"GViT finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})"
+            + (f", {s['split']} split of {s['dataset'] or 'the phantom task'}" if s["split"] else ""),
             "confusion matrix (rows = true class):",
             confusion_table(m.get("confusion_matrix", []), m.get("class_names", [])),
             f"  {'model.pt':<18} {s['files']['model']}",

@@ -324,6 +324,8 @@ class GViTWorkflow:
         num_explanations: explanation PNGs written by the evaluation.
         handlers: every phase's handlers and handler factories (see the module doc); default
             :func:`default_phase_handlers` (no resume).
+        data_settings: how the training data were chosen (``ClassificationData.settings``), saved in ``model.pt``
+            for the evaluation and recorded in ``metrics.json``.
     """
 
     def __init__(
@@ -345,6 +347,7 @@ class GViTWorkflow:
         render_backend: str = "auto",
         num_explanations: int = 8,
         handlers: Sequence | None = None,
+        data_settings: Mapping | None = None,
     ) -> None:
         unknown = set(epochs) - set(PHASES)
         if unknown:
@@ -369,6 +372,7 @@ class GViTWorkflow:
         self.kwargs = dict(lr=lr, weight_decay=weight_decay, gamma=check_gamma(gamma), guidance_interval=guidance_interval,
                            render_backend=render_backend, amp=amp, handlers=handlers)  # fmt: skip
         self.num_explanations = num_explanations
+        self.data_settings = dict(data_settings) if data_settings is not None else None
         self.trainers: dict[str, SupervisedTrainer] = {}
 
     def trainer(self, phase: str) -> SupervisedTrainer:
@@ -387,9 +391,11 @@ class GViTWorkflow:
             if self.epochs[phase] > 0:
                 logger.info("GViT phase %r: %d epoch(s)", phase, self.epochs[phase])
                 self.trainer(phase).run()
-        self.model.save(self.output_dir / "model.pt", class_names=self.class_names)
-        loader = self.val_loader if self.val_loader is not None and len(self.val_loader) > 0 else self.train_loader
+        self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings)
+        has_val = self.val_loader is not None and len(self.val_loader) > 0
+        record = {"split": "val" if has_val else "train", "data": self.data_settings}
         return evaluate_gvit(
-            self.model, loader, self.class_names, self.output_dir, device=self.device,
-            num_explanations=self.num_explanations, render_backend=self.kwargs["render_backend"],
+            self.model, self.val_loader if has_val else self.train_loader, self.class_names, self.output_dir,
+            device=self.device, num_explanations=self.num_explanations, render_backend=self.kwargs["render_backend"],
+            record=record,
         )  # fmt: skip

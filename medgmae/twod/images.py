@@ -9,8 +9,10 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
   for 8-bit because its values happen to stay below 256. 32-bit integer images (PIL mode ``I``, e.g. a 16-bit
   PNG in old Pillow versions or an ``int32`` TIFF) are read as 16-bit data and must hold values in
   ``[0, 65535]``; floating-point images are taken as already scaled (clipped to ``[0, 1]``).
-* NIfTI (``.nii``, ``.nii.gz``): a 2D image, or one axial slice of a volume (reoriented to RAS, the middle slice
-  unless ``slice_index`` is given, shown radiologically: anterior up, patient's right on the left); scaled by ``window`` if given, else between the 0.5 and 99.5 percentiles.
+* NIfTI (``.nii``, ``.nii.gz``): a 2D or single-slice image, or one axial slice of a volume (the middle slice
+  unless ``slice_index`` is given). Every file is reoriented to RAS by its affine and shown radiologically
+  (anterior up, patient's right on the left), so a 2D image, a one-slice volume and a slice of a volume with the
+  same affine give the same picture; scaled by ``window`` if given, else between the 0.5 and 99.5 percentiles.
 * DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
   and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
 
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from medgmae.files import atomic_write
 
-__all__ = ["read_image", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
+__all__ = ["read_image", "read_mask", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -103,25 +105,40 @@ def _read_pil(path: Path) -> np.ndarray:
     return (arr / _UINT16_MAX).astype(np.float32)
 
 
+def _nifti_plane(data: np.ndarray, path: Path, slice_index: int | None) -> np.ndarray:
+    """The ``(X', Y')`` plane to show of canonical (RAS) data: an axial slice of a volume, or a single-slice image."""
+    if data.ndim == 3 and min(data.shape) > 1:
+        k = data.shape[2] // 2 if slice_index is None else int(slice_index)
+        if not 0 <= k < data.shape[2]:
+            raise ValueError(f"{path}: slice {k} is outside the volume's {data.shape[2]} slices")
+        return data[:, :, k]
+    plane = np.squeeze(data)
+    if plane.ndim != 2:
+        raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
+    return plane  # a single slice (axial, coronal or sagittal): its two in-plane axes, RAS order
+
+
 def _read_nifti(path: Path, slice_index: int | None) -> np.ndarray:
+    """One slice of a NIfTI file, ``(1, H, W)``: every file, 2D, single-slice or volume, is first reoriented to
+    RAS by its affine, then shown radiologically (the higher R/A/S coordinate of each in-plane axis first: anterior
+    (or superior) up, patient's right on the left)."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
-        if len(img.shape) >= 3:
+        shape = tuple(img.shape)
+        if len(shape) > 3 and all(s == 1 for s in shape[3:]):
+            img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+        elif len(shape) == 2:
+            img = nib.Nifti1Image(np.asarray(img.dataobj)[:, :, None], img.affine)
+        if len(img.shape) == 3:
             img = nib.as_closest_canonical(img)
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as e:  # nibabel raises several types for corrupt files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
-    data = np.squeeze(data)
-    if data.ndim == 2:
-        return data.T[None]  # (x, y) -> rows along y
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
-    k = data.shape[2] // 2 if slice_index is None else int(slice_index)
-    if not 0 <= k < data.shape[2]:
-        raise ValueError(f"{path}: slice {k} is outside the volume's {data.shape[2]} slices")
-    return data[::-1, ::-1, k].T[None].copy()  # RAS volume shown radiologically: anterior up, patient right left
+    return _nifti_plane(data, path, slice_index)[::-1, ::-1].T[None].copy()
 
 
 def _read_dicom(path: Path, slice_index: int | None) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -156,6 +173,15 @@ def _read_dicom(path: Path, slice_index: int | None) -> tuple[np.ndarray, tuple[
     return arr[None], window
 
 
+def _check_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected an image file")
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    return path
+
+
 def read_image(
     path: str | os.PathLike, slice_index: int | None = None, window: Sequence[float] | None = None
 ) -> np.ndarray:
@@ -163,7 +189,8 @@ def read_image(
 
     Args:
         path: PNG/JPEG/BMP/TIFF, NIfTI (2D, or a slice of a 3D volume) or DICOM file.
-        slice_index: slice of a NIfTI volume (last axis) or frame of a multi-frame DICOM (default: middle).
+        slice_index: slice of a NIfTI volume (last RAS axis) or frame of a multi-frame DICOM (default: middle);
+            ignored for single-slice images.
         window: ``(low, high)`` intensity window for NIfTI/DICOM (e.g. HU); default: the DICOM window or the
             0.5/99.5 percentiles.
 
@@ -171,9 +198,7 @@ def read_image(
         FileNotFoundError: ``path`` does not exist.
         ValueError: unsupported, unreadable or corrupt file, NaN values, or a bad slice.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+    path = _check_path(path)
     if window is not None and (len(window) != 2 or not float(window[1]) > float(window[0])):
         raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
     kind = _image_kind(path)
@@ -186,6 +211,27 @@ def read_image(
         return _scale(_read_nifti(path, slice_index), path, window)
     arr, file_window = _read_dicom(path, slice_index)
     return _scale(arr, path, window if window is not None else file_window)
+
+
+def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.ndarray:
+    """Read a mask as an ``(H, W)`` bool array: non-zero stored values (in any channel) are foreground.
+
+    The pixels are those :func:`read_image` shows for the same ``path`` and ``slice_index`` (same slice, same
+    orientation); no intensity window applies.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unsupported, unreadable or corrupt file, or a bad slice.
+    """
+    path = _check_path(path)
+    kind = _image_kind(path)
+    if kind == "pil":
+        arr = _read_pil(path)
+    elif kind == "nifti":
+        arr = _read_nifti(path, slice_index)
+    else:
+        arr = _read_dicom(path, slice_index)[0]
+    return np.any(np.nan_to_num(arr) != 0, axis=0)
 
 
 def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:

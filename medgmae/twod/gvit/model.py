@@ -1,13 +1,15 @@
 """GViT: the Gaussian encoder and the Gaussian-token classifier together, and its model files.
 
 Model files are ``model.pt`` in the toolkit's one checkpoint format (:mod:`medgmae.checkpoint`), kind ``gvit``
-(or ``patch-vit`` for the baseline), with the class names in ``extra``.
+(or ``patch-vit`` for the baseline), with the class names and the training data's settings (``data``: dataset
+folder or phantom-task settings, seed, validation fraction, image size; see
+:func:`medgmae.twod.classification_data.resolve_classification_data`) in ``extra``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -92,9 +94,9 @@ class GViT(nn.Module):
         """Rebuild from a ``model.pt`` or a training checkpoint (see :func:`load_gvit`)."""
         return load_gvit(path, map_location, cls)
 
-    def save(self, path: str | Path, class_names: Sequence[str] | None = None) -> None:
+    def save(self, path: str | Path, class_names: Sequence[str] | None = None, data: Mapping | None = None) -> None:
         """Write ``model.pt`` atomically (see :func:`save_gvit`)."""
-        save_gvit(self, path, class_names)
+        save_gvit(self, path, class_names, data)
 
 
 def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> nn.Module:
@@ -113,10 +115,16 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
     except (TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
     model.class_names = ckpt.extra.get("class_names")
+    model.data_settings = ckpt.extra.get("data")
     return model
 
 
-def save_gvit(model: nn.Module, path: str | Path, class_names: Sequence[str] | None = None) -> None:
-    """Write ``model.pt`` atomically, with ``class_names`` (default: the model's own) in ``extra``."""
+def save_gvit(
+    model: nn.Module, path: str | Path, class_names: Sequence[str] | None = None, data: Mapping | None = None
+) -> None:
+    """Write ``model.pt`` atomically, with ``class_names`` and the training ``data`` settings (default: the
+    model's own ``class_names`` / ``data_settings``) in ``extra``."""
     names = list(class_names) if class_names is not None else getattr(model, "class_names", None)
-    save_checkpoint(path, make_checkpoint(model.kind, model.config(), model.state_dict(), extra={"class_names": names}))
+    data = dict(data) if data is not None else getattr(model, "data_settings", None)
+    extra = {"class_names": names, "data": data}
+    save_checkpoint(path, make_checkpoint(model.kind, model.config(), model.state_dict(), extra=extra))

@@ -1,0 +1,69 @@
+"""GViT evaluation finds the data the model was trained on (recorded in model.pt), warns when told otherwise,
+never replaces training's phantom task, and leaves no stale explanation PNGs."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medgmae.twod.classification_data import resolve_classification_data, write_phantom_slice_task
+from medgmae.twod.gvit import GViT
+from medgmae.twod.gvit_eval import evaluate_model_file
+from medgmae.twod.gvit_summary import evaluate_command
+
+EVAL = dict(device="cpu", batch_size=8, render_backend="torch")
+
+
+def _classes(root):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def _model(num_classes=2):
+    torch.manual_seed(0)
+    return GViT(in_channels=1, img_size=16, num_classes=num_classes, num_gaussians=6, model_size="tiny", patch_size=4)
+
+
+def test_evaluation_uses_training_data_settings(tmp_path, caplog):
+    run = tmp_path / "run"
+    data = resolve_classification_data(_classes(tmp_path / "classes"), run / "data", image_size=16, seed=1, val_fraction=0.5)
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    m = evaluate_model_file(run / "model.pt", None, run / "eval", default_root=run / "data", num_explanations=-1, **EVAL)
+    assert m["split"] == "val" and m["data"]["dataset_dir"] == str((tmp_path / "classes").resolve())
+    assert m["data"]["seed"] == 1 and m["num_images"] == len(data.val) == 4
+    assert not (run / "data").exists()  # no phantom task was generated
+    assert json.loads((run / "eval" / "metrics.json").read_text())["data"]["seed"] == 1
+    cmd = evaluate_command(run, m["data"])
+    assert f"--dataset_dir {tmp_path / 'classes'}" in cmd and "--seed 1 --val_fraction 0.5" in cmd
+
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        m = evaluate_model_file(run / "model.pt", None, run / "eval", seed=0, num_explanations=1, **EVAL)
+    assert "evaluating with seed 0, not training's 1" in caplog.text and "overlap" in caplog.text
+    assert sorted(p.name for p in (run / "eval" / "explanations").iterdir()) == [  # the 4 earlier PNGs are gone
+        next((run / "eval" / "explanations").iterdir()).name]
+    assert m["explanations"] == 1
+
+
+def test_evaluation_never_replaces_the_training_phantom_task(tmp_path, caplog):
+    run = tmp_path / "run"
+    write_phantom_slice_task(run / "data", num_cases=3, seed=0, image_size=16)
+    task = (run / "data" / "task.json").read_text()
+    settings = {"dataset_dir": "", "default_root": str(run / "data"), "num_phantoms": 3, "seed": 0,
+                "val_fraction": 0.2, "image_size": 16}  # fmt: skip
+    _model(3).save(run / "model.pt", class_names=None, data=settings)
+    evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=0, **EVAL)  # reuses the task
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        try:
+            evaluate_model_file(run / "model.pt", None, run / "eval", seed=5, num_explanations=0, **EVAL)
+        except ValueError as e:  # another seed may give other classes; the point is where it wrote
+            assert "classes" in str(e)
+    assert (run / "data" / "task.json").read_text() == task
+    assert json.loads((run / "eval" / "data" / "task.json").read_text())["params"]["seed"] == 5
+    assert "leaving it untouched" in caplog.text

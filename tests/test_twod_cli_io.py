@@ -1,0 +1,88 @@
+"""medgmae-2d input and output handling: NIfTI orientation, reference masks at the image's slice, ``--out``
+checks, stale outputs and the messages of bad options."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medgmae.twod.cli import main
+from medgmae.twod.gmae import GMAE2D
+from medgmae.twod.images import read_image, read_mask
+
+#: voxel (i, j) -> world (x, y) = (2 j, -2 i): rows run posterior, columns run right (not RAS voxel order)
+AFFINE = np.array([[0, 2, 0, 0], [-2, 0, 0, 0], [0, 0, 3, 0], [0, 0, 0, 1]], dtype=float)
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    model = GMAE2D(img_size=32, patch_size=8, in_channels=1, model_size="tiny", num_gaussians=48)
+    torch.save(model.model_checkpoint(), tmp_path / "model.pt")
+    Image.fromarray((np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)).save(tmp_path / "img.png")
+    return tmp_path / "model.pt"
+
+
+def _nifti(path, data, affine=AFFINE):
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), affine), str(path))
+    return path
+
+
+def test_nifti_2d_one_slice_and_volume_share_one_orientation(tmp_path):
+    plane = np.random.default_rng(1).random((24, 20)).astype(np.float32)
+    plane[0, 19] = 5.0  # the most anterior (i = 0) and most right (j = 19) voxel
+    flat = read_image(_nifti(tmp_path / "flat.nii.gz", plane))
+    one = read_image(_nifti(tmp_path / "one.nii.gz", plane[:, :, None]))
+    vol = read_image(_nifti(tmp_path / "vol.nii.gz", np.repeat(plane[:, :, None], 3, 2)))
+    np.testing.assert_array_equal(one, vol)
+    np.testing.assert_array_equal(flat, vol)
+    assert vol.shape == (1, 24, 20) and np.unravel_index(vol[0].argmax(), vol[0].shape) == (0, 0)  # anterior up, right left
+    # with an identity affine too: one radiological picture whatever the number of slices
+    ident = [read_image(_nifti(tmp_path / f"id{n}.nii.gz", np.repeat(plane[:, :, None], n, 2), np.eye(4))) for n in (1, 3)]
+    np.testing.assert_array_equal(ident[0], ident[1])
+
+
+def test_segment_reads_the_reference_at_the_image_slice(model_file, tmp_path):
+    image = np.random.default_rng(2).normal(0, 100, (32, 32, 8))
+    mask = np.zeros((32, 32, 8))
+    mask[:, :, 3] = 1  # only slice 3 is foreground; the middle slice (4) is empty
+    img = _nifti(tmp_path / "ct.nii.gz", image)
+    ref = _nifti(tmp_path / "mask.nii.gz", mask)
+    assert read_mask(ref, 3).all() and not read_mask(ref).any()
+    out = tmp_path / "seg"
+    argv = ["segment", "--checkpoint", str(model_file), "--image", str(img), "--slice", "3", "--reference", str(ref)]
+    assert main([*argv, "--out", str(out), "--num-layers", "4", "--threshold", "0"]) == 0
+    summary = json.loads((out / "segment.json").read_text())
+    assert summary["foreground_fraction"] > 0
+    assert summary["iou"] == pytest.approx(summary["foreground_fraction"])  # the reference is the whole slice
+
+
+def test_out_below_a_file_exits_2_before_computing(model_file, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    argv = ["edges", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(afile / "sub")]
+    assert main(argv) == 2
+    assert "not a folder" in capsys.readouterr().err and afile.is_file()
+
+
+def test_edges_replace_the_files_of_an_earlier_run(model_file, tmp_path):
+    out = tmp_path / "edges"
+    argv = ["edges", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(out)]
+    (out).mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main([*argv, "--granularities", "2", "4"]) == 0
+    assert main([*argv, "--granularities", "8"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["edges.json", "edges_l8.png", "notes.txt"]
+
+
+def test_option_messages_name_the_option(model_file, tmp_path, capsys):
+    common = ["--image", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")]
+    assert main(["edges", "--checkpoint", str(model_file), *common, "--granularities", "64"]) == 2
+    assert "--granularities 64 exceeds" in capsys.readouterr().err
+    assert main(["edges", "--checkpoint", str(tmp_path), *common]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "model.pt" in err
+    assert not (tmp_path / "o").exists()
