@@ -1,0 +1,71 @@
+"""``medgmae-recon``: inputs refused before any work (exit 2, the message naming the file or flag, nothing written)."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medgmae.data.phantom import generate_phantom
+from recon.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    """A 10-view parallel-beam scan of a 16 x 16 x 12 phantom at 12 x 12 x 16 mm."""
+    d = tmp_path_factory.mktemp("scan")
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
+    out = d / "scan"
+    assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "parallel", "--views", "10", "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def reconstruct_args(scan: Path, out, *extra) -> list[str]:
+    return ["reconstruct", "--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json"), "--out", str(out),
+            "--no-progress", "--iterations", "2", "--num-gaussians", "100", "--device", "cpu", *extra]  # fmt: skip
+
+
+def expect_refusal(capsys, args: list[str], *messages: str) -> str:
+    """``main(args)`` exits 2 with every one of ``messages`` in its error; returns the error."""
+    capsys.readouterr()
+    assert main(args) == 2, args
+    err = capsys.readouterr().err
+    assert "error" in err and all(m in err for m in messages), (messages, err)
+    return err
+
+
+def no_leftovers(d: Path) -> list[str]:
+    """Hidden staging folders and temporary files anywhere below ``d``."""
+    return [str(p) for p in d.rglob(".*")]
+
+
+def _geometry_with_affine(scan: Path, path: Path, affine) -> Path:
+    g = json.loads((scan / "geometry.json").read_text())
+    path.write_text(json.dumps({**g, "affine": affine}))
+    return path
+
+
+def test_bad_affines_in_the_geometry_are_refused(scan, tmp_path, capsys):
+    """A 2x2, NaN, singular, bad-last-row affine, or one whose column norms contradict voxel_size (z, y, x):
+    refused when the geometry is read, naming the file, before anything is written."""
+    good = np.asarray(json.loads((scan / "geometry.json").read_text())["affine"])
+    sz, sy, sx = json.loads((scan / "geometry.json").read_text())["voxel_size"]
+    assert np.allclose(np.linalg.norm(good[:3, :3], axis=0), (sx, sy, sz))  # the order the check expects
+    nan, singular, last, swapped = good.copy(), good.copy(), good.copy(), good.copy()
+    nan[0, 3] = np.nan
+    singular[:3, 1] = singular[:3, 0]
+    last[3, 0] = 1.0
+    swapped[:3, [0, 2]] = swapped[:3, [2, 0]]  # the norms in (z, y, x) order: wrong with sx != sz
+    cases = {"2x2": ([[1, 0], [0, 1]], "4x4"), "nan": (nan.tolist(), "finite"), "singular": (singular.tolist(), "singular"),
+             "last row": (last.tolist(), "last row"), "norms": (swapped.tolist(), "contradict voxel_size")}  # fmt: skip
+    for name, (affine, message) in cases.items():
+        geom = _geometry_with_affine(scan, tmp_path / f"{name.replace(' ', '_')}.json", affine)
+        out = tmp_path / "out"
+        fbp_args = ["fbp", "--projections", str(scan / "projections.npy"), "--geometry", str(geom), "--out", str(out / "f.nii.gz")]
+        for args in (fbp_args, reconstruct_args(scan, out, "--geometry", str(geom))):
+            expect_refusal(capsys, args, f"geometry file {geom}", message)
+            assert not out.exists() and not no_leftovers(tmp_path), name
