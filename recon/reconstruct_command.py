@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.commands import CLIError, StagedOutputs, load_matching_volume, load_scan, resolve_cli_device
+from recon.commands import CLIError, StagedOutputs, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
 from recon.geometry import CTGeometry
 
 __all__ = ["OUTPUTS", "RECON_STATE", "cmd_reconstruct"]
@@ -215,7 +215,9 @@ def _refit(rec, init_fn, iteration: int, progress: bool):
 
 
 def _check_flags(args) -> None:
-    """The flags that need no file checked against each other (the budget is settled once the scan is read)."""
+    """The flags that need no file checked against each other (the budget is settled once the scan is read), and
+    that ``--out`` can be a folder."""
+    check_out_folder(args.out)
     if args.iterations < 0:
         raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
     _check_holdout_flags(args)

@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from recon.commands import CLIError
+from recon.commands import CLIError, check_out_file
 
 __all__ = ["cmd_select", "load_run", "rank_runs", "SETTING_KEYS"]
 
@@ -111,6 +111,8 @@ def cmd_select(args) -> int:
     """``select``: rank ``--runs`` by held-out error, print the table and the chosen run (and ``--json``)."""
     from medgmae.files import save_json_atomic
 
+    if args.json:
+        check_out_file(args.json, "--json")
     names = [str(r) for r in args.runs]
     if len(set(names)) != len(names):
         raise CLIError(f"a run is named twice in --runs: {names}")

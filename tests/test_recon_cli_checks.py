@@ -69,3 +69,32 @@ def test_bad_affines_in_the_geometry_are_refused(scan, tmp_path, capsys):
         for args in (fbp_args, reconstruct_args(scan, out, "--geometry", str(geom))):
             expect_refusal(capsys, args, f"geometry file {geom}", message)
             assert not out.exists() and not no_leftovers(tmp_path), name
+
+
+@pytest.mark.parametrize("command", ["simulate", "reconstruct"])
+def test_out_folder_that_is_a_file_is_refused_up_front(scan, tmp_path, capsys, command):
+    """``--out`` naming an existing file, or a folder below one: exit 2 naming the path, the file unchanged."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for out in (afile, afile / "sub"):
+        if command == "simulate":
+            args = ["simulate", "--volume", str(scan.parent / "ct.nii.gz"), "--geometry", "parallel", "--views", "4",
+                    "--device", "cpu", "--out", str(out)]  # fmt: skip
+        else:
+            args = reconstruct_args(scan, out)
+        expect_refusal(capsys, args, f"--out {out}", "existing file")
+        assert afile.read_text() == "keep" and not no_leftovers(tmp_path)
+
+
+def test_fbp_out_must_be_a_nifti_file(scan, tmp_path, capsys):
+    """``fbp --out`` without a .nii / .nii.gz ending, naming a folder, or below a file: refused before the FBP."""
+    (tmp_path / "adir.nii.gz").mkdir()
+    (tmp_path / "afile").write_text("keep")
+    base = ["fbp", "--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json")]
+    cases = {"fbp_out.npy": "must end with .nii or .nii.gz", "fbpnoext": "must end with .nii or .nii.gz",
+             "bad/": "is a folder", "adir.nii.gz": "is a folder", "afile/f.nii.gz": "existing file"}  # fmt: skip
+    for name, message in cases.items():
+        out = str(tmp_path / name) + ("/" if name.endswith("/") else "")
+        expect_refusal(capsys, [*base, "--out", out], f"--out {out}", message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.nii.gz", "afile"]
+    assert main([*base, "--out", str(tmp_path / "ok.NII")]) == 0  # the ending is case-insensitive
