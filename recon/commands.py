@@ -213,9 +213,10 @@ def cmd_evaluate(args) -> int:
     from recon.scan_files import load_volume
     from recon.metrics import evaluate
 
-    rec, _, _ = load_volume(args.recon)
-    ref, _, _ = load_volume(args.reference)
+    rec, rec_affine, _ = load_volume(args.recon)
+    ref, ref_affine, _ = load_volume(args.reference)
     if rec.shape != ref.shape:
         raise CLIError(f"{args.recon} has shape {rec.shape[::-1]} but {args.reference} has {ref.shape[::-1]}")
+    check_same_affine(rec_affine, ref_affine, f"--recon {args.recon}", f"--reference {args.reference}")
     print(json.dumps(evaluate(rec, ref)))
     return 0

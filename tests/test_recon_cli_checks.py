@@ -98,3 +98,15 @@ def test_fbp_out_must_be_a_nifti_file(scan, tmp_path, capsys):
         expect_refusal(capsys, [*base, "--out", out], f"--out {out}", message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.nii.gz", "afile"]
     assert main([*base, "--out", str(tmp_path / "ok.NII")]) == 0  # the ending is case-insensitive
+
+
+def test_evaluate_refuses_a_reference_in_another_place(scan, tmp_path, capsys):
+    """``evaluate`` checks the affines as ``reconstruct`` does: a reference shifted by 50 mm is refused."""
+    ref = nib.load(str(scan / "reference.nii.gz"))
+    shifted_affine = ref.affine.copy()
+    shifted_affine[0, 3] += 50.0
+    shifted = tmp_path / "shifted.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(ref.dataobj, np.float32), shifted_affine), str(shifted))
+    args = ["evaluate", "--recon", str(scan / "fbp.nii.gz"), "--reference", str(shifted)]
+    expect_refusal(capsys, args, f"--recon {scan / 'fbp.nii.gz'}", f"--reference {shifted}", "another voxel-to-world affine")
+    assert main(["evaluate", "--recon", str(scan / "fbp.nii.gz"), "--reference", str(scan / "reference.nii.gz")]) == 0
