@@ -128,19 +128,6 @@ OUTPUTS = {
 }
 
 
-def _resume_state(state_path: Path, preset: str) -> dict:
-    """The saved state to ``--resume`` from, checked to exist and to have been written with ``--preset preset``."""
-    from medgmae.files import load_torch_file
-
-    if not state_path.is_file():
-        raise CLIError(f"--resume: no saved state {state_path}")
-    state = load_torch_file(state_path, what="reconstruction state")
-    saved = state.get("config", {}).get("preset_name", "toolkit") if isinstance(state, dict) else None
-    if saved != preset:
-        raise CLIError(f"--resume: {state_path} was written with --preset {saved}, not {preset}")
-    return state
-
-
 def cmd_reconstruct(args) -> int:
     """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary."""
     from recon.fbp import fbp
@@ -148,6 +135,7 @@ def cmd_reconstruct(args) -> int:
     from recon.holdout import fitted_views_fbp
     from recon.metrics import evaluate
     from recon.projectors import make_projector
+    from recon.resume import load_resume_state, run_settings, scan_fingerprint
 
     # ---- validate everything before writing anything
     _check_flags(args)
@@ -159,7 +147,8 @@ def cmd_reconstruct(args) -> int:
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
     out = Path(args.out)
     state_path = out / RECON_STATE
-    state = _resume_state(state_path, args.preset) if args.resume else None
+    run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings)}
+    state = load_resume_state(state_path, run_info, args.iterations) if args.resume else None
     device = resolve_cli_device(args.device)
     if model is not None:
         model = model.to(device).eval()
@@ -181,6 +170,7 @@ def cmd_reconstruct(args) -> int:
     )  # fmt: skip
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
+    rec.run_info = run_info
     if state is not None:
         try:
             rec.load_state_dict(state)
@@ -194,7 +184,7 @@ def cmd_reconstruct(args) -> int:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
         rec, result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)  # its value_scale is recorded
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
-    metrics["holdout"] = holdout
+    metrics["holdout"], metrics["scan"] = holdout, run_info["scan"]
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
