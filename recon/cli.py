@@ -22,7 +22,8 @@ Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuatio
 published settings; see :mod:`recon.presets`), including its initialisation unless ``--init`` is given
 (``toolkit``: ``fbp`` with one Gaussian per 8 voxels, at least 20,000; ``3dgr-ct``: its own with 50,000; under the
 toolkit preset every start, ``--init 3dgr-ct`` included, gets one least-squares intensity gain against the FBP). It writes ``recon.nii.gz``,
-``gaussians.ply``, ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM),
+``gaussians.ply`` (the Gaussians in world millimetres, RAS, the frame of ``recon.nii.gz``'s affine; its header
+records ``frame world``, the ``(z, y, x)`` volume shape and that array's index -> world matrix), ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM),
 ``curve.png``, ``slices.png`` (three orthogonal mid-slices of reference / FBP / reconstruction / error, or FBP /
 reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``
 iterations and at the end), and prints a closing summary. With ``--holdout-views N`` it leaves ``N`` views,

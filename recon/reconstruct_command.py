@@ -120,7 +120,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
 
 OUTPUTS = {
     "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
-    "gaussians.ply": "the Gaussians, world frame",
+    "gaussians.ply": "the Gaussians in world mm (RAS, recon.nii.gz's frame)",
     "metrics.json": "preset, every setting, history, density-control rounds, PSNR/SSIM",
     "curve.png": "loss and PSNR per iteration",
     "slices.png": "orthogonal mid-slices: reference / FBP / reconstruction / error",
@@ -260,6 +260,15 @@ def _load_model(args):
         raise CLIError(f"cannot use {args.checkpoint} for --init medgmae: {e}") from e
 
 
+def world_gaussians(gaussians, geom: CTGeometry):
+    """The reconstruction's Gaussians (voxel frame of the ``(z, y, x)`` grid) in world millimetres (RAS+, the frame
+    of ``recon.nii.gz``'s affine, as the zero-shot PLY): centres, scales and rotations mapped by the scan's affine."""
+    from recon.initialisation import zyx_affine
+
+    a = torch.from_numpy(zyx_affine(geom.default_affine()))
+    return gaussians.to("cpu").transformed(a[:3, :3], a[:3, 3])
+
+
 def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
     """Stage every output and move them into ``out`` together."""
     from medgmae.files import save_json_atomic
@@ -272,7 +281,7 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
     stage = StagedOutputs(out)
     try:
         save_nifti(stage.path("recon.nii.gz"), volume, geom.default_affine())
-        save_ply(stage.path("gaussians.ply"), result.gaussians.to("cpu"), frame="voxel", shape=geom.volume_shape,
+        save_ply(stage.path("gaussians.ply"), world_gaussians(result.gaussians, geom), frame="world", shape=geom.volume_shape,
                  affine=zyx_affine(geom.default_affine()))
         save_json_atomic(metrics, stage.path("metrics.json"))
         draw_curve(result.history, stage.path("curve.png"), (metrics.get("holdout") or {}).get("errors"))

@@ -6,6 +6,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
@@ -110,3 +111,32 @@ def test_evaluate_refuses_a_reference_in_another_place(scan, tmp_path, capsys):
     args = ["evaluate", "--recon", str(scan / "fbp.nii.gz"), "--reference", str(shifted)]
     expect_refusal(capsys, args, f"--recon {scan / 'fbp.nii.gz'}", f"--reference {shifted}", "another voxel-to-world affine")
     assert main(["evaluate", "--recon", str(scan / "fbp.nii.gz"), "--reference", str(scan / "reference.nii.gz")]) == 0
+
+
+def test_gaussians_ply_is_in_world_millimetres(tmp_path):
+    """With a rotated, anisotropic, shifted affine the PLY centres are ``affine @ (x, y, z, 1)`` of the voxel
+    centres the state holds (``(z, y, x)`` order), and the covariances map as ``M Sigma M^T``."""
+    from medgmae.gaussians import covariance_matrices
+    from medgmae.ply import load_ply
+
+    t = np.deg2rad(30.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([12.0, 12.0, 16.0])
+    affine[:3, 3] = [-40.0, 25.0, 7.5]
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), affine), str(tmp_path / "ct.nii.gz"))
+    assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "8",
+                 "--out", str(tmp_path / "scan"), "--device", "cpu"]) == 0  # fmt: skip
+    out = tmp_path / "rec"
+    assert main([*reconstruct_args(tmp_path / "scan", out), "--checkpoint-every", "0"]) == 0
+    state = torch.load(out / "recon_state.pt", weights_only=True)["params"]
+    zyx = state["means"].double().numpy()
+    expected = zyx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]  # (x, y, z) index -> world
+    g, meta = load_ply(out / "gaussians.ply")
+    assert meta["frame"] == "world" and g.num_gaussians == len(zyx)
+    np.testing.assert_allclose(g.means[0].double().numpy(), expected, atol=1e-3)
+    m = affine[:3, :3][:, ::-1]  # the (z, y, x) columns
+    quats = torch.nn.functional.normalize(state["quats"].double(), dim=-1)
+    cov = covariance_matrices(state["log_scales"].double().exp(), quats).numpy()
+    np.testing.assert_allclose(g.covariances()[0].double().numpy(), m @ cov @ m.T, rtol=1e-3, atol=1e-3)
