@@ -16,6 +16,7 @@ from recon.geometry import CTGeometry
 
 __all__ = [
     "CLIError",
+    "Interrupted",
     "StagedOutputs",
     "check_out_file",
     "check_out_folder",
@@ -31,6 +32,10 @@ __all__ = [
 
 class CLIError(ValueError):
     """A user-facing error: printed and turned into exit code 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command, with what it left (the message): printed on one line, exit code 130."""
 
 
 def resolve_cli_device(name: str) -> torch.device:

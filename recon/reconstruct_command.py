@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.commands import CLIError, StagedOutputs, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
+from recon.commands import CLIError, Interrupted, StagedOutputs, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
 from recon.geometry import CTGeometry
 
 __all__ = ["OUTPUTS", "RECON_STATE", "cmd_reconstruct"]
@@ -129,7 +129,37 @@ OUTPUTS = {
 
 
 def cmd_reconstruct(args) -> int:
-    """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary."""
+    """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary.
+
+    Raises:
+        Interrupted: on Ctrl-C, saying where the last saved state is (no other output is written).
+    """
+    state_path = Path(args.out) / RECON_STATE
+    before = state_path.stat().st_mtime_ns if state_path.is_file() else None
+    try:
+        return _reconstruct(args)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_note(args, state_path, before)) from None
+
+
+def _interrupted_note(args, state_path: Path, before: int | None) -> str:
+    """What an interrupted run left: the state it saved (``before``: the state file's mtime at the start)."""
+    from medgmae.files import load_torch_file
+
+    if state_path.is_file() and state_path.stat().st_mtime_ns != before:
+        try:
+            at = f" (iteration {int(load_torch_file(state_path, what='reconstruction state')['iteration'])})"
+        except (ValueError, KeyError, TypeError, OSError):
+            at = ""
+        return f"the last state{at} is saved in {state_path}; the same command with --resume continues it"
+    if args.resume and state_path.is_file():
+        return f"no newer state was saved; {state_path}, the state resumed from, is unchanged (--resume continues it)"
+    first = f"at iteration {args.checkpoint_every}" if args.checkpoint_every > 0 else "only at the end with --checkpoint-every 0"
+    return f"no state was saved yet (the first is saved {first}); no output was written"
+
+
+def _reconstruct(args) -> int:
+    """What :func:`cmd_reconstruct` does."""
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
     from recon.holdout import fitted_views_fbp

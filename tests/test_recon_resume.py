@@ -90,3 +90,32 @@ def test_older_states_without_a_fingerprint_resume_with_a_warning(saved, tmp_pat
     assert f"--resume: {old / 'recon_state.pt'} was written with --preset toolkit, not 3dgr-ct" in capsys.readouterr().err
     assert main(_args(scan, old, "--iterations", str(state["iteration"] + 2), "--resume")) == 0
     assert "records no scan fingerprint" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the optimisation: one line naming the last saved state and --resume, exit 130, no outputs
+    but the state; before any state was saved, the line says so and nothing is written."""
+    from recon.gaussian_recon import GaussianReconstructor
+
+    scan = saved[0]
+    step = GaussianReconstructor.step
+
+    def interrupted_step(self):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
+    for out, every, said in ((tmp_path / "early", "5", "no state was saved yet"),
+                             (tmp_path / "rec", "2", f"the last state (iteration 2) is saved in {tmp_path / 'rec' / 'recon_state.pt'}")):  # fmt: skip
+        capsys.readouterr()
+        args = [*_args(scan, out, "--iterations", "6"), "--checkpoint-every", every]
+        assert main(args) == 130
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and said in err and "Traceback" not in err, err
+        assert _contents(out) == ({} if every == "5" else {"recon_state.pt": _contents(out)["recon_state.pt"]})
+        assert not list(tmp_path.rglob(".*"))
+    assert "--resume continues it" in err
+    monkeypatch.setattr(GaussianReconstructor, "step", step)
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 6
