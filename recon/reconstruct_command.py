@@ -93,7 +93,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
     per = metrics.get("voxels_per_gaussian", 0.0)
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
-                     f"bench/RESULTS.md used about one per 7); raise --num-gaussians (and the iterations)")  # fmt: skip
+                     f"bench/RESULTS.md used about one per 7); {_what_limits_growth(metrics)}")  # fmt: skip
     rounds = metrics.get("density_rounds") or []
     if rounds:
         total = {k: sum(r[k] for r in rounds) for k in ("cloned", "split", "pruned")}
@@ -116,6 +116,18 @@ def _print_summary(metrics: dict, out: Path) -> None:
     for name, what in OUTPUTS.items():
         lines.append(f"  {out / name}  ({what})")
     print("\n".join(lines))
+
+
+def _what_limits_growth(metrics: dict) -> str:
+    """The advice of the sparse-budget note: a sparse start that stopped growing below its budget
+    (:func:`recon.presets.sparse_start_growth`) is limited by when density control ends, not by the budget."""
+    settings = metrics.get("settings") or {}
+    grow_to, until = (metrics.get("init_settings") or {}).get("grow_to"), settings.get("densify_until")
+    if grow_to is None or until is None or metrics["num_gaussians"] >= grow_to:
+        return "raise --num-gaussians (and the iterations)"
+    return (f"the sparse start grew to {metrics['num_gaussians']} of its budget of {grow_to} before density control stopped "
+            f"at iteration {until}; raise --iterations (growth runs to {until / max(1, settings.get('iterations', 1)):.0%} "
+            "of them), or start from --init fbp with that budget")  # fmt: skip
 
 
 OUTPUTS = {

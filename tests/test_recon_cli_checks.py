@@ -140,3 +140,18 @@ def test_gaussians_ply_is_in_world_millimetres(tmp_path):
     quats = torch.nn.functional.normalize(state["quats"].double(), dim=-1)
     cov = covariance_matrices(state["log_scales"].double().exp(), quats).numpy()
     np.testing.assert_allclose(g.covariances()[0].double().numpy(), m @ cov @ m.T, rtol=1e-3, atol=1e-3)
+
+
+def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
+    """With --init medgmae the sparse start grows until density control ends (densify_until): when it stopped
+    below its budget the note says so and asks for more iterations, not a larger --num-gaussians."""
+    from recon.reconstruct_command import _print_summary
+
+    base = {"preset": "toolkit", "init": "medgmae", "iterations": 20, "time_seconds": 1.0, "init_seconds": 0.1,
+            "voxels_per_gaussian": 115.0, "settings": {"densify_until": 12, "iterations": 20}}  # fmt: skip
+    _print_summary({**base, "num_gaussians": 900, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    text = capsys.readouterr().out
+    assert "grew to 900 of its budget of 20000 before density control stopped at iteration 12" in text
+    assert "raise --iterations (growth runs to 60% of them)" in text and "raise --num-gaussians" not in text
+    _print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
