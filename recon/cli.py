@@ -22,7 +22,8 @@ Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuatio
 published settings; see :mod:`recon.presets`), including its initialisation unless ``--init`` is given
 (``toolkit``: ``fbp`` with one Gaussian per 8 voxels, at least 20,000; ``3dgr-ct``: its own with 50,000; under the
 toolkit preset every start, ``--init 3dgr-ct`` included, gets one least-squares intensity gain against the FBP). It writes ``recon.nii.gz``,
-``gaussians.ply``, ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM),
+``gaussians.ply`` (the Gaussians in world millimetres, RAS, the frame of ``recon.nii.gz``'s affine; its header
+records ``frame world``, the ``(z, y, x)`` volume shape and that array's index -> world matrix), ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM),
 ``curve.png``, ``slices.png`` (three orthogonal mid-slices of reference / FBP / reconstruction / error, or FBP /
 reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``
 iterations and at the end), and prints a closing summary. With ``--holdout-views N`` it leaves ``N`` views,
@@ -37,7 +38,8 @@ settings, e.g. ``--tv``) by their held-out error and names the lowest: a choice 
 
 Errors in the inputs (missing or unreadable files, projections that do not match the geometry, a model
 checkpoint of the wrong kind, ``--init medgmae`` without ``--checkpoint``) print a message and exit with code 2
-before any output is written; every output file is written atomically.
+before any output is written; every output file is written atomically. Ctrl-C exits with code 130 and one line
+(``reconstruct``: where the last state was saved, which ``--resume`` continues); no partial outputs are left.
 """
 
 
@@ -47,7 +49,7 @@ import argparse
 import sys
 
 from medgmae.cli_types import nonneg_float, nonneg_int, positive_float, positive_int
-from recon.commands import CLIError, cmd_evaluate, cmd_fbp, cmd_simulate
+from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 from recon.select_command import cmd_select
 
@@ -153,7 +155,8 @@ COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconst
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 success, 2 bad input)."""
+    """Entry point; returns the exit code (0 success, 2 bad input, 130 interrupted by Ctrl-C: one line says what
+    was left, no traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -161,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, ValueError, FileNotFoundError) as e:
         print(f"medgmae-recon {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        left = str(e) if isinstance(e, Interrupted) else "no output was written"
+        print(f"medgmae-recon {args.command}: interrupted: {left}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

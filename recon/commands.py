@@ -16,7 +16,11 @@ from recon.geometry import CTGeometry
 
 __all__ = [
     "CLIError",
+    "Interrupted",
     "StagedOutputs",
+    "check_out_file",
+    "check_out_folder",
+    "check_same_affine",
     "cmd_evaluate",
     "cmd_fbp",
     "cmd_simulate",
@@ -28,6 +32,10 @@ __all__ = [
 
 class CLIError(ValueError):
     """A user-facing error: printed and turned into exit code 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command, with what it left (the message): printed on one line, exit code 130."""
 
 
 def resolve_cli_device(name: str) -> torch.device:
@@ -53,6 +61,22 @@ def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
     return geom, proj
 
 
+def check_same_affine(affine: np.ndarray, expected: np.ndarray, what: str, other: str) -> None:
+    """Refuse a volume whose voxel-to-world affine is not ``expected`` (absolute tolerance 1e-4 mm).
+
+    Args:
+        affine: the volume's 4x4 affine.
+        expected: the 4x4 affine it must have.
+        what: the volume, as the message names it (flag and file).
+        other: what ``expected`` belongs to, as the message names it.
+
+    Raises:
+        CLIError: the affines differ.
+    """
+    if not np.allclose(affine, expected, atol=1e-4):
+        raise CLIError(f"{what} has another voxel-to-world affine than {other}:\n{affine}\nvs\n{expected}")
+
+
 def load_matching_volume(path: str, geom: CTGeometry, what: str) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI volume ``(z, y, x)`` of the geometry's shape, and its affine (checked against ``geometry.json``'s)."""
     from recon.scan_files import load_volume
@@ -60,9 +84,60 @@ def load_matching_volume(path: str, geom: CTGeometry, what: str) -> tuple[np.nda
     vol, affine, _ = load_volume(path)
     if vol.shape != geom.volume_shape:
         raise CLIError(f"{what} {path} has shape {vol.shape[::-1]} (x, y, z) but the geometry's volume is {geom.volume_shape[::-1]}")
-    if geom.affine is not None and not np.allclose(affine, geom.default_affine(), atol=1e-4):
-        raise CLIError(f"{what} {path} has another voxel-to-world affine than the geometry:\n{affine}\nvs\n{geom.default_affine()}")
+    if geom.affine is not None:
+        check_same_affine(affine, geom.default_affine(), f"{what} {path}", "the geometry")
     return vol, affine
+
+
+def _check_parents(path: Path, flag: str) -> None:
+    """Refuse ``path`` when a folder above it is an existing file."""
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CLIError(f"{flag} {path}: {parent} is an existing file, not a folder")
+
+
+def check_out_folder(path: str, flag: str = "--out") -> Path:
+    """Check, before any work, that ``path`` can become an output folder.
+
+    Args:
+        path: the folder given.
+        flag: the option, as the message names it.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        CLIError: ``path`` is an existing file, or lies below one.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CLIError(f"{flag} {path} is an existing file, not a folder")
+    _check_parents(p, flag)
+    return p
+
+
+def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()) -> Path:
+    """Check, before any work, that ``path`` can become an output file.
+
+    Args:
+        path: the file given.
+        flag: the option, as the message names it.
+        endings: the endings the name must have (case-insensitive; empty: any).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        CLIError: a name without one of ``endings``, a path ending with a separator or naming an existing folder,
+            or one below an existing file.
+    """
+    p = Path(path)
+    if str(path).endswith(("/", os.sep)) or p.is_dir():
+        raise CLIError(f"{flag} {path} is a folder: give a file name" + (f" ending with {' or '.join(endings)}" if endings else ""))
+    if endings and not p.name.lower().endswith(endings):
+        raise CLIError(f"{flag} {path} must end with {' or '.join(endings)}")
+    _check_parents(p, flag)
+    return p
 
 
 class StagedOutputs:
@@ -93,7 +168,7 @@ def cmd_simulate(args) -> int:
     from recon.scan_files import load_volume, save_nifti, save_projections
     from recon.projectors import make_projector
 
-    out = Path(args.out)
+    out = check_out_folder(args.out)
     hu, affine, voxel = load_volume(args.volume)
     device = resolve_cli_device(args.device)
     mu = hu_to_mu(hu).astype(np.float32)
@@ -130,6 +205,7 @@ def cmd_fbp(args) -> int:
     from recon.fbp import fbp
     from recon.scan_files import save_nifti
 
+    check_out_file(args.out, "--out", (".nii", ".nii.gz"))
     geom, proj = load_scan(args.projections, args.geometry)
     device = resolve_cli_device(args.device)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
@@ -142,9 +218,10 @@ def cmd_evaluate(args) -> int:
     from recon.scan_files import load_volume
     from recon.metrics import evaluate
 
-    rec, _, _ = load_volume(args.recon)
-    ref, _, _ = load_volume(args.reference)
+    rec, rec_affine, _ = load_volume(args.recon)
+    ref, ref_affine, _ = load_volume(args.reference)
     if rec.shape != ref.shape:
         raise CLIError(f"{args.recon} has shape {rec.shape[::-1]} but {args.reference} has {ref.shape[::-1]}")
+    check_same_affine(rec_affine, ref_affine, f"--recon {args.recon}", f"--reference {args.reference}")
     print(json.dumps(evaluate(rec, ref)))
     return 0

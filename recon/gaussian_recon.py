@@ -125,6 +125,7 @@ class GaussianReconstructor:
             from recon.coarse import HalfResolutionStage
 
             self._coarse = HalfResolutionStage(self.geometry, self.projector.name, self.proj)
+        self.run_info: dict = {}  # what the caller records about the run (scan, settings); saved with the state
         self.holdout = None
         if self.config.holdout_views:
             from recon.holdout import HeldOutViews
@@ -286,6 +287,7 @@ class GaussianReconstructor:
             "grad_count": self.grad_count.detach().cpu().clone(),
             "config": asdict(self.config),
             "holdout": None if self.holdout is None else self.holdout.state_dict(),
+            "run_info": self.run_info,
         }
 
     def load_state_dict(self, state: dict) -> None:

@@ -27,9 +27,12 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["CTGeometry", "GEOMETRY_KINDS"]
+__all__ = ["CTGeometry", "GEOMETRY_KINDS", "AFFINE_RTOL"]
 
 GEOMETRY_KINDS = ("parallel", "cone")
+
+#: Relative tolerance of the check that the affine's column norms are the voxel sizes.
+AFFINE_RTOL = 1e-3
 
 
 def _triple(name: str, value) -> tuple:
@@ -70,7 +73,9 @@ class CTGeometry:
         source_origin: source-to-isocentre distance in mm (cone beam only).
         source_detector: source-to-detector distance in mm (cone beam only).
         affine: optional 4x4 voxel-to-world affine of the NIfTI the volume came from (array order ``(x, y, z)``),
-            carried so that reconstructions are written in the same space.
+            carried so that reconstructions are written in the same space. It must be finite with last row
+            ``0 0 0 1``, non-singular, and its columns (the steps of ``x``, ``y``, ``z``) must have the lengths
+            ``(sx, sy, sz)``, i.e. ``voxel_size`` reversed (relative tolerance :data:`AFFINE_RTOL`).
     """
 
     kind: str
@@ -93,6 +98,7 @@ class CTGeometry:
             self.source_origin = float(self.source_origin)
         if self.source_detector is not None:
             self.source_detector = float(self.source_detector)
+        self.affine = _affine_list(self.affine)
         self.validate()
 
     # ------------------------------------------------------------------ construction
@@ -201,6 +207,8 @@ class CTGeometry:
             raise ValueError("angles must not be empty")
         if not all(math.isfinite(a) for a in self.angles):
             raise ValueError("angles must be finite (found NaN or Inf)")
+        if self.affine is not None:
+            _check_affine(self.affine, self.voxel_size)
         half = [0.5 * n * s for n, s in zip(self.volume_shape, self.voxel_size)]
         r_xy = math.hypot(half[1], half[2])
         det_w = self.det_shape[1] * self.det_spacing[1]
@@ -331,10 +339,32 @@ def _angles(num_angles: int, arc_deg: float, angles) -> list:
     return list(np.deg2rad(arc_deg) * np.arange(int(num_angles)) / int(num_angles))
 
 
-def _affine_list(affine):
+def _affine_list(affine) -> list | None:
+    """``affine`` as a finite 4x4 nested list (``None`` stays ``None``); raises ``ValueError`` otherwise."""
     if affine is None:
         return None
-    a = np.asarray(affine, dtype=np.float64)
-    if a.shape != (4, 4) or not np.isfinite(a).all():
-        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {a.shape}")
+    try:
+        a = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"affine must be a 4x4 matrix of numbers, got {affine!r}") from e
+    if a.shape != (4, 4):
+        raise ValueError(f"affine must be a 4x4 matrix, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"affine must be finite (found NaN or Inf):\n{a}")
     return a.tolist()
+
+
+def _check_affine(affine: list, voxel_size: tuple) -> None:
+    """Raise ``ValueError`` unless the finite 4x4 ``affine`` (array order ``(x, y, z)``) is a non-singular
+    voxel-to-world map with last row ``0 0 0 1`` whose column norms are ``voxel_size`` ``(sz, sy, sx)`` reversed."""
+    a = np.asarray(affine, dtype=np.float64)
+    if not np.array_equal(a[3], [0.0, 0.0, 0.0, 1.0]):
+        raise ValueError(f"affine's last row must be 0 0 0 1, got {a[3].tolist()}")
+    lin = a[:3, :3]
+    norms = np.linalg.norm(lin, axis=0)
+    if not norms.all() or abs(np.linalg.det(lin)) <= 1e-6 * float(np.prod(norms)):
+        raise ValueError(f"affine is singular (not a voxel-to-world map):\n{a}")
+    expected = np.asarray(voxel_size[::-1], dtype=np.float64)
+    if not np.allclose(norms, expected, rtol=AFFINE_RTOL, atol=0.0):
+        raise ValueError(f"affine's column norms {tuple(round(float(n), 6) for n in norms)} (x, y, z) contradict voxel_size "
+                         f"{tuple(voxel_size)} (z, y, x), i.e. {tuple(expected.tolist())} (x, y, z)")  # fmt: skip

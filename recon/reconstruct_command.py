@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.commands import CLIError, StagedOutputs, load_matching_volume, load_scan, resolve_cli_device
+from recon.commands import CLIError, Interrupted, StagedOutputs, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
 from recon.geometry import CTGeometry
 
 __all__ = ["OUTPUTS", "RECON_STATE", "cmd_reconstruct"]
@@ -93,7 +93,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
     per = metrics.get("voxels_per_gaussian", 0.0)
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
-                     f"bench/RESULTS.md used about one per 7); raise --num-gaussians (and the iterations)")  # fmt: skip
+                     f"bench/RESULTS.md used about one per 7); {_what_limits_growth(metrics)}")  # fmt: skip
     rounds = metrics.get("density_rounds") or []
     if rounds:
         total = {k: sum(r[k] for r in rounds) for k in ("cloned", "split", "pruned")}
@@ -118,9 +118,21 @@ def _print_summary(metrics: dict, out: Path) -> None:
     print("\n".join(lines))
 
 
+def _what_limits_growth(metrics: dict) -> str:
+    """The advice of the sparse-budget note: a sparse start that stopped growing below its budget
+    (:func:`recon.presets.sparse_start_growth`) is limited by when density control ends, not by the budget."""
+    settings = metrics.get("settings") or {}
+    grow_to, until = (metrics.get("init_settings") or {}).get("grow_to"), settings.get("densify_until")
+    if grow_to is None or until is None or metrics["num_gaussians"] >= grow_to:
+        return "raise --num-gaussians (and the iterations)"
+    return (f"the sparse start grew to {metrics['num_gaussians']} of its budget of {grow_to} before density control stopped "
+            f"at iteration {until}; raise --iterations (growth runs to {until / max(1, settings.get('iterations', 1)):.0%} "
+            "of them), or start from --init fbp with that budget")  # fmt: skip
+
+
 OUTPUTS = {
     "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
-    "gaussians.ply": "the Gaussians, world frame",
+    "gaussians.ply": "the Gaussians in world mm (RAS, recon.nii.gz's frame)",
     "metrics.json": "preset, every setting, history, density-control rounds, PSNR/SSIM",
     "curve.png": "loss and PSNR per iteration",
     "slices.png": "orthogonal mid-slices: reference / FBP / reconstruction / error",
@@ -128,26 +140,44 @@ OUTPUTS = {
 }
 
 
-def _resume_state(state_path: Path, preset: str) -> dict:
-    """The saved state to ``--resume`` from, checked to exist and to have been written with ``--preset preset``."""
+def cmd_reconstruct(args) -> int:
+    """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary.
+
+    Raises:
+        Interrupted: on Ctrl-C, saying where the last saved state is (no other output is written).
+    """
+    state_path = Path(args.out) / RECON_STATE
+    before = state_path.stat().st_mtime_ns if state_path.is_file() else None
+    try:
+        return _reconstruct(args)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_note(args, state_path, before)) from None
+
+
+def _interrupted_note(args, state_path: Path, before: int | None) -> str:
+    """What an interrupted run left: the state it saved (``before``: the state file's mtime at the start)."""
     from medgmae.files import load_torch_file
 
-    if not state_path.is_file():
-        raise CLIError(f"--resume: no saved state {state_path}")
-    state = load_torch_file(state_path, what="reconstruction state")
-    saved = state.get("config", {}).get("preset_name", "toolkit") if isinstance(state, dict) else None
-    if saved != preset:
-        raise CLIError(f"--resume: {state_path} was written with --preset {saved}, not {preset}")
-    return state
+    if state_path.is_file() and state_path.stat().st_mtime_ns != before:
+        try:
+            at = f" (iteration {int(load_torch_file(state_path, what='reconstruction state')['iteration'])})"
+        except (ValueError, KeyError, TypeError, OSError):
+            at = ""
+        return f"the last state{at} is saved in {state_path}; the same command with --resume continues it"
+    if args.resume and state_path.is_file():
+        return f"no newer state was saved; {state_path}, the state resumed from, is unchanged (--resume continues it)"
+    first = f"at iteration {args.checkpoint_every}" if args.checkpoint_every > 0 else "only at the end with --checkpoint-every 0"
+    return f"no state was saved yet (the first is saved {first}); no output was written"
 
 
-def cmd_reconstruct(args) -> int:
-    """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary."""
+def _reconstruct(args) -> int:
+    """What :func:`cmd_reconstruct` does."""
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
     from recon.holdout import fitted_views_fbp
     from recon.metrics import evaluate
     from recon.projectors import make_projector
+    from recon.resume import load_resume_state, run_settings, scan_fingerprint
 
     # ---- validate everything before writing anything
     _check_flags(args)
@@ -159,7 +189,8 @@ def cmd_reconstruct(args) -> int:
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
     out = Path(args.out)
     state_path = out / RECON_STATE
-    state = _resume_state(state_path, args.preset) if args.resume else None
+    run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings)}
+    state = load_resume_state(state_path, run_info, args.iterations) if args.resume else None
     device = resolve_cli_device(args.device)
     if model is not None:
         model = model.to(device).eval()
@@ -181,6 +212,7 @@ def cmd_reconstruct(args) -> int:
     )  # fmt: skip
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
+    rec.run_info = run_info
     if state is not None:
         try:
             rec.load_state_dict(state)
@@ -194,7 +226,7 @@ def cmd_reconstruct(args) -> int:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
         rec, result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)  # its value_scale is recorded
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
-    metrics["holdout"] = holdout
+    metrics["holdout"], metrics["scan"] = holdout, run_info["scan"]
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
@@ -215,7 +247,9 @@ def _refit(rec, init_fn, iteration: int, progress: bool):
 
 
 def _check_flags(args) -> None:
-    """The flags that need no file checked against each other (the budget is settled once the scan is read)."""
+    """The flags that need no file checked against each other (the budget is settled once the scan is read), and
+    that ``--out`` can be a folder."""
+    check_out_folder(args.out)
     if args.iterations < 0:
         raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
     _check_holdout_flags(args)
@@ -268,6 +302,15 @@ def _load_model(args):
         raise CLIError(f"cannot use {args.checkpoint} for --init medgmae: {e}") from e
 
 
+def world_gaussians(gaussians, geom: CTGeometry):
+    """The reconstruction's Gaussians (voxel frame of the ``(z, y, x)`` grid) in world millimetres (RAS+, the frame
+    of ``recon.nii.gz``'s affine, as the zero-shot PLY): centres, scales and rotations mapped by the scan's affine."""
+    from recon.initialisation import zyx_affine
+
+    a = torch.from_numpy(zyx_affine(geom.default_affine()))
+    return gaussians.to("cpu").transformed(a[:3, :3], a[:3, 3])
+
+
 def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
     """Stage every output and move them into ``out`` together."""
     from medgmae.files import save_json_atomic
@@ -280,7 +323,7 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
     stage = StagedOutputs(out)
     try:
         save_nifti(stage.path("recon.nii.gz"), volume, geom.default_affine())
-        save_ply(stage.path("gaussians.ply"), result.gaussians.to("cpu"), frame="voxel", shape=geom.volume_shape,
+        save_ply(stage.path("gaussians.ply"), world_gaussians(result.gaussians, geom), frame="world", shape=geom.volume_shape,
                  affine=zyx_affine(geom.default_affine()))
         save_json_atomic(metrics, stage.path("metrics.json"))
         draw_curve(result.history, stage.path("curve.png"), (metrics.get("holdout") or {}).get("errors"))

@@ -10,8 +10,10 @@ ground truth is measured in ``bench/RESULTS.md`` ("Choosing the TV weight by hel
 1e-4, 1e-3 and 1e-2 it chose the best on all three 20-view scans of the five, and too little TV on the two
 90-view scans (1.6 and 3.8 dB below the best), so trust it on sparse, noisy scans, not on full views.
 
-Runs of different scans, with different held-out views, or without held-out views are refused with a message
-naming the run; nothing is written but the optional ``--json`` summary (atomically).
+Runs are of one scan when ``metrics.json`` records the same scan fingerprint (projection shape and content hash,
+geometry content hash: :func:`recon.resume.scan_fingerprint`), wherever the files lay; for runs without one, when
+their projection and geometry files resolve to the same absolute paths. Runs of different scans, with different
+held-out views, or without held-out views are refused with a message naming the run; nothing is written but the optional ``--json`` summary (atomically).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import json
 import math
 from pathlib import Path
 
-from recon.commands import CLIError
+from recon.commands import CLIError, check_out_file
+from recon.resume import SCAN_KEYS
 
 __all__ = ["cmd_select", "load_run", "rank_runs", "SETTING_KEYS"]
 
@@ -57,9 +60,27 @@ def load_run(run_dir: str | Path) -> dict:
     return metrics
 
 
-def _scan_of(metrics: dict) -> tuple[str, str]:
+def _scan_of(metrics: dict) -> dict:
+    """What identifies the run's scan: the fingerprint ``metrics.json`` records (:func:`recon.resume.scan_fingerprint`)
+    and the absolute paths of the projections and geometry (for runs without one: the recorded paths, resolved
+    here)."""
+    scan = metrics.get("scan") if isinstance(metrics.get("scan"), dict) else {}
     a = metrics["arguments"]
-    return tuple(str(Path(a.get(k) or "").resolve()) for k in ("projections", "geometry"))
+    paths = {k: scan.get(k) or str(Path(a.get(k) or "").resolve()) for k in ("projections", "geometry")}
+    fingerprint = {k: scan[k] for k in SCAN_KEYS if k in scan}
+    return {**paths, "fingerprint": fingerprint if len(fingerprint) == len(SCAN_KEYS) else None}
+
+
+def _same_scan(a: dict, b: dict) -> bool:
+    """Runs of one scan: the same fingerprint, or where a run has none, the same projection and geometry files."""
+    if a["fingerprint"] is not None and b["fingerprint"] is not None:
+        return a["fingerprint"] == b["fingerprint"]
+    return (a["projections"], a["geometry"]) == (b["projections"], b["geometry"])
+
+
+def _describe(scan: dict) -> str:
+    f = scan["fingerprint"]
+    return scan["projections"] + (f" (sha256 {f['projections_sha256'][:12]}, geometry sha256 {f['geometry_sha256'][:12]})" if f else "")
 
 
 def rank_runs(runs: dict[str, dict]) -> list[dict]:
@@ -80,8 +101,9 @@ def rank_runs(runs: dict[str, dict]) -> list[dict]:
         raise CLIError(f"select compares at least two runs, got {len(runs)}")
     first_name, first = next(iter(runs.items()))
     for name, m in runs.items():
-        if _scan_of(m) != _scan_of(first):
-            raise CLIError(f"{name} reconstructs {_scan_of(m)[0]}, {first_name} {_scan_of(first)[0]}: select compares runs of one scan")
+        if not _same_scan(_scan_of(m), _scan_of(first)):
+            raise CLIError(f"{name} reconstructs {_describe(_scan_of(m))}, {first_name} {_describe(_scan_of(first))}: select "
+                           "compares runs of one scan")  # fmt: skip
         if m["holdout"]["views"] != first["holdout"]["views"]:
             raise CLIError(f"{name} held out views {m['holdout']['views']}, {first_name} {first['holdout']['views']}: "
                            "use the same --holdout-views for every run")  # fmt: skip
@@ -111,6 +133,8 @@ def cmd_select(args) -> int:
     """``select``: rank ``--runs`` by held-out error, print the table and the chosen run (and ``--json``)."""
     from medgmae.files import save_json_atomic
 
+    if args.json:
+        check_out_file(args.json, "--json")
     names = [str(r) for r in args.runs]
     if len(set(names)) != len(names):
         raise CLIError(f"a run is named twice in --runs: {names}")

@@ -131,7 +131,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     args = [
         "reconstruct", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
         "--init", "fbp", "--num-gaussians", "200", "--iterations", "16", "--eval-every", "4", "--resume", "--out", str(out),
-        "--no-progress", "--device", "cpu",
+        "--no-progress", "--device", "cpu", "--fbp", str(simulated / "fbp.nii.gz"), "--split-rule", "moments", "--coarse-iterations", "3",
     ]  # fmt: skip
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 16

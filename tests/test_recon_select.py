@@ -87,3 +87,36 @@ def test_select_refuses_runs_it_cannot_compare(runs, tmp_path, capsys, case, mes
     assert main(["select", "--runs", *(str(runs / n) for n in case), "--json", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and "medgmae-recon select: error" in err and not out.exists()
+
+
+def test_select_compares_scans_by_their_fingerprint(tmp_path, tmp_path_factory, monkeypatch, capsys):
+    """Two scans reached by the same relative path from different folders are different scans; a copy of a scan at
+    another path is the same scan; runs without a recorded fingerprint fall back to the absolute paths."""
+    first, second = _simulate(tmp_path_factory, "first", 1), _simulate(tmp_path_factory, "second", 2)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("projections.npy", "geometry.json"):
+        (copy / name).write_bytes((first / name).read_bytes())
+    quick = ["--holdout-views", "2", "--iterations", "4", "--eval-every", "2", "--num-gaussians", "100"]
+    runs = tmp_path / "runs"
+    for scan, run in ((first, "a"), (second, "b")):
+        monkeypatch.chdir(scan.parent)  # the same relative path, "scan/...", to two scans
+        assert main(["reconstruct", "--projections", "scan/projections.npy", "--geometry", "scan/geometry.json",
+                     "--out", str(runs / run), "--no-progress", "--device", "cpu", *quick]) == 0  # fmt: skip
+    assert main(["reconstruct", "--projections", str(copy / "projections.npy"), "--geometry", str(copy / "geometry.json"),
+                 "--out", str(runs / "c"), "--no-progress", "--device", "cpu", *quick, "--tv", "0.01"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["select", "--runs", str(runs / "a"), str(runs / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "select compares runs of one scan" in err and str(first / "projections.npy") in err and str(second / "projections.npy") in err
+    assert main(["select", "--runs", str(runs / "a"), str(runs / "c")]) == 0  # a copy of the same scan
+    assert "chosen:" in capsys.readouterr().out
+    for run in ("a", "c"):  # as older versions wrote them: no fingerprint, relative paths from another folder
+        old = json.loads((runs / run / "metrics.json").read_text())
+        del old["scan"]
+        (runs / f"old_{run}").mkdir()
+        (runs / f"old_{run}" / "metrics.json").write_text(json.dumps(old))
+    monkeypatch.chdir(first.parent)
+    assert main(["select", "--runs", str(runs / "old_a"), str(runs / "a")]) == 0  # resolved from here: the same files
+    assert main(["select", "--runs", str(runs / "old_a"), str(runs / "old_c")]) == 2  # other files, nothing else to tell
+    assert "select compares runs of one scan" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""``medgmae-recon``: inputs refused before any work (exit 2, the message naming the file or flag, nothing written)."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medgmae.data.phantom import generate_phantom
+from recon.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    """A 10-view parallel-beam scan of a 16 x 16 x 12 phantom at 12 x 12 x 16 mm."""
+    d = tmp_path_factory.mktemp("scan")
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
+    out = d / "scan"
+    assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "parallel", "--views", "10", "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def reconstruct_args(scan: Path, out, *extra) -> list[str]:
+    return ["reconstruct", "--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json"), "--out", str(out),
+            "--no-progress", "--iterations", "2", "--num-gaussians", "100", "--device", "cpu", *extra]  # fmt: skip
+
+
+def expect_refusal(capsys, args: list[str], *messages: str) -> str:
+    """``main(args)`` exits 2 with every one of ``messages`` in its error; returns the error."""
+    capsys.readouterr()
+    assert main(args) == 2, args
+    err = capsys.readouterr().err
+    assert "error" in err and all(m in err for m in messages), (messages, err)
+    return err
+
+
+def no_leftovers(d: Path) -> list[str]:
+    """Hidden staging folders and temporary files anywhere below ``d``."""
+    return [str(p) for p in d.rglob(".*")]
+
+
+def _geometry_with_affine(scan: Path, path: Path, affine) -> Path:
+    g = json.loads((scan / "geometry.json").read_text())
+    path.write_text(json.dumps({**g, "affine": affine}))
+    return path
+
+
+def test_bad_affines_in_the_geometry_are_refused(scan, tmp_path, capsys):
+    """A 2x2, NaN, singular, bad-last-row affine, or one whose column norms contradict voxel_size (z, y, x):
+    refused when the geometry is read, naming the file, before anything is written."""
+    good = np.asarray(json.loads((scan / "geometry.json").read_text())["affine"])
+    sz, sy, sx = json.loads((scan / "geometry.json").read_text())["voxel_size"]
+    assert np.allclose(np.linalg.norm(good[:3, :3], axis=0), (sx, sy, sz))  # the order the check expects
+    nan, singular, last, swapped = good.copy(), good.copy(), good.copy(), good.copy()
+    nan[0, 3] = np.nan
+    singular[:3, 1] = singular[:3, 0]
+    last[3, 0] = 1.0
+    swapped[:3, [0, 2]] = swapped[:3, [2, 0]]  # the norms in (z, y, x) order: wrong with sx != sz
+    cases = {"2x2": ([[1, 0], [0, 1]], "4x4"), "nan": (nan.tolist(), "finite"), "singular": (singular.tolist(), "singular"),
+             "last row": (last.tolist(), "last row"), "norms": (swapped.tolist(), "contradict voxel_size")}  # fmt: skip
+    for name, (affine, message) in cases.items():
+        geom = _geometry_with_affine(scan, tmp_path / f"{name.replace(' ', '_')}.json", affine)
+        out = tmp_path / "out"
+        fbp_args = ["fbp", "--projections", str(scan / "projections.npy"), "--geometry", str(geom), "--out", str(out / "f.nii.gz")]
+        for args in (fbp_args, reconstruct_args(scan, out, "--geometry", str(geom))):
+            expect_refusal(capsys, args, f"geometry file {geom}", message)
+            assert not out.exists() and not no_leftovers(tmp_path), name
+
+
+@pytest.mark.parametrize("command", ["simulate", "reconstruct"])
+def test_out_folder_that_is_a_file_is_refused_up_front(scan, tmp_path, capsys, command):
+    """``--out`` naming an existing file, or a folder below one: exit 2 naming the path, the file unchanged."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for out in (afile, afile / "sub"):
+        if command == "simulate":
+            args = ["simulate", "--volume", str(scan.parent / "ct.nii.gz"), "--geometry", "parallel", "--views", "4",
+                    "--device", "cpu", "--out", str(out)]  # fmt: skip
+        else:
+            args = reconstruct_args(scan, out)
+        expect_refusal(capsys, args, f"--out {out}", "existing file")
+        assert afile.read_text() == "keep" and not no_leftovers(tmp_path)
+
+
+def test_fbp_out_must_be_a_nifti_file(scan, tmp_path, capsys):
+    """``fbp --out`` without a .nii / .nii.gz ending, naming a folder, or below a file: refused before the FBP."""
+    (tmp_path / "adir.nii.gz").mkdir()
+    (tmp_path / "afile").write_text("keep")
+    base = ["fbp", "--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json")]
+    cases = {"fbp_out.npy": "must end with .nii or .nii.gz", "fbpnoext": "must end with .nii or .nii.gz",
+             "bad/": "is a folder", "adir.nii.gz": "is a folder", "afile/f.nii.gz": "existing file"}  # fmt: skip
+    for name, message in cases.items():
+        out = str(tmp_path / name) + ("/" if name.endswith("/") else "")
+        expect_refusal(capsys, [*base, "--out", out], f"--out {out}", message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.nii.gz", "afile"]
+    assert main([*base, "--out", str(tmp_path / "ok.NII")]) == 0  # the ending is case-insensitive
+
+
+def test_evaluate_refuses_a_reference_in_another_place(scan, tmp_path, capsys):
+    """``evaluate`` checks the affines as ``reconstruct`` does: a reference shifted by 50 mm is refused."""
+    ref = nib.load(str(scan / "reference.nii.gz"))
+    shifted_affine = ref.affine.copy()
+    shifted_affine[0, 3] += 50.0
+    shifted = tmp_path / "shifted.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(ref.dataobj, np.float32), shifted_affine), str(shifted))
+    args = ["evaluate", "--recon", str(scan / "fbp.nii.gz"), "--reference", str(shifted)]
+    expect_refusal(capsys, args, f"--recon {scan / 'fbp.nii.gz'}", f"--reference {shifted}", "another voxel-to-world affine")
+    assert main(["evaluate", "--recon", str(scan / "fbp.nii.gz"), "--reference", str(scan / "reference.nii.gz")]) == 0
+
+
+def test_gaussians_ply_is_in_world_millimetres(tmp_path):
+    """With a rotated, anisotropic, shifted affine the PLY centres are ``affine @ (x, y, z, 1)`` of the voxel
+    centres the state holds (``(z, y, x)`` order), and the covariances map as ``M Sigma M^T``."""
+    from medgmae.gaussians import covariance_matrices
+    from medgmae.ply import load_ply
+
+    t = np.deg2rad(30.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([12.0, 12.0, 16.0])
+    affine[:3, 3] = [-40.0, 25.0, 7.5]
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), affine), str(tmp_path / "ct.nii.gz"))
+    assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "8",
+                 "--out", str(tmp_path / "scan"), "--device", "cpu"]) == 0  # fmt: skip
+    out = tmp_path / "rec"
+    assert main([*reconstruct_args(tmp_path / "scan", out), "--checkpoint-every", "0"]) == 0
+    state = torch.load(out / "recon_state.pt", weights_only=True)["params"]
+    zyx = state["means"].double().numpy()
+    expected = zyx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]  # (x, y, z) index -> world
+    g, meta = load_ply(out / "gaussians.ply")
+    assert meta["frame"] == "world" and g.num_gaussians == len(zyx)
+    np.testing.assert_allclose(g.means[0].double().numpy(), expected, atol=1e-3)
+    m = affine[:3, :3][:, ::-1]  # the (z, y, x) columns
+    quats = torch.nn.functional.normalize(state["quats"].double(), dim=-1)
+    cov = covariance_matrices(state["log_scales"].double().exp(), quats).numpy()
+    np.testing.assert_allclose(g.covariances()[0].double().numpy(), m @ cov @ m.T, rtol=1e-3, atol=1e-3)
+
+
+def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
+    """With --init medgmae the sparse start grows until density control ends (densify_until): when it stopped
+    below its budget the note says so and asks for more iterations, not a larger --num-gaussians."""
+    from recon.reconstruct_command import _print_summary
+
+    base = {"preset": "toolkit", "init": "medgmae", "iterations": 20, "time_seconds": 1.0, "init_seconds": 0.1,
+            "voxels_per_gaussian": 115.0, "settings": {"densify_until": 12, "iterations": 20}}  # fmt: skip
+    _print_summary({**base, "num_gaussians": 900, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    text = capsys.readouterr().out
+    assert "grew to 900 of its budget of 20000 before density control stopped at iteration 12" in text
+    assert "raise --iterations (growth runs to 60% of them)" in text and "raise --num-gaussians" not in text
+    _print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit

@@ -1,0 +1,121 @@
+"""``reconstruct --resume``: a saved state resumes only the run of its scan and settings (exit 2 otherwise, the
+message naming the state file and every differing field, the output folder untouched)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medgmae.data.phantom import generate_phantom
+from recon.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _simulate(d: Path, shape, seed: int) -> Path:
+    ph = generate_phantom(seed, shape=shape, spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
+    assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "parallel", "--views", "8", "--out", str(d / "scan"), "--device", "cpu"]) == 0
+    return d / "scan"
+
+
+def _args(scan: Path, out: Path, *extra, proj: Path | None = None) -> list[str]:
+    return ["reconstruct", "--projections", str(proj or scan / "projections.npy"), "--geometry", str(scan / "geometry.json"),
+            "--out", str(out), "--no-progress", "--device", "cpu", "--num-gaussians", "100", "--checkpoint-every", "0", *extra]  # fmt: skip
+
+
+def _contents(d: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.parent.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A 4-iteration run of a 16 x 16 x 12 scan, another (8 x 8 x 8) scan, and projections of the first altered."""
+    d = tmp_path_factory.mktemp("resume")
+    (d / "a").mkdir(), (d / "b").mkdir()
+    scan, other = _simulate(d / "a", (16, 16, 12), 1), _simulate(d / "b", (8, 8, 8), 2)
+    altered = d / "altered.npy"
+    p = np.load(scan / "projections.npy")
+    p[0, 0, 0] += 0.01
+    np.save(altered, p)
+    out = d / "runs" / "rec"
+    assert main(_args(scan, out, "--iterations", "4")) == 0
+    return scan, other, altered, out
+
+
+def test_resume_refuses_another_scan_or_other_settings(saved, capsys):
+    scan, other, altered, out = saved
+    state = out / "recon_state.pt"
+    shape_a, shape_b = (list(np.load(s / "projections.npy", mmap_mode="r").shape) for s in (scan, other))
+    cases = {
+        "another scan": (_args(other, out, "--iterations", "6", "--resume"),
+                         [f"projections_shape {shape_a} (saved) vs {shape_b} (now)", "projections_sha256", "geometry_sha256"]),
+        "altered projections": (_args(scan, out, "--iterations", "6", "--resume", proj=altered), ["projections_sha256"]),
+        "--tv": (_args(scan, out, "--iterations", "6", "--resume", "--tv", "0.5"), ["--tv 0.0 (saved) vs 0.5 (now)"]),
+        "--init": (_args(scan, out, "--iterations", "6", "--resume", "--init", "random"), ["--init fbp (saved) vs random (now)"]),
+        "--num-gaussians": (_args(scan, out, "--iterations", "6", "--resume", "--num-gaussians", "50"),
+                            ["--num-gaussians 100 (saved) vs 50 (now)"]),
+        "--preset": (_args(scan, out, "--iterations", "6", "--resume", "--preset", "3dgr-ct"), ["--preset toolkit (saved) vs 3dgr-ct (now)"]),
+        "fewer iterations": (_args(scan, out, "--iterations", "2", "--resume"), ["is at iteration 4 but --iterations is 2"]),
+    }  # fmt: skip
+    before = _contents(out)
+    for name, (args, messages) in cases.items():
+        capsys.readouterr()
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert f"--resume: {state}" in err and all(m in err for m in messages), (name, err)
+        if name == "altered projections":
+            assert "geometry_sha256" not in err and "--tv" not in err
+        assert _contents(out) == before, name  # nothing written, nothing left behind
+    # the same scan and settings resume, to a longer run (a note says the schedules follow the new length)
+    assert main(_args(scan, out, "--iterations", "6", "--resume")) == 0
+    assert "schedules now follow --iterations 6" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iterations"] == 6 and metrics["scan"]["projections_shape"] == shape_a
+
+
+def test_older_states_without_a_fingerprint_resume_with_a_warning(saved, tmp_path, capsys):
+    scan, _, _, out = saved
+    old = tmp_path / "old"
+    old.mkdir()
+    state = torch.load(out / "recon_state.pt", weights_only=True)
+    del state["run_info"]
+    torch.save(state, old / "recon_state.pt")
+    capsys.readouterr()
+    assert main(_args(scan, old, "--iterations", "20", "--resume", "--preset", "3dgr-ct")) == 2  # its preset is checked
+    assert f"--resume: {old / 'recon_state.pt'} was written with --preset toolkit, not 3dgr-ct" in capsys.readouterr().err
+    assert main(_args(scan, old, "--iterations", str(state["iteration"] + 2), "--resume")) == 0
+    assert "records no scan fingerprint" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the optimisation: one line naming the last saved state and --resume, exit 130, no outputs
+    but the state; before any state was saved, the line says so and nothing is written."""
+    from recon.gaussian_recon import GaussianReconstructor
+
+    scan = saved[0]
+    step = GaussianReconstructor.step
+
+    def interrupted_step(self):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
+    for out, every, said in ((tmp_path / "early", "5", "no state was saved yet"),
+                             (tmp_path / "rec", "2", f"the last state (iteration 2) is saved in {tmp_path / 'rec' / 'recon_state.pt'}")):  # fmt: skip
+        capsys.readouterr()
+        args = [*_args(scan, out, "--iterations", "6"), "--checkpoint-every", every]
+        assert main(args) == 130
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and said in err and "Traceback" not in err, err
+        assert _contents(out) == ({} if every == "5" else {"recon_state.pt": _contents(out)["recon_state.pt"]})
+        assert not list(tmp_path.rglob(".*"))
+    assert "--resume continues it" in err
+    monkeypatch.setattr(GaussianReconstructor, "step", step)
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 6
