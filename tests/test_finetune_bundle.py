@@ -19,6 +19,7 @@ from medgmae.checkpoint import make_checkpoint
 from medgmae.finetune.data import (
     DatasetError,
     check_cases,
+    evaluation_cases,
     finetuned_spec,
     inference_cases,
     label_names,
@@ -138,6 +139,37 @@ def test_prepare_datalists_checks_every_case(tmp_path):
     assert (tmp_path / "out2" / "training_cases.json").is_file()
 
 
+def _two_case_datalist(root: Path) -> Path:
+    cases = [make_case(root, f"c{i}") for i in range(3)]
+    dl = root / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": cases[:2], "validation": cases[2:]}))
+    return dl
+
+
+def test_resume_with_other_label_fraction_is_refused(tmp_path):
+    dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
+    first = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5)
+    recorded = (out / "training_cases.json").read_text()
+    with pytest.raises(DatasetError) as e:
+        prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0, resume=True)
+    message = str(e.value)
+    assert "1 of 2 training cases (label_fraction 0.5" in message and "2 of 2 training cases (label_fraction 1.0" in message
+    assert "--label_fraction 0.5" in message and "--output_dir" in message
+    assert (out / "training_cases.json").read_text() == recorded  # the record is kept
+    again = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5, resume=True)
+    assert again["training"] == first["training"]
+    prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0)  # a fresh start may change it
+
+
+def test_evaluation_defaults_to_the_recorded_data(tmp_path):
+    dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
+    prepare_datalists(str(tmp_path), str(dl), out)
+    record = json.loads((out / "training_cases.json").read_text())
+    assert record["datalist"] == str(dl.resolve()) and record["dataset_dir"] == str(tmp_path.resolve())
+    data = evaluation_cases("", "", out)
+    assert data["datalist"] == str(dl.resolve()) and [c["image"] for c in data["cases"]] == [str(tmp_path / "c2_img.nii.gz")]
+
+
 # ------------------------------------------------------------------ bundle, end to end
 def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config),
@@ -232,6 +264,27 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, nib.load(moved).affine, atol=1e-5)
     assert np.asarray(seg.dataobj).max() < 18
+
+
+def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):
+    """The 'next: evaluate' command printed at the end of a run trained with dataset_dir / datalist evaluates on
+    that data (it used to look for the run's phantom datalist)."""
+    import shlex
+
+    dl, out = _two_case_datalist(tmp_path / "data"), tmp_path / "run"
+    proc = run_bundle("training", "train.json", "--dataset_dir", str(tmp_path / "data"), "--datalist", str(dl),
+                      "--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+                      "--num_samples", "1", "--max_epochs", "1", "--num_workers", "0", "--progress_bar", "false")
+    line = next(x for x in (proc.stdout + proc.stderr).splitlines() if x.strip().startswith("evaluate: python"))
+    cmd = shlex.split(line.split("evaluate: ", 1)[1])
+    assert cmd[:5] == ["python", "-m", "monai.bundle", "run", "evaluating"] and "--datalist" in cmd
+    done = subprocess.run([sys.executable, *cmd[1:], "--device", "cpu"], cwd=REPO, capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["num_cases"] == 1 and metrics["datalist"] == str(dl.resolve())
+    run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")  # the record alone suffices
+    assert json.loads((out / "eval" / "metrics.json").read_text())["datalist"] == str(dl.resolve())
 
 
 # ------------------------------------------------------------------ metrics files
