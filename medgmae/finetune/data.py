@@ -29,6 +29,7 @@ from monai.transforms import (
 from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import LoadVolumed
+from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import check_resume_matches, data_source, run_data_source, write_run_record
 from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
 
@@ -228,32 +229,6 @@ def evaluation_cases(
                 raise DatasetError(f"case {case['image']}: image file not found")
         cases = [{"image": c["image"]} for c in cases]
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "cases": cases}
-
-
-def inference_cases(
-    input_files: Sequence[str] | str, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
-    key: str = "validation",
-) -> list[dict]:
-    """Images to segment: ``input_files`` when given (a path or a list), else the images of list ``key`` of the
-    datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty, the run's phantom datalist when both are).
-
-    Raises:
-        DatasetError: a missing image (named) or no datalist.
-    """
-    if isinstance(input_files, (str, Path)):
-        input_files = [input_files] if str(input_files) else []
-    if input_files:
-        cases = [{"image": str(Path(f).resolve())} for f in input_files]
-    else:
-        if not datalist:
-            datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
-        if not Path(datalist).is_file():
-            raise DatasetError(f"nothing to segment: set input_files or datalist (no datalist at {datalist})")
-        cases = [{"image": c["image"]} for c in read_datalist(datalist, key, dataset_dir or None)]
-    for case in cases:
-        if not Path(case["image"]).exists():
-            raise DatasetError(f"case {case['image']}: image file not found")
-    return cases
 
 
 def finetune_spec(
