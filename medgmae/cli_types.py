@@ -11,7 +11,8 @@ import argparse
 import math
 from typing import Any, Callable, TypeVar
 
-__all__ = ["as_bool", "nonneg_float", "nonneg_int", "positive_float", "positive_int"]
+__all__ = ["as_bool", "fraction", "nonneg_float", "nonneg_int", "positive_float", "positive_int", "proper_fraction",
+           "unit_interval"]
 
 T = TypeVar("T", int, float)
 
@@ -45,6 +46,21 @@ def positive_float(text: str) -> float:
 def nonneg_float(text: str) -> float:
     """A finite number >= 0."""
     return _parse(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def fraction(text: str) -> float:
+    """A number in ``(0, 1]`` (a share of the data, e.g. a label fraction)."""
+    return _parse(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+
+
+def unit_interval(text: str) -> float:
+    """A number in ``[0, 1]`` (a rate, e.g. a cache rate)."""
+    return _parse(text, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
+def proper_fraction(text: str) -> float:
+    """A number in ``[0, 1)`` (e.g. a mask ratio: something must stay visible)."""
+    return _parse(text, float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def as_bool(value: Any, name: str = "flag") -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from medgmae.checkpoint import make_checkpoint
 from medgmae.finetune.data import (
     DatasetError,
     check_cases,
+    evaluation_cases,
     finetuned_spec,
     inference_cases,
     label_names,
@@ -138,6 +140,67 @@ def test_prepare_datalists_checks_every_case(tmp_path):
     assert (tmp_path / "out2" / "training_cases.json").is_file()
 
 
+def _two_case_datalist(root: Path) -> Path:
+    cases = [make_case(root, f"c{i}") for i in range(3)]
+    dl = root / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": cases[:2], "validation": cases[2:]}))
+    return dl
+
+
+def test_resume_with_other_label_fraction_is_refused(tmp_path):
+    dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
+    first = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5)
+    recorded = (out / "training_cases.json").read_text()
+    with pytest.raises(DatasetError) as e:
+        prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0, resume=True)
+    message = str(e.value)
+    assert "1 of 2 training cases (label_fraction 0.5" in message and "2 of 2 training cases (label_fraction 1.0" in message
+    assert "--label_fraction 0.5" in message and "--output_dir" in message
+    assert (out / "training_cases.json").read_text() == recorded  # the record is kept
+    again = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5, resume=True)
+    assert again["training"] == first["training"]
+    prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0)  # a fresh start may change it
+
+
+def test_evaluation_defaults_to_the_recorded_data(tmp_path):
+    dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
+    prepare_datalists(str(tmp_path), str(dl), out)
+    record = json.loads((out / "training_cases.json").read_text())
+    assert record["datalist"] == str(dl.resolve()) and record["dataset_dir"] == str(tmp_path.resolve())
+    data = evaluation_cases("", "", out)
+    assert data["datalist"] == str(dl.resolve()) and [c["image"] for c in data["cases"]] == [str(tmp_path / "c2_img.nii.gz")]
+
+
+def _truncated_copy(src: str, dst: Path) -> str:
+    data = Path(src).read_bytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data[: len(data) // 2])
+    return str(dst)
+
+
+def test_segmentation_inputs_are_all_checked_up_front(tmp_path):
+    good = make_case(tmp_path, "good")["image"]
+    nan = make_case(tmp_path, "nan", nan=True)["image"]
+    trunc = _truncated_copy(good, tmp_path / "trunc.nii.gz")
+    with pytest.raises(DatasetError) as e:
+        inference_cases([good, trunc, nan, str(tmp_path / "missing.nii.gz")])
+    message = str(e.value)
+    assert "3 problem(s)" in message and all(name in message for name in ("trunc.nii.gz", "nan_img.nii.gz", "missing.nii.gz"))
+
+
+def test_segmentation_names_are_unique_and_predictable(tmp_path):
+    from medgmae.finetune.segment_inputs import unique_case_names
+
+    a = make_case(tmp_path / "patA", "ct")["image"]
+    b = make_case(tmp_path / "patB", "ct")["image"]
+    c = make_case(tmp_path / "other", "liver")["image"]
+    cases = inference_cases([a, b, c])
+    assert [x["name"] for x in cases] == ["patA_ct_img", "patB_ct_img", "liver_img"]
+    assert unique_case_names(["/d/x/a/ct.nii.gz", "/d/y/a/ct.nii", "/d/ct.nrrd"]) == ["x_a_ct", "y_a_ct", "d_ct"]
+    with pytest.raises(DatasetError, match="given more than once"):
+        inference_cases([a, a])
+
+
 # ------------------------------------------------------------------ bundle, end to end
 def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config),
@@ -234,6 +297,42 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert np.asarray(seg.dataobj).max() < 18
 
 
+def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):
+    """The 'next: evaluate' command printed at the end of a run trained with dataset_dir / datalist evaluates on
+    that data (it used to look for the run's phantom datalist); the run then segments inputs that share a file name
+    into unique files, and refuses a truncated input before writing anything."""
+    import shlex
+
+    dl, out = _two_case_datalist(tmp_path / "data"), tmp_path / "run"
+    proc = run_bundle("training", "train.json", "--dataset_dir", str(tmp_path / "data"), "--datalist", str(dl),
+                      "--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+                      "--num_samples", "1", "--max_epochs", "1", "--num_workers", "0", "--progress_bar", "false")
+    line = next(x for x in (proc.stdout + proc.stderr).splitlines() if x.strip().startswith("evaluate: python"))
+    cmd = shlex.split(line.split("evaluate: ", 1)[1])
+    assert cmd[:5] == ["python", "-m", "monai.bundle", "run", "evaluating"] and "--datalist" in cmd
+    done = subprocess.run([sys.executable, *cmd[1:], "--device", "cpu"], cwd=REPO, capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["num_cases"] == 1 and metrics["datalist"] == str(dl.resolve())
+    run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")  # the record alone suffices
+    assert json.loads((out / "eval" / "metrics.json").read_text())["datalist"] == str(dl.resolve())
+
+    # segmentation: inputs with one file name get unique outputs; a truncated input stops before anything is written
+    src = json.loads(dl.read_text())["validation"][0]["image"]
+    same = []
+    for patient in ("patA", "patB"):
+        (tmp_path / patient).mkdir()
+        same.append(str(shutil.copy(src, tmp_path / patient / "ct.nii.gz")))
+    run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", repr(same))
+    assert sorted(p.name for p in (out / "segmentations").iterdir()) == ["patA_ct_seg.nii.gz", "patB_ct_seg.nii.gz"]
+    trunc = _truncated_copy(src, tmp_path / "trunc.nii.gz")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(CONFIGS / "inference.json"),
+           "--output_dir", str(out), "--device", "cpu", "--seg_dir", str(tmp_path / "seg2"), "--input_files", repr([src, trunc])]
+    bad = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=400)
+    assert bad.returncode != 0 and "trunc.nii.gz" in bad.stderr and not (tmp_path / "seg2").exists()
+
+
 # ------------------------------------------------------------------ metrics files
 def test_segmentation_report_analytic_dice(tmp_path):
     from monai.data import MetaTensor
@@ -294,7 +393,9 @@ def test_multi_gpu_config_two_process_gloo(tmp_path):
            "--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
            "--encoder", "{'patch_size': 12, 'hidden_size': 48, 'num_layers': 1, 'num_heads': 4, 'mlp_ratio': 2.0}",
            "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--max_epochs", "1"]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # run from tmp_path: this checkout's package first on the path (not another installed copy)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=400, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoint_epoch=1.pt", weights_only=True)

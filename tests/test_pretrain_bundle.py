@@ -35,6 +35,8 @@ SMALL = [
 def _env(threads: int | None = None) -> dict:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
+    # the bundles run from temporary folders: this checkout's package first on the path (not another installed copy)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     if threads is not None or os.environ.get("PYTEST_XDIST_WORKER"):
         env["OMP_NUM_THREADS"] = str(threads or 1)
     return env

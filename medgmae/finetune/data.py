@@ -9,10 +9,9 @@ as distributed for BTCV (14 classes) and AMOS CT (16 classes). The transforms fo
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from monai.transforms import (
@@ -30,7 +29,8 @@ from monai.transforms import (
 from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import LoadVolumed
-from medgmae.files import atomic_write
+from medgmae.finetune.segment_inputs import inference_cases
+from medgmae.finetune.run_record import check_resume_matches, data_source, run_data_source, write_run_record
 from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
 
 __all__ = [
@@ -91,7 +91,8 @@ def resolve_num_classes(datalist: str | Path | None, num_classes: int | None = N
 
 
 def select_label_fraction(
-    cases: Sequence[dict], fraction: float, seed: int = 0, output_dir: str | Path | None = None
+    cases: Sequence[dict], fraction: float, seed: int = 0, output_dir: str | Path | None = None,
+    source: Mapping | None = None,
 ) -> list[dict]:
     """A deterministic subset of the training cases: ``max(1, round(fraction * n))`` of them.
 
@@ -104,6 +105,7 @@ def select_label_fraction(
         fraction: in ``(0, 1]``.
         seed: permutation seed.
         output_dir: folder for ``training_cases.json`` (not written when ``None``).
+        source: more entries for the record (the run's data source, :func:`~medgmae.finetune.run_record.data_source`).
 
     Returns:
         the chosen cases in their original order.
@@ -116,11 +118,8 @@ def select_label_fraction(
     order = np.random.default_rng(seed).permutation(len(cases))
     chosen = [cases[i] for i in sorted(order[:n].tolist())]
     if output_dir is not None:
-        out = Path(output_dir) / "training_cases.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
         record = {"label_fraction": float(fraction), "seed": int(seed), "num_total": len(cases), "cases": chosen}
-        with atomic_write(out) as tmp:
-            Path(tmp).write_text(json.dumps(record, indent=2, default=str))
+        write_run_record(output_dir, {**record, **dict(source or {})})
     logger.info("label_fraction %s: %d of %d training cases", fraction, n, len(cases))
     return chosen
 
@@ -150,6 +149,7 @@ def prepare_datalists(
     phantom_spacing: Sequence[float] | None = None,
     precheck_workers: int = 0,
     ledger_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` is empty, label subset, checks.
 
@@ -165,10 +165,15 @@ def prepare_datalists(
         phantom_spacing: phantom voxel size in mm (generator default when ``None``).
         precheck_workers: processes of the pre-check.
         ledger_dir: where the pre-check remembers the files that passed (the cache folder; ``None``: nowhere).
+        resume: the run resumes: its recorded cases (``training_cases.json``) must be the ones chosen now.
 
     Returns:
         ``{"datalist", "num_classes", "label_names", "training", "validation"}`` with checked case lists.
+
+    Raises:
+        DatasetError: unusable data (every problem listed), or a resumed run whose cases differ from the record.
     """
+    source = data_source(dataset_dir, (datalist or Path(dataset_dir) / "dataset.json") if dataset_dir else "")
     if not dataset_dir:
         n_val = max(1, phantom_cases // 3)
         datalist = phantom_dataset(
@@ -180,10 +185,13 @@ def prepare_datalists(
     names = label_names(datalist, num_classes or None)
     training = read_datalist(datalist, "training", dataset_dir)
     validation = read_datalist(datalist, "validation", dataset_dir)
+    chosen = select_label_fraction(training, label_fraction, seed)
+    if resume:
+        check_resume_matches(output_dir, {"label_fraction": float(label_fraction), "seed": int(seed),
+                                          "num_total": len(training), "cases": chosen, **source})  # fmt: skip
     # check the chosen cases before anything is written
-    check_cases(select_label_fraction(training, label_fraction, seed) + validation, len(names), workers=precheck_workers,
-                source=str(datalist), ledger_dir=ledger_dir)  # fmt: skip
-    training = select_label_fraction(training, label_fraction, seed, output_dir)
+    check_cases(chosen + validation, len(names), workers=precheck_workers, source=str(datalist), ledger_dir=ledger_dir)
+    training = select_label_fraction(training, label_fraction, seed, output_dir, source)
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": training, "validation": validation}
 
 
@@ -191,11 +199,12 @@ def evaluation_cases(
     dataset_dir: str | Path, datalist: str | Path, output_dir: str | Path, key: str = "validation",
     num_classes: int | None = None, labelled: bool = True,
 ) -> dict:
-    """Cases to evaluate or segment: list ``key`` of the datalist (the run's phantom datalist when both
-    ``dataset_dir`` and ``datalist`` are empty).
+    """Cases to evaluate or segment: list ``key`` of the datalist; when both ``dataset_dir`` and ``datalist`` are
+    empty, of the data the run in ``output_dir`` was trained on (its ``training_cases.json``; the run's phantom
+    datalist for a phantom run).
 
     Args:
-        dataset_dir: image folder (``""``: the phantom data under ``output_dir/phantom``).
+        dataset_dir: image folder (``""``: the run's, see above).
         datalist: Decathlon JSON (``""``: ``dataset_dir/dataset.json``).
         output_dir: the training run's folder.
         key: datalist list to read.
@@ -205,6 +214,7 @@ def evaluation_cases(
     Returns:
         ``{"datalist", "num_classes", "label_names", "cases"}``.
     """
+    dataset_dir, datalist = run_data_source(dataset_dir, datalist, output_dir)
     if not datalist:
         datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
     if not Path(datalist).is_file() and not dataset_dir:
@@ -219,32 +229,6 @@ def evaluation_cases(
                 raise DatasetError(f"case {case['image']}: image file not found")
         cases = [{"image": c["image"]} for c in cases]
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "cases": cases}
-
-
-def inference_cases(
-    input_files: Sequence[str] | str, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
-    key: str = "validation",
-) -> list[dict]:
-    """Images to segment: ``input_files`` when given (a path or a list), else the images of list ``key`` of the
-    datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty, the run's phantom datalist when both are).
-
-    Raises:
-        DatasetError: a missing image (named) or no datalist.
-    """
-    if isinstance(input_files, (str, Path)):
-        input_files = [input_files] if str(input_files) else []
-    if input_files:
-        cases = [{"image": str(Path(f).resolve())} for f in input_files]
-    else:
-        if not datalist:
-            datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
-        if not Path(datalist).is_file():
-            raise DatasetError(f"nothing to segment: set input_files or datalist (no datalist at {datalist})")
-        cases = [{"image": c["image"]} for c in read_datalist(datalist, key, dataset_dir or None)]
-    for case in cases:
-        if not Path(case["image"]).exists():
-            raise DatasetError(f"case {case['image']}: image file not found")
-    return cases
 
 
 def finetune_spec(

@@ -138,6 +138,9 @@ def _fmt(v: float) -> str:
 class SaveSegmentationd(MapTransform):
     """Write a label map (``argmax`` already applied, in the input image's original space) as ``<case>_seg.nii.gz``.
 
+    ``<case>`` is the item's ``name`` where it has one (:func:`~medgmae.finetune.segment_inputs.inference_cases`
+    gives each input a unique one), else the image's file name (:func:`case_name`).
+
     The affine is the tensor's own (after :class:`monai.transforms.Invertd`, the original image's), so the file
     overlays the input in 3D Slicer or ITK-SNAP. Written atomically.
 
@@ -159,7 +162,9 @@ class SaveSegmentationd(MapTransform):
                 raise ValueError(f"{key}: expected a (1, H, W, D) label map, got {tuple(seg.shape)}")
             affine = np.asarray(torch.as_tensor(seg.affine).cpu(), dtype=np.float64)
             labels = np.asarray(seg[0].detach().cpu().round()).astype(np.uint8 if seg.max() < 256 else np.int16)
-            path = self.output_dir / f"{case_name(d)}_{self.postfix}.nii.gz"
+            name = d.get("name")
+            name = name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
+            path = self.output_dir / f"{name if isinstance(name, str) and name else case_name(d)}_{self.postfix}.nii.gz"
             img = nib.Nifti1Image(labels, affine)
             img.header.set_xyzt_units("mm")
             with atomic_write(path) as tmp:

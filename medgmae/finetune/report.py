@@ -164,11 +164,16 @@ class FinetuneSummary:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def next_commands(self) -> dict[str, str]:
-        """README's evaluation and inference commands for this run."""
+        """README's evaluation and inference commands for this run; the evaluation names the run's recorded data
+        (``dataset_dir`` / ``datalist`` of ``training_cases.json``) where it did not train on phantoms."""
+        from medgmae.finetune.run_record import read_run_record
+
         out = shlex.quote(str(self.out))
+        record = read_run_record(self.out) or {}
+        data = "".join(f" --{k} {shlex.quote(str(record[k]))}" for k in ("dataset_dir", "datalist") if record.get(k))
         return {
             "evaluate": "python -m monai.bundle run evaluating --config_file bundles/unetr_finetune/configs/evaluate.json "
-            f"--output_dir {out}",
+            f"--output_dir {out}{data}",
             "segment": "python -m monai.bundle run inferring --config_file bundles/unetr_finetune/configs/inference.json "
             f"--output_dir {out} --input_files \"['ct.nii.gz']\"",
         }

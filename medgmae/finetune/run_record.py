@@ -1,0 +1,84 @@
+"""What a fine-tuning run trained on, recorded in its folder (``training_cases.json``) and read back.
+
+The record holds the label fraction, the seed, the chosen cases and the data source (``dataset_dir`` and
+``datalist``, absolute; both ``""`` for the synthetic phantoms under ``output_dir/phantom``). Evaluation and
+inference of the run default to its data source, and a resumed run must choose the same cases.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+from medgmae.data.datalist import DatasetError
+from medgmae.files import save_json_atomic
+
+__all__ = ["RECORD_FILE", "read_run_record", "write_run_record", "data_source", "run_data_source", "check_resume_matches"]
+
+#: Name of the record in the run folder.
+RECORD_FILE = "training_cases.json"
+
+
+def read_run_record(output_dir: str | Path) -> dict | None:
+    """The run's record, ``None`` when there is none (or it does not parse)."""
+    path = Path(output_dir) / RECORD_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_run_record(output_dir: str | Path, record: Mapping) -> Path:
+    """Write ``record`` as the run's ``training_cases.json`` (atomically); returns its path."""
+    path = Path(output_dir) / RECORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_json_atomic(dict(record), path)
+    return path
+
+
+def data_source(dataset_dir: str | Path, datalist: str | Path) -> dict[str, str]:
+    """``{"dataset_dir", "datalist"}`` as given to training, made absolute (``""`` stays ``""``: phantoms)."""
+    absolute = lambda p: str(Path(p).expanduser().resolve()) if str(p).strip() else ""  # noqa: E731
+    return {"dataset_dir": absolute(dataset_dir), "datalist": absolute(datalist)}
+
+
+def run_data_source(dataset_dir: str | Path, datalist: str | Path, output_dir: str | Path) -> tuple[str, str]:
+    """``(dataset_dir, datalist)`` to evaluate or segment with: the given ones, or, when both are empty, those the
+    run in ``output_dir`` recorded (still empty for a phantom run)."""
+    if str(dataset_dir).strip() or str(datalist).strip():
+        return str(dataset_dir), str(datalist)
+    record = read_run_record(output_dir) or {}
+    return str(record.get("dataset_dir") or ""), str(record.get("datalist") or "")
+
+
+def _describe(record: Mapping) -> str:
+    source = record.get("datalist") or record.get("dataset_dir") or "the phantom data"
+    return (f"{len(record.get('cases', []))} of {record.get('num_total', '?')} training cases (label_fraction "
+            f"{record.get('label_fraction')}, seed {record.get('seed')}, data {source})")  # fmt: skip
+
+
+def check_resume_matches(output_dir: str | Path, new: Mapping) -> None:
+    """Raise when resuming the run in ``output_dir`` would train on other cases than it recorded.
+
+    Args:
+        output_dir: the run folder.
+        new: the record this resumed run would write (``label_fraction``, ``seed``, ``cases``, data source).
+
+    Raises:
+        DatasetError: naming the recorded and the new choice, and how to resume or start afresh.
+    """
+    old = read_run_record(output_dir)
+    if old is None:
+        return
+    keys = [k for k in ("label_fraction", "seed", "cases", "dataset_dir", "datalist") if k in old]
+    differ = [k for k in keys if json.dumps(old[k], default=str) != json.dumps(new.get(k), default=str)]
+    if not differ:
+        return
+    raise DatasetError(
+        f"cannot resume {output_dir}: it was trained on {_describe(old)}, but these settings choose {_describe(new)} "
+        f"({', '.join(differ)} differ). Resume with the recorded settings (--label_fraction {old.get('label_fraction')} "
+        f"--seed {old.get('seed')} and the same data), or start afresh: a new --output_dir, or --resume false (which "
+        f"overwrites this run)."
+    )

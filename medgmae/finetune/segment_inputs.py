@@ -1,0 +1,80 @@
+"""The images a fine-tuned UNETR segments: listed, checked up front and given unique output names.
+
+Every input is read once by the pre-check (:func:`medgmae.data.precheck.check_datalist`) before the model runs, so
+a truncated, NaN-filled or missing second file is reported (with every other problem) before the first
+segmentation is written. Each case carries the ``name`` of its output (``<name>_seg.nii.gz``): the image's file name
+without extension, or, for inputs whose file names clash (``patA/ct.nii.gz``, ``patB/ct.nii.gz``), the name
+prefixed with as many parent folders as make it unique (``patA_ct``, ``patB_ct``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from medgmae.data.datalist import DatasetError, read_datalist
+from medgmae.data.precheck import check_datalist
+from medgmae.data.reader import VOLUME_SUFFIXES
+from medgmae.finetune.run_record import run_data_source
+
+__all__ = ["inference_cases", "unique_case_names", "volume_stem"]
+
+
+def volume_stem(path: str | Path) -> str:
+    """The file (or DICOM folder) name without its volume extension (``ct.nii.gz`` -> ``ct``)."""
+    name = Path(path).name
+    suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), "")
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
+    """One output name per input: its :func:`volume_stem`, with parent folders prefixed (``patA_ct``) where stems
+    clash, one folder more at a time until every name is unique.
+
+    Raises:
+        DatasetError: the same file is given more than once (named).
+    """
+    resolved = [Path(p).expanduser().resolve() for p in paths]
+    twice = sorted(str(p) for p, n in Counter(resolved).items() if n > 1)
+    if twice:
+        raise DatasetError(f"these inputs are given more than once: {', '.join(twice)}")
+    stems, parents = [volume_stem(p) for p in resolved], [p.parent.parts[1:] for p in resolved]
+    depth = [0] * len(paths)
+    while True:
+        names = ["_".join([*parents[i][len(parents[i]) - depth[i]:], stems[i]]) for i in range(len(paths))]
+        counts = Counter(names)
+        clashing = [i for i, n in enumerate(names) if counts[n] > 1 and depth[i] < len(parents[i])]
+        if not clashing:
+            return names
+        for i in clashing:
+            depth[i] += 1
+
+
+def inference_cases(
+    input_files: Sequence[str] | str, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
+    key: str = "validation",
+) -> list[dict]:
+    """Images to segment, each checked: ``input_files`` when given (a path or a list), else the images of list
+    ``key`` of the datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty; when both are empty, the data
+    the run in ``output_dir`` was trained on, see :func:`~medgmae.finetune.run_record.run_data_source`).
+
+    Returns:
+        ``[{"image": path, "name": output name}]`` (see the module docstring for the names).
+
+    Raises:
+        DatasetError: no datalist, or unusable inputs: one error lists every missing or unreadable file.
+    """
+    if isinstance(input_files, (str, Path)):
+        input_files = [input_files] if str(input_files) else []
+    if input_files:
+        images, source = [str(Path(f).expanduser().resolve()) for f in input_files], "input_files"
+    else:
+        dataset_dir, datalist = run_data_source(dataset_dir, datalist, output_dir)
+        if not datalist:
+            datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
+        if not Path(datalist).is_file():
+            raise DatasetError(f"nothing to segment: set input_files or datalist (no datalist at {datalist})")
+        images, source = [c["image"] for c in read_datalist(datalist, key, dataset_dir or None)], str(datalist)
+    cases = [{"image": image, "name": name} for image, name in zip(images, unique_case_names(images))]
+    return check_datalist(cases, source=source)
