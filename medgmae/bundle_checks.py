@@ -10,13 +10,13 @@ key and its value. True/false keys are checked where they are read, with :func:`
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from medgmae import cli_types
+from medgmae.files import output_dir_problem
 
-__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "output_dir_problem"]
+__all__ = ["BundleSettingError", "check_settings", "check_output_dirs"]
 
 #: The value kinds :func:`check_settings` knows, by name (each parses the value's text or raises).
 KINDS: dict[str, Callable[[str], Any]] = {
@@ -68,25 +68,6 @@ def check_settings(settings: Mapping[str, tuple[Any, str | Sequence[Any]]]) -> b
     if problems:
         raise BundleSettingError("bad setting(s), nothing was written:\n  " + "\n  ".join(problems))
     return True
-
-
-def output_dir_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot be (or become) a writable folder, ``None`` when it can; creates nothing."""
-    p = Path(path).expanduser()
-    if str(path).strip() == "":
-        return "the path is empty"
-    if p.exists() and not p.is_dir():
-        return f"{p} is an existing file, not a folder"
-    probe = p
-    while not probe.exists():  # the nearest existing folder above: creating p needs it to be a writable folder
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        return f"{probe} (above {p}) is a file, not a folder"
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        return f"no permission to write in {probe}"
-    return None
 
 
 def check_output_dirs(**dirs: str | Path) -> bool:

@@ -1,5 +1,6 @@
-"""File I/O shared by the whole toolkit: atomic output (every file appears whole or not at all) and the one safe
-``torch.load`` (``weights_only=True``, errors naming the file). Light on purpose: no ignite or MONAI imports."""
+"""File I/O shared by the whole toolkit: the check of an output folder before any work, atomic output (every file
+appears whole or not at all) and the one safe ``torch.load`` (``weights_only=True``, errors naming the file). Light
+on purpose: no ignite or MONAI imports."""
 
 from __future__ import annotations
 
@@ -13,7 +14,26 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_write", "save_torch_atomic", "save_json_atomic", "load_torch_file"]
+__all__ = ["atomic_write", "save_torch_atomic", "save_json_atomic", "load_torch_file", "output_dir_problem"]
+
+
+def output_dir_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be (or become) a writable folder, ``None`` when it can; creates nothing."""
+    p = Path(path).expanduser()
+    if str(path).strip() == "":
+        return "the path is empty"
+    if p.exists() and not p.is_dir():
+        return f"{p} is an existing file, not a folder"
+    probe = p
+    while not probe.exists():  # the nearest existing folder above: creating p needs it to be a writable folder
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} (above {p}) is an existing file, not a folder"
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        return f"no permission to write in {probe}"
+    return None
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medgmae.files import output_dir_problem
 from recon.geometry import CTGeometry
 
 __all__ = [
@@ -89,13 +90,6 @@ def load_matching_volume(path: str, geom: CTGeometry, what: str) -> tuple[np.nda
     return vol, affine
 
 
-def _check_parents(path: Path, flag: str) -> None:
-    """Refuse ``path`` when a folder above it is an existing file."""
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise CLIError(f"{flag} {path}: {parent} is an existing file, not a folder")
-
-
 def check_out_folder(path: str, flag: str = "--out") -> Path:
     """Check, before any work, that ``path`` can become an output folder.
 
@@ -107,13 +101,13 @@ def check_out_folder(path: str, flag: str = "--out") -> Path:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        CLIError: ``path`` is an existing file, or lies below one.
+        CLIError: ``path`` cannot become a folder (:func:`medgmae.files.output_dir_problem`: an existing file, below
+            one, or not writable).
     """
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise CLIError(f"{flag} {path} is an existing file, not a folder")
-    _check_parents(p, flag)
-    return p
+    problem = output_dir_problem(path)
+    if problem:
+        raise CLIError(f"{flag} {path}: {problem}")
+    return Path(path)
 
 
 def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()) -> Path:
@@ -136,7 +130,9 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
         raise CLIError(f"{flag} {path} is a folder: give a file name" + (f" ending with {' or '.join(endings)}" if endings else ""))
     if endings and not p.name.lower().endswith(endings):
         raise CLIError(f"{flag} {path} must end with {' or '.join(endings)}")
-    _check_parents(p, flag)
+    problem = output_dir_problem(p.parent)
+    if problem:
+        raise CLIError(f"{flag} {path}: {problem}")
     return p
 
 

@@ -33,7 +33,7 @@ def test_check_output_dirs(tmp_path):
     assert check_output_dirs(output_dir=tmp_path / "new" / "run", seg_dir=tmp_path) is True
     with pytest.raises(BundleSettingError, match=r"--output_dir .*afile is an existing file, not a folder"):
         check_output_dirs(output_dir=afile)
-    with pytest.raises(BundleSettingError, match=r"--seg_dir .*afile \(above .*\) is a file, not a folder"):
+    with pytest.raises(BundleSettingError, match=r"--seg_dir .*afile \(above .*\) is an existing file, not a folder"):
         check_output_dirs(seg_dir=afile / "sub")
     assert not (tmp_path / "new").exists()  # nothing created
 

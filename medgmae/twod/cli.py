@@ -24,7 +24,7 @@ import torch
 
 from medgmae.cli_types import nonneg_float, positive_int
 from medgmae.engine import resolve_device
-from medgmae.files import atomic_write
+from medgmae.files import atomic_write, output_dir_problem
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.images import read_image, read_mask, save_png, save_png_grid, to_model_input
@@ -75,13 +75,10 @@ def _check_layers(num_layers: int, model: GMAE2D, flag: str = "--num-layers") ->
 
 
 def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that is, or lies below, an existing non-folder (before any computation)."""
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "exists and is not a folder" if folder == out else f"lies below {folder}, which is not a folder"
-                raise ValueError(f"--out {out} {where}")
-            return
+    """Refuse an ``--out`` that cannot become a folder (before any computation)."""
+    problem = output_dir_problem(out)
+    if problem:
+        raise ValueError(f"--out {out}: {problem}")
 
 
 def _run_layers(args, model, x, size) -> dict[str, Callable[[Path], object]]:
