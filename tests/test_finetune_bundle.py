@@ -282,7 +282,8 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     with open(out / "eval" / "per_case_dice.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["case"] == "case_0002"
-    values = [float(v) for k, v in rows[0].items() if k != "case" and v != ""]
+    assert rows[0]["image"].endswith("case_0002.nii.gz")
+    values = [float(v) for k, v in rows[0].items() if k not in ("case", "image") and v != ""]
     assert values and all(0.0 <= v <= 1.0 for v in values)
 
     # inference on an image in another orientation and spacing: the segmentation is in the input's space
@@ -361,7 +362,7 @@ def test_segmentation_report_analytic_dice(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint"] == "best_model.pt"
     with open(tmp_path / "per_case_dice.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows == [{"case": "case_0042", "mean_dice": "0.750000", "liver": "0.750000", "spleen": ""}]
+    assert rows == [{"case": "case_0042", "image": "/data/case_0042.nii.gz", "mean_dice": "0.750000", "liver": "0.750000", "spleen": ""}]
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
 

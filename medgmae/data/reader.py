@@ -22,7 +22,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["Volume", "read_volume", "is_volume_path", "VOLUME_SUFFIXES", "LoadVolumed"]
+__all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUFFIXES", "LoadVolumed"]
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -47,6 +47,13 @@ class Volume:
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) along the array axes: the norms of the affine's columns."""
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def volume_stem(path: str | Path) -> str:
+    """The file (or DICOM folder) name without its volume extension (``ct.nii.gz`` -> ``ct``)."""
+    name = Path(path).name
+    suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), "")
+    return name[: len(name) - len(suffix)] if suffix else name
 
 
 def is_volume_path(path: str | os.PathLike) -> bool:

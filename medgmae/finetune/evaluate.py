@@ -21,22 +21,24 @@ from ignite.engine import Engine, Events
 from monai.metrics import DiceMetric
 from monai.transforms import MapTransform
 
+from medgmae.data.reader import volume_stem
 from medgmae.files import atomic_write, save_json_atomic
 
-__all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "check_num_classes"]
+__all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
 
 
 def case_name(item: Mapping) -> str:
-    """File name of a case's image (without folders and NIfTI extension), from MONAI metadata."""
+    """A case's image name without folders and volume extension (:func:`~medgmae.data.reader.volume_stem`)."""
+    return volume_stem(case_image(item))
+
+
+def case_image(item: Mapping) -> str:
+    """The path of a case's image, from MONAI metadata (``"case"`` when it has none)."""
     img = item.get("image")
     meta = getattr(img, "meta", None) or item.get("image_meta_dict") or {}
-    name = Path(str(meta.get("filename_or_obj", "case"))).name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return str(meta.get("filename_or_obj", "case"))
 
 
 def check_num_classes(network: torch.nn.Module, num_classes: int, source: str = "the model") -> None:
@@ -82,7 +84,7 @@ class SegmentationReport:
             raise ValueError(f"need at least 2 label names, got {list(label_names)}")
         self.output_dir, self.names = Path(output_dir), list(label_names)
         self.extra, self.csv_name = dict(extra or {}), csv_name
-        self.rows: list[tuple[str, list[float]]] = []
+        self.rows: list[tuple[str, str, list[float]]] = []  # (case, image path, Dice per class)
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -97,11 +99,11 @@ class SegmentationReport:
             dice = per_case_dice(item["pred"], item["label"])
             if dice.numel() != len(self.names) - 1:
                 raise ValueError(f"prediction has {dice.numel() + 1} classes but {len(self.names)} label names are set")
-            self.rows.append((case_name(item), dice.tolist()))
+            self.rows.append((case_name(item), case_image(item), dice.tolist()))
 
     def summary(self) -> dict:
         """Metrics of the collected cases."""
-        values = np.array([d for _, d in self.rows], dtype=np.float64).reshape(len(self.rows), len(self.names) - 1)
+        values = np.array([d for _, _, d in self.rows], dtype=np.float64).reshape(len(self.rows), len(self.names) - 1)
         with warnings.catch_warnings():  # an all-NaN class (absent from every reference) has no mean
             warnings.simplefilter("ignore", RuntimeWarning)
             per_class = np.nanmean(values, axis=0) if len(values) else np.full(len(self.names) - 1, np.nan)
@@ -122,11 +124,11 @@ class SegmentationReport:
         with atomic_write(self.output_dir / self.csv_name) as tmp:
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["case", "mean_dice"] + self.names[1:])
-                for name, dice in self.rows:
+                w.writerow(["case", "image", "mean_dice"] + self.names[1:])
+                for name, image, dice in self.rows:
                     finite = [d for d in dice if math.isfinite(d)]
                     mean = sum(finite) / len(finite) if finite else float("nan")
-                    w.writerow([name, _fmt(mean)] + [_fmt(d) for d in dice])
+                    w.writerow([name, image, _fmt(mean)] + [_fmt(d) for d in dice])
         logger.info("mean Dice %s over %d cases -> %s", self.metrics["mean_dice"], len(self.rows), self.output_dir)
         return self.metrics
 

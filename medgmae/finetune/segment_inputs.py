@@ -15,17 +15,10 @@ from typing import Sequence
 
 from medgmae.data.datalist import DatasetError, read_datalist
 from medgmae.data.precheck import check_datalist
-from medgmae.data.reader import VOLUME_SUFFIXES
+from medgmae.data.reader import volume_stem
 from medgmae.finetune.run_record import run_data_source
 
-__all__ = ["inference_cases", "unique_case_names", "volume_stem"]
-
-
-def volume_stem(path: str | Path) -> str:
-    """The file (or DICOM folder) name without its volume extension (``ct.nii.gz`` -> ``ct``)."""
-    name = Path(path).name
-    suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), "")
-    return name[: len(name) - len(suffix)] if suffix else name
+__all__ = ["inference_cases", "unique_case_names"]
 
 
 def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
