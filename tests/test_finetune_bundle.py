@@ -147,6 +147,14 @@ def _two_case_datalist(root: Path) -> Path:
     return dl
 
 
+def test_a_datalist_alone_is_the_data(tmp_path):
+    """``--datalist`` without ``--dataset_dir``: the datalist's cases (relative to its folder), not phantoms."""
+    dl = _two_case_datalist(tmp_path)
+    out = prepare_datalists("", str(dl), tmp_path / "run")
+    assert [c["image"] for c in out["training"]] == [str(tmp_path / "c0_img.nii.gz"), str(tmp_path / "c1_img.nii.gz")]
+    assert not (tmp_path / "run" / "phantom").exists()
+
+
 def test_resume_with_other_label_fraction_is_refused(tmp_path):
     dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
     first = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5)

@@ -151,10 +151,12 @@ def prepare_datalists(
     ledger_dir: str | Path | None = None,
     resume: bool = False,
 ) -> dict:
-    """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` is empty, label subset, checks.
+    """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` and ``datalist`` are empty, label
+    subset, checks.
 
     Args:
-        dataset_dir: folder with the images (``""``: phantom data written to ``output_dir/phantom``).
+        dataset_dir: folder with the images (``""``: the datalist's folder, or, without a datalist, phantom data
+            written to ``output_dir/phantom``).
         datalist: Decathlon JSON (``""``: ``dataset_dir/dataset.json``); relative paths resolve against its folder.
         output_dir: run folder (``training_cases.json`` goes there).
         label_fraction: fraction of training cases with labels used.
@@ -173,6 +175,8 @@ def prepare_datalists(
     Raises:
         DatasetError: unusable data (every problem listed), or a resumed run whose cases differ from the record.
     """
+    if not str(dataset_dir).strip() and str(datalist).strip():  # a datalist alone: its paths resolve against its folder
+        dataset_dir = Path(datalist).parent
     source = data_source(dataset_dir, (datalist or Path(dataset_dir) / "dataset.json") if dataset_dir else "")
     if not dataset_dir:
         n_val = max(1, phantom_cases // 3)
