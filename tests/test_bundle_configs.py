@@ -52,3 +52,13 @@ def test_a_false_flag_from_the_command_line_is_false():
     with pytest.raises(RuntimeError) as error:  # MONAI wraps the expression's error
         parser.get_parsed_content("used", lazy=False)
     assert "resume must be true or false, got 'maybe'" in str(error.value.__cause__)
+
+
+@pytest.mark.parametrize("bundle", sorted(p.parents[1] for p in ROOT.glob("bundles/*/configs/multi_gpu_train.json")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_multi_gpu_config_keeps_every_import_of_train(bundle):
+    """MONAI merges configs key by key, so the multi-GPU file's ``imports`` list replaces train.json's: it must
+    repeat every one of them (a missing ``as_bool`` failed only in a multi-process run)."""
+    train = json.loads((bundle / "configs" / "train.json").read_text())["imports"]
+    multi = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())["imports"]
+    assert [i for i in train if i not in multi] == []
