@@ -39,6 +39,12 @@ def _problem(value: Any, kind: str | Sequence[Any]) -> str | None:
     list of them", or a sequence of allowed values), ``None`` when it is."""
     if not isinstance(kind, str):
         return None if value in kind else f"expected one of {list(kind)}, got {value!r}"
+    if kind == "bool":
+        try:
+            cli_types.as_bool(value)
+        except ValueError:
+            return f"expected true or false, got {value!r}"
+        return None
     if kind.endswith("s") and kind[:-1] in KINDS:
         values = value if isinstance(value, (list, tuple)) else [value]
         return next((p for p in (_problem(v, kind[:-1]) for v in values) if p), None) if values else "expected a value, got []"
@@ -56,7 +62,8 @@ def check_settings(settings: Mapping[str, tuple[Any, str | Sequence[Any]]]) -> b
 
     Args:
         settings: ``{key: (value, kind)}``; kind is a name of :data:`KINDS` (``"positive_int"``...), the same name
-            with an ``s`` (one value or a list of them, e.g. ``roi_size``), or a list of the allowed values.
+            with an ``s`` (one value or a list of them, e.g. ``roi_size``), ``"bool"`` (what
+            :func:`~medgmae.cli_types.as_bool` reads), or a list of the allowed values.
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).

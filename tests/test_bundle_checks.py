@@ -15,11 +15,12 @@ BUNDLES = REPO / "bundles"
 
 def test_check_settings_names_every_bad_key():
     good = {"max_epochs": (3, "positive_int"), "roi_size": ([48, 48, 48], "positive_ints"), "lr": ("1e-4", "positive_float"),
-            "kind": ("medgmae", ["medgmae", "voxel-mae"]), "fraction": (0.5, "fraction"), "ratio": (0.0, "proper_fraction")}
+            "kind": ("medgmae", ["medgmae", "voxel-mae"]), "fraction": (0.5, "fraction"), "ratio": (0.0, "proper_fraction"),
+            "amp": ("false", "bool"), "resume": (True, "bool")}
     assert check_settings(good) is True
     bad = {"max_epochs": (-3, "positive_int"), "num_gaussians": ("abc", "positive_int"), "kind": ("foo", ["medgmae"]),
            "mask_ratio": (1.0, "proper_fraction"), "label_fraction": (2, "fraction"), "roi_size": ([48, 0], "positive_ints"),
-           "epochs": (2.5, "positive_int"), "batch_size": (True, "positive_int")}
+           "epochs": (2.5, "positive_int"), "batch_size": (True, "positive_int"), "amp": ("maybe", "bool")}
     with pytest.raises(BundleSettingError) as e:
         check_settings(bad)
     for key in bad:

@@ -34,6 +34,9 @@ def _strings(node):
 @pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parents[1].name}/{p.name}" for p in CONFIGS])
 def test_true_false_keys_are_parsed_with_as_bool(path):
     config = json.loads(path.read_text())
+    checked = config.pop("checked_settings", None)  # the up-front check reads the raw values (medgmae.bundle_checks)
+    if checked is not None:
+        assert {k: checked.get(k) for k in _bool_keys(config)} == {k: [f"@{k}", "bool"] for k in _bool_keys(config)}
     for key in _bool_keys(config):
         for text in _strings(config):
             for m in re.finditer(rf"@{re.escape(key)}(?![\w#])", text):

@@ -175,6 +175,25 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     assert metrics_b["confusion_matrix"] == metrics_a["confusion_matrix"]
 
 
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
+    """A run resumed with another model (here 8 Gaussians instead of 6, which changes no weight's shape) or other
+    data settings stops at the start, naming each setting; the same settings resume."""
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = _workflow(data, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
+    first.data_settings = {"seed": 0}
+    first.run()
+    again = _workflow(data, tmp_path / "run", resume=True)
+    again.model = GViT(1, 16, 2, num_gaussians=8, patch_size=4)
+    again.data_settings = {"seed": 1}
+    with pytest.raises(ValueError, match=r"GViT training with other settings \(data\.seed: saved 0, current 1; "
+                                         r"model\.num_gaussians: saved 6, current 8\)"):
+        again.trainer("warmup").run()
+    same = _workflow(data, tmp_path / "run", resume=True)
+    same.data_settings = {"seed": 0}
+    same.trainer("warmup").run()  # finished phase: resumes and ends at once
+
+
 # ----------------------------------------------------------------------------------------------- configuration
 def _parser(tmp_path: Path, **overrides) -> ConfigParser:
     parser = ConfigParser()

@@ -93,7 +93,9 @@ class ModelConfigRecord:
         old, new = saved.get("config") or {}, mine["config"]
         diff += [f"{k}: saved {old.get(k)!r}, current {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if diff:
+            # a MedGMAE* run from before level_intensity existed resumes with the clamp rule it was trained with
+            example = " (e.g. --network_def#level_intensity clamp)" if any(d.startswith("level_intensity") for d in diff) else ""
             raise ValueError(
                 "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
-                "with the saved settings (e.g. --network_def#level_intensity clamp) or train into a new output_dir"
+                f"with the saved settings{example} or train into a new output_dir"
             )

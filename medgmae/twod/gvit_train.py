@@ -39,6 +39,7 @@ from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
 from medgmae.engine import CheckpointHandler, NonFiniteLossHandler, resolve_device
+from medgmae.engine.records import SettingsRecord
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
 
 __all__ = [
@@ -170,6 +171,7 @@ class PhaseContext:
         optimizer: the phase's AdamW.
         lr_scheduler: the phase's warm-up + cosine schedule.
         checkpoint_dir: the phase's checkpoint folder (None: no checkpoints).
+        settings: the run's model and data settings, checked on resume (None: not checked).
     """
 
     phase: str
@@ -177,11 +179,16 @@ class PhaseContext:
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any
     checkpoint_dir: Path | None = None
+    settings: Mapping | None = None
 
     @property
     def objects(self) -> dict:
-        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler``."""
-        return {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler}
+        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler`` and, with ``settings``, a
+        :class:`~medgmae.engine.records.SettingsRecord` that a resumed run must match."""
+        objects = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler}
+        if self.settings is not None:
+            objects["settings"] = SettingsRecord(self.settings, "GViT training")
+        return objects
 
 
 class PhaseCheckpoint:
@@ -268,6 +275,7 @@ def build_phase_trainer(
     amp: bool = False,
     checkpoint_dir: str | Path | None = None,
     handlers: Sequence[Any | Callable[[PhaseContext], Any]] | None = None,
+    settings: Mapping | None = None,
 ) -> SupervisedTrainer:
     """A MONAI trainer for one phase: AdamW (betas 0.9/0.95) on the phase's parameters, warm-up + cosine LR.
 
@@ -281,6 +289,7 @@ def build_phase_trainer(
         warmup_fraction: fraction of the phase's iterations with linear LR warm-up.
         rec_loss, gamma, guidance_interval, render_backend, amp: see :class:`GViTIteration`.
         checkpoint_dir: folder of this phase's checkpoints (none when None).
+        settings: what a resumed phase must share with its checkpoint (:class:`PhaseContext`).
         handlers: handlers and handler factories (see the module doc); default :func:`default_phase_handlers`.
     """
     _check_phase(phase)
@@ -292,7 +301,7 @@ def build_phase_trainer(
     opt = torch.optim.AdamW(phase_parameters(model, phase), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     total = max(1, max_epochs * len(train_loader))
     sched = WarmupCosineSchedule(opt, warmup_steps=int(warmup_fraction * total), t_total=total, warmup_multiplier=0.1)
-    ctx = PhaseContext(phase, model, opt, sched, None if checkpoint_dir is None else Path(checkpoint_dir))
+    ctx = PhaseContext(phase, model, opt, sched, None if checkpoint_dir is None else Path(checkpoint_dir), settings)
     trainer = SupervisedTrainer(
         device=torch.device(device), max_epochs=max_epochs, train_data_loader=train_loader, network=model,
         optimizer=opt, loss_function=rec_loss or ReconstructionLoss(),
@@ -379,7 +388,8 @@ class GViTWorkflow:
         """The (new) MONAI trainer of ``phase``."""
         self.trainers[phase] = build_phase_trainer(
             phase, self.model, self.train_loader, self.epochs[phase], self.device, rec_loss=self.rec_loss,
-            checkpoint_dir=self.output_dir / "checkpoints" / phase, **self.kwargs,
+            checkpoint_dir=self.output_dir / "checkpoints" / phase,
+            settings={"model": self.model.config(), "data": self.data_settings or {}}, **self.kwargs,
         )  # fmt: skip
         return self.trainers[phase]
 
