@@ -60,6 +60,21 @@ def test_segment_reads_the_reference_at_the_image_slice(model_file, tmp_path):
     assert summary["iou"] == pytest.approx(summary["foreground_fraction"])  # the reference is the whole slice
 
 
+def test_a_reference_off_the_image_grid_is_refused(model_file, tmp_path, capsys):
+    img = _nifti(tmp_path / "ct.nii.gz", np.random.default_rng(2).normal(0, 100, (32, 32, 8)))
+    smaller = _nifti(tmp_path / "small.nii.gz", np.ones((30, 32, 8)))
+    moved = np.array(AFFINE, dtype=np.float64)
+    moved[0, 3] += 30.0  # the same grid 30 mm to the side
+    shifted = _nifti(tmp_path / "shifted.nii.gz", np.ones((32, 32, 8)), moved)
+    png = tmp_path / "ref.png"
+    Image.fromarray(np.full((20, 24), 255, np.uint8)).save(png)
+    for ref, why in ((smaller, "shapes or affines differ"), (shifted, "shapes or affines differ"), (png, "is 20 x 24 pixels")):
+        out = tmp_path / f"seg_{ref.name.split('.')[0]}"
+        argv = ["segment", "--checkpoint", str(model_file), "--image", str(img), "--reference", str(ref), "--out", str(out)]
+        assert main(argv) == 2
+        assert why in capsys.readouterr().err and not out.exists()
+
+
 def test_out_below_a_file_exits_2_before_computing(model_file, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")

@@ -27,7 +27,7 @@ from medgmae.engine import resolve_device
 from medgmae.files import atomic_write, output_dir_problem
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
-from medgmae.twod.images import read_image, read_mask, save_png, save_png_grid, to_model_input
+from medgmae.twod.images import check_reference, read_image, read_mask, save_png, save_png_grid, to_model_input
 
 __all__ = ["main", "build_parser"]
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask")
     p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
-    p.add_argument("--reference", type=Path, default=None, help="reference mask (non-zero = foreground) for IoU; a volume is read at the same --slice")
+    p.add_argument("--reference", type=Path, default=None, help="reference mask (non-zero = foreground) for IoU, on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities")
     p.add_argument("--granularities", type=positive_int, nargs="+", default=[4, 8, 16], help="numbers of layers, l@L")
@@ -66,6 +66,8 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], torch.device]:
     image = read_image(args.image, slice_index=args.slice, window=args.window)
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
     size = tuple(args.render_size) if args.render_size else model.img_size
+    if getattr(args, "reference", None) is not None:
+        check_reference(args.reference, args.image, image.shape[-2:])
     return model, x, size, device
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from medgmae.files import atomic_write
 
-__all__ = ["read_image", "read_mask", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
+__all__ = ["read_image", "read_mask", "check_reference", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -232,6 +232,30 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     else:
         arr = _read_dicom(path, slice_index)[0]
     return np.any(np.nan_to_num(arr) != 0, axis=0)
+
+
+def check_reference(reference: str | os.PathLike, image: str | os.PathLike, image_hw: Sequence[int]) -> None:
+    """Refuse a reference mask that does not cover the image's pixels: another picture size, or (both NIfTI)
+    another voxel grid (shape or affine, 1e-3 mm), so an IoU is never computed against a misplaced mask.
+
+    Raises:
+        ValueError: naming both files and what differs.
+    """
+    ref, img = Path(reference), Path(image)
+    if _image_kind(ref) == "nifti" and _image_kind(img) == "nifti":
+        import nibabel as nib
+
+        try:
+            a, b = nib.load(str(ref)), nib.load(str(img))
+        except Exception as e:
+            raise ValueError(f"{ref}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+        if a.shape[:3] != b.shape[:3] or not np.allclose(a.affine, b.affine, atol=1e-3):
+            raise ValueError(f"reference {ref} (shape {a.shape}) is not on the voxel grid of {img} (shape {b.shape}): "
+                             "their shapes or affines differ")  # fmt: skip
+        return
+    hw = tuple(read_mask(ref).shape)
+    if hw != tuple(image_hw):
+        raise ValueError(f"reference {ref} is {hw[0]} x {hw[1]} pixels, the image {img} {image_hw[0]} x {image_hw[1]}")
 
 
 def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:
