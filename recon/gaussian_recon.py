@@ -360,22 +360,22 @@ class GaussianReconstructor:
         c = self.config
         t0 = time.perf_counter()
         bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
-        postfix: dict = {}
-        stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
-        while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
-            loss = self.step()
-            it = self.iteration
-            if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
-                self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": int(self.params["means"].shape[0])})
-            if it % c.eval_every == 0 or it == c.iterations:
-                rec = self._record(loss, time.perf_counter() - t0, with_ssim=ssim_every_eval or it == c.iterations)
-                postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
-            postfix["loss"] = f"{loss:.4g}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-            if checkpoint_path is not None and c.checkpoint_every > 0 and it % c.checkpoint_every == 0:
-                self.save_checkpoint(checkpoint_path)
-        bar.close()
+        with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
+            postfix: dict = {}
+            stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
+            while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
+                loss = self.step()
+                it = self.iteration
+                if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
+                    self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": int(self.params["means"].shape[0])})
+                if it % c.eval_every == 0 or it == c.iterations:
+                    rec = self._record(loss, time.perf_counter() - t0, with_ssim=ssim_every_eval or it == c.iterations)
+                    postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
+                postfix["loss"] = f"{loss:.4g}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+                if checkpoint_path is not None and c.checkpoint_every > 0 and it % c.checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint_path)
         seconds = time.perf_counter() - t0
         if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)
