@@ -20,7 +20,8 @@ from PIL import Image
 from medgmae.twod.classification_data import load_classification_data, make_dataset
 from medgmae.twod.gvit import GViT
 from medgmae.engine import GradientClipHandler
-from medgmae.twod.gvit_train import GViTWorkflow, default_phase_handlers
+from medgmae.twod.gvit_phases import default_phase_handlers
+from medgmae.twod.gvit_train import GViTWorkflow
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "gvit_classification"

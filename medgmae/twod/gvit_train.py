@@ -11,13 +11,10 @@
 
 Each phase is a :class:`monai.engines.SupervisedTrainer` whose ``iteration_update`` is a :class:`GViTIteration`
 (AdamW, warm-up + cosine, :class:`monai.optimizers.WarmupCosineSchedule`). Its handlers come from a list, the
-bundle's ``train#handlers``: an entry is either a handler (attached to every phase's trainer, e.g.
-``NonFiniteLossHandler`` or ``GradientClipHandler``) or a factory called with the phase's :class:`PhaseContext`
-(its optimiser, scheduler and checkpoint folder) that returns the phase's own handler: :class:`PhaseCheckpoint`
-(the toolkit's ``CheckpointHandler``, one sub-folder per phase, so that ``resume`` skips finished phases and
-continues the interrupted one), :class:`PhaseLrSchedule` (MONAI's ``LrScheduleHandler``) and :class:`PhaseStats`
-(MONAI's ``StatsHandler``); :func:`default_phase_handlers` is that list. :class:`GViTIteration` fires MONAI's
-``IterationEvents``, so ``GradientClipHandler`` clips between the backward pass and the step.
+bundle's ``train#handlers``, of handlers and per-phase handler factories (:mod:`medgmae.twod.gvit_phases`:
+checkpoints in one sub-folder per phase, so that ``resume`` skips finished phases and continues the interrupted one;
+the LR schedule; loss logging). :class:`GViTIteration` fires MONAI's ``IterationEvents``, so
+``GradientClipHandler`` clips between the backward pass and the step.
 :class:`GViTWorkflow` runs the phases in order, writes ``model.pt`` and evaluates (``metrics.json``).
 """
 
@@ -25,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,24 +30,18 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.handlers import LrScheduleHandler, StatsHandler
 from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
-from medgmae.engine import CheckpointHandler, NonFiniteLossHandler, resolve_device
-from medgmae.engine.records import SettingsRecord
+from medgmae.engine import resolve_device
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
+from medgmae.twod.gvit_phases import PhaseContext, default_phase_handlers, phase_handlers
 
 __all__ = [
     "PHASES",
     "set_phase",
     "phase_parameters",
     "GViTIteration",
-    "PhaseContext",
-    "PhaseCheckpoint",
-    "PhaseLrSchedule",
-    "PhaseStats",
-    "default_phase_handlers",
     "build_phase_trainer",
     "GViTWorkflow",
 ]
@@ -161,104 +151,6 @@ class GViTIteration:
                 "loss_rec": detach(loss_rec), "loss_cls": detach(loss_cls)}  # fmt: skip
 
 
-@dataclass
-class PhaseContext:
-    """What a phase's handler factories receive.
-
-    Attributes:
-        phase: ``"warmup"``, ``"classifier"`` or ``"joint"``.
-        model: the :class:`~medgmae.twod.gvit.GViT`.
-        optimizer: the phase's AdamW.
-        lr_scheduler: the phase's warm-up + cosine schedule.
-        checkpoint_dir: the phase's checkpoint folder (None: no checkpoints).
-        settings: the run's model and data settings, checked on resume (None: not checked).
-    """
-
-    phase: str
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: Any
-    checkpoint_dir: Path | None = None
-    settings: Mapping | None = None
-
-    @property
-    def objects(self) -> dict:
-        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler`` and, with ``settings``, a
-        :class:`~medgmae.engine.records.SettingsRecord` that a resumed run must match."""
-        objects = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler}
-        if self.settings is not None:
-            objects["settings"] = SettingsRecord(self.settings, "GViT training")
-        return objects
-
-
-class PhaseCheckpoint:
-    """Handler factory: the toolkit's ``CheckpointHandler`` in the phase's checkpoint folder (none without one).
-
-    Put it first in the list: MONAI's ``StatsHandler`` re-raises exceptions, so exception handlers attached after
-    it (the interruption checkpoint) would never run.
-
-    Args:
-        resume: continue from the newest checkpoint of each phase (finished phases are not re-run).
-        source: dataset whose random transforms are checkpointed.
-    """
-
-    def __init__(self, resume: bool = False, source: Any = None) -> None:
-        if not isinstance(resume, bool):
-            raise ValueError(f"resume must be a bool, got {resume!r}")
-        self.resume, self.source = resume, source
-
-    def __call__(self, ctx: PhaseContext) -> CheckpointHandler | None:
-        if ctx.checkpoint_dir is None:
-            return None
-        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source)
-
-
-class PhaseLrSchedule:
-    """Handler factory: MONAI's ``LrScheduleHandler`` stepping the phase's scheduler every iteration."""
-
-    def __call__(self, ctx: PhaseContext) -> LrScheduleHandler:
-        return LrScheduleHandler(ctx.lr_scheduler, print_lr=False, epoch_level=False)
-
-
-class PhaseStats:
-    """Handler factory: MONAI's ``StatsHandler`` logging ``<phase>_loss`` every ``log_every`` iterations.
-
-    Args:
-        log_every: iterations between loss log lines (>= 1).
-    """
-
-    def __init__(self, log_every: int = 10) -> None:
-        if int(log_every) < 1:
-            raise ValueError(f"log_every must be >= 1, got {log_every}")
-        self.log_every = int(log_every)
-
-    def _due(self, _engine: Engine, iteration: int) -> bool:
-        return iteration % self.log_every == 0
-
-    def __call__(self, ctx: PhaseContext) -> StatsHandler:
-        return StatsHandler(name=None, tag_name=f"{ctx.phase}_loss", output_transform=lambda out: out["loss"],
-                            iteration_log=self._due)  # fmt: skip
-
-
-def default_phase_handlers(resume: bool = False, source: Any = None, log_every: int = 10) -> list:
-    """The handlers of every phase, as the bundle's ``train#handlers`` lists them: checkpoints, the non-finite loss
-    guard, the LR schedule and loss logging."""
-    return [PhaseCheckpoint(resume, source), NonFiniteLossHandler("loss"), PhaseLrSchedule(), PhaseStats(log_every)]
-
-
-def _phase_handlers(handlers: Sequence, ctx: PhaseContext) -> list:
-    """Entries with ``attach`` are used as they are; others are factories called with ``ctx`` (None: skipped)."""
-    out = []
-    for h in handlers:
-        if not hasattr(h, "attach"):
-            if not callable(h):
-                raise ValueError(f"a GViT handler must have attach() or be a factory of PhaseContext, got {h!r}")
-            h = h(ctx)
-        if h is not None:
-            out.append(h)
-    return out
-
-
 def build_phase_trainer(
     phase: str,
     model: nn.Module,
@@ -306,7 +198,7 @@ def build_phase_trainer(
         device=torch.device(device), max_epochs=max_epochs, train_data_loader=train_loader, network=model,
         optimizer=opt, loss_function=rec_loss or ReconstructionLoss(),
         iteration_update=GViTIteration(phase, rec_loss, gamma, guidance_interval, render_backend, amp),
-        train_handlers=_phase_handlers(default_phase_handlers() if handlers is None else handlers, ctx),
+        train_handlers=phase_handlers(default_phase_handlers() if handlers is None else handlers, ctx),
         amp=False, decollate=False,
     )  # fmt: skip
     trainer.add_event_handler(Events.STARTED, lambda _: set_phase(model, phase))

@@ -1,0 +1,123 @@
+"""GViT's per-phase handlers: what each phase's trainer gets from the bundle's ``train#handlers`` list.
+
+An entry of that list is either a handler (attached to every phase's trainer, e.g. ``NonFiniteLossHandler``) or a
+factory called with the phase's :class:`PhaseContext` (model, optimiser, scheduler, checkpoint folder, settings)
+that returns the phase's own handler: :class:`PhaseCheckpoint` (the toolkit's ``CheckpointHandler``, one sub-folder
+per phase), :class:`PhaseLrSchedule` (MONAI's ``LrScheduleHandler``) and :class:`PhaseStats` (MONAI's
+``StatsHandler``); :func:`default_phase_handlers` is that list and :func:`phase_handlers` resolves it for one phase.
+The phases themselves are in :mod:`medgmae.twod.gvit_train`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from ignite.engine import Engine
+from monai.handlers import LrScheduleHandler, StatsHandler
+from torch import nn
+
+from medgmae.engine import CheckpointHandler, NonFiniteLossHandler
+from medgmae.engine.records import SettingsRecord
+
+__all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "default_phase_handlers", "phase_handlers"]
+
+
+@dataclass
+class PhaseContext:
+    """What a phase's handler factories receive.
+
+    Attributes:
+        phase: ``"warmup"``, ``"classifier"`` or ``"joint"``.
+        model: the :class:`~medgmae.twod.gvit.GViT`.
+        optimizer: the phase's AdamW.
+        lr_scheduler: the phase's warm-up + cosine schedule.
+        checkpoint_dir: the phase's checkpoint folder (None: no checkpoints).
+        settings: the run's model and data settings, checked on resume (None: not checked).
+    """
+
+    phase: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    checkpoint_dir: Path | None = None
+    settings: Mapping | None = None
+
+    @property
+    def objects(self) -> dict:
+        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler`` and, with ``settings``, a
+        :class:`~medgmae.engine.records.SettingsRecord` that a resumed run must match."""
+        objects = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler}
+        if self.settings is not None:
+            objects["settings"] = SettingsRecord(self.settings, "GViT training")
+        return objects
+
+
+class PhaseCheckpoint:
+    """Handler factory: the toolkit's ``CheckpointHandler`` in the phase's checkpoint folder (none without one).
+
+    Put it first in the list: MONAI's ``StatsHandler`` re-raises exceptions, so exception handlers attached after
+    it (the interruption checkpoint) would never run.
+
+    Args:
+        resume: continue from the newest checkpoint of each phase (finished phases are not re-run).
+        source: dataset whose random transforms are checkpointed.
+    """
+
+    def __init__(self, resume: bool = False, source: Any = None) -> None:
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be a bool, got {resume!r}")
+        self.resume, self.source = resume, source
+
+    def __call__(self, ctx: PhaseContext) -> CheckpointHandler | None:
+        if ctx.checkpoint_dir is None:
+            return None
+        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source)
+
+
+class PhaseLrSchedule:
+    """Handler factory: MONAI's ``LrScheduleHandler`` stepping the phase's scheduler every iteration."""
+
+    def __call__(self, ctx: PhaseContext) -> LrScheduleHandler:
+        return LrScheduleHandler(ctx.lr_scheduler, print_lr=False, epoch_level=False)
+
+
+class PhaseStats:
+    """Handler factory: MONAI's ``StatsHandler`` logging ``<phase>_loss`` every ``log_every`` iterations.
+
+    Args:
+        log_every: iterations between loss log lines (>= 1).
+    """
+
+    def __init__(self, log_every: int = 10) -> None:
+        if int(log_every) < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
+        self.log_every = int(log_every)
+
+    def _due(self, _engine: Engine, iteration: int) -> bool:
+        return iteration % self.log_every == 0
+
+    def __call__(self, ctx: PhaseContext) -> StatsHandler:
+        return StatsHandler(name=None, tag_name=f"{ctx.phase}_loss", output_transform=lambda out: out["loss"],
+                            iteration_log=self._due)  # fmt: skip
+
+
+def default_phase_handlers(resume: bool = False, source: Any = None, log_every: int = 10) -> list:
+    """The handlers of every phase, as the bundle's ``train#handlers`` lists them: checkpoints, the non-finite loss
+    guard, the LR schedule and loss logging."""
+    return [PhaseCheckpoint(resume, source), NonFiniteLossHandler("loss"), PhaseLrSchedule(), PhaseStats(log_every)]
+
+
+def phase_handlers(handlers: Sequence, ctx: PhaseContext) -> list:
+    """Entries with ``attach`` are used as they are; others are factories called with ``ctx`` (None: skipped)."""
+    out = []
+    for h in handlers:
+        if not hasattr(h, "attach"):
+            if not callable(h):
+                raise ValueError(f"a GViT handler must have attach() or be a factory of PhaseContext, got {h!r}")
+            h = h(ctx)
+        if h is not None:
+            out.append(h)
+    return out
