@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 from monai.transforms import (
@@ -30,7 +30,7 @@ from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_data
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import LoadVolumed
 from medgmae.finetune.segment_inputs import inference_cases
-from medgmae.finetune.run_record import check_resume_matches, data_source, run_data_source, write_run_record
+from medgmae.finetune.run_record import case_record, check_resume_matches, data_source, run_data_source, write_run_record
 from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
 
 __all__ = [
@@ -91,8 +91,7 @@ def resolve_num_classes(datalist: str | Path | None, num_classes: int | None = N
 
 
 def select_label_fraction(
-    cases: Sequence[dict], fraction: float, seed: int = 0, output_dir: str | Path | None = None,
-    source: Mapping | None = None,
+    cases: Sequence[dict], fraction: float, seed: int = 0, output_dir: str | Path | None = None
 ) -> list[dict]:
     """A deterministic subset of the training cases: ``max(1, round(fraction * n))`` of them.
 
@@ -105,7 +104,6 @@ def select_label_fraction(
         fraction: in ``(0, 1]``.
         seed: permutation seed.
         output_dir: folder for ``training_cases.json`` (not written when ``None``).
-        source: more entries for the record (the run's data source, :func:`~medgmae.finetune.run_record.data_source`).
 
     Returns:
         the chosen cases in their original order.
@@ -118,8 +116,7 @@ def select_label_fraction(
     order = np.random.default_rng(seed).permutation(len(cases))
     chosen = [cases[i] for i in sorted(order[:n].tolist())]
     if output_dir is not None:
-        record = {"label_fraction": float(fraction), "seed": int(seed), "num_total": len(cases), "cases": chosen}
-        write_run_record(output_dir, {**record, **dict(source or {})})
+        write_run_record(output_dir, case_record(fraction, seed, len(cases), chosen))
     logger.info("label_fraction %s: %d of %d training cases", fraction, n, len(cases))
     return chosen
 
@@ -190,13 +187,13 @@ def prepare_datalists(
     training = read_datalist(datalist, "training", dataset_dir)
     validation = read_datalist(datalist, "validation", dataset_dir)
     chosen = select_label_fraction(training, label_fraction, seed)
+    record = case_record(label_fraction, seed, len(training), chosen, source)
     if resume:
-        check_resume_matches(output_dir, {"label_fraction": float(label_fraction), "seed": int(seed),
-                                          "num_total": len(training), "cases": chosen, **source})  # fmt: skip
+        check_resume_matches(output_dir, record)
     # check the chosen cases before anything is written
     check_cases(chosen + validation, len(names), workers=precheck_workers, source=str(datalist), ledger_dir=ledger_dir)
-    training = select_label_fraction(training, label_fraction, seed, output_dir, source)
-    return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": training, "validation": validation}
+    write_run_record(output_dir, record)
+    return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": chosen, "validation": validation}
 
 
 def evaluation_cases(

@@ -14,10 +14,17 @@ from typing import Mapping
 from medgmae.data.datalist import DatasetError
 from medgmae.files import save_json_atomic
 
-__all__ = ["RECORD_FILE", "read_run_record", "write_run_record", "data_source", "run_data_source", "check_resume_matches"]
+__all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "check_resume_matches"]
 
 #: Name of the record in the run folder.
 RECORD_FILE = "training_cases.json"
+
+
+def case_record(fraction: float, seed: int, num_total: int, cases: list, source: Mapping | None = None) -> dict:
+    """The record of a run's label subset: ``label_fraction``, ``seed``, ``num_total``, the chosen ``cases`` and the
+    data source (:func:`data_source`) where given."""
+    return {"label_fraction": float(fraction), "seed": int(seed), "num_total": int(num_total), "cases": list(cases),
+            **dict(source or {})}  # fmt: skip
 
 
 def read_run_record(output_dir: str | Path) -> dict | None:
