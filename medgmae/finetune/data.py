@@ -30,7 +30,7 @@ from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_data
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import LoadVolumed
 from medgmae.finetune.segment_inputs import inference_cases
-from medgmae.finetune.run_record import case_record, check_resume_matches, data_source, run_data_source, write_run_record
+from medgmae.finetune.run_record import case_record, check_resume_matches, data_source, run_datalist, write_run_record
 from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
 
 __all__ = [
@@ -198,9 +198,9 @@ def prepare_datalists(
 
 def evaluation_cases(
     dataset_dir: str | Path, datalist: str | Path, output_dir: str | Path, key: str = "validation",
-    num_classes: int | None = None, labelled: bool = True,
+    num_classes: int | None = None,
 ) -> dict:
-    """Cases to evaluate or segment: list ``key`` of the datalist; when both ``dataset_dir`` and ``datalist`` are
+    """Cases to evaluate, each checked with its label: list ``key`` of the datalist; when both ``dataset_dir`` and ``datalist`` are
     empty, of the data the run in ``output_dir`` was trained on (its ``training_cases.json``; the run's phantom
     datalist for a phantom run).
 
@@ -210,25 +210,16 @@ def evaluation_cases(
         output_dir: the training run's folder.
         key: datalist list to read.
         num_classes: class count (``None`` or 0: from the datalist).
-        labelled: check each case's label (evaluation); ``False`` for inference.
 
     Returns:
         ``{"datalist", "num_classes", "label_names", "cases"}``.
     """
-    dataset_dir, datalist = run_data_source(dataset_dir, datalist, output_dir)
-    if not datalist:
-        datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
-    if not Path(datalist).is_file() and not dataset_dir:
+    dataset_dir, datalist = run_datalist(dataset_dir, datalist, output_dir)
+    if not datalist.is_file() and not dataset_dir:
         raise DatasetError(f"no datalist given and no phantom datalist at {datalist}: run training first or set datalist")
     names = label_names(datalist, num_classes or None)
     cases = read_datalist(datalist, key, dataset_dir or None)
-    if labelled:
-        check_cases(cases, len(names), source=str(datalist))
-    else:
-        for case in cases:
-            if not Path(case["image"]).exists():
-                raise DatasetError(f"case {case['image']}: image file not found")
-        cases = [{"image": c["image"]} for c in cases]
+    check_cases(cases, len(names), source=str(datalist))
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "cases": cases}
 
 

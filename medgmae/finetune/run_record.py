@@ -14,7 +14,7 @@ from typing import Mapping
 from medgmae.data.datalist import DatasetError
 from medgmae.files import save_json_atomic
 
-__all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "check_resume_matches"]
+__all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "check_resume_matches"]
 
 #: Name of the record in the run folder.
 RECORD_FILE = "training_cases.json"
@@ -58,6 +58,15 @@ def run_data_source(dataset_dir: str | Path, datalist: str | Path, output_dir: s
         return str(dataset_dir), str(datalist)
     record = read_run_record(output_dir) or {}
     return str(record.get("dataset_dir") or ""), str(record.get("datalist") or "")
+
+
+def run_datalist(dataset_dir: str | Path, datalist: str | Path, output_dir: str | Path) -> tuple[str, Path]:
+    """``(dataset_dir, datalist file)`` to evaluate or segment with: :func:`run_data_source`, then the datalist
+    ``dataset_dir/dataset.json`` where none is named, or the phantom run's ``output_dir/phantom/dataset.json``."""
+    dataset_dir, datalist = run_data_source(dataset_dir, datalist, output_dir)
+    if datalist:
+        return dataset_dir, Path(datalist)
+    return dataset_dir, Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
 
 
 def _describe(record: Mapping) -> str:

@@ -16,7 +16,7 @@ from typing import Sequence
 from medgmae.data.datalist import DatasetError, read_datalist
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import volume_stem
-from medgmae.finetune.run_record import run_data_source
+from medgmae.finetune.run_record import run_datalist
 
 __all__ = ["inference_cases", "unique_case_names"]
 
@@ -50,7 +50,7 @@ def inference_cases(
 ) -> list[dict]:
     """Images to segment, each checked: ``input_files`` when given (a path or a list), else the images of list
     ``key`` of the datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty; when both are empty, the data
-    the run in ``output_dir`` was trained on, see :func:`~medgmae.finetune.run_record.run_data_source`).
+    the run in ``output_dir`` was trained on, see :func:`~medgmae.finetune.run_record.run_datalist`).
 
     Returns:
         ``[{"image": path, "name": output name}]`` (see the module docstring for the names).
@@ -63,10 +63,8 @@ def inference_cases(
     if input_files:
         images, source = [str(Path(f).expanduser().resolve()) for f in input_files], "input_files"
     else:
-        dataset_dir, datalist = run_data_source(dataset_dir, datalist, output_dir)
-        if not datalist:
-            datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
-        if not Path(datalist).is_file():
+        dataset_dir, datalist = run_datalist(dataset_dir, datalist, output_dir)
+        if not datalist.is_file():
             raise DatasetError(f"nothing to segment: set input_files or datalist (no datalist at {datalist})")
         images, source = [c["image"] for c in read_datalist(datalist, key, dataset_dir or None)], str(datalist)
     cases = [{"image": image, "name": name} for image, name in zip(images, unique_case_names(images))]
