@@ -38,3 +38,23 @@ def test_every_bundle_has_the_standard_files():
     for b in BUNDLES:
         for rel in ("configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
             assert (b / rel).is_file(), f"{b.name} lacks {rel}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_metadata_reads_without_renaming(bundle):
+    """MONAI 1.6 renames a deprecated ``optional_packages_version`` to ``required_packages_version`` when it reads
+    the metadata, with a warning on every run, replacing what the latter held (here: the toolkit itself). Every
+    bundle lists its packages under the current name, the toolkit at the version this checkout installs."""
+    import tomllib
+    import warnings
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    required = parser.get("_meta_")["required_packages_version"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert required["medgmae"] == project["version"]
+    assert set(required) >= {"medgmae", "pytorch-ignite"}
