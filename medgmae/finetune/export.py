@@ -1,0 +1,118 @@
+"""The fine-tuned UNETR as a TorchScript file that carries its pre-processing (MONAI model zoo's ``model.ts``).
+
+The network is traced (``torch.jit.trace``) at its input size rather than scripted: scripting fails on the
+encoder's input-shape check, and sliding-window inference only ever feeds it patches of exactly that size. MONAI's
+own ``python -m monai.bundle ckpt_export ... --use_trace True`` also traces it, but its file holds no pre-processing;
+this one is written with :func:`monai.data.save_net_with_metadata`, and its ``metadata.json`` extra file holds the
+bundle's metadata plus:
+
+* ``preprocessing``: the :class:`~medgmae.preprocessing.PreprocessingSpec` recorded in ``best_model.pt`` (as
+  :meth:`~medgmae.preprocessing.PreprocessingSpec.to_dict`), the same contract every other consumer reads;
+* ``roi_size``, ``in_channels``, ``out_channels``: the patch the network takes, ``(B, in_channels, *roi_size)`` in
+  the RAS-ordered frame of the spec, and the number of output classes (logits, ``(B, out_channels, *roi_size)``);
+* ``source``: the checkpoint it was exported from.
+
+:func:`load_exported` reads it back as the network and its spec.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from medgmae.files import atomic_write
+from medgmae.finetune.weights import load_finetuned
+from medgmae.preprocessing import PreprocessingSpec
+
+#: largest |traced - eager| accepted on a random patch (float32 logits of order 1-10)
+EXPORT_ATOL = 1e-4
+
+
+def _trace(network: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` without its warning about the (constant at this size) input-shape check."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return torch.jit.trace(network, example, check_trace=False)
+
+
+def export_torchscript(
+    checkpoint: str | os.PathLike,
+    path: str | os.PathLike,
+    metadata_file: str | os.PathLike | None = None,
+) -> Path:
+    """Trace the fine-tuned UNETR of ``checkpoint`` and write it with its pre-processing to ``path``.
+
+    Args:
+        checkpoint: a fine-tuning run's ``best_model.pt``.
+        path: the TorchScript file to write (atomically; conventionally ``model.ts``).
+        metadata_file: the bundle's ``metadata.json``, copied into the file's metadata (``None``: none).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` or a given ``metadata_file`` is missing.
+        ValueError: ``checkpoint`` is not a fine-tuned UNETR (the message names both kinds).
+        RuntimeError: the traced network disagrees with the network on a random patch (nothing is written).
+    """
+    meta: dict = {}
+    if metadata_file is not None:
+        if not Path(metadata_file).is_file():
+            raise FileNotFoundError(f"{metadata_file}: the bundle's metadata.json was not found")
+        meta = json.loads(Path(metadata_file).read_text())
+    network = load_finetuned(checkpoint).eval()
+    roi, channels = list(network.vit.img_size), network.vit.in_channels
+    make = torch.Generator().manual_seed(0)
+    traced = _trace(network, torch.rand(1, channels, *roi, generator=make))
+    probe = torch.rand(1, channels, *roi, generator=make)  # not the tracing input
+    with torch.no_grad():
+        expected, got = network(probe), traced(probe)
+    diff = (got - expected).abs().max().item()
+    if not diff <= EXPORT_ATOL:
+        raise RuntimeError(f"{checkpoint}: the traced network differs from it by {diff:.2e} (> {EXPORT_ATOL:g})")
+    meta.update(
+        preprocessing=network.preprocessing.to_dict(), roi_size=roi, in_channels=channels,
+        out_channels=int(expected.shape[1]), source=str(checkpoint),
+    )  # fmt: skip
+    from monai.data import save_net_with_metadata
+
+    stream = io.BytesIO()
+    save_net_with_metadata(traced, stream, include_config_vals=False, meta_values=meta)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(stream.getvalue())
+    return Path(path)
+
+
+def load_exported(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, PreprocessingSpec, dict]:
+    """Read a file written by :func:`export_torchscript`.
+
+    Args:
+        path: the TorchScript file.
+        map_location: device for its weights.
+
+    Returns:
+        The traced network (in eval mode), its pre-processing spec, and the whole metadata dictionary.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file is not TorchScript, or holds no recorded pre-processing.
+    """
+    from monai.data import load_net_with_metadata
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such TorchScript file")
+    try:
+        network, meta, _ = load_net_with_metadata(str(path), map_location=torch.device(map_location))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: not a TorchScript file ({str(err).splitlines()[0]})") from err
+    if "preprocessing" not in meta:
+        raise ValueError(f"{path}: holds no recorded pre-processing; export it with export_torchscript")
+    return network.eval(), PreprocessingSpec.from_dict(meta["preprocessing"], source=str(path)), meta
