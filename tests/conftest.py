@@ -23,15 +23,16 @@ def triton_interpreter_problem() -> str | None:
 
     The interpreters of Triton 3.6 and older (PyTorch 2.11 and older) turn a loop bound loaded from memory into a
     Python int with ``int()`` of a one-element array, which NumPy 2.4 and later refuse; later Triton releases
-    extract the element first. A tiny kernel with such a loop tells, whatever the versions.
+    extract the element first. A tiny kernel with such a loop tells, whatever the versions. Where Triton is not
+    installed (it is Linux-only: macOS, Windows), those tests skip saying so.
     """
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return None
     try:
         import numpy as np
         import triton
         import triton.language as tl
     except ImportError:
+        return "Triton is not installed (Linux-only); the renderer uses its PyTorch backend here"
+    if os.environ.get("TRITON_INTERPRET") != "1":
         return None
 
     @triton.jit
@@ -53,11 +54,22 @@ def triton_interpreter_problem() -> str | None:
     return None if int(out) == 3 else f"Triton {triton.__version__}'s interpreter miscounts a loop (3 != {int(out)})"
 
 
+def astra_problem() -> str | None:
+    """Why the tests that call astra-toolbox itself cannot run here, or ``None`` (the toolkit runs without it)."""
+    try:
+        import astra  # noqa: F401
+    except ImportError:
+        return "astra-toolbox is not installed; medgmae-recon's 'auto' projector uses PyTorch without it"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
-    interpreter_problem = triton_interpreter_problem()
+    interpreter_problem, no_astra = triton_interpreter_problem(), astra_problem()
     for item in items:
         if interpreter_problem and item.get_closest_marker("triton_interpreter") is not None:
             item.add_marker(pytest.mark.skip(reason=interpreter_problem))
+        if no_astra and item.get_closest_marker("astra") is not None:
+            item.add_marker(pytest.mark.skip(reason=no_astra))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

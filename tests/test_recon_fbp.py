@@ -55,6 +55,7 @@ def test_fbp_matches_skimage_iradon(ours, theirs):
     assert np.abs(rec - ref)[m].mean() < 0.002 * np.abs(ref).max()
 
 
+@pytest.mark.astra
 def test_fbp_matches_astra_cpu_fbp():
     import astra
 

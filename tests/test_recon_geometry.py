@@ -72,6 +72,7 @@ def test_check_projections():
         g.check_projections((4, *g.det_shape))
 
 
+@pytest.mark.astra
 @pytest.mark.parametrize("kind", ["parallel", "cone"])
 def test_vectors_match_astra_conversion(kind):
     """ASTRA's geom_2vec of its circular geometries is the definition our vectors follow."""

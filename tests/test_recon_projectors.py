@@ -2,6 +2,7 @@
 autograd, and (on GPU) ASTRA's CUDA 3D projectors vs the PyTorch one."""
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -54,6 +55,7 @@ def _analytic_ball_projection(geom, centre_xyz, radius, mu):
     return 2 * mu * np.sqrt(np.clip(radius**2 - dist2, 0, None)), dist2
 
 
+@pytest.mark.astra
 @pytest.mark.parametrize("name, rel_l2", [("strip", 0.006), ("linear", 0.03)])
 def test_torch_matches_astra_cpu_2d_slice_by_slice(name, rel_l2):
     """ASTRA's strip model integrates over the detector pixel width, its linear (Joseph) model interpolates
@@ -111,6 +113,7 @@ def test_adjointness(kind, dtype, tol):
     assert abs(float(lhs - rhs)) <= tol * abs(float(lhs))
 
 
+@pytest.mark.astra
 def test_astra_cpu_adjointness_and_autograd():
     g = CTGeometry.parallel((2, 12, 12), 1.0, num_angles=5)
     a = AstraProjector(g)
@@ -157,6 +160,7 @@ def test_input_validation():
         make_projector(g, "gpu")
 
 
+@pytest.mark.astra
 def test_astra_cpu_tensors_never_reach_the_3d_path():
     """CPU tensors take ASTRA's 2D path or raise (ASTRA's 3D functions abort the process without CUDA)."""
     cone = CTGeometry.cone((4, 8, 8), 1.0, num_angles=3)
@@ -171,6 +175,18 @@ def test_astra_cpu_tensors_never_reach_the_3d_path():
     assert make_projector(par, "auto", "cpu").name == "torch"  # rows do not match slices: ASTRA's CPU path cannot
 
 
+def test_auto_uses_pytorch_where_astra_is_not_installed(monkeypatch):
+    """astra-toolbox lacks wheels for some platforms: 'auto' then projects with PyTorch, and asking for ASTRA by
+    name says what is missing."""
+    monkeypatch.setitem(sys.modules, "astra", None)  # import astra raises ImportError
+    parallel = CTGeometry.parallel((4, 8, 8), num_angles=6)
+    assert make_projector(parallel, "auto", "cpu").name == "torch"
+    assert make_projector(parallel, "auto", "cuda").name == "torch"
+    with pytest.raises(ValueError, match="needs astra-toolbox installed"):
+        make_projector(parallel, "astra", "cpu")
+
+
+@pytest.mark.astra
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpu_tensors_use_astra_2d_even_when_astra_has_cuda(monkeypatch, dtype):
     """astra-toolbox's Linux wheels are CUDA builds: with ``astra.use_cuda()`` answering True (a GPU machine),
@@ -198,6 +214,7 @@ def test_cpu_tensors_use_astra_2d_even_when_astra_has_cuda(monkeypatch, dtype):
         AstraProjector(cone)(torch.zeros(1, 4, 8, 8))
 
 
+@pytest.mark.astra
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["parallel", "cone"])
 def test_astra_cuda_matches_torch(kind):
@@ -218,6 +235,7 @@ def test_astra_cuda_matches_torch(kind):
     assert abs(lhs - rhs) < 0.02 * abs(lhs)  # ASTRA's GPU FP/BP are matched only approximately
 
 
+@pytest.mark.astra
 def test_astra_cpu_cache_stays_bounded_under_random_view_subsets():
     g = CTGeometry.parallel((2, 8, 8), 1.0, num_angles=12)
     p = AstraProjector(g)

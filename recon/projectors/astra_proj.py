@@ -38,12 +38,22 @@ def astra_cuda_available() -> bool:
 
 
 
+def astra_installed() -> bool:
+    """Whether astra-toolbox can be imported (a dependency, but one without wheels for every platform)."""
+    try:
+        import astra  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def astra_cpu_supports(geometry: CTGeometry) -> bool:
-    """Whether ASTRA's CPU path (2D parallel-beam projectors, slice by slice) can take ``geometry``: parallel beam
-    with one detector row per volume slice at the slice pitch."""
+    """Whether ASTRA's CPU path (2D parallel-beam projectors, slice by slice) can take ``geometry``: ASTRA is
+    installed, and the scan is parallel beam with one detector row per volume slice at the slice pitch."""
     g = geometry
     return (
-        g.kind == "parallel"
+        astra_installed()
+        and g.kind == "parallel"
         and g.det_shape[0] == g.volume_shape[0]
         and math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6)
     )
@@ -62,8 +72,8 @@ class AstraProjector(Projector):
         super().__init__(geometry)
         try:
             import astra  # noqa: F401
-        except ImportError as e:  # pragma: no cover - astra-toolbox is a dependency
-            raise ValueError("the ASTRA backend needs astra-toolbox installed") from e
+        except ImportError as e:
+            raise ValueError("the ASTRA backend needs astra-toolbox installed ('auto' uses PyTorch without it)") from e
         if projector_2d not in ("strip", "linear", "line"):
             raise ValueError(f"projector_2d must be 'strip', 'linear' or 'line', got {projector_2d!r}")
         self.projector_2d = projector_2d
