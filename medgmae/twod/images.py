@@ -16,6 +16,8 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
 * DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
   and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
 
+A reference mask (:func:`read_reference`) must be on the image's pixels (:mod:`medgmae.data.grid`).
+
 Errors name the file: missing (FileNotFoundError), unreadable or corrupt, empty or non-finite (ValueError).
 """
 
@@ -29,9 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medgmae.data.grid import same_grid_problem
 from medgmae.files import atomic_write
 
-__all__ = ["read_image", "read_mask", "check_reference", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
+__all__ = ["read_image", "read_mask", "read_reference", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -219,6 +222,13 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     The pixels are those :func:`read_image` shows for the same ``path`` and ``slice_index`` (same slice, same
     orientation); no intensity window applies.
 
+    Args:
+        path: PNG/JPEG/BMP/TIFF, NIfTI or DICOM mask.
+        slice_index: slice of a NIfTI volume or frame of a multi-frame DICOM (default: middle).
+
+    Returns:
+        The mask, ``True`` on foreground.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: unsupported, unreadable or corrupt file, or a bad slice.
@@ -234,28 +244,51 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     return np.any(np.nan_to_num(arr) != 0, axis=0)
 
 
-def check_reference(reference: str | os.PathLike, image: str | os.PathLike, image_hw: Sequence[int]) -> None:
-    """Refuse a reference mask that does not cover the image's pixels: another picture size, or (both NIfTI)
-    another voxel grid (shape or affine, 1e-3 mm), so an IoU is never computed against a misplaced mask.
+def _nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """The voxel grid of a NIfTI file from its header (no voxel read): its first three axes and its affine."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    return tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
+
+
+def read_reference(
+    reference: str | os.PathLike, image: str | os.PathLike, image_hw: Sequence[int], slice_index: int | None = None
+) -> np.ndarray:
+    """Read a reference mask (:func:`read_mask`, at the image's ``slice_index``), refusing one that does not
+    cover the image's pixels, so that an IoU is never computed against a misplaced mask.
+
+    When both files are NIfTI they must be on the same voxel grid (shape and affine, from the headers, before any
+    voxel is read); otherwise the mask must have the image's ``H x W`` pixels. Either check is
+    :func:`medgmae.data.grid.same_grid_problem` (its tolerance, its message naming both files).
+
+    Args:
+        reference: the mask file.
+        image: the image file it belongs to.
+        image_hw: the image's ``(H, W)`` as :func:`read_image` read it.
+        slice_index: slice of a NIfTI volume or frame of a DICOM (default: middle), as for the image.
+
+    Returns:
+        The ``(H, W)`` bool mask.
 
     Raises:
-        ValueError: naming both files and what differs.
+        FileNotFoundError: ``reference`` does not exist.
+        ValueError: an unreadable mask, or one off the image's pixels.
     """
-    ref, img = Path(reference), Path(image)
-    if _image_kind(ref) == "nifti" and _image_kind(img) == "nifti":
-        import nibabel as nib
-
-        try:
-            a, b = nib.load(str(ref)), nib.load(str(img))
-        except Exception as e:
-            raise ValueError(f"{ref}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
-        if a.shape[:3] != b.shape[:3] or not np.allclose(a.affine, b.affine, atol=1e-3):
-            raise ValueError(f"reference {ref} (shape {a.shape}) is not on the voxel grid of {img} (shape {b.shape}): "
-                             "their shapes or affines differ")  # fmt: skip
-        return
-    hw = tuple(read_mask(ref).shape)
-    if hw != tuple(image_hw):
-        raise ValueError(f"reference {ref} is {hw[0]} x {hw[1]} pixels, the image {img} {image_hw[0]} x {image_hw[1]}")
+    ref, img = _check_path(reference), Path(image)
+    both_nifti = _image_kind(ref) == "nifti" and _image_kind(img) == "nifti"
+    if both_nifti:
+        problem = same_grid_problem(f"reference {ref}", *_nifti_grid(ref), f"image {img}", *_nifti_grid(img))
+        if problem:
+            raise ValueError(problem)
+    mask = read_mask(ref, slice_index)
+    problem = None if both_nifti else same_grid_problem(f"reference {ref}", mask.shape, None, f"image {img}", image_hw, None)
+    if problem:
+        raise ValueError(problem)
+    return mask
 
 
 def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:
