@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask")
     p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
-    p.add_argument("--reference", type=Path, default=None, help="reference mask (non-zero = foreground) for IoU, on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
+    p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities")
     p.add_argument("--granularities", type=positive_int, nargs="+", default=[4, 8, 16], help="numbers of layers, l@L")

@@ -16,7 +16,8 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
 * DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
   and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
 
-A reference mask (:func:`read_reference`) must be on the image's pixels (:mod:`medgmae.data.grid`).
+Masks (:func:`read_mask`, :func:`read_reference`) are read from the values the file stores, without NIfTI's or
+DICOM's rescale; a reference mask must be on the image's pixels (:mod:`medgmae.data.grid`).
 
 Errors name the file: missing (FileNotFoundError), unreadable or corrupt, empty or non-finite (ValueError).
 """
@@ -121,14 +122,17 @@ def _nifti_plane(data: np.ndarray, path: Path, slice_index: int | None) -> np.nd
     return plane  # a single slice (axial, coronal or sagittal): its two in-plane axes, RAS order
 
 
-def _read_nifti(path: Path, slice_index: int | None) -> np.ndarray:
+def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> np.ndarray:
     """One slice of a NIfTI file, ``(1, H, W)``: every file, 2D, single-slice or volume, is first reoriented to
     RAS by its affine, then shown radiologically (the higher R/A/S coordinate of each in-plane axis first: anterior
-    (or superior) up, patient's right on the left)."""
+    (or superior) up, patient's right on the left). ``stored``: the stored values, without ``scl_slope`` /
+    ``scl_inter``."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
+        if stored:
+            img = nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled()), img.affine)
         shape = tuple(img.shape)
         if len(shape) > 3 and all(s == 1 for s in shape[3:]):
             img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
@@ -144,7 +148,11 @@ def _read_nifti(path: Path, slice_index: int | None) -> np.ndarray:
     return _nifti_plane(data, path, slice_index)[::-1, ::-1].T[None].copy()
 
 
-def _read_dicom(path: Path, slice_index: int | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _read_dicom(
+    path: Path, slice_index: int | None, stored: bool = False
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """One frame of a DICOM file, ``(C, H, W)``, and its window; ``stored``: the stored values (no rescale, no
+    MONOCHROME1 inversion, no window)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -162,6 +170,8 @@ def _read_dicom(path: Path, slice_index: int | None) -> tuple[np.ndarray, tuple[
         arr = arr[k]
     if rgb:
         return arr.transpose(2, 0, 1) / 255.0, (0.0, 1.0)
+    if stored:
+        return arr[None], None
     arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     window = None
     centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
@@ -220,7 +230,11 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     """Read a mask as an ``(H, W)`` bool array: non-zero stored values (in any channel) are foreground.
 
     The pixels are those :func:`read_image` shows for the same ``path`` and ``slice_index`` (same slice, same
-    orientation); no intensity window applies.
+    orientation); no intensity window applies. The values are those the file stores, before DICOM's
+    ``RescaleSlope`` / ``RescaleIntercept`` or NIfTI's ``scl_slope`` / ``scl_inter``: a rescale maps stored
+    values to a physical unit (e.g. HU), which a label has none of, and a mask written with a CT's header keeps
+    the CT's intercept (-1024), which would turn every background pixel (stored 0, -1024 after the rescale) into
+    foreground. Stored 0 is background in every format (PNG and other picture files have no rescale).
 
     Args:
         path: PNG/JPEG/BMP/TIFF, NIfTI or DICOM mask.
@@ -238,9 +252,9 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     if kind == "pil":
         arr = _read_pil(path)
     elif kind == "nifti":
-        arr = _read_nifti(path, slice_index)
+        arr = _read_nifti(path, slice_index, stored=True)
     else:
-        arr = _read_dicom(path, slice_index)[0]
+        arr = _read_dicom(path, slice_index, stored=True)[0]
     return np.any(np.nan_to_num(arr) != 0, axis=0)
 
 
