@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medgmae.data.grid import same_grid_problem
 from medgmae.files import output_dir_problem
 from recon.geometry import CTGeometry
 
@@ -21,7 +22,7 @@ __all__ = [
     "StagedOutputs",
     "check_out_file",
     "check_out_folder",
-    "check_same_affine",
+    "check_same_grid",
     "cmd_evaluate",
     "cmd_fbp",
     "cmd_simulate",
@@ -62,31 +63,37 @@ def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
     return geom, proj
 
 
-def check_same_affine(affine: np.ndarray, expected: np.ndarray, what: str, other: str) -> None:
-    """Refuse a volume whose voxel-to-world affine is not ``expected`` (absolute tolerance 1e-4 mm).
+def check_same_grid(
+    what: str, shape: tuple, affine: np.ndarray | None, other: str, other_shape: tuple, other_affine: np.ndarray | None
+) -> None:
+    """Refuse a volume that is not on the voxel grid of ``other``: another shape, or an affine that puts some voxel
+    elsewhere (:func:`medgmae.data.grid.same_grid_problem`: its tolerance, its message).
 
     Args:
-        affine: the volume's 4x4 affine.
-        expected: the 4x4 affine it must have.
         what: the volume, as the message names it (flag and file).
-        other: what ``expected`` belongs to, as the message names it.
+        shape: its shape in its affine's index order ``(x, y, z)``: a ``(z, y, x)`` array's shape reversed.
+        affine: its 4x4 voxel-to-world affine (``None``: only the shapes are compared).
+        other: what it must match, as the message names it.
+        other_shape: that grid's shape ``(x, y, z)``.
+        other_affine: that grid's affine (``None``: only the shapes are compared).
 
     Raises:
-        CLIError: the affines differ.
+        CLIError: the grids differ.
     """
-    if not np.allclose(affine, expected, atol=1e-4):
-        raise CLIError(f"{what} has another voxel-to-world affine than {other}:\n{affine}\nvs\n{expected}")
+    problem = same_grid_problem(what, shape, affine, other, other_shape, other_affine)
+    if problem:
+        raise CLIError(problem)
 
 
 def load_matching_volume(path: str, geom: CTGeometry, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """A NIfTI volume ``(z, y, x)`` of the geometry's shape, and its affine (checked against ``geometry.json``'s)."""
+    """A NIfTI volume ``(z, y, x)`` on the geometry's voxel grid (its shape, and its affine when ``geometry.json``
+    has one), and the volume's affine."""
     from recon.scan_files import load_volume
 
     vol, affine, _ = load_volume(path)
-    if vol.shape != geom.volume_shape:
-        raise CLIError(f"{what} {path} has shape {vol.shape[::-1]} (x, y, z) but the geometry's volume is {geom.volume_shape[::-1]}")
-    if geom.affine is not None:
-        check_same_affine(affine, geom.default_affine(), f"{what} {path}", "the geometry")
+    expected = geom.default_affine() if geom.affine is not None else None
+    check_same_grid(f"{what} {path}", vol.shape[::-1], None if expected is None else affine,
+                    "the geometry", geom.volume_shape[::-1], expected)  # fmt: skip
     return vol, affine
 
 
@@ -216,8 +223,6 @@ def cmd_evaluate(args) -> int:
 
     rec, rec_affine, _ = load_volume(args.recon)
     ref, ref_affine, _ = load_volume(args.reference)
-    if rec.shape != ref.shape:
-        raise CLIError(f"{args.recon} has shape {rec.shape[::-1]} but {args.reference} has {ref.shape[::-1]}")
-    check_same_affine(rec_affine, ref_affine, f"--recon {args.recon}", f"--reference {args.reference}")
+    check_same_grid(f"--recon {args.recon}", rec.shape[::-1], rec_affine, f"--reference {args.reference}", ref.shape[::-1], ref_affine)
     print(json.dumps(evaluate(rec, ref)))
     return 0

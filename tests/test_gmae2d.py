@@ -12,7 +12,7 @@ from PIL import Image
 from medgmae.twod import layering as L
 from medgmae.twod.cli import main
 from medgmae.twod.gmae import GMAE2D, SplatGaussians, activate_splat_heads
-from medgmae.twod.images import read_image, to_model_input
+from medgmae.twod.images import read_image, read_mask, to_model_input
 from medgmae.twod.render import render_gaussians_2d
 
 
@@ -256,6 +256,30 @@ def test_read_image_formats(tmp_path):
     hu = np.array([[-1000, -160, 40], [240, 500, 0]], np.float32)
     _write_dicom(tmp_path / "ct.dcm", hu)
     np.testing.assert_allclose(read_image(tmp_path / "ct.dcm")[0], np.clip((hu + 160) / 400, 0, 1), atol=1e-6)
+
+
+def test_read_mask_uses_the_stored_values_not_the_rescale(tmp_path):
+    """A mask written with a CT's header (RescaleIntercept or scl_inter -1024) stores 0 on its background; after
+    the rescale that is -1024, which must not read as foreground."""
+    import pydicom
+
+    mask = np.zeros((6, 8), np.float32)
+    mask[1:4, 2:7] = 1
+    mask[5, 0] = 2  # a second label
+    _write_dicom(tmp_path / "mask.dcm", mask - 1024)  # stored values: the mask; RescaleIntercept -1024
+    ds = pydicom.dcmread(tmp_path / "mask.dcm")
+    assert float(ds.RescaleIntercept) == -1024 and np.array_equal(ds.pixel_array, mask)  # really such a file
+    assert (read_image(tmp_path / "mask.dcm", window=(-2000, 0)) > 0).all()  # as an image: -1024 HU everywhere
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.dcm"), mask > 0)
+    vol = np.zeros((5, 4, 3), np.int16)
+    vol[1:3, 0:2, 1] = 1
+    img = nib.Nifti1Image(vol, np.eye(4))
+    img.header.set_slope_inter(1.0, -1024.0)
+    nib.save(img, tmp_path / "mask.nii.gz")
+    assert nib.load(tmp_path / "mask.nii.gz").dataobj.inter == -1024  # the file keeps the intercept
+    expected = vol[:, :, 1][::-1, ::-1].T > 0  # the middle slice, shown radiologically (RAS identity affine)
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.nii.gz"), expected)
+    assert expected.sum() == 4
 
 
 def test_read_image_integer_scale_is_the_file_type_maximum(tmp_path):

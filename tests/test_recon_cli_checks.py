@@ -101,16 +101,30 @@ def test_fbp_out_must_be_a_nifti_file(scan, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "ok.NII")]) == 0  # the ending is case-insensitive
 
 
-def test_evaluate_refuses_a_reference_in_another_place(scan, tmp_path, capsys):
-    """``evaluate`` checks the affines as ``reconstruct`` does: a reference shifted by 50 mm is refused."""
+def test_evaluate_and_reconstruct_refuse_a_volume_off_the_grid(scan, tmp_path, capsys):
+    """``evaluate`` and ``reconstruct`` check the voxel grid alike: a volume shifted by 50 mm, or one slice short,
+    is refused with both names, both shapes (x, y, z) and the offset (tolerance 1e-3 of the 12 mm voxel)."""
     ref = nib.load(str(scan / "reference.nii.gz"))
+    data = np.asarray(ref.dataobj, np.float32)  # (x, y, z) = (16, 16, 12)
     shifted_affine = ref.affine.copy()
     shifted_affine[0, 3] += 50.0
-    shifted = tmp_path / "shifted.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(ref.dataobj, np.float32), shifted_affine), str(shifted))
-    args = ["evaluate", "--recon", str(scan / "fbp.nii.gz"), "--reference", str(shifted)]
-    expect_refusal(capsys, args, f"--recon {scan / 'fbp.nii.gz'}", f"--reference {shifted}", "another voxel-to-world affine")
-    assert main(["evaluate", "--recon", str(scan / "fbp.nii.gz"), "--reference", str(scan / "reference.nii.gz")]) == 0
+    shifted, short = tmp_path / "shifted.nii.gz", tmp_path / "short.nii.gz"
+    nib.save(nib.Nifti1Image(data, shifted_affine), str(shifted))
+    nib.save(nib.Nifti1Image(data[:, :, :11], ref.affine), str(short))
+    fbp = scan / "fbp.nii.gz"
+    args = ["evaluate", "--recon", str(fbp), "--reference", str(shifted)]
+    expect_refusal(capsys, args, f"--recon {fbp} is not on the voxel grid of --reference {shifted}: shape 16 x 16 x 12 vs "
+                   "16 x 16 x 12, voxels up to 50 mm apart (tolerance 0.012 mm)")  # fmt: skip
+    args = ["evaluate", "--recon", str(fbp), "--reference", str(short)]
+    expect_refusal(capsys, args, f"--reference {short}: shape 16 x 16 x 12 vs 16 x 16 x 11")
+    assert main(["evaluate", "--recon", str(fbp), "--reference", str(scan / "reference.nii.gz")]) == 0
+    out = tmp_path / "rec"
+    expect_refusal(capsys, reconstruct_args(scan, out, "--fbp", str(shifted)),
+                   f"FBP volume {shifted} is not on the voxel grid of the geometry: shape 16 x 16 x 12 vs 16 x 16 x 12, "
+                   "voxels up to 50 mm apart")  # fmt: skip
+    expect_refusal(capsys, reconstruct_args(scan, out, "--reference", str(short)),
+                   f"reference {short} is not on the voxel grid of the geometry: shape 16 x 16 x 11 vs 16 x 16 x 12")
+    assert not out.exists()
 
 
 def test_gaussians_ply_is_in_world_millimetres(tmp_path):

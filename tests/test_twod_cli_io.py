@@ -11,6 +11,7 @@ from PIL import Image
 
 from medgmae.twod.cli import main
 from medgmae.twod.gmae import GMAE2D
+from medgmae.twod import images
 from medgmae.twod.images import read_image, read_mask
 
 #: voxel (i, j) -> world (x, y) = (2 j, -2 i): rows run posterior, columns run right (not RAS voxel order)
@@ -68,11 +69,30 @@ def test_a_reference_off_the_image_grid_is_refused(model_file, tmp_path, capsys)
     shifted = _nifti(tmp_path / "shifted.nii.gz", np.ones((32, 32, 8)), moved)
     png = tmp_path / "ref.png"
     Image.fromarray(np.full((20, 24), 255, np.uint8)).save(png)
-    for ref, why in ((smaller, "shapes or affines differ"), (shifted, "shapes or affines differ"), (png, "is 20 x 24 pixels")):
+    cases = ((smaller, "shape 30 x 32 x 8 vs 32 x 32 x 8"),
+             (shifted, "shape 32 x 32 x 8 vs 32 x 32 x 8, voxels up to 30 mm apart (tolerance 0.002 mm)"),  # 2 mm voxels
+             (png, "shape 20 x 24 vs 32 x 32 (no affine to compare)"))  # fmt: skip
+    for ref, why in cases:
         out = tmp_path / f"seg_{ref.name.split('.')[0]}"
         argv = ["segment", "--checkpoint", str(model_file), "--image", str(img), "--reference", str(ref), "--out", str(out)]
         assert main(argv) == 2
-        assert why in capsys.readouterr().err and not out.exists()
+        err = capsys.readouterr().err
+        assert f"error: reference {ref} is not on the voxel grid of image {img}: {why}" in err and not out.exists()
+
+
+def test_segment_reads_a_png_reference_once(model_file, tmp_path, monkeypatch):
+    """The --reference is read once: checked against the image and then used for the IoU."""
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 5:25] = 255
+    Image.fromarray(mask).save(tmp_path / "ref.png")
+    reads = []
+    real = images._read_pil
+    monkeypatch.setattr(images, "_read_pil", lambda p: reads.append(p.name) or real(p))
+    out = tmp_path / "seg"
+    argv = ["segment", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--reference", str(tmp_path / "ref.png")]
+    assert main([*argv, "--out", str(out), "--num-layers", "4"]) == 0
+    assert sorted(reads) == ["img.png", "ref.png"]
+    assert 0.0 <= json.loads((out / "segment.json").read_text())["iou"] <= 1.0
 
 
 def test_out_below_a_file_exits_2_before_computing(model_file, tmp_path, capsys):

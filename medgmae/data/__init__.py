@@ -3,6 +3,7 @@
 * :mod:`medgmae.data.reader`: :func:`read_volume` (NIfTI, NRRD, MetaImage, DICOM series) and ``LoadVolumed``.
 * :mod:`medgmae.data.datalist`: Decathlon datalists, folders of volumes, generated phantom datasets.
 * :mod:`medgmae.data.precheck`: every file opened once before training, all problems reported in one error.
+* :mod:`medgmae.data.grid`: whether two volumes are on the same voxel grid (the one check, tolerance and message).
 * :mod:`medgmae.data.cache`: the deterministic pre-processing cached on disk, keyed by the pre-processing spec.
 * :mod:`medgmae.data.phantom`: the synthetic abdominal CT phantom generator.
 

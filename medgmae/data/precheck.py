@@ -3,7 +3,8 @@
 A bad file found while training (a truncated ``.nii.gz`` fails deep inside a dataset with ``EOFError`` and no file
 name) wastes the run up to that point. :func:`check_datalist` reads each image (and label) fully with
 :func:`~medgmae.data.reader.read_volume` (header and data: truncated or corrupt files, 2D/4D arrays, NaN/inf
-voxels, singular geometry), compares each label with its image (shape and affine) and checks label values
+voxels, singular geometry), compares each label with its image (the same voxel grid:
+:func:`~medgmae.data.grid.same_grid_problem`, shape and affine) and checks label values
 (integers in ``[0, num_classes)``). It collects every problem and raises ONE :class:`DatasetError` naming each file
 and its problem, before anything is written.
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch.distributed as dist
 
 from medgmae.data.datalist import DatasetError, dist_rank
+from medgmae.data.grid import GRID_TOLERANCE, same_grid_problem
 from medgmae.data.reader import read_volume
 from medgmae.files import save_json_atomic
 
@@ -70,7 +72,7 @@ def _label_problems(label: np.ndarray, path: str, num_classes: int | None) -> li
 
 def check_item(
     item: dict, image_key: str = "image", label_key: str | None = None, num_classes: int | None = None,
-    require_label: bool = False, atol: float = 1e-3,
+    require_label: bool = False,
 ) -> list[str]:
     """All problems of one datalist item (each a line naming the file), ``[]`` when it is usable.
 
@@ -80,7 +82,6 @@ def check_item(
         label_key: key of the label (``None``: images only).
         num_classes: labels must lie in ``[0, num_classes)`` (``None``: only non-negative integers).
         require_label: an item without ``label_key`` is a problem.
-        atol: tolerance on affine entries (mm) between image and label.
 
     Returns:
         Problem descriptions.
@@ -99,12 +100,9 @@ def check_item(
     if not has_label or len(vols) < 2:
         return problems
     image, label = vols[image_key], vols[label_key]
-    if image.array.shape != label.array.shape:
-        return problems + [f"{label.path}: label shape {label.array.shape} differs from image shape "
-                           f"{image.array.shape} ({image.path})"]  # fmt: skip
-    if not np.allclose(image.affine, label.affine, atol=atol):
-        problems.append(f"{label.path}: label and image affines differ ({image.path}):\n"
-                        f"{np.round(label.affine, 4)}\nvs\n{np.round(image.affine, 4)}")  # fmt: skip
+    grid = same_grid_problem(f"label {label.path}", label.array.shape, label.affine,
+                             f"image {image.path}", image.array.shape, image.affine)  # fmt: skip
+    problems += [grid] if grid else []
     return problems + _label_problems(label.array, str(label.path), num_classes)
 
 
@@ -127,7 +125,8 @@ def _load_ledger(path: Path | None, settings: dict) -> set:
 
 def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path | None, source: str) -> list[str]:
     keys = [k for k in (kwargs.get("image_key", "image"), kwargs.get("label_key")) if k]
-    settings = {k: v for k, v in kwargs.items()}
+    # the grid tolerance is part of what a pass means: a ledger written under another one re-checks every file
+    settings = {**kwargs, "grid_tolerance": GRID_TOLERANCE}
     known = _load_ledger(ledger, settings)
     prints = [_fingerprint(it, keys) for it in items]
     todo = [i for i, fp in enumerate(prints) if json.dumps(fp) not in known]

@@ -15,11 +15,13 @@ unreadable files, wrong checkpoint kind, nonsense options), 1 on other failures.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from medgmae.cli_types import nonneg_float, positive_int
@@ -27,7 +29,7 @@ from medgmae.engine import resolve_device
 from medgmae.files import atomic_write, output_dir_problem
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
-from medgmae.twod.images import check_reference, read_image, read_mask, save_png, save_png_grid, to_model_input
+from medgmae.twod.images import read_image, read_reference, save_png, save_png_grid, to_model_input
 
 __all__ = ["main", "build_parser"]
 
@@ -53,22 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask")
     p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
-    p.add_argument("--reference", type=Path, default=None, help="reference mask (non-zero = foreground) for IoU, on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
+    p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities")
     p.add_argument("--granularities", type=positive_int, nargs="+", default=[4, 8, 16], help="numbers of layers, l@L")
     return parser
 
 
-def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], torch.device]:
+def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | None]:
+    """The model, the image as its input, the render size, and the ``--reference`` mask read at the image's slice
+    and checked against the image's pixels (``None`` without one), before anything is computed."""
     device = resolve_device(args.device)
     model = GMAE2D.from_checkpoint(args.checkpoint, map_location="cpu").to(device).eval()
     image = read_image(args.image, slice_index=args.slice, window=args.window)
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
     size = tuple(args.render_size) if args.render_size else model.img_size
+    reference = None
     if getattr(args, "reference", None) is not None:
-        check_reference(args.reference, args.image, image.shape[-2:])
-    return model, x, size, device
+        reference = read_reference(args.reference, args.image, image.shape[-2:], slice_index=args.slice)
+    return model, x, size, reference
 
 
 def _check_layers(num_layers: int, model: GMAE2D, flag: str = "--num-layers") -> None:
@@ -102,14 +107,13 @@ def _run_layers(args, model, x, size) -> dict[str, Callable[[Path], object]]:
     }
 
 
-def _run_segment(args, model, x, size) -> dict[str, Callable[[Path], object]]:
+def _run_segment(args, model, x, size, reference: np.ndarray | None = None) -> dict[str, Callable[[Path], object]]:
     _check_layers(args.num_layers, model)
     split = args.num_layers // 2 if args.split is None else args.split
     if not 0 <= split < args.num_layers:
         raise ValueError(f"--split must be in 0..{args.num_layers - 1}, got {split}")
-    reference = None
-    if args.reference is not None:
-        ref = torch.as_tensor(read_mask(args.reference, slice_index=args.slice)).float()  # the image's slice
+    if reference is not None:  # the mask read by _load at the image's slice, resized to the render
+        ref = torch.as_tensor(reference).float()
         reference = torch.nn.functional.interpolate(ref[None, None], size=size, mode="nearest-exact")[0, 0] > 0
     g = model.predict_gaussians(x)
     assignment = L.layer_assignment(L.cumulative_renders(g, args.num_layers, size, args.backend), args.threshold)[0].cpu()
@@ -165,9 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits with status 2 on nonsense flags
     try:
         _check_out(args.out)
-        model, x, size, _ = _load(args)
+        model, x, size, reference = _load(args)
+        run = _COMMANDS[args.command]
+        if reference is not None:  # only segment has --reference
+            run = functools.partial(run, reference=reference)
         with torch.no_grad():
-            writers = _COMMANDS[args.command](args, model, x, size)
+            writers = run(args, model, x, size)
     except (FileNotFoundError, ValueError) as e:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,9 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
 * DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
   and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
 
+Masks (:func:`read_mask`, :func:`read_reference`) are read from the values the file stores, without NIfTI's or
+DICOM's rescale; a reference mask must be on the image's pixels (:mod:`medgmae.data.grid`).
+
 Errors name the file: missing (FileNotFoundError), unreadable or corrupt, empty or non-finite (ValueError).
 """
 
@@ -29,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medgmae.data.grid import same_grid_problem
 from medgmae.files import atomic_write
 
-__all__ = ["read_image", "read_mask", "check_reference", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
+__all__ = ["read_image", "read_mask", "read_reference", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -118,14 +122,17 @@ def _nifti_plane(data: np.ndarray, path: Path, slice_index: int | None) -> np.nd
     return plane  # a single slice (axial, coronal or sagittal): its two in-plane axes, RAS order
 
 
-def _read_nifti(path: Path, slice_index: int | None) -> np.ndarray:
+def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> np.ndarray:
     """One slice of a NIfTI file, ``(1, H, W)``: every file, 2D, single-slice or volume, is first reoriented to
     RAS by its affine, then shown radiologically (the higher R/A/S coordinate of each in-plane axis first: anterior
-    (or superior) up, patient's right on the left)."""
+    (or superior) up, patient's right on the left). ``stored``: the stored values, without ``scl_slope`` /
+    ``scl_inter``."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
+        if stored:
+            img = nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled()), img.affine)
         shape = tuple(img.shape)
         if len(shape) > 3 and all(s == 1 for s in shape[3:]):
             img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
@@ -141,7 +148,11 @@ def _read_nifti(path: Path, slice_index: int | None) -> np.ndarray:
     return _nifti_plane(data, path, slice_index)[::-1, ::-1].T[None].copy()
 
 
-def _read_dicom(path: Path, slice_index: int | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _read_dicom(
+    path: Path, slice_index: int | None, stored: bool = False
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """One frame of a DICOM file, ``(C, H, W)``, and its window; ``stored``: the stored values (no rescale, no
+    MONOCHROME1 inversion, no window)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -159,6 +170,8 @@ def _read_dicom(path: Path, slice_index: int | None) -> tuple[np.ndarray, tuple[
         arr = arr[k]
     if rgb:
         return arr.transpose(2, 0, 1) / 255.0, (0.0, 1.0)
+    if stored:
+        return arr[None], None
     arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     window = None
     centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
@@ -217,7 +230,18 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     """Read a mask as an ``(H, W)`` bool array: non-zero stored values (in any channel) are foreground.
 
     The pixels are those :func:`read_image` shows for the same ``path`` and ``slice_index`` (same slice, same
-    orientation); no intensity window applies.
+    orientation); no intensity window applies. The values are those the file stores, before DICOM's
+    ``RescaleSlope`` / ``RescaleIntercept`` or NIfTI's ``scl_slope`` / ``scl_inter``: a rescale maps stored
+    values to a physical unit (e.g. HU), which a label has none of, and a mask written with a CT's header keeps
+    the CT's intercept (-1024), which would turn every background pixel (stored 0, -1024 after the rescale) into
+    foreground. Stored 0 is background in every format (PNG and other picture files have no rescale).
+
+    Args:
+        path: PNG/JPEG/BMP/TIFF, NIfTI or DICOM mask.
+        slice_index: slice of a NIfTI volume or frame of a multi-frame DICOM (default: middle).
+
+    Returns:
+        The mask, ``True`` on foreground.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -228,34 +252,57 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     if kind == "pil":
         arr = _read_pil(path)
     elif kind == "nifti":
-        arr = _read_nifti(path, slice_index)
+        arr = _read_nifti(path, slice_index, stored=True)
     else:
-        arr = _read_dicom(path, slice_index)[0]
+        arr = _read_dicom(path, slice_index, stored=True)[0]
     return np.any(np.nan_to_num(arr) != 0, axis=0)
 
 
-def check_reference(reference: str | os.PathLike, image: str | os.PathLike, image_hw: Sequence[int]) -> None:
-    """Refuse a reference mask that does not cover the image's pixels: another picture size, or (both NIfTI)
-    another voxel grid (shape or affine, 1e-3 mm), so an IoU is never computed against a misplaced mask.
+def _nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """The voxel grid of a NIfTI file from its header (no voxel read): its first three axes and its affine."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    return tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
+
+
+def read_reference(
+    reference: str | os.PathLike, image: str | os.PathLike, image_hw: Sequence[int], slice_index: int | None = None
+) -> np.ndarray:
+    """Read a reference mask (:func:`read_mask`, at the image's ``slice_index``), refusing one that does not
+    cover the image's pixels, so that an IoU is never computed against a misplaced mask.
+
+    When both files are NIfTI they must be on the same voxel grid (shape and affine, from the headers, before any
+    voxel is read); otherwise the mask must have the image's ``H x W`` pixels. Either check is
+    :func:`medgmae.data.grid.same_grid_problem` (its tolerance, its message naming both files).
+
+    Args:
+        reference: the mask file.
+        image: the image file it belongs to.
+        image_hw: the image's ``(H, W)`` as :func:`read_image` read it.
+        slice_index: slice of a NIfTI volume or frame of a DICOM (default: middle), as for the image.
+
+    Returns:
+        The ``(H, W)`` bool mask.
 
     Raises:
-        ValueError: naming both files and what differs.
+        FileNotFoundError: ``reference`` does not exist.
+        ValueError: an unreadable mask, or one off the image's pixels.
     """
-    ref, img = Path(reference), Path(image)
-    if _image_kind(ref) == "nifti" and _image_kind(img) == "nifti":
-        import nibabel as nib
-
-        try:
-            a, b = nib.load(str(ref)), nib.load(str(img))
-        except Exception as e:
-            raise ValueError(f"{ref}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
-        if a.shape[:3] != b.shape[:3] or not np.allclose(a.affine, b.affine, atol=1e-3):
-            raise ValueError(f"reference {ref} (shape {a.shape}) is not on the voxel grid of {img} (shape {b.shape}): "
-                             "their shapes or affines differ")  # fmt: skip
-        return
-    hw = tuple(read_mask(ref).shape)
-    if hw != tuple(image_hw):
-        raise ValueError(f"reference {ref} is {hw[0]} x {hw[1]} pixels, the image {img} {image_hw[0]} x {image_hw[1]}")
+    ref, img = _check_path(reference), Path(image)
+    both_nifti = _image_kind(ref) == "nifti" and _image_kind(img) == "nifti"
+    if both_nifti:
+        problem = same_grid_problem(f"reference {ref}", *_nifti_grid(ref), f"image {img}", *_nifti_grid(img))
+        if problem:
+            raise ValueError(problem)
+    mask = read_mask(ref, slice_index)
+    problem = None if both_nifti else same_grid_problem(f"reference {ref}", mask.shape, None, f"image {img}", image_hw, None)
+    if problem:
+        raise ValueError(problem)
+    return mask
 
 
 def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:

@@ -1,0 +1,121 @@
+"""Whether two volumes lie on the same voxel grid: the one check behind every "is this mask / label / reference on
+that image's voxels?" of the toolkit (the data pre-check, ``medgmae-recon``'s FBP and reference volumes,
+``medgmae-2d segment --reference``).
+
+Two volumes are on the same grid when they have the same shape and their voxel-to-world affines put every voxel
+in the same place. The affines are compared by what they do, not entry by entry: at each voxel centre ``v`` (an
+index ``(i, j, k)``), the distance in mm between ``A @ v`` and ``B @ v``; the largest such distance over the grid
+is the grid's offset. The difference of two affine maps is affine and a norm is convex, so the largest distance
+over the grid's box lies at one of its eight corner voxels: eight points give the exact maximum over every voxel.
+
+The tolerance is :data:`GRID_TOLERANCE` (1e-3) times the smallest voxel size of the two grids (the shortest
+column of either affine), in mm. Why this convention:
+
+* One number in mm for origin, direction and spacing: all three are seen as where a voxel lands. An origin error
+  moves every voxel by the same distance; a spacing or direction error moves a voxel in proportion to its index,
+  so it is largest at the far corner, and that is what an entry-by-entry tolerance on the columns misses (1e-3 mm
+  on a column is 0.5 mm at voxel 512).
+* Relative to the voxel size: a voxel placed 1/1000 voxel off is read at the same voxel by any interpolation,
+  while half a voxel off (a corner- vs centre-of-voxel mix-up) is a real error whatever the voxel size. ITK's
+  check that a filter's inputs share a grid is relative to the spacing for the same reason.
+* 1e-3 rather than tighter: NIfTI stores affines in float32 (about 7 digits: ~3e-5 mm at the far corner of a
+  512-voxel 1 mm grid 300 mm from the origin), and DICOM writes positions and direction cosines as decimal
+  strings that converters round differently (6 decimals: ~5e-4 mm at voxel 512 of a 1 mm grid).
+
+Shapes are in the affine's index order ``(i, j, k)`` (a NIfTI file's order; ``recon/``'s ``(z, y, x)`` arrays pass
+their shape reversed); shorter shapes (a 2D image) are padded with 1s.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["GRID_TOLERANCE", "grid_offset_mm", "grid_tolerance_mm", "same_grid_problem"]
+
+#: Largest offset between two grids' voxels still taken as the same grid, as a fraction of the smallest voxel size.
+GRID_TOLERANCE = 1e-3
+
+
+def _shape3(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as three ints, padded with 1s (a 2D image is one slice)."""
+    shape = tuple(int(s) for s in shape)
+    if not 1 <= len(shape) <= 3:
+        raise ValueError(f"a voxel grid has 1 to 3 axes, got shape {shape}")
+    return shape + (1,) * (3 - len(shape))
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return " x ".join(str(int(s)) for s in shape)
+
+
+def grid_offset_mm(shape: Sequence[int], affine: np.ndarray, ref_affine: np.ndarray) -> float:
+    """The largest distance (mm) between where ``affine`` and ``ref_affine`` put the same voxel of a grid of
+    ``shape``: the maximum over the grid's eight corner voxels, which is the maximum over all its voxels.
+
+    Args:
+        shape: the grid's shape in the affines' index order (1 to 3 axes).
+        affine: a 4x4 voxel-to-world affine.
+        ref_affine: the other 4x4 voxel-to-world affine.
+
+    Returns:
+        The offset in mm (NaN if either affine is not finite).
+    """
+    diff = np.asarray(affine, dtype=np.float64)[:3] - np.asarray(ref_affine, dtype=np.float64)[:3]
+    corners = np.array([[*c, 1.0] for c in itertools.product(*[(0, n - 1) for n in _shape3(shape)])])
+    return float(np.linalg.norm(corners @ diff.T, axis=1).max())
+
+
+def grid_tolerance_mm(affine: np.ndarray, ref_affine: np.ndarray) -> float:
+    """The largest offset (mm) accepted between two grids: :data:`GRID_TOLERANCE` times the smallest voxel size
+    of either affine (see the module docstring).
+
+    Args:
+        affine: a 4x4 voxel-to-world affine.
+        ref_affine: the other 4x4 voxel-to-world affine.
+
+    Returns:
+        The tolerance in mm.
+    """
+    columns = np.concatenate([np.asarray(a, dtype=np.float64)[:3, :3] for a in (affine, ref_affine)], axis=1)
+    return GRID_TOLERANCE * float(np.linalg.norm(columns, axis=0).min())
+
+
+def same_grid_problem(
+    name: str,
+    shape: Sequence[int],
+    affine: np.ndarray | None,
+    ref_name: str,
+    ref_shape: Sequence[int],
+    ref_affine: np.ndarray | None,
+) -> str | None:
+    """Why the volume ``name`` is not on the voxel grid of ``ref_name``, or ``None`` when it is.
+
+    The message has one format wherever it is raised: both names, both shapes, and the largest offset in mm
+    between the two affines' voxels with the tolerance (see the module docstring), e.g. ``label a.nii.gz is not
+    on the voxel grid of image b.nii.gz: shape 16 x 16 x 12 vs 16 x 16 x 12, voxels up to 50 mm apart
+    (tolerance 0.0015 mm)``. When either affine is ``None`` (a picture without one, a geometry without one) only
+    the shapes are compared, and the message says so.
+
+    Args:
+        name: the volume checked, as the message names it (e.g. ``"label /data/a_seg.nii.gz"``).
+        shape: its shape, in its affine's index order.
+        affine: its 4x4 voxel-to-world affine (mm), or ``None``.
+        ref_name: the volume it must match, as the message names it.
+        ref_shape: that volume's shape.
+        ref_affine: that volume's affine, or ``None``.
+
+    Returns:
+        The problem in one line, or ``None``.
+    """
+    same_shape = _shape3(shape) == _shape3(ref_shape)
+    head = f"{name} is not on the voxel grid of {ref_name}: shape {_fmt_shape(shape)} vs {_fmt_shape(ref_shape)}"
+    if affine is None or ref_affine is None:
+        return None if same_shape else f"{head} (no affine to compare)"
+    grid = np.maximum(_shape3(shape), _shape3(ref_shape))  # every voxel of either grid
+    offset, tol = grid_offset_mm(grid, affine, ref_affine), grid_tolerance_mm(affine, ref_affine)
+    if same_shape and offset <= tol:
+        return None
+    return f"{head}, voxels up to {offset:.4g} mm apart (tolerance {tol:.2g} mm)"
