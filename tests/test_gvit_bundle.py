@@ -187,8 +187,8 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     again = _workflow(data, tmp_path / "run", resume=True)
     again.model = GViT(1, 16, 2, num_gaussians=8, patch_size=4)
     again.data_settings = {"seed": 1}
-    with pytest.raises(ValueError, match=r"GViT training with other settings \(data\.seed: saved 0, current 1; "
-                                         r"model\.num_gaussians: saved 6, current 8\)"):
+    with pytest.raises(ValueError, match=r"GViT training with other settings \(model\.num_gaussians: saved 6, now 8; "
+                                         r"data\.seed: saved 0, now 1\)"):
         again.trainer("warmup").run()
     same = _workflow(data, tmp_path / "run", resume=True)
     same.data_settings = {"seed": 0}
