@@ -223,12 +223,16 @@ def test_string_flags_turn_amp_and_resume_off(tmp_path, value):
 
 
 def test_image_size_is_checked_before_anything_is_written(tmp_path):
-    for overrides, message in (({"image_size": 8, "patch_size": 4}, "image_size 8 is too small"),
-                               ({"image_size": 18, "patch_size": 4}, "multiple of patch_size 4")):  # fmt: skip
+    """The first step of the run (``initialize``) checks image_size against patch_size (medgmae.bundle_checks)."""
+    for overrides, message in (({"image_size": 8, "patch_size": 4}, "--image_size: expected at least 11"),
+                               ({"image_size": 18, "patch_size": 4}, "--image_size: expected a multiple of --patch_size 4, got '18'"),
+                               ({"gamma": 0.5}, "--gamma: gamma must be in [0, 0.1]")):  # fmt: skip
         with pytest.raises(Exception) as err:
-            _parser(tmp_path, **overrides).get_parsed_content("workflow")
+            _parser(tmp_path, **overrides).get_parsed_content("initialize")
         assert message in str(err.value) + str(err.value.__cause__)
         assert not (tmp_path / "run").exists()
+    assert _parser(tmp_path, image_size=20, patch_size=4).get_parsed_content("initialize")[:2] == [True, True]
+    assert not (tmp_path / "run").exists()
 
 
 class _GradNormProbe:
