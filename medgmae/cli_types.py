@@ -11,8 +11,8 @@ import argparse
 import math
 from typing import Any, Callable, TypeVar
 
-__all__ = ["as_bool", "fraction", "nonneg_float", "nonneg_int", "positive_float", "positive_int", "proper_fraction",
-           "unit_interval"]
+__all__ = ["as_bool", "fraction", "integer", "nonneg_float", "nonneg_int", "positive_float", "positive_int",
+           "proper_fraction", "unit_interval"]
 
 T = TypeVar("T", int, float)
 
@@ -26,6 +26,11 @@ def _parse(text: str, convert: Callable[[str], T], accept: Callable[[T], bool], 
     if value is None or not accept(value):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def integer(text: str) -> int:
+    """Any integer (e.g. a count where a negative value means "all")."""
+    return _parse(text, int, lambda v: True, "an integer")
 
 
 def positive_int(text: str) -> int:

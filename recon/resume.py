@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medgmae.settings_diff import settings_differences
 from recon.commands import CLIError
 from recon.geometry import CTGeometry
 
@@ -65,23 +66,21 @@ def run_settings(args, init_settings: dict) -> dict:
     }  # fmt: skip
 
 
-def _same(a, b) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+def _pick(record: dict, keys) -> dict:
+    """The entries of ``record`` under ``keys`` that it holds, in the order of ``keys``."""
+    return {k: record[k] for k in keys if k in record}
 
 
 def _differences(saved: dict, now: dict) -> list[str]:
-    """``"field saved (saved) vs now (now)"`` for each recorded field that differs."""
-    old_scan, new_scan = saved.get("scan", {}), now["scan"]
-    out = [f"{k} {old_scan.get(k)} (saved) vs {new_scan[k]} (now)" for k in SCAN_KEYS if not _same(old_scan.get(k), new_scan[k])]
-    old, new = saved.get("settings", {}), now["settings"]
-    for k in (k for k in new if k != "init"):
-        if not _same(old.get(k), new[k]):
-            out.append(f"{k} {old.get(k)} (saved) vs {new[k]} (now)")
-    old_init, new_init = old.get("init", {}), new["init"]
-    for k in sorted(set(old_init) | set(new_init), key=lambda k: (k not in _INIT_FLAGS, k)):
-        if not _same(old_init.get(k), new_init.get(k)):
-            out.append(f"{_INIT_FLAGS.get(k, 'initialisation setting ' + k)} {old_init.get(k)} (saved) vs {new_init.get(k)} (now)")
-    return out
+    """One line per recorded field that differs (:func:`medgmae.settings_diff.settings_differences`): the scan's
+    fingerprint entries, the settings by their flags, then the initialisation's settings (by the flag that sets
+    them, or ``initialisation setting <name>``)."""
+    old, new = saved.get("settings") or {}, now["settings"]
+    out = settings_differences(_pick(saved.get("scan") or {}, SCAN_KEYS), _pick(now["scan"], SCAN_KEYS))
+    out += settings_differences(_pick(old, [k for k in old if k != "init"]), _pick(new, [k for k in new if k != "init"]))
+    old_init, new_init = old.get("init") or {}, new["init"]
+    labels = {k: _INIT_FLAGS.get(k, "initialisation setting " + k) for k in {*old_init, *new_init}}
+    return out + settings_differences(old_init, new_init, labels)
 
 
 def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict:
@@ -96,7 +95,8 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
         The state (for :meth:`recon.gaussian_recon.GaussianReconstructor.load_state_dict`).
 
     Raises:
-        CLIError: no state; a state of another scan or other settings (each differing field named, saved vs now);
+        CLIError: no state; a state of another scan or other settings (each differing field named, its saved value
+            and this run's);
             ``iterations`` below the saved iteration.
     """
     from medgmae.files import load_torch_file

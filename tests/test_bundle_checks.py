@@ -28,6 +28,38 @@ def test_check_settings_names_every_bad_key():
     assert "got 'abc'" in str(e.value) and "one of ['medgmae']" in str(e.value)
 
 
+def test_image_size_is_checked_against_the_patch_size_beside_it():
+    def problems(image_size, patch_size) -> str:
+        with pytest.raises(BundleSettingError) as e:
+            check_settings({"image_size": (image_size, "image_size"), "patch_size": (patch_size, "positive_int")})
+        return str(e.value)
+
+    assert check_settings({"image_size": (32, "image_size"), "patch_size": (4, "positive_int")}) is True
+    assert check_settings({"image_size": ("12", "image_size"), "patch_size": (12, "positive_int")}) is True
+    assert "--image_size: expected at least 11 (the SSIM uses an 11-pixel window), got '8'" in problems(8, 4)
+    assert "--image_size: expected a multiple of --patch_size 4, got '18'" in problems(18, 4)
+    assert "--image_size: expected a positive integer, got 'abc'" in problems("abc", 4)
+    assert "--image_size: expected positive int, got True" in problems(True, 4)  # a flag is not a size
+    # a bad patch size is named on its own line, not as a divisibility problem of image_size
+    text = problems(32, 0)
+    assert "--patch_size: expected a positive integer, got '0'" in text and "--image_size" not in text
+    with pytest.raises(ValueError, match="needs the patch_size setting"):
+        check_settings({"image_size": (32, "image_size")})
+
+
+def test_integer_and_callable_kinds():
+    def at_most_one(value):
+        if not 0 <= float(value) <= 1:
+            raise ValueError(f"strength must be in [0, 1], got {value!r}")
+
+    assert check_settings({"n": (-1, "int"), "gamma": (0.5, at_most_one)}) is True
+    with pytest.raises(BundleSettingError) as e:
+        check_settings({"n": (1.5, "int"), "gamma": (2, at_most_one), "other": ("x", at_most_one)})
+    assert "--n: expected an integer, got '1.5'" in str(e.value)
+    assert "--gamma: strength must be in [0, 1], got 2" in str(e.value)
+    assert "--other: could not convert string to float: 'x'" in str(e.value)
+
+
 def test_check_output_dirs(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -77,3 +109,24 @@ def test_zero_shot_and_finetune_flags_checked_first(tmp_path):
     proc = run_bundle("training", "unetr_finetune/configs/train.json", "--output_dir", str(out), "--label_fraction", "2")
     assert proc.returncode != 0 and "--label_fraction: expected a number in (0, 1], got '2'" in proc.stdout + proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bundle", ["gmae2d_pretrain", "gvit_classification"])
+def test_2d_bad_flags_fail_first_with_one_error_and_write_nothing(tmp_path, bundle):
+    """A 2D bundle checks its settings as the 3D ones do: one error names every bad key before anything is built."""
+    out = tmp_path / "run"
+    proc = run_bundle("training", f"{bundle}/configs/train.json", "--output_dir", str(out), "--max_epochs", "-3",
+                      "--image_size", "8", "--amp", "maybe")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert log.count("BundleSettingError: bad setting(s), nothing was written") == 1, log[-3000:]
+    error = log[log.index("BundleSettingError: bad setting(s)"):].split("\n\n")[0]  # the one error's lines
+    for text in ("--max_epochs: expected a", "got '-3'", "--image_size: expected at least 11", "got '8'",
+                 "--amp: expected true or false, got 'maybe'"):
+        assert text in error, (text, error)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    proc = run_bundle("training", f"{bundle}/configs/train.json", "--output_dir", str(afile))
+    assert proc.returncode != 0 and f"--output_dir '{afile}': {afile} is an existing file" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

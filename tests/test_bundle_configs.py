@@ -1,4 +1,5 @@
-"""Every bundle config reads its true/false keys through ``medgmae.cli_types.as_bool``.
+"""Every bundle config reads its true/false keys through ``medgmae.cli_types.as_bool``, and checks its settings and
+output folders first (``medgmae.bundle_checks``).
 
 ``python -m monai.bundle run ... --resume false`` hands the config the *string* ``"false"`` (fire parses only
 ``False`` as a bool), which is truthy: a key read as ``@resume`` would resume. Each bundle therefore passes such keys
@@ -14,6 +15,13 @@ from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "bundles").glob("*/configs/*.json") if p.name != "metadata.json")
+
+
+TRAIN_CONFIGS = sorted(ROOT.glob("bundles/*/configs/train.json"))
+#: keys a train config may leave out of ``checked_settings``: paths and folders (check_output_dirs or the data readers
+#: check them), the device (resolve_device names it) and the 3D pre-processing's HU window and orientation
+#: (PreprocessingSpec checks them)
+UNCHECKED = {"bundle_root", "dataset_dir", "datalist", "pretrained", "output_dir", "device", "a_min", "a_max", "orientation"}
 
 
 def _bool_keys(config: dict) -> list[str]:
@@ -65,3 +73,23 @@ def test_multi_gpu_config_keeps_every_import_of_train(bundle):
     train = json.loads((bundle / "configs" / "train.json").read_text())["imports"]
     multi = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())["imports"]
     assert [i for i in train if i not in multi] == []
+
+
+def test_every_bundle_has_a_train_config():
+    assert [p.parents[1].name for p in TRAIN_CONFIGS] == ["gmae2d_pretrain", "gvit_classification", "medgmae_pretrain",
+                                                          "unetr_finetune"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=[p.parents[1].name for p in TRAIN_CONFIGS])
+def test_train_configs_check_their_settings_and_folders_first(path):
+    """``initialize`` starts with ``check_settings(@checked_settings)``; ``check_output_dirs`` follows before any
+    step that is not a check; every plain number, true/false or text key the user can set is in ``checked_settings``."""
+    config = json.loads(path.read_text())
+    steps = config["initialize"]
+    assert steps[0] == "$check_settings(@checked_settings)", steps
+    first_other = next((i for i, s in enumerate(steps) if not s.startswith(("$check_", "$[as_bool(", "$as_bool("))), len(steps))
+    assert any(s.startswith("$check_output_dirs(output_dir=@output_dir") for s in steps[:first_other]), steps
+    checked = config["checked_settings"]
+    assert all(v == [f"@{k}", v[1]] for k, v in checked.items()), "each entry checks the key it is named by"
+    settable = {k for k, v in config.items() if isinstance(v, (bool, int, float, str)) and not str(v).startswith("$")}
+    assert sorted(settable - set(checked) - UNCHECKED) == [], path.relative_to(ROOT)

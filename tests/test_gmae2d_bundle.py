@@ -131,9 +131,10 @@ def test_training_on_an_rgb_image_folder(tmp_path):
         ({"dataset_dir": "/nonexistent/folder/x"}, "/nonexistent/folder/x"),
         ({"dataset_dir": "EMPTY"}, "holds no images"),
         ({"dataset_dir": "CORRUPT"}, "broken.png"),
-        ({"model_size": "gigantic"}, "model_size"),
+        ({"model_size": "gigantic"}, "--model_size: expected one of"),
         ({"device": "tpu"}, "unknown device"),
-        ({"image_size": 8}, "image_size 8 is too small"),
+        ({"image_size": 8}, "--image_size: expected at least 11"),
+        ({"image_size": 36}, "--image_size: expected a multiple of --patch_size 8, got '36'"),
     ],
 )
 def test_bad_configuration_fails_clearly(tmp_path, overrides, message):

@@ -187,8 +187,8 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     again = _workflow(data, tmp_path / "run", resume=True)
     again.model = GViT(1, 16, 2, num_gaussians=8, patch_size=4)
     again.data_settings = {"seed": 1}
-    with pytest.raises(ValueError, match=r"GViT training with other settings \(data\.seed: saved 0, current 1; "
-                                         r"model\.num_gaussians: saved 6, current 8\)"):
+    with pytest.raises(ValueError, match=r"GViT training with other settings \(model\.num_gaussians: saved 6, now 8; "
+                                         r"data\.seed: saved 0, now 1\)"):
         again.trainer("warmup").run()
     same = _workflow(data, tmp_path / "run", resume=True)
     same.data_settings = {"seed": 0}
@@ -223,12 +223,16 @@ def test_string_flags_turn_amp_and_resume_off(tmp_path, value):
 
 
 def test_image_size_is_checked_before_anything_is_written(tmp_path):
-    for overrides, message in (({"image_size": 8, "patch_size": 4}, "image_size 8 is too small"),
-                               ({"image_size": 18, "patch_size": 4}, "multiple of patch_size 4")):  # fmt: skip
+    """The first step of the run (``initialize``) checks image_size against patch_size (medgmae.bundle_checks)."""
+    for overrides, message in (({"image_size": 8, "patch_size": 4}, "--image_size: expected at least 11"),
+                               ({"image_size": 18, "patch_size": 4}, "--image_size: expected a multiple of --patch_size 4, got '18'"),
+                               ({"gamma": 0.5}, "--gamma: gamma must be in [0, 0.1]")):  # fmt: skip
         with pytest.raises(Exception) as err:
-            _parser(tmp_path, **overrides).get_parsed_content("workflow")
+            _parser(tmp_path, **overrides).get_parsed_content("initialize")
         assert message in str(err.value) + str(err.value.__cause__)
         assert not (tmp_path / "run").exists()
+    assert _parser(tmp_path, image_size=20, patch_size=4).get_parsed_content("initialize")[:2] == [True, True]
+    assert not (tmp_path / "run").exists()
 
 
 class _GradNormProbe:

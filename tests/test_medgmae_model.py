@@ -231,10 +231,10 @@ def test_resuming_a_star_training_from_before_the_intensity_rule_keeps_or_names_
     old = ModelConfigRecord(_gmae(multi_level=True, level_intensity="clamp")).state_dict()
     old["config"] = {k: v for k, v in old["config"].items() if k != "level_intensity"}
     ModelConfigRecord(_gmae(multi_level=True, level_intensity="clamp")).load_state_dict(old)
-    with pytest.raises(ValueError, match=r"level_intensity: saved 'clamp', current 'logit'") as e:
+    with pytest.raises(ValueError, match=r"level_intensity: saved 'clamp', now 'logit'") as e:
         ModelConfigRecord(_gmae(multi_level=True)).load_state_dict(old)
     assert "num_gaussians" not in str(e.value)  # only the fields that differ
-    with pytest.raises(ValueError, match=r"num_gaussians: saved 16, current 8"):
+    with pytest.raises(ValueError, match=r"configuration \(num_gaussians: saved 16, now 8\)\. Resume"):
         ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8)).load_state_dict(
             ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict())
 

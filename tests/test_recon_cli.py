@@ -169,7 +169,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     assert state["iteration"] == 4 and state["config"]["preset_name"] == "3dgr-ct"
     capsys.readouterr()
     assert main(_reconstruct_args(simulated, out, "--iterations", "6", "--resume")) == 2
-    assert "--preset 3dgr-ct" in capsys.readouterr().err
+    assert "--preset: saved '3dgr-ct', now 'toolkit'" in capsys.readouterr().err
 
 
 def _reconstruct_args(sim, out, *extra):

@@ -53,13 +53,13 @@ def test_resume_refuses_another_scan_or_other_settings(saved, capsys):
     shape_a, shape_b = (list(np.load(s / "projections.npy", mmap_mode="r").shape) for s in (scan, other))
     cases = {
         "another scan": (_args(other, out, "--iterations", "6", "--resume"),
-                         [f"projections_shape {shape_a} (saved) vs {shape_b} (now)", "projections_sha256", "geometry_sha256"]),
+                         [f"projections_shape: saved {shape_a}, now {shape_b}", "projections_sha256", "geometry_sha256"]),
         "altered projections": (_args(scan, out, "--iterations", "6", "--resume", proj=altered), ["projections_sha256"]),
-        "--tv": (_args(scan, out, "--iterations", "6", "--resume", "--tv", "0.5"), ["--tv 0.0 (saved) vs 0.5 (now)"]),
-        "--init": (_args(scan, out, "--iterations", "6", "--resume", "--init", "random"), ["--init fbp (saved) vs random (now)"]),
+        "--tv": (_args(scan, out, "--iterations", "6", "--resume", "--tv", "0.5"), ["--tv: saved 0.0, now 0.5"]),
+        "--init": (_args(scan, out, "--iterations", "6", "--resume", "--init", "random"), ["--init: saved 'fbp', now 'random'"]),
         "--num-gaussians": (_args(scan, out, "--iterations", "6", "--resume", "--num-gaussians", "50"),
-                            ["--num-gaussians 100 (saved) vs 50 (now)"]),
-        "--preset": (_args(scan, out, "--iterations", "6", "--resume", "--preset", "3dgr-ct"), ["--preset toolkit (saved) vs 3dgr-ct (now)"]),
+                            ["--num-gaussians: saved 100, now 50"]),
+        "--preset": (_args(scan, out, "--iterations", "6", "--resume", "--preset", "3dgr-ct"), ["--preset: saved 'toolkit', now '3dgr-ct'"]),
         "fewer iterations": (_args(scan, out, "--iterations", "2", "--resume"), ["is at iteration 4 but --iterations is 2"]),
     }  # fmt: skip
     before = _contents(out)

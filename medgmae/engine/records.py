@@ -9,20 +9,11 @@ named rather than a tensor shape; a setting that changes no shape would otherwis
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Mapping
+
+from medgmae.settings_diff import settings_differences
 
 __all__ = ["SettingsRecord"]
-
-
-def _flat(settings: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"k": 1}}`` -> ``{"model.k": 1}`` (values compared as JSON, so tuples equal lists)."""
-    out: dict[str, Any] = {}
-    for k, v in settings.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.loads(json.dumps(v, default=str))
-    return out
 
 
 class SettingsRecord:
@@ -39,17 +30,19 @@ class SettingsRecord:
         self.settings, self.what = dict(settings), what
 
     def state_dict(self) -> dict:
+        """The settings as plain JSON data (tuples as lists), saved with the checkpoint."""
         return {"settings": json.loads(json.dumps(self.settings, default=str))}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Accept a checkpoint written with these settings.
 
+        Args:
+            state: what :meth:`state_dict` returned when the checkpoint was written.
+
         Raises:
-            ValueError: naming each differing setting (saved and current value).
+            ValueError: naming each differing setting (:func:`~medgmae.settings_diff.settings_differences`).
         """
-        saved, mine = _flat(state.get("settings") or {}), _flat(self.settings)
-        diff = [f"{k}: saved {saved.get(k)!r}, current {mine.get(k)!r}" for k in sorted(set(saved) | set(mine))
-                if saved.get(k) != mine.get(k)]  # fmt: skip
+        diff = settings_differences(state.get("settings") or {}, self.state_dict()["settings"])
         if diff:
             raise ValueError(
                 f"the checkpoint was written by {self.what} with other settings (" + "; ".join(diff) + "). Resume with "

@@ -11,6 +11,7 @@ from medgmae.engine import unwrap_model
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.networks.voxel_mae import VoxelMAE
 from medgmae.preprocessing import PreprocessingSpec
+from medgmae.settings_diff import settings_differences
 
 __all__ = ["MODEL_KINDS", "ModelConfigRecord", "build_model"]
 
@@ -80,18 +81,20 @@ class ModelConfigRecord:
         """Check that a resumed run builds the model its checkpoint was trained with.
 
         The saved config is first brought to this version's arguments (``upgrade_config``: a MedGMAE* config from
-        before ``level_intensity`` existed names the clamp rule it was trained with).
+        before ``level_intensity`` existed names the clamp rule it was trained with). The config's fields are
+        named bare (``num_gaussians``), beside ``kind`` and ``preprocessing``.
+
+        Args:
+            state: what :meth:`state_dict` returned when the checkpoint was written.
 
         Raises:
-            ValueError: naming each differing field (saved and current value) and how to resume with the saved ones.
+            ValueError: naming each differing field (:func:`~medgmae.settings_diff.settings_differences`) and how
+                to resume with the saved ones.
         """
-        mine = self.state_dict()
         saved = dict(state)
         if isinstance(saved.get("config"), dict):
             saved["config"] = type(self.network).upgrade_config(dict(saved["config"]))
-        diff = [f"{k}: saved {saved.get(k)!r}, current {v!r}" for k, v in mine.items() if k != "config" and saved.get(k) != v]
-        old, new = saved.get("config") or {}, mine["config"]
-        diff += [f"{k}: saved {old.get(k)!r}, current {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        diff = settings_differences(_record_fields(saved), _record_fields(self.state_dict()))
         if diff:
             # a MedGMAE* run from before level_intensity existed resumes with the clamp rule it was trained with
             example = " (e.g. --network_def#level_intensity clamp)" if any(d.startswith("level_intensity") for d in diff) else ""
@@ -99,3 +102,12 @@ class ModelConfigRecord:
                 "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
                 f"with the saved settings{example} or train into a new output_dir"
             )
+
+
+def _record_fields(record: dict) -> dict:
+    """A model record's ``kind`` and ``preprocessing`` with its config's fields beside them (a record without a
+    config dict keeps it under ``config``)."""
+    config = record.get("config")
+    if not isinstance(config, dict):
+        return dict(record)
+    return {**{k: v for k, v in record.items() if k != "config"}, **config}

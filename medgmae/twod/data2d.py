@@ -37,43 +37,12 @@ __all__ = [
     "gmae2d_dataset",
     "DEFAULT_WINDOW",
     "edge_map",
-    "check_image_size",
-    "MIN_IMAGE_SIZE",
 ]
 
 logger = logging.getLogger("medgmae.twod")
 
 #: Soft-tissue-and-air CT window (HU) used for phantom slices.
 DEFAULT_WINDOW = (-350.0, 400.0)
-#: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
-MIN_IMAGE_SIZE = 11
-
-
-def check_image_size(image_size, patch_size, min_size: int = MIN_IMAGE_SIZE) -> int:
-    """Check a bundle's square ``image_size`` against ``patch_size`` before anything is built or written.
-
-    Args:
-        image_size: the ``image_size`` key.
-        patch_size: the ``patch_size`` key.
-        min_size: smallest accepted edge.
-
-    Returns:
-        ``image_size`` as an int.
-
-    Raises:
-        ValueError: naming the key: not an integer, below ``min_size``, or not a multiple of ``patch_size``.
-    """
-    try:
-        size, patch = int(image_size), int(patch_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size and patch_size must be integers, got {image_size!r} and {patch_size!r}") from None
-    if size != float(image_size) or patch != float(patch_size):
-        raise ValueError(f"image_size and patch_size must be integers, got {image_size!r} and {patch_size!r}")
-    if size < min_size:
-        raise ValueError(f"image_size {size} is too small: at least {min_size} (the SSIM uses an {min_size}-pixel window)")
-    if patch < 1 or size % patch:
-        raise ValueError(f"image_size {size} must be a multiple of patch_size {patch}")
-    return size
 
 
 def _nearest(arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
