@@ -28,16 +28,16 @@ def rotated_anisotropic() -> np.ndarray:
 
 def test_identity_shifted_below_and_above_the_tolerance():
     shape, ident = (10, 10, 10), np.eye(4)
-    assert grid_tolerance_mm(ident, ident) == pytest.approx(GRID_TOLERANCE * 1.0)  # 1 mm voxels: 0.001 mm
+    assert grid_tolerance_mm(ident, ident) == pytest.approx(GRID_TOLERANCE * 1.0)  # 1 mm voxels: 0.01 mm
     below, above = ident.copy(), ident.copy()
-    below[:3, 3] = [0.0004, 0.0, 0.0]
-    above[:3, 3] = [0.003, 0.0, 0.0]
+    below[:3, 3] = [0.004, 0.0, 0.0]
+    above[:3, 3] = [0.03, 0.0, 0.0]
     assert same_grid_problem("a", shape, below, "b", shape, ident) is None
-    assert "voxels up to 0.003 mm apart (tolerance 0.001 mm)" in same_grid_problem("a", shape, above, "b", shape, ident)
-    # the distance, not each entry: 0.0006 mm along every axis is 0.00104 mm away
+    assert "voxels up to 0.03 mm apart (tolerance 0.01 mm)" in same_grid_problem("a", shape, above, "b", shape, ident)
+    # the distance, not each entry: 0.006 mm along every axis is 0.0104 mm away
     diagonal = ident.copy()
-    diagonal[:3, 3] = 0.0006
-    assert grid_offset_mm(shape, diagonal, ident) == pytest.approx(0.0006 * np.sqrt(3))
+    diagonal[:3, 3] = 0.006
+    assert grid_offset_mm(shape, diagonal, ident) == pytest.approx(0.006 * np.sqrt(3))
     assert same_grid_problem("a", shape, diagonal, "b", shape, ident) is not None
 
 
@@ -55,12 +55,12 @@ def test_rotated_anisotropic_grid():
     assert same_grid_problem("a", shape, a + 0.5 * tol / unit * d, "b", shape, a) is None
     problem = same_grid_problem("a", shape, a + 2 * tol / unit * d, "b", shape, a)
     assert problem is not None and f"{2 * tol:.4g} mm apart" in problem
-    # a rotation of the whole grid by 0.1 degree about its origin voxel moves the far voxels by ~0.02 mm
+    # a rotation of the whole grid by 0.1 degree about its origin voxel moves the far voxels by ~0.01 mm (the tolerance is 0.007 mm)
     c, s = np.cos(np.radians(0.1)), np.sin(np.radians(0.1))
     turned = a.copy()
     turned[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ a[:3, :3]
     expected = brute_force_offset(shape, turned, a)
-    assert 0.005 < expected < 0.05 and grid_offset_mm(shape, turned, a) == pytest.approx(expected)
+    assert tol < expected < 0.05 and grid_offset_mm(shape, turned, a) == pytest.approx(expected)
     assert f"{expected:.4g} mm apart" in same_grid_problem("a", shape, turned, "b", shape, a)
 
 
@@ -71,13 +71,13 @@ def test_a_flipped_axis_is_another_grid_even_over_the_same_box():
     assert brute_force_offset(shape, flipped, a) == pytest.approx(10.5)  # voxel 0 and voxel 7 swap places
     problem = same_grid_problem("label l.nii.gz", shape, flipped, "image i.nii.gz", shape, a)
     assert problem == ("label l.nii.gz is not on the voxel grid of image i.nii.gz: shape 8 x 6 x 4 vs 8 x 6 x 4, "
-                       "voxels up to 10.5 mm apart (tolerance 0.0015 mm)")  # fmt: skip
+                       "voxels up to 10.5 mm apart (tolerance 0.015 mm)")  # fmt: skip
 
 
 def test_different_shapes():
     a = np.diag([1.5, 1.5, 2.0, 1.0])
     problem = same_grid_problem("a", (8, 6, 4), a, "b", (8, 6, 5), a)
-    assert problem == "a is not on the voxel grid of b: shape 8 x 6 x 4 vs 8 x 6 x 5, voxels up to 0 mm apart (tolerance 0.0015 mm)"
+    assert problem == "a is not on the voxel grid of b: shape 8 x 6 x 4 vs 8 x 6 x 5, voxels up to 0 mm apart (tolerance 0.015 mm)"
     assert same_grid_problem("a", (24, 20), a, "b", (24, 20, 1), a) is None  # a 2D image is one slice
     # without an affine only the shapes count
     assert same_grid_problem("p.png", (20, 24), None, "i.png", (20, 24), None) is None
