@@ -86,8 +86,17 @@ def _looks_like_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
-def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with errors naming the file.
+
+    Args:
+        path: the file.
+        map_location: where tensors are loaded.
+        what: the file, as messages name it.
+        mmap: memory-map the file, so that tensors not used are not read (files written by ``torch.save``).
+
+    Returns:
+        The loaded object.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -98,7 +107,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if not _looks_like_torch_file(path):  # torch blames weights_only for any bytes it cannot unpickle
