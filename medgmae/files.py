@@ -1,12 +1,14 @@
 """File I/O shared by the whole toolkit: the check of an output folder before any work, atomic output (every file
-appears whole or not at all) and the one safe ``torch.load`` (``weights_only=True``, errors naming the file). Light
-on purpose: no ignite or MONAI imports."""
+appears whole or not at all; a folder of outputs is staged and moved in only when all were written) and the one safe
+``torch.load`` (``weights_only=True``, errors naming the file). Light on purpose: no ignite or MONAI imports."""
 
 from __future__ import annotations
 
 import json
 import os
 import pickle
+import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,14 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_write", "save_torch_atomic", "save_json_atomic", "load_torch_file", "output_dir_problem"]
+__all__ = [
+    "atomic_write",
+    "staged_outputs",
+    "save_torch_atomic",
+    "save_json_atomic",
+    "load_torch_file",
+    "output_dir_problem",
+]
 
 
 def output_dir_problem(path: str | os.PathLike) -> str | None:
@@ -63,6 +72,63 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def staged_outputs(target: str | os.PathLike, remove_stale: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target`` to write a set of outputs into; move them into ``target`` only if
+    the block succeeds.
+
+    The staging folder is a hidden sibling of ``target`` (same file system). When the block ends without an
+    exception, every file written below it is moved to the same place below ``target`` with ``os.replace``, so each
+    file appears whole (the set as a whole is not atomic). Files of ``target`` that the block did not write are kept
+    (the outputs are merged into it, e.g. a saved state beside them) or, with ``remove_stale``, removed, so that
+    ``target`` then holds exactly this run's outputs (e.g. no picture left from an earlier, longer run). When the
+    block raises (Ctrl-C included), ``target`` is left untouched and is not created. No staging folder is left
+    behind either way.
+
+    Args:
+        target: the output folder; it and its parents are created if needed.
+        remove_stale: remove whatever ``target`` holds that the block did not write.
+
+    Yields:
+        The staging folder to write into.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        yield staging
+        _move_into(staging, target, remove_stale)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link or a folder with its content."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _move_into(src: Path, dst: Path, remove_stale: bool) -> None:
+    """Move everything below ``src`` to the same place below ``dst`` (:func:`staged_outputs`)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    written = set()
+    for item in sorted(src.iterdir()):
+        written.add(item.name)
+        dest, is_dir = dst / item.name, item.is_dir() and not item.is_symlink()
+        if remove_stale and (dest.exists() or dest.is_symlink()) and (dest.is_dir() and not dest.is_symlink()) != is_dir:
+            _remove(dest)  # a folder where this run wrote a file, or the other way round
+        if is_dir:
+            _move_into(item, dest, remove_stale)
+        else:
+            os.replace(item, dest)
+    if remove_stale:
+        for old in sorted(dst.iterdir()):
+            if old.name not in written:
+                _remove(old)
+
+
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`atomic_write`; returns the final path."""
     with atomic_write(path) as tmp:
@@ -86,8 +152,17 @@ def _looks_like_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
-def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with errors naming the file.
+
+    Args:
+        path: the file.
+        map_location: where tensors are loaded.
+        what: the file, as messages name it.
+        mmap: memory-map the file, so that tensors not used are not read (files written by ``torch.save``).
+
+    Returns:
+        The loaded object.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -98,7 +173,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if not _looks_like_torch_file(path):  # torch blames weights_only for any bytes it cannot unpickle

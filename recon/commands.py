@@ -1,25 +1,24 @@
-"""What ``medgmae-recon simulate``, ``fbp`` and ``evaluate`` do, and the input checks and staged output folder that
-every subcommand shares (``reconstruct`` is in :mod:`recon.reconstruct_command`; the options in :mod:`recon.cli`)."""
+"""What ``medgmae-recon simulate``, ``fbp`` and ``evaluate`` do, and the input checks that every subcommand shares
+(``reconstruct`` is in :mod:`recon.reconstruct_command`; the options in :mod:`recon.cli`). A command's output folder
+is written through :func:`medgmae.files.staged_outputs`: its files move in only when all were written, merged with
+what the folder already holds (a ``reconstruct`` run's saved state stays beside them)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medgmae.data.grid import same_grid_problem
-from medgmae.files import output_dir_problem
+from medgmae.files import output_dir_problem, staged_outputs
 from recon.geometry import CTGeometry
 
 __all__ = [
     "CLIError",
     "Interrupted",
-    "StagedOutputs",
     "check_out_file",
     "check_out_folder",
     "check_same_grid",
@@ -143,27 +142,6 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
     return p
 
 
-class StagedOutputs:
-    """Write outputs into a hidden folder beside ``out`` and move them in only when all succeeded."""
-
-    def __init__(self, out: Path):
-        self.out = Path(out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.staging-", dir=self.out.parent))
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
-    def commit(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        for f in sorted(self.dir.iterdir()):
-            os.replace(f, self.out / f.name)
-        self.dir.rmdir()
-
-    def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def cmd_simulate(args) -> int:
     """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume."""
     from recon.fbp import fbp
@@ -189,16 +167,11 @@ def cmd_simulate(args) -> int:
         counts = torch.poisson(args.photons * torch.exp(-proj.double()), generator=gen)
         proj = (-torch.log(counts.clamp_min(1.0) / args.photons)).float()
     rec = fbp(proj.to(device), geom, args.filter).cpu().numpy()
-    stage = StagedOutputs(out)
-    try:
-        save_projections(stage.path("projections.npy"), proj.numpy())
-        geom.save(stage.path("geometry.json"))
-        save_nifti(stage.path("fbp.nii.gz"), rec, geom.default_affine())
-        save_nifti(stage.path("reference.nii.gz"), mu, geom.default_affine())
-        stage.commit()
-    except BaseException:
-        stage.discard()
-        raise
+    with staged_outputs(out) as stage:
+        save_projections(stage / "projections.npy", proj.numpy())
+        geom.save(stage / "geometry.json")
+        save_nifti(stage / "fbp.nii.gz", rec, geom.default_affine())
+        save_nifti(stage / "reference.nii.gz", mu, geom.default_affine())
     print(json.dumps({"out": str(out), "projections": list(proj.shape), "geometry": geom.kind, "views": geom.num_views}))
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.commands import CLIError, Interrupted, StagedOutputs, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
+from recon.commands import CLIError, Interrupted, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
 from recon.geometry import CTGeometry
 
 __all__ = ["OUTPUTS", "RECON_STATE", "cmd_reconstruct"]
@@ -312,24 +312,20 @@ def world_gaussians(gaussians, geom: CTGeometry):
 
 
 def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
-    """Stage every output and move them into ``out`` together."""
-    from medgmae.files import save_json_atomic
+    """Stage every output and move them into ``out`` when all were written (what ``out`` holds besides, such as
+    ``recon_state.pt``, stays)."""
+    from medgmae.files import save_json_atomic, staged_outputs
     from medgmae.ply import save_ply
     from recon.initialisation import zyx_affine
     from recon.plot import draw_curve, draw_slices
     from recon.scan_files import save_nifti
 
     volume = result.volume.cpu().numpy()
-    stage = StagedOutputs(out)
-    try:
-        save_nifti(stage.path("recon.nii.gz"), volume, geom.default_affine())
-        save_ply(stage.path("gaussians.ply"), world_gaussians(result.gaussians, geom), frame="world", shape=geom.volume_shape,
+    with staged_outputs(out) as stage:
+        save_nifti(stage / "recon.nii.gz", volume, geom.default_affine())
+        save_ply(stage / "gaussians.ply", world_gaussians(result.gaussians, geom), frame="world", shape=geom.volume_shape,
                  affine=zyx_affine(geom.default_affine()))
-        save_json_atomic(metrics, stage.path("metrics.json"))
-        draw_curve(result.history, stage.path("curve.png"), (metrics.get("holdout") or {}).get("errors"))
-        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage.path("slices.png"), reference=reference,
+        save_json_atomic(metrics, stage / "metrics.json")
+        draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"))
+        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", reference=reference,
                     voxel_size=geom.voxel_size)
-        stage.commit()
-    except BaseException:
-        stage.discard()
-        raise

@@ -12,6 +12,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 import functools  # noqa: E402
+import hashlib  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -98,3 +100,21 @@ def gsplat_cuda():
         _load_gsplat()
     except (RuntimeError, ImportError, OSError) as e:
         pytest.skip(f"gsplat's CUDA extension is unavailable: {str(e).splitlines()[0] if str(e) else e!r}")
+
+
+def _folder_state(root: Path) -> dict[str, tuple]:
+    """Every entry below ``root``: ``relative path -> (size, mtime_ns, sha256)`` for files, ``(None, mtime_ns,
+    None)`` for folders (a folder's mtime changes when an entry is created, renamed or removed in it)."""
+    state = {}
+    for p in sorted(Path(root).rglob("*")):
+        st = p.stat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+        state[str(p.relative_to(root))] = (st.st_size if p.is_file() else None, st.st_mtime_ns, digest)
+    return state
+
+
+@pytest.fixture
+def folder_state():
+    """A function ``state(root)``: names, sizes, mtimes and hashes of everything below ``root``, to assert that a
+    refused command left a folder byte for byte as it was."""
+    return _folder_state

@@ -11,7 +11,14 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.transforms import Compose, Lambdad, RandGaussianNoised
 
-from medgmae.engine import CheckpointHandler, GradientClipHandler, NonFiniteLossHandler, latest_checkpoint, resolve_device
+from medgmae.engine import (
+    CheckpointHandler,
+    GradientClipHandler,
+    NonFiniteLossHandler,
+    check_resume_fits,
+    latest_checkpoint,
+    resolve_device,
+)
 from medgmae.files import atomic_write, load_torch_file, save_json_atomic
 
 
@@ -142,12 +149,42 @@ def test_a_changed_epoch_length_is_refused(tmp_path):
     part.run()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     rest, _ = _make_trainer(tmp_path, 4, resume=True, batch_size=3)
-    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt is at epoch 2 after 6 iterations \(3 per epoch\).* 2 iterations per epoch"):
+    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt is at epoch 2 after 6 iterations \(3 per epoch, batch size 2\), "
+                                         r"but this run has 2 iterations per epoch \(batch size 3\): the batch size changed "
+                                         r"from 2 to 3\. Resume .*\(--batch_size 2\)"):
         rest.run()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     same, _ = _make_trainer(tmp_path, 3, resume=True, batch_size=2)
     same.run()
     assert same.state.iteration == 9
+
+
+def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
+    """check_resume_fits refuses, from the checkpoint's recorded loader, epoch and settings records alone, what
+    CheckpointHandler would refuse when the engine starts: another epoch length (naming both batch sizes), an epoch
+    beyond max_epochs, or a record of other settings."""
+    loader = lambda batch_size: DataLoader(list(range(6)), batch_size=batch_size)  # noqa: E731
+    assert check_resume_fits(tmp_path, loader(3), max_epochs=4) is None  # no checkpoint: a fresh start
+    part, _ = _make_trainer(tmp_path, 2, resume=False, batch_size=2, extra={"record": _Record(1)})
+    part.run()
+    saved = torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
+    assert saved["loader"] == {"batch_size": 2, "epoch_length": 3} and saved["engine"] == {"epoch": 2, "iteration": 6}
+    assert check_resume_fits(tmp_path, loader(2), max_epochs=4) == tmp_path / "checkpoint_epoch=2.pt"
+    with pytest.raises(ValueError, match=r"\(3 per epoch, batch size 2\), but this run has 2 iterations per epoch "
+                                         r"\(batch size 3\): the batch size changed from 2 to 3"):
+        check_resume_fits(tmp_path, loader(3), max_epochs=4)
+    assert check_resume_fits(tmp_path, loader(3), max_epochs=4, resume=False) is None
+    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt is at epoch 2, beyond max_epochs=1"):
+        check_resume_fits(tmp_path, loader(2), max_epochs=1)
+    assert check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(1)}) is not None
+    with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*checkpoint_epoch=2\.pt \('record'\): saved 1, current 2"):
+        check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(2)})
+    # a checkpoint from before the loader was recorded: the epoch lengths are named, and the possible causes
+    del saved["loader"]
+    torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")
+    with pytest.raises(ValueError, match=r"\(3 per epoch\), but this run has 2 iterations per epoch \(batch size 3\): "
+                                         r"the batch size, the number of training cases or the samples per case changed"):
+        check_resume_fits(tmp_path, loader(3), max_epochs=4)
 
 
 def test_non_finite_loss_stops_and_saves_interrupted(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from medgmae.checkpoint import make_checkpoint
+from medgmae.finetune.run_record import write_run_record
 from medgmae.finetune.data import (
     DatasetError,
     check_cases,
@@ -140,7 +141,9 @@ def test_prepare_datalists_checks_every_case(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written before the data passed
     out = prepare_datalists(str(tmp_path), str(dl), tmp_path / "out2", label_fraction=0.5, seed=1)
     assert out["num_classes"] == 3 and len(out["training"]) == 1
-    assert (tmp_path / "out2" / "training_cases.json").is_file()
+    # the record is returned; the bundle writes it once its checkpoint's resume check has passed
+    assert out["record"]["cases"] == out["training"] and out["record"]["seed"] == 1 and out["record"]["num_total"] == 2
+    assert not (tmp_path / "out2").exists()
 
 
 def _two_case_datalist(root: Path) -> Path:
@@ -161,6 +164,7 @@ def test_a_datalist_alone_is_the_data(tmp_path):
 def test_resume_with_other_label_fraction_is_refused(tmp_path):
     dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
     first = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5)
+    write_run_record(out, first["record"])
     recorded = (out / "training_cases.json").read_text()
     with pytest.raises(DatasetError) as e:
         prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0, resume=True)
@@ -175,7 +179,7 @@ def test_resume_with_other_label_fraction_is_refused(tmp_path):
 
 def test_evaluation_defaults_to_the_recorded_data(tmp_path):
     dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
-    prepare_datalists(str(tmp_path), str(dl), out)
+    write_run_record(out, prepare_datalists(str(tmp_path), str(dl), out)["record"])
     record = json.loads((out / "training_cases.json").read_text())
     assert record["datalist"] == str(dl.resolve()) and record["dataset_dir"] == str(tmp_path.resolve())
     data = evaluation_cases("", "", out)
@@ -213,10 +217,15 @@ def test_segmentation_names_are_unique_and_predictable(tmp_path):
 
 
 # ------------------------------------------------------------------ bundle, end to end
-def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
+def bundle_process(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of this bundle, whatever its exit status."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config),
            "--logging_file", str(CONFIGS / "logging.conf"), *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=400)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=400)
+
+
+def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
+    proc = bundle_process(run_id, config, *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -307,6 +316,23 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, nib.load(moved).affine, atol=1e-5)
     assert np.asarray(seg.dataobj).max() < 18
+
+
+def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
+    """A resume refused because the batch size changed (2 training cases: 2 iterations per epoch at batch size 1,
+    1 at batch size 2) stops before training_cases.json or a TensorBoard event file is written: the run folder is
+    byte for byte as it was, and the error names both batch sizes and both epoch lengths."""
+    out = tmp_path / "run"
+    common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+              "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false"]
+    run_bundle("training", "train.json", *common, "--max_epochs", "1", "--batch_size", "1")
+    assert (out / "training_cases.json").is_file() and len(list((out / "tensorboard").iterdir())) == 1
+    before = folder_state(out)
+    proc = bundle_process("training", "train.json", *common, "--max_epochs", "2", "--batch_size", "2", "--resume", "true")
+    assert proc.returncode != 0
+    assert ("after 2 iterations (2 per epoch, batch size 1), but this run has 1 iterations per epoch (batch size 2): "
+            "the batch size changed from 1 to 2") in proc.stderr and "--batch_size 1" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
 
 
 def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):

@@ -114,6 +114,31 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd):
     assert json.loads((out / "segment.json").read_text())["num_layers"] == 4
 
 
+def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
+    """A resume with batch size 2 of a run trained at batch size 4 (6 images: 2 iterations per epoch, then 3) is
+    refused before its TensorBoard writers create event files: the folder is byte for byte as it was, and the
+    error names both batch sizes and both epoch lengths. (In subprocesses: each run's writers are closed on exit.)"""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+
+    def train(**overrides) -> subprocess.CompletedProcess:
+        args = [x for k, v in {**TINY, **overrides}.items() for x in (f"--{k}", str(v))]
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--output_dir", str(out), *args]
+        return subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", cwd=BUNDLE.parents[1], timeout=300)
+
+    first = train(max_epochs=1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(list((out / "tensorboard").iterdir())) == 2
+    before = folder_state(out)
+    refused = train(max_epochs=2, resume=True, batch_size=2)
+    assert refused.returncode != 0
+    assert ("after 2 iterations (2 per epoch, batch size 4), but this run has 3 iterations per epoch (batch size 2): "
+            "the batch size changed from 4 to 2") in refused.stderr, refused.stderr[-3000:]
+    assert folder_state(out) == before
+
+
 def test_training_on_an_rgb_image_folder(tmp_path):
     data = tmp_path / "images" / "nested"
     data.mkdir(parents=True)

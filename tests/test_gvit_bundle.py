@@ -45,7 +45,7 @@ def _bundle(config: str, run_id: str = "training", **overrides) -> None:
 FILTERED = ("nvImageCodec", "torch.meshgrid", "Orientationd.__init__:labels")
 
 
-def test_bundle_train_evaluate_and_resume(tmp_path, capfd):
+def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
     out = tmp_path / "run"
     _bundle("train.json", output_dir=str(out), **TINY)
     console = "".join(capfd.readouterr())
@@ -88,6 +88,13 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd):
     assert len(epoch_files) == 3 and [p.stat().st_mtime_ns for p in epoch_files] == stamps  # no epoch was re-run
     after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+    # a resume with another batch size is refused at the first phase's start, with the run folder as it was
+    state = folder_state(out)
+    with pytest.raises(RuntimeError) as refused:
+        _bundle("train.json", output_dir=str(out), resume=True, **{**TINY, "batch_size": 16})
+    assert "(2 per epoch, batch size 32), but this run has 3 iterations per epoch (batch size 16)" in str(refused.value.__cause__)
+    assert folder_state(out) == state
 
 
 def test_confusion_table_layout():

@@ -194,6 +194,31 @@ def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
 
 
+def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_state):
+    """A copy of the 2-epoch run (2 training volumes: 2 iterations per epoch at batch size 1) resumed with batch
+    size 2 is refused before its TensorBoard writer exists: the folder is byte for byte as it was, and the error
+    names both batch sizes and both epoch lengths. So is a resume with another number of Gaussians."""
+    import shutil
+
+    out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
+    before = folder_state(out)
+
+    def resume(flag: str, value: str) -> subprocess.CompletedProcess:
+        small = SMALL[:]
+        small[small.index(flag) + 1] = value
+        return _bundle("run", "training", "--config_file", TRAIN, *small, "--dataset_dir", str(runs["dataset"]),
+                       "--output_dir", str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", cwd=tmp_path)
+
+    proc = resume("--batch_size", "2")
+    assert proc.returncode != 0
+    assert ("checkpoint_epoch=2.pt is at epoch 2 after 4 iterations (2 per epoch, batch size 1), but this run has 1 "
+            "iterations per epoch (batch size 2)") in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
+    proc = resume("--num_gaussians", "16")
+    assert proc.returncode != 0 and "num_gaussians: saved 8, current 16" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
+
+
 def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path):
     """2 processes (gloo): 1 epoch, then resumed to 2; the same 2 epochs uninterrupted by two torchrun launches on
     localhost acting as two nodes of one process each: the same weights, bit for bit; only rank 0 writes."""

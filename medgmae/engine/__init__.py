@@ -1,20 +1,22 @@
-"""Shared training infrastructure for the toolkit's MONAI bundles (ignite handlers): checkpoint/resume, guards,
-progress, metric history and picture helpers (``medgmae.engine.figures``). File I/O lives in :mod:`medgmae.files`."""
+"""Shared training infrastructure for the toolkit's MONAI bundles (ignite handlers): checkpoint/resume and the
+up-front resume check (``medgmae.engine.resume``), guards, progress, metric history and picture helpers
+(``medgmae.engine.figures``). File I/O lives in :mod:`medgmae.files`."""
 
 from medgmae.engine.handlers import (
     CheckpointHandler,
     GradientClipHandler,
     NonFiniteLossHandler,
     RandomStateTracker,
-    latest_checkpoint,
     resolve_device,
     unwrap_model,
 )
+from medgmae.engine.resume import check_resume_fits, latest_checkpoint
 from medgmae.engine.console import EpochProgress, is_main_process, loss_value, quiet_known_warnings
 from medgmae.engine.history import MetricHistory
 
 __all__ = [
     "CheckpointHandler",
+    "check_resume_fits",
     "EpochProgress",
     "MetricHistory",
     "is_main_process",

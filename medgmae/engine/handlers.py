@@ -22,21 +22,26 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, Randomizable
 
-from medgmae.files import load_torch_file, save_torch_atomic
+from medgmae.engine.resume import (
+    check_epoch_length,
+    check_max_epochs,
+    epoch_checkpoints,
+    loader_record,
+    rank_world,
+    read_latest_checkpoint,
+)
+from medgmae.files import save_torch_atomic
 
 __all__ = [
     "RandomStateTracker",
     "CheckpointHandler",
     "NonFiniteLossHandler",
     "GradientClipHandler",
-    "latest_checkpoint",
     "resolve_device",
     "unwrap_model",
 ]
 
 logger = logging.getLogger("medgmae.engine")
-
-_EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -137,22 +142,6 @@ class RandomStateTracker:
             t.R.set_state(_plain_to_numpy_state(s))
 
 
-def _world() -> tuple[int, int]:
-    """``(rank, world_size)`` under torch.distributed, ``(0, 1)`` without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The ``checkpoint_epoch=N.pt`` in ``output_dir`` with the largest N, or None."""
-    d = Path(output_dir)
-    if not d.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name))]
-    return max(found)[1] if found else None
-
-
 def _records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """``objects`` with the records (anything but modules, optimisers and schedulers) first: a configuration record
     refusing a changed setting then names the setting before a weight tensor fails on its changed shape."""
@@ -160,28 +149,20 @@ def _records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return sorted(objects.items(), key=lambda item: isinstance(item[1], weights))
 
 
-def _check_epoch_length(path: Path, epoch: int, iteration: int, epoch_length: int | None) -> None:
-    """Refuse a checkpoint whose iterations per epoch differ from this run's (ignite would count the saved
-    iterations against the new epoch length and end the run at once, or train past the schedule)."""
-    if epoch_length is None or epoch == 0 or iteration == epoch * epoch_length:
-        return
-    raise ValueError(
-        f"checkpoint {path} is at epoch {epoch} after {iteration} iterations ({iteration / epoch:g} per epoch), but "
-        f"this run has {epoch_length} iterations per epoch: the batch size, the number of training cases or the "
-        "samples per case changed. Resume with the settings of the interrupted run, or start a new output folder"
-    )
-
-
 class CheckpointHandler:
     """Atomic checkpoints at epoch ends and on interruption, and exact resume.
 
     At every ``save_interval`` epochs it writes ``checkpoint_epoch=N.pt`` (keeping the newest ``n_saved``) with the
-    state dicts of ``objects``, the engine's epoch/iteration and a :class:`RandomStateTracker`. When the run stops
+    state dicts of ``objects``, the engine's epoch/iteration, the training loader's batch size and epoch length
+    (:func:`~medgmae.engine.resume.loader_record`) and a :class:`RandomStateTracker`. When the run stops
     on an exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` and re-raises; at a normal end it
     writes ``checkpoint_final.pt``. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
     the engine starts and continues from the next epoch, bit for bit on the same machine and software. A checkpoint
     whose state does not fit (another kind of run; an object refusing it, such as a model configuration record)
-    stops the run at the start with an error naming the file and the object, and writes no checkpoint.
+    stops the run at the start with an error naming the file and the object, and writes no checkpoint. A bundle
+    calls :func:`~medgmae.engine.resume.check_resume_fits` before it builds its trainer, so that a resume with another
+    epoch length (batch size), epoch or model configuration is refused before its TensorBoard writers and records
+    write anything.
 
     Under torch.distributed every rank attaches it, and only rank 0 writes: at each epoch end the random states of
     all ranks are gathered into the checkpoint (``random_state_ranks``); on resume rank 0 reads the checkpoint and
@@ -235,10 +216,11 @@ class CheckpointHandler:
         random_state = self.rng.state_dict()
         payload = {
             "engine": {"epoch": engine.state.epoch, "iteration": engine.state.iteration},
+            "loader": loader_record(engine.state.dataloader),
             "objects": {k: v.state_dict() for k, v in self.objects.items()},
             "random_state": random_state,
         }
-        rank, world = _world()
+        rank, world = rank_world()
         if gather and world > 1:  # a collective: every rank reaches it at the same epoch end
             states: list = [None] * world
             dist.all_gather_object(states, random_state)
@@ -248,7 +230,7 @@ class CheckpointHandler:
     def save(self, engine: Engine, filename: str, gather: bool = True) -> Path | None:
         """Write ``filename`` in ``output_dir`` (rank 0 only; every rank calls it when ``gather``)."""
         payload = self._payload(engine, gather)
-        if _world()[0] != 0:
+        if rank_world()[0] != 0:
             return None
         path = save_torch_atomic(payload, self.output_dir / filename)
         logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, engine.state.epoch, engine.state.iteration)
@@ -257,11 +239,7 @@ class CheckpointHandler:
     def _on_epoch(self, engine: Engine) -> None:
         if self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt") is None:
             return
-        old = sorted(
-            ((int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))),
-            reverse=True,
-        )
-        for _, p in old[self.n_saved :]:
+        for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
             p.unlink(missing_ok=True)
 
     def _on_completed(self, engine: Engine) -> None:
@@ -284,7 +262,9 @@ class CheckpointHandler:
             logger.info("resume requested but no checkpoint in %s: starting from scratch", self.output_dir)
             return
         self._failed_resume = True  # until the state is restored: a failure writes no checkpoint_interrupted.pt
-        _check_epoch_length(path, ckpt["engine"]["epoch"], ckpt["engine"]["iteration"], engine.state.epoch_length)
+        epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
+        check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(engine.state.dataloader))
+        check_max_epochs(path, epoch, engine.state.max_epochs)
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         if missing:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
@@ -293,38 +273,23 @@ class CheckpointHandler:
                 obj.load_state_dict(ckpt["objects"][name])
             except (ValueError, RuntimeError, KeyError) as e:
                 raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
-        rank, world = _world()
+        rank, world = rank_world()
         ranks = ckpt.get("random_state_ranks")
         if world > 1 and not (isinstance(ranks, list) and len(ranks) == world):
             logger.warning("checkpoint %s holds no random states for %d ranks: rank %d resumes with rank 0's, and "
                            "crops will differ from an uninterrupted run", path, world, rank)  # fmt: skip
         self.rng.load_state_dict(ranks[rank] if world > 1 and isinstance(ranks, list) and len(ranks) == world
                                  else ckpt["random_state"])  # fmt: skip
-        epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
-        if engine.state.max_epochs is not None and epoch > engine.state.max_epochs:
-            raise ValueError(
-                f"checkpoint {path} is at epoch {epoch}, beyond max_epochs={engine.state.max_epochs}: raise max_epochs to continue"
-            )
         engine.state.epoch, engine.state.iteration = epoch, iteration
         self.resumed_from, self._failed_resume = path, False
         logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
 
-
     def _read_latest(self) -> tuple[Path | None, dict | None]:
-        """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks."""
-        rank, world = _world()
-        box: list = [None, None]
-        if rank == 0:
-            path = latest_checkpoint(self.output_dir)
-            box = [None if path is None else str(path), None if path is None else load_torch_file(path, "cpu")]
-        if world > 1:
-            dist.broadcast_object_list(box, src=0)
-        if box[0] is None:
-            return None, None
-        ckpt = box[1]
-        if self.map_location != "cpu":
+        """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks, on ``map_location``."""
+        path, ckpt = read_latest_checkpoint(self.output_dir)
+        if path is not None and self.map_location != "cpu":
             ckpt = _to_device(ckpt, self.map_location)
-        return Path(box[0]), ckpt
+        return path, ckpt
 
 
 def _to_device(obj: Any, device: Any) -> Any:

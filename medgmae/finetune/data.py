@@ -151,11 +151,16 @@ def prepare_datalists(
     """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` and ``datalist`` are empty, label
     subset, checks.
 
+    The run's record (``training_cases.json``) is returned, not written: the bundle writes it with
+    :func:`~medgmae.finetune.run_record.write_run_record` once the resume check of its checkpoint
+    (:func:`medgmae.engine.check_resume_fits`) has passed, so that a refused resume leaves the run folder as it was.
+
     Args:
         dataset_dir: folder with the images (``""``: the datalist's folder, or, without a datalist, phantom data
             written to ``output_dir/phantom``).
         datalist: Decathlon JSON (``""``: ``dataset_dir/dataset.json``); relative paths resolve against its folder.
-        output_dir: run folder (``training_cases.json`` goes there).
+        output_dir: run folder (phantom data go to ``output_dir/phantom``; a resume is checked against its
+            ``training_cases.json``).
         label_fraction: fraction of training cases with labels used.
         seed: subset seed.
         num_classes: class count (``None`` or 0: from the datalist's ``labels``).
@@ -167,7 +172,8 @@ def prepare_datalists(
         resume: the run resumes: its recorded cases (``training_cases.json``) must be the ones chosen now.
 
     Returns:
-        ``{"datalist", "num_classes", "label_names", "training", "validation"}`` with checked case lists.
+        ``{"datalist", "num_classes", "label_names", "training", "validation", "record"}`` with checked case lists
+        and the record of the chosen cases (:func:`~medgmae.finetune.run_record.case_record`).
 
     Raises:
         DatasetError: unusable data (every problem listed), or a resumed run whose cases differ from the record.
@@ -190,10 +196,9 @@ def prepare_datalists(
     record = case_record(label_fraction, seed, len(training), chosen, source)
     if resume:
         check_resume_matches(output_dir, record)
-    # check the chosen cases before anything is written
     check_cases(chosen + validation, len(names), workers=precheck_workers, source=str(datalist), ledger_dir=ledger_dir)
-    write_run_record(output_dir, record)
-    return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": chosen, "validation": validation}
+    return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": chosen,
+            "validation": validation, "record": record}  # fmt: skip
 
 
 def evaluation_cases(

@@ -8,7 +8,9 @@
 * ``confusion_matrix.png``;
 * ``explanations/<n>_<true>_pred-<predicted>.png``: the image, its Gaussians drawn as 2-sigma ellipses coloured
   by ``det(Sigma)`` (the paper's saliency proxy: small, yellow = class-relevant; large, purple = background), and
-  the rendering of the Gaussians. The folder is replaced as a whole: PNGs of an earlier evaluation do not stay.
+  the rendering of the Gaussians. They are written into a staging folder and moved in when all were written
+  (:func:`medgmae.files.staged_outputs` with ``remove_stale``): PNGs of an earlier evaluation do not stay, and a
+  failed evaluation leaves the earlier ones as they were.
 
 :func:`evaluate_model_file` evaluates a saved model on the data it was trained on (the settings recorded in its
 ``model.pt``) unless told otherwise.
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from medgmae.files import atomic_write, save_json_atomic
+from medgmae.files import atomic_write, save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
 
 __all__ = [
@@ -200,7 +200,8 @@ def evaluate_gvit(
     """Evaluate a :class:`~medgmae.twod.gvit.GViT` and write metrics, confusion matrix and explanations.
 
     ``num_explanations`` explanation PNGs are written for the first images of ``loader`` (all of them when < 0)
-    into a fresh folder that then replaces ``output_dir/explanations``. ``record`` (e.g. ``{"split": "val",
+    into a staging folder whose PNGs then replace those of ``output_dir/explanations`` (earlier ones that this
+    evaluation did not write are removed; see :func:`medgmae.files.staged_outputs`). ``record`` (e.g. ``{"split": "val",
     "data": {...}}``) is added to the metrics.
 
     Returns:
@@ -212,26 +213,12 @@ def evaluate_gvit(
     labels, preds = predict(model, loader, device)
     metrics = classification_metrics(labels, preds, class_names)
     save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names, output_dir / "confusion_matrix.png")
-    staging = output_dir / f".explanations-{uuid.uuid4().hex[:12]}"
-    try:
+    with staged_outputs(output_dir / "explanations", remove_stale=True) as staging:
         written = _write_explanations(model, loader, class_names, staging, device, num_explanations, render_backend)
-        _replace_folder(staging, output_dir / "explanations")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     metrics["explanations"] = written
     metrics.update(dict(record or {}))
     save_json_atomic(metrics, output_dir / "metrics.json")
     return metrics
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put folder ``new`` in the place of ``target`` (whose old files are removed)."""
-    new.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}-old-{uuid.uuid4().hex[:12]}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_explanations(model, loader, class_names, folder: Path, device, num_explanations, render_backend) -> int:

@@ -1,0 +1,192 @@
+"""Finding and reading a run's newest checkpoint, and the checks that refuse a resume it cannot continue.
+
+:class:`~medgmae.engine.handlers.CheckpointHandler` runs these checks when the engine starts. By then a bundle has
+built its trainer, and with it its TensorBoard writers (each creates an event file) and the run's records, so a
+bundle also calls :func:`check_resume_fits` first in its ``training`` steps: a resume with another epoch length
+(a changed batch size), an epoch beyond ``max_epochs`` or other model settings then stops before anything is built
+or written.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch.distributed as dist
+
+from medgmae.files import load_torch_file
+
+__all__ = [
+    "rank_world",
+    "epoch_checkpoints",
+    "latest_checkpoint",
+    "read_latest_checkpoint",
+    "loader_record",
+    "check_epoch_length",
+    "check_max_epochs",
+    "check_resume_fits",
+]
+
+_EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` under torch.distributed, ``(0, 1)`` without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(N, path)`` of every ``checkpoint_epoch=N.pt`` in ``output_dir``, newest first (none: an empty list)."""
+    d = Path(output_dir)
+    if not d.is_dir():
+        return []
+    return sorted(((int(m.group(1)), p) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name))), reverse=True)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The ``checkpoint_epoch=N.pt`` in ``output_dir`` with the largest N, or None."""
+    found = epoch_checkpoints(output_dir)
+    return found[0][1] if found else None
+
+
+def read_latest_checkpoint(
+    output_dir: str | Path, select: Callable[[Mapping], dict] | None = None
+) -> tuple[Path | None, dict | None]:
+    """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks (a collective under
+    torch.distributed: every rank calls it).
+
+    Args:
+        output_dir: the run's checkpoint folder (need only be visible to rank 0).
+        select: what to keep of the checkpoint (e.g. its engine state); the file is then memory-mapped, so that
+            tensors not selected are not read, and only the selection is broadcast. ``None``: the whole checkpoint.
+
+    Returns:
+        ``(path, checkpoint)``, or ``(None, None)`` when the folder holds no epoch checkpoint.
+
+    Raises:
+        ValueError: the file does not load (:func:`medgmae.files.load_torch_file`).
+    """
+    rank, world = rank_world()
+    box: list = [None, None]
+    if rank == 0:
+        path = latest_checkpoint(output_dir)
+        if path is not None:
+            ckpt = load_torch_file(path, "cpu", mmap=select is not None)
+            box = [str(path), ckpt if select is None else select(ckpt if isinstance(ckpt, Mapping) else {})]
+    if world > 1:
+        dist.broadcast_object_list(box, src=0)
+    return (None, None) if box[0] is None else (Path(box[0]), box[1])
+
+
+def loader_record(loader: Any) -> dict:
+    """``{"batch_size", "epoch_length"}`` of a training data loader, as checkpoints record it (``None`` where the
+    loader has no such attribute or length)."""
+    batch_size = getattr(loader, "batch_size", None)
+    try:
+        length = len(loader)
+    except TypeError:
+        length = None
+    return {"batch_size": batch_size if isinstance(batch_size, int) else None, "epoch_length": length}
+
+
+def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None, current_loader: Mapping) -> None:
+    """Refuse a checkpoint whose iterations per epoch differ from this run's: ignite would count the saved
+    iterations against the new epoch length and end the run at once, or train past the schedule.
+
+    Args:
+        path: the checkpoint, as the message names it.
+        engine: its ``{"epoch", "iteration"}``.
+        saved_loader: its :func:`loader_record` (``None`` in checkpoints written before it was recorded).
+        current_loader: this run's :func:`loader_record`.
+
+    Raises:
+        ValueError: naming both epoch lengths and, where known, both batch sizes.
+    """
+    epoch, iteration = int(engine["epoch"]), int(engine["iteration"])
+    epoch_length = current_loader.get("epoch_length")
+    if epoch_length is None or epoch == 0 or iteration == epoch * epoch_length:
+        return
+    old, new = (saved_loader or {}).get("batch_size"), current_loader.get("batch_size")
+    then = f"{iteration / epoch:g} per epoch" + (f", batch size {old}" if old is not None else "")
+    now = f"{epoch_length} iterations per epoch" + (f" (batch size {new})" if new is not None else "")
+    if old is not None and new is not None and old != new:
+        cause, settings = f"the batch size changed from {old} to {new}", f" (--batch_size {old})"
+    else:
+        cause, settings = "the batch size, the number of training cases or the samples per case changed", ""
+    raise ValueError(
+        f"checkpoint {path} is at epoch {epoch} after {iteration} iterations ({then}), but this run has {now}: "
+        f"{cause}. Resume with the settings of the interrupted run{settings}, or start a new output folder"
+    )
+
+
+def check_max_epochs(path: Path, epoch: int, max_epochs: int | None) -> None:
+    """Refuse a checkpoint already past this run's ``max_epochs``.
+
+    Raises:
+        ValueError: naming the checkpoint's epoch and ``max_epochs``.
+    """
+    if max_epochs is not None and int(epoch) > int(max_epochs):
+        raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond max_epochs={max_epochs}: raise max_epochs to continue")
+
+
+def _resume_parts(records: Mapping[str, Any]) -> Callable[[Mapping], dict]:
+    """A ``select`` for :func:`read_latest_checkpoint`: the engine state, the loader record and the saved states of
+    ``records`` (those the checkpoint holds)."""
+
+    def select(ckpt: Mapping) -> dict:
+        objects = ckpt.get("objects") if isinstance(ckpt.get("objects"), Mapping) else {}
+        return {"engine": ckpt.get("engine"), "loader": ckpt.get("loader"),
+                "records": {name: objects[name] for name in records if name in objects}}  # fmt: skip
+
+    return select
+
+
+def check_resume_fits(
+    output_dir: str | Path,
+    train_loader: Any,
+    max_epochs: int | None = None,
+    resume: bool = True,
+    records: Mapping[str, Any] | None = None,
+) -> Path | None:
+    """Refuse, before a trainer is built or anything is written, a resume that the newest checkpoint in
+    ``output_dir`` cannot continue: another epoch length (a changed batch size, number of training cases or
+    samples per case), an epoch beyond ``max_epochs``, or a settings record that refuses its saved state (e.g. a
+    :class:`~medgmae.mae_training.ModelConfigRecord` of a model built with other settings). Weights and other
+    tensors of the checkpoint are not read.
+
+    What needs the run's weights (a weight that does not fit) stays with
+    :class:`~medgmae.engine.handlers.CheckpointHandler` when the engine starts. Under torch.distributed every rank
+    calls it (rank 0 reads the checkpoint and broadcasts what it needs).
+
+    Args:
+        output_dir: the run's checkpoint folder.
+        train_loader: this run's training data loader (its length is the epoch length).
+        max_epochs: this run's epochs (``None``: not checked).
+        resume: whether the run resumes (``False``: nothing is checked).
+        records: name -> record among the ``CheckpointHandler``'s objects, checked with ``load_state_dict``
+            against the saved state of that name.
+
+    Returns:
+        The checkpoint the run will resume from, ``None`` when it starts from scratch.
+
+    Raises:
+        ValueError: naming the checkpoint and both epoch lengths and batch sizes, the epochs, or the record and
+            what it refused.
+    """
+    if not resume:
+        return None
+    records = dict(records or {})
+    path, ckpt = read_latest_checkpoint(output_dir, select=_resume_parts(records))
+    if path is None or not isinstance(ckpt.get("engine"), Mapping):
+        return path  # a file without engine state: CheckpointHandler names what it lacks
+    check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(train_loader))
+    check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs)
+    for name, state in ckpt["records"].items():
+        try:
+            records[name].load_state_dict(state)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
+    return path

@@ -1,0 +1,92 @@
+"""medgmae.files.staged_outputs: a set of outputs moves into its folder only when all were written."""
+
+from pathlib import Path
+
+import pytest
+
+from medgmae.files import save_json_atomic, staged_outputs
+
+
+def _hidden(folder: Path) -> list[str]:
+    """Hidden entries (staging folders, temporary files) anywhere below ``folder``."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
+
+
+def _earlier_run(target: Path) -> None:
+    target.mkdir(parents=True)
+    (target / "keep.pt").write_bytes(b"saved state")
+    (target / "out.txt").write_text("old")
+    (target / "pictures").mkdir()
+    (target / "pictures" / "old.png").write_bytes(b"old picture")
+
+
+def test_outputs_appear_together_in_a_new_folder(tmp_path):
+    target = tmp_path / "runs" / "out"  # its parent does not exist yet either
+    with staged_outputs(target) as stage:
+        assert stage.parent == target.parent and stage.name.startswith(".out.staging-") and stage.is_dir()
+        (stage / "a.txt").write_text("a")
+        save_json_atomic({"b": 1}, stage / "sub" / "b.json")
+        assert not target.exists()  # nothing moves in before the block ends
+    assert (target / "a.txt").read_text() == "a" and (target / "sub" / "b.json").read_text().startswith("{")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["out"] and not _hidden(tmp_path)
+
+
+def test_outputs_are_merged_into_an_existing_folder(tmp_path, folder_state):
+    """Without remove_stale the run's files replace their namesakes and every other file stays as it was."""
+    target = tmp_path / "out"
+    _earlier_run(target)
+    kept = {k: v for k, v in folder_state(target).items() if k in ("keep.pt", "pictures/old.png")}
+    with staged_outputs(target) as stage:
+        (stage / "out.txt").write_text("new")
+        (stage / "pictures").mkdir()
+        (stage / "pictures" / "new.png").write_bytes(b"new picture")
+    assert (target / "out.txt").read_text() == "new" and (target / "pictures" / "new.png").read_bytes() == b"new picture"
+    assert {k: v for k, v in folder_state(target).items() if k in kept} == kept
+    assert not _hidden(tmp_path)
+
+
+def test_remove_stale_leaves_exactly_the_new_outputs(tmp_path):
+    target = tmp_path / "out"
+    _earlier_run(target)
+    (target / "was_a_folder").mkdir()
+    (target / "was_a_folder" / "x").write_text("x")
+    with staged_outputs(target, remove_stale=True) as stage:
+        (stage / "out.txt").write_text("new")
+        (stage / "was_a_folder").write_text("now a file")
+        (stage / "pictures").mkdir()
+        (stage / "pictures" / "new.png").write_bytes(b"new picture")
+    found = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    assert found == ["out.txt", "pictures", "pictures/new.png", "was_a_folder"]
+    assert (target / "out.txt").read_text() == "new" and (target / "was_a_folder").read_text() == "now a file"
+    assert not _hidden(tmp_path)
+
+
+def test_remove_stale_with_nothing_written_empties_the_folder(tmp_path):
+    target = tmp_path / "out"
+    _earlier_run(target)
+    with staged_outputs(target, remove_stale=True):
+        pass
+    assert target.is_dir() and list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
+@pytest.mark.parametrize("remove_stale", [False, True])
+def test_a_failure_in_the_block_leaves_the_folder_untouched(tmp_path, folder_state, error, remove_stale):
+    target = tmp_path / "out"
+    _earlier_run(target)
+    before = folder_state(tmp_path)
+    with pytest.raises(type(error)):
+        with staged_outputs(target, remove_stale=remove_stale) as stage:
+            (stage / "out.txt").write_text("half")
+            (stage / "more.txt").write_text("more")
+            raise error
+    assert folder_state(tmp_path) == before  # no file replaced, none removed, no staging folder left
+    assert not _hidden(tmp_path)
+
+
+def test_a_failure_creates_no_folder(tmp_path):
+    with pytest.raises(ValueError):
+        with staged_outputs(tmp_path / "out") as stage:
+            (stage / "a.txt").write_text("a")
+            raise ValueError("bad input")
+    assert list(tmp_path.iterdir()) == []
