@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgmae.data.grid import same_grid_problem
 from medgmae.files import output_dir_problem, staged_outputs
 from recon.geometry import CTGeometry
 
@@ -79,6 +78,9 @@ def check_same_grid(
     Raises:
         CLIError: the grids differ.
     """
+    # imported here: medgmae.data's package imports MONAI, which recon.resume (through CLIError) stays free of
+    from medgmae.data.grid import same_grid_problem
+
     problem = same_grid_problem(what, shape, affine, other, other_shape, other_affine)
     if problem:
         raise CLIError(problem)

@@ -215,7 +215,7 @@ def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_st
             "iterations per epoch (batch size 2)") in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
     proc = resume("--num_gaussians", "16")
-    assert proc.returncode != 0 and "num_gaussians: saved 8, current 16" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode != 0 and "num_gaussians: saved 8, now 16" in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
 
 
