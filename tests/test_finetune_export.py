@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -70,3 +72,59 @@ def test_bundle_export_writes_model_ts_and_refuses_a_pretraining_file(tmp_path):
     assert proc.returncode != 0
     assert str(wrong) in proc.stderr and "medgmae-encoder" in proc.stderr
     assert not (tmp_path / "other.ts").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def _plain_monai_segmentation(model_ts: Path, image: Path) -> np.ndarray:
+    """Labels of ``image`` from ``model.ts`` with plain MONAI, following only the file's metadata (no toolkit code)."""
+    from monai.data import load_net_with_metadata
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import (Activationsd, AsDiscreted, Compose, CropForegroundd, EnsureChannelFirstd,
+                                  EnsureTyped, Invertd, LoadImaged, Orientationd, ScaleIntensityRanged, Spacingd)  # fmt: skip
+
+    net, meta, _ = load_net_with_metadata(str(model_ts), map_location=torch.device("cpu"))
+    p, recipe = meta["preprocessing"], meta["inference"]
+    (crop,) = recipe["after_preprocessing"]
+    assert crop["transform"] == "CropForegroundd" and crop["select"] == "image > 0"
+    pre = Compose([
+        LoadImaged("image", image_only=False), EnsureChannelFirstd("image"),
+        Orientationd("image", axcodes=p["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd("image", pixdim=p["spacing"], mode="bilinear"),
+        ScaleIntensityRanged("image", a_min=p["hu_window"][0], a_max=p["hu_window"][1], b_min=p["intensity_range"][0],
+                             b_max=p["intensity_range"][1], clip=p["clip"]),
+        CropForegroundd("image", source_key=crop["source_key"], allow_smaller=crop["allow_smaller"]),
+        EnsureTyped("image"),
+    ])  # fmt: skip
+    d = pre({"image": str(image)})
+    inferer = SlidingWindowInferer(roi_size=meta["roi_size"], sw_batch_size=2, overlap=recipe["inferer"]["overlap"])
+    with torch.no_grad():
+        d["pred"] = inferer(d["image"][None], net.eval())[0]
+    post = Compose([Activationsd("pred", softmax=True),
+                    Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+                    AsDiscreted("pred", argmax=True)])  # fmt: skip
+    return post(d)["pred"][0].numpy().astype(np.uint8)
+
+
+def test_plain_monai_following_the_metadata_gives_the_bundles_labels(tmp_path):
+    """The exported file is enough: plain MONAI, reading only model.ts's metadata, segments an oblique,
+    anisotropic scan exactly as the bundle's ``inferring`` run does with best_model.pt."""
+    _finetuned(tmp_path / "best_model.pt", out_channels=3)
+    export_torchscript(tmp_path / "best_model.pt", tmp_path / "model.ts")
+    rng = np.random.default_rng(0)
+    hu = np.full((30, 26, 9), -1000.0, dtype=np.float32)  # air around a body: the foreground crop matters
+    hu[4:26, 3:22, 1:8] = rng.normal(40.0, 150.0, size=(22, 19, 7))
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[-c, s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([0.9, 1.2, 2.7])
+    affine[:3, 3] = [30.0, -12.0, 80.0]
+    image = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(hu, affine), str(image))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(CONFIGS / "inference.json"),
+           "--logging_file", str(CONFIGS / "logging.conf"), "--output_dir", str(tmp_path), "--device", "cpu",
+           "--input_files", f"['{image}']"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    bundle = np.asarray(nib.load(str(tmp_path / "segmentations" / "ct_seg.nii.gz")).dataobj)
+    plain = _plain_monai_segmentation(tmp_path / "model.ts", image)
+    assert plain.shape == bundle.shape == hu.shape
+    assert len(np.unique(bundle)) > 1  # not a trivial all-background answer
+    np.testing.assert_array_equal(plain, bundle)

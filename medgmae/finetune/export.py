@@ -10,7 +10,13 @@ bundle's metadata plus:
   :meth:`~medgmae.preprocessing.PreprocessingSpec.to_dict`), the same contract every other consumer reads;
 * ``roi_size``, ``in_channels``, ``out_channels``: the patch the network takes, ``(B, in_channels, *roi_size)`` in
   the RAS-ordered frame of the spec, and the number of output classes (logits, ``(B, out_channels, *roi_size)``);
-* ``source``: the checkpoint it was exported from.
+* ``source``: the checkpoint it was exported from;
+* ``inference``: the rest of the bundle's segmentation recipe (``inference.json``), which the spec alone does not
+  give: after the spec's transforms the image is cropped to the box of its voxels above 0
+  (``CropForegroundd(source_key="image", allow_smaller=True)``: outside it the prediction is background), then
+  sliding windows of ``roi_size`` (MONAI's ``SlidingWindowInferer``, the bundle's overlap), softmax, inversion to
+  the input's space (``Invertd``, linear) and argmax. Following it with plain MONAI reproduces the bundle's labels
+  (tested).
 
 :func:`load_exported` reads it back as the network and its spec.
 """
@@ -31,6 +37,16 @@ from medgmae.preprocessing import PreprocessingSpec
 
 #: largest |traced - eager| accepted on a random patch (float32 logits of order 1-10)
 EXPORT_ATOL = 1e-4
+
+#: what bundles/unetr_finetune/configs/inference.json does besides the spec (see the module docstring)
+INFERENCE_RECIPE = {
+    "after_preprocessing": [
+        {"transform": "CropForegroundd", "keys": ["image"], "source_key": "image", "select": "image > 0",
+         "allow_smaller": True},
+    ],  # fmt: skip
+    "inferer": {"name": "SlidingWindowInferer", "overlap": 0.5, "mode": "constant"},
+    "postprocessing": ["softmax over channels", "Invertd to the input's space (linear)", "argmax over channels"],
+}
 
 
 def _trace(network: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -78,7 +94,7 @@ def export_torchscript(
         raise RuntimeError(f"{checkpoint}: the traced network differs from it by {diff:.2e} (> {EXPORT_ATOL:g})")
     meta.update(
         preprocessing=network.preprocessing.to_dict(), roi_size=roi, in_channels=channels,
-        out_channels=int(expected.shape[1]), source=str(checkpoint),
+        out_channels=int(expected.shape[1]), source=str(checkpoint), inference=INFERENCE_RECIPE,
     )  # fmt: skip
     from monai.data import save_net_with_metadata
 
