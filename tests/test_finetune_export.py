@@ -70,7 +70,9 @@ def test_bundle_export_writes_model_ts_and_refuses_a_pretraining_file(tmp_path):
     torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), SPEC), wrong)
     proc = _run_export("--checkpoint", str(wrong), "--export_path", str(tmp_path / "other.ts"))
     assert proc.returncode != 0
-    assert str(wrong) in proc.stderr and "medgmae-encoder" in proc.stderr
+    assert str(wrong) in proc.stderr and "medgmae-encoder" in proc.stderr and "export needs" in proc.stderr
+    with pytest.raises(ValueError, match="is a folder"):
+        export_torchscript(tmp_path / "best_model.pt", tmp_path)
     assert not (tmp_path / "other.ts").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 

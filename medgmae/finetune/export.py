@@ -74,15 +74,18 @@ def export_torchscript(
 
     Raises:
         FileNotFoundError: ``checkpoint`` or a given ``metadata_file`` is missing.
-        ValueError: ``checkpoint`` is not a fine-tuned UNETR (the message names both kinds).
+        ValueError: ``checkpoint`` is not a fine-tuned UNETR (the message names both kinds), or ``path`` is a
+            folder.
         RuntimeError: the traced network disagrees with the network on a random patch (nothing is written).
     """
+    if Path(path).is_dir():
+        raise ValueError(f"--export_path {path} is a folder; give the file to write, e.g. {Path(path) / 'model.ts'}")
     meta: dict = {}
     if metadata_file is not None:
         if not Path(metadata_file).is_file():
             raise FileNotFoundError(f"{metadata_file}: the bundle's metadata.json was not found")
         meta = json.loads(Path(metadata_file).read_text())
-    network = load_finetuned(checkpoint).eval()
+    network = load_finetuned(checkpoint, purpose="export needs the best_model.pt of a fine-tuning run").eval()
     roi, channels = list(network.vit.img_size), network.vit.in_channels
     make = torch.Generator().manual_seed(0)
     traced = _trace(network, torch.rand(1, channels, *roi, generator=make))

@@ -245,15 +245,24 @@ def set_encoder_trainable(network: nn.Module, trainable: bool) -> None:
 FINETUNED_KIND = "medgmae-unetr"
 
 
-def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu") -> MedGMAEUNETR:
+def load_finetuned(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    purpose: str = "evaluation and inference need the best_model.pt of a fine-tuning run",
+) -> MedGMAEUNETR:
     """Rebuild a fine-tuned :class:`MedGMAEUNETR` from ``best_model.pt``; its recorded pre-processing is set as
     the network's ``preprocessing`` attribute.
+
+    Args:
+        path: the checkpoint.
+        map_location: device for its weights.
+        purpose: what needs the file, said when it is of another kind.
 
     Raises:
         FileNotFoundError: the file is missing.
         ValueError: the file is not a fine-tuned UNETR (the message names both kinds).
     """
-    ckpt = load_checkpoint(path, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run", map_location)
+    ckpt = load_checkpoint(path, FINETUNED_KIND, purpose, map_location)
     cfg = dict(ckpt.config)
     out_channels, feature_size = cfg.pop("out_channels"), cfg.pop("feature_size")
     net = MedGMAEUNETR(out_channels, encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
