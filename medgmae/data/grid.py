@@ -98,8 +98,8 @@ def same_grid_problem(
     The message has one format wherever it is raised: both names, both shapes, and the largest offset in mm
     between the two affines' voxels with the tolerance (see the module docstring), e.g. ``label a.nii.gz is not
     on the voxel grid of image b.nii.gz: shape 16 x 16 x 12 vs 16 x 16 x 12, voxels up to 50 mm apart
-    (tolerance 0.0015 mm)``. When either affine is ``None`` (a picture without one, a geometry without one) only
-    the shapes are compared, and the message says so.
+    (tolerance 0.015 mm)``; when only the shapes differ it says so. When either affine is ``None`` (a picture
+    without one, a geometry without one) only the shapes are compared, and the message says so.
 
     Args:
         name: the volume checked, as the message names it (e.g. ``"label /data/a_seg.nii.gz"``).
@@ -120,4 +120,6 @@ def same_grid_problem(
     offset, tol = grid_offset_mm(grid, affine, ref_affine), grid_tolerance_mm(affine, ref_affine)
     if same_shape and offset <= tol:
         return None
+    if offset <= tol:  # the shapes alone differ
+        return f"{head} (the shapes differ; the affines agree)"
     return f"{head}, voxels up to {offset:.4g} mm apart (tolerance {tol:.2g} mm)"
