@@ -3,9 +3,9 @@
 ``python -m monai.bundle run ... --max_epochs -3`` hands the config whatever the command line held; read where it is
 used, a bad value fails late (after the data pre-check, with partial output written) and often without the key's
 name (``invalid literal for int() with base 10: 'abc'``). Each bundle's ``initialize`` list (3D and 2D alike)
-therefore starts with :func:`check_settings` and :func:`check_output_dirs`, which raise one
-:class:`BundleSettingError` naming every bad key and its value. True/false keys are checked here too and read where
-they are used with :func:`medgmae.cli_types.as_bool`.
+therefore starts with :func:`check_settings`, given the settings and the output folders, which raises one
+:class:`BundleSettingError` naming every bad key and its value, folders included. True/false keys are checked here
+too and read where they are used with :func:`medgmae.cli_types.as_bool`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 from medgmae import cli_types
 from medgmae.files import output_dir_problem
 
-__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "MIN_IMAGE_SIZE"]
+__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "roi_size_check", "MIN_IMAGE_SIZE"]
 
 #: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
 MIN_IMAGE_SIZE = 11
@@ -58,6 +58,9 @@ def _problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any], setti
         return None
     if kind == "image_size":
         return _image_size_problem(value, settings)
+    if kind in ("roi_size", "roi_edge"):
+        patch = settings["patch_size"][0] if "patch_size" in settings else None
+        return roi_size_problem(value, patch, cube=kind == "roi_edge")
     if kind.endswith("s") and kind[:-1] in KINDS:
         values = value if isinstance(value, (list, tuple)) else [value]
         if not values:
@@ -89,35 +92,111 @@ def _image_size_problem(value: Any, settings: Mapping[str, tuple]) -> str | None
     return None
 
 
-def check_settings(settings: Mapping[str, tuple[Any, str | Sequence[Any] | Callable[[Any], Any]]]) -> bool:
-    """Check each setting against its kind; raise one error naming every bad key.
+def _positive_ints(value: Any) -> list[int] | None:
+    """``value`` (an integer, its text, or a list or tuple of them) as a list of positive integers, ``None`` when
+    it is not one."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or any(_problem(v, "positive_int", {}) for v in values):
+        return None
+    return [int(str(v).strip()) for v in values]
+
+
+def roi_size_problem(
+    value: Any, patch_size: Any = None, cube: bool = False, patch_name: str = "--patch_size"
+) -> str | None:
+    """Why ``value`` is not a 3D crop size: an integer (a cube's edge) or, unless ``cube``, a list of 3 integers,
+    each a positive multiple of the patch size along its axis.
+
+    Args:
+        value: the ``roi_size`` setting as given.
+        patch_size: the patch size (an integer or 3 of them); ``None``, or a value that is not one (its own check
+            names it), checks the form of ``value`` alone.
+        cube: accept an integer only (a bundle whose crops are cubes).
+        patch_name: how the message names the patch size's setting.
+
+    Returns:
+        the problem, ``None`` when there is none.
+    """
+    sizes = _positive_ints(value)
+    listed = isinstance(value, (list, tuple))
+    if sizes is None or (listed and (cube or len(value) != 3)):
+        return f"expected {'a positive integer' if cube else 'a positive integer or a list of 3'}, got {value!r}"
+    patches = _positive_ints(patch_size) if patch_size is not None else None
+    if patches is None or len(patches) not in (1, 3):
+        return None
+    sizes, patches = sizes * (3 // len(sizes)), patches * (3 // len(patches))
+    if any(s % p for s, p in zip(sizes, patches)):
+        shown = patches[0] if len(set(patches)) == 1 else patches
+        return f"expected positive multiples of {patch_name} {shown}, got {value!r}"
+    return None
+
+
+def roi_size_check(patch_size: Any = None, patch_name: str = "--encoder#patch_size") -> Callable[[Any], None]:
+    """A ``roi_size`` kind for :func:`check_settings` where the patch size is not a setting of its own (e.g. a key
+    of the fine-tuning's ``encoder``): see :func:`roi_size_problem`.
+
+    Args:
+        patch_size: the patch size, or ``None`` when it is not known up front (a pre-trained encoder's, read later):
+            the form of ``roi_size`` is checked alone.
+        patch_name: how the message names the patch size's setting.
+
+    Returns:
+        a callable that raises ``ValueError`` naming the problem of a bad ``roi_size``.
+    """
+
+    def check(value: Any) -> None:
+        problem = roi_size_problem(value, patch_size, patch_name=patch_name)
+        if problem:
+            raise ValueError(problem)
+
+    return check
+
+
+def check_settings(
+    settings: Mapping[str, tuple[Any, str | Sequence[Any] | Callable[[Any], Any]]],
+    output_dirs: Mapping[str, str | Path] | None = None,
+) -> bool:
+    """Check each setting against its kind, and each output folder; raise one error naming every bad key.
 
     Args:
         settings: ``{key: (value, kind)}``; kind is a name of :data:`KINDS` (``"positive_int"``, ``"int"``...),
-            the same name with an ``s`` (one value or a list of them, e.g. ``roi_size``), ``"bool"`` (what
+            the same name with an ``s`` (one value or a list of them), ``"bool"`` (what
             :func:`~medgmae.cli_types.as_bool` reads), ``"image_size"`` (a square 2D image edge: an integer of at
             least :data:`MIN_IMAGE_SIZE` and a multiple of the ``patch_size`` setting, which must be among
-            ``settings``), a list of the allowed values, or a callable that raises ``ValueError`` (naming the
-            problem) for a bad value.
+            ``settings``), ``"roi_size"`` (a 3D crop: an integer or a list of 3, multiples of the ``patch_size``
+            setting when there is one; ``"roi_edge"``: an integer only), a list of the allowed values, or a
+            callable that raises ``ValueError`` (naming the problem) for a bad value (e.g. :func:`roi_size_check`).
+        output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
 
     Raises:
-        BundleSettingError: one line per bad key, ``--key: expected ..., got ...``.
+        BundleSettingError: one line per bad key, ``--key: expected ..., got ...``, then one per unusable folder.
         ValueError: an ``image_size`` kind without a ``patch_size`` setting (a config error, not a bad value).
     """
     problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]
-    if problems:
-        raise BundleSettingError("bad setting(s), nothing was written:\n  " + "\n  ".join(problems))
+    folders = _output_dir_problems(output_dirs or {})
+    if problems or folders:
+        kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))
+        what = " and ".join(name for name, found in kinds if found)
+        raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
     return True
+
+
+def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:
+    """``--key 'path': problem`` for each output folder that neither is a writable folder nor can be created."""
+    return [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items() if (p := output_dir_problem(path))]
 
 
 def check_output_dirs(**dirs: str | Path) -> bool:
     """Check that each output folder (by config key) exists as a writable folder or can be created; create nothing.
 
+    Bundles with settings to check pass their folders to :func:`check_settings` instead, so that one error names
+    both.
+
     Args:
-        dirs: ``key=path``, e.g. ``output_dir=@output_dir``.
+        dirs: ``key=path``, e.g. ``export_path=...``.
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -125,7 +204,4 @@ def check_output_dirs(**dirs: str | Path) -> bool:
     Raises:
         BundleSettingError: one line per unusable folder, naming its key and path.
     """
-    problems = [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items() if (p := output_dir_problem(path))]
-    if problems:
-        raise BundleSettingError("unusable output folder(s), nothing was written:\n  " + "\n  ".join(problems))
-    return True
+    return check_settings({}, output_dirs=dirs)

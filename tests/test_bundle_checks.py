@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medgmae.bundle_checks import BundleSettingError, check_output_dirs, check_settings
+from medgmae.bundle_checks import BundleSettingError, check_output_dirs, check_settings, roi_size_check
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -71,6 +71,60 @@ def test_check_output_dirs(tmp_path):
     assert not (tmp_path / "new").exists()  # nothing created
 
 
+@pytest.mark.parametrize("roi_size, problem", [
+    (8, "expected positive multiples of --patch_size 12, got 8"),
+    ([24, 24, 18], "expected positive multiples of --patch_size 12, got [24, 24, 18]"),
+    ([24, 24], "expected a positive integer or a list of 3, got [24, 24]"),
+    ([24, 0, 24], "expected a positive integer or a list of 3, got [24, 0, 24]"),
+    ("abc", "expected a positive integer or a list of 3, got 'abc'"),
+    (True, "expected a positive integer or a list of 3, got True"),
+])  # fmt: skip
+def test_roi_size_is_one_or_3_multiples_of_the_patch_size(roi_size, problem):
+    with pytest.raises(BundleSettingError) as e:
+        check_settings({"roi_size": (roi_size, "roi_size"), "patch_size": (12, "positive_ints")})
+    assert f"--roi_size: {problem}" in str(e.value) and "--patch_size" not in str(e.value).split(problem)[1]
+    for good in (24, "36", [24, 36, 12], (12, 12, 12)):
+        assert check_settings({"roi_size": (good, "roi_size"), "patch_size": (12, "positive_ints")}) is True
+    # a patch size per axis; a bad patch size is named on its own line, not against roi_size
+    assert check_settings({"roi_size": ([24, 24, 8], "roi_size"), "patch_size": ([12, 12, 4], "positive_ints")})
+    with pytest.raises(BundleSettingError, match=r"--roi_size: expected positive multiples of --patch_size \[12, 12, 4\]"):
+        check_settings({"roi_size": ([24, 24, 6], "roi_size"), "patch_size": ([12, 12, 4], "positive_ints")})
+    with pytest.raises(BundleSettingError) as e:
+        check_settings({"roi_size": (24, "roi_size"), "patch_size": (0, "positive_ints")})
+    assert "--patch_size" in str(e.value) and "--roi_size" not in str(e.value)
+
+
+def test_roi_edge_and_roi_size_check():
+    """``roi_edge`` (a cube's edge) takes one integer; :func:`roi_size_check` checks against a patch size that is
+    not a setting of its own, or the form alone when that is not known up front."""
+    assert check_settings({"roi_size": ("24", "roi_edge"), "patch_size": (12, "positive_ints")}) is True
+    with pytest.raises(BundleSettingError, match=r"--roi_size: expected a positive integer, got \[24, 24, 24\]"):
+        check_settings({"roi_size": ([24, 24, 24], "roi_edge"), "patch_size": (12, "positive_ints")})
+    check = roi_size_check(16)
+    assert check_settings({"roi_size": ([32, 48, 16], check)}) is True
+    with pytest.raises(BundleSettingError, match=r"--roi_size: expected positive multiples of --encoder#patch_size 16, "
+                                                 r"got \[8, 8, 8\]"):  # fmt: skip
+        check_settings({"roi_size": ([8, 8, 8], check)})
+    assert check_settings({"roi_size": ([8, 8, 8], roi_size_check(None))}) is True  # patch size unknown yet
+    with pytest.raises(BundleSettingError, match=r"--roi_size: expected a positive integer or a list of 3, got \[8, 8\]"):
+        check_settings({"roi_size": ([8, 8], roi_size_check(None))})
+
+
+def test_settings_and_output_folders_are_named_in_one_error(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert check_settings({"n": (1, "positive_int")}, output_dirs={"output_dir": tmp_path / "new"}) is True
+    with pytest.raises(BundleSettingError) as e:
+        check_settings({"n": (-3, "positive_int")}, output_dirs={"output_dir": afile, "cache_dir": tmp_path / "c"})
+    lines = str(e.value).splitlines()
+    assert lines[0] == "bad setting(s) and unusable output folder(s), nothing was written:"
+    assert lines[1:] == ["  --n: expected a positive integer, got '-3'",
+                         f"  --output_dir '{afile}': {afile} is an existing file, not a folder"]  # fmt: skip
+    with pytest.raises(BundleSettingError, match=r"^unusable output folder\(s\), nothing was written:\n  --output_dir"):
+        check_settings({"n": (3, "positive_int")}, output_dirs={"output_dir": afile})
+    assert not (tmp_path / "new").exists() and not (tmp_path / "c").exists()
+
+
 def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(BUNDLES / config), *overrides]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -130,3 +184,38 @@ def test_2d_bad_flags_fail_first_with_one_error_and_write_nothing(tmp_path, bund
     proc = run_bundle("training", f"{bundle}/configs/train.json", "--output_dir", str(afile))
     assert proc.returncode != 0 and f"--output_dir '{afile}': {afile} is an existing file" in proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def _the_error(log: str) -> str:
+    """The one BundleSettingError's lines in a bundle's log (it is raised once)."""
+    assert log.count("BundleSettingError: ") == 1, log[-3000:]
+    return log[log.index("BundleSettingError: "):].split("\n\n")[0]
+
+
+@pytest.mark.parametrize("config, roi_size, problem", [
+    ("medgmae_pretrain/configs/train.json", "8", "--roi_size: expected positive multiples of --patch_size 12, got 8"),
+    ("unetr_finetune/configs/train.json", "[8,8,8]",
+     "--roi_size: expected positive multiples of --encoder#patch_size 12, got [8, 8, 8]"),
+    ("unetr_finetune/configs/train.json", "[24,24]", "--roi_size: expected a positive integer or a list of 3"),
+])  # fmt: skip
+def test_3d_roi_size_is_checked_first_and_nothing_is_written(tmp_path, config, roi_size, problem):
+    """A crop that is not a multiple of the patch size was refused only after phantom/ and cache/ were written."""
+    out = tmp_path / "run"
+    proc = run_bundle("training", config, "--output_dir", str(out), "--roi_size", roi_size, "--max_epochs", "0")
+    error = _the_error(proc.stdout + proc.stderr)
+    assert proc.returncode != 0 and problem in error and "--max_epochs: expected a positive integer" in error, error
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("config", ["medgmae_pretrain/configs/train.json", "gmae2d_pretrain/configs/train.json"])
+def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config):
+    """A bad setting and an unusable output folder: one error names both, rather than one run each."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    proc = run_bundle("training", config, "--output_dir", str(afile), "--max_epochs", "-3")
+    error = _the_error(proc.stdout + proc.stderr)
+    assert proc.returncode != 0
+    assert "bad setting(s) and unusable output folder(s), nothing was written" in error, error
+    assert "--max_epochs: expected a positive integer, got '-3'" in error
+    assert f"--output_dir '{afile}': {afile} is an existing file, not a folder" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"

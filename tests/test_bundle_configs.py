@@ -18,7 +18,7 @@ CONFIGS = sorted(p for p in (ROOT / "bundles").glob("*/configs/*.json") if p.nam
 
 
 TRAIN_CONFIGS = sorted(ROOT.glob("bundles/*/configs/train.json"))
-#: keys a train config may leave out of ``checked_settings``: paths and folders (check_output_dirs or the data readers
+#: keys a train config may leave out of ``checked_settings``: paths and folders (its output folders or the data readers
 #: check them), the device (resolve_device names it) and the 3D pre-processing's HU window and orientation
 #: (PreprocessingSpec checks them)
 UNCHECKED = {"bundle_root", "dataset_dir", "datalist", "pretrained", "output_dir", "device", "a_min", "a_max", "orientation"}
@@ -82,14 +82,26 @@ def test_every_bundle_has_a_train_config():
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=[p.parents[1].name for p in TRAIN_CONFIGS])
 def test_train_configs_check_their_settings_and_folders_first(path):
-    """``initialize`` starts with ``check_settings(@checked_settings)``; ``check_output_dirs`` follows before any
-    step that is not a check; every plain number, true/false or text key the user can set is in ``checked_settings``."""
+    """``initialize`` starts with one ``check_settings`` call given the settings and the output folders (so that
+    one error names every bad key, folders included); every plain number, true/false or text key the user can set
+    is in ``checked_settings``."""
     config = json.loads(path.read_text())
     steps = config["initialize"]
-    assert steps[0] == "$check_settings(@checked_settings)", steps
-    first_other = next((i for i, s in enumerate(steps) if not s.startswith(("$check_", "$[as_bool(", "$as_bool("))), len(steps))
-    assert any(s.startswith("$check_output_dirs(output_dir=@output_dir") for s in steps[:first_other]), steps
+    assert steps[0].startswith("$check_settings(@checked_settings, output_dirs={'output_dir': @output_dir"), steps
+    assert not any("check_output_dirs(" in s for s in steps), steps
     checked = config["checked_settings"]
     assert all(v == [f"@{k}", v[1]] for k, v in checked.items()), "each entry checks the key it is named by"
     settable = {k for k, v in config.items() if isinstance(v, (bool, int, float, str)) and not str(v).startswith("$")}
     assert sorted(settable - set(checked) - UNCHECKED) == [], path.relative_to(ROOT)
+
+
+CHECKED_CONFIGS = [p for p in CONFIGS if "checked_settings" in json.loads(p.read_text())]
+
+
+@pytest.mark.parametrize("path", CHECKED_CONFIGS, ids=[f"{p.parents[1].name}/{p.name}" for p in CHECKED_CONFIGS])
+def test_settings_and_output_folders_are_checked_in_one_call(path):
+    """A separate folder check would stop at the first of the two, and a second run name the other."""
+    config = json.loads(path.read_text())
+    steps = config["initialize"]
+    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'\w+': @\w+.*\}\)", steps[0]), steps
+    assert not any("check_output_dirs(" in s for s in _strings(config)), path.relative_to(ROOT)

@@ -60,7 +60,7 @@ def test_resolve_device():
 
 
 def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None, extra: dict | None = None,
-                  batch_size: int = 2):  # fmt: skip
+                  batch_size: int = 2, finished_ok: bool = False):  # fmt: skip
     torch.manual_seed(0)
     np.random.seed(0)
     data = [{"image": np.full((1, 4), i, np.float32), "label": np.full((1, 2), i % 3, np.float32)} for i in range(6)]
@@ -70,7 +70,8 @@ def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt, **(extra or {})}, resume=resume, source=ds)]
+    handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt, **(extra or {})}, resume=resume, source=ds,
+                                  finished_ok=finished_ok)]  # fmt: skip
     handlers.append(NonFiniteLossHandler())
     if clip:
         handlers.append(GradientClipHandler(clip))
@@ -142,6 +143,22 @@ def test_a_changed_setting_is_named_before_the_weights_refuse_it(tmp_path):
         rest.run()
 
 
+def test_a_finished_checkpoint_is_refused_at_engine_start(tmp_path, folder_state):
+    """Resuming a checkpoint that has already trained max_epochs epochs would train nothing and still rewrite
+    checkpoint_final.pt: the handler refuses it as check_resume_fits does, unless told a finished stage is fine."""
+    part, _ = _make_trainer(tmp_path, 2, resume=False)
+    part.run()
+    before = folder_state(tmp_path)
+    rest, _ = _make_trainer(tmp_path, 2, resume=True)
+    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt has already trained 2 epochs = --max_epochs 2: "
+                                         r"nothing to resume"):
+        rest.run()
+    assert rest.state.iteration == 0 and folder_state(tmp_path) == before
+    stage, _ = _make_trainer(tmp_path, 2, resume=True, finished_ok=True)  # a finished stage is passed through
+    stage.run()
+    assert stage.state.epoch == 2 and stage.state.iteration == 6
+
+
 def test_a_changed_epoch_length_is_refused(tmp_path):
     """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
     against the new epoch length: ignite ended such a run at once, having trained nothing."""
@@ -176,6 +193,10 @@ def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
     assert check_resume_fits(tmp_path, loader(3), max_epochs=4, resume=False) is None
     with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt is at epoch 2, beyond max_epochs=1"):
         check_resume_fits(tmp_path, loader(2), max_epochs=1)
+    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt has already trained 2 epochs = --max_epochs 2: "
+                                         r"nothing to resume; give a larger --max_epochs to train on"):
+        check_resume_fits(tmp_path, loader(2), max_epochs=2)
+    assert check_resume_fits(tmp_path, loader(2), max_epochs=3) == tmp_path / "checkpoint_epoch=2.pt"
     assert check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(1)}) is not None
     with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*checkpoint_epoch=2\.pt \('record'\): saved 1, current 2"):
         check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(2)})

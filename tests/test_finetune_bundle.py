@@ -335,6 +335,24 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     assert folder_state(out) == before
 
 
+def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder_state):
+    """A resume whose checkpoint has already trained --max_epochs epochs has nothing to train: it is refused before
+    anything is built, instead of rewriting dice_per_class.md from an empty epoch ("0 cases"), checkpoint_final.pt
+    and a new TensorBoard event file."""
+    out = tmp_path / "run"
+    common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+              "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false",
+              "--max_epochs", "1"]
+    run_bundle("training", "train.json", *common)
+    assert (out / "dice_per_class.md").is_file() and (out / "checkpoint_final.pt").is_file()
+    before = folder_state(out)
+    proc = bundle_process("training", "train.json", *common, "--resume", "true")
+    assert proc.returncode != 0
+    assert (f"{out / 'checkpoint_epoch=1.pt'} has already trained 1 epochs = --max_epochs 1: nothing to resume; "
+            "give a larger --max_epochs to train on") in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
+
+
 def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):
     """The 'next: evaluate' command printed at the end of a run trained with dataset_dir / datalist evaluates on
     that data (it used to look for the run's phantom datalist); the run then segments inputs that share a file name

@@ -9,7 +9,7 @@ import torch
 from monai.networks.nets import UNETR
 
 from medgmae.checkpoint import make_checkpoint
-
+from medgmae.finetune.data import finetune_spec
 from medgmae.finetune.weights import (
     build_unetr,
     layer_id,
@@ -162,8 +162,11 @@ def test_mis_shaped_and_unexpected_tensors_fail(tmp_path):
 def test_pretrained_img_size_and_kind_checked(tmp_path):
     enc = MaskedViTEncoder(img_size=24, patch_size=12, num_layers=2, **TINY)
     path = save_encoder(enc, tmp_path / "encoder.pt")
-    with pytest.raises(ValueError, match="roi_size"):
+    with pytest.raises(ValueError, match=r"--roi_size \(48, 48, 48\) differs from the img_size \(24, 24, 24\)"):
         build_unetr(3, 48, pretrained=path)
+    # the pre-processing, built before the network, names the setting too (not the spec's input_size)
+    with pytest.raises(ValueError, match=r"--roi_size \(8, 8, 8\) differs .* set --roi_size to \[24, 24, 24\]"):
+        finetune_spec(path, roi_size=[8, 8, 8])
     torch.save({"kind": "voxel-mae", "config": {}, "state_dict": {}}, tmp_path / "model.pt")  # another kind
     with pytest.raises(ValueError, match="model.pt is a voxel-mae checkpoint.*fine-tuning needs the encoder.pt"):
         read_encoder_file(tmp_path / "model.pt")

@@ -161,8 +161,8 @@ class CheckpointHandler:
     whose state does not fit (another kind of run; an object refusing it, such as a model configuration record)
     stops the run at the start with an error naming the file and the object, and writes no checkpoint. A bundle
     calls :func:`~medgmae.engine.resume.check_resume_fits` before it builds its trainer, so that a resume with another
-    epoch length (batch size), epoch or model configuration is refused before its TensorBoard writers and records
-    write anything.
+    epoch length (batch size), an epoch at or beyond ``max_epochs`` or another model configuration is refused
+    before its TensorBoard writers and records write anything.
 
     Under torch.distributed every rank attaches it, and only rank 0 writes: at each epoch end the random states of
     all ranks are gathered into the checkpoint (``random_state_ranks``); on resume rank 0 reads the checkpoint and
@@ -181,6 +181,9 @@ class CheckpointHandler:
         save_interval: epochs between checkpoints.
         n_saved: epoch checkpoints kept.
         map_location: where tensors are loaded on resume.
+        finished_ok: on resume, accept a checkpoint that has already trained ``max_epochs`` epochs (the engine then
+            trains nothing); by default it is refused as :func:`~medgmae.engine.resume.check_resume_fits` refuses
+            it, since the completion handlers would rewrite the run's final files from an empty epoch.
     """
 
     def __init__(
@@ -192,6 +195,7 @@ class CheckpointHandler:
         save_interval: int = 1,
         n_saved: int = 1,
         map_location: Any = "cpu",
+        finished_ok: bool = False,
     ) -> None:
         if save_interval < 1 or n_saved < 1:
             raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval}, {n_saved}")
@@ -203,6 +207,7 @@ class CheckpointHandler:
         self.resume = bool(resume)
         self.rng = RandomStateTracker(source)
         self.save_interval, self.n_saved, self.map_location = save_interval, n_saved, map_location
+        self.finished_ok = bool(finished_ok)
         self.resumed_from: Path | None = None
         self._failed_resume = False
 
@@ -264,7 +269,7 @@ class CheckpointHandler:
         self._failed_resume = True  # until the state is restored: a failure writes no checkpoint_interrupted.pt
         epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
         check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(engine.state.dataloader))
-        check_max_epochs(path, epoch, engine.state.max_epochs)
+        check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok)
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         if missing:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")

@@ -3,8 +3,8 @@
 :class:`~medgmae.engine.handlers.CheckpointHandler` runs these checks when the engine starts. By then a bundle has
 built its trainer, and with it its TensorBoard writers (each creates an event file) and the run's records, so a
 bundle also calls :func:`check_resume_fits` first in its ``training`` steps: a resume with another epoch length
-(a changed batch size), an epoch beyond ``max_epochs`` or other model settings then stops before anything is built
-or written.
+(a changed batch size), an epoch at or beyond ``max_epochs`` or other model settings then stops before anything is
+built or written.
 """
 
 from __future__ import annotations
@@ -122,14 +122,31 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
     )
 
 
-def check_max_epochs(path: Path, epoch: int, max_epochs: int | None) -> None:
-    """Refuse a checkpoint already past this run's ``max_epochs``.
+def check_max_epochs(path: Path, epoch: int, max_epochs: int | None, finished_ok: bool = False) -> None:
+    """Refuse a checkpoint that leaves this run nothing to train: one past ``max_epochs``, or one that has already
+    trained ``max_epochs`` epochs (ignite would start, train nothing and still run its completion handlers, which
+    rewrite the run's final files from an empty epoch).
+
+    Args:
+        path: the checkpoint, as the message names it.
+        epoch: the epochs it has trained.
+        max_epochs: this run's epochs (``None``: not checked).
+        finished_ok: accept a checkpoint at exactly ``max_epochs`` (a finished stage of a longer run that a resume
+            passes through, e.g. a GViT phase).
 
     Raises:
         ValueError: naming the checkpoint's epoch and ``max_epochs``.
     """
-    if max_epochs is not None and int(epoch) > int(max_epochs):
+    if max_epochs is None:
+        return
+    epoch, max_epochs = int(epoch), int(max_epochs)
+    if epoch > max_epochs:
         raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond max_epochs={max_epochs}: raise max_epochs to continue")
+    if epoch == max_epochs and not finished_ok:
+        raise ValueError(
+            f"checkpoint {path} has already trained {epoch} epochs = --max_epochs {max_epochs}: nothing to resume; "
+            f"give a larger --max_epochs to train on"
+        )
 
 
 def _resume_parts(records: Mapping[str, Any]) -> Callable[[Mapping], dict]:
@@ -153,9 +170,9 @@ def check_resume_fits(
 ) -> Path | None:
     """Refuse, before a trainer is built or anything is written, a resume that the newest checkpoint in
     ``output_dir`` cannot continue: another epoch length (a changed batch size, number of training cases or
-    samples per case), an epoch beyond ``max_epochs``, or a settings record that refuses its saved state (e.g. a
-    :class:`~medgmae.mae_training.ModelConfigRecord` of a model built with other settings). Weights and other
-    tensors of the checkpoint are not read.
+    samples per case), an epoch at or beyond ``max_epochs`` (nothing left to train), or a settings record that
+    refuses its saved state (e.g. a :class:`~medgmae.mae_training.ModelConfigRecord` of a model built with other
+    settings). Weights and other tensors of the checkpoint are not read.
 
     What needs the run's weights (a weight that does not fit) stays with
     :class:`~medgmae.engine.handlers.CheckpointHandler` when the engine starts. Under torch.distributed every rank

@@ -26,6 +26,7 @@ from medgmae.preprocessing import PreprocessingSpec
 __all__ = [
     "ENCODER_KIND",
     "read_encoder_file",
+    "check_roi_fits_encoder",
     "load_pretrained_encoder",
     "build_unetr",
     "stock_unetr_from_encoder",
@@ -102,6 +103,26 @@ def load_pretrained_encoder(
     return len(source)
 
 
+def check_roi_fits_encoder(roi_size: Sequence[int] | int, config: dict, pretrained: str | Path) -> None:
+    """Refuse a ``roi_size`` other than the ``img_size`` a pre-trained encoder was built with.
+
+    Args:
+        roi_size: the fine-tuning's crop size (an integer for a cube, or one per axis).
+        config: the encoder's configuration (its ``img_size``).
+        pretrained: the encoder file, as the message names it.
+
+    Raises:
+        ValueError: naming ``--roi_size``, both sizes and the file.
+    """
+    img_size = tuple(int(r) for r in config["img_size"])
+    roi = tuple(int(r) for r in ([roi_size] * len(img_size) if isinstance(roi_size, int) else roi_size))
+    if roi != img_size:
+        raise ValueError(
+            f"--roi_size {roi} differs from the img_size {img_size} the encoder in {pretrained} was pre-trained "
+            f"with; set --roi_size to {list(img_size)}"
+        )
+
+
 def build_unetr(
     num_classes: int,
     roi_size: Sequence[int] | int,
@@ -128,12 +149,7 @@ def build_unetr(
     if pretrained:
         ckpt = read_encoder_file(pretrained)
         cfg = dict(ckpt.config)
-        roi = tuple(int(r) for r in ([roi_size] * len(cfg["img_size"]) if isinstance(roi_size, int) else roi_size))
-        if tuple(cfg["img_size"]) != roi:
-            raise ValueError(
-                f"roi_size {roi} differs from the img_size {tuple(cfg['img_size'])} the encoder in {pretrained} was "
-                f"pre-trained with; set roi_size to {tuple(cfg['img_size'])}"
-            )
+        check_roi_fits_encoder(roi_size, cfg, pretrained)
         if cfg.get("in_channels", 1) != in_channels:
             raise ValueError(f"{pretrained} was pre-trained with {cfg.get('in_channels')} channels, not {in_channels}")
         net = MedGMAEUNETR(int(num_classes), encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)

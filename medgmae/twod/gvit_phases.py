@@ -74,7 +74,7 @@ class PhaseCheckpoint:
     def __call__(self, ctx: PhaseContext) -> CheckpointHandler | None:
         if ctx.checkpoint_dir is None:
             return None
-        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source)
+        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source, finished_ok=True)
 
 
 class PhaseLrSchedule:
