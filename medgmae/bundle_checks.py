@@ -11,13 +11,14 @@ too and read where they are used with :func:`medgmae.cli_types.as_bool`.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from medgmae import cli_types
 from medgmae.files import output_dir_problem
 
-__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "roi_size_check", "MIN_IMAGE_SIZE"]
+__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "roi_size_check", "summarise_errors", "MIN_IMAGE_SIZE"]
 
 #: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
 MIN_IMAGE_SIZE = 11
@@ -152,11 +153,51 @@ def roi_size_check(patch_size: Any = None, patch_name: str = "--encoder#patch_si
     return check
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of ``exc``'s chain (``raise ... from`` causes, then implicit contexts)."""
+    seen = {id(exc)}
+    while True:
+        nxt = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if nxt is None or id(nxt) in seen:
+            return exc
+        seen.add(id(nxt))
+        exc = nxt
+
+
+def summarise_errors() -> bool:
+    """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
+    ``error: <type>: <message>`` repeats the innermost exception of the chain.
+
+    ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
+    ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
+    (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. Installing this
+    ``sys.excepthook`` is part of :func:`check_settings`, the first step of each bundle's ``initialize``; it keeps the whole traceback (nothing is
+    hidden) and is installed once however often it is called.
+
+    Returns:
+        ``True`` (so that the call can sit in a bundle's ``initialize`` list).
+    """
+    if getattr(sys.excepthook, "summarises_errors", False):
+        return True
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb) -> None:
+        previous(exc_type, exc, tb)
+        root = _root_cause(exc) if isinstance(exc, BaseException) else exc
+        if root is not exc and not isinstance(root, KeyboardInterrupt):
+            print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
+
+    hook.summarises_errors = True
+    sys.excepthook = hook
+    return True
+
+
 def check_settings(
     settings: Mapping[str, tuple[Any, str | Sequence[Any] | Callable[[Any], Any]]],
     output_dirs: Mapping[str, str | Path] | None = None,
 ) -> bool:
-    """Check each setting against its kind, and each output folder; raise one error naming every bad key.
+    """Check each setting against its kind, and each output folder; raise one error naming every bad key. Also
+    installs :func:`summarise_errors`, so that any later failure of the bundle ends with its reason.
 
     Args:
         settings: ``{key: (value, kind)}``; kind is a name of :data:`KINDS` (``"positive_int"``, ``"int"``...),
@@ -175,6 +216,7 @@ def check_settings(
         BundleSettingError: one line per bad key, ``--key: expected ..., got ...``, then one per unusable folder.
         ValueError: an ``image_size`` kind without a ``patch_size`` setting (a config error, not a bad value).
     """
+    summarise_errors()  # from here on, a failure of the bundle ends with its reason
     problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]
     folders = _output_dir_problems(output_dirs or {})
     if problems or folders:

@@ -173,8 +173,8 @@ def test_2d_bad_flags_fail_first_with_one_error_and_write_nothing(tmp_path, bund
                       "--image_size", "8", "--amp", "maybe")
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert log.count("BundleSettingError: bad setting(s), nothing was written") == 1, log[-3000:]
-    error = log[log.index("BundleSettingError: bad setting(s)"):].split("\n\n")[0]  # the one error's lines
+    error = _the_error(log)
+    assert error.startswith("BundleSettingError: bad setting(s), nothing was written"), error
     for text in ("--max_epochs: expected a", "got '-3'", "--image_size: expected at least 11", "got '8'",
                  "--amp: expected true or false, got 'maybe'"):
         assert text in error, (text, error)
@@ -187,9 +187,14 @@ def test_2d_bad_flags_fail_first_with_one_error_and_write_nothing(tmp_path, bund
 
 
 def _the_error(log: str) -> str:
-    """The one BundleSettingError's lines in a bundle's log (it is raised once)."""
-    assert log.count("BundleSettingError: ") == 1, log[-3000:]
-    return log[log.index("BundleSettingError: "):].split("\n\n")[0]
+    """The one BundleSettingError's lines in a bundle's log: raised once, in the traceback, and repeated at the
+    very end of the log by the error summary, which must be the same text."""
+    assert log.count("\nerror: BundleSettingError: ") == 1, log[-3000:]
+    traceback, summary = log.split("\nerror: BundleSettingError: ")
+    assert traceback.count("BundleSettingError: ") == 1, log[-3000:]
+    raised = traceback[traceback.index("BundleSettingError: ") :].split("\n\n")[0]
+    assert raised == "BundleSettingError: " + summary.strip(), (raised, summary)
+    return raised
 
 
 @pytest.mark.parametrize("config, roi_size, problem", [
@@ -219,3 +224,25 @@ def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config)
     assert "--max_epochs: expected a positive integer, got '-3'" in error
     assert f"--output_dir '{afile}': {afile} is an existing file, not a folder" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"
+
+
+def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
+    """MONAI wraps a config expression's error (``RuntimeError: Failed to evaluate ...``): the hook keeps the whole
+    traceback and repeats the innermost reason as the last line; installed twice, it prints it once."""
+    import subprocess
+    import sys
+
+    code = (
+        "from medgmae.bundle_checks import summarise_errors\n"
+        "summarise_errors(); summarise_errors()\n"
+        "try:\n"
+        "    raise ValueError('--max_epochs: expected a positive whole number, got -3')\n"
+        "except ValueError as e:\n"
+        "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1
+    assert lines[-1] == "error: ValueError: --max_epochs: expected a positive whole number, got -3"
+    assert "RuntimeError: Failed to evaluate ConfigExpression" in proc.stderr  # the traceback is kept
+    assert sum(line.startswith("error: ") for line in lines) == 1

@@ -224,24 +224,3 @@ def test_gradient_clip_bounds_update(tmp_path):
     after = torch.cat([p.detach().flatten() for p in net.parameters()])
     assert math.isclose(float((after - before).norm()), 1e-3, rel_tol=1e-4)
 
-
-def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
-    """MONAI wraps a config expression's error (``RuntimeError: Failed to evaluate ...``): the hook keeps the whole
-    traceback and repeats the innermost reason as the last line; installed twice, it prints it once."""
-    import subprocess
-    import sys
-
-    code = (
-        "from medgmae.engine import summarise_errors\n"
-        "summarise_errors(); summarise_errors()\n"
-        "try:\n"
-        "    raise ValueError('--max_epochs: expected a positive whole number, got -3')\n"
-        "except ValueError as e:\n"
-        "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 1
-    assert lines[-1] == "error: ValueError: --max_epochs: expected a positive whole number, got -3"
-    assert "RuntimeError: Failed to evaluate ConfigExpression" in proc.stderr  # the traceback is kept
-    assert sum(line.startswith("error: ") for line in lines) == 1

@@ -302,8 +302,10 @@ def test_bad_dataset_dir_fails_naming_the_path(tmp_path):
     proc = _bundle("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(bad),
                    "--output_dir", str(tmp_path / "out"), "--max_epochs", "1", cwd=tmp_path)  # fmt: skip
     # one message names both unusable files, before any data loading (no EOFError from inside a dataset)
-    problems = [line for line in proc.stderr.splitlines() if line.startswith("  - ")]
-    assert proc.returncode != 0 and "2 problem(s) in the data of" in proc.stderr and len(problems) == 2
+    # (the error closes the log, repeated after the traceback)
+    summary = proc.stderr.split("\nerror: ")[-1]
+    problems = [line for line in summary.splitlines() if line.startswith("  - ")]
+    assert proc.returncode != 0 and "2 problem(s) in the data of" in summary and len(problems) == 2
     assert "gone.nii.gz" in problems[0] and "cut.nii.gz: cannot read the volume" in problems[1]
     assert "applying transform" not in proc.stderr  # stopped before any data loading
     assert not (tmp_path / "out").exists()  # nothing written

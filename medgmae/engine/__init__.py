@@ -11,7 +11,7 @@ from medgmae.engine.handlers import (
     unwrap_model,
 )
 from medgmae.engine.resume import check_resume_fits, latest_checkpoint
-from medgmae.engine.console import EpochProgress, is_main_process, loss_value, quiet_known_warnings, summarise_errors
+from medgmae.engine.console import EpochProgress, is_main_process, loss_value, quiet_known_warnings
 from medgmae.engine.history import MetricHistory
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "is_main_process",
     "loss_value",
     "quiet_known_warnings",
-    "summarise_errors",
     "GradientClipHandler",
     "NonFiniteLossHandler",
     "RandomStateTracker",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
 import time
 import warnings
 from typing import Any, Mapping
@@ -23,7 +22,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.cli_types import as_bool
 
-__all__ = ["EpochProgress", "KNOWN_HARMLESS", "is_main_process", "loss_value", "quiet_known_warnings", "summarise_errors"]
+__all__ = ["EpochProgress", "KNOWN_HARMLESS", "is_main_process", "loss_value", "quiet_known_warnings"]
 
 logger = logging.getLogger("medgmae.engine")
 
@@ -58,45 +57,6 @@ def quiet_known_warnings() -> None:
         log = logging.getLogger(source)
         if not any(isinstance(f, _DropMessages) and f.starts == (start,) for f in log.filters):
             log.addFilter(_DropMessages((start,)))
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of ``exc``'s chain (``raise ... from`` causes, then implicit contexts)."""
-    seen = {id(exc)}
-    while True:
-        nxt = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-        if nxt is None or id(nxt) in seen:
-            return exc
-        seen.add(id(nxt))
-        exc = nxt
-
-
-def summarise_errors() -> bool:
-    """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
-    ``error: <type>: <message>`` repeats the innermost exception of the chain.
-
-    ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
-    ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
-    (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. Installing this
-    ``sys.excepthook`` is the first step of each bundle's ``initialize``; it keeps the whole traceback (nothing is
-    hidden) and is installed once however often it is called.
-
-    Returns:
-        ``True`` (so that the call can sit in a bundle's ``initialize`` list).
-    """
-    if getattr(sys.excepthook, "summarises_errors", False):
-        return True
-    previous = sys.excepthook
-
-    def hook(exc_type, exc, tb) -> None:
-        previous(exc_type, exc, tb)
-        root = _root_cause(exc) if isinstance(exc, BaseException) else exc
-        if root is not exc and not isinstance(root, KeyboardInterrupt):
-            print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
-
-    hook.summarises_errors = True
-    sys.excepthook = hook
-    return True
 
 
 def is_main_process() -> bool:
