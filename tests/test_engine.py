@@ -159,6 +159,22 @@ def test_a_finished_checkpoint_is_refused_at_engine_start(tmp_path, folder_state
     assert stage.state.epoch == 2 and stage.state.iteration == 6
 
 
+def test_a_checkpoint_from_before_a_settings_record_resumes_with_a_warning(tmp_path, caplog):
+    """A run that records its settings (a SettingsRecord among the objects) resumes a checkpoint written before
+    it did, saying so; one written with other settings is refused naming them."""
+    from medgmae.engine.records import SettingsRecord
+
+    part, _ = _make_trainer(tmp_path, 2, resume=False)
+    part.run()
+    rest, _ = _make_trainer(tmp_path, 3, resume=True, extra={"settings": SettingsRecord({"width": 4}, "the test")})
+    with caplog.at_level("WARNING"):
+        rest.run()
+    assert rest.state.epoch == 3 and "was written before its run recorded ['settings']" in caplog.text
+    other, _ = _make_trainer(tmp_path, 4, resume=True, extra={"settings": SettingsRecord({"width": 8}, "the test")})
+    with pytest.raises(ValueError, match=r"written by the test with other settings \(width: saved 4, now 8\)"):
+        other.run()
+
+
 def test_a_changed_epoch_length_is_refused(tmp_path):
     """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
     against the new epoch length: ignite ended such a run at once, having trained nothing."""

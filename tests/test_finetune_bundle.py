@@ -333,6 +333,14 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     assert ("after 2 iterations (2 per epoch, batch size 1), but this run has 1 iterations per epoch (batch size 2): "
             "the batch size changed from 1 to 2") in proc.stderr and "--batch_size 1" in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
+    # another decoder width changes weight shapes: named (not a size mismatch of some tensor), nothing written
+    changed = common[:]
+    changed[changed.index("--feature_size") + 1] = "8"
+    proc = bundle_process("training", "train.json", *changed, "--max_epochs", "2", "--batch_size", "1", "--resume", "true")
+    summary = proc.stderr.split("\nerror: ")[-1]
+    assert proc.returncode != 0 and "UNETR fine-tuning with other settings" in summary, proc.stderr[-3000:]
+    assert "model.feature_size: saved 4, now 8" in summary and "size mismatch" not in proc.stderr
+    assert folder_state(out) == before
 
 
 def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder_state):

@@ -30,6 +30,7 @@ from medgmae.engine.resume import (
     rank_world,
     read_latest_checkpoint,
 )
+from medgmae.engine.records import SettingsRecord
 from medgmae.files import save_torch_atomic
 
 __all__ = [
@@ -271,9 +272,13 @@ class CheckpointHandler:
         check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(engine.state.dataloader))
         check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok)
         missing = set(self.objects) - set(ckpt.get("objects", {}))
-        if missing:
+        unrecorded = {name for name in missing if isinstance(self.objects[name], SettingsRecord)}
+        if missing - unrecorded:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
-        for name, obj in _records_first(self.objects):
+        if unrecorded:
+            logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them",
+                           path, sorted(unrecorded))  # fmt: skip
+        for name, obj in _records_first({k: v for k, v in self.objects.items() if k not in unrecorded}):
             try:
                 obj.load_state_dict(ckpt["objects"][name])
             except (ValueError, RuntimeError, KeyError) as e:
