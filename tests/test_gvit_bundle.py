@@ -202,6 +202,19 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     same.trainer("warmup").run()  # finished phase: resumes and ends at once
 
 
+def test_a_shorter_phase_on_resume_is_refused_before_any_phase_trains(tmp_path, folder_state):
+    """Resumed with fewer joint epochs than its checkpoint has trained, a run stops before the earlier phases
+    train or write anything, naming --joint_epochs (it trained them first and then named max_epochs)."""
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    _workflow(data, tmp_path / "run", resume=False).run()  # warmup 1, classifier 1, joint 2
+    before = folder_state(tmp_path / "run")
+    again = _workflow(data, tmp_path / "run", resume=True)
+    again.epochs = {"warmup": 2, "classifier": 1, "joint": 1}
+    with pytest.raises(ValueError, match=r"joint.checkpoint_epoch=2\.pt is at epoch 2, beyond joint_epochs=1"):
+        again.run()
+    assert folder_state(tmp_path / "run") == before
+
+
 # ----------------------------------------------------------------------------------------------- configuration
 def _parser(tmp_path: Path, **overrides) -> ConfigParser:
     parser = ConfigParser()

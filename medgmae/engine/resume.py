@@ -122,7 +122,9 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
     )
 
 
-def check_max_epochs(path: Path, epoch: int, max_epochs: int | None, finished_ok: bool = False) -> None:
+def check_max_epochs(
+    path: Path, epoch: int, max_epochs: int | None, finished_ok: bool = False, key: str = "max_epochs"
+) -> None:
     """Refuse a checkpoint that leaves this run nothing to train: one past ``max_epochs``, or one that has already
     trained ``max_epochs`` epochs (ignite would start, train nothing and still run its completion handlers, which
     rewrite the run's final files from an empty epoch).
@@ -133,6 +135,7 @@ def check_max_epochs(path: Path, epoch: int, max_epochs: int | None, finished_ok
         max_epochs: this run's epochs (``None``: not checked).
         finished_ok: accept a checkpoint at exactly ``max_epochs`` (a finished stage of a longer run that a resume
             passes through, e.g. a GViT phase).
+        key: the setting the message names (``"joint_epochs"`` for a GViT phase).
 
     Raises:
         ValueError: naming the checkpoint's epoch and ``max_epochs``.
@@ -141,11 +144,11 @@ def check_max_epochs(path: Path, epoch: int, max_epochs: int | None, finished_ok
         return
     epoch, max_epochs = int(epoch), int(max_epochs)
     if epoch > max_epochs:
-        raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond max_epochs={max_epochs}: raise max_epochs to continue")
+        raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond {key}={max_epochs}: raise {key} to continue")
     if epoch == max_epochs and not finished_ok:
         raise ValueError(
-            f"checkpoint {path} has already trained {epoch} epochs = --max_epochs {max_epochs}: nothing to resume; "
-            f"give a larger --max_epochs to train on"
+            f"checkpoint {path} has already trained {epoch} epochs = --{key} {max_epochs}: nothing to resume; "
+            f"give a larger --{key} to train on"
         )
 
 
@@ -167,6 +170,8 @@ def check_resume_fits(
     max_epochs: int | None = None,
     resume: bool = True,
     records: Mapping[str, Any] | None = None,
+    finished_ok: bool = False,
+    key: str = "max_epochs",
 ) -> Path | None:
     """Refuse, before a trainer is built or anything is written, a resume that the newest checkpoint in
     ``output_dir`` cannot continue: another epoch length (a changed batch size, number of training cases or
@@ -185,6 +190,8 @@ def check_resume_fits(
         resume: whether the run resumes (``False``: nothing is checked).
         records: name -> record among the ``CheckpointHandler``'s objects, checked with ``load_state_dict``
             against the saved state of that name.
+        finished_ok: accept a checkpoint that has trained exactly ``max_epochs`` (:func:`check_max_epochs`).
+        key: the setting that gave ``max_epochs``, as the messages name it.
 
     Returns:
         The checkpoint the run will resume from, ``None`` when it starts from scratch.
@@ -200,7 +207,7 @@ def check_resume_fits(
     if path is None or not isinstance(ckpt.get("engine"), Mapping):
         return path  # a file without engine state: CheckpointHandler names what it lacks
     check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(train_loader))
-    check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs)
+    check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key)
     for name, state in ckpt["records"].items():
         try:
             records[name].load_state_dict(state)

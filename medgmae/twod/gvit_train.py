@@ -33,9 +33,10 @@ from monai.engines.utils import IterationEvents
 from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
-from medgmae.engine import resolve_device
+from medgmae.engine import check_resume_fits, resolve_device
+from medgmae.engine.records import SettingsRecord
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
-from medgmae.twod.gvit_phases import PhaseContext, default_phase_handlers, phase_handlers
+from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers
 
 __all__ = [
     "PHASES",
@@ -285,10 +286,23 @@ class GViTWorkflow:
         )  # fmt: skip
         return self.trainers[phase]
 
+    def check_resume(self) -> None:
+        """With a resuming :class:`~medgmae.twod.gvit_phases.PhaseCheckpoint` among the handlers, refuse up front,
+        before any phase trains, a phase checkpoint that this run cannot continue: past its ``<phase>_epochs``
+        (named so), another epoch length or other settings (:func:`~medgmae.engine.check_resume_fits`; a finished
+        phase is passed through)."""
+        if not any(isinstance(h, PhaseCheckpoint) and h.resume for h in self.kwargs["handlers"] or ()):
+            return
+        record = SettingsRecord({"model": self.model.config(), "data": self.data_settings or {}}, "GViT training")
+        for phase in (p for p in PHASES if self.epochs[p] > 0):
+            check_resume_fits(self.output_dir / "checkpoints" / phase, self.train_loader, self.epochs[phase],
+                              records={"settings": record}, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
+
     def run(self) -> dict:
         """Train every phase with epochs > 0, save ``model.pt``, evaluate; returns the metrics."""
         from medgmae.twod.gvit_eval import evaluate_gvit
 
+        self.check_resume()
         for phase in PHASES:
             if self.epochs[phase] > 0:
                 logger.info("GViT phase %r: %d epoch(s)", phase, self.epochs[phase])
