@@ -11,6 +11,9 @@ too and read where they are used with :func:`medgmae.cli_types.as_bool`.
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -18,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 from medgmae import cli_types
 from medgmae.files import output_dir_problem
 
-__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "roi_size_check", "summarise_errors", "MIN_IMAGE_SIZE"]
+__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "roi_size_check", "summarise_errors", "unknown_key_problems", "MIN_IMAGE_SIZE"]
 
 #: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
 MIN_IMAGE_SIZE = 11
@@ -192,11 +195,64 @@ def summarise_errors() -> bool:
     return True
 
 
+#: ``monai.bundle run``'s own arguments (not config keys).
+RUNNER_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+
+
+def _flags(argv: Sequence[str]) -> dict[str, str]:
+    """``--name value`` / ``--name=value`` flags of a command line, by name (hyphens read as underscores)."""
+    flags, i = {}, 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not token.startswith("--") or token == "--":
+            continue
+        name, eq, value = token[2:].partition("=")
+        if not eq and i < len(argv) and not argv[i].startswith("--"):
+            value, i = argv[i], i + 1
+        flags[name.replace("-", "_")] = value
+    return flags
+
+
+def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
+    """``--key`` flags of a ``python -m monai.bundle run`` command line that name no top-level key of its config
+    files, each with the closest key: MONAI adds such an override as a new key that nothing reads, so a misspelled
+    ``--max_epoch 5`` was silently ignored. Nested overrides (``--train#handlers#0#...``) are checked by their first
+    part.
+
+    Args:
+        argv: the command line (``sys.argv``); anything but MONAI's bundle runner, or config files this cannot read
+            as JSON, gives no problems (nothing to compare with).
+
+    Returns:
+        One ``--key: ...`` line per unknown key.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return []
+    flags = _flags(argv[1:])
+    files = flags.get("config_file", "")
+    try:
+        files = ast.literal_eval(files) if files.strip().startswith("[") else [files]
+        keys = set().union(*(json.loads(Path(f).read_text()).keys() for f in files))
+    except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
+        return []
+    problems = []
+    for name in flags:
+        if name in RUNNER_ARGS or name.split("#")[0] in keys:
+            continue
+        close = difflib.get_close_matches(name.split("#")[0], sorted(keys), n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        problems.append(f"--{name}: not a setting of {', '.join(Path(f).name for f in files)}{hint}")
+    return problems
+
+
 def check_settings(
     settings: Mapping[str, tuple[Any, str | Sequence[Any] | Callable[[Any], Any]]],
     output_dirs: Mapping[str, str | Path] | None = None,
 ) -> bool:
-    """Check each setting against its kind, and each output folder; raise one error naming every bad key. Also
+    """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
+    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`). Also
     installs :func:`summarise_errors`, so that any later failure of the bundle ends with its reason.
 
     Args:
@@ -218,6 +274,7 @@ def check_settings(
     """
     summarise_errors()  # from here on, a failure of the bundle ends with its reason
     problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]
+    problems += unknown_key_problems()
     folders = _output_dir_problems(output_dirs or {})
     if problems or folders:
         kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))

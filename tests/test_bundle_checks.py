@@ -246,3 +246,29 @@ def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
     assert lines[-1] == "error: ValueError: --max_epochs: expected a positive whole number, got -3"
     assert "RuntimeError: Failed to evaluate ConfigExpression" in proc.stderr  # the traceback is kept
     assert sum(line.startswith("error: ") for line in lines) == 1
+
+
+def test_unknown_keys_of_a_bundle_command_line(tmp_path):
+    """A misspelled key was added by MONAI as a new, unread setting: the run went on with the default."""
+    from medgmae.bundle_checks import unknown_key_problems
+
+    config = tmp_path / "train.json"
+    config.write_text('{"max_epochs": 2, "batch_size": 1, "train": {"handlers": []}}')
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    argv = [runner, "run", "training", "--config_file", str(config), "--logging_file", "l.conf", "--max_epoch", "5",
+            "--batch-size=2", "--train#handlers", "[]", "--nonsense"]  # fmt: skip
+    assert unknown_key_problems(argv) == [
+        "--max_epoch: not a setting of train.json (did you mean --max_epochs?)",
+        "--nonsense: not a setting of train.json",
+    ]
+    listed = f"['{config}','{config}']"
+    assert unknown_key_problems([runner, "run", "--config_file", listed, "--batch_size", "4"]) == []
+    assert unknown_key_problems(["/usr/bin/pytest", "--max_epoch", "5"]) == []  # not the bundle runner: no opinion
+
+
+def test_a_misspelled_key_stops_the_bundle_first(tmp_path):
+    out = tmp_path / "run"
+    proc = run_bundle("training", "gmae2d_pretrain/configs/train.json", "--output_dir", str(out), "--max_epoch", "5")
+    error = _the_error(proc.stdout + proc.stderr)
+    assert proc.returncode != 0 and "--max_epoch: not a setting of train.json (did you mean --max_epochs?)" in error
+    assert not out.exists()
