@@ -29,6 +29,7 @@ from medgmae.engine.resume import (
     loader_record,
     rank_world,
     read_latest_checkpoint,
+    restore_states,
 )
 from medgmae.engine.records import SettingsRecord
 from medgmae.files import save_torch_atomic
@@ -278,11 +279,8 @@ class CheckpointHandler:
         if unrecorded:
             logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them",
                            path, sorted(unrecorded))  # fmt: skip
-        for name, obj in _records_first({k: v for k, v in self.objects.items() if k not in unrecorded}):
-            try:
-                obj.load_state_dict(ckpt["objects"][name])
-            except (ValueError, RuntimeError, KeyError) as e:
-                raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
+        restore = {k: v for k, v in self.objects.items() if k not in unrecorded}
+        restore_states(path, _records_first(restore), ckpt["objects"])
         rank, world = rank_world()
         ranks = ckpt.get("random_state_ranks")
         if world > 1 and not (isinstance(ranks, list) and len(ranks) == world):

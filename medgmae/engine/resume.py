@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch.distributed as dist
 
@@ -26,6 +26,7 @@ __all__ = [
     "check_epoch_length",
     "check_max_epochs",
     "check_resume_fits",
+    "restore_states",
 ]
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
@@ -152,6 +153,24 @@ def check_max_epochs(
         )
 
 
+def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mapping[str, Any]) -> None:
+    """``load_state_dict`` each ``(name, object)`` from ``saved[name]``, in the given order.
+
+    Args:
+        path: the checkpoint, as the message names it.
+        objects: ``(name, object)`` pairs (records first, so that a changed setting is named before a weight fails).
+        saved: the checkpoint's saved states by name.
+
+    Raises:
+        ValueError: naming the checkpoint, the object and what it refused.
+    """
+    for name, obj in objects:
+        try:
+            obj.load_state_dict(saved[name])
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
+
+
 def _resume_parts(records: Mapping[str, Any]) -> Callable[[Mapping], dict]:
     """A ``select`` for :func:`read_latest_checkpoint`: the engine state, the loader record and the saved states of
     ``records`` (those the checkpoint holds)."""
@@ -208,9 +227,5 @@ def check_resume_fits(
         return path  # a file without engine state: CheckpointHandler names what it lacks
     check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(train_loader))
     check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key)
-    for name, state in ckpt["records"].items():
-        try:
-            records[name].load_state_dict(state)
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
+    restore_states(path, ((name, records[name]) for name in ckpt["records"]), ckpt["records"])
     return path

@@ -22,7 +22,8 @@ from torch import nn
 from medgmae.engine import CheckpointHandler, NonFiniteLossHandler
 from medgmae.engine.records import SettingsRecord
 
-__all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "default_phase_handlers", "phase_handlers"]
+__all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "default_phase_handlers", "phase_handlers",
+           "settings_record"]
 
 
 @dataclass
@@ -51,8 +52,13 @@ class PhaseContext:
         :class:`~medgmae.engine.records.SettingsRecord` that a resumed run must match."""
         objects = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler}
         if self.settings is not None:
-            objects["settings"] = SettingsRecord(self.settings, "GViT training")
+            objects["settings"] = settings_record(self.settings)
         return objects
+
+
+def settings_record(settings: Mapping) -> SettingsRecord:
+    """The :class:`~medgmae.engine.records.SettingsRecord` of a GViT run's ``{"model", "data"}`` settings."""
+    return SettingsRecord(settings, "GViT training")
 
 
 class PhaseCheckpoint:

@@ -34,9 +34,8 @@ from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
 from medgmae.engine import check_resume_fits, resolve_device
-from medgmae.engine.records import SettingsRecord
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
-from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers
+from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, settings_record
 
 __all__ = [
     "PHASES",
@@ -277,12 +276,16 @@ class GViTWorkflow:
         self.data_settings = dict(data_settings) if data_settings is not None else None
         self.trainers: dict[str, SupervisedTrainer] = {}
 
+    def settings(self) -> dict:
+        """The model and data settings a resumed phase must share with its checkpoint."""
+        return {"model": self.model.config(), "data": self.data_settings or {}}
+
     def trainer(self, phase: str) -> SupervisedTrainer:
         """The (new) MONAI trainer of ``phase``."""
         self.trainers[phase] = build_phase_trainer(
             phase, self.model, self.train_loader, self.epochs[phase], self.device, rec_loss=self.rec_loss,
             checkpoint_dir=self.output_dir / "checkpoints" / phase,
-            settings={"model": self.model.config(), "data": self.data_settings or {}}, **self.kwargs,
+            settings=self.settings(), **self.kwargs,
         )  # fmt: skip
         return self.trainers[phase]
 
@@ -293,7 +296,7 @@ class GViTWorkflow:
         phase is passed through)."""
         if not any(isinstance(h, PhaseCheckpoint) and h.resume for h in self.kwargs["handlers"] or ()):
             return
-        record = SettingsRecord({"model": self.model.config(), "data": self.data_settings or {}}, "GViT training")
+        record = settings_record(self.settings())
         for phase in (p for p in PHASES if self.epochs[p] > 0):
             check_resume_fits(self.output_dir / "checkpoints" / phase, self.train_loader, self.epochs[phase],
                               records={"settings": record}, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
