@@ -58,9 +58,9 @@ def triton_interpreter_problem() -> str | None:
 
 def astra_problem() -> str | None:
     """Why the tests that call astra-toolbox itself cannot run here, or ``None`` (the toolkit runs without it)."""
-    try:
-        import astra  # noqa: F401
-    except ImportError:
+    from recon.projectors.astra_proj import astra_installed
+
+    if not astra_installed():
         return "astra-toolbox is not installed; medgmae-recon's 'auto' projector uses PyTorch without it"
     return None
 

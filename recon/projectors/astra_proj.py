@@ -25,17 +25,7 @@ from recon.geometry import CTGeometry
 from recon.projectors.astra_matrix import SliceMatrix
 from recon.projectors.base import Projector
 
-__all__ = ["AstraProjector", "astra_cuda_available"]
-
-
-def astra_cuda_available() -> bool:
-    """True when ASTRA was built with CUDA and sees a GPU (the only case its 3D functions are safe to call)."""
-    try:
-        import astra
-    except ImportError:
-        return False
-    return bool(astra.use_cuda())
-
+__all__ = ["AstraProjector", "astra_cuda_available", "astra_installed"]
 
 
 def astra_installed() -> bool:
@@ -45,6 +35,15 @@ def astra_installed() -> bool:
     except ImportError:
         return False
     return True
+
+
+def astra_cuda_available() -> bool:
+    """True when ASTRA was built with CUDA and sees a GPU (the only case its 3D functions are safe to call)."""
+    if not astra_installed():
+        return False
+    import astra
+
+    return bool(astra.use_cuda())
 
 
 def astra_cpu_supports(geometry: CTGeometry) -> bool:
@@ -70,10 +69,8 @@ class AstraProjector(Projector):
 
     def __init__(self, geometry: CTGeometry, projector_2d: str = "strip"):
         super().__init__(geometry)
-        try:
-            import astra  # noqa: F401
-        except ImportError as e:
-            raise ValueError("the ASTRA backend needs astra-toolbox installed ('auto' uses PyTorch without it)") from e
+        if not astra_installed():
+            raise ValueError("the ASTRA backend needs astra-toolbox installed ('auto' uses PyTorch without it)")
         if projector_2d not in ("strip", "linear", "line"):
             raise ValueError(f"projector_2d must be 'strip', 'linear' or 'line', got {projector_2d!r}")
         self.projector_2d = projector_2d
