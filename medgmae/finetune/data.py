@@ -279,12 +279,17 @@ def finetuned_spec(
     return spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint))
 
 
+#: the crop after the spec's transforms (to the box of voxels above 0 after the window), for every phase; also
+#: recorded in an exported model.ts (medgmae.finetune.export)
+FOREGROUND_CROP = {"source_key": "image", "allow_smaller": True}
+
+
 def _load_and_resample(keys, spec: PreprocessingSpec) -> list:
     labels = [k for k in keys if k == "label"]
     return [
         LoadVolumed(keys=keys),
         *spec.transforms(keys=["image"], label_keys=labels),
-        CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
+        CropForegroundd(keys=keys, **FOREGROUND_CROP),
     ]
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from medgmae.files import atomic_write
+from medgmae.finetune.data import FOREGROUND_CROP
 from medgmae.finetune.weights import load_finetuned
 from medgmae.preprocessing import PreprocessingSpec
 
@@ -41,8 +42,7 @@ EXPORT_ATOL = 1e-4
 #: what bundles/unetr_finetune/configs/inference.json does besides the spec (see the module docstring)
 INFERENCE_RECIPE = {
     "after_preprocessing": [
-        {"transform": "CropForegroundd", "keys": ["image"], "source_key": "image", "select": "image > 0",
-         "allow_smaller": True},
+        {"transform": "CropForegroundd", "keys": ["image"], "select": "image > 0", **FOREGROUND_CROP},
     ],  # fmt: skip
     "inferer": {"name": "SlidingWindowInferer", "overlap": 0.5, "mode": "constant"},
     "postprocessing": ["softmax over channels", "Invertd to the input's space (linear)", "argmax over channels"],
