@@ -58,3 +58,31 @@ def test_metadata_reads_without_renaming(bundle):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert required["medgmae"] == project["version"]
     assert set(required) >= {"medgmae", "pytorch-ignite"}
+
+
+# What each bundle's network needs that its training config reads from the data (documented in its README).
+VERIFY_OVERRIDES = {
+    "gvit_classification": {"network_def#num_classes": 3, "network_def#in_channels": 1},
+    "unetr_finetune": {"network_def#num_classes": 14},
+}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_verify_net_in_out(bundle, tmp_path, monkeypatch):
+    """MONAI's ``verify_net_in_out`` (the model zoo's check) builds each bundle's ``network_def`` from
+    ``train.json`` and runs it on data shaped as ``metadata.json`` says, with the command in the bundle's README;
+    it writes nothing (no phantoms, no run folder). A wrong spatial shape in the metadata fails it."""
+    from monai.bundle import verify_net_in_out
+
+    monkeypatch.chdir(tmp_path)
+    configs = bundle / "configs"
+    overrides = VERIFY_OVERRIDES.get(bundle.name, {})
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "verify_net_in_out network_def" in readme and all(f"--{k} {v}" in readme for k, v in overrides.items())
+    kwargs = dict(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                  config_file=str(configs / "train.json"), device="cpu", **overrides)
+    verify_net_in_out(**kwargs)
+    assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
+    dims = len(json.loads((configs / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]["spatial_shape"])
+    with pytest.raises((ValueError, RuntimeError)):  # the check can fail: metadata saying another input size
+        verify_net_in_out(**kwargs, **{"_meta_#network_data_format#inputs#image#spatial_shape": [24] * dims})

@@ -56,6 +56,17 @@ class MAEOutput:
         """Dict-style access (``out["loss"]``) for code written against dictionaries."""
         return getattr(self, key)
 
+    @property
+    def shape(self) -> torch.Size:
+        """``pred``'s shape, so that tools checking a network by its output's shape and dtype (MONAI's
+        ``verify_net_in_out``) check the reconstruction."""
+        return self.pred.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``pred``'s dtype (see :attr:`shape`)."""
+        return self.pred.dtype
+
 
 def sincos_embedding(grid_size: Sequence[int], dim: int, spatial_dims: int) -> Tensor:
     """Fixed 2D or 3D sin-cos positional embedding for any width.
