@@ -240,3 +240,37 @@ def test_gradient_clip_bounds_update(tmp_path):
     after = torch.cat([p.detach().flatten() for p in net.parameters()])
     assert math.isclose(float((after - before).norm()), 1e-3, rel_tol=1e-4)
 
+
+
+def _cases(root: Path, sizes: dict[str, int]) -> list[dict]:
+    for name, size in sizes.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x" * size)
+    return [{"image": str(root / name)} for name in sizes]
+
+
+def test_cases_record_refuses_other_data_of_the_same_count(tmp_path):
+    """The training cases are compared by path (relative to the folder holding them all) and size: a dataset moved
+    as a whole resumes; one file of another size, another file or another order at an equal count (which the
+    epoch-length check cannot see) is refused, naming the file; in-memory arrays compare by content."""
+    from medgmae.engine.records import CasesRecord
+
+    sizes = {"imagesTr/a.nii.gz": 10, "imagesTr/b.nii.gz": 20, "series/c/1.dcm": 5}
+    saved = CasesRecord(_cases(tmp_path / "old", sizes), what="the test").state_dict()
+    CasesRecord(_cases(tmp_path / "moved" / "data", sizes)).load_state_dict(saved)
+    CasesRecord([{"image": str(tmp_path / "old" / "series" / "c")}]).load_state_dict(
+        CasesRecord([{"image": str(tmp_path / "moved" / "data" / "series" / "c")}]).state_dict())  # a DICOM folder
+    with pytest.raises(ValueError, match=r"the test trained on other data: 3 cases then, 3 now, 1 differing "
+                                         r'\(saved \{"image": \["imagesTr/b.nii.gz", 20\]\}; now \{"image": \["imagesTr/b.nii.gz", 21\]\}'):
+        CasesRecord(_cases(tmp_path / "edited", {**sizes, "imagesTr/b.nii.gz": 21}), what="the test").load_state_dict(saved)
+    renamed = {("imagesTr/d.nii.gz" if k.endswith("a.nii.gz") else k): v for k, v in sizes.items()}
+    with pytest.raises(ValueError, match=r"imagesTr/a.nii.gz.*now .*imagesTr/d.nii.gz"):
+        CasesRecord(_cases(tmp_path / "renamed", renamed)).load_state_dict(saved)
+    with pytest.raises(ValueError, match="the same cases in another order"):
+        CasesRecord(_cases(tmp_path / "old", dict(reversed(sizes.items())))).load_state_dict(saved)
+    arrays = CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4)}]).state_dict()
+    CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4)}]).load_state_dict(arrays)
+    with pytest.raises(ValueError, match="1 differing"):
+        CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4) * 2}]).load_state_dict(arrays)
+    with pytest.raises(ValueError, match="cases must be a list"):
+        CasesRecord("dataset.json")

@@ -219,6 +219,35 @@ def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_st
     assert folder_state(out) == before
 
 
+def test_resume_on_other_data_of_the_same_count_writes_nothing(runs, tmp_path, folder_state):
+    """The phantom dataset moved elsewhere resumes (paths compare relative to the data's folder); with one training
+    volume edited (same number of cases, so the same epoch length) the resume is refused naming the file, and the
+    run's folder is byte for byte as it was, but for the data pre-check's cache of the files it has checked (it
+    runs before the data can be compared)."""
+    import shutil
+
+    import nibabel as nib
+
+    out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
+    data = shutil.copytree(runs["dataset"].parent, tmp_path / "moved" / "phantom")
+    args = ["run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(data / "dataset.json"),
+            "--output_dir", str(out), "--num_workers", "0", "--resume", "true"]  # fmt: skip
+    moved = shutil.copytree(out, tmp_path / "moved_run", copy_function=shutil.copy2)
+    _ok(_bundle(*[str(moved) if a == str(out) else a for a in args], "--max_epochs", "3", cwd=tmp_path))
+    before = folder_state(out)
+    for path in sorted(data.rglob("*.nii.gz")):  # every image edited: whichever the split trains on
+        if "label" not in path.name:
+            img = nib.load(path)
+            voxels = np.asarray(img.dataobj).copy()
+            voxels[:4] = np.random.default_rng(0).integers(-100, 100, voxels[:4].shape)
+            nib.save(nib.Nifti1Image(voxels, img.affine, img.header), path)
+    proc = _bundle(*args, "--max_epochs", "3", cwd=tmp_path)
+    assert proc.returncode != 0 and "MedGMAE pre-training trained on other data: 2 cases then, 2 now" in proc.stderr, proc.stderr[-3000:]
+    assert '2 differing (saved {"image": ["imagesTr/' in proc.stderr, proc.stderr[-3000:]
+    unchanged = {k: v for k, v in before.items() if not k.startswith("cache")}
+    assert {k: v for k, v in folder_state(out).items() if not k.startswith("cache")} == unchanged
+
+
 def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path):
     """2 processes (gloo): 1 epoch, then resumed to 2; the same 2 epochs uninterrupted by two torchrun launches on
     localhost acting as two nodes of one process each: the same weights, bit for bit; only rank 0 writes."""

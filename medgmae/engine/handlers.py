@@ -31,7 +31,7 @@ from medgmae.engine.resume import (
     read_latest_checkpoint,
     restore_states,
 )
-from medgmae.engine.records import SettingsRecord
+from medgmae.engine.records import RECORDS
 from medgmae.files import save_torch_atomic
 
 __all__ = [
@@ -273,7 +273,7 @@ class CheckpointHandler:
         check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(engine.state.dataloader))
         check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok)
         missing = set(self.objects) - set(ckpt.get("objects", {}))
-        unrecorded = {name for name in missing if isinstance(self.objects[name], SettingsRecord)}
+        unrecorded = {name for name in missing if isinstance(self.objects[name], RECORDS)}
         if missing - unrecorded:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
         if unrecorded:

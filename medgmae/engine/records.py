@@ -4,16 +4,23 @@
 ``objects``: saved with every checkpoint, and on resume it refuses a checkpoint written with other settings,
 naming each one that differs (the handler restores such records before any weights, so a changed setting is
 named rather than a tensor shape; a setting that changes no shape would otherwise resume silently).
+:class:`CasesRecord` does the same for the training data: other files, or files whose size changed, at an equal
+number of cases (which the epoch-length check cannot see).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Mapping
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from medgmae.settings_diff import settings_differences
 
-__all__ = ["SettingsRecord"]
+__all__ = ["SettingsRecord", "CasesRecord", "RECORDS"]
 
 
 class SettingsRecord:
@@ -48,3 +55,75 @@ class SettingsRecord:
                 f"the checkpoint was written by {self.what} with other settings (" + "; ".join(diff) + "). Resume with "
                 "the saved settings or train into a new output_dir"
             )
+
+
+def _entry(value: Any) -> tuple[str, int | str] | None:
+    """What a case's value is compared by: ``(path, size in bytes)`` of a file (a folder, e.g. a DICOM series: the
+    sizes of its files added), ``("<array>", digest)`` of an in-memory array, ``None`` for anything else."""
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if path.is_dir():
+            return str(path.resolve()), sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+        return str(path.resolve()), path.stat().st_size if path.is_file() else -1
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        array = np.ascontiguousarray(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value))
+        return "<array>", f"{array.dtype}{list(array.shape)}:{hashlib.sha1(array.tobytes()).hexdigest()[:16]}"
+    return None
+
+
+class CasesRecord:
+    """A run's training cases, each file by its path and size, checked against a checkpoint's on resume.
+
+    Paths are kept relative to the folder holding all of them, so a dataset moved as a whole still resumes; file
+    contents are not read (a same-size edit is not seen). In-memory arrays (2D phantom slices) are compared by
+    digest.
+
+    Args:
+        cases: the training datalist (``{"image": path, "label": path, ...}`` items).
+        keys: the item keys compared.
+        what: how the error message names the run.
+    """
+
+    def __init__(self, cases: Sequence[Mapping], keys: Sequence[str] = ("image", "label"), what: str = "the run") -> None:
+        if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence):
+            raise ValueError(f"cases must be a list of datalist items, got {type(cases).__name__}")
+        entries = [[(k, _entry(item[k])) for k in keys if isinstance(item, Mapping) and k in item] for item in cases]
+        paths = [e[0] for case in entries for _, e in case if e is not None and e[0] != "<array>"]
+        root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+        self.cases = [
+            {k: [os.path.relpath(e[0], root).replace(os.sep, "/") if e[0] != "<array>" else e[0], e[1]]
+             for k, e in case if e is not None}
+            for case in entries
+        ]  # fmt: skip
+        self.what = what
+
+    def state_dict(self) -> dict:
+        """``{"cases": [{key: [relative path or "<array>", size or digest]}]}``, saved with the checkpoint."""
+        return {"cases": self.cases}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Accept a checkpoint trained on these cases.
+
+        Args:
+            state: what :meth:`state_dict` returned when the checkpoint was written.
+
+        Raises:
+            ValueError: naming how many cases differ and the first few (file, saved and current size).
+        """
+        saved = [json.dumps(c, sort_keys=True) for c in state.get("cases") or []]
+        now = [json.dumps(c, sort_keys=True) for c in self.cases]
+        if saved == now:
+            return
+        saved_set, now_set = set(saved), set(now)
+        gone, new = [c for c in saved if c not in now_set], [c for c in now if c not in saved_set]
+        detail = [f"saved {c}" for c in gone[:2]] + [f"now {c}" for c in new[:2]]
+        raise ValueError(
+            f"the checkpoint was written by {self.what} trained on other data: {len(saved)} cases then, {len(now)} "
+            f"now, {max(len(gone), len(new))} differing ({'; '.join(detail) or 'the same cases in another order'}). "
+            "Resume with the interrupted run's data or train into a new output_dir"
+        )
+
+
+#: The record types a checkpoint may lack when it was written before its run recorded them (resumed with a
+#: warning instead of refused).
+RECORDS = (SettingsRecord, CasesRecord)
