@@ -4,7 +4,9 @@ The vertex element carries ``x, y, z``, ``nx, ny, nz`` (zeros), ``f_dc_0..2`` (g
 ``opacity`` (a logit), ``scale_0..2`` (natural-log scales), ``rot_0..3`` (quaternion ``w, x, y, z``), so the files
 open in 3DGS viewers, plus ``intensity`` (the Gaussian's intensity as is) and ``sigma_0..2`` (linear scales, so that
 :func:`load_ply` returns exactly what :func:`save_ply` was given: ``exp(log(s))`` is not always ``s`` in float32).
-Header comments record the frame, the volume shape and the voxel-to-world affine when given.
+Header comments record the frame, the volume shape and the voxel-to-world affine when given. Centres in the world
+frame (RAS millimetres, the toolkit's world) carry 3D Slicer's ``SPACE=RAS`` comment: Slicer takes a mesh file
+without one as LPS and would show the Gaussians mirrored in x and y against the scan.
 
 PLY is written with NumPy rather than a PLY library because only this fixed, flat layout is needed.
 """
@@ -79,6 +81,8 @@ def save_ply(
         data[f"rot_{j}"] = q[:, j]
     data["intensity"] = i
     header = ["ply", "format binary_little_endian 1.0", "comment medgmae gaussians", f"comment frame {frame}"]
+    if frame == "world":
+        header.append("comment SPACE=RAS")  # 3D Slicer's coordinate-system comment (see the module docstring)
     if shape is not None:
         header.append("comment shape " + " ".join(str(int(v)) for v in shape))
     if affine is not None:

@@ -112,6 +112,23 @@ def test_ply_roundtrip_is_lossless(tmp_path):
         assert f"property float {prop}\n" in text
 
 
+def _slicer_space(path) -> str:
+    """The frame 3D Slicer reads a PLY's vertices in: the first header comment holding ``SPACE=``, else LPS
+    (``vtkMRMLModelStorageNode::ReadDataInternal``)."""
+    header = path.read_bytes().split(b"end_header")[0].decode().splitlines()
+    found = [line.split("SPACE=")[1].split()[0] for line in header if line.startswith("comment ") and "SPACE=" in line]
+    return found[0] if found else "LPS"
+
+
+def test_world_ply_is_read_as_ras_by_slicer(tmp_path):
+    """The toolkit's world frame is RAS: a world-frame PLY says so in Slicer's comment (without it Slicer mirrors
+    x and y); voxel-frame files carry no claim."""
+    g = _random(1, 5, dtype=torch.float32)
+    assert _slicer_space(save_ply(tmp_path / "w.ply", g, frame="world")) == "RAS"
+    assert _slicer_space(save_ply(tmp_path / "v.ply", g, frame="voxel")) == "LPS"
+    assert load_ply(tmp_path / "w.ply")[1]["frame"] == "world"
+
+
 def test_ply_from_3dgs_layout_and_errors(tmp_path):
     # a file with only the 3DGS attributes: log-scales and f_dc give scales and intensity
     k = 4
