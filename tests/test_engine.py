@@ -274,3 +274,37 @@ def test_cases_record_refuses_other_data_of_the_same_count(tmp_path):
         CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4) * 2}]).load_state_dict(arrays)
     with pytest.raises(ValueError, match="cases must be a list"):
         CasesRecord("dataset.json")
+
+
+def test_a_resumed_scheduler_keeps_this_runs_plan(tmp_path, caplog):
+    """A warm-up + cosine schedule resumed with a longer plan (a larger --max_epochs) continues on the new plan
+    from the saved step: the rate equals an uninterrupted run of the new plan's at every later step (PyTorch's
+    load_state_dict kept the saved t_total, and the rate climbed back up after it); the same plan restores exactly."""
+    from monai.optimizers import WarmupCosineSchedule
+
+    from medgmae.engine.resume import restore_states
+
+    def schedule(t_total: int, steps: int) -> WarmupCosineSchedule:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = WarmupCosineSchedule(opt, warmup_steps=2, t_total=t_total)
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+        return sched
+
+    saved = schedule(10, 10).state_dict()  # the first run, finished at its t_total
+    longer, straight = schedule(20, 0), schedule(20, 10)
+    with caplog.at_level("WARNING"):
+        restore_states(tmp_path / "c.pt", [("lr_scheduler", longer)], {"lr_scheduler": saved})
+    assert "t_total: saved 10, now 20" in caplog.text and longer.last_epoch == 10
+    for _ in range(10):
+        for s in (longer, straight):
+            s.optimizer.step()
+            s.step()
+        assert longer.get_last_lr() == straight.get_last_lr()
+    assert straight.get_last_lr()[0] < 0.05  # the new plan's end, not the old cosine rising again
+    caplog.clear()
+    same = schedule(10, 0)
+    with caplog.at_level("WARNING"):
+        restore_states(tmp_path / "c.pt", [("lr_scheduler", same)], {"lr_scheduler": saved})
+    assert same.state_dict() == saved and "continues on this run's schedule" not in caplog.text

@@ -276,7 +276,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     out = tmp_path / "run"
     common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1",
-              "--pretrained", str(encoder_pt), "--label_fraction", "0.5"]
+              "--pretrained", str(encoder_pt), "--label_fraction", "0.5", "--lr_schedule_epochs", "2"]
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "1")
     n = len(enc.state_dict())
     assert f"loaded {n}/{n} pre-trained encoder tensors" in proc.stdout + proc.stderr
@@ -294,6 +294,14 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert "resumed from" in proc.stdout + proc.stderr and (out / "checkpoint_epoch=2.pt").is_file()
     ckpt = torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
     assert ckpt["engine"]["epoch"] == 2 and ckpt["engine"]["iteration"] == 2
+    # the same 2 epochs uninterrupted, validating after each as the resumed run did: the same weights and best
+    # model (the epoch checkpoint is written after the validation, whose data loader draws from the global RNG)
+    straight = tmp_path / "straight"
+    run_bundle("training", "train.json", *[str(straight) if a == str(out) else a for a in common], "--max_epochs", "2")
+    again = torch.load(straight / "checkpoint_epoch=2.pt", weights_only=True)
+    for name, weights in again["objects"]["network"].items():
+        assert torch.equal(weights, ckpt["objects"]["network"][name]), name
+    assert torch.load(straight / "best_model.pt", weights_only=True)["extra"] == torch.load(out / "best_model.pt", weights_only=True)["extra"]
 
     run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")
     metrics = json.loads((out / "eval" / "metrics.json").read_text())

@@ -9,13 +9,18 @@ built or written.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import torch
 import torch.distributed as dist
 
 from medgmae.files import load_torch_file
+from medgmae.settings_diff import settings_differences
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "rank_world",
@@ -27,7 +32,13 @@ __all__ = [
     "check_max_epochs",
     "check_resume_fits",
     "restore_states",
+    "load_scheduler_keeping_its_plan",
 ]
+
+# What a learning-rate scheduler's state_dict holds of its progress; every other entry (t_total, warmup_steps, ...)
+# is how it was built, which this run's settings decide.
+_SCHEDULER_PROGRESS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step",
+                       "_last_lr", "lr_lambdas", "verbose"}  # fmt: skip
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
 
@@ -166,9 +177,40 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
     """
     for name, obj in objects:
         try:
-            obj.load_state_dict(saved[name])
+            if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
+                load_scheduler_keeping_its_plan(path, name, obj, saved[name])
+            else:
+                obj.load_state_dict(saved[name])
         except (ValueError, RuntimeError, KeyError) as e:
             raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
+
+
+def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state: Mapping) -> list[str]:
+    """Restore a scheduler's progress (its step count) but keep the plan this run built it with.
+
+    ``load_state_dict`` of PyTorch's schedulers also restores how they were built: a
+    :class:`monai.optimizers.WarmupCosineSchedule` would keep the saved ``t_total``, so a run resumed with a
+    larger ``--max_epochs`` followed the finished cosine past its end, the learning rate rising back to its peak.
+    Here the new plan wins (the rate follows this run's schedule from the saved step on) and a warning names
+    what changed; with the same settings the scheduler is restored exactly.
+
+    Args:
+        path: the checkpoint, as the warning names it.
+        name: the scheduler's name among the checkpoint's objects.
+        scheduler: the scheduler this run built.
+        state: its saved ``state_dict``.
+
+    Returns:
+        The differences (``"t_total: saved 40, now 80"``), empty when the plan is unchanged.
+    """
+    plan = {k: v for k, v in vars(scheduler).items() if k in state and k not in _SCHEDULER_PROGRESS}
+    scheduler.load_state_dict(state)
+    changed = settings_differences({k: state[k] for k in plan}, plan)
+    vars(scheduler).update(plan)
+    if changed:
+        logger.warning("checkpoint %s: '%s' continues on this run's schedule (%s): the learning rate follows the new "
+                       "schedule from the saved step on", path, name, "; ".join(changed))  # fmt: skip
+    return changed
 
 
 def _resume_parts(records: Mapping[str, Any]) -> Callable[[Mapping], dict]:
