@@ -167,13 +167,19 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = nxt
 
 
+#: The last line of a bundle run stopped with Ctrl-C.
+INTERRUPTED = ("interrupted: run the same command with --resume true to continue from the newest "
+               "checkpoint_epoch=N.pt in its output folder (an epoch cut short is trained again)")
+
+
 def summarise_errors() -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
     ``error: <type>: <message>`` repeats the innermost exception of the chain.
 
     ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
     ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
-    (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. Installing this
+    (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. After Ctrl-C the
+    last line says how to continue instead. Installing this
     ``sys.excepthook`` is part of :func:`check_settings`, the first step of each bundle's ``initialize``; it keeps the whole traceback (nothing is
     hidden) and is installed once however often it is called.
 
@@ -187,7 +193,9 @@ def summarise_errors() -> bool:
     def hook(exc_type, exc, tb) -> None:
         previous(exc_type, exc, tb)
         root = _root_cause(exc) if isinstance(exc, BaseException) else exc
-        if root is not exc and not isinstance(root, KeyboardInterrupt):
+        if isinstance(root, KeyboardInterrupt):
+            print(f"\n{INTERRUPTED}", file=sys.stderr)
+        elif root is not exc:
             print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
 
     hook.summarises_errors = True

@@ -248,6 +248,31 @@ def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
     assert sum(line.startswith("error: ") for line in lines) == 1
 
 
+def test_an_interrupted_bundle_ends_saying_how_to_resume():
+    """Ctrl-C (a KeyboardInterrupt, wrapped by MONAI or not) ends with the resume command, not a bare
+    ``KeyboardInterrupt``; the exit status stays the interrupt's."""
+    import signal
+    import subprocess
+    import sys
+
+    from medgmae.bundle_checks import INTERRUPTED
+
+    code = (
+        "from medgmae.bundle_checks import summarise_errors\n"
+        "summarise_errors()\n"
+        "try:\n"
+        "    raise KeyboardInterrupt\n"
+        "except KeyboardInterrupt as e:\n"
+        "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert [line for line in proc.stderr.splitlines() if line.strip()][-1] == INTERRUPTED
+    assert "--resume true" in INTERRUPTED
+    code = "from medgmae.bundle_checks import summarise_errors\nsummarise_errors()\nraise KeyboardInterrupt\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.rstrip().endswith(INTERRUPTED) and proc.returncode in (1, 128 + signal.SIGINT, -signal.SIGINT)
+
+
 def test_unknown_keys_of_a_bundle_command_line(tmp_path):
     """A misspelled key was added by MONAI as a new, unread setting: the run went on with the default."""
     from medgmae.bundle_checks import unknown_key_problems
