@@ -21,7 +21,7 @@ TRAIN_CONFIGS = sorted(ROOT.glob("bundles/*/configs/train.json"))
 #: keys a train config may leave out of ``checked_settings``: paths and folders (its output folders or the data readers
 #: check them), the device (resolve_device names it) and the 3D pre-processing's HU window and orientation
 #: (PreprocessingSpec checks them)
-UNCHECKED = {"bundle_root", "dataset_dir", "datalist", "pretrained", "output_dir", "device", "a_min", "a_max", "orientation"}
+UNCHECKED = {"bundle_root", "dataset_dir", "datalist", "output_dir", "device", "a_min", "a_max", "orientation"}
 
 
 def _bool_keys(config: dict) -> list[str]:

@@ -254,14 +254,12 @@ def finetune_spec(
     Raises:
         ValueError: a ``roi_size`` other than the pre-trained encoder's ``img_size`` (naming ``--roi_size``).
     """
-    from medgmae.finetune.weights import check_roi_fits_encoder, read_encoder_file
+    from medgmae.finetune.weights import read_encoder_for
 
     recorded, enc_patch = None, None
     if pretrained:
-        ckpt = read_encoder_file(pretrained)
+        ckpt = read_encoder_for(pretrained, roi_size)
         recorded, enc_patch = ckpt.preprocessing, ckpt.config.get("patch_size")
-        if "img_size" in ckpt.config:
-            check_roi_fits_encoder(roi_size, ckpt.config, pretrained)
     if recorded is None and pixdim is None:
         pixdim = DEFAULT_PIXDIM
     spec = spec_with_overrides(recorded, pixdim, hu_range, source=str(pretrained))
