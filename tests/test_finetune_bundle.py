@@ -513,3 +513,17 @@ def test_a_wrong_pretrained_stops_the_bundle_before_the_data_are_read(tmp_path):
         assert proc.returncode != 0 and "bad setting(s), nothing was written" in log and message in log, log[-3000:]
         assert "--pretrained" in log.split("\nerror: ")[-1] and "pre-check" not in log
         assert not out.exists()
+
+
+def test_a_data_error_of_a_first_run_leaves_no_output_folder(tmp_path):
+    """A first run stopped by its data (a label value outside the class range) leaves no run folder behind (its
+    output folder used to be created up front and left empty)."""
+    cases = [make_case(tmp_path / "data", "c0"), make_case(tmp_path / "data", "c1", max_label=20)]
+    dl = tmp_path / "data" / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": cases[:1], "validation": cases[1:]}))
+    out = tmp_path / "run"
+    proc = bundle_process("training", "train.json", "--datalist", str(dl), "--output_dir", str(out), "--device", "cpu",
+                          "--num_workers", "0", "--roi_size", "[24, 24, 24]")  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "outside the class range" in log.split("\nerror: ")[-1], log[-3000:]
+    assert not out.exists()
