@@ -527,3 +527,18 @@ def test_a_data_error_of_a_first_run_leaves_no_output_folder(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "outside the class range" in log.split("\nerror: ")[-1], log[-3000:]
     assert not out.exists()
+
+
+def test_the_spacing_and_window_used_are_logged(tmp_path, caplog):
+    """One log line names the spacing and HU window a run uses and where they come from: with an encoder (and
+    ``pixdim`` null) its recorded spacing, not the BTCV default the docs used to give."""
+    from medgmae.finetune import finetune_spec
+
+    encoder = _encoder_file(tmp_path / "encoder.pt")
+    with caplog.at_level("INFO", logger="medgmae.finetune.data"):
+        finetune_spec(encoder, roi_size=24)
+        finetune_spec("", pixdim=[1.0, 1.0, 1.0], roi_size=24, patch_size=12)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing:")]
+    assert lines == [f"pre-processing: spacing [2.0, 2.0, 2.0] mm (recorded in {encoder}), HU window [-175.0, 250.0] "
+                     f"(recorded in {encoder})",
+                     "pre-processing: spacing [1.0, 1.0, 1.0] mm (given), HU window [-175.0, 250.0] (default)"]  # fmt: skip
