@@ -49,7 +49,7 @@ def loader_throughput(folder: Path, work: Path, epochs: int, pixdim: float) -> d
     parser.update({"dataset_dir": str(folder), "output_dir": str(work), "num_workers": 0, "pixdim": pixdim,
                    "device": "cpu"})  # fmt: skip
     t0 = time.perf_counter()
-    items = parser.get_parsed_content("datalist")
+    items = parser.get_parsed_content("train_cases")
     precheck_s = time.perf_counter() - t0
     dataset = parser.get_parsed_content("train#dataset")
     out = {"num_volumes": len(items), "precheck_s_per_volume": precheck_s / len(items), "epochs": []}

@@ -21,7 +21,7 @@ TRAIN_CONFIGS = sorted(ROOT.glob("bundles/*/configs/train.json"))
 #: keys a train config may leave out of ``checked_settings``: paths and folders (its output folders or the data readers
 #: check them), the device (resolve_device names it) and the 3D pre-processing's HU window and orientation
 #: (PreprocessingSpec checks them)
-UNCHECKED = {"bundle_root", "dataset_dir", "datalist", "pretrained", "output_dir", "device", "a_min", "a_max", "orientation"}
+UNCHECKED = {"bundle_root", "dataset_dir", "datalist", "output_dir", "device", "a_min", "a_max", "orientation"}
 
 
 def _bool_keys(config: dict) -> list[str]:
@@ -105,3 +105,24 @@ def test_settings_and_output_folders_are_checked_in_one_call(path):
     steps = config["initialize"]
     assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'\w+': @\w+.*\}\)", steps[0]), steps
     assert not any("check_output_dirs(" in s for s in _strings(config)), path.relative_to(ROOT)
+
+
+@pytest.mark.parametrize("bundle", ["medgmae_pretrain", "unetr_finetune"])
+def test_the_documented_amos_filter_leaves_out_the_mri_cases(bundle, tmp_path):
+    """Both 3D bundles feed every image through the CT HU window: their docs give a one-line filter that writes an
+    AMOS ``dataset.json`` without its MRI cases (ids 500 and above)."""
+    import subprocess
+    import sys
+
+    readme = (ROOT / "bundles" / bundle / "docs" / "README.md").read_text()
+    lines = [line for line in readme.splitlines() if line.startswith("python -c 'import json") and "< 500" in line]
+    assert len(lines) == 1, f"{bundle}/docs/README.md gives no AMOS MRI filter"
+    case = lambda folder, i: {"image": f"./images{folder}/amos_{i:04d}.nii.gz", "label": f"./labels{folder}/amos_{i:04d}.nii.gz"}  # noqa: E731
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "labels": {"0": "background", "1": "spleen"}, "training": [case("Tr", 1), case("Tr", 540), case("Tr", 499)],
+        "validation": [case("Va", 8), case("Va", 507)], "test": [{"image": "./imagesTs/amos_0600.nii.gz"}]}))  # fmt: skip
+    command = lines[0].removeprefix("python -c '").removesuffix("'")
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
+    out = json.loads((tmp_path / "dataset_ct.json").read_text())
+    assert [c["image"][-11:-7] for c in out["training"] + out["validation"]] == ["0001", "0499", "0008"]
+    assert out["labels"] == {"0": "background", "1": "spleen"} and len(out["test"]) == 1

@@ -479,3 +479,74 @@ def test_multi_gpu_config_two_process_gloo(tmp_path):
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events and len({p.name.split(".")[-2] for p in events}) == 1  # written by one process: rank 0
     assert not list(out.glob("rank*"))
+
+
+def _encoder_file(path: Path, img_size: int = 24) -> Path:
+    enc = MaskedViTEncoder(img_size=img_size, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    spec = PreprocessingSpec(spacing=2.0, input_size=img_size, patch_size=12)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), path)
+    return path
+
+
+def test_pretrained_check_names_the_file_and_the_problem(tmp_path):
+    """The up-front check of ``--pretrained``: missing file, another kind of checkpoint, a ``roi_size`` other than
+    the encoder's; ``""`` and a fitting encoder pass, and a bad ``roi_size`` is left to its own check."""
+    from medgmae.finetune import pretrained_check
+
+    encoder = _encoder_file(tmp_path / "encoder.pt")
+    pretrained_check([24, 24, 24])(str(encoder))
+    pretrained_check(24)("")
+    pretrained_check("abc")(str(encoder))  # --roi_size's own check names it
+    with pytest.raises(ValueError, match="not found|does not exist|missing"):
+        pretrained_check(24)(str(tmp_path / "encoderr.pt"))
+    other = tmp_path / "best_model.pt"
+    torch.save(make_checkpoint("medgmae-unetr", {"num_classes": 2}, {}, PreprocessingSpec()), other)
+    with pytest.raises(ValueError, match=r"best_model\.pt is .*fine-tuning needs the encoder\.pt"):
+        pretrained_check(24)(str(other))
+    with pytest.raises(ValueError, match=r"--roi_size \(48, 48, 48\) differs from the img_size \(24, 24, 24\)"):
+        pretrained_check(48)(str(encoder))
+
+
+def test_a_wrong_pretrained_stops_the_bundle_before_the_data_are_read(tmp_path):
+    """A wrong ``--pretrained`` is a bad setting: named by the settings check, before the pre-check reads every
+    image, and nothing is written (it used to leave ``cache/precheck.json`` in a new output folder)."""
+    dl = _two_case_datalist(tmp_path / "data")
+    encoder = _encoder_file(tmp_path / "encoder.pt")
+    for pretrained, roi, message in ((tmp_path / "encoderr.pt", "24", "encoderr.pt"),
+                                     (encoder, "48", "--roi_size (48, 48, 48) differs from the img_size (24, 24, 24)")):  # fmt: skip
+        out = tmp_path / f"out_{roi}"
+        proc = bundle_process("training", "train.json", "--datalist", str(dl), "--pretrained", str(pretrained),
+                              "--roi_size", roi, "--output_dir", str(out), "--device", "cpu", "--num_workers", "0")  # fmt: skip
+        log = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "bad setting(s), nothing was written" in log and message in log, log[-3000:]
+        assert "--pretrained" in log.split("\nerror: ")[-1] and "pre-check" not in log
+        assert not out.exists()
+
+
+def test_a_data_error_of_a_first_run_leaves_no_output_folder(tmp_path):
+    """A first run stopped by its data (a label value outside the class range) leaves no run folder behind (its
+    output folder used to be created up front and left empty)."""
+    cases = [make_case(tmp_path / "data", "c0"), make_case(tmp_path / "data", "c1", max_label=20)]
+    dl = tmp_path / "data" / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": cases[:1], "validation": cases[1:]}))
+    out = tmp_path / "run"
+    proc = bundle_process("training", "train.json", "--datalist", str(dl), "--output_dir", str(out), "--device", "cpu",
+                          "--num_workers", "0", "--roi_size", "[24, 24, 24]")  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "outside the class range" in log.split("\nerror: ")[-1], log[-3000:]
+    assert not out.exists()
+
+
+def test_the_spacing_and_window_used_are_logged(tmp_path, caplog):
+    """One log line names the spacing and HU window a run uses and where they come from: with an encoder (and
+    ``pixdim`` null) its recorded spacing, not the BTCV default the docs used to give."""
+    from medgmae.finetune import finetune_spec
+
+    encoder = _encoder_file(tmp_path / "encoder.pt")
+    with caplog.at_level("INFO", logger="medgmae.finetune.data"):
+        finetune_spec(encoder, roi_size=24)
+        finetune_spec("", pixdim=[1.0, 1.0, 1.0], roi_size=24, patch_size=12)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing:")]
+    assert lines == [f"pre-processing: spacing [2.0, 2.0, 2.0] mm (recorded in {encoder}), HU window [-175.0, 250.0] "
+                     f"(recorded in {encoder})",
+                     "pre-processing: spacing [1.0, 1.0, 1.0] mm (given), HU window [-175.0, 250.0] (default)"]  # fmt: skip

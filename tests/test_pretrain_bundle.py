@@ -465,3 +465,53 @@ def test_datalist_sources_and_errors(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"broken\.json"):
         pretrain_split(str(tmp_path / "broken.json"), tmp_path)
+
+
+def _tiny_decathlon(root: Path) -> Path:
+    """Three small CT volumes under ``root/imagesTr`` and a ``dataset_0.json`` listing two for training, one for
+    validation (paths relative to ``root``)."""
+    (root / "imagesTr").mkdir(parents=True)
+    for i in range(3):
+        data = np.random.default_rng(i).normal(0, 100, (24, 24, 20)).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0])), str(root / "imagesTr" / f"c{i}.nii.gz"))
+    dl = root / "dataset_0.json"
+    dl.write_text(json.dumps({"training": [{"image": "imagesTr/c0.nii.gz"}, {"image": "imagesTr/c1.nii.gz"}],
+                              "validation": [{"image": "imagesTr/c2.nii.gz"}]}))  # fmt: skip
+    return dl
+
+
+def test_datalist_names_the_data_as_for_fine_tuning(tmp_path):
+    """``datalist`` is fine-tuning's key: a Decathlon JSON whose paths resolve against ``dataset_dir`` when given,
+    else against the JSON's folder; its lists are the split, and no phantoms are written."""
+    from medgmae.data import DatasetError
+    from medgmae.mae_training import pretrain_split
+
+    dl = _tiny_decathlon(tmp_path / "data")
+    split = pretrain_split("", tmp_path / "run", datalist=str(dl), validate=False)
+    assert [Path(i["image"]).name for i in split["training"]] == ["c0.nii.gz", "c1.nii.gz"]
+    assert [i["image"] for i in split["validation"]] == [str(tmp_path / "data" / "imagesTr" / "c2.nii.gz")]
+    moved = tmp_path / "lists" / "dataset_0.json"
+    moved.parent.mkdir()
+    moved.write_text(dl.read_text())
+    split = pretrain_split(str(tmp_path / "data"), tmp_path / "run", datalist=str(moved), validate=False)
+    assert split["validation"][0]["image"] == str(tmp_path / "data" / "imagesTr" / "c2.nii.gz")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DatasetError, match=r"dataset_dir .*dataset_0\.json is a file: with a datalist"):
+        pretrain_split(str(dl), tmp_path / "run", datalist=str(moved), validate=False)
+    with pytest.raises(DatasetError, match="datalist not found"):
+        pretrain_split("", tmp_path / "run", datalist=str(tmp_path / "nope.json"), validate=False)
+
+
+def test_the_bundle_trains_on_a_datalist(tmp_path):
+    """``--datalist`` is a setting of the bundle (it used to replace the internal list of training cases and fail
+    with a TypeError after writing phantoms); the cases come from it."""
+    from monai.bundle import ConfigParser
+
+    dl = _tiny_decathlon(tmp_path / "data")
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"datalist": str(dl), "output_dir": str(tmp_path / "run"), "device": "cpu"})
+    train, val = parser.get_parsed_content("train_cases"), parser.get_parsed_content("val_cases")
+    assert [Path(i["image"]).name for i in train] == ["c0.nii.gz", "c1.nii.gz"] and len(val) == 1
+    assert parser.get_parsed_content("num_workers") == 4  # real data, not phantoms
+    assert not (tmp_path / "run" / "phantom").exists()

@@ -155,23 +155,40 @@ def resolve_datalist(
     phantom_seed: int = 0,
     phantom_shape: Sequence[int] | None = None,
     phantom_spacing: Sequence[float] | float | None = None,
+    datalist: str | Path = "",
 ) -> tuple[list[dict], Path]:
     """The items of a data source (see the module docstring) and the datalist or folder they came from.
 
     Args:
-        dataset_dir: ``""``, a datalist, a folder holding ``dataset.json`` or a folder of volumes.
+        dataset_dir: ``""``, a datalist, a folder holding ``dataset.json`` or a folder of volumes; with
+            ``datalist``, the folder its relative paths resolve against (``""``: the datalist's own folder), as
+            fine-tuning's ``dataset_dir`` + ``datalist``.
         work_dir: phantoms go to ``work_dir/phantom``.
         keys: datalist lists joined (a folder of volumes has no lists: all its volumes).
         phantom_cases, phantom_validation, phantom_seed, phantom_shape, phantom_spacing: see
             :func:`phantom_dataset`.
+        datalist: a Decathlon datalist JSON (``""``: none; the data come from ``dataset_dir`` alone).
 
     Returns:
-        ``(items, source)``.
+        ``(items, source)``; ``source`` is ``datalist`` when one is named.
 
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist.
-        DatasetError: no volumes found, or an invalid datalist.
+        DatasetError: no volumes found, an invalid or missing datalist, or a ``dataset_dir`` that is a file while
+            ``datalist`` names the datalist.
     """
+    if str(datalist).strip():
+        src, base = Path(datalist).expanduser(), None
+        if str(dataset_dir).strip():
+            base = Path(dataset_dir).expanduser()
+            if not base.is_dir():
+                what = "is a file" if base.is_file() else "does not exist"
+                raise DatasetError(
+                    f"dataset_dir {base} {what}: with a datalist ({src}) it must be the folder the datalist's relative "
+                    "paths resolve against (or empty: the datalist's own folder)"
+                )
+        items = [it for k in keys for it in read_datalist(src, k, data_dir=base, required=(k == keys[0]))]
+        return items, src
     if str(dataset_dir).strip() == "":
         src = phantom_dataset(Path(work_dir) / "phantom", phantom_cases, phantom_validation, phantom_seed,
                               phantom_shape, phantom_spacing)  # fmt: skip

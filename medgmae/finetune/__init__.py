@@ -25,6 +25,7 @@ from medgmae.finetune.weights import (
     load_finetuned,
     load_pretrained_encoder,
     param_groups,
+    pretrained_check,
     read_encoder_file,
     set_encoder_trainable,
     stock_unetr_from_encoder,

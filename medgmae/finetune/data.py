@@ -254,17 +254,19 @@ def finetune_spec(
     Raises:
         ValueError: a ``roi_size`` other than the pre-trained encoder's ``img_size`` (naming ``--roi_size``).
     """
-    from medgmae.finetune.weights import check_roi_fits_encoder, read_encoder_file
+    from medgmae.finetune.weights import read_encoder_for
 
     recorded, enc_patch = None, None
     if pretrained:
-        ckpt = read_encoder_file(pretrained)
+        ckpt = read_encoder_for(pretrained, roi_size)
         recorded, enc_patch = ckpt.preprocessing, ckpt.config.get("patch_size")
-        if "img_size" in ckpt.config:
-            check_roi_fits_encoder(roi_size, ckpt.config, pretrained)
+    origin = lambda given: "given" if given is not None else f"recorded in {pretrained}" if recorded else "default"  # noqa: E731
+    spacing_from, window_from = origin(pixdim), origin(hu_range)
     if recorded is None and pixdim is None:
         pixdim = DEFAULT_PIXDIM
     spec = spec_with_overrides(recorded, pixdim, hu_range, source=str(pretrained))
+    logger.info("pre-processing: spacing %s mm (%s), HU window %s (%s)", list(spec.spacing), spacing_from,
+                list(spec.hu_window), window_from)  # fmt: skip
     return dataclasses.replace(spec, input_size=roi_size, patch_size=enc_patch or patch_size or spec.patch_size)
 
 

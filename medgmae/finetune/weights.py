@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,8 @@ __all__ = [
     "ENCODER_KIND",
     "read_encoder_file",
     "check_roi_fits_encoder",
+    "read_encoder_for",
+    "pretrained_check",
     "load_pretrained_encoder",
     "build_unetr",
     "stock_unetr_from_encoder",
@@ -123,6 +125,45 @@ def check_roi_fits_encoder(roi_size: Sequence[int] | int, config: dict, pretrain
         )
 
 
+def read_encoder_for(pretrained: str | Path, roi_size: Sequence[int] | int) -> Checkpoint:
+    """Read a pre-trained ``encoder.pt`` (:func:`read_encoder_file`) and check that ``roi_size`` is the ``img_size``
+    it was pre-trained with (:func:`check_roi_fits_encoder`, when the file records one).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file is not an encoder file, or ``roi_size`` differs from its ``img_size``.
+    """
+    ckpt = read_encoder_file(pretrained)
+    if "img_size" in ckpt.config:
+        check_roi_fits_encoder(roi_size, ckpt.config, pretrained)
+    return ckpt
+
+
+def pretrained_check(roi_size: Any) -> Callable[[Any], None]:
+    """A ``pretrained`` kind for :func:`medgmae.bundle_checks.check_settings`: the file is an ``encoder.pt`` of
+    pre-training and, when ``roi_size`` is itself valid (its own check names it otherwise), ``roi_size`` is the
+    encoder's ``img_size`` (:func:`read_encoder_for`); ``""`` (training from scratch) passes. Run up front, a wrong
+    file is named before the data pre-check reads every image or anything is written.
+
+    Args:
+        roi_size: the ``roi_size`` setting as given.
+
+    Returns:
+        a callable that raises ``ValueError`` naming the problem of a bad ``pretrained``.
+    """
+    from medgmae.bundle_checks import roi_size_problem
+
+    def check(value: Any) -> None:
+        if not str(value or "").strip():
+            return
+        try:
+            read_encoder_for(value, roi_size) if roi_size_problem(roi_size) is None else read_encoder_file(value)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from e
+
+    return check
+
+
 def build_unetr(
     num_classes: int,
     roi_size: Sequence[int] | int,
@@ -147,9 +188,8 @@ def build_unetr(
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2 (background and at least one structure), got {num_classes}")
     if pretrained:
-        ckpt = read_encoder_file(pretrained)
+        ckpt = read_encoder_for(pretrained, roi_size)
         cfg = dict(ckpt.config)
-        check_roi_fits_encoder(roi_size, cfg, pretrained)
         if cfg.get("in_channels", 1) != in_channels:
             raise ValueError(f"{pretrained} was pre-trained with {cfg.get('in_channels')} channels, not {in_channels}")
         net = MedGMAEUNETR(int(num_classes), encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)

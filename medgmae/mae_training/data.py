@@ -45,12 +45,14 @@ def pretrain_split(
     validate: bool = True,
     precheck_workers: int = 0,
     ledger_dir: str | Path | None = None,
+    datalist: str | Path = "",
 ) -> dict[str, list[dict]]:
     """Training and validation items (``{"image": path[, "label": path]}``) for pre-training, every file checked.
 
     Args:
         dataset_dir: ``""`` (generate phantoms), a Decathlon-style ``dataset.json``, a folder holding one, or a
-            folder of volumes (NIfTI, NRRD, MetaImage, DICOM series sub-folders).
+            folder of volumes (NIfTI, NRRD, MetaImage, DICOM series sub-folders); with ``datalist``, the folder the
+            datalist's relative paths resolve against (``""``: the datalist's folder).
         work_dir: where phantoms are written (``work_dir/phantom``).
         num_phantoms: phantom training volumes when ``dataset_dir`` is empty.
         num_val_phantoms: further phantom volumes held out for validation (>= 1).
@@ -63,6 +65,8 @@ def pretrain_split(
         validate: run :func:`~medgmae.data.precheck.check_datalist` on every file (images, and labels when listed).
         precheck_workers: processes of the pre-check.
         ledger_dir: where the pre-check remembers the files that passed (the cache folder).
+        datalist: a Decathlon datalist JSON, as fine-tuning's ``datalist`` (``""``: the data come from
+            ``dataset_dir`` alone).
 
     Returns:
         ``{"training": [...], "validation": [...]}``, both non-empty.
@@ -79,9 +83,10 @@ def pretrain_split(
     train, source = resolve_datalist(
         dataset_dir, work_dir, keys=("training",), phantom_cases=int(num_phantoms) + int(num_val_phantoms),
         phantom_validation=int(num_val_phantoms), phantom_seed=int(seed), phantom_shape=phantom_shape,
-        phantom_spacing=phantom_spacing,
+        phantom_spacing=phantom_spacing, datalist=datalist,
     )  # fmt: skip
-    val = read_datalist(source, "validation", required=False) if source.is_file() else []
+    base = dataset_dir if str(datalist).strip() and str(dataset_dir).strip() else None
+    val = read_datalist(source, "validation", data_dir=base, required=False) if source.is_file() else []
     if not val:
         train, val = _fraction_split(train, float(val_fraction), int(seed), str(source))
     if validate:
