@@ -11,7 +11,10 @@ transposed), and ``affine`` maps index ``(i, j, k, 1)`` to RAS+ world millimetre
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -153,6 +156,44 @@ def _check_even_slices(reader) -> None:
     )
 
 
+@contextlib.contextmanager
+def _native_stderr(captured: list[str]):
+    """Collect what native code (ITK's MetaIO, GDCM) writes to stderr meanwhile into ``captured`` instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.append(tmp.read().decode(errors="replace"))
+
+
+def _read_sitk_file(path: Path):
+    """One image file through SimpleITK: header first, then the voxel data, each failure one line."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise _SeriesError("not a readable image file (its header cannot be read)") from e
+    said: list[str] = []
+    try:
+        with _native_stderr(said):
+            img = reader.Execute()
+    except RuntimeError as e:
+        detail = " ".join("".join(said).split())  # MetaIO: "data not read completely ideal = ... : actual = ..."
+        raise _SeriesError("the header reads but the voxel data do not: the file is truncated (incomplete) or corrupt"
+                           + (f" ({detail})" if detail else "")) from e
+    sys.stderr.write("".join(said))  # a successful read's warnings pass on
+    return img
+
+
 def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
@@ -168,7 +209,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
             sitk.ProcessObject.SetGlobalWarningDisplay(warn)
         _check_even_slices(reader)
     else:
-        img = sitk.ReadImage(str(path))
+        img = _read_sitk_file(path)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"expected one value per voxel, got {img.GetNumberOfComponentsPerPixel()} components")
     dim = img.GetDimension()
