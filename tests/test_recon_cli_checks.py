@@ -169,3 +169,10 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     assert "raise --iterations (growth runs to 60% of them)" in text and "raise --num-gaussians" not in text
     _print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
+
+
+def test_projections_given_a_folder_say_it_is_a_folder(scan, tmp_path, capsys):
+    out = tmp_path / "f.nii.gz"
+    args = ["fbp", "--projections", str(scan), "--geometry", str(scan / "geometry.json"), "--out", str(out)]
+    err = expect_refusal(capsys, args, f"projections {scan} is a folder, not a file")
+    assert "does not exist" not in err and not out.exists()
