@@ -184,6 +184,7 @@ def _reconstruct(args) -> int:
     geom, proj = load_scan(args.projections, args.geometry)
     init_settings = _init_settings(args, int(np.prod(geom.volume_shape)))
     _check_holdout_flags(args, geom)
+    _check_views_per_iteration(args, geom)
     reference = load_matching_volume(args.reference, geom, "reference")[0] if args.reference else None
     fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
@@ -260,6 +261,11 @@ def _check_flags(args) -> None:
         raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
     if args.checkpoint and init_settings["init"] != "medgmae":
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
+    if args.model_spacing is not None and init_settings["init"] != "medgmae":
+        raise CLIError(f"--model-spacing is only used by --init medgmae (got --init {init_settings['init']})")
+    if args.coarse_iterations is not None and args.coarse_iterations > args.iterations:
+        raise CLIError(f"--coarse-iterations {args.coarse_iterations} is more than --iterations {args.iterations}: "
+                       "the coarse phase is the start of the run")
 
 
 def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
@@ -274,6 +280,15 @@ def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
     if geom is not None and args.holdout_views and not 1 <= args.holdout_views <= geom.num_views // 2:
         raise CLIError(f"--holdout-views {args.holdout_views}: the scan {args.projections} has {geom.num_views} views; "
                        f"hold out between 1 and {geom.num_views // 2}")  # fmt: skip
+
+
+def _check_views_per_iteration(args, geom: CTGeometry) -> None:
+    """``--views-per-iteration`` at most the views fitted (the scan's, less any held out)."""
+    fitted = geom.num_views - args.holdout_views
+    if args.views_per_iteration is not None and args.views_per_iteration > fitted:
+        held = f" ({args.holdout_views} held out)" if args.holdout_views else ""
+        raise CLIError(f"--views-per-iteration {args.views_per_iteration} is more than the {fitted} views fitted of the "
+                       f"scan {args.projections}{held}")
 
 
 def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device) -> dict:
