@@ -88,8 +88,8 @@ SPARSE_BUDGET = 32.0
 
 def _print_summary(metrics: dict, out: Path) -> None:
     lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
-             f"in {metrics['time_seconds']:.1f} s (+{metrics['init_seconds']:.1f} s FBP and initialisation), "
-             f"{metrics['num_gaussians']} Gaussians"]  # fmt: skip
+             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} (+{metrics['init_seconds']:.1f} s FBP and "
+             f"initialisation), {metrics['num_gaussians']} Gaussians"]  # fmt: skip
     per = metrics.get("voxels_per_gaussian", 0.0)
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
@@ -116,6 +116,15 @@ def _print_summary(metrics: dict, out: Path) -> None:
     for name, what in OUTPUTS.items():
         lines.append(f"  {out / name}  ({what})")
     print("\n".join(lines))
+
+
+def _time_note(resumed: dict | None) -> str:
+    """What the optimisation time covers after ``--resume`` (``resumed``: metrics.json's record of it)."""
+    if not resumed:
+        return ""
+    if resumed["seconds_before"] is None:
+        return f" since the resume at iteration {resumed['iteration']} (the state saved no earlier time)"
+    return f" in all ({resumed['seconds_before']:.1f} s before the resume at iteration {resumed['iteration']})"
 
 
 def _what_limits_growth(metrics: dict) -> str:
@@ -303,6 +312,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
         "iterations_to_psnr": result.iterations_to_psnr, "history": result.history, "density_rounds": result.density_rounds,
+        "resumed": None if rec.resumed is None else {"iteration": rec.resumed["iteration"], "seconds_before": rec.resumed["seconds"]},
     }  # fmt: skip
 
 
