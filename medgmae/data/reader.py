@@ -160,7 +160,11 @@ def _check_even_slices(reader) -> None:
 def _native_stderr(captured: list[str]):
     """Collect what native code (ITK's MetaIO, GDCM) writes to stderr meanwhile into ``captured`` instead."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to take over (a detached process): nothing to collect
+        yield
+        return
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
