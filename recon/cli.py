@@ -141,7 +141,7 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--refit", action="store_true",
                    help="with --holdout-views: then run again on every view to the chosen iteration and write that (the "
                         "held-out views' information back in the fit; the same schedule, stopped there)")
-    r.add_argument("--checkpoint-every", type=int, default=500, help="iterations between resumable states (0: end only)")
+    r.add_argument("--checkpoint-every", type=nonneg_int, default=500, help="iterations between resumable states (0: end only)")
     r.add_argument("--resume", action="store_true", help=f"continue from OUT/{RECON_STATE}")
     r.add_argument("--backend", default="auto", choices=PROJECTOR_BACKENDS, help="projector backend")
     r.add_argument("--filter", default="hann", choices=FILTERS, help="filter for the FBP when --fbp is absent")

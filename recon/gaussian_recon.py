@@ -52,7 +52,8 @@ class GaussianReconResult:
         volume: ``(D, H, W)`` reconstruction.
         history: per-evaluation records (iteration, loss, number of Gaussians, seconds, PSNR/SSIM if available).
         iterations: iterations run in total.
-        seconds: optimisation wall time (this run).
+        seconds: optimisation wall time of all iterations so far: the runs before a resume included (their time
+            is saved in the state; a state of an older version without it counts from the resume).
         iterations_to_psnr: first evaluated iteration reaching PSNR 30 and 35 (``None`` if never / no reference).
         best_iteration: with held-out views, the iteration whose Gaussians ``gaussians`` and ``volume`` are (the
             lowest held-out error); ``None`` without.
@@ -125,6 +126,8 @@ class GaussianReconstructor:
             from recon.coarse import HalfResolutionStage
 
             self._coarse = HalfResolutionStage(self.geometry, self.projector.name, self.proj)
+        self.seconds = 0.0  # optimisation wall time of the iterations so far (earlier runs resumed included)
+        self.resumed: dict | None = None  # after load_state_dict: the iteration, and the saved seconds (None: not saved)
         self.run_info: dict = {}  # what the caller records about the run (scan, settings); saved with the state
         self.holdout = None
         if self.config.holdout_views:
@@ -288,6 +291,7 @@ class GaussianReconstructor:
             "config": asdict(self.config),
             "holdout": None if self.holdout is None else self.holdout.state_dict(),
             "run_info": self.run_info,
+            "seconds": self.seconds,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -303,6 +307,8 @@ class GaussianReconstructor:
         self.value_scale = float(state["value_scale"])
         self.params = {k: torch.nn.Parameter(state["params"][k].to(self.device, torch.float32).clone()) for k in _PARAMS}
         self.iteration, self.history = int(state["iteration"]), [dict(r) for r in state["history"]]
+        self.seconds = float(state.get("seconds", 0.0))
+        self.resumed = {"iteration": self.iteration, "seconds": state.get("seconds")}
         self.density_rounds = [dict(r) for r in state.get("density_rounds", [])]
         self._build_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -358,7 +364,7 @@ class GaussianReconstructor:
         from tqdm.auto import tqdm
 
         c = self.config
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - self.seconds  # the history's seconds continue those of the runs before
         bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
         with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
             postfix: dict = {}
@@ -375,11 +381,12 @@ class GaussianReconstructor:
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
                 if checkpoint_path is not None and c.checkpoint_every > 0 and it % c.checkpoint_every == 0:
+                    self.seconds = time.perf_counter() - t0
                     self.save_checkpoint(checkpoint_path)
-        seconds = time.perf_counter() - t0
+        self.seconds = time.perf_counter() - t0
         if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)
-        return self._result(seconds)
+        return self._result(self.seconds)
 
     def _record(self, loss: float, seconds: float, with_ssim: bool) -> dict:
         """The evaluation of the current iteration, appended to the history (the held-out error recorded too)."""

@@ -35,28 +35,51 @@ GEOMETRY_KINDS = ("parallel", "cone")
 AFFINE_RTOL = 1e-3
 
 
-def _triple(name: str, value) -> tuple:
+def _entries(name: str, value, n: int, axes: str) -> tuple:
+    """``value`` as ``n`` entries: a list of ``n`` (or of one, repeated), or a single value repeated; a string is
+    a single value (not a list of characters)."""
     try:
-        t = tuple(value)
+        t = (value,) if isinstance(value, (str, bytes)) else tuple(value)
     except TypeError:
-        t = (value,) * 3
+        t = (value,)
     if len(t) == 1:
-        t = t * 3
-    if len(t) != 3:
-        raise ValueError(f"{name} must have 3 entries (z, y, x), got {value!r}")
+        t = t * n
+    if len(t) != n:
+        raise ValueError(f"{name} must have {n} entries ({axes}), got {value!r}")
     return t
 
 
-def _pair(name: str, value) -> tuple:
+def _number(name: str, value, shown=None) -> float:
+    """``value`` as a float; ``ValueError`` naming ``name`` (and ``shown``, the whole field) for a non-number."""
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise ValueError(f"{name} must hold numbers, got {value if shown is None else shown!r}")
     try:
-        t = tuple(value)
-    except TypeError:
-        t = (value,) * 2
-    if len(t) == 1:
-        t = t * 2
-    if len(t) != 2:
-        raise ValueError(f"{name} must have 2 entries (rows, cols), got {value!r}")
-    return t
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must hold numbers, got {value if shown is None else shown!r}") from e
+
+
+def _floats(name: str, value, n: int, axes: str) -> tuple:
+    return tuple(_number(name, v, value) for v in _entries(name, value, n, axes))
+
+
+def _ints(name: str, value, n: int, axes: str) -> tuple:
+    """Whole numbers (``20.0`` is 20); a fraction such as ``20.7`` is refused rather than truncated."""
+    out = _floats(name, value, n, axes)
+    if not all(v.is_integer() for v in out):
+        raise ValueError(f"{name} must be whole numbers, got {value!r}")
+    return tuple(int(v) for v in out)
+
+
+def _angle_list(angles) -> list:
+    """The projection angles as floats; ``ValueError`` for a missing (null) or non-numeric field."""
+    if angles is None:
+        raise ValueError("angles is null: give the projection angles as a list of numbers (radians)")
+    try:
+        a = np.asarray(angles, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"angles must be a list of numbers (radians), got {str(angles)[:80]!r}") from e
+    return [float(v) for v in a]
 
 
 @dataclass
@@ -89,15 +112,15 @@ class CTGeometry:
     affine: list | None = None
 
     def __post_init__(self) -> None:
-        self.volume_shape = tuple(int(s) for s in _triple("volume_shape", self.volume_shape))
-        self.voxel_size = tuple(float(s) for s in _triple("voxel_size", self.voxel_size))
-        self.det_shape = tuple(int(s) for s in _pair("det_shape", self.det_shape))
-        self.det_spacing = tuple(float(s) for s in _pair("det_spacing", self.det_spacing))
-        self.angles = [float(a) for a in np.asarray(self.angles, dtype=np.float64).reshape(-1)]
+        self.volume_shape = _ints("volume_shape", self.volume_shape, 3, "z, y, x")
+        self.voxel_size = _floats("voxel_size", self.voxel_size, 3, "z, y, x")
+        self.det_shape = _ints("det_shape", self.det_shape, 2, "rows, cols")
+        self.det_spacing = _floats("det_spacing", self.det_spacing, 2, "rows, cols")
+        self.angles = _angle_list(self.angles)
         if self.source_origin is not None:
-            self.source_origin = float(self.source_origin)
+            self.source_origin = _number("source_origin", self.source_origin)
         if self.source_detector is not None:
-            self.source_detector = float(self.source_detector)
+            self.source_detector = _number("source_detector", self.source_detector)
         self.affine = _affine_list(self.affine)
         self.validate()
 
@@ -126,11 +149,10 @@ class CTGeometry:
             angles: explicit angles in radians.
             affine: optional NIfTI affine to carry.
         """
-        vs = _triple("voxel_size", voxel_size)
-        vs = tuple(float(v) for v in vs)
+        vs = _floats("voxel_size", voxel_size, 3, "z, y, x")
         if det_spacing is None:
             det_spacing = (vs[0], max(vs[1], vs[2]))
-        det_spacing = _pair("det_spacing", det_spacing)
+        det_spacing = _floats("det_spacing", det_spacing, 2, "rows, cols")
         if det_shape is None:
             diag = math.hypot(volume_shape[1] * vs[1], volume_shape[2] * vs[2])
             det_shape = (int(volume_shape[0] * vs[0] / float(det_spacing[0]) + 0.999), int(math.ceil(diag / float(det_spacing[1]))))
@@ -168,7 +190,7 @@ class CTGeometry:
             angles: explicit angles in radians.
             affine: optional NIfTI affine to carry.
         """
-        vs = tuple(float(v) for v in _triple("voxel_size", voxel_size))
+        vs = _floats("voxel_size", voxel_size, 3, "z, y, x")
         half = [0.5 * n * s for n, s in zip(volume_shape, vs)]
         r_xy = math.hypot(half[1], half[2])
         if source_origin is None:
@@ -181,7 +203,7 @@ class CTGeometry:
         if det_spacing is None:
             m = source_detector / source_origin
             det_spacing = (vs[0] * m, max(vs[1], vs[2]) * m)
-        det_spacing = _pair("det_spacing", det_spacing)
+        det_spacing = _floats("det_spacing", det_spacing, 2, "rows, cols")
         if det_shape is None:
             rows = int(math.ceil(2 * half[0] * mag_max / float(det_spacing[0])))
             cols = int(math.ceil(2 * r_xy * source_detector / math.sqrt(source_origin**2 - r_xy**2) / float(det_spacing[1])))

@@ -88,8 +88,8 @@ SPARSE_BUDGET = 32.0
 
 def _print_summary(metrics: dict, out: Path) -> None:
     lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
-             f"in {metrics['time_seconds']:.1f} s (+{metrics['init_seconds']:.1f} s FBP and initialisation), "
-             f"{metrics['num_gaussians']} Gaussians"]  # fmt: skip
+             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} (+{metrics['init_seconds']:.1f} s FBP and "
+             f"initialisation), {metrics['num_gaussians']} Gaussians"]  # fmt: skip
     per = metrics.get("voxels_per_gaussian", 0.0)
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
@@ -116,6 +116,15 @@ def _print_summary(metrics: dict, out: Path) -> None:
     for name, what in OUTPUTS.items():
         lines.append(f"  {out / name}  ({what})")
     print("\n".join(lines))
+
+
+def _time_note(resumed: dict | None) -> str:
+    """What the optimisation time covers after ``--resume`` (``resumed``: metrics.json's record of it)."""
+    if not resumed:
+        return ""
+    if resumed["seconds_before"] is None:
+        return f" since the resume at iteration {resumed['iteration']} (the state saved no earlier time)"
+    return f" in all ({resumed['seconds_before']:.1f} s before the resume at iteration {resumed['iteration']})"
 
 
 def _what_limits_growth(metrics: dict) -> str:
@@ -184,6 +193,7 @@ def _reconstruct(args) -> int:
     geom, proj = load_scan(args.projections, args.geometry)
     init_settings = _init_settings(args, int(np.prod(geom.volume_shape)))
     _check_holdout_flags(args, geom)
+    _check_views_per_iteration(args, geom)
     reference = load_matching_volume(args.reference, geom, "reference")[0] if args.reference else None
     fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
@@ -260,6 +270,11 @@ def _check_flags(args) -> None:
         raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
     if args.checkpoint and init_settings["init"] != "medgmae":
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
+    if args.model_spacing is not None and init_settings["init"] != "medgmae":
+        raise CLIError(f"--model-spacing is only used by --init medgmae (got --init {init_settings['init']})")
+    if args.coarse_iterations is not None and args.coarse_iterations > args.iterations:
+        raise CLIError(f"--coarse-iterations {args.coarse_iterations} is more than --iterations {args.iterations}: "
+                       "the coarse phase is the start of the run")
 
 
 def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
@@ -276,6 +291,15 @@ def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
                        f"hold out between 1 and {geom.num_views // 2}")  # fmt: skip
 
 
+def _check_views_per_iteration(args, geom: CTGeometry) -> None:
+    """``--views-per-iteration`` at most the views fitted (the scan's, less any held out)."""
+    fitted = geom.num_views - args.holdout_views
+    if args.views_per_iteration is not None and args.views_per_iteration > fitted:
+        held = f" ({args.holdout_views} held out)" if args.holdout_views else ""
+        raise CLIError(f"--views-per-iteration {args.views_per_iteration} is more than the {fitted} views fitted of the "
+                       f"scan {args.projections}{held}")
+
+
 def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device) -> dict:
     """What ``metrics.json`` records: the preset, every setting, the run and its history."""
     from dataclasses import asdict
@@ -288,6 +312,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
         "iterations_to_psnr": result.iterations_to_psnr, "history": result.history, "density_rounds": result.density_rounds,
+        "resumed": None if rec.resumed is None else {"iteration": rec.resumed["iteration"], "seconds_before": rec.resumed["seconds"]},
     }  # fmt: skip
 
 

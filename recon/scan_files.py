@@ -49,9 +49,12 @@ def load_projections(path) -> np.ndarray:
     (``geometry.json`` holds the geometry).
 
     Raises:
-        ValueError: missing, unreadable, not 3D or non-finite; the message names the file.
+        ValueError: missing, a folder, unreadable (truncated), not 3D or non-finite; the message names the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"projections {path} is a folder, not a file: give the projection stack's file "
+                         "(.npy, .mha, .mhd, .nrrd, .nii or .nii.gz)")
     if not path.is_file():
         raise ValueError(f"projection file {path} does not exist")
     if path.suffix.lower() != ".npy":

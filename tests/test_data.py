@@ -48,8 +48,9 @@ def _sitk_image(seed: int = 0, label: bool = False) -> sitk.Image:
     return img
 
 
-def _write_dicom_series(img: sitk.Image, folder: Path, series: int = 2, description: str = "") -> Path:
-    """One CT slice per file, geometry in the patient position / orientation tags (SimpleITK's DICOM example)."""
+def _write_dicom_series(img: sitk.Image, folder: Path, series: int = 2, description: str = "", decimals: int = 10) -> Path:
+    """One CT slice per file, geometry in the patient position / orientation tags (SimpleITK's DICOM example);
+    ``decimals``: those of the position tags (scanners often write two)."""
     folder.mkdir(parents=True, exist_ok=True)
     d = np.asarray(img.GetDirection()).reshape(3, 3)
     orientation = "\\".join(f"{v:.10f}" for v in (*d[:, 0], *d[:, 1]))
@@ -62,7 +63,7 @@ def _write_dicom_series(img: sitk.Image, folder: Path, series: int = 2, descript
                            ("0008|103e", description),
                            ("0018|0050", str(img.GetSpacing()[2])), ("0020|0013", str(k)),
                            ("0008|0018", f"1.2.826.0.1.3680043.2.1125.3.{series}.{k}"),
-                           ("0020|0032", "\\".join(f"{v:.10f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))))):  # fmt: skip
+                           ("0020|0032", "\\".join(f"{v:.{decimals}f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))))):  # fmt: skip
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"series{series}_slice_{k:03d}.dcm"))
         writer.Execute(sl)
@@ -123,6 +124,46 @@ def test_a_folder_of_several_dicom_series_is_refused_naming_each(tmp_path):
     for f in folder.glob("series7_*"):  # one series left: read as before
         f.unlink()
     assert read_volume(folder).array.shape == SHAPE
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused_naming_the_gap(tmp_path, capsys):
+    """ITK would read 11 slices at the average step (2.5 * 12 / 11 mm), moving every inner slice; the positions
+    written are 2.5 mm apart along the normal, so the gap between slices 4 and 6 is 5 mm."""
+    from recon.cli import main as recon_main
+
+    rounded = _write_dicom_series(_sitk_image(3), tmp_path / "rounded", decimals=2)  # DICOM rounding: still read
+    np.testing.assert_allclose(read_volume(rounded).spacing, SPACING, atol=0.01)
+    folder = _write_dicom_series(_sitk_image(3), tmp_path / "gap")
+    (folder / "series2_slice_005.dcm").unlink()
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert message.startswith(f"{folder}: the {SHAPE[2] - 1} slices")
+    assert "usual step is 2.5 mm" in message and "series2_slice_004.dcm" in message and "series2_slice_006.dcm" in message
+    assert message.endswith(" is 5 mm")
+    with pytest.raises(DatasetError, match="not evenly spaced") as error:
+        check_datalist([{"image": str(folder)}])
+    assert str(folder) in str(error.value)
+    out = tmp_path / "sim"
+    assert recon_main(["simulate", "--volume", str(folder), "--geometry", "parallel", "--views", "4", "--out", str(out), "--device", "cpu"]) == 2
+    assert f"{folder}: the {SHAPE[2] - 1} slices" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("ext", [".mha", ".nrrd"])
+def test_a_truncated_image_file_is_one_line_naming_it(tmp_path, capfd, ext):
+    """ITK's multi-line exception ("File cannot be read ... No such file or directory") and MetaIO's stderr text
+    become one line saying the data are incomplete; for MetaImage with the byte counts (int16: 2 bytes a voxel)."""
+    path = tmp_path / f"ct{ext}"
+    sitk.WriteImage(_sitk_image(3), str(path))  # uncompressed
+    _truncate(path)
+    capfd.readouterr()
+    with pytest.raises(ValueError) as error:
+        read_volume(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: the header reads but the voxel data do not: the file is truncated") and "\n" not in message
+    if ext == ".mha":
+        assert f"ideal = {2 * int(np.prod(SHAPE))}" in message
+    assert capfd.readouterr().err == ""
 
 
 def test_every_format_passes_the_fine_tuning_and_pre_training_checks(formats, tmp_path):

@@ -169,3 +169,43 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     assert "raise --iterations (growth runs to 60% of them)" in text and "raise --num-gaussians" not in text
     _print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
+
+
+def test_projections_given_a_folder_say_it_is_a_folder(scan, tmp_path, capsys):
+    out = tmp_path / "f.nii.gz"
+    args = ["fbp", "--projections", str(scan), "--geometry", str(scan / "geometry.json"), "--out", str(out)]
+    err = expect_refusal(capsys, args, f"projections {scan} is a folder, not a file")
+    assert "does not exist" not in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, messages",
+    [
+        (["--views-per-iteration", "11"], ["--views-per-iteration 11 is more than the 10 views fitted"]),
+        (["--views-per-iteration", "9", "--holdout-views", "2"], ["--views-per-iteration 9 is more than the 8 views fitted", "(2 held out)"]),
+        (["--model-spacing", "1.5"], ["--model-spacing is only used by --init medgmae (got --init fbp)"]),
+        (["--model-spacing", "1.5", "--preset", "3dgr-ct"], ["--model-spacing is only used by --init medgmae (got --init 3dgr-ct)"]),
+        (["--coarse-iterations", "3"], ["--coarse-iterations 3 is more than --iterations 2"]),
+    ],
+)
+def test_reconstruct_flags_that_cannot_apply_are_refused(scan, tmp_path, capsys, extra, messages):
+    """The scan fixture has 10 views and the runs 2 iterations; nothing is written."""
+    out = tmp_path / "rec"
+    expect_refusal(capsys, reconstruct_args(scan, out, *extra), *messages)
+    assert not out.exists()
+
+
+def test_a_negative_checkpoint_interval_is_refused(scan, tmp_path, capsys):
+    """It was taken as 0 (states at the end only); argparse refuses it like the other counts."""
+    out = tmp_path / "rec"
+    with pytest.raises(SystemExit) as e:
+        main(reconstruct_args(scan, out, "--checkpoint-every", "-3"))
+    assert e.value.code == 2 and "--checkpoint-every: expected a non-negative integer, got '-3'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_reconstruct_flags_at_their_limits_run(scan, tmp_path):
+    """Every view per iteration, a coarse phase as long as the run, states at the end only: accepted."""
+    out = tmp_path / "rec"
+    assert main(reconstruct_args(scan, out, "--views-per-iteration", "10", "--coarse-iterations", "2", "--checkpoint-every", "0")) == 0
+    assert json.loads((out / "metrics.json").read_text())["settings"]["views_per_iteration"] == 10

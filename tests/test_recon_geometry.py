@@ -1,5 +1,6 @@
 """CT geometry: construction, validation, JSON round trip, and ASTRA's own vector conversion as the reference."""
 
+import json
 import math
 
 import numpy as np
@@ -63,6 +64,32 @@ def test_load_errors_name_the_file(tmp_path):
     partial.write_text('{"kind": "parallel"}')
     with pytest.raises(ValueError, match="missing fields"):
         CTGeometry.load(partial)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("volume_shape", [1.7, 8, 8], "volume_shape must be whole numbers, got [1.7, 8, 8]"),
+        ("det_shape", [1.5, 12], "det_shape must be whole numbers, got [1.5, 12]"),
+        ("angles", None, "angles is null"),
+        ("angles", "abc", "angles must be a list of numbers"),
+        ("voxel_size", "abc", "voxel_size must hold numbers, got 'abc'"),
+        ("det_spacing", [1, "x"], "det_spacing must hold numbers, got [1, 'x']"),
+        ("source_origin", "far", "source_origin must hold numbers, got 'far'"),
+    ],
+)
+def test_load_names_the_field_of_a_non_number_or_fraction(tmp_path, field, value, message):
+    """A fraction where a count is due is refused (not truncated); null and text values name their field."""
+    good = dict(kind="parallel", volume_shape=[1, 8, 8], voxel_size=1, det_shape=[1, 12], det_spacing=1, angles=[0.0])
+    if field == "source_origin":
+        good.update(kind="cone", det_shape=[4, 40], source_origin=60.0, source_detector=90.0)
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({**good, field: value}))
+    with pytest.raises(ValueError) as error:
+        CTGeometry.load(path)
+    assert str(error.value).startswith(f"geometry file {path}: {message}"), str(error.value)
+    path.write_text(json.dumps({**good, "volume_shape": [1.0, 8, 8]}))  # a whole number written as a float is fine
+    assert CTGeometry.load(path).volume_shape == (1, 8, 8)
 
 
 def test_check_projections():

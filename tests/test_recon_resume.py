@@ -119,3 +119,42 @@ def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypat
     monkeypatch.setattr(GaussianReconstructor, "step", step)
     assert main([*args, "--resume"]) == 0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 6
+
+
+def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, monkeypatch, capsys):
+    """On a clock that advances 10 s per optimisation step (nothing else takes time), 6 iterations take 60 s
+    however they are split: interrupted after iteration 2 (its state saved there), then resumed. A state written
+    without the time (an older version) gives the time since the resume, said so."""
+    import types
+
+    import recon.gaussian_recon as gr
+
+    clock = [0.0]
+    monkeypatch.setattr(gr, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    step = gr.GaussianReconstructor.step
+
+    def timed_step(self):
+        if self.iteration == 2 and clock[0] == 20.0:
+            raise KeyboardInterrupt
+        clock[0] += 10.0
+        return step(self)
+
+    monkeypatch.setattr(gr.GaussianReconstructor, "step", timed_step)
+    out = tmp_path / "rec"
+    args = [*_args(saved[0], out, "--iterations", "6", "--eval-every", "2"), "--checkpoint-every", "2"]
+    assert main(args) == 130
+    clock[0] = 1000.0  # the resumed process's clock starts anywhere
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["time_seconds"] == pytest.approx(60.0)
+    assert [(h["iteration"], h["seconds"]) for h in metrics["history"]] == [(2, 20.0), (4, 40.0), (6, 60.0)]
+    assert metrics["resumed"] == {"iteration": 2, "seconds_before": 20.0}
+    assert "6 iterations in 60.0 s in all (20.0 s before the resume at iteration 2)" in capsys.readouterr().out
+    state = torch.load(out / "recon_state.pt", weights_only=True)
+    assert state["seconds"] == pytest.approx(60.0)
+    del state["seconds"]
+    torch.save(state, out / "recon_state.pt")
+    clock[0] = 5000.0
+    assert main([*args, "--resume"]) == 0  # 6 of 6 done: no step, no time
+    assert "6 iterations in 0.0 s since the resume at iteration 6 (the state saved no earlier time)" in capsys.readouterr().out

@@ -11,7 +11,10 @@ transposed), and ``affine`` maps index ``(i, j, k, 1)`` to RAS+ world millimetre
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -77,6 +80,10 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
+class _SeriesError(ValueError):
+    """A DICOM folder the reader refuses by its own checks (its message needs no exception type)."""
+
+
 def _dicom_series_files(folder: Path) -> tuple[str, ...]:
     """The slice files of the one DICOM series in ``folder``, sorted by GDCM along the slice normal.
 
@@ -89,7 +96,7 @@ def _dicom_series_files(folder: Path) -> tuple[str, ...]:
 
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
-        raise ValueError("no DICOM series found in the folder")
+        raise _SeriesError("no DICOM series found in the folder")
     if len(ids) == 1:
         return sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
     found = []
@@ -100,9 +107,95 @@ def _dicom_series_files(folder: Path) -> tuple[str, ...]:
         info.ReadImageInformation()
         desc = info.GetMetaData("0008|103e").strip() if info.HasMetaDataKey("0008|103e") else "no description"
         found.append(f"{uid} ({len(names)} slices, {desc!r})")
-    raise ValueError(
+    raise _SeriesError(
         f"the folder holds {len(ids)} DICOM series; put each in its own folder and give that one: " + "; ".join(found)
     )
+
+
+def _slice_positions(reader) -> np.ndarray | None:
+    """Each slice's ImagePositionPatient projected on the slice normal (the cross product of the first slice's
+    ImageOrientationPatient rows), in mm; ``None`` when a slice lacks either tag (nothing to check against)."""
+    keys = ("0020|0032", "0020|0037")
+    n = len(reader.GetFileNames())
+    if not all(reader.HasMetaDataKey(i, k) for i in range(n) for k in keys):
+        return None
+    try:
+        iop = np.asarray(reader.GetMetaData(0, keys[1]).split("\\"), dtype=np.float64)
+        ipp = np.asarray([reader.GetMetaData(i, keys[0]).split("\\") for i in range(n)], dtype=np.float64)
+    except ValueError:
+        return None
+    if iop.shape != (6,) or ipp.shape != (n, 3):
+        return None
+    return ipp @ np.cross(iop[:3], iop[3:])
+
+
+def _check_even_slices(reader) -> None:
+    """Refuse a series whose slices are not evenly spaced along the normal (a missing or repeated slice).
+
+    ITK reads such a series as evenly spaced at the average step (only a warning on stderr), which puts every slice
+    but the ends at the wrong world position. The tolerance, 1 % of the spacing but at least 0.02 mm, allows for
+    DICOM's rounding of the position tags.
+
+    Raises:
+        ValueError: naming the slice count, the expected step (the median) and the largest deviating step with
+            the files and positions on either side.
+    """
+    pos = _slice_positions(reader)
+    if pos is None or len(pos) < 3:
+        return
+    steps = np.diff(pos)
+    expected = float(np.median(steps))
+    worst = int(np.argmax(np.abs(steps - expected)))
+    if abs(steps[worst] - expected) <= max(0.01 * abs(expected), 0.02):
+        return
+    names = [Path(f).name for f in reader.GetFileNames()]
+    raise _SeriesError(
+        f"the {len(pos)} slices of the DICOM series are not evenly spaced along the slice normal (a missing or "
+        f"repeated slice?): the usual step is {abs(expected):.4g} mm, but {names[worst]} (position "
+        f"{pos[worst]:.4g} mm) to {names[worst + 1]} ({pos[worst + 1]:.4g} mm) is {abs(steps[worst]):.4g} mm"
+    )
+
+
+@contextlib.contextmanager
+def _native_stderr(captured: list[str]):
+    """Collect what native code (ITK's MetaIO, GDCM) writes to stderr meanwhile into ``captured`` instead."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to take over (a detached process): nothing to collect
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.append(tmp.read().decode(errors="replace"))
+
+
+def _read_sitk_file(path: Path):
+    """One image file through SimpleITK: header first, then the voxel data, each failure one line."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise _SeriesError("not a readable image file (its header cannot be read)") from e
+    said: list[str] = []
+    try:
+        with _native_stderr(said):
+            img = reader.Execute()
+    except RuntimeError as e:
+        detail = " ".join("".join(said).split())  # MetaIO: "data not read completely ideal = ... : actual = ..."
+        raise _SeriesError("the header reads but the voxel data do not: the file is truncated (incomplete) or corrupt"
+                           + (f" ({detail})" if detail else "")) from e
+    sys.stderr.write("".join(said))  # a successful read's warnings pass on
+    return img
 
 
 def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -111,9 +204,16 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(_dicom_series_files(path))
-        img = reader.Execute()
+        reader.MetaDataDictionaryArrayUpdateOn()
+        warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's uneven-slices warning: refused below, clearly
+        try:
+            img = reader.Execute()
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+        _check_even_slices(reader)
     else:
-        img = sitk.ReadImage(str(path))
+        img = _read_sitk_file(path)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"expected one value per voxel, got {img.GetNumberOfComponentsPerPixel()} components")
     dim = img.GetDimension()
@@ -139,8 +239,9 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unreadable or corrupt file, not a single 3D volume, non-finite voxels or a singular affine;
-            the message names the file.
+        ValueError: unreadable or corrupt file, not a single 3D volume, a DICOM folder without exactly one series
+            or whose slices are not evenly spaced (a missing slice), non-finite voxels or a singular affine; the
+            message names the file.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -149,6 +250,8 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
         raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
     try:
         arr, affine = _read_nifti(p) if p.name.lower().endswith((".nii", ".nii.gz")) else _read_sitk(p)
+    except _SeriesError as e:
+        raise ValueError(f"{p}: {e}") from e
     except Exception as e:  # nibabel / SimpleITK raise many types for corrupt or truncated files
         raise ValueError(f"{p}: cannot read the volume ({type(e).__name__}: {e})") from e
     while arr.ndim > 3 and arr.shape[-1] == 1:
