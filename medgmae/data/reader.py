@@ -11,10 +11,7 @@ transposed), and ``affine`` maps index ``(i, j, k, 1)`` to RAS+ world millimetre
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -156,26 +153,6 @@ def _check_even_slices(reader) -> None:
     )
 
 
-@contextlib.contextmanager
-def _native_stderr(captured: list[str]):
-    """Collect what native code (ITK's MetaIO, GDCM) writes to stderr meanwhile into ``captured`` instead."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to take over (a detached process): nothing to collect
-        yield
-        return
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            captured.append(tmp.read().decode(errors="replace"))
-
-
 def _read_sitk_file(path: Path):
     """One image file through SimpleITK: header first, then the voxel data, each failure one line."""
     import SimpleITK as sitk
@@ -186,16 +163,11 @@ def _read_sitk_file(path: Path):
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise _SeriesError("not a readable image file (its header cannot be read)") from e
-    said: list[str] = []
     try:
-        with _native_stderr(said):
-            img = reader.Execute()
-    except RuntimeError as e:
-        detail = " ".join("".join(said).split())  # MetaIO: "data not read completely ideal = ... : actual = ..."
-        raise _SeriesError("the header reads but the voxel data do not: the file is truncated (incomplete) or corrupt"
-                           + (f" ({detail})" if detail else "")) from e
-    sys.stderr.write("".join(said))  # a successful read's warnings pass on
-    return img
+        return reader.Execute()
+    except RuntimeError as e:  # ITK's text ends "No such file or directory" for a file that exists
+        raise _SeriesError("the header reads but the voxel data do not: the file is truncated (incomplete) or "
+                           "corrupt") from e
 
 
 def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
