@@ -32,7 +32,7 @@ logger = logging.getLogger("medgmae.twod")
 
 def gmae2d_validation_dataset(
     dataset_dir: str = "", image_size=(64, 64), in_channels: int = 1, num_phantoms: int = 8, num_images: int = 4,
-    seed: int = 0,
+    seed: int = 0, window=None,
 ):  # fmt: skip
     """The fixed validation images of 2D GMAE pre-training (no random flips).
 
@@ -44,6 +44,7 @@ def gmae2d_validation_dataset(
             slices come from the held-out volume ``seed + num_phantoms``.
         num_images: validation images (an image folder gives its first ``num_images`` images: they are not held out).
         seed: the training phantom seed.
+        window: intensity window of NIfTI/DICOM files, as in training (:func:`~medgmae.twod.data2d.gmae2d_dataset`).
 
     Returns:
         A dataset of ``{"image": (C, H, W)}`` items.
@@ -53,7 +54,7 @@ def gmae2d_validation_dataset(
     if int(num_images) < 1:
         raise ValueError(f"val_images must be >= 1, got {num_images}")
     if dataset_dir:
-        ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False, log=False)
+        ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False, log=False, window=window)
         return Subset(ds, range(min(int(num_images), len(ds))))
     return gmae2d_dataset("", image_size, in_channels, num_phantom_cases=1, slices_per_case=int(num_images),
                           seed=int(seed) + int(num_phantoms), flip=False, cache=False)  # fmt: skip

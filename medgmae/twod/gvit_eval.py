@@ -319,6 +319,7 @@ def evaluate_model_file(
 
     The data settings (``dataset_dir``, ``seed``, ``val_fraction``, ``num_cases``) default to the ones recorded in
     ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used.
+    NIfTI/DICOM images are read with training's intensity ``window`` (recorded in ``model.pt``), if it had one.
 
     Args:
         model_path: file written by training.
@@ -348,8 +349,9 @@ def evaluate_model_file(
     given = dict(dataset_dir=dataset_dir, seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
     st = evaluation_data_settings(getattr(model, "data_settings", None), given)
     root = "" if st["dataset_dir"] else _phantom_root(st, default_root, Path(output_dir), model.img_size[0])
+    window = (getattr(model, "data_settings", None) or {}).get("window")  # training's NIfTI/DICOM window
     data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
-                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"])  # fmt: skip
+                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window)  # fmt: skip
     names = getattr(model, "class_names", None)
     if names is not None and list(names) != list(data.class_names):
         raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
@@ -358,6 +360,6 @@ def evaluate_model_file(
     items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
     if not items:
         raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
-    loader = DataLoader(make_dataset(items, model.img_size, model.in_channels), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=window), batch_size=batch_size, shuffle=False)
     record = {"split": split, "data": {**data.settings, "source": data.source}, "model": str(model_path)}
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)
