@@ -1,4 +1,5 @@
-"""The 2D bundles' ``flip`` and ``window`` settings."""
+"""The 2D bundles' ``flip`` and ``window`` settings, and the refusals of files that are not what ``medgmae-2d`` and
+GViT's evaluation need."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from PIL import Image
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
 from medgmae.twod.classification_data import make_dataset, resolve_classification_data
+from medgmae.twod.cli import main as cli_main
 from medgmae.twod.data2d import gmae2d_dataset
+from medgmae.twod.gmae import GMAE2D
+from medgmae.twod.gvit import GViT
+from medgmae.twod.gvit_phases import settings_record
 from medgmae.twod.images import read_image, window_setting
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
@@ -120,3 +125,44 @@ def test_gvit_window_is_recorded_and_used(tmp_path, caplog):
                    "val_fraction": 0.5, "window": "[-1000, 1000]"})  # fmt: skip
     assert parser.get_parsed_content("data").settings["window"] == [-1000.0, 1000.0]
     assert parser.get_parsed_content("validate#dataset").transform.transforms[1].window == (-1000.0, 1000.0)
+
+
+# ----------------------------------------------------------------------------------------------- medgmae-2d
+@pytest.fixture()
+def gmae_file(tmp_path):
+    torch.manual_seed(0)
+    model = GMAE2D(img_size=32, patch_size=8, in_channels=1, model_size="tiny", num_gaussians=16)
+    torch.save(model.model_checkpoint(), tmp_path / "model.pt")
+    return tmp_path / "model.pt"
+
+
+def test_window_on_a_png_is_refused(gmae_file, tmp_path, capsys):
+    _marker(tmp_path / "img.png")
+    code = cli_main(["layers", "--checkpoint", str(gmae_file), "--image", str(tmp_path / "img.png"),
+                     "--window", "0", "100", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 2
+    assert f"--window applies to NIfTI and DICOM images in HU; {tmp_path / 'img.png'} is a PNG" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _gvit_phase_checkpoint(path: Path) -> Path:
+    """What a GViT phase's CheckpointHandler writes: the phase's state, its settings record, no model record."""
+    model = GViT(1, 16, 2, num_gaussians=4, patch_size=4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    objects = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": {},
+               "settings": settings_record({"model": model.config(), "data": {"seed": 0}}).state_dict()}  # fmt: skip
+    torch.save({"engine": {"epoch": 1}, "objects": objects}, path)
+    return path
+
+
+def test_a_gvit_phase_checkpoint_is_named_as_such(tmp_path, capsys):
+    ckpt = _gvit_phase_checkpoint(tmp_path / "checkpoint_epoch=1.pt")
+    _marker(tmp_path / "img.png")
+    code = cli_main(["layers", "--checkpoint", str(ckpt), "--image", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "checkpoint_epoch=1.pt is a gvit training checkpoint (GViT classifier); expected gmae2d" in capsys.readouterr().err
+
+    with pytest.raises(ValueError) as err:
+        GViT.from_checkpoint(ckpt)
+    assert "a GViT training checkpoint" in str(err.value) and "give the GViT run's model.pt" in str(err.value)
+    assert "best_model" not in str(err.value)
