@@ -127,6 +127,17 @@ def test_gvit_window_is_recorded_and_used(tmp_path, caplog):
     assert parser.get_parsed_content("validate#dataset").transform.transforms[1].window == (-1000.0, 1000.0)
 
 
+def test_gvit_warns_about_a_class_without_validation_images(tmp_path, caplog):
+    for cls, n in (("a", 1), ("b", 4)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(n):
+            _marker(tmp_path / "data" / cls / f"{i}.png")
+    with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
+        data = resolve_classification_data(tmp_path / "data", tmp_path / "root", val_fraction=0.5)
+    assert data.counts["val"] == {"b": 2}
+    assert "class(es) 'a' have no validation image" in caplog.text
+
+
 # ----------------------------------------------------------------------------------------------- medgmae-2d
 @pytest.fixture()
 def gmae_file(tmp_path):

@@ -374,7 +374,8 @@ def resolve_classification_data(
     the default phantom-slice task written to (or reused from) ``default_root``.
 
     ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given,
-    and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`)."""
+    and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
+    class without validation images is named in a warning: the validation accuracy does not cover it."""
     window = window_setting(window)
     phantom = dataset_dir is None or str(dataset_dir).strip() == ""
     if phantom:
@@ -388,6 +389,10 @@ def resolve_classification_data(
     if window is not None:
         data.settings["window"] = list(window)
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)
+    unvalidated = [name for name in data.class_names if not data.counts["val"].get(name)]
+    if data.val and unvalidated:
+        logger.warning("dataset %s: class(es) %s have no validation image (too few images to hold one out): the "
+                       "validation accuracy does not cover them", data.source, ", ".join(map(repr, unvalidated)))  # fmt: skip
     if not phantom:
         log_intensity_scaling([it["image"] for it in data.train + data.val], window, f"dataset {data.source}")
     return data
