@@ -1,10 +1,11 @@
-"""The 2D bundles' ``flip`` and ``window`` settings, and the refusals of files that are not what ``medgmae-2d`` and
-GViT's evaluation need."""
+"""The 2D bundles' ``flip`` and ``window`` settings, what their logs and summaries say, and the refusals of files
+that are not what ``medgmae-2d`` and GViT's evaluation need."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -15,10 +16,12 @@ from monai.transforms import RandFlipd
 from PIL import Image
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
+from medgmae.engine import MetricHistory
 from medgmae.twod.classification_data import make_dataset, resolve_classification_data
 from medgmae.twod.cli import main as cli_main
 from medgmae.twod.data2d import gmae2d_dataset
 from medgmae.twod.gmae import GMAE2D
+from medgmae.twod.gmae_validation import GMAE2DSummary, GMAE2DValidationHandler
 from medgmae.twod.gvit import GViT
 from medgmae.twod.gvit_phases import settings_record
 from medgmae.twod.images import read_image, window_setting
@@ -177,3 +180,23 @@ def test_a_gvit_phase_checkpoint_is_named_as_such(tmp_path, capsys):
         GViT.from_checkpoint(ckpt)
     assert "a GViT training checkpoint" in str(err.value) and "give the GViT run's model.pt" in str(err.value)
     assert "best_model" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------- wording
+def test_gmae2d_validation_counts_images_and_one_epoch_is_singular(tmp_path, caplog):
+    (tmp_path / "data").mkdir()
+    _marker(tmp_path / "data" / "a.png")
+    _marker(tmp_path / "data" / "b.png")
+    parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, val_images=2)
+    handler = parser.get_parsed_content("val#handler")
+    assert isinstance(handler, GMAE2DValidationHandler)
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=1, max_epochs=1))
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        handler(engine)
+    assert "epoch 1 validation (2 images, fixed masks)" in caplog.text
+
+    summary = GMAE2DSummary(tmp_path, MetricHistory(best_metric="val_psnr", mode="max"))
+    one = summary.text(summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1))))
+    assert "2D GMAE pre-training finished: 1 epoch of gmae2d" in one
+    two = summary.text(summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=2))))
+    assert "2D GMAE pre-training finished: 2 epochs of gmae2d" in two
