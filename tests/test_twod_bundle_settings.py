@@ -87,7 +87,7 @@ def test_window_setting_spellings(value, expected):
 
 def test_window_setting_refuses_nonsense():
     for bad in ("abc", [1], [5, 5], [1, 2, 3]):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=repr(bad).replace("[", r"\[")):
             window_setting(bad)
 
 

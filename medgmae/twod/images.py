@@ -86,11 +86,9 @@ def window_setting(value: Any) -> tuple[float, float] | None:
     """
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return None
-    if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        value = [v for v in re.split(r"[,\s]+", text) if v]
+    values = [v for v in re.split(r"[,\s]+", value.strip().strip("[]()")) if v] if isinstance(value, str) else value
     try:
-        low, high = (float(v) for v in value)
+        low, high = (float(v) for v in values)
     except (TypeError, ValueError):
         raise ValueError(f"expected null or [low, high] (e.g. HU: [-1000, 1000]), got {value!r}") from None
     if not (np.isfinite([low, high]).all() and high > low):
