@@ -1,17 +1,19 @@
 """GViT evaluation finds the data the model was trained on (recorded in model.pt), warns when told otherwise,
-never replaces training's phantom task, and leaves no stale explanation PNGs."""
+never replaces training's phantom task, and leaves no stale explanation PNGs, each named after its image; the
+confusion matrix's column labels are whole."""
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from medgmae.twod.classification_data import resolve_classification_data, write_phantom_slice_task
 from medgmae.twod.gvit import GViT
-from medgmae.twod.gvit_eval import evaluate_model_file
+from medgmae.twod.gvit_eval import evaluate_model_file, save_confusion_matrix_png
 from medgmae.twod.gvit_summary import evaluate_command
 
 EVAL = dict(device="cpu", batch_size=8, render_backend="torch")
@@ -93,3 +95,31 @@ def test_a_failed_evaluation_keeps_the_earlier_explanations(tmp_path, monkeypatc
         evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=-1, **EVAL)
     assert len(calls) == 2 and folder_state(run / "eval" / "explanations") == before
     assert not [p.name for p in (run / "eval").iterdir() if p.name.startswith(".")]
+
+
+def test_explanation_names_carry_the_source_file(tmp_path):
+    run = tmp_path / "run"
+    data = resolve_classification_data(_classes(tmp_path / "classes"), run / "data", image_size=16, seed=1, val_fraction=0.5)
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=-1, **EVAL)
+    names = sorted(p.name for p in (run / "eval" / "explanations").iterdir())
+    stems = sorted(Path(it["image"]).stem for it in data.val)
+    assert len(names) == len(stems) == 4
+    assert sorted(name.split("_")[1] for name in names) == stems  # <n>_<source>_<true>_pred-<predicted>.png
+
+
+def _ink(img: Image.Image) -> int:
+    return int((np.asarray(img.convert("L")) < 128).sum())
+
+
+def test_confusion_matrix_column_labels_are_whole(tmp_path):
+    names = ["disk", "rare class"]
+    save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), names, tmp_path / "cm.png")
+    img = Image.open(tmp_path / "cm.png")
+    label_w, top, cell = 8 + 7 * max(map(len, names)), 24, 48
+    font = ImageFont.load_default()
+    for j, name in enumerate(names):  # the header above column j holds the whole name's ink
+        header = img.crop((label_w + j * cell, top, label_w + (j + 1) * cell, top + label_w))
+        whole = Image.new("L", (200, 30), 255)
+        ImageDraw.Draw(whole).text((1, 1), name, fill=0, font=font)
+        assert _ink(header) >= 0.9 * _ink(whole), name

@@ -160,6 +160,9 @@ class MaskedValidationHandler:
         image_key: key of the image in the dataset items.
     """
 
+    #: what the log line calls the validation inputs (a 2D subclass's are whole images)
+    item_name = "crops"
+
     def __init__(
         self,
         network: nn.Module,
@@ -249,7 +252,7 @@ class MaskedValidationHandler:
         if improved:
             save_best_model(self.network, self.output_dir)
         logger.info(
-            "epoch %d validation (%d crops, fixed masks): masked PSNR %.2f dB, SSIM %.4f, loss %.5f; best PSNR %.2f dB "
-            "at epoch %d%s", epoch, len(self.crops()), metrics["psnr"], metrics["ssim"], metrics["loss"],
+            "epoch %d validation (%d %s, fixed masks): masked PSNR %.2f dB, SSIM %.4f, loss %.5f; best PSNR %.2f dB "
+            "at epoch %d%s", epoch, len(self.crops()), self.item_name, metrics["psnr"], metrics["ssim"], metrics["loss"],
             self.history.best_value, self.history.best_epoch, f" (wrote {BEST_MODEL_FILE})" if improved else "",
         )  # fmt: skip

@@ -34,8 +34,8 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.files import save_json_atomic
-from medgmae.twod.data2d import LoadImage2Dd, axial_slices, window_to_image
-from medgmae.twod.images import IMAGE_SUFFIXES, read_image, save_png
+from medgmae.twod.data2d import LoadImage2Dd, axial_slices, log_intensity_scaling, window_to_image
+from medgmae.twod.images import IMAGE_SUFFIXES, read_image, save_png, window_setting
 
 __all__ = [
     "ClassificationData",
@@ -207,7 +207,13 @@ def load_classification_data(
     return ClassificationData(train, val, list(classes), int(first), str(path), counts)
 
 
-def make_dataset(items: list[dict], image_size: int | Sequence[int], channels: int, cache: bool = True) -> CacheDataset:
+def make_dataset(
+    items: list[dict],
+    image_size: int | Sequence[int],
+    channels: int,
+    cache: bool = True,
+    window: Sequence[float] | None = None,
+) -> CacheDataset:
     """A MONAI :class:`~monai.data.CacheDataset` of ``{"image": (C, H, W) in [0, 1], "label": long, "path": str}``.
 
     Images are read and resized by :class:`~medgmae.twod.data2d.LoadImage2Dd` (all cached when ``cache``).
@@ -217,13 +223,15 @@ def make_dataset(items: list[dict], image_size: int | Sequence[int], channels: i
         image_size: ``(H, W)`` or an int.
         channels: 1 (colour images to ITU-R 601 luma) or 3 (grey replicated).
         cache: cache every loaded image.
+        window: intensity window ``(low, high)`` of NIfTI/DICOM files (e.g. HU), as ``medgmae-2d --window`` maps
+            it; ``None``: each file's DICOM window or 0.5/99.5 percentiles. PNG/JPEG/BMP/TIFF are not windowed.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
     transform = Compose([
         CopyItemsd(keys="image", names="path"),
-        LoadImage2Dd("image", size, channels),
+        LoadImage2Dd("image", size, channels, window),
         EnsureTyped(keys="label", dtype=torch.long, track_meta=False),
     ])  # fmt: skip
     return CacheDataset(items, transform=transform, cache_rate=1.0 if cache else 0.0, num_workers=0, progress=False)
@@ -360,9 +368,15 @@ def resolve_classification_data(
     seed: int = 0,
     val_fraction: float = 0.2,
     num_cases: int = 10,
+    window: Sequence[float] | None = None,
 ) -> ClassificationData:
     """``dataset_dir`` (folder or CSV) loaded by :func:`load_classification_data`; when it is empty or None,
-    the default phantom-slice task written to (or reused from) ``default_root``."""
+    the default phantom-slice task written to (or reused from) ``default_root``.
+
+    ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given,
+    and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
+    class without validation images is named in a warning: the validation accuracy does not cover it."""
+    window = window_setting(window)
     phantom = dataset_dir is None or str(dataset_dir).strip() == ""
     if phantom:
         logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)
@@ -372,5 +386,13 @@ def resolve_classification_data(
                      "default_root": str(Path(default_root).resolve()) if phantom else "",
                      "num_phantoms": int(num_cases), "seed": int(seed), "val_fraction": float(val_fraction),
                      "image_size": int(image_size)}  # fmt: skip
+    if window is not None:
+        data.settings["window"] = list(window)
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)
+    unvalidated = [name for name in data.class_names if not data.counts["val"].get(name)]
+    if data.val and unvalidated:
+        logger.warning("dataset %s: class(es) %s have no validation image (too few images to hold one out): the "
+                       "validation accuracy does not cover them", data.source, ", ".join(map(repr, unvalidated)))  # fmt: skip
+    if not phantom:
+        log_intensity_scaling([it["image"] for it in data.train + data.val], window, f"dataset {data.source}")
     return data

@@ -29,7 +29,7 @@ from medgmae.engine import resolve_device
 from medgmae.files import atomic_write, output_dir_problem
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
-from medgmae.twod.images import read_image, read_reference, save_png, save_png_grid, to_model_input
+from medgmae.twod.images import is_windowed, read_image, read_reference, save_png, save_png_grid, to_model_input
 
 __all__ = ["main", "build_parser"]
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--image", required=True, type=Path, help="PNG/JPEG/BMP/TIFF, NIfTI or DICOM image")
     common.add_argument("--out", required=True, type=Path, help="output folder (created)")
     common.add_argument("--slice", type=int, default=None, help="slice of a NIfTI volume / frame of a DICOM (default: middle)")
-    common.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="intensity window for NIfTI/DICOM (e.g. HU)")
+    common.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="intensity window for NIfTI/DICOM (e.g. HU; refused for PNG/JPEG)")
     common.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"), help="renderer backend")
     common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the model's)")
@@ -66,7 +66,18 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
     """The model, the image as its input, the render size, and the ``--reference`` mask read at the image's slice
     and checked against the image's pixels (``None`` without one), before anything is computed."""
     device = resolve_device(args.device)
-    model = GMAE2D.from_checkpoint(args.checkpoint, map_location="cpu").to(device).eval()
+    try:
+        model = GMAE2D.from_checkpoint(args.checkpoint, map_location="cpu").to(device).eval()
+    except ValueError:
+        from medgmae.twod.gvit.model import is_gvit_training_checkpoint
+
+        if is_gvit_training_checkpoint(args.checkpoint):
+            raise ValueError(f"{args.checkpoint.name} is a gvit training checkpoint (GViT classifier); expected "
+                             f"gmae2d (file: {args.checkpoint})") from None  # fmt: skip
+        raise
+    if args.window is not None and args.image.is_file() and not is_windowed(args.image):
+        kind = args.image.suffix.lstrip(".").upper() or "picture file"
+        raise ValueError(f"--window applies to NIfTI and DICOM images in HU; {args.image} is a {kind}")
     image = read_image(args.image, slice_index=args.slice, window=args.window)
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
     size = tuple(args.render_size) if args.render_size else model.img_size

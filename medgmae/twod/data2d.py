@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
-from medgmae.twod.images import IMAGE_SUFFIXES, read_image, to_model_input
+from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed, read_image, to_model_input, window_setting
 
 __all__ = [
     "axial_slices",
@@ -37,6 +37,7 @@ __all__ = [
     "gmae2d_dataset",
     "DEFAULT_WINDOW",
     "edge_map",
+    "log_intensity_scaling",
 ]
 
 logger = logging.getLogger("medgmae.twod")
@@ -173,6 +174,29 @@ def _is_nifti_volume(path: Path) -> bool:
     return len(shape) >= 3 and min(shape[:3]) > 1
 
 
+def log_intensity_scaling(paths: Iterable[str | os.PathLike], window: Sequence[float] | None, where: str) -> None:
+    """Log how the NIfTI/DICOM files among ``paths`` are brought to ``[0, 1]``: by the fixed ``window``, or, without
+    one, each by its own DICOM window or 0.5/99.5 percentiles (then one HU reads differently between images: a
+    warning suggests ``window``). Nothing is logged when there are none.
+
+    Args:
+        paths: the image files.
+        window: the ``window`` setting, ``(low, high)`` or ``None``.
+        where: the data's name in the message (e.g. the folder).
+    """
+    count = sum(is_windowed(p) for p in paths)
+    if not count:
+        return
+    if window is not None:
+        logger.info("%s: %d NIfTI/DICOM images mapped from the window %g..%g to 0..1 (clipped)", where, count, *window)
+    else:
+        logger.warning(
+            "%s: %d NIfTI/DICOM images are scaled each by its own DICOM window or 0.5/99.5 percentiles, so one HU "
+            "reads differently between images; for CT give a fixed window in HU, e.g. --window \"[-1000, 1000]\"",
+            where, count,
+        )
+
+
 class LoadImage2Dd(MapTransform):
     """Read 2D image files (PNG/JPEG/NIfTI slice/DICOM) into ``(C, H, W)`` float32 tensors in ``[0, 1]``.
 
@@ -182,7 +206,9 @@ class LoadImage2Dd(MapTransform):
         keys: keys to load.
         image_size: output ``(H, W)``.
         channels: 1 or 3 (grey <-> RGB conversion as in :func:`~medgmae.twod.images.to_model_input`).
-        window: intensity window for NIfTI/DICOM.
+        window: intensity window ``(low, high)`` for NIfTI/DICOM, mapped to ``[0, 1]`` as
+            :func:`~medgmae.twod.images.read_image` maps it (also ``medgmae-2d --window``); ``None``: each file's
+            DICOM window or 0.5/99.5 percentiles. PNG/JPEG/BMP/TIFF are not windowed.
         allow_missing_keys: as in MONAI.
     """
 
@@ -196,7 +222,7 @@ class LoadImage2Dd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_size = tuple(int(s) for s in image_size)
-        self.channels, self.window = int(channels), window
+        self.channels, self.window = int(channels), window_setting(window)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -214,9 +240,10 @@ def gmae2d_dataset(
     num_phantom_cases: int = 4,
     slices_per_case: int = 8,
     seed: int = 0,
-    flip: bool = True,
+    flip: bool = False,
     cache: bool = True,
     log: bool = True,
+    window: Sequence[float] | None = None,
 ) -> Dataset:
     """The 2D GMAE pre-training dataset: ``{"image": (C, H, W)}`` items.
 
@@ -227,20 +254,27 @@ def gmae2d_dataset(
         num_phantom_cases: phantom volumes when no folder is given.
         slices_per_case: slices per phantom volume.
         seed: first phantom seed.
-        flip: random left-right flips (MONAI ``RandFlipd``).
+        flip: random left-right flips (MONAI ``RandFlipd``, probability 0.5); off by default: left and right
+            differ in medical images.
         cache: cache the deterministic part (MONAI ``CacheDataset``).
-        log: log what an image folder holds (:func:`image_folder_items`).
+        log: log what an image folder holds (:func:`image_folder_items`) and how its NIfTI/DICOM files are scaled
+            (:func:`log_intensity_scaling`).
+        window: intensity window for NIfTI/DICOM files (see :class:`LoadImage2Dd`); phantom slices always use
+            :data:`DEFAULT_WINDOW`.
 
     Returns:
         A MONAI dataset.
     """
     size = tuple(int(s) for s in image_size)
+    window = window_setting(window)
     if dataset_dir:
         items = image_folder_items(dataset_dir, log)
+        if log:
+            log_intensity_scaling([it["image"] for it in items], window, f"dataset_dir {dataset_dir}")
     else:
         items = [{"image": it["image"]} for it in phantom_slices(num_phantom_cases, slices_per_case, size, seed, in_channels=in_channels)]
     transforms = [
-        LoadImage2Dd("image", size, in_channels),
+        LoadImage2Dd("image", size, in_channels, window),
         SelectItemsd(keys="image"),
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
     ]

@@ -1,7 +1,7 @@
 """Validation with pictures for 2D GMAE pre-training (the ``gmae2d_pretrain`` bundle).
 
 The 3D pre-training handlers do the scoring: :class:`~medgmae.mae_training.validation.MaskedValidationHandler` (masked
-PSNR / SSIM on fixed images with fixed masks, ``best_model.pt``) and
+PSNR / SSIM on fixed images with fixed masks, ``best_model.pt``; :class:`GMAE2DValidationHandler` logs them as images) and
 :class:`~medgmae.mae_training.summary.PretrainSummary` (curves and closing summary). This module adds the 2D parts:
 the fixed validation images (:func:`gmae2d_validation_dataset`), the picture of each (:func:`gmae2d_figure`:
 input, masked input, rendering and the depth layers of the Gaussians, nearest first) written every few epochs by
@@ -24,15 +24,16 @@ from torch.utils.data import Subset
 from medgmae.engine import is_main_process
 from medgmae.engine.figures import add_image, label_tile, save_png, tile_grid, upscale
 from medgmae.mae_training.summary import PretrainSummary
+from medgmae.mae_training.validation import MaskedValidationHandler
 
-__all__ = ["GMAE2DPictureHandler", "GMAE2DSummary", "gmae2d_figure", "gmae2d_validation_dataset"]
+__all__ = ["GMAE2DPictureHandler", "GMAE2DSummary", "GMAE2DValidationHandler", "gmae2d_figure", "gmae2d_validation_dataset"]
 
 logger = logging.getLogger("medgmae.twod")
 
 
 def gmae2d_validation_dataset(
     dataset_dir: str = "", image_size=(64, 64), in_channels: int = 1, num_phantoms: int = 8, num_images: int = 4,
-    seed: int = 0,
+    seed: int = 0, window=None,
 ):  # fmt: skip
     """The fixed validation images of 2D GMAE pre-training (no random flips).
 
@@ -44,6 +45,7 @@ def gmae2d_validation_dataset(
             slices come from the held-out volume ``seed + num_phantoms``.
         num_images: validation images (an image folder gives its first ``num_images`` images: they are not held out).
         seed: the training phantom seed.
+        window: intensity window of NIfTI/DICOM files, as in training (:func:`~medgmae.twod.data2d.gmae2d_dataset`).
 
     Returns:
         A dataset of ``{"image": (C, H, W)}`` items.
@@ -53,7 +55,7 @@ def gmae2d_validation_dataset(
     if int(num_images) < 1:
         raise ValueError(f"val_images must be >= 1, got {num_images}")
     if dataset_dir:
-        ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False, log=False)
+        ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False, log=False, window=window)
         return Subset(ds, range(min(int(num_images), len(ds))))
     return gmae2d_dataset("", image_size, in_channels, num_phantom_cases=1, slices_per_case=int(num_images),
                           seed=int(seed) + int(num_phantoms), flip=False, cache=False)  # fmt: skip
@@ -144,6 +146,13 @@ class GMAE2DPictureHandler:
         logger.info("epoch %d: wrote %s", engine.state.epoch, path)
 
 
+class GMAE2DValidationHandler(MaskedValidationHandler):
+    """:class:`~medgmae.mae_training.validation.MaskedValidationHandler` whose log line counts whole images (the 2D
+    validation inputs), not crops."""
+
+    item_name = "images"
+
+
 class GMAE2DSummary(PretrainSummary):
     """:class:`~medgmae.mae_training.summary.PretrainSummary` for 2D GMAE: the follow-up commands are ``medgmae-2d``'s
     zero-shot tools on this run's ``model.pt``.
@@ -159,6 +168,13 @@ class GMAE2DSummary(PretrainSummary):
         super().__init__(output_dir, history, model_kind="gmae2d", roi_size=[], example_image=example_image, **kwargs)
         self.title = "2D GMAE pre-training finished"
         self.model_note = "last epoch: zero-shot layers, figure-ground, edges"
+
+    def text(self, s: dict) -> str:
+        """The summary as console lines (:meth:`PretrainSummary.text`), "1 epoch" in the singular."""
+        text = super().text(s)
+        if s.get("epochs") == 1:
+            text = text.replace(f"{self.title}: 1 epochs of ", f"{self.title}: 1 epoch of ", 1)
+        return text
 
     def commands(self) -> dict[str, str]:
         model, image = shlex.quote(str(self.out / "model.pt")), shlex.quote(self.example_image or "slice.png")

@@ -6,7 +6,8 @@
   images), ``confusion_matrix`` (rows = true class, columns = predicted), ``class_names``, ``num_images``,
   ``explanations`` (how many PNGs), and the ``split`` and ``data`` settings evaluated when the caller gives them;
 * ``confusion_matrix.png``;
-* ``explanations/<n>_<true>_pred-<predicted>.png``: the image, its Gaussians drawn as 2-sigma ellipses coloured
+* ``explanations/<n>_<source>_<true>_pred-<predicted>.png`` (``<source>``: the image file's name without its
+  endings; absent for images without a file): the image, its Gaussians drawn as 2-sigma ellipses coloured
   by ``det(Sigma)`` (the paper's saliency proxy: small, yellow = class-relevant; large, purple = background), and
   the rendering of the Gaussians. They are written into a staging folder and moved in when all were written
   (:func:`medgmae.files.staged_outputs` with ``remove_stale``): PNGs of an earlier evaluation do not stay, and a
@@ -111,9 +112,9 @@ def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: 
     y0 = top + label_w
     for i in range(n):
         draw.text((4, y0 + i * cell + cell // 2 - 5), str(class_names[i]), fill="black", font=font)
-        # column headers, written vertically letter by letter to stay within the cell width
-        for k, ch in enumerate(str(class_names[i])[: label_w // 10]):
-            draw.text((label_w + i * cell + cell // 2 - 3, top + k * 10), ch, fill="black", font=font)
+        # column headers: the whole name turned 90 degrees (read bottom to top), ending just above its column
+        label = _vertical_text(str(class_names[i]), font)
+        img.paste(label, (label_w + i * cell + (cell - label.width) // 2, y0 - 4 - label.height), label)
         for j in range(n):
             x, y = label_w + j * cell, y0 + i * cell
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=tuple(int(c) for c in colors[i, j]), outline="white")
@@ -182,6 +183,20 @@ def save_explanation_png(image: torch.Tensor, gaussians: Gaussians2D, path: str 
     return Path(path)
 
 
+def _vertical_text(text: str, font) -> Image.Image:
+    """``text`` in black on a transparent strip turned 90 degrees counter-clockwise (a column header)."""
+    left, upper, right, lower = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    strip = Image.new("RGBA", (max(1, right) + 2, max(1, lower) + 2), (255, 255, 255, 0))
+    ImageDraw.Draw(strip).text((1, 1), text, fill="black", font=font)
+    return strip.rotate(90, expand=True)
+
+
+def _stem(path: str | Path) -> str:
+    """The file name without its endings (``ct.nii.gz`` -> ``ct``)."""
+    name = Path(path).name
+    return name.split(".")[0] or name
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
 
@@ -233,12 +248,14 @@ def _write_explanations(model, loader, class_names, folder: Path, device, num_ex
         dec = model.encoder.decode(g.float())
         rendered = dec.render(x.shape[-2:], backend=render_backend)
         lab = torch.as_tensor(batch["label"]).view(-1)
+        paths = batch.get("path") if isinstance(batch, Mapping) else None
         for i in range(x.shape[0]):
             if written >= num_explanations:
                 break
             one = Gaussians2D(*(t[i : i + 1] for t in (dec.means, dec.scales, dec.angles, dec.colors, dec.opacities)))
             true, pr = class_names[int(lab[i])], class_names[int(pred[i])]
-            name = f"{written:03d}_{_safe(true)}_pred-{_safe(pr)}.png"
+            source = f"{_safe(_stem(paths[i]))}_" if paths is not None else ""
+            name = f"{written:03d}_{source}{_safe(true)}_pred-{_safe(pr)}.png"
             save_explanation_png(x[i], one, folder / name, rendered[i], title=f"true {true} / predicted {pr}")
             written += 1
     return written
@@ -319,6 +336,7 @@ def evaluate_model_file(
 
     The data settings (``dataset_dir``, ``seed``, ``val_fraction``, ``num_cases``) default to the ones recorded in
     ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used.
+    NIfTI/DICOM images are read with training's intensity ``window`` (recorded in ``model.pt``), if it had one.
 
     Args:
         model_path: file written by training.
@@ -348,8 +366,9 @@ def evaluate_model_file(
     given = dict(dataset_dir=dataset_dir, seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
     st = evaluation_data_settings(getattr(model, "data_settings", None), given)
     root = "" if st["dataset_dir"] else _phantom_root(st, default_root, Path(output_dir), model.img_size[0])
+    window = (getattr(model, "data_settings", None) or {}).get("window")  # training's NIfTI/DICOM window
     data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
-                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"])  # fmt: skip
+                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window)  # fmt: skip
     names = getattr(model, "class_names", None)
     if names is not None and list(names) != list(data.class_names):
         raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
@@ -358,6 +377,6 @@ def evaluate_model_file(
     items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
     if not items:
         raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
-    loader = DataLoader(make_dataset(items, model.img_size, model.in_channels), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=window), batch_size=batch_size, shuffle=False)
     record = {"split": split, "data": {**data.settings, "source": data.source}, "model": str(model_path)}
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)

@@ -25,8 +25,9 @@ Errors name the file: missing (FileNotFoundError), unreadable or corrupt, empty 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +36,17 @@ import torch.nn.functional as F
 from medgmae.data.grid import same_grid_problem
 from medgmae.files import atomic_write
 
-__all__ = ["read_image", "read_mask", "read_reference", "to_model_input", "save_png", "save_png_grid", "IMAGE_SUFFIXES"]
+__all__ = [
+    "read_image",
+    "read_mask",
+    "read_reference",
+    "to_model_input",
+    "save_png",
+    "save_png_grid",
+    "IMAGE_SUFFIXES",
+    "window_setting",
+    "is_windowed",
+]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -62,6 +73,36 @@ def _image_kind(path: str | os.PathLike) -> str:
     except OSError:
         pass
     raise ValueError(f"{path}: unsupported image type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM file)")
+
+
+def window_setting(value: Any) -> tuple[float, float] | None:
+    """A ``window`` setting (a bundle key, e.g. ``--window "[-1000, 1000]"``) as ``(low, high)``, or ``None``.
+
+    ``None``, ``""``, ``"none"`` and ``"null"`` mean no window; otherwise two numbers with ``high > low``, the
+    stored intensities (HU for CT) that :func:`read_image` maps to 0 and 1 in NIfTI and DICOM files.
+
+    Raises:
+        ValueError: anything else, naming the value.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    values = [v for v in re.split(r"[,\s]+", value.strip().strip("[]()")) if v] if isinstance(value, str) else value
+    try:
+        low, high = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected null or [low, high] (e.g. HU: [-1000, 1000]), got {value!r}") from None
+    if not (np.isfinite([low, high]).all() and high > low):
+        raise ValueError(f"expected [low, high] with high > low, got {value!r}")
+    return low, high
+
+
+def is_windowed(path: str | os.PathLike) -> bool:
+    """Whether :func:`read_image` applies an intensity window to ``path``: NIfTI and DICOM files (by name, or by
+    the DICOM preamble); PNG/JPEG/BMP/TIFF are divided by their integer type's maximum instead."""
+    try:
+        return _image_kind(path) != "pil"
+    except ValueError:
+        return False
 
 
 def _scale(arr: np.ndarray, path: Path, window: Sequence[float] | None) -> np.ndarray:

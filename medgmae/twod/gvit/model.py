@@ -8,6 +8,8 @@ folder or phantom-task settings, seed, validation fraction, image size; see
 
 from __future__ import annotations
 
+import inspect
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,10 +18,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from medgmae.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from medgmae.files import load_torch_file
 from medgmae.twod.gvit.classifier import GaussianViTClassifier, vit_preset
 from medgmae.twod.gvit.encoder import DenoisingGaussianEncoder
 
-__all__ = ["GViT", "load_gvit", "save_gvit"]
+__all__ = ["GViT", "load_gvit", "save_gvit", "training_state_objects", "is_gvit_training_checkpoint"]
 
 
 class GViT(nn.Module):
@@ -108,7 +111,16 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
             config and weights that do not build the model.
     """
     cls = GViT if cls is None else cls
-    ckpt = load_checkpoint(path, cls.kind, f"expected a {cls.kind} model.pt", map_location)
+    try:
+        ckpt = load_checkpoint(path, cls.kind, f"expected a {cls.kind} model.pt", map_location)
+    except ValueError:
+        objects = training_state_objects(path)
+        if objects is None:
+            raise
+        what = "GViT training checkpoint (a phase's state" if is_gvit_training_checkpoint(path) else (
+            "training-state checkpoint (a run's state")
+        raise ValueError(f"{path}: a {what}, for --resume; it holds {sorted(objects)}), not a model file: give "
+                         f"the GViT run's model.pt") from None
     try:
         model = cls(**ckpt.config)
         model.load_state_dict(ckpt.state_dict)
@@ -117,6 +129,33 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
     model.class_names = ckpt.extra.get("class_names")
     model.data_settings = ckpt.extra.get("data")
     return model
+
+
+def training_state_objects(path: str | os.PathLike) -> dict | None:
+    """The objects of a training-state checkpoint (``checkpoint_epoch=N.pt`` of
+    :class:`~medgmae.engine.CheckpointHandler`) without a model record (``config``: then its kind is known and
+    :func:`~medgmae.checkpoint.load_checkpoint` names it), ``None`` for any other file (also an unreadable one: its
+    own loader names that problem)."""
+    try:
+        ckpt = load_torch_file(path, "cpu", what="checkpoint")
+    except (OSError, ValueError, RuntimeError):
+        return None
+    objects = ckpt.get("objects") if isinstance(ckpt, dict) and "kind" not in ckpt else None
+    if not isinstance(objects, dict) or "model" not in objects or "optimizer" not in objects:
+        return None
+    return None if isinstance(objects.get("config"), dict) else objects  # a model record: its kind is named
+
+
+def is_gvit_training_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a GViT training phase's checkpoint (``checkpoints/<phase>/checkpoint_epoch=N.pt``): a
+    training state whose settings record (:func:`medgmae.twod.gvit_phases.settings_record`) holds a GViT
+    configuration."""
+    objects = training_state_objects(path)
+    record = objects.get("settings") if objects is not None else None
+    settings = record.get("settings") if isinstance(record, dict) else None
+    config = settings.get("model") if isinstance(settings, dict) else None
+    params = set(inspect.signature(GViT.__init__).parameters) - {"self"}
+    return isinstance(config, dict) and "num_classes" in config and set(config) <= params
 
 
 def save_gvit(

@@ -1,0 +1,202 @@
+"""The 2D bundles' ``flip`` and ``window`` settings, what their logs and summaries say, and the refusals of files
+that are not what ``medgmae-2d`` and GViT's evaluation need."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import RandFlipd
+from PIL import Image
+
+from medgmae.bundle_checks import BundleSettingError, check_settings
+from medgmae.engine import MetricHistory
+from medgmae.twod.classification_data import make_dataset, resolve_classification_data
+from medgmae.twod.cli import main as cli_main
+from medgmae.twod.data2d import gmae2d_dataset
+from medgmae.twod.gmae import GMAE2D
+from medgmae.twod.gmae_validation import GMAE2DSummary, GMAE2DValidationHandler
+from medgmae.twod.gvit import GViT
+from medgmae.twod.gvit_phases import settings_record
+from medgmae.twod.images import read_image, window_setting
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+GMAE_TRAIN = str(BUNDLES / "gmae2d_pretrain" / "configs" / "train.json")
+GVIT_TRAIN = str(BUNDLES / "gvit_classification" / "configs" / "train.json")
+
+
+def _marker(path: Path) -> np.ndarray:
+    """A PNG that is not left-right symmetric (a bright block at the top left); returns it in ``[0, 1]``."""
+    arr = np.zeros((32, 32), np.uint8)
+    arr[2:12, 2:8] = 255
+    Image.fromarray(arr).save(path)
+    return arr / 255.0
+
+
+def _ct_slices(folder: Path) -> Path:
+    """Two CT slices in HU that differ only in their brightest pixel (400 vs 1500 HU); water (0 HU) in the middle."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, hi in (("a", 400.0), ("b", 1500.0)):
+        v = np.full((32, 32, 1), -1000.0, np.float32)
+        v[8:24, 8:24] = 0.0
+        v[:4, :4] = hi
+        nib.save(nib.Nifti1Image(v, np.eye(4)), str(folder / f"{name}.nii.gz"))
+    return folder
+
+
+def _gmae_parser(tmp_path: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(GMAE_TRAIN)
+    parser.update({"output_dir": str(tmp_path / "run"), "image_size": 32, "patch_size": 8, "device": "cpu",
+                   "dataset_dir": str(tmp_path / "data"), **overrides})  # fmt: skip
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- flip
+def test_gmae2d_training_images_are_not_mirrored_unless_flip_is_set(tmp_path):
+    (tmp_path / "data").mkdir()
+    stored = _marker(tmp_path / "data" / "a.png")
+    default = _gmae_parser(tmp_path).get_parsed_content("train#dataset")
+    assert not any(isinstance(t, RandFlipd) for t in default.transform.transforms)
+    for seed in range(4):  # RandFlipd would mirror about half of these
+        torch.manual_seed(seed)
+        np.testing.assert_allclose(np.asarray(default[0]["image"])[0], stored, atol=1e-6)
+    flipped = _gmae_parser(tmp_path, flip="true").get_parsed_content("train#dataset")
+    assert any(isinstance(t, RandFlipd) for t in flipped.transform.transforms)
+
+
+def test_flip_and_window_settings_are_checked_up_front(tmp_path):
+    parser = _gmae_parser(tmp_path, flip="maybe", window="[400, -1000]")
+    with pytest.raises(BundleSettingError) as err:
+        check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
+    assert "--flip" in str(err.value) and "expected true or false, got 'maybe'" in str(err.value)
+    assert "--window" in str(err.value) and "high > low" in str(err.value)
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("null", None), ("", None), ([-1000, 1000], (-1000.0, 1000.0)),
+                                             ("[-350, 400]", (-350.0, 400.0))])  # fmt: skip
+def test_window_setting_spellings(value, expected):
+    assert window_setting(value) == expected
+
+
+def test_window_setting_refuses_nonsense():
+    for bad in ("abc", [1], [5, 5], [1, 2, 3]):
+        with pytest.raises(ValueError, match=repr(bad).replace("[", r"\[")):
+            window_setting(bad)
+
+
+# ----------------------------------------------------------------------------------------------- window
+def test_gmae2d_window_maps_one_hu_to_one_value_in_every_image(tmp_path, caplog):
+    _ct_slices(tmp_path / "data")
+    with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
+        per_image = _gmae_parser(tmp_path).get_parsed_content("train#dataset")
+    assert "2 NIfTI/DICOM images are scaled each by its own" in caplog.text and "--window" in caplog.text
+    water = [float(per_image[i]["image"][0, 14:18, 14:18].median()) for i in range(2)]
+    assert abs(water[0] - water[1]) > 0.1  # the default: each slice scaled by its own percentiles
+
+    windowed = _gmae_parser(tmp_path, window="[-1000, 1000]")
+    for key in ("train#dataset", "val#dataset"):
+        ds = windowed.get_parsed_content(key)
+        for i in range(2):
+            assert float(ds[i]["image"][0, 14:18, 14:18].median()) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_window_is_the_same_mapping_as_medgmae_2d(tmp_path):
+    path = _ct_slices(tmp_path / "data") / "b.nii.gz"
+    ds = gmae2d_dataset(tmp_path / "data", (32, 32), 1, window=(-350, 400), cache=False, log=False)
+    torch.testing.assert_close(ds[1]["image"], torch.as_tensor(read_image(path, window=(-350, 400))))
+
+
+def test_gvit_window_is_recorded_and_used(tmp_path, caplog):
+    for cls in ("x", "y"):
+        _ct_slices(tmp_path / "data" / cls)
+    data = resolve_classification_data(tmp_path / "data", tmp_path / "root", val_fraction=0.5, window="[-1000, 1000]")
+    assert data.settings["window"] == [-1000.0, 1000.0]
+    ds = make_dataset(data.train, 32, 1, window=data.settings["window"])
+    assert float(ds[0]["image"][0, 14:18, 14:18].median()) == pytest.approx(0.5, abs=1e-3)
+    assert "window" not in resolve_classification_data(tmp_path / "data", tmp_path / "root", val_fraction=0.5).settings
+
+    parser = ConfigParser()
+    parser.read_config(GVIT_TRAIN)
+    parser.update({"dataset_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "run"), "image_size": 16,
+                   "val_fraction": 0.5, "window": "[-1000, 1000]"})  # fmt: skip
+    assert parser.get_parsed_content("data").settings["window"] == [-1000.0, 1000.0]
+    assert parser.get_parsed_content("validate#dataset").transform.transforms[1].window == (-1000.0, 1000.0)
+
+
+def test_gvit_warns_about_a_class_without_validation_images(tmp_path, caplog):
+    for cls, n in (("a", 1), ("b", 4)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(n):
+            _marker(tmp_path / "data" / cls / f"{i}.png")
+    with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
+        data = resolve_classification_data(tmp_path / "data", tmp_path / "root", val_fraction=0.5)
+    assert data.counts["val"] == {"b": 2}
+    assert "class(es) 'a' have no validation image" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------- medgmae-2d
+@pytest.fixture()
+def gmae_file(tmp_path):
+    torch.manual_seed(0)
+    model = GMAE2D(img_size=32, patch_size=8, in_channels=1, model_size="tiny", num_gaussians=16)
+    torch.save(model.model_checkpoint(), tmp_path / "model.pt")
+    return tmp_path / "model.pt"
+
+
+def test_window_on_a_png_is_refused(gmae_file, tmp_path, capsys):
+    _marker(tmp_path / "img.png")
+    code = cli_main(["layers", "--checkpoint", str(gmae_file), "--image", str(tmp_path / "img.png"),
+                     "--window", "0", "100", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 2
+    assert f"--window applies to NIfTI and DICOM images in HU; {tmp_path / 'img.png'} is a PNG" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _gvit_phase_checkpoint(path: Path) -> Path:
+    """What a GViT phase's CheckpointHandler writes: the phase's state, its settings record, no model record."""
+    model = GViT(1, 16, 2, num_gaussians=4, patch_size=4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    objects = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": {},
+               "settings": settings_record({"model": model.config(), "data": {"seed": 0}}).state_dict()}  # fmt: skip
+    torch.save({"engine": {"epoch": 1}, "objects": objects}, path)
+    return path
+
+
+def test_a_gvit_phase_checkpoint_is_named_as_such(tmp_path, capsys):
+    ckpt = _gvit_phase_checkpoint(tmp_path / "checkpoint_epoch=1.pt")
+    _marker(tmp_path / "img.png")
+    code = cli_main(["layers", "--checkpoint", str(ckpt), "--image", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "checkpoint_epoch=1.pt is a gvit training checkpoint (GViT classifier); expected gmae2d" in capsys.readouterr().err
+
+    with pytest.raises(ValueError) as err:
+        GViT.from_checkpoint(ckpt)
+    assert "a GViT training checkpoint" in str(err.value) and "give the GViT run's model.pt" in str(err.value)
+    assert "best_model" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------- wording
+def test_gmae2d_validation_counts_images_and_one_epoch_is_singular(tmp_path, caplog):
+    (tmp_path / "data").mkdir()
+    _marker(tmp_path / "data" / "a.png")
+    _marker(tmp_path / "data" / "b.png")
+    parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, val_images=2)
+    handler = parser.get_parsed_content("val#handler")
+    assert isinstance(handler, GMAE2DValidationHandler)
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=1, max_epochs=1))
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        handler(engine)
+    assert "epoch 1 validation (2 images, fixed masks)" in caplog.text
+
+    summary = GMAE2DSummary(tmp_path, MetricHistory(best_metric="val_psnr", mode="max"))
+    one = summary.text(summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1))))
+    assert "2D GMAE pre-training finished: 1 epoch of gmae2d" in one
+    two = summary.text(summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=2))))
+    assert "2D GMAE pre-training finished: 2 epochs of gmae2d" in two
