@@ -137,6 +137,9 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     assert ("after 2 iterations (2 per epoch, batch size 4), but this run has 3 iterations per epoch (batch size 2): "
             "the batch size changed from 4 to 2") in refused.stderr, refused.stderr[-3000:]
     assert folder_state(out) == before
+    refused = train(max_epochs=2, resume=True, flip=True)  # a data setting no shape or count reveals
+    assert refused.returncode != 0 and "flip: saved False, now True" in refused.stderr, refused.stderr[-3000:]
+    assert folder_state(out) == before
 
 
 def test_training_on_an_rgb_image_folder(tmp_path):
