@@ -308,3 +308,19 @@ def test_a_resumed_scheduler_keeps_this_runs_plan(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         restore_states(tmp_path / "c.pt", [("lr_scheduler", same)], {"lr_scheduler": saved})
     assert same.state_dict() == saved and "continues on this run's schedule" not in caplog.text
+
+
+def test_a_new_run_in_a_used_folder_replaces_the_earlier_runs_checkpoints(tmp_path, caplog):
+    """A fresh run (no resume) in a folder holding a finished 3-epoch run: its start names the earlier checkpoints,
+    its first epoch checkpoint replaces them, and a resume then continues this run (epoch 1), not the earlier one
+    (whose checkpoint_epoch=3.pt used to outrank this run's own and be the one kept)."""
+    first, _ = _make_trainer(tmp_path, 3, resume=False)
+    first.run()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_epoch=3.pt", "checkpoint_final.pt"]
+    again, _ = _make_trainer(tmp_path, 1, resume=False, lr=0.01)
+    with caplog.at_level("WARNING"):
+        again.run()
+    assert "holds an earlier run's checkpoints (checkpoint_epoch=3.pt, checkpoint_final.pt)" in caplog.text
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
+    assert latest_checkpoint(tmp_path).name == "checkpoint_epoch=1.pt"
+    assert load_torch_file(tmp_path / "checkpoint_final.pt")["engine"]["epoch"] == 1

@@ -158,7 +158,10 @@ class CheckpointHandler:
     state dicts of ``objects``, the engine's epoch/iteration, the training loader's batch size and epoch length
     (:func:`~medgmae.engine.resume.loader_record`) and a :class:`RandomStateTracker`. When the run stops
     on an exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` and re-raises; at a normal end it
-    writes ``checkpoint_final.pt``. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
+    writes ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's
+    checkpoints, says so when it starts and removes them when it writes its first epoch checkpoint: kept, the
+    earlier run's higher epoch numbers would have outranked this run's own checkpoints (the newest ``n_saved``
+    were kept by number), and a later ``--resume`` would have continued the earlier run. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
     the engine starts and continues from the next epoch, bit for bit on the same machine and software. A checkpoint
     whose state does not fit (another kind of run; an object refusing it, such as a model configuration record)
     stops the run at the start with an error naming the file and the object, and writes no checkpoint. A bundle
@@ -212,6 +215,7 @@ class CheckpointHandler:
         self.finished_ok = bool(finished_ok)
         self.resumed_from: Path | None = None
         self._failed_resume = False
+        self._earlier_run: list[Path] = []  # another run's checkpoints in output_dir, replaced at the first save
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._on_started)
@@ -244,10 +248,27 @@ class CheckpointHandler:
         return path
 
     def _on_epoch(self, engine: Engine) -> None:
-        if self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt") is None:
+        saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
+        if saved is None:
             return
+        for p in self._earlier_run:
+            if p != saved:
+                p.unlink(missing_ok=True)
+        self._earlier_run = []
         for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
             p.unlink(missing_ok=True)
+
+    def _note_earlier_run(self) -> None:
+        """Remember (and name) the checkpoints another run left in ``output_dir``, which this fresh run replaces."""
+        names = ("checkpoint_final.pt", "checkpoint_interrupted.pt")
+        self._earlier_run = [p for _, p in epoch_checkpoints(self.output_dir)]
+        self._earlier_run += [self.output_dir / n for n in names if (self.output_dir / n).is_file()]
+        if self._earlier_run and rank_world()[0] == 0:
+            logger.warning(
+                "%s holds an earlier run's checkpoints (%s): this new run replaces them when it saves its first epoch "
+                "(stop now and add --resume true to continue that run instead)",
+                self.output_dir, ", ".join(sorted(p.name for p in self._earlier_run)),
+            )  # fmt: skip
 
     def _on_completed(self, engine: Engine) -> None:
         self.save(engine, "checkpoint_final.pt")
@@ -263,6 +284,7 @@ class CheckpointHandler:
 
     def _on_started(self, engine: Engine) -> None:
         if not self.resume:
+            self._note_earlier_run()
             return
         path, ckpt = self._read_latest()
         if path is None:
