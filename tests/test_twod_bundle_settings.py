@@ -16,7 +16,10 @@ from monai.transforms import RandFlipd
 from PIL import Image
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
+from medgmae.checkpoint import load_checkpoint
 from medgmae.engine import MetricHistory
+from medgmae.mae_training import save_pretrained
+from medgmae.mae_training.validation import save_best_model
 from medgmae.twod.classification_data import make_dataset, resolve_classification_data
 from medgmae.twod.cli import main as cli_main
 from medgmae.twod.data2d import gmae2d_dataset
@@ -157,6 +160,18 @@ def test_window_on_a_png_is_refused(gmae_file, tmp_path, capsys):
     assert code == 2
     assert f"--window applies to NIfTI and DICOM images in HU; {tmp_path / 'img.png'} is a PNG" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_gmae2d_model_files_record_the_training_window(tmp_path):
+    parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, window="[-1000, 1000]")
+    model = parser.get_parsed_content("network_def")
+    save_pretrained(model, tmp_path / "run")
+    save_best_model(model, tmp_path / "run")
+    recorded = {"flip": False, "window": [-1000.0, 1000.0]}
+    for name in ("model.pt", "best_model.pt"):
+        assert GMAE2D.from_checkpoint(tmp_path / "run" / name).data_settings == recorded, name
+    assert load_checkpoint(tmp_path / "run" / "encoder.pt").extra["data"] == recorded
+    assert parser.get_parsed_content("resume_records#settings").state_dict() == {"settings": recorded}
 
 
 def _gvit_phase_checkpoint(path: Path) -> Path:
