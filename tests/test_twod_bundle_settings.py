@@ -16,7 +16,10 @@ from monai.transforms import RandFlipd
 from PIL import Image
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
+from medgmae.checkpoint import load_checkpoint
 from medgmae.engine import MetricHistory
+from medgmae.mae_training import save_pretrained
+from medgmae.mae_training.validation import save_best_model
 from medgmae.twod.classification_data import make_dataset, resolve_classification_data
 from medgmae.twod.cli import main as cli_main
 from medgmae.twod.data2d import gmae2d_dataset
@@ -24,7 +27,7 @@ from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gmae_validation import GMAE2DSummary, GMAE2DValidationHandler
 from medgmae.twod.gvit import GViT
 from medgmae.twod.gvit_phases import settings_record
-from medgmae.twod.images import read_image, window_setting
+from medgmae.twod.images import read_image, save_png, to_model_input, window_setting
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 GMAE_TRAIN = str(BUNDLES / "gmae2d_pretrain" / "configs" / "train.json")
@@ -157,6 +160,75 @@ def test_window_on_a_png_is_refused(gmae_file, tmp_path, capsys):
     assert code == 2
     assert f"--window applies to NIfTI and DICOM images in HU; {tmp_path / 'img.png'} is a PNG" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_gmae2d_model_files_record_the_training_window(tmp_path):
+    parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, window="[-1000, 1000]")
+    model = parser.get_parsed_content("network_def")
+    save_pretrained(model, tmp_path / "run")
+    save_best_model(model, tmp_path / "run")
+    recorded = {"flip": False, "window": [-1000.0, 1000.0]}
+    for name in ("model.pt", "best_model.pt"):
+        assert GMAE2D.from_checkpoint(tmp_path / "run" / name).data_settings == recorded, name
+    assert load_checkpoint(tmp_path / "run" / "encoder.pt").extra["data"] == recorded
+    assert parser.get_parsed_content("resume_records#settings").state_dict() == {"settings": recorded}
+
+
+def _layers_input(checkpoint: Path, image: Path, out: Path, *extra: str) -> bytes:
+    """``medgmae-2d layers`` on ``image``; returns the bytes of its ``input.png``."""
+    argv = ["layers", "--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out), "--num-layers", "4"]
+    assert cli_main([*argv, *extra]) == 0
+    return (out / "input.png").read_bytes()
+
+
+def test_medgmae_2d_windows_a_nifti_by_the_recorded_window(tmp_path, capsys):
+    image = _ct_slices(tmp_path / "data") / "b.nii.gz"  # 1500 HU in a corner: its percentiles are not -350..400
+    torch.manual_seed(0)
+    model = GMAE2D(img_size=32, patch_size=8, in_channels=1, model_size="tiny", num_gaussians=16)
+    torch.save(model.model_checkpoint(), tmp_path / "old.pt")  # as written before the window was recorded
+    assert "data" not in torch.load(tmp_path / "old.pt", weights_only=True)["extra"]
+    payload = model.model_checkpoint()  # the same weights, trained with window [-350, 400]
+    payload["extra"]["data"] = {"flip": False, "window": [-350.0, 400.0]}
+    torch.save(payload, tmp_path / "model.pt")
+
+    implicit = _layers_input(tmp_path / "model.pt", image, tmp_path / "implicit")
+    explicit = _layers_input(tmp_path / "model.pt", image, tmp_path / "explicit", "--window", "-350", "400")
+    assert implicit == explicit and "note" not in capsys.readouterr().err
+    old = _layers_input(tmp_path / "old.pt", image, tmp_path / "old")
+    assert old != implicit
+    assert GMAE2D.from_checkpoint(tmp_path / "old.pt").data_settings is None
+    # the old file keeps today's mapping: each image by its own 0.5/99.5 percentiles
+    save_png(to_model_input(read_image(image), 1, (32, 32))[0], tmp_path / "percentiles.png")
+    assert old == (tmp_path / "percentiles.png").read_bytes()
+
+    other = _layers_input(tmp_path / "model.pt", image, tmp_path / "other", "--window", "-1000", "1000")
+    assert other != implicit
+    err = capsys.readouterr().err
+    assert "note: using --window -1000 1000, not the window -350 400 the model was trained with" in err
+    assert len([line for line in err.splitlines() if "note" in line]) == 1
+    _layers_input(tmp_path / "old.pt", image, tmp_path / "old_given", "--window", "-1000", "1000")
+    assert "note" not in capsys.readouterr().err
+
+    # a PNG is not windowed: the recorded window neither applies nor is noted
+    _marker(tmp_path / "img.png")
+    _layers_input(tmp_path / "model.pt", tmp_path / "img.png", tmp_path / "png")
+    assert "note" not in capsys.readouterr().err
+
+
+def test_medgmae_2d_refuses_an_unusable_recorded_window(gmae_file, tmp_path, capsys):
+    payload = torch.load(gmae_file, weights_only=True)
+    payload["extra"]["data"] = {"window": [400.0, -1000.0]}
+    torch.save(payload, gmae_file)
+    image = _ct_slices(tmp_path / "data") / "a.nii.gz"
+    code = cli_main(["layers", "--checkpoint", str(gmae_file), "--image", str(image), "--out", str(tmp_path / "o")])
+    assert code == 2 and f"{gmae_file}: the recorded training window is unusable" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_medgmae_2d_help_names_the_recorded_window(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["layers", "--help"])
+    assert "recorded in the checkpoint" in " ".join(capsys.readouterr().out.split())
 
 
 def _gvit_phase_checkpoint(path: Path) -> Path:

@@ -183,6 +183,9 @@ class MaskedAutoencoder(nn.Module):
         self.mask_ratio, self.loss_on_all_voxels = float(mask_ratio), bool(loss_on_all_voxels)
         #: the pre-processing the model is (to be) trained with; written into ``model.pt`` / ``encoder.pt``.
         self.preprocessing: PreprocessingSpec | None = None
+        #: settings of the training data that neither the config nor ``preprocessing`` holds (2D GMAE: ``flip``,
+        #: ``window``); written into ``model.pt`` / ``encoder.pt`` as ``extra["data"]`` when set, as GViT does.
+        self.data_settings: dict | None = None
         self.encoder = MaskedViTEncoder(
             in_channels=self.in_channels,
             img_size=img,
@@ -242,17 +245,25 @@ class MaskedAutoencoder(nn.Module):
         """The ``encoder.pt`` payload (:mod:`medgmae.checkpoint` format, kind ``medgmae-encoder``) read by
         fine-tuning, with the pre-processing record."""
         return make_checkpoint(ENCODER_KIND, self.encoder.config(), self.encoder_state_dict(), self.preprocessing,
-                               extra={"source": type(self).__name__})  # fmt: skip
+                               extra={"source": type(self).__name__, **self._data_extra()})  # fmt: skip
 
     def model_checkpoint(self) -> dict:
-        """The ``model.pt`` payload (:mod:`medgmae.checkpoint` format) with the pre-processing record."""
-        return make_checkpoint(self.kind, self.config(), self.state_dict(), self.preprocessing)
+        """The ``model.pt`` payload (:mod:`medgmae.checkpoint` format) with the pre-processing record and, when set,
+        the :attr:`data_settings` (``extra["data"]``)."""
+        return make_checkpoint(self.kind, self.config(), self.state_dict(), self.preprocessing, extra=self._data_extra())
+
+    def _data_extra(self) -> dict:
+        """``{"data": data_settings}`` as plain data (tuples as lists), or ``{}`` when none are set."""
+        if self.data_settings is None:
+            return {}
+        return {"data": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(self.data_settings).items()}}
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, map_location: str | torch.device = "cpu", needed_for: str | None = None
     ) -> "MaskedAutoencoder":
-        """Rebuild a model from ``model.pt`` or from a training checkpoint; sets :attr:`preprocessing`.
+        """Rebuild a model from ``model.pt`` or from a training checkpoint; sets :attr:`preprocessing` and
+        :attr:`data_settings` (``None`` when the file records none, e.g. one written before they were recorded).
 
         Args:
             path: the file.
@@ -272,6 +283,8 @@ class MaskedAutoencoder(nn.Module):
         except (TypeError, RuntimeError) as e:
             raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
         model.preprocessing = ckpt.preprocessing
+        data = ckpt.extra.get("data")
+        model.data_settings = dict(data) if isinstance(data, dict) else None
         return model
 
     # ------------------------------------------------------------------ model

@@ -6,8 +6,9 @@ Usage::
     medgmae-2d segment --checkpoint model.pt --image ct.nii.gz --out DIR [--reference mask.png]
     medgmae-2d edges   --checkpoint model.pt --image img.dcm --out DIR [--granularities 4 8 16]
 
-The image (PNG/JPEG/BMP/TIFF, a NIfTI slice or a DICOM file) is converted to the model's channels and size,
-fully encoded (no mask), decoded to Gaussians and rendered with depth layers. Every output file is written
+The image (PNG/JPEG/BMP/TIFF, a NIfTI slice or a DICOM file) is converted to the model's channels and size
+(a NIfTI/DICOM image windowed by ``--window``, else by the window recorded in the checkpoint at training), fully
+encoded (no mask), decoded to Gaussians and rendered with depth layers. Every output file is written
 atomically, and only after all results are computed. Exit status: 0 on success, 2 on bad input (missing or
 unreadable files, wrong checkpoint kind, nonsense options), 1 on other failures.
 """
@@ -29,7 +30,15 @@ from medgmae.engine import resolve_device
 from medgmae.files import atomic_write, output_dir_problem
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
-from medgmae.twod.images import is_windowed, read_image, read_reference, save_png, save_png_grid, to_model_input
+from medgmae.twod.images import (
+    is_windowed,
+    read_image,
+    read_reference,
+    save_png,
+    save_png_grid,
+    to_model_input,
+    window_setting,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -42,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--image", required=True, type=Path, help="PNG/JPEG/BMP/TIFF, NIfTI or DICOM image")
     common.add_argument("--out", required=True, type=Path, help="output folder (created)")
     common.add_argument("--slice", type=int, default=None, help="slice of a NIfTI volume / frame of a DICOM (default: middle)")
-    common.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="intensity window for NIfTI/DICOM (e.g. HU; refused for PNG/JPEG)")
+    common.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="intensity window for NIfTI/DICOM (e.g. HU), mapped to 0..1; default: the window recorded "
+                             "in the checkpoint at training, else each image's DICOM window or 0.5/99.5 percentiles; "
+                             "refused for PNG/JPEG")  # fmt: skip
     common.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"), help="renderer backend")
     common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the model's)")
@@ -78,13 +90,35 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
     if args.window is not None and args.image.is_file() and not is_windowed(args.image):
         kind = args.image.suffix.lstrip(".").upper() or "picture file"
         raise ValueError(f"--window applies to NIfTI and DICOM images in HU; {args.image} is a {kind}")
-    image = read_image(args.image, slice_index=args.slice, window=args.window)
+    image = read_image(args.image, slice_index=args.slice, window=_window(args, model))
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
     size = tuple(args.render_size) if args.render_size else model.img_size
     reference = None
     if getattr(args, "reference", None) is not None:
         reference = read_reference(args.reference, args.image, image.shape[-2:], slice_index=args.slice)
     return model, x, size, reference
+
+
+def _window(args, model: GMAE2D) -> tuple[float, float] | None:
+    """The intensity window for a NIfTI/DICOM ``--image``: ``--window`` if given, else the one recorded in the
+    checkpoint at training (``data_settings["window"]``), else ``None``. A ``--window`` that differs from the recorded
+    one is used, with a one-line note on stderr naming both.
+
+    Raises:
+        ValueError: the checkpoint records a window that is not ``[low, high]`` (naming the file).
+    """
+    recorded = (getattr(model, "data_settings", None) or {}).get("window")
+    try:
+        recorded = window_setting(recorded)
+    except ValueError as e:
+        raise ValueError(f"{args.checkpoint}: the recorded training window is unusable ({e})") from None
+    if args.window is None:
+        return recorded if recorded is not None and is_windowed(args.image) else None
+    given = (float(args.window[0]), float(args.window[1]))
+    if recorded is not None and given != recorded:
+        print(f"medgmae-2d {args.command}: note: using --window {given[0]:g} {given[1]:g}, not the window "
+              f"{recorded[0]:g} {recorded[1]:g} the model was trained with", file=sys.stderr)  # fmt: skip
+    return given
 
 
 def _check_layers(num_layers: int, model: GMAE2D, flag: str = "--num-layers") -> None:

@@ -20,7 +20,7 @@ MSE on the masked pixels only (no normalised-patch target: every Gaussian can re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -140,6 +140,10 @@ class GMAE2D(MaskedAutoencoder):
         render_backend: ``"auto"``, ``"torch"`` or ``"gsplat"``.
         loss_on_all_pixels: score every pixel instead of the masked ones only (ablation; the paper's default
             scores the masked pixels).
+        data_settings: the training data's settings that the architecture does not show (the bundle's ``flip`` and
+            ``window``), recorded in ``model.pt`` / ``encoder.pt`` / ``best_model.pt`` as ``extra["data"]`` and
+            read back by :meth:`from_checkpoint` as :attr:`data_settings`; ``medgmae-2d`` windows NIfTI/DICOM
+            images with the recorded ``window``. Not part of :meth:`config`.
     """
 
     kind = GMAE2D_KIND
@@ -156,6 +160,7 @@ class GMAE2D(MaskedAutoencoder):
         min_scale: float = 1e-4,
         render_backend: str = "auto",
         loss_on_all_pixels: bool = False,
+        data_settings: Mapping | None = None,
     ) -> None:
         if int(num_gaussians) < 1:
             raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
@@ -166,6 +171,7 @@ class GMAE2D(MaskedAutoencoder):
         super().__init__(img_size, patch_size, in_channels, model_size, mask_ratio, loss_on_all_pixels, spatial_dims=2)
         self.num_gaussians, self.scale_cap, self.min_scale = int(num_gaussians), float(scale_cap), float(min_scale)
         self.render_backend = render_backend
+        self.data_settings = dict(data_settings) if data_settings is not None else None
         dec = self.preset.decoder_hidden_size
         self.query_tokens = nn.Parameter(torch.randn(1, self.num_gaussians, dec) * QUERY_INIT_STD)
         self.head_mean = nn.Linear(dec, 3)
