@@ -172,6 +172,9 @@ def test_gmae2d_model_files_record_the_training_window(tmp_path):
         assert GMAE2D.from_checkpoint(tmp_path / "run" / name).data_settings == recorded, name
     assert load_checkpoint(tmp_path / "run" / "encoder.pt").extra["data"] == recorded
     assert parser.get_parsed_content("resume_records#settings").state_dict() == {"settings": recorded}
+    # phantom slices are mapped from -350..400 HU whatever the setting: that is what a phantom model records
+    phantom = _gmae_parser(tmp_path, dataset_dir="", window="[-1000, 1000]").get_parsed_content("data_settings")
+    assert phantom == {"flip": False, "window": [-350.0, 400.0]}
 
 
 def _layers_input(checkpoint: Path, image: Path, out: Path, *extra: str) -> bytes:

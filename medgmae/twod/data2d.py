@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, Sele
 from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed, read_image, to_model_input, window_setting
 
 __all__ = [
+    "gmae2d_data_settings",
     "axial_slices",
     "window_to_image",
     "phantom_slices",
@@ -172,6 +173,23 @@ def _is_nifti_volume(path: Path) -> bool:
     except Exception:  # unreadable files fail later, naming the file, when they are loaded
         return False
     return len(shape) >= 3 and min(shape[:3]) > 1
+
+
+def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, window: Any) -> dict:
+    """The data settings a 2D GMAE model records (``extra["data"]`` of its files) and a resume must match:
+    ``{"flip", "window"}``, ``window`` being the one the training images were mapped with (phantom slices:
+    :data:`DEFAULT_WINDOW`, whatever the setting), so that ``medgmae-2d`` maps a scan as the model saw its data.
+
+    Args:
+        dataset_dir: the bundle's ``dataset_dir`` (``""``/``None``: phantom slices).
+        flip: the ``flip`` setting.
+        window: the ``window`` setting (:func:`~medgmae.twod.images.window_setting` reads it).
+
+    Returns:
+        ``{"flip": bool, "window": [low, high] or None}``.
+    """
+    used = window_setting(window) if str(dataset_dir or "").strip() else DEFAULT_WINDOW
+    return {"flip": bool(flip), "window": None if used is None else [float(v) for v in used]}
 
 
 def log_intensity_scaling(paths: Iterable[str | os.PathLike], window: Sequence[float] | None, where: str) -> None:
