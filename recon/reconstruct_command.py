@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -201,6 +202,9 @@ def _reconstruct(args) -> int:
     state_path = out / RECON_STATE
     run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings)}
     state = load_resume_state(state_path, run_info, args.iterations) if args.resume else None
+    if not args.resume and state_path.is_file():
+        print(f"note: {out} holds an earlier run's {RECON_STATE}: this run replaces it when it saves its first state "
+              "(stop now and add --resume to continue that run instead)", file=sys.stderr)
     device = resolve_cli_device(args.device)
     if model is not None:
         model = model.to(device).eval()

@@ -158,3 +158,18 @@ def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, mo
     clock[0] = 5000.0
     assert main([*args, "--resume"]) == 0  # 6 of 6 done: no step, no time
     assert "6 iterations in 0.0 s since the resume at iteration 6 (the state saved no earlier time)" in capsys.readouterr().out
+
+
+def test_a_new_run_over_a_saved_state_says_it_replaces_it(saved, tmp_path, capsys):
+    """Without --resume, a folder holding a run's recon_state.pt is named at the start (the new run replaces it;
+    --resume would continue it); an empty folder gets no such note."""
+    import shutil
+
+    scan, _, _, out = saved
+    again = shutil.copytree(out, tmp_path / "rec")
+    capsys.readouterr()
+    assert main(_args(scan, again, "--iterations", "2")) == 0
+    assert f"note: {again} holds an earlier run's recon_state.pt" in capsys.readouterr().err
+    assert torch.load(again / "recon_state.pt", weights_only=True)["iteration"] == 2
+    assert main(_args(scan, tmp_path / "fresh", "--iterations", "2")) == 0
+    assert "holds an earlier run's" not in capsys.readouterr().err
