@@ -321,3 +321,20 @@ def test_several_processes_fill_one_cache_at_once(tmp_path):
     assert len(list(folder.glob("*.pt"))) == 6 and not list(folder.glob(".tmp-*"))
     for f in folder.glob("*.pt"):
         torch.load(f, weights_only=True)  # whole files
+
+
+def test_a_datalist_whose_images_all_miss_says_where_its_paths_point(tmp_path):
+    """Every listed image missing is the mark of relative paths resolved against the wrong folder: the error then
+    says where they pointed and how they resolve; one missing image among present ones gets no such hint."""
+    from medgmae.data.datalist import read_datalist
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": f"imagesTr/c{i}.nii.gz"} for i in range(3)]}))
+    items = read_datalist(tmp_path / "dataset.json", "training", data_dir=tmp_path / "elsewhere", required=True)
+    with pytest.raises(DatasetError) as error:
+        check_datalist(items)
+    assert f"None of the 3 images exist: their paths resolve under {tmp_path / 'elsewhere' / 'imagesTr'}" in str(error.value)
+    present = tmp_path / "present.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(present))
+    with pytest.raises(DatasetError) as error:
+        check_datalist([{"image": str(present)}, items[0]])
+    assert "None of the" not in str(error.value) and "c0.nii.gz" in str(error.value)

@@ -24,10 +24,11 @@ pre-check costs one extra decode per file, once.
 from __future__ import annotations
 
 import json
+import os
 import logging
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch.distributed as dist
@@ -104,6 +105,17 @@ def check_item(
                              f"image {image.path}", image.array.shape, image.affine)  # fmt: skip
     problems += [grid] if grid else []
     return problems + _label_problems(label.array, str(label.path), num_classes)
+
+
+def _all_missing_hint(items: Sequence[Mapping], image_key: str) -> str:
+    """When no listed image exists, where the paths pointed (a datalist's relative paths resolved against the wrong
+    folder is the usual cause); otherwise ``""``."""
+    paths = [Path(it[image_key]) for it in items if isinstance(it, Mapping) and image_key in it]
+    if not paths or any(p.exists() for p in paths):
+        return ""
+    where = os.path.commonpath([str(p.parent) for p in paths]) if all(p.is_absolute() for p in paths) else "the current folder"
+    return (f"\nNone of the {len(paths)} images exist: their paths resolve under {where}. A datalist's relative paths "
+            "resolve against --dataset_dir when it is given, else against the datalist's own folder")
 
 
 def _check_one(args: tuple) -> list[str]:
@@ -186,7 +198,8 @@ def check_datalist(
             problems = _run_checks(list(items), kwargs, int(workers), ledger, str(source))
             if problems:
                 verdict[0] = (f"{len(problems)} problem(s) in the data of {source or 'the datalist'} "
-                              f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(problems))  # fmt: skip
+                              f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(problems)
+                              + _all_missing_hint(items, image_key))  # fmt: skip
         except Exception as e:  # let the other ranks stop too
             verdict[0] = f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}"
     if distributed:
