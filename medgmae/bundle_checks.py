@@ -156,15 +156,26 @@ def roi_size_check(patch_size: Any = None, patch_name: str = "--encoder#patch_si
     return check
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of ``exc``'s chain (``raise ... from`` causes, then implicit contexts)."""
-    seen = {id(exc)}
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes, outermost first (``raise ... from`` causes, then implicit contexts)."""
+    chain, seen = [exc], {id(exc)}
     while True:
-        nxt = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        nxt = chain[-1].__cause__ or (None if chain[-1].__suppress_context__ else chain[-1].__context__)
         if nxt is None or id(nxt) in seen:
-            return exc
+            return chain
         seen.add(id(nxt))
-        exc = nxt
+        chain.append(nxt)
+
+
+def _is_monai_wrapper(exc: BaseException) -> bool:
+    """MONAI's ``RuntimeError`` around a config expression's or component's error, which names no cause."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith(("Failed to evaluate", "Failed to instantiate"))
+
+
+def _reason(exc: BaseException) -> BaseException:
+    """The exception that says what went wrong: the outermost of the chain that MONAI did not wrap it in (the
+    toolkit's errors wrap a library's, adding the file: ``ValueError: ct.nii.gz: ...`` from ``EOFError``)."""
+    return next((e for e in _chain(exc) if not _is_monai_wrapper(e)), _chain(exc)[-1])
 
 
 #: The last line of a bundle run stopped with Ctrl-C.
@@ -174,7 +185,7 @@ INTERRUPTED = ("interrupted: run the same command with --resume true to continue
 
 def summarise_errors() -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
-    ``error: <type>: <message>`` repeats the innermost exception of the chain.
+    ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper.
 
     ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
     ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
@@ -192,11 +203,12 @@ def summarise_errors() -> bool:
 
     def hook(exc_type, exc, tb) -> None:
         previous(exc_type, exc, tb)
-        root = _root_cause(exc) if isinstance(exc, BaseException) else exc
-        if isinstance(root, KeyboardInterrupt):
+        if not isinstance(exc, BaseException):
+            return
+        if any(isinstance(e, KeyboardInterrupt) for e in _chain(exc)):
             print(f"\n{INTERRUPTED}", file=sys.stderr)
-        elif root is not exc:
-            print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
+        elif (reason := _reason(exc)) is not exc:
+            print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
 
     hook.summarises_errors = True
     sys.excepthook = hook

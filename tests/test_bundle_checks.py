@@ -248,6 +248,33 @@ def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
     assert sum(line.startswith("error: ") for line in lines) == 1
 
 
+def test_the_last_line_is_the_toolkits_message_not_the_library_error_under_it():
+    """The toolkit's error names the file and wraps the library's (a private reader error, an EOFError, pickle's
+    advice to load with weights_only=False): the last line is the toolkit's, however deep MONAI's wrappers go."""
+    import subprocess
+    import sys
+
+    code = (
+        "from medgmae.bundle_checks import summarise_errors\n"
+        "summarise_errors()\n"
+        "def wrapped():\n"
+        "    try:\n"
+        "        try:\n"
+        "            raise EOFError('Compressed file ended before the end-of-stream marker was reached')\n"
+        "        except EOFError as e:\n"
+        "            raise ValueError('/data/ct.nii.gz: cannot read the volume (truncated?)') from e\n"
+        "    except ValueError as e:\n"
+        "        raise RuntimeError('Failed to instantiate component x') from e\n"
+        "try:\n"
+        "    wrapped()\n"
+        "except RuntimeError as e:\n"
+        "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "error: ValueError: /data/ct.nii.gz: cannot read the volume (truncated?)", lines[-3:]
+
+
 def test_an_interrupted_bundle_ends_saying_how_to_resume():
     """Ctrl-C (a KeyboardInterrupt, wrapped by MONAI or not) ends with the resume command, not a bare
     ``KeyboardInterrupt``; the exit status stays the interrupt's."""
