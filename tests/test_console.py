@@ -44,3 +44,22 @@ def test_epoch_progress_logs_one_line_per_epoch_and_records_the_mean_loss(caplog
     assert loss_value([{"loss": torch.tensor(0.5)}]) == 0.5 and loss_value({"other": 1}) is None
     with pytest.raises(ValueError, match="progress_bar"):
         EpochProgress(progress_bar="maybe")
+
+
+def test_slice_pictures_are_shown_radiologically():
+    """A marker at the patient's right, anterior and superior corner of a RAS-ordered volume appears at the top left
+    of the sagittal (anterior on the left), coronal and axial (the patient's right on the left) slices, and
+    slice_point puts a point where mid_slices shows it."""
+    from medgmae.engine.figures import mid_slices, slice_point
+
+    shape = (10, 12, 14)  # (R, A, S) voxel counts
+    vol = np.zeros(shape)
+    point = (9, 11, 13)  # the right-most, most anterior, most superior voxel
+    vol[point] = 1.0
+    centred = np.zeros(shape)
+    centred[5, 6, 7] = 1.0  # through the default mid-slices
+    for view, sl in enumerate(mid_slices(vol, centre=point)):
+        assert np.argwhere(sl == 1.0).tolist() == [[0, 0]], view
+    for view, sl in enumerate(mid_slices(centred)):
+        row, col, dist = slice_point(view, (5, 6, 7), shape)
+        assert dist == 0 and sl[int(row), int(col)] == 1.0, view

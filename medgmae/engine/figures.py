@@ -1,7 +1,9 @@
 """Small picture helpers shared by the bundles' progress pictures (PIL and NumPy only, no plotting library).
 
-Slices of a RAS-ordered ``(D, H, W)`` volume are shown as in :func:`medgmae.mae_training.slices_png`: sagittal,
-coronal and axial mid-slices rotated so that superior / anterior is up. Images are ``(H, W, 3)`` uint8 RGB arrays
+Slices of a RAS-ordered ``(D, H, W)`` volume (:func:`mid_slices`, also behind
+:func:`medgmae.mae_training.slices_png`) are shown radiologically, as CT viewers and the toolkit's 2D tools show
+them: sagittal (anterior on the left), coronal and axial (the patient's right on the image's left) mid-slices,
+superior / anterior up. Images are ``(H, W, 3)`` uint8 RGB arrays
 until :func:`save_png` writes them (atomically) or :func:`add_image` puts them in TensorBoard.
 """
 
@@ -57,12 +59,14 @@ def upscale(img: np.ndarray, factor: int) -> np.ndarray:
 
 
 def mid_slices(volume: np.ndarray, centre: Sequence[int] | None = None) -> list[np.ndarray]:
-    """Sagittal, coronal and axial slices of a ``(D, H, W)`` volume through ``centre`` (default: the middle),
-    superior / anterior up."""
+    """Sagittal, coronal and axial slices of a RAS-ordered ``(D, H, W)`` volume through ``centre`` (default: the
+    middle), shown radiologically: superior / anterior up, anterior on the left of the sagittal slice, the
+    patient's right on the left of the coronal and axial ones."""
     if volume.ndim != 3:
         raise ValueError(f"mid_slices needs a 3D volume, got shape {volume.shape}")
     c = [s // 2 for s in volume.shape] if centre is None else [min(max(int(i), 0), s - 1) for i, s in zip(centre, volume.shape)]
-    return [np.rot90(volume[c[0], :, :]), np.rot90(volume[:, c[1], :]), np.rot90(volume[:, :, c[2]])]
+    return [np.fliplr(np.rot90(volume[c[0], :, :])), np.fliplr(np.rot90(volume[:, c[1], :])),
+            np.fliplr(np.rot90(volume[:, :, c[2]]))]  # fmt: skip
 
 
 def slice_point(view: int, point: Sequence[float], shape: Sequence[int]) -> tuple[float, float, float]:
@@ -75,11 +79,11 @@ def slice_point(view: int, point: Sequence[float], shape: Sequence[int]) -> tupl
     d, h, w = (float(p) for p in point)
     D, H, W = (int(s) for s in shape)
     if view == 0:
-        return W - 1 - w, h, abs(d - D // 2)
+        return W - 1 - w, H - 1 - h, abs(d - D // 2)
     if view == 1:
-        return W - 1 - w, d, abs(h - H // 2)
+        return W - 1 - w, D - 1 - d, abs(h - H // 2)
     if view == 2:
-        return H - 1 - h, d, abs(w - W // 2)
+        return H - 1 - h, D - 1 - d, abs(w - W // 2)
     raise ValueError(f"view must be 0, 1 or 2, got {view}")
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from medgmae.data.reader import VOLUME_SUFFIXES, read_volume
 from medgmae.engine import resolve_device
+from medgmae.engine.figures import mid_slices
 from medgmae.files import atomic_write
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
@@ -28,19 +29,18 @@ logger = logging.getLogger("medgmae.mae_training")
 
 
 def slices_png(volumes: Sequence[np.ndarray], path: str | Path) -> Path:
-    """Write one row per volume of its three central orthogonal slices (values in ``[0, 1]``) as a PNG.
+    """Write one row per volume of its three central orthogonal slices (values in ``[0, 1]``) as a PNG, shown
+    radiologically (:func:`medgmae.engine.figures.mid_slices`).
 
     Args:
-        volumes: 3D arrays ``(D, H, W)`` of one shape, e.g. ``[input, rendering]``.
+        volumes: RAS-ordered 3D arrays ``(D, H, W)`` of one shape, e.g. ``[input, rendering]``.
         path: output ``.png``.
     """
     rows = []
     for v in volumes:
         if v.ndim != 3:
             raise ValueError(f"slices_png needs 3D volumes, got shape {v.shape}")
-        c = [s // 2 for s in v.shape]
-        # sagittal, coronal, axial of a RAS-ordered array, rotated so that superior / anterior is up
-        views = [np.rot90(v[c[0], :, :]), np.rot90(v[:, c[1], :]), np.rot90(v[:, :, c[2]])]
+        views = mid_slices(v)  # sagittal, coronal, axial of a RAS-ordered array, shown radiologically
         h = max(x.shape[0] for x in views)
         views = [np.pad(x, ((0, h - x.shape[0]), (0, 0))) for x in views]
         rows.append(np.concatenate(views, axis=1))
