@@ -63,6 +63,7 @@ def pretrain(args) -> Path:
         learning_rate=args.lr,
         device=args.device,
         seed=args.seed,
+        flip=True,  # random left-right mirroring, as measured in bench/RESULTS.md (the bundle's default then; now off)
     )
     return out / "model.pt"
 
