@@ -2,7 +2,9 @@
 settings of the run that resumes it, worded the same wherever a resume is refused.
 
 Each differing setting is one line, ``"num_gaussians: saved 2048, now 1024"``; a setting that only one side holds
-reads ``saved (not recorded)`` or ``now (not set)``. Nested mappings are compared key by key (``"model.seed"``),
+reads ``saved (not recorded)`` or ``now (not set)``, except a setting the saved record lacks whose current value
+is ``None``: settings added to the toolkit later default to ``None``, the behaviour before them, so a run saved
+before one existed resumes. Nested mappings are compared key by key (``"model.seed"``),
 lists element by element, floats within a relative tolerance (a value that went through float32 or JSON is the
 same setting), booleans never equal to numbers. Light on purpose: no torch, ignite or MONAI imports, so the
 reconstruction CLI can use it.
@@ -69,6 +71,8 @@ def _walk(saved: dict, current: dict, prefix: str, labels: Mapping[str, str], re
                 continue
             if _equal(old, new, rel_tol):
                 continue
+        elif k not in saved and current[k] is None:  # a setting added since, at its default: the old behaviour
+            continue
         old_text = repr(saved[k]) if k in saved else NOT_RECORDED
         new_text = repr(current[k]) if k in current else NOT_SET
         out.append(f"{labels.get(name, name)}: saved {old_text}, now {new_text}")

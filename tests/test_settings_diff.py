@@ -33,6 +33,15 @@ def test_keys_missing_on_either_side_are_named():
     assert settings_differences({"k": None}, {}) == ["k: saved None, now (not set)"]
 
 
+def test_a_setting_added_since_at_its_none_default_matches_a_record_without_it():
+    """A record written before a setting existed (GViT's data settings before ``window``) resumes when the setting
+    is at its default, None (the behaviour before it); another value is named."""
+    saved = {"data": {"seed": 0}}
+    assert settings_differences(saved, {"data": {"seed": 0, "window": None}}) == []
+    assert settings_differences(saved, {"data": {"seed": 0, "window": [-1000, 1000]}}) == [
+        "data.window: saved (not recorded), now [-1000, 1000]"]
+
+
 def test_floats_within_tolerance_are_equal_and_bools_are_not_numbers():
     assert settings_differences({"tv": 0.1}, {"tv": 0.1 * (1 + 1e-8)}) == []
     assert settings_differences({"tv": 2}, {"tv": 2.0}) == []
