@@ -226,22 +226,28 @@ def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"
 
 
-def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
-    """MONAI wraps a config expression's error (``RuntimeError: Failed to evaluate ...``): the hook keeps the whole
-    traceback and repeats the innermost reason as the last line; installed twice, it prints it once."""
+def _under_the_hook(body: str, twice: bool = False):
+    """Run ``body`` in a fresh Python with :func:`summarise_errors` installed (twice: installed twice); returns the
+    finished process and its non-blank stderr lines."""
     import subprocess
     import sys
 
-    code = (
-        "from medgmae.bundle_checks import summarise_errors\n"
-        "summarise_errors(); summarise_errors()\n"
+    install = "summarise_errors(); summarise_errors()" if twice else "summarise_errors()"
+    code = f"from medgmae.bundle_checks import summarise_errors\n{install}\n{body}"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return proc, [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
+    """MONAI wraps a config expression's error (``RuntimeError: Failed to evaluate ...``): the hook keeps the whole
+    traceback and repeats the reason as the last line; installed twice, it prints it once."""
+    proc, lines = _under_the_hook(
         "try:\n"
         "    raise ValueError('--max_epochs: expected a positive whole number, got -3')\n"
         "except ValueError as e:\n"
-        "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
+        "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n",
+        twice=True,
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1
     assert lines[-1] == "error: ValueError: --max_epochs: expected a positive whole number, got -3"
     assert "RuntimeError: Failed to evaluate ConfigExpression" in proc.stderr  # the traceback is kept
@@ -251,12 +257,7 @@ def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
 def test_the_last_line_is_the_toolkits_message_not_the_library_error_under_it():
     """The toolkit's error names the file and wraps the library's (a private reader error, an EOFError, pickle's
     advice to load with weights_only=False): the last line is the toolkit's, however deep MONAI's wrappers go."""
-    import subprocess
-    import sys
-
-    code = (
-        "from medgmae.bundle_checks import summarise_errors\n"
-        "summarise_errors()\n"
+    _, lines = _under_the_hook(
         "def wrapped():\n"
         "    try:\n"
         "        try:\n"
@@ -270,8 +271,6 @@ def test_the_last_line_is_the_toolkits_message_not_the_library_error_under_it():
         "except RuntimeError as e:\n"
         "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1] == "error: ValueError: /data/ct.nii.gz: cannot read the volume (truncated?)", lines[-3:]
 
 
@@ -279,25 +278,18 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
     """Ctrl-C (a KeyboardInterrupt, wrapped by MONAI or not) ends with the resume command, not a bare
     ``KeyboardInterrupt``; the exit status stays the interrupt's."""
     import signal
-    import subprocess
-    import sys
 
     from medgmae.bundle_checks import INTERRUPTED
 
-    code = (
-        "from medgmae.bundle_checks import summarise_errors\n"
-        "summarise_errors()\n"
+    _, lines = _under_the_hook(
         "try:\n"
         "    raise KeyboardInterrupt\n"
         "except KeyboardInterrupt as e:\n"
         "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert [line for line in proc.stderr.splitlines() if line.strip()][-1] == INTERRUPTED
-    assert "--resume true" in INTERRUPTED
-    code = "from medgmae.bundle_checks import summarise_errors\nsummarise_errors()\nraise KeyboardInterrupt\n"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stderr.rstrip().endswith(INTERRUPTED) and proc.returncode in (1, 128 + signal.SIGINT, -signal.SIGINT)
+    assert lines[-1] == INTERRUPTED and "--resume true" in INTERRUPTED
+    proc, lines = _under_the_hook("raise KeyboardInterrupt\n")
+    assert lines[-1] == INTERRUPTED and proc.returncode in (1, 128 + signal.SIGINT, -signal.SIGINT)
 
 
 def test_unknown_keys_of_a_bundle_command_line(tmp_path):
