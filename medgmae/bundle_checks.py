@@ -172,32 +172,32 @@ def _is_monai_wrapper(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and str(exc).startswith(("Failed to evaluate", "Failed to instantiate"))
 
 
-def _reason(exc: BaseException) -> BaseException:
-    """The exception that says what went wrong: the outermost of the chain that MONAI did not wrap it in (the
-    toolkit's errors wrap a library's, adding the file: ``ValueError: ct.nii.gz: ...`` from ``EOFError``)."""
-    return next((e for e in _chain(exc) if not _is_monai_wrapper(e)), _chain(exc)[-1])
-
-
-#: The last line of a bundle run stopped with Ctrl-C.
+#: The last line of a training run stopped with Ctrl-C.
 INTERRUPTED = ("interrupted: run the same command with --resume true to continue from the newest "
                "checkpoint_epoch=N.pt in its output folder (an epoch cut short is trained again)")
+#: The last line of any other bundle run (inference, evaluation, export) stopped with Ctrl-C.
+INTERRUPTED_NO_RESUME = "interrupted: run the same command again (no file is left half-written)"
 
 
-def summarise_errors() -> bool:
+def summarise_errors(resumable: bool = False) -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
     ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper.
 
     ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
     ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
     (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. After Ctrl-C the
-    last line says how to continue instead. Installing this
+    last line says how to continue instead (:data:`INTERRUPTED` for a bundle that resumes). Installing this
     ``sys.excepthook`` is part of :func:`check_settings`, the first step of each bundle's ``initialize``; it keeps the whole traceback (nothing is
     hidden) and is installed once however often it is called.
+
+    Args:
+        resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
     """
     if getattr(sys.excepthook, "summarises_errors", False):
+        sys.excepthook.resumable = sys.excepthook.resumable or resumable
         return True
     previous = sys.excepthook
 
@@ -205,12 +205,14 @@ def summarise_errors() -> bool:
         previous(exc_type, exc, tb)
         if not isinstance(exc, BaseException):
             return
-        if any(isinstance(e, KeyboardInterrupt) for e in _chain(exc)):
-            print(f"\n{INTERRUPTED}", file=sys.stderr)
-        elif (reason := _reason(exc)) is not exc:
+        chain = _chain(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in chain):
+            print(f"\n{INTERRUPTED if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
+        # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
+        elif (reason := next((e for e in chain if not _is_monai_wrapper(e)), chain[-1])) is not exc:
             print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
 
-    hook.summarises_errors = True
+    hook.summarises_errors, hook.resumable = True, bool(resumable)
     sys.excepthook = hook
     return True
 
@@ -292,7 +294,7 @@ def check_settings(
         BundleSettingError: one line per bad key, ``--key: expected ..., got ...``, then one per unusable folder.
         ValueError: an ``image_size`` kind without a ``patch_size`` setting (a config error, not a bad value).
     """
-    summarise_errors()  # from here on, a failure of the bundle ends with its reason
+    summarise_errors(resumable="resume" in settings)  # from here on, a failure of the bundle ends with its reason
     problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]
     problems += unknown_key_problems()
     folders = _output_dir_problems(output_dirs or {})

@@ -226,13 +226,14 @@ def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"
 
 
-def _under_the_hook(body: str, twice: bool = False):
-    """Run ``body`` in a fresh Python with :func:`summarise_errors` installed (twice: installed twice); returns the
-    finished process and its non-blank stderr lines."""
+def _under_the_hook(body: str, twice: bool = False, resumable: bool = False):
+    """Run ``body`` in a fresh Python with :func:`summarise_errors` installed (twice: installed twice; resumable:
+    by a bundle with a ``resume`` setting); returns the finished process and its non-blank stderr lines."""
     import subprocess
     import sys
 
-    install = "summarise_errors(); summarise_errors()" if twice else "summarise_errors()"
+    install = f"summarise_errors(resumable={resumable})"
+    install = f"summarise_errors(); {install}" if twice else install
     code = f"from medgmae.bundle_checks import summarise_errors\n{install}\n{body}"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return proc, [line for line in proc.stderr.splitlines() if line.strip()]
@@ -275,21 +276,24 @@ def test_the_last_line_is_the_toolkits_message_not_the_library_error_under_it():
 
 
 def test_an_interrupted_bundle_ends_saying_how_to_resume():
-    """Ctrl-C (a KeyboardInterrupt, wrapped by MONAI or not) ends with the resume command, not a bare
-    ``KeyboardInterrupt``; the exit status stays the interrupt's."""
+    """Ctrl-C (a KeyboardInterrupt, wrapped by MONAI or not) ends with the resume command in a training bundle (one
+    with a ``resume`` setting, even when a later install does not say so), with no such advice in the others
+    (inference, evaluation), not a bare ``KeyboardInterrupt``; the exit status stays the interrupt's."""
     import signal
 
-    from medgmae.bundle_checks import INTERRUPTED
+    from medgmae.bundle_checks import INTERRUPTED, INTERRUPTED_NO_RESUME
 
-    _, lines = _under_the_hook(
+    wrapped = (
         "try:\n"
         "    raise KeyboardInterrupt\n"
         "except KeyboardInterrupt as e:\n"
         "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n"
     )
-    assert lines[-1] == INTERRUPTED and "--resume true" in INTERRUPTED
+    assert _under_the_hook(wrapped, resumable=True)[1][-1] == INTERRUPTED and "--resume true" in INTERRUPTED
+    assert _under_the_hook("summarise_errors()\n" + wrapped, resumable=True)[1][-1] == INTERRUPTED
     proc, lines = _under_the_hook("raise KeyboardInterrupt\n")
-    assert lines[-1] == INTERRUPTED and proc.returncode in (1, 128 + signal.SIGINT, -signal.SIGINT)
+    assert lines[-1] == INTERRUPTED_NO_RESUME and proc.returncode in (1, 128 + signal.SIGINT, -signal.SIGINT)
+    assert "--resume" not in INTERRUPTED_NO_RESUME
 
 
 def test_unknown_keys_of_a_bundle_command_line(tmp_path):
