@@ -338,3 +338,13 @@ def test_a_datalist_whose_images_all_miss_says_where_its_paths_point(tmp_path):
     with pytest.raises(DatasetError) as error:
         check_datalist([{"image": str(present)}, items[0]])
     assert "None of the" not in str(error.value) and "c0.nii.gz" in str(error.value)
+
+
+def test_volume_stem_cuts_only_the_ending():
+    """Output names keep every dot of a file's name but its ending: DICOM files named by UID stay apart."""
+    from medgmae.data.reader import volume_stem
+    from medgmae.twod.images import IMAGE_SUFFIXES
+
+    assert volume_stem("/d/ct.nii.gz") == "ct" and volume_stem("/d/CT.NII.GZ") == "CT" and volume_stem("/d/dicom") == "dicom"
+    assert volume_stem("/d/1.2.840.113619.5.dcm", IMAGE_SUFFIXES) == "1.2.840.113619.5"
+    assert volume_stem("/d/a.b.png", IMAGE_SUFFIXES) == "a.b" and volume_stem("/d/slice.nii", IMAGE_SUFFIXES) == "slice"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,10 +49,11 @@ class Volume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
-def volume_stem(path: str | Path) -> str:
-    """The file (or DICOM folder) name without its volume extension (``ct.nii.gz`` -> ``ct``)."""
+def volume_stem(path: str | Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> str:
+    """The file (or DICOM folder) name without its ending among ``suffixes`` (``ct.nii.gz`` -> ``ct``; other dots
+    are kept: ``1.2.840.5.dcm`` -> ``1.2.840.5`` with ``.dcm`` among them); the longest matching ending is cut."""
     name = Path(path).name
-    suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), "")
+    suffix = max((s for s in suffixes if name.lower().endswith(s.lower())), key=len, default="")
     return name[: len(name) - len(suffix)] if suffix else name
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medgmae.data.reader import VOLUME_SUFFIXES, read_volume
+from medgmae.data.reader import read_volume, volume_stem
 from medgmae.engine import resolve_device
 from medgmae.engine.figures import mid_slices
 from medgmae.files import atomic_write
@@ -84,11 +84,7 @@ class GaussianInference:
         self.overlap, self.batch_size, self.output_hu = int(overlap), int(batch_size), bool(output_hu)
 
     def _stem(self) -> str:
-        name = self.image_path.name
-        for suffix in VOLUME_SUFFIXES:
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return name
+        return volume_stem(self.image_path)
 
     def run(self) -> dict[str, Path]:
         """Run and write ``<name>_gaussians.ply``, ``<name>_rendered.nii.gz`` and ``<name>_slices.png``.

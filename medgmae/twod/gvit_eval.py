@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from medgmae.data.reader import volume_stem
 from medgmae.files import atomic_write, save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
+from medgmae.twod.images import IMAGE_SUFFIXES
 
 __all__ = [
     "predict",
@@ -192,9 +194,8 @@ def _vertical_text(text: str, font) -> Image.Image:
 
 
 def _stem(path: str | Path) -> str:
-    """The file name without its endings (``ct.nii.gz`` -> ``ct``)."""
-    name = Path(path).name
-    return name.split(".")[0] or name
+    """The file name without its image ending (``ct.nii.gz`` -> ``ct``; a DICOM named by UID keeps its dots)."""
+    return volume_stem(path, IMAGE_SUFFIXES)
 
 
 def _safe(name: str) -> str:
