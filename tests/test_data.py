@@ -150,7 +150,7 @@ def test_a_dicom_series_with_a_missing_slice_is_refused_naming_the_gap(tmp_path,
 
 
 @pytest.mark.parametrize("ext", [".mha", ".nrrd"])
-def test_a_truncated_image_file_is_one_line_naming_it(tmp_path, capfd, ext):
+def test_a_truncated_image_file_is_one_line_naming_it(tmp_path, ext):
     """ITK's multi-line exception ("File cannot be read ... No such file or directory") becomes one line saying
     the data are incomplete (MetaIO's own note on stderr, with its byte counts, is left as it is: capturing a
     native library's stderr would mean taking over the process's file descriptor 2)."""

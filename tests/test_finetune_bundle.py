@@ -244,7 +244,7 @@ def _check_progress_pictures_and_summary(out: Path, log: str) -> None:
 
     assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
     assert "epoch 1/1: train_loss" in log and "Iter: 1/" not in log  # one line per epoch, not per iteration
-    assert "fine-tuning finished: 1 epochs; best validation mean Dice" in log and "| liver |" in log
+    assert "fine-tuning finished: 1 epoch; best validation mean Dice" in log and "| liver |" in log
     assert torch.load(out / "best_model.pt", weights_only=True)["kind"] == "medgmae-unetr"
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
@@ -364,7 +364,7 @@ def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder
     before = folder_state(out)
     proc = bundle_process("training", "train.json", *common, "--resume", "true")
     assert proc.returncode != 0
-    assert (f"{out / 'checkpoint_epoch=1.pt'} has already trained 1 epochs = --max_epochs 1: nothing to resume; "
+    assert (f"{out / 'checkpoint_epoch=1.pt'} has already trained 1 epoch = --max_epochs 1: nothing to resume; "
             "give a larger --max_epochs to train on") in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
 

@@ -124,7 +124,7 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     straight = runs["straight"]
     log = runs["first"]["log"]
     assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
-    assert "validation (2 crops, fixed masks)" in log and "pre-training finished: 1 epochs" in log
+    assert "validation (2 crops, fixed masks)" in log and "pre-training finished: 1 epoch of" in log
     # best_model.pt: model.pt's format, loadable without unpickling code, rebuilds the model
     best = torch.load(straight / "best_model.pt", map_location="cpu", weights_only=True)
     assert set(best) == set(_ckpt(straight / "model.pt")) and best["kind"] == "medgmae"

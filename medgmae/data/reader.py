@@ -78,8 +78,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
-class _SeriesError(ValueError):
-    """A DICOM folder the reader refuses by its own checks (its message needs no exception type)."""
+class _Refused(ValueError):
+    """A file or DICOM folder the reader refuses by its own checks (its message needs no exception type)."""
 
 
 def _dicom_series_files(folder: Path) -> tuple[str, ...]:
@@ -94,7 +94,7 @@ def _dicom_series_files(folder: Path) -> tuple[str, ...]:
 
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
-        raise _SeriesError("no DICOM series found in the folder")
+        raise _Refused("no DICOM series found in the folder")
     if len(ids) == 1:
         return sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
     found = []
@@ -105,7 +105,7 @@ def _dicom_series_files(folder: Path) -> tuple[str, ...]:
         info.ReadImageInformation()
         desc = info.GetMetaData("0008|103e").strip() if info.HasMetaDataKey("0008|103e") else "no description"
         found.append(f"{uid} ({len(names)} slices, {desc!r})")
-    raise _SeriesError(
+    raise _Refused(
         f"the folder holds {len(ids)} DICOM series; put each in its own folder and give that one: " + "; ".join(found)
     )
 
@@ -147,7 +147,7 @@ def _check_even_slices(reader) -> None:
     if abs(steps[worst] - expected) <= max(0.01 * abs(expected), 0.02):
         return
     names = [Path(f).name for f in reader.GetFileNames()]
-    raise _SeriesError(
+    raise _Refused(
         f"the {len(pos)} slices of the DICOM series are not evenly spaced along the slice normal (a missing or "
         f"repeated slice?): the usual step is {abs(expected):.4g} mm, but {names[worst]} (position "
         f"{pos[worst]:.4g} mm) to {names[worst + 1]} ({pos[worst + 1]:.4g} mm) is {abs(steps[worst]):.4g} mm"
@@ -163,11 +163,11 @@ def _read_sitk_file(path: Path):
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise _SeriesError("not a readable image file (its header cannot be read)") from e
+        raise _Refused("not a readable image file (its header cannot be read)") from e
     try:
         return reader.Execute()
     except RuntimeError as e:  # ITK's text ends "No such file or directory" for a file that exists
-        raise _SeriesError("the header reads but the voxel data do not: the file is truncated (incomplete) or "
+        raise _Refused("the header reads but the voxel data do not: the file is truncated (incomplete) or "
                            "corrupt") from e
 
 
@@ -223,7 +223,7 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
         raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
     try:
         arr, affine = _read_nifti(p) if p.name.lower().endswith((".nii", ".nii.gz")) else _read_sitk(p)
-    except _SeriesError as e:
+    except _Refused as e:
         raise ValueError(f"{p}: {e}") from e
     except Exception as e:  # nibabel / SimpleITK raise many types for corrupt or truncated files
         raise ValueError(f"{p}: cannot read the volume ({type(e).__name__}: {e})") from e

@@ -159,8 +159,8 @@ def check_max_epochs(
         raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond {key}={max_epochs}: raise {key} to continue")
     if epoch == max_epochs and not finished_ok:
         raise ValueError(
-            f"checkpoint {path} has already trained {epoch} epochs = --{key} {max_epochs}: nothing to resume; "
-            f"give a larger --{key} to train on"
+            f"checkpoint {path} has already trained {epoch} epoch{'' if epoch == 1 else 's'} = --{key} {max_epochs}: "
+            f"nothing to resume; give a larger --{key} to train on"
         )
 
 

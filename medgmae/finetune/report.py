@@ -187,7 +187,7 @@ class FinetuneSummary:
                 else "no finite validation Dice")  # fmt: skip
         val_dir = Path(getattr(self.report, "output_dir", self.out / "validation"))
         lines = [
-            f"fine-tuning finished: {epochs} epochs; {head}",
+            f"fine-tuning finished: {epochs} epoch{'' if epochs == 1 else 's'}; {head}",
             f"per-class Dice of the last validation ({metrics.get('num_cases', 0)} cases):",
             table,
             f"  {'best_model.pt':<14} {self.best.path}",

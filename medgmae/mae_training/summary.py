@@ -126,7 +126,7 @@ class PretrainSummary:
                 if s["best_epoch"] is not None else "no finite validation PSNR")  # fmt: skip
         last = s["last_val_ssim"]
         lines = [
-            f"{self.title}: {s['epochs']} epochs of {s['model_kind']}; {best}"
+            f"{self.title}: {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} of {s['model_kind']}; {best}"
             + (f" (last SSIM {last:.4f})" if last is not None else ""),
             f"  {MODEL_FILE:<14} {f[MODEL_FILE]}  ({self.model_note})",
             f"  {ENCODER_FILE:<14} {f[ENCODER_FILE]}  (encoder for fine-tuning)",

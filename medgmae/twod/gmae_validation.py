@@ -169,13 +169,6 @@ class GMAE2DSummary(PretrainSummary):
         self.title = "2D GMAE pre-training finished"
         self.model_note = "last epoch: zero-shot layers, figure-ground, edges"
 
-    def text(self, s: dict) -> str:
-        """The summary as console lines (:meth:`PretrainSummary.text`), "1 epoch" in the singular."""
-        text = super().text(s)
-        if s.get("epochs") == 1:
-            text = text.replace(f"{self.title}: 1 epochs of ", f"{self.title}: 1 epoch of ", 1)
-        return text
-
     def commands(self) -> dict[str, str]:
         model, image = shlex.quote(str(self.out / "model.pt")), shlex.quote(self.example_image or "slice.png")
         out = {tool: shlex.quote(str(self.out / tool)) for tool in ("layers", "segment", "edges")}
