@@ -125,6 +125,7 @@ def load_checkpoint(
     kinds: str | Sequence[str] | None = None,
     needed_for: str | None = None,
     map_location: Any = "cpu",
+    mmap: bool = False,
 ) -> Checkpoint:
     """Read a model file (or a training checkpoint holding a model) safely and check its kind.
 
@@ -134,6 +135,8 @@ def load_checkpoint(
         needed_for: what the caller needs it for, for the wrong-kind message, e.g.
             ``"--init medgmae needs a medgmae model.pt"``.
         map_location: passed to :func:`torch.load`.
+        mmap: memory-map the file (:func:`medgmae.files.load_torch_file`): a caller that needs the kind, config or
+            pre-processing but not the weights then reads only those.
 
     Returns:
         The :class:`Checkpoint`.
@@ -147,7 +150,7 @@ def load_checkpoint(
     if path.is_dir():
         hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
         raise ValueError(f"model checkpoint {path} is a folder, not a file{hint}")
-    ckpt = load_torch_file(path, map_location, what="model checkpoint")
+    ckpt = load_torch_file(path, map_location, what="model checkpoint", mmap=mmap)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")
     if "kind" not in ckpt:

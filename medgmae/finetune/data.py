@@ -258,7 +258,7 @@ def finetune_spec(
 
     recorded, enc_patch = None, None
     if pretrained:
-        ckpt = read_encoder_for(pretrained, roi_size)
+        ckpt = read_encoder_for(pretrained, roi_size, mmap=True)  # the spec and config: no weights read
         recorded, enc_patch = ckpt.preprocessing, ckpt.config.get("patch_size")
     origin = lambda given: "given" if given is not None else f"recorded in {pretrained}" if recorded else "default"  # noqa: E731
     spacing_from, window_from = origin(pixdim), origin(hu_range)

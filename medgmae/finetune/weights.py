@@ -45,14 +45,18 @@ logger = logging.getLogger(__name__)
 STOCK_UNETR_DROPPED = ("cls_token",)
 
 
-def read_encoder_file(path: str | Path) -> Checkpoint:
+def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
     """Read and check an ``encoder.pt`` file (:mod:`medgmae.checkpoint` format, kind ``medgmae-encoder``).
+
+    Args:
+        path: the file.
+        mmap: memory-map it (the settings check and the run's pre-processing need the config, not the weights).
 
     Raises:
         FileNotFoundError: the file is missing.
         ValueError: the file cannot be read or is not a MedGMAE encoder file (the message names both kinds).
     """
-    return load_checkpoint(path, ENCODER_KIND, "fine-tuning needs the encoder.pt written by pre-training")
+    return load_checkpoint(path, ENCODER_KIND, "fine-tuning needs the encoder.pt written by pre-training", mmap=mmap)
 
 
 def load_pretrained_encoder(
@@ -125,15 +129,16 @@ def check_roi_fits_encoder(roi_size: Sequence[int] | int, config: dict, pretrain
         )
 
 
-def read_encoder_for(pretrained: str | Path, roi_size: Sequence[int] | int) -> Checkpoint:
-    """Read a pre-trained ``encoder.pt`` (:func:`read_encoder_file`) and check that ``roi_size`` is the ``img_size``
-    it was pre-trained with (:func:`check_roi_fits_encoder`, when the file records one).
+def read_encoder_for(pretrained: str | Path, roi_size: Sequence[int] | int, mmap: bool = False) -> Checkpoint:
+    """Read a pre-trained ``encoder.pt`` (:func:`read_encoder_file`; ``mmap``: memory-mapped, for a caller that
+    needs no weights) and check that ``roi_size`` is the ``img_size`` it was pre-trained with
+    (:func:`check_roi_fits_encoder`, when the file records one).
 
     Raises:
         FileNotFoundError: the file is missing.
         ValueError: the file is not an encoder file, or ``roi_size`` differs from its ``img_size``.
     """
-    ckpt = read_encoder_file(pretrained)
+    ckpt = read_encoder_file(pretrained, mmap=mmap)
     if "img_size" in ckpt.config:
         check_roi_fits_encoder(roi_size, ckpt.config, pretrained)
     return ckpt
@@ -157,7 +162,10 @@ def pretrained_check(roi_size: Any) -> Callable[[Any], None]:
         if not str(value or "").strip():
             return
         try:
-            read_encoder_for(value, roi_size) if roi_size_problem(roi_size) is None else read_encoder_file(value)
+            if roi_size_problem(roi_size) is None:
+                read_encoder_for(value, roi_size, mmap=True)
+            else:
+                read_encoder_file(value, mmap=True)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
 
