@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -61,10 +62,14 @@ def _entry(value: Any) -> tuple[str, int | str] | None:
     """What a case's value is compared by: ``(path, size in bytes)`` of a file (a folder, e.g. a DICOM series: the
     sizes of its files added), ``("<array>", digest)`` of an in-memory array, ``None`` for anything else."""
     if isinstance(value, (str, os.PathLike)):
-        path = Path(value)
-        if path.is_dir():
-            return str(path.resolve()), sum(p.stat().st_size for p in path.iterdir() if p.is_file())
-        return str(path.resolve()), path.stat().st_size if path.is_file() else -1
+        path = Path(value).resolve()
+        try:
+            st = path.stat()
+        except OSError:
+            return str(path), -1
+        if stat.S_ISDIR(st.st_mode):
+            return str(path), sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+        return str(path), st.st_size
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         array = np.ascontiguousarray(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value))
         return "<array>", f"{array.dtype}{list(array.shape)}:{hashlib.sha1(array.tobytes()).hexdigest()[:16]}"
