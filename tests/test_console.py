@@ -46,6 +46,29 @@ def test_epoch_progress_logs_one_line_per_epoch_and_records_the_mean_loss(caplog
         EpochProgress(progress_bar="maybe")
 
 
+def test_the_meaningless_engine_resuming_line_is_dropped(caplog):
+    """A MONAI trainer starts with ignite's "Engine run resuming from iteration 0, epoch 0", fresh or resumed; with
+    EpochProgress attached that line is gone and ignite's other lines stay."""
+    from monai.engines import SupervisedTrainer
+
+    def trainer(progress: bool) -> SupervisedTrainer:
+        net = torch.nn.Linear(2, 1)
+        data = [{"image": torch.zeros(1, 2), "label": torch.zeros(1, 1)}]
+        t = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
+                              optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=torch.nn.MSELoss())
+        if progress:
+            EpochProgress(progress_bar=False).attach(t)
+        return t
+
+    with caplog.at_level(logging.INFO):
+        trainer(progress=False).run()
+    assert "Engine run resuming from iteration 0, epoch 0" in caplog.text  # what ignite says without it
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        trainer(progress=True).run()
+    assert "Engine run resuming from iteration 0" not in caplog.text and "Engine run finished" in caplog.text
+
+
 def test_slice_pictures_are_shown_radiologically():
     """A marker at the patient's right, anterior and superior corner of a RAS-ordered volume appears at the top left
     of the sagittal (anterior on the left), coronal and axial (the patient's right on the left) slices, and

@@ -102,6 +102,10 @@ class EpochProgress:
         self._sum, self._count, self._t0 = 0.0, 0, 0.0
 
     def attach(self, engine: Engine) -> None:
+        # ignite says "resuming from iteration 0, epoch 0" when a MONAI workflow starts, fresh or resumed (the
+        # workflow builds the engine's state): never informative; a resume names its checkpoint and epoch itself
+        if not any(isinstance(f, _DropMessages) for f in engine.logger.filters):
+            engine.logger.addFilter(_DropMessages(("Engine run resuming from iteration 0, epoch 0 ",)))
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
