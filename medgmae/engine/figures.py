@@ -65,8 +65,7 @@ def mid_slices(volume: np.ndarray, centre: Sequence[int] | None = None) -> list[
     if volume.ndim != 3:
         raise ValueError(f"mid_slices needs a 3D volume, got shape {volume.shape}")
     c = [s // 2 for s in volume.shape] if centre is None else [min(max(int(i), 0), s - 1) for i, s in zip(centre, volume.shape)]
-    return [np.fliplr(np.rot90(volume[c[0], :, :])), np.fliplr(np.rot90(volume[:, c[1], :])),
-            np.fliplr(np.rot90(volume[:, :, c[2]]))]  # fmt: skip
+    return [np.fliplr(np.rot90(s)) for s in (volume[c[0], :, :], volume[:, c[1], :], volume[:, :, c[2]])]
 
 
 def slice_point(view: int, point: Sequence[float], shape: Sequence[int]) -> tuple[float, float, float]:
