@@ -13,17 +13,16 @@ Parameters live in the voxel frame of the reconstruction grid; intensities are o
 ``value_scale`` (a robust maximum of the initial volume unless given) so one set of learning rates fits any
 attenuation scale. With ``intensity_activation="sigmoid"`` the intensity parameters are logits.
 
-Checkpoints (:meth:`GaussianReconstructor.state_dict`) hold every piece of state (parameters, Adam moments, the
-iteration that fixes the learning rates, the generator's state, the density-control statistics and rounds, the history) as
-tensors, numbers, strings, lists and dicts, so they load with ``torch.load(..., weights_only=True)`` and a resumed
-run continues bit for bit. The reconstructor draws random numbers only from its own generator.
+Checkpoints (:meth:`GaussianReconstructor.state_dict`, :mod:`recon.state`) hold every piece of state, so they load
+with ``torch.load(..., weights_only=True)`` and a resumed run continues bit for bit. The reconstructor draws random
+numbers only from its own generator.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,11 +35,11 @@ from recon.metrics import psnr as psnr_fn
 from recon.metrics import ssim as ssim_fn
 from recon.presets import GaussianReconConfig
 from recon.projectors import Projector
+from recon.state import CHECKPOINT_KIND, reconstructor_state, restore_reconstructor
+from recon.state import PARAMS as _PARAMS
 
 __all__ = ["GaussianReconConfig", "GaussianReconResult", "GaussianReconstructor", "CHECKPOINT_KIND"]
 
-CHECKPOINT_KIND = "recon-gaussians"
-_PARAMS = ("means", "log_scales", "quats", "intensities")
 
 
 @dataclass
@@ -276,50 +275,16 @@ class GaussianReconstructor:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Everything a resumed run needs (``torch.load(..., weights_only=True)``-safe)."""
-        return {
-            "kind": CHECKPOINT_KIND,
-            "iteration": self.iteration,
-            "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
-            "optimizer": self.optimizer.state_dict(),
-            "value_scale": self.value_scale,
-            "history": self.history,
-            "density_rounds": self.density_rounds,
-            "generator": self.generator.get_state(),
-            "grad_accum": self.grad_accum.detach().cpu().clone(),
-            "grad_count": self.grad_count.detach().cpu().clone(),
-            "config": asdict(self.config),
-            "holdout": None if self.holdout is None else self.holdout.state_dict(),
-            "run_info": self.run_info,
-            "seconds": self.seconds,
-        }
+        """Everything a resumed run needs (:func:`recon.state.reconstructor_state`)."""
+        return reconstructor_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (the reconstructor must have been built for the same scan)."""
-        if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(f"not a Gaussian reconstruction checkpoint (kind {state.get('kind') if isinstance(state, dict) else None!r})")
-        missing = [k for k in ("iteration", "params", "optimizer", "value_scale", "generator", "grad_accum", "grad_count") if k not in state]
-        if missing:
-            raise ValueError(f"the checkpoint lacks {missing} (written by an older version: start a new run)")
-        if (state.get("holdout") is None) != (self.holdout is None):
-            raise ValueError(f"the saved run {'held out' if state.get('holdout') else 'did not hold out'} views, this one "
-                             f"{'does' if self.holdout else 'does not'}")  # fmt: skip
-        self.value_scale = float(state["value_scale"])
-        self.params = {k: torch.nn.Parameter(state["params"][k].to(self.device, torch.float32).clone()) for k in _PARAMS}
-        self.iteration, self.history = int(state["iteration"]), [dict(r) for r in state["history"]]
-        self.seconds = float(state.get("seconds", 0.0))
-        self.resumed = {"iteration": self.iteration, "seconds": state.get("seconds")}
-        self.density_rounds = [dict(r) for r in state.get("density_rounds", [])]
-        self._build_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.grad_accum = state["grad_accum"].to(self.device).clone()
-        self.grad_count = state["grad_count"].to(self.device).clone()
-        self.generator.set_state(state["generator"])
-        self.last_grad_norm = None
-        if self.holdout is not None:
-            self.holdout.load_state_dict(state["holdout"], self.device)
+        """Restore a :meth:`state_dict` (the reconstructor must have been built for the same scan;
+        :func:`recon.state.restore_reconstructor`)."""
+        restore_reconstructor(self, state)
 
     def save_checkpoint(self, path: str | Path) -> None:
+        """Write :meth:`state_dict` to ``path`` atomically."""
         from medgmae.files import save_torch_atomic
 
         save_torch_atomic(self.state_dict(), path)

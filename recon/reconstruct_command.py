@@ -183,7 +183,7 @@ def _interrupted_note(args, state_path: Path, before: int | None) -> str:
 def _reconstruct(args) -> int:
     """What :func:`cmd_reconstruct` does."""
     from recon.fbp import fbp
-    from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
+    from recon.gaussian_recon import GaussianReconstructor
     from recon.holdout import fitted_views_fbp
     from recon.metrics import evaluate
     from recon.projectors import make_projector
@@ -218,12 +218,7 @@ def _reconstruct(args) -> int:
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
     init, value_scale = _initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0
-    cfg = GaussianReconConfig.preset(
-        args.preset, args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
-        eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed,
-        holdout_views=args.holdout_views, holdout_patience=args.patience, **_density_overrides(args, init_settings, init),
-        **({} if args.coarse_iterations is None else {"coarse_iterations": args.coarse_iterations}),
-    )  # fmt: skip
+    cfg = _config(args, init_settings, init)
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
     rec.run_info = run_info
@@ -233,9 +228,7 @@ def _reconstruct(args) -> int:
         except (ValueError, KeyError, RuntimeError) as e:
             raise CLIError(f"cannot resume from {state_path}: {e}") from e
     result = rec.run(checkpoint_path=state_path, progress=not args.no_progress)
-    holdout = None if rec.holdout is None else {**rec.holdout.summary(), "refit": bool(args.refit),
-                                                "run_iterations": result.iterations, "run_seconds": result.seconds,
-                                                "errors": [(r["iteration"], r["holdout_error"]) for r in result.history]}  # fmt: skip
+    holdout = _holdout_record(args, rec, result)
     if args.refit and result.best_iteration is not None:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
         rec, result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)  # its value_scale is recorded
@@ -247,6 +240,28 @@ def _reconstruct(args) -> int:
     _write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
     _print_summary(metrics, out)
     return 0
+
+
+def _config(args, init_settings: dict, init):
+    """The run's :class:`~recon.presets.GaussianReconConfig`: the preset's settings with those the flags and the
+    start (``init``, its density-control budget) change."""
+    from recon.gaussian_recon import GaussianReconConfig
+
+    return GaussianReconConfig.preset(
+        args.preset, args.iterations, tv_weight=args.tv, views_per_iteration=args.views_per_iteration,
+        eval_every=args.eval_every, checkpoint_every=max(0, args.checkpoint_every), seed=args.seed,
+        holdout_views=args.holdout_views, holdout_patience=args.patience, **_density_overrides(args, init_settings, init),
+        **({} if args.coarse_iterations is None else {"coarse_iterations": args.coarse_iterations}),
+    )  # fmt: skip
+
+
+def _holdout_record(args, rec, result) -> dict | None:
+    """metrics.json's ``holdout``: the held-out views' summary and errors of the run on the fitted views (before a
+    ``--refit``); ``None`` without held-out views."""
+    if rec.holdout is None:
+        return None
+    return {**rec.holdout.summary(), "refit": bool(args.refit), "run_iterations": result.iterations,
+            "run_seconds": result.seconds, "errors": [(r["iteration"], r["holdout_error"]) for r in result.history]}  # fmt: skip
 
 
 def _refit(rec, init_fn, iteration: int, progress: bool):
