@@ -126,7 +126,7 @@ class GaussianReconstructor:
 
             self._coarse = HalfResolutionStage(self.geometry, self.projector.name, self.proj)
         self.seconds = 0.0  # optimisation wall time of the iterations so far (earlier runs resumed included)
-        self.resumed: dict | None = None  # after load_state_dict: the iteration, and the saved seconds (None: not saved)
+        self.resumed: dict | None = None  # after load_state_dict: {"iteration", "seconds_before"} (recon.state)
         self.run_info: dict = {}  # what the caller records about the run (scan, settings); saved with the state
         self.holdout = None
         if self.config.holdout_views:

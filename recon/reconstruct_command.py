@@ -120,7 +120,8 @@ def _print_summary(metrics: dict, out: Path) -> None:
 
 
 def _time_note(resumed: dict | None) -> str:
-    """What the optimisation time covers after ``--resume`` (``resumed``: metrics.json's record of it)."""
+    """What the optimisation time covers after ``--resume`` (``resumed``: the reconstructor's record of the resume,
+    :func:`recon.state.restore_reconstructor`, which metrics.json holds as it is)."""
     if not resumed:
         return ""
     if resumed["seconds_before"] is None:
@@ -331,7 +332,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
         "iterations_to_psnr": result.iterations_to_psnr, "history": result.history, "density_rounds": result.density_rounds,
-        "resumed": None if rec.resumed is None else {"iteration": rec.resumed["iteration"], "seconds_before": rec.resumed["seconds"]},
+        "resumed": rec.resumed,
     }  # fmt: skip
 
 

@@ -54,7 +54,7 @@ def reconstructor_state(rec: GaussianReconstructor) -> dict:
 
 def restore_reconstructor(rec: GaussianReconstructor, state: dict) -> None:
     """Restore a :func:`reconstructor_state` into ``rec`` (built for the same scan) and record the resume in
-    ``rec.resumed``: ``{"iteration", "seconds"}``, the latter ``None`` for a state that saved no time (an
+    ``rec.resumed``: ``{"iteration", "seconds_before"}``, the latter ``None`` for a state that saved no time (an
     older version), whose run then counts its time from the resume.
 
     Args:
@@ -77,7 +77,7 @@ def restore_reconstructor(rec: GaussianReconstructor, state: dict) -> None:
     rec.params = {k: torch.nn.Parameter(state["params"][k].to(rec.device, torch.float32).clone()) for k in PARAMS}
     rec.iteration, rec.history = int(state["iteration"]), [dict(r) for r in state["history"]]
     rec.seconds = float(state.get("seconds", 0.0))
-    rec.resumed = {"iteration": rec.iteration, "seconds": state.get("seconds")}
+    rec.resumed = {"iteration": rec.iteration, "seconds_before": state.get("seconds")}
     rec.density_rounds = [dict(r) for r in state.get("density_rounds", [])]
     rec._build_optimizer()
     rec.optimizer.load_state_dict(state["optimizer"])

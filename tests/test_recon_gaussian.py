@@ -118,7 +118,10 @@ def test_checkpoint_resume_is_bit_exact_across_density_control(tmp_path, preset)
     assert state["iteration"] == 7 and float(state["grad_count"].max()) == 3  # statistics since the round at 4
     resumed, _ = _resumable(preset, stop_at=0)
     resumed.load_state_dict(state)
+    assert resumed.resumed == {"iteration": 7, "seconds_before": state["seconds"]}  # metrics.json's record, as is
+    assert resumed.seconds == state["seconds"] > 0  # the time before the interruption carried on
     out = resumed.run(progress=False)
+    assert out.seconds >= state["seconds"]
     assert out.gaussians.num_gaussians == full.gaussians.num_gaussians != 40
     for name in full_rec.params:
         assert torch.equal(resumed.params[name], full_rec.params[name]), name
