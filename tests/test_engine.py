@@ -310,6 +310,46 @@ def test_a_resumed_scheduler_keeps_this_runs_plan(tmp_path, caplog):
     assert same.state_dict() == saved and "continues on this run's schedule" not in caplog.text
 
 
+def test_a_warm_up_capped_by_the_saved_plan_is_explained_not_named_as_changed(tmp_path, caplog):
+    """WarmupCosineSchedule caps warmup_steps at t_total: a run asking 10 warm-up steps of an 8-step plan warmed up
+    for 8. Resumed at step 8 with a 16-step plan (a larger --max_epochs, the same warm-up asked), the warning names
+    t_total and says truthfully why the warm-up now ends at step 10 and what the rate does (0.8 of the base rate at
+    step 8, rising to it by step 10, as an uninterrupted 16-step run's), not 'warmup_steps: saved 8, now 10' as if
+    the user had changed it. A warm-up the user did change is still named."""
+    from monai.optimizers import WarmupCosineSchedule
+
+    from medgmae.engine.resume import restore_states
+
+    def schedule(warmup: int, t_total: int, steps: int) -> WarmupCosineSchedule:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = WarmupCosineSchedule(opt, warmup_steps=warmup, t_total=t_total)
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+        return sched
+
+    saved = schedule(10, 8, 8).state_dict()
+    assert saved["warmup_steps"] == 8  # capped
+    longer, straight = schedule(10, 16, 0), schedule(10, 16, 8)
+    with caplog.at_level("WARNING"):
+        restore_states(tmp_path / "c.pt", [("lr_scheduler", longer)], {"lr_scheduler": saved})
+    assert "t_total: saved 8, now 16" in caplog.text and "warmup_steps: saved" not in caplog.text
+    assert ("the warm-up ends at step 10 instead of 8: the saved run's warm-up was capped at its t_total of 8 "
+            "(WarmupCosineSchedule caps warmup_steps at t_total) and this run's longer plan holds 10 warm-up steps; "
+            "at the saved step 8 the rate is 0.8 x the base rate (saved plan: 1) and warms up to it by step 10") in caplog.text  # fmt: skip
+    assert longer.lr_lambda(8) == straight.lr_lambda(8) == 0.8
+    for _ in range(8):
+        for s in (longer, straight):
+            s.optimizer.step()
+            s.step()
+        assert longer.get_last_lr() == straight.get_last_lr()
+    caplog.clear()
+    changed = schedule(3, 16, 0)
+    with caplog.at_level("WARNING"):
+        restore_states(tmp_path / "c.pt", [("lr_scheduler", changed)], {"lr_scheduler": schedule(2, 8, 8).state_dict()})
+    assert "warmup_steps: saved 2, now 3" in caplog.text and "the warm-up ends" not in caplog.text
+
+
 def test_a_new_run_in_a_used_folder_replaces_the_earlier_runs_checkpoints(tmp_path, caplog):
     """A fresh run (no resume) in a folder holding a finished 3-epoch run: its start names the earlier checkpoints,
     its first epoch checkpoint replaces them, and a resume then continues this run (epoch 1), not the earlier one

@@ -192,7 +192,10 @@ def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state
     :class:`monai.optimizers.WarmupCosineSchedule` would keep the saved ``t_total``, so a run resumed with a
     larger ``--max_epochs`` followed the finished cosine past its end, the learning rate rising back to its peak.
     Here the new plan wins (the rate follows this run's schedule from the saved step on) and a warning names
-    what changed; with the same settings the scheduler is restored exactly.
+    what changed; with the same settings the scheduler is restored exactly. ``WarmupCosineSchedule`` caps
+    ``warmup_steps`` at ``t_total``: when the saved run's warm-up was cut so, a longer plan holds more of the warm-up
+    asked for, and the warning says that the warm-up now ends later and, from a saved step inside the new warm-up,
+    the rate there (it warms up again to the base rate) rather than naming a ``warmup_steps`` the user never changed.
 
     Args:
         path: the checkpoint, as the warning names it.
@@ -205,12 +208,35 @@ def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state
     """
     plan = {k: v for k, v in vars(scheduler).items() if k in state and k not in _SCHEDULER_PROGRESS}
     scheduler.load_state_dict(state)
-    changed = settings_differences({k: state[k] for k in plan}, plan)
+    saved = {k: state[k] for k in plan}
     vars(scheduler).update(plan)
+    warmup = _capped_warmup(scheduler, saved, plan, state.get("last_epoch"))
+    shown = [k for k in plan if not (warmup and k == "warmup_steps")]
+    changed = settings_differences({k: saved[k] for k in shown}, {k: plan[k] for k in shown}) + ([warmup] if warmup else [])
     if changed:
         logger.warning("checkpoint %s: '%s' continues on this run's schedule (%s): the learning rate follows the new "
                        "schedule from the saved step on", path, name, "; ".join(changed))  # fmt: skip
     return changed
+
+
+def _capped_warmup(scheduler: Any, saved: Mapping, plan: Mapping, step: Any) -> str:
+    """The line for a warm-up that is longer only because the saved plan had capped it at its shorter ``t_total``
+    (``""`` for any other plan): where the warm-up ends now, why, and from a saved ``step`` inside the new warm-up
+    the rate there under both plans (``scheduler``, which holds ``plan``, has an ``lr_lambda``)."""
+    old, new = saved.get("warmup_steps"), plan.get("warmup_steps")
+    if not (isinstance(old, int) and isinstance(new, int) and new > old == saved.get("t_total") != plan.get("t_total")):
+        return ""
+    line = (f"the warm-up ends at step {new} instead of {old}: the saved run's warm-up was capped at its t_total of "
+            f"{old} ({type(scheduler).__name__} caps warmup_steps at t_total) and this run's longer plan holds {new} "
+            "warm-up steps")  # fmt: skip
+    rate = getattr(scheduler, "lr_lambda", None)
+    if callable(rate) and isinstance(step, int) and step < new:
+        now = rate(step)
+        vars(scheduler).update(saved)
+        before = rate(step)
+        vars(scheduler).update(plan)
+        line += f"; at the saved step {step} the rate is {now:.3g} x the base rate (saved plan: {before:.3g}) and warms up to it by step {new}"
+    return line
 
 
 def _resume_parts(records: Mapping[str, Any]) -> Callable[[Mapping], dict]:
