@@ -364,3 +364,50 @@ def test_a_new_run_in_a_used_folder_replaces_the_earlier_runs_checkpoints(tmp_pa
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
     assert latest_checkpoint(tmp_path).name == "checkpoint_epoch=1.pt"
     assert load_torch_file(tmp_path / "checkpoint_final.pt")["engine"]["epoch"] == 1
+
+
+def test_a_new_run_in_a_used_folder_removes_the_earlier_runs_pictures_and_event_files_at_its_first_save(tmp_path, caplog):
+    """The earlier run's pictures/epoch_*.png and TensorBoard event files are named at the start of a fresh run and
+    removed when it saves its first epoch checkpoint, not before: a run that fails in its first epoch removes
+    nothing. This process's own event file (its writer opens it before the engine starts) and a picture this run
+    rewrote stay; so does a TensorBoard file of another kind."""
+    import os
+    import socket
+
+    from ignite.engine import Events
+
+    pics, tb = tmp_path / "pictures", tmp_path / "tensorboard"
+    pics.mkdir()
+    tb.mkdir()
+    old = [pics / "epoch_0001.png", pics / "epoch_0003.png", tb / "events.out.tfevents.1700000000.elsewhere.4242.0"]
+    own = tb / f"events.out.tfevents.1800000000.{socket.gethostname()}.{os.getpid()}.7"
+    other = tb / "projector_config.pbtxt"
+    for p in (*old, own, other):
+        p.write_bytes(b"earlier")
+    (tmp_path / "checkpoint_final.pt").write_bytes(b"x")
+
+    def fail(engine):
+        raise RuntimeError("stopped in the first epoch")
+
+    failing, _ = _make_trainer(tmp_path, 1, resume=False)
+    failing.add_event_handler(Events.ITERATION_COMPLETED(once=1), fail)
+    with pytest.raises(RuntimeError, match="stopped in the first epoch"):
+        failing.run()
+    assert all(p.is_file() for p in old)  # nothing removed without a first save
+
+    seen = []
+    trainer, _ = _make_trainer(tmp_path, 2, resume=False)
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=1))
+    def _during_first_epoch(engine):
+        seen.append(all(p.is_file() for p in old))
+        old[0].write_bytes(b"this run's picture of epoch 1")
+
+    with caplog.at_level("WARNING"):
+        trainer.run()
+    assert seen == [True]
+    assert ("holds an earlier run's checkpoints (checkpoint_final.pt, checkpoint_interrupted.pt), 2 pictures/epoch_*.png "
+            "files, 1 tensorboard/events.out.tfevents.* file: this new run removes them when it saves its first epoch") in caplog.text  # fmt: skip
+    assert old[0].read_bytes() == b"this run's picture of epoch 1"
+    assert not old[1].exists() and not old[2].exists()
+    assert own.is_file() and other.is_file()

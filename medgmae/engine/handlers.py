@@ -22,6 +22,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, Randomizable
 
+from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun
 from medgmae.engine.resume import (
     check_epoch_length,
     check_max_epochs,
@@ -159,9 +160,11 @@ class CheckpointHandler:
     (:func:`~medgmae.engine.resume.loader_record`) and a :class:`RandomStateTracker`. When the run stops
     on an exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` and re-raises; at a normal end it
     writes ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's
-    checkpoints, says so when it starts and removes them when it writes its first epoch checkpoint: kept, the
-    earlier run's higher epoch numbers would have outranked this run's own checkpoints (the newest ``n_saved``
-    were kept by number), and a later ``--resume`` would have continued the earlier run. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
+    checkpoints, progress pictures or TensorBoard event files, names them when it starts and removes them when it
+    writes its first epoch checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`): kept, the earlier run's
+    higher epoch numbers would have outranked this run's own checkpoints (the newest ``n_saved`` were kept by
+    number), a later ``--resume`` would have continued the earlier run, and the pictures and curves of both runs
+    would have been mixed. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
     the engine starts and continues from the next epoch, bit for bit on the same machine and software. A checkpoint
     whose state does not fit (another kind of run; an object refusing it, such as a model configuration record)
     stops the run at the start with an error naming the file and the object, and writes no checkpoint. A bundle
@@ -189,6 +192,8 @@ class CheckpointHandler:
         finished_ok: on resume, accept a checkpoint that has already trained ``max_epochs`` epochs (the engine then
             trains nothing); by default it is refused as :func:`~medgmae.engine.resume.check_resume_fits` refuses
             it, since the completion handlers would rewrite the run's final files from an empty epoch.
+        earlier_outputs: what a fresh run replaces of an earlier run besides its checkpoints, as globs under
+            ``output_dir`` (:mod:`medgmae.engine.earlier_run`; default its pictures and TensorBoard event files).
     """
 
     def __init__(
@@ -201,6 +206,7 @@ class CheckpointHandler:
         n_saved: int = 1,
         map_location: Any = "cpu",
         finished_ok: bool = False,
+        earlier_outputs: tuple[str, ...] = EARLIER_OUTPUTS,
     ) -> None:
         if save_interval < 1 or n_saved < 1:
             raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval}, {n_saved}")
@@ -215,7 +221,7 @@ class CheckpointHandler:
         self.finished_ok = bool(finished_ok)
         self.resumed_from: Path | None = None
         self._failed_resume = False
-        self._earlier_run: list[Path] = []  # another run's checkpoints in output_dir, replaced at the first save
+        self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._on_started)
@@ -251,24 +257,18 @@ class CheckpointHandler:
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
         if saved is None:
             return
-        for p in self._earlier_run:
-            if p != saved:
-                p.unlink(missing_ok=True)
-        self._earlier_run = []
+        removed = self._earlier_run.remove(keep=saved)
+        if removed:
+            logger.info("removed %d files of the earlier run (%s) from %s", len(removed), ", ".join(self._earlier_run.patterns), self.output_dir)
         for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
             p.unlink(missing_ok=True)
 
     def _note_earlier_run(self) -> None:
-        """Remember (and name) the checkpoints another run left in ``output_dir``, which this fresh run replaces."""
-        names = ("checkpoint_final.pt", "checkpoint_interrupted.pt")
-        self._earlier_run = [p for _, p in epoch_checkpoints(self.output_dir)]
-        self._earlier_run += [self.output_dir / n for n in names if (self.output_dir / n).is_file()]
-        if self._earlier_run and rank_world()[0] == 0:
-            logger.warning(
-                "%s holds an earlier run's checkpoints (%s): this new run replaces them when it saves its first epoch "
-                "(stop now and add --resume true to continue that run instead)",
-                self.output_dir, ", ".join(sorted(p.name for p in self._earlier_run)),
-            )  # fmt: skip
+        """Remember (and name) what another run left in ``output_dir``, which this fresh run replaces."""
+        found = self._earlier_run.find()
+        if found and rank_world()[0] == 0:
+            logger.warning("%s holds an earlier run's %s: this new run removes them when it saves its first epoch (stop "
+                           "now and add --resume true to continue that run instead)", self.output_dir, found)  # fmt: skip
 
     def _on_completed(self, engine: Engine) -> None:
         self.save(engine, "checkpoint_final.pt")

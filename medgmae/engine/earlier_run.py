@@ -1,0 +1,87 @@
+"""What a fresh (non-resumed) training run replaces of an earlier run in its output folder.
+
+A run that does not resume, started in a folder where another run wrote, would otherwise mix the two: the earlier
+run's epoch checkpoints (whose higher epoch numbers outranked the new run's own, so a later ``--resume`` continued
+the earlier run), its progress pictures ``pictures/epoch_*.png`` and its TensorBoard event files, which TensorBoard
+draws as one run with the new one. :class:`EarlierRun` finds them when the run starts, so the start can name them,
+and removes them when the run saves its first epoch checkpoint: a run stopped or refused before then has removed
+nothing. A file the new run has rewritten since the start (a picture of the same epoch) and the event files of this
+process (TensorBoard names the host and process id in each file's name) are the new run's and stay.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from medgmae.engine.resume import epoch_checkpoints
+
+__all__ = ["EarlierRun", "EARLIER_OUTPUTS"]
+
+#: The outputs besides checkpoints, as globs under the output folder, that a fresh run replaces (a TensorBoard folder
+#: elsewhere is not touched: it may be shared on purpose).
+EARLIER_OUTPUTS = ("pictures/epoch_*.png", "tensorboard/events.out.tfevents.*")
+_END_CHECKPOINTS = ("checkpoint_final.pt", "checkpoint_interrupted.pt")
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of ``path``, ``None`` when it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _this_process(path: Path) -> bool:
+    """Whether ``path`` is a TensorBoard event file this process opened (its writers start before the engine)."""
+    return path.name.startswith("events.out.tfevents.") and f".{socket.gethostname()}.{os.getpid()}." in path.name
+
+
+class EarlierRun:
+    """The checkpoints and outputs another run left in ``output_dir``.
+
+    Args:
+        output_dir: the run's folder.
+        patterns: the outputs besides checkpoints to replace, as globs under ``output_dir``.
+    """
+
+    def __init__(self, output_dir: str | Path, patterns: tuple[str, ...] = EARLIER_OUTPUTS) -> None:
+        self.output_dir, self.patterns = Path(output_dir), tuple(patterns)
+        self.checkpoints: list[Path] = []
+        self.outputs: dict[str, dict[Path, tuple[int, int] | None]] = {}
+
+    def find(self) -> str | None:
+        """Remember what the folder holds now.
+
+        Returns:
+            What to name at the start (``"checkpoints (...), 2 pictures/epoch_*.png files"``), ``None`` for nothing.
+        """
+        out = self.output_dir
+        self.checkpoints = [p for _, p in epoch_checkpoints(out)] + [out / n for n in _END_CHECKPOINTS if (out / n).is_file()]
+        self.outputs = {pat: {p: _signature(p) for p in sorted(out.glob(pat)) if p.is_file() and not _this_process(p)}
+                        for pat in self.patterns}  # fmt: skip
+        parts = [f"checkpoints ({', '.join(sorted(p.name for p in self.checkpoints))})"] if self.checkpoints else []
+        for pat, files in self.outputs.items():
+            if files:
+                parts.append(f"{len(files)} {pat} file{'s' if len(files) > 1 else ''}")
+        return ", ".join(parts) or None
+
+    def remove(self, keep: Path) -> list[Path]:
+        """Remove what :meth:`find` found, except ``keep`` and the outputs changed since; nothing a second time.
+
+        Args:
+            keep: the checkpoint just saved (it may have replaced one of the earlier run's names).
+
+        Returns:
+            The outputs removed, checkpoints aside.
+        """
+        for p in self.checkpoints:
+            if p != keep:
+                p.unlink(missing_ok=True)
+        removed = [p for files in self.outputs.values() for p, sig in files.items() if sig is not None and _signature(p) == sig]
+        for p in removed:
+            p.unlink(missing_ok=True)
+        self.checkpoints, self.outputs = [], {}
+        return removed
