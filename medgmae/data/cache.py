@@ -35,6 +35,7 @@ import torch
 from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose, RandomizableTrait
 
+from medgmae.data.fingerprint import file_fingerprint
 from medgmae.files import atomic_write, save_json_atomic
 
 __all__ = ["DiskCacheDataset", "describe_transforms", "cache_folder", "training_dataset", "item_hash"]
@@ -98,12 +99,10 @@ def cache_folder(cache_root: str | Path, transform: Callable, spec: Mapping | No
 
 
 def item_hash(item: Mapping) -> bytes:
-    """Cache key of a datalist item: its entries plus the size and modification time of each file it names."""
-    stats = {}
-    for key, value in item.items():
-        if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
-            st = os.stat(value)
-            stats[key] = [st.st_size, st.st_mtime_ns]
+    """Cache key of a datalist item: its entries plus the size and modification time of each file it names
+    (:func:`~medgmae.data.fingerprint.file_fingerprint`: a DICOM folder by its files)."""
+    prints = {key: file_fingerprint(value) for key, value in item.items() if isinstance(value, (str, os.PathLike))}
+    stats = {key: list(fp) for key, fp in prints.items() if fp is not None}
     text = json.dumps({"item": {k: str(v) for k, v in item.items()}, "stats": stats}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest().encode()
 

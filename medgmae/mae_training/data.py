@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from medgmae.data.datalist import read_datalist, resolve_datalist
+from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist
 from medgmae.data.precheck import check_datalist
 
 __all__ = ["pretrain_split"]
@@ -85,7 +85,7 @@ def pretrain_split(
         phantom_validation=int(num_val_phantoms), phantom_seed=int(seed), phantom_shape=phantom_shape,
         phantom_spacing=phantom_spacing, datalist=datalist,
     )  # fmt: skip
-    base = dataset_dir if str(datalist).strip() and str(dataset_dir).strip() else None
+    base = datalist_base(dataset_dir, datalist)
     val = read_datalist(source, "validation", data_dir=base, required=False) if source.is_file() else []
     if not val:
         train, val = _fraction_split(train, float(val_fraction), int(seed), str(source))
