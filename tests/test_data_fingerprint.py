@@ -1,19 +1,25 @@
 """The data layer's shared bookkeeping: one per-file fingerprint (pre-check ledger, disk-cache keys, resume
-records) and one rule for the folder a datalist's relative paths resolve against."""
+records), one rule for the folder a datalist's relative paths resolve against, and a disk cache that writes
+nothing before its first item is loaded."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
+from monai.transforms import Compose, RandSpatialCropd
 
-from medgmae.data import DatasetError
+from medgmae.data import DatasetError, LoadVolumed, training_dataset
 from medgmae.data.cache import item_hash
 from medgmae.data.datalist import datalist_base
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.data.precheck import _fingerprint
 from medgmae.engine.records import CasesRecord
+from medgmae.preprocessing import PreprocessingSpec
 
 
 def test_a_series_folder_is_fingerprinted_by_its_files(tmp_path):
@@ -54,3 +60,16 @@ def test_datalist_base_rule(tmp_path):
     with pytest.raises(DatasetError, match="does not exist: with a datalist"):
         datalist_base(str(tmp_path / "nope"), str(dl))
 
+
+def test_the_disk_cache_writes_nothing_before_its_first_item(tmp_path):
+    """Building the dataset (as a bundle does before its resume check) leaves the cache root absent; the first item
+    creates the folder with its preprocessing.json."""
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 200, (12, 10, 8)).astype(np.float32), np.eye(4)), str(path))
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+    chain = Compose([LoadVolumed("image")] + spec.transforms(["image"]) + [RandSpatialCropd("image", roi_size=4)])
+    ds = training_dataset([{"image": str(path)}], chain, tmp_path / "cache", spec=spec.to_dict())
+    assert not (tmp_path / "cache").exists()
+    ds[0]
+    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text())
+    assert record["spec"] == json.loads(json.dumps(spec.to_dict())) and len(list(Path(ds.cache_dir).glob("*.pt"))) == 1
