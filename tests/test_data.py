@@ -149,6 +149,23 @@ def test_a_dicom_series_with_a_missing_slice_is_refused_naming_the_gap(tmp_path,
     assert f"{folder}: the {SHAPE[2] - 1} slices" in capsys.readouterr().err and not out.exists()
 
 
+def test_a_three_slice_series_with_a_gap_names_both_steps(tmp_path):
+    """Slices 0, 1 and 3 of a 2.5 mm series: two steps, 2.5 and 5 mm, neither the usual one (their median, 3.75 mm,
+    is no step of the series); the message names each with its files instead of calling 2.5 mm the odd one."""
+    folder = _write_dicom_series(_sitk_image(3), tmp_path / "three")
+    for path in folder.iterdir():
+        if path.name not in ("series2_slice_000.dcm", "series2_slice_001.dcm", "series2_slice_003.dcm"):
+            path.unlink()
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert message.startswith(f"{folder}: the 3 slices") and "usual step" not in message and "3.75" not in message
+    assert "the smallest, series2_slice_000.dcm (position " in message and "series2_slice_001.dcm" in message
+    assert message.split("the smallest, ")[1].split(", is ")[1].startswith("2.5 mm")
+    assert "the largest, series2_slice_001.dcm (position " in message and "series2_slice_003.dcm" in message
+    assert message.endswith("is 5 mm")
+
+
 @pytest.mark.parametrize("ext", [".mha", ".nrrd"])
 def test_a_truncated_image_file_is_one_line_naming_it(tmp_path, ext):
     """ITK's multi-line exception ("File cannot be read ... No such file or directory") becomes one line saying

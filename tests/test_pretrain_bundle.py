@@ -222,8 +222,8 @@ def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_st
 def test_resume_on_other_data_of_the_same_count_writes_nothing(runs, tmp_path, folder_state):
     """The phantom dataset moved elsewhere resumes (paths compare relative to the data's folder); with one training
     volume edited (same number of cases, so the same epoch length) the resume is refused naming the file, and the
-    run's folder is byte for byte as it was, but for the data pre-check's cache of the files it has checked (it
-    runs before the data can be compared)."""
+    run's folder, its cache folder (the pre-check's ledger) included, is byte for byte as it was: the pre-check
+    runs after the resume check."""
     import shutil
 
     import nibabel as nib
@@ -244,8 +244,23 @@ def test_resume_on_other_data_of_the_same_count_writes_nothing(runs, tmp_path, f
     proc = _bundle(*args, "--max_epochs", "3", cwd=tmp_path)
     assert proc.returncode != 0 and "MedGMAE pre-training trained on other data: 2 cases then, 2 now" in proc.stderr, proc.stderr[-3000:]
     assert '2 differing (saved {"image": ["imagesTr/' in proc.stderr, proc.stderr[-3000:]
-    unchanged = {k: v for k, v in before.items() if not k.startswith("cache")}
-    assert {k: v for k, v in folder_state(out).items() if not k.startswith("cache")} == unchanged
+    assert folder_state(out) == before
+
+
+def test_resume_with_other_phantom_settings_writes_nothing(runs, tmp_path, folder_state):
+    """A copy of the phantom run resumed with another phantom shape is refused naming the setting, before any
+    phantom is generated again: the run's folder (its phantoms and cache included) is byte for byte as it was."""
+    import shutil
+
+    out = shutil.copytree(runs["resumed"], tmp_path / "run", copy_function=shutil.copy2)
+    before = folder_state(out)
+    small = SMALL[:]
+    small[small.index("--phantom_shape") + 1] = "[48,48,44]"
+    proc = _bundle("run", "training", "--config_file", TRAIN, *small, "--output_dir", str(out), "--max_epochs", "3",
+                   "--num_workers", "0", "--resume", "true", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and "trained on phantoms generated with other settings" in proc.stderr, proc.stderr[-3000:]
+    assert "phantom_shape: saved [48, 48, 40], now [48, 48, 44]" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
 
 
 def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path):

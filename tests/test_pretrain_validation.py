@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from medgmae.engine import MetricHistory
 from medgmae.mae_training import (
     MaskedValidationHandler,
     build_model,
+    check_pretrain_split,
     masked_psnr,
     masked_psnr_per_sample,
     masked_ssim,
@@ -144,6 +146,29 @@ def test_split_generates_held_out_phantoms(tmp_path):
     s = pretrain_split("", tmp_path, num_phantoms=2, num_val_phantoms=1, phantom_shape=[24, 24, 20], phantom_spacing=4.0)
     assert [i["image"].split("/")[-1] for i in s["training"]] == ["case_0000.nii.gz", "case_0001.nii.gz"]
     assert [i["image"].split("/")[-1] for i in s["validation"]] == ["case_0002.nii.gz"]
+
+
+def test_a_resume_with_other_phantom_settings_is_refused_before_writing(tmp_path, folder_state):
+    """With a checkpoint in the run folder, phantoms generated there with other settings refuse the resume and are
+    left as they were (they would otherwise be generated again before the resume check sees the data); with the
+    same settings, or without a checkpoint, the split is made as before. The pre-check writes no ledger until it
+    is called (after the resume check)."""
+    kwargs = {"num_phantoms": 2, "num_val_phantoms": 1, "phantom_spacing": 4.0, "validate": False}
+    first = pretrain_split("", tmp_path, phantom_shape=[24, 24, 20], **kwargs)
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"")
+    before = folder_state(tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(phantom_shape: saved \[24, 24, 20\], now \[24, 24, 22\]\)"):
+        pretrain_split("", tmp_path, phantom_shape=[24, 24, 22], resume=True, **kwargs)
+    with pytest.raises(ValueError, match=r"num_phantoms \+ num_val_phantoms: saved 3, now 4; num_val_phantoms: saved 1"):
+        pretrain_split("", tmp_path, phantom_shape=[24, 24, 20], resume=True, **{**kwargs, "num_val_phantoms": 2})
+    assert folder_state(tmp_path) == before
+    assert pretrain_split("", tmp_path, phantom_shape=[24, 24, 20], resume=True, **kwargs) == first
+    assert folder_state(tmp_path) == before
+    checked = check_pretrain_split(first, ledger_dir=tmp_path / "cache")
+    assert checked is first and (tmp_path / "cache" / "precheck.json").is_file()
+    (tmp_path / "checkpoint_epoch=1.pt").unlink()  # no checkpoint: a fresh start, phantoms generated anew
+    other = pretrain_split("", tmp_path, phantom_shape=[24, 24, 22], resume=True, **kwargs)
+    assert nib.load(other["training"][0]["image"]).shape == (24, 24, 22)
 
 
 def test_reconstruction_figure_layout():

@@ -174,6 +174,22 @@ def test_pretrained_img_size_and_kind_checked(tmp_path):
         read_encoder_file(tmp_path / "nope.pt")
 
 
+def test_a_pretraining_training_checkpoint_is_named_as_one(tmp_path):
+    """checkpoint_final.pt of a pre-training run (the --resume state, holding a medgmae model) is called a training
+    checkpoint of pre-training, not a medgmae model file, and the encoder.pt beside it is named."""
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    save_encoder(MaskedViTEncoder(img_size=24, patch_size=12, num_layers=2, **TINY), run / "encoder.pt")
+    record = {"kind": "medgmae", "config": {"img_size": [24, 24, 24]}, "preprocessing": None}
+    torch.save({"objects": {"model": {}, "config": record, "optimizer": {}}}, run / "checkpoint_final.pt")
+    with pytest.raises(ValueError) as error:
+        read_encoder_file(run / "checkpoint_final.pt")
+    message = str(error.value)
+    assert message.startswith("checkpoint_final.pt is a training checkpoint of pre-training (the state --resume")
+    assert "a medgmae checkpoint" not in message
+    assert f"fine-tuning needs the encoder.pt written by pre-training: {run / 'encoder.pt'}" in message
+
+
 def test_layer_decay_groups():
     net = MedGMAEUNETR(3, img_size=24, patch_size=12, num_layers=4, feature_size=4, **TINY)
     groups = param_groups(net, lr=1e-3, weight_decay=0.05, layer_decay=0.5)

@@ -35,9 +35,12 @@ import torch
 from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose, RandomizableTrait
 
+from medgmae.data.fingerprint import file_fingerprint
 from medgmae.files import atomic_write, save_json_atomic
 
-__all__ = ["DiskCacheDataset", "describe_transforms", "cache_folder", "training_dataset", "item_hash"]
+__all__ = [
+    "DiskCacheDataset", "describe_transforms", "cache_folder", "preprocessing_record", "training_dataset", "item_hash",
+]  # fmt: skip
 
 logger = logging.getLogger("medgmae.data")
 
@@ -77,33 +80,47 @@ def describe_transforms(transform: Callable) -> list:
     return head
 
 
-def cache_folder(cache_root: str | Path, transform: Callable, spec: Mapping | None = None) -> Path:
-    """``cache_root/<hash>``: the folder of the cache of this pre-processing (created, with a ``preprocessing.json``
-    describing it).
+def cache_folder(cache_root: str | Path, transform: Callable, spec: Mapping | None = None, create: bool = True) -> Path:
+    """``cache_root/<hash>``: the folder of the cache of this pre-processing, with a ``preprocessing.json``
+    describing it.
 
     Args:
         cache_root: parent folder of caches.
         transform: the dataset's transform chain (its deterministic head is hashed).
         spec: the pre-processing record (``PreprocessingSpec.to_dict()`` or any JSON-able mapping).
+        create: create the folder and its ``preprocessing.json`` now (``False``: only name it;
+            :class:`DiskCacheDataset` creates it with its first cache file).
 
     Returns:
         The folder.
     """
-    record = {"spec": dict(spec) if spec else None, "transforms": describe_transforms(transform)}
+    record = preprocessing_record(transform, spec)
     text = json.dumps(record, sort_keys=True, default=str)
     folder = Path(cache_root) / hashlib.sha256(text.encode()).hexdigest()[:16]
-    if not (folder / "preprocessing.json").is_file():
-        save_json_atomic(record, folder / "preprocessing.json")
+    if create:
+        _write_record(folder, record)
     return folder
 
 
+def preprocessing_record(transform: Callable, spec: Mapping | None = None) -> dict:
+    """What a cache folder's name hashes and its ``preprocessing.json`` holds: the spec and the deterministic head
+    of ``transform`` (:func:`describe_transforms`)."""
+    return {"spec": dict(spec) if spec else None, "transforms": describe_transforms(transform)}
+
+
+def _write_record(folder: Path, record: Mapping | None) -> None:
+    """Create ``folder`` with ``preprocessing.json`` holding ``record`` (``None``: the folder alone), once."""
+    if record is None:
+        folder.mkdir(parents=True, exist_ok=True)
+    elif not (folder / "preprocessing.json").is_file():
+        save_json_atomic(record, folder / "preprocessing.json")
+
+
 def item_hash(item: Mapping) -> bytes:
-    """Cache key of a datalist item: its entries plus the size and modification time of each file it names."""
-    stats = {}
-    for key, value in item.items():
-        if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
-            st = os.stat(value)
-            stats[key] = [st.st_size, st.st_mtime_ns]
+    """Cache key of a datalist item: its entries plus the size and modification time of each file it names
+    (:func:`~medgmae.data.fingerprint.file_fingerprint`: a DICOM folder by its files)."""
+    prints = {key: file_fingerprint(value) for key, value in item.items() if isinstance(value, (str, os.PathLike))}
+    stats = {key: list(fp) for key, fp in prints.items() if fp is not None}
     text = json.dumps({"item": {k: str(v) for k, v in item.items()}, "stats": stats}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest().encode()
 
@@ -112,19 +129,29 @@ class DiskCacheDataset(PersistentDataset):
     """MONAI ``PersistentDataset`` whose cache files are written atomically inside the cache folder (see the module
     docstring) and read back when unreadable ones are recomputed.
 
+    Nothing is written before the first item is loaded: the folder (and its ``preprocessing.json``) is created
+    with the first cache file, so that a run refused before training (a resume that does not fit, unusable data)
+    leaves no trace.
+
     Args:
         data: datalist items.
         transform: the full chain; its deterministic head is cached.
         cache_dir: folder of the cache files (use :func:`cache_folder`).
         track_meta: keep MetaTensors (with their affine) in the cache (needed by inversion and by writers of
             results in the input's space).
+        record: what the folder's ``preprocessing.json`` holds (:func:`preprocessing_record`), written with
+            the folder (``None``: no such file).
     """
 
-    def __init__(self, data: Sequence, transform: Callable, cache_dir: str | Path, track_meta: bool = False) -> None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        super().__init__(data, transform, cache_dir=cache_dir, hash_func=item_hash, track_meta=track_meta,
+    def __init__(
+        self, data: Sequence, transform: Callable, cache_dir: str | Path, track_meta: bool = False,
+        record: Mapping | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(data, transform, cache_dir=None, hash_func=item_hash, track_meta=track_meta,
                          weights_only=not track_meta)  # fmt: skip
+        self.cache_dir, self.record = Path(cache_dir), record
         self.transform_hash = ""  # the folder already names the pre-processing
+
 
     def _cachecheck(self, item_transformed: Any) -> Any:
         hashfile = Path(self.cache_dir) / f"{self.hash_func(item_transformed).decode()}.pt"
@@ -138,6 +165,7 @@ class DiskCacheDataset(PersistentDataset):
         from monai.utils import convert_to_tensor
 
         out = self._pre_transform(deepcopy(item_transformed))
+        _write_record(self.cache_dir, self.record)
         with atomic_write(hashfile) as tmp:
             torch.save(convert_to_tensor(out, convert_numeric=False, track_meta=self.track_meta), tmp)
         return out
@@ -176,6 +204,6 @@ def training_dataset(
         from monai.data import Dataset
 
         return Dataset(data, transform)
-    folder = cache_folder(cache_root, transform, spec)
+    folder = cache_folder(cache_root, transform, spec, create=False)
     logger.info("pre-processed volumes are cached in %s", folder)
-    return DiskCacheDataset(data, transform, folder, track_meta=track_meta)
+    return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=preprocessing_record(transform, spec))

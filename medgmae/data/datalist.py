@@ -22,7 +22,10 @@ import torch.distributed as dist
 
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path
 
-__all__ = ["DatasetError", "dist_rank", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist", "resolve_datalist"]
+__all__ = [
+    "DatasetError", "dist_rank", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
+    "datalist_base", "resolve_datalist",
+]  # fmt: skip
 
 logger = logging.getLogger("medgmae.data")
 
@@ -146,6 +149,35 @@ def read_datalist(
     return out
 
 
+def datalist_base(dataset_dir: str | Path, datalist: str | Path = "") -> Path | None:
+    """The folder a datalist's relative paths resolve against, as :func:`resolve_datalist` reads it.
+
+    With a ``datalist`` named, a non-empty ``dataset_dir`` is that folder; in every other case (no ``dataset_dir``,
+    or ``dataset_dir`` itself the datalist or the folder holding it) the paths resolve against the datalist's own
+    folder (``None``, :func:`read_datalist`'s default).
+
+    Args:
+        dataset_dir: the run's ``dataset_dir`` (``""``: none).
+        datalist: the run's ``datalist`` (``""``: none).
+
+    Returns:
+        The base folder, or ``None`` for the datalist's own folder.
+
+    Raises:
+        DatasetError: a datalist is named and ``dataset_dir`` is a file or does not exist.
+    """
+    if not str(datalist).strip() or not str(dataset_dir).strip():
+        return None
+    base = Path(dataset_dir).expanduser()
+    if not base.is_dir():
+        what = "is a file" if base.is_file() else "does not exist"
+        raise DatasetError(
+            f"dataset_dir {base} {what}: with a datalist ({Path(datalist).expanduser()}) it must be the folder the "
+            "datalist's relative paths resolve against (or empty: the datalist's own folder)"
+        )
+    return base
+
+
 def resolve_datalist(
     dataset_dir: str | Path,
     work_dir: str | Path,
@@ -178,15 +210,7 @@ def resolve_datalist(
             ``datalist`` names the datalist.
     """
     if str(datalist).strip():
-        src, base = Path(datalist).expanduser(), None
-        if str(dataset_dir).strip():
-            base = Path(dataset_dir).expanduser()
-            if not base.is_dir():
-                what = "is a file" if base.is_file() else "does not exist"
-                raise DatasetError(
-                    f"dataset_dir {base} {what}: with a datalist ({src}) it must be the folder the datalist's relative "
-                    "paths resolve against (or empty: the datalist's own folder)"
-                )
+        src, base = Path(datalist).expanduser(), datalist_base(dataset_dir, datalist)
         items = [it for k in keys for it in read_datalist(src, k, data_dir=base, required=(k == keys[0]))]
         return items, src
     if str(dataset_dir).strip() == "":

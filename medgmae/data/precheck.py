@@ -34,6 +34,7 @@ import numpy as np
 import torch.distributed as dist
 
 from medgmae.data.datalist import DatasetError, dist_rank
+from medgmae.data.fingerprint import file_fingerprint
 from medgmae.data.grid import GRID_TOLERANCE, same_grid_problem
 from medgmae.data.reader import read_volume
 from medgmae.files import save_json_atomic
@@ -47,18 +48,9 @@ LEDGER_FILE = "precheck.json"
 
 
 def _fingerprint(item: dict, keys: Sequence[str]) -> list:
-    """``[path, size, mtime_ns]`` of each file (or folder) of ``item`` (``None`` for a missing one)."""
-    out = []
-    for key in keys:
-        if key not in item:
-            continue
-        p = Path(item[key])
-        try:
-            st = p.stat()
-            out.append([str(p), st.st_size, st.st_mtime_ns])
-        except OSError:
-            out.append([str(p), None, None])
-    return out
+    """``[path, size, mtime_ns]`` of each file (or folder) of ``item`` (:func:`~medgmae.data.fingerprint.
+    file_fingerprint`; ``None`` for a missing one)."""
+    return [[str(Path(item[key])), *(file_fingerprint(item[key]) or (None, None))] for key in keys if key in item]
 
 
 def _label_problems(label: np.ndarray, path: str, num_classes: int | None) -> list[str]:

@@ -135,22 +135,32 @@ def _check_even_slices(reader) -> None:
     DICOM's rounding of the position tags.
 
     Raises:
-        ValueError: naming the slice count, the expected step (the median) and the largest deviating step with
-            the files and positions on either side.
+        ValueError: naming the slice count and, when most steps agree, that usual step (the median) and the
+            largest deviating step with the files and positions on either side; when no step is shared by most
+            (e.g. 3 slices, one gap), the smallest and the largest step, each with its files and positions.
     """
     pos = _slice_positions(reader)
     if pos is None or len(pos) < 3:
         return
     steps = np.diff(pos)
     expected = float(np.median(steps))
-    worst = int(np.argmax(np.abs(steps - expected)))
-    if abs(steps[worst] - expected) <= max(0.01 * abs(expected), 0.02):
+    usual = np.abs(steps - expected) <= max(0.01 * abs(expected), 0.02)
+    if usual.all():
         return
     names = [Path(f).name for f in reader.GetFileNames()]
+
+    def step(i: int) -> str:
+        return f"{names[i]} (position {pos[i]:.4g} mm) to {names[i + 1]} ({pos[i + 1]:.4g} mm)"
+
+    head = (f"the {len(pos)} slices of the DICOM series are not evenly spaced along the slice normal (a missing or "
+            "repeated slice?): ")  # fmt: skip
+    if usual.sum() * 2 > len(steps):
+        worst = int(np.argmax(np.abs(steps - expected)))
+        raise _Refused(head + f"the usual step is {abs(expected):.4g} mm, but {step(worst)} is {abs(steps[worst]):.4g} mm")
+    small, large = int(np.argmin(np.abs(steps))), int(np.argmax(np.abs(steps)))
     raise _Refused(
-        f"the {len(pos)} slices of the DICOM series are not evenly spaced along the slice normal (a missing or "
-        f"repeated slice?): the usual step is {abs(expected):.4g} mm, but {names[worst]} (position "
-        f"{pos[worst]:.4g} mm) to {names[worst + 1]} ({pos[worst + 1]:.4g} mm) is {abs(steps[worst]):.4g} mm"
+        head + f"no step is shared by most slices: the smallest, {step(small)}, is {abs(steps[small]):.4g} mm and "
+        f"the largest, {step(large)}, is {abs(steps[large]):.4g} mm"
     )
 
 

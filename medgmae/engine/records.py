@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from medgmae.data.fingerprint import file_fingerprint
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["SettingsRecord", "CasesRecord", "RECORDS"]
@@ -63,13 +63,8 @@ def _entry(value: Any) -> tuple[str, int | str] | None:
     sizes of its files added), ``("<array>", digest)`` of an in-memory array, ``None`` for anything else."""
     if isinstance(value, (str, os.PathLike)):
         path = Path(value).resolve()
-        try:
-            st = path.stat()
-        except OSError:
-            return str(path), -1
-        if stat.S_ISDIR(st.st_mode):
-            return str(path), sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
-        return str(path), st.st_size
+        fingerprint = file_fingerprint(path)
+        return str(path), -1 if fingerprint is None else fingerprint[0]
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         array = np.ascontiguousarray(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value))
         return "<array>", f"{array.dtype}{list(array.shape)}:{hashlib.sha1(array.tobytes()).hexdigest()[:16]}"

@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import UNETR
 
-from medgmae.checkpoint import ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
+from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
 from medgmae.engine import unwrap_model
+from medgmae.mae_training.models import MODEL_KINDS
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
@@ -54,9 +55,26 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file cannot be read or is not a MedGMAE encoder file (the message names both kinds).
+        ValueError: the file cannot be read or is not a MedGMAE encoder file (the message names what it is:
+            :func:`not_an_encoder_message`).
     """
-    return load_checkpoint(path, ENCODER_KIND, "fine-tuning needs the encoder.pt written by pre-training", mmap=mmap)
+    ckpt = load_checkpoint(path, None, mmap=mmap)
+    if ckpt.kind != ENCODER_KIND:
+        raise ValueError(not_an_encoder_message(ckpt))
+    return ckpt
+
+
+def not_an_encoder_message(ckpt: Checkpoint) -> str:
+    """Why fine-tuning cannot start from ``ckpt`` (not an ``encoder.pt``) and which file to give instead; a
+    training checkpoint (the state ``--resume`` continues) is named as one, not as the model it holds."""
+    if ckpt.extra.get("training_state"):
+        run = "pre-training" if ckpt.kind in MODEL_KINDS else "a training run"
+        what = f"a training checkpoint of {run} (the state --resume continues, holding a {ckpt.kind} model)"
+    else:
+        what = f"a {ckpt.kind} checkpoint ({CHECKPOINT_KINDS.get(ckpt.kind, 'a kind this toolkit does not know')})"
+    encoder = ckpt.path.parent / "encoder.pt"
+    beside = f": {encoder}" if ckpt.kind in MODEL_KINDS and encoder.is_file() else ""
+    return f"{ckpt.path.name} is {what}; fine-tuning needs the encoder.pt written by pre-training{beside} (file: {ckpt.path})"
 
 
 def load_pretrained_encoder(

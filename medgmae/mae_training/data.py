@@ -4,6 +4,11 @@ the reading and checking).
 
 Validation data is held out from training: extra phantom volumes when the toolkit generates its data, the
 ``validation`` list of a Decathlon datalist, or else a seeded random fraction of the user's volumes.
+
+A refused resume writes nothing: the bundle resolves the split with ``validate=False`` (a resume with other phantom
+settings is refused here, before phantoms are generated again), checks the resume
+(:func:`medgmae.engine.check_resume_fits`), and only then runs the pre-check (:func:`check_pretrain_split`), which
+writes its ledger into the cache folder.
 """
 
 from __future__ import annotations
@@ -13,10 +18,16 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from medgmae.data.datalist import read_datalist, resolve_datalist
+from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist
+from medgmae.data.phantom.writer import recorded_differences
 from medgmae.data.precheck import check_datalist
+from medgmae.engine.resume import latest_checkpoint
 
-__all__ = ["pretrain_split"]
+__all__ = ["pretrain_split", "check_pretrain_split"]
+
+#: The pre-training settings behind each recorded phantom generator parameter, as a refused resume names them.
+_PHANTOM_FLAGS = {"num_cases": "num_phantoms + num_val_phantoms", "num_validation": "num_val_phantoms",
+                  "shape": "phantom_shape", "spacing": "phantom_spacing", "seed": "seed"}  # fmt: skip
 
 logger = logging.getLogger("medgmae.mae_training")
 
@@ -33,6 +44,20 @@ def _fraction_split(items: list[dict], val_fraction: float, seed: int, source: s
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
+def _check_phantom_resume(work_dir: Path, num_cases: int, num_validation: int, seed: int, shape, spacing) -> None:
+    """Refuse, before any phantom is written again, a resume whose phantom settings differ from those of the
+    phantoms in ``work_dir/phantom`` (the interrupted run's data); nothing to check without a checkpoint."""
+    if latest_checkpoint(work_dir) is None:
+        return
+    diff = recorded_differences(work_dir / "phantom", num_cases, seed, shape or None, spacing or None, num_validation,
+                                labels=_PHANTOM_FLAGS)  # fmt: skip
+    if diff:
+        raise ValueError(
+            f"the checkpoint in {work_dir} was trained on phantoms generated with other settings (" + "; ".join(diff)
+            + "). Resume with the interrupted run's phantom settings or train into a new output_dir"
+        )
+
+
 def pretrain_split(
     dataset_dir: str | Path,
     work_dir: str | Path,
@@ -46,7 +71,8 @@ def pretrain_split(
     precheck_workers: int = 0,
     ledger_dir: str | Path | None = None,
     datalist: str | Path = "",
-) -> dict[str, list[dict]]:
+    resume: bool = False,
+) -> dict:
     """Training and validation items (``{"image": path[, "label": path]}``) for pre-training, every file checked.
 
     Args:
@@ -67,9 +93,11 @@ def pretrain_split(
         ledger_dir: where the pre-check remembers the files that passed (the cache folder).
         datalist: a Decathlon datalist JSON, as fine-tuning's ``datalist`` (``""``: the data come from
             ``dataset_dir`` alone).
+        resume: the run resumes a checkpoint in ``work_dir``: phantoms generated there with other settings are a
+            refusal (a ``ValueError`` naming them) instead of being generated again.
 
     Returns:
-        ``{"training": [...], "validation": [...]}``, both non-empty.
+        ``{"training": [...], "validation": [...], "source": datalist or folder}``, both lists non-empty.
 
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist.
@@ -80,16 +108,40 @@ def pretrain_split(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if int(num_val_phantoms) < 1:
         raise ValueError(f"num_val_phantoms must be >= 1, got {num_val_phantoms}")
+    if resume and not str(datalist).strip() and not str(dataset_dir).strip():
+        _check_phantom_resume(Path(work_dir), int(num_phantoms) + int(num_val_phantoms), int(num_val_phantoms),
+                              int(seed), phantom_shape, phantom_spacing)  # fmt: skip
     train, source = resolve_datalist(
         dataset_dir, work_dir, keys=("training",), phantom_cases=int(num_phantoms) + int(num_val_phantoms),
         phantom_validation=int(num_val_phantoms), phantom_seed=int(seed), phantom_shape=phantom_shape,
         phantom_spacing=phantom_spacing, datalist=datalist,
     )  # fmt: skip
-    base = dataset_dir if str(datalist).strip() and str(dataset_dir).strip() else None
+    base = datalist_base(dataset_dir, datalist)
     val = read_datalist(source, "validation", data_dir=base, required=False) if source.is_file() else []
     if not val:
         train, val = _fraction_split(train, float(val_fraction), int(seed), str(source))
+    split = {"training": train, "validation": val, "source": str(source)}
     if validate:
-        unique = list({item["image"]: item for item in train + val}.values())
-        check_datalist(unique, label_key="label", workers=int(precheck_workers), ledger_dir=ledger_dir, source=str(source))
-    return {"training": train, "validation": val}
+        check_pretrain_split(split, precheck_workers, ledger_dir)
+    return split
+
+
+def check_pretrain_split(split: dict, precheck_workers: int = 0, ledger_dir: str | Path | None = None) -> dict:
+    """Run the pre-check (:func:`~medgmae.data.precheck.check_datalist`) on every file of a split, once each.
+
+    Args:
+        split: what :func:`pretrain_split` returned.
+        precheck_workers: processes of the pre-check.
+        ledger_dir: where the pre-check remembers the files that passed (the cache folder; written only when
+            every file passed).
+
+    Returns:
+        ``split``, so that the call can sit inside a bundle config expression.
+
+    Raises:
+        DatasetError: unusable files (one message names them all).
+    """
+    unique = list({item["image"]: item for item in split["training"] + split["validation"]}.values())
+    check_datalist(unique, label_key="label", workers=int(precheck_workers), ledger_dir=ledger_dir,
+                   source=split.get("source", ""))  # fmt: skip
+    return split

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,9 @@ from medgmae.data.phantom.generator import (
     validate_geometry,
 )
 from medgmae.files import atomic_write, save_json_atomic
+from medgmae.settings_diff import settings_differences
 
-__all__ = ["case_seeds", "write_phantom_dataset"]
+__all__ = ["case_seeds", "write_phantom_dataset", "recorded_differences"]
 
 
 def case_seeds(seed: int, num_cases: int) -> list[int]:
@@ -75,6 +76,34 @@ def _is_complete(json_path: Path, params: dict) -> bool:
         return old.get("phantom") == params and all((json_path.parent / f).is_file() for f in files)
     except (ValueError, OSError, KeyError, TypeError, AttributeError):
         return False  # unreadable or foreign dataset.json: regenerate
+
+
+def recorded_differences(
+    out_dir: str | os.PathLike,
+    num_cases: int,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+    spacing: Sequence[float] | float | None = None,
+    num_validation: int | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> list[str]:
+    """How the generator parameters recorded in ``out_dir/dataset.json`` differ from these, one line each.
+
+    Reads only: :func:`write_phantom_dataset` with these parameters would regenerate the dataset when a line is
+    returned. Arguments as :func:`write_phantom_dataset` (``None``: the generator's default shape and spacing);
+    ``labels`` names the parameters in the lines (``{"seed": "--seed"}``, the recorded key otherwise).
+
+    Returns:
+        ``"seed: saved 0, now 1"`` lines (:func:`~medgmae.settings_diff.settings_differences`); ``[]`` when the
+        parameters are the same or ``out_dir`` holds no readable phantom ``dataset.json`` (nothing to compare).
+    """
+    params = _dataset_params(num_cases, seed, DEFAULT_SHAPE if shape is None else shape,
+                             DEFAULT_SPACING if spacing is None else spacing, num_validation)  # fmt: skip
+    try:
+        saved = json.loads((Path(out_dir) / "dataset.json").read_text()).get("phantom")
+    except (ValueError, OSError, AttributeError):
+        return []
+    return settings_differences(saved, params, labels) if isinstance(saved, dict) else []
 
 
 def _dataset_doc(entries: list[dict], num_validation: int, params: dict, seeds: list[int]) -> dict:

@@ -1,0 +1,75 @@
+"""The data layer's shared bookkeeping: one per-file fingerprint (pre-check ledger, disk-cache keys, resume
+records), one rule for the folder a datalist's relative paths resolve against, and a disk cache that writes
+nothing before its first item is loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.transforms import Compose, RandSpatialCropd
+
+from medgmae.data import DatasetError, LoadVolumed, training_dataset
+from medgmae.data.cache import item_hash
+from medgmae.data.datalist import datalist_base
+from medgmae.data.fingerprint import file_fingerprint
+from medgmae.data.precheck import _fingerprint
+from medgmae.engine.records import CasesRecord
+from medgmae.preprocessing import PreprocessingSpec
+
+
+def test_a_series_folder_is_fingerprinted_by_its_files(tmp_path):
+    """A slice of a series folder rewritten in place (the folder's own stat unchanged) changes the fingerprint the
+    pre-check, the cache and the resume record all read; a missing path has none."""
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(3):
+        (series / f"slice_{i}.dcm").write_bytes(b"x" * (10 + i))
+    os.utime(series / "slice_1.dcm", ns=(1_000_000_000, 1_000_000_000))
+    before = file_fingerprint(series)
+    assert before is not None and before[0] == 10 + 11 + 12
+    folder_stat = os.stat(series)
+    item = {"image": str(series)}
+    prints = (_fingerprint(item, ["image"]), item_hash(item), CasesRecord([item]).state_dict())
+    (series / "slice_1.dcm").write_bytes(b"y" * 40)  # edited in place: the folder's mtime does not move
+    os.utime(series, ns=(folder_stat.st_atime_ns, folder_stat.st_mtime_ns))
+    assert file_fingerprint(series) != before and file_fingerprint(series)[0] == 10 + 40 + 12
+    after = (_fingerprint(item, ["image"]), item_hash(item), CasesRecord([item]).state_dict())
+    assert all(a != b for a, b in zip(prints, after))
+    file = tmp_path / "v.nii.gz"
+    file.write_bytes(b"abc")
+    assert file_fingerprint(file) == (3, os.stat(file).st_mtime_ns)
+    assert file_fingerprint(tmp_path / "missing.nii.gz") is None
+    assert _fingerprint({"image": str(tmp_path / "missing.nii.gz")}, ["image"]) == [[str(tmp_path / "missing.nii.gz"), None, None]]
+
+
+def test_datalist_base_rule(tmp_path):
+    """A dataset_dir beside a named datalist is the base of its relative paths; otherwise the datalist's folder."""
+    dl = tmp_path / "lists" / "d.json"
+    dl.parent.mkdir()
+    dl.write_text(json.dumps({"training": []}))
+    assert datalist_base(str(tmp_path), str(dl)) == tmp_path
+    assert datalist_base("", str(dl)) is None
+    assert datalist_base(str(dl), "") is None and datalist_base(str(tmp_path), "") is None
+    with pytest.raises(DatasetError, match="is a file: with a datalist"):
+        datalist_base(str(dl), str(dl))
+    with pytest.raises(DatasetError, match="does not exist: with a datalist"):
+        datalist_base(str(tmp_path / "nope"), str(dl))
+
+
+def test_the_disk_cache_writes_nothing_before_its_first_item(tmp_path):
+    """Building the dataset (as a bundle does before its resume check) leaves the cache root absent; the first item
+    creates the folder with its preprocessing.json."""
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 200, (12, 10, 8)).astype(np.float32), np.eye(4)), str(path))
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+    chain = Compose([LoadVolumed("image")] + spec.transforms(["image"]) + [RandSpatialCropd("image", roi_size=4)])
+    ds = training_dataset([{"image": str(path)}], chain, tmp_path / "cache", spec=spec.to_dict())
+    assert not (tmp_path / "cache").exists()
+    ds[0]
+    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text())
+    assert record["spec"] == json.loads(json.dumps(spec.to_dict())) and len(list(Path(ds.cache_dir).glob("*.pt"))) == 1
