@@ -37,8 +37,8 @@ from medgmae.twod.images import (
     save_png,
     save_png_grid,
     to_model_input,
-    window_setting,
 )
+from medgmae.twod.windows import recorded_window, window_setting
 
 __all__ = ["main", "build_parser"]
 
@@ -105,16 +105,16 @@ def _window(args, model: GMAE2D) -> tuple[float, float] | None:
     one is used, with a one-line note on stderr naming both.
 
     Raises:
-        ValueError: the checkpoint records a window that is not ``[low, high]`` (naming the file).
+        ValueError: ``--window`` or the window the checkpoint records is not ``[low, high]`` with ``high > low``
+            (naming the flag or the file).
     """
-    recorded = (getattr(model, "data_settings", None) or {}).get("window")
-    try:
-        recorded = window_setting(recorded)
-    except ValueError as e:
-        raise ValueError(f"{args.checkpoint}: the recorded training window is unusable ({e})") from None
+    recorded = recorded_window(model.data_settings, args.checkpoint)
     if args.window is None:
         return recorded if recorded is not None and is_windowed(args.image) else None
-    given = (float(args.window[0]), float(args.window[1]))
+    try:
+        given = window_setting(args.window)
+    except ValueError as e:
+        raise ValueError(f"--window: {e}") from None
     if recorded is not None and given != recorded:
         print(f"medgmae-2d {args.command}: note: using --window {given[0]:g} {given[1]:g}, not the window "
               f"{recorded[0]:g} {recorded[1]:g} the model was trained with", file=sys.stderr)  # fmt: skip
