@@ -1,4 +1,5 @@
-"""The 2D intensity window read by one function at every layer, and the window a model recorded."""
+"""The 2D intensity window read by one function at every layer, the window a model recorded (in ``model.pt`` or in
+a training checkpoint's settings record), and training checkpoints recognised from what was read once."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from medgmae.checkpoint import TrainingStateError, load_checkpoint
+from medgmae.engine.records import SettingsRecord
+from medgmae.mae_training import ModelConfigRecord
 from medgmae.twod.cli import main as cli_main
-from medgmae.twod.data2d import window_to_image
+from medgmae.twod.data2d import gmae2d_data_settings, window_to_image
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gvit import GViT
+from medgmae.twod.gvit.model import is_gvit_training_state
 from medgmae.twod.gvit_eval import evaluate_model_file
+from medgmae.twod.gvit_phases import settings_record
 from medgmae.twod.images import read_image
 from medgmae.twod.windows import recorded_window
 
@@ -32,6 +39,21 @@ def _ct_slice(path: Path) -> Path:
 def _gmae2d() -> GMAE2D:
     torch.manual_seed(0)
     return GMAE2D(img_size=32, patch_size=8, in_channels=1, model_size="tiny", num_gaussians=16)
+
+
+def _gmae2d_training_checkpoint(path: Path, model: GMAE2D, settings: dict) -> Path:
+    """What the 2D GMAE bundle's CheckpointHandler writes: the model, its config record and its settings record."""
+    objects = {"model": model.state_dict(), "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
+               "config": ModelConfigRecord(model).state_dict(),
+               "settings": SettingsRecord(settings, "2D GMAE pre-training").state_dict()}  # fmt: skip
+    torch.save({"engine": {"epoch": 1}, "objects": objects}, path)
+    return path
+
+
+def _layers(checkpoint: Path, image: Path, out: Path, *extra: str) -> bytes:
+    argv = ["layers", "--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out), "--num-layers", "4"]
+    assert cli_main([*argv, *extra]) == 0
+    return (out / "input.png").read_bytes()
 
 
 # ----------------------------------------------------------------------------------------------- one reader
@@ -68,3 +90,51 @@ def test_gvit_evaluation_names_the_file_of_an_unusable_recorded_window(tmp_path)
     model.save(tmp_path / "model.pt", class_names=["a", "b"], data=data)
     with pytest.raises(ValueError, match=r"model\.pt: the recorded training window is unusable"):  # before any data
         evaluate_model_file(tmp_path / "model.pt", None, tmp_path / "eval", device="cpu", render_backend="torch")
+
+
+# ----------------------------------------------------------------------------------------------- training checkpoints
+def test_a_gmae2d_training_checkpoint_supplies_the_recorded_window(tmp_path, capsys):
+    model = _gmae2d()
+    settings = gmae2d_data_settings(tmp_path, False, WINDOW)
+    ckpt = _gmae2d_training_checkpoint(tmp_path / "checkpoint_epoch=1.pt", model, settings)
+    assert load_checkpoint(ckpt).extra == {"training_state": True, "data": settings}
+    assert GMAE2D.from_checkpoint(ckpt).data_settings == {"flip": False, "window": WINDOW}
+
+    image = _ct_slice(tmp_path / "ct.nii.gz")
+    torch.save(model.model_checkpoint(), tmp_path / "model.pt")  # the same weights, no window recorded
+    implicit = _layers(ckpt, image, tmp_path / "implicit")
+    assert implicit == _layers(tmp_path / "model.pt", image, tmp_path / "explicit", "--window", "-350", "400")
+    assert implicit != _layers(tmp_path / "model.pt", image, tmp_path / "percentiles")
+    _layers(ckpt, image, tmp_path / "other", "--window", "-1000", "1000")
+    assert "not the window -350 400 the model was trained with" in capsys.readouterr().err
+
+
+def test_a_settings_record_of_the_model_is_not_taken_for_data_settings(tmp_path):
+    model = _gmae2d()
+    ckpt = _gmae2d_training_checkpoint(tmp_path / "checkpoint_epoch=1.pt", model, {"model": model.config()})
+    assert load_checkpoint(ckpt).extra == {"training_state": True}
+    assert GMAE2D.from_checkpoint(ckpt).data_settings is None
+
+
+def test_a_gvit_phase_checkpoint_is_recognised_from_one_read(tmp_path, monkeypatch, capsys):
+    model = GViT(1, 16, 2, num_gaussians=4, patch_size=4)
+    objects = {"model": model.state_dict(), "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
+               "settings": settings_record({"model": model.config(), "data": {"seed": 0}}).state_dict()}  # fmt: skip
+    ckpt = tmp_path / "checkpoint_epoch=1.pt"
+    torch.save({"engine": {"epoch": 1}, "objects": objects}, ckpt)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    with pytest.raises(ValueError, match="a GViT training checkpoint .* give the GViT run's model.pt"):
+        GViT.from_checkpoint(ckpt)
+    assert len(reads) == 1
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "img.png")
+    argv = ["layers", "--checkpoint", str(ckpt), "--image", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")]
+    assert cli_main(argv) == 2 and len(reads) == 2
+    assert "is a gvit training checkpoint (GViT classifier); expected gmae2d" in capsys.readouterr().err
+
+    monkeypatch.undo()
+    with pytest.raises(TrainingStateError) as err:
+        load_checkpoint(ckpt, "gvit")
+    assert is_gvit_training_state(err.value.objects)
+    assert not is_gvit_training_state({"model": {}, "optimizer": {}})

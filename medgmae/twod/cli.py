@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from medgmae.checkpoint import TrainingStateError
 from medgmae.cli_types import nonneg_float, positive_int
 from medgmae.engine import resolve_device
 from medgmae.files import atomic_write, output_dir_problem
@@ -80,10 +81,10 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
     device = resolve_device(args.device)
     try:
         model = GMAE2D.from_checkpoint(args.checkpoint, map_location="cpu").to(device).eval()
-    except ValueError:
-        from medgmae.twod.gvit.model import is_gvit_training_checkpoint
+    except TrainingStateError as e:
+        from medgmae.twod.gvit.model import is_gvit_training_state
 
-        if is_gvit_training_checkpoint(args.checkpoint):
+        if is_gvit_training_state(e.objects):
             raise ValueError(f"{args.checkpoint.name} is a gvit training checkpoint (GViT classifier); expected "
                              f"gmae2d (file: {args.checkpoint})") from None  # fmt: skip
         raise
