@@ -11,7 +11,10 @@ opening a checkpoint someone shared never runs code. :func:`load_checkpoint` nam
 for a checkpoint of another kind, both kinds.
 
 Training (resume) checkpoints of :class:`medgmae.engine.CheckpointHandler` follow the same rule (only plain data),
-and :func:`load_checkpoint` also accepts them, reading the model from their ``objects``.
+and :func:`load_checkpoint` also accepts them, reading the model from their ``objects`` (and the data settings from
+their settings record, see :func:`_recorded_data`). One without a model record is refused with a
+:class:`TrainingStateError` that carries what it holds, so that a caller can name the run it came from without
+reading the file again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
     "Checkpoint",
+    "TrainingStateError",
     "CHECKPOINT_KINDS",
     "ENCODER_KIND",
     "make_checkpoint",
@@ -103,20 +107,55 @@ def _kind_phrase(kind: str | None) -> str:
     return f"a {kind} checkpoint ({CHECKPOINT_KINDS[kind]})" if kind in CHECKPOINT_KINDS else f"a checkpoint of kind {kind!r}"
 
 
+class TrainingStateError(ValueError):
+    """:func:`load_checkpoint`'s refusal of a training-state checkpoint (for ``--resume``) that holds no model
+    record, e.g. a GViT phase's ``checkpoint_epoch=N.pt``.
+
+    Args:
+        message: the error message (naming the file).
+        objects: the checkpoint's ``objects`` as read.
+
+    Attributes:
+        objects: what the checkpoint holds (model weights, optimizer state, settings records, ...), for a caller
+            that can tell which run wrote it.
+    """
+
+    def __init__(self, message: str, objects: Mapping) -> None:
+        super().__init__(message)
+        self.objects = dict(objects)
+
+
+def _recorded_data(objects: Mapping) -> dict | None:
+    """The data settings a training state records: its settings record (``objects["settings"]``, a
+    :class:`~medgmae.engine.records.SettingsRecord`) when that holds no model configuration (the 2D GMAE's
+    ``{"flip", "window"}``, which its ``model.pt`` records as ``extra["data"]``); ``None`` otherwise (no record, or
+    a record of the model's settings, as fine-tuning keeps)."""
+    record = objects.get("settings")
+    settings = record.get("settings") if isinstance(record, dict) else None
+    if not isinstance(settings, dict) or "model" in settings:
+        return None
+    return dict(settings)
+
+
 def _from_training_state(ckpt: dict) -> dict | None:
-    """A :class:`CheckpointHandler` payload -> the model-file layout, or ``None`` when it holds no model."""
+    """A :class:`CheckpointHandler` payload -> the model-file layout (``extra``: ``training_state`` and, when
+    recorded, ``data``), or ``None`` when it holds no model."""
     objects = ckpt.get("objects")
     if not isinstance(objects, dict) or "model" not in objects:
         return None
     record = objects.get("config")
     if not isinstance(record, dict):
         return None
+    extra: dict[str, Any] = {"training_state": True}
+    data = _recorded_data(objects)
+    if data is not None:
+        extra["data"] = data
     return {
         "kind": record.get("kind"),
         "config": record.get("config"),
         "preprocessing": record.get("preprocessing"),
         "state_dict": objects["model"],
-        "extra": {"training_state": True},
+        "extra": extra,
     }
 
 
@@ -143,6 +182,7 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: the file is missing.
+        TrainingStateError: a training-state checkpoint without a model record (a ``ValueError``).
         ValueError: a folder, unreadable / unsafe file, not a model file, or another kind; the message names the
             file.
     """
@@ -159,9 +199,10 @@ def load_checkpoint(
     if kind is None or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("config"), dict):
         objects = ckpt.get("objects")
         if isinstance(objects, dict) and "optimizer" in objects:  # a training state without a model record
-            raise ValueError(
+            raise TrainingStateError(
                 f"{path}: a training-state checkpoint (for --resume; it holds {sorted(objects)}), not a model file: "
-                "give the run's model.pt (or best_model.pt)"
+                "give the run's model.pt (or best_model.pt)",
+                objects,
             )
         raise ValueError(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
     accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))

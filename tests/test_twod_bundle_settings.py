@@ -27,7 +27,8 @@ from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gmae_validation import GMAE2DSummary, GMAE2DValidationHandler
 from medgmae.twod.gvit import GViT
 from medgmae.twod.gvit_phases import settings_record
-from medgmae.twod.images import read_image, save_png, to_model_input, window_setting
+from medgmae.twod.images import read_image, save_png, to_model_input
+from medgmae.twod.windows import window_setting
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 GMAE_TRAIN = str(BUNDLES / "gmae2d_pretrain" / "configs" / "train.json")

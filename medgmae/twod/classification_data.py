@@ -35,7 +35,8 @@ from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.files import save_json_atomic
 from medgmae.twod.data2d import LoadImage2Dd, axial_slices, log_intensity_scaling, window_to_image
-from medgmae.twod.images import IMAGE_SUFFIXES, read_image, save_png, window_setting
+from medgmae.twod.images import IMAGE_SUFFIXES, read_image, save_png
+from medgmae.twod.windows import window_setting
 
 __all__ = [
     "ClassificationData",

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from medgmae.checkpoint import TrainingStateError
 from medgmae.cli_types import nonneg_float, positive_int
 from medgmae.engine import resolve_device
 from medgmae.files import atomic_write, output_dir_problem
@@ -37,8 +38,8 @@ from medgmae.twod.images import (
     save_png,
     save_png_grid,
     to_model_input,
-    window_setting,
 )
+from medgmae.twod.windows import recorded_window, window_setting
 
 __all__ = ["main", "build_parser"]
 
@@ -80,10 +81,10 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
     device = resolve_device(args.device)
     try:
         model = GMAE2D.from_checkpoint(args.checkpoint, map_location="cpu").to(device).eval()
-    except ValueError:
-        from medgmae.twod.gvit.model import is_gvit_training_checkpoint
+    except TrainingStateError as e:
+        from medgmae.twod.gvit.model import is_gvit_training_state
 
-        if is_gvit_training_checkpoint(args.checkpoint):
+        if is_gvit_training_state(e.objects):
             raise ValueError(f"{args.checkpoint.name} is a gvit training checkpoint (GViT classifier); expected "
                              f"gmae2d (file: {args.checkpoint})") from None  # fmt: skip
         raise
@@ -105,16 +106,16 @@ def _window(args, model: GMAE2D) -> tuple[float, float] | None:
     one is used, with a one-line note on stderr naming both.
 
     Raises:
-        ValueError: the checkpoint records a window that is not ``[low, high]`` (naming the file).
+        ValueError: ``--window`` or the window the checkpoint records is not ``[low, high]`` with ``high > low``
+            (naming the flag or the file).
     """
-    recorded = (getattr(model, "data_settings", None) or {}).get("window")
-    try:
-        recorded = window_setting(recorded)
-    except ValueError as e:
-        raise ValueError(f"{args.checkpoint}: the recorded training window is unusable ({e})") from None
+    recorded = recorded_window(model.data_settings, args.checkpoint)
     if args.window is None:
         return recorded if recorded is not None and is_windowed(args.image) else None
-    given = (float(args.window[0]), float(args.window[1]))
+    try:
+        given = window_setting(args.window)
+    except ValueError as e:
+        raise ValueError(f"--window: {e}") from None
     if recorded is not None and given != recorded:
         print(f"medgmae-2d {args.command}: note: using --window {given[0]:g} {given[1]:g}, not the window "
               f"{recorded[0]:g} {recorded[1]:g} the model was trained with", file=sys.stderr)  # fmt: skip

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
-from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed, read_image, to_model_input, window_setting
+from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed, read_image, to_model_input
+from medgmae.twod.windows import window_setting
 
 __all__ = [
     "gmae2d_data_settings",
@@ -76,9 +77,7 @@ def axial_slices(phantom, indices: Iterable[int] | None = None) -> Iterator[dict
 def window_to_image(hu: np.ndarray, window: Sequence[float], size: Sequence[int]) -> np.ndarray:
     """``(H, W)`` HU -> ``(h, w)`` float32 in ``[0, 1]``: ``window`` mapped to ``[0, 1]`` (clipped), then resized
     as every 2D input is (:func:`~medgmae.twod.images.to_model_input`: area when shrinking, bilinear otherwise)."""
-    lo, hi = (float(w) for w in window)
-    if not hi > lo:
-        raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
+    lo, hi = window_setting(window)
     img = np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
     return to_model_input(img[None], 1, size)[0, 0].numpy()
 
@@ -183,7 +182,7 @@ def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, wind
     Args:
         dataset_dir: the bundle's ``dataset_dir`` (``""``/``None``: phantom slices).
         flip: the ``flip`` setting.
-        window: the ``window`` setting (:func:`~medgmae.twod.images.window_setting` reads it).
+        window: the ``window`` setting (:func:`~medgmae.twod.windows.window_setting` reads it).
 
     Returns:
         ``{"flip": bool, "window": [low, high] or None}``.

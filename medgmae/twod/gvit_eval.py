@@ -32,6 +32,7 @@ from medgmae.data.reader import volume_stem
 from medgmae.files import atomic_write, save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
 from medgmae.twod.images import IMAGE_SUFFIXES
+from medgmae.twod.windows import recorded_window
 
 __all__ = [
     "predict",
@@ -367,7 +368,7 @@ def evaluate_model_file(
     given = dict(dataset_dir=dataset_dir, seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
     st = evaluation_data_settings(getattr(model, "data_settings", None), given)
     root = "" if st["dataset_dir"] else _phantom_root(st, default_root, Path(output_dir), model.img_size[0])
-    window = (getattr(model, "data_settings", None) or {}).get("window")  # training's NIfTI/DICOM window
+    window = recorded_window(model.data_settings, model_path)  # training's NIfTI/DICOM window
     data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
                                        val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window)  # fmt: skip
     names = getattr(model, "class_names", None)

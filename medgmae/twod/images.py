@@ -25,9 +25,8 @@ Errors name the file: missing (FileNotFoundError), unreadable or corrupt, empty 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from medgmae.data.grid import same_grid_problem
 from medgmae.files import atomic_write
+from medgmae.twod.windows import window_setting
 
 __all__ = [
     "read_image",
@@ -44,7 +44,6 @@ __all__ = [
     "save_png",
     "save_png_grid",
     "IMAGE_SUFFIXES",
-    "window_setting",
     "is_windowed",
 ]
 
@@ -73,27 +72,6 @@ def _image_kind(path: str | os.PathLike) -> str:
     except OSError:
         pass
     raise ValueError(f"{path}: unsupported image type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM file)")
-
-
-def window_setting(value: Any) -> tuple[float, float] | None:
-    """A ``window`` setting (a bundle key, e.g. ``--window "[-1000, 1000]"``) as ``(low, high)``, or ``None``.
-
-    ``None``, ``""``, ``"none"`` and ``"null"`` mean no window; otherwise two numbers with ``high > low``, the
-    stored intensities (HU for CT) that :func:`read_image` maps to 0 and 1 in NIfTI and DICOM files.
-
-    Raises:
-        ValueError: anything else, naming the value.
-    """
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        return None
-    values = [v for v in re.split(r"[,\s]+", value.strip().strip("[]()")) if v] if isinstance(value, str) else value
-    try:
-        low, high = (float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected null or [low, high] (e.g. HU: [-1000, 1000]), got {value!r}") from None
-    if not (np.isfinite([low, high]).all() and high > low):
-        raise ValueError(f"expected [low, high] with high > low, got {value!r}")
-    return low, high
 
 
 def is_windowed(path: str | os.PathLike) -> bool:
@@ -245,16 +223,16 @@ def read_image(
         path: PNG/JPEG/BMP/TIFF, NIfTI (2D, or a slice of a 3D volume) or DICOM file.
         slice_index: slice of a NIfTI volume (last RAS axis) or frame of a multi-frame DICOM (default: middle);
             ignored for single-slice images.
-        window: ``(low, high)`` intensity window for NIfTI/DICOM (e.g. HU); default: the DICOM window or the
-            0.5/99.5 percentiles.
+        window: ``(low, high)`` intensity window for NIfTI/DICOM (e.g. HU), in any spelling
+            :func:`~medgmae.twod.windows.window_setting` reads; default: the DICOM window or the 0.5/99.5
+            percentiles.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unsupported, unreadable or corrupt file, NaN values, or a bad slice.
+        ValueError: unsupported, unreadable or corrupt file, NaN values, a bad slice or a bad window.
     """
     path = _check_path(path)
-    if window is not None and (len(window) != 2 or not float(window[1]) > float(window[0])):
-        raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
+    window = window_setting(window)
     kind = _image_kind(path)
     if kind == "pil":
         arr = _read_pil(path)

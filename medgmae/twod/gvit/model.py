@@ -9,7 +9,6 @@ folder or phantom-task settings, seed, validation fraction, image size; see
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -17,12 +16,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from medgmae.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from medgmae.files import load_torch_file
+from medgmae.checkpoint import TrainingStateError, load_checkpoint, make_checkpoint, save_checkpoint
 from medgmae.twod.gvit.classifier import GaussianViTClassifier, vit_preset
 from medgmae.twod.gvit.encoder import DenoisingGaussianEncoder
 
-__all__ = ["GViT", "load_gvit", "save_gvit", "training_state_objects", "is_gvit_training_checkpoint"]
+__all__ = ["GViT", "load_gvit", "save_gvit", "is_gvit_training_state"]
 
 
 class GViT(nn.Module):
@@ -107,19 +105,19 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: unreadable / unsafe file or a checkpoint of another kind (the message names both kinds), or
-            config and weights that do not build the model.
+        ValueError: unreadable / unsafe file, a checkpoint of another kind (the message names both kinds), a
+            training-state checkpoint (named as a GViT phase's when it is one), or config and weights that do not
+            build the model.
     """
     cls = GViT if cls is None else cls
     try:
         ckpt = load_checkpoint(path, cls.kind, f"expected a {cls.kind} model.pt", map_location)
-    except ValueError:
-        objects = training_state_objects(path)
-        if objects is None:
+    except TrainingStateError as e:
+        if "model" not in e.objects:
             raise
-        what = "GViT training checkpoint (a phase's state" if is_gvit_training_checkpoint(path) else (
+        what = "GViT training checkpoint (a phase's state" if is_gvit_training_state(e.objects) else (
             "training-state checkpoint (a run's state")
-        raise ValueError(f"{path}: a {what}, for --resume; it holds {sorted(objects)}), not a model file: give "
+        raise ValueError(f"{path}: a {what}, for --resume; it holds {sorted(e.objects)}), not a model file: give "
                          f"the GViT run's model.pt") from None
     try:
         model = cls(**ckpt.config)
@@ -131,27 +129,19 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
     return model
 
 
-def training_state_objects(path: str | os.PathLike) -> dict | None:
-    """The objects of a training-state checkpoint (``checkpoint_epoch=N.pt`` of
-    :class:`~medgmae.engine.CheckpointHandler`) without a model record (``config``: then its kind is known and
-    :func:`~medgmae.checkpoint.load_checkpoint` names it), ``None`` for any other file (also an unreadable one: its
-    own loader names that problem)."""
-    try:
-        ckpt = load_torch_file(path, "cpu", what="checkpoint")
-    except (OSError, ValueError, RuntimeError):
-        return None
-    objects = ckpt.get("objects") if isinstance(ckpt, dict) and "kind" not in ckpt else None
-    if not isinstance(objects, dict) or "model" not in objects or "optimizer" not in objects:
-        return None
-    return None if isinstance(objects.get("config"), dict) else objects  # a model record: its kind is named
+def is_gvit_training_state(objects: Mapping) -> bool:
+    """Whether a training state's ``objects`` (as :class:`~medgmae.checkpoint.TrainingStateError` carries them,
+    read once by :func:`~medgmae.checkpoint.load_checkpoint`) are a GViT training phase's
+    (``checkpoints/<phase>/checkpoint_epoch=N.pt``): model weights and a settings record
+    (:func:`medgmae.twod.gvit_phases.settings_record`) holding a GViT configuration.
 
+    Args:
+        objects: the checkpoint's ``objects``.
 
-def is_gvit_training_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a GViT training phase's checkpoint (``checkpoints/<phase>/checkpoint_epoch=N.pt``): a
-    training state whose settings record (:func:`medgmae.twod.gvit_phases.settings_record`) holds a GViT
-    configuration."""
-    objects = training_state_objects(path)
-    record = objects.get("settings") if objects is not None else None
+    Returns:
+        ``True`` for a GViT phase's checkpoint.
+    """
+    record = objects.get("settings") if "model" in objects else None
     settings = record.get("settings") if isinstance(record, dict) else None
     config = settings.get("model") if isinstance(settings, dict) else None
     params = set(inspect.signature(GViT.__init__).parameters) - {"self"}
