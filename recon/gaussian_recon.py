@@ -41,7 +41,6 @@ from recon.state import PARAMS as _PARAMS
 __all__ = ["GaussianReconConfig", "GaussianReconResult", "GaussianReconstructor", "CHECKPOINT_KIND"]
 
 
-
 @dataclass
 class GaussianReconResult:
     """What a reconstruction returns.

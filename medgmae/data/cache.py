@@ -94,7 +94,11 @@ def cache_folder(cache_root: str | Path, transform: Callable, spec: Mapping | No
     Returns:
         The folder.
     """
-    record = preprocessing_record(transform, spec)
+    return _named_folder(cache_root, preprocessing_record(transform, spec), create)
+
+
+def _named_folder(cache_root: str | Path, record: Mapping, create: bool) -> Path:
+    """``cache_root/<hash of record>`` (created with ``record`` as its ``preprocessing.json`` when ``create``)."""
     text = json.dumps(record, sort_keys=True, default=str)
     folder = Path(cache_root) / hashlib.sha256(text.encode()).hexdigest()[:16]
     if create:
@@ -152,7 +156,6 @@ class DiskCacheDataset(PersistentDataset):
         self.cache_dir, self.record = Path(cache_dir), record
         self.transform_hash = ""  # the folder already names the pre-processing
 
-
     def _cachecheck(self, item_transformed: Any) -> Any:
         hashfile = Path(self.cache_dir) / f"{self.hash_func(item_transformed).decode()}.pt"
         if hashfile.is_file():
@@ -204,6 +207,7 @@ def training_dataset(
         from monai.data import Dataset
 
         return Dataset(data, transform)
-    folder = cache_folder(cache_root, transform, spec, create=False)
+    record = preprocessing_record(transform, spec)
+    folder = _named_folder(cache_root, record, create=False)  # created with its first cache file
     logger.info("pre-processed volumes are cached in %s", folder)
-    return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=preprocessing_record(transform, spec))
+    return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=record)

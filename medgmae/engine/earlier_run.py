@@ -15,6 +15,7 @@ import os
 import socket
 from pathlib import Path
 
+from medgmae.data.fingerprint import file_fingerprint
 from medgmae.engine.resume import epoch_checkpoints
 
 __all__ = ["EarlierRun", "EARLIER_OUTPUTS"]
@@ -23,15 +24,6 @@ __all__ = ["EarlierRun", "EARLIER_OUTPUTS"]
 #: elsewhere is not touched: it may be shared on purpose).
 EARLIER_OUTPUTS = ("pictures/epoch_*.png", "tensorboard/events.out.tfevents.*")
 _END_CHECKPOINTS = ("checkpoint_final.pt", "checkpoint_interrupted.pt")
-
-
-def _signature(path: Path) -> tuple[int, int] | None:
-    """``(mtime_ns, size)`` of ``path``, ``None`` when it is gone."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 def _this_process(path: Path) -> bool:
@@ -60,7 +52,7 @@ class EarlierRun:
         """
         out = self.output_dir
         self.checkpoints = [p for _, p in epoch_checkpoints(out)] + [out / n for n in _END_CHECKPOINTS if (out / n).is_file()]
-        self.outputs = {pat: {p: _signature(p) for p in sorted(out.glob(pat)) if p.is_file() and not _this_process(p)}
+        self.outputs = {pat: {p: file_fingerprint(p) for p in sorted(out.glob(pat)) if p.is_file() and not _this_process(p)}
                         for pat in self.patterns}  # fmt: skip
         parts = [f"checkpoints ({', '.join(sorted(p.name for p in self.checkpoints))})"] if self.checkpoints else []
         for pat, files in self.outputs.items():
@@ -80,7 +72,7 @@ class EarlierRun:
         for p in self.checkpoints:
             if p != keep:
                 p.unlink(missing_ok=True)
-        removed = [p for files in self.outputs.values() for p, sig in files.items() if sig is not None and _signature(p) == sig]
+        removed = [p for files in self.outputs.values() for p, sig in files.items() if sig is not None and file_fingerprint(p) == sig]
         for p in removed:
             p.unlink(missing_ok=True)
         self.checkpoints, self.outputs = [], {}
