@@ -1,6 +1,6 @@
 """File I/O shared by the whole toolkit: the check of an output folder before any work, atomic output (every file
-appears whole or not at all; a folder of outputs is staged and moved in only when all were written) and the one safe
-``torch.load`` (``weights_only=True``, errors naming the file). Light on purpose: no ignite or MONAI imports."""
+appears whole or not at all; a folder of outputs is staged and moved in only when all were written), the one NIfTI
+writer and the one safe ``torch.load`` (``weights_only=True``, errors naming the file). Light on purpose: no ignite or MONAI imports."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "staged_outputs",
     "save_torch_atomic",
     "save_json_atomic",
+    "save_nifti_atomic",
     "load_torch_file",
     "output_dir_problem",
 ]
@@ -142,6 +144,42 @@ def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=indent)
             f.write("\n")
+    return Path(path)
+
+
+def save_nifti_atomic(
+    data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype | type | None = None
+) -> Path:
+    """Write a volume as NIfTI through :func:`atomic_write`; the one NIfTI writer of the toolkit.
+
+    The header states what 3D Slicer, ITK and nibabel need to agree on the volume's place: the voxel-to-world
+    ``affine`` as both qform and sform (code 1, scanner RAS) and millimetres as the spatial unit.
+
+    Args:
+        data: the array in the file's own index order ``(I, J, K)`` (nibabel's), e.g. ``(H, W, D)``.
+        affine: ``(4, 4)`` voxel-index-to-RAS-mm matrix for that index order.
+        path: the destination (``.nii`` or ``.nii.gz``).
+        dtype: the stored data type; ``data``'s own when ``None``.
+
+    Returns:
+        The final path.
+
+    Raises:
+        ValueError: ``affine`` is not a finite ``(4, 4)`` matrix.
+    """
+    import nibabel as nib
+
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError(f"{path}: the affine must be a finite (4, 4) matrix, got shape {affine.shape}")
+    array = np.ascontiguousarray(data if dtype is None else np.asarray(data, dtype=dtype))
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_data_dtype(array.dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_write(path) as tmp:
+        nib.save(img, str(tmp))
     return Path(path)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae.files import atomic_write
+from medgmae.files import atomic_write, save_nifti_atomic
 
 __all__ = ["load_volume", "save_nifti", "load_projections", "save_projections"]
 
@@ -31,12 +31,8 @@ def load_volume(path) -> tuple[np.ndarray, np.ndarray, tuple]:
 
 
 def save_nifti(path, volume: np.ndarray, affine: np.ndarray) -> None:
-    """Write a ``(z, y, x)`` volume as NIfTI (array order ``(x, y, z)``) atomically."""
-    import nibabel as nib
-
-    vol = np.asarray(volume, dtype=np.float32).transpose(2, 1, 0)
-    with atomic_write(path) as tmp:
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(vol), np.asarray(affine, dtype=np.float64)), str(tmp))
+    """Write a ``(z, y, x)`` volume as NIfTI (array order ``(x, y, z)``, ``affine`` for that order) atomically."""
+    save_nifti_atomic(np.asarray(volume).transpose(2, 1, 0), affine, path, np.float32)
 
 
 def load_projections(path) -> np.ndarray:

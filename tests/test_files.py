@@ -90,3 +90,54 @@ def test_a_failure_creates_no_folder(tmp_path):
             (stage / "a.txt").write_text("a")
             raise ValueError("bad input")
     assert list(tmp_path.iterdir()) == []
+
+
+def _oblique_affine() -> "np.ndarray":
+    """A rotated, anisotropic, translated voxel-to-RAS matrix (spacing 0.7, 1.1, 2.5 mm)."""
+    import numpy as np
+
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.7, 1.1, 2.5])
+    affine[:3, 3] = [-12.0, 30.5, 7.25]
+    return affine
+
+
+@pytest.mark.parametrize("name", ["vol.nii.gz", "vol.nii"])
+def test_save_nifti_atomic_header_read_back_by_itk(tmp_path, name):
+    """The written file places the volume where the affine says, in mm, for ITK (a peer reader) as for nibabel."""
+    import nibabel as nib
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medgmae.files import save_nifti_atomic
+
+    affine, data = _oblique_affine(), np.arange(5 * 4 * 3, dtype=np.float64).reshape(5, 4, 3)
+    path = save_nifti_atomic(data, affine, tmp_path / name, np.int16)
+    img = nib.load(str(path))
+    assert img.header.get_xyzt_units()[0] == "mm"
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    np.testing.assert_allclose(img.get_qform(), affine, atol=1e-5)
+    assert img.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data.astype(np.int16))
+    itk = sitk.ReadImage(str(path))  # ITK works in LPS: x and y of RAS change sign
+    lps = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(itk.GetSpacing(), [0.7, 1.1, 2.5], atol=1e-5)
+    np.testing.assert_allclose(itk.GetOrigin(), lps @ affine[:3, 3], atol=1e-4)
+    direction = np.asarray(itk.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(direction, lps @ affine[:3, :3] / [0.7, 1.1, 2.5], atol=1e-5)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):
+    import numpy as np
+
+    from medgmae.files import save_nifti_atomic
+
+    bad = np.eye(4)
+    bad[0, 0] = np.nan
+    for affine in (np.eye(3), bad):
+        with pytest.raises(ValueError, match="vol.nii.gz"):
+            save_nifti_atomic(np.zeros((2, 2, 2)), affine, tmp_path / "vol.nii.gz")
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -22,7 +21,7 @@ from monai.metrics import DiceMetric
 from monai.transforms import MapTransform
 
 from medgmae.data.reader import volume_stem
-from medgmae.files import atomic_write, save_json_atomic
+from medgmae.files import atomic_write, save_json_atomic, save_nifti_atomic
 
 __all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
@@ -167,10 +166,7 @@ class SaveSegmentationd(MapTransform):
             name = d.get("name")
             name = name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
             path = self.output_dir / f"{name if isinstance(name, str) and name else case_name(d)}_{self.postfix}.nii.gz"
-            img = nib.Nifti1Image(labels, affine)
-            img.header.set_xyzt_units("mm")
-            with atomic_write(path) as tmp:
-                nib.save(img, str(tmp))
+            save_nifti_atomic(labels, affine, path)
             logger.info("wrote %s", path)
             d[f"{key}_path"] = str(path)
         return d

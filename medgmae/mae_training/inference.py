@@ -19,7 +19,7 @@ from PIL import Image
 from medgmae.data.reader import read_volume, volume_stem
 from medgmae.engine import resolve_device
 from medgmae.engine.figures import mid_slices
-from medgmae.files import atomic_write
+from medgmae.files import atomic_write, save_nifti_atomic
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
@@ -109,8 +109,7 @@ class GaussianInference:
         paths: dict[str, Path] = {"nifti": out / f"{stem}_rendered.nii.gz", "png": out / f"{stem}_slices.png",
                                   "ply": out / f"{stem}_gaussians.ply"}  # fmt: skip
         data = (res.spec.unwindow(rendered) if self.output_hu else rendered).astype(np.float32)
-        with atomic_write(paths["nifti"]) as tmp:
-            nib.save(nib.Nifti1Image(data, affine), str(tmp))
+        save_nifti_atomic(data, affine, paths["nifti"])
         b0, b1 = res.spec.intensity_range
         pictures = [(res.spec.window(scan) - b0) / (b1 - b0), np.clip((rendered - b0) / (b1 - b0), 0, 1)]
         slices_png([_to_ras(v, affine) for v in pictures], paths["png"])

@@ -18,7 +18,7 @@ from medgmae.data.phantom.generator import (
     generate_phantom,
     validate_geometry,
 )
-from medgmae.files import atomic_write, save_json_atomic
+from medgmae.files import save_json_atomic, save_nifti_atomic
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["case_seeds", "write_phantom_dataset", "recorded_differences"]
@@ -28,19 +28,6 @@ def case_seeds(seed: int, num_cases: int) -> list[int]:
     """Per-case seeds of a phantom dataset (independent streams derived from the dataset seed)."""
     ss = np.random.SeedSequence(int(seed))
     return [int(s.generate_state(1, np.uint32)[0]) for s in ss.spawn(int(num_cases))]
-
-
-def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
-    """Write ``data`` as a NIfTI file with the RAS ``affine`` (qform and sform) in mm, atomically."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
-    img.header.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with atomic_write(path) as tmp:
-        nib.save(img, tmp)
 
 
 def _dataset_params(num_cases, seed, shape, spacing, num_validation) -> dict:
@@ -172,8 +159,8 @@ def write_phantom_dataset(
         t0 = time.perf_counter()
         ph = generate_phantom(s, shape, spacing)
         name = f"case_{i:04d}.nii.gz"
-        _save_nifti(np.rint(ph.image), ph.affine, out / "imagesTr" / name, np.int16)
-        _save_nifti(ph.label, ph.affine, out / "labelsTr" / name, np.uint8)
+        save_nifti_atomic(np.rint(ph.image), ph.affine, out / "imagesTr" / name, np.int16)
+        save_nifti_atomic(ph.label, ph.affine, out / "labelsTr" / name, np.uint8)
         entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
         if verbose:
             print(f"  {out / 'imagesTr' / name} (seed {s}, {time.perf_counter() - t0:.1f} s)")
