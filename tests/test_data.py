@@ -365,3 +365,21 @@ def test_volume_stem_cuts_only_the_ending():
     assert volume_stem("/d/ct.nii.gz") == "ct" and volume_stem("/d/CT.NII.GZ") == "CT" and volume_stem("/d/dicom") == "dicom"
     assert volume_stem("/d/1.2.840.113619.5.dcm", IMAGE_SUFFIXES) == "1.2.840.113619.5"
     assert volume_stem("/d/a.b.png", IMAGE_SUFFIXES) == "a.b" and volume_stem("/d/slice.nii", IMAGE_SUFFIXES) == "slice"
+
+
+@pytest.mark.parametrize(
+    "val_fraction, expected",
+    [(0.0, "4 training and 4 validation volumes from {src} (validation: the training volumes)"),
+     (0.5, "2 training and 2 validation volumes from {src} (validation: 2 held out at random (val_fraction 0.5))")],
+)  # fmt: skip
+def test_pretrain_split_logs_the_split_it_made(tmp_path, caplog, val_fraction, expected):
+    import logging
+
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    for k in range(4):
+        (folder / f"ct{k}.nii.gz").write_bytes(b"")  # named only: the split is made before the files are read
+    with caplog.at_level(logging.INFO, logger="medgmae.mae_training"):
+        split = pretrain_split(str(folder), tmp_path, val_fraction=val_fraction, validate=False)
+    assert len(split["training"]) == int(expected[0])
+    assert expected.format(src=folder) in caplog.text

@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist
+from medgmae.data.datalist import datalist_base, dist_rank, read_datalist, resolve_datalist
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.data.precheck import check_datalist
 from medgmae.engine.resume import latest_checkpoint
@@ -118,8 +118,13 @@ def pretrain_split(
     )  # fmt: skip
     base = datalist_base(dataset_dir, datalist)
     val = read_datalist(source, "validation", data_dir=base, required=False) if source.is_file() else []
+    how = "the datalist's 'validation' list"
     if not val:
         train, val = _fraction_split(train, float(val_fraction), int(seed), str(source))
+        how = "the training volumes" if val == train else f"{len(val)} held out at random (val_fraction {val_fraction})"
+    if dist_rank() == 0:
+        logger.info("data: %d training and %d validation volumes from %s (validation: %s)", len(train), len(val),
+                    source, how)  # fmt: skip
     split = {"training": train, "validation": val, "source": str(source)}
     if validate:
         check_pretrain_split(split, precheck_workers, ledger_dir)
