@@ -90,8 +90,8 @@ SPARSE_BUDGET = 32.0
 
 def _print_summary(metrics: dict, out: Path) -> None:
     lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
-             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} (+{_setup_note(metrics)}), "
-             f"{metrics['num_gaussians']} Gaussians"]  # fmt: skip
+             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} (+{metrics.get('projector_seconds', 0.0):.1f} s "
+             f"building the projector, {metrics['init_seconds']:.1f} s FBP and initialisation), {metrics['num_gaussians']} Gaussians"]  # fmt: skip
     per = metrics.get("voxels_per_gaussian", 0.0)
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
@@ -116,14 +116,6 @@ def _print_summary(metrics: dict, out: Path) -> None:
         lines.append("  no --reference: PSNR/SSIM not computed")
     lines += output_lines(out, outputs(metrics))
     print("\n".join(lines))
-
-
-def _setup_note(metrics: dict) -> str:
-    """The time before the optimisation: building the projector (when recorded) and the FBP and initialisation."""
-    fbp_init = f"{metrics['init_seconds']:.1f} s FBP and initialisation"
-    if "projector_seconds" not in metrics:
-        return fbp_init
-    return f"{metrics['projector_seconds']:.1f} s building the projector, {fbp_init}"
 
 
 def _time_note(resumed: dict | None) -> str:
@@ -257,15 +249,14 @@ def _reconstruct(args) -> int:
 
 
 def _build_projector(geom: CTGeometry, backend: str, device: torch.device):
-    """The scan's projector, announced first on stderr (building a matrix backend takes a while on large scans).
+    """The scan's projector, announced first (building a matrix backend takes a while on large scans).
 
     Returns:
         ``(projector, seconds taken)``.
     """
     from recon.projectors import make_projector
 
-    print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {backend} backend, {device})...",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {backend} backend, {device})...", flush=True)
     t0 = time.perf_counter()
     projector = make_projector(geom, backend, device)
     return projector, time.perf_counter() - t0

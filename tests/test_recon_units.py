@@ -78,7 +78,7 @@ def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
     assert main(["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
                  "--out", str(tmp_path / "r"), "--no-progress", "--iterations", "1", "--num-gaussians", "50", "--device", "cpu"]) == 0  # fmt: skip
     printed = capsys.readouterr()
-    assert "building the projector (parallel beam, 10 views, auto backend, cpu)..." in printed.err
+    assert "building the projector (parallel beam, 10 views, auto backend, cpu)..." in printed.out
     assert " s building the projector, " in printed.out
 
 
