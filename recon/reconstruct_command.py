@@ -150,7 +150,7 @@ def outputs(metrics: dict) -> dict[str, str]:
         "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
         "gaussians.ply": "the Gaussians in world mm (RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine)",
         "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else ""),
-        "curve.png": f"{', '.join(curves)} per iteration",
+        "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} per iteration",
         "slices.png": f"orthogonal mid-slices: {columns}",
         RECON_STATE: "resumable state (--resume)",
     }
