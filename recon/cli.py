@@ -16,14 +16,18 @@ Projection stacks are ``.npy`` arrays ``(views, rows, cols)`` or MetaImage / NRR
 Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuation (1/mm) with
 ``mu = 0.0192 (1 + HU / 1000)``, clipped at 0 (water 0.0192 / mm, air 0); projections are line integrals of ``mu``
 (dimensionless). With ``--photons I0`` they are turned into Poisson counts ``~ Poisson(I0 exp(-p))`` and back into
-``-log(max(counts, 1) / I0)``. All volumes written are attenuation volumes (1/mm) with the input's affine.
+``-log(max(counts, 1) / I0)``. All volumes written are attenuation volumes (1/mm) with the input's affine, and
+``fbp``, ``reconstruct`` (``--reference``, ``--fbp``) and ``evaluate`` read attenuation volumes. A volume whose range
+belongs to the other unit is refused (:func:`recon.commands.check_units`: below -100 or above 10 is HU where 1/mm is
+expected; every value within [-1, 1] is 1/mm where ``simulate`` expects HU); ``--no-unit-check`` reads it as given.
 
 ``reconstruct`` uses the settings of ``--preset`` (``toolkit``, the default, or ``3dgr-ct``, SigmaLDC/3DGR-CT's
 published settings; see :mod:`recon.presets`), including its initialisation unless ``--init`` is given
 (``toolkit``: ``fbp`` with one Gaussian per 8 voxels, at least 20,000; ``3dgr-ct``: its own with 50,000; under the
 toolkit preset every start, ``--init 3dgr-ct`` included, gets one least-squares intensity gain against the FBP). It writes ``recon.nii.gz``,
 ``gaussians.ply`` (the Gaussians in world millimetres, RAS, the frame of ``recon.nii.gz``'s affine; its header
-records ``frame world``, the ``(z, y, x)`` volume shape and that array's index -> world matrix), ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM),
+records ``frame world``, and ``recon.nii.gz``'s shape and affine in the NIfTI's ``(I, J, K)`` index order, as the
+zero-shot inference PLYs), ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM),
 ``curve.png``, ``slices.png`` (three orthogonal mid-slices of reference / FBP / reconstruction / error, or FBP /
 reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``
 iterations and at the end), and prints a closing summary. With ``--holdout-views N`` it leaves ``N`` views,
@@ -31,7 +35,7 @@ spread over the scan, out of the fit and writes the Gaussians of the evaluation 
 that predicts them best, optionally stopping after ``--patience`` evaluations without improvement
 (:mod:`recon.holdout`); with ``--refit`` it then runs the same reconstruction on every view, stopped at the chosen
 iteration (same settings and schedule), and writes that (``recon_state.pt`` keeps the held-out run).
-``evaluate`` prints ``{"psnr", "ssim", "data_range"}`` as JSON: PSNR and SSIM on the reference's range
+``simulate`` and ``fbp`` print the files they wrote. ``evaluate`` prints ``{"psnr", "ssim", "data_range"}`` as JSON: PSNR and SSIM on the reference's range
 ``max - min`` (see :mod:`recon.metrics`). ``select`` ranks ``reconstruct --holdout-views N`` runs of one scan (other
 settings, e.g. ``--tv``) by their held-out error and names the lowest: a choice without a reference
 (:mod:`recon.select_command`).
@@ -58,17 +62,54 @@ __all__ = ["main", "build_parser"]
 PROJECTIONS_HELP = "line integrals: .npy of shape (views, rows, cols), or a MetaImage (.mha/.mhd, as RTK writes), NRRD or NIfTI stack indexed (column, row, view)"
 
 
+EPILOG = """units: simulate reads a CT in HU and writes attenuation volumes in 1/mm (mu = 0.0192 (1 + HU / 1000),
+clipped at 0); fbp, reconstruct and evaluate read and write attenuation in 1/mm (a --reference or --fbp is the
+attenuation volume simulate wrote, e.g. scan/reference.nii.gz). A volume whose range belongs to the other unit is
+refused (HU: below -100 or above 10 where 1/mm is expected; 1/mm: every value within [-1, 1] where HU is
+expected); --no-unit-check skips that check.
+
+gaussians.ply (reconstruct): centres, scales and rotations in world millimetres (RAS, the frame of recon.nii.gz's
+affine); its header records 'frame world', the volume shape and the voxel-to-world affine in the NIfTI's (I, J, K)
+index order, the same as recon.nii.gz and the zero-shot inference PLYs."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The epilog as written, and ``(default: X)`` after every option's help that has a default and does not
+    already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        if "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """One subcommand's parser, with the shared help layout and epilog."""
+    return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, formatter_class=_HelpFormatter)
+
+
+def _add_unit_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-unit-check", action="store_true",
+                   help="read the volumes as given even when their range belongs to the other unit (HU vs 1/mm)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``medgmae-recon`` argument parser: one subparser per command, choices from the modules that define them."""
-    p = argparse.ArgumentParser(prog="medgmae-recon", description="CT simulation, FBP/FDK and 3DGR-CT Gaussian reconstruction.")
+    p = argparse.ArgumentParser(prog="medgmae-recon", description="CT simulation, FBP/FDK and 3DGR-CT Gaussian reconstruction.",
+                                epilog=EPILOG, formatter_class=_HelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     _add_fbp(sub)
     _add_reconstruct(sub)
-    e = sub.add_parser("evaluate", help="PSNR/SSIM of a reconstruction, printed as JSON")
-    e.add_argument("--recon", required=True)
-    e.add_argument("--reference", required=True)
-    s = sub.add_parser("select", help="rank reconstructions of one scan by held-out error (runs of reconstruct --holdout-views N)")
+    e = _parser(sub, "evaluate", "PSNR/SSIM of a reconstruction, printed as JSON")
+    e.add_argument("--recon", required=True, help="reconstructed attenuation volume, 1/mm (e.g. rec/recon.nii.gz)")
+    e.add_argument("--reference", required=True,
+                   help="reference attenuation volume, 1/mm, on the same voxel grid (e.g. scan/reference.nii.gz)")
+    _add_unit_check(e)
+    s = _parser(sub, "select", "rank reconstructions of one scan by held-out error (runs of reconstruct --holdout-views N)")
     s.add_argument("--runs", nargs="+", required=True, help="output folders of reconstruct, the same scan and --holdout-views")
     s.add_argument("--json", default=None, help="also write the ranking and the choice here")
     return p
@@ -77,26 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_simulate(sub) -> None:
     from recon.fbp import FILTERS
 
-    s = sub.add_parser("simulate", help="attenuation volume, projections, geometry and FBP from a CT volume in HU")
+    s = _parser(sub, "simulate", "attenuation volume, projections, geometry and FBP from a CT volume in HU")
     s.add_argument("--volume", required=True, help="CT volume in HU (NIfTI, NRRD, MetaImage or a DICOM series folder)")
     s.add_argument("--geometry", required=True, choices=("parallel", "cone"))
     s.add_argument("--views", required=True, type=positive_int, help="number of projection angles")
     s.add_argument("--arc", type=positive_float, default=None, help="scan arc in degrees (default 180 parallel, 360 cone)")
-    s.add_argument("--photons", type=positive_float, default=None, help="incident photons per detector pixel (Poisson noise)")
+    s.add_argument("--photons", type=positive_float, default=None, help="incident photons per detector pixel: Poisson noise (default: none, noiseless projections)")
     s.add_argument("--filter", default="hann", choices=FILTERS, help="FBP/FDK filter for fbp.nii.gz")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0, help="seed of the Poisson noise")
+    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    _add_unit_check(s)
     s.add_argument("--out", required=True, help="output folder")
 
 
 def _add_fbp(sub) -> None:
     from recon.fbp import FILTERS
 
-    f = sub.add_parser("fbp", help="FBP (parallel) or FDK (cone) reconstruction")
+    f = _parser(sub, "fbp", "FBP (parallel) or FDK (cone) reconstruction, attenuation in 1/mm")
     f.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     f.add_argument("--geometry", required=True, help="geometry.json")
-    f.add_argument("--filter", default="hann", choices=FILTERS)
-    f.add_argument("--device", default="auto")
+    f.add_argument("--filter", default="hann", choices=FILTERS, help="ramp filter window")
+    f.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     f.add_argument("--out", required=True, help="output NIfTI")
 
 
@@ -106,22 +148,23 @@ def _add_reconstruct(sub) -> None:
     from recon.presets import PRESETS, SPLIT_RULES
     from recon.projectors import PROJECTOR_BACKENDS
 
-    r = sub.add_parser("reconstruct", help="Gaussian (3DGR-CT) reconstruction")
+    r = _parser(sub, "reconstruct", "Gaussian (3DGR-CT) reconstruction")
     r.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
-    r.add_argument("--geometry", required=True)
-    r.add_argument("--fbp", default=None, help="FBP volume for the initialisation (computed when absent)")
-    r.add_argument("--preset", default="toolkit", choices=PRESETS, help="optimisation settings (default toolkit)")
+    r.add_argument("--geometry", required=True, help="geometry.json")
+    r.add_argument("--fbp", default=None, help="FBP volume (attenuation, 1/mm) for the initialisation (computed when absent)")
+    r.add_argument("--preset", default="toolkit", choices=PRESETS, help="optimisation settings")
     r.add_argument("--init", default=None, choices=(*INIT_METHODS, "3dgr-ct"), help="initialisation (default: the preset's)")
     r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
     r.add_argument("--model-spacing", type=positive_float, default=None,
                    help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
-    r.add_argument("--iterations", type=int, default=1000)
+    r.add_argument("--iterations", type=int, default=1000, help="optimisation iterations")
     r.add_argument("--num-gaussians", type=positive_int, default=None,
                    help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
                         "least 20000; 3dgr-ct 50000); for medgmae with the toolkit preset the budget its sparse start "
                         "grows to (the same default)")
-    r.add_argument("--reference", default=None, help="ground-truth attenuation volume for PSNR/SSIM")
-    r.add_argument("--views-per-iteration", type=positive_int, default=None)
+    r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. scan/reference.nii.gz) for PSNR/SSIM")
+    r.add_argument("--views-per-iteration", type=positive_int, default=None,
+                   help="project a random subset of this many views per iteration (default: all views)")
     r.add_argument("--tv", type=nonneg_float, default=0.0,
                    help="weight of the volume's total variation beside the relative projection MSE (default 0; 1e-3 was "
                         "best of 1e-4 / 1e-3 / 1e-2 on sparse, noisy phantom scans, bench/RESULTS.md)")
@@ -132,7 +175,8 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--coarse-iterations", type=nonneg_int, default=None,
                    help="iterations of the coarse phase (default: the preset's: toolkit none, measured faster without "
                         "it in bench/RESULTS.md; 3dgr-ct its published first third at half resolution)")
-    r.add_argument("--eval-every", type=positive_int, default=50)
+    r.add_argument("--eval-every", type=positive_int, default=50,
+                   help="iterations between evaluations (PSNR with --reference, held-out error with --holdout-views)")
     r.add_argument("--holdout-views", type=nonneg_int, default=0,
                    help="views left out of the fit, spread over the scan; the Gaussians of the evaluation that predicts "
                         "them best are written (the iteration chosen without a reference; default 0: off)")
@@ -145,9 +189,10 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--resume", action="store_true", help=f"continue from OUT/{RECON_STATE}")
     r.add_argument("--backend", default="auto", choices=PROJECTOR_BACKENDS, help="projector backend")
     r.add_argument("--filter", default="hann", choices=FILTERS, help="filter for the FBP when --fbp is absent")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="auto")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the views drawn")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_unit_check(r)
     r.add_argument("--out", required=True, help="output folder")
 
 

@@ -21,11 +21,13 @@ __all__ = [
     "check_out_file",
     "check_out_folder",
     "check_same_grid",
+    "check_units",
     "cmd_evaluate",
     "cmd_fbp",
     "cmd_simulate",
     "load_matching_volume",
     "load_scan",
+    "output_lines",
     "resolve_cli_device",
 ]
 
@@ -86,16 +88,66 @@ def check_same_grid(
         raise CLIError(problem)
 
 
-def load_matching_volume(path: str, geom: CTGeometry, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """A NIfTI volume ``(z, y, x)`` on the geometry's voxel grid (its shape, and its affine when ``geometry.json``
-    has one), and the volume's affine."""
+#: Bounds of attenuation volumes in 1/mm: water is 0.0192, dense bone about 0.05, metals a few 1/mm, and an FBP's
+#: undershoot stays a fraction of the volume's maximum. A volume below ``min`` or above ``max`` is a CT in HU (air
+#: -1000, soft tissue 20-80).
+ATTENUATION_BOUNDS = {"min": -100.0, "max": 10.0}
+#: A CT in HU has air (-1000) or tissue (tens of HU) in it; a volume whose every value lies within this magnitude is
+#: an attenuation volume in 1/mm instead.
+ATTENUATION_LIKE_HU = 1.0
+UNITS_FLAG = "--no-unit-check"
+
+
+def check_units(volume: np.ndarray, path, flag: str, expected: str) -> None:
+    """Refuse a volume whose value range belongs to the other unit: HU where attenuation (1/mm) is expected, or
+    attenuation where a CT in HU is expected (the bounds are :data:`ATTENUATION_BOUNDS` and
+    :data:`ATTENUATION_LIKE_HU`; ``--no-unit-check`` skips this check).
+
+    Args:
+        volume: the volume, any shape.
+        path: its file, as the message names it.
+        flag: the option that gave it, as the message names it.
+        expected: ``"attenuation"`` (1/mm) or ``"hu"``.
+
+    Raises:
+        CLIError: the range belongs to the other unit.
+    """
+    if expected not in ("attenuation", "hu"):
+        raise ValueError(f"expected must be 'attenuation' or 'hu', got {expected!r}")
+    lo, hi = float(np.min(volume)), float(np.max(volume))
+    span = f"values {lo:.4g} .. {hi:.4g}"
+    skip = f"; {UNITS_FLAG} skips this check"
+    if expected == "attenuation" and (lo < ATTENUATION_BOUNDS["min"] or hi > ATTENUATION_BOUNDS["max"]):
+        raise CLIError(f"{flag} {path} looks like a CT in HU ({span}), not linear attenuation in 1/mm (water 0.0192): "
+                       "pass the attenuation volume simulate wrote (e.g. scan/reference.nii.gz), or convert with "
+                       f"mu = 0.0192 (1 + HU / 1000), clipped at 0{skip}")  # fmt: skip
+    if expected == "hu" and max(abs(lo), abs(hi)) <= ATTENUATION_LIKE_HU:
+        raise CLIError(f"{flag} {path} looks like linear attenuation in 1/mm ({span}), not a CT in HU (air -1000, "
+                       f"water 0): simulate reads HU; convert with HU = 1000 (mu / 0.0192 - 1){skip}")  # fmt: skip
+
+
+def load_matching_volume(path: str, geom: CTGeometry, what: str, flag: str, unit_check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI volume ``(z, y, x)`` in attenuation (1/mm, :func:`check_units` unless ``unit_check`` is off) on the
+    geometry's voxel grid (its shape, and its affine when ``geometry.json`` has one), and the volume's affine."""
     from recon.scan_files import load_volume
 
     vol, affine, _ = load_volume(path)
+    if unit_check:
+        check_units(vol, path, flag, "attenuation")
     expected = geom.default_affine() if geom.affine is not None else None
     check_same_grid(f"{what} {path}", vol.shape[::-1], None if expected is None else affine,
                     "the geometry", geom.volume_shape[::-1], expected)  # fmt: skip
     return vol, affine
+
+
+def output_lines(out: Path, files: dict[str, str]) -> list[str]:
+    """The closing lines that name a command's outputs: ``outputs in OUT:`` then one ``  OUT/name  (what)`` each.
+
+    Args:
+        out: the output folder.
+        files: file name in ``out`` -> what it holds.
+    """
+    return [f"outputs in {out}:", *(f"  {Path(out) / name}  ({what})" for name, what in files.items())]
 
 
 def check_out_folder(path: str, flag: str = "--out") -> Path:
@@ -153,6 +205,8 @@ def cmd_simulate(args) -> int:
 
     out = check_out_folder(args.out)
     hu, affine, voxel = load_volume(args.volume)
+    if not args.no_unit_check:
+        check_units(hu, args.volume, "--volume", "hu")
     device = resolve_cli_device(args.device)
     mu = hu_to_mu(hu).astype(np.float32)
     if args.geometry == "parallel":
@@ -174,7 +228,13 @@ def cmd_simulate(args) -> int:
         geom.save(stage / "geometry.json")
         save_nifti(stage / "fbp.nii.gz", rec, geom.default_affine())
         save_nifti(stage / "reference.nii.gz", mu, geom.default_affine())
-    print(json.dumps({"out": str(out), "projections": list(proj.shape), "geometry": geom.kind, "views": geom.num_views}))
+    noise = "noiseless" if args.photons is None else f"Poisson noise at {args.photons:g} photons per pixel"
+    print("\n".join([f"simulated a {geom.kind}-beam scan: {geom.num_views} views, {noise}", *output_lines(out, {
+        "projections.npy": f"line integrals (views, rows, cols) = {tuple(proj.shape)}",
+        "geometry.json": "the scan geometry (--geometry of fbp and reconstruct)",
+        "reference.nii.gz": "the input as linear attenuation, 1/mm: the --reference of reconstruct and evaluate",
+        "fbp.nii.gz": f"{'FBP' if geom.kind == 'parallel' else 'FDK'} ({args.filter} filter), attenuation 1/mm",
+    })]))  # fmt: skip
     return 0
 
 
@@ -188,6 +248,8 @@ def cmd_fbp(args) -> int:
     device = resolve_cli_device(args.device)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
     save_nifti(args.out, rec, geom.default_affine())
+    what = "FBP" if geom.kind == "parallel" else "FDK"
+    print(f"wrote {args.out} ({what}, {args.filter} filter, attenuation 1/mm, shape (x, y, z) = {rec.shape[::-1]})")
     return 0
 
 
@@ -198,6 +260,9 @@ def cmd_evaluate(args) -> int:
 
     rec, rec_affine, _ = load_volume(args.recon)
     ref, ref_affine, _ = load_volume(args.reference)
+    if not args.no_unit_check:
+        check_units(rec, args.recon, "--recon", "attenuation")
+        check_units(ref, args.reference, "--reference", "attenuation")
     check_same_grid(f"--recon {args.recon}", rec.shape[::-1], rec_affine, f"--reference {args.reference}", ref.shape[::-1], ref_affine)
     print(json.dumps(evaluate(rec, ref)))
     return 0

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.commands import CLIError, Interrupted, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
+from recon.commands import (CLIError, Interrupted, check_out_folder, load_matching_volume, load_scan, output_lines,
+                            resolve_cli_device)
 from recon.geometry import CTGeometry
 
-__all__ = ["OUTPUTS", "RECON_STATE", "cmd_reconstruct"]
+__all__ = ["RECON_STATE", "cmd_reconstruct", "outputs"]
 
 RECON_STATE = "recon_state.pt"
 
@@ -89,8 +90,8 @@ SPARSE_BUDGET = 32.0
 
 def _print_summary(metrics: dict, out: Path) -> None:
     lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
-             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} (+{metrics['init_seconds']:.1f} s FBP and "
-             f"initialisation), {metrics['num_gaussians']} Gaussians"]  # fmt: skip
+             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} (+{metrics.get('projector_seconds', 0.0):.1f} s "
+             f"building the projector, {metrics['init_seconds']:.1f} s FBP and initialisation), {metrics['num_gaussians']} Gaussians"]  # fmt: skip
     per = metrics.get("voxels_per_gaussian", 0.0)
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
@@ -113,9 +114,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
             lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
     else:
         lines.append("  no --reference: PSNR/SSIM not computed")
-    lines.append(f"outputs in {out}:")
-    for name, what in OUTPUTS.items():
-        lines.append(f"  {out / name}  ({what})")
+    lines += output_lines(out, outputs(metrics))
     print("\n".join(lines))
 
 
@@ -141,14 +140,20 @@ def _what_limits_growth(metrics: dict) -> str:
             "of them), or start from --init fbp with that budget")  # fmt: skip
 
 
-OUTPUTS = {
-    "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
-    "gaussians.ply": "the Gaussians in world mm (RAS, recon.nii.gz's frame)",
-    "metrics.json": "preset, every setting, history, density-control rounds, PSNR/SSIM",
-    "curve.png": "loss and PSNR per iteration",
-    "slices.png": "orthogonal mid-slices: reference / FBP / reconstruction / error",
-    RECON_STATE: "resumable state (--resume)",
-}
+def outputs(metrics: dict) -> dict[str, str]:
+    """The files a run wrote and what each holds, as its ``metrics`` (:func:`_metrics`) say: PSNR and the
+    reference / error columns only with ``--reference``, the held-out error only with ``--holdout-views``."""
+    with_ref = "final" in metrics
+    curves = ["loss", *(["held-out error"] if metrics.get("holdout") else []), *(["PSNR"] if with_ref else [])]
+    columns = "reference / FBP / reconstruction / error" if with_ref else "FBP / reconstruction"
+    return {
+        "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
+        "gaussians.ply": "the Gaussians in world mm (RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine)",
+        "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else ""),
+        "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} per iteration",
+        "slices.png": f"orthogonal mid-slices: {columns}",
+        RECON_STATE: "resumable state (--resume)",
+    }
 
 
 def cmd_reconstruct(args) -> int:
@@ -187,7 +192,6 @@ def _reconstruct(args) -> int:
     from recon.gaussian_recon import GaussianReconstructor
     from recon.holdout import fitted_views_fbp
     from recon.metrics import evaluate
-    from recon.projectors import make_projector
     from recon.resume import load_resume_state, run_settings, scan_fingerprint
 
     # ---- validate everything before writing anything
@@ -196,8 +200,9 @@ def _reconstruct(args) -> int:
     init_settings = _init_settings(args, int(np.prod(geom.volume_shape)))
     _check_holdout_flags(args, geom)
     _check_views_per_iteration(args, geom)
-    reference = load_matching_volume(args.reference, geom, "reference")[0] if args.reference else None
-    fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume") if args.fbp else (None, geom.default_affine())
+    check = not args.no_unit_check
+    reference = load_matching_volume(args.reference, geom, "reference", "--reference", check)[0] if args.reference else None
+    fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume", "--fbp", check) if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
     out = Path(args.out)
     state_path = out / RECON_STATE
@@ -212,7 +217,7 @@ def _reconstruct(args) -> int:
 
     # ---- compute
     torch.manual_seed(args.seed)
-    projector = make_projector(geom, args.backend, device)
+    projector, projector_seconds = _build_projector(geom, args.backend, device)
     proj_t = torch.from_numpy(proj).to(device)
     t0 = time.perf_counter()
     fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
@@ -234,13 +239,27 @@ def _reconstruct(args) -> int:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
         rec, result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)  # its value_scale is recorded
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
-    metrics["holdout"], metrics["scan"] = holdout, run_info["scan"]
+    metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, run_info["scan"], projector_seconds
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
     _write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
     _print_summary(metrics, out)
     return 0
+
+
+def _build_projector(geom: CTGeometry, backend: str, device: torch.device):
+    """The scan's projector, announced first (building a matrix backend takes a while on large scans).
+
+    Returns:
+        ``(projector, seconds taken)``.
+    """
+    from recon.projectors import make_projector
+
+    print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {backend} backend, {device})...", flush=True)
+    t0 = time.perf_counter()
+    projector = make_projector(geom, backend, device)
+    return projector, time.perf_counter() - t0
 
 
 def _config(args, init_settings: dict, init):
@@ -287,7 +306,7 @@ def _check_flags(args) -> None:
         raise CLIError(f"--split-rule chooses the toolkit preset's density control; --preset {args.preset} uses its own")
     init_settings = _init_settings(args)
     if init_settings["init"] == "medgmae" and not args.checkpoint:
-        raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained MedGMAE model.pt")
+        raise CLIError("--init medgmae needs --checkpoint pointing to a pre-trained medgmae or medgmae-star model.pt")
     if args.checkpoint and init_settings["init"] != "medgmae":
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
     if args.model_spacing is not None and init_settings["init"] != "medgmae":
@@ -342,7 +361,7 @@ def _load_model(args):
     if not Path(args.checkpoint).is_file():
         raise CLIError(f"model checkpoint {args.checkpoint} does not exist")
     try:
-        return MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae model.pt")
+        return MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae or medgmae-star model.pt")
     except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
         raise CLIError(f"cannot use {args.checkpoint} for --init medgmae: {e}") from e
 
@@ -361,15 +380,15 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
     ``recon_state.pt``, stays)."""
     from medgmae.files import save_json_atomic, staged_outputs
     from medgmae.ply import save_ply
-    from recon.initialisation import zyx_affine
     from recon.plot import draw_curve, draw_slices
     from recon.scan_files import save_nifti
 
     volume = result.volume.cpu().numpy()
     with staged_outputs(out) as stage:
         save_nifti(stage / "recon.nii.gz", volume, geom.default_affine())
-        save_ply(stage / "gaussians.ply", world_gaussians(result.gaussians, geom), frame="world", shape=geom.volume_shape,
-                 affine=zyx_affine(geom.default_affine()))
+        # the header in the NIfTI's (I, J, K) = (x, y, z) order: recon.nii.gz's shape and affine, as zero-shot PLYs
+        save_ply(stage / "gaussians.ply", world_gaussians(result.gaussians, geom), frame="world",
+                 shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine())
         save_json_atomic(metrics, stage / "metrics.json")
         draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"))
         draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", reference=reference,

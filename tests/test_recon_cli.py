@@ -125,7 +125,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         from medgmae.ply import load_ply
 
         g, meta = load_ply(out / "gaussians.ply")
-        assert g.num_gaussians == metrics["num_gaussians"] and tuple(meta["shape"]) == CTGeometry.load(simulated / "geometry.json").volume_shape
+        assert g.num_gaussians == metrics["num_gaussians"] and meta["shape"] == rec.shape
     # resume continues from the saved state to a longer run
     out = tmp_path / "rec_fbp"
     args = [
@@ -157,6 +157,8 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     assert main(_reconstruct_args(simulated, out, "--preset", "3dgr-ct", "--iterations", "4", "--checkpoint-every", "0")) == 0
     printed = capsys.readouterr().out
     assert "preset 3dgr-ct" in printed and "PSNR/SSIM not computed" in printed and str(out / "slices.png") in printed
+    assert "orthogonal mid-slices: FBP / reconstruction)" in printed and "reference /" not in printed  # what was drawn
+    assert "(loss per iteration)" in printed and "PSNR per iteration" not in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["preset"] == "3dgr-ct" and metrics["init"] == "3dgr-ct" and metrics["arguments"]["preset"] == "3dgr-ct"
     expected = json.loads(json.dumps(asdict(preset_config("3dgr-ct", 4, eval_every=50, seed=0))))
@@ -202,7 +204,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "bad geometry": (_reconstruct_args(sim, out, "--geometry", str(bad_geom), "--init", "fbp"), "voxel_size"),
         "medgmae without checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae"), "--checkpoint"),
         "missing checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(tmp_path / "m.pt")), "does not exist"),
-        "wrong-kind checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[1])), "medgmae-encoder checkpoint (pre-trained ViT encoder); --init medgmae needs a medgmae model.pt"),
+        "wrong-kind checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[1])), "medgmae-encoder checkpoint (pre-trained ViT encoder); --init medgmae needs a medgmae or medgmae-star model.pt"),
         "corrupt checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(garbage)), "garbage.pt"),
         "reference shape": (_reconstruct_args(sim, out, "--init", "fbp", "--reference", str(small)), "reference"),
         "resume without state": (_reconstruct_args(sim, out, "--init", "fbp", "--resume"), "no saved state"),

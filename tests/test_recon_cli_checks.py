@@ -129,7 +129,8 @@ def test_evaluate_and_reconstruct_refuse_a_volume_off_the_grid(scan, tmp_path, c
 
 def test_gaussians_ply_is_in_world_millimetres(tmp_path):
     """With a rotated, anisotropic, shifted affine the PLY centres are ``affine @ (x, y, z, 1)`` of the voxel
-    centres the state holds (``(z, y, x)`` order), and the covariances map as ``M Sigma M^T``."""
+    centres the state holds (``(z, y, x)`` order), and the covariances map as ``M Sigma M^T``; the header's shape
+    and affine are recon.nii.gz's as nibabel reads them (the NIfTI's (I, J, K) order, as zero-shot PLYs)."""
     from medgmae.gaussians import covariance_matrices
     from medgmae.ply import load_ply
 
@@ -149,6 +150,10 @@ def test_gaussians_ply_is_in_world_millimetres(tmp_path):
     expected = zyx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]  # (x, y, z) index -> world
     g, meta = load_ply(out / "gaussians.ply")
     assert meta["frame"] == "world" and g.num_gaussians == len(zyx)
+    written = nib.load(str(out / "recon.nii.gz"))
+    assert meta["shape"] == written.shape == (16, 16, 12)
+    np.testing.assert_allclose(meta["affine"], written.affine, atol=1e-6)
+    np.testing.assert_allclose(meta["affine"], affine, atol=1e-5)
     np.testing.assert_allclose(g.means[0].double().numpy(), expected, atol=1e-3)
     m = affine[:3, :3][:, ::-1]  # the (z, y, x) columns
     quats = torch.nn.functional.normalize(state["quats"].double(), dim=-1)

@@ -1,0 +1,102 @@
+"""``medgmae-recon``: the unit check (a CT in HU where attenuation in 1/mm is expected, and the reverse), what the
+commands print (files written, the projector build) and what ``--help`` shows (defaults, units, the PLY frame)."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medgmae.data.phantom import generate_phantom
+from recon.cli import main
+from recon.commands import CLIError, check_units
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    """A 10-view parallel-beam scan of a 16 x 16 x 12 phantom in HU, and the phantom's file."""
+    d = tmp_path_factory.mktemp("units")
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
+    assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "parallel", "--views", "10", "--out", str(d / "scan"), "--device", "cpu"]) == 0
+    return d / "scan", d / "ct.nii.gz"
+
+
+@pytest.mark.parametrize("low, high, refused", [(-1000.0, 1500.0, True), (-101.0, 0.03, True), (-0.005, 10.5, True),
+                                                (-0.005, 0.05, False), (-99.0, 9.9, False)])  # fmt: skip
+def test_attenuation_bounds(low, high, refused):
+    """Below -100 or above 10 is HU where 1/mm is expected; within them it is attenuation (an FBP's undershoot)."""
+    vol = np.array([low, 0.0, high], np.float32)
+    if refused:
+        with pytest.raises(CLIError, match=r"--reference r.nii.gz looks like a CT in HU .*scan/reference.nii.gz"):
+            check_units(vol, "r.nii.gz", "--reference", "attenuation")
+    else:
+        check_units(vol, "r.nii.gz", "--reference", "attenuation")
+
+
+def test_hu_that_looks_like_attenuation():
+    with pytest.raises(CLIError, match=r"--volume v.nii.gz looks like linear attenuation in 1/mm \(values 0 .. 0.031\)"):
+        check_units(np.array([0.0, 0.0192, 0.031]), "v.nii.gz", "--volume", "hu")
+    check_units(np.array([-1000.0, 40.0]), "v.nii.gz", "--volume", "hu")
+
+
+def test_a_ct_in_hu_is_refused_where_attenuation_is_expected(scan, tmp_path, capsys):
+    """evaluate's --reference / --recon, reconstruct's --reference and --fbp, and simulate's --volume (the reverse)
+    refuse the other unit with exit 2, naming the file; nothing is written; --no-unit-check reads them as given."""
+    sim, ct = scan
+    fbp, ref = sim / "fbp.nii.gz", sim / "reference.nii.gz"
+    for args, flag in ((["evaluate", "--recon", str(fbp), "--reference", str(ct)], f"--reference {ct}"),
+                       (["evaluate", "--recon", str(ct), "--reference", str(ref)], f"--recon {ct}")):  # fmt: skip
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} looks like a CT in HU (values -1" in err and "e.g. scan/reference.nii.gz" in err
+        assert main([*args, "--no-unit-check"]) == 0
+    out = tmp_path / "rec"
+    base = ["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"), "--out", str(out),
+            "--no-progress", "--iterations", "1", "--num-gaussians", "50", "--device", "cpu"]  # fmt: skip
+    for flag in ("--reference", "--fbp"):
+        assert main([*base, flag, str(ct)]) == 2
+        assert f"{flag} {ct} looks like a CT in HU" in capsys.readouterr().err and not out.exists()
+    assert main(["simulate", "--volume", str(ref), "--geometry", "parallel", "--views", "4", "--out", str(out), "--device", "cpu"]) == 2
+    assert f"--volume {ref} looks like linear attenuation in 1/mm" in capsys.readouterr().err and not out.exists()
+
+
+def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
+    """simulate and fbp name the files written; reconstruct announces the projector build and counts its time."""
+    sim, ct = scan
+    capsys.readouterr()
+    assert main(["simulate", "--volume", str(ct), "--geometry", "parallel", "--views", "4", "--out", str(tmp_path / "s"), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "4 views, noiseless" in text
+    for name in ("projections.npy", "geometry.json", "reference.nii.gz", "fbp.nii.gz"):
+        assert str(tmp_path / "s" / name) in text
+    assert "reference.nii.gz  (the input as linear attenuation, 1/mm" in text
+    f = tmp_path / "f.nii.gz"
+    assert main(["fbp", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"), "--out", str(f), "--device", "cpu"]) == 0
+    assert f"wrote {f} (FBP, hann filter, attenuation 1/mm, shape (x, y, z) = (16, 16, 12))" in capsys.readouterr().out
+    assert main(["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
+                 "--out", str(tmp_path / "r"), "--no-progress", "--iterations", "1", "--num-gaussians", "50", "--device", "cpu"]) == 0  # fmt: skip
+    printed = capsys.readouterr()
+    assert "building the projector (parallel beam, 10 views, auto backend, cpu)..." in printed.out
+    assert " s building the projector, " in printed.out
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (("reconstruct",), ["optimisation iterations (default: 1000)", "(default: 50)", "(0: end only) (default: 500)",
+                        "(default: all views)", "filter for the FBP when --fbp is absent (default: hann)"]),
+    (("simulate",), ["(default: none, noiseless projections)", "CT volume in HU", "(default: hann)"]),
+    (("fbp",), ["ramp filter window (default: hann)"]),
+    (("evaluate",), ["--recon RECON reconstructed attenuation volume, 1/mm", "reference attenuation volume, 1/mm"]),
+    ((), ["simulate reads a CT in HU and writes attenuation volumes in 1/mm", "in the NIfTI's (I, J, K) index order"]),
+])  # fmt: skip
+def test_help_shows_defaults_units_and_the_ply_frame(capsys, argv, shown):
+    text = _help(capsys, *argv)
+    for s in shown:
+        assert s in text, s
