@@ -148,11 +148,11 @@ def outputs(metrics: dict) -> dict[str, str]:
     columns = "reference / FBP / reconstruction / error" if with_ref else "FBP / reconstruction"
     return {
         "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
-        "gaussians.ply": "the Gaussians in world mm (RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine)",
+        "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
         "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else ""),
         "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} per iteration",
         "slices.png": f"orthogonal mid-slices: {columns}",
-        RECON_STATE: "resumable state (--resume)",
+        RECON_STATE: "resumable state, for --resume",
     }
 
 
