@@ -120,8 +120,10 @@ def _add_simulate(sub) -> None:
 
     s = _parser(sub, "simulate", "attenuation volume, projections, geometry and FBP from a CT volume in HU")
     s.add_argument("--volume", required=True, help="CT volume in HU (NIfTI, NRRD, MetaImage or a DICOM series folder)")
-    s.add_argument("--geometry", required=True, choices=("parallel", "cone"))
-    s.add_argument("--views", required=True, type=positive_int, help="number of projection angles")
+    s.add_argument("--geometry", required=True,
+                   help="parallel, cone (a circular orbit around the volume), or a geometry.json such as "
+                        "configs/geometry/*.json (its volume_shape and voxel_size must be the volume's)")
+    s.add_argument("--views", type=positive_int, default=None, help="number of projection angles (parallel and cone)")
     s.add_argument("--arc", type=positive_float, default=None, help="scan arc in degrees (default 180 parallel, 360 cone)")
     s.add_argument("--photons", type=positive_float, default=None, help="incident photons per detector pixel: Poisson noise (default: none, noiseless projections)")
     s.add_argument("--filter", default="hann", choices=FILTERS, help="FBP/FDK filter for fbp.nii.gz")

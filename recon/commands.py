@@ -196,6 +196,48 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
     return p
 
 
+def _planned_geometry(args) -> CTGeometry | None:
+    """The geometry file ``simulate --geometry`` names, read and checked before the volume (``None`` for the
+    built-in ``parallel`` / ``cone`` orbits, which need ``--views``)."""
+    if args.geometry in ("parallel", "cone"):
+        if args.views is None:
+            raise CLIError(f"--geometry {args.geometry} needs --views (the number of projection angles)")
+        return None
+    if args.views is not None or args.arc is not None:
+        raise CLIError(f"--geometry {args.geometry} is a geometry file: its angles fix the views, so --views and --arc "
+                       "cannot be given with it")  # fmt: skip
+    try:
+        return CTGeometry.load(args.geometry)
+    except ValueError as e:
+        raise CLIError(f"--geometry: {e} (give parallel, cone or a geometry.json)") from e
+
+
+def _simulation_geometry(args, planned: CTGeometry | None, shape, voxel, affine: np.ndarray) -> CTGeometry:
+    """The scan ``simulate`` projects: a built-in orbit around the volume, or ``planned`` (a geometry file) with
+    the volume's affine, after checking that the file's voxel grid is the volume's.
+
+    Args:
+        args: the parsed ``simulate`` arguments.
+        planned: what :func:`_planned_geometry` returned.
+        shape: the volume's ``(z, y, x)`` shape.
+        voxel: its voxel size ``(sz, sy, sx)`` in mm.
+        affine: its NIfTI affine (array order ``(x, y, z)``).
+    """
+    if planned is None:
+        make = CTGeometry.parallel if args.geometry == "parallel" else CTGeometry.cone
+        arc = args.arc or (180.0 if args.geometry == "parallel" else 360.0)
+        return make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine)
+    grid = f"{tuple(shape)} voxels of {tuple(round(float(v), 4) for v in voxel)} mm (z, y, x)"
+    if tuple(planned.volume_shape) != tuple(shape) or not np.allclose(planned.voxel_size, voxel, rtol=1e-3):
+        raise CLIError(f"--geometry {args.geometry} is made for {planned.volume_shape} voxels of {planned.voxel_size} mm "
+                       f"(z, y, x), but --volume {args.volume} has {grid}: resample the volume to the geometry's grid "
+                       "or use --geometry parallel / cone, which fit any volume")  # fmt: skip
+    if planned.affine is not None:
+        check_same_grid(f"--volume {args.volume}", shape[::-1], affine, f"--geometry {args.geometry}",
+                        planned.volume_shape[::-1], planned.default_affine())  # fmt: skip
+    return CTGeometry.from_dict({**planned.to_dict(), "affine": np.asarray(affine).tolist()})
+
+
 def cmd_simulate(args) -> int:
     """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume."""
     from recon.fbp import fbp
@@ -204,15 +246,13 @@ def cmd_simulate(args) -> int:
     from recon.projectors import make_projector
 
     out = check_out_folder(args.out)
+    planned = _planned_geometry(args)
     hu, affine, voxel = load_volume(args.volume)
     if not args.no_unit_check:
         check_units(hu, args.volume, "--volume", "hu")
     device = resolve_cli_device(args.device)
     mu = hu_to_mu(hu).astype(np.float32)
-    if args.geometry == "parallel":
-        geom = CTGeometry.parallel(mu.shape, voxel, num_angles=args.views, arc_deg=args.arc or 180.0, affine=affine)
-    else:
-        geom = CTGeometry.cone(mu.shape, voxel, num_angles=args.views, arc_deg=args.arc or 360.0, affine=affine)
+    geom = _simulation_geometry(args, planned, mu.shape, voxel, affine)
     # one projection: on the CPU, building the cone-beam matrix would cost more than the ray marcher's single pass
     backend = "torch" if geom.kind == "cone" and device.type == "cpu" else "auto"
     proj_op = make_projector(geom, backend, device)
