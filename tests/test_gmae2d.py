@@ -394,3 +394,20 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(cli_files, capsys, tmp_path):
     torch.save({"kind": "gvit", "config": {}, "state_dict": {}}, d / "gvit.pt")
     assert main(["edges", "--checkpoint", str(d / "gvit.pt"), "--image", str(d / "img.png"), "--out", str(out)]) == 2
     assert "gvit" in capsys.readouterr().err
+
+
+def test_cli_device_defaults_to_auto_and_help_shows_defaults(cli_files, monkeypatch, capsys):
+    import medgmae.twod.cli as cli
+
+    _, ckpt, d = cli_files
+    asked = []
+    monkeypatch.setattr(cli, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    argv = ["--checkpoint", str(ckpt), "--image", str(d / "img.png"), "--out", str(d / "auto")]
+    assert main(["edges", *argv, "--granularities", "2"]) == 0
+    assert asked == ["auto"]  # the bundles' device setting: CUDA when available, else CPU
+    for command, shown in (("layers", ("(default: 16)", "(default: 32)", "(default: 0.05)", "(default: auto)")),
+                           ("edges", ("(default: 4 8 16)",))):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(s in text for s in shown), text
