@@ -89,7 +89,7 @@ def test_smoke_run_writes_checkpoint_encoder_and_model(runs):
     data = json.loads(runs["dataset"].read_text())
     assert len(data["training"]) == 2 and (runs["dataset"].parent / data["training"][0]["image"]).is_file()
     enc = first["encoder"]
-    assert enc["kind"] == "medgmae-encoder" and enc["extra"]["source"] == "MedGMAE"
+    assert enc["kind"] == "medgmae-encoder" and enc["extra"]["source"] == "medgmae"
     encoder = MaskedViTEncoder(**enc["config"])
     encoder.load_state_dict(enc["state_dict"])  # strict
     assert encoder.img_size == (32, 32, 32) and encoder.patch_size == (8, 8, 8)
