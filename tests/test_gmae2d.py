@@ -411,3 +411,19 @@ def test_cli_device_defaults_to_auto_and_help_shows_defaults(cli_files, monkeypa
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
         assert all(s in text for s in shown), text
+
+
+def test_closing_summary_does_not_promise_fine_tuning_of_the_2d_encoder(tmp_path):
+    """No bundle fine-tunes a 2D encoder: the 2D summary says what encoder.pt is; the 3D one keeps fine-tuning."""
+    from medgmae.engine import MetricHistory
+    from medgmae.mae_training.summary import PretrainSummary
+    from medgmae.twod.gmae_validation import GMAE2DSummary
+
+    files = {n: str(tmp_path / n) for n in ("model.pt", "encoder.pt", "best_model.pt", "pictures", "curves", "tensorboard")}
+    s = {"epochs": 1, "model_kind": "gmae2d", "best_val_psnr": None, "best_epoch": None, "last_val_ssim": None,
+         "files": files, "next": {}}  # fmt: skip
+    line = [ln for ln in GMAE2DSummary(tmp_path, MetricHistory()).text(s).splitlines() if "encoder.pt" in ln][0]
+    assert "fine-tuning" not in line and "2D ViT encoder" in line
+    line3d = [ln for ln in PretrainSummary(tmp_path, MetricHistory(), "medgmae", [32] * 3).text(s).splitlines()
+              if "encoder.pt" in ln][0]  # fmt: skip
+    assert "fine-tuning" in line3d  # unetr_finetune reads the 3D encoder.pt
