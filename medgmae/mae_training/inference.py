@@ -58,6 +58,8 @@ def slices_figure(
         raise ValueError(f"slices_figure needs volumes and one name each, got {len(volumes)} and {len(names)}")
     if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
         raise ValueError(f"spacing must be three positive sizes in mm, got {spacing!r}")
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
     if any(v.ndim != 3 or v.shape != volumes[0].shape for v in volumes):
         raise ValueError(f"slices_figure needs 3D volumes of one shape, got {[v.shape for v in volumes]}")
     scale = size / max(n * s for n, s in zip(volumes[0].shape, sp))  # pixels per mm
