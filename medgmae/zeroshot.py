@@ -203,6 +203,6 @@ def zero_shot_gaussians(
     world = merged.transformed(prep[:3, :3], prep[:3, 3])
     to_scan = torch.from_numpy(np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ prep_affine)
     voxel = merged.transformed(to_scan[:3, :3], to_scan[:3, 3])
-    logger.info("zero-shot: %d Gaussians from %d windows of %s on a %s prepared grid", merged.num_gaussians,
-                len(tiles), win, n)  # fmt: skip
+    logger.info("zero-shot: %d Gaussians from %d %s of %s on a %s prepared grid", merged.num_gaussians, len(tiles),
+                "window" if len(tiles) == 1 else "windows", win, n)  # fmt: skip
     return ZeroShotResult(voxel, world, scan_shape, np.asarray(affine, dtype=np.float64), spec, np.concatenate(win_affines))

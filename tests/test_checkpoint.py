@@ -62,7 +62,7 @@ def test_encoder_file_carries_the_spec(tmp_path):
     model = _models()["medgmae"]
     torch.save(model.encoder_checkpoint(), tmp_path / "encoder.pt")
     ckpt = load_checkpoint(tmp_path / "encoder.pt", "medgmae-encoder")
-    assert ckpt.preprocessing == SPEC and ckpt.extra["source"] == "MedGMAE"
+    assert ckpt.preprocessing == SPEC and ckpt.extra["source"] == "medgmae"
     enc = MaskedViTEncoder(**ckpt.config)
     enc.load_state_dict(ckpt.state_dict)
 

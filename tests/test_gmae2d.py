@@ -394,3 +394,36 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(cli_files, capsys, tmp_path):
     torch.save({"kind": "gvit", "config": {}, "state_dict": {}}, d / "gvit.pt")
     assert main(["edges", "--checkpoint", str(d / "gvit.pt"), "--image", str(d / "img.png"), "--out", str(out)]) == 2
     assert "gvit" in capsys.readouterr().err
+
+
+def test_cli_device_defaults_to_auto_and_help_shows_defaults(cli_files, monkeypatch, capsys):
+    import medgmae.twod.cli as cli
+
+    _, ckpt, d = cli_files
+    asked = []
+    monkeypatch.setattr(cli, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    argv = ["--checkpoint", str(ckpt), "--image", str(d / "img.png"), "--out", str(d / "auto")]
+    assert main(["edges", *argv, "--granularities", "2"]) == 0
+    assert asked == ["auto"]  # the bundles' device setting: CUDA when available, else CPU
+    for command, shown in (("layers", ("(default: 16)", "(default: 32)", "(default: 0.05)", "(default: auto)")),
+                           ("edges", ("(default: 4 8 16)",))):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(s in text for s in shown), text
+
+
+def test_closing_summary_does_not_promise_fine_tuning_of_the_2d_encoder(tmp_path):
+    """No bundle fine-tunes a 2D encoder: the 2D summary says what encoder.pt is; the 3D one keeps fine-tuning."""
+    from medgmae.engine import MetricHistory
+    from medgmae.mae_training.summary import PretrainSummary
+    from medgmae.twod.gmae_validation import GMAE2DSummary
+
+    files = {n: str(tmp_path / n) for n in ("model.pt", "encoder.pt", "best_model.pt", "pictures", "curves", "tensorboard")}
+    s = {"epochs": 1, "model_kind": "gmae2d", "best_val_psnr": None, "best_epoch": None, "last_val_ssim": None,
+         "files": files, "next": {}}  # fmt: skip
+    line = [ln for ln in GMAE2DSummary(tmp_path, MetricHistory()).text(s).splitlines() if "encoder.pt" in ln][0]
+    assert "fine-tuning" not in line and "2D ViT encoder" in line
+    line3d = [ln for ln in PretrainSummary(tmp_path, MetricHistory(), "medgmae", [32] * 3).text(s).splitlines()
+              if "encoder.pt" in ln][0]  # fmt: skip
+    assert "fine-tuning" in line3d  # unetr_finetune reads the 3D encoder.pt

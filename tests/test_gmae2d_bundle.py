@@ -207,3 +207,13 @@ def test_string_flags_turn_amp_and_resume_off(tmp_path, value):
     assert _checkpointer(off).resume is False
     cpu = _resolved(tmp_path / "cpu", amp=True, device_obj="$torch.device('cpu')")
     assert cpu.get_parsed_content("train#trainer").bf16 is False  # amp is bf16 autocast on CUDA only
+
+
+def test_console_defaults_match_the_3d_bundles():
+    """The progress bar is on by default, as in medgmae_pretrain and unetr_finetune, and no per-iteration loss line
+    is printed through it (one line per epoch, as there)."""
+    configs = {name: json.loads((BUNDLE.parent / name / "configs" / "train.json").read_text())
+               for name in ("gmae2d_pretrain", "medgmae_pretrain", "unetr_finetune")}  # fmt: skip
+    assert {name: c["progress_bar"] for name, c in configs.items()} == dict.fromkeys(configs, True)
+    stats = [h for h in configs["gmae2d_pretrain"]["train"]["handlers"] if isinstance(h, dict) and h["_target_"] == "StatsHandler"]
+    assert stats and all(h.get("iteration_log") is False for h in stats)

@@ -295,3 +295,25 @@ def test_handlers_are_config_a_user_can_add_and_override(tmp_path):
     assert isinstance(handlers[4], GradientClipHandler) and handlers[3].log_every == 1
     assert all((tmp_path / "clipped" / "run" / "checkpoints" / ph / "checkpoint_epoch=1.pt").is_file()
                for ph in ("warmup", "classifier", "joint"))  # fmt: skip
+
+
+def test_summary_after_evaluation_suggests_no_evaluation(tmp_path, caplog):
+    """After training the summary suggests evaluating the model; after an evaluation it suggests nothing (the
+    evaluation has just run)."""
+    from medgmae.twod.gvit_summary import gvit_summary
+
+    metrics = {"accuracy": 0.5, "per_class_accuracy": {"a": 1.0, "b": 0.0}, "num_images": 2, "split": "val",
+               "confusion_matrix": [[1, 0], [1, 0]], "class_names": ["a", "b"], "data": {"num_phantoms": 3, "seed": 0,
+               "val_fraction": 0.2}}  # fmt: skip
+    for folder in (tmp_path, tmp_path / "eval"):
+        folder.mkdir(exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    with caplog.at_level("INFO", logger="medgmae.twod"):
+        trained = gvit_summary(tmp_path)
+        assert "evaluate.json" in trained["next"]["evaluate"] and "next:" in caplog.text
+        caplog.clear()
+        evaluated = gvit_summary(tmp_path / "eval", tmp_path, stage="evaluation")
+    assert evaluated["next"] == {} and "next:" not in caplog.text and "evaluate.json" not in caplog.text
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["next"] == {}
+    with pytest.raises(ValueError, match="stage"):
+        gvit_summary(tmp_path, stage="testing")

@@ -172,3 +172,52 @@ def test_bad_inputs_are_named():
         zero_shot_gaussians(bad, np.eye(4), probe, spec=SPEC, decode=probe.decode)
     with pytest.raises(ValueError, match="overlap"):
         zero_shot_gaussians(np.zeros((4, 4, 4)), np.eye(4), probe, spec=SPEC, overlap=24, decode=probe.decode)
+
+
+# ------------------------------------------------------------------------------------------------ written files
+def _written_outputs(tmp_path, rendered: np.ndarray, affine: np.ndarray, scan: np.ndarray) -> dict:
+    """What inference writes for a given scan and rendering (the model's part replaced by the given arrays)."""
+    import nibabel as nib
+
+    from medgmae.mae_training.inference import GaussianInference
+    from medgmae.zeroshot import ZeroShotResult
+
+    nib.save(nib.Nifti1Image(scan, affine), str(tmp_path / "case.nii.gz"))
+    g = Gaussians3D(torch.full((1, 1, 3), 4.0), torch.ones(1, 1, 3), torch.tensor([[[1.0, 0, 0, 0]]]), torch.ones(1, 1))
+    res = ZeroShotResult(g, g, scan.shape, affine, PreprocessingSpec(), np.eye(4)[None])  # window -175..250 HU -> 0..1
+    inference = GaussianInference(tmp_path / "model.pt", tmp_path / "case.nii.gz", tmp_path / "out", device="cpu")
+    return inference._write(scan, affine, res, rendered)
+
+
+def test_rendered_nifti_stays_within_the_hu_window(tmp_path):
+    """Renderings past the model's intensity range (overlapping Gaussians, MedGMAE*'s added levels) are written at
+    the window's ends, -175 and 250 HU, not extrapolated; values inside map linearly."""
+    import nibabel as nib
+
+    rendered = np.full((6, 6, 6), 3.57, np.float32)  # 3.57 would be -175 + 3.57 * 425 = 1342 HU
+    rendered[:, :, 3:] = -0.5
+    rendered[0, 0, 0] = 0.3
+    paths = _written_outputs(tmp_path, rendered, np.eye(4), np.zeros((6, 6, 6), np.float32))
+    hu = nib.load(str(paths["nifti"])).get_fdata()
+    assert hu[1, 1, 1] == pytest.approx(250.0) and hu[1, 1, 4] == pytest.approx(-175.0)
+    assert hu[0, 0, 0] == pytest.approx(-47.5, abs=1e-3) and hu.max() <= 250.0 + 1e-4 and hu.min() >= -175.0 - 1e-4
+
+
+@pytest.mark.parametrize("direction", [(1, 1, 1), (-1, -1, 1)])
+def test_slices_png_is_drawn_to_scale(tmp_path, direction):
+    """A 20 mm cube in voxels of 1 x 1 x 2.5 mm (RAS or LPS order) is a square in the three views of the input."""
+    from PIL import Image
+    from scipy import ndimage
+
+    affine = np.diag([*(np.array(direction) * [1.0, 1.0, 2.5]), 1.0])
+    scan = np.full((40, 40, 16), -1000.0, np.float32)
+    scan[10:30, 10:30, 4:12] = 100.0  # 20 x 20 voxels of 1 mm, 8 slices of 2.5 mm
+    paths = _written_outputs(tmp_path, np.zeros(scan.shape, np.float32), affine, scan)
+    img = np.asarray(Image.open(paths["png"]).convert("L"))
+    grey = round(255 * (100.0 + 175.0) / 425.0)  # the cube's windowed grey
+    labels, _ = ndimage.label(img == grey)
+    boxes = [(r.stop - r.start, c.stop - c.start) for r, c in ndimage.find_objects(labels)]
+    cubes = [(h, w) for h, w in boxes if h * w > 100]  # not the specks of the labels' lettering
+    assert len(cubes) == 3, boxes  # sagittal, coronal and axial of the input row
+    for height, width in cubes:
+        assert height > 60 and abs(height / width - 1) < 0.05, (height, width)  # enlarged, and square

@@ -1,7 +1,7 @@
 """Pre-trained encoder weights into UNETR: strict loading, network construction, layer-wise LR decay, freezing.
 
 ``encoder.pt`` (written by pre-training) holds ``{"kind": "medgmae-encoder", "config": MaskedViTEncoder.config(),
-"state_dict": ..., "source": <model class>}``. Its tensors go into ``network.vit`` of either
+"state_dict": ..., "extra": {"source": <model kind>}}``. Its tensors go into ``network.vit`` of either
 :class:`~medgmae.networks.unetr.MedGMAEUNETR` (any patch size; every tensor, class token included) or MONAI's
 :class:`~monai.networks.nets.UNETR` (16^3 patches, 12 blocks; its ViT has no class token, so ``cls_token`` is the
 one tensor left out, and said so in the log). Any other missing, unexpected or mis-shaped tensor is an error.

@@ -22,8 +22,9 @@ logger = logging.getLogger("medgmae.mae_training")
 def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, Path]:
     """Write ``encoder.pt`` and ``model.pt`` atomically into ``output_dir``.
 
-    ``encoder.pt``: ``{"kind": "medgmae-encoder", "config", "state_dict", "source"}``; ``model.pt``:
-    ``{"kind": "medgmae" | "medgmae-star" | "voxel-mae", "config", "state_dict"}``.
+    ``encoder.pt``: ``{"kind": "medgmae-encoder", "config", "state_dict", "extra": {"source": <model kind>}}``;
+    ``model.pt``: ``{"kind": <model kind>, "config", "state_dict"}``, the model kind being ``"medgmae"``,
+    ``"medgmae-star"`` or ``"voxel-mae"``.
 
     Args:
         network: MedGMAE / VoxelMAE, optionally wrapped in DDP.

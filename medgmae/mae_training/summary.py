@@ -95,6 +95,7 @@ class PretrainSummary:
         self.writer = summary_writer
         self.title = "pre-training finished"
         self.model_note = "last epoch" + ("" if self.model_kind == "voxel-mae" else ": zero-shot inference, reconstruction init")
+        self.encoder_note = "encoder for fine-tuning"
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -129,7 +130,7 @@ class PretrainSummary:
             f"{self.title}: {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} of {s['model_kind']}; {best}"
             + (f" (last SSIM {last:.4f})" if last is not None else ""),
             f"  {MODEL_FILE:<14} {f[MODEL_FILE]}  ({self.model_note})",
-            f"  {ENCODER_FILE:<14} {f[ENCODER_FILE]}  (encoder for fine-tuning)",
+            f"  {ENCODER_FILE:<14} {f[ENCODER_FILE]}  ({self.encoder_note})",
             f"  {BEST_MODEL_FILE:<14} {f[BEST_MODEL_FILE]}  (best validation PSNR, model.pt format)",
             f"  {'pictures':<14} {f['pictures']}  and curves {f['curves']}",
             f"  {'TensorBoard':<14} tensorboard --logdir {shlex.quote(f['tensorboard'])}",

@@ -243,9 +243,11 @@ class MaskedAutoencoder(nn.Module):
 
     def encoder_checkpoint(self) -> dict:
         """The ``encoder.pt`` payload (:mod:`medgmae.checkpoint` format, kind ``medgmae-encoder``) read by
-        fine-tuning, with the pre-processing record."""
+        fine-tuning, with the pre-processing record; ``extra["source"]`` is the kind of the model it came from
+        (``medgmae``, ``medgmae-star``, ``voxel-mae``, as in its ``model.pt``; files written before named the model
+        class there, e.g. ``MedGMAE``, and load alike: nothing reads it back)."""
         return make_checkpoint(ENCODER_KIND, self.encoder.config(), self.encoder_state_dict(), self.preprocessing,
-                               extra={"source": type(self).__name__, **self._data_extra()})  # fmt: skip
+                               extra={"source": self.kind, **self._data_extra()})  # fmt: skip
 
     def model_checkpoint(self) -> dict:
         """The ``model.pt`` payload (:mod:`medgmae.checkpoint` format) with the pre-processing record and, when set,

@@ -43,6 +43,8 @@ from medgmae.twod.windows import recorded_window, window_setting
 
 __all__ = ["main", "build_parser"]
 
+_GRANULARITIES = (4, 8, 16)  # default --granularities of ``edges``
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medgmae-2d", description=__doc__.split("\n\n")[0])
@@ -56,22 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="intensity window for NIfTI/DICOM (e.g. HU), mapped to 0..1; default: the window recorded "
                              "in the checkpoint at training, else each image's DICOM window or 0.5/99.5 percentiles; "
                              "refused for PNG/JPEG")  # fmt: skip
-    common.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
-    common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"), help="renderer backend")
+    common.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
+                        "(default: %(default)s)")
+    common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"),
+                        help="renderer backend (default: %(default)s)")
     common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the model's)")
-    common.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer")
+    common.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer (default: %(default)s)")
 
     p = sub.add_parser("layers", parents=[common], help="layer stack and partial renders as PNG grids")
-    p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups")
-    p.add_argument("--first-count", type=positive_int, default=32, help="smallest K of the partial renders (then doubled)")
+    p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups (default: %(default)s)")
+    p.add_argument("--first-count", type=positive_int, default=32, help="smallest K of the partial renders, then doubled (default: %(default)s)")
 
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask")
-    p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups")
+    p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups (default: %(default)s)")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
     p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities")
-    p.add_argument("--granularities", type=positive_int, nargs="+", default=[4, 8, 16], help="numbers of layers, l@L")
+    p.add_argument("--granularities", type=positive_int, nargs="+", default=list(_GRANULARITIES),
+                   help=f"numbers of layers, l@L (default: {' '.join(map(str, _GRANULARITIES))})")
     return parser
 
 

@@ -168,6 +168,7 @@ class GMAE2DSummary(PretrainSummary):
         super().__init__(output_dir, history, model_kind="gmae2d", roi_size=[], example_image=example_image, **kwargs)
         self.title = "2D GMAE pre-training finished"
         self.model_note = "last epoch: zero-shot layers, figure-ground, edges"
+        self.encoder_note = "the 2D ViT encoder's weights alone, to initialise your own 2D model; no bundle here uses it"
 
     def commands(self) -> dict[str, str]:
         model, image = shlex.quote(str(self.out / "model.pt")), shlex.quote(self.example_image or "slice.png")

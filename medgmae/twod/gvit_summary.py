@@ -2,8 +2,8 @@
 
 :func:`gvit_summary` reads what :func:`~medgmae.twod.gvit_eval.evaluate_gvit` wrote (``metrics.json``,
 ``confusion_matrix.png``, ``explanations/``), logs the accuracy, per-class accuracy and the confusion matrix as a
-text table, where the PNGs and ``model.pt`` are, and the evaluation command, and saves the same as
-``summary.json`` beside ``metrics.json``. The ``gvit_classification`` bundle calls it after training and after
+text table, where the PNGs and ``model.pt`` are, and (after training) the evaluation command, and saves the same
+as ``summary.json`` beside ``metrics.json``. The ``gvit_classification`` bundle calls it after training and after
 evaluation.
 """
 
@@ -47,20 +47,27 @@ def evaluate_command(run_dir: str | Path, data: dict | None = None) -> str:
     return cmd
 
 
-def gvit_summary(results_dir: str | Path, run_dir: str | Path | None = None, max_listed: int = 3) -> dict:
+def gvit_summary(
+    results_dir: str | Path, run_dir: str | Path | None = None, max_listed: int = 3, stage: str = "training"
+) -> dict:
     """Log and save (``summary.json``) the closing summary of a GViT training or evaluation.
 
     Args:
         results_dir: the folder holding ``metrics.json``, ``confusion_matrix.png`` and ``explanations/``.
         run_dir: the training run folder (``model.pt``, ``checkpoints/``); ``results_dir`` when None.
         max_listed: explanation PNGs named in the log.
+        stage: ``"training"`` (``next`` holds the evaluation command) or ``"evaluation"`` (``next`` is empty: the
+            evaluation has just run).
 
     Returns:
         The summary.
 
     Raises:
+        ValueError: ``stage`` is neither ``"training"`` nor ``"evaluation"``.
         FileNotFoundError: ``metrics.json`` is missing (the evaluation did not run).
     """
+    if stage not in ("training", "evaluation"):
+        raise ValueError(f"stage must be 'training' or 'evaluation', got {stage!r}")
     results, run = Path(results_dir), Path(run_dir or results_dir)
     metrics_path = results / "metrics.json"
     if not metrics_path.is_file():
@@ -83,12 +90,12 @@ def gvit_summary(results_dir: str | Path, run_dir: str | Path | None = None, max
             "checkpoints": str(run / "checkpoints"),
         },
         "explanation_files": [str(p) for p in explanations],
-        "next": {"evaluate": evaluate_command(run, m.get("data"))},
+        "next": {"evaluate": evaluate_command(run, m.get("data"))} if stage == "training" else {},
     }
     if is_main_process():
         per_class = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["per_class_accuracy"].items())
         lines = [
-            f"GViT finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})"
+            f"GViT {stage} finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})"
             + (f", {s['split']} split of {s['dataset'] or 'the phantom task'}" if s["split"] else ""),
             "confusion matrix (rows = true class):",
             confusion_table(m.get("confusion_matrix", []), m.get("class_names", [])),
@@ -97,8 +104,7 @@ def gvit_summary(results_dir: str | Path, run_dir: str | Path | None = None, max
             f"  {'confusion matrix':<18} {s['files']['confusion_matrix']}",
             f"  {'explanations':<18} {len(explanations)} PNGs in {s['files']['explanations']} (image | 2-sigma ellipses, "
             "small det(Sigma) yellow | rendering)" + "".join(f"\n{'':<22}{p.name}" for p in explanations[:max_listed]),
-            "next:",
-        ] + [f"  {k}: {v}" for k, v in s["next"].items()]
+        ] + (["next:"] if s["next"] else []) + [f"  {k}: {v}" for k, v in s["next"].items()]
         logger.info("\n%s", "\n".join(lines))
         save_json_atomic(s, results / "summary.json")
     return s
