@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.metrics import DiceMetric
+from monai.metrics import DiceMetric, do_metric_reduction
 from monai.transforms import MapTransform
 
 from medgmae.data.reader import volume_stem
@@ -67,8 +67,10 @@ def per_case_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 class SegmentationReport:
     """Collect per-case Dice over an evaluator run; write ``metrics.json`` and ``per_case_dice.csv``.
 
-    ``metrics.json`` holds ``mean_dice`` (mean over all case/class values, as MONAI's ``MeanDice``), per-class
-    means under ``dice_per_class`` (by label name), the number of cases, and ``extra`` (e.g. the checkpoint used).
+    ``metrics.json`` holds ``mean_dice`` (MONAI's ``MeanDice`` reduction of the same float32 values: the mean over
+    cases of each case's mean over its classes present in the reference, so the log's "mean Dice" and the
+    evaluator's key metric are one number), per-class means under ``dice_per_class`` (by label name), the number of
+    cases, and ``extra`` (e.g. the checkpoint used).
 
     Args:
         output_dir: folder for the two files.
@@ -107,7 +109,8 @@ class SegmentationReport:
         with warnings.catch_warnings():  # an all-NaN class (absent from every reference) has no mean
             warnings.simplefilter("ignore", RuntimeWarning)
             per_class = np.nanmean(values, axis=0) if len(values) else np.full(len(self.names) - 1, np.nan)
-            mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        finite = np.isfinite(values).any()
+        mean = do_metric_reduction(torch.as_tensor(values, dtype=torch.float32), "mean")[0].item() if finite else math.nan
         clean = lambda v: None if not math.isfinite(v) else float(v)  # noqa: E731  JSON has no NaN
         return {
             "mean_dice": clean(mean),
@@ -129,7 +132,8 @@ class SegmentationReport:
                     finite = [d for d in dice if math.isfinite(d)]
                     mean = sum(finite) / len(finite) if finite else float("nan")
                     w.writerow([name, image, _fmt(mean)] + [_fmt(d) for d in dice])
-        logger.info("mean Dice %s over %d cases -> %s", self.metrics["mean_dice"], len(self.rows), self.output_dir)
+        n = len(self.rows)
+        logger.info("mean Dice %s over %d case%s -> %s", self.metrics["mean_dice"], n, "" if n == 1 else "s", self.output_dir)
         return self.metrics
 
 
