@@ -39,7 +39,7 @@ from medgmae.data.datalist import DatasetError
 from medgmae.files import atomic_write
 from medgmae.finetune.data import FOREGROUND_CROP, label_names
 from medgmae.finetune.run_record import run_datalist
-from medgmae.finetune.weights import load_finetuned
+from medgmae.finetune.best_model import load_finetuned
 from medgmae.preprocessing import PreprocessingSpec
 
 #: largest |traced - eager| accepted on a random patch (float32 logits of order 1-10)
