@@ -105,7 +105,8 @@ def describe_network(
         f"UNETR fine-tuned for {len(names)}-class segmentation (background and {len(names) - 1} structures) on "
         f"{size} crops at {' x '.join(f'{s:g}' for s in spec.spacing)} mm ({spec.orientation}) with HU window "
         f"[{spec.hu_window[0]:g}, {spec.hu_window[1]:g}] scaled to [{spec.intensity_range[0]:g}, "
-        f"{spec.intensity_range[1]:g}]. The network takes patches of exactly {size} voxels ({in_channels} channel(s)) "
+        f"{spec.intensity_range[1]:g}]. The network takes patches of exactly {size} voxels ({in_channels} channel"
+        f"{'' if in_channels == 1 else 's'}) "
         f"and returns {len(names)} channels of logits: segment a whole scan with sliding windows of that size "
         f"(MONAI's sliding_window_inference; see 'inference')."
     )
