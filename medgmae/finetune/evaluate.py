@@ -109,8 +109,9 @@ class SegmentationReport:
         with warnings.catch_warnings():  # an all-NaN class (absent from every reference) has no mean
             warnings.simplefilter("ignore", RuntimeWarning)
             per_class = np.nanmean(values, axis=0) if len(values) else np.full(len(self.names) - 1, np.nan)
-        finite = np.isfinite(values).any()
-        mean = do_metric_reduction(torch.as_tensor(values, dtype=torch.float32), "mean")[0].item() if finite else math.nan
+        mean = math.nan  # MeanDice's reduction of its float32 values (it would give 0 when no class is present)
+        if np.isfinite(values).any():
+            mean = do_metric_reduction(torch.as_tensor(values, dtype=torch.float32), "mean")[0].item()
         clean = lambda v: None if not math.isfinite(v) else float(v)  # noqa: E731  JSON has no NaN
         return {
             "mean_dice": clean(mean),
@@ -133,7 +134,8 @@ class SegmentationReport:
                     mean = sum(finite) / len(finite) if finite else float("nan")
                     w.writerow([name, image, _fmt(mean)] + [_fmt(d) for d in dice])
         n = len(self.rows)
-        logger.info("mean Dice %s over %d case%s -> %s", self.metrics["mean_dice"], n, "" if n == 1 else "s", self.output_dir)
+        cases = f"{n} case{'' if n == 1 else 's'}"
+        logger.info("mean Dice %s over %s -> %s", self.metrics["mean_dice"], cases, self.output_dir)
         return self.metrics
 
 

@@ -95,8 +95,9 @@ def describe_network(
     fmt = template.get("network_data_format", {})
     image = {"type": "image", "format": "hounsfield", "modality": "CT", "dtype": "float32", "is_patch_data": True,
              **fmt.get("inputs", {}).get("image", {})}  # fmt: skip
+    channels = {str(c): "image" if in_channels == 1 else f"image channel {c}" for c in range(in_channels)}
     image.update(num_channels=in_channels, spatial_shape=list(roi), value_range=list(spec.intensity_range),
-                 channel_def={str(c): "image" if in_channels == 1 else f"image channel {c}" for c in range(in_channels)})
+                 channel_def=channels)
     pred = {"type": "image", "format": "segmentation", "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
             **fmt.get("outputs", {}).get("pred", {})}  # fmt: skip
     pred.update(num_channels=len(names), spatial_shape=list(roi), channel_def={str(c): n for c, n in enumerate(names)})
