@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -245,6 +246,10 @@ def _check_progress_pictures_and_summary(out: Path, log: str) -> None:
     assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
     assert "epoch 1/1: train_loss" in log and "Iter: 1/" not in log  # one line per epoch, not per iteration
     assert "fine-tuning finished: 1 epoch; best validation mean Dice" in log and "| liver |" in log
+    assert "per-class Dice of the last validation (1 case):" in log
+    # the evaluator's key metric (MONAI's MeanDice) and the report's mean Dice are one number
+    best = re.search(r"Got new best metric of val_mean_dice: (\S+)", log).group(1)
+    assert re.search(r"mean Dice (\S+) over 1 case ", log).group(1) == best
     assert torch.load(out / "best_model.pt", weights_only=True)["kind"] == "medgmae-unetr"
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
@@ -303,8 +308,10 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
         assert torch.equal(weights, ckpt["objects"]["network"][name]), name
     assert torch.load(straight / "best_model.pt", weights_only=True)["extra"] == torch.load(out / "best_model.pt", weights_only=True)["extra"]
 
-    run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")
+    proc = run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")
+    assert "Got new best metric" not in proc.stdout + proc.stderr  # a one-off evaluation has no "best"
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert f"mean Dice {metrics['mean_dice']} over 1 case " in proc.stdout + proc.stderr
     assert metrics["num_cases"] == 1 and len(metrics["dice_per_class"]) == 17
     assert 0.0 <= metrics["mean_dice"] <= 1.0
     with open(out / "eval" / "per_case_dice.csv") as f:
@@ -436,6 +443,39 @@ def test_segmentation_report_analytic_dice(tmp_path):
     assert rows == [{"case": "case_0042", "image": "/data/case_0042.nii.gz", "mean_dice": "0.750000", "liver": "0.750000", "spleen": ""}]
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
+
+
+def test_segmentation_report_mean_is_monais_mean_dice(tmp_path):
+    """The report's mean Dice is MONAI's (the validation key metric) to the last bit: the mean over cases of each
+    case's mean over its classes present in the reference, in float32; not the mean of all case/class values."""
+    from monai.metrics import DiceMetric
+
+    from medgmae.finetune.evaluate import SegmentationReport
+
+    rng = np.random.default_rng(7)
+    onehot = lambda a: torch.nn.functional.one_hot(torch.as_tensor(a).long(), 4).permute(3, 0, 1, 2).float()  # noqa: E731
+    refs = [rng.integers(0, 4, (9, 8, 7)) for _ in range(3)]
+    refs[0][refs[0] == 3] = 0  # class 3 absent from one reference: NaN there, ignored
+    preds = [np.where(rng.random(r.shape) < 0.6, r, rng.integers(0, 4, r.shape)) for r in refs]
+    items = [{"pred": onehot(p), "label": onehot(r)} for p, r in zip(preds, refs)]
+    report = SegmentationReport(tmp_path, ["background", "a", "b", "c"])
+    report._collect(SimpleNamespace(state=SimpleNamespace(output=items)))
+    monai_dice = DiceMetric(include_background=False, reduction="mean")  # what MeanDice computes
+    for item in items:
+        monai_dice(item["pred"][None], item["label"][None])
+    assert report.write()["mean_dice"] == monai_dice.aggregate().item()
+
+
+def test_summary_counts_one_validation_case_in_the_singular(tmp_path):
+    from medgmae.finetune.report import FinetuneSummary
+
+    report = SimpleNamespace(metrics={"mean_dice": 0.5, "dice_per_class": {"liver": 0.5}, "num_cases": 1},
+                             output_dir=tmp_path / "validation")
+    saver = SimpleNamespace(best=0.5, best_epoch=1, path=tmp_path / "best_model.pt")
+    text, _ = FinetuneSummary(tmp_path, report, saver).text(1)
+    assert "(1 case):" in text
+    report.metrics["num_cases"] = 2
+    assert "(2 cases):" in FinetuneSummary(tmp_path, report, saver).text(1)[0]
 
 
 def test_spacing_override_warns_naming_both(tmp_path, caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,45 @@ def test_export_matches_the_network_and_carries_the_spec(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(traced(x), net(x), atol=1e-4, rtol=1e-4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "model.ts"]  # no temporary file left
+
+
+def _network_data_format_matches(model_ts: Path) -> tuple[dict, torch.Tensor]:
+    """MONAI's ``network_data_format`` read back with plain MONAI, checked against a forward pass of the file."""
+    from monai.data import load_net_with_metadata
+
+    net, meta, _ = load_net_with_metadata(str(model_ts), map_location=torch.device("cpu"))
+    fmt = meta["network_data_format"]
+    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    x = torch.rand(1, image["num_channels"], *image["spatial_shape"])
+    with torch.no_grad():
+        y = net(x)
+    assert list(y.shape[1:]) == [pred["num_channels"], *pred["spatial_shape"]]
+    assert len(pred["channel_def"]) == pred["num_channels"] and len(image["channel_def"]) == image["num_channels"]
+    return meta, y
+
+
+def test_network_data_format_describes_the_exported_network(tmp_path):
+    """model.ts's standard MONAI metadata follows the run (its patch, classes, spacing, window), not the bundle's
+    96^3 / 14-class template; class names come from the datalist the run recorded."""
+    _finetuned(tmp_path / "best_model.pt", out_channels=4)
+    names = {"0": "background", "1": "liver", "2": "spleen", "3": "left kidney"}
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": names, "training": [], "validation": []}))
+    (tmp_path / "training_cases.json").write_text(json.dumps({"datalist": str(tmp_path / "dataset.json")}))
+    export_torchscript(tmp_path / "best_model.pt", tmp_path / "model.ts", CONFIGS / "metadata.json")
+    meta, y = _network_data_format_matches(tmp_path / "model.ts")
+    assert tuple(y.shape) == (1, 4, 24, 24, 12)
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert pred["channel_def"] == names and meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [24, 24, 12]
+    assert meta["network_data_format"]["inputs"]["image"]["modality"] == "CT"  # the template's other keys stay
+    assert "24x24x12" in meta["description"] and "0.8 x 1.1 x 2.5 mm" in meta["description"]
+    assert "[-300, 400]" in meta["description"] and "96" not in meta["description"]
+
+
+def test_network_data_format_without_a_run_record_names_classes_generically(tmp_path):
+    _finetuned(tmp_path / "best_model.pt", out_channels=3)
+    export_torchscript(tmp_path / "best_model.pt", tmp_path / "model.ts")  # no template, no training_cases.json
+    meta, _ = _network_data_format_matches(tmp_path / "model.ts")
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "class_1", "2": "class_2"}
 
 
 def test_load_exported_refuses_other_files(tmp_path):

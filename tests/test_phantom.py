@@ -108,3 +108,36 @@ def test_cli_writes(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "d"), "--num-cases", "1", "--shape", "24", "24", "16", "--spacing", "5"]) == 0
     assert "dataset.json" in capsys.readouterr().out
     assert (tmp_path / "d" / "labelsTr" / "case_0000.nii.gz").is_file()
+
+
+def test_cli_holds_out_one_validation_case_of_a_small_set(tmp_path, capsys):
+    """3 cases (3 // 5 = 0) still give a validation list, which fine-tuning needs; the help says so."""
+    assert main(["--out", str(tmp_path / "d"), "--num-cases", "3", "--shape", "16", "16", "12", "--spacing", "8"]) == 0
+    doc = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert (len(doc["training"]), len(doc["validation"])) == (2, 1)
+    assert "2 training + 1 validation cases" in capsys.readouterr().out
+    from medgmae.data.phantom.cli import build_parser
+
+    assert "at least 1" in " ".join(build_parser().format_help().split())
+
+
+def test_an_empty_validation_list_says_how_to_add_one(tmp_path):
+    """The error on a phantom set without validation cases gives a medgmae-phantom command; running it makes the
+    same cases' dataset with a validation list."""
+    import shlex
+
+    from medgmae.data.datalist import DatasetError, read_datalist
+
+    path = write_phantom_dataset(tmp_path / "ds", 2, seed=4, shape=(16, 16, 12), spacing=(8.0, 8.0, 8.0),
+                                 num_validation=0)
+    with pytest.raises(DatasetError, match="'validation' list is empty") as err:
+        read_datalist(path, "validation")
+    command = str(err.value).split("medgmae-phantom ", 1)[1]
+    assert main(shlex.split(command)) == 0
+    doc = json.loads(path.read_text())
+    assert doc["phantom"]["seed"] == 4 and doc["phantom"]["shape"] == [16, 16, 12] and len(doc["validation"]) == 1
+    assert len(read_datalist(path, "validation")) == 1
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": "b.nii.gz"}], "validation": []}))
+    with pytest.raises(DatasetError, match='add a "validation" list'):
+        read_datalist(plain, "validation")

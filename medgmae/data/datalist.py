@@ -113,6 +113,22 @@ def load_datalist_json(path: str | Path) -> dict:
     return content
 
 
+def _empty_list_hint(path: Path, key: str, content: dict) -> str:
+    """How to give a datalist the ``validation`` list it lacks ("" for other lists)."""
+    if key != "validation":
+        return ""
+    phantom = content.get("phantom")
+    if isinstance(phantom, dict) and "num_cases" in phantom:
+        flags = {k: phantom[k] if isinstance(phantom[k], list) else [phantom[k]]
+                 for k in ("num_cases", "seed", "shape", "spacing") if k in phantom}  # fmt: skip
+        flags["num_cases"] = [max(2, int(phantom["num_cases"]))]  # one training case stays
+        same = "".join(f" --{k.replace('_', '-')} {' '.join(map(str, v))}" for k, v in flags.items())
+        return (f"; write the phantoms again with a case held out for validation: medgmae-phantom --out {path.parent}"
+                f"{same} --num-validation 1")
+    return ('; add a "validation" list of {"image": ..., "label": ...} cases (not those of "training") to the '
+            "datalist")
+
+
 def read_datalist(
     datalist: str | Path, key: str = "training", data_dir: str | Path | None = None, required: bool = True
 ) -> list[dict]:
@@ -137,7 +153,7 @@ def read_datalist(
     if not items:
         if required:
             what = "is empty" if key in content else f"is missing (the file has {sorted(content)})"
-            raise DatasetError(f"datalist {path}: the '{key}' list {what}")
+            raise DatasetError(f"datalist {path}: the '{key}' list {what}{_empty_list_hint(path, key, content)}")
         return []
     base = Path(data_dir).expanduser() if data_dir else path.parent
     out = []

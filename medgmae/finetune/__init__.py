@@ -18,11 +18,10 @@ from medgmae.finetune.data import (
 )
 from medgmae.finetune.report import FinetuneSummary, SegmentationPicture, dice_table, segmentation_figure
 from medgmae.finetune.evaluate import SaveSegmentationd, SegmentationReport, check_num_classes, per_case_dice
+from medgmae.finetune.best_model import BestCheckpointSaver, load_finetuned
 from medgmae.finetune.weights import (
-    BestCheckpointSaver,
     build_unetr,
     layer_id,
-    load_finetuned,
     load_pretrained_encoder,
     param_groups,
     pretrained_check,

@@ -275,7 +275,7 @@ def finetuned_spec(
 ) -> PreprocessingSpec:
     """The pre-processing recorded in a fine-tuned ``best_model.pt``, with optional overrides (warned about)."""
     from medgmae.checkpoint import load_checkpoint
-    from medgmae.finetune.weights import FINETUNED_KIND
+    from medgmae.finetune.best_model import FINETUNED_KIND
 
     ckpt = load_checkpoint(checkpoint, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run")
     return spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint))

@@ -17,7 +17,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.metrics import DiceMetric
+from monai.metrics import DiceMetric, do_metric_reduction
 from monai.transforms import MapTransform
 
 from medgmae.data.reader import volume_stem
@@ -66,8 +66,10 @@ def per_case_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 class SegmentationReport:
     """Collect per-case Dice over an evaluator run; write ``metrics.json`` and ``per_case_dice.csv``.
 
-    ``metrics.json`` holds ``mean_dice`` (mean over all case/class values, as MONAI's ``MeanDice``), per-class
-    means under ``dice_per_class`` (by label name), the number of cases, and ``extra`` (e.g. the checkpoint used).
+    ``metrics.json`` holds ``mean_dice`` (MONAI's ``MeanDice`` reduction of the same float32 values: the mean over
+    cases of each case's mean over its classes present in the reference, so the log's "mean Dice" and the
+    evaluator's key metric are one number), per-class means under ``dice_per_class`` (by label name), the number of
+    cases, and ``extra`` (e.g. the checkpoint used).
 
     Args:
         output_dir: folder for the two files.
@@ -106,7 +108,9 @@ class SegmentationReport:
         with warnings.catch_warnings():  # an all-NaN class (absent from every reference) has no mean
             warnings.simplefilter("ignore", RuntimeWarning)
             per_class = np.nanmean(values, axis=0) if len(values) else np.full(len(self.names) - 1, np.nan)
-            mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        mean = math.nan  # MeanDice's reduction of its float32 values (it would give 0 when no class is present)
+        if np.isfinite(values).any():
+            mean = do_metric_reduction(torch.as_tensor(values, dtype=torch.float32), "mean")[0].item()
         clean = lambda v: None if not math.isfinite(v) else float(v)  # noqa: E731  JSON has no NaN
         return {
             "mean_dice": clean(mean),
@@ -128,7 +132,9 @@ class SegmentationReport:
                     finite = [d for d in dice if math.isfinite(d)]
                     mean = sum(finite) / len(finite) if finite else float("nan")
                     w.writerow([name, image, _fmt(mean)] + [_fmt(d) for d in dice])
-        logger.info("mean Dice %s over %d cases -> %s", self.metrics["mean_dice"], len(self.rows), self.output_dir)
+        n = len(self.rows)
+        cases = f"{n} case{'' if n == 1 else 's'}"
+        logger.info("mean Dice %s over %s -> %s", self.metrics["mean_dice"], cases, self.output_dir)
         return self.metrics
 
 

@@ -11,6 +11,10 @@ bundle's metadata plus:
 * ``roi_size``, ``in_channels``, ``out_channels``: the patch the network takes, ``(B, in_channels, *roi_size)`` in
   the RAS-ordered frame of the spec, and the number of output classes (logits, ``(B, out_channels, *roi_size)``);
 * ``source``: the checkpoint it was exported from;
+* ``network_data_format`` and ``description`` (MONAI's standard keys, from the bundle's template) rewritten for this
+  network: input ``(in_channels, *roi_size)`` in the spec's intensity range, output ``out_channels`` logits with the
+  run's class names (from the datalist its ``training_cases.json`` beside the checkpoint names; ``class_<i>`` where
+  unknown), and the run's patch, spacing and HU window in the description;
 * ``inference``: the rest of the bundle's segmentation recipe (``inference.json``), which the spec alone does not
   give: after the spec's transforms the image is cropped to the box of its voxels above 0
   (``CropForegroundd(source_key="image", allow_smaller=True)``: outside it the prediction is background), then
@@ -31,9 +35,11 @@ from pathlib import Path
 
 import torch
 
+from medgmae.data.datalist import DatasetError
 from medgmae.files import atomic_write
-from medgmae.finetune.data import FOREGROUND_CROP
-from medgmae.finetune.weights import load_finetuned
+from medgmae.finetune.data import FOREGROUND_CROP, label_names
+from medgmae.finetune.run_record import run_datalist
+from medgmae.finetune.best_model import load_finetuned
 from medgmae.preprocessing import PreprocessingSpec
 
 #: largest |traced - eager| accepted on a random patch (float32 logits of order 1-10)
@@ -55,6 +61,57 @@ def _trace(network: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         return torch.jit.trace(network, example, check_trace=False)
+
+
+def run_label_names(checkpoint: str | os.PathLike, num_classes: int) -> list[str]:
+    """Class names of the run that wrote ``checkpoint``: the ``labels`` of the datalist recorded in the run's
+    ``training_cases.json`` (beside the checkpoint) when it names ``num_classes`` of them, else ``background``,
+    ``class_1``, ... ``class_<num_classes - 1>``."""
+    try:
+        _, datalist = run_datalist("", "", Path(checkpoint).parent)
+        if datalist.is_file():
+            return label_names(datalist, num_classes)
+    except (DatasetError, OSError, ValueError):
+        pass
+    return label_names(None, num_classes)
+
+
+def describe_network(
+    template: dict, spec: PreprocessingSpec, roi: list[int], in_channels: int, names: list[str]
+) -> dict:
+    """MONAI's ``network_data_format`` and ``description`` for the exported network, from the bundle's ``template``
+    metadata (its other tensor keys, such as ``modality``, are kept).
+
+    Args:
+        template: the bundle's metadata (may be empty).
+        spec: the run's pre-processing.
+        roi: the network's input patch, ``(X, Y, Z)`` in the spec's RAS-ordered frame.
+        in_channels: image channels.
+        names: the output classes in channel order, background first.
+
+    Returns:
+        ``{"network_data_format": ..., "description": ...}`` to merge into the metadata.
+    """
+    fmt = template.get("network_data_format", {})
+    image = {"type": "image", "format": "hounsfield", "modality": "CT", "dtype": "float32", "is_patch_data": True,
+             **fmt.get("inputs", {}).get("image", {})}  # fmt: skip
+    channels = {str(c): "image" if in_channels == 1 else f"image channel {c}" for c in range(in_channels)}
+    image.update(num_channels=in_channels, spatial_shape=list(roi), value_range=list(spec.intensity_range),
+                 channel_def=channels)
+    pred = {"type": "image", "format": "segmentation", "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
+            **fmt.get("outputs", {}).get("pred", {})}  # fmt: skip
+    pred.update(num_channels=len(names), spatial_shape=list(roi), channel_def={str(c): n for c, n in enumerate(names)})
+    size = "x".join(str(r) for r in roi)
+    description = (
+        f"UNETR fine-tuned for {len(names)}-class segmentation (background and {len(names) - 1} structures) on "
+        f"{size} crops at {' x '.join(f'{s:g}' for s in spec.spacing)} mm ({spec.orientation}) with HU window "
+        f"[{spec.hu_window[0]:g}, {spec.hu_window[1]:g}] scaled to [{spec.intensity_range[0]:g}, "
+        f"{spec.intensity_range[1]:g}]. The network takes patches of exactly {size} voxels ({in_channels} channel"
+        f"{'' if in_channels == 1 else 's'}) "
+        f"and returns {len(names)} channels of logits: segment a whole scan with sliding windows of that size "
+        f"(MONAI's sliding_window_inference; see 'inference')."
+    )
+    return {"network_data_format": {"inputs": {"image": image}, "outputs": {"pred": pred}}, "description": description}
 
 
 def export_torchscript(
@@ -95,9 +152,12 @@ def export_torchscript(
     diff = (got - expected).abs().max().item()
     if not diff <= EXPORT_ATOL:
         raise RuntimeError(f"{checkpoint}: the traced network differs from it by {diff:.2e} (> {EXPORT_ATOL:g})")
+    out_channels = int(expected.shape[1])
+    names = run_label_names(checkpoint, out_channels)
+    meta.update(describe_network(meta, network.preprocessing, roi, channels, names))
     meta.update(
         preprocessing=network.preprocessing.to_dict(), roi_size=roi, in_channels=channels,
-        out_channels=int(expected.shape[1]), source=str(checkpoint), inference=INFERENCE_RECIPE,
+        out_channels=out_channels, source=str(checkpoint), inference=INFERENCE_RECIPE,
     )  # fmt: skip
     from monai.data import save_net_with_metadata
 

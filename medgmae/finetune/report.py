@@ -186,9 +186,10 @@ class FinetuneSummary:
         head = (f"best validation mean Dice {best:.4f} at epoch {self.best.best_epoch}" if math.isfinite(best)
                 else "no finite validation Dice")  # fmt: skip
         val_dir = Path(getattr(self.report, "output_dir", self.out / "validation"))
+        cases = int(metrics.get("num_cases", 0))
         lines = [
             f"fine-tuning finished: {epochs} epoch{'' if epochs == 1 else 's'}; {head}",
-            f"per-class Dice of the last validation ({metrics.get('num_cases', 0)} cases):",
+            f"per-class Dice of the last validation ({cases} case{'' if cases == 1 else 's'}):",
             table,
             f"  {'best_model.pt':<14} {self.best.path}",
             f"  {'validation':<14} {val_dir / 'metrics.json'}, {val_dir / 'per_case_dice.csv'}",

@@ -1,5 +1,7 @@
 """Pre-trained encoder weights into UNETR: strict loading, network construction, layer-wise LR decay, freezing.
 
+The fine-tuned network's own file, ``best_model.pt``, is written and read by :mod:`medgmae.finetune.best_model`.
+
 ``encoder.pt`` (written by pre-training) holds ``{"kind": "medgmae-encoder", "config": MaskedViTEncoder.config(),
 "state_dict": ..., "extra": {"source": <model kind>}}``. Its tensors go into ``network.vit`` of either
 :class:`~medgmae.networks.unetr.MedGMAEUNETR` (any patch size; every tensor, class token included) or MONAI's
@@ -13,16 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 import torch.nn as nn
 from monai.networks.nets import UNETR
 
-from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
-from medgmae.engine import unwrap_model
+from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, load_checkpoint
 from medgmae.mae_training.models import MODEL_KINDS
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
-from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
     "ENCODER_KIND",
@@ -36,8 +35,6 @@ __all__ = [
     "layer_id",
     "param_groups",
     "set_encoder_trainable",
-    "load_finetuned",
-    "BestCheckpointSaver",
 ]
 
 logger = logging.getLogger(__name__)
@@ -322,89 +319,3 @@ def set_encoder_trainable(network: nn.Module, trainable: bool) -> None:
     for name, p in network.vit.named_parameters():
         frozen = "norm_cross_attn" in name or (fixed_pos and name.endswith("position_embeddings"))
         p.requires_grad_(trainable and not frozen)
-
-
-FINETUNED_KIND = "medgmae-unetr"
-
-
-def load_finetuned(
-    path: str | Path,
-    map_location: str | torch.device = "cpu",
-    purpose: str = "evaluation and inference need the best_model.pt of a fine-tuning run",
-) -> MedGMAEUNETR:
-    """Rebuild a fine-tuned :class:`MedGMAEUNETR` from ``best_model.pt``; its recorded pre-processing is set as
-    the network's ``preprocessing`` attribute.
-
-    Args:
-        path: the checkpoint.
-        map_location: device for its weights.
-        purpose: what needs the file, said when it is of another kind.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        ValueError: the file is not a fine-tuned UNETR (the message names both kinds).
-    """
-    ckpt = load_checkpoint(path, FINETUNED_KIND, purpose, map_location)
-    cfg = dict(ckpt.config)
-    out_channels, feature_size = cfg.pop("out_channels"), cfg.pop("feature_size")
-    net = MedGMAEUNETR(out_channels, encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
-    net.load_state_dict(ckpt.state_dict, strict=True)
-    net.preprocessing = ckpt.preprocessing
-    return net
-
-
-class BestCheckpointSaver:
-    """Save ``best_model.pt`` atomically whenever a validation metric improves (attach to the evaluator).
-
-    The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr`` with the run's pre-processing and
-    ``extra = {"epoch", "metric_name", "metric"}``, readable by :func:`load_finetuned`. The best value so far is
-    part of ``state_dict()`` so that resumed runs keep it.
-
-    Args:
-        output_dir: run folder.
-        network: the :class:`MedGMAEUNETR` being trained.
-        metric_name: key in ``engine.state.metrics`` (higher is better).
-        filename: file name.
-        preprocessing: the run's pre-processing, recorded in the file for evaluation and inference.
-    """
-
-    def __init__(
-        self,
-        output_dir: str | Path,
-        network: MedGMAEUNETR,
-        metric_name: str = "val_mean_dice",
-        filename: str = "best_model.pt",
-        preprocessing: PreprocessingSpec | None = None,
-    ) -> None:
-        if not hasattr(network, "config"):
-            raise ValueError(f"{type(network).__name__} has no config(); use MedGMAEUNETR")
-        self.path, self.network, self.metric_name = Path(output_dir) / filename, network, metric_name
-        self.best, self.best_epoch = -float("inf"), 0
-        self.preprocessing = preprocessing
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine) -> None:
-        from medgmae.files import save_torch_atomic
-
-        if self.metric_name not in engine.state.metrics:
-            raise KeyError(f"metric '{self.metric_name}' not computed; available: {sorted(engine.state.metrics)}")
-        value = float(engine.state.metrics[self.metric_name])
-        if not value > self.best:  # NaN never improves
-            return
-        self.best, self.best_epoch = value, int(engine.state.epoch)
-        net = unwrap_model(self.network)
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        payload = make_checkpoint(FINETUNED_KIND, net.config(), state, self.preprocessing,
-                                  extra={"epoch": self.best_epoch, "metric_name": self.metric_name, "metric": value})
-        save_torch_atomic(payload, self.path)
-        logger.info("new best %s %.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path)
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])

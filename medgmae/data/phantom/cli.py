@@ -13,7 +13,7 @@ from medgmae.cli_types import nonneg_int, positive_float, positive_int
 from medgmae.data.phantom.generator import DEFAULT_SHAPE, DEFAULT_SPACING
 from medgmae.data.phantom.writer import write_phantom_dataset
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "default_num_validation", "main"]
 
 
 def _shape_dim(text: str) -> int:
@@ -21,6 +21,12 @@ def _shape_dim(text: str) -> int:
     if v < 8:
         raise argparse.ArgumentTypeError(f"each shape dimension must be >= 8, got {text!r}")
     return v
+
+
+def default_num_validation(num_cases: int) -> int:
+    """Validation cases of ``num_cases`` when ``--num-validation`` is not given: ``num_cases // 5``, at least 1 when
+    there are 2 or more cases (fine-tuning stops on an empty validation list), 0 for a single case."""
+    return max(1, num_cases // 5) if num_cases >= 2 else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=positive_float, nargs="+", metavar="MM", default=list(DEFAULT_SPACING),
                    help="voxel size in mm: one value or three (default 1.5)")
     p.add_argument("--num-validation", type=nonneg_int, default=None,
-                   help="cases in the validation list (default num-cases // 5)")
+                   help="cases in the validation list, taken from --num-cases (default num-cases // 5, at least 1 "
+                        "when num-cases >= 2: fine-tuning needs a validation list; 0 for a single case)")
     return p
 
 
@@ -48,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.spacing) not in (1, 3):
         parser.error(f"--spacing takes one or three values, got {len(args.spacing)}")
     spacing = tuple(args.spacing) * 3 if len(args.spacing) == 1 else tuple(args.spacing)
-    if args.num_validation is not None and args.num_validation >= args.num_cases:
+    if args.num_validation is None:
+        args.num_validation = default_num_validation(args.num_cases)
+    elif args.num_validation >= args.num_cases:
         parser.error(f"--num-validation ({args.num_validation}) must be smaller than --num-cases ({args.num_cases})")
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -1,0 +1,109 @@
+"""The fine-tuned UNETR's file, ``best_model.pt``: written when validation improves, read back for evaluation,
+inference and export.
+
+The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr``: the network's ``config()`` and
+weights, the run's pre-processing and ``extra = {"epoch", "metric_name", "metric"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from medgmae.checkpoint import load_checkpoint, make_checkpoint
+from medgmae.engine import unwrap_model
+from medgmae.networks.unetr import MedGMAEUNETR
+from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.preprocessing import PreprocessingSpec
+
+__all__ = ["FINETUNED_KIND", "load_finetuned", "BestCheckpointSaver"]
+
+logger = logging.getLogger(__name__)
+
+#: the checkpoint kind of a fine-tuned UNETR
+FINETUNED_KIND = "medgmae-unetr"
+
+
+def load_finetuned(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    purpose: str = "evaluation and inference need the best_model.pt of a fine-tuning run",
+) -> MedGMAEUNETR:
+    """Rebuild a fine-tuned :class:`MedGMAEUNETR` from ``best_model.pt``; its recorded pre-processing is set as
+    the network's ``preprocessing`` attribute.
+
+    Args:
+        path: the checkpoint.
+        map_location: device for its weights.
+        purpose: what needs the file, said when it is of another kind.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file is not a fine-tuned UNETR (the message names both kinds).
+    """
+    ckpt = load_checkpoint(path, FINETUNED_KIND, purpose, map_location)
+    cfg = dict(ckpt.config)
+    out_channels, feature_size = cfg.pop("out_channels"), cfg.pop("feature_size")
+    net = MedGMAEUNETR(out_channels, encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
+    net.load_state_dict(ckpt.state_dict, strict=True)
+    net.preprocessing = ckpt.preprocessing
+    return net
+
+
+class BestCheckpointSaver:
+    """Save ``best_model.pt`` atomically whenever a validation metric improves (attach to the evaluator).
+
+    The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr`` with the run's pre-processing and
+    ``extra = {"epoch", "metric_name", "metric"}``, readable by :func:`load_finetuned`. The best value so far is
+    part of ``state_dict()`` so that resumed runs keep it.
+
+    Args:
+        output_dir: run folder.
+        network: the :class:`MedGMAEUNETR` being trained.
+        metric_name: key in ``engine.state.metrics`` (higher is better).
+        filename: file name.
+        preprocessing: the run's pre-processing, recorded in the file for evaluation and inference.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        network: MedGMAEUNETR,
+        metric_name: str = "val_mean_dice",
+        filename: str = "best_model.pt",
+        preprocessing: PreprocessingSpec | None = None,
+    ) -> None:
+        if not hasattr(network, "config"):
+            raise ValueError(f"{type(network).__name__} has no config(); use MedGMAEUNETR")
+        self.path, self.network, self.metric_name = Path(output_dir) / filename, network, metric_name
+        self.best, self.best_epoch = -float("inf"), 0
+        self.preprocessing = preprocessing
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        from medgmae.files import save_torch_atomic
+
+        if self.metric_name not in engine.state.metrics:
+            raise KeyError(f"metric '{self.metric_name}' not computed; available: {sorted(engine.state.metrics)}")
+        value = float(engine.state.metrics[self.metric_name])
+        if not value > self.best:  # NaN never improves
+            return
+        self.best, self.best_epoch = value, int(engine.state.epoch)
+        net = unwrap_model(self.network)
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        payload = make_checkpoint(FINETUNED_KIND, net.config(), state, self.preprocessing,
+                                  extra={"epoch": self.best_epoch, "metric_name": self.metric_name, "metric": value})
+        save_torch_atomic(payload, self.path)
+        logger.info("new best %s %.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
