@@ -203,6 +203,8 @@ def _planned_geometry(args) -> CTGeometry | None:
         if args.views is None:
             raise CLIError(f"--geometry {args.geometry} needs --views (the number of projection angles)")
         return None
+    if not Path(args.geometry).is_file():
+        raise CLIError(f"--geometry {args.geometry}: neither parallel, cone nor an existing geometry.json file")
     if args.views is not None or args.arc is not None:
         raise CLIError(f"--geometry {args.geometry} is a geometry file: its angles fix the views, so --views and --arc "
                        "cannot be given with it")  # fmt: skip

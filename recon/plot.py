@@ -1,5 +1,6 @@
 """Dependency-light pictures (PIL only): the convergence plot (loss on a log scale and, when available, PSNR per
-iteration) and three orthogonal mid-slices of the reference, FBP, reconstruction and error."""
+iteration) and the orthogonal mid-slices of the reference, FBP, reconstruction and error (drawn by
+:func:`medgmae.engine.figures.orthogonal_slices`, as the toolkit's other slice pictures)."""
 
 from __future__ import annotations
 
@@ -55,85 +56,49 @@ def draw_curve(history: list, path, holdout_errors: list | None = None) -> None:
         img.save(tmp, format="PNG")
 
 
-_CELL = 160
-_HEADER = 18
+def draw_slices(volumes: dict, path, affine, reference=None) -> tuple[int, int]:
+    """Write a PNG of the sagittal, coronal and axial mid-slices of each volume (one row each), drawn to scale and
+    shown radiologically like every slice picture of the toolkit (:func:`medgmae.engine.figures.orthogonal_slices`
+    on the volumes reoriented to RAS).
 
-
-def _mid_slices(vol):
-    """Axial, coronal and sagittal mid-slices of a ``(D, H, W)`` array (each 2D, rows top to bottom)."""
-    import numpy as np
-
-    d, h, w = vol.shape
-    return [vol[d // 2], np.flipud(vol[:, h // 2, :]), np.flipud(vol[:, :, w // 2])]
-
-
-def _to_cell(img2d, lo: float, hi: float, colour: bool, pixel_mm=(1.0, 1.0)):
-    """A ``_CELL`` x ``_CELL`` RGB PIL image of a slice windowed to ``[lo, hi]``, drawn to scale (a pixel is
-    ``pixel_mm = (row, column)`` mm) and letterboxed."""
-    import numpy as np
-    from PIL import Image
-
-    x = np.clip((np.asarray(img2d, dtype=np.float64) - lo) / max(hi - lo, 1e-12), 0, 1)
-    if colour:  # black -> red -> yellow -> white for the error maps
-        rgb = np.stack([np.clip(3 * x, 0, 1), np.clip(3 * x - 1, 0, 1), np.clip(3 * x - 2, 0, 1)], -1)
-    else:
-        rgb = np.repeat(x[..., None], 3, -1)
-    im = Image.fromarray((rgb * 255).round().astype(np.uint8))
-    w_mm, h_mm = im.width * pixel_mm[1], im.height * pixel_mm[0]
-    scale = _CELL / max(w_mm, h_mm)
-    im = im.resize((max(1, round(w_mm * scale)), max(1, round(h_mm * scale))), Image.NEAREST)
-    cell = Image.new("RGB", (_CELL, _CELL), (0, 0, 0))
-    cell.paste(im, ((_CELL - im.width) // 2, (_CELL - im.height) // 2))
-    return cell
-
-
-def draw_slices(volumes: dict, path, reference=None, voxel_size=(1.0, 1.0, 1.0)) -> tuple[int, int]:
-    """Write a PNG of three orthogonal mid-slices (rows: axial, coronal, sagittal) of each volume (columns).
-
-    With a ``reference``, it comes first, every volume shares its grey window ``[min, max]``, and the last column
-    is the error ``|last volume - reference|`` (black-red-yellow-white, its own range ``[0, max]``); without one,
-    the window is the first volume's 1st-99th percentile range.
+    With a ``reference``, it comes first, every volume shares its grey window ``[min, max]``, and the last row is
+    the error ``|last volume - reference|`` (colour map, its own range ``[0, max]``); without one, the window is
+    the first volume's 1st-99th percentile range.
 
     Args:
-        volumes: ``{title: (D, H, W) array}`` in display order (e.g. FBP, reconstruction).
+        volumes: ``{title: (z, y, x) array}`` in display order (e.g. FBP, reconstruction).
         path: output PNG (written atomically).
-        reference: optional ``(D, H, W)`` ground truth.
-        voxel_size: ``(z, y, x)`` voxel size (mm): slices are drawn to scale.
+        affine: ``(4, 4)`` voxel-to-world affine of the volumes in the NIfTI's ``(x, y, z)`` index order
+            (``CTGeometry.default_affine()``: that of ``recon.nii.gz``).
+        reference: optional ``(z, y, x)`` ground truth.
 
     Returns:
-        ``(width, height)`` of the image: ``(160 * columns, 18 + 3 * 160)``.
+        ``(width, height)`` of the image.
     """
     import numpy as np
-    from PIL import Image, ImageDraw
 
-    from medgmae.files import atomic_write
+    from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png
 
     if not volumes:
         raise ValueError("draw_slices needs at least one volume")
     cols = [(t, np.asarray(v, dtype=np.float64)) for t, v in volumes.items()]
     shape = cols[0][1].shape
     if len(shape) != 3 or any(v.shape != shape for _, v in cols):
-        raise ValueError(f"volumes must share one (D, H, W) shape, got {[v.shape for _, v in cols]}")
+        raise ValueError(f"volumes must share one (z, y, x) shape, got {[v.shape for _, v in cols]}")
     if reference is not None:
         ref = np.asarray(reference, dtype=np.float64)
         if ref.shape != shape:
             raise ValueError(f"reference shape {ref.shape} does not match the volumes {shape}")
         lo, hi = float(ref.min()), float(ref.max())
         err = np.abs(cols[-1][1] - ref)
-        panels = [("reference", ref, False, lo, hi)] + [(t, v, False, lo, hi) for t, v in cols]
-        panels.append((f"|{cols[-1][0]} - reference|", err, True, 0.0, float(err.max())))
+        panels = [("reference", ref, lo, hi, False)] + [(t, v, lo, hi, False) for t, v in cols]
+        panels.append((f"|{cols[-1][0]} - reference|", err, 0.0, float(err.max()), True))
     else:
         lo, hi = (float(q) for q in np.percentile(cols[0][1], [1, 99]))
-        panels = [(t, v, False, lo, hi) for t, v in cols]
-    size = (_CELL * len(panels), _HEADER + 3 * _CELL)
-    img = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    sz, sy, sx = (float(v) for v in voxel_size)
-    pixels = [(sy, sx), (sz, sx), (sz, sy)]  # axial, coronal, sagittal: (row, column) mm
-    for c, (title, vol, colour, a, b) in enumerate(panels):
-        draw.text((c * _CELL + 4, 3), title, fill=(0, 0, 0))
-        for r, sl in enumerate(_mid_slices(vol)):
-            img.paste(_to_cell(sl, a, b, colour, pixels[r]), (c * _CELL, _HEADER + r * _CELL))
-    with atomic_write(path) as tmp:
-        img.save(tmp, format="PNG")
-    return size
+        panels = [(t, v, lo, hi, False) for t, v in cols]
+    ras = [ras_oriented((v.transpose(2, 1, 0) - a) / max(b - a, 1e-12), affine) for _, v, a, b, _ in panels]
+    spacing = ras[0][1]
+    title = f"{' x '.join(f'{s:.2f}' for s in spacing)} mm (R-L x A-P x I-S); grey window [{lo:.4g}, {hi:.4g}] /mm"
+    img = orthogonal_slices([v for v, _ in ras], spacing, [p[0] for p in panels], title, coloured=[p[4] for p in panels])
+    save_png(img, path)
+    return img.shape[1], img.shape[0]

@@ -145,7 +145,7 @@ def outputs(metrics: dict) -> dict[str, str]:
     reference / error columns only with ``--reference``, the held-out error only with ``--holdout-views``."""
     with_ref = "final" in metrics
     curves = ["loss", *(["held-out error"] if metrics.get("holdout") else []), *(["PSNR"] if with_ref else [])]
-    columns = "reference / FBP / reconstruction / error" if with_ref else "FBP / reconstruction"
+    columns = "rows reference / FBP / reconstruction / error" if with_ref else "rows FBP / reconstruction"
     return {
         "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
         "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
@@ -391,5 +391,4 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
                  shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine())
         save_json_atomic(metrics, stage / "metrics.json")
         draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"))
-        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", reference=reference,
-                    voxel_size=geom.voxel_size)
+        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", geom.default_affine(), reference)

@@ -110,7 +110,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
             assert f"density control: 1 round (iteration 10): {rnd['cloned']} cloned, {rnd['split']} split" in capsys.readouterr().out
         else:
             assert metrics["initial_gaussians"] == 200
-        _check_slices(out / "slices.png", columns=4)
+        _check_slices(out / "slices.png", rows=4)
         assert [h["iteration"] for h in metrics["history"]] == list(range(4, iters + 1, 4))
         assert set(metrics["iterations_to_psnr"]) == {"30", "35"}
         rec = nib.load(str(out / "recon.nii.gz"))
@@ -137,14 +137,15 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 16
 
 
-def _check_slices(path, columns):
-    """Three orthogonal mid-slices per column (160 px cells under an 18 px title row), not blank."""
+def _check_slices(path, rows):
+    """One row of three orthogonal mid-slices per volume (equal rows under a 14 px title band), none blank."""
     from PIL import Image
 
-    img = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
-    assert img.shape == (18 + 3 * 160, 160 * columns)
-    for c in range(columns):  # every panel shows something
-        assert img[18:, c * 160 : (c + 1) * 160].var() > 0, c
+    img = np.asarray(Image.open(path).convert("L"), dtype=np.float64)[14:]
+    band = (img.shape[0] - 2) // rows  # tile_grid: rows of one height, 2 px gaps
+    assert band > 100 and img.shape[0] == rows * band + 2
+    for r in range(rows):  # every row shows something
+        assert img[2 + r * band + 14 : 2 + (r + 1) * band - 2].var() > 0, r
 
 
 def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
@@ -157,7 +158,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     assert main(_reconstruct_args(simulated, out, "--preset", "3dgr-ct", "--iterations", "4", "--checkpoint-every", "0")) == 0
     printed = capsys.readouterr().out
     assert "preset 3dgr-ct" in printed and "PSNR/SSIM not computed" in printed and str(out / "slices.png") in printed
-    assert "orthogonal mid-slices: FBP / reconstruction)" in printed and "reference /" not in printed  # what was drawn
+    assert "orthogonal mid-slices: rows FBP / reconstruction)" in printed and "reference /" not in printed  # what was drawn
     assert "(loss per iteration)" in printed and "PSNR per iteration" not in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["preset"] == "3dgr-ct" and metrics["init"] == "3dgr-ct" and metrics["arguments"]["preset"] == "3dgr-ct"
@@ -165,7 +166,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     assert metrics["settings"] == expected
     assert metrics["init_settings"]["ini_sigma"] == THREEDGR_CT_INIT["ini_sigma"] == 0.15
     assert metrics["init_settings"]["num_gaussians"] == 50000 and metrics["initial_gaussians"] < 50000  # a tiny volume
-    _check_slices(out / "slices.png", columns=2)
+    _check_slices(out / "slices.png", rows=2)
     assert (out / "recon_state.pt").is_file()
     state = torch.load(out / "recon_state.pt", weights_only=True)
     assert state["iteration"] == 4 and state["config"]["preset_name"] == "3dgr-ct"
@@ -226,10 +227,9 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")], name  # no staging leftovers
 
 
-def test_argparse_errors_exit_2(simulated):
-    with pytest.raises(SystemExit) as e:
-        main(["simulate", "--volume", "x.nii.gz", "--geometry", "fan", "--views", "4", "--out", "o"])
-    assert e.value.code == 2
+def test_argparse_errors_exit_2(simulated, capsys):
+    assert main(["simulate", "--volume", "x.nii.gz", "--geometry", "fan", "--views", "4", "--out", "o"]) == 2
+    assert "--geometry fan: neither parallel, cone nor an existing geometry.json file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["simulate", "--volume", "x.nii.gz", "--geometry", "cone", "--views", "-3", "--out", "o"])
     assert e.value.code == 2
@@ -245,22 +245,30 @@ def test_python_m_recon_process_exit_code(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_slices_are_drawn_to_scale(tmp_path):
-    """A cube of 18 mm in voxels of 3 x 1 x 1 mm ((z, y, x)) is square in all three views of slices.png."""
+@pytest.mark.parametrize("flip", [1.0, -1.0])
+def test_slices_are_drawn_to_scale(tmp_path, flip):
+    """A cube of 18 mm in voxels of 3 x 1 x 1 mm ((z, y, x)), under an affine that flips x and y or not, is a square
+    in all three views of slices.png, and the error row is in colour."""
     from PIL import Image
+    from scipy import ndimage
 
     from recon.plot import draw_slices
 
     vol = np.zeros((10, 30, 30))
     vol[2:8, 6:24, 6:24] = 1.0  # 6 slices x 3 mm = 18 rows x 1 mm = 18 columns x 1 mm
-    draw_slices({"cube": vol}, tmp_path / "s.png", voxel_size=(3.0, 1.0, 1.0))
-    img = np.asarray(Image.open(tmp_path / "s.png").convert("L"), dtype=np.float64)
-    cell, header = 160, 18
-    for r, view in enumerate(("axial", "coronal", "sagittal")):
-        bright = img[header + r * cell : header + (r + 1) * cell, :cell] > 128
-        rows, cols = np.nonzero(bright.any(1))[0], np.nonzero(bright.any(0))[0]
-        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-        assert abs(height / width - 1) < 0.1, (view, height, width)
+    affine = np.diag([flip, flip, 3.0, 1.0])  # (x, y, z) order: 1, 1, 3 mm
+    width, height = draw_slices({"cube": vol * 0.5}, tmp_path / "s.png", affine, reference=vol)
+    img = np.asarray(Image.open(tmp_path / "s.png").convert("RGB"))
+    assert img.shape[:2] == (height, width)
+    labels, _ = ndimage.label(np.all(img == 255, axis=-1))  # the cube at the top of the shared window
+    boxes = [(r.stop - r.start, c.stop - c.start) for r, c in ndimage.find_objects(labels)]
+    cubes = [(h, w) for h, w in boxes if h * w > 100]  # not the specks of the labels' lettering
+    assert len(cubes) == 3, boxes  # sagittal, coronal and axial of the reference row (the "cube" row is grey)
+    for h, w in cubes:
+        assert h > 60 and abs(h / w - 1) < 0.05, (h, w)
+    colour = np.abs(img.astype(int) - img.mean(-1, keepdims=True)).max(-1) > 30
+    rows = np.nonzero(colour.any(1))[0]
+    assert rows.size and rows.min() > height * 2 / 3  # only the error map, the last of three rows, is coloured
 
 
 def test_summary_says_when_the_gaussians_are_too_few(tmp_path, capsys):

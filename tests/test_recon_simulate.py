@@ -58,7 +58,7 @@ def test_simulate_in_a_stored_geometry(tmp_path, capsys):
     "extra, shape, message",
     [(["--views", "10"], (32, 32, 32), "its angles fix the views, so --views and --arc cannot be given"),
      ([], (32, 32, 30), "is made for (32, 32, 32) voxels of (3.0, 3.0, 3.0) mm (z, y, x), but --volume"),
-     ([], None, "geometry file"),
+     ([], None, "missing.json: neither parallel, cone nor an existing geometry.json file"),
      (["--geometry", "cone"], (32, 32, 32), "--geometry cone needs --views")],
 )  # fmt: skip
 def test_simulate_refuses_a_geometry_that_does_not_fit(tmp_path, capsys, extra, shape, message):

@@ -1,7 +1,8 @@
 """Small picture helpers shared by the bundles' progress pictures (PIL and NumPy only, no plotting library).
 
-Slices of a RAS-ordered ``(D, H, W)`` volume (:func:`mid_slices`, also behind
-:func:`medgmae.mae_training.slices_png`) are shown radiologically, as CT viewers and the toolkit's 2D tools show
+Slices of a RAS-ordered ``(D, H, W)`` volume (:func:`mid_slices`, also behind :func:`orthogonal_slices`, the to-scale
+figure of zero-shot inference and of ``medgmae-recon reconstruct``; :func:`ras_oriented` brings any volume with its
+affine into that order) are shown radiologically, as CT viewers and the toolkit's 2D tools show
 them: sagittal (anterior on the left), coronal and axial (the patient's right on the image's left) mid-slices,
 superior / anterior up. Images are ``(H, W, 3)`` uint8 RGB arrays
 until :func:`save_png` writes them (atomically) or :func:`add_image` puts them in TensorBoard.
@@ -25,6 +26,8 @@ __all__ = [
     "label_tile",
     "line_plot",
     "mid_slices",
+    "orthogonal_slices",
+    "ras_oriented",
     "slice_point",
     "save_png",
     "tile_grid",
@@ -66,6 +69,29 @@ def mid_slices(volume: np.ndarray, centre: Sequence[int] | None = None) -> list[
         raise ValueError(f"mid_slices needs a 3D volume, got shape {volume.shape}")
     c = [s // 2 for s in volume.shape] if centre is None else [min(max(int(i), 0), s - 1) for i, s in zip(centre, volume.shape)]
     return [np.fliplr(np.rot90(s)) for s in (volume[c[0], :, :], volume[:, c[1], :], volume[:, :, c[2]])]
+
+
+def ras_oriented(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A volume reoriented to the closest RAS axis order (permutations and flips only, no resampling), with its
+    voxel size along the new axes.
+
+    Args:
+        volume: 3D array in the index order of ``affine`` (a NIfTI's ``(I, J, K)``).
+        affine: ``(4, 4)`` voxel-to-RAS-mm matrix.
+
+    Returns:
+        ``(array, spacing)``: the ``(D, H, W)`` array whose indices grow towards the patient's right, anterior and
+        superior along ``D``, ``H`` and ``W`` (RAS), and the voxel size (mm) along each.
+    """
+    import nibabel as nib
+
+    affine = np.asarray(affine, dtype=np.float64)
+    ornt = nib.orientations.io_orientation(affine)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (ras_axis, _) in enumerate(ornt):
+        spacing[int(ras_axis)] = float(zooms[axis])
+    return nib.orientations.apply_orientation(volume, ornt), (spacing[0], spacing[1], spacing[2])
 
 
 def slice_point(view: int, point: Sequence[float], shape: Sequence[int]) -> tuple[float, float, float]:
@@ -111,6 +137,69 @@ def tile_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2) -> np.ndarray:
             y, x = pad + i * (ch + pad), pad + j * (cw + pad)
             out[y : y + t.shape[0], x : x + t.shape[1]] = t
     return out
+
+
+_VIEWS = ("sagittal", "coronal", "axial")
+
+
+def orthogonal_slices(
+    volumes: Sequence[np.ndarray],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    names: Sequence[str] | None = None,
+    title: str = "",
+    size: int = 256,
+    coloured: Sequence[bool] | None = None,
+) -> np.ndarray:
+    """One labelled row per volume of its sagittal, coronal and axial mid-slices (:func:`mid_slices`: shown
+    radiologically), drawn to scale: a millimetre is the same number of pixels along every axis, so an anisotropic
+    scan is not squashed.
+
+    Args:
+        volumes: RAS-ordered 3D arrays ``(D, H, W)`` of one shape (:func:`ras_oriented`) with values in ``[0, 1]``
+            (clipped), e.g. ``[input, rendering]``.
+        spacing: voxel size (mm) along ``(D, H, W)`` (R-L, A-P, I-S).
+        names: one label per row (default: ``volume 0``, ``volume 1``...).
+        title: text above the figure.
+        size: pixels of the longest side of the volume (mm) in the slices.
+        coloured: per volume, draw it with :func:`colormap` (e.g. an error map) instead of grey.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image: tiles under 14-pixel labels, 2-pixel gaps, a 14-pixel title band.
+    """
+    names = list(names) if names is not None else [f"volume {i}" for i in range(len(volumes))]
+    coloured = list(coloured) if coloured is not None else [False] * len(volumes)
+    sp = tuple(float(s) for s in spacing)
+    if not volumes or len(names) != len(volumes) or len(coloured) != len(volumes):
+        raise ValueError(f"orthogonal_slices needs volumes and one name (and colour flag) each, got {len(volumes)}, "
+                         f"{len(names)} and {len(coloured)}")  # fmt: skip
+    if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
+        raise ValueError(f"spacing must be three positive sizes in mm, got {spacing!r}")
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+    if any(v.ndim != 3 or v.shape != volumes[0].shape for v in volumes):
+        raise ValueError(f"orthogonal_slices needs 3D volumes of one shape, got {[v.shape for v in volumes]}")
+    scale = size / max(n * s for n, s in zip(volumes[0].shape, sp))  # pixels per mm
+    pixel_mm = [(sp[2], sp[1]), (sp[2], sp[0]), (sp[1], sp[0])]  # (row, column) mm of sagittal, coronal, axial
+    width = 6 * max(len(f"{n}: {v}") for n in names for v in _VIEWS) + 6  # room for the longest label
+    rows = []
+    for vol, name, colour in zip(volumes, names, coloured):
+        draw = colormap if colour else grey_rgb
+        rows.append([_labelled(_to_scale(draw(view), mm, scale), f"{name}: {label}", width)
+                     for view, mm, label in zip(mid_slices(vol), pixel_mm, _VIEWS)])  # fmt: skip
+    return label_tile(tile_grid(rows), title)
+
+
+def _to_scale(img: np.ndarray, pixel_mm: tuple[float, float], scale: float) -> np.ndarray:
+    """An ``(h, w, 3)`` image of pixels of ``pixel_mm = (row, column)`` mm resized to ``scale`` pixels per mm."""
+    h, w = max(1, round(img.shape[0] * pixel_mm[0] * scale)), max(1, round(img.shape[1] * pixel_mm[1] * scale))
+    resample = Image.NEAREST if h >= img.shape[0] and w >= img.shape[1] else Image.BILINEAR
+    return np.asarray(Image.fromarray(img).resize((w, h), resample))
+
+
+def _labelled(img: np.ndarray, text: str, width: int) -> np.ndarray:
+    """:func:`label_tile` of ``img`` centred on a black canvas at least ``width`` wide."""
+    pad = max(0, width - img.shape[1])
+    return label_tile(np.pad(img, ((0, 0), (pad // 2, pad - pad // 2), (0, 0))), text)
 
 
 def _ticks(lo: float, hi: float) -> tuple[float, float]:

@@ -11,84 +11,28 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
-from PIL import Image
 
 from medgmae.data.reader import read_volume, volume_stem
 from medgmae.engine import resolve_device
-from medgmae.engine.figures import grey_rgb, label_tile, mid_slices, save_png, tile_grid
+from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png
 from medgmae.files import save_nifti_atomic
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
-__all__ = ["GaussianInference", "slices_figure", "slices_png"]
+__all__ = ["GaussianInference", "slices_png"]
 
 logger = logging.getLogger("medgmae.mae_training")
-
-_VIEWS = ("sagittal", "coronal", "axial")
-
-
-def slices_figure(
-    volumes: Sequence[np.ndarray],
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    names: Sequence[str] | None = None,
-    title: str = "",
-    size: int = 256,
-) -> np.ndarray:
-    """One labelled row per volume of its sagittal, coronal and axial mid-slices, shown radiologically
-    (:func:`medgmae.engine.figures.mid_slices`) and drawn to scale: a millimetre is the same number of pixels along
-    every axis, so an anisotropic scan is not squashed.
-
-    Args:
-        volumes: RAS-ordered 3D arrays ``(D, H, W)`` of one shape with values in ``[0, 1]`` (clipped), e.g.
-            ``[input, rendering]``.
-        spacing: voxel size (mm) along ``(D, H, W)`` (R-L, A-P, I-S).
-        names: one label per row (default: ``volume 0``, ``volume 1``...).
-        title: text above the figure.
-        size: pixels of the longest side of the volume (mm) in the slices.
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB image: tiles under 14-pixel labels, 2-pixel gaps, a 14-pixel title band.
-    """
-    names = list(names) if names is not None else [f"volume {i}" for i in range(len(volumes))]
-    sp = tuple(float(s) for s in spacing)
-    if not volumes or len(names) != len(volumes):
-        raise ValueError(f"slices_figure needs volumes and one name each, got {len(volumes)} and {len(names)}")
-    if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
-        raise ValueError(f"spacing must be three positive sizes in mm, got {spacing!r}")
-    if int(size) < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
-    if any(v.ndim != 3 or v.shape != volumes[0].shape for v in volumes):
-        raise ValueError(f"slices_figure needs 3D volumes of one shape, got {[v.shape for v in volumes]}")
-    scale = size / max(n * s for n, s in zip(volumes[0].shape, sp))  # pixels per mm
-    pixel_mm = [(sp[2], sp[1]), (sp[2], sp[0]), (sp[1], sp[0])]  # (row, column) mm of sagittal, coronal, axial
-    width = 6 * max(len(f"{n}: {v}") for n in names for v in _VIEWS) + 6  # room for the longest label
-    rows = [[_labelled(_to_scale(grey_rgb(view), mm, scale), f"{name}: {label}", width)
-             for view, mm, label in zip(mid_slices(v), pixel_mm, _VIEWS)] for v, name in zip(volumes, names)]  # fmt: skip
-    return label_tile(tile_grid(rows), title)
-
-
-def _to_scale(img: np.ndarray, pixel_mm: tuple[float, float], scale: float) -> np.ndarray:
-    """An ``(h, w, 3)`` image of pixels of ``pixel_mm = (row, column)`` mm resized to ``scale`` pixels per mm."""
-    h, w = max(1, round(img.shape[0] * pixel_mm[0] * scale)), max(1, round(img.shape[1] * pixel_mm[1] * scale))
-    resample = Image.NEAREST if h >= img.shape[0] and w >= img.shape[1] else Image.BILINEAR
-    return np.asarray(Image.fromarray(img).resize((w, h), resample))
-
-
-def _labelled(img: np.ndarray, text: str, width: int) -> np.ndarray:
-    """:func:`~medgmae.engine.figures.label_tile` of ``img`` centred on a black canvas at least ``width`` wide."""
-    pad = max(0, width - img.shape[1])
-    return label_tile(np.pad(img, ((0, 0), (pad // 2, pad - pad // 2), (0, 0))), text)
 
 
 def slices_png(
     volumes: Sequence[np.ndarray], path: str | Path, spacing: Sequence[float] = (1.0, 1.0, 1.0),
     names: Sequence[str] | None = None, title: str = "",
 ) -> Path:  # fmt: skip
-    """Write :func:`slices_figure` of ``volumes`` as a PNG, atomically; returns the path."""
-    return save_png(slices_figure(volumes, spacing, names, title), path)
+    """Write :func:`~medgmae.engine.figures.orthogonal_slices` of RAS-ordered ``volumes`` in ``[0, 1]`` as a PNG,
+    atomically; returns the path."""
+    return save_png(orthogonal_slices(volumes, spacing, names, title), path)
 
 
 class GaussianInference:
@@ -152,9 +96,10 @@ class GaussianInference:
         save_nifti_atomic(data, affine, paths["nifti"])
         b0, b1 = res.spec.intensity_range
         pictures = [(res.spec.window(scan) - b0) / (b1 - b0), np.clip((rendered - b0) / (b1 - b0), 0, 1)]
-        spacing = _ras_spacing(affine)
+        ras = [ras_oriented(v, affine) for v in pictures]
+        spacing = ras[0][1]
         title = f"{stem}: {' x '.join(f'{s:.2f}' for s in spacing)} mm (R-L x A-P x I-S)"
-        slices_png([_to_ras(v, affine) for v in pictures], paths["png"], spacing, ("input", "rendering"), title)
+        slices_png([v for v, _ in ras], paths["png"], spacing, ("input", "rendering"), title)
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine)
         logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))
         return paths
@@ -168,18 +113,3 @@ def _rendered_output(rendered: np.ndarray, spec, output_hu: bool) -> np.ndarray:
         lo, hi = sorted(spec.intensity_range)
         rendered = np.clip(rendered, lo, hi)
     return (spec.unwindow(rendered) if output_hu else rendered).astype(np.float32)
-
-
-def _ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along the axes of :func:`_to_ras`'s array (R-L, A-P, I-S)."""
-    zooms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
-    out = [0.0, 0.0, 0.0]
-    for axis, (ras_axis, _) in enumerate(nib.orientations.io_orientation(affine)):
-        out[int(ras_axis)] = float(zooms[axis])
-    return out[0], out[1], out[2]
-
-
-def _to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """The array reoriented (axis permutations and flips only) to the closest RAS order, for pictures."""
-    ornt = nib.orientations.io_orientation(affine)
-    return nib.orientations.apply_orientation(volume, ornt)
