@@ -64,7 +64,8 @@ def case_table(held: dict, full: dict | None, patiences: list[int]) -> str:
     g, v, seed = _key(held)
     head = (f"**{g}, {v} views, phantom seed {seed}** ({held['holdout_views']} views held out: "
             f"{next(iter(held['runs'].values()))['holdout']['views']}); best FBP/FDK (every view) {held['best_fbp_psnr']:.2f} dB\n\n")  # fmt: skip
-    cols = ["start", "every view: peak (it)", "every view: last", "held out, to the end: chosen it (PSNR)", "+ --refit"]
+    cols = ["start", "every view: peak (it)", "every view: last", "held out: peak (it)", "held out: last"]
+    cols += ["held out, to the end: chosen it (PSNR)", "+ --refit"]
     cols += [f"patience {p}: stop, chosen it (PSNR), --refit, iterations" for p in patiences]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in held["runs"].items():
@@ -73,6 +74,7 @@ def case_table(held: dict, full: dict | None, patiences: list[int]) -> str:
         every = dict(other["curve"]) if other else {}
         refit = lambda it: f"{every[it]:.2f}" if it in every else "n/a"  # noqa: E731
         row = [name] + (["%.2f (%d)" % _peak(other), f"{other['curve'][-1][1]:.2f}"] if other else ["n/a", "n/a"])
+        row += ["%.2f (%d)" % _peak(r), f"{r['curve'][-1][1]:.2f}"]
         row += [f"{r['chosen']['iteration']} ({r['chosen']['psnr']:.2f})", refit(r["chosen"]["iteration"])]
         for p in patiences:
             stop, chosen = replay(r, v, p)

@@ -22,7 +22,7 @@ So ``floor_fwd = pairs / (SMs * 16 * sm_clock)`` and, since the backward recompu
 Usage::
 
     python bench/render.py                 # full cases on the current device
-    python bench/render.py --quick --out bench/RESULTS.md
+    python bench/render.py --quick --out bench/results_render_quick.md   # its own file: --out replaces the whole file
 """
 
 from __future__ import annotations

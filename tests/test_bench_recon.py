@@ -174,6 +174,9 @@ def test_holdout_summary_replays_the_patience(tmp_path, capsys):
     assert summary.main([str(held), "--full", str(full), "--patience", "1", "--png", str(tmp_path / "h.png")]) == 0
     table = capsys.readouterr().out
     assert "| toolkit |" in table and "n/a" not in table and "patience 1" in table
+    peak_it, peak = max(run["curve"], key=lambda c: c[1])  # the held-out run's own peak and last PSNR, read back
+    assert "held out: peak (it) | held out: last |" in table
+    assert f"| {peak:.2f} ({peak_it}) | {run['curve'][-1][1]:.2f} |" in table
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         summary.main([str(full)])  # a run without held-out views
