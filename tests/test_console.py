@@ -91,6 +91,10 @@ def test_the_meaningless_engine_resuming_line_is_dropped(caplog):
     assert "Engine run resuming from iteration 0" not in caplog.text and "Engine run finished" in caplog.text
 
 
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
 def test_every_engine_loses_the_start_notice_and_other_ranks_their_information_lines(caplog, monkeypatch):
     """After quiet_known_warnings (every bundle's initialize), an evaluator without EpochProgress starts without
     ignite's "resuming from iteration 0, epoch 0"; on rank 1 (torchrun's RANK before the process group exists) the
@@ -110,6 +114,11 @@ def test_every_engine_loses_the_start_notice_and_other_ranks_their_information_l
             evaluator.run()
             assert not any("Engine run resuming from iteration 0" in m for _, m in lines.lines)
             assert any(n.startswith("ignite.engine") for n, _ in lines.lines)  # ignite's other lines stay
+            lines.lines.clear()
+            with pytest.raises(KeyboardInterrupt):  # ignite's error line names nothing after Ctrl-C
+                SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.zeros(1, 2)}],
+                                    network=net, prepare_batch=_ctrl_c).run()  # fmt: skip
+            assert not any(m.startswith("Engine run is terminating") for _, m in lines.lines)
             monkeypatch.setenv("RANK", "1")
             lines.lines.clear()
             for name in ("medgmae.engine", "ignite.engine.engine.SupervisedTrainer", "monai.bundle"):

@@ -59,12 +59,18 @@ class _DropMessages(logging.Filter):
 IGNITE_START = "Engine run resuming from iteration 0, epoch 0 "
 
 
+#: ignite's error line for an exception without a message: after Ctrl-C it names nothing (the run's last line says
+#: how to continue).
+_IGNITE_CTRL_C = "Engine run is terminating due to exception: "
+
+
 class _ConsoleLines(logging.Filter):
-    """On a log handler: drops :data:`IGNITE_START` of every engine, and on training processes other than rank 0
+    """On a log handler: drops :data:`IGNITE_START` of every engine and its empty error line after Ctrl-C, and on training processes other than rank 0
     the information lines of ignite and the toolkit (each would repeat rank 0's); warnings and errors stay."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("ignite.") and str(record.getMessage()).startswith(IGNITE_START):
+        message = str(record.getMessage())
+        if record.name.startswith("ignite.") and (message.startswith(IGNITE_START) or message == _IGNITE_CTRL_C):
             return False
         return not (record.levelno <= logging.INFO and record.name.split(".")[0] in ("ignite", "medgmae")
                     and not _rank_zero())  # fmt: skip
