@@ -14,7 +14,7 @@ import torch
 from monai.data import DataLoader
 from monai.transforms import RandGaussianNoised
 
-from medgmae.engine.handlers import RandomStateTracker
+from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.resume import check_epoch_length, inexact_resume_notes, loader_record, saved_loader_record
 
 PATH = Path("run/checkpoint_epoch=2.pt")

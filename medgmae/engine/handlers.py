@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import re
-import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from monai.transforms import Compose, Randomizable
 
 from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun
 from medgmae.engine.resume import (
@@ -35,6 +31,7 @@ from medgmae.engine.resume import (
     restore_states,
     saved_loader_record,
 )
+from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
 from medgmae.files import save_torch_atomic
 
@@ -79,105 +76,6 @@ def unwrap_model(network: torch.nn.Module) -> torch.nn.Module:
     while isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
         network = network.module
     return network
-
-
-def _numpy_state_to_plain(state: tuple) -> dict:
-    """A NumPy ``RandomState.get_state()`` tuple as plain data (keys as a tensor), so that checkpoints load with
-    ``torch.load(weights_only=True)``."""
-    name, keys, pos, has_gauss, cached = state
-    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
-
-
-def _plain_to_numpy_state(d: Mapping) -> tuple:
-    """The inverse of :func:`_numpy_state_to_plain`."""
-    return (d["name"], np.asarray(d["keys"].numpy(), dtype=np.uint32), int(d["pos"]), int(d["has_gauss"]),
-            float(d["cached_gaussian"]))  # fmt: skip
-
-
-def _randomizables(obj: Any, seen: set | None = None) -> list[Randomizable]:
-    """Random transforms reachable from a transform, a Compose or a dataset (depth-first, stable order)."""
-    seen = set() if seen is None else seen
-    out: list[Randomizable] = []
-    if obj is None or id(obj) in seen:
-        return out
-    seen.add(id(obj))
-    if isinstance(obj, Randomizable):
-        out.append(obj)
-    children = list(obj.transforms) if isinstance(obj, Compose) else []
-    if isinstance(obj, (Randomizable, Compose)) or hasattr(obj, "transform"):
-        children += [v for v in vars(obj).values() if isinstance(v, (Randomizable, Compose))]
-    for child in children:
-        out.extend(_randomizables(child, seen))
-    return out
-
-
-class RandomStateTracker:
-    """A ``state_dict``-able snapshot of every random number generator a training run draws from.
-
-    Covers Python's ``random``, NumPy's global generator, torch's CPU and CUDA generators, and the private
-    ``RandomState`` of each MONAI random transform reachable from ``source`` (a dataset or transform chain), so
-    that a resumed run draws the same crops and shuffles as an uninterrupted one.
-
-    Args:
-        source: dataset or transform whose random transforms are tracked (optional).
-    """
-
-    def __init__(self, source: Any = None) -> None:
-        self.transforms = _randomizables(source)
-
-    def state_dict(self) -> dict:
-        return {
-            "python": random.getstate(),
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "transforms": [_numpy_state_to_plain(t.R.get_state()) for t in self.transforms],
-        }
-
-    def load_state_dict(self, state: Mapping) -> None:
-        random.setstate(state["python"])
-        np.random.set_state(_plain_to_numpy_state(state["numpy"]))
-        torch.set_rng_state(state["torch"])
-        if torch.cuda.is_available() and state.get("cuda"):
-            torch.cuda.set_rng_state_all(state["cuda"])
-        saved = state.get("transforms", [])
-        if len(saved) != len(self.transforms):
-            logger.warning(
-                "checkpoint has %d random-transform states but the pipeline has %d: crops will differ from an "
-                "uninterrupted run", len(saved), len(self.transforms)
-            )
-        for t, s in zip(self.transforms, saved):
-            t.R.set_state(_plain_to_numpy_state(s))
-
-    def load_rank_state(self, states: list[Mapping], rank: int) -> bool:
-        """Restore this process's random states from a checkpoint's states of ranks ``0..len(states) - 1``.
-
-        A rank the checkpoint holds gets its own states back. A rank beyond them (a run resumed with more
-        processes) gets every generator seeded from rank 0's saved torch state and its rank, so that it draws
-        other crops and masks than the other ranks, and the same ones on every such resume.
-
-        Args:
-            states: the saved :meth:`state_dict` of each rank (a single-process checkpoint: one).
-            rank: this process's rank.
-
-        Returns:
-            Whether the states were derived (``rank >= len(states)``) rather than restored.
-        """
-        if not states or rank < 0:
-            raise ValueError(f"need at least one saved random state and a rank >= 0, got {len(states)} and {rank}")
-        if rank < len(states):
-            self.load_state_dict(states[rank])
-            return False
-        self.load_state_dict(states[0])
-        origin = zlib.crc32(torch.as_tensor(states[0]["torch"]).numpy().tobytes())
-        seeds = [int(x) for x in np.random.SeedSequence([origin, rank]).generate_state(3 + len(self.transforms))]
-        random.seed(seeds[0])
-        np.random.seed(seeds[1])
-        torch.manual_seed(seeds[2])  # CUDA generators included
-        for t, seed in zip(self.transforms, seeds[3:]):
-            t.set_random_state(seed=seed)
-        return True
 
 
 def _records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
