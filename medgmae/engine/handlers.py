@@ -89,13 +89,14 @@ class CheckpointHandler:
     """Atomic checkpoints at epoch ends and on interruption, and exact resume.
 
     At every ``save_interval`` epochs it writes ``checkpoint_epoch=N.pt`` (keeping the newest ``n_saved``) with the
-    state dicts of ``objects``, the engine's epoch/iteration, the training loader's batch size and epoch length
-    (:func:`~medgmae.engine.resume.loader_record`) and a :class:`RandomStateTracker`. When the run stops
-    on an exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` (the state within the epoch, kept
-    to inspect: a resume continues from the newest epoch checkpoint, and removes it once it has saved a later one)
-    and re-raises; at a normal end it writes ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's
-    checkpoints, progress pictures or TensorBoard event files, names them when it starts and removes them when it
-    writes its first epoch checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`): kept, the earlier run's
+    state dicts of ``objects``, the engine's epoch/iteration, the training loader's batch size, epoch length and
+    workers and the number of processes (:func:`~medgmae.engine.resume.loader_record`) and a
+    :class:`RandomStateTracker`. When the run stops on an exception (including Ctrl-C) it writes
+    ``checkpoint_interrupted.pt`` (the state within the epoch, kept to inspect: a resume continues from the newest
+    epoch checkpoint, and removes it once it has saved a later one) and re-raises; at a normal end it writes
+    ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's checkpoints,
+    progress pictures or TensorBoard event files, names them when it starts and removes them when it writes its
+    first epoch checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`): kept, the earlier run's
     higher epoch numbers would have outranked this run's own checkpoints (the newest ``n_saved`` were kept by
     number), a later ``--resume`` would have continued the earlier run, and the pictures and curves of both runs
     would have been mixed. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
