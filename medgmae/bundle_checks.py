@@ -186,7 +186,8 @@ def summarise_errors(resumable: bool = False) -> bool:
     ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
     ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
     (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. After Ctrl-C the
-    last line says how to continue instead (:data:`INTERRUPTED` for a bundle that resumes). Installing this
+    one line printed says how to continue instead (:data:`INTERRUPTED` for a bundle that resumes), without the
+    traceback of where the interrupt struck; Python exits with the interrupt's status (130). Installing this
     ``sys.excepthook`` is part of :func:`check_settings`, the first step of each bundle's ``initialize``; it keeps the whole traceback (nothing is
     hidden) and is installed once however often it is called.
 
@@ -202,14 +203,13 @@ def summarise_errors(resumable: bool = False) -> bool:
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb) -> None:
-        previous(exc_type, exc, tb)
-        if not isinstance(exc, BaseException):
-            return
-        chain = _chain(exc)
-        if any(isinstance(e, KeyboardInterrupt) for e in chain):
+        chain = _chain(exc) if isinstance(exc, BaseException) else []
+        if any(isinstance(e, KeyboardInterrupt) for e in chain):  # Ctrl-C: where it struck is no news to anyone
             print(f"\n{INTERRUPTED if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
         # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
-        elif (reason := next((e for e in chain if not _is_monai_wrapper(e)), chain[-1])) is not exc:
+        if chain and (reason := next((e for e in chain if not _is_monai_wrapper(e)), chain[-1])) is not exc:
             print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
 
     hook.summarises_errors, hook.resumable = True, bool(resumable)

@@ -1,5 +1,6 @@
-"""Console hygiene and progress: only the listed third-party notices are filtered; the per-epoch line and the
-recorded mean loss."""
+"""Console hygiene and progress: only the listed third-party notices are filtered, ignite's start notice of every
+engine and, on ranks other than 0, the information lines that repeat rank 0's; the per-epoch line and the recorded
+mean loss (over every process's iterations)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,27 @@ import torch
 from ignite.engine import Engine
 
 from medgmae.engine import EpochProgress, MetricHistory, loss_value, quiet_known_warnings
+from medgmae.engine.console import _ConsoleLines, mean_over_processes
+
+
+@pytest.fixture(autouse=True)
+def _root_handlers_as_they_were():
+    """quiet_known_warnings filters the root logger's handlers (pytest's capture handlers among them): undo it."""
+    yield
+    for handler in logging.getLogger().handlers:
+        for f in [f for f in handler.filters if isinstance(f, _ConsoleLines)]:
+            handler.removeFilter(f)
+
+
+class _Lines(logging.Handler):
+    """The messages that reach a handler of the root logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.name, record.getMessage()))
 
 
 def test_only_the_known_notices_are_filtered(caplog):
@@ -67,6 +89,75 @@ def test_the_meaningless_engine_resuming_line_is_dropped(caplog):
     with caplog.at_level(logging.INFO):
         trainer(progress=True).run()
     assert "Engine run resuming from iteration 0" not in caplog.text and "Engine run finished" in caplog.text
+
+
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_every_engine_loses_the_start_notice_and_other_ranks_their_information_lines(caplog, monkeypatch):
+    """After quiet_known_warnings (every bundle's initialize), an evaluator without EpochProgress starts without
+    ignite's "resuming from iteration 0, epoch 0"; on rank 1 (torchrun's RANK before the process group exists) the
+    information lines of ignite and the toolkit are dropped, warnings and other libraries' lines stay."""
+    from monai.engines import SupervisedEvaluator
+
+    lines = _Lines()
+    logging.getLogger().addHandler(lines)
+    try:
+        quiet_known_warnings()
+        quiet_known_warnings()  # idempotent: one filter per handler
+        assert sum(isinstance(f, _ConsoleLines) for f in lines.filters) == 1
+        net = torch.nn.Linear(2, 1)
+        evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.zeros(1, 2)}],
+                                        network=net)  # fmt: skip
+        with caplog.at_level(logging.INFO):
+            evaluator.run()
+            assert not any("Engine run resuming from iteration 0" in m for _, m in lines.lines)
+            assert any(n.startswith("ignite.engine") for n, _ in lines.lines)  # ignite's other lines stay
+            lines.lines.clear()
+            with pytest.raises(KeyboardInterrupt):  # ignite's error line names nothing after Ctrl-C
+                SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.zeros(1, 2)}],
+                                    network=net, prepare_batch=_ctrl_c).run()  # fmt: skip
+            assert not any(m.startswith("Engine run is terminating") for _, m in lines.lines)
+            monkeypatch.setenv("RANK", "1")
+            lines.lines.clear()
+            for name in ("medgmae.engine", "ignite.engine.engine.SupervisedTrainer", "monai.bundle"):
+                logging.getLogger(name).info("information")
+                logging.getLogger(name).warning("warning")
+            assert sorted(lines.lines) == sorted([("medgmae.engine", "warning"), ("monai.bundle", "information"),
+                                                  ("monai.bundle", "warning"),
+                                                  ("ignite.engine.engine.SupervisedTrainer", "warning")])  # fmt: skip
+            monkeypatch.setenv("RANK", "0")
+            lines.lines.clear()
+            logging.getLogger("medgmae.engine").info("information")
+            assert lines.lines == [("medgmae.engine", "information")]
+    finally:
+        logging.getLogger().removeHandler(lines)
+
+
+def test_the_epoch_loss_is_the_mean_over_every_process(monkeypatch):
+    """Under torch.distributed the epoch's loss is the mean of all ranks' iterations (here a fake second rank with
+    3 iterations summing to 0.9 beside this rank's 2 summing to 0.2: 1.1 / 5), not this rank's alone."""
+    import torch.distributed as dist
+
+    assert mean_over_processes(0.2, 2) == 0.2 / 2 and np.isnan(mean_over_processes(0.0, 0))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(torch.tensor([0.9, 3.0], dtype=t.dtype)))
+    assert mean_over_processes(0.2, 2) == pytest.approx(1.1 / 5)
+
+
+def test_a_single_process_epoch_loss_is_the_plain_mean_bit_for_bit():
+    losses = np.random.default_rng(1).random(7).astype(np.float32)
+    engine = Engine(lambda e, b: {"loss": torch.tensor(losses[e.state.iteration - 1])})
+    history = MetricHistory()
+    EpochProgress(history=history, progress_bar=False).attach(engine)
+    engine.run(range(7), max_epochs=1)
+    total = 0.0
+    for value in losses:
+        total += float(value)
+    assert history.get("train_loss") == ([1], [total / 7])
 
 
 def test_slice_pictures_are_shown_radiologically():

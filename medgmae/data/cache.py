@@ -174,6 +174,10 @@ class DiskCacheDataset(PersistentDataset):
         return out
 
 
+#: The cache folders this process has named in its log.
+_NAMED_FOLDERS: set[str] = set()
+
+
 def training_dataset(
     data: Sequence[dict],
     transform: Callable,
@@ -209,5 +213,7 @@ def training_dataset(
         return Dataset(data, transform)
     record = preprocessing_record(transform, spec)
     folder = _named_folder(cache_root, record, create=False)  # created with its first cache file
-    logger.info("pre-processed volumes are cached in %s", folder)
+    if str(folder) not in _NAMED_FOLDERS:  # a run's training and validation datasets share it: named once
+        _NAMED_FOLDERS.add(str(folder))
+        logger.info("pre-processed volumes are cached in %s", folder)
     return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=record)

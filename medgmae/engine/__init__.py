@@ -6,10 +6,10 @@ from medgmae.engine.handlers import (
     CheckpointHandler,
     GradientClipHandler,
     NonFiniteLossHandler,
-    RandomStateTracker,
     resolve_device,
     unwrap_model,
 )
+from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.resume import check_resume_fits, latest_checkpoint
 from medgmae.engine.console import EpochProgress, is_main_process, loss_value, quiet_known_warnings
 from medgmae.engine.history import MetricHistory

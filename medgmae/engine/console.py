@@ -2,8 +2,9 @@
 third-party noise.
 
 :func:`quiet_known_warnings` removes, by exact message, the notices that MONAI emits on every run although
-nothing is wrong (the nvImageCodec DICOM plugin missing on a machine without it). Everything else, and every
-warning of the toolkit itself, stays visible. :class:`EpochProgress` puts ignite's tqdm
+nothing is wrong (the nvImageCodec DICOM plugin missing on a machine without it), ignite's start notice of every
+engine, and on training processes other than rank 0 the information lines that repeat rank 0's. Everything else, and
+every warning of the toolkit itself, stays visible. :class:`EpochProgress` puts ignite's tqdm
 :class:`~ignite.handlers.ProgressBar` (loss, it/s, ETA) on the console and logs one line per epoch for log files.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 import warnings
@@ -22,7 +24,15 @@ from ignite.engine import Engine, Events
 
 from medgmae.cli_types import as_bool
 
-__all__ = ["EpochProgress", "KNOWN_HARMLESS", "is_main_process", "loss_value", "quiet_known_warnings"]
+__all__ = [
+    "EpochProgress",
+    "IGNITE_START",
+    "KNOWN_HARMLESS",
+    "is_main_process",
+    "loss_value",
+    "mean_over_processes",
+    "quiet_known_warnings",
+]
 
 logger = logging.getLogger("medgmae.engine")
 
@@ -44,11 +54,46 @@ class _DropMessages(logging.Filter):
         return not str(record.getMessage()).startswith(self.starts)
 
 
-def quiet_known_warnings() -> None:
-    """Filter the notices listed in :data:`KNOWN_HARMLESS` (by exact message start); idempotent.
+#: ignite's notice when a MONAI workflow starts, fresh or resumed (the workflow builds the engine's state): never
+#: informative; a resumed run names its checkpoint and epoch itself.
+IGNITE_START = "Engine run resuming from iteration 0, epoch 0 "
 
-    Call it before the data pipeline is built (the bundles do so from their ``initialize`` step).
+
+#: ignite's error line for an exception without a message: after Ctrl-C it names nothing (the run's last line says
+#: how to continue).
+_IGNITE_CTRL_C = "Engine run is terminating due to exception: "
+
+
+class _ConsoleLines(logging.Filter):
+    """On a log handler: drops :data:`IGNITE_START` of every engine and its empty error line after Ctrl-C, and on training processes other than rank 0
+    the information lines of ignite and the toolkit (each would repeat rank 0's); warnings and errors stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.getMessage())
+        if record.name.startswith("ignite.") and (message.startswith(IGNITE_START) or message == _IGNITE_CTRL_C):
+            return False
+        return not (record.levelno <= logging.INFO and record.name.split(".")[0] in ("ignite", "medgmae")
+                    and not _rank_zero())  # fmt: skip
+
+
+def _rank_zero() -> bool:
+    """Rank 0, or no rank at all, under torch.distributed; before the process group is made, torchrun's ``RANK``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def quiet_known_warnings() -> None:
+    """Filter the notices listed in :data:`KNOWN_HARMLESS` (by exact message start), and on the root logger's
+    handlers ignite's start notice of every engine (:data:`IGNITE_START`) and, on ranks other than 0, the
+    information lines of ignite and the toolkit; idempotent.
+
+    Call it before the data pipeline is built (the bundles do so from their ``initialize`` step, after MONAI's
+    runner has set up the logging handlers).
     """
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _ConsoleLines) for f in handler.filters):
+            handler.addFilter(_ConsoleLines())
     categories = {"UserWarning": UserWarning, "FutureWarning": FutureWarning, "DeprecationWarning": DeprecationWarning}
     for source, start in KNOWN_HARMLESS:
         if source in categories:
@@ -79,13 +124,33 @@ def loss_value(output: Any, key: str = "loss") -> float | None:
         return None
 
 
+def mean_over_processes(total: float, count: int) -> float:
+    """The mean of values summed and counted in each training process: ``sum(total) / sum(count)`` over the
+    processes under torch.distributed (a collective: every rank calls it), ``total / count`` without it.
+
+    Args:
+        total: this process's sum of the values.
+        count: how many values it summed.
+
+    Returns:
+        The mean over all processes' values (NaN when none has any).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return total / count if count else math.nan
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    both = torch.tensor([float(total), float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(both, op=dist.ReduceOp.SUM)
+    total, count = float(both[0]), float(both[1])
+    return total / count if count else math.nan
+
+
 class EpochProgress:
     """A tqdm progress bar per epoch (loss, it/s, ETA) and one summary line per epoch in the log.
 
     The bar goes to the terminal (stderr) and disappears at the epoch's end, where one line
     ``epoch 3/15: train_loss 0.01234 (16 iterations, 14.2 s, 1.13 it/s)`` is logged instead; log files so hold one
-    line per epoch. The epoch's mean loss is also recorded in ``history`` (a
-    :class:`~medgmae.engine.history.MetricHistory`) as ``train_loss`` when one is given.
+    line per epoch. The epoch's mean loss (under torch.distributed: over every process's iterations) is also
+    recorded in ``history`` (a :class:`~medgmae.engine.history.MetricHistory`) as ``train_loss`` when one is given.
 
     Attach it before the checkpoint handler so that the recorded loss of an epoch is in that epoch's checkpoint.
 
@@ -102,10 +167,8 @@ class EpochProgress:
         self._sum, self._count, self._t0 = 0.0, 0, 0.0
 
     def attach(self, engine: Engine) -> None:
-        # ignite says "resuming from iteration 0, epoch 0" when a MONAI workflow starts, fresh or resumed (the
-        # workflow builds the engine's state): never informative; a resume names its checkpoint and epoch itself
-        if not any(isinstance(f, _DropMessages) for f in engine.logger.filters):
-            engine.logger.addFilter(_DropMessages(("Engine run resuming from iteration 0, epoch 0 ",)))
+        if not any(isinstance(f, _DropMessages) for f in engine.logger.filters):  # also without quiet_known_warnings
+            engine.logger.addFilter(_DropMessages((IGNITE_START,)))
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
@@ -130,7 +193,7 @@ class EpochProgress:
     def _end(self, engine: Engine) -> None:
         seconds = max(time.perf_counter() - self._t0, 1e-9)
         iters = engine.state.epoch_length or self._count
-        mean = self._sum / self._count if self._count else math.nan
+        mean = mean_over_processes(self._sum, self._count)  # every rank's crops, not rank 0's alone
         if self.history is not None and self._count:
             self.history.record(self.name, engine.state.epoch, mean)
         if not is_main_process():

@@ -11,27 +11,27 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from monai.transforms import Compose, Randomizable
 
 from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun
 from medgmae.engine.resume import (
     check_epoch_length,
     check_max_epochs,
     epoch_checkpoints,
+    inexact_resume_notes,
     loader_record,
     rank_world,
     read_latest_checkpoint,
     restore_states,
+    saved_loader_record,
 )
+from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
 from medgmae.files import save_torch_atomic
 
@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("medgmae.engine")
+
+#: What a run stopped by an error or Ctrl-C saves: its state within an epoch, which a resume does not continue from.
+INTERRUPTED = "checkpoint_interrupted.pt"
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -75,76 +78,6 @@ def unwrap_model(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
-def _numpy_state_to_plain(state: tuple) -> dict:
-    """A NumPy ``RandomState.get_state()`` tuple as plain data (keys as a tensor), so that checkpoints load with
-    ``torch.load(weights_only=True)``."""
-    name, keys, pos, has_gauss, cached = state
-    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
-
-
-def _plain_to_numpy_state(d: Mapping) -> tuple:
-    """The inverse of :func:`_numpy_state_to_plain`."""
-    return (d["name"], np.asarray(d["keys"].numpy(), dtype=np.uint32), int(d["pos"]), int(d["has_gauss"]),
-            float(d["cached_gaussian"]))  # fmt: skip
-
-
-def _randomizables(obj: Any, seen: set | None = None) -> list[Randomizable]:
-    """Random transforms reachable from a transform, a Compose or a dataset (depth-first, stable order)."""
-    seen = set() if seen is None else seen
-    out: list[Randomizable] = []
-    if obj is None or id(obj) in seen:
-        return out
-    seen.add(id(obj))
-    if isinstance(obj, Randomizable):
-        out.append(obj)
-    children = list(obj.transforms) if isinstance(obj, Compose) else []
-    if isinstance(obj, (Randomizable, Compose)) or hasattr(obj, "transform"):
-        children += [v for v in vars(obj).values() if isinstance(v, (Randomizable, Compose))]
-    for child in children:
-        out.extend(_randomizables(child, seen))
-    return out
-
-
-class RandomStateTracker:
-    """A ``state_dict``-able snapshot of every random number generator a training run draws from.
-
-    Covers Python's ``random``, NumPy's global generator, torch's CPU and CUDA generators, and the private
-    ``RandomState`` of each MONAI random transform reachable from ``source`` (a dataset or transform chain), so
-    that a resumed run draws the same crops and shuffles as an uninterrupted one.
-
-    Args:
-        source: dataset or transform whose random transforms are tracked (optional).
-    """
-
-    def __init__(self, source: Any = None) -> None:
-        self.transforms = _randomizables(source)
-
-    def state_dict(self) -> dict:
-        return {
-            "python": random.getstate(),
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "transforms": [_numpy_state_to_plain(t.R.get_state()) for t in self.transforms],
-        }
-
-    def load_state_dict(self, state: Mapping) -> None:
-        random.setstate(state["python"])
-        np.random.set_state(_plain_to_numpy_state(state["numpy"]))
-        torch.set_rng_state(state["torch"])
-        if torch.cuda.is_available() and state.get("cuda"):
-            torch.cuda.set_rng_state_all(state["cuda"])
-        saved = state.get("transforms", [])
-        if len(saved) != len(self.transforms):
-            logger.warning(
-                "checkpoint has %d random-transform states but the pipeline has %d: crops will differ from an "
-                "uninterrupted run", len(saved), len(self.transforms)
-            )
-        for t, s in zip(self.transforms, saved):
-            t.R.set_state(_plain_to_numpy_state(s))
-
-
 def _records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """``objects`` with the records (anything but modules, optimisers and schedulers) first: a configuration record
     refusing a changed setting then names the setting before a weight tensor fails on its changed shape."""
@@ -156,12 +89,14 @@ class CheckpointHandler:
     """Atomic checkpoints at epoch ends and on interruption, and exact resume.
 
     At every ``save_interval`` epochs it writes ``checkpoint_epoch=N.pt`` (keeping the newest ``n_saved``) with the
-    state dicts of ``objects``, the engine's epoch/iteration, the training loader's batch size and epoch length
-    (:func:`~medgmae.engine.resume.loader_record`) and a :class:`RandomStateTracker`. When the run stops
-    on an exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` and re-raises; at a normal end it
-    writes ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's
-    checkpoints, progress pictures or TensorBoard event files, names them when it starts and removes them when it
-    writes its first epoch checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`): kept, the earlier run's
+    state dicts of ``objects``, the engine's epoch/iteration, the training loader's batch size, epoch length and
+    workers and the number of processes (:func:`~medgmae.engine.resume.loader_record`) and a
+    :class:`RandomStateTracker`. When the run stops on an exception (including Ctrl-C) it writes
+    ``checkpoint_interrupted.pt`` (the state within the epoch, kept to inspect: a resume continues from the newest
+    epoch checkpoint, and removes it once it has saved a later one) and re-raises; at a normal end it writes
+    ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's checkpoints,
+    progress pictures or TensorBoard event files, names them when it starts and removes them when it writes its
+    first epoch checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`): kept, the earlier run's
     higher epoch numbers would have outranked this run's own checkpoints (the newest ``n_saved`` were kept by
     number), a later ``--resume`` would have continued the earlier run, and the pictures and curves of both runs
     would have been mixed. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
@@ -175,7 +110,9 @@ class CheckpointHandler:
     Under torch.distributed every rank attaches it, and only rank 0 writes: at each epoch end the random states of
     all ranks are gathered into the checkpoint (``random_state_ranks``); on resume rank 0 reads the checkpoint and
     broadcasts it, and each rank restores the weights, optimiser and its own random states, so a resumed DDP run
-    continues as the uninterrupted one (``output_dir`` need only be visible to rank 0).
+    continues as the uninterrupted one (``output_dir`` need only be visible to rank 0). A resume with another number
+    of processes or loader workers is warned as not exact (:func:`~medgmae.engine.resume.inexact_resume_notes`);
+    ranks the checkpoint lacks draw from seeds derived from rank 0's state (:meth:`RandomStateTracker.load_rank_state`).
 
     Attach it before ``monai.handlers.StatsHandler``: both re-raise from their ``EXCEPTION_RAISED`` handler, and
     ignite stops calling an event's handlers at the first that raises, so a handler attached after StatsHandler
@@ -257,11 +194,20 @@ class CheckpointHandler:
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
         if saved is None:
             return
-        removed = self._earlier_run.remove(keep=saved)
-        if removed:
+        if self.resume:
+            self._remove_interrupted()
+        elif removed := self._earlier_run.remove(keep=saved):
             logger.info("removed %d files of the earlier run (%s) from %s", len(removed), ", ".join(self._earlier_run.patterns), self.output_dir)
         for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
             p.unlink(missing_ok=True)
+
+    def _remove_interrupted(self) -> None:
+        """Remove the ``checkpoint_interrupted.pt`` of the run this one resumes, once this run has saved a later
+        epoch checkpoint (rank 0)."""
+        interrupted = self.output_dir / INTERRUPTED
+        if interrupted.is_file():
+            interrupted.unlink()
+            logger.info("removed %s of the interrupted run: this resumed run has saved a later checkpoint", interrupted)
 
     def _note_earlier_run(self) -> None:
         """Remember (and name) what another run left in ``output_dir``, which this fresh run replaces."""
@@ -277,7 +223,7 @@ class CheckpointHandler:
         if self._failed_resume:
             raise e
         try:  # no collective here: the other ranks may not have failed
-            self.save(engine, "checkpoint_interrupted.pt", gather=False)
+            self.save(engine, INTERRUPTED, gather=False)
         except Exception as save_error:  # never mask the original error
             logger.error("could not save the interrupted checkpoint: %s", save_error)
         raise e
@@ -288,11 +234,16 @@ class CheckpointHandler:
             return
         path, ckpt = self._read_latest()
         if path is None:
-            logger.info("resume requested but no checkpoint in %s: starting from scratch", self.output_dir)
+            if rank_world()[0] == 0:
+                logger.info("resume requested but no checkpoint_epoch=N.pt in %s: starting from scratch%s", self.output_dir,
+                            f" ({INTERRUPTED} holds the interrupted run's state within an epoch, which a resume does not "
+                            "continue: a run continues from the end of its last saved epoch)"
+                            if (self.output_dir / INTERRUPTED).is_file() else "")  # fmt: skip
             return
         self._failed_resume = True  # until the state is restored: a failure writes no checkpoint_interrupted.pt
         epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
-        check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(engine.state.dataloader))
+        saved_loader, current_loader = saved_loader_record(ckpt), loader_record(engine.state.dataloader)
+        check_epoch_length(path, ckpt["engine"], saved_loader, current_loader)
         check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok)
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         unrecorded = {name for name in missing if isinstance(self.objects[name], RECORDS)}
@@ -303,16 +254,13 @@ class CheckpointHandler:
                            path, sorted(unrecorded))  # fmt: skip
         restore = {k: v for k, v in self.objects.items() if k not in unrecorded}
         restore_states(path, _records_first(restore), ckpt["objects"])
-        rank, world = rank_world()
+        inexact_resume_notes(path, saved_loader, current_loader)
         ranks = ckpt.get("random_state_ranks")
-        if world > 1 and not (isinstance(ranks, list) and len(ranks) == world):
-            logger.warning("checkpoint %s holds no random states for %d ranks: rank %d resumes with rank 0's, and "
-                           "crops will differ from an uninterrupted run", path, world, rank)  # fmt: skip
-        self.rng.load_state_dict(ranks[rank] if world > 1 and isinstance(ranks, list) and len(ranks) == world
-                                 else ckpt["random_state"])  # fmt: skip
+        self.rng.load_rank_state(ranks if isinstance(ranks, list) and ranks else [ckpt["random_state"]], rank_world()[0])
         engine.state.epoch, engine.state.iteration = epoch, iteration
         self.resumed_from, self._failed_resume = path, False
-        logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
+        if rank_world()[0] == 0:
+            logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
 
     def _read_latest(self) -> tuple[Path | None, dict | None]:
         """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks, on ``map_location``."""

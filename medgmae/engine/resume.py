@@ -28,7 +28,9 @@ __all__ = [
     "latest_checkpoint",
     "read_latest_checkpoint",
     "loader_record",
+    "saved_loader_record",
     "check_epoch_length",
+    "inexact_resume_notes",
     "check_max_epochs",
     "check_resume_fits",
     "restore_states",
@@ -94,14 +96,33 @@ def read_latest_checkpoint(
 
 
 def loader_record(loader: Any) -> dict:
-    """``{"batch_size", "epoch_length"}`` of a training data loader, as checkpoints record it (``None`` where the
-    loader has no such attribute or length)."""
-    batch_size = getattr(loader, "batch_size", None)
+    """``{"batch_size", "epoch_length", "num_workers", "world_size"}`` of a training data loader, as checkpoints
+    record it: its batch size, length and worker processes (``None`` where the loader has no such attribute or
+    length) and the number of training processes (1 without torch.distributed)."""
+    batch_size, workers = getattr(loader, "batch_size", None), getattr(loader, "num_workers", None)
     try:
         length = len(loader)
     except TypeError:
         length = None
-    return {"batch_size": batch_size if isinstance(batch_size, int) else None, "epoch_length": length}
+    return {"batch_size": batch_size if isinstance(batch_size, int) else None, "epoch_length": length,
+            "num_workers": workers if isinstance(workers, int) else None, "world_size": rank_world()[1]}  # fmt: skip
+
+
+def saved_loader_record(ckpt: Mapping) -> dict:
+    """The :func:`loader_record` a checkpoint holds, its ``world_size`` filled in for checkpoints written before it
+    was recorded (the length of ``random_state_ranks``, which multi-process runs save, else 1); other entries
+    missing from older checkpoints are ``None``.
+
+    Args:
+        ckpt: the checkpoint (or a selection of it holding ``loader`` and, for older files, ``random_state_ranks``
+            or its length as ``saved_ranks``).
+    """
+    saved = dict(ckpt.get("loader") or {}) if isinstance(ckpt.get("loader"), Mapping) else {}
+    record = {key: saved.get(key) for key in ("batch_size", "epoch_length", "num_workers", "world_size")}
+    if not isinstance(record["world_size"], int):
+        ranks = ckpt.get("random_state_ranks")
+        record["world_size"] = len(ranks) if isinstance(ranks, list) else int(ckpt.get("saved_ranks") or 1)
+    return record
 
 
 def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None, current_loader: Mapping) -> None:
@@ -111,11 +132,12 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
     Args:
         path: the checkpoint, as the message names it.
         engine: its ``{"epoch", "iteration"}``.
-        saved_loader: its :func:`loader_record` (``None`` in checkpoints written before it was recorded).
+        saved_loader: its :func:`saved_loader_record` (``None`` in checkpoints written before it was recorded).
         current_loader: this run's :func:`loader_record`.
 
     Raises:
-        ValueError: naming both epoch lengths and, where known, both batch sizes.
+        ValueError: naming both epoch lengths and, where known, both batch sizes, or both numbers of training
+            processes when they differ.
     """
     epoch, iteration = int(engine["epoch"]), int(engine["iteration"])
     epoch_length = current_loader.get("epoch_length")
@@ -124,7 +146,13 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
     old, new = (saved_loader or {}).get("batch_size"), current_loader.get("batch_size")
     then = f"{iteration / epoch:g} per epoch" + (f", batch size {old}" if old is not None else "")
     now = f"{epoch_length} iterations per epoch" + (f" (batch size {new})" if new is not None else "")
-    if old is not None and new is not None and old != new:
+    was, now_world = (saved_loader or {}).get("world_size"), current_loader.get("world_size")
+    if isinstance(was, int) and isinstance(now_world, int) and was != now_world:
+        cause = (f"the number of training processes changed: saved {was}, now {now_world} (each process trains on "
+                 "its share of the cases)")  # fmt: skip
+        settings = f" (torchrun --nproc_per_node {was}" if was > 1 else " (one process, without torchrun"
+        settings += f", --batch_size {old})" if old is not None and new is not None and old != new else ")"
+    elif old is not None and new is not None and old != new:
         cause, settings = f"the batch size changed from {old} to {new}", f" (--batch_size {old})"
     else:
         cause, settings = "the batch size, the number of training cases or the samples per case changed", ""
@@ -132,6 +160,45 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
         f"checkpoint {path} is at epoch {epoch} after {iteration} iterations ({then}), but this run has {now}: "
         f"{cause}. Resume with the settings of the interrupted run{settings}, or start a new output folder"
     )
+
+
+def inexact_resume_notes(path: Path, saved_loader: Mapping, current_loader: Mapping) -> list[str]:
+    """What makes a resume that :func:`check_epoch_length` accepts differ from an uninterrupted run: another number
+    of training processes (the global batch changes with it) or of loader workers (they draw the random crops).
+    Rank 0 logs each as a warning, so that a multi-process run says it once.
+
+    Args:
+        path: the checkpoint, as the notes name it.
+        saved_loader: its :func:`saved_loader_record` (entries unknown to older checkpoints are ``None`` and not
+            compared).
+        current_loader: this run's :func:`loader_record`.
+
+    Returns:
+        The notes (on every rank), empty when the resume continues the run exactly.
+    """
+    notes = []
+    was, now = saved_loader.get("world_size"), current_loader.get("world_size")
+    if isinstance(was, int) and isinstance(now, int) and was != now:
+        then_batch, now_batch = saved_loader.get("batch_size"), current_loader.get("batch_size")
+        batches = (f"{was} x {then_batch} to {now} x {now_batch} (processes x batch size)"
+                   if then_batch is not None and now_batch is not None else f"{was} to {now} processes' batches")  # fmt: skip
+        note = (f"checkpoint {path} was saved by {was} training process{'es' if was > 1 else ''} and this run has "
+                f"{now}: the resume is not exact, the global batch of each step changes from {batches} and the "
+                "cases are shared out among the processes differently")  # fmt: skip
+        if now > was:
+            new_ranks = f"the processes of ranks {was}-{now - 1} start" if now - was > 1 else f"the process of rank {was} starts"
+            note += (f"; {new_ranks} from random states derived from rank 0's saved state and the rank (crops and "
+                     "masks of their own, the same on every such resume)")  # fmt: skip
+        notes.append(note)
+    was, now = saved_loader.get("num_workers"), current_loader.get("num_workers")
+    if isinstance(was, int) and isinstance(now, int) and was != now:
+        notes.append(f"checkpoint {path} was saved with num_workers={was} and this run has num_workers={now}: the "
+                     "resume is not exact (the loader workers draw the random crops, so the crops differ from an "
+                     f"uninterrupted run); resume with --num_workers {was} to continue it exactly")  # fmt: skip
+    if rank_world()[0] == 0:
+        for note in notes:
+            logger.warning(note)
+    return notes
 
 
 def check_max_epochs(
@@ -213,7 +280,7 @@ def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state
     warmup = _capped_warmup(scheduler, saved, plan, state.get("last_epoch"))
     shown = [k for k in plan if not (warmup and k == "warmup_steps")]
     changed = settings_differences({k: saved[k] for k in shown}, {k: plan[k] for k in shown}) + ([warmup] if warmup else [])
-    if changed:
+    if changed and rank_world()[0] == 0:
         logger.warning("checkpoint %s: '%s' continues on this run's schedule (%s): the learning rate follows the new "
                        "schedule from the saved step on", path, name, "; ".join(changed))  # fmt: skip
     return changed
@@ -245,7 +312,9 @@ def _resume_parts(records: Mapping[str, Any]) -> Callable[[Mapping], dict]:
 
     def select(ckpt: Mapping) -> dict:
         objects = ckpt.get("objects") if isinstance(ckpt.get("objects"), Mapping) else {}
+        ranks = ckpt.get("random_state_ranks")
         return {"engine": ckpt.get("engine"), "loader": ckpt.get("loader"),
+                "saved_ranks": len(ranks) if isinstance(ranks, list) else None,
                 "records": {name: objects[name] for name in records if name in objects}}  # fmt: skip
 
     return select
@@ -293,7 +362,7 @@ def check_resume_fits(
     path, ckpt = read_latest_checkpoint(output_dir, select=_resume_parts(records))
     if path is None or not isinstance(ckpt.get("engine"), Mapping):
         return path  # a file without engine state: CheckpointHandler names what it lacks
-    check_epoch_length(path, ckpt["engine"], ckpt.get("loader"), loader_record(train_loader))
+    check_epoch_length(path, ckpt["engine"], saved_loader_record(ckpt), loader_record(train_loader))
     check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key)
     restore_states(path, ((name, records[name]) for name in ckpt["records"]), ckpt["records"])
     return path

@@ -1,0 +1,145 @@
+"""Resuming with another number of training processes or loader workers: refused naming the process counts when
+the epoch length changes, warned once (not exact) when it does not, and ranks beyond the saved ones draw random
+numbers of their own."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader
+from monai.transforms import RandGaussianNoised
+
+from medgmae.engine.random_state import RandomStateTracker
+from medgmae.engine.resume import check_epoch_length, inexact_resume_notes, loader_record, saved_loader_record
+
+PATH = Path("run/checkpoint_epoch=2.pt")
+
+
+def _two_process_checkpoint(**loader) -> dict:
+    """What a 2-process run writes after 2 epochs of 3 iterations (batch size 1), as far as the checks read it."""
+    return {"engine": {"epoch": 2, "iteration": 6}, "loader": {"batch_size": 1, "epoch_length": 3, **loader},
+            "random_state_ranks": [{}, {}]}  # fmt: skip
+
+
+def test_another_epoch_length_from_another_process_count_names_the_process_counts():
+    """6 cases in 1 process with batch size 1 make 6 iterations per epoch where 2 processes made 3: the message
+    names the two process counts and how to resume, not a batch size that did not change."""
+    current = loader_record(DataLoader(list(range(6)), batch_size=1))
+    assert current["world_size"] == 1 and current["epoch_length"] == 6
+    for ckpt in (_two_process_checkpoint(), _two_process_checkpoint(world_size=2)):  # older files: from the ranks
+        with pytest.raises(ValueError, match=r"the number of training processes changed: saved 2, now 1 .*Resume with "
+                                             r"the settings of the interrupted run \(torchrun --nproc_per_node 2\)") as e:
+            check_epoch_length(PATH, ckpt["engine"], saved_loader_record(ckpt), current)
+        assert "batch size changed" not in str(e.value) and "samples per case" not in str(e.value)
+    one = {"engine": {"epoch": 2, "iteration": 6}, "loader": {"batch_size": 1, "epoch_length": 3}}  # no ranks saved
+    with pytest.raises(ValueError, match=r"saved 1, now 2 .*\(one process, without torchrun\)"):
+        check_epoch_length(PATH, one["engine"], saved_loader_record(one), {**current, "world_size": 2})
+
+
+def test_another_process_count_with_the_same_epoch_length_warns_once_in_both_directions(caplog):
+    saved = saved_loader_record(_two_process_checkpoint())
+    fewer = {"batch_size": 2, "epoch_length": 3, "num_workers": None, "world_size": 1}
+    with caplog.at_level(logging.WARNING):
+        notes = inexact_resume_notes(PATH, saved, fewer)
+    assert len(notes) == 1 and [r.getMessage() for r in caplog.records] == notes
+    assert "saved by 2 training processes and this run has 1: the resume is not exact" in notes[0]
+    assert "from 2 x 1 to 1 x 2 (processes x batch size)" in notes[0] and "rank" not in notes[0]
+    one = saved_loader_record({"loader": {"batch_size": 2, "epoch_length": 3}})  # a single-process checkpoint
+    more = inexact_resume_notes(PATH, one, {"batch_size": 1, "epoch_length": 3, "world_size": 3})
+    assert len(more) == 1 and "saved by 1 training process and this run has 3" in more[0]
+    assert "the processes of ranks 1-2 start from random states derived from rank 0's saved state" in more[0]
+    assert inexact_resume_notes(PATH, saved, {**fewer, "world_size": 2}) == []
+
+
+def test_another_num_workers_is_warned_and_older_checkpoints_are_not_compared():
+    saved = saved_loader_record({"loader": {"batch_size": 1, "epoch_length": 3, "num_workers": 0}})
+    notes = inexact_resume_notes(PATH, saved, {"batch_size": 1, "epoch_length": 3, "num_workers": 4, "world_size": 1})
+    assert len(notes) == 1 and "saved with num_workers=0 and this run has num_workers=4" in notes[0]
+    assert "--num_workers 0" in notes[0]
+    older = saved_loader_record({"loader": {"batch_size": 1, "epoch_length": 3}})
+    assert older["num_workers"] is None
+    assert inexact_resume_notes(PATH, older, {"batch_size": 1, "epoch_length": 3, "num_workers": 4, "world_size": 1}) == []
+    assert loader_record(DataLoader(list(range(4)), batch_size=2, num_workers=2))["num_workers"] == 2
+
+
+def _draws(tracker: RandomStateTracker) -> list:
+    """One number from each generator a training process draws from."""
+    return [random.random(), float(np.random.rand()), float(torch.rand(1)), float(tracker.transforms[0].R.rand())]
+
+
+def test_ranks_beyond_the_saved_ones_draw_distinct_reproducible_numbers():
+    """Rank 0 (and any saved rank) continues exactly; a rank the checkpoint lacks neither repeats rank 0's draws
+    nor changes from one resume to the next."""
+    tracker = RandomStateTracker(RandGaussianNoised(keys="image", prob=1.0))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1), tracker.transforms[0].set_random_state(1)
+    saved = [tracker.state_dict()]
+    expected = _draws(tracker)  # what an uninterrupted rank 0 draws next
+    assert tracker.load_rank_state(saved, 0) is False and _draws(tracker) == expected
+    assert tracker.load_rank_state(saved, 1) is True
+    rank1 = _draws(tracker)
+    tracker.load_rank_state(saved, 2)
+    rank2 = _draws(tracker)
+    tracker.load_rank_state(saved, 1)
+    assert _draws(tracker) == rank1  # the same on every resume
+    assert all(a != b for a, b in zip(rank1, expected)) and all(a != b for a, b in zip(rank1, rank2))
+    with pytest.raises(ValueError, match="at least one saved random state"):
+        tracker.load_rank_state([], 0)
+
+
+def _trainer(out: Path, max_epochs: int, resume: bool, fail_at: int | None = None):
+    """A tiny MONAI trainer with a CheckpointHandler (3 iterations per epoch); ``fail_at``: Ctrl-C at that iteration."""
+    from monai.engines import SupervisedTrainer
+
+    from medgmae.engine import CheckpointHandler
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def loss(pred, target):
+        if fail_at is not None and trainer.state.iteration == fail_at:
+            raise KeyboardInterrupt
+        return ((pred - target) ** 2).mean()
+
+    data = DataLoader([{"image": torch.full((2,), float(i)), "label": torch.zeros(1)} for i in range(3)], batch_size=1)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=max_epochs, train_data_loader=data, network=net,
+                                optimizer=opt, loss_function=loss,
+                                train_handlers=[CheckpointHandler(out, {"network": net, "optimizer": opt}, resume=resume)])  # fmt: skip
+    return trainer
+
+
+def test_a_resume_in_fewer_processes_is_warned_once_at_the_engine_start(tmp_path, caplog):
+    """A checkpoint of 2 processes (its random states per rank), resumed in 1 process with the same epoch length,
+    continues from rank 0's states and says once that it is not exact."""
+    _trainer(tmp_path, 1, resume=False).run()
+    path = tmp_path / "checkpoint_epoch=1.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["random_state_ranks"] = [ckpt["random_state"], ckpt["random_state"]]
+    del ckpt["loader"]["world_size"]  # as written before the process count was recorded
+    torch.save(ckpt, path)
+    with caplog.at_level(logging.WARNING):
+        _trainer(tmp_path, 2, resume=True).run()
+    notes = [r.getMessage() for r in caplog.records if "training process" in r.getMessage()]
+    assert len(notes) == 1 and "saved by 2 training processes and this run has 1: the resume is not exact" in notes[0]
+
+
+def test_a_resumed_run_removes_the_interrupted_checkpoint_once_it_saved_a_later_one(tmp_path, caplog):
+    """Ctrl-C in the first epoch leaves only checkpoint_interrupted.pt: the resume says it starts from scratch and
+    why that file is not used; Ctrl-C later leaves it beside the epoch checkpoints, and the resumed run removes it
+    at its first epoch checkpoint."""
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path, 3, resume=False, fail_at=2).run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_interrupted.pt"]
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"), pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path, 3, resume=True, fail_at=5).run()
+    assert "no checkpoint_epoch=N.pt in" in caplog.text and "starting from scratch" in caplog.text
+    assert "checkpoint_interrupted.pt holds the interrupted run's state within an epoch, which a resume does not continue" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_interrupted.pt"]
+    assert torch.load(tmp_path / "checkpoint_interrupted.pt", weights_only=True)["engine"]["iteration"] == 5
+    _trainer(tmp_path, 3, resume=True).run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "checkpoint_final.pt"]
