@@ -142,6 +142,7 @@ def test_the_epoch_loss_is_the_mean_over_every_process(monkeypatch):
 
     assert mean_over_processes(0.2, 2) == 0.2 / 2 and np.isnan(mean_over_processes(0.0, 0))
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
     monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(torch.tensor([0.9, 3.0], dtype=t.dtype)))

@@ -18,12 +18,12 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import torch.distributed as dist
 
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path
+from medgmae.distributed import barrier, is_main_process
 
 __all__ = [
-    "DatasetError", "dist_rank", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
+    "DatasetError", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
     "datalist_base", "resolve_datalist",
 ]  # fmt: skip
 
@@ -34,14 +34,8 @@ class DatasetError(ValueError):
     """A datalist or one of its files cannot be used; the message names the file and the problem."""
 
 
-def dist_rank() -> int:
-    """This process's rank under torch.distributed (0 without a process group)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def phantom_dataset(
@@ -81,9 +75,9 @@ def phantom_dataset(
         kwargs["shape"] = tuple(int(s) for s in shape)
     if spacing:
         kwargs["spacing"] = spacing if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
-    if dist_rank() == 0:
+    if is_main_process():
         write_phantom_dataset(out, int(num_cases), seed=int(seed), num_validation=int(num_validation), **kwargs)
-    _barrier()
+    barrier()
     return out / "dataset.json"
 
 

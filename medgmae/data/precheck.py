@@ -33,10 +33,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch.distributed as dist
 
-from medgmae.data.datalist import DatasetError, dist_rank
+from medgmae.data.datalist import DatasetError
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.data.grid import GRID_TOLERANCE, same_grid_problem
 from medgmae.data.reader import read_volume
+from medgmae.distributed import in_process_group, is_main_process
 from medgmae.files import save_json_atomic
 
 __all__ = ["check_datalist", "check_item", "LEDGER_FILE"]
@@ -183,9 +184,8 @@ def check_datalist(
     kwargs = {"image_key": image_key, "label_key": label_key, "num_classes": None if num_classes is None else int(num_classes),
               "require_label": bool(require_label)}  # fmt: skip
     ledger = Path(ledger_dir) / LEDGER_FILE if ledger_dir else None
-    distributed = dist.is_available() and dist.is_initialized()
     verdict: list = [None]
-    if dist_rank() == 0:
+    if is_main_process():
         try:
             problems = _run_checks(list(items), kwargs, int(workers), ledger, str(source))
             if problems:
@@ -194,7 +194,7 @@ def check_datalist(
                               + _all_missing_hint(items, image_key))  # fmt: skip
         except Exception as e:  # let the other ranks stop too
             verdict[0] = f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}"
-    if distributed:
+    if in_process_group():
         dist.broadcast_object_list(verdict, src=0)
     if verdict[0] is not None:
         raise DatasetError(verdict[0])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
 import warnings
@@ -23,12 +22,12 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from medgmae.cli_types import as_bool
+from medgmae.distributed import is_main_process, rank_world
 
 __all__ = [
     "EpochProgress",
     "IGNITE_START",
     "KNOWN_HARMLESS",
-    "is_main_process",
     "loss_value",
     "mean_over_processes",
     "quiet_known_warnings",
@@ -73,14 +72,9 @@ class _ConsoleLines(logging.Filter):
         if record.name.startswith("ignite.") and (message.startswith(IGNITE_START) or message == _IGNITE_CTRL_C):
             return False
         return not (record.levelno <= logging.INFO and record.name.split(".")[0] in ("ignite", "medgmae")
-                    and not _rank_zero())  # fmt: skip
+                    and not is_main_process())  # fmt: skip
 
 
-def _rank_zero() -> bool:
-    """Rank 0, or no rank at all, under torch.distributed; before the process group is made, torchrun's ``RANK``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def quiet_known_warnings() -> None:
@@ -104,9 +98,6 @@ def quiet_known_warnings() -> None:
             log.addFilter(_DropMessages((start,)))
 
 
-def is_main_process() -> bool:
-    """True outside torch.distributed and on rank 0."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def loss_value(output: Any, key: str = "loss") -> float | None:
@@ -135,7 +126,7 @@ def mean_over_processes(total: float, count: int) -> float:
     Returns:
         The mean over all processes' values (NaN when none has any).
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if rank_world()[1] == 1:
         return total / count if count else math.nan
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     both = torch.tensor([float(total), float(count)], dtype=torch.float64, device=device)

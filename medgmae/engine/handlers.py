@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from medgmae.distributed import rank_world
 from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun
 from medgmae.engine.resume import (
     check_epoch_length,
@@ -26,7 +27,6 @@ from medgmae.engine.resume import (
     epoch_checkpoints,
     inexact_resume_notes,
     loader_record,
-    rank_world,
     read_latest_checkpoint,
     restore_states,
     saved_loader_record,

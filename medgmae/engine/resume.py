@@ -17,13 +17,13 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import torch.distributed as dist
 
+from medgmae.distributed import rank_world
 from medgmae.files import load_torch_file
 from medgmae.settings_diff import settings_differences
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "rank_world",
     "epoch_checkpoints",
     "latest_checkpoint",
     "read_latest_checkpoint",
@@ -45,11 +45,6 @@ _SCHEDULER_PROGRESS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
 
 
-def rank_world() -> tuple[int, int]:
-    """``(rank, world_size)`` under torch.distributed, ``(0, 1)`` without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:

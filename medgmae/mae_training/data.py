@@ -18,7 +18,8 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from medgmae.data.datalist import datalist_base, dist_rank, read_datalist, resolve_datalist
+from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist
+from medgmae.distributed import is_main_process
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.data.precheck import check_datalist
 from medgmae.engine.resume import latest_checkpoint
@@ -122,7 +123,7 @@ def pretrain_split(
     if not val:
         train, val = _fraction_split(train, float(val_fraction), int(seed), str(source))
         how = "the training volumes" if val == train else f"{len(val)} held out at random (val_fraction {val_fraction})"
-    if dist_rank() == 0:
+    if is_main_process():
         logger.info("data: %d training and %d validation volumes from %s (validation: %s)", len(train), len(val),
                     source, how)  # fmt: skip
     split = {"training": train, "validation": val, "source": str(source)}
