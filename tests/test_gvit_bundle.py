@@ -215,6 +215,40 @@ def test_a_shorter_phase_on_resume_is_refused_before_any_phase_trains(tmp_path, 
     assert folder_state(tmp_path / "run") == before
 
 
+def test_a_fresh_run_replaces_the_earlier_runs_later_phases(tmp_path, caplog):
+    """A fresh run in a used folder removes the earlier run's checkpoints of its other phases once it has saved
+    its first checkpoint (so that a later resume cannot take them as its own), and nothing when stopped before."""
+    import logging
+
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    _workflow(data, tmp_path / "run", resume=False).run()  # warmup 1, classifier 1, joint 2
+    ckpts = tmp_path / "run" / "checkpoints"
+
+    def saved(phase):
+        return sorted(p.name for p in (ckpts / phase).glob("checkpoint_*.pt"))
+
+    assert saved("classifier") == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"] and saved("joint")
+    stopped = _workflow(data, tmp_path / "run", resume=False)
+    build = stopped.trainer
+
+    def stop_at_once(phase):
+        trainer = build(phase)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda _: (_ for _ in ()).throw(KeyboardInterrupt()))
+        return trainer
+
+    stopped.trainer = stop_at_once
+    with pytest.raises(KeyboardInterrupt):
+        stopped.run()
+    assert saved("classifier") and saved("joint")  # stopped before its first save: nothing removed
+    fresh = _workflow(data, tmp_path / "run", resume=False)
+    fresh.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
+    with caplog.at_level(logging.INFO, logger="medgmae.gvit"):
+        fresh.run()
+    assert "the earlier run's classifier checkpoints (checkpoint_epoch=1.pt, checkpoint_final.pt)" in caplog.text
+    assert saved("classifier") == [] and saved("joint") == []
+    assert saved("warmup") == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
+
+
 # ----------------------------------------------------------------------------------------------- configuration
 def _parser(tmp_path: Path, **overrides) -> ConfigParser:
     parser = ConfigParser()

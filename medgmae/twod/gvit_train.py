@@ -34,6 +34,7 @@ from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
 from medgmae.engine import check_resume_fits, resolve_device
+from medgmae.engine.earlier_run import EarlierRun
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, settings_record
 
@@ -301,15 +302,43 @@ class GViTWorkflow:
             check_resume_fits(self.output_dir / "checkpoints" / phase, self.train_loader, self.epochs[phase],
                               records={"settings": record}, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
 
+    def _earlier_phase_checkpoints(self) -> Callable[[Engine], None] | None:
+        """A fresh run (phase checkpoints, no resume) in a folder where another run wrote: the earlier run's
+        checkpoints of every phase but the first this run trains (whose own handler replaces them), named now and
+        removed by the returned handler once this run has saved its first checkpoint (a run stopped before then
+        removes nothing). Left in place, a later ``resume`` would continue this run's first phase and then take the
+        earlier run's later phases as this run's."""
+        checkpoints = [h for h in self.kwargs["handlers"] or () if isinstance(h, PhaseCheckpoint)]
+        if not checkpoints or any(h.resume for h in checkpoints):
+            return None
+        first = next(p for p in PHASES if self.epochs[p] > 0)
+        earlier = {p: EarlierRun(self.output_dir / "checkpoints" / p, patterns=()) for p in PHASES if p != first}
+        found = {p: note for p, run in earlier.items() if (note := run.find())}
+        if not found:
+            return None
+        logger.info("a fresh run: the earlier run's %s are removed when this run saves its first checkpoint",
+                    "; ".join(f"{p} {note}" for p, note in found.items()))  # fmt: skip
+
+        def remove(_: Engine) -> None:
+            for p in found:
+                earlier[p].remove(keep=self.output_dir)  # no checkpoint of this run is in those folders yet
+
+        return remove
+
     def run(self) -> dict:
         """Train every phase with epochs > 0, save ``model.pt``, evaluate; returns the metrics."""
         from medgmae.twod.gvit_eval import evaluate_gvit
 
         self.check_resume()
+        remove_earlier = self._earlier_phase_checkpoints()
         for phase in PHASES:
             if self.epochs[phase] > 0:
                 logger.info("GViT phase %r: %d epoch(s)", phase, self.epochs[phase])
-                self.trainer(phase).run()
+                trainer = self.trainer(phase)
+                if remove_earlier is not None:  # after the phase's checkpoint handler, so after its first save
+                    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), remove_earlier)
+                    remove_earlier = None
+                trainer.run()
         self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings)
         has_val = self.val_loader is not None and len(self.val_loader) > 0
         record = {"split": "val" if has_val else "train", "data": self.data_settings}
