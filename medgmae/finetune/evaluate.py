@@ -23,7 +23,7 @@ from monai.transforms import MapTransform
 from medgmae.data.reader import volume_stem
 from medgmae.files import atomic_write, save_json_atomic, save_nifti_atomic
 
-__all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
+__all__ = ["case_mean_dice", "per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ def check_num_classes(network: torch.nn.Module, num_classes: int, source: str = 
     out = getattr(network, "out_channels", None)
     if out is not None and int(out) != int(num_classes):
         raise ValueError(f"{source} predicts {out} classes but the datalist has {num_classes}: evaluate on the same label set")
+
+
+def case_mean_dice(dice: Sequence[float]) -> float:
+    """A case's mean Dice over its classes present in the reference (the finite values); NaN when there are none."""
+    finite = [d for d in dice if math.isfinite(d)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def per_case_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -129,9 +135,7 @@ class SegmentationReport:
                 w = csv.writer(f)
                 w.writerow(["case", "image", "mean_dice"] + self.names[1:])
                 for name, image, dice in self.rows:
-                    finite = [d for d in dice if math.isfinite(d)]
-                    mean = sum(finite) / len(finite) if finite else float("nan")
-                    w.writerow([name, image, _fmt(mean)] + [_fmt(d) for d in dice])
+                    w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice])
         n = len(self.rows)
         cases = f"{n} case{'' if n == 1 else 's'}"
         logger.info("mean Dice %s over %s -> %s", self.metrics["mean_dice"], cases, self.output_dir)
