@@ -1,4 +1,5 @@
-"""Progress of evaluation and segmentation runs: one log line per case (medgmae.finetune.progress)."""
+"""Evaluation and segmentation runs: one log line per case (medgmae.finetune.progress), the report files written
+together (medgmae.finetune.evaluate)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,24 @@ def test_report_must_be_attached_first(tmp_path):
     progress = CaseProgress(SegmentationReport(tmp_path, ["background", "liver"]))
     with pytest.raises(ValueError, match="before CaseProgress"):
         progress.attach(engine)
+
+
+def test_report_files_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """An error while writing the per-case CSV leaves the earlier metrics.json and CSV as they were: the pair is
+    never half new."""
+    import medgmae.finetune.evaluate as evaluate
+
+    report = SegmentationReport(tmp_path, ["background", "liver"])
+    report.rows.append(("liver_001", "/data/liver_001.nii.gz", [1.0]))
+    report.write()
+    before = {name: (tmp_path / name).read_bytes() for name in ("metrics.json", "per_case_dice.csv")}
+    report.rows.append(("liver_002", "/data/liver_002.nii.gz", [0.5]))
+
+    def broken_writer(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(evaluate.csv, "writer", broken_writer)
+    with pytest.raises(OSError, match="No space left"):
+        report.write()
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "per_case_dice.csv"]  # no staging left

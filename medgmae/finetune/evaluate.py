@@ -1,6 +1,7 @@
 """Segmentation results: per-case and per-class Dice (``metrics.json``, per-case CSV) and NIfTI segmentations.
 
-Both outputs are written atomically. :class:`SegmentationReport` is an ignite handler for a MONAI
+Every output is written atomically; ``metrics.json`` and the per-case CSV together (an error while writing them
+leaves the earlier pair in place). :class:`SegmentationReport` is an ignite handler for a MONAI
 ``SupervisedEvaluator`` whose post-processing yields one-hot ``pred`` and ``label``; :class:`SaveSegmentationd`
 writes an inverted (original-space) prediction as a label-map NIfTI.
 """
@@ -21,7 +22,7 @@ from monai.metrics import DiceMetric, do_metric_reduction
 from monai.transforms import MapTransform
 
 from medgmae.data.reader import volume_stem
-from medgmae.files import atomic_write, save_json_atomic, save_nifti_atomic
+from medgmae.files import save_json_atomic, save_nifti_atomic, staged_outputs
 
 __all__ = ["case_mean_dice", "per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
@@ -126,12 +127,12 @@ class SegmentationReport:
         }
 
     def write(self, engine: Engine | None = None) -> dict:
-        """Write ``metrics.json`` and the per-case CSV; returns the metrics."""
+        """Write ``metrics.json`` and the per-case CSV together (neither is replaced unless both were written);
+        returns the metrics."""
         self.metrics = self.summary()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_json_atomic(self.metrics, self.output_dir / "metrics.json")
-        with atomic_write(self.output_dir / self.csv_name) as tmp:
-            with open(tmp, "w", newline="") as f:
+        with staged_outputs(self.output_dir) as stage:  # both files move in only when both were written
+            save_json_atomic(self.metrics, stage / "metrics.json")
+            with open(stage / self.csv_name, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["case", "image", "mean_dice"] + self.names[1:])
                 for name, image, dice in self.rows:
