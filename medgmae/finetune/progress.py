@@ -60,7 +60,8 @@ class CaseProgress:
         self._done, self._t0 = 0, time.perf_counter()
         self._last = self._t0
         if is_main_process():
-            logger.info("%s %s case%s", self.what, engine.state.epoch_length, "" if engine.state.epoch_length == 1 else "s")
+            n = engine.state.epoch_length
+            logger.info("%s %s case%s", self.what, n, "" if n == 1 else "s")
 
     def _case(self, engine: Engine) -> None:
         now = time.perf_counter()
