@@ -7,6 +7,7 @@ through ``as_bool``, which also rejects ``--amp maybe``.
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -126,3 +127,14 @@ def test_the_documented_amos_filter_leaves_out_the_mri_cases(bundle, tmp_path):
     out = json.loads((tmp_path / "dataset_ct.json").read_text())
     assert [c["image"][-11:-7] for c in out["training"] + out["validation"]] == ["0001", "0499", "0008"]
     assert out["labels"] == {"0": "background", "1": "spleen"} and len(out["test"]) == 1
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.parents[1].name)
+def test_default_loader_workers_fit_the_cpus(path):
+    """With a dataset of one's own, the default number of loader workers is at most the CPUs this process may use
+    (PyTorch warns above that) and at most 4; phantom runs load in the main process."""
+    parser = ConfigParser()
+    parser.read_config(path)
+    parser.update({"dataset_dir": "/data/ct", "datalist": "/data/ct/dataset.json"})
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 0 <= int(parser.get_parsed_content("num_workers")) <= min(4, cpus)

@@ -1,6 +1,7 @@
 """Segmentation results: per-case and per-class Dice (``metrics.json``, per-case CSV) and NIfTI segmentations.
 
-Both outputs are written atomically. :class:`SegmentationReport` is an ignite handler for a MONAI
+Every output is written atomically; ``metrics.json`` and the per-case CSV together (an error while writing them
+leaves the earlier pair in place). :class:`SegmentationReport` is an ignite handler for a MONAI
 ``SupervisedEvaluator`` whose post-processing yields one-hot ``pred`` and ``label``; :class:`SaveSegmentationd`
 writes an inverted (original-space) prediction as a label-map NIfTI.
 """
@@ -21,9 +22,9 @@ from monai.metrics import DiceMetric, do_metric_reduction
 from monai.transforms import MapTransform
 
 from medgmae.data.reader import volume_stem
-from medgmae.files import atomic_write, save_json_atomic, save_nifti_atomic
+from medgmae.files import save_json_atomic, save_nifti_atomic, staged_outputs
 
-__all__ = ["per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
+__all__ = ["case_mean_dice", "per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,12 @@ def check_num_classes(network: torch.nn.Module, num_classes: int, source: str = 
     out = getattr(network, "out_channels", None)
     if out is not None and int(out) != int(num_classes):
         raise ValueError(f"{source} predicts {out} classes but the datalist has {num_classes}: evaluate on the same label set")
+
+
+def case_mean_dice(dice: Sequence[float]) -> float:
+    """A case's mean Dice over its classes present in the reference (the finite values); NaN when there are none."""
+    finite = [d for d in dice if math.isfinite(d)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def per_case_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -120,18 +127,16 @@ class SegmentationReport:
         }
 
     def write(self, engine: Engine | None = None) -> dict:
-        """Write ``metrics.json`` and the per-case CSV; returns the metrics."""
+        """Write ``metrics.json`` and the per-case CSV together (neither is replaced unless both were written);
+        returns the metrics."""
         self.metrics = self.summary()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_json_atomic(self.metrics, self.output_dir / "metrics.json")
-        with atomic_write(self.output_dir / self.csv_name) as tmp:
-            with open(tmp, "w", newline="") as f:
+        with staged_outputs(self.output_dir) as stage:  # both files move in only when both were written
+            save_json_atomic(self.metrics, stage / "metrics.json")
+            with open(stage / self.csv_name, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["case", "image", "mean_dice"] + self.names[1:])
                 for name, image, dice in self.rows:
-                    finite = [d for d in dice if math.isfinite(d)]
-                    mean = sum(finite) / len(finite) if finite else float("nan")
-                    w.writerow([name, image, _fmt(mean)] + [_fmt(d) for d in dice])
+                    w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice])
         n = len(self.rows)
         cases = f"{n} case{'' if n == 1 else 's'}"
         logger.info("mean Dice %s over %s -> %s", self.metrics["mean_dice"], cases, self.output_dir)

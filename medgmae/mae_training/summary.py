@@ -40,13 +40,30 @@ def curves_figure(history: MetricHistory):
     )
 
 
-def next_commands(out: Path, model_kind: str, roi_size: Sequence[int], example_image: str) -> dict[str, str]:
-    """The follow-up commands of README's "Using it" table with this run's paths filled in."""
+#: what the fine-tuning command asks for in place of a labelled dataset after pre-training on a user's data
+LABELLED_DATA = "/path/to/labelled/data"
+
+
+def next_commands(
+    out: Path, model_kind: str, roi_size: Sequence[int], example_image: str, pretrained_on: str = ""
+) -> dict[str, str]:
+    """The follow-up commands of README's "Using it" table with this run's paths filled in.
+
+    Args:
+        out: the pre-training run folder.
+        model_kind: ``medgmae``, ``medgmae-star`` or ``voxel-mae``.
+        roi_size: crop size the model was trained at.
+        example_image: a volume for the inference commands.
+        pretrained_on: the user's data the run pre-trained on (its ``datalist`` or ``dataset_dir``); empty for
+            generated phantoms. Fine-tuning needs labels, so then the fine-tuning command asks for a labelled
+            dataset (``--dataset_dir`` :data:`LABELLED_DATA`) instead of defaulting to phantoms.
+    """
     q = shlex.quote
     roi = "[" + ",".join(str(int(r)) for r in roi_size) + "]"
     cmds = {
         "fine-tune": "python -m monai.bundle run training --config_file bundles/unetr_finetune/configs/train.json "
         f"--pretrained {q(str(out / ENCODER_FILE))} --roi_size {q(roi)} --output_dir {q(str(out.parent / 'unetr_finetune'))}"
+        + (f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else "")
     }
     if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
         image = q(example_image or "ct.nii.gz")
@@ -77,6 +94,8 @@ class PretrainSummary:
         example_image: a volume to put in the inference commands (e.g. the first validation volume).
         tensorboard_dir: the TensorBoard log folder.
         summary_writer: TensorBoard ``SummaryWriter`` (the curves go there too; it is flushed).
+        pretrained_on: the user's data the run pre-trained on (``datalist`` or ``dataset_dir``); empty for phantoms
+            (see :func:`next_commands`).
     """
 
     def __init__(
@@ -88,11 +107,12 @@ class PretrainSummary:
         example_image: str = "",
         tensorboard_dir: str | Path | None = None,
         summary_writer: Any = None,
+        pretrained_on: str = "",
     ) -> None:
         self.out, self.history, self.model_kind = Path(output_dir), history, str(model_kind)
         self.roi_size, self.example_image = list(roi_size), str(example_image)
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
-        self.writer = summary_writer
+        self.writer, self.pretrained_on = summary_writer, str(pretrained_on or "").strip()
         self.title = "pre-training finished"
         self.model_note = "last epoch" + ("" if self.model_kind == "voxel-mae" else ": zero-shot inference, reconstruction init")
         self.encoder_note = "encoder for fine-tuning"
@@ -118,7 +138,7 @@ class PretrainSummary:
 
     def commands(self) -> dict[str, str]:
         """The follow-up commands printed at the end (subclasses for other bundles override this)."""
-        return next_commands(self.out, self.model_kind, self.roi_size, self.example_image)
+        return next_commands(self.out, self.model_kind, self.roi_size, self.example_image, self.pretrained_on)
 
     def text(self, s: dict) -> str:
         """The summary as console lines."""
@@ -137,6 +157,12 @@ class PretrainSummary:
             "next:",
         ]
         lines += [f"  {name}: {cmd}" for name, cmd in s["next"].items()]
+        if LABELLED_DATA in s["next"].get("fine-tune", ""):
+            lines.append(
+                f"  (fine-tuning needs labels: replace {LABELLED_DATA} by a labelled dataset (its dataset.json, or"
+                f" add --datalist); {self.pretrained_on} was the pre-training data; without --dataset_dir /"
+                " --datalist the fine-tuning uses generated phantoms)"
+            )
         return "\n".join(lines)
 
     def __call__(self, engine: Engine) -> None:

@@ -1,0 +1,36 @@
+"""The closing summary of a pre-training run: its next commands (medgmae.mae_training.summary)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+
+from medgmae.engine import MetricHistory
+from medgmae.mae_training.summary import PretrainSummary
+
+
+def _fine_tune(tmp_path: Path, pretrained_on: str) -> tuple[list[str], str]:
+    summary = PretrainSummary(tmp_path / "run", MetricHistory(), "medgmae", [32, 32, 32], pretrained_on=pretrained_on)
+    s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
+    return shlex.split(s["next"]["fine-tune"]), summary.text(s)
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def test_fine_tune_after_phantoms_runs_on_phantoms(tmp_path):
+    args, text = _fine_tune(tmp_path, "")
+    assert _flag(args, "--pretrained") == str(tmp_path / "run" / "encoder.pt")
+    assert _flag(args, "--dataset_dir") is None and _flag(args, "--datalist") is None
+    assert "needs labels" not in text
+
+
+def test_fine_tune_after_user_data_asks_for_labelled_data(tmp_path):
+    """After pre-training on a user's data, the printed fine-tuning command names a labelled dataset to give: pasted
+    unchanged it stops on a missing folder rather than fine-tuning on generated phantoms."""
+    args, text = _fine_tune(tmp_path, "/data/ct_unlabelled")
+    dataset_dir = _flag(args, "--dataset_dir")
+    assert dataset_dir is not None and not Path(dataset_dir).exists()
+    assert "fine-tuning needs labels" in text and "/data/ct_unlabelled" in text
