@@ -8,10 +8,11 @@ group is made (:func:`is_main_process` then reads torchrun's ``RANK`` variable).
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch.distributed as dist
 
-__all__ = ["barrier", "in_process_group", "is_main_process", "rank_world"]
+__all__ = ["barrier", "in_process_group", "is_main_process", "main_process_only", "rank_world"]
 
 
 def in_process_group() -> bool:
@@ -38,3 +39,29 @@ def barrier() -> None:
     """Wait for every process of the group (nothing to wait for without one)."""
     if in_process_group():
         dist.barrier()
+
+
+def main_process_only(work: Callable[[], object], error: type[Exception] = RuntimeError) -> None:
+    """Run ``work`` on rank 0 alone (files every rank then reads, such as a generated dataset) while the other ranks
+    wait; when it fails, every rank stops: rank 0 with its own exception, the others with ``error`` carrying its
+    message, so that no rank waits for ever at the next collective call.
+
+    Args:
+        work: what to do; its return value is not kept.
+        error: the exception type the other ranks raise (e.g. ``DatasetError`` for data problems).
+    """
+    failure: list = [None]
+    caught: Exception | None = None
+    if is_main_process():
+        try:
+            work()
+        except Exception as e:  # every rank must hear of it before rank 0 raises
+            failure[0], caught = f"{type(e).__name__}: {e}" if not isinstance(e, error) else str(e), e
+            if not in_process_group():
+                raise
+    if in_process_group():
+        dist.broadcast_object_list(failure, src=0)
+    if caught is not None:
+        raise caught
+    if failure[0] is not None:
+        raise error(failure[0])

@@ -27,3 +27,39 @@ def test_inside_a_process_group_the_group_decides(tmp_path, monkeypatch):
     finally:
         dist.destroy_process_group()
     assert not in_process_group()
+
+
+def _two_ranks(rank: int, store: str, fail: bool, results: str) -> None:
+    """One of two gloo processes: rank 0 does (or fails) the work, both record how main_process_only ended."""
+    import json
+    from pathlib import Path
+
+    from medgmae.distributed import main_process_only
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    done = []
+    try:
+        main_process_only(lambda: done.append(1) if not fail else (_ for _ in ()).throw(OSError("disk full")), ValueError)
+        outcome = {"raised": None, "worked": bool(done)}
+    except Exception as e:
+        outcome = {"raised": [type(e).__name__, str(e)], "worked": bool(done)}
+    finally:
+        dist.destroy_process_group()
+    Path(results, f"{rank}.json").write_text(json.dumps(outcome))
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_main_process_only_stops_every_rank_when_rank_0_fails(tmp_path, fail):
+    """Two gloo processes: the work runs on rank 0 alone; its failure stops rank 1 too (no rank left waiting),
+    rank 0 with its own exception and rank 1 with the given type and rank 0's message."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_two_ranks, args=(str(tmp_path / "store"), fail, str(tmp_path)), nprocs=2, start_method="spawn")
+    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    if not fail:
+        assert got == [{"raised": None, "worked": True}, {"raised": None, "worked": False}]
+    else:
+        assert got == [{"raised": ["OSError", "disk full"], "worked": False},
+                       {"raised": ["ValueError", "OSError: disk full"], "worked": False}]

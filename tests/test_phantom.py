@@ -141,3 +141,45 @@ def test_an_empty_validation_list_says_how_to_add_one(tmp_path):
     plain.write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": "b.nii.gz"}], "validation": []}))
     with pytest.raises(DatasetError, match='add a "validation" list'):
         read_datalist(plain, "validation")
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("existing", ["foreign_json", "unreadable_json", "images_only"])
+def test_a_dataset_the_generator_did_not_write_is_never_overwritten(tmp_path, capsys, existing):
+    """A folder holding someone's dataset (a BTCV-style dataset.json, or imagesTr/ without one) is refused with the
+    folder named, by the CLI (exit 2) and the library alike, and stays byte for byte."""
+    ds = tmp_path / "btcv"
+    (ds / "imagesTr").mkdir(parents=True)
+    (ds / "imagesTr" / "case_0000.nii.gz").write_bytes(b"a real scan")
+    if existing == "foreign_json":
+        (ds / "dataset.json").write_text(json.dumps({"name": "BTCV", "training": [{"image": "imagesTr/case_0000.nii.gz"}]}))
+    elif existing == "unreadable_json":
+        (ds / "dataset.json").write_text("{not json")
+    before = _tree(ds)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(ds), "--num-cases", "2", "--shape", "16", "16", "12", "--spacing", "8"])
+    assert exc.value.code == 2 and f"--out: {ds} holds" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not overwritten"):
+        write_phantom_dataset(ds, 2, shape=(16, 16, 12), spacing=8.0)
+    assert _tree(ds) == before
+
+
+def test_a_phantom_dataset_is_replaced_whole_and_an_interrupted_one_regenerated(tmp_path, caplog):
+    """Other parameters replace the generator's own dataset, naming what changed and leaving no case of the
+    earlier, larger set behind; a generation interrupted before its dataset.json is simply run again."""
+    import logging
+
+    ds = tmp_path / "ph"
+    write_phantom_dataset(ds, 3, shape=(16, 16, 12), spacing=8.0, num_validation=1)
+    with caplog.at_level(logging.WARNING, logger="medgmae.data"):
+        write_phantom_dataset(ds, 2, shape=(16, 16, 12), spacing=8.0, num_validation=1)
+    assert "replacing the phantom dataset" in caplog.text and "num_cases: saved 3, now 2" in caplog.text
+    assert sorted(p.name for p in (ds / "imagesTr").iterdir()) == ["case_0000.nii.gz", "case_0001.nii.gz"]
+    assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == ["case_0000.nii.gz", "case_0001.nii.gz"]
+    (ds / "dataset.json").unlink()  # as if stopped before its last file: the in-progress record says whose it is
+    (ds / ".phantom_in_progress.json").write_text("{}")
+    path = write_phantom_dataset(ds, 2, shape=(16, 16, 12), spacing=8.0, num_validation=1)
+    assert json.loads(path.read_text())["numTraining"] == 1 and not (ds / ".phantom_in_progress.json").exists()

@@ -20,7 +20,7 @@ from typing import Sequence
 
 
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path
-from medgmae.distributed import barrier, is_main_process
+from medgmae.distributed import main_process_only
 
 __all__ = [
     "DatasetError", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
@@ -49,8 +49,8 @@ def phantom_dataset(
     """Generate (once) a labelled phantom dataset under ``out_dir`` and return the path of its ``dataset.json``.
 
     Under torch.distributed only rank 0 writes (the generator writes every file atomically and reuses a complete
-    dataset with the same parameters); the other ranks wait at a barrier, so ``out_dir`` must be on a filesystem
-    every node sees.
+    dataset with the same parameters); the other ranks wait for it and stop with its error when it fails
+    (:func:`medgmae.distributed.main_process_only`), so ``out_dir`` must be on a filesystem every node sees.
 
     Args:
         out_dir: dataset folder.
@@ -75,9 +75,8 @@ def phantom_dataset(
         kwargs["shape"] = tuple(int(s) for s in shape)
     if spacing:
         kwargs["spacing"] = spacing if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
-    if is_main_process():
-        write_phantom_dataset(out, int(num_cases), seed=int(seed), num_validation=int(num_validation), **kwargs)
-    barrier()
+    main_process_only(lambda: write_phantom_dataset(out, int(num_cases), seed=int(seed),
+                                                    num_validation=int(num_validation), **kwargs), DatasetError)
     return out / "dataset.json"
 
 

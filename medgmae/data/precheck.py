@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch.distributed as dist
 
 from medgmae.data.datalist import DatasetError
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.data.grid import GRID_TOLERANCE, same_grid_problem
 from medgmae.data.reader import read_volume
-from medgmae.distributed import in_process_group, is_main_process
+from medgmae.distributed import main_process_only
 from medgmae.files import save_json_atomic
 
 __all__ = ["check_datalist", "check_item", "LEDGER_FILE"]
@@ -184,19 +183,17 @@ def check_datalist(
     kwargs = {"image_key": image_key, "label_key": label_key, "num_classes": None if num_classes is None else int(num_classes),
               "require_label": bool(require_label)}  # fmt: skip
     ledger = Path(ledger_dir) / LEDGER_FILE if ledger_dir else None
-    verdict: list = [None]
-    if is_main_process():
+
+    def check() -> None:
         try:
             problems = _run_checks(list(items), kwargs, int(workers), ledger, str(source))
-            if problems:
-                verdict[0] = (f"{len(problems)} problem(s) in the data of {source or 'the datalist'} "
-                              f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(problems)
-                              + _all_missing_hint(items, image_key))  # fmt: skip
-        except Exception as e:  # let the other ranks stop too
-            verdict[0] = f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}"
-    if in_process_group():
-        dist.broadcast_object_list(verdict, src=0)
-    if verdict[0] is not None:
-        raise DatasetError(verdict[0])
+        except Exception as e:
+            raise DatasetError(f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}") from e
+        if problems:
+            raise DatasetError(f"{len(problems)} problem(s) in the data of {source or 'the datalist'} "
+                               f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(problems)
+                               + _all_missing_hint(items, image_key))  # fmt: skip
+
+    main_process_only(check, DatasetError)
     return list(items)
 

@@ -63,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a folder")
     t0 = time.perf_counter()
-    json_path = write_phantom_dataset(out, args.num_cases, seed=args.seed, shape=tuple(args.shape), spacing=spacing,
-                                      num_validation=args.num_validation, verbose=True)
+    try:
+        json_path = write_phantom_dataset(out, args.num_cases, seed=args.seed, shape=tuple(args.shape),
+                                          spacing=spacing, num_validation=args.num_validation, verbose=True)
+    except ValueError as e:
+        parser.error(f"--out: {e}")
     doc = json.loads(json_path.read_text())
     print(f"wrote {json_path} ({doc['numTraining']} training + {doc['numValidation']} validation cases, "
           f"shape {tuple(args.shape)}, spacing {spacing} mm, {time.perf_counter() - t0:.1f} s)")

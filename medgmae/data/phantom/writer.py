@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,12 @@ from medgmae.files import save_json_atomic, save_nifti_atomic
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["case_seeds", "write_phantom_dataset", "recorded_differences"]
+
+logger = logging.getLogger("medgmae.data")
+
+#: written before the first case and removed with ``dataset.json``'s arrival: a folder holding it is a phantom
+#: dataset whose generation was interrupted, which may be generated again
+IN_PROGRESS = ".phantom_in_progress.json"
 
 
 def case_seeds(seed: int, num_cases: int) -> list[int]:
@@ -62,7 +69,7 @@ def _is_complete(json_path: Path, params: dict) -> bool:
         files = [e[k] for lst in ("training", "validation") for e in old.get(lst, []) for k in ("image", "label")]
         return old.get("phantom") == params and all((json_path.parent / f).is_file() for f in files)
     except (ValueError, OSError, KeyError, TypeError, AttributeError):
-        return False  # unreadable or foreign dataset.json: regenerate
+        return False  # unreadable or foreign dataset.json: not complete (_earlier_phantoms decides)
 
 
 def recorded_differences(
@@ -91,6 +98,35 @@ def recorded_differences(
     except (ValueError, OSError, AttributeError):
         return []
     return settings_differences(saved, params, labels) if isinstance(saved, dict) else []
+
+
+def _earlier_phantoms(out: Path) -> list[Path] | None:
+    """The files of the phantom dataset ``out`` holds (its ``dataset.json``'s cases, or none when its generation was
+    interrupted), to be replaced; ``None`` when ``out`` holds no dataset.
+
+    Raises:
+        ValueError: ``out`` holds a dataset (a ``dataset.json``, ``imagesTr/`` or ``labelsTr/`` files) that this
+            generator did not write: it is never overwritten.
+    """
+    json_path = out / "dataset.json"
+    if json_path.is_file():
+        try:
+            doc = json.loads(json_path.read_text())
+        except (ValueError, OSError):
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("phantom"), dict):
+            return [out / e[k] for lst in ("training", "validation") for e in doc.get(lst, []) if isinstance(e, dict)
+                    for k in ("image", "label") if isinstance(e.get(k), str)]  # fmt: skip
+        raise ValueError(f"{out} holds a dataset.json that the phantom generator did not write: it is not overwritten; "
+                         "write the phantoms into another (empty or new) folder")  # fmt: skip
+    others = [p for sub in ("imagesTr", "labelsTr") if (out / sub).is_dir() for p in sorted((out / sub).iterdir())]
+    if (out / IN_PROGRESS).is_file():
+        return []
+    if others:
+        raise ValueError(f"{out} holds {len(others)} files in imagesTr/ or labelsTr/ (e.g. {others[0]}) and no phantom "
+                         "dataset.json: they are not overwritten; write the phantoms into another (empty or new) "
+                         "folder")  # fmt: skip
+    return None
 
 
 def _dataset_doc(entries: list[dict], num_validation: int, params: dict, seeds: list[int]) -> dict:
@@ -151,7 +187,13 @@ def write_phantom_dataset(
     json_path = out / "dataset.json"
     if _is_complete(json_path, params):
         return json_path
+    earlier = _earlier_phantoms(out)
+    if earlier is not None:
+        logger.warning("replacing the phantom dataset in %s (%s)", out,
+                       "; ".join(recorded_differences(out, num_cases, seed, shape, spacing, num_validation))
+                       or "its generation was interrupted or files are missing")  # fmt: skip
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+    save_json_atomic(params, out / IN_PROGRESS)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     seeds = case_seeds(seed, num_cases)
     entries = []
@@ -165,4 +207,10 @@ def write_phantom_dataset(
         if verbose:
             print(f"  {out / 'imagesTr' / name} (seed {s}, {time.perf_counter() - t0:.1f} s)")
     save_json_atomic(_dataset_doc(entries, num_validation, params, seeds), json_path)
+    written = {out / e[k] for e in entries for k in ("image", "label")}
+    inside = out.resolve()
+    for path in earlier or []:  # the earlier dataset's cases this one does not have (it had more)
+        if path not in written and path.resolve().is_relative_to(inside):
+            path.unlink(missing_ok=True)
+    (out / IN_PROGRESS).unlink(missing_ok=True)
     return json_path
