@@ -75,7 +75,7 @@ def next_commands(
     if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
         image = q(example_image or "ct.nii.gz")
         cmds["zero-shot inference"] = (
-            "python -m monai.bundle run inference --config_file bundles/medgmae_pretrain/configs/inference.json "
+            "python -m monai.bundle run inferring --config_file bundles/medgmae_pretrain/configs/inference.json "
             f"--model_path {q(str(out / MODEL_FILE))} --image {image} --inference_dir {q(str(out / 'gaussians'))}"
         )
         scan, rec = q(str(out / "scan")), q(str(out / "recon"))
