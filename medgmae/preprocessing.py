@@ -27,7 +27,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides"]
+__all__ = [
+    "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU",
+    "looks_like_hu", "looks_like_attenuation", "window_expects_hu", "warn_if_attenuation",
+]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
 
@@ -195,3 +198,68 @@ def spec_with_overrides(
                     "from its pre-training", name, list(mine), name, list(theirs), source,
                 )
     return dataclasses.replace(base, spacing=out_spacing, hu_window=out_window)
+
+
+# ---------------------------------------------------------------------------------------------- units of a volume
+#: Bounds of attenuation volumes in 1/mm: water is 0.0192, dense bone about 0.05, metals a few 1/mm, and an FBP's
+#: undershoot stays a fraction of the volume's maximum. A volume below ``min`` or above ``max`` is a CT in HU (air
+#: -1000, soft tissue 20-80).
+ATTENUATION_BOUNDS = {"min": -100.0, "max": 10.0}
+#: A CT in HU has air (-1000) or tissue (tens of HU) in it; a volume whose every value lies within this magnitude is
+#: an attenuation volume in 1/mm instead.
+ATTENUATION_LIKE_HU = 1.0
+
+
+def _value_range(array) -> tuple[float, float]:
+    """``(min, max)`` of a NumPy array or torch tensor, any shape; ``ValueError`` when it is empty."""
+    if getattr(array, "size", None) == 0 or (callable(getattr(array, "numel", None)) and array.numel() == 0):
+        raise ValueError("the volume is empty: no values to tell its units from")
+    return float(array.min()), float(array.max())
+
+
+def looks_like_hu(array) -> bool:
+    """Whether ``array`` (NumPy or torch, any shape) reaches past :data:`ATTENUATION_BOUNDS`, so cannot be linear
+    attenuation in 1/mm: a CT in Hounsfield units."""
+    lo, hi = _value_range(array)
+    return lo < ATTENUATION_BOUNDS["min"] or hi > ATTENUATION_BOUNDS["max"]
+
+
+def looks_like_attenuation(array) -> bool:
+    """Whether every value of ``array`` (NumPy or torch, any shape) lies within :data:`ATTENUATION_LIKE_HU` in
+    magnitude, as in a linear attenuation volume in 1/mm (a CT in HU has air at -1000 or tissue at tens of HU)."""
+    lo, hi = _value_range(array)
+    return max(abs(lo), abs(hi)) <= ATTENUATION_LIKE_HU
+
+
+def window_expects_hu(spec: PreprocessingSpec) -> bool:
+    """Whether ``spec``'s intensity window is a CT window in HU: it reaches below 0 (fat, lung, air) and is wider
+    than ten times :data:`ATTENUATION_LIKE_HU`. Windows of other modalities (e.g. MRI, ``[0, 1000]``, or
+    normalised intensities, ``[-1, 1]``) are not."""
+    a0, a1 = spec.hu_window
+    return a0 < 0 and a1 - a0 > 10 * ATTENUATION_LIKE_HU
+
+
+def warn_if_attenuation(array, spec: PreprocessingSpec, source: str) -> bool:
+    """Log a warning naming ``source`` when a model whose pre-processing is a CT window in HU
+    (:func:`window_expects_hu`) is given a volume that looks like linear attenuation in 1/mm
+    (:func:`looks_like_attenuation`): the window maps such a volume to an almost constant input, so the output is
+    meaningless. Nothing is refused: models of other modalities take such ranges.
+
+    Args:
+        array: the volume as read, before the window (NumPy or torch, any shape).
+        spec: the model's pre-processing.
+        source: the volume's file, as the warning names it.
+
+    Returns:
+        Whether it warned.
+    """
+    if not (window_expects_hu(spec) and looks_like_attenuation(array)):
+        return False
+    lo, hi = _value_range(array)
+    a0, a1 = spec.hu_window
+    logger.warning(
+        "%s looks like linear attenuation in 1/mm (values %.4g .. %.4g), not a CT in HU: the model's HU window "
+        "[%g, %g] maps it to an almost constant input, so its output is meaningless; convert it with "
+        "HU = 1000 (mu / 0.0192 - 1)", source, lo, hi, a0, a1,
+    )
+    return True

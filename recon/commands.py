@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from medgmae.files import output_dir_problem, staged_outputs
+from medgmae.preprocessing import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
+from medgmae.preprocessing import looks_like_attenuation, looks_like_hu
 from recon.geometry import CTGeometry
 
 __all__ = [
@@ -88,13 +90,6 @@ def check_same_grid(
         raise CLIError(problem)
 
 
-#: Bounds of attenuation volumes in 1/mm: water is 0.0192, dense bone about 0.05, metals a few 1/mm, and an FBP's
-#: undershoot stays a fraction of the volume's maximum. A volume below ``min`` or above ``max`` is a CT in HU (air
-#: -1000, soft tissue 20-80).
-ATTENUATION_BOUNDS = {"min": -100.0, "max": 10.0}
-#: A CT in HU has air (-1000) or tissue (tens of HU) in it; a volume whose every value lies within this magnitude is
-#: an attenuation volume in 1/mm instead.
-ATTENUATION_LIKE_HU = 1.0
 UNITS_FLAG = "--no-unit-check"
 
 
@@ -114,14 +109,13 @@ def check_units(volume: np.ndarray, path, flag: str, expected: str) -> None:
     """
     if expected not in ("attenuation", "hu"):
         raise ValueError(f"expected must be 'attenuation' or 'hu', got {expected!r}")
-    lo, hi = float(np.min(volume)), float(np.max(volume))
-    span = f"values {lo:.4g} .. {hi:.4g}"
+    span = f"values {float(np.min(volume)):.4g} .. {float(np.max(volume)):.4g}"
     skip = f"; {UNITS_FLAG} skips this check"
-    if expected == "attenuation" and (lo < ATTENUATION_BOUNDS["min"] or hi > ATTENUATION_BOUNDS["max"]):
+    if expected == "attenuation" and looks_like_hu(volume):
         raise CLIError(f"{flag} {path} looks like a CT in HU ({span}), not linear attenuation in 1/mm (water 0.0192): "
                        "pass the attenuation volume simulate wrote (e.g. scan/reference.nii.gz), or convert with "
                        f"mu = 0.0192 (1 + HU / 1000), clipped at 0{skip}")  # fmt: skip
-    if expected == "hu" and max(abs(lo), abs(hi)) <= ATTENUATION_LIKE_HU:
+    if expected == "hu" and looks_like_attenuation(volume):
         raise CLIError(f"{flag} {path} looks like linear attenuation in 1/mm ({span}), not a CT in HU (air -1000, "
                        f"water 0): simulate reads HU; convert with HU = 1000 (mu / 0.0192 - 1){skip}")  # fmt: skip
 

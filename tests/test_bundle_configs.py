@@ -138,3 +138,15 @@ def test_default_loader_workers_fit_the_cpus(path):
     parser.update({"dataset_dir": "/data/ct", "datalist": "/data/ct/dataset.json"})
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert 0 <= int(parser.get_parsed_content("num_workers")) <= min(4, cpus)
+
+
+def test_zero_shot_inference_runs_under_both_ids():
+    """``run inferring`` (as in the fine-tuning bundle) and the older ``run inference`` both run the zero-shot steps."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "medgmae_pretrain" / "configs" / "inference.json"))
+    calls = []
+    parser["runner"] = "$__import__('types').SimpleNamespace(run=lambda: 'ran')"
+    for run_id in ("inferring", "inference", "run"):
+        parser.parse()
+        calls.append(parser.get_parsed_content(run_id))
+    assert calls == [["ran"], ["ran"], ["ran"]]

@@ -478,6 +478,30 @@ def test_summary_counts_one_validation_case_in_the_singular(tmp_path):
     assert "(2 cases):" in FinetuneSummary(tmp_path, report, saver).text(1)[0]
 
 
+def test_summary_names_the_export_command_of_the_run(tmp_path):
+    import shlex
+
+    from monai.bundle import ConfigParser
+
+    from medgmae.finetune.report import FinetuneSummary
+
+    report = SimpleNamespace(metrics={"mean_dice": 0.5, "dice_per_class": {"liver": 0.5}, "num_cases": 1},
+                             output_dir=tmp_path / "validation")
+    saver = SimpleNamespace(best=0.5, best_epoch=1, path=tmp_path / "best_model.pt")
+    text, _ = FinetuneSummary(tmp_path, report, saver).text(1)
+    line = next(line for line in text.splitlines() if line.strip().startswith("export:"))
+    args = shlex.split(line.split("export:", 1)[1])
+    assert args[:5] == ["python", "-m", "monai.bundle", "run", "exporting"]
+    config = REPO / args[args.index("--config_file") + 1]
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["output_dir"] = args[args.index("--output_dir") + 1]
+    # the command exports this run's best_model.pt to model.ts beside it
+    assert Path(parser.get_parsed_content("checkpoint")) == tmp_path / "best_model.pt"
+    assert Path(parser.get_parsed_content("export_path")) == tmp_path / "model.ts"
+    assert "exporting" in parser.config
+
+
 def test_spacing_override_warns_naming_both(tmp_path, caplog):
     from medgmae.finetune import finetune_spec
 

@@ -85,6 +85,37 @@ def test_network_data_format_without_a_run_record_names_classes_generically(tmp_
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "class_1", "2": "class_2"}
 
 
+def test_metadata_states_logits_and_the_runs_score_and_classes(tmp_path):
+    """The output is described as unbounded logits (MONAI's "labels" format, value_range []), and eval_metrics /
+    label_classes are the run's (best_model.pt's score, its 18 classes), not the template's placeholders."""
+    from monai.bundle import verify_metadata
+
+    net = _finetuned(tmp_path / "best_model.pt", out_channels=18)
+    extra = {"epoch": 7, "metric_name": "val_mean_dice", "metric": 0.6125}
+    torch.save(make_checkpoint("medgmae-unetr", net.config(), net.state_dict(), SPEC, extra), tmp_path / "best_model.pt")
+    names = {str(i): ("background" if i == 0 else f"organ {i}") for i in range(18)}
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": names, "training": [], "validation": []}))
+    (tmp_path / "training_cases.json").write_text(json.dumps({"datalist": str(tmp_path / "dataset.json")}))
+    export_torchscript(tmp_path / "best_model.pt", tmp_path / "model.ts", CONFIGS / "metadata.json")
+    meta, y = _network_data_format_matches(tmp_path / "model.ts")
+    recorded = torch.load(tmp_path / "best_model.pt", weights_only=True)["extra"]
+    assert meta["eval_metrics"] == {"mean_dice": recorded["metric"], "best_epoch": recorded["epoch"]}
+    assert "18 classes" in meta["label_classes"] and "17 organ 17" in meta["label_classes"]
+    assert "BTCV" not in meta["label_classes"] and "logits" in meta["pred_classes"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert pred["format"] == "labels" and pred["value_range"] == []
+    assert y.min() < 0 or y.max() > 1  # logits: not confined to [0, 1]
+    torch.testing.assert_close(torch.softmax(y, 1).sum(1), torch.ones_like(y[:, 0]))  # softmax gives probabilities
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    verify_metadata(meta_file=str(tmp_path / "meta.json"), filepath=str(REPO / "bundles" / "schema" / "meta_schema.json"))
+
+
+def test_metadata_without_a_recorded_score_states_none(tmp_path):
+    _finetuned(tmp_path / "best_model.pt", out_channels=3)  # extra: epoch only
+    export_torchscript(tmp_path / "best_model.pt", tmp_path / "model.ts", CONFIGS / "metadata.json")
+    assert "eval_metrics" not in load_exported(tmp_path / "model.ts")[2]
+
+
 def test_load_exported_refuses_other_files(tmp_path):
     bad = tmp_path / "model.ts"
     bad.write_bytes(b"not a zip")

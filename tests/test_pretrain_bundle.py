@@ -358,7 +358,7 @@ def test_bad_dataset_dir_fails_naming_the_path(tmp_path):
 def test_inference_writes_ply_nifti_and_png(runs, tmp_path):
     image = runs["dataset"].parent / json.loads(runs["dataset"].read_text())["training"][0]["image"]
     model_path = runs["resumed"] / "model.pt"
-    _ok(_bundle("run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--model_path", str(model_path),
+    _ok(_bundle("run", "inferring", "--config_file", str(CONFIGS / "inference.json"), "--model_path", str(model_path),
                 "--image", str(image), "--inference_dir", str(tmp_path), "--device", "cpu", cwd=tmp_path))  # fmt: skip
     src = nib.load(str(image))
     out = nib.load(str(tmp_path / "case_0000_rendered.nii.gz"))

@@ -34,3 +34,14 @@ def test_fine_tune_after_user_data_asks_for_labelled_data(tmp_path):
     dataset_dir = _flag(args, "--dataset_dir")
     assert dataset_dir is not None and not Path(dataset_dir).exists()
     assert "fine-tuning needs labels" in text and "/data/ct_unlabelled" in text
+
+
+def test_each_pre_training_run_suggests_its_own_fine_tuning_folder(tmp_path):
+    """Following the suggestions of two pre-training runs side by side (pre/, pre_star/) writes two fine-tuning
+    folders, beside the runs and named after them, so neither result overwrites the other."""
+    folders = []
+    for name, kind in (("pre", "medgmae"), ("pre_star", "medgmae-star")):
+        summary = PretrainSummary(tmp_path / name, MetricHistory(), kind, [32, 32, 32])
+        s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
+        folders.append(Path(_flag(shlex.split(s["next"]["fine-tune"]), "--output_dir")))
+    assert folders == [tmp_path / "pre_finetune", tmp_path / "pre_star_finetune"]

@@ -11,10 +11,13 @@ bundle's metadata plus:
 * ``roi_size``, ``in_channels``, ``out_channels``: the patch the network takes, ``(B, in_channels, *roi_size)`` in
   the RAS-ordered frame of the spec, and the number of output classes (logits, ``(B, out_channels, *roi_size)``);
 * ``source``: the checkpoint it was exported from;
-* ``network_data_format`` and ``description`` (MONAI's standard keys, from the bundle's template) rewritten for this
-  network: input ``(in_channels, *roi_size)`` in the spec's intensity range, output ``out_channels`` logits with the
+* ``network_data_format``, ``description``, ``label_classes`` and ``pred_classes`` (MONAI's standard keys, from
+  the bundle's template) rewritten for this network: input ``(in_channels, *roi_size)`` in the spec's intensity
+  range, output ``out_channels`` logits (MONAI's ``labels`` format, ``value_range`` ``[]``: unbounded) with the
   run's class names (from the datalist its ``training_cases.json`` beside the checkpoint names; ``class_<i>`` where
   unknown), and the run's patch, spacing and HU window in the description;
+* ``eval_metrics``: the run's best validation score and its epoch as ``best_model.pt`` records them
+  (``{"mean_dice": ..., "best_epoch": ...}``; absent when the file records none);
 * ``inference``: the rest of the bundle's segmentation recipe (``inference.json``), which the spec alone does not
   give: after the spec's transforms the image is cropped to the box of its voxels above 0
   (``CropForegroundd(source_key="image", allow_smaller=True)``: outside it the prediction is background), then
@@ -90,7 +93,7 @@ def describe_network(
         names: the output classes in channel order, background first.
 
     Returns:
-        ``{"network_data_format": ..., "description": ...}`` to merge into the metadata.
+        ``{"network_data_format", "description", "label_classes", "pred_classes"}`` to merge into the metadata.
     """
     fmt = template.get("network_data_format", {})
     image = {"type": "image", "format": "hounsfield", "modality": "CT", "dtype": "float32", "is_patch_data": True,
@@ -98,9 +101,10 @@ def describe_network(
     channels = {str(c): "image" if in_channels == 1 else f"image channel {c}" for c in range(in_channels)}
     image.update(num_channels=in_channels, spatial_shape=list(roi), value_range=list(spec.intensity_range),
                  channel_def=channels)
-    pred = {"type": "image", "format": "segmentation", "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
-            **fmt.get("outputs", {}).get("pred", {})}  # fmt: skip
-    pred.update(num_channels=len(names), spatial_shape=list(roi), channel_def={str(c): n for c, n in enumerate(names)})
+    pred = {"type": "image", "dtype": "float32", "is_patch_data": True, **fmt.get("outputs", {}).get("pred", {})}
+    # logits: MONAI's "labels" format (one channel per class, the label is the largest channel), unbounded ("[]")
+    pred.update(format="labels", value_range=[], num_channels=len(names), spatial_shape=list(roi),
+                channel_def={str(c): n for c, n in enumerate(names)})  # fmt: skip
     size = "x".join(str(r) for r in roi)
     description = (
         f"UNETR fine-tuned for {len(names)}-class segmentation (background and {len(names) - 1} structures) on "
@@ -111,7 +115,31 @@ def describe_network(
         f"and returns {len(names)} channels of logits: segment a whole scan with sliding windows of that size "
         f"(MONAI's sliding_window_inference; see 'inference')."
     )
-    return {"network_data_format": {"inputs": {"image": image}, "outputs": {"pred": pred}}, "description": description}
+    classes = ", ".join(f"{c} {n}" for c, n in enumerate(names))
+    return {
+        "network_data_format": {"inputs": {"image": image}, "outputs": {"pred": pred}},
+        "description": description,
+        "label_classes": f"integer label map of {len(names)} classes: {classes}",
+        "pred_classes": f"{len(names)} channels of logits (unbounded), one per class in label_classes order: softmax "
+        "over channels gives the class probabilities, the label is the channel of the largest value",
+    }
+
+
+def run_eval_metrics(checkpoint: str | os.PathLike) -> dict:
+    """MONAI's ``eval_metrics`` of the run that wrote ``checkpoint``: its best validation score as ``best_model.pt``
+    records it (``extra["metric_name"]``, ``extra["metric"]``), named without the ``val_`` prefix (``mean_dice``),
+    with ``best_epoch``; ``{}`` when the file records no score."""
+    from medgmae.checkpoint import load_checkpoint
+    from medgmae.finetune.best_model import FINETUNED_KIND
+
+    extra = load_checkpoint(checkpoint, FINETUNED_KIND, mmap=True).extra
+    if "metric" not in extra:
+        return {}
+    name = str(extra.get("metric_name") or "val_mean_dice").removeprefix("val_")
+    out = {name: float(extra["metric"])}
+    if "epoch" in extra:
+        out["best_epoch"] = int(extra["epoch"])
+    return out
 
 
 def export_torchscript(
@@ -155,6 +183,10 @@ def export_torchscript(
     out_channels = int(expected.shape[1])
     names = run_label_names(checkpoint, out_channels)
     meta.update(describe_network(meta, network.preprocessing, roi, channels, names))
+    meta.pop("eval_metrics", None)  # only this run's own score is stated
+    metrics = run_eval_metrics(checkpoint)
+    if metrics:
+        meta["eval_metrics"] = metrics
     meta.update(
         preprocessing=network.preprocessing.to_dict(), roi_size=roi, in_channels=channels,
         out_channels=out_channels, source=str(checkpoint), inference=INFERENCE_RECIPE,

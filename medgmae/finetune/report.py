@@ -5,7 +5,7 @@ three orthogonal slices through the centre of its labelled structures, the predi
 the reference label in the bottom row (``segmentation.png``, ``val/segmentation`` in TensorBoard).
 :class:`FinetuneSummary` (a trainer handler) ends the run with the best validation mean Dice and its epoch, the
 per-class Dice of the last validation (printed and saved as ``dice_per_class.md``), where the outputs are and the
-evaluation and inference commands.
+evaluation, inference and export commands.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class FinetuneSummary:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def next_commands(self) -> dict[str, str]:
-        """README's evaluation and inference commands for this run; the evaluation names the run's recorded data
+        """README's evaluation, inference and export (``model.ts``) commands for this run; the evaluation names the run's recorded data
         (``dataset_dir`` / ``datalist`` of ``training_cases.json``) where it did not train on phantoms."""
         from medgmae.finetune.run_record import read_run_record
 
@@ -176,6 +176,8 @@ class FinetuneSummary:
             f"--output_dir {out}{data}",
             "segment": "python -m monai.bundle run inferring --config_file bundles/unetr_finetune/configs/inference.json "
             f"--output_dir {out} --input_files \"['ct.nii.gz']\"",
+            "export": "python -m monai.bundle run exporting --config_file bundles/unetr_finetune/configs/export.json "
+            f"--output_dir {out}",
         }
 
     def text(self, epochs: int) -> tuple[str, str]:

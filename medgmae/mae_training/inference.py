@@ -19,6 +19,7 @@ from medgmae.engine import resolve_device
 from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png
 from medgmae.files import save_nifti_atomic
 from medgmae.networks.medgmae import MedGMAE
+from medgmae.preprocessing import DEFAULT_SPEC, warn_if_attenuation
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
 __all__ = ["GaussianInference", "slices_png"]
@@ -80,6 +81,8 @@ class GaussianInference:
         model = MedGMAE.from_checkpoint(
             self.model_path, needed_for="zero-shot inference needs a medgmae or medgmae-star model.pt"
         ).to(self.device).eval()
+        spec = getattr(model, "preprocessing", None) or DEFAULT_SPEC  # as zero_shot_gaussians falls back
+        warn_if_attenuation(volume.array, spec, str(self.image_path))
         res = zero_shot_gaussians(volume.array, volume.affine, model, overlap=self.overlap, batch_size=self.batch_size)
         with torch.no_grad():
             rendered = res.voxel.to(self.device).render(res.shape, model.cutoff, model.render_backend)[0].cpu().numpy()
@@ -98,7 +101,9 @@ class GaussianInference:
         pictures = [(res.spec.window(scan) - b0) / (b1 - b0), np.clip((rendered - b0) / (b1 - b0), 0, 1)]
         ras = [ras_oriented(v, affine) for v in pictures]
         spacing = ras[0][1]
-        title = f"{stem}: {' x '.join(f'{s:.2f}' for s in spacing)} mm (R-L x A-P x I-S)"
+        a0, a1 = res.spec.hu_window
+        title = (f"{stem}: {' x '.join(f'{s:.2f}' for s in spacing)} mm (R-L x A-P x I-S); "
+                 f"grey window [{a0:.4g}, {a1:.4g}] HU")  # fmt: skip
         slices_png([v for v, _ in ras], paths["png"], spacing, ("input", "rendering"), title)
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine)
         logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))

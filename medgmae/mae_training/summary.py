@@ -22,7 +22,7 @@ from medgmae.engine.figures import add_image, line_plot, save_png
 from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE
 from medgmae.mae_training.validation import BEST_MODEL_FILE
 
-__all__ = ["PretrainSummary", "curves_figure", "next_commands"]
+__all__ = ["PretrainSummary", "curves_figure", "finetune_dir", "next_commands"]
 
 logger = logging.getLogger("medgmae.mae_training")
 
@@ -44,6 +44,13 @@ def curves_figure(history: MetricHistory):
 LABELLED_DATA = "/path/to/labelled/data"
 
 
+def finetune_dir(out: Path) -> Path:
+    """The fine-tuning folder suggested after the pre-training run ``out``: ``<parent>/<run name>_finetune``, one per
+    pre-training run, so following the suggestions of two runs (``pre/``, ``pre_star/``) keeps both results."""
+    out = Path(out)
+    return out.parent / f"{out.name or 'pretrain'}_finetune"
+
+
 def next_commands(
     out: Path, model_kind: str, roi_size: Sequence[int], example_image: str, pretrained_on: str = ""
 ) -> dict[str, str]:
@@ -62,13 +69,13 @@ def next_commands(
     roi = "[" + ",".join(str(int(r)) for r in roi_size) + "]"
     cmds = {
         "fine-tune": "python -m monai.bundle run training --config_file bundles/unetr_finetune/configs/train.json "
-        f"--pretrained {q(str(out / ENCODER_FILE))} --roi_size {q(roi)} --output_dir {q(str(out.parent / 'unetr_finetune'))}"
+        f"--pretrained {q(str(out / ENCODER_FILE))} --roi_size {q(roi)} --output_dir {q(str(finetune_dir(out)))}"
         + (f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else "")
     }
     if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
         image = q(example_image or "ct.nii.gz")
         cmds["zero-shot inference"] = (
-            "python -m monai.bundle run inference --config_file bundles/medgmae_pretrain/configs/inference.json "
+            "python -m monai.bundle run inferring --config_file bundles/medgmae_pretrain/configs/inference.json "
             f"--model_path {q(str(out / MODEL_FILE))} --image {image} --inference_dir {q(str(out / 'gaussians'))}"
         )
         scan, rec = q(str(out / "scan")), q(str(out / "recon"))

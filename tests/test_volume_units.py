@@ -1,0 +1,105 @@
+"""Telling HU from linear attenuation (1/mm): the shared range test, and the warnings of zero-shot inference and
+UNETR segmentation when a model of HU is given an attenuation volume."""
+
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medgmae.preprocessing import (
+    DEFAULT_SPEC,
+    PreprocessingSpec,
+    looks_like_attenuation,
+    looks_like_hu,
+    warn_if_attenuation,
+    window_expects_hu,
+)
+
+MU_WATER = 0.0192  # 1/mm
+
+
+def _phantom_hu(shape=(16, 16, 16)) -> np.ndarray:
+    """Air around a water ball with a bone core, in HU."""
+    grid = np.indices(shape).astype(np.float32)
+    r = np.sqrt(sum((g - (n - 1) / 2) ** 2 for g, n in zip(grid, shape)))
+    return np.where(r < 3, 1000.0, np.where(r < 6, 0.0, -1000.0)).astype(np.float32)
+
+
+def _to_attenuation(hu: np.ndarray) -> np.ndarray:
+    return np.clip(MU_WATER * (1 + hu / 1000.0), 0, None).astype(np.float32)
+
+
+def test_range_tests_tell_hu_from_attenuation():
+    hu = _phantom_hu()
+    mu = _to_attenuation(hu)
+    assert looks_like_hu(hu) and not looks_like_attenuation(hu)
+    assert looks_like_attenuation(mu) and not looks_like_hu(mu)
+    assert looks_like_attenuation(torch.from_numpy(mu)) and looks_like_hu(torch.from_numpy(hu))
+    # an FBP of attenuation undershoots a little below 0 and stays attenuation
+    assert looks_like_attenuation(np.array([-0.01, 0.05])) and not looks_like_hu(np.array([-0.01, 0.05]))
+    with pytest.raises(ValueError, match="empty"):
+        looks_like_attenuation(np.zeros((0, 3)))
+
+
+def test_only_ct_windows_expect_hu():
+    assert window_expects_hu(DEFAULT_SPEC)  # [-175, 250]
+    assert window_expects_hu(PreprocessingSpec(hu_window=(-1000, 400)))
+    assert not window_expects_hu(PreprocessingSpec(hu_window=(0, 1000)))  # MRI intensities
+    assert not window_expects_hu(PreprocessingSpec(hu_window=(-1, 1)))  # normalised intensities
+
+
+def test_warning_names_the_file_only_for_attenuation_given_to_a_model_of_hu(caplog):
+    mu, hu = _to_attenuation(_phantom_hu()), _phantom_hu()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_attenuation(mu, DEFAULT_SPEC, "/data/mu.nii.gz")
+        assert not warn_if_attenuation(hu, DEFAULT_SPEC, "/data/ct.nii.gz")
+        assert not warn_if_attenuation(mu, PreprocessingSpec(hu_window=(0, 1000)), "/data/mri.nii.gz")
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 1 and "/data/mu.nii.gz" in messages[0] and "attenuation" in messages[0]
+
+
+def _save(array: np.ndarray, path) -> str:
+    nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 1.5, 1.0])), str(path))
+    return str(path)
+
+
+def test_segmentation_transforms_warn_about_an_attenuation_volume(tmp_path, caplog):
+    from medgmae.finetune import inference_transforms
+
+    spec = PreprocessingSpec(spacing=1.5, input_size=16, patch_size=8)
+    mu = _save(_to_attenuation(_phantom_hu()), tmp_path / "mu.nii.gz")
+    ct = _save(_phantom_hu(), tmp_path / "ct.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        out = inference_transforms(spec)({"image": mu})
+        inference_transforms(spec)({"image": ct})
+    warned = [r.getMessage() for r in caplog.records if "attenuation" in r.getMessage()]
+    assert len(warned) == 1 and "mu.nii.gz" in warned[0]
+    assert tuple(out["image"].shape[1:]) != (0, 0, 0)  # the image still goes through
+
+
+def _tiny_model_file(path) -> str:
+    from medgmae.networks import MedGMAE
+
+    torch.manual_seed(0)
+    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=8, render_backend="torch")
+    m.preprocessing = PreprocessingSpec(spacing=1.5, input_size=16, patch_size=8, hu_window=(-175, 250))
+    torch.save(m.model_checkpoint(), path)
+    return str(path)
+
+
+def test_zero_shot_warns_about_attenuation_and_titles_its_grey_window(tmp_path, caplog, monkeypatch):
+    import medgmae.mae_training.inference as zero_shot
+
+    titles = []
+    monkeypatch.setattr(zero_shot, "slices_png", lambda volumes, path, spacing, names, title: titles.append(title))
+    model = _tiny_model_file(tmp_path / "model.pt")
+    image = _save(_to_attenuation(_phantom_hu()), tmp_path / "mu.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        zero_shot.GaussianInference(model, image, tmp_path / "out", device="cpu").run()
+    warned = [r.getMessage() for r in caplog.records if "attenuation" in r.getMessage()]
+    assert len(warned) == 1 and "mu.nii.gz" in warned[0]
+    assert len(titles) == 1 and "grey window [-175, 250] HU" in titles[0]
