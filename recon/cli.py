@@ -163,7 +163,8 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--num-gaussians", type=positive_int, default=None,
                    help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
                         "least 20000; 3dgr-ct 50000); for medgmae with the toolkit preset the budget its sparse start "
-                        "grows to (the same default)")
+                        "grows to (the same default), with the 3dgr-ct preset (whose density control does not grow to "
+                        "a budget) the number the decoder's Gaussians are subdivided to (default: as decoded)")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. scan/reference.nii.gz) for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None,
                    help="project a random subset of this many views per iteration (default: all views)")

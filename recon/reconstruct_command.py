@@ -46,7 +46,12 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
         if args.preset == "toolkit":
             init = calibrate_intensities(init, fbp_t)
     else:
-        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
+        budget = init_settings.get("num_gaussians")  # 3DGR-CT's preset: the decoder's Gaussians subdivided to it
+        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint),
+                            num_gaussians=budget, seed=args.seed)  # fmt: skip
+        if budget is not None:
+            print(f"zero-shot start: {init.num_gaussians} Gaussians, the decoder's subdivided toward --num-gaussians "
+                  f"{budget} (kept as decoded when the budget is under twice their number)", flush=True)  # fmt: skip
     if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images
         return init, float(fbp_t.max().clamp_min(1e-12))
     return init, None
@@ -67,6 +72,8 @@ def _init_settings(args, num_voxels: int | None = None) -> dict:
         settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
         if args.preset == "toolkit":  # the sparse start grows to a budget (recon.presets.sparse_start_growth)
             settings["grow_to"] = args.num_gaussians or preset_init_settings("toolkit", num_voxels)["num_gaussians"]
+        elif args.num_gaussians is not None:  # 3DGR-CT's density control grows by gradient, not to a budget
+            settings["num_gaussians"] = args.num_gaussians
     return settings
 
 
@@ -133,6 +140,9 @@ def _what_limits_growth(metrics: dict) -> str:
     (:func:`recon.presets.sparse_start_growth`) is limited by when density control ends, not by the budget."""
     settings = metrics.get("settings") or {}
     grow_to, until = (metrics.get("init_settings") or {}).get("grow_to"), settings.get("densify_until")
+    if metrics["init"] == "medgmae" and metrics["preset"] == "3dgr-ct":
+        return ("raise --num-gaussians (the decoder's Gaussians are subdivided to it; 3DGR-CT's density control adds "
+                "Gaussians by gradient, not up to a budget)")  # fmt: skip
     if grow_to is None or until is None or metrics["num_gaussians"] >= grow_to:
         return "raise --num-gaussians (and the iterations)"
     return (f"the sparse start grew to {metrics['num_gaussians']} of its budget of {grow_to} before density control stopped "

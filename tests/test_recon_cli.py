@@ -415,3 +415,23 @@ def test_3dgr_start_under_the_toolkit_preset_gets_the_toolkit_gain():
     assert gain == pytest.approx(1.0, abs=1e-4)
     ratio = toolkit.intensities / own.intensities  # one common gain, not a per-Gaussian fit
     assert float(ratio.max() - ratio.min()) < 1e-4 * float(ratio.mean()) and float(ratio.mean()) > 1.5
+
+
+def test_3dgr_ct_preset_subdivides_the_zero_shot_start_to_num_gaussians(simulated, model_file, tmp_path, capsys):
+    """3DGR-CT's density control does not grow to a budget, so under its preset ``--num-gaussians N`` splits each of
+    the decoder's K Gaussians into floor(N / K) (:func:`recon.initialisation.subdivide_gaussians`); without it the
+    start keeps the K decoded, and the closing note's advice to raise --num-gaussians says what that does."""
+    from recon.reconstruct_command import _print_summary
+
+    common = ["--preset", "3dgr-ct", "--init", "medgmae", "--checkpoint", str(model_file[0]), "--iterations", "1"]
+    assert main(_reconstruct_args(simulated, tmp_path / "decoded", *common)) == 0
+    k = json.loads((tmp_path / "decoded" / "metrics.json").read_text())["initial_gaussians"]
+    capsys.readouterr()
+    budget = 7 * k + 3
+    assert main(_reconstruct_args(simulated, tmp_path / "budget", *common, "--num-gaussians", str(budget))) == 0
+    printed = capsys.readouterr().out
+    m = json.loads((tmp_path / "budget" / "metrics.json").read_text())
+    assert m["initial_gaussians"] == 7 * k and m["init_settings"]["num_gaussians"] == budget
+    assert f"zero-shot start: {7 * k} Gaussians, the decoder's subdivided toward --num-gaussians {budget}" in printed
+    _print_summary({**m, "voxels_per_gaussian": 100.0}, tmp_path)
+    assert "raise --num-gaussians (the decoder's Gaussians are subdivided to it;" in capsys.readouterr().out

@@ -74,7 +74,7 @@ def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
     assert "reference.nii.gz  (the input as linear attenuation, 1/mm" in text
     f = tmp_path / "f.nii.gz"
     assert main(["fbp", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"), "--out", str(f), "--device", "cpu"]) == 0
-    assert f"wrote {f} (FBP, hann filter, attenuation 1/mm, shape (x, y, z) = (16, 16, 12))" in capsys.readouterr().out
+    assert f"wrote {f} (FBP, hann filter, attenuation 1/mm, shape (I, J, K) = (16, 16, 12))" in capsys.readouterr().out
     assert main(["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
                  "--out", str(tmp_path / "r"), "--no-progress", "--iterations", "1", "--num-gaussians", "50", "--device", "cpu"]) == 0  # fmt: skip
     printed = capsys.readouterr()
