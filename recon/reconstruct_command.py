@@ -97,8 +97,8 @@ SPARSE_BUDGET = 32.0
 
 def _print_summary(metrics: dict, out: Path) -> None:
     lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
-             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} (+{metrics.get('projector_seconds', 0.0):.1f} s "
-             f"building the projector, {metrics['init_seconds']:.1f} s FBP and initialisation), {metrics['num_gaussians']} Gaussians"]  # fmt: skip
+             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} ({_other_times(metrics)}), "
+             f"{metrics['num_gaussians']} Gaussians"]  # fmt: skip
     per = metrics.get("voxels_per_gaussian", 0.0)
     if per > SPARSE_BUDGET:
         lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
@@ -123,6 +123,17 @@ def _print_summary(metrics: dict, out: Path) -> None:
         lines.append("  no --reference: PSNR/SSIM not computed")
     lines += output_lines(out, outputs(metrics))
     print("\n".join(lines))
+
+
+def _other_times(metrics: dict) -> str:
+    """The times besides the optimisation's: the projector's build, the FBP and initialisation and, after
+    ``--refit``, the held-out run before it."""
+    projector = f"the {metrics['projector']} projector" if metrics.get("projector") else "the projector"
+    text = f"+{metrics.get('projector_seconds', 0.0):.1f} s building {projector}, {metrics['init_seconds']:.1f} s FBP and initialisation"
+    h = metrics.get("holdout") or {}
+    if h.get("refit"):
+        text += f", {h['run_seconds']:.1f} s the held-out run before the refit ({h['run_iterations']} iterations)"
+    return text
 
 
 def _time_note(resumed: dict | None) -> str:
@@ -264,11 +275,13 @@ def _build_projector(geom: CTGeometry, backend: str, device: torch.device):
     Returns:
         ``(projector, seconds taken)``.
     """
-    from recon.projectors import make_projector
+    from recon.projectors import describe_backend, make_projector, resolve_backend
 
-    print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {backend} backend, {device})...", flush=True)
+    chosen = resolve_backend(geom, backend, device)
+    how = describe_backend(chosen, device) + (", chosen by --backend auto" if backend == "auto" else "")
+    print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {chosen} backend: {how}, {device})...", flush=True)
     t0 = time.perf_counter()
-    projector = make_projector(geom, backend, device)
+    projector = make_projector(geom, chosen, device)
     return projector, time.perf_counter() - t0
 
 

@@ -214,3 +214,21 @@ def test_reconstruct_flags_at_their_limits_run(scan, tmp_path):
     out = tmp_path / "rec"
     assert main(reconstruct_args(scan, out, "--views-per-iteration", "10", "--coarse-iterations", "2", "--checkpoint-every", "0")) == 0
     assert json.loads((out / "metrics.json").read_text())["settings"]["views_per_iteration"] == 10
+
+
+def test_summary_times_name_the_projector_and_the_held_out_run_before_a_refit(tmp_path, capsys):
+    """The closing line counts every pass: the projector built (named), the FBP and start, and after --refit the
+    held-out run whose chosen iteration the refit stopped at."""
+    from recon.reconstruct_command import _print_summary
+
+    holdout = {"views": [2, 7], "best_error": 0.1, "best_iteration": 8, "stopped_early": True, "refit": True,
+               "run_iterations": 14, "run_seconds": 12.25, "errors": [(8, 0.1)]}  # fmt: skip
+    metrics = {"preset": "toolkit", "init": "fbp", "iterations": 8, "time_seconds": 7.0, "init_seconds": 0.5,
+               "projector": "astra", "projector_seconds": 1.5, "num_gaussians": 100, "holdout": holdout,
+               "settings": {"eval_every": 2}}  # fmt: skip
+    _print_summary(metrics, tmp_path)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert ("8 iterations in 7.0 s (+1.5 s building the astra projector, 0.5 s FBP and initialisation, 12.2 s the "
+            "held-out run before the refit (14 iterations)), 100 Gaussians") in first
+    _print_summary({**metrics, "holdout": {**holdout, "refit": False}}, tmp_path)
+    assert "held-out run before" not in capsys.readouterr().out.splitlines()[0]

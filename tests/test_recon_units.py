@@ -1,6 +1,8 @@
 """``medgmae-recon``: the unit check (a CT in HU where attenuation in 1/mm is expected, and the reverse), what the
 commands print (files written, the projector build) and what ``--help`` shows (defaults, units, the PLY frame)."""
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -78,8 +80,10 @@ def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
     assert main(["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
                  "--out", str(tmp_path / "r"), "--no-progress", "--iterations", "1", "--num-gaussians", "50", "--device", "cpu"]) == 0  # fmt: skip
     printed = capsys.readouterr()
-    assert "building the projector (parallel beam, 10 views, auto backend, cpu)..." in printed.out
-    assert " s building the projector, " in printed.out
+    chosen = json.loads((tmp_path / "r" / "metrics.json").read_text())["projector"]  # what was built
+    how = {"astra": "ASTRA 2D, slice by slice", "torch": "PyTorch ray marcher"}[chosen]  # parallel beam on the CPU
+    assert f"building the projector (parallel beam, 10 views, {chosen} backend: {how}, chosen by --backend auto, cpu)..." in printed.out
+    assert f" s building the {chosen} projector, " in printed.out
 
 
 def _help(capsys, *argv: str) -> str:
