@@ -203,7 +203,9 @@ def _interrupted_note(args, state_path: Path, before: int | None) -> str:
         return f"the last state{at} is saved in {state_path}; the same command with --resume continues it"
     if args.resume and state_path.is_file():
         return f"no newer state was saved; {state_path}, the state resumed from, is unchanged (--resume continues it)"
-    first = f"at iteration {args.checkpoint_every}" if args.checkpoint_every > 0 else "only at the end with --checkpoint-every 0"
+    every, n = args.checkpoint_every, args.iterations
+    early = " or where --patience stops it" if args.patience else ""
+    first = f"at iteration {every}{early}" if 0 < every < n else f"at the end of the run, iteration {n}{early}"
     return f"no state was saved yet (the first is saved {first}); no output was written"
 
 
