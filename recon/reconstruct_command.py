@@ -171,10 +171,18 @@ def outputs(metrics: dict) -> dict[str, str]:
         "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
         "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
         "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else ""),
-        "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} per iteration",
+        "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} "
+                     f"{_evaluations((metrics.get('settings') or {}).get('eval_every'))}",
         "slices.png": f"orthogonal mid-slices: {columns}",
         RECON_STATE: "resumable state, for --resume",
     }
+
+
+def _evaluations(every: int | None) -> str:
+    """When the history (and so ``curve.png``) has a point: every ``--eval-every`` iterations and at the last."""
+    if every is None:
+        return "at each evaluation"
+    return "at every iteration" if every == 1 else f"every {every} iterations and at the last"
 
 
 def cmd_reconstruct(args) -> int:

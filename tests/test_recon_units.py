@@ -104,3 +104,21 @@ def test_help_shows_defaults_units_and_the_ply_frame(capsys, argv, shown):
     text = _help(capsys, *argv)
     for s in shown:
         assert s in text, s
+
+
+def test_curve_labels_stay_clear_of_the_series(tmp_path):
+    """curve.png: the panel's value labels (left) and iteration labels (bottom) are drawn where no marker or line
+    of the series lands, even for the points at the extremes of the range."""
+    from PIL import Image
+
+    from recon.plot import draw_curve
+
+    history = [{"iteration": i, "loss": 10.0 ** (-i / 10)} for i in range(10, 110, 10)]
+    draw_curve(history, tmp_path / "curve.png")
+    img = np.asarray(Image.open(tmp_path / "curve.png").convert("RGB")).astype(int)
+    assert img.shape == (245, 640, 3)  # one panel: box (10, 10) - (630, 235)
+    series = (np.abs(img - np.array([200, 40, 40])).sum(-1) == 0)  # the loss colour (the title above y = 26 too)
+    label = (img[..., 0] == img[..., 1]) & (img[..., 1] == img[..., 2]) & (img[..., 0] < 200)  # grey text
+    left, bottom = (slice(26, 234), slice(11, 69)), (slice(221, 234), slice(11, 629))
+    assert series[26:234].any() and label[left].any() and label[bottom].any()
+    assert not series[left].any() and not series[bottom].any()
