@@ -122,3 +122,23 @@ def test_curve_labels_stay_clear_of_the_series(tmp_path):
     left, bottom = (slice(26, 234), slice(11, 69)), (slice(221, 234), slice(11, 629))
     assert series[26:234].any() and label[left].any() and label[bottom].any()
     assert not series[left].any() and not series[bottom].any()
+
+
+@pytest.mark.parametrize("argv, notes", [
+    (("simulate",), {"units", "unit check"}),
+    (("fbp",), {"units"}),
+    (("reconstruct",), {"units", "unit check", "ply"}),
+    (("evaluate",), {"units", "unit check"}),
+    (("select",), set()),
+    ((), {"units", "unit check", "ply"}),
+])  # fmt: skip
+def test_each_help_has_only_the_notes_that_concern_it(capsys, argv, notes):
+    """The units note where a command reads or writes volumes, the unit check where it has --no-unit-check, the
+    gaussians.ply frame only for reconstruct (and the top-level help); --views says when it is needed."""
+    text = _help(capsys, *argv)
+    marks = {"units": "units: simulate reads a CT in HU", "unit check": "--no-unit-check skips that check",
+             "ply": "gaussians.ply (reconstruct): centres"}  # fmt: skip
+    assert {n for n, m in marks.items() if m in text} == notes
+    assert ("--no-unit-check" in text) == ("unit check" in notes)  # the check is described where the flag exists
+    if argv == ("simulate",):
+        assert "needed for --geometry parallel or cone (a geometry.json fixes its own)" in text
