@@ -67,7 +67,7 @@ def resolve_backend(geometry: CTGeometry, backend: str = "auto", device="cpu", s
 def describe_backend(backend: str, device="cpu") -> str:
     """A few words naming a resolved backend (:func:`resolve_backend`) as it runs on ``device``."""
     on_cuda = str(device).startswith("cuda")
-    return {"astra": "ASTRA 3D, CUDA" if on_cuda else "ASTRA 2D, slice by slice", "matrix": "sparse matrix",
+    return {"astra": "ASTRA 3D, CUDA" if on_cuda else "ASTRA 2D, slice by slice", "matrix": "the ray marcher's operator as one sparse matrix",
             "torch": "PyTorch ray marcher"}[backend]  # fmt: skip
 
 
