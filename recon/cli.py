@@ -62,15 +62,28 @@ __all__ = ["main", "build_parser"]
 PROJECTIONS_HELP = "line integrals: .npy of shape (views, rows, cols), or a MetaImage (.mha/.mhd, as RTK writes), NRRD or NIfTI stack indexed (column, row, view)"
 
 
-EPILOG = """units: simulate reads a CT in HU and writes attenuation volumes in 1/mm (mu = 0.0192 (1 + HU / 1000),
+UNITS_EPILOG = """units: simulate reads a CT in HU and writes attenuation volumes in 1/mm (mu = 0.0192 (1 + HU / 1000),
 clipped at 0); fbp, reconstruct and evaluate read and write attenuation in 1/mm (a --reference or --fbp is the
-attenuation volume simulate wrote, e.g. scan/reference.nii.gz). A volume whose range belongs to the other unit is
-refused (HU: below -100 or above 10 where 1/mm is expected; 1/mm: every value within [-1, 1] where HU is
-expected); --no-unit-check skips that check.
+attenuation volume simulate wrote, e.g. scan/reference.nii.gz)."""
 
+UNIT_CHECK_EPILOG = """A volume whose range belongs to the other unit is refused (HU: below -100 or above 10 where 1/mm is
+expected; 1/mm: every value within [-1, 1] where HU is expected); --no-unit-check skips that check."""
+
+PLY_EPILOG = """
 gaussians.ply (reconstruct): centres, scales and rotations in world millimetres (RAS, the frame of recon.nii.gz's
 affine); its header records 'frame world', the volume shape and the voxel-to-world affine in the NIfTI's (I, J, K)
 index order, the same as recon.nii.gz and the zero-shot inference PLYs."""
+
+#: The epilog of each subcommand: only the notes that concern its inputs and outputs (``select`` reads the
+#: reconstructions' metrics.json, in no unit); the top-level help has them all.
+EPILOGS = {
+    "simulate": (UNITS_EPILOG, UNIT_CHECK_EPILOG),
+    "fbp": (UNITS_EPILOG,),
+    "reconstruct": (UNITS_EPILOG, UNIT_CHECK_EPILOG, PLY_EPILOG),
+    "evaluate": (UNITS_EPILOG, UNIT_CHECK_EPILOG),
+    "select": (),
+}
+EPILOG = "\n".join([UNITS_EPILOG, UNIT_CHECK_EPILOG, PLY_EPILOG])
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -87,8 +100,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    """One subcommand's parser, with the shared help layout and epilog."""
-    return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, formatter_class=_HelpFormatter)
+    """One subcommand's parser, with the shared help layout and its epilog (:data:`EPILOGS`)."""
+    epilog = "\n".join(EPILOGS[name]) or None
+    return sub.add_parser(name, help=help_text, description=help_text, epilog=epilog, formatter_class=_HelpFormatter)
 
 
 def _add_unit_check(p: argparse.ArgumentParser) -> None:
@@ -123,7 +137,7 @@ def _add_simulate(sub) -> None:
     s.add_argument("--geometry", required=True,
                    help="parallel, cone (a circular orbit around the volume), or a geometry.json such as "
                         "configs/geometry/*.json (its volume_shape and voxel_size must be the volume's)")
-    s.add_argument("--views", type=positive_int, default=None, help="number of projection angles (parallel and cone)")
+    s.add_argument("--views", type=positive_int, default=None, help="number of projection angles: needed for --geometry parallel or cone (a geometry.json fixes its own)")
     s.add_argument("--arc", type=positive_float, default=None, help="scan arc in degrees (default 180 parallel, 360 cone)")
     s.add_argument("--photons", type=positive_float, default=None, help="incident photons per detector pixel: Poisson noise (default: none, noiseless projections)")
     s.add_argument("--filter", default="hann", choices=FILTERS, help="FBP/FDK filter for fbp.nii.gz")
@@ -163,7 +177,8 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--num-gaussians", type=positive_int, default=None,
                    help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
                         "least 20000; 3dgr-ct 50000); for medgmae with the toolkit preset the budget its sparse start "
-                        "grows to (the same default)")
+                        "grows to (the same default), with the 3dgr-ct preset (whose density control does not grow to "
+                        "a budget) the number the decoder's Gaussians are subdivided to (default: as decoded)")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. scan/reference.nii.gz) for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None,
                    help="project a random subset of this many views per iteration (default: all views)")

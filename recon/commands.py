@@ -285,7 +285,7 @@ def cmd_fbp(args) -> int:
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
     save_nifti(args.out, rec, geom.default_affine())
     what = "FBP" if geom.kind == "parallel" else "FDK"
-    print(f"wrote {args.out} ({what}, {args.filter} filter, attenuation 1/mm, shape (x, y, z) = {rec.shape[::-1]})")
+    print(f"wrote {args.out} ({what}, {args.filter} filter, attenuation 1/mm, shape (I, J, K) = {rec.shape[::-1]})")
     return 0
 
 

@@ -1,6 +1,7 @@
-"""Dependency-light pictures (PIL only): the convergence plot (loss on a log scale and, when available, PSNR per
-iteration) and the orthogonal mid-slices of the reference, FBP, reconstruction and error (drawn by
-:func:`medgmae.engine.figures.orthogonal_slices`, as the toolkit's other slice pictures)."""
+"""Dependency-light pictures (PIL only): the convergence plot (loss on a log scale and, when available, the held-out
+error and PSNR, at each evaluation of the history) and the orthogonal mid-slices of the reference, FBP,
+reconstruction and error (drawn by :func:`medgmae.engine.figures.orthogonal_slices`, as the toolkit's other slice
+pictures)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,37 @@ import math
 __all__ = ["draw_curve", "draw_slices"]
 
 
+#: Margins of a panel (pixels): the value labels sit left of the plotted area, the title above it and the
+#: iteration labels below it, so that no marker covers a label.
+_LEFT, _TOP, _BOTTOM, _RIGHT = 64, 18, 18, 10
+
+
 def _series_box(draw, box, xs, ys, colour, label, log=False):
+    """One panel: the series ``(xs, ys)`` (points with ``y`` missing, non-finite or, on a log scale, not positive
+    are left out) in ``box = (x0, y0, x1, y1)``, its range written beside the plotted area."""
     x0, y0, x1, y1 = box
     draw.rectangle(box, outline=(0, 0, 0))
-    vals = [math.log10(y) if log else y for y in ys if y is not None and (y > 0 or not log)]
-    pts = [(x, math.log10(y) if log else y) for x, y in zip(xs, ys) if y is not None and (y > 0 or not log) and math.isfinite(y)]
-    draw.text((x0 + 4, y0 + 2), label, fill=colour)
-    if len(pts) < 1 or not vals:
+    draw.text((x0 + 4, y0 + 3), label, fill=colour)
+    pts = [(x, math.log10(y) if log else y) for x, y in zip(xs, ys)
+           if y is not None and math.isfinite(y) and (y > 0 or not log)]  # fmt: skip
+    if not pts:
         return
+    px0, py0, px1, py1 = x0 + _LEFT, y0 + _TOP, x1 - _RIGHT, y1 - _BOTTOM  # the plotted area
     xmin, xmax = min(xs), max(xs)
     ymin, ymax = min(p[1] for p in pts), max(p[1] for p in pts)
     xmax, ymax = (xmax if xmax > xmin else xmin + 1), (ymax if ymax > ymin else ymin + 1e-6)
-    scr = [(x0 + 8 + (x - xmin) / (xmax - xmin) * (x1 - x0 - 16), y1 - 8 - (y - ymin) / (ymax - ymin) * (y1 - y0 - 24)) for x, y in pts]
+    scr = [(px0 + (x - xmin) / (xmax - xmin) * (px1 - px0), py1 - (y - ymin) / (ymax - ymin) * (py1 - py0)) for x, y in pts]
     if len(scr) > 1:
         draw.line(scr, fill=colour, width=2)
     for p in scr:
         draw.ellipse((p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2), fill=colour)
+    grey = (80, 80, 80)
     lo, hi = (10**ymin, 10**ymax) if log else (ymin, ymax)
-    draw.text((x0 + 4, y1 - 14), f"{lo:.3g}", fill=(80, 80, 80))
-    draw.text((x0 + 4, y0 + 14), f"{hi:.3g}", fill=(80, 80, 80))
-    draw.text((x1 - 60, y1 - 14), f"it {int(xmax)}", fill=(80, 80, 80))
+    draw.text((x0 + 4, py0 - 4), f"{hi:.3g}", fill=grey)
+    draw.text((x0 + 4, py1 - 6), f"{lo:.3g}", fill=grey)
+    draw.text((px0 - 2, py1 + 4), f"it {int(xmin)}", fill=grey)
+    right = f"it {int(xmax)}"
+    draw.text((px1 - 6 * len(right), py1 + 4), right, fill=grey)
 
 
 def draw_curve(history: list, path, holdout_errors: list | None = None) -> None:

@@ -1,6 +1,7 @@
 """What ``medgmae-recon reconstruct`` does: the initialisation it asks for, the optimisation, and its outputs
 (``recon.nii.gz``, ``gaussians.ply``, ``metrics.json``, ``curve.png``, ``slices.png``, the resumable
-``recon_state.pt``) written together, then the closing summary. Every input is checked before anything is written."""
+``recon_state.pt``) written together, then the closing summary (:mod:`recon.reconstruct_summary`). Every input is
+checked before anything is written."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.commands import (CLIError, Interrupted, check_out_folder, load_matching_volume, load_scan, output_lines,
-                            resolve_cli_device)
+from recon.commands import CLIError, Interrupted, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
 from recon.geometry import CTGeometry
+from recon.reconstruct_summary import print_summary
+from recon.state import RECON_STATE
 
-__all__ = ["RECON_STATE", "cmd_reconstruct", "outputs"]
-
-RECON_STATE = "recon_state.pt"
+__all__ = ["RECON_STATE", "cmd_reconstruct"]
 
 
 def _model_spec(model, spacing: float | None, checkpoint: str):
@@ -46,7 +46,12 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
         if args.preset == "toolkit":
             init = calibrate_intensities(init, fbp_t)
     else:
-        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint))
+        budget = init_settings.get("num_gaussians")  # 3DGR-CT's preset: the decoder's Gaussians subdivided to it
+        init = medgmae_init(fbp_t, affine, model, spec=_model_spec(model, args.model_spacing, args.checkpoint),
+                            num_gaussians=budget, seed=args.seed)  # fmt: skip
+        if budget is not None:
+            print(f"zero-shot start: {init.num_gaussians} Gaussians, the decoder's subdivided toward --num-gaussians "
+                  f"{budget} (kept as decoded when the budget is under twice their number)", flush=True)  # fmt: skip
     if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images
         return init, float(fbp_t.max().clamp_min(1e-12))
     return init, None
@@ -67,6 +72,8 @@ def _init_settings(args, num_voxels: int | None = None) -> dict:
         settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
         if args.preset == "toolkit":  # the sparse start grows to a budget (recon.presets.sparse_start_growth)
             settings["grow_to"] = args.num_gaussians or preset_init_settings("toolkit", num_voxels)["num_gaussians"]
+        elif args.num_gaussians is not None:  # 3DGR-CT's density control grows by gradient, not to a budget
+            settings["num_gaussians"] = args.num_gaussians
     return settings
 
 
@@ -79,81 +86,6 @@ def _density_overrides(args, init_settings: dict, init) -> dict:
     if "grow_to" in init_settings:
         return {**sparse_start_growth(init_settings["grow_to"]), **rule}
     return {**toolkit_cap(init.num_gaussians), **rule} if args.preset == "toolkit" else {}
-
-
-#: Voxels per Gaussian above which the summary says a given ``--num-gaussians`` is too small (the default budget has
-#: 8, ``recon.presets.toolkit_budget``). On a 112 x 128 x 160 phantom (60 noisy parallel views) 20,000 Gaussians
-#: (115 voxels each) ended 5.3 dB below one per 8 voxels after 400 iterations, 60,000 (38 each) 3.1 dB below
-#: (``bench/recon_budget_study.sh``, bench/RESULTS.md).
-SPARSE_BUDGET = 32.0
-
-
-def _print_summary(metrics: dict, out: Path) -> None:
-    lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
-             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} (+{metrics.get('projector_seconds', 0.0):.1f} s "
-             f"building the projector, {metrics['init_seconds']:.1f} s FBP and initialisation), {metrics['num_gaussians']} Gaussians"]  # fmt: skip
-    per = metrics.get("voxels_per_gaussian", 0.0)
-    if per > SPARSE_BUDGET:
-        lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
-                     f"bench/RESULTS.md used about one per 7); {_what_limits_growth(metrics)}")  # fmt: skip
-    rounds = metrics.get("density_rounds") or []
-    if rounds:
-        total = {k: sum(r[k] for r in rounds) for k in ("cloned", "split", "pruned")}
-        when = f"1 round (iteration {rounds[0]['iteration']})" if len(rounds) == 1 else \
-            f"{len(rounds)} rounds (iterations {rounds[0]['iteration']}-{rounds[-1]['iteration']})"
-        lines.append(f"  density control: {when}: {total['cloned']} cloned, {total['split']} split, {total['pruned']} pruned")
-    if metrics.get("holdout"):
-        h = metrics["holdout"]
-        how = "stopped early" if h["stopped_early"] else "ran to the end"
-        what = "the run on every view stopped at" if h["refit"] else "the Gaussians of"
-        lines.append(f"  held-out views {h['views']}: lowest held-out error {h['best_error']:.4g} at iteration {h['best_iteration']} "
-                     f"(the run {how} at iteration {h['run_iterations']}); written: {what} iteration {h['best_iteration']}")  # fmt: skip
-        lines.append(f"  (runs of this scan with the same --holdout-views and other settings: medgmae-recon select --runs {out} ...)")
-    if "final" in metrics:
-        for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
-            lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
-    else:
-        lines.append("  no --reference: PSNR/SSIM not computed")
-    lines += output_lines(out, outputs(metrics))
-    print("\n".join(lines))
-
-
-def _time_note(resumed: dict | None) -> str:
-    """What the optimisation time covers after ``--resume`` (``resumed``: the reconstructor's record of the resume,
-    :func:`recon.state.restore_reconstructor`, which metrics.json holds as it is)."""
-    if not resumed:
-        return ""
-    if resumed["seconds_before"] is None:
-        return f" since the resume at iteration {resumed['iteration']} (the state saved no earlier time)"
-    return f" in all ({resumed['seconds_before']:.1f} s before the resume at iteration {resumed['iteration']})"
-
-
-def _what_limits_growth(metrics: dict) -> str:
-    """The advice of the sparse-budget note: a sparse start that stopped growing below its budget
-    (:func:`recon.presets.sparse_start_growth`) is limited by when density control ends, not by the budget."""
-    settings = metrics.get("settings") or {}
-    grow_to, until = (metrics.get("init_settings") or {}).get("grow_to"), settings.get("densify_until")
-    if grow_to is None or until is None or metrics["num_gaussians"] >= grow_to:
-        return "raise --num-gaussians (and the iterations)"
-    return (f"the sparse start grew to {metrics['num_gaussians']} of its budget of {grow_to} before density control stopped "
-            f"at iteration {until}; raise --iterations (growth runs to {until / max(1, settings.get('iterations', 1)):.0%} "
-            "of them), or start from --init fbp with that budget")  # fmt: skip
-
-
-def outputs(metrics: dict) -> dict[str, str]:
-    """The files a run wrote and what each holds, as its ``metrics`` (:func:`_metrics`) say: PSNR and the
-    reference / error columns only with ``--reference``, the held-out error only with ``--holdout-views``."""
-    with_ref = "final" in metrics
-    curves = ["loss", *(["held-out error"] if metrics.get("holdout") else []), *(["PSNR"] if with_ref else [])]
-    columns = "rows reference / FBP / reconstruction / error" if with_ref else "rows FBP / reconstruction"
-    return {
-        "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
-        "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
-        "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else ""),
-        "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} per iteration",
-        "slices.png": f"orthogonal mid-slices: {columns}",
-        RECON_STATE: "resumable state, for --resume",
-    }
 
 
 def cmd_reconstruct(args) -> int:
@@ -182,7 +114,9 @@ def _interrupted_note(args, state_path: Path, before: int | None) -> str:
         return f"the last state{at} is saved in {state_path}; the same command with --resume continues it"
     if args.resume and state_path.is_file():
         return f"no newer state was saved; {state_path}, the state resumed from, is unchanged (--resume continues it)"
-    first = f"at iteration {args.checkpoint_every}" if args.checkpoint_every > 0 else "only at the end with --checkpoint-every 0"
+    every, n = args.checkpoint_every, args.iterations
+    early = " or where --patience stops it" if args.patience else ""
+    first = f"at iteration {every}{early}" if 0 < every < n else f"at the end of the run, iteration {n}{early}"
     return f"no state was saved yet (the first is saved {first}); no output was written"
 
 
@@ -244,7 +178,7 @@ def _reconstruct(args) -> int:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
     _write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
-    _print_summary(metrics, out)
+    print_summary(metrics, out)
     return 0
 
 
@@ -254,11 +188,13 @@ def _build_projector(geom: CTGeometry, backend: str, device: torch.device):
     Returns:
         ``(projector, seconds taken)``.
     """
-    from recon.projectors import make_projector
+    from recon.projectors import describe_backend, make_projector, resolve_backend
 
-    print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {backend} backend, {device})...", flush=True)
+    chosen = resolve_backend(geom, backend, device)
+    how = describe_backend(chosen, device) + (", chosen by --backend auto" if backend == "auto" else "")
+    print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {chosen} backend: {how}, {device})...", flush=True)
     t0 = time.perf_counter()
-    projector = make_projector(geom, backend, device)
+    projector = make_projector(geom, chosen, device)
     return projector, time.perf_counter() - t0
 
 

@@ -17,7 +17,10 @@ import torch
 if TYPE_CHECKING:
     from recon.gaussian_recon import GaussianReconstructor
 
-__all__ = ["CHECKPOINT_KIND", "PARAMS", "reconstructor_state", "restore_reconstructor"]
+__all__ = ["CHECKPOINT_KIND", "PARAMS", "RECON_STATE", "reconstructor_state", "restore_reconstructor"]
+
+#: The state's file name in a reconstruction's output folder.
+RECON_STATE = "recon_state.pt"
 
 CHECKPOINT_KIND = "recon-gaussians"
 #: The optimised parameter kinds, in the order of the optimiser's groups.

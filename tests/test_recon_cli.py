@@ -159,7 +159,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "preset 3dgr-ct" in printed and "PSNR/SSIM not computed" in printed and str(out / "slices.png") in printed
     assert "orthogonal mid-slices: rows FBP / reconstruction)" in printed and "reference /" not in printed  # what was drawn
-    assert "(loss per iteration)" in printed and "PSNR per iteration" not in printed
+    assert "(loss every 50 iterations and at the last)" in printed and "PSNR" not in printed.split("curve.png")[1].splitlines()[0]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["preset"] == "3dgr-ct" and metrics["init"] == "3dgr-ct" and metrics["arguments"]["preset"] == "3dgr-ct"
     expected = json.loads(json.dumps(asdict(preset_config("3dgr-ct", 4, eval_every=50, seed=0))))
@@ -273,11 +273,11 @@ def test_slices_are_drawn_to_scale(tmp_path, flip):
 
 def test_summary_says_when_the_gaussians_are_too_few(tmp_path, capsys):
     """The closing summary notes a budget of far fewer Gaussians than voxels, and only then."""
-    from recon.reconstruct_command import SPARSE_BUDGET, _print_summary
+    from recon.reconstruct_summary import SPARSE_BUDGET, print_summary
 
     base = {"preset": "toolkit", "init": "fbp", "iterations": 3, "time_seconds": 1.0, "init_seconds": 0.1}
     for per, noted in ((115.0, True), (SPARSE_BUDGET, False), (7.0, False)):
-        _print_summary({**base, "num_gaussians": 20000, "voxels_per_gaussian": per}, tmp_path)
+        print_summary({**base, "num_gaussians": 20000, "voxels_per_gaussian": per}, tmp_path)
         text = capsys.readouterr().out
         assert ("too few" in text) == noted and (f"one Gaussian per {per:.0f} voxels" in text) == noted
 
@@ -415,3 +415,23 @@ def test_3dgr_start_under_the_toolkit_preset_gets_the_toolkit_gain():
     assert gain == pytest.approx(1.0, abs=1e-4)
     ratio = toolkit.intensities / own.intensities  # one common gain, not a per-Gaussian fit
     assert float(ratio.max() - ratio.min()) < 1e-4 * float(ratio.mean()) and float(ratio.mean()) > 1.5
+
+
+def test_3dgr_ct_preset_subdivides_the_zero_shot_start_to_num_gaussians(simulated, model_file, tmp_path, capsys):
+    """3DGR-CT's density control does not grow to a budget, so under its preset ``--num-gaussians N`` splits each of
+    the decoder's K Gaussians into floor(N / K) (:func:`recon.initialisation.subdivide_gaussians`); without it the
+    start keeps the K decoded, and the closing note's advice to raise --num-gaussians says what that does."""
+    from recon.reconstruct_summary import print_summary
+
+    common = ["--preset", "3dgr-ct", "--init", "medgmae", "--checkpoint", str(model_file[0]), "--iterations", "1"]
+    assert main(_reconstruct_args(simulated, tmp_path / "decoded", *common)) == 0
+    k = json.loads((tmp_path / "decoded" / "metrics.json").read_text())["initial_gaussians"]
+    capsys.readouterr()
+    budget = 7 * k + 3
+    assert main(_reconstruct_args(simulated, tmp_path / "budget", *common, "--num-gaussians", str(budget))) == 0
+    printed = capsys.readouterr().out
+    m = json.loads((tmp_path / "budget" / "metrics.json").read_text())
+    assert m["initial_gaussians"] == 7 * k and m["init_settings"]["num_gaussians"] == budget
+    assert f"zero-shot start: {7 * k} Gaussians, the decoder's subdivided toward --num-gaussians {budget}" in printed
+    print_summary({**m, "voxels_per_gaussian": 100.0}, tmp_path)
+    assert "raise --num-gaussians (the decoder's Gaussians are subdivided to it;" in capsys.readouterr().out

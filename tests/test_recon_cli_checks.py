@@ -164,15 +164,15 @@ def test_gaussians_ply_is_in_world_millimetres(tmp_path):
 def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     """With --init medgmae the sparse start grows until density control ends (densify_until): when it stopped
     below its budget the note says so and asks for more iterations, not a larger --num-gaussians."""
-    from recon.reconstruct_command import _print_summary
+    from recon.reconstruct_summary import print_summary
 
     base = {"preset": "toolkit", "init": "medgmae", "iterations": 20, "time_seconds": 1.0, "init_seconds": 0.1,
             "voxels_per_gaussian": 115.0, "settings": {"densify_until": 12, "iterations": 20}}  # fmt: skip
-    _print_summary({**base, "num_gaussians": 900, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    print_summary({**base, "num_gaussians": 900, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     text = capsys.readouterr().out
     assert "grew to 900 of its budget of 20000 before density control stopped at iteration 12" in text
     assert "raise --iterations (growth runs to 60% of them)" in text and "raise --num-gaussians" not in text
-    _print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
 
 
@@ -214,3 +214,21 @@ def test_reconstruct_flags_at_their_limits_run(scan, tmp_path):
     out = tmp_path / "rec"
     assert main(reconstruct_args(scan, out, "--views-per-iteration", "10", "--coarse-iterations", "2", "--checkpoint-every", "0")) == 0
     assert json.loads((out / "metrics.json").read_text())["settings"]["views_per_iteration"] == 10
+
+
+def test_summary_times_name_the_projector_and_the_held_out_run_before_a_refit(tmp_path, capsys):
+    """The closing line counts every pass: the projector built (named), the FBP and start, and after --refit the
+    held-out run whose chosen iteration the refit stopped at."""
+    from recon.reconstruct_summary import print_summary
+
+    holdout = {"views": [2, 7], "best_error": 0.1, "best_iteration": 8, "stopped_early": True, "refit": True,
+               "run_iterations": 14, "run_seconds": 12.25, "errors": [(8, 0.1)]}  # fmt: skip
+    metrics = {"preset": "toolkit", "init": "fbp", "iterations": 8, "time_seconds": 7.0, "init_seconds": 0.5,
+               "projector": "astra", "projector_seconds": 1.5, "num_gaussians": 100, "holdout": holdout,
+               "settings": {"eval_every": 2}}  # fmt: skip
+    print_summary(metrics, tmp_path)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert ("8 iterations in 7.0 s (+1.5 s building the astra projector, 0.5 s FBP and initialisation, 12.2 s the "
+            "held-out run before the refit (14 iterations)), 100 Gaussians") in first
+    print_summary({**metrics, "holdout": {**holdout, "refit": False}}, tmp_path)
+    assert "held-out run before" not in capsys.readouterr().out.splitlines()[0]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recon.geometry import CTGeometry
-from recon.projectors import AstraProjector, TorchProjector, astra_cuda_available, make_projector
+from recon.projectors import AstraProjector, TorchProjector, astra_cuda_available, make_projector, resolve_backend
 
 
 def _blobs(shape, seed=0, dtype=torch.float64):
@@ -173,6 +173,8 @@ def test_astra_cpu_tensors_never_reach_the_3d_path():
     parallel = CTGeometry.parallel((4, 8, 8), num_angles=6)
     assert make_projector(parallel, "auto", "cpu").name == "astra"  # ASTRA's CPU 2D projectors, slice by slice
     assert make_projector(par, "auto", "cpu").name == "torch"  # rows do not match slices: ASTRA's CPU path cannot
+    # what reconstruct announces before building: the same choice
+    assert [resolve_backend(g, "auto", "cpu") for g in (cone, parallel, par)] == ["matrix", "astra", "torch"]
 
 
 def test_auto_uses_pytorch_where_astra_is_not_installed(monkeypatch):

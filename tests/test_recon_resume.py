@@ -106,14 +106,15 @@ def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypat
         return step(self)
 
     monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
-    for out, every, said in ((tmp_path / "early", "5", "no state was saved yet"),
+    for out, every, said in ((tmp_path / "early", "5", "no state was saved yet (the first is saved at iteration 5)"),
+                             (tmp_path / "end", "500", "no state was saved yet (the first is saved at the end of the run, iteration 6)"),
                              (tmp_path / "rec", "2", f"the last state (iteration 2) is saved in {tmp_path / 'rec' / 'recon_state.pt'}")):  # fmt: skip
         capsys.readouterr()
         args = [*_args(scan, out, "--iterations", "6"), "--checkpoint-every", every]
         assert main(args) == 130
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and said in err and "Traceback" not in err, err
-        assert _contents(out) == ({} if every == "5" else {"recon_state.pt": _contents(out)["recon_state.pt"]})
+        assert _contents(out) == ({} if every != "2" else {"recon_state.pt": _contents(out)["recon_state.pt"]})
         assert not list(tmp_path.rglob(".*"))
     assert "--resume continues it" in err
     monkeypatch.setattr(GaussianReconstructor, "step", step)

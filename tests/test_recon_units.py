@@ -1,6 +1,8 @@
 """``medgmae-recon``: the unit check (a CT in HU where attenuation in 1/mm is expected, and the reverse), what the
 commands print (files written, the projector build) and what ``--help`` shows (defaults, units, the PLY frame)."""
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -74,12 +76,14 @@ def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
     assert "reference.nii.gz  (the input as linear attenuation, 1/mm" in text
     f = tmp_path / "f.nii.gz"
     assert main(["fbp", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"), "--out", str(f), "--device", "cpu"]) == 0
-    assert f"wrote {f} (FBP, hann filter, attenuation 1/mm, shape (x, y, z) = (16, 16, 12))" in capsys.readouterr().out
+    assert f"wrote {f} (FBP, hann filter, attenuation 1/mm, shape (I, J, K) = (16, 16, 12))" in capsys.readouterr().out
     assert main(["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
                  "--out", str(tmp_path / "r"), "--no-progress", "--iterations", "1", "--num-gaussians", "50", "--device", "cpu"]) == 0  # fmt: skip
     printed = capsys.readouterr()
-    assert "building the projector (parallel beam, 10 views, auto backend, cpu)..." in printed.out
-    assert " s building the projector, " in printed.out
+    chosen = json.loads((tmp_path / "r" / "metrics.json").read_text())["projector"]  # what was built
+    how = {"astra": "ASTRA 2D, slice by slice", "torch": "PyTorch ray marcher"}[chosen]  # parallel beam on the CPU
+    assert f"building the projector (parallel beam, 10 views, {chosen} backend: {how}, chosen by --backend auto, cpu)..." in printed.out
+    assert f" s building the {chosen} projector, " in printed.out
 
 
 def _help(capsys, *argv: str) -> str:
@@ -100,3 +104,41 @@ def test_help_shows_defaults_units_and_the_ply_frame(capsys, argv, shown):
     text = _help(capsys, *argv)
     for s in shown:
         assert s in text, s
+
+
+def test_curve_labels_stay_clear_of_the_series(tmp_path):
+    """curve.png: the panel's value labels (left) and iteration labels (bottom) are drawn where no marker or line
+    of the series lands, even for the points at the extremes of the range."""
+    from PIL import Image
+
+    from recon.plot import draw_curve
+
+    history = [{"iteration": i, "loss": 10.0 ** (-i / 10)} for i in range(10, 110, 10)]
+    draw_curve(history, tmp_path / "curve.png")
+    img = np.asarray(Image.open(tmp_path / "curve.png").convert("RGB")).astype(int)
+    assert img.shape == (245, 640, 3)  # one panel: box (10, 10) - (630, 235)
+    series = (np.abs(img - np.array([200, 40, 40])).sum(-1) == 0)  # the loss colour (the title above y = 26 too)
+    label = (img[..., 0] == img[..., 1]) & (img[..., 1] == img[..., 2]) & (img[..., 0] < 200)  # grey text
+    left, bottom = (slice(26, 234), slice(11, 69)), (slice(221, 234), slice(11, 629))
+    assert series[26:234].any() and label[left].any() and label[bottom].any()
+    assert not series[left].any() and not series[bottom].any()
+
+
+@pytest.mark.parametrize("argv, notes", [
+    (("simulate",), {"units", "unit check"}),
+    (("fbp",), {"units"}),
+    (("reconstruct",), {"units", "unit check", "ply"}),
+    (("evaluate",), {"units", "unit check"}),
+    (("select",), set()),
+    ((), {"units", "unit check", "ply"}),
+])  # fmt: skip
+def test_each_help_has_only_the_notes_that_concern_it(capsys, argv, notes):
+    """The units note where a command reads or writes volumes, the unit check where it has --no-unit-check, the
+    gaussians.ply frame only for reconstruct (and the top-level help); --views says when it is needed."""
+    text = _help(capsys, *argv)
+    marks = {"units": "units: simulate reads a CT in HU", "unit check": "--no-unit-check skips that check",
+             "ply": "gaussians.ply (reconstruct): centres"}  # fmt: skip
+    assert {n for n, m in marks.items() if m in text} == notes
+    assert ("--no-unit-check" in text) == ("unit check" in notes)  # the check is described where the flag exists
+    if argv == ("simulate",):
+        assert "needed for --geometry parallel or cone (a geometry.json fixes its own)" in text

@@ -23,6 +23,8 @@ __all__ = [
     "ForwardProjection",
     "BackProjection",
     "make_projector",
+    "resolve_backend",
+    "describe_backend",
     "astra_cpu_supports",
     "astra_cuda_available",
     "PROJECTOR_BACKENDS",
@@ -31,6 +33,42 @@ __all__ = [
 ]
 
 PROJECTOR_BACKENDS = ("auto", "torch", "astra", "matrix")
+
+
+def resolve_backend(geometry: CTGeometry, backend: str = "auto", device="cpu", step: float = 0.5) -> str:
+    """The backend :func:`make_projector` builds for ``backend`` (``"auto"`` resolved as described there).
+
+    Args:
+        geometry: the scan.
+        backend: one of :data:`PROJECTOR_BACKENDS`.
+        device: where the data will live.
+        step: the ray marcher's step (voxels), which sizes the sparse matrix.
+
+    Returns:
+        ``"torch"``, ``"astra"`` or ``"matrix"``.
+    """
+    if backend not in PROJECTOR_BACKENDS:
+        raise ValueError(f"backend must be one of {PROJECTOR_BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    # ASTRA's CUDA 3D projectors on the GPU; on the CPU, ASTRA's 2D projectors slice by slice for parallel
+    # beam (about 25x faster than the PyTorch ray marcher on a 160 x 128 x 112 volume, 30 views: 1.5 s against
+    # 39 s for a forward and adjoint); ASTRA has no CPU cone beam, so there the ray marcher's own operator is
+    # precomputed as a sparse matrix when it fits the memory budget (bench/RESULTS.md, "CPU cone beam").
+    if str(device).startswith("cuda"):
+        return "astra" if astra_cuda_available() else "torch"
+    if astra_cpu_supports(geometry):
+        return "astra"
+    if geometry.kind == "cone" and estimate_matrix_bytes(geometry, step) <= ray_matrix.MATRIX_BUDGET_BYTES:
+        return "matrix"
+    return "torch"
+
+
+def describe_backend(backend: str, device="cpu") -> str:
+    """A few words naming a resolved backend (:func:`resolve_backend`) as it runs on ``device``."""
+    on_cuda = str(device).startswith("cuda")
+    return {"astra": "ASTRA 3D, CUDA" if on_cuda else "ASTRA 2D, slice by slice", "matrix": "the ray marcher's operator as one sparse matrix",
+            "torch": "PyTorch ray marcher"}[backend]  # fmt: skip
 
 
 def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **kwargs) -> Projector:
@@ -49,23 +87,7 @@ def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **
     Returns:
         A :class:`Projector`.
     """
-    if backend not in PROJECTOR_BACKENDS:
-        raise ValueError(f"backend must be one of {PROJECTOR_BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        # ASTRA's CUDA 3D projectors on the GPU; on the CPU, ASTRA's 2D projectors slice by slice for parallel
-        # beam (about 25x faster than the PyTorch ray marcher on a 160 x 128 x 112 volume, 30 views: 1.5 s against
-        # 39 s for a forward and adjoint); ASTRA has no CPU cone beam, so there the ray marcher's own operator is
-        # precomputed as a sparse matrix when it fits the memory budget (bench/RESULTS.md, "CPU cone beam").
-        on_cuda = str(device).startswith("cuda")
-        if on_cuda:
-            backend = "astra" if astra_cuda_available() else "torch"
-        elif astra_cpu_supports(geometry):
-            backend = "astra"
-        elif geometry.kind == "cone":
-            fits = estimate_matrix_bytes(geometry, kwargs.get("step", 0.5)) <= ray_matrix.MATRIX_BUDGET_BYTES
-            backend = "matrix" if fits else "torch"
-        else:
-            backend = "torch"
+    backend = resolve_backend(geometry, backend, device, kwargs.get("step", 0.5))
     if backend == "astra":
         return AstraProjector(geometry, **kwargs)
     if backend == "matrix":

@@ -1,0 +1,109 @@
+"""The closing summary of ``medgmae-recon reconstruct``: the times, the Gaussians and their budget, the
+density-control rounds, the held-out choice, PSNR/SSIM, and the outputs written with what each holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recon.commands import output_lines
+from recon.state import RECON_STATE
+
+__all__ = ["SPARSE_BUDGET", "outputs", "print_summary"]
+
+
+#: Voxels per Gaussian above which the summary says a given ``--num-gaussians`` is too small (the default budget has
+#: 8, ``recon.presets.toolkit_budget``). On a 112 x 128 x 160 phantom (60 noisy parallel views) 20,000 Gaussians
+#: (115 voxels each) ended 5.3 dB below one per 8 voxels after 400 iterations, 60,000 (38 each) 3.1 dB below
+#: (``bench/recon_budget_study.sh``, bench/RESULTS.md).
+SPARSE_BUDGET = 32.0
+
+
+def print_summary(metrics: dict, out: Path) -> None:
+    """The closing summary of a run from its ``metrics`` (what metrics.json holds), naming the outputs in ``out``."""
+    lines = [f"reconstruction finished: preset {metrics['preset']}, init {metrics['init']}, {metrics['iterations']} iterations "
+             f"in {metrics['time_seconds']:.1f} s{_time_note(metrics.get('resumed'))} ({_other_times(metrics)}), "
+             f"{metrics['num_gaussians']} Gaussians"]  # fmt: skip
+    per = metrics.get("voxels_per_gaussian", 0.0)
+    if per > SPARSE_BUDGET:
+        lines.append(f"  note: one Gaussian per {per:.0f} voxels is too few for this volume's detail (the study in "
+                     f"bench/RESULTS.md used about one per 7); {_what_limits_growth(metrics)}")  # fmt: skip
+    rounds = metrics.get("density_rounds") or []
+    if rounds:
+        total = {k: sum(r[k] for r in rounds) for k in ("cloned", "split", "pruned")}
+        when = f"1 round (iteration {rounds[0]['iteration']})" if len(rounds) == 1 else \
+            f"{len(rounds)} rounds (iterations {rounds[0]['iteration']}-{rounds[-1]['iteration']})"
+        lines.append(f"  density control: {when}: {total['cloned']} cloned, {total['split']} split, {total['pruned']} pruned")
+    if metrics.get("holdout"):
+        h = metrics["holdout"]
+        how = "stopped early" if h["stopped_early"] else "ran to the end"
+        what = "the run on every view stopped at" if h["refit"] else "the Gaussians of"
+        lines.append(f"  held-out views {h['views']}: lowest held-out error {h['best_error']:.4g} at iteration {h['best_iteration']} "
+                     f"(the run {how} at iteration {h['run_iterations']}); written: {what} iteration {h['best_iteration']}")  # fmt: skip
+        lines.append(f"  (runs of this scan with the same --holdout-views and other settings: medgmae-recon select --runs {out} ...)")
+    if "final" in metrics:
+        for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
+            lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
+    else:
+        lines.append("  no --reference: PSNR/SSIM not computed")
+    lines += output_lines(out, outputs(metrics))
+    print("\n".join(lines))
+
+
+def _other_times(metrics: dict) -> str:
+    """The times besides the optimisation's: the projector's build, the FBP and initialisation and, after
+    ``--refit``, the held-out run before it."""
+    projector = f"the {metrics['projector']} projector" if metrics.get("projector") else "the projector"
+    text = f"+{metrics.get('projector_seconds', 0.0):.1f} s building {projector}, {metrics['init_seconds']:.1f} s FBP and initialisation"
+    h = metrics.get("holdout") or {}
+    if h.get("refit"):
+        text += f", {h['run_seconds']:.1f} s the held-out run before the refit ({h['run_iterations']} iterations)"
+    return text
+
+
+def _time_note(resumed: dict | None) -> str:
+    """What the optimisation time covers after ``--resume`` (``resumed``: the reconstructor's record of the resume,
+    :func:`recon.state.restore_reconstructor`, which metrics.json holds as it is)."""
+    if not resumed:
+        return ""
+    if resumed["seconds_before"] is None:
+        return f" since the resume at iteration {resumed['iteration']} (the state saved no earlier time)"
+    return f" in all ({resumed['seconds_before']:.1f} s before the resume at iteration {resumed['iteration']})"
+
+
+def _what_limits_growth(metrics: dict) -> str:
+    """The advice of the sparse-budget note: a sparse start that stopped growing below its budget
+    (:func:`recon.presets.sparse_start_growth`) is limited by when density control ends, not by the budget."""
+    settings = metrics.get("settings") or {}
+    grow_to, until = (metrics.get("init_settings") or {}).get("grow_to"), settings.get("densify_until")
+    if metrics["init"] == "medgmae" and metrics["preset"] == "3dgr-ct":
+        return ("raise --num-gaussians (the decoder's Gaussians are subdivided to it; 3DGR-CT's density control adds "
+                "Gaussians by gradient, not up to a budget)")  # fmt: skip
+    if grow_to is None or until is None or metrics["num_gaussians"] >= grow_to:
+        return "raise --num-gaussians (and the iterations)"
+    return (f"the sparse start grew to {metrics['num_gaussians']} of its budget of {grow_to} before density control stopped "
+            f"at iteration {until}; raise --iterations (growth runs to {until / max(1, settings.get('iterations', 1)):.0%} "
+            "of them), or start from --init fbp with that budget")  # fmt: skip
+
+
+def outputs(metrics: dict) -> dict[str, str]:
+    """The files a run wrote and what each holds, as its ``metrics`` (:func:`_metrics`) say: PSNR and the
+    reference / error columns only with ``--reference``, the held-out error only with ``--holdout-views``."""
+    with_ref = "final" in metrics
+    curves = ["loss", *(["held-out error"] if metrics.get("holdout") else []), *(["PSNR"] if with_ref else [])]
+    columns = "rows reference / FBP / reconstruction / error" if with_ref else "rows FBP / reconstruction"
+    return {
+        "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
+        "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
+        "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else ""),
+        "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} "
+                     f"{_evaluations((metrics.get('settings') or {}).get('eval_every'))}",
+        "slices.png": f"orthogonal mid-slices: {columns}",
+        RECON_STATE: "resumable state, for --resume",
+    }
+
+
+def _evaluations(every: int | None) -> str:
+    """When the history (and so ``curve.png``) has a point: every ``--eval-every`` iterations and at the last."""
+    if every is None:
+        return "at each evaluation"
+    return "at every iteration" if every == 1 else f"every {every} iterations and at the last"
