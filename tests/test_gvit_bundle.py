@@ -244,9 +244,33 @@ def test_a_fresh_run_replaces_the_earlier_runs_later_phases(tmp_path, caplog):
     fresh.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
     with caplog.at_level(logging.INFO, logger="medgmae.gvit"):
         fresh.run()
-    assert "the earlier run's classifier checkpoints (checkpoint_epoch=1.pt, checkpoint_final.pt)" in caplog.text
+    assert "classifier: checkpoints (checkpoint_epoch=1.pt, checkpoint_final.pt)" in caplog.text
+    assert "results: 1 model.pt file" in caplog.text
     assert saved("classifier") == [] and saved("joint") == []
     assert saved("warmup") == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
+
+
+def test_a_resume_with_a_longer_phase_retrains_the_phases_after_it(tmp_path, caplog):
+    """Resumed with one more warm-up epoch, a finished run trains it and then the classifier and joint phases
+    afresh (their checkpoints followed the shorter warm-up; kept, they were taken as finished and the model came
+    out bit for bit the first run's)."""
+    import logging
+
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = _workflow(data, tmp_path / "run", resume=False)
+    first.run()  # warmup 1, classifier 1, joint 2
+    joint = tmp_path / "run" / "checkpoints" / "joint" / "checkpoint_final.pt"
+    before = torch.load(joint, weights_only=True)["engine"]
+    resumed = _workflow(data, tmp_path / "run", resume=True)
+    resumed.epochs = {"warmup": 2, "classifier": 1, "joint": 2}
+    with caplog.at_level(logging.INFO, logger="medgmae.gvit"):
+        resumed.run()
+    assert "this run trains the 'warmup' phase, so the phases after it start afresh" in caplog.text
+    assert "classifier: checkpoints (checkpoint_epoch=1.pt, checkpoint_final.pt)" in caplog.text
+    assert "removed from" in caplog.text
+    assert torch.load(joint, weights_only=True)["engine"] == before  # the joint phase ran its two epochs again
+    s1, s2 = first.model.state_dict(), resumed.model.state_dict()
+    assert not all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
 # ----------------------------------------------------------------------------------------------- configuration

@@ -35,6 +35,7 @@ from torch import nn
 
 from medgmae.engine import check_resume_fits, resolve_device
 from medgmae.engine.earlier_run import EarlierRun
+from medgmae.engine.resume import epoch_checkpoints
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, settings_record
 
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("medgmae.gvit")
+
+#: a run's results in its folder (:func:`~medgmae.twod.gvit_eval.evaluate_gvit`, :func:`~medgmae.twod.gvit_summary.
+#: gvit_summary`), made stale by training
+RESULT_FILES = ("model.pt", "metrics.json", "summary.json", "confusion_matrix.png", "explanations/*.png")
 
 PHASES = ("warmup", "classifier", "joint")
 
@@ -302,42 +307,72 @@ class GViTWorkflow:
             check_resume_fits(self.output_dir / "checkpoints" / phase, self.train_loader, self.epochs[phase],
                               records={"settings": record}, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
 
-    def _earlier_phase_checkpoints(self) -> Callable[[Engine], None] | None:
-        """A fresh run (phase checkpoints, no resume) in a folder where another run wrote: the earlier run's
-        checkpoints of every phase but the first this run trains (whose own handler replaces them), named now and
-        removed by the returned handler once this run has saved its first checkpoint (a run stopped before then
-        removes nothing). Left in place, a later ``resume`` would continue this run's first phase and then take the
-        earlier run's later phases as this run's."""
+    def _first_phase_to_train(self, resume: bool) -> str | None:
+        """The first phase this run trains: of a fresh run, its first phase with epochs; of a resumed one, the first
+        whose newest epoch checkpoint is short of its epochs (``None``: every phase has finished)."""
+        for p in (p for p in PHASES if self.epochs[p] > 0):
+            saved = epoch_checkpoints(self.output_dir / "checkpoints" / p)
+            if not resume or not saved or saved[0][0] < self.epochs[p]:
+                return p
+        return None
+
+    def _stale_outputs(self) -> tuple[str, str, Callable[[Engine], None]] | None:
+        """What this run makes stale, with phase checkpoints: the checkpoints of every phase after the first it
+        trains (of a fresh run, of every other phase: an earlier run's; of a resumed one, trained after the earlier
+        state of the phase it continues, e.g. after a shorter warm-up) and the run's results (``model.pt``,
+        ``metrics.json``, ``summary.json``, the confusion matrix, explanations). Named now; the returned handler
+        removes them once the first phase trained has saved a checkpoint (a run stopped before removes nothing).
+        Left in place, a resume would take those phases as finished by this run.
+
+        Returns:
+            ``(first phase trained, what is removed, the removing handler)``, or ``None`` when nothing is stale.
+        """
         checkpoints = [h for h in self.kwargs["handlers"] or () if isinstance(h, PhaseCheckpoint)]
-        if not checkpoints or any(h.resume for h in checkpoints):
+        resume = any(h.resume for h in checkpoints)
+        first = self._first_phase_to_train(resume) if checkpoints else None
+        if first is None:
             return None
-        first = next(p for p in PHASES if self.epochs[p] > 0)
-        earlier = {p: EarlierRun(self.output_dir / "checkpoints" / p, patterns=()) for p in PHASES if p != first}
-        found = {p: note for p, run in earlier.items() if (note := run.find())}
+        later = PHASES[PHASES.index(first) + 1 :] if resume else [p for p in PHASES if p != first]
+        stale = {p: EarlierRun(self.output_dir / "checkpoints" / p, patterns=()) for p in later}
+        stale["results"] = EarlierRun(self.output_dir, patterns=RESULT_FILES)
+        found = {p: note for p, run in stale.items() if (note := run.find())}
         if not found:
             return None
-        logger.info("a fresh run: the earlier run's %s are removed when this run saves its first checkpoint",
-                    "; ".join(f"{p} {note}" for p, note in found.items()))  # fmt: skip
+        what = "; ".join(f"{p}: {note}" for p, note in found.items())
 
         def remove(_: Engine) -> None:
             for p in found:
-                earlier[p].remove(keep=self.output_dir)  # no checkpoint of this run is in those folders yet
+                stale[p].remove(keep=self.output_dir)  # none of this run's checkpoints is among them
+            logger.info("removed from %s what this run made stale (%s)", self.output_dir, what)
 
-        return remove
+        return first, what, remove
+
+    def _remove_after_first_save(self, trainer: Engine, remove: Callable[[Engine], None]) -> None:
+        """Call ``remove`` at the trainer's first epoch end of this run (after its checkpoint handler's save)."""
+        done = []
+
+        def once(engine: Engine) -> None:
+            if not done:
+                done.append(True)
+                remove(engine)
+
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, once)
 
     def run(self) -> dict:
         """Train every phase with epochs > 0, save ``model.pt``, evaluate; returns the metrics."""
         from medgmae.twod.gvit_eval import evaluate_gvit
 
         self.check_resume()
-        remove_earlier = self._earlier_phase_checkpoints()
+        stale = self._stale_outputs()
+        if stale is not None:
+            logger.warning("this run trains the %r phase, so the phases after it start afresh and earlier results no "
+                           "longer hold: %s are removed when it saves its first checkpoint", stale[0], stale[1])  # fmt: skip
         for phase in PHASES:
             if self.epochs[phase] > 0:
                 logger.info("GViT phase %r: %d epoch(s)", phase, self.epochs[phase])
                 trainer = self.trainer(phase)
-                if remove_earlier is not None:  # after the phase's checkpoint handler, so after its first save
-                    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), remove_earlier)
-                    remove_earlier = None
+                if stale is not None and phase == stale[0]:  # added after its checkpoint handler: after its save
+                    self._remove_after_first_save(trainer, stale[2])
                 trainer.run()
         self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings)
         has_val = self.val_loader is not None and len(self.val_loader) > 0
