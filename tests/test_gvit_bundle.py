@@ -72,7 +72,9 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
 
     # the evaluation config on the same model and validation split reproduces the training metrics
     task_stamp = (out / "data" / "task.json").stat().st_mtime_ns
-    _bundle("evaluate.json", run_id="evaluating", output_dir=str(out), device="cpu", num_phantoms=3, num_explanations=-1)
+    # with the summary's command: no data flags (model.pt records them)
+    assert not any(flag in summary["next"]["evaluate"] for flag in ("--num_phantoms", "--seed", "--val_fraction"))
+    _bundle("evaluate.json", run_id="evaluating", output_dir=str(out), device="cpu", num_explanations=-1)
     ev = json.loads((out / "eval" / "metrics.json").read_text())
     assert ev["confusion_matrix"] == metrics["confusion_matrix"]
     assert len(list((out / "eval" / "explanations").glob("*.png"))) == ev["num_images"]  # one per image
