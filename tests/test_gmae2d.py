@@ -349,9 +349,9 @@ def test_cli_layers_segment_edges_end_to_end(cli_files):
     common = ["--checkpoint", str(ckpt), "--image", str(d / "img.png")]
     assert main(["layers", *common, "--out", str(d / "layers"), "--num-layers", "4", "--first-count", "12"]) == 0
     stack = np.asarray(Image.open(d / "layers" / "layer_stack.png"))
-    assert stack.shape == (2 + 34, 2 + 4 * 34)  # 4 tiles of 32 x 32 with 2-pixel gaps
+    assert stack.shape == (2 + 14 + 128 + 2, 2 + 4 * 130, 3)  # 4 tiles of 32 x 32 enlarged x4, label bands, 2 px gaps
     partial = np.asarray(Image.open(d / "layers" / "partial_renders.png"))
-    assert partial.shape[1] == 2 + 4 * 34  # input + K = 12, 24, 48
+    assert partial.shape[1] == 2 + 4 * 130  # input + K = 12, 24, 48
     assert json.loads((d / "layers" / "layers.json").read_text())["partial_render_counts"] == [12, 24, 48]
 
     assert main(["segment", *common, "--out", str(d / "seg"), "--num-layers", "4", "--reference", str(d / "mask.png")]) == 0
