@@ -12,7 +12,7 @@ from PIL import Image
 from medgmae.twod import layering as L
 from medgmae.twod.cli import main
 from medgmae.twod.gmae import GMAE2D, SplatGaussians, activate_splat_heads
-from medgmae.twod.images import read_image, read_mask, to_model_input
+from medgmae.twod.images import read_image, read_image_source, read_mask, to_model_input
 from medgmae.twod.render import render_gaussians_2d
 
 
@@ -256,6 +256,11 @@ def test_read_image_formats(tmp_path):
     hu = np.array([[-1000, -160, 40], [240, 500, 0]], np.float32)
     _write_dicom(tmp_path / "ct.dcm", hu)
     np.testing.assert_allclose(read_image(tmp_path / "ct.dcm")[0], np.clip((hu + 160) / 400, 0, 1), atol=1e-6)
+    # which frame and window were used: the file's centre 40 / width 400, its only frame
+    source = read_image_source(tmp_path / "ct.dcm")[1]
+    assert source == {"slice": {"axis": "frame", "index": 0, "count": 1}, "window": [-160.0, 240.0],
+                      "window_source": "dicom file"}  # fmt: skip
+    assert read_image_source(tmp_path / "rgb.png")[1] == {"slice": None, "window": None, "window_source": None}
 
 
 def test_read_mask_uses_the_stored_values_not_the_rescale(tmp_path):
