@@ -12,7 +12,7 @@ from PIL import Image
 from medgmae.twod import layering as L
 from medgmae.twod.cli import main
 from medgmae.twod.gmae import GMAE2D, SplatGaussians, activate_splat_heads
-from medgmae.twod.images import read_image, read_mask, to_model_input
+from medgmae.twod.images import read_image, read_image_source, read_mask, to_model_input
 from medgmae.twod.render import render_gaussians_2d
 
 
@@ -256,6 +256,11 @@ def test_read_image_formats(tmp_path):
     hu = np.array([[-1000, -160, 40], [240, 500, 0]], np.float32)
     _write_dicom(tmp_path / "ct.dcm", hu)
     np.testing.assert_allclose(read_image(tmp_path / "ct.dcm")[0], np.clip((hu + 160) / 400, 0, 1), atol=1e-6)
+    # which frame and window were used: the file's centre 40 / width 400, its only frame
+    source = read_image_source(tmp_path / "ct.dcm")[1]
+    assert source == {"slice": {"axis": "frame", "index": 0, "count": 1}, "window": [-160.0, 240.0],
+                      "window_source": "dicom file"}  # fmt: skip
+    assert read_image_source(tmp_path / "rgb.png")[1] == {"slice": None, "window": None, "window_source": None}
 
 
 def test_read_mask_uses_the_stored_values_not_the_rescale(tmp_path):
@@ -349,9 +354,9 @@ def test_cli_layers_segment_edges_end_to_end(cli_files):
     common = ["--checkpoint", str(ckpt), "--image", str(d / "img.png")]
     assert main(["layers", *common, "--out", str(d / "layers"), "--num-layers", "4", "--first-count", "12"]) == 0
     stack = np.asarray(Image.open(d / "layers" / "layer_stack.png"))
-    assert stack.shape == (2 + 34, 2 + 4 * 34)  # 4 tiles of 32 x 32 with 2-pixel gaps
+    assert stack.shape == (2 + 14 + 128 + 2, 2 + 4 * 130, 3)  # 4 tiles of 32 x 32 enlarged x4, label bands, 2 px gaps
     partial = np.asarray(Image.open(d / "layers" / "partial_renders.png"))
-    assert partial.shape[1] == 2 + 4 * 34  # input + K = 12, 24, 48
+    assert partial.shape[1] == 2 + 4 * 130  # input + K = 12, 24, 48
     assert json.loads((d / "layers" / "layers.json").read_text())["partial_render_counts"] == [12, 24, 48]
 
     assert main(["segment", *common, "--out", str(d / "seg"), "--num-layers", "4", "--reference", str(d / "mask.png")]) == 0

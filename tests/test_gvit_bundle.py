@@ -72,7 +72,9 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
 
     # the evaluation config on the same model and validation split reproduces the training metrics
     task_stamp = (out / "data" / "task.json").stat().st_mtime_ns
-    _bundle("evaluate.json", run_id="evaluating", output_dir=str(out), device="cpu", num_phantoms=3, num_explanations=-1)
+    # with the summary's command: no data flags (model.pt records them)
+    assert not any(flag in summary["next"]["evaluate"] for flag in ("--num_phantoms", "--seed", "--val_fraction"))
+    _bundle("evaluate.json", run_id="evaluating", output_dir=str(out), device="cpu", num_explanations=-1)
     ev = json.loads((out / "eval" / "metrics.json").read_text())
     assert ev["confusion_matrix"] == metrics["confusion_matrix"]
     assert len(list((out / "eval" / "explanations").glob("*.png"))) == ev["num_images"]  # one per image
@@ -350,9 +352,43 @@ def test_handlers_are_config_a_user_can_add_and_override(tmp_path):
     assert len(probe.norms) == len(unclipped.norms)  # three phases, one record per iteration
     assert max(probe.norms) <= 1e-3 * (1 + 1e-4)
     handlers = clipped.get_parsed_content("train#handlers")
-    assert isinstance(handlers[4], GradientClipHandler) and handlers[3].log_every == 1
+    assert isinstance(handlers[5], GradientClipHandler) and handlers[3].log_every == 1
     assert all((tmp_path / "clipped" / "run" / "checkpoints" / ph / "checkpoint_epoch=1.pt").is_file()
                for ph in ("warmup", "classifier", "joint"))  # fmt: skip
+
+
+class _LossProbe:
+    """Records every iteration's loss, one list per phase (each phase's trainer starts once)."""
+
+    def __init__(self) -> None:
+        self.losses: list[list[float]] = []
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.losses.append([]))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.losses[-1].append(float(e.state.output["loss"])))
+
+
+def test_each_phase_logs_one_line_per_epoch_with_its_mean_loss(tmp_path, caplog):
+    """Fewer iterations than ``log_every`` still show progress: every phase logs one line per epoch naming the phase
+    and the mean of that epoch's losses (recorded independently here), and no iteration lines by default."""
+    import logging
+    import re
+
+    parser = _parser(tmp_path, warmup_epochs=1, classifier_epochs=1, joint_epochs=1, num_explanations=0,
+                     render_backend="torch", progress_bar=False)  # fmt: skip
+    probe = _LossProbe()
+    parser["train"]["handlers"].append(probe)
+    set_determinism(seed=0)
+    with caplog.at_level(logging.INFO):
+        parser.get_parsed_content("workflow").run()
+    lines = [r.getMessage() for r in caplog.records if re.match(r"epoch \d+/\d+: \w+_loss ", r.getMessage())]
+    assert [line.split(":")[1].split()[0] for line in lines] == ["warmup_loss", "classifier_loss", "joint_loss"]
+    for line, losses in zip(lines, probe.losses):
+        assert line.startswith("epoch 1/1:") and f"({len(losses)} iterations" in line
+        assert float(line.split()[3]) == pytest.approx(np.mean(losses), abs=1e-5)
+    assert not any("Iter" in r.getMessage() and "_loss" in r.getMessage() for r in caplog.records)
+    handlers = parser.get_parsed_content("train#handlers")
+    assert handlers[4].progress_bar is False and handlers[3].log_every == 0
 
 
 def test_summary_after_evaluation_suggests_no_evaluation(tmp_path, caplog):

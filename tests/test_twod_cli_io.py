@@ -121,3 +121,48 @@ def test_option_messages_name_the_option(model_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a folder" in err and "model.pt" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_json_and_stdout_record_the_slice_and_window_of_a_nifti(model_file, tmp_path, capsys):
+    """layers.json and segment.json record which slice (axis, index) and which window were used, read back from
+    the file; without --window the window is the slice's 0.5/99.5 percentiles (numpy's, computed here)."""
+    volume = np.random.default_rng(3).normal(0, 100, (32, 32, 8))
+    img = _nifti(tmp_path / "ct.nii.gz", volume, np.eye(4))  # RAS already: slice k of the file is slice k shown
+    common = ["--checkpoint", str(model_file), "--image", str(img), "--num-layers", "4"]
+    assert main(["layers", *common, "--slice", "5", "--window", "-150", "250", "--out", str(tmp_path / "l")]) == 0
+    image = json.loads((tmp_path / "l" / "layers.json").read_text())["image"]
+    assert image["slice"] == {"axis": "axial", "index": 5, "count": 8}
+    assert image["window"] == [-150.0, 250.0] and image["window_source"] == "--window"
+    assert "axial slice 5 (of 8, from 0), window -150 250 (--window)" in capsys.readouterr().out
+
+    assert main(["segment", *common, "--out", str(tmp_path / "s")]) == 0
+    image = json.loads((tmp_path / "s" / "segment.json").read_text())["image"]
+    assert image["slice"] == {"axis": "axial", "index": 4, "count": 8}  # the middle slice by default
+    expected = np.percentile(volume[:, :, 4].astype(np.float32), [0.5, 99.5])
+    np.testing.assert_allclose(image["window"], expected, rtol=1e-5)
+    assert image["window_source"] == "percentiles 0.5/99.5" and image["path"] == str(img)
+
+
+def test_layer_stack_tiles_are_labelled_with_layer_and_gaussian_count(model_file, tmp_path):
+    """Each layer_stack.png tile has a label band above it; layers.json gives the Gaussians per layer (48 in 5
+    depth groups: 10 10 10 9 9)."""
+    out = tmp_path / "l"
+    argv = ["layers", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(out)]
+    assert main([*argv, "--num-layers", "5"]) == 0
+    summary = json.loads((out / "layers.json").read_text())
+    assert summary["gaussians_per_layer"] == [10, 10, 10, 9, 9] and summary["image"]["slice"] is None
+    stack = np.asarray(Image.open(out / "layer_stack.png").convert("RGB"))
+    # 5 tiles in one row, 32 px enlarged x4 to 128 px, a 14 px band above each, 2 px gaps
+    assert stack.shape == (2 + 14 + 128 + 2, 2 + 5 * (128 + 2), 3)
+    band = stack[2 : 2 + 14, 2 : 2 + 128]
+    assert (band > 128).any() and (band[:, 100:] == 0).all()  # white text on black at the band's left
+
+
+@pytest.mark.parametrize("command, says", [("layers", "layer_stack.png"), ("segment", "figure-ground"),
+                                           ("edges", "edges_l<L>.png")])  # fmt: skip
+def test_each_command_help_describes_what_it_writes(command, says, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert says in help_text and "Writes" in help_text

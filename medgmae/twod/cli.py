@@ -8,8 +8,11 @@ Usage::
 
 The image (PNG/JPEG/BMP/TIFF, a NIfTI slice or a DICOM file) is converted to the model's channels and size
 (a NIfTI/DICOM image windowed by ``--window``, else by the window recorded in the checkpoint at training), fully
-encoded (no mask), decoded to Gaussians and rendered with depth layers. Every output file is written
-atomically, and only after all results are computed. Exit status: 0 on success, 2 on bad input (missing or
+encoded (no mask), decoded to Gaussians and rendered with depth layers. The command's JSON (``layers.json``,
+``segment.json``, ``edges.json``) and a line on stdout record the image: for NIfTI/DICOM the slice
+(``axis``, ``index`` of ``count``) and the window ``[low, high]`` with where it came from (``--window``, the
+checkpoint, the DICOM file, or the 0.5/99.5 percentiles). Every output file is written atomically, and only
+after all results are computed. Exit status: 0 on success, 2 on bad input (missing or
 unreadable files, wrong checkpoint kind, nonsense options), 1 on other failures.
 """
 
@@ -31,14 +34,8 @@ from medgmae.engine import resolve_device
 from medgmae.files import atomic_write, output_dir_problem
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
-from medgmae.twod.images import (
-    is_windowed,
-    read_image,
-    read_reference,
-    save_png,
-    save_png_grid,
-    to_model_input,
-)
+from medgmae.twod.images import is_windowed, read_image_source, read_reference, to_model_input
+from medgmae.twod.pngs import save_png, save_png_grid
 from medgmae.twod.windows import recorded_window, window_setting
 
 __all__ = ["main", "build_parser"]
@@ -65,24 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the model's)")
     common.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer (default: %(default)s)")
 
-    p = sub.add_parser("layers", parents=[common], help="layer stack and partial renders as PNG grids")
+    p = sub.add_parser("layers", parents=[common], help="layer stack and partial renders as PNG grids",
+                       description="Render the image's Gaussians in L equal depth groups, nearest first. Writes "
+                       "layer_stack.png (one labelled tile per layer with its number of Gaussians), partial_renders.png "
+                       "(the input, then the K nearest Gaussians for K = --first-count, doubled up to all), "
+                       "input.png, reconstruction.png and layers.json.")  # fmt: skip
     p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups (default: %(default)s)")
     p.add_argument("--first-count", type=positive_int, default=32, help="smallest K of the partial renders, then doubled (default: %(default)s)")
 
-    p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask")
+    p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask",
+                       description="Zero-shot figure-ground segmentation: each pixel is assigned the last depth layer "
+                       "that changes it by more than --threshold; layers from --split on are foreground. Writes "
+                       "assignment.png, foreground.png and segment.json (with the IoU against --reference).")  # fmt: skip
     p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups (default: %(default)s)")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
     p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
 
-    p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities")
+    p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities",
+                       description="Zero-shot edges: the boundaries of the layer assignment with l@L depth layers, "
+                       "for each L of --granularities. Writes edges_l<L>.png and edges.json.")  # fmt: skip
     p.add_argument("--granularities", type=positive_int, nargs="+", default=list(_GRANULARITIES),
                    help=f"numbers of layers, l@L (default: {' '.join(map(str, _GRANULARITIES))})")
     return parser
 
 
-def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | None]:
-    """The model, the image as its input, the render size, and the ``--reference`` mask read at the image's slice
-    and checked against the image's pixels (``None`` without one), before anything is computed."""
+def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | None, dict]:
+    """The model, the image as its input, the render size, the ``--reference`` mask read at the image's slice
+    and checked against the image's pixels (``None`` without one), and the image record (:func:`_image_record`),
+    before anything is computed."""
     device = resolve_device(args.device)
     try:
         model = GMAE2D.from_checkpoint(args.checkpoint, map_location="cpu").to(device).eval()
@@ -96,13 +103,35 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
     if args.window is not None and args.image.is_file() and not is_windowed(args.image):
         kind = args.image.suffix.lstrip(".").upper() or "picture file"
         raise ValueError(f"--window applies to NIfTI and DICOM images in HU; {args.image} is a {kind}")
-    image = read_image(args.image, slice_index=args.slice, window=_window(args, model))
+    image, source = read_image_source(args.image, slice_index=args.slice, window=_window(args, model))
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
     size = tuple(args.render_size) if args.render_size else model.img_size
     reference = None
     if getattr(args, "reference", None) is not None:
         reference = read_reference(args.reference, args.image, image.shape[-2:], slice_index=args.slice)
-    return model, x, size, reference
+    return model, x, size, reference, _image_record(args, source)
+
+
+def _image_record(args, source: dict) -> dict:
+    """What ``layers.json`` / ``segment.json`` / ``edges.json`` record of the image: its path, the slice
+    ``{"axis", "index", "count"}`` and the window ``[low, high]`` used (both None for picture files), and where the
+    window came from: ``--window``, ``checkpoint`` (recorded at training), ``dicom file``, ``percentiles 0.5/99.5``
+    or ``min-max``."""
+    how = source["window_source"]
+    if how == "given":
+        how = "--window" if args.window is not None else "checkpoint"
+    return {"path": str(args.image), "slice": source["slice"], "window": source["window"], "window_source": how}
+
+
+def _describe(image: dict) -> str:
+    """One line for stdout: the slice and the window of a NIfTI/DICOM image (the file name for other images)."""
+    text = f"image {Path(image['path']).name}"
+    if image["slice"] is not None:
+        sl = image["slice"]
+        text += f", {sl['axis']}{'' if sl['axis'] == 'frame' else ' slice'} {sl['index']} (of {sl['count']}, from 0)"
+    if image["window"] is not None:
+        text += f", window {image['window'][0]:g} {image['window'][1]:g} ({image['window_source']})"
+    return text
 
 
 def _window(args, model: GMAE2D) -> tuple[float, float] | None:
@@ -139,26 +168,31 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {out}: {problem}")
 
 
-def _run_layers(args, model, x, size) -> dict[str, Callable[[Path], object]]:
+def _run_layers(args, model, x, size) -> tuple[dict[str, Callable[[Path], object]], dict]:
     _check_layers(args.num_layers, model)
     g = model.predict_gaussians(x)
     colors, _ = L.render_layers(g, args.num_layers, size, args.backend)
+    per_layer = [int(idx.shape[1]) for idx in L.depth_layers(g, args.num_layers)]
     counts = L.partial_render_counts(model.num_gaussians, args.first_count)
     partial = L.partial_renders(g, counts, size, args.backend)
     recon = partial[0, -1]
     inp = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)[0] if tuple(size) != model.img_size else x[0]
-    summary = {"num_layers": args.num_layers, "partial_render_counts": counts, "num_gaussians": model.num_gaussians,
-               "render_size": list(size), "mse_full_render": float((recon - inp).square().mean())}  # fmt: skip
+    summary = {"num_layers": args.num_layers, "gaussians_per_layer": per_layer, "partial_render_counts": counts,
+               "num_gaussians": model.num_gaussians, "render_size": list(size),
+               "mse_full_render": float((recon - inp).square().mean())}  # fmt: skip
+    layer_labels = [f"layer {i + 1}: {n} Gaussians" for i, n in enumerate(per_layer)]  # nearest first
+    partial_labels = ["input"] + [f"{k} nearest" if k < model.num_gaussians else f"all {k}" for k in counts]
     return {
         "input.png": lambda p: save_png(inp, p),
         "reconstruction.png": lambda p: save_png(recon, p),
-        "layer_stack.png": lambda p: save_png_grid(colors[0], p, ncols=min(8, args.num_layers)),
-        "partial_renders.png": lambda p: save_png_grid(torch.cat([inp[None], partial[0]]), p),
-        "layers.json": lambda p: _write_json(summary, p),
-    }
+        "layer_stack.png": lambda p: save_png_grid(colors[0], layer_labels, p, ncols=min(8, args.num_layers)),
+        "partial_renders.png": lambda p: save_png_grid(torch.cat([inp[None], partial[0]]), partial_labels, p),
+    }, summary
 
 
-def _run_segment(args, model, x, size, reference: np.ndarray | None = None) -> dict[str, Callable[[Path], object]]:
+def _run_segment(
+    args, model, x, size, reference: np.ndarray | None = None
+) -> tuple[dict[str, Callable[[Path], object]], dict]:
     _check_layers(args.num_layers, model)
     split = args.num_layers // 2 if args.split is None else args.split
     if not 0 <= split < args.num_layers:
@@ -176,11 +210,10 @@ def _run_segment(args, model, x, size, reference: np.ndarray | None = None) -> d
     return {
         "assignment.png": lambda p: save_png((assignment + 1).float() / args.num_layers, p),
         "foreground.png": lambda p: save_png(fg.float(), p),
-        "segment.json": lambda p: _write_json(summary, p),
-    }
+    }, summary
 
 
-def _run_edges(args, model, x, size) -> dict[str, Callable[[Path], object]]:
+def _run_edges(args, model, x, size) -> tuple[dict[str, Callable[[Path], object]], dict]:
     for n in args.granularities:
         _check_layers(n, model, "--granularities")
     g = model.predict_gaussians(x)
@@ -190,8 +223,7 @@ def _run_edges(args, model, x, size) -> dict[str, Callable[[Path], object]]:
     }
     summary = {"granularities": list(edges), "threshold": args.threshold, "render_size": list(size),
                "edge_fraction": {f"l@{n}": float(e.float().mean()) for n, e in edges.items()}}  # fmt: skip
-    outputs["edges.json"] = lambda p: _write_json(summary, p)
-    return outputs
+    return outputs, summary
 
 
 def _write_json(obj, path: Path) -> None:
@@ -220,12 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits with status 2 on nonsense flags
     try:
         _check_out(args.out)
-        model, x, size, reference = _load(args)
+        model, x, size, reference, image = _load(args)
         run = _COMMANDS[args.command]
         if reference is not None:  # only segment has --reference
             run = functools.partial(run, reference=reference)
         with torch.no_grad():
-            writers = run(args, model, x, size)
+            writers, summary = run(args, model, x, size)
+        summary["image"] = image
+        writers[f"{args.command}.json"] = lambda p: _write_json(summary, p)
     except (FileNotFoundError, ValueError) as e:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -233,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
         return 1
     _write_outputs(args.command, writers, args.out)  # everything is computed: write each file atomically
+    print(f"medgmae-2d {args.command}: {_describe(image)}")
     print(f"medgmae-2d {args.command}: wrote {', '.join(writers)} to {args.out}")
     return 0
 

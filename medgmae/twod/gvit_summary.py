@@ -33,18 +33,12 @@ def confusion_table(matrix: list[list[int]], class_names: list[str]) -> str:
     return "\n".join([head, rule] + rows)
 
 
-def evaluate_command(run_dir: str | Path, data: dict | None = None) -> str:
-    """The evaluation command of a run: its folder and, when ``data`` (the ``data`` record of ``metrics.json``)
-    is known, the dataset and split settings spelled out (evaluation defaults to them anyway)."""
+def evaluate_command(run_dir: str | Path) -> str:
+    """The evaluation command of a run: its folder alone. The evaluation reads ``model.pt`` there, which records the
+    training data (``dataset_dir`` or the phantom task, ``seed``, ``val_fraction``, ``window``), and evaluates on
+    them unless told otherwise."""
     cmd = "python -m monai.bundle run evaluating --config_file bundles/gvit_classification/configs/evaluate.json"
-    cmd += f" --output_dir {shlex.quote(str(run_dir))}"
-    if data:
-        if data.get("dataset_dir"):
-            cmd += f" --dataset_dir {shlex.quote(str(data['dataset_dir']))}"
-        else:
-            cmd += f" --num_phantoms {int(data['num_phantoms'])}"
-        cmd += f" --seed {int(data['seed'])} --val_fraction {float(data['val_fraction'])}"
-    return cmd
+    return cmd + f" --output_dir {shlex.quote(str(run_dir))}"
 
 
 def gvit_summary(
@@ -90,7 +84,7 @@ def gvit_summary(
             "checkpoints": str(run / "checkpoints"),
         },
         "explanation_files": [str(p) for p in explanations],
-        "next": {"evaluate": evaluate_command(run, m.get("data"))} if stage == "training" else {},
+        "next": {"evaluate": evaluate_command(run)} if stage == "training" else {},
     }
     if is_main_process():
         per_class = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["per_class_accuracy"].items())

@@ -13,7 +13,7 @@ Each phase is a :class:`monai.engines.SupervisedTrainer` whose ``iteration_updat
 (AdamW, warm-up + cosine, :class:`monai.optimizers.WarmupCosineSchedule`). Its handlers come from a list, the
 bundle's ``train#handlers``, of handlers and per-phase handler factories (:mod:`medgmae.twod.gvit_phases`:
 checkpoints in one sub-folder per phase, so that ``resume`` skips finished phases and continues the interrupted one;
-the LR schedule; loss logging). :class:`GViTIteration` fires MONAI's ``IterationEvents``, so
+the LR schedule; a progress bar and a loss line per epoch). :class:`GViTIteration` fires MONAI's ``IterationEvents``, so
 ``GradientClipHandler`` clips between the backward pass and the step.
 :class:`GViTWorkflow` runs the phases in order, writes ``model.pt`` and evaluates (``metrics.json``).
 """

@@ -19,6 +19,9 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
 Masks (:func:`read_mask`, :func:`read_reference`) are read from the values the file stores, without NIfTI's or
 DICOM's rescale; a reference mask must be on the image's pixels (:mod:`medgmae.data.grid`).
 
+:func:`read_image_source` also returns which slice (axis, index) and window were used. The PNG writers are in
+:mod:`medgmae.twod.pngs` (re-exported here).
+
 Errors name the file: missing (FileNotFoundError), unreadable or corrupt, empty or non-finite (ValueError).
 """
 
@@ -33,11 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from medgmae.data.grid import same_grid_problem
-from medgmae.files import atomic_write
+from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import window_setting
 
 __all__ = [
     "read_image",
+    "read_image_source",
     "read_mask",
     "read_reference",
     "to_model_input",
@@ -83,7 +87,11 @@ def is_windowed(path: str | os.PathLike) -> bool:
         return False
 
 
-def _scale(arr: np.ndarray, path: Path, window: Sequence[float] | None) -> np.ndarray:
+def _scale(
+    arr: np.ndarray, path: Path, window: Sequence[float] | None, source: str = "given"
+) -> tuple[np.ndarray, dict]:
+    """``arr`` windowed to ``[0, 1]``, and the window used: ``{"window": [low, high], "window_source": ...}``
+    (``source`` for a given window, else ``"percentiles 0.5/99.5"``, or ``"min-max"`` where they coincide)."""
     arr = arr.astype(np.float32)
     if arr.size == 0:
         raise ValueError(f"{path}: empty image")
@@ -93,11 +101,14 @@ def _scale(arr: np.ndarray, path: Path, window: Sequence[float] | None) -> np.nd
         lo, hi = float(window[0]), float(window[1])
     else:
         lo, hi = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
+        source = "percentiles 0.5/99.5"
         if hi <= lo:
             lo, hi = float(arr.min()), float(arr.max())
+            source = "min-max"
+    used = {"window": [lo, hi], "window_source": source}
     if hi <= lo:
-        return np.zeros_like(arr)
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+        return np.zeros_like(arr), used
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0), used
 
 
 def _read_pil(path: Path) -> np.ndarray:
@@ -128,21 +139,26 @@ def _read_pil(path: Path) -> np.ndarray:
     return (arr / _UINT16_MAX).astype(np.float32)
 
 
-def _nifti_plane(data: np.ndarray, path: Path, slice_index: int | None) -> np.ndarray:
-    """The ``(X', Y')`` plane to show of canonical (RAS) data: an axial slice of a volume, or a single-slice image."""
+_RAS_VIEWS = ("sagittal", "coronal", "axial")  # the plane normal to each RAS axis
+
+
+def _nifti_plane(data: np.ndarray, path: Path, slice_index: int | None) -> tuple[np.ndarray, dict]:
+    """The ``(X', Y')`` plane to show of canonical (RAS) data: an axial slice of a volume, or a single-slice image;
+    and which: ``{"axis": "axial", "index": k, "count": n}`` (``index`` along the RAS axis, as ``slice_index``)."""
     if data.ndim == 3 and min(data.shape) > 1:
         k = data.shape[2] // 2 if slice_index is None else int(slice_index)
         if not 0 <= k < data.shape[2]:
             raise ValueError(f"{path}: slice {k} is outside the volume's {data.shape[2]} slices")
-        return data[:, :, k]
+        return data[:, :, k], {"axis": "axial", "index": k, "count": int(data.shape[2])}
     plane = np.squeeze(data)
     if plane.ndim != 2:
         raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
-    return plane  # a single slice (axial, coronal or sagittal): its two in-plane axes, RAS order
+    axis = _RAS_VIEWS[list(data.shape).index(1)] if data.ndim == 3 else "axial"
+    return plane, {"axis": axis, "index": 0, "count": 1}  # a single slice: its two in-plane axes, RAS order
 
 
-def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> np.ndarray:
-    """One slice of a NIfTI file, ``(1, H, W)``: every file, 2D, single-slice or volume, is first reoriented to
+def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> tuple[np.ndarray, dict]:
+    """One slice of a NIfTI file, ``(1, H, W)``, and which (see :func:`_nifti_plane`): every file, 2D, single-slice or volume, is first reoriented to
     RAS by its affine, then shown radiologically (the higher R/A/S coordinate of each in-plane axis first: anterior
     (or superior) up, patient's right on the left). ``stored``: the stored values, without ``scl_slope`` /
     ``scl_inter``."""
@@ -164,14 +180,15 @@ def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> np
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
-    return _nifti_plane(data, path, slice_index)[::-1, ::-1].T[None].copy()
+    plane, which = _nifti_plane(data, path, slice_index)
+    return plane[::-1, ::-1].T[None].copy(), which
 
 
 def _read_dicom(
     path: Path, slice_index: int | None, stored: bool = False
-) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """One frame of a DICOM file, ``(C, H, W)``, and its window; ``stored``: the stored values (no rescale, no
-    MONOCHROME1 inversion, no window)."""
+) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
+    """One frame of a DICOM file, ``(C, H, W)``, its window and which frame (``{"axis": "frame", "index",
+    "count"}``); ``stored``: the stored values (no rescale, no MONOCHROME1 inversion, no window)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -181,16 +198,17 @@ def _read_dicom(
     except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
         raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
     rgb = str(getattr(ds, "PhotometricInterpretation", "")).upper() in ("RGB", "YBR_FULL", "YBR_FULL_422")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frames, k = int(getattr(ds, "NumberOfFrames", 1) or 1), 0
     if frames > 1:
         k = frames // 2 if slice_index is None else int(slice_index)
         if not 0 <= k < frames:
             raise ValueError(f"{path}: frame {k} is outside the file's {frames} frames")
         arr = arr[k]
+    which = {"axis": "frame", "index": k, "count": frames}
     if rgb:
-        return arr.transpose(2, 0, 1) / 255.0, (0.0, 1.0)
+        return arr.transpose(2, 0, 1) / 255.0, (0.0, 1.0), which
     if stored:
-        return arr[None], None
+        return arr[None], None, which
     arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     window = None
     centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
@@ -202,7 +220,7 @@ def _read_dicom(
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = -arr
         window = None if window is None else (-window[1], -window[0])
-    return arr[None], window
+    return arr[None], window, which
 
 
 def _check_path(path: str | os.PathLike) -> Path:
@@ -231,6 +249,22 @@ def read_image(
         FileNotFoundError: ``path`` does not exist.
         ValueError: unsupported, unreadable or corrupt file, NaN values, a bad slice or a bad window.
     """
+    return read_image_source(path, slice_index, window)[0]
+
+
+def read_image_source(
+    path: str | os.PathLike, slice_index: int | None = None, window: Sequence[float] | None = None
+) -> tuple[np.ndarray, dict]:
+    """:func:`read_image` (same arguments and errors), and where the pixels came from.
+
+    Returns:
+        ``(image, source)``: ``source`` is ``{"slice": {"axis", "index", "count"}, "window": [low, high],
+        "window_source": ...}`` for NIfTI and DICOM, ``{"slice": None, "window": None, "window_source": None}``
+        for picture files. ``axis`` is ``"axial"`` for a slice of a NIfTI volume (``index`` along the RAS-ordered
+        volume, as ``slice_index`` counts), the plane of a single-slice NIfTI, or ``"frame"`` for DICOM;
+        ``window_source`` is ``"given"``, ``"dicom file"`` (its first window), ``"percentiles 0.5/99.5"`` or
+        ``"min-max"``.
+    """
     path = _check_path(path)
     window = window_setting(window)
     kind = _image_kind(path)
@@ -238,11 +272,15 @@ def read_image(
         arr = _read_pil(path)
         if not np.isfinite(arr).all():
             raise ValueError(f"{path}: image contains NaN or infinite values")
-        return np.clip(arr, 0.0, 1.0).astype(np.float32)
+        return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": None, "window": None, "window_source": None}
     if kind == "nifti":
-        return _scale(_read_nifti(path, slice_index), path, window)
-    arr, file_window = _read_dicom(path, slice_index)
-    return _scale(arr, path, window if window is not None else file_window)
+        arr, which = _read_nifti(path, slice_index)
+        arr, used = _scale(arr, path, window)
+    else:
+        arr, file_window, which = _read_dicom(path, slice_index)
+        arr, used = _scale(arr, path, window if window is not None else file_window,
+                           "given" if window is not None else "dicom file")  # fmt: skip
+    return arr, {"slice": which, **used}
 
 
 def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.ndarray:
@@ -271,7 +309,7 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     if kind == "pil":
         arr = _read_pil(path)
     elif kind == "nifti":
-        arr = _read_nifti(path, slice_index, stored=True)
+        arr = _read_nifti(path, slice_index, stored=True)[0]
     else:
         arr = _read_dicom(path, slice_index, stored=True)[0]
     return np.any(np.nan_to_num(arr) != 0, axis=0)
@@ -344,41 +382,3 @@ def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequen
         shrink = x.shape[2] >= size[0] and x.shape[3] >= size[1]
         x = F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     return x.clamp(0.0, 1.0).contiguous()
-
-
-def _to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
-    arr = torch.as_tensor(img).detach().float().cpu().clamp(0, 1).numpy()
-    if arr.ndim == 2:
-        arr = arr[None]
-    arr = (arr * 255.0 + 0.5).astype(np.uint8)
-    return arr[0] if arr.shape[0] == 1 else arr[:3].transpose(1, 2, 0)
-
-
-def save_png(img: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
-    """Save a ``(C, H, W)`` or ``(H, W)`` image in ``[0, 1]`` (bool masks: 0/255) as 8-bit PNG, atomically."""
-    from PIL import Image
-
-    arr = _to_uint8(img)
-    with atomic_write(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
-    return Path(path)
-
-
-def save_png_grid(images: torch.Tensor | Sequence, path: str | os.PathLike, ncols: int | None = None, pad: int = 2) -> Path:
-    """Tile ``N`` images ``(N, C, H, W)`` (``C`` 1 or 3, values in ``[0, 1]``) into one PNG, row-major, with
-    ``pad`` white pixels between tiles; written atomically."""
-    x = torch.stack([torch.as_tensor(i) for i in images]) if not isinstance(images, torch.Tensor) else images
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty (N, C, H, W) stack, got {tuple(x.shape)}")
-    x = x.detach().float().cpu()
-    n, c, h, w = x.shape
-    ncols = n if ncols is None else max(1, min(int(ncols), n))
-    nrows = (n + ncols - 1) // ncols
-    grid = torch.ones(c, nrows * (h + pad) + pad, ncols * (w + pad) + pad)
-    for i in range(n):
-        r, col = divmod(i, ncols)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top : top + h, left : left + w] = x[i]
-    return save_png(grid, path)
