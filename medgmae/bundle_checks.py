@@ -62,6 +62,8 @@ def _problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any], setti
         return None
     if kind == "image_size":
         return _image_size_problem(value, settings)
+    if kind == "schedule_epochs":
+        return _schedule_epochs_problem(value, settings)
     if kind in ("roi_size", "roi_edge"):
         patch = settings["patch_size"][0] if "patch_size" in settings else None
         return roi_size_problem(value, patch, cube=kind == "roi_edge")
@@ -93,6 +95,24 @@ def _image_size_problem(value: Any, settings: Mapping[str, tuple]) -> str | None
     patch = settings["patch_size"][0]
     if _problem(patch, "positive_int", settings) is None and size % int(str(patch).strip()):
         return f"expected a multiple of --patch_size {str(patch).strip()}, got {text!r}"
+    return None
+
+
+def _schedule_epochs_problem(value: Any, settings: Mapping[str, tuple]) -> str | None:
+    """Why ``value`` is not the length in epochs of a warm-up + cosine learning-rate schedule covering the run: a
+    positive integer of at least the ``max_epochs`` setting (when that one is a positive integer; otherwise its own
+    line names it). ``monai.optimizers.WarmupCosineSchedule`` goes on along its cosine past its end, so a shorter
+    schedule would bring the learning rate back up to its peak in the last epochs."""
+    if "max_epochs" not in settings:
+        raise ValueError("a schedule_epochs check needs the max_epochs setting beside it")
+    problem = _problem(value, "positive_int", settings)
+    if problem:
+        return problem
+    epochs, maximum = int(str(value).strip()), settings["max_epochs"][0]
+    if _problem(maximum, "positive_int", settings) is None and epochs < (last := int(str(maximum).strip())):
+        return (f"expected at least --max_epochs {last} (past the schedule's end its cosine brings the learning rate back "
+                f"up to its peak), got {str(value).strip()!r}: give --lr_schedule_epochs {last} or more, or leave it out "
+                "(it follows --max_epochs)")  # fmt: skip
     return None
 
 
@@ -282,7 +302,8 @@ def check_settings(
             the same name with an ``s`` (one value or a list of them), ``"bool"`` (what
             :func:`~medgmae.cli_types.as_bool` reads), ``"image_size"`` (a square 2D image edge: an integer of at
             least :data:`MIN_IMAGE_SIZE` and a multiple of the ``patch_size`` setting, which must be among
-            ``settings``), ``"roi_size"`` (a 3D crop: an integer or a list of 3, multiples of the ``patch_size``
+            ``settings``), ``"schedule_epochs"`` (a learning-rate schedule's length: a positive integer of at least
+            the ``max_epochs`` setting, which must be among ``settings``), ``"roi_size"`` (a 3D crop: an integer or a list of 3, multiples of the ``patch_size``
             setting when there is one; ``"roi_edge"``: an integer only), a list of the allowed values, or a
             callable that raises ``ValueError`` (naming the problem) for a bad value (e.g. :func:`roi_size_check`).
         output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
@@ -292,7 +313,8 @@ def check_settings(
 
     Raises:
         BundleSettingError: one line per bad key, ``--key: expected ..., got ...``, then one per unusable folder.
-        ValueError: an ``image_size`` kind without a ``patch_size`` setting (a config error, not a bad value).
+        ValueError: an ``image_size`` kind without a ``patch_size`` setting, or a ``schedule_epochs`` kind without a
+            ``max_epochs`` one (a config error, not a bad value).
     """
     summarise_errors(resumable="resume" in settings)  # from here on, a failure of the bundle ends with its reason
     problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]

@@ -47,6 +47,34 @@ def test_image_size_is_checked_against_the_patch_size_beside_it():
         check_settings({"image_size": (32, "image_size")})
 
 
+def test_a_learning_rate_schedule_shorter_than_the_run_is_refused():
+    """WarmupCosineSchedule goes on along its cosine past t_total, so the rate of a run longer than its schedule
+    climbed back to the peak: --lr_schedule_epochs below --max_epochs is refused, naming both and what to give."""
+    def settings(max_epochs, schedule):
+        return {"max_epochs": (max_epochs, "positive_int"), "lr_schedule_epochs": (schedule, "schedule_epochs")}
+
+    assert check_settings(settings(5, 5)) is True and check_settings(settings("2", "7")) is True
+    with pytest.raises(BundleSettingError) as e:
+        check_settings(settings(5, 2))
+    assert ("--lr_schedule_epochs: expected at least --max_epochs 5 (past the schedule's end its cosine brings the "
+            "learning rate back up to its peak), got '2': give --lr_schedule_epochs 5 or more, or leave it out") in str(e.value)
+    with pytest.raises(BundleSettingError) as e:  # a bad max_epochs is named on its own line
+        check_settings(settings(-1, 2))
+    assert "--max_epochs: expected a positive integer" in str(e.value) and "--lr_schedule_epochs" not in str(e.value)
+    with pytest.raises(ValueError, match="needs the max_epochs setting"):
+        check_settings({"lr_schedule_epochs": (2, "schedule_epochs")})
+
+
+@pytest.mark.parametrize("config", ["medgmae_pretrain/configs/train.json", "unetr_finetune/configs/train.json"])
+def test_a_run_longer_than_its_learning_rate_schedule_stops_first(tmp_path, config):
+    """--max_epochs 5 --lr_schedule_epochs 2 used to train its last epochs back at the full learning rate."""
+    out = tmp_path / "run"
+    proc = run_bundle("training", config, "--output_dir", str(out), "--max_epochs", "5", "--lr_schedule_epochs", "2")
+    assert proc.returncode != 0
+    assert "--lr_schedule_epochs: expected at least --max_epochs 5" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()
+
+
 def test_integer_and_callable_kinds():
     def at_most_one(value):
         if not 0 <= float(value) <= 1:

@@ -28,7 +28,7 @@ MULTI = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
 SMALL = [
     "--roi_size", "32", "--patch_size", "8", "--num_gaussians", "8", "--num_phantoms", "2",
     "--phantom_shape", "[48,48,40]", "--phantom_spacing", "3.0", "--pixdim", "3.0", "--num_samples", "1",
-    "--batch_size", "1", "--lr_schedule_epochs", "2", "--device", "cpu",
+    "--batch_size", "1", "--lr_schedule_epochs", "3", "--device", "cpu",
 ]  # fmt: skip
 
 
