@@ -294,6 +294,13 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     # the encoder was fine-tuned from the pre-trained weights, the decoder was trained
     assert not torch.equal(best["state_dict"]["vit.blocks.0.attn.qkv.weight"], enc.state_dict()["blocks.0.attn.qkv.weight"])
     _check_progress_pictures_and_summary(out, proc.stdout + proc.stderr)
+    # a fresh run in this folder replaces every output of this one (its data, record and checkpoints aside)
+    config = json.loads((CONFIGS / "train.json").read_text())
+    handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
+    replaced = {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
+    written = {p for p in out.rglob("*") if p.is_file() and not p.name.startswith("checkpoint_")
+               and p.relative_to(out).parts[0] not in ("cache", "phantom") and p.name != "training_cases.json"}  # fmt: skip
+    assert written and written <= replaced, sorted(str(p.relative_to(out)) for p in written - replaced)
 
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
     assert "resumed from" in proc.stdout + proc.stderr and (out / "checkpoint_epoch=2.pt").is_file()

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from medgmae.distributed import rank_world
-from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun
+from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun, file_list
 from medgmae.engine.resume import (
     check_epoch_length,
     check_max_epochs,
@@ -94,12 +94,15 @@ class CheckpointHandler:
     :class:`RandomStateTracker`. When the run stops on an exception (including Ctrl-C) it writes
     ``checkpoint_interrupted.pt`` (the state within the epoch, kept to inspect: a resume continues from the newest
     epoch checkpoint, and removes it once it has saved a later one) and re-raises; at a normal end it writes
-    ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's checkpoints,
-    progress pictures or TensorBoard event files, names them when it starts and removes them when it writes its
-    first epoch checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`): kept, the earlier run's
+    ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's checkpoints or
+    outputs (``earlier_outputs``), names them when it starts and removes them when it writes its first epoch
+    checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`), naming each file: kept, the earlier run's
     higher epoch numbers would have outranked this run's own checkpoints (the newest ``n_saved`` were kept by
-    number), a later ``--resume`` would have continued the earlier run, and the pictures and curves of both runs
-    would have been mixed. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
+    number), a later ``--resume`` would have continued the earlier run, the pictures and curves of both runs
+    would have been mixed, and a run stopped early would have left the earlier run's models and summary beside
+    its own checkpoints. When Ctrl-C stops a run that has no epoch checkpoint to continue from, the interrupt
+    carries a ``resume_advice`` saying so, which :func:`medgmae.bundle_checks.summarise_errors` prints instead of
+    the usual advice to resume. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
     the engine starts and continues from the next epoch, bit for bit on the same machine and software. A checkpoint
     whose state does not fit (another kind of run; an object refusing it, such as a model configuration record)
     stops the run at the start with an error naming the file and the object, and writes no checkpoint. A bundle
@@ -130,7 +133,8 @@ class CheckpointHandler:
             trains nothing); by default it is refused as :func:`~medgmae.engine.resume.check_resume_fits` refuses
             it, since the completion handlers would rewrite the run's final files from an empty epoch.
         earlier_outputs: what a fresh run replaces of an earlier run besides its checkpoints, as globs under
-            ``output_dir`` (:mod:`medgmae.engine.earlier_run`; default its pictures and TensorBoard event files).
+            ``output_dir`` (:mod:`medgmae.engine.earlier_run`): a bundle lists every output it writes there; the
+            default is the progress pictures and TensorBoard event files.
     """
 
     def __init__(
@@ -197,7 +201,8 @@ class CheckpointHandler:
         if self.resume:
             self._remove_interrupted()
         elif removed := self._earlier_run.remove(keep=saved):
-            logger.info("removed %d files of the earlier run (%s) from %s", len(removed), ", ".join(self._earlier_run.patterns), self.output_dir)
+            logger.info("removed %d file%s of the earlier run from %s: %s", len(removed), "s" if len(removed) > 1 else "",
+                        self.output_dir, file_list(removed, self.output_dir))  # fmt: skip
         for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
             p.unlink(missing_ok=True)
 
