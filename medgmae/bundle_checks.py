@@ -14,6 +14,7 @@ import argparse
 import ast
 import difflib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -206,10 +207,15 @@ def summarise_errors(resumable: bool = False) -> bool:
     ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
     ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
     (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. After Ctrl-C the
-    one line printed says how to continue instead (:data:`INTERRUPTED` for a bundle that resumes), without the
-    traceback of where the interrupt struck; Python exits with the interrupt's status (130). Installing this
-    ``sys.excepthook`` is part of :func:`check_settings`, the first step of each bundle's ``initialize``; it keeps the whole traceback (nothing is
-    hidden) and is installed once however often it is called.
+    one line printed says how to continue instead (:data:`INTERRUPTED` for a bundle that resumes, or the
+    ``resume_advice`` its checkpoint handler set on the interrupt when there is no epoch checkpoint to continue
+    from), without the traceback of where the interrupt struck; Python exits with the interrupt's status (130).
+    Under ``torchrun`` only rank 0 (:func:`medgmae.distributed.is_main_process`) prints the traceback and the
+    reason, and the Ctrl-C line; every other rank prints one line, ``rank N stopped: <type>: <the reason, on one
+    line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason), and nothing after Ctrl-C; torchrun's own
+    report of the stopped processes follows. Installing this ``sys.excepthook`` is part of :func:`check_settings`,
+    the first step of each bundle's ``initialize``; on rank 0 it keeps the whole traceback (nothing is hidden), and
+    it is installed once however often it is called.
 
     Args:
         resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
@@ -224,12 +230,24 @@ def summarise_errors(resumable: bool = False) -> bool:
 
     def hook(exc_type, exc, tb) -> None:
         chain = _chain(exc) if isinstance(exc, BaseException) else []
-        if any(isinstance(e, KeyboardInterrupt) for e in chain):  # Ctrl-C: where it struck is no news to anyone
-            print(f"\n{INTERRUPTED if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
+        # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
+        reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
+        from medgmae.distributed import in_process_group, is_main_process, rank_world  # torch: imported on failure only
+
+        main = is_main_process()
+        if interrupt := next((e for e in chain if isinstance(e, KeyboardInterrupt)), None):
+            if main:  # Ctrl-C: where it struck is no news to anyone, and one process says what to do
+                advice = getattr(interrupt, "resume_advice", None) or INTERRUPTED
+                print(f"\n{advice if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
+            return
+        if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
+            rank = rank_world()[0] if in_process_group() else os.environ.get("RANK", "").strip()
+            text = " ".join(str(reason).split())  # its lines joined, cut short: rank 0 prints it whole
+            text = text if len(text) <= 300 else text[:297] + "..."
+            print(f"rank {rank} stopped: {type(reason).__name__}: {text}; see rank 0", file=sys.stderr)
             return
         previous(exc_type, exc, tb)
-        # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
-        if chain and (reason := next((e for e in chain if not _is_monai_wrapper(e)), chain[-1])) is not exc:
+        if reason is not None and reason is not exc:
             print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
 
     hook.summarises_errors, hook.resumable = True, bool(resumable)

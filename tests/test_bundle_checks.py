@@ -254,7 +254,7 @@ def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"
 
 
-def _under_the_hook(body: str, twice: bool = False, resumable: bool = False):
+def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, rank: int | None = None):
     """Run ``body`` in a fresh Python with :func:`summarise_errors` installed (twice: installed twice; resumable:
     by a bundle with a ``resume`` setting); returns the finished process and its non-blank stderr lines."""
     import subprocess
@@ -263,7 +263,8 @@ def _under_the_hook(body: str, twice: bool = False, resumable: bool = False):
     install = f"summarise_errors(resumable={resumable})"
     install = f"summarise_errors(); {install}" if twice else install
     code = f"from medgmae.bundle_checks import summarise_errors\n{install}\n{body}"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **({} if rank is None else {"RANK": str(rank), "WORLD_SIZE": "2"})}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     return proc, [line for line in proc.stderr.splitlines() if line.strip()]
 
 
@@ -322,6 +323,37 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
     proc, lines = _under_the_hook("raise KeyboardInterrupt\n")
     assert lines == [INTERRUPTED_NO_RESUME] and proc.returncode in (128 + signal.SIGINT, -signal.SIGINT)  # no traceback
     assert "--resume" not in INTERRUPTED_NO_RESUME
+
+
+def test_an_interrupt_without_an_epoch_checkpoint_ends_with_its_handlers_advice():
+    """The checkpoint handler sets ``resume_advice`` on the interrupt when there is no epoch checkpoint to continue
+    from: that line replaces "continue from the newest checkpoint_epoch=N.pt"."""
+    body = ("e = KeyboardInterrupt()\n"
+            "e.resume_advice = 'interrupted before the first epoch finished: there is no checkpoint_epoch=N.pt'\n"
+            "try:\n"
+            "    raise e\n"
+            "except KeyboardInterrupt as k:\n"
+            "    raise RuntimeError('Failed to evaluate ConfigExpression') from k\n")  # fmt: skip
+    _, lines = _under_the_hook(body, resumable=True)
+    assert lines == ["interrupted before the first epoch finished: there is no checkpoint_epoch=N.pt"]
+
+
+def test_under_torchrun_only_rank_0_prints_the_traceback_and_the_ctrl_c_line():
+    """Every rank printed the Ctrl-C line, and a refusal's ~40-line traceback once per rank, burying the reason:
+    a rank other than 0 (torchrun's RANK) prints one line naming the reason and nothing after Ctrl-C."""
+    wrapped = ("try:\n"
+               "    raise ValueError('checkpoint_epoch=2.pt was written by another kind of run\\nsecond line')\n"
+               "except ValueError as e:\n"
+               "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
+    proc, lines = _under_the_hook(wrapped, rank=1)
+    assert lines == ["rank 1 stopped: ValueError: checkpoint_epoch=2.pt was written by another kind of run second line; see rank 0"]
+    assert proc.returncode == 1
+    _, lines = _under_the_hook(wrapped, rank=0)
+    assert "Traceback (most recent call last):" in lines and lines[-1] == "second line"
+    proc, lines = _under_the_hook("raise KeyboardInterrupt\n", resumable=True, rank=1)
+    assert lines == [] and proc.returncode != 0
+    _, lines = _under_the_hook("raise KeyboardInterrupt\n", resumable=True, rank=0)
+    assert lines[-1].startswith("interrupted: run the same command with --resume true")
 
 
 def test_unknown_keys_of_a_bundle_command_line(tmp_path):

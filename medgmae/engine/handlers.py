@@ -162,6 +162,7 @@ class CheckpointHandler:
         self.finished_ok = bool(finished_ok)
         self.resumed_from: Path | None = None
         self._failed_resume = False
+        self._saved_epoch = False  # whether this run has written an epoch checkpoint
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
 
     def attach(self, engine: Engine) -> None:
@@ -198,6 +199,7 @@ class CheckpointHandler:
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
         if saved is None:
             return
+        self._saved_epoch = True
         if self.resume:
             self._remove_interrupted()
         elif removed := self._earlier_run.remove(keep=saved):
@@ -224,7 +226,25 @@ class CheckpointHandler:
     def _on_completed(self, engine: Engine) -> None:
         self.save(engine, "checkpoint_final.pt")
 
+    def _interrupted_advice(self) -> str | None:
+        """How to go on after Ctrl-C when no epoch checkpoint of this run (saved or resumed from) exists yet, for the
+        last line :func:`medgmae.bundle_checks.summarise_errors` prints; ``None`` when a resume continues this run."""
+        if self._saved_epoch or self.resumed_from is not None:
+            return None
+        if not epoch_checkpoints(self.output_dir):
+            return (f"interrupted before the first epoch finished: there is no checkpoint_epoch=N.pt in {self.output_dir} "
+                    "to continue from, so the same command (with or without --resume true) trains there from the first "
+                    "epoch again")  # fmt: skip
+        if self.resume:
+            return None
+        # an earlier run's, left as they were: a fresh run removes them at its first save
+        return (f"interrupted before this run finished an epoch: it saved no checkpoint_epoch=N.pt and removed nothing of "
+                f"the earlier run in {self.output_dir}; run the same command again to start over (with --resume true it "
+                "would continue the earlier run instead)")  # fmt: skip
+
     def _on_exception(self, engine: Engine, e: BaseException) -> None:
+        if isinstance(e, KeyboardInterrupt) and rank_world()[0] == 0:
+            e.resume_advice = self._interrupted_advice()  # read by the last line of the bundle's output
         if self._failed_resume:
             raise e
         try:  # no collective here: the other ranks may not have failed
@@ -240,7 +260,7 @@ class CheckpointHandler:
         path, ckpt = self._read_latest()
         if path is None:
             if rank_world()[0] == 0:
-                logger.info("resume requested but no checkpoint_epoch=N.pt in %s: starting from scratch%s", self.output_dir,
+                logger.info("no checkpoint_epoch=N.pt in %s yet: training starts from its first epoch%s", self.output_dir,
                             f" ({INTERRUPTED} holds the interrupted run's state within an epoch, which a resume does not "
                             "continue: a run continues from the end of its last saved epoch)"
                             if (self.output_dir / INTERRUPTED).is_file() else "")  # fmt: skip
