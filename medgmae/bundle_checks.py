@@ -14,6 +14,7 @@ import argparse
 import ast
 import difflib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -62,6 +63,8 @@ def _problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any], setti
         return None
     if kind == "image_size":
         return _image_size_problem(value, settings)
+    if kind == "schedule_epochs":
+        return _schedule_epochs_problem(value, settings)
     if kind in ("roi_size", "roi_edge"):
         patch = settings["patch_size"][0] if "patch_size" in settings else None
         return roi_size_problem(value, patch, cube=kind == "roi_edge")
@@ -93,6 +96,24 @@ def _image_size_problem(value: Any, settings: Mapping[str, tuple]) -> str | None
     patch = settings["patch_size"][0]
     if _problem(patch, "positive_int", settings) is None and size % int(str(patch).strip()):
         return f"expected a multiple of --patch_size {str(patch).strip()}, got {text!r}"
+    return None
+
+
+def _schedule_epochs_problem(value: Any, settings: Mapping[str, tuple]) -> str | None:
+    """Why ``value`` is not the length in epochs of a warm-up + cosine learning-rate schedule covering the run: a
+    positive integer of at least the ``max_epochs`` setting (when that one is a positive integer; otherwise its own
+    line names it). ``monai.optimizers.WarmupCosineSchedule`` goes on along its cosine past its end, so a shorter
+    schedule would bring the learning rate back up to its peak in the last epochs."""
+    if "max_epochs" not in settings:
+        raise ValueError("a schedule_epochs check needs the max_epochs setting beside it")
+    problem = _problem(value, "positive_int", settings)
+    if problem:
+        return problem
+    epochs, maximum = int(str(value).strip()), settings["max_epochs"][0]
+    if _problem(maximum, "positive_int", settings) is None and epochs < (last := int(str(maximum).strip())):
+        return (f"expected at least --max_epochs {last} (past the schedule's end its cosine brings the learning rate back "
+                f"up to its peak), got {str(value).strip()!r}: give --lr_schedule_epochs {last} or more, or leave it out "
+                "(it follows --max_epochs)")  # fmt: skip
     return None
 
 
@@ -186,10 +207,15 @@ def summarise_errors(resumable: bool = False) -> bool:
     ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
     ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
     (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. After Ctrl-C the
-    one line printed says how to continue instead (:data:`INTERRUPTED` for a bundle that resumes), without the
-    traceback of where the interrupt struck; Python exits with the interrupt's status (130). Installing this
-    ``sys.excepthook`` is part of :func:`check_settings`, the first step of each bundle's ``initialize``; it keeps the whole traceback (nothing is
-    hidden) and is installed once however often it is called.
+    one line printed says how to continue instead (:data:`INTERRUPTED` for a bundle that resumes, or the
+    ``resume_advice`` its checkpoint handler set on the interrupt when there is no epoch checkpoint to continue
+    from), without the traceback of where the interrupt struck; Python exits with the interrupt's status (130).
+    Under ``torchrun`` only rank 0 (:func:`medgmae.distributed.is_main_process`) prints the traceback and the
+    reason, and the Ctrl-C line; every other rank prints one line, ``rank N stopped: <type>: <the reason, on one
+    line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason), and nothing after Ctrl-C; torchrun's own
+    report of the stopped processes follows. Installing this ``sys.excepthook`` is part of :func:`check_settings`,
+    the first step of each bundle's ``initialize``; on rank 0 it keeps the whole traceback (nothing is hidden), and
+    it is installed once however often it is called.
 
     Args:
         resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
@@ -204,12 +230,24 @@ def summarise_errors(resumable: bool = False) -> bool:
 
     def hook(exc_type, exc, tb) -> None:
         chain = _chain(exc) if isinstance(exc, BaseException) else []
-        if any(isinstance(e, KeyboardInterrupt) for e in chain):  # Ctrl-C: where it struck is no news to anyone
-            print(f"\n{INTERRUPTED if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
+        # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
+        reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
+        from medgmae.distributed import in_process_group, is_main_process, rank_world  # torch: imported on failure only
+
+        main = is_main_process()
+        if interrupt := next((e for e in chain if isinstance(e, KeyboardInterrupt)), None):
+            if main:  # Ctrl-C: where it struck is no news to anyone, and one process says what to do
+                advice = getattr(interrupt, "resume_advice", None) or INTERRUPTED
+                print(f"\n{advice if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
+            return
+        if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
+            rank = rank_world()[0] if in_process_group() else os.environ.get("RANK", "").strip()
+            text = " ".join(str(reason).split())  # its lines joined, cut short: rank 0 prints it whole
+            text = text if len(text) <= 300 else text[:297] + "..."
+            print(f"rank {rank} stopped: {type(reason).__name__}: {text}; see rank 0", file=sys.stderr)
             return
         previous(exc_type, exc, tb)
-        # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
-        if chain and (reason := next((e for e in chain if not _is_monai_wrapper(e)), chain[-1])) is not exc:
+        if reason is not None and reason is not exc:
             print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
 
     hook.summarises_errors, hook.resumable = True, bool(resumable)
@@ -282,7 +320,8 @@ def check_settings(
             the same name with an ``s`` (one value or a list of them), ``"bool"`` (what
             :func:`~medgmae.cli_types.as_bool` reads), ``"image_size"`` (a square 2D image edge: an integer of at
             least :data:`MIN_IMAGE_SIZE` and a multiple of the ``patch_size`` setting, which must be among
-            ``settings``), ``"roi_size"`` (a 3D crop: an integer or a list of 3, multiples of the ``patch_size``
+            ``settings``), ``"schedule_epochs"`` (a learning-rate schedule's length: a positive integer of at least
+            the ``max_epochs`` setting, which must be among ``settings``), ``"roi_size"`` (a 3D crop: an integer or a list of 3, multiples of the ``patch_size``
             setting when there is one; ``"roi_edge"``: an integer only), a list of the allowed values, or a
             callable that raises ``ValueError`` (naming the problem) for a bad value (e.g. :func:`roi_size_check`).
         output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
@@ -292,7 +331,8 @@ def check_settings(
 
     Raises:
         BundleSettingError: one line per bad key, ``--key: expected ..., got ...``, then one per unusable folder.
-        ValueError: an ``image_size`` kind without a ``patch_size`` setting (a config error, not a bad value).
+        ValueError: an ``image_size`` kind without a ``patch_size`` setting, or a ``schedule_epochs`` kind without a
+            ``max_epochs`` one (a config error, not a bad value).
     """
     summarise_errors(resumable="resume" in settings)  # from here on, a failure of the bundle ends with its reason
     problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]

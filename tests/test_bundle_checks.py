@@ -47,6 +47,34 @@ def test_image_size_is_checked_against_the_patch_size_beside_it():
         check_settings({"image_size": (32, "image_size")})
 
 
+def test_a_learning_rate_schedule_shorter_than_the_run_is_refused():
+    """WarmupCosineSchedule goes on along its cosine past t_total, so the rate of a run longer than its schedule
+    climbed back to the peak: --lr_schedule_epochs below --max_epochs is refused, naming both and what to give."""
+    def settings(max_epochs, schedule):
+        return {"max_epochs": (max_epochs, "positive_int"), "lr_schedule_epochs": (schedule, "schedule_epochs")}
+
+    assert check_settings(settings(5, 5)) is True and check_settings(settings("2", "7")) is True
+    with pytest.raises(BundleSettingError) as e:
+        check_settings(settings(5, 2))
+    assert ("--lr_schedule_epochs: expected at least --max_epochs 5 (past the schedule's end its cosine brings the "
+            "learning rate back up to its peak), got '2': give --lr_schedule_epochs 5 or more, or leave it out") in str(e.value)
+    with pytest.raises(BundleSettingError) as e:  # a bad max_epochs is named on its own line
+        check_settings(settings(-1, 2))
+    assert "--max_epochs: expected a positive integer" in str(e.value) and "--lr_schedule_epochs" not in str(e.value)
+    with pytest.raises(ValueError, match="needs the max_epochs setting"):
+        check_settings({"lr_schedule_epochs": (2, "schedule_epochs")})
+
+
+@pytest.mark.parametrize("config", ["medgmae_pretrain/configs/train.json", "unetr_finetune/configs/train.json"])
+def test_a_run_longer_than_its_learning_rate_schedule_stops_first(tmp_path, config):
+    """--max_epochs 5 --lr_schedule_epochs 2 used to train its last epochs back at the full learning rate."""
+    out = tmp_path / "run"
+    proc = run_bundle("training", config, "--output_dir", str(out), "--max_epochs", "5", "--lr_schedule_epochs", "2")
+    assert proc.returncode != 0
+    assert "--lr_schedule_epochs: expected at least --max_epochs 5" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()
+
+
 def test_integer_and_callable_kinds():
     def at_most_one(value):
         if not 0 <= float(value) <= 1:
@@ -226,7 +254,7 @@ def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"
 
 
-def _under_the_hook(body: str, twice: bool = False, resumable: bool = False):
+def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, rank: int | None = None):
     """Run ``body`` in a fresh Python with :func:`summarise_errors` installed (twice: installed twice; resumable:
     by a bundle with a ``resume`` setting); returns the finished process and its non-blank stderr lines."""
     import subprocess
@@ -235,7 +263,8 @@ def _under_the_hook(body: str, twice: bool = False, resumable: bool = False):
     install = f"summarise_errors(resumable={resumable})"
     install = f"summarise_errors(); {install}" if twice else install
     code = f"from medgmae.bundle_checks import summarise_errors\n{install}\n{body}"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **({} if rank is None else {"RANK": str(rank), "WORLD_SIZE": "2"})}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     return proc, [line for line in proc.stderr.splitlines() if line.strip()]
 
 
@@ -294,6 +323,37 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
     proc, lines = _under_the_hook("raise KeyboardInterrupt\n")
     assert lines == [INTERRUPTED_NO_RESUME] and proc.returncode in (128 + signal.SIGINT, -signal.SIGINT)  # no traceback
     assert "--resume" not in INTERRUPTED_NO_RESUME
+
+
+def test_an_interrupt_without_an_epoch_checkpoint_ends_with_its_handlers_advice():
+    """The checkpoint handler sets ``resume_advice`` on the interrupt when there is no epoch checkpoint to continue
+    from: that line replaces "continue from the newest checkpoint_epoch=N.pt"."""
+    body = ("e = KeyboardInterrupt()\n"
+            "e.resume_advice = 'interrupted before the first epoch finished: there is no checkpoint_epoch=N.pt'\n"
+            "try:\n"
+            "    raise e\n"
+            "except KeyboardInterrupt as k:\n"
+            "    raise RuntimeError('Failed to evaluate ConfigExpression') from k\n")  # fmt: skip
+    _, lines = _under_the_hook(body, resumable=True)
+    assert lines == ["interrupted before the first epoch finished: there is no checkpoint_epoch=N.pt"]
+
+
+def test_under_torchrun_only_rank_0_prints_the_traceback_and_the_ctrl_c_line():
+    """Every rank printed the Ctrl-C line, and a refusal's ~40-line traceback once per rank, burying the reason:
+    a rank other than 0 (torchrun's RANK) prints one line naming the reason and nothing after Ctrl-C."""
+    wrapped = ("try:\n"
+               "    raise ValueError('checkpoint_epoch=2.pt was written by another kind of run\\nsecond line')\n"
+               "except ValueError as e:\n"
+               "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
+    proc, lines = _under_the_hook(wrapped, rank=1)
+    assert lines == ["rank 1 stopped: ValueError: checkpoint_epoch=2.pt was written by another kind of run second line; see rank 0"]
+    assert proc.returncode == 1
+    _, lines = _under_the_hook(wrapped, rank=0)
+    assert "Traceback (most recent call last):" in lines and lines[-1] == "second line"
+    proc, lines = _under_the_hook("raise KeyboardInterrupt\n", resumable=True, rank=1)
+    assert lines == [] and proc.returncode != 0
+    _, lines = _under_the_hook("raise KeyboardInterrupt\n", resumable=True, rank=0)
+    assert lines[-1].startswith("interrupted: run the same command with --resume true")
 
 
 def test_unknown_keys_of_a_bundle_command_line(tmp_path):

@@ -140,6 +140,25 @@ def test_default_loader_workers_fit_the_cpus(path):
     assert 0 <= int(parser.get_parsed_content("num_workers")) <= min(4, cpus)
 
 
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.parents[1].name)
+def test_default_loader_workers_share_the_cpus_between_torchrun_processes(path, monkeypatch):
+    """Under torchrun the default is per process: the node's CPUs divided among its processes (torchrun's
+    LOCAL_WORLD_SIZE), at least 1 and at most 4 (8 CPUs: 4 alone, 2 each for 4 processes, 1 each for 16)."""
+    parser = ConfigParser()
+    parser.read_config(path)
+    if "num_workers" not in parser.config or not str(parser.config["num_workers"]).startswith("$"):
+        pytest.skip("a fixed default")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    found = {}
+    for processes in ("1", "4", "16"):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+        parser = ConfigParser()
+        parser.read_config(path)
+        parser.update({"dataset_dir": "/data/ct", "datalist": "/data/ct/dataset.json"})
+        found[processes] = int(parser.get_parsed_content("num_workers"))
+    assert found == {"1": 4, "4": 2, "16": 1}
+
+
 def test_zero_shot_inference_runs_under_both_ids():
     """``run inferring`` (as in the fine-tuning bundle) and the older ``run inference`` both run the zero-shot steps."""
     parser = ConfigParser()

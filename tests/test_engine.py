@@ -60,7 +60,7 @@ def test_resolve_device():
 
 
 def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None, extra: dict | None = None,
-                  batch_size: int = 2, finished_ok: bool = False):  # fmt: skip
+                  batch_size: int = 2, finished_ok: bool = False, earlier_outputs: tuple[str, ...] | None = None):  # fmt: skip
     torch.manual_seed(0)
     np.random.seed(0)
     data = [{"image": np.full((1, 4), i, np.float32), "label": np.full((1, 2), i % 3, np.float32)} for i in range(6)]
@@ -70,8 +70,9 @@ def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    more = {} if earlier_outputs is None else {"earlier_outputs": earlier_outputs}
     handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt, **(extra or {})}, resume=resume, source=ds,
-                                  finished_ok=finished_ok)]  # fmt: skip
+                                  finished_ok=finished_ok, **more)]  # fmt: skip
     handlers.append(NonFiniteLossHandler())
     if clip:
         handlers.append(GradientClipHandler(clip))
@@ -412,3 +413,74 @@ def test_a_new_run_in_a_used_folder_removes_the_earlier_runs_pictures_and_event_
     assert old[0].read_bytes() == b"this run's picture of epoch 1"
     assert not old[1].exists() and not old[2].exists()
     assert own.is_file() and other.is_file()
+
+
+def _bundle_earlier_outputs(bundle: str) -> tuple[str, ...]:
+    """The ``earlier_outputs`` of the CheckpointHandler in a bundle's train.json."""
+    import json
+
+    config = json.loads((Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json").read_text())
+    handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
+    return tuple(handler["earlier_outputs"])
+
+
+@pytest.mark.parametrize("bundle, outputs", [
+    ("medgmae_pretrain", ["model.pt", "encoder.pt", "best_model.pt", "summary.json", "curves.png", "pictures/epoch_0003.png"]),
+    ("gmae2d_pretrain", ["model.pt", "encoder.pt", "best_model.pt", "summary.json", "curves.png", "pictures/epoch_0003.png"]),
+    ("unetr_finetune", ["best_model.pt", "model.ts", "segmentation.png", "dice_per_class.md", "validation/metrics.json",
+                        "validation/per_case_dice.csv"]),
+])  # fmt: skip
+def test_a_fresh_run_stopped_after_its_first_save_leaves_nothing_of_the_earlier_run(tmp_path, caplog, bundle, outputs):
+    """A fresh run in the folder of a finished run, stopped right after its first epoch checkpoint (before its own
+    summary and models are written): none of the earlier run's outputs is left beside its checkpoint (they used to
+    read as this run's: a summary of other epochs, another run's models); the removal names every file, checkpoints
+    included. A file this run rewrote before (best_model.pt of its first validation) stays, and so do its inputs."""
+    from ignite.engine import Events
+
+    earlier = [tmp_path / "checkpoint_epoch=3.pt", tmp_path / "checkpoint_final.pt", tmp_path / "tensorboard" /
+               "events.out.tfevents.1700000000.elsewhere.4242.0", *(tmp_path / name for name in outputs)]  # fmt: skip
+    inputs = [tmp_path / "cache" / "precheck.json", tmp_path / "phantom" / "dataset.json", tmp_path / "training_cases.json"]
+    for p in earlier + inputs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"earlier run")
+    trainer, _ = _make_trainer(tmp_path, 2, resume=False, earlier_outputs=_bundle_earlier_outputs(bundle))
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=1))
+    def _validated(engine):  # this run's own first best model, written before its first checkpoint
+        (tmp_path / "best_model.pt").write_bytes(b"this run")
+
+    @trainer.on(Events.EPOCH_COMPLETED(once=1))
+    def _stop(engine):  # attached after the checkpoint handler: right after the first save
+        raise KeyboardInterrupt
+
+    with caplog.at_level("INFO", logger="medgmae.engine"), pytest.raises(KeyboardInterrupt) as stopped:
+        trainer.run()
+    assert stopped.value.resume_advice is None  # checkpoint_epoch=1.pt is this run's: "--resume true" continues it
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    expected = ["best_model.pt", "cache/precheck.json", "checkpoint_epoch=1.pt", "checkpoint_interrupted.pt",
+                "phantom/dataset.json", "training_cases.json"]  # fmt: skip
+    assert left == expected and (tmp_path / "best_model.pt").read_bytes() == b"this run"
+    removed = sorted(str(p.relative_to(tmp_path)) for p in earlier if p.name != "best_model.pt")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("removed "))
+    shown = ", ".join(removed[:8]) + (f" and {len(removed) - 8} more" if len(removed) > 8 else "")
+    assert line == f"removed {len(removed)} files of the earlier run from {tmp_path}: {shown}", line
+    assert "checkpoint_epoch=3.pt, checkpoint_final.pt" in line
+
+
+def test_ctrl_c_before_a_fresh_runs_first_save_in_a_used_folder_keeps_the_earlier_run(tmp_path):
+    """Ctrl-C in the first epoch of a fresh run in a finished run's folder: the advice says that nothing of the
+    earlier run was removed and that --resume true would continue that run (not this one)."""
+    _make_trainer(tmp_path, 2, resume=False)[0].run()
+    trainer, _ = _make_trainer(tmp_path, 2, resume=False)
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=1))
+    def _stop(engine):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        trainer.run()
+    assert stopped.value.resume_advice == (
+        f"interrupted before this run finished an epoch: it saved no checkpoint_epoch=N.pt and removed nothing of the "
+        f"earlier run in {tmp_path}; run the same command again to start over (with --resume true it would continue "
+        "the earlier run instead)")
+    assert (tmp_path / "checkpoint_epoch=2.pt").is_file()

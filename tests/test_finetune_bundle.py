@@ -249,7 +249,7 @@ def _check_progress_pictures_and_summary(out: Path, log: str) -> None:
     assert "per-class Dice of the last validation (1 case):" in log
     # the evaluator's key metric (MONAI's MeanDice) and the report's mean Dice are one number
     best = re.search(r"Got new best metric of val_mean_dice: (\S+)", log).group(1)
-    assert re.search(r"mean Dice (\S+) over 1 case ", log).group(1) == best
+    assert re.search(r"mean Dice (\S+) over 1 case ", log).group(1) == f"{float(best):.5f}"
     assert torch.load(out / "best_model.pt", weights_only=True)["kind"] == "medgmae-unetr"
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
@@ -294,6 +294,13 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     # the encoder was fine-tuned from the pre-trained weights, the decoder was trained
     assert not torch.equal(best["state_dict"]["vit.blocks.0.attn.qkv.weight"], enc.state_dict()["blocks.0.attn.qkv.weight"])
     _check_progress_pictures_and_summary(out, proc.stdout + proc.stderr)
+    # a fresh run in this folder replaces every output of this one (its data, record and checkpoints aside)
+    config = json.loads((CONFIGS / "train.json").read_text())
+    handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
+    replaced = {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
+    written = {p for p in out.rglob("*") if p.is_file() and not p.name.startswith("checkpoint_")
+               and p.relative_to(out).parts[0] not in ("cache", "phantom") and p.name != "training_cases.json"}  # fmt: skip
+    assert written and written <= replaced, sorted(str(p.relative_to(out)) for p in written - replaced)
 
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
     assert "resumed from" in proc.stdout + proc.stderr and (out / "checkpoint_epoch=2.pt").is_file()
@@ -311,7 +318,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     proc = run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")
     assert "Got new best metric" not in proc.stdout + proc.stderr  # a one-off evaluation has no "best"
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert f"mean Dice {metrics['mean_dice']} over 1 case " in proc.stdout + proc.stderr
+    assert f"mean Dice {metrics['mean_dice']:.5f} over 1 case " in proc.stdout + proc.stderr
     assert metrics["num_cases"] == 1 and len(metrics["dice_per_class"]) == 17
     assert 0.0 <= metrics["mean_dice"] <= 1.0
     with open(out / "eval" / "per_case_dice.csv") as f:
@@ -413,7 +420,7 @@ def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):
 
 
 # ------------------------------------------------------------------ metrics files
-def test_segmentation_report_analytic_dice(tmp_path):
+def test_segmentation_report_analytic_dice(tmp_path, caplog):
     from monai.data import MetaTensor
 
     from medgmae.finetune.evaluate import SegmentationReport, check_num_classes
@@ -435,7 +442,9 @@ def test_segmentation_report_analytic_dice(tmp_path):
         state = State()
 
     report._collect(Engine())
-    metrics = report.write()
+    with caplog.at_level("INFO"):
+        metrics = report.write()
+    assert f"mean Dice 0.75000 over 1 case -> {tmp_path}" in caplog.text  # 5 decimals, as each case's line
     assert metrics["mean_dice"] == pytest.approx(0.75) and metrics["dice_per_class"] == {"liver": pytest.approx(0.75), "spleen": None}
     assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint"] == "best_model.pt"
     with open(tmp_path / "per_case_dice.csv") as f:

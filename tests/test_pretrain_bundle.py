@@ -28,7 +28,7 @@ MULTI = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
 SMALL = [
     "--roi_size", "32", "--patch_size", "8", "--num_gaussians", "8", "--num_phantoms", "2",
     "--phantom_shape", "[48,48,40]", "--phantom_spacing", "3.0", "--pixdim", "3.0", "--num_samples", "1",
-    "--batch_size", "1", "--lr_schedule_epochs", "2", "--device", "cpu",
+    "--batch_size", "1", "--lr_schedule_epochs", "3", "--device", "cpu",
 ]  # fmt: skip
 
 
@@ -192,6 +192,19 @@ def _free_port() -> int:
 
 def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def test_a_fresh_run_replaces_every_output_the_bundle_writes(runs):
+    """Each file a pre-training run wrote in its folder, its data (phantoms, cache) and checkpoints aside, is among
+    the outputs a fresh run in that folder replaces (its CheckpointHandler's ``earlier_outputs``): none of them is
+    left beside a new run's checkpoints as if it were the new run's."""
+    config = json.loads(Path(TRAIN).read_text())
+    handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
+    for out in (runs["straight"], runs["resumed"]):
+        replaced = {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
+        written = {p for p in out.rglob("*") if p.is_file() and not p.name.startswith("checkpoint_")
+                   and p.relative_to(out).parts[0] not in ("cache", "phantom")}  # fmt: skip
+        assert written and written <= replaced, sorted(str(p.relative_to(out)) for p in written - replaced)
 
 
 def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_state):

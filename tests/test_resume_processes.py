@@ -129,15 +129,21 @@ def test_a_resume_in_fewer_processes_is_warned_once_at_the_engine_start(tmp_path
 
 
 def test_a_resumed_run_removes_the_interrupted_checkpoint_once_it_saved_a_later_one(tmp_path, caplog):
-    """Ctrl-C in the first epoch leaves only checkpoint_interrupted.pt: the resume says it starts from scratch and
-    why that file is not used; Ctrl-C later leaves it beside the epoch checkpoints, and the resumed run removes it
-    at its first epoch checkpoint."""
-    with pytest.raises(KeyboardInterrupt):
+    """Ctrl-C in the first epoch leaves only checkpoint_interrupted.pt, and its last line says that there is no epoch
+    checkpoint to continue from (not "continue from the newest checkpoint_epoch=N.pt"); the resume says, neutrally,
+    that training starts from its first epoch and why that file is not used; Ctrl-C later leaves it beside the
+    epoch checkpoints (the usual advice to resume), and the resumed run removes it at its first epoch checkpoint."""
+    with pytest.raises(KeyboardInterrupt) as stopped:
         _trainer(tmp_path, 3, resume=False, fail_at=2).run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_interrupted.pt"]
-    with caplog.at_level(logging.INFO, logger="medgmae.engine"), pytest.raises(KeyboardInterrupt):
+    assert stopped.value.resume_advice == (
+        f"interrupted before the first epoch finished: there is no checkpoint_epoch=N.pt in {tmp_path} to continue "
+        "from, so the same command (with or without --resume true) trains there from the first epoch again")
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"), pytest.raises(KeyboardInterrupt) as stopped:
         _trainer(tmp_path, 3, resume=True, fail_at=5).run()
-    assert "no checkpoint_epoch=N.pt in" in caplog.text and "starting from scratch" in caplog.text
+    assert stopped.value.resume_advice is None  # checkpoint_epoch=1.pt: "--resume true continues from the newest"
+    started = next(r for r in caplog.records if "no checkpoint_epoch=N.pt in" in r.getMessage())
+    assert started.levelname == "INFO" and f"no checkpoint_epoch=N.pt in {tmp_path} yet: training starts from its first epoch" in started.getMessage()
     assert "checkpoint_interrupted.pt holds the interrupted run's state within an epoch, which a resume does not continue" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_interrupted.pt"]
     assert torch.load(tmp_path / "checkpoint_interrupted.pt", weights_only=True)["engine"]["iteration"] == 5

@@ -2,9 +2,10 @@
 
 A run that does not resume, started in a folder where another run wrote, would otherwise mix the two: the earlier
 run's epoch checkpoints (whose higher epoch numbers outranked the new run's own, so a later ``--resume`` continued
-the earlier run), its progress pictures ``pictures/epoch_*.png`` and its TensorBoard event files, which TensorBoard
-draws as one run with the new one. :class:`EarlierRun` finds them when the run starts, so the start can name them,
-and removes them when the run saves its first epoch checkpoint: a run stopped or refused before then has removed
+the earlier run), its progress pictures ``pictures/epoch_*.png``, its TensorBoard event files, which TensorBoard
+draws as one run with the new one, and whatever else it wrote (each bundle lists its outputs: models, summaries,
+validation tables), which a new run stopped early would have left beside its own checkpoints as if they were its
+own. :class:`EarlierRun` finds them when the run starts, so the start can name them, and removes them when the run saves its first epoch checkpoint: a run stopped or refused before then has removed
 nothing. A file the new run has rewritten since the start (a picture of the same epoch) and the event files of this
 process (TensorBoard names the host and process id in each file's name) are the new run's and stay.
 """
@@ -18,12 +19,20 @@ from pathlib import Path
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.engine.resume import epoch_checkpoints
 
-__all__ = ["EarlierRun", "EARLIER_OUTPUTS"]
+__all__ = ["EarlierRun", "EARLIER_OUTPUTS", "file_list"]
 
-#: The outputs besides checkpoints, as globs under the output folder, that a fresh run replaces (a TensorBoard folder
-#: elsewhere is not touched: it may be shared on purpose).
+#: The outputs besides checkpoints, as globs under the output folder, that a fresh run replaces by default (a bundle
+#: names all of its own outputs in its ``CheckpointHandler``'s ``earlier_outputs``; a TensorBoard folder elsewhere is
+#: not touched: it may be shared on purpose).
 EARLIER_OUTPUTS = ("pictures/epoch_*.png", "tensorboard/events.out.tfevents.*")
 _END_CHECKPOINTS = ("checkpoint_final.pt", "checkpoint_interrupted.pt")
+
+
+def file_list(paths: list[Path], folder: Path, shown: int = 8) -> str:
+    """``paths`` by their names under ``folder``, the first ``shown`` of them then how many more (for a log line)."""
+    names = sorted(str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p) for p in paths)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _this_process(path: Path) -> bool:
@@ -48,7 +57,8 @@ class EarlierRun:
         """Remember what the folder holds now.
 
         Returns:
-            What to name at the start (``"checkpoints (...), 2 pictures/epoch_*.png files"``), ``None`` for nothing.
+            What to name at the start (``"checkpoints (...), 2 pictures/epoch_*.png files, summary.json"``: a pattern
+            without wildcards by its name), ``None`` for nothing.
         """
         out = self.output_dir
         self.checkpoints = [p for _, p in epoch_checkpoints(out)] + [out / n for n in _END_CHECKPOINTS if (out / n).is_file()]
@@ -57,7 +67,8 @@ class EarlierRun:
         parts = [f"checkpoints ({', '.join(sorted(p.name for p in self.checkpoints))})"] if self.checkpoints else []
         for pat, files in self.outputs.items():
             if files:
-                parts.append(f"{len(files)} {pat} file{'s' if len(files) > 1 else ''}")
+                plain = not any(c in pat for c in "*?[")
+                parts.append(pat if plain else f"{len(files)} {pat} file{'s' if len(files) > 1 else ''}")
         return ", ".join(parts) or None
 
     def remove(self, keep: Path) -> list[Path]:
@@ -67,12 +78,10 @@ class EarlierRun:
             keep: the checkpoint just saved (it may have replaced one of the earlier run's names).
 
         Returns:
-            The outputs removed, checkpoints aside.
+            The files removed, checkpoints first.
         """
-        for p in self.checkpoints:
-            if p != keep:
-                p.unlink(missing_ok=True)
-        removed = [p for files in self.outputs.values() for p, sig in files.items() if sig is not None and file_fingerprint(p) == sig]
+        removed = [p for p in self.checkpoints if p != keep and p.is_file()]
+        removed += [p for files in self.outputs.values() for p, sig in files.items() if sig is not None and file_fingerprint(p) == sig]
         for p in removed:
             p.unlink(missing_ok=True)
         self.checkpoints, self.outputs = [], {}

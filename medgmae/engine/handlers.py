@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from medgmae.distributed import rank_world
-from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun
+from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun, file_list
 from medgmae.engine.resume import (
     check_epoch_length,
     check_max_epochs,
@@ -94,12 +94,15 @@ class CheckpointHandler:
     :class:`RandomStateTracker`. When the run stops on an exception (including Ctrl-C) it writes
     ``checkpoint_interrupted.pt`` (the state within the epoch, kept to inspect: a resume continues from the newest
     epoch checkpoint, and removes it once it has saved a later one) and re-raises; at a normal end it writes
-    ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's checkpoints,
-    progress pictures or TensorBoard event files, names them when it starts and removes them when it writes its
-    first epoch checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`): kept, the earlier run's
+    ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's checkpoints or
+    outputs (``earlier_outputs``), names them when it starts and removes them when it writes its first epoch
+    checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`), naming each file: kept, the earlier run's
     higher epoch numbers would have outranked this run's own checkpoints (the newest ``n_saved`` were kept by
-    number), a later ``--resume`` would have continued the earlier run, and the pictures and curves of both runs
-    would have been mixed. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
+    number), a later ``--resume`` would have continued the earlier run, the pictures and curves of both runs
+    would have been mixed, and a run stopped early would have left the earlier run's models and summary beside
+    its own checkpoints. When Ctrl-C stops a run that has no epoch checkpoint to continue from, the interrupt
+    carries a ``resume_advice`` saying so, which :func:`medgmae.bundle_checks.summarise_errors` prints instead of
+    the usual advice to resume. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
     the engine starts and continues from the next epoch, bit for bit on the same machine and software. A checkpoint
     whose state does not fit (another kind of run; an object refusing it, such as a model configuration record)
     stops the run at the start with an error naming the file and the object, and writes no checkpoint. A bundle
@@ -130,7 +133,8 @@ class CheckpointHandler:
             trains nothing); by default it is refused as :func:`~medgmae.engine.resume.check_resume_fits` refuses
             it, since the completion handlers would rewrite the run's final files from an empty epoch.
         earlier_outputs: what a fresh run replaces of an earlier run besides its checkpoints, as globs under
-            ``output_dir`` (:mod:`medgmae.engine.earlier_run`; default its pictures and TensorBoard event files).
+            ``output_dir`` (:mod:`medgmae.engine.earlier_run`): a bundle lists every output it writes there; the
+            default is the progress pictures and TensorBoard event files.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class CheckpointHandler:
         self.finished_ok = bool(finished_ok)
         self.resumed_from: Path | None = None
         self._failed_resume = False
+        self._saved_epoch = False  # whether this run has written an epoch checkpoint
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
 
     def attach(self, engine: Engine) -> None:
@@ -194,10 +199,12 @@ class CheckpointHandler:
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
         if saved is None:
             return
+        self._saved_epoch = True
         if self.resume:
             self._remove_interrupted()
         elif removed := self._earlier_run.remove(keep=saved):
-            logger.info("removed %d files of the earlier run (%s) from %s", len(removed), ", ".join(self._earlier_run.patterns), self.output_dir)
+            logger.info("removed %d file%s of the earlier run from %s: %s", len(removed), "s" if len(removed) > 1 else "",
+                        self.output_dir, file_list(removed, self.output_dir))  # fmt: skip
         for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
             p.unlink(missing_ok=True)
 
@@ -219,7 +226,25 @@ class CheckpointHandler:
     def _on_completed(self, engine: Engine) -> None:
         self.save(engine, "checkpoint_final.pt")
 
+    def _interrupted_advice(self) -> str | None:
+        """How to go on after Ctrl-C when no epoch checkpoint of this run (saved or resumed from) exists yet, for the
+        last line :func:`medgmae.bundle_checks.summarise_errors` prints; ``None`` when a resume continues this run."""
+        if self._saved_epoch or self.resumed_from is not None:
+            return None
+        if not epoch_checkpoints(self.output_dir):
+            return (f"interrupted before the first epoch finished: there is no checkpoint_epoch=N.pt in {self.output_dir} "
+                    "to continue from, so the same command (with or without --resume true) trains there from the first "
+                    "epoch again")  # fmt: skip
+        if self.resume:
+            return None
+        # an earlier run's, left as they were: a fresh run removes them at its first save
+        return (f"interrupted before this run finished an epoch: it saved no checkpoint_epoch=N.pt and removed nothing of "
+                f"the earlier run in {self.output_dir}; run the same command again to start over (with --resume true it "
+                "would continue the earlier run instead)")  # fmt: skip
+
     def _on_exception(self, engine: Engine, e: BaseException) -> None:
+        if isinstance(e, KeyboardInterrupt) and rank_world()[0] == 0:
+            e.resume_advice = self._interrupted_advice()  # read by the last line of the bundle's output
         if self._failed_resume:
             raise e
         try:  # no collective here: the other ranks may not have failed
@@ -235,7 +260,7 @@ class CheckpointHandler:
         path, ckpt = self._read_latest()
         if path is None:
             if rank_world()[0] == 0:
-                logger.info("resume requested but no checkpoint_epoch=N.pt in %s: starting from scratch%s", self.output_dir,
+                logger.info("no checkpoint_epoch=N.pt in %s yet: training starts from its first epoch%s", self.output_dir,
                             f" ({INTERRUPTED} holds the interrupted run's state within an epoch, which a resume does not "
                             "continue: a run continues from the end of its last saved epoch)"
                             if (self.output_dir / INTERRUPTED).is_file() else "")  # fmt: skip

@@ -139,7 +139,9 @@ class SegmentationReport:
                     w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice])
         n = len(self.rows)
         cases = f"{n} case{'' if n == 1 else 's'}"
-        logger.info("mean Dice %s over %s -> %s", self.metrics["mean_dice"], cases, self.output_dir)
+        mean = self.metrics["mean_dice"]
+        shown = "n/a (no labelled class)" if mean is None else f"{mean:.5f}"  # as the per-case lines
+        logger.info("mean Dice %s over %s -> %s", shown, cases, self.output_dir)
         return self.metrics
 
 
