@@ -247,7 +247,7 @@ def test_a_fresh_run_replaces_the_earlier_runs_later_phases(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="medgmae.gvit"):
         fresh.run()
     assert "classifier: checkpoints (checkpoint_epoch=1.pt, checkpoint_final.pt)" in caplog.text
-    assert "results: 1 model.pt file" in caplog.text
+    assert "results: model.pt, metrics.json" in caplog.text
     assert saved("classifier") == [] and saved("joint") == []
     assert saved("warmup") == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
 
