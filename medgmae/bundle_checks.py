@@ -14,7 +14,6 @@ import argparse
 import ast
 import difflib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -232,7 +231,7 @@ def summarise_errors(resumable: bool = False) -> bool:
         chain = _chain(exc) if isinstance(exc, BaseException) else []
         # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
         reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
-        from medgmae.distributed import in_process_group, is_main_process, rank_world  # torch: imported on failure only
+        from medgmae.distributed import is_main_process, process_rank  # torch: imported on failure only
 
         main = is_main_process()
         if interrupt := next((e for e in chain if isinstance(e, KeyboardInterrupt)), None):
@@ -241,7 +240,7 @@ def summarise_errors(resumable: bool = False) -> bool:
                 print(f"\n{advice if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
             return
         if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
-            rank = rank_world()[0] if in_process_group() else os.environ.get("RANK", "").strip()
+            rank = process_rank()
             text = " ".join(str(reason).split())  # its lines joined, cut short: rank 0 prints it whole
             text = text if len(text) <= 300 else text[:297] + "..."
             print(f"rank {rank} stopped: {type(reason).__name__}: {text}; see rank 0", file=sys.stderr)

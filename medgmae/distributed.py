@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-__all__ = ["barrier", "in_process_group", "is_main_process", "main_process_only", "rank_world"]
+__all__ = ["barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "rank_world"]
 
 
 def in_process_group() -> bool:
@@ -27,12 +27,25 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def process_rank() -> int:
+    """This process's rank: the process group's, or before one is made torchrun's ``RANK`` (0 without either)."""
+    if in_process_group():
+        return dist.get_rank()
+    rank = os.environ.get("RANK", "").strip()
+    return int(rank) if rank.isdigit() else 0
+
+
 def is_main_process() -> bool:
     """True on rank 0 and outside torch.distributed; before the process group is made, torchrun's ``RANK`` decides
     (so that a line logged that early is not printed once per process)."""
-    if in_process_group():
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0").strip() in ("", "0")
+    return process_rank() == 0
+
+
+def loader_workers(at_most: int = 4) -> int:
+    """Data-loader workers for one process: the CPUs this process may use (as PyTorch's worker-count warning counts
+    them) shared among the node's torchrun processes (``LOCAL_WORLD_SIZE``), at least 1 and at most ``at_most``."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(int(at_most), max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))))
 
 
 def barrier() -> None:

@@ -90,6 +90,24 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def small_parallel_scan(tmp_path_factory):
+    """``medgmae-recon simulate`` of a 16 x 16 x 12 phantom at 12 x 12 x 16 mm in HU, 10 parallel-beam views:
+    ``(scan folder, the phantom's NIfTI)``."""
+    import nibabel as nib
+    import numpy as np
+
+    from medgmae.data.phantom import generate_phantom
+    from recon.cli import main
+
+    d = tmp_path_factory.mktemp("scan")
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
+    assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "parallel", "--views", "10",
+                 "--out", str(d / "scan"), "--device", "cpu"]) == 0  # fmt: skip
+    return d / "scan", d / "ct.nii.gz"
+
+
 @pytest.fixture
 def gsplat_cuda():
     """Skip (not fail) a GPU test where gsplat's CUDA extension cannot be built or loaded, e.g. no ``nvcc`` for

@@ -3,7 +3,7 @@
 import pytest
 import torch.distributed as dist
 
-from medgmae.distributed import barrier, in_process_group, is_main_process, rank_world
+from medgmae.distributed import barrier, in_process_group, is_main_process, process_rank, rank_world
 
 
 @pytest.mark.parametrize("rank, main", [(None, True), ("0", True), ("", True), ("1", False), ("3", False)])
@@ -14,6 +14,7 @@ def test_before_a_process_group_torchruns_rank_decides(monkeypatch, rank, main):
         monkeypatch.setenv("RANK", rank)
     assert not in_process_group()
     assert is_main_process() is main
+    assert process_rank() == (int(rank) if rank else 0)
     assert rank_world() == (0, 1)
     barrier()  # nothing to wait for
 

@@ -15,14 +15,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def scan(tmp_path_factory):
+def scan(small_parallel_scan):
     """A 10-view parallel-beam scan of a 16 x 16 x 12 phantom at 12 x 12 x 16 mm."""
-    d = tmp_path_factory.mktemp("scan")
-    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
-    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
-    out = d / "scan"
-    assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "parallel", "--views", "10", "--out", str(out), "--device", "cpu"]) == 0
-    return out
+    return small_parallel_scan[0]
 
 
 def reconstruct_args(scan: Path, out, *extra) -> list[str]:

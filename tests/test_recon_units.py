@@ -3,11 +3,9 @@ commands print (files written, the projector build) and what ``--help`` shows (d
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-from medgmae.data.phantom import generate_phantom
 from recon.cli import main
 from recon.commands import CLIError, check_units
 
@@ -15,13 +13,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def scan(tmp_path_factory):
+def scan(small_parallel_scan):
     """A 10-view parallel-beam scan of a 16 x 16 x 12 phantom in HU, and the phantom's file."""
-    d = tmp_path_factory.mktemp("units")
-    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
-    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
-    assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "parallel", "--views", "10", "--out", str(d / "scan"), "--device", "cpu"]) == 0
-    return d / "scan", d / "ct.nii.gz"
+    return small_parallel_scan
 
 
 @pytest.mark.parametrize("low, high, refused", [(-1000.0, 1500.0, True), (-101.0, 0.03, True), (-0.005, 10.5, True),

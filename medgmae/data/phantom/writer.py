@@ -60,14 +60,21 @@ def _dataset_params(num_cases, seed, shape, spacing, num_validation) -> dict:
     }
 
 
+def _listed_files(doc: Mapping) -> list[str]:
+    """The image and label paths a ``dataset.json`` lists in its ``training`` and ``validation`` lists."""
+    return [e[k] for lst in ("training", "validation") for e in doc.get(lst, []) if isinstance(e, dict)
+            for k in ("image", "label") if isinstance(e.get(k), str)]  # fmt: skip
+
+
 def _is_complete(json_path: Path, params: dict) -> bool:
     """Whether ``json_path`` records the generator ``params`` and every file it lists exists."""
     if not json_path.is_file():
         return False
     try:
         old = json.loads(json_path.read_text())
-        files = [e[k] for lst in ("training", "validation") for e in old.get(lst, []) for k in ("image", "label")]
-        return old.get("phantom") == params and all((json_path.parent / f).is_file() for f in files)
+        files = _listed_files(old)
+        return (old.get("phantom") == params and len(files) == 2 * params["num_cases"]
+                and all((json_path.parent / f).is_file() for f in files))  # fmt: skip
     except (ValueError, OSError, KeyError, TypeError, AttributeError):
         return False  # unreadable or foreign dataset.json: not complete (_earlier_phantoms decides)
 
@@ -115,8 +122,7 @@ def _earlier_phantoms(out: Path) -> list[Path] | None:
         except (ValueError, OSError):
             doc = None
         if isinstance(doc, dict) and isinstance(doc.get("phantom"), dict):
-            return [out / e[k] for lst in ("training", "validation") for e in doc.get(lst, []) if isinstance(e, dict)
-                    for k in ("image", "label") if isinstance(e.get(k), str)]  # fmt: skip
+            return [out / f for f in _listed_files(doc)]
         raise ValueError(f"{out} holds a dataset.json that the phantom generator did not write: it is not overwritten; "
                          "write the phantoms into another (empty or new) folder")  # fmt: skip
     others = [p for sub in ("imagesTr", "labelsTr") if (out / sub).is_dir() for p in sorted((out / sub).iterdir())]
