@@ -12,7 +12,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from medgmae.engine import EpochProgress, MetricHistory, loss_value, quiet_known_warnings
+from medgmae.engine import EpochProgress, MetricHistory, ValidationProgress, loss_value, quiet_known_warnings
 from medgmae.engine.console import _ConsoleLines, mean_over_processes
 
 
@@ -66,6 +66,20 @@ def test_epoch_progress_logs_one_line_per_epoch_and_records_the_mean_loss(caplog
     assert loss_value([{"loss": torch.tensor(0.5)}]) == 0.5 and loss_value({"other": 1}) is None
     with pytest.raises(ValueError, match="progress_bar"):
         EpochProgress(progress_bar="maybe")
+
+
+def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, capsys):
+    engine = Engine(lambda e, b: None)
+    ValidationProgress(progress_bar=True).attach(engine)
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        engine.run(range(3), max_epochs=1)
+        engine.run(range(1), max_epochs=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
+    assert len(lines) == 2 and lines[0].startswith("validation: 3 cases in ") and lines[1].startswith("validation: 1 case in ")
+    err = capsys.readouterr().err  # the bar, on stderr
+    assert "validation: [1/3]" in err and "validation: [1/1]" in err
+    with pytest.raises(ValueError, match="progress_bar"):
+        ValidationProgress(progress_bar="sometimes")
 
 
 def test_the_meaningless_engine_resuming_line_is_dropped(caplog):

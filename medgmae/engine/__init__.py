@@ -12,13 +12,14 @@ from medgmae.engine.handlers import (
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.resume import check_resume_fits, latest_checkpoint
 from medgmae.distributed import is_main_process
-from medgmae.engine.console import EpochProgress, loss_value, quiet_known_warnings
+from medgmae.engine.console import EpochProgress, ValidationProgress, loss_value, quiet_known_warnings
 from medgmae.engine.history import MetricHistory
 
 __all__ = [
     "CheckpointHandler",
     "check_resume_fits",
     "EpochProgress",
+    "ValidationProgress",
     "MetricHistory",
     "is_main_process",
     "loss_value",
