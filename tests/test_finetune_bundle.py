@@ -338,6 +338,9 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, nib.load(moved).affine, atol=1e-5)
     assert np.asarray(seg.dataobj).max() < 18
+    # the earlier model's evaluation and segmentations are replaced by a fresh run in this folder too
+    made = {p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] in ("eval", "segmentations")}
+    assert len(made) == 3 and made <= {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
 
 
 def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
