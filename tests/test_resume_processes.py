@@ -91,6 +91,18 @@ def test_ranks_beyond_the_saved_ones_draw_distinct_reproducible_numbers():
         tracker.load_rank_state([], 0)
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_changed_pipeline_is_warned_by_rank_0_alone(monkeypatch, caplog, rank):
+    """Every rank builds the same pipeline: a checkpoint whose random-transform states do not fit it is warned
+    once, by rank 0, not once per process."""
+    monkeypatch.setenv("RANK", rank)
+    saved = RandomStateTracker(RandGaussianNoised(keys="image", prob=1.0)).state_dict()
+    with caplog.at_level(logging.WARNING):
+        RandomStateTracker(None).load_state_dict(saved)
+    warned = [r for r in caplog.records if "random-transform states" in r.getMessage()]
+    assert len(warned) == (1 if rank == "0" else 0)
+
+
 def _trainer(out: Path, max_epochs: int, resume: bool, fail_at: int | None = None):
     """A tiny MONAI trainer with a CheckpointHandler (3 iterations per epoch); ``fail_at``: Ctrl-C at that iteration."""
     from monai.engines import SupervisedTrainer

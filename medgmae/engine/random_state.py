@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from monai.transforms import Compose, Randomizable
 
+from medgmae.distributed import is_main_process
+
 __all__ = ["RandomStateTracker"]
 
 logger = logging.getLogger("medgmae.engine")
@@ -83,7 +85,7 @@ class RandomStateTracker:
         if torch.cuda.is_available() and state.get("cuda"):
             torch.cuda.set_rng_state_all(state["cuda"])
         saved = state.get("transforms", [])
-        if len(saved) != len(self.transforms):
+        if len(saved) != len(self.transforms) and is_main_process():  # every rank builds the same pipeline
             logger.warning(
                 "checkpoint has %d random-transform states but the pipeline has %d: crops will differ from an "
                 "uninterrupted run", len(saved), len(self.transforms)
