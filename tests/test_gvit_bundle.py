@@ -204,6 +204,24 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     same.trainer("warmup").run()  # finished phase: resumes and ends at once
 
 
+def test_a_moved_run_of_the_default_task_resumes(tmp_path):
+    """Where the default phantom task lies (inside the run folder) is no setting: a run folder moved as a whole
+    resumes; another dataset_dir is still refused."""
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = _workflow(data, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
+    first.data_settings = {"dataset_dir": "", "default_root": str(tmp_path / "run" / "data"), "seed": 0}
+    first.run()
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = _workflow(data, tmp_path / "moved", resume=True)
+    moved.data_settings = {"dataset_dir": "", "default_root": str(tmp_path / "moved" / "data"), "seed": 0}
+    moved.trainer("warmup").run()  # finished phase: resumes and ends at once
+    other = _workflow(data, tmp_path / "moved", resume=True)
+    other.data_settings = {"dataset_dir": str(tmp_path / "shapes"), "default_root": "", "seed": 0}
+    with pytest.raises(ValueError, match=r"data\.dataset_dir: saved '', now"):
+        other.trainer("warmup").run()
+
+
 def test_a_shorter_phase_on_resume_is_refused_before_any_phase_trains(tmp_path, folder_state):
     """Resumed with fewer joint epochs than its checkpoint has trained, a run stops before the earlier phases
     train or write anything, naming --joint_epochs (it trained them first and then named max_epochs)."""

@@ -283,8 +283,11 @@ class GViTWorkflow:
         self.trainers: dict[str, SupervisedTrainer] = {}
 
     def settings(self) -> dict:
-        """The model and data settings a resumed phase must share with its checkpoint."""
-        return {"model": self.model.config(), "data": self.data_settings or {}}
+        """The model and data settings a resumed phase must share with its checkpoint: not where the default
+        phantom task lies (``default_root``, inside the output folder: a run folder moved as a whole resumes; the
+        task itself is fixed by ``num_phantoms``, ``seed`` and ``image_size``)."""
+        data = {k: v for k, v in (self.data_settings or {}).items() if k != "default_root"}
+        return {"model": self.model.config(), "data": data}
 
     def trainer(self, phase: str) -> SupervisedTrainer:
         """The (new) MONAI trainer of ``phase``."""
