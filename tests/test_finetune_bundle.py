@@ -366,6 +366,16 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     assert proc.returncode != 0 and "UNETR fine-tuning with other settings" in summary, proc.stderr[-3000:]
     assert "model.feature_size: saved 4, now 8" in summary and "size mismatch" not in proc.stderr
     assert folder_state(out) == before
+    # another pre-processing (spacing, HU window) or optimiser setting changes no weight shape: named, nothing written
+    proc = bundle_process("training", "train.json", *common, "--max_epochs", "2", "--batch_size", "1", "--resume", "true",
+                          "--pixdim", "[2.0, 2.0, 2.0]", "--hu_range", "[-100, 200]", "--learning_rate", "0.01",
+                          "--freeze_encoder", "true")
+    summary = proc.stderr.split("\nerror: ")[-1]
+    assert proc.returncode != 0 and "UNETR fine-tuning with other settings" in summary, proc.stderr[-3000:]
+    for named in ("preprocessing.spacing: saved [1.5, 1.5, 2.0], now [2.0, 2.0, 2.0]", "preprocessing.hu_window",
+                  "optimiser.learning_rate: saved 0.0003, now 0.01", "optimiser.freeze_encoder: saved False, now True"):
+        assert named in summary, (named, summary)
+    assert "parameter groups" not in proc.stderr and folder_state(out) == before
 
 
 def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder_state):
