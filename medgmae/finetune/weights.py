@@ -58,6 +58,13 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
     ckpt = load_checkpoint(path, None, mmap=mmap)
     if ckpt.kind != ENCODER_KIND:
         raise ValueError(not_an_encoder_message(ckpt))
+    dims = ckpt.config.get("spatial_dims", 3)
+    if dims != 3:  # the 2D GMAE writes encoder.pt files of the same kind
+        source = ckpt.extra.get("source")
+        raise ValueError(
+            f"{ckpt.path.name} is a {dims}D encoder (spatial_dims {dims}{f', from {source}' if source else ''}); "
+            f"fine-tuning needs the 3D encoder.pt written by medgmae_pretrain (file: {ckpt.path})"
+        )
     return ckpt
 
 
