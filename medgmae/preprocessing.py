@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 __all__ = [
-    "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU",
+    "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "check_spacing_override", "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU",
     "looks_like_hu", "looks_like_attenuation", "window_expects_hu", "warn_if_attenuation",
 ]  # fmt: skip
 
@@ -165,6 +165,26 @@ class PreprocessingSpec:
 
 #: MedGMAE's pre-processing (the bundle's defaults).
 DEFAULT_SPEC = PreprocessingSpec()
+
+
+def check_spacing_override(value: Sequence[float] | float | None) -> None:
+    """A bundle's ``pixdim`` override (``None``: the recorded spacing), checked up front as the spec would check it.
+
+    Raises:
+        ValueError: naming the problem (not one or three positive millimetre values).
+    """
+    spec_with_overrides(None, value, None)
+
+
+def check_hu_window_override(value: Sequence[float] | None) -> None:
+    """A bundle's ``hu_range`` override (``None``: the recorded window), checked up front as the spec would check it.
+
+    Raises:
+        ValueError: naming the problem (not ``[a_min, a_max]`` with ``a_max > a_min``).
+    """
+    if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")):
+        raise ValueError(f"hu_window must be [a_min, a_max] with a_max > a_min, got {value!r}")
+    spec_with_overrides(None, None, value)
 
 
 def spec_with_overrides(

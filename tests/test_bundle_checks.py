@@ -193,6 +193,20 @@ def test_zero_shot_and_finetune_flags_checked_first(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("config", ["train.json", "evaluate.json", "inference.json"])
+def test_finetune_spacing_and_window_overrides_are_checked_first(tmp_path, config):
+    """``--pixdim`` / ``--hu_range`` are bad settings like any other: named with the others, nothing written (they
+    used to fail after the data pre-check, leaving its cache behind)."""
+    out = tmp_path / "ft"
+    proc = run_bundle("training" if config == "train.json" else "evaluating" if config == "evaluate.json" else "inferring",
+                      f"unetr_finetune/configs/{config}", "--output_dir", str(out), "--pixdim", "[1.0, -1.0, 2.0]",
+                      "--hu_range", "[300, -100]")  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "--pixdim: spacing must be positive millimetres, got (1.0, -1.0, 2.0)" in log, log[-2000:]
+    assert "--hu_range: hu_window must be (a_min, a_max) with a_max > a_min, got (300.0, -100.0)" in log
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("bundle", ["gmae2d_pretrain", "gvit_classification"])
 def test_2d_bad_flags_fail_first_with_one_error_and_write_nothing(tmp_path, bundle):
     """A 2D bundle checks its settings as the 3D ones do: one error names every bad key before anything is built."""
