@@ -112,6 +112,27 @@ def test_every_format_reads_with_the_geometry_of_the_nifti(formats):
         np.testing.assert_allclose(t.affine.numpy(), ref.affine, atol=1e-4)
 
 
+def test_a_nifti_with_two_frames_is_read_in_its_sform_with_a_warning(tmp_path, caplog):
+    """qform and sform both set and 30 mm apart: the sform is used (nibabel's and MONAI's choice) and one warning
+    names the file and the distance (ITK-based viewers show the qform); two agreeing forms give no warning."""
+    sform = np.array([[-0.8, 0, 0, 40.0], [0, 0.8, 0, -20.0], [0, 0, 2.5, 5.0], [0, 0, 0, 1]])
+    qform = sform.copy()
+    qform[:3, 3] += [30.0, 0.0, 0.0]
+    img = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), None)
+    img.set_sform(sform, code=2)
+    img.set_qform(qform, code=1)
+    nib.save(img, tmp_path / "two.nii.gz")
+    img.set_qform(sform, code=1)
+    nib.save(img, tmp_path / "one.nii.gz")
+    with caplog.at_level("WARNING", logger="medgmae.data.reader"):
+        vol = read_volume(tmp_path / "two.nii.gz")
+        read_volume(tmp_path / "two.nii.gz")  # read again (every epoch): not warned again
+        np.testing.assert_allclose(read_volume(tmp_path / "one.nii.gz").affine, sform)
+    np.testing.assert_allclose(vol.affine, sform)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "two.nii.gz" in warned[0] and "up to 30 mm apart; the sform is used" in warned[0]
+
+
 def test_a_folder_of_several_dicom_series_is_refused_naming_each(tmp_path):
     folder = _write_dicom_series(_sitk_image(3), tmp_path / "exam", description="abdomen 1.0 B30f")
     scout = sitk.Image(SHAPE[0], SHAPE[1], 2, sitk.sitkInt16)

@@ -11,6 +11,7 @@ transposed), and ``affine`` maps index ``(i, j, k, 1)`` to RAS+ world millimetre
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUF
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,7 +77,38 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     img = nib.load(str(path))
+    _warn_if_frames_disagree(img, path)
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
+
+
+#: How far (mm, at any corner voxel) a NIfTI's qform and sform may place a voxel apart and still count as one frame.
+FRAME_TOLERANCE_MM = 1e-3
+
+
+_FRAMES_WARNED: set[str] = set()
+
+
+def _warn_if_frames_disagree(img, path: Path) -> None:
+    """Warn when a NIfTI holds two different frames: qform and sform both set (codes > 0) but placing a corner voxel
+    more than :data:`FRAME_TOLERANCE_MM` apart. nibabel, MONAI and this toolkit use the sform; ITK-based tools
+    (SimpleITK, 3D Slicer) read the qform of such a file, so the toolkit's outputs (written with the sform as both
+    forms) do not overlay the input there. Why not refuse: many pipelines (e.g. FSL registration) write such files
+    on purpose, and MONAI reads them this way."""
+    sform, scode = img.get_sform(coded=True)
+    qform, qcode = img.get_qform(coded=True)
+    if not scode or not qcode or sform is None or qform is None:
+        return
+    shape = np.asarray(img.shape[:3], dtype=np.float64) - 1.0
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])])
+    apart = float(np.linalg.norm((corners @ (sform - qform).T)[:, :3], axis=1).max())
+    if apart > FRAME_TOLERANCE_MM and str(path) not in _FRAMES_WARNED:  # once per file: epochs read it again
+        _FRAMES_WARNED.add(str(path))
+        logger.warning(
+            "%s: its qform and sform place voxels up to %.3g mm apart; the sform is used (as by nibabel and MONAI), "
+            "but ITK-based viewers such as 3D Slicer show the qform, so outputs written from it will not overlay "
+            "the input there (make the two agree, e.g. nibabel's img.set_qform(img.get_sform()), to avoid this)",
+            path, apart,
+        )  # fmt: skip
 
 
 class _Refused(ValueError):
