@@ -78,9 +78,14 @@ def _what_limits_growth(metrics: dict) -> str:
     if metrics["init"] == "medgmae" and metrics["preset"] == "3dgr-ct":
         return ("raise --num-gaussians (the decoder's Gaussians are subdivided to it; 3DGR-CT's density control adds "
                 "Gaussians by gradient, not up to a budget)")  # fmt: skip
-    if grow_to is None or until is None or metrics["num_gaussians"] >= grow_to:
+    if metrics["init"] == "fbp" and metrics.get("initial_gaussians", 0) < (metrics.get("init_settings") or {}).get("num_gaussians", 0):
+        return ("--init fbp placed one Gaussian per voxel above 5 % of the FBP's maximum, fewer than --num-gaussians: "
+                "more iterations let density control add Gaussians where the run needs them")  # fmt: skip
+    grown = max([metrics["num_gaussians"]] + [r.get("num_gaussians", 0) for r in metrics.get("density_rounds") or []])
+    if grow_to is None or until is None or grown >= grow_to:
         return "raise --num-gaussians (and the iterations)"
-    return (f"the sparse start grew to {metrics['num_gaussians']} of its budget of {grow_to} before density control stopped "
+    written = "" if grown == metrics["num_gaussians"] else f" (the {metrics['num_gaussians']} written are those of the held-out choice)"
+    return (f"the sparse start grew to at most {grown}{written} of its budget of {grow_to} before density control stopped "
             f"at iteration {until}; raise --iterations (growth runs to {until / max(1, settings.get('iterations', 1)):.0%} "
             "of them), or start from --init fbp with that budget")  # fmt: skip
 

@@ -165,10 +165,42 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
             "voxels_per_gaussian": 115.0, "settings": {"densify_until": 12, "iterations": 20}}  # fmt: skip
     print_summary({**base, "num_gaussians": 900, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     text = capsys.readouterr().out
-    assert "grew to 900 of its budget of 20000 before density control stopped at iteration 12" in text
+    assert "grew to at most 900 of its budget of 20000 before density control stopped at iteration 12" in text
     assert "raise --iterations (growth runs to 60% of them)" in text and "raise --num-gaussians" not in text
     print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
+    # the held-out choice wrote an earlier iteration's Gaussians: the growth is the rounds' largest count
+    rounds = [{"iteration": 10, "cloned": 3, "split": 0, "pruned": 0, "num_gaussians": 5},
+              {"iteration": 20, "cloned": 0, "split": 0, "pruned": 1, "num_gaussians": 4}]  # fmt: skip
+    print_summary({**base, "num_gaussians": 2, "density_rounds": rounds,
+                   "init_settings": {"init": "medgmae", "grow_to": 1500}}, tmp_path)  # fmt: skip
+    assert "grew to at most 5 (the 2 written are those of the held-out choice) of its budget of 1500" in capsys.readouterr().out
+    # --init fbp placed fewer than asked (one per voxel above 5 % of the maximum): no advice to raise the budget
+    print_summary({**base, "init": "fbp", "num_gaussians": 351, "initial_gaussians": 351,
+                   "init_settings": {"init": "fbp", "num_gaussians": 1500}}, tmp_path)  # fmt: skip
+    text = capsys.readouterr().out
+    assert "--init fbp placed one Gaussian per voxel above 5 % of the FBP's maximum" in text and "raise --num-gaussians" not in text
+
+
+def test_a_start_with_fewer_gaussians_than_asked_is_warned(scan, tmp_path, capsys):
+    """--init fbp places at most one Gaussian per voxel above 5 % of the FBP's maximum: asked for more than the
+    scan's voxels, it says how many it placed and why; a zero-shot start that kept almost none is warned too."""
+    from recon.reconstruct_command import _warn_if_few
+    from medgmae.preprocessing import PreprocessingSpec
+
+    capsys.readouterr()
+    args = reconstruct_args(scan, tmp_path / "rec")
+    args[args.index("--num-gaussians") + 1] = "100000"  # the scan has 16 x 16 x 12 voxels
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    placed = json.loads((tmp_path / "rec" / "metrics.json").read_text())["initial_gaussians"]
+    assert placed < 16 * 16 * 12 and f"warning: --init fbp placed {placed} of 100000 Gaussians: only {placed} voxels" in out
+    spec = PreprocessingSpec(spacing=(1.5, 1.5, 2.0))
+    for count, budget, warned in ((1, 1500, True), (31, None, True), (40, 10000, True), (40, 1500, False), (100, None, False)):
+        _warn_if_few(count, budget, spec)
+        text = capsys.readouterr().out
+        assert (f"warning: the zero-shot start kept only {count} Gaussian" in text) == warned, (count, budget, text)
+        assert not warned or "resampled to 1.5x1.5x2 mm" in text
 
 
 def test_projections_given_a_folder_say_it_is_a_folder(scan, tmp_path, capsys):
