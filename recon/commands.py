@@ -6,6 +6,7 @@ what the folder already holds (a ``reconstruct`` run's saved state stays beside 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -300,5 +301,6 @@ def cmd_evaluate(args) -> int:
         check_units(rec, args.recon, "--recon", "attenuation")
         check_units(ref, args.reference, "--reference", "attenuation")
     check_same_grid(f"--recon {args.recon}", rec.shape[::-1], rec_affine, f"--reference {args.reference}", ref.shape[::-1], ref_affine)
-    print(json.dumps(evaluate(rec, ref)))
+    metrics = evaluate(rec, ref)  # identical volumes: PSNR is infinite, which strict JSON cannot hold: null
+    print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}))
     return 0

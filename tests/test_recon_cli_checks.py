@@ -113,6 +113,11 @@ def test_evaluate_and_reconstruct_refuse_a_volume_off_the_grid(scan, tmp_path, c
     args = ["evaluate", "--recon", str(fbp), "--reference", str(short)]
     expect_refusal(capsys, args, f"--reference {short}: shape 16 x 16 x 12 vs 16 x 16 x 11")
     assert main(["evaluate", "--recon", str(fbp), "--reference", str(scan / "reference.nii.gz")]) == 0
+    capsys.readouterr()
+    # a volume against itself: PSNR is infinite, printed as null (strict JSON has no Infinity)
+    assert main(["evaluate", "--recon", str(scan / "reference.nii.gz"), "--reference", str(scan / "reference.nii.gz")]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert printed["psnr"] is None and printed["ssim"] == pytest.approx(1.0)
     out = tmp_path / "rec"
     expect_refusal(capsys, reconstruct_args(scan, out, "--fbp", str(shifted)),
                    f"FBP volume {shifted} is not on the voxel grid of the geometry: shape 16 x 16 x 12 vs 16 x 16 x 12, "
