@@ -55,12 +55,13 @@ def resolve_cli_device(name: str) -> torch.device:
 
 def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
     """``geometry.json`` and the projection stack, checked against each other (a mismatch is a :class:`CLIError`)."""
-    from recon.scan_files import load_projections
+    from recon.scan_files import check_projection_header, load_projections
 
     geom = CTGeometry.load(geom_path)
     proj = load_projections(proj_path)
     try:
         geom.check_projections(proj.shape, f"projections {proj_path}")
+        check_projection_header(proj_path, geom.det_spacing, geom.det_shape)
     except ValueError as e:
         raise CLIError(f"{e} (geometry {geom_path})") from e
     return geom, proj

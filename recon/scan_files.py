@@ -8,7 +8,15 @@ import numpy as np
 
 from medgmae.files import atomic_write, save_nifti_atomic
 
-__all__ = ["load_volume", "save_nifti", "load_projections", "save_projections"]
+__all__ = ["load_volume", "save_nifti", "load_projections", "save_projections", "check_projection_header",
+           "LINE_INTEGRAL_MAX"]
+
+#: Line integrals beyond this do not occur in CT (a transmission of exp(-50)); larger values are raw counts or
+#: intensities, or integrals in other length units than the geometry's millimetres.
+LINE_INTEGRAL_MAX = 50.0
+#: File endings whose header carries an ITK detector geometry (spacing, origin) that :func:`check_projection_header`
+#: compares with ``geometry.json``.
+_ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
 
 
 def load_volume(path) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -41,11 +49,13 @@ def load_projections(path) -> np.ndarray:
     ``.npy`` files hold that array as it is. A MetaImage (``.mha`` / ``.mhd``, RTK's format for projection stacks),
     NRRD or NIfTI stack is read through the toolkit's one reader (:func:`load_volume`): its last index runs over the
     views, its second over the detector rows and its first over the columns (ITK's ``(x, y, z)`` = (column, row,
-    view), the array ``(views, rows, cols)`` SimpleITK gives); its spacing and origin are not used
-    (``geometry.json`` holds the geometry).
+    view), the array ``(views, rows, cols)`` SimpleITK gives); ``geometry.json`` holds the geometry, and
+    :func:`check_projection_header` refuses a MetaImage / NRRD header that states another one. Values that cannot
+    be line integrals (mostly negative, raw integer counts) are refused, implausibly large ones warned about.
 
     Raises:
-        ValueError: missing, a folder, unreadable (truncated), not 3D or non-finite; the message names the file.
+        ValueError: missing, a folder, unreadable (truncated), not 3D, non-finite or not line integrals; the message
+            names the file.
     """
     path = Path(path)
     if path.is_dir():
@@ -54,7 +64,9 @@ def load_projections(path) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"projection file {path} does not exist")
     if path.suffix.lower() != ".npy":
-        return load_volume(path)[0].astype(np.float32, copy=False)
+        p = load_volume(path)[0]
+        _check_line_integrals(p, path)
+        return p.astype(np.float32, copy=False)
     try:
         p = np.load(path, allow_pickle=False)
     except Exception as e:
@@ -63,7 +75,62 @@ def load_projections(path) -> np.ndarray:
         raise ValueError(f"projections {path} must be (views, rows, cols), got shape {p.shape}")
     if not np.isfinite(p).all():
         raise ValueError(f"projections {path} contain NaN or Inf")
+    _check_line_integrals(p, path)
     return p.astype(np.float32, copy=False)
+
+
+def _check_line_integrals(p: np.ndarray, path: Path) -> None:
+    """Refuse values that cannot be line integrals ``-log(I / I0)`` (mostly >= 0, below :data:`LINE_INTEGRAL_MAX`):
+    negated ones, and raw detector counts (integers up to thousands); warn about floats above the bound."""
+    what = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
+    if p.size and (p.max() <= 0 or float((p < -0.05).mean()) > 0.5):
+        raise ValueError(f"projections {path} are mostly negative ({float((p < 0).mean()):.0%} of the values, "
+                         f"max {float(p.max()):.4g}): {what}; were they negated?")  # fmt: skip
+    if p.size and np.issubdtype(p.dtype, np.integer) and p.max() > 100:
+        raise ValueError(f"projections {path} hold integers up to {int(p.max())}, raw detector counts or intensities "
+                         f"rather than line integrals: {what}; convert with -log(I / I0) first")  # fmt: skip
+    if p.size and p.max() > LINE_INTEGRAL_MAX:
+        print(f"warning: projections {path} reach {float(p.max()):.4g}: {what}, so these look like intensities or "
+              "integrals in other length units than the geometry's mm; the reconstruction will be scaled alike", flush=True)
+
+
+def check_projection_header(path, det_spacing: tuple[float, float], det_shape: tuple[int, int]) -> None:
+    """Refuse a MetaImage / NRRD projection stack whose header states another detector than ``geometry.json``.
+
+    RTK stores a stack's detector pitch as its spacing ``(col, row, ·)`` and the detector's position as its origin:
+    a centred detector has ``origin = -(n - 1) / 2 * spacing`` along each detector axis. A header that states
+    nothing (spacing 1, origin 0, ITK's defaults) passes; another pitch, or an origin of an offset (shifted,
+    half-fan) detector, is refused: the geometry holds the pitch, and offset detectors are not supported.
+
+    Args:
+        path: the projection file (other endings than MetaImage / NRRD are not checked).
+        det_spacing: ``geometry.json``'s detector pitch ``(row, col)`` in mm.
+        det_shape: its detector ``(rows, cols)``.
+
+    Raises:
+        ValueError: naming the file, the header's values and the geometry's.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(_ITK_HEADERS):
+        return
+    import SimpleITK as sitk
+
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    info.ReadImageInformation()
+    spacing, origin = np.asarray(info.GetSpacing()[:2], float), np.asarray(info.GetOrigin()[:2], float)
+    pitch, n = np.asarray(det_spacing[::-1], float), np.asarray(det_shape[::-1], float)  # (col, row) as ITK's (x, y)
+    stated = not np.allclose(spacing, 1.0) or not np.allclose(origin, 0.0)
+    if not stated:
+        return
+    mm = lambda v: "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"  # noqa: E731
+    if not np.allclose(spacing, pitch, rtol=1e-3):
+        raise ValueError(f"projections {path}: the header's detector pixel spacing (col, row) {mm(spacing)} mm differs "
+                         f"from geometry.json's det_spacing (col, row) {mm(pitch)} mm")  # fmt: skip
+    offset = origin + (n - 1) / 2 * spacing  # zero for a centred detector (RTK's convention)
+    if np.abs(offset).max() > 0.5 * spacing.min():
+        raise ValueError(f"projections {path}: the header's origin {mm(origin)} puts the detector centre {mm(offset)} mm "
+                         f"(col, row) off the central ray (a centred detector has origin {mm(-(n - 1) / 2 * spacing)}); offset and half-fan detectors are not supported")  # fmt: skip
 
 
 def save_projections(path, proj: np.ndarray) -> None:

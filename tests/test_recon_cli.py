@@ -307,23 +307,41 @@ def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
 
 def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     """A projection stack as MetaImage (RTK's layout: x = column, y = row, z = view) or NIfTI reads as the same
-    (views, rows, cols) array as the .npy, and reconstruct runs on it; other files are refused by name."""
+    (views, rows, cols) array as the .npy, and reconstruct runs on it; a MetaImage header stating another detector
+    pitch, or an offset detector (RTK: origin off -(n - 1) / 2 * spacing), is refused; other files are refused by
+    name."""
     import SimpleITK as sitk
 
+    from recon.geometry import CTGeometry
     from recon.scan_files import load_projections
 
     proj = np.load(simulated / "projections.npy")
     proj[0, 0, :3] = [1.0, 2.0, 3.0]  # an asymmetric marker: first view, first row, first columns
+    geom = CTGeometry.load(simulated / "geometry.json")
+    (row_mm, col_mm), (rows, cols) = geom.det_spacing, geom.det_shape
     img = sitk.GetImageFromArray(proj)  # numpy (z, y, x) = (views, rows, cols)
-    img.SetSpacing((0.5, 0.7, 1.0))
+    img.SetSpacing((col_mm, row_mm, 1.0))
+    img.SetOrigin((-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # RTK's centred detector
     sitk.WriteImage(img, str(tmp_path / "p.mha"))
-    affine = np.array([[0.0, 0.7, 0, 5], [-0.5, 0, 0, 2], [0, 0, 1.5, -3], [0, 0, 0, 1]])  # spacing and frame are ignored
+    affine = np.array([[0.0, 0.7, 0, 5], [-0.5, 0, 0, 2], [0, 0, 1.5, -3], [0, 0, 0, 1]])  # a NIfTI stack's frame is ignored
     nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), affine), str(tmp_path / "p.nii.gz"))
     for name in ("p.mha", "p.nii.gz"):
         np.testing.assert_array_equal(load_projections(tmp_path / name), proj)
     out = tmp_path / "rec"
     args = _reconstruct_args(simulated, out, "--projections", str(tmp_path / "p.mha"), "--iterations", "1", "--num-gaussians", "50")
     assert main(args) == 0 and (out / "recon.nii.gz").is_file()
+    img.SetSpacing((3 * col_mm, row_mm, 1.0))
+    sitk.WriteImage(img, str(tmp_path / "pitch.mha"))
+    img.SetSpacing((col_mm, row_mm, 1.0))
+    img.SetOrigin((-(cols - 1) / 2 * col_mm + 4 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # shifted 4 columns
+    sitk.WriteImage(img, str(tmp_path / "offset.mha"))
+    for name, message in (("pitch.mha", "the header's detector pixel spacing (col, row)"),
+                          ("offset.mha", f"puts the detector centre ({4 * col_mm:g}, 0) mm (col, row) off the central ray")):  # fmt: skip
+        capsys.readouterr()
+        out = tmp_path / f"rec_{name}"
+        assert main(_reconstruct_args(simulated, out, "--projections", str(tmp_path / name))) == 2
+        err = capsys.readouterr().err
+        assert name in err and message in err and not out.exists(), err
     (tmp_path / "p.txt").write_text("1 2 3")
     capsys.readouterr()
     assert main(_reconstruct_args(simulated, tmp_path / "bad", "--projections", str(tmp_path / "p.txt"))) == 2

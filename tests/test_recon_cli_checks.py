@@ -208,6 +208,23 @@ def test_a_start_with_fewer_gaussians_than_asked_is_warned(scan, tmp_path, capsy
         assert not warned or "resampled to 1.5x1.5x2 mm" in text
 
 
+def test_projections_that_are_not_line_integrals_are_refused(scan, tmp_path, capsys):
+    """Negated line integrals and raw integer counts are refused naming the file (an all-negative attenuation volume
+    resulted); floats beyond any CT line integral are warned about."""
+    proj = np.load(scan / "projections.npy")
+    cases = {"negated.npy": (-proj, "are mostly negative"),
+             "counts.npy": (np.round(1e4 * np.exp(-proj)).astype(np.int32), "integers up to 10000, raw detector counts")}
+    for name, (values, message) in cases.items():
+        np.save(tmp_path / name, values)
+        out = tmp_path / f"{name}.nii.gz"
+        args = ["fbp", "--projections", str(tmp_path / name), "--geometry", str(scan / "geometry.json"), "--out", str(out)]
+        expect_refusal(capsys, args, f"projections {tmp_path / name}", message)
+        assert not out.exists()
+    np.save(tmp_path / "scaled.npy", 100 * proj)
+    args = ["fbp", "--projections", str(tmp_path / "scaled.npy"), "--geometry", str(scan / "geometry.json"), "--out", str(tmp_path / "s.nii.gz")]
+    assert main(args) == 0 and "warning: projections" in capsys.readouterr().out
+
+
 def test_projections_given_a_folder_say_it_is_a_folder(scan, tmp_path, capsys):
     out = tmp_path / "f.nii.gz"
     args = ["fbp", "--projections", str(scan), "--geometry", str(scan / "geometry.json"), "--out", str(out)]
