@@ -261,6 +261,7 @@ def cmd_simulate(args) -> int:
         counts = torch.poisson(args.photons * torch.exp(-proj.double()), generator=gen)
         proj = (-torch.log(counts.clamp_min(1.0) / args.photons)).float()
     rec = fbp(proj.to(device), geom, args.filter).cpu().numpy()
+    warn_about_arc(geom)
     with staged_outputs(out) as stage:
         save_projections(stage / "projections.npy", proj.numpy())
         geom.save(stage / "geometry.json")
@@ -276,6 +277,14 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def warn_about_arc(geom: CTGeometry) -> None:
+    """Print a warning when the views' arc biases FBP/FDK (:func:`recon.fbp.arc_weighting_note`)."""
+    from recon.fbp import arc_weighting_note
+
+    if note := arc_weighting_note(geom):
+        print(f"warning: {note}", flush=True)
+
+
 def cmd_fbp(args) -> int:
     """``fbp``: FBP (parallel beam) or FDK (cone beam) of a projection stack, written as NIfTI."""
     from recon.fbp import fbp
@@ -285,6 +294,7 @@ def cmd_fbp(args) -> int:
     geom, proj = load_scan(args.projections, args.geometry)
     device = resolve_cli_device(args.device)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
+    warn_about_arc(geom)
     save_nifti(args.out, rec, geom.default_affine())
     what = "FBP" if geom.kind == "parallel" else "FDK"
     print(f"wrote {args.out} ({what}, {args.filter} filter, attenuation 1/mm, shape (I, J, K) = {rec.shape[::-1]})")

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon.commands import CLIError, Interrupted, check_out_folder, load_matching_volume, load_scan, resolve_cli_device
+from recon.commands import (
+    CLIError,
+    Interrupted,
+    check_out_folder,
+    load_matching_volume,
+    load_scan,
+    resolve_cli_device,
+    warn_about_arc,
+)
 from recon.geometry import CTGeometry
 from recon.reconstruct_summary import print_summary
 from recon.state import RECON_STATE
@@ -176,6 +184,8 @@ def _reconstruct(args) -> int:
     proj_t = torch.from_numpy(proj).to(device)
     t0 = time.perf_counter()
     fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
+    if fbp_vol is None:
+        warn_about_arc(geom)
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
     init, value_scale = _initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0
