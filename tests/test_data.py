@@ -133,6 +133,28 @@ def test_a_nifti_with_two_frames_is_read_in_its_sform_with_a_warning(tmp_path, c
     assert len(warned) == 1 and "two.nii.gz" in warned[0] and "up to 30 mm apart; the sform is used" in warned[0]
 
 
+def test_a_folder_of_volumes_is_searched_in_depth_without_its_label_maps(tmp_path, caplog, capfd):
+    """A Decathlon layout without dataset.json, a PACS tree (patient / study / series) and loose files with label
+    maps beside them: every CT volume and series is found, in path order, no label map or mask, no GDCM noise."""
+    from medgmae.data import folder_datalist
+
+    img, lab = _sitk_image(1), _sitk_image(1, label=True)
+    root = tmp_path / "data"
+    for rel, image in (("imagesTr/case_01.nii.gz", img), ("labelsTr/case_01.nii.gz", lab), ("loose/ct_a.mha", img),
+                       ("loose/ct_a_label.mha", lab), ("loose/ct_a-seg.nrrd", lab), ("loose/body_mask.nii.gz", lab),
+                       ("loose/segmental_artery.nii.gz", img)):  # fmt: skip
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(root / rel))
+    series = _write_dicom_series(img, root / "PAT1" / "STUDY1" / "SERIES3")
+    (root / "PAT1" / "notes.txt").write_text("not DICOM")
+    with caplog.at_level("INFO", logger="medgmae.data"):
+        found = [Path(it["image"]).relative_to(root).as_posix() for it in folder_datalist(root)]
+    assert found == ["PAT1/STUDY1/SERIES3", "imagesTr/case_01.nii.gz", "loose/ct_a.mha", "loose/segmental_artery.nii.gz"]
+    assert "left out 4 label maps or masks by name" in caplog.text
+    assert "GDCM" not in capfd.readouterr().err
+    assert [it["image"] for it in folder_datalist(series)] == [str(series)]  # a series folder given itself
+
+
 def test_a_folder_of_several_dicom_series_is_refused_naming_each(tmp_path):
     folder = _write_dicom_series(_sitk_image(3), tmp_path / "exam", description="abdomen 1.0 B30f")
     scout = sitk.Image(SHAPE[0], SHAPE[1], 2, sitk.sitkInt16)

@@ -5,8 +5,9 @@ One datalist reader for pre-training and fine-tuning. A data source is one of
 * ``""``: phantom CT volumes (with organ labels) generated once under the run's folder (:func:`phantom_dataset`);
 * a Decathlon-style ``dataset.json`` (``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}``
   paths relative to the json's folder or to ``data_dir``), or a folder holding one;
-* a folder of volumes: files with an ending of :data:`~medgmae.data.reader.VOLUME_SUFFIXES` and sub-folders of DICOM
-  slices (one series each), read by :func:`~medgmae.data.reader.read_volume`.
+* a folder of volumes: files with an ending of :data:`~medgmae.data.reader.VOLUME_SUFFIXES` and folders of DICOM
+  slices (one series each), searched in its sub-folders too, label maps left out by name
+  (:func:`folder_datalist`), read by :func:`~medgmae.data.reader.read_volume`.
 
 Contents are checked by :func:`medgmae.data.precheck.check_datalist`; here only the lists are resolved.
 """
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Sequence
 
 
-from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path
+from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path, volume_stem
 from medgmae.distributed import main_process_only
 
 __all__ = [
@@ -80,12 +83,42 @@ def phantom_dataset(
     return out / "dataset.json"
 
 
+#: A file or folder name marking label maps or masks (``labelsTr``, ``case_001_label.nii.gz``, ``liver_seg.mha``,
+#: ``body-mask.nrrd``): a folder of volumes is CT, and such files are left out of it (pre-training would window
+#: label values as HU). A name part delimited by ``_ - .`` or the name's ends; ``labels`` also as a prefix.
+LABEL_NAME = re.compile(r"^labels|(^|[_.-])(labels?|segs?|segmentations?|masks?)([_.-]|$)", re.IGNORECASE)
+
+
 def folder_datalist(folder: str | Path) -> list[dict]:
-    """``{"image": path}`` for every volume file and DICOM series sub-folder of ``folder``, sorted by name."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
-    series = sorted(p for p in folder.iterdir() if p.is_dir() and is_volume_path(p))
-    return [{"image": str(p)} for p in files + series]
+    """``{"image": path}`` for every volume file and DICOM series folder in ``folder`` and its sub-folders, in
+    sorted path order, label maps left out (:data:`LABEL_NAME`; how many is logged).
+
+    A folder holding volume files is searched for those (and its sub-folders); one without them is asked whether
+    it holds a DICOM series (GDCM's console warnings about non-DICOM files are silenced meanwhile). A Decathlon
+    layout without ``dataset.json`` (``imagesTr/``, ``labelsTr/``) gives its images; a PACS export
+    (patient / study / series folders) its series.
+    """
+    import SimpleITK as sitk
+
+    found, left_out = [], []
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        for root, dirs, files in os.walk(Path(folder)):
+            here = Path(root)
+            left_out += [here / d for d in dirs if LABEL_NAME.search(d)]
+            dirs[:] = sorted(d for d in dirs if not LABEL_NAME.search(d) and not d.startswith("."))
+            volumes = [f for f in files if f.lower().endswith(VOLUME_SUFFIXES)]
+            left_out += [here / f for f in volumes if LABEL_NAME.search(volume_stem(f))]
+            found += [here / f for f in volumes if not LABEL_NAME.search(volume_stem(f))]
+            if not volumes and files and not LABEL_NAME.search(here.name) and is_volume_path(here):
+                found.append(here)  # a DICOM series (the folder given may be one itself)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    if left_out:
+        logger.info("%s: left out %d label map%s or mask%s by name (e.g. %s)", folder, len(left_out),
+                    "s" if len(left_out) > 1 else "", "s" if len(left_out) > 1 else "", left_out[0].name)  # fmt: skip
+    return [{"image": str(p)} for p in sorted(found)]
 
 
 def load_datalist_json(path: str | Path) -> dict:
