@@ -70,8 +70,36 @@ def test_a_flipped_axis_is_another_grid_even_over_the_same_box():
     flipped[0, 0], flipped[0, 3] = -1.5, 7 * 1.5  # the same voxel centres, in reverse order along i
     assert brute_force_offset(shape, flipped, a) == pytest.approx(10.5)  # voxel 0 and voxel 7 swap places
     problem = same_grid_problem("label l.nii.gz", shape, flipped, "image i.nii.gz", shape, a)
-    assert problem == ("label l.nii.gz is not on the voxel grid of image i.nii.gz: shape 8 x 6 x 4 vs 8 x 6 x 4, "
-                       "voxels up to 10.5 mm apart (tolerance 0.015 mm)")  # fmt: skip
+    assert problem == ("label l.nii.gz is not on the voxel grid of image i.nii.gz: shape 8 x 6 x 4 vs 8 x 6 x 4: the "
+                       "same voxels stored in another axis order or direction (reorient label to image's orientation)")  # fmt: skip
+    # a consumer that reorients both (the training pipelines' Orientationd) takes them as one grid
+    assert same_grid_problem("label l.nii.gz", shape, flipped, "image i.nii.gz", shape, a, reoriented=True) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reoriented_grids_are_the_same_set_of_voxel_centres(seed):
+    """Axes permuted and flipped (a label stored LPS beside an RAS image, or transposed): the same voxel centres,
+    checked point by point; one voxel's shift is still refused, with the offset."""
+    rng = np.random.default_rng(seed)
+    shape, a = (7, 5, 4), rotated_anisotropic()
+    perm, flips = rng.permutation(3), rng.integers(0, 2, 3).astype(bool)
+    if not flips.any() and (perm == np.arange(3)).all():
+        flips[0] = True
+    m = np.zeros((4, 4))  # other index (i', j', k') -> this grid's index
+    m[3, 3] = 1
+    other_shape = tuple(shape[p] for p in perm)
+    for new_axis, old_axis in enumerate(perm):
+        m[old_axis, new_axis] = -1.0 if flips[new_axis] else 1.0
+        m[old_axis, 3] = shape[old_axis] - 1 if flips[new_axis] else 0.0
+    b = a @ m
+    centres = lambda sh, aff: {tuple(np.round(aff[:3] @ [*v, 1.0], 6)) for v in itertools.product(*map(range, sh))}  # noqa: E731
+    assert centres(other_shape, b) == centres(shape, a)  # the premise: the same voxel centres
+    assert same_grid_problem("label", other_shape, b, "image", shape, a, reoriented=True) is None
+    assert "the same voxels stored in another axis order" in same_grid_problem("label", other_shape, b, "image", shape, a)
+    shifted = b.copy()
+    shifted[:3, 3] += a[:3, 0]  # one voxel along the image's first axis
+    problem = same_grid_problem("label", other_shape, shifted, "image", shape, a, reoriented=True)
+    assert problem is not None and "mm apart" in problem
 
 
 def test_different_shapes():

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["GRID_TOLERANCE", "grid_offset_mm", "grid_tolerance_mm", "same_grid_problem"]
+__all__ = ["GRID_TOLERANCE", "canonical_grid", "grid_offset_mm", "grid_tolerance_mm", "same_grid_problem"]
 
 #: Largest offset between two grids' voxels still taken as the same grid, as a fraction of the smallest voxel size.
 GRID_TOLERANCE = 1e-2
@@ -85,6 +85,27 @@ def grid_tolerance_mm(affine: np.ndarray, ref_affine: np.ndarray) -> float:
     return GRID_TOLERANCE * float(np.linalg.norm(columns, axis=0).min())
 
 
+def canonical_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+    """The same voxels with the axes permuted and flipped to the closest RAS order (as nibabel's
+    ``as_closest_canonical`` and MONAI's ``Orientationd("RAS")`` store them).
+
+    Args:
+        shape: the grid's shape in ``affine``'s index order (1 to 3 axes).
+        affine: its 4x4 voxel-to-world affine.
+
+    Returns:
+        ``(shape, affine)`` of the reordered grid.
+    """
+    from nibabel.orientations import inv_ornt_aff, io_orientation
+
+    shape3, affine = _shape3(shape), np.asarray(affine, dtype=np.float64)
+    ornt = io_orientation(affine)
+    out = [0, 0, 0]
+    for axis, (to, _) in enumerate(ornt):
+        out[int(to)] = shape3[axis]
+    return tuple(out), affine @ inv_ornt_aff(ornt, shape3)
+
+
 def same_grid_problem(
     name: str,
     shape: Sequence[int],
@@ -92,6 +113,7 @@ def same_grid_problem(
     ref_name: str,
     ref_shape: Sequence[int],
     ref_affine: np.ndarray | None,
+    reoriented: bool = False,
 ) -> str | None:
     """Why the volume ``name`` is not on the voxel grid of ``ref_name``, or ``None`` when it is.
 
@@ -108,18 +130,31 @@ def same_grid_problem(
         ref_name: the volume it must match, as the message names it.
         ref_shape: that volume's shape.
         ref_affine: that volume's affine, or ``None``.
+        reoriented: compare the grids after :func:`canonical_grid` (for consumers that reorient both volumes, as
+            the training pipelines' ``Orientationd`` does): the same voxels stored in another axis order or
+            direction pass. Otherwise such a pair is refused with a message saying so.
 
     Returns:
         The problem in one line, or ``None``.
     """
-    same_shape = _shape3(shape) == _shape3(ref_shape)
     head = f"{name} is not on the voxel grid of {ref_name}: shape {_fmt_shape(shape)} vs {_fmt_shape(ref_shape)}"
     if affine is None or ref_affine is None:
-        return None if same_shape else f"{head} (no affine to compare)"
-    grid = np.maximum(_shape3(shape), _shape3(ref_shape))  # every voxel of either grid
-    offset, tol = grid_offset_mm(grid, affine, ref_affine), grid_tolerance_mm(affine, ref_affine)
-    if same_shape and offset <= tol:
+        return None if _shape3(shape) == _shape3(ref_shape) else f"{head} (no affine to compare)"
+    if _grid_mismatch(shape, affine, ref_shape, ref_affine) is None:
         return None
+    finite = np.isfinite(affine).all() and np.isfinite(ref_affine).all()
+    if finite and _grid_mismatch(*canonical_grid(shape, affine), *canonical_grid(ref_shape, ref_affine)) is None:
+        return None if reoriented else (f"{head}: the same voxels stored in another axis order or direction (reorient "
+                                        f"{name.split(' ')[0]} to {ref_name.split(' ')[0]}'s orientation)")  # fmt: skip
+    offset, tol = _grid_mismatch(shape, affine, ref_shape, ref_affine)
     if offset <= tol:  # the shapes alone differ
         return f"{head} (the shapes differ; the affines agree)"
     return f"{head}, voxels up to {offset:.4g} mm apart (tolerance {tol:.2g} mm)"
+
+
+def _grid_mismatch(shape, affine, ref_shape, ref_affine) -> tuple[float, float] | None:
+    """``None`` for the same grid, else ``(largest voxel offset, tolerance)`` in mm (the offset over every voxel
+    of either grid, so another shape with agreeing affines gives an offset within the tolerance)."""
+    grid = np.maximum(_shape3(shape), _shape3(ref_shape))
+    offset, tol = grid_offset_mm(grid, affine, ref_affine), grid_tolerance_mm(affine, ref_affine)
+    return None if _shape3(shape) == _shape3(ref_shape) and offset <= tol else (offset, tol)

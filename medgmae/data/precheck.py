@@ -93,8 +93,8 @@ def check_item(
     if not has_label or len(vols) < 2:
         return problems
     image, label = vols[image_key], vols[label_key]
-    grid = same_grid_problem(f"label {label.path}", label.array.shape, label.affine,
-                             f"image {image.path}", image.array.shape, image.affine)  # fmt: skip
+    grid = same_grid_problem(f"label {label.path}", label.array.shape, label.affine, f"image {image.path}",
+                             image.array.shape, image.affine, reoriented=True)  # both go through Orientationd  # fmt: skip
     problems += [grid] if grid else []
     return problems + _label_problems(label.array, str(label.path), num_classes)
 
