@@ -155,6 +155,56 @@ def test_a_folder_of_volumes_is_searched_in_depth_without_its_label_maps(tmp_pat
     assert [it["image"] for it in folder_datalist(series)] == [str(series)]  # a series folder given itself
 
 
+def _rewrite_slice(folder: Path, k: int, tags: dict, spacing=None) -> None:
+    """Write slice ``k`` of a series written by :func:`_write_dicom_series` again with other tags / pixel spacing."""
+    path = next(folder.glob(f"*_slice_{k:03d}.dcm"))
+    sl = sitk.ReadImage(str(path))
+    if spacing is not None:
+        sl.SetSpacing(spacing)
+    for tag, value in tags.items():
+        sl.SetMetaData(tag, value)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(sl)
+
+
+def test_dicom_slices_that_differ_from_their_series_are_named(tmp_path):
+    """A localizer-like slice (another orientation) or one of another pixel spacing under the series' UID is refused
+    naming that file and the attribute, not blamed on the slice spacing; a non-CT series is warned about."""
+    img = _sitk_image(2)
+    other = _write_dicom_series(img, tmp_path / "localizer")
+    _rewrite_slice(other, 5, {"0020|0037": "1\\0\\0\\0\\0\\-1"})
+    with pytest.raises(ValueError, match=r"slice series2_slice_005\.dcm has ImageOrientationPatient \[1, 0, 0, 0, 0, -1\] but the series' other"):
+        read_volume(other)
+    spaced = _write_dicom_series(img, tmp_path / "spacing")
+    _rewrite_slice(spaced, 4, {}, spacing=(0.9, 0.9, 1.0))
+    with pytest.raises(ValueError, match=r"slice series2_slice_004\.dcm has PixelSpacing \[0\.9, 0\.9\] but the series' other slices \[1\.3, 0\.8\]"):
+        read_volume(spaced)
+    one = next(other.glob("*.dcm"))
+    with pytest.raises(ValueError, match=rf"one DICOM slice, not a volume: give the folder holding its series \({other}\)"):
+        read_volume(one)
+
+
+def test_a_non_ct_series_is_read_with_a_warning(tmp_path, caplog):
+    img = _sitk_image(4)
+    folder = _write_dicom_series(img, tmp_path / "mr")
+    for k in range(img.GetDepth()):
+        _rewrite_slice(folder, k, {"0008|0060": "MR"})
+    with caplog.at_level("WARNING", logger="medgmae.data.reader"):
+        read_volume(folder)
+    assert "a DICOM series of modality MR, read as CT in HU" in caplog.text
+
+
+def test_a_detached_nrrd_header_reads_like_the_nifti(tmp_path):
+    img = _sitk_image(5)
+    sitk.WriteImage(img, str(tmp_path / "ct.nhdr"))
+    sitk.WriteImage(img, str(tmp_path / "ct.nii.gz"))
+    a, b = read_volume(tmp_path / "ct.nhdr"), read_volume(tmp_path / "ct.nii.gz")
+    np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+
+
 def test_a_folder_of_several_dicom_series_is_refused_naming_each(tmp_path):
     folder = _write_dicom_series(_sitk_image(3), tmp_path / "exam", description="abdomen 1.0 B30f")
     scout = sitk.Image(SHAPE[0], SHAPE[1], 2, sitk.sitkInt16)

@@ -26,7 +26,7 @@ from monai.transforms import MapTransform
 __all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUFFIXES", "LoadVolumed"]
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,47 @@ def _slice_positions(reader) -> np.ndarray | None:
     return ipp @ np.cross(iop[:3], iop[3:])
 
 
+#: Per-slice DICOM attributes every slice of a series must share (tag, name, numeric tolerance or ``None``: exact).
+_SHARED_TAGS = (("0020|0037", "ImageOrientationPatient", 1e-4), ("0028|0030", "PixelSpacing", 1e-4),
+                ("0028|0010", "Rows", None), ("0028|0011", "Columns", None))  # fmt: skip
+
+
+def _check_slices_agree(reader) -> None:
+    """Refuse a series whose slices differ in orientation, pixel spacing or size (a localizer or a reformatted
+    slice filed under the series' UID): ITK stacks them as if they were alike. The odd slice is the one differing
+    from the most common value; the message names it, the attribute and both values.
+
+    Raises:
+        ValueError: naming the file, the attribute and the values.
+    """
+    names = [Path(f).name for f in reader.GetFileNames()]
+    for tag, what, tol in _SHARED_TAGS:
+        if not all(reader.HasMetaDataKey(i, tag) for i in range(len(names))):
+            continue
+        texts = [reader.GetMetaData(i, tag).strip() for i in range(len(names))]
+        try:
+            values = [np.asarray(t.split("\\"), dtype=np.float64) for t in texts]
+        except ValueError:
+            continue
+        common = max(set(texts), key=texts.count)
+        ref = values[texts.index(common)]
+        for name, value in zip(names, values):
+            same = value.shape == ref.shape and (np.allclose(value, ref, rtol=tol, atol=tol) if tol else (value == ref).all())
+            if not same:
+                shown = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v) + "]"  # noqa: E731
+                raise _Refused(f"slice {name} has {what} {shown(value)} but the series' other slices {shown(ref)} (a "
+                               "localizer or another image filed under the same series? move it out of the folder)")  # fmt: skip
+
+
+def _warn_if_not_ct(reader, folder: Path) -> None:
+    """Warn once when a series' Modality is not CT: the toolkit reads values as HU (an MR series reads without
+    error and trains or reconstructs as nonsense)."""
+    if reader.HasMetaDataKey(0, "0008|0060"):
+        modality = reader.GetMetaData(0, "0008|0060").strip()
+        if modality and modality.upper() != "CT":
+            logger.warning("%s: a DICOM series of modality %s, read as CT in HU (the toolkit expects CT)", folder, modality)
+
+
 def _check_even_slices(reader) -> None:
     """Refuse a series whose slices are not evenly spaced along the normal (a missing or repeated slice).
 
@@ -227,7 +268,9 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
             img = reader.Execute()
         finally:
             sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+        _check_slices_agree(reader)
         _check_even_slices(reader)
+        _warn_if_not_ct(reader, path)
     else:
         img = _read_sitk_file(path)
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -263,6 +306,8 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
     if not p.exists():
         raise FileNotFoundError(f"volume not found: {p}")
     if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)):
+        if p.suffix.lower() in (".dcm", ".ima", ".dicom"):
+            raise ValueError(f"{p}: one DICOM slice, not a volume: give the folder holding its series ({p.parent})")
         raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
     try:
         arr, affine = _read_nifti(p) if p.name.lower().endswith((".nii", ".nii.gz")) else _read_sitk(p)
