@@ -71,6 +71,9 @@ def test_label_fraction_subsets_deterministic_nested(tmp_path):
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="label_fraction"):
             select_label_fraction(cases, bad)
+    # halves round up, as the fraction reads (not Python's round half to even: 2 of 25, 4 of 35)
+    for n, fraction, expected in ((25, 0.1, 3), (35, 0.1, 4), (45, 0.1, 5), (50, 0.29, 15), (25, 0.02, 1), (7, 0.5, 4)):
+        assert len(select_label_fraction(cases[:n] + cases[: max(0, n - 30)], fraction)) == expected, (n, fraction)
 
 
 @pytest.mark.parametrize("n_classes", [14, 16])  # BTCV, AMOS CT

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -94,7 +95,7 @@ def resolve_num_classes(datalist: str | Path | None, num_classes: int | None = N
 def select_label_fraction(
     cases: Sequence[dict], fraction: float, seed: int = 0, output_dir: str | Path | None = None
 ) -> list[dict]:
-    """A deterministic subset of the training cases: ``max(1, round(fraction * n))`` of them.
+    """A deterministic subset of the training cases: ``max(1, floor(fraction * n + 0.5))`` of them.
 
     One seeded permutation orders the cases, and each fraction takes its head, so for a fixed seed the subsets are
     nested (the 1 % cases are inside the 10 % cases). The chosen list is written to
@@ -113,7 +114,7 @@ def select_label_fraction(
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
     if not cases:
         raise DatasetError("no training cases to choose from")
-    n = max(1, int(round(float(fraction) * len(cases))))
+    n = max(1, math.floor(float(fraction) * len(cases) + 0.5 + 1e-9))  # half up: 10 % of 25 cases is 3, as one reads it
     order = np.random.default_rng(seed).permutation(len(cases))
     chosen = [cases[i] for i in sorted(order[:n].tolist())]
     if output_dir is not None:
