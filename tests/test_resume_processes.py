@@ -161,3 +161,11 @@ def test_a_resumed_run_removes_the_interrupted_checkpoint_once_it_saved_a_later_
     assert torch.load(tmp_path / "checkpoint_interrupted.pt", weights_only=True)["engine"]["iteration"] == 5
     _trainer(tmp_path, 3, resume=True).run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "checkpoint_final.pt"]
+
+
+def test_a_resume_in_a_folder_without_any_run_is_warned(tmp_path, caplog):
+    """--resume true where no run has written (a mistyped --output_dir?) starts afresh with a warning, not quietly."""
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        _trainer(tmp_path / "new", 1, resume=True).run()
+    started = next(r for r in caplog.records if "no checkpoint_epoch=N.pt in" in r.getMessage())
+    assert started.levelname == "WARNING" and "(is this the folder of the run to resume?)" in started.getMessage()

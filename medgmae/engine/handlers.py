@@ -260,10 +260,13 @@ class CheckpointHandler:
         path, ckpt = self._read_latest()
         if path is None:
             if rank_world()[0] == 0:
-                logger.info("no checkpoint_epoch=N.pt in %s yet: training starts from its first epoch%s", self.output_dir,
-                            f" ({INTERRUPTED} holds the interrupted run's state within an epoch, which a resume does not "
-                            "continue: a run continues from the end of its last saved epoch)"
-                            if (self.output_dir / INTERRUPTED).is_file() else "")  # fmt: skip
+                interrupted = (self.output_dir / INTERRUPTED).is_file()
+                logger.log(logging.INFO if interrupted else logging.WARNING,  # no trace of a run: a mistyped folder?
+                           "resume: no checkpoint_epoch=N.pt in %s yet: training starts from its first epoch%s",
+                           self.output_dir,
+                           f" ({INTERRUPTED} holds the interrupted run's state within an epoch, which a resume does "
+                           "not continue: a run continues from the end of its last saved epoch)" if interrupted
+                           else " (is this the folder of the run to resume?)")  # fmt: skip
             return
         self._failed_resume = True  # until the state is restored: a failure writes no checkpoint_interrupted.pt
         epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
