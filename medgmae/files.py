@@ -229,4 +229,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
             ) from e
         raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
     except Exception as e:  # corrupt, truncated or not a torch file
+        if not _looks_like_torch_file(path):  # torch's own words (e.g. about mmap and zip files) would not help
+            raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
+                             "is this the right path?") from e
         raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e

@@ -110,6 +110,10 @@ def test_corrupt_truncated_and_foreign_files_are_named(tmp_path):
                           ("checkpoint_final.pt", r"a training-state checkpoint .*give the run's model\.pt")):  # fmt: skip
         with pytest.raises(ValueError, match=rf"{name}.*{pattern}|{pattern}.*{name}"):
             load_checkpoint(tmp_path / name)
+    for name in ("summary.json", "text.pt"):  # memory-mapped (the settings checks read so): no torch internals
+        with pytest.raises(ValueError, match=rf"{name}: not a PyTorch file") as refused:
+            load_checkpoint(tmp_path / name, mmap=True)
+        assert "mmap" not in str(refused.value)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
     bad_spec = make_checkpoint("medgmae", {}, {}, {"spacing": [-1, 1, 1]})
