@@ -3,6 +3,7 @@ never runs code from the file."""
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 
@@ -166,3 +167,25 @@ def test_training_checkpoints_are_plain_data(tmp_path):
     state = torch.load(path, weights_only=True)
     assert set(state) == {"engine", "loader", "objects", "random_state"}
     handler.rng.load_state_dict(state["random_state"])  # restorable
+
+
+def test_a_resumed_runs_evaluator_keeps_the_best_so_far(tmp_path, caplog):
+    """After a resume MONAI's new evaluator starts its best_metric afresh: the saver restores the run's best, so a
+    worse epoch is neither logged as a new best nor reported as the run's best (and best_model.pt stays)."""
+    from ignite.metrics import Average
+    from monai.engines import SupervisedEvaluator
+
+    from medgmae.finetune import BestCheckpointSaver
+    from medgmae.networks.unetr import MedGMAEUNETR
+
+    net = MedGMAEUNETR(3, encoder=MaskedViTEncoder(img_size=16, patch_size=8, hidden_size=48, num_layers=1, num_heads=4), feature_size=4)
+    saver = BestCheckpointSaver(tmp_path, net, preprocessing=SPEC)
+    saver.load_state_dict({"best": 0.8, "best_epoch": 4})  # as the resumed checkpoint holds it
+    data = [{"image": torch.zeros(1, 1, 16, 16, 16), "label": torch.zeros(1, 1, 16, 16, 16)}]
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=data, network=net,
+                                    key_val_metric={"val_mean_dice": Average(output_transform=lambda _: torch.tensor(0.3))},
+                                    val_handlers=[saver])  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        evaluator.run(global_epoch=5)
+    assert evaluator.state.best_metric == 0.8 and evaluator.state.best_metric_epoch == 4
+    assert "Got new best metric" not in caplog.text and not (tmp_path / "best_model.pt").exists()

@@ -84,7 +84,15 @@ class BestCheckpointSaver:
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
+        engine.add_event_handler(Events.EPOCH_STARTED, self._restore_engine_best)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _restore_engine_best(self, engine) -> None:
+        """Give a MONAI evaluator built by a resumed run the best value so far: its own ``best_metric`` starts
+        afresh, and it would log a worse epoch as a "new best" and report it as the run's best."""
+        best = getattr(engine.state, "best_metric", None)
+        if self.best_epoch and isinstance(best, (int, float)) and best < self.best:
+            engine.state.best_metric, engine.state.best_metric_epoch = self.best, self.best_epoch
 
     def __call__(self, engine) -> None:
         from medgmae.files import save_torch_atomic
