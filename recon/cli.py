@@ -173,7 +173,7 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
     r.add_argument("--model-spacing", type=positive_float, default=None,
                    help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
-    r.add_argument("--iterations", type=int, default=1000, help="optimisation iterations")
+    r.add_argument("--iterations", type=positive_int, default=1000, help="optimisation iterations (at least 1)")
     r.add_argument("--num-gaussians", type=positive_int, default=None,
                    help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
                         "least 20000; 3dgr-ct 50000); for medgmae with the toolkit preset the budget its sparse start "

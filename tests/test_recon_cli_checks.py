@@ -256,6 +256,12 @@ def test_a_negative_checkpoint_interval_is_refused(scan, tmp_path, capsys):
         main(reconstruct_args(scan, out, "--checkpoint-every", "-3"))
     assert e.value.code == 2 and "--checkpoint-every: expected a non-negative integer, got '-3'" in capsys.readouterr().err
     assert not out.exists()
+    args = reconstruct_args(scan, out)
+    args[args.index("--iterations") + 1] = "0"  # it wrote every output of the bare start as a reconstruction
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "--iterations: expected a positive integer, got '0'" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_reconstruct_flags_at_their_limits_run(scan, tmp_path):
