@@ -236,6 +236,10 @@ def _simulation_geometry(args, planned: CTGeometry | None, shape, voxel, affine:
     return CTGeometry.from_dict({**planned.to_dict(), "affine": np.asarray(affine).tolist()})
 
 
+#: What ``simulate`` writes into its ``--out`` folder.
+_SCAN_FILES = ("projections.npy", "geometry.json", "reference.nii.gz", "fbp.nii.gz")
+
+
 def cmd_simulate(args) -> int:
     """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume."""
     from recon.fbp import fbp
@@ -246,6 +250,9 @@ def cmd_simulate(args) -> int:
     out = check_out_folder(args.out)
     planned = _planned_geometry(args)
     hu, affine, voxel = load_volume(args.volume)
+    earlier = [n for n in _SCAN_FILES if (out / n).is_file()]
+    if earlier:  # reconstructions of that scan (and their --resume: the scan's fingerprint) no longer fit it
+        print(f"note: {out} holds an earlier scan ({', '.join(earlier)}): this simulation replaces it", flush=True)
     if not args.no_unit_check:
         check_units(hu, args.volume, "--volume", "hu")
     device = resolve_cli_device(args.device)

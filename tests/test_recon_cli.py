@@ -83,6 +83,16 @@ def test_simulate_cone_with_noise(ct, tmp_path):
     assert geom.kind == "cone" and 0 < np.abs(diff).mean() < 0.1 and abs(diff.mean()) < 0.01
 
 
+def test_simulating_into_a_scan_folder_names_what_it_replaces(ct, tmp_path, capsys):
+    out = tmp_path / "scan"
+    args = ["simulate", "--volume", str(ct[0]), "--geometry", "parallel", "--views", "6", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0 and "earlier scan" not in capsys.readouterr().out
+    assert main([*args[:6], "8", *args[7:]]) == 0
+    assert (f"note: {out} holds an earlier scan (projections.npy, geometry.json, reference.nii.gz, fbp.nii.gz): this "
+            "simulation replaces it") in capsys.readouterr().out
+    assert np.load(out / "projections.npy").shape[0] == 8
+
+
 def test_end_to_end(simulated, model_file, tmp_path, capsys):
     fbp_out = tmp_path / "fbp2.nii.gz"
     assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"), "--out", str(fbp_out), "--device", "cpu"]) == 0
