@@ -140,6 +140,10 @@ def _interrupted_note(args, state_path: Path, before: int | None) -> str:
             at = f" (iteration {int(load_torch_file(state_path, what='reconstruction state')['iteration'])})"
         except (ValueError, KeyError, TypeError, OSError):
             at = ""
+        if args.refit:  # _refit runs without a state file: the state is always the held-out run's
+            return (f"the last state{at} of the run with {args.holdout_views} views held out is saved in {state_path} "
+                    "(the --refit run on every view saves no state: it runs again after that run); the same command "
+                    "with --resume continues it")  # fmt: skip
         return f"the last state{at} is saved in {state_path}; the same command with --resume continues it"
     if args.resume and state_path.is_file():
         return f"no newer state was saved; {state_path}, the state resumed from, is unchanged (--resume continues it)"

@@ -122,6 +122,29 @@ def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypat
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 6
 
 
+def test_ctrl_c_during_a_refit_says_whose_state_is_saved(saved, tmp_path, monkeypatch, capsys):
+    """With --holdout-views and --refit the state file is the held-out run's (the refit saves none): the line says
+    so wherever the interruption falls."""
+    from recon.gaussian_recon import GaussianReconstructor
+
+    step, calls = GaussianReconstructor.step, []
+
+    def interrupted_step(self):
+        calls.append(self.config.holdout_views)
+        if self.config.holdout_views == 0 and self.iteration == 1:  # in the refit on every view
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
+    out = tmp_path / "rec"
+    args = [*_args(saved[0], out, "--iterations", "4"), "--holdout-views", "2", "--eval-every", "2", "--refit",
+            "--checkpoint-every", "2"]  # fmt: skip
+    assert main(args) == 130 and 0 in calls
+    err = capsys.readouterr().err
+    assert (f"of the run with 2 views held out is saved in {out / 'recon_state.pt'} (the --refit run on every view "
+            "saves no state: it runs again after that run)") in err, err
+
+
 def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, monkeypatch, capsys):
     """On a clock that advances 10 s per optimisation step (nothing else takes time), 6 iterations take 60 s
     however they are split: interrupted after iteration 2 (its state saved there), then resumed. A state written
