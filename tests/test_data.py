@@ -324,6 +324,11 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
                               ("movie.nii.gz", "single 3D volume"), ("nan.nii.gz", "NaN")):  # fmt: skip
             assert any(name in line and problem in line for line in lines), (name, msg)
     assert not (tmp_path / "cache").exists()  # nothing written
+    # a case listed twice (in training and validation) is one problem, named once
+    cases = [{"image": str(folder / "nan.nii.gz")}, {"image": str(folder / "good_0.nii.gz")}, {"image": str(folder / "nan.nii.gz")}]
+    with pytest.raises(DatasetError, match=r"^1 problem\(s\)") as err:
+        check_datalist(cases)
+    assert str(err.value).count("nan.nii.gz") == 1
 
 
 def test_precheck_ledger_reads_each_file_once(tmp_path, monkeypatch):

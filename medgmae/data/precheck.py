@@ -142,7 +142,7 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
             results = list(pool.map(_check_one, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
     else:
         results = [_check_one(j) for j in jobs]
-    problems = [p for r in results for p in r]
+    problems = list(dict.fromkeys(p for r in results for p in r))  # a case in two lists is one problem, named once
     if not problems and ledger is not None and todo:
         save_json_atomic({"settings": settings, "passed": prints}, ledger)
     return problems
