@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,8 +11,9 @@ from medgmae.engine import MetricHistory
 from medgmae.mae_training.summary import PretrainSummary
 
 
-def _fine_tune(tmp_path: Path, pretrained_on: str) -> tuple[list[str], str]:
-    summary = PretrainSummary(tmp_path / "run", MetricHistory(), "medgmae", [32, 32, 32], pretrained_on=pretrained_on)
+def _fine_tune(tmp_path: Path, pretrained_on: str, data_dir: str = "") -> tuple[list[str], str]:
+    summary = PretrainSummary(tmp_path / "run", MetricHistory(), "medgmae", [32, 32, 32], pretrained_on=pretrained_on,
+                              data_dir=data_dir)
     s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
     return shlex.split(s["next"]["fine-tune"]), summary.text(s)
 
@@ -34,6 +36,20 @@ def test_fine_tune_after_user_data_asks_for_labelled_data(tmp_path):
     dataset_dir = _flag(args, "--dataset_dir")
     assert dataset_dir is not None and not Path(dataset_dir).exists()
     assert "fine-tuning needs labels" in text and "/data/ct_unlabelled" in text
+
+
+def test_fine_tune_after_a_labelled_datalist_uses_it(tmp_path):
+    """Pre-trained on a datalist whose training cases have labels: the fine-tuning command takes the same datalist
+    (with the dataset_dir its paths resolved against), not a placeholder; a datalist without labels still asks."""
+    labelled, unlabelled = tmp_path / "dataset.json", tmp_path / "ct_only.json"
+    labelled.write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}]}))
+    unlabelled.write_text(json.dumps({"training": [{"image": "a.nii.gz"}]}))
+    for source, data_dir in ((str(labelled), ""), (str(tmp_path), ""), (str(labelled), "/data/btcv")):
+        args, text = _fine_tune(tmp_path, source, data_dir)
+        assert _flag(args, "--datalist") == str(labelled) and _flag(args, "--dataset_dir") == (data_dir or None)
+        assert "needs labels" not in text
+    args, text = _fine_tune(tmp_path, str(unlabelled))
+    assert _flag(args, "--datalist") is None and "fine-tuning needs labels" in text
 
 
 def test_each_pre_training_run_suggests_its_own_fine_tuning_folder(tmp_path):

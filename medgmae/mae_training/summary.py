@@ -51,8 +51,26 @@ def finetune_dir(out: Path) -> Path:
     return out.parent / f"{out.name or 'pretrain'}_finetune"
 
 
+def labelled_datalist(source: str) -> str:
+    """The Decathlon datalist ``source`` is or holds (a folder's ``dataset.json``) when every item of its
+    ``training`` list has a ``label``: fine-tuning can use it as it is; ``""`` otherwise."""
+    from medgmae.data.datalist import DatasetError, load_datalist_json
+
+    path = Path(source) if str(source).strip() else None
+    if path is not None and path.is_dir():
+        path = path / "dataset.json"
+    if path is None or path.suffix.lower() != ".json" or not path.is_file():
+        return ""
+    try:
+        training = load_datalist_json(path).get("training")
+    except DatasetError:
+        return ""
+    ok = isinstance(training, list) and training and all(isinstance(it, dict) and it.get("label") for it in training)
+    return str(path) if ok else ""
+
+
 def next_commands(
-    out: Path, model_kind: str, roi_size: Sequence[int], example_image: str, pretrained_on: str = ""
+    out: Path, model_kind: str, roi_size: Sequence[int], example_image: str, pretrained_on: str = "", data_dir: str = ""
 ) -> dict[str, str]:
     """The follow-up commands of README's "Using it" table with this run's paths filled in.
 
@@ -62,15 +80,20 @@ def next_commands(
         roi_size: crop size the model was trained at.
         example_image: a volume for the inference commands.
         pretrained_on: the user's data the run pre-trained on (its ``datalist`` or ``dataset_dir``); empty for
-            generated phantoms. Fine-tuning needs labels, so then the fine-tuning command asks for a labelled
-            dataset (``--dataset_dir`` :data:`LABELLED_DATA`) instead of defaulting to phantoms.
+            generated phantoms. Fine-tuning needs labels: a datalist with labels (:func:`labelled_datalist`) is
+            given to it as ``--datalist``; other data make the command ask for a labelled dataset (``--dataset_dir``
+            :data:`LABELLED_DATA`) instead of defaulting to phantoms.
+        data_dir: the ``dataset_dir`` that datalist's relative paths resolved against (``""``: its own folder).
     """
     q = shlex.quote
     roi = "[" + ",".join(str(int(r)) for r in roi_size) + "]"
+    if labelled := labelled_datalist(pretrained_on):
+        data = f" --datalist {q(labelled)}" + (f" --dataset_dir {q(data_dir)}" if str(data_dir).strip() else "")
+    else:
+        data = f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else ""
     cmds = {
         "fine-tune": "python -m monai.bundle run training --config_file bundles/unetr_finetune/configs/train.json "
-        f"--pretrained {q(str(out / ENCODER_FILE))} --roi_size {q(roi)} --output_dir {q(str(finetune_dir(out)))}"
-        + (f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else "")
+        f"--pretrained {q(str(out / ENCODER_FILE))} --roi_size {q(roi)} --output_dir {q(str(finetune_dir(out)))}" + data
     }
     if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
         image = q(example_image or "ct.nii.gz")
@@ -103,6 +126,7 @@ class PretrainSummary:
         summary_writer: TensorBoard ``SummaryWriter`` (the curves go there too; it is flushed).
         pretrained_on: the user's data the run pre-trained on (``datalist`` or ``dataset_dir``); empty for phantoms
             (see :func:`next_commands`).
+        data_dir: the ``dataset_dir`` a ``datalist``'s relative paths resolved against (``""``: none).
     """
 
     def __init__(
@@ -115,8 +139,10 @@ class PretrainSummary:
         tensorboard_dir: str | Path | None = None,
         summary_writer: Any = None,
         pretrained_on: str = "",
+        data_dir: str = "",
     ) -> None:
         self.out, self.history, self.model_kind = Path(output_dir), history, str(model_kind)
+        self.data_dir = str(data_dir or "").strip()
         self.roi_size, self.example_image = list(roi_size), str(example_image)
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
         self.writer, self.pretrained_on = summary_writer, str(pretrained_on or "").strip()
@@ -145,7 +171,8 @@ class PretrainSummary:
 
     def commands(self) -> dict[str, str]:
         """The follow-up commands printed at the end (subclasses for other bundles override this)."""
-        return next_commands(self.out, self.model_kind, self.roi_size, self.example_image, self.pretrained_on)
+        return next_commands(self.out, self.model_kind, self.roi_size, self.example_image, self.pretrained_on,
+                             self.data_dir)
 
     def text(self, s: dict) -> str:
         """The summary as console lines."""
