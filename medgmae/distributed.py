@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-__all__ = ["barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "rank_world"]
+__all__ = ["barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
 
 
 def in_process_group() -> bool:
@@ -33,6 +33,15 @@ def process_rank() -> int:
         return dist.get_rank()
     rank = os.environ.get("RANK", "").strip()
     return int(rank) if rank.isdigit() else 0
+
+
+def process_count() -> int:
+    """The number of training processes: the process group's, or before one is made torchrun's ``WORLD_SIZE``
+    (1 without either)."""
+    if in_process_group():
+        return dist.get_world_size()
+    size = os.environ.get("WORLD_SIZE", "").strip()
+    return max(1, int(size)) if size.isdigit() else 1
 
 
 def is_main_process() -> bool:

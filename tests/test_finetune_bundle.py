@@ -165,6 +165,20 @@ def test_a_datalist_alone_is_the_data(tmp_path):
     assert not (tmp_path / "run" / "phantom").exists()
 
 
+def test_more_processes_than_chosen_cases_are_warned(tmp_path, monkeypatch, caplog):
+    """Under torchrun with more processes than training cases the sampler repeats cases: said once, by rank 0."""
+    dl = _two_case_datalist(tmp_path)
+    for size, rank, warned in (("2", "0", False), ("4", "0", True), ("4", "1", False)):
+        monkeypatch.setenv("WORLD_SIZE", size)
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medgmae.finetune.data"):
+            prepare_datalists("", str(dl), tmp_path / "run")
+        said = [r.getMessage() for r in caplog.records if "processes" in r.getMessage()]
+        assert said == (["2 training cases for 4 processes: the distributed sampler repeats cases so that every process "
+                         "has one, and each epoch trains on some case more than once"] if warned else []), said
+
+
 def test_resume_with_other_label_fraction_is_refused(tmp_path):
     dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
     first = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5)

@@ -31,6 +31,7 @@ from monai.transforms import (
 from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import LoadVolumed
+from medgmae.distributed import is_main_process, process_count
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import case_record, check_resume_matches, data_source, run_datalist, write_run_record
 from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides, warn_if_attenuation
@@ -195,6 +196,10 @@ def prepare_datalists(
     training = read_datalist(datalist, "training", dataset_dir)
     validation = read_datalist(datalist, "validation", dataset_dir)
     chosen = select_label_fraction(training, label_fraction, seed)
+    if (processes := process_count()) > len(chosen) and is_main_process():
+        logger.warning("%d training case%s for %d processes: the distributed sampler repeats cases so that every "
+                       "process has one, and each epoch trains on some case more than once", len(chosen),
+                       "" if len(chosen) == 1 else "s", processes)  # fmt: skip
     record = case_record(label_fraction, seed, len(training), chosen, source)
     if resume:
         check_resume_matches(output_dir, record)
