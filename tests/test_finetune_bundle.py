@@ -195,6 +195,22 @@ def test_resume_with_other_label_fraction_is_refused(tmp_path):
     prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0)  # a fresh start may change it
 
 
+def test_the_subset_seed_keeps_the_cases_across_training_seeds(tmp_path):
+    """--subset_seed fixes the labelled subset (recorded as the record's seed) whatever --seed trains with, so a 10 %
+    experiment repeats over training seeds on the same cases; without it --seed chooses, as before."""
+    cases = [make_case(tmp_path, f"c{i}") for i in range(10)]
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b"}, "training": cases,
+                              "validation": cases[:1]}))  # fmt: skip
+    picks = {s: prepare_datalists("", str(dl), tmp_path / f"r{s}", label_fraction=0.2, seed=s, subset_seed=7)
+             for s in range(4)}  # fmt: skip
+    assert all(p["training"] == picks[0]["training"] and p["record"]["seed"] == 7 for p in picks.values())
+    own = [prepare_datalists("", str(dl), tmp_path / "own", label_fraction=0.2, seed=s)["training"] for s in range(4)]
+    assert any(o != own[0] for o in own) and own[0] == select_label_fraction(cases, 0.2, 0)
+    config = json.loads((CONFIGS / "train.json").read_text())
+    assert config["subset_seed"] == "@seed" and "subset_seed=int(@subset_seed)" in config["data"]
+
+
 def test_evaluation_defaults_to_the_recorded_data(tmp_path):
     dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
     write_run_record(out, prepare_datalists(str(tmp_path), str(dl), out)["record"])

@@ -95,6 +95,6 @@ def check_resume_matches(output_dir: str | Path, new: Mapping) -> None:
     raise DatasetError(
         f"cannot resume {output_dir}: it was trained on {_describe(old)}, but these settings choose {_describe(new)} "
         f"({', '.join(differ)} differ). Resume with the recorded settings (--label_fraction {old.get('label_fraction')} "
-        f"--seed {old.get('seed')} and the same data), or start afresh: a new --output_dir, or --resume false (which "
+        f"--subset_seed {old.get('seed')} and the same data), or start afresh: a new --output_dir, or --resume false (which "
         f"overwrites this run)."
     )
