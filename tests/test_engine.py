@@ -176,6 +176,24 @@ def test_a_checkpoint_from_before_a_settings_record_resumes_with_a_warning(tmp_p
         other.run()
 
 
+def test_settings_sections_added_later_are_not_compared_with_older_checkpoints(caplog):
+    """A checkpoint whose record lacks a whole section the run records now (added in a later version) resumes with a
+    warning naming it; the sections it holds are still compared."""
+    from medgmae.engine.records import SettingsRecord
+
+    saved = SettingsRecord({"model": {"width": 4}}, "the test").state_dict()
+    newer = SettingsRecord({"model": {"width": 4}, "preprocessing": {"spacing": [1.5, 1.5, 2.0]}}, "the test")
+    with caplog.at_level("WARNING"):
+        newer.load_state_dict(saved)
+    assert "records no preprocessing settings (an earlier version wrote it)" in caplog.text
+    wider = SettingsRecord({"model": {"width": 8}, "preprocessing": {"spacing": [1.5, 1.5, 2.0]}}, "the test")
+    with pytest.raises(ValueError, match=r"model\.width: saved 4, now 8"):
+        wider.load_state_dict(saved)
+    newer.load_state_dict(newer.state_dict())  # a record of this version: every section compared, all equal
+    with pytest.raises(ValueError, match=r"preprocessing\.spacing"):
+        newer.load_state_dict(SettingsRecord({"model": {"width": 4}, "preprocessing": {"spacing": [1.0, 1.0, 1.0]}}).state_dict())
+
+
 def test_a_changed_epoch_length_is_refused(tmp_path):
     """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
     against the new epoch length: ignite ended such a run at once, having trained nothing."""

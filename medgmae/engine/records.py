@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,9 +20,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from medgmae.data.fingerprint import file_fingerprint
+from medgmae.distributed import is_main_process
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["SettingsRecord", "CasesRecord", "RECORDS"]
+
+logger = logging.getLogger("medgmae.engine")
 
 
 class SettingsRecord:
@@ -36,6 +40,7 @@ class SettingsRecord:
         if not isinstance(settings, Mapping):
             raise ValueError(f"settings must be a mapping, got {type(settings).__name__}")
         self.settings, self.what = dict(settings), what
+        self._warned = False
 
     def state_dict(self) -> dict:
         """The settings as plain JSON data (tuples as lists), saved with the checkpoint."""
@@ -50,7 +55,15 @@ class SettingsRecord:
         Raises:
             ValueError: naming each differing setting (:func:`~medgmae.settings_diff.settings_differences`).
         """
-        diff = settings_differences(state.get("settings") or {}, self.state_dict()["settings"])
+        saved, now = state.get("settings") or {}, self.state_dict()["settings"]
+        unrecorded = [k for k in now if k not in saved] if saved else []
+        if unrecorded:  # sections added to the record later: an earlier version's checkpoint still resumes
+            if not self._warned and is_main_process():  # the resume check and the restore both read it: said once
+                logger.warning("the checkpoint of %s records no %s settings (an earlier version wrote it): they are "
+                               "not compared, so give the same ones as that run", self.what, " or ".join(unrecorded))  # fmt: skip
+            self._warned = True
+            now = {k: v for k, v in now.items() if k in saved}
+        diff = settings_differences(saved, now)
         if diff:
             raise ValueError(
                 f"the checkpoint was written by {self.what} with other settings (" + "; ".join(diff) + "). Resume with "
