@@ -83,9 +83,12 @@ def _check_line_integrals(p: np.ndarray, path: Path) -> None:
     """Refuse values that cannot be line integrals ``-log(I / I0)`` (mostly >= 0, below :data:`LINE_INTEGRAL_MAX`):
     negated ones, and raw detector counts (integers up to thousands); warn about floats above the bound."""
     what = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
-    if p.size and (p.max() <= 0 or float((p < -0.05).mean()) > 0.5):
-        raise ValueError(f"projections {path} are mostly negative ({float((p < 0).mean()):.0%} of the values, "
-                         f"max {float(p.max()):.4g}): {what}; were they negated?")  # fmt: skip
+    if p.size and p.max() <= 0:
+        raise ValueError(f"projections {path} have no positive value ({float((p < 0).mean()):.0%} negative, the "
+                         f"rest 0; max {float(p.max()):.4g}): {what}; were they negated?")  # fmt: skip
+    if p.size and float((p < -0.05).mean()) > 0.5:
+        raise ValueError(f"projections {path} are mostly negative ({float((p < -0.05).mean()):.0%} of the values below "
+                         f"-0.05): {what}; were they negated?")  # fmt: skip
     if p.size and np.issubdtype(p.dtype, np.integer) and p.max() > 100:
         raise ValueError(f"projections {path} hold integers up to {int(p.max())}, raw detector counts or intensities "
                          f"rather than line integrals: {what}; convert with -log(I / I0) first")  # fmt: skip
