@@ -212,7 +212,7 @@ def test_projections_that_are_not_line_integrals_are_refused(scan, tmp_path, cap
     """Negated line integrals and raw integer counts are refused naming the file (an all-negative attenuation volume
     resulted); floats beyond any CT line integral are warned about."""
     proj = np.load(scan / "projections.npy")
-    cases = {"negated.npy": (-proj, "have no positive value"), "shifted.npy": (proj - 10, "are mostly negative"),
+    cases = {"negated.npy": (-proj, "have no positive value"), "shifted.npy": (proj - 0.3 * proj.max(), "are mostly negative"),
              "counts.npy": (np.round(1e4 * np.exp(-proj)).astype(np.int32), "integers up to 10000, raw detector counts")}
     for name, (values, message) in cases.items():
         np.save(tmp_path / name, values)
