@@ -10,8 +10,9 @@ bilinearly there.
   through the isocentre), filtered at the isocentre pixel pitch and backprojected with ``(dso / (dso - s))^2``
   weights, ``s`` the voxel's coordinate towards the source; ``f(x) = pi / N * sum_i W_i(x)^2 q_i(...)``.
 
-The ``pi / N`` weight is exact for equispaced views over 180 degrees (parallel) or 360 degrees (either);
-short-scan cone geometries get no Parker weighting.
+The ``pi / N`` weight is exact for equispaced views over 180 degrees (parallel) or 360 degrees (either). A
+cone-beam short scan (an arc of at least 180 degrees plus the fan angle, under 360) gets Parker's redundancy weights
+(:func:`parker_weights`); other arcs are named by :func:`arc_weighting_note`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from recon.geometry import CTGeometry
 
-__all__ = ["FILTERS", "ramp_filter", "filter_projections", "backproject", "fbp", "arc_weighting_note"]
+__all__ = ["FILTERS", "ramp_filter", "filter_projections", "backproject", "fbp", "arc_weighting_note", "parker_weights"]
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
 _ALIASES = {"ramlak": "ram-lak", "ramp": "ram-lak", "shepp_logan": "shepp-logan", "hanning": "hann"}
@@ -165,30 +166,81 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
         u = (torch.arange(cols, dtype=p.dtype, device=p.device) - (cols - 1) / 2) * g.det_spacing[1] * scale
         v = (torch.arange(rows, dtype=p.dtype, device=p.device) - (rows - 1) / 2) * g.det_spacing[0] * scale
         pre = g.source_origin / torch.sqrt(g.source_origin**2 + u.view(1, -1) ** 2 + v.view(-1, 1) ** 2)
+        parker = parker_weights(g)
+        if parker is not None:  # a short scan: each ray's two measurements weighted to one (Parker 1982)
+            pre = pre * parker.to(p.dtype).to(p.device)[:, None, :]
         q = filter_projections(p * pre, g.det_spacing[1] * scale, name)
     vol = backproject(q, g, chunk=chunk) * (math.pi / g.num_views)
     return vol[0] if squeeze else vol
 
 
-def arc_weighting_note(geometry: CTGeometry) -> str | None:
-    """Why :func:`fbp`'s ``pi / N`` weight is biased for this geometry's arc, or ``None`` when it is exact.
+def _arc(geometry: CTGeometry) -> tuple[np.ndarray, float, float]:
+    """Each view's angle from the start of the arc, the arc (the covered span plus one mean step: a view stands for
+    the step around it) and the mean step, in radians."""
+    a = np.mod(np.asarray(geometry.angles, dtype=np.float64), 2 * math.pi)
+    order = np.sort(a)
+    gaps = np.diff(np.concatenate([order, order[:1] + 2 * math.pi]))
+    start = order[(int(np.argmax(gaps)) + 1) % len(order)]  # the view after the largest gap
+    span = 2 * math.pi - gaps.max()
+    step = span / max(1, len(a) - 1)
+    return np.mod(a - start, 2 * math.pi), span + step, step
 
-    The views cover an arc of ``N`` times their mean step (a view stands for the step around it). Exact: 180 or
-    360 degrees for parallel beam, 360 degrees for cone beam (within a step). Other arcs count some rays
-    more often than others (an over-scan) or, for a cone-beam short scan, need Parker's redundancy weights, which
-    this FBP/FDK does not apply: values are biased (measured: +2.7 % inside a sphere at a 200-degree cone arc).
+
+def _fan_half_angle(geometry: CTGeometry) -> float:
+    """The cone beam's half fan angle in the rotation plane: to the outer edge of the detector's outer columns."""
+    half_width = geometry.det_shape[1] / 2 * geometry.det_spacing[1]
+    return math.atan(half_width / geometry.source_detector)
+
+
+def parker_weights(geometry: CTGeometry) -> Tensor | None:
+    """Parker's short-scan weights ``(V, cols)`` of a cone-beam arc between 180 degrees plus the fan angle and 360
+    degrees, or ``None`` (a full scan, parallel beam, or an arc too short to weight).
+
+    Each ray of a short scan is measured once or twice; ``w(beta, gamma)`` (Parker 1982, with the over-scan angle
+    ``delta = (span - 180) / 2`` set by the arc, as RTK does, rather than the fan angle) makes the two measurements of
+    every ray sum to one, smoothly. ``beta`` is the view's angle from the start of the arc, ``gamma`` the column's fan
+    angle. The weights include the arc's scale, ``arc / 180 degrees``, so that :func:`fbp`'s ``pi / N`` factor stays.
     """
-    a = np.sort(np.mod(np.asarray(geometry.angles, dtype=np.float64), 2 * math.pi))
-    n = len(a)
-    if n < 2:
+    if geometry.kind != "cone" or geometry.num_views < 3:
         return None
-    gaps = np.diff(np.concatenate([a, a[:1] + 2 * math.pi]))
-    arc = 2 * math.pi - gaps.max() + (2 * math.pi - gaps.max()) / (n - 1)  # the covered span plus one mean step
-    step = arc / n
-    exact = (math.pi, 2 * math.pi) if geometry.kind == "parallel" else (2 * math.pi,)
-    if any(abs(arc - e) <= 1.01 * step for e in exact):  # one repeated end view is no over-scan to speak of
+    beta, arc, step = _arc(geometry)
+    span = arc - step
+    if abs(arc - 2 * math.pi) <= 1.01 * step:
         return None
-    full = "180 or 360" if geometry.kind == "parallel" else "360"
-    return (f"the {n} views cover about {math.degrees(arc):.0f} degrees; {'FBP' if geometry.kind == 'parallel' else 'FDK'} "
-            f"weights are exact for {full} degrees and no redundancy (Parker) weighting is applied, so values are "
-            "biased by a few per cent (the Gaussian reconstruction, fitted to the projections, is not)")
+    delta = (span - math.pi) / 2
+    cols = geometry.det_shape[1]
+    u = (np.arange(cols) - (cols - 1) / 2) * geometry.det_spacing[1]
+    gamma = -np.arctan(u / geometry.source_detector)  # positive against the detector's u axis
+    if delta <= _fan_half_angle(geometry):
+        return None
+    b, g = beta[:, None], gamma[None, :]
+    w = np.ones((len(beta), cols))
+    rise, fall = b < 2 * (delta - g), b > math.pi - 2 * g
+    w = np.where(rise, np.sin(math.pi / 4 * b / (delta - g)) ** 2, w)
+    w = np.where(fall, np.sin(math.pi / 4 * (math.pi + 2 * delta - b) / (delta + g)) ** 2, w)
+    return torch.as_tensor(w * arc / math.pi)
+
+
+def arc_weighting_note(geometry: CTGeometry) -> str | None:
+    """Why :func:`fbp`'s values are biased for this geometry's arc, or ``None`` when they are not.
+
+    Exact: 180 or 360 degrees for parallel beam, 360 degrees or a short scan weighted by :func:`parker_weights`
+    for cone beam (within a step). Other arcs count some rays more often than others (a parallel over-scan) or miss
+    some (a cone arc under 180 degrees plus the fan angle, a parallel one under 180): values are biased (measured:
+    +2.7 % inside a sphere at a 200-degree cone arc before the Parker weights).
+    """
+    if geometry.num_views < 2:
+        return None
+    _, arc, step = _arc(geometry)
+    if any(abs(arc - e) <= 1.01 * step for e in ((math.pi, 2 * math.pi) if geometry.kind == "parallel" else (2 * math.pi,))):
+        return None
+    if geometry.kind == "cone":
+        if parker_weights(geometry) is not None:
+            return None
+        need = 180 + 2 * math.degrees(_fan_half_angle(geometry))
+        return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees, less than the "
+                f"{need:.0f} (180 plus the fan angle) a short scan needs: FDK values are biased (the Gaussian "
+                "reconstruction, fitted to the projections, is not)")  # fmt: skip
+    return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees; FBP weights are exact for 180 "
+            "or 360 degrees and no redundancy weighting is applied to other parallel-beam arcs, so values are biased "
+            "by a few per cent (the Gaussian reconstruction, fitted to the projections, is not)")

@@ -127,10 +127,10 @@ def test_fbp_input_errors():
 @pytest.mark.parametrize(
     "kind, arc, views, biased",
     [("parallel", 180, 90, False), ("parallel", 360, 20, False), ("parallel", 270, 90, True), ("parallel", 120, 40, True),
-     ("cone", 360, 72, False), ("cone", 360, 20, False), ("cone", 200, 60, True), ("cone", 180, 60, True)],
+     ("cone", 360, 72, False), ("cone", 360, 20, False), ("cone", 250, 60, False), ("cone", 180, 60, True)],
 )
-def test_arcs_the_fbp_weight_biases_are_named(kind, arc, views, biased):
-    """The pi / N weight is exact for 180 or 360 degrees (parallel) and 360 (cone); other arcs get a note."""
+def test_arcs_the_fbp_weights_bias_are_named(kind, arc, views, biased):
+    """Exact: 180 or 360 degrees (parallel), 360 or a Parker-weighted short scan (cone); other arcs get a note."""
     from recon.fbp import arc_weighting_note
 
     cone = dict(source_origin=100.0, source_detector=150.0) if kind == "cone" else {}
@@ -138,18 +138,30 @@ def test_arcs_the_fbp_weight_biases_are_named(kind, arc, views, biased):
     note = arc_weighting_note(g)
     assert (note is not None) == biased, note
     assert not biased or f"the {views} views cover about {arc} degrees" in note
+    assert kind == "parallel" or not biased or "a short scan needs" in note
     inclusive = CTGeometry.parallel((8, 16, 16), 1.0, angles=np.linspace(0, math.pi, 91).tolist())  # both ends
     assert arc_weighting_note(inclusive) is None
 
 
-def test_a_short_cone_arc_is_biased_as_its_note_says():
-    """The bias the note names is real: the FDK of a ball over 200 degrees is off by over 1 % where 360 is not."""
+@pytest.mark.parametrize("centre, start_deg", [((-3, 4), 0), ((5, -6), 0), ((-3, 4), 70), ((5, -6), 200)])
+def test_parker_weights_make_a_short_cone_scan_exact(centre, start_deg, monkeypatch):
+    """FDK of an off-centre ball over a 240-degree arc (180 plus more than the fan angle), from several starts: its
+    core within 0.5 % of the true value with Parker's weights (as the 360-degree scan), and the error around the
+    ball well below the unweighted short scan's (measured: RMSE 0.13 against 0.17 of the ball's value)."""
+    import recon.fbp as fbp_module
+
     shape, radius, mu = (24, 32, 32), 7.0, 0.02
     z, y, x = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) - (n - 1) / 2 for n in shape], indexing="ij")
-    vol = (z**2 + (y + 3) ** 2 + (x - 4) ** 2 <= radius**2).double() * mu
-    core = z**2 + (y + 3) ** 2 + (x - 4) ** 2 <= (radius - 2.5) ** 2
-    errors = {}
-    for arc in (360, 200):
-        g = CTGeometry.cone(shape, 1.0, source_origin=100.0, source_detector=150.0, num_angles=72, arc_deg=arc)
-        errors[arc] = abs(float(fbp(TorchProjector(g, step=0.5)(vol), g, "shepp-logan")[core].mean()) / mu - 1)
-    assert errors[360] < 0.01 < errors[200], errors
+    inside = z**2 + (y - centre[0]) ** 2 + (x - centre[1]) ** 2
+    vol, core, near = (inside <= radius**2).double() * mu, inside <= (radius - 2.5) ** 2, inside <= (radius + 3) ** 2
+
+    def errors(arc: float) -> tuple[float, float]:
+        angles = (np.deg2rad(start_deg) + np.arange(72) * np.deg2rad(arc) / 72).tolist()
+        g = CTGeometry.cone(shape, 1.0, source_origin=100.0, source_detector=150.0, angles=angles)
+        rec = fbp(TorchProjector(g, step=0.5)(vol), g, "shepp-logan")
+        return abs(float(rec[core].mean()) / mu - 1), float(((rec - vol)[near] ** 2).mean().sqrt()) / mu
+
+    (weighted, weighted_rmse), (full, _) = errors(240), errors(360)
+    monkeypatch.setattr(fbp_module, "parker_weights", lambda g: None)
+    unweighted_rmse = errors(240)[1]
+    assert weighted < 0.005 and full < 0.005 and weighted_rmse < 0.85 * unweighted_rmse, (weighted, full, weighted_rmse, unweighted_rmse)
