@@ -10,9 +10,9 @@ bilinearly there.
   through the isocentre), filtered at the isocentre pixel pitch and backprojected with ``(dso / (dso - s))^2``
   weights, ``s`` the voxel's coordinate towards the source; ``f(x) = pi / N * sum_i W_i(x)^2 q_i(...)``.
 
-The ``pi / N`` weight is exact for equispaced views over 180 degrees (parallel) or 360 degrees (either). A
-cone-beam short scan (an arc of at least 180 degrees plus the fan angle, under 360) gets Parker's redundancy weights
-(:func:`parker_weights`); other arcs are named by :func:`arc_weighting_note`.
+The ``pi / N`` weight is exact for equispaced views over 180 degrees (parallel) or 360 degrees (either). Other
+arcs of at least 180 degrees (cone beam: plus the fan angle) get Parker's redundancy weights
+(:func:`parker_weights`); shorter arcs are named by :func:`arc_weighting_note`.
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
     p = p.to(torch.float64 if p.dtype == torch.float64 else torch.float32)
     g = geometry
     if g.kind == "parallel":
-        q = filter_projections(p, g.det_spacing[1], name)
+        parker = parker_weights(g)  # an over-scan: each ray's two measurements weighted to one
+        q = filter_projections(p if parker is None else p * parker.to(p.dtype).to(p.device)[:, None, :], g.det_spacing[1], name)
     else:
         rows, cols = g.det_shape
         scale = g.source_origin / g.source_detector
@@ -187,30 +188,38 @@ def _arc(geometry: CTGeometry) -> tuple[np.ndarray, float, float]:
 
 
 def _fan_half_angle(geometry: CTGeometry) -> float:
-    """The cone beam's half fan angle in the rotation plane: to the outer edge of the detector's outer columns."""
+    """The cone beam's half fan angle in the rotation plane: to the outer edge of the detector's outer columns (0
+    for parallel beam)."""
+    if geometry.kind == "parallel":
+        return 0.0
     half_width = geometry.det_shape[1] / 2 * geometry.det_spacing[1]
     return math.atan(half_width / geometry.source_detector)
 
 
 def parker_weights(geometry: CTGeometry) -> Tensor | None:
-    """Parker's short-scan weights ``(V, cols)`` of a cone-beam arc between 180 degrees plus the fan angle and 360
-    degrees, or ``None`` (a full scan, parallel beam, or an arc too short to weight).
+    """Parker's short-scan weights ``(V, cols)`` of an arc between 180 degrees plus the fan angle and 360 degrees
+    (parallel beam: strictly between 180 and 360, fan angle 0), or ``None`` (an arc FBP weights exactly as it is, or
+    one too short to weight).
 
     Each ray of a short scan is measured once or twice; ``w(beta, gamma)`` (Parker 1982, with the over-scan angle
     ``delta = (span - 180) / 2`` set by the arc, as RTK does, rather than the fan angle) makes the two measurements of
     every ray sum to one, smoothly. ``beta`` is the view's angle from the start of the arc, ``gamma`` the column's fan
     angle. The weights include the arc's scale, ``arc / 180 degrees``, so that :func:`fbp`'s ``pi / N`` factor stays.
     """
-    if geometry.kind != "cone" or geometry.num_views < 3:
+    if geometry.num_views < 3:
         return None
     beta, arc, step = _arc(geometry)
     span = arc - step
-    if abs(arc - 2 * math.pi) <= 1.01 * step:
+    exact = (math.pi, 2 * math.pi) if geometry.kind == "parallel" else (2 * math.pi,)
+    if any(abs(arc - e) <= 1.01 * step for e in exact):
         return None
     delta = (span - math.pi) / 2
     cols = geometry.det_shape[1]
-    u = (np.arange(cols) - (cols - 1) / 2) * geometry.det_spacing[1]
-    gamma = -np.arctan(u / geometry.source_detector)  # positive against the detector's u axis
+    if geometry.kind == "parallel":  # every ray's fan angle is 0: the weights depend on the view alone
+        gamma = np.zeros(cols)
+    else:
+        u = (np.arange(cols) - (cols - 1) / 2) * geometry.det_spacing[1]
+        gamma = -np.arctan(u / geometry.source_detector)  # positive against the detector's u axis
     if delta <= _fan_half_angle(geometry):
         return None
     b, g = beta[:, None], gamma[None, :]
@@ -224,23 +233,22 @@ def parker_weights(geometry: CTGeometry) -> Tensor | None:
 def arc_weighting_note(geometry: CTGeometry) -> str | None:
     """Why :func:`fbp`'s values are biased for this geometry's arc, or ``None`` when they are not.
 
-    Exact: 180 or 360 degrees for parallel beam, 360 degrees or a short scan weighted by :func:`parker_weights`
-    for cone beam (within a step). Other arcs count some rays more often than others (a parallel over-scan) or miss
-    some (a cone arc under 180 degrees plus the fan angle, a parallel one under 180): values are biased (measured:
-    +2.7 % inside a sphere at a 200-degree cone arc before the Parker weights).
+    Exact: 180 or 360 degrees, and arcs between weighted by :func:`parker_weights` (cone beam: from 180 degrees
+    plus the fan angle on; within a step). Shorter arcs miss some rays: values are biased (measured: +2.7 % inside
+    a sphere at a 200-degree cone arc whose fan needed 206).
     """
     if geometry.num_views < 2:
         return None
     _, arc, step = _arc(geometry)
     if any(abs(arc - e) <= 1.01 * step for e in ((math.pi, 2 * math.pi) if geometry.kind == "parallel" else (2 * math.pi,))):
         return None
+    if parker_weights(geometry) is not None:
+        return None
     if geometry.kind == "cone":
-        if parker_weights(geometry) is not None:
-            return None
         need = 180 + 2 * math.degrees(_fan_half_angle(geometry))
         return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees, less than the "
                 f"{need:.0f} (180 plus the fan angle) a short scan needs: FDK values are biased (the Gaussian "
                 "reconstruction, fitted to the projections, is not)")  # fmt: skip
-    return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees; FBP weights are exact for 180 "
-            "or 360 degrees and no redundancy weighting is applied to other parallel-beam arcs, so values are biased "
-            "by a few per cent (the Gaussian reconstruction, fitted to the projections, is not)")
+    return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees, less than the 180 a "
+            "parallel-beam scan needs: FBP values are biased (the Gaussian reconstruction, fitted to the projections, "
+            "is not)")  # fmt: skip

@@ -126,7 +126,7 @@ def test_fbp_input_errors():
 
 @pytest.mark.parametrize(
     "kind, arc, views, biased",
-    [("parallel", 180, 90, False), ("parallel", 360, 20, False), ("parallel", 270, 90, True), ("parallel", 120, 40, True),
+    [("parallel", 180, 90, False), ("parallel", 360, 20, False), ("parallel", 270, 90, False), ("parallel", 120, 40, True),
      ("cone", 360, 72, False), ("cone", 360, 20, False), ("cone", 250, 60, False), ("cone", 180, 60, True)],
 )
 def test_arcs_the_fbp_weights_bias_are_named(kind, arc, views, biased):
@@ -138,7 +138,7 @@ def test_arcs_the_fbp_weights_bias_are_named(kind, arc, views, biased):
     note = arc_weighting_note(g)
     assert (note is not None) == biased, note
     assert not biased or f"the {views} views cover about {arc} degrees" in note
-    assert kind == "parallel" or not biased or "a short scan needs" in note
+    assert not biased or ("a short scan needs" if kind == "cone" else "a parallel-beam scan needs") in note
     inclusive = CTGeometry.parallel((8, 16, 16), 1.0, angles=np.linspace(0, math.pi, 91).tolist())  # both ends
     assert arc_weighting_note(inclusive) is None
 
@@ -165,3 +165,19 @@ def test_parker_weights_make_a_short_cone_scan_exact(centre, start_deg, monkeypa
     monkeypatch.setattr(fbp_module, "parker_weights", lambda g: None)
     unweighted_rmse = errors(240)[1]
     assert weighted < 0.005 and full < 0.005 and weighted_rmse < 0.85 * unweighted_rmse, (weighted, full, weighted_rmse, unweighted_rmse)
+
+
+@pytest.mark.parametrize("arc", [270, 300])
+def test_a_parallel_over_scan_is_as_accurate_as_180_degrees(arc):
+    """Parallel beam over more than 180 degrees measures some rays twice: with the redundancy weights its FBP is as
+    accurate as the 180-degree one (within 15 % RMSE of it, mean within 0.5 %), where unweighted it was about twice
+    as far off (measured 0.0034 against 0.0016 at 270 degrees)."""
+    img = torch.from_numpy(_slice()).unsqueeze(0).repeat(3, 1, 1)  # (z, y, x)
+    rmse, means = {}, {}
+    for a in (180, arc):
+        g = CTGeometry.parallel(tuple(img.shape), 1.0, num_angles=a // 2, arc_deg=a)
+        rec = fbp(TorchProjector(g, step=0.5)(img.double()), g, "ram-lak")[1]
+        inside = torch.from_numpy(_interior(img.shape[-1], 28))
+        rmse[a] = float(((rec - img[1])[inside] ** 2).mean().sqrt())
+        means[a] = float(rec[inside].mean()) / float(img[1][inside].mean())
+    assert rmse[arc] < 1.15 * rmse[180] and abs(means[arc] - 1) < 0.005, (rmse, means)
