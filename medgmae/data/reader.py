@@ -23,6 +23,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from medgmae.data.grid import grid_offset_mm
+
 __all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUFFIXES", "LoadVolumed"]
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
@@ -98,9 +100,7 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
     qform, qcode = img.get_qform(coded=True)
     if not scode or not qcode or sform is None or qform is None:
         return
-    shape = np.asarray(img.shape[:3], dtype=np.float64) - 1.0
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])])
-    apart = float(np.linalg.norm((corners @ (sform - qform).T)[:, :3], axis=1).max())
+    apart = grid_offset_mm(img.shape[:3], sform, qform)  # the grid module's measure: the farthest corner voxel
     if apart > FRAME_TOLERANCE_MM and str(path) not in _FRAMES_WARNED:  # once per file: epochs read it again
         _FRAMES_WARNED.add(str(path))
         logger.warning(
