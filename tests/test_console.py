@@ -68,7 +68,10 @@ def test_epoch_progress_logs_one_line_per_epoch_and_records_the_mean_loss(caplog
         EpochProgress(progress_bar="maybe")
 
 
-def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, capsys):
+def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, capsys, monkeypatch):
+    import medgmae.engine.console as console
+
+    monkeypatch.setattr(console, "progress_bars_shown", lambda: True)  # as on a terminal
     engine = Engine(lambda e, b: None)
     ValidationProgress(progress_bar=True).attach(engine)
     with caplog.at_level(logging.INFO, logger="medgmae.engine"):
@@ -80,6 +83,36 @@ def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, 
     assert "validation: [1/3]" in err and "validation: [1/1]" in err
     with pytest.raises(ValueError, match="progress_bar"):
         ValidationProgress(progress_bar="sometimes")
+
+
+def test_bars_are_drawn_on_a_terminal_not_into_a_captured_log(capsys, caplog, monkeypatch):
+    """stderr captured (a batch job's log): no bar redraws, the epoch and validation lines alone; a terminal or a
+    Jupyter kernel gets the bars."""
+    import io
+    import sys
+
+    from medgmae.terminal import progress_bars_shown
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    for stream, shown in ((io.StringIO(), False), (Tty(), True), (None, False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert progress_bars_shown() is shown
+    monkeypatch.undo()
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    engine = Engine(lambda e, b: {"loss": torch.tensor(0.5)})
+    EpochProgress(progress_bar=True).attach(engine)
+    ValidationProgress(progress_bar=True).attach(engine)
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        engine.run(range(3), max_epochs=1)
+    assert capsys.readouterr().err == ""  # pytest captures stderr: not a terminal
+    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
+    assert lines[0].startswith("epoch 1/1: train_loss") and lines[1].startswith("validation: 3 cases")
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # in a notebook the bars are widgets
+    assert progress_bars_shown()
 
 
 def test_the_meaningless_engine_resuming_line_is_dropped(caplog):

@@ -24,6 +24,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.cli_types import as_bool
 from medgmae.distributed import is_main_process, rank_world
+from medgmae.terminal import progress_bars_shown
 
 __all__ = [
     "EpochProgress",
@@ -165,7 +166,7 @@ class EpochProgress:
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
-        if self.progress_bar and is_main_process():
+        if self.progress_bar and is_main_process() and progress_bars_shown():
             from ignite.handlers import ProgressBar
 
             bar = ProgressBar(
@@ -219,7 +220,7 @@ class ValidationProgress:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
-        if self.progress_bar and is_main_process():
+        if self.progress_bar and is_main_process() and progress_bars_shown():
             from ignite.handlers import ProgressBar
 
             ProgressBar(
