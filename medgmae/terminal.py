@@ -3,8 +3,8 @@
 A tqdm bar redraws itself with carriage returns; on a terminal (or in Jupyter, which renders it as a widget) that is
 one updating line, but in a file (a batch job's log, ``> run.log 2>&1``) every redraw stays, mixed into the log
 lines. The training bars (epochs, validation passes: :mod:`medgmae.engine.console`) ask :func:`progress_bars_shown`;
-where it says no, the one line per epoch or pass that they log anyway is the progress. (``medgmae-recon
-reconstruct`` keeps its bar everywhere: it logs no lines of its own while it runs.) No torch or MONAI imports.
+where it says no, the one line per epoch or pass that they log anyway is the progress; ``medgmae-recon reconstruct``
+prints one line per evaluation instead of its bar. No torch or MONAI imports.
 """
 
 from __future__ import annotations

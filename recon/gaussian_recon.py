@@ -312,7 +312,8 @@ class GaussianReconstructor:
 
         Args:
             checkpoint_path: where to save checkpoints (every ``checkpoint_every`` iterations and at the end).
-            progress: show a tqdm bar with the loss (and PSNR/SSIM when a reference is given).
+            progress: show a tqdm bar with the loss (and PSNR/SSIM when a reference is given); where no bar can be
+                drawn (a captured log: :func:`medgmae.terminal.progress_bars_shown`), print one line per evaluation.
             ssim_every_eval: compute SSIM at every evaluation (PSNR always).
             stop_at: stop after this iteration (default ``config.iterations``); the schedules still follow
                 ``config.iterations``, so a later :meth:`run` continues exactly (the history holds the evaluations
@@ -327,9 +328,12 @@ class GaussianReconstructor:
         """
         from tqdm.auto import tqdm
 
+        from medgmae.terminal import progress_bars_shown
+
         c = self.config
         t0 = time.perf_counter() - self.seconds  # the history's seconds continue those of the runs before
-        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
+        lines = progress and not progress_bars_shown()  # a log file: lines, not a bar's redraws
+        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress or lines, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
         with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
             postfix: dict = {}
             stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
@@ -341,6 +345,9 @@ class GaussianReconstructor:
                 if it % c.eval_every == 0 or it == c.iterations:
                     rec = self._record(loss, time.perf_counter() - t0, with_ssim=ssim_every_eval or it == c.iterations)
                     postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
+                    if lines:
+                        print(f"iteration {it}/{c.iterations}: " + ", ".join(f"{k} {v}" for k, v in postfix.items())
+                              + f" ({rec['seconds']:.0f} s)", flush=True)  # fmt: skip
                 postfix["loss"] = f"{loss:.4g}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)

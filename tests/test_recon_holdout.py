@@ -183,3 +183,24 @@ def test_settings_are_checked():
         GaussianReconConfig(holdout_patience=2)
     with pytest.raises(ValueError, match=">= 0"):
         GaussianReconConfig(holdout_views=-1)
+
+
+def test_a_run_into_a_captured_log_prints_lines_not_a_bar(scan, capsys, monkeypatch):
+    """With stderr captured (a batch job's log) the run prints one line per evaluation, with the history's values,
+    and draws no bar; on a terminal it draws the bar and prints no lines."""
+    import medgmae.terminal as terminal
+
+    g, p, proj, vol = scan
+    cfg = GaussianReconConfig.preset("toolkit", 10, eval_every=5, seed=0)
+    rec = GaussianReconstructor(p, proj, fbp_init(fbp(proj, g), 300, seed=0), cfg, reference=vol)
+    capsys.readouterr()
+    rec.run(progress=True, stop_at=10)
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["iteration 5/10", "iteration 10/10"] and "\r" not in err, (out, err)
+    assert f"psnr {rec.history[-1]['psnr']:.4g}" in lines[-1]
+    monkeypatch.setattr(terminal, "progress_bars_shown", lambda: True)
+    rec2 = GaussianReconstructor(p, proj, fbp_init(fbp(proj, g), 300, seed=0), cfg, reference=vol)
+    rec2.run(progress=True, stop_at=5)
+    out, err = capsys.readouterr()
+    assert out == "" and "Gaussian recon" in err
