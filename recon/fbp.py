@@ -158,18 +158,17 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
         raise ValueError("projections contain NaN or Inf")
     p = p.to(torch.float64 if p.dtype == torch.float64 else torch.float32)
     g = geometry
+    parker = parker_weights(g)
+    if parker is not None:  # an arc between the exact ones: each ray's two measurements weighted to one (Parker 1982)
+        p = p * parker.to(p.dtype).to(p.device)[:, None, :]
     if g.kind == "parallel":
-        parker = parker_weights(g)  # an over-scan: each ray's two measurements weighted to one
-        q = filter_projections(p if parker is None else p * parker.to(p.dtype).to(p.device)[:, None, :], g.det_spacing[1], name)
+        q = filter_projections(p, g.det_spacing[1], name)
     else:
         rows, cols = g.det_shape
         scale = g.source_origin / g.source_detector
         u = (torch.arange(cols, dtype=p.dtype, device=p.device) - (cols - 1) / 2) * g.det_spacing[1] * scale
         v = (torch.arange(rows, dtype=p.dtype, device=p.device) - (rows - 1) / 2) * g.det_spacing[0] * scale
         pre = g.source_origin / torch.sqrt(g.source_origin**2 + u.view(1, -1) ** 2 + v.view(-1, 1) ** 2)
-        parker = parker_weights(g)
-        if parker is not None:  # a short scan: each ray's two measurements weighted to one (Parker 1982)
-            pre = pre * parker.to(p.dtype).to(p.device)[:, None, :]
         q = filter_projections(p * pre, g.det_spacing[1] * scale, name)
     vol = backproject(q, g, chunk=chunk) * (math.pi / g.num_views)
     return vol[0] if squeeze else vol
@@ -185,6 +184,13 @@ def _arc(geometry: CTGeometry) -> tuple[np.ndarray, float, float]:
     span = 2 * math.pi - gaps.max()
     step = span / max(1, len(a) - 1)
     return np.mod(a - start, 2 * math.pi), span + step, step
+
+
+def _exact_arc(geometry: CTGeometry, arc: float, step: float) -> bool:
+    """Whether ``fbp``'s ``pi / N`` weight is exact for this arc: 180 or 360 degrees (parallel), 360 (cone), within
+    a step (one repeated end view is no over-scan to speak of)."""
+    exact = (math.pi, 2 * math.pi) if geometry.kind == "parallel" else (2 * math.pi,)
+    return any(abs(arc - e) <= 1.01 * step for e in exact)
 
 
 def _fan_half_angle(geometry: CTGeometry) -> float:
@@ -210,8 +216,7 @@ def parker_weights(geometry: CTGeometry) -> Tensor | None:
         return None
     beta, arc, step = _arc(geometry)
     span = arc - step
-    exact = (math.pi, 2 * math.pi) if geometry.kind == "parallel" else (2 * math.pi,)
-    if any(abs(arc - e) <= 1.01 * step for e in exact):
+    if _exact_arc(geometry, arc, step):
         return None
     delta = (span - math.pi) / 2
     cols = geometry.det_shape[1]
@@ -240,9 +245,7 @@ def arc_weighting_note(geometry: CTGeometry) -> str | None:
     if geometry.num_views < 2:
         return None
     _, arc, step = _arc(geometry)
-    if any(abs(arc - e) <= 1.01 * step for e in ((math.pi, 2 * math.pi) if geometry.kind == "parallel" else (2 * math.pi,))):
-        return None
-    if parker_weights(geometry) is not None:
+    if _exact_arc(geometry, arc, step) or parker_weights(geometry) is not None:
         return None
     if geometry.kind == "cone":
         need = 180 + 2 * math.degrees(_fan_half_angle(geometry))
