@@ -239,8 +239,8 @@ def arc_weighting_note(geometry: CTGeometry) -> str | None:
     """Why :func:`fbp`'s values are biased for this geometry's arc, or ``None`` when they are not.
 
     Exact: 180 or 360 degrees, and arcs between weighted by :func:`parker_weights` (cone beam: from 180 degrees
-    plus the fan angle on; within a step). Shorter arcs miss some rays: values are biased (measured: +2.7 % inside
-    a sphere at a 200-degree cone arc whose fan needed 206).
+    plus the fan angle on; within a step). Shorter arcs miss some rays: values are biased (by a few per cent inside
+    a ball in ``tests/test_recon_fbp.py``'s geometries).
     """
     if geometry.num_views < 2:
         return None

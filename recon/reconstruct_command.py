@@ -70,8 +70,8 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
     return init, None
 
 
-#: A zero-shot start with fewer Gaussians than this, or than 1 % of its budget, is warned about: measured on small
-#: scans, such a start ended below the FBP it started from (a 32^3 scan at 1 mm: 1 Gaussian, 8.8 dB against FBP's 22.0).
+#: A zero-shot start with fewer Gaussians than this, or than 1 % of its budget, is warned about: a handful of
+#: Gaussians cannot hold the scan's structure, and density control grows them only slowly.
 FEW_ZERO_SHOT = 32
 
 
@@ -270,8 +270,6 @@ def _check_flags(args) -> None:
     """The flags that need no file checked against each other (the budget is settled once the scan is read), and
     that ``--out`` can be a folder."""
     check_out_folder(args.out)
-    if args.iterations < 0:
-        raise CLIError(f"--iterations must be >= 0, got {args.iterations}")
     _check_holdout_flags(args)
     if args.split_rule is not None and args.preset != "toolkit":
         raise CLIError(f"--split-rule chooses the toolkit preset's density control; --preset {args.preset} uses its own")
