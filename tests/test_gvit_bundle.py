@@ -152,7 +152,7 @@ def _workflow(data, out: Path, resume: bool) -> GViTWorkflow:
     model = GViT(1, 16, 2, num_gaussians=6, patch_size=4)
     return GViTWorkflow(model, train, val, data.class_names, out, {"warmup": 1, "classifier": 1, "joint": 2},
                         device="cpu", render_backend="torch", num_explanations=0,
-                        handlers=default_phase_handlers(resume=resume))  # fmt: skip
+                        handlers=default_phase_handlers(resume=resume), cases=data.train)  # fmt: skip
 
 
 def test_interrupted_run_resumes_bit_for_bit(tmp_path):
@@ -202,6 +202,26 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     same = _workflow(data, tmp_path / "run", resume=True)
     same.data_settings = {"seed": 0}
     same.trainer("warmup").run()  # finished phase: resumes and ends at once
+
+
+def test_resume_on_changed_training_images_is_refused(tmp_path):
+    """An image replaced by another (its size changed) or an item relabelled is named at the start of a resume;
+    the unchanged data resume."""
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = _workflow(data, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
+    first.run()
+    _workflow(data, tmp_path / "run", resume=True).trainer("warmup").run()  # finished phase: ends at once
+    relabelled = [dict(it) for it in data.train]
+    relabelled[0]["label"] = 1 - relabelled[0]["label"]
+    again = _workflow(data, tmp_path / "run", resume=True)
+    again.cases = relabelled
+    with pytest.raises(ValueError, match=r"GViT training trained on other data: .*1 differing"):
+        again.check_resume()
+    victim = Path(data.train[1]["image"])
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(victim)  # another picture under the same name
+    with pytest.raises(ValueError, match=rf"trained on other data: .*{victim.parent.name}/{victim.name}"):
+        _workflow(data, tmp_path / "run", resume=True).check_resume()
 
 
 def test_a_moved_run_of_the_default_task_resumes(tmp_path):

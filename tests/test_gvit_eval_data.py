@@ -108,6 +108,56 @@ def test_explanation_names_carry_the_source_file(tmp_path):
     assert sorted(name.split("_")[1] for name in names) == stems  # <n>_<source>_<true>_pred-<predicted>.png
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_evaluation_keeps_training_split_when_images_were_added(tmp_path, caplog, seed):
+    """Images added to the class folders after training would re-draw the seeded split and move training images
+    into validation; the evaluation keeps the split model.pt records, added images in neither split."""
+    run, root = tmp_path / "run", _classes(tmp_path / "classes")
+    data = resolve_classification_data(root, run / "data", image_size=16, seed=seed, val_fraction=0.5)
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    validated = sorted(Path(it["image"]).relative_to(root).as_posix() for it in data.val)
+    rng = np.random.default_rng(seed)
+    for name in ("a", "b"):
+        for i in range(4, 7):
+            Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    (root / "b" / "0.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        m = evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=-1, **EVAL)
+    kept = [v for v in validated if v != "b/0.png"]
+    assert m["num_images"] == len(kept)
+    shown = sorted(p.name.split("_")[1] for p in (run / "eval" / "explanations").iterdir())
+    assert shown == sorted(Path(v).stem for v in kept)  # training's validation images, none added, none trained on
+    assert "changed since training (6 image(s) added, 1 missing)" in caplog.text
+
+
+def test_the_redrawn_split_would_leak_training_images(tmp_path):
+    """The case the recorded split guards against happens: for most seeds, the seeded split of the grown folder
+    puts images that were trained on into validation."""
+    leaked = 0
+    for seed in range(6):
+        root = _classes(tmp_path / f"c{seed}")
+        data = resolve_classification_data(root, tmp_path / "d", image_size=16, seed=seed, val_fraction=0.5)
+        trained = {it["image"] for it in data.train}
+        rng = np.random.default_rng(seed)
+        for name in ("a", "b"):
+            for i in range(4, 7):
+                Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(root / name / f"{i}.png")
+        redrawn = resolve_classification_data(root, tmp_path / "d", image_size=16, seed=seed, val_fraction=0.5)
+        leaked += bool({it["image"] for it in redrawn.val} & trained)
+    assert leaked >= 3
+
+
+def test_evaluation_of_a_moved_dataset_keeps_training_split(tmp_path, caplog):
+    run = tmp_path / "run"
+    data = resolve_classification_data(_classes(tmp_path / "classes"), run / "data", image_size=16, seed=2, val_fraction=0.5)
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    (tmp_path / "classes").rename(tmp_path / "moved")
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        m = evaluate_model_file(run / "model.pt", tmp_path / "moved", run / "eval", num_explanations=0, **EVAL)
+    assert m["num_images"] == 4 and "changed since training" not in caplog.text
+    assert "split_files" not in m["data"]  # metrics.json shows the settings, not the file lists
+
+
 def _ink(img: Image.Image) -> int:
     return int((np.asarray(img.convert("L")) < 128).sum())
 

@@ -26,7 +26,7 @@ from medgmae.twod.data2d import gmae2d_dataset
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gmae_validation import GMAE2DSummary, GMAE2DValidationHandler
 from medgmae.twod.gvit import GViT
-from medgmae.twod.gvit_phases import settings_record
+from medgmae.twod.gvit_phases import resume_records
 from medgmae.twod.images import read_image, save_png, to_model_input
 from medgmae.twod.windows import window_setting
 
@@ -240,7 +240,7 @@ def _gvit_phase_checkpoint(path: Path) -> Path:
     model = GViT(1, 16, 2, num_gaussians=4, patch_size=4)
     optimizer = torch.optim.AdamW(model.parameters())
     objects = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": {},
-               "settings": settings_record({"model": model.config(), "data": {"seed": 0}}).state_dict()}  # fmt: skip
+               "settings": resume_records({"model": model.config(), "data": {"seed": 0}}, None)["settings"].state_dict()}  # fmt: skip
     torch.save({"engine": {"epoch": 1}, "objects": objects}, path)
     return path
 

@@ -20,7 +20,7 @@ from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gvit import GViT
 from medgmae.twod.gvit.model import is_gvit_training_state
 from medgmae.twod.gvit_eval import evaluate_model_file
-from medgmae.twod.gvit_phases import settings_record
+from medgmae.twod.gvit_phases import resume_records
 from medgmae.twod.images import read_image
 from medgmae.twod.windows import recorded_window
 
@@ -119,7 +119,7 @@ def test_a_settings_record_of_the_model_is_not_taken_for_data_settings(tmp_path)
 def test_a_gvit_phase_checkpoint_is_recognised_from_one_read(tmp_path, monkeypatch, capsys):
     model = GViT(1, 16, 2, num_gaussians=4, patch_size=4)
     objects = {"model": model.state_dict(), "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
-               "settings": settings_record({"model": model.config(), "data": {"seed": 0}}).state_dict()}  # fmt: skip
+               "settings": resume_records({"model": model.config(), "data": {"seed": 0}}, None)["settings"].state_dict()}  # fmt: skip
     ckpt = tmp_path / "checkpoint_epoch=1.pt"
     torch.save({"engine": {"epoch": 1}, "objects": objects}, ckpt)
     reads = []

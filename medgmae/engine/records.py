@@ -73,7 +73,10 @@ class SettingsRecord:
 
 def _entry(value: Any) -> tuple[str, int | str] | None:
     """What a case's value is compared by: ``(path, size in bytes)`` of a file (a folder, e.g. a DICOM series: the
-    sizes of its files added), ``("<array>", digest)`` of an in-memory array, ``None`` for anything else."""
+    sizes of its files added), ``("<array>", digest)`` of an in-memory array, ``("<int>", value)`` of an integer
+    (a class index), ``None`` for anything else."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return "<int>", int(value)
     if isinstance(value, (str, os.PathLike)):
         path = Path(value).resolve()
         fingerprint = file_fingerprint(path)
@@ -89,7 +92,7 @@ class CasesRecord:
 
     Paths are kept relative to the folder holding all of them, so a dataset moved as a whole still resumes; file
     contents are not read (a same-size edit is not seen). In-memory arrays (2D phantom slices) are compared by
-    digest.
+    digest, integers (GViT's class indices) by value.
 
     Args:
         cases: the training datalist (``{"image": path, "label": path, ...}`` items).
@@ -101,17 +104,18 @@ class CasesRecord:
         if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence):
             raise ValueError(f"cases must be a list of datalist items, got {type(cases).__name__}")
         entries = [[(k, _entry(item[k])) for k in keys if isinstance(item, Mapping) and k in item] for item in cases]
-        paths = [e[0] for case in entries for _, e in case if e is not None and e[0] != "<array>"]
+        paths = [e[0] for case in entries for _, e in case if e is not None and not e[0].startswith("<")]
         root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
         self.cases = [
-            {k: [os.path.relpath(e[0], root).replace(os.sep, "/") if e[0] != "<array>" else e[0], e[1]]
+            {k: [os.path.relpath(e[0], root).replace(os.sep, "/") if not e[0].startswith("<") else e[0], e[1]]
              for k, e in case if e is not None}
             for case in entries
         ]  # fmt: skip
         self.what = what
 
     def state_dict(self) -> dict:
-        """``{"cases": [{key: [relative path or "<array>", size or digest]}]}``, saved with the checkpoint."""
+        """``{"cases": [{key: [relative path, "<array>" or "<int>", size, digest or value]}]}``, saved with the
+        checkpoint."""
         return {"cases": self.cases}
 
     def load_state_dict(self, state: Mapping) -> None:

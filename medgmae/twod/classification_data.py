@@ -34,6 +34,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.files import save_json_atomic
+from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, axial_slices, log_intensity_scaling, window_to_image
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image, save_png
 from medgmae.twod.windows import window_setting
@@ -67,7 +68,9 @@ class ClassificationData:
         counts: images per class and split.
         settings: how the data were chosen (set by :func:`resolve_classification_data`): ``dataset_dir`` (absolute,
             ``""`` for the phantom task), ``default_root``, ``num_phantoms``, ``seed``, ``val_fraction``,
-            ``image_size``; saved in GViT's ``model.pt`` so that evaluation finds the same data.
+            ``image_size``, ``split_files`` (each split's images:
+            :func:`~medgmae.twod.classification_split.split_record`); saved in GViT's ``model.pt`` so that evaluation
+            finds the same data in the same split.
     """
 
     train: list[dict]
@@ -150,19 +153,6 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
     return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s in parsed], classes
 
 
-def _stratified_split(items: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    rng = random.Random(seed)
-    train, val = [], []
-    for label in sorted({it["label"] for it in items}):
-        group = [it for it in items if it["label"] == label]
-        rng.shuffle(group)
-        n_val = int(round(len(group) * val_fraction)) if len(group) > 1 else 0
-        n_val = min(max(n_val, 1 if len(group) > 1 and val_fraction > 0 else 0), len(group) - 1)
-        val += group[:n_val]
-        train += group[n_val:]
-    return train, val
-
-
 def load_classification_data(
     dataset: str | Path, val_fraction: float = 0.2, seed: int = 0, check_images: bool = True
 ) -> ClassificationData:
@@ -186,7 +176,7 @@ def load_classification_data(
             train = [it for it in items if it.get("split", "train") == "train"]
             val = [it for it in items if it.get("split") == "val"]
         else:
-            train, val = _stratified_split(items, val_fraction, seed)
+            train, val = stratified_split(items, val_fraction, seed)
         for it in items:
             it.pop("split", None)
     elif (path / "train").is_dir() and (path / "val").is_dir():
@@ -196,7 +186,7 @@ def load_classification_data(
             raise ValueError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
     else:
         items, classes = scan_image_folder(path)
-        train, val = _stratified_split(items, val_fraction, seed)
+        train, val = stratified_split(items, val_fraction, seed)
     if not train:
         raise ValueError(f"dataset {path}: no training images after the split")
     channels = {}
@@ -386,7 +376,8 @@ def resolve_classification_data(
     data.settings = {"dataset_dir": "" if phantom else str(Path(dataset_dir).resolve()),
                      "default_root": str(Path(default_root).resolve()) if phantom else "",
                      "num_phantoms": int(num_cases), "seed": int(seed), "val_fraction": float(val_fraction),
-                     "image_size": int(image_size)}  # fmt: skip
+                     "image_size": int(image_size),
+                     "split_files": split_record(data.train, data.val, data.source)}  # fmt: skip
     if window is not None:
         data.settings["window"] = list(window)
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)

@@ -337,7 +337,9 @@ def evaluate_model_file(
     """Evaluate a saved GViT (``model.pt`` or a training checkpoint) on a split of a dataset.
 
     The data settings (``dataset_dir``, ``seed``, ``val_fraction``, ``num_cases``) default to the ones recorded in
-    ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used.
+    ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used. With
+    training's ``seed`` and ``val_fraction``, the images are split as training recorded it
+    (:func:`~medgmae.twod.classification_split.apply_recorded_split`: images added since are in neither split).
     NIfTI/DICOM images are read with training's intensity ``window`` (recorded in ``model.pt``), if it had one.
 
     Args:
@@ -357,6 +359,7 @@ def evaluate_model_file(
 
     from medgmae.engine import resolve_device
     from medgmae.twod.classification_data import make_dataset, resolve_classification_data
+    from medgmae.twod.classification_split import apply_recorded_split, without_split_files
     from medgmae.twod.gvit import GViT
 
     if split not in ("val", "train", "all"):
@@ -376,9 +379,12 @@ def evaluate_model_file(
         raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
     if model.num_classes != data.num_classes:
         raise ValueError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
+    if seed is None and val_fraction is None:  # training's split: kept as recorded when images were added since
+        recorded = (model.data_settings or {}).get("split_files")
+        data.train, data.val = apply_recorded_split(data.train, data.val, recorded, data.source)
     items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
     if not items:
         raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
     loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=window), batch_size=batch_size, shuffle=False)
-    record = {"split": split, "data": {**data.settings, "source": data.source}, "model": str(model_path)}
+    record = {"split": split, "data": {**without_split_files(data.settings), "source": data.source}, "model": str(model_path)}
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)

@@ -21,10 +21,10 @@ from monai.handlers import LrScheduleHandler, StatsHandler
 from torch import nn
 
 from medgmae.engine import CheckpointHandler, EpochProgress, NonFiniteLossHandler
-from medgmae.engine.records import SettingsRecord
+from medgmae.engine.records import CasesRecord, SettingsRecord
 
 __all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "PhaseProgress", "default_phase_handlers",
-           "phase_handlers", "settings_record"]
+           "phase_handlers", "resume_records"]
 
 
 @dataclass
@@ -38,6 +38,7 @@ class PhaseContext:
         lr_scheduler: the phase's warm-up + cosine schedule.
         checkpoint_dir: the phase's checkpoint folder (None: no checkpoints).
         settings: the run's model and data settings, checked on resume (None: not checked).
+        cases: the training items (``{"image": path, "label": int}``), checked on resume (None: not checked).
     """
 
     phase: str
@@ -46,20 +47,25 @@ class PhaseContext:
     lr_scheduler: Any
     checkpoint_dir: Path | None = None
     settings: Mapping | None = None
+    cases: Sequence[Mapping] | None = None
 
     @property
     def objects(self) -> dict:
-        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler`` and, with ``settings``, a
-        :class:`~medgmae.engine.records.SettingsRecord` that a resumed run must match."""
+        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler`` and, with ``settings`` and
+        ``cases``, the records a resumed run must match (:func:`resume_records`)."""
         objects = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler}
-        if self.settings is not None:
-            objects["settings"] = settings_record(self.settings)
-        return objects
+        return {**objects, **resume_records(self.settings, self.cases)}
 
 
-def settings_record(settings: Mapping) -> SettingsRecord:
-    """The :class:`~medgmae.engine.records.SettingsRecord` of a GViT run's ``{"model", "data"}`` settings."""
-    return SettingsRecord(settings, "GViT training")
+def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) -> dict:
+    """What a resumed GViT phase must match: ``"settings"``, the
+    :class:`~medgmae.engine.records.SettingsRecord` of the run's ``{"model", "data"}`` settings, and ``"cases"``,
+    the :class:`~medgmae.engine.records.CasesRecord` of its training images (path, size and class index); each
+    only when given."""
+    records = {} if settings is None else {"settings": SettingsRecord(settings, "GViT training")}
+    if cases is not None:
+        records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")
+    return records
 
 
 class PhaseCheckpoint:

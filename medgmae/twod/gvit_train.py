@@ -36,8 +36,9 @@ from torch import nn
 from medgmae.engine import check_resume_fits, resolve_device
 from medgmae.engine.earlier_run import EarlierRun
 from medgmae.engine.resume import epoch_checkpoints
+from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
-from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, settings_record
+from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
 
 __all__ = [
     "PHASES",
@@ -174,6 +175,7 @@ def build_phase_trainer(
     checkpoint_dir: str | Path | None = None,
     handlers: Sequence[Any | Callable[[PhaseContext], Any]] | None = None,
     settings: Mapping | None = None,
+    cases: Sequence[Mapping] | None = None,
 ) -> SupervisedTrainer:
     """A MONAI trainer for one phase: AdamW (betas 0.9/0.95) on the phase's parameters, warm-up + cosine LR.
 
@@ -187,7 +189,7 @@ def build_phase_trainer(
         warmup_fraction: fraction of the phase's iterations with linear LR warm-up.
         rec_loss, gamma, guidance_interval, render_backend, amp: see :class:`GViTIteration`.
         checkpoint_dir: folder of this phase's checkpoints (none when None).
-        settings: what a resumed phase must share with its checkpoint (:class:`PhaseContext`).
+        settings, cases: what a resumed phase must share with its checkpoint (:class:`PhaseContext`).
         handlers: handlers and handler factories (see the module doc); default :func:`default_phase_handlers`.
     """
     _check_phase(phase)
@@ -199,7 +201,7 @@ def build_phase_trainer(
     opt = torch.optim.AdamW(phase_parameters(model, phase), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     total = max(1, max_epochs * len(train_loader))
     sched = WarmupCosineSchedule(opt, warmup_steps=int(warmup_fraction * total), t_total=total, warmup_multiplier=0.1)
-    ctx = PhaseContext(phase, model, opt, sched, None if checkpoint_dir is None else Path(checkpoint_dir), settings)
+    ctx = PhaseContext(phase, model, opt, sched, None if checkpoint_dir is None else Path(checkpoint_dir), settings, cases)
     trainer = SupervisedTrainer(
         device=torch.device(device), max_epochs=max_epochs, train_data_loader=train_loader, network=model,
         optimizer=opt, loss_function=rec_loss or ReconstructionLoss(),
@@ -233,6 +235,7 @@ class GViTWorkflow:
             :func:`default_phase_handlers` (no resume).
         data_settings: how the training data were chosen (``ClassificationData.settings``), saved in ``model.pt``
             for the evaluation and recorded in ``metrics.json``.
+        cases: the training items, checked with their files' sizes on resume (None: not checked).
     """
 
     def __init__(
@@ -255,6 +258,7 @@ class GViTWorkflow:
         num_explanations: int = 8,
         handlers: Sequence | None = None,
         data_settings: Mapping | None = None,
+        cases: Sequence[Mapping] | None = None,
     ) -> None:
         unknown = set(epochs) - set(PHASES)
         if unknown:
@@ -280,13 +284,14 @@ class GViTWorkflow:
                            render_backend=render_backend, amp=amp, handlers=handlers)  # fmt: skip
         self.num_explanations = num_explanations
         self.data_settings = dict(data_settings) if data_settings is not None else None
+        self.cases = None if cases is None else list(cases)
         self.trainers: dict[str, SupervisedTrainer] = {}
 
     def settings(self) -> dict:
         """The model and data settings a resumed phase must share with its checkpoint: not where the default
         phantom task lies (``default_root``, inside the output folder: a run folder moved as a whole resumes; the
-        task itself is fixed by ``num_phantoms``, ``seed`` and ``image_size``)."""
-        data = {k: v for k, v in (self.data_settings or {}).items() if k != "default_root"}
+        task itself is fixed by ``num_phantoms``, ``seed`` and ``image_size``), nor its files (``cases``)."""
+        data = {k: v for k, v in (without_split_files(self.data_settings) or {}).items() if k != "default_root"}
         return {"model": self.model.config(), "data": data}
 
     def trainer(self, phase: str) -> SupervisedTrainer:
@@ -294,7 +299,7 @@ class GViTWorkflow:
         self.trainers[phase] = build_phase_trainer(
             phase, self.model, self.train_loader, self.epochs[phase], self.device, rec_loss=self.rec_loss,
             checkpoint_dir=self.output_dir / "checkpoints" / phase,
-            settings=self.settings(), **self.kwargs,
+            settings=self.settings(), cases=self.cases, **self.kwargs,
         )  # fmt: skip
         return self.trainers[phase]
 
@@ -305,10 +310,10 @@ class GViTWorkflow:
         phase is passed through)."""
         if not any(isinstance(h, PhaseCheckpoint) and h.resume for h in self.kwargs["handlers"] or ()):
             return
-        record = settings_record(self.settings())
+        records = resume_records(self.settings(), self.cases)
         for phase in (p for p in PHASES if self.epochs[p] > 0):
             check_resume_fits(self.output_dir / "checkpoints" / phase, self.train_loader, self.epochs[phase],
-                              records={"settings": record}, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
+                              records=records, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
 
     def _first_phase_to_train(self, resume: bool) -> str | None:
         """The first phase this run trains: of a fresh run, its first phase with epochs; of a resumed one, the first
@@ -379,7 +384,7 @@ class GViTWorkflow:
                 trainer.run()
         self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings)
         has_val = self.val_loader is not None and len(self.val_loader) > 0
-        record = {"split": "val" if has_val else "train", "data": self.data_settings}
+        record = {"split": "val" if has_val else "train", "data": without_split_files(self.data_settings)}
         return evaluate_gvit(
             self.model, self.val_loader if has_val else self.train_loader, self.class_names, self.output_dir,
             device=self.device, num_explanations=self.num_explanations, render_backend=self.kwargs["render_backend"],

@@ -133,7 +133,7 @@ def is_gvit_training_state(objects: Mapping) -> bool:
     """Whether a training state's ``objects`` (as :class:`~medgmae.checkpoint.TrainingStateError` carries them,
     read once by :func:`~medgmae.checkpoint.load_checkpoint`) are a GViT training phase's
     (``checkpoints/<phase>/checkpoint_epoch=N.pt``): model weights and a settings record
-    (:func:`medgmae.twod.gvit_phases.settings_record`) holding a GViT configuration.
+    (:func:`medgmae.twod.gvit_phases.resume_records`) holding a GViT configuration.
 
     Args:
         objects: the checkpoint's ``objects``.

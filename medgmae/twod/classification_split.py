@@ -1,0 +1,110 @@
+"""The training / validation split of a GViT classification dataset, and the record of it that ``model.pt`` keeps.
+
+A dataset without a fixed split (class folders, a CSV without a ``split`` column) is split per class by a seeded
+shuffle (:func:`stratified_split`). That split depends on the files present: images added to a class folder after
+training would move some of training's images into validation, and an evaluation "on the recorded split" would
+then score images the model was trained on. So training records each split's files (:func:`split_record`: paths
+relative to the dataset's folder, so a dataset moved as a whole still matches) and evaluation keeps to that record
+(:func:`apply_recorded_split`), naming what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["stratified_split", "split_record", "apply_recorded_split", "without_split_files"]
+
+logger = logging.getLogger("medgmae.gvit")
+
+
+def stratified_split(items: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Training and validation items, ``val_fraction`` of each class (rounded, at least one of a class with two
+    or more images, never all of them) drawn by ``random.Random(seed)``.
+
+    Args:
+        items: ``{"image": path, "label": int}`` items.
+        val_fraction: fraction of each class held out, in ``[0, 1)``.
+        seed: seed of the shuffle.
+
+    Returns:
+        ``(train, val)``.
+    """
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted({it["label"] for it in items}):
+        group = [it for it in items if it["label"] == label]
+        rng.shuffle(group)
+        n_val = int(round(len(group) * val_fraction)) if len(group) > 1 else 0
+        n_val = min(max(n_val, 1 if len(group) > 1 and val_fraction > 0 else 0), len(group) - 1)
+        val += group[:n_val]
+        train += group[n_val:]
+    return train, val
+
+
+def _root(source: str | os.PathLike) -> Path:
+    """The folder split records are relative to: the dataset folder, or a CSV list's folder."""
+    path = Path(source).resolve()
+    return path if path.is_dir() else path.parent
+
+
+def _relative(item: Mapping, root: Path) -> str:
+    return os.path.relpath(Path(item["image"]).resolve(), root).replace(os.sep, "/")
+
+
+def split_record(train: list[dict], val: list[dict], source: str | os.PathLike) -> dict:
+    """``{"train": [...], "val": [...]}``: each split's image paths relative to the dataset's folder, sorted.
+
+    Args:
+        train, val: the split's items.
+        source: the dataset folder or CSV file (``ClassificationData.source``).
+    """
+    root = _root(source)
+    return {"train": sorted(_relative(it, root) for it in train), "val": sorted(_relative(it, root) for it in val)}
+
+
+def apply_recorded_split(
+    train: list[dict], val: list[dict], recorded: Mapping | None, source: str | os.PathLike
+) -> tuple[list[dict], list[dict]]:
+    """The dataset's items in training's split, as ``recorded`` by :func:`split_record`.
+
+    Unchanged data keep their split. When images were added or removed since training, every image training saw
+    stays in its split and the added ones are in neither (a warning gives the numbers); a dataset holding none of
+    training's images (another dataset) keeps the split given, with a warning.
+
+    Args:
+        train, val: the items as split now (by the seed, or by the dataset's own layout).
+        recorded: training's record; None (a model file of an earlier version): ``train`` and ``val`` as given.
+        source: the dataset folder or CSV file.
+
+    Returns:
+        ``(train, val)``.
+    """
+    if not recorded:
+        return train, val
+    saved = {k: set(recorded.get(k) or ()) for k in ("train", "val")}
+    root, items = _root(source), train + val
+    where = {_relative(it, root): it for it in items}
+    if {k: set(v) for k, v in split_record(train, val, source).items()} == saved:
+        return train, val
+    known = [rel for rel in where if rel in saved["train"] | saved["val"]]
+    if not known:
+        logger.warning("dataset %s holds none of the images training's split recorded: it is split by the seed, and "
+                       "these are not the images the model was trained or validated on", source)  # fmt: skip
+        return train, val
+    added, missing = len(where) - len(known), len(saved["train"] | saved["val"]) - len(known)
+    train = [it for rel, it in where.items() if rel in saved["train"]]
+    val = [it for rel, it in where.items() if rel in saved["val"]]
+    logger.warning("dataset %s has changed since training (%d image(s) added, %d missing): keeping training's split as "
+                   "its model file records it (%d training, %d validation images here); the added images are in "
+                   "neither split", source, added, missing, len(train), len(val))  # fmt: skip
+    return train, val
+
+
+def without_split_files(settings: Mapping | None) -> dict | None:
+    """Data settings without the split's file lists, as ``metrics.json`` and the resume check show them (the
+    training files themselves are compared by a :class:`~medgmae.engine.records.CasesRecord`)."""
+    return None if settings is None else {k: v for k, v in settings.items() if k != "split_files"}
