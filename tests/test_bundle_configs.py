@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
+from medgmae.bundle_checks import BundleSettingError, check_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "bundles").glob("*/configs/*.json") if p.name != "metadata.json")
 
 
 TRAIN_CONFIGS = sorted(ROOT.glob("bundles/*/configs/train.json"))
 #: keys a train config may leave out of ``checked_settings``: paths and folders (its output folders or the data readers
-#: check them), the device (resolve_device names it) and the 3D pre-processing's HU window and orientation
-#: (PreprocessingSpec checks them)
-UNCHECKED = {"bundle_root", "dataset_dir", "datalist", "output_dir", "device", "a_min", "a_max", "orientation"}
+#: check them) and the 3D pre-processing's HU window and orientation (PreprocessingSpec checks them)
+UNCHECKED = {"bundle_root", "dataset_dir", "datalist", "output_dir", "a_min", "a_max", "orientation"}
 
 
 def _bool_keys(config: dict) -> list[str]:
@@ -94,6 +95,20 @@ def test_train_configs_check_their_settings_and_folders_first(path):
     assert all(v == [f"@{k}", v[1]] for k, v in checked.items()), "each entry checks the key it is named by"
     settable = {k for k, v in config.items() if isinstance(v, (bool, int, float, str)) and not str(v).startswith("$")}
     assert sorted(settable - set(checked) - UNCHECKED) == [], path.relative_to(ROOT)
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=[p.parents[1].name for p in TRAIN_CONFIGS])
+def test_an_unusable_device_is_named_with_the_settings(path):
+    """A device this machine lacks stops the run with the other settings, before phantoms are generated or the
+    pre-check reads data (it failed when the trainer started)."""
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    parser.update({"device": "cuda:99", "batch_size": 0})
+    with pytest.raises(BundleSettingError) as err:
+        check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
+    named = {line.split(":")[0].strip(): line for line in str(err.value).splitlines()[1:]}
+    assert sorted(named) == ["--batch_size", "--device"], named
+    assert "CUDA is not available" in named["--device"] or "does not exist" in named["--device"], named
 
 
 CHECKED_CONFIGS = [p for p in CONFIGS if "checked_settings" in json.loads(p.read_text())]

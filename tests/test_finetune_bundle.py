@@ -184,6 +184,9 @@ def test_resume_with_other_label_fraction_is_refused(tmp_path):
     first = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5)
     write_run_record(out, first["record"])
     recorded = (out / "training_cases.json").read_text()
+    # stopped before its first epoch checkpoint (e.g. a failure in epoch 1): nothing trained, nothing binds a resume
+    assert len(prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0, resume=True)["training"]) == 2
+    (out / "checkpoint_epoch=1.pt").write_bytes(b"")  # only its name is read here
     with pytest.raises(DatasetError) as e:
         prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0, resume=True)
     message = str(e.value)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 from medgmae.data.datalist import DatasetError
+from medgmae.engine.resume import latest_checkpoint
 from medgmae.files import save_json_atomic
 
 __all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "check_resume_matches"]
@@ -82,11 +83,14 @@ def check_resume_matches(output_dir: str | Path, new: Mapping) -> None:
         output_dir: the run folder.
         new: the record this resumed run would write (``label_fraction``, ``seed``, ``cases``, data source).
 
+    A record without an epoch checkpoint beside it (a run stopped before its first epoch ended, which a resume
+    starts afresh) binds nothing.
+
     Raises:
         DatasetError: naming the recorded and the new choice, and how to resume or start afresh.
     """
     old = read_run_record(output_dir)
-    if old is None:
+    if old is None or latest_checkpoint(output_dir) is None:
         return
     keys = [k for k in ("label_fraction", "seed", "cases", "dataset_dir", "datalist") if k in old]
     differ = [k for k in keys if json.dumps(old[k], default=str) != json.dumps(new.get(k), default=str)]
