@@ -208,7 +208,7 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--filter", default="hann", choices=FILTERS, help="filter for the FBP when --fbp is absent")
     r.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the views drawn")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar: one line per evaluation (--eval-every) instead")
     _add_unit_check(r)
     r.add_argument("--out", required=True, help="output folder")
 

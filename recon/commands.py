@@ -238,6 +238,8 @@ def _simulation_geometry(args, planned: CTGeometry | None, shape, voxel, affine:
 
 #: What ``simulate`` writes into its ``--out`` folder.
 _SCAN_FILES = ("projections.npy", "geometry.json", "reference.nii.gz", "fbp.nii.gz")
+#: What ``reconstruct`` writes that belongs to the scan it was made from (a new scan beside it would not).
+_RUN_FILES = ("recon.nii.gz", "gaussians.ply", "recon_state.pt")
 
 
 def cmd_simulate(args) -> int:
@@ -248,6 +250,10 @@ def cmd_simulate(args) -> int:
     from recon.projectors import make_projector
 
     out = check_out_folder(args.out)
+    run = [n for n in _RUN_FILES if (out / n).is_file()]
+    if run:
+        raise CLIError(f"--out {out} holds a reconstruction ({', '.join(run)}): a new scan written there would sit "
+                       "beside a reconstruction of another scan; give simulate another --out")
     planned = _planned_geometry(args)
     hu, affine, voxel = load_volume(args.volume)
     earlier = [n for n in _SCAN_FILES if (out / n).is_file()]

@@ -304,7 +304,7 @@ class GaussianReconstructor:
     def run(
         self,
         checkpoint_path: str | Path | None = None,
-        progress: bool = True,
+        progress: bool | str = True,
         ssim_every_eval: bool = True,
         stop_at: int | None = None,
     ) -> GaussianReconResult:
@@ -312,8 +312,9 @@ class GaussianReconstructor:
 
         Args:
             checkpoint_path: where to save checkpoints (every ``checkpoint_every`` iterations and at the end).
-            progress: show a tqdm bar with the loss (and PSNR/SSIM when a reference is given); where no bar can be
-                drawn (a captured log: :func:`medgmae.terminal.progress_bars_shown`), print one line per evaluation.
+            progress: ``True``: a tqdm bar with the loss (and PSNR/SSIM when a reference is given), or, where no bar
+                can be drawn (a captured log: :func:`medgmae.terminal.progress_bars_shown`), one printed line per
+                evaluation; ``"lines"``: those lines in any case; ``False``: nothing.
             ssim_every_eval: compute SSIM at every evaluation (PSNR always).
             stop_at: stop after this iteration (default ``config.iterations``); the schedules still follow
                 ``config.iterations``, so a later :meth:`run` continues exactly (the history holds the evaluations
@@ -332,7 +333,9 @@ class GaussianReconstructor:
 
         c = self.config
         t0 = time.perf_counter() - self.seconds  # the history's seconds continue those of the runs before
-        lines = progress and not progress_bars_shown()  # a log file: lines, not a bar's redraws
+        if progress not in (True, False, "lines"):
+            raise ValueError(f"progress must be True, False or 'lines', got {progress!r}")
+        lines = progress == "lines" or (progress is True and not progress_bars_shown())  # a log: no bar's redraws
         bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress or lines, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
         with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
             postfix: dict = {}

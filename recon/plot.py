@@ -15,9 +15,10 @@ __all__ = ["draw_curve", "draw_slices"]
 _LEFT, _TOP, _BOTTOM, _RIGHT = 64, 18, 18, 10
 
 
-def _series_box(draw, box, xs, ys, colour, label, log=False):
+def _series_box(draw, box, xs, ys, colour, label, log=False, level=None):
     """One panel: the series ``(xs, ys)`` (points with ``y`` missing, non-finite or, on a log scale, not positive
-    are left out) in ``box = (x0, y0, x1, y1)``, its range written beside the plotted area."""
+    are left out) in ``box = (x0, y0, x1, y1)``, its range written beside the plotted area; ``level``: a
+    ``(value, name)`` drawn as a dashed grey line across the panel (within the range shown)."""
     x0, y0, x1, y1 = box
     draw.rectangle(box, outline=(0, 0, 0))
     draw.text((x0 + 4, y0 + 3), label, fill=colour)
@@ -27,9 +28,15 @@ def _series_box(draw, box, xs, ys, colour, label, log=False):
         return
     px0, py0, px1, py1 = x0 + _LEFT, y0 + _TOP, x1 - _RIGHT, y1 - _BOTTOM  # the plotted area
     xmin, xmax = min(xs), max(xs)
-    ymin, ymax = min(p[1] for p in pts), max(p[1] for p in pts)
+    ys_shown = [p[1] for p in pts] + ([level[0]] if level is not None and math.isfinite(level[0]) and not log else [])
+    ymin, ymax = min(ys_shown), max(ys_shown)
     xmax, ymax = (xmax if xmax > xmin else xmin + 1), (ymax if ymax > ymin else ymin + 1e-6)
     scr = [(px0 + (x - xmin) / (xmax - xmin) * (px1 - px0), py1 - (y - ymin) / (ymax - ymin) * (py1 - py0)) for x, y in pts]
+    if len(ys_shown) > len(pts):
+        ly = py1 - (level[0] - ymin) / (ymax - ymin) * (py1 - py0)
+        for dx in range(px0, px1, 8):
+            draw.line([(dx, ly), (min(dx + 4, px1), ly)], fill=(120, 120, 120), width=1)
+        draw.text((px0 + 4, ly - 11 if ly - 11 > py0 else ly + 2), level[1], fill=(80, 80, 80))
     if len(scr) > 1:
         draw.line(scr, fill=colour, width=2)
     for p in scr:
@@ -43,10 +50,11 @@ def _series_box(draw, box, xs, ys, colour, label, log=False):
     draw.text((px1 - 6 * len(right), py1 + 4), right, fill=grey)
 
 
-def draw_curve(history: list, path, holdout_errors: list | None = None) -> None:
+def draw_curve(history: list, path, holdout_errors: list | None = None, fbp_psnr: float | None = None) -> None:
     """Write a PNG of ``history`` records (``iteration``, ``loss``, optional ``holdout_error`` and ``psnr``), one
     panel each, atomically. ``holdout_errors``: ``(iteration, error)`` pairs of another run (the held-out run
-    before a refit) to draw in the held-out panel instead of the records'."""
+    before a refit) to draw in the held-out panel instead of the records'. ``fbp_psnr``: the FBP's PSNR, a dashed
+    line in the PSNR panel (where the run passes FBP)."""
     from PIL import Image, ImageDraw
 
     from medgmae.files import atomic_write
@@ -54,16 +62,17 @@ def draw_curve(history: list, path, holdout_errors: list | None = None) -> None:
     xs = [r["iteration"] for r in history]
     if holdout_errors is None and any("holdout_error" in r for r in history):
         holdout_errors = [(r["iteration"], r.get("holdout_error")) for r in history]
-    panels = [(xs, [r.get("loss") for r in history], (200, 40, 40), "projection loss (log)", True)]
+    panels = [(xs, [r.get("loss") for r in history], (200, 40, 40), "projection loss (log)", True, None)]
     if holdout_errors:
-        panels.append(([i for i, _ in holdout_errors], [e for _, e in holdout_errors], (40, 140, 60), "held-out views: relative error (log)", True))
+        panels.append(([i for i, _ in holdout_errors], [e for _, e in holdout_errors], (40, 140, 60), "held-out views: relative error (log)", True, None))
     if any("psnr" in r for r in history):
-        panels.append((xs, [r.get("psnr") for r in history], (30, 90, 200), "PSNR (dB)", False))
+        level = None if fbp_psnr is None else (float(fbp_psnr), f"FBP {fbp_psnr:.2f} dB")
+        panels.append((xs, [r.get("psnr") for r in history], (30, 90, 200), "PSNR (dB)", False, level))
     img = Image.new("RGB", (640, 10 + 235 * len(panels)), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    for i, (x, y, colour, label, log) in enumerate(panels):
+    for i, (x, y, colour, label, log, level) in enumerate(panels):
         top = 10 + 235 * i
-        _series_box(draw, (10, top, 630, top + 225), x, y, colour, label, log=log)
+        _series_box(draw, (10, top, 630, top + 225), x, y, colour, label, log=log, level=level)
     with atomic_write(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -202,11 +202,12 @@ def _reconstruct(args) -> int:
             rec.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CLIError(f"cannot resume from {state_path}: {e}") from e
-    result = rec.run(checkpoint_path=state_path, progress=not args.no_progress)
+    progress = "lines" if args.no_progress else True  # --no-progress: no bar, the evaluations' lines still
+    result = rec.run(checkpoint_path=state_path, progress=progress)
     holdout = _holdout_record(args, rec, result)
     if args.refit and result.best_iteration is not None:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
-        rec, result = _refit(rec, init_fn, result.best_iteration, progress=not args.no_progress)  # its value_scale is recorded
+        rec, result = _refit(rec, init_fn, result.best_iteration, progress=progress)  # its value_scale is recorded
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, run_info["scan"], projector_seconds
     if reference is not None:
@@ -255,7 +256,7 @@ def _holdout_record(args, rec, result) -> dict | None:
             "run_seconds": result.seconds, "errors": [(r["iteration"], r["holdout_error"]) for r in result.history]}  # fmt: skip
 
 
-def _refit(rec, init_fn, iteration: int, progress: bool):
+def _refit(rec, init_fn, iteration: int, progress: bool | str):
     """The run of ``rec`` on every view (``init_fn()``: the start from the every-view FBP), stopped at
     ``iteration``: the same settings and schedule without held-out views. Returns ``(reconstructor, result)``."""
     from recon.gaussian_recon import GaussianReconstructor
@@ -359,5 +360,6 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
         save_ply(stage / "gaussians.ply", world_gaussians(result.gaussians, geom), frame="world",
                  shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine())
         save_json_atomic(metrics, stage / "metrics.json")
-        draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"))
+        draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
+                   (metrics.get("fbp") or {}).get("psnr"))
         draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", geom.default_affine(), reference)

@@ -91,6 +91,11 @@ def test_simulating_into_a_scan_folder_names_what_it_replaces(ct, tmp_path, caps
     assert (f"note: {out} holds an earlier scan (projections.npy, geometry.json, reference.nii.gz, fbp.nii.gz): this "
             "simulation replaces it") in capsys.readouterr().out
     assert np.load(out / "projections.npy").shape[0] == 8
+    (out / "recon_state.pt").write_bytes(b"state")  # a reconstruction of that scan, written into its folder
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    assert main(args) == 2
+    assert f"--out {out} holds a reconstruction (recon_state.pt)" in capsys.readouterr().err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before  # nothing replaced
 
 
 def test_end_to_end(simulated, model_file, tmp_path, capsys):

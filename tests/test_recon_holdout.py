@@ -187,7 +187,7 @@ def test_settings_are_checked():
 
 def test_a_run_into_a_captured_log_prints_lines_not_a_bar(scan, capsys, monkeypatch):
     """With stderr captured (a batch job's log) the run prints one line per evaluation, with the history's values,
-    and draws no bar; on a terminal it draws the bar and prints no lines."""
+    and draws no bar; on a terminal it draws the bar and prints no lines, unless told to print lines."""
     import medgmae.terminal as terminal
 
     g, p, proj, vol = scan
@@ -204,3 +204,8 @@ def test_a_run_into_a_captured_log_prints_lines_not_a_bar(scan, capsys, monkeypa
     rec2.run(progress=True, stop_at=5)
     out, err = capsys.readouterr()
     assert out == "" and "Gaussian recon" in err
+    rec2.run(progress="lines", stop_at=10)  # --no-progress on a terminal: no bar, the lines
+    out, err = capsys.readouterr()
+    assert out.startswith("iteration 10/10:") and "Gaussian recon" not in err, (out, err)
+    rec2.run(progress=False)
+    assert capsys.readouterr() == ("", "")

@@ -173,8 +173,12 @@ def test_astra_cpu_tensors_never_reach_the_3d_path():
     parallel = CTGeometry.parallel((4, 8, 8), num_angles=6)
     assert make_projector(parallel, "auto", "cpu").name == "astra"  # ASTRA's CPU 2D projectors, slice by slice
     assert make_projector(par, "auto", "cpu").name == "torch"  # rows do not match slices: ASTRA's CPU path cannot
+    oblong = CTGeometry.parallel((4, 8, 8), (2.5, 1.2, 1.5), num_angles=6)  # 1.2 x 1.5 mm pixels: ASTRA 2D has one size
+    with pytest.raises(ValueError, match="square in-plane voxels"):
+        AstraProjector(oblong)(torch.zeros(1, 4, 8, 8))
+    assert make_projector(oblong, "auto", "cpu").name == "torch"
     # what reconstruct announces before building: the same choice
-    assert [resolve_backend(g, "auto", "cpu") for g in (cone, parallel, par)] == ["matrix", "astra", "torch"]
+    assert [resolve_backend(g, "auto", "cpu") for g in (cone, parallel, par, oblong)] == ["matrix", "astra", "torch", "torch"]
 
 
 def test_auto_uses_pytorch_where_astra_is_not_installed(monkeypatch):

@@ -118,6 +118,23 @@ def test_curve_labels_stay_clear_of_the_series(tmp_path):
     assert not series[left].any() and not series[bottom].any()
 
 
+def test_curve_draws_the_fbp_level_in_the_psnr_panel(tmp_path):
+    """The PSNR panel's range takes in the FBP's PSNR and draws it as a dashed line: here above every point, so on
+    the plotted area's top row (the panel's box starts at y = 10 + 235, its plotted area 18 px lower)."""
+    from PIL import Image
+
+    from recon.plot import draw_curve
+
+    history = [{"iteration": i, "loss": 1.0 / i, "psnr": 20 + i / 20} for i in range(10, 110, 10)]
+    rows = {}
+    for fbp in (None, 30.0):
+        draw_curve(history, tmp_path / "curve.png", fbp_psnr=fbp)
+        img = np.asarray(Image.open(tmp_path / "curve.png").convert("RGB")).astype(int)
+        dashes = (np.abs(img - np.array([120, 120, 120])).sum(-1) == 0)
+        rows[fbp] = dashes[10 + 235 + 18, 10 + 64 : 630 - 10].mean()
+    assert rows[None] == 0 and 0.4 < rows[30.0] < 0.8, rows
+
+
 @pytest.mark.parametrize("argv, notes", [
     (("simulate",), {"units", "unit check"}),
     (("fbp",), {"units"}),

@@ -48,13 +48,15 @@ def astra_cuda_available() -> bool:
 
 def astra_cpu_supports(geometry: CTGeometry) -> bool:
     """Whether ASTRA's CPU path (2D parallel-beam projectors, slice by slice) can take ``geometry``: ASTRA is
-    installed, and the scan is parallel beam with one detector row per volume slice at the slice pitch."""
+    installed, and the scan is parallel beam with one detector row per volume slice at the slice pitch, over
+    square in-plane voxels (ASTRA's 2D volume geometry has one pixel size)."""
     g = geometry
     return (
         astra_installed()
         and g.kind == "parallel"
         and g.det_shape[0] == g.volume_shape[0]
         and math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6)
+        and math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6)
     )
 
 class AstraProjector(Projector):
@@ -118,13 +120,14 @@ class AstraProjector(Projector):
                 "ASTRA on CPU tensors supports parallel-beam geometries only (cone beam needs CUDA tensors); "
                 "use backend='torch' for cone beam on the CPU"
             )
+        if not math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6):
+            raise ValueError(f"ASTRA's CPU path needs square in-plane voxels, got {g.voxel_size[1:]} mm ('auto' uses "
+                             "PyTorch for such a volume)")
         if not astra_cpu_supports(g):
             raise ValueError(
                 "ASTRA's CPU path projects slice by slice and needs one detector row per slice at the slice pitch: "
                 f"rows {g.det_shape[0]} vs slices {g.volume_shape[0]}, row pitch {g.det_spacing[0]} vs {g.voxel_size[0]} mm"
             )
-        if not math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6):
-            raise ValueError(f"ASTRA's CPU path needs square in-plane voxels, got {g.voxel_size[1:]} mm")
 
     def _projector_2d(self, views: Tensor | None) -> int:
         import astra
