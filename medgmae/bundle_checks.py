@@ -188,8 +188,10 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _is_monai_wrapper(exc: BaseException) -> bool:
-    """MONAI's ``RuntimeError`` around a config expression's or component's error, which names no cause."""
-    return isinstance(exc, RuntimeError) and str(exc).startswith(("Failed to evaluate", "Failed to instantiate"))
+    """MONAI's ``RuntimeError`` around a config expression's, component's or transform's error (``applying
+    transform <...LoadImage2Dd object at 0x...>``), which names no cause."""
+    wrappers = ("Failed to evaluate", "Failed to instantiate", "applying transform")
+    return isinstance(exc, RuntimeError) and str(exc).startswith(wrappers)
 
 
 #: The last line of a training run stopped with Ctrl-C.

@@ -298,6 +298,22 @@ def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
     assert sum(line.startswith("error: ") for line in lines) == 1
 
 
+def test_a_transforms_failure_ends_with_the_file_it_could_not_read():
+    """MONAI's ``apply_transform`` wraps a loader's error in ``RuntimeError: applying transform <object at 0x..>``
+    (a 2D image folder holding a corrupt PNG): the last line is the loader's message naming the file."""
+    proc, lines = _under_the_hook(
+        "from monai.transforms import apply_transform\n"
+        "def load(d):\n"
+        "    raise ValueError('/data/pngs/bad.png: not a readable image')\n"
+        "try:\n"
+        "    apply_transform(load, {'image': '/data/pngs/bad.png'})\n"
+        "except RuntimeError as e:\n"
+        "    raise RuntimeError('Failed to instantiate component') from e\n",
+    )
+    assert proc.returncode == 1 and "applying transform" in proc.stderr, proc.stderr
+    assert lines[-1] == "error: ValueError: /data/pngs/bad.png: not a readable image", lines[-3:]
+
+
 def test_the_last_line_is_the_toolkits_message_not_the_library_error_under_it():
     """The toolkit's error names the file and wraps the library's (a private reader error, an EOFError, pickle's
     advice to load with weights_only=False): the last line is the toolkit's, however deep MONAI's wrappers go."""
