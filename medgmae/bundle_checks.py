@@ -311,6 +311,7 @@ def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
 def check_settings(
     settings: Mapping[str, tuple[Any, str | Sequence[Any] | Callable[[Any], Any]]],
     output_dirs: Mapping[str, str | Path] | None = None,
+    run_kinds: Sequence[str] | None = None,
 ) -> bool:
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
     every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`). Also
@@ -326,6 +327,8 @@ def check_settings(
             setting when there is one; ``"roi_edge"``: an integer only), a list of the allowed values, or a
             callable that raises ``ValueError`` (naming the problem) for a bad value (e.g. :func:`roi_size_check`).
         output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
+        run_kinds: the model kinds a training bundle writes: a ``model.pt`` or ``best_model.pt`` of another kind in
+            ``output_dirs["output_dir"]`` is a problem (another bundle's run, which this one would replace).
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -338,7 +341,7 @@ def check_settings(
     summarise_errors(resumable="resume" in settings)  # from here on, a failure of the bundle ends with its reason
     problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]
     problems += unknown_key_problems()
-    folders = _output_dir_problems(output_dirs or {})
+    folders = _output_dir_problems(output_dirs or {}) + _other_run_problems((output_dirs or {}).get("output_dir"), run_kinds)
     if problems or folders:
         kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))
         what = " and ".join(name for name, found in kinds if found)
@@ -349,6 +352,26 @@ def check_settings(
 def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:
     """``--key 'path': problem`` for each output folder that neither is a writable folder nor can be created."""
     return [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items() if (p := output_dir_problem(path))]
+
+
+#: The model files a training bundle's output folder may hold, read for their kind by :func:`_other_run_problems`.
+RUN_MODEL_FILES = ("model.pt", "best_model.pt")
+
+
+def _other_run_problems(output_dir: str | Path | None, run_kinds: Sequence[str] | None) -> list[str]:
+    """A ``--output_dir`` line for each model file there of a kind this bundle does not write: the folder holds
+    another bundle's run (a 2D run started in a 3D pre-training folder would remove its checkpoints and models)."""
+    if output_dir is None or not run_kinds:
+        return []
+    from medgmae.checkpoint import CHECKPOINT_KINDS, model_file_kind  # torch: imported where a folder is checked
+
+    found = {name: model_file_kind(Path(output_dir) / name) for name in RUN_MODEL_FILES}
+    other = {name: kind for name, kind in found.items() if kind is not None and kind not in run_kinds}
+    if not other:
+        return []
+    files = ", ".join(f"{name} of kind {kind!r} ({CHECKPOINT_KINDS.get(kind, 'unknown')})" for name, kind in other.items())
+    return [f"--output_dir {str(output_dir)!r}: holds {files}: another bundle's run, which this run "
+            f"({', '.join(run_kinds)}) would replace; give another --output_dir"]  # fmt: skip
 
 
 def check_output_dirs(**dirs: str | Path) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "make_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
+    "model_file_kind",
 ]
 
 FORMAT, VERSION = "medgmae", 1
@@ -101,6 +102,16 @@ def make_checkpoint(
 def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
     """Write a :func:`make_checkpoint` payload atomically; returns the path."""
     return save_torch_atomic(dict(payload), path)
+
+
+def model_file_kind(path: str | os.PathLike) -> str | None:
+    """The ``kind`` of a toolkit model file (memory-mapped: its weights are not read); ``None`` for a file that is
+    missing, unreadable or not in the toolkit's format."""
+    try:
+        payload = load_torch_file(path, mmap=True)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return payload.get("kind") if isinstance(payload, Mapping) and payload.get("format") == FORMAT else None
 
 
 def _kind_phrase(kind: str | None) -> str:

@@ -111,6 +111,31 @@ def test_an_unusable_device_is_named_with_the_settings(path):
     assert "CUDA is not available" in named["--device"] or "does not exist" in named["--device"], named
 
 
+#: the model kinds each training bundle writes (medgmae.checkpoint.CHECKPOINT_KINDS)
+RUN_KINDS = {"gmae2d_pretrain": ["gmae2d"], "gvit_classification": ["gvit"], "medgmae_pretrain": ["medgmae", "medgmae-star", "voxel-mae"],
+             "unetr_finetune": ["medgmae-unetr"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=[p.parents[1].name for p in TRAIN_CONFIGS])
+def test_a_folder_holding_another_bundles_run_is_refused(path, tmp_path):
+    """A training run started in a folder holding another bundle's model (a 2D run in a 3D pre-training folder)
+    would remove that run's checkpoints and models: refused up front, naming the file and its kind; a model of the
+    bundle's own kinds is no problem (a fresh run replaces it, as documented)."""
+    from medgmae.checkpoint import make_checkpoint, save_checkpoint
+
+    bundle = path.parents[1].name
+    steps = json.loads(path.read_text())["initialize"]
+    assert f"run_kinds={RUN_KINDS[bundle]}" in steps[0].replace('"', "'"), steps[0]
+    for other in (b for b in RUN_KINDS if b != bundle):
+        kind = RUN_KINDS[other][0]
+        save_checkpoint(tmp_path / other / "model.pt", make_checkpoint(kind, {}, {}))
+        with pytest.raises(BundleSettingError, match=rf"holds model.pt of kind '{kind}' .*: another bundle's run"):
+            check_settings({}, output_dirs={"output_dir": tmp_path / other}, run_kinds=RUN_KINDS[bundle])
+    for kind in RUN_KINDS[bundle]:
+        save_checkpoint(tmp_path / kind / "best_model.pt", make_checkpoint(kind, {}, {}))
+        assert check_settings({}, output_dirs={"output_dir": tmp_path / kind}, run_kinds=RUN_KINDS[bundle])
+
+
 CHECKED_CONFIGS = [p for p in CONFIGS if "checked_settings" in json.loads(p.read_text())]
 
 
@@ -119,7 +144,7 @@ def test_settings_and_output_folders_are_checked_in_one_call(path):
     """A separate folder check would stop at the first of the two, and a second run name the other."""
     config = json.loads(path.read_text())
     steps = config["initialize"]
-    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'\w+': @\w+.*\}\)", steps[0]), steps
+    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'\w+': @\w+.*\}(, run_kinds=\[.*\])?\)", steps[0]), steps
     assert not any("check_output_dirs(" in s for s in _strings(config)), path.relative_to(ROOT)
 
 
