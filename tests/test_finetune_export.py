@@ -158,10 +158,12 @@ def _plain_monai_segmentation(model_ts: Path, image: Path) -> np.ndarray:
     p, recipe = meta["preprocessing"], meta["inference"]
     (crop,) = recipe["after_preprocessing"]
     assert crop["transform"] == "CropForegroundd" and crop["select"] == "image > 0"
+    steps = recipe["preprocessing_steps"]
+    assert [step["transform"] for step in steps] == ["Orientationd", "Spacingd", "ScaleIntensityRanged"]
     pre = Compose([
         LoadImaged("image", image_only=False), EnsureChannelFirstd("image"),
         Orientationd("image", axcodes=p["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd("image", pixdim=p["spacing"], mode="bilinear"),
+        Spacingd("image", pixdim=p["spacing"], mode=steps[1]["mode"]),  # stated, not MONAI's default
         ScaleIntensityRanged("image", a_min=p["hu_window"][0], a_max=p["hu_window"][1], b_min=p["intensity_range"][0],
                              b_max=p["intensity_range"][1], clip=p["clip"]),
         CropForegroundd("image", source_key=crop["source_key"], allow_smaller=crop["allow_smaller"]),
@@ -175,6 +177,19 @@ def _plain_monai_segmentation(model_ts: Path, image: Path) -> np.ndarray:
                     Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
                     AsDiscreted("pred", argmax=True)])  # fmt: skip
     return post(d)["pred"][0].numpy().astype(np.uint8)
+
+
+def test_the_recipe_states_the_specs_resampling():
+    """The metadata's preprocessing steps are the ones PreprocessingSpec.transforms builds for an image, in order,
+    with its interpolation mode."""
+    from medgmae.finetune.export import INFERENCE_RECIPE
+    from medgmae.preprocessing import PreprocessingSpec
+
+    built = PreprocessingSpec().transforms(("image",))
+    steps = INFERENCE_RECIPE["preprocessing_steps"]
+    assert [type(t).__name__ for t in built] == [step["transform"] for step in steps]
+    spacing = built[1]
+    assert str(spacing.mode[0]).lower().endswith(steps[1]["mode"])
 
 
 def test_plain_monai_following_the_metadata_gives_the_bundles_labels(tmp_path):

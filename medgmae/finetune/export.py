@@ -50,6 +50,14 @@ EXPORT_ATOL = 1e-4
 
 #: what bundles/unetr_finetune/configs/inference.json does besides the spec (see the module docstring)
 INFERENCE_RECIPE = {
+    # how medgmae.preprocessing.PreprocessingSpec.transforms applies the "preprocessing" spec, so that a consumer
+    # outside MONAI need not rely on MONAI's defaults
+    "preprocessing_steps": [
+        {"transform": "Orientationd", "axcodes": "preprocessing.orientation"},
+        {"transform": "Spacingd", "pixdim": "preprocessing.spacing", "mode": "bilinear"},
+        {"transform": "ScaleIntensityRanged", "a_min, a_max": "preprocessing.hu_window",
+         "b_min, b_max": "preprocessing.intensity_range", "clip": "preprocessing.clip"},
+    ],
     "after_preprocessing": [
         {"transform": "CropForegroundd", "keys": ["image"], "select": "image > 0", **FOREGROUND_CROP},
     ],  # fmt: skip
