@@ -354,22 +354,22 @@ def test_cli_layers_segment_edges_end_to_end(cli_files):
     common = ["--checkpoint", str(ckpt), "--image", str(d / "img.png")]
     assert main(["layers", *common, "--out", str(d / "layers"), "--num-layers", "4", "--first-count", "12"]) == 0
     stack = np.asarray(Image.open(d / "layers" / "layer_stack.png"))
-    assert stack.shape == (2 + 14 + 128 + 2, 2 + 4 * 130, 3)  # 4 tiles of 32 x 32 enlarged x4, label bands, 2 px gaps
+    assert stack.shape == (2 + 14 + 160 + 2, 2 + 4 * 162, 3)  # 4 tiles of the image's 40 x 40 enlarged x4, label bands, 2 px gaps
     partial = np.asarray(Image.open(d / "layers" / "partial_renders.png"))
-    assert partial.shape[1] == 2 + 4 * 130  # input + K = 12, 24, 48
+    assert partial.shape[1] == 2 + 4 * 162  # input + K = 12, 24, 48
     assert json.loads((d / "layers" / "layers.json").read_text())["partial_render_counts"] == [12, 24, 48]
 
     assert main(["segment", *common, "--out", str(d / "seg"), "--num-layers", "4", "--reference", str(d / "mask.png")]) == 0
     summary = json.loads((d / "seg" / "segment.json").read_text())
     fg = np.asarray(Image.open(d / "seg" / "foreground.png")) > 0
-    ref = np.zeros((32, 32), bool)
-    ref[8:24, 4:20] = True  # the 40 x 40 mask resized to the model's 32 x 32
+    ref = np.zeros((40, 40), bool)
+    ref[10:30, 5:25] = True  # the mask on the image's own 40 x 40 grid, where the outputs are rendered
     expected_iou = (fg & ref).sum() / max((fg | ref).sum(), 1)
     assert summary["iou"] == pytest.approx(expected_iou, abs=1e-6)
     # the same computation through the API
     x = to_model_input(read_image(d / "img.png"), 1, (32, 32))
     g = model.eval().predict_gaussians(x)
-    api_fg = L.figure_ground(L.layer_assignment(L.cumulative_renders(g, 4, (32, 32), "torch"), 0.05), 2)[0]
+    api_fg = L.figure_ground(L.layer_assignment(L.cumulative_renders(g, 4, (40, 40), "torch"), 0.05), 2)[0]
     assert np.array_equal(fg, api_fg.numpy())
 
     assert main(["edges", *common, "--out", str(d / "edges"), "--granularities", "2", "4"]) == 0

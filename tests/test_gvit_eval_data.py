@@ -162,6 +162,17 @@ def _ink(img: Image.Image) -> int:
     return int((np.asarray(img.convert("L")) < 128).sum())
 
 
+def test_confusion_matrix_title_is_whole_for_two_short_classes(tmp_path):
+    save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), ["a", "b"], tmp_path / "cm.png")
+    img = Image.open(tmp_path / "cm.png")
+    font = ImageFont.load_default()
+    title = "true (rows) vs predicted (columns)"
+    whole = Image.new("L", (400, 20), 255)
+    ImageDraw.Draw(whole).text((4, 4), title, fill=0, font=font)
+    assert img.width >= font.getlength(title) + 4
+    assert _ink(img.crop((0, 0, img.width, 20))) >= _ink(whole)
+
+
 def test_confusion_matrix_column_labels_are_whole(tmp_path):
     names = ["disk", "rare class"]
     save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), names, tmp_path / "cm.png")

@@ -95,6 +95,22 @@ def test_segment_reads_a_png_reference_once(model_file, tmp_path, monkeypatch):
     assert 0.0 <= json.loads((out / "segment.json").read_text())["iou"] <= 1.0
 
 
+def test_outputs_lie_on_the_images_pixel_grid(model_file, tmp_path, capsys):
+    """A 30 x 50 image is squashed to the model's 32 x 32 input, and the outputs are rendered back on its own grid
+    (aspect ratio kept), so they overlay it; --render-size still chooses; --slice on a picture file is refused."""
+    Image.fromarray((np.random.default_rng(1).random((30, 50)) * 255).astype(np.uint8)).save(tmp_path / "wide.png")
+    common = ["--checkpoint", str(model_file), "--image", str(tmp_path / "wide.png")]
+    assert main(["segment", *common, "--out", str(tmp_path / "s"), "--num-layers", "4"]) == 0
+    assert np.asarray(Image.open(tmp_path / "s" / "foreground.png")).shape[:2] == (30, 50)
+    assert json.loads((tmp_path / "s" / "segment.json").read_text())["render_size"] == [30, 50]
+    assert main(["edges", *common, "--out", str(tmp_path / "e"), "--render-size", "16", "24"]) == 0
+    assert all(np.asarray(Image.open(p)).shape[:2] == (16, 24) for p in (tmp_path / "e").glob("edges_l*.png"))
+    capsys.readouterr()
+    assert main(["layers", *common, "--slice", "3", "--out", str(tmp_path / "l")]) == 2
+    assert "--slice applies to NIfTI volumes and multi-frame DICOM" in capsys.readouterr().err
+    assert not (tmp_path / "l").exists()
+
+
 def test_out_below_a_file_exits_2_before_computing(model_file, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -152,8 +168,8 @@ def test_layer_stack_tiles_are_labelled_with_layer_and_gaussian_count(model_file
     summary = json.loads((out / "layers.json").read_text())
     assert summary["gaussians_per_layer"] == [10, 10, 10, 9, 9] and summary["image"]["slice"] is None
     stack = np.asarray(Image.open(out / "layer_stack.png").convert("RGB"))
-    # 5 tiles in one row, 32 px enlarged x4 to 128 px, a 14 px band above each, 2 px gaps
-    assert stack.shape == (2 + 14 + 128 + 2, 2 + 5 * (128 + 2), 3)
+    # 5 tiles in one row, the image's 40 px enlarged x4 to 160 px, a 14 px band above each, 2 px gaps
+    assert stack.shape == (2 + 14 + 160 + 2, 2 + 5 * (160 + 2), 3)
     band = stack[2 : 2 + 14, 2 : 2 + 128]
     assert (band > 128).any() and (band[:, 100:] == 0).all()  # white text on black at the band's left
 

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"),
                         help="renderer backend (default: %(default)s)")
-    common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the model's)")
+    common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the image's own, so that the outputs overlay it)")
     common.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer (default: %(default)s)")
 
     p = sub.add_parser("layers", parents=[common], help="layer stack and partial renders as PNG grids",
@@ -100,12 +100,17 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
             raise ValueError(f"{args.checkpoint.name} is a gvit training checkpoint (GViT classifier); expected "
                              f"gmae2d (file: {args.checkpoint})") from None  # fmt: skip
         raise
-    if args.window is not None and args.image.is_file() and not is_windowed(args.image):
+    if args.image.is_file() and not is_windowed(args.image):
         kind = args.image.suffix.lstrip(".").upper() or "picture file"
-        raise ValueError(f"--window applies to NIfTI and DICOM images in HU; {args.image} is a {kind}")
+        if args.window is not None:
+            raise ValueError(f"--window applies to NIfTI and DICOM images in HU; {args.image} is a {kind}")
+        if args.slice is not None:
+            raise ValueError(f"--slice applies to NIfTI volumes and multi-frame DICOM; {args.image} is a {kind} (one image)")
     image, source = read_image_source(args.image, slice_index=args.slice, window=_window(args, model))
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
-    size = tuple(args.render_size) if args.render_size else model.img_size
+    # the model sees the image resized to its square input; the outputs are rendered back on the image's own pixel
+    # grid (its aspect ratio restored), so that they overlay it
+    size = tuple(args.render_size) if args.render_size else tuple(int(n) for n in image.shape[-2:])
     reference = None
     if getattr(args, "reference", None) is not None:
         reference = read_reference(args.reference, args.image, image.shape[-2:], slice_index=args.slice)

@@ -106,10 +106,11 @@ def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: 
     n = len(class_names)
     font = ImageFont.load_default()
     label_w = 8 + 7 * max(len(str(c)) for c in class_names)
-    top = 24
-    img = Image.new("RGB", (label_w + n * cell + 8, top + label_w + n * cell + 8), "white")
+    top, title = 24, "true (rows) vs predicted (columns)"
+    width = max(label_w + n * cell + 8, int(font.getlength(title)) + 8)  # the title whole, for two classes too
+    img = Image.new("RGB", (width, top + label_w + n * cell + 8), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((4, 4), "true (rows) vs predicted (columns)", fill="black", font=font)
+    draw.text((4, 4), title, fill="black", font=font)
     rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     colors = _colormap(rows.ravel()).reshape(n, n, 3)
     y0 = top + label_w
