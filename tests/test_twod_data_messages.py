@@ -21,6 +21,28 @@ def test_image_folder_logs_files_and_volume_slices(tmp_path, caplog):
     assert "1 of them 3D NIfTI volumes, each contributing its middle axial slice" in caplog.text
 
 
+def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
+    """A multi-frame DICOM contributes its middle frame, and the log says so (a one-frame file is not counted)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
+
+    for name, frames in (("cine.dcm", 3), ("one.dcm", 1)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = generate_uid(), ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Rows, ds.Columns, ds.NumberOfFrames = 4, 4, frames
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.zeros((frames, 4, 4), np.uint16).tobytes()
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+    with caplog.at_level(logging.INFO, logger="medgmae.twod"):
+        assert len(image_folder_items(tmp_path)) == 2
+    assert "2 image files -> 2 training images (one per file; 1 of them multi-frame DICOM, each contributing its " \
+           "middle frame)" in caplog.text
+
+
 def test_class_folder_without_sub_folders_says_so(tmp_path):
     for i in range(7):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"{i}.png")

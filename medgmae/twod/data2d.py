@@ -155,10 +155,24 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
     if not files:
         raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     if log:
-        volumes = sum(_is_nifti_volume(p) for p in files)
-        note = f"; {volumes} of them 3D NIfTI volumes, each contributing its middle axial slice" if volumes else ""
+        volumes, frames = sum(_is_nifti_volume(p) for p in files), sum(_is_multiframe_dicom(p) for p in files)
+        notes = ([f"{volumes} of them 3D NIfTI volumes, each contributing its middle axial slice"] if volumes else []) + (
+            [f"{frames} of them multi-frame DICOM, each contributing its middle frame"] if frames else [])
+        note = "".join(f"; {n}" for n in notes)
         logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)
     return [{"image": str(p)} for p in files]
+
+
+def _is_multiframe_dicom(path: Path) -> bool:
+    """True for a DICOM file of more than one frame (read from its header only)."""
+    if not path.name.lower().endswith((".dcm", ".dicom")):
+        return False
+    import pydicom
+
+    try:
+        return int(getattr(pydicom.dcmread(str(path), stop_before_pixels=True), "NumberOfFrames", 1) or 1) > 1
+    except Exception:  # unreadable files fail later, naming the file, when they are loaded
+        return False
 
 
 def _is_nifti_volume(path: Path) -> bool:
