@@ -98,15 +98,18 @@ def _check_line_integrals(p: np.ndarray, path: Path) -> None:
 
 
 def check_projection_header(path, det_spacing: tuple[float, float], det_shape: tuple[int, int]) -> None:
-    """Refuse a MetaImage / NRRD projection stack whose header states another detector than ``geometry.json``.
+    """Refuse a MetaImage / NRRD / NIfTI projection stack whose header states another detector than
+    ``geometry.json``.
 
     RTK stores a stack's detector pitch as its spacing ``(col, row, ·)`` and the detector's position as its origin:
     a centred detector has ``origin = -(n - 1) / 2 * spacing`` along each detector axis. A header that states
     nothing (spacing 1, origin 0, ITK's defaults) passes; another pitch, or an origin of an offset (shifted,
-    half-fan) detector, is refused: the geometry holds the pitch, and offset detectors are not supported.
+    half-fan) detector, is refused: the geometry holds the pitch, and offset detectors are not supported. A NIfTI
+    stack's pixel size (``pixdim``, 1 when not stated) is checked the same way; its origin is not (NIfTI has no
+    detector convention for it).
 
     Args:
-        path: the projection file (other endings than MetaImage / NRRD are not checked).
+        path: the projection file (other endings than MetaImage / NRRD / NIfTI are not checked).
         det_spacing: ``geometry.json``'s detector pitch ``(row, col)`` in mm.
         det_shape: its detector ``(rows, cols)``.
 
@@ -114,22 +117,29 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
         ValueError: naming the file, the header's values and the geometry's.
     """
     path = Path(path)
-    if not path.name.lower().endswith(_ITK_HEADERS):
-        return
-    import SimpleITK as sitk
+    if path.name.lower().endswith((".nii", ".nii.gz")):  # its pixdim: the pitch (its origin is a world position)
+        import nibabel as nib
 
-    info = sitk.ImageFileReader()
-    info.SetFileName(str(path))
-    info.ReadImageInformation()
-    spacing, origin = np.asarray(info.GetSpacing()[:2], float), np.asarray(info.GetOrigin()[:2], float)
+        spacing, origin = np.asarray(nib.load(str(path)).header.get_zooms()[:2], float), None
+    elif path.name.lower().endswith(_ITK_HEADERS):
+        import SimpleITK as sitk
+
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(path))
+        info.ReadImageInformation()
+        spacing, origin = np.asarray(info.GetSpacing()[:2], float), np.asarray(info.GetOrigin()[:2], float)
+    else:
+        return
     pitch, n = np.asarray(det_spacing[::-1], float), np.asarray(det_shape[::-1], float)  # (col, row) as ITK's (x, y)
-    stated = not np.allclose(spacing, 1.0) or not np.allclose(origin, 0.0)
+    stated = not np.allclose(spacing, 1.0) or (origin is not None and not np.allclose(origin, 0.0))
     if not stated:
         return
     mm = lambda v: "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"  # noqa: E731
     if not np.allclose(spacing, pitch, rtol=1e-3):
         raise ValueError(f"projections {path}: the header's detector pixel spacing (col, row) {mm(spacing)} mm differs "
                          f"from geometry.json's det_spacing (col, row) {mm(pitch)} mm")  # fmt: skip
+    if origin is None:
+        return
     offset = origin + (n - 1) / 2 * spacing  # zero for a centred detector (RTK's convention)
     if np.abs(offset).max() > 0.5 * spacing.min():
         raise ValueError(f"projections {path}: the header's origin {mm(origin)} puts the detector centre {mm(offset)} mm "

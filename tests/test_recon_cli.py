@@ -322,9 +322,9 @@ def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
 
 def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     """A projection stack as MetaImage (RTK's layout: x = column, y = row, z = view) or NIfTI reads as the same
-    (views, rows, cols) array as the .npy, and reconstruct runs on it; a MetaImage header stating another detector
-    pitch, or an offset detector (RTK: origin off -(n - 1) / 2 * spacing), is refused; other files are refused by
-    name."""
+    (views, rows, cols) array as the .npy, and reconstruct runs on it; a MetaImage or NIfTI header stating another
+    detector pitch, or a MetaImage's offset detector (RTK: origin off -(n - 1) / 2 * spacing), is refused; other
+    files are refused by name."""
     import SimpleITK as sitk
 
     from recon.geometry import CTGeometry
@@ -338,8 +338,10 @@ def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     img.SetSpacing((col_mm, row_mm, 1.0))
     img.SetOrigin((-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # RTK's centred detector
     sitk.WriteImage(img, str(tmp_path / "p.mha"))
-    affine = np.array([[0.0, 0.7, 0, 5], [-0.5, 0, 0, 2], [0, 0, 1.5, -3], [0, 0, 0, 1]])  # a NIfTI stack's frame is ignored
+    # a NIfTI stack's frame is ignored, its pixel size (pixdim: the columns' norms) is the detector's pitch
+    affine = np.array([[0.0, row_mm, 0, 5], [-col_mm, 0, 0, 2], [0, 0, 1.5, -3], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), affine), str(tmp_path / "p.nii.gz"))
+    nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), np.diag([2 * col_mm, row_mm, 1, 1])), str(tmp_path / "pitch.nii.gz"))
     for name in ("p.mha", "p.nii.gz"):
         np.testing.assert_array_equal(load_projections(tmp_path / name), proj)
     out = tmp_path / "rec"
@@ -350,7 +352,10 @@ def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     img.SetSpacing((col_mm, row_mm, 1.0))
     img.SetOrigin((-(cols - 1) / 2 * col_mm + 4 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # shifted 4 columns
     sitk.WriteImage(img, str(tmp_path / "offset.mha"))
+    assert main(_reconstruct_args(simulated, tmp_path / "rec_nii", "--projections", str(tmp_path / "p.nii.gz"),
+                                  "--iterations", "1", "--num-gaussians", "50")) == 0  # fmt: skip
     for name, message in (("pitch.mha", "the header's detector pixel spacing (col, row)"),
+                          ("pitch.nii.gz", "the header's detector pixel spacing (col, row)"),
                           ("offset.mha", f"puts the detector centre ({4 * col_mm:g}, 0) mm (col, row) off the central ray")):  # fmt: skip
         capsys.readouterr()
         out = tmp_path / f"rec_{name}"
