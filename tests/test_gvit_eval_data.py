@@ -155,7 +155,7 @@ def test_evaluation_of_a_moved_dataset_keeps_training_split(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
         m = evaluate_model_file(run / "model.pt", tmp_path / "moved", run / "eval", num_explanations=0, **EVAL)
     assert m["num_images"] == 4 and "changed since training" not in caplog.text
-    with pytest.raises(ValueError, match=r"records as its training data, .*classes, is not found .*--dataset_dir"):
+    with pytest.raises(ValueError, match=r"model.pt records its training data at .*classes, which is not found .*--dataset_dir"):
         evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=0, **EVAL)
     assert "split_files" not in m["data"]  # metrics.json shows the settings, not the file lists
 

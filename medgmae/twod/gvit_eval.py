@@ -371,11 +371,11 @@ def evaluate_model_file(
     model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
     given = dict(dataset_dir=dataset_dir, seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
     st = evaluation_data_settings(getattr(model, "data_settings", None), given)
-    if dataset_dir is None and st["dataset_dir"] and not Path(st["dataset_dir"]).exists():
-        raise ValueError(f"the dataset {model_path} records as its training data, {st['dataset_dir']}, is not found "
-                         "(moved or on another machine?): give its place with --dataset_dir")  # fmt: skip
     root = "" if st["dataset_dir"] else _phantom_root(st, default_root, Path(output_dir), model.img_size[0])
     window = recorded_window(model.data_settings, model_path)  # training's NIfTI/DICOM window
+    if dataset_dir is None and st["dataset_dir"] and not Path(st["dataset_dir"]).exists():
+        raise ValueError(f"{model_path} records its training data at {st['dataset_dir']}, which is not found (moved, "
+                         "or on another machine?): give its place with --dataset_dir")  # fmt: skip
     data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
                                        val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window)  # fmt: skip
     names = getattr(model, "class_names", None)
