@@ -341,7 +341,8 @@ def check_settings(
     summarise_errors(resumable="resume" in settings)  # from here on, a failure of the bundle ends with its reason
     problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]
     problems += unknown_key_problems()
-    folders = _output_dir_problems(output_dirs or {}) + _other_run_problems((output_dirs or {}).get("output_dir"), run_kinds)
+    dirs = output_dirs or {}
+    folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
     if problems or folders:
         kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))
         what = " and ".join(name for name, found in kinds if found)
