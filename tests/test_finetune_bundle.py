@@ -680,3 +680,22 @@ def test_the_spacing_and_window_used_are_logged(tmp_path, caplog):
     assert lines == [f"pre-processing: spacing [2.0, 2.0, 2.0] mm (recorded in {encoder}), HU window [-175.0, 250.0] "
                      f"(recorded in {encoder})",
                      "pre-processing: spacing [1.0, 1.0, 1.0] mm (given), HU window [-175.0, 250.0] (default)"]  # fmt: skip
+
+
+def test_summary_segment_command_names_an_image_of_the_run(tmp_path):
+    """The printed segment command works when pasted: it names the first validation image of the run's datalist
+    (as training_cases.json records it), parsed by the inference config as one existing file."""
+    import ast
+    import shlex
+
+    from medgmae.finetune.report import FinetuneSummary
+
+    dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
+    write_run_record(out, prepare_datalists(str(tmp_path), str(dl), out)["record"])
+    report = SimpleNamespace(metrics={"mean_dice": 0.5, "dice_per_class": {"liver": 0.5}, "num_cases": 1},
+                             output_dir=out / "validation")
+    saver = SimpleNamespace(best=0.5, best_epoch=1, path=out / "best_model.pt")
+    line = next(v for k, v in FinetuneSummary(out, report, saver).next_commands().items() if k == "segment")
+    args = shlex.split(line)
+    files = ast.literal_eval(args[args.index("--input_files") + 1])
+    assert files == [str(tmp_path / "c2_img.nii.gz")] and Path(files[0]).is_file()

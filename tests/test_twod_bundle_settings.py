@@ -276,3 +276,26 @@ def test_gmae2d_validation_counts_images_and_one_epoch_is_singular(tmp_path, cap
     assert "2D GMAE pre-training finished: 1 epoch of gmae2d" in one
     two = summary.text(summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=2))))
     assert "2D GMAE pre-training finished: 2 epochs of gmae2d" in two
+
+
+@pytest.mark.parametrize("source", ["folder", "phantom"])
+def test_gmae2d_summary_commands_name_an_image_that_exists(tmp_path, source):
+    """The closing summary's medgmae-2d commands work when pasted: they name the first validation image's file, or,
+    for generated phantom slices, that slice written as example_slice.png (the pixels the model was shown)."""
+    (tmp_path / "data").mkdir()
+    _marker(tmp_path / "data" / "a.png")
+    _marker(tmp_path / "data" / "b.png")
+    parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, val_images=2,
+                          dataset_dir=str(tmp_path / "data") if source == "folder" else "")  # fmt: skip
+    (tmp_path / "run").mkdir()
+    summary = parser.get_parsed_content("val#summary")
+    images = {cmd.split("--image ")[1].split()[0] for cmd in summary.commands().values()}
+    assert len(images) == 1
+    image = Path(images.pop())
+    assert image.is_file(), image
+    if source == "folder":
+        assert image == tmp_path / "data" / "a.png"
+    else:
+        assert image == tmp_path / "run" / "example_slice.png"
+        shown = parser.get_parsed_content("val#dataset")[0]["image"]
+        np.testing.assert_allclose(read_image(image), shown.numpy(), atol=0.5 / 255 + 1e-6)

@@ -163,19 +163,34 @@ class FinetuneSummary:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
+    def _example_image(self) -> str:
+        """The first validation image of the run's data (``ct.nii.gz`` when it cannot be read), for the segment
+        command."""
+        from medgmae.data.datalist import read_datalist
+        from medgmae.finetune.run_record import run_datalist
+
+        try:
+            dataset_dir, datalist = run_datalist("", "", self.out)
+            cases = read_datalist(datalist, "validation", dataset_dir or None)
+        except (OSError, ValueError, KeyError):
+            return "ct.nii.gz"
+        return str(cases[0]["image"]) if cases else "ct.nii.gz"
+
     def next_commands(self) -> dict[str, str]:
         """README's evaluation, inference and export (``model.ts``) commands for this run; the evaluation names the run's recorded data
-        (``dataset_dir`` / ``datalist`` of ``training_cases.json``) where it did not train on phantoms."""
+        (``dataset_dir`` / ``datalist`` of ``training_cases.json``) where it did not train on phantoms, the
+        segmentation its first validation image."""
         from medgmae.finetune.run_record import read_run_record
 
         out = shlex.quote(str(self.out))
         record = read_run_record(self.out) or {}
         data = "".join(f" --{k} {shlex.quote(str(record[k]))}" for k in ("dataset_dir", "datalist") if record.get(k))
+        image = shlex.quote(str([self._example_image()]))
         return {
             "evaluate": "python -m monai.bundle run evaluating --config_file bundles/unetr_finetune/configs/evaluate.json "
             f"--output_dir {out}{data}",
             "segment": "python -m monai.bundle run inferring --config_file bundles/unetr_finetune/configs/inference.json "
-            f"--output_dir {out} --input_files \"['ct.nii.gz']\"",
+            f"--output_dir {out} --input_files {image}",
             "export": "python -m monai.bundle run exporting --config_file bundles/unetr_finetune/configs/export.json "
             f"--output_dir {out}",
         }

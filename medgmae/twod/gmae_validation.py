@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -160,17 +161,35 @@ class GMAE2DSummary(PretrainSummary):
     Args:
         output_dir: the run folder.
         history: the run's :class:`~medgmae.engine.MetricHistory`.
-        example_image: an image for the commands (``slice.png`` when empty).
+        example_image: an image for the commands; when empty, the first image of ``example_dataset``: its file, or,
+            for a generated phantom slice, the slice written to ``output_dir/example_slice.png``.
+        example_dataset: the validation dataset (:func:`gmae2d_validation_dataset`); None: ``slice.png`` stands in.
         kwargs: further :class:`~medgmae.mae_training.summary.PretrainSummary` arguments.
     """
 
-    def __init__(self, output_dir: str | Path, history: Any, example_image: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self, output_dir: str | Path, history: Any, example_image: str = "", example_dataset: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(output_dir, history, model_kind="gmae2d", roi_size=[], example_image=example_image, **kwargs)
+        self.example_dataset = example_dataset
         self.title = "2D GMAE pre-training finished"
         self.model_note = "last epoch: zero-shot layers, figure-ground, edges"
         self.encoder_note = "the 2D ViT encoder's weights alone, to initialise your own 2D model; no bundle here uses it"
 
+    def _example(self) -> str:
+        """The image the commands name (see the class's ``example_image``), written first if it is a phantom's."""
+        ds = self.example_dataset
+        if self.example_image or ds is None or len(ds) == 0:
+            return self.example_image or "slice.png"
+        raw = getattr(ds.dataset if isinstance(ds, Subset) else ds, "data", None)  # a Subset's first index is 0
+        first = raw[0].get("image") if raw else None
+        if isinstance(first, (str, os.PathLike)):
+            return str(first)
+        from medgmae.twod.pngs import save_png as save_image_png  # (C, H, W) in [0, 1], as medgmae-2d reads it back
+
+        return str(save_image_png(ds[0]["image"], self.out / "example_slice.png"))
+
     def commands(self) -> dict[str, str]:
-        model, image = shlex.quote(str(self.out / "model.pt")), shlex.quote(self.example_image or "slice.png")
+        model, image = shlex.quote(str(self.out / "model.pt")), shlex.quote(self._example())
         out = {tool: shlex.quote(str(self.out / tool)) for tool in ("layers", "segment", "edges")}
         return {f"zero-shot {t}": f"medgmae-2d {t} --checkpoint {model} --image {image} --out {o}" for t, o in out.items()}
