@@ -147,6 +147,21 @@ def test_the_redrawn_split_would_leak_training_images(tmp_path):
     assert leaked >= 3
 
 
+def test_a_split_the_dataset_fixes_is_the_datasets_own(tmp_path, caplog):
+    """train/ and val/ folders fix the split (training images cannot move into val): nothing is recorded, and images
+    added to val/ after training are evaluated."""
+    root = tmp_path / "fixed"
+    _classes(root / "train"), _classes(root / "val")
+    run = tmp_path / "run"
+    data = resolve_classification_data(root, run / "data", image_size=16)
+    assert not data.seeded_split and "split_files" not in data.settings
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "val" / "a" / "new.png")
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        m = evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=0, **EVAL)
+    assert m["num_images"] == 9 and "changed since training" not in caplog.text
+
+
 def test_evaluation_of_a_moved_dataset_keeps_training_split(tmp_path, caplog):
     run = tmp_path / "run"
     data = resolve_classification_data(_classes(tmp_path / "classes"), run / "data", image_size=16, seed=2, val_fraction=0.5)

@@ -66,9 +66,11 @@ class ClassificationData:
         channels: 1 or 3, from the first training image.
         source: the dataset folder or CSV.
         counts: images per class and split.
+        seeded_split: the split was drawn by the seed (class folders, a CSV without a ``split`` column), not fixed
+            by the dataset (``train/`` and ``val/`` folders, a ``split`` column).
         settings: how the data were chosen (set by :func:`resolve_classification_data`): ``dataset_dir`` (absolute,
             ``""`` for the phantom task), ``default_root``, ``num_phantoms``, ``seed``, ``val_fraction``,
-            ``image_size``, ``split_files`` (each split's images:
+            ``image_size``, and for a seeded split ``split_files`` (each split's images:
             :func:`~medgmae.twod.classification_split.split_record`); saved in GViT's ``model.pt`` so that evaluation
             finds the same data in the same split.
     """
@@ -80,6 +82,7 @@ class ClassificationData:
     source: str = ""
     counts: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    seeded_split: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -172,7 +175,8 @@ def load_classification_data(
     path = Path(dataset)
     if path.suffix.lower() == ".csv" or path.is_file():
         items, classes = read_csv_list(path)
-        if any("split" in it for it in items):
+        seeded = not any("split" in it for it in items)
+        if not seeded:
             train = [it for it in items if it.get("split", "train") == "train"]
             val = [it for it in items if it.get("split") == "val"]
         else:
@@ -182,11 +186,13 @@ def load_classification_data(
     elif (path / "train").is_dir() and (path / "val").is_dir():
         train, classes = scan_image_folder(path / "train")
         val, val_classes = scan_image_folder(path / "val")
+        seeded = False
         if val_classes != classes:
             raise ValueError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
     else:
         items, classes = scan_image_folder(path)
         train, val = stratified_split(items, val_fraction, seed)
+        seeded = True
     if not train:
         raise ValueError(f"dataset {path}: no training images after the split")
     channels = {}
@@ -195,7 +201,7 @@ def load_classification_data(
             channels[it["image"]] = read_image(it["image"]).shape[0]
     first = channels.get(train[0]["image"]) or read_image(train[0]["image"]).shape[0]
     counts = {"train": dict(Counter(classes[it["label"]] for it in train)), "val": dict(Counter(classes[it["label"]] for it in val))}
-    return ClassificationData(train, val, list(classes), int(first), str(path), counts)
+    return ClassificationData(train, val, list(classes), int(first), str(path), counts, seeded_split=seeded)
 
 
 def make_dataset(
@@ -376,8 +382,9 @@ def resolve_classification_data(
     data.settings = {"dataset_dir": "" if phantom else str(Path(dataset_dir).resolve()),
                      "default_root": str(Path(default_root).resolve()) if phantom else "",
                      "num_phantoms": int(num_cases), "seed": int(seed), "val_fraction": float(val_fraction),
-                     "image_size": int(image_size),
-                     "split_files": split_record(data.train, data.val, data.source)}  # fmt: skip
+                     "image_size": int(image_size)}  # fmt: skip
+    if data.seeded_split:  # a split the dataset fixes cannot move training images into val: nothing to keep
+        data.settings["split_files"] = split_record(data.train, data.val, data.source)
     if window is not None:
         data.settings["window"] = list(window)
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)

@@ -98,9 +98,10 @@ def apply_recorded_split(
     added, missing = len(where) - len(known), len(saved["train"] | saved["val"]) - len(known)
     train = [it for rel, it in where.items() if rel in saved["train"]]
     val = [it for rel, it in where.items() if rel in saved["val"]]
-    logger.warning("dataset %s has changed since training (%d image(s) added, %d missing): keeping training's split as "
-                   "its model file records it (%d training, %d validation images here); the added images are in "
-                   "neither split", source, added, missing, len(train), len(val))  # fmt: skip
+    logger.warning("dataset %s has changed since training (%d image(s) added, %d missing%s): the seeded split drawn now "
+                   "differs from training's, so training's split is kept as its model file records it (%d training, "
+                   "%d validation images here)%s", source, added, missing, "" if added or missing else "; classes changed",
+                   len(train), len(val), "; the added images are in neither split" if added else "")  # fmt: skip
     return train, val
 
 

@@ -383,7 +383,7 @@ def evaluate_model_file(
         raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
     if model.num_classes != data.num_classes:
         raise ValueError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
-    if seed is None and val_fraction is None:  # training's split: kept as recorded when images were added since
+    if seed is None and val_fraction is None and data.seeded_split:  # training's seeded split, kept as recorded
         recorded = (model.data_settings or {}).get("split_files")
         data.train, data.val = apply_recorded_split(data.train, data.val, recorded, data.source)
     items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
