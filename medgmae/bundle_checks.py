@@ -327,8 +327,9 @@ def check_settings(
             setting when there is one; ``"roi_edge"``: an integer only), a list of the allowed values, or a
             callable that raises ``ValueError`` (naming the problem) for a bad value (e.g. :func:`roi_size_check`).
         output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
-        run_kinds: the model kinds a training bundle writes: a ``model.pt`` or ``best_model.pt`` of another kind in
-            ``output_dirs["output_dir"]`` is a problem (another bundle's run, which this one would replace).
+        run_kinds: the model kinds a training bundle writes: a model file, ``encoder.pt`` or training checkpoint of
+            another kind in ``output_dirs["output_dir"]`` is a problem (another bundle's run, which this one would
+            replace).
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -355,18 +356,23 @@ def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:
     return [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items() if (p := output_dir_problem(path))]
 
 
-#: The model files a training bundle's output folder may hold, read for their kind by :func:`_other_run_problems`.
-RUN_MODEL_FILES = ("model.pt", "best_model.pt")
+#: The files a training bundle's output folder may hold, read for their model's kind by :func:`_other_run_problems`
+#: (besides the newest ``checkpoint_epoch=N.pt``).
+RUN_MODEL_FILES = ("model.pt", "best_model.pt", "encoder.pt", "checkpoint_final.pt")
 
 
 def _other_run_problems(output_dir: str | Path | None, run_kinds: Sequence[str] | None) -> list[str]:
-    """A ``--output_dir`` line for each model file there of a kind this bundle does not write: the folder holds
-    another bundle's run (a 2D run started in a 3D pre-training folder would remove its checkpoints and models)."""
+    """A ``--output_dir`` line naming the model files and training checkpoints there of a kind this bundle does not
+    write: the folder holds another bundle's run (a 2D run started in a 3D pre-training folder would remove its
+    checkpoints and models)."""
     if output_dir is None or not run_kinds:
         return []
     from medgmae.checkpoint import CHECKPOINT_KINDS, model_file_kind  # torch: imported where a folder is checked
+    from medgmae.engine.resume import latest_checkpoint
 
-    found = {name: model_file_kind(Path(output_dir) / name) for name in RUN_MODEL_FILES}
+    newest = latest_checkpoint(output_dir)
+    names = RUN_MODEL_FILES + ((newest.name,) if newest is not None else ())
+    found = {name: model_file_kind(Path(output_dir) / name) for name in names}
     other = {name: kind for name, kind in found.items() if kind is not None and kind not in run_kinds}
     if not other:
         return []

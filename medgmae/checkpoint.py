@@ -105,13 +105,22 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
 
 
 def model_file_kind(path: str | os.PathLike) -> str | None:
-    """The ``kind`` of a toolkit model file (memory-mapped: its weights are not read); ``None`` for a file that is
-    missing, unreadable or not in the toolkit's format."""
+    """The kind of model a toolkit file holds (memory-mapped: its weights are not read): a model file's ``kind``, an
+    ``encoder.pt``'s as that of the model it came from (``"gmae2d"`` for a 2D encoder, ``"medgmae"`` for a 3D one),
+    a training checkpoint's model record's ``kind``; ``None`` for a file that is missing, unreadable, not in the
+    toolkit's format or a training state without a model record."""
     try:
         payload = load_torch_file(path, mmap=True)
     except (OSError, ValueError, RuntimeError):
         return None
-    return payload.get("kind") if isinstance(payload, Mapping) and payload.get("format") == FORMAT else None
+    if not isinstance(payload, Mapping):
+        return None
+    if payload.get("format") != FORMAT:
+        record = (payload.get("objects") or {}).get("config") if isinstance(payload.get("objects"), Mapping) else None
+        return record.get("kind") if isinstance(record, Mapping) else None
+    if payload.get("kind") == ENCODER_KIND:
+        return "gmae2d" if (payload.get("config") or {}).get("spatial_dims") == 2 else "medgmae"
+    return payload.get("kind")
 
 
 def _kind_phrase(kind: str | None) -> str:

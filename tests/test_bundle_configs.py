@@ -136,6 +136,26 @@ def test_a_folder_holding_another_bundles_run_is_refused(path, tmp_path):
         assert check_settings({}, output_dirs={"output_dir": tmp_path / kind}, run_kinds=RUN_KINDS[bundle])
 
 
+def test_an_encoder_or_training_checkpoint_marks_another_bundles_run(tmp_path):
+    """A 3D pre-training run stopped before its model.pt (its newest checkpoint_epoch=N.pt), or a folder holding only
+    its encoder.pt, is another run for the 2D bundle; a 2D encoder.pt is the 2D bundle's own."""
+    import torch
+
+    from medgmae.checkpoint import ENCODER_KIND, make_checkpoint, save_checkpoint
+
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    torch.save({"engine": {}, "objects": {"config": {"kind": "medgmae", "config": {}}}}, interrupted / "checkpoint_epoch=3.pt")
+    encoder = tmp_path / "encoder"
+    save_checkpoint(encoder / "encoder.pt", make_checkpoint(ENCODER_KIND, {"spatial_dims": 3}, {}))
+    for folder, named in ((interrupted, "checkpoint_epoch=3.pt of kind 'medgmae'"), (encoder, "encoder.pt of kind 'medgmae'")):
+        with pytest.raises(BundleSettingError, match=re.escape(named)):
+            check_settings({}, output_dirs={"output_dir": folder}, run_kinds=RUN_KINDS["gmae2d_pretrain"])
+        assert check_settings({}, output_dirs={"output_dir": folder}, run_kinds=RUN_KINDS["medgmae_pretrain"])
+    save_checkpoint(tmp_path / "own" / "encoder.pt", make_checkpoint(ENCODER_KIND, {"spatial_dims": 2}, {}))
+    assert check_settings({}, output_dirs={"output_dir": tmp_path / "own"}, run_kinds=RUN_KINDS["gmae2d_pretrain"])
+
+
 CHECKED_CONFIGS = [p for p in CONFIGS if "checked_settings" in json.loads(p.read_text())]
 
 
