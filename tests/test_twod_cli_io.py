@@ -111,6 +111,13 @@ def test_outputs_lie_on_the_images_pixel_grid(model_file, tmp_path, capsys):
     assert not (tmp_path / "l").exists()
 
 
+def test_a_large_image_renders_at_most_512_on_its_longer_edge():
+    from medgmae.twod.cli import default_render_size
+
+    assert default_render_size((30, 50)) == (30, 50) and default_render_size((512, 512)) == (512, 512)
+    assert default_render_size((2048, 2048)) == (512, 512) and default_render_size((1000, 3000)) == (171, 512)
+
+
 def test_out_below_a_file_exits_2_before_computing(model_file, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"),
                         help="renderer backend (default: %(default)s)")
-    common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the image's own, so that the outputs overlay it)")
+    common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the image's own, so that the outputs overlay it; at most 512 on the longer edge, the aspect ratio kept)")
     common.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer (default: %(default)s)")
 
     p = sub.add_parser("layers", parents=[common], help="layer stack and partial renders as PNG grids",
@@ -108,9 +108,7 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
             raise ValueError(f"--slice applies to NIfTI volumes and multi-frame DICOM; {args.image} is a {kind} (one image)")
     image, source = read_image_source(args.image, slice_index=args.slice, window=_window(args, model))
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
-    # the model sees the image resized to its square input; the outputs are rendered back on the image's own pixel
-    # grid (its aspect ratio restored), so that they overlay it
-    size = tuple(args.render_size) if args.render_size else tuple(int(n) for n in image.shape[-2:])
+    size = tuple(args.render_size) if args.render_size else default_render_size(image.shape[-2:])
     reference = None
     if getattr(args, "reference", None) is not None:
         reference = read_reference(args.reference, args.image, image.shape[-2:], slice_index=args.slice)
@@ -137,6 +135,20 @@ def _describe(image: dict) -> str:
     if image["window"] is not None:
         text += f", window {image['window'][0]:g} {image['window'][1]:g} ({image['window_source']})"
     return text
+
+
+#: The longer edge of the default render: an image larger than this renders at its aspect ratio at this size (the
+#: model sees its square input size only; a 2048 x 2048 render costs 16x a 512 x 512 one for no more detail).
+MAX_RENDER_EDGE = 512
+
+
+def default_render_size(image_size: Sequence[int]) -> tuple[int, int]:
+    """The render size without ``--render-size``: the image's own ``(H, W)``, so that the outputs overlay it (the
+    model sees the image resized to its square input; rendering back restores the aspect ratio), scaled down to
+    :data:`MAX_RENDER_EDGE` on the longer edge for larger images."""
+    h, w = (int(n) for n in image_size)
+    scale = min(1.0, MAX_RENDER_EDGE / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def _window(args, model: GMAE2D) -> tuple[float, float] | None:
