@@ -225,10 +225,16 @@ def _build_projector(geom: CTGeometry, backend: str, device: torch.device):
         ``(projector, seconds taken)``.
     """
     from recon.projectors import describe_backend, make_projector, resolve_backend
+    from recon.projectors.astra_proj import astra_cpu_problem, astra_installed
 
     chosen = resolve_backend(geom, backend, device)
     how = describe_backend(chosen, device) + (", chosen by --backend auto" if backend == "auto" else "")
     print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {chosen} backend: {how}, {device})...", flush=True)
+    problem = astra_cpu_problem(geom) if geom.kind == "parallel" and device.type == "cpu" else None
+    if backend == "auto" and chosen == "torch" and problem and astra_installed():
+        print(f"note: ASTRA's CPU projectors cannot take this scan ({problem}); the PyTorch ray marcher is much "
+              "slower on the CPU (resample the volume to square in-plane voxels, one detector row per slice, for ASTRA)",
+              file=sys.stderr, flush=True)  # fmt: skip
     t0 = time.perf_counter()
     projector = make_projector(geom, chosen, device)
     return projector, time.perf_counter() - t0

@@ -473,3 +473,22 @@ def test_3dgr_ct_preset_subdivides_the_zero_shot_start_to_num_gaussians(simulate
     assert f"zero-shot start: {7 * k} Gaussians, the decoder's subdivided toward --num-gaussians {budget}" in printed
     print_summary({**m, "voxels_per_gaussian": 100.0}, tmp_path)
     assert "raise --num-gaussians (the decoder's Gaussians are subdivided to it;" in capsys.readouterr().out
+
+
+@pytest.mark.astra
+def test_auto_says_why_it_left_astra(tmp_path, capsys):
+    """Parallel beam over oblong in-plane voxels: 'auto' projects with PyTorch (ASTRA's 2D geometry has one pixel
+    size) and says why, and that it is slower; the run completes."""
+    from recon.projectors import TorchProjector
+
+    geom = CTGeometry.parallel((6, 10, 8), (2.5, 1.2, 1.5), num_angles=8)
+    zz, yy, xx = np.mgrid[:6, :10, :8]
+    ball = (((zz - 2.5) / 3) ** 2 + ((yy - 4.5) / 4) ** 2 + ((xx - 3.5) / 3) ** 2 < 1).astype(np.float32) * 0.02
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    np.save(scan / "projections.npy", TorchProjector(geom)(torch.from_numpy(ball)).numpy())
+    geom.save(scan / "geometry.json")
+    assert main(_reconstruct_args(scan, tmp_path / "rec", "--num-gaussians", "50", "--init", "random")) == 0
+    captured = capsys.readouterr()
+    assert "torch backend: PyTorch ray marcher, chosen by --backend auto" in captured.out
+    assert "ASTRA's CPU projectors cannot take this scan (it needs square in-plane voxels, not 1.2 x 1.5 mm)" in captured.err

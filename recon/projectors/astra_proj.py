@@ -46,18 +46,23 @@ def astra_cuda_available() -> bool:
     return bool(astra.use_cuda())
 
 
-def astra_cpu_supports(geometry: CTGeometry) -> bool:
-    """Whether ASTRA's CPU path (2D parallel-beam projectors, slice by slice) can take ``geometry``: ASTRA is
-    installed, and the scan is parallel beam with one detector row per volume slice at the slice pitch, over
-    square in-plane voxels (ASTRA's 2D volume geometry has one pixel size)."""
+def astra_cpu_problem(geometry: CTGeometry) -> str | None:
+    """Why ASTRA's CPU path (2D parallel-beam projectors, slice by slice) cannot take a parallel-beam ``geometry``
+    (``None``: it can): it needs one detector row per volume slice at the slice pitch, and square in-plane voxels
+    (ASTRA's 2D volume geometry has one pixel size)."""
     g = geometry
-    return (
-        astra_installed()
-        and g.kind == "parallel"
-        and g.det_shape[0] == g.volume_shape[0]
-        and math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6)
-        and math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6)
-    )
+    if g.det_shape[0] != g.volume_shape[0] or not math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6):
+        return (f"it needs one detector row per slice at the slice pitch: rows {g.det_shape[0]} vs slices "
+                f"{g.volume_shape[0]}, row pitch {g.det_spacing[0]:g} vs {g.voxel_size[0]:g} mm")  # fmt: skip
+    if not math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6):
+        return f"it needs square in-plane voxels, not {g.voxel_size[1]:g} x {g.voxel_size[2]:g} mm"
+    return None
+
+
+def astra_cpu_supports(geometry: CTGeometry) -> bool:
+    """Whether ASTRA's CPU path can take ``geometry``: ASTRA is installed, the scan is parallel beam, and
+    :func:`astra_cpu_problem` finds nothing."""
+    return astra_installed() and geometry.kind == "parallel" and astra_cpu_problem(geometry) is None
 
 class AstraProjector(Projector):
     """``A`` and ``A^T`` computed by ASTRA.
@@ -120,14 +125,8 @@ class AstraProjector(Projector):
                 "ASTRA on CPU tensors supports parallel-beam geometries only (cone beam needs CUDA tensors); "
                 "use backend='torch' for cone beam on the CPU"
             )
-        if not math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6):
-            raise ValueError(f"ASTRA's CPU path needs square in-plane voxels, got {g.voxel_size[1:]} mm ('auto' uses "
-                             "PyTorch for such a volume)")
-        if not astra_cpu_supports(g):
-            raise ValueError(
-                "ASTRA's CPU path projects slice by slice and needs one detector row per slice at the slice pitch: "
-                f"rows {g.det_shape[0]} vs slices {g.volume_shape[0]}, row pitch {g.det_spacing[0]} vs {g.voxel_size[0]} mm"
-            )
+        if problem := astra_cpu_problem(g):
+            raise ValueError(f"ASTRA's CPU path projects slice by slice, and {problem} ('auto' uses PyTorch for such a scan)")
 
     def _projector_2d(self, views: Tensor | None) -> int:
         import astra
