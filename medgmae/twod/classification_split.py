@@ -76,7 +76,7 @@ def apply_recorded_split(
     training's images (another dataset) keeps the split given, with a warning.
 
     Args:
-        train, val: the items as split now (by the seed, or by the dataset's own layout).
+        train, val: the items as the seed splits them now.
         recorded: training's record; None (a model file of an earlier version): ``train`` and ``val`` as given.
         source: the dataset folder or CSV file.
 
@@ -86,16 +86,17 @@ def apply_recorded_split(
     if not recorded:
         return train, val
     saved = {k: set(recorded.get(k) or ()) for k in ("train", "val")}
-    root, items = _root(source), train + val
-    where = {_relative(it, root): it for it in items}
-    if {k: set(v) for k, v in split_record(train, val, source).items()} == saved:
+    root = _root(source)
+    now = {"train": {_relative(it, root): it for it in train}, "val": {_relative(it, root): it for it in val}}
+    if {k: set(v) for k, v in now.items()} == saved:
         return train, val
-    known = [rel for rel in where if rel in saved["train"] | saved["val"]]
+    where, trained_or_validated = {**now["train"], **now["val"]}, saved["train"] | saved["val"]
+    known = [rel for rel in where if rel in trained_or_validated]
     if not known:
         logger.warning("dataset %s holds none of the images training's split recorded: it is split by the seed, and "
                        "these are not the images the model was trained or validated on", source)  # fmt: skip
         return train, val
-    added, missing = len(where) - len(known), len(saved["train"] | saved["val"]) - len(known)
+    added, missing = len(where) - len(known), len(trained_or_validated) - len(known)
     train = [it for rel, it in where.items() if rel in saved["train"]]
     val = [it for rel, it in where.items() if rel in saved["val"]]
     logger.warning("dataset %s has changed since training (%d image(s) added, %d missing%s): the seeded split drawn now "
