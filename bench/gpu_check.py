@@ -186,6 +186,13 @@ def main(argv=None) -> int:
         rec = Recorder(args.part, Path(args.rows), time.monotonic() + args.budget)
         _guard(rec, "(part)", lambda: PART_FUNCS[args.part](rec, args.dry_run))
         return 0
+    if not args.dry_run:  # (a dry run sets TRITON_INTERPRET below, before anything imports triton)
+        import torch
+
+        if not torch.cuda.is_available():  # every part would fail at its first CUDA call
+            print("gpu_check: no CUDA device here; run it on a GPU machine, or with --dry-run for the CPU run of the "
+                  "same code paths", file=sys.stderr)  # fmt: skip
+            return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.dry_run:

@@ -75,3 +75,14 @@ def test_gpu_test_files_find_the_gpu_tests():
     files = mod.gpu_test_files()
     assert "tests/test_render_triton.py" in files and "tests/test_gpu_check.py" not in files
     assert mod.gpu_test_files("gsplat") and set(mod.gpu_test_files("gsplat")) <= set(files)
+
+
+def test_without_a_gpu_it_stops_at_once_unless_a_dry_run():
+    """On a machine without CUDA the real check would run every part only to fail each: it stops up front, exit 2."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", "/nonexistent/never"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA device here" in proc.stderr and "--dry-run" in proc.stderr, proc.stderr
+    assert not Path("/nonexistent/never").exists()
