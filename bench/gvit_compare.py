@@ -66,10 +66,13 @@ def _parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--gamma", type=float, default=0.1)
     ap.add_argument("--encoder_mode", default="denoising", choices=["denoising", "queries"])
-    ap.add_argument("--num_cases", type=int, default=10)
+    ap.add_argument("--num_cases", type=int, default=10, help="phantoms of the task (at least 3: the last 2 validate)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.num_cases < 3:
+        ap.error(f"--num_cases must be at least 3 (the last 2 phantoms form the validation split), got {args.num_cases}")
+    return args
 
 
 def _print_table(results: dict) -> None:

@@ -40,12 +40,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-gaussians", type=int, default=256)
-    parser.add_argument("--roi", type=int, default=96)
+    parser.add_argument("--roi", type=int, default=96, help="crop edge in voxels, a multiple of the 12-voxel patch")
     parser.add_argument("--val-crops", type=int, default=2)
     parser.add_argument("--steps-per-epoch", type=int, default=16)
     parser.add_argument("--picture-interval", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.roi < 12 or args.roi % 12:
+        parser.error(f"--roi must be a positive multiple of the 12-voxel patch, got {args.roi}")
 
     from medgmae.engine import MetricHistory
     from medgmae.mae_training import MaskedValidationHandler, ValidationPictureHandler, build_model
