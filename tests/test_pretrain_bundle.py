@@ -543,3 +543,32 @@ def test_the_bundle_trains_on_a_datalist(tmp_path):
     assert [Path(i["image"]).name for i in train] == ["c0.nii.gz", "c1.nii.gz"] and len(val) == 1
     assert parser.get_parsed_content("num_workers") == min(4, len(os.sched_getaffinity(0)))  # real data, not phantoms
     assert not (tmp_path / "run" / "phantom").exists()
+
+
+def test_pre_training_warns_about_a_volume_in_attenuation_units(tmp_path, caplog):
+    """A volume of linear attenuation (1/mm) among CT volumes in HU would be trained on as an almost constant crop:
+    the bundle's loading warns, naming the file, as zero-shot inference and segmentation do; a CT in HU passes."""
+    import logging
+
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from medgmae.data import LoadVolumed, WarnIfAttenuationd
+
+    hu = np.full((20, 20, 20), -1000.0, np.float32)
+    hu[5:15, 5:15, 5:15] = 40.0
+    nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 2.0, 1.0])), str(tmp_path / "ct.nii.gz"))
+    mu = np.clip(0.0192 * (1 + hu / 1000), 0, None)
+    nib.save(nib.Nifti1Image(mu, np.diag([1.5, 1.5, 2.0, 1.0])), str(tmp_path / "mu.nii.gz"))
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"output_dir": str(tmp_path / "run"), "device": "cpu", "roi_size": 24})
+    steps = parser.get_parsed_content("train#deterministic_transforms")  # the bundle's loading (training, validation)
+    warn = next(t for t in steps if isinstance(t, WarnIfAttenuationd))
+    assert steps.index(warn) == 1 and isinstance(steps[0], LoadVolumed)  # on the volume as read, before the window
+    load = Compose([LoadVolumed(keys="image"), warn])
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        load({"image": str(tmp_path / "ct.nii.gz")})
+        assert "linear attenuation" not in caplog.text
+        load({"image": str(tmp_path / "mu.nii.gz")})
+    assert f"{tmp_path / 'mu.nii.gz'} looks like linear attenuation in 1/mm" in caplog.text

@@ -14,13 +14,14 @@ from medgmae.data.cache import DiskCacheDataset, cache_folder, training_dataset
 from medgmae.data.datalist import DatasetError, folder_datalist, phantom_dataset, read_datalist, resolve_datalist
 from medgmae.data.phantom import ORGAN_LABELS, Phantom, generate_phantom, write_phantom_dataset
 from medgmae.data.precheck import check_datalist, check_item
-from medgmae.data.reader import LoadVolumed, Volume, read_volume
+from medgmae.data.reader import LoadVolumed, Volume, WarnIfAttenuationd, read_volume
 
 __all__ = [
     "ORGAN_LABELS",
     "DatasetError",
     "DiskCacheDataset",
     "LoadVolumed",
+    "WarnIfAttenuationd",
     "Phantom",
     "Volume",
     "cache_folder",

@@ -19,7 +19,6 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureTyped,
-    MapTransform,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
@@ -30,11 +29,11 @@ from monai.transforms import (
 
 from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
 from medgmae.data.precheck import check_datalist
-from medgmae.data.reader import LoadVolumed
+from medgmae.data.reader import LoadVolumed, WarnIfAttenuationd
 from medgmae.distributed import is_main_process, process_count
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import case_record, check_resume_matches, data_source, run_datalist, write_run_record
-from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides, warn_if_attenuation
+from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
 
 __all__ = [
     "DatasetError",
@@ -301,6 +300,7 @@ def _load_and_resample(keys, spec: PreprocessingSpec) -> list:
     labels = [k for k in keys if k == "label"]
     return [
         LoadVolumed(keys=keys),
+        WarnIfAttenuationd(keys="image", spec=spec),
         *spec.transforms(keys=["image"], label_keys=labels),
         CropForegroundd(keys=keys, **FOREGROUND_CROP),
     ]
@@ -336,29 +336,7 @@ def val_transforms(spec: PreprocessingSpec) -> Compose:
     return Compose(_load_and_resample(keys, spec) + [EnsureTyped(keys=keys)])
 
 
-class WarnIfAttenuationd(MapTransform):
-    """Warn, naming the file, when a loaded image looks like linear attenuation in 1/mm although ``spec``'s window
-    is a CT window in HU (:func:`~medgmae.preprocessing.warn_if_attenuation`); the data pass unchanged.
-
-    Args:
-        keys: the image keys, after loading and before the window.
-        spec: the model's pre-processing.
-    """
-
-    def __init__(self, keys, spec: PreprocessingSpec) -> None:
-        super().__init__(keys)
-        self.spec = spec
-
-    def __call__(self, data: dict) -> dict:
-        for key in self.key_iterator(data):
-            image = data[key]
-            source = getattr(image, "meta", {}).get("filename_or_obj", key)
-            warn_if_attenuation(image, self.spec, str(source))
-        return data
-
-
 def inference_transforms(spec: PreprocessingSpec) -> Compose:
     """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space; an
     image that looks like attenuation in 1/mm for a model of HU is warned about (:class:`WarnIfAttenuationd`)."""
-    load, *resample = _load_and_resample(["image"], spec)
-    return Compose([load, WarnIfAttenuationd(keys="image", spec=spec), *resample, EnsureTyped(keys="image")])
+    return Compose(_load_and_resample(["image"], spec) + [EnsureTyped(keys="image")])
