@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -353,7 +355,7 @@ def _chain(spec: PreprocessingSpec) -> Compose:
     return Compose([LoadVolumed("image")] + spec.transforms(["image"]) + [RandSpatialCropd("image", roi_size=4)])
 
 
-def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch):
+def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch, caplog):
     items = [{"image": _nifti(tmp_path / f"v{i}.nii.gz", np.random.default_rng(i).normal(0, 200, (12, 10, 8)).astype(np.float32))}
              for i in range(3)]  # fmt: skip
     reads = []
@@ -382,10 +384,13 @@ def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch):
         ds3, _ = epoch(changed)
         assert ds3.cache_dir != ds.cache_dir and len(reads) == 3  # spacing / window changed: pre-processed again
     # a damaged cache file is pre-processed again, not a crash
-    files[0].write_bytes(b"broken")
+    files[0].write_bytes(os.urandom(1000))  # random bytes: torch's refusal runs on for lines of advice
     reads.clear()
-    ds4, again = epoch(spec)
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        ds4, again = epoch(spec)
     assert len(reads) == 1 and all(a.shape == (1, 4, 4, 4) for a in again)
+    said = [r.getMessage() for r in caplog.records if "unreadable cache file" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0] and said[0].endswith("pre-processing the item again"), said
     record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text())
     assert record["spec"] == spec.to_dict()
 
@@ -468,7 +473,7 @@ def test_volume_stem_cuts_only_the_ending():
 @pytest.mark.parametrize(
     "val_fraction, expected",
     [(0.0, "4 training and 4 validation volumes from {src} (validation: the training volumes)"),
-     (0.5, "2 training and 2 validation volumes from {src} (validation: 2 held out at random (val_fraction 0.5))")],
+     (0.5, "2 training and 2 validation volumes from {src} (validation: 2 held out at random (val_fraction 0.5): {held})")],
 )  # fmt: skip
 def test_pretrain_split_logs_the_split_it_made(tmp_path, caplog, val_fraction, expected):
     import logging
@@ -480,4 +485,5 @@ def test_pretrain_split_logs_the_split_it_made(tmp_path, caplog, val_fraction, e
     with caplog.at_level(logging.INFO, logger="medgmae.mae_training"):
         split = pretrain_split(str(folder), tmp_path, val_fraction=val_fraction, validate=False)
     assert len(split["training"]) == int(expected[0])
-    assert expected.format(src=folder) in caplog.text
+    held = ", ".join(str(it["image"]) for it in split["validation"])  # the held-out volumes, named
+    assert expected.format(src=folder, held=held) in caplog.text

@@ -162,7 +162,9 @@ class DiskCacheDataset(PersistentDataset):
             try:
                 return torch.load(hashfile, weights_only=self.weights_only)
             except Exception as e:  # corrupt (e.g. a disk filled up): recompute and replace it
-                logger.warning("unreadable cache file %s (%s): pre-processing the item again", hashfile, e)
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else ""  # torch's advice runs on for lines
+                logger.warning("unreadable cache file %s (%s%s): pre-processing the item again", hashfile,
+                               type(e).__name__, f": {reason[:200]}" if reason else "")  # fmt: skip
         from copy import deepcopy
 
         from monai.utils import convert_to_tensor

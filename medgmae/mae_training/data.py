@@ -122,7 +122,11 @@ def pretrain_split(
     how = "the datalist's 'validation' list"
     if not val:
         train, val = _fraction_split(train, float(val_fraction), int(seed), str(source))
-        how = "the training volumes" if val == train else f"{len(val)} held out at random (val_fraction {val_fraction})"
+        if val == train:
+            how = "the training volumes"
+        else:
+            names = ", ".join(str(it["image"]) for it in val[:3]) + (f" and {len(val) - 3} more" if len(val) > 3 else "")
+            how = f"{len(val)} held out at random (val_fraction {val_fraction}): {names}"
     if is_main_process():
         logger.info("data: %d training and %d validation volumes from %s (validation: %s)", len(train), len(val),
                     source, how)  # fmt: skip
