@@ -113,11 +113,11 @@ def model_file_kind(path: str | os.PathLike) -> str | None:
         payload = load_torch_file(path, mmap=True)
     except (OSError, ValueError, RuntimeError):
         return None
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         return None
-    if payload.get("format") != FORMAT:
-        record = (payload.get("objects") or {}).get("config") if isinstance(payload.get("objects"), Mapping) else None
-        return record.get("kind") if isinstance(record, Mapping) else None
+    if payload.get("format") != FORMAT:  # a training state: its model record, as load_checkpoint reads it
+        state = _from_training_state(payload)
+        return None if state is None else state["kind"]
     if payload.get("kind") == ENCODER_KIND:
         return "gmae2d" if (payload.get("config") or {}).get("spatial_dims") == 2 else "medgmae"
     return payload.get("kind")

@@ -145,7 +145,8 @@ def test_an_encoder_or_training_checkpoint_marks_another_bundles_run(tmp_path):
 
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
-    torch.save({"engine": {}, "objects": {"config": {"kind": "medgmae", "config": {}}}}, interrupted / "checkpoint_epoch=3.pt")
+    torch.save({"engine": {}, "objects": {"model": {}, "config": {"kind": "medgmae", "config": {}}}},
+               interrupted / "checkpoint_epoch=3.pt")  # fmt: skip
     encoder = tmp_path / "encoder"
     save_checkpoint(encoder / "encoder.pt", make_checkpoint(ENCODER_KIND, {"spatial_dims": 3}, {}))
     for folder, named in ((interrupted, "checkpoint_epoch=3.pt of kind 'medgmae'"), (encoder, "encoder.pt of kind 'medgmae'")):
