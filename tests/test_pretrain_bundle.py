@@ -572,3 +572,60 @@ def test_pre_training_warns_about_a_volume_in_attenuation_units(tmp_path, caplog
         assert "linear attenuation" not in caplog.text
         load({"image": str(tmp_path / "mu.nii.gz")})
     assert f"{tmp_path / 'mu.nii.gz'} looks like linear attenuation in 1/mm" in caplog.text
+
+
+def test_pre_training_and_fine_tuning_warn_about_a_volume_smaller_than_the_crop(tmp_path, caplog):
+    """A volume whose body is smaller than roi_size after resampling is padded with air in every crop: both training
+    pipelines warn before their SpatialPadd, naming the file and its size, once per file; a large volume passes."""
+    import logging
+    import re
+
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose, SpatialPadd
+
+    from medgmae.data import WarnIfPaddedd
+    from medgmae.finetune.data import train_transforms
+    from medgmae.preprocessing import PreprocessingSpec
+
+    def ct(name, n, body):  # n^3 voxels of 1 mm, a body of body^3 voxels at 40 HU in air
+        a = np.full((n, n, n), -1000.0, np.float32)
+        lo = (n - body) // 2
+        a[lo:lo + body, lo:lo + body, lo:lo + body] = 40.0
+        nib.save(nib.Nifti1Image(a, np.diag([-1.0, -1.0, 1.0, 1.0])), str(tmp_path / name))
+        return str(tmp_path / name)
+
+    # 20^3 voxels at 1.5 mm (about half of a 24^3 crop padding); 36^3; 22 x 36 x 36 (8 % padding: not warned)
+    small, large, slim = ct("small.nii.gz", 40, 30), ct("large.nii.gz", 60, 54), ct("slim.nii.gz", 60, 54)
+    a = nib.load(slim).get_fdata()
+    a[:, :, :] = -1000.0
+    a[16:49, 3:57, 3:57] = 40.0
+    nib.save(nib.Nifti1Image(a.astype(np.float32), nib.load(slim).affine), slim)
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"output_dir": str(tmp_path / "run"), "device": "cpu", "roi_size": 24})
+    steps = parser.get_parsed_content("train#deterministic_transforms")
+    warn = next(t for t in steps if isinstance(t, WarnIfPaddedd))
+    assert isinstance(steps[steps.index(warn) + 1], SpatialPadd)
+    spec = PreprocessingSpec(input_size=(24, 24, 24), patch_size=(12, 12, 12))
+    fine = train_transforms(spec, num_samples=1)
+    assert any(isinstance(t, WarnIfPaddedd) for t in fine.transforms)
+    pre = Compose(steps[: steps.index(warn) + 1])
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        pre({"image": large, "label": _label_like(large)})
+        fine({"image": large, "label": _label_like(large)})
+        pre({"image": slim, "label": _label_like(slim)})
+        assert "smaller than the" not in caplog.text
+        pre({"image": small, "label": _label_like(small)})
+        pre({"image": small, "label": _label_like(small)})
+    assert caplog.text.count(f"{small} is ") == 1
+    size, share = re.search(r"is (\d+)x\1x\1 voxels.*24x24x24 crop: (\d+) % of every crop", caplog.text).groups()
+    assert int(size) in (19, 20) and int(share) == round(100 * (1 - (int(size) / 24) ** 3))
+    assert " at 1.5x1.5x1.5 mm" in caplog.text
+
+
+def _label_like(path: str) -> str:
+    """A label map (0/1) on the grid of the volume at ``path``, written beside it."""
+    img = nib.load(path)
+    out = path.replace(".nii.gz", "_label.nii.gz")
+    nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > -500).astype(np.uint8), img.affine), out)
+    return out

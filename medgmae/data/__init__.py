@@ -3,6 +3,7 @@
 * :mod:`medgmae.data.reader`: :func:`read_volume` (NIfTI, NRRD, MetaImage, DICOM series) and ``LoadVolumed``.
 * :mod:`medgmae.data.datalist`: Decathlon datalists, folders of volumes, generated phantom datasets.
 * :mod:`medgmae.data.precheck`: every file opened once before training, all problems reported in one error.
+* :mod:`medgmae.data.input_checks`: warnings about volumes that load but do not fit the model (units, size).
 * :mod:`medgmae.data.grid`: whether two volumes are on the same voxel grid (the one check, tolerance and message).
 * :mod:`medgmae.data.cache`: the deterministic pre-processing cached on disk, keyed by the pre-processing spec.
 * :mod:`medgmae.data.phantom`: the synthetic abdominal CT phantom generator.
@@ -14,7 +15,8 @@ from medgmae.data.cache import DiskCacheDataset, cache_folder, training_dataset
 from medgmae.data.datalist import DatasetError, folder_datalist, phantom_dataset, read_datalist, resolve_datalist
 from medgmae.data.phantom import ORGAN_LABELS, Phantom, generate_phantom, write_phantom_dataset
 from medgmae.data.precheck import check_datalist, check_item
-from medgmae.data.reader import LoadVolumed, Volume, WarnIfAttenuationd, read_volume
+from medgmae.data.input_checks import WarnIfAttenuationd, WarnIfPaddedd
+from medgmae.data.reader import LoadVolumed, Volume, read_volume
 
 __all__ = [
     "ORGAN_LABELS",
@@ -22,6 +24,7 @@ __all__ = [
     "DiskCacheDataset",
     "LoadVolumed",
     "WarnIfAttenuationd",
+    "WarnIfPaddedd",
     "Phantom",
     "Volume",
     "cache_folder",

@@ -24,9 +24,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from medgmae.data.grid import grid_offset_mm
-from medgmae.preprocessing import PreprocessingSpec, warn_if_attenuation
 
-__all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUFFIXES", "LoadVolumed", "WarnIfAttenuationd"]
+__all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUFFIXES", "LoadVolumed"]
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -351,24 +350,3 @@ class LoadVolumed(MapTransform):
                     "spatial_shape": np.asarray(vol.array.shape)}  # fmt: skip
             d[key] = MetaTensor(torch.from_numpy(vol.array)[None], affine=torch.from_numpy(vol.affine), meta=meta)
         return d
-
-
-class WarnIfAttenuationd(MapTransform):
-    """Warn, naming the file, when a loaded image looks like linear attenuation in 1/mm although ``spec``'s window
-    is a CT window in HU (:func:`~medgmae.preprocessing.warn_if_attenuation`); the data pass unchanged.
-
-    Args:
-        keys: the image keys, after loading and before the window.
-        spec: the model's pre-processing.
-    """
-
-    def __init__(self, keys, spec: PreprocessingSpec) -> None:
-        super().__init__(keys)
-        self.spec = spec
-
-    def __call__(self, data: dict) -> dict:
-        for key in self.key_iterator(data):
-            image = data[key]
-            source = getattr(image, "meta", {}).get("filename_or_obj", key)
-            warn_if_attenuation(image, self.spec, str(source))
-        return data

@@ -29,7 +29,8 @@ from monai.transforms import (
 
 from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
 from medgmae.data.precheck import check_datalist
-from medgmae.data.reader import LoadVolumed, WarnIfAttenuationd
+from medgmae.data.input_checks import WarnIfAttenuationd, WarnIfPaddedd
+from medgmae.data.reader import LoadVolumed
 from medgmae.distributed import is_main_process, process_count
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import case_record, check_resume_matches, data_source, run_datalist, write_run_record
@@ -314,6 +315,7 @@ def train_transforms(spec: PreprocessingSpec, num_samples: int = 4) -> Compose:
     return Compose(
         _load_and_resample(keys, spec)
         + [
+            WarnIfPaddedd(keys="image", spatial_size=roi, pixdim=spec.spacing),
             SpatialPadd(keys=keys, spatial_size=roi),
             RandCropByPosNegLabeld(
                 keys=keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=num_samples,

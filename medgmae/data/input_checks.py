@@ -1,0 +1,91 @@
+"""Warnings about volumes that load fine but will not give the model what it expects; the data pass unchanged.
+
+Both transforms sit in the training (and, for attenuation, inference) pipelines right where the problem becomes
+visible: :class:`WarnIfAttenuationd` after loading, before the HU window; :class:`WarnIfPaddedd` after the
+foreground crop, before ``SpatialPadd``. Each names the file, once per file and process (a pipeline without a
+disk cache runs them every epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from medgmae.preprocessing import PreprocessingSpec, warn_if_attenuation
+
+__all__ = ["WarnIfAttenuationd", "WarnIfPaddedd"]
+
+logger = logging.getLogger("medgmae.data")
+
+
+def _source(image, key: str) -> str:
+    return str(getattr(image, "meta", {}).get("filename_or_obj", key))
+
+
+class WarnIfAttenuationd(MapTransform):
+    """Warn, naming the file, when a loaded image looks like linear attenuation in 1/mm although ``spec``'s window
+    is a CT window in HU (:func:`~medgmae.preprocessing.warn_if_attenuation`); the data pass unchanged.
+
+    Args:
+        keys: the image keys, after loading and before the window.
+        spec: the model's pre-processing.
+    """
+
+    def __init__(self, keys: KeysCollection, spec: PreprocessingSpec) -> None:
+        super().__init__(keys)
+        self.spec = spec
+
+    def __call__(self, data: dict) -> dict:
+        for key in self.key_iterator(data):
+            warn_if_attenuation(data[key], self.spec, _source(data[key], key))
+        return data
+
+
+class WarnIfPaddedd(MapTransform):
+    """Warn, naming the file, when an image is so much smaller than ``spatial_size`` that the following
+    ``SpatialPadd`` makes more than ``max_padding`` of every crop of it padding (zeros: the window's lower end,
+    air), which the model learns as anatomy. Usually a volume of another field of view or a too-coarse ``pixdim``.
+    A few voxels short on one axis (a slim patient's front-to-back extent) stays below the threshold.
+
+    Args:
+        keys: the image keys, after the spec's transforms and the foreground crop (channel-first ``(1, X, Y, Z)``).
+        spatial_size: the crop size in voxels, ``(X, Y, Z)``.
+        pixdim: the voxel size in mm the image was resampled to (named in the message; ``None``: not named).
+        max_padding: the share of a crop that may be padding without a warning, in ``[0, 1)``.
+    """
+
+    _warned: set = set()
+
+    def __init__(
+        self, keys: KeysCollection, spatial_size: Sequence[int], pixdim: Sequence[float] | None = None,
+        max_padding: float = 0.25,
+    ) -> None:
+        super().__init__(keys)
+        if not 0.0 <= float(max_padding) < 1.0:
+            raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
+        self.max_padding = float(max_padding)
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        if len(self.spatial_size) != 3 or min(self.spatial_size) < 1:
+            raise ValueError(f"spatial_size must be three positive sizes, got {spatial_size}")
+        self.pixdim = None if pixdim is None else tuple(float(p) for p in pixdim)
+
+    def __call__(self, data: dict) -> dict:
+        for key in self.key_iterator(data):
+            shape = tuple(int(s) for s in data[key].shape[1:])
+            source = _source(data[key], key)
+            padding = 1.0 - float(np.prod([min(s, r) / r for s, r in zip(shape, self.spatial_size)]))
+            if padding <= self.max_padding or source in WarnIfPaddedd._warned:
+                continue
+            WarnIfPaddedd._warned.add(source)
+            at = "" if self.pixdim is None else f" at {'x'.join(f'{p:g}' for p in self.pixdim)} mm"
+            logger.warning(
+                "%s is %s voxels%s after resampling and the foreground crop, smaller than the %s crop: %.0f %% of "
+                "every crop of it is padding with the window's lower end (air), which the model sees as part of the "
+                "volume; check its field of view, or use a smaller pixdim", source, "x".join(map(str, shape)), at,
+                "x".join(map(str, self.spatial_size)), 100 * padding,
+            )
+        return data
