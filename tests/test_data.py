@@ -487,3 +487,24 @@ def test_pretrain_split_logs_the_split_it_made(tmp_path, caplog, val_fraction, e
     assert len(split["training"]) == int(expected[0])
     held = ", ".join(str(it["image"]) for it in split["validation"])  # the held-out volumes, named
     assert expected.format(src=folder, held=held) in caplog.text
+
+
+def test_a_datalist_declaring_another_modality_than_ct_is_warned_about_once(tmp_path, caplog):
+    """Decathlon datalists state their modality; every image goes through the HU window, so one of MRI (or a
+    multi-channel CT + MRI list) is named in one warning per file, while CT in any of its usual spellings passes."""
+    from medgmae.data import read_datalist
+
+    def datalist(name, modality):
+        path = tmp_path / name
+        path.write_text(json.dumps({"modality": modality, "training": [{"image": "a.nii.gz"}],
+                                    "validation": [{"image": "b.nii.gz"}]}))  # fmt: skip
+        return path
+
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        for name, modality in [("ct.json", {"0": "CT"}), ("ct2.json", "computed tomography"), ("none.json", None)]:
+            read_datalist(datalist(name, modality))
+        assert "declares the modality" not in caplog.text
+        mri = datalist("mri.json", {"0": "MRI", "1": "CT"})
+        read_datalist(mri, "training")
+        read_datalist(mri, "validation")
+    assert caplog.text.count(f"datalist {mri} declares the modality 'MRI': ") == 1

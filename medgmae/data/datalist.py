@@ -139,6 +139,24 @@ def load_datalist_json(path: str | Path) -> dict:
     return content
 
 
+_MODALITY_WARNED: set = set()
+_CT_NAMES = {"ct", "computed tomography", "cbct", "cect", "ncct"}
+
+
+def _warn_if_not_ct(path: Path, content: dict) -> None:
+    """Warn once per file when a Decathlon datalist's ``modality`` field names anything but CT: every image goes
+    through the models' HU window, so an MRI channel is trained on (or segmented) as a meaningless crop."""
+    modality = content.get("modality")
+    names = list(modality.values()) if isinstance(modality, dict) else [modality] if modality else []
+    other = sorted({str(n) for n in names if str(n).strip().lower() not in _CT_NAMES})
+    if not other or str(path) in _MODALITY_WARNED:
+        return
+    _MODALITY_WARNED.add(str(path))
+    logger.warning("datalist %s declares the modality %s: this toolkit's models take CT in HU (every image goes "
+                   "through the HU window), so leave non-CT cases and channels out of the lists", path,
+                   " and ".join(repr(n) for n in other))  # fmt: skip
+
+
 def _empty_list_hint(path: Path, key: str, content: dict) -> str:
     """How to give a datalist the ``validation`` list it lacks ("" for other lists)."""
     if key != "validation":
@@ -171,10 +189,11 @@ def read_datalist(
 
     Raises:
         DatasetError: the file is missing or not valid JSON, an item has no image, or a required list is absent
-            or empty.
+            or empty. A ``modality`` field naming anything but CT (``{"0": "MRI"}``) is warned about, once per file.
     """
     path = Path(datalist).expanduser()
     content = load_datalist_json(path)
+    _warn_if_not_ct(path, content)
     items = content.get(key)
     if not items:
         if required:
