@@ -508,3 +508,18 @@ def test_a_datalist_declaring_another_modality_than_ct_is_warned_about_once(tmp_
         read_datalist(mri, "training")
         read_datalist(mri, "validation")
     assert caplog.text.count(f"datalist {mri} declares the modality 'MRI': ") == 1
+
+
+def test_a_folder_without_a_dicom_series_is_refused_in_the_toolkits_words_only(tmp_path, capfd):
+    """An empty folder or one of other files given as a DICOM series: one error naming the folder and what it holds,
+    and no ITK console warning ("GDCMSeriesFileNames ... No Series were found") printed before it."""
+    empty, other = tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    other.mkdir()
+    (other / "notes.txt").write_text("not a slice")
+    (other / "IM0001").write_bytes(b"\0" * 300)
+    with pytest.raises(ValueError, match=f"{empty}: no DICOM series found in the folder \\(it holds no files\\)"):
+        read_volume(empty)
+    with pytest.raises(ValueError, match=f"{other}: .*\\(none of its 2 files is a DICOM slice\\)"):
+        read_volume(other)
+    assert "No Series were found" not in capfd.readouterr().err

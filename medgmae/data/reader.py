@@ -67,12 +67,23 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     ``IM0001`` or by number)."""
     p = Path(path)
     if p.is_dir():
-        if any(p.glob("*.dcm")):
-            return True
-        import SimpleITK as sitk
-
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+        return any(p.glob("*.dcm")) or bool(_series_ids(p))
     return p.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _series_ids(folder: Path) -> tuple[str, ...]:
+    """GDCM's DICOM series in ``folder``, without ITK's console warning for a folder that has none (callers say
+    so in their own words, naming the folder)."""
+    import SimpleITK as sitk
+
+    if not any(f.is_file() for f in folder.iterdir()):
+        return ()
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -125,9 +136,11 @@ def _dicom_series_files(folder: Path) -> tuple[str, ...]:
     """
     import SimpleITK as sitk
 
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    ids = _series_ids(folder)
     if not ids:
-        raise _Refused("no DICOM series found in the folder")
+        files = sum(f.is_file() for f in folder.iterdir())
+        what = f"none of its {files} files is" if files > 1 else "its one file is not" if files else "it holds no files"
+        raise _Refused(f"no DICOM series found in the folder ({what}{' a DICOM slice' if files else ''})")
     if len(ids) == 1:
         return sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
     found = []
