@@ -76,6 +76,23 @@ def test_label_fraction_subsets_deterministic_nested(tmp_path):
         assert len(select_label_fraction(cases[:n] + cases[: max(0, n - 30)], fraction)) == expected, (n, fraction)
 
 
+def test_a_label_fraction_rounded_far_from_itself_is_warned_about_and_recorded(tmp_path, caplog):
+    """1 % of 4 cases is one case, a quarter of the labels: the run warns with the share it trains on and records it
+    in training_cases.json; 10 % of 30 cases (3 cases, exactly 10 %) and 1 % of 150 (2 cases, 1.3 %) are not warned
+    about."""
+    import logging
+
+    cases = [{"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"} for i in range(150)]
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        select_label_fraction(cases[:30], 0.1)
+        select_label_fraction(cases, 0.01)
+        assert "rounded to" not in caplog.text
+        select_label_fraction(cases[:4], 0.01, output_dir=tmp_path)
+    assert "label_fraction 0.01 of 4 training cases is 0.04 cases, rounded to 1: this run trains on 25 % " in caplog.text
+    record = json.loads((tmp_path / "training_cases.json").read_text())
+    assert record["label_fraction"] == 0.01 and record["effective_fraction"] == 0.25 and len(record["cases"]) == 1
+
+
 @pytest.mark.parametrize("n_classes", [14, 16])  # BTCV, AMOS CT
 def test_label_names_from_datalist(tmp_path, n_classes):
     labels = {str(i): ("background" if i == 0 else f"organ{i}") for i in range(n_classes)}

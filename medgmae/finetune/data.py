@@ -120,7 +120,13 @@ def select_label_fraction(
     chosen = [cases[i] for i in sorted(order[:n].tolist())]
     if output_dir is not None:
         write_run_record(output_dir, case_record(fraction, seed, len(cases), chosen))
-    logger.info("label_fraction %s: %d of %d training cases", fraction, n, len(cases))
+    share = n / len(cases)
+    if abs(share - float(fraction)) > 0.5 * float(fraction):  # e.g. "1 %" of 4 cases: one case, 25 % of the labels
+        logger.warning("label_fraction %s of %d training cases is %.3g cases, rounded to %d: this run trains on %.3g %% "
+                       "of the labelled cases, not %.3g %% (at least one case is always used)", fraction, len(cases),
+                       float(fraction) * len(cases), n, 100 * share, 100 * float(fraction))  # fmt: skip
+    else:
+        logger.info("label_fraction %s: %d of %d training cases", fraction, n, len(cases))
     return chosen
 
 

@@ -22,10 +22,12 @@ RECORD_FILE = "training_cases.json"
 
 
 def case_record(fraction: float, seed: int, num_total: int, cases: list, source: Mapping | None = None) -> dict:
-    """The record of a run's label subset: ``label_fraction``, ``seed``, ``num_total``, the chosen ``cases`` and the
-    data source (:func:`data_source`) where given."""
-    return {"label_fraction": float(fraction), "seed": int(seed), "num_total": int(num_total), "cases": list(cases),
-            **dict(source or {})}  # fmt: skip
+    """The record of a run's label subset: ``label_fraction``, ``seed``, ``num_total``, the chosen ``cases``, the
+    share of the training cases they are (``effective_fraction``: 1 % of 4 cases is one case, 0.25) and the data
+    source (:func:`data_source`) where given."""
+    share = len(cases) / int(num_total) if int(num_total) else 0.0
+    return {"label_fraction": float(fraction), "effective_fraction": share, "seed": int(seed), "num_total": int(num_total),
+            "cases": list(cases), **dict(source or {})}  # fmt: skip
 
 
 def read_run_record(output_dir: str | Path) -> dict | None:
