@@ -516,6 +516,13 @@ def test_segmentation_report_analytic_dice(tmp_path, caplog):
     with open(tmp_path / "per_case_dice.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows == [{"case": "case_0042", "image": "/data/case_0042.nii.gz", "mean_dice": "0.750000", "liver": "0.750000", "spleen": ""}]
+    # a second case whose reference is all background adds nothing to the mean: the log and metrics.json say so
+    State.output = [{"image": image, "pred": onehot(pred), "label": onehot(np.zeros((10, 10, 10)))}]
+    report._collect(Engine())
+    with caplog.at_level("INFO"):
+        metrics = report.write()
+    assert f"mean Dice 0.75000 over 1 of 2 cases (1 with no labelled class in its reference, not counted) -> " in caplog.text
+    assert metrics["num_cases"] == 2 and metrics["num_cases_scored"] == 1 and metrics["mean_dice"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
 

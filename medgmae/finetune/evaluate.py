@@ -76,7 +76,8 @@ class SegmentationReport:
     ``metrics.json`` holds ``mean_dice`` (MONAI's ``MeanDice`` reduction of the same float32 values: the mean over
     cases of each case's mean over its classes present in the reference, so the log's "mean Dice" and the
     evaluator's key metric are one number), per-class means under ``dice_per_class`` (by label name), the number of
-    cases, and ``extra`` (e.g. the checkpoint used).
+    cases and of those with a labelled class in their reference (``num_cases_scored``: the others add nothing to
+    any mean), and ``extra`` (e.g. the checkpoint used).
 
     Args:
         output_dir: folder for the two files.
@@ -123,6 +124,7 @@ class SegmentationReport:
             "mean_dice": clean(mean),
             "dice_per_class": {n: clean(float(v)) for n, v in zip(self.names[1:], per_class)},
             "num_cases": len(self.rows),
+            "num_cases_scored": int(np.isfinite(values).any(axis=1).sum()),
             **self.extra,
         }
 
@@ -139,6 +141,9 @@ class SegmentationReport:
                     w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice])
         n = len(self.rows)
         cases = f"{n} case{'' if n == 1 else 's'}"
+        empty = n - self.metrics["num_cases_scored"]
+        if empty:  # MONAI's convention: a case whose reference holds no labelled class adds nothing to the mean
+            cases = f"{n - empty} of {cases} ({empty} with no labelled class in its reference, not counted)"
         mean = self.metrics["mean_dice"]
         shown = "n/a (no labelled class)" if mean is None else f"{mean:.5f}"  # as the per-case lines
         logger.info("mean Dice %s over %s -> %s", shown, cases, self.output_dir)
