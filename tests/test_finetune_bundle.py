@@ -152,6 +152,23 @@ def test_missing_file_names_the_case(tmp_path):
         inference_cases([str(tmp_path / "nowhere.nii.gz")])
 
 
+def test_an_empty_input_files_list_is_refused_and_the_datalist_default_is_logged(tmp_path, caplog):
+    """``--input_files "[]"`` (a shell pattern that matched nothing) must not segment the validation list instead;
+    leaving input_files out (None) segments the datalist's list and says which."""
+    import logging
+
+    case = make_case(tmp_path, "case_01")
+    dl = tmp_path / "dataset.json"
+    dl.write_text(json.dumps({"training": [case], "validation": [case]}))
+    for empty in ([], "", ()):
+        with pytest.raises(DatasetError, match="input_files is empty"):
+            inference_cases(empty, datalist=dl)
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        cases = inference_cases(None, datalist=dl)
+    assert [c["image"] for c in cases] == [case["image"]]
+    assert f"no input_files: segmenting the 'validation' list of {dl} (1 images)" in caplog.text
+
+
 def test_prepare_datalists_checks_every_case(tmp_path):
     good = make_case(tmp_path, "good")
     bad = make_case(tmp_path, "outside", max_label=5)

@@ -9,6 +9,7 @@ prefixed with as many parent folders as make it unique (``patA_ct``, ``patB_ct``
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,8 @@ from medgmae.data.reader import volume_stem
 from medgmae.finetune.run_record import run_datalist
 
 __all__ = ["inference_cases", "unique_case_names"]
+
+logger = logging.getLogger(__name__)
 
 
 def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
@@ -45,27 +48,33 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
 
 
 def inference_cases(
-    input_files: Sequence[str] | str, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
+    input_files: Sequence[str] | str | None, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
     key: str = "validation",
 ) -> list[dict]:
-    """Images to segment, each checked: ``input_files`` when given (a path or a list), else the images of list
-    ``key`` of the datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty; when both are empty, the data
-    the run in ``output_dir`` was trained on, see :func:`~medgmae.finetune.run_record.run_datalist`).
+    """Images to segment, each checked: ``input_files`` when given (a path or a list), else (``None``) the images of
+    list ``key`` of the datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty; when both are empty, the
+    data the run in ``output_dir`` was trained on, see :func:`~medgmae.finetune.run_record.run_datalist`), logged.
 
     Returns:
         ``[{"image": path, "name": output name}]`` (see the module docstring for the names).
 
     Raises:
-        DatasetError: no datalist, or unusable inputs: one error lists every missing or unreadable file.
+        DatasetError: ``input_files`` given but empty (a shell pattern that matched nothing: segmenting the datalist
+            instead would write what nobody asked for), no datalist, or unusable inputs: one error lists every
+            missing or unreadable file.
     """
     if isinstance(input_files, (str, Path)):
         input_files = [input_files] if str(input_files) else []
-    if input_files:
+    if input_files is not None and not list(input_files):
+        raise DatasetError("input_files is empty (a shell pattern that matched no file?): list the images to segment, "
+                           "or leave input_files out to segment the run's validation cases")  # fmt: skip
+    if input_files is not None:
         images, source = [str(Path(f).expanduser().resolve()) for f in input_files], "input_files"
     else:
         dataset_dir, datalist = run_datalist(dataset_dir, datalist, output_dir)
         if not datalist.is_file():
             raise DatasetError(f"nothing to segment: set input_files or datalist (no datalist at {datalist})")
         images, source = [c["image"] for c in read_datalist(datalist, key, dataset_dir or None)], str(datalist)
+        logger.info("no input_files: segmenting the '%s' list of %s (%d images)", key, datalist, len(images))
     cases = [{"image": image, "name": name} for image, name in zip(images, unique_case_names(images))]
     return check_datalist(cases, source=source)
