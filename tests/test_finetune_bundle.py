@@ -387,6 +387,8 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
 
     proc = run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")
     assert "Got new best metric" not in proc.stdout + proc.stderr  # a one-off evaluation has no "best"
+    assert (f"pre-processing of {out / 'best_model.pt'}: orientation RAS, spacing [2.0, 2.0, 2.0] mm (recorded), "
+            "HU window [-200.0, 300.0] (recorded), crop 24x24x24") in proc.stdout + proc.stderr  # fmt: skip
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert f"mean Dice {metrics['mean_dice']:.5f} over 1 case " in proc.stdout + proc.stderr
     assert metrics["num_cases"] == 1 and len(metrics["dice_per_class"]) == 17

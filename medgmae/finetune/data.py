@@ -295,7 +295,12 @@ def finetuned_spec(
     from medgmae.finetune.best_model import FINETUNED_KIND
 
     ckpt = load_checkpoint(checkpoint, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run")
-    return spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint))
+    spec = spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint))
+    origin = lambda given: "given" if given is not None else "recorded"  # noqa: E731
+    logger.info("pre-processing of %s: orientation %s, spacing %s mm (%s), HU window %s (%s), crop %s", checkpoint,
+                spec.orientation, list(spec.spacing), origin(pixdim), list(spec.hu_window), origin(hu_range),
+                "x".join(map(str, spec.input_size)))  # fmt: skip
+    return spec
 
 
 #: the crop after the spec's transforms (to the box of voxels above 0 after the window), for every phase; also
