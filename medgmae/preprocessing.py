@@ -27,9 +27,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 __all__ = [
     "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "check_spacing_override", "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU",
-    "looks_like_hu", "looks_like_attenuation", "window_expects_hu", "warn_if_attenuation",
+    "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -259,11 +261,29 @@ def window_expects_hu(spec: PreprocessingSpec) -> bool:
     return a0 < 0 and a1 - a0 > 10 * ATTENUATION_LIKE_HU
 
 
-def warn_if_attenuation(array, spec: PreprocessingSpec, source: str) -> bool:
+#: At most this many distinct values, all integers in ``[0, 255]``: a label map, not a CT (whose air is -1000 HU and
+#: whose noise alone gives hundreds of values).
+LABEL_MAP_MAX_VALUES = 32
+
+
+def looks_like_label_map(array) -> int:
+    """The number of distinct values of ``array`` (NumPy or torch, any shape) when it looks like a segmentation
+    (at most :data:`LABEL_MAP_MAX_VALUES` integers in ``[0, 255]``, counted on about a million evenly spaced
+    voxels), else 0."""
+    flat = (array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)).reshape(-1)
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    if sample.size == 0 or sample.min() < 0 or sample.max() > 255 or np.any(sample != np.round(sample)):
+        return 0
+    values = np.unique(sample).size
+    return values if values <= LABEL_MAP_MAX_VALUES else 0
+
+
+def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
     """Log a warning naming ``source`` when a model whose pre-processing is a CT window in HU
-    (:func:`window_expects_hu`) is given a volume that looks like linear attenuation in 1/mm
-    (:func:`looks_like_attenuation`): the window maps such a volume to an almost constant input, so the output is
-    meaningless. Nothing is refused: models of other modalities take such ranges.
+    (:func:`window_expects_hu`) is given a volume that is not a CT in HU: linear attenuation in 1/mm
+    (:func:`looks_like_attenuation`), which the window maps to an almost constant input, or a label map
+    (:func:`looks_like_label_map`: a segmentation listed as an image). Either way the output is meaningless.
+    Nothing is refused: models of other modalities take such ranges.
 
     Args:
         array: the volume as read, before the window (NumPy or torch, any shape).
@@ -273,13 +293,24 @@ def warn_if_attenuation(array, spec: PreprocessingSpec, source: str) -> bool:
     Returns:
         Whether it warned.
     """
-    if not (window_expects_hu(spec) and looks_like_attenuation(array)):
+    if not window_expects_hu(spec):
         return False
-    lo, hi = _value_range(array)
     a0, a1 = spec.hu_window
-    logger.warning(
-        "%s looks like linear attenuation in 1/mm (values %.4g .. %.4g), not a CT in HU: the model's HU window "
-        "[%g, %g] maps it to an almost constant input, so its output is meaningless; convert it with "
-        "HU = 1000 (mu / 0.0192 - 1)", source, lo, hi, a0, a1,
-    )
-    return True
+    if looks_like_attenuation(array):
+        lo, hi = _value_range(array)
+        logger.warning(
+            "%s looks like linear attenuation in 1/mm (values %.4g .. %.4g), not a CT in HU: the model's HU window "
+            "[%g, %g] maps it to an almost constant input, so its output is meaningless; convert it with "
+            "HU = 1000 (mu / 0.0192 - 1)", source, lo, hi, a0, a1,
+        )
+        return True
+    values = looks_like_label_map(array)
+    if values:
+        lo, hi = _value_range(array)
+        logger.warning(
+            "%s looks like a label map (%d distinct integer values in %g .. %g), not a CT in HU: a segmentation "
+            "listed as an image? The model's HU window [%g, %g] maps it to an almost constant input", source,
+            values, lo, hi, a0, a1,
+        )
+        return True
+    return False

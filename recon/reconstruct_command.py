@@ -31,8 +31,14 @@ __all__ = ["RECON_STATE", "cmd_reconstruct"]
 
 def _model_spec(model, spacing: float | None, checkpoint: str):
     """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
-    from medgmae.preprocessing import spec_with_overrides
+    from medgmae.preprocessing import DEFAULT_SPEC, spec_with_overrides
 
+    if model.preprocessing is None:  # a model file of an early version, or one rebuilt by hand
+        d = DEFAULT_SPEC
+        print(f"warning: {checkpoint} records no pre-processing: the decoder sees the scan as the toolkit's default "
+              f"{d.orientation}, {'x'.join(f'{v:g}' for v in d.spacing)} mm voxels, HU window {list(d.hu_window)}; "
+              "if the model was pre-trained otherwise its start is wrong (re-save it with its spec, or use "
+              "--model-spacing for the spacing)", flush=True)  # fmt: skip
     return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
 
 
@@ -82,8 +88,9 @@ def _warn_if_few(count: int, budget: int | None, spec) -> None:
     spacing = "x".join(f"{v:g}" for v in spec.spacing) if spec is not None else "its recorded"
     print(f"warning: the zero-shot start kept only {count} Gaussian{'s' if count != 1 else ''}"
           f"{f' (budget {budget})' if budget else ''}: the model sees the scan resampled to {spacing} mm, and a scan "
-          "much smaller than its input window, or mostly air, leaves few of its Gaussians inside; try --model-spacing "
-          "with a finer spacing, or --init fbp", flush=True)  # fmt: skip
+          "much smaller than its input window, or mostly air, leaves few of its Gaussians inside; --init fbp starts "
+          "denser (a finer --model-spacing keeps more of the decoder's Gaussians, but shows the model data prepared "
+          "otherwise than in its pre-training)", flush=True)  # fmt: skip
 
 
 def _init_settings(args, num_voxels: int | None = None) -> dict:
@@ -334,7 +341,11 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
 def _load_model(args):
     from medgmae.networks.medgmae import MedGMAE
 
-    if not Path(args.checkpoint).is_file():
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        hint = f" (it holds {path / 'model.pt'}: give that file)" if (path / "model.pt").is_file() else ""
+        raise CLIError(f"model checkpoint {path} is a folder; --checkpoint takes a pre-training run's model.pt{hint}")
+    if not path.is_file():
         raise CLIError(f"model checkpoint {args.checkpoint} does not exist")
     try:
         return MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae or medgmae-star model.pt")

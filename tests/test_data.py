@@ -313,6 +313,8 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
     _truncate(Path(_nifti(folder / "cut.nii.gz", rng.normal(0, 100, (32, 32, 24)).astype(np.float32))))
     _nifti(folder / "flat.nii.gz", np.zeros((16, 16), np.float32))
     _nifti(folder / "movie.nii.gz", np.zeros((8, 8, 8, 3), np.float32))
+    _nifti(folder / "slice.nii.gz", rng.normal(0, 100, (16, 16, 1)).astype(np.float32))  # a 2D slice as most tools save it
+    _nifti(folder / "line.nii.gz", rng.normal(0, 100, (1, 1, 50)).astype(np.float32))
     nan = np.zeros((8, 8, 8), np.float32)
     nan[1, 2, 3] = np.nan
     _nifti(folder / "nan.nii.gz", nan)
@@ -320,10 +322,12 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
         with pytest.raises(DatasetError) as err:
             pretrain_split(str(folder), tmp_path, precheck_workers=workers, ledger_dir=tmp_path / "cache")
         msg = str(err.value)
-        assert msg.startswith("4 problem(s)") and "good_" not in msg
+        assert msg.startswith("6 problem(s)") and "good_" not in msg
         lines = msg.splitlines()[1:]
         for name, problem in (("cut.nii.gz", "cannot read the volume"), ("flat.nii.gz", "single 3D volume"),
-                              ("movie.nii.gz", "single 3D volume"), ("nan.nii.gz", "NaN")):  # fmt: skip
+                              ("movie.nii.gz", "single 3D volume"), ("nan.nii.gz", "NaN"),
+                              ("slice.nii.gz", "a single slice or line (shape (16, 16, 1)), not a 3D volume"),
+                              ("line.nii.gz", "a single slice or line")):  # fmt: skip
             assert any(name in line and problem in line for line in lines), (name, msg)
     assert not (tmp_path / "cache").exists()  # nothing written
     # a case listed twice (in training and validation) is one problem, named once
@@ -523,3 +527,14 @@ def test_a_folder_without_a_dicom_series_is_refused_in_the_toolkits_words_only(t
     with pytest.raises(ValueError, match=f"{other}: .*\\(none of its 2 files is a DICOM slice\\)"):
         read_volume(other)
     assert "No Series were found" not in capfd.readouterr().err
+
+
+def test_a_volume_given_where_a_datalist_is_read_is_named_as_a_volume(tmp_path):
+    """``--dataset_dir /data/case.nii.gz``: not "is not valid JSON: 'utf-8' codec can't decode byte 0x8b"."""
+    from medgmae.data import read_datalist, resolve_datalist
+
+    path = _nifti(tmp_path / "case.nii.gz", np.zeros((8, 8, 8), np.float32))
+    with pytest.raises(DatasetError, match=f"{path} is a volume, not a datalist: give the folder"):
+        read_datalist(path)
+    with pytest.raises(DatasetError, match="is a volume, not a datalist"):
+        resolve_datalist(str(path), tmp_path)

@@ -553,7 +553,7 @@ def test_pre_training_warns_about_a_volume_in_attenuation_units(tmp_path, caplog
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
-    from medgmae.data import LoadVolumed, WarnIfAttenuationd
+    from medgmae.data import LoadVolumed, WarnIfNotHUd
 
     hu = np.full((20, 20, 20), -1000.0, np.float32)
     hu[5:15, 5:15, 5:15] = 40.0
@@ -564,7 +564,7 @@ def test_pre_training_warns_about_a_volume_in_attenuation_units(tmp_path, caplog
     parser.read_config(TRAIN)
     parser.update({"output_dir": str(tmp_path / "run"), "device": "cpu", "roi_size": 24})
     steps = parser.get_parsed_content("train#deterministic_transforms")  # the bundle's loading (training, validation)
-    warn = next(t for t in steps if isinstance(t, WarnIfAttenuationd))
+    warn = next(t for t in steps if isinstance(t, WarnIfNotHUd))
     assert steps.index(warn) == 1 and isinstance(steps[0], LoadVolumed)  # on the volume as read, before the window
     load = Compose([LoadVolumed(keys="image"), warn])
     with caplog.at_level(logging.WARNING, logger="medgmae"):

@@ -189,3 +189,16 @@ def test_each_command_help_describes_what_it_writes(command, says, capsys):
     assert done.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert says in help_text and "Writes" in help_text
+
+
+def test_an_image_over_pils_size_guard_is_refused_naming_the_file(tmp_path, monkeypatch):
+    """PIL refuses images over twice its MAX_IMAGE_PIXELS with DecompressionBombError, which is neither OSError
+    nor ValueError: the reader turns it into the toolkit's ValueError naming the file (the CLI's exit 2, the
+    bundles' data error) instead of a traceback."""
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((60, 60), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3600 pixels is over twice the limit
+    with pytest.raises(ValueError, match=f"{path}: image too large for PIL to open"):
+        read_image(path)

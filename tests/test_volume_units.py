@@ -15,7 +15,7 @@ from medgmae.preprocessing import (
     PreprocessingSpec,
     looks_like_attenuation,
     looks_like_hu,
-    warn_if_attenuation,
+    warn_if_not_hu,
     window_expects_hu,
 )
 
@@ -55,11 +55,32 @@ def test_only_ct_windows_expect_hu():
 def test_warning_names_the_file_only_for_attenuation_given_to_a_model_of_hu(caplog):
     mu, hu = _to_attenuation(_phantom_hu()), _phantom_hu()
     with caplog.at_level(logging.WARNING, logger="medgmae"):
-        assert warn_if_attenuation(mu, DEFAULT_SPEC, "/data/mu.nii.gz")
-        assert not warn_if_attenuation(hu, DEFAULT_SPEC, "/data/ct.nii.gz")
-        assert not warn_if_attenuation(mu, PreprocessingSpec(hu_window=(0, 1000)), "/data/mri.nii.gz")
+        assert warn_if_not_hu(mu, DEFAULT_SPEC, "/data/mu.nii.gz")
+        assert not warn_if_not_hu(hu, DEFAULT_SPEC, "/data/ct.nii.gz")
+        assert not warn_if_not_hu(mu, PreprocessingSpec(hu_window=(0, 1000)), "/data/mri.nii.gz")
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(messages) == 1 and "/data/mu.nii.gz" in messages[0] and "attenuation" in messages[0]
+
+
+def test_a_label_map_given_as_an_image_is_warned_about_by_name(caplog):
+    """A segmentation (few integer values in [0, 255]) listed as an image goes through the HU window to an almost
+    constant input: warned about, for NumPy and torch and large volumes (counted on a sample); a CT in HU, a
+    noiseless CT with air, and the same map for a model of another modality are not."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (40, 40, 40)).astype(np.uint8)
+    big = np.zeros((256, 256, 40), np.float32)
+    big[50:200, 60:180, 5:35] = 13.0
+    noiseless = np.full((30, 30, 30), -1000.0, np.float32)
+    noiseless[5:25, 5:25, 5:25] = 40.0
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_not_hu(labels, DEFAULT_SPEC, "/data/seg.nii.gz")
+        assert warn_if_not_hu(torch.from_numpy(big), DEFAULT_SPEC, "/data/big_seg.nii.gz")
+        for ct in (_phantom_hu(), noiseless):
+            assert not warn_if_not_hu(ct, DEFAULT_SPEC, "/data/ct.nii.gz")
+        assert not warn_if_not_hu(labels, PreprocessingSpec(hu_window=(0, 1000)), "/data/mri_seg.nii.gz")
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert messages[0].startswith("/data/seg.nii.gz looks like a label map (5 distinct integer values in 0 .. 4)")
+    assert messages[1].startswith("/data/big_seg.nii.gz looks like a label map (2 distinct") and len(messages) == 2
 
 
 def _save(array: np.ndarray, path) -> str:

@@ -15,7 +15,7 @@ from medgmae.data.cache import DiskCacheDataset, cache_folder, training_dataset
 from medgmae.data.datalist import DatasetError, folder_datalist, phantom_dataset, read_datalist, resolve_datalist
 from medgmae.data.phantom import ORGAN_LABELS, Phantom, generate_phantom, write_phantom_dataset
 from medgmae.data.precheck import check_datalist, check_item
-from medgmae.data.input_checks import WarnIfAttenuationd, WarnIfPaddedd
+from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed, Volume, read_volume
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "DatasetError",
     "DiskCacheDataset",
     "LoadVolumed",
-    "WarnIfAttenuationd",
+    "WarnIfNotHUd",
     "WarnIfPaddedd",
     "Phantom",
     "Volume",

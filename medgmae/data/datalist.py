@@ -130,6 +130,9 @@ def load_datalist_json(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DatasetError(f"datalist not found: {path}")
+    if is_volume_path(path):
+        raise DatasetError(f"{path} is a volume, not a datalist: give the folder holding the volumes, or a JSON "
+                           "datalist (Decathlon 'training' / 'validation' lists)")  # fmt: skip
     try:
         content = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -1,7 +1,8 @@
 """Warnings about volumes that load fine but will not give the model what it expects; the data pass unchanged.
 
 Both transforms sit in the training (and, for attenuation, inference) pipelines right where the problem becomes
-visible: :class:`WarnIfAttenuationd` after loading, before the HU window; :class:`WarnIfPaddedd` after the
+visible: :class:`WarnIfNotHUd` (attenuation in 1/mm, or a label map listed as an image) after loading, before
+the HU window; :class:`WarnIfPaddedd` after the
 foreground crop, before ``SpatialPadd``. Each names the file, once per file and process (a pipeline without a
 disk cache runs them every epoch).
 """
@@ -15,9 +16,9 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from medgmae.preprocessing import PreprocessingSpec, warn_if_attenuation
+from medgmae.preprocessing import PreprocessingSpec, warn_if_not_hu
 
-__all__ = ["WarnIfAttenuationd", "WarnIfPaddedd"]
+__all__ = ["WarnIfNotHUd", "WarnIfPaddedd"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -26,9 +27,9 @@ def _source(image, key: str) -> str:
     return str(getattr(image, "meta", {}).get("filename_or_obj", key))
 
 
-class WarnIfAttenuationd(MapTransform):
-    """Warn, naming the file, when a loaded image looks like linear attenuation in 1/mm although ``spec``'s window
-    is a CT window in HU (:func:`~medgmae.preprocessing.warn_if_attenuation`); the data pass unchanged.
+class WarnIfNotHUd(MapTransform):
+    """Warn, naming the file, when a loaded image looks like linear attenuation in 1/mm or like a label map although
+    ``spec``'s window is a CT window in HU (:func:`~medgmae.preprocessing.warn_if_not_hu`); the data pass unchanged.
 
     Args:
         keys: the image keys, after loading and before the window.
@@ -41,7 +42,7 @@ class WarnIfAttenuationd(MapTransform):
 
     def __call__(self, data: dict) -> dict:
         for key in self.key_iterator(data):
-            warn_if_attenuation(data[key], self.spec, _source(data[key], key))
+            warn_if_not_hu(data[key], self.spec, _source(data[key], key))
         return data
 
 

@@ -3,9 +3,9 @@
 A bad file found while training (a truncated ``.nii.gz`` fails deep inside a dataset with ``EOFError`` and no file
 name) wastes the run up to that point. :func:`check_datalist` reads each image (and label) fully with
 :func:`~medgmae.data.reader.read_volume` (header and data: truncated or corrupt files, 2D/4D arrays, NaN/inf
-voxels, singular geometry), compares each label with its image (the same voxel grid:
-:func:`~medgmae.data.grid.same_grid_problem`, shape and affine) and checks label values
-(integers in ``[0, num_classes)``). It collects every problem and raises ONE :class:`DatasetError` naming each file
+voxels, singular geometry), refuses single slices saved as 3D (``(X, Y, 1)``, as most tools write a slice),
+compares each label with its image (the same voxel grid: :func:`~medgmae.data.grid.same_grid_problem`, shape and
+affine) and checks label values (integers in ``[0, num_classes)``). It collects every problem and raises ONE :class:`DatasetError` naming each file
 and its problem, before anything is written.
 
 Cost: the check decodes every volume once. It runs in ``workers`` processes (a 512 x 512 x 160 CT ``.nii.gz``
@@ -90,6 +90,9 @@ def check_item(
             vols[key] = read_volume(item[key])
         except (FileNotFoundError, ValueError) as e:
             problems.append(f"{key} {e}" if isinstance(e, FileNotFoundError) else str(e))
+    if image_key in vols and min(vols[image_key].array.shape) == 1:  # a 2D slice saved as (X, Y, 1), or a line
+        problems.append(f"{item[image_key]}: a single slice or line (shape {vols[image_key].array.shape}), not a 3D "
+                        "volume: the models need volumes with at least 2 voxels on every axis")  # fmt: skip
     if not has_label or len(vols) < 2:
         return problems
     image, label = vols[image_key], vols[label_key]
@@ -130,7 +133,7 @@ def _load_ledger(path: Path | None, settings: dict) -> set:
 def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path | None, source: str) -> list[str]:
     keys = [k for k in (kwargs.get("image_key", "image"), kwargs.get("label_key")) if k]
     # the grid tolerance is part of what a pass means: a ledger written under another one re-checks every file
-    settings = {**kwargs, "grid_tolerance": GRID_TOLERANCE}
+    settings = {**kwargs, "grid_tolerance": GRID_TOLERANCE, "checks": 2}  # 2: single slices refused
     known = _load_ledger(ledger, settings)
     prints = [_fingerprint(it, keys) for it in items]
     todo = [i for i, fp in enumerate(prints) if json.dumps(fp) not in known]

@@ -29,7 +29,7 @@ from monai.transforms import (
 
 from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
 from medgmae.data.precheck import check_datalist
-from medgmae.data.input_checks import WarnIfAttenuationd, WarnIfPaddedd
+from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
 from medgmae.distributed import is_main_process, process_count
 from medgmae.finetune.segment_inputs import inference_cases
@@ -312,7 +312,7 @@ def _load_and_resample(keys, spec: PreprocessingSpec) -> list:
     labels = [k for k in keys if k == "label"]
     return [
         LoadVolumed(keys=keys),
-        WarnIfAttenuationd(keys="image", spec=spec),
+        WarnIfNotHUd(keys="image", spec=spec),
         *spec.transforms(keys=["image"], label_keys=labels),
         CropForegroundd(keys=keys, **FOREGROUND_CROP),
     ]
@@ -351,5 +351,5 @@ def val_transforms(spec: PreprocessingSpec) -> Compose:
 
 def inference_transforms(spec: PreprocessingSpec) -> Compose:
     """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space; an
-    image that looks like attenuation in 1/mm for a model of HU is warned about (:class:`WarnIfAttenuationd`)."""
+    image that looks like attenuation in 1/mm for a model of HU is warned about (:class:`WarnIfNotHUd`)."""
     return Compose(_load_and_resample(["image"], spec) + [EnsureTyped(keys="image")])

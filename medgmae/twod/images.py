@@ -114,6 +114,7 @@ def _scale(
 def _read_pil(path: Path) -> np.ndarray:
     """``(C, H, W)`` float32 of a PIL-readable file, divided by its integer type's maximum (see the module doc)."""
     from PIL import Image, UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
     try:
         with Image.open(path) as im:
@@ -125,6 +126,9 @@ def _read_pil(path: Path) -> np.ndarray:
                 arr = np.asarray(im if mode == "F" else im.convert("L"), dtype=np.float32)[None]
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+    except DecompressionBombError as e:  # PIL's guard against huge images (a subclass of Exception only)
+        raise ValueError(f"{path}: image too large for PIL to open ({e}); downscale it first (the models take "
+                         "inputs of a few hundred pixels)") from e  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
     if mode == "F":
