@@ -85,8 +85,10 @@ def _what_limits_growth(metrics: dict) -> str:
     if grow_to is None or until is None or grown >= grow_to:
         return "raise --num-gaussians (and the iterations)"
     written = "" if grown == metrics["num_gaussians"] else f" (the {metrics['num_gaussians']} written are those of the held-out choice)"
-    return (f"the sparse start grew to at most {grown}{written} of its budget of {grow_to} before density control stopped "
-            f"at iteration {until}; raise --iterations (growth runs to {until / max(1, settings.get('iterations', 1)):.0%} "
+    rounds = [r["iteration"] for r in metrics.get("density_rounds") or [] if "iteration" in r]
+    last = f"its last density-control round was at iteration {rounds[-1]}" if rounds else "density control ran no round"
+    return (f"the sparse start grew to at most {grown}{written} of its budget of {grow_to}: {last}, and rounds run "
+            f"until iteration {until}; raise --iterations (growth runs to {until / max(1, settings.get('iterations', 1)):.0%} "
             "of them), or start from --init fbp with that budget")  # fmt: skip
 
 
@@ -101,14 +103,16 @@ def outputs(metrics: dict) -> dict[str, str]:
         "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
         "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else ""),
         "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} "
-                     f"{_evaluations((metrics.get('settings') or {}).get('eval_every'))}",
+                     f"{_evaluations((metrics.get('settings') or {}).get('eval_every'), metrics.get('iterations'))}",
         "slices.png": f"orthogonal mid-slices: {columns}",
         RECON_STATE: "resumable state, for --resume",
     }
 
 
-def _evaluations(every: int | None) -> str:
+def _evaluations(every: int | None, iterations: int | None = None) -> str:
     """When the history (and so ``curve.png``) has a point: every ``--eval-every`` iterations and at the last."""
     if every is None:
         return "at each evaluation"
+    if iterations is not None and every >= iterations:
+        return "at the last iteration only"
     return "at every iteration" if every == 1 else f"every {every} iterations and at the last"

@@ -170,7 +170,7 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
             "voxels_per_gaussian": 115.0, "settings": {"densify_until": 12, "iterations": 20}}  # fmt: skip
     print_summary({**base, "num_gaussians": 900, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     text = capsys.readouterr().out
-    assert "grew to at most 900 of its budget of 20000 before density control stopped at iteration 12" in text
+    assert "grew to at most 900 of its budget of 20000: density control ran no round, and rounds run until iteration 12" in text
     assert "raise --iterations (growth runs to 60% of them)" in text and "raise --num-gaussians" not in text
     print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
@@ -179,7 +179,13 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
               {"iteration": 20, "cloned": 0, "split": 0, "pruned": 1, "num_gaussians": 4}]  # fmt: skip
     print_summary({**base, "num_gaussians": 2, "density_rounds": rounds,
                    "init_settings": {"init": "medgmae", "grow_to": 1500}}, tmp_path)  # fmt: skip
-    assert "grew to at most 5 (the 2 written are those of the held-out choice) of its budget of 1500" in capsys.readouterr().out
+    assert ("grew to at most 5 (the 2 written are those of the held-out choice) of its budget of 1500: its last "
+            "density-control round was at iteration 20, and rounds run until iteration 12") in capsys.readouterr().out
+    # the curve's points: a run shorter than --eval-every has one, at its last iteration
+    from recon.reconstruct_summary import outputs
+
+    assert outputs({"settings": {"eval_every": 50}, "iterations": 2})["curve.png"] == "loss at the last iteration only"
+    assert outputs({"settings": {"eval_every": 5}, "iterations": 20})["curve.png"] == "loss every 5 iterations and at the last"
     # --init fbp placed fewer than asked (one per voxel above 5 % of the maximum): no advice to raise the budget
     print_summary({**base, "init": "fbp", "num_gaussians": 351, "initial_gaussians": 351,
                    "init_settings": {"init": "fbp", "num_gaussians": 1500}}, tmp_path)  # fmt: skip
