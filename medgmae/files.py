@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import uuid
@@ -25,6 +26,7 @@ __all__ = [
     "save_nifti_atomic",
     "load_torch_file",
     "output_dir_problem",
+    "remove_interrupted_writes",
 ]
 
 
@@ -129,6 +131,28 @@ def _move_into(src: Path, dst: Path, remove_stale: bool) -> None:
         for old in sorted(dst.iterdir()):
             if old.name not in written:
                 _remove(old)
+
+
+#: What a writer killed mid-write (SIGKILL, power loss) leaves: :func:`atomic_write`'s temporary files and
+#: :func:`staged_outputs`' staging folders (and the pre-training's ``.best-*`` staging of its best model).
+_LEFTOVER = re.compile(r"^(\.tmp-[0-9a-f]{12}-.+|\..+\.staging-.+|\.best-.+)$")
+
+
+def remove_interrupted_writes(folder: str | os.PathLike) -> list[Path]:
+    """Remove, directly inside ``folder``, the temporary files and staging folders of writes that were killed before
+    they finished (a clean error removes its own); call it where no writer of ``folder`` can be running (a training
+    run's start). A checkpoint being written when the process was killed can be gigabytes.
+
+    Returns:
+        What was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.iterdir() if _LEFTOVER.match(p.name))
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    return found
 
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:

@@ -163,6 +163,52 @@ def test_a_resumed_run_removes_the_interrupted_checkpoint_once_it_saved_a_later_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "checkpoint_final.pt"]
 
 
+def test_ctrl_c_while_the_first_epoch_checkpoint_is_written_says_the_epoch_had_finished(tmp_path, monkeypatch):
+    """Ctrl-C during the write of checkpoint_epoch=1.pt (after the epoch and its validation): no epoch checkpoint
+    exists, and the advice says the epoch finished but its checkpoint was not written (not "before the first epoch
+    finished")."""
+    import medgmae.engine.handlers as handlers
+
+    real = handlers.save_torch_atomic
+
+    def stopped_in_epoch_write(payload, path):
+        if Path(path).name.startswith("checkpoint_epoch="):
+            raise KeyboardInterrupt
+        return real(payload, path)
+
+    monkeypatch.setattr(handlers, "save_torch_atomic", stopped_in_epoch_write)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        _trainer(tmp_path, 3, resume=False).run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_interrupted.pt"]
+    assert stopped.value.resume_advice.startswith(
+        f"interrupted after epoch 1 finished, before its checkpoint was written: there is no checkpoint_epoch=N.pt in {tmp_path}")
+
+
+def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
+    """SIGKILL during an atomic write leaves its temporary file (a base checkpoint is over a gigabyte) or a staging
+    folder; the next run in the folder removes them at its start and says so; other hidden files stay."""
+    from medgmae.files import atomic_write, staged_outputs
+
+    tmp_path.mkdir(exist_ok=True)
+    left = [tmp_path / ".tmp-0123456789ab-checkpoint_epoch=2.pt", tmp_path / ".tmp-ba9876543210-model.pt"]
+    for p in left:
+        p.write_bytes(b"partial")
+    (tmp_path / ".best-x1y2").mkdir()
+    (tmp_path / ".best-x1y2" / ".tmp-0123456789ab-encoder.pt").write_bytes(b"partial")
+    (tmp_path / ".eval.staging-abc").mkdir()
+    (tmp_path / ".keep").write_text("mine")
+    (tmp_path / ".tmp-notours").write_text("mine")
+    with atomic_write(tmp_path / "x.json") as t:  # the real writers' names match the pattern removed
+        assert t.name.startswith(".tmp-") and len(t.name.split("-")[1]) == 12
+        t.write_text("{}")
+    with staged_outputs(tmp_path / "eval") as stage:
+        assert stage.name.startswith(".eval.staging-")
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        _trainer(tmp_path, 1, resume=False).run()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".keep", ".tmp-notours"]
+    assert "removed what 4 killed writes left in" in caplog.text and ".tmp-0123456789ab-checkpoint_epoch=2.pt" in caplog.text
+
+
 def test_a_resume_in_a_folder_without_any_run_is_warned(tmp_path, caplog):
     """--resume true where no run has written (a mistyped --output_dir?) starts afresh with a warning, not quietly."""
     with caplog.at_level(logging.INFO, logger="medgmae.engine"):

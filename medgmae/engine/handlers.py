@@ -33,7 +33,7 @@ from medgmae.engine.resume import (
 )
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
-from medgmae.files import save_torch_atomic
+from medgmae.files import remove_interrupted_writes, save_torch_atomic
 
 __all__ = [
     "RandomStateTracker",
@@ -226,15 +226,19 @@ class CheckpointHandler:
     def _on_completed(self, engine: Engine) -> None:
         self.save(engine, "checkpoint_final.pt")
 
-    def _interrupted_advice(self) -> str | None:
+    def _interrupted_advice(self, engine: Engine | None = None) -> str | None:
         """How to go on after Ctrl-C when no epoch checkpoint of this run (saved or resumed from) exists yet, for the
         last line :func:`medgmae.bundle_checks.summarise_errors` prints; ``None`` when a resume continues this run."""
         if self._saved_epoch or self.resumed_from is not None:
             return None
         if not epoch_checkpoints(self.output_dir):
-            return (f"interrupted before the first epoch finished: there is no checkpoint_epoch=N.pt in {self.output_dir} "
-                    "to continue from, so the same command (with or without --resume true) trains there from the first "
-                    "epoch again")  # fmt: skip
+            state = getattr(engine, "state", None)
+            length = getattr(state, "epoch_length", None)
+            done = bool(state is not None and length and state.iteration and state.iteration % length == 0)
+            when = ("after epoch 1 finished, before its checkpoint was written" if done   # in the epoch-end handlers
+                    else "before the first epoch finished")  # fmt: skip
+            return (f"interrupted {when}: there is no checkpoint_epoch=N.pt in {self.output_dir} to continue from, so "
+                    "the same command (with or without --resume true) trains there from the first epoch again")  # fmt: skip
         if self.resume:
             return None
         # an earlier run's, left as they were: a fresh run removes them at its first save
@@ -244,7 +248,7 @@ class CheckpointHandler:
 
     def _on_exception(self, engine: Engine, e: BaseException) -> None:
         if isinstance(e, KeyboardInterrupt) and rank_world()[0] == 0:
-            e.resume_advice = self._interrupted_advice()  # read by the last line of the bundle's output
+            e.resume_advice = self._interrupted_advice(engine)  # read by the last line of the bundle's output
         if self._failed_resume:
             raise e
         try:  # no collective here: the other ranks may not have failed
@@ -254,6 +258,9 @@ class CheckpointHandler:
         raise e
 
     def _on_started(self, engine: Engine) -> None:
+        if rank_world()[0] == 0 and (left := remove_interrupted_writes(self.output_dir)):
+            logger.info("removed what %d killed write%s left in %s: %s", len(left), "s" if len(left) > 1 else "",
+                        self.output_dir, file_list(left, self.output_dir))  # fmt: skip
         if not self.resume:
             self._note_earlier_run()
             return
