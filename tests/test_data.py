@@ -538,3 +538,23 @@ def test_a_volume_given_where_a_datalist_is_read_is_named_as_a_volume(tmp_path):
         read_datalist(path)
     with pytest.raises(DatasetError, match="is a volume, not a datalist"):
         resolve_datalist(str(path), tmp_path)
+
+
+def test_validation_images_that_are_also_training_images_are_warned_about(tmp_path, caplog):
+    """A case listed in both lists (also through another spelling of its path) makes validation score what the model
+    trains on: pre-training names it; val_fraction 0, which validates on the training volumes on purpose, does not."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _nifti(tmp_path / f"c{i}.nii.gz", rng.normal(0, 100, (8, 8, 8)).astype(np.float32))
+    (tmp_path / "sub").mkdir()
+    _nifti(tmp_path / "sub" / "s0.nii.gz", rng.normal(0, 100, (8, 8, 8)).astype(np.float32))
+    dl = tmp_path / "dataset.json"
+    dl.write_text(json.dumps({"training": [{"image": "c0.nii.gz"}, {"image": "c1.nii.gz"}],
+                              "validation": [{"image": "sub/../c1.nii.gz"}, {"image": "c2.nii.gz"}]}))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        pretrain_split(str(dl), tmp_path, validate=False)
+    assert f"{dl}: 1 of the 2 validation images are also training images ({tmp_path / 'sub/../c1.nii.gz'})" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        pretrain_split(str(tmp_path / "sub"), tmp_path, val_fraction=0.0, validate=False)
+    assert "also training images" not in caplog.text

@@ -27,7 +27,7 @@ from medgmae.distributed import main_process_only
 
 __all__ = [
     "DatasetError", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
-    "datalist_base", "resolve_datalist",
+    "datalist_base", "resolve_datalist", "warn_if_lists_overlap",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae.data")
@@ -211,6 +211,25 @@ def read_datalist(
             raise DatasetError(f"datalist {path}: item {i} of '{key}' has no 'image': {item!r}")
         out.append({k: str(base / v) if k in ("image", "label") else v for k, v in item.items()})
     return out
+
+
+def warn_if_lists_overlap(training: Sequence[dict], validation: Sequence[dict], source: str | Path) -> int:
+    """Warn once when images of the validation list are also in the training list (a datalist edited by hand, a
+    case copied into both): validation then scores cases the model trained on and overstates how it generalises.
+
+    Returns:
+        The number of validation images also trained on.
+    """
+    def key(item) -> str:
+        return os.path.realpath(str(item["image"]))
+
+    trained = {key(it) for it in training if isinstance(it, dict) and "image" in it}
+    both = [str(it["image"]) for it in validation if isinstance(it, dict) and "image" in it and key(it) in trained]
+    if both:
+        logger.warning("%s: %d of the %d validation images are also training images (%s%s): validation scores cases "
+                       "the model trains on, so it overstates how the model does on new ones", source, len(both),
+                       len(validation), ", ".join(both[:3]), f" and {len(both) - 3} more" if len(both) > 3 else "")  # fmt: skip
+    return len(both)
 
 
 def datalist_base(dataset_dir: str | Path, datalist: str | Path = "") -> Path | None:

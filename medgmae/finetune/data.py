@@ -27,7 +27,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist
+from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist, warn_if_lists_overlap
 from medgmae.data.precheck import check_datalist
 from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
@@ -205,6 +205,8 @@ def prepare_datalists(
     names = label_names(datalist, num_classes or None)
     training = read_datalist(datalist, "training", dataset_dir)
     validation = read_datalist(datalist, "validation", dataset_dir)
+    if is_main_process():
+        warn_if_lists_overlap(training, validation, datalist)
     chosen = select_label_fraction(training, label_fraction, seed)
     if (processes := process_count()) > len(chosen) and is_main_process():
         logger.warning("%d training case%s for %d processes: the distributed sampler repeats cases so that every "

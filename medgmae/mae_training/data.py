@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist
+from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist, warn_if_lists_overlap
 from medgmae.distributed import is_main_process
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.data.precheck import check_datalist
@@ -130,6 +130,8 @@ def pretrain_split(
     if is_main_process():
         logger.info("data: %d training and %d validation volumes from %s (validation: %s)", len(train), len(val),
                     source, how)  # fmt: skip
+        if how != "the training volumes":  # val_fraction 0 validates on the training volumes on purpose
+            warn_if_lists_overlap(train, val, source)
     split = {"training": train, "validation": val, "source": str(source)}
     if validate:
         check_pretrain_split(split, precheck_workers, ledger_dir)
