@@ -260,10 +260,14 @@ def _folder(tmp_path, classes=("a", "b"), n=3, rgb_first=False):
     return tmp_path / "data"
 
 
-def test_image_folder_and_channels(tmp_path):
+def test_image_folder_and_channels(tmp_path, caplog):
     root = _folder(tmp_path, rgb_first=True)
-    data = load_classification_data(root, val_fraction=0.34, seed=0)
+    with caplog.at_level("WARNING", logger="medgmae"):
+        data = load_classification_data(root, val_fraction=0.34, seed=0)
     assert data.class_names == ["a", "b"] and data.channels == 3
+    # class a is colour, class b grey: the model could tell them apart by the channels alone
+    assert (f"dataset {root} mixes grey and colour images (a: 3 of 3 channels; b: 3 of 1 channel): every image is "
+            "converted to 3 channels") in caplog.text  # fmt: skip
     assert len(data.train) == 4 and len(data.val) == 2 and {it["label"] for it in data.val} == {0, 1}
     rgb = root / "a" / "0.png"
     ref = np.asarray(Image.open(rgb), dtype=np.float32) / 255.0

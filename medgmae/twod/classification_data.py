@@ -200,8 +200,25 @@ def load_classification_data(
         for it in train + val:
             channels[it["image"]] = read_image(it["image"]).shape[0]
     first = channels.get(train[0]["image"]) or read_image(train[0]["image"]).shape[0]
+    _warn_if_channels_mixed(train + val, channels, classes, first, path)
     counts = {"train": dict(Counter(classes[it["label"]] for it in train)), "val": dict(Counter(classes[it["label"]] for it in val))}
     return ClassificationData(train, val, list(classes), int(first), str(path), counts, seeded_split=seeded)
+
+
+def _warn_if_channels_mixed(items: list[dict], channels: dict, classes: Sequence[str], first: int, path) -> None:
+    """Warn when the images have different channel counts (grey and colour): all are converted to ``first``'s, and
+    when classes differ in it the model can learn the colour instead of the content."""
+    per_class: dict = {}
+    for it in items:
+        if it["image"] in channels:
+            per_class.setdefault(classes[it["label"]], Counter())[channels[it["image"]]] += 1
+    if len({c for counter in per_class.values() for c in counter}) < 2:
+        return
+    shown = "; ".join(f"{name}: " + ", ".join(f"{n} of {c} channel{'s' if c > 1 else ''}" for c, n in sorted(counter.items()))
+                      for name, counter in per_class.items())  # fmt: skip
+    logger.warning("dataset %s mixes grey and colour images (%s): every image is converted to %d channel%s (the first "
+                   "training image's); where classes differ in this, the model can learn the colour, not the content",
+                   path, shown, first, "s" if first > 1 else "")  # fmt: skip
 
 
 def make_dataset(
