@@ -202,3 +202,20 @@ def test_an_image_over_pils_size_guard_is_refused_naming_the_file(tmp_path, monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3600 pixels is over twice the limit
     with pytest.raises(ValueError, match=f"{path}: image too large for PIL to open"):
         read_image(path)
+
+
+def test_layer_defaults_fit_a_model_with_few_gaussians(tmp_path):
+    """The defaults (16 layers; granularities 4 8 16) run on a model of 12 Gaussians: 12 layers, granularities 4 8;
+    a value given beyond the model's count is still refused."""
+    torch.manual_seed(0)
+    model = GMAE2D(img_size=16, patch_size=8, in_channels=1, model_size="tiny", num_gaussians=12)
+    torch.save(model.model_checkpoint(), tmp_path / "small.pt")
+    Image.fromarray((np.random.default_rng(1).random((16, 16)) * 255).astype(np.uint8)).save(tmp_path / "img.png")
+    common = ["--checkpoint", str(tmp_path / "small.pt"), "--image", str(tmp_path / "img.png")]
+    assert main(["layers", *common, "--out", str(tmp_path / "l")]) == 0
+    assert json.loads((tmp_path / "l" / "layers.json").read_text())["num_layers"] == 12
+    assert main(["segment", *common, "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "segment.json").read_text())["num_layers"] == 12
+    assert main(["edges", *common, "--out", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "edges.json").read_text())["granularities"] == [4, 8]
+    assert main(["layers", *common, "--out", str(tmp_path / "x"), "--num-layers", "13"]) == 2

@@ -41,6 +41,7 @@ from medgmae.twod.windows import recorded_window, window_setting
 __all__ = ["main", "build_parser"]
 
 _GRANULARITIES = (4, 8, 16)  # default --granularities of ``edges``
+_NUM_LAYERS = 16  # default --num-layers of ``layers`` and ``segment``
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,22 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "layer_stack.png (one labelled tile per layer with its number of Gaussians), partial_renders.png "
                        "(the input, then the K nearest Gaussians for K = --first-count, doubled up to all), "
                        "input.png, reconstruction.png and layers.json.")  # fmt: skip
-    p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups (default: %(default)s)")
+    p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
     p.add_argument("--first-count", type=positive_int, default=32, help="smallest K of the partial renders, then doubled (default: %(default)s)")
 
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask",
                        description="Zero-shot figure-ground segmentation: each pixel is assigned the last depth layer "
                        "that changes it by more than --threshold; layers from --split on are foreground. Writes "
                        "assignment.png, foreground.png and segment.json (with the IoU against --reference).")  # fmt: skip
-    p.add_argument("--num-layers", type=positive_int, default=16, help="L equal depth groups (default: %(default)s)")
+    p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
     p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities",
                        description="Zero-shot edges: the boundaries of the layer assignment with l@L depth layers, "
                        "for each L of --granularities. Writes edges_l<L>.png and edges.json.")  # fmt: skip
-    p.add_argument("--granularities", type=positive_int, nargs="+", default=list(_GRANULARITIES),
-                   help=f"numbers of layers, l@L (default: {' '.join(map(str, _GRANULARITIES))})")
+    p.add_argument("--granularities", type=positive_int, nargs="+", default=None,
+                   help=f"numbers of layers, l@L (default: {' '.join(map(str, _GRANULARITIES))}, those up to the model's number of Gaussians)")
     return parser
 
 
@@ -178,6 +179,16 @@ def _check_layers(num_layers: int, model: GMAE2D, flag: str = "--num-layers") ->
         raise ValueError(f"{flag} {num_layers} exceeds the model's {model.num_gaussians} Gaussians")
 
 
+def _apply_layer_defaults(args, model: GMAE2D) -> None:
+    """Fill ``--num-layers`` / ``--granularities`` left at their defaults, kept within the model's Gaussians (a
+    given value beyond them is refused by :func:`_check_layers`)."""
+    k = model.num_gaussians
+    if getattr(args, "num_layers", "absent") is None:
+        args.num_layers = min(_NUM_LAYERS, k)
+    if getattr(args, "granularities", "absent") is None:
+        args.granularities = [n for n in _GRANULARITIES if n <= k] or [k]
+
+
 def _check_out(out: Path) -> None:
     """Refuse an ``--out`` that cannot become a folder (before any computation)."""
     problem = output_dir_problem(out)
@@ -186,6 +197,7 @@ def _check_out(out: Path) -> None:
 
 
 def _run_layers(args, model, x, size) -> tuple[dict[str, Callable[[Path], object]], dict]:
+    _apply_layer_defaults(args, model)
     _check_layers(args.num_layers, model)
     g = model.predict_gaussians(x)
     colors, _ = L.render_layers(g, args.num_layers, size, args.backend)
@@ -210,6 +222,7 @@ def _run_layers(args, model, x, size) -> tuple[dict[str, Callable[[Path], object
 def _run_segment(
     args, model, x, size, reference: np.ndarray | None = None
 ) -> tuple[dict[str, Callable[[Path], object]], dict]:
+    _apply_layer_defaults(args, model)
     _check_layers(args.num_layers, model)
     split = args.num_layers // 2 if args.split is None else args.split
     if not 0 <= split < args.num_layers:
@@ -231,6 +244,7 @@ def _run_segment(
 
 
 def _run_edges(args, model, x, size) -> tuple[dict[str, Callable[[Path], object]], dict]:
+    _apply_layer_defaults(args, model)
     for n in args.granularities:
         _check_layers(n, model, "--granularities")
     g = model.predict_gaussians(x)
