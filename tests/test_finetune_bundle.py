@@ -349,7 +349,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     spec = PreprocessingSpec(spacing=2.0, hu_window=(-200.0, 300.0), input_size=24, patch_size=12)
     torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec, {"source": "test"}), encoder_pt)
     out = tmp_path / "run"
-    common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+    common = ["--output_dir", str(out), "--device", "cpu", "--feature_size", "4",  # roi_size: the encoder's 24^3
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1",
               "--pretrained", str(encoder_pt), "--label_fraction", "0.5", "--lr_schedule_epochs", "2"]
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "1")
@@ -742,3 +742,19 @@ def test_summary_segment_command_names_an_image_of_the_run(tmp_path):
     args = shlex.split(line)
     files = ast.literal_eval(args[args.index("--input_files") + 1])
     assert files == [str(tmp_path / "c2_img.nii.gz")] and Path(files[0]).is_file()
+
+
+def test_roi_size_defaults_to_the_pretrained_encoders_img_size(tmp_path):
+    """The crop must be the encoder's img_size, so that is the default; without an encoder, or with a file that is
+    not one (its own check names it), the BTCV recipe's 96^3."""
+    from medgmae.finetune import default_roi_size, pretrained_check
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    spec = PreprocessingSpec(input_size=24, patch_size=12)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), tmp_path / "encoder.pt")
+    assert default_roi_size(tmp_path / "encoder.pt") == [24, 24, 24]
+    pretrained_check(default_roi_size(tmp_path / "encoder.pt"))(str(tmp_path / "encoder.pt"))  # passes
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert default_roi_size("") == default_roi_size(tmp_path / "junk.pt") == default_roi_size(tmp_path / "no.pt") == [96, 96, 96]
+    with pytest.raises(ValueError, match="junk.pt"):
+        pretrained_check(default_roi_size(tmp_path / "junk.pt"))(str(tmp_path / "junk.pt"))

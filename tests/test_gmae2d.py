@@ -433,3 +433,20 @@ def test_closing_summary_does_not_promise_fine_tuning_of_the_2d_encoder(tmp_path
     line3d = [ln for ln in PretrainSummary(tmp_path, MetricHistory(), "medgmae", [32] * 3).text(s).splitlines()
               if "encoder.pt" in ln][0]  # fmt: skip
     assert "fine-tuning" in line3d  # unetr_finetune reads the 3D encoder.pt
+
+
+def test_a_folder_with_several_unreadable_images_names_them_all(tmp_path):
+    """The 2D GMAE dataset's cache stops at the first bad file; the error then names every unreadable image of the
+    folder (read again only on that failure), as the 3D pre-check does."""
+    from medgmae.twod.data2d import gmae2d_dataset
+
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(tmp_path / f"ok{i}.png")
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n garbage")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError) as err:
+        gmae2d_dataset(tmp_path, image_size=(16, 16), log=False)
+    msg = str(err.value)
+    assert msg.startswith(f"2 unreadable image(s) in dataset_dir {tmp_path}") and "cut.png" in msg and "empty.png" in msg
+    assert "ok0.png" not in msg
+    assert len(gmae2d_dataset(tmp_path, image_size=(16, 16), log=False, cache=False)) == 5  # read lazily: no check

@@ -25,6 +25,7 @@ from medgmae.finetune.weights import (
     layer_id,
     load_pretrained_encoder,
     param_groups,
+    default_roi_size,
     pretrained_check,
     read_encoder_file,
     set_encoder_trainable,

@@ -25,6 +25,7 @@ from medgmae.networks.vit import MaskedViTEncoder
 
 __all__ = [
     "ENCODER_KIND",
+    "default_roi_size",
     "read_encoder_file",
     "check_roi_fits_encoder",
     "read_encoder_for",
@@ -164,6 +165,25 @@ def read_encoder_for(pretrained: str | Path, roi_size: Sequence[int] | int, mmap
     if "img_size" in ckpt.config:
         check_roi_fits_encoder(roi_size, ckpt.config, pretrained)
     return ckpt
+
+
+def default_roi_size(pretrained: str | Path, default: Sequence[int] = (96, 96, 96)) -> list[int]:
+    """The fine-tuning's default ``roi_size``: the ``img_size`` a pre-trained ``encoder.pt`` records (the only size it
+    can take), else ``default``; an unreadable ``pretrained`` gives ``default`` too (its own check names it).
+
+    Args:
+        pretrained: path of ``encoder.pt`` or ``""``.
+        default: the size without an encoder.
+
+    Returns:
+        ``[X, Y, Z]``.
+    """
+    if str(pretrained or "").strip():
+        try:
+            return [int(v) for v in read_encoder_file(pretrained, mmap=True).config["img_size"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return [int(v) for v in default]
 
 
 def pretrained_check(roi_size: Any) -> Callable[[Any], None]:

@@ -35,7 +35,7 @@ from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.files import save_json_atomic
 from medgmae.twod.classification_split import split_record, stratified_split
-from medgmae.twod.data2d import LoadImage2Dd, axial_slices, log_intensity_scaling, window_to_image
+from medgmae.twod.data2d import LoadImage2Dd, axial_slices, image_channels, log_intensity_scaling, window_to_image
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image, save_png
 from medgmae.twod.windows import window_setting
 
@@ -195,10 +195,7 @@ def load_classification_data(
         seeded = True
     if not train:
         raise ValueError(f"dataset {path}: no training images after the split")
-    channels = {}
-    if check_images:
-        for it in train + val:
-            channels[it["image"]] = read_image(it["image"]).shape[0]
+    channels = image_channels([it["image"] for it in train + val], f"dataset {path}") if check_images else {}
     first = channels.get(train[0]["image"]) or read_image(train[0]["image"]).shape[0]
     _warn_if_channels_mixed(train + val, channels, classes, first, path)
     counts = {"train": dict(Counter(classes[it["label"]] for it in train)), "val": dict(Counter(classes[it["label"]] for it in val))}

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "edge_map",
     "log_intensity_scaling",
+    "image_channels",
 ]
 
 logger = logging.getLogger("medgmae.twod")
@@ -228,6 +229,25 @@ def log_intensity_scaling(paths: Iterable[str | os.PathLike], window: Sequence[f
         )
 
 
+def image_channels(paths: Iterable[str | os.PathLike], where: str) -> dict[str, int]:
+    """Read every image once: ``{path: channels}``, or one ``ValueError`` naming every unreadable file (a folder's
+    truncated PNG, a text file named ``.png``...), so that the user fixes them all at once.
+
+    Args:
+        paths: the image files.
+        where: the data's name in the message (e.g. the folder).
+    """
+    channels, problems = {}, []
+    for path in paths:
+        try:
+            channels[str(path)] = int(read_image(path).shape[0])
+        except (OSError, ValueError) as e:
+            problems.append(str(e))
+    if problems:
+        raise ValueError(f"{len(problems)} unreadable image(s) in {where}; fix or remove them:\n  - " + "\n  - ".join(problems))
+    return channels
+
+
 class LoadImage2Dd(MapTransform):
     """Read 2D image files (PNG/JPEG/NIfTI slice/DICOM) into ``(C, H, W)`` float32 tensors in ``[0, 1]``.
 
@@ -312,6 +332,11 @@ def gmae2d_dataset(
     if flip:
         transforms.append(RandFlipd(keys="image", prob=0.5, spatial_axis=1))
     pipeline = Compose(transforms)
-    if cache:
+    if not cache:
+        return Dataset(items, pipeline)
+    try:
         return CacheDataset(items, pipeline, cache_rate=1.0, num_workers=0, progress=False)
-    return Dataset(items, pipeline)
+    except Exception:
+        if dataset_dir:  # the cache stopped at the first bad file: name them all (read again only on failure)
+            image_channels([it["image"] for it in items], f"dataset_dir {dataset_dir}")
+        raise
