@@ -201,6 +201,19 @@ INTERRUPTED = ("interrupted: run the same command with --resume true to continue
 INTERRUPTED_NO_RESUME = "interrupted: run the same command again (no file is left half-written)"
 
 
+#: What rank 0 adds when its error is the loss of another process of the run (killed, out of memory).
+LOST_PEER = ("another process of this run stopped first (see its output and torchrun's summary): this one lost its "
+             "connection to it; --resume true continues from the newest checkpoint_epoch=N.pt")  # fmt: skip
+_PEER_PHRASES = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl communicator was aborted",
+                 "ncclremoteerror")  # fmt: skip
+
+
+def _lost_peer(reason: BaseException) -> bool:
+    """Whether ``reason`` is a collective's failure because another process went away (gloo's / NCCL's words)."""
+    text = f"{type(reason).__name__}: {reason}".lower()
+    return type(reason).__name__ == "DistBackendError" or any(p in text for p in _PEER_PHRASES)
+
+
 def summarise_errors(resumable: bool = False) -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
     ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper.
@@ -250,6 +263,8 @@ def summarise_errors(resumable: bool = False) -> bool:
         previous(exc_type, exc, tb)
         if reason is not None and reason is not exc:
             print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
+        if reason is not None and hook.resumable and _lost_peer(reason):
+            print(LOST_PEER, file=sys.stderr)
 
     hook.summarises_errors, hook.resumable = True, bool(resumable)
     sys.excepthook = hook

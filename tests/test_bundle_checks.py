@@ -283,6 +283,22 @@ def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, ran
     return proc, [line for line in proc.stderr.splitlines() if line.strip()]
 
 
+def test_rank_0_losing_another_process_says_so_and_how_to_resume():
+    """Under torchrun, a process killed mid-epoch leaves rank 0 failing in a collective with gloo's "Connection
+    reset by peer": after that reason, rank 0 says another process stopped first and how to continue; an error of
+    its own (a bad file) gets no such line, nor does a bundle without a resume."""
+    from medgmae.bundle_checks import LOST_PEER
+
+    lost = ("try:\n    raise RuntimeError('[gloo/transport/tcp/pair.cc:534] Connection reset by peer [127.0.0.1]:5')\n"
+            "except RuntimeError as e:\n    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
+    proc, lines = _under_the_hook(lost, resumable=True, rank=0)
+    assert lines[-2].startswith("error: RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection reset by peer")
+    assert lines[-1] == LOST_PEER and proc.returncode == 1
+    assert LOST_PEER not in _under_the_hook(lost, resumable=False, rank=0)[0].stderr
+    own = "raise ValueError('/data/x.nii.gz: cannot read the volume')\n"
+    assert LOST_PEER not in _under_the_hook(own, resumable=True, rank=0)[0].stderr
+
+
 def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
     """MONAI wraps a config expression's error (``RuntimeError: Failed to evaluate ...``): the hook keeps the whole
     traceback and repeats the reason as the last line; installed twice, it prints it once."""
