@@ -758,3 +758,50 @@ def test_roi_size_defaults_to_the_pretrained_encoders_img_size(tmp_path):
     assert default_roi_size("") == default_roi_size(tmp_path / "junk.pt") == default_roi_size(tmp_path / "no.pt") == [96, 96, 96]
     with pytest.raises(ValueError, match="junk.pt"):
         pretrained_check(default_roi_size(tmp_path / "junk.pt"))(str(tmp_path / "junk.pt"))
+
+
+def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
+    """``evaluate.json --native_space true`` scores the prediction brought back to the image's grid (as the
+    segmentation writes it) against the label file's own voxels: per class it equals a NumPy Dice of the segmentation
+    file against the label file, for an anisotropic, flipped image whose label is stored in another axis order (which
+    is re-indexed, not interpolated); the default Dice, on the pre-processed grid, is a different number."""
+    from medgmae.checkpoint import make_checkpoint as mk
+    from medgmae.finetune import build_unetr
+    from medgmae.finetune.best_model import FINETUNED_KIND
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.manual_seed(3)  # random weights: argmax regions of several classes, so that Dice is not trivially 0 or 1
+    enc = {"patch_size": 12, "hidden_size": 48, "num_layers": 1, "num_heads": 4, "mlp_ratio": 2.0}
+    net = build_unetr(4, 24, encoder=enc, feature_size=4)
+    spec = PreprocessingSpec(spacing=2.0, input_size=24, patch_size=12)
+    torch.save(mk(FINETUNED_KIND, net.config(), net.state_dict(), spec, extra={"epoch": 1}), out / "best_model.pt")
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 30, (30, 28, 14)).astype(np.float32)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[4:20, 5:22, 2:9], lab[18:28, 3:12, 6:13], lab[8:14, 15:26, 9:13] = 1, 2, 3
+    img += 60.0 * lab
+    affine = np.array([[-1.2, 0, 0, 40], [0, 1.2, 0, -20], [0, 0, 3.0, 10], [0, 0, 0, 1]])
+    image = write_nifti(tmp_path / "data" / "ct.nii.gz", img, affine)
+    # the label stored with its axes reversed: voxel (k, j, i) of the file is voxel (i, j, k) of the image
+    swap = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
+    label = write_nifti(tmp_path / "data" / "ct_label.nii.gz", lab.transpose(2, 1, 0), affine @ swap)
+    datalist = tmp_path / "data" / "dataset.json"
+    names = {"0": "background", "1": "a", "2": "b", "3": "c"}
+    datalist.write_text(json.dumps({"labels": names, "training": [{"image": image, "label": label}],
+                                    "validation": [{"image": image, "label": label}]}))  # fmt: skip
+    common = ["--output_dir", str(out), "--device", "cpu", "--datalist", str(datalist)]
+    run_bundle("evaluating", "evaluate.json", *common, "--native_space", "true")
+    native = json.loads((out / "eval" / "metrics.json").read_text())
+    run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", f"['{image}']")
+    seg = np.asarray(nib.load(out / "segmentations" / "ct_seg.nii.gz").dataobj)
+    expected = {}
+    for c, name in ((1, "a"), (2, "b"), (3, "c")):
+        p, r = seg == c, lab == c
+        expected[name] = 2.0 * (p & r).sum() / (p.sum() + r.sum())
+    assert native["dice_space"] == "label files voxels"
+    assert native["dice_per_class"] == pytest.approx(expected, abs=1e-6)
+    assert 0.0 < max(expected.values()) < 1.0, expected  # a non-trivial prediction
+    run_bundle("evaluating", "evaluate.json", *common)
+    grid = json.loads((out / "eval" / "metrics.json").read_text())
+    assert grid["dice_space"] == "pre-processed grid" and grid["dice_per_class"] != pytest.approx(expected, abs=1e-6)
