@@ -174,7 +174,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "preset 3dgr-ct" in printed and "PSNR/SSIM not computed" in printed and str(out / "slices.png") in printed
     assert "orthogonal mid-slices: rows FBP / reconstruction)" in printed and "reference /" not in printed  # what was drawn
-    assert "(loss every 50 iterations and at the last)" in printed and "PSNR" not in printed.split("curve.png")[1].splitlines()[0]
+    assert "(loss at the last iteration only)" in printed and "PSNR" not in printed.split("curve.png")[1].splitlines()[0]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["preset"] == "3dgr-ct" and metrics["init"] == "3dgr-ct" and metrics["arguments"]["preset"] == "3dgr-ct"
     expected = json.loads(json.dumps(asdict(preset_config("3dgr-ct", 4, eval_every=50, seed=0))))
