@@ -271,6 +271,11 @@ def summarise_errors(resumable: bool = False) -> bool:
     return True
 
 
+#: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).
+FLAG_ALIASES = {"lr": "learning_rate", "epochs": "max_epochs", "bs": "batch_size", "data_dir": "dataset_dir",
+                "data": "dataset_dir", "out": "output_dir", "out_dir": "output_dir", "workers": "num_workers",
+                "gpu": "device", "spacing": "pixdim", "roi": "roi_size", "pretrained_path": "pretrained"}  # fmt: skip
+
 #: ``monai.bundle run``'s own arguments (not config keys).
 RUNNER_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
 
@@ -317,7 +322,8 @@ def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
     for name in flags:
         if name in RUNNER_ARGS or name.split("#")[0] in keys:
             continue
-        close = difflib.get_close_matches(name.split("#")[0], sorted(keys), n=1)
+        key = name.split("#")[0]
+        close = [a for a in [FLAG_ALIASES.get(key)] if a in keys] or difflib.get_close_matches(key, sorted(keys), n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""
         problems.append(f"--{name}: not a setting of {', '.join(Path(f).name for f in files)}{hint}")
     return problems

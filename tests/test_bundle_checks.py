@@ -419,6 +419,13 @@ def test_unknown_keys_of_a_bundle_command_line(tmp_path):
     listed = f"['{config}','{config}']"
     assert unknown_key_problems([runner, "run", "--config_file", listed, "--batch_size", "4"]) == []
     assert unknown_key_problems(["/usr/bin/pytest", "--max_epoch", "5"]) == []  # not the bundle runner: no opinion
+    # other tools' names, too far from ours for a spelling match; an alias of a key the bundle lacks gets no hint
+    config.write_text('{"learning_rate": 1e-4, "max_epochs": 2, "output_dir": "runs"}')
+    assert unknown_key_problems([runner, "run", "--config_file", str(config), "--lr", "1e-3", "--epochs", "3", "--bs", "2"]) == [
+        "--lr: not a setting of train.json (did you mean --learning_rate?)",
+        "--epochs: not a setting of train.json (did you mean --max_epochs?)",
+        "--bs: not a setting of train.json",
+    ]
 
 
 def test_a_misspelled_key_stops_the_bundle_first(tmp_path):
