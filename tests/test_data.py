@@ -554,6 +554,16 @@ def test_validation_images_that_are_also_training_images_are_warned_about(tmp_pa
     with caplog.at_level(logging.WARNING, logger="medgmae"):
         pretrain_split(str(dl), tmp_path, validate=False)
     assert f"{dl}: 1 of the 2 validation images are also training images ({tmp_path / 'sub/../c1.nii.gz'})" in caplog.text
+    assert "listed more than once" not in caplog.text
+    # one training image listed twice, with two labels: it weighs double, and its labels contradict each other
+    from medgmae.data.datalist import warn_if_lists_overlap
+
+    caplog.clear()
+    twice = [{"image": str(tmp_path / "c0.nii.gz"), "label": "a.nii.gz"}, {"image": str(tmp_path / "sub/../c0.nii.gz"), "label": "b.nii.gz"}]
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_lists_overlap(twice, [], "dl.json") == 0
+    assert f"dl.json: 1 training image is listed more than once ({tmp_path / 'c0.nii.gz'})" in caplog.text
+    assert "the labels contradict each other" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="medgmae"):
         pretrain_split(str(tmp_path / "sub"), tmp_path, val_fraction=0.0, validate=False)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -213,9 +214,19 @@ def read_datalist(
     return out
 
 
+def _labels_differ(items: Sequence[dict], images: Sequence[str], key) -> bool:
+    """Whether any of ``images`` is listed with two different labels among ``items``."""
+    labels: dict = {}
+    for it in items:
+        if isinstance(it, dict) and "image" in it and key(it) in images:
+            labels.setdefault(key(it), set()).add(os.path.realpath(str(it.get("label", ""))))
+    return any(len(v) > 1 for v in labels.values())
+
+
 def warn_if_lists_overlap(training: Sequence[dict], validation: Sequence[dict], source: str | Path) -> int:
     """Warn once when images of the validation list are also in the training list (a datalist edited by hand, a
-    case copied into both): validation then scores cases the model trained on and overstates how it generalises.
+    case copied into both): validation then scores cases the model trained on and overstates how it generalises;
+    and when a training image is listed more than once (it weighs more; with two labels, they contradict).
 
     Returns:
         The number of validation images also trained on.
@@ -223,7 +234,14 @@ def warn_if_lists_overlap(training: Sequence[dict], validation: Sequence[dict], 
     def key(item) -> str:
         return os.path.realpath(str(item["image"]))
 
-    trained = {key(it) for it in training if isinstance(it, dict) and "image" in it}
+    listed = [key(it) for it in training if isinstance(it, dict) and "image" in it]
+    twice = sorted(p for p, n in Counter(listed).items() if n > 1)
+    if twice:
+        logger.warning("%s: %d training image%s listed more than once (%s%s): each listing is a case of its own, so "
+                       "these weigh more in training%s", source, len(twice), "s are" if len(twice) > 1 else " is",
+                       ", ".join(twice[:3]), f" and {len(twice) - 3} more" if len(twice) > 3 else "",
+                       "; with different labels, the labels contradict each other" if _labels_differ(training, twice, key) else "")  # fmt: skip
+    trained = set(listed)
     both = [str(it["image"]) for it in validation if isinstance(it, dict) and "image" in it and key(it) in trained]
     if both:
         logger.warning("%s: %d of the %d validation images are also training images (%s%s): validation scores cases "
