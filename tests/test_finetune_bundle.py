@@ -283,6 +283,12 @@ def test_segmentation_names_are_unique_and_predictable(tmp_path):
     cases = inference_cases([a, b, c])
     assert [x["name"] for x in cases] == ["patA_ct_img", "patB_ct_img", "liver_img"]
     assert unique_case_names(["/d/x/a/ct.nii.gz", "/d/y/a/ct.nii", "/d/ct.nrrd"]) == ["x_a_ct", "y_a_ct", "d_ct"]
+    # no folder tells these apart: one stem in one folder (endings), a_ct.nii.gz beside a/ct.nii.gz (numbered),
+    # a number that an input's own name already has; every name unique, whatever the inputs
+    assert unique_case_names(["/t/x/ct.nrrd", "/t/x/ct.mha", "/t/x/ct"]) == ["ct_nrrd", "ct_mha", "ct"]
+    assert unique_case_names(["/t/p/a_ct.nii.gz", "/t/p/a/ct.nii.gz", "/t/q/ct.nii.gz"]) == ["t_p_a_ct", "t_p_a_ct_2", "q_ct"]
+    tricky = ["/t/p/a_ct.nii.gz", "/t/p/a/ct.nii.gz", "/u/t_p_a_ct_2.nii.gz", "/t/x/ct.nii", "/t/x/ct.nii.gz"]
+    assert len(set(unique_case_names(tricky))) == len(tricky)
     with pytest.raises(DatasetError, match="given more than once"):
         inference_cases([a, a])
 
