@@ -430,7 +430,7 @@ def test_closing_summary_does_not_promise_fine_tuning_of_the_2d_encoder(tmp_path
          "files": files, "next": {}}  # fmt: skip
     line = [ln for ln in GMAE2DSummary(tmp_path, MetricHistory()).text(s).splitlines() if "encoder.pt" in ln][0]
     assert "fine-tuning" not in line and "2D ViT encoder" in line
-    line3d = [ln for ln in PretrainSummary(tmp_path, MetricHistory(), "medgmae", [32] * 3).text(s).splitlines()
+    line3d = [ln for ln in PretrainSummary(tmp_path, MetricHistory(), "medgmae").text(s).splitlines()
               if "encoder.pt" in ln][0]  # fmt: skip
     assert "fine-tuning" in line3d  # unetr_finetune reads the 3D encoder.pt
 

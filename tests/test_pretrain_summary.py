@@ -12,7 +12,7 @@ from medgmae.mae_training.summary import PretrainSummary
 
 
 def _fine_tune(tmp_path: Path, pretrained_on: str, data_dir: str = "") -> tuple[list[str], str]:
-    summary = PretrainSummary(tmp_path / "run", MetricHistory(), "medgmae", [32, 32, 32], pretrained_on=pretrained_on,
+    summary = PretrainSummary(tmp_path / "run", MetricHistory(), "medgmae", pretrained_on=pretrained_on,
                               data_dir=data_dir)
     s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
     return shlex.split(s["next"]["fine-tune"]), summary.text(s)
@@ -27,6 +27,7 @@ def test_fine_tune_after_phantoms_runs_on_phantoms(tmp_path):
     assert _flag(args, "--pretrained") == str(tmp_path / "run" / "encoder.pt")
     assert _flag(args, "--dataset_dir") is None and _flag(args, "--datalist") is None
     assert "needs labels" not in text
+    assert "--roi_size" not in args  # fine-tuning reads the crop size from encoder.pt
 
 
 def test_fine_tune_after_user_data_asks_for_labelled_data(tmp_path):
@@ -57,7 +58,7 @@ def test_each_pre_training_run_suggests_its_own_fine_tuning_folder(tmp_path):
     folders, beside the runs and named after them, so neither result overwrites the other."""
     folders = []
     for name, kind in (("pre", "medgmae"), ("pre_star", "medgmae-star")):
-        summary = PretrainSummary(tmp_path / name, MetricHistory(), kind, [32, 32, 32])
+        summary = PretrainSummary(tmp_path / name, MetricHistory(), kind)
         s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
         folders.append(Path(_flag(shlex.split(s["next"]["fine-tune"]), "--output_dir")))
     assert folders == [tmp_path / "pre_finetune", tmp_path / "pre_star_finetune"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ignite.engine import Engine, Events
 
@@ -70,15 +70,14 @@ def labelled_datalist(source: str) -> str:
 
 
 def next_commands(
-    out: Path, model_kind: str, roi_size: Sequence[int], example_image: str, pretrained_on: str = "", data_dir: str = ""
+    out: Path, model_kind: str, example_image: str, pretrained_on: str = "", data_dir: str = ""
 ) -> dict[str, str]:
     """The follow-up commands of README's "Using it" table with this run's paths filled in.
 
     Args:
         out: the pre-training run folder.
         model_kind: ``medgmae``, ``medgmae-star`` or ``voxel-mae``.
-        roi_size: crop size the model was trained at.
-        example_image: a volume for the inference commands.
+        example_image: a volume for the inference commands (fine-tuning reads the crop size from ``encoder.pt``).
         pretrained_on: the user's data the run pre-trained on (its ``datalist`` or ``dataset_dir``); empty for
             generated phantoms. Fine-tuning needs labels: a datalist with labels (:func:`labelled_datalist`) is
             given to it as ``--datalist``; other data make the command ask for a labelled dataset (``--dataset_dir``
@@ -86,14 +85,13 @@ def next_commands(
         data_dir: the ``dataset_dir`` that datalist's relative paths resolved against (``""``: its own folder).
     """
     q = shlex.quote
-    roi = "[" + ",".join(str(int(r)) for r in roi_size) + "]"
     if labelled := labelled_datalist(pretrained_on):
         data = f" --datalist {q(labelled)}" + (f" --dataset_dir {q(data_dir)}" if str(data_dir).strip() else "")
     else:
         data = f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else ""
     cmds = {
         "fine-tune": "python -m monai.bundle run training --config_file bundles/unetr_finetune/configs/train.json "
-        f"--pretrained {q(str(out / ENCODER_FILE))} --roi_size {q(roi)} --output_dir {q(str(finetune_dir(out)))}" + data
+        f"--pretrained {q(str(out / ENCODER_FILE))} --output_dir {q(str(finetune_dir(out)))}" + data
     }
     if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
         image = q(example_image or "ct.nii.gz")
@@ -120,7 +118,6 @@ class PretrainSummary:
         output_dir: the run folder.
         history: the run's :class:`~medgmae.engine.MetricHistory`.
         model_kind: ``medgmae``, ``medgmae-star`` or ``voxel-mae``.
-        roi_size: crop size the model was trained at.
         example_image: a volume to put in the inference commands (e.g. the first validation volume).
         tensorboard_dir: the TensorBoard log folder.
         summary_writer: TensorBoard ``SummaryWriter`` (the curves go there too; it is flushed).
@@ -134,7 +131,6 @@ class PretrainSummary:
         output_dir: str | Path,
         history: MetricHistory,
         model_kind: str,
-        roi_size: Sequence[int],
         example_image: str = "",
         tensorboard_dir: str | Path | None = None,
         summary_writer: Any = None,
@@ -143,7 +139,7 @@ class PretrainSummary:
     ) -> None:
         self.out, self.history, self.model_kind = Path(output_dir), history, str(model_kind)
         self.data_dir = str(data_dir or "").strip()
-        self.roi_size, self.example_image = list(roi_size), str(example_image)
+        self.example_image = str(example_image)
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
         self.writer, self.pretrained_on = summary_writer, str(pretrained_on or "").strip()
         self.title = "pre-training finished"
@@ -171,8 +167,7 @@ class PretrainSummary:
 
     def commands(self) -> dict[str, str]:
         """The follow-up commands printed at the end (subclasses for other bundles override this)."""
-        return next_commands(self.out, self.model_kind, self.roi_size, self.example_image, self.pretrained_on,
-                             self.data_dir)
+        return next_commands(self.out, self.model_kind, self.example_image, self.pretrained_on, self.data_dir)
 
     def text(self, s: dict) -> str:
         """The summary as console lines."""

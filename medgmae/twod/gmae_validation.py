@@ -170,7 +170,7 @@ class GMAE2DSummary(PretrainSummary):
     def __init__(
         self, output_dir: str | Path, history: Any, example_image: str = "", example_dataset: Any = None, **kwargs: Any
     ) -> None:
-        super().__init__(output_dir, history, model_kind="gmae2d", roi_size=[], example_image=example_image, **kwargs)
+        super().__init__(output_dir, history, model_kind="gmae2d", example_image=example_image, **kwargs)
         self.example_dataset = example_dataset
         self.title = "2D GMAE pre-training finished"
         self.model_note = "last epoch: zero-shot layers, figure-ground, edges"
