@@ -264,7 +264,10 @@ def summarise_errors(resumable: bool = False) -> bool:
         if reason is not None and reason is not exc:
             print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
         if reason is not None and hook.resumable and _lost_peer(reason):
-            print(LOST_PEER, file=sys.stderr)
+            from medgmae.distributed import process_count
+
+            if process_count() > 1:  # a broken pipe of a single process (output piped to head) is not a lost peer
+                print(LOST_PEER, file=sys.stderr)
 
     hook.summarises_errors, hook.resumable = True, bool(resumable)
     sys.excepthook = hook

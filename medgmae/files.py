@@ -133,9 +133,11 @@ def _move_into(src: Path, dst: Path, remove_stale: bool) -> None:
                 _remove(old)
 
 
-#: What a writer killed mid-write (SIGKILL, power loss) leaves: :func:`atomic_write`'s temporary files and
-#: :func:`staged_outputs`' staging folders (and the pre-training's ``.best-*`` staging of its best model).
-_LEFTOVER = re.compile(r"^(\.tmp-[0-9a-f]{12}-.+|\..+\.staging-.+|\.best-.+)$")
+#: What a writer killed mid-write (SIGKILL, power loss) leaves, by the exact names the toolkit makes:
+#: :func:`atomic_write`'s temporary files (``.tmp-<12 hex>-<name>``, files only) and the ``tempfile.mkdtemp``
+#: folders of :func:`staged_outputs` (``.<name>.staging-<8>``) and of the pre-training's best model (``.best-<8>``).
+_LEFTOVER_FILE = re.compile(r"^\.tmp-[0-9a-f]{12}-[^/]+\.(pt|json|gz|nii|png|md|csv|ts|ply|npy|txt)$")
+_LEFTOVER_DIR = re.compile(r"^(\.[^/]+\.staging-|\.best-)[a-z0-9_]{8}$")
 
 
 def remove_interrupted_writes(folder: str | os.PathLike) -> list[Path]:
@@ -149,9 +151,10 @@ def remove_interrupted_writes(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = sorted(p for p in folder.iterdir() if _LEFTOVER.match(p.name))
+    found = sorted(p for p in folder.iterdir() if not p.is_symlink() and (
+        (p.is_file() and _LEFTOVER_FILE.match(p.name)) or (p.is_dir() and _LEFTOVER_DIR.match(p.name))))  # fmt: skip
     for p in found:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return found
 
 

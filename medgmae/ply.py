@@ -6,7 +6,9 @@ open in 3DGS viewers, plus ``intensity`` (the Gaussian's intensity as is) and ``
 :func:`load_ply` returns exactly what :func:`save_ply` was given: ``exp(log(s))`` is not always ``s`` in float32).
 Header comments record the frame, the volume shape and the voxel-to-world affine when given. Centres in the world
 frame (RAS millimetres, the toolkit's world) carry 3D Slicer's ``SPACE=RAS`` comment: Slicer takes a mesh file
-without one as LPS and would show the Gaussians mirrored in x and y against the scan.
+without one as LPS and would show the Gaussians mirrored in x and y against the scan. (The file has vertices and no
+faces, as 3DGS files do; VTK's PLY reader, which Slicer uses, loads such a file as points without cells, which Slicer
+does not draw.)
 
 PLY is written with NumPy rather than a PLY library because only this fixed, flat layout is needed.
 """

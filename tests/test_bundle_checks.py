@@ -297,6 +297,9 @@ def test_rank_0_losing_another_process_says_so_and_how_to_resume():
     assert LOST_PEER not in _under_the_hook(lost, resumable=False, rank=0)[0].stderr
     own = "raise ValueError('/data/x.nii.gz: cannot read the volume')\n"
     assert LOST_PEER not in _under_the_hook(own, resumable=True, rank=0)[0].stderr
+    piped = "raise BrokenPipeError(32, 'Broken pipe')\n"  # one process whose output went to `head`: no peer
+    assert LOST_PEER in _under_the_hook(piped, resumable=True, rank=0)[0].stderr
+    assert LOST_PEER not in _under_the_hook(piped, resumable=True)[0].stderr
 
 
 def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():

@@ -811,3 +811,18 @@ def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
     run_bundle("evaluating", "evaluate.json", *common)
     grid = json.loads((out / "eval" / "metrics.json").read_text())
     assert grid["dice_space"] == "pre-processed grid" and grid["dice_per_class"] != pytest.approx(expected, abs=1e-6)
+
+
+def test_a_pretraining_folder_given_as_pretrained_names_its_encoder(tmp_path):
+    """--pretrained runs/medgmae_pretrain (the folder): the hint is its encoder.pt, not the model.pt that
+    fine-tuning would then refuse."""
+    from medgmae.finetune import read_encoder_file
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    run = tmp_path / "pretrain"
+    run.mkdir()
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), PreprocessingSpec()), run / "encoder.pt")
+    (run / "model.pt").write_bytes(b"a model file")
+    with pytest.raises(ValueError, match=f"{run} is a folder; fine-tuning needs the encoder.pt of a pre-training run; "
+                                         f"did you mean {run / 'encoder.pt'}\\?"):  # fmt: skip
+        read_encoder_file(run)

@@ -182,6 +182,11 @@ def test_ctrl_c_while_the_first_epoch_checkpoint_is_written_says_the_epoch_had_f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_interrupted.pt"]
     assert stopped.value.resume_advice.startswith(
         f"interrupted after epoch 1 finished, before its checkpoint was written: there is no checkpoint_epoch=N.pt in {tmp_path}")
+    # Ctrl-C in the step of epoch 1's last iteration (ignite has counted it): the epoch had not finished
+    (tmp_path / "checkpoint_interrupted.pt").unlink()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        _trainer(tmp_path, 3, resume=False, fail_at=3).run()
+    assert stopped.value.resume_advice.startswith("interrupted before the first epoch finished")
 
 
 def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
@@ -193,11 +198,17 @@ def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
     left = [tmp_path / ".tmp-0123456789ab-checkpoint_epoch=2.pt", tmp_path / ".tmp-ba9876543210-model.pt"]
     for p in left:
         p.write_bytes(b"partial")
-    (tmp_path / ".best-x1y2").mkdir()
-    (tmp_path / ".best-x1y2" / ".tmp-0123456789ab-encoder.pt").write_bytes(b"partial")
-    (tmp_path / ".eval.staging-abc").mkdir()
-    (tmp_path / ".keep").write_text("mine")
-    (tmp_path / ".tmp-notours").write_text("mine")
+    (tmp_path / ".best-x1y2_abc").mkdir()
+    (tmp_path / ".best-x1y2_abc" / ".tmp-0123456789ab-encoder.pt").write_bytes(b"partial")
+    (tmp_path / ".eval.staging-abc12345").mkdir()
+    # a user's own hidden files and folders of similar names stay (an output folder may be a project folder)
+    mine = [".keep", ".tmp-notours", ".best-notes.md", ".env.staging-old", ".tmp-0123456789ab-notes"]
+    for name in mine:
+        (tmp_path / name).write_text("mine")
+    for name in (".best-runs", ".data.staging-x", ".tmp-0123456789ab-model.pt.d"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.txt").write_text("mine")
+        mine.append(name)
     with atomic_write(tmp_path / "x.json") as t:  # the real writers' names match the pattern removed
         assert t.name.startswith(".tmp-") and len(t.name.split("-")[1]) == 12
         t.write_text("{}")
@@ -205,8 +216,10 @@ def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
         assert stage.name.startswith(".eval.staging-")
     with caplog.at_level(logging.INFO, logger="medgmae.engine"):
         _trainer(tmp_path, 1, resume=False).run()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".keep", ".tmp-notours"]
-    assert "removed what 4 killed writes left in" in caplog.text and ".tmp-0123456789ab-checkpoint_epoch=2.pt" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(mine)
+    warned = next(r for r in caplog.records if "killed writes" in r.getMessage())
+    assert warned.levelname == "WARNING" and "removed what 4 killed writes left in" in warned.getMessage()
+    assert ".tmp-0123456789ab-checkpoint_epoch=2.pt" in warned.getMessage()
 
 
 def test_a_resume_in_a_folder_without_any_run_is_warned(tmp_path, caplog):

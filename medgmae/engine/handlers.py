@@ -163,6 +163,7 @@ class CheckpointHandler:
         self.resumed_from: Path | None = None
         self._failed_resume = False
         self._saved_epoch = False  # whether this run has written an epoch checkpoint
+        self._completed_iteration = 0  # the last iteration whose step finished (Ctrl-C advice)
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
 
     def attach(self, engine: Engine) -> None:
@@ -170,6 +171,10 @@ class CheckpointHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_epoch)
         engine.add_event_handler(Events.COMPLETED, self._on_completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
+
+    def _on_iteration(self, engine: Engine) -> None:
+        self._completed_iteration = engine.state.iteration
 
     def _payload(self, engine: Engine, gather: bool = True) -> dict:
         random_state = self.rng.state_dict()
@@ -234,7 +239,9 @@ class CheckpointHandler:
         if not epoch_checkpoints(self.output_dir):
             state = getattr(engine, "state", None)
             length = getattr(state, "epoch_length", None)
-            done = bool(state is not None and length and state.iteration and state.iteration % length == 0)
+            # ignite counts an iteration when it starts: the epoch is done only if its last iteration completed
+            done = bool(state is not None and length and state.iteration and state.iteration % length == 0
+                        and self._completed_iteration == state.iteration)  # fmt: skip
             when = ("after epoch 1 finished, before its checkpoint was written" if done   # in the epoch-end handlers
                     else "before the first epoch finished")  # fmt: skip
             return (f"interrupted {when}: there is no checkpoint_epoch=N.pt in {self.output_dir} to continue from, so "
@@ -259,7 +266,7 @@ class CheckpointHandler:
 
     def _on_started(self, engine: Engine) -> None:
         if rank_world()[0] == 0 and (left := remove_interrupted_writes(self.output_dir)):
-            logger.info("removed what %d killed write%s left in %s: %s", len(left), "s" if len(left) > 1 else "",
+            logger.warning("removed what %d killed write%s left in %s: %s", len(left), "s" if len(left) > 1 else "",
                         self.output_dir, file_list(left, self.output_dir))  # fmt: skip
         if not self.resume:
             self._note_earlier_run()

@@ -320,15 +320,18 @@ def _load_and_resample(keys, spec: PreprocessingSpec) -> list:
     ]
 
 
-def train_transforms(spec: PreprocessingSpec, num_samples: int = 4) -> Compose:
+def train_transforms(spec: PreprocessingSpec, num_samples: int = 4, warn_padding: bool = True) -> Compose:
     """MONAI BTCV training pipeline: load, ``spec`` (orientation, spacing, HU window), foreground crop, 1:1 pos/neg
-    crops of ``spec.input_size``, flips on each axis, 90-degree rotations, intensity scale and shift."""
+    crops of ``spec.input_size``, flips on each axis, 90-degree rotations, intensity scale and shift.
+    ``warn_padding``: warn about volumes mostly padded in every crop (:class:`WarnIfPaddedd`; off for the small
+    generated phantoms of a demonstration run, whose size the user did not choose)."""
     roi = list(spec.input_size)
     keys = ["image", "label"]
+    padding = [WarnIfPaddedd(keys="image", spatial_size=roi, pixdim=spec.spacing)] if warn_padding else []
     return Compose(
         _load_and_resample(keys, spec)
+        + padding
         + [
-            WarnIfPaddedd(keys="image", spatial_size=roi, pixdim=spec.spacing),
             SpatialPadd(keys=keys, spatial_size=roi),
             RandCropByPosNegLabeld(
                 keys=keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=num_samples,

@@ -56,6 +56,9 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
         ValueError: the file cannot be read or is not a MedGMAE encoder file (the message names what it is:
             :func:`not_an_encoder_message`).
     """
+    if Path(path).is_dir():  # a pre-training run folder: its encoder.pt, not the model.pt a generic hint names
+        hint = f"; did you mean {Path(path) / 'encoder.pt'}?" if (Path(path) / "encoder.pt").is_file() else ""
+        raise ValueError(f"{path} is a folder; fine-tuning needs the encoder.pt of a pre-training run{hint}")
     ckpt = load_checkpoint(path, None, mmap=mmap)
     if ckpt.kind != ENCODER_KIND:
         raise ValueError(not_an_encoder_message(ckpt))
