@@ -261,9 +261,9 @@ def window_expects_hu(spec: PreprocessingSpec) -> bool:
     return a0 < 0 and a1 - a0 > 10 * ATTENUATION_LIKE_HU
 
 
-#: At most this many distinct values, all integers in ``[0, 255]``: a label map, not a CT (whose air is -1000 HU and
-#: whose noise alone gives hundreds of values).
-LABEL_MAP_MAX_VALUES = 32
+#: At most this many distinct values, all integers in ``[0, 255]``: a label map (TotalSegmentator's have up to 118),
+#: not a CT (whose air is -1000 HU and whose noise alone gives hundreds of values).
+LABEL_MAP_MAX_VALUES = 128
 
 
 def looks_like_label_map(array) -> int:
@@ -296,8 +296,11 @@ def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
     if not window_expects_hu(spec):
         return False
     a0, a1 = spec.hu_window
+    lo, hi = _value_range(array)
+    if lo == hi:
+        logger.warning("%s is constant (every voxel %g): an empty or blanked volume?", source, lo)
+        return True
     if looks_like_attenuation(array):
-        lo, hi = _value_range(array)
         logger.warning(
             "%s looks like linear attenuation in 1/mm (values %.4g .. %.4g), not a CT in HU: the model's HU window "
             "[%g, %g] maps it to an almost constant input, so its output is meaningless; convert it with "
@@ -306,10 +309,9 @@ def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
         return True
     values = looks_like_label_map(array)
     if values:
-        lo, hi = _value_range(array)
         logger.warning(
             "%s looks like a label map (%d distinct integer values in %g .. %g), not a CT in HU: a segmentation "
-            "listed as an image? The model's HU window [%g, %g] maps it to an almost constant input", source,
+            "listed as an image? The model's HU window [%g, %g] reads class indices as intensities", source,
             values, lo, hi, a0, a1,
         )
         return True

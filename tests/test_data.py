@@ -505,13 +505,19 @@ def test_a_datalist_declaring_another_modality_than_ct_is_warned_about_once(tmp_
         return path
 
     with caplog.at_level(logging.WARNING, logger="medgmae"):
-        for name, modality in [("ct.json", {"0": "CT"}), ("ct2.json", "computed tomography"), ("none.json", None)]:
+        for name, modality in [("ct.json", {"0": "CT"}), ("ct2.json", "computed tomography"), ("none.json", None),
+                               ("cta.json", {"0": "CTA"}), ("nc.json", {"0": "Non-contrast CT"})]:
             read_datalist(datalist(name, modality))
         assert "declares the modality" not in caplog.text
         mri = datalist("mri.json", {"0": "MRI", "1": "CT"})
         read_datalist(mri, "training")
         read_datalist(mri, "validation")
     assert caplog.text.count(f"datalist {mri} declares the modality 'MRI': ") == 1
+    v2 = tmp_path / "nnunet.json"  # nnU-Net v2 names the channels, not the modality
+    v2.write_text(json.dumps({"channel_names": {"0": "T2"}, "training": [{"image": "a.nii.gz"}]}))
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        read_datalist(v2)
+    assert f"datalist {v2} declares the modality 'T2'" in caplog.text
 
 
 def test_a_folder_without_a_dicom_series_is_refused_in_the_toolkits_words_only(tmp_path, capfd):
@@ -553,7 +559,7 @@ def test_validation_images_that_are_also_training_images_are_warned_about(tmp_pa
                               "validation": [{"image": "sub/../c1.nii.gz"}, {"image": "c2.nii.gz"}]}))  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="medgmae"):
         pretrain_split(str(dl), tmp_path, validate=False)
-    assert f"{dl}: 1 of the 2 validation images are also training images ({tmp_path / 'sub/../c1.nii.gz'})" in caplog.text
+    assert f"{dl}: 1 of the 2 validation images is also a training image ({tmp_path / 'sub/../c1.nii.gz'})" in caplog.text
     assert "listed more than once" not in caplog.text
     # one training image listed twice, with two labels: it weighs double, and its labels contradict each other
     from medgmae.data.datalist import warn_if_lists_overlap

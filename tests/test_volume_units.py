@@ -81,6 +81,14 @@ def test_a_label_map_given_as_an_image_is_warned_about_by_name(caplog):
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert messages[0].startswith("/data/seg.nii.gz looks like a label map (5 distinct integer values in 0 .. 4)")
     assert messages[1].startswith("/data/big_seg.nii.gz looks like a label map (2 distinct") and len(messages) == 2
+    # TotalSegmentator's 117 classes still count; an all-zero volume is named as constant, not as attenuation
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_not_hu(np.arange(118, dtype=np.uint8).repeat(100), DEFAULT_SPEC, "/data/total.nii.gz")
+        assert warn_if_not_hu(np.zeros((8, 8, 8), np.float32), DEFAULT_SPEC, "/data/zero.nii.gz")
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "looks like a label map (118 distinct" in messages[0]
+    assert messages[1] == "/data/zero.nii.gz is constant (every voxel 0): an empty or blanked volume?"
 
 
 def _save(array: np.ndarray, path) -> str:

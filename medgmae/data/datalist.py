@@ -144,15 +144,23 @@ def load_datalist_json(path: str | Path) -> dict:
 
 
 _MODALITY_WARNED: set = set()
-_CT_NAMES = {"ct", "computed tomography", "cbct", "cect", "ncct"}
+#: Words that make a modality name a CT ("CT", "CTA", "Non-contrast CT", "CBCT", "computed tomography").
+_CT_WORDS = {"ct", "cta", "ctp", "cbct", "cect", "ncct", "hrct", "ldct", "tomography"}
+
+
+def _is_ct(name: str) -> bool:
+    return bool(_CT_WORDS & set(re.split(r"[^a-z0-9]+", name.lower())))
 
 
 def _warn_if_not_ct(path: Path, content: dict) -> None:
-    """Warn once per file when a Decathlon datalist's ``modality`` field names anything but CT: every image goes
-    through the models' HU window, so an MRI channel is trained on (or segmented) as a meaningless crop."""
-    modality = content.get("modality")
-    names = list(modality.values()) if isinstance(modality, dict) else [modality] if modality else []
-    other = sorted({str(n) for n in names if str(n).strip().lower() not in _CT_NAMES})
+    """Warn once per file when a datalist's ``modality`` (Decathlon) or ``channel_names`` (nnU-Net v2) field names
+    anything but CT: every image goes through the models' HU window, so an MRI channel is trained on (or
+    segmented) as a meaningless crop."""
+    names = []
+    for field in ("modality", "channel_names"):
+        value = content.get(field)
+        names += list(value.values()) if isinstance(value, dict) else [value] if value else []
+    other = sorted({str(n) for n in names if not _is_ct(str(n))})
     if not other or str(path) in _MODALITY_WARNED:
         return
     _MODALITY_WARNED.add(str(path))
@@ -244,9 +252,11 @@ def warn_if_lists_overlap(training: Sequence[dict], validation: Sequence[dict], 
     trained = set(listed)
     both = [str(it["image"]) for it in validation if isinstance(it, dict) and "image" in it and key(it) in trained]
     if both:
-        logger.warning("%s: %d of the %d validation images are also training images (%s%s): validation scores cases "
-                       "the model trains on, so it overstates how the model does on new ones", source, len(both),
-                       len(validation), ", ".join(both[:3]), f" and {len(both) - 3} more" if len(both) > 3 else "")  # fmt: skip
+        what = "is also a training image" if len(both) == 1 else "are also training images"
+        logger.warning("%s: %d of the %d validation image%s %s (%s%s): validation scores cases the model trains on, "
+                       "so it overstates how the model does on new ones", source, len(both), len(validation),
+                       "s" if len(validation) > 1 else "", what, ", ".join(both[:3]),
+                       f" and {len(both) - 3} more" if len(both) > 3 else "")  # fmt: skip
     return len(both)
 
 

@@ -205,9 +205,9 @@ def prepare_datalists(
     names = label_names(datalist, num_classes or None)
     training = read_datalist(datalist, "training", dataset_dir)
     validation = read_datalist(datalist, "validation", dataset_dir)
-    if is_main_process():
-        warn_if_lists_overlap(training, validation, datalist)
     chosen = select_label_fraction(training, label_fraction, seed)
+    if is_main_process():  # the cases this run trains on, not every case of the training list
+        warn_if_lists_overlap(chosen, validation, datalist)
     if (processes := process_count()) > len(chosen) and is_main_process():
         logger.warning("%d training case%s for %d processes: the distributed sampler repeats cases so that every "
                        "process has one, and each epoch trains on some case more than once", len(chosen),
