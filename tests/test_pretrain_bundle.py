@@ -631,3 +631,13 @@ def _label_like(path: str) -> str:
     out = path.replace(".nii.gz", "_label.nii.gz")
     nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > -500).astype(np.uint8), img.affine), out)
     return out
+
+
+def test_a_handler_disabled_the_monai_way_is_left_out(tmp_path):
+    """``--val#pictures#_disabled_ true`` (MONAI's way to switch a component off) made the referenced handler None in
+    the trainer's list, and the run failed with AttributeError after writing its phantoms; it now runs without it."""
+    out = tmp_path / "run"
+    proc = _ok(_bundle("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(out), "--max_epochs", "1",
+                       "--val#pictures#_disabled_", "true", cwd=tmp_path))  # fmt: skip
+    assert (out / "model.pt").is_file() and not list(out.glob("pictures/*.png"))  # trained, without the pictures
+    assert "AttributeError" not in proc.stderr
