@@ -437,3 +437,13 @@ def test_a_misspelled_key_stops_the_bundle_first(tmp_path):
     error = _the_error(proc.stdout + proc.stderr)
     assert proc.returncode != 0 and "--max_epoch: not a setting of train.json (did you mean --max_epochs?)" in error
     assert not out.exists()
+
+
+def test_a_yaml_args_file_is_read(tmp_path):
+    """MONAI reads ``--args_file overrides.yaml`` with PyYAML, a dependency of the toolkit: its values reach the
+    settings check (a bad one is refused as from the command line, nothing written)."""
+    args = tmp_path / "overrides.yaml"
+    args.write_text(f"output_dir: {tmp_path / 'run'}\nmax_epochs: -3\n")
+    proc = run_bundle("training", "gmae2d_pretrain/configs/train.json", "--args_file", str(args))
+    assert proc.returncode != 0 and "--max_epochs: expected a positive integer, got '-3'" in proc.stdout + proc.stderr
+    assert "No module named 'yaml'" not in proc.stderr and not (tmp_path / "run").exists()
