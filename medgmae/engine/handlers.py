@@ -267,7 +267,7 @@ class CheckpointHandler:
     def _on_started(self, engine: Engine) -> None:
         if rank_world()[0] == 0 and (left := remove_interrupted_writes(self.output_dir)):
             logger.warning("removed what %d killed write%s left in %s: %s", len(left), "s" if len(left) > 1 else "",
-                        self.output_dir, file_list(left, self.output_dir))  # fmt: skip
+                           self.output_dir, file_list(left, self.output_dir))  # fmt: skip
         if not self.resume:
             self._note_earlier_run()
             return
