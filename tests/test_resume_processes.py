@@ -222,6 +222,23 @@ def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
     assert ".tmp-0123456789ab-checkpoint_epoch=2.pt" in warned.getMessage()
 
 
+def test_an_error_within_an_epoch_saves_the_interrupted_state_once(tmp_path, monkeypatch):
+    """ignite fires EXCEPTION_RAISED twice for an error raised within an epoch (once for the epoch, once for the
+    run): the interrupted checkpoint is written once, not twice (a base checkpoint is over a gigabyte)."""
+    import medgmae.engine.handlers as handlers
+
+    writes, real = [], handlers.save_torch_atomic
+    monkeypatch.setattr(handlers, "save_torch_atomic", lambda payload, path: writes.append(Path(path).name) or real(payload, path))
+    def peer_lost(engine):
+        raise RuntimeError("gloo: Connection reset by peer")
+
+    trainer = _trainer(tmp_path, 2, resume=False)
+    trainer.add_event_handler(handlers.Events.ITERATION_COMPLETED(once=4), peer_lost)  # in epoch 2
+    with pytest.raises(RuntimeError, match="Connection reset"):
+        trainer.run()
+    assert writes.count("checkpoint_interrupted.pt") == 1 and "checkpoint_epoch=1.pt" in writes
+
+
 def test_a_resume_in_a_folder_without_any_run_is_warned(tmp_path, caplog):
     """--resume true where no run has written (a mistyped --output_dir?) starts afresh with a warning, not quietly."""
     with caplog.at_level(logging.INFO, logger="medgmae.engine"):

@@ -164,6 +164,7 @@ class CheckpointHandler:
         self._failed_resume = False
         self._saved_epoch = False  # whether this run has written an epoch checkpoint
         self._completed_iteration = 0  # the last iteration whose step finished (Ctrl-C advice)
+        self._saved_for: BaseException | None = None  # the error whose state _on_exception saved
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
 
     def attach(self, engine: Engine) -> None:
@@ -256,8 +257,11 @@ class CheckpointHandler:
     def _on_exception(self, engine: Engine, e: BaseException) -> None:
         if isinstance(e, KeyboardInterrupt) and rank_world()[0] == 0:
             e.resume_advice = self._interrupted_advice(engine)  # read by the last line of the bundle's output
-        if self._failed_resume:
+        # ignite fires EXCEPTION_RAISED twice for an error within an epoch (the epoch's handler, then the run's):
+        # the state is saved once (a base model's checkpoint is over a gigabyte)
+        if self._failed_resume or self._saved_for is e:
             raise e
+        self._saved_for = e
         try:  # no collective here: the other ranks may not have failed
             self.save(engine, INTERRUPTED, gather=False)
         except Exception as save_error:  # never mask the original error
