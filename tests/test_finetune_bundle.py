@@ -232,6 +232,26 @@ def test_resume_with_other_label_fraction_is_refused(tmp_path):
     prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0)  # a fresh start may change it
 
 
+def test_a_moved_phantom_run_resumes_and_moved_data_are_named(tmp_path):
+    """A phantom run folder moved or copied elsewhere resumes (its generated cases moved with it); a datalist whose
+    cases moved is refused with the first differing case named, as the two choices otherwise read alike."""
+    from medgmae.finetune.run_record import case_record, check_resume_matches
+
+    def cases(root):
+        return [{"image": f"{root}/phantom/imagesTr/case_{i}.nii.gz", "label": f"{root}/phantom/labelsTr/case_{i}.nii.gz"}
+                for i in range(2)]  # fmt: skip
+
+    out = tmp_path / "moved"
+    write_run_record(out, case_record(1.0, 0, 2, cases("/old/run"), {"dataset_dir": "", "datalist": ""}))
+    (out / "checkpoint_epoch=1.pt").write_bytes(b"")
+    check_resume_matches(out, case_record(1.0, 0, 2, cases(str(out)), {"dataset_dir": "", "datalist": ""}))  # resumes
+    data = {"dataset_dir": "/data/btcv", "datalist": "/data/btcv/dataset.json"}
+    write_run_record(out, case_record(1.0, 0, 2, cases("/data/btcv"), data))
+    with pytest.raises(DatasetError, match=r"\(cases differ; e.g. recorded /data/btcv/phantom/imagesTr/case_0.nii.gz, "
+                                           r"now /mnt/btcv/phantom/imagesTr/case_0.nii.gz\)"):  # fmt: skip
+        check_resume_matches(out, case_record(1.0, 0, 2, cases("/mnt/btcv"), data))
+
+
 def test_the_subset_seed_keeps_the_cases_across_training_seeds(tmp_path):
     """--subset_seed fixes the labelled subset (recorded as the record's seed) whatever --seed trains with, so a 10 %
     experiment repeats over training seeds on the same cases; without it --seed chooses, as before."""

@@ -95,12 +95,32 @@ def check_resume_matches(output_dir: str | Path, new: Mapping) -> None:
     if old is None or latest_checkpoint(output_dir) is None:
         return
     keys = [k for k in ("label_fraction", "seed", "cases", "dataset_dir", "datalist") if k in old]
-    differ = [k for k in keys if json.dumps(old[k], default=str) != json.dumps(new.get(k), default=str)]
+    phantom = not any(str(r.get(k) or "").strip() for r in (old, new) for k in ("dataset_dir", "datalist"))
+    value = (lambda k, r: _phantom_relative(r.get(k)) if phantom and k == "cases" else r.get(k))  # noqa: E731
+    differ = [k for k in keys if json.dumps(value(k, old), default=str) != json.dumps(value(k, new), default=str)]
     if not differ:
         return
     raise DatasetError(
         f"cannot resume {output_dir}: it was trained on {_describe(old)}, but these settings choose {_describe(new)} "
-        f"({', '.join(differ)} differ). Resume with the recorded settings (--label_fraction {old.get('label_fraction')} "
-        f"--subset_seed {old.get('seed')} and the same data), or start afresh: a new --output_dir, or --resume false (which "
-        f"overwrites this run)."
+        f"({', '.join(differ)} differ{_first_difference(old, new) if differ == ['cases'] else ''}). Resume with the "
+        f"recorded settings (--label_fraction {old.get('label_fraction')} --subset_seed {old.get('seed')} and the same "
+        f"data), or start afresh: a new --output_dir, or --resume false (which overwrites this run)."
     )
+
+
+def _phantom_relative(cases) -> list:
+    """Phantom cases by their paths below the run's ``phantom/`` folder: the generated data move with a run folder
+    that is moved or copied, and it still resumes."""
+    def rel(value):
+        text = str(value)
+        return text[text.rindex("/phantom/") + 1:] if "/phantom/" in text else value
+
+    return [{k: rel(v) for k, v in case.items()} if isinstance(case, Mapping) else case for case in cases or []]
+
+
+def _first_difference(old: Mapping, new: Mapping) -> str:
+    """``: e.g. recorded <image>, now <image>`` for the first case that differs (the two choices can read alike)."""
+    for a, b in zip(old.get("cases") or [], new.get("cases") or []):
+        if a != b:
+            return f"; e.g. recorded {a.get('image', a) if isinstance(a, Mapping) else a}, now {b.get('image', b) if isinstance(b, Mapping) else b}"
+    return ""
