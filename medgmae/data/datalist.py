@@ -232,7 +232,7 @@ def _labels_differ(items: Sequence[dict], images: Sequence[str], key) -> bool:
 
 
 def warn_if_lists_overlap(training: Sequence[dict], validation: Sequence[dict], source: str | Path) -> int:
-    """Warn once when images of the validation list are also in the training list (a datalist edited by hand, a
+    """Warn when images of the validation list are also in the training list (a datalist edited by hand, a
     case copied into both): validation then scores cases the model trained on and overstates how it generalises;
     and when a training image is listed more than once (it weighs more; with two labels, they contradict).
 
