@@ -341,11 +341,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
 def _load_model(args):
     from medgmae.networks.medgmae import MedGMAE
 
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        hint = f" (it holds {path / 'model.pt'}: give that file)" if (path / "model.pt").is_file() else ""
-        raise CLIError(f"model checkpoint {path} is a folder; --checkpoint takes a pre-training run's model.pt{hint}")
-    if not path.is_file():
+    if not Path(args.checkpoint).exists():  # a folder: load_checkpoint names it and the model.pt it holds
         raise CLIError(f"model checkpoint {args.checkpoint} does not exist")
     try:
         return MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae or medgmae-star model.pt")

@@ -1,10 +1,9 @@
 """Warnings about volumes that load fine but will not give the model what it expects; the data pass unchanged.
 
-Both transforms sit in the training (and, for attenuation, inference) pipelines right where the problem becomes
-visible: :class:`WarnIfNotHUd` (attenuation in 1/mm, or a label map listed as an image) after loading, before
-the HU window; :class:`WarnIfPaddedd` after the
-foreground crop, before ``SpatialPadd``. Each names the file, once per file and process (a pipeline without a
-disk cache runs them every epoch).
+Both transforms sit where the problem becomes visible: :class:`WarnIfNotHUd` (attenuation in 1/mm, or a label
+map listed as an image; training and inference pipelines) after loading, before the HU window, each time a volume
+is loaded (with a disk cache, once); :class:`WarnIfPaddedd` (training) after the foreground crop, before
+``SpatialPadd``, once per file and process. Each names the file.
 """
 
 from __future__ import annotations
