@@ -50,11 +50,13 @@ def _series_box(draw, box, xs, ys, colour, label, log=False, level=None):
     draw.text((px1 - 6 * len(right), py1 + 4), right, fill=grey)
 
 
-def draw_curve(history: list, path, holdout_errors: list | None = None, fbp_psnr: float | None = None) -> None:
+def draw_curve(history: list, path, holdout_errors: list | None = None, fbp_psnr: float | None = None,
+               start_psnr: float | None = None) -> None:
     """Write a PNG of ``history`` records (``iteration``, ``loss``, optional ``holdout_error`` and ``psnr``), one
     panel each, atomically. ``holdout_errors``: ``(iteration, error)`` pairs of another run (the held-out run
     before a refit) to draw in the held-out panel instead of the records'. ``fbp_psnr``: the FBP's PSNR, a dashed
-    line in the PSNR panel (where the run passes FBP)."""
+    line in the PSNR panel (where the run passes FBP). ``start_psnr``: the initial Gaussians' PSNR, the PSNR
+    panel's point at iteration 0."""
     from PIL import Image, ImageDraw
 
     from medgmae.files import atomic_write
@@ -67,7 +69,9 @@ def draw_curve(history: list, path, holdout_errors: list | None = None, fbp_psnr
         panels.append(([i for i, _ in holdout_errors], [e for _, e in holdout_errors], (40, 140, 60), "held-out views: relative error (log)", True, None))
     if any("psnr" in r for r in history):
         level = None if fbp_psnr is None else (float(fbp_psnr), f"FBP {fbp_psnr:.2f} dB")
-        panels.append((xs, [r.get("psnr") for r in history], (30, 90, 200), "PSNR (dB)", False, level))
+        start = [] if start_psnr is None else [(0, start_psnr)]
+        points = start + [(r["iteration"], r.get("psnr")) for r in history]
+        panels.append(([i for i, _ in points], [v for _, v in points], (30, 90, 200), "PSNR (dB)", False, level))
     img = Image.new("RGB", (640, 10 + 235 * len(panels)), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     for i, (x, y, colour, label, log, level) in enumerate(panels):

@@ -204,6 +204,7 @@ def _reconstruct(args) -> int:
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
     rec.run_info = run_info
+    start_eval = rec.evaluate() or None  # the start's PSNR / SSIM (before a resumed state replaces it): iteration 0
     if state is not None:
         try:
             rec.load_state_dict(state)
@@ -214,9 +215,10 @@ def _reconstruct(args) -> int:
     holdout = _holdout_record(args, rec, result)
     if args.refit and result.best_iteration is not None:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
-        rec, result = _refit(rec, init_fn, result.best_iteration, progress=progress)  # its value_scale is recorded
+        rec, result, start_eval = _refit(rec, init_fn, result.best_iteration, progress=progress)  # its value_scale is recorded
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, run_info["scan"], projector_seconds
+    metrics["start"] = start_eval
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
@@ -271,13 +273,15 @@ def _holdout_record(args, rec, result) -> dict | None:
 
 def _refit(rec, init_fn, iteration: int, progress: bool | str):
     """The run of ``rec`` on every view (``init_fn()``: the start from the every-view FBP), stopped at
-    ``iteration``: the same settings and schedule without held-out views. Returns ``(reconstructor, result)``."""
+    ``iteration``: the same settings and schedule without held-out views. Returns ``(reconstructor, result, its
+    start's evaluation)``."""
     from recon.gaussian_recon import GaussianReconstructor
 
     init, value_scale = init_fn()
     cfg = replace(rec.config, holdout_views=0, holdout_patience=0)
     full = GaussianReconstructor(rec.projector, rec.proj, init, cfg, reference=rec.reference, device=rec.device, value_scale=value_scale)
-    return full, full.run(progress=progress, stop_at=iteration)
+    start_eval = full.evaluate() or None
+    return full, full.run(progress=progress, stop_at=iteration), start_eval
 
 
 def _check_flags(args) -> None:
@@ -374,5 +378,5 @@ def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarra
                  shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine())
         save_json_atomic(metrics, stage / "metrics.json")
         draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
-                   (metrics.get("fbp") or {}).get("psnr"))
+                   (metrics.get("fbp") or {}).get("psnr"), (metrics.get("start") or {}).get("psnr"))
         draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", geom.default_affine(), reference)

@@ -41,7 +41,8 @@ def print_summary(metrics: dict, out: Path) -> None:
                      f"(the run {how} at iteration {h['run_iterations']}); written: {what} iteration {h['best_iteration']}")  # fmt: skip
         lines.append(f"  (runs of this scan with the same --holdout-views and other settings: medgmae-recon select --runs {out} ...)")
     if "final" in metrics:
-        for name, key in (("FBP", "fbp"), ("Gaussians", "final")):
+        rows = (("FBP", "fbp"), ("start", "start"), ("Gaussians", "final")) if metrics.get("start") else (("FBP", "fbp"), ("Gaussians", "final"))
+        for name, key in rows:  # start: the initial Gaussians, before the first iteration
             lines.append(f"  {name:<9}  PSNR {metrics[key]['psnr']:.2f} dB  SSIM {metrics[key]['ssim']:.4f}")
     else:
         lines.append("  no --reference: PSNR/SSIM not computed")
@@ -96,7 +97,8 @@ def outputs(metrics: dict) -> dict[str, str]:
     """The files a run wrote and what each holds, as its ``metrics`` (:func:`_metrics`) say: PSNR and the
     reference / error columns only with ``--reference``, the held-out error only with ``--holdout-views``."""
     with_ref = "final" in metrics
-    curves = ["loss", *(["held-out error"] if metrics.get("holdout") else []), *(["PSNR"] if with_ref else [])]
+    curves = ["loss", *(["held-out error"] if metrics.get("holdout") else []),
+              *(["PSNR (from the start's, at iteration 0)" if metrics.get("start") else "PSNR"] if with_ref else [])]
     columns = "rows reference / FBP / reconstruction / error" if with_ref else "rows FBP / reconstruction"
     return {
         "recon.nii.gz": "reconstructed attenuation volume, 1/mm",

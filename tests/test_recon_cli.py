@@ -494,3 +494,34 @@ def test_auto_says_why_it_left_astra(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "torch backend: PyTorch ray marcher, chosen by --backend auto" in captured.out
     assert "ASTRA's CPU projectors cannot take this scan (it needs square in-plane voxels, not 1.2 x 1.5 mm)" in captured.err
+
+
+def test_the_start_is_evaluated_at_iteration_0(simulated, tmp_path, capsys):
+    """metrics.json's ``start``: the initial Gaussians' PSNR / SSIM against the reference (the PSNR curve's point at
+    iteration 0, a line of the summary), equal to a float64 dense evaluation of ``fbp_init``'s Gaussians; a resumed
+    run records the same start."""
+    from medgmae.render._reference import render_volume_reference
+    from recon.initialisation import fbp_init
+
+    out = tmp_path / "rec"
+    args = ["reconstruct", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
+            "--fbp", str(simulated / "fbp.nii.gz"), "--init", "fbp", "--num-gaussians", "150", "--iterations", "6",
+            "--eval-every", "3", "--reference", str(simulated / "reference.nii.gz"), "--out", str(out), "--no-progress",
+            "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    fbp_vol = torch.from_numpy(nib.load(str(simulated / "fbp.nii.gz")).get_fdata().transpose(2, 1, 0).astype(np.float32))
+    g = fbp_init(fbp_vol, 150, seed=0).to(torch.float64)
+    start, _ = render_volume_reference(g.means, g.scales, g.quats, g.intensities, fbp_vol.shape)
+    ref = nib.load(str(simulated / "reference.nii.gz")).get_fdata()
+    expected = evaluate(start[0].numpy().transpose(2, 1, 0), ref)
+    assert metrics["start"]["psnr"] == pytest.approx(expected["psnr"], abs=0.02)
+    assert metrics["start"]["ssim"] == pytest.approx(expected["ssim"], abs=2e-3)
+    assert metrics["start"]["psnr"] != pytest.approx(metrics["final"]["psnr"], abs=1e-3)
+    printed = capsys.readouterr().out
+    assert f"  start      PSNR {metrics['start']['psnr']:.2f} dB" in printed
+    assert "PSNR (from the start's, at iteration 0)" in printed
+    longer = [("8" if i == args.index("--iterations") + 1 else a) for i, a in enumerate(args)]
+    assert main([*longer, "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["iterations"] == 8 and resumed["start"] == metrics["start"]
