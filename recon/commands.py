@@ -303,14 +303,17 @@ def cmd_fbp(args) -> int:
     from recon.fbp import fbp
     from recon.scan_files import save_nifti
 
-    check_out_file(args.out, "--out", (".nii", ".nii.gz"))
+    out = check_out_file(args.out, "--out", (".nii", ".nii.gz"))
+    if out.exists() and out.resolve() == Path(args.projections).resolve():
+        raise CLIError(f"--out {args.out} is the projection stack given as --projections: give another file name")
     geom, proj = load_scan(args.projections, args.geometry)
     device = resolve_cli_device(args.device)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
     warn_about_arc(geom)
+    replaced = " (it replaced the file of that name)" if out.exists() else ""
     save_nifti(args.out, rec, geom.default_affine())
     what = "FBP" if geom.kind == "parallel" else "FDK"
-    print(f"wrote {args.out} ({what}, {args.filter} filter, attenuation 1/mm, shape (I, J, K) = {rec.shape[::-1]})")
+    print(f"wrote {args.out} ({what}, {args.filter} filter, attenuation 1/mm, shape (I, J, K) = {rec.shape[::-1]}){replaced}")
     return 0
 
 

@@ -525,3 +525,19 @@ def test_the_start_is_evaluated_at_iteration_0(simulated, tmp_path, capsys):
     assert main([*longer, "--resume"]) == 0
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["iterations"] == 8 and resumed["start"] == metrics["start"]
+
+
+def test_fbp_names_a_file_it_replaces_and_refuses_to_replace_its_input(simulated, tmp_path, capsys):
+    """``fbp --out`` over an earlier file says it replaced it; over the NIfTI projection stack it reads, it is
+    refused (exit 2) and the stack stays as it was."""
+    proj = np.load(simulated / "projections.npy")
+    stack = tmp_path / "proj.nii.gz"
+    nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), np.eye(4)), str(stack))
+    geometry = str(simulated / "geometry.json")
+    out = tmp_path / "fbp.nii.gz"
+    for replaced in (False, True):
+        assert main(["fbp", "--projections", str(stack), "--geometry", geometry, "--out", str(out), "--device", "cpu"]) == 0
+        assert ("it replaced the file of that name" in capsys.readouterr().out) == replaced
+    before = stack.read_bytes()
+    assert main(["fbp", "--projections", str(stack), "--geometry", geometry, "--out", str(tmp_path / "." / "proj.nii.gz")]) == 2
+    assert "is the projection stack given as --projections" in capsys.readouterr().err and stack.read_bytes() == before
