@@ -11,8 +11,8 @@ import argparse
 import math
 from typing import Any, Callable, TypeVar
 
-__all__ = ["as_bool", "fraction", "integer", "nonneg_float", "nonneg_int", "positive_float", "positive_int",
-           "proper_fraction", "unit_interval"]
+__all__ = ["INTEGER_NAMES", "as_bool", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
+           "positive_float", "positive_int", "proper_fraction", "unit_interval"]
 
 T = TypeVar("T", int, float)
 
@@ -28,19 +28,47 @@ def _parse(text: str, convert: Callable[[str], T], accept: Callable[[T], bool], 
     return value
 
 
+#: The integer types by name (``medgmae.bundle_checks.KINDS``), as their messages name them.
+INTEGER_NAMES = {"int": "an integer", "positive_int": "a positive integer", "nonneg_int": "a non-negative integer"}
+
+
+def is_integer_text(value: str | float) -> bool:
+    """Whether ``value`` is the text of an integer (a float, or text in float notation such as ``1e2``, is not: the
+    configs use a setting as given, and this module's argparse types, which read ``1e2`` as 100, do not run there)."""
+    if isinstance(value, float):
+        return False
+    try:
+        int(value.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _int(text: str) -> int:
+    """``int(text)``, also for a whole number in float notation (``15e3``, ``100.0``: iteration counts are often
+    written so); raises ``ValueError`` for any other text."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # ValueError for text that is no number
+        if not (math.isfinite(value) and value == int(value)):
+            raise ValueError(f"{text!r} is not a whole number") from None
+        return int(value)
+
+
 def integer(text: str) -> int:
-    """Any integer (e.g. a count where a negative value means "all")."""
-    return _parse(text, int, lambda v: True, "an integer")
+    """Any integer (e.g. a count where a negative value means "all"; ``1e4`` reads as 10000)."""
+    return _parse(text, _int, lambda v: True, "an integer")
 
 
 def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    return _parse(text, int, lambda v: v >= 1, "a positive integer")
+    """An integer >= 1 (``1e4`` reads as 10000)."""
+    return _parse(text, _int, lambda v: v >= 1, "a positive integer")
 
 
 def nonneg_int(text: str) -> int:
-    """An integer >= 0."""
-    return _parse(text, int, lambda v: v >= 0, "a non-negative integer")
+    """An integer >= 0 (``1e4`` reads as 10000)."""
+    return _parse(text, _int, lambda v: v >= 0, "a non-negative integer")
 
 
 def positive_float(text: str) -> float:
