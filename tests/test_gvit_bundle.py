@@ -199,6 +199,10 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"GViT training with other settings \(model\.num_gaussians: saved 6, now 8; "
                                          r"data\.seed: saved 0, now 1\)"):
         again.trainer("warmup").run()
+    faster = _workflow(data, tmp_path / "run", resume=True)
+    faster.data_settings, faster.kwargs["lr"] = {"seed": 0}, 0.01  # the restored AdamW would keep the saved rate
+    with pytest.raises(ValueError, match=r"other settings \(optimiser\.lr: saved 0\.001, now 0\.01\)"):
+        faster.trainer("warmup").run()
     same = _workflow(data, tmp_path / "run", resume=True)
     same.data_settings = {"seed": 0}
     same.trainer("warmup").run()  # finished phase: resumes and ends at once

@@ -230,6 +230,14 @@ def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_st
     proc = resume("--num_gaussians", "16")
     assert proc.returncode != 0 and "num_gaussians: saved 8, now 16" in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
+    # the restored optimiser would keep its saved learning rate; other validation crops would score another set
+    proc = _bundle("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]), "--output_dir",
+                   str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", "--learning_rate", "0.001",
+                   "--val_crops", "3", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert ("MedGMAE pre-training with other settings (optimiser.learning_rate: saved 0.00015, now 0.001; "
+            "validation.val_crops: saved 2, now 3)") in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
 
 
 def test_resume_on_other_data_of_the_same_count_writes_nothing(runs, tmp_path, folder_state):

@@ -288,11 +288,13 @@ class GViTWorkflow:
         self.trainers: dict[str, SupervisedTrainer] = {}
 
     def settings(self) -> dict:
-        """The model and data settings a resumed phase must share with its checkpoint: not where the default
+        """The model, data and optimiser settings a resumed phase must share with its checkpoint (a restored
+        optimiser keeps its saved learning rate and weight decay): not where the default
         phantom task lies (``default_root``, inside the output folder: a run folder moved as a whole resumes; the
         task itself is fixed by ``num_phantoms``, ``seed`` and ``image_size``), nor its files (``cases``)."""
         data = {k: v for k, v in (without_split_files(self.data_settings) or {}).items() if k != "default_root"}
-        return {"model": self.model.config(), "data": data}
+        optimiser = {"lr": float(self.kwargs["lr"]), "weight_decay": float(self.kwargs["weight_decay"])}  # restored, so fixed
+        return {"model": self.model.config(), "data": data, "optimiser": optimiser}
 
     def trainer(self, phase: str) -> SupervisedTrainer:
         """The (new) MONAI trainer of ``phase``."""
