@@ -128,6 +128,22 @@ def _default_decoder(model) -> Callable[[Tensor, np.ndarray], Gaussians3D]:
     return decode
 
 
+def _warn_if_padded(grid: Sequence[int], window: Sequence[int], spec: PreprocessingSpec, count: int,
+                    max_padding: float = 0.25) -> None:
+    """Warn when the scan, on the model's grid, is so much smaller than its window that padding (air) fills more
+    than ``max_padding`` of it: the decoder, trained on full windows, then places few Gaussians in the scan (the
+    rule of :class:`medgmae.data.input_checks.WarnIfPaddedd` for training crops)."""
+    padding = 1.0 - float(np.prod([min(m, w) / w for m, w in zip(grid, window)]))
+    if padding <= max_padding:
+        return
+    logger.warning(
+        "zero-shot: the scan is %s voxels at the model's %s mm, smaller than its %s window: %.0f %% of the window is "
+        "padding with air, and %s of the decoder's Gaussians lie in the scan; give a scan of the field of view the "
+        "model was pre-trained on", "x".join(map(str, grid)), "x".join(f"{v:g}" for v in spec.spacing),
+        "x".join(map(str, window)), 100 * padding, "none" if count == 0 else f"only {count}",
+    )  # fmt: skip
+
+
 def _spec_and_window(
     model, spec: PreprocessingSpec | None, overlap: int, batch_size: int
 ) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
@@ -205,4 +221,5 @@ def zero_shot_gaussians(
     voxel = merged.transformed(to_scan[:3, :3], to_scan[:3, 3])
     logger.info("zero-shot: %d Gaussians from %d %s of %s on a %s prepared grid", merged.num_gaussians, len(tiles),
                 "window" if len(tiles) == 1 else "windows", win, n)  # fmt: skip
+    _warn_if_padded(n, win, spec, merged.num_gaussians)
     return ZeroShotResult(voxel, world, scan_shape, np.asarray(affine, dtype=np.float64), spec, np.concatenate(win_affines))

@@ -221,3 +221,21 @@ def test_slices_png_is_drawn_to_scale(tmp_path, direction):
     assert len(cubes) == 3, boxes  # sagittal, coronal and axial of the input row
     for height, width in cubes:
         assert height > 60 and abs(height / width - 1) < 0.05, (height, width)  # enlarged, and square
+
+
+def test_a_scan_much_smaller_than_the_window_is_warned_about(caplog):
+    """A 12 x 12 x 4 scan at 2 mm (the model's spacing) fills 12 x 12 x 4 of the 24^3 window: 1 - 0.5 * 0.5 / 6 =
+    96 % padding, warned about with the number of Gaussians kept (the probe's one Gaussian lies at the window's
+    centre, outside the scan: none); the 40 x 30 x 22 scan at 1.2-3.1 mm is not."""
+    import logging
+
+    probe = _Probe()
+    with caplog.at_level(logging.WARNING, logger="medgmae.zeroshot"):
+        res = zero_shot_gaussians(np.zeros((12, 12, 4), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), probe, spec=SPEC, decode=probe.decode)
+    assert res.voxel.num_gaussians == 0
+    assert ("the scan is 12x12x4 voxels at the model's 2x2x2 mm, smaller than its 24x24x24 window: 96 % of the window "
+            "is padding with air, and none of the decoder's Gaussians lie in the scan") in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae.zeroshot"):
+        zero_shot_gaussians(np.zeros(SHAPE, np.float32), np.diag([*SPACING, 1.0]), probe, spec=SPEC, decode=probe.decode)
+    assert "padding" not in caplog.text
