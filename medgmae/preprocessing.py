@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "check_spacing_override", "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU",
+    "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "check_spec_setting", "check_spacing_override", "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU",
     "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
 
@@ -167,6 +167,16 @@ class PreprocessingSpec:
 
 #: MedGMAE's pre-processing (the bundle's defaults).
 DEFAULT_SPEC = PreprocessingSpec()
+
+
+def check_spec_setting(**setting: Any) -> None:
+    """A bundle's own pre-processing setting (``orientation=...`` or ``spacing=...``), checked up front as the spec
+    checks it, so that it is named with the other bad settings before anything runs.
+
+    Raises:
+        ValueError: the spec's message for the value.
+    """
+    PreprocessingSpec(**setting)
 
 
 def check_spacing_override(value: Sequence[float] | float | None) -> None:

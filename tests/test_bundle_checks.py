@@ -166,12 +166,14 @@ def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.Complete
 def test_pretraining_bad_flags_fail_first_and_write_nothing(tmp_path):
     out = tmp_path / "run"
     proc = run_bundle("training", "medgmae_pretrain/configs/train.json", "--output_dir", str(out), "--max_epochs", "-3",
-                      "--num_gaussians", "abc", "--model_kind", "foo", "--mask_ratio", "1.0", "--a_min", "300", "--a_max", "100")
+                      "--num_gaussians", "abc", "--model_kind", "foo", "--mask_ratio", "1.0", "--a_min", "300", "--a_max", "100",
+                      "--orientation", "XYZ", "--pixdim", "[1.5,1.5]")  # fmt: skip
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     for text in ("--max_epochs: expected a positive integer, got '-3'", "--num_gaussians: expected a positive integer, "
                  "got 'abc'", "--model_kind: expected one of", "--mask_ratio: expected a number in [0, 1)",
-                 "--a_max: hu_window must be (a_min, a_max) with a_max > a_min, got (300.0, 100.0)"):
+                 "--a_max: hu_window must be (a_min, a_max) with a_max > a_min, got (300.0, 100.0)",
+                 "--orientation: orientation must be three axis codes", "--pixdim: spacing must have three values"):
         assert text in log, text
     assert not out.exists()
     afile = tmp_path / "afile"
