@@ -32,6 +32,7 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "int": cli_types.integer,
     "positive_int": cli_types.positive_int,
     "nonneg_int": cli_types.nonneg_int,
+    "count_or_all": cli_types.count_or_all,
     "positive_float": cli_types.positive_float,
     "nonneg_float": cli_types.nonneg_float,
     "fraction": cli_types.fraction,

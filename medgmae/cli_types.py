@@ -11,7 +11,7 @@ import argparse
 import math
 from typing import Any, Callable, TypeVar
 
-__all__ = ["INTEGER_NAMES", "as_bool", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
+__all__ = ["INTEGER_NAMES", "as_bool", "count_or_all", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
            "positive_float", "positive_int", "proper_fraction", "unit_interval"]
 
 T = TypeVar("T", int, float)
@@ -29,7 +29,8 @@ def _parse(text: str, convert: Callable[[str], T], accept: Callable[[T], bool], 
 
 
 #: The integer types by name (``medgmae.bundle_checks.KINDS``), as their messages name them.
-INTEGER_NAMES = {"int": "an integer", "positive_int": "a positive integer", "nonneg_int": "a non-negative integer"}
+INTEGER_NAMES = {"int": "an integer", "positive_int": "a positive integer", "nonneg_int": "a non-negative integer",
+                 "count_or_all": "a non-negative integer or -1 (all)"}
 
 
 def is_integer_text(value: str | float) -> bool:
@@ -69,6 +70,11 @@ def positive_int(text: str) -> int:
 def nonneg_int(text: str) -> int:
     """An integer >= 0 (``1e4`` reads as 10000)."""
     return _parse(text, _int, lambda v: v >= 0, "a non-negative integer")
+
+
+def count_or_all(text: str) -> int:
+    """An integer >= 0, or -1 for "all" (e.g. how many images to explain)."""
+    return _parse(text, _int, lambda v: v >= -1, "a non-negative integer or -1 (all)")
 
 
 def positive_float(text: str) -> float:

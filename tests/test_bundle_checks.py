@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from medgmae.bundle_checks import BundleSettingError, check_output_dirs, check_settings, roi_size_check
 
@@ -233,6 +234,26 @@ def test_2d_bad_flags_fail_first_with_one_error_and_write_nothing(tmp_path, bund
     proc = run_bundle("training", f"{bundle}/configs/train.json", "--output_dir", str(afile))
     assert proc.returncode != 0 and f"--output_dir '{afile}': {afile} is an existing file" in proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("config, run_id", [("train.json", "training"), ("evaluate.json", "evaluating")])
+def test_gvit_gsplat_without_a_gpu_is_refused_first(tmp_path, config, run_id):
+    """gsplat renders on CUDA only: ``--render_backend gsplat`` with a CPU device is named with the other settings
+    (it failed at the first training step, leaving an interrupted checkpoint); ``torch`` and ``auto`` are not."""
+    from medgmae.twod.gsplat_backend import check_backend_setting
+
+    out = tmp_path / "run"
+    proc = run_bundle(run_id, f"gvit_classification/configs/{config}", "--output_dir", str(out),
+                      "--render_backend", "gsplat", "--device", "cpu", "--num_explanations", "-5")  # fmt: skip
+    error = _the_error(proc.stdout + proc.stderr)
+    assert proc.returncode != 0 and "--num_explanations: expected a non-negative integer or -1 (all), got '-5'" in error, error
+    assert "--render_backend: gsplat renders on CUDA devices only and --device cpu runs on cpu: use --render_backend torch" in error
+    assert not out.exists()
+    for backend in ("torch", "auto"):
+        check_backend_setting(backend, "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device auto runs on cpu"):
+            check_backend_setting("gsplat", "auto")
 
 
 def _the_error(log: str) -> str:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from medgmae.twod.compositor import EPS2D
 
-__all__ = ["BACKENDS", "render_gsplat", "resolve_backend_2d", "set_gsplat_cache_dir"]
+__all__ = ["BACKENDS", "check_backend_setting", "render_gsplat", "resolve_backend_2d", "set_gsplat_cache_dir"]
 
 BACKENDS = ("auto", "torch", "gsplat")
 _LOG = logging.getLogger(__name__)
@@ -79,6 +79,29 @@ def _gsplat_error(probe: Callable[[], object] | None) -> str | None:
     except (RuntimeError, ImportError, OSError) as e:
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None
+
+
+def check_backend_setting(backend: str, device: str | torch.device) -> None:
+    """A bundle's ``render_backend`` setting, checked up front with its ``device`` setting: gsplat renders on CUDA
+    only, so ``gsplat`` on a device that is not CUDA (``cpu``, or ``auto`` without a GPU) is refused before any
+    data is read (:func:`resolve_backend_2d` would refuse it at the first rendering).
+
+    Raises:
+        ValueError: an unknown backend, or ``gsplat`` with a device setting that resolves to a CPU.
+    """
+    from medgmae.engine import resolve_device
+
+    if backend not in BACKENDS:
+        raise ValueError(f"expected one of {list(BACKENDS)}, got {backend!r}")
+    if backend != "gsplat":
+        return
+    try:
+        resolved = resolve_device(device)
+    except ValueError:  # a bad device setting: its own check names it
+        return
+    if resolved.type != "cuda":
+        raise ValueError(f"gsplat renders on CUDA devices only and --device {device} runs on {resolved}: use "
+                         "--render_backend torch (or auto, which picks gsplat on a GPU)")
 
 
 def resolve_backend_2d(backend: str, device: torch.device | str, probe: Callable[[], object] | None = None) -> str:
