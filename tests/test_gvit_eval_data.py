@@ -73,14 +73,14 @@ def test_evaluation_never_replaces_the_training_phantom_task(tmp_path, caplog):
 
 def test_a_failed_evaluation_keeps_the_earlier_explanations(tmp_path, monkeypatch, folder_state):
     """Explanations are staged: an evaluation that fails while writing them (here at the second PNG) leaves the
-    earlier evaluation's PNGs as they were, and no staging folder behind."""
+    earlier evaluation's PNGs, confusion matrix and metrics as they were, and no staging folder behind."""
     import medgmae.twod.gvit_eval as gvit_eval
 
     run = tmp_path / "run"
     data = resolve_classification_data(_classes(tmp_path / "classes"), run / "data", image_size=16, seed=1, val_fraction=0.5)
     _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
     evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=-1, **EVAL)
-    before = folder_state(run / "eval" / "explanations")
+    before, outputs = folder_state(run / "eval" / "explanations"), folder_state(run / "eval")
     assert len(before) == 4
     calls, save = [], gvit_eval.save_explanation_png
 
@@ -94,6 +94,7 @@ def test_a_failed_evaluation_keeps_the_earlier_explanations(tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=-1, **EVAL)
     assert len(calls) == 2 and folder_state(run / "eval" / "explanations") == before
+    assert folder_state(run / "eval") == outputs  # the confusion matrix and metrics.json too: the earlier pair
     assert not [p.name for p in (run / "eval").iterdir() if p.name.startswith(".")]
 
 

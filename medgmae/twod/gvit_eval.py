@@ -230,9 +230,11 @@ def evaluate_gvit(
         num_explanations = len(loader.dataset) if hasattr(loader, "dataset") else float("inf")
     labels, preds = predict(model, loader, device)
     metrics = classification_metrics(labels, preds, class_names)
-    save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names, output_dir / "confusion_matrix.png")
     with staged_outputs(output_dir / "explanations", remove_stale=True) as staging:
         written = _write_explanations(model, loader, class_names, staging, device, num_explanations, render_backend)
+    # the picture and the metrics last, one after the other: an evaluation stopped while explaining leaves the
+    # earlier evaluation's three outputs as they were, not a confusion matrix of this one beside its metrics
+    save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names, output_dir / "confusion_matrix.png")
     metrics["explanations"] = written
     metrics.update(dict(record or {}))
     save_json_atomic(metrics, output_dir / "metrics.json")
