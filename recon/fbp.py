@@ -186,6 +186,24 @@ def _arc(geometry: CTGeometry) -> tuple[np.ndarray, float, float]:
     return np.mod(a - start, 2 * math.pi), span + step, step
 
 
+def _turns(geometry: CTGeometry) -> tuple[float, float] | None:
+    """``(arc, step)`` in radians of views that go round more than once (the angles as given, not wrapped: the
+    span plus one mean step), or ``None`` for a scan within one turn, which :func:`_arc` describes."""
+    raw = np.asarray(geometry.angles, dtype=np.float64)
+    if len(raw) < 2:
+        return None
+    step = float(raw.max() - raw.min()) / (len(raw) - 1)
+    arc = step * len(raw)
+    return (arc, step) if arc > 2 * math.pi + 1.01 * step else None
+
+
+def _whole_turns(geometry: CTGeometry, arc: float, step: float) -> bool:
+    """Whether an arc of several turns is whole turns (parallel beam: half turns) within a step, so that
+    :func:`fbp`'s equal weights count every ray as often as every other."""
+    period = math.pi if geometry.kind == "parallel" else 2 * math.pi
+    return abs(arc - period * round(arc / period)) <= 1.01 * step
+
+
 def _exact_arc(geometry: CTGeometry, arc: float, step: float) -> bool:
     """Whether ``fbp``'s ``pi / N`` weight is exact for this arc: 180 or 360 degrees (parallel), 360 (cone), within
     a step (one repeated end view is no over-scan to speak of)."""
@@ -212,7 +230,7 @@ def parker_weights(geometry: CTGeometry) -> Tensor | None:
     every ray sum to one, smoothly. ``beta`` is the view's angle from the start of the arc, ``gamma`` the column's fan
     angle. The weights include the arc's scale, ``arc / 180 degrees``, so that :func:`fbp`'s ``pi / N`` factor stays.
     """
-    if geometry.num_views < 3:
+    if geometry.num_views < 3 or _turns(geometry) is not None:  # Parker weights one turn at most
         return None
     beta, arc, step = _arc(geometry)
     span = arc - step
@@ -244,6 +262,9 @@ def arc_weighting_note(geometry: CTGeometry) -> str | None:
     """
     if geometry.num_views < 2:
         return None
+    turns = _turns(geometry)
+    if turns is not None:
+        return _turns_note(geometry, *turns)
     _, arc, step = _arc(geometry)
     if _exact_arc(geometry, arc, step) or parker_weights(geometry) is not None:
         return None
@@ -255,3 +276,23 @@ def arc_weighting_note(geometry: CTGeometry) -> str | None:
     return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees, less than the 180 a "
             "parallel-beam scan needs: FBP values are biased (the Gaussian reconstruction, fitted to the projections, "
             "is not)")  # fmt: skip
+
+
+def _turns_note(geometry: CTGeometry, arc: float, step: float) -> str | None:
+    """:func:`arc_weighting_note` of views that go round more than once: angles that read as degrees (over ten
+    turns, their numbers within 360), or an arc that is not whole turns (the rays of the part beyond them count
+    once more than the others under FBP's equal weights); ``None`` for whole turns."""
+    raw = np.asarray(geometry.angles, dtype=np.float64)
+    turns = arc / (2 * math.pi)
+    if turns > 10 and raw.max() - raw.min() <= 360 + step:
+        return (f"the {geometry.num_views} angles span {raw.max() - raw.min():.4g} radians ({turns:.0f} turns): "
+                "geometry.json's angles are radians, and these look like degrees (convert them with "
+                "numpy.deg2rad)")  # fmt: skip
+    if _whole_turns(geometry, arc, step):
+        return None
+    period = 180 if geometry.kind == "parallel" else 360
+    return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees, more than one turn but not "
+            f"a whole number of {period}-degree {'half turns' if period == 180 else 'turns'}: the rays measured once "
+            f"more than the others weigh more in {'FBP' if geometry.kind == 'parallel' else 'FDK'} and bias its "
+            "values (drop the views beyond the last whole turn; the Gaussian reconstruction, fitted to the "
+            "projections, is not biased)")  # fmt: skip

@@ -181,3 +181,23 @@ def test_a_parallel_over_scan_is_as_accurate_as_180_degrees(arc):
         rmse[a] = float(((rec - img[1])[inside] ** 2).mean().sqrt())
         means[a] = float(rec[inside].mean()) / float(img[1][inside].mean())
     assert rmse[arc] < 1.15 * rmse[180] and abs(means[arc] - 1) < 0.005, (rmse, means)
+
+
+@pytest.mark.parametrize("kind", ["parallel", "cone"])
+def test_views_going_round_twice_weigh_as_one_turn(kind):
+    """10 views over 720 degrees are 5 angles taken twice: the same FBP/FDK as the 5 views over 360 (each ray
+    counted as often as every other, no Parker weights), with no note; 40 views over 400 degrees are not whole
+    turns (the first 40 degrees are measured twice) and get a note; angles written in degrees get a note saying so."""
+    from recon.fbp import arc_weighting_note, parker_weights
+
+    cone = dict(source_origin=100.0, source_detector=150.0) if kind == "cone" else {}
+    make = getattr(CTGeometry, kind)
+    once, twice = make((6, 20, 20), 1.0, num_angles=5, arc_deg=360, **cone), make((6, 20, 20), 1.0, num_angles=10, arc_deg=720, **cone)
+    vol = torch.rand(6, 20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fbp(TorchProjector(twice)(vol), twice), fbp(TorchProjector(once)(vol), once))
+    assert arc_weighting_note(twice) is None and parker_weights(twice) is None
+    over = make((6, 20, 20), 1.0, num_angles=40, arc_deg=400, **cone)
+    assert parker_weights(over) is None and "the 40 views cover about 400 degrees, more than one turn" in arc_weighting_note(over)
+    degrees = make((6, 20, 20), 1.0, angles=np.arange(0.0, 360.0, 15.0).tolist(), **cone)
+    assert "the 24 angles span 345 radians (57 turns)" in arc_weighting_note(degrees)
+    assert "look like degrees" in arc_weighting_note(degrees)
