@@ -274,7 +274,7 @@ def cmd_simulate(args) -> int:
         counts = torch.poisson(args.photons * torch.exp(-proj.double()), generator=gen)
         proj = (-torch.log(counts.clamp_min(1.0) / args.photons)).float()
     rec = fbp(proj.to(device), geom, args.filter).cpu().numpy()
-    warn_about_arc(geom)
+    warn_about_scan(geom, proj)
     with staged_outputs(out) as stage:
         save_projections(stage / "projections.npy", proj.numpy())
         geom.save(stage / "geometry.json")
@@ -290,12 +290,15 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-def warn_about_arc(geom: CTGeometry) -> None:
-    """Print a warning when the views' arc biases FBP/FDK (:func:`recon.fbp.arc_weighting_note`)."""
-    from recon.fbp import arc_weighting_note
+def warn_about_scan(geom: CTGeometry, proj) -> None:
+    """Print a warning for each thing of the scan that biases FBP/FDK: the views' arc
+    (:func:`recon.fbp.arc_weighting_note`) and projections truncated at the detector's sides
+    (:func:`recon.fbp.truncation_note`)."""
+    from recon.fbp import arc_weighting_note, truncation_note
 
-    if note := arc_weighting_note(geom):
-        print(f"warning: {note}", flush=True)
+    for note in (arc_weighting_note(geom), truncation_note(proj, geom)):
+        if note:
+            print(f"warning: {note}", flush=True)
 
 
 def cmd_fbp(args) -> int:
@@ -309,7 +312,7 @@ def cmd_fbp(args) -> int:
     geom, proj = load_scan(args.projections, args.geometry)
     device = resolve_cli_device(args.device)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
-    warn_about_arc(geom)
+    warn_about_scan(geom, proj)
     replaced = " (it replaced the file of that name)" if out.exists() else ""
     save_nifti(args.out, rec, geom.default_affine())
     what = "FBP" if geom.kind == "parallel" else "FDK"

@@ -296,3 +296,37 @@ def _turns_note(geometry: CTGeometry, arc: float, step: float) -> str | None:
             f"more than the others weigh more in {'FBP' if geometry.kind == 'parallel' else 'FDK'} and bias its "
             "values (drop the views beyond the last whole turn; the Gaussian reconstruction, fitted to the "
             "projections, is not biased)")  # fmt: skip
+
+
+def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: float = 0.05) -> str | None:
+    """Why :func:`fbp`'s values are biased by projections truncated at the detector's sides, or ``None``.
+
+    An object wider than the detector's field of view (the cylinder its columns see) leaves line integrals well
+    above air at the outermost columns; the ramp filter then lacks the rest of each row and FBP/FDK values are
+    biased (raised toward the edge of the field of view, the object outside it missing). The geometry check only
+    asks the detector to cover the cylinder inscribed in the volume's grid, as scanners do, so this is a check of
+    the data: each view's outermost columns on either side against the largest line integral.
+
+    Args:
+        proj: ``(V, rows, cols)`` line integrals.
+        geometry: the scan.
+        threshold: the share of the largest line integral an outer column may reach.
+    """
+    p = torch.as_tensor(proj).detach().to("cpu", torch.float64)
+    peak = float(p.max()) if p.numel() else 0.0
+    if p.dim() != 3 or p.shape[-1] < 3 or not math.isfinite(peak) or peak <= 0:
+        return None
+    # each view's outer columns by their 90th percentile over the rows: robust to a hot pixel, and a cone beam's
+    # rows beyond the volume's ends do not dilute it
+    edges = torch.quantile(torch.cat([p[:, :, 0], p[:, :, -1]], 1), 0.9, dim=1)  # (V,)
+    worst = int(edges.argmax())
+    share = float(edges[worst]) / peak
+    if share <= threshold:
+        return None
+    width = geometry.det_shape[1] * geometry.det_spacing[1]
+    fov = width if geometry.kind == "parallel" else width * geometry.source_origin / geometry.source_detector
+    what = "FBP" if geometry.kind == "parallel" else "FDK"
+    return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral "
+            f"(view {worst}): the object is wider than the detector's field of view ({fov:.1f} mm across at the "
+            f"rotation axis), so the projections are truncated and {what} values are biased (the Gaussian "
+            "reconstruction fits what the detector saw; a wider detector, or more columns, avoids it)")  # fmt: skip

@@ -20,7 +20,7 @@ from recon.commands import (
     load_matching_volume,
     load_scan,
     resolve_cli_device,
-    warn_about_arc,
+    warn_about_scan,
 )
 from recon.geometry import CTGeometry
 from recon.reconstruct_summary import print_summary
@@ -196,7 +196,7 @@ def _reconstruct(args) -> int:
     t0 = time.perf_counter()
     fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
     if fbp_vol is None:
-        warn_about_arc(geom)
+        warn_about_scan(geom, proj)
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
     init, value_scale = _initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0

@@ -201,3 +201,27 @@ def test_views_going_round_twice_weigh_as_one_turn(kind):
     degrees = make((6, 20, 20), 1.0, angles=np.arange(0.0, 360.0, 15.0).tolist(), **cone)
     assert "the 24 angles span 345 radians (57 turns)" in arc_weighting_note(degrees)
     assert "look like degrees" in arc_weighting_note(degrees)
+
+
+@pytest.mark.parametrize("kind", ["parallel", "cone"])
+def test_projections_truncated_at_the_detector_sides_are_named(kind):
+    """A detector just covering the grid's inscribed circle (what the geometry check asks) sees a centred disc whole
+    but a grid full of water truncated: its outer columns then read most of the largest line integral, and the note
+    names the share, the view and the field of view; the default detector (the grid's diagonal) sees both whole."""
+    from recon.fbp import truncation_note
+
+    n = 32
+    cone = dict(source_origin=200.0, source_detector=300.0) if kind == "cone" else {}
+    cols = n if kind == "parallel" else int(math.ceil(n * 300 / 200)) + 2
+    narrow = getattr(CTGeometry, kind)((4, n, n), 1.0, det_shape=(16 if kind == "cone" else 4, cols), det_spacing=1.0,
+                                       num_angles=24, arc_deg=360, **cone)  # fmt: skip
+    wide = getattr(CTGeometry, kind)((4, n, n), 1.0, num_angles=24, arc_deg=360, **cone)
+    y, x = torch.meshgrid(torch.arange(n) - (n - 1) / 2, torch.arange(n) - (n - 1) / 2, indexing="ij")
+    disc = ((x**2 + y**2) < 10**2).double().expand(4, n, n).contiguous()
+    full = torch.ones(4, n, n, dtype=torch.float64)
+    assert truncation_note(TorchProjector(narrow)(disc), narrow) is None
+    note = truncation_note(TorchProjector(narrow)(full), narrow)
+    fov = narrow.det_shape[1] * narrow.det_spacing[1] * (1 if kind == "parallel" else 200 / 300)
+    assert note is not None and f"wider than the detector's field of view ({fov:.1f} mm across" in note, note
+    assert truncation_note(TorchProjector(wide)(full), wide) is None
+    assert truncation_note(TorchProjector(wide)(disc), wide) is None
