@@ -59,11 +59,15 @@ def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
 
     geom = CTGeometry.load(geom_path)
     proj = load_projections(proj_path)
+    image = not str(proj_path).lower().endswith(".npy")  # an image file's (x, y, z) are (cols, rows, views)
+    name = f"projections {proj_path}" + (f" (the image's {tuple(proj.shape[::-1])} voxels read as (views, rows, cols))" if image else "")
     try:
-        geom.check_projections(proj.shape, f"projections {proj_path}")
+        geom.check_projections(proj.shape, name)
         check_projection_header(proj_path, geom.det_spacing, geom.det_shape)
     except ValueError as e:
-        raise CLIError(f"{e} (geometry {geom_path})") from e
+        flipped = image and tuple(proj.shape[::-1]) == geom.proj_shape and proj.shape != geom.proj_shape
+        hint = ": its x, y, z run over (views, rows, cols); save it with x the column, y the row and z the view (RTK's layout)"
+        raise CLIError(f"{e} (geometry {geom_path}){hint if flipped else ''}") from e
     return geom, proj
 
 

@@ -73,8 +73,12 @@ def load_projections(path) -> np.ndarray:
         raise ValueError(f"cannot read projections {path}: {e}") from e
     if p.ndim != 3:
         raise ValueError(f"projections {path} must be (views, rows, cols), got shape {p.shape}")
-    if not np.isfinite(p).all():
-        raise ValueError(f"projections {path} contain NaN or Inf")
+    bad = ~np.isfinite(p)
+    if bad.any():
+        view, row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"projections {path} contain {int(bad.sum())} NaN or Inf value{'s' if bad.sum() > 1 else ''} in "
+                         f"{int(bad.any(axis=(1, 2)).sum())} of {p.shape[0]} views (the first: view {view}, row {row}, "
+                         f"column {col})")  # fmt: skip
     _check_line_integrals(p, path)
     return p.astype(np.float32, copy=False)
 

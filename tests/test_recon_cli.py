@@ -541,3 +541,20 @@ def test_fbp_names_a_file_it_replaces_and_refuses_to_replace_its_input(simulated
     before = stack.read_bytes()
     assert main(["fbp", "--projections", str(stack), "--geometry", geometry, "--out", str(tmp_path / "." / "proj.nii.gz")]) == 2
     assert "is the projection stack given as --projections" in capsys.readouterr().err and stack.read_bytes() == before
+
+
+def test_projection_shape_and_nan_errors_say_where(simulated, tmp_path, capsys):
+    """A NIfTI stack saved as (views, rows, cols) along (x, y, z) is named with the image's own shape and the layout
+    to save; NaN projections are named with their count and the first one's view, row and column."""
+    proj = np.load(simulated / "projections.npy")
+    geometry = str(simulated / "geometry.json")
+    nib.save(nib.Nifti1Image(proj, np.eye(4)), str(tmp_path / "views_first.nii.gz"))  # x = view: the wrong way round
+    assert main(["fbp", "--projections", str(tmp_path / "views_first.nii.gz"), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert f"(the image's {proj.shape} voxels read as (views, rows, cols))" in err, err
+    assert "save it with x the column, y the row and z the view" in err and not (tmp_path / "o.nii.gz").exists()
+    bad = proj.copy()
+    bad[3, 1, 2], bad[5, 0, 0] = np.nan, np.inf
+    np.save(tmp_path / "nan.npy", bad)
+    assert main(["fbp", "--projections", str(tmp_path / "nan.npy"), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert "contain 2 NaN or Inf values in 2 of 10 views (the first: view 3, row 1, column 2)" in capsys.readouterr().err
