@@ -251,6 +251,37 @@ def test_non_finite_loss_stops_and_saves_interrupted(tmp_path):
     assert (tmp_path / "checkpoint_interrupted.pt").is_file()
 
 
+@pytest.mark.parametrize("case", ["nan weights", "nan gaussians", "other error"])
+def test_a_step_failing_on_a_diverged_model_is_named_as_divergence(tmp_path, case):
+    """A step that made the weights NaN from a finite loss fails at the next forward (a check like the renderer's);
+    so does one whose finite but huge weights give the renderer NaN Gaussians (NonFiniteGaussiansError). Either
+    stops the run naming the divergence and where, with no interrupted checkpoint of the diverged state; another
+    ValueError with finite weights is passed on as it is, the interrupted state saved."""
+    from ignite.engine import Events
+
+    from medgmae.render import NonFiniteGaussiansError
+
+    trainer, net = _make_trainer(tmp_path, 2, resume=False)
+
+    def check_inputs(module, args):
+        if not all(bool(torch.isfinite(w).all()) for w in module.parameters()):
+            raise ValueError("means must be finite (found NaN or Inf)")
+        if trainer.state.iteration == 3:
+            raise (NonFiniteGaussiansError if case == "nan gaussians" else ValueError)("means must be finite (found NaN or Inf)")
+
+    net.register_forward_pre_hook(check_inputs)
+    if case == "nan weights":
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2), lambda e: net[1].bias.data.fill_(float("nan")))
+    with pytest.raises(ValueError if case == "other error" else FloatingPointError) as raised:
+        trainer.run()
+    what = {"nan weights": "the weights of 'network' became NaN or infinite (1.bias first)",
+            "nan gaussians": "its Gaussians became NaN or infinite", "other error": None}[case]  # fmt: skip
+    if what:
+        assert str(raised.value).startswith(f"training diverged: {what} by epoch 1, iteration 3, where the step then "
+                                            "failed ("), str(raised.value)  # fmt: skip
+    assert (tmp_path / "checkpoint_interrupted.pt").is_file() == (what is None)
+
+
 def test_gradient_clip_bounds_update(tmp_path):
     # with lr=1 and SGD momentum 0.9 the first step's update norm equals the clipped gradient norm
     trainer, net = _make_trainer(tmp_path, 1, resume=False, lr=1.0, clip=1e-3)

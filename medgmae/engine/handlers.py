@@ -261,12 +261,34 @@ class CheckpointHandler:
         # the state is saved once (a base model's checkpoint is over a gigabyte)
         if self._failed_resume or self._saved_for is e:
             raise e
+        diverged = None if isinstance(e, (KeyboardInterrupt, FloatingPointError)) else self._diverged(engine, e)
+        if diverged is not None:  # e.g. the renderer refusing NaN Gaussians: said as what it is, the NaN state not saved
+            self._saved_for = diverged  # ignite's second firing, with this error, passes it on
+            raise diverged from e
         self._saved_for = e
         try:  # no collective here: the other ranks may not have failed
             self.save(engine, INTERRUPTED, gather=False)
         except Exception as save_error:  # never mask the original error
             logger.error("could not save the interrupted checkpoint: %s", save_error)
         raise e
+
+    def _diverged(self, engine: Engine, e: BaseException) -> FloatingPointError | None:
+        """The error to raise instead of ``e`` when the run diverged, else ``None``: its network holds NaN or
+        infinite weights (an optimiser step of a finite loss made them so), or they gave a renderer NaN or infinite
+        Gaussians (:class:`~medgmae.render.NonFiniteGaussiansError`; the data readers refuse non-finite inputs)."""
+        from medgmae.render import NonFiniteGaussiansError
+
+        what = "its Gaussians became NaN or infinite" if isinstance(e, NonFiniteGaussiansError) else None
+        for name, obj in self.objects.items():
+            if isinstance(obj, torch.nn.Module):
+                bad = next((n for n, w in obj.named_parameters() if not bool(torch.isfinite(w).all())), None)
+                what = f"the weights of '{name}' became NaN or infinite ({bad} first)" if bad is not None else what
+        if what is None:
+            return None
+        return FloatingPointError(
+            f"training diverged: {what} by epoch {engine.state.epoch}, iteration {engine.state.iteration}, where the "
+            f"step then failed ({type(e).__name__}: {e}). Lower the learning rate, keep grad_clip on or disable amp, "
+            "then resume from the last epoch checkpoint")  # fmt: skip
 
     def _on_started(self, engine: Engine) -> None:
         if rank_world()[0] == 0 and (left := remove_interrupted_writes(self.output_dir)):

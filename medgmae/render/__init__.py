@@ -25,9 +25,14 @@ from torch import Tensor
 from medgmae.rotations import quaternion_to_rotation_matrix
 from medgmae.render._torch_impl import TILE, count_pairs, render_torch
 
-__all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "BACKENDS"]
+__all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "BACKENDS", "NonFiniteGaussiansError"]
 
 BACKENDS = ("auto", "torch", "triton")
+
+
+class NonFiniteGaussiansError(ValueError):
+    """Gaussians with NaN or infinite parameters reached a renderer (3D or 2D). The data readers refuse non-finite
+    voxels and pixels, so in training this means the model diverged; the checkpoint handler says so."""
 
 
 def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> None:
@@ -87,7 +92,7 @@ def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> 
     ]
     for bad, msg in zip(flags.tolist(), messages):
         if bad:
-            raise ValueError(msg)
+            raise (NonFiniteGaussiansError if "finite" in msg else ValueError)(msg)
 
 
 def preprocess_gaussians(

@@ -32,6 +32,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from medgmae.render import NonFiniteGaussiansError
 from medgmae.twod.compositor import render_torch
 from medgmae.twod.gsplat_backend import BACKENDS, render_gsplat, resolve_backend_2d
 
@@ -90,7 +91,7 @@ def _check_inputs(means, scales, quats, colors, opacities, image_size, backend, 
         )
         for bad, msg in zip(flags.tolist(), messages):
             if bad:
-                raise ValueError(msg)
+                raise (NonFiniteGaussiansError if "finite" in msg or "NaN" in msg else ValueError)(msg)
     return size
 
 
