@@ -237,15 +237,19 @@ def test_2d_bad_flags_fail_first_with_one_error_and_write_nothing(tmp_path, bund
 
 
 @pytest.mark.parametrize("config, run_id", [("train.json", "training"), ("evaluate.json", "evaluating")])
-def test_gvit_gsplat_without_a_gpu_is_refused_first(tmp_path, config, run_id):
+def test_gvit_settings_the_run_would_fail_on_are_refused_first(tmp_path, config, run_id):
     """gsplat renders on CUDA only: ``--render_backend gsplat`` with a CPU device is named with the other settings
-    (it failed at the first training step, leaving an interrupted checkpoint); ``torch`` and ``auto`` are not."""
+    (it failed at the first training step, leaving an interrupted checkpoint); ``torch`` and ``auto`` are not. So
+    are a negative ``--num_explanations`` other than -1 and fewer than 3 phantoms (the last 2 validate)."""
     from medgmae.twod.gsplat_backend import check_backend_setting
 
     out = tmp_path / "run"
+    phantoms = ["--num_phantoms", "2"] if config == "train.json" else []
     proc = run_bundle(run_id, f"gvit_classification/configs/{config}", "--output_dir", str(out),
-                      "--render_backend", "gsplat", "--device", "cpu", "--num_explanations", "-5")  # fmt: skip
+                      "--render_backend", "gsplat", "--device", "cpu", "--num_explanations", "-5", *phantoms)  # fmt: skip
     error = _the_error(proc.stdout + proc.stderr)
+    if phantoms:
+        assert "--num_phantoms: expected an integer of at least 3 (the last 2 phantoms are the validation split), got 2" in error
     assert proc.returncode != 0 and "--num_explanations: expected a non-negative integer or -1 (all), got '-5'" in error, error
     assert "--render_backend: gsplat renders on CUDA devices only and --device cpu runs on cpu: use --render_backend torch" in error
     assert not out.exists()

@@ -26,7 +26,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -252,10 +252,25 @@ def make_dataset(
 _TASK_VERSION = 2
 """Bumped when the task's images change for the same parameters (2: slices resized as every 2D input is)."""
 
+#: Phantoms of the default task's validation split (the last ones).
+VAL_PHANTOMS = 2
+
+
+def check_num_phantoms(value: Any) -> None:
+    """The GViT bundle's ``num_phantoms`` setting, checked up front: an integer above :data:`VAL_PHANTOMS` (the
+    last phantoms are the validation split, at least one trains). Raises ``ValueError`` naming the minimum."""
+    from medgmae.cli_types import is_integer_text
+
+    n = int(value.strip()) if isinstance(value, str) and is_integer_text(value) else value
+    if isinstance(n, bool) or not isinstance(n, int) or n <= VAL_PHANTOMS:
+        raise ValueError(f"expected an integer of at least {VAL_PHANTOMS + 1} (the last {VAL_PHANTOMS} phantoms are "
+                         f"the validation split), got {value!r}")  # fmt: skip
+
+
 def write_phantom_slice_task(
     out_dir: str | Path,
     num_cases: int = 10,
-    num_val_cases: int = 2,
+    num_val_cases: int = VAL_PHANTOMS,
     seed: int = 0,
     image_size: int = 32,
     volume_shape: Sequence[int] = (64, 64, 48),
@@ -279,8 +294,11 @@ def write_phantom_slice_task(
     Returns:
         ``out_dir``, a dataset folder for :func:`load_classification_data`.
     """
-    if image_size < 8 or not 1 <= num_val_cases < num_cases:
-        raise ValueError(f"need image_size >= 8 and 1 <= num_val_cases < num_cases, got {image_size}, {num_val_cases}, {num_cases}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8, got {image_size}")
+    if not 1 <= num_val_cases < num_cases:
+        raise ValueError(f"need 1 <= num_val_cases < num_cases (at least one case trains), got {num_val_cases} "
+                         f"validation cases of {num_cases}")  # fmt: skip
     out_dir = Path(out_dir)
     params = _task_params(num_cases, num_val_cases, seed, image_size, volume_shape, min_fraction, max_per_class, window)
     marker = out_dir / "task.json"
