@@ -111,6 +111,22 @@ def test_gmae2d_window_maps_one_hu_to_one_value_in_every_image(tmp_path, caplog)
             assert float(ds[i]["image"][0, 14:18, 14:18].median()) == pytest.approx(0.5, abs=1e-3)
 
 
+def test_a_window_for_a_folder_of_pictures_is_said_to_map_none(tmp_path, caplog):
+    """--window maps NIfTI/DICOM images only: given for a folder of PNGs it is named as mapping none of them (the
+    model records it); a folder with NIfTI slices is not warned about."""
+    (tmp_path / "pngs").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((20, 20), 40 * i, np.uint8)).save(tmp_path / "pngs" / f"p{i}.png")
+    with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
+        gmae2d_dataset(tmp_path / "pngs", (16, 16), window=[-1000, 1000], cache=False)
+    assert f"dataset_dir {tmp_path / 'pngs'} holds no NIfTI/DICOM images: --window -1000..1000 maps none" in caplog.text
+    caplog.clear()
+    _ct_slices(tmp_path / "ct")
+    with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
+        gmae2d_dataset(tmp_path / "ct", (16, 16), window=[-1000, 1000], cache=False)
+    assert "maps none" not in caplog.text
+
+
 def test_window_is_the_same_mapping_as_medgmae_2d(tmp_path):
     path = _ct_slices(tmp_path / "data") / "b.nii.gz"
     ds = gmae2d_dataset(tmp_path / "data", (32, 32), 1, window=(-350, 400), cache=False, log=False)
@@ -172,7 +188,9 @@ def test_gmae2d_model_files_record_the_training_window(tmp_path):
     for name in ("model.pt", "best_model.pt"):
         assert GMAE2D.from_checkpoint(tmp_path / "run" / name).data_settings == recorded, name
     assert load_checkpoint(tmp_path / "run" / "encoder.pt").extra["data"] == recorded
-    assert parser.get_parsed_content("resume_records#settings").state_dict() == {"settings": recorded}
+    resumed = parser.get_parsed_content("resume_records#settings").state_dict()["settings"]
+    assert {k: resumed[k] for k in recorded} == recorded  # and the optimiser's and validation's, checked on resume
+    assert resumed["optimiser"] == {"learning_rate": 0.0005, "weight_decay": 0.05} and resumed["validation"] == {"val_images": 4}
     # phantom slices are mapped from -350..400 HU whatever the setting: that is what a phantom model records
     phantom = _gmae_parser(tmp_path, dataset_dir="", window="[-1000, 1000]").get_parsed_content("data_settings")
     assert phantom == {"flip": False, "window": [-350.0, 400.0]}

@@ -209,7 +209,7 @@ def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, wind
 def log_intensity_scaling(paths: Iterable[str | os.PathLike], window: Sequence[float] | None, where: str) -> None:
     """Log how the NIfTI/DICOM files among ``paths`` are brought to ``[0, 1]``: by the fixed ``window``, or, without
     one, each by its own DICOM window or 0.5/99.5 percentiles (then one HU reads differently between images: a
-    warning suggests ``window``). Nothing is logged when there are none.
+    warning suggests ``window``). Without any, a ``window`` given is said to map none of them.
 
     Args:
         paths: the image files.
@@ -218,6 +218,10 @@ def log_intensity_scaling(paths: Iterable[str | os.PathLike], window: Sequence[f
     """
     count = sum(is_windowed(p) for p in paths)
     if not count:
+        if window is not None:
+            logger.warning("%s holds no NIfTI/DICOM images: --window %g..%g maps none of its images (PNG/JPEG are "
+                           "read as they are), though the model records it and medgmae-2d applies it to NIfTI/DICOM "
+                           "inputs; leave --window out for a folder of pictures", where, *window)  # fmt: skip
         return
     if window is not None:
         logger.info("%s: %d NIfTI/DICOM images mapped from the window %g..%g to 0..1 (clipped)", where, count, *window)
