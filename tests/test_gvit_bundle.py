@@ -155,6 +155,37 @@ def _workflow(data, out: Path, resume: bool) -> GViTWorkflow:
                         handlers=default_phase_handlers(resume=resume), cases=data.train)  # fmt: skip
 
 
+def test_a_resume_names_phases_not_reached_as_starting_not_as_a_wrong_folder(tmp_path, caplog):
+    """Interrupted in the classifier phase's first epoch, a resume finds no epoch checkpoint of the classifier or
+    joint phase: each is logged as starting from its first epoch, without the warning that asks whether the folder
+    is the run's (kept for a resume whose every phase folder is empty)."""
+    import logging
+
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = _workflow(data, tmp_path / "run", resume=False)
+    build = first.trainer
+
+    def interrupt_the_classifier(phase):
+        trainer = build(phase)
+        if phase == "classifier":
+            trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda _: (_ for _ in ()).throw(KeyboardInterrupt()))
+        return trainer
+
+    first.trainer = interrupt_the_classifier
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        _workflow(data, tmp_path / "run", resume=True).run()
+    starts = [r for r in caplog.records if "no checkpoint_epoch=N.pt in" in r.getMessage()]
+    assert [Path(r.args[0]).name for r in starts] == ["classifier", "joint"], [r.getMessage() for r in starts]
+    assert all(r.levelno == logging.INFO and "is this the folder" not in r.getMessage() for r in starts)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        _workflow(data, tmp_path / "empty", resume=True).run()
+    starts = [r for r in caplog.records if "no checkpoint_epoch=N.pt in" in r.getMessage()]
+    assert starts[0].levelno == logging.WARNING and "(is this the folder of the run to resume?)" in starts[0].getMessage()
+
+
 def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
     straight = _workflow(data, tmp_path / "a", resume=False)

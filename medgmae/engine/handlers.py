@@ -135,6 +135,8 @@ class CheckpointHandler:
         earlier_outputs: what a fresh run replaces of an earlier run besides its checkpoints, as globs under
             ``output_dir`` (:mod:`medgmae.engine.earlier_run`): a bundle lists every output it writes there; the
             default is the progress pictures and TensorBoard event files.
+        later_stage: a later stage of a run whose earlier stages checkpoint elsewhere (a GViT phase): on resume, a
+            folder without a checkpoint is a stage not reached yet, logged as starting, not warned about.
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class CheckpointHandler:
         map_location: Any = "cpu",
         finished_ok: bool = False,
         earlier_outputs: tuple[str, ...] = EARLIER_OUTPUTS,
+        later_stage: bool = False,
     ) -> None:
         if save_interval < 1 or n_saved < 1:
             raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval}, {n_saved}")
@@ -159,7 +162,7 @@ class CheckpointHandler:
         self.resume = bool(resume)
         self.rng = RandomStateTracker(source)
         self.save_interval, self.n_saved, self.map_location = save_interval, n_saved, map_location
-        self.finished_ok = bool(finished_ok)
+        self.finished_ok, self.later_stage = bool(finished_ok), bool(later_stage)
         self.resumed_from: Path | None = None
         self._failed_resume = False
         self._saved_epoch = False  # whether this run has written an epoch checkpoint
@@ -301,12 +304,12 @@ class CheckpointHandler:
         if path is None:
             if rank_world()[0] == 0:
                 interrupted = (self.output_dir / INTERRUPTED).is_file()
-                logger.log(logging.INFO if interrupted else logging.WARNING,  # no trace of a run: a mistyped folder?
+                logger.log(logging.INFO if interrupted or self.later_stage else logging.WARNING,  # a mistyped folder?
                            "resume: no checkpoint_epoch=N.pt in %s yet: training starts from its first epoch%s",
                            self.output_dir,
                            f" ({INTERRUPTED} holds the interrupted run's state within an epoch, which a resume does "
                            "not continue: a run continues from the end of its last saved epoch)" if interrupted
-                           else " (is this the folder of the run to resume?)")  # fmt: skip
+                           else "" if self.later_stage else " (is this the folder of the run to resume?)")  # fmt: skip
             return
         self._failed_resume = True  # until the state is restored: a failure writes no checkpoint_interrupted.pt
         epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]

@@ -87,7 +87,9 @@ class PhaseCheckpoint:
     def __call__(self, ctx: PhaseContext) -> CheckpointHandler | None:
         if ctx.checkpoint_dir is None:
             return None
-        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source, finished_ok=True)
+        # a phase after one that has checkpoints: on resume, no checkpoint of its own is a phase not reached yet
+        later = any(d != ctx.checkpoint_dir and any(d.glob("checkpoint_epoch=*.pt")) for d in ctx.checkpoint_dir.parent.glob("*/"))
+        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source, finished_ok=True, later_stage=later)
 
 
 class PhaseLrSchedule:
