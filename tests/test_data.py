@@ -574,3 +574,16 @@ def test_validation_images_that_are_also_training_images_are_warned_about(tmp_pa
     with caplog.at_level(logging.WARNING, logger="medgmae"):
         pretrain_split(str(tmp_path / "sub"), tmp_path, val_fraction=0.0, validate=False)
     assert "also training images" not in caplog.text
+
+
+def test_a_label_with_negative_values_is_named_without_a_class_count():
+    """Without num_classes (pre-training's labels) a label holding negative values (an HU image listed as the label)
+    is named as such, not with an empty class range."""
+    from medgmae.data.precheck import _label_problems
+
+    hu = np.array([-1000.0, 0.0, 700.0])
+    assert _label_problems(hu, "lab.nii.gz", None) == [
+        "lab.nii.gz: label values in [-1000, 700] include negative ones: a label map holds class indices from 0 (is "
+        "this an image listed as the label?)"]
+    assert _label_problems(hu, "lab.nii.gz", 3) == ["lab.nii.gz: label values in [-1000, 700] are outside the class range [0, 2]"]
+    assert _label_problems(np.array([0.0, 5.0]), "lab.nii.gz", None) == []

@@ -58,8 +58,10 @@ def _label_problems(label: np.ndarray, path: str, num_classes: int | None) -> li
         return [f"{path}: label has non-integer values (a segmentation must hold class indices)"]
     lo, hi = int(label.min()), int(label.max())
     if lo < 0 or (num_classes is not None and hi >= num_classes):
-        top = "" if num_classes is None else f" {num_classes - 1}"
-        return [f"{path}: label values in [{lo}, {hi}] are outside the class range [0,{top}]"]
+        if num_classes is None:  # a label map holds class indices 0, 1, 2...: an image given as the label?
+            return [f"{path}: label values in [{lo}, {hi}] include negative ones: a label map holds class indices "
+                    "from 0 (is this an image listed as the label?)"]  # fmt: skip
+        return [f"{path}: label values in [{lo}, {hi}] are outside the class range [0, {num_classes - 1}]"]
     return []
 
 

@@ -150,7 +150,7 @@ def _dicom_series_files(folder: Path) -> tuple[str, ...]:
         info.SetFileName(names[0])
         info.ReadImageInformation()
         desc = info.GetMetaData("0008|103e").strip() if info.HasMetaDataKey("0008|103e") else "no description"
-        found.append(f"{uid} ({len(names)} slices, {desc!r})")
+        found.append(f"{uid} ({len(names)} slice{'' if len(names) == 1 else 's'}, {desc!r})")
     raise _Refused(
         f"the folder holds {len(ids)} DICOM series; put each in its own folder and give that one: " + "; ".join(found)
     )
