@@ -51,6 +51,13 @@ def test_fine_tune_after_a_labelled_datalist_uses_it(tmp_path):
         assert "needs labels" not in text
     args, text = _fine_tune(tmp_path, str(unlabelled))
     assert _flag(args, "--datalist") is None and "fine-tuning needs labels" in text
+    # without a "labels" map fine-tuning cannot count the classes: the command asks for them
+    args, text = _fine_tune(tmp_path, str(labelled))
+    assert _flag(args, "--num_classes") == "NUM_CLASSES" and "replace NUM_CLASSES by the number of classes" in text
+    labelled.write_text(json.dumps({"labels": {"0": "background", "1": "liver"},
+                                    "training": [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}]}))
+    args, text = _fine_tune(tmp_path, str(labelled))
+    assert _flag(args, "--num_classes") is None and "NUM_CLASSES" not in text
 
 
 def test_each_pre_training_run_suggests_its_own_fine_tuning_folder(tmp_path):

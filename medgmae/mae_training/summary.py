@@ -42,6 +42,8 @@ def curves_figure(history: MetricHistory):
 
 #: what the fine-tuning command asks for in place of a labelled dataset after pre-training on a user's data
 LABELLED_DATA = "/path/to/labelled/data"
+#: The placeholder of the fine-tuning command for a datalist without a ``labels`` map.
+NUM_CLASSES = "NUM_CLASSES"
 
 
 def finetune_dir(out: Path) -> Path:
@@ -69,6 +71,18 @@ def labelled_datalist(source: str) -> str:
     return str(path) if ok else ""
 
 
+def _has_class_names(datalist: str) -> bool:
+    """Whether the Decathlon datalist has a ``labels`` map (class index -> name), from which fine-tuning takes the
+    number of classes."""
+    from medgmae.data.datalist import DatasetError, load_datalist_json
+
+    try:
+        labels = load_datalist_json(Path(datalist)).get("labels")
+    except DatasetError:
+        return False
+    return isinstance(labels, dict) and bool(labels)
+
+
 def next_commands(
     out: Path, model_kind: str, example_image: str, pretrained_on: str = "", data_dir: str = ""
 ) -> dict[str, str]:
@@ -87,6 +101,8 @@ def next_commands(
     q = shlex.quote
     if labelled := labelled_datalist(pretrained_on):
         data = f" --datalist {q(labelled)}" + (f" --dataset_dir {q(data_dir)}" if str(data_dir).strip() else "")
+        if not _has_class_names(labelled):  # fine-tuning reads the class count from the datalist's "labels" map
+            data += f" --num_classes {NUM_CLASSES}"
     else:
         data = f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else ""
     cmds = {
@@ -186,6 +202,9 @@ class PretrainSummary:
             "next:",
         ]
         lines += [f"  {name}: {cmd}" for name, cmd in s["next"].items()]
+        if NUM_CLASSES in s["next"].get("fine-tune", ""):
+            lines.append(f"  (the datalist has no 'labels' map naming its classes: replace {NUM_CLASSES} by the number "
+                         "of classes, background included)")  # fmt: skip
         if LABELLED_DATA in s["next"].get("fine-tune", ""):
             lines.append(
                 f"  (fine-tuning needs labels: replace {LABELLED_DATA} by a labelled dataset (its dataset.json, or"
