@@ -50,3 +50,12 @@ def test_class_folder_without_sub_folders_says_so(tmp_path):
         scan_image_folder(tmp_path)
     with pytest.raises(ValueError, match="is empty"):
         scan_image_folder((tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_an_image_given_as_the_classification_dataset_is_named_as_one(tmp_path):
+    """A PNG given as the GViT dataset is named as an image (it was read as a CSV: a UTF-8 decoding error)."""
+    from medgmae.twod.classification_data import load_classification_data
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"x\.png is an image: give the dataset's folder"):
+        load_classification_data(tmp_path / "x.png")

@@ -173,6 +173,9 @@ def load_classification_data(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     path = Path(dataset)
+    if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
+        raise ValueError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
+                         "holding them) or a CSV file of path,label rows")  # fmt: skip
     if path.suffix.lower() == ".csv" or path.is_file():
         items, classes = read_csv_list(path)
         seeded = not any("split" in it for it in items)
