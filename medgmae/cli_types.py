@@ -59,22 +59,22 @@ def _int(text: str) -> int:
 
 def integer(text: str) -> int:
     """Any integer (e.g. a count where a negative value means "all"; ``1e4`` reads as 10000)."""
-    return _parse(text, _int, lambda v: True, "an integer")
+    return _parse(text, _int, lambda v: True, INTEGER_NAMES["int"])
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (``1e4`` reads as 10000)."""
-    return _parse(text, _int, lambda v: v >= 1, "a positive integer")
+    return _parse(text, _int, lambda v: v >= 1, INTEGER_NAMES["positive_int"])
 
 
 def nonneg_int(text: str) -> int:
     """An integer >= 0 (``1e4`` reads as 10000)."""
-    return _parse(text, _int, lambda v: v >= 0, "a non-negative integer")
+    return _parse(text, _int, lambda v: v >= 0, INTEGER_NAMES["nonneg_int"])
 
 
 def count_or_all(text: str) -> int:
     """An integer >= 0, or -1 for "all" (e.g. how many images to explain)."""
-    return _parse(text, _int, lambda v: v >= -1, "a non-negative integer or -1 (all)")
+    return _parse(text, _int, lambda v: v >= -1, INTEGER_NAMES["count_or_all"])
 
 
 def positive_float(text: str) -> float:
