@@ -587,3 +587,58 @@ def test_a_label_with_negative_values_is_named_without_a_class_count():
         "this an image listed as the label?)"]
     assert _label_problems(hu, "lab.nii.gz", 3) == ["lab.nii.gz: label values in [-1000, 700] are outside the class range [0, 2]"]
     assert _label_problems(np.array([0.0, 5.0]), "lab.nii.gz", None) == []
+
+
+def _expected_ras(direction: np.ndarray, spacing, origin) -> np.ndarray:
+    """The RAS affine of an ITK (LPS) frame, written out: x and y negated."""
+    a = np.eye(4)
+    a[:3, :3] = np.asarray(direction) * np.asarray(spacing)
+    a[:3, 3] = origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ a
+
+
+def test_a_multi_frame_dicom_file_and_a_singleton_4d_metaimage_keep_their_frame(tmp_path):
+    """A single multi-frame DICOM file (given as the file or as its folder, which ITK reads as an (X, Y, Z, 1)
+    series) and a MetaImage of shape (X, Y, Z, 1) read with the spacing, origin and direction of their first three
+    axes (they were read with an identity affine)."""
+    arr = np.random.default_rng(0).integers(0, 3000, (5, 6, 7)).astype(np.uint16)  # (z, y, x)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.7, 0.8, 2.5))
+    img.SetOrigin((-15.0, -20.0, -100.0))
+    img.SetMetaData("0008|0060", "CT")
+    (tmp_path / "mf").mkdir()
+    sitk.WriteImage(img, str(tmp_path / "mf" / "ct3d.dcm"))
+    expected = _expected_ras(np.eye(3), (0.7, 0.8, 2.5), (-15.0, -20.0, -100.0))
+    for path in (tmp_path / "mf" / "ct3d.dcm", tmp_path / "mf"):
+        vol = read_volume(path)
+        np.testing.assert_allclose(vol.affine, expected, atol=1e-6, err_msg=str(path))
+        np.testing.assert_array_equal(vol.array, arr.transpose(2, 1, 0).astype(np.float32))
+    four = sitk.JoinSeries(sitk.GetImageFromArray(arr.astype(np.int16)))  # size (7, 6, 5, 1)
+    rot = _rotation(4)
+    direction = np.eye(4)
+    direction[:3, :3] = rot
+    four.SetSpacing((0.7, 0.8, 2.5, 1.0))
+    four.SetOrigin((3.0, -4.0, 5.0, 0.0))
+    four.SetDirection(direction.flatten().tolist())
+    sitk.WriteImage(four, str(tmp_path / "q.mha"))
+    vol = read_volume(tmp_path / "q.mha")
+    assert vol.array.shape == (7, 6, 5)
+    np.testing.assert_allclose(vol.affine, _expected_ras(rot, (0.7, 0.8, 2.5), (3.0, -4.0, 5.0)), atol=1e-6)
+
+
+def test_a_gantry_tilted_dicom_series_is_refused_naming_the_tilt(tmp_path):
+    """Slices shifted within their planes by 2.5 mm x tan(20 degrees) each (a gantry tilt) would be stacked along
+    the normal as if unshifted: refused, naming the shift and the angle; an oblique unsheared series still reads."""
+    img = _sitk_image(3)
+    img.SetDirection(np.eye(3).flatten().tolist())
+    folder = _write_dicom_series(img, tmp_path / "tilt")
+    shift = 2.5 * np.tan(np.radians(20.0))
+    for k in range(img.GetDepth()):
+        x, y, z = img.TransformIndexToPhysicalPoint((0, 0, k))
+        _rewrite_slice(folder, k, {"0020|0032": f"{x:.6f}\\{y + k * shift:.6f}\\{z:.6f}"})
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    assert str(error.value).startswith(f"{folder}: each slice of the DICOM series is shifted by {shift:.3g} mm within its plane")
+    assert "(a 20.0 degree gantry tilt?)" in str(error.value)
+    oblique = _write_dicom_series(_sitk_image(3), tmp_path / "oblique")
+    np.testing.assert_allclose(read_volume(oblique).spacing, SPACING, atol=1e-4)

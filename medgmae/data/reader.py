@@ -23,6 +23,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from medgmae.data.dicom_series import Refused, read_series, series_ids
 from medgmae.data.grid import grid_offset_mm
 
 __all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUFFIXES", "LoadVolumed"]
@@ -67,23 +68,8 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     ``IM0001`` or by number)."""
     p = Path(path)
     if p.is_dir():
-        return any(p.glob("*.dcm")) or bool(_series_ids(p))
+        return any(p.glob("*.dcm")) or bool(series_ids(p))
     return p.name.lower().endswith(VOLUME_SUFFIXES)
-
-
-def _series_ids(folder: Path) -> tuple[str, ...]:
-    """GDCM's DICOM series in ``folder``, without ITK's console warning for a folder that has none (callers say
-    so in their own words, naming the folder)."""
-    import SimpleITK as sitk
-
-    if not any(f.is_file() for f in folder.iterdir()):
-        return ()
-    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -122,135 +108,6 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
         )  # fmt: skip
 
 
-class _Refused(ValueError):
-    """A file or DICOM folder the reader refuses by its own checks (its message needs no exception type)."""
-
-
-def _dicom_series_files(folder: Path) -> tuple[str, ...]:
-    """The slice files of the one DICOM series in ``folder``, sorted by GDCM along the slice normal.
-
-    Raises:
-        ValueError: no series, or several (a scout, a second reconstruction kernel, a contrast phase: reading one of
-            them silently would train on or infer from the wrong images); the message lists each with its slice count
-            and description.
-    """
-    import SimpleITK as sitk
-
-    ids = _series_ids(folder)
-    if not ids:
-        files = sum(f.is_file() for f in folder.iterdir())
-        what = f"none of its {files} files is" if files > 1 else "its one file is not" if files else "it holds no files"
-        raise _Refused(f"no DICOM series found in the folder ({what}{' a DICOM slice' if files else ''})")
-    if len(ids) == 1:
-        return sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
-    found = []
-    for uid in ids:
-        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-        info = sitk.ImageFileReader()
-        info.SetFileName(names[0])
-        info.ReadImageInformation()
-        desc = info.GetMetaData("0008|103e").strip() if info.HasMetaDataKey("0008|103e") else "no description"
-        found.append(f"{uid} ({len(names)} slice{'' if len(names) == 1 else 's'}, {desc!r})")
-    raise _Refused(
-        f"the folder holds {len(ids)} DICOM series; put each in its own folder and give that one: " + "; ".join(found)
-    )
-
-
-def _slice_positions(reader) -> np.ndarray | None:
-    """Each slice's ImagePositionPatient projected on the slice normal (the cross product of the first slice's
-    ImageOrientationPatient rows), in mm; ``None`` when a slice lacks either tag (nothing to check against)."""
-    keys = ("0020|0032", "0020|0037")
-    n = len(reader.GetFileNames())
-    if not all(reader.HasMetaDataKey(i, k) for i in range(n) for k in keys):
-        return None
-    try:
-        iop = np.asarray(reader.GetMetaData(0, keys[1]).split("\\"), dtype=np.float64)
-        ipp = np.asarray([reader.GetMetaData(i, keys[0]).split("\\") for i in range(n)], dtype=np.float64)
-    except ValueError:
-        return None
-    if iop.shape != (6,) or ipp.shape != (n, 3):
-        return None
-    return ipp @ np.cross(iop[:3], iop[3:])
-
-
-#: Per-slice DICOM attributes every slice of a series must share (tag, name, numeric tolerance or ``None``: exact).
-_SHARED_TAGS = (("0020|0037", "ImageOrientationPatient", 1e-4), ("0028|0030", "PixelSpacing", 1e-4),
-                ("0028|0010", "Rows", None), ("0028|0011", "Columns", None))  # fmt: skip
-
-
-def _check_slices_agree(reader) -> None:
-    """Refuse a series whose slices differ in orientation, pixel spacing or size (a localizer or a reformatted
-    slice filed under the series' UID): ITK stacks them as if they were alike. The odd slice is the one differing
-    from the most common value; the message names it, the attribute and both values.
-
-    Raises:
-        ValueError: naming the file, the attribute and the values.
-    """
-    names = [Path(f).name for f in reader.GetFileNames()]
-    for tag, what, tol in _SHARED_TAGS:
-        if not all(reader.HasMetaDataKey(i, tag) for i in range(len(names))):
-            continue
-        texts = [reader.GetMetaData(i, tag).strip() for i in range(len(names))]
-        try:
-            values = [np.asarray(t.split("\\"), dtype=np.float64) for t in texts]
-        except ValueError:
-            continue
-        common = max(set(texts), key=texts.count)
-        ref = values[texts.index(common)]
-        for name, value in zip(names, values):
-            same = value.shape == ref.shape and (np.allclose(value, ref, rtol=tol, atol=tol) if tol else (value == ref).all())
-            if not same:
-                shown = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v) + "]"  # noqa: E731
-                raise _Refused(f"slice {name} has {what} {shown(value)} but the series' other slices {shown(ref)} (a "
-                               "localizer or another image filed under the same series? move it out of the folder)")  # fmt: skip
-
-
-def _warn_if_not_ct(reader, folder: Path) -> None:
-    """Warn once when a series' Modality is not CT: the toolkit reads values as HU (an MR series reads without
-    error and trains or reconstructs as nonsense)."""
-    if reader.HasMetaDataKey(0, "0008|0060"):
-        modality = reader.GetMetaData(0, "0008|0060").strip()
-        if modality and modality.upper() != "CT":
-            logger.warning("%s: a DICOM series of modality %s, read as CT in HU (the toolkit expects CT)", folder, modality)
-
-
-def _check_even_slices(reader) -> None:
-    """Refuse a series whose slices are not evenly spaced along the normal (a missing or repeated slice).
-
-    ITK reads such a series as evenly spaced at the average step (only a warning on stderr), which puts every slice
-    but the ends at the wrong world position. The tolerance, 1 % of the spacing but at least 0.02 mm, allows for
-    DICOM's rounding of the position tags.
-
-    Raises:
-        ValueError: naming the slice count and, when most steps agree, that usual step (the median) and the
-            largest deviating step with the files and positions on either side; when no step is shared by most
-            (e.g. 3 slices, one gap), the smallest and the largest step, each with its files and positions.
-    """
-    pos = _slice_positions(reader)
-    if pos is None or len(pos) < 3:
-        return
-    steps = np.diff(pos)
-    expected = float(np.median(steps))
-    usual = np.abs(steps - expected) <= max(0.01 * abs(expected), 0.02)
-    if usual.all():
-        return
-    names = [Path(f).name for f in reader.GetFileNames()]
-
-    def step(i: int) -> str:
-        return f"{names[i]} (position {pos[i]:.4g} mm) to {names[i + 1]} ({pos[i + 1]:.4g} mm)"
-
-    head = (f"the {len(pos)} slices of the DICOM series are not evenly spaced along the slice normal (a missing or "
-            "repeated slice?): ")  # fmt: skip
-    if usual.sum() * 2 > len(steps):
-        worst = int(np.argmax(np.abs(steps - expected)))
-        raise _Refused(head + f"the usual step is {abs(expected):.4g} mm, but {step(worst)} is {abs(steps[worst]):.4g} mm")
-    small, large = int(np.argmin(np.abs(steps))), int(np.argmax(np.abs(steps)))
-    raise _Refused(
-        head + f"no step is shared by most slices: the smallest, {step(small)}, is {abs(steps[small]):.4g} mm and "
-        f"the largest, {step(large)}, is {abs(steps[large]):.4g} mm"
-    )
-
-
 def _read_sitk_file(path: Path):
     """One image file through SimpleITK: header first, then the voxel data, each failure one line."""
     import SimpleITK as sitk
@@ -260,47 +117,50 @@ def _read_sitk_file(path: Path):
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise _Refused("not a readable image file (its header cannot be read)") from e
+        raise Refused("not a readable image file (its header cannot be read)") from e
     try:
         return reader.Execute()
     except RuntimeError as e:  # ITK's text ends "No such file or directory" for a file that exists
-        raise _Refused("the header reads but the voxel data do not: the file is truncated (incomplete) or "
+        raise Refused("the header reads but the voxel data do not: the file is truncated (incomplete) or "
                            "corrupt") from e
 
 
 def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(_dicom_series_files(path))
-        reader.MetaDataDictionaryArrayUpdateOn()
-        warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's uneven-slices warning: refused below, clearly
-        try:
-            img = reader.Execute()
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(warn)
-        _check_slices_agree(reader)
-        _check_even_slices(reader)
-        _warn_if_not_ct(reader, path)
-    else:
-        img = _read_sitk_file(path)
+    img = read_series(path) if path.is_dir() else _read_sitk_file(path)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"expected one value per voxel, got {img.GetNumberOfComponentsPerPixel()} components")
     dim = img.GetDimension()
     arr = sitk.GetArrayViewFromImage(img).astype(np.float32).transpose(tuple(range(dim - 1, -1, -1)))
-    if dim != 3:
+    if dim != 3 and not (dim == 4 and img.GetSize()[3] == 1):
         return arr, np.eye(4)  # rejected by the caller with the shape
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    # a 3D image, or one of size (X, Y, Z, 1) (a multi-frame DICOM file read as a series, a MetaImage saved so),
+    # whose frame is that of its first three axes
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
     lps = np.eye(4)
-    lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)
-    lps[:3, 3] = img.GetOrigin()
+    lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)[:3]
+    lps[:3, 3] = img.GetOrigin()[:3]
     return np.ascontiguousarray(arr), _LPS_TO_RAS @ lps
 
 
+def _multi_frame(path: Path) -> bool:
+    """Whether a DICOM file holds a whole volume (a multi-frame file, e.g. an Enhanced CT image: 3D with more than
+    one frame), read as a file; one slice of a series is not."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return reader.GetDimension() == 3 and reader.GetSize()[2] > 1
+
+
 def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
-    """Read a 3D volume (NIfTI, NRRD, MetaImage or a DICOM series folder) with its RAS affine.
+    """Read a 3D volume (NIfTI, NRRD, MetaImage, a DICOM series folder or a multi-frame DICOM file) with its RAS
+    affine.
 
     Args:
         path: the file or DICOM folder.
@@ -319,12 +179,14 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
     if not p.exists():
         raise FileNotFoundError(f"volume not found: {p}")
     if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)):
-        if p.suffix.lower() in (".dcm", ".ima", ".dicom"):
+        if p.suffix.lower() in (".dcm", ".ima", ".dicom") and not _multi_frame(p):
             raise ValueError(f"{p}: one DICOM slice, not a volume: give the folder holding its series ({p.parent})")
-        raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
+        if p.suffix.lower() not in (".dcm", ".ima", ".dicom"):
+            raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)}, a DICOM folder or "
+                             "a multi-frame DICOM file)")
     try:
         arr, affine = _read_nifti(p) if p.name.lower().endswith((".nii", ".nii.gz")) else _read_sitk(p)
-    except _Refused as e:
+    except Refused as e:
         raise ValueError(f"{p}: {e}") from e
     except Exception as e:  # nibabel / SimpleITK raise many types for corrupt or truncated files
         raise ValueError(f"{p}: cannot read the volume ({type(e).__name__}: {e})") from e
