@@ -30,8 +30,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "check_spec_setting", "check_spacing_override", "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU",
-    "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
+    "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "check_spec_setting", "check_spacing_override",
+    "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "looks_like_shifted_hu", "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -271,6 +271,10 @@ def window_expects_hu(spec: PreprocessingSpec) -> bool:
     return a0 < 0 and a1 - a0 > 10 * ATTENUATION_LIKE_HU
 
 
+#: A volume whose smallest value is at least this and whose largest is above 1000 is no CT in HU (which has air at
+#: -1000 HU): another modality, or a CT stored as HU + 1024 (unsigned) without its rescale intercept.
+SHIFTED_HU_MIN = -50.0
+
 #: At most this many distinct values, all integers in ``[0, 255]``: a label map (TotalSegmentator's have up to 118),
 #: not a CT (whose air is -1000 HU and whose noise alone gives hundreds of values).
 LABEL_MAP_MAX_VALUES = 128
@@ -288,11 +292,20 @@ def looks_like_label_map(array) -> int:
     return values if values <= LABEL_MAP_MAX_VALUES else 0
 
 
+def looks_like_shifted_hu(array) -> bool:
+    """Whether ``array`` (NumPy or torch, any shape) has no air (nothing below :data:`SHIFTED_HU_MIN`) but values
+    above 1000: no CT in HU, but a CT stored as HU + 1024 without its rescale intercept, or another modality."""
+    lo, hi = _value_range(array)
+    return lo >= SHIFTED_HU_MIN and hi > 1000
+
+
 def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
     """Log a warning naming ``source`` when a model whose pre-processing is a CT window in HU
     (:func:`window_expects_hu`) is given a volume that is not a CT in HU: linear attenuation in 1/mm
-    (:func:`looks_like_attenuation`), which the window maps to an almost constant input, or a label map
-    (:func:`looks_like_label_map`: a segmentation listed as an image). Either way the output is meaningless.
+    (:func:`looks_like_attenuation`), which the window maps to an almost constant input, a label map
+    (:func:`looks_like_label_map`: a segmentation listed as an image), or one without air (nothing below
+    :data:`SHIFTED_HU_MIN`, values above 1000: a CT stored as HU + 1024, or another modality). Either way the output
+    is meaningless.
     Nothing is refused: models of other modalities take such ranges.
 
     Args:
@@ -324,5 +337,13 @@ def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
             "listed as an image? The model's HU window [%g, %g] reads class indices as intensities", source,
             values, lo, hi, a0, a1,
         )
+        return True
+    if looks_like_shifted_hu(array):
+        logger.warning(
+            "%s has no value below %g but reaches %g: a CT in HU has air at -1000 (outside the body, in the lungs), so "
+            "this is another modality or a CT stored as HU + 1024 without its rescale intercept (air reads as "
+            "tissue under the model's HU window [%g, %g]); for the latter subtract 1024 (or set the DICOM "
+            "RescaleIntercept / NIfTI scl_inter to -1024)", source, lo, hi, a0, a1,
+        )  # fmt: skip
         return True
     return False

@@ -15,7 +15,7 @@ import torch
 
 from medgmae.files import output_dir_problem, staged_outputs
 from medgmae.preprocessing import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
-from medgmae.preprocessing import looks_like_attenuation, looks_like_hu
+from medgmae.preprocessing import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
 from recon.geometry import CTGeometry
 
 __all__ = [
@@ -121,6 +121,9 @@ def check_units(volume: np.ndarray, path, flag: str, expected: str) -> None:
         raise CLIError(f"{flag} {path} looks like a CT in HU ({span}), not linear attenuation in 1/mm (water 0.0192): "
                        "pass the attenuation volume simulate wrote (e.g. scan/reference.nii.gz), or convert with "
                        f"mu = 0.0192 (1 + HU / 1000), clipped at 0{skip}")  # fmt: skip
+    if expected == "hu" and looks_like_shifted_hu(volume):  # a warning: other scanners' ranges reach here too
+        print(f"warning: {flag} {path} has no air ({span}; a CT in HU has air at -1000): stored as HU + 1024 without "
+              "its rescale intercept? It is simulated as it is, air as tissue; subtract 1024 first if so", flush=True)
     if expected == "hu" and looks_like_attenuation(volume):
         raise CLIError(f"{flag} {path} looks like linear attenuation in 1/mm ({span}), not a CT in HU (air -1000, "
                        f"water 0): simulate reads HU; convert with HU = 1000 (mu / 0.0192 - 1){skip}")  # fmt: skip

@@ -132,3 +132,32 @@ def test_zero_shot_warns_about_attenuation_and_titles_its_grey_window(tmp_path, 
     warned = [r.getMessage() for r in caplog.records if "attenuation" in r.getMessage()]
     assert len(warned) == 1 and "mu.nii.gz" in warned[0]
     assert len(titles) == 1 and "grey window [-175, 250] HU" in titles[0]
+
+
+def test_a_ct_stored_as_hu_plus_1024_is_warned_about(caplog):
+    """The phantom stored as HU + 1024 (air 24, bone 2024: unsigned storage without its rescale intercept) has no
+    air under the window: warned about by name; the phantom in HU, a soft-tissue crop that reaches no 1000 and the
+    same volume for a model of another modality are not."""
+    hu = _phantom_hu()
+    shifted = hu + 1024.0
+    soft = np.full((16, 16, 16), 40.0, np.float32)
+    soft[4:12, 4:12, 4:12] = 300.0
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_not_hu(shifted, DEFAULT_SPEC, "/data/stored.nii.gz")
+        assert not warn_if_not_hu(hu, DEFAULT_SPEC, "/data/ct.nii.gz")
+        assert not warn_if_not_hu(soft, DEFAULT_SPEC, "/data/crop.nii.gz")
+        assert not warn_if_not_hu(shifted, PreprocessingSpec(hu_window=(0, 3000)), "/data/mri.nii.gz")
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 1 and messages[0].startswith("/data/stored.nii.gz has no value below 24 but reaches 2024")
+    assert "stored as HU + 1024 without its rescale intercept" in messages[0]
+
+
+def test_simulate_says_a_volume_without_air_is_simulated_as_it_is(capsys):
+    """medgmae-recon's HU check warns about a volume stored as HU + 1024 (it simulates it, air as tissue) and stays
+    silent for the phantom in HU."""
+    from recon.commands import check_units
+
+    check_units(_phantom_hu() + 1024.0, "stored.nii.gz", "--volume", "hu")
+    assert "warning: --volume stored.nii.gz has no air (values 24 .. 2024" in capsys.readouterr().out
+    check_units(_phantom_hu(), "ct.nii.gz", "--volume", "hu")
+    assert capsys.readouterr().out == ""
