@@ -642,3 +642,17 @@ def test_a_gantry_tilted_dicom_series_is_refused_naming_the_tilt(tmp_path):
     assert "(a 20.0 degree gantry tilt?)" in str(error.value)
     oblique = _write_dicom_series(_sitk_image(3), tmp_path / "oblique")
     np.testing.assert_allclose(read_volume(oblique).spacing, SPACING, atol=1e-4)
+
+
+@pytest.mark.parametrize("ending, data", [(".mhd", ".raw"), (".nhdr", ".raw")])
+def test_a_detached_header_without_its_data_file_names_it(tmp_path, ending, data):
+    """A MetaImage .mhd or NRRD .nhdr whose data file is missing is named so (it was called truncated or corrupt)."""
+    img = _sitk_image(1)
+    sitk.WriteImage(img, str(tmp_path / f"ct{ending}"))
+    written = [p for p in tmp_path.iterdir() if p.suffix != ending]
+    assert len(written) == 1
+    written[0].unlink()
+    with pytest.raises(ValueError) as error:
+        read_volume(tmp_path / f"ct{ending}")
+    assert str(error.value) == (f"{tmp_path / f'ct{ending}'}: its header names the data file {written[0]}, which does not "
+                                "exist (copy it beside the header)")

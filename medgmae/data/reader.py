@@ -108,10 +108,29 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
         )  # fmt: skip
 
 
+def _missing_data_file(path: Path) -> Path | None:
+    """The data file a detached header (MetaImage ``.mhd``: ``ElementDataFile``; NRRD ``.nhdr``: ``data file``)
+    names when it does not exist, else ``None`` (ITK would say the file is unreadable, and print to the console)."""
+    keys = {".mhd": "elementdatafile", ".nhdr": "data file"}
+    key = keys.get(path.suffix.lower())
+    if key is None:
+        return None
+    for line in path.read_text(errors="replace").splitlines():
+        name, sep, value = line.partition("=" if key == "elementdatafile" else ":")
+        value = value.strip()
+        if sep and name.strip().lower() == key and value.upper() not in ("LOCAL", "LIST") and " " not in value:
+            data = (path.parent / value) if not Path(value).is_absolute() else Path(value)
+            return None if data.exists() else data
+    return None
+
+
 def _read_sitk_file(path: Path):
     """One image file through SimpleITK: header first, then the voxel data, each failure one line."""
     import SimpleITK as sitk
 
+    missing = _missing_data_file(path)
+    if missing is not None:
+        raise Refused(f"its header names the data file {missing}, which does not exist (copy it beside the header)")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
