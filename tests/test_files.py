@@ -130,6 +130,39 @@ def test_save_nifti_atomic_header_read_back_by_itk(tmp_path, name):
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
+def test_a_sheared_affine_is_written_as_the_sform_only(tmp_path):
+    """A sheared affine (a gantry-tilted scan's) has no qform: written as the sform with qform code 0, so that a
+    viewer reading the qform does not place the volume by an approximation; nibabel reads the sform back exactly."""
+    import nibabel as nib
+    import numpy as np
+
+    from medgmae.files import save_nifti_atomic
+
+    sheared = _oblique_affine()
+    sheared[:3, 2] += [0.0, 2.5 * np.tan(np.radians(20.0)), 0.0]  # each slice shifted along y: a 20 degree tilt
+    img = nib.load(str(save_nifti_atomic(np.zeros((5, 4, 3), np.float32), sheared, tmp_path / "tilt.nii.gz")))
+    assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 1
+    np.testing.assert_allclose(img.affine, sheared, atol=1e-5)
+
+
+def test_a_gzip_file_named_nii_is_named_so(tmp_path):
+    """A .nii.gz renamed .nii is refused with the rename to make (nibabel could not tell its type)."""
+    import gzip
+    import shutil
+
+    import numpy as np
+
+    from medgmae.data import read_volume
+    from medgmae.files import save_nifti_atomic
+
+    save_nifti_atomic(np.zeros((5, 4, 3), np.float32), np.eye(4), tmp_path / "ct.nii")
+    with open(tmp_path / "ct.nii", "rb") as f, gzip.open(tmp_path / "renamed.nii", "wb") as g:
+        shutil.copyfileobj(f, g)
+    with pytest.raises(ValueError, match=r"renamed\.nii: the file is gzip-compressed but named \.nii: rename it to \.nii\.gz"):
+        read_volume(tmp_path / "renamed.nii")
+    assert read_volume(tmp_path / "ct.nii").array.shape == (5, 4, 3)
+
+
 def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):
     import numpy as np
 

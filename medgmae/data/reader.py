@@ -75,6 +75,10 @@ def is_volume_path(path: str | os.PathLike) -> bool:
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
+    if path.name.lower().endswith(".nii"):
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":  # gzip's magic number: nibabel would not recognise the file type
+                raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
     img = nib.load(str(path))
     _warn_if_frames_disagree(img, path)
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
