@@ -306,6 +306,8 @@ def test_segmentation_names_are_unique_and_predictable(tmp_path):
     # no folder tells these apart: one stem in one folder (endings), a_ct.nii.gz beside a/ct.nii.gz (numbered),
     # a number that an input's own name already has; every name unique, whatever the inputs
     assert unique_case_names(["/t/x/ct.nrrd", "/t/x/ct.mha", "/t/x/ct"]) == ["ct_nrrd", "ct_mha", "ct"]
+    # both: the folders tell x from y, the endings x's two files apart
+    assert unique_case_names(["/t/x/ct.nii.gz", "/t/y/ct.nii.gz", "/t/x/ct.nrrd"]) == ["x_ct_nii_gz", "y_ct", "x_ct_nrrd"]
     assert unique_case_names(["/t/p/a_ct.nii.gz", "/t/p/a/ct.nii.gz", "/t/q/ct.nii.gz"]) == ["t_p_a_ct", "t_p_a_ct_2", "q_ct"]
     tricky = ["/t/p/a_ct.nii.gz", "/t/p/a/ct.nii.gz", "/u/t_p_a_ct_2.nii.gz", "/t/x/ct.nii", "/t/x/ct.nii.gz"]
     assert len(set(unique_case_names(tricky))) == len(tricky)

@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
     """One output name per input: its :func:`volume_stem`, with parent folders prefixed (``patA_ct``) where stems
-    clash, one folder more at a time until every name is unique; files of one stem in one folder get their ending
-    (``ct_nrrd``, ``ct_mha``), and names that still clash a number in input order (``p_a_ct_2``).
+    clash, one folder more at a time until every name is unique; files of one stem in one folder then get their
+    ending (``patA_ct_nrrd``, ``patA_ct_mha``), and names that still clash a number in input order (``p_a_ct_2``).
 
     Raises:
         DatasetError: the same file is given more than once (named).
@@ -37,20 +37,20 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
     if twice:
         raise DatasetError(f"these inputs are given more than once: {', '.join(twice)}")
     stems, parents = [volume_stem(p) for p in resolved], [p.parent.parts[1:] for p in resolved]
-    same_folder = Counter((p.parent, s) for p, s in zip(resolved, stems))
-    for i, p in enumerate(resolved):  # ct.nrrd beside ct.mha: no folder tells them apart, their endings do
-        ending = p.name[len(stems[i]):].lstrip(".").replace(".", "_")
-        if same_folder[(p.parent, stems[i])] > 1 and ending:
-            stems[i] = f"{stems[i]}_{ending}"
     depth = [0] * len(paths)
     while True:
         names = ["_".join([*parents[i][len(parents[i]) - depth[i]:], stems[i]]) for i in range(len(paths))]
-        counts = Counter(names)
+        counts = Counter(n for _, n in {(p.parent, n) for p, n in zip(resolved, names)})  # files of other folders
         clashing = [i for i, n in enumerate(names) if counts[n] > 1 and depth[i] < len(parents[i])]
         if not clashing:
             break
         for i in clashing:
             depth[i] += 1
+    same_folder = Counter((p.parent, s) for p, s in zip(resolved, stems))
+    for i, p in enumerate(resolved):  # ct.nrrd beside ct.mha: no folder tells them apart, their endings do
+        ending = p.name[len(stems[i]):].lstrip(".").replace(".", "_")
+        if same_folder[(p.parent, stems[i])] > 1 and ending:
+            names[i] = f"{names[i]}_{ending}"
     used: set = set()  # still clashing with every folder used (a_ct.nii.gz beside a/ct.nii.gz): numbered
     for i, n in enumerate(names):
         k, name = 1, n
