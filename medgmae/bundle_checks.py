@@ -406,7 +406,12 @@ def _other_run_problems(output_dir: str | Path | None, run_kinds: Sequence[str] 
     other = {name: kind for name, kind in found.items() if kind is not None and kind not in run_kinds}
     if not other:
         return []
-    files = ", ".join(f"{name} of kind {kind!r} ({CHECKPOINT_KINDS.get(kind, 'unknown')})" for name, kind in other.items())
+    def what(name: str, kind: str) -> str:  # an encoder.pt's kind is that of the run it came from
+        if name == "encoder.pt":
+            return f"{name} (a pre-trained ViT encoder of a {'2D' if kind == 'gmae2d' else '3D'} pre-training run)"
+        return f"{name} of kind {kind!r} ({CHECKPOINT_KINDS.get(kind, 'unknown')})"
+
+    files = ", ".join(what(name, kind) for name, kind in other.items())
     return [f"--output_dir {str(output_dir)!r}: holds {files}: another bundle's run, which this run "
             f"({', '.join(run_kinds)}) would replace; give another --output_dir"]  # fmt: skip
 

@@ -149,7 +149,7 @@ def test_an_encoder_or_training_checkpoint_marks_another_bundles_run(tmp_path):
                interrupted / "checkpoint_epoch=3.pt")  # fmt: skip
     encoder = tmp_path / "encoder"
     save_checkpoint(encoder / "encoder.pt", make_checkpoint(ENCODER_KIND, {"spatial_dims": 3}, {}))
-    for folder, named in ((interrupted, "checkpoint_epoch=3.pt of kind 'medgmae'"), (encoder, "encoder.pt of kind 'medgmae'")):
+    for folder, named in ((interrupted, "checkpoint_epoch=3.pt of kind 'medgmae'"), (encoder, "encoder.pt (a pre-trained ViT encoder of a 3D pre-training run)")):
         with pytest.raises(BundleSettingError, match=re.escape(named)):
             check_settings({}, output_dirs={"output_dir": folder}, run_kinds=RUN_KINDS["gmae2d_pretrain"])
         assert check_settings({}, output_dirs={"output_dir": folder}, run_kinds=RUN_KINDS["medgmae_pretrain"])

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="intensity window for NIfTI/DICOM (e.g. HU), mapped to 0..1; default: the window recorded "
                              "in the checkpoint at training, else each image's DICOM window or 0.5/99.5 percentiles; "
-                             "refused for PNG/JPEG")  # fmt: skip
+                             "refused for picture files (PNG/JPEG/BMP/TIFF)")  # fmt: skip
     common.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N "
                         "(default: %(default)s)")
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"),
