@@ -31,7 +31,8 @@ from monai.optimizers import WarmupCosineSchedule
 from monai.utils import set_determinism
 
 from medgmae.files import atomic_write
-from medgmae.twod.classification_data import load_classification_data, make_dataset, write_phantom_slice_task
+from medgmae.twod.classification_data import load_classification_data, make_dataset
+from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.gvit import GViT, PatchViTClassifier
 from medgmae.twod.gvit_eval import classification_metrics, predict
 from medgmae.twod.gvit_train import build_phase_trainer

@@ -18,8 +18,8 @@ from medgmae.twod.classification_data import (
     make_dataset,
     read_csv_list,
     scan_image_folder,
-    write_phantom_slice_task,
 )
+from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.gvit import (
     DenoisingGaussianEncoder,
     GaussianViTClassifier,

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from medgmae.twod.classification_data import resolve_classification_data, write_phantom_slice_task
+from medgmae.twod.classification_data import resolve_classification_data
+from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.gvit import GViT
 from medgmae.twod.gvit_eval import evaluate_model_file, save_confusion_matrix_png
 from medgmae.twod.gvit_summary import evaluate_command

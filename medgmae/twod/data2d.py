@@ -4,7 +4,7 @@
   :func:`medgmae.data.phantom.generate_phantom`, shown radiologically (patient's right on the image's left,
   anterior at the top), and :func:`window_to_image` windows one to ``[0, 1]`` at the model's size: the one
   phantom-slice generator of 2D GMAE (:func:`phantom_slices`) and GViT
-  (:func:`medgmae.twod.classification_data.write_phantom_slice_task`).
+  (:func:`medgmae.twod.phantom_task.write_phantom_slice_task`).
 * :func:`image_folder_items` lists PNG/JPEG/NIfTI/DICOM files of a folder (recursively).
 * :class:`LoadImage2Dd` is the one loader of 2D image files, for 2D GMAE and GViT: a MONAI dictionary transform
   that reads a file with :func:`medgmae.twod.images.read_image` and brings it to the model's channels and size

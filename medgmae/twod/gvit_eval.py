@@ -312,7 +312,7 @@ def _phantom_root(settings: Mapping, default_root: str | Path | None, output_dir
     root = Path(recorded) if recorded and Path(recorded).is_dir() else (Path(default_root) if default_root else None)
     if root is None:
         raise ValueError("dataset_dir is empty and no default_root is given for the default task")
-    from medgmae.twod.classification_data import phantom_task_conflicts
+    from medgmae.twod.phantom_task import phantom_task_conflicts
 
     old = phantom_task_conflicts(root, settings["num_phantoms"], settings["seed"], image_size)
     if old is None:
