@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from medgmae import cli_types
+from medgmae.bundle_errors import summarise_errors
 from medgmae.files import output_dir_problem
 
-__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "roi_size_check", "summarise_errors", "unknown_key_problems", "MIN_IMAGE_SIZE"]
+__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "roi_size_check", "unknown_key_problems", "MIN_IMAGE_SIZE"]
 
 #: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
 MIN_IMAGE_SIZE = 11
@@ -180,104 +181,6 @@ def roi_size_check(patch_size: Any = None, patch_name: str = "--encoder#patch_si
             raise ValueError(problem)
 
     return check
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and its causes, outermost first (``raise ... from`` causes, then implicit contexts)."""
-    chain, seen = [exc], {id(exc)}
-    while True:
-        nxt = chain[-1].__cause__ or (None if chain[-1].__suppress_context__ else chain[-1].__context__)
-        if nxt is None or id(nxt) in seen:
-            return chain
-        seen.add(id(nxt))
-        chain.append(nxt)
-
-
-def _is_monai_wrapper(exc: BaseException) -> bool:
-    """MONAI's ``RuntimeError`` around a config expression's, component's or transform's error (``applying
-    transform <...LoadImage2Dd object at 0x...>``), which names no cause."""
-    wrappers = ("Failed to evaluate", "Failed to instantiate", "applying transform")
-    return isinstance(exc, RuntimeError) and str(exc).startswith(wrappers)
-
-
-#: The last line of a training run stopped with Ctrl-C.
-INTERRUPTED = ("interrupted: run the same command with --resume true to continue from the newest "
-               "checkpoint_epoch=N.pt in its output folder (an epoch cut short is trained again)")
-#: The last line of any other bundle run (inference, evaluation, export) stopped with Ctrl-C.
-INTERRUPTED_NO_RESUME = "interrupted: run the same command again (no file is left half-written)"
-
-
-#: What rank 0 adds when its error is the loss of another process of the run (killed, out of memory).
-LOST_PEER = ("another process of this run stopped first (see its output and torchrun's summary): this one lost its "
-             "connection to it; --resume true continues from the newest checkpoint_epoch=N.pt")  # fmt: skip
-_PEER_PHRASES = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl communicator was aborted",
-                 "ncclremoteerror")  # fmt: skip
-
-
-def _lost_peer(reason: BaseException) -> bool:
-    """Whether ``reason`` is a collective's failure because another process went away (gloo's / NCCL's words)."""
-    text = f"{type(reason).__name__}: {reason}".lower()
-    return type(reason).__name__ == "DistBackendError" or any(p in text for p in _PEER_PHRASES)
-
-
-def summarise_errors(resumable: bool = False) -> bool:
-    """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
-    ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper.
-
-    ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
-    ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
-    (a bad key, a file that cannot be read, a resume that is refused) sits tens of lines higher. After Ctrl-C the
-    one line printed says how to continue instead (:data:`INTERRUPTED` for a bundle that resumes, or the
-    ``resume_advice`` its checkpoint handler set on the interrupt when there is no epoch checkpoint to continue
-    from), without the traceback of where the interrupt struck; Python exits with the interrupt's status (130).
-    Under ``torchrun`` only rank 0 (:func:`medgmae.distributed.is_main_process`) prints the traceback and the
-    reason, and the Ctrl-C line; every other rank prints one line, ``rank N stopped: <type>: <the reason, on one
-    line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason), and nothing after Ctrl-C; torchrun's own
-    report of the stopped processes follows. Installing this ``sys.excepthook`` is part of :func:`check_settings`,
-    the first step of each bundle's ``initialize``; on rank 0 it keeps the whole traceback (nothing is hidden), and
-    it is installed once however often it is called.
-
-    Args:
-        resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
-
-    Returns:
-        ``True`` (so that the call can sit in a bundle's ``initialize`` list).
-    """
-    if getattr(sys.excepthook, "summarises_errors", False):
-        sys.excepthook.resumable = sys.excepthook.resumable or resumable
-        return True
-    previous = sys.excepthook
-
-    def hook(exc_type, exc, tb) -> None:
-        chain = _chain(exc) if isinstance(exc, BaseException) else []
-        # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
-        reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
-        from medgmae.distributed import is_main_process, process_rank  # torch: imported on failure only
-
-        main = is_main_process()
-        if interrupt := next((e for e in chain if isinstance(e, KeyboardInterrupt)), None):
-            if main:  # Ctrl-C: where it struck is no news to anyone, and one process says what to do
-                advice = getattr(interrupt, "resume_advice", None) or INTERRUPTED
-                print(f"\n{advice if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
-            return
-        if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
-            rank = process_rank()
-            text = " ".join(str(reason).split())  # its lines joined, cut short: rank 0 prints it whole
-            text = text if len(text) <= 300 else text[:297] + "..."
-            print(f"rank {rank} stopped: {type(reason).__name__}: {text}; see rank 0", file=sys.stderr)
-            return
-        previous(exc_type, exc, tb)
-        if reason is not None and reason is not exc:
-            print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
-        if reason is not None and hook.resumable and _lost_peer(reason):
-            from medgmae.distributed import process_count
-
-            if process_count() > 1:  # a broken pipe of a single process (output piped to head) is not a lost peer
-                print(LOST_PEER, file=sys.stderr)
-
-    hook.summarises_errors, hook.resumable = True, bool(resumable)
-    sys.excepthook = hook
-    return True
 
 
 #: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).

@@ -308,7 +308,7 @@ def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, ran
 
     install = f"summarise_errors(resumable={resumable})"
     install = f"summarise_errors(); {install}" if twice else install
-    code = f"from medgmae.bundle_checks import summarise_errors\n{install}\n{body}"
+    code = f"from medgmae.bundle_errors import summarise_errors\n{install}\n{body}"
     env = {**os.environ, **({} if rank is None else {"RANK": str(rank), "WORLD_SIZE": "2"})}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     return proc, [line for line in proc.stderr.splitlines() if line.strip()]
@@ -318,7 +318,7 @@ def test_rank_0_losing_another_process_says_so_and_how_to_resume():
     """Under torchrun, a process killed mid-epoch leaves rank 0 failing in a collective with gloo's "Connection
     reset by peer": after that reason, rank 0 says another process stopped first and how to continue; an error of
     its own (a bad file) gets no such line, nor does a bundle without a resume."""
-    from medgmae.bundle_checks import LOST_PEER
+    from medgmae.bundle_errors import LOST_PEER
 
     lost = ("try:\n    raise RuntimeError('[gloo/transport/tcp/pair.cc:534] Connection reset by peer [127.0.0.1]:5')\n"
             "except RuntimeError as e:\n    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
@@ -391,7 +391,7 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
     (inference, evaluation), not a bare ``KeyboardInterrupt`` nor a traceback; the exit status stays the interrupt's."""
     import signal
 
-    from medgmae.bundle_checks import INTERRUPTED, INTERRUPTED_NO_RESUME
+    from medgmae.bundle_errors import INTERRUPTED, INTERRUPTED_NO_RESUME
 
     wrapped = (
         "try:\n"

@@ -101,7 +101,7 @@ class CheckpointHandler:
     number), a later ``--resume`` would have continued the earlier run, the pictures and curves of both runs
     would have been mixed, and a run stopped early would have left the earlier run's models and summary beside
     its own checkpoints. When Ctrl-C stops a run that has no epoch checkpoint to continue from, the interrupt
-    carries a ``resume_advice`` saying so, which :func:`medgmae.bundle_checks.summarise_errors` prints instead of
+    carries a ``resume_advice`` saying so, which :func:`medgmae.bundle_errors.summarise_errors` prints instead of
     the usual advice to resume. With ``resume=True`` it loads the newest epoch checkpoint in ``output_dir`` when
     the engine starts and continues from the next epoch, bit for bit on the same machine and software. A checkpoint
     whose state does not fit (another kind of run; an object refusing it, such as a model configuration record)
@@ -237,7 +237,7 @@ class CheckpointHandler:
 
     def _interrupted_advice(self, engine: Engine | None = None) -> str | None:
         """How to go on after Ctrl-C when no epoch checkpoint of this run (saved or resumed from) exists yet, for the
-        last line :func:`medgmae.bundle_checks.summarise_errors` prints; ``None`` when a resume continues this run."""
+        last line :func:`medgmae.bundle_errors.summarise_errors` prints; ``None`` when a resume continues this run."""
         if self._saved_epoch or self.resumed_from is not None:
             return None
         if not epoch_checkpoints(self.output_dir):
