@@ -180,8 +180,8 @@ def save_nifti_atomic(
     """Write a volume as NIfTI through :func:`atomic_write`; the one NIfTI writer of the toolkit.
 
     The header states what 3D Slicer, ITK and nibabel need to agree on the volume's place: the voxel-to-world
-    ``affine`` as both qform and sform (code 1, scanner RAS; a sheared affine, which no qform can hold, as the sform
-    only, qform code 0) and millimetres as the spatial unit.
+    ``affine`` as both qform and sform (code 1, scanner RAS; of a sheared affine the qform is the nearest rotation and
+    scaling, which ITK-based tools read) and millimetres as the spatial unit.
 
     Args:
         data: the array in the file's own index order ``(I, J, K)`` (nibabel's), e.g. ``(H, W, D)``.
@@ -204,10 +204,9 @@ def save_nifti_atomic(
     img = nib.Nifti1Image(array, affine)
     img.header.set_data_dtype(array.dtype)
     img.header.set_xyzt_units("mm", "sec")
-    # a qform is a rotation and voxel sizes: a sheared affine (a gantry-tilted scan's, kept by the sform) has no
-    # qform, and one approximating it would place the volume elsewhere in viewers that read the qform
-    linear = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-    img.set_qform(affine, code=1 if np.allclose(linear.T @ linear, np.eye(3), atol=1e-6) else 0)
+    # a sheared affine (an unresampled gantry-tilted scan's) has no exact qform: nibabel writes the nearest one, which
+    # ITK-based tools read (they refuse a file without an orthonormal frame), while the sform keeps the shear
+    img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     with atomic_write(path) as tmp:
         nib.save(img, str(tmp))

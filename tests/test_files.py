@@ -130,19 +130,22 @@ def test_save_nifti_atomic_header_read_back_by_itk(tmp_path, name):
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
-def test_a_sheared_affine_is_written_as_the_sform_only(tmp_path):
-    """A sheared affine (a gantry-tilted scan's) has no qform: written as the sform with qform code 0, so that a
-    viewer reading the qform does not place the volume by an approximation; nibabel reads the sform back exactly."""
+def test_a_sheared_affine_is_kept_by_the_sform_and_readable_by_itk(tmp_path):
+    """A sheared affine (a gantry-tilted scan's): the sform holds it exactly (nibabel reads it back) and the qform,
+    code 1, its nearest orthonormal frame, so that ITK (which refuses a file without one) still reads the file."""
     import nibabel as nib
     import numpy as np
+    import SimpleITK as sitk
 
     from medgmae.files import save_nifti_atomic
 
     sheared = _oblique_affine()
     sheared[:3, 2] += [0.0, 2.5 * np.tan(np.radians(20.0)), 0.0]  # each slice shifted along y: a 20 degree tilt
-    img = nib.load(str(save_nifti_atomic(np.zeros((5, 4, 3), np.float32), sheared, tmp_path / "tilt.nii.gz")))
-    assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 1
+    path = save_nifti_atomic(np.zeros((5, 4, 3), np.float32), sheared, tmp_path / "tilt.nii.gz")
+    img = nib.load(str(path))
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
     np.testing.assert_allclose(img.affine, sheared, atol=1e-5)
+    assert sitk.ReadImage(str(path)).GetSize() == (5, 4, 3)
 
 
 def test_a_gzip_file_named_nii_is_named_so(tmp_path):
