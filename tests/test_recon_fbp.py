@@ -197,10 +197,16 @@ def test_views_going_round_twice_weigh_as_one_turn(kind):
     torch.testing.assert_close(fbp(TorchProjector(twice)(vol), twice), fbp(TorchProjector(once)(vol), once))
     assert arc_weighting_note(twice) is None and parker_weights(twice) is None
     over = make((6, 20, 20), 1.0, num_angles=40, arc_deg=400, **cone)
-    assert parker_weights(over) is None and "the 40 views cover about 400 degrees, more than one turn" in arc_weighting_note(over)
+    assert parker_weights(over) is None and "the 40 views cover about 400 degrees (1.1 turns), more than one turn" in arc_weighting_note(over)
+    assert "degrees?" not in arc_weighting_note(over)
     degrees = make((6, 20, 20), 1.0, angles=np.arange(0.0, 360.0, 15.0).tolist(), **cone)
-    assert "the 24 angles span 345 radians (57 turns)" in arc_weighting_note(degrees)
-    assert "look like degrees" in arc_weighting_note(degrees)
+    assert arc_weighting_note(degrees) == ("the 24 angles run from 0 to 345: as radians, which geometry.json's angles "
+                                           "are, 57 turns; are they degrees? (convert them with numpy.deg2rad)")
+    tomosynthesis = make((6, 20, 20), 1.0, angles=np.linspace(-20.0, 20.0, 21).tolist(), **cone)  # degrees too
+    assert "the 21 angles run from -20 to 20: as radians" in arc_weighting_note(tomosynthesis)
+    cine = make((6, 20, 20), 1.0, num_angles=720, arc_deg=20 * 360, **cone)  # 20 whole turns in radians: no note
+    golden = make((6, 20, 20), 1.0, angles=(np.arange(100) * math.pi * (3 - math.sqrt(5))).tolist(), **cone)
+    assert arc_weighting_note(cine) is None and "degrees?" not in (arc_weighting_note(golden) or "")
 
 
 @pytest.mark.parametrize("kind", ["parallel", "cone"])
