@@ -320,21 +320,25 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
         geometry: the scan.
         threshold: the share of the largest line integral an outer column may reach.
     """
-    p = torch.as_tensor(proj).detach().to("cpu", torch.float64)
+    p = torch.as_tensor(proj).detach().to("cpu")
     peak = float(p.max()) if p.numel() else 0.0
     if p.dim() != 3 or p.shape[-1] < 3 or not math.isfinite(peak) or peak <= 0:
         return None
-    # each view's outer columns by their 90th percentile over the rows: robust to a hot pixel, and a cone beam's
-    # rows beyond the volume's ends do not dilute it
-    edges = torch.quantile(torch.cat([p[:, :, 0], p[:, :, -1]], 1), 0.9, dim=1)  # (V,)
-    worst = int(edges.argmax())
-    share = float(edges[worst]) / peak
+    # each view's two outer columns (only they are copied), averaged (noise in air averages out; an object cut on
+    # one side still shows at half its value), by their median over the rows that see the object (a cone beam's
+    # rows beyond the volume's ends would dilute it); judged over the views by the upper quartile, since an object
+    # wider than the field of view is cut in many views, and noise peaks in a few
+    seen = p.mean(dim=2, dtype=torch.float64) > threshold * peak  # (V, rows): their mean, as noise averages out
+    outer = ((p[:, :, 0].double() + p[:, :, -1].double()) / 2).masked_fill(~seen, float("nan"))
+    edges = torch.nan_to_num(outer.nanmedian(dim=1).values, nan=0.0)  # (V,)
+    share = float(torch.quantile(edges, 0.75)) / peak
     if share <= threshold:
         return None
+    worst = int(edges.argmax())
     width = geometry.det_shape[1] * geometry.det_spacing[1]
     fov = width if geometry.kind == "parallel" else width * geometry.source_origin / geometry.source_detector
     what = "FBP" if geometry.kind == "parallel" else "FDK"
     return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral "
-            f"(view {worst}): the object is wider than the detector's field of view ({fov:.1f} mm across at the "
+            f"in a quarter of the views (most in view {worst}): the object is wider than the detector's field of view ({fov:.1f} mm across at the "
             f"rotation axis), so the projections are truncated and {what} values are biased (the Gaussian "
             "reconstruction fits what the detector saw; a wider detector, or more columns, avoids it)")  # fmt: skip

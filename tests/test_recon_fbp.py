@@ -231,3 +231,11 @@ def test_projections_truncated_at_the_detector_sides_are_named(kind):
     assert note is not None and f"wider than the detector's field of view ({fov:.1f} mm across" in note, note
     assert truncation_note(TorchProjector(wide)(full), wide) is None
     assert truncation_note(TorchProjector(wide)(disc), wide) is None
+    # with Poisson noise (water line integrals up to ~0.4, 300 photons: noise in air ~15 % of the peak): the same
+    def noisy(proj, photons, seed):
+        counts = torch.poisson(photons * torch.exp(-0.0192 * proj), generator=torch.Generator().manual_seed(seed))
+        return -torch.log(counts.clamp_min(1.0) / photons)
+
+    for seed in range(5):
+        assert truncation_note(noisy(TorchProjector(wide)(disc), 300, seed), wide) is None, seed
+        assert truncation_note(noisy(TorchProjector(narrow)(full), 1000, seed), narrow) is not None, seed
