@@ -189,10 +189,15 @@ def test_no_gaussians_gives_background():
     ],
 )
 def test_bad_inputs(change, message):
+    """Each bad input is named; only NaN / Inf values are a NonFiniteGaussiansError (named as divergence in
+    training), finite but invalid ones (negative scales, zero quaternions, opacity 2.5) a plain ValueError."""
+    from medgmae.render import NonFiniteGaussiansError
+
     args = list(_random_gaussians(1, 6, 3, seed=0, dtype=torch.float32))
     change(args)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
         render_gaussians_2d(*args, (8, 8), "torch")
+    assert isinstance(raised.value, NonFiniteGaussiansError) == (message == "means must be finite")
 
 
 def test_bad_size_backend_background_and_cpu_gsplat():

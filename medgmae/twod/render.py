@@ -89,9 +89,9 @@ def _check_inputs(means, scales, quats, colors, opacities, image_size, backend, 
             "colors must be finite (found NaN or Inf)",
             "opacities must be in [0, 1] (found a value outside it or NaN)",
         )
-        for bad, msg in zip(flags.tolist(), messages):
-            if bad:
-                raise (NonFiniteGaussiansError if "finite" in msg or "NaN" in msg else ValueError)(msg)
+        for bad, msg, values in zip(flags.tolist(), messages, (means, scales, quats, colors, opacities)):
+            if bad:  # NaN / Inf among the values: NonFiniteGaussiansError (a diverged model, in training)
+                raise (ValueError if bool(torch.isfinite(values).all()) else NonFiniteGaussiansError)(msg)
     return size
 
 
