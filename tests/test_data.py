@@ -609,6 +609,7 @@ def test_a_multi_frame_dicom_file_and_a_singleton_4d_metaimage_keep_their_frame(
     (tmp_path / "mf").mkdir()
     sitk.WriteImage(img, str(tmp_path / "mf" / "ct3d.dcm"))
     expected = _expected_ras(np.eye(3), (0.7, 0.8, 2.5), (-15.0, -20.0, -100.0))
+    assert reader_mod.volume_stem(tmp_path / "mf" / "ct3d.dcm") == "ct3d"  # its outputs' names
     for path in (tmp_path / "mf" / "ct3d.dcm", tmp_path / "mf"):
         vol = read_volume(path)
         np.testing.assert_allclose(vol.affine, expected, atol=1e-6, err_msg=str(path))
@@ -624,6 +625,19 @@ def test_a_multi_frame_dicom_file_and_a_singleton_4d_metaimage_keep_their_frame(
     vol = read_volume(tmp_path / "q.mha")
     assert vol.array.shape == (7, 6, 5)
     np.testing.assert_allclose(vol.affine, _expected_ras(rot, (0.7, 0.8, 2.5), (3.0, -4.0, 5.0)), atol=1e-6)
+
+
+def test_a_multi_frame_dicom_file_of_another_modality_is_warned_about(tmp_path, caplog):
+    """An MR multi-frame file given as the file is named as not CT, as its folder (a series) is."""
+    img = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 900, (5, 6, 7)).astype(np.uint16))
+    img.SetMetaData("0008|0060", "MR")
+    (tmp_path / "mr").mkdir()
+    sitk.WriteImage(img, str(tmp_path / "mr" / "t1.dcm"))
+    for path, what in ((tmp_path / "mr" / "t1.dcm", "file"), (tmp_path / "mr", "series")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medgmae.data"):
+            read_volume(path)
+        assert f"{path}: a DICOM {what} of modality MR, read as CT in HU" in caplog.text, (path, caplog.text)
 
 
 def test_a_gantry_tilted_dicom_series_is_refused_naming_the_tilt(tmp_path):
@@ -656,3 +670,18 @@ def test_a_detached_header_without_its_data_file_names_it(tmp_path, ending, data
         read_volume(tmp_path / f"ct{ending}")
     assert str(error.value) == (f"{tmp_path / f'ct{ending}'}: its header names the data file {written[0]}, which does not "
                                 "exist (copy it beside the header)")
+
+
+def test_a_small_tilt_of_thin_slices_is_refused_by_its_sum(tmp_path):
+    """A 1.5 degree tilt at 0.625 mm steps shifts each slice by 0.016 mm (under one step's tolerance) and the last
+    of 12 by 0.18 mm, over 0.2 % of the series' 6.9 mm: refused by the first-to-last shift, naming the angle."""
+    img = _sitk_image(3)
+    img.SetDirection(np.eye(3).flatten().tolist())
+    img.SetSpacing((0.8, 1.3, 0.625))
+    folder = _write_dicom_series(img, tmp_path / "thin")
+    shift = 0.625 * np.tan(np.radians(1.5))
+    for k in range(img.GetDepth()):
+        x, y, z = img.TransformIndexToPhysicalPoint((0, 0, k))
+        _rewrite_slice(folder, k, {"0020|0032": f"{x:.6f}\\{y + k * shift:.6f}\\{z:.6f}"})
+    with pytest.raises(ValueError, match=r"\(a 1\.5 degree gantry tilt\?\)"):
+        read_volume(folder)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Refused", "read_series", "series_files", "series_ids"]
+__all__ = ["Refused", "read_series", "series_files", "series_ids", "warn_if_modality_not_ct"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,9 @@ def _slice_positions(reader) -> np.ndarray | None:
 def _check_not_sheared(reader) -> None:
     """Refuse a series whose slices shift within their planes from one to the next (a gantry-tilted acquisition):
     ITK stacks them along the normal as if they did not, which misplaces every slice but the first (by the tilt's
-    tangent times the distance along the normal). The tolerance, 1 % of the step but at least 0.02 mm, allows for
-    DICOM's rounding of the position tags.
+    tangent times the distance along the normal). The tolerances, 1 % of a step (at least 0.02 mm) from one slice to
+    the next and 0.2 % of the series' length from the first to the last, allow for DICOM's rounding of the position
+    and orientation tags.
 
     Raises:
         ValueError: naming the shift per slice, the angle and how to resample the series.
@@ -109,10 +110,18 @@ def _check_not_sheared(reader) -> None:
     along = steps @ normal
     across = np.linalg.norm(steps - along[:, None] * normal, axis=1)
     worst = int(np.argmax(across))
-    if across[worst] <= max(0.01 * abs(along[worst]), 0.02):
+    # a small tilt of thin slices stays under the tolerance of one step and adds up over the series: first to last,
+    # an in-plane shift over 0.2 % of the length (0.1 degree; a 3-decimal orientation tag errs by ~0.06 degree)
+    total = ipp[-1] - ipp[0]
+    total_along = float(total @ normal)
+    total_across = float(np.linalg.norm(total - total_along * normal))
+    step_ok = across[worst] <= max(0.01 * abs(along[worst]), 0.02)
+    if step_ok and total_across <= max(0.002 * abs(total_along), 0.02):
         return
-    angle = np.degrees(np.arctan2(across[worst], abs(along[worst])))
-    raise Refused(f"each slice of the DICOM series is shifted by {across[worst]:.3g} mm within its plane from the "
+    per_step = across[worst] if not step_ok else total_across / max(1, len(steps))
+    step_along = abs(along[worst]) if not step_ok else abs(total_along) / max(1, len(steps))
+    angle = np.degrees(np.arctan2(per_step, step_along))
+    raise Refused(f"each slice of the DICOM series is shifted by {per_step:.3g} mm within its plane from the "
                    f"one before (a {angle:.1f} degree gantry tilt?): the volume is sheared, and it would be read as if it "
                    "were not, every slice misplaced; resample it to a regular grid first (dcm2niix corrects gantry "
                    "tilt)")  # fmt: skip
@@ -151,12 +160,17 @@ def _check_slices_agree(reader) -> None:
 
 
 def _warn_if_not_ct(reader, folder: Path) -> None:
-    """Warn once when a series' Modality is not CT: the toolkit reads values as HU (an MR series reads without
-    error and trains or reconstructs as nonsense)."""
+    """Warn when a series' Modality is not CT (:func:`warn_if_modality_not_ct`)."""
     if reader.HasMetaDataKey(0, "0008|0060"):
-        modality = reader.GetMetaData(0, "0008|0060").strip()
-        if modality and modality.upper() != "CT":
-            logger.warning("%s: a DICOM series of modality %s, read as CT in HU (the toolkit expects CT)", folder, modality)
+        warn_if_modality_not_ct(reader.GetMetaData(0, "0008|0060"), folder, "series")
+
+
+def warn_if_modality_not_ct(modality: str, where: Path, what: str = "file") -> None:
+    """Warn when a DICOM series' or multi-frame file's Modality is not CT: the toolkit reads values as HU (an MR
+    image reads without error and trains or reconstructs as nonsense)."""
+    modality = modality.strip()
+    if modality and modality.upper() != "CT":
+        logger.warning("%s: a DICOM %s of modality %s, read as CT in HU (the toolkit expects CT)", where, what, modality)
 
 
 def _check_even_slices(reader) -> None:

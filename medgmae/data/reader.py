@@ -23,13 +23,15 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from medgmae.data.dicom_series import Refused, read_series, series_ids
+from medgmae.data.dicom_series import Refused, read_series, series_ids, warn_if_modality_not_ct
 from medgmae.data.grid import grid_offset_mm
 
 __all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUFFIXES", "LoadVolumed"]
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Endings of DICOM files: one slice of a series, or a whole volume in a multi-frame file (:func:`read_volume`).
+DICOM_FILE_SUFFIXES = (".dcm", ".ima", ".dicom")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class Volume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
-def volume_stem(path: str | Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> str:
+def volume_stem(path: str | Path, suffixes: Sequence[str] = VOLUME_SUFFIXES + DICOM_FILE_SUFFIXES) -> str:
     """The file (or DICOM folder) name without its ending among ``suffixes`` (``ct.nii.gz`` -> ``ct``; other dots
     are kept: ``1.2.840.5.dcm`` -> ``1.2.840.5`` with ``.dcm`` among them); the longest matching ending is cut."""
     name = Path(path).name
@@ -152,6 +154,8 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
     img = read_series(path) if path.is_dir() else _read_sitk_file(path)
+    if not path.is_dir() and img.HasMetaDataKey("0008|0060"):  # a multi-frame DICOM file
+        warn_if_modality_not_ct(img.GetMetaData("0008|0060"), path)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"expected one value per voxel, got {img.GetNumberOfComponentsPerPixel()} components")
     dim = img.GetDimension()
@@ -202,9 +206,9 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
     if not p.exists():
         raise FileNotFoundError(f"volume not found: {p}")
     if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)):
-        if p.suffix.lower() in (".dcm", ".ima", ".dicom") and not _multi_frame(p):
+        if p.suffix.lower() in DICOM_FILE_SUFFIXES and not _multi_frame(p):
             raise ValueError(f"{p}: one DICOM slice, not a volume: give the folder holding its series ({p.parent})")
-        if p.suffix.lower() not in (".dcm", ".ima", ".dicom"):
+        if p.suffix.lower() not in DICOM_FILE_SUFFIXES:
             raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)}, a DICOM folder or "
                              "a multi-frame DICOM file)")
     try:
