@@ -341,9 +341,9 @@ def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
     if looks_like_shifted_hu(array):
         logger.warning(
             "%s has no value below %g but reaches %g: a CT in HU has air at -1000 (outside the body, in the lungs), so "
-            "this is another modality or a CT stored as HU + 1024 without its rescale intercept (air reads as "
-            "tissue under the model's HU window [%g, %g]); for the latter subtract 1024 (or set the DICOM "
-            "RescaleIntercept / NIfTI scl_inter to -1024)", source, lo, hi, a0, a1,
+            "this is a crop without air (inside the skull, say), another modality, or a CT stored as HU + 1024 "
+            "without its rescale intercept (air reads as tissue under the model's HU window [%g, %g]); for the "
+            "last subtract 1024 (or set the DICOM RescaleIntercept / NIfTI scl_inter to -1024)", source, lo, hi, a0, a1,
         )  # fmt: skip
         return True
     return False

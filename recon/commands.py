@@ -314,7 +314,7 @@ def cmd_fbp(args) -> int:
     from recon.scan_files import save_nifti
 
     out = check_out_file(args.out, "--out", (".nii", ".nii.gz"))
-    if out.exists() and out.resolve() == Path(args.projections).resolve():
+    if out.exists() and Path(args.projections).exists() and os.path.samefile(out, args.projections):  # links too
         raise CLIError(f"--out {args.out} is the projection stack given as --projections: give another file name")
     geom, proj = load_scan(args.projections, args.geometry)
     device = resolve_cli_device(args.device)

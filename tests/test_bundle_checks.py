@@ -250,6 +250,9 @@ def test_gvit_settings_the_run_would_fail_on_are_refused_first(tmp_path, config,
     error = _the_error(proc.stdout + proc.stderr)
     if phantoms:
         assert "--num_phantoms: expected an integer of at least 3 (the last 2 phantoms are the validation split), got 2" in error
+        from medgmae.twod.phantom_task import check_num_phantoms
+
+        check_num_phantoms(2, "/data/classes")  # a dataset of one's own: the phantom count is not used
     assert proc.returncode != 0 and "--num_explanations: expected a non-negative integer or -1 (all), got '-5'" in error, error
     assert "--render_backend: gsplat renders on CUDA devices only and --device cpu runs on cpu: use --render_backend torch" in error
     assert not out.exists()

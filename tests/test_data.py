@@ -658,11 +658,15 @@ def test_a_gantry_tilted_dicom_series_is_refused_naming_the_tilt(tmp_path):
     np.testing.assert_allclose(read_volume(oblique).spacing, SPACING, atol=1e-4)
 
 
-@pytest.mark.parametrize("ending, data", [(".mhd", ".raw"), (".nhdr", ".raw")])
-def test_a_detached_header_without_its_data_file_names_it(tmp_path, ending, data):
-    """A MetaImage .mhd or NRRD .nhdr whose data file is missing is named so (it was called truncated or corrupt)."""
+@pytest.mark.parametrize("ending, spelling", [(".mhd", None), (".nhdr", None), (".nhdr", "datafile:")])
+def test_a_detached_header_without_its_data_file_names_it(tmp_path, ending, spelling):
+    """A MetaImage .mhd or NRRD .nhdr (either spelling of its field) whose data file is missing is named so (it was
+    called truncated or corrupt)."""
     img = _sitk_image(1)
     sitk.WriteImage(img, str(tmp_path / f"ct{ending}"))
+    if spelling:
+        header = tmp_path / f"ct{ending}"
+        header.write_text(header.read_text().replace("data file:", spelling))
     written = [p for p in tmp_path.iterdir() if p.suffix != ending]
     assert len(written) == 1
     written[0].unlink()

@@ -541,6 +541,9 @@ def test_fbp_names_a_file_it_replaces_and_refuses_to_replace_its_input(simulated
     before = stack.read_bytes()
     assert main(["fbp", "--projections", str(stack), "--geometry", geometry, "--out", str(tmp_path / "." / "proj.nii.gz")]) == 2
     assert "is the projection stack given as --projections" in capsys.readouterr().err and stack.read_bytes() == before
+    os.link(stack, tmp_path / "linked.nii.gz")  # the same file under another name
+    assert main(["fbp", "--projections", str(stack), "--geometry", geometry, "--out", str(tmp_path / "linked.nii.gz")]) == 2
+    assert "is the projection stack given as --projections" in capsys.readouterr().err and stack.read_bytes() == before
 
 
 def test_projection_shape_and_nan_errors_say_where(simulated, tmp_path, capsys):

@@ -117,14 +117,14 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
 def _missing_data_file(path: Path) -> Path | None:
     """The data file a detached header (MetaImage ``.mhd``: ``ElementDataFile``; NRRD ``.nhdr``: ``data file``)
     names when it does not exist, else ``None`` (ITK would say the file is unreadable, and print to the console)."""
-    keys = {".mhd": "elementdatafile", ".nhdr": "data file"}
-    key = keys.get(path.suffix.lower())
-    if key is None:
+    keys = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}  # NRRD allows both spellings
+    names = keys.get(path.suffix.lower())
+    if names is None:
         return None
     for line in path.read_text(errors="replace").splitlines():
-        name, sep, value = line.partition("=" if key == "elementdatafile" else ":")
+        name, sep, value = line.partition("=" if path.suffix.lower() == ".mhd" else ":")
         value = value.strip()
-        if sep and name.strip().lower() == key and value.upper() not in ("LOCAL", "LIST") and " " not in value:
+        if sep and name.strip().lower() in names and value.upper() not in ("LOCAL", "LIST") and " " not in value:
             data = (path.parent / value) if not Path(value).is_absolute() else Path(value)
             return None if data.exists() else data
     return None

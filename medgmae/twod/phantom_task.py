@@ -32,11 +32,14 @@ _TASK_VERSION = 2
 VAL_PHANTOMS = 2
 
 
-def check_num_phantoms(value: Any) -> None:
-    """The GViT bundle's ``num_phantoms`` setting, checked up front: an integer above :data:`VAL_PHANTOMS` (the
-    last phantoms are the validation split, at least one trains). Raises ``ValueError`` naming the minimum."""
+def check_num_phantoms(value: Any, dataset_dir: Any = "") -> None:
+    """The GViT bundle's ``num_phantoms`` setting, checked up front when the phantom task is used (no
+    ``dataset_dir``): an integer above :data:`VAL_PHANTOMS` (the last phantoms are the validation split, at least one
+    trains). Raises ``ValueError`` naming the minimum."""
     from medgmae.cli_types import is_integer_text
 
+    if str(dataset_dir or "").strip():
+        return
     n = int(value.strip()) if isinstance(value, str) and is_integer_text(value) else value
     if isinstance(n, bool) or not isinstance(n, int) or n <= VAL_PHANTOMS:
         raise ValueError(f"expected an integer of at least {VAL_PHANTOMS + 1} (the last {VAL_PHANTOMS} phantoms are "
