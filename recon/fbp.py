@@ -339,6 +339,7 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     fov = width if geometry.kind == "parallel" else width * geometry.source_origin / geometry.source_detector
     what = "FBP" if geometry.kind == "parallel" else "FDK"
     return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral "
-            f"in a quarter of the views (most in view {worst}): the object is wider than the detector's field of view ({fov:.1f} mm across at the "
-            f"rotation axis), so the projections are truncated and {what} values are biased (the Gaussian "
-            "reconstruction fits what the detector saw; a wider detector, or more columns, avoids it)")  # fmt: skip
+            f"in a quarter of the views (most in view {worst}): the object is wider than the detector's field of view "
+            f"({fov:.1f} mm across at the rotation axis), so the projections are truncated and {what} values are "
+            "biased (the Gaussian reconstruction fits what the detector saw; a wider detector, or more columns, avoids "
+            "it)")  # fmt: skip
