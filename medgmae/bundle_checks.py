@@ -14,7 +14,6 @@ import argparse
 import ast
 import difflib
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -79,8 +78,8 @@ def _problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any], setti
         return f"expected {kind.replace('_', ' ')}, got {value!r}"
     if kind in cli_types.INTEGER_NAMES and isinstance(value, (str, float)) and not cli_types.is_integer_text(value):
         # the configs use the value as given, where MONAI reads --max_epochs 1e2 as the float 100.0
-        whole = isinstance(value, float) and math.isfinite(value) and value == int(value)
-        return f"expected {cli_types.INTEGER_NAMES[kind]}, got {value!r}" + (f" (write it as {int(value)})" if whole else "")
+        whole = cli_types.whole_number(value)
+        return f"expected {cli_types.INTEGER_NAMES[kind]}, got {value!r}" + (f" (write it as {whole})" if whole is not None else "")
     try:
         KINDS[kind](str(value).strip())
     except argparse.ArgumentTypeError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
 __all__ = ["INTEGER_NAMES", "as_bool", "count_or_all", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
@@ -33,6 +34,14 @@ INTEGER_NAMES = {"int": "an integer", "positive_int": "a positive integer", "non
                  "count_or_all": "a non-negative integer or -1 (all)"}
 
 
+def whole_number(value: str | float) -> int | None:
+    """The integer a float or a text in float notation stands for (``100.0``, ``"1e2"``: 100), else ``None``."""
+    try:
+        return _int(str(value))
+    except ValueError:
+        return None
+
+
 def is_integer_text(value: str | float) -> bool:
     """Whether ``value`` is the text of an integer (a float, or text in float notation such as ``1e2``, is not: the
     configs use a setting as given, and this module's argparse types, which read ``1e2`` as 100, do not run there)."""
@@ -51,9 +60,12 @@ def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        value = float(text)  # ValueError for text that is no number
-        if not (math.isfinite(value) and value == int(value)):
-            raise ValueError(f"{text!r} is not a whole number") from None
+        try:
+            value = Decimal(str(text).strip())  # exact: 12345678901234567e0 stays what it says
+        except InvalidOperation:
+            raise ValueError(f"{text!r} is not a number") from None
+        if not (value.is_finite() and value == value.to_integral_value() and abs(value) < 2**63):
+            raise ValueError(f"{text!r} is not a whole number of a usable size")
         return int(value)
 
 

@@ -88,7 +88,7 @@ def test_integer_and_callable_kinds():
     assert "--n: expected an integer, got 1.5\n" in str(e.value) + "\n"
     # MONAI reads --epochs 1e2 as the float 100.0, which the configs would use as given
     assert "--epochs: expected a positive integer, got 100.0 (write it as 100)" in str(e.value)
-    assert "--steps: expected a non-negative integer, got '1e2'" in str(e.value) and "--k" not in str(e.value)
+    assert "--steps: expected a non-negative integer, got '1e2' (write it as 100)" in str(e.value) and "--k" not in str(e.value)
     assert "--gamma: strength must be in [0, 1], got 2" in str(e.value)
     assert "--other: could not convert string to float: 'x'" in str(e.value)
 

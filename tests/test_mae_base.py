@@ -60,7 +60,8 @@ def test_from_checkpoint_with_mismatched_weights_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     "parse, good, bad",
     [
-        (positive_int, {"3": 3, "1": 1, "15e3": 15000, "100.0": 100}, ["0", "-2", "1.5", "x", "1e400", "nan", "-1e2"]),
+        (positive_int, {"3": 3, "1": 1, "15e3": 15000, "100.0": 100, "12345678901234567e0": 12345678901234567},
+         ["0", "-2", "1.5", "x", "1e400", "nan", "-1e2"]),
         (positive_float, {"0.5": 0.5, "1e3": 1000.0}, ["0", "-1", "nan", "inf", "x"]),
         (nonneg_float, {"0": 0.0, "2.5": 2.5}, ["-0.1", "nan", "inf", "y"]),
     ],
