@@ -297,6 +297,9 @@ def test_data_errors_are_named(tmp_path):
     (root / "c").mkdir()
     with pytest.raises(ValueError, match=r"class folder .*c holds no images"):
         scan_image_folder(root)
+    (root / "d").mkdir()
+    with pytest.raises(ValueError, match=rf"class folders {root / 'c'}, {root / 'd'} hold no images"):
+        scan_image_folder(root)  # both named at once
     root = _folder(tmp_path / "u")
     (root / "b" / "bad.png").write_bytes(b"\x89PNG\r\n garbage")
     (root / "a" / "text.png").write_text("not an image")
@@ -326,6 +329,8 @@ def test_csv_lists_and_errors(tmp_path):
         "one.csv": ("data/a/0.png,a\ndata/a/1.png,a\n", "at least 2 classes"),
         "split.csv": ("data/a/0.png,a,test\ndata/b/0.png,b\n", "split must be"),
         "blank.csv": ("path,label\n", "lists no images"),
+        "several.csv": ("data/a/0.png,a,test\nnope.png,b\ndata/b/0.png\n",  # every bad row at once
+                        r"line 1: split must be .*; line 2: image not found: .*nope\.png; line 3: expected 'path,label'"),
     }
     for name, (text, msg) in cases.items():
         (tmp_path / name).write_text(text)

@@ -103,12 +103,14 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         what = f"holds {loose} image(s) but no class sub-folders" if loose else "is empty"
         raise ValueError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
     _require_classes(classes, f"dataset folder {root}")
-    items = []
+    items, empty = [], []
     for idx, name in enumerate(classes):
         files = sorted(p for p in (root / name).iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
-        if not files:
-            raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        empty += [] if files else [str(root / name)]
         items += [{"image": str(f), "label": idx} for f in files]
+    if empty:  # every one named at once
+        raise ValueError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold{'' if len(empty) > 1 else 's'} "
+                         f"no images ({', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
     return items, classes
 
 
@@ -131,18 +133,24 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
         rows = rows[1:]
     if not rows:
         raise ValueError(f"CSV file {csv_path} lists no images: expected rows of path,label")
-    parsed = []
-    for line, r in rows:
+    parsed, problems = [], []
+    for line, r in rows:  # every bad row named in one error
         if len(r) not in (2, 3) or not r[0].strip() or not r[1].strip():
-            raise ValueError(f"CSV file {csv_path}, line {line}: expected 'path,label' or 'path,label,split', got {r}")
+            problems.append(f"line {line}: expected 'path,label' or 'path,label,split', got {r}")
+            continue
         split = r[2].strip().lower() if len(r) == 3 else ""
         if split not in ("", "train", "val"):
-            raise ValueError(f"CSV file {csv_path}, line {line}: split must be 'train' or 'val', got {r[2]!r}")
+            problems.append(f"line {line}: split must be 'train' or 'val', got {r[2]!r}")
+            continue
         path = Path(r[0].strip())
         path = path if path.is_absolute() else csv_path.parent / path
         if not path.is_file():
-            raise ValueError(f"CSV file {csv_path}, line {line}: image not found: {path}")
+            problems.append(f"line {line}: image not found: {path}")
+            continue
         parsed.append((str(path), r[1].strip(), split))
+    if problems:
+        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError(f"CSV file {csv_path}, " + "; ".join(problems[:10]) + more)
     classes = sorted({label for _, label, _ in parsed})
     _require_classes(classes, f"CSV file {csv_path}")
     index = {c: i for i, c in enumerate(classes)}
