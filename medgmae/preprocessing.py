@@ -31,7 +31,8 @@ import numpy as np
 
 __all__ = [
     "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "check_spec_setting", "check_spacing_override",
-    "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "looks_like_shifted_hu", "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
+    "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "looks_like_shifted_hu", "looks_like_hu",
+    "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -295,7 +296,11 @@ def looks_like_label_map(array) -> int:
 def looks_like_shifted_hu(array) -> bool:
     """Whether ``array`` (NumPy or torch, any shape) has no air (nothing below :data:`SHIFTED_HU_MIN`) but values
     above 1000: no CT in HU, but a CT stored as HU + 1024 without its rescale intercept, or another modality."""
-    lo, hi = _value_range(array)
+    return _range_is_shifted_hu(*_value_range(array))
+
+
+def _range_is_shifted_hu(lo: float, hi: float) -> bool:
+    """:func:`looks_like_shifted_hu` of a volume's ``(min, max)``."""
     return lo >= SHIFTED_HU_MIN and hi > 1000
 
 
@@ -338,7 +343,7 @@ def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
             values, lo, hi, a0, a1,
         )
         return True
-    if looks_like_shifted_hu(array):
+    if _range_is_shifted_hu(lo, hi):  # the range read above: no other pass over the volume
         logger.warning(
             "%s has no value below %g but reaches %g: a CT in HU has air at -1000 (outside the body, in the lungs), so "
             "this is a crop without air (inside the skull, say), another modality, or a CT stored as HU + 1024 "

@@ -133,7 +133,9 @@ def _warn_if_padded(grid: Sequence[int], window: Sequence[int], spec: Preprocess
     """Warn when the scan, on the model's grid, is so much smaller than its window that padding (air) fills more
     than ``max_padding`` of it: the decoder, trained on full windows, then places few Gaussians in the scan (the
     rule of :class:`medgmae.data.input_checks.WarnIfPaddedd` for training crops)."""
-    padding = 1.0 - float(np.prod([min(m, w) / w for m, w in zip(grid, window)]))
+    from medgmae.data.input_checks import padding_share
+
+    padding = padding_share(grid, window)
     if padding <= max_padding:
         return
     logger.warning(

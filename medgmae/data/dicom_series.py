@@ -85,24 +85,19 @@ def _slice_geometry(reader) -> tuple[np.ndarray, np.ndarray] | None:
     return ipp, np.cross(iop[:3], iop[3:])
 
 
-def _slice_positions(reader) -> np.ndarray | None:
-    """Each slice's ImagePositionPatient projected on the slice normal, in mm (``None``: see
-    :func:`_slice_geometry`)."""
-    geometry = _slice_geometry(reader)
-    return None if geometry is None else geometry[0] @ geometry[1]
-
-
-def _check_not_sheared(reader) -> None:
+def _check_not_sheared(geometry: tuple[np.ndarray, np.ndarray] | None) -> None:
     """Refuse a series whose slices shift within their planes from one to the next (a gantry-tilted acquisition):
     ITK stacks them along the normal as if they did not, which misplaces every slice but the first (by the tilt's
     tangent times the distance along the normal). The tolerances, 1 % of a step (at least 0.02 mm) from one slice to
     the next and 0.2 % of the series' length from the first to the last, allow for DICOM's rounding of the position
     and orientation tags.
 
+    Args:
+        geometry: the series' :func:`_slice_geometry` (``None``: nothing to check against).
+
     Raises:
         ValueError: naming the shift per slice, the angle and how to resample the series.
     """
-    geometry = _slice_geometry(reader)
     if geometry is None or len(geometry[0]) < 2:
         return
     ipp, normal = geometry
@@ -173,21 +168,25 @@ def warn_if_modality_not_ct(modality: str, where: Path, what: str = "file") -> N
         logger.warning("%s: a DICOM %s of modality %s, read as CT in HU (the toolkit expects CT)", where, what, modality)
 
 
-def _check_even_slices(reader) -> None:
+def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None) -> None:
     """Refuse a series whose slices are not evenly spaced along the normal (a missing or repeated slice).
 
     ITK reads such a series as evenly spaced at the average step (only a warning on stderr), which puts every slice
     but the ends at the wrong world position. The tolerance, 1 % of the spacing but at least 0.02 mm, allows for
     DICOM's rounding of the position tags.
 
+    Args:
+        reader: the series' reader (its file names).
+        geometry: the series' :func:`_slice_geometry` (``None``: nothing to check against).
+
     Raises:
         ValueError: naming the slice count and, when most steps agree, that usual step (the median) and the
             largest deviating step with the files and positions on either side; when no step is shared by most
             (e.g. 3 slices, one gap), the smallest and the largest step, each with its files and positions.
     """
-    pos = _slice_positions(reader)
-    if pos is None or len(pos) < 3:
+    if geometry is None or len(geometry[0]) < 3:
         return
+    pos = geometry[0] @ geometry[1]  # each slice's position along the normal, mm
     steps = np.diff(pos)
     expected = float(np.median(steps))
     usual = np.abs(steps - expected) <= max(0.01 * abs(expected), 0.02)
@@ -228,7 +227,8 @@ def read_series(folder: Path):
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     _check_slices_agree(reader)
-    _check_not_sheared(reader)
-    _check_even_slices(reader)
+    geometry = _slice_geometry(reader)  # every slice's position tags parsed once, for both checks
+    _check_not_sheared(geometry)
+    _check_even_slices(reader, geometry)
     _warn_if_not_ct(reader, folder)
     return img

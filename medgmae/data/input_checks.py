@@ -17,7 +17,7 @@ from monai.transforms import MapTransform
 
 from medgmae.preprocessing import PreprocessingSpec, warn_if_not_hu
 
-__all__ = ["WarnIfNotHUd", "WarnIfPaddedd"]
+__all__ = ["WarnIfNotHUd", "WarnIfPaddedd", "padding_share"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -43,6 +43,12 @@ class WarnIfNotHUd(MapTransform):
         for key in self.key_iterator(data):
             warn_if_not_hu(data[key], self.spec, _source(data[key], key))
         return data
+
+
+def padding_share(shape: Sequence[int], window: Sequence[int]) -> float:
+    """The share of a ``window`` (a crop, or zero-shot inference's window) that padding fills when it holds a volume
+    of ``shape`` (both in voxels, per axis), in ``[0, 1)``."""
+    return 1.0 - float(np.prod([min(s, w) / w for s, w in zip(shape, window)]))
 
 
 class WarnIfPaddedd(MapTransform):
@@ -77,7 +83,7 @@ class WarnIfPaddedd(MapTransform):
         for key in self.key_iterator(data):
             shape = tuple(int(s) for s in data[key].shape[1:])
             source = _source(data[key], key)
-            padding = 1.0 - float(np.prod([min(s, r) / r for s, r in zip(shape, self.spatial_size)]))
+            padding = padding_share(shape, self.spatial_size)
             if padding <= self.max_padding or source in WarnIfPaddedd._warned:
                 continue
             WarnIfPaddedd._warned.add(source)
