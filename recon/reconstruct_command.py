@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -160,15 +161,25 @@ def _interrupted_note(args, state_path: Path, before: int | None) -> str:
     return f"no state was saved yet (the first is saved {first}); no output was written"
 
 
-def _reconstruct(args) -> int:
-    """What :func:`cmd_reconstruct` does."""
-    from recon.fbp import fbp
-    from recon.gaussian_recon import GaussianReconstructor
-    from recon.holdout import fitted_views_fbp
-    from recon.metrics import evaluate
+class _Inputs(NamedTuple):
+    """Everything :func:`_reconstruct` reads, each checked, before anything is written."""
+
+    geom: CTGeometry
+    proj: np.ndarray
+    init_settings: dict
+    reference: np.ndarray | None
+    fbp_vol: np.ndarray | None
+    affine: np.ndarray
+    model: Any
+    run_info: dict
+    state: dict | None
+    device: torch.device
+
+
+def _read_inputs(args) -> _Inputs:
+    """Check the flags and read the scan, volumes, model and resumable state (nothing is written)."""
     from recon.resume import load_resume_state, run_settings, scan_fingerprint
 
-    # ---- validate everything before writing anything
     _check_flags(args)
     geom, proj = load_scan(args.projections, args.geometry)
     init_settings = _init_settings(args, int(np.prod(geom.volume_shape)))
@@ -178,36 +189,47 @@ def _reconstruct(args) -> int:
     reference = load_matching_volume(args.reference, geom, "reference", "--reference", check)[0] if args.reference else None
     fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume", "--fbp", check) if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
-    out = Path(args.out)
-    state_path = out / RECON_STATE
+    state_path = Path(args.out) / RECON_STATE
     run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings)}
     state = load_resume_state(state_path, run_info, args.iterations) if args.resume else None
     if not args.resume and state_path.is_file():
-        print(f"note: {out} holds an earlier run's {RECON_STATE}: this run replaces it when it saves its first state "
-              "(stop now and add --resume to continue that run instead)", file=sys.stderr)
+        print(f"note: {args.out} holds an earlier run's {RECON_STATE}: this run replaces it when it saves its first "
+              "state (stop now and add --resume to continue that run instead)", file=sys.stderr)  # fmt: skip
     device = resolve_cli_device(args.device)
     if model is not None:
         model = model.to(device).eval()
+    return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device)
 
-    # ---- compute
+
+def _reconstruct(args) -> int:
+    """What :func:`cmd_reconstruct` does."""
+    from recon.fbp import fbp
+    from recon.gaussian_recon import GaussianReconstructor
+    from recon.holdout import fitted_views_fbp
+    from recon.metrics import evaluate
+
+    x = _read_inputs(args)
+    geom, init_settings, reference, affine, model, device = x.geom, x.init_settings, x.reference, x.affine, x.model, x.device
+    out = Path(args.out)
+    state_path = out / RECON_STATE
     torch.manual_seed(args.seed)
     projector, projector_seconds = _build_projector(geom, args.backend, device)
-    proj_t = torch.from_numpy(proj).to(device)
+    proj_t = torch.from_numpy(x.proj).to(device)
     t0 = time.perf_counter()
-    fbp_t = fbp(proj_t, geom, args.filter) if fbp_vol is None else torch.from_numpy(fbp_vol).to(device)
-    if fbp_vol is None:
-        warn_about_scan(geom, proj)
+    fbp_t = fbp(proj_t, geom, args.filter) if x.fbp_vol is None else torch.from_numpy(x.fbp_vol).to(device)
+    if x.fbp_vol is None:
+        warn_about_scan(geom, x.proj)
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
     init, value_scale = _initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0
     cfg = _config(args, init_settings, init)
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
-    rec.run_info = run_info
+    rec.run_info = x.run_info
     start_eval = rec.evaluate() or None  # the start's PSNR / SSIM (before a resumed state replaces it): iteration 0
-    if state is not None:
+    if x.state is not None:
         try:
-            rec.load_state_dict(state)
+            rec.load_state_dict(x.state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CLIError(f"cannot resume from {state_path}: {e}") from e
     progress = "lines" if args.no_progress else True  # --no-progress: no bar, the evaluations' lines still
@@ -217,7 +239,7 @@ def _reconstruct(args) -> int:
         init_fn = lambda: _initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
         rec, result, start_eval = _refit(rec, init_fn, result.best_iteration, progress=progress)  # its value_scale is recorded
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
-    metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, run_info["scan"], projector_seconds
+    metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, x.run_info["scan"], projector_seconds
     metrics["start"] = start_eval
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
