@@ -56,51 +56,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: this file must not hide `recon`
 
 from medgmae.cli_types import nonneg_float, nonneg_int, positive_float, positive_int  # noqa: E402
-from medgmae.data.phantom import generate_phantom  # noqa: E402
 from recon.fbp import FILTERS, fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 from recon.holdout import fitted_views_fbp  # noqa: E402
-from recon.initialisation import calibrate_intensities, fbp_init, fit_intensities, hu_to_mu, medgmae_init, random_init  # noqa: E402
+from recon.initialisation import calibrate_intensities, fbp_init, fit_intensities, medgmae_init, random_init  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
 from recon.presets import THREEDGR_CT, sparse_start_growth, toolkit_budget, toolkit_cap  # noqa: E402
 from recon.projectors import PROJECTOR_BACKENDS, make_projector  # noqa: E402
 from recon_curves import plot_curves  # noqa: E402
-
-
-def phantom_mu(seed: int, shape_zyx, voxel_zyx, texture: bool = False) -> torch.Tensor:
-    """The phantom's attenuation (1/mm) as a ``(z, y, x)`` tensor: piecewise-constant organs with partial-volume
-    edges, with ``texture`` plus the generator's correlated 10-15 HU noise (a stand-in for tissue texture)."""
-    ph = generate_phantom(seed, shape=tuple(shape_zyx[::-1]), spacing=tuple(voxel_zyx[::-1]), noise=texture)
-    return torch.from_numpy(hu_to_mu(ph.image).astype(np.float32)).permute(2, 1, 0).contiguous()
-
-
-SIMULATED_ON = {"finer": "2x finer grid, PyTorch projector",
-                "same": "the reconstruction grid, PyTorch projector (inverse crime: a diagnostic only)"}
-
-
-def simulate(seed: int, geom: CTGeometry, photons: float | None, device, texture: bool = False,
-             grid: str = "finer") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(projections, reference)``: measured on a 2x finer phantom (with ``texture``: see :func:`phantom_mu`) with
-    Poisson noise; reference = its 2x2x2 mean. ``grid="same"`` measures the phantom of the reconstruction grid
-    itself (the reference): no detail the grid cannot hold, a diagnostic of what the finer simulation changes."""
-    from recon.projectors import TorchProjector
-
-    if grid not in SIMULATED_ON:
-        raise ValueError(f"grid must be one of {sorted(SIMULATED_ON)}, got {grid!r}")
-    factor = 2 if grid == "finer" else 1
-    fine_shape = [factor * n for n in geom.volume_shape]
-    fine_voxel = [v / factor for v in geom.voxel_size]
-    fine = phantom_mu(seed, fine_shape, fine_voxel, texture).to(device)
-    fine_geom = CTGeometry.from_dict({**geom.to_dict(), "volume_shape": fine_shape, "voxel_size": fine_voxel})
-    with torch.no_grad():
-        proj = TorchProjector(fine_geom)(fine)
-        if photons:
-            gen = torch.Generator(device=proj.device).manual_seed(seed)
-            counts = torch.poisson(photons * torch.exp(-proj.double()), generator=gen)
-            proj = (-torch.log(counts.clamp_min(1.0) / photons)).float()
-    reference = torch.nn.functional.avg_pool3d(fine[None, None], factor)[0, 0]
-    return proj, reference
+from recon_simulation import SIMULATED_ON, simulate  # noqa: E402
 
 
 def fbp_baselines(proj, geom: CTGeometry, vol, args) -> tuple[torch.Tensor, dict]:
