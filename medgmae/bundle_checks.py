@@ -14,15 +14,20 @@ import argparse
 import ast
 import difflib
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from medgmae import cli_types
 from medgmae.bundle_errors import summarise_errors
+from medgmae.distributed import is_main_process
 from medgmae.files import output_dir_problem
 
-__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "roi_size_check", "unknown_key_problems", "MIN_IMAGE_SIZE"]
+__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "process_problems", "roi_size_check", "unknown_key_problems", "MIN_IMAGE_SIZE"]
+
+logger = logging.getLogger("medgmae")
 
 #: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
 MIN_IMAGE_SIZE = 11
@@ -206,6 +211,35 @@ def _flags(argv: Sequence[str]) -> dict[str, str]:
     return flags
 
 
+def _bundle_command(argv: Sequence[str] | None) -> tuple[dict[str, str], list[str], dict[str, Any]] | None:
+    """``(flags, config files, their merged top-level keys)`` of a ``python -m monai.bundle run`` command line (``sys.argv`` when
+    ``None``); ``None`` for anything else or config files this cannot read as JSON."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return None
+    flags = _flags(argv[1:])
+    files = flags.get("config_file", "")
+    try:
+        files = ast.literal_eval(files) if files.strip().startswith("[") else [files]
+        config: dict[str, Any] = {}
+        for f in files:
+            config.update(json.loads(Path(f).read_text()))
+    except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
+        return None
+    return flags, files, config
+
+
+def _derived_from_bad_keys(bad: Sequence[str], argv: Sequence[str] | None = None) -> set[str]:
+    """The bad keys whose config value is a bare reference to another bad key (``"precheck_workers":
+    "@num_workers"``) and that the command line does not set: their problem is that key's, named once."""
+    command = _bundle_command(argv)
+    if command is None:
+        return set()
+    flags, _, config = command
+    refs = {k: v[1:] for k, v in config.items() if isinstance(v, str) and v.startswith("@") and v[1:].isidentifier()}
+    return {k for k in bad if k not in flags and refs.get(k) in bad}
+
+
 def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
     """``--key`` flags of a ``python -m monai.bundle run`` command line that name no top-level key of its config
     files, each with the closest key: MONAI adds such an override as a new key that nothing reads, so a misspelled
@@ -219,16 +253,11 @@ def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
     Returns:
         One ``--key: ...`` line per unknown key.
     """
-    argv = list(sys.argv if argv is None else argv)
-    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+    command = _bundle_command(argv)
+    if command is None:
         return []
-    flags = _flags(argv[1:])
-    files = flags.get("config_file", "")
-    try:
-        files = ast.literal_eval(files) if files.strip().startswith("[") else [files]
-        keys = set().union(*(json.loads(Path(f).read_text()).keys() for f in files))
-    except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
-        return []
+    flags, files, config = command
+    keys = set(config)
     problems = []
     for name in flags:
         if name in RUNNER_ARGS or name.split("#")[0] in keys:
@@ -244,10 +273,14 @@ def check_settings(
     settings: Mapping[str, tuple[Any, str | Sequence[Any] | Callable[[Any], Any]]],
     output_dirs: Mapping[str, str | Path] | None = None,
     run_kinds: Sequence[str] | None = None,
+    torchrun: bool = False,
+    multi_gpu_config: str | None = None,
+    unused_phantom_keys: Sequence[str] = (),
 ) -> bool:
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
-    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`). Also
-    installs :func:`summarise_errors`, so that any later failure of the bundle ends with its reason.
+    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`), and a config
+    started the wrong way (:func:`process_problems`). Also installs :func:`summarise_errors`, so that any later
+    failure of the bundle ends with its reason.
 
     Args:
         settings: ``{key: (value, kind)}``; kind is a name of :data:`KINDS` (``"positive_int"``, ``"int"``...),
@@ -262,6 +295,12 @@ def check_settings(
         run_kinds: the model kinds a training bundle writes: a model file, ``encoder.pt`` or training checkpoint of
             another kind in ``output_dirs["output_dir"]`` is a problem (another bundle's run, which this one would
             replace).
+        torchrun: the config trains in several processes (a ``multi_gpu_train.json``): it must be started by
+            ``torchrun``. Otherwise it runs in one process, and several started by ``torchrun`` are a problem.
+        multi_gpu_config: the bundle's multi-process config (e.g. ``"configs/multi_gpu_train.json"``), suggested
+            when a one-process config was started by ``torchrun``; ``None``: the bundle has none.
+        unused_phantom_keys: settings of the generated phantom data that this run does not use (it reads the
+            user's data): each one the command line sets is warned about, as MONAI would take it silently.
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -272,15 +311,39 @@ def check_settings(
             ``max_epochs`` one (a config error, not a bad value).
     """
     summarise_errors(resumable="resume" in settings)  # from here on, a failure of the bundle ends with its reason
-    problems = [f"--{key}: {p}" for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))]
-    problems += unknown_key_problems()
+    found = {key: p for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))}
+    derived = _derived_from_bad_keys(list(found))  # e.g. precheck_workers, a copy of a bad --num_workers
+    problems = [f"--{key}: {p}" for key, p in found.items() if key not in derived]
+    problems += unknown_key_problems() + process_problems(torchrun, multi_gpu_config)
     dirs = output_dirs or {}
     folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
     if problems or folders:
         kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))
         what = " and ".join(name for name, found in kinds if found)
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
+    given = [key for key in unused_phantom_keys if key in ((_bundle_command(None) or ({},))[0])]
+    if given and is_main_process():
+        logger.warning("%s: %s the generated phantom data, which this run does not use (it reads the data given): "
+                       "ignored", ", ".join(f"--{k}" for k in given), "this shapes" if len(given) == 1 else "these shape")
     return True
+
+
+def process_problems(torchrun: bool, multi_gpu_config: str | None = None) -> list[str]:
+    """A line when the config and the way it was started disagree (see :func:`check_settings`): a one-process
+    config started by ``torchrun`` in several processes would run the whole job in each, every process removing the
+    others' outputs as an earlier run's; a multi-process config without ``torchrun`` has no process group to join."""
+    started = os.environ.get("WORLD_SIZE", "").strip()
+    if torchrun:
+        if "RANK" in os.environ:
+            return []
+        return ["--config_file: this config trains in several processes and is started by torchrun "
+                "(`torchrun --standalone --nproc_per_node N -m monai.bundle run ...`; the bundle's README)"]  # fmt: skip
+    if not started.isdigit() or int(started) <= 1:
+        return []
+    what = (f"for multi-GPU training add {multi_gpu_config} to --config_file (the README's multi-GPU command)"
+            if multi_gpu_config else "this bundle runs in one process: start it with `python -m monai.bundle run ...`")
+    return [f"--config_file: torchrun started {started} processes (WORLD_SIZE={started}) but this config runs in one; "
+            f"each would run the whole job and remove the others' outputs: {what}"]  # fmt: skip
 
 
 def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:

@@ -123,8 +123,13 @@ def model_file_kind(path: str | os.PathLike) -> str | None:
     return payload.get("kind")
 
 
-def _kind_phrase(kind: str | None) -> str:
-    return f"a {kind} checkpoint ({CHECKPOINT_KINDS[kind]})" if kind in CHECKPOINT_KINDS else f"a checkpoint of kind {kind!r}"
+def _kind_phrase(kind: str | None, ckpt: dict | None = None) -> str:
+    """``"a <kind> checkpoint (<what it is>)"``; an encoder's names the run it comes from (``extra.source``)."""
+    if kind not in CHECKPOINT_KINDS:
+        return f"a checkpoint of kind {kind!r}"
+    source = ((ckpt or {}).get("extra") or {}).get("source") if kind == ENCODER_KIND else None
+    run = f", from a {source} run" if source in CHECKPOINT_KINDS else ""
+    return f"a {kind} checkpoint ({CHECKPOINT_KINDS[kind]}{run})"
 
 
 class TrainingStateError(ValueError):
@@ -228,7 +233,7 @@ def load_checkpoint(
     accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
     if accepted is not None and kind not in accepted:
         want = needed_for or f"expected {' or '.join(accepted)}"
-        raise ValueError(f"{path.name} is {_kind_phrase(kind)}; {want} (file: {path})")
+        raise ValueError(f"{path.name} is {_kind_phrase(kind, ckpt)}; {want} (file: {path})")
     spec = ckpt.get("preprocessing")
     preprocessing = None if spec is None else PreprocessingSpec.from_dict(spec, source=str(path))
     return Checkpoint(

@@ -205,17 +205,19 @@ def spec_with_overrides(
     spacing: Sequence[float] | float | None = None,
     hu_window: Sequence[float] | None = None,
     source: str = "the pre-trained encoder",
+    trained_by: str = "pre-training",
 ) -> PreprocessingSpec:
     """A consumer's pre-processing: the checkpoint's recorded spec, with the spacing / HU window the user gave.
 
     A value given explicitly (not ``None``) wins; when it differs from the recorded one a warning names both, since
-    the model then sees data prepared differently from its pre-training.
+    the model then sees data prepared differently from its training.
 
     Args:
         recorded: the checkpoint's spec (``None``: nothing recorded, :data:`DEFAULT_SPEC` is the base).
         spacing: the user's spacing in mm, or ``None``.
         hu_window: the user's ``(a_min, a_max)``, or ``None``.
         source: how the checkpoint is named in the warning.
+        trained_by: the training that wrote the checkpoint, as the warning names it (``"fine-tuning"``).
 
     Returns:
         The spec (``recorded`` or the default, with the overrides).
@@ -228,7 +230,7 @@ def spec_with_overrides(
             if not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(mine, theirs)):
                 logger.warning(
                     "%s %s differs from the %s %s recorded in %s: the model will see data prepared differently "
-                    "from its pre-training", name, list(mine), name, list(theirs), source,
+                    "from its %s", name, list(mine), name, list(theirs), source, trained_by,
                 )
     return dataclasses.replace(base, spacing=out_spacing, hu_window=out_window)
 

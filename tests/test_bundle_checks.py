@@ -481,3 +481,80 @@ def test_a_yaml_args_file_is_read(tmp_path):
     proc = run_bundle("training", "gmae2d_pretrain/configs/train.json", "--args_file", str(args))
     assert proc.returncode != 0 and "--max_epochs: expected a positive integer, got '-3'" in proc.stdout + proc.stderr
     assert "No module named 'yaml'" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_config_started_the_wrong_way_is_refused(monkeypatch):
+    """A one-process config under torchrun (each process would run the whole job and remove the others' outputs
+    as an earlier run's) and a multi-process config without torchrun (no process group to join) are settings
+    problems, named with the config to add or the launcher to use."""
+    from medgmae.bundle_checks import process_problems
+
+    for var in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert process_problems(False) == [] and check_settings({}) is True
+    assert "is started by torchrun" in process_problems(True)[0]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert process_problems(False) == [] and process_problems(True) == []  # torchrun --nproc_per_node 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert process_problems(True) == []
+    with pytest.raises(BundleSettingError) as e:
+        check_settings({}, multi_gpu_config="bundles/x/configs/multi_gpu_train.json")
+    assert "torchrun started 2 processes (WORLD_SIZE=2) but this config runs in one" in str(e.value)
+    assert "add bundles/x/configs/multi_gpu_train.json to --config_file" in str(e.value)
+    assert "this bundle runs in one process" in process_problems(False)[0]
+
+
+def test_torchrun_of_a_one_process_bundle_writes_nothing(tmp_path):
+    """Two processes started by torchrun on a bundle without multi-process training (2D GMAE) both stop at the
+    settings check, with a non-zero exit, before either makes its output folder."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
+           "run", "training", "--config_file", str(BUNDLES / "gmae2d_pretrain" / "configs" / "train.json"),
+           "--output_dir", str(out), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode != 0
+    assert "torchrun started 2 processes (WORLD_SIZE=2) but this config runs in one" in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists()
+
+
+def test_a_bad_key_is_named_once_not_again_for_the_defaults_copying_it(tmp_path, monkeypatch):
+    """``precheck_workers`` defaults to ``@num_workers`` and ``lr_schedule_epochs`` to ``@max_epochs``: a bad
+    ``--num_workers -1`` is that key's problem alone; a key the command line sets itself is still named."""
+    config = tmp_path / "train.json"
+    config.write_text('{"num_workers": 0, "precheck_workers": "@num_workers", "max_epochs": 2, '
+                      '"lr_schedule_epochs": "@max_epochs", "batch_size": 1}')
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    settings = {"num_workers": (-1, "nonneg_int"), "precheck_workers": (-1, "nonneg_int"),
+                "max_epochs": (1.5, "positive_int"), "lr_schedule_epochs": (1.5, "positive_int")}
+
+    def named(*flags: str) -> list[str]:
+        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", str(config), *flags])
+        with pytest.raises(BundleSettingError) as e:
+            check_settings(settings)
+        return [line.split(":")[0].strip() for line in str(e.value).splitlines()[1:]]
+
+    assert named("--num_workers", "-1", "--max_epochs", "1.5") == ["--num_workers", "--max_epochs"]
+    assert named("--num_workers", "-1", "--precheck_workers", "-1", "--max_epochs", "1.5") == [
+        "--num_workers", "--precheck_workers", "--max_epochs"]
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])  # not the bundle runner: every bad key named
+    with pytest.raises(BundleSettingError) as e:
+        check_settings(settings)
+    assert len(str(e.value).splitlines()) == 5
+
+
+def test_phantom_settings_given_with_a_dataset_are_warned_about(tmp_path, monkeypatch, caplog):
+    """``--num_phantoms 4`` beside ``--dataset_dir`` shapes nothing (the run reads the user's data): MONAI takes it
+    silently, the settings check names it; one not given, or given for a phantom run, is not mentioned."""
+    config = tmp_path / "train.json"
+    config.write_text('{"num_phantoms": 8, "phantom_shape": null, "dataset_dir": ""}')
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", str(config), "--dataset_dir", "/d",
+                                      "--num_phantoms", "4", "--phantom_shape", "[32,32,32]"])  # fmt: skip
+    monkeypatch.delenv("RANK", raising=False)
+    with caplog.at_level("WARNING", logger="medgmae"):
+        assert check_settings({}, unused_phantom_keys=["num_phantoms", "phantom_shape", "phantom_spacing"]) is True
+        assert check_settings({}, unused_phantom_keys=[]) is True
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["--num_phantoms, --phantom_shape: these shape the generated phantom data, which this run does not "
+                    "use (it reads the data given): ignored"], said

@@ -165,7 +165,7 @@ def test_settings_and_output_folders_are_checked_in_one_call(path):
     """A separate folder check would stop at the first of the two, and a second run name the other."""
     config = json.loads(path.read_text())
     steps = config["initialize"]
-    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'\w+': @\w+.*\}(, run_kinds=\[.*\])?\)", steps[0]), steps
+    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'\w+': @\w+.*\}(, run_kinds=\[.*\])?(, multi_gpu_config='[\w/.]+'|, torchrun=True)?(, unused_phantom_keys=\[[\w', ]+\] if .+ else \[\])?\)", steps[0]), steps
     assert not any("check_output_dirs(" in s for s in _strings(config)), path.relative_to(ROOT)
 
 
@@ -230,3 +230,18 @@ def test_zero_shot_inference_runs_under_both_ids():
         parser.parse()
         calls.append(parser.get_parsed_content(run_id))
     assert calls == [["ran"], ["ran"], ["ran"]]
+
+
+def test_the_multi_gpu_config_a_refusal_names_exists():
+    """A one-process config started by torchrun is refused naming the bundle's multi-process config: that file
+    exists, and itself declares that it runs under torchrun; bundles without one name none."""
+    named = {}
+    for path in sorted((ROOT / "bundles").glob("*/configs/train.json")):
+        first = json.loads(path.read_text())["initialize"][0]
+        found = re.search(r"multi_gpu_config='([\w/.]+)'", first)
+        named[path.parents[1].name] = found and found.group(1)
+    assert named == {"gmae2d_pretrain": None, "gvit_classification": None,
+                     "medgmae_pretrain": "bundles/medgmae_pretrain/configs/multi_gpu_train.json",
+                     "unetr_finetune": "bundles/unetr_finetune/configs/multi_gpu_train.json"}
+    for config in filter(None, named.values()):
+        assert "torchrun=True" in json.loads((ROOT / config).read_text())["initialize"][0], config

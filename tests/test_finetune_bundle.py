@@ -199,6 +199,20 @@ def test_a_datalist_alone_is_the_data(tmp_path):
     assert not (tmp_path / "run" / "phantom").exists()
 
 
+def test_cases_without_labels_are_named_with_their_list(tmp_path):
+    """An AMOS-style image without a label among the training or validation cases: each is named with the list it
+    is in (the 'test' list is where such images go), before any file is opened."""
+    dl = _two_case_datalist(tmp_path)
+    cases = json.loads(dl.read_text())
+    del cases["training"][1]["label"], cases["validation"][0]["label"]
+    dl.write_text(json.dumps(cases))
+    with pytest.raises(DatasetError) as e:
+        prepare_datalists("", str(dl), tmp_path / "run")
+    message = str(e.value)
+    assert "2 case(s) list no 'label'" in message and "'test' list" in message, message
+    assert f"{tmp_path / 'c1_img.nii.gz'} (in 'training')" in message and f"{tmp_path / 'c2_img.nii.gz'} (in 'validation')" in message
+
+
 def test_more_processes_than_chosen_cases_are_warned(tmp_path, monkeypatch, caplog):
     """Under torchrun with more processes than training cases the sampler repeats cases: said once, by rank 0."""
     dl = _two_case_datalist(tmp_path)
@@ -476,6 +490,16 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
                   "optimiser.learning_rate: saved 0.0003, now 0.01", "optimiser.freeze_encoder: saved False, now True"):
         assert named in summary, (named, summary)
     assert "parameter groups" not in proc.stderr and folder_state(out) == before
+    # the best model is chosen on the validation cases: a datalist listing other ones is refused, nothing written
+    datalist = out / "phantom" / "dataset.json"
+    cases = json.loads(datalist.read_text())
+    assert cases["validation"] and cases["validation"] != cases["training"][:1]
+    datalist.write_text(json.dumps({**cases, "validation": cases["training"][:1]}))
+    before = folder_state(out)
+    proc = bundle_process("training", "train.json", *common, "--max_epochs", "2", "--batch_size", "1", "--resume", "true")
+    summary = proc.stderr.split("\nerror: ")[-1]
+    assert proc.returncode != 0 and "UNETR fine-tuning validated on other data" in summary, proc.stderr[-3000:]
+    assert folder_state(out) == before
 
 
 def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder_state):
@@ -748,9 +772,23 @@ def test_the_spacing_and_window_used_are_logged(tmp_path, caplog):
         finetune_spec(encoder, roi_size=24)
         finetune_spec("", pixdim=[1.0, 1.0, 1.0], roi_size=24, patch_size=12)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing:")]
-    assert lines == [f"pre-processing: spacing [2.0, 2.0, 2.0] mm (recorded in {encoder}), HU window [-175.0, 250.0] "
-                     f"(recorded in {encoder})",
-                     "pre-processing: spacing [1.0, 1.0, 1.0] mm (given), HU window [-175.0, 250.0] (default)"]  # fmt: skip
+    assert lines == [f"pre-processing: orientation RAS (recorded in {encoder}), spacing [2.0, 2.0, 2.0] mm (recorded in "
+                     f"{encoder}), HU window [-175.0, 250.0] (recorded in {encoder}), crop 24x24x24",
+                     "pre-processing: orientation RAS (default), spacing [1.0, 1.0, 1.0] mm (given), HU window "
+                     "[-175.0, 250.0] (default), crop 24x24x24"]  # fmt: skip
+
+
+def test_an_override_is_warned_about_naming_the_training_that_recorded_the_spec(caplog):
+    """A spacing other than the recorded one: the warning names the pre-training (an encoder) or the fine-tuning (a
+    fine-tuned model) whose data were prepared otherwise."""
+    from medgmae.preprocessing import DEFAULT_SPEC, spec_with_overrides
+
+    with caplog.at_level("WARNING", logger="medgmae.preprocessing"):
+        spec_with_overrides(DEFAULT_SPEC, [1.0, 1.0, 1.0], source="enc.pt")
+        spec_with_overrides(DEFAULT_SPEC, [1.0, 1.0, 1.0], source="best_model.pt", trained_by="fine-tuning")
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("spacing [1.0, 1.0, 1.0] differs from the spacing") and said[0].endswith("from its pre-training")
+    assert "recorded in best_model.pt" in said[1] and said[1].endswith("from its fine-tuning"), said
 
 
 def test_summary_segment_command_names_an_image_of_the_run(tmp_path):
@@ -848,3 +886,19 @@ def test_a_pretraining_folder_given_as_pretrained_names_its_encoder(tmp_path):
     with pytest.raises(ValueError, match=f"{run} is a folder; fine-tuning needs the encoder.pt of a pre-training run; "
                                          f"did you mean {run / 'encoder.pt'}\\?"):  # fmt: skip
         read_encoder_file(run)
+
+
+def test_evaluating_on_a_datalist_with_fewer_classes_names_the_model_first(tmp_path):
+    """A model of 4 classes evaluated on a datalist naming 2 (labels holding 0-3): the cause, the class counts, is
+    the error, not every label file 'outside the class range'."""
+    from medgmae.finetune import evaluation_cases
+
+    cases = [make_case(tmp_path, "c0", max_label=3)]
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "validation": cases}))
+    with pytest.raises(ValueError, match=r"run/best_model.pt predicts 4 classes but the datalist has 2") as e:
+        evaluation_cases("", str(dl), tmp_path / "run", network=SimpleNamespace(out_channels=4),
+                         checkpoint=tmp_path / "run" / "best_model.pt")
+    assert "outside the class range" not in str(e.value)
+    dl.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "validation": [make_case(tmp_path, "c1", max_label=1)]}))
+    assert evaluation_cases("", str(dl), tmp_path / "run", network=SimpleNamespace(out_channels=2))["num_classes"] == 2

@@ -268,6 +268,24 @@ def test_resume_on_other_data_of_the_same_count_writes_nothing(runs, tmp_path, f
     assert folder_state(out) == before
 
 
+def test_resume_with_another_validation_list_writes_nothing(runs, tmp_path, folder_state):
+    """The best model is chosen on the validation volumes: a resume whose datalist lists other ones (training
+    unchanged) is refused naming both, and the run's folder is byte for byte as it was."""
+    import shutil
+
+    out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
+    data = shutil.copytree(runs["dataset"].parent, tmp_path / "data" / "phantom")
+    datalist = json.loads((data / "dataset.json").read_text())
+    assert datalist["validation"] and datalist["validation"] != datalist["training"][:1]
+    datalist["validation"] = datalist["training"][:1]
+    (data / "dataset.json").write_text(json.dumps(datalist))
+    before = folder_state(out)
+    proc = _bundle("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(data / "dataset.json"),
+                   "--output_dir", str(out), "--num_workers", "0", "--resume", "true", "--max_epochs", "3", cwd=tmp_path)
+    assert proc.returncode != 0 and "MedGMAE pre-training validated on other data" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
+
+
 def test_resume_with_other_phantom_settings_writes_nothing(runs, tmp_path, folder_state):
     """A copy of the phantom run resumed with another phantom shape is refused naming the setting, before any
     phantom is generated again: the run's folder (its phantoms and cache included) is byte for byte as it was."""

@@ -222,7 +222,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "missing checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(tmp_path / "m.pt")), "does not exist"),
         "run folder as checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[0].parent)),
                                      f"{model_file[0].parent} is a folder, not a file; did you mean {model_file[0]}?"),
-        "wrong-kind checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[1])), "medgmae-encoder checkpoint (pre-trained ViT encoder); --init medgmae needs a medgmae or medgmae-star model.pt"),
+        "wrong-kind checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[1])), "medgmae-encoder checkpoint (pre-trained ViT encoder, from a medgmae run); --init medgmae needs a medgmae or medgmae-star model.pt"),
         "corrupt checkpoint": (_reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(garbage)), "garbage.pt"),
         "reference shape": (_reconstruct_args(sim, out, "--init", "fbp", "--reference", str(small)), "reference"),
         "resume without state": (_reconstruct_args(sim, out, "--init", "fbp", "--resume"), "no saved state"),

@@ -172,6 +172,10 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "grew to at most 900 of its budget of 20000: density control ran no round, and rounds run until iteration 12" in text
     assert "raise --iterations (growth runs to 60% of them)" in text and "raise --num-gaussians" not in text
+    one = {**base, "iterations": 1, "settings": {"densify_until": 0, "iterations": 1}}  # too short for any round
+    print_summary({**one, "num_gaussians": 900, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    text = capsys.readouterr().out
+    assert "rounds run until iteration 0; raise --iterations, or start" in text and "0%" not in text, text
     print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
     # the held-out choice wrote an earlier iteration's Gaussians: the growth is the rounds' largest count

@@ -5,7 +5,8 @@
 naming each one that differs (the handler restores such records before any weights, so a changed setting is
 named rather than a tensor shape; a setting that changes no shape would otherwise resume silently).
 :class:`CasesRecord` does the same for the training data: other files, or files whose size changed, at an equal
-number of cases (which the epoch-length check cannot see).
+number of cases (which the epoch-length check cannot see); and for the validation data, on which the best model is
+chosen.
 """
 
 from __future__ import annotations
@@ -98,9 +99,14 @@ class CasesRecord:
         cases: the training datalist (``{"image": path, "label": path, ...}`` items).
         keys: the item keys compared.
         what: how the error message names the run.
+        role: what the run did with the cases, as the error message says it (``"validated on"`` for a record of
+            the validation cases: the best model would otherwise be chosen on two validation sets).
     """
 
-    def __init__(self, cases: Sequence[Mapping], keys: Sequence[str] = ("image", "label"), what: str = "the run") -> None:
+    def __init__(
+        self, cases: Sequence[Mapping], keys: Sequence[str] = ("image", "label"), what: str = "the run",
+        role: str = "trained on",
+    ) -> None:  # fmt: skip
         if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence):
             raise ValueError(f"cases must be a list of datalist items, got {type(cases).__name__}")
         entries = [[(k, _entry(item[k])) for k in keys if isinstance(item, Mapping) and k in item] for item in cases]
@@ -111,7 +117,7 @@ class CasesRecord:
              for k, e in case if e is not None}
             for case in entries
         ]  # fmt: skip
-        self.what = what
+        self.what, self.role = what, role
 
     def state_dict(self) -> dict:
         """``{"cases": [{key: [relative path, "<array>" or "<int>", size, digest or value]}]}``, saved with the
@@ -135,7 +141,7 @@ class CasesRecord:
         gone, new = [c for c in saved if c not in now_set], [c for c in now if c not in saved_set]
         detail = [f"saved {c}" for c in gone[:2]] + [f"now {c}" for c in new[:2]]
         raise ValueError(
-            f"the checkpoint was written by {self.what} trained on other data: {len(saved)} cases then, {len(now)} "
+            f"the checkpoint was written by {self.what} {self.role} other data: {len(saved)} cases then, {len(now)} "
             f"now, {max(len(gone), len(new))} differing ({'; '.join(detail) or 'the same cases in another order'}). "
             "Resume with the interrupted run's data or train into a new output_dir"
         )

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from monai.transforms import (
@@ -143,6 +143,16 @@ def check_cases(
                     ledger_dir=ledger_dir, source=source)  # fmt: skip
 
 
+def _check_labelled(datalist: str | Path, lists: dict[str, list[dict]]) -> None:
+    """Raise one :class:`DatasetError` naming each case without a ``label``, and the datalist list it is in."""
+    missing = [f"{case['image']} (in '{key}')" for key, cases in lists.items() for case in cases if "label" not in case]
+    if missing:
+        shown = "\n  - ".join(missing[:20]) + (f"\n  - and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise DatasetError(f"datalist {datalist}: fine-tuning trains and validates on labelled cases, but {len(missing)} "
+                           f"case(s) list no 'label' (images without labels belong in its 'test' list, which "
+                           f"inference reads):\n  - {shown}")  # fmt: skip
+
+
 def prepare_datalists(
     dataset_dir: str | Path,
     datalist: str | Path,
@@ -212,6 +222,7 @@ def prepare_datalists(
         logger.warning("%d training case%s for %d processes: the distributed sampler repeats cases so that every "
                        "process has one, and each epoch trains on some case more than once", len(chosen),
                        "" if len(chosen) == 1 else "s", processes)  # fmt: skip
+    _check_labelled(datalist, {"training": chosen, "validation": validation})
     record = case_record(label_fraction, seed, len(training), chosen, source)
     if resume:
         check_resume_matches(output_dir, record)
@@ -223,6 +234,8 @@ def prepare_datalists(
 def evaluation_cases(
     dataset_dir: str | Path, datalist: str | Path, output_dir: str | Path, key: str = "validation",
     num_classes: int | None = None,
+    network: Any = None,
+    checkpoint: str | Path = "the model",
 ) -> dict:
     """Cases to evaluate, each checked with its label: list ``key`` of the datalist; when both ``dataset_dir`` and ``datalist`` are
     empty, of the data the run in ``output_dir`` was trained on (its ``training_cases.json``; the run's phantom
@@ -234,15 +247,22 @@ def evaluation_cases(
         output_dir: the training run's folder.
         key: datalist list to read.
         num_classes: class count (``None`` or 0: from the datalist).
+        network: the model evaluated: one predicting another number of classes is refused before any file is read
+            (:func:`~medgmae.finetune.evaluate.check_num_classes`; its labels would otherwise all be out of range).
+        checkpoint: the model's file, as that error names it.
 
     Returns:
         ``{"datalist", "num_classes", "label_names", "cases"}``.
     """
+    from medgmae.finetune.evaluate import check_num_classes
+
     dataset_dir, datalist = run_datalist(dataset_dir, datalist, output_dir)
     if not datalist.is_file() and not dataset_dir:
         raise DatasetError(f"no datalist given and no phantom datalist at {datalist}: run training first or set datalist")
     names = label_names(datalist, num_classes or None)
     cases = read_datalist(datalist, key, dataset_dir or None)
+    if network is not None:
+        check_num_classes(network, len(names), f"{checkpoint}")
     check_cases(cases, len(names), source=str(datalist))
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "cases": cases}
 
@@ -284,9 +304,11 @@ def finetune_spec(
     if recorded is None and pixdim is None:
         pixdim = DEFAULT_PIXDIM
     spec = spec_with_overrides(recorded, pixdim, hu_range, source=str(pretrained))
-    logger.info("pre-processing: spacing %s mm (%s), HU window %s (%s)", list(spec.spacing), spacing_from,
-                list(spec.hu_window), window_from)  # fmt: skip
-    return dataclasses.replace(spec, input_size=roi_size, patch_size=enc_patch or patch_size or spec.patch_size)
+    spec = dataclasses.replace(spec, input_size=roi_size, patch_size=enc_patch or patch_size or spec.patch_size)
+    logger.info("pre-processing: orientation %s (%s), spacing %s mm (%s), HU window %s (%s), crop %s",
+                spec.orientation, origin(None), list(spec.spacing), spacing_from, list(spec.hu_window), window_from,
+                "x".join(map(str, spec.input_size)))  # fmt: skip
+    return spec
 
 
 def finetuned_spec(
@@ -297,7 +319,7 @@ def finetuned_spec(
     from medgmae.finetune.best_model import FINETUNED_KIND
 
     ckpt = load_checkpoint(checkpoint, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run")
-    spec = spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint))
+    spec = spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint), trained_by="fine-tuning")
     origin = lambda given: "given" if given is not None else "recorded"  # noqa: E731
     logger.info("pre-processing of %s: orientation %s, spacing %s mm (%s), HU window %s (%s), crop %s", checkpoint,
                 spec.orientation, list(spec.spacing), origin(pixdim), list(spec.hu_window), origin(hu_range),

@@ -1,0 +1,71 @@
+"""Ignite handlers that guard a training step: a non-finite loss stops the run, gradients are clipped.
+
+Both attach to MONAI trainers (``monai.engines.SupervisedTrainer`` and the toolkit's subclasses of it); the
+checkpoint handler in :mod:`medgmae.engine.handlers` turns the error raised here into the run's last line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["NonFiniteLossHandler", "GradientClipHandler"]
+
+
+class NonFiniteLossHandler:
+    """Stop training with a clear error when the loss becomes NaN or infinite.
+
+    Args:
+        loss_key: key of the loss in ``engine.state.output`` (MONAI trainers use ``"loss"``).
+    """
+
+    def __init__(self, loss_key: str = "loss") -> None:
+        self.loss_key = loss_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        out = engine.state.output
+        if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):
+            out = out[0]  # decollated batch: every item carries the batch loss
+        loss = out.get(self.loss_key) if isinstance(out, Mapping) else out
+        if loss is None:
+            return
+        value = float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"non-finite loss ({value}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                "training stopped. Check the input data for NaN voxels, lower the learning rate or disable amp, "
+                "then resume from the last epoch checkpoint."
+            )
+
+
+class GradientClipHandler:
+    """Clip the global gradient norm after ``backward`` and before the optimiser step (MONAI trainers).
+
+    Attach to a ``monai.engines.SupervisedTrainer``; it hooks ``IterationEvents.BACKWARD_COMPLETED`` and unscales
+    the gradients first when the trainer uses a ``GradScaler``.
+
+    Args:
+        max_norm: maximum total gradient norm.
+    """
+
+    def __init__(self, max_norm: float = 1.0) -> None:
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be positive, got {max_norm}")
+        self.max_norm = float(max_norm)
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        scaler = getattr(engine, "scaler", None)
+        if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
+            scaler.unscale_(engine.optimizer)
+        torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
