@@ -152,7 +152,7 @@ def test_a_folder_of_volumes_is_searched_in_depth_without_its_label_maps(tmp_pat
     with caplog.at_level("INFO", logger="medgmae.data"):
         found = [Path(it["image"]).relative_to(root).as_posix() for it in folder_datalist(root)]
     assert found == ["PAT1/STUDY1/SERIES3", "imagesTr/case_01.nii.gz", "loose/ct_a.mha", "loose/segmental_artery.nii.gz"]
-    assert "left out 4 label maps or masks by name" in caplog.text
+    assert "left out label maps and masks by name: 1 volume file in labelsTr/, 3 files (e.g. body_mask.nii.gz)" in caplog.text
     assert "GDCM" not in capfd.readouterr().err
     assert [it["image"] for it in folder_datalist(series)] == [str(series)]  # a series folder given itself
 

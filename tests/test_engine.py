@@ -533,3 +533,14 @@ def test_ctrl_c_before_a_fresh_runs_first_save_in_a_used_folder_keeps_the_earlie
         f"earlier run in {tmp_path}; run the same command again to start over (with --resume true it would continue "
         "the earlier run instead)")
     assert (tmp_path / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_tensorboard_purge_step_is_the_iteration_after_the_newest_checkpoint(tmp_path):
+    from medgmae.engine.resume import tensorboard_purge_step
+
+    assert tensorboard_purge_step(tmp_path, True) is None  # nothing to resume: a fresh run purges nothing
+    torch.save({"engine": {"epoch": 2, "iteration": 14}}, tmp_path / "checkpoint_epoch=2.pt")
+    torch.save({"engine": {"epoch": 3, "iteration": 21}}, tmp_path / "checkpoint_epoch=3.pt")
+    assert tensorboard_purge_step(tmp_path, True) == 22 and tensorboard_purge_step(tmp_path, False) is None
+    (tmp_path / "checkpoint_epoch=4.pt").write_bytes(b"not a checkpoint")  # the resume itself names the problem
+    assert tensorboard_purge_step(tmp_path, True) is None

@@ -286,6 +286,25 @@ def test_resume_with_another_validation_list_writes_nothing(runs, tmp_path, fold
     assert folder_state(out) == before
 
 
+def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(runs, tmp_path):
+    """A run stopped within epoch 3 logged iterations 5-6 before it stopped; resumed from checkpoint_epoch=2.pt it
+    logs them again. Its writer's purge_step makes TensorBoard keep each step once: the resumed run's."""
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
+    stopped = SummaryWriter(str(out / "tensorboard"))  # what the stopped run logged of epoch 3
+    for step in (5, 6):
+        stopped.add_scalar("train_loss", 99.0, step)
+    stopped.close()
+    assert [e.step for e in _tensorboard(out / "tensorboard").Scalars("train_loss")] == [1, 2, 3, 4, 5, 6]
+    _ok(_bundle("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]),
+                "--output_dir", str(out), "--num_workers", "0", "--resume", "true", "--max_epochs", "3", cwd=tmp_path))
+    logged = [(e.step, e.value) for e in _tensorboard(out / "tensorboard").Scalars("train_loss")]
+    assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6] and 99.0 not in [v for _, v in logged], logged
+
+
 def test_resume_with_other_phantom_settings_writes_nothing(runs, tmp_path, folder_state):
     """A copy of the phantom run resumed with another phantom shape is refused naming the setting, before any
     phantom is generated again: the run's folder (its phantoms and cache included) is byte for byte as it was."""
@@ -499,6 +518,25 @@ def test_command_line_flags_are_parsed_strictly():
         as_bool("maybe", "resume")
     with pytest.raises(ValueError, match="model kind"):
         build_model("gaussian-vae")
+
+
+def test_more_processes_than_training_volumes_are_warned(tmp_path, monkeypatch, caplog):
+    """Under torchrun with more processes than training volumes the sampler repeats volumes: said once, by rank 0."""
+    from medgmae.mae_training import pretrain_split
+
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (folder / name).write_bytes(b"x")
+    for size, rank, warned in (("2", "0", False), ("4", "0", True), ("4", "1", False)):
+        monkeypatch.setenv("WORLD_SIZE", size)
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            pretrain_split(str(folder), tmp_path, validate=False, val_fraction=0.0)
+        said = [r.getMessage() for r in caplog.records if "processes" in r.getMessage()]
+        assert said == (["2 training volumes for 4 processes: the distributed sampler repeats volumes so that every "
+                         "process has one, and each epoch trains on some volume more than once"] if warned else []), said
 
 
 def test_datalist_sources_and_errors(tmp_path):

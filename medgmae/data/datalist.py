@@ -101,13 +101,13 @@ def folder_datalist(folder: str | Path) -> list[dict]:
     """
     import SimpleITK as sitk
 
-    found, left_out = [], []
+    found, left_out, left_dirs = [], [], []
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         for root, dirs, files in os.walk(Path(folder)):
             here = Path(root)
-            left_out += [here / d for d in dirs if LABEL_NAME.search(d)]
+            left_dirs += [here / d for d in dirs if LABEL_NAME.search(d)]
             dirs[:] = sorted(d for d in dirs if not LABEL_NAME.search(d) and not d.startswith("."))
             volumes = [f for f in files if f.lower().endswith(VOLUME_SUFFIXES)]
             left_out += [here / f for f in volumes if LABEL_NAME.search(volume_stem(f))]
@@ -116,10 +116,20 @@ def folder_datalist(folder: str | Path) -> list[dict]:
                 found.append(here)  # a DICOM series (the folder given may be one itself)
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-    if left_out:
-        logger.info("%s: left out %d label map%s or mask%s by name (e.g. %s)", folder, len(left_out),
-                    "s" if len(left_out) > 1 else "", "s" if len(left_out) > 1 else "", left_out[0].name)  # fmt: skip
+    if left_out or left_dirs:
+        logger.info("%s: left out label maps and masks by name: %s", folder, _left_out_note(left_out, left_dirs))
     return [{"image": str(p)} for p in sorted(found)]
+
+
+def _left_out_note(files: list[Path], dirs: list[Path]) -> str:
+    """``"40 files in labelsTr/, 2 files (e.g. case_1_seg.nii.gz)"``: what :func:`folder_datalist` left out."""
+    parts = []
+    for d in sorted(dirs):
+        n = sum(f.lower().endswith(VOLUME_SUFFIXES) for _, _, names in os.walk(d) for f in names)
+        parts.append(f"{n} volume file{'s' if n != 1 else ''} in {d.name}/")
+    if files:
+        parts.append(f"{len(files)} file{'s' if len(files) > 1 else ''} (e.g. {min(files).name})")
+    return ", ".join(parts)
 
 
 def load_datalist_json(path: str | Path) -> dict:

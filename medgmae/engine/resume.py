@@ -27,6 +27,7 @@ __all__ = [
     "epoch_checkpoints",
     "latest_checkpoint",
     "read_latest_checkpoint",
+    "tensorboard_purge_step",
     "loader_record",
     "saved_loader_record",
     "check_epoch_length",
@@ -88,6 +89,29 @@ def read_latest_checkpoint(
     if world > 1:
         dist.broadcast_object_list(box, src=0)
     return (None, None) if box[0] is None else (Path(box[0]), box[1])
+
+
+def tensorboard_purge_step(output_dir: str | Path, resume: bool) -> int | None:
+    """The ``purge_step`` of a resumed run's TensorBoard ``SummaryWriter``: the iteration after the newest epoch
+    checkpoint's, so that TensorBoard drops what the interrupted run logged past it (the steps the resumed run logs
+    again), instead of showing those steps twice. Read by the process that writes TensorBoard alone (no collective).
+
+    Args:
+        output_dir: the run's checkpoint folder.
+        resume: whether the run resumes.
+
+    Returns:
+        ``iteration + 1`` of the newest ``checkpoint_epoch=N.pt``, ``None`` when the run starts afresh (or has no
+        readable engine state to continue from: the resume itself then says why).
+    """
+    path = latest_checkpoint(output_dir) if resume else None
+    if path is None:
+        return None
+    try:
+        engine = load_torch_file(path, "cpu", mmap=True).get("engine") or {}
+        return int(engine["iteration"]) + 1
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def loader_record(loader: Any) -> dict:
