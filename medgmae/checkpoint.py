@@ -211,6 +211,10 @@ def load_checkpoint(
         ValueError: a folder, unreadable / unsafe file, not a model file, or another kind; the message names the
             file.
     """
+    accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
+    unknown = [k for k in accepted or () if k not in CHECKPOINT_KINDS]
+    if unknown:  # a misspelt kind would refuse every file as being of another kind
+        raise ValueError(f"unknown checkpoint kind(s) {unknown}: the kinds are {sorted(CHECKPOINT_KINDS)}")
     path = Path(path)
     if path.is_dir():
         hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
@@ -230,7 +234,6 @@ def load_checkpoint(
                 objects,
             )
         raise ValueError(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
-    accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
     if accepted is not None and kind not in accepted:
         want = needed_for or f"expected {' or '.join(accepted)}"
         raise ValueError(f"{path.name} is {_kind_phrase(kind, ckpt)}; {want} (file: {path})")

@@ -262,4 +262,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
         if not _looks_like_torch_file(path):  # torch's own words (e.g. about mmap and zip files) would not help
             raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
                              "is this the right path?") from e
+        if isinstance(e, RuntimeError) and "deserialize object on" in str(e):  # the file is fine: the device is not
+            raise ValueError(f"{path}: cannot load this {what} onto map_location={map_location!r}: that device is "
+                             f"not available here (use map_location='cpu'). ({str(e).splitlines()[0]})") from e
         raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e

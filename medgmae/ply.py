@@ -25,7 +25,11 @@ import torch
 from medgmae.files import atomic_write
 from medgmae.gaussians import Gaussians3D
 
-__all__ = ["save_ply", "load_ply", "PlyMeta"]
+__all__ = ["save_ply", "load_ply", "PlyMeta", "PLY_FRAMES"]
+
+#: The frames a PLY's centres may be in (recorded in its header): voxel indices, the model's normalised frame, or
+#: the world (RAS millimetres).
+PLY_FRAMES = ("voxel", "normalized", "world")
 
 _SH_C0 = 0.28209479177387814  # zeroth spherical-harmonic constant used by 3DGS for f_dc
 _FIELDS = (
@@ -63,11 +67,14 @@ def save_ply(
     """
     if gaussians.batch_size != 1:
         raise ValueError(f"save_ply writes one set of Gaussians: got batch size {gaussians.batch_size}; index it first")
-    if any(c in frame for c in "\r\n"):
-        raise ValueError("frame must be a single-line string")
+    if frame not in PLY_FRAMES:
+        raise ValueError(f"frame must be one of {PLY_FRAMES} (world: RAS millimetres), got {frame!r}")
     m, s, q, i = (t.detach().to("cpu", torch.float32).numpy()[0] for t in gaussians.tensors())
     if not (s > 0).all():
         raise ValueError("scales must be positive to be written as log-scales")
+    for name, values in (("means", m), ("scales", s), ("rotations", q), ("intensities", i)):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name} must be finite to be written (found NaN or Inf)")
     k = m.shape[0]
     data = np.zeros(k, dtype=[(f, "<f4") for f in _FIELDS])
     for j, name in enumerate("xyz"):

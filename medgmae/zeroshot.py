@@ -147,9 +147,13 @@ def _warn_if_padded(grid: Sequence[int], window: Sequence[int], spec: Preprocess
 
 
 def _spec_and_window(
-    model, spec: PreprocessingSpec | None, overlap: int, batch_size: int
+    model: torch.nn.Module, spec: PreprocessingSpec | dict | None, overlap: int, batch_size: int
 ) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
     """The pre-processing in use and the model's window ``(3,)``; ``ValueError`` for a bad overlap or batch size."""
+    if isinstance(spec, dict):  # e.g. a checkpoint's "preprocessing" entry as saved
+        spec = PreprocessingSpec.from_dict(spec, source="spec")
+    if spec is not None and not isinstance(spec, PreprocessingSpec):
+        raise ValueError(f"spec must be a PreprocessingSpec (or its dict), got {type(spec).__name__}")
     spec = spec or getattr(model, "preprocessing", None)
     if spec is None:
         logger.warning("the model records no pre-processing: using the default %s", DEFAULT_SPEC)
@@ -167,8 +171,8 @@ def _spec_and_window(
 def zero_shot_gaussians(
     volume: Tensor | np.ndarray,
     affine: np.ndarray,
-    model,
-    spec: PreprocessingSpec | None = None,
+    model: torch.nn.Module,
+    spec: PreprocessingSpec | dict | None = None,
     overlap: int = 0,
     batch_size: int = 2,
     min_intensity: float = 0.0,
@@ -181,8 +185,8 @@ def zero_shot_gaussians(
         affine: ``(4, 4)`` index -> world (mm) of ``volume`` (non-identity, oblique and anisotropic are fine).
         model: a MedGMAE (``predict_gaussians(x, mask_ratio=0.0)`` -> normalised-frame :class:`Gaussians3D`,
             ``img_size``, and ``preprocessing`` when loaded from a checkpoint).
-        spec: the pre-processing; default: the model's recorded one (``model.preprocessing``), else the
-            toolkit's default with a warning.
+        spec: the pre-processing (a :class:`PreprocessingSpec` or its ``to_dict()``); default: the model's
+            recorded one (``model.preprocessing``), else the toolkit's default with a warning.
         overlap: minimum overlap between windows in prepared-grid voxels, in ``[0, window)``.
         batch_size: windows per decoder call.
         min_intensity: drop Gaussians at or below this intensity (model units).

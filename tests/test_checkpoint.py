@@ -189,3 +189,20 @@ def test_a_resumed_runs_evaluator_keeps_the_best_so_far(tmp_path, caplog):
         evaluator.run(global_epoch=5)
     assert evaluator.state.best_metric == 0.8 and evaluator.state.best_metric_epoch == 4
     assert "Got new best metric" not in caplog.text and not (tmp_path / "best_model.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_here_is_named_not_the_file(tmp_path):
+    """``map_location='cuda'`` on a machine without CUDA: the file is fine, the device is named."""
+    from medgmae.files import load_torch_file
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model.pt: cannot load this checkpoint onto map_location='cuda': that device "
+                                         r"is not available here \(use map_location='cpu'\)") as e:
+        load_torch_file(tmp_path / "model.pt", "cuda")
+    assert "not a readable" not in str(e.value)
+
+
+def test_a_misspelt_kind_is_named_not_every_file_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown checkpoint kind\(s\) \['medgmea'\]"):
+        load_checkpoint(tmp_path / "model.pt", kinds="medgmea")

@@ -236,6 +236,12 @@ def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
     assert check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(1)}) is not None
     with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*checkpoint_epoch=2\.pt \('record'\): saved 1, current 2"):
         check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(2)})
+    # every record that refuses is named in the one error (other settings and other data: not one per try)
+    saved["objects"]["other"] = {"value": 5}
+    torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")
+    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt \('record'\): saved 1, current 2; \('other'\): "
+                                         r"saved 5, current 6"):
+        check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(2), "other": _Record(6)})
     # a checkpoint from before the loader was recorded: the epoch lengths are named, and the possible causes
     del saved["loader"]
     torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")

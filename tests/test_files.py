@@ -177,3 +177,4 @@ def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):
         with pytest.raises(ValueError, match="vol.nii.gz"):
             save_nifti_atomic(np.zeros((2, 2, 2)), affine, tmp_path / "vol.nii.gz")
     assert list(tmp_path.iterdir()) == []
+

@@ -153,6 +153,13 @@ def test_ply_from_3dgs_layout_and_errors(tmp_path):
     with pytest.raises(ValueError, match="batch size 2"):
         save_ply(tmp_path / "b2.ply", _random(2, 3))
     assert not (tmp_path / "b2.ply").exists()
+    with pytest.raises(ValueError, match=r"frame must be one of \('voxel', 'normalized', 'world'\)"):
+        save_ply(tmp_path / "lps.ply", _random(1, 3), frame="lps")  # a header no reader of ours would place right
+    bad = _random(1, 3)
+    bad.means[0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="means must be finite"):
+        save_ply(tmp_path / "nan.ply", bad)
+    assert not (tmp_path / "lps.ply").exists() and not (tmp_path / "nan.ply").exists()
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -321,6 +321,38 @@ def test_bad_arguments():
         MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=0)
     with pytest.raises(ValueError, match="expected input"):
         _vmae()(torch.rand(1, 1, IMG, IMG, IMG // 2))
+    with pytest.raises(ValueError, match="render_backend must be one of"):
+        _gmae(render_backend="bogus")
+    with pytest.raises(ValueError, match="cutoff must be a positive finite"):
+        _gmae(cutoff=-1.0)
+
+
+@pytest.mark.parametrize("name", ["medgmae", "star", "voxel"])
+def test_bad_inputs_at_forward_are_named(models, name):
+    """A mask ratio outside [0, 1) (a negative or NaN one masked nothing), an input of another dtype than the
+    weights, or NaN voxels (blamed on the Gaussians before) are named at the call."""
+    model, x = models[name], _volume(1)
+    for ratio in (-0.5, float("nan"), 1.0):
+        with pytest.raises(ValueError, match="mask_ratio must be in"):
+            model(x, mask_ratio=ratio)
+    with pytest.raises(ValueError, match=r"input dtype torch.float64 differs from the model's weights \(torch.float32\)"):
+        model(x.double())
+    x[0, 0, 3, 4, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite voxels"):
+        model(x)
+
+
+@pytest.mark.parametrize("name", ["medgmae", "star", "voxel"])
+def test_a_float64_model_runs_in_float64(models, name):
+    """A float64 copy (for gradient checks) keeps float64 through the heads, the rendering and the loss, and
+    agrees with the float32 model to float32 accuracy."""
+    import copy
+
+    model, x = models[name], _volume(1)
+    wide = copy.deepcopy(model).double()
+    out, ref = wide(x.double(), generator=_gen()), model(x, generator=_gen())
+    assert out.loss.dtype == out.pred.dtype == torch.float64
+    assert torch.allclose(out.pred.float(), ref.pred, atol=1e-4) and math.isclose(out.loss.item(), ref.loss.item(), rel_tol=1e-4)
 
 
 def test_bf16_autocast_keeps_gaussians_float32():

@@ -13,6 +13,7 @@ import math
 import os
 
 import pytest
+import numpy as np
 import torch
 
 from medgmae.render import preprocess_gaussians, render_volume
@@ -383,6 +384,7 @@ BAD_INPUTS = [
     (_bad(shape=(4, 5)), "shape"),
     (_bad(shape=(4, 0, 6)), "shape"),
     (_bad(shape=None), "shape"),
+    (_bad(shape=(4.5, 5, 6)), "shape"),  # a fraction is refused, not truncated to 4
 ]
 
 
@@ -392,7 +394,17 @@ def test_bad_input_raises_value_error_naming_argument(kwargs, name):
         render_volume(**kwargs)
 
 
-@pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan"), float("inf"), "3"])
+def test_numpy_and_tensor_numbers_are_accepted_as_shape_and_cutoff():
+    """A NumPy integer shape and a NumPy or 0-d tensor cutoff give what Python numbers give."""
+    good = _good()
+    want = render_volume(**good, cutoff=2.5)
+    assert want.abs().sum() > 0
+    numpy_shape = {**good, "shape": tuple(np.int64(v) for v in good["shape"])}
+    assert torch.equal(render_volume(**numpy_shape, cutoff=np.float32(2.5)), want)
+    assert torch.equal(render_volume(**good, cutoff=torch.tensor(2.5)), want)
+
+
+@pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan"), float("inf"), "3", True])
 def test_bad_cutoff(cutoff):
     with pytest.raises(ValueError, match="cutoff"):
         render_volume(**_good(), cutoff=cutoff)

@@ -130,6 +130,17 @@ def test_16_patch_into_stock_monai_unetr(tmp_path, caplog):
     ours.load_state_dict(state, strict=True)
 
 
+def test_a_stock_unetr_without_attention_biases_is_told_to_add_them(tmp_path):
+    """MONAI's UNETR defaults to qkv_bias=False: the encoder's 12 qkv biases have no place, and the error says
+    which setting gives them one."""
+    enc = MaskedViTEncoder(img_size=32, patch_size=16, num_layers=12, **TINY)
+    path = save_encoder(enc, tmp_path / "encoder.pt")
+    stock = UNETR(1, 3, img_size=32, feature_size=4, hidden_size=48, mlp_dim=96, num_heads=4, qkv_bias=False)
+    with pytest.raises(ValueError, match=r"12 checkpoint tensors with no place in the network") as e:
+        load_pretrained_encoder(stock, read_encoder_file(path))
+    assert "build the network with qkv_bias=True" in str(e.value)
+
+
 def test_stock_unetr_rejects_other_patch(tmp_path):
     path = save_encoder(MaskedViTEncoder(img_size=24, patch_size=12, num_layers=12, **TINY), tmp_path / "e.pt")
     with pytest.raises(ValueError, match="16\\^3 patches"):

@@ -239,3 +239,16 @@ def test_a_scan_much_smaller_than_the_window_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="medgmae.zeroshot"):
         zero_shot_gaussians(np.zeros(SHAPE, np.float32), np.diag([*SPACING, 1.0]), probe, spec=SPEC, decode=probe.decode)
     assert "padding" not in caplog.text
+
+
+def test_the_spec_may_be_given_as_its_dict():
+    """A checkpoint's ``preprocessing`` entry as saved (a dict) is the spec it describes; another type is named."""
+    from types import SimpleNamespace
+
+    from medgmae.preprocessing import DEFAULT_SPEC
+    from medgmae.zeroshot import _spec_and_window
+
+    model = SimpleNamespace(img_size=(24, 24, 24), preprocessing=None)
+    assert _spec_and_window(model, DEFAULT_SPEC.to_dict(), 0, 1) == (DEFAULT_SPEC, (24, 24, 24))
+    with pytest.raises(ValueError, match="spec must be a PreprocessingSpec"):
+        _spec_and_window(model, "RAS", 0, 1)

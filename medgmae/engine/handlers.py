@@ -27,6 +27,7 @@ from medgmae.engine.resume import (
     inexact_resume_notes,
     loader_record,
     read_latest_checkpoint,
+    TRAINING_STATE,
     restore_states,
     saved_loader_record,
 )
@@ -78,8 +79,7 @@ def unwrap_model(network: torch.nn.Module) -> torch.nn.Module:
 def _records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """``objects`` with the records (anything but modules, optimisers and schedulers) first: a configuration record
     refusing a changed setting then names the setting before a weight tensor fails on its changed shape."""
-    weights = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
-    return sorted(objects.items(), key=lambda item: isinstance(item[1], weights))
+    return sorted(objects.items(), key=lambda item: isinstance(item[1], TRAINING_STATE))
 
 
 class CheckpointHandler:

@@ -250,8 +250,16 @@ def check_max_epochs(
         )
 
 
+#: What a checkpoint restores as training state; every other object (a settings or data record, the metric
+#: history) is a record, restored first.
+TRAINING_STATE = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+
+
 def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mapping[str, Any]) -> None:
     """``load_state_dict`` each ``(name, object)`` from ``saved[name]``, in the given order.
+
+    The records (objects other than :data:`TRAINING_STATE`) that refuse their saved state are all named in one
+    error (other settings and other data at once), before any training state is restored.
 
     Args:
         path: the checkpoint, as the message names it.
@@ -259,16 +267,24 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
         saved: the checkpoint's saved states by name.
 
     Raises:
-        ValueError: naming the checkpoint, the object and what it refused.
+        ValueError: naming the checkpoint, each refusing object and what it refused.
     """
+    refused: list[tuple[str, Exception]] = []
     for name, obj in objects:
+        record = not isinstance(obj, TRAINING_STATE)
+        if refused and not record:
+            break
         try:
             if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
                 load_scheduler_keeping_its_plan(path, name, obj, saved[name])
             else:
                 obj.load_state_dict(saved[name])
         except (ValueError, RuntimeError, KeyError) as e:
-            raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
+            if not record:
+                raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
+            refused.append((name, e))
+    if refused:
+        raise ValueError(f"cannot resume from checkpoint {path} " + "; ".join(f"('{n}'): {e}" for n, e in refused)) from refused[0][1]
 
 
 def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state: Mapping) -> list[str]:

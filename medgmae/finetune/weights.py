@@ -128,6 +128,8 @@ def load_pretrained_encoder(
         if mis_shaped:
             lines.append(f"  {len(mis_shaped)} tensors of another shape: {mis_shaped[:8]}")
         lines.append("  (patch size, width, depth, MLP ratio and img_size must match the pre-trained encoder)")
+        if any(k.endswith("qkv.bias") for k in unexpected):  # MONAI's UNETR / ViT default to qkv_bias=False
+            lines.append("  (the encoder's attention has biases: build the network with qkv_bias=True)")
         raise ValueError("\n".join(lines))
     network.vit.load_state_dict(source, strict=True)
     note = f"; left out {dropped} (MONAI UNETR's ViT has no class token)" if dropped else ""

@@ -119,11 +119,12 @@ def masked_mse(pred: Tensor, target: Tensor, voxel_mask: Tensor | None) -> Tenso
         voxel_mask: ``(B, 1, *spatial)`` of 0/1, broadcast over channels, or ``None``.
 
     Returns:
-        Scalar float32 loss.
+        Scalar loss, float32 (float64 when ``pred`` or ``target`` is float64).
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
-    err = (pred.float() - target.float()).square()
+    dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
+    err = (pred.to(dtype) - target.to(dtype)).square()
     if voxel_mask is None:
         return err.mean()
     weight = voxel_mask.to(err.dtype).expand_as(err)
@@ -317,6 +318,21 @@ class MaskedAutoencoder(nn.Module):
                 f"expected input (B, {self.in_channels}, {', '.join(map(str, self.img_size))}), "
                 f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
             )
+        weights = next(self.parameters()).dtype
+        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"input dtype {x.dtype} differs from the model's weights ({weights}): convert the input "
+                             f"(x.to({weights})) or the model, or run under torch.autocast")  # fmt: skip
+        if not torch.isfinite(x).all():
+            raise ValueError("the input holds NaN or infinite voxels: the model takes volumes scaled to [0, 1] (check "
+                             "the data or its pre-processing)")  # fmt: skip
+
+    @staticmethod
+    def _mask_ratio(value: float) -> float:
+        """``value`` as a float in ``[0, 1)`` (``ValueError`` otherwise: a negative or NaN ratio masked nothing)."""
+        ratio = float(value)
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {value}")
+        return ratio
 
     def forward(self, x: Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None) -> MAEOutput:
         """Mask, encode, decode and score.
@@ -330,7 +346,7 @@ class MaskedAutoencoder(nn.Module):
             :class:`MAEOutput` with ``loss``, ``pred``, ``mask`` (voxels), ``patch_mask`` and ``gaussians``.
         """
         self._check_input(x)
-        ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
+        ratio = self._mask_ratio(self.mask_ratio if mask_ratio is None else mask_ratio)
         latent, patch_mask, ids_restore = self.encoder(x, mask_ratio=ratio, generator=generator)
         pred, gaussians = self.reconstruct(latent, ids_restore)
         voxel_mask = patch_mask_to_voxels(patch_mask, self.grid_size, self.patch_size)

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from medgmae.render import BACKENDS
 from medgmae.gaussians import INTENSITY_BIAS_INIT, SCALE_BIAS_INIT, Gaussians3D, activate_gaussian_heads
 from medgmae.networks.mae_base import (
     MAEOutput,
@@ -215,6 +216,10 @@ class MedGMAE(MaskedAutoencoder):
                 raise ValueError(f"each level multiplier must divide the next, got {mults}")
         if level_intensity not in INTENSITY_RESIDUALS:
             raise ValueError(f"level_intensity must be one of {INTENSITY_RESIDUALS}, got {level_intensity!r}")
+        if render_backend not in BACKENDS:
+            raise ValueError(f"render_backend must be one of {BACKENDS}, got {render_backend!r}")
+        if not 0.0 < float(cutoff) < float("inf"):
+            raise ValueError(f"cutoff must be a positive finite Mahalanobis distance, got {cutoff!r}")
         self.num_gaussians, self.scale_cap, self.min_scale = int(num_gaussians), float(scale_cap), float(min_scale)
         self.cutoff, self.render_backend = float(cutoff), render_backend
         self.multi_level, self.level_multipliers, self.level_deltas = bool(multi_level), mults, deltas
@@ -293,7 +298,8 @@ class MedGMAE(MaskedAutoencoder):
         x = self.decoder_embed(latent)
         visible = x[:, 1:] + self.visible_positions(ids_restore, x.shape[1] - 1)
         tokens = torch.cat([x[:, :1], self.query_tokens.expand(b, -1, -1), visible], dim=1)
-        feats = self.run_decoder(tokens)[:, 1 : 1 + k].float()
+        feats = self.run_decoder(tokens)[:, 1 : 1 + k]
+        feats = feats.float() if feats.dtype in (torch.float16, torch.bfloat16) else feats  # a float64 model stays so
         # the heads run in float32 even under autocast: bf16 centres would be ~0.4 voxel coarse at 96^3
         with torch.autocast(device_type=feats.device.type, enabled=False):
             g = activate_gaussian_heads(
@@ -329,6 +335,6 @@ class MedGMAE(MaskedAutoencoder):
             :class:`Gaussians3D` with ``total_gaussians`` Gaussians per volume, float32.
         """
         self._check_input(x)
-        latent, _, ids_restore = self.encoder(x, mask_ratio=float(mask_ratio), generator=generator)
+        latent, _, ids_restore = self.encoder(x, mask_ratio=self._mask_ratio(mask_ratio), generator=generator)
         return Gaussians3D.cat(self.decode_gaussians(latent, ids_restore), dim=1)
 

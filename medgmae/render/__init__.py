@@ -16,8 +16,10 @@ formula (every Gaussian at every voxel), the oracle the backends are tested agai
 
 from __future__ import annotations
 
+import numbers
+import operator
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -33,6 +35,26 @@ BACKENDS = ("auto", "torch", "triton")
 class NonFiniteGaussiansError(ValueError):
     """Gaussians with NaN or infinite parameters reached a renderer (3D or 2D). The data readers refuse non-finite
     voxels and pixels, so in training this means the model diverged; the checkpoint handler says so."""
+
+
+def _shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as ints: Python or NumPy integers, or integer 0-d tensors; a fraction (``4.5``) is refused, not
+    truncated."""
+    try:
+        return tuple(operator.index(s) for s in shape)
+    except TypeError as e:
+        raise ValueError(f"shape must be a sequence of three positive ints (D, H, W), got {shape!r}") from e
+
+
+def _cutoff(cutoff: Any) -> float:
+    """``cutoff`` as a positive finite float (a Python, NumPy or 0-d tensor number)."""
+    try:
+        value = float(cutoff) if isinstance(cutoff, numbers.Real) or (isinstance(cutoff, Tensor) and cutoff.numel() == 1) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or isinstance(cutoff, bool) or not (0 < value < float("inf")):
+        raise ValueError(f"cutoff must be a positive finite number, got {cutoff!r}")
+    return value
 
 
 def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> None:
@@ -60,14 +82,10 @@ def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> 
     devs = {t.device for t in (means, scales, quats, intensities)}
     if len(devs) != 1:
         raise ValueError(f"means, scales, quats and intensities must be on one device, got {sorted(map(str, devs))}")
-    try:
-        shape_t = tuple(int(s) for s in shape)
-    except TypeError as e:
-        raise ValueError(f"shape must be a sequence of three positive ints (D, H, W), got {shape!r}") from e
+    shape_t = _shape(shape)
     if len(shape_t) != 3 or any(s <= 0 for s in shape_t):
-        raise ValueError(f"shape must be three positive ints (D, H, W), got {shape!r} (empty shape)")
-    if not (isinstance(cutoff, (int, float)) and cutoff > 0 and cutoff == cutoff and cutoff != float("inf")):
-        raise ValueError(f"cutoff must be a positive finite number, got {cutoff!r}")
+        raise ValueError(f"shape must be three positive ints (D, H, W), got {shape!r}")
+    _cutoff(cutoff)
     if k == 0:
         return
     # one host sync for all value checks; find the culprit only on failure
@@ -159,7 +177,7 @@ def render_volume(
             quaternions, non-finite means or intensities, an empty shape, or an unknown backend.
     """
     _check_inputs(means, scales, quats, intensities, shape, cutoff, backend)
-    shape = tuple(int(s) for s in shape)
+    shape, cutoff = _shape(shape), _cutoff(cutoff)
     b, k = means.shape[:2]
     device = means.device
     if backend == "auto":

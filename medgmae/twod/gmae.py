@@ -251,5 +251,5 @@ class GMAE2D(MaskedAutoencoder):
             :class:`SplatGaussians`, float32.
         """
         self._check_input(x)
-        latent, _, ids_restore = self.encoder(x, mask_ratio=float(mask_ratio), generator=generator)
+        latent, _, ids_restore = self.encoder(x, mask_ratio=self._mask_ratio(mask_ratio), generator=generator)
         return self.decode_gaussians(latent, ids_restore)
