@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from medgmae import cli_types
 from medgmae.bundle_errors import summarise_errors
-from medgmae.distributed import is_main_process
+from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
 
 __all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "process_problems", "roi_size_check", "unknown_key_problems", "MIN_IMAGE_SIZE"]
@@ -213,20 +213,26 @@ def _flags(argv: Sequence[str]) -> dict[str, str]:
 
 def _bundle_command(argv: Sequence[str] | None) -> tuple[dict[str, str], list[str], dict[str, Any]] | None:
     """``(flags, config files, their merged top-level keys)`` of a ``python -m monai.bundle run`` command line (``sys.argv`` when
-    ``None``); ``None`` for anything else or config files this cannot read as JSON."""
+    ``None``), the keys of its ``--args_file`` among the flags (the command line's win, as in MONAI's runner);
+    ``None`` for anything else or files this cannot read."""
     argv = list(sys.argv if argv is None else argv)
     if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
         return None
-    flags = _flags(argv[1:])
-    files = flags.get("config_file", "")
+    flags: dict[str, Any] = _flags(argv[1:])
     try:
-        files = ast.literal_eval(files) if files.strip().startswith("[") else [files]
+        if flags.get("args_file"):
+            from monai.bundle import ConfigParser
+
+            flags = {**ConfigParser.load_config_file(flags["args_file"]), **flags}
+        files = flags.get("config_file", "")
+        if isinstance(files, str):
+            files = ast.literal_eval(files) if files.strip().startswith("[") else [files]
         config: dict[str, Any] = {}
         for f in files:
             config.update(json.loads(Path(f).read_text()))
     except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
         return None
-    return flags, files, config
+    return flags, list(files), config
 
 
 def _derived_from_bad_keys(bad: Sequence[str], argv: Sequence[str] | None = None) -> set[str]:
@@ -329,21 +335,32 @@ def check_settings(
 
 
 def process_problems(torchrun: bool, multi_gpu_config: str | None = None) -> list[str]:
-    """A line when the config and the way it was started disagree (see :func:`check_settings`): a one-process
-    config started by ``torchrun`` in several processes would run the whole job in each, every process removing the
-    others' outputs as an earlier run's; a multi-process config without ``torchrun`` has no process group to join."""
-    started = os.environ.get("WORLD_SIZE", "").strip()
+    """A line when the config and the way it was started disagree (see :func:`check_settings`).
+
+    A one-process config started by ``torchrun`` (``TORCHELASTIC_RUN_ID`` set) in several processes would run the
+    whole job in each, every process removing the others' outputs as an earlier run's; a multi-process config
+    without ``torchrun``'s ``RANK`` has no process group to join. A ``WORLD_SIZE`` exported by a job environment
+    without ``torchrun`` is not taken for processes started.
+
+    Args:
+        torchrun: the config trains in several processes (a ``multi_gpu_train.json``).
+        multi_gpu_config: the bundle's multi-process config, suggested to a one-process config under torchrun.
+
+    Returns:
+        ``[]``, or the one ``--config_file: ...`` line.
+    """
     if torchrun:
         if "RANK" in os.environ:
             return []
         return ["--config_file: this config trains in several processes and is started by torchrun "
                 "(`torchrun --standalone --nproc_per_node N -m monai.bundle run ...`; the bundle's README)"]  # fmt: skip
-    if not started.isdigit() or int(started) <= 1:
+    processes = process_count()
+    if "TORCHELASTIC_RUN_ID" not in os.environ or processes <= 1:
         return []
     what = (f"for multi-GPU training add {multi_gpu_config} to --config_file (the README's multi-GPU command)"
-            if multi_gpu_config else "this bundle runs in one process: start it with `python -m monai.bundle run ...`")
-    return [f"--config_file: torchrun started {started} processes (WORLD_SIZE={started}) but this config runs in one; "
-            f"each would run the whole job and remove the others' outputs: {what}"]  # fmt: skip
+            if multi_gpu_config else "start it with `python -m monai.bundle run ...`, without torchrun")
+    return [f"--config_file: torchrun runs {processes} processes (WORLD_SIZE={processes}) but this config runs in "
+            f"one; each would run the whole job and remove the others' outputs: {what}"]  # fmt: skip
 
 
 def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:

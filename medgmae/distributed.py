@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-__all__ = ["barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
+__all__ = ["warn_if_fewer_than_processes", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
 
 
 def in_process_group() -> bool:
@@ -87,3 +87,22 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
         raise caught
     if failure[0] is not None:
         raise error(failure[0])
+
+
+def warn_if_fewer_than_processes(count: int, noun: str = "case") -> None:
+    """Warn (rank 0) when fewer training items than processes: the distributed sampler repeats items so that every
+    process has one, and each epoch trains on some more than once.
+
+    Args:
+        count: training items (cases, volumes).
+        noun: what an item is called in the warning (``"case"``, ``"volume"``).
+    """
+    processes = process_count()
+    if processes > count and is_main_process():
+        import logging
+
+        logging.getLogger("medgmae").warning(
+            "%d training %s%s for %d processes: the distributed sampler repeats %ss so that every process has one, "
+            "and each epoch trains on some %s more than once", count, noun, "" if count == 1 else "s", processes,
+            noun, noun,
+        )

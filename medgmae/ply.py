@@ -70,11 +70,11 @@ def save_ply(
     if frame not in PLY_FRAMES:
         raise ValueError(f"frame must be one of {PLY_FRAMES} (world: RAS millimetres), got {frame!r}")
     m, s, q, i = (t.detach().to("cpu", torch.float32).numpy()[0] for t in gaussians.tensors())
-    if not (s > 0).all():
-        raise ValueError("scales must be positive to be written as log-scales")
     for name, values in (("means", m), ("scales", s), ("rotations", q), ("intensities", i)):
         if not np.isfinite(values).all():
             raise ValueError(f"{name} must be finite to be written (found NaN or Inf)")
+    if not (s > 0).all():
+        raise ValueError("scales must be positive to be written as log-scales")
     k = m.shape[0]
     data = np.zeros(k, dtype=[(f, "<f4") for f in _FIELDS])
     for j, name in enumerate("xyz"):

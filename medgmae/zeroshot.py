@@ -24,8 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
 from medgmae.gaussians import Gaussians3D
+from medgmae.terminal import progress_bars_shown
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
 
 __all__ = ["ZeroShotResult", "zero_shot_gaussians", "prepare_scan", "window_origins"]
@@ -208,6 +210,9 @@ def zero_shot_gaussians(
     param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     device = param.device if param is not None else torch.device("cpu")
     kept, win_affines = [], []
+    logger.info("zero-shot: decoding %d %s of %s on a %s prepared grid, %d per call", len(tiles),
+                "window" if len(tiles) == 1 else "windows", win, n, int(batch_size))  # fmt: skip
+    bar = tqdm(total=len(tiles), unit="window", desc="zero-shot", leave=False, disable=not progress_bars_shown())
     for t0 in range(0, len(tiles), int(batch_size)):
         batch = tiles[t0 : t0 + int(batch_size)]
         orgs = [tuple(axes[a][0][t[a]] for a in range(3)) for t in batch]
@@ -220,6 +225,8 @@ def zero_shot_gaussians(
             g = Gaussians3D(g.means + torch.tensor(org, dtype=g.means.dtype), g.scales, g.quats, g.intensities)
             ok = _owned(g, tile, axes, n) & (g.intensities[0] > min_intensity)
             kept.append(Gaussians3D(g.means[:, ok], g.scales[:, ok], g.quats[:, ok], g.intensities[:, ok]))
+        bar.update(len(batch))
+    bar.close()
     merged = Gaussians3D.cat(kept, dim=1)
     prep = torch.from_numpy(prep_affine)
     world = merged.transformed(prep[:3, :3], prep[:3, 3])

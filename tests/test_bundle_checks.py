@@ -489,10 +489,13 @@ def test_a_config_started_the_wrong_way_is_refused(monkeypatch):
     problems, named with the config to add or the launcher to use."""
     from medgmae.bundle_checks import process_problems
 
-    for var in ("WORLD_SIZE", "RANK"):
+    for var in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     assert process_problems(False) == [] and check_settings({}) is True
     assert "is started by torchrun" in process_problems(True)[0]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # exported by a job environment, one process started: not refused
+    assert process_problems(False) == []
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     assert process_problems(False) == [] and process_problems(True) == []  # torchrun --nproc_per_node 1
@@ -500,9 +503,9 @@ def test_a_config_started_the_wrong_way_is_refused(monkeypatch):
     assert process_problems(True) == []
     with pytest.raises(BundleSettingError) as e:
         check_settings({}, multi_gpu_config="bundles/x/configs/multi_gpu_train.json")
-    assert "torchrun started 2 processes (WORLD_SIZE=2) but this config runs in one" in str(e.value)
+    assert "torchrun runs 2 processes (WORLD_SIZE=2) but this config runs in one" in str(e.value)
     assert "add bundles/x/configs/multi_gpu_train.json to --config_file" in str(e.value)
-    assert "this bundle runs in one process" in process_problems(False)[0]
+    assert "without torchrun" in process_problems(False)[0]
 
 
 def test_torchrun_of_a_one_process_bundle_writes_nothing(tmp_path):
@@ -514,7 +517,7 @@ def test_torchrun_of_a_one_process_bundle_writes_nothing(tmp_path):
            "--output_dir", str(out), "--device", "cpu"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode != 0
-    assert "torchrun started 2 processes (WORLD_SIZE=2) but this config runs in one" in proc.stderr, proc.stderr[-3000:]
+    assert "torchrun runs 2 processes (WORLD_SIZE=2) but this config runs in one" in proc.stderr, proc.stderr[-3000:]
     assert not out.exists()
 
 
@@ -528,6 +531,9 @@ def test_a_bad_key_is_named_once_not_again_for_the_defaults_copying_it(tmp_path,
     settings = {"num_workers": (-1, "nonneg_int"), "precheck_workers": (-1, "nonneg_int"),
                 "max_epochs": (1.5, "positive_int"), "lr_schedule_epochs": (1.5, "positive_int")}
 
+    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+
     def named(*flags: str) -> list[str]:
         monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", str(config), *flags])
         with pytest.raises(BundleSettingError) as e:
@@ -537,6 +543,9 @@ def test_a_bad_key_is_named_once_not_again_for_the_defaults_copying_it(tmp_path,
     assert named("--num_workers", "-1", "--max_epochs", "1.5") == ["--num_workers", "--max_epochs"]
     assert named("--num_workers", "-1", "--precheck_workers", "-1", "--max_epochs", "1.5") == [
         "--num_workers", "--precheck_workers", "--max_epochs"]
+    args = tmp_path / "args.json"  # MONAI's --args_file: its keys are set as the command line's are
+    args.write_text('{"num_workers": -1, "precheck_workers": -1}')
+    assert named("--args_file", str(args), "--max_epochs", "1.5") == ["--num_workers", "--precheck_workers", "--max_epochs"]
     monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])  # not the bundle runner: every bad key named
     with pytest.raises(BundleSettingError) as e:
         check_settings(settings)
@@ -551,7 +560,8 @@ def test_phantom_settings_given_with_a_dataset_are_warned_about(tmp_path, monkey
     runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
     monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", str(config), "--dataset_dir", "/d",
                                       "--num_phantoms", "4", "--phantom_shape", "[32,32,32]"])  # fmt: skip
-    monkeypatch.delenv("RANK", raising=False)
+    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
     with caplog.at_level("WARNING", logger="medgmae"):
         assert check_settings({}, unused_phantom_keys=["num_phantoms", "phantom_shape", "phantom_spacing"]) is True
         assert check_settings({}, unused_phantom_keys=[]) is True

@@ -245,3 +245,14 @@ def test_the_multi_gpu_config_a_refusal_names_exists():
                      "unetr_finetune": "bundles/unetr_finetune/configs/multi_gpu_train.json"}
     for config in filter(None, named.values()):
         assert "torchrun=True" in json.loads((ROOT / config).read_text())["initialize"][0], config
+
+
+@pytest.mark.parametrize("bundle", ["medgmae_pretrain", "unetr_finetune"])
+def test_the_multi_gpu_settings_check_is_the_one_process_check(bundle):
+    """multi_gpu_train.json replaces train.json's ``initialize`` list: its settings check must be the same call
+    (settings, folders, run kinds, phantom keys) but for how the processes are started."""
+    configs = ROOT / "bundles" / bundle / "configs"
+    one = json.loads((configs / "train.json").read_text())["initialize"][0]
+    many = json.loads((configs / "multi_gpu_train.json").read_text())["initialize"][0]
+    one = re.sub(r", multi_gpu_config='[\w/.]+'", "", one)
+    assert many.replace(", torchrun=True", "") == one, (many, one)

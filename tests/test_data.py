@@ -152,7 +152,7 @@ def test_a_folder_of_volumes_is_searched_in_depth_without_its_label_maps(tmp_pat
     with caplog.at_level("INFO", logger="medgmae.data"):
         found = [Path(it["image"]).relative_to(root).as_posix() for it in folder_datalist(root)]
     assert found == ["PAT1/STUDY1/SERIES3", "imagesTr/case_01.nii.gz", "loose/ct_a.mha", "loose/segmental_artery.nii.gz"]
-    assert "left out label maps and masks by name: 1 volume file in labelsTr/, 3 files (e.g. body_mask.nii.gz)" in caplog.text
+    assert "left out label maps and masks by name: 1 file in labelsTr/, 3 files (e.g. body_mask.nii.gz)" in caplog.text
     assert "GDCM" not in capfd.readouterr().err
     assert [it["image"] for it in folder_datalist(series)] == [str(series)]  # a series folder given itself
 
@@ -300,7 +300,8 @@ def test_every_format_passes_the_fine_tuning_and_pre_training_checks(formats, tm
     for item in items:
         out = chain(item)["image"]
         assert out.shape == ref.shape
-        torch.testing.assert_close(out.as_tensor(), ref.as_tensor(), atol=1e-5, rtol=0)
+        # float32 resampling of affines stored with each format's round-off: about 1e-5 of the [0, 1] range apart
+        torch.testing.assert_close(out.as_tensor(), ref.as_tensor(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(out.affine.numpy(), ref.affine.numpy(), atol=1e-4)
 
 

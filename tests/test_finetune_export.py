@@ -163,7 +163,7 @@ def _plain_monai_segmentation(model_ts: Path, image: Path) -> np.ndarray:
     pre = Compose([
         LoadImaged("image", image_only=False), EnsureChannelFirstd("image"),
         Orientationd("image", axcodes=p["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd("image", pixdim=p["spacing"], mode=steps[1]["mode"]),  # stated, not MONAI's default
+        Spacingd("image", pixdim=p["spacing"], mode=steps[1]["mode"], dtype=getattr(torch, steps[1]["dtype"])),  # stated, not MONAI's defaults
         ScaleIntensityRanged("image", a_min=p["hu_window"][0], a_max=p["hu_window"][1], b_min=p["intensity_range"][0],
                              b_max=p["intensity_range"][1], clip=p["clip"]),
         CropForegroundd("image", source_key=crop["source_key"], allow_smaller=crop["allow_smaller"]),
@@ -190,6 +190,7 @@ def test_the_recipe_states_the_specs_resampling():
     assert [type(t).__name__ for t in built] == [step["transform"] for step in steps]
     spacing = built[1]
     assert str(spacing.mode[0]).lower().endswith(steps[1]["mode"])
+    assert spacing.dtype[0] == getattr(torch, steps[1]["dtype"]) == torch.float32
 
 
 def test_plain_monai_following_the_metadata_gives_the_bundles_labels(tmp_path):

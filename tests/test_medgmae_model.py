@@ -323,8 +323,9 @@ def test_bad_arguments():
         _vmae()(torch.rand(1, 1, IMG, IMG, IMG // 2))
     with pytest.raises(ValueError, match="render_backend must be one of"):
         _gmae(render_backend="bogus")
-    with pytest.raises(ValueError, match="cutoff must be a positive finite"):
-        _gmae(cutoff=-1.0)
+    for cutoff in (-1.0, "3"):
+        with pytest.raises(ValueError, match="cutoff must be a positive finite"):
+            _gmae(cutoff=cutoff)
 
 
 @pytest.mark.parametrize("name", ["medgmae", "star", "voxel"])

@@ -301,8 +301,10 @@ def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(
     assert [e.step for e in _tensorboard(out / "tensorboard").Scalars("train_loss")] == [1, 2, 3, 4, 5, 6]
     _ok(_bundle("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]),
                 "--output_dir", str(out), "--num_workers", "0", "--resume", "true", "--max_epochs", "3", cwd=tmp_path))
-    logged = [(e.step, e.value) for e in _tensorboard(out / "tensorboard").Scalars("train_loss")]
+    acc = _tensorboard(out / "tensorboard")
+    logged = [(e.step, e.value) for e in acc.Scalars("train_loss")]
     assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6] and 99.0 not in [v for _, v in logged], logged
+    assert [e.step for e in acc.Scalars("val/psnr")] == [1, 2, 3]  # epoch steps: the resumed run's epoch 3 is kept
 
 
 def test_resume_with_other_phantom_settings_writes_nothing(runs, tmp_path, folder_state):

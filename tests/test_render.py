@@ -385,6 +385,7 @@ BAD_INPUTS = [
     (_bad(shape=(4, 0, 6)), "shape"),
     (_bad(shape=None), "shape"),
     (_bad(shape=(4.5, 5, 6)), "shape"),  # a fraction is refused, not truncated to 4
+    (_bad(shape=(True, 5, 6)), "shape"),
 ]
 
 
@@ -404,7 +405,7 @@ def test_numpy_and_tensor_numbers_are_accepted_as_shape_and_cutoff():
     assert torch.equal(render_volume(**good, cutoff=torch.tensor(2.5)), want)
 
 
-@pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan"), float("inf"), "3", True])
+@pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan"), float("inf"), "3", True, torch.tensor([[3.0]])])
 def test_bad_cutoff(cutoff):
     with pytest.raises(ValueError, match="cutoff"):
         render_volume(**_good(), cutoff=cutoff)

@@ -252,3 +252,18 @@ def test_the_spec_may_be_given_as_its_dict():
     assert _spec_and_window(model, DEFAULT_SPEC.to_dict(), 0, 1) == (DEFAULT_SPEC, (24, 24, 24))
     with pytest.raises(ValueError, match="spec must be a PreprocessingSpec"):
         _spec_and_window(model, "RAS", 0, 1)
+
+
+def test_the_number_of_windows_is_logged_before_they_are_decoded(caplog):
+    """A clinical scan with a large overlap can take thousands of windows: how many is said before decoding starts
+    (the summary after it was the first line), and it is the number the decoder then receives."""
+    import logging
+
+    affine = _affine("ras")
+    scan = _blob_hu(_world_points(affine, SHAPE), _centre(affine)).astype(np.float32)
+    probe = _Probe()
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        zero_shot_gaussians(scan, affine, probe, spec=SPEC, overlap=4, batch_size=3, decode=probe.decode)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("zero-shot:")]
+    assert said[0].startswith(f"zero-shot: decoding {len(probe.windows)} windows of ") and said[0].endswith(", 3 per call")
+    assert "Gaussians from" in said[1] and len(probe.windows) > 3

@@ -117,16 +117,17 @@ def folder_datalist(folder: str | Path) -> list[dict]:
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if left_out or left_dirs:
-        logger.info("%s: left out label maps and masks by name: %s", folder, _left_out_note(left_out, left_dirs))
+        logger.info("%s: left out label maps and masks by name: %s", folder, _left_out_note(Path(folder), left_out, left_dirs))
     return [{"image": str(p)} for p in sorted(found)]
 
 
-def _left_out_note(files: list[Path], dirs: list[Path]) -> str:
-    """``"40 files in labelsTr/, 2 files (e.g. case_1_seg.nii.gz)"``: what :func:`folder_datalist` left out."""
+def _left_out_note(folder: Path, files: list[Path], dirs: list[Path]) -> str:
+    """``"40 files in labelsTr/, 2 files (e.g. case_1_seg.nii.gz)"``: what :func:`folder_datalist` left out, each
+    left-out folder by its path below ``folder`` with the files it holds (volumes or DICOM slices)."""
     parts = []
     for d in sorted(dirs):
-        n = sum(f.lower().endswith(VOLUME_SUFFIXES) for _, _, names in os.walk(d) for f in names)
-        parts.append(f"{n} volume file{'s' if n != 1 else ''} in {d.name}/")
+        n = sum(not f.startswith(".") for _, _, names in os.walk(d) for f in names)
+        parts.append(f"{n} file{'s' if n != 1 else ''} in {d.relative_to(folder).as_posix()}/")
     if files:
         parts.append(f"{len(files)} file{'s' if len(files) > 1 else ''} (e.g. {min(files).name})")
     return ", ".join(parts)

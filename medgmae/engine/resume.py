@@ -96,6 +96,10 @@ def tensorboard_purge_step(output_dir: str | Path, resume: bool) -> int | None:
     checkpoint's, so that TensorBoard drops what the interrupted run logged past it (the steps the resumed run logs
     again), instead of showing those steps twice. Read by the process that writes TensorBoard alone (no collective).
 
+    TensorBoard purges every tag of the folder at that step, whichever event file it is in: give it to the one
+    writer of a folder (tags at epoch steps, all smaller, are kept); a second writer whose file sorts first would
+    lose its own later events (2D GMAE's validation writer, which therefore uses none).
+
     Args:
         output_dir: the run's checkpoint folder.
         resume: whether the run resumes.

@@ -31,7 +31,7 @@ from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_data
 from medgmae.data.precheck import check_datalist
 from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
-from medgmae.distributed import is_main_process, process_count
+from medgmae.distributed import is_main_process, warn_if_fewer_than_processes
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import case_record, check_resume_matches, data_source, run_datalist, write_run_record
 from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
@@ -218,10 +218,7 @@ def prepare_datalists(
     chosen = select_label_fraction(training, label_fraction, seed)
     if is_main_process():  # the cases this run trains on, not every case of the training list
         warn_if_lists_overlap(chosen, validation, datalist)
-    if (processes := process_count()) > len(chosen) and is_main_process():
-        logger.warning("%d training case%s for %d processes: the distributed sampler repeats cases so that every "
-                       "process has one, and each epoch trains on some case more than once", len(chosen),
-                       "" if len(chosen) == 1 else "s", processes)  # fmt: skip
+    warn_if_fewer_than_processes(len(chosen), "case")
     _check_labelled(datalist, {"training": chosen, "validation": validation})
     record = case_record(label_fraction, seed, len(training), chosen, source)
     if resume:

@@ -54,7 +54,7 @@ INFERENCE_RECIPE = {
     # outside MONAI need not rely on MONAI's defaults
     "preprocessing_steps": [
         {"transform": "Orientationd", "axcodes": "preprocessing.orientation"},
-        {"transform": "Spacingd", "pixdim": "preprocessing.spacing", "mode": "bilinear"},
+        {"transform": "Spacingd", "pixdim": "preprocessing.spacing", "mode": "bilinear", "dtype": "float32"},
         {"transform": "ScaleIntensityRanged", "a_min, a_max": "preprocessing.hu_window",
          "b_min, b_max": "preprocessing.intensity_range", "clip": "preprocessing.clip"},
     ],

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist, warn_if_lists_overlap
-from medgmae.distributed import is_main_process, process_count
+from medgmae.distributed import is_main_process, warn_if_fewer_than_processes
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.data.precheck import check_datalist
 from medgmae.engine.resume import latest_checkpoint
@@ -132,10 +132,7 @@ def pretrain_split(
                     source, how)  # fmt: skip
         if how != "the training volumes":  # val_fraction 0 validates on the training volumes on purpose
             warn_if_lists_overlap(train, val, source)
-        if (processes := process_count()) > len(train):
-            logger.warning("%d training volume%s for %d processes: the distributed sampler repeats volumes so that "
-                           "every process has one, and each epoch trains on some volume more than once", len(train),
-                           "" if len(train) == 1 else "s", processes)  # fmt: skip
+    warn_if_fewer_than_processes(len(train), "volume")
     split = {"training": train, "validation": val, "source": str(source)}
     if validate:
         check_pretrain_split(split, precheck_workers, ledger_dir)

@@ -110,6 +110,12 @@ def patch_mask_to_voxels(patch_mask: Tensor, grid_size: Sequence[int], patch_siz
     return m
 
 
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is float16 / bfloat16 (an autocast decoder's output, before the heads that must
+    not run in half precision), as it is otherwise: a float64 model stays float64."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def masked_mse(pred: Tensor, target: Tensor, voxel_mask: Tensor | None) -> Tensor:
     """Mean squared error over the voxels where ``voxel_mask`` is 1 (all voxels when it is ``None`` or empty).
 

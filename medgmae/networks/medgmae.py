@@ -19,11 +19,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from medgmae.render import BACKENDS
+from medgmae.render import BACKENDS, as_cutoff
 from medgmae.gaussians import INTENSITY_BIAS_INIT, SCALE_BIAS_INIT, Gaussians3D, activate_gaussian_heads
 from medgmae.networks.mae_base import (
     MAEOutput,
     MaskedAutoencoder,
+    full_precision,
     masked_mse,
     patch_mask_to_voxels,
     sincos_embedding_3d,
@@ -218,10 +219,8 @@ class MedGMAE(MaskedAutoencoder):
             raise ValueError(f"level_intensity must be one of {INTENSITY_RESIDUALS}, got {level_intensity!r}")
         if render_backend not in BACKENDS:
             raise ValueError(f"render_backend must be one of {BACKENDS}, got {render_backend!r}")
-        if not 0.0 < float(cutoff) < float("inf"):
-            raise ValueError(f"cutoff must be a positive finite Mahalanobis distance, got {cutoff!r}")
         self.num_gaussians, self.scale_cap, self.min_scale = int(num_gaussians), float(scale_cap), float(min_scale)
-        self.cutoff, self.render_backend = float(cutoff), render_backend
+        self.cutoff, self.render_backend = as_cutoff(cutoff), render_backend
         self.multi_level, self.level_multipliers, self.level_deltas = bool(multi_level), mults, deltas
         self.sigma_mu, self.level_intensity = float(sigma_mu), level_intensity
         if self.multi_level:
@@ -298,8 +297,7 @@ class MedGMAE(MaskedAutoencoder):
         x = self.decoder_embed(latent)
         visible = x[:, 1:] + self.visible_positions(ids_restore, x.shape[1] - 1)
         tokens = torch.cat([x[:, :1], self.query_tokens.expand(b, -1, -1), visible], dim=1)
-        feats = self.run_decoder(tokens)[:, 1 : 1 + k]
-        feats = feats.float() if feats.dtype in (torch.float16, torch.bfloat16) else feats  # a float64 model stays so
+        feats = full_precision(self.run_decoder(tokens)[:, 1 : 1 + k])
         # the heads run in float32 even under autocast: bf16 centres would be ~0.4 voxel coarse at 96^3
         with torch.autocast(device_type=feats.device.type, enabled=False):
             g = activate_gaussian_heads(
@@ -332,7 +330,8 @@ class MedGMAE(MaskedAutoencoder):
             generator: random generator for the mask when ``mask_ratio > 0``.
 
         Returns:
-            :class:`Gaussians3D` with ``total_gaussians`` Gaussians per volume, float32.
+            :class:`Gaussians3D` with ``total_gaussians`` Gaussians per volume, float32 (float64 for a float64
+            model).
         """
         self._check_input(x)
         latent, _, ids_restore = self.encoder(x, mask_ratio=self._mask_ratio(mask_ratio), generator=generator)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from medgmae.networks.mae_base import MaskedAutoencoder
+from medgmae.networks.mae_base import MaskedAutoencoder, full_precision
 
 __all__ = ["VoxelMAE"]
 
@@ -66,6 +66,5 @@ class VoxelMAE(MaskedAutoencoder):
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n - n_vis, -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, c))
         tokens = torch.cat([x[:, :1], tokens + self.decoder_pos_embed], dim=1)
-        patches = self.decoder_pred(self.run_decoder(tokens)[:, 1:])
-        patches = patches.float() if patches.dtype in (torch.float16, torch.bfloat16) else patches  # float64 stays
+        patches = full_precision(self.decoder_pred(self.run_decoder(tokens)[:, 1:]))
         return self.encoder.unpatchify(patches, self.in_channels), None

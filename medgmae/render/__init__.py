@@ -16,6 +16,7 @@ formula (every Gaussian at every voxel), the oracle the backends are tested agai
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import os
@@ -27,7 +28,7 @@ from torch import Tensor
 from medgmae.rotations import quaternion_to_rotation_matrix
 from medgmae.render._torch_impl import TILE, count_pairs, render_torch
 
-__all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "BACKENDS", "NonFiniteGaussiansError"]
+__all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "as_cutoff", "BACKENDS", "NonFiniteGaussiansError"]
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -38,21 +39,25 @@ class NonFiniteGaussiansError(ValueError):
 
 
 def _shape(shape: Sequence[int]) -> tuple[int, ...]:
-    """``shape`` as ints: Python or NumPy integers, or integer 0-d tensors; a fraction (``4.5``) is refused, not
-    truncated."""
+    """``shape`` as ints: Python or NumPy integers, or integer 0-d tensors; a fraction (``4.5``) or a bool is
+    refused, not truncated."""
     try:
+        if isinstance(shape, (str, bytes)) or any(isinstance(s, bool) for s in shape):
+            raise TypeError
         return tuple(operator.index(s) for s in shape)
     except TypeError as e:
         raise ValueError(f"shape must be a sequence of three positive ints (D, H, W), got {shape!r}") from e
 
 
-def _cutoff(cutoff: Any) -> float:
-    """``cutoff`` as a positive finite float (a Python, NumPy or 0-d tensor number)."""
-    try:
-        value = float(cutoff) if isinstance(cutoff, numbers.Real) or (isinstance(cutoff, Tensor) and cutoff.numel() == 1) else None
-    except (TypeError, ValueError):
-        value = None
-    if value is None or isinstance(cutoff, bool) or not (0 < value < float("inf")):
+def as_cutoff(cutoff: Any) -> float:
+    """``cutoff`` (a Python or NumPy number, or a 0-d tensor) as a positive finite float.
+
+    Raises:
+        ValueError: anything else (a bool, a string, a value <= 0, NaN or infinity).
+    """
+    number = isinstance(cutoff, numbers.Real) or (isinstance(cutoff, Tensor) and cutoff.dim() == 0)
+    value = float(cutoff) if number and not isinstance(cutoff, bool) else math.nan
+    if not 0 < value < math.inf:
         raise ValueError(f"cutoff must be a positive finite number, got {cutoff!r}")
     return value
 
@@ -85,7 +90,7 @@ def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> 
     shape_t = _shape(shape)
     if len(shape_t) != 3 or any(s <= 0 for s in shape_t):
         raise ValueError(f"shape must be three positive ints (D, H, W), got {shape!r}")
-    _cutoff(cutoff)
+    as_cutoff(cutoff)
     if k == 0:
         return
     # one host sync for all value checks; find the culprit only on failure
@@ -177,7 +182,7 @@ def render_volume(
             quaternions, non-finite means or intensities, an empty shape, or an unknown backend.
     """
     _check_inputs(means, scales, quats, intensities, shape, cutoff, backend)
-    shape, cutoff = _shape(shape), _cutoff(cutoff)
+    shape, cutoff = _shape(shape), float(cutoff)  # checked above
     b, k = means.shape[:2]
     device = means.device
     if backend == "auto":

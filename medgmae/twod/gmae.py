@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medgmae.gaussians import SCALE_BIAS_INIT
-from medgmae.networks.mae_base import MaskedAutoencoder, sincos_embedding_2d
+from medgmae.networks.mae_base import MaskedAutoencoder, full_precision, sincos_embedding_2d
 from medgmae.twod.render import render_gaussians_2d
 
 __all__ = ["SplatGaussians", "GMAE2D", "activate_splat_heads", "sincos_embedding_2d"]
@@ -216,13 +216,14 @@ class GMAE2D(MaskedAutoencoder):
             ids_restore: ``(B, N)`` from the encoder.
 
         Returns:
-            :class:`SplatGaussians` with ``num_gaussians`` Gaussians per image, float32.
+            :class:`SplatGaussians` with ``num_gaussians`` Gaussians per image, float32 (float64 for a float64
+            model).
         """
         b, k = latent.shape[0], self.num_gaussians
         x = self.decoder_embed(latent)
         visible = x[:, 1:] + self.visible_positions(ids_restore, x.shape[1] - 1)
         tokens = torch.cat([x[:, :1], self.query_tokens.expand(b, -1, -1), visible], dim=1)
-        feats = self.run_decoder(tokens)[:, 1 : 1 + k].float()
+        feats = full_precision(self.run_decoder(tokens)[:, 1 : 1 + k])
         return activate_splat_heads(
             self.head_mean(feats), self.head_scale(feats), self.head_rotation(feats), self.head_color(feats),
             self.head_opacity(feats), self.scale_cap, self.min_scale,
