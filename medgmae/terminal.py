@@ -1,4 +1,5 @@
-"""Whether progress bars can be drawn: on a terminal or in a notebook, not into a captured log.
+"""Progress for terminals and logs: whether bars can be drawn (on a terminal or in a notebook, not into a captured
+log), how a duration is written, and the time left of a loop that prints lines.
 
 A tqdm bar redraws itself with carriage returns; on a terminal (or in Jupyter, which renders it as a widget) that is
 one updating line, but in a file (a batch job's log, ``> run.log 2>&1``) every redraw stays, mixed into the log
@@ -10,8 +11,9 @@ prints one line per evaluation instead of its bar. No torch or MONAI imports.
 from __future__ import annotations
 
 import sys
+import time
 
-__all__ = ["progress_bars_shown"]
+__all__ = ["progress_bars_shown", "duration_text", "Pace"]
 
 
 def progress_bars_shown() -> bool:
@@ -23,3 +25,38 @@ def progress_bars_shown() -> bool:
         return bool(stream is not None and stream.isatty())
     except (AttributeError, ValueError):  # a replaced or closed stream
         return False
+
+
+def duration_text(seconds: float) -> str:
+    """``"12.3 s"``, ``"4.5 min"`` or ``"2.1 h"``."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+class Pace:
+    """When a loop that prints lines (into a log) should print one, and its time left from its pace so far.
+
+    Args:
+        first: the step the loop (re)starts from.
+        stop: the step it stops at.
+    """
+
+    def __init__(self, first: int, stop: int) -> None:
+        self.first, self.stop = int(first), int(stop)
+        self.start = self.last = time.perf_counter()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last line (:meth:`said`)."""
+        return time.perf_counter() - self.last
+
+    def said(self) -> None:
+        """A line was printed now."""
+        self.last = time.perf_counter()
+
+    def left(self, step: int) -> str:
+        """``", about 12.0 min left"`` after ``step``; ``""`` at the end or before any step ran."""
+        done, rest = step - self.first, self.stop - step
+        if done <= 0 or rest <= 0:
+            return ""
+        return f", about {duration_text((time.perf_counter() - self.start) / done * rest)} left"

@@ -274,6 +274,8 @@ def cmd_simulate(args) -> int:
     # one projection: on the CPU, building the cone-beam matrix would cost more than the ray marcher's single pass
     backend = "torch" if geom.kind == "cone" and device.type == "cpu" else "auto"
     proj_op = make_projector(geom, backend, device)
+    print(f"simulating {geom.num_views} {geom.kind}-beam views of {'x'.join(map(str, geom.volume_shape))} voxels "
+          f"({proj_op.name} projector, {device}), then their {'FBP' if geom.kind == 'parallel' else 'FDK'}...", flush=True)
     with torch.no_grad():
         proj = proj_op.forward(torch.from_numpy(mu).to(device)).cpu()
     if args.photons is not None:
@@ -318,11 +320,12 @@ def cmd_fbp(args) -> int:
         raise CLIError(f"--out {args.out} is the projection stack given as --projections: give another file name")
     geom, proj = load_scan(args.projections, args.geometry)
     device = resolve_cli_device(args.device)
+    what = "FBP" if geom.kind == "parallel" else "FDK"
+    print(f"{what} of {geom.num_views} views onto {'x'.join(map(str, geom.volume_shape))} voxels ({device})...", flush=True)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
     warn_about_scan(geom, proj)
     replaced = " (it replaced the file of that name)" if out.exists() else ""
     save_nifti(args.out, rec, geom.default_affine())
-    what = "FBP" if geom.kind == "parallel" else "FDK"
     print(f"wrote {args.out} ({what}, {args.filter} filter, attenuation 1/mm, shape (I, J, K) = {rec.shape[::-1]}){replaced}")
     return 0
 

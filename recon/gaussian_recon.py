@@ -68,6 +68,10 @@ class GaussianReconResult:
     density_rounds: list = field(default_factory=list)
 
 
+#: Seconds without a progress line after which a run printing lines (into a log) prints one between evaluations.
+LINE_SECONDS = 60.0
+
+
 class GaussianReconstructor:
     """Fit Gaussians to measured projections.
 
@@ -329,7 +333,7 @@ class GaussianReconstructor:
         """
         from tqdm.auto import tqdm
 
-        from medgmae.terminal import progress_bars_shown
+        from medgmae.terminal import Pace, progress_bars_shown
 
         c = self.config
         t0 = time.perf_counter() - self.seconds  # the history's seconds continue those of the runs before
@@ -340,17 +344,22 @@ class GaussianReconstructor:
         with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
             postfix: dict = {}
             stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
+            pace = Pace(self.iteration, stop)
             while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
                 loss = self.step()
                 it = self.iteration
                 if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
                     self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": int(self.params["means"].shape[0])})
+                line = None
                 if it % c.eval_every == 0 or it == c.iterations:
                     rec = self._record(loss, time.perf_counter() - t0, with_ssim=ssim_every_eval or it == c.iterations)
                     postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
-                    if lines:
-                        print(f"iteration {it}/{c.iterations}: " + ", ".join(f"{k} {v}" for k, v in postfix.items())
-                              + f" ({rec['seconds']:.0f} s)", flush=True)  # fmt: skip
+                    line = ", ".join(f"{k} {v}" for k, v in postfix.items())
+                elif pace.quiet_for() >= LINE_SECONDS:  # a log hears from a slow run between evaluations too
+                    line = f"loss {loss:.4g}"
+                if lines and line is not None:
+                    print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{pace.left(it)})", flush=True)
+                    pace.said()
                 postfix["loss"] = f"{loss:.4g}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)

@@ -185,6 +185,37 @@ def test_settings_are_checked():
         GaussianReconConfig(holdout_views=-1)
 
 
+def test_a_slow_run_into_a_log_prints_between_evaluations_with_the_time_left(scan, capsys, monkeypatch):
+    """Into a log, a run slower than LINE_SECONDS per line prints its loss between evaluations too, each line with
+    the time left (none on the last)."""
+    import recon.gaussian_recon as gr
+
+    monkeypatch.setattr(gr, "LINE_SECONDS", 0.0)
+    g, p, proj, vol = scan
+    cfg = GaussianReconConfig.preset("toolkit", 4, eval_every=2, seed=0)
+    rec = GaussianReconstructor(p, proj, fbp_init(fbp(proj, g), 300, seed=0), cfg, reference=vol)
+    capsys.readouterr()
+    rec.run(progress="lines")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == [f"iteration {i}/4" for i in (1, 2, 3, 4)], lines
+    assert "psnr" not in lines[0] and "psnr" in lines[1] and lines[0].split(": ")[1].startswith("loss ")
+    assert all(" left)" in ln for ln in lines[:3]) and " left)" not in lines[3], lines
+
+
+def test_pace_gives_the_time_left_from_the_steps_so_far(monkeypatch):
+    import medgmae.terminal as terminal
+
+    now = [100.0]
+    monkeypatch.setattr(terminal.time, "perf_counter", lambda: now[0])
+    pace = terminal.Pace(first=10, stop=110)
+    assert pace.left(10) == ""  # nothing ran yet
+    now[0] = 130.0  # 30 s for 20 steps: 80 more take 120 s
+    assert pace.left(30) == ", about 2.0 min left" and pace.left(110) == ""
+    assert pace.quiet_for() == 30.0
+    pace.said()
+    assert pace.quiet_for() == 0.0
+
+
 def test_a_run_into_a_captured_log_prints_lines_not_a_bar(scan, capsys, monkeypatch):
     """With stderr captured (a batch job's log) the run prints one line per evaluation, with the history's values,
     and draws no bar; on a terminal it draws the bar and prints no lines, unless told to print lines."""

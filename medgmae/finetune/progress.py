@@ -17,16 +17,11 @@ from ignite.engine import Engine, Events
 
 from medgmae.engine import is_main_process
 from medgmae.finetune.evaluate import SegmentationReport, case_mean_dice, case_name
+from medgmae.terminal import duration_text
 
 __all__ = ["CaseProgress"]
 
 logger = logging.getLogger(__name__)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 class CaseProgress:
@@ -79,7 +74,7 @@ class CaseProgress:
                 mean = case_mean_dice(row[2])
                 parts.append(f"mean Dice {mean:.5f}" if math.isfinite(mean) else "mean Dice n/a (no labelled class)")
             left = (now - self._t0) / self._done * (total - self._done) if total else 0.0
-            eta = f" (about {_duration(left)} left)" if total and self._done < total else ""
+            eta = f" (about {duration_text(left)} left)" if total and self._done < total else ""
             name = item.get("name") if isinstance(item, Mapping) and isinstance(item.get("name"), str) else None
             name = name or (case_name(item) if isinstance(item, Mapping) else "case")
             logger.info("case %d/%s %s: %s%s", self._done, total or "?", name, ", ".join(parts), eta)
@@ -87,4 +82,4 @@ class CaseProgress:
     def _end(self, engine: Engine) -> None:
         if is_main_process():
             seconds = time.perf_counter() - self._t0
-            logger.info("%d case%s in %s", self._done, "" if self._done == 1 else "s", _duration(seconds))
+            logger.info("%d case%s in %s", self._done, "" if self._done == 1 else "s", duration_text(seconds))
