@@ -90,7 +90,9 @@ def _normalise(index: Tensor, n: int) -> Tensor:
     return index * (2.0 / (n - 1)) - 1.0 if n > 1 else torch.zeros_like(index)
 
 
-def backproject(filtered: Tensor, geometry: CTGeometry, fdk_weights: bool | None = None, chunk: int = 4) -> Tensor:
+def backproject(
+    filtered: Tensor, geometry: CTGeometry, fdk_weights: bool | None = None, chunk: int = 4, per_slice: bool = True
+) -> Tensor:
     """Pixel-driven backprojection ``sum_i w_i(x) q_i(u_i(x), v_i(x))`` (no ``pi / N`` factor).
 
     Args:
@@ -98,6 +100,8 @@ def backproject(filtered: Tensor, geometry: CTGeometry, fdk_weights: bool | None
         geometry: the scan.
         fdk_weights: apply the ``(dso / (dso - s))^2`` cone-beam weights (default: for cone geometries).
         chunk: views per step.
+        per_slice: a parallel beam is backprojected slice by slice (:func:`_backproject_parallel`); ``False``
+            samples the whole 3D grid as for a cone beam (the same values, slower: the reference in the tests).
 
     Returns:
         ``(B, D, H, W)``.
@@ -114,6 +118,8 @@ def backproject(filtered: Tensor, geometry: CTGeometry, fdk_weights: bool | None
     angles = torch.as_tensor(g.angles, dtype=dtype, device=device)
     out = torch.zeros((b, d, h, w), dtype=dtype, device=device)
     inp_all = filtered.transpose(0, 1)  # (V, B, rows, cols)
+    if g.kind == "parallel" and per_slice:
+        return _backproject_parallel(inp_all, g, out, chunk)
     for v0 in range(0, g.num_views, chunk):
         a = angles[v0 : v0 + chunk].view(-1, 1, 1, 1)
         sin, cos = torch.sin(a), torch.cos(a)
@@ -133,6 +139,39 @@ def backproject(filtered: Tensor, geometry: CTGeometry, fdk_weights: bool | None
         if wgt is not None:
             samp = samp * wgt.unsqueeze(1)
         out += samp.sum(0)
+    return out
+
+
+def _backproject_parallel(inp_all: Tensor, g: CTGeometry, out: Tensor, chunk: int) -> Tensor:
+    """:func:`backproject` of a parallel beam, whose detector row depends on z alone and column on (y, x) alone:
+    the rows are first interpolated to the voxels' z (linear, zero outside), then each slice is a 2D
+    backprojection, so no ``(views, D, H, W, 2)`` sampling grid is built. Bilinear interpolation is separable, so
+    this is the cone-beam path's sampling, slice by slice.
+
+    Args:
+        inp_all: ``(V, B, rows, cols)`` filtered projections.
+        g: the (parallel) scan.
+        out: ``(B, D, H, W)`` zeros to accumulate into.
+        chunk: views per step.
+    """
+    v_all, b, rows, cols = inp_all.shape
+    d, h, w = g.volume_shape
+    z, y, x = _voxel_grid(g, inp_all.device, inp_all.dtype)
+    fr = _normalise(z.view(-1) / g.det_spacing[0] + (rows - 1) / 2, rows)  # (D,)
+    at_cols = _normalise(torch.arange(cols, device=inp_all.device, dtype=inp_all.dtype), cols)
+    row_grid = torch.stack(torch.broadcast_tensors(at_cols.view(1, -1), fr.view(-1, 1)), -1)  # (D, cols, 2)
+    angles = torch.as_tensor(g.angles, dtype=inp_all.dtype, device=inp_all.device)
+    for v0 in range(0, v_all, chunk):
+        part = inp_all[v0 : v0 + chunk]
+        c = part.shape[0]
+        at_z = F.grid_sample(part.reshape(c * b, 1, rows, cols), row_grid.expand(c * b, d, cols, 2), mode="bilinear",
+                             padding_mode="zeros", align_corners=True)  # (c * B, 1, D, cols): rows at the voxels' z
+        a = angles[v0 : v0 + chunk].view(-1, 1, 1)
+        fc = (x[0] * torch.cos(a) + y[0] * torch.sin(a)) / g.det_spacing[1] + (cols - 1) / 2  # (c, H, W)
+        grid = torch.stack([_normalise(fc, cols), torch.zeros_like(fc)], -1).reshape(c, 1, h * w, 2)
+        samp = F.grid_sample(at_z.reshape(c, b * d, 1, cols), grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=True)  # (c, B * D, 1, H * W)
+        out += samp.reshape(c, b, d, h, w).sum(0)
     return out
 
 

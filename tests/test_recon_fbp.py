@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.fbp import FILTERS, fbp, ramp_filter
+from recon.fbp import FILTERS, backproject, fbp, ramp_filter
 from recon.geometry import CTGeometry
 from recon.projectors import AstraProjector, TorchProjector
 
@@ -112,6 +112,27 @@ def test_parallel_fbp_3d_matches_slicewise():
     rec3 = fbp(p, g3)
     for k in range(3):
         torch.testing.assert_close(rec3[k], fbp(p[:, k : k + 1], g1)[0])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_slice_by_slice_parallel_backprojection_samples_as_the_3d_grid(seed):
+    """The parallel-beam backprojection interpolates rows to the voxels' z, then backprojects each slice (no 3D
+    sampling grid): bilinear sampling is separable, so it equals the 3D grid's sampling, in float64, for random
+    anisotropic volumes, detectors (rows other than slices, spacings other than the voxels') and angles."""
+    rng = np.random.default_rng(seed)
+    while True:
+        shape, rows, cols = tuple(int(v) for v in rng.integers(1, 14, 3)), int(rng.integers(1, 20)), int(rng.integers(2, 40))
+        try:
+            g = CTGeometry(kind="parallel", volume_shape=shape, voxel_size=tuple(rng.uniform(0.5, 2.5, 3)),
+                           det_shape=(rows, cols), det_spacing=tuple(rng.uniform(0.5, 2.5, 2)),
+                           angles=np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(1, 12)))))  # fmt: skip
+            break
+        except ValueError:  # a detector too small for the volume: draw again
+            continue
+    filtered = torch.from_numpy(rng.normal(size=(2, g.num_views, rows, cols)))
+    grid = backproject(filtered, g, per_slice=False)
+    assert grid.abs().max() > 0
+    torch.testing.assert_close(backproject(filtered, g, chunk=3), grid, rtol=0, atol=1e-12)
 
 
 def test_fbp_input_errors():
