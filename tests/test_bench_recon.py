@@ -411,3 +411,13 @@ def test_curve_colours_follow_the_start_unless_two_runs_share_it(tmp_path):
     curves.plot_curves(two, str(tmp_path / "two.png"))
     colours = {c for _, c in Image.open(tmp_path / "two.png").convert("RGB").getcolors(1 << 20)}
     assert green not in colours and curves.OTHER_COLOURS[0] in colours and curves.OTHER_COLOURS[1] in colours
+
+
+def test_the_backprojection_bench_runs_and_compares_equal_outputs(tmp_path):
+    """bench/fbp_backprojection.py at a toy size: both paths timed, their outputs equal to float32 rounding."""
+    bench = _load("fbp_backprojection")
+    out = tmp_path / "fbp.json"
+    assert bench.main(["--size", "4", "16", "12", "--views", "6", "--repeats", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["median_seconds"]) == {"per_slice", "grid"} and result["views"] == 6
+    assert result["max_abs_difference"] <= 1e-5 * result["max_abs_value"] and result["max_abs_value"] > 0
