@@ -235,10 +235,10 @@ def _bundle_command(argv: Sequence[str] | None) -> tuple[dict[str, str], list[st
     return flags, list(files), config
 
 
-def _derived_from_bad_keys(bad: Sequence[str], argv: Sequence[str] | None = None) -> set[str]:
+def _derived_from_bad_keys(bad: Sequence[str], command: tuple | None) -> set[str]:
     """The bad keys whose config value is a bare reference to another bad key (``"precheck_workers":
-    "@num_workers"``) and that the command line does not set: their problem is that key's, named once."""
-    command = _bundle_command(argv)
+    "@num_workers"``) and that the command line (:func:`_bundle_command`) does not set: their problem is that
+    key's, named once."""
     if command is None:
         return set()
     flags, _, config = command
@@ -259,7 +259,11 @@ def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
     Returns:
         One ``--key: ...`` line per unknown key.
     """
-    command = _bundle_command(argv)
+    return _unknown_key_lines(_bundle_command(argv))
+
+
+def _unknown_key_lines(command: tuple | None) -> list[str]:
+    """:func:`unknown_key_problems` of a command line read by :func:`_bundle_command`."""
     if command is None:
         return []
     flags, files, config = command
@@ -317,17 +321,18 @@ def check_settings(
             ``max_epochs`` one (a config error, not a bad value).
     """
     summarise_errors(resumable="resume" in settings)  # from here on, a failure of the bundle ends with its reason
+    command = _bundle_command(None)  # the command line and its config files, read once
     found = {key: p for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))}
-    derived = _derived_from_bad_keys(list(found))  # e.g. precheck_workers, a copy of a bad --num_workers
+    derived = _derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
     problems = [f"--{key}: {p}" for key, p in found.items() if key not in derived]
-    problems += unknown_key_problems() + process_problems(torchrun, multi_gpu_config)
+    problems += _unknown_key_lines(command) + process_problems(torchrun, multi_gpu_config)
     dirs = output_dirs or {}
     folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
     if problems or folders:
         kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))
         what = " and ".join(name for name, found in kinds if found)
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
-    given = [key for key in unused_phantom_keys if key in ((_bundle_command(None) or ({},))[0])]
+    given = [key for key in unused_phantom_keys if command is not None and key in command[0]]
     if given and is_main_process():
         logger.warning("%s: %s the generated phantom data, which this run does not use (it reads the data given): "
                        "ignored", ", ".join(f"--{k}" for k in given), "this shapes" if len(given) == 1 else "these shape")
