@@ -7,6 +7,7 @@ group is made (:func:`is_main_process` then reads torchrun's ``RANK`` variable).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
@@ -99,8 +100,6 @@ def warn_if_fewer_than_processes(count: int, noun: str = "case") -> None:
     """
     processes = process_count()
     if processes > count and is_main_process():
-        import logging
-
         logging.getLogger("medgmae").warning(
             "%d training %s%s for %d processes: the distributed sampler repeats %ss so that every process has one, "
             "and each epoch trains on some %s more than once", count, noun, "" if count == 1 else "s", processes,

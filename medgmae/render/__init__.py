@@ -62,7 +62,8 @@ def as_cutoff(cutoff: Any) -> float:
     return value
 
 
-def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> None:
+def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> tuple[tuple[int, ...], float]:
+    """Raise a ``ValueError`` naming the first bad argument; return ``(shape, cutoff)`` as ints and a float."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     for name, t in (("means", means), ("scales", scales), ("quats", quats), ("intensities", intensities)):
@@ -90,9 +91,9 @@ def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> 
     shape_t = _shape(shape)
     if len(shape_t) != 3 or any(s <= 0 for s in shape_t):
         raise ValueError(f"shape must be three positive ints (D, H, W), got {shape!r}")
-    as_cutoff(cutoff)
+    checked = shape_t, as_cutoff(cutoff)
     if k == 0:
-        return
+        return checked
     # one host sync for all value checks; find the culprit only on failure
     with torch.no_grad():
         flags = torch.stack(
@@ -116,6 +117,7 @@ def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> 
     for bad, msg in zip(flags.tolist(), messages):
         if bad:
             raise (NonFiniteGaussiansError if "finite" in msg else ValueError)(msg)
+    return checked
 
 
 def preprocess_gaussians(
@@ -181,8 +183,7 @@ def render_volume(
         ValueError: on wrong ranks/shapes, mismatched batch or K, non-positive or non-finite scales, zero
             quaternions, non-finite means or intensities, an empty shape, or an unknown backend.
     """
-    _check_inputs(means, scales, quats, intensities, shape, cutoff, backend)
-    shape, cutoff = _shape(shape), float(cutoff)  # checked above
+    shape, cutoff = _check_inputs(means, scales, quats, intensities, shape, cutoff, backend)
     b, k = means.shape[:2]
     device = means.device
     if backend == "auto":
