@@ -6,9 +6,15 @@ the same values. This script times both on random filtered projections, in turns
 alternating so that a drifting machine affects both alike), and prints the median seconds of each, the median of
 the per-round ratios and the largest difference of their outputs.
 
+``--cone`` measures the cone-beam (FDK) backprojection instead: its slices cut into slabs of at most
+``recon.fbp.SAMPLES_PER_STEP`` sampling positions per step against the whole 3D grid per step (the budget raised to
+the volume), each round in a fresh process so that its peak resident memory (``ru_maxrss``) is its own; it prints
+the median seconds and the largest peak of each.
+
 Usage::
 
     python bench/fbp_backprojection.py --size 64 256 256 --views 180 --repeats 3 [--json out.json]
+    python bench/fbp_backprojection.py --cone --size 64 256 256 --views 90 --repeats 2
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medgmae.cli_types import positive_int  # noqa: E402
+import recon.fbp as fbp_module  # noqa: E402
 from recon.fbp import backproject  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 
@@ -39,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxel size in mm (default: 2.5 1.4 1.4)")
     p.add_argument("--views", type=positive_int, default=180, help="views over 180 degrees (default: 180)")
     p.add_argument("--repeats", type=positive_int, default=3, help="rounds of the two, alternating (default: 3)")
+    p.add_argument("--cone", action="store_true", help="the cone-beam backprojection: slabs against the whole grid")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
+    p.add_argument("--one-cone-run", choices=("slabs", "grid"), help=argparse.SUPPRESS)  # a child process's round
     return p
 
 
@@ -51,8 +62,62 @@ def geometry(size, voxel, views: int) -> CTGeometry:
                       det_spacing=(voxel[0], voxel[2]), angles=np.linspace(0, np.pi, views, endpoint=False))  # fmt: skip
 
 
+def cone_geometry(size, voxel, views: int) -> CTGeometry:
+    """A full-turn cone beam with ``CTGeometry.cone``'s default source, magnification and detector."""
+    return CTGeometry.cone(tuple(size), tuple(voxel), num_angles=views)
+
+
+def one_cone_run(args) -> int:
+    """One backprojection in this process; prints its seconds, peak RSS and a checksum as JSON."""
+    g = cone_geometry(args.size, args.voxel, args.views)
+    filtered = torch.from_numpy(np.random.default_rng(0).normal(size=(1, g.num_views, *g.det_shape)).astype(np.float32))
+    if args.one_cone_run == "grid":  # the whole volume per step of views, as before slabs
+        fbp_module.SAMPLES_PER_STEP = 4 * int(np.prod(args.size))
+    t = time.perf_counter()
+    out = backproject(filtered, g, chunk=4)
+    seconds = time.perf_counter() - t
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib, "sum": float(out.double().sum()),
+                      "max_abs": float(out.abs().max())}))
+    return 0
+
+
+def cone_main(args) -> int:
+    """Rounds of the two cone-beam variants, alternating, each in its own process."""
+    runs = {"slabs": [], "grid": []}
+    base = [sys.executable, str(Path(__file__).resolve()), "--size", *map(str, args.size), "--voxel",
+            *map(str, args.voxel), "--views", str(args.views)]  # fmt: skip
+    for _ in range(args.repeats):
+        for name in runs:
+            done = subprocess.run([*base, "--one-cone-run", name], capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    g = cone_geometry(args.size, args.voxel, args.views)
+    result = {
+        "kind": "cone", "volume": list(args.size), "voxel_mm": list(args.voxel), "views": g.num_views,
+        "detector": list(g.det_shape), "repeats": args.repeats, "samples_per_step": fbp_module.SAMPLES_PER_STEP,
+        "median_seconds": {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()},
+        "peak_rss_mib": {k: max(r["peak_rss_mib"] for r in v) for k, v in runs.items()},
+        "relative_sum_difference": abs(runs["slabs"][0]["sum"] - runs["grid"][0]["sum"])
+        / max(abs(runs["grid"][0]["sum"]), 1e-30),
+        "max_abs_value": runs["grid"][0]["max_abs"],
+        "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    }  # fmt: skip
+    print(f"cone-beam backprojection, {'x'.join(map(str, args.size))} voxels, {g.num_views} views, detector "
+          f"{g.det_shape[0]}x{g.det_shape[1]}, {args.repeats} rounds, each in a fresh process:")
+    for name, label in (("slabs", "slabs"), ("grid", "whole grid")):
+        print(f"  {label}: {result['median_seconds'][name]:.2f} s, peak RSS {result['peak_rss_mib'][name]:.0f} MiB")
+    print(f"  relative difference of the volumes' sums {result['relative_sum_difference']:.1e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.one_cone_run:
+        return one_cone_run(args)
+    if args.cone:
+        return cone_main(args)
     g = geometry(args.size, args.voxel, args.views)
     filtered = torch.from_numpy(np.random.default_rng(0).normal(size=(1, g.num_views, *g.det_shape)).astype(np.float32))
     seconds = {"per_slice": [], "grid": []}

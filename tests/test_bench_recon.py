@@ -421,3 +421,15 @@ def test_the_backprojection_bench_runs_and_compares_equal_outputs(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["median_seconds"]) == {"per_slice", "grid"} and result["views"] == 6
     assert result["max_abs_difference"] <= 1e-5 * result["max_abs_value"] and result["max_abs_value"] > 0
+
+
+def test_the_cone_backprojection_bench_measures_both_variants_in_fresh_processes(tmp_path):
+    """bench/fbp_backprojection.py --cone at a toy size: slabs and the whole grid, each with its own peak memory,
+    and the same volume."""
+    bench = _load("fbp_backprojection")
+    out = tmp_path / "cone.json"
+    assert bench.main(["--cone", "--size", "4", "12", "10", "--views", "5", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["kind"] == "cone" and set(result["median_seconds"]) == set(result["peak_rss_mib"]) == {"slabs", "grid"}
+    assert min(result["peak_rss_mib"].values()) > 0 and result["max_abs_value"] > 0
+    assert result["relative_sum_difference"] < 1e-5
