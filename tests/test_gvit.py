@@ -186,6 +186,46 @@ def test_encoder_residual_and_scale_bound():
     assert not torch.allclose(enc(x), enc(x))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_an_eval_prediction_does_not_depend_on_the_batch(seed):
+    """In eval mode every image starts from the same seeded ``g0``: an image's Gaussians and logits alone equal
+    those it gets at any place in a batch of any size (a ``g0`` drawn per row gave each place other ones)."""
+    torch.manual_seed(seed)
+    model = GViT(1, SIZE, 3, num_gaussians=6, patch_size=4).eval()
+    _perturb_head(model.encoder, seed)
+    x = torch.rand(5, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        alone = torch.cat([model(x[i : i + 1]) for i in range(5)])
+        gaussians_alone = torch.cat([model.gaussians(x[i : i + 1]) for i in range(5)])
+        torch.testing.assert_close(model(x), alone, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.gaussians(x), gaussians_alone, rtol=1e-5, atol=1e-6)
+        order = torch.tensor([3, 0, 4])
+        torch.testing.assert_close(model(x[order]), alone[order], rtol=1e-5, atol=1e-6)
+        assert (alone[0] - alone[1]).abs().max() > 1e-6  # and the images still differ
+
+
+def test_the_classifier_phase_learns_a_separable_task():
+    """With the encoder frozen, each image keeps its Gaussians across epochs and batches, so the classifier phase
+    fits a task a look at the image answers (a bright blob on the left or the right) on shuffled batches."""
+    gen = torch.Generator().manual_seed(0)
+    images, labels = [], []
+    for i in range(24):
+        img = 0.1 * torch.rand(1, SIZE, SIZE, generator=gen)
+        cx = 3 + int(torch.randint(0, 3, (1,), generator=gen)) + (8 if i % 2 else 0)
+        cy = 4 + int(torch.randint(0, 8, (1,), generator=gen))
+        img[0, cy - 2 : cy + 2, cx - 2 : cx + 2] = 1.0
+        images.append({"image": img, "label": torch.tensor(i % 2)})
+    torch.manual_seed(0)
+    model = GViT(1, SIZE, 2, num_gaussians=16, patch_size=4)
+    _perturb_head(model.encoder)
+    loader = DataLoader(images, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0))
+    build_phase_trainer("classifier", model, loader, max_epochs=40, device="cpu", lr=1e-3, render_backend="torch").run()
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.stack([it["image"] for it in images])).argmax(1)
+    assert (pred == torch.stack([it["label"] for it in images])).float().mean() >= 0.9
+
+
 def test_learned_query_variant():
     torch.manual_seed(0)
     enc = tiny_encoder(k=7, mode="queries")

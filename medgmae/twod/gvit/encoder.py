@@ -25,8 +25,9 @@ class DenoisingGaussianEncoder(nn.Module):
 
     ``mode="denoising"`` (default): the tokens are ``[cls, patches, embed(g0)]`` with ``g0`` random Gaussians;
     the MLP head reads the Gaussian outputs and predicts ``delta``; returns ``g0 + delta``. The last head layer
-    starts at zero, so an untrained encoder returns ``g0``. In eval mode, ``g0`` is drawn from a generator seeded
-    with ``eval_seed`` so that predictions are deterministic.
+    starts at zero, so an untrained encoder returns ``g0``. In eval mode (and no generator given), every image
+    starts from the same ``g0``, drawn from a generator seeded with ``eval_seed``, so that a prediction is
+    deterministic and independent of the batch it is in.
 
     ``mode="queries"``: ``K`` learned query tokens replace ``embed(g0)`` and the head predicts ``g`` directly.
 
@@ -89,11 +90,14 @@ class DenoisingGaussianEncoder(nn.Module):
         )  # fmt: skip
 
     def initial_gaussians(self, batch: int, device, generator: torch.Generator | None = None) -> Tensor:
-        """``g0`` ``(B, K, 6 + C)``: random tokens (denoising) or zeros (queries)."""
+        """``g0`` ``(B, K, 6 + C)``: random tokens (denoising; in eval mode without ``generator`` one seeded draw
+        shared by the batch) or zeros (queries)."""
         if self.mode == "queries":
             return torch.zeros(batch, self.num_gaussians, gaussian_dim(self.in_channels), device=device)
-        if generator is None and not self.training:
-            generator = torch.Generator().manual_seed(self.eval_seed)
+        if generator is None and not self.training:  # one seeded g0 for every image: a prediction is the image's
+            generator = torch.Generator().manual_seed(self.eval_seed)  # alone, whatever its batch and place in it
+            one = sample_gaussian_tokens(1, self.num_gaussians, self.in_channels, self.scale_factor, generator, device)
+            return one.expand(batch, -1, -1)
         return sample_gaussian_tokens(batch, self.num_gaussians, self.in_channels, self.scale_factor, generator, device)
 
     def forward(self, x: Tensor, g0: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
