@@ -279,6 +279,18 @@ def _unknown_key_lines(command: tuple | None) -> list[str]:
     return problems
 
 
+def _home_path_lines(command: tuple | None) -> list[str]:
+    """A line per setting of the command line (or its ``--args_file``) whose value starts with ``~``: the shell
+    leaves it unexpanded in quotes or after ``=``, and it would then name a folder called ``~`` under the current
+    one for some outputs and the home folder for others (Python and nibabel differ)."""
+    if command is None:
+        return []
+    return [f"--{name}: {value!r} starts with '~', which the shell did not expand (quoted, or written as "
+            f"--{name}=~...): give the full path, {os.path.expanduser(value)}"
+            for name, value in command[0].items()
+            if name not in RUNNER_ARGS and isinstance(value, str) and value.startswith("~")]  # fmt: skip
+
+
 def check_settings(
     settings: Mapping[str, tuple[Any, str | Sequence[Any] | Callable[[Any], Any]]],
     output_dirs: Mapping[str, str | Path] | None = None,
@@ -288,7 +300,8 @@ def check_settings(
     unused_phantom_keys: Sequence[str] = (),
 ) -> bool:
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
-    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`), and a config
+    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`) or that starts
+    with an unexpanded ``~``, and a config
     started the wrong way (:func:`process_problems`). Also installs :func:`summarise_errors`, so that any later
     failure of the bundle ends with its reason.
 
@@ -325,7 +338,7 @@ def check_settings(
     found = {key: p for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))}
     derived = _derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
     problems = [f"--{key}: {p}" for key, p in found.items() if key not in derived]
-    problems += _unknown_key_lines(command) + process_problems(torchrun, multi_gpu_config)
+    problems += _unknown_key_lines(command) + _home_path_lines(command) + process_problems(torchrun, multi_gpu_config)
     dirs = output_dirs or {}
     folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
     if problems or folders:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
-__all__ = ["INTEGER_NAMES", "as_bool", "count_or_all", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
+__all__ = ["INTEGER_NAMES", "as_bool", "count_or_all", "expand_home", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
            "positive_float", "positive_int", "proper_fraction", "unit_interval"]
 
 T = TypeVar("T", int, float)
@@ -137,3 +138,20 @@ def as_bool(value: Any, name: str = "flag") -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def expand_home(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with every text value (and text in a list value) that starts with ``~`` expanded to the home
+    folder, in place: the shell leaves ``"~/x"`` in quotes and ``--out=~/x`` as they are, and Python's ``Path``
+    would then make a folder called ``~`` under the current one while nibabel wrote into the home folder.
+
+    Args:
+        args: parsed command-line arguments.
+
+    Returns:
+        The same namespace.
+    """
+    home = lambda v: os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v  # noqa: E731
+    for name, value in vars(args).items():
+        setattr(args, name, [home(v) for v in value] if isinstance(value, list) else home(value))
+    return args

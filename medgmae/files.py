@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "bundle_config",
     "atomic_write",
     "staged_outputs",
     "save_torch_atomic",
@@ -266,3 +267,20 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
             raise ValueError(f"{path}: cannot load this {what} onto map_location={map_location!r}: that device is "
                              f"not available here (use map_location='cpu'). ({str(e).splitlines()[0]})") from e
         raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
+
+
+def bundle_config(bundle: str, name: str) -> str:
+    """A bundle config of this checkout as a printed command should name it: ``bundles/<bundle>/configs/<name>``
+    where that path exists from the current folder (the README's commands run from the repository root), else the
+    checkout's absolute path (a run started from elsewhere with an absolute ``--config_file``), else the relative
+    form (an installed package without its bundles).
+
+    Args:
+        bundle: the bundle folder, e.g. ``"unetr_finetune"``.
+        name: the config file, e.g. ``"train.json"``.
+    """
+    relative = Path("bundles") / bundle / "configs" / name
+    checkout = Path(__file__).resolve().parents[1] / relative
+    if relative.is_file() or not checkout.is_file():
+        return relative.as_posix()
+    return str(checkout)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medgmae.cli_types import nonneg_float, nonneg_int, positive_float, positive_int
+from medgmae.cli_types import expand_home, nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 from recon.select_command import cmd_select
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 success, 2 bad input, 130 interrupted by Ctrl-C: one line says what
     was left, no traceback)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = expand_home(parser.parse_args(argv))
     try:
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, FileNotFoundError) as e:

@@ -68,7 +68,7 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
         budget = init_settings.get("num_gaussians")  # 3DGR-CT's preset: the decoder's Gaussians subdivided to it
         spec = _model_spec(model, args.model_spacing, args.checkpoint)
         init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=budget, seed=args.seed)
-        _warn_if_few(init.num_gaussians, budget or init_settings.get("grow_to"), spec)
+        _warn_if_few(init.num_gaussians, budget or init_settings.get("grow_to"), spec, getattr(model, "total_gaussians", None))
         if budget is not None:
             print(f"zero-shot start: {init.num_gaussians} Gaussians, the decoder's subdivided toward --num-gaussians "
                   f"{budget} (kept as decoded when the budget is under twice their number)", flush=True)  # fmt: skip
@@ -77,21 +77,27 @@ def _initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarr
     return init, None
 
 
-#: A zero-shot start with fewer Gaussians than this, or than 1 % of its budget, is warned about: a handful of
-#: Gaussians cannot hold the scan's structure, and density control grows them only slowly.
+#: A zero-shot start with fewer Gaussians than this is warned about: a handful of Gaussians cannot hold the scan's
+#: structure (the decoder drops those outside the scan or near zero).
 FEW_ZERO_SHOT = 32
 
 
-def _warn_if_few(count: int, budget: int | None, spec) -> None:
-    """Warn when the zero-shot start kept very few Gaussians (the decoder drops those outside the scan or near zero)."""
-    if count >= FEW_ZERO_SHOT and (budget is None or count >= 0.01 * budget):
-        return
-    spacing = "x".join(f"{v:g}" for v in spec.spacing) if spec is not None else "its recorded"
-    print(f"warning: the zero-shot start kept only {count} Gaussian{'s' if count != 1 else ''}"
-          f"{f' (budget {budget})' if budget else ''}: the model sees the scan resampled to {spacing} mm, and a scan "
-          "much smaller than its input window, or mostly air, leaves few of its Gaussians inside; --init fbp starts "
-          "denser (a finer --model-spacing keeps more of the decoder's Gaussians, but shows the model data prepared "
-          "otherwise than in its pre-training)", flush=True)  # fmt: skip
+def _warn_if_few(count: int, budget: int | None, spec, per_window: int | None = None) -> None:
+    """Warn when the zero-shot start kept very few Gaussians; note one under 1 % of its budget, whose cause is the
+    model's number of queries (``per_window``) rather than the scan: growth to the budget then takes many rounds."""
+    if count < FEW_ZERO_SHOT:
+        spacing = "x".join(f"{v:g}" for v in spec.spacing) if spec is not None else "its recorded"
+        print(f"warning: the zero-shot start kept only {count} Gaussian{'s' if count != 1 else ''}"
+              f"{f' (budget {budget})' if budget else ''}: the model sees the scan resampled to {spacing} mm, and a "
+              "scan much smaller than its input window, or mostly air, leaves few of its Gaussians inside; --init fbp "
+              "starts denser (a finer --model-spacing keeps more of the decoder's Gaussians, but shows the model data "
+              "prepared otherwise than in its pre-training)", flush=True)  # fmt: skip
+    elif budget and count < 0.01 * budget:
+        queries = f" (the model decodes {per_window} per window)" if per_window else ""
+        print(f"note: the zero-shot start has {count} Gaussians{queries}, under 1 % of the budget of {budget}: "
+              "density control grows it toward the budget every 10 iterations, so a short run spends much of itself "
+              "growing (a model pre-trained with more queries, --num_gaussians 1024, starts denser; --init fbp starts "
+              "at the budget; --num-gaussians sets the budget)", flush=True)  # fmt: skip
 
 
 def _init_settings(args, num_voxels: int | None = None) -> dict:

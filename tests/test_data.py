@@ -458,6 +458,10 @@ def test_a_datalist_whose_images_all_miss_says_where_its_paths_point(tmp_path):
     with pytest.raises(DatasetError) as error:
         check_datalist(items)
     assert f"None of the 3 images exist: their paths resolve under {tmp_path / 'elsewhere' / 'imagesTr'}" in str(error.value)
+    assert "A datalist's relative paths resolve against --dataset_dir" in str(error.value)
+    with pytest.raises(DatasetError) as error:  # files given as such (segmentation's input_files): no datalist advice
+        check_datalist(items, source="input_files")
+    assert "None of the 3 images exist" in str(error.value) and "datalist's relative paths" not in str(error.value)
     present = tmp_path / "present.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(present))
     with pytest.raises(DatasetError) as error:

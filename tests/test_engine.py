@@ -417,10 +417,19 @@ def test_a_new_run_in_a_used_folder_replaces_the_earlier_runs_checkpoints(tmp_pa
     again, _ = _make_trainer(tmp_path, 1, resume=False, lr=0.01)
     with caplog.at_level("WARNING"):
         again.run()
-    assert "holds an earlier run's checkpoints (checkpoint_epoch=3.pt, checkpoint_final.pt)" in caplog.text
+    assert ("holds a finished earlier run's checkpoints (checkpoint_epoch=3.pt, checkpoint_final.pt): this new run "
+            "removes them when it saves its first epoch (stop now and give another --output_dir to keep it, or add "
+            "--resume true with a larger --max_epochs to train it further)") in caplog.text  # fmt: skip
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
     assert latest_checkpoint(tmp_path).name == "checkpoint_epoch=1.pt"
     assert load_torch_file(tmp_path / "checkpoint_final.pt")["engine"]["epoch"] == 1
+    (tmp_path / "checkpoint_final.pt").unlink()  # an unfinished run's folder: --resume true continues it
+    caplog.clear()
+    third, _ = _make_trainer(tmp_path, 1, resume=False)
+    with caplog.at_level("WARNING"):
+        third.run()
+    assert ("holds an earlier run's checkpoints (checkpoint_epoch=1.pt): this new run removes them when it saves its "
+            "first epoch (stop now and add --resume true to continue that run instead)") in caplog.text
 
 
 def test_a_new_run_in_a_used_folder_removes_the_earlier_runs_pictures_and_event_files_at_its_first_save(tmp_path, caplog):
@@ -463,7 +472,7 @@ def test_a_new_run_in_a_used_folder_removes_the_earlier_runs_pictures_and_event_
     with caplog.at_level("WARNING"):
         trainer.run()
     assert seen == [True]
-    assert ("holds an earlier run's checkpoints (checkpoint_final.pt, checkpoint_interrupted.pt), 2 pictures/epoch_*.png "
+    assert ("holds a finished earlier run's checkpoints (checkpoint_final.pt, checkpoint_interrupted.pt), 2 pictures/epoch_*.png "
             "files, 1 tensorboard/events.out.tfevents.* file: this new run removes them when it saves its first epoch") in caplog.text  # fmt: skip
     assert old[0].read_bytes() == b"this run's picture of epoch 1"
     assert not old[1].exists() and not old[2].exists()

@@ -808,6 +808,11 @@ def test_summary_segment_command_names_an_image_of_the_run(tmp_path):
     args = shlex.split(line)
     files = ast.literal_eval(args[args.index("--input_files") + 1])
     assert files == [str(tmp_path / "c2_img.nii.gz")] and Path(files[0]).is_file()
+    assert "--input_files \"['" + files[0] + "']\"" in line  # written as the README writes it, not as '['"'"'...'"'"']'
+    from medgmae.finetune.report import _list_flag
+
+    for awkward in ("it's.nii.gz", "a$b.nii.gz", 'say "x".nii.gz', "c!d.nii.gz", "e\\f.nii.gz"):  # single quotes then
+        assert ast.literal_eval(shlex.split(_list_flag([awkward]))[0]) == [awkward]
 
 
 def test_roi_size_defaults_to_the_pretrained_encoders_img_size(tmp_path):

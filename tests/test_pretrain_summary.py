@@ -69,3 +69,16 @@ def test_each_pre_training_run_suggests_its_own_fine_tuning_folder(tmp_path):
         s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
         folders.append(Path(_flag(shlex.split(s["next"]["fine-tune"]), "--output_dir")))
     assert folders == [tmp_path / "pre_finetune", tmp_path / "pre_star_finetune"]
+
+
+def test_the_next_commands_name_configs_that_exist_from_the_folder_the_run_was_started_in(tmp_path, monkeypatch):
+    """From the repository root (the README's commands) the configs are named ``bundles/...``; from another folder
+    (a run started with an absolute ``--config_file``) by the checkout's absolute path, which exists there too."""
+    repo = Path(__file__).resolve().parents[1]
+    for cwd, relative in ((repo, True), (tmp_path, False)):
+        monkeypatch.chdir(cwd)
+        summary = PretrainSummary(tmp_path / "run", MetricHistory(), "medgmae")
+        commands = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))["next"]
+        for name in ("fine-tune", "zero-shot inference"):
+            config = _flag(shlex.split(commands[name]), "--config_file")
+            assert config.startswith("bundles/") == relative and Path(config).is_file(), (cwd, config)

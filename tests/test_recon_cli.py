@@ -98,6 +98,20 @@ def test_simulating_into_a_scan_folder_names_what_it_replaces(ct, tmp_path, caps
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before  # nothing replaced
 
 
+def test_an_unexpanded_tilde_in_a_path_is_the_home_folder(simulated, tmp_path, monkeypatch):
+    """``--out "~/fbp.nii.gz"`` (quoted: the shell leaves it) is written in the home folder, as ``--out ~/fbp.nii.gz``
+    would be: it had made a folder called ``~`` under the current one, then failed with nothing written."""
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
+                 "--out", "~/sub/fbp.nii.gz", "--device", "cpu"]) == 0  # fmt: skip
+    np.testing.assert_allclose(nib.load(str(home / "sub" / "fbp.nii.gz")).get_fdata(),
+                               nib.load(str(simulated / "fbp.nii.gz")).get_fdata(), atol=1e-6)  # fmt: skip
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in home.iterdir()) == ["sub"]
+
+
 def test_end_to_end(simulated, model_file, tmp_path, capsys):
     fbp_out = tmp_path / "fbp2.nii.gz"
     assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"), "--out", str(fbp_out), "--device", "cpu"]) == 0

@@ -211,11 +211,16 @@ def test_a_start_with_fewer_gaussians_than_asked_is_warned(scan, tmp_path, capsy
     placed = json.loads((tmp_path / "rec" / "metrics.json").read_text())["initial_gaussians"]
     assert placed < 16 * 16 * 12 and f"warning: --init fbp placed {placed} of 100000 Gaussians: only {placed} voxels" in out
     spec = PreprocessingSpec(spacing=(1.5, 1.5, 2.0))
-    for count, budget, warned in ((1, 1500, True), (31, None, True), (40, 10000, True), (40, 1500, False), (100, None, False)):
-        _warn_if_few(count, budget, spec)
+    for count, budget, warned, noted in ((1, 1500, True, False), (31, None, True, False), (40, 10000, False, True),
+                                         (756, 286720, False, True), (40, 1500, False, False), (100, None, False, False)):
+        _warn_if_few(count, budget, spec, 256)
         text = capsys.readouterr().out
         assert (f"warning: the zero-shot start kept only {count} Gaussian" in text) == warned, (count, budget, text)
         assert not warned or "resampled to 1.5x1.5x2 mm" in text
+        # a sparse start of a scan larger than the window: the model's queries, not the scan, are the reason
+        assert (f"note: the zero-shot start has {count} Gaussians (the model decodes 256 per window), under 1 % of the "
+                f"budget of {budget}" in text) == noted, (count, budget, text)
+        assert not noted or "much smaller than its input window" not in text
 
 
 def test_projections_that_are_not_line_integrals_are_refused(scan, tmp_path, capsys):

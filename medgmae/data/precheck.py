@@ -104,15 +104,19 @@ def check_item(
     return problems + _label_problems(label.array, str(label.path), num_classes)
 
 
-def _all_missing_hint(items: Sequence[Mapping], image_key: str) -> str:
+def _all_missing_hint(items: Sequence[Mapping], image_key: str, source: str = "") -> str:
     """When no listed image exists, where the paths pointed (a datalist's relative paths resolved against the wrong
-    folder is the usual cause); otherwise ``""``."""
+    folder is the usual cause, said unless ``source`` is a list of files given as such, ``input_files``); otherwise
+    ``""``."""
     paths = [Path(it[image_key]) for it in items if isinstance(it, Mapping) and image_key in it]
     if not paths or any(p.exists() for p in paths):
         return ""
     where = os.path.commonpath([str(p.parent) for p in paths]) if all(p.is_absolute() for p in paths) else "the current folder"
-    return (f"\nNone of the {len(paths)} images exist: their paths resolve under {where}. A datalist's relative paths "
-            "resolve against --dataset_dir when it is given, else against the datalist's own folder")
+    hint = f"\nNone of the {len(paths)} images exist: their paths resolve under {where}"
+    if source == "input_files":
+        return hint
+    return hint + (". A datalist's relative paths resolve against --dataset_dir when it is given, else against the "
+                   "datalist's own folder")
 
 
 def _check_one(args: tuple) -> list[str]:
@@ -197,7 +201,7 @@ def check_datalist(
         if problems:
             raise DatasetError(f"{len(problems)} problem(s) in the data of {source or 'the datalist'} "
                                f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(problems)
-                               + _all_missing_hint(items, image_key))  # fmt: skip
+                               + _all_missing_hint(items, image_key, str(source)))  # fmt: skip
 
     main_process_only(check, DatasetError)
     return list(items)

@@ -226,8 +226,12 @@ class CheckpointHandler:
         """Remember (and name) what another run left in ``output_dir``, which this fresh run replaces."""
         found = self._earlier_run.find()
         if found and rank_world()[0] == 0:
-            logger.warning("%s holds an earlier run's %s: this new run removes them when it saves its first epoch (stop "
-                           "now and add --resume true to continue that run instead)", self.output_dir, found)  # fmt: skip
+            finished = any(p.name == "checkpoint_final.pt" for p in self._earlier_run.checkpoints)
+            advice = ("stop now and give another --output_dir to keep it, or add --resume true with a larger "
+                      "--max_epochs to train it further" if finished
+                      else "stop now and add --resume true to continue that run instead")  # fmt: skip
+            logger.warning("%s holds %s earlier run's %s: this new run removes them when it saves its first epoch (%s)",
+                           self.output_dir, "a finished" if finished else "an", found, advice)  # fmt: skip
 
     def _on_completed(self, engine: Engine) -> None:
         self.save(engine, "checkpoint_final.pt")

@@ -21,7 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from medgmae.engine import is_main_process
-from medgmae.files import atomic_write
+from medgmae.files import atomic_write, bundle_config
 from medgmae.engine.figures import add_image, grey_rgb, label_tile, mid_slices, save_png, tile_grid, upscale
 
 __all__ = ["FinetuneSummary", "SegmentationPicture", "dice_table", "overlay", "segmentation_figure"]
@@ -78,6 +78,17 @@ def _labels(t: Any) -> np.ndarray:
     """``(C, X, Y, Z)`` one-hot or ``(1, X, Y, Z)`` index tensor -> ``(X, Y, Z)`` class indices."""
     t = torch.as_tensor(t).detach().cpu()
     return (t.argmax(0) if t.shape[0] > 1 else t[0]).numpy().astype(np.int64)
+
+
+
+def _list_flag(paths: list[str]) -> str:
+    """A list of paths as a bundle flag's shell word: ``"['a.nii.gz']"`` as the README writes it, where the shell
+    leaves the double quotes' content alone (no ``"``, ``$``, backquote, backslash, ``'`` or ``!`` in a path), else
+    :func:`shlex.quote` of it."""
+    text = str([str(p) for p in paths])
+    if any(c in "".join(map(str, paths)) for c in "\"$`\\'!"):
+        return shlex.quote(text)
+    return f'"{text}"'
 
 
 class SegmentationPicture:
@@ -185,13 +196,14 @@ class FinetuneSummary:
         out = shlex.quote(str(self.out))
         record = read_run_record(self.out) or {}
         data = "".join(f" --{k} {shlex.quote(str(record[k]))}" for k in ("dataset_dir", "datalist") if record.get(k))
-        image = shlex.quote(str([self._example_image()]))
+        image = _list_flag([self._example_image()])
+        config = lambda name: shlex.quote(bundle_config("unetr_finetune", name))  # noqa: E731
         return {
-            "evaluate": "python -m monai.bundle run evaluating --config_file bundles/unetr_finetune/configs/evaluate.json "
+            "evaluate": f"python -m monai.bundle run evaluating --config_file {config('evaluate.json')} "
             f"--output_dir {out}{data}",
-            "segment": "python -m monai.bundle run inferring --config_file bundles/unetr_finetune/configs/inference.json "
+            "segment": f"python -m monai.bundle run inferring --config_file {config('inference.json')} "
             f"--output_dir {out} --input_files {image}",
-            "export": "python -m monai.bundle run exporting --config_file bundles/unetr_finetune/configs/export.json "
+            "export": f"python -m monai.bundle run exporting --config_file {config('export.json')} "
             f"--output_dir {out}",
         }
 

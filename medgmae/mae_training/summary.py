@@ -17,7 +17,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from medgmae.engine import MetricHistory, is_main_process
-from medgmae.files import save_json_atomic
+from medgmae.files import bundle_config, save_json_atomic
 from medgmae.engine.figures import add_image, line_plot, save_png
 from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE
 from medgmae.mae_training.validation import BEST_MODEL_FILE
@@ -106,13 +106,13 @@ def next_commands(
     else:
         data = f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else ""
     cmds = {
-        "fine-tune": "python -m monai.bundle run training --config_file bundles/unetr_finetune/configs/train.json "
+        "fine-tune": f"python -m monai.bundle run training --config_file {q(bundle_config('unetr_finetune', 'train.json'))} "
         f"--pretrained {q(str(out / ENCODER_FILE))} --output_dir {q(str(finetune_dir(out)))}" + data
     }
     if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
         image = q(example_image or "ct.nii.gz")
         cmds["zero-shot inference"] = (
-            "python -m monai.bundle run inferring --config_file bundles/medgmae_pretrain/configs/inference.json "
+            f"python -m monai.bundle run inferring --config_file {q(bundle_config('medgmae_pretrain', 'inference.json'))} "
             f"--model_path {q(str(out / MODEL_FILE))} --image {image} --inference_dir {q(str(out / 'gaussians'))}"
         )
         scan, rec = q(str(out / "scan")), q(str(out / "recon"))
@@ -202,6 +202,10 @@ class PretrainSummary:
             "next:",
         ]
         lines += [f"  {name}: {cmd}" for name, cmd in s["next"].items()]
+        if "reconstruction init" in s["next"]:
+            lines.append("  (the reconstruction grows the zero-shot start to one Gaussian per 8 voxels of the scan: on a "
+                         "CPU a phantom of this size takes many minutes, it shows the time left as it goes; a smaller "
+                         "--num-gaussians is quicker and coarser)")  # fmt: skip
         if NUM_CLASSES in s["next"].get("fine-tune", ""):
             lines.append(f"  (the datalist has no 'labels' map naming its classes: replace {NUM_CLASSES} by the number "
                          "of classes, background included)")  # fmt: skip

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from medgmae.checkpoint import TrainingStateError
-from medgmae.cli_types import nonneg_float, positive_int
+from medgmae.cli_types import expand_home, nonneg_float, positive_int
 from medgmae.engine import resolve_device
 from medgmae.files import atomic_write, output_dir_problem
 from medgmae.twod import layering as L
@@ -280,7 +280,7 @@ def _write_outputs(command: str, writers: dict[str, Callable[[Path], object]], o
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``medgmae-2d``; returns the exit status."""
-    args = build_parser().parse_args(argv)  # exits with status 2 on nonsense flags
+    args = expand_home(build_parser().parse_args(argv))  # exits with status 2 on nonsense flags
     try:
         _check_out(args.out)
         model, x, size, reference, image = _load(args)

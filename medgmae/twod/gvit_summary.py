@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 
 from medgmae.engine import is_main_process
-from medgmae.files import save_json_atomic
+from medgmae.files import bundle_config, save_json_atomic
 
 __all__ = ["confusion_table", "evaluate_command", "gvit_summary"]
 
@@ -37,7 +37,8 @@ def evaluate_command(run_dir: str | Path) -> str:
     """The evaluation command of a run: its folder alone. The evaluation reads ``model.pt`` there, which records the
     training data (``dataset_dir`` or the phantom task, ``seed``, ``val_fraction``, ``window``), and evaluates on
     them unless told otherwise."""
-    cmd = "python -m monai.bundle run evaluating --config_file bundles/gvit_classification/configs/evaluate.json"
+    config = shlex.quote(bundle_config("gvit_classification", "evaluate.json"))
+    cmd = f"python -m monai.bundle run evaluating --config_file {config}"
     return cmd + f" --output_dir {shlex.quote(str(run_dir))}"
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medgmae.cli_types import nonneg_int, positive_float, positive_int
+from medgmae.cli_types import expand_home, nonneg_int, positive_float, positive_int
 from medgmae.data.phantom.generator import DEFAULT_SHAPE, DEFAULT_SPACING
 from medgmae.data.phantom.writer import write_phantom_dataset
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``medgmae-phantom`` entry point. Returns 0 on success; bad flags exit with code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = expand_home(parser.parse_args(argv))
     if len(args.spacing) not in (1, 3):
         parser.error(f"--spacing takes one or three values, got {len(args.spacing)}")
     spacing = tuple(args.spacing) * 3 if len(args.spacing) == 1 else tuple(args.spacing)
