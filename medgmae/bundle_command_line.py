@@ -1,0 +1,122 @@
+"""The command line of a ``python -m monai.bundle run`` call, read once: its flags (and ``--args_file`` keys), its
+config files and their top-level keys, and what is wrong with it as a whole: keys the configs do not have (MONAI
+adds a misspelt ``--max_epoch 5`` as a new key that nothing reads), and paths with a ``~`` the shell left
+unexpanded. :func:`medgmae.bundle_checks.check_settings` reports these with the settings' own problems.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "bundle_command", "derived_from_bad_keys", "home_path_lines",
+           "unknown_key_lines", "unknown_key_problems"]
+
+
+#: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).
+FLAG_ALIASES = {"lr": "learning_rate", "epochs": "max_epochs", "bs": "batch_size", "data_dir": "dataset_dir",
+                "data": "dataset_dir", "out": "output_dir", "out_dir": "output_dir", "workers": "num_workers",
+                "gpu": "device", "spacing": "pixdim", "roi": "roi_size", "pretrained_path": "pretrained"}  # fmt: skip
+
+#: ``monai.bundle run``'s own arguments (not config keys).
+RUNNER_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+
+
+def _flags(argv: Sequence[str]) -> dict[str, str]:
+    """``--name value`` / ``--name=value`` flags of a command line, by name (hyphens read as underscores)."""
+    flags, i = {}, 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not token.startswith("--") or token == "--":
+            continue
+        name, eq, value = token[2:].partition("=")
+        if not eq and i < len(argv) and not argv[i].startswith("--"):
+            value, i = argv[i], i + 1
+        flags[name.replace("-", "_")] = value
+    return flags
+
+
+def bundle_command(argv: Sequence[str] | None) -> tuple[dict[str, str], list[str], dict[str, Any]] | None:
+    """``(flags, config files, their merged top-level keys)`` of a ``python -m monai.bundle run`` command line (``sys.argv`` when
+    ``None``), the keys of its ``--args_file`` among the flags (the command line's win, as in MONAI's runner);
+    ``None`` for anything else or files this cannot read."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return None
+    flags: dict[str, Any] = _flags(argv[1:])
+    try:
+        if flags.get("args_file"):
+            from monai.bundle import ConfigParser
+
+            flags = {**ConfigParser.load_config_file(flags["args_file"]), **flags}
+        files = flags.get("config_file", "")
+        if isinstance(files, str):
+            files = ast.literal_eval(files) if files.strip().startswith("[") else [files]
+        config: dict[str, Any] = {}
+        for f in files:
+            config.update(json.loads(Path(f).read_text()))
+    except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
+        return None
+    return flags, list(files), config
+
+
+def derived_from_bad_keys(bad: Sequence[str], command: tuple | None) -> set[str]:
+    """The bad keys whose config value is a bare reference to another bad key (``"precheck_workers":
+    "@num_workers"``) and that the command line (:func:`bundle_command`) does not set: their problem is that
+    key's, named once."""
+    if command is None:
+        return set()
+    flags, _, config = command
+    refs = {k: v[1:] for k, v in config.items() if isinstance(v, str) and v.startswith("@") and v[1:].isidentifier()}
+    return {k for k in bad if k not in flags and refs.get(k) in bad}
+
+
+def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
+    """``--key`` flags of a ``python -m monai.bundle run`` command line that name no top-level key of its config
+    files, each with the closest key: MONAI adds such an override as a new key that nothing reads, so a misspelled
+    ``--max_epoch 5`` was silently ignored. Nested overrides (``--train#handlers#0#...``) are checked by their first
+    part.
+
+    Args:
+        argv: the command line (``sys.argv``); anything but MONAI's bundle runner, or config files this cannot read
+            as JSON, gives no problems (nothing to compare with).
+
+    Returns:
+        One ``--key: ...`` line per unknown key.
+    """
+    return unknown_key_lines(bundle_command(argv))
+
+
+def unknown_key_lines(command: tuple | None) -> list[str]:
+    """:func:`unknown_key_problems` of a command line read by :func:`bundle_command`."""
+    if command is None:
+        return []
+    flags, files, config = command
+    keys = set(config)
+    problems = []
+    for name in flags:
+        if name in RUNNER_ARGS or name.split("#")[0] in keys:
+            continue
+        key = name.split("#")[0]
+        close = [a for a in [FLAG_ALIASES.get(key)] if a in keys] or difflib.get_close_matches(key, sorted(keys), n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        problems.append(f"--{name}: not a setting of {', '.join(Path(f).name for f in files)}{hint}")
+    return problems
+
+
+def home_path_lines(command: tuple | None) -> list[str]:
+    """A line per setting of the command line (or its ``--args_file``) whose value starts with ``~``: the shell
+    leaves it unexpanded in quotes or after ``=``, and it would then name a folder called ``~`` under the current
+    one for some outputs and the home folder for others (Python and nibabel differ)."""
+    if command is None:
+        return []
+    return [f"--{name}: {value!r} starts with '~', which the shell did not expand (quoted, or written as "
+            f"--{name}=~...): give the full path, {os.path.expanduser(value)}"
+            for name, value in command[0].items()
+            if name not in RUNNER_ARGS and isinstance(value, str) and value.startswith("~")]  # fmt: skip
