@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volume (D, H, W) in voxels (default: 64 256 256)")
     p.add_argument("--voxel", type=float, nargs=3, default=[2.5, 1.4, 1.4], metavar=("SZ", "SY", "SX"),
                    help="voxel size in mm (default: 2.5 1.4 1.4)")
-    p.add_argument("--views", type=positive_int, default=180, help="views over 180 degrees (default: 180)")
+    p.add_argument("--views", type=positive_int, default=180, help="views over 180 degrees (--cone: over a full turn) (default: 180)")
     p.add_argument("--repeats", type=positive_int, default=3, help="rounds of the two, alternating (default: 3)")
     p.add_argument("--cone", action="store_true", help="the cone-beam backprojection: slabs against the whole grid")
     p.add_argument("--json", default="", help="also write the results to this JSON file")

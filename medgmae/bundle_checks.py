@@ -20,7 +20,6 @@ from medgmae import cli_types
 from medgmae.bundle_command_line import (
     bundle_command,
     derived_from_bad_keys,
-    home_path_lines,
     unknown_key_lines,
     unknown_key_problems,
 )
@@ -199,8 +198,7 @@ def check_settings(
     unused_phantom_keys: Sequence[str] = (),
 ) -> bool:
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
-    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`) or that starts
-    with an unexpanded ``~``, and a config
+    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`), and a config
     started the wrong way (:func:`process_problems`). Also installs :func:`summarise_errors`, so that any later
     failure of the bundle ends with its reason.
 
@@ -237,7 +235,7 @@ def check_settings(
     found = {key: p for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
     problems = [f"--{key}: {p}" for key, p in found.items() if key not in derived]
-    problems += unknown_key_lines(command) + home_path_lines(command) + process_problems(torchrun, multi_gpu_config)
+    problems += unknown_key_lines(command) + process_problems(torchrun, multi_gpu_config)
     dirs = output_dirs or {}
     folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
     if problems or folders:
@@ -281,8 +279,15 @@ def process_problems(torchrun: bool, multi_gpu_config: str | None = None) -> lis
 
 
 def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:
-    """``--key 'path': problem`` for each output folder that neither is a writable folder nor can be created."""
-    return [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items() if (p := output_dir_problem(path))]
+    """``--key 'path': problem`` for each output folder that neither is a writable folder nor can be created, or
+    that starts with a ``~`` nothing expanded (quoted on the command line, written ``--key=~/...``, or from an
+    ``--args_file``): the bundle's writers would make a folder called ``~`` under the current one for some files
+    and write others into the home folder (inputs are expanded where they are read)."""
+    home = [f"--{key} {str(path)!r}: starts with '~', which was not expanded (quoted on the command line, or from an "
+            f"args file): give the full path, {os.path.expanduser(str(path))}"
+            for key, path in dirs.items() if str(path).startswith("~")]  # fmt: skip
+    return home + [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items()
+                   if not str(path).startswith("~") and (p := output_dir_problem(path))]  # fmt: skip
 
 
 #: The files a training bundle's output folder may hold, read for their model's kind by :func:`_other_run_problems`

@@ -1,7 +1,7 @@
 """The command line of a ``python -m monai.bundle run`` call, read once: its flags (and ``--args_file`` keys), its
-config files and their top-level keys, and what is wrong with it as a whole: keys the configs do not have (MONAI
-adds a misspelt ``--max_epoch 5`` as a new key that nothing reads), and paths with a ``~`` the shell left
-unexpanded. :func:`medgmae.bundle_checks.check_settings` reports these with the settings' own problems.
+config files and their top-level keys, and the keys the configs do not have (MONAI adds a misspelt
+``--max_epoch 5`` as a new key that nothing reads). :func:`medgmae.bundle_checks.check_settings` reports these with
+the settings' own problems.
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import ast
 import difflib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "bundle_command", "derived_from_bad_keys", "home_path_lines",
-           "unknown_key_lines", "unknown_key_problems"]
+__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "bundle_command", "derived_from_bad_keys", "unknown_key_lines",
+           "unknown_key_problems"]
 
 
 #: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).
@@ -108,15 +107,3 @@ def unknown_key_lines(command: tuple | None) -> list[str]:
         hint = f" (did you mean --{close[0]}?)" if close else ""
         problems.append(f"--{name}: not a setting of {', '.join(Path(f).name for f in files)}{hint}")
     return problems
-
-
-def home_path_lines(command: tuple | None) -> list[str]:
-    """A line per setting of the command line (or its ``--args_file``) whose value starts with ``~``: the shell
-    leaves it unexpanded in quotes or after ``=``, and it would then name a folder called ``~`` under the current
-    one for some outputs and the home folder for others (Python and nibabel differ)."""
-    if command is None:
-        return []
-    return [f"--{name}: {value!r} starts with '~', which the shell did not expand (quoted, or written as "
-            f"--{name}=~...): give the full path, {os.path.expanduser(value)}"
-            for name, value in command[0].items()
-            if name not in RUNNER_ARGS and isinstance(value, str) and value.startswith("~")]  # fmt: skip

@@ -141,8 +141,8 @@ def as_bool(value: Any, name: str = "flag") -> bool:
 
 
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with every text value (and text in a list value) that starts with ``~`` expanded to the home
-    folder, in place: the shell leaves ``"~/x"`` in quotes and ``--out=~/x`` as they are, and Python's ``Path``
+    """``args`` with every text or path value (and such a value in a list) that starts with ``~`` expanded to the
+    home folder, in place: the shell leaves ``"~/x"`` in quotes and ``--out=~/x`` as they are, and Python's ``Path``
     would then make a folder called ``~`` under the current one while nibabel wrote into the home folder.
 
     Args:
@@ -151,7 +151,12 @@ def expand_home(args: argparse.Namespace) -> argparse.Namespace:
     Returns:
         The same namespace.
     """
-    home = lambda v: os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v  # noqa: E731
+
+    def home(v: Any) -> Any:
+        if isinstance(v, (str, os.PathLike)) and str(v).startswith("~"):
+            return type(v)(os.path.expanduser(v))  # a Path stays a Path
+        return v
+
     for name, value in vars(args).items():
         setattr(args, name, [home(v) for v in value] if isinstance(value, list) else home(value))
     return args

@@ -238,7 +238,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
         ValueError: the file is unreadable or corrupt, or it holds Python objects other than tensors and plain
             data (it is refused, and nothing in it runs).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:

@@ -29,8 +29,9 @@ from recon.geometry import CTGeometry
 __all__ = ["FILTERS", "ramp_filter", "filter_projections", "backproject", "fbp", "arc_weighting_note", "parker_weights"]
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
-#: Sampling positions per step of the 3D-grid backprojection (views x slices x H x W): about 200 MB of float32 working
-#: tensors per step whatever the volume's size (a 512 x 512 x 200 cone beam built 1.7 GB grids per 4 views whole).
+#: Sampling positions per step of the 3D-grid backprojection (views x batch x slices x H x W; at least one slice):
+#: about 200 MB of float32 working tensors per step whatever the number of slices (a 512 x 512 x 200 cone beam built
+#: 1.7 GB grids per 4 views whole).
 SAMPLES_PER_STEP = 2**23
 _ALIASES = {"ramlak": "ram-lak", "ramp": "ram-lak", "shepp_logan": "shepp-logan", "hanning": "hann"}
 
@@ -103,7 +104,7 @@ def backproject(
         geometry: the scan.
         fdk_weights: apply the ``(dso / (dso - s))^2`` cone-beam weights (default: for cone geometries).
         chunk: views per step; the slices of a step are cut into slabs of at most :data:`SAMPLES_PER_STEP`
-            sampling positions.
+            sampling positions (at least one slice each).
         per_slice: a parallel beam is backprojected slice by slice (:func:`_backproject_parallel`); ``False``
             samples the whole 3D grid as for a cone beam (the same values, slower: the reference in the tests).
 
@@ -124,7 +125,7 @@ def backproject(
     inp_all = filtered.transpose(0, 1)  # (V, B, rows, cols)
     if g.kind == "parallel" and per_slice:
         return _backproject_parallel(inp_all, g, out, chunk)
-    slab = max(1, min(d, SAMPLES_PER_STEP // max(1, chunk * h * w)))  # slices per step: bounded memory at any size
+    slab = max(1, min(d, SAMPLES_PER_STEP // max(1, chunk * b * h * w)))  # slices per step: memory bounded in D
     for v0 in range(0, g.num_views, chunk):
         a = angles[v0 : v0 + chunk].view(-1, 1, 1, 1)
         sin, cos = torch.sin(a), torch.cos(a)

@@ -94,10 +94,11 @@ def _warn_if_few(count: int, budget: int | None, spec, per_window: int | None = 
               "prepared otherwise than in its pre-training)", flush=True)  # fmt: skip
     elif budget and count < 0.01 * budget:
         queries = f" (the model decodes {per_window} per window)" if per_window else ""
+        more = f"more than {per_window}" if per_window else "more"
         print(f"note: the zero-shot start has {count} Gaussians{queries}, under 1 % of the budget of {budget}: "
               "density control grows it toward the budget every 10 iterations, so a short run spends much of itself "
-              "growing (a model pre-trained with more queries, --num_gaussians 1024, starts denser; --init fbp starts "
-              "at the budget; --num-gaussians sets the budget)", flush=True)  # fmt: skip
+              f"growing (a model pre-trained with {more} queries, the pre-training bundle's --num_gaussians, starts "
+              "denser; --init fbp starts at the budget; this command's --num-gaussians sets the budget)", flush=True)  # fmt: skip
 
 
 def _init_settings(args, num_voxels: int | None = None) -> dict:

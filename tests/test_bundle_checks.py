@@ -570,27 +570,25 @@ def test_phantom_settings_given_with_a_dataset_are_warned_about(tmp_path, monkey
                     "use (it reads the data given): ignored"], said
 
 
-def test_a_path_with_an_unexpanded_tilde_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    """``--output_dir "~/run"`` (quoted) or ``--image=~/ct.nii.gz`` reach the bundle as written: Python's ``Path``
-    made a folder called ``~`` under the current one while nibabel wrote into the home folder, and the run failed
-    after its work. Each such setting is named with its expansion; a ``~`` inside a value is left alone."""
-    config = tmp_path / "inference.json"
-    config.write_text('{"output_dir": "runs", "image": "", "model_path": "m.pt", "tag": ""}')
-    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+def test_an_output_folder_with_an_unexpanded_tilde_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """``--output_dir "~/run"`` (quoted), ``--output_dir=~/run`` or an args file's ``~/run`` reach the bundle as
+    written: its writers made a folder called ``~`` under the current one while nibabel wrote into the home folder,
+    and the run failed after its work. Such an output folder is named with its expansion; inputs are expanded where
+    they are read (``read_volume``, ``load_torch_file``, the datalist and 2D folder readers)."""
+    from medgmae.files import load_torch_file
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
     for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(sys, "argv", [runner, "run", "inferring", "--config_file", str(config), "--output_dir", "~/run",
-                                      "--image=~/ct.nii.gz", "--model_path", "/m~/x.pt", "--tag", "a~b"])  # fmt: skip
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BundleSettingError) as e:
-        check_settings({}, output_dirs={"output_dir": "~/run"})
-    lines = str(e.value).splitlines()[1:]
-    home = tmp_path / "home"
-    assert [line.strip() for line in lines if "'~" in line] == [
-        f"--output_dir: '~/run' starts with '~', which the shell did not expand (quoted, or written as "
-        f"--output_dir=~...): give the full path, {home / 'run'}",
-        f"--image: '~/ct.nii.gz' starts with '~', which the shell did not expand (quoted, or written as "
-        f"--image=~...): give the full path, {home / 'ct.nii.gz'}",
-    ]
-    assert not (tmp_path / "~").exists() and not home.exists()
+        check_settings({}, output_dirs={"output_dir": "~/run", "eval_dir": str(tmp_path / "eval")})
+    assert str(e.value).splitlines()[1:] == [
+        f"  --output_dir '~/run': starts with '~', which was not expanded (quoted on the command line, or from an "
+        f"args file): give the full path, {home / 'run'}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made, neither ./~ nor the home folder
+    home.mkdir()
+    torch.save({"x": torch.ones(2)}, home / "w.pt")
+    assert torch.equal(load_torch_file("~/w.pt")["x"], torch.ones(2))

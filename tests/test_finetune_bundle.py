@@ -811,8 +811,11 @@ def test_summary_segment_command_names_an_image_of_the_run(tmp_path):
     assert "--input_files \"['" + files[0] + "']\"" in line  # written as the README writes it, not as '['"'"'...'"'"']'
     from medgmae.finetune.report import _list_flag
 
-    for awkward in ("it's.nii.gz", "a$b.nii.gz", 'say "x".nii.gz', "c!d.nii.gz", "e\\f.nii.gz"):  # single quotes then
-        assert ast.literal_eval(shlex.split(_list_flag([awkward]))[0]) == [awkward]
+    for path in ("plain/case 1.nii.gz", "it's.nii.gz", "a$HOME.nii.gz", 'say "x".nii.gz', "c!d.nii.gz", "e\\f.nii.gz",
+                 "g`id`.nii.gz"):  # through bash itself: $ and backquotes expand in double quotes, ! interactively
+        word = _list_flag([path])
+        echoed = subprocess.run(["bash", "-ic", f"printf %s {word}"], capture_output=True, text=True, env={"HOME": "/h"})
+        assert ast.literal_eval(echoed.stdout) == [path], (path, word, echoed.stdout, echoed.stderr)
 
 
 def test_roi_size_defaults_to_the_pretrained_encoders_img_size(tmp_path):

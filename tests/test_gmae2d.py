@@ -376,6 +376,21 @@ def test_cli_layers_segment_edges_end_to_end(cli_files):
     assert sorted(p.name for p in (d / "edges").iterdir()) == ["edges.json", "edges_l2.png", "edges_l4.png"]
 
 
+def test_cli_paths_with_an_unexpanded_tilde_are_the_home_folder(cli_files, tmp_path, monkeypatch):
+    """Quoted ``"~/..."`` paths (the shell leaves them) are the home folder's, for every path flag (``--checkpoint``,
+    ``--image``, ``--out``: argparse makes them ``Path`` objects): it had written into a folder called ``~`` here."""
+    _, ckpt, d = cli_files
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), elsewhere.mkdir()
+    for f in (ckpt, d / "img.png"):
+        (home / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    assert main(["edges", "--checkpoint", "~/model.pt", "--image", "~/img.png", "--out", "~/edges", "--granularities", "2"]) == 0
+    assert sorted(p.name for p in (home / "edges").iterdir()) == ["edges.json", "edges_l2.png"]
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_cli_bad_inputs_exit_2_and_write_nothing(cli_files, capsys, tmp_path):
     _, ckpt, d = cli_files
     out = tmp_path / "never"

@@ -80,7 +80,6 @@ def _labels(t: Any) -> np.ndarray:
     return (t.argmax(0) if t.shape[0] > 1 else t[0]).numpy().astype(np.int64)
 
 
-
 def _list_flag(paths: list[str]) -> str:
     """A list of paths as a bundle flag's shell word: ``"['a.nii.gz']"`` as the README writes it, where the shell
     leaves the double quotes' content alone (no ``"``, ``$``, backquote, backslash, ``'`` or ``!`` in a path), else

@@ -62,7 +62,8 @@ class GaussianInference:
     ) -> None:
         if not str(image_path).strip():
             raise ValueError("no input volume given: set image (e.g. --image /path/to/ct.nii.gz)")
-        self.model_path, self.image_path, self.output_dir = Path(model_path), Path(image_path), Path(output_dir)
+        self.model_path, self.image_path = Path(model_path).expanduser(), Path(image_path).expanduser()
+        self.output_dir = Path(output_dir)  # a '~' here is refused by the bundle's settings check
         if not self.image_path.exists():
             raise FileNotFoundError(f"input volume not found: {self.image_path}")
         self.device = resolve_device(device)

@@ -203,9 +203,9 @@ class PretrainSummary:
         ]
         lines += [f"  {name}: {cmd}" for name, cmd in s["next"].items()]
         if "reconstruction init" in s["next"]:
-            lines.append("  (the reconstruction grows the zero-shot start to one Gaussian per 8 voxels of the scan: on a "
-                         "CPU a phantom of this size takes many minutes, it shows the time left as it goes; a smaller "
-                         "--num-gaussians is quicker and coarser)")  # fmt: skip
+            lines.append("  (the reconstruction grows the zero-shot start to one Gaussian per 8 voxels of the scan, at "
+                         "least 20,000: on a CPU a scan of this size takes many minutes, and it shows the time left as "
+                         "it goes; a smaller --num-gaussians is quicker and coarser)")  # fmt: skip
         if NUM_CLASSES in s["next"].get("fine-tune", ""):
             lines.append(f"  (the datalist has no 'labels' map naming its classes: replace {NUM_CLASSES} by the number "
                          "of classes, background included)")  # fmt: skip

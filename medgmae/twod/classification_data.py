@@ -94,7 +94,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     Raises:
         ValueError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise ValueError(f"dataset folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -149,7 +149,7 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
         FileNotFoundError: the folder does not exist.
         ValueError: it holds no PNG/JPEG/BMP/TIFF/NIfTI/DICOM file.
     """
-    folder = Path(dataset_dir)
+    folder = Path(dataset_dir).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset_dir not found or not a folder: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))

@@ -228,7 +228,7 @@ def _read_dicom(
 
 
 def _check_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is a folder; expected an image file")
     if not path.is_file():
