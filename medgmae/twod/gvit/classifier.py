@@ -22,6 +22,11 @@ def vit_preset(model_size: str):
     return VIT_PRESETS[model_size]
 
 
+#: Default Fourier octaves of the classifier's centre features (the paper's classifier has none: a linear projection
+#: and learnt position embeddings).
+CLASSIFIER_FREQS = 2
+
+
 class GaussianViTClassifier(nn.Module):
     """ViT over Gaussian tokens with a class token; any number of Gaussians, independent of their order.
 
@@ -30,7 +35,10 @@ class GaussianViTClassifier(nn.Module):
         num_classes: number of classes.
         hidden_size, num_layers, num_heads, mlp_ratio: ViT width and depth.
         scale_factor: scale bound ``c`` used to decode the raw Gaussians.
-        num_freqs: Fourier octaves of the centres in the token embedding.
+        num_freqs: Fourier octaves of the centres in the token embedding (:data:`CLASSIFIER_FREQS` by default: the
+            finest period is half the image; with 6 octaves it was under a pixel of a 24-pixel image, and a
+            classifier trained on the Gaussians of one ``g0`` learnt their exact sub-pixel centres, at chance for
+            any other ``g0`` and lost once the joint phase moved them).
         dropout_rate: dropout in the transformer blocks.
     """
 
@@ -43,7 +51,7 @@ class GaussianViTClassifier(nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
         scale_factor: float = 1.0,
-        num_freqs: int = 6,
+        num_freqs: int = CLASSIFIER_FREQS,
         dropout_rate: float = 0.0,
     ) -> None:
         super().__init__()

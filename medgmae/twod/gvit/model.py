@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from medgmae.checkpoint import TrainingStateError, load_checkpoint, make_checkpoint, save_checkpoint
-from medgmae.twod.gvit.classifier import GaussianViTClassifier, vit_preset
+from medgmae.twod.gvit.classifier import CLASSIFIER_FREQS, GaussianViTClassifier, vit_preset
 from medgmae.twod.gvit.encoder import DenoisingGaussianEncoder
 
 __all__ = ["GViT", "load_gvit", "save_gvit", "is_gvit_training_state"]
@@ -35,6 +35,9 @@ class GViT(nn.Module):
         patch_size: encoder patch edge.
         mode: encoder variant, ``"denoising"`` or ``"queries"``.
         scale_factor: the scale bound ``c``.
+        classifier_freqs: Fourier octaves of the centres in the classifier's token embedding (see
+            :class:`~medgmae.twod.gvit.GaussianViTClassifier`); a ``model.pt`` that does not record it was made
+            with 6.
     """
 
     kind = "gvit"
@@ -49,6 +52,7 @@ class GViT(nn.Module):
         patch_size: Sequence[int] | int = 4,
         mode: str = "denoising",
         scale_factor: float = 1.0,
+        classifier_freqs: int = CLASSIFIER_FREQS,
     ) -> None:
         super().__init__()
         p = vit_preset(model_size)
@@ -58,7 +62,7 @@ class GViT(nn.Module):
             mode=mode, scale_factor=scale_factor,
         )  # fmt: skip
         self.classifier = GaussianViTClassifier(
-            in_channels, num_classes, p.hidden_size, p.num_layers, p.num_heads, p.mlp_ratio, scale_factor
+            in_channels, num_classes, p.hidden_size, p.num_layers, p.num_heads, p.mlp_ratio, scale_factor, classifier_freqs
         )
 
     @property
@@ -79,7 +83,7 @@ class GViT(nn.Module):
         return dict(
             in_channels=e.in_channels, img_size=list(e.vit.img_size), num_classes=self.classifier.num_classes,
             num_gaussians=e.num_gaussians, model_size=self.model_size, patch_size=list(e.vit.patch_size),
-            mode=e.mode, scale_factor=e.scale_factor,
+            mode=e.mode, scale_factor=e.scale_factor, classifier_freqs=self.classifier.num_freqs,
         )  # fmt: skip
 
     def gaussians(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -120,7 +124,7 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
         raise ValueError(f"{path}: a {what}, for --resume; it holds {sorted(e.objects)}), not a model file: give "
                          f"the GViT run's model.pt") from None
     try:
-        model = cls(**ckpt.config)
+        model = cls(**{"classifier_freqs": 6, **ckpt.config})  # files from before the setting used 6 octaves
         model.load_state_dict(ckpt.state_dict)
     except (TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
