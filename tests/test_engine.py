@@ -176,6 +176,19 @@ def test_a_checkpoint_from_before_a_settings_record_resumes_with_a_warning(tmp_p
         other.run()
 
 
+def test_a_setting_added_later_reads_an_older_record_as_its_earlier_behaviour():
+    """GViT's ``classifier_freqs`` was 6 before it was a setting: an older phase checkpoint (its model record without
+    the key) is compared as 6, so the default 2 is named as the difference and ``--classifier_freqs 6`` resumes."""
+    from medgmae.twod.gvit_phases import resume_records
+
+    saved = resume_records({"model": {"num_classes": 3}, "data": {"seed": 0}}, None)["settings"].state_dict()
+    now = resume_records({"model": {"num_classes": 3, "classifier_freqs": 2}, "data": {"seed": 0}}, None)["settings"]
+    with pytest.raises(ValueError, match=r"model\.classifier_freqs: saved 6, now 2"):
+        now.load_state_dict(saved)
+    resume_records({"model": {"num_classes": 3, "classifier_freqs": 6}, "data": {"seed": 0}}, None)["settings"].load_state_dict(saved)
+    now.load_state_dict(now.state_dict())  # a record that has the key: compared as saved
+
+
 def test_settings_sections_added_later_are_not_compared_with_older_checkpoints(caplog):
     """A checkpoint whose record lacks a whole section the run records now (added in a later version) resumes with a
     warning naming it; the sections it holds are still compared."""

@@ -35,12 +35,15 @@ class SettingsRecord:
     Args:
         settings: e.g. ``{"model": model.config(), "data": {...}}``.
         what: how the error message names the run (``"GViT training"``).
+        saved_defaults: ``{section: {key: value}}`` read into a saved record that lacks the key (a setting added
+            later, whose earlier behaviour was ``value``).
     """
 
-    def __init__(self, settings: Mapping, what: str = "the run") -> None:
+    def __init__(self, settings: Mapping, what: str = "the run", saved_defaults: Mapping | None = None) -> None:
         if not isinstance(settings, Mapping):
             raise ValueError(f"settings must be a mapping, got {type(settings).__name__}")
         self.settings, self.what = dict(settings), what
+        self.saved_defaults = {k: dict(v) for k, v in (saved_defaults or {}).items()}
         self._warned = False
 
     def state_dict(self) -> dict:
@@ -56,7 +59,10 @@ class SettingsRecord:
         Raises:
             ValueError: naming each differing setting (:func:`~medgmae.settings_diff.settings_differences`).
         """
-        saved, now = state.get("settings") or {}, self.state_dict()["settings"]
+        saved, now = dict(state.get("settings") or {}), self.state_dict()["settings"]
+        for section, defaults in self.saved_defaults.items():
+            if isinstance(saved.get(section), Mapping):
+                saved[section] = {**defaults, **saved[section]}
         unrecorded = [k for k in now if k not in saved] if saved else []
         if unrecorded:  # sections added to the record later: an earlier version's checkpoint still resumes
             if not self._warned and is_main_process():  # the resume check and the restore both read it: said once

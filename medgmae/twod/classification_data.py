@@ -121,7 +121,7 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
         ValueError: a missing or empty file, a row without both fields, an unknown split, a listed image that
             does not exist, or fewer than two classes.
     """
-    csv_path = Path(csv_path)
+    csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise ValueError(f"CSV file not found: {csv_path}")
     try:
@@ -173,7 +173,7 @@ def load_classification_data(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    path = Path(dataset)
+    path = Path(dataset).expanduser()
     if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
                          "holding them) or a CSV file of path,label rows")  # fmt: skip
@@ -273,7 +273,7 @@ def resolve_classification_data(
         logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)
         dataset_dir = write_phantom_slice_task(default_root, num_cases=num_cases, seed=seed, image_size=image_size)
     data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed)
-    data.settings = {"dataset_dir": "" if phantom else str(Path(dataset_dir).resolve()),
+    data.settings = {"dataset_dir": "" if phantom else str(Path(dataset_dir).expanduser().resolve()),
                      "default_root": str(Path(default_root).resolve()) if phantom else "",
                      "num_phantoms": int(num_cases), "seed": int(seed), "val_fraction": float(val_fraction),
                      "image_size": int(image_size)}  # fmt: skip

@@ -272,7 +272,7 @@ DATA_DEFAULTS = {"dataset_dir": "", "num_phantoms": 10, "seed": 0, "val_fraction
 
 def _normalise(key: str, value):
     if key == "dataset_dir":
-        return "" if value is None or str(value).strip() == "" else str(Path(value).resolve())
+        return "" if value is None or str(value).strip() == "" else str(Path(value).expanduser().resolve())
     return float(value) if key == "val_fraction" else int(value)
 
 

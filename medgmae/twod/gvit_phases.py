@@ -62,7 +62,10 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     :class:`~medgmae.engine.records.SettingsRecord` of the run's ``{"model", "data"}`` settings, and ``"cases"``,
     the :class:`~medgmae.engine.records.CasesRecord` of its training images (path, size and class index); each
     only when given."""
-    records = {} if settings is None else {"settings": SettingsRecord(settings, "GViT training")}
+    # a run begun before classifier_freqs was a setting used 6 octaves: its record reads so, and --classifier_freqs 6
+    # resumes it
+    before = {"model": {"classifier_freqs": 6}}
+    records = {} if settings is None else {"settings": SettingsRecord(settings, "GViT training", saved_defaults=before)}
     if cases is not None:
         records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")
     return records
