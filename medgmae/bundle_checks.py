@@ -283,11 +283,14 @@ def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:
     that starts with a ``~`` nothing expanded (quoted on the command line, written ``--key=~/...``, or from an
     ``--args_file``): the bundle's writers would make a folder called ``~`` under the current one for some files
     and write others into the home folder (inputs are expanded where they are read)."""
-    home = [f"--{key} {str(path)!r}: starts with '~', which was not expanded (quoted on the command line, or from an "
-            f"args file): give the full path, {os.path.expanduser(str(path))}"
-            for key, path in dirs.items() if str(path).startswith("~")]  # fmt: skip
-    return home + [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items()
-                   if not str(path).startswith("~") and (p := output_dir_problem(path))]  # fmt: skip
+
+    def problem(path: str | Path) -> str | None:
+        if str(path).startswith("~"):
+            return (f"starts with '~', which was not expanded (quoted on the command line, or from an args file): "
+                    f"give the full path, {os.path.expanduser(str(path))}")  # fmt: skip
+        return output_dir_problem(path)
+
+    return [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items() if (p := problem(path))]
 
 
 #: The files a training bundle's output folder may hold, read for their model's kind by :func:`_other_run_problems`

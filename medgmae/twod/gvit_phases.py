@@ -22,6 +22,7 @@ from torch import nn
 
 from medgmae.engine import CheckpointHandler, EpochProgress, NonFiniteLossHandler
 from medgmae.engine.records import CasesRecord, SettingsRecord
+from medgmae.twod.gvit.classifier import LEGACY_CLASSIFIER_FREQS
 
 __all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "PhaseProgress", "default_phase_handlers",
            "phase_handlers", "resume_records"]
@@ -62,9 +63,9 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     :class:`~medgmae.engine.records.SettingsRecord` of the run's ``{"model", "data"}`` settings, and ``"cases"``,
     the :class:`~medgmae.engine.records.CasesRecord` of its training images (path, size and class index); each
     only when given."""
-    # a run begun before classifier_freqs was a setting used 6 octaves: its record reads so, and --classifier_freqs 6
-    # resumes it
-    before = {"model": {"classifier_freqs": 6}}
+    # a run begun before classifier_freqs was a setting: its record reads as the octaves it used (--classifier_freqs 6
+    # resumes it)
+    before = {"model": {"classifier_freqs": LEGACY_CLASSIFIER_FREQS}}
     records = {} if settings is None else {"settings": SettingsRecord(settings, "GViT training", saved_defaults=before)}
     if cases is not None:
         records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")

@@ -26,6 +26,10 @@ def vit_preset(model_size: str):
 #: and learnt position embeddings).
 CLASSIFIER_FREQS = 2
 
+#: The octaves of classifiers made before they were a setting: what a ``model.pt`` or phase checkpoint that records
+#: none was made with.
+LEGACY_CLASSIFIER_FREQS = 6
+
 
 class GaussianViTClassifier(nn.Module):
     """ViT over Gaussian tokens with a class token; any number of Gaussians, independent of their order.

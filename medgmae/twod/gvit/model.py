@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from medgmae.checkpoint import TrainingStateError, load_checkpoint, make_checkpoint, save_checkpoint
-from medgmae.twod.gvit.classifier import CLASSIFIER_FREQS, GaussianViTClassifier, vit_preset
+from medgmae.twod.gvit.classifier import CLASSIFIER_FREQS, LEGACY_CLASSIFIER_FREQS, GaussianViTClassifier, vit_preset
 from medgmae.twod.gvit.encoder import DenoisingGaussianEncoder
 
 __all__ = ["GViT", "load_gvit", "save_gvit", "is_gvit_training_state"]
@@ -124,7 +124,7 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
         raise ValueError(f"{path}: a {what}, for --resume; it holds {sorted(e.objects)}), not a model file: give "
                          f"the GViT run's model.pt") from None
     try:
-        model = cls(**{"classifier_freqs": 6, **ckpt.config})  # files from before the setting used 6 octaves
+        model = cls(**{"classifier_freqs": LEGACY_CLASSIFIER_FREQS, **ckpt.config})  # files from before the setting
         model.load_state_dict(ckpt.state_dict)
     except (TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
