@@ -2,15 +2,26 @@
 
     python bench/projectors.py --geometry scan/geometry.json [--device cpu] [--backends torch astra]
     python bench/projectors.py --cone-matrix [--views 20 90] [--threads 1]
+    python bench/projectors.py --adjoint-memory [--size 64 128 128] [--adjoint-views 40] [--repeats 2]
 
 The second form compares, on the CPU, the PyTorch ray marcher with the same operator as a precomputed sparse
 matrix (``RayMatrixProjector``) for cone beam on a 32 x 64 x 64 volume of 6 x 4 x 4 mm voxels: matrix build time,
 stored entries and memory, and forward+adjoint time of each (the matrix's as the median of 5 calls).
+
+The third measures the PyTorch ray marcher's adjoint on the CPU (cone beam, ``CTGeometry.cone`` defaults, 1 mm
+voxels, random projections): ``TorchProjector.adjoint_plain`` (one chunk of rays at a time) against the
+vector-Jacobian product of the whole ``forward_plain`` (autograd keeps every chunk's sampling grid; the adjoint
+before 2026-12-05), each round of each in a fresh process so that its peak resident memory (``ru_maxrss``) is its
+own, the two alternating; it prints the median seconds, the largest peak of each and their largest difference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,6 +69,40 @@ def cone_matrix(views: list, threads: int) -> None:
         print(f"| {nv} | {geom.det_shape} | {t_torch:.3g} | {t_build:.3g} | {mp.a.nnz} | {mp.nbytes / 2**20:.0f} | {t_mat:.3g} | {diff:.1e} |")
 
 
+def _adjoint_once(size: list, views: int, variant: str) -> None:
+    """One adjoint in this process; prints a JSON line: seconds, peak RSS (MiB), the result's sum."""
+    torch.set_num_threads(2)
+    geom = CTGeometry.cone(tuple(size), 1.0, num_angles=views)
+    tp = TorchProjector(geom)
+    y = torch.rand(1, geom.num_views, *geom.det_shape, generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    if variant == "chunked":
+        x = tp.adjoint_plain(y)
+    else:
+        v = torch.zeros(1, *geom.volume_shape, requires_grad=True)
+        (x,) = torch.autograd.grad(tp.forward_plain(v), v, grad_outputs=y)
+    sec = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": sec, "peak_mib": peak, "sum": float(x.double().sum()), "det": geom.det_shape}))
+
+
+def adjoint_memory(size: list, views: int, repeats: int) -> None:
+    """The chunked adjoint against autograd of the whole forward, each round in fresh processes (see the module doc)."""
+    res: dict = {"chunked": [], "whole-forward autograd": []}
+    for _ in range(repeats):
+        for variant in res:
+            cmd = [sys.executable, __file__, "--_adjoint-once", variant, "--size", *map(str, size), "--adjoint-views", str(views)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            res[variant].append(json.loads(out))
+    det = res["chunked"][0]["det"]
+    print(f"cone beam, volume {tuple(size)} of 1 mm voxels, {views} views, detector {tuple(det)}, CPU, 2 threads, {repeats} rounds")
+    print("| adjoint | seconds (median) | peak RSS (MiB, largest) |\n|---|---|---|")
+    for variant, runs in res.items():
+        print(f"| {variant} | {statistics.median(r['seconds'] for r in runs):.1f} | {max(r['peak_mib'] for r in runs):.0f} |")
+    sums = [r["sum"] for runs in res.values() for r in runs]
+    print(f"largest relative difference of the sums: {(max(sums) - min(sums)) / abs(max(sums)):.1e}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--geometry", help="geometry.json (e.g. written by medgmae-recon simulate)")
@@ -66,7 +111,18 @@ def main() -> None:
     p.add_argument("--cone-matrix", action="store_true", help="the ray marcher vs its sparse matrix (CPU, cone beam)")
     p.add_argument("--views", type=int, nargs="+", default=[20, 90], help="view counts for --cone-matrix")
     p.add_argument("--threads", type=int, default=1, help="torch threads for --cone-matrix")
+    p.add_argument("--adjoint-memory", action="store_true", help="the ray marcher's chunked adjoint vs autograd (CPU)")
+    p.add_argument("--size", type=int, nargs=3, default=[64, 128, 128], help="(D, H, W) for --adjoint-memory")
+    p.add_argument("--adjoint-views", type=int, default=40, help="views for --adjoint-memory")
+    p.add_argument("--repeats", type=int, default=2, help="rounds for --adjoint-memory")
+    p.add_argument("--_adjoint-once", dest="adjoint_once", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.adjoint_once:
+        _adjoint_once(args.size, args.adjoint_views, args.adjoint_once)
+        return
+    if args.adjoint_memory:
+        adjoint_memory(args.size, args.adjoint_views, args.repeats)
+        return
     if args.cone_matrix:
         cone_matrix(args.views, args.threads)
         return
