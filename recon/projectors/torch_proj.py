@@ -89,11 +89,12 @@ class TorchProjector(Projector):
         t = (torch.arange(ns, device=volume.device, dtype=volume.dtype) + 0.5) * self.step_mm
         inp = volume.unsqueeze(0)  # (1, B, D, H, W): the batch rides in the channel dim
         chunk = max(1, _CHUNK_SAMPLES // ns)
+        views = None if views is None else views.cpu()
         for r0 in range(0, nv * per_view, chunk):
             rays = slice(r0, min(r0 + chunk, nv * per_view))
             index = torch.arange(rays.start, rays.stop)
             if views is not None:  # rays of the selected views -> rays of the scan
-                index = views.cpu()[index // per_view] * per_view + index % per_view
+                index = views[index // per_view] * per_view + index % per_view
             start, d = (a.to(volume.device, volume.dtype) for a in self._rays_of(index))
             pts = start[:, None, :] + t.view(1, ns, 1) * d[:, None, :]
             grid = self._to_grid(pts).unsqueeze(0).unsqueeze(0)  # (1, 1, rays, ns, 3)
