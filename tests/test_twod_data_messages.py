@@ -22,11 +22,12 @@ def test_image_folder_logs_files_and_volume_slices(tmp_path, caplog):
 
 
 def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
-    """A multi-frame DICOM contributes its middle frame, and the log says so (a one-frame file is not counted)."""
+    """A multi-frame DICOM contributes its middle frame, and the log says so (a one-frame file is not counted); a
+    DICOM file named ``.ima`` (Siemens' export) is found as the 3D reader finds it."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
 
-    for name, frames in (("cine.dcm", 3), ("one.dcm", 1)):
+    for name, frames in (("cine.dcm", 3), ("one.dcm", 1), ("slice.IMA", 1)):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
         meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = generate_uid(), ExplicitVRLittleEndian
@@ -38,8 +39,8 @@ def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
         ds.PixelData = np.zeros((frames, 4, 4), np.uint16).tobytes()
         ds.save_as(tmp_path / name, enforce_file_format=True)
     with caplog.at_level(logging.INFO, logger="medgmae.twod"):
-        assert len(image_folder_items(tmp_path)) == 2
-    assert "2 image files -> 2 training images (one per file; 1 of them multi-frame DICOM, each contributing its " \
+        assert len(image_folder_items(tmp_path)) == 3
+    assert "3 image files -> 3 training images (one per file; 1 of them multi-frame DICOM, each contributing its " \
            "middle frame)" in caplog.text
 
 
@@ -59,3 +60,13 @@ def test_an_image_given_as_the_classification_dataset_is_named_as_one(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
     with pytest.raises(ValueError, match=r"x\.png is an image: give the dataset's folder"):
         load_classification_data(tmp_path / "x.png")
+
+
+def test_a_gzip_file_named_nii_is_refused_with_the_3d_readers_advice(tmp_path):
+    """2D images are opened by the one NIfTI opener (medgmae.data.reader.load_nifti) and get its checks."""
+    from medgmae.twod.images import read_image
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 1), np.float32), np.eye(4)), str(tmp_path / "x.nii.gz"))
+    (tmp_path / "x.nii.gz").rename(tmp_path / "x.nii")
+    with pytest.raises(ValueError, match=r"x\.nii: .*gzip-compressed but named \.nii: rename it to \.nii\.gz"):
+        read_image(tmp_path / "x.nii")

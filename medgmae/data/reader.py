@@ -26,7 +26,10 @@ from monai.transforms import MapTransform
 from medgmae.data.dicom_series import Refused, read_series, series_ids, warn_if_modality_not_ct
 from medgmae.data.grid import grid_offset_mm
 
-__all__ = ["Volume", "read_volume", "is_volume_path", "volume_stem", "VOLUME_SUFFIXES", "LoadVolumed"]
+__all__ = [
+    "Volume", "read_volume", "is_volume_path", "volume_stem", "load_nifti", "is_multiframe_dicom", "VOLUME_SUFFIXES",
+    "DICOM_FILE_SUFFIXES", "LoadVolumed",
+]  # fmt: skip
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -74,15 +77,28 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     return p.name.lower().endswith(VOLUME_SUFFIXES)
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_nifti(path: str | os.PathLike):
+    """The nibabel image of a NIfTI file after the toolkit's checks, the one place NIfTI files are opened (3D
+    volumes here, 2D images in :mod:`medgmae.twod.images`): a gzip file named ``.nii`` is refused (nibabel would not
+    recognise it), a qform that places voxels elsewhere than the sform is warned about (the sform is used).
+
+    Raises:
+        Refused: a gzip-compressed file named ``.nii``.
+    """
     import nibabel as nib
 
+    path = Path(path)
     if path.name.lower().endswith(".nii"):
         with open(path, "rb") as f:
             if f.read(2) == b"\x1f\x8b":  # gzip's magic number: nibabel would not recognise the file type
                 raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
     img = nib.load(str(path))
     _warn_if_frames_disagree(img, path)
+    return img
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    img = load_nifti(path)
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
@@ -171,7 +187,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(arr), _LPS_TO_RAS @ lps
 
 
-def _multi_frame(path: Path) -> bool:
+def is_multiframe_dicom(path: str | os.PathLike) -> bool:
     """Whether a DICOM file holds a whole volume (a multi-frame file, e.g. an Enhanced CT image: 3D with more than
     one frame), read as a file; one slice of a series is not."""
     import SimpleITK as sitk
@@ -206,7 +222,7 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
     if not p.exists():
         raise FileNotFoundError(f"volume not found: {p}")
     if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)):
-        if p.suffix.lower() in DICOM_FILE_SUFFIXES and not _multi_frame(p):
+        if p.suffix.lower() in DICOM_FILE_SUFFIXES and not is_multiframe_dicom(p):
             raise ValueError(f"{p}: one DICOM slice, not a volume: give the folder holding its series ({p.parent})")
         if p.suffix.lower() not in DICOM_FILE_SUFFIXES:
             raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)}, a DICOM folder or "

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
-from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed, read_image, to_model_input
+from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
+from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed, nifti_grid, read_image, to_model_input
 from medgmae.twod.windows import window_setting
 
 __all__ = [
@@ -166,25 +167,16 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
 
 def _is_multiframe_dicom(path: Path) -> bool:
     """True for a DICOM file of more than one frame (read from its header only)."""
-    if not path.name.lower().endswith((".dcm", ".dicom")):
-        return False
-    import pydicom
-
-    try:
-        return int(getattr(pydicom.dcmread(str(path), stop_before_pixels=True), "NumberOfFrames", 1) or 1) > 1
-    except Exception:  # unreadable files fail later, naming the file, when they are loaded
-        return False
+    return path.name.lower().endswith(DICOM_FILE_SUFFIXES) and is_multiframe_dicom(path)
 
 
 def _is_nifti_volume(path: Path) -> bool:
     """True for a NIfTI file with more than one slice (read from its header only)."""
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         return False
-    import nibabel as nib
-
     try:
-        shape = nib.load(str(path)).shape
-    except Exception:  # unreadable files fail later, naming the file, when they are loaded
+        shape = nifti_grid(path)[0]
+    except (ValueError, OSError):  # unreadable files fail later, naming the file, when they are loaded
         return False
     return len(shape) >= 3 and min(shape[:3]) > 1
 

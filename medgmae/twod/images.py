@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from medgmae.data.grid import same_grid_problem
+from medgmae.data.reader import DICOM_FILE_SUFFIXES, load_nifti
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import window_setting
 
@@ -53,7 +54,7 @@ __all__ = [
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_DICOM_SUFFIXES = (".dcm", ".dicom")
+_DICOM_SUFFIXES = DICOM_FILE_SUFFIXES
 IMAGE_SUFFIXES = _PIL_SUFFIXES + _NIFTI_SUFFIXES + _DICOM_SUFFIXES
 """File-name endings of every readable 2D image, the one list used to scan image folders."""
 _UINT16_MAX = 65535.0
@@ -169,7 +170,7 @@ def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> tu
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = load_nifti(path)
         if stored:
             img = nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled()), img.affine)
         shape = tuple(img.shape)
@@ -319,12 +320,10 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     return np.any(np.nan_to_num(arr) != 0, axis=0)
 
 
-def _nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+def nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """The voxel grid of a NIfTI file from its header (no voxel read): its first three axes and its affine."""
-    import nibabel as nib
-
     try:
-        img = nib.load(str(path))
+        img = load_nifti(path)
     except Exception as e:  # nibabel raises several types for corrupt files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
     return tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
@@ -356,7 +355,7 @@ def read_reference(
     ref, img = _check_path(reference), Path(image)
     both_nifti = _image_kind(ref) == "nifti" and _image_kind(img) == "nifti"
     if both_nifti:
-        problem = same_grid_problem(f"reference {ref}", *_nifti_grid(ref), f"image {img}", *_nifti_grid(img))
+        problem = same_grid_problem(f"reference {ref}", *nifti_grid(ref), f"image {img}", *nifti_grid(img))
         if problem:
             raise ValueError(problem)
     mask = read_mask(ref, slice_index)
