@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "PreprocessingSpec", "DEFAULT_SPEC", "spec_with_overrides", "check_spec_setting", "check_spacing_override",
+    "PreprocessingSpec", "DEFAULT_SPEC", "model_preprocessing", "spec_with_overrides", "check_spec_setting", "check_spacing_override",
     "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "looks_like_shifted_hu", "looks_like_hu",
     "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
@@ -204,6 +204,27 @@ def check_hu_window_override(value: Sequence[float] | None) -> None:
     if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")):
         raise ValueError(f"hu_window must be [a_min, a_max] with a_max > a_min, got {value!r}")
     spec_with_overrides(None, None, value)
+
+
+def model_preprocessing(model: Any, source: str) -> "PreprocessingSpec":
+    """The pre-processing a model records (its ``preprocessing``), or :data:`DEFAULT_SPEC` with a warning naming
+    ``source`` when it records none (a model file of an early version, or one rebuilt by hand): every consumer of a
+    pre-trained model falls back through here, so the fallback and its warning are the same everywhere.
+
+    Args:
+        model: a model (or checkpoint) with a ``preprocessing`` attribute (``None``: nothing recorded).
+        source: how the model is named in the warning (its file).
+    """
+    spec = getattr(model, "preprocessing", None)
+    if spec is not None:
+        return spec
+    d = DEFAULT_SPEC
+    logger.warning(
+        "%s records no pre-processing: the model sees the scan as the toolkit's default %s, %s mm voxels, HU window "
+        "%s; if it was pre-trained otherwise its output is wrong (re-save it with its spec)",
+        source, d.orientation, "x".join(f"{v:g}" for v in d.spacing), list(d.hu_window),
+    )  # fmt: skip
+    return d
 
 
 def spec_with_overrides(

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from medgmae.gaussians import Gaussians3D
 from medgmae.terminal import progress_bars_shown
-from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
+from medgmae.preprocessing import PreprocessingSpec, model_preprocessing
 
 __all__ = ["ZeroShotResult", "zero_shot_gaussians", "prepare_scan", "window_origins"]
 
@@ -156,10 +156,7 @@ def _spec_and_window(
         spec = PreprocessingSpec.from_dict(spec, source="spec")
     if spec is not None and not isinstance(spec, PreprocessingSpec):
         raise ValueError(f"spec must be a PreprocessingSpec (or its dict), got {type(spec).__name__}")
-    spec = spec or getattr(model, "preprocessing", None)
-    if spec is None:
-        logger.warning("the model records no pre-processing: using the default %s", DEFAULT_SPEC)
-        spec = DEFAULT_SPEC
+    spec = spec or model_preprocessing(model, "the model")
     win = getattr(model, "img_size", spec.input_size)
     win = tuple(int(w) for w in (win if isinstance(win, (tuple, list)) else (win,) * 3))
     if int(overlap) < 0 or any(int(overlap) >= w for w in win):

@@ -32,14 +32,9 @@ __all__ = ["RECON_STATE", "cmd_reconstruct"]
 
 def _model_spec(model, spacing: float | None, checkpoint: str):
     """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
-    from medgmae.preprocessing import DEFAULT_SPEC, spec_with_overrides
+    from medgmae.preprocessing import model_preprocessing, spec_with_overrides
 
-    if model.preprocessing is None:  # a model file of an early version, or one rebuilt by hand
-        d = DEFAULT_SPEC
-        print(f"warning: {checkpoint} records no pre-processing: the decoder sees the scan as the toolkit's default "
-              f"{d.orientation}, {'x'.join(f'{v:g}' for v in d.spacing)} mm voxels, HU window {list(d.hu_window)}; "
-              "if the model was pre-trained otherwise its start is wrong (re-save it with its spec, or use "
-              "--model-spacing for the spacing)", flush=True)  # fmt: skip
+    model_preprocessing(model, checkpoint)  # warns when the model records none (the default is then the base)
     return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
 
 

@@ -304,19 +304,22 @@ def test_summary_times_name_the_projector_and_the_held_out_run_before_a_refit(tm
     assert "held-out run before" not in capsys.readouterr().out.splitlines()[0]
 
 
-def test_a_model_without_recorded_preprocessing_is_named_in_a_warning(capsys):
+def test_a_model_without_recorded_preprocessing_is_named_in_a_warning(caplog):
     """The zero-shot start reads the model's pre-processing from its file; a file without one (an early version, a
-    model rebuilt by hand) gets the toolkit's default, said on the console, naming the file; a recorded spec is used
-    without a word."""
+    model rebuilt by hand) gets the toolkit's default, with the one warning every consumer gives
+    (``medgmae.preprocessing.model_preprocessing``), naming the file; a recorded spec is used without a word."""
+    import logging
     from types import SimpleNamespace
 
     from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
     from recon.reconstruct_command import _model_spec
 
     recorded = PreprocessingSpec(spacing=2.0, hu_window=(-200.0, 300.0))
-    assert _model_spec(SimpleNamespace(preprocessing=recorded), None, "/m/model.pt") == recorded
-    assert "warning" not in capsys.readouterr().out
-    assert _model_spec(SimpleNamespace(preprocessing=None), None, "/m/old.pt") == DEFAULT_SPEC
-    out = capsys.readouterr().out
-    assert out.startswith("warning: /m/old.pt records no pre-processing: the decoder sees the scan as the toolkit's "
-                          "default RAS, 1.5x1.5x1.5 mm voxels, HU window [-175.0, 250.0]")  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert _model_spec(SimpleNamespace(preprocessing=recorded), None, "/m/model.pt") == recorded
+        assert not caplog.records
+        assert _model_spec(SimpleNamespace(preprocessing=None), None, "/m/old.pt") == DEFAULT_SPEC
+    assert [r.getMessage() for r in caplog.records][0].startswith(
+        "/m/old.pt records no pre-processing: the model sees the scan as the toolkit's default RAS, 1.5x1.5x1.5 mm "
+        "voxels, HU window [-175.0, 250.0]")  # fmt: skip
+    assert len(caplog.records) == 1

@@ -19,7 +19,7 @@ from medgmae.engine import resolve_device
 from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png
 from medgmae.files import save_nifti_atomic
 from medgmae.networks.medgmae import MedGMAE
-from medgmae.preprocessing import DEFAULT_SPEC, warn_if_not_hu
+from medgmae.preprocessing import model_preprocessing, warn_if_not_hu
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
 __all__ = ["GaussianInference", "slices_png"]
@@ -82,9 +82,9 @@ class GaussianInference:
         model = MedGMAE.from_checkpoint(
             self.model_path, needed_for="zero-shot inference needs a medgmae or medgmae-star model.pt"
         ).to(self.device).eval()
-        spec = getattr(model, "preprocessing", None) or DEFAULT_SPEC  # as zero_shot_gaussians falls back
+        spec = model_preprocessing(model, str(self.model_path))
         warn_if_not_hu(volume.array, spec, str(self.image_path))
-        res = zero_shot_gaussians(volume.array, volume.affine, model, overlap=self.overlap, batch_size=self.batch_size)
+        res = zero_shot_gaussians(volume.array, volume.affine, model, spec, overlap=self.overlap, batch_size=self.batch_size)
         with torch.no_grad():
             rendered = res.voxel.to(self.device).render(res.shape, model.cutoff, model.render_backend)[0].cpu().numpy()
         return self._write(volume.array, volume.affine, res, rendered)
