@@ -266,6 +266,21 @@ def test_a_moved_phantom_run_resumes_and_moved_data_are_named(tmp_path):
         check_resume_matches(out, case_record(1.0, 0, 2, cases("/mnt/btcv"), data))
 
 
+def test_resume_compares_the_label_fraction_as_a_number(tmp_path):
+    """The recorded selection is compared as every resume compares settings (medgmae.settings_diff): a fraction
+    written back from JSON or given as 1e-1 is the same setting, another fraction is named."""
+    from medgmae.finetune.run_record import case_record, check_resume_matches
+
+    cases = [{"image": "/d/a.nii.gz", "label": "/d/la.nii.gz"}]
+    data = {"dataset_dir": "/d", "datalist": ""}
+    write_run_record(tmp_path, case_record(0.1, 0, 10, cases, data))
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"")
+    check_resume_matches(tmp_path, case_record(0.1 + 1e-12, 0, 10, cases, data))
+    check_resume_matches(tmp_path, case_record(1e-1, 0, 10, cases, data))
+    with pytest.raises(DatasetError, match=r"\(label_fraction differ\)"):
+        check_resume_matches(tmp_path, case_record(0.2, 0, 10, cases, data))
+
+
 def test_the_subset_seed_keeps_the_cases_across_training_seeds(tmp_path):
     """--subset_seed fixes the labelled subset (recorded as the record's seed) whatever --seed trains with, so a 10 %
     experiment repeats over training seeds on the same cases; without it --seed chooses, as before."""

@@ -14,6 +14,7 @@ from typing import Mapping
 from medgmae.data.datalist import DatasetError
 from medgmae.engine.resume import latest_checkpoint
 from medgmae.files import save_json_atomic
+from medgmae.settings_diff import settings_differences
 
 __all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "check_resume_matches"]
 
@@ -97,7 +98,7 @@ def check_resume_matches(output_dir: str | Path, new: Mapping) -> None:
     keys = [k for k in ("label_fraction", "seed", "cases", "dataset_dir", "datalist") if k in old]
     phantom = not any(str(r.get(k) or "").strip() for r in (old, new) for k in ("dataset_dir", "datalist"))
     value = (lambda k, r: _phantom_relative(r.get(k)) if phantom and k == "cases" else r.get(k))  # noqa: E731
-    differ = [k for k in keys if json.dumps(value(k, old), default=str) != json.dumps(value(k, new), default=str)]
+    differ = [k for k in keys if settings_differences({k: value(k, old)}, {k: value(k, new)})]  # the one comparison
     if not differ:
         return
     raise DatasetError(
