@@ -230,3 +230,20 @@ def test_frozen_encoder_does_not_change():
     assert all(torch.equal(v, net.vit.state_dict()[k]) for k, v in enc_before.items())
     assert not torch.equal(dec_before, net.out.conv.conv.weight)
     assert all(not p.requires_grad for p in net.vit.parameters())
+
+
+def test_every_trainable_parameter_gets_a_gradient_after_unfreezing():
+    """DistributedDataParallel rejects a parameter that requires a gradient and gets none: after freezing and
+    unfreezing the encoder, exactly MONAI's unused cross-attention norms (and the fixed position embedding) stay
+    frozen, and one backward pass reaches every other parameter."""
+    from medgmae.finetune.weights import set_encoder_trainable
+
+    torch.manual_seed(0)
+    net = MedGMAEUNETR(3, img_size=24, patch_size=12, num_layers=2, feature_size=4, **TINY)
+    set_encoder_trainable(net, False)
+    set_encoder_trainable(net, True)
+    net(torch.randn(1, 1, 24, 24, 24)).square().mean().backward()
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen and all("norm_cross_attn" in n or n.endswith("position_embeddings") for n in frozen)
+    assert len([n for n in frozen if "norm_cross_attn" in n]) == 2 * 2  # weight and bias of each of the 2 blocks
+    assert [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None] == []

@@ -21,7 +21,7 @@ from monai.networks.nets import UNETR
 from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, load_checkpoint
 from medgmae.mae_training.models import MODEL_KINDS
 from medgmae.networks.unetr import MedGMAEUNETR
-from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.networks.vit import MaskedViTEncoder, freeze_unused_cross_attn_norms
 
 __all__ = [
     "ENCODER_KIND",
@@ -349,5 +349,5 @@ def set_encoder_trainable(network: nn.Module, trainable: bool) -> None:
     """
     fixed_pos = isinstance(network.vit, MaskedViTEncoder)
     for name, p in network.vit.named_parameters():
-        frozen = "norm_cross_attn" in name or (fixed_pos and name.endswith("position_embeddings"))
-        p.requires_grad_(trainable and not frozen)
+        p.requires_grad_(trainable and not (fixed_pos and name.endswith("position_embeddings")))
+    freeze_unused_cross_attn_norms(network.vit)

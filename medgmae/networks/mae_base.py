@@ -20,7 +20,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from torch import Tensor
 
 from medgmae.checkpoint import ENCODER_KIND, load_checkpoint, make_checkpoint
-from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder, quiet_monai_meshgrid
+from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder, freeze_unused_cross_attn_norms, quiet_monai_meshgrid
 from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
@@ -215,17 +215,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(dec)
         pos = sincos_embedding(self.grid_size, dec, spatial_dims)
         self.register_buffer("decoder_pos_embed", pos, persistent=False)
-        self._freeze_unused_norms()
-
-    def _freeze_unused_norms(self) -> None:
-        """MONAI's TransformerBlock builds ``norm_cross_attn`` even without cross-attention; it never receives a
-        gradient, which DistributedDataParallel rejects. Such norms are frozen (their weights stay in the state
-        dict)."""
-        for module in self.modules():
-            if isinstance(module, TransformerBlock) and not getattr(module, "with_cross_attention", False):
-                norm = getattr(module, "norm_cross_attn", None)
-                if isinstance(norm, nn.Module):
-                    norm.requires_grad_(False)
+        freeze_unused_cross_attn_norms(self)
 
     # ------------------------------------------------------------------ (de)serialisation
     def config(self) -> dict:

@@ -27,7 +27,7 @@ import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import Tensor
 
-from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.networks.vit import MaskedViTEncoder, freeze_unused_cross_attn_norms
 
 __all__ = ["MedGMAEUNETR", "upsample_factors", "skip_layer_indices"]
 
@@ -130,14 +130,7 @@ class MedGMAEUNETR(nn.Module):
         self.decoder3 = UnetrUpBlock(in_channels=fs * 4, out_channels=fs * 2, upsample_kernel_size=self.stages[2], **common)
         self.decoder2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=self.stages[3], **common)
         self.out = UnetOutBlock(spatial_dims=dims, in_channels=fs, out_channels=out_channels)
-        self.freeze_unused_norms()
-
-    def freeze_unused_norms(self) -> None:
-        """MONAI's TransformerBlock builds ``norm_cross_attn`` even without cross-attention; it never gets a gradient
-        (which DistributedDataParallel rejects), so it is frozen. Its weights stay in the state dict."""
-        for name, p in self.vit.named_parameters():
-            if "norm_cross_attn" in name:
-                p.requires_grad_(False)
+        freeze_unused_cross_attn_norms(self)
 
     @staticmethod
     def _projection(hidden: int, channels: int, stages: list[tuple[int, ...]], common: dict) -> nn.Module:

@@ -79,6 +79,18 @@ def random_masking(n_tokens: int, batch: int, mask_ratio: float, device, generat
     return ids_keep, mask, ids_restore
 
 
+def freeze_unused_cross_attn_norms(module: nn.Module) -> None:
+    """Freeze the ``norm_cross_attn`` of every MONAI ``TransformerBlock`` in ``module`` built without
+    cross-attention: MONAI always builds that LayerNorm, it never receives a gradient, and DistributedDataParallel
+    rejects parameters without one. Their weights stay in the state dict. The one place this rule lives (encoders,
+    MAE decoders, UNETR, and :func:`medgmae.finetune.weights.set_encoder_trainable` after unfreezing)."""
+    for block in module.modules():
+        if isinstance(block, TransformerBlock) and not getattr(block, "with_cross_attention", False):
+            norm = getattr(block, "norm_cross_attn", None)
+            if isinstance(norm, nn.Module):
+                norm.requires_grad_(False)
+
+
 class MaskedViTEncoder(nn.Module):
     """ViT over non-overlapping patches with fixed sin-cos positional embedding, a class token and MAE masking.
 
@@ -147,11 +159,7 @@ class MaskedViTEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_size)
         nn.init.normal_(self.cls_token, std=0.02)
-        # MONAI's TransformerBlock always builds a cross-attention LayerNorm; without cross-attention it never
-        # receives a gradient, which DistributedDataParallel rejects. Freeze it (its weights stay in the state dict).
-        for blk in self.blocks:
-            if hasattr(blk, "norm_cross_attn"):
-                blk.norm_cross_attn.requires_grad_(False)
+        freeze_unused_cross_attn_norms(self)
 
     def config(self) -> dict:
         """Constructor arguments, saved beside weights so that the encoder can be rebuilt."""
