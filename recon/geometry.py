@@ -330,10 +330,9 @@ class CTGeometry:
 
     def save(self, path: str | Path) -> None:
         """Write the geometry as JSON (atomically)."""
-        from medgmae.files import atomic_write
+        from medgmae.files import save_json_atomic
 
-        with atomic_write(path) as tmp:
-            Path(tmp).write_text(json.dumps(self.to_dict(), indent=2))
+        save_json_atomic(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> "CTGeometry":

@@ -136,6 +136,32 @@ def test_edges_replace_the_files_of_an_earlier_run(model_file, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["edges.json", "edges_l8.png", "notes.txt"]
 
 
+def test_a_failing_output_leaves_the_earlier_run_whole(model_file, tmp_path, monkeypatch):
+    """The outputs are staged and moved in only when all were written: a writer that fails part-way leaves the
+    earlier run's files as they were and no new one beside them."""
+    import medgmae.twod.cli as cli
+
+    out = tmp_path / "edges"
+    argv = ["edges", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(out)]
+    assert main([*argv, "--granularities", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = []
+
+    def failing(x, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        cli_save_png(x, path)
+
+    cli_save_png = cli.save_png
+    monkeypatch.setattr(cli, "save_png", failing)
+    with pytest.raises(OSError, match="disk full"):
+        main([*argv, "--granularities", "4", "8"])
+    assert len(calls) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_option_messages_name_the_option(model_file, tmp_path, capsys):
     common = ["--image", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")]
     assert main(["edges", "--checkpoint", str(model_file), *common, "--granularities", "64"]) == 2

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +30,7 @@ import torch
 from medgmae.checkpoint import TrainingStateError
 from medgmae.cli_types import expand_home, nonneg_float, positive_int
 from medgmae.engine import resolve_device
-from medgmae.files import atomic_write, output_dir_problem
+from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.images import is_windowed, read_image_source, read_reference, to_model_input
@@ -257,21 +256,18 @@ def _run_edges(args, model, x, size) -> tuple[dict[str, Callable[[Path], object]
     return outputs, summary
 
 
-def _write_json(obj, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-
-
 _COMMANDS = {"layers": _run_layers, "segment": _run_segment, "edges": _run_edges}
 #: files of a command whose names vary between runs; stale ones are removed when the command writes its outputs
 _OWNED_PATTERNS = {"edges": ("edges_l*.png",)}
 
 
 def _write_outputs(command: str, writers: dict[str, Callable[[Path], object]], out: Path) -> None:
-    """Write every output atomically, then remove this command's files of an earlier run that were not rewritten."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, write in writers.items():
-        write(out / name)
+    """Write the outputs into a staging folder and move them into ``out`` only when every one was written
+    (:func:`medgmae.files.staged_outputs`), then remove this command's files of an earlier run that were not
+    rewritten."""
+    with staged_outputs(out) as staging:
+        for name, write in writers.items():
+            write(staging / name)
     for pattern in _OWNED_PATTERNS.get(command, ()):
         for old in out.glob(pattern):
             if old.name not in writers:
@@ -290,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with torch.no_grad():
             writers, summary = run(args, model, x, size)
         summary["image"] = image
-        writers[f"{args.command}.json"] = lambda p: _write_json(summary, p)
+        writers[f"{args.command}.json"] = lambda p: save_json_atomic(summary, p)
     except (FileNotFoundError, ValueError) as e:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
         return 2
