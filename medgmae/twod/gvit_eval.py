@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from medgmae.data.reader import volume_stem
+from medgmae.engine.figures import colormap
 from medgmae.files import atomic_write, save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
 from medgmae.twod.images import IMAGE_SUFFIXES
@@ -48,18 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("medgmae.gvit")
-
-# viridis anchors (matplotlib's colormap sampled at 0, 0.25, 0.5, 0.75, 1)
-_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
-
-
-def _colormap(t: np.ndarray) -> np.ndarray:
-    """Viridis-like colours ``(N, 3)`` uint8 for values ``t`` in ``[0, 1]``."""
-    t = np.clip(np.asarray(t, dtype=np.float64), 0, 1) * (len(_VIRIDIS) - 1)
-    i = np.minimum(t.astype(int), len(_VIRIDIS) - 2)
-    f = (t - i)[:, None]
-    return ((1 - f) * _VIRIDIS[i] + f * _VIRIDIS[i + 1]).round().astype(np.uint8)
-
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +101,7 @@ def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: 
     draw = ImageDraw.Draw(img)
     draw.text((4, 4), title, fill="black", font=font)
     rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    colors = _colormap(rows.ravel()).reshape(n, n, 3)
+    colors = colormap(rows.ravel()).reshape(n, n, 3)
     y0 = top + label_w
     for i in range(n):
         draw.text((4, y0 + i * cell + cell // 2 - 5), str(class_names[i]), fill="black", font=font)
@@ -164,7 +153,7 @@ def save_explanation_png(image: torch.Tensor, gaussians: Gaussians2D, path: str 
     angles, opac = gaussians.angles[0].detach().cpu(), gaussians.opacities[0].detach().cpu()
     logdet = torch.log(gaussians.determinants()[0].detach().cpu().clamp_min(1e-30)).numpy()
     lo, hi = float(logdet.min()), float(logdet.max())
-    colors = _colormap(1.0 - (logdet - lo) / max(hi - lo, 1e-12))  # small det -> yellow
+    colors = colormap(1.0 - (logdet - lo) / max(hi - lo, 1e-12))  # small det -> yellow
     panels = [_to_rgb(image, size)]
     over = _to_rgb(image, size).convert("RGBA")
     layer = Image.new("RGBA", over.size, (0, 0, 0, 0))
