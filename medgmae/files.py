@@ -24,6 +24,7 @@ __all__ = [
     "staged_outputs",
     "save_torch_atomic",
     "save_json_atomic",
+    "read_json",
     "save_nifti_atomic",
     "load_torch_file",
     "output_dir_problem",
@@ -173,6 +174,24 @@ def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path
             json.dump(obj, f, indent=indent)
             f.write("\n")
     return Path(path)
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The parsed content of a JSON file; errors name the file and ``what`` it is.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it is not UTF-8 text or not valid JSON (with the line and column).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the {what} was not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: the {what} is not UTF-8 text ({e})") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the {what} is not valid JSON ({e})") from e
 
 
 def save_nifti_atomic(

@@ -178,3 +178,19 @@ def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):
             save_nifti_atomic(np.zeros((2, 2, 2)), affine, tmp_path / "vol.nii.gz")
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_read_json_names_the_file_and_the_problem(tmp_path):
+    from medgmae.files import read_json
+
+    good = tmp_path / "m.json"
+    good.write_text('{"a": [1, 2.5]}')
+    assert read_json(good) == {"a": [1, 2.5]}
+    with pytest.raises(FileNotFoundError, match=r"missing\.json: the metrics file was not found"):
+        read_json(tmp_path / "missing.json", "metrics file")
+    (tmp_path / "bad.json").write_text('{"a": 1,}')
+    with pytest.raises(ValueError, match=r"bad\.json: the metadata is not valid JSON \(.*line 1 column 9"):
+        read_json(tmp_path / "bad.json", "metadata")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match=r"bin\.json: the JSON file is not UTF-8 text"):
+        read_json(tmp_path / "bin.json")

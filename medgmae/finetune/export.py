@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from medgmae.data.datalist import DatasetError
-from medgmae.files import atomic_write
+from medgmae.files import atomic_write, read_json
 from medgmae.finetune.data import FOREGROUND_CROP, label_names
 from medgmae.finetune.run_record import run_datalist
 from medgmae.finetune.best_model import load_finetuned
@@ -175,9 +175,7 @@ def export_torchscript(
         raise ValueError(f"--export_path {path} is a folder; give the file to write, e.g. {Path(path) / 'model.ts'}")
     meta: dict = {}
     if metadata_file is not None:
-        if not Path(metadata_file).is_file():
-            raise FileNotFoundError(f"{metadata_file}: the bundle's metadata.json was not found")
-        meta = json.loads(Path(metadata_file).read_text())
+        meta = read_json(metadata_file, "bundle's metadata.json")
     network = load_finetuned(checkpoint, purpose="export needs the best_model.pt of a fine-tuning run").eval()
     roi, channels = list(network.vit.img_size), network.vit.in_channels
     make = torch.Generator().manual_seed(0)

@@ -67,9 +67,9 @@ def gvit_summary(
     metrics_path = results / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"no metrics.json in {results}: the evaluation did not run")
-    import json
+    from medgmae.files import read_json
 
-    m = json.loads(metrics_path.read_text())
+    m = read_json(metrics_path, "evaluation's metrics.json")
     explanations = sorted((results / "explanations").glob("*.png")) if (results / "explanations").is_dir() else []
     s = {
         "accuracy": m.get("accuracy"),
