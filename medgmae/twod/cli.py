@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from medgmae.checkpoint import TrainingStateError
-from medgmae.cli_types import expand_home, nonneg_float, positive_int
+from medgmae.cli_types import expand_home, nonneg_float, nonneg_int, positive_int
 from medgmae.engine import resolve_device
 from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs
 from medgmae.twod import layering as L
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--checkpoint", required=True, type=Path, help="model.pt (kind gmae2d) or a training checkpoint")
     common.add_argument("--image", required=True, type=Path, help="PNG/JPEG/BMP/TIFF, NIfTI or DICOM image")
     common.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    common.add_argument("--slice", type=int, default=None, help="slice of a NIfTI volume / frame of a DICOM (default: middle)")
+    common.add_argument("--slice", type=nonneg_int, default=None, help="slice of a NIfTI volume / frame of a DICOM (default: middle)")
     common.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="intensity window for NIfTI/DICOM (e.g. HU), mapped to 0..1; default: the window recorded "
                              "in the checkpoint at training, else each image's DICOM window or 0.5/99.5 percentiles; "
