@@ -15,6 +15,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
+from medgmae.engine.step_guards import GradientClipHandler
 from medgmae.mae_training.validation import masked_psnr
 from medgmae.networks.mae_base import MAEOutput
 
@@ -70,6 +71,8 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.grad_clip = float(grad_clip)
+        if self.grad_clip > 0:  # the toolkit's one clipping step, after BACKWARD_COMPLETED as in MONAI's trainers
+            GradientClipHandler(self.grad_clip).attach(self)
         self.bf16 = bool(amp) and device.type == "cuda"
         self.image_key = image_key
 
@@ -86,9 +89,7 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         out.loss.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.grad_clip)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)  # GradientClipHandler clips here
         engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         with torch.no_grad():
