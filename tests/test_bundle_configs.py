@@ -256,3 +256,15 @@ def test_the_multi_gpu_settings_check_is_the_one_process_check(bundle):
     many = json.loads((configs / "multi_gpu_train.json").read_text())["initialize"][0]
     one = re.sub(r", multi_gpu_config='[\w/.]+'", "", one)
     assert many.replace(", torchrun=True", "") == one, (many, one)
+
+
+def test_the_pretraining_defaults_are_the_toolkits_default_spec():
+    """The pre-training bundle lists its pre-processing settings as plain keys (so that the docs' table and
+    ``--a_min`` overrides read naturally); they must stay the spec every consumer falls back to."""
+    from medgmae.preprocessing import DEFAULT_SPEC
+
+    cfg = json.loads((ROOT / "bundles/medgmae_pretrain/configs/train.json").read_text())
+    assert (cfg["a_min"], cfg["a_max"]) == DEFAULT_SPEC.hu_window
+    assert (cfg["pixdim"],) * 3 == DEFAULT_SPEC.spacing
+    assert cfg["orientation"] == DEFAULT_SPEC.orientation
+    assert ((cfg["roi_size"],) * 3, (cfg["patch_size"],) * 3) == (DEFAULT_SPEC.input_size, DEFAULT_SPEC.patch_size)
