@@ -33,7 +33,8 @@ __all__ = [
 
 
 def output_dir_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be (or become) a writable folder, ``None`` when it can; creates nothing."""
+    """Why ``path`` cannot be (or become) a writable folder, ``None`` when it can; leaves nothing behind (a file is
+    created and removed at once in the nearest existing folder, as permission bits do not tell)."""
     p = Path(path).expanduser()
     if str(path).strip() == "":
         return "the path is empty"
@@ -48,6 +49,19 @@ def output_dir_problem(path: str | os.PathLike) -> str | None:
         return f"{probe} (above {p}) is an existing file, not a folder"
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         return f"no permission to write in {probe}"
+    return _write_probe_problem(probe) if probe.exists() else None
+
+
+def _write_probe_problem(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder`` (tried with an empty hidden file, removed at once); ``None`` when
+    it can. ``os.access`` answers from permission bits only: as root it says yes for read-only file systems and
+    for ``/sys`` or ``/proc``."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    except OSError as e:
+        return f"cannot write in {folder}: {e.strerror or e}"
+    os.close(fd)
+    os.unlink(name)
     return None
 
 

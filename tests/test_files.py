@@ -194,3 +194,25 @@ def test_read_json_names_the_file_and_the_problem(tmp_path):
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ValueError, match=r"bin\.json: the JSON file is not UTF-8 text"):
         read_json(tmp_path / "bin.json")
+
+
+def test_an_output_folder_the_permission_bits_call_writable_is_tried(tmp_path, monkeypatch):
+    """os.access answers from permission bits (as root: yes for a read-only file system, /sys or /proc); the check
+    creates and removes a file in the nearest existing folder, names the folder and the system's reason, and
+    leaves nothing behind."""
+    import errno
+    import tempfile
+
+    from medgmae.files import output_dir_problem
+
+    assert output_dir_problem(tmp_path / "new" / "run") is None
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor the probe file is left
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert output_dir_problem(tmp_path / "new" / "run") == f"cannot write in {tmp_path}: Read-only file system"
