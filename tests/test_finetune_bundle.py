@@ -894,6 +894,12 @@ def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
     run_bundle("evaluating", "evaluate.json", *common)
     grid = json.loads((out / "eval" / "metrics.json").read_text())
     assert grid["dice_space"] == "pre-processed grid" and grid["dice_per_class"] != pytest.approx(expected, abs=1e-6)
+    # metrics.json says which model and which pre-processing gave it: the recorded spec, or an override named
+    assert grid["model"]["epoch"] == 1 and grid["model"]["size_bytes"] == (out / "best_model.pt").stat().st_size
+    assert grid["preprocessing"]["spacing"] == [2.0, 2.0, 2.0] and grid["preprocessing_overrides"] == []
+    run_bundle("evaluating", "evaluate.json", *common, "--pixdim", "3.0", "--eval_dir", str(out / "eval3"))
+    coarse = json.loads((out / "eval3" / "metrics.json").read_text())
+    assert coarse["preprocessing"]["spacing"] == [3.0, 3.0, 3.0] and coarse["preprocessing_overrides"] == ["pixdim"]
 
 
 def test_a_pretraining_folder_given_as_pretrained_names_its_encoder(tmp_path):

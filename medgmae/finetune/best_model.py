@@ -18,7 +18,7 @@ from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
 
-__all__ = ["FINETUNED_KIND", "load_finetuned", "BestCheckpointSaver"]
+__all__ = ["FINETUNED_KIND", "load_finetuned", "finetuned_model_record", "BestCheckpointSaver"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ def load_finetuned(
     net.load_state_dict(ckpt.state_dict, strict=True)
     net.preprocessing = ckpt.preprocessing
     return net
+
+
+def finetuned_model_record(path: str | Path) -> dict:
+    """Which model a result came from, for the results' ``metrics.json``: the epoch and validation metric
+    ``best_model.pt`` records, its size and modification time (UTC), so that a result left beside a later run's
+    file of the same path reads as the earlier model's."""
+    import datetime
+
+    from medgmae.data.fingerprint import file_fingerprint
+
+    extra = dict(load_checkpoint(path, FINETUNED_KIND, mmap=True).extra or {})
+    size, mtime_ns = file_fingerprint(path) or (None, None)
+    modified = None if mtime_ns is None else datetime.datetime.fromtimestamp(mtime_ns / 1e9, datetime.timezone.utc)
+    return {"epoch": extra.get("epoch"), "metric_name": extra.get("metric_name"), "metric": extra.get("metric"),
+            "size_bytes": size, "modified_utc": None if modified is None else modified.isoformat(timespec="seconds")}  # fmt: skip
 
 
 class BestCheckpointSaver:
