@@ -342,6 +342,13 @@ def test_segmentation_names_are_unique_and_predictable(tmp_path):
     assert len(set(unique_case_names(tricky))) == len(tricky)
     with pytest.raises(DatasetError, match="given more than once"):
         inference_cases([a, a])
+    # links (an nnU-Net style dataset of links into the originals) are named as given, not as their targets
+    (tmp_path / "links").mkdir()
+    for name in ("c7.nii.gz", "c8.nii.gz"):
+        os.symlink(a, tmp_path / "links" / name)
+    cases = inference_cases([str(tmp_path / "links" / "c7.nii.gz"), str(tmp_path / "links" / "c8.nii.gz")])
+    assert [x["name"] for x in cases] == ["c7", "c8"]
+    assert cases[0]["image"] == str(tmp_path / "links" / "c7.nii.gz")
 
 
 # ------------------------------------------------------------------ bundle, end to end

@@ -9,6 +9,7 @@ prefixed with as many parent folders as make it unique (``patA_ct``, ``patB_ct``
 
 from __future__ import annotations
 
+import os
 import logging
 from collections import Counter
 from pathlib import Path
@@ -32,7 +33,7 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
     Raises:
         DatasetError: the same file is given more than once (named).
     """
-    resolved = [Path(p).expanduser().resolve() for p in paths]
+    resolved = [Path(os.path.abspath(Path(p).expanduser())) for p in paths]  # links keep the names given
     twice = sorted(str(p) for p, n in Counter(resolved).items() if n > 1)
     if twice:
         raise DatasetError(f"these inputs are given more than once: {', '.join(twice)}")
@@ -84,7 +85,7 @@ def inference_cases(
         raise DatasetError("input_files is empty (a shell pattern that matched no file?): list the images to segment, "
                            "or leave input_files out to segment the run's validation cases")  # fmt: skip
     if input_files is not None:
-        images, source = [str(Path(f).expanduser().resolve()) for f in input_files], "input_files"
+        images, source = [os.path.abspath(Path(f).expanduser()) for f in input_files], "input_files"
     else:
         dataset_dir, datalist = run_datalist(dataset_dir, datalist, output_dir)
         if not datalist.is_file():
