@@ -938,3 +938,17 @@ def test_evaluating_on_a_datalist_with_fewer_classes_names_the_model_first(tmp_p
     assert "outside the class range" not in str(e.value)
     dl.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "validation": [make_case(tmp_path, "c1", max_label=1)]}))
     assert evaluation_cases("", str(dl), tmp_path / "run", network=SimpleNamespace(out_channels=2))["num_classes"] == 2
+
+
+def test_a_folder_without_a_datalist_says_fine_tuning_needs_one(tmp_path):
+    """A plain folder of images and labels, or the datalist given as --dataset_dir: the error says what to give."""
+    from medgmae.finetune.data import prepare_datalists
+
+    (tmp_path / "plain" / "imagesTr").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"plain holds no dataset.json: fine-tuning pairs each image with its label "
+                                           r"through a Decathlon datalist .* give it as --datalist"):  # fmt: skip
+        prepare_datalists(str(tmp_path / "plain"), "", tmp_path / "out")
+    (tmp_path / "plain" / "dataset_0.json").write_text("{}")
+    with pytest.raises(DatasetError, match=r"--dataset_dir .*dataset_0.json is a file: give a datalist as --datalist"):
+        prepare_datalists(str(tmp_path / "plain" / "dataset_0.json"), "", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
