@@ -141,7 +141,7 @@ def dice_table(dice_per_class: Mapping[str, float | None], mean: float | None = 
     fmt = lambda v: "n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.4f}"  # noqa: E731
     lines = ["| class | Dice |", "| --- | --- |"] + [f"| {name} | {fmt(v)} |" for name, v in dice_per_class.items()]
     if mean is not None:
-        lines.append(f"| **mean** | {fmt(mean)} |")
+        lines.append(f"| **mean over cases** (each case's mean over the classes in its reference) | {fmt(mean)} |")
     return "\n".join(lines)
 
 
