@@ -91,7 +91,8 @@ class WarnIfPaddedd(MapTransform):
             logger.warning(
                 "%s is %s voxels%s after resampling and the foreground crop, smaller than the %s crop: %.0f %% of "
                 "every crop of it is padding with the window's lower end (air), which the model sees as part of the "
-                "volume; check its field of view, or use a smaller pixdim", source, "x".join(map(str, shape)), at,
+                "volume; check its field of view, or use a smaller pixdim (for a pre-trained encoder, one pre-trained at that "
+                "spacing: a spacing other than its own shows it data prepared otherwise)", source, "x".join(map(str, shape)), at,
                 "x".join(map(str, self.spatial_size)), 100 * padding,
             )
         return data
