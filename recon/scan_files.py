@@ -19,9 +19,13 @@ LINE_INTEGRAL_MAX = 50.0
 _ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
 
 
-def load_volume(path) -> tuple[np.ndarray, np.ndarray, tuple]:
+def load_volume(path, check_finite: bool = True) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Read a 3D volume (NIfTI, NRRD, MetaImage or a DICOM series, through the toolkit's one reader
     :func:`medgmae.data.reader.read_volume`) as float32 ``(z, y, x)``: the reader's ``(i, j, k)`` order transposed.
+
+    Args:
+        path: the file or DICOM folder.
+        check_finite: refuse NaN / infinite voxels (the projection reader checks them itself, naming the view).
 
     Returns:
         ``(volume (D, H, W), affine (4, 4) of the (i, j, k) = (x, y, z) order, voxel_size (sz, sy, sx))``.
@@ -32,7 +36,7 @@ def load_volume(path) -> tuple[np.ndarray, np.ndarray, tuple]:
     from medgmae.data.reader import read_volume
 
     try:
-        vol = read_volume(path)
+        vol = read_volume(path, check_finite=check_finite)
     except FileNotFoundError as e:
         raise ValueError(f"volume file {path} does not exist") from e
     return np.ascontiguousarray(vol.array.transpose(2, 1, 0)), vol.affine, vol.spacing[::-1]
@@ -64,26 +68,49 @@ def load_projections(path) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"projection file {path} does not exist")
     if path.suffix.lower() != ".npy":
-        p = load_volume(path)[0]
-        _check_line_integrals(p, path)
-        return p.astype(np.float32, copy=False)
-    try:
-        p = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise ValueError(f"cannot read projections {path}: {e}") from e
-    if p.ndim != 3:
-        raise ValueError(f"projections {path} must be (views, rows, cols), got shape {p.shape}")
+        p, integers = load_volume(path, check_finite=False)[0], _stored_as_integers(path)
+    else:
+        try:
+            p = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise ValueError(f"cannot read projections {path}: {e}") from e
+        if p.ndim != 3:
+            raise ValueError(f"projections {path} must be (views, rows, cols), got shape {p.shape}")
+        integers = np.issubdtype(p.dtype, np.integer)
     bad = ~np.isfinite(p)
     if bad.any():
         view, row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"projections {path} contain {int(bad.sum())} NaN or Inf value{'s' if bad.sum() > 1 else ''} in "
                          f"{int(bad.any(axis=(1, 2)).sum())} of {p.shape[0]} views (the first: view {view}, row {row}, "
                          f"column {col})")  # fmt: skip
-    _check_line_integrals(p, path)
+    _check_line_integrals(p, path, integers)
     return p.astype(np.float32, copy=False)
 
 
-def _check_line_integrals(p: np.ndarray, path: Path) -> None:
+def _stored_as_integers(path: Path) -> bool:
+    """Whether a MetaImage / NRRD / NIfTI stack stores integers (the reader hands back float32): raw counts are
+    refused in every format alike. A NIfTI with a scale factor stores scaled values, not integers."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            slope, inter = img.header.get_slope_inter()
+            return img.get_data_dtype().kind in "iu" and slope in (None, 1.0) and inter in (None, 0.0)
+        if name.endswith(_ITK_HEADERS):
+            import SimpleITK as sitk
+
+            info = sitk.ImageFileReader()
+            info.SetFileName(str(path))
+            info.ReadImageInformation()
+            return "integer" in sitk.GetPixelIDValueAsString(info.GetPixelID())
+    except Exception:  # the reader already read the file; a header it cannot tell counts as not integers
+        return False
+    return False
+
+
+def _check_line_integrals(p: np.ndarray, path: Path, integers: bool) -> None:
     """Refuse values that cannot be line integrals ``-log(I / I0)`` (mostly >= 0, below :data:`LINE_INTEGRAL_MAX`):
     negated ones, and raw detector counts (integers up to thousands); warn about floats above the bound."""
     what = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
@@ -93,7 +120,7 @@ def _check_line_integrals(p: np.ndarray, path: Path) -> None:
     if p.size and float((p < -0.05).mean()) > 0.5:
         raise ValueError(f"projections {path} are mostly negative ({float((p < -0.05).mean()):.0%} of the values below "
                          f"-0.05): {what}; were they negated?")  # fmt: skip
-    if p.size and np.issubdtype(p.dtype, np.integer) and p.max() > 100:
+    if p.size and integers and p.max() > 100:
         raise ValueError(f"projections {path} hold integers up to {int(p.max())}, raw detector counts or intensities "
                          f"rather than line integrals: {what}; convert with -log(I / I0) first")  # fmt: skip
     if p.size and p.max() > LINE_INTEGRAL_MAX:
@@ -132,6 +159,7 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
         info.SetFileName(str(path))
         info.ReadImageInformation()
         spacing, origin = np.asarray(info.GetSpacing()[:2], float), np.asarray(info.GetOrigin()[:2], float)
+        _check_identity_direction(path, np.asarray(info.GetDirection(), float))
     else:
         return
     pitch, n = np.asarray(det_spacing[::-1], float), np.asarray(det_shape[::-1], float)  # (col, row) as ITK's (x, y)
@@ -150,7 +178,22 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
                          f"(col, row) off the central ray (a centred detector has origin {mm(-(n - 1) / 2 * spacing)}); offset and half-fan detectors are not supported")  # fmt: skip
 
 
+def _check_identity_direction(path: Path, direction: np.ndarray) -> None:
+    """Refuse a MetaImage / NRRD stack whose header direction is not the identity: its stored columns, rows or
+    views would run otherwise than the array's, which ``geometry.json`` describes (RTK writes the identity; what a
+    flipped direction means for a detector is a convention nothing here can check, so it is not guessed)."""
+    n = int(round(np.sqrt(direction.size)))
+    if not np.allclose(direction.reshape(n, n), np.eye(n), atol=1e-6):
+        rows = "; ".join(" ".join(f"{v:g}" for v in r) for r in direction.reshape(n, n))
+        raise ValueError(f"projections {path}: the header's direction ({rows}) is not the identity, so its columns, rows "
+                         "or views are stored flipped or permuted, and reading the array as geometry.json describes it "
+                         "would mirror the scan; write the stack with the identity direction (SimpleITK: "
+                         "image.SetDirection(numpy.eye(3).ravel())), its array in (view, row, column) order as "
+                         "geometry.json has it")  # fmt: skip
+
+
 def save_projections(path, proj: np.ndarray) -> None:
+    """Write a ``(views, rows, cols)`` stack of line integrals as float32 ``.npy``, atomically."""
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(proj, dtype=np.float32))

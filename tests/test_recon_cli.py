@@ -378,6 +378,25 @@ def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
         assert main(_reconstruct_args(simulated, out, "--projections", str(tmp_path / name))) == 2
         err = capsys.readouterr().err
         assert name in err and message in err and not out.exists(), err
+    # a flipped header direction (columns stored reversed), raw integer counts and a NaN are refused in image
+    # formats as in .npy: by name, with the view of the first NaN
+    img.SetOrigin((-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))
+    img.SetDirection((-1.0, 0, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(img, str(tmp_path / "flipped.mha"))
+    counts = sitk.GetImageFromArray((10000 * np.exp(-proj)).astype(np.uint16))
+    sitk.WriteImage(counts, str(tmp_path / "counts.mha"))
+    nan = proj.copy()
+    nan[2, 1, 3] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))
+    for name, message in (("flipped.mha", "the header's direction (-1 0 0; 0 1 0; 0 0 1) is not the identity"),
+                          ("counts.mha", "hold integers up to 10000, raw detector counts"),
+                          ("nan.mha", "contain 1 NaN or Inf value in 1 of")):  # fmt: skip
+        capsys.readouterr()
+        out = tmp_path / f"rec_{name}"
+        assert main(_reconstruct_args(simulated, out, "--projections", str(tmp_path / name))) == 2
+        err = capsys.readouterr().err
+        assert name in err and message in err and not out.exists(), err
+    assert "(the first: view 2, row 1, column 3)" in err
     (tmp_path / "p.txt").write_text("1 2 3")
     capsys.readouterr()
     assert main(_reconstruct_args(simulated, tmp_path / "bad", "--projections", str(tmp_path / "p.txt"))) == 2
