@@ -51,6 +51,7 @@ before any output is written; every output file is written atomically. Ctrl-C ex
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from medgmae.cli_types import expand_home, nonneg_float, nonneg_int, positive_float, positive_int
@@ -217,20 +218,34 @@ def _add_reconstruct(sub) -> None:
 COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate, "select": cmd_select}
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit, ``timeout``), raised where the command runs so that it
+    stops as on Ctrl-C: the state saved so far is named and nothing half-written is left."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 success, 2 bad input, 130 interrupted by Ctrl-C: one line says what
-    was left, no traceback)."""
+    """Entry point; returns the exit code (0 success, 2 bad input, 130 interrupted by Ctrl-C and 143 by SIGTERM:
+    one line says what was left, no traceback)."""
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    terminated = False
     try:
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, FileNotFoundError) as e:
         print(f"medgmae-recon {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        terminated = isinstance(e, _Terminated) or isinstance(e.__context__, _Terminated)
         left = str(e) if isinstance(e, Interrupted) else "no output was written"
-        print(f"medgmae-recon {args.command}: interrupted: {left}", file=sys.stderr)
-        return 130
+        print(f"medgmae-recon {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}: {left}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

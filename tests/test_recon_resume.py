@@ -122,6 +122,35 @@ def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypat
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 6
 
 
+def test_sigterm_stops_as_ctrl_c_does_and_exits_143(saved, tmp_path, monkeypatch, capsys):
+    """A real SIGTERM (kill, a batch system's time limit) mid-run: the line names the saved state, exit 143, only
+    the state is left, and --resume finishes the run; the handler is the previous one again afterwards."""
+    import os
+    import signal
+
+    from recon.gaussian_recon import GaussianReconstructor
+
+    step = GaussianReconstructor.step
+
+    def terminated_step(self):
+        if self.iteration == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self)
+
+    monkeypatch.setattr(GaussianReconstructor, "step", terminated_step)
+    out = tmp_path / "rec"
+    args = [*_args(saved[0], out, "--iterations", "6"), "--checkpoint-every", "2"]
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(args) == 143
+    err = capsys.readouterr().err
+    assert f"terminated (SIGTERM): the last state (iteration 2) is saved in {out / 'recon_state.pt'}" in err, err
+    assert "Traceback" not in err and set(_contents(out)) == {"recon_state.pt"}
+    assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setattr(GaussianReconstructor, "step", step)
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 6
+
+
 def test_ctrl_c_during_a_refit_says_whose_state_is_saved(saved, tmp_path, monkeypatch, capsys):
     """With --holdout-views and --refit the state file is the held-out run's (the refit saves none): the line says
     so wherever the interruption falls."""
