@@ -24,7 +24,7 @@ from recon.commands import (
     warn_about_scan,
 )
 from recon.geometry import CTGeometry
-from recon.reconstruct_summary import print_summary
+from recon.reconstruct_summary import print_summary, write_reconstruction
 from recon.state import RECON_STATE
 
 __all__ = ["RECON_STATE", "cmd_reconstruct"]
@@ -218,10 +218,13 @@ def _reconstruct(args) -> int:
     projector, projector_seconds = _build_projector(geom, args.backend, device)
     proj_t = torch.from_numpy(x.proj).to(device)
     t0 = time.perf_counter()
+    if x.fbp_vol is None:
+        print(f"computing the {'FBP' if geom.kind == 'parallel' else 'FDK'} of {geom.num_views} views...", flush=True)
     fbp_t = fbp(proj_t, geom, args.filter) if x.fbp_vol is None else torch.from_numpy(x.fbp_vol).to(device)
     if x.fbp_vol is None:
         warn_about_scan(geom, x.proj)
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
+    print(f"initialising the Gaussians (--init {init_settings['init']})...", flush=True)
     init, value_scale = _initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0
     cfg = _config(args, init_settings, init)
@@ -246,7 +249,7 @@ def _reconstruct(args) -> int:
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)
-    _write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
+    write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
     print_summary(metrics, out)
     return 0
 
@@ -375,32 +378,3 @@ def _load_model(args):
         return MedGMAE.from_checkpoint(args.checkpoint, "cpu", needed_for="--init medgmae needs a medgmae or medgmae-star model.pt")
     except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
         raise CLIError(f"cannot use {args.checkpoint} for --init medgmae: {e}") from e
-
-
-def world_gaussians(gaussians, geom: CTGeometry):
-    """The reconstruction's Gaussians (voxel frame of the ``(z, y, x)`` grid) in world millimetres (RAS+, the frame
-    of ``recon.nii.gz``'s affine, as the zero-shot PLY): centres, scales and rotations mapped by the scan's affine."""
-    from recon.initialisation import zyx_affine
-
-    a = torch.from_numpy(zyx_affine(geom.default_affine()))
-    return gaussians.to("cpu").transformed(a[:3, :3], a[:3, 3])
-
-
-def _write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
-    """Stage every output and move them into ``out`` when all were written (what ``out`` holds besides, such as
-    ``recon_state.pt``, stays)."""
-    from medgmae.files import save_json_atomic, staged_outputs
-    from medgmae.ply import save_ply
-    from recon.plot import draw_curve, draw_slices
-    from recon.scan_files import save_nifti
-
-    volume = result.volume.cpu().numpy()
-    with staged_outputs(out) as stage:
-        save_nifti(stage / "recon.nii.gz", volume, geom.default_affine())
-        # the header in the NIfTI's (I, J, K) = (x, y, z) order: recon.nii.gz's shape and affine, as zero-shot PLYs
-        save_ply(stage / "gaussians.ply", world_gaussians(result.gaussians, geom), frame="world",
-                 shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine())
-        save_json_atomic(metrics, stage / "metrics.json")
-        draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
-                   (metrics.get("fbp") or {}).get("psnr"), (metrics.get("start") or {}).get("psnr"))
-        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", geom.default_affine(), reference)

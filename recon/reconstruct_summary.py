@@ -1,14 +1,19 @@
-"""The closing summary of ``medgmae-recon reconstruct``: the times, the Gaussians and their budget, the
-density-control rounds, the held-out choice, PSNR/SSIM, and the outputs written with what each holds."""
+"""What ``medgmae-recon reconstruct`` leaves: its outputs (:func:`write_reconstruction`: the volume, the Gaussians
+in world mm, metrics and pictures, staged) and its closing summary (the times, the Gaussians and their budget, the
+density-control rounds, the held-out choice, PSNR/SSIM, and the outputs written with what each holds)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from recon.commands import output_lines
+from recon.geometry import CTGeometry
 from recon.state import RECON_STATE
 
-__all__ = ["SPARSE_BUDGET", "outputs", "print_summary"]
+__all__ = ["SPARSE_BUDGET", "outputs", "print_summary", "world_gaussians", "write_reconstruction"]
 
 
 #: Voxels per Gaussian above which the summary says a given ``--num-gaussians`` is too small (the default budget has
@@ -119,3 +124,32 @@ def _evaluations(every: int | None, iterations: int | None = None) -> str:
     if iterations is not None and every >= iterations:
         return "at the last iteration only"
     return "at every iteration" if every == 1 else f"every {every} iterations and at the last"
+
+
+def world_gaussians(gaussians, geom: CTGeometry):
+    """The reconstruction's Gaussians (voxel frame of the ``(z, y, x)`` grid) in world millimetres (RAS+, the frame
+    of ``recon.nii.gz``'s affine, as the zero-shot PLY): centres, scales and rotations mapped by the scan's affine."""
+    from recon.initialisation import zyx_affine
+
+    a = torch.from_numpy(zyx_affine(geom.default_affine()))
+    return gaussians.to("cpu").transformed(a[:3, :3], a[:3, 3])
+
+
+def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
+    """Stage every output and move them into ``out`` when all were written (what ``out`` holds besides, such as
+    ``recon_state.pt``, stays)."""
+    from medgmae.files import save_json_atomic, staged_outputs
+    from medgmae.ply import save_ply
+    from recon.plot import draw_curve, draw_slices
+    from recon.scan_files import save_nifti
+
+    volume = result.volume.cpu().numpy()
+    with staged_outputs(out) as stage:
+        save_nifti(stage / "recon.nii.gz", volume, geom.default_affine())
+        # the header in the NIfTI's (I, J, K) = (x, y, z) order: recon.nii.gz's shape and affine, as zero-shot PLYs
+        save_ply(stage / "gaussians.ply", world_gaussians(result.gaussians, geom), frame="world",
+                 shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine())
+        save_json_atomic(metrics, stage / "metrics.json")
+        draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
+                   (metrics.get("fbp") or {}).get("psnr"), (metrics.get("start") or {}).get("psnr"))
+        draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", geom.default_affine(), reference)
