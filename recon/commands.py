@@ -249,6 +249,17 @@ _SCAN_FILES = ("projections.npy", "geometry.json", "reference.nii.gz", "fbp.nii.
 _RUN_FILES = ("recon.nii.gz", "gaussians.ply", "recon_state.pt")
 
 
+def _note_rotation_axis(affine: np.ndarray, path) -> None:
+    """Say when the scan's rotation axis, the volume's third array axis (the geometry's z), does not run head to
+    foot in world space: the simulated orbit is then not an axial CT's (a volume stored in another axis order)."""
+    k = np.asarray(affine, float)[:3, 2]
+    world = ("R-L", "A-P", "I-S")[int(np.argmax(np.abs(k)))]
+    if world != "I-S":
+        print(f"note: the scan rotates about {path}'s third array axis, which runs {world} in world space, so this "
+              "orbit is not an axial CT's; reorient the volume (third axis I-S, e.g. nibabel's as_closest_canonical) "
+              "for one", flush=True)  # fmt: skip
+
+
 def cmd_simulate(args) -> int:
     """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume."""
     from recon.fbp import fbp
@@ -271,6 +282,7 @@ def cmd_simulate(args) -> int:
     device = resolve_cli_device(args.device)
     mu = hu_to_mu(hu).astype(np.float32)
     geom = _simulation_geometry(args, planned, mu.shape, voxel, affine)
+    _note_rotation_axis(affine, args.volume)
     # one projection: on the CPU, building the cone-beam matrix would cost more than the ray marcher's single pass
     backend = "torch" if geom.kind == "cone" and device.type == "cpu" else "auto"
     proj_op = make_projector(geom, backend, device)

@@ -69,3 +69,21 @@ def test_simulate_refuses_a_geometry_that_does_not_fit(tmp_path, capsys, extra, 
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "scan").exists()
+
+
+def test_simulate_says_when_the_orbit_is_not_axial(tmp_path, capsys):
+    """The orbit turns about the volume's third array axis: a volume stored with that axis running A-P (a
+    permuted axis order) gets a note naming the world direction; an axial one gets none."""
+    hu = np.full((12, 10, 8), -1000.0, np.float32)
+    hu[3:9, 3:7, 2:6] = 0.0
+    for name, affine, said in (("axial.nii.gz", np.diag([2.0, 2.0, 3.0, 1.0]), None),
+                               ("coronal.nii.gz", np.array([[2.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 2.0, 0, 0], [0, 0, 0, 1.0]]), "A-P")):  # fmt: skip
+        nib.save(nib.Nifti1Image(hu, affine), str(tmp_path / name))
+        capsys.readouterr()
+        assert main(["simulate", "--volume", str(tmp_path / name), "--geometry", "parallel", "--views", "4", "--out",
+                     str(tmp_path / name.split(".")[0]), "--device", "cpu"]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        if said is None:
+            assert "orbit is not an axial" not in out
+        else:
+            assert f"third array axis, which runs {said} in world space, so this orbit is not an axial CT's" in out
