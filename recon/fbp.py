@@ -13,6 +13,11 @@ bilinearly there.
 The ``pi / N`` weight is exact for equispaced views over 180 degrees (parallel) or 360 degrees (either). Other
 arcs of at least 180 degrees (cone beam: plus the fan angle) get Parker's redundancy weights
 (:func:`parker_weights`); shorter arcs are named by :func:`arc_weighting_note`.
+
+Why not ASTRA's FBP / FDK (astra-toolbox is a dependency for its projectors) or scikit-image's ``iradon``: ASTRA's
+FDK runs on CUDA only and its CPU FBP is 2D, ``iradon`` is 2D parallel beam; this module runs both geometries on
+the CPU and the GPU alike, on the toolkit's one geometry (any angles, anisotropic voxels, the RTK-style detector
+of ``geometry.json``), with Parker weights for short scans and the windowed filters of the CLI's ``--filter``.
 """
 
 from __future__ import annotations
