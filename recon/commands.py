@@ -54,7 +54,12 @@ def resolve_cli_device(name: str) -> torch.device:
 
 
 def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
-    """``geometry.json`` and the projection stack, checked against each other (a mismatch is a :class:`CLIError`)."""
+    """``geometry.json`` and the projection stack, checked against each other (a mismatch is a :class:`CLIError`).
+
+    Returns:
+        ``(geometry, projections)``: the stack as float32 ``(views, rows, cols)`` line integrals, the geometry's
+        ``proj_shape`` (:func:`recon.scan_files.load_projections` for the file layouts).
+    """
     from recon.scan_files import check_projection_header, load_projections
 
     geom = CTGeometry.load(geom_path)

@@ -22,9 +22,11 @@ logger = logging.getLogger("medgmae.mae_training")
 def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, Path]:
     """Write ``encoder.pt`` and ``model.pt`` atomically into ``output_dir``.
 
-    ``encoder.pt``: ``{"kind": "medgmae-encoder", "config", "state_dict", "extra": {"source": <model kind>}}``;
-    ``model.pt``: ``{"kind": <model kind>, "config", "state_dict"}``, the model kind being ``"medgmae"``,
-    ``"medgmae-star"`` or ``"voxel-mae"``.
+    Both are :func:`medgmae.checkpoint.make_checkpoint` payloads carrying the model's pre-processing (the
+    contract every consumer reads: orientation, spacing, HU window, input and patch size):
+    ``encoder.pt``: ``{"kind": "medgmae-encoder", "config", "preprocessing", "state_dict", "extra": {"source": <model
+    kind>}}``; ``model.pt``: ``{"kind": <model kind>, "config", "preprocessing", "state_dict"}``, the model kind being
+    ``"medgmae"``, ``"medgmae-star"`` or ``"voxel-mae"``.
 
     Args:
         network: MedGMAE / VoxelMAE, optionally wrapped in DDP.
