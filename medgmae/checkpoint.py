@@ -184,6 +184,20 @@ def _from_training_state(ckpt: dict) -> dict | None:
     }
 
 
+def _sizes_problem(config: Mapping, spec: PreprocessingSpec) -> str | None:
+    """How a 3D model's ``config`` (``img_size``, ``patch_size``) disagrees with the sizes its recorded
+    pre-processing states (``input_size``, ``patch_size``), ``None`` when they agree or either is absent: the spec is
+    the contract consumers read, the config what the network was built with, and both must be one."""
+    for key, field in (("img_size", "input_size"), ("patch_size", "patch_size")):
+        value, stated = config.get(key), tuple(getattr(spec, field))
+        if value is None:
+            continue
+        value = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * len(stated)
+        if len(value) == len(stated) and value != stated:
+            return f"its network's {key} {list(value)} differs from its recorded pre-processing's {field} {list(stated)}"
+    return None
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     kinds: str | Sequence[str] | None = None,
@@ -239,6 +253,9 @@ def load_checkpoint(
         raise ValueError(f"{path.name} is {_kind_phrase(kind, ckpt)}; {want} (file: {path})")
     spec = ckpt.get("preprocessing")
     preprocessing = None if spec is None else PreprocessingSpec.from_dict(spec, source=str(path))
+    problem = None if preprocessing is None else _sizes_problem(ckpt["config"], preprocessing)
+    if problem:
+        raise ValueError(f"{path}: {problem}; the file is inconsistent (written by hand?), so neither can be trusted")
     return Checkpoint(
         kind=kind,
         config=dict(ckpt["config"]),

@@ -206,3 +206,18 @@ def test_a_device_that_is_not_here_is_named_not_the_file(tmp_path):
 def test_a_misspelt_kind_is_named_not_every_file_refused(tmp_path):
     with pytest.raises(ValueError, match=r"unknown checkpoint kind\(s\) \['medgmea'\]"):
         load_checkpoint(tmp_path / "model.pt", kinds="medgmea")
+
+
+def test_a_file_whose_network_and_recorded_sizes_disagree_is_refused(tmp_path):
+    """The recorded pre-processing is the contract consumers read (input and patch size), the config what the network
+    was built with: a file where the two disagree names both and is refused; agreeing sizes load."""
+    from medgmae.checkpoint import ENCODER_KIND, load_checkpoint, make_checkpoint
+    from medgmae.preprocessing import PreprocessingSpec
+
+    spec = PreprocessingSpec(input_size=48, patch_size=12)
+    torch.save(make_checkpoint(ENCODER_KIND, {"img_size": [48, 48, 48], "patch_size": 12}, {}, spec), tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt").preprocessing == spec
+    torch.save(make_checkpoint(ENCODER_KIND, {"img_size": 96, "patch_size": 12}, {}, spec), tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: its network's img_size \[96, 96, 96\] differs from its recorded "
+                                         r"pre-processing's input_size \[48, 48, 48\]"):  # fmt: skip
+        load_checkpoint(tmp_path / "bad.pt")
