@@ -54,14 +54,21 @@ def output_dir_problem(path: str | os.PathLike) -> str | None:
 
 def _write_probe_problem(folder: Path) -> str | None:
     """Why a file cannot be created in ``folder`` (tried with an empty hidden file, removed at once); ``None`` when
-    it can. ``os.access`` answers from permission bits only: as root it says yes for read-only file systems and
-    for ``/sys`` or ``/proc``."""
+    it can, the folder's access and modification times restored. ``os.access`` answers from permission bits only:
+    as root it says yes for read-only file systems and for ``/sys`` or ``/proc``."""
     try:
+        before = os.stat(folder)
         fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
     except OSError as e:
         return f"cannot write in {folder}: {e.strerror or e}"
-    os.close(fd)
-    os.unlink(name)
+    try:
+        os.close(fd)
+        os.unlink(name)
+        # the folder's times as they were: a refused run leaves its folders exactly as found, and fingerprints
+        # (a DICOM folder's time, medgmae.data.fingerprint) do not see a change
+        os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
+    except OSError:
+        pass
     return None
 
 

@@ -216,3 +216,15 @@ def test_an_output_folder_the_permission_bits_call_writable_is_tried(tmp_path, m
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     assert output_dir_problem(tmp_path / "new" / "run") == f"cannot write in {tmp_path}: Read-only file system"
+
+
+def test_the_write_check_leaves_the_folders_times_as_they_were(tmp_path):
+    """A refused run leaves its folders exactly as found: the probe file's creation and removal do not move the
+    folder's modification time (which fingerprints of DICOM folders read)."""
+    import os
+
+    from medgmae.files import output_dir_problem
+
+    os.utime(tmp_path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    assert output_dir_problem(tmp_path / "run") is None and output_dir_problem(tmp_path) is None
+    assert os.stat(tmp_path).st_mtime_ns == 1_000_000_000_000_000_000
