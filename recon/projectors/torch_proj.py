@@ -4,7 +4,8 @@ Each detector pixel's ray is sampled at ``step`` mm intervals over the volume's 
 trilinearly interpolated from the volume with ``grid_sample`` (zero outside) and summed times ``step``. The
 operator is therefore the exact line integral of the trilinear interpolant up to the midpoint rule, and because
 it is a linear map built from ``grid_sample`` its adjoint is obtained exactly by autograd of the forward
-(no separately written, mismatched backprojector). Views are processed in chunks to bound memory.
+(no separately written, mismatched backprojector). Rays are processed in chunks, forward and adjoint alike, so
+memory is one chunk's samples whatever the scan; the rays' geometry is computed per chunk on the volume's device.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = ["TorchProjector"]
 
 #: Upper bound on ray samples (rays x steps) evaluated at once.
 _CHUNK_SAMPLES = 1 << 22
+#: The same on a GPU, where larger launches pay (memory stays bounded: about 55 bytes per sample, under 1 GB).
+_CHUNK_SAMPLES_GPU = 1 << 24
 
 
 class TorchProjector(Projector):
@@ -42,23 +45,25 @@ class TorchProjector(Projector):
         ext = geometry.extent
         self.radius = 0.5 * math.sqrt(sum(e * e for e in ext))
         self.num_steps = int(math.ceil(2 * self.radius / self.step_mm))
-        self._vectors: Tensor | None = None  # (views, 12) float64, from the geometry when first needed
+        self._vectors: dict = {}  # (views, 12) geometry vectors by (device, dtype), made when first needed
 
     # ------------------------------------------------------------------ rays
     def _rays_of(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Start points (the ray's closest approach to the isocentre minus the bounding radius) and unit directions,
-        ``(N, 3)`` float64 each, in mm ``(x, y, z)`` about the isocentre, of the rays with flat indices ``index``
-        into ``(views, rows, cols)`` (computed per chunk rather than tabulated: a clinical scan's table would take
-        GBs)."""
+        ``(N, 3)`` each, in mm ``(x, y, z)`` about the isocentre, of the rays with flat indices ``index`` into
+        ``(views, rows, cols)``, computed on ``index``'s device in float64 (float32 where the device has no float64)
+        per chunk rather than tabulated: a clinical scan's table would take GBs."""
         g = self.geometry
-        if self._vectors is None:
-            self._vectors = torch.as_tensor(g.vectors(), dtype=torch.float64)
+        dtype = torch.float32 if index.device.type == "mps" else torch.float64
+        key = (index.device, dtype)
+        if key not in self._vectors:
+            self._vectors[key] = torch.as_tensor(g.vectors(), dtype=torch.float64).to(index.device, dtype)
         rows, cols = g.det_shape
-        index = index.to("cpu", torch.long)
-        vec = self._vectors[index // (rows * cols)]
+        index = index.long()
+        vec = self._vectors[key][index // (rows * cols)]
         pixel = index % (rows * cols)
-        rr = (pixel // cols).to(torch.float64).unsqueeze(1) - (rows - 1) / 2
-        cc = (pixel % cols).to(torch.float64).unsqueeze(1) - (cols - 1) / 2
+        rr = (pixel // cols).to(dtype).unsqueeze(1) - (rows - 1) / 2
+        cc = (pixel % cols).to(dtype).unsqueeze(1) - (cols - 1) / 2
         pix = vec[:, 3:6] + cc * vec[:, 6:9] + rr * vec[:, 9:12]
         d = vec[:, 0:3] if g.kind == "parallel" else pix - vec[:, 0:3]
         d = d / d.norm(dim=-1, keepdim=True)
@@ -79,23 +84,31 @@ class TorchProjector(Projector):
         return pts / half
 
     # ------------------------------------------------------------------ operators
+    @staticmethod
+    def _view_indices(views, device: torch.device) -> Tensor | None:
+        """``views`` (indices, a list, or a boolean mask over the views) as a 1D long tensor on ``device``."""
+        if views is None:
+            return None
+        v = torch.as_tensor(views, device=device)
+        return (v.nonzero().flatten() if v.dtype == torch.bool else v.long()).reshape(-1)
+
     def _ray_chunks(self, volume: Tensor, views: Tensor | None):
         """Yield ``(rays, integrals)`` per chunk of at most :data:`_CHUNK_SAMPLES` ray samples: ``rays`` the slice of
         the flattened ``(views * rows * cols)`` rays, ``integrals`` their ``(B, rays)`` sums (differentiable)."""
         g = self.geometry
+        views = self._view_indices(views, volume.device)
         per_view = g.det_shape[0] * g.det_shape[1]
         nv = g.num_views if views is None else views.numel()
         ns = self.num_steps
         t = (torch.arange(ns, device=volume.device, dtype=volume.dtype) + 0.5) * self.step_mm
         inp = volume.unsqueeze(0)  # (1, B, D, H, W): the batch rides in the channel dim
-        chunk = max(1, _CHUNK_SAMPLES // ns)
-        views = None if views is None else views.cpu()
+        chunk = max(1, (_CHUNK_SAMPLES if volume.device.type == "cpu" else _CHUNK_SAMPLES_GPU) // ns)
         for r0 in range(0, nv * per_view, chunk):
             rays = slice(r0, min(r0 + chunk, nv * per_view))
-            index = torch.arange(rays.start, rays.stop)
+            index = torch.arange(rays.start, rays.stop, device=volume.device)
             if views is not None:  # rays of the selected views -> rays of the scan
                 index = views[index // per_view] * per_view + index % per_view
-            start, d = (a.to(volume.device, volume.dtype) for a in self._rays_of(index))
+            start, d = (a.to(volume.dtype) for a in self._rays_of(index))
             pts = start[:, None, :] + t.view(1, ns, 1) * d[:, None, :]
             grid = self._to_grid(pts).unsqueeze(0).unsqueeze(0)  # (1, 1, rays, ns, 3)
             samp = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -106,7 +119,7 @@ class TorchProjector(Projector):
 
         Args:
             volume: ``(B, D, H, W)``.
-            views: optional 1D long tensor selecting a subset of the views.
+            views: optional subset of the views (indices, or a boolean mask).
 
         Returns:
             ``(B, V, rows, cols)`` line integrals (volume units times mm).
@@ -114,6 +127,7 @@ class TorchProjector(Projector):
         g = self.geometry
         if volume.dim() != 4 or tuple(volume.shape[1:]) != g.volume_shape:
             raise ValueError(f"volume must be (B, *{g.volume_shape}), got {tuple(volume.shape)}")
+        views = self._view_indices(views, volume.device)
         nv = g.num_views if views is None else views.numel()
         out = torch.cat([s for _, s in self._ray_chunks(volume, views)], -1)
         return out.reshape(volume.shape[0], nv, *g.det_shape)
@@ -121,7 +135,7 @@ class TorchProjector(Projector):
     def adjoint_plain(self, proj: Tensor, views: Tensor | None = None) -> Tensor:
         """``A^T y``: the vector-Jacobian product of :meth:`forward_plain` (exact adjoint), one chunk of rays at a
         time, so memory is one chunk's samples (autograd of the whole forward would keep every chunk's sampling
-        grid, about 16 bytes per ray sample: tens of GB for a clinical cone-beam scan).
+        grid, 12 bytes per ray sample: tens of GB for a clinical cone-beam scan).
 
         Args:
             proj: ``(B, V, rows, cols)`` (``V`` the selected views when ``views`` is given).
@@ -131,6 +145,7 @@ class TorchProjector(Projector):
             ``(B, D, H, W)``.
         """
         g = self.geometry
+        views = self._view_indices(views, proj.device)
         nv = g.num_views if views is None else views.numel()
         if proj.dim() != 4 or tuple(proj.shape[1:]) != (nv, *g.det_shape):
             raise ValueError(f"projections must be (B, {nv}, {g.det_shape[0]}, {g.det_shape[1]}), got {tuple(proj.shape)}")
@@ -139,7 +154,7 @@ class TorchProjector(Projector):
             x = torch.zeros((proj.shape[0], *g.volume_shape), device=proj.device, dtype=proj.dtype, requires_grad=True)
             for rays, s in self._ray_chunks(x, views):
                 s.backward(y[:, rays])  # accumulates into x.grad
-        return x.grad
+        return x.grad if x.grad is not None else torch.zeros_like(x.detach())
 
     def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
         return self.forward_plain(volume, views)
