@@ -198,7 +198,7 @@ def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """The parsed content of a JSON file; errors name the file and ``what`` it is.
+    """The parsed content of a JSON file a user gives or edits; errors name the file and ``what`` it is.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

@@ -206,7 +206,7 @@ def check_hu_window_override(value: Sequence[float] | None) -> None:
     spec_with_overrides(None, None, value)
 
 
-def model_preprocessing(model: Any, source: str) -> "PreprocessingSpec":
+def model_preprocessing(model: Any, source: str, advice: str = "re-save it with its spec") -> "PreprocessingSpec":
     """The pre-processing a model records (its ``preprocessing``), or :data:`DEFAULT_SPEC` with a warning naming
     ``source`` when it records none (a model file of an early version, or one rebuilt by hand): every consumer of a
     pre-trained model falls back through here, so the fallback and its warning are the same everywhere.
@@ -214,6 +214,7 @@ def model_preprocessing(model: Any, source: str) -> "PreprocessingSpec":
     Args:
         model: a model (or checkpoint) with a ``preprocessing`` attribute (``None``: nothing recorded).
         source: how the model is named in the warning (its file).
+        advice: what the warning advises (a consumer's own override, e.g. the reconstruction's ``--model-spacing``).
     """
     spec = getattr(model, "preprocessing", None)
     if spec is not None:
@@ -221,8 +222,8 @@ def model_preprocessing(model: Any, source: str) -> "PreprocessingSpec":
     d = DEFAULT_SPEC
     logger.warning(
         "%s records no pre-processing: the model sees the scan as the toolkit's default %s, %s mm voxels, HU window "
-        "%s; if it was pre-trained otherwise its output is wrong (re-save it with its spec)",
-        source, d.orientation, "x".join(f"{v:g}" for v in d.spacing), list(d.hu_window),
+        "%s; if it was pre-trained otherwise its output is wrong (%s)",
+        source, d.orientation, "x".join(f"{v:g}" for v in d.spacing), list(d.hu_window), advice,
     )  # fmt: skip
     return d
 

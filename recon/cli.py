@@ -43,8 +43,9 @@ settings, e.g. ``--tv``) by their held-out error and names the lowest: a choice 
 
 Errors in the inputs (missing or unreadable files, projections that do not match the geometry, a model
 checkpoint of the wrong kind, ``--init medgmae`` without ``--checkpoint``) print a message and exit with code 2
-before any output is written; every output file is written atomically. Ctrl-C exits with code 130 and one line
-(``reconstruct``: where the last state was saved, which ``--resume`` continues); no partial outputs are left.
+before any output is written; every output file is written atomically. Ctrl-C exits with code 130 and SIGTERM
+with 143, each with one line (``reconstruct``: where the last state was saved, which ``--resume`` continues); no
+partial outputs are left.
 """
 
 
@@ -53,6 +54,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 
 from medgmae.cli_types import expand_home, nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp, cmd_simulate
@@ -232,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     one line says what was left, no traceback)."""
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    terminated = False
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, FileNotFoundError) as e:
@@ -245,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medgmae-recon {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}: {left}", file=sys.stderr)
         return 143 if terminated else 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

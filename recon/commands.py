@@ -40,7 +40,8 @@ class CLIError(ValueError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a command, with what it left (the message): printed on one line, exit code 130."""
+    """Ctrl-C (or SIGTERM) during a command, with what it left (the message): printed on one line, exit code 130
+    (143)."""
 
 
 def resolve_cli_device(name: str) -> torch.device:

@@ -34,7 +34,8 @@ def _model_spec(model, spacing: float | None, checkpoint: str):
     """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
     from medgmae.preprocessing import model_preprocessing, spec_with_overrides
 
-    model_preprocessing(model, checkpoint)  # warns when the model records none (the default is then the base)
+    # warns when the model records none (the default is then the base)
+    model_preprocessing(model, checkpoint, "re-save it with its spec, or use --model-spacing for the spacing")
     return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
 
 

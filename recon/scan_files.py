@@ -88,8 +88,9 @@ def load_projections(path) -> np.ndarray:
 
 
 def _stored_as_integers(path: Path) -> bool:
-    """Whether a MetaImage / NRRD / NIfTI stack stores integers (the reader hands back float32): raw counts are
-    refused in every format alike. A NIfTI with a scale factor stores scaled values, not integers."""
+    """Whether a MetaImage / NRRD / NIfTI stack stores integers (the reader hands back float32), so that raw counts
+    are refused there as in ``.npy``; a NIfTI with a scale factor stores scaled values, not integers. A DICOM stack
+    is not told (its counts are only warned about, by their size)."""
     name = path.name.lower()
     try:
         if name.endswith((".nii", ".nii.gz")):

@@ -942,12 +942,14 @@ def test_evaluating_on_a_datalist_with_fewer_classes_names_the_model_first(tmp_p
 
 def test_a_folder_without_a_datalist_says_fine_tuning_needs_one(tmp_path):
     """A plain folder of images and labels, or the datalist given as --dataset_dir: the error says what to give."""
-    from medgmae.finetune.data import prepare_datalists
+    from medgmae.finetune.data import evaluation_cases, prepare_datalists
 
     (tmp_path / "plain" / "imagesTr").mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"plain holds no dataset.json: fine-tuning pairs each image with its label "
                                            r"through a Decathlon datalist .* give it as --datalist"):  # fmt: skip
         prepare_datalists(str(tmp_path / "plain"), "", tmp_path / "out")
+    with pytest.raises(DatasetError, match=r"plain holds no dataset.json"):  # evaluation and inference alike
+        evaluation_cases(str(tmp_path / "plain"), "", tmp_path / "out")
     (tmp_path / "plain" / "dataset_0.json").write_text("{}")
     with pytest.raises(DatasetError, match=r"--dataset_dir .*dataset_0.json is a file: give a datalist as --datalist"):
         prepare_datalists(str(tmp_path / "plain" / "dataset_0.json"), "", tmp_path / "out")

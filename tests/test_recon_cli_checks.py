@@ -322,4 +322,5 @@ def test_a_model_without_recorded_preprocessing_is_named_in_a_warning(caplog):
     assert [r.getMessage() for r in caplog.records][0].startswith(
         "/m/old.pt records no pre-processing: the model sees the scan as the toolkit's default RAS, 1.5x1.5x1.5 mm "
         "voxels, HU window [-175.0, 250.0]")  # fmt: skip
+    assert "or use --model-spacing for the spacing" in caplog.records[0].getMessage()
     assert len(caplog.records) == 1

@@ -78,8 +78,8 @@ def is_volume_path(path: str | os.PathLike) -> bool:
 
 
 def load_nifti(path: str | os.PathLike):
-    """The nibabel image of a NIfTI file after the toolkit's checks, the one place NIfTI files are opened (3D
-    volumes here, 2D images in :mod:`medgmae.twod.images`): a gzip file named ``.nii`` is refused (nibabel would not
+    """The nibabel image of a NIfTI file after the toolkit's checks, how the 3D reader and the 2D image reader
+    (:mod:`medgmae.twod.images`) open NIfTI images: a gzip file named ``.nii`` is refused (nibabel would not
     recognise it), a qform that places voxels elsewhere than the sform is warned about (the sform is used).
 
     Raises:

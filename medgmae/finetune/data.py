@@ -33,7 +33,9 @@ from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
 from medgmae.distributed import is_main_process, warn_if_fewer_than_processes
 from medgmae.finetune.segment_inputs import inference_cases
-from medgmae.finetune.run_record import case_record, check_resume_matches, data_source, run_datalist, write_run_record
+from medgmae.finetune.run_record import (
+    case_record, check_resume_matches, data_source, folder_datalist_file, run_datalist, write_run_record,
+)  # fmt: skip
 from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
 
 __all__ = [
@@ -211,7 +213,7 @@ def prepare_datalists(
         )
         dataset_dir = Path(datalist).parent
     elif not datalist:
-        datalist = _folder_datalist(Path(dataset_dir).expanduser())
+        datalist = folder_datalist_file(Path(dataset_dir).expanduser())
     names = label_names(datalist, num_classes or None)
     training = read_datalist(datalist, "training", dataset_dir)
     validation = read_datalist(datalist, "validation", dataset_dir)
@@ -226,20 +228,6 @@ def prepare_datalists(
     check_cases(chosen + validation, len(names), workers=precheck_workers, source=str(datalist), ledger_dir=ledger_dir)
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": chosen,
             "validation": validation, "record": record}  # fmt: skip
-
-
-def _folder_datalist(dataset_dir: Path) -> Path:
-    """``dataset_dir/dataset.json``; a ``DatasetError`` saying what to give when the folder has none (fine-tuning
-    needs each image's label, which only a datalist pairs) or when ``dataset_dir`` is the datalist itself."""
-    if dataset_dir.is_file():
-        raise DatasetError(f"--dataset_dir {dataset_dir} is a file: give a datalist as --datalist {dataset_dir} (and "
-                           "--dataset_dir the folder its relative paths start from, when not the datalist's own)")  # fmt: skip
-    path = dataset_dir / "dataset.json"
-    if dataset_dir.is_dir() and not path.exists():
-        raise DatasetError(f"{dataset_dir} holds no dataset.json: fine-tuning pairs each image with its label through a "
-                           "Decathlon datalist ('training' / 'validation' lists of {'image', 'label'}); give it as "
-                           "--datalist <file>, its relative paths resolved against --dataset_dir")  # fmt: skip
-    return path
 
 
 def evaluation_cases(

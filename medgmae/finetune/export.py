@@ -31,7 +31,6 @@ bundle's metadata plus:
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from pathlib import Path

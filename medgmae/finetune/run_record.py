@@ -16,7 +16,8 @@ from medgmae.engine.resume import latest_checkpoint
 from medgmae.files import save_json_atomic
 from medgmae.settings_diff import settings_differences
 
-__all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "check_resume_matches"]
+__all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
+           "check_resume_matches"]
 
 #: Name of the record in the run folder.
 RECORD_FILE = "training_cases.json"
@@ -70,7 +71,21 @@ def run_datalist(dataset_dir: str | Path, datalist: str | Path, output_dir: str 
     dataset_dir, datalist = run_data_source(dataset_dir, datalist, output_dir)
     if datalist:
         return dataset_dir, Path(datalist)
-    return dataset_dir, Path(dataset_dir) / "dataset.json" if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
+    return dataset_dir, folder_datalist_file(Path(dataset_dir).expanduser()) if dataset_dir else Path(output_dir) / "phantom" / "dataset.json"
+
+
+def folder_datalist_file(dataset_dir: Path) -> Path:
+    """``dataset_dir/dataset.json``; a ``DatasetError`` saying what to give when the folder has none (fine-tuning
+    needs each image's label, which only a datalist pairs) or when ``dataset_dir`` is the datalist itself."""
+    if dataset_dir.is_file():
+        raise DatasetError(f"--dataset_dir {dataset_dir} is a file: give a datalist as --datalist {dataset_dir} (and "
+                           "--dataset_dir the folder its relative paths start from, when not the datalist's own)")  # fmt: skip
+    path = dataset_dir / "dataset.json"
+    if dataset_dir.is_dir() and not path.exists():
+        raise DatasetError(f"{dataset_dir} holds no dataset.json: fine-tuning pairs each image with its label through a "
+                           "Decathlon datalist ('training' / 'validation' lists of {'image', 'label'}); give it as "
+                           "--datalist <file>, its relative paths resolved against --dataset_dir")  # fmt: skip
+    return path
 
 
 def _describe(record: Mapping) -> str:

@@ -31,7 +31,7 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
     ending (``patA_ct_nrrd``, ``patA_ct_mha``), and names that still clash a number in input order (``p_a_ct_2``).
 
     Raises:
-        DatasetError: the same file is given more than once (named).
+        DatasetError: the same path is given more than once (named; links are names of their own, as given).
     """
     resolved = [Path(os.path.abspath(Path(p).expanduser())) for p in paths]  # links keep the names given
     twice = sorted(str(p) for p, n in Counter(resolved).items() if n > 1)

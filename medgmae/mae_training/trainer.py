@@ -26,7 +26,9 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
     """SupervisedTrainer whose iteration trains a masked autoencoder on unlabelled crops.
 
     The batch's ``image`` goes through the network, whose output (:class:`~medgmae.networks.MAEOutput`) carries
-    the loss; ``loss_function`` is not used. Gradients are clipped to ``grad_clip`` (global norm) before the step.
+    the loss; ``loss_function`` is not used. Gradients are clipped to ``grad_clip`` (global norm) before the step,
+    by :class:`~medgmae.engine.GradientClipHandler` attached at construction: a ``BACKWARD_COMPLETED`` handler added
+    later sees clipped gradients.
     ``engine.state.output`` is ``{"loss": float tensor, "psnr_masked": float tensor}``.
 
     Args:

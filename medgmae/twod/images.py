@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from medgmae.data.grid import same_grid_problem
+from medgmae.data.dicom_series import Refused
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, load_nifti
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import window_setting
@@ -181,6 +182,8 @@ def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> tu
         if len(img.shape) == 3:
             img = nib.as_closest_canonical(img)
         data = np.asarray(img.dataobj, dtype=np.float32)
+    except Refused as e:  # the opener's own refusal says what to do
+        raise ValueError(f"{path}: {e}") from e
     except Exception as e:  # nibabel raises several types for corrupt files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
     if data.ndim != 3:
@@ -324,6 +327,8 @@ def nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """The voxel grid of a NIfTI file from its header (no voxel read): its first three axes and its affine."""
     try:
         img = load_nifti(path)
+    except Refused as e:  # the opener's own refusal says what to do
+        raise ValueError(f"{path}: {e}") from e
     except Exception as e:  # nibabel raises several types for corrupt files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
     return tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
