@@ -694,3 +694,21 @@ def test_a_small_tilt_of_thin_slices_is_refused_by_its_sum(tmp_path):
         _rewrite_slice(folder, k, {"0020|0032": f"{x:.6f}\\{y + k * shift:.6f}\\{z:.6f}"})
     with pytest.raises(ValueError, match=r"\(a 1\.5 degree gantry tilt\?\)"):
         read_volume(folder)
+
+
+def test_a_nifti_without_any_frame_is_warned_about_once(tmp_path, caplog):
+    """Qform and sform codes both 0: nibabel's default frame (x flipped, centred) is not ITK's (identity LPS at 0),
+    so outputs would not overlay the input in 3D Slicer; the reader says so, once per file, and not for a file with
+    a frame."""
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), None)
+    img.header.set_zooms((1.2, 1.5, 2.0))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "bare.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([1.2, 1.5, 2.0, 1])), str(tmp_path / "ok.nii.gz"))
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        for _ in range(2):
+            read_volume(tmp_path / "bare.nii.gz")
+        read_volume(tmp_path / "ok.nii.gz")
+    said = [r.getMessage() for r in caplog.records if "states no orientation" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'bare.nii.gz'} states no orientation (its qform and sform codes are 0)")

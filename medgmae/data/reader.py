@@ -94,7 +94,24 @@ def load_nifti(path: str | os.PathLike):
                 raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
     img = nib.load(str(path))
     _warn_if_frames_disagree(img, path)
+    _warn_if_no_frame(img, path)
     return img
+
+
+def _warn_if_no_frame(img, path: Path) -> None:
+    """Warn when a NIfTI states no frame at all (qform and sform codes both 0): nibabel and MONAI then place it by
+    its voxel sizes alone (x flipped, centred on the grid), ITK-based viewers (3D Slicer) by the identity LPS
+    frame at origin 0, so the toolkit's outputs, written in nibabel's frame with both codes set, show mirrored front
+    to back and shifted against the input there."""
+    if img.header.get("sform_code", 0) or img.header.get("qform_code", 0) or str(path) in _FRAMES_WARNED:
+        return
+    _FRAMES_WARNED.add(str(path))
+    logger.warning(
+        "%s states no orientation (its qform and sform codes are 0): it is read with nibabel's default frame (voxel "
+        "sizes only, x flipped), which 3D Slicer and other ITK-based viewers do not use, so outputs written from it "
+        "will not overlay the input there; set its frame (e.g. nibabel's img.set_sform(affine, code=1) with the "
+        "scanner's affine) to avoid this", path,
+    )  # fmt: skip
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
