@@ -35,10 +35,12 @@ import torch
 from scipy import ndimage
 from skimage import feature, filters
 
-from medgmae.files import atomic_write
-from medgmae.twod import layering as L
-from medgmae.twod.data2d import edge_map, phantom_slices
-from medgmae.twod.gmae import GMAE2D
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
+
+from medgmae.files import atomic_write  # noqa: E402
+from medgmae.twod import layering as L  # noqa: E402
+from medgmae.twod.data2d import edge_map, phantom_slices  # noqa: E402
+from medgmae.twod.gmae import GMAE2D  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,7 @@ import argparse
 import copy
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -30,13 +31,15 @@ from monai.handlers import LrScheduleHandler
 from monai.optimizers import WarmupCosineSchedule
 from monai.utils import set_determinism
 
-from medgmae.files import atomic_write
-from medgmae.twod.classification_data import load_classification_data, make_dataset
-from medgmae.twod.phantom_task import write_phantom_slice_task
-from medgmae.twod.gvit import GViT, PatchViTClassifier
-from medgmae.twod.gvit_eval import classification_metrics, predict
-from medgmae.twod.gvit_train import build_phase_trainer
-from medgmae.twod.guidance import ReconstructionLoss
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
+
+from medgmae.files import atomic_write  # noqa: E402
+from medgmae.twod.classification_data import load_classification_data, make_dataset  # noqa: E402
+from medgmae.twod.phantom_task import write_phantom_slice_task  # noqa: E402
+from medgmae.twod.gvit import GViT, PatchViTClassifier  # noqa: E402
+from medgmae.twod.gvit_eval import classification_metrics, predict  # noqa: E402
+from medgmae.twod.gvit_train import build_phase_trainer  # noqa: E402
+from medgmae.twod.guidance import ReconstructionLoss  # noqa: E402
 
 
 def _params(m: torch.nn.Module) -> int:

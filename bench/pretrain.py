@@ -22,7 +22,9 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -30,9 +32,11 @@ import torch
 
 from monai.optimizers import WarmupCosineSchedule
 
-from medgmae.engine import resolve_device
-from medgmae.networks import MedGMAE, VoxelMAE
-from medgmae.render import render_volume
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
+
+from medgmae.engine import resolve_device  # noqa: E402
+from medgmae.networks import MedGMAE, VoxelMAE  # noqa: E402
+from medgmae.render import render_volume  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

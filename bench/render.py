@@ -36,13 +36,16 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
 
-from medgmae.files import atomic_write
-from medgmae.render import count_pairs, preprocess_gaussians, render_volume
-from medgmae.render._torch_impl import PATHS, torch_path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
+
+from medgmae.files import atomic_write  # noqa: E402
+from medgmae.render import count_pairs, preprocess_gaussians, render_volume  # noqa: E402
+from medgmae.render._torch_impl import PATHS, torch_path  # noqa: E402
 
 EXP_PER_CLK_PER_SM = 16
 
