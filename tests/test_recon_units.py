@@ -59,7 +59,8 @@ def test_a_ct_in_hu_is_refused_where_attenuation_is_expected(scan, tmp_path, cap
 
 
 def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
-    """simulate and fbp name the files written; reconstruct announces the projector build and counts its time."""
+    """simulate and fbp name the files written; reconstruct announces the projector build (and counts its time),
+    the FBP and the initialisation."""
     sim, ct = scan
     capsys.readouterr()
     assert main(["simulate", "--volume", str(ct), "--geometry", "parallel", "--views", "4", "--out", str(tmp_path / "s"), "--device", "cpu"]) == 0
@@ -78,6 +79,11 @@ def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
     how = {"astra": "ASTRA 2D, slice by slice", "torch": "PyTorch ray marcher"}[chosen]  # parallel beam on the CPU
     assert f"building the projector (parallel beam, 10 views, {chosen} backend: {how}, chosen by --backend auto, cpu)..." in printed.out
     assert f" s building the {chosen} projector, " in printed.out
+    # the minutes between the projector and the first iteration of a large scan are announced, in order
+    lines = printed.out.splitlines()
+    steps = ["building the projector", "computing the FBP of 10 views...", "initialising the Gaussians (--init fbp)..."]
+    at = [next(i for i, line in enumerate(lines) if line.startswith(step)) for step in steps]
+    assert at == sorted(at), printed.out
 
 
 def _help(capsys, *argv: str) -> str:

@@ -9,8 +9,8 @@ prefixed with as many parent folders as make it unique (``patA_ct``, ``patB_ct``
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
