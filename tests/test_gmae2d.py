@@ -217,7 +217,7 @@ def test_mask_iou_values():
 
 
 # ------------------------------------------------------------------------------------------------ I/O
-def _write_dicom(path, hu, rgb=False):
+def _write_dicom(path, hu, rgb=False, iop=None):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -234,7 +234,27 @@ def _write_dicom(path, hu, rgb=False):
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
     ds.WindowCenter, ds.WindowWidth = 40, 400
     ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
+    if iop is not None:
+        ds.ImageOrientationPatient = [float(v) for v in iop]
     ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("iop", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, -1, 0), (0, 1, 0, 1, 0, 0),
+                                 (1, 0, 0, 0, 0, -1), (0, -1, 0, 0, 0, 1)])  # fmt: skip
+def test_a_dicom_frame_is_shown_as_the_same_slice_in_nifti(tmp_path, iop):
+    """A DICOM frame and a NIfTI of the same pixels in the same place (its affine built from the frame's
+    ImageOrientationPatient, LPS -> RAS) read as the same picture: the NIfTI path's radiological view (nibabel's
+    reorientation) is the oracle, for axial, flipped, transposed, coronal and sagittal frames."""
+    hu = np.zeros((5, 7), np.float32) - 1000
+    hu[0, :3], hu[1:4, 0] = 500, 200  # an asymmetric mark: no flip or transpose maps it onto itself
+    _write_dicom(tmp_path / "f.dcm", hu, iop=iop)
+    row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = ras @ row, ras @ col, ras @ np.cross(row, col)
+    nib.save(nib.Nifti1Image(hu.T[:, :, None], affine), str(tmp_path / "f.nii.gz"))  # (i, j) = (column, row)
+    window = (-1000.0, 600.0)
+    np.testing.assert_array_equal(read_image(tmp_path / "f.dcm", window=window), read_image(tmp_path / "f.nii.gz", window=window))
 
 
 def test_read_image_formats(tmp_path):

@@ -15,6 +15,8 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
   same affine give the same picture; scaled by ``window`` if given, else between the 0.5 and 99.5 percentiles.
 * DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
   and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
+  The frame is shown radiologically as a NIfTI slice is, by its ImageOrientationPatient (a standard axial slice
+  as stored; a flipped or transposed one turned; without the tag, as stored): :mod:`medgmae.twod.dicom_frames`.
 
 Masks (:func:`read_mask`, :func:`read_reference`) are read from the values the file stores, without NIfTI's or
 DICOM's rescale; a reference mask must be on the image's pixels (:mod:`medgmae.data.grid`).
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from medgmae.data.grid import same_grid_problem
 from medgmae.data.dicom_series import Refused
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, load_nifti
+from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import window_setting
 
@@ -192,45 +195,6 @@ def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> tu
     return plane[::-1, ::-1].T[None].copy(), which
 
 
-def _read_dicom(
-    path: Path, slice_index: int | None, stored: bool = False
-) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
-    """One frame of a DICOM file, ``(C, H, W)``, its window and which frame (``{"axis": "frame", "index",
-    "count"}``); ``stored``: the stored values (no rescale, no MONOCHROME1 inversion, no window)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array.astype(np.float32)
-    except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
-    rgb = str(getattr(ds, "PhotometricInterpretation", "")).upper() in ("RGB", "YBR_FULL", "YBR_FULL_422")
-    frames, k = int(getattr(ds, "NumberOfFrames", 1) or 1), 0
-    if frames > 1:
-        k = frames // 2 if slice_index is None else int(slice_index)
-        if not 0 <= k < frames:
-            raise ValueError(f"{path}: frame {k} is outside the file's {frames} frames")
-        arr = arr[k]
-    which = {"axis": "frame", "index": k, "count": frames}
-    if rgb:
-        return arr.transpose(2, 0, 1) / 255.0, (0.0, 1.0), which
-    if stored:
-        return arr[None], None, which
-    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-    window = None
-    centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
-    if centre is not None and width is not None:
-        centre = float(centre[0] if isinstance(centre, pydicom.multival.MultiValue) else centre)
-        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-        if width > 0:
-            window = (centre - width / 2.0, centre + width / 2.0)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = -arr
-        window = None if window is None else (-window[1], -window[0])
-    return arr[None], window, which
-
-
 def _check_path(path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
@@ -285,7 +249,7 @@ def read_image_source(
         arr, which = _read_nifti(path, slice_index)
         arr, used = _scale(arr, path, window)
     else:
-        arr, file_window, which = _read_dicom(path, slice_index)
+        arr, file_window, which = read_dicom_frame(path, slice_index)
         arr, used = _scale(arr, path, window if window is not None else file_window,
                            "given" if window is not None else "dicom file")  # fmt: skip
     return arr, {"slice": which, **used}
@@ -319,7 +283,7 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     elif kind == "nifti":
         arr = _read_nifti(path, slice_index, stored=True)[0]
     else:
-        arr = _read_dicom(path, slice_index, stored=True)[0]
+        arr = read_dicom_frame(path, slice_index, stored=True)[0]
     return np.any(np.nan_to_num(arr) != 0, axis=0)
 
 

@@ -1,0 +1,85 @@
+"""DICOM frames for the 2D tools: one frame of a DICOM file with its window, turned to the radiological view in
+which :mod:`medgmae.twod.images` (the one 2D image reader, which reads DICOM files through here) shows NIfTI slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["read_dicom_frame"]
+
+
+def read_dicom_frame(
+    path: Path, slice_index: int | None, stored: bool = False
+) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
+    """One frame of a DICOM file, ``(C, H, W)``, its window and which frame (``{"axis": "frame", "index",
+    "count"}``); ``stored``: the stored values (no rescale, no MONOCHROME1 inversion, no window)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array.astype(np.float32)
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
+        raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
+    rgb = str(getattr(ds, "PhotometricInterpretation", "")).upper() in ("RGB", "YBR_FULL", "YBR_FULL_422")
+    frames, k = int(getattr(ds, "NumberOfFrames", 1) or 1), 0
+    if frames > 1:
+        k = frames // 2 if slice_index is None else int(slice_index)
+        if not 0 <= k < frames:
+            raise ValueError(f"{path}: frame {k} is outside the file's {frames} frames")
+        arr = arr[k]
+    which = {"axis": "frame", "index": k, "count": frames}
+    if rgb:
+        return _radiological_frame(arr.transpose(2, 0, 1) / 255.0, ds), (0.0, 1.0), which
+    if stored:
+        return _radiological_frame(arr[None], ds), None, which
+    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    window = None
+    centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
+    if centre is not None and width is not None:
+        centre = float(centre[0] if isinstance(centre, pydicom.multival.MultiValue) else centre)
+        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+        if width > 0:
+            window = (centre - width / 2.0, centre + width / 2.0)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = -arr
+        window = None if window is None else (-window[1], -window[0])
+    return _radiological_frame(arr[None], ds), window, which
+
+
+#: The LPS direction each world axis should run along an image axis shown radiologically (as the NIfTI path shows
+#: a slice): toward the patient's left (R first), posterior (A first) and inferior (S first).
+_RADIOLOGICAL_LPS = (1.0, 1.0, -1.0)
+
+
+def _radiological_frame(arr: np.ndarray, ds) -> np.ndarray:
+    """A DICOM frame ``(C, H, W)`` turned to the radiological view of a NIfTI slice (:func:`medgmae.twod.images._nifti_plane`) by its
+    ImageOrientationPatient (LPS direction cosines of a row, then of a column): columns flipped or rows flipped so
+    that R, A or S comes first, and transposed so that the horizontal axis is the lower of x, y, z. A standard axial
+    slice (``1 0 0 0 1 0``) is unchanged; a frame without the tag, or whose two axes lean mostly along one world
+    axis, is kept in its stored order."""
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    if iop is None:  # an enhanced multi-frame file keeps it in its shared functional groups
+        try:
+            iop = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+        except (AttributeError, IndexError, KeyError):
+            return arr
+    try:
+        cos = np.asarray([float(v) for v in iop], dtype=np.float64)
+    except (TypeError, ValueError):
+        return arr
+    if cos.shape != (6,):
+        return arr
+    row, col = cos[:3], cos[3:]
+    ar, ac = int(np.argmax(np.abs(row))), int(np.argmax(np.abs(col)))
+    if ar == ac:
+        return arr
+    if np.sign(row[ar]) != _RADIOLOGICAL_LPS[ar]:  # along a row: the column index
+        arr = arr[:, :, ::-1]
+    if np.sign(col[ac]) != _RADIOLOGICAL_LPS[ac]:
+        arr = arr[:, ::-1, :]
+    if ar > ac:
+        arr = arr.transpose(0, 2, 1)
+    return np.ascontiguousarray(arr)
