@@ -102,13 +102,20 @@ def _stored_as_integers(path: Path) -> bool:
         if name.endswith(_ITK_HEADERS):
             import SimpleITK as sitk
 
-            info = sitk.ImageFileReader()
-            info.SetFileName(str(path))
-            info.ReadImageInformation()
-            return "integer" in sitk.GetPixelIDValueAsString(info.GetPixelID())
+            return "integer" in sitk.GetPixelIDValueAsString(_itk_header(path).GetPixelID())
     except Exception:  # the reader already read the file; a header it cannot tell counts as not integers
         return False
     return False
+
+
+def _itk_header(path: Path):
+    """A SimpleITK reader holding a MetaImage / NRRD file's header (no voxels read)."""
+    import SimpleITK as sitk
+
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    info.ReadImageInformation()
+    return info
 
 
 def _check_line_integrals(p: np.ndarray, path: Path, integers: bool) -> None:
@@ -154,11 +161,7 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
 
         spacing, origin = np.asarray(nib.load(str(path)).header.get_zooms()[:2], float), None
     elif path.name.lower().endswith(_ITK_HEADERS):
-        import SimpleITK as sitk
-
-        info = sitk.ImageFileReader()
-        info.SetFileName(str(path))
-        info.ReadImageInformation()
+        info = _itk_header(path)
         spacing, origin = np.asarray(info.GetSpacing()[:2], float), np.asarray(info.GetOrigin()[:2], float)
         _check_identity_direction(path, np.asarray(info.GetDirection(), float))
     else:

@@ -173,8 +173,8 @@ def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> tu
     ``scl_inter``."""
     import nibabel as nib
 
+    img = _open_nifti(path)
     try:
-        img = load_nifti(path)
         if stored:
             img = nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled()), img.affine)
         shape = tuple(img.shape)
@@ -185,8 +185,6 @@ def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> tu
         if len(img.shape) == 3:
             img = nib.as_closest_canonical(img)
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except Refused as e:  # the opener's own refusal says what to do
-        raise ValueError(f"{path}: {e}") from e
     except Exception as e:  # nibabel raises several types for corrupt files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
     if data.ndim != 3:
@@ -289,13 +287,18 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
 
 def nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """The voxel grid of a NIfTI file from its header (no voxel read): its first three axes and its affine."""
+    img = _open_nifti(path)
+    return tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
+
+
+def _open_nifti(path: Path):
+    """:func:`medgmae.data.reader.load_nifti` with its errors as ``ValueError`` naming the file."""
     try:
-        img = load_nifti(path)
+        return load_nifti(path)
     except Refused as e:  # the opener's own refusal says what to do
         raise ValueError(f"{path}: {e}") from e
     except Exception as e:  # nibabel raises several types for corrupt files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
-    return tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
 
 
 def read_reference(

@@ -94,9 +94,9 @@ class TorchProjector(Projector):
 
     def _ray_chunks(self, volume: Tensor, views: Tensor | None):
         """Yield ``(rays, integrals)`` per chunk of at most :data:`_CHUNK_SAMPLES` ray samples: ``rays`` the slice of
-        the flattened ``(views * rows * cols)`` rays, ``integrals`` their ``(B, rays)`` sums (differentiable)."""
+        the flattened ``(views * rows * cols)`` rays, ``integrals`` their ``(B, rays)`` sums (differentiable);
+        ``views`` as :meth:`_view_indices` gives them."""
         g = self.geometry
-        views = self._view_indices(views, volume.device)
         per_view = g.det_shape[0] * g.det_shape[1]
         nv = g.num_views if views is None else views.numel()
         ns = self.num_steps
