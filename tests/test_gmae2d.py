@@ -217,7 +217,7 @@ def test_mask_iou_values():
 
 
 # ------------------------------------------------------------------------------------------------ I/O
-def _write_dicom(path, hu, rgb=False, iop=None):
+def _write_dicom(path, hu, rgb=False, iop=None, spacing=None):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -236,6 +236,8 @@ def _write_dicom(path, hu, rgb=False, iop=None):
     ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
     if iop is not None:
         ds.ImageOrientationPatient = [float(v) for v in iop]
+    if spacing is not None:  # (between rows, between columns) in mm
+        ds.PixelSpacing = [float(v) for v in spacing]
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -244,14 +246,15 @@ def _write_dicom(path, hu, rgb=False, iop=None):
 def test_a_dicom_frame_is_shown_as_the_same_slice_in_nifti(tmp_path, iop):
     """A DICOM frame and a NIfTI of the same pixels in the same place (its affine built from the frame's
     ImageOrientationPatient, LPS -> RAS) read as the same picture: the NIfTI path's radiological view (nibabel's
-    reorientation) is the oracle, for axial, flipped, transposed, coronal and sagittal frames."""
+    reorientation) is the oracle, for axial, flipped, transposed, coronal and sagittal frames of anisotropic pixels."""
     hu = np.zeros((5, 7), np.float32) - 1000
     hu[0, :3], hu[1:4, 0] = 500, 200  # an asymmetric mark: no flip or transpose maps it onto itself
-    _write_dicom(tmp_path / "f.dcm", hu, iop=iop)
+    _write_dicom(tmp_path / "f.dcm", hu, iop=iop, spacing=(0.7, 1.3))  # anisotropic pixels
     row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
     ras = np.diag([-1.0, -1.0, 1.0])
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2] = ras @ row, ras @ col, ras @ np.cross(row, col)
+    affine = np.eye(4)  # the column index steps along the row direction by the column spacing, and vice versa
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = 1.3 * ras @ row, 0.7 * ras @ col, 2.5 * ras @ np.cross(row, col)
+    affine[:3, 3] = [12.0, -7.0, 30.0]
     nib.save(nib.Nifti1Image(hu.T[:, :, None], affine), str(tmp_path / "f.nii.gz"))  # (i, j) = (column, row)
     window = (-1000.0, 600.0)
     np.testing.assert_array_equal(read_image(tmp_path / "f.dcm", window=window), read_image(tmp_path / "f.nii.gz", window=window))
