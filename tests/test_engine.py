@@ -352,7 +352,7 @@ def test_a_resumed_scheduler_keeps_this_runs_plan(tmp_path, caplog):
     load_state_dict kept the saved t_total, and the rate climbed back up after it); the same plan restores exactly."""
     from monai.optimizers import WarmupCosineSchedule
 
-    from medgmae.engine.resume import restore_states
+    from medgmae.engine.restore import restore_states
 
     def schedule(t_total: int, steps: int) -> WarmupCosineSchedule:
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -388,7 +388,7 @@ def test_a_warm_up_capped_by_the_saved_plan_is_explained_not_named_as_changed(tm
     the user had changed it. A warm-up the user did change is still named."""
     from monai.optimizers import WarmupCosineSchedule
 
-    from medgmae.engine.resume import restore_states
+    from medgmae.engine.restore import restore_states
 
     def schedule(warmup: int, t_total: int, steps: int) -> WarmupCosineSchedule:
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

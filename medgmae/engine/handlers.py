@@ -27,10 +27,9 @@ from medgmae.engine.resume import (
     inexact_resume_notes,
     loader_record,
     read_latest_checkpoint,
-    TRAINING_STATE,
-    restore_states,
     saved_loader_record,
 )
+from medgmae.engine.restore import TRAINING_STATE, restore_states
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
 from medgmae.files import remove_interrupted_writes, save_torch_atomic

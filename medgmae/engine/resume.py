@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
-import torch
 import torch.distributed as dist
 
 from medgmae.distributed import rank_world
+from medgmae.engine.restore import restore_states
 from medgmae.files import load_torch_file
-from medgmae.settings_diff import settings_differences
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +33,10 @@ __all__ = [
     "inexact_resume_notes",
     "check_max_epochs",
     "check_resume_fits",
-    "restore_states",
-    "load_scheduler_keeping_its_plan",
 ]
 
-# What a learning-rate scheduler's state_dict holds of its progress; every other entry (t_total, warmup_steps, ...)
-# is how it was built, which this run's settings decide.
-_SCHEDULER_PROGRESS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step",
-                       "_last_lr", "lr_lambdas", "verbose"}  # fmt: skip
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
-
-
 
 
 def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -252,97 +243,6 @@ def check_max_epochs(
             f"checkpoint {path} has already trained {epoch} epoch{'' if epoch == 1 else 's'} = --{key} {max_epochs}: "
             f"nothing to resume; give a larger --{key} to train on"
         )
-
-
-#: What a checkpoint restores as training state; every other object (a settings or data record, the metric
-#: history) is a record, restored first.
-TRAINING_STATE = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
-
-
-def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mapping[str, Any]) -> None:
-    """``load_state_dict`` each ``(name, object)`` from ``saved[name]``, in the given order.
-
-    The records (objects other than :data:`TRAINING_STATE`) that refuse their saved state are all named in one
-    error (other settings and other data at once), before any training state is restored.
-
-    Args:
-        path: the checkpoint, as the message names it.
-        objects: ``(name, object)`` pairs (records first, so that a changed setting is named before a weight fails).
-        saved: the checkpoint's saved states by name.
-
-    Raises:
-        ValueError: naming the checkpoint, each refusing object and what it refused.
-    """
-    refused: list[tuple[str, Exception]] = []
-    for name, obj in objects:
-        record = not isinstance(obj, TRAINING_STATE)
-        if refused and not record:
-            break
-        try:
-            if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
-                load_scheduler_keeping_its_plan(path, name, obj, saved[name])
-            else:
-                obj.load_state_dict(saved[name])
-        except (ValueError, RuntimeError, KeyError) as e:
-            if not record:
-                raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
-            refused.append((name, e))
-    if refused:
-        raise ValueError(f"cannot resume from checkpoint {path} " + "; ".join(f"('{n}'): {e}" for n, e in refused)) from refused[0][1]
-
-
-def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state: Mapping) -> list[str]:
-    """Restore a scheduler's progress (its step count) but keep the plan this run built it with.
-
-    ``load_state_dict`` of PyTorch's schedulers also restores how they were built: a
-    :class:`monai.optimizers.WarmupCosineSchedule` would keep the saved ``t_total``, so a run resumed with a
-    larger ``--max_epochs`` followed the finished cosine past its end, the learning rate rising back to its peak.
-    Here the new plan wins (the rate follows this run's schedule from the saved step on) and a warning names
-    what changed; with the same settings the scheduler is restored exactly. ``WarmupCosineSchedule`` caps
-    ``warmup_steps`` at ``t_total``: when the saved run's warm-up was cut so, a longer plan holds more of the warm-up
-    asked for, and the warning says that the warm-up now ends later and, from a saved step inside the new warm-up,
-    the rate there (it warms up again to the base rate) rather than naming a ``warmup_steps`` the user never changed.
-
-    Args:
-        path: the checkpoint, as the warning names it.
-        name: the scheduler's name among the checkpoint's objects.
-        scheduler: the scheduler this run built.
-        state: its saved ``state_dict``.
-
-    Returns:
-        The differences (``"t_total: saved 40, now 80"``), empty when the plan is unchanged.
-    """
-    plan = {k: v for k, v in vars(scheduler).items() if k in state and k not in _SCHEDULER_PROGRESS}
-    scheduler.load_state_dict(state)
-    saved = {k: state[k] for k in plan}
-    vars(scheduler).update(plan)
-    warmup = _capped_warmup(scheduler, saved, plan, state.get("last_epoch"))
-    shown = [k for k in plan if not (warmup and k == "warmup_steps")]
-    changed = settings_differences({k: saved[k] for k in shown}, {k: plan[k] for k in shown}) + ([warmup] if warmup else [])
-    if changed and rank_world()[0] == 0:
-        logger.warning("checkpoint %s: '%s' continues on this run's schedule (%s): the learning rate follows the new "
-                       "schedule from the saved step on", path, name, "; ".join(changed))  # fmt: skip
-    return changed
-
-
-def _capped_warmup(scheduler: Any, saved: Mapping, plan: Mapping, step: Any) -> str:
-    """The line for a warm-up that is longer only because the saved plan had capped it at its shorter ``t_total``
-    (``""`` for any other plan): where the warm-up ends now, why, and from a saved ``step`` inside the new warm-up
-    the rate there under both plans (``scheduler``, which holds ``plan``, has an ``lr_lambda``)."""
-    old, new = saved.get("warmup_steps"), plan.get("warmup_steps")
-    if not (isinstance(old, int) and isinstance(new, int) and new > old == saved.get("t_total") != plan.get("t_total")):
-        return ""
-    line = (f"the warm-up ends at step {new} instead of {old}: the saved run's warm-up was capped at its t_total of "
-            f"{old} ({type(scheduler).__name__} caps warmup_steps at t_total) and this run's longer plan holds {new} "
-            "warm-up steps")  # fmt: skip
-    rate = getattr(scheduler, "lr_lambda", None)
-    if callable(rate) and isinstance(step, int) and step < new:
-        now = rate(step)
-        vars(scheduler).update(saved)
-        before = rate(step)
-        vars(scheduler).update(plan)
-        line += f"; at the saved step {step} the rate is {now:.3g} x the base rate (saved plan: {before:.3g}) and warms up to it by step {new}"
-    return line
 
 
 def _resume_parts(records: Mapping[str, Any]) -> Callable[[Mapping], dict]:
