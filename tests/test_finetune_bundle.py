@@ -461,7 +461,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["case"] == "case_0002"
     assert rows[0]["image"].endswith("case_0002.nii.gz")
-    values = [float(v) for k, v in rows[0].items() if k not in ("case", "image") and v != ""]
+    values = [float(v) for k, v in rows[0].items() if k not in ("case", "image", "predicted_but_absent") and v != ""]
     assert values and all(0.0 <= v <= 1.0 for v in values)
 
     # inference on an image in another orientation and spacing: the segmentation is in the input's space
@@ -608,7 +608,8 @@ def test_segmentation_report_analytic_dice(tmp_path, caplog):
     assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint"] == "best_model.pt"
     with open(tmp_path / "per_case_dice.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows == [{"case": "case_0042", "image": "/data/case_0042.nii.gz", "mean_dice": "0.750000", "liver": "0.750000", "spleen": ""}]
+    assert rows == [{"case": "case_0042", "image": "/data/case_0042.nii.gz", "mean_dice": "0.750000", "liver": "0.750000",
+                     "spleen": "", "predicted_but_absent": "spleen"}]  # fmt: skip
     # a second case whose reference is all background adds nothing to the mean: the log and metrics.json say so
     State.output = [{"image": image, "pred": onehot(pred), "label": onehot(np.zeros((10, 10, 10)))}]
     report._collect(Engine())
@@ -616,6 +617,16 @@ def test_segmentation_report_analytic_dice(tmp_path, caplog):
         metrics = report.write()
     assert f"mean Dice 0.75000 over 1 of 2 cases (1 with no labelled class in its reference, not counted) -> " in caplog.text
     assert metrics["num_cases"] == 2 and metrics["num_cases_scored"] == 1 and metrics["mean_dice"] == pytest.approx(0.75)
+    # a third case lacking spleen in reference and prediction alike is no false positive
+    State.output = [{"image": image, "pred": onehot(ref), "label": onehot(ref)}]
+    report._collect(Engine())
+    with caplog.at_level("INFO"):
+        metrics = report.write()
+    assert metrics["absent_class_predictions"] == {"liver": {"cases_absent": 1, "predicted_in": 1},
+                                                   "spleen": {"cases_absent": 3, "predicted_in": 2}}  # fmt: skip
+    assert "false positives, in no Dice): liver in 1 of 1, spleen in 2 of 3" in caplog.text
+    with open(tmp_path / "per_case_dice.csv") as f:
+        assert [r["predicted_but_absent"] for r in csv.DictReader(f)] == ["spleen", "liver spleen", ""]
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
 

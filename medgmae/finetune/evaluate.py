@@ -24,7 +24,7 @@ from monai.transforms import MapTransform
 from medgmae.data.reader import volume_stem
 from medgmae.files import save_json_atomic, save_nifti_atomic, staged_outputs
 
-__all__ = ["case_mean_dice", "per_case_dice", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
+__all__ = ["case_mean_dice", "per_case_dice", "predicted_but_absent", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,23 @@ def per_case_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return metric(pred[None].float(), label[None].float())[0].cpu()
 
 
+def predicted_but_absent(pred: torch.Tensor, label: torch.Tensor) -> list[bool]:
+    """Per foreground class of one case: absent from the reference but predicted (a false positive that Dice,
+    NaN there and left out of every mean, does not show).
+
+    Args:
+        pred: ``(C, *spatial)`` one-hot prediction.
+        label: ``(C, *spatial)`` one-hot reference.
+
+    Returns:
+        ``C - 1`` flags for classes 1..C-1.
+    """
+    spatial = tuple(range(1, pred.ndim))
+    absent = label[1:].sum(dim=spatial) == 0
+    predicted = pred[1:].sum(dim=spatial) > 0
+    return (absent & predicted).cpu().tolist()
+
+
 class SegmentationReport:
     """Collect per-case Dice over an evaluator run; write ``metrics.json`` and ``per_case_dice.csv``.
 
@@ -77,7 +94,9 @@ class SegmentationReport:
     cases of each case's mean over its classes present in the reference, so the log's "mean Dice" and the
     evaluator's key metric are one number), per-class means under ``dice_per_class`` (by label name), the number of
     cases and of those with a labelled class in their reference (``num_cases_scored``: the others add nothing to
-    any mean), and ``extra`` (e.g. the checkpoint used).
+    any mean), ``absent_class_predictions`` (per class: in how many cases it is absent from the reference, and in how
+    many of those it was predicted all the same, false positives no Dice counts) and ``extra`` (e.g. the checkpoint
+    used). The CSV's ``predicted_but_absent`` column names a case's such classes.
 
     Args:
         output_dir: folder for the two files.
@@ -94,10 +113,11 @@ class SegmentationReport:
         self.output_dir, self.names = Path(output_dir), list(label_names)
         self.extra, self.csv_name = dict(extra or {}), csv_name
         self.rows: list[tuple[str, str, list[float]]] = []  # (case, image path, Dice per class)
+        self.false_positives: list[list[bool]] = []  # per case and class: absent from the reference, predicted
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: (self.rows.clear(), self.false_positives.clear()))
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
@@ -109,6 +129,7 @@ class SegmentationReport:
             if dice.numel() != len(self.names) - 1:
                 raise ValueError(f"prediction has {dice.numel() + 1} classes but {len(self.names)} label names are set")
             self.rows.append((case_name(item), case_image(item), dice.tolist()))
+            self.false_positives.append(predicted_but_absent(item["pred"], item["label"]))
 
     def summary(self) -> dict:
         """Metrics of the collected cases."""
@@ -125,6 +146,11 @@ class SegmentationReport:
             "dice_per_class": {n: clean(float(v)) for n, v in zip(self.names[1:], per_class)},
             "num_cases": len(self.rows),
             "num_cases_scored": int(np.isfinite(values).any(axis=1).sum()),
+            "absent_class_predictions": {
+                n: {"cases_absent": int((~np.isfinite(values[:, c])).sum()),
+                    "predicted_in": int(sum(fp[c] for fp in self.false_positives))}
+                for c, n in enumerate(self.names[1:])
+            },  # fmt: skip
             **self.extra,
         }
 
@@ -136,9 +162,10 @@ class SegmentationReport:
             save_json_atomic(self.metrics, stage / "metrics.json")
             with open(stage / self.csv_name, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["case", "image", "mean_dice"] + self.names[1:])
-                for name, image, dice in self.rows:
-                    w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice])
+                w.writerow(["case", "image", "mean_dice"] + self.names[1:] + ["predicted_but_absent"])
+                for (name, image, dice), fp in zip(self.rows, self.false_positives):
+                    absent = " ".join(n for n, f in zip(self.names[1:], fp) if f)
+                    w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice] + [absent])
         n = len(self.rows)
         cases = f"{n} case{'' if n == 1 else 's'}"
         empty = n - self.metrics["num_cases_scored"]
@@ -147,6 +174,11 @@ class SegmentationReport:
         mean = self.metrics["mean_dice"]
         shown = "n/a (no labelled class)" if mean is None else f"{mean:.5f}"  # as the per-case lines
         logger.info("mean Dice %s over %s -> %s", shown, cases, self.output_dir)
+        absent = self.metrics["absent_class_predictions"]
+        fps = [f"{n} in {a['predicted_in']} of {a['cases_absent']}" for n, a in absent.items() if a["predicted_in"]]
+        if fps:  # Dice leaves these cases out of the class's mean; a reader of the means would not know
+            logger.info("predicted in cases whose reference lacks the class (false positives, in no Dice): %s; "
+                        "the CSV's predicted_but_absent column names the cases", ", ".join(fps))  # fmt: skip
         return self.metrics
 
 
