@@ -22,6 +22,9 @@ FLAG_ALIASES = {"lr": "learning_rate", "epochs": "max_epochs", "bs": "batch_size
                 "data": "dataset_dir", "out": "output_dir", "out_dir": "output_dir", "workers": "num_workers",
                 "gpu": "device", "spacing": "pixdim", "roi": "roi_size", "pretrained_path": "pretrained"}  # fmt: skip
 
+#: MONAI's reserved keys of a config component (``--val#pictures#_disabled_ true`` switches one off).
+_MONAI_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
+
 #: ``monai.bundle run``'s own arguments (not config keys).
 RUNNER_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
 
@@ -79,8 +82,8 @@ def derived_from_bad_keys(bad: Sequence[str], command: tuple | None) -> set[str]
 def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
     """``--key`` flags of a ``python -m monai.bundle run`` command line that name no top-level key of its config
     files, each with the closest key: MONAI adds such an override as a new key that nothing reads, so a misspelled
-    ``--max_epoch 5`` was silently ignored. Nested overrides (``--train#handlers#0#...``) are checked by their first
-    part.
+    ``--max_epoch 5`` was silently ignored. Nested overrides (``--network_def#num_gaussians``) are checked part by
+    part (:func:`_nested_key_problem`).
 
     Args:
         argv: the command line (``sys.argv``); anything but MONAI's bundle runner, or config files this cannot read
@@ -100,10 +103,38 @@ def unknown_key_lines(command: tuple | None) -> list[str]:
     keys = set(config)
     problems = []
     for name in flags:
-        if name in RUNNER_ARGS or name.split("#")[0] in keys:
+        if name in RUNNER_ARGS:
+            continue
+        if name.split("#")[0] in keys:
+            problems += [f"--{name}: {p}" for p in [_nested_key_problem(config, name.split("#"))] if p]
             continue
         key = name.split("#")[0]
         close = [a for a in [FLAG_ALIASES.get(key)] if a in keys] or difflib.get_close_matches(key, sorted(keys), n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""
         problems.append(f"--{name}: not a setting of {', '.join(Path(f).name for f in files)}{hint}")
     return problems
+
+
+def _nested_key_problem(config: dict, parts: Sequence[str]) -> str:
+    """What is wrong with the nested override ``#``-joined ``parts`` of ``config`` (``""``: nothing known to be).
+
+    A part missing from a mapping is refused, with the closest sibling key, unless it is the last part under a
+    ``_target_`` mapping and close to no sibling: that adds an argument the config does not list, as MONAI intends
+    (``--network_def#dropout 0.1``). Parts past a list or a ``@`` reference are not checked (MONAI's own errors)."""
+    node: Any = config
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict):
+            return ""
+        if part in node:
+            node = node[part]
+            continue
+        if part in _MONAI_KEYS:
+            return ""
+        siblings = sorted(k for k in node if not k.startswith("_"))
+        close = difflib.get_close_matches(part, siblings, n=1)
+        if not close and i == len(parts) - 1 and "_target_" in node:
+            return ""
+        where = "#".join(parts[:i])
+        hint = f" (did you mean {where}#{close[0]}?)" if close else ""
+        return f"'{part}' is not a key of {where}{hint}"
+    return ""

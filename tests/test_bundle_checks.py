@@ -453,6 +453,17 @@ def test_unknown_keys_of_a_bundle_command_line(tmp_path):
         "--max_epoch: not a setting of train.json (did you mean --max_epochs?)",
         "--nonsense: not a setting of train.json",
     ]
+    # nested overrides, part by part: a new argument of a _target_ passes, a misspelt one or a key of a plain
+    # mapping does not; parts past a list or a reference are MONAI's to check
+    config.write_text('{"net": {"_target_": "x.Net", "num_gaussians": 8, "in_channels": 1}, "opts": {"lr": 1},'
+                      ' "train": {"handlers": [{"a": 1}]}, "model": "@net"}')  # fmt: skip
+    argv = [runner, "run", "--config_file", str(config), "--net#num_gausians", "4", "--net#dropout", "0.1",
+            "--opts#momentum", "0.9", "--train#handlers#0#b", "2", "--model#x", "1", "--net#num_gaussians", "4"]  # fmt: skip
+    assert unknown_key_problems(argv) == [
+        "--net#num_gausians: 'num_gausians' is not a key of net (did you mean net#num_gaussians?)",
+        "--opts#momentum: 'momentum' is not a key of opts",
+    ]
+    config.write_text('{"max_epochs": 2, "batch_size": 1, "train": {"handlers": []}}')
     listed = f"['{config}','{config}']"
     assert unknown_key_problems([runner, "run", "--config_file", listed, "--batch_size", "4"]) == []
     assert unknown_key_problems(["/usr/bin/pytest", "--max_epoch", "5"]) == []  # not the bundle runner: no opinion
