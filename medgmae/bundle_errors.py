@@ -3,19 +3,50 @@
 MONAI wraps a bundle's failure in several exceptions (``Failed to evaluate ConfigExpression``...) and ignite logs its
 own lines, so the reason sits far up a long traceback. :func:`summarise_errors`, installed by
 :func:`medgmae.bundle_checks.check_settings` at every bundle's start, ends the output with the innermost reason
-(``error: ValueError: ...``), with advice for Ctrl-C (resume, or run again) and, under torchrun, with who stopped
-first.
+(``error: ValueError: ...``), with advice for Ctrl-C or SIGTERM (resume, or run again) and, under torchrun, with
+who stopped first.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import sys
+import threading
 
 # imported now, not in the hook: importing torch while Python handles an uncaught KeyboardInterrupt loses the
 # interrupt's exit status (130 became 1)
 from medgmae.distributed import is_main_process, process_count, process_rank
 
-__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "summarise_errors"]
+__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "Terminated", "summarise_errors"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit), raised where the run is so that it stops as on Ctrl-C: a
+    training run saves ``checkpoint_interrupted.pt`` and the last line says how to resume. Without it the process
+    died at once, its log ending mid-epoch with no word (a cluster job's usual end)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this process (the main thread's handler; one set by someone else is
+    kept)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _die_of_sigterm() -> None:
+    """End the process as SIGTERM would have (status 143 in a shell, -15 to ``subprocess``), as Python ends
+    with SIGINT after an uncaught Ctrl-C, so batch systems and torchrun see what happened."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -71,7 +102,8 @@ def summarise_errors(resumable: bool = False) -> bool:
     line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason), and nothing after Ctrl-C; torchrun's own
     report of the stopped processes follows. Installing this ``sys.excepthook`` is part of :func:`check_settings`,
     the first step of each bundle's ``initialize``; on rank 0 it keeps the whole traceback (nothing is hidden), and
-    it is installed once however often it is called.
+    it is installed once however often it is called. It also makes SIGTERM stop the run as Ctrl-C does
+    (:class:`Terminated`; the line says ``terminated (SIGTERM)``, and the process then ends by SIGTERM, status 143).
 
     Args:
         resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
@@ -79,6 +111,7 @@ def summarise_errors(resumable: bool = False) -> bool:
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
     """
+    _catch_sigterm()
     if getattr(sys.excepthook, "summarises_errors", False):
         sys.excepthook.resumable = sys.excepthook.resumable or resumable
         return True
@@ -90,9 +123,15 @@ def summarise_errors(resumable: bool = False) -> bool:
         reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
         main = is_main_process()
         if interrupt := next((e for e in chain if isinstance(e, KeyboardInterrupt)), None):
+            terminated = any(isinstance(e, Terminated) for e in chain)
             if main:  # Ctrl-C: where it struck is no news to anyone, and one process says what to do
                 advice = getattr(interrupt, "resume_advice", None) or INTERRUPTED
-                print(f"\n{advice if hook.resumable else INTERRUPTED_NO_RESUME}", file=sys.stderr)
+                advice = advice if hook.resumable else INTERRUPTED_NO_RESUME
+                if terminated and advice.startswith("interrupted"):
+                    advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
+                print(f"\n{advice}", file=sys.stderr)
+            if terminated:
+                _die_of_sigterm()
             return
         if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
             rank = process_rank()

@@ -409,6 +409,34 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
     assert "--resume" not in INTERRUPTED_NO_RESUME
 
 
+def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():
+    """SIGTERM (a batch system's time limit) killed a training run at once, its log ending mid-epoch with no word:
+    it now stops as Ctrl-C does (a ``KeyboardInterrupt``, which the checkpoint handler saves on, wrapped by MONAI
+    here), the last line says how to resume, and the process ends by SIGTERM (143 in a shell)."""
+    import signal
+
+    from medgmae.bundle_errors import INTERRUPTED, INTERRUPTED_NO_RESUME
+
+    body = ("import os, signal, time\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            "except KeyboardInterrupt as e:\n"
+            "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
+    proc, lines = _under_the_hook(body, resumable=True)
+    assert lines == ["terminated (SIGTERM)" + INTERRUPTED[len("interrupted"):]], proc.stderr
+    assert proc.returncode == -signal.SIGTERM
+    proc, lines = _under_the_hook(body)
+    assert lines == ["terminated (SIGTERM)" + INTERRUPTED_NO_RESUME[len("interrupted"):]] and proc.returncode == -signal.SIGTERM
+    proc, lines = _under_the_hook(body, resumable=True, rank=1)  # under torchrun: rank 0 alone says it
+    assert lines == [] and proc.returncode == -signal.SIGTERM
+    # a handler the program set itself is kept
+    proc, lines = _under_the_hook("import os, signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+                                  "from medgmae.bundle_errors import summarise_errors\nsummarise_errors()\n"
+                                  "os.kill(os.getpid(), signal.SIGTERM)\n")  # fmt: skip
+    assert proc.returncode == 7 and lines == []
+
+
 def test_an_interrupt_without_an_epoch_checkpoint_ends_with_its_handlers_advice():
     """The checkpoint handler sets ``resume_advice`` on the interrupt when there is no epoch checkpoint to continue
     from: that line replaces "continue from the newest checkpoint_epoch=N.pt"."""
