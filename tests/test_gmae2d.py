@@ -260,6 +260,18 @@ def test_a_dicom_frame_is_shown_as_the_same_slice_in_nifti(tmp_path, iop):
     np.testing.assert_array_equal(read_image(tmp_path / "f.dcm", window=window), read_image(tmp_path / "f.nii.gz", window=window))
 
 
+def test_a_slice_beyond_a_single_frame_or_slice_is_refused(tmp_path):
+    """``--slice 40`` of a single-frame DICOM or a one-slice NIfTI showed slice 0 without a word (a volume's
+    slice out of range was refused): refused alike, slice 0 (or none given) read as before."""
+    hu = np.zeros((5, 7), np.float32)
+    _write_dicom(tmp_path / "f.dcm", hu)
+    nib.save(nib.Nifti1Image(hu[:, :, None], np.eye(4)), str(tmp_path / "f.nii.gz"))
+    for name, what in (("f.dcm", "frame 40 is outside the file's 1 frame"), ("f.nii.gz", "slice 40 is outside the image's 1 slice")):
+        with pytest.raises(ValueError, match=what):
+            read_image(tmp_path / name, slice_index=40)
+        np.testing.assert_array_equal(read_image(tmp_path / name, slice_index=0), read_image(tmp_path / name))
+
+
 def test_read_image_formats(tmp_path):
     rgb = (np.arange(5 * 7 * 3).reshape(5, 7, 3) * 2).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")

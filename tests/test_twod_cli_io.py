@@ -182,7 +182,7 @@ def test_the_json_and_stdout_record_the_slice_and_window_of_a_nifti(model_file, 
     image = json.loads((tmp_path / "l" / "layers.json").read_text())["image"]
     assert image["slice"] == {"axis": "axial", "index": 5, "count": 8}
     assert image["window"] == [-150.0, 250.0] and image["window_source"] == "--window"
-    assert "axial slice 5 (of 8, from 0), window -150 250 (--window)" in capsys.readouterr().out
+    assert "axial slice 5 of 8 (numbered from 0), window -150 250 (--window)" in capsys.readouterr().out
 
     assert main(["segment", *common, "--out", str(tmp_path / "s")]) == 0
     image = json.loads((tmp_path / "s" / "segment.json").read_text())["image"]

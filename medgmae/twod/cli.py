@@ -131,7 +131,7 @@ def _describe(image: dict) -> str:
     text = f"image {Path(image['path']).name}"
     if image["slice"] is not None:
         sl = image["slice"]
-        text += f", {sl['axis']}{'' if sl['axis'] == 'frame' else ' slice'} {sl['index']} (of {sl['count']}, from 0)"
+        text += f", {sl['axis']}{'' if sl['axis'] == 'frame' else ' slice'} {sl['index']} of {sl['count']} (numbered from 0)"
     if image["window"] is not None:
         text += f", window {image['window'][0]:g} {image['window'][1]:g} ({image['window_source']})"
     return text

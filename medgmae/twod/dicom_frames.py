@@ -25,10 +25,10 @@ def read_dicom_frame(
         raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
     rgb = str(getattr(ds, "PhotometricInterpretation", "")).upper() in ("RGB", "YBR_FULL", "YBR_FULL_422")
     frames, k = int(getattr(ds, "NumberOfFrames", 1) or 1), 0
+    k = (frames // 2 if frames > 1 else 0) if slice_index is None else int(slice_index)
+    if not 0 <= k < frames:  # a single frame too: --slice 40 of a folder of single frames showed frame 0
+        raise ValueError(f"{path}: frame {k} is outside the file's {frames} frame{'s' if frames > 1 else ''} (numbered from 0)")
     if frames > 1:
-        k = frames // 2 if slice_index is None else int(slice_index)
-        if not 0 <= k < frames:
-            raise ValueError(f"{path}: frame {k} is outside the file's {frames} frames")
         arr = arr[k]
     which = {"axis": "frame", "index": k, "count": frames}
     if rgb:

@@ -162,6 +162,8 @@ def _nifti_plane(data: np.ndarray, path: Path, slice_index: int | None) -> tuple
     plane = np.squeeze(data)
     if plane.ndim != 2:
         raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
+    if slice_index is not None and int(slice_index) != 0:
+        raise ValueError(f"{path}: slice {int(slice_index)} is outside the image's 1 slice (numbered from 0)")
     axis = _RAS_VIEWS[list(data.shape).index(1)] if data.ndim == 3 else "axial"
     return plane, {"axis": axis, "index": 0, "count": 1}  # a single slice: its two in-plane axes, RAS order
 
@@ -210,7 +212,7 @@ def read_image(
     Args:
         path: PNG/JPEG/BMP/TIFF, NIfTI (2D, or a slice of a 3D volume) or DICOM file.
         slice_index: slice of a NIfTI volume (last RAS axis) or frame of a multi-frame DICOM (default: middle);
-            ignored for single-slice images.
+            a single-slice image or frame has only slice 0 (another is refused).
         window: ``(low, high)`` intensity window for NIfTI/DICOM (e.g. HU), in any spelling
             :func:`~medgmae.twod.windows.window_setting` reads; default: the DICOM window or the 0.5/99.5
             percentiles.
