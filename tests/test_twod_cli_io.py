@@ -170,6 +170,17 @@ def test_option_messages_name_the_option(model_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a folder" in err and "model.pt" in err
     assert not (tmp_path / "o").exists()
+    # a render far larger than the model's input (5000 x 5000 took 5 CPU minutes without a word) is refused; one
+    # over 1024 pixels on the CPU gets a note
+    assert main(["layers", "--checkpoint", str(model_file), *common, "--render-size", "5000", "64"]) == 2
+    assert "--render-size 5000 64: at most 4096 pixels on an edge (the model sees a 32 x 32 input" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    from medgmae.twod.cli import _check_render_size
+
+    _check_render_size((1500, 40), (32, 32), torch.device("cpu"))
+    assert "rendering 1500 x 40 pixels on the CPU takes minutes" in capsys.readouterr().err
+    _check_render_size((1024, 1024), (32, 32), torch.device("cpu"))
+    assert capsys.readouterr().err == ""
 
 
 def test_the_json_and_stdout_record_the_slice_and_window_of_a_nifti(model_file, tmp_path, capsys):

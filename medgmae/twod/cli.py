@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"),
                         help="renderer backend (default: %(default)s)")
-    common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help="render at this size (default: the image's own, so that the outputs overlay it; at most 512 on the longer edge, the aspect ratio kept)")
+    common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help=f"render at this size, at most {MAX_EXPLICIT_RENDER_EDGE} on an edge (default: the image's own, so that the outputs overlay it; at most 512 on the longer edge, the aspect ratio kept)")
     common.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer (default: %(default)s)")
 
     p = sub.add_parser("layers", parents=[common], help="layer stack and partial renders as PNG grids",
@@ -109,6 +109,7 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
     image, source = read_image_source(args.image, slice_index=args.slice, window=_window(args, model))
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
     size = tuple(args.render_size) if args.render_size else default_render_size(image.shape[-2:])
+    _check_render_size(size, model.img_size, device)
     reference = None
     if getattr(args, "reference", None) is not None:
         reference = read_reference(args.reference, args.image, image.shape[-2:], slice_index=args.slice)
@@ -140,6 +141,21 @@ def _describe(image: dict) -> str:
 #: The longer edge of the default render: an image larger than this renders at its aspect ratio at this size (the
 #: model sees its square input size only; a 2048 x 2048 render costs 16x a 512 x 512 one for no more detail).
 MAX_RENDER_EDGE = 512
+
+
+#: The longest edge ``--render-size`` accepts (the model sees a square input of a few hundred pixels at most).
+MAX_EXPLICIT_RENDER_EDGE = 4096
+
+
+def _check_render_size(size: Sequence[int], img_size: Sequence[int], device: torch.device) -> None:
+    """Refuse a render larger than :data:`MAX_EXPLICIT_RENDER_EDGE` on an edge; note on stderr that one over
+    1024 pixels on an edge takes minutes on the CPU (5000 x 5000 took 5 minutes on 2 cores, silently)."""
+    if max(size) > MAX_EXPLICIT_RENDER_EDGE:
+        raise ValueError(f"--render-size {size[0]} {size[1]}: at most {MAX_EXPLICIT_RENDER_EDGE} pixels on an edge (the "
+                         f"model sees a {' x '.join(str(n) for n in img_size)} input; a larger render adds no detail)")  # fmt: skip
+    if device.type == "cpu" and max(size) > 1024:
+        print(f"note: rendering {size[0]} x {size[1]} pixels on the CPU takes minutes; the image's own size, or a "
+              f"smaller --render-size, is quicker", file=sys.stderr)  # fmt: skip
 
 
 def default_render_size(image_size: Sequence[int]) -> tuple[int, int]:
