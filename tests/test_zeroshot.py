@@ -203,6 +203,32 @@ def test_rendered_nifti_stays_within_the_hu_window(tmp_path):
     assert hu[0, 0, 0] == pytest.approx(-47.5, abs=1e-3) and hu.max() <= 250.0 + 1e-4 and hu.min() >= -175.0 - 1e-4
 
 
+def test_outputs_of_another_scan_of_the_same_name_are_warned_about(tmp_path, caplog):
+    """``ct.nii.gz`` then ``ct.nrrd`` (or two folders' ``ct.nii.gz``) wrote the same ``ct_*`` files, the second
+    replacing the first without a word: a warning when the existing rendering has another grid; none on a rerun."""
+    scan = np.zeros((6, 6, 6), np.float32)
+    with caplog.at_level("WARNING"):
+        _written_outputs(tmp_path, scan, np.eye(4), scan)
+        _written_outputs(tmp_path, scan, np.eye(4), scan)  # the same scan again
+    assert "another scan" not in caplog.text
+    with caplog.at_level("WARNING"):
+        _written_outputs(tmp_path, scan, np.diag([1.0, 1.0, 2.5, 1.0]), scan)
+    assert f"{tmp_path / 'out' / 'case_*'} held the outputs of another scan (another grid)" in caplog.text
+
+
+def test_a_single_slice_is_refused_before_the_model_is_read(tmp_path):
+    """A (X, Y, 1) slice gave 0 Gaussians, a constant rendering and exit 0 (training's pre-check refuses it)."""
+    import nibabel as nib
+
+    from medgmae.mae_training.inference import GaussianInference
+
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 1), np.float32), np.eye(4)), str(tmp_path / "slice.nii.gz"))
+    inference = GaussianInference(tmp_path / "missing_model.pt", tmp_path / "slice.nii.gz", tmp_path / "out", device="cpu")
+    with pytest.raises(ValueError, match=r"slice.nii.gz: a single slice or line \(shape \(20, 20, 1\)\)"):
+        inference.run()
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("direction", [(1, 1, 1), (-1, -1, 1)])
 def test_slices_png_is_drawn_to_scale(tmp_path, direction):
     """A 20 mm cube in voxels of 1 x 1 x 2.5 mm (RAS or LPS order) is a square in the three views of the input."""

@@ -28,7 +28,7 @@ import os
 import logging
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -39,12 +39,21 @@ from medgmae.data.reader import read_volume
 from medgmae.distributed import main_process_only
 from medgmae.files import save_json_atomic
 
-__all__ = ["check_datalist", "check_item", "LEDGER_FILE"]
+__all__ = ["check_datalist", "check_item", "single_slice_problem", "LEDGER_FILE"]
 
 logger = logging.getLogger("medgmae.data")
 
 #: Name of the record of checked files (inside the cache folder).
 LEDGER_FILE = "precheck.json"
+
+
+def single_slice_problem(path: Any, shape: Sequence[int]) -> str:
+    """The problem of a volume that is a single slice or line (a 2D slice saved as ``(X, Y, 1)``, as most tools
+    write one), ``""`` for a volume with at least 2 voxels on every axis: the 3D models' one rule."""
+    if min(shape) > 1:
+        return ""
+    return (f"{path}: a single slice or line (shape {tuple(shape)}), not a 3D volume: the models need volumes with "
+            "at least 2 voxels on every axis")
 
 
 def _fingerprint(item: dict, keys: Sequence[str]) -> list:
@@ -92,9 +101,8 @@ def check_item(
             vols[key] = read_volume(item[key])
         except (FileNotFoundError, ValueError) as e:
             problems.append(f"{key} {e}" if isinstance(e, FileNotFoundError) else str(e))
-    if image_key in vols and min(vols[image_key].array.shape) == 1:  # a 2D slice saved as (X, Y, 1), or a line
-        problems.append(f"{item[image_key]}: a single slice or line (shape {vols[image_key].array.shape}), not a 3D "
-                        "volume: the models need volumes with at least 2 voxels on every axis")  # fmt: skip
+    if image_key in vols and (flat := single_slice_problem(item[image_key], vols[image_key].array.shape)):
+        problems.append(flat)
     if not has_label or len(vols) < 2:
         return problems
     image, label = vols[image_key], vols[label_key]

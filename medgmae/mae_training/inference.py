@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from medgmae.data.precheck import single_slice_problem
 from medgmae.data.reader import read_volume, volume_stem
 from medgmae.engine import resolve_device
 from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png
@@ -79,6 +80,8 @@ class GaussianInference:
             The written paths by kind (``ply``, ``nifti``, ``png``).
         """
         volume = read_volume(self.image_path)  # input errors first, before the model is loaded
+        if flat := single_slice_problem(self.image_path, volume.array.shape):  # its Gaussians would all fall outside
+            raise ValueError(flat)
         model = MedGMAE.from_checkpoint(
             self.model_path, needed_for="zero-shot inference needs a medgmae or medgmae-star model.pt"
         ).to(self.device).eval()
@@ -97,6 +100,7 @@ class GaussianInference:
         paths: dict[str, Path] = {"nifti": out / f"{stem}_rendered.nii.gz", "png": out / f"{stem}_slices.png",
                                   "ply": out / f"{stem}_gaussians.ply"}  # fmt: skip
         data = _rendered_output(rendered, res.spec, self.output_hu)
+        _warn_if_another_scans(paths["nifti"], stem, data.shape, affine)
         save_nifti_atomic(data, affine, paths["nifti"])
         b0, b1 = res.spec.intensity_range
         pictures = [(res.spec.window(scan) - b0) / (b1 - b0), np.clip((rendered - b0) / (b1 - b0), 0, 1)]
@@ -109,6 +113,23 @@ class GaussianInference:
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine)
         logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))
         return paths
+
+
+def _warn_if_another_scans(path: Path, stem: str, shape: Sequence[int], affine: np.ndarray) -> None:
+    """Warn when ``path`` (``<stem>_rendered.nii.gz``) exists with another grid than this input's: outputs of another scan of the same name
+    (``ct.nii.gz`` and ``ct.nrrd``, or two folders' ``ct.nii.gz``) are about to be replaced by this one's."""
+    import nibabel as nib
+
+    if not path.is_file():
+        return
+    try:
+        old = nib.load(str(path))
+        same = tuple(old.shape) == tuple(shape) and np.allclose(old.affine, affine, atol=1e-3)
+    except Exception:  # unreadable: it is replaced all the same
+        same = False
+    if not same:
+        logger.warning("%s held the outputs of another scan (another grid) of the same name; they are replaced by "
+                       "this input's (give another --inference_dir to keep both)", path.parent / f"{stem}_*")
 
 
 def _rendered_output(rendered: np.ndarray, spec, output_hu: bool) -> np.ndarray:
