@@ -196,6 +196,7 @@ def check_settings(
     torchrun: bool = False,
     multi_gpu_config: str | None = None,
     unused_phantom_keys: Sequence[str] = (),
+    unused_keys: Mapping[str, str] | None = None,
 ) -> bool:
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
     every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`), and a config
@@ -221,6 +222,8 @@ def check_settings(
             when a one-process config was started by ``torchrun``; ``None``: the bundle has none.
         unused_phantom_keys: settings of the generated phantom data that this run does not use (it reads the
             user's data): each one the command line sets is warned about, as MONAI would take it silently.
+        unused_keys: other settings this run does not use, each with why (``{"num_gaussians": "a voxel-mae model
+            has no Gaussians"}``): warned about likewise when the command line sets them.
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -246,6 +249,9 @@ def check_settings(
     if given and is_main_process():
         logger.warning("%s: %s the generated phantom data, which this run does not use (it reads the data given): "
                        "ignored", ", ".join(f"--{k}" for k in given), "this shapes" if len(given) == 1 else "these shape")
+    for key, why in (unused_keys or {}).items():
+        if command is not None and key in command[0] and is_main_process():
+            logger.warning("--%s: %s: ignored", key, why)
     return True
 
 

@@ -609,6 +609,33 @@ def test_phantom_settings_given_with_a_dataset_are_warned_about(tmp_path, monkey
                     "use (it reads the data given): ignored"], said
 
 
+@pytest.mark.parametrize("config_name", ["train.json", "multi_gpu_train.json"])
+def test_gaussian_settings_of_a_voxel_mae_run_are_warned_about(tmp_path, monkeypatch, caplog, config_name):
+    """``--model_kind voxel-mae --num_gaussians 64`` trained a voxel-MAE without a word about the Gaussians it does
+    not have: the pre-training bundle's settings check (its own expression, evaluated by MONAI) names them."""
+    from monai.bundle import ConfigParser
+
+    base = Path(__file__).resolve().parents[1] / "bundles" / "medgmae_pretrain" / "configs"
+    files = [str(base / "train.json")] + ([str(base / config_name)] if config_name != "train.json" else [])
+    parser = ConfigParser()
+    parser.read_config(files)
+    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    if config_name != "train.json":
+        monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "1")
+    step = next(i for i, e in enumerate(parser["initialize"]) if "check_settings(" in e)
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    for kind, expected in (("voxel-mae", ["--num_gaussians: a voxel-mae model has no Gaussians: ignored"]), ("medgmae", [])):
+        parser["model_kind"], parser["num_gaussians"], parser["output_dir"] = kind, 64, str(tmp_path / "run")
+        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", str(files), "--model_kind", kind,
+                                          "--num_gaussians", "64"])  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medgmae"):
+            assert parser.get_parsed_content(f"initialize#{step}", lazy=False) is True
+        assert [r.getMessage() for r in caplog.records] == expected
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_output_folder_with_an_unexpanded_tilde_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     """``--output_dir "~/run"`` (quoted), ``--output_dir=~/run`` or an args file's ``~/run`` reach the bundle as
     written: its writers made a folder called ``~`` under the current one while nibabel wrote into the home folder,
