@@ -51,6 +51,18 @@ def test_class_folder_without_sub_folders_says_so(tmp_path):
         scan_image_folder(tmp_path)
     with pytest.raises(ValueError, match="is empty"):
         scan_image_folder((tmp_path / "empty").mkdir() or tmp_path / "empty")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("x")  # not empty: says what it holds
+    with pytest.raises(ValueError, match=r"holds no class sub-folders and no images \(1 other file\(s\)\)"):
+        scan_image_folder(tmp_path / "notes")
+
+
+def test_an_empty_image_file_is_named_as_one(tmp_path):
+    from medgmae.twod.images import read_image
+
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"zero\.png: not a readable image \(an empty file, 0 bytes\)"):
+        read_image(tmp_path / "zero.png")
 
 
 def test_an_image_given_as_the_classification_dataset_is_named_as_one(tmp_path):

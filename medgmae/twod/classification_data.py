@@ -100,7 +100,9 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         loose = sum(1 for p in root.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
-        what = f"holds {loose} image(s) but no class sub-folders" if loose else "is empty"
+        other = sum(1 for p in root.iterdir() if not p.name.startswith("."))
+        what = (f"holds {loose} image(s) but no class sub-folders" if loose
+                else f"holds no class sub-folders and no images ({other} other file(s))" if other else "is empty")  # fmt: skip
         raise ValueError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
     _require_classes(classes, f"dataset folder {root}")
     items, empty = [], []

@@ -135,7 +135,8 @@ def _read_pil(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: image too large for PIL to open ({e}); downscale it first (the models take "
                          "inputs of a few hundred pixels)") from e  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+        empty = " (an empty file, 0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else ""
+        raise ValueError(f"{path}: not a readable image{empty} ({type(e).__name__}: {e})") from e
     if mode == "F":
         return arr
     if not mode.startswith("I"):
