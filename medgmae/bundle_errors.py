@@ -33,9 +33,12 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _catch_sigterm() -> None:
-    """Turn SIGTERM into :class:`Terminated` in this process (the main thread's handler; one set by someone else is
-    kept)."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    """Turn SIGTERM into :class:`Terminated` in a process that MONAI's bundle runner started (``python -m
+    monai.bundle run``), from its main thread; a handler set by someone else is kept, and a bundle run in-process
+    (a notebook, a test) leaves its host's SIGTERM as it was."""
+    runner = str(sys.argv[0] if sys.argv else "").replace("\\", "/").endswith("monai/bundle/__main__.py")
+    main_thread = threading.current_thread() is threading.main_thread()
+    if runner and main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 

@@ -303,15 +303,17 @@ def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"
 
 
-def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, rank: int | None = None):
+def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, rank: int | None = None, runner: bool = False):
     """Run ``body`` in a fresh Python with :func:`summarise_errors` installed (twice: installed twice; resumable:
-    by a bundle with a ``resume`` setting); returns the finished process and its non-blank stderr lines."""
+    by a bundle with a ``resume`` setting; runner: in a process started as MONAI's bundle runner); returns the
+    finished process and its non-blank stderr lines."""
     import subprocess
     import sys
 
     install = f"summarise_errors(resumable={resumable})"
     install = f"summarise_errors(); {install}" if twice else install
-    code = f"from medgmae.bundle_errors import summarise_errors\n{install}\n{body}"
+    argv = "import sys; sys.argv[0] = '/env/lib/python3/site-packages/monai/bundle/__main__.py'\n" if runner else ""
+    code = f"{argv}from medgmae.bundle_errors import summarise_errors\n{install}\n{body}"
     env = {**os.environ, **({} if rank is None else {"RANK": str(rank), "WORLD_SIZE": "2"})}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     return proc, [line for line in proc.stderr.splitlines() if line.strip()]
@@ -423,18 +425,19 @@ def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():
             "    time.sleep(30)\n"
             "except KeyboardInterrupt as e:\n"
             "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
-    proc, lines = _under_the_hook(body, resumable=True)
+    proc, lines = _under_the_hook(body, resumable=True, runner=True)
     assert lines == ["terminated (SIGTERM)" + INTERRUPTED[len("interrupted"):]], proc.stderr
     assert proc.returncode == -signal.SIGTERM
-    proc, lines = _under_the_hook(body)
+    proc, lines = _under_the_hook(body, runner=True)
     assert lines == ["terminated (SIGTERM)" + INTERRUPTED_NO_RESUME[len("interrupted"):]] and proc.returncode == -signal.SIGTERM
-    proc, lines = _under_the_hook(body, resumable=True, rank=1)  # under torchrun: rank 0 alone says it
+    proc, lines = _under_the_hook(body, resumable=True, rank=1, runner=True)  # under torchrun: rank 0 alone says it
     assert lines == [] and proc.returncode == -signal.SIGTERM
-    # a handler the program set itself is kept
+    # a handler the program set itself is kept; a bundle run in-process (a notebook, pytest) leaves SIGTERM alone
     proc, lines = _under_the_hook("import os, signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
-                                  "from medgmae.bundle_errors import summarise_errors\nsummarise_errors()\n"
-                                  "os.kill(os.getpid(), signal.SIGTERM)\n")  # fmt: skip
+                                  "summarise_errors()\nos.kill(os.getpid(), signal.SIGTERM)\n", runner=True)  # fmt: skip
     assert proc.returncode == 7 and lines == []
+    proc, lines = _under_the_hook("import signal\nassert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_an_interrupt_without_an_epoch_checkpoint_ends_with_its_handlers_advice():
