@@ -180,7 +180,8 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--iterations", type=positive_int, default=1000, help="optimisation iterations (at least 1)")
     r.add_argument("--num-gaussians", type=positive_int, default=None,
                    help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
-                        "least 20000; 3dgr-ct 50000); for medgmae with the toolkit preset the budget its sparse start "
+                        "least 20000, fbp at most one per voxel above 5 %% of the FBP's maximum; 3dgr-ct 50000, at most one per voxel of "
+                        "its half-resolution grid); for medgmae with the toolkit preset the budget its sparse start "
                         "grows to (the same default), with the 3dgr-ct preset (whose density control does not grow to "
                         "a budget) the number the decoder's Gaussians are subdivided to (default: as decoded)")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. scan/reference.nii.gz) for PSNR/SSIM")
@@ -212,7 +213,7 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--filter", default="hann", choices=FILTERS, help="filter for the FBP when --fbp is absent")
     r.add_argument("--seed", type=nonneg_int, default=0, help="seed of the initialisation and of the views drawn")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar: one line per evaluation (--eval-every) instead")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar: one line per evaluation (--eval-every) instead, and one a minute between evaluations of a slow run")
     _add_unit_check(r)
     r.add_argument("--out", required=True, help="output folder")
 

@@ -344,7 +344,8 @@ class GaussianReconstructor:
         with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
             postfix: dict = {}
             stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
-            pace = Pace(self.iteration, stop)
+            coarse_end = c.coarse_iterations if self.iteration < c.coarse_iterations < stop else 0
+            pace = Pace(self.iteration, coarse_end or stop)  # the half-resolution stage's pace says nothing of the rest
             while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
                 loss = self.step()
                 it = self.iteration
@@ -358,8 +359,11 @@ class GaussianReconstructor:
                 elif pace.quiet_for() >= LINE_SECONDS:  # a log hears from a slow run between evaluations too
                     line = f"loss {loss:.4g}"
                 if lines and line is not None:
-                    print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{pace.left(it)})", flush=True)
+                    left = pace.left(it) + (" of the half-resolution stage" if it < coarse_end else "")
+                    print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{left})", flush=True)
                     pace.said()
+                if it == coarse_end:  # full resolution from here: its own pace
+                    pace = Pace(it, stop)
                 postfix["loss"] = f"{loss:.4g}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
