@@ -111,8 +111,9 @@ def rank_runs(runs: dict[str, dict]) -> list[dict]:
     differ = [k for k in SETTING_KEYS if len({json.dumps(v[k]) for v in values.values()}) > 1]
     rows = [{"run": name, "held_out_error": float(m["holdout"]["best_error"]), "iteration": m["holdout"]["best_iteration"],
              "settings": {k: values[name][k] for k in differ}, "psnr": (m.get("final") or {}).get("psnr"),
-             "ssim": (m.get("final") or {}).get("ssim")} for name, m in runs.items()]  # fmt: skip
-    return sorted(rows, key=lambda r: r["held_out_error"])
+             "ssim": (m.get("final") or {}).get("ssim"), "refit": bool(m["holdout"].get("refit"))}
+            for name, m in runs.items()]  # fmt: skip
+    return sorted(rows, key=lambda r: (r["held_out_error"], not r["refit"]))  # a tie: the run fitted to every view
 
 
 def format_table(rows: list[dict]) -> str:
@@ -141,6 +142,10 @@ def cmd_select(args) -> int:
     rows = rank_runs({name: load_run(name) for name in names})
     print(format_table(rows))
     print(f"chosen: {rows[0]['run']} (lowest held-out error, {rows[0]['held_out_error']:.5g} at iteration {rows[0]['iteration']})")
+    tied = [r["run"] for r in rows[1:] if r["held_out_error"] == rows[0]["held_out_error"]]
+    if tied:
+        print(f"note: tied with {', '.join(tied)} (equal held-out errors: runs of the same settings up to the chosen "
+              "iteration); a --refit run, refitted to every view, is chosen among tied runs")  # fmt: skip
     if args.json:
         save_json_atomic({"chosen": rows[0]["run"], "runs": rows}, args.json)
     return 0

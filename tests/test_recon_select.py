@@ -37,6 +37,7 @@ def runs(tmp_path_factory):
     scan, other = _simulate(tmp_path_factory, "scan", 1), _simulate(tmp_path_factory, "other", 2)
     d = tmp_path_factory.mktemp("runs")
     _run(scan, d / "plain", "--holdout-views", "2")
+    _run(scan, d / "refit", "--holdout-views", "2", "--refit")
     _run(scan, d / "flat", "--holdout-views", "2", "--tv", "5")
     _run(scan, d / "start", "--holdout-views", "2", "--iterations", "1", "--eval-every", "1")
     _run(scan, d / "three", "--holdout-views", "3")
@@ -65,6 +66,17 @@ def test_select_chooses_the_run_that_predicts_unseen_views_best(runs, tmp_path, 
         assert (r["held_out_error"], r["iteration"]) == (h["best_error"], h["best_iteration"])
     assert set(rows[0]["settings"]) == {"tv_weight", "iterations"}  # what differs, and nothing else
     assert out.splitlines()[0] == "| run | tv_weight | iterations | held-out error | at iteration | PSNR | SSIM |"
+
+
+def test_select_prefers_the_refitted_run_of_a_tie_and_says_so(runs, capsys):
+    """A run and its --refit twin share the held-out error (the same fit up to the chosen iteration): the one
+    refitted to every view is chosen, whatever the order given, and the tie is named."""
+    for order in (("plain", "refit"), ("refit", "plain")):
+        capsys.readouterr()
+        assert main(["select", "--runs", *(str(runs / n) for n in order)]) == 0
+        out = capsys.readouterr().out
+        assert f"chosen: {runs / 'refit'} (lowest held-out error" in out
+        assert f"note: tied with {runs / 'plain'} (equal held-out errors" in out
 
 
 @pytest.mark.parametrize(
