@@ -195,6 +195,12 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
                    "init_settings": {"init": "fbp", "num_gaussians": 1500}}, tmp_path)  # fmt: skip
     text = capsys.readouterr().out
     assert "--init fbp placed one Gaussian per voxel above 5 % of the FBP's maximum" in text and "raise --num-gaussians" not in text
+    # --init 3dgr-ct: its cap and its pruning, not the budget, limit it (a run ended with 361 of 4896 Gaussians)
+    print_summary({**base, "init": "3dgr-ct", "num_gaussians": 361, "initial_gaussians": 4896,
+                   "init_settings": {"init": "3dgr-ct", "num_gaussians": 50000}}, tmp_path)  # fmt: skip
+    text = capsys.readouterr().out
+    assert "--init 3dgr-ct places at most one Gaussian per voxel of its half-resolution grid" in text
+    assert "raise --num-gaussians" not in text
 
 
 def test_a_start_with_fewer_gaussians_than_asked_is_warned(scan, tmp_path, capsys):
