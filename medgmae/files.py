@@ -59,8 +59,8 @@ def _write_probe_problem(folder: Path) -> str | None:
     try:
         before = os.stat(folder)
         fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
-    except OSError as e:
-        return f"cannot write in {folder}: {e.strerror or e}"
+    except OSError as e:  # ENOENT in /proc, EROFS, EACCES...: the system's words, with what they mean here
+        return f"cannot create files in {folder} ({e.strerror or e})"
     try:
         os.close(fd)
         os.unlink(name)

@@ -215,7 +215,7 @@ def test_an_output_folder_the_permission_bits_call_writable_is_tried(tmp_path, m
         return real(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    assert output_dir_problem(tmp_path / "new" / "run") == f"cannot write in {tmp_path}: Read-only file system"
+    assert output_dir_problem(tmp_path / "new" / "run") == f"cannot create files in {tmp_path} (Read-only file system)"
 
 
 def test_the_write_check_leaves_the_folders_times_as_they_were(tmp_path):
