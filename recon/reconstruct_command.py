@@ -326,6 +326,8 @@ def _refit(rec, init_fn, iteration: int, progress: bool | str):
     start's evaluation, its initial Gaussians)``."""
     from recon.gaussian_recon import GaussianReconstructor
 
+    print(f"--refit: the held-out views chose iteration {iteration}; running again on every view to it, from the "
+          "start of the every-view FBP...", flush=True)  # fmt: skip
     init, value_scale = init_fn()
     cfg = replace(rec.config, holdout_views=0, holdout_patience=0)
     full = GaussianReconstructor(rec.projector, rec.proj, init, cfg, reference=rec.reference, device=rec.device, value_scale=value_scale)
