@@ -227,3 +227,25 @@ def test_slice_pictures_are_shown_radiologically():
     for view, sl in enumerate(mid_slices(centred)):
         row, col, dist = slice_point(view, (5, 6, 7), shape)
         assert dist == 0 and sl[int(row), int(col)] == 1.0, view
+
+
+def test_orientation_letters_name_the_directions_at_each_edge_of_a_view():
+    """Each view's edge letters are where mid_slices shows that direction: a slab at the patient's far right
+    (R, the highest first index of a RAS volume), left, anterior... lies along the edge its letter marks; the letters
+    are drawn in yellow at the edges' middles of a tile, and not on a tile too small to hold them."""
+    from medgmae.engine.figures import _EDGE_LETTERS, LETTER_COLOUR, mid_slices, with_orientation_letters
+
+    slabs = {"R": (-1, 0), "L": (0, 0), "A": (-1, 1), "P": (0, 1), "S": (-1, 2), "I": (0, 2)}  # (index, RAS axis)
+    edges = {0: lambda sl: sl[:, 0], 1: lambda sl: sl[:, -1], 2: lambda sl: sl[0, :], 3: lambda sl: sl[-1, :]}
+    for view, letters in enumerate(_EDGE_LETTERS):
+        for edge, letter in enumerate(letters):
+            vol = np.zeros((10, 12, 14))
+            index, axis = slabs[letter]
+            vol[(slice(None),) * axis + (index,)] = 1.0
+            sl = mid_slices(vol)[view]
+            assert edges[edge](sl).min() == 1.0 and sl.sum() == edges[edge](sl).sum(), (view, letter)
+    tile = with_orientation_letters(np.zeros((64, 80, 3), np.uint8), 2)
+    yellow = np.all(tile == LETTER_COLOUR, axis=-1)
+    assert yellow[24:40, :8].any() and yellow[24:40, -8:].any() and yellow[:12, 32:48].any() and yellow[-12:, 32:48].any()
+    assert not yellow[12:52, 12:68].any()  # the image itself is left alone
+    assert not np.all(with_orientation_letters(np.zeros((20, 80, 3), np.uint8), 2) == LETTER_COLOUR, axis=-1).any()

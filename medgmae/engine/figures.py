@@ -32,6 +32,7 @@ __all__ = [
     "save_png",
     "tile_grid",
     "upscale",
+    "with_orientation_letters",
 ]
 
 #: anchors of a perceptually ordered dark-blue -> green -> yellow colour map (viridis-like)
@@ -140,6 +141,26 @@ def tile_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2) -> np.ndarray:
 
 
 _VIEWS = ("sagittal", "coronal", "axial")
+#: The patient directions at the (left, right, top, bottom) edges of each :func:`mid_slices` view.
+_EDGE_LETTERS = (("A", "P", "S", "I"), ("R", "L", "S", "I"), ("R", "L", "A", "P"))
+#: The colour of the orientation letters (yellow, as viewers draw them; never a grey of the image).
+LETTER_COLOUR = (255, 255, 0)
+
+
+def with_orientation_letters(img: np.ndarray, view: int) -> np.ndarray:
+    """An ``(h, w, 3)`` :func:`mid_slices` view ``view`` (0 sagittal, 1 coronal, 2 axial) with the patient
+    directions written at the middle of its edges, as 3D Slicer and PACS viewers mark them (``R`` on the left of an
+    axial slice: the patient's right); a tile under 24 pixels on a side is returned as it is."""
+    h, w = img.shape[:2]
+    if min(h, w) < 24:
+        return img
+    out = Image.fromarray(np.ascontiguousarray(img[..., :3]))
+    draw, font = ImageDraw.Draw(out), _font()
+    draw.fontmode = "1"  # no anti-aliasing: the letters stay one colour, never a grey of the image
+    left, right, top, bottom = _EDGE_LETTERS[view]
+    for text, (x, y) in ((left, (2, h // 2 - 5)), (right, (w - 8, h // 2 - 5)), (top, (w // 2 - 3, 1)), (bottom, (w // 2 - 3, h - 12))):
+        draw.text((x, y), text, fill=LETTER_COLOUR, font=font)
+    return np.asarray(out)
 
 
 def orthogonal_slices(
@@ -152,7 +173,7 @@ def orthogonal_slices(
 ) -> np.ndarray:
     """One labelled row per volume of its sagittal, coronal and axial mid-slices (:func:`mid_slices`: shown
     radiologically), drawn to scale: a millimetre is the same number of pixels along every axis, so an anisotropic
-    scan is not squashed.
+    scan is not squashed; each tile has its patient directions at its edges (:func:`with_orientation_letters`).
 
     Args:
         volumes: RAS-ordered 3D arrays ``(D, H, W)`` of one shape (:func:`ras_oriented`) with values in ``[0, 1]``
@@ -184,8 +205,8 @@ def orthogonal_slices(
     rows = []
     for vol, name, colour in zip(volumes, names, coloured):
         draw = colormap if colour else grey_rgb
-        rows.append([_labelled(_to_scale(draw(view), mm, scale), f"{name}: {label}", width)
-                     for view, mm, label in zip(mid_slices(vol), pixel_mm, _VIEWS)])  # fmt: skip
+        rows.append([_labelled(with_orientation_letters(_to_scale(draw(view), mm, scale), i), f"{name}: {label}", width)
+                     for i, (view, mm, label) in enumerate(zip(mid_slices(vol), pixel_mm, _VIEWS))])  # fmt: skip
     return label_tile(tile_grid(rows), title)
 
 
