@@ -9,6 +9,7 @@ who stopped first.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -29,7 +30,14 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame) -> None:
+    # a second SIGTERM ends the process at once: a run blocked in C (a collective waiting for a lost peer) runs no
+    # Python handler until it returns, and a batch system's repeated signal means now
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Terminated()
+
+
+#: Set by the error hook when the run stopped on SIGTERM: the process then ends by SIGTERM (:func:`_end_by_sigterm`).
+_STOPPED_BY_SIGTERM: list[bool] = []
 
 
 def _catch_sigterm() -> None:
@@ -40,11 +48,18 @@ def _catch_sigterm() -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     if runner and main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
+        atexit.register(_end_by_sigterm)  # early, so it runs late: after the error hook and its callers' output
 
 
-def _die_of_sigterm() -> None:
-    """End the process as SIGTERM would have (status 143 in a shell, -15 to ``subprocess``), as Python ends
-    with SIGINT after an uncaught Ctrl-C, so batch systems and torchrun see what happened."""
+def _end_by_sigterm() -> None:
+    """At exit after a SIGTERM stop, end the process as SIGTERM would have (status 143 in a shell, -15 to
+    ``subprocess``), as Python ends with SIGINT after an uncaught Ctrl-C, so batch systems and torchrun see what
+    happened. Not from the error hook itself: under torchrun, ``torch.distributed`` wraps that hook and writes
+    what it printed (with a ``[rank0]:`` prefix) only after it returns. Registered when the bundle starts, it runs
+    before the exit handlers registered earlier (logging's, whose flush it does itself; multiprocessing's: data
+    loader workers exit on their own when they find their parent gone)."""
+    if not _STOPPED_BY_SIGTERM:
+        return
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     logging.shutdown()
@@ -134,7 +149,7 @@ def summarise_errors(resumable: bool = False) -> bool:
                     advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
                 print(f"\n{advice}", file=sys.stderr)
             if terminated:
-                _die_of_sigterm()
+                _STOPPED_BY_SIGTERM.append(True)
             return
         if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
             rank = process_rank()

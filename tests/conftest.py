@@ -136,3 +136,19 @@ def folder_state():
     """A function ``state(root)``: names, sizes, mtimes and hashes of everything below ``root``, to assert that a
     refused command left a folder byte for byte as it was."""
     return _folder_state
+
+
+@pytest.fixture(autouse=True)
+def _sigterm_left_as_found():
+    """A test that runs a bundle's settings check with MONAI's runner in ``sys.argv`` installs the bundles' SIGTERM
+    handler in this process: put the disposition back, so that no later test (nor pytest's end) depends on order."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    if signal.getsignal(signal.SIGTERM) is not before:
+        signal.signal(signal.SIGTERM, before)

@@ -438,6 +438,17 @@ def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():
     assert proc.returncode == 7 and lines == []
     proc, lines = _under_the_hook("import signal\nassert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n")
     assert proc.returncode == 0, proc.stderr
+    # a second SIGTERM (a batch system insisting, or a run blocked in a collective) ends it at once
+    twice = ("import os, signal, time\n"
+             "try:\n"
+             "    os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    time.sleep(30)\n"
+             "except KeyboardInterrupt:\n"
+             "    os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    time.sleep(30)\n"
+             "    print('still running')\n")  # fmt: skip
+    proc, lines = _under_the_hook(twice, resumable=True, runner=True)
+    assert proc.returncode == -signal.SIGTERM and lines == [] and "still running" not in proc.stdout
 
 
 def test_an_interrupt_without_an_epoch_checkpoint_ends_with_its_handlers_advice():
