@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from monai.bundle import ConfigParser
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
@@ -75,6 +76,20 @@ def test_multi_gpu_config_keeps_every_import_of_train(bundle):
     train = json.loads((bundle / "configs" / "train.json").read_text())["imports"]
     multi = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())["imports"]
     assert [i for i in train if i not in multi] == []
+
+
+@pytest.mark.parametrize("bundle", sorted(p.parents[1] for p in ROOT.glob("bundles/*/configs/multi_gpu_train.json")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_multi_gpu_backend_follows_the_device_not_the_machine(bundle, monkeypatch):
+    """``--device cpu`` on a GPU node trains CPU processes: the process group must be gloo (fine-tuning chose NCCL
+    whenever CUDA was available, which fails for CPU tensors)."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
+    parser["device"] = "cpu"
+    assert parser.get_parsed_content("dist_backend", lazy=False) == "gloo"
 
 
 def test_every_bundle_has_a_train_config():
