@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,9 +59,10 @@ def bundle_command(argv: Sequence[str] | None) -> tuple[dict[str, str], list[str
         files = flags.get("config_file", "")
         if isinstance(files, str):
             files = ast.literal_eval(files) if files.strip().startswith("[") else [files]
-        config: dict[str, Any] = {}
-        for f in files:
-            config.update(json.loads(Path(f).read_text()))
+        from monai.bundle import ConfigParser
+
+        # MONAI's own merge: a later file's "net#opts" key lands under "net", as the run will see it
+        config: dict[str, Any] = dict(ConfigParser.load_config_files(list(files)))
     except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
         return None
     return flags, list(files), config
@@ -119,8 +119,9 @@ def _nested_key_problem(config: dict, parts: Sequence[str]) -> str:
     """What is wrong with the nested override ``#``-joined ``parts`` of ``config`` (``""``: nothing known to be).
 
     A part missing from a mapping is refused, with the closest sibling key, unless it is the last part under a
-    ``_target_`` mapping and close to no sibling: that adds an argument the config does not list, as MONAI intends
-    (``--network_def#dropout 0.1``). Parts past a list or a ``@`` reference are not checked (MONAI's own errors)."""
+    ``_target_`` mapping whose component takes that argument (:func:`_arguments`; the hint also draws on them): that adds an argument the
+    config does not list, as MONAI intends (``--lr_scheduler#warmup_multiplier 0.1``). Parts past a list or a ``@``
+    reference are not checked (MONAI's own errors)."""
     node: Any = config
     for i, part in enumerate(parts):
         if not isinstance(node, dict):
@@ -130,11 +131,36 @@ def _nested_key_problem(config: dict, parts: Sequence[str]) -> str:
             continue
         if part in _MONAI_KEYS:
             return ""
-        siblings = sorted(k for k in node if not k.startswith("_"))
-        close = difflib.get_close_matches(part, siblings, n=1)
-        if not close and i == len(parts) - 1 and "_target_" in node:
-            return ""
+        arguments = _arguments(node["_target_"]) if "_target_" in node else set()
+        if i == len(parts) - 1 and "_target_" in node and (arguments is None or part in arguments):
+            return ""  # a new argument of the component, as MONAI intends
+        names = sorted({k for k in node if not k.startswith("_")} | (arguments or set()))
+        close = difflib.get_close_matches(part, names, n=1)
         where = "#".join(parts[:i])
         hint = f" (did you mean {where}#{close[0]}?)" if close else ""
         return f"'{part}' is not a key of {where}{hint}"
     return ""
+
+
+def _arguments(target: Any) -> set[str] | None:
+    """The argument names of the component ``target`` (a ``_target_``: a dotted path or a name MONAI's locator
+    knows); ``None`` when any name may do (an expression, a component that cannot be found, ``**kwargs``)."""
+    import inspect
+    import pydoc
+
+    if not isinstance(target, str) or target.startswith(("$", "@", "%")):
+        return None
+    obj = pydoc.locate(target)
+    if obj is None and "." not in target:
+        from monai.bundle import ComponentLocator
+
+        module = ComponentLocator().get_component_module_name(target)
+        module = module[0] if isinstance(module, list) and module else module
+        obj = pydoc.locate(f"{module}.{target}") if isinstance(module, str) else None
+    try:
+        params = inspect.signature(obj).parameters if obj is not None else None
+    except (TypeError, ValueError):
+        params = None
+    if params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)

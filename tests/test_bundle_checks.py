@@ -495,14 +495,20 @@ def test_unknown_keys_of_a_bundle_command_line(tmp_path):
         "--max_epoch: not a setting of train.json (did you mean --max_epochs?)",
         "--nonsense: not a setting of train.json",
     ]
-    # nested overrides, part by part: a new argument of a _target_ passes, a misspelt one or a key of a plain
-    # mapping does not; parts past a list or a reference are MONAI's to check
-    config.write_text('{"net": {"_target_": "x.Net", "num_gaussians": 8, "in_channels": 1}, "opts": {"lr": 1},'
+    # nested overrides, part by part: an argument the _target_ takes passes (listed or not), one it does not take, or
+    # a key of a plain mapping, does not; a component taking **kwargs, or one that cannot be found, takes anything;
+    # parts past a list or a reference are MONAI's to check; keys a later config file adds count (MONAI's merge)
+    config.write_text('{"net": {"_target_": "torch.nn.Linear", "in_features": 8, "out_features": 1}, "opts": {"lr": 1},'
+                      ' "kw": {"_target_": "medgmae.mae_training.build_model"}, "odd": {"_target_": "x.Net"},'
                       ' "train": {"handlers": [{"a": 1}]}, "model": "@net"}')  # fmt: skip
-    argv = [runner, "run", "--config_file", str(config), "--net#num_gausians", "4", "--net#dropout", "0.1",
-            "--opts#momentum", "0.9", "--train#handlers#0#b", "2", "--model#x", "1", "--net#num_gaussians", "4"]  # fmt: skip
+    extra = tmp_path / "extra.json"
+    extra.write_text('{"net#note": null}')
+    argv = [runner, "run", "--config_file", f"['{config}','{extra}']", "--net#in_featurs", "4", "--net#bias", "false",
+            "--net#dropout", "0.1", "--opts#momentum", "0.9", "--train#handlers#0#b", "2", "--model#x", "1",
+            "--kw#anything", "1", "--odd#whatever", "1", "--net#note", "x", "--net#out_features", "2"]  # fmt: skip
     assert unknown_key_problems(argv) == [
-        "--net#num_gausians: 'num_gausians' is not a key of net (did you mean net#num_gaussians?)",
+        "--net#in_featurs: 'in_featurs' is not a key of net (did you mean net#in_features?)",
+        "--net#dropout: 'dropout' is not a key of net",
         "--opts#momentum: 'momentum' is not a key of opts",
     ]
     config.write_text('{"max_epochs": 2, "batch_size": 1, "train": {"handlers": []}}')
