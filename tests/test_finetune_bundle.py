@@ -626,7 +626,7 @@ def test_segmentation_report_analytic_dice(tmp_path, caplog):
                                                    "spleen": {"cases_absent": 3, "predicted_in": 2}}  # fmt: skip
     assert "false positives, in no Dice): liver in 1 of 1, spleen in 2 of 3" in caplog.text
     with open(tmp_path / "per_case_dice.csv") as f:
-        assert [r["predicted_but_absent"] for r in csv.DictReader(f)] == ["spleen", "liver spleen", ""]
+        assert [r["predicted_but_absent"] for r in csv.DictReader(f)] == ["spleen", "liver;spleen", ""]
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
 

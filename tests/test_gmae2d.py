@@ -272,6 +272,23 @@ def test_a_slice_beyond_a_single_frame_or_slice_is_refused(tmp_path):
         np.testing.assert_array_equal(read_image(tmp_path / name, slice_index=0), read_image(tmp_path / name))
 
 
+def test_a_one_slice_reference_is_the_images_slice_whatever_the_index(tmp_path):
+    """``--slice 2 --reference mask.dcm`` of a volume with a single-frame mask of that slice was read before the
+    single-frame refusal; it still is (the mask has no other slice), and a multi-slice mask keeps to the index."""
+    from medgmae.twod.images import read_reference
+
+    vol = np.zeros((7, 5, 4), np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "vol.nii.gz"))
+    image = read_image(tmp_path / "vol.nii.gz", slice_index=2)
+    mask = np.zeros((5, 7), np.float32)
+    mask[1:3, 2:5] = 1  # rows x columns as the image shows them
+    _write_dicom(tmp_path / "mask.dcm", mask - 1024)  # stored 0 / 1 under the CT's intercept
+    got = read_reference(tmp_path / "mask.dcm", tmp_path / "vol.nii.gz", image.shape[-2:], slice_index=2)
+    assert got.shape == image.shape[-2:] and got.sum() == 6
+    with pytest.raises(ValueError, match="slice 9 is outside"):
+        read_reference(tmp_path / "vol.nii.gz", tmp_path / "vol.nii.gz", image.shape[-2:], slice_index=9)
+
+
 def test_read_image_formats(tmp_path):
     rgb = (np.arange(5 * 7 * 3).reshape(5, 7, 3) * 2).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")

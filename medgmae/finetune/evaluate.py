@@ -164,7 +164,7 @@ class SegmentationReport:
                 w = csv.writer(f)
                 w.writerow(["case", "image", "mean_dice"] + self.names[1:] + ["predicted_but_absent"])
                 for (name, image, dice), fp in zip(self.rows, self.false_positives):
-                    absent = " ".join(n for n, f in zip(self.names[1:], fp) if f)
+                    absent = ";".join(n for n, f in zip(self.names[1:], fp) if f)  # names may hold spaces
                     w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice] + [absent])
         n = len(self.rows)
         cases = f"{n} case{'' if n == 1 else 's'}"

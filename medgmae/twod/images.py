@@ -318,7 +318,8 @@ def read_reference(
         reference: the mask file.
         image: the image file it belongs to.
         image_hw: the image's ``(H, W)`` as :func:`read_image` read it.
-        slice_index: slice of a NIfTI volume or frame of a DICOM (default: middle), as for the image.
+        slice_index: slice of a NIfTI volume or frame of a DICOM (default: middle), as for the image; a mask of
+            one slice or frame is that slice's, whatever the index.
 
     Returns:
         The ``(H, W)`` bool mask.
@@ -333,7 +334,8 @@ def read_reference(
         problem = same_grid_problem(f"reference {ref}", *nifti_grid(ref), f"image {img}", *nifti_grid(img))
         if problem:
             raise ValueError(problem)
-    mask = read_mask(ref, slice_index)
+    slices = (read_image_source(ref)[1].get("slice") or {}).get("count", 1)
+    mask = read_mask(ref, slice_index if slices > 1 else None)  # a one-slice mask is the image's slice's
     problem = None if both_nifti else same_grid_problem(f"reference {ref}", mask.shape, None, f"image {img}", image_hw, None)
     if problem:
         raise ValueError(problem)
