@@ -245,14 +245,22 @@ def check_settings(
         kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))
         what = " and ".join(name for name, found in kinds if found)
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
-    given = [key for key in unused_phantom_keys if command is not None and key in command[0]]
-    if given and is_main_process():
+    _warn_unused(command, unused_phantom_keys, unused_keys or {})
+    return True
+
+
+def _warn_unused(command: tuple | None, phantom_keys: Sequence[str], other_keys: Mapping[str, str]) -> None:
+    """Warn (rank 0) about the settings the command line sets that this run does not use (:func:`check_settings`'s
+    ``unused_phantom_keys`` and ``unused_keys``): MONAI takes them silently."""
+    if command is None or not is_main_process():
+        return
+    given = [key for key in phantom_keys if key in command[0]]
+    if given:
         logger.warning("%s: %s the generated phantom data, which this run does not use (it reads the data given): "
                        "ignored", ", ".join(f"--{k}" for k in given), "this shapes" if len(given) == 1 else "these shape")
-    for key, why in (unused_keys or {}).items():
-        if command is not None and key in command[0] and is_main_process():
+    for key, why in other_keys.items():
+        if key in command[0]:
             logger.warning("--%s: %s: ignored", key, why)
-    return True
 
 
 def process_problems(torchrun: bool, multi_gpu_config: str | None = None) -> list[str]:

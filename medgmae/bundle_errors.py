@@ -105,6 +105,21 @@ def _lost_peer(reason: BaseException) -> bool:
     return type(reason).__name__ == "DistBackendError" or any(p in text for p in _PEER_PHRASES)
 
 
+def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool) -> None:
+    """The one line after Ctrl-C or SIGTERM (rank 0 only; ``chain`` holds the ``KeyboardInterrupt``): how to
+    resume (the checkpoint handler's ``resume_advice`` when it set one) or to run again; after SIGTERM the process
+    is marked to end by SIGTERM (:func:`_end_by_sigterm`)."""
+    interrupt = next(e for e in chain if isinstance(e, KeyboardInterrupt))
+    terminated = any(isinstance(e, Terminated) for e in chain)
+    if main:  # where it struck is no news to anyone, and one process says what to do
+        advice = (getattr(interrupt, "resume_advice", None) or INTERRUPTED) if resumable else INTERRUPTED_NO_RESUME
+        if terminated and advice.startswith("interrupted"):
+            advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
+        print(f"\n{advice}", file=sys.stderr)
+    if terminated:
+        _STOPPED_BY_SIGTERM.append(True)
+
+
 def summarise_errors(resumable: bool = False) -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
     ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper.
@@ -140,16 +155,8 @@ def summarise_errors(resumable: bool = False) -> bool:
         # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
         reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
         main = is_main_process()
-        if interrupt := next((e for e in chain if isinstance(e, KeyboardInterrupt)), None):
-            terminated = any(isinstance(e, Terminated) for e in chain)
-            if main:  # Ctrl-C: where it struck is no news to anyone, and one process says what to do
-                advice = getattr(interrupt, "resume_advice", None) or INTERRUPTED
-                advice = advice if hook.resumable else INTERRUPTED_NO_RESUME
-                if terminated and advice.startswith("interrupted"):
-                    advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
-                print(f"\n{advice}", file=sys.stderr)
-            if terminated:
-                _STOPPED_BY_SIGTERM.append(True)
+        if any(isinstance(e, KeyboardInterrupt) for e in chain):
+            _say_interrupted(chain, main, hook.resumable)
             return
         if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
             rank = process_rank()

@@ -351,13 +351,8 @@ class GaussianReconstructor:
                 it = self.iteration
                 if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
                     self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": int(self.params["means"].shape[0])})
-                line = None
-                if it % c.eval_every == 0 or it == c.iterations:
-                    rec = self._record(loss, time.perf_counter() - t0, with_ssim=ssim_every_eval or it == c.iterations)
-                    postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
-                    line = ", ".join(f"{k} {v}" for k, v in postfix.items())
-                elif pace.quiet_for() >= LINE_SECONDS:  # a log hears from a slow run between evaluations too
-                    line = f"loss {loss:.4g}"
+                line, shown = self._progress_line(loss, time.perf_counter() - t0, pace.quiet_for(), ssim_every_eval)
+                postfix = shown if shown is not None else postfix
                 if lines and line is not None:
                     left = pace.left(it) + (" of the half-resolution stage" if it < coarse_end else "")
                     print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{left})", flush=True)
@@ -374,6 +369,17 @@ class GaussianReconstructor:
         if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)
         return self._result(self.seconds)
+
+    def _progress_line(self, loss: float, seconds: float, quiet: float, ssim_every_eval: bool) -> tuple[str | None, dict | None]:
+        """``(line, bar values)`` after the current iteration: its evaluation when one is due (recorded in the
+        history), else the loss alone after ``quiet`` seconds without a line (a log hears from a slow run between
+        evaluations too; no bar values), else ``(None, None)``."""
+        c, it = self.config, self.iteration
+        if it % c.eval_every == 0 or it == c.iterations:
+            rec = self._record(loss, seconds, with_ssim=ssim_every_eval or it == c.iterations)
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
+            return ", ".join(f"{k} {v}" for k, v in shown.items()), shown
+        return (f"loss {loss:.4g}" if quiet >= LINE_SECONDS else None), None
 
     def _record(self, loss: float, seconds: float, with_ssim: bool) -> dict:
         """The evaluation of the current iteration, appended to the history (the held-out error recorded too)."""
