@@ -20,7 +20,7 @@ import threading
 # interrupt's exit status (130 became 1)
 from medgmae.distributed import is_main_process, process_count, process_rank
 
-__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "Terminated", "summarise_errors"]
+__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "Terminated", "on_sigterm", "summarise_errors"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -29,7 +29,8 @@ class Terminated(KeyboardInterrupt):
     died at once, its log ending mid-epoch with no word (a cluster job's usual end)."""
 
 
-def _on_sigterm(signum, frame) -> None:
+def on_sigterm(signum, frame) -> None:
+    """The SIGTERM handler of the bundles and ``medgmae-recon``: raise :class:`Terminated` where the run is."""
     # a second SIGTERM ends the process at once: a run blocked in C (a collective waiting for a lost peer) runs no
     # Python handler until it returns, and a batch system's repeated signal means now
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -47,7 +48,7 @@ def _catch_sigterm() -> None:
     runner = str(sys.argv[0] if sys.argv else "").replace("\\", "/").endswith("monai/bundle/__main__.py")
     main_thread = threading.current_thread() is threading.main_thread()
     if runner and main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, on_sigterm)
         atexit.register(_end_by_sigterm)  # early, so it runs late: after the error hook and its callers' output
 
 

@@ -56,6 +56,7 @@ import signal
 import sys
 import threading
 
+from medgmae.bundle_errors import Terminated, on_sigterm
 from medgmae.cli_types import expand_home, nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
@@ -221,29 +222,22 @@ def _add_reconstruct(sub) -> None:
 COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate, "select": cmd_select}
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a batch system's time limit, ``timeout``), raised where the command runs so that it
-    stops as on Ctrl-C: the state saved so far is named and nothing half-written is left."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 success, 2 bad input, 130 interrupted by Ctrl-C and 143 by SIGTERM:
     one line says what was left, no traceback)."""
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    # SIGTERM (``kill``, a batch system's time limit) stops the command as Ctrl-C does: the state saved so far is
+    # named and nothing half-written is left (a second SIGTERM ends it at once)
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, FileNotFoundError) as e:
         print(f"medgmae-recon {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, _Terminated) or isinstance(e.__context__, _Terminated)
+        terminated = isinstance(e, Terminated) or isinstance(e.__context__, Terminated)
         left = str(e) if isinstance(e, Interrupted) else "no output was written"
         print(f"medgmae-recon {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}: {left}", file=sys.stderr)
         return 143 if terminated else 130

@@ -24,7 +24,7 @@ def read_dicom_frame(
     except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
         raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
     rgb = str(getattr(ds, "PhotometricInterpretation", "")).upper() in ("RGB", "YBR_FULL", "YBR_FULL_422")
-    frames, k = int(getattr(ds, "NumberOfFrames", 1) or 1), 0
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     k = (frames // 2 if frames > 1 else 0) if slice_index is None else int(slice_index)
     if not 0 <= k < frames:  # a single frame too: --slice 40 of a folder of single frames showed frame 0
         raise ValueError(f"{path}: frame {k} is outside the file's {frames} frame{'s' if frames > 1 else ''} (numbered from 0)")
