@@ -334,8 +334,10 @@ def read_reference(
         problem = same_grid_problem(f"reference {ref}", *nifti_grid(ref), f"image {img}", *nifti_grid(img))
         if problem:
             raise ValueError(problem)
-    slices = (read_image_source(ref)[1].get("slice") or {}).get("count", 1)
-    mask = read_mask(ref, slice_index if slices > 1 else None)  # a one-slice mask is the image's slice's
+    slices = 1  # a picture file, or no --slice: nothing to choose
+    if slice_index is not None and is_windowed(ref):  # a NIfTI or DICOM mask of one slice is the image's slice's
+        slices = (read_image_source(ref)[1].get("slice") or {}).get("count", 1)
+    mask = read_mask(ref, slice_index if slices > 1 else None)
     problem = None if both_nifti else same_grid_problem(f"reference {ref}", mask.shape, None, f"image {img}", image_hw, None)
     if problem:
         raise ValueError(problem)
