@@ -57,8 +57,8 @@ def bundle_command(argv: Sequence[str] | None) -> tuple[dict[str, str], list[str
 
             flags = {**ConfigParser.load_config_file(flags["args_file"]), **flags}
         files = flags.get("config_file", "")
-        if isinstance(files, str):
-            files = ast.literal_eval(files) if files.strip().startswith("[") else [files]
+        if isinstance(files, str):  # a list literal, or MONAI's comma-separated names
+            files = ast.literal_eval(files) if files.strip().startswith("[") else [f for f in files.split(",") if f.strip()]
         from monai.bundle import ConfigParser
 
         # MONAI's own merge: a later file's "net#opts" key lands under "net", as the run will see it
@@ -87,7 +87,7 @@ def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
 
     Args:
         argv: the command line (``sys.argv``); anything but MONAI's bundle runner, or config files this cannot read
-            as JSON, gives no problems (nothing to compare with).
+            gives no problems (nothing to compare with).
 
     Returns:
         One ``--key: ...`` line per unknown key.
@@ -119,7 +119,8 @@ def _nested_key_problem(config: dict, parts: Sequence[str]) -> str:
     """What is wrong with the nested override ``#``-joined ``parts`` of ``config`` (``""``: nothing known to be).
 
     A part missing from a mapping is refused, with the closest sibling key, unless it is the last part under a
-    ``_target_`` mapping whose component takes that argument (:func:`_arguments`; the hint also draws on them): that adds an argument the
+    ``_target_`` mapping whose component takes that argument (:func:`_arguments`; the hint also draws on them), or,
+    where its arguments cannot be told (``**kwargs``), a name close to none the config lists: that adds an argument the
     config does not list, as MONAI intends (``--lr_scheduler#warmup_multiplier 0.1``). Parts past a list or a ``@``
     reference are not checked (MONAI's own errors)."""
     node: Any = config
@@ -132,10 +133,10 @@ def _nested_key_problem(config: dict, parts: Sequence[str]) -> str:
         if part in _MONAI_KEYS:
             return ""
         arguments = _arguments(node["_target_"]) if "_target_" in node else set()
-        if i == len(parts) - 1 and "_target_" in node and (arguments is None or part in arguments):
-            return ""  # a new argument of the component, as MONAI intends
         names = sorted({k for k in node if not k.startswith("_")} | (arguments or set()))
         close = difflib.get_close_matches(part, names, n=1)
+        if i == len(parts) - 1 and "_target_" in node and (part in (arguments or ()) or (arguments is None and not close)):
+            return ""  # a new argument of the component (any name close to no listed one, for **kwargs), as MONAI intends
         where = "#".join(parts[:i])
         hint = f" (did you mean {where}#{close[0]}?)" if close else ""
         return f"'{part}' is not a key of {where}{hint}"
@@ -144,22 +145,22 @@ def _nested_key_problem(config: dict, parts: Sequence[str]) -> str:
 
 def _arguments(target: Any) -> set[str] | None:
     """The argument names of the component ``target`` (a ``_target_``: a dotted path or a name MONAI's locator
-    knows); ``None`` when any name may do (an expression, a component that cannot be found, ``**kwargs``)."""
+    knows); ``None`` when it cannot be told (an expression, a component that cannot be found or imported, ``**kwargs``)."""
     import inspect
     import pydoc
 
     if not isinstance(target, str) or target.startswith(("$", "@", "%")):
         return None
-    obj = pydoc.locate(target)
-    if obj is None and "." not in target:
-        from monai.bundle import ComponentLocator
+    try:  # a module that fails to import is MONAI's to report when (and if) the component is built
+        obj = pydoc.locate(target)
+        if obj is None and "." not in target:
+            from monai.bundle import ComponentLocator
 
-        module = ComponentLocator().get_component_module_name(target)
-        module = module[0] if isinstance(module, list) and module else module
-        obj = pydoc.locate(f"{module}.{target}") if isinstance(module, str) else None
-    try:
+            module = ComponentLocator().get_component_module_name(target)
+            module = module[0] if isinstance(module, list) and module else module
+            obj = pydoc.locate(f"{module}.{target}") if isinstance(module, str) else None
         params = inspect.signature(obj).parameters if obj is not None else None
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - pydoc.ErrorDuringImport, a builtin without a signature...
         params = None
     if params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None

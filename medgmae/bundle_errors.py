@@ -15,12 +15,14 @@ import os
 import signal
 import sys
 import threading
+import time
+from typing import Any
 
 # imported now, not in the hook: importing torch while Python handles an uncaught KeyboardInterrupt loses the
 # interrupt's exit status (130 became 1)
 from medgmae.distributed import is_main_process, process_count, process_rank
 
-__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "Terminated", "on_sigterm", "summarise_errors"]
+__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "Terminated", "catch_sigterm", "on_sigterm", "summarise_errors"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -29,11 +31,25 @@ class Terminated(KeyboardInterrupt):
     died at once, its log ending mid-epoch with no word (a cluster job's usual end)."""
 
 
+#: Seconds after a first SIGTERM in which a repeated one is ignored: ``srun torchrun`` or ``kill -TERM -<group>``
+#: deliver two at once, and the first is still saving ``checkpoint_interrupted.pt`` and saying how to resume.
+SIGTERM_GRACE_SECONDS = 10.0
+_FIRST_SIGTERM: list[float] = []
+
+
 def on_sigterm(signum, frame) -> None:
-    """The SIGTERM handler of the bundles and ``medgmae-recon``: raise :class:`Terminated` where the run is."""
-    # a second SIGTERM ends the process at once: a run blocked in C (a collective waiting for a lost peer) runs no
-    # Python handler until it returns, and a batch system's repeated signal means now
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """The SIGTERM handler of the bundles and ``medgmae-recon``: raise :class:`Terminated` where the run is. A
+    repeat within :data:`SIGTERM_GRACE_SECONDS` is ignored; a later one ends the process at once (its stop was
+    swallowed or is stuck). A run blocked in C code (a collective waiting for a lost peer) runs no Python handler
+    until that call returns or times out: there torchrun's or the batch system's SIGKILL ends it."""
+    now = time.monotonic()
+    if _FIRST_SIGTERM:
+        if now - _FIRST_SIGTERM[0] < SIGTERM_GRACE_SECONDS:
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _FIRST_SIGTERM.append(now)
     raise Terminated()
 
 
@@ -48,8 +64,15 @@ def _catch_sigterm() -> None:
     runner = str(sys.argv[0] if sys.argv else "").replace("\\", "/").endswith("monai/bundle/__main__.py")
     main_thread = threading.current_thread() is threading.main_thread()
     if runner and main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, on_sigterm)
+        catch_sigterm()
         atexit.register(_end_by_sigterm)  # early, so it runs late: after the error hook and its callers' output
+
+
+def catch_sigterm() -> Any:
+    """Install :func:`on_sigterm` (from the main thread), its grace period not yet started; returns the handler it
+    replaces."""
+    _FIRST_SIGTERM.clear()
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _end_by_sigterm() -> None:

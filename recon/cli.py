@@ -56,7 +56,7 @@ import signal
 import sys
 import threading
 
-from medgmae.bundle_errors import Terminated, on_sigterm
+from medgmae.bundle_errors import Terminated, catch_sigterm
 from medgmae.cli_types import expand_home, nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     args = expand_home(parser.parse_args(argv))
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     # SIGTERM (``kill``, a batch system's time limit) stops the command as Ctrl-C does: the state saved so far is
-    # named and nothing half-written is left (a second SIGTERM ends it at once)
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    # named and nothing half-written is left
+    previous = catch_sigterm() if main_thread else None
     try:
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, FileNotFoundError) as e:

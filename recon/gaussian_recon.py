@@ -344,7 +344,8 @@ class GaussianReconstructor:
         with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
             postfix: dict = {}
             stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
-            coarse_end = c.coarse_iterations if self.iteration < c.coarse_iterations < stop else 0
+            half = self._coarse is not None  # the half-resolution stage ("bin": full-resolution volumes, binned data)
+            coarse_end = c.coarse_iterations if half and self.iteration < c.coarse_iterations < stop else 0
             pace = Pace(self.iteration, coarse_end or stop)  # the half-resolution stage's pace says nothing of the rest
             while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
                 loss = self.step()

@@ -84,9 +84,9 @@ def _what_limits_growth(metrics: dict) -> str:
     if metrics["init"] == "medgmae" and metrics["preset"] == "3dgr-ct":
         return ("raise --num-gaussians (the decoder's Gaussians are subdivided to it; 3DGR-CT's density control adds "
                 "Gaussians by gradient, not up to a budget)")  # fmt: skip
-    if metrics["init"] == "3dgr-ct":  # a budget it cannot place (one per half-resolution voxel), pruned by its rounds
-        return ("--init 3dgr-ct places at most one Gaussian per voxel of its half-resolution grid and its density "
-                "control prunes by opacity: --init fbp, or --init medgmae, keeps a budget")  # fmt: skip
+    if metrics["init"] == "3dgr-ct":  # a budget it cannot place: one Gaussian per half-resolution voxel at most
+        return ("--init 3dgr-ct places at most one Gaussian per voxel of its half-resolution grid, whatever "
+                "--num-gaussians asks: --init fbp, or --init medgmae, keeps a budget")  # fmt: skip
     if metrics["init"] == "fbp" and metrics.get("initial_gaussians", 0) < (metrics.get("init_settings") or {}).get("num_gaussians", 0):
         return ("--init fbp placed one Gaussian per voxel above 5 % of the FBP's maximum, fewer than --num-gaussians: "
                 "more iterations let density control add Gaussians where the run needs them")  # fmt: skip

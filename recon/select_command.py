@@ -142,10 +142,11 @@ def cmd_select(args) -> int:
     rows = rank_runs({name: load_run(name) for name in names})
     print(format_table(rows))
     print(f"chosen: {rows[0]['run']} (lowest held-out error, {rows[0]['held_out_error']:.5g} at iteration {rows[0]['iteration']})")
-    tied = [r["run"] for r in rows[1:] if r["held_out_error"] == rows[0]["held_out_error"]]
+    tied = [r for r in rows[1:] if r["held_out_error"] == rows[0]["held_out_error"]]
     if tied:
-        print(f"note: tied with {', '.join(tied)} (equal held-out errors: runs of the same settings up to the chosen "
-              "iteration); a --refit run, refitted to every view, is chosen among tied runs")  # fmt: skip
+        why = "; of tied runs a --refit one, refitted to every view, is chosen" if rows[0]["refit"] else ""
+        print(f"note: tied with {', '.join(r['run'] for r in tied)} (equal held-out errors: runs of the same settings "
+              f"up to the chosen iteration{why})")  # fmt: skip
     if args.json:
         save_json_atomic({"chosen": rows[0]["run"], "runs": rows}, args.json)
     return 0

@@ -438,17 +438,23 @@ def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():
     assert proc.returncode == 7 and lines == []
     proc, lines = _under_the_hook("import signal\nassert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n")
     assert proc.returncode == 0, proc.stderr
-    # a second SIGTERM (a batch system insisting, or a run blocked in a collective) ends it at once
-    twice = ("import os, signal, time\n"
+    # a second SIGTERM within the grace period (srun and torchrun both signal) lets the stop finish; a later one, the
+    # stop swallowed or stuck, ends the process at once
+    twice = ("import os, signal, sys, time\n"
+             "import medgmae.bundle_errors as errors\n"
+             "errors.SIGTERM_GRACE_SECONDS = float(sys.argv[1])\n"
              "try:\n"
              "    os.kill(os.getpid(), signal.SIGTERM)\n"
              "    time.sleep(30)\n"
-             "except KeyboardInterrupt:\n"
+             "except KeyboardInterrupt as e:\n"
              "    os.kill(os.getpid(), signal.SIGTERM)\n"
-             "    time.sleep(30)\n"
-             "    print('still running')\n")  # fmt: skip
-    proc, lines = _under_the_hook(twice, resumable=True, runner=True)
-    assert proc.returncode == -signal.SIGTERM and lines == [] and "still running" not in proc.stdout
+             "    time.sleep(0.5)\n"
+             "    print('still running', flush=True)\n"
+             "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
+    for grace, survives in (("10", True), ("0", False)):
+        proc, lines = _under_the_hook(twice.replace("sys.argv[1]", grace), resumable=True, runner=True)
+        assert proc.returncode == -signal.SIGTERM and ("still running" in proc.stdout) is survives, (grace, proc.stdout)
+        assert lines == (["terminated (SIGTERM)" + INTERRUPTED[len("interrupted"):]] if survives else []), lines
 
 
 def test_an_interrupt_without_an_epoch_checkpoint_ends_with_its_handlers_advice():
@@ -482,7 +488,7 @@ def test_under_torchrun_only_rank_0_prints_the_traceback_and_the_ctrl_c_line():
     assert lines[-1].startswith("interrupted: run the same command with --resume true")
 
 
-def test_unknown_keys_of_a_bundle_command_line(tmp_path):
+def test_unknown_keys_of_a_bundle_command_line(tmp_path, monkeypatch):
     """A misspelled key was added by MONAI as a new, unread setting: the run went on with the default."""
     from medgmae.bundle_checks import unknown_key_problems
 
@@ -499,17 +505,22 @@ def test_unknown_keys_of_a_bundle_command_line(tmp_path):
     # a key of a plain mapping, does not; a component taking **kwargs, or one that cannot be found, takes anything;
     # parts past a list or a reference are MONAI's to check; keys a later config file adds count (MONAI's merge)
     config.write_text('{"net": {"_target_": "torch.nn.Linear", "in_features": 8, "out_features": 1}, "opts": {"lr": 1},'
-                      ' "kw": {"_target_": "medgmae.mae_training.build_model"}, "odd": {"_target_": "x.Net"},'
+                      ' "kw": {"_target_": "medgmae.mae_training.build_model", "num_gaussians": 8},'
+                      ' "odd": {"_target_": "x.Net"}, "broken": {"_target_": "broken_module_for_test.Net"},'
                       ' "train": {"handlers": [{"a": 1}]}, "model": "@net"}')  # fmt: skip
+    (tmp_path / "broken_module_for_test.py").write_text("raise ImportError('an optional dependency is missing')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # a component whose module fails to import: MONAI reports it
     extra = tmp_path / "extra.json"
     extra.write_text('{"net#note": null}')
     argv = [runner, "run", "--config_file", f"['{config}','{extra}']", "--net#in_featurs", "4", "--net#bias", "false",
             "--net#dropout", "0.1", "--opts#momentum", "0.9", "--train#handlers#0#b", "2", "--model#x", "1",
-            "--kw#anything", "1", "--odd#whatever", "1", "--net#note", "x", "--net#out_features", "2"]  # fmt: skip
+            "--kw#anything", "1", "--kw#num_gausians", "4", "--odd#whatever", "1", "--broken#whatever", "1",
+            "--net#note", "x", "--net#out_features", "2"]  # fmt: skip
     assert unknown_key_problems(argv) == [
         "--net#in_featurs: 'in_featurs' is not a key of net (did you mean net#in_features?)",
         "--net#dropout: 'dropout' is not a key of net",
         "--opts#momentum: 'momentum' is not a key of opts",
+        "--kw#num_gausians: 'num_gausians' is not a key of kw (did you mean kw#num_gaussians?)",  # **kwargs: a typo
     ]
     config.write_text('{"max_epochs": 2, "batch_size": 1, "train": {"handlers": []}}')
     listed = f"['{config}','{config}']"

@@ -287,6 +287,10 @@ def test_a_one_slice_reference_is_the_images_slice_whatever_the_index(tmp_path):
     assert got.shape == image.shape[-2:] and got.sum() == 6
     with pytest.raises(ValueError, match="slice 9 is outside"):
         read_reference(tmp_path / "vol.nii.gz", tmp_path / "vol.nii.gz", image.shape[-2:], slice_index=9)
+    labels = np.zeros((7, 5, 4), np.float32)
+    labels[2:4, 1:3, 2], labels[0, 0, 0] = 1, np.nan  # a mask's stored NaN is background, as read_mask reads it
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "labels.nii.gz"))
+    assert read_reference(tmp_path / "labels.nii.gz", tmp_path / "vol.nii.gz", image.shape[-2:], slice_index=2).sum() == 4
 
 
 def test_read_image_formats(tmp_path):

@@ -159,7 +159,7 @@ def with_orientation_letters(img: np.ndarray, view: int) -> np.ndarray:
     draw.fontmode = "1"  # no anti-aliasing: the letters stay one colour, never a grey of the image
     left, right, top, bottom = _EDGE_LETTERS[view]
     for text, (x, y) in ((left, (2, h // 2 - 5)), (right, (w - 8, h // 2 - 5)), (top, (w // 2 - 3, 1)), (bottom, (w // 2 - 3, h - 12))):
-        draw.text((x, y), text, fill=LETTER_COLOUR, font=font)
+        draw.text((x, y), text, fill=LETTER_COLOUR, font=font, stroke_width=1, stroke_fill=(0, 0, 0))  # legible on any map
     return np.asarray(out)
 
 

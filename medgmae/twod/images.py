@@ -304,6 +304,20 @@ def _open_nifti(path: Path):
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
 
 
+def _single_slice(path: Path) -> bool:
+    """Whether a NIfTI or DICOM file holds one slice or frame, from its header (no pixel read)."""
+    if _image_kind(path) == "nifti":
+        shape = nifti_grid(path)[0]
+        return len(shape) < 3 or min(shape[:3]) == 1
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # unreadable: read_mask names the problem
+        return False
+    return int(getattr(ds, "NumberOfFrames", 1) or 1) == 1
+
+
 def read_reference(
     reference: str | os.PathLike, image: str | os.PathLike, image_hw: Sequence[int], slice_index: int | None = None
 ) -> np.ndarray:
@@ -334,10 +348,8 @@ def read_reference(
         problem = same_grid_problem(f"reference {ref}", *nifti_grid(ref), f"image {img}", *nifti_grid(img))
         if problem:
             raise ValueError(problem)
-    slices = 1  # a picture file, or no --slice: nothing to choose
-    if slice_index is not None and is_windowed(ref):  # a NIfTI or DICOM mask of one slice is the image's slice's
-        slices = (read_image_source(ref)[1].get("slice") or {}).get("count", 1)
-    mask = read_mask(ref, slice_index if slices > 1 else None)
+    one = slice_index is not None and is_windowed(ref) and _single_slice(ref)  # then it is the image's slice's
+    mask = read_mask(ref, None if one else slice_index)
     problem = None if both_nifti else same_grid_problem(f"reference {ref}", mask.shape, None, f"image {img}", image_hw, None)
     if problem:
         raise ValueError(problem)
