@@ -631,6 +631,29 @@ def test_segmentation_report_analytic_dice(tmp_path, caplog):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
 
 
+def test_cases_sharing_a_file_name_get_unique_names_in_the_csv(tmp_path):
+    """Two folders' ct.nii.gz were both 'ct' in the CSV's case column: named as their segmentations are."""
+    import csv
+
+    from monai.data import MetaTensor
+
+    from medgmae.finetune.evaluate import SegmentationReport
+
+    onehot = torch.nn.functional.one_hot(torch.zeros(4, 4, 4).long(), 2).permute(3, 0, 1, 2).float()
+    report = SegmentationReport(tmp_path, ["background", "liver"])
+    for folder in ("siteA", "siteB", "siteC"):
+        name = "ct.nii.gz" if folder != "siteC" else "other.nii.gz"
+        image = MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": f"/data/{folder}/{name}"})
+
+        class Engine:
+            state = type("S", (), {"output": [{"image": image, "pred": onehot, "label": onehot}]})()
+
+        report._collect(Engine())
+    report.write()
+    with open(tmp_path / "per_case_dice.csv") as f:
+        assert [r["case"] for r in csv.DictReader(f)] == ["siteA_ct", "siteB_ct", "other"]
+
+
 def test_segmentation_report_mean_is_monais_mean_dice(tmp_path):
     """The report's mean Dice is MONAI's (the validation key metric) to the last bit: the mean over cases of each
     case's mean over its classes present in the reference, in float32; not the mean of all case/class values."""

@@ -163,7 +163,7 @@ class SegmentationReport:
             with open(stage / self.csv_name, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["case", "image", "mean_dice"] + self.names[1:] + ["predicted_but_absent"])
-                for (name, image, dice), fp in zip(self.rows, self.false_positives):
+                for name, (_, image, dice), fp in zip(_unique_names(self.rows), self.rows, self.false_positives):
                     absent = ";".join(n for n, f in zip(self.names[1:], fp) if f)  # names may hold spaces
                     w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice] + [absent])
         n = len(self.rows)
@@ -180,6 +180,21 @@ class SegmentationReport:
             logger.info("predicted in cases whose reference lacks the class (false positives, in no Dice): %s; "
                         "the CSV's predicted_but_absent column names the cases", ", ".join(fps))  # fmt: skip
         return self.metrics
+
+
+def _unique_names(rows: Sequence[tuple[str, str, list[float]]]) -> list[str]:
+    """The rows' case names, made unique as segmentation names are (parent folders prefixed where two images share
+    a file name: ``a_ct``, ``b_ct``) when they clash; as they are otherwise, or when an image is listed twice."""
+    from medgmae.data.datalist import DatasetError
+    from medgmae.finetune.segment_inputs import unique_case_names
+
+    names = [name for name, _, _ in rows]
+    if len(set(names)) == len(names):
+        return names
+    try:
+        return unique_case_names([image for _, image, _ in rows])
+    except DatasetError:  # the same image twice: its rows stay as they are (the image column is the same too)
+        return names
 
 
 def _fmt(v: float) -> str:
