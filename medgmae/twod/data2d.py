@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
-from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
-from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed, nifti_grid, read_image, to_model_input
+from medgmae.twod.images import IMAGE_SUFFIXES, holds_several_slices, is_windowed, read_image, to_model_input
 from medgmae.twod.windows import window_setting
 
 __all__ = [
@@ -157,28 +156,14 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
     if not files:
         raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     if log:
-        volumes, frames = sum(_is_nifti_volume(p) for p in files), sum(_is_multiframe_dicom(p) for p in files)
+        several = [p for p in files if holds_several_slices(p)]  # from the headers
+        volumes = sum(p.name.lower().endswith((".nii", ".nii.gz")) for p in several)
+        frames = len(several) - volumes
         notes = ([f"{volumes} of them 3D NIfTI volumes, each contributing its middle axial slice"] if volumes else []) + (
             [f"{frames} of them multi-frame DICOM, each contributing its middle frame"] if frames else [])
         note = "".join(f"; {n}" for n in notes)
         logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)
     return [{"image": str(p)} for p in files]
-
-
-def _is_multiframe_dicom(path: Path) -> bool:
-    """True for a DICOM file of more than one frame (read from its header only)."""
-    return path.name.lower().endswith(DICOM_FILE_SUFFIXES) and is_multiframe_dicom(path)
-
-
-def _is_nifti_volume(path: Path) -> bool:
-    """True for a NIfTI file with more than one slice (read from its header only)."""
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return False
-    try:
-        shape = nifti_grid(path)[0]
-    except (ValueError, OSError):  # unreadable files fail later, naming the file, when they are loaded
-        return False
-    return len(shape) >= 3 and min(shape[:3]) > 1
 
 
 def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, window: Any) -> dict:

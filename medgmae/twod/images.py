@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from medgmae.data.grid import same_grid_problem
 from medgmae.data.dicom_series import Refused
-from medgmae.data.reader import DICOM_FILE_SUFFIXES, load_nifti
+from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom, load_nifti
 from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import window_setting
@@ -304,18 +304,18 @@ def _open_nifti(path: Path):
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
 
 
-def _single_slice(path: Path) -> bool:
-    """Whether a NIfTI or DICOM file holds one slice or frame, from its header (no pixel read)."""
-    if _image_kind(path) == "nifti":
-        shape = nifti_grid(path)[0]
-        return len(shape) < 3 or min(shape[:3]) == 1
-    import pydicom
-
+def holds_several_slices(path: str | os.PathLike) -> bool:
+    """Whether an image file holds more than one slice or frame, from its header (no pixel read): a NIfTI volume
+    or a multi-frame DICOM (:func:`medgmae.data.reader.is_multiframe_dicom`); ``False`` for pictures, single slices
+    and files that cannot be read (their reader names the problem when they are loaded)."""
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception:  # unreadable: read_mask names the problem
+        kind = _image_kind(path)
+        if kind == "nifti":
+            shape = nifti_grid(Path(path))[0]
+            return len(shape) >= 3 and min(shape[:3]) > 1
+    except (ValueError, OSError):
         return False
-    return int(getattr(ds, "NumberOfFrames", 1) or 1) == 1
+    return kind == "dicom" and is_multiframe_dicom(path)
 
 
 def read_reference(
@@ -348,8 +348,7 @@ def read_reference(
         problem = same_grid_problem(f"reference {ref}", *nifti_grid(ref), f"image {img}", *nifti_grid(img))
         if problem:
             raise ValueError(problem)
-    one = slice_index is not None and is_windowed(ref) and _single_slice(ref)  # then it is the image's slice's
-    mask = read_mask(ref, None if one else slice_index)
+    mask = read_mask(ref, slice_index if holds_several_slices(ref) else None)  # one slice: the image's slice's
     problem = None if both_nifti else same_grid_problem(f"reference {ref}", mask.shape, None, f"image {img}", image_hw, None)
     if problem:
         raise ValueError(problem)
