@@ -70,10 +70,10 @@ def test_report_files_are_replaced_together_or_not_at_all(tmp_path, monkeypatch)
     import medgmae.finetune.evaluate as evaluate
 
     report = SegmentationReport(tmp_path, ["background", "liver"])
-    report.rows.append(("liver_001", "/data/liver_001.nii.gz", [1.0]))
+    report.rows.append(("liver_001", "/data/liver_001.nii.gz", [1.0], [False]))
     report.write()
     before = {name: (tmp_path / name).read_bytes() for name in ("metrics.json", "per_case_dice.csv")}
-    report.rows.append(("liver_002", "/data/liver_002.nii.gz", [0.5]))
+    report.rows.append(("liver_002", "/data/liver_002.nii.gz", [0.5], [False]))
 
     def broken_writer(*args, **kwargs):
         raise OSError("No space left on device")

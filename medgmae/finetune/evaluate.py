@@ -112,12 +112,12 @@ class SegmentationReport:
             raise ValueError(f"need at least 2 label names, got {list(label_names)}")
         self.output_dir, self.names = Path(output_dir), list(label_names)
         self.extra, self.csv_name = dict(extra or {}), csv_name
-        self.rows: list[tuple[str, str, list[float]]] = []  # (case, image path, Dice per class)
-        self.false_positives: list[list[bool]] = []  # per case and class: absent from the reference, predicted
+        # (case, image path, Dice per class, per class: absent from the reference but predicted)
+        self.rows: list[tuple[str, str, list[float], list[bool]]] = []
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: (self.rows.clear(), self.false_positives.clear()))
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
@@ -128,12 +128,12 @@ class SegmentationReport:
             dice = per_case_dice(item["pred"], item["label"])
             if dice.numel() != len(self.names) - 1:
                 raise ValueError(f"prediction has {dice.numel() + 1} classes but {len(self.names)} label names are set")
-            self.rows.append((case_name(item), case_image(item), dice.tolist()))
-            self.false_positives.append(predicted_but_absent(item["pred"], item["label"]))
+            fp = predicted_but_absent(item["pred"], item["label"])
+            self.rows.append((case_name(item), case_image(item), dice.tolist(), fp))
 
     def summary(self) -> dict:
         """Metrics of the collected cases."""
-        values = np.array([d for _, _, d in self.rows], dtype=np.float64).reshape(len(self.rows), len(self.names) - 1)
+        values = np.array([row[2] for row in self.rows], dtype=np.float64).reshape(len(self.rows), len(self.names) - 1)
         with warnings.catch_warnings():  # an all-NaN class (absent from every reference) has no mean
             warnings.simplefilter("ignore", RuntimeWarning)
             per_class = np.nanmean(values, axis=0) if len(values) else np.full(len(self.names) - 1, np.nan)
@@ -148,7 +148,7 @@ class SegmentationReport:
             "num_cases_scored": int(np.isfinite(values).any(axis=1).sum()),
             "absent_class_predictions": {
                 n: {"cases_absent": int((~np.isfinite(values[:, c])).sum()),
-                    "predicted_in": int(sum(fp[c] for fp in self.false_positives))}
+                    "predicted_in": int(sum(row[3][c] for row in self.rows))}
                 for c, n in enumerate(self.names[1:])
             },  # fmt: skip
             **self.extra,
@@ -163,7 +163,7 @@ class SegmentationReport:
             with open(stage / self.csv_name, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["case", "image", "mean_dice"] + self.names[1:] + ["predicted_but_absent"])
-                for name, (_, image, dice), fp in zip(_unique_names(self.rows), self.rows, self.false_positives):
+                for name, (_, image, dice, fp) in zip(_unique_names(self.rows), self.rows):
                     absent = ";".join(n for n, f in zip(self.names[1:], fp) if f)  # names may hold spaces
                     w.writerow([name, image, _fmt(case_mean_dice(dice))] + [_fmt(d) for d in dice] + [absent])
         n = len(self.rows)
@@ -182,17 +182,17 @@ class SegmentationReport:
         return self.metrics
 
 
-def _unique_names(rows: Sequence[tuple[str, str, list[float]]]) -> list[str]:
+def _unique_names(rows: Sequence[tuple]) -> list[str]:
     """The rows' case names, made unique as segmentation names are (parent folders prefixed where two images share
     a file name: ``a_ct``, ``b_ct``) when they clash; as they are otherwise, or when an image is listed twice."""
     from medgmae.data.datalist import DatasetError
     from medgmae.finetune.segment_inputs import unique_case_names
 
-    names = [name for name, _, _ in rows]
+    names = [row[0] for row in rows]
     if len(set(names)) == len(names):
         return names
     try:
-        return unique_case_names([image for _, image, _ in rows])
+        return unique_case_names([row[1] for row in rows])
     except DatasetError:  # the same image twice: its rows stay as they are (the image column is the same too)
         return names
 
