@@ -44,10 +44,8 @@ def on_sigterm(signum, frame) -> None:
     until that call returns or times out: there torchrun's or the batch system's SIGKILL ends it."""
     now = time.monotonic()
     if _FIRST_SIGTERM:
-        if now - _FIRST_SIGTERM[0] < SIGTERM_GRACE_SECONDS:
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if now - _FIRST_SIGTERM[0] >= SIGTERM_GRACE_SECONDS:
+            _kill_by_sigterm()
         return
     _FIRST_SIGTERM.append(now)
     raise Terminated()
@@ -87,6 +85,11 @@ def _end_by_sigterm() -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     logging.shutdown()
+    _kill_by_sigterm()
+
+
+def _kill_by_sigterm() -> None:
+    """End this process by SIGTERM now (the default action restored first)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 
