@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,37 +34,11 @@ from recon.metrics import psnr as psnr_fn
 from recon.metrics import ssim as ssim_fn
 from recon.presets import GaussianReconConfig
 from recon.projectors import Projector
+from recon.result import GaussianReconResult
 from recon.state import CHECKPOINT_KIND, reconstructor_state, restore_reconstructor
 from recon.state import PARAMS as _PARAMS
 
 __all__ = ["GaussianReconConfig", "GaussianReconResult", "GaussianReconstructor", "CHECKPOINT_KIND"]
-
-
-@dataclass
-class GaussianReconResult:
-    """What a reconstruction returns.
-
-    Attributes:
-        gaussians: voxel-frame Gaussians (``B = 1``), intensities in attenuation units.
-        volume: ``(D, H, W)`` reconstruction.
-        history: per-evaluation records (iteration, loss, number of Gaussians, seconds, PSNR/SSIM if available).
-        iterations: iterations run in total.
-        seconds: optimisation wall time of all iterations so far: the runs before a resume included (their time
-            is saved in the state; a state of an older version without it counts from the resume).
-        iterations_to_psnr: first evaluated iteration reaching PSNR 30 and 35 (``None`` if never / no reference).
-        best_iteration: with held-out views, the iteration whose Gaussians ``gaussians`` and ``volume`` are (the
-            lowest held-out error); ``None`` without.
-        density_rounds: one record per density-control round: iteration, cloned, split, pruned, num_gaussians after.
-    """
-
-    gaussians: Gaussians3D
-    volume: Tensor
-    history: list = field(default_factory=list)
-    iterations: int = 0
-    seconds: float = 0.0
-    iterations_to_psnr: dict = field(default_factory=dict)
-    best_iteration: int | None = None
-    density_rounds: list = field(default_factory=list)
 
 
 #: Seconds without a progress line after which a run printing lines (into a log) prints one between evaluations.
@@ -269,6 +242,12 @@ class GaussianReconstructor:
         self.iteration += 1
 
     # ------------------------------------------------------------------ density control
+    def _densify_if_due(self) -> None:
+        """Density control after the current iteration when its schedule says so, the round recorded."""
+        c, it = self.config, self.iteration
+        if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
+            self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": int(self.params["means"].shape[0])})
+
     def densify_and_prune(self) -> dict:
         """One round of adaptive density control (:mod:`recon.density`); returns counts of cloned, split and
         pruned Gaussians."""
@@ -285,6 +264,13 @@ class GaussianReconstructor:
         """Restore a :meth:`state_dict` (the reconstructor must have been built for the same scan;
         :func:`recon.state.restore_reconstructor`)."""
         restore_reconstructor(self, state)
+
+    def _save_if_due(self, path: str | Path | None, t0: float) -> None:
+        """Save to ``path`` (when given) every ``checkpoint_every`` iterations, the time so far counted from ``t0``."""
+        every = self.config.checkpoint_every
+        if path is not None and every > 0 and self.iteration % every == 0:
+            self.seconds = time.perf_counter() - t0
+            self.save_checkpoint(path)
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write :meth:`state_dict` to ``path`` atomically."""
@@ -350,22 +336,18 @@ class GaussianReconstructor:
             while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
                 loss = self.step()
                 it = self.iteration
-                if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
-                    self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": int(self.params["means"].shape[0])})
+                self._densify_if_due()
                 line, shown = self._progress_line(loss, time.perf_counter() - t0, pace.quiet_for(), ssim_every_eval)
-                postfix = shown if shown is not None else postfix
                 if lines and line is not None:
                     left = pace.left(it) + (" of the half-resolution stage" if it < coarse_end else "")
                     print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{left})", flush=True)
                     pace.said()
                 if it == coarse_end:  # full resolution from here: its own pace
                     pace = Pace(it, stop)
-                postfix["loss"] = f"{loss:.4g}"
+                postfix = {**(postfix if shown is None else shown), "loss": f"{loss:.4g}"}  # the last evaluation's
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
-                if checkpoint_path is not None and c.checkpoint_every > 0 and it % c.checkpoint_every == 0:
-                    self.seconds = time.perf_counter() - t0
-                    self.save_checkpoint(checkpoint_path)
+                self._save_if_due(checkpoint_path, t0)
         self.seconds = time.perf_counter() - t0
         if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)

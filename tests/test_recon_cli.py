@@ -476,7 +476,7 @@ def test_3dgr_start_under_the_toolkit_preset_gets_the_toolkit_gain():
 
     from medgmae.render import render_volume
     from recon.presets import preset_init_settings
-    from recon.reconstruct_command import _initialise
+    from recon.reconstruct_start import initialise as _initialise
 
     z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in (12, 20, 24)), indexing="ij")
     fbp_t = 0.02 * torch.exp(-(((z - 6) / 4) ** 2 + ((y - 9) / 6) ** 2 + ((x - 13) / 7) ** 2)) + 0.01 * (x > 15)
@@ -606,7 +606,7 @@ def test_3dgr_start_of_sub_voxel_gaussians_is_warned_about(capsys):
     from types import SimpleNamespace
 
     from recon.presets import preset_init_settings
-    from recon.reconstruct_command import _initialise
+    from recon.reconstruct_start import initialise as _initialise
 
     z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in (24, 32, 32)), indexing="ij")
     fbp_t = 0.02 * (((y - 16) / 12) ** 2 + ((x - 16) / 14) ** 2 < 1) * (1 + 0.3 * torch.sin(x / 2) * torch.cos(y / 3))

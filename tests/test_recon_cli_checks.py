@@ -206,7 +206,7 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
 def test_a_start_with_fewer_gaussians_than_asked_is_warned(scan, tmp_path, capsys):
     """--init fbp places at most one Gaussian per voxel above 5 % of the FBP's maximum: asked for more than the
     scan's voxels, it says how many it placed and why; a zero-shot start that kept almost none is warned too."""
-    from recon.reconstruct_command import _warn_if_few
+    from recon.reconstruct_start import _warn_if_few
     from medgmae.preprocessing import PreprocessingSpec
 
     capsys.readouterr()
@@ -318,7 +318,7 @@ def test_a_model_without_recorded_preprocessing_is_named_in_a_warning(caplog):
     from types import SimpleNamespace
 
     from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
-    from recon.reconstruct_command import _model_spec
+    from recon.reconstruct_start import _model_spec
 
     recorded = PreprocessingSpec(spacing=2.0, hu_window=(-200.0, 300.0))
     with caplog.at_level(logging.WARNING, logger="medgmae"):

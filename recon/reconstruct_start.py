@@ -1,0 +1,130 @@
+"""The ``reconstruct`` command's start: the initialisation settings its preset and flags ask for
+(:func:`init_settings`), the initial Gaussians (:func:`initialise`: random, FBP, 3DGR-CT's or the pre-trained
+model's zero-shot start), the warnings about a start that cannot work well, and the density-control overrides that
+follow from the start (:func:`density_overrides`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["FEW_ZERO_SHOT", "density_overrides", "init_settings", "initialise"]
+
+
+def _model_spec(model, spacing: float | None, checkpoint: str):
+    """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
+    from medgmae.preprocessing import model_preprocessing, spec_with_overrides
+
+    # warns when the model records none (the default is then the base)
+    model_preprocessing(model, checkpoint, "re-save it with its spec, or use --model-spacing for the spacing")
+    return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
+
+
+def initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarray, model):
+    """The initial Gaussians and the intensity unit (``None``: the reconstructor's default)."""
+    from recon.initialisation import calibrate_intensities, fbp_init, medgmae_init, random_init
+    from recon.init_3dgr import init_3dgr_ct
+
+    k = init_settings.get("num_gaussians", 0)
+    if init_settings["init"] == "random":
+        init = random_init(fbp_t, k, seed=args.seed)
+    elif init_settings["init"] == "fbp":
+        init = fbp_init(fbp_t, k, seed=args.seed)
+        if init.num_gaussians < k:  # fbp_init places at most one Gaussian per voxel above 5 % of the FBP maximum
+            print(f"warning: --init fbp placed {init.num_gaussians} of {k} Gaussians: only {init.num_gaussians} voxels "
+                  "are above 5 % of the FBP's maximum, and it places one Gaussian per such voxel at most "
+                  "(density control adds more as the run needs them)", flush=True)  # fmt: skip
+    elif init_settings["init"] == "3dgr-ct":
+        kw = {n: init_settings[n] for n in ("start", "air_threshold", "ini_intensity", "ini_sigma", "neighbour_kernel", "intensity_offset")}
+        init = init_3dgr_ct(fbp_t, k, **kw)[0]
+        _warn_if_sub_voxel_3dgr(init.scales, k)
+        # its 0.25 x FBP intensities suit 3DGR-CT's sigmoid; the toolkit's linear intensities start, as every other
+        # start of the toolkit preset, from one least-squares gain against the FBP
+        if args.preset == "toolkit":
+            init = calibrate_intensities(init, fbp_t)
+    else:
+        budget = init_settings.get("num_gaussians")  # 3DGR-CT's preset: the decoder's Gaussians subdivided to it
+        spec = _model_spec(model, args.model_spacing, args.checkpoint)
+        init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=budget, seed=args.seed)
+        _warn_if_few(init.num_gaussians, budget or init_settings.get("grow_to"), spec, getattr(model, "total_gaussians", None))
+        if budget is not None:
+            print(f"zero-shot start: {init.num_gaussians} Gaussians, the decoder's subdivided toward --num-gaussians "
+                  f"{budget} (kept as decoded when the budget is under twice their number)", flush=True)  # fmt: skip
+    if args.preset == "3dgr-ct":  # sigmoid intensities in units of the FBP's maximum, as 3DGR-CT's normalised images
+        return init, float(fbp_t.max().clamp_min(1e-12))
+    return init, None
+
+
+def _warn_if_sub_voxel_3dgr(scales: torch.Tensor, asked: int) -> None:
+    """Warn when 3DGR-CT's initial Gaussians are mostly under half a voxel wide (``scales`` in voxels), and say
+    when it placed fewer than ``asked``. Its widths are ``ini_sigma`` times the volume's side over the number of
+    chosen neighbours: on a volume of a few dozen voxels it takes nearly every voxel of its half-resolution grid,
+    and the Gaussians shrink to hundredths of a voxel. Those fall between the voxel centres the projector's volume
+    is evaluated at, so their centres and widths get no gradient: the half-resolution stage stalls (its loss did
+    not move) and the result stayed near 9 dB where FBP reached 27 dB (a 32 x 32 x 24 volume, 24 views)."""
+    count = scales.shape[-2]
+    median = float(scales.reshape(-1, 3).mean(dim=1).median()) if count else 0.0
+    if count < asked:
+        print(f"note: --init 3dgr-ct placed {count} of {asked} Gaussians: at most one per voxel of its "
+              "half-resolution grid, after skipping the steepest", flush=True)  # fmt: skip
+    if median < 0.5:
+        print(f"warning: --init 3dgr-ct gives Gaussians of median width {median:.3g} voxels on this volume (3DGR-CT's "
+              "widths are relative to the volume and its density, made for 256-voxel slices): under half a voxel they "
+              "fall between the voxel centres the renderer evaluates, their centres and widths get no gradient, and "
+              "the fit stalls far below FBP; --init fbp or --init medgmae start from Gaussians a voxel wide or more",
+              flush=True)  # fmt: skip
+
+
+#: A zero-shot start with fewer Gaussians than this is warned about: a handful of Gaussians cannot hold the scan's
+#: structure (the decoder drops those outside the scan or near zero).
+FEW_ZERO_SHOT = 32
+
+
+def _warn_if_few(count: int, budget: int | None, spec, per_window: int | None = None) -> None:
+    """Warn when the zero-shot start kept very few Gaussians; note one under 1 % of its budget, whose cause is the
+    model's number of queries (``per_window``) rather than the scan: growth to the budget then takes many rounds."""
+    if count < FEW_ZERO_SHOT:
+        spacing = "x".join(f"{v:g}" for v in spec.spacing) if spec is not None else "its recorded"
+        print(f"warning: the zero-shot start kept only {count} Gaussian{'s' if count != 1 else ''}"
+              f"{f' (budget {budget})' if budget else ''}: the model sees the scan resampled to {spacing} mm, and a "
+              "scan much smaller than its input window, or mostly air, leaves few of its Gaussians inside; --init fbp "
+              "starts denser (a finer --model-spacing keeps more of the decoder's Gaussians, but shows the model data "
+              "prepared otherwise than in its pre-training)", flush=True)  # fmt: skip
+    elif budget and count < 0.01 * budget:
+        queries = f" (the model decodes {per_window} per window)" if per_window else ""
+        more = f"more than {per_window}" if per_window else "more"
+        print(f"note: the zero-shot start has {count} Gaussians{queries}, under 1 % of the budget of {budget}: "
+              "density control grows it toward the budget every 10 iterations, so a short run spends much of itself "
+              f"growing (a model pre-trained with {more} queries, the pre-training bundle's --num_gaussians, starts "
+              "denser; --init fbp starts at the budget; this command's --num-gaussians sets the budget)", flush=True)  # fmt: skip
+
+
+def init_settings(args, num_voxels: int | None = None) -> dict:
+    """The initialisation's settings: the preset's, ``--init`` and ``--num-gaussians`` applied; the toolkit's
+    default budget is :func:`recon.presets.toolkit_budget` of ``num_voxels`` (the scan's volume)."""
+    from recon.presets import preset_init_settings
+
+    settings = preset_init_settings(args.preset, num_voxels)
+    if args.init is not None and args.init != settings["init"]:
+        defaults = preset_init_settings("3dgr-ct" if args.init == "3dgr-ct" else "toolkit", num_voxels)
+        settings = {**defaults, "init": args.init}
+    if args.num_gaussians is not None:
+        settings["num_gaussians"] = args.num_gaussians
+    if settings["init"] == "medgmae":
+        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
+        if args.preset == "toolkit":  # the sparse start grows to a budget (recon.presets.sparse_start_growth)
+            settings["grow_to"] = args.num_gaussians or preset_init_settings("toolkit", num_voxels)["num_gaussians"]
+        elif args.num_gaussians is not None:  # 3DGR-CT's density control grows by gradient, not to a budget
+            settings["num_gaussians"] = args.num_gaussians
+    return settings
+
+
+def density_overrides(args, init_settings: dict, init) -> dict:
+    """Density-control overrides of the toolkit preset: growth of the sparse zero-shot start to its budget, or a cap
+    ten times a large start (:func:`recon.presets.toolkit_cap`); ``--split-rule``."""
+    from recon.presets import sparse_start_growth, toolkit_cap
+
+    rule = {} if args.split_rule is None else {"split_rule": args.split_rule}
+    if "grow_to" in init_settings:
+        return {**sparse_start_growth(init_settings["grow_to"]), **rule}
+    return {**toolkit_cap(init.num_gaussians), **rule} if args.preset == "toolkit" else {}
