@@ -223,7 +223,8 @@ def check_settings(
         unused_phantom_keys: settings of the generated phantom data that this run does not use (it reads the
             user's data): each one the command line sets is warned about, as MONAI would take it silently.
         unused_keys: other settings this run does not use, each with why (``{"num_gaussians": "a voxel-mae model
-            has no Gaussians"}``): warned about likewise when the command line sets them.
+            has no Gaussians"}``): warned about likewise when the command line sets them, at the top level or as a
+            component's argument (``--network_def#num_gaussians``).
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -258,9 +259,9 @@ def _warn_unused(command: tuple | None, phantom_keys: Sequence[str], other_keys:
     if given:
         logger.warning("%s: %s the generated phantom data, which this run does not use (it reads the data given): "
                        "ignored", ", ".join(f"--{k}" for k in given), "this shapes" if len(given) == 1 else "these shape")
-    for key, why in other_keys.items():
-        if key in command[0]:
-            logger.warning("--%s: %s: ignored", key, why)
+    for key, why in other_keys.items():  # also as a component's argument: --network_def#num_gaussians
+        for flag in (f for f in command[0] if f == key or f.rsplit("#", 1)[-1] == key):
+            logger.warning("--%s: %s: ignored", flag, why)
 
 
 def process_problems(torchrun: bool, multi_gpu_config: str | None = None) -> list[str]:

@@ -656,10 +656,12 @@ def test_gaussian_settings_of_a_voxel_mae_run_are_warned_about(tmp_path, monkeyp
         monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "1")
     step = next(i for i, e in enumerate(parser["initialize"]) if "check_settings(" in e)
     runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    for kind, expected in (("voxel-mae", ["--num_gaussians: a voxel-mae model has no Gaussians: ignored"]), ("medgmae", [])):
+    expected_voxel = ["--num_gaussians: a voxel-mae model has no Gaussians: ignored",
+                      "--network_def#scale_cap: a voxel-mae model has no Gaussians: ignored"]  # a component's argument too
+    for kind, expected in (("voxel-mae", expected_voxel), ("medgmae", [])):
         parser["model_kind"], parser["num_gaussians"], parser["output_dir"] = kind, 64, str(tmp_path / "run")
         monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", str(files), "--model_kind", kind,
-                                          "--num_gaussians", "64"])  # fmt: skip
+                                          "--num_gaussians", "64", "--network_def#scale_cap", "0.3"])  # fmt: skip
         caplog.clear()
         with caplog.at_level("WARNING", logger="medgmae"):
             assert parser.get_parsed_content(f"initialize#{step}", lazy=False) is True
