@@ -184,3 +184,18 @@ def test_reconstruction_figure_layout():
     assert img.shape == (14 + 4 * (cell_h + 2) + 2, 3 * (cell_w + 2) + 2, 3)
     assert reconstruction_figure(t, t, mask).shape[0] == 14 + 3 * (cell_h + 2) + 2  # voxel-MAE: no centres row
     assert img.astype(float).var() > 100.0
+
+
+def test_validation_pictures_mark_the_patient_directions_of_a_ras_crop_only(tmp_path):
+    """Pre-training's validation pictures carry R/L, A/P, S/I at each tile's edges (yellow) when the run's crops are
+    in RAS order, the order the slices are drawn for; a run whose spec orientation is another (``LPS``) is drawn
+    unmarked rather than with directions that would be wrong."""
+    from medgmae.engine.figures import LETTER_COLOUR
+    from medgmae.mae_training.pictures import ValidationPictureHandler
+
+    t = np.zeros((20, 24, 16))  # no yellow in a grey image
+    yellow = lambda img: int(np.all(img == LETTER_COLOUR, axis=-1).sum())  # noqa: E731
+    assert yellow(reconstruction_figure(t, t, t, np.zeros((1, 3)), np.ones(1), letters=False)) == 0
+    assert yellow(reconstruction_figure(t, t, t, np.zeros((1, 3)), np.ones(1))) > 12 * 4 * 10  # 12 tiles, 4 letters
+    assert ValidationPictureHandler(None, tmp_path, orientation="ras").letters is True
+    assert ValidationPictureHandler(None, tmp_path, orientation="LPS").letters is False

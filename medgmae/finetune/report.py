@@ -22,7 +22,17 @@ from ignite.engine import Engine, Events
 
 from medgmae.engine import is_main_process
 from medgmae.files import atomic_write, bundle_config
-from medgmae.engine.figures import add_image, grey_rgb, label_tile, mid_slices, save_png, tile_grid, upscale
+from medgmae.engine.figures import (
+    add_image,
+    grey_rgb,
+    label_tile,
+    mid_slices,
+    ras_oriented,
+    save_png,
+    tile_grid,
+    upscale,
+    with_orientation_letters,
+)
 
 __all__ = ["FinetuneSummary", "SegmentationPicture", "dice_table", "overlay", "segmentation_figure"]
 
@@ -47,16 +57,18 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
 
 
 def segmentation_figure(
-    image: np.ndarray, pred: np.ndarray, label: np.ndarray, title: str = "", min_tile: int = 160
+    image: np.ndarray, pred: np.ndarray, label: np.ndarray, title: str = "", min_tile: int = 160, letters: bool = True
 ) -> np.ndarray:
     """Two rows of three orthogonal slices (prediction over the image, reference label over the image).
 
     Args:
-        image: ``(X, Y, Z)`` RAS volume in ``[0, 1]``.
+        image: ``(X, Y, Z)`` RAS volume in ``[0, 1]`` (:func:`~medgmae.engine.figures.ras_oriented`).
         pred: ``(X, Y, Z)`` predicted class indices.
         label: ``(X, Y, Z)`` reference class indices.
         title: text above the picture.
         min_tile: slices are enlarged by an integer factor to at least this many pixels.
+        letters: mark each tile's edges with the patient directions
+            (:func:`~medgmae.engine.figures.with_orientation_letters`); only for volumes known to be RAS.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB.
@@ -70,6 +82,7 @@ def segmentation_figure(
     rows = []
     for name, lab in (("prediction", pred), ("label", label)):
         tiles = [upscale(overlay(s, l), f) for s, l in zip(slices, mid_slices(lab, centre))]
+        tiles = [with_orientation_letters(t, view) for view, t in enumerate(tiles)] if letters else tiles
         rows.append([label_tile(t, f"{name}: {v}") for t, v in zip(tiles, _VIEWS)])
     return label_tile(tile_grid(rows), title)
 
@@ -125,13 +138,19 @@ class SegmentationPicture:
         from medgmae.finetune.evaluate import case_name
 
         image = torch.as_tensor(item["image"]).detach().float().cpu()[0].numpy()
-        self._case = {"name": case_name(item), "image": image, "pred": _labels(item["pred"]), "label": _labels(item["label"])}
+        arrays = {"image": image, "pred": _labels(item["pred"]), "label": _labels(item["label"])}
+        affine = getattr(item["image"], "affine", None)  # a MetaTensor's: the arrays' voxel-to-RAS-mm matrix
+        if affine is not None:  # the model's orientation (its spec's, e.g. LPS) drawn as RAS, with the letters
+            affine = torch.as_tensor(affine).detach().cpu().double().reshape(-1, 4, 4)[0].numpy()
+            arrays = {k: ras_oriented(a, affine)[0] for k, a in arrays.items()}
+        self._case = {"name": case_name(item), "ras": affine is not None, **arrays}
 
     def __call__(self, engine: Engine) -> None:
         if self._case is None or not is_main_process():
             return
         c = self._case
-        img = segmentation_figure(c["image"], c["pred"], c["label"], title=f"epoch {engine.state.epoch}: {c['name']}")
+        img = segmentation_figure(c["image"], c["pred"], c["label"], title=f"epoch {engine.state.epoch}: {c['name']}",
+                                  letters=c["ras"])  # fmt: skip
         save_png(img, self.path)
         add_image(self.writer, "val/segmentation", img, engine.state.epoch)
 

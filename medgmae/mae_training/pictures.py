@@ -28,6 +28,7 @@ from medgmae.engine.figures import (
     slice_point,
     tile_grid,
     upscale,
+    with_orientation_letters,
 )
 
 __all__ = ["ValidationPictureHandler", "reconstruction_figure", "tile_factor"]
@@ -74,6 +75,7 @@ def reconstruction_figure(
     centres: np.ndarray | None = None,
     intensities: np.ndarray | None = None,
     title: str = "",
+    letters: bool = True,
 ) -> np.ndarray:
     """The picture of one crop: mid-slices of masked input, reconstruction, target (and Gaussian centres).
 
@@ -84,6 +86,8 @@ def reconstruction_figure(
         centres: ``(K, 3)`` Gaussian centres in voxel coordinates ``(d, h, w)`` of the crop (``None``: no row).
         intensities: ``(K,)`` their intensities (colour).
         title: text above the picture.
+        letters: mark each tile's edges with the patient directions
+            (:func:`~medgmae.engine.figures.with_orientation_letters`); only for a crop in RAS order.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB: 3 columns of ``f * size`` pixel tiles (``f = tile_factor``), each under a 14-pixel
@@ -92,13 +96,14 @@ def reconstruction_figure(
     if not target.shape == pred.shape == mask.shape or target.ndim != 3:
         raise ValueError(f"target, pred and mask must be 3D of one shape, got {target.shape}, {pred.shape}, {mask.shape}")
     f = tile_factor(target.shape)
-    rows = [[label_tile(upscale(_masked_rgb(s, m), f), f"masked input: {v}")
-             for s, m, v in zip(mid_slices(target), mid_slices(mask), _VIEWS)]]  # fmt: skip
+    mark = (lambda t, view: with_orientation_letters(t, view)) if letters else (lambda t, view: t)  # noqa: E731
+    rows = [[label_tile(mark(upscale(_masked_rgb(s, m), f), i), f"masked input: {_VIEWS[i]}")
+             for i, (s, m) in enumerate(zip(mid_slices(target), mid_slices(mask)))]]  # fmt: skip
     for name, vol in (("rendering" if centres is not None else "reconstruction", pred), ("target", target)):
-        rows.append([label_tile(upscale(grey_rgb(s), f), f"{name}: {v}") for s, v in zip(mid_slices(vol), _VIEWS)])
+        rows.append([label_tile(mark(upscale(grey_rgb(s), f), i), f"{name}: {_VIEWS[i]}") for i, s in enumerate(mid_slices(vol))])
     if centres is not None:
         values = np.zeros(len(centres)) if intensities is None else np.asarray(intensities, dtype=np.float64)
-        tiles = [_centres_tile(target, i, np.asarray(centres), values, f) for i in range(3)]
+        tiles = [mark(_centres_tile(target, i, np.asarray(centres), values, f), i) for i in range(3)]
         rows.append([label_tile(t, f"centres: {v}") for t, v in zip(tiles, _VIEWS)])
     return label_tile(tile_grid(rows), title)
 
@@ -114,11 +119,17 @@ class ValidationPictureHandler:
         output_dir: run folder (pictures go to its ``pictures`` sub-folder).
         interval: epochs between pictures.
         summary_writer: TensorBoard ``SummaryWriter`` (optional).
+        orientation: the crops' axis codes (the run's ``PreprocessingSpec.orientation``): the tiles carry the
+            patient directions at their edges when it is ``"RAS"``, the order the slices are drawn for (another
+            order is drawn as it is, unmarked).
     """
 
-    def __init__(self, validator: Any, output_dir: str | Path, interval: int = 5, summary_writer: Any = None) -> None:
+    def __init__(
+        self, validator: Any, output_dir: str | Path, interval: int = 5, summary_writer: Any = None, orientation: str = "RAS"
+    ) -> None:
         if int(interval) < 1:
             raise ValueError(f"picture_interval must be >= 1, got {interval}")
+        self.letters = str(orientation).upper() == "RAS"
         self.validator, self.folder = validator, Path(output_dir) / "pictures"
         self.interval, self.writer = int(interval), summary_writer
         self.written: list[Path] = []
@@ -141,7 +152,7 @@ class ValidationPictureHandler:
             centres, intensities = g.means[0].float().cpu().numpy(), g.intensities[0].float().cpu().numpy()
         title = f"epoch {epoch}: fixed validation crop, masked PSNR {psnr:.2f} dB"
         arrays = [t[0, 0].float().cpu().numpy() for t in (x, out.pred, out.mask)]
-        return reconstruction_figure(*arrays, centres=centres, intensities=intensities, title=title)
+        return reconstruction_figure(*arrays, centres=centres, intensities=intensities, title=title, letters=self.letters)
 
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():
