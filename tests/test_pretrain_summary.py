@@ -7,6 +7,8 @@ import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from medgmae.engine import MetricHistory
 from medgmae.mae_training.summary import PretrainSummary
 
@@ -37,6 +39,29 @@ def test_fine_tune_after_user_data_asks_for_labelled_data(tmp_path):
     dataset_dir = _flag(args, "--dataset_dir")
     assert dataset_dir is not None and not Path(dataset_dir).exists()
     assert "fine-tuning needs labels" in text and "/data/ct_unlabelled" in text
+
+
+def test_fine_tune_after_a_decathlon_folder_without_datalist_writes_one_first(tmp_path, capsys):
+    """Pre-trained on an ``imagesTr/`` + ``labelsTr/`` folder without ``dataset.json`` (read as a folder of volumes,
+    the labels left out): fine-tuning needs the pairing, so the summary's first step writes it (``medgmae-datalist``)
+    and the fine-tuning command then takes the folder; with a ``dataset.json`` there the datalist is used as it is."""
+    from medgmae.data.decathlon import main as datalist_main
+
+    folder = tmp_path / "Task09"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    summary = PretrainSummary(tmp_path / "pre", MetricHistory(), "medgmae", pretrained_on=str(folder))
+    s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
+    assert list(s["next"])[:2] == ["datalist", "fine-tune"]
+    assert shlex.split(s["next"]["datalist"])[1:] == [str(folder)]
+    assert _flag(shlex.split(s["next"]["fine-tune"]), "--dataset_dir") == str(folder)
+    assert "medgmae-datalist writes one" in summary.text(s)
+    with pytest.raises(SystemExit):  # the suggested command on this (empty) folder names what it lacks
+        datalist_main(shlex.split(s["next"]["datalist"])[1:])
+    assert "no volumes" in capsys.readouterr().err
+    (folder / "dataset.json").write_text(json.dumps({"training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}]}))
+    s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
+    assert "datalist" not in s["next"] and _flag(shlex.split(s["next"]["fine-tune"]), "--datalist") == str(folder / "dataset.json")
 
 
 def test_fine_tune_after_a_labelled_datalist_uses_it(tmp_path):

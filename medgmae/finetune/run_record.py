@@ -84,7 +84,8 @@ def folder_datalist_file(dataset_dir: Path) -> Path:
     if dataset_dir.is_dir() and not path.exists():
         raise DatasetError(f"{dataset_dir} holds no dataset.json: fine-tuning pairs each image with its label through a "
                            "Decathlon datalist ('training' / 'validation' lists of {'image', 'label'}); give it as "
-                           "--datalist <file>, its relative paths resolved against --dataset_dir")  # fmt: skip
+                           "--datalist <file>, its relative paths resolved against --dataset_dir; for a folder of "
+                           f"imagesTr/ and labelsTr/, `medgmae-datalist {dataset_dir}` writes one")  # fmt: skip
     return path
 
 

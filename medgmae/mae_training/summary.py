@@ -83,6 +83,14 @@ def _has_class_names(datalist: str) -> bool:
     return isinstance(labels, dict) and bool(labels)
 
 
+def _unlisted_decathlon(source: str) -> bool:
+    """Whether ``source`` is a folder of ``imagesTr/`` and ``labelsTr/`` without a ``dataset.json`` (fine-tuning
+    needs one: :mod:`medgmae.data.decathlon` writes it)."""
+    path = Path(source) if str(source).strip() else None
+    return bool(path and path.is_dir() and (path / "imagesTr").is_dir() and (path / "labelsTr").is_dir()
+                and not (path / "dataset.json").exists())  # fmt: skip
+
+
 def next_commands(
     out: Path, model_kind: str, example_image: str, pretrained_on: str = "", data_dir: str = ""
 ) -> dict[str, str]:
@@ -103,12 +111,13 @@ def next_commands(
         data = f" --datalist {q(labelled)}" + (f" --dataset_dir {q(data_dir)}" if str(data_dir).strip() else "")
         if not _has_class_names(labelled):  # fine-tuning reads the class count from the datalist's "labels" map
             data += f" --num_classes {NUM_CLASSES}"
+    elif _unlisted_decathlon(pretrained_on):  # imagesTr/ + labelsTr/ without dataset.json: medgmae-datalist pairs them
+        data = f" --dataset_dir {q(str(pretrained_on))}"
     else:
         data = f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else ""
-    cmds = {
-        "fine-tune": f"python -m monai.bundle run training --config_file {q(bundle_config('unetr_finetune', 'train.json'))} "
-        f"--pretrained {q(str(out / ENCODER_FILE))} --output_dir {q(str(finetune_dir(out)))}" + data
-    }
+    cmds = {"datalist": f"medgmae-datalist {q(str(pretrained_on))}"} if _unlisted_decathlon(pretrained_on) else {}
+    cmds["fine-tune"] = (f"python -m monai.bundle run training --config_file {q(bundle_config('unetr_finetune', 'train.json'))} "
+                         f"--pretrained {q(str(out / ENCODER_FILE))} --output_dir {q(str(finetune_dir(out)))}" + data)  # fmt: skip
     if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
         image = q(example_image or "ct.nii.gz")
         cmds["zero-shot inference"] = (
@@ -209,6 +218,9 @@ class PretrainSummary:
         if NUM_CLASSES in s["next"].get("fine-tune", ""):
             lines.append(f"  (the datalist has no 'labels' map naming its classes: replace {NUM_CLASSES} by the number "
                          "of classes, background included)")  # fmt: skip
+        if "datalist" in s["next"]:
+            lines.append("  (fine-tuning pairs each image with its label map through a dataset.json, which "
+                         f"{self.pretrained_on} lacks: medgmae-datalist writes one from imagesTr/ and labelsTr/)")
         if LABELLED_DATA in s["next"].get("fine-tune", ""):
             lines.append(
                 f"  (fine-tuning needs labels: replace {LABELLED_DATA} by a labelled dataset (its dataset.json, or"

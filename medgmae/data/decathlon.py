@@ -1,0 +1,229 @@
+"""``medgmae-datalist``: the Decathlon ``dataset.json`` of a folder laid out as the Medical Segmentation Decathlon or
+nnU-Net's raw data, for a folder that has none.
+
+Fine-tuning pairs each image with its label map through a datalist (:mod:`medgmae.data.datalist`); a folder of
+``imagesTr/`` and ``labelsTr/`` without ``dataset.json`` (a download unpacked, a conversion's output, nnU-Net's
+``dataset.json`` of another format) has no such pairing. This writes one:
+
+* ``imagesTr/<case>.nii.gz`` (or nnU-Net's single channel ``<case>_0000.nii.gz``) paired with
+  ``labelsTr/<case>.nii.gz`` by case name; any volume format :func:`~medgmae.data.reader.read_volume` reads, and
+  DICOM series folders;
+* a seeded split of the pairs into ``training`` and ``validation`` (``--validation-fraction``);
+* ``imagesTs/`` as the ``test`` list (images only);
+* the ``labels`` map: background and one name per class value found in the label maps (``class_<i>``), or the
+  names given (``--labels 1=liver,2=spleen``), checked against the values found.
+
+Paths are relative to the folder, as the Decathlon's. The file is written whole or not at all
+(:func:`medgmae.files.save_json_atomic`), and an existing one is replaced only with ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from medgmae.data.datalist import DatasetError
+from medgmae.data.reader import DICOM_FILE_SUFFIXES, VOLUME_SUFFIXES, is_volume_path, read_volume, volume_stem
+
+__all__ = ["case_pairs", "class_values", "decathlon_datalist", "main", "split_cases"]
+
+#: nnU-Net's channel ending of an image file name (``case_001_0000.nii.gz``: channel 0 of case ``case_001``).
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _volumes(folder: Path) -> list[Path]:
+    """The volume files and DICOM series folders directly in ``folder``, sorted (hidden names skipped)."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES + DICOM_FILE_SUFFIXES):
+            found.append(p)
+        elif p.is_dir() and is_volume_path(p):
+            found.append(p)
+    return found
+
+
+def _by_case(paths: Sequence[Path], folder: Path, images: bool) -> dict[str, Path]:
+    """``{case: path}``; an image's nnU-Net channel ending ``_0000`` is not part of its case name.
+
+    Raises:
+        DatasetError: another channel than ``_0000`` (fine-tuning takes one CT channel), or two files of one case.
+    """
+    cases: dict[str, list[Path]] = {}
+    for p in paths:
+        stem = volume_stem(p)
+        m = _CHANNEL.match(stem) if images else None
+        if m and m["channel"] != "0000":
+            raise DatasetError(f"{p}: channel {m['channel']} of case {m['case']}: the fine-tuning model takes one CT "
+                               "channel (nnU-Net's _0000); give a folder of single-channel images")  # fmt: skip
+        cases.setdefault(m["case"] if m else stem, []).append(p)
+    twice = {c: ps for c, ps in cases.items() if len(ps) > 1}
+    if twice:
+        shown = "; ".join(", ".join(p.name for p in ps) for ps in list(twice.values())[:5])
+        raise DatasetError(f"{folder}: {len(twice)} case name(s) given by more than one file ({shown})")
+    return {c: ps[0] for c, ps in cases.items()}
+
+
+def case_pairs(folder: str | Path) -> tuple[list[dict], list[dict]]:
+    """The ``{"image", "label"}`` pairs of ``folder/imagesTr`` and ``folder/labelsTr`` (sorted by case name) and the
+    ``{"image"}`` items of ``folder/imagesTs`` (none without that folder); absolute paths.
+
+    Raises:
+        DatasetError: no ``imagesTr`` / ``labelsTr``, no volumes in them, or images and labels that do not pair
+            (each unpaired file named).
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder")
+    missing = [name for name in ("imagesTr", "labelsTr") if not (folder / name).is_dir()]
+    if missing:
+        raise DatasetError(f"{folder}: no {' and no '.join(f'{m}/' for m in missing)} (a Decathlon or nnU-Net layout: "
+                           "imagesTr/ with the CT volumes, labelsTr/ with their label maps of the same names)")  # fmt: skip
+    images = _by_case(_volumes(folder / "imagesTr"), folder / "imagesTr", images=True)
+    labels = _by_case(_volumes(folder / "labelsTr"), folder / "labelsTr", images=False)
+    if not images:
+        raise DatasetError(f"{folder / 'imagesTr'}: no volumes (readable: {', '.join(VOLUME_SUFFIXES)}, DICOM series folders)")
+    problems = [f"{images[c]}: no label map of case {c} in labelsTr/" for c in sorted(set(images) - set(labels))]
+    problems += [f"{labels[c]}: no image of case {c} in imagesTr/" for c in sorted(set(labels) - set(images))]
+    if problems:
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DatasetError(f"{folder}: images and label maps do not pair by name:\n  " + "\n  ".join(problems[:10]) + more)
+    pairs = [{"image": str(images[c]), "label": str(labels[c])} for c in sorted(images)]
+    test_dir = folder / "imagesTs"
+    test = [{"image": str(p)} for p in _volumes(test_dir)] if test_dir.is_dir() else []
+    return pairs, test
+
+
+def class_values(labels: Sequence[str | Path], progress: bool = False) -> list[int]:
+    """The sorted class values found in the label maps (background 0 included).
+
+    Raises:
+        DatasetError: a map that cannot be read, or holds values that are not whole numbers >= 0 (named).
+    """
+    found: set[int] = {0}
+    for i, path in enumerate(labels, 1):
+        try:
+            arr = read_volume(path).array
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{path}: {e}") from e
+        values = np.unique(arr)
+        if (values < 0).any() or not np.array_equal(values, np.round(values)):
+            shown = ", ".join(f"{v:g}" for v in values[:8])
+            raise DatasetError(f"{path}: a label map holds whole class numbers >= 0, this one holds {shown}"
+                               f"{' ...' if len(values) > 8 else ''}")  # fmt: skip
+        found.update(int(v) for v in values)
+        if progress and (i % 10 == 0 or i == len(labels)):
+            print(f"read {i}/{len(labels)} label maps", flush=True)
+    return sorted(found)
+
+
+def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """``(training, validation)``: ``max(1, round(fraction * n))`` cases drawn for validation by a seeded
+    permutation, each list in the pairs' order.
+
+    Raises:
+        DatasetError: fewer than two pairs, or a fraction that leaves no training case.
+    """
+    n = len(pairs)
+    if n < 2:
+        raise DatasetError(f"{n} labelled case(s): fine-tuning needs at least two (one to train on, one to validate)")
+    n_val = max(1, int(round(validation_fraction * n)))
+    if n_val >= n:
+        raise DatasetError(f"--validation-fraction {validation_fraction} of {n} cases leaves none to train on")
+    chosen = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    return [p for i, p in enumerate(pairs) if i not in chosen], [p for i, p in enumerate(pairs) if i in chosen]
+
+
+def _label_map(values: Sequence[int], names: dict[int, str], source: Path) -> dict[str, str]:
+    """The datalist's ``labels``: ``0..max`` named (given names, else ``class_<i>``); a value found but not named,
+    or a name for a value no map holds, is an error when names are given."""
+    if names:
+        unnamed = sorted(set(values) - set(names) - {0})
+        absent = sorted(set(names) - set(values))
+        if unnamed or absent:
+            raise DatasetError(f"{source}: --labels names {sorted(names)}, the label maps hold {list(values)}"
+                               + (f": {unnamed} not named" if unnamed else "") + (f": {absent} in no map" if absent else ""))  # fmt: skip
+    top = max(max(values), max(names, default=0))
+    return {str(i): ("background" if i == 0 else names.get(i, f"class_{i}")) for i in range(top + 1)}
+
+
+def decathlon_datalist(
+    folder: str | Path, validation_fraction: float = 0.2, seed: int = 0, names: dict[int, str] | None = None,
+    progress: bool = False,
+) -> dict:
+    """The Decathlon datalist of ``folder`` (see the module): ``name``, ``labels``, ``numTraining``, ``training``,
+    ``validation``, ``test``; paths relative to ``folder``."""
+    folder = Path(folder).expanduser()
+    pairs, test = case_pairs(folder)
+    training, validation = split_cases(pairs, validation_fraction, seed)
+    labels = _label_map(class_values([p["label"] for p in pairs], progress), names or {}, folder)
+    rel = lambda items: [{k: Path(v).relative_to(folder).as_posix() for k, v in item.items()} for item in items]  # noqa: E731
+    return {
+        "name": folder.resolve().name,
+        "description": f"imagesTr/ paired with labelsTr/ by case name; validation: {len(validation)} of {len(pairs)} "
+                       f"cases drawn with seed {seed}",  # fmt: skip
+        "labels": labels,
+        "numTraining": len(pairs),
+        "training": rel(training),
+        "validation": rel(validation),
+        "test": rel(test),
+    }
+
+
+def _names(text: str) -> dict[int, str]:
+    """``"1=liver,2=spleen"`` -> ``{1: "liver", 2: "spleen"}`` (argparse type)."""
+    names: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        value, sep, name = part.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1 or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected class=name pairs such as 1=liver,2=spleen, got {part!r}")
+        names[int(value)] = name.strip()
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medgmae-datalist", description=__doc__.split("\n\n")[0].replace("``", ""))
+    p.add_argument("folder", help="the folder holding imagesTr/ and labelsTr/ (and imagesTs/)")
+    p.add_argument("--validation-fraction", type=float, default=0.2, help="share of the labelled cases kept for validation (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)")
+    p.add_argument("--labels", type=_names, default={}, help="class names, e.g. 1=liver,2=spleen (default class_1, class_2 ...)")
+    p.add_argument("--out", default=None, help="where to write it (default FOLDER/dataset.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``medgmae-datalist`` entry point: 0 on success; bad flags or unusable data exit with code 2 and the problem."""
+    from medgmae.cli_types import expand_home
+    from medgmae.files import save_json_atomic
+
+    parser = build_parser()
+    args = expand_home(parser.parse_args(argv))
+    if not 0 < args.validation_fraction < 1:
+        parser.error(f"--validation-fraction must be between 0 and 1, got {args.validation_fraction}")
+    out = Path(args.out).expanduser() if args.out else Path(args.folder).expanduser() / "dataset.json"
+    if out.exists() and not args.force:
+        parser.error(f"{out} exists: give --force to replace it, or --out another file")
+    try:
+        doc = decathlon_datalist(args.folder, args.validation_fraction, args.seed, args.labels, progress=True)
+    except DatasetError as e:
+        parser.error(str(e))
+    save_json_atomic(doc, out)
+    classes = ", ".join(f"{k} {v}" for k, v in doc["labels"].items() if k != "0")
+    print(f"wrote {out}: {len(doc['training'])} training, {len(doc['validation'])} validation, {len(doc['test'])} "
+          f"test cases; classes {classes}")  # fmt: skip
+    if out.resolve() != (Path(args.folder).expanduser() / "dataset.json").resolve():
+        print(f"fine-tune with --datalist {out} --dataset_dir {args.folder}")
+    else:
+        print(f"fine-tune with --dataset_dir {args.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

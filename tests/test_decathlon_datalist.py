@@ -1,0 +1,93 @@
+"""``medgmae-datalist``: the Decathlon datalist of an ``imagesTr/`` + ``labelsTr/`` folder without one, checked by
+fine-tuning's own datalist reader and pre-check (``prepare_datalists``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medgmae.data.decathlon import main, split_cases
+
+
+def _case(folder: Path, name: str, value: int, channel: bool = True, label: bool = True, shape=(12, 10, 8)) -> None:
+    """An image whose constant intensity encodes its case (``value * 100``) and a label map of classes 0..value."""
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    image = np.full(shape, value * 100.0, np.float32)
+    nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"{name}{'_0000' if channel else ''}.nii.gz")
+    if label:
+        lab = np.zeros(shape, np.uint8)
+        for c in range(1, value + 1):
+            lab[c, :, :] = c
+        nib.save(nib.Nifti1Image(lab, affine), folder / "labelsTr" / f"{name}.nii.gz")
+
+
+def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(tmp_path, capsys):
+    """nnU-Net names (``case_0000`` images, ``case`` labels) pair by case; each pair's image and label are the same
+    case (the image's value names it, the label's largest class too); the split is seeded and disjoint; imagesTs
+    is the test list; the class map covers the values found; fine-tuning's reader and pre-check take the file."""
+    from medgmae.finetune.data import prepare_datalists
+
+    values = {f"case_{i:03d}": 1 + i % 3 for i in range(7)}
+    for name, v in values.items():
+        _case(tmp_path, name, v)
+    (tmp_path / "imagesTs").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 8), np.float32), np.eye(4)), tmp_path / "imagesTs" / "case_100_0000.nii.gz")
+    assert main([str(tmp_path), "--validation-fraction", "0.3", "--seed", "4", "--labels", "1=liver,2=spleen,3=kidney"]) == 0
+    assert "fine-tune with --dataset_dir" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "dataset.json").read_text())
+    assert doc["labels"] == {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
+    assert len(doc["validation"]) == 2 and len(doc["training"]) == 5 and doc["numTraining"] == 7
+    assert doc["test"] == [{"image": "imagesTs/case_100_0000.nii.gz"}]
+    listed = doc["training"] + doc["validation"]
+    assert not {p["image"] for p in doc["training"]} & {p["image"] for p in doc["validation"]}
+    for item in listed:
+        image = nib.load(tmp_path / item["image"]).get_fdata()
+        label = nib.load(tmp_path / item["label"]).get_fdata()
+        case = Path(item["label"]).name[: -len(".nii.gz")]
+        assert image.max() == 100 * values[case] and label.max() == values[case], item
+    assert sorted(Path(p["label"]).name for p in listed) == sorted(f"{n}.nii.gz" for n in values)
+    data = prepare_datalists(str(tmp_path), "", tmp_path / "run", label_fraction=1.0, seed=0, precheck_workers=1)
+    assert data["num_classes"] == 4 and len(data["training"]) == 5 and len(data["validation"]) == 2
+    assert main([str(tmp_path), "--out", str(tmp_path / "other" / "list.json")]) == 0  # unnamed classes, elsewhere
+    assert json.loads((tmp_path / "other" / "list.json").read_text())["labels"] == {
+        "0": "background", "1": "class_1", "2": "class_2", "3": "class_3"}
+    assert f"--datalist {tmp_path / 'other' / 'list.json'} --dataset_dir {tmp_path}" in capsys.readouterr().out
+    items = [{"image": str(i)} for i in range(20)]
+    draws = {tuple(p["image"] for p in split_cases(items, 0.25, seed)[1]) for seed in range(10)}
+    assert split_cases(items, 0.25, 3) == split_cases(items, 0.25, 3) and len(draws) > 5  # seeded, and the seed counts
+
+
+@pytest.mark.parametrize(
+    "make, flags, message",
+    [
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1, label=False)], [], "b_0000.nii.gz: no label map of case b"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1), (d / "imagesTr" / "b_0000.nii.gz").rename(d / "imagesTr" / "b_0001.nii.gz")],
+         [], "channel 0001 of case b"),
+        (lambda d: [_case(d, "a", 2), _case(d, "b", 1)], ["--labels", "1=liver"], "[2] not named"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--labels", "1=liver,4=kidney"], "[4] in no map"),
+        (lambda d: [_case(d, "a", 1)], [], "1 labelled case(s)"),
+        (lambda d: d.mkdir(parents=True, exist_ok=True), [], "no imagesTr/ and no labelsTr/"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1), (d / "dataset.json").write_text("{}")], [], "exists: give --force"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--validation-fraction", "1.5"], "between 0 and 1"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--labels", "liver"], "class=name pairs"),
+    ],
+)
+def test_datalist_refuses_what_fine_tuning_could_not_use_naming_the_file(tmp_path, capsys, make, flags, message):
+    """An image without a label map (named), another channel than nnU-Net's ``_0000``, class names that do not match
+    the values in the maps, a single case, a folder of another layout, an existing datalist, nonsense flags: exit
+    status 2, the problem named, and no ``dataset.json`` written (an existing one left as it was)."""
+    folder = tmp_path / "data"
+    make(folder)
+    before = (folder / "dataset.json").read_text() if (folder / "dataset.json").exists() else None
+    with pytest.raises(SystemExit) as e:
+        main([str(folder), *flags])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    after = (folder / "dataset.json").read_text() if (folder / "dataset.json").exists() else None
+    assert after == before
