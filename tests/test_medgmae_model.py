@@ -234,6 +234,11 @@ def test_resuming_a_star_training_from_before_the_intensity_rule_keeps_or_names_
     with pytest.raises(ValueError, match=r"level_intensity: saved 'clamp', now 'logit'") as e:
         ModelConfigRecord(_gmae(multi_level=True)).load_state_dict(old)
     assert "num_gaussians" not in str(e.value)  # only the fields that differ
+    assert "--network_def#level_intensity clamp" in str(e.value)  # the override that restores the saved rule
+    with pytest.raises(ValueError, match=r"level_intensity: saved 'logit', now 'clamp'") as e:  # and the other way
+        ModelConfigRecord(_gmae(multi_level=True, level_intensity="clamp")).load_state_dict(
+            ModelConfigRecord(_gmae(multi_level=True)).state_dict())
+    assert "--network_def#level_intensity logit" in str(e.value) and "level_intensity clamp)" not in str(e.value)
     with pytest.raises(ValueError, match=r"configuration \(num_gaussians: saved 16, now 8\)\. Resume"):
         ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8)).load_state_dict(
             ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict())

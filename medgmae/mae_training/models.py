@@ -96,8 +96,11 @@ class ModelConfigRecord:
             saved["config"] = type(self.network).upgrade_config(dict(saved["config"]))
         diff = settings_differences(_record_fields(saved), _record_fields(self.state_dict()))
         if diff:
-            # a MedGMAE* run from before level_intensity existed resumes with the clamp rule it was trained with
-            example = " (e.g. --network_def#level_intensity clamp)" if any(d.startswith("level_intensity") for d in diff) else ""
+            # level_intensity has no top-level key: name the saved rule as the override that restores it (a run
+            # from before it existed was trained with the clamp rule, which upgrade_config records)
+            rule = _record_fields(saved).get("level_intensity")
+            changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str)
+            example = f" (here --network_def#level_intensity {rule})" if changed else ""
             raise ValueError(
                 "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
                 f"with the saved settings{example} or train into a new output_dir"
