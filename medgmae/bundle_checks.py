@@ -234,7 +234,9 @@ def check_settings(
         ValueError: an ``image_size`` kind without a ``patch_size`` setting, or a ``schedule_epochs`` kind without a
             ``max_epochs`` one (a config error, not a bad value).
     """
-    summarise_errors(resumable="resume" in settings)  # from here on, a failure of the bundle ends with its reason
+    out = (output_dirs or {}).get("output_dir")  # a training run's: its checkpoints decide what Ctrl-C advises
+    # from here on, a failure of the bundle ends with its reason
+    summarise_errors(resumable="resume" in settings, output_dir=None if out is None else str(out))
     command = bundle_command(None)  # the command line and its config files, read once
     found = {key: p for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers

@@ -132,14 +132,15 @@ def _lost_peer(reason: BaseException) -> bool:
     return type(reason).__name__ == "DistBackendError" or any(p in text for p in _PEER_PHRASES)
 
 
-def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool) -> None:
+def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, output_dir: str | None = None) -> None:
     """The one line after Ctrl-C or SIGTERM (rank 0 only; ``chain`` holds the ``KeyboardInterrupt``): how to
-    resume (the checkpoint handler's ``resume_advice`` when it set one) or to run again; after SIGTERM the process
-    is marked to end by SIGTERM (:func:`_end_by_sigterm`)."""
+    resume (the checkpoint handler's ``resume_advice`` when it set one; before training started, whether
+    ``output_dir`` holds an epoch checkpoint to resume from) or to run again; after SIGTERM the process is marked to
+    end by SIGTERM (:func:`_end_by_sigterm`)."""
     interrupt = next(e for e in chain if isinstance(e, KeyboardInterrupt))
     terminated = any(isinstance(e, Terminated) for e in chain)
     if main:  # where it struck is no news to anyone, and one process says what to do
-        advice = (getattr(interrupt, "resume_advice", None) or INTERRUPTED) if resumable else INTERRUPTED_NO_RESUME
+        advice = (getattr(interrupt, "resume_advice", None) or _before_training(output_dir)) if resumable else INTERRUPTED_NO_RESUME
         if terminated and advice.startswith("interrupted"):
             advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
         print(f"\n{advice}", file=sys.stderr)
@@ -147,7 +148,18 @@ def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool) ->
         _STOPPED_BY_SIGTERM.append(True)
 
 
-def summarise_errors(resumable: bool = False) -> bool:
+def _before_training(output_dir: str | None) -> str:
+    """The line of a training run stopped before its checkpoint handler could say (reading or generating its data,
+    building the model): :data:`INTERRUPTED` when ``output_dir`` holds an epoch checkpoint to resume from."""
+    from medgmae.engine.resume import epoch_checkpoints
+
+    if output_dir is None or epoch_checkpoints(output_dir):
+        return INTERRUPTED
+    return (f"interrupted before training started: there is no checkpoint_epoch=N.pt in {output_dir} to continue "
+            "from, so run the same command again (with or without --resume true) to start")  # fmt: skip
+
+
+def summarise_errors(resumable: bool = False, output_dir: str | None = None) -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
     ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper.
 
@@ -167,6 +179,8 @@ def summarise_errors(resumable: bool = False) -> bool:
 
     Args:
         resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
+        output_dir: the training run's folder, whose epoch checkpoints decide the line of a run stopped before
+            its training started (``None``: not known).
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -174,6 +188,7 @@ def summarise_errors(resumable: bool = False) -> bool:
     _catch_sigterm()
     if getattr(sys.excepthook, "summarises_errors", False):
         sys.excepthook.resumable = sys.excepthook.resumable or resumable
+        sys.excepthook.output_dir = output_dir if output_dir is not None else sys.excepthook.output_dir
         return True
     previous = sys.excepthook
 
@@ -183,7 +198,7 @@ def summarise_errors(resumable: bool = False) -> bool:
         reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
         main = is_main_process()
         if any(isinstance(e, KeyboardInterrupt) for e in chain):
-            _say_interrupted(chain, main, hook.resumable)
+            _say_interrupted(chain, main, hook.resumable, hook.output_dir)
             return
         if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
             rank = process_rank()
@@ -198,6 +213,6 @@ def summarise_errors(resumable: bool = False) -> bool:
             if process_count() > 1:  # a broken pipe of a single process (output piped to head) is not a lost peer
                 print(LOST_PEER, file=sys.stderr)
 
-    hook.summarises_errors, hook.resumable = True, bool(resumable)
+    hook.summarises_errors, hook.resumable, hook.output_dir = True, bool(resumable), output_dir
     sys.excepthook = hook
     return True

@@ -411,6 +411,22 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
     assert "--resume" not in INTERRUPTED_NO_RESUME
 
 
+def test_ctrl_c_before_training_started_says_whether_there_is_a_checkpoint_to_resume(tmp_path):
+    """Ctrl-C while a training bundle generated its phantoms (before its checkpoint handler could say anything)
+    advised ``--resume true`` to continue from a checkpoint_epoch=N.pt the folder did not hold: with none there the
+    line says so and to run the command again; with one (an earlier run to resume) the resume line stays."""
+    from medgmae.bundle_errors import INTERRUPTED
+
+    out = tmp_path / "run"
+    out.mkdir()
+    body = f"summarise_errors(resumable=True, output_dir={str(out)!r})\nraise KeyboardInterrupt\n"
+    lines = _under_the_hook(body)[1]
+    assert lines == [f"interrupted before training started: there is no checkpoint_epoch=N.pt in {out} to continue "
+                     "from, so run the same command again (with or without --resume true) to start"], lines
+    (out / "checkpoint_epoch=2.pt").write_bytes(b"x")
+    assert _under_the_hook(body)[1] == [INTERRUPTED]
+
+
 def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():
     """SIGTERM (a batch system's time limit) killed a training run at once, its log ending mid-epoch with no word:
     it now stops as Ctrl-C does (a ``KeyboardInterrupt``, which the checkpoint handler saves on, wrapped by MONAI
