@@ -195,6 +195,23 @@ def test_zero_shot_and_finetune_flags_checked_first(tmp_path):
     proc = run_bundle("inference", "medgmae_pretrain/configs/inference.json", "--model_path", str(tmp_path / "none.pt"),
                       "--image", str(afile), "--inference_dir", str(afile))
     assert proc.returncode != 0 and f"--inference_dir '{afile}': {afile} is an existing file" in proc.stdout + proc.stderr
+    # a missing model and a missing scan are named together, up front; an overlap as wide as the model's window too
+    log = run_bundle("inference", "medgmae_pretrain/configs/inference.json", "--model_path", str(tmp_path / "none.pt"),
+                     "--image", str(tmp_path / "none.nii.gz"), "--inference_dir", str(tmp_path / "zs")).stderr
+    assert f"  --model_path: model checkpoint not found: {tmp_path / 'none.pt'}" in log
+    assert f"  --image: input volume not found: {tmp_path / 'none.nii.gz'}" in log
+    from medgmae.files import save_torch_atomic
+    from medgmae.networks.medgmae import MedGMAE
+
+    model = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4)
+    save_torch_atomic(model.model_checkpoint(), tmp_path / "model.pt")
+    save_torch_atomic(model.encoder_checkpoint(), tmp_path / "encoder.pt")
+    for path, overlap, line in ((tmp_path / "model.pt", "16", "--overlap: expected fewer voxels than the model's input window (16), got 16"),
+                                (tmp_path / "encoder.pt", "4", "--model_path: encoder.pt is ")):  # fmt: skip
+        log = run_bundle("inference", "medgmae_pretrain/configs/inference.json", "--model_path", str(path), "--image",
+                         str(afile), "--overlap", overlap, "--inference_dir", str(tmp_path / "zs")).stderr
+        assert line in log, log[-600:]
+    assert not (tmp_path / "zs").exists()
     out = tmp_path / "ft"
     proc = run_bundle("training", "unetr_finetune/configs/train.json", "--output_dir", str(out), "--label_fraction", "2")
     assert proc.returncode != 0 and "--label_fraction: expected a number in (0, 1], got '2'" in proc.stdout + proc.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,9 +23,60 @@ from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import model_preprocessing, warn_if_not_hu
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
-__all__ = ["GaussianInference", "slices_png"]
+__all__ = ["GaussianInference", "model_path_check", "overlap_check", "slices_png", "volume_path_check"]
 
 logger = logging.getLogger("medgmae.mae_training")
+
+#: What zero-shot inference needs of its model file (the wrong-kind message).
+NEEDED_FOR = "zero-shot inference needs a medgmae or medgmae-star model.pt"
+
+
+def _model_window(path: Any) -> int:
+    """The smallest edge of the input window of the MedGMAE / MedGMAE* model file ``path``, read memory-mapped (its
+    kind and config, not its weights); ``ValueError`` naming the file when it is missing or of another kind."""
+    from medgmae.checkpoint import load_checkpoint
+
+    if not str(path or "").strip():
+        raise ValueError("no model given: set model_path (e.g. --model_path runs/medgmae_pretrain/model.pt)")
+    try:
+        ckpt = load_checkpoint(Path(str(path)).expanduser(), MedGMAE.checkpoint_kinds, NEEDED_FOR, mmap=True)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
+    size = ckpt.config.get("img_size", 96)
+    return min(int(v) for v in size) if isinstance(size, (list, tuple)) else int(size)
+
+
+def model_path_check(value: Any) -> None:
+    """The ``model_path`` kind of the inference bundle's settings check
+    (:func:`medgmae.bundle_checks.check_settings`): a MedGMAE / MedGMAE* model file, named with the other bad
+    settings before anything is read or written."""
+    _model_window(value)
+
+
+def volume_path_check(value: Any) -> None:
+    """The ``image`` kind: a path given and existing (its contents are read, and named if unusable, by
+    :func:`~medgmae.data.reader.read_volume` when the run starts)."""
+    if not str(value or "").strip():
+        raise ValueError("no input volume given: set image (e.g. --image /path/to/ct.nii.gz)")
+    if not Path(str(value)).expanduser().exists():
+        raise ValueError(f"input volume not found: {Path(str(value)).expanduser()}")
+
+
+def overlap_check(model_path: Any) -> Callable[[Any], None]:
+    """The ``overlap`` kind: a whole number of voxels, at least 0 and below the window of the model at
+    ``model_path`` (when that file reads; its own check names it otherwise)."""
+    from medgmae.cli_types import nonneg_int
+
+    def check(value: Any) -> None:
+        overlap = nonneg_int(str(value).strip())
+        try:
+            window = _model_window(model_path)
+        except ValueError:
+            return
+        if overlap >= window:
+            raise ValueError(f"expected fewer voxels than the model's input window ({window}), got {overlap}")
+
+    return check
 
 
 def slices_png(
@@ -83,7 +134,7 @@ class GaussianInference:
         if flat := single_slice_problem(self.image_path, volume.array.shape):  # its Gaussians would all fall outside
             raise ValueError(flat)
         model = MedGMAE.from_checkpoint(
-            self.model_path, needed_for="zero-shot inference needs a medgmae or medgmae-star model.pt"
+            self.model_path, needed_for=NEEDED_FOR
         ).to(self.device).eval()
         spec = model_preprocessing(model, str(self.model_path))
         warn_if_not_hu(volume.array, spec, str(self.image_path))
