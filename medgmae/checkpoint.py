@@ -244,7 +244,8 @@ def load_checkpoint(
         if isinstance(objects, dict) and "optimizer" in objects:  # a training state without a model record
             raise TrainingStateError(
                 f"{path}: a training-state checkpoint (for --resume; it holds {sorted(objects)}), not a model file: "
-                "give the run's model.pt (or best_model.pt)",
+                "give the model file the run wrote beside it (pre-training: model.pt or best_model.pt; fine-tuning: "
+                "best_model.pt)",
                 objects,
             )
         raise ValueError(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")

@@ -108,7 +108,7 @@ def test_corrupt_truncated_and_foreign_files_are_named(tmp_path):
     for name, pattern in (("truncated.pt", "not a readable PyTorch file"), ("text.pt", "not a (readable )?PyTorch file"),
                           ("summary.json", "not a PyTorch file"), ("noise.pt", "not a PyTorch file"),
                           ("foreign.pt", "not a model checkpoint of this toolkit"), ("list.pt", "not a model checkpoint"),
-                          ("checkpoint_final.pt", r"a training-state checkpoint .*give the run's model\.pt")):  # fmt: skip
+                          ("checkpoint_final.pt", r"a training-state checkpoint .*fine-tuning: best_model\.pt")):  # fmt: skip
         with pytest.raises(ValueError, match=rf"{name}.*{pattern}|{pattern}.*{name}"):
             load_checkpoint(tmp_path / name)
     for name in ("summary.json", "text.pt"):  # memory-mapped (the settings checks read so): no torch internals
