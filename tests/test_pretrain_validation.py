@@ -199,3 +199,18 @@ def test_validation_pictures_mark_the_patient_directions_of_a_ras_crop_only(tmp_
     assert yellow(reconstruction_figure(t, t, t, np.zeros((1, 3)), np.ones(1))) > 12 * 4 * 10  # 12 tiles, 4 letters
     assert ValidationPictureHandler(None, tmp_path, orientation="ras").letters is True
     assert ValidationPictureHandler(None, tmp_path, orientation="LPS").letters is False
+
+
+def test_best_model_records_the_epoch_and_psnr_it_was_chosen_by(tmp_path):
+    """``best_model.pt`` had an empty ``extra``: nothing in the file said which epoch or PSNR made it the best (the
+    summary did). It records both, and stays a ``model.pt`` of the same kind, weights and pre-processing."""
+    from medgmae.checkpoint import load_checkpoint
+    from medgmae.mae_training.validation import save_best_model
+    from medgmae.networks.medgmae import MedGMAE
+
+    model = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4)
+    path = save_best_model(model, tmp_path / "new" / "run", epoch=7, psnr=23.5)
+    ckpt = load_checkpoint(path, "medgmae")
+    assert ckpt.extra["best"] == {"epoch": 7, "val_psnr": 23.5}
+    assert all(torch.equal(ckpt.state_dict[k], v) for k, v in model.state_dict().items())
+    assert sorted(p.name for p in (tmp_path / "new" / "run").iterdir()) == ["best_model.pt"]  # no stray encoder

@@ -11,9 +11,6 @@ The values go to the log, TensorBoard (``val/loss``, ``val/psnr``, ``val/ssim``)
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +22,7 @@ from torch import Tensor
 
 from medgmae.engine import MetricHistory, is_main_process, unwrap_model
 from medgmae.networks.mae_base import MAEOutput
-from medgmae.mae_training.export import MODEL_FILE, save_pretrained
+from medgmae.files import save_torch_atomic
 
 __all__ = [
     "BEST_MODEL_FILE",
@@ -126,18 +123,18 @@ def masked_ssim(
     return (ssim_map.flatten(1) * weight).sum(1) / weight.sum(1)
 
 
-def save_best_model(network: nn.Module, output_dir: str | Path, filename: str = BEST_MODEL_FILE) -> Path:
-    """Write ``network`` as ``output_dir/filename`` with :func:`~medgmae.mae_training.save_pretrained`'s ``model.pt``
-    writer (same format), atomically."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".best-", dir=out))
-    try:
-        save_pretrained(network, tmp)
-        os.replace(tmp / MODEL_FILE, out / filename)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out / filename
+def save_best_model(
+    network: nn.Module, output_dir: str | Path, filename: str = BEST_MODEL_FILE, epoch: int | None = None,
+    psnr: float | None = None,
+) -> Path:
+    """Write ``network`` as ``output_dir/filename`` in ``model.pt``'s format
+    (:meth:`~medgmae.networks.mae_base.MaskedAutoencoder.model_checkpoint`), atomically; ``extra["best"]`` records
+    the validation ``epoch`` and masked ``psnr`` (dB) it was chosen by, when given."""
+    payload = unwrap_model(network).model_checkpoint()
+    if epoch is not None:
+        best = {"epoch": int(epoch), **({} if psnr is None else {"val_psnr": float(psnr)})}
+        payload["extra"] = {**dict(payload.get("extra") or {}), "best": best}
+    return save_torch_atomic(payload, Path(output_dir) / filename)
 
 
 class MaskedValidationHandler:
@@ -250,7 +247,7 @@ class MaskedValidationHandler:
             self.writer.flush()
         improved = self.history.update_best(epoch, metrics["psnr"])
         if improved:
-            save_best_model(self.network, self.output_dir)
+            save_best_model(self.network, self.output_dir, epoch=epoch, psnr=metrics["psnr"])
         logger.info(
             "epoch %d validation (%d %s, fixed masks): masked PSNR %.2f dB, SSIM %.4f, loss %.5f; best PSNR %.2f dB "
             "at epoch %d%s", epoch, len(self.crops()), self.item_name, metrics["psnr"], metrics["ssim"], metrics["loss"],
