@@ -102,7 +102,7 @@ def draw_slices(volumes: dict, path, affine, reference=None) -> tuple[int, int]:
     """
     import numpy as np
 
-    from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png
+    from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png, voxel_sizes
 
     if not volumes:
         raise ValueError("draw_slices needs at least one volume")
@@ -123,7 +123,7 @@ def draw_slices(volumes: dict, path, affine, reference=None) -> tuple[int, int]:
         panels = [(t, v, lo, hi, False) for t, v in cols]
     ras = [ras_oriented((v.transpose(2, 1, 0) - a) / max(b - a, 1e-12), affine) for _, v, a, b, _ in panels]
     spacing = ras[0][1]
-    title = f"{' x '.join(f'{s:.2f}' for s in spacing)} mm (R-L x A-P x I-S); grey window [{lo:.4g}, {hi:.4g}] /mm"
+    title = f"voxels {voxel_sizes(spacing)}; grey window [{lo:.4g}, {hi:.4g}] /mm"
     img = orthogonal_slices([v for v, _ in ras], spacing, [p[0] for p in panels], title, coloured=[p[4] for p in panels])
     save_png(img, path)
     return img.shape[1], img.shape[0]

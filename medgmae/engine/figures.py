@@ -32,6 +32,7 @@ __all__ = [
     "save_png",
     "tile_grid",
     "upscale",
+    "voxel_sizes",
     "with_orientation_letters",
 ]
 
@@ -145,6 +146,12 @@ _VIEWS = ("sagittal", "coronal", "axial")
 _EDGE_LETTERS = (("A", "P", "S", "I"), ("R", "L", "S", "I"), ("R", "L", "A", "P"))
 #: The colour of the orientation letters (yellow, as viewers draw them; never a grey of the image).
 LETTER_COLOUR = (255, 255, 0)
+
+
+def voxel_sizes(spacing: Sequence[float]) -> str:
+    """``"0.70 (R-L) x 0.90 (A-P) x 2.50 (I-S) mm"``: the voxel size along each axis of a RAS-ordered volume
+    (:func:`ras_oriented`), each named by its patient axis (a size, not an orientation code)."""
+    return " x ".join(f"{s:.2f} ({axis})" for s, axis in zip(spacing, ("R-L", "A-P", "I-S"))) + " mm"
 
 
 def with_orientation_letters(img: np.ndarray, view: int) -> np.ndarray:

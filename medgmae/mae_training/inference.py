@@ -17,7 +17,7 @@ import torch
 from medgmae.data.precheck import single_slice_problem
 from medgmae.data.reader import read_volume, volume_stem
 from medgmae.engine import resolve_device
-from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png
+from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png, voxel_sizes
 from medgmae.files import save_nifti_atomic
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import model_preprocessing, warn_if_not_hu
@@ -158,7 +158,7 @@ class GaussianInference:
         ras = [ras_oriented(v, affine) for v in pictures]
         spacing = ras[0][1]
         a0, a1 = res.spec.hu_window
-        title = (f"{stem}: {' x '.join(f'{s:.2f}' for s in spacing)} mm (R-L x A-P x I-S); "
+        title = (f"{stem}: voxels {voxel_sizes(spacing)}; "
                  f"grey window [{a0:.4g}, {a1:.4g}] HU")  # fmt: skip
         slices_png([v for v, _ in ras], paths["png"], spacing, ("input", "rendering"), title)
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine)
