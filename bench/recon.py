@@ -85,6 +85,21 @@ def fbp_baselines(proj, geom: CTGeometry, vol, args) -> tuple[torch.Tensor, dict
 
 #: starts run only when ``--only`` names them (bench/RESULTS.md: the intensity-fit experiment, the grown 3DGR-CT start)
 ON_REQUEST = ("toolkit-fit", "medgmae-fit", "medgmae-fit-3dgr", "3dgr-ct-grow")
+#: every start :func:`starts` makes, in its order: without a model, and with ``--compare-medgmae``
+PLAIN_STARTS = ("random", "toolkit", "3dgr-ct", "toolkit-fit", "3dgr-ct-grow")
+MEDGMAE_STARTS = ("medgmae", "medgmae-dense", "medgmae-grow", "medgmae-fit", "medgmae-fit-3dgr", "medgmae-3dgr")
+
+
+def only_error(only, compare_medgmae: bool) -> str | None:
+    """What is wrong with the ``--only`` names (``None``: nothing): an unknown start, or a zero-shot start without
+    ``--compare-medgmae``."""
+    unknown = [n for n in only or () if n not in PLAIN_STARTS + MEDGMAE_STARTS]
+    if unknown:
+        return f"--only: unknown start(s) {', '.join(unknown)}; the starts are {', '.join(PLAIN_STARTS + MEDGMAE_STARTS)}"
+    zero_shot = [n for n in only or () if n in MEDGMAE_STARTS]
+    if zero_shot and not compare_medgmae:
+        return f"--only {' '.join(zero_shot)}: the MedGMAE starts need --compare-medgmae (and --checkpoint)"
+    return None
 
 
 def starts(args, rec_fbp, geom: CTGeometry, device, out: dict) -> tuple[dict, dict]:
@@ -271,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale numerator of the 3DGR-CT init in its normalised frame (default: the published 0.15; "
                         "0.15 x 256 / the largest volume side gives its initial Gaussians the size in voxels they "
                         "have on 3DGR-CT's 256-voxel slices)")
-    p.add_argument("--only", nargs="*", default=None, help="run only these initialisations")
+    p.add_argument("--only", nargs="*", default=None, metavar="START",
+                   help=f"run only these initialisations (of {', '.join(PLAIN_STARTS)}; with --compare-medgmae also "
+                        f"{', '.join(MEDGMAE_STARTS)})")
     p.add_argument("--views-per-iteration", type=positive_int, default=None)
     p.add_argument("--eval-every", type=positive_int, default=10)
     p.add_argument("--texture", action="store_true", help="phantom with the generator's correlated 10-15 HU texture")
@@ -334,6 +351,8 @@ def main(argv=None) -> int:
         p.error("--compare-medgmae needs --checkpoint (a model.pt from the pre-training bundle)")
     if args.partial_every < 0:
         p.error("--partial-every must be >= 0")
+    if (problem := only_error(args.only, args.compare_medgmae)) is not None:
+        p.error(problem)
     if args.gpu_case:
         args.size, args.voxel, args.geometry, args.views, args.iterations = [80, 256, 256], [2.5, 1.5, 1.5], "cone", 120, 15000
         args.num_gaussians, args.eval_every = args.num_gaussians or 50000, 250

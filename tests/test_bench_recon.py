@@ -433,3 +433,31 @@ def test_the_cone_backprojection_bench_measures_both_variants_in_fresh_processes
     assert result["kind"] == "cone" and set(result["median_seconds"]) == set(result["peak_rss_mib"]) == {"slabs", "grid"}
     assert min(result["peak_rss_mib"].values()) > 0 and result["max_abs_value"] > 0
     assert result["relative_sum_difference"] < 1e-5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "medgmae-grwo"], "unknown start(s) medgmae-grwo; the starts are random, toolkit,"),
+    (["--only", "bogus", "toolkit"], "unknown start(s) bogus"),
+    (["--only", "toolkit", "medgmae-grow"], "--only medgmae-grow: the MedGMAE starts need --compare-medgmae"),
+])  # fmt: skip
+def test_recon_refuses_unknown_only_starts(argv, message, capsys, monkeypatch):
+    """bench/recon.py --only: a misspelt start, or a zero-shot one without its model, is a usage error before any
+    simulation (not a run that leaves out the start and writes empty results)."""
+    monkeypatch.setattr(bench_recon, "run_case", lambda *a, **k: pytest.fail("ran despite a bad --only"))
+    with pytest.raises(SystemExit) as e:
+        bench_recon.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_only_names_are_the_starts_made(model_file):
+    """The names ``--only`` accepts are exactly the starts :func:`starts` makes, with and without a model."""
+    import argparse
+
+    args = argparse.Namespace(num_gaussians_3dgr=None, ini_sigma_3dgr=0.15, num_gaussians=100, seed=0,
+                              fit_iterations=1, compare_medgmae=False, checkpoint=str(model_file), overlap=4)  # fmt: skip
+    geom = bench_recon.CTGeometry.parallel((8, 16, 16), (12.0, 8.0, 8.0), num_angles=4)
+    inits, _ = bench_recon.starts(args, torch.zeros(8, 16, 16), geom, torch.device("cpu"), {})
+    assert tuple(inits) == bench_recon.PLAIN_STARTS
+    args.compare_medgmae = True
+    inits, _ = bench_recon.starts(args, torch.zeros(8, 16, 16), geom, torch.device("cpu"), {})
+    assert tuple(inits) == bench_recon.PLAIN_STARTS + bench_recon.MEDGMAE_STARTS
