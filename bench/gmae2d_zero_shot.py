@@ -9,7 +9,8 @@
      ``>= split``. IoU against the body mask and against the union of organ labels, for every split (the split
      used by default, ``L // 2``, and the best one over the data set are reported), beside Otsu's threshold of
      the image intensities (scikit-image) as a classical zero-shot baseline;
-   * edges: layer-assignment discontinuities at ``l@4``, ``l@8``, ``l@16`` against scikit-image's Sobel magnitude
+   * edges: layer-assignment discontinuities at ``l@4``, ``l@8``, ``l@16`` (at most the model's number of
+     Gaussians: ``l@4``, ``l@8`` for 8 Gaussians) against scikit-image's Sobel magnitude
      (threshold swept) and Canny (sigma swept). The reference edges are the boundaries of the label map with the
      body as one more label. F-score with a tolerance of ``--tolerance`` pixels (a predicted edge pixel counts as
      correct within that distance of a reference one and vice versa; counts summed over the data set, the best
@@ -37,6 +38,7 @@ from skimage import feature, filters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
 
+from medgmae.cli_types import positive_int  # noqa: E402
 from medgmae.files import atomic_write  # noqa: E402
 from medgmae.twod import layering as L  # noqa: E402
 from medgmae.twod.data2d import edge_map, phantom_slices  # noqa: E402
@@ -86,6 +88,13 @@ def summarise(counts: np.ndarray) -> dict:
 
 
 GRANULARITIES = (4, 8, 16)  # layer counts whose assignments give the GMAE edge maps
+DEFAULT_LAYERS = 16  # figure-ground layers unless --num-layers (at most the number of Gaussians)
+
+
+def edge_granularities(num_gaussians: int) -> tuple[int, ...]:
+    """The layer counts of the edge maps for a model of ``num_gaussians`` Gaussians: :data:`GRANULARITIES`, each
+    at most ``num_gaussians`` (a layer needs a Gaussian)."""
+    return tuple(sorted({min(n, num_gaussians) for n in GRANULARITIES}))
 SOBEL_THRESHOLDS = np.linspace(0.02, 0.5, 25)
 CANNY_SIGMAS = (0.5, 1.0, 1.5, 2.0, 3.0)
 
@@ -97,14 +106,15 @@ def _score_gmae(model: GMAE2D, x, body, organs, gt_edges, args, acc: dict, i: in
         g = model.predict_gaussians(x)
         full = model.render(g)
         acc["psnr"].append(float(10 * torch.log10(1.0 / (full - x).square().mean().clamp_min(1e-12))))
-        cumulative = {n: L.cumulative_renders(g, n, size, "torch") for n in set(GRANULARITIES) | {num_layers}}
+        granularities = edge_granularities(model.num_gaussians)
+        cumulative = {n: L.cumulative_renders(g, n, size, "torch") for n in set(granularities) | {num_layers}}
         for t, th in enumerate(args.thresholds):
             assign = L.layer_assignment(cumulative[num_layers], th)[0]
             for split in range(num_layers + 1):
                 fg = L.figure_ground(assign, split)
                 acc["iou_body"][t, split, i] = float(L.mask_iou(fg, body))
                 acc["iou_organ"][t, split, i] = float(L.mask_iou(fg, organs))
-            for n in GRANULARITIES:
+            for n in granularities:
                 e = L.edges_from_assignment(L.layer_assignment(cumulative[n], th))[0].numpy()
                 acc["edges"][f"gmae l@{n}"][t] += f_score(e, gt_edges, args.tolerance)
 
@@ -152,7 +162,7 @@ def evaluate(model: GMAE2D, args) -> dict:
     ths = args.thresholds
     iou = np.zeros((len(ths), args.num_layers + 1, len(items)))  # split L: nothing is foreground
     acc = {"iou_body": iou, "iou_organ": np.zeros_like(iou), "psnr": [], "otsu_body": [], "otsu_organ": [],
-           "edges": {f"gmae l@{n}": np.zeros((len(ths), 4)) for n in GRANULARITIES},
+           "edges": {f"gmae l@{n}": np.zeros((len(ths), 4)) for n in edge_granularities(model.num_gaussians)},
            "sobel": np.zeros((len(SOBEL_THRESHOLDS), 4)), "canny": np.zeros((len(CANNY_SIGMAS), 4))}  # fmt: skip
     model.eval()
     for i, item in enumerate(items):
@@ -177,6 +187,15 @@ def evaluate(model: GMAE2D, args) -> dict:
     }
 
 
+def check_layers(p: argparse.ArgumentParser, args, num_gaussians: int, source: str) -> None:
+    """Resolve ``--num-layers`` for a model of ``num_gaussians`` Gaussians (from ``source``); a usage error if it
+    asks for more layers than Gaussians."""
+    if args.num_layers is None:
+        args.num_layers = min(DEFAULT_LAYERS, num_gaussians)
+    elif args.num_layers > num_gaussians:
+        p.error(f"--num-layers {args.num_layers} exceeds the {num_gaussians} Gaussians of {source} (a layer needs one)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", type=Path, required=True)
@@ -184,24 +203,28 @@ def main(argv=None) -> int:
     p.add_argument("--model-size", default="tiny")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=8)
-    p.add_argument("--num-gaussians", type=int, default=128)
+    p.add_argument("--num-gaussians", type=positive_int, default=128, help="Gaussians of the model trained here")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--train-cases", type=int, default=16)
     p.add_argument("--eval-cases", type=int, default=4)
     p.add_argument("--slices-per-case", type=int, default=8)
-    p.add_argument("--num-layers", type=int, default=16)
+    p.add_argument("--num-layers", type=positive_int, default=None,
+                   help=f"figure-ground layers (default: {DEFAULT_LAYERS}, or the number of Gaussians if fewer)")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     p.add_argument("--tolerance", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.checkpoint is None:  # checked before the pre-training; a given model is checked once loaded
+        check_layers(p, args, args.num_gaussians, "--num-gaussians")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     ckpt = args.checkpoint or pretrain(args)
     t_train = time.time() - t0
     model = GMAE2D.from_checkpoint(ckpt)
+    check_layers(p, args, model.num_gaussians, f"the model of --checkpoint {ckpt}")
     t1 = time.time()
     results = evaluate(model, args)
     results.update(
