@@ -256,3 +256,14 @@ def test_layer_defaults_fit_a_model_with_few_gaussians(tmp_path):
     assert main(["edges", *common, "--out", str(tmp_path / "e")]) == 0
     assert json.loads((tmp_path / "e" / "edges.json").read_text())["granularities"] == [4, 8]
     assert main(["layers", *common, "--out", str(tmp_path / "x"), "--num-layers", "13"]) == 2
+
+
+def test_gsplat_on_the_cpu_is_refused_in_the_tools_own_flags(model_file, tmp_path, capsys):
+    """``--backend gsplat`` with a CPU ``--device`` names ``--backend torch`` (not the Python API's
+    ``backend='torch'``), before anything is read or written."""
+    out = tmp_path / "o"
+    argv = ["layers", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(out)]
+    assert main([*argv, "--backend", "gsplat", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --backend gsplat: gsplat renders on CUDA devices only and --device cpu runs on cpu: use --backend torch" in err
+    assert "backend='torch'" not in err and not out.exists()

@@ -33,6 +33,7 @@ from medgmae.engine import resolve_device
 from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
+from medgmae.twod.gsplat_backend import check_backend_setting
 from medgmae.twod.images import is_windowed, read_image_source, read_reference, to_model_input
 from medgmae.twod.pngs import save_png, save_png_grid
 from medgmae.twod.windows import recorded_window, window_setting
@@ -204,6 +205,15 @@ def _apply_layer_defaults(args, model: GMAE2D) -> None:
         args.granularities = [n for n in _GRANULARITIES if n <= k] or [k]
 
 
+def _check_backend(args) -> None:
+    """Refuse ``--backend gsplat`` where ``--device`` runs on a CPU (gsplat renders on CUDA only), in this tool's
+    flags, before the model is read."""
+    try:
+        check_backend_setting(args.backend, args.device, flag="--backend")
+    except ValueError as e:
+        raise ValueError(f"--backend {args.backend}: {e}") from None
+
+
 def _check_out(out: Path) -> None:
     """Refuse an ``--out`` that cannot become a folder (before any computation)."""
     problem = output_dir_problem(out)
@@ -295,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = expand_home(build_parser().parse_args(argv))  # exits with status 2 on nonsense flags
     try:
         _check_out(args.out)
+        _check_backend(args)
         model, x, size, reference, image = _load(args)
         run = _COMMANDS[args.command]
         if reference is not None:  # only segment has --reference

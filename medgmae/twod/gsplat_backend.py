@@ -81,10 +81,16 @@ def _gsplat_error(probe: Callable[[], object] | None) -> str | None:
     return None
 
 
-def check_backend_setting(backend: str, device: str | torch.device) -> None:
+def check_backend_setting(backend: str, device: str | torch.device, flag: str = "--render_backend") -> None:
     """A bundle's ``render_backend`` setting, checked up front with its ``device`` setting: gsplat renders on CUDA
     only, so ``gsplat`` on a device that is not CUDA (``cpu``, or ``auto`` without a GPU) is refused before any
     data is read (:func:`resolve_backend_2d` would refuse it at the first rendering).
+
+    Args:
+        backend: ``"auto"``, ``"torch"`` or ``"gsplat"``.
+        device: the ``--device`` setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        flag: the option that sets ``backend``, as the message names it (a bundle's ``--render_backend``, the
+            ``--backend`` of ``medgmae-2d``).
 
     Raises:
         ValueError: an unknown backend, or ``gsplat`` with a device setting that resolves to a CPU.
@@ -101,7 +107,7 @@ def check_backend_setting(backend: str, device: str | torch.device) -> None:
         return
     if resolved.type != "cuda":
         raise ValueError(f"gsplat renders on CUDA devices only and --device {device} runs on {resolved}: use "
-                         "--render_backend torch (or auto, which picks gsplat on a GPU)")
+                         f"{flag} torch (or auto, which picks gsplat on a GPU)")
 
 
 def resolve_backend_2d(backend: str, device: torch.device | str, probe: Callable[[], object] | None = None) -> str:
