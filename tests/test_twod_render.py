@@ -250,6 +250,7 @@ def test_auto_backend_falls_back_to_torch_without_nvcc(monkeypatch, tmp_path, ca
     _fake_gsplat_without_nvcc(monkeypatch, tmp_path)
     monkeypatch.setattr(G, "_GSPLAT_PROBE", {})
     monkeypatch.setattr(G, "_NOTICES", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine without nvcc
     with caplog.at_level("WARNING", logger="medgmae.twod.gsplat_backend"):
         assert G.resolve_backend_2d("auto", torch.device("cuda")) == "torch"  # the real probe, no CUDA needed
         assert G.resolve_backend_2d("auto", "cuda:0") == "torch"
@@ -275,6 +276,41 @@ def test_auto_backend_uses_gsplat_when_it_loads_and_reports_other_failures(monke
     with caplog.at_level("WARNING", logger="medgmae.twod.gsplat_backend"):
         assert G.resolve_backend_2d("auto", "cuda", probe=broken) == "torch"
     assert any("No module named 'gsplat'" in r.getMessage() for r in caplog.records)
+
+
+def _fresh_probe(monkeypatch, tmp_path, cuda: bool) -> None:
+    """No probe made yet, no notice given, the default cache folder under ``tmp_path``, CUDA there or not."""
+    monkeypatch.setattr(G, "_GSPLAT_PROBE", {})
+    monkeypatch.setattr(G, "_NOTICES", set())
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "")  # restored after the test, whatever the code under test sets
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    monkeypatch.setenv("MEDGMAE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+
+
+def test_gsplat_not_installed_says_so_and_makes_no_folder(monkeypatch, tmp_path, caplog):
+    """gsplat missing: the fallback notice says it is not installed and how to install it (not that its CUDA
+    extension failed to build), and no cache folder is made."""
+    _fresh_probe(monkeypatch, tmp_path, cuda=True)
+    monkeypatch.setitem(sys.modules, "gsplat", None)  # import gsplat fails as where it is not installed
+    with caplog.at_level("WARNING", logger="medgmae.twod.gsplat_backend"):
+        assert G.resolve_backend_2d("auto", "cuda") == "torch"
+    notice = " ".join(r.getMessage() for r in caplog.records)
+    assert "gsplat is not installed: install it with `pip install gsplat`" in notice and "built" not in notice
+    with pytest.raises(RuntimeError, match="gsplat is not installed"):
+        G._load_gsplat()  # backend="gsplat" asked for explicitly
+    assert not (tmp_path / "cache").exists()
+
+
+def test_auto_on_cuda_without_a_cuda_device_builds_nothing(monkeypatch, tmp_path, caplog):
+    """``resolve_backend_2d("auto", "cuda")`` where no CUDA device is available: the compositor, a notice naming
+    the reason, and no gsplat import, build or cache folder."""
+    _fresh_probe(monkeypatch, tmp_path, cuda=False)
+    monkeypatch.setattr(G, "_load_gsplat", lambda: pytest.fail("gsplat loaded without a CUDA device"))
+    with caplog.at_level("WARNING", logger="medgmae.twod.gsplat_backend"):
+        assert G.resolve_backend_2d("auto", "cuda") == "torch"
+    assert any("no CUDA device is available" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_gsplat_gpu_tests_skip_without_nvcc(monkeypatch, tmp_path, request):

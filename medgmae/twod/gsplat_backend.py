@@ -4,12 +4,14 @@
 frame of :mod:`medgmae.twod.render` and with the conventions of :mod:`medgmae.twod.compositor`. gsplat builds its CUDA
 extension just in time; :func:`set_gsplat_cache_dir` keeps that build out of the user's home directory.
 :func:`resolve_backend_2d` turns ``"auto"`` into gsplat for CUDA tensors and the PyTorch compositor otherwise,
-falling back to the compositor, with a one-line warning logged once per process, where gsplat's CUDA extension cannot
-be built or loaded (for instance no ``nvcc`` for its just-in-time build).
+falling back to the compositor, with a one-line warning logged once per process, where gsplat is not installed or
+its CUDA extension cannot be built or loaded (for instance no ``nvcc`` for its just-in-time build). Nothing is built,
+and no folder made, where gsplat is not installed or no CUDA device is available.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -23,6 +25,8 @@ from medgmae.twod.compositor import EPS2D
 __all__ = ["BACKENDS", "check_backend_setting", "render_gsplat", "resolve_backend_2d", "set_gsplat_cache_dir"]
 
 BACKENDS = ("auto", "torch", "gsplat")
+#: How to install gsplat where it is missing.
+GSPLAT_INSTALL = "install it with `pip install gsplat`"
 _LOG = logging.getLogger(__name__)
 #: Outcome of probing gsplat's CUDA extension in this process: ``{"error": None | str}`` once probed.
 _GSPLAT_PROBE: dict = {}
@@ -30,13 +34,17 @@ _GSPLAT_PROBE: dict = {}
 _NOTICES: set = set()
 
 
-def set_gsplat_cache_dir(path: str | os.PathLike | None = None) -> str:
+def set_gsplat_cache_dir(path: str | os.PathLike | None = None, create: bool = True) -> str:
     """Choose where gsplat's CUDA extension is compiled and cached (``TORCH_EXTENSIONS_DIR``).
 
     A value already set by the user in the environment is kept. Otherwise ``path`` (e.g. a folder under a
     training run's output directory) is used, else ``$MEDGMAE_CACHE_DIR/torch_extensions``, else a per-user
     folder in the system temporary directory, so that nothing is written to the user's home directory.
     Must be called before gsplat's CUDA backend is first imported to have an effect.
+
+    Args:
+        path: the folder, unless the environment names one.
+        create: make the folder now (otherwise it is made by the build that needs it).
 
     Returns:
         The directory in use.
@@ -47,14 +55,18 @@ def set_gsplat_cache_dir(path: str | os.PathLike | None = None) -> str:
         base = os.environ.get("MEDGMAE_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"medgmae-cache-{os.getuid()}")
         path = os.path.join(base, "torch_extensions")
     path = os.path.abspath(os.fspath(path))
-    os.makedirs(path, exist_ok=True)
+    if create:
+        os.makedirs(path, exist_ok=True)
     os.environ["TORCH_EXTENSIONS_DIR"] = path
     return path
 
 
 def _load_gsplat():
-    """Import :func:`gsplat.rasterization` with its CUDA extension built (compiling it on first use)."""
-    cache = set_gsplat_cache_dir()
+    """Import :func:`gsplat.rasterization` with its CUDA extension built (compiling it on first use; the build makes
+    its cache folder)."""
+    if importlib.util.find_spec("gsplat") is None:
+        raise RuntimeError(f"gsplat is not installed: {GSPLAT_INSTALL} (it is one of the toolkit's dependencies)")
+    cache = set_gsplat_cache_dir(create=False)
     try:
         from gsplat import rasterization
         from gsplat.cuda import _backend
@@ -69,8 +81,11 @@ def _load_gsplat():
 
 
 def _gsplat_error(probe: Callable[[], object] | None) -> str | None:
-    """``None`` when gsplat's CUDA extension loads, else why not (the default probe's result is cached)."""
+    """``None`` when gsplat's CUDA extension loads, else why not (the default probe's result is cached; without a
+    CUDA device it builds nothing)."""
     if probe is None:
+        if not torch.cuda.is_available():
+            return "no CUDA device is available to this process"
         if "error" not in _GSPLAT_PROBE:
             _GSPLAT_PROBE["error"] = _gsplat_error(_load_gsplat)
         return _GSPLAT_PROBE["error"]
@@ -114,8 +129,8 @@ def resolve_backend_2d(backend: str, device: torch.device | str, probe: Callable
     """The backend that renders for ``backend`` on ``device``: ``"torch"`` or ``"gsplat"``.
 
     ``"auto"`` gives gsplat on CUDA devices when its CUDA extension loads, else the PyTorch compositor; when gsplat
-    is unavailable on a CUDA device (no ``nvcc`` for its just-in-time build, a failed build, gsplat not installed)
-    a one-line warning naming the reason is logged once. An explicit ``"gsplat"`` is returned as is (its errors
+    is unavailable on a CUDA device (no ``nvcc`` for its just-in-time build, a failed build, gsplat not installed,
+    no CUDA device at all) a one-line warning naming the reason is logged once. An explicit ``"gsplat"`` is returned as is (its errors
     surface when rendering).
 
     Args:
@@ -157,7 +172,7 @@ def render_gsplat(means, scales, quats, colors, opacities, size, background) -> 
         ``(B, C, H, W)`` image and ``(B, 1, H, W)`` accumulated opacity, in the dtype of ``means``.
 
     Raises:
-        RuntimeError: when gsplat's CUDA extension cannot be built or loaded.
+        RuntimeError: when gsplat is not installed or its CUDA extension cannot be built or loaded.
     """
     rasterization = _load_gsplat()
     h, w = size
