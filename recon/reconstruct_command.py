@@ -146,7 +146,8 @@ def _reconstruct(args) -> int:
     holdout = _holdout_record(args, rec, result)
     if args.refit and result.best_iteration is not None:
         init_fn = lambda: start.initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
-        rec, result, start_eval, init = _refit(rec, init_fn, result.best_iteration, progress=progress)  # its value_scale is recorded
+        holdout["init_seconds"] = init_seconds  # the held-out run's start; the record's own is the refit's
+        rec, result, start_eval, init, init_seconds = _refit(rec, init_fn, result.best_iteration, progress=progress)
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, x.run_info["scan"], projector_seconds
     metrics["start"] = start_eval
@@ -205,16 +206,18 @@ def _holdout_record(args, rec, result) -> dict | None:
 def _refit(rec, init_fn, iteration: int, progress: bool | str):
     """The run of ``rec`` on every view (``init_fn()``: the start from the every-view FBP), stopped at
     ``iteration``: the same settings and schedule without held-out views. Returns ``(reconstructor, result, its
-    start's evaluation, its initial Gaussians)``."""
+    start's evaluation, its initial Gaussians, the seconds they took)``; its ``value_scale`` is its own start's."""
     from recon.gaussian_recon import GaussianReconstructor
 
     print(f"--refit: the held-out views chose iteration {iteration}; running again on every view to it, from the "
           "start of the every-view FBP...", flush=True)  # fmt: skip
+    t0 = time.perf_counter()
     init, value_scale = init_fn()
+    init_seconds = time.perf_counter() - t0
     cfg = replace(rec.config, holdout_views=0, holdout_patience=0)
     full = GaussianReconstructor(rec.projector, rec.proj, init, cfg, reference=rec.reference, device=rec.device, value_scale=value_scale)
     start_eval = full.evaluate() or None
-    return full, full.run(progress=progress, stop_at=iteration), start_eval, init
+    return full, full.run(progress=progress, stop_at=iteration), start_eval, init, init_seconds
 
 
 def _check_flags(args) -> None:

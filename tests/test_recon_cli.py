@@ -421,6 +421,7 @@ def test_refit_is_the_every_view_run_stopped_at_the_chosen_iteration(ct, tmp_pat
     assert h["refit"] and h["stopped_early"] and h["run_iterations"] == h["best_iteration"] + 30 < 200
     assert refit["iterations"] == refit["history"][-1]["iteration"] == h["best_iteration"]
     assert not any("holdout_error" in r for r in refit["history"])
+    assert 0 < refit["init_seconds"] and 0 < h["init_seconds"]  # the refit's start and the held-out run's, each timed
     for a, b in zip(refit["history"], plain["history"]):
         assert (a["iteration"], a["num_gaussians"]) == (b["iteration"], b["num_gaussians"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)

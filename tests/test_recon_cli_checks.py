@@ -308,6 +308,10 @@ def test_summary_times_name_the_projector_and_the_held_out_run_before_a_refit(tm
             "held-out run before the refit (14 iterations)), 100 Gaussians") in first
     print_summary({**metrics, "holdout": {**holdout, "refit": False}}, tmp_path)
     assert "held-out run before" not in capsys.readouterr().out.splitlines()[0]
+    # the record of a refit: the held-out run's start (its FBP) in the holdout record, the refit's own at the top
+    print_summary({**metrics, "init_seconds": 0.25, "holdout": {**holdout, "init_seconds": 0.5}}, tmp_path)
+    assert ("0.5 s FBP and initialisation, 12.2 s the held-out run before the refit (14 iterations), 0.2 s the refit's "
+            "start)") in capsys.readouterr().out.splitlines()[0]
 
 
 def test_a_model_without_recorded_preprocessing_is_named_in_a_warning(caplog):
