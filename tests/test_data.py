@@ -144,15 +144,18 @@ def test_a_folder_of_volumes_is_searched_in_depth_without_its_label_maps(tmp_pat
     root = tmp_path / "data"
     for rel, image in (("imagesTr/case_01.nii.gz", img), ("labelsTr/case_01.nii.gz", lab), ("loose/ct_a.mha", img),
                        ("loose/ct_a_label.mha", lab), ("loose/ct_a-seg.nrrd", lab), ("loose/body_mask.nii.gz", lab),
-                       ("loose/segmental_artery.nii.gz", img)):  # fmt: skip
+                       ("loose/segmental_artery.nii.gz", img), ("imagesTs/case_09.nii.gz", img)):  # fmt: skip
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(image, str(root / rel))
+    (root / "imagesTr" / "._case_01.nii.gz").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # skipped
     series = _write_dicom_series(img, root / "PAT1" / "STUDY1" / "SERIES3")
     (root / "PAT1" / "notes.txt").write_text("not DICOM")
     with caplog.at_level("INFO", logger="medgmae.data"):
         found = [Path(it["image"]).relative_to(root).as_posix() for it in folder_datalist(root)]
     assert found == ["PAT1/STUDY1/SERIES3", "imagesTr/case_01.nii.gz", "loose/ct_a.mha", "loose/segmental_artery.nii.gz"]
     assert "left out label maps and masks by name: 1 file in labelsTr/, 3 files (e.g. body_mask.nii.gz)" in caplog.text
+    # the Decathlon layout's test images are no pre-training data (a benchmark's test cases), said so
+    assert "left out the test images of its Decathlon layout: 1 file in imagesTs/" in caplog.text
     assert "GDCM" not in capfd.readouterr().err
     assert [it["image"] for it in folder_datalist(series)] == [str(series)]  # a series folder given itself
 

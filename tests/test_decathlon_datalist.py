@@ -42,7 +42,7 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
     assert "fine-tune with --dataset_dir" in capsys.readouterr().out
     doc = json.loads((tmp_path / "dataset.json").read_text())
     assert doc["labels"] == {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
-    assert len(doc["validation"]) == 2 and len(doc["training"]) == 5 and doc["numTraining"] == 7
+    assert len(doc["validation"]) == 2 and len(doc["training"]) == 5 and doc["numTraining"] == 5 and doc["numTest"] == 1
     assert doc["test"] == [{"image": "imagesTs/case_100_0000.nii.gz"}]
     listed = doc["training"] + doc["validation"]
     assert not {p["image"] for p in doc["training"]} & {p["image"] for p in doc["validation"]}
@@ -69,8 +69,14 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1, label=False)], [], "b_0000.nii.gz: no label map of case b"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1), (d / "imagesTr" / "b_0000.nii.gz").rename(d / "imagesTr" / "b_0001.nii.gz")],
          [], "channel 0001 of case b"),
-        (lambda d: [_case(d, "a", 2), _case(d, "b", 1)], ["--labels", "1=liver"], "[2] not named"),
-        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--labels", "1=liver,4=kidney"], "[4] in no map"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--labels", "1=liver,4=kidney"], "[4], which no label map holds"),
+        (lambda d: [_case(d, "a", 2), _case(d, "b", 1)], ["--labels", "1=spleen,2=spleen"], "two classes are named 'spleen'"),
+        (lambda d: [_case(d, "a", 2), _case(d, "b", 1)], ["--labels", "1=spleen,1=liver"], "class 1 is named twice"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--seed", "-1"], "expected a non-negative integer"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/labelsTr/a.nii.gz", "--force"], "a datalist is a .json file"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/imagesTr/list.json"], "inside a folder of scans"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/labelsTr", "--force"], "is a folder: give the .json file"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/imagesTr/a_0000.nii.gz/x.json"], "is a file, not a folder"),
         (lambda d: [_case(d, "a", 1)], [], "1 labelled case(s)"),
         (lambda d: d.mkdir(parents=True, exist_ok=True), [], "no imagesTr/ and no labelsTr/"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1), (d / "dataset.json").write_text("{}")], [], "exists: give --force"),
@@ -84,10 +90,33 @@ def test_datalist_refuses_what_fine_tuning_could_not_use_naming_the_file(tmp_pat
     status 2, the problem named, and no ``dataset.json`` written (an existing one left as it was)."""
     folder = tmp_path / "data"
     make(folder)
-    before = (folder / "dataset.json").read_text() if (folder / "dataset.json").exists() else None
+    flags = [f.format(d=folder) for f in flags]
+    files = lambda: {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
     with pytest.raises(SystemExit) as e:
         main([str(folder), *flags])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
-    after = (folder / "dataset.json").read_text() if (folder / "dataset.json").exists() else None
-    assert after == before
+    assert files() == before  # nothing written, no scan replaced
+
+
+def test_decathlon_names_ending_in_four_digits_are_cases_and_unnamed_or_absent_classes_are_said(tmp_path, capsys):
+    """``case_0001.nii.gz`` in imagesTr/ and labelsTr/ (the Decathlon's and this toolkit's phantom names, AMOS's
+    ``amos_0001``) were taken for nnU-Net's channel 1 of case ``case`` and refused: a channel ending is taken off
+    only where the label is named without it. Classes named in part keep ``class_<i>`` for the others; a value
+    no map holds keeps its channel and is noted; the validation share is rounded half up."""
+    for i in range(4):
+        _case(tmp_path, f"case_{i:04d}", 2 if i < 2 else 3, channel=False)  # values 0, 1, 2, 3 ...
+    for path in (tmp_path / "labelsTr").iterdir():  # ... with class 1 in no map: 1 becomes 4
+        lab = nib.load(path)
+        data = np.asarray(lab.dataobj).copy()
+        data[data == 1] = 4
+        nib.save(nib.Nifti1Image(data, lab.affine), path)
+    assert main([str(tmp_path), "--labels", "2=liver", "--validation-fraction", "0.125"]) == 0
+    out = capsys.readouterr().out
+    assert "class value(s) [1] are in no label map" in out
+    doc = json.loads((tmp_path / "dataset.json").read_text())
+    assert doc["labels"] == {"0": "background", "1": "class_1", "2": "liver", "3": "class_3", "4": "class_4"}
+    assert len(doc["validation"]) == 1 and doc["numTraining"] == 3 and doc["numValidation"] == 1  # 0.5 rounds up
+    for item in doc["training"] + doc["validation"]:
+        assert Path(item["image"]).name == Path(item["label"]).name  # case_0001 with case_0001

@@ -96,20 +96,23 @@ def folder_datalist(folder: str | Path) -> list[dict]:
 
     A folder holding volume files is searched for those (and its sub-folders); one without them is asked whether
     it holds a DICOM series (GDCM's console warnings about non-DICOM files are silenced meanwhile). A Decathlon
-    layout without ``dataset.json`` (``imagesTr/``, ``labelsTr/``) gives its images; a PACS export
-    (patient / study / series folders) its series.
+    layout without ``dataset.json`` (``imagesTr/``, ``labelsTr/``) gives its training images: its ``imagesTs/``
+    (the held-out test images) is left out, logged, so that pre-training never sees a benchmark's test cases; a
+    PACS export (patient / study / series folders) its series. Hidden files (macOS's ``._ct.nii.gz`` resource
+    files, which the Decathlon's archives hold) are skipped.
     """
     import SimpleITK as sitk
 
-    found, left_out, left_dirs = [], [], []
+    found, left_out, left_dirs, test_dirs = [], [], [], []
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         for root, dirs, files in os.walk(Path(folder)):
             here = Path(root)
             left_dirs += [here / d for d in dirs if LABEL_NAME.search(d)]
-            dirs[:] = sorted(d for d in dirs if not LABEL_NAME.search(d) and not d.startswith("."))
-            volumes = [f for f in files if f.lower().endswith(VOLUME_SUFFIXES)]
+            test_dirs += [here / d for d in dirs if d == "imagesTs" and (here / "imagesTr").is_dir()]
+            dirs[:] = sorted(d for d in dirs if not LABEL_NAME.search(d) and not d.startswith(".") and here / d not in test_dirs)
+            volumes = [f for f in files if f.lower().endswith(VOLUME_SUFFIXES) and not f.startswith(".")]
             left_out += [here / f for f in volumes if LABEL_NAME.search(volume_stem(f))]
             found += [here / f for f in volumes if not LABEL_NAME.search(volume_stem(f))]
             if not volumes and files and not LABEL_NAME.search(here.name) and is_volume_path(here):
@@ -118,6 +121,9 @@ def folder_datalist(folder: str | Path) -> list[dict]:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if left_out or left_dirs:
         logger.info("%s: left out label maps and masks by name: %s", folder, _left_out_note(Path(folder), left_out, left_dirs))
+    if test_dirs:
+        logger.info("%s: left out the test images of its Decathlon layout: %s (list them in a datalist to use them)",
+                    folder, _left_out_note(Path(folder), [], test_dirs))  # fmt: skip
     return [{"image": str(p)} for p in sorted(found)]
 
 

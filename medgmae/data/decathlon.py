@@ -10,8 +10,12 @@ Fine-tuning pairs each image with its label map through a datalist (:mod:`medgma
   DICOM series folders;
 * a seeded split of the pairs into ``training`` and ``validation`` (``--validation-fraction``);
 * ``imagesTs/`` as the ``test`` list (images only);
-* the ``labels`` map: background and one name per class value found in the label maps (``class_<i>``), or the
-  names given (``--labels 1=liver,2=spleen``), checked against the values found.
+* the ``labels`` map: background and a name for each class value up to the largest found in the label maps, as
+  given (``--labels 1=liver,2=spleen``, each name once, for values the maps hold) or ``class_<i>``; values no map
+  holds are noted.
+
+nnU-Net's channel ending is taken off an image's name only where its label is named without it
+(``case_001_0000`` with ``case_001``); a Decathlon name ending in four digits (``case_0001``) is a case of its own.
 
 Paths are relative to the folder, as the Decathlon's. The file is written whole or not at all
 (:func:`medgmae.files.save_json_atomic`), and an existing one is replaced only with ``--force``.
@@ -20,6 +24,7 @@ Paths are relative to the folder, as the Decathlon's. The file is written whole 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -49,8 +54,10 @@ def _volumes(folder: Path) -> list[Path]:
     return found
 
 
-def _by_case(paths: Sequence[Path], folder: Path, images: bool) -> dict[str, Path]:
-    """``{case: path}``; an image's nnU-Net channel ending ``_0000`` is not part of its case name.
+def _by_case(paths: Sequence[Path], folder: Path, label_cases: set[str] | None = None) -> dict[str, Path]:
+    """``{case: path}`` by file name. With ``label_cases`` (images): a name that is no label's but ends in an
+    nnU-Net channel (``case_001_0000``) whose case is a label's (``case_001``) is that case's channel; a Decathlon
+    name that merely ends in four digits (``case_0001``, ``amos_0001``) is its own case.
 
     Raises:
         DatasetError: another channel than ``_0000`` (fine-tuning takes one CT channel), or two files of one case.
@@ -58,7 +65,8 @@ def _by_case(paths: Sequence[Path], folder: Path, images: bool) -> dict[str, Pat
     cases: dict[str, list[Path]] = {}
     for p in paths:
         stem = volume_stem(p)
-        m = _CHANNEL.match(stem) if images else None
+        m = _CHANNEL.match(stem) if label_cases is not None and stem not in label_cases else None
+        m = m if m and m["case"] in label_cases else None
         if m and m["channel"] != "0000":
             raise DatasetError(f"{p}: channel {m['channel']} of case {m['case']}: the fine-tuning model takes one CT "
                                "channel (nnU-Net's _0000); give a folder of single-channel images")  # fmt: skip
@@ -85,8 +93,8 @@ def case_pairs(folder: str | Path) -> tuple[list[dict], list[dict]]:
     if missing:
         raise DatasetError(f"{folder}: no {' and no '.join(f'{m}/' for m in missing)} (a Decathlon or nnU-Net layout: "
                            "imagesTr/ with the CT volumes, labelsTr/ with their label maps of the same names)")  # fmt: skip
-    images = _by_case(_volumes(folder / "imagesTr"), folder / "imagesTr", images=True)
-    labels = _by_case(_volumes(folder / "labelsTr"), folder / "labelsTr", images=False)
+    labels = _by_case(_volumes(folder / "labelsTr"), folder / "labelsTr")
+    images = _by_case(_volumes(folder / "imagesTr"), folder / "imagesTr", label_cases=set(labels))
     if not images:
         raise DatasetError(f"{folder / 'imagesTr'}: no volumes (readable: {', '.join(VOLUME_SUFFIXES)}, DICOM series folders)")
     problems = [f"{images[c]}: no label map of case {c} in labelsTr/" for c in sorted(set(images) - set(labels))]
@@ -110,8 +118,8 @@ def class_values(labels: Sequence[str | Path], progress: bool = False) -> list[i
     for i, path in enumerate(labels, 1):
         try:
             arr = read_volume(path).array
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"{path}: {e}") from e
+        except (OSError, ValueError) as e:  # its message names the file
+            raise DatasetError(str(e)) from e
         values = np.unique(arr)
         if (values < 0).any() or not np.array_equal(values, np.round(values)):
             shown = ", ".join(f"{v:g}" for v in values[:8])
@@ -124,7 +132,7 @@ def class_values(labels: Sequence[str | Path], progress: bool = False) -> list[i
 
 
 def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """``(training, validation)``: ``max(1, round(fraction * n))`` cases drawn for validation by a seeded
+    """``(training, validation)``: ``max(1, floor(fraction * n + 0.5))`` cases drawn for validation by a seeded
     permutation, each list in the pairs' order.
 
     Raises:
@@ -133,24 +141,31 @@ def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) ->
     n = len(pairs)
     if n < 2:
         raise DatasetError(f"{n} labelled case(s): fine-tuning needs at least two (one to train on, one to validate)")
-    n_val = max(1, int(round(validation_fraction * n)))
+    n_val = max(1, math.floor(validation_fraction * n + 0.5))  # half up, as fine-tuning's label_fraction
     if n_val >= n:
         raise DatasetError(f"--validation-fraction {validation_fraction} of {n} cases leaves none to train on")
     chosen = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     return [p for i, p in enumerate(pairs) if i not in chosen], [p for i, p in enumerate(pairs) if i in chosen]
 
 
-def _label_map(values: Sequence[int], names: dict[int, str], source: Path) -> dict[str, str]:
-    """The datalist's ``labels``: ``0..max`` named (given names, else ``class_<i>``); a value found but not named,
-    or a name for a value no map holds, is an error when names are given."""
-    if names:
-        unnamed = sorted(set(values) - set(names) - {0})
-        absent = sorted(set(names) - set(values))
-        if unnamed or absent:
-            raise DatasetError(f"{source}: --labels names {sorted(names)}, the label maps hold {list(values)}"
-                               + (f": {unnamed} not named" if unnamed else "") + (f": {absent} in no map" if absent else ""))  # fmt: skip
-    top = max(max(values), max(names, default=0))
-    return {str(i): ("background" if i == 0 else names.get(i, f"class_{i}")) for i in range(top + 1)}
+def _label_map(values: Sequence[int], names: dict[int, str], source: Path, progress: bool = False) -> dict[str, str]:
+    """The datalist's ``labels``: ``0..max`` of the values found, each named as given, else ``class_<i>``.
+
+    Classes are one-hot channels ``0..max``: a value below the largest that no map holds keeps its channel, and is
+    named in a note (``progress``: printed), as the model will learn it from no voxel.
+
+    Raises:
+        DatasetError: a name given for a value no label map holds.
+    """
+    absent_named = sorted(set(names) - set(values))
+    if absent_named:
+        raise DatasetError(f"{source}: --labels names class(es) {absent_named}, which no label map holds (they hold "
+                           f"{list(values)})")  # fmt: skip
+    missing = sorted(set(range(max(values) + 1)) - set(values))
+    if missing and progress:
+        print(f"note: class value(s) {missing} are in no label map; they keep their channels 0..{max(values)} (the "
+              "model's classes are the values up to the largest) and learn from no voxel", flush=True)  # fmt: skip
+    return {str(i): ("background" if i == 0 else names.get(i, f"class_{i}")) for i in range(max(values) + 1)}
 
 
 def decathlon_datalist(
@@ -162,14 +177,16 @@ def decathlon_datalist(
     folder = Path(folder).expanduser()
     pairs, test = case_pairs(folder)
     training, validation = split_cases(pairs, validation_fraction, seed)
-    labels = _label_map(class_values([p["label"] for p in pairs], progress), names or {}, folder)
+    labels = _label_map(class_values([p["label"] for p in pairs], progress), names or {}, folder, progress)
     rel = lambda items: [{k: Path(v).relative_to(folder).as_posix() for k, v in item.items()} for item in items]  # noqa: E731
     return {
         "name": folder.resolve().name,
         "description": f"imagesTr/ paired with labelsTr/ by case name; validation: {len(validation)} of {len(pairs)} "
                        f"cases drawn with seed {seed}",  # fmt: skip
         "labels": labels,
-        "numTraining": len(pairs),
+        "numTraining": len(training),
+        "numValidation": len(validation),
+        "numTest": len(test),
         "training": rel(training),
         "validation": rel(validation),
         "test": rel(test),
@@ -177,51 +194,81 @@ def decathlon_datalist(
 
 
 def _names(text: str) -> dict[int, str]:
-    """``"1=liver,2=spleen"`` -> ``{1: "liver", 2: "spleen"}`` (argparse type)."""
+    """``"1=liver,2=spleen"`` -> ``{1: "liver", 2: "spleen"}`` (argparse type); a class given twice, or two classes
+    of one name (their Dice columns would merge), is refused."""
     names: dict[int, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         value, sep, name = part.partition("=")
-        if not sep or not value.strip().isdigit() or int(value) < 1 or not name.strip():
+        name = name.strip()
+        if not sep or not value.strip().isdigit() or int(value) < 1 or not name or "=" in name or ";" in name:
             raise argparse.ArgumentTypeError(f"expected class=name pairs such as 1=liver,2=spleen, got {part!r}")
-        names[int(value)] = name.strip()
+        if int(value) in names:
+            raise argparse.ArgumentTypeError(f"class {int(value)} is named twice ({names[int(value)]!r}, {name!r})")
+        if name in names.values() or name == "background":
+            raise argparse.ArgumentTypeError(f"two classes are named {name!r}: each class needs its own name")
+        names[int(value)] = name
     return names
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medgmae.cli_types import nonneg_int
+
     p = argparse.ArgumentParser(prog="medgmae-datalist", description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("folder", help="the folder holding imagesTr/ and labelsTr/ (and imagesTs/)")
-    p.add_argument("--validation-fraction", type=float, default=0.2, help="share of the labelled cases kept for validation (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)")
-    p.add_argument("--labels", type=_names, default={}, help="class names, e.g. 1=liver,2=spleen (default class_1, class_2 ...)")
-    p.add_argument("--out", default=None, help="where to write it (default FOLDER/dataset.json)")
-    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="share of the labelled cases kept for validation, strictly between 0 and 1 (default 0.2)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the validation draw (default 0)")
+    p.add_argument("--labels", type=_names, default={},
+                   help="class names, e.g. 1=liver,2=spleen; classes not named are class_<i> (default: all)")
+    p.add_argument("--out", default=None, help="the .json file to write (default FOLDER/dataset.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing datalist")
     return p
 
 
+def _out_problem(out: Path, folder: Path, force: bool) -> str | None:
+    """Why the datalist cannot be written to ``out``, else ``None``: not a ``.json`` name (``--force`` would have
+    replaced a scan), a folder, inside a folder of scans, under a file, or existing without ``force``."""
+    if out.is_dir():
+        return f"--out {out} is a folder: give the .json file to write (e.g. {out / 'dataset.json'})"
+    if not out.name.lower().endswith(".json"):
+        return f"--out {out}: a datalist is a .json file"
+    if out.resolve().parent in {(folder / d).resolve() for d in ("imagesTr", "labelsTr", "imagesTs")}:
+        return f"--out {out}: inside a folder of scans, where it would be read as one; write it beside them"
+    blocking = next((q for q in out.parents if q.exists() and not q.is_dir()), None)
+    if blocking is not None:
+        return f"--out {out}: {blocking} is a file, not a folder"
+    if out.exists() and not force:
+        return f"{out} exists: give --force to replace it, or --out another file"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``medgmae-datalist`` entry point: 0 on success; bad flags or unusable data exit with code 2 and the problem."""
+    """``medgmae-datalist`` entry point: 0 on success; bad flags or unusable data exit with code 2 and the problem
+    (nothing written); Ctrl-C exits with 130, nothing written."""
     from medgmae.cli_types import expand_home
     from medgmae.files import save_json_atomic
 
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
     if not 0 < args.validation_fraction < 1:
-        parser.error(f"--validation-fraction must be between 0 and 1, got {args.validation_fraction}")
-    out = Path(args.out).expanduser() if args.out else Path(args.folder).expanduser() / "dataset.json"
-    if out.exists() and not args.force:
-        parser.error(f"{out} exists: give --force to replace it, or --out another file")
+        parser.error(f"--validation-fraction must be strictly between 0 and 1, got {args.validation_fraction}")
+    folder = Path(args.folder).expanduser()
+    out = Path(args.out).expanduser() if args.out else folder / "dataset.json"
+    if problem := _out_problem(out, folder, args.force):
+        parser.error(problem)
     try:
-        doc = decathlon_datalist(args.folder, args.validation_fraction, args.seed, args.labels, progress=True)
+        doc = decathlon_datalist(folder, args.validation_fraction, args.seed, args.labels, progress=True)
+        save_json_atomic(doc, out)
     except DatasetError as e:
         parser.error(str(e))
-    save_json_atomic(doc, out)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was written", file=sys.stderr)
+        return 130
     classes = ", ".join(f"{k} {v}" for k, v in doc["labels"].items() if k != "0")
     print(f"wrote {out}: {len(doc['training'])} training, {len(doc['validation'])} validation, {len(doc['test'])} "
           f"test cases; classes {classes}")  # fmt: skip
-    if out.resolve() != (Path(args.folder).expanduser() / "dataset.json").resolve():
-        print(f"fine-tune with --datalist {out} --dataset_dir {args.folder}")
-    else:
-        print(f"fine-tune with --dataset_dir {args.folder}")
+    same = out.resolve() == (folder / "dataset.json").resolve()
+    print(f"fine-tune with --dataset_dir {args.folder}" if same else f"fine-tune with --datalist {out} --dataset_dir {args.folder}")
     return 0
 
 
