@@ -228,8 +228,7 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
         check_finite: reject NaN / infinite voxels.
 
     Returns:
-        The :class:`Volume` (array ``(I, J, K)`` float32, affine index -> RAS mm, its axes orthogonal where they
-        were so to round-off: :func:`_orthonormal_axes`).
+        The :class:`Volume` (array ``(I, J, K)`` float32, affine index -> RAS mm).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -260,36 +259,7 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True) -> Volume:
         raise ValueError(f"{p}: the volume contains NaN or infinite voxels")
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ValueError(f"{p}: the voxel-to-world matrix is singular or not finite:\n{affine}")
-    return Volume(arr, _orthonormal_axes(affine), p)
-
-
-#: Largest departure of a volume's axes from an orthonormal frame (each entry of the unit-column direction matrix)
-#: taken for round-off and removed (:func:`_orthonormal_axes`); a larger one is a deliberate shear and kept.
-ROUND_OFF_SHEAR = 1e-4
-
-
-def _orthonormal_axes(affine: np.ndarray) -> np.ndarray:
-    """``affine`` with its axes made exactly orthogonal (the nearest rotation, the voxel sizes kept) when they are
-    so to round-off (:data:`ROUND_OFF_SHEAR`): direction cosines written with six decimals (DICOM), or stored as
-    float32 (NIfTI), leave axes 1e-7 to 1e-6 from orthogonal.
-
-    MONAI's ``Spacing`` anchors its output grid at the input's first corner when that corner is the lowest in the
-    output's index space to within 1e-8, and centres the grid otherwise; which happens for axes a round-off from
-    orthogonal depends on the round-off's sign. An oblique series and its NIfTI copy were resampled on grids a third
-    of a voxel apart, and a model's segmentations of the two differed. With orthogonal axes the grid is anchored at
-    the corner for every format. The change moves no voxel by more than the round-off times its distance from the
-    volume's origin (about a micrometre across a 500 mm scan at 1e-6).
-    """
-    rzs = affine[:3, :3]
-    spacing = np.linalg.norm(rzs, axis=0)
-    direction = rzs / spacing
-    u, _, vt = np.linalg.svd(direction)
-    rotation = u @ vt  # the nearest orthonormal matrix (polar decomposition)
-    if np.abs(direction - rotation).max() > ROUND_OFF_SHEAR:
-        return affine
-    out = np.array(affine, dtype=np.float64, copy=True)
-    out[:3, :3] = rotation * spacing
-    return out
+    return Volume(arr, affine, p)
 
 
 class LoadVolumed(MapTransform):
