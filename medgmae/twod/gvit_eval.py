@@ -4,7 +4,8 @@
 
 * ``metrics.json``: ``accuracy``, ``per_class_accuracy`` (class name -> accuracy, ``null`` for a class without
   images), ``confusion_matrix`` (rows = true class, columns = predicted), ``class_names``, ``num_images``,
-  ``explanations`` (how many PNGs), and the ``split`` and ``data`` settings evaluated when the caller gives them;
+  ``explanations`` (how many PNGs), and the ``split`` and ``data`` settings evaluated and the model's ``training``
+  settings (epochs, optimiser, loss, guidance) when the caller gives them;
 * ``confusion_matrix.png``;
 * ``explanations/<n>_<source>_<true>_pred-<predicted>.png`` (``<source>``: the image file's name without its
   endings; absent for images without a file): the image, its Gaussians drawn as 2-sigma ellipses coloured
@@ -381,5 +382,6 @@ def evaluate_model_file(
     if not items:
         raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
     loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=window), batch_size=batch_size, shuffle=False)
-    record = {"split": split, "data": {**without_split_files(data.settings), "source": data.source}, "model": str(model_path)}
+    record = {"split": split, "data": {**without_split_files(data.settings), "source": data.source}, "model": str(model_path),
+              "training": getattr(model, "training_settings", None)}  # fmt: skip
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)

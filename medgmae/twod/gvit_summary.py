@@ -2,7 +2,8 @@
 
 :func:`gvit_summary` reads what :func:`~medgmae.twod.gvit_eval.evaluate_gvit` wrote (``metrics.json``,
 ``confusion_matrix.png``, ``explanations/``), logs the accuracy, per-class accuracy and the confusion matrix as a
-text table, where the PNGs and ``model.pt`` are, and (after training) the evaluation command, and saves the same
+text table, how the model was trained (guidance and loss, as ``model.pt`` records them), where the PNGs and
+``model.pt`` are, and (after training) the evaluation command, and saves the same
 as ``summary.json`` beside ``metrics.json``. The ``gvit_classification`` bundle calls it after training and after
 evaluation.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from medgmae.engine import is_main_process
 from medgmae.files import bundle_config, save_json_atomic
 
-__all__ = ["confusion_table", "evaluate_command", "gvit_summary"]
+__all__ = ["confusion_table", "training_line", "evaluate_command", "gvit_summary"]
 
 logger = logging.getLogger("medgmae.twod")
 
@@ -31,6 +32,26 @@ def confusion_table(matrix: list[list[int]], class_names: list[str]) -> str:
     rule = "| --- |" + " --- |" * len(class_names)
     rows = [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |" for name, row in zip(class_names, matrix)]
     return "\n".join([head, rule] + rows)
+
+
+def training_line(training: dict | None) -> str:
+    """How a model was trained, in one line: its guidance and reconstruction loss, e.g. ``with guidance (gamma 0.1
+    every 1 iteration(s) of 10 joint epoch(s)), loss bce + 0.1 D-SSIM``.
+
+    Args:
+        training: the ``training`` settings of ``model.pt`` / ``metrics.json`` (None: not recorded).
+
+    Returns:
+        The line (``"with settings not recorded (an earlier version's model.pt)"`` for None).
+    """
+    if not training:
+        return "with settings not recorded (an earlier version's model.pt)"
+    joint = (training.get("epochs") or {}).get("joint")
+    if training.get("guidance"):
+        how = f"with guidance (gamma {training.get('gamma')} every {training.get('guidance_interval')} iteration(s) of {joint} joint epoch(s))"
+    else:
+        how = f"without guidance (gamma {training.get('gamma')}, {joint} joint epoch(s))"
+    return f"{how}, loss {training.get('pixel_loss')} + {training.get('perceptual_weight')} D-SSIM"
 
 
 def evaluate_command(run_dir: str | Path) -> str:
@@ -85,6 +106,7 @@ def gvit_summary(
             "checkpoints": str(run / "checkpoints"),
         },
         "explanation_files": [str(p) for p in explanations],
+        "training": m.get("training"),
         "next": {"evaluate": evaluate_command(run)} if stage == "training" else {},
     }
     if is_main_process():
@@ -92,6 +114,7 @@ def gvit_summary(
         lines = [
             f"GViT {stage} finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})"
             + (f", {s['split']} split of {s['dataset'] or 'the phantom task'}" if s["split"] else ""),
+            f"  trained {training_line(s['training'])}",
             "confusion matrix (rows = true class):",
             confusion_table(m.get("confusion_matrix", []), m.get("class_names", [])),
             f"  {'model.pt':<18} {s['files']['model']}",

@@ -39,6 +39,7 @@ from medgmae.engine.resume import epoch_checkpoints
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
+from medgmae.twod.gvit_settings import phase_settings, training_settings
 
 __all__ = [
     "PHASES",
@@ -287,21 +288,21 @@ class GViTWorkflow:
         self.cases = None if cases is None else list(cases)
         self.trainers: dict[str, SupervisedTrainer] = {}
 
-    def settings(self) -> dict:
-        """The model, data and optimiser settings a resumed phase must share with its checkpoint (a restored
-        optimiser keeps its saved learning rate and weight decay): not where the default
-        phantom task lies (``default_root``, inside the output folder: a run folder moved as a whole resumes; the
-        task itself is fixed by ``num_phantoms``, ``seed`` and ``image_size``), nor its files (``cases``)."""
-        data = {k: v for k, v in (without_split_files(self.data_settings) or {}).items() if k != "default_root"}
-        optimiser = {"lr": float(self.kwargs["lr"]), "weight_decay": float(self.kwargs["weight_decay"])}  # restored, so fixed
-        return {"model": self.model.config(), "data": data, "optimiser": optimiser}
+    def training_settings(self) -> dict:
+        """How the model was trained (:func:`~medgmae.twod.gvit_settings.training_settings`), recorded in
+        ``model.pt``, ``metrics.json`` and ``summary.json``."""
+        return training_settings(self.epochs, self.kwargs, self.rec_loss)
+
+    def settings(self, phase: str | None = None) -> dict:
+        """What a resumed ``phase`` must share with its checkpoint (:func:`~medgmae.twod.gvit_settings.phase_settings`)."""
+        return phase_settings(phase, self.model.config(), self.data_settings, self.kwargs, self.rec_loss)
 
     def trainer(self, phase: str) -> SupervisedTrainer:
         """The (new) MONAI trainer of ``phase``."""
         self.trainers[phase] = build_phase_trainer(
             phase, self.model, self.train_loader, self.epochs[phase], self.device, rec_loss=self.rec_loss,
             checkpoint_dir=self.output_dir / "checkpoints" / phase,
-            settings=self.settings(), cases=self.cases, **self.kwargs,
+            settings=self.settings(phase), cases=self.cases, **self.kwargs,
         )  # fmt: skip
         return self.trainers[phase]
 
@@ -312,8 +313,8 @@ class GViTWorkflow:
         phase is passed through)."""
         if not any(isinstance(h, PhaseCheckpoint) and h.resume for h in self.kwargs["handlers"] or ()):
             return
-        records = resume_records(self.settings(), self.cases)
         for phase in (p for p in PHASES if self.epochs[p] > 0):
+            records = resume_records(self.settings(phase), self.cases)
             check_resume_fits(self.output_dir / "checkpoints" / phase, self.train_loader, self.epochs[phase],
                               records=records, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
 
@@ -375,8 +376,10 @@ class GViTWorkflow:
         self.check_resume()
         stale = self._stale_outputs()
         if stale is not None:
-            logger.warning("this run trains the %r phase, so the phases after it start afresh and earlier results no "
-                           "longer hold: %s are removed when it saves its first checkpoint", stale[0], stale[1])  # fmt: skip
+            later = any(self.epochs[p] > 0 for p in PHASES[PHASES.index(stale[0]) + 1 :])
+            logger.warning("this run trains the %r phase, so %searlier results no longer hold: %s are removed when it "
+                           "saves its first checkpoint", stale[0], "the phases after it start afresh and " if later else "",
+                           stale[1])  # fmt: skip
         for phase in PHASES:
             if self.epochs[phase] > 0:
                 logger.info("GViT phase %r: %d epoch(s)", phase, self.epochs[phase])
@@ -384,9 +387,10 @@ class GViTWorkflow:
                 if stale is not None and phase == stale[0]:  # added after its checkpoint handler: after its save
                     self._remove_after_first_save(trainer, stale[2])
                 trainer.run()
-        self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings)
+        training = self.training_settings()
+        self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings, training=training)
         has_val = self.val_loader is not None and len(self.val_loader) > 0
-        record = {"split": "val" if has_val else "train", "data": without_split_files(self.data_settings)}
+        record = {"split": "val" if has_val else "train", "data": without_split_files(self.data_settings), "training": training}
         return evaluate_gvit(
             self.model, self.val_loader if has_val else self.train_loader, self.class_names, self.output_dir,
             device=self.device, num_explanations=self.num_explanations, render_backend=self.kwargs["render_backend"],

@@ -1,9 +1,11 @@
 """GViT: the Gaussian encoder and the Gaussian-token classifier together, and its model files.
 
 Model files are ``model.pt`` in the toolkit's one checkpoint format (:mod:`medgmae.checkpoint`), kind ``gvit``
-(or ``patch-vit`` for the baseline), with the class names and the training data's settings (``data``: dataset
+(or ``patch-vit`` for the baseline), with the class names, the training data's settings (``data``: dataset
 folder or phantom-task settings, seed, validation fraction, image size; see
-:func:`medgmae.twod.classification_data.resolve_classification_data`) in ``extra``.
+:func:`medgmae.twod.classification_data.resolve_classification_data`) and how it was trained (``training``: epochs,
+optimiser, reconstruction loss and guidance; see :meth:`medgmae.twod.gvit_train.GViTWorkflow.training_settings`)
+in ``extra``.
 """
 
 from __future__ import annotations
@@ -99,9 +101,12 @@ class GViT(nn.Module):
         """Rebuild from a ``model.pt`` or a training checkpoint (see :func:`load_gvit`)."""
         return load_gvit(path, map_location, cls)
 
-    def save(self, path: str | Path, class_names: Sequence[str] | None = None, data: Mapping | None = None) -> None:
+    def save(
+        self, path: str | Path, class_names: Sequence[str] | None = None, data: Mapping | None = None,
+        training: Mapping | None = None,
+    ) -> None:  # fmt: skip
         """Write ``model.pt`` atomically (see :func:`save_gvit`)."""
-        save_gvit(self, path, class_names, data)
+        save_gvit(self, path, class_names, data, training)
 
 
 def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> nn.Module:
@@ -130,6 +135,7 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
         raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
     model.class_names = ckpt.extra.get("class_names")
     model.data_settings = ckpt.extra.get("data")
+    model.training_settings = ckpt.extra.get("training")  # None: a file written before it was recorded
     return model
 
 
@@ -153,11 +159,20 @@ def is_gvit_training_state(objects: Mapping) -> bool:
 
 
 def save_gvit(
-    model: nn.Module, path: str | Path, class_names: Sequence[str] | None = None, data: Mapping | None = None
-) -> None:
-    """Write ``model.pt`` atomically, with ``class_names`` and the training ``data`` settings (default: the
-    model's own ``class_names`` / ``data_settings``) in ``extra``."""
+    model: nn.Module, path: str | Path, class_names: Sequence[str] | None = None, data: Mapping | None = None,
+    training: Mapping | None = None,
+) -> None:  # fmt: skip
+    """Write ``model.pt`` atomically.
+
+    Args:
+        model: the model.
+        path: the file to write.
+        class_names: class index -> name (default: the model's own ``class_names``).
+        data: the training data's settings (default: the model's ``data_settings``).
+        training: how it was trained, plain data (default: the model's ``training_settings``).
+    """
     names = list(class_names) if class_names is not None else getattr(model, "class_names", None)
     data = dict(data) if data is not None else getattr(model, "data_settings", None)
-    extra = {"class_names": names, "data": data}
+    training = dict(training) if training is not None else getattr(model, "training_settings", None)
+    extra = {"class_names": names, "data": data, "training": training}
     save_checkpoint(path, make_checkpoint(model.kind, model.config(), model.state_dict(), extra=extra))

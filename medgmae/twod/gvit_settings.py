@@ -1,0 +1,69 @@
+"""A GViT run's settings: what ``model.pt``, ``metrics.json`` and ``summary.json`` record of how the model was
+trained (:func:`training_settings`) and what each phase's checkpoints record for a resume to match
+(:func:`phase_settings`).
+
+The settings a phase records are those it trained with: every phase its model, data and optimiser; the warm-up and
+joint phases their reconstruction loss (``loss``); the joint phase its guidance (``guidance``). A resume with
+another value of one of them is refused (:class:`~medgmae.engine.records.SettingsRecord`), and a run stopped before
+its joint phase trained may still change the guidance.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from medgmae.twod.classification_split import without_split_files
+from medgmae.twod.guidance import ReconstructionLoss
+
+__all__ = ["training_settings", "phase_settings"]
+
+
+def training_settings(epochs: Mapping[str, int], optimiser: Mapping, rec_loss: ReconstructionLoss) -> dict:
+    """How a model was trained, as plain data.
+
+    Args:
+        epochs: each phase's epochs.
+        optimiser: the run's ``lr``, ``weight_decay``, ``gamma`` and ``guidance_interval``.
+        rec_loss: the reconstruction loss.
+
+    Returns:
+        ``{"epochs", "lr", "weight_decay", "pixel_loss", "perceptual_weight", "gamma", "guidance_interval",
+        "guidance"}``; ``guidance``: whether the encoder followed the classifier's gradient (a joint phase with
+        ``gamma > 0``).
+    """
+    gamma = float(optimiser["gamma"])
+    return {
+        "epochs": {k: int(v) for k, v in epochs.items()}, "lr": float(optimiser["lr"]),
+        "weight_decay": float(optimiser["weight_decay"]), "pixel_loss": rec_loss.pixel,
+        "perceptual_weight": rec_loss.perceptual_weight, "gamma": gamma,
+        "guidance_interval": int(optimiser["guidance_interval"]), "guidance": int(epochs.get("joint", 0)) > 0 and gamma > 0,
+    }  # fmt: skip
+
+
+def phase_settings(
+    phase: str | None, model_config: Mapping, data_settings: Mapping | None, optimiser: Mapping,
+    rec_loss: ReconstructionLoss,
+) -> dict:  # fmt: skip
+    """The settings a resumed phase must share with its checkpoint: the model, the data (not where the default
+    phantom task lies, ``default_root``, inside the output folder: a run folder moved as a whole resumes; nor its
+    files, checked apart), the optimiser (a restored AdamW keeps its saved learning rate and weight decay), and the
+    losses the phase trains on.
+
+    Args:
+        phase: ``"warmup"``, ``"classifier"`` or ``"joint"`` (None: no losses).
+        model_config: the model's constructor arguments.
+        data_settings: how the training data were chosen (None: none recorded).
+        optimiser: the run's ``lr``, ``weight_decay``, ``gamma`` and ``guidance_interval``.
+        rec_loss: the reconstruction loss.
+
+    Returns:
+        ``{"model", "data", "optimiser"}``, with ``"loss"`` (warm-up and joint phases) and ``"guidance"`` (joint).
+    """
+    data = {k: v for k, v in (without_split_files(data_settings) or {}).items() if k != "default_root"}
+    out = {"model": dict(model_config), "data": data,
+           "optimiser": {"lr": float(optimiser["lr"]), "weight_decay": float(optimiser["weight_decay"])}}  # fmt: skip
+    if phase in ("warmup", "joint"):
+        out["loss"] = {"pixel_loss": rec_loss.pixel, "perceptual_weight": rec_loss.perceptual_weight}
+    if phase == "joint":
+        out["guidance"] = {"gamma": float(optimiser["gamma"]), "guidance_interval": int(optimiser["guidance_interval"])}
+    return out

@@ -1,0 +1,110 @@
+"""GViT: what a run records of its training (guidance included) and what a resume must share with it."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from test_gvit_bundle import _shapes_dataset, _workflow
+
+from medgmae.twod.classification_data import load_classification_data
+from medgmae.twod.gvit import GViT
+from medgmae.twod.gvit_summary import gvit_summary
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    return load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+
+
+def test_model_metrics_and_summary_record_the_guidance(tmp_path, shapes, caplog):
+    """model.pt (still read with weights_only=True), metrics.json and summary.json say how the model was trained:
+    the settings given to the workflow, written out here by hand."""
+    flow = _workflow(shapes, tmp_path / "run", resume=False)
+    flow.epochs = {"warmup": 1, "classifier": 1, "joint": 1}
+    flow.kwargs.update(gamma=0.05, guidance_interval=3)
+    flow.rec_loss.pixel, flow.rec_loss.perceptual_weight = "mse", 0.25
+    flow.run()
+    expected = {"epochs": {"warmup": 1, "classifier": 1, "joint": 1}, "lr": 0.001, "weight_decay": 0.05,
+                "pixel_loss": "mse", "perceptual_weight": 0.25, "gamma": 0.05, "guidance_interval": 3, "guidance": True}
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert saved["extra"]["training"] == expected
+    assert GViT.from_checkpoint(tmp_path / "run" / "model.pt").training_settings == expected
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["training"] == expected
+    with caplog.at_level(logging.INFO, logger="medgmae.twod"):
+        summary = gvit_summary(tmp_path / "run")
+    assert summary["training"] == expected
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["training"] == expected
+    assert "trained with guidance (gamma 0.05 every 3 iteration(s) of 1 joint epoch(s)), loss mse + 0.25 D-SSIM" in caplog.text
+
+
+def test_no_guidance_is_recorded_as_such(tmp_path, shapes):
+    flow = _workflow(shapes, tmp_path / "run", resume=False)
+    flow.epochs = {"warmup": 1, "classifier": 1, "joint": 1}
+    flow.kwargs["gamma"] = 0.0
+    flow.run()
+    training = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["extra"]["training"]
+    assert training["gamma"] == 0.0 and training["guidance"] is False
+
+
+def test_phase_checkpoints_record_the_losses_they_trained_on(tmp_path, shapes):
+    _workflow(shapes, tmp_path / "run", resume=False).run()  # warmup 1, classifier 1, joint 2, gamma 0.1
+
+    def settings(phase):
+        ckpt = torch.load(tmp_path / "run" / "checkpoints" / phase / "checkpoint_final.pt", weights_only=True)
+        return ckpt["objects"]["settings"]["settings"]
+
+    assert settings("warmup")["loss"] == {"pixel_loss": "bce", "perceptual_weight": 0.1} and "guidance" not in settings("warmup")
+    assert "loss" not in settings("classifier") and "guidance" not in settings("classifier")
+    assert settings("joint")["guidance"] == {"gamma": 0.1, "guidance_interval": 1}
+    assert settings("joint")["loss"] == {"pixel_loss": "bce", "perceptual_weight": 0.1}
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"gamma": 0.0}, r"guidance\.gamma: saved 0\.1, now 0\.0"),
+    ({"guidance_interval": 10}, r"guidance\.guidance_interval: saved 1, now 10"),
+    ({"pixel_loss": "mse"}, r"loss\.pixel_loss: saved 'bce', now 'mse'"),
+    ({"perceptual_weight": 0.0}, r"loss\.perceptual_weight: saved 0\.1, now 0\.0"),
+])  # fmt: skip
+def test_resume_with_other_guidance_or_loss_is_refused(tmp_path, shapes, folder_state, change, named):
+    """As a changed learning rate is: the run stops before any phase trains, naming the setting, nothing written."""
+    _workflow(shapes, tmp_path / "run", resume=False).run()
+    before = folder_state(tmp_path / "run")
+    again = _workflow(shapes, tmp_path / "run", resume=True)
+    if "pixel_loss" in change or "perceptual_weight" in change:
+        again.rec_loss.pixel = change.get("pixel_loss", again.rec_loss.pixel)
+        again.rec_loss.perceptual_weight = change.get("perceptual_weight", again.rec_loss.perceptual_weight)
+    else:
+        again.kwargs.update(change)
+    with pytest.raises(ValueError, match=r"GViT training with other settings \(" + named + r"\)\. Resume with the saved"):
+        again.run()
+    assert folder_state(tmp_path / "run") == before
+
+
+def test_guidance_may_change_before_the_joint_phase_has_trained(tmp_path, shapes):
+    """Only the phases that used a setting hold it: a run stopped after its classifier phase resumes with another
+    gamma, which its joint phase then trains with."""
+    first = _workflow(shapes, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 1, "joint": 0}
+    first.run()
+    again = _workflow(shapes, tmp_path / "run", resume=True)
+    again.kwargs["gamma"] = 0.02
+    again.run()
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "joint" / "checkpoint_final.pt", weights_only=True)
+    assert saved["objects"]["settings"]["settings"]["guidance"]["gamma"] == 0.02
+
+
+def test_resuming_the_last_phase_names_no_later_phases(tmp_path, shapes, caplog):
+    """A resume that trains the joint phase further says the earlier results no longer hold, and nothing about
+    phases after it (there are none)."""
+    _workflow(shapes, tmp_path / "run", resume=False).run()  # joint 2
+    longer = _workflow(shapes, tmp_path / "run", resume=True)
+    longer.epochs = {"warmup": 1, "classifier": 1, "joint": 3}
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        longer.run()
+    warning = [r.getMessage() for r in caplog.records if "this run trains the" in r.getMessage()]
+    assert len(warning) == 1 and warning[0].startswith("this run trains the 'joint' phase, so earlier results no longer hold")
+    assert "phases after it" not in warning[0]
+
