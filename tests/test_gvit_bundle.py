@@ -435,10 +435,16 @@ class _LossProbe:
 
     def __init__(self) -> None:
         self.losses: list[list[float]] = []
+        self.terms: list[list[tuple]] = []  # (loss_rec, loss_cls) of each iteration
 
     def attach(self, engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.losses.append([]))
-        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.losses[-1].append(float(e.state.output["loss"])))
+        engine.add_event_handler(Events.STARTED, lambda _: (self.losses.append([]), self.terms.append([])))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
+
+    def _record(self, engine) -> None:
+        out = engine.state.output
+        self.losses[-1].append(float(out["loss"]))
+        self.terms[-1].append(tuple(None if out[k] is None else float(out[k]) for k in ("loss_rec", "loss_cls")))
 
 
 def test_each_phase_logs_one_line_per_epoch_with_its_mean_loss(tmp_path, caplog):
@@ -457,8 +463,13 @@ def test_each_phase_logs_one_line_per_epoch_with_its_mean_loss(tmp_path, caplog)
     lines = [r.getMessage() for r in caplog.records if re.match(r"epoch \d+/\d+: \w+_loss ", r.getMessage())]
     assert [line.split(":")[1].split()[0] for line in lines] == ["warmup_loss", "classifier_loss", "joint_loss"]
     for line, losses in zip(lines, probe.losses):
-        assert line.startswith("epoch 1/1:") and f"({len(losses)} iterations" in line
+        assert line.startswith("epoch 1/1:") and re.search(rf"[(;] ?{len(losses)} iterations", line)
         assert float(line.split()[3]) == pytest.approx(np.mean(losses), abs=1e-5)
+    # the joint line also shows the means of its two terms, L_rec and L_cls
+    rec, cls = (float(v) for v in re.search(r"\(rec ([\d.]+) \+ cls ([\d.]+);", lines[2]).groups())
+    assert rec == pytest.approx(np.mean([t[0] for t in probe.terms[2]]), abs=1e-5)
+    assert cls == pytest.approx(np.mean([t[1] for t in probe.terms[2]]), abs=1e-5)
+    assert "rec " not in lines[0] and "cls " not in lines[1]
     assert not any("Iter" in r.getMessage() and "_loss" in r.getMessage() for r in caplog.records)
     handlers = parser.get_parsed_content("train#handlers")
     assert handlers[4].progress_bar is False and handlers[3].log_every == 0

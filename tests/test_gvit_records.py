@@ -108,3 +108,31 @@ def test_resuming_the_last_phase_names_no_later_phases(tmp_path, shapes, caplog)
     assert len(warning) == 1 and warning[0].startswith("this run trains the 'joint' phase, so earlier results no longer hold")
     assert "phases after it" not in warning[0]
 
+
+def test_the_joint_phase_logs_both_loss_terms_and_the_guidance(tmp_path, shapes, caplog):
+    """The joint phase's epoch line shows the means of L_rec and L_cls, which add up to its loss, its start line
+    whether guidance is on, and with log_every its iteration lines show both terms."""
+    import re
+
+    from medgmae.twod.gvit_phases import default_phase_handlers
+
+    flow = _workflow(shapes, tmp_path / "run", resume=False)
+    flow.epochs = {"warmup": 1, "classifier": 0, "joint": 1}
+    flow.kwargs.update(gamma=0.05, guidance_interval=2, handlers=default_phase_handlers(log_every=1, progress_bar=False))
+    with caplog.at_level(logging.INFO):
+        flow.run()
+    text = caplog.text
+    assert "GViT phase 'joint': 1 epoch(s), with guidance (gamma 0.05 every 2 iteration(s))" in text
+    line = re.search(r"epoch 1/1: joint_loss ([\d.]+) \(rec ([\d.]+) \+ cls ([\d.]+); \d+ iterations", text)
+    assert line is not None, text
+    total, rec, cls = (float(v) for v in line.groups())
+    assert rec > 0 and cls > 0 and total == pytest.approx(rec + cls, abs=2e-5)
+    assert re.search(r"warmup_loss [\d.]+ \(\d+ iterations", text)  # the other phases' lines as they were
+    assert re.search(r"joint_cls: [\d.]+ .*joint_loss: [\d.]+ .*joint_rec: [\d.]+", text), text
+    flow = _workflow(shapes, tmp_path / "plain", resume=False)
+    flow.epochs = {"warmup": 0, "classifier": 0, "joint": 1}
+    flow.kwargs["gamma"] = 0.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        flow.run()
+    assert "GViT phase 'joint': 1 epoch(s), without guidance (gamma 0" in caplog.text

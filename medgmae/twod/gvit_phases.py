@@ -103,9 +103,14 @@ class PhaseLrSchedule:
         return LrScheduleHandler(ctx.lr_scheduler, print_lr=False, epoch_level=False)
 
 
+#: the joint phase's loss terms, label -> key of the iteration's output: its loss is their sum
+JOINT_TERMS = {"rec": "loss_rec", "cls": "loss_cls"}
+
+
 class PhaseStats:
     """Handler factory: MONAI's ``StatsHandler`` logging ``<phase>_loss`` every ``log_every`` iterations (none
-    when 0: :class:`PhaseProgress` shows the progress).
+    when 0: :class:`PhaseProgress` shows the progress); in the joint phase with its terms, ``joint_rec`` and
+    ``joint_cls``.
 
     Args:
         log_every: iterations between loss log lines (>= 0; 0: no iteration lines).
@@ -122,6 +127,11 @@ class PhaseStats:
     def __call__(self, ctx: PhaseContext) -> StatsHandler | None:
         if self.log_every == 0:
             return None
+        if ctx.phase == "joint":
+            def losses(out: Mapping) -> dict:
+                return {"joint_loss": out["loss"], **{f"joint_{label}": out[key] for label, key in JOINT_TERMS.items()}}
+
+            return StatsHandler(name=None, output_transform=losses, iteration_log=self._due)
         return StatsHandler(name=None, tag_name=f"{ctx.phase}_loss", output_transform=lambda out: out["loss"],
                             iteration_log=self._due)  # fmt: skip
 
@@ -129,7 +139,8 @@ class PhaseStats:
 class PhaseProgress:
     """Handler factory: the toolkit's :class:`~medgmae.engine.EpochProgress` for the phase: a progress bar on the
     terminal and one line per epoch, ``epoch 2/10: <phase>_loss 0.41234 (16 iterations, 3.1 s, 5.16 it/s)``, with
-    the phase's mean loss over the epoch.
+    the phase's mean loss over the epoch; in the joint phase with the means of its two terms, ``joint_loss 0.93468
+    (rec 0.41234 + cls 0.52234; 16 iterations, ...)``.
 
     Args:
         progress_bar: show the bar (the epoch line is logged either way).
@@ -141,7 +152,8 @@ class PhaseProgress:
         self.progress_bar = progress_bar
 
     def __call__(self, ctx: PhaseContext) -> EpochProgress:
-        return EpochProgress(loss_key="loss", progress_bar=self.progress_bar, name=f"{ctx.phase}_loss")
+        terms = JOINT_TERMS if ctx.phase == "joint" else None
+        return EpochProgress(loss_key="loss", progress_bar=self.progress_bar, name=f"{ctx.phase}_loss", terms=terms)
 
 
 def default_phase_handlers(

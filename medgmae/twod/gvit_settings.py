@@ -1,6 +1,6 @@
 """A GViT run's settings: what ``model.pt``, ``metrics.json`` and ``summary.json`` record of how the model was
-trained (:func:`training_settings`) and what each phase's checkpoints record for a resume to match
-(:func:`phase_settings`).
+trained (:func:`training_settings`), what each phase's checkpoints record for a resume to match
+(:func:`phase_settings`), and what the joint phase's start line says of the guidance (:func:`guidance_note`).
 
 The settings a phase records are those it trained with: every phase its model, data and optimiser; the warm-up and
 joint phases their reconstruction loss (``loss``); the joint phase its guidance (``guidance``). A resume with
@@ -15,7 +15,7 @@ from typing import Mapping
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss
 
-__all__ = ["training_settings", "phase_settings"]
+__all__ = ["training_settings", "phase_settings", "guidance_note"]
 
 
 def training_settings(epochs: Mapping[str, int], optimiser: Mapping, rec_loss: ReconstructionLoss) -> dict:
@@ -67,3 +67,21 @@ def phase_settings(
     if phase == "joint":
         out["guidance"] = {"gamma": float(optimiser["gamma"]), "guidance_interval": int(optimiser["guidance_interval"])}
     return out
+
+
+def guidance_note(phase: str, gamma: float, guidance_interval: int) -> str:
+    """What a phase's start line says of the guidance: in the joint phase, whether it is on and its gamma.
+
+    Args:
+        phase: the phase.
+        gamma: guidance strength.
+        guidance_interval: iterations per guidance step.
+
+    Returns:
+        ``""`` for the other phases, else e.g. ``", with guidance (gamma 0.1 every 1 iteration(s))"``.
+    """
+    if phase != "joint":
+        return ""
+    if gamma == 0:
+        return ", without guidance (gamma 0: the encoder on the reconstruction loss alone)"
+    return f", with guidance (gamma {gamma:g} every {guidance_interval} iteration(s))"

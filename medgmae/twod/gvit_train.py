@@ -39,7 +39,7 @@ from medgmae.engine.resume import epoch_checkpoints
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
-from medgmae.twod.gvit_settings import phase_settings, training_settings
+from medgmae.twod.gvit_settings import guidance_note, phase_settings, training_settings
 
 __all__ = [
     "PHASES",
@@ -382,7 +382,7 @@ class GViTWorkflow:
                            stale[1])  # fmt: skip
         for phase in PHASES:
             if self.epochs[phase] > 0:
-                logger.info("GViT phase %r: %d epoch(s)", phase, self.epochs[phase])
+                logger.info("GViT phase %r: %d epoch(s)%s", phase, self.epochs[phase], guidance_note(phase, self.kwargs["gamma"], self.kwargs["guidance_interval"]))
                 trainer = self.trainer(phase)
                 if stale is not None and phase == stale[0]:  # added after its checkpoint handler: after its save
                     self._remove_after_first_save(trainer, stale[2])
