@@ -55,6 +55,10 @@ class BundleSettingError(ValueError):
 def _problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any], settings: Mapping[str, tuple]) -> str | None:
     """Why ``value`` is not of ``kind`` (see :func:`check_settings`), ``None`` when it is; ``settings`` are all the
     settings checked together (an ``image_size`` is checked against the ``patch_size`` among them)."""
+    if isinstance(kind, str) and kind.startswith("optional_"):  # null: the setting is not given
+        if value is None:
+            return None
+        kind = kind[len("optional_") :]
     if callable(kind):
         try:
             kind(value)
@@ -210,7 +214,8 @@ def check_settings(
             least :data:`MIN_IMAGE_SIZE` and a multiple of the ``patch_size`` setting, which must be among
             ``settings``), ``"schedule_epochs"`` (a learning-rate schedule's length: a positive integer of at least
             the ``max_epochs`` setting, which must be among ``settings``), ``"roi_size"`` (a 3D crop: an integer or a list of 3, multiples of the ``patch_size``
-            setting when there is one; ``"roi_edge"``: an integer only), a list of the allowed values, or a
+            setting when there is one; ``"roi_edge"``: an integer only), any of these names after ``optional_``
+            (``"optional_nonneg_int"``: also ``null``, a setting not given), a list of the allowed values, or a
             callable that raises ``ValueError`` (naming the problem) for a bad value (e.g. :func:`roi_size_check`).
         output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
         run_kinds: the model kinds a training bundle writes: a model file, ``encoder.pt`` or training checkpoint of

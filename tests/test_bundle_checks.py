@@ -280,6 +280,27 @@ def test_gvit_settings_the_run_would_fail_on_are_refused_first(tmp_path, config,
             check_backend_setting("gsplat", "auto")
 
 
+def test_optional_kinds_take_null_and_check_a_given_value():
+    assert check_settings({"seed": (None, "optional_nonneg_int"), "val_fraction": (None, "optional_proper_fraction"),
+                           "n": (3, "optional_nonneg_int"), "f": (0.5, "optional_proper_fraction")}) is True
+    with pytest.raises(BundleSettingError) as e:
+        check_settings({"seed": (-1, "optional_nonneg_int"), "val_fraction": (2, "optional_proper_fraction")})
+    assert "--seed: expected a non-negative integer, got '-1'" in str(e.value)
+    assert "--val_fraction: expected a number in [0, 1), got '2'" in str(e.value)
+
+
+def test_gvit_evaluation_refuses_a_bad_seed_and_val_fraction_first(tmp_path):
+    """As training does, before the model is read: the evaluation's data settings are named in the one error
+    (a negative seed was taken; a val_fraction of 2 failed late, as a bare ValueError)."""
+    out = tmp_path / "run"
+    proc = run_bundle("evaluating", "gvit_classification/configs/evaluate.json", "--output_dir", str(out),
+                      "--device", "cpu", "--seed", "-1", "--val_fraction", "2")  # fmt: skip
+    error = _the_error(proc.stdout + proc.stderr)
+    assert proc.returncode != 0 and "--seed: expected a non-negative integer, got '-1'" in error, error
+    assert "--val_fraction: expected a number in [0, 1), got '2'" in error and "model.pt" not in error
+    assert not out.exists()
+
+
 def _the_error(log: str) -> str:
     """The one BundleSettingError's lines in a bundle's log: raised once, in the traceback, and repeated at the
     very end of the log by the error summary, which must be the same text."""
