@@ -136,3 +136,40 @@ def test_the_joint_phase_logs_both_loss_terms_and_the_guidance(tmp_path, shapes,
     with caplog.at_level(logging.INFO):
         flow.run()
     assert "GViT phase 'joint': 1 epoch(s), without guidance (gamma 0" in caplog.text
+
+
+class _FixedClass(torch.nn.Module):
+    """Logits whose argmax is ``cls`` for every image (a classifier that has collapsed to one class), or the
+    image's own label read from its mean when ``cls`` is None."""
+
+    def __init__(self, cls: int | None, num_classes: int = 3) -> None:
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+
+    def forward(self, x):
+        index = torch.full((x.shape[0],), self.cls) if self.cls is not None else x.flatten(1).mean(1).round().long()
+        return torch.nn.functional.one_hot(index, self.num_classes).float()
+
+
+def _images(labels):
+    return [{"image": torch.full((1, 4, 4), float(y)), "label": y} for y in labels]
+
+
+@pytest.mark.parametrize("cls, labels, warned, predicted", [
+    (1, [0, 1, 2, 0], True, 1),  # one class for every image, three present: warned
+    (None, [0, 1, 2, 0], False, 3),  # the right class for each
+    (1, [1, 1], False, 1),  # one class present: nothing to tell apart
+])  # fmt: skip
+def test_evaluation_flags_a_model_predicting_one_class_for_every_image(tmp_path, caplog, cls, labels, warned, predicted):
+    from monai.data import DataLoader
+
+    from medgmae.twod.gvit_eval import evaluate_gvit
+
+    loader = DataLoader(_images(labels), batch_size=3)
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        metrics = evaluate_gvit(_FixedClass(cls), loader, ["a", "b", "c"], tmp_path, num_explanations=0)
+    assert metrics["predicted_classes"] == predicted
+    assert json.loads((tmp_path / "metrics.json").read_text())["predicted_classes"] == predicted
+    flagged = [r.getMessage() for r in caplog.records if "degenerate" in r.getMessage()]
+    assert flagged == (["the model predicts 'b' for every one of the 4 images evaluated, of 3 classes: a degenerate "
+                        "classifier (metrics.json: predicted_classes 1)"] if warned else [])

@@ -4,6 +4,7 @@
 
 * ``metrics.json``: ``accuracy``, ``per_class_accuracy`` (class name -> accuracy, ``null`` for a class without
   images), ``confusion_matrix`` (rows = true class, columns = predicted), ``class_names``, ``num_images``,
+  ``predicted_classes`` (how many classes were predicted; one, with several present, is warned about),
   ``explanations`` (how many PNGs), and the ``split`` and ``data`` settings evaluated and the model's ``training``
   settings (epochs, optimiser, loss, guidance) when the caller gives them;
 * ``confusion_matrix.png``;
@@ -76,7 +77,9 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Accuracy, per-class accuracy (recall of each class; None without images) and the confusion matrix."""
+    """Accuracy, per-class accuracy (recall of each class; None without images), the confusion matrix and
+    ``predicted_classes`` (how many classes were predicted at all: 1 with several present is a classifier that
+    gives every image one class)."""
     cm = confusion_matrix(labels, preds, len(class_names))
     support = cm.sum(1)
     per_class = {name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(class_names)}
@@ -87,6 +90,7 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, class_names: S
         "confusion_matrix": cm.tolist(),
         "class_names": list(class_names),
         "num_images": total,
+        "predicted_classes": int(np.count_nonzero(cm.sum(0))),
     }
 
 
@@ -220,6 +224,10 @@ def evaluate_gvit(
         num_explanations = len(loader.dataset) if hasattr(loader, "dataset") else float("inf")
     labels, preds = predict(model, loader, device)
     metrics = classification_metrics(labels, preds, class_names)
+    present = int(np.count_nonzero(np.asarray(metrics["confusion_matrix"]).sum(1)))
+    if metrics["predicted_classes"] == 1 and present > 1:
+        logger.warning("the model predicts %r for every one of the %d images evaluated, of %d classes: a degenerate "
+                       "classifier (metrics.json: predicted_classes 1)", class_names[int(preds[0])], len(preds), present)  # fmt: skip
     with staged_outputs(output_dir / "explanations", remove_stale=True) as staging:
         written = _write_explanations(model, loader, class_names, staging, device, num_explanations, render_backend)
     # the picture and the metrics last, one after the other: an evaluation stopped while explaining leaves the

@@ -96,6 +96,7 @@ def gvit_summary(
         "accuracy": m.get("accuracy"),
         "per_class_accuracy": m.get("per_class_accuracy", {}),
         "num_images": m.get("num_images"),
+        "predicted_classes": m.get("predicted_classes"),
         "split": m.get("split"),
         "dataset": (m.get("data") or {}).get("source") or (m.get("data") or {}).get("dataset_dir") or None,
         "files": {
