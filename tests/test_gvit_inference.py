@@ -1,0 +1,88 @@
+"""GViT inference: unlabelled images classified by a trained model into predictions.csv (configs/inference.json)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from monai.data import DataLoader
+from test_gvit_bundle import _bundle, _bundle_cli, _shapes_dataset, _workflow
+
+from medgmae.twod.classification_data import load_classification_data, make_dataset
+from medgmae.twod.gvit import GViT
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small GViT trained on discs and bars (warm-up and classifier phases), and its data."""
+    root = tmp_path_factory.mktemp("gvit_infer")
+    data = load_classification_data(_shapes_dataset(root / "shapes"), val_fraction=0.25)
+    flow = _workflow(data, root / "run", resume=False)
+    flow.epochs = {"warmup": 1, "classifier": 1, "joint": 0}
+    flow.run()
+    return root / "run", data
+
+
+def _rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_inference_matches_the_models_own_probabilities(trained, tmp_path, capfd):
+    """Images given by name and by folder: one row each, the class and the probabilities the model gives the same
+    images read by the evaluation's data pipeline (softmax of its logits)."""
+    run, data = trained
+    listed = [data.val[0]["image"], data.val[1]["image"]]
+    folder = _shapes_dataset(tmp_path / "new") / "bar"
+    _bundle("inference.json", run_id="inferring", output_dir=str(run), images=listed, image_dir=str(folder),
+            inference_dir=str(tmp_path / "out"), device="cpu")  # fmt: skip
+    log = "".join(capfd.readouterr())
+    rows = _rows(tmp_path / "out" / "predictions.csv")
+    names = data.class_names
+    assert rows[0] == ["image", "predicted_class", *(f"probability_{n}" for n in names)]
+    files = listed + sorted(str(p) for p in folder.glob("*.png"))
+    assert [r[0] for r in rows[1:]] == files
+    model = GViT.from_checkpoint(run / "model.pt").eval()
+    loader = DataLoader(make_dataset([{"image": f, "label": 0} for f in files], 16, 1), batch_size=len(files))
+    with torch.no_grad():
+        expected = torch.softmax(model(next(iter(loader))["image"]), -1)
+    got = torch.tensor([[float(v) for v in r[2:]] for r in rows[1:]])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert [r[1] for r in rows[1:]] == [names[int(i)] for i in expected.argmax(-1)]
+    assert f" - {files[0]}: {rows[1][1]} (probability {float(expected[0].max()):.3f})\n" in log  # each logged
+    assert not list((tmp_path / "out").glob(".tmp-*"))  # written aside and renamed
+
+
+def _refused(**settings) -> BaseException:
+    """The error under MONAI's wrapping of a failed inference run."""
+    with pytest.raises(RuntimeError) as e:
+        _bundle("inference.json", run_id="inferring", device="cpu", **settings)
+    return e.value.__cause__
+
+
+def test_inference_errors_name_the_problem(trained, tmp_path):
+    run, data = trained
+    image = data.val[0]["image"]
+    out = str(tmp_path / "out")
+    missing = _refused(output_dir=str(tmp_path / "none"), images=[image], inference_dir=out)
+    assert isinstance(missing, FileNotFoundError) and f"{tmp_path / 'none' / 'model.pt'}: no such file" in str(missing)
+    phase = run / "checkpoints" / "warmup" / "checkpoint_final.pt"
+    assert "a GViT training checkpoint" in str(_refused(model_path=str(phase), images=[image], inference_dir=out))
+    assert "no images to classify" in str(_refused(output_dir=str(run), inference_dir=out))
+    (tmp_path / "empty").mkdir()
+    empty = _refused(output_dir=str(run), image_dir=str(tmp_path / "empty"), inference_dir=out)
+    assert f"--image_dir {tmp_path / 'empty'} holds no images" in str(empty)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    unreadable = str(_refused(output_dir=str(run), images=[image, str(broken)], inference_dir=out))
+    assert unreadable.startswith(f"1 image(s) cannot be read, nothing was written:\n  {broken}: "), unreadable
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_inference_command_line_fails_with_the_reason(trained, tmp_path):
+    run, _ = trained
+    proc = _bundle_cli("inference.json", "--output_dir", str(run), "--inference_dir", str(tmp_path / "out"),
+                       "--device", "cpu", "--batch_size", "0", run_id="inferring")  # fmt: skip
+    assert proc.returncode != 0 and "--batch_size: expected a positive integer, got" in proc.stderr + proc.stdout
+    assert not (tmp_path / "out").exists()
