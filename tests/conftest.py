@@ -152,3 +152,29 @@ def _sigterm_left_as_found():
     yield
     if signal.getsignal(signal.SIGTERM) is not before:
         signal.signal(signal.SIGTERM, before)
+
+
+def _loggers() -> list:
+    """The loggers a bundle's ``logging.conf`` configures: the root and the toolkit's."""
+    import logging
+
+    named = logging.Logger.manager.loggerDict.items()
+    return [logging.getLogger()] + [lg for n, lg in named if isinstance(lg, logging.Logger) and n.split(".")[0] == "medgmae"]
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found():
+    """A bundle run in this process configures logging from its ``logging.conf``: a root handler writing to the
+    test's captured stdout, which every later test's log records then hit once it is closed ("--- Logging error
+    ---" on stderr). Each test leaves the root's and the toolkit's loggers (those the files configure) with the
+    handlers, levels and flags it found (pytest's own capture handlers are the logging plugin's to manage)."""
+    before = {id(lg): (lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in _loggers()}
+    yield
+    for lg in _loggers():
+        kept = before.get(id(lg), (lg, [], None, None, None))
+        for handler in lg.handlers[:]:
+            if handler not in kept[1] and not type(handler).__module__.startswith("_pytest"):
+                lg.removeHandler(handler)
+        if kept[2] is not None:
+            lg.setLevel(kept[2])
+            lg.propagate, lg.disabled = kept[3], kept[4]
