@@ -239,9 +239,8 @@ def check_settings(
         ValueError: an ``image_size`` kind without a ``patch_size`` setting, or a ``schedule_epochs`` kind without a
             ``max_epochs`` one (a config error, not a bad value).
     """
-    out = (output_dirs or {}).get("output_dir")  # a training run's: its checkpoints decide what Ctrl-C advises
-    # from here on, a failure of the bundle ends with its reason
-    summarise_errors(resumable="resume" in settings, output_dir=None if out is None else str(out))
+    summarise_errors(resumable="resume" in settings, **_interrupt_context(settings, output_dirs))  # from here on, a
+    # failure of the bundle ends with its reason
     command = bundle_command(None)  # the command line and its config files, read once
     found = {key: p for key, (value, kind) in settings.items() if (p := _problem(value, kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
@@ -255,6 +254,17 @@ def check_settings(
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
     _warn_unused(command, unused_phantom_keys, unused_keys or {})
     return True
+
+
+def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, str | Path] | None) -> dict:
+    """What Ctrl-C's advice needs of a training run (:func:`~medgmae.bundle_errors.summarise_errors`): its
+    ``output_dir`` and ``resume`` setting, where they are known and valid."""
+    out = (output_dirs or {}).get("output_dir")
+    try:
+        resume = cli_types.as_bool(settings["resume"][0]) if "resume" in settings else None
+    except ValueError:  # its own line names it
+        resume = None
+    return {"output_dir": None if out is None else str(out), "resume": resume}
 
 
 def _warn_unused(command: tuple | None, phantom_keys: Sequence[str], other_keys: Mapping[str, str]) -> None:

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 # imported now, not in the hook: importing torch while Python handles an uncaught KeyboardInterrupt loses the
@@ -132,15 +133,16 @@ def _lost_peer(reason: BaseException) -> bool:
     return type(reason).__name__ == "DistBackendError" or any(p in text for p in _PEER_PHRASES)
 
 
-def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, output_dir: str | None = None) -> None:
+def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, run: tuple = ()) -> None:
     """The one line after Ctrl-C or SIGTERM (rank 0 only; ``chain`` holds the ``KeyboardInterrupt``): how to
-    resume (the checkpoint handler's ``resume_advice`` when it set one; before training started, whether
-    ``output_dir`` holds an epoch checkpoint to resume from) or to run again; after SIGTERM the process is marked to
-    end by SIGTERM (:func:`_end_by_sigterm`)."""
+    resume (the checkpoint handler's ``resume_advice`` when it set one; otherwise :func:`_before_training` of
+    ``run``, its ``(output_dir, resume, start time)``) or to run again; after SIGTERM the process is marked to end
+    by SIGTERM (:func:`_end_by_sigterm`)."""
     interrupt = next(e for e in chain if isinstance(e, KeyboardInterrupt))
     terminated = any(isinstance(e, Terminated) for e in chain)
     if main:  # where it struck is no news to anyone, and one process says what to do
-        advice = (getattr(interrupt, "resume_advice", None) or _before_training(output_dir)) if resumable else INTERRUPTED_NO_RESUME
+        before = _before_training(*run) if run else INTERRUPTED
+        advice = (getattr(interrupt, "resume_advice", None) or before) if resumable else INTERRUPTED_NO_RESUME
         if terminated and advice.startswith("interrupted"):
             advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
         print(f"\n{advice}", file=sys.stderr)
@@ -148,18 +150,35 @@ def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, ou
         _STOPPED_BY_SIGTERM.append(True)
 
 
-def _before_training(output_dir: str | None) -> str:
-    """The line of a training run stopped before its checkpoint handler could say (reading or generating its data,
-    building the model): :data:`INTERRUPTED` when ``output_dir`` holds an epoch checkpoint to resume from."""
-    from medgmae.engine.resume import epoch_checkpoints
+def _before_training(output_dir: str | None, resume: bool | None = None, started: float = 0.0) -> str:
+    """The line of a training run stopped where its checkpoint handler could not say (reading or generating its
+    data, building the model, between GViT's phases, its closing evaluation).
 
-    if output_dir is None or epoch_checkpoints(output_dir):
+    Args:
+        output_dir: the run's folder; its ``checkpoint_epoch=N.pt`` files are looked for below it too (GViT keeps
+            one folder per phase).
+        resume: the run's ``resume`` setting (``None``: not known).
+        started: when the run started (``time.time()``): a checkpoint written since is this run's own.
+
+    Returns:
+        :data:`INTERRUPTED` when there is a checkpoint to resume from (this run's, or the earlier run it resumes);
+        otherwise that there is none, or that an earlier run's were left as they were.
+    """
+    folder = Path(output_dir) if output_dir is not None else None
+    if folder is None or resume is None:
         return INTERRUPTED
-    return (f"interrupted before training started: there is no checkpoint_epoch=N.pt in {output_dir} to continue "
-            "from, so run the same command again (with or without --resume true) to start")  # fmt: skip
+    found = list(folder.rglob("checkpoint_epoch=*.pt")) if folder.is_dir() else []
+    if not found:
+        return (f"interrupted before training started: there is no checkpoint_epoch=N.pt in {output_dir} to continue "
+                "from, so run the same command again (with or without --resume true) to start")  # fmt: skip
+    if resume or any(p.stat().st_mtime >= started for p in found):
+        return INTERRUPTED
+    return (f"interrupted before this run saved a checkpoint: the earlier run's checkpoints in {output_dir} are as they "
+            "were; run the same command again to start over (with --resume true it would continue the earlier run "
+            "instead)")  # fmt: skip
 
 
-def summarise_errors(resumable: bool = False, output_dir: str | None = None) -> bool:
+def summarise_errors(resumable: bool = False, output_dir: str | None = None, resume: bool | None = None) -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
     ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper.
 
@@ -179,8 +198,9 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None) -> 
 
     Args:
         resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
-        output_dir: the training run's folder, whose epoch checkpoints decide the line of a run stopped before
-            its training started (``None``: not known).
+        output_dir: the training run's folder, whose epoch checkpoints decide the line of a run stopped where
+            its checkpoint handler could not say (:func:`_before_training`; ``None``: not known).
+        resume: the run's ``resume`` setting (``None``: not known).
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -188,7 +208,8 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None) -> 
     _catch_sigterm()
     if getattr(sys.excepthook, "summarises_errors", False):
         sys.excepthook.resumable = sys.excepthook.resumable or resumable
-        sys.excepthook.output_dir = output_dir if output_dir is not None else sys.excepthook.output_dir
+        if output_dir is not None:
+            sys.excepthook.run = (output_dir, resume, sys.excepthook.run[2] if sys.excepthook.run else time.time())
         return True
     previous = sys.excepthook
 
@@ -198,7 +219,7 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None) -> 
         reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
         main = is_main_process()
         if any(isinstance(e, KeyboardInterrupt) for e in chain):
-            _say_interrupted(chain, main, hook.resumable, hook.output_dir)
+            _say_interrupted(chain, main, hook.resumable, hook.run)
             return
         if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
             rank = process_rank()
@@ -213,6 +234,7 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None) -> 
             if process_count() > 1:  # a broken pipe of a single process (output piped to head) is not a lost peer
                 print(LOST_PEER, file=sys.stderr)
 
-    hook.summarises_errors, hook.resumable, hook.output_dir = True, bool(resumable), output_dir
+    hook.summarises_errors, hook.resumable = True, bool(resumable)
+    hook.run = (output_dir, resume, time.time()) if output_dir is not None else ()
     sys.excepthook = hook
     return True

@@ -449,20 +449,35 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
     assert "--resume" not in INTERRUPTED_NO_RESUME
 
 
-def test_ctrl_c_before_training_started_says_whether_there_is_a_checkpoint_to_resume(tmp_path):
-    """Ctrl-C while a training bundle generated its phantoms (before its checkpoint handler could say anything)
-    advised ``--resume true`` to continue from a checkpoint_epoch=N.pt the folder did not hold: with none there the
-    line says so and to run the command again; with one (an earlier run to resume) the resume line stays."""
+def test_ctrl_c_before_training_started_says_whether_there_is_a_checkpoint_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C where the checkpoint handler cannot speak (a training bundle generating its phantoms, GViT between
+    phases or in its closing evaluation) advised ``--resume true`` to continue from a checkpoint the folder did not
+    hold. Now: none below the folder: say so, run again; this run's own (GViT's per-phase folders too) or a resumed
+    run's: the resume line; only an earlier run's, in a fresh run: they are as they were, and --resume would
+    continue that run instead."""
+    import os
+
     from medgmae.bundle_errors import INTERRUPTED
 
     out = tmp_path / "run"
     out.mkdir()
-    body = f"summarise_errors(resumable=True, output_dir={str(out)!r})\nraise KeyboardInterrupt\n"
-    lines = _under_the_hook(body)[1]
-    assert lines == [f"interrupted before training started: there is no checkpoint_epoch=N.pt in {out} to continue "
-                     "from, so run the same command again (with or without --resume true) to start"], lines
-    (out / "checkpoint_epoch=2.pt").write_bytes(b"x")
-    assert _under_the_hook(body)[1] == [INTERRUPTED]
+    body = lambda resume: (f"summarise_errors(resumable=True, output_dir={str(out)!r}, resume={resume})\n"  # noqa: E731
+                           "import time; time.sleep(0.05)\nopen(__import__('os').environ['MARK'], 'w').close()\n"
+                           "raise KeyboardInterrupt\n")  # fmt: skip
+
+    def line(resume, new: str | None = None) -> list:  # the run writes MARK before the interrupt (its checkpoint)
+        monkeypatch.setenv("MARK", new or str(tmp_path / "unused"))
+        return _under_the_hook(body(resume))[1]
+
+    assert line(False) == [f"interrupted before training started: there is no checkpoint_epoch=N.pt in {out} to "
+                           "continue from, so run the same command again (with or without --resume true) to start"]
+    earlier = out / "checkpoints" / "warmup" / "checkpoint_epoch=3.pt"  # GViT's layout, an earlier run's
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"x")
+    os.utime(earlier, (1e9, 1e9))
+    assert line(True) == [INTERRUPTED]
+    assert line(False)[0].startswith(f"interrupted before this run saved a checkpoint: the earlier run's checkpoints in {out}")
+    assert line(False, str(out / "checkpoint_epoch=1.pt")) == [INTERRUPTED]  # one saved by this run
 
 
 def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():
