@@ -73,6 +73,9 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
         (lambda d: [_case(d, "a", 2), _case(d, "b", 1)], ["--labels", "1=spleen,2=spleen"], "two classes are named 'spleen'"),
         (lambda d: [_case(d, "a", 2), _case(d, "b", 1)], ["--labels", "1=spleen,1=liver"], "class 1 is named twice"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--seed", "-1"], "expected a non-negative integer"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1), (d / "dataset.json").write_text(json.dumps(
+            {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz"}))],
+         ["--force"], "is nnU-Net's dataset.json"),  # nnU-Net v2's own file: never replaced
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/labelsTr/a.nii.gz", "--force"], "a datalist is a .json file"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/imagesTr/list.json"], "inside a folder of scans"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/labelsTr", "--force"], "is a folder: give the .json file"),
@@ -98,6 +101,27 @@ def test_datalist_refuses_what_fine_tuning_could_not_use_naming_the_file(tmp_pat
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert files() == before  # nothing written, no scan replaced
+
+
+def test_an_ignore_value_is_refused_rather_than_made_hundreds_of_empty_classes(tmp_path, capsys):
+    """Label maps of classes 1 and 2 with 255 on a border (an ignore value): 256 classes of which 3 appear would make
+    a 256-channel model; it is refused, naming the map that holds 255. Many classes genuinely numbered are not."""
+    for name in ("a", "b"):
+        _case(tmp_path, name, 2)
+    lab = nib.load(tmp_path / "labelsTr" / "b.nii.gz")
+    data = np.asarray(lab.dataobj).copy()
+    data[-1] = 255
+    nib.save(nib.Nifti1Image(data, lab.affine), tmp_path / "labelsTr" / "b.nii.gz")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'labelsTr' / 'b.nii.gz'}: holds the value 255, which would make 256 classes of which 4 appear in the label maps ([0, 1, 2, 255])" in err
+    assert not (tmp_path / "dataset.json").exists()
+    data[-1] = 0
+    for row, v in enumerate(range(3, 40)):  # classes 0..39 all present: a model of 40 classes, as numbered
+        data[row % data.shape[0], row % data.shape[1], -1] = v
+    nib.save(nib.Nifti1Image(data, lab.affine), tmp_path / "labelsTr" / "b.nii.gz")
+    assert main([str(tmp_path)]) == 0 and len(json.loads((tmp_path / "dataset.json").read_text())["labels"]) == 40
 
 
 def test_decathlon_names_ending_in_four_digits_are_cases_and_unnamed_or_absent_classes_are_said(tmp_path, capsys):

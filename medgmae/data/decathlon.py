@@ -108,13 +108,14 @@ def case_pairs(folder: str | Path) -> tuple[list[dict], list[dict]]:
     return pairs, test
 
 
-def class_values(labels: Sequence[str | Path], progress: bool = False) -> list[int]:
-    """The sorted class values found in the label maps (background 0 included).
+def class_values(labels: Sequence[str | Path], progress: bool = False) -> dict[int, str]:
+    """The class values found in the label maps, sorted, each with the first map holding it (background 0
+    included, ``""`` where no map holds it).
 
     Raises:
         DatasetError: a map that cannot be read, or holds values that are not whole numbers >= 0 (named).
     """
-    found: set[int] = {0}
+    found: dict[int, str] = {0: ""}
     for i, path in enumerate(labels, 1):
         try:
             arr = read_volume(path).array
@@ -125,10 +126,11 @@ def class_values(labels: Sequence[str | Path], progress: bool = False) -> list[i
             shown = ", ".join(f"{v:g}" for v in values[:8])
             raise DatasetError(f"{path}: a label map holds whole class numbers >= 0, this one holds {shown}"
                                f"{' ...' if len(values) > 8 else ''}")  # fmt: skip
-        found.update(int(v) for v in values)
+        for v in values:
+            found[int(v)] = found.get(int(v)) or str(path)
         if progress and (i % 10 == 0 or i == len(labels)):
             print(f"read {i}/{len(labels)} label maps", flush=True)
-    return sorted(found)
+    return dict(sorted(found.items()))
 
 
 def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -148,15 +150,27 @@ def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) ->
     return [p for i, p in enumerate(pairs) if i not in chosen], [p for i, p in enumerate(pairs) if i in chosen]
 
 
-def _label_map(values: Sequence[int], names: dict[int, str], source: Path, progress: bool = False) -> dict[str, str]:
-    """The datalist's ``labels``: ``0..max`` of the values found, each named as given, else ``class_<i>``.
+#: Class values up to which gaps are taken as classes absent from these maps; above it, a value beyond four times
+#: the number of classes found is taken for an ignore or border value (255), not a class.
+SPARSE_CLASSES = 32
+
+
+def _label_map(found: dict[int, str], names: dict[int, str], source: Path, progress: bool = False) -> dict[str, str]:
+    """The datalist's ``labels``: ``0..max`` of the values ``found``, each named as given, else ``class_<i>``.
 
     Classes are one-hot channels ``0..max``: a value below the largest that no map holds keeps its channel, and is
     named in a note (``progress``: printed), as the model will learn it from no voxel.
 
     Raises:
-        DatasetError: a name given for a value no label map holds.
+        DatasetError: a name given for a value no label map holds, or a largest value that would make mostly empty
+            classes (:data:`SPARSE_CLASSES`; e.g. an ignore value 255 beside classes 1 and 2), naming its map.
     """
+    values = list(found)
+    top = max(values)
+    if top >= SPARSE_CLASSES and top > 4 * len(values):
+        raise DatasetError(f"{found[top]}: holds the value {top}, which would make {top + 1} classes of which "
+                           f"{len(values)} appear in the label maps ({values}); an ignore or border value? Map it to a "
+                           "class (0 for background) in the label maps, or number the classes 0, 1, 2, ...")  # fmt: skip
     absent_named = sorted(set(names) - set(values))
     if absent_named:
         raise DatasetError(f"{source}: --labels names class(es) {absent_named}, which no label map holds (they hold "
@@ -237,9 +251,23 @@ def _out_problem(out: Path, folder: Path, force: bool) -> str | None:
     blocking = next((q for q in out.parents if q.exists() and not q.is_dir()), None)
     if blocking is not None:
         return f"--out {out}: {blocking} is a file, not a folder"
+    if out.exists() and _is_nnunet_datalist(out):  # nnU-Net reads it: never ours to replace
+        return (f"{out} is nnU-Net's dataset.json (another format, which nnU-Net needs): write this one beside it, "
+                f"e.g. --out {out.with_name('dataset_decathlon.json')}")  # fmt: skip
     if out.exists() and not force:
         return f"{out} exists: give --force to replace it, or --out another file"
     return None
+
+
+def _is_nnunet_datalist(path: Path) -> bool:
+    """Whether ``path`` is nnU-Net v2's ``dataset.json`` (``channel_names`` and ``file_ending``)."""
+    import json
+
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and "channel_names" in content and "file_ending" in content
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_json_atomic(doc, out)
     except DatasetError as e:
         parser.error(str(e))
+    except OSError as e:  # a folder that cannot be listed, a datalist that cannot be written (nothing is left half-written)
+        parser.error(f"{e.filename or out}: {e.strerror or e}")
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was written", file=sys.stderr)
         return 130
