@@ -104,8 +104,9 @@ def test_datalist_refuses_what_fine_tuning_could_not_use_naming_the_file(tmp_pat
 
 
 def test_an_ignore_value_is_refused_rather_than_made_hundreds_of_empty_classes(tmp_path, capsys):
-    """Label maps of classes 1 and 2 with 255 on a border (an ignore value): 256 classes of which four values appear would make
-    a 256-channel model; it is refused, naming the map that holds 255. Many classes genuinely numbered are not."""
+    """Label maps of classes 1 and 2 with 255 on a border (an ignore value): 256 classes of which four values
+    appear would make a 256-channel model; it is refused, naming the map that holds 255. Many classes genuinely
+    numbered are not."""
     for name in ("a", "b"):
         _case(tmp_path, name, 2)
     lab = nib.load(tmp_path / "labelsTr" / "b.nii.gz")
