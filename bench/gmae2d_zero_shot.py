@@ -87,14 +87,12 @@ def summarise(counts: np.ndarray) -> dict:
     return {"precision": p, "recall": r, "f": 2 * p * r / max(p + r, 1e-12)}
 
 
-GRANULARITIES = (4, 8, 16)  # layer counts whose assignments give the GMAE edge maps
-DEFAULT_LAYERS = 16  # figure-ground layers unless --num-layers (at most the number of Gaussians)
-
-
 def edge_granularities(num_gaussians: int) -> tuple[int, ...]:
-    """The layer counts of the edge maps for a model of ``num_gaussians`` Gaussians: :data:`GRANULARITIES`, each
-    at most ``num_gaussians`` (a layer needs a Gaussian)."""
-    return tuple(sorted({min(n, num_gaussians) for n in GRANULARITIES}))
+    """The layer counts of the edge maps for a model of ``num_gaussians`` Gaussians: ``medgmae-2d edges``'s
+    defaults (:func:`medgmae.twod.layering.default_granularities`), so the bench measures what the tool computes."""
+    return tuple(L.default_granularities(num_gaussians))
+
+
 SOBEL_THRESHOLDS = np.linspace(0.02, 0.5, 25)
 CANNY_SIGMAS = (0.5, 1.0, 1.5, 2.0, 3.0)
 
@@ -191,7 +189,7 @@ def check_layers(p: argparse.ArgumentParser, args, num_gaussians: int, source: s
     """Resolve ``--num-layers`` for a model of ``num_gaussians`` Gaussians (from ``source``); a usage error if it
     asks for more layers than Gaussians."""
     if args.num_layers is None:
-        args.num_layers = min(DEFAULT_LAYERS, num_gaussians)
+        args.num_layers = L.default_num_layers(num_gaussians)
     elif args.num_layers > num_gaussians:
         p.error(f"--num-layers {args.num_layers} exceeds the {num_gaussians} Gaussians of {source} (a layer needs one)")
 
@@ -211,7 +209,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-cases", type=int, default=4)
     p.add_argument("--slices-per-case", type=int, default=8)
     p.add_argument("--num-layers", type=positive_int, default=None,
-                   help=f"figure-ground layers (default: {DEFAULT_LAYERS}, or the number of Gaussians if fewer)")
+                   help=f"figure-ground layers (default: {L.DEFAULT_NUM_LAYERS}, or the number of Gaussians if fewer)")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     p.add_argument("--tolerance", type=int, default=1)
     p.add_argument("--device", default="cpu")

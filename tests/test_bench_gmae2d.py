@@ -51,3 +51,4 @@ def test_few_gaussians_get_coarser_edges_and_layers(few_gaussians, tmp_path, cap
 
 def test_default_granularities_are_unchanged():
     assert bench.edge_granularities(128) == (4, 8, 16) and bench.edge_granularities(2) == (2,)
+    assert bench.edge_granularities(12) == (4, 8)  # as medgmae-2d edges: those up to the Gaussians, not capped

@@ -40,8 +40,6 @@ from medgmae.twod.windows import recorded_window, window_setting
 
 __all__ = ["main", "build_parser"]
 
-_GRANULARITIES = (4, 8, 16)  # default --granularities of ``edges``
-_NUM_LAYERS = 16  # default --num-layers of ``layers`` and ``segment``
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "layer_stack.png (one labelled tile per layer with its number of Gaussians), partial_renders.png "
                        "(the input, then the K nearest Gaussians for K = --first-count, doubled up to all), "
                        "input.png, reconstruction.png and layers.json.")  # fmt: skip
-    p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
+    p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {L.DEFAULT_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
     p.add_argument("--first-count", type=positive_int, default=32, help="smallest K of the partial renders, then doubled (default: %(default)s)")
 
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask",
                        description="Zero-shot figure-ground segmentation: each pixel is assigned the last depth layer "
                        "that changes it by more than --threshold; layers from --split on are foreground. Writes "
                        "assignment.png, foreground.png and segment.json (with the IoU against --reference).")  # fmt: skip
-    p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
+    p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {L.DEFAULT_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
     p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
 
@@ -83,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Zero-shot edges: the boundaries of the layer assignment with l@L depth layers, "
                        "for each L of --granularities. Writes edges_l<L>.png and edges.json.")  # fmt: skip
     p.add_argument("--granularities", type=positive_int, nargs="+", default=None,
-                   help=f"numbers of layers, l@L (default: {' '.join(map(str, _GRANULARITIES))}, those up to the model's number of Gaussians)")
+                   help=f"numbers of layers, l@L (default: {' '.join(map(str, L.DEFAULT_GRANULARITIES))}, those up to the model's number of Gaussians)")
     return parser
 
 
@@ -200,9 +198,9 @@ def _apply_layer_defaults(args, model: GMAE2D) -> None:
     given value beyond them is refused by :func:`_check_layers`)."""
     k = model.num_gaussians
     if getattr(args, "num_layers", "absent") is None:
-        args.num_layers = min(_NUM_LAYERS, k)
+        args.num_layers = L.default_num_layers(k)
     if getattr(args, "granularities", "absent") is None:
-        args.granularities = [n for n in _GRANULARITIES if n <= k] or [k]
+        args.granularities = L.default_granularities(k)
 
 
 def _check_backend(args) -> None:

@@ -24,6 +24,10 @@ from medgmae.twod.gmae import SplatGaussians
 from medgmae.twod.render import render_gaussians_2d
 
 __all__ = [
+    "DEFAULT_GRANULARITIES",
+    "DEFAULT_NUM_LAYERS",
+    "default_granularities",
+    "default_num_layers",
     "depth_layers",
     "layer_ids",
     "render_layers",
@@ -37,6 +41,21 @@ __all__ = [
     "zero_shot_edges",
     "mask_iou",
 ]
+
+
+#: Figure-ground layers, and the layer counts of the edge maps, unless asked otherwise (``medgmae-2d``, the bench).
+DEFAULT_NUM_LAYERS = 16
+DEFAULT_GRANULARITIES = (4, 8, 16)
+
+
+def default_num_layers(num_gaussians: int) -> int:
+    """:data:`DEFAULT_NUM_LAYERS`, or ``num_gaussians`` when fewer (a layer needs a Gaussian)."""
+    return min(DEFAULT_NUM_LAYERS, int(num_gaussians))
+
+
+def default_granularities(num_gaussians: int) -> list[int]:
+    """The :data:`DEFAULT_GRANULARITIES` up to ``num_gaussians`` (``[num_gaussians]`` when none is)."""
+    return [n for n in DEFAULT_GRANULARITIES if n <= num_gaussians] or [int(num_gaussians)]
 
 
 def _check(gaussians: SplatGaussians, num_layers: int) -> None:
