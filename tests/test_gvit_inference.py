@@ -86,3 +86,20 @@ def test_inference_command_line_fails_with_the_reason(trained, tmp_path):
                        "--device", "cpu", "--batch_size", "0", run_id="inferring")  # fmt: skip
     assert proc.returncode != 0 and "--batch_size: expected a positive integer, got" in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_images_are_listed_as_given_each_once_without_hidden_files(tmp_path, monkeypatch):
+    """The CSV names each image as the user gave it (a relative path stays relative, a link is not resolved), a
+    file given twice (also through the folder) once; macOS's ``._x.png`` files in a folder are no images (one made
+    the whole run fail as unreadable)."""
+    from medgmae.twod.gvit_infer import inference_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("b.png", "a.png"):
+        (folder / name).write_bytes(b"png")
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / "link.png").symlink_to(folder / "a.png")
+    monkeypatch.chdir(tmp_path)
+    listed = inference_images(["imgs/b.png", "link.png", "imgs/b.png"], "imgs")
+    assert [str(p) for p in listed] == ["imgs/b.png", "link.png"]  # a.png is link.png's file; b.png given twice

@@ -30,7 +30,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.twod.classification_split import split_record, stratified_split
-from medgmae.twod.data2d import LoadImage2Dd, image_channels, log_intensity_scaling
+from medgmae.twod.data2d import LoadImage2Dd, image_channels, image_files, log_intensity_scaling
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.windows import window_setting
@@ -107,7 +107,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     _require_classes(classes, f"dataset folder {root}")
     items, empty = [], []
     for idx, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        files = image_files(root / name, recursive=False)
         empty += [] if files else [str(root / name)]
         items += [{"image": str(f), "label": idx} for f in files]
     if empty:  # every one named at once

@@ -139,6 +139,15 @@ def edge_map(label: np.ndarray) -> np.ndarray:
     return out
 
 
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """The image files (PNG/JPEG/BMP/TIFF/NIfTI/DICOM by ending) in ``folder`` (and its sub-folders), sorted;
+    hidden ones (macOS's ``._x.png`` resource files, anything under a hidden folder) left out. The one listing of the
+    2D readers: training folders, class folders and the images GViT classifies."""
+    listed = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in listed if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
+
+
 def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list[dict]:
     """``[{"image": path}, ...]`` for every readable-looking image under ``dataset_dir`` (sorted, recursive).
 
@@ -152,7 +161,7 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
     folder = Path(dataset_dir).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset_dir not found or not a folder: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    files = image_files(folder)
     if not files:
         raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     if log:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from medgmae.files import atomic_write
+from medgmae.twod.data2d import image_files
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image, to_model_input
 from medgmae.twod.windows import recorded_window
 
@@ -51,14 +52,19 @@ def inference_images(images: str | Sequence[str] | None, image_dir: str | Path |
         folder = Path(str(image_dir)).expanduser()
         if not folder.is_dir():
             raise ValueError(f"--image_dir {folder}: not found or not a folder")
-        found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        found = image_files(folder)
         if not found:
             raise ValueError(f"--image_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         paths += found
     if not paths:
         raise ValueError("no images to classify: give --images \"['a.png', 'b.dcm']\" and/or --image_dir FOLDER")
-    unique = list(dict.fromkeys(p.resolve() for p in paths))
-    return [Path(p) for p in unique]
+    seen: set[Path] = set()
+    unique = []
+    for p in paths:  # each file once, named as the user gave it (the CSV's image column)
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
 
 
 def load_inference_model(model_path: str | Path, device: torch.device) -> torch.nn.Module:
