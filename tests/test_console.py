@@ -249,3 +249,20 @@ def test_orientation_letters_name_the_directions_at_each_edge_of_a_view():
     assert yellow[24:40, :8].any() and yellow[24:40, -8:].any() and yellow[:12, 32:48].any() and yellow[-12:, 32:48].any()
     assert not yellow[12:52, 12:68].any()  # the image itself is left alone
     assert not np.all(with_orientation_letters(np.zeros((20, 80, 3), np.uint8), 2) == LETTER_COLOUR, axis=-1).any()
+
+
+def test_a_title_longer_than_its_picture_widens_it_instead_of_being_cut():
+    """A zero-shot picture of a small scan (two 128-pixel tiles) under a 90-character title lost the title's end:
+    the band, and the picture with it, is widened with black to hold the whole text; a short one changes nothing."""
+    from PIL import Image, ImageDraw
+
+    from medgmae.engine.figures import _font, label_tile
+
+    title = "case_0000: voxels 0.70 (R-L) x 0.90 (A-P) x 2.50 (I-S) mm; grey window [-1000, 1000] HU"
+    img = np.full((40, 128, 3), 90, np.uint8)
+    out = label_tile(img, title)
+    ink = np.argwhere(out[:14].max(axis=-1) > 0)  # the band's white pixels
+    full = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=_font())
+    assert out.shape[1] > 128 and ink[:, 1].max() >= full - 6  # the text's last glyph is drawn
+    assert np.array_equal(out[14:, :128], img) and not out[14:, 128:].any()  # the picture as it was, black beside
+    assert label_tile(img, "short").shape == (54, 128, 3)

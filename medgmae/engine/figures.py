@@ -119,10 +119,13 @@ def _font() -> ImageFont.ImageFont:
 
 
 def label_tile(img: np.ndarray, text: str, band: int = 14) -> np.ndarray:
-    """An ``(H, W, 3)`` image with ``text`` written in a black band above it."""
-    out = Image.new("RGB", (img.shape[1], img.shape[0] + band), (0, 0, 0))
+    """An ``(H, W, 3)`` image with ``text`` written in a black band above it, widened with black on the right
+    where the text is longer than the image is wide (a title is never cut off)."""
+    font = _font()
+    width = max(img.shape[1], math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 6)
+    out = Image.new("RGB", (width, img.shape[0] + band), (0, 0, 0))
     out.paste(Image.fromarray(img), (0, band))
-    ImageDraw.Draw(out).text((3, 1), text, fill=(255, 255, 255), font=_font())
+    ImageDraw.Draw(out).text((3, 1), text, fill=(255, 255, 255), font=font)
     return np.asarray(out)
 
 
