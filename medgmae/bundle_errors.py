@@ -136,13 +136,13 @@ def _lost_peer(reason: BaseException) -> bool:
 def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, run: tuple = ()) -> None:
     """The one line after Ctrl-C or SIGTERM (rank 0 only; ``chain`` holds the ``KeyboardInterrupt``): how to
     resume (the checkpoint handler's ``resume_advice`` when it set one; otherwise :func:`_before_training` of
-    ``run``, its ``(output_dir, resume, start time)``) or to run again; after SIGTERM the process is marked to end
+    ``run``, its ``(output_dir, resume, checkpoints at its start)``) or to run again; after SIGTERM the process is marked to end
     by SIGTERM (:func:`_end_by_sigterm`)."""
     interrupt = next(e for e in chain if isinstance(e, KeyboardInterrupt))
     terminated = any(isinstance(e, Terminated) for e in chain)
     if main:  # where it struck is no news to anyone, and one process says what to do
-        before = _before_training(*run) if run else INTERRUPTED
-        advice = (getattr(interrupt, "resume_advice", None) or before) if resumable else INTERRUPTED_NO_RESUME
+        advice = getattr(interrupt, "resume_advice", None) if resumable else INTERRUPTED_NO_RESUME
+        advice = advice or (_before_training(*run) if run else INTERRUPTED)  # the folder read only when needed
         if terminated and advice.startswith("interrupted"):
             advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
         print(f"\n{advice}", file=sys.stderr)
@@ -150,28 +150,52 @@ def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, ru
         _STOPPED_BY_SIGTERM.append(True)
 
 
-def _before_training(output_dir: str | None, resume: bool | None = None, started: float = 0.0) -> str:
-    """The line of a training run stopped where its checkpoint handler could not say (reading or generating its
-    data, building the model, between GViT's phases, its closing evaluation).
+#: Where a training bundle's epoch checkpoints lie below its ``output_dir``: in it, or (GViT) one folder per phase.
+CHECKPOINT_GLOBS = ("checkpoint_*.pt", "checkpoints/*/checkpoint_*.pt")
+
+
+def checkpoint_files(output_dir: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
+    """``{path: (inode, size, mtime in ns)}`` of the checkpoints below ``output_dir`` (:data:`CHECKPOINT_GLOBS`):
+    what a run found at its start, so that at its end the files it wrote tell themselves apart without a clock."""
+    folder = Path(output_dir)
+    found = {}
+    for pattern in CHECKPOINT_GLOBS:
+        for p in folder.glob(pattern) if folder.is_dir() else ():
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            found[str(p)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _before_training(output_dir: str | None, resume: bool | None = None, at_start: dict | None = None) -> str:
+    """The line of a training run stopped where its checkpoint handler did not say (reading or generating its data,
+    building the model, between GViT's phases, its closing evaluation, the closing steps after its last epoch).
 
     Args:
-        output_dir: the run's folder; its ``checkpoint_epoch=N.pt`` files are looked for below it too (GViT keeps
-            one folder per phase).
+        output_dir: the run's folder (its checkpoints: :data:`CHECKPOINT_GLOBS`).
         resume: the run's ``resume`` setting (``None``: not known).
-        started: when the run started (``time.time()``): a checkpoint written since is this run's own.
+        at_start: :func:`checkpoint_files` when the run started (a file new or rewritten since is this run's).
 
     Returns:
         :data:`INTERRUPTED` when there is a checkpoint to resume from (this run's, or the earlier run it resumes);
-        otherwise that there is none, or that an earlier run's were left as they were.
+        after this run saved its ``checkpoint_final.pt``, that its closing outputs may be missing; otherwise that
+        there is no checkpoint, or that an earlier run's were left as they were.
     """
-    folder = Path(output_dir) if output_dir is not None else None
-    if folder is None or resume is None:
+    if output_dir is None or resume is None:
         return INTERRUPTED
-    found = list(folder.rglob("checkpoint_epoch=*.pt")) if folder.is_dir() else []
-    if not found:
+    now = checkpoint_files(output_dir)
+    epochs = [p for p in now if Path(p).name.startswith("checkpoint_epoch=")]
+    own = [p for p in now if (at_start or {}).get(p) != now[p]]
+    if str(Path(output_dir) / "checkpoint_final.pt") in own:  # GViT's phases keep theirs below and resume past them
+        return ("interrupted in the run's closing steps, after its last epoch was saved (checkpoint_final.pt): the "
+                "files written after it (model.pt, the summary) may be missing; a resume has nothing left to train, so "
+                "run the same command again to redo them (or --resume true with a larger --max_epochs to train on)")  # fmt: skip
+    if not epochs:
         return (f"interrupted before training started: there is no checkpoint_epoch=N.pt in {output_dir} to continue "
                 "from, so run the same command again (with or without --resume true) to start")  # fmt: skip
-    if resume or any(p.stat().st_mtime >= started for p in found):
+    if resume or own:
         return INTERRUPTED
     return (f"interrupted before this run saved a checkpoint: the earlier run's checkpoints in {output_dir} are as they "
             "were; run the same command again to start over (with --resume true it would continue the earlier run "
@@ -209,7 +233,8 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
     if getattr(sys.excepthook, "summarises_errors", False):
         sys.excepthook.resumable = sys.excepthook.resumable or resumable
         if output_dir is not None:
-            sys.excepthook.run = (output_dir, resume, sys.excepthook.run[2] if sys.excepthook.run else time.time())
+            at_start = sys.excepthook.run[2] if sys.excepthook.run else checkpoint_files(output_dir)
+            sys.excepthook.run = (output_dir, resume, at_start)
         return True
     previous = sys.excepthook
 
@@ -235,6 +260,6 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
                 print(LOST_PEER, file=sys.stderr)
 
     hook.summarises_errors, hook.resumable = True, bool(resumable)
-    hook.run = (output_dir, resume, time.time()) if output_dir is not None else ()
+    hook.run = (output_dir, resume, checkpoint_files(output_dir)) if output_dir is not None else ()
     sys.excepthook = hook
     return True

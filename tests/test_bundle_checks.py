@@ -450,23 +450,21 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
 
 
 def test_ctrl_c_before_training_started_says_whether_there_is_a_checkpoint_to_resume(tmp_path, monkeypatch):
-    """Ctrl-C where the checkpoint handler cannot speak (a training bundle generating its phantoms, GViT between
-    phases or in its closing evaluation) advised ``--resume true`` to continue from a checkpoint the folder did not
-    hold. Now: none below the folder: say so, run again; this run's own (GViT's per-phase folders too) or a resumed
-    run's: the resume line; only an earlier run's, in a fresh run: they are as they were, and --resume would
-    continue that run instead."""
-    import os
-
+    """Ctrl-C where the checkpoint handler does not speak (a training bundle generating its phantoms, GViT between
+    phases or in its closing evaluation, the closing steps after the last epoch) advised ``--resume true`` whatever
+    the folder held. Now, from what the folder held at the start (no clock): none: say so, run again; this run's
+    own (GViT's per-phase folders too) or a resumed run's: the resume line; only an earlier run's, in a fresh run:
+    they are as they were; this run's checkpoint_final.pt: its closing outputs may be missing, nothing to resume."""
     from medgmae.bundle_errors import INTERRUPTED
 
     out = tmp_path / "run"
     out.mkdir()
     body = lambda resume: (f"summarise_errors(resumable=True, output_dir={str(out)!r}, resume={resume})\n"  # noqa: E731
-                           "import time; time.sleep(0.05)\nopen(__import__('os').environ['MARK'], 'w').close()\n"
+                           "import os; p = os.environ['WRITE']\nif p: open(p, 'w').write('this run')\n"
                            "raise KeyboardInterrupt\n")  # fmt: skip
 
-    def line(resume, new: str | None = None) -> list:  # the run writes MARK before the interrupt (its checkpoint)
-        monkeypatch.setenv("MARK", new or str(tmp_path / "unused"))
+    def line(resume, written: str = "") -> list:  # the run writes WRITE (a checkpoint of its own) before the interrupt
+        monkeypatch.setenv("WRITE", written)
         return _under_the_hook(body(resume))[1]
 
     assert line(False) == [f"interrupted before training started: there is no checkpoint_epoch=N.pt in {out} to "
@@ -474,10 +472,12 @@ def test_ctrl_c_before_training_started_says_whether_there_is_a_checkpoint_to_re
     earlier = out / "checkpoints" / "warmup" / "checkpoint_epoch=3.pt"  # GViT's layout, an earlier run's
     earlier.parent.mkdir(parents=True)
     earlier.write_bytes(b"x")
-    os.utime(earlier, (1e9, 1e9))
     assert line(True) == [INTERRUPTED]
     assert line(False)[0].startswith(f"interrupted before this run saved a checkpoint: the earlier run's checkpoints in {out}")
     assert line(False, str(out / "checkpoint_epoch=1.pt")) == [INTERRUPTED]  # one saved by this run
+    assert line(False, str(earlier)) == [INTERRUPTED]  # rewritten by this run (the same name, the same second)
+    closing = line(False, str(out / "checkpoint_final.pt"))[0]
+    assert closing.startswith("interrupted in the run's closing steps, after its last epoch was saved") and "nothing left to train" in closing
 
 
 def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():

@@ -60,7 +60,8 @@ def test_resolve_device():
 
 
 def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None, extra: dict | None = None,
-                  batch_size: int = 2, finished_ok: bool = False, earlier_outputs: tuple[str, ...] | None = None):  # fmt: skip
+                  batch_size: int = 2, finished_ok: bool = False, earlier_outputs: tuple[str, ...] | None = None,
+                  later_stage: bool = False):  # fmt: skip
     torch.manual_seed(0)
     np.random.seed(0)
     data = [{"image": np.full((1, 4), i, np.float32), "label": np.full((1, 2), i % 3, np.float32)} for i in range(6)]
@@ -70,7 +71,7 @@ def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    more = {} if earlier_outputs is None else {"earlier_outputs": earlier_outputs}
+    more = ({} if earlier_outputs is None else {"earlier_outputs": earlier_outputs}) | ({"later_stage": True} if later_stage else {})
     handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt, **(extra or {})}, resume=resume, source=ds,
                                   finished_ok=finished_ok, **more)]  # fmt: skip
     handlers.append(NonFiniteLossHandler())
@@ -561,6 +562,22 @@ def test_ctrl_c_before_a_fresh_runs_first_save_in_a_used_folder_keeps_the_earlie
         f"earlier run in {tmp_path}; run the same command again to start over (with --resume true it would continue "
         "the earlier run instead)")
     assert (tmp_path / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_ctrl_c_in_a_later_stage_before_its_first_save_advises_resuming_past_the_finished_stages(tmp_path):
+    """GViT's classifier phase stopped in its first epoch: no checkpoint in its own folder, but the warm-up is
+    finished; "with or without --resume true" would have started over and replaced the warm-up's checkpoints."""
+    trainer, _ = _make_trainer(tmp_path / "classifier", 2, resume=False, later_stage=True)
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=1))
+    def _stop(engine):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        trainer.run()
+    advice = stopped.value.resume_advice
+    assert advice.startswith(f"interrupted before this stage saved a checkpoint (none in {tmp_path / 'classifier'}): "
+                             "run the same command with --resume true") and "with or without" not in advice
 
 
 def test_tensorboard_purge_step_is_the_iteration_after_the_newest_checkpoint(tmp_path):
