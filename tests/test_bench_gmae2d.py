@@ -49,6 +49,6 @@ def test_few_gaussians_get_coarser_edges_and_layers(few_gaussians, tmp_path, cap
     assert {k for k in results["edges"] if k.startswith("gmae")} == {"gmae l@4", "gmae l@8"}
 
 
-def test_default_granularities_are_unchanged():
+def test_edge_granularities_are_the_2d_tools_defaults():
     assert bench.edge_granularities(128) == (4, 8, 16) and bench.edge_granularities(2) == (2,)
     assert bench.edge_granularities(12) == (4, 8)  # as medgmae-2d edges: those up to the Gaussians, not capped

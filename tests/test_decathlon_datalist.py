@@ -73,6 +73,7 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
         (lambda d: [_case(d, "a", 2), _case(d, "b", 1)], ["--labels", "1=spleen,2=spleen"], "two classes are named 'spleen'"),
         (lambda d: [_case(d, "a", 2), _case(d, "b", 1)], ["--labels", "1=spleen,1=liver"], "class 1 is named twice"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--seed", "-1"], "expected a non-negative integer"),
+        (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/" + "x" * 300 + ".json"], "File name too long"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1), (d / "dataset.json").write_text(json.dumps(
             {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz"}))],
          ["--force"], "is nnU-Net's dataset.json"),  # nnU-Net v2's own file: never replaced

@@ -974,7 +974,7 @@ def test_evaluating_on_a_datalist_with_fewer_classes_names_the_model_first(tmp_p
     assert evaluation_cases("", str(dl), tmp_path / "run", network=SimpleNamespace(out_channels=2))["num_classes"] == 2
     # a 'test' list of images only (a Decathlon layout's): evaluation has nothing to score against, and says so
     dl.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "test": [{"image": cases[0]["image"]}]}))
-    with pytest.raises(ValueError, match=r"the 'test' list of .*dl.json has no labels to score against .*\(run inferring"):
+    with pytest.raises(ValueError, match=r"the 'test' list of .*dl.json has no labels to score against .*\(run inferring --data_key test"):
         evaluation_cases("", str(dl), tmp_path / "run", key="test")
 
 

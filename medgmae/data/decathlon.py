@@ -18,7 +18,8 @@ nnU-Net's channel ending is taken off an image's name only where its label is na
 (``case_001_0000`` with ``case_001``); a Decathlon name ending in four digits (``case_0001``) is a case of its own.
 
 Paths are relative to the folder, as the Decathlon's. The file is written whole or not at all
-(:func:`medgmae.files.save_json_atomic`), and an existing one is replaced only with ``--force``.
+(:func:`medgmae.files.save_json_atomic`); an existing datalist is replaced only with ``--force``, and nnU-Net's own
+``dataset.json`` never (write this one beside it with ``--out``, and fine-tune with ``--datalist``).
 """
 
 from __future__ import annotations
@@ -282,7 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--validation-fraction must be strictly between 0 and 1, got {args.validation_fraction}")
     folder = Path(args.folder).expanduser()
     out = Path(args.out).expanduser() if args.out else folder / "dataset.json"
-    if problem := _out_problem(out, folder, args.force):
+    try:
+        problem = _out_problem(out, folder, args.force)
+    except OSError as e:  # a name too long, a folder that cannot be read
+        problem = f"--out {out}: {e.strerror or e}"
+    if problem:
         parser.error(problem)
     try:
         doc = decathlon_datalist(folder, args.validation_fraction, args.seed, args.labels, progress=True)

@@ -121,7 +121,7 @@ def _font() -> ImageFont.ImageFont:
 def label_tile(img: np.ndarray, text: str, band: int = 14) -> np.ndarray:
     """An ``(H, W, 3)`` image with ``text`` written in a black band above it, widened with black on the right
     where the text is longer than the image is wide (a title is never cut off)."""
-    font = _font()
+    font, text = _font(), " ".join(str(text).splitlines())  # one line (a file name may hold a line break)
     width = max(img.shape[1], math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 6)
     out = Image.new("RGB", (width, img.shape[0] + band), (0, 0, 0))
     out.paste(Image.fromarray(img), (0, band))

@@ -264,8 +264,8 @@ def evaluation_cases(
         check_num_classes(network, len(names), f"{checkpoint}")
     if cases and not any(c.get("label") for c in cases):  # e.g. a Decathlon 'test' list: images only
         raise DatasetError(f"the '{key}' list of {datalist} has no labels to score against (evaluation compares with "
-                           "reference labels): segment its images with the inference config instead (run inferring "
-                           "--input_files ..., as the bundle's README shows)")  # fmt: skip
+                           f"reference labels): segment its images with the inference config instead (run inferring "
+                           f"--data_key {key}, as the bundle's README shows)")  # fmt: skip
     check_cases(cases, len(names), source=str(datalist))
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "cases": cases}
 

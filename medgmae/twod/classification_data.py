@@ -99,7 +99,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         raise ValueError(f"dataset folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        loose = sum(1 for p in root.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        loose = len(image_files(root, recursive=False))
         other = sum(1 for p in root.iterdir() if not p.name.startswith("."))
         what = (f"holds {loose} image(s) but no class sub-folders" if loose
                 else f"holds no class sub-folders and no images ({other} other file(s))" if other else "is empty")  # fmt: skip

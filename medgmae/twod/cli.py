@@ -41,7 +41,6 @@ from medgmae.twod.windows import recorded_window, window_setting
 __all__ = ["main", "build_parser"]
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medgmae-2d", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
