@@ -60,10 +60,9 @@ def _other_times(metrics: dict) -> str:
     ``--refit``, the held-out run before it."""
     projector = f"the {metrics['projector']} projector" if metrics.get("projector") else "the projector"
     h = metrics.get("holdout") or {}
-    refit = bool(h.get("refit"))
-    first = h.get("init_seconds", metrics["init_seconds"]) if refit else metrics["init_seconds"]  # records before it: one
+    first = h.get("init_seconds", metrics["init_seconds"])  # a refit's record holds the held-out run's start there
     text = f"+{metrics.get('projector_seconds', 0.0):.1f} s building {projector}, {first:.1f} s FBP and initialisation"
-    if refit:
+    if h.get("refit"):
         text += f", {h['run_seconds']:.1f} s the held-out run before the refit ({h['run_iterations']} iterations)"
         if "init_seconds" in h:  # the refit's own start, from the every-view FBP
             text += f", {metrics['init_seconds']:.1f} s the refit's start"

@@ -240,11 +240,12 @@ class CheckpointHandler:
         last line :func:`medgmae.bundle_errors.summarise_errors` prints; ``None`` when a resume continues this run."""
         if self._saved_epoch or self.resumed_from is not None:
             return None
-        if not epoch_checkpoints(self.output_dir) and self.later_stage:  # a GViT phase after finished ones
+        none_here = not epoch_checkpoints(self.output_dir)
+        if none_here and self.later_stage:  # a GViT phase after finished ones
             return (f"interrupted before this stage saved a checkpoint (none in {self.output_dir}): run the same command "
                     "with --resume true to continue after the stages already finished (without it, a new run trains "
                     "them again and replaces their checkpoints)")  # fmt: skip
-        if not epoch_checkpoints(self.output_dir):
+        if none_here:
             state = getattr(engine, "state", None)
             length = getattr(state, "epoch_length", None)
             # ignite counts an iteration when it starts: the epoch is done only if its last iteration completed

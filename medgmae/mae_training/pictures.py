@@ -96,7 +96,7 @@ def reconstruction_figure(
     if not target.shape == pred.shape == mask.shape or target.ndim != 3:
         raise ValueError(f"target, pred and mask must be 3D of one shape, got {target.shape}, {pred.shape}, {mask.shape}")
     f = tile_factor(target.shape)
-    mark = (lambda t, view: with_orientation_letters(t, view)) if letters else (lambda t, view: t)  # noqa: E731
+    mark = with_orientation_letters if letters else (lambda tile, view: tile)  # noqa: E731
     rows = [[label_tile(mark(upscale(_masked_rgb(s, m), f), i), f"masked input: {_VIEWS[i]}")
              for i, (s, m) in enumerate(zip(mid_slices(target), mid_slices(mask)))]]  # fmt: skip
     for name, vol in (("rendering" if centres is not None else "reconstruction", pred), ("target", target)):

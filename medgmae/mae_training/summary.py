@@ -107,15 +107,16 @@ def next_commands(
         data_dir: the ``dataset_dir`` that datalist's relative paths resolved against (``""``: its own folder).
     """
     q = shlex.quote
+    unlisted = _unlisted_decathlon(pretrained_on)  # imagesTr/ + labelsTr/ without dataset.json: medgmae-datalist pairs them
     if labelled := labelled_datalist(pretrained_on):
         data = f" --datalist {q(labelled)}" + (f" --dataset_dir {q(data_dir)}" if str(data_dir).strip() else "")
         if not _has_class_names(labelled):  # fine-tuning reads the class count from the datalist's "labels" map
             data += f" --num_classes {NUM_CLASSES}"
-    elif _unlisted_decathlon(pretrained_on):  # imagesTr/ + labelsTr/ without dataset.json: medgmae-datalist pairs them
+    elif unlisted:
         data = f" --dataset_dir {q(str(pretrained_on))}"
     else:
         data = f" --dataset_dir {LABELLED_DATA}" if str(pretrained_on).strip() else ""
-    cmds = {"datalist": f"medgmae-datalist {q(str(pretrained_on))}"} if _unlisted_decathlon(pretrained_on) else {}
+    cmds = {"datalist": f"medgmae-datalist {q(str(pretrained_on))}"} if unlisted else {}
     cmds["fine-tune"] = (f"python -m monai.bundle run training --config_file {q(bundle_config('unetr_finetune', 'train.json'))} "
                          f"--pretrained {q(str(out / ENCODER_FILE))} --output_dir {q(str(finetune_dir(out)))}" + data)  # fmt: skip
     if model_kind != "voxel-mae":  # zero-shot Gaussians need a Gaussian model
