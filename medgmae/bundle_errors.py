@@ -180,7 +180,7 @@ def _before_training(output_dir: str | None, resume: bool | None = None, at_star
 
     Returns:
         :data:`INTERRUPTED` when there is a checkpoint to resume from (this run's, or the earlier run it resumes);
-        after this run saved its ``checkpoint_final.pt``, that its closing outputs may be missing; otherwise that
+        after this run saved its ``checkpoint_final.pt`` (its last completion step), that it has ended; otherwise that
         there is no checkpoint, or that an earlier run's were left as they were.
     """
     if output_dir is None or resume is None:
@@ -189,9 +189,9 @@ def _before_training(output_dir: str | None, resume: bool | None = None, at_star
     epochs = [p for p in now if Path(p).name.startswith("checkpoint_epoch=")]
     own = [p for p in now if (at_start or {}).get(p) != now[p]]
     if str(Path(output_dir) / "checkpoint_final.pt") in own:  # GViT's phases keep theirs below and resume past them
-        return ("interrupted in the run's closing steps, after its last epoch was saved (checkpoint_final.pt): the "
-                "files written after it (model.pt, the summary) may be missing; a resume has nothing left to train, so "
-                "run the same command again to redo them (or --resume true with a larger --max_epochs to train on)")  # fmt: skip
+        return ("interrupted after the run ended (checkpoint_final.pt, the last of its completion steps, was saved): "
+                "its outputs are written; a resume has nothing left to do (--resume true with a larger --max_epochs "
+                "trains on)")  # fmt: skip
     if not epochs:
         return (f"interrupted before training started: there is no checkpoint_epoch=N.pt in {output_dir} to continue "
                 "from, so run the same command again (with or without --resume true) to start")  # fmt: skip

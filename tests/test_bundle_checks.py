@@ -454,7 +454,7 @@ def test_ctrl_c_before_training_started_says_whether_there_is_a_checkpoint_to_re
     phases or in its closing evaluation, the closing steps after the last epoch) advised ``--resume true`` whatever
     the folder held. Now, from what the folder held at the start (no clock): none: say so, run again; this run's
     own (GViT's per-phase folders too) or a resumed run's: the resume line; only an earlier run's, in a fresh run:
-    they are as they were; this run's checkpoint_final.pt: its closing outputs may be missing, nothing to resume."""
+    they are as they were; this run's checkpoint_final.pt (its last completion step): it ended, nothing to resume."""
     from medgmae.bundle_errors import INTERRUPTED
 
     out = tmp_path / "run"
@@ -477,7 +477,7 @@ def test_ctrl_c_before_training_started_says_whether_there_is_a_checkpoint_to_re
     assert line(False, str(out / "checkpoint_epoch=1.pt")) == [INTERRUPTED]  # one saved by this run
     assert line(False, str(earlier)) == [INTERRUPTED]  # rewritten by this run (the same name, the same second)
     closing = line(False, str(out / "checkpoint_final.pt"))[0]
-    assert closing.startswith("interrupted in the run's closing steps, after its last epoch was saved") and "nothing left to train" in closing
+    assert closing.startswith("interrupted after the run ended (checkpoint_final.pt") and "nothing left to do" in closing
 
 
 def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():

@@ -161,6 +161,38 @@ def test_a_finished_checkpoint_is_refused_at_engine_start(tmp_path, folder_state
     assert stage.state.epoch == 2 and stage.state.iteration == 6
 
 
+def test_a_run_stopped_in_its_closing_steps_resumes_to_finish_them(tmp_path):
+    """Ctrl-C or SIGTERM after the last epoch's checkpoint, in a completion step (a bundle's model export, its
+    summary), advised --resume true, which was refused as nothing to train: the closing outputs were never written.
+    checkpoint_final.pt is now the last completion step; a resume of a run that lacks it at the newest epoch's
+    iteration trains nothing and runs the completion steps on the saved state, then a further resume is refused."""
+    from ignite.engine import Events
+
+    seen = []
+
+    def closing(engine):  # a completion step attached with the bundle's handlers, after the checkpoint handler
+        seen.append((engine.state.epoch, engine.state.iteration, [w.detach().clone() for w in engine.network.parameters()]))
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+
+    first, net = _make_trainer(tmp_path, 2, resume=False)
+    first.add_event_handler(Events.COMPLETED, closing)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        first.run()
+    assert not (tmp_path / "checkpoint_final.pt").exists() and (tmp_path / "checkpoint_interrupted.pt").is_file()
+    assert "--resume true to write its closing outputs" in stopped.value.resume_advice
+    rest, _ = _make_trainer(tmp_path, 2, resume=True)
+    rest.add_event_handler(Events.COMPLETED, closing)
+    rest.run()
+    assert seen[1][:2] == seen[0][:2] == (2, 6) and rest.state.iteration == 6  # nothing trained
+    assert all(torch.equal(a, b) for a, b in zip(seen[1][2], seen[0][2]))
+    assert load_torch_file(tmp_path / "checkpoint_final.pt")["engine"] == {"epoch": 2, "iteration": 6}
+    assert not (tmp_path / "checkpoint_interrupted.pt").exists()
+    again, _ = _make_trainer(tmp_path, 2, resume=True)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        again.run()
+
+
 def test_a_checkpoint_from_before_a_settings_record_resumes_with_a_warning(tmp_path, caplog):
     """A run that records its settings (a SettingsRecord among the objects) resumes a checkpoint written before
     it did, saying so; one written with other settings is refused naming them."""

@@ -527,7 +527,7 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
 def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder_state):
     """A resume whose checkpoint has already trained --max_epochs epochs has nothing to train: it is refused before
     anything is built, instead of rewriting dice_per_class.md from an empty epoch ("0 cases"), checkpoint_final.pt
-    and a new TensorBoard event file."""
+    and a new TensorBoard event file. A run stopped in its closing steps resumes to write them."""
     out = tmp_path / "run"
     common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false",
@@ -540,6 +540,14 @@ def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder
     assert (f"{out / 'checkpoint_epoch=1.pt'} has already trained 1 epoch = --max_epochs 1: nothing to resume; "
             "give a larger --max_epochs to train on") in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
+    # stopped in its closing steps (after checkpoint_epoch=1.pt, before checkpoint_final.pt, its last): a resume
+    # trains nothing and writes them from the saved state and the last validation's metrics.json
+    table = (out / "dice_per_class.md").read_text()
+    (out / "dice_per_class.md").unlink()
+    (out / "checkpoint_final.pt").unlink()
+    closing = bundle_process("training", "train.json", *common, "--resume", "true")
+    assert closing.returncode == 0, closing.stderr[-3000:]
+    assert (out / "dice_per_class.md").read_text() == table and (out / "checkpoint_final.pt").is_file()
 
 
 def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):

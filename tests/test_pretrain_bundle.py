@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,30 @@ def test_resume_continues_bit_for_bit(runs):
     # the full training checkpoint rebuilds the model
     model = MedGMAE.from_checkpoint(resumed / "checkpoint_epoch=2.pt")
     assert all(torch.equal(model.state_dict()[k], wa[k]) for k in wa)
+
+
+def test_a_run_stopped_in_its_closing_steps_resumes_to_write_them(runs, tmp_path):
+    """SIGTERM after the last epoch's checkpoint, while the run wrote model.pt or its summary, advised --resume true,
+    which was refused (nothing to train), so the closing outputs were never written. A resume of a run without a
+    checkpoint_final.pt (now its last completion step) at its newest epoch trains nothing and writes them from the
+    saved state: the uninterrupted run's files."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["straight"], run)
+    closing = ["model.pt", "encoder.pt", "summary.json", "curves.png", "checkpoint_final.pt"]
+    for name in closing:
+        (run / name).unlink()
+    proc = _ok(_bundle("run", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]), "--output_dir",
+                       str(run), "--max_epochs", "2", "--num_workers", "0", "--resume", "true", cwd=runs["root"]))  # fmt: skip
+    assert "has trained all 2 epochs; its run stopped before its closing steps" in proc.stdout + proc.stderr
+    assert all((run / name).is_file() for name in closing)
+    a, b = _ckpt(run / "model.pt")["state_dict"], _ckpt(runs["straight"] / "model.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _ckpt(run / "checkpoint_final.pt")["engine"] == {"epoch": 2, "iteration": 4}
+    summary, straight = (json.loads((d / "summary.json").read_text()) for d in (run, runs["straight"]))
+    assert summary["best_epoch"] == straight["best_epoch"] and summary["best_val_psnr"] == straight["best_val_psnr"]
+    again = _bundle("run", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]), "--output_dir",
+                    str(run), "--max_epochs", "2", "--num_workers", "0", "--resume", "true", cwd=runs["root"])  # fmt: skip
+    assert again.returncode != 0 and "nothing to resume" in again.stderr
 
 
 def _free_port() -> int:

@@ -21,6 +21,7 @@ from ignite.engine import Engine, Events
 from medgmae.distributed import rank_world
 from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun, file_list
 from medgmae.engine.resume import (
+    FINAL_CHECKPOINT,
     check_epoch_length,
     check_max_epochs,
     epoch_checkpoints,
@@ -162,6 +163,7 @@ class CheckpointHandler:
         self.resumed_from: Path | None = None
         self._failed_resume = False
         self._saved_epoch = False  # whether this run has written an epoch checkpoint
+        self._last_epoch: int | None = None  # the epoch of the newest checkpoint this run saved or resumed from
         self._completed_iteration = 0  # the last iteration whose step finished (Ctrl-C advice)
         self._saved_for: BaseException | None = None  # the error whose state _on_exception saved
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
@@ -169,7 +171,6 @@ class CheckpointHandler:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._on_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_epoch)
-        engine.add_event_handler(Events.COMPLETED, self._on_completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
 
@@ -204,7 +205,7 @@ class CheckpointHandler:
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
         if saved is None:
             return
-        self._saved_epoch = True
+        self._saved_epoch, self._last_epoch = True, engine.state.epoch
         if self.resume:
             self._remove_interrupted()
         elif removed := self._earlier_run.remove(keep=saved):
@@ -233,11 +234,21 @@ class CheckpointHandler:
                            self.output_dir, "a finished" if finished else "an", found, advice)  # fmt: skip
 
     def _on_completed(self, engine: Engine) -> None:
-        self.save(engine, "checkpoint_final.pt")
+        """Write ``checkpoint_final.pt``, the last of the completion steps (attached when the run starts, after every
+        other handler's): its presence tells a finished run from one stopped in its closing steps
+        (:func:`~medgmae.engine.resume.closing_steps_left`)."""
+        self.save(engine, FINAL_CHECKPOINT)
+        if self.resume and rank_world()[0] == 0:
+            self._remove_interrupted()
 
     def _interrupted_advice(self, engine: Engine | None = None) -> str | None:
         """How to go on after Ctrl-C when no epoch checkpoint of this run (saved or resumed from) exists yet, for the
         last line :func:`medgmae.bundle_errors.summarise_errors` prints; ``None`` when a resume continues this run."""
+        state = getattr(engine, "state", None)
+        if not self.finished_ok and self._last_epoch is not None and self._last_epoch == getattr(state, "max_epochs", None):
+            return (f"interrupted in the run's closing steps, after its last epoch ({self._last_epoch}) was saved: run "
+                    "the same command with --resume true to write its closing outputs (model files, summary) from "
+                    "that checkpoint without training")  # fmt: skip
         if self._saved_epoch or self.resumed_from is not None:
             return None
         none_here = not epoch_checkpoints(self.output_dir)
@@ -246,7 +257,6 @@ class CheckpointHandler:
                     "with --resume true to continue after the stages already finished (without it, a new run trains "
                     "them again and replaces their checkpoints)")  # fmt: skip
         if none_here:
-            state = getattr(engine, "state", None)
             length = getattr(state, "epoch_length", None)
             # ignite counts an iteration when it starts: the epoch is done only if its last iteration completed
             done = bool(state is not None and length and state.iteration and state.iteration % length == 0
@@ -299,6 +309,8 @@ class CheckpointHandler:
             "then resume from the last epoch checkpoint")  # fmt: skip
 
     def _on_started(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self._on_completed, Events.COMPLETED):  # after every other completion step
+            engine.add_event_handler(Events.COMPLETED, self._on_completed)
         if rank_world()[0] == 0 and (left := remove_interrupted_writes(self.output_dir)):
             logger.warning("removed what %d killed write%s left in %s: %s", len(left), "s" if len(left) > 1 else "",
                            self.output_dir, file_list(left, self.output_dir))  # fmt: skip
@@ -320,7 +332,7 @@ class CheckpointHandler:
         epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
         saved_loader, current_loader = saved_loader_record(ckpt), loader_record(engine.state.dataloader)
         check_epoch_length(path, ckpt["engine"], saved_loader, current_loader)
-        check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok)
+        check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok, iteration=iteration)
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         unrecorded = {name for name in missing if isinstance(self.objects[name], RECORDS)}
         if missing - unrecorded:
@@ -334,9 +346,12 @@ class CheckpointHandler:
         ranks = ckpt.get("random_state_ranks")
         self.rng.load_rank_state(ranks if isinstance(ranks, list) and ranks else [ckpt["random_state"]], rank_world()[0])
         engine.state.epoch, engine.state.iteration = epoch, iteration
-        self.resumed_from, self._failed_resume = path, False
+        self.resumed_from, self._failed_resume, self._last_epoch = path, False, epoch
         if rank_world()[0] == 0:
             logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
+            if epoch == engine.state.max_epochs and not self.finished_ok:
+                logger.info("%s has trained all %d epochs; its run stopped before its closing steps, which this run "
+                            "writes without training", path, epoch)  # fmt: skip
 
     def _read_latest(self) -> tuple[Path | None, dict | None]:
         """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks, on ``map_location``."""

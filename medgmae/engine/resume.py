@@ -31,6 +31,8 @@ __all__ = [
     "saved_loader_record",
     "check_epoch_length",
     "inexact_resume_notes",
+    "FINAL_CHECKPOINT",
+    "closing_steps_left",
     "check_max_epochs",
     "check_resume_fits",
 ]
@@ -215,12 +217,50 @@ def inexact_resume_notes(path: Path, saved_loader: Mapping, current_loader: Mapp
     return notes
 
 
+#: The checkpoint a run writes as the last of its completion steps (after its model files and summary).
+FINAL_CHECKPOINT = "checkpoint_final.pt"
+
+
+def closing_steps_left(path: str | Path, iteration: int) -> bool:
+    """Whether the run that wrote the epoch checkpoint ``path`` (at ``iteration``) stopped before its completion
+    steps ended: no readable ``checkpoint_final.pt`` beside it at that iteration or later (a run writes it last,
+    after its model files and summary). Read by rank 0 and broadcast (a collective under torch.distributed: every
+    rank calls it).
+
+    Args:
+        path: the newest epoch checkpoint.
+        iteration: the iteration it was saved at.
+
+    Returns:
+        ``True`` when the closing steps are left to do (the final checkpoint is missing, unreadable or older).
+    """
+    rank, world = rank_world()
+    box: list = [True]
+    if rank == 0:
+        final = Path(path).parent / FINAL_CHECKPOINT
+        try:  # memory-mapped: only the engine state is read
+            engine = load_torch_file(final, "cpu", mmap=True).get("engine", {}) if final.is_file() else {}
+            box = [int(engine.get("iteration", -1)) < int(iteration)]
+        except (ValueError, AttributeError, TypeError):
+            box = [True]
+    if world > 1:
+        dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
 def check_max_epochs(
-    path: Path, epoch: int, max_epochs: int | None, finished_ok: bool = False, key: str = "max_epochs"
+    path: Path,
+    epoch: int,
+    max_epochs: int | None,
+    finished_ok: bool = False,
+    key: str = "max_epochs",
+    iteration: int | None = None,
 ) -> None:
-    """Refuse a checkpoint that leaves this run nothing to train: one past ``max_epochs``, or one that has already
-    trained ``max_epochs`` epochs (ignite would start, train nothing and still run its completion handlers, which
-    rewrite the run's final files from an empty epoch).
+    """Refuse a checkpoint that leaves this run nothing to do: one past ``max_epochs``, or one that has already
+    trained ``max_epochs`` epochs and whose run went on to finish (ignite would start, train nothing and still run
+    its completion handlers, which rewrite the run's final files from an empty epoch). A run stopped after saving
+    its last epoch but before its completion steps ended (:func:`closing_steps_left`) is accepted: its resume
+    trains nothing and writes the closing outputs from the saved state.
 
     Args:
         path: the checkpoint, as the message names it.
@@ -229,6 +269,8 @@ def check_max_epochs(
         finished_ok: accept a checkpoint at exactly ``max_epochs`` (a finished stage of a longer run that a resume
             passes through, e.g. a GViT phase).
         key: the setting the message names (``"joint_epochs"`` for a GViT phase).
+        iteration: the checkpoint's iteration (``None``: a checkpoint at ``max_epochs`` is refused without looking
+            for the final checkpoint). A collective under torch.distributed when given.
 
     Raises:
         ValueError: naming the checkpoint's epoch and ``max_epochs``.
@@ -238,7 +280,7 @@ def check_max_epochs(
     epoch, max_epochs = int(epoch), int(max_epochs)
     if epoch > max_epochs:
         raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond {key}={max_epochs}: raise {key} to continue")
-    if epoch == max_epochs and not finished_ok:
+    if epoch == max_epochs and not finished_ok and (iteration is None or not closing_steps_left(path, iteration)):
         raise ValueError(
             f"checkpoint {path} has already trained {epoch} epoch{'' if epoch == 1 else 's'} = --{key} {max_epochs}: "
             f"nothing to resume; give a larger --{key} to train on"
@@ -302,6 +344,6 @@ def check_resume_fits(
     if path is None or not isinstance(ckpt.get("engine"), Mapping):
         return path  # a file without engine state: CheckpointHandler names what it lacks
     check_epoch_length(path, ckpt["engine"], saved_loader_record(ckpt), loader_record(train_loader))
-    check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key)
+    check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key, ckpt["engine"].get("iteration"))
     restore_states(path, ((name, records[name]) for name in ckpt["records"]), ckpt["records"])
     return path

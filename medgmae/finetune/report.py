@@ -10,6 +10,7 @@ evaluation, inference and export commands.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shlex
@@ -225,9 +226,21 @@ class FinetuneSummary:
             f"--output_dir {out}",
         }
 
+    def _last_validation(self) -> dict:
+        """The last validation's metrics: the report's, or its ``metrics.json`` in a resumed run that validated
+        nothing (it had only its closing steps left); ``{}`` when there are none."""
+        if metrics := getattr(self.report, "metrics", None):
+            return metrics
+        path = Path(getattr(self.report, "output_dir", self.out / "validation")) / "metrics.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
     def text(self, epochs: int) -> tuple[str, str]:
         """``(summary lines, markdown Dice table)``."""
-        metrics = getattr(self.report, "metrics", None) or {}
+        metrics = self._last_validation()
         table = dice_table(metrics.get("dice_per_class", {}), metrics.get("mean_dice"))
         best = getattr(self.best, "best", -math.inf)
         head = (f"best validation mean Dice {best:.4f} at epoch {self.best.best_epoch}" if math.isfinite(best)

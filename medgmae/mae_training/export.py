@@ -43,8 +43,9 @@ def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, P
 
 
 class ModelExportHandler:
-    """Ignite handler writing ``encoder.pt`` and ``model.pt`` at each epoch end (or only when training
-    completes), on the main process only under DDP.
+    """Ignite handler writing ``encoder.pt`` and ``model.pt`` at each epoch end and when training completes (the
+    completion writes them unless this epoch's end already did: a resumed run that had only its closing steps
+    left trains no epoch), or only when training completes; on the main process only under DDP.
 
     Args:
         output_dir: destination folder.
@@ -54,12 +55,20 @@ class ModelExportHandler:
 
     def __init__(self, output_dir: str | Path, network: nn.Module, every_epoch: bool = True) -> None:
         self.output_dir, self.network, self.every_epoch = Path(output_dir), network, bool(every_epoch)
+        self._written_at: int | None = None  # the iteration of the last write
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED if self.every_epoch else Events.COMPLETED, self)
+        if self.every_epoch:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self._on_completed)
+
+    def _on_completed(self, engine: Engine) -> None:
+        if self._written_at != engine.state.iteration:
+            self(engine)
 
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():
             return
         enc, full = save_pretrained(self.network, self.output_dir)
+        self._written_at = engine.state.iteration
         logger.info("epoch %d: wrote %s and %s", engine.state.epoch, enc, full)
