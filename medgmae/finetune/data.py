@@ -27,14 +27,14 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medgmae.data.datalist import DatasetError, load_datalist_json, phantom_dataset, read_datalist, warn_if_lists_overlap
+from medgmae.data.datalist import DatasetError, load_datalist_json, read_datalist, warn_if_lists_overlap
 from medgmae.data.precheck import check_datalist
 from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
 from medgmae.distributed import is_main_process, warn_if_fewer_than_processes
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import (
-    case_record, check_resume_matches, data_source, folder_datalist_file, run_datalist, write_run_record,
+    case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
 )  # fmt: skip
 from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
 
@@ -155,6 +155,31 @@ def _check_labelled(datalist: str | Path, lists: dict[str, list[dict]]) -> None:
                            f"inference reads):\n  - {shown}")  # fmt: skip
 
 
+def _choose_cases(
+    datalist: str | Path, dataset_dir: str | Path, label_fraction: float, seed: int
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Read the datalist's training and validation lists and choose the labelled subset to train on.
+
+    Args:
+        datalist: Decathlon JSON.
+        dataset_dir: folder its relative paths resolve against.
+        label_fraction: fraction of training cases with labels used.
+        seed: subset seed.
+
+    Returns:
+        ``(training, chosen, validation)``: every training case, the chosen ones, and the validation cases; the
+        chosen and validation cases are warned about when they overlap and checked to be labelled.
+    """
+    training = read_datalist(datalist, "training", dataset_dir)
+    validation = read_datalist(datalist, "validation", dataset_dir)
+    chosen = select_label_fraction(training, label_fraction, seed)
+    if is_main_process():  # the cases this run trains on, not every case of the training list
+        warn_if_lists_overlap(chosen, validation, datalist)
+    warn_if_fewer_than_processes(len(chosen), "case")
+    _check_labelled(datalist, {"training": chosen, "validation": validation})
+    return training, chosen, validation
+
+
 def prepare_datalists(
     dataset_dir: str | Path,
     datalist: str | Path,
@@ -203,25 +228,11 @@ def prepare_datalists(
         DatasetError: unusable data (every problem listed), or a resumed run whose cases differ from the record.
     """
     seed = int(seed if subset_seed is None else subset_seed)  # the data's seed; training's own seed is MONAI's
-    if not str(dataset_dir).strip() and str(datalist).strip():  # a datalist alone: its paths resolve against its folder
-        dataset_dir = Path(datalist).parent
-    source = data_source(dataset_dir, (datalist or Path(dataset_dir) / "dataset.json") if dataset_dir else "")
-    if not dataset_dir:
-        n_val = max(1, phantom_cases // 3)
-        datalist = phantom_dataset(
-            Path(output_dir) / "phantom", phantom_cases, n_val, seed=seed, shape=phantom_shape, spacing=phantom_spacing
-        )
-        dataset_dir = Path(datalist).parent
-    elif not datalist:
-        datalist = folder_datalist_file(Path(dataset_dir).expanduser())
+    dataset_dir, datalist, source = training_datalist(
+        dataset_dir, datalist, output_dir, phantom_cases, seed, phantom_shape, phantom_spacing
+    )
     names = label_names(datalist, num_classes or None)
-    training = read_datalist(datalist, "training", dataset_dir)
-    validation = read_datalist(datalist, "validation", dataset_dir)
-    chosen = select_label_fraction(training, label_fraction, seed)
-    if is_main_process():  # the cases this run trains on, not every case of the training list
-        warn_if_lists_overlap(chosen, validation, datalist)
-    warn_if_fewer_than_processes(len(chosen), "case")
-    _check_labelled(datalist, {"training": chosen, "validation": validation})
+    training, chosen, validation = _choose_cases(datalist, dataset_dir, label_fraction, seed)
     record = case_record(label_fraction, seed, len(training), chosen, source)
     if resume:
         check_resume_matches(output_dir, record)

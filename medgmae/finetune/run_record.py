@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
-from medgmae.data.datalist import DatasetError
+from medgmae.data.datalist import DatasetError, phantom_dataset
 from medgmae.engine.resume import latest_checkpoint
 from medgmae.files import save_json_atomic
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
-           "check_resume_matches"]
+           "training_datalist", "check_resume_matches"]
 
 #: Name of the record in the run folder.
 RECORD_FILE = "training_cases.json"
@@ -87,6 +87,45 @@ def folder_datalist_file(dataset_dir: Path) -> Path:
                            "--datalist <file>, its relative paths resolved against --dataset_dir; for a folder of "
                            f"imagesTr/ and labelsTr/, `medgmae-datalist {dataset_dir}` writes one")  # fmt: skip
     return path
+
+
+def training_datalist(
+    dataset_dir: str | Path,
+    datalist: str | Path,
+    output_dir: str | Path,
+    phantom_cases: int,
+    seed: int,
+    phantom_shape: Sequence[int] | None = None,
+    phantom_spacing: Sequence[float] | None = None,
+) -> tuple[str | Path, str | Path, dict[str, str]]:
+    """The data a fine-tuning run trains on: the given datalist and folder, or phantom data when both are empty.
+
+    Args:
+        dataset_dir: folder with the images (``""``: the datalist's folder, or, without a datalist, phantom data
+            written to ``output_dir/phantom``).
+        datalist: Decathlon JSON (``""``: ``dataset_dir/dataset.json``).
+        output_dir: run folder (phantom data go to ``output_dir/phantom``).
+        phantom_cases: phantom cases (training + validation) when no dataset is given.
+        seed: seed of the phantom data.
+        phantom_shape: phantom volume shape (generator default when ``None``).
+        phantom_spacing: phantom voxel size in mm (generator default when ``None``).
+
+    Returns:
+        ``(dataset_dir, datalist, source)``: the image folder, the datalist file and the run's data source
+        (:func:`data_source`, as given, before phantom data are written).
+    """
+    if not str(dataset_dir).strip() and str(datalist).strip():  # a datalist alone: its paths resolve against its folder
+        dataset_dir = Path(datalist).parent
+    source = data_source(dataset_dir, (datalist or Path(dataset_dir) / "dataset.json") if dataset_dir else "")
+    if not dataset_dir:
+        n_val = max(1, phantom_cases // 3)
+        datalist = phantom_dataset(
+            Path(output_dir) / "phantom", phantom_cases, n_val, seed=seed, shape=phantom_shape, spacing=phantom_spacing
+        )
+        dataset_dir = Path(datalist).parent
+    elif not datalist:
+        datalist = folder_datalist_file(Path(dataset_dir).expanduser())
+    return dataset_dir, datalist, source
 
 
 def _describe(record: Mapping) -> str:
