@@ -59,6 +59,88 @@ def _check_phantom_resume(work_dir: Path, num_cases: int, num_validation: int, s
         )
 
 
+def _training_items(
+    dataset_dir: str | Path,
+    work_dir: str | Path,
+    datalist: str | Path,
+    resume: bool,
+    num_phantoms: int,
+    num_val_phantoms: int,
+    seed: int,
+    phantom_shape: Sequence[int] | None,
+    phantom_spacing: Sequence[float] | float | None,
+) -> tuple[list[dict], Path]:
+    """The training items and their source: the user's datalist or folder, or phantoms generated on first use.
+
+    Args:
+        dataset_dir: as :func:`pretrain_split`'s.
+        work_dir: where phantoms are written (``work_dir/phantom``).
+        datalist: as :func:`pretrain_split`'s.
+        resume: the run resumes: phantoms generated with other settings are refused before being written again.
+        num_phantoms: phantom training volumes.
+        num_val_phantoms: further phantom volumes held out for validation.
+        seed: phantom generator seed.
+        phantom_shape: phantom volume shape (the generator's default when ``None``).
+        phantom_spacing: phantom voxel size in mm (the generator's default when ``None``).
+
+    Returns:
+        ``(training items, source)``, the source being the datalist file or the folder.
+    """
+    if resume and not str(datalist).strip() and not str(dataset_dir).strip():
+        _check_phantom_resume(Path(work_dir), num_phantoms + num_val_phantoms, num_val_phantoms, seed, phantom_shape,
+                              phantom_spacing)  # fmt: skip
+    return resolve_datalist(
+        dataset_dir, work_dir, keys=("training",), phantom_cases=num_phantoms + num_val_phantoms,
+        phantom_validation=num_val_phantoms, phantom_seed=seed, phantom_shape=phantom_shape,
+        phantom_spacing=phantom_spacing, datalist=datalist,
+    )  # fmt: skip
+
+
+def _validation_items(
+    train: list[dict], source: Path, base: Path | None, val_fraction: float, seed: int
+) -> tuple[list[dict], list[dict], str]:
+    """The validation items: the datalist's ``validation`` list, or else a seeded fraction held out of ``train``.
+
+    Args:
+        train: the training items.
+        source: the datalist file or folder they come from.
+        base: the folder the datalist's relative paths resolve against (:func:`~medgmae.data.datalist.datalist_base`).
+        val_fraction: fraction held out when the datalist has no ``validation`` list.
+        seed: seed of the held-out draw.
+
+    Returns:
+        ``(training, validation, how)``: the training items left, the validation items, and how the validation
+        items were chosen, in words.
+    """
+    val = read_datalist(source, "validation", data_dir=base, required=False) if source.is_file() else []
+    how = "the datalist's 'validation' list"
+    if not val:
+        train, val = _fraction_split(train, float(val_fraction), seed, str(source))
+        if val == train:
+            how = "the training volumes"
+        else:
+            names = ", ".join(str(it["image"]) for it in val[:3]) + (f" and {len(val) - 3} more" if len(val) > 3 else "")
+            how = f"{len(val)} held out at random (val_fraction {val_fraction}): {names}"
+    return train, val, how
+
+
+def _report_split(train: list[dict], val: list[dict], source: Path, how: str) -> None:
+    """Log the split and warn about training and validation items in common, or fewer items than processes.
+
+    Args:
+        train: the training items.
+        val: the validation items.
+        source: the datalist file or folder they come from.
+        how: how the validation items were chosen (:func:`_validation_items`).
+    """
+    if is_main_process():
+        logger.info("data: %d training and %d validation volumes from %s (validation: %s)", len(train), len(val),
+                    source, how)  # fmt: skip
+        if how != "the training volumes":  # val_fraction 0 validates on the training volumes on purpose
+            warn_if_lists_overlap(train, val, source)
+    warn_if_fewer_than_processes(len(train), "volume")
+
+
 def pretrain_split(
     dataset_dir: str | Path,
     work_dir: str | Path,
@@ -109,30 +191,10 @@ def pretrain_split(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if int(num_val_phantoms) < 1:
         raise ValueError(f"num_val_phantoms must be >= 1, got {num_val_phantoms}")
-    if resume and not str(datalist).strip() and not str(dataset_dir).strip():
-        _check_phantom_resume(Path(work_dir), int(num_phantoms) + int(num_val_phantoms), int(num_val_phantoms),
-                              int(seed), phantom_shape, phantom_spacing)  # fmt: skip
-    train, source = resolve_datalist(
-        dataset_dir, work_dir, keys=("training",), phantom_cases=int(num_phantoms) + int(num_val_phantoms),
-        phantom_validation=int(num_val_phantoms), phantom_seed=int(seed), phantom_shape=phantom_shape,
-        phantom_spacing=phantom_spacing, datalist=datalist,
-    )  # fmt: skip
-    base = datalist_base(dataset_dir, datalist)
-    val = read_datalist(source, "validation", data_dir=base, required=False) if source.is_file() else []
-    how = "the datalist's 'validation' list"
-    if not val:
-        train, val = _fraction_split(train, float(val_fraction), int(seed), str(source))
-        if val == train:
-            how = "the training volumes"
-        else:
-            names = ", ".join(str(it["image"]) for it in val[:3]) + (f" and {len(val) - 3} more" if len(val) > 3 else "")
-            how = f"{len(val)} held out at random (val_fraction {val_fraction}): {names}"
-    if is_main_process():
-        logger.info("data: %d training and %d validation volumes from %s (validation: %s)", len(train), len(val),
-                    source, how)  # fmt: skip
-        if how != "the training volumes":  # val_fraction 0 validates on the training volumes on purpose
-            warn_if_lists_overlap(train, val, source)
-    warn_if_fewer_than_processes(len(train), "volume")
+    train, source = _training_items(dataset_dir, work_dir, datalist, resume, int(num_phantoms), int(num_val_phantoms),
+                                    int(seed), phantom_shape, phantom_spacing)  # fmt: skip
+    train, val, how = _validation_items(train, source, datalist_base(dataset_dir, datalist), val_fraction, int(seed))
+    _report_split(train, val, source, how)
     split = {"training": train, "validation": val, "source": str(source)}
     if validate:
         check_pretrain_split(split, precheck_workers, ledger_dir)
