@@ -198,6 +198,84 @@ def _sizes_problem(config: Mapping, spec: PreprocessingSpec) -> str | None:
     return None
 
 
+def _accepted_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The accepted checkpoint kinds as a tuple (``None``: any), every one a known kind.
+
+    Args:
+        kinds: accepted kind(s), as :func:`load_checkpoint` takes them.
+
+    Returns:
+        The kinds, or ``None`` to accept any.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
+    unknown = [k for k in accepted or () if k not in CHECKPOINT_KINDS]
+    if unknown:  # a misspelt kind would refuse every file as being of another kind
+        raise ValueError(f"unknown checkpoint kind(s) {unknown}: the kinds are {sorted(CHECKPOINT_KINDS)}")
+    return accepted
+
+
+def _read_model_record(path: Path, map_location: Any, mmap: bool) -> dict:
+    """Read a model file (or the model record of a training checkpoint) as a dict with ``kind``, ``config`` and
+    ``state_dict``.
+
+    Args:
+        path: the file.
+        map_location: passed to :func:`torch.load`.
+        mmap: memory-map the file.
+
+    Returns:
+        The model record.
+
+    Raises:
+        TrainingStateError: a training-state checkpoint without a model record.
+        ValueError: a folder, unreadable / unsafe file, or not a model file of this toolkit.
+    """
+    if path.is_dir():
+        hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
+        raise ValueError(f"model checkpoint {path} is a folder, not a file{hint}")
+    ckpt = load_torch_file(path, map_location, what="model checkpoint", mmap=mmap)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    if "kind" not in ckpt:
+        ckpt = _from_training_state(ckpt) or ckpt
+    kind = ckpt.get("kind")
+    if kind is None or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("config"), dict):
+        objects = ckpt.get("objects")
+        if isinstance(objects, dict) and "optimizer" in objects:  # a training state without a model record
+            raise TrainingStateError(
+                f"{path}: a training-state checkpoint (for --resume; it holds {sorted(objects)}), not a model file: "
+                "give the model file the run wrote beside it (pre-training: model.pt or best_model.pt; fine-tuning: "
+                "best_model.pt)",
+                objects,
+            )
+        raise ValueError(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
+    return ckpt
+
+
+def _recorded_preprocessing(ckpt: Mapping, path: Path) -> PreprocessingSpec | None:
+    """The pre-processing a model record states, checked against its network's sizes.
+
+    Args:
+        ckpt: the model record.
+        path: its file, as messages name it.
+
+    Returns:
+        The :class:`PreprocessingSpec`, or ``None`` when none is recorded.
+
+    Raises:
+        ValueError: the recorded sizes disagree with the network's config.
+    """
+    spec = ckpt.get("preprocessing")
+    preprocessing = None if spec is None else PreprocessingSpec.from_dict(spec, source=str(path))
+    problem = None if preprocessing is None else _sizes_problem(ckpt["config"], preprocessing)
+    if problem:
+        raise ValueError(f"{path}: {problem}; the file is inconsistent (written by hand?), so neither can be trusted")
+    return preprocessing
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     kinds: str | Sequence[str] | None = None,
@@ -225,38 +303,14 @@ def load_checkpoint(
         ValueError: a folder, unreadable / unsafe file, not a model file, or another kind; the message names the
             file.
     """
-    accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
-    unknown = [k for k in accepted or () if k not in CHECKPOINT_KINDS]
-    if unknown:  # a misspelt kind would refuse every file as being of another kind
-        raise ValueError(f"unknown checkpoint kind(s) {unknown}: the kinds are {sorted(CHECKPOINT_KINDS)}")
+    accepted = _accepted_kinds(kinds)
     path = Path(path)
-    if path.is_dir():
-        hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
-        raise ValueError(f"model checkpoint {path} is a folder, not a file{hint}")
-    ckpt = load_torch_file(path, map_location, what="model checkpoint", mmap=mmap)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")
-    if "kind" not in ckpt:
-        ckpt = _from_training_state(ckpt) or ckpt
-    kind = ckpt.get("kind")
-    if kind is None or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("config"), dict):
-        objects = ckpt.get("objects")
-        if isinstance(objects, dict) and "optimizer" in objects:  # a training state without a model record
-            raise TrainingStateError(
-                f"{path}: a training-state checkpoint (for --resume; it holds {sorted(objects)}), not a model file: "
-                "give the model file the run wrote beside it (pre-training: model.pt or best_model.pt; fine-tuning: "
-                "best_model.pt)",
-                objects,
-            )
-        raise ValueError(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
+    ckpt = _read_model_record(path, map_location, mmap)
+    kind = ckpt["kind"]
     if accepted is not None and kind not in accepted:
         want = needed_for or f"expected {' or '.join(accepted)}"
         raise ValueError(f"{path.name} is {_kind_phrase(kind, ckpt)}; {want} (file: {path})")
-    spec = ckpt.get("preprocessing")
-    preprocessing = None if spec is None else PreprocessingSpec.from_dict(spec, source=str(path))
-    problem = None if preprocessing is None else _sizes_problem(ckpt["config"], preprocessing)
-    if problem:
-        raise ValueError(f"{path}: {problem}; the file is inconsistent (written by hand?), so neither can be trusted")
+    preprocessing = _recorded_preprocessing(ckpt, path)
     return Checkpoint(
         kind=kind,
         config=dict(ckpt["config"]),
