@@ -166,6 +166,60 @@ def _spec_and_window(
     return spec, win
 
 
+def _model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _decode_windows(
+    x: Tensor,
+    prep_affine: np.ndarray,
+    n: tuple[int, ...],
+    win: tuple[int, int, int],
+    axes: list,
+    tiles: list[tuple[int, int, int]],
+    decode: Callable[[Tensor, np.ndarray], Gaussians3D],
+    device: torch.device,
+    batch_size: int,
+    min_intensity: float,
+) -> tuple[list[Gaussians3D], list[np.ndarray]]:
+    """Decode the windows in batches and keep each window's own Gaussians, in prepared-grid voxels.
+
+    Args:
+        x: the prepared scan, padded to at least one window ``(I, J, K)``.
+        prep_affine: ``(4, 4)`` index -> world of the prepared scan.
+        n: the prepared scan's shape before padding.
+        win: the model's window ``(3,)``.
+        axes: per axis, the window origins and boundaries (:func:`window_origins`).
+        tiles: the windows, as indices into ``axes``.
+        decode: ``(windows (B, 1, *window), window_affines (B, 4, 4)) -> Gaussians3D``.
+        device: where the windows are decoded.
+        batch_size: windows per decoder call.
+        min_intensity: drop Gaussians at or below this intensity (model units).
+
+    Returns:
+        ``(kept, window_affines)``: the Gaussians each window owns, and the ``(B, 4, 4)`` affines of each batch.
+    """
+    kept, win_affines = [], []
+    bar = tqdm(total=len(tiles), unit="window", desc="zero-shot", leave=False, disable=not progress_bars_shown())
+    for t0 in range(0, len(tiles), batch_size):
+        batch = tiles[t0 : t0 + batch_size]
+        orgs = [tuple(axes[a][0][t[a]] for a in range(3)) for t in batch]
+        affs = np.stack([_window_affine(prep_affine, o) for o in orgs])
+        win_affines.append(affs)
+        inp = torch.stack([x[a : a + win[0], b : b + win[1], c : c + win[2]] for a, b, c in orgs])[:, None]
+        pred = decode(inp.to(device), affs).to("cpu").to_voxel(win)
+        for i, (tile, org) in enumerate(zip(batch, orgs)):
+            g = pred[i]
+            g = Gaussians3D(g.means + torch.tensor(org, dtype=g.means.dtype), g.scales, g.quats, g.intensities)
+            ok = _owned(g, tile, axes, n) & (g.intensities[0] > min_intensity)
+            kept.append(Gaussians3D(g.means[:, ok], g.scales[:, ok], g.quats[:, ok], g.intensities[:, ok]))
+        bar.update(len(batch))
+    bar.close()
+    return kept, win_affines
+
+
 @torch.no_grad()
 def zero_shot_gaussians(
     volume: Tensor | np.ndarray,
@@ -204,26 +258,10 @@ def zero_shot_gaussians(
     axes = [window_origins(m, w, int(overlap)) for m, w in zip(n, win)]
     tiles = [(i, j, k) for i in range(len(axes[0][0])) for j in range(len(axes[1][0])) for k in range(len(axes[2][0]))]
     decode = decode or _default_decoder(model)
-    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    device = param.device if param is not None else torch.device("cpu")
-    kept, win_affines = [], []
     logger.info("zero-shot: decoding %d %s of %s on a %s prepared grid, %d per call", len(tiles),
                 "window" if len(tiles) == 1 else "windows", win, n, int(batch_size))  # fmt: skip
-    bar = tqdm(total=len(tiles), unit="window", desc="zero-shot", leave=False, disable=not progress_bars_shown())
-    for t0 in range(0, len(tiles), int(batch_size)):
-        batch = tiles[t0 : t0 + int(batch_size)]
-        orgs = [tuple(axes[a][0][t[a]] for a in range(3)) for t in batch]
-        affs = np.stack([_window_affine(prep_affine, o) for o in orgs])
-        win_affines.append(affs)
-        inp = torch.stack([x[a : a + win[0], b : b + win[1], c : c + win[2]] for a, b, c in orgs])[:, None]
-        pred = decode(inp.to(device), affs).to("cpu").to_voxel(win)
-        for i, (tile, org) in enumerate(zip(batch, orgs)):
-            g = pred[i]
-            g = Gaussians3D(g.means + torch.tensor(org, dtype=g.means.dtype), g.scales, g.quats, g.intensities)
-            ok = _owned(g, tile, axes, n) & (g.intensities[0] > min_intensity)
-            kept.append(Gaussians3D(g.means[:, ok], g.scales[:, ok], g.quats[:, ok], g.intensities[:, ok]))
-        bar.update(len(batch))
-    bar.close()
+    kept, win_affines = _decode_windows(x, prep_affine, n, win, axes, tiles, decode, _model_device(model),
+                                        int(batch_size), min_intensity)  # fmt: skip
     merged = Gaussians3D.cat(kept, dim=1)
     prep = torch.from_numpy(prep_affine)
     world = merged.transformed(prep[:3, :3], prep[:3, 3])
