@@ -155,6 +155,49 @@ def _dataset_doc(entries: list[dict], num_validation: int, params: dict, seeds: 
     }
 
 
+def _write_cases(
+    out: Path, seeds: list[int], shape: Sequence[int], spacing: Sequence[float], verbose: bool
+) -> list[dict]:
+    """Generate and write one phantom case per seed (``imagesTr/`` and ``labelsTr/`` under ``out``).
+
+    Args:
+        out: the dataset folder (its ``imagesTr/`` and ``labelsTr/`` exist).
+        seeds: the cases' seeds (:func:`case_seeds`).
+        shape: (X, Y, Z) voxels per case.
+        spacing: voxel size in mm.
+        verbose: print one line per written case.
+
+    Returns:
+        The datalist entries ``{"image", "label"}``, paths relative to ``out``.
+    """
+    entries = []
+    for i, s in enumerate(seeds):
+        t0 = time.perf_counter()
+        ph = generate_phantom(s, shape, spacing)
+        name = f"case_{i:04d}.nii.gz"
+        save_nifti_atomic(np.rint(ph.image), ph.affine, out / "imagesTr" / name, np.int16)
+        save_nifti_atomic(ph.label, ph.affine, out / "labelsTr" / name, np.uint8)
+        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+        if verbose:
+            print(f"  {out / 'imagesTr' / name} (seed {s}, {time.perf_counter() - t0:.1f} s)")
+    return entries
+
+
+def _remove_leftovers(out: Path, earlier: list[Path], entries: list[dict]) -> None:
+    """Delete the earlier dataset's files that the new one does not have (it had more cases).
+
+    Args:
+        out: the dataset folder; only files inside it are deleted.
+        earlier: the earlier dataset's files (:func:`_earlier_phantoms`).
+        entries: the new dataset's entries.
+    """
+    written = {out / e[k] for e in entries for k in ("image", "label")}
+    inside = out.resolve()
+    for path in earlier:  # the earlier dataset's cases this one does not have (it had more)
+        if path not in written and path.resolve().is_relative_to(inside):
+            path.unlink(missing_ok=True)
+
+
 def write_phantom_dataset(
     out_dir: str | os.PathLike,
     num_cases: int,
@@ -202,21 +245,8 @@ def write_phantom_dataset(
     save_json_atomic(params, out / IN_PROGRESS)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     seeds = case_seeds(seed, num_cases)
-    entries = []
-    for i, s in enumerate(seeds):
-        t0 = time.perf_counter()
-        ph = generate_phantom(s, shape, spacing)
-        name = f"case_{i:04d}.nii.gz"
-        save_nifti_atomic(np.rint(ph.image), ph.affine, out / "imagesTr" / name, np.int16)
-        save_nifti_atomic(ph.label, ph.affine, out / "labelsTr" / name, np.uint8)
-        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
-        if verbose:
-            print(f"  {out / 'imagesTr' / name} (seed {s}, {time.perf_counter() - t0:.1f} s)")
+    entries = _write_cases(out, seeds, shape, spacing, verbose)
     save_json_atomic(_dataset_doc(entries, num_validation, params, seeds), json_path)
-    written = {out / e[k] for e in entries for k in ("image", "label")}
-    inside = out.resolve()
-    for path in earlier or []:  # the earlier dataset's cases this one does not have (it had more)
-        if path not in written and path.resolve().is_relative_to(inside):
-            path.unlink(missing_ok=True)
+    _remove_leftovers(out, earlier or [], entries)
     (out / IN_PROGRESS).unlink(missing_ok=True)
     return json_path
