@@ -28,7 +28,8 @@ from medgmae.twod.gvit import (
     gaussian_dim,
     sample_gaussian_tokens,
 )
-from medgmae.twod.gvit_eval import classification_metrics, ellipse_points
+from medgmae.twod.gvit_eval import classification_metrics
+from medgmae.twod.gvit_figures import ellipse_points
 from medgmae.twod.gvit_train import PHASES, build_phase_trainer
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guidance_gradient, guided_backward
 

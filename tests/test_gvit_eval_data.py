@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 from medgmae.twod.classification_data import resolve_classification_data
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.gvit import GViT
-from medgmae.twod.gvit_eval import evaluate_model_file, save_confusion_matrix_png
+from medgmae.twod.gvit_eval import evaluate_model_file
+from medgmae.twod.gvit_figures import save_confusion_matrix_png
 from medgmae.twod.gvit_summary import evaluate_command
 
 EVAL = dict(device="cpu", batch_size=8, render_backend="torch")

@@ -22,28 +22,26 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from medgmae.data.reader import volume_stem
-from medgmae.engine.figures import colormap
-from medgmae.files import atomic_write, save_json_atomic, staged_outputs
+from medgmae.files import save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
+from medgmae.twod.gvit_figures import save_confusion_matrix_png, save_explanation_png
 from medgmae.twod.images import IMAGE_SUFFIXES
 from medgmae.twod.windows import recorded_window
+
+if TYPE_CHECKING:
+    from medgmae.twod.classification_data import ClassificationData
 
 __all__ = [
     "predict",
     "confusion_matrix",
     "classification_metrics",
-    "save_confusion_matrix_png",
-    "ellipse_points",
-    "save_explanation_png",
     "evaluate_gvit",
     "evaluate_model_file",
     "evaluation_data_settings",
@@ -92,101 +90,6 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, class_names: S
         "num_images": total,
         "predicted_classes": int(np.count_nonzero(cm.sum(0))),
     }
-
-
-def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path, cell: int = 48) -> Path:
-    """Row-normalised confusion matrix as a heat map with counts; rows = true class."""
-    cm = np.asarray(cm)
-    n = len(class_names)
-    font = ImageFont.load_default()
-    label_w = 8 + 7 * max(len(str(c)) for c in class_names)
-    top, title = 24, "true (rows) vs predicted (columns)"
-    width = max(label_w + n * cell + 8, int(font.getlength(title)) + 8)  # the title whole, for two classes too
-    img = Image.new("RGB", (width, top + label_w + n * cell + 8), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((4, 4), title, fill="black", font=font)
-    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    colors = colormap(rows.ravel()).reshape(n, n, 3)
-    y0 = top + label_w
-    for i in range(n):
-        draw.text((4, y0 + i * cell + cell // 2 - 5), str(class_names[i]), fill="black", font=font)
-        # column headers: the whole name turned 90 degrees (read bottom to top), ending just above its column
-        label = _vertical_text(str(class_names[i]), font)
-        img.paste(label, (label_w + i * cell + (cell - label.width) // 2, y0 - 4 - label.height), label)
-        for j in range(n):
-            x, y = label_w + j * cell, y0 + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=tuple(int(c) for c in colors[i, j]), outline="white")
-            draw.text((x + 4, y + cell // 2 - 5), str(int(cm[i, j])), fill="white" if rows[i, j] < 0.6 else "black", font=font)
-    with atomic_write(path) as tmp:
-        img.save(tmp, format="PNG")
-    return Path(path)
-
-
-def ellipse_points(mean: Sequence[float], scales: Sequence[float], angle: float, image_size: Sequence[int],
-                   nsigma: float = 2.0, n: int = 32) -> list[tuple[float, float]]:  # fmt: skip
-    """Pixel-coordinate polygon of a Gaussian's ``nsigma`` ellipse (the renderer's frame: x right, y down)."""
-    h, w = image_size
-    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
-    ca, sa = math.cos(angle), math.sin(angle)
-    u = nsigma * scales[0] * np.cos(t)
-    v = nsigma * scales[1] * np.sin(t)
-    x = mean[0] + ca * u - sa * v
-    y = mean[1] + sa * u + ca * v
-    return list(zip(((x + 1) * w / 2).tolist(), ((y + 1) * h / 2).tolist()))
-
-
-def _to_rgb(img: torch.Tensor, size: int) -> Image.Image:
-    arr = img.detach().float().cpu().clamp(0, 1)
-    arr = arr.expand(3, -1, -1) if arr.shape[0] == 1 else arr[:3]
-    pil = Image.fromarray((arr.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), mode="RGB")
-    return pil.resize((size, size), Image.NEAREST)
-
-
-def save_explanation_png(image: torch.Tensor, gaussians: Gaussians2D, path: str | Path, rendered: torch.Tensor | None = None,
-                         title: str = "", size: int = 256) -> Path:  # fmt: skip
-    """Image | 2-sigma ellipses coloured by ``log det(Sigma)`` over the image | rendering, side by side.
-
-    Args:
-        image: ``(C, H, W)`` in ``[0, 1]``.
-        gaussians: one image's Gaussians (batch size 1).
-        path: PNG to write.
-        rendered: optional ``(C, H, W)`` rendering of the Gaussians.
-        title: text above the panels.
-        size: panel edge in pixels.
-    """
-    means, scales = gaussians.means[0].detach().cpu(), gaussians.scales[0].detach().cpu()
-    angles, opac = gaussians.angles[0].detach().cpu(), gaussians.opacities[0].detach().cpu()
-    logdet = torch.log(gaussians.determinants()[0].detach().cpu().clamp_min(1e-30)).numpy()
-    lo, hi = float(logdet.min()), float(logdet.max())
-    colors = colormap(1.0 - (logdet - lo) / max(hi - lo, 1e-12))  # small det -> yellow
-    panels = [_to_rgb(image, size)]
-    over = _to_rgb(image, size).convert("RGBA")
-    layer = Image.new("RGBA", over.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    for k in np.argsort(-logdet):  # large first, so that small (salient) ellipses stay visible on top
-        pts = ellipse_points(means[k].tolist(), scales[k].tolist(), float(angles[k]), (size, size))
-        col = tuple(int(c) for c in colors[k])
-        draw.polygon(pts, outline=col + (int(100 + 155 * float(opac[k])),))
-    panels.append(Image.alpha_composite(over, layer).convert("RGB"))
-    if rendered is not None:
-        panels.append(_to_rgb(rendered, size))
-    top = 18
-    out = Image.new("RGB", (len(panels) * (size + 4), size + top), "white")
-    for i, p in enumerate(panels):
-        out.paste(p, (i * (size + 4), top))
-    ImageDraw.Draw(out).text((4, 3), f"{title}  ellipses: 2 sigma, det(Sigma) small=yellow large=purple",
-                             fill="black", font=ImageFont.load_default())  # fmt: skip
-    with atomic_write(path) as tmp:
-        out.save(tmp, format="PNG")
-    return Path(path)
-
-
-def _vertical_text(text: str, font) -> Image.Image:
-    """``text`` in black on a transparent strip turned 90 degrees counter-clockwise (a column header)."""
-    left, upper, right, lower = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
-    strip = Image.new("RGBA", (max(1, right) + 2, max(1, lower) + 2), (255, 255, 255, 0))
-    ImageDraw.Draw(strip).text((1, 1), text, fill="black", font=font)
-    return strip.rotate(90, expand=True)
 
 
 def _stem(path: str | Path) -> str:
@@ -321,6 +224,48 @@ def _phantom_root(settings: Mapping, default_root: str | Path | None, output_dir
     return own
 
 
+def _evaluation_data(
+    model: torch.nn.Module, model_path: str | Path, given: Mapping, output_dir: Path, default_root: str | Path | None
+) -> tuple[ClassificationData, tuple[float, float] | None]:
+    """The dataset a saved GViT is evaluated on (:func:`evaluation_data_settings`), checked against its classes.
+
+    Args:
+        model: the loaded :class:`~medgmae.twod.gvit.GViT`.
+        model_path: its file, as messages name it.
+        given: ``dataset_dir``, ``seed``, ``val_fraction``, ``num_phantoms`` as given to the evaluation (None: not
+            given, training's).
+        output_dir: the evaluation's folder (its ``data/`` holds a phantom task of other settings than training's).
+        default_root: where the default task lives when the model file does not say.
+
+    Returns:
+        ``(data, window)``: the :class:`~medgmae.twod.classification_data.ClassificationData`, split as training
+        recorded it when its ``seed`` and ``val_fraction`` are kept, and training's intensity window (or ``None``).
+
+    Raises:
+        ValueError: training's recorded data are not found, or the dataset's classes are not the model's.
+    """
+    from medgmae.twod.classification_data import resolve_classification_data
+    from medgmae.twod.classification_split import apply_recorded_split
+
+    st = evaluation_data_settings(getattr(model, "data_settings", None), given)
+    root = "" if st["dataset_dir"] else _phantom_root(st, default_root, output_dir, model.img_size[0])
+    window = recorded_window(model.data_settings, model_path)  # training's NIfTI/DICOM window
+    if given["dataset_dir"] is None and st["dataset_dir"] and not Path(st["dataset_dir"]).exists():
+        raise ValueError(f"{model_path} records its training data at {st['dataset_dir']}, which is not found (moved, "
+                         "or on another machine?): give its place with --dataset_dir")  # fmt: skip
+    data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
+                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window)  # fmt: skip
+    names = getattr(model, "class_names", None)
+    if names is not None and list(names) != list(data.class_names):
+        raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
+    if model.num_classes != data.num_classes:
+        raise ValueError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
+    if given["seed"] is None and given["val_fraction"] is None and data.seeded_split:  # training's seeded split, kept as recorded
+        recorded = (model.data_settings or {}).get("split_files")
+        data.train, data.val = apply_recorded_split(data.train, data.val, recorded, data.source)
+    return data, window
+
+
 def evaluate_model_file(
     model_path: str | Path,
     dataset_dir: str | Path | None,
@@ -359,8 +304,8 @@ def evaluate_model_file(
     from monai.data import DataLoader
 
     from medgmae.engine import resolve_device
-    from medgmae.twod.classification_data import make_dataset, resolve_classification_data
-    from medgmae.twod.classification_split import apply_recorded_split, without_split_files
+    from medgmae.twod.classification_data import make_dataset
+    from medgmae.twod.classification_split import without_split_files
     from medgmae.twod.gvit import GViT
 
     if split not in ("val", "train", "all"):
@@ -370,22 +315,7 @@ def evaluate_model_file(
     dev = resolve_device(device)
     model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
     given = dict(dataset_dir=dataset_dir, seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
-    st = evaluation_data_settings(getattr(model, "data_settings", None), given)
-    root = "" if st["dataset_dir"] else _phantom_root(st, default_root, Path(output_dir), model.img_size[0])
-    window = recorded_window(model.data_settings, model_path)  # training's NIfTI/DICOM window
-    if dataset_dir is None and st["dataset_dir"] and not Path(st["dataset_dir"]).exists():
-        raise ValueError(f"{model_path} records its training data at {st['dataset_dir']}, which is not found (moved, "
-                         "or on another machine?): give its place with --dataset_dir")  # fmt: skip
-    data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
-                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window)  # fmt: skip
-    names = getattr(model, "class_names", None)
-    if names is not None and list(names) != list(data.class_names):
-        raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
-    if model.num_classes != data.num_classes:
-        raise ValueError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
-    if seed is None and val_fraction is None and data.seeded_split:  # training's seeded split, kept as recorded
-        recorded = (model.data_settings or {}).get("split_files")
-        data.train, data.val = apply_recorded_split(data.train, data.val, recorded, data.source)
+    data, window = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
     items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
     if not items:
         raise ValueError(f"the {split!r} split of dataset {data.source} has no images")

@@ -1,0 +1,119 @@
+"""Pictures of a GViT evaluation: the confusion matrix and the explanation images.
+
+* :func:`save_confusion_matrix_png`: the row-normalised confusion matrix as a heat map with counts;
+* :func:`save_explanation_png`: an image, its Gaussians drawn as 2-sigma ellipses coloured by ``det(Sigma)`` (the
+  paper's saliency proxy: small, yellow = class-relevant; large, purple = background), and their rendering.
+
+:func:`~medgmae.twod.gvit_eval.evaluate_gvit` writes them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from medgmae.engine.figures import colormap
+from medgmae.files import atomic_write
+from medgmae.twod.gvit import Gaussians2D
+
+__all__ = ["save_confusion_matrix_png", "ellipse_points", "save_explanation_png"]
+
+
+def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path, cell: int = 48) -> Path:
+    """Row-normalised confusion matrix as a heat map with counts; rows = true class."""
+    cm = np.asarray(cm)
+    n = len(class_names)
+    font = ImageFont.load_default()
+    label_w = 8 + 7 * max(len(str(c)) for c in class_names)
+    top, title = 24, "true (rows) vs predicted (columns)"
+    width = max(label_w + n * cell + 8, int(font.getlength(title)) + 8)  # the title whole, for two classes too
+    img = Image.new("RGB", (width, top + label_w + n * cell + 8), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((4, 4), title, fill="black", font=font)
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    colors = colormap(rows.ravel()).reshape(n, n, 3)
+    y0 = top + label_w
+    for i in range(n):
+        draw.text((4, y0 + i * cell + cell // 2 - 5), str(class_names[i]), fill="black", font=font)
+        # column headers: the whole name turned 90 degrees (read bottom to top), ending just above its column
+        label = _vertical_text(str(class_names[i]), font)
+        img.paste(label, (label_w + i * cell + (cell - label.width) // 2, y0 - 4 - label.height), label)
+        for j in range(n):
+            x, y = label_w + j * cell, y0 + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=tuple(int(c) for c in colors[i, j]), outline="white")
+            draw.text((x + 4, y + cell // 2 - 5), str(int(cm[i, j])), fill="white" if rows[i, j] < 0.6 else "black", font=font)
+    with atomic_write(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
+
+
+def ellipse_points(mean: Sequence[float], scales: Sequence[float], angle: float, image_size: Sequence[int],
+                   nsigma: float = 2.0, n: int = 32) -> list[tuple[float, float]]:  # fmt: skip
+    """Pixel-coordinate polygon of a Gaussian's ``nsigma`` ellipse (the renderer's frame: x right, y down)."""
+    h, w = image_size
+    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    ca, sa = math.cos(angle), math.sin(angle)
+    u = nsigma * scales[0] * np.cos(t)
+    v = nsigma * scales[1] * np.sin(t)
+    x = mean[0] + ca * u - sa * v
+    y = mean[1] + sa * u + ca * v
+    return list(zip(((x + 1) * w / 2).tolist(), ((y + 1) * h / 2).tolist()))
+
+
+def _to_rgb(img: torch.Tensor, size: int) -> Image.Image:
+    arr = img.detach().float().cpu().clamp(0, 1)
+    arr = arr.expand(3, -1, -1) if arr.shape[0] == 1 else arr[:3]
+    pil = Image.fromarray((arr.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), mode="RGB")
+    return pil.resize((size, size), Image.NEAREST)
+
+
+def save_explanation_png(image: torch.Tensor, gaussians: Gaussians2D, path: str | Path, rendered: torch.Tensor | None = None,
+                         title: str = "", size: int = 256) -> Path:  # fmt: skip
+    """Image | 2-sigma ellipses coloured by ``log det(Sigma)`` over the image | rendering, side by side.
+
+    Args:
+        image: ``(C, H, W)`` in ``[0, 1]``.
+        gaussians: one image's Gaussians (batch size 1).
+        path: PNG to write.
+        rendered: optional ``(C, H, W)`` rendering of the Gaussians.
+        title: text above the panels.
+        size: panel edge in pixels.
+    """
+    means, scales = gaussians.means[0].detach().cpu(), gaussians.scales[0].detach().cpu()
+    angles, opac = gaussians.angles[0].detach().cpu(), gaussians.opacities[0].detach().cpu()
+    logdet = torch.log(gaussians.determinants()[0].detach().cpu().clamp_min(1e-30)).numpy()
+    lo, hi = float(logdet.min()), float(logdet.max())
+    colors = colormap(1.0 - (logdet - lo) / max(hi - lo, 1e-12))  # small det -> yellow
+    panels = [_to_rgb(image, size)]
+    over = _to_rgb(image, size).convert("RGBA")
+    layer = Image.new("RGBA", over.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    for k in np.argsort(-logdet):  # large first, so that small (salient) ellipses stay visible on top
+        pts = ellipse_points(means[k].tolist(), scales[k].tolist(), float(angles[k]), (size, size))
+        col = tuple(int(c) for c in colors[k])
+        draw.polygon(pts, outline=col + (int(100 + 155 * float(opac[k])),))
+    panels.append(Image.alpha_composite(over, layer).convert("RGB"))
+    if rendered is not None:
+        panels.append(_to_rgb(rendered, size))
+    top = 18
+    out = Image.new("RGB", (len(panels) * (size + 4), size + top), "white")
+    for i, p in enumerate(panels):
+        out.paste(p, (i * (size + 4), top))
+    ImageDraw.Draw(out).text((4, 3), f"{title}  ellipses: 2 sigma, det(Sigma) small=yellow large=purple",
+                             fill="black", font=ImageFont.load_default())  # fmt: skip
+    with atomic_write(path) as tmp:
+        out.save(tmp, format="PNG")
+    return Path(path)
+
+
+def _vertical_text(text: str, font) -> Image.Image:
+    """``text`` in black on a transparent strip turned 90 degrees counter-clockwise (a column header)."""
+    left, upper, right, lower = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    strip = Image.new("RGBA", (max(1, right) + 2, max(1, lower) + 2), (255, 255, 255, 0))
+    ImageDraw.Draw(strip).text((1, 1), text, fill="black", font=font)
+    return strip.rotate(90, expand=True)
