@@ -30,7 +30,8 @@ from medgmae.twod.gvit import (
 )
 from medgmae.twod.gvit_eval import classification_metrics
 from medgmae.twod.gvit_figures import ellipse_points
-from medgmae.twod.gvit_train import PHASES, build_phase_trainer
+from medgmae.twod.gvit_step import PHASES
+from medgmae.twod.gvit_train import build_phase_trainer
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guidance_gradient, guided_backward
 
 SIZE = 16  # image edge: the smallest that keeps an 11-pixel SSIM window

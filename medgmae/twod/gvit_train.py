@@ -9,27 +9,24 @@
    ``guidance_interval`` iterations (the paper's Algorithm 1 uses 10) and ``gamma = 0`` in between. With
    ``gamma = 0`` this is the paper's no-guidance baseline: the encoder sees only the reconstruction loss.
 
-Each phase is a :class:`monai.engines.SupervisedTrainer` whose ``iteration_update`` is a :class:`GViTIteration`
-(AdamW, warm-up + cosine, :class:`monai.optimizers.WarmupCosineSchedule`). Its handlers come from a list, the
-bundle's ``train#handlers``, of handlers and per-phase handler factories (:mod:`medgmae.twod.gvit_phases`:
+Each phase is a :class:`monai.engines.SupervisedTrainer` whose ``iteration_update`` is a
+:class:`~medgmae.twod.gvit_step.GViTIteration` (AdamW, warm-up + cosine, :class:`monai.optimizers.WarmupCosineSchedule`).
+Its handlers come from a list, the bundle's ``train#handlers``, of handlers and per-phase handler factories (:mod:`medgmae.twod.gvit_phases`:
 checkpoints in one sub-folder per phase, so that ``resume`` skips finished phases and continues the interrupted one;
-the LR schedule; a progress bar and a loss line per epoch). :class:`GViTIteration` fires MONAI's ``IterationEvents``, so
-``GradientClipHandler`` clips between the backward pass and the step.
+the LR schedule; a progress bar and a loss line per epoch). The iteration fires MONAI's ``IterationEvents``,
+so ``GradientClipHandler`` clips between the backward pass and the step.
 :class:`GViTWorkflow` runs the phases in order, writes ``model.pt`` and evaluates (``metrics.json``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
 from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
@@ -37,15 +34,12 @@ from medgmae.engine import check_resume_fits, resolve_device
 from medgmae.engine.earlier_run import EarlierRun
 from medgmae.engine.resume import epoch_checkpoints
 from medgmae.twod.classification_split import without_split_files
-from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
+from medgmae.twod.guidance import ReconstructionLoss, check_gamma
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
 from medgmae.twod.gvit_settings import guidance_note, phase_settings, training_settings
+from medgmae.twod.gvit_step import PHASES, GViTIteration, check_phase, phase_parameters, set_phase
 
 __all__ = [
-    "PHASES",
-    "set_phase",
-    "phase_parameters",
-    "GViTIteration",
     "build_phase_trainer",
     "GViTWorkflow",
 ]
@@ -55,108 +49,6 @@ logger = logging.getLogger("medgmae.gvit")
 #: a run's results in its folder (:func:`~medgmae.twod.gvit_eval.evaluate_gvit`, :func:`~medgmae.twod.gvit_summary.
 #: gvit_summary`), made stale by training
 RESULT_FILES = ("model.pt", "metrics.json", "summary.json", "confusion_matrix.png", "explanations/*.png")
-
-PHASES = ("warmup", "classifier", "joint")
-
-
-def _check_phase(phase: str) -> None:
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-
-
-def set_phase(model: nn.Module, phase: str) -> None:
-    """Freeze and unfreeze a :class:`~medgmae.twod.gvit.GViT` for a phase (``requires_grad`` and train/eval)."""
-    _check_phase(phase)
-    enc, cls = phase in ("warmup", "joint"), phase in ("classifier", "joint")
-    model.encoder.requires_grad_(enc).train(enc)
-    model.classifier.requires_grad_(cls).train(cls)
-
-
-def phase_parameters(model: nn.Module, phase: str) -> list[nn.Parameter]:
-    """Parameters a phase trains."""
-    _check_phase(phase)
-    mods = {"warmup": [model.encoder], "classifier": [model.classifier], "joint": [model.encoder, model.classifier]}[phase]
-    return [p for m in mods for p in m.parameters()]
-
-
-class GViTIteration:
-    """``iteration_update`` of a phase's :class:`~monai.engines.SupervisedTrainer`: one optimisation step.
-
-    Args:
-        phase: ``"warmup"``, ``"classifier"`` or ``"joint"``.
-        rec_loss: reconstruction loss.
-        gamma: guidance strength in ``[0, 0.1]`` (joint phase).
-        guidance_interval: apply guidance every this many iterations (``gamma = 0`` in between).
-        render_backend: backend of :meth:`medgmae.twod.gvit.Gaussians2D.render`.
-        amp: bf16 autocast of the networks on CUDA, off on CPU (rendering and losses stay float32).
-
-    Fires ``IterationEvents.FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED`` (gradients ready:
-    ``GradientClipHandler`` clips here) and ``MODEL_COMPLETED`` (after the optimiser step).
-
-    Returns (per call):
-        ``{"image", "label", "pred", "loss", "loss_rec", "loss_cls"}``; ``loss`` is the phase's objective
-        (``L_rec``, ``L_cls`` or ``L_rec + L_cls``), ``pred`` the logits (None in the warm-up).
-    """
-
-    def __init__(
-        self,
-        phase: str,
-        rec_loss: ReconstructionLoss | None = None,
-        gamma: float = 0.1,
-        guidance_interval: int = 1,
-        render_backend: str = "auto",
-        amp: bool = False,
-    ) -> None:
-        _check_phase(phase)
-        if guidance_interval < 1:
-            raise ValueError(f"guidance_interval must be >= 1, got {guidance_interval}")
-        self.phase, self.rec_loss = phase, rec_loss or ReconstructionLoss()
-        self.gamma, self.guidance_interval = check_gamma(gamma), int(guidance_interval)
-        self.render_backend, self.amp = render_backend, amp
-
-    def _autocast(self, device: torch.device):
-        if self.amp and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def __call__(self, engine: Engine, batchdata: Mapping) -> dict:
-        model, opt = engine.network, engine.optimizer
-        x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
-        y = y.long().view(-1)
-        opt.zero_grad(set_to_none=True)
-        logits = loss_rec = loss_cls = None
-        with self._autocast(x.device):
-            if self.phase == "classifier":
-                with torch.no_grad():
-                    g = model.encoder(x)
-                logits = model.classifier(g)
-            else:
-                g = model.encoder(x)
-                if self.phase == "joint":
-                    logits = model.classifier(g)
-        if logits is not None:
-            loss_cls = F.cross_entropy(logits.float(), y)
-        if self.phase != "classifier":
-            rendered = model.encoder.decode(g.float()).render(x.shape[-2:], backend=self.render_backend)
-            loss_rec = self.rec_loss(rendered, x)
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if self.phase == "warmup":
-            loss = loss_rec
-            loss.backward()
-        elif self.phase == "classifier":
-            loss = loss_cls
-            loss.backward()
-        else:
-            gamma = self.gamma if (engine.state.iteration - 1) % self.guidance_interval == 0 else 0.0
-            guided_backward(loss_rec, loss_cls, g, model.classifier.parameters(), gamma)
-            loss = loss_rec + loss_cls
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        opt.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        detach = lambda t: None if t is None else t.detach()  # noqa: E731
-        return {"image": x, "label": y, "pred": detach(logits), "loss": loss.detach(),
-                "loss_rec": detach(loss_rec), "loss_cls": detach(loss_cls)}  # fmt: skip
 
 
 def build_phase_trainer(
@@ -188,12 +80,13 @@ def build_phase_trainer(
         device: training device.
         lr, weight_decay: AdamW settings.
         warmup_fraction: fraction of the phase's iterations with linear LR warm-up.
-        rec_loss, gamma, guidance_interval, render_backend, amp: see :class:`GViTIteration`.
+        rec_loss, gamma, guidance_interval, render_backend, amp: see
+            :class:`~medgmae.twod.gvit_step.GViTIteration`.
         checkpoint_dir: folder of this phase's checkpoints (none when None).
         settings, cases: what a resumed phase must share with its checkpoint (:class:`PhaseContext`).
         handlers: handlers and handler factories (see the module doc); default :func:`default_phase_handlers`.
     """
-    _check_phase(phase)
+    check_phase(phase)
     if max_epochs < 1:
         raise ValueError(f"max_epochs of phase {phase!r} must be >= 1, got {max_epochs}")
     if not lr > 0:
