@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
+from typing import Mapping
 
 from medgmae.engine import is_main_process
 from medgmae.files import bundle_config, save_json_atomic
@@ -63,6 +64,67 @@ def evaluate_command(run_dir: str | Path) -> str:
     return cmd + f" --output_dir {shlex.quote(str(run_dir))}"
 
 
+def _summary_record(m: Mapping, results: Path, run: Path, explanations: list[Path], stage: str) -> dict:
+    """The summary of an evaluation's ``metrics.json``, as ``summary.json`` holds it.
+
+    Args:
+        m: the evaluation's metrics.
+        results: the folder holding them.
+        run: the training run folder.
+        explanations: the explanation PNGs.
+        stage: ``"training"`` or ``"evaluation"``.
+
+    Returns:
+        The summary.
+    """
+    return {
+        "accuracy": m.get("accuracy"),
+        "per_class_accuracy": m.get("per_class_accuracy", {}),
+        "num_images": m.get("num_images"),
+        "predicted_classes": m.get("predicted_classes"),
+        "split": m.get("split"),
+        "dataset": (m.get("data") or {}).get("source") or (m.get("data") or {}).get("dataset_dir") or None,
+        "files": {
+            "model": str(run / "model.pt"),
+            "metrics": str(results / "metrics.json"),
+            "confusion_matrix": str(results / "confusion_matrix.png"),
+            "explanations": str(results / "explanations"),
+            "checkpoints": str(run / "checkpoints"),
+        },
+        "explanation_files": [str(p) for p in explanations],
+        "training": m.get("training"),
+        "next": {"evaluate": evaluate_command(run)} if stage == "training" else {},
+    }
+
+
+def _summary_lines(s: Mapping, m: Mapping, explanations: list[Path], stage: str, max_listed: int) -> list[str]:
+    """The lines of the closing summary's log message.
+
+    Args:
+        s: the summary (:func:`_summary_record`).
+        m: the evaluation's metrics.
+        explanations: the explanation PNGs.
+        stage: ``"training"`` or ``"evaluation"``.
+        max_listed: explanation PNGs named.
+
+    Returns:
+        The lines.
+    """
+    per_class = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["per_class_accuracy"].items())
+    return [
+        f"GViT {stage} finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})"
+        + (f", {s['split']} split of {s['dataset'] or 'the phantom task'}" if s["split"] else ""),
+        f"  trained {training_line(s['training'])}",
+        "confusion matrix (rows = true class):",
+        confusion_table(m.get("confusion_matrix", []), m.get("class_names", [])),
+        f"  {'model.pt':<18} {s['files']['model']}",
+        f"  {'metrics':<18} {s['files']['metrics']}",
+        f"  {'confusion matrix':<18} {s['files']['confusion_matrix']}",
+        f"  {'explanations':<18} {len(explanations)} PNGs in {s['files']['explanations']} (image | 2-sigma ellipses, "
+        "small det(Sigma) yellow | rendering)" + "".join(f"\n{'':<22}{p.name}" for p in explanations[:max_listed]),
+    ] + (["next:"] if s["next"] else []) + [f"  {k}: {v}" for k, v in s["next"].items()]
+
+
 def gvit_summary(
     results_dir: str | Path, run_dir: str | Path | None = None, max_listed: int = 3, stage: str = "training"
 ) -> dict:
@@ -92,38 +154,8 @@ def gvit_summary(
 
     m = read_json(metrics_path, "evaluation's metrics.json")
     explanations = sorted((results / "explanations").glob("*.png")) if (results / "explanations").is_dir() else []
-    s = {
-        "accuracy": m.get("accuracy"),
-        "per_class_accuracy": m.get("per_class_accuracy", {}),
-        "num_images": m.get("num_images"),
-        "predicted_classes": m.get("predicted_classes"),
-        "split": m.get("split"),
-        "dataset": (m.get("data") or {}).get("source") or (m.get("data") or {}).get("dataset_dir") or None,
-        "files": {
-            "model": str(run / "model.pt"),
-            "metrics": str(metrics_path),
-            "confusion_matrix": str(results / "confusion_matrix.png"),
-            "explanations": str(results / "explanations"),
-            "checkpoints": str(run / "checkpoints"),
-        },
-        "explanation_files": [str(p) for p in explanations],
-        "training": m.get("training"),
-        "next": {"evaluate": evaluate_command(run)} if stage == "training" else {},
-    }
+    s = _summary_record(m, results, run, explanations, stage)
     if is_main_process():
-        per_class = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["per_class_accuracy"].items())
-        lines = [
-            f"GViT {stage} finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})"
-            + (f", {s['split']} split of {s['dataset'] or 'the phantom task'}" if s["split"] else ""),
-            f"  trained {training_line(s['training'])}",
-            "confusion matrix (rows = true class):",
-            confusion_table(m.get("confusion_matrix", []), m.get("class_names", [])),
-            f"  {'model.pt':<18} {s['files']['model']}",
-            f"  {'metrics':<18} {s['files']['metrics']}",
-            f"  {'confusion matrix':<18} {s['files']['confusion_matrix']}",
-            f"  {'explanations':<18} {len(explanations)} PNGs in {s['files']['explanations']} (image | 2-sigma ellipses, "
-            "small det(Sigma) yellow | rendering)" + "".join(f"\n{'':<22}{p.name}" for p in explanations[:max_listed]),
-        ] + (["next:"] if s["next"] else []) + [f"  {k}: {v}" for k, v in s["next"].items()]
-        logger.info("\n%s", "\n".join(lines))
+        logger.info("\n%s", "\n".join(_summary_lines(s, m, explanations, stage, max_listed)))
         save_json_atomic(s, results / "summary.json")
     return s
