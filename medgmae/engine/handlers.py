@@ -350,8 +350,8 @@ class CheckpointHandler:
         if rank_world()[0] == 0:
             logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
             if epoch == engine.state.max_epochs and not self.finished_ok:
-                logger.info("%s has trained all %d epochs; its run stopped before its closing steps, which this run "
-                            "writes without training", path, epoch)  # fmt: skip
+                logger.info("%s has trained all %d epoch%s; its run stopped before its closing steps, which this run "
+                            "writes without training", path, epoch, "" if epoch == 1 else "s")  # fmt: skip
 
     def _read_latest(self) -> tuple[Path | None, dict | None]:
         """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks, on ``map_location``."""
