@@ -186,11 +186,25 @@ def test_a_run_stopped_in_its_closing_steps_resumes_to_finish_them(tmp_path):
     rest.run()
     assert seen[1][:2] == seen[0][:2] == (2, 6) and rest.state.iteration == 6  # nothing trained
     assert all(torch.equal(a, b) for a, b in zip(seen[1][2], seen[0][2]))
-    assert load_torch_file(tmp_path / "checkpoint_final.pt")["engine"] == {"epoch": 2, "iteration": 6}
+    assert load_torch_file(tmp_path / "checkpoint_final.pt")["engine"] == {"epoch": 2, "iteration": 6, "max_epochs": 2}
     assert not (tmp_path / "checkpoint_interrupted.pt").exists()
     again, _ = _make_trainer(tmp_path, 2, resume=True)
     with pytest.raises(ValueError, match="nothing to resume"):
         again.run()
+    # a run of 3 epochs stopped after its second, resumed with --max_epochs 2: not a run in its closing steps (its
+    # checkpoint records the 3 epochs it was to train), refused as before
+    longer = tmp_path / "longer"
+
+    def stop(engine):
+        raise KeyboardInterrupt
+
+    cut, _ = _make_trainer(longer, 3, resume=False)
+    cut.add_event_handler(Events.EPOCH_STARTED(once=3), stop)
+    with pytest.raises(KeyboardInterrupt):
+        cut.run()
+    lowered, _ = _make_trainer(longer, 2, resume=True)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        lowered.run()
 
 
 def test_a_checkpoint_from_before_a_settings_record_resumes_with_a_warning(tmp_path, caplog):
@@ -267,7 +281,7 @@ def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
     part.run()
     saved = torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
     assert saved["loader"] == {"batch_size": 2, "epoch_length": 3, "num_workers": 0, "world_size": 1}
-    assert saved["engine"] == {"epoch": 2, "iteration": 6}
+    assert saved["engine"] == {"epoch": 2, "iteration": 6, "max_epochs": 2}
     assert check_resume_fits(tmp_path, loader(2), max_epochs=4) == tmp_path / "checkpoint_epoch=2.pt"
     with pytest.raises(ValueError, match=r"\(3 per epoch, batch size 2\), but this run has 2 iterations per epoch "
                                          r"\(batch size 3\): the batch size changed from 2 to 3"):

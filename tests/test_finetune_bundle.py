@@ -752,7 +752,7 @@ def test_multi_gpu_config_two_process_gloo(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=400, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoint_epoch=1.pt", weights_only=True)
-    assert ckpt["engine"] == {"epoch": 1, "iteration": 1}  # 2 training cases over 2 ranks
+    assert ckpt["engine"] == {"epoch": 1, "iteration": 1, "max_epochs": 1}  # 2 training cases over 2 ranks
     assert len(ckpt["random_state_ranks"]) == 2
     assert not any(k.startswith("module.") for k in ckpt["objects"]["network"])
     best = torch.load(out / "best_model.pt", weights_only=True)

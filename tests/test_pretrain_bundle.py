@@ -168,7 +168,7 @@ def test_resume_continues_bit_for_bit(runs):
     resumed, straight = runs["resumed"], runs["straight"]
     assert "resumed from" in runs["resume_log"] and "checkpoint_epoch=1.pt" in runs["resume_log"]
     a, b = _ckpt(resumed / "checkpoint_epoch=2.pt"), _ckpt(straight / "checkpoint_epoch=2.pt")
-    assert a["engine"] == b["engine"] == {"epoch": 2, "iteration": 4}
+    assert a["engine"] == b["engine"] == {"epoch": 2, "iteration": 4, "max_epochs": 2}
     wa, wb = a["objects"]["model"], b["objects"]["model"]
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -199,7 +199,7 @@ def test_a_run_stopped_in_its_closing_steps_resumes_to_write_them(runs, tmp_path
     assert all((run / name).is_file() for name in closing)
     a, b = _ckpt(run / "model.pt")["state_dict"], _ckpt(runs["straight"] / "model.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _ckpt(run / "checkpoint_final.pt")["engine"] == {"epoch": 2, "iteration": 4}
+    assert _ckpt(run / "checkpoint_final.pt")["engine"] == {"epoch": 2, "iteration": 4, "max_epochs": 2}
     summary, straight = (json.loads((d / "summary.json").read_text()) for d in (run, runs["straight"]))
     assert summary["best_epoch"] == straight["best_epoch"] and summary["best_val_psnr"] == straight["best_val_psnr"]
     again = _bundle("run", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]), "--output_dir",
@@ -357,7 +357,7 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path):
     standalone = _torchrun("--standalone", "--nproc_per_node", "2")
     proc = _ok(_bundle(*common, "1", "--output_dir", str(out), cwd=tmp_path, threads=1, launcher=standalone))
     first = _ckpt(out / "checkpoint_epoch=1.pt")
-    assert first["engine"] == {"epoch": 1, "iteration": 1}  # 2 volumes sharded over 2 ranks
+    assert first["engine"] == {"epoch": 1, "iteration": 1, "max_epochs": 1}  # 2 volumes sharded over 2 ranks
     states = first["random_state_ranks"]
     assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
     assert not any(k.startswith("module.") for k in first["objects"]["model"])
@@ -379,7 +379,7 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path):
     assert all(p.returncode == 0 for p in nodes), "\n".join(log[-3000:] for log in logs)
 
     a, b = _ckpt(out / "checkpoint_epoch=2.pt"), _ckpt(straight / "checkpoint_epoch=2.pt")
-    assert a["engine"] == b["engine"] == {"epoch": 2, "iteration": 2}
+    assert a["engine"] == b["engine"] == {"epoch": 2, "iteration": 2, "max_epochs": 2}
     wa, wb = a["objects"]["model"], b["objects"]["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(first["objects"]["model"][k], wa[k]) for k in wa)  # epoch 2 trained

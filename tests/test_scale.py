@@ -71,7 +71,7 @@ def test_larger_than_memory_dataset_trains_and_resumes_from_the_disk_cache(folde
     log = _run(folder, out, "--max_epochs", "1")
     assert f"reading {NUM} of {NUM} items" in log  # the pre-check read every file once
     ckpt = torch.load(out / "checkpoint_epoch=1.pt", weights_only=True)
-    assert ckpt["engine"] == {"epoch": 1, "iteration": NUM // 20}
+    assert ckpt["engine"] == {"epoch": 1, "iteration": NUM // 20, "max_epochs": 1}
     (cache,) = [p for p in (out / "cache").iterdir() if p.is_dir()]
     files = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.pt")}
     assert len(files) == NUM
@@ -84,5 +84,5 @@ def test_larger_than_memory_dataset_trains_and_resumes_from_the_disk_cache(folde
     log = _run(folder, out, "--max_epochs", "2", "--resume", "true")
     assert "resumed from" in log and f"reading 0 of {NUM} items" in log
     ckpt = torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
-    assert ckpt["engine"] == {"epoch": 2, "iteration": 2 * (NUM // 20)}
+    assert ckpt["engine"] == {"epoch": 2, "iteration": 2 * (NUM // 20), "max_epochs": 2}
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.pt")} == files  # read back, none rewritten

@@ -128,7 +128,9 @@ class CheckpointHandler:
         map_location: where tensors are loaded on resume.
         finished_ok: on resume, accept a checkpoint that has already trained ``max_epochs`` epochs (the engine then
             trains nothing); by default it is refused as :func:`~medgmae.engine.resume.check_resume_fits` refuses
-            it, since the completion handlers would rewrite the run's final files from an empty epoch.
+            it, since the completion handlers would rewrite the run's final files from an empty epoch, unless its
+            run stopped in its closing steps (:func:`~medgmae.engine.resume.check_max_epochs`), which the resume
+            then runs.
         earlier_outputs: what a fresh run replaces of an earlier run besides its checkpoints, as globs under
             ``output_dir`` (:mod:`medgmae.engine.earlier_run`): a bundle lists every output it writes there; the
             default is the progress pictures and TensorBoard event files.
@@ -164,6 +166,7 @@ class CheckpointHandler:
         self._failed_resume = False
         self._saved_epoch = False  # whether this run has written an epoch checkpoint
         self._last_epoch: int | None = None  # the epoch of the newest checkpoint this run saved or resumed from
+        self._final: dict | None = None  # checkpoint_final.pt's state, collected as the run completes
         self._completed_iteration = 0  # the last iteration whose step finished (Ctrl-C advice)
         self._saved_for: BaseException | None = None  # the error whose state _on_exception saved
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
@@ -171,6 +174,7 @@ class CheckpointHandler:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._on_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_epoch)
+        engine.add_event_handler(Events.COMPLETED, self._collect_final)  # before the other completion steps
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
 
@@ -180,7 +184,8 @@ class CheckpointHandler:
     def _payload(self, engine: Engine, gather: bool = True) -> dict:
         random_state = self.rng.state_dict()
         payload = {
-            "engine": {"epoch": engine.state.epoch, "iteration": engine.state.iteration},
+            "engine": {"epoch": engine.state.epoch, "iteration": engine.state.iteration,
+                       "max_epochs": engine.state.max_epochs},
             "loader": loader_record(engine.state.dataloader),
             "objects": {k: v.state_dict() for k, v in self.objects.items()},
             "random_state": random_state,
@@ -192,9 +197,10 @@ class CheckpointHandler:
             payload["random_state_ranks"] = states
         return payload
 
-    def save(self, engine: Engine, filename: str, gather: bool = True) -> Path | None:
-        """Write ``filename`` in ``output_dir`` (rank 0 only; every rank calls it when ``gather``)."""
-        payload = self._payload(engine, gather)
+    def save(self, engine: Engine, filename: str, gather: bool = True, payload: dict | None = None) -> Path | None:
+        """Write ``filename`` in ``output_dir`` (rank 0 only; every rank calls it when ``gather`` and no ``payload``
+        collected earlier is given)."""
+        payload = self._payload(engine, gather) if payload is None else payload
         if rank_world()[0] != 0:
             return None
         path = save_torch_atomic(payload, self.output_dir / filename)
@@ -233,11 +239,18 @@ class CheckpointHandler:
             logger.warning("%s holds %s earlier run's %s: this new run removes them when it saves its first epoch (%s)",
                            self.output_dir, "a finished" if finished else "an", found, advice)  # fmt: skip
 
+    def _collect_final(self, engine: Engine) -> None:
+        """Collect ``checkpoint_final.pt``'s state as the run completes, before the completion steps (every rank:
+        the random states are gathered here, not after the steps rank 0 alone runs, where the other ranks would wait
+        for it, stranded if one of those steps failed)."""
+        self._final = self._payload(engine, gather=True)
+
     def _on_completed(self, engine: Engine) -> None:
         """Write ``checkpoint_final.pt``, the last of the completion steps (attached when the run starts, after every
         other handler's): its presence tells a finished run from one stopped in its closing steps
         (:func:`~medgmae.engine.resume.closing_steps_left`)."""
-        self.save(engine, FINAL_CHECKPOINT)
+        payload, self._final = self._final, None
+        self.save(engine, FINAL_CHECKPOINT, gather=False, payload=payload)
         if self.resume and rank_world()[0] == 0:
             self._remove_interrupted()
 
@@ -332,7 +345,7 @@ class CheckpointHandler:
         epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
         saved_loader, current_loader = saved_loader_record(ckpt), loader_record(engine.state.dataloader)
         check_epoch_length(path, ckpt["engine"], saved_loader, current_loader)
-        check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok, iteration=iteration)
+        check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok, saved=ckpt["engine"])
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         unrecorded = {name for name in missing if isinstance(self.objects[name], RECORDS)}
         if missing - unrecorded:

@@ -225,7 +225,7 @@ def closing_steps_left(path: str | Path, iteration: int) -> bool:
     """Whether the run that wrote the epoch checkpoint ``path`` (at ``iteration``) stopped before its completion
     steps ended: no readable ``checkpoint_final.pt`` beside it at that iteration or later (a run writes it last,
     after its model files and summary). Read by rank 0 and broadcast (a collective under torch.distributed: every
-    rank calls it).
+    rank calls it). Only meaningful for a checkpoint of its run's last epoch (:func:`check_max_epochs`).
 
     Args:
         path: the newest epoch checkpoint.
@@ -241,7 +241,7 @@ def closing_steps_left(path: str | Path, iteration: int) -> bool:
         try:  # memory-mapped: only the engine state is read
             engine = load_torch_file(final, "cpu", mmap=True).get("engine", {}) if final.is_file() else {}
             box = [int(engine.get("iteration", -1)) < int(iteration)]
-        except (ValueError, AttributeError, TypeError):
+        except (OSError, ValueError, AttributeError, TypeError):  # every rank must reach the broadcast
             box = [True]
     if world > 1:
         dist.broadcast_object_list(box, src=0)
@@ -254,13 +254,15 @@ def check_max_epochs(
     max_epochs: int | None,
     finished_ok: bool = False,
     key: str = "max_epochs",
-    iteration: int | None = None,
+    saved: Mapping | None = None,
 ) -> None:
     """Refuse a checkpoint that leaves this run nothing to do: one past ``max_epochs``, or one that has already
     trained ``max_epochs`` epochs and whose run went on to finish (ignite would start, train nothing and still run
     its completion handlers, which rewrite the run's final files from an empty epoch). A run stopped after saving
-    its last epoch but before its completion steps ended (:func:`closing_steps_left`) is accepted: its resume
-    trains nothing and writes the closing outputs from the saved state.
+    its last epoch but before its completion steps ended is accepted: the checkpoint records that its run was to
+    train exactly that many epochs (not a run stopped mid-training and resumed with a lowered ``max_epochs``) and
+    there is no ``checkpoint_final.pt`` of its iteration (:func:`closing_steps_left`); its resume trains nothing
+    and writes the closing outputs from the saved state.
 
     Args:
         path: the checkpoint, as the message names it.
@@ -269,8 +271,9 @@ def check_max_epochs(
         finished_ok: accept a checkpoint at exactly ``max_epochs`` (a finished stage of a longer run that a resume
             passes through, e.g. a GViT phase).
         key: the setting the message names (``"joint_epochs"`` for a GViT phase).
-        iteration: the checkpoint's iteration (``None``: a checkpoint at ``max_epochs`` is refused without looking
-            for the final checkpoint). A collective under torch.distributed when given.
+        saved: the checkpoint's engine record (``epoch``, ``iteration``, and the ``max_epochs`` of the run that wrote
+            it; ``None``, or a record without ``max_epochs``: a checkpoint at ``max_epochs`` is refused). A collective
+            under torch.distributed when it names this epoch as its run's last.
 
     Raises:
         ValueError: naming the checkpoint's epoch and ``max_epochs``.
@@ -280,11 +283,19 @@ def check_max_epochs(
     epoch, max_epochs = int(epoch), int(max_epochs)
     if epoch > max_epochs:
         raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond {key}={max_epochs}: raise {key} to continue")
-    if epoch == max_epochs and not finished_ok and (iteration is None or not closing_steps_left(path, iteration)):
+    if epoch == max_epochs and not finished_ok and not _closing_left(path, epoch, saved):
         raise ValueError(
             f"checkpoint {path} has already trained {epoch} epoch{'' if epoch == 1 else 's'} = --{key} {max_epochs}: "
             f"nothing to resume; give a larger --{key} to train on"
         )
+
+
+def _closing_left(path: Path, epoch: int, saved: Mapping | None) -> bool:
+    """Whether ``path``, at ``epoch``, is the last epoch of a run stopped in its closing steps (see
+    :func:`check_max_epochs`)."""
+    if not isinstance(saved, Mapping) or saved.get("max_epochs") is None or "iteration" not in saved:
+        return False  # a checkpoint from before runs recorded their length: refused as it was
+    return int(saved["max_epochs"]) == epoch and closing_steps_left(path, int(saved["iteration"]))
 
 
 def _resume_parts(records: Mapping[str, Any]) -> Callable[[Mapping], dict]:
@@ -344,6 +355,6 @@ def check_resume_fits(
     if path is None or not isinstance(ckpt.get("engine"), Mapping):
         return path  # a file without engine state: CheckpointHandler names what it lacks
     check_epoch_length(path, ckpt["engine"], saved_loader_record(ckpt), loader_record(train_loader))
-    check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key, ckpt["engine"].get("iteration"))
+    check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key, ckpt["engine"])
     restore_states(path, ((name, records[name]) for name in ckpt["records"]), ckpt["records"])
     return path
