@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medgmae.data.phantom import generate_phantom  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 from recon.initialisation import hu_to_mu  # noqa: E402
+from recon.noise import poisson_line_integrals  # noqa: E402
 
 __all__ = ["SIMULATED_ON", "phantom_mu", "simulate"]
 
@@ -47,8 +48,6 @@ def simulate(seed: int, geom: CTGeometry, photons: float | None, device, texture
     with torch.no_grad():
         proj = TorchProjector(fine_geom)(fine)
         if photons:
-            gen = torch.Generator(device=proj.device).manual_seed(seed)
-            counts = torch.poisson(photons * torch.exp(-proj.double()), generator=gen)
-            proj = (-torch.log(counts.clamp_min(1.0) / photons)).float()
+            proj = poisson_line_integrals(proj, photons, torch.Generator(device=proj.device).manual_seed(seed))[0]
     reference = torch.nn.functional.avg_pool3d(fine[None, None], factor)[0, 0]
     return proj, reference

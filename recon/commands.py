@@ -270,6 +270,7 @@ def cmd_simulate(args) -> int:
     """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume."""
     from recon.fbp import fbp
     from recon.initialisation import hu_to_mu
+    from recon.noise import noise_warnings, poisson_line_integrals, simulated_scan_problem
     from recon.scan_files import load_volume, save_nifti, save_projections
     from recon.projectors import make_projector
 
@@ -296,12 +297,17 @@ def cmd_simulate(args) -> int:
           f"({proj_op.name} projector, {device}), then their {'FBP' if geom.kind == 'parallel' else 'FDK'}...", flush=True)
     with torch.no_grad():
         proj = proj_op.forward(torch.from_numpy(mu).to(device)).cpu()
+    clean, zero_share = proj, 0.0
     if args.photons is not None:
-        gen = torch.Generator().manual_seed(args.seed)
-        counts = torch.poisson(args.photons * torch.exp(-proj.double()), generator=gen)
-        proj = (-torch.log(counts.clamp_min(1.0) / args.photons)).float()
+        proj, zero_share = poisson_line_integrals(proj, args.photons, torch.Generator().manual_seed(args.seed))
+    problem = simulated_scan_problem(proj, args.volume, args.photons, zero_share)  # the check fbp and reconstruct apply
+    if problem:
+        raise CLIError(problem)
+    notes = [] if args.photons is None else noise_warnings(clean, proj, args.photons, zero_share)
     rec = fbp(proj.to(device), geom, args.filter).cpu().numpy()
     warn_about_scan(geom, proj)
+    for note in notes:
+        print(f"warning: {note}", flush=True)
     with staged_outputs(out) as stage:
         save_projections(stage / "projections.npy", proj.numpy())
         geom.save(stage / "geometry.json")

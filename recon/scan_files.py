@@ -9,7 +9,7 @@ import numpy as np
 from medgmae.files import atomic_write, save_nifti_atomic
 
 __all__ = ["load_volume", "save_nifti", "load_projections", "save_projections", "check_projection_header",
-           "LINE_INTEGRAL_MAX"]
+           "line_integral_problem", "LINE_INTEGRAL_MAX"]
 
 #: Line integrals beyond this do not occur in CT (a transmission of exp(-50)); larger values are raw counts or
 #: intensities, or integrals in other length units than the geometry's millimetres.
@@ -118,22 +118,41 @@ def _itk_header(path: Path):
     return info
 
 
-def _check_line_integrals(p: np.ndarray, path: Path, integers: bool) -> None:
-    """Refuse values that cannot be line integrals ``-log(I / I0)`` (mostly >= 0, below :data:`LINE_INTEGRAL_MAX`):
-    negated ones, and raw detector counts (integers up to thousands); warn about floats above the bound."""
+def line_integral_problem(p: np.ndarray, integers: bool = False) -> tuple[str, str] | None:
+    """What makes ``p`` not line integrals ``-log(I / I0)`` (mostly >= 0, below :data:`LINE_INTEGRAL_MAX`), the one
+    check of every projection stack the toolkit reads or simulates.
+
+    Args:
+        p: the projections, any shape.
+        integers: whether the file stores integers (raw detector counts are refused then).
+
+    Returns:
+        ``None`` when they can be line integrals, else ``(problem, cause)``: what is wrong (completing a sentence
+        whose subject names the projections) and its likely cause in a file (negated values, raw counts).
+    """
     what = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
     if p.size and p.max() <= 0:
-        raise ValueError(f"projections {path} have no positive value ({float((p < 0).mean()):.0%} negative, the "
-                         f"rest 0; max {float(p.max()):.4g}): {what}; were they negated?")  # fmt: skip
+        return (f"have no positive value ({float((p < 0).mean()):.0%} negative, the rest 0; max {float(p.max()) + 0.0:.4g}): "
+                f"{what}", "were they negated?")  # fmt: skip
     if p.size and float((p < -0.05).mean()) > 0.5:
-        raise ValueError(f"projections {path} are mostly negative ({float((p < -0.05).mean()):.0%} of the values below "
-                         f"-0.05): {what}; were they negated?")  # fmt: skip
+        return (f"are mostly negative ({float((p < -0.05).mean()):.0%} of the values below -0.05): {what}",
+                "were they negated?")  # fmt: skip
     if p.size and integers and p.max() > 100:
-        raise ValueError(f"projections {path} hold integers up to {int(p.max())}, raw detector counts or intensities "
-                         f"rather than line integrals: {what}; convert with -log(I / I0) first")  # fmt: skip
+        return (f"hold integers up to {int(p.max())}, raw detector counts or intensities rather than line integrals: "
+                f"{what}", "convert with -log(I / I0) first")  # fmt: skip
+    return None
+
+
+def _check_line_integrals(p: np.ndarray, path: Path, integers: bool) -> None:
+    """Refuse a file's values that cannot be line integrals (:func:`line_integral_problem`); warn about floats above
+    :data:`LINE_INTEGRAL_MAX`."""
+    problem = line_integral_problem(p, integers)
+    if problem:
+        raise ValueError(f"projections {path} {problem[0]}; {problem[1]}")
     if p.size and p.max() > LINE_INTEGRAL_MAX:
-        print(f"warning: projections {path} reach {float(p.max()):.4g}: {what}, so these look like intensities or "
-              "integrals in other length units than the geometry's mm; the reconstruction will be scaled alike", flush=True)
+        print(f"warning: projections {path} reach {float(p.max()):.4g}: line integrals -log(I / I0) are mostly >= 0 and "
+              "below about 10 for a body, so these look like intensities or integrals in other length units than the "
+              "geometry's mm; the reconstruction will be scaled alike", flush=True)  # fmt: skip
 
 
 def check_projection_header(path, det_spacing: tuple[float, float], det_shape: tuple[int, int]) -> None:

@@ -3,13 +3,19 @@
 fit and flags the file fixes are refused before anything is written."""
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
+from medgmae.data.phantom import generate_phantom
 from recon.cli import main
+from recon.geometry import CTGeometry
+from recon.projectors import make_projector
+from recon.scan_files import load_projections, load_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,3 +93,60 @@ def test_simulate_says_when_the_orbit_is_not_axial(tmp_path, capsys):
             assert "orbit is not an axial" not in out
         else:
             assert f"third array axis, which runs {said} in world space, so this orbit is not an axial CT's" in out
+
+
+def _phantom_ct(path: Path) -> None:
+    """A 16 x 16 x 12 abdominal phantom in HU at 12 x 12 x 16 mm (line integrals up to about 2.8)."""
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(path))
+
+
+def _simulate(tmp_path, photons: str) -> int:
+    return main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "10",
+                 "--photons", photons, "--out", str(tmp_path / "scan"), "--device", "cpu"])  # fmt: skip
+
+
+def test_simulate_refuses_photons_too_few_for_the_projection_check(tmp_path, capsys):
+    """At 0.001 photons per pixel no reading counts a photon: every line integral would be -log(1 / 0.001), which
+    fbp refuses as a file, so simulate refuses it too, in the same words, and writes nothing."""
+    _phantom_ct(tmp_path / "ct.nii.gz")
+    assert _simulate(tmp_path, "0.001") == 2
+    err = capsys.readouterr().err
+    assert "--photons 0.001 is too few" in err and "100% of the detector readings counted no photon" in err
+    every = np.full((10, 12, 16), -np.log(1 / 0.001), np.float32)  # what it would have written
+    np.save(tmp_path / "p.npy", every)
+    with pytest.raises(ValueError, match="have no positive value") as refused:
+        load_projections(tmp_path / "p.npy")
+    assert str(refused.value).split(" have ", 1)[1].split(": line integrals")[0] in err  # the check's own numbers
+    assert not (tmp_path / "scan").exists()
+
+
+def test_simulate_warns_when_few_photons_leave_mostly_noise(tmp_path, capsys):
+    """At 20 photons about 3 % of the readings through the phantom's densest parts count none (the Poisson
+    probability exp(-20 exp(-p))), and the noise is a third of the line integrals: both are warned about with the
+    numbers the written files give; at 1e5 photons neither is."""
+    _phantom_ct(tmp_path / "ct.nii.gz")
+    assert _simulate(tmp_path, "20") == 0
+    out = capsys.readouterr().out
+    geom = CTGeometry.load(tmp_path / "scan" / "geometry.json")
+    mu = torch.from_numpy(load_volume(tmp_path / "scan" / "reference.nii.gz")[0])
+    clean = make_projector(geom, "torch", torch.device("cpu")).forward(mu).double()
+    noisy = torch.from_numpy(np.load(tmp_path / "scan" / "projections.npy")).double()
+    none_expected = float(torch.exp(-20 * torch.exp(-clean)).mean())
+    none_said = float(re.search(r"([\d.]+)% of the detector readings counted no photon at --photons 20", out)[1]) / 100
+    assert none_expected > 0.01 and none_said == pytest.approx(none_expected, abs=0.01)
+    snr = float(clean.square().mean().sqrt() / (noisy - clean).square().mean().sqrt())
+    said = float(re.search(r"too noisy to tell detail from noise: .* \(SNR ([\d.]+), below the Rose criterion's 5\)", out)[1])
+    assert snr < 5 and said == pytest.approx(snr, rel=0.05)  # two digits printed
+    assert _simulate(tmp_path, "1e5") == 0
+    out = capsys.readouterr().out
+    assert "counted no photon" not in out and "too noisy" not in out
+
+
+def test_simulate_refuses_a_volume_that_attenuates_nothing(tmp_path, capsys):
+    """All air projects to zeros, which fbp refuses as a file: simulate refuses it before its own FBP."""
+    nib.save(nib.Nifti1Image(np.full((16, 16, 8), -1000.0, np.float32), np.eye(4)), str(tmp_path / "air.nii.gz"))
+    assert main(["simulate", "--volume", str(tmp_path / "air.nii.gz"), "--geometry", "parallel", "--views", "4",
+                 "--out", str(tmp_path / "scan"), "--device", "cpu"]) == 2  # fmt: skip
+    assert "have no positive value (0% negative, the rest 0; max 0)" in capsys.readouterr().err
+    assert not (tmp_path / "scan").exists()
