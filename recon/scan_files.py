@@ -17,6 +17,8 @@ LINE_INTEGRAL_MAX = 50.0
 #: File endings whose header carries an ITK detector geometry (spacing, origin) that :func:`check_projection_header`
 #: compares with ``geometry.json``.
 _ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
+#: The first bytes of every ``.npy`` file (NumPy's format specification).
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def load_volume(path, check_finite: bool = True) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -70,10 +72,7 @@ def load_projections(path) -> np.ndarray:
     if path.suffix.lower() != ".npy":
         p, integers = load_volume(path, check_finite=False)[0], _stored_as_integers(path)
     else:
-        try:
-            p = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise ValueError(f"cannot read projections {path}: {e}") from e
+        p = _load_npy(path)
         if p.ndim != 3:
             raise ValueError(f"projections {path} must be (views, rows, cols), got shape {p.shape}")
         integers = np.issubdtype(p.dtype, np.integer)
@@ -85,6 +84,34 @@ def load_projections(path) -> np.ndarray:
                          f"column {col})")  # fmt: skip
     _check_line_integrals(p, path, integers)
     return p.astype(np.float32, copy=False)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file's array of real numbers: refused, naming the file, when it does not start with NumPy's magic
+    bytes (another format under a ``.npy`` name), its header states Python objects (never unpickled) or other
+    values than real numbers, or it cannot be read (truncated)."""
+    with open(path, "rb") as f:
+        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise ValueError(f"projections {path} is not a NumPy .npy file (it does not start with NumPy's magic bytes "
+                             "\\x93NUMPY): save the stack with numpy.save, or give a .mha, .mhd, .nrrd, .nii or .nii.gz "
+                             "stack")  # fmt: skip
+        try:
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format  # version 3.0 differs from 2.0 only by a UTF-8 header (field names)
+            dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)[2]
+        except Exception as e:
+            raise ValueError(f"cannot read projections {path}: {e}") from e
+    if dtype.hasobject:
+        raise ValueError(f"projections {path} holds Python objects, not numbers: save the line integrals as a float "
+                         "array (numpy.save(path, numpy.asarray(stack, numpy.float32)))")  # fmt: skip
+    if dtype.kind not in "biuf":
+        raise ValueError(f"projections {path} holds {dtype} values, not real numbers: save the line integrals as a "
+                         "float array")  # fmt: skip
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"cannot read projections {path}: {e}") from e
 
 
 def _stored_as_integers(path: Path) -> bool:

@@ -246,6 +246,22 @@ def test_projections_that_are_not_line_integrals_are_refused(scan, tmp_path, cap
     assert main(args) == 0 and "warning: projections" in capsys.readouterr().out
 
 
+def test_npy_projections_that_are_not_arrays_of_numbers_are_refused(scan, tmp_path, capsys):
+    """A .npy name on another format says so (NumPy's format starts with the bytes \\x93NUMPY), an object array
+    says it holds Python objects (never suggesting an unsafe load), a string array names its type; every message
+    names the file and nothing is written."""
+    (tmp_path / "text.npy").write_text("garbage\n")
+    np.save(tmp_path / "objects.npy", np.empty((10, 12, 16), dtype=object), allow_pickle=True)
+    np.save(tmp_path / "strings.npy", np.full((10, 12, 16), "a"))
+    cases = {"text.npy": "is not a NumPy .npy file", "objects.npy": "holds Python objects, not numbers",
+             "strings.npy": "holds <U1 values, not real numbers"}
+    for name, message in cases.items():
+        out = tmp_path / f"{name}.nii.gz"
+        args = ["fbp", "--projections", str(tmp_path / name), "--geometry", str(scan / "geometry.json"), "--out", str(out)]
+        err = expect_refusal(capsys, args, f"projections {tmp_path / name} {message}")
+        assert "allow_pickle" not in err and not out.exists()
+
+
 def test_projections_given_a_folder_say_it_is_a_folder(scan, tmp_path, capsys):
     out = tmp_path / "f.nii.gz"
     args = ["fbp", "--projections", str(scan), "--geometry", str(scan / "geometry.json"), "--out", str(out)]
