@@ -128,7 +128,11 @@ def _reconstruct(args) -> int:
     if x.fbp_vol is None:
         warn_about_scan(geom, x.proj)
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
-    print(f"initialising the Gaussians (--init {init_settings['init']})...", flush=True)
+    if x.state is None:
+        print(f"initialising the Gaussians (--init {init_settings['init']})...", flush=True)
+    else:  # the start is still built: its shapes receive the state, its PSNR / SSIM are iteration 0's record
+        print(f"resuming from {state_path} at iteration {int(x.state['iteration'])} (rebuilding the --init "
+              f"{init_settings['init']} start it replaces)...", flush=True)  # fmt: skip
     init, value_scale = start.initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0
     cfg = _config(args, init_settings, init)

@@ -73,7 +73,10 @@ def test_resume_refuses_another_scan_or_other_settings(saved, capsys):
         assert _contents(out) == before, name  # nothing written, nothing left behind
     # the same scan and settings resume, to a longer run (a note says the schedules follow the new length)
     assert main(_args(scan, out, "--iterations", "6", "--resume")) == 0
-    assert "schedules now follow --iterations 6" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "schedules now follow --iterations 6" in said.err
+    assert f"resuming from {state} at iteration 4 (rebuilding the --init fbp start it replaces)" in said.out
+    assert "initialising the Gaussians" not in said.out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 6 and metrics["scan"]["projections_shape"] == shape_a
 
