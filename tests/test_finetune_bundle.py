@@ -130,7 +130,7 @@ def test_good_case_passes(tmp_path):
         (dict(label_shape=(12, 12, 7)), r"label \S+_lab.nii.gz is not on the voxel grid of image \S+_img.nii.gz: "
          r"shape 12 x 12 x 7 vs 12 x 12 x 8 \(the shapes differ; the affines agree\)", "lab"),
         # 0.5 mm more per slice: voxel k = 7 is 3.5 mm off; the tolerance is 1e-2 of the 1.5 mm voxel
-        (dict(label_affine=np.diag([1.5, 1.5, 2.5, 1.0])), r"shape 12 x 12 x 8 vs 12 x 12 x 8, voxels up to 3.5 mm apart "
+        (dict(label_affine=np.diag([1.5, 1.5, 2.5, 1.0])), r"grid of image \S+_img.nii.gz: voxels up to 3.5 mm apart "
          r"\(tolerance 0.015 mm\)", "lab"),
         (dict(max_label=3), r"outside the class range \[0, 2\]", "lab"),
         (dict(nan=True), "NaN", "img"),

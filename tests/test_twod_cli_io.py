@@ -70,7 +70,7 @@ def test_a_reference_off_the_image_grid_is_refused(model_file, tmp_path, capsys)
     png = tmp_path / "ref.png"
     Image.fromarray(np.full((20, 24), 255, np.uint8)).save(png)
     cases = ((smaller, "shape 30 x 32 x 8 vs 32 x 32 x 8"),
-             (shifted, "shape 32 x 32 x 8 vs 32 x 32 x 8, voxels up to 30 mm apart (tolerance 0.02 mm)"),  # 2 mm voxels
+             (shifted, "voxels up to 30 mm apart (tolerance 0.02 mm)"),  # 2 mm voxels
              (png, "shape 20 x 24 vs 32 x 32 (no affine to compare)"))  # fmt: skip
     for ref, why in cases:
         out = tmp_path / f"seg_{ref.name.split('.')[0]}"

@@ -117,11 +117,12 @@ def same_grid_problem(
 ) -> str | None:
     """Why the volume ``name`` is not on the voxel grid of ``ref_name``, or ``None`` when it is.
 
-    The message has one format wherever it is raised: both names, both shapes, and the largest offset in mm
-    between the two affines' voxels with the tolerance (see the module docstring), e.g. ``label a.nii.gz is not
-    on the voxel grid of image b.nii.gz: shape 16 x 16 x 12 vs 16 x 16 x 12, voxels up to 50 mm apart
-    (tolerance 0.015 mm)``; when only the shapes differ it says so. When either affine is ``None`` (a picture
-    without one, a geometry without one) only the shapes are compared, and the message says so.
+    The message has one format wherever it is raised: both names, both shapes when they differ (equal shapes are
+    not the problem, so they are not shown), and the largest offset in mm between the two affines' voxels with the
+    tolerance (see the module docstring), e.g. ``label a.nii.gz is not on the voxel grid of image b.nii.gz: voxels
+    up to 50 mm apart (tolerance 0.015 mm)`` or ``...: shape 16 x 16 x 12 vs 16 x 16 x 11, voxels up to ...``;
+    when only the shapes differ it says so. When either affine is ``None`` (a picture without one, a geometry
+    without one) only the shapes are compared, and the message says so.
 
     Args:
         name: the volume checked, as the message names it (e.g. ``"label /data/a_seg.nii.gz"``).
@@ -137,9 +138,11 @@ def same_grid_problem(
     Returns:
         The problem in one line, or ``None``.
     """
-    head = f"{name} is not on the voxel grid of {ref_name}: shape {_fmt_shape(shape)} vs {_fmt_shape(ref_shape)}"
+    same_shape = _shape3(shape) == _shape3(ref_shape)
+    head = f"{name} is not on the voxel grid of {ref_name}"
+    head += "" if same_shape else f": shape {_fmt_shape(shape)} vs {_fmt_shape(ref_shape)}"  # equal shapes: not the problem
     if affine is None or ref_affine is None:
-        return None if _shape3(shape) == _shape3(ref_shape) else f"{head} (no affine to compare)"
+        return None if same_shape else f"{head} (no affine to compare)"
     if _grid_mismatch(shape, affine, ref_shape, ref_affine) is None:
         return None
     finite = np.isfinite(affine).all() and np.isfinite(ref_affine).all()
@@ -149,7 +152,7 @@ def same_grid_problem(
     offset, tol = _grid_mismatch(shape, affine, ref_shape, ref_affine)
     if offset <= tol:  # the shapes alone differ
         return f"{head} (the shapes differ; the affines agree)"
-    return f"{head}, voxels up to {offset:.4g} mm apart (tolerance {tol:.2g} mm)"
+    return f"{head}{':' if same_shape else ','} voxels up to {offset:.4g} mm apart (tolerance {tol:.2g} mm)"
 
 
 def _grid_mismatch(shape, affine, ref_shape, ref_affine) -> tuple[float, float] | None:
