@@ -237,7 +237,8 @@ def spec_with_overrides(
 ) -> PreprocessingSpec:
     """A consumer's pre-processing: the checkpoint's recorded spec, with the spacing / HU window the user gave.
 
-    A value given explicitly (not ``None``) wins; when it differs from the recorded one a warning names both, since
+    A value given explicitly (not ``None``) wins; when it differs from the recorded one a warning (rank 0's under
+    torchrun) names both, since
     the model then sees data prepared differently from its training.
 
     Args:
@@ -250,10 +251,12 @@ def spec_with_overrides(
     Returns:
         The spec (``recorded`` or the default, with the overrides).
     """
+    from medgmae.distributed import is_main_process  # here: this module stays free of torch
+
     base = recorded or DEFAULT_SPEC
     out_spacing = base.spacing if spacing is None else _triple(spacing, "spacing")
     out_window = base.hu_window if hu_window is None else tuple(float(v) for v in hu_window)
-    if recorded is not None:
+    if recorded is not None and is_main_process():  # a training run's processes all read the same checkpoint
         for name, mine, theirs in (("spacing", out_spacing, recorded.spacing), ("HU window", out_window, recorded.hu_window)):
             if not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(mine, theirs)):
                 logger.warning(

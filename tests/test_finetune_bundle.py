@@ -227,6 +227,25 @@ def test_more_processes_than_chosen_cases_are_warned(tmp_path, monkeypatch, capl
                          "has one, and each epoch trains on some case more than once"] if warned else []), said
 
 
+def test_data_preparation_warnings_come_from_rank_0_alone(tmp_path, monkeypatch, caplog):
+    """Every torchrun process prepares the same data; the warnings about it (a label_fraction rounded up to one
+    case, a datalist declaring a non-CT modality) come from rank 0 only."""
+    for rank, warned in (("0", True), ("1", False)):
+        root = tmp_path / f"rank{rank}"  # a datalist of its own: the modality is warned about once per file
+        root.mkdir()
+        dl = _two_case_datalist(root)
+        dl.write_text(json.dumps({**json.loads(dl.read_text()), "modality": {"0": "MRI"}}))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medgmae"):
+            prepare_datalists("", str(dl), root / "run", label_fraction=0.1)
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        rounded = [m for m in said if m.startswith("label_fraction 0.1 of 2 training cases is 0.2 cases, rounded to 1")]
+        modality = [m for m in said if "declares the modality 'MRI'" in m]
+        assert (len(rounded), len(modality)) == ((1, 1) if warned else (0, 0)), said
+
+
 def test_resume_with_other_label_fraction_is_refused(tmp_path):
     dl, out = _two_case_datalist(tmp_path), tmp_path / "run"
     first = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5)

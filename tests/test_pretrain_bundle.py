@@ -573,6 +573,23 @@ def test_more_processes_than_training_volumes_are_warned(tmp_path, monkeypatch, 
                          "process has one, and each epoch trains on some volume more than once"] if warned else []), said
 
 
+def test_a_single_volume_is_warned_about_by_rank_0_alone(tmp_path, monkeypatch, caplog):
+    """One volume leaves nothing to hold out: every torchrun process validates on it, and rank 0 alone says so."""
+    from medgmae.mae_training import pretrain_split
+
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    (folder / "a.nii.gz").write_bytes(b"x")
+    for rank, warned in (("0", True), ("1", False)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            pretrain_split(str(folder), tmp_path, validate=False, val_fraction=0.1)
+        said = [r.getMessage() for r in caplog.records if "a single volume, nothing to hold out" in r.getMessage()]
+        assert len(said) == (1 if warned else 0), said
+
+
 def test_datalist_sources_and_errors(tmp_path):
     from medgmae.mae_training import pretrain_split
 

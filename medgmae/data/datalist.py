@@ -24,7 +24,7 @@ from typing import Sequence
 
 
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path, volume_stem
-from medgmae.distributed import main_process_only
+from medgmae.distributed import is_main_process, main_process_only
 
 __all__ = [
     "DatasetError", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
@@ -170,7 +170,7 @@ def _is_ct(name: str) -> bool:
 
 
 def _warn_if_not_ct(path: Path, content: dict) -> None:
-    """Warn once per file when a datalist's ``modality`` (Decathlon) or ``channel_names`` (nnU-Net v2) field names
+    """Warn once per file (rank 0 under torchrun) when a datalist's ``modality`` (Decathlon) or ``channel_names`` (nnU-Net v2) field names
     anything but CT: every image goes through the models' HU window, so an MRI channel is trained on (or
     segmented) as a meaningless crop."""
     names = []
@@ -178,7 +178,7 @@ def _warn_if_not_ct(path: Path, content: dict) -> None:
         value = content.get(field)
         names += list(value.values()) if isinstance(value, dict) else [value] if value else []
     other = sorted({str(n) for n in names if not _is_ct(str(n))})
-    if not other or str(path) in _MODALITY_WARNED:
+    if not other or str(path) in _MODALITY_WARNED or not is_main_process():  # every torchrun process reads it
         return
     _MODALITY_WARNED.add(str(path))
     logger.warning("datalist %s declares the modality %s: this toolkit's models take CT in HU (every image goes "

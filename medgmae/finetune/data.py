@@ -123,6 +123,8 @@ def select_label_fraction(
     if output_dir is not None:
         write_run_record(output_dir, case_record(fraction, seed, len(cases), chosen))
     share = n / len(cases)
+    if not is_main_process():  # every torchrun process chooses the same cases; rank 0 says which
+        return chosen
     if abs(share - float(fraction)) > 0.5 * float(fraction):  # e.g. "1 %" of 4 cases: one case, 25 % of the labels
         logger.warning("label_fraction %s of %d training cases is %.3g cases, rounded to %d: this run trains on %.3g %% "
                        "of the labelled cases, not %.3g %% (at least one case is always used)", fraction, len(cases),

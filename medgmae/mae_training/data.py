@@ -35,7 +35,7 @@ logger = logging.getLogger("medgmae.mae_training")
 
 def _fraction_split(items: list[dict], val_fraction: float, seed: int, source: str) -> tuple[list[dict], list[dict]]:
     if len(items) < 2 or val_fraction == 0:
-        if len(items) < 2:
+        if len(items) < 2 and is_main_process():
             logger.warning("%s: a single volume, nothing to hold out: validating on the training volume", source)
         return items, list(items)
     n_val = min(len(items) - 1, max(1, round(val_fraction * len(items))))
