@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-__all__ = ["warn_if_fewer_than_processes", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
+__all__ = ["warn_if_sampler_repeats", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
 
 
 def in_process_group() -> bool:
@@ -90,18 +90,23 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
         raise error(failure[0])
 
 
-def warn_if_fewer_than_processes(count: int, noun: str = "case") -> None:
-    """Warn (rank 0) when fewer training items than processes: the distributed sampler repeats items so that every
-    process has one, and each epoch trains on some more than once.
+def warn_if_sampler_repeats(count: int, noun: str = "case") -> None:
+    """Warn (rank 0) when the training items do not split evenly among the processes: the distributed sampler pads
+    each epoch with repeated items so that every process has as many (``ceil(count / processes)``), and the
+    repeated ones are trained on more than once per epoch.
 
     Args:
         count: training items (cases, volumes).
         noun: what an item is called in the warning (``"case"``, ``"volume"``).
     """
     processes = process_count()
-    if processes > count and is_main_process():
+    repeated = -count % processes  # the sampler's padding: ceil(count / processes) * processes - count
+    if repeated and is_main_process():
+        plural = lambda n: noun if n == 1 else f"{noun}s"  # noqa: E731
+        per = -(-count // processes)
         logging.getLogger("medgmae").warning(
-            "%d training %s%s for %d processes: the distributed sampler repeats %ss so that every process has one, "
-            "and each epoch trains on some %s more than once", count, noun, "" if count == 1 else "s", processes,
-            noun, noun,
+            "%d training %s for %d processes: the distributed sampler gives every process %d, repeating %d %s each "
+            "epoch (trained %s in that epoch); a multiple of %d %s avoids it", count, plural(count), processes,
+            per, repeated, plural(repeated), "twice" if repeated <= count else "twice or more", processes,
+            plural(processes),
         )

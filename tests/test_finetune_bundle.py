@@ -213,18 +213,28 @@ def test_cases_without_labels_are_named_with_their_list(tmp_path):
     assert f"{tmp_path / 'c1_img.nii.gz'} (in 'training')" in message and f"{tmp_path / 'c2_img.nii.gz'} (in 'validation')" in message
 
 
-def test_more_processes_than_chosen_cases_are_warned(tmp_path, monkeypatch, caplog):
-    """Under torchrun with more processes than training cases the sampler repeats cases: said once, by rank 0."""
-    dl = _two_case_datalist(tmp_path)
-    for size, rank, warned in (("2", "0", False), ("4", "0", True), ("4", "1", False)):
+def test_cases_the_sampler_repeats_are_warned(tmp_path, monkeypatch, caplog):
+    """Under torchrun the sampler pads each epoch to a multiple of the processes: 5 cases on 2 processes train one
+    case twice, 2 cases on 5 processes one case three times and the other twice; rank 0 says so once, with torch's
+    DistributedSampler's numbers; 5 cases on 5 processes, or any other rank, say nothing."""
+    from torch.utils.data import DistributedSampler
+
+    cases = [make_case(tmp_path, f"c{i}") for i in range(6)]
+    for n, size, rank, warned in ((5, "2", "0", True), (2, "5", "0", True), (5, "5", "0", False), (5, "2", "1", False)):
+        dl = tmp_path / f"dl{n}.json"
+        dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": cases[:n], "validation": cases[5:]}))
         monkeypatch.setenv("WORLD_SIZE", size)
         monkeypatch.setenv("RANK", rank)
         caplog.clear()
         with caplog.at_level("WARNING", logger="medgmae.finetune.data"):
             prepare_datalists("", str(dl), tmp_path / "run")
         said = [r.getMessage() for r in caplog.records if "processes" in r.getMessage()]
-        assert said == (["2 training cases for 4 processes: the distributed sampler repeats cases so that every process "
-                         "has one, and each epoch trains on some case more than once"] if warned else []), said
+        per = len(DistributedSampler(range(n), num_replicas=int(size), rank=0))
+        repeated = per * int(size) - n
+        assert said == ([f"{n} training cases for {size} processes: the distributed sampler gives every process {per}, "
+                         f"repeating {repeated} case{'s' if repeated > 1 else ''} each epoch (trained "
+                         f"{'twice' if repeated <= n else 'twice or more'} in that epoch); a multiple of {size} cases "
+                         "avoids it"] if warned else []), (n, size, rank, said)  # fmt: skip
 
 
 def test_data_preparation_warnings_come_from_rank_0_alone(tmp_path, monkeypatch, caplog):

@@ -554,23 +554,30 @@ def test_command_line_flags_are_parsed_strictly():
         build_model("gaussian-vae")
 
 
-def test_more_processes_than_training_volumes_are_warned(tmp_path, monkeypatch, caplog):
-    """Under torchrun with more processes than training volumes the sampler repeats volumes: said once, by rank 0."""
+def test_training_volumes_the_sampler_repeats_are_warned(tmp_path, monkeypatch, caplog):
+    """Under torchrun the sampler pads each epoch to a multiple of the processes, repeating volumes: whenever the
+    count is not a multiple (3 volumes on 2 processes as on 4), rank 0 says so once, with the number torch's
+    DistributedSampler repeats."""
+    from torch.utils.data import DistributedSampler
+
     from medgmae.mae_training import pretrain_split
 
     folder = tmp_path / "vols"
     folder.mkdir()
-    for name in ("a.nii.gz", "b.nii.gz"):
+    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz"):
         (folder / name).write_bytes(b"x")
-    for size, rank, warned in (("2", "0", False), ("4", "0", True), ("4", "1", False)):
+    for size, rank, warned in (("3", "0", False), ("2", "0", True), ("4", "0", True), ("2", "1", False), ("4", "1", False)):
         monkeypatch.setenv("WORLD_SIZE", size)
         monkeypatch.setenv("RANK", rank)
         caplog.clear()
         with caplog.at_level("WARNING"):
             pretrain_split(str(folder), tmp_path, validate=False, val_fraction=0.0)
         said = [r.getMessage() for r in caplog.records if "processes" in r.getMessage()]
-        assert said == (["2 training volumes for 4 processes: the distributed sampler repeats volumes so that every "
-                         "process has one, and each epoch trains on some volume more than once"] if warned else []), said
+        per = len(DistributedSampler(range(3), num_replicas=int(size), rank=0))
+        repeated = per * int(size) - 3
+        assert said == ([f"3 training volumes for {size} processes: the distributed sampler gives every process {per}, "
+                         f"repeating {repeated} volume{'s' if repeated > 1 else ''} each epoch (trained twice in that "
+                         f"epoch); a multiple of {size} volumes avoids it"] if warned else []), (size, rank, said)  # fmt: skip
 
 
 def test_a_single_volume_is_warned_about_by_rank_0_alone(tmp_path, monkeypatch, caplog):

@@ -31,7 +31,7 @@ from medgmae.data.datalist import DatasetError, load_datalist_json, read_datalis
 from medgmae.data.precheck import check_datalist
 from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
-from medgmae.distributed import is_main_process, warn_if_fewer_than_processes
+from medgmae.distributed import is_main_process, warn_if_sampler_repeats
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
@@ -177,7 +177,7 @@ def _choose_cases(
     chosen = select_label_fraction(training, label_fraction, seed)
     if is_main_process():  # the cases this run trains on, not every case of the training list
         warn_if_lists_overlap(chosen, validation, datalist)
-    warn_if_fewer_than_processes(len(chosen), "case")
+    warn_if_sampler_repeats(len(chosen), "case")
     _check_labelled(datalist, {"training": chosen, "validation": validation})
     return training, chosen, validation
 

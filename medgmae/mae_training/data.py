@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist, warn_if_lists_overlap
-from medgmae.distributed import is_main_process, warn_if_fewer_than_processes
+from medgmae.distributed import is_main_process, warn_if_sampler_repeats
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.data.precheck import check_datalist
 from medgmae.engine.resume import latest_checkpoint
@@ -125,7 +125,8 @@ def _validation_items(
 
 
 def _report_split(train: list[dict], val: list[dict], source: Path, how: str) -> None:
-    """Log the split and warn about training and validation items in common, or fewer items than processes.
+    """Log the split and warn about training and validation items in common, or items the distributed sampler repeats
+    (:func:`~medgmae.distributed.warn_if_sampler_repeats`).
 
     Args:
         train: the training items.
@@ -138,7 +139,7 @@ def _report_split(train: list[dict], val: list[dict], source: Path, how: str) ->
                     source, how)  # fmt: skip
         if how != "the training volumes":  # val_fraction 0 validates on the training volumes on purpose
             warn_if_lists_overlap(train, val, source)
-    warn_if_fewer_than_processes(len(train), "volume")
+    warn_if_sampler_repeats(len(train), "volume")
 
 
 def pretrain_split(
