@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from monai.data import DataLoader
@@ -40,18 +42,58 @@ def test_inference_matches_the_models_own_probabilities(trained, tmp_path, capfd
     log = "".join(capfd.readouterr())
     rows = _rows(tmp_path / "out" / "predictions.csv")
     names = data.class_names
-    assert rows[0] == ["image", "predicted_class", *(f"probability_{n}" for n in names)]
+    assert rows[0] == ["image", "slice", "predicted_class", *(f"probability_{n}" for n in names)]
     files = listed + sorted(str(p) for p in folder.glob("*.png"))
     assert [r[0] for r in rows[1:]] == files
     model = GViT.from_checkpoint(run / "model.pt").eval()
     loader = DataLoader(make_dataset([{"image": f, "label": 0} for f in files], 16, 1), batch_size=len(files))
     with torch.no_grad():
         expected = torch.softmax(model(next(iter(loader))["image"]), -1)
-    got = torch.tensor([[float(v) for v in r[2:]] for r in rows[1:]])
+    got = torch.tensor([[float(v) for v in r[3:]] for r in rows[1:]])
     assert torch.allclose(got, expected, atol=1e-5)
-    assert [r[1] for r in rows[1:]] == [names[int(i)] for i in expected.argmax(-1)]
-    assert f" - {files[0]}: {rows[1][1]} (probability {float(expected[0].max()):.3f})\n" in log  # each logged
+    assert [r[2] for r in rows[1:]] == [names[int(i)] for i in expected.argmax(-1)]
+    assert [r[1] for r in rows[1:]] == [""] * len(files)  # pictures: no slice to name
+    assert f" - {files[0]}: {rows[1][2]} (probability {float(expected[0].max()):.3f})\n" in log  # each logged
     assert not list((tmp_path / "out").glob(".tmp-*"))  # written aside and renamed
+
+
+def _multi_frame_dicom(path, frames: np.ndarray) -> None:
+    """A multi-frame secondary-capture DICOM of ``frames`` ``(F, H, W)`` uint16, without a window."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = generate_uid(), ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.NumberOfFrames = frames.shape[1], frames.shape[2], frames.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = frames.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_inference_names_the_slice_of_a_volume_and_the_frame_of_a_cine(trained, tmp_path, capfd):
+    """A 3D NIfTI volume is classified by its middle axial slice and a multi-frame DICOM by its middle frame, as
+    training reads them; the CSV's ``slice`` column and the log say which (numbered as ``medgmae-2d --slice``)."""
+    run, data = trained
+    rng = np.random.default_rng(1)
+    volume = rng.uniform(0, 100, (16, 16, 5)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "vol.nii.gz"))
+    nib.save(nib.Nifti1Image(volume[:, :, 2:3], np.eye(4)), str(tmp_path / "slice2.nii.gz"))  # the same slice alone
+    _multi_frame_dicom(tmp_path / "cine.dcm", rng.integers(0, 4000, (3, 16, 16)))
+    images = [str(tmp_path / n) for n in ("vol.nii.gz", "cine.dcm", "slice2.nii.gz")] + [data.val[0]["image"]]
+    _bundle("inference.json", run_id="inferring", output_dir=str(run), images=images,
+            inference_dir=str(tmp_path / "out"), device="cpu")  # fmt: skip
+    log = "".join(capfd.readouterr())
+    rows = _rows(tmp_path / "out" / "predictions.csv")[1:]
+    assert [r[1] for r in rows] == ["axial slice 2 of 5 (numbered from 0)", "frame 1 of 3 (numbered from 0)", "", ""]
+    assert rows[0][2:] == rows[2][2:]  # the volume is classified as its middle slice alone is
+    assert f" - {images[0]}, axial slice 2 of 5 (numbered from 0): {rows[0][2]} (probability" in log
+    assert f" - {images[1]}, frame 1 of 3 (numbered from 0): {rows[1][2]} (probability" in log
+    assert ("4 image(s) classified by" in log and "; 1 of them 3D NIfTI volumes, each contributing its middle axial "
+            "slice; 1 of them multi-frame DICOM, each contributing its middle frame\n" in log)
 
 
 def _refused(**settings) -> BaseException:

@@ -34,7 +34,7 @@ from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gsplat_backend import check_backend_setting
-from medgmae.twod.images import is_windowed, read_image_source, read_reference, to_model_input
+from medgmae.twod.images import is_windowed, read_image_source, read_reference, slice_text, to_model_input
 from medgmae.twod.pngs import save_png, save_png_grid
 from medgmae.twod.windows import recorded_window, window_setting
 
@@ -129,8 +129,7 @@ def _describe(image: dict) -> str:
     """One line for stdout: the slice and the window of a NIfTI/DICOM image (the file name for other images)."""
     text = f"image {Path(image['path']).name}"
     if image["slice"] is not None:
-        sl = image["slice"]
-        text += f", {sl['axis']}{'' if sl['axis'] == 'frame' else ' slice'} {sl['index']} of {sl['count']} (numbered from 0)"
+        text += f", {slice_text(image['slice'])}"
     if image["window"] is not None:
         text += f", window {image['window'][0]:g} {image['window'][1]:g} ({image['window_source']})"
     return text

@@ -41,6 +41,7 @@ __all__ = [
     "edge_map",
     "log_intensity_scaling",
     "image_channels",
+    "several_slices_notes",
 ]
 
 logger = logging.getLogger("medgmae.twod")
@@ -165,14 +166,20 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
     if not files:
         raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     if log:
-        several = [p for p in files if holds_several_slices(p)]  # from the headers
-        volumes = sum(p.name.lower().endswith((".nii", ".nii.gz")) for p in several)
-        frames = len(several) - volumes
-        notes = ([f"{volumes} of them 3D NIfTI volumes, each contributing its middle axial slice"] if volumes else []) + (
-            [f"{frames} of them multi-frame DICOM, each contributing its middle frame"] if frames else [])
-        note = "".join(f"; {n}" for n in notes)
+        note = "".join(f"; {n}" for n in several_slices_notes(files))
         logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)
     return [{"image": str(p)} for p in files]
+
+
+def several_slices_notes(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """What the 2D reader takes of the files among ``paths`` that hold several slices (from their headers): ``["2 of
+    them 3D NIfTI volumes, each contributing its middle axial slice", "1 of them multi-frame DICOM, each contributing
+    its middle frame"]``, the parts that apply (none for pictures and single slices)."""
+    several = [Path(p) for p in paths if holds_several_slices(p)]
+    volumes = sum(p.name.lower().endswith((".nii", ".nii.gz")) for p in several)
+    frames = len(several) - volumes
+    return ([f"{volumes} of them 3D NIfTI volumes, each contributing its middle axial slice"] if volumes else []) + (
+        [f"{frames} of them multi-frame DICOM, each contributing its middle frame"] if frames else [])
 
 
 def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, window: Any) -> dict:

@@ -2,10 +2,14 @@
 
 :func:`classify_images` reads the trained ``model.pt`` (its class names, image size, channels and intensity
 ``window``, as training recorded them), reads every image with the toolkit's 2D reader
-(:func:`medgmae.twod.images.read_image`, then :func:`~medgmae.twod.images.to_model_input`, as training and
+(:func:`medgmae.twod.images.read_image_source`, then :func:`~medgmae.twod.images.to_model_input`, as training and
 evaluation read theirs) before it classifies any, and writes ``predictions.csv`` atomically: one row per image,
-``image,predicted_class,probability_<class>...`` (softmax probabilities, in the model's class order). Each
-prediction is logged. The ``gvit_classification`` bundle's ``configs/inference.json`` calls it.
+``image,slice,predicted_class,probability_<class>...`` (softmax probabilities, in the model's class order).
+``slice`` says which slice of a file holding several was classified (``axial slice 24 of 48 (numbered from 0)``
+for a 3D NIfTI volume, ``frame 3 of 7 (numbered from 0)`` for a multi-frame DICOM: the middle one, as training
+reads them); it is empty for pictures and single slices. Each prediction is logged, with that slice, and the
+closing line counts the volumes and multi-frame files. The ``gvit_classification`` bundle's
+``configs/inference.json`` calls it.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import numpy as np
 import torch
 
 from medgmae.files import atomic_write
-from medgmae.twod.data2d import image_files
-from medgmae.twod.images import IMAGE_SUFFIXES, read_image, to_model_input
+from medgmae.twod.data2d import image_files, several_slices_notes
+from medgmae.twod.images import IMAGE_SUFFIXES, read_image_source, slice_text, to_model_input
 from medgmae.twod.windows import recorded_window
 
 __all__ = ["inference_images", "load_inference_model", "classify_images"]
@@ -88,17 +92,23 @@ def load_inference_model(model_path: str | Path, device: torch.device) -> torch.
     return model
 
 
-def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> torch.Tensor:
-    """Every image as the model's input ``(N, C, H, W)``; one error naming each image that cannot be read."""
-    inputs, problems = [], []
+def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[torch.Tensor, list[str]]:
+    """Every image as the model's input ``(N, C, H, W)``, and for each the slice or frame read of a file holding
+    several (:func:`~medgmae.twod.images.slice_text`, ``""`` for the others); one error naming each image that
+    cannot be read."""
+    inputs, slices, problems = [], [], []
     for path in paths:
         try:
-            inputs.append(to_model_input(read_image(path, window=window), model.in_channels, model.img_size)[0])
+            image, source = read_image_source(path, window=window)
+            inputs.append(to_model_input(image, model.in_channels, model.img_size)[0])
         except (ValueError, OSError) as e:
             problems.append(f"{path}: {e}")
+            continue
+        several = source["slice"] is not None and source["slice"]["count"] > 1
+        slices.append(slice_text(source["slice"]) if several else "")
     if problems:
         raise ValueError(f"{len(problems)} image(s) cannot be read, nothing was written:\n  " + "\n  ".join(problems))
-    return torch.stack(inputs)
+    return torch.stack(inputs), slices
 
 
 @torch.no_grad()
@@ -131,17 +141,18 @@ def classify_images(
     paths = inference_images(images, image_dir)
     dev = resolve_device(device)
     model = load_inference_model(model_path, dev)
-    x = _read_all(paths, model, recorded_window(getattr(model, "data_settings", None), model_path))
+    x, slices = _read_all(paths, model, recorded_window(getattr(model, "data_settings", None), model_path))
     probs = torch.cat([torch.softmax(model(x[i : i + batch_size].to(dev)).float(), -1).cpu()
                        for i in range(0, len(x), batch_size)]).numpy()  # fmt: skip
     names, out = model.class_names, Path(output_dir) / "predictions.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["image", "predicted_class", *(f"probability_{n}" for n in names)])
-        for path, p in zip(paths, probs):
+        writer.writerow(["image", "slice", "predicted_class", *(f"probability_{n}" for n in names)])
+        for path, which, p in zip(paths, slices, probs):
             best = int(np.argmax(p))
-            writer.writerow([str(path), names[best], *(f"{v:.6f}" for v in p)])
-            logger.info("%s: %s (probability %.3f)", path, names[best], p[best])
-    logger.info("%d image(s) classified by %s: %s", len(paths), model_path, out)
+            writer.writerow([str(path), which, names[best], *(f"{v:.6f}" for v in p)])
+            logger.info("%s%s: %s (probability %.3f)", path, f", {which}" if which else "", names[best], p[best])
+    note = "".join(f"; {n}" for n in several_slices_notes(paths))
+    logger.info("%d image(s) classified by %s: %s%s", len(paths), model_path, out, note)
     return out

@@ -54,6 +54,7 @@ __all__ = [
     "save_png_grid",
     "IMAGE_SUFFIXES",
     "is_windowed",
+    "slice_text",
 ]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -254,6 +255,15 @@ def read_image_source(
         arr, used = _scale(arr, path, window if window is not None else file_window,
                            "given" if window is not None else "dicom file")  # fmt: skip
     return arr, {"slice": which, **used}
+
+
+def slice_text(which: dict | None) -> str | None:
+    """The words for the slice :func:`read_image_source` read (its ``source["slice"]``): ``"axial slice 2 of 5
+    (numbered from 0)"``, ``"frame 3 of 7 (numbered from 0)"``; ``None`` for a picture file (no slice)."""
+    if which is None:
+        return None
+    name = which["axis"] if which["axis"] == "frame" else f"{which['axis']} slice"
+    return f"{name} {which['index']} of {which['count']} (numbered from 0)"
 
 
 def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.ndarray:
