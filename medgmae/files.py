@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +30,7 @@ __all__ = [
     "load_torch_file",
     "output_dir_problem",
     "remove_interrupted_writes",
+    "given_more_than_once",
 ]
 
 
@@ -70,6 +72,18 @@ def _write_probe_problem(folder: Path) -> str | None:
     except OSError:
         pass
     return None
+
+
+def given_more_than_once(paths) -> list[str]:
+    """The paths among ``paths`` that name one file more than once, sorted, as absolute paths: ``a.png`` and
+    ``./a.png`` are the same file, a link is a name of its own (as given, not resolved). The one check of the inputs
+    of inference (fine-tuning's segmentation, GViT's classification), which refuse a file given twice.
+
+    Args:
+        paths: file paths (``str`` or ``os.PathLike``).
+    """
+    counts = Counter(Path(os.path.abspath(Path(p).expanduser())) for p in paths)
+    return sorted(str(p) for p, n in counts.items() if n > 1)
 
 
 @contextmanager

@@ -130,10 +130,9 @@ def test_inference_command_line_fails_with_the_reason(trained, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_images_are_listed_as_given_each_once_without_hidden_files(tmp_path, monkeypatch):
-    """The CSV names each image as the user gave it (a relative path stays relative, a link is not resolved), a
-    file given twice (also through the folder) once; macOS's ``._x.png`` files in a folder are no images (one made
-    the whole run fail as unreadable)."""
+def test_images_are_listed_as_given_without_hidden_files(tmp_path, monkeypatch):
+    """The CSV names each image as the user gave it (a relative path stays relative, a link is a name of its own, not
+    resolved); macOS's ``._x.png`` files in a folder are no images (one made the whole run fail as unreadable)."""
     from medgmae.twod.gvit_infer import inference_images
 
     folder = tmp_path / "imgs"
@@ -143,5 +142,38 @@ def test_images_are_listed_as_given_each_once_without_hidden_files(tmp_path, mon
     (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07")
     (tmp_path / "link.png").symlink_to(folder / "a.png")
     monkeypatch.chdir(tmp_path)
-    listed = inference_images(["imgs/b.png", "link.png", "imgs/b.png"], "imgs")
-    assert [str(p) for p in listed] == ["imgs/b.png", "link.png"]  # a.png is link.png's file; b.png given twice
+    listed = inference_images(["link.png"], "imgs")
+    assert [str(p) for p in listed] == ["link.png", "imgs/a.png", "imgs/b.png"]
+
+
+@pytest.mark.parametrize("images, image_dir", [(["imgs/b.png", "a.png", "./imgs/b.png"], None), (["imgs/b.png"], "imgs")])
+def test_an_image_given_twice_is_refused_naming_it(tmp_path, monkeypatch, images, image_dir):
+    """A file given twice (two spellings of one path, or listed and found again in the folder) is refused, naming it,
+    as fine-tuning's segmentation refuses an input given twice: it was classified once, one row fewer than given."""
+    from medgmae.twod.gvit_infer import inference_images
+
+    (tmp_path / "imgs").mkdir()
+    for name in ("imgs/b.png", "a.png"):
+        (tmp_path / name).write_bytes(b"png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as e:
+        inference_images(images, image_dir)
+    assert str(e.value).startswith("these images are given more than once")
+    assert str(e.value).endswith(f": {tmp_path / 'imgs' / 'b.png'}")
+
+
+def test_missing_and_unreadable_images_are_named_in_one_error_each_once(trained, tmp_path):
+    """Every image that cannot be used is named in one error, missing ones with the unreadable ones, each path once."""
+    run, data = trained
+    broken, empty, missing = tmp_path / "broken.png", tmp_path / "empty.png", tmp_path / "missing.png"
+    broken.write_bytes(b"not a png")
+    empty.write_bytes(b"")
+    images = [data.val[0]["image"], str(broken), str(missing), str(empty)]
+    message = str(_refused(output_dir=str(run), images=images, inference_dir=str(tmp_path / "out")))
+    lines = message.split("\n")
+    assert lines[0] == "3 image(s) cannot be read, nothing was written:"
+    assert lines[1].startswith(f"  {broken}: not a readable image (")
+    assert lines[2] == f"  image not found: {missing}"
+    assert lines[3].startswith(f"  {empty}: not a readable image (an empty file, 0 bytes)")
+    assert all(line.split(" (")[0].count(str(tmp_path)) == 1 for line in lines[1:])  # not "{path}: {path}: ..."
+    assert not (tmp_path / "out").exists()

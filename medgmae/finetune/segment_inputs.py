@@ -18,6 +18,7 @@ from typing import Sequence
 from medgmae.data.datalist import DatasetError, read_datalist
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import volume_stem
+from medgmae.files import given_more_than_once
 from medgmae.finetune.run_record import run_datalist
 
 __all__ = ["inference_cases", "unique_case_names"]
@@ -34,7 +35,7 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
         DatasetError: the same path is given more than once (named; links are names of their own, as given).
     """
     resolved = [Path(os.path.abspath(Path(p).expanduser())) for p in paths]  # links keep the names given
-    twice = sorted(str(p) for p, n in Counter(resolved).items() if n > 1)
+    twice = given_more_than_once(paths)
     if twice:
         raise DatasetError(f"these inputs are given more than once: {', '.join(twice)}")
     stems, parents = [volume_stem(p) for p in resolved], [p.parent.parts[1:] for p in resolved]

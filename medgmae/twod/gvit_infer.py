@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from medgmae.files import atomic_write
+from medgmae.files import atomic_write, given_more_than_once
 from medgmae.twod.data2d import image_files, several_slices_notes
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image_source, slice_text, to_model_input
 from medgmae.twod.windows import recorded_window
@@ -34,7 +34,8 @@ logger = logging.getLogger("medgmae.gvit")
 
 def inference_images(images: str | Sequence[str] | None, image_dir: str | Path | None) -> list[Path]:
     """The images to classify: ``images`` (one path or a list) and every image file under ``image_dir`` (sorted,
-    recursive), in that order, each once.
+    recursive), in that order, each named as given. Whether each can be read is the reader's check
+    (:func:`classify_images` names every missing or unreadable file in one error).
 
     Args:
         images: image files (``None`` or ``""``: none).
@@ -44,14 +45,12 @@ def inference_images(images: str | Sequence[str] | None, image_dir: str | Path |
         The image paths.
 
     Raises:
-        ValueError: neither gives an image, ``image_dir`` is not a folder or holds no image, or a listed image is
-            not a file (each named).
+        ValueError: neither gives an image, ``image_dir`` is not a folder or holds no image, or a file is given more
+            than once (in ``images``, or in ``images`` and under ``image_dir``; named, as fine-tuning's
+            segmentation refuses its inputs given twice: :func:`medgmae.files.given_more_than_once`).
     """
     listed = [images] if isinstance(images, (str, Path)) else list(images or [])
     paths = [Path(str(p)).expanduser() for p in listed if str(p).strip()]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise ValueError(f"--images: not found or not a file: {', '.join(missing)}")
     if image_dir is not None and str(image_dir).strip():
         folder = Path(str(image_dir)).expanduser()
         if not folder.is_dir():
@@ -62,13 +61,11 @@ def inference_images(images: str | Sequence[str] | None, image_dir: str | Path |
         paths += found
     if not paths:
         raise ValueError("no images to classify: give --images \"['a.png', 'b.dcm']\" and/or --image_dir FOLDER")
-    seen: set[Path] = set()
-    unique = []
-    for p in paths:  # each file once, named as the user gave it (the CSV's image column)
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append(p)
-    return unique
+    twice = given_more_than_once(paths)
+    if twice:
+        raise ValueError(f"these images are given more than once (in --images, or in --images and under --image_dir; "
+                         f"each is classified once per run): {', '.join(twice)}")  # fmt: skip
+    return paths
 
 
 def load_inference_model(model_path: str | Path, device: torch.device) -> torch.nn.Module:
@@ -94,15 +91,15 @@ def load_inference_model(model_path: str | Path, device: torch.device) -> torch.
 
 def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[torch.Tensor, list[str]]:
     """Every image as the model's input ``(N, C, H, W)``, and for each the slice or frame read of a file holding
-    several (:func:`~medgmae.twod.images.slice_text`, ``""`` for the others); one error naming each image that
-    cannot be read."""
+    several (:func:`~medgmae.twod.images.slice_text`, ``""`` for the others); one error naming each image that is
+    missing or cannot be read."""
     inputs, slices, problems = [], [], []
     for path in paths:
         try:
             image, source = read_image_source(path, window=window)
             inputs.append(to_model_input(image, model.in_channels, model.img_size)[0])
-        except (ValueError, OSError) as e:
-            problems.append(f"{path}: {e}")
+        except (ValueError, OSError) as e:  # the reader's messages name the file
+            problems.append(str(e) if str(path) in str(e) else f"{path}: {e}")
             continue
         several = source["slice"] is not None and source["slice"]["count"] > 1
         slices.append(slice_text(source["slice"]) if several else "")
@@ -134,7 +131,8 @@ def classify_images(
         The path of ``predictions.csv``.
 
     Raises:
-        FileNotFoundError, ValueError: a missing or wrong model file, no images, unreadable images (named).
+        FileNotFoundError, ValueError: a missing or wrong model file, no images, an image given twice, missing or
+            unreadable images (each named in one error).
     """
     from medgmae.engine import resolve_device
 
