@@ -302,6 +302,12 @@ def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt \('record'\): saved 1, current 2; \('other'\): "
                                          r"saved 5, current 6"):
         check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(2), "other": _Record(6)})
+    # another epoch length (another data folder) and a refusing record (another setting): both in the one error
+    with pytest.raises(ValueError) as both:
+        check_resume_fits(tmp_path, loader(3), max_epochs=4, records={"record": _Record(2), "other": _Record(5)})
+    first, second = str(both.value).split("\n")
+    assert "(3 per epoch, batch size 2), but this run has 2 iterations per epoch (batch size 3)" in first
+    assert second.endswith("checkpoint_epoch=2.pt ('record'): saved 1, current 2")
     # a checkpoint from before the loader was recorded: the epoch lengths are named, and the possible causes
     del saved["loader"]
     torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")

@@ -140,6 +140,10 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     refused = train(max_epochs=2, resume=True, flip=True)  # a data setting no shape or count reveals
     assert refused.returncode != 0 and "flip: saved False, now True" in refused.stderr, refused.stderr[-3000:]
     assert folder_state(out) == before
+    refused = train(max_epochs=2, resume=True, batch_size=2, flip=True)  # another epoch length and a setting: both named
+    assert refused.returncode != 0 and "the batch size changed from 4 to 2" in refused.stderr, refused.stderr[-3000:]
+    assert "flip: saved False, now True" in refused.stderr, refused.stderr[-3000:]
+    assert folder_state(out) == before
     refused = train(max_epochs=2, resume=True, weight_decay=0.1, val_images=3)  # the optimiser would keep 0.05
     assert refused.returncode != 0, refused.stderr[-3000:]
     assert "optimiser.weight_decay: saved 0.05, now 0.1; validation.val_images: saved 4, now 3" in refused.stderr, refused.stderr[-3000:]

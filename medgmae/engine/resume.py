@@ -345,8 +345,9 @@ def check_resume_fits(
         The checkpoint the run will resume from, ``None`` when it starts from scratch.
 
     Raises:
-        ValueError: naming the checkpoint and both epoch lengths and batch sizes, the epochs, or the record and
-            what it refused.
+        ValueError: naming the checkpoint and both epoch lengths and batch sizes, the epochs, or the records and
+            what they refused; another epoch length and refusing records are named in one error (one line each),
+            so that a resume with another data folder and another setting names both.
     """
     if not resume:
         return None
@@ -354,7 +355,14 @@ def check_resume_fits(
     path, ckpt = read_latest_checkpoint(output_dir, select=_resume_parts(records))
     if path is None or not isinstance(ckpt.get("engine"), Mapping):
         return path  # a file without engine state: CheckpointHandler names what it lacks
-    check_epoch_length(path, ckpt["engine"], saved_loader_record(ckpt), loader_record(train_loader))
+    refused = []  # another epoch length and other settings or data are named together: one error lists every change
+    for check in (lambda: check_epoch_length(path, ckpt["engine"], saved_loader_record(ckpt), loader_record(train_loader)),
+                  lambda: restore_states(path, ((name, records[name]) for name in ckpt["records"]), ckpt["records"])):  # fmt: skip
+        try:
+            check()
+        except ValueError as e:
+            refused.append(e)
+    if refused:
+        raise ValueError("\n".join(str(e) for e in refused)) from refused[0]
     check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key, ckpt["engine"])
-    restore_states(path, ((name, records[name]) for name in ckpt["records"]), ckpt["records"])
     return path
