@@ -239,6 +239,26 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     same.trainer("warmup").run()  # finished phase: resumes and ends at once
 
 
+def test_resume_with_another_val_fraction_names_it_with_the_epoch_length(tmp_path):
+    """Another val_fraction moves images out of training: the epoch length changes, and the error names val_fraction
+    (the recorded split setting) and the training images beside it, not the epoch length alone."""
+    shapes = _shapes_dataset(tmp_path / "shapes")
+    data = load_classification_data(shapes, val_fraction=0.25)
+    first = _workflow(data, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
+    first.data_settings = {"val_fraction": 0.25}
+    first.run()
+    halved = load_classification_data(shapes, val_fraction=0.5)  # 12 training images then, 8 now
+    again = _workflow(halved, tmp_path / "run", resume=True)
+    again.data_settings = {"val_fraction": 0.5}
+    with pytest.raises(ValueError) as refused:
+        again.check_resume()
+    message = str(refused.value)
+    assert "(3 per epoch, batch size 4), but this run has 2 iterations per epoch (batch size 4)" in message
+    assert "data.val_fraction: saved 0.25, now 0.5" in message
+    assert "GViT training trained on other data: 12 cases then, 8 now" in message
+
+
 def test_resume_on_changed_training_images_is_refused(tmp_path):
     """An image replaced by another (its size changed) or an item relabelled is named at the start of a resume;
     the unchanged data resume."""
