@@ -259,6 +259,30 @@ def test_resume_with_another_val_fraction_names_it_with_the_epoch_length(tmp_pat
     assert "GViT training trained on other data: 12 cases then, 8 now" in message
 
 
+def test_resume_with_a_window_of_a_run_without_one_says_it_had_none(tmp_path):
+    """A run trained without a window (null: nothing recorded in its data settings) resumed with one: the error says
+    the saved run had no window (None), not that the window was not recorded; so for a checkpoint of an earlier
+    version, whose data record lacks the key."""
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = _workflow(data, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
+    first.data_settings = {"seed": 0}  # what resolve_classification_data records with window null
+    first.run()
+    for earlier in (False, True):
+        if earlier:
+            path = tmp_path / "run" / "checkpoints" / "warmup" / "checkpoint_epoch=1.pt"
+            saved = torch.load(path, weights_only=True)
+            del saved["objects"]["settings"]["settings"]["data"]["window"]
+            torch.save(saved, path)
+        windowed = _workflow(data, tmp_path / "run", resume=True)
+        windowed.data_settings = {"seed": 0, "window": [0.0, 100.0]}
+        with pytest.raises(ValueError, match=r"other settings \(data\.window: saved None, now \[0\.0, 100\.0\]\)"):
+            windowed.check_resume()
+        same = _workflow(data, tmp_path / "run", resume=True)
+        same.data_settings = {"seed": 0}
+        same.check_resume()
+
+
 def test_resume_on_changed_training_images_is_refused(tmp_path):
     """An image replaced by another (its size changed) or an item relabelled is named at the start of a resume;
     the unchanged data resume."""

@@ -46,7 +46,8 @@ def phase_settings(
 ) -> dict:  # fmt: skip
     """The settings a resumed phase must share with its checkpoint: the model, the data (not where the default
     phantom task lies, ``default_root``, inside the output folder: a run folder moved as a whole resumes; nor its
-    files, checked apart), the optimiser (a restored AdamW keeps its saved learning rate and weight decay), and the
+    files, checked apart; its ``window`` always, ``None`` when none was given, so that a resume with a window
+    says the saved run had none), the optimiser (a restored AdamW keeps its saved learning rate and weight decay), and the
     losses the phase trains on.
 
     Args:
@@ -60,6 +61,7 @@ def phase_settings(
         ``{"model", "data", "optimiser"}``, with ``"loss"`` (warm-up and joint phases) and ``"guidance"`` (joint).
     """
     data = {k: v for k, v in (without_split_files(data_settings) or {}).items() if k != "default_root"}
+    data.setdefault("window", None)  # recorded only when given: without one, the record says None (no window)
     out = {"model": dict(model_config), "data": data,
            "optimiser": {"lr": float(optimiser["lr"]), "weight_decay": float(optimiser["weight_decay"])}}  # fmt: skip
     if phase in ("warmup", "joint"):
