@@ -482,8 +482,11 @@ def test_cli_device_defaults_to_auto_and_help_shows_defaults(cli_files, monkeypa
     assert main(["edges", *argv, "--granularities", "2"]) == 0
     assert asked == ["auto"]  # the bundles' device setting: CUDA when available, else CPU
     for command, shown in (("layers", ("(default: 16, or the model's number of Gaussians when it has fewer)",
-                                       "(default: 32)", "(default: 0.05)", "(default: auto)")),
-                           ("edges", ("(default: 4 8 16, those up to the model's number of Gaussians)",))):  # fmt: skip
+                                       "(default: 32, or the model's number of Gaussians when it has fewer)",
+                                       "(default: auto)")),
+                           ("segment", ("(default: 0.05)",)),
+                           ("edges", ("(default: 4 8 16, those up to the model's number of Gaussians)",
+                                      "(default: 0.05)"))):  # fmt: skip
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines

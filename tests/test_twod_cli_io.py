@@ -256,6 +256,28 @@ def test_layer_defaults_fit_a_model_with_few_gaussians(tmp_path):
     assert main(["edges", *common, "--out", str(tmp_path / "e")]) == 0
     assert json.loads((tmp_path / "e" / "edges.json").read_text())["granularities"] == [4, 8]
     assert main(["layers", *common, "--out", str(tmp_path / "x"), "--num-layers", "13"]) == 2
+    assert json.loads((tmp_path / "l" / "layers.json").read_text())["partial_render_counts"] == [12]
+
+
+def test_layers_refuses_a_first_count_beyond_the_model_and_has_no_threshold(model_file, tmp_path, capsys):
+    """``--first-count`` beyond the model's Gaussians is refused as ``--num-layers`` is (it was cut to the model's
+    count without a word); ``--threshold``, which ``layers`` does not use, is not one of its options."""
+    argv = ["layers", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--first-count", "1000"]) == 2
+    assert "error: --first-count 1000 exceeds the model's 48 Gaussians" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main([*argv, "--first-count", "48"]) == 0
+    assert json.loads((tmp_path / "o" / "layers.json").read_text())["partial_render_counts"] == [48]
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--threshold", "0.1"])
+    assert refused.value.code == 2 and "unrecognized arguments: --threshold 0.1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["layers", "--help"])
+    assert "--threshold" not in capsys.readouterr().out
+    for command in ("segment", "edges"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--threshold" in capsys.readouterr().out
 
 
 def test_gsplat_on_the_cpu_is_refused_in_the_tools_own_flags(model_file, tmp_path, capsys):

@@ -40,6 +40,9 @@ from medgmae.twod.windows import recorded_window, window_setting
 
 __all__ = ["main", "build_parser"]
 
+#: The default smallest K of ``layers``' partial renders (the paper's), or the model's Gaussians when it has fewer.
+FIRST_COUNT = 32
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medgmae-2d", description=__doc__.split("\n\n")[0])
@@ -58,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"),
                         help="renderer backend (default: %(default)s)")
     common.add_argument("--render-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"), help=f"render at this size, at most {MAX_EXPLICIT_RENDER_EDGE} on an edge (default: the image's own, so that the outputs overlay it; at most 512 on the longer edge, the aspect ratio kept)")
-    common.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer (default: %(default)s)")
 
     p = sub.add_parser("layers", parents=[common], help="layer stack and partial renders as PNG grids",
                        description="Render the image's Gaussians in L equal depth groups, nearest first. Writes "
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the input, then the K nearest Gaussians for K = --first-count, doubled up to all), "
                        "input.png, reconstruction.png and layers.json.")  # fmt: skip
     p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {L.DEFAULT_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
-    p.add_argument("--first-count", type=positive_int, default=32, help="smallest K of the partial renders, then doubled (default: %(default)s)")
+    p.add_argument("--first-count", type=positive_int, default=None, help=f"smallest K of the partial renders, then doubled, at most the model's number of Gaussians (default: {FIRST_COUNT}, or the model's number of Gaussians when it has fewer)")
 
     p = sub.add_parser("segment", parents=[common], help="zero-shot figure-ground mask",
                        description="Zero-shot figure-ground segmentation: each pixel is assigned the last depth layer "
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "assignment.png, foreground.png and segment.json (with the IoU against --reference).")  # fmt: skip
     p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {L.DEFAULT_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
+    _add_threshold(p)
     p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities",
@@ -81,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "for each L of --granularities. Writes edges_l<L>.png and edges.json.")  # fmt: skip
     p.add_argument("--granularities", type=positive_int, nargs="+", default=None,
                    help=f"numbers of layers, l@L (default: {' '.join(map(str, L.DEFAULT_GRANULARITIES))}, those up to the model's number of Gaussians)")
+    _add_threshold(p)
     return parser
+
+
+def _add_threshold(p: argparse.ArgumentParser) -> None:
+    """``--threshold``, of the commands that assign pixels to layers (``segment``, ``edges``; not ``layers``)."""
+    p.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer (default: %(default)s)")
 
 
 def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | None, dict]:
@@ -192,11 +201,13 @@ def _check_layers(num_layers: int, model: GMAE2D, flag: str = "--num-layers") ->
 
 
 def _apply_layer_defaults(args, model: GMAE2D) -> None:
-    """Fill ``--num-layers`` / ``--granularities`` left at their defaults, kept within the model's Gaussians (a
-    given value beyond them is refused by :func:`_check_layers`)."""
+    """Fill ``--num-layers`` / ``--granularities`` / ``--first-count`` left at their defaults, kept within the
+    model's Gaussians (a given value beyond them is refused by :func:`_check_layers`)."""
     k = model.num_gaussians
     if getattr(args, "num_layers", "absent") is None:
         args.num_layers = L.default_num_layers(k)
+    if getattr(args, "first_count", "absent") is None:
+        args.first_count = min(FIRST_COUNT, k)
     if getattr(args, "granularities", "absent") is None:
         args.granularities = L.default_granularities(k)
 
@@ -220,6 +231,7 @@ def _check_out(out: Path) -> None:
 def _run_layers(args, model, x, size) -> tuple[dict[str, Callable[[Path], object]], dict]:
     _apply_layer_defaults(args, model)
     _check_layers(args.num_layers, model)
+    _check_layers(args.first_count, model, "--first-count")
     g = model.predict_gaussians(x)
     colors, _ = L.render_layers(g, args.num_layers, size, args.backend)
     per_layer = [int(idx.shape[1]) for idx in L.depth_layers(g, args.num_layers)]
