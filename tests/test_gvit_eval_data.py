@@ -204,3 +204,23 @@ def test_confusion_matrix_column_labels_are_whole(tmp_path):
         whole = Image.new("L", (200, 30), 255)
         ImageDraw.Draw(whole).text((1, 1), name, fill=0, font=font)
         assert _ink(header) >= 0.9 * _ink(whole), name
+
+
+def test_each_explanation_panel_has_a_caption_of_its_own(tmp_path):
+    """The image's title and the ellipses' colour key stand over their own panels, apart (they ran together as one
+    line across the first two panels): each caption's ink lies within its panel's columns, with blank columns
+    between the captions of the image panel and of the ellipse panel."""
+    from medgmae.twod.gvit import Gaussians2D
+    from medgmae.twod.gvit_figures import save_explanation_png
+
+    torch.manual_seed(0)
+    g = Gaussians2D(torch.rand(1, 5, 2), torch.full((1, 5, 2), 0.1), torch.zeros(1, 5), torch.rand(1, 5, 1), torch.ones(1, 5))
+    path = save_explanation_png(torch.rand(1, 16, 16), g, tmp_path / "e.png", torch.rand(1, 16, 16),
+                                title="true left / predicted right", size=256)  # fmt: skip
+    pic = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    band = pic[2 : 2 + 14]  # tile_grid's 2-pixel margin, then label_tile's 14-pixel band over every panel
+    inked = np.flatnonzero((band > 40).any(axis=(0, 2)))
+    first, second = inked[inked < 2 + 256], inked[inked >= 2 + 256]
+    assert first.size and first.max() < 2 + 200  # "true left / predicted right" ends well inside panel 1
+    assert second.min() >= 2 + 256 + 2  # the ellipse key starts on its own panel: 58 blank columns at least between
+    assert pic.shape[0] == 2 + 14 + 256 + 2  # one row of captioned panels

@@ -214,8 +214,14 @@ def test_layer_stack_tiles_are_labelled_with_layer_and_gaussian_count(model_file
     stack = np.asarray(Image.open(out / "layer_stack.png").convert("RGB"))
     # 5 tiles in one row, the image's 40 px enlarged x4 to 160 px, a 14 px band above each, 2 px gaps
     assert stack.shape == (2 + 14 + 160 + 2, 2 + 5 * (160 + 2), 3)
-    band = stack[2 : 2 + 14, 2 : 2 + 128]
-    assert (band > 128).any() and (band[:, 100:] == 0).all()  # white text on black at the band's left
+    band = stack[2 : 2 + 14, 2 : 2 + 160]
+    assert (band > 128).any() and (band[:, 150:] == 0).all()  # white text on black at the band's left
+    # "layer 1: 10 Gaussians": the words stand apart, each space wider than any gap between the letters of a word
+    inked = np.flatnonzero(band.max(axis=(0, 2)) > 60)
+    gaps = np.diff(inked) - 1
+    words = np.flatnonzero(gaps >= 4)
+    assert len(words) == 3, gaps  # "layer" | "1:" | "10" | "Gaussians"
+    assert gaps[words].min() >= 2 * np.delete(gaps, words).max()
 
 
 @pytest.mark.parametrize("command, says", [("layers", "layer_stack.png"), ("segment", "figure-ground"),

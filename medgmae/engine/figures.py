@@ -24,6 +24,7 @@ __all__ = [
     "colormap",
     "grey_rgb",
     "label_tile",
+    "legible",
     "line_plot",
     "mid_slices",
     "orthogonal_slices",
@@ -118,10 +119,16 @@ def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
+def legible(text: str) -> str:
+    """``text`` with each space widened to three: the default font's space is 2 pixels wide, no wider than the gaps
+    between its letters, so that ``4 Gaussians`` read as ``4Gaussians``."""
+    return str(text).replace(" ", "   ")
+
+
 def label_tile(img: np.ndarray, text: str, band: int = 14) -> np.ndarray:
-    """An ``(H, W, 3)`` image with ``text`` written in a black band above it, widened with black on the right
-    where the text is longer than the image is wide (a title is never cut off)."""
-    font, text = _font(), " ".join(str(text).splitlines())  # one line (a file name may hold a line break)
+    """An ``(H, W, 3)`` image with ``text`` written in a black band above it (its spaces :func:`legible`), widened
+    with black on the right where the text is longer than the image is wide (a title is never cut off)."""
+    font, text = _font(), legible(" ".join(str(text).splitlines()))  # one line (a file name may hold a line break)
     width = max(img.shape[1], math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 6)
     out = Image.new("RGB", (width, img.shape[0] + band), (0, 0, 0))
     out.paste(Image.fromarray(img), (0, band))

@@ -17,11 +17,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from medgmae.engine.figures import colormap
+from medgmae.engine.figures import colormap, label_tile, save_png, tile_grid
 from medgmae.files import atomic_write
 from medgmae.twod.gvit import Gaussians2D
 
-__all__ = ["save_confusion_matrix_png", "ellipse_points", "save_explanation_png"]
+__all__ = ["save_confusion_matrix_png", "ellipse_points", "save_explanation_png", "ELLIPSES_CAPTION"]
+
+#: The caption of an explanation's middle panel (its ellipses, 2 sigma, coloured by det(Sigma)); it fits a 256-pixel panel.
+ELLIPSES_CAPTION = "2 sigma; det(Sigma): yellow small, purple large"
 
 
 def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path, cell: int = 48) -> Path:
@@ -74,14 +77,16 @@ def _to_rgb(img: torch.Tensor, size: int) -> Image.Image:
 
 def save_explanation_png(image: torch.Tensor, gaussians: Gaussians2D, path: str | Path, rendered: torch.Tensor | None = None,
                          title: str = "", size: int = 256) -> Path:  # fmt: skip
-    """Image | 2-sigma ellipses coloured by ``log det(Sigma)`` over the image | rendering, side by side.
+    """Image | 2-sigma ellipses coloured by ``log det(Sigma)`` over the image | rendering, side by side, each panel
+    captioned in a band of its own (:func:`~medgmae.engine.figures.label_tile`): ``title`` over the image,
+    :data:`ELLIPSES_CAPTION` over the ellipses, ``rendering`` over the rendering; written atomically.
 
     Args:
         image: ``(C, H, W)`` in ``[0, 1]``.
         gaussians: one image's Gaussians (batch size 1).
         path: PNG to write.
         rendered: optional ``(C, H, W)`` rendering of the Gaussians.
-        title: text above the panels.
+        title: the image panel's caption (``"image"`` when empty).
         size: panel edge in pixels.
     """
     means, scales = gaussians.means[0].detach().cpu(), gaussians.scales[0].detach().cpu()
@@ -100,15 +105,9 @@ def save_explanation_png(image: torch.Tensor, gaussians: Gaussians2D, path: str 
     panels.append(Image.alpha_composite(over, layer).convert("RGB"))
     if rendered is not None:
         panels.append(_to_rgb(rendered, size))
-    top = 18
-    out = Image.new("RGB", (len(panels) * (size + 4), size + top), "white")
-    for i, p in enumerate(panels):
-        out.paste(p, (i * (size + 4), top))
-    ImageDraw.Draw(out).text((4, 3), f"{title}  ellipses: 2 sigma, det(Sigma) small=yellow large=purple",
-                             fill="black", font=ImageFont.load_default())  # fmt: skip
-    with atomic_write(path) as tmp:
-        out.save(tmp, format="PNG")
-    return Path(path)
+    captions = [title or "image", ELLIPSES_CAPTION, "rendering"]
+    tiles = [label_tile(np.asarray(p), text) for p, text in zip(panels, captions)]  # each caption over its own panel
+    return save_png(tile_grid([tiles]), path)
 
 
 def _vertical_text(text: str, font) -> Image.Image:
