@@ -82,3 +82,47 @@ def test_a_gzip_file_named_nii_is_refused_with_the_3d_readers_advice(tmp_path):
     (tmp_path / "x.nii.gz").rename(tmp_path / "x.nii")
     with pytest.raises(ValueError, match=r"x\.nii: the file is gzip-compressed but named \.nii: rename it to \.nii\.gz"):
         read_image(tmp_path / "x.nii")
+
+
+def test_files_that_are_not_images_are_named_in_one_line(tmp_path, caplog):
+    """A training folder's README.txt and labels.csv, and those of a class-folder dataset, are left out with one
+    logged line naming them (they were left out without a word); hidden files are not counted."""
+    from medgmae.twod.gvit_infer import inference_images
+
+    gmae = tmp_path / "gmae"
+    (gmae / "sub").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(gmae / "a.png")
+    (gmae / "README.txt").write_text("about")
+    (gmae / "sub" / "labels.csv").write_text("a,1")
+    (gmae / ".DS_Store").write_bytes(b"\0")
+    with caplog.at_level(logging.INFO):
+        assert len(image_folder_items(gmae)) == 1
+    assert f"dataset_dir {gmae}: skipped 2 file(s) that are not images: README.txt, sub/labels.csv" in caplog.text
+    classes = tmp_path / "classes"
+    for name in ("disc", "bar"):
+        (classes / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(classes / name / f"{i}.png")
+    (classes / "README.txt").write_text("about")
+    (classes / "bar" / "notes.md").write_text("notes")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert len(scan_image_folder(classes)[0]) == 4
+    assert f"dataset folder {classes}: skipped 2 file(s) that are not images: README.txt, bar/notes.md" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert len(inference_images(None, classes)) == 4
+    assert f"--image_dir {classes}: skipped 2 file(s) that are not images: README.txt, bar/notes.md" in caplog.text
+    for i in range(5):
+        (gmae / f"n{i}.txt").write_text("")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        image_folder_items(gmae)
+    assert "skipped 7 file(s) that are not images: README.txt, n0.txt, n1.txt, n2.txt, n3.txt, ...\n" in caplog.text
+
+
+def test_a_folder_of_images_alone_logs_no_skipped_files(tmp_path, caplog):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    with caplog.at_level(logging.INFO):
+        image_folder_items(tmp_path)
+    assert "skipped" not in caplog.text

@@ -30,7 +30,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.twod.classification_split import split_record, stratified_split
-from medgmae.twod.data2d import LoadImage2Dd, image_channels, image_files, log_intensity_scaling
+from medgmae.twod.data2d import LoadImage2Dd, image_channels, image_files, log_intensity_scaling, skipped_files_note
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.windows import window_setting
@@ -89,7 +89,8 @@ def _require_classes(class_names: Sequence[str], where: str) -> None:
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
-    """Items and class names of a folder with one sub-folder of images per class (sorted by name).
+    """Items and class names of a folder with one sub-folder of images per class (sorted by name). The files of
+    the folder and its class folders that are not images (a ``README.txt``) are left out, in one logged line.
 
     Raises:
         ValueError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images.
@@ -113,6 +114,9 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     if empty:  # every one named at once
         raise ValueError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold{'' if len(empty) > 1 else 's'} "
                          f"no images ({', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
+    skipped = skipped_files_note([root, *(root / name for name in classes)], root, recursive=False)
+    if skipped:
+        logger.info("dataset folder %s: %s", root, skipped)
     return items, classes
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "log_intensity_scaling",
     "image_channels",
     "several_slices_notes",
+    "skipped_files_note",
 ]
 
 logger = logging.getLogger("medgmae.twod")
@@ -140,20 +141,46 @@ def edge_map(label: np.ndarray) -> np.ndarray:
     return out
 
 
+def _visible_files(folder: Path, recursive: bool) -> list[Path]:
+    """The files in ``folder`` (and its sub-folders), sorted, hidden ones (macOS's ``._x.png`` resource files,
+    anything under a hidden folder) left out."""
+    listed = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in listed if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def image_files(folder: Path, recursive: bool = True) -> list[Path]:
     """The image files (PNG/JPEG/BMP/TIFF/NIfTI/DICOM by ending) in ``folder`` (and its sub-folders), sorted;
     hidden ones (macOS's ``._x.png`` resource files, anything under a hidden folder) left out. The one listing of the
-    2D readers: training folders, class folders and the images GViT classifies."""
-    listed = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in listed if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
+    2D readers: training folders, class folders and the images GViT classifies (:func:`skipped_files_note` names
+    the files it leaves out for their ending)."""
+    return [p for p in _visible_files(folder, recursive) if p.name.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def skipped_files_note(folders: Sequence[Path], root: Path, recursive: bool = True, shown: int = 5) -> str | None:
+    """The line a reader logs for the files of ``folders`` that :func:`image_files` leaves out for their ending (a
+    ``README.txt``, a ``labels.csv``): ``"skipped 2 file(s) that are not images: README.txt, a/labels.csv"``, the
+    first ``shown`` named relative to ``root`` (then ``...``); ``None`` when there are none. Hidden files are not
+    counted.
+
+    Args:
+        folders: the folders listed (a training folder; a dataset's root and its class folders).
+        root: the folder the names are relative to.
+        recursive: whether their sub-folders were listed too.
+        shown: how many are named.
+    """
+    others = [p for f in folders for p in _visible_files(Path(f), recursive) if not p.name.lower().endswith(IMAGE_SUFFIXES)]
+    if not others:
+        return None
+    names = [str(p.relative_to(root)) for p in others[:shown]] + (["..."] if len(others) > shown else [])
+    return f"skipped {len(others)} file(s) that are not images: {', '.join(names)}"
 
 
 def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list[dict]:
     """``[{"image": path}, ...]`` for every readable-looking image under ``dataset_dir`` (sorted, recursive).
 
     Each file gives one image: a 3D NIfTI volume its middle axial slice, a multi-frame DICOM its middle frame.
-    With ``log``, how many files and volumes were found is logged.
+    With ``log``, how many files and volumes were found is logged, and the files left out that are not images
+    (:func:`skipped_files_note`).
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -168,6 +195,9 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
     if log:
         note = "".join(f"; {n}" for n in several_slices_notes(files))
         logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)
+        skipped = skipped_files_note([folder], folder)
+        if skipped:
+            logger.info("dataset_dir %s: %s", folder, skipped)
     return [{"image": str(p)} for p in files]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from medgmae.files import atomic_write, given_more_than_once
-from medgmae.twod.data2d import image_files, several_slices_notes
+from medgmae.twod.data2d import image_files, several_slices_notes, skipped_files_note
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image_source, slice_text, to_model_input
 from medgmae.twod.windows import recorded_window
 
@@ -34,7 +34,8 @@ logger = logging.getLogger("medgmae.gvit")
 
 def inference_images(images: str | Sequence[str] | None, image_dir: str | Path | None) -> list[Path]:
     """The images to classify: ``images`` (one path or a list) and every image file under ``image_dir`` (sorted,
-    recursive), in that order, each named as given. Whether each can be read is the reader's check
+    recursive; the files there that are not images are left out, in one logged line), in that order, each named as
+    given. Whether each can be read is the reader's check
     (:func:`classify_images` names every missing or unreadable file in one error).
 
     Args:
@@ -58,6 +59,9 @@ def inference_images(images: str | Sequence[str] | None, image_dir: str | Path |
         found = image_files(folder)
         if not found:
             raise ValueError(f"--image_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        skipped = skipped_files_note([folder], folder)
+        if skipped:
+            logger.info("--image_dir %s: %s", folder, skipped)
         paths += found
     if not paths:
         raise ValueError("no images to classify: give --images \"['a.png', 'b.dcm']\" and/or --image_dir FOLDER")
