@@ -36,7 +36,7 @@ class SettingsRecord:
         settings: e.g. ``{"model": model.config(), "data": {...}}``.
         what: how the error message names the run (``"GViT training"``).
         saved_defaults: ``{section: {key: value}}`` read into a saved record that lacks the key (a setting added
-            later, whose earlier behaviour was ``value``).
+            later, whose earlier behaviour was ``value``), where this run's record holds the key.
     """
 
     def __init__(self, settings: Mapping, what: str = "the run", saved_defaults: Mapping | None = None) -> None:
@@ -60,9 +60,9 @@ class SettingsRecord:
             ValueError: naming each differing setting (:func:`~medgmae.settings_diff.settings_differences`).
         """
         saved, now = dict(state.get("settings") or {}), self.state_dict()["settings"]
-        for section, defaults in self.saved_defaults.items():
-            if isinstance(saved.get(section), Mapping):
-                saved[section] = {**defaults, **saved[section]}
+        for section, defaults in self.saved_defaults.items():  # only for a setting this run has (else: not compared)
+            if isinstance(saved.get(section), Mapping) and isinstance(now.get(section), Mapping):
+                saved[section] = {**{k: v for k, v in defaults.items() if k in now[section]}, **saved[section]}
         unrecorded = [k for k in now if k not in saved] if saved else []
         if unrecorded:  # sections added to the record later: an earlier version's checkpoint still resumes
             if not self._warned and is_main_process():  # the resume check and the restore both read it: said once
