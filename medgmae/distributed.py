@@ -100,13 +100,13 @@ def warn_if_sampler_repeats(count: int, noun: str = "case") -> None:
         noun: what an item is called in the warning (``"case"``, ``"volume"``).
     """
     processes = process_count()
-    repeated = -count % processes  # the sampler's padding: ceil(count / processes) * processes - count
-    if repeated and is_main_process():
-        plural = lambda n: noun if n == 1 else f"{noun}s"  # noqa: E731
-        per = -(-count // processes)
+    extra = -count % processes  # the sampler's padding: ceil(count / processes) * processes - count draws
+    if extra and is_main_process():
+        plural = lambda n, word=noun: word if n == 1 else f"{word}s"  # noqa: E731
+        per, twice = -(-count // processes), min(extra, count)  # the padding repeats the first items, cyclically
         logging.getLogger("medgmae").warning(
-            "%d training %s for %d processes: the distributed sampler gives every process %d, repeating %d %s each "
-            "epoch (trained %s in that epoch); a multiple of %d %s avoids it", count, plural(count), processes,
-            per, repeated, plural(repeated), "twice" if repeated <= count else "twice or more", processes,
-            plural(processes),
-        )
+            "%d training %s for %d processes: the distributed sampler gives every process %d, padding each epoch with "
+            "%d repeated %s, so %d %s %s trained more than once in that epoch; a multiple of %d %s avoids it",
+            count, plural(count), processes, per, extra, plural(extra, "draw"), twice, plural(twice),
+            "is" if twice == 1 else "are", processes, plural(processes),
+        )  # fmt: skip

@@ -298,9 +298,10 @@ def cmd_simulate(args) -> int:
     with torch.no_grad():
         proj = proj_op.forward(torch.from_numpy(mu).to(device)).cpu()
     clean, zero_share = proj, 0.0
-    if args.photons is not None:
+    problem = simulated_scan_problem(clean, args.volume, None)  # a volume that attenuates nothing, whatever --photons
+    if args.photons is not None and problem is None:
         proj, zero_share = poisson_line_integrals(proj, args.photons, torch.Generator().manual_seed(args.seed))
-    problem = simulated_scan_problem(proj, args.volume, args.photons, zero_share)  # the check fbp and reconstruct apply
+        problem = simulated_scan_problem(proj, args.volume, args.photons, zero_share)  # as fbp and reconstruct check
     if problem:
         raise CLIError(problem)
     notes = [] if args.photons is None else noise_warnings(clean, proj, args.photons, zero_share)

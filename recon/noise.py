@@ -79,9 +79,9 @@ def noise_warnings(clean: torch.Tensor, noisy: torch.Tensor, photons: float, zer
     signal = float(clean.double().square().mean().sqrt())
     noise = float((noisy.double() - clean.double()).square().mean().sqrt())
     snr = signal / noise if noise > 0 else math.inf
-    if snr < ROSE_SNR:
+    if snr < ROSE_SNR and signal > 0:  # no signal (a volume of air) is refused before the noise is drawn
         notes.append(f"the projections at --photons {photons:g} are too noisy to tell detail from noise: the noise's RMS "
-                     f"is {noise:.3g}, {noise / signal if signal > 0 else math.inf:.0%} of the noiseless line integrals' "
+                     f"is {noise:.3g}, {noise / signal:.0%} of the noiseless line integrals' "
                      f"RMS {signal:.3g} (SNR {snr:.2g}, below the Rose criterion's {ROSE_SNR:g}), and FBP and the "
                      "reconstruction will be as noisy; raise --photons")  # fmt: skip
     return notes

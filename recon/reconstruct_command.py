@@ -131,7 +131,7 @@ def _reconstruct(args) -> int:
     if x.state is None:
         print(f"initialising the Gaussians (--init {init_settings['init']})...", flush=True)
     else:  # the start is still built: its shapes receive the state, its PSNR / SSIM are iteration 0's record
-        print(f"resuming from {state_path} at iteration {int(x.state['iteration'])} (rebuilding the --init "
+        print(f"resuming from {state_path} at iteration {int(x.state.get('iteration', 0))} (rebuilding the --init "
               f"{init_settings['init']} start it replaces)...", flush=True)  # fmt: skip
     init, value_scale = start.initialise(args, init_settings, start_fbp, affine, model)
     init_seconds = time.perf_counter() - t0

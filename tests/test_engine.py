@@ -308,6 +308,11 @@ def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
     first, second = str(both.value).split("\n")
     assert "(3 per epoch, batch size 2), but this run has 2 iterations per epoch (batch size 3)" in first
     assert second.endswith("checkpoint_epoch=2.pt ('record'): saved 1, current 2")
+    # a checkpoint beyond --max_epochs and a refusing record: both named too (the record hid the epochs)
+    with pytest.raises(ValueError) as both:
+        check_resume_fits(tmp_path, loader(2), max_epochs=1, records={"record": _Record(2), "other": _Record(5)})
+    first, second = str(both.value).split("\n")
+    assert "checkpoint_epoch=2.pt is at epoch 2, beyond max_epochs=1" in first and "('record'): saved 1" in second
     # a checkpoint from before the loader was recorded: the epoch lengths are named, and the possible causes
     del saved["loader"]
     torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")

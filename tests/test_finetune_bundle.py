@@ -229,12 +229,13 @@ def test_cases_the_sampler_repeats_are_warned(tmp_path, monkeypatch, caplog):
         with caplog.at_level("WARNING", logger="medgmae.finetune.data"):
             prepare_datalists("", str(dl), tmp_path / "run")
         said = [r.getMessage() for r in caplog.records if "processes" in r.getMessage()]
-        per = len(DistributedSampler(range(n), num_replicas=int(size), rank=0))
-        repeated = per * int(size) - n
+        drawn = [i for r in range(int(size)) for i in DistributedSampler(range(n), num_replicas=int(size), rank=r, shuffle=False)]
+        per, extra = len(drawn) // int(size), len(drawn) - n
+        twice = sum(drawn.count(i) > 1 for i in range(n))  # counted from torch's sampler, not from the rule
         assert said == ([f"{n} training cases for {size} processes: the distributed sampler gives every process {per}, "
-                         f"repeating {repeated} case{'s' if repeated > 1 else ''} each epoch (trained "
-                         f"{'twice' if repeated <= n else 'twice or more'} in that epoch); a multiple of {size} cases "
-                         "avoids it"] if warned else []), (n, size, rank, said)  # fmt: skip
+                         f"padding each epoch with {extra} repeated draw{'s' if extra > 1 else ''}, so {twice} "
+                         f"case{'s are' if twice > 1 else ' is'} trained more than once in that epoch; a multiple of "
+                         f"{size} cases avoids it"] if warned else []), (n, size, rank, said)  # fmt: skip
 
 
 def test_data_preparation_warnings_come_from_rank_0_alone(tmp_path, monkeypatch, caplog):

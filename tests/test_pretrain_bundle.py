@@ -573,11 +573,13 @@ def test_training_volumes_the_sampler_repeats_are_warned(tmp_path, monkeypatch, 
         with caplog.at_level("WARNING"):
             pretrain_split(str(folder), tmp_path, validate=False, val_fraction=0.0)
         said = [r.getMessage() for r in caplog.records if "processes" in r.getMessage()]
-        per = len(DistributedSampler(range(3), num_replicas=int(size), rank=0))
-        repeated = per * int(size) - 3
+        drawn = [i for r in range(int(size)) for i in DistributedSampler(range(3), num_replicas=int(size), rank=r, shuffle=False)]
+        per, extra = len(drawn) // int(size), len(drawn) - 3
+        twice = sum(drawn.count(i) > 1 for i in range(3))  # counted from torch's sampler
         assert said == ([f"3 training volumes for {size} processes: the distributed sampler gives every process {per}, "
-                         f"repeating {repeated} volume{'s' if repeated > 1 else ''} each epoch (trained twice in that "
-                         f"epoch); a multiple of {size} volumes avoids it"] if warned else []), (size, rank, said)  # fmt: skip
+                         f"padding each epoch with {extra} repeated draw{'s' if extra > 1 else ''}, so {twice} "
+                         f"volume{'s are' if twice > 1 else ' is'} trained more than once in that epoch; a multiple of "
+                         f"{size} volumes avoids it"] if warned else []), (size, rank, said)  # fmt: skip
 
 
 def test_a_single_volume_is_warned_about_by_rank_0_alone(tmp_path, monkeypatch, caplog):

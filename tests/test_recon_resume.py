@@ -95,6 +95,17 @@ def test_older_states_without_a_fingerprint_resume_with_a_warning(saved, tmp_pat
     assert "records no scan fingerprint" in capsys.readouterr().err
 
 
+def test_a_state_of_another_kind_is_refused_without_a_traceback(saved, tmp_path, capsys):
+    """A recon_state.pt that is not a reconstruction's (no iteration) is refused naming it (exit 2), not a KeyError
+    raised by the resume line announcing the saved iteration."""
+    scan, _, _, _ = saved
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save({"kind": "other"}, other / "recon_state.pt")
+    assert main(_args(scan, other, "--iterations", "6", "--resume")) == 2
+    assert f"cannot resume from {other / 'recon_state.pt'}: not a Gaussian reconstruction checkpoint" in capsys.readouterr().err
+
+
 def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypatch, capsys):
     """Ctrl-C during the optimisation: one line naming the last saved state and --resume, exit 130, no outputs
     but the state; before any state was saved, the line says so and nothing is written."""

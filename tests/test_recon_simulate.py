@@ -150,3 +150,9 @@ def test_simulate_refuses_a_volume_that_attenuates_nothing(tmp_path, capsys):
                  "--out", str(tmp_path / "scan"), "--device", "cpu"]) == 2  # fmt: skip
     assert "have no positive value (0% negative, the rest 0; max 0)" in capsys.readouterr().err
     assert not (tmp_path / "scan").exists()
+    # with --photons too: its noisy zeros would pass the check, and more photons cannot help
+    assert main(["simulate", "--volume", str(tmp_path / "air.nii.gz"), "--geometry", "parallel", "--views", "4",
+                 "--photons", "1e5", "--out", str(tmp_path / "scan"), "--device", "cpu"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "the volume attenuates nothing" in err and "raise --photons" not in err
+    assert not (tmp_path / "scan").exists()

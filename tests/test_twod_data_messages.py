@@ -23,11 +23,12 @@ def test_image_folder_logs_files_and_volume_slices(tmp_path, caplog):
 
 def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
     """A multi-frame DICOM contributes its middle frame, and the log says so (a one-frame file is not counted); a
-    DICOM file named ``.ima`` (Siemens' export) is found as the 3D reader finds it."""
+    DICOM file named ``.ima`` (Siemens' export) is found as the 3D reader finds it, and one without an ending (a
+    scanner's ``IM0001``, read by its preamble) too, not logged as a file that is not an image."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
 
-    for name, frames in (("cine.dcm", 3), ("one.dcm", 1), ("slice.IMA", 1)):
+    for name, frames in (("cine.dcm", 3), ("one.dcm", 1), ("slice.IMA", 1), ("IM0001", 1)):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
         meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = generate_uid(), ExplicitVRLittleEndian
@@ -39,9 +40,9 @@ def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
         ds.PixelData = np.zeros((frames, 4, 4), np.uint16).tobytes()
         ds.save_as(tmp_path / name, enforce_file_format=True)
     with caplog.at_level(logging.INFO, logger="medgmae.twod"):
-        assert len(image_folder_items(tmp_path)) == 3
-    assert "3 image files -> 3 training images (one per file; 1 of them multi-frame DICOM, each contributing its " \
-           "middle frame)" in caplog.text
+        assert len(image_folder_items(tmp_path)) == 4  # a scanner's file without an ending is found by its preamble
+    assert "4 image files -> 4 training images (one per file; 1 of them multi-frame DICOM, each contributing its " \
+           "middle frame)" in caplog.text and "not images" not in caplog.text
 
 
 def test_class_folder_without_sub_folders_says_so(tmp_path):

@@ -357,6 +357,7 @@ def check_resume_fits(
         return path  # a file without engine state: CheckpointHandler names what it lacks
     refused = []  # another epoch length and other settings or data are named together: one error lists every change
     for check in (lambda: check_epoch_length(path, ckpt["engine"], saved_loader_record(ckpt), loader_record(train_loader)),
+                  lambda: check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key, ckpt["engine"]),
                   lambda: restore_states(path, ((name, records[name]) for name in ckpt["records"]), ckpt["records"])):  # fmt: skip
         try:
             check()
@@ -364,5 +365,4 @@ def check_resume_fits(
             refused.append(e)
     if refused:
         raise ValueError("\n".join(str(e) for e in refused)) from refused[0]
-    check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key, ckpt["engine"])
     return path

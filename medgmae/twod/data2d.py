@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
-from medgmae.twod.images import IMAGE_SUFFIXES, holds_several_slices, is_windowed, read_image, to_model_input
+from medgmae.twod.images import (
+    IMAGE_SUFFIXES,
+    has_dicom_preamble,
+    holds_several_slices,
+    is_windowed,
+    read_image,
+    to_model_input,
+)
 from medgmae.twod.windows import window_setting
 
 __all__ = [
@@ -149,15 +156,21 @@ def _visible_files(folder: Path, recursive: bool) -> list[Path]:
 
 
 def image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """The image files (PNG/JPEG/BMP/TIFF/NIfTI/DICOM by ending) in ``folder`` (and its sub-folders), sorted;
+    """The image files (PNG/JPEG/BMP/TIFF/NIfTI/DICOM by ending, and DICOM files without an ending, such as a
+    scanner's ``IM0001``, by content) in ``folder`` (and its sub-folders), sorted;
     hidden ones (macOS's ``._x.png`` resource files, anything under a hidden folder) left out. The one listing of the
     2D readers: training folders, class folders and the images GViT classifies (:func:`skipped_files_note` names
     the files it leaves out for their ending)."""
-    return [p for p in _visible_files(folder, recursive) if p.name.lower().endswith(IMAGE_SUFFIXES)]
+    return [p for p in _visible_files(folder, recursive) if _is_image_file(p)]
+
+
+def _is_image_file(path: Path) -> bool:
+    """An image by its ending, or a DICOM file by its preamble (:func:`~medgmae.twod.images.has_dicom_preamble`)."""
+    return path.name.lower().endswith(IMAGE_SUFFIXES) or has_dicom_preamble(path)
 
 
 def skipped_files_note(folders: Sequence[Path], root: Path, recursive: bool = True, shown: int = 5) -> str | None:
-    """The line a reader logs for the files of ``folders`` that :func:`image_files` leaves out for their ending (a
+    """The line a reader logs for the files of ``folders`` that :func:`image_files` leaves out (a
     ``README.txt``, a ``labels.csv``): ``"skipped 2 file(s) that are not images: README.txt, a/labels.csv"``, the
     first ``shown`` named relative to ``root`` (then ``...``); ``None`` when there are none. Hidden files are not
     counted.
@@ -168,7 +181,7 @@ def skipped_files_note(folders: Sequence[Path], root: Path, recursive: bool = Tr
         recursive: whether their sub-folders were listed too.
         shown: how many are named.
     """
-    others = [p for f in folders for p in _visible_files(Path(f), recursive) if not p.name.lower().endswith(IMAGE_SUFFIXES)]
+    others = [p for f in folders for p in _visible_files(Path(f), recursive) if not _is_image_file(p)]
     if not others:
         return None
     names = [str(p.relative_to(root)) for p in others[:shown]] + (["..."] if len(others) > shown else [])

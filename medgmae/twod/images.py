@@ -75,13 +75,19 @@ def _image_kind(path: str | os.PathLike) -> str:
         return "pil"
     if name.endswith(_DICOM_SUFFIXES):
         return "dicom"
+    if has_dicom_preamble(path):
+        return "dicom"
+    raise ValueError(f"{path}: unsupported image type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM file)")
+
+
+def has_dicom_preamble(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM file by content (``DICM`` after the 128-byte preamble), as scanners export
+    files without an ending (``IM0001``); ``False`` for a file that cannot be read."""
     try:
         with open(path, "rb") as f:
-            if f.read(132)[128:132] == b"DICM":
-                return "dicom"
+            return f.read(132)[128:132] == b"DICM"
     except OSError:
-        pass
-    raise ValueError(f"{path}: unsupported image type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM file)")
+        return False
 
 
 def is_windowed(path: str | os.PathLike) -> bool:
