@@ -181,6 +181,7 @@ def test_a_run_stopped_in_its_closing_steps_resumes_to_finish_them(tmp_path):
         first.run()
     assert not (tmp_path / "checkpoint_final.pt").exists() and (tmp_path / "checkpoint_interrupted.pt").is_file()
     assert "--resume true to write its closing outputs" in stopped.value.resume_advice
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"x")  # as a stop between epoch 2's save and its pruning leaves
     rest, _ = _make_trainer(tmp_path, 2, resume=True)
     rest.add_event_handler(Events.COMPLETED, closing)
     rest.run()
@@ -188,6 +189,7 @@ def test_a_run_stopped_in_its_closing_steps_resumes_to_finish_them(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(seen[1][2], seen[0][2]))
     assert load_torch_file(tmp_path / "checkpoint_final.pt")["engine"] == {"epoch": 2, "iteration": 6, "max_epochs": 2}
     assert not (tmp_path / "checkpoint_interrupted.pt").exists()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_epoch=2.pt", "checkpoint_final.pt"]
     again, _ = _make_trainer(tmp_path, 2, resume=True)
     with pytest.raises(ValueError, match="nothing to resume"):
         again.run()

@@ -213,20 +213,20 @@ class CheckpointHandler:
             return
         self._saved_epoch, self._last_epoch = True, engine.state.epoch
         if self.resume:
-            self._remove_interrupted()
+            self._remove_interrupted("it has saved a later checkpoint")
         elif removed := self._earlier_run.remove(keep=saved):
             logger.info("removed %d file%s of the earlier run from %s: %s", len(removed), "s" if len(removed) > 1 else "",
                         self.output_dir, file_list(removed, self.output_dir))  # fmt: skip
         for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
             p.unlink(missing_ok=True)
 
-    def _remove_interrupted(self) -> None:
+    def _remove_interrupted(self, why: str) -> None:
         """Remove the ``checkpoint_interrupted.pt`` of the run this one resumes, once this run has saved a later
-        epoch checkpoint (rank 0)."""
+        epoch checkpoint or ended (rank 0; ``why`` is said in the log)."""
         interrupted = self.output_dir / INTERRUPTED
         if interrupted.is_file():
             interrupted.unlink()
-            logger.info("removed %s of the interrupted run: this resumed run has saved a later checkpoint", interrupted)
+            logger.info("removed %s of the interrupted run: this resumed run %s", interrupted, why)
 
     def _note_earlier_run(self) -> None:
         """Remember (and name) what another run left in ``output_dir``, which this fresh run replaces."""
@@ -251,8 +251,11 @@ class CheckpointHandler:
         (:func:`~medgmae.engine.resume.closing_steps_left`)."""
         payload, self._final = self._final, None
         self.save(engine, FINAL_CHECKPOINT, gather=False, payload=payload)
-        if self.resume and rank_world()[0] == 0:
-            self._remove_interrupted()
+        if rank_world()[0] == 0:  # a run stopped between an epoch's save and its pruning finishes it here
+            for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
+                p.unlink(missing_ok=True)
+            if self.resume:
+                self._remove_interrupted("it has ended")
 
     def _interrupted_advice(self, engine: Engine | None = None) -> str | None:
         """How to go on after Ctrl-C when no epoch checkpoint of this run (saved or resumed from) exists yet, for the
@@ -260,8 +263,8 @@ class CheckpointHandler:
         state = getattr(engine, "state", None)
         if not self.finished_ok and self._last_epoch is not None and self._last_epoch == getattr(state, "max_epochs", None):
             return (f"interrupted in the run's closing steps, after its last epoch ({self._last_epoch}) was saved: run "
-                    "the same command with --resume true to write its closing outputs (model files, summary) from "
-                    "that checkpoint without training")  # fmt: skip
+                    "the same command with --resume true to write its closing outputs (its summary and final files) "
+                    "from that checkpoint without training")  # fmt: skip
         if self._saved_epoch or self.resumed_from is not None:
             return None
         none_here = not epoch_checkpoints(self.output_dir)
