@@ -17,6 +17,8 @@ LINE_INTEGRAL_MAX = 50.0
 #: File endings whose header carries an ITK detector geometry (spacing, origin) that :func:`check_projection_header`
 #: compares with ``geometry.json``.
 _ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
+#: What line integrals look like, as the messages about projections that do not say.
+_LINE_INTEGRALS = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
 #: The first bytes of every ``.npy`` file (NumPy's format specification).
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -157,7 +159,7 @@ def line_integral_problem(p: np.ndarray, integers: bool = False) -> tuple[str, s
         ``None`` when they can be line integrals, else ``(problem, cause)``: what is wrong (completing a sentence
         whose subject names the projections) and its likely cause in a file (negated values, raw counts).
     """
-    what = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
+    what = _LINE_INTEGRALS
     if p.size and p.max() <= 0:
         return (f"have no positive value ({float((p < 0).mean()):.0%} negative, the rest 0; max {float(p.max()) + 0.0:.4g}): "
                 f"{what}", "were they negated?")  # fmt: skip
@@ -177,9 +179,9 @@ def _check_line_integrals(p: np.ndarray, path: Path, integers: bool) -> None:
     if problem:
         raise ValueError(f"projections {path} {problem[0]}; {problem[1]}")
     if p.size and p.max() > LINE_INTEGRAL_MAX:
-        print(f"warning: projections {path} reach {float(p.max()):.4g}: line integrals -log(I / I0) are mostly >= 0 and "
-              "below about 10 for a body, so these look like intensities or integrals in other length units than the "
-              "geometry's mm; the reconstruction will be scaled alike", flush=True)  # fmt: skip
+        print(f"warning: projections {path} reach {float(p.max()):.4g}: {_LINE_INTEGRALS}, so these look like intensities "
+              "or integrals in other length units than the geometry's mm; the reconstruction will be scaled alike",
+              flush=True)  # fmt: skip
 
 
 def check_projection_header(path, det_spacing: tuple[float, float], det_shape: tuple[int, int]) -> None:

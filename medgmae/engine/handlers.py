@@ -217,6 +217,10 @@ class CheckpointHandler:
         elif removed := self._earlier_run.remove(keep=saved):
             logger.info("removed %d file%s of the earlier run from %s: %s", len(removed), "s" if len(removed) > 1 else "",
                         self.output_dir, file_list(removed, self.output_dir))  # fmt: skip
+        self._prune_epoch_checkpoints()
+
+    def _prune_epoch_checkpoints(self) -> None:
+        """Keep the newest ``n_saved`` epoch checkpoints (rank 0)."""
         for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
             p.unlink(missing_ok=True)
 
@@ -251,9 +255,8 @@ class CheckpointHandler:
         (:func:`~medgmae.engine.resume.closing_steps_left`)."""
         payload, self._final = self._final, None
         self.save(engine, FINAL_CHECKPOINT, gather=False, payload=payload)
-        if rank_world()[0] == 0:  # a run stopped between an epoch's save and its pruning finishes it here
-            for _, p in epoch_checkpoints(self.output_dir)[self.n_saved :]:
-                p.unlink(missing_ok=True)
+        if rank_world()[0] == 0:
+            self._prune_epoch_checkpoints()  # a run stopped between an epoch's save and its pruning finishes it here
             if self.resume:
                 self._remove_interrupted("it has ended")
 

@@ -10,7 +10,6 @@ evaluation, inference and export commands.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shlex
@@ -22,7 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from medgmae.engine import is_main_process
-from medgmae.files import atomic_write, bundle_config
+from medgmae.files import atomic_write, bundle_config, read_json
 from medgmae.engine.figures import (
     add_image,
     grey_rgb,
@@ -233,7 +232,7 @@ class FinetuneSummary:
             return metrics
         path = Path(getattr(self.report, "output_dir", self.out / "validation")) / "metrics.json"
         try:
-            saved = json.loads(path.read_text())
+            saved = read_json(path, "validation metrics")
         except (OSError, ValueError):
             return {}
         return saved if isinstance(saved, dict) else {}

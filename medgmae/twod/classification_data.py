@@ -30,7 +30,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.twod.classification_split import split_record, stratified_split
-from medgmae.twod.data2d import LoadImage2Dd, image_channels, image_files, log_intensity_scaling, skipped_files_note
+from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, skipped_files_note
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.windows import window_setting
@@ -99,8 +99,9 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     if not root.is_dir():
         raise ValueError(f"dataset folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose_images, others = listed_files(root, recursive=False)  # others: named with the class folders' below
     if not classes:
-        loose = len(image_files(root, recursive=False))
+        loose = len(loose_images)
         other = sum(1 for p in root.iterdir() if not p.name.startswith("."))
         what = (f"holds {loose} image(s) but no class sub-folders" if loose
                 else f"holds no class sub-folders and no images ({other} other file(s))" if other else "is empty")  # fmt: skip
@@ -108,13 +109,14 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     _require_classes(classes, f"dataset folder {root}")
     items, empty = [], []
     for idx, name in enumerate(classes):
-        files = image_files(root / name, recursive=False)
+        files, left_out = listed_files(root / name, recursive=False)
+        others += left_out
         empty += [] if files else [str(root / name)]
         items += [{"image": str(f), "label": idx} for f in files]
     if empty:  # every one named at once
         raise ValueError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold{'' if len(empty) > 1 else 's'} "
                          f"no images ({', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
-    skipped = skipped_files_note([root, *(root / name for name in classes)], root, recursive=False)
+    skipped = skipped_files_note(others, root)
     if skipped:
         logger.info("dataset folder %s: %s", root, skipped)
     return items, classes

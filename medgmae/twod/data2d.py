@@ -48,6 +48,7 @@ __all__ = [
     "edge_map",
     "log_intensity_scaling",
     "image_channels",
+    "listed_files",
     "several_slices_notes",
     "skipped_files_note",
 ]
@@ -155,13 +156,16 @@ def _visible_files(folder: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in listed if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """The image files (PNG/JPEG/BMP/TIFF/NIfTI/DICOM by ending, and DICOM files without an ending, such as a
-    scanner's ``IM0001``, by content) in ``folder`` (and its sub-folders), sorted;
-    hidden ones (macOS's ``._x.png`` resource files, anything under a hidden folder) left out. The one listing of the
-    2D readers: training folders, class folders and the images GViT classifies (:func:`skipped_files_note` names
-    the files it leaves out for their ending)."""
-    return [p for p in _visible_files(folder, recursive) if _is_image_file(p)]
+def listed_files(folder: Path, recursive: bool = True) -> tuple[list[Path], list[Path]]:
+    """``(image files, other files)`` of ``folder`` (and its sub-folders), each sorted, in one listing: the images
+    (PNG/JPEG/BMP/TIFF/NIfTI/DICOM by ending, and DICOM files without an ending, such as a scanner's ``IM0001``, by
+    content) and the files left out as not images (which :func:`skipped_files_note` names); hidden ones (macOS's
+    ``._x.png`` resource files, anything under a hidden folder) in neither. The one listing of the 2D readers:
+    training folders, class folders and the images GViT classifies."""
+    images, others = [], []
+    for p in _visible_files(folder, recursive):
+        (images if _is_image_file(p) else others).append(p)
+    return images, others
 
 
 def _is_image_file(path: Path) -> bool:
@@ -169,19 +173,16 @@ def _is_image_file(path: Path) -> bool:
     return path.name.lower().endswith(IMAGE_SUFFIXES) or has_dicom_preamble(path)
 
 
-def skipped_files_note(folders: Sequence[Path], root: Path, recursive: bool = True, shown: int = 5) -> str | None:
-    """The line a reader logs for the files of ``folders`` that :func:`image_files` leaves out (a
-    ``README.txt``, a ``labels.csv``): ``"skipped 2 file(s) that are not images: README.txt, a/labels.csv"``, the
-    first ``shown`` named relative to ``root`` (then ``...``); ``None`` when there are none. Hidden files are not
-    counted.
+def skipped_files_note(others: Sequence[Path], root: Path, shown: int = 5) -> str | None:
+    """The line a reader logs for the files :func:`listed_files` left out as not images (a ``README.txt``, a
+    ``labels.csv``): ``"skipped 2 file(s) that are not images: README.txt, a/labels.csv"``, the first ``shown`` named
+    relative to ``root`` (then ``...``); ``None`` when there are none.
 
     Args:
-        folders: the folders listed (a training folder; a dataset's root and its class folders).
+        others: the files left out (the second list of :func:`listed_files`, of one folder or several).
         root: the folder the names are relative to.
-        recursive: whether their sub-folders were listed too.
         shown: how many are named.
     """
-    others = [p for f in folders for p in _visible_files(Path(f), recursive) if not _is_image_file(p)]
     if not others:
         return None
     names = [str(p.relative_to(root)) for p in others[:shown]] + (["..."] if len(others) > shown else [])
@@ -202,13 +203,13 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
     folder = Path(dataset_dir).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset_dir not found or not a folder: {folder}")
-    files = image_files(folder)
+    files, others = listed_files(folder)
     if not files:
         raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     if log:
         note = "".join(f"; {n}" for n in several_slices_notes(files))
         logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)
-        skipped = skipped_files_note([folder], folder)
+        skipped = skipped_files_note(others, folder)
         if skipped:
             logger.info("dataset_dir %s: %s", folder, skipped)
     return [{"image": str(p)} for p in files]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from medgmae.files import atomic_write, given_more_than_once
-from medgmae.twod.data2d import image_files, several_slices_notes, skipped_files_note
+from medgmae.twod.data2d import listed_files, several_slices_notes, skipped_files_note
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image_source, slice_text, to_model_input
 from medgmae.twod.windows import recorded_window
 
@@ -56,10 +56,10 @@ def inference_images(images: str | Sequence[str] | None, image_dir: str | Path |
         folder = Path(str(image_dir)).expanduser()
         if not folder.is_dir():
             raise ValueError(f"--image_dir {folder}: not found or not a folder")
-        found = image_files(folder)
+        found, others = listed_files(folder)
         if not found:
             raise ValueError(f"--image_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        skipped = skipped_files_note([folder], folder)
+        skipped = skipped_files_note(others, folder)
         if skipped:
             logger.info("--image_dir %s: %s", folder, skipped)
         paths += found
