@@ -248,13 +248,17 @@ def check_settings(
     problems += unknown_key_lines(command) + process_problems(torchrun, multi_gpu_config)
     dirs = output_dirs or {}
     folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
+    _raise_problems(problems, folders)
+    _warn_unused(command, unused_phantom_keys, unused_keys or {})
+    return True
+
+
+def _raise_problems(problems: list[str], folders: list[str]) -> None:
+    """Raise one :class:`BundleSettingError` naming every bad setting and unusable output folder, if any."""
     if problems or folders:
         kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))
         what = " and ".join(name for name, found in kinds if found)
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
-    _warn_unused(command, unused_phantom_keys, unused_keys or {})
-    return True
-
 
 def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, str | Path] | None) -> dict:
     """What Ctrl-C's advice needs of a training run (:func:`~medgmae.bundle_errors.summarise_errors`): its

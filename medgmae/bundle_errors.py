@@ -247,10 +247,7 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
             _say_interrupted(chain, main, hook.resumable, hook.run)
             return
         if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
-            rank = process_rank()
-            text = " ".join(str(reason).split())  # its lines joined, cut short: rank 0 prints it whole
-            text = text if len(text) <= 300 else text[:297] + "..."
-            print(f"rank {rank} stopped: {type(reason).__name__}: {text}; see rank 0", file=sys.stderr)
+            _say_rank_stopped(reason)
             return
         previous(exc_type, exc, tb)
         if reason is not None and reason is not exc:
@@ -263,3 +260,10 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
     hook.run = (output_dir, resume, checkpoint_files(output_dir)) if output_dir is not None else ()
     sys.excepthook = hook
     return True
+
+
+def _say_rank_stopped(reason: BaseException) -> None:
+    """Print a non-zero rank's one line for the error ``reason`` (rank 0 prints it whole, with the traceback)."""
+    text = " ".join(str(reason).split())  # its lines joined, cut short
+    text = text if len(text) <= 300 else text[:297] + "..."
+    print(f"rank {process_rank()} stopped: {type(reason).__name__}: {text}; see rank 0", file=sys.stderr)

@@ -89,6 +89,16 @@ def save_ply(
     for j in range(4):
         data[f"rot_{j}"] = q[:, j]
     data["intensity"] = i
+    header = _header(k, frame, shape, affine)
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(("\n".join(header) + "\n").encode("ascii"))
+            f.write(data.tobytes())
+    return Path(path)
+
+
+def _header(k: int, frame: str, shape: Sequence[int] | None, affine: np.ndarray | None) -> list[str]:
+    """The header lines of a ``.ply`` of ``k`` Gaussians, recording their frame, volume shape and affine."""
     header = ["ply", "format binary_little_endian 1.0", "comment medgmae gaussians", f"comment frame {frame}"]
     if frame == "world":
         header.append("comment SPACE=RAS")  # 3D Slicer's coordinate-system comment (see the module docstring)
@@ -102,11 +112,7 @@ def save_ply(
     header.append(f"element vertex {k}")
     header += [f"property float {f}" for f in _FIELDS]
     header.append("end_header")
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(("\n".join(header) + "\n").encode("ascii"))
-            f.write(data.tobytes())
-    return Path(path)
+    return header
 
 
 def _read_header(lines: list[str], path: Path) -> tuple[PlyMeta, list[str], int]:

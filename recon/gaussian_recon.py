@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -317,16 +318,11 @@ class GaussianReconstructor:
         Returns:
             :class:`GaussianReconResult`.
         """
-        from tqdm.auto import tqdm
-
-        from medgmae.terminal import Pace, progress_bars_shown
+        from medgmae.terminal import Pace
 
         c = self.config
         t0 = time.perf_counter() - self.seconds  # the history's seconds continue those of the runs before
-        if progress not in (True, False, "lines"):
-            raise ValueError(f"progress must be True, False or 'lines', got {progress!r}")
-        lines = progress == "lines" or (progress is True and not progress_bars_shown())  # a log: no bar's redraws
-        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress or lines, desc=f"Gaussian recon ({c.preset_name})", dynamic_ncols=True)
+        lines, bar = self._progress(progress)
         with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
             postfix: dict = {}
             stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
@@ -352,6 +348,20 @@ class GaussianReconstructor:
         if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)
         return self._result(self.seconds)
+
+    def _progress(self, progress: bool | str) -> tuple[bool, Any]:
+        """``(lines, bar)`` for :meth:`run`'s ``progress``: whether to print a line per evaluation, and the tqdm
+        bar (disabled when lines are printed or nothing is shown)."""
+        from tqdm.auto import tqdm
+
+        from medgmae.terminal import progress_bars_shown
+
+        if progress not in (True, False, "lines"):
+            raise ValueError(f"progress must be True, False or 'lines', got {progress!r}")
+        lines = progress == "lines" or (progress is True and not progress_bars_shown())  # a log: no bar's redraws
+        desc = f"Gaussian recon ({self.config.preset_name})"
+        bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not progress or lines, desc=desc, dynamic_ncols=True)
+        return lines, bar
 
     def _progress_line(self, loss: float, seconds: float, quiet: float, ssim_every_eval: bool) -> tuple[str | None, dict | None]:
         """``(line, bar values)`` after the current iteration: its evaluation when one is due (recorded in the

@@ -154,6 +154,18 @@ class ResidualGaussianLevel(nn.Module):
         return h, children, root
 
 
+def _check_levels(mults: list[int], deltas: list[float]) -> None:
+    """Raise ``ValueError`` unless the residual levels' multipliers start at 1, each dividing the next, with one
+    scale decrement per further level."""
+    if not mults or mults[0] != 1 or len(deltas) != len(mults) - 1:
+        raise ValueError(
+            f"level_multipliers must start with 1 and level_deltas have one entry per further level, "
+            f"got {mults} and {deltas}"
+        )
+    if any(b % a != 0 or b < a for a, b in zip(mults, mults[1:])):
+        raise ValueError(f"each level multiplier must divide the next, got {mults}")
+
+
 class MedGMAE(MaskedAutoencoder):
     """MedGMAE (and MedGMAE* with ``multi_level=True``).
 
@@ -208,13 +220,7 @@ class MedGMAE(MaskedAutoencoder):
             raise ValueError(f"need 0 < min_scale < scale_cap <= 1, got min_scale={min_scale}, scale_cap={scale_cap}")
         mults, deltas = [int(m) for m in level_multipliers], [float(d) for d in level_deltas]
         if multi_level:
-            if not mults or mults[0] != 1 or len(deltas) != len(mults) - 1:
-                raise ValueError(
-                    f"level_multipliers must start with 1 and level_deltas have one entry per further level, "
-                    f"got {mults} and {deltas}"
-                )
-            if any(b % a != 0 or b < a for a, b in zip(mults, mults[1:])):
-                raise ValueError(f"each level multiplier must divide the next, got {mults}")
+            _check_levels(mults, deltas)
         if level_intensity not in INTENSITY_RESIDUALS:
             raise ValueError(f"level_intensity must be one of {INTENSITY_RESIDUALS}, got {level_intensity!r}")
         if render_backend not in BACKENDS:
