@@ -16,6 +16,7 @@ pre-training bundle's ``inference`` and the reconstruction's ``medgmae`` initial
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -172,13 +173,17 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _tiles(axes: list) -> list[tuple[int, int, int]]:
+    """The windows of ``axes`` (per axis, :func:`window_origins`' origins and boundaries), as index triples."""
+    return list(itertools.product(*(range(len(origins)) for origins, _ in axes)))
+
+
 def _decode_windows(
     x: Tensor,
     prep_affine: np.ndarray,
     n: tuple[int, ...],
     win: tuple[int, int, int],
     axes: list,
-    tiles: list[tuple[int, int, int]],
     decode: Callable[[Tensor, np.ndarray], Gaussians3D],
     device: torch.device,
     batch_size: int,
@@ -191,8 +196,8 @@ def _decode_windows(
         prep_affine: ``(4, 4)`` index -> world of the prepared scan.
         n: the prepared scan's shape before padding.
         win: the model's window ``(3,)``.
-        axes: per axis, the window origins and boundaries (:func:`window_origins`).
-        tiles: the windows, as indices into ``axes``.
+        axes: per axis, the window origins and boundaries (:func:`window_origins`); the windows are every
+            combination of one origin per axis (:func:`_tiles`).
         decode: ``(windows (B, 1, *window), window_affines (B, 4, 4)) -> Gaussians3D``.
         device: where the windows are decoded.
         batch_size: windows per decoder call.
@@ -201,7 +206,7 @@ def _decode_windows(
     Returns:
         ``(kept, window_affines)``: the Gaussians each window owns, and the ``(B, 4, 4)`` affines of each batch.
     """
-    kept, win_affines = [], []
+    kept, win_affines, tiles = [], [], _tiles(axes)
     bar = tqdm(total=len(tiles), unit="window", desc="zero-shot", leave=False, disable=not progress_bars_shown())
     for t0 in range(0, len(tiles), batch_size):
         batch = tiles[t0 : t0 + batch_size]
@@ -256,11 +261,11 @@ def zero_shot_gaussians(
     air = float(spec.window(torch.tensor(-1000.0)))
     x = F.pad(x, tuple(p for w, m in zip(win[::-1], n[::-1]) for p in (0, max(0, w - m))), value=air)
     axes = [window_origins(m, w, int(overlap)) for m, w in zip(n, win)]
-    tiles = [(i, j, k) for i in range(len(axes[0][0])) for j in range(len(axes[1][0])) for k in range(len(axes[2][0]))]
+    tiles = _tiles(axes)
     decode = decode or _default_decoder(model)
     logger.info("zero-shot: decoding %d %s of %s on a %s prepared grid, %d per call", len(tiles),
                 "window" if len(tiles) == 1 else "windows", win, n, int(batch_size))  # fmt: skip
-    kept, win_affines = _decode_windows(x, prep_affine, n, win, axes, tiles, decode, _model_device(model),
+    kept, win_affines = _decode_windows(x, prep_affine, n, win, axes, decode, _model_device(model),
                                         int(batch_size), min_intensity)  # fmt: skip
     merged = Gaussians3D.cat(kept, dim=1)
     prep = torch.from_numpy(prep_affine)
