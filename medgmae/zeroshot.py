@@ -48,6 +48,9 @@ class ZeroShotResult:
         affine: the scan's ``(4, 4)`` index -> world matrix.
         spec: the pre-processing used.
         window_affines: ``(W, 4, 4)`` window-voxel -> world matrix of every decoded window.
+        grid: the scan's shape on the model's grid (``spec``'s orientation and spacing), before any padding to
+            one window; ``None``: not recorded.
+        window: the model's window ``(3,)`` in voxels; ``None``: ``spec.input_size``.
     """
 
     voxel: Gaussians3D
@@ -56,6 +59,23 @@ class ZeroShotResult:
     affine: np.ndarray
     spec: PreprocessingSpec
     window_affines: np.ndarray
+    grid: tuple[int, int, int] | None = None
+    window: tuple[int, int, int] | None = None
+
+    def no_gaussians_reason(self) -> str:
+        """Why the decoder may have placed no Gaussian in the scan, for an error when :attr:`voxel` is empty: a
+        scan mostly padding in the model's window, else one that the HU window shows as all one value."""
+        from medgmae.data.input_checks import padding_share
+
+        win = self.window or self.spec.input_size
+        if self.grid is not None and padding_share(self.grid, win) > 0.25:
+            return (f"the scan is {'x'.join(map(str, self.grid))} voxels at the model's "
+                    f"{'x'.join(f'{v:g}' for v in self.spec.spacing)} mm, smaller than its {'x'.join(map(str, win))} "
+                    f"window ({100 * padding_share(self.grid, win):.0f} % of it padding with air): give a scan of the "
+                    "field of view the model was pre-trained on")  # fmt: skip
+        a0, a1 = self.spec.hu_window
+        return (f"is the scan empty? (the model sees HU in [{a0:g}, {a1:g}]; a scan all below or all above it is "
+                "one value to the model)")
 
 
 def window_origins(n: int, w: int, overlap: int) -> tuple[list[int], list[float]]:
@@ -275,4 +295,5 @@ def zero_shot_gaussians(
     logger.info("zero-shot: %d Gaussians from %d %s of %s on a %s prepared grid", merged.num_gaussians, len(tiles),
                 "window" if len(tiles) == 1 else "windows", win, n)  # fmt: skip
     _warn_if_padded(n, win, spec, merged.num_gaussians)
-    return ZeroShotResult(voxel, world, scan_shape, np.asarray(affine, dtype=np.float64), spec, np.concatenate(win_affines))
+    return ZeroShotResult(voxel, world, scan_shape, np.asarray(affine, dtype=np.float64), spec,
+                          np.concatenate(win_affines), grid=n, window=win)

@@ -293,3 +293,71 @@ def test_the_number_of_windows_is_logged_before_they_are_decoded(caplog):
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("zero-shot:")]
     assert said[0].startswith(f"zero-shot: decoding {len(probe.windows)} windows of ") and said[0].endswith(", 3 per call")
     assert "Gaussians from" in said[1] and len(probe.windows) > 3
+
+
+def _tiny_model_file(path, spec: PreprocessingSpec | None) -> str:
+    from medgmae.networks import MedGMAE
+
+    torch.manual_seed(0)
+    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=8, render_backend="torch")
+    m.preprocessing = spec
+    torch.save(m.model_checkpoint(), path)
+    return str(path)
+
+
+def test_a_scan_with_no_gaussian_is_refused_naming_the_cause_and_writing_nothing(tmp_path):
+    """A scan far smaller than the model's window (4 x 4 x 2 voxels at 2 mm in a 16^3 window) gave an empty
+    ``.ply``, a constant rendering and exit 0: refused, naming the scan, its size on the model's grid and the
+    window (the decoder's Gaussians are replaced by none, as a model would place them in the padding)."""
+    import nibabel as nib
+
+    from medgmae.mae_training import inference
+
+    spec = PreprocessingSpec(spacing=2.0, input_size=16, patch_size=8)
+    model = _tiny_model_file(tmp_path / "model.pt", spec)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "small.nii.gz"))
+    run = inference.GaussianInference(model, tmp_path / "small.nii.gz", tmp_path / "out", device="cpu")
+    with pytest.raises(ValueError) as e:
+        run.run()
+    assert f"{tmp_path / 'small.nii.gz'}: the decoder placed no Gaussian in the scan, nothing was written" in str(e.value)
+    assert "the scan is 4x4x2 voxels at the model's 2x2x2 mm, smaller than its 16x16x16 window" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_gaussians_in_a_full_window_blames_the_scan_not_its_size():
+    """A scan filling the window, with no Gaussian, points at its content and the HU window the model sees."""
+    from medgmae.zeroshot import ZeroShotResult
+
+    g = Gaussians3D(torch.zeros(1, 0, 3), torch.ones(1, 0, 3), torch.zeros(1, 0, 4), torch.zeros(1, 0))
+    res = ZeroShotResult(g, g, (30, 30, 30), np.eye(4), SPEC, np.eye(4)[None], grid=(30, 30, 30), window=(24, 24, 24))
+    assert res.no_gaussians_reason() == ("is the scan empty? (the model sees HU in [-175, 250]; a scan all below or "
+                                         "all above it is one value to the model)")  # fmt: skip
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_the_recorded_pre_processing_is_stated(tmp_path, caplog, recorded):
+    """Zero-shot inference said nothing of the orientation, spacing and HU window it read from ``model.pt``
+    (fine-tuning states them): one line naming the file and the recorded values; a model recording none is
+    warned about with the default instead."""
+    import logging
+
+    import nibabel as nib
+
+    from medgmae.mae_training import inference
+
+    spec = PreprocessingSpec(orientation="LPS", spacing=(2.0, 2.0, 3.0), hu_window=(-500, 500), input_size=16, patch_size=8)
+    model = _tiny_model_file(tmp_path / "model.pt", spec if recorded else None)
+    scan = np.full((20, 20, 12), -1000.0, np.float32)
+    scan[5:15, 5:15, 3:9] = 40.0
+    nib.save(nib.Nifti1Image(scan, np.diag([1.5, 1.5, 2.5, 1.0])), str(tmp_path / "ct.nii.gz"))
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        try:
+            inference.GaussianInference(model, tmp_path / "ct.nii.gz", tmp_path / "out", device="cpu").run()
+        except ValueError as e:  # an untrained decoder may place nothing in the scan: the statement came first
+            assert "placed no Gaussian" in str(e)
+    said = [r.getMessage() for r in caplog.records if "pre-processing recorded in" in r.getMessage()]
+    if recorded:
+        assert said == [f"pre-processing recorded in {tmp_path / 'model.pt'}: orientation LPS, spacing 2 x 2 x 3 mm, "
+                        "HU window [-500, 500], input 16x16x16"]  # fmt: skip
+    else:
+        assert said == [] and "records no pre-processing" in caplog.text

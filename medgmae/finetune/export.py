@@ -103,6 +103,8 @@ def describe_network(
         ``{"network_data_format", "description", "label_classes", "pred_classes"}`` to merge into the metadata.
     """
     fmt = template.get("network_data_format", {})
+    # "hounsfield" with the windowed value_range, as MONAI's model-zoo CT bundles describe their inputs: the format
+    # names the data the pre-processing starts from, value_range what the network then receives
     image = {"type": "image", "format": "hounsfield", "modality": "CT", "dtype": "float32", "is_patch_data": True,
              **fmt.get("inputs", {}).get("image", {})}  # fmt: skip
     channels = {str(c): "image" if in_channels == 1 else f"image channel {c}" for c in range(in_channels)}

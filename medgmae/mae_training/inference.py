@@ -138,7 +138,12 @@ class GaussianInference:
         ).to(self.device).eval()
         spec = model_preprocessing(model, str(self.model_path))
         warn_if_not_hu(volume.array, spec, str(self.image_path))
+        if model.preprocessing is not None:  # else model_preprocessing warned of the default it uses
+            logger.info("pre-processing recorded in %s: %s", self.model_path, spec.describe())
         res = zero_shot_gaussians(volume.array, volume.affine, model, spec, overlap=self.overlap, batch_size=self.batch_size)
+        if res.voxel.num_gaussians == 0:  # an empty .ply and a constant rendering would say nothing
+            raise ValueError(f"{self.image_path}: the decoder placed no Gaussian in the scan, nothing was written: "
+                             f"{res.no_gaussians_reason()}")  # fmt: skip
         with torch.no_grad():
             rendered = res.voxel.to(self.device).render(res.shape, model.cutoff, model.render_backend)[0].cpu().numpy()
         return self._write(volume.array, volume.affine, res, rendered)
