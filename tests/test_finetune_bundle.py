@@ -662,7 +662,8 @@ def test_segmentation_report_analytic_dice(tmp_path, caplog):
         metrics = report.write()
     assert metrics["absent_class_predictions"] == {"liver": {"cases_absent": 1, "predicted_in": 1},
                                                    "spleen": {"cases_absent": 3, "predicted_in": 2}}  # fmt: skip
-    assert "false positives, in no Dice): liver in 1 of 1, spleen in 2 of 3" in caplog.text
+    assert ("false positives, in no Dice): liver in 1 of the 1 case lacking it, spleen in 2 of the 3 cases lacking "
+            "it") in caplog.text
     with open(tmp_path / "per_case_dice.csv") as f:
         assert [r["predicted_but_absent"] for r in csv.DictReader(f)] == ["spleen", "liver;spleen", ""]
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):

@@ -213,7 +213,7 @@ class CheckpointHandler:
             return
         self._saved_epoch, self._last_epoch = True, engine.state.epoch
         if self.resume:
-            self._remove_interrupted("it has saved a later checkpoint")
+            self._remove_interrupted("has saved a later checkpoint")
         elif removed := self._earlier_run.remove(keep=saved):
             logger.info("removed %d file%s of the earlier run from %s: %s", len(removed), "s" if len(removed) > 1 else "",
                         self.output_dir, file_list(removed, self.output_dir))  # fmt: skip
@@ -258,7 +258,7 @@ class CheckpointHandler:
         if rank_world()[0] == 0:
             self._prune_epoch_checkpoints()  # a run stopped between an epoch's save and its pruning finishes it here
             if self.resume:
-                self._remove_interrupted("it has ended")
+                self._remove_interrupted("has ended")
 
     def _interrupted_advice(self, engine: Engine | None = None) -> str | None:
         """How to go on after Ctrl-C when no epoch checkpoint of this run (saved or resumed from) exists yet, for the

@@ -175,7 +175,8 @@ class SegmentationReport:
         shown = "n/a (no labelled class)" if mean is None else f"{mean:.5f}"  # as the per-case lines
         logger.info("mean Dice %s over %s -> %s", shown, cases, self.output_dir)
         absent = self.metrics["absent_class_predictions"]
-        fps = [f"{n} in {a['predicted_in']} of {a['cases_absent']}" for n, a in absent.items() if a["predicted_in"]]
+        fps = [f"{n} in {a['predicted_in']} of the {a['cases_absent']} case{'' if a['cases_absent'] == 1 else 's'} "
+               "lacking it" for n, a in absent.items() if a["predicted_in"]]  # fmt: skip
         if fps:  # Dice leaves these cases out of the class's mean; a reader of the means would not know
             logger.info("predicted in cases whose reference lacks the class (false positives, in no Dice): %s; "
                         "the CSV's predicted_but_absent column names the cases", ", ".join(fps))  # fmt: skip
