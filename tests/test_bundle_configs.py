@@ -126,6 +126,23 @@ def test_an_unusable_device_is_named_with_the_settings(path):
     assert "CUDA is not available" in named["--device"] or "does not exist" in named["--device"], named
 
 
+#: the other configs with a device setting (evaluation, inference; the multi-process config takes each process's GPU)
+DEVICE_CONFIGS = [p for p in CONFIGS if p.name not in ("train.json", "multi_gpu_train.json") and "device" in json.loads(p.read_text())]
+
+
+@pytest.mark.parametrize("path", DEVICE_CONFIGS, ids=[f"{p.parents[1].name}/{p.name}" for p in DEVICE_CONFIGS])
+def test_evaluation_and_inference_name_an_unusable_device_with_the_settings(path):
+    """``--device cuda`` on a machine without CUDA was a ValueError when the runner was built, after the settings
+    check that says 'bad setting(s), nothing was written': now one of its lines, as in training."""
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    parser.update({"device": "cuda:99"})
+    with pytest.raises(BundleSettingError) as err:
+        check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
+    named = {line.split(":")[0].strip(): line for line in str(err.value).splitlines()[1:]}
+    assert "CUDA is not available" in named["--device"] or "does not exist" in named["--device"], named
+
+
 #: the model kinds each training bundle writes (medgmae.checkpoint.CHECKPOINT_KINDS)
 RUN_KINDS = {"gmae2d_pretrain": ["gmae2d"], "gvit_classification": ["gvit"], "medgmae_pretrain": ["medgmae", "medgmae-star", "voxel-mae"],
              "unetr_finetune": ["medgmae-unetr"]}  # fmt: skip
