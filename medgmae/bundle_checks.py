@@ -27,7 +27,7 @@ from medgmae.bundle_errors import summarise_errors
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
 
-__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "process_problems", "roi_size_check", "unknown_key_problems", "MIN_IMAGE_SIZE"]
+__all__ = ["BundleSettingError", "check_settings", "kind_problem", "check_output_dirs", "process_problems", "roi_size_check", "unknown_key_problems", "MIN_IMAGE_SIZE"]
 
 logger = logging.getLogger("medgmae")
 
@@ -96,6 +96,12 @@ def _problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any], setti
     except argparse.ArgumentTypeError as e:
         return str(e)
     return None
+
+
+def kind_problem(value: Any, kind: str) -> str | None:
+    """Why ``value`` is not of the :data:`KINDS` name ``kind`` (e.g. ``"nonneg_int"``), as :func:`check_settings`
+    says it, else ``None``: for a bundle's own check that starts with a plain kind."""
+    return _problem(value, kind, {})
 
 
 def _image_size_problem(value: Any, settings: Mapping[str, tuple]) -> str | None:

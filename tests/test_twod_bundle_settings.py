@@ -317,3 +317,22 @@ def test_gmae2d_summary_commands_name_an_image_that_exists(tmp_path, source):
         assert image == tmp_path / "run" / "example_slice.png"
         shown = parser.get_parsed_content("val#dataset")[0]["image"]
         np.testing.assert_allclose(read_image(image), shown.numpy(), atol=0.5 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("settings, refused", [({"max_epochs": 0}, True), ({"max_epochs": "0"}, True),
+                                               ({"max_epochs": 3, "warmup_epochs": 0, "classifier_epochs": 0, "joint_epochs": 0}, True),
+                                               ({"max_epochs": 0, "joint_epochs": 1}, False), ({"max_epochs": 1}, False)])  # fmt: skip
+def test_gvit_refuses_no_epoch_in_any_phase_with_the_settings(settings, refused):
+    """``--max_epochs 0`` passed the settings check (a non-negative integer), wrote the default task's images and
+    then failed in the workflow ('every phase has 0 epochs'): refused with the other settings, before anything is
+    written, naming the phases' epochs; a phase given its own epochs still trains."""
+    parser = ConfigParser()
+    parser.read_config(GVIT_TRAIN)
+    parser.update(settings)
+    if not refused:
+        check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
+        return
+    with pytest.raises(BundleSettingError) as err:
+        check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
+    assert ("--max_epochs: every phase has 0 epochs (--warmup_epochs 0, --classifier_epochs 0, --joint_epochs 0"
+            in str(err.value))  # fmt: skip
