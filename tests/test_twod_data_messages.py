@@ -1,6 +1,7 @@
 """What the 2D datasets say about the folders they are given."""
 
 import logging
+import re
 
 import nibabel as nib
 import numpy as np
@@ -127,3 +128,25 @@ def test_a_folder_of_images_alone_logs_no_skipped_files(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         image_folder_items(tmp_path)
     assert "skipped" not in caplog.text
+
+
+def test_a_folder_without_images_names_the_files_it_skipped(tmp_path):
+    """A folder of a README.txt (and a hidden .DS_Store) says what it skipped in its "holds no images" error, in
+    every 2D folder reader (it said only "holds no images")."""
+    from medgmae.twod.gvit_infer import inference_images
+
+    (tmp_path / "README.txt").write_text("about")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    skipped = re.escape("; skipped 1 file(s) that are not images: README.txt")
+    with pytest.raises(ValueError, match=rf"dataset_dir {tmp_path} holds no images \(.*\){skipped}$"):
+        image_folder_items(tmp_path)
+    with pytest.raises(ValueError, match=rf"--image_dir {tmp_path} holds no images \(.*\){skipped}$"):
+        inference_images(None, tmp_path)
+    classes = tmp_path / "classes"
+    for name in ("bar", "disc"):
+        (classes / name).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(classes / "disc" / "0.png")
+    (classes / "bar" / "notes.md").write_text("notes")
+    with pytest.raises(ValueError, match=r"class folder .*bar holds no images \(.*\); skipped 1 file\(s\) that are "
+                                         r"not images: bar/notes\.md$"):  # fmt: skip
+        scan_image_folder(classes)

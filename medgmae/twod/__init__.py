@@ -6,7 +6,8 @@ backend), :mod:`~medgmae.twod.gmae` (2D GMAE),
 :mod:`~medgmae.twod.layering` (its zero-shot depth layering, figure-ground and edges), :mod:`~medgmae.twod.cli`
 (``medgmae-2d``), :mod:`~medgmae.twod.images` (the 2D image reader and PNG writers), :mod:`~medgmae.twod.windows`
 (the intensity window setting), :mod:`~medgmae.twod.data2d`
-(the loader, phantom slices and the 2D GMAE dataset), :mod:`~medgmae.twod.gvit` (GViT), :mod:`~medgmae.twod.guidance`,
+(the loader, phantom slices and the 2D GMAE dataset), :mod:`~medgmae.twod.image_folders` (the one listing of
+the 2D image folders), :mod:`~medgmae.twod.gvit` (GViT), :mod:`~medgmae.twod.guidance`,
 :mod:`~medgmae.twod.gvit_train`, :mod:`~medgmae.twod.gvit_eval` and :mod:`~medgmae.twod.classification_data`.
 """
 

@@ -93,7 +93,8 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     the folder and its class folders that are not images (a ``README.txt``) are left out, in one logged line.
 
     Raises:
-        ValueError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images.
+        ValueError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images (the
+            files it holds named: :func:`~medgmae.twod.data2d.skipped_files_note`).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -107,15 +108,17 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
                 else f"holds no class sub-folders and no images ({other} other file(s))" if other else "is empty")  # fmt: skip
         raise ValueError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
     _require_classes(classes, f"dataset folder {root}")
-    items, empty = [], []
+    items, empty, empty_left_out = [], [], []
     for idx, name in enumerate(classes):
         files, left_out = listed_files(root / name, recursive=False)
         others += left_out
         empty += [] if files else [str(root / name)]
+        empty_left_out += [] if files else left_out
         items += [{"image": str(f), "label": idx} for f in files]
-    if empty:  # every one named at once
+    if empty:  # every one named at once, with what they hold
+        skipped = skipped_files_note(empty_left_out, root)
         raise ValueError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold{'' if len(empty) > 1 else 's'} "
-                         f"no images ({', '.join(IMAGE_SUFFIXES)})")  # fmt: skip
+                         f"no images ({', '.join(IMAGE_SUFFIXES)})" + (f"; {skipped}" if skipped else ""))  # fmt: skip
     skipped = skipped_files_note(others, root)
     if skipped:
         logger.info("dataset folder %s: %s", root, skipped)

@@ -5,7 +5,9 @@
   anterior at the top), and :func:`window_to_image` windows one to ``[0, 1]`` at the model's size: the one
   phantom-slice generator of 2D GMAE (:func:`phantom_slices`) and GViT
   (:func:`medgmae.twod.phantom_task.write_phantom_slice_task`).
-* :func:`image_folder_items` lists PNG/JPEG/NIfTI/DICOM files of a folder (recursively).
+* :func:`image_folder_items` lists PNG/JPEG/NIfTI/DICOM files of a folder (recursively), with
+  :func:`medgmae.twod.image_folders.listed_files` (re-exported here, with :func:`skipped_files_note` and
+  :func:`no_images_message`).
 * :class:`LoadImage2Dd` is the one loader of 2D image files, for 2D GMAE and GViT: a MONAI dictionary transform
   that reads a file with :func:`medgmae.twod.images.read_image` and brings it to the model's channels and size
   with :func:`medgmae.twod.images.to_model_input`.
@@ -26,9 +28,8 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
+from medgmae.twod.image_folders import listed_files, no_images_message, skipped_files_note
 from medgmae.twod.images import (
-    IMAGE_SUFFIXES,
-    has_dicom_preamble,
     holds_several_slices,
     is_windowed,
     read_image,
@@ -51,6 +52,7 @@ __all__ = [
     "listed_files",
     "several_slices_notes",
     "skipped_files_note",
+    "no_images_message",
 ]
 
 logger = logging.getLogger("medgmae.twod")
@@ -149,46 +151,6 @@ def edge_map(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def _visible_files(folder: Path, recursive: bool) -> list[Path]:
-    """The files in ``folder`` (and its sub-folders), sorted, hidden ones (macOS's ``._x.png`` resource files,
-    anything under a hidden folder) left out."""
-    listed = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in listed if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def listed_files(folder: Path, recursive: bool = True) -> tuple[list[Path], list[Path]]:
-    """``(image files, other files)`` of ``folder`` (and its sub-folders), each sorted, in one listing: the images
-    (PNG/JPEG/BMP/TIFF/NIfTI/DICOM by ending, and DICOM files without an ending, such as a scanner's ``IM0001``, by
-    content) and the files left out as not images (which :func:`skipped_files_note` names); hidden ones (macOS's
-    ``._x.png`` resource files, anything under a hidden folder) in neither. The one listing of the 2D readers:
-    training folders, class folders and the images GViT classifies."""
-    images, others = [], []
-    for p in _visible_files(folder, recursive):
-        (images if _is_image_file(p) else others).append(p)
-    return images, others
-
-
-def _is_image_file(path: Path) -> bool:
-    """An image by its ending, or a DICOM file by its preamble (:func:`~medgmae.twod.images.has_dicom_preamble`)."""
-    return path.name.lower().endswith(IMAGE_SUFFIXES) or has_dicom_preamble(path)
-
-
-def skipped_files_note(others: Sequence[Path], root: Path, shown: int = 5) -> str | None:
-    """The line a reader logs for the files :func:`listed_files` left out as not images (a ``README.txt``, a
-    ``labels.csv``): ``"skipped 2 file(s) that are not images: README.txt, a/labels.csv"``, the first ``shown`` named
-    relative to ``root`` (then ``...``); ``None`` when there are none.
-
-    Args:
-        others: the files left out (the second list of :func:`listed_files`, of one folder or several).
-        root: the folder the names are relative to.
-        shown: how many are named.
-    """
-    if not others:
-        return None
-    names = [str(p.relative_to(root)) for p in others[:shown]] + (["..."] if len(others) > shown else [])
-    return f"skipped {len(others)} file(s) that are not images: {', '.join(names)}"
-
-
 def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list[dict]:
     """``[{"image": path}, ...]`` for every readable-looking image under ``dataset_dir`` (sorted, recursive).
 
@@ -205,7 +167,7 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
         raise FileNotFoundError(f"dataset_dir not found or not a folder: {folder}")
     files, others = listed_files(folder)
     if not files:
-        raise ValueError(f"dataset_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(no_images_message(f"dataset_dir {folder}", others, folder))
     if log:
         note = "".join(f"; {n}" for n in several_slices_notes(files))
         logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)

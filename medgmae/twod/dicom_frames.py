@@ -3,11 +3,38 @@ which :mod:`medgmae.twod.images` (the one 2D image reader, which reads DICOM fil
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_dicom_frame"]
+__all__ = ["read_dicom_frame", "dicom_without_pixels", "NO_PIXELS"]
+
+#: Why a DICOM file without pixel data is not an image: a DICOMDIR (the directory record of a CD or PACS export),
+#: a structured report, a presentation state or a key object selection holds no pixels to show.
+NO_PIXELS = "a DICOM file without pixel data (a directory record / report), not an image"
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def dicom_without_pixels(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a readable DICOM file that holds no pixel data (a ``DICOMDIR``, a structured report, a
+    presentation state), from its header alone: the data set is read up to its pixel data
+    (``stop_before_pixels``, long values skipped), and holds none when that reading ends at the end of the file
+    and it describes no image either (no ``Rows``).
+
+    ``False`` for a file with pixel data, for an image's header cut before its pixels, and for a file whose header
+    cannot be read (not DICOM, or damaged): the reader (:func:`read_dicom_frame`) names its problem when it is
+    loaded.
+    """
+    import pydicom
+
+    try:
+        with open(path, "rb") as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=1024)
+            return f.read(1) == b"" and "Rows" not in ds  # bytes left: reading stopped before pixel data
+    except Exception:  # pydicom raises several types for files that are not DICOM or are damaged
+        return False
 
 
 def read_dicom_frame(
@@ -20,6 +47,11 @@ def read_dicom_frame(
 
     try:
         ds = pydicom.dcmread(str(path))
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
+        raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
+    if not any(k in ds for k in _PIXEL_KEYWORDS) and "Rows" not in ds:  # not an image's header cut short
+        raise ValueError(f"{path}: {NO_PIXELS}{_sop_class_words(ds)}")
+    try:
         arr = ds.pixel_array.astype(np.float32)
     except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
         raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
@@ -47,6 +79,15 @@ def read_dicom_frame(
         arr = -arr
         window = None if window is None else (-window[1], -window[0])
     return _radiological_frame(arr[None], ds), window, which
+
+
+def _sop_class_words(ds) -> str:
+    """``" (Media Storage Directory Storage)"``: the file's SOP class by name, or ``""`` without one."""
+    uid = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) or getattr(ds, "SOPClassUID", None)
+    if not uid:
+        return ""
+    name = getattr(uid, "name", "") or str(uid)
+    return f" ({name})"
 
 
 #: The LPS direction each world axis should run along an image axis shown radiologically (as the NIfTI path shows

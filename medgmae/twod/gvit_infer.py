@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from medgmae.files import atomic_write, given_more_than_once
-from medgmae.twod.data2d import listed_files, several_slices_notes, skipped_files_note
-from medgmae.twod.images import IMAGE_SUFFIXES, read_image_source, slice_text, to_model_input
+from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
+from medgmae.twod.images import read_image_source, slice_text, to_model_input
 from medgmae.twod.windows import recorded_window
 
 __all__ = ["inference_images", "load_inference_model", "classify_images"]
@@ -58,7 +58,7 @@ def inference_images(images: str | Sequence[str] | None, image_dir: str | Path |
             raise ValueError(f"--image_dir {folder}: not found or not a folder")
         found, others = listed_files(folder)
         if not found:
-            raise ValueError(f"--image_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(no_images_message(f"--image_dir {folder}", others, folder))
         skipped = skipped_files_note(others, folder)
         if skipped:
             logger.info("--image_dir %s: %s", folder, skipped)
