@@ -16,7 +16,7 @@ case "${1:-}" in
   *) echo "usage: bash scripts/setup.sh [--test]" >&2; exit 2 ;;
 esac
 
-TORCH_SPEC="torch>=2.8"  # as pyproject.toml: the oldest PyTorch the test suite has passed on
+TORCH_SPEC="torch>=2.8"  # as pyproject.toml: MONAI 1.6's own minimum
 if "$PY" -c "import torch" 2>/dev/null; then
   echo "[setup] PyTorch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
