@@ -3,7 +3,7 @@
 Subcommands::
 
     medgmae-recon simulate --volume ct.nii.gz --geometry parallel|cone --views N [--arc DEG] [--photons I0] --out DIR
-    medgmae-recon fbp --projections P.npy --geometry G.json [--filter hann] --out fbp.nii.gz
+    medgmae-recon fbp --projections P.npy --geometry G.json [--filter hann] --out runs/fbp.nii.gz
     medgmae-recon reconstruct --projections P.npy --geometry G.json [--fbp F.nii.gz] [--preset toolkit|3dgr-ct]
                   [--init random|fbp|medgmae|3dgr-ct] [--checkpoint model.pt] [--iterations N] [--reference R.nii.gz]
                   --out DIR
@@ -70,7 +70,7 @@ PROJECTIONS_HELP = "line integrals: .npy of shape (views, rows, cols), or a Meta
 
 UNITS_EPILOG = """units: simulate reads a CT in HU and writes attenuation volumes in 1/mm (mu = 0.0192 (1 + HU / 1000),
 clipped at 0); fbp, reconstruct and evaluate read and write attenuation in 1/mm (a --reference or --fbp is the
-attenuation volume simulate wrote, e.g. scan/reference.nii.gz)."""
+attenuation volume simulate wrote, e.g. runs/scan/reference.nii.gz)."""
 
 UNIT_CHECK_EPILOG = """A volume whose range belongs to the other unit is refused (HU: below -100 or above 10 where 1/mm is
 expected; 1/mm: every value within [-1, 1] where HU is expected); --no-unit-check skips that check."""
@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fbp(sub)
     _add_reconstruct(sub)
     e = _parser(sub, "evaluate", "PSNR/SSIM of a reconstruction, printed as JSON")
-    e.add_argument("--recon", required=True, help="reconstructed attenuation volume, 1/mm (e.g. rec/recon.nii.gz)")
+    e.add_argument("--recon", required=True, help="reconstructed attenuation volume, 1/mm (e.g. runs/rec/recon.nii.gz)")
     e.add_argument("--reference", required=True,
-                   help="reference attenuation volume, 1/mm, on the same voxel grid (e.g. scan/reference.nii.gz)")
+                   help="reference attenuation volume, 1/mm, on the same voxel grid (e.g. runs/scan/reference.nii.gz)")
     _add_unit_check(e)
     s = _parser(sub, "select", "rank reconstructions of one scan by held-out error (runs of reconstruct --holdout-views N)")
     s.add_argument("--runs", nargs="+", required=True, help="output folders of reconstruct, the same scan and --holdout-views")
@@ -186,7 +186,7 @@ def _add_reconstruct(sub) -> None:
                         "its half-resolution grid); for medgmae with the toolkit preset the budget its sparse start "
                         "grows to (the same default), with the 3dgr-ct preset (whose density control does not grow to "
                         "a budget) the number the decoder's Gaussians are subdivided to (default: as decoded)")
-    r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. scan/reference.nii.gz) for PSNR/SSIM")
+    r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. runs/scan/reference.nii.gz) for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None,
                    help="project a random subset of this many views per iteration (default: all views)")
     r.add_argument("--tv", type=nonneg_float, default=0.0,
