@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import uuid
+import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -275,6 +276,15 @@ def _looks_like_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
+def _cut_short(path: Path) -> bool:
+    """Whether ``path`` starts as a ``torch.save`` zip archive but lacks the end record every complete one has (a
+    copy or write that stopped early). Torch's own errors for such a file vary with where it was cut (a zip "central
+    directory" error, or ``OSError: [Errno 22]`` when memory-mapped)."""
+    with open(path, "rb") as f:
+        zipped = f.read(4).startswith(b"PK\x03\x04")
+    return zipped and not zipfile.is_zipfile(path)
+
+
 def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with errors naming the file.
 
@@ -317,6 +327,9 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
         if not _looks_like_torch_file(path):  # torch's own words (e.g. about mmap and zip files) would not help
             raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
                              "is this the right path?") from e
+        if _cut_short(path):
+            raise ValueError(f"{path}: not a complete PyTorch file: truncated or damaged (its zip archive has no end "
+                             f"record, as when a copy or write stopped early); write or copy the {what} again") from e
         if isinstance(e, RuntimeError) and "deserialize object on" in str(e):  # the file is fine: the device is not
             raise ValueError(f"{path}: cannot load this {what} onto map_location={map_location!r}: that device is "
                              f"not available here (use map_location='cpu'). ({str(e).splitlines()[0]})") from e

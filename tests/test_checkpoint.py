@@ -105,7 +105,7 @@ def test_corrupt_truncated_and_foreign_files_are_named(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     torch.save([1, 2], tmp_path / "list.pt")
     torch.save({"objects": {"network": {"w": torch.zeros(1)}, "optimizer": {"state": {}}}}, tmp_path / "checkpoint_final.pt")
-    for name, pattern in (("truncated.pt", "not a readable PyTorch file"), ("text.pt", "not a (readable )?PyTorch file"),
+    for name, pattern in (("truncated.pt", "not a complete PyTorch file: truncated or damaged"), ("text.pt", "not a (readable )?PyTorch file"),
                           ("summary.json", "not a PyTorch file"), ("noise.pt", "not a PyTorch file"),
                           ("foreign.pt", "not a model checkpoint of this toolkit"), ("list.pt", "not a model checkpoint"),
                           ("checkpoint_final.pt", r"a training-state checkpoint .*fine-tuning: best_model\.pt")):  # fmt: skip

@@ -228,3 +228,22 @@ def test_the_write_check_leaves_the_folders_times_as_they_were(tmp_path):
     os.utime(tmp_path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
     assert output_dir_problem(tmp_path / "run") is None and output_dir_problem(tmp_path) is None
     assert os.stat(tmp_path).st_mtime_ns == 1_000_000_000_000_000_000
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_truncated_torch_file_is_called_truncated_wherever_it_was_cut(tmp_path, mmap):
+    """Torch's errors for a cut-short file depend on where it was cut (a zip "central directory" error, or
+    ``OSError: [Errno 22] Invalid argument`` when memory-mapped): every cut gets the one message naming the file."""
+    import torch
+
+    from medgmae.files import load_torch_file
+
+    torch.save({"kind": "recon-gaussians", "params": torch.zeros(1000)}, tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    for n in (10, len(data) // 3, len(data) // 2, len(data) - 300, len(data) - 40, len(data) - 1):
+        cut.write_bytes(data[:n])
+        with pytest.raises(ValueError) as refused:
+            load_torch_file(cut, what="reconstruction state", mmap=mmap)
+        assert str(refused.value).startswith(f"{cut}: not a complete PyTorch file: truncated or damaged"), (n, refused.value)
+        assert "write or copy the reconstruction state again" in str(refused.value) and "Errno" not in str(refused.value)
