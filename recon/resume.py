@@ -95,17 +95,21 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
         The state (for :meth:`recon.gaussian_recon.GaussianReconstructor.load_state_dict`).
 
     Raises:
-        CLIError: no state; a state of another scan or other settings (each differing field named, its saved value
+        CLIError: no state; not a reconstruction state (:func:`recon.state.check_state`: refused as soon as it is
+            read, before any work); a state of another scan or other settings (each differing field named, its saved value
             and this run's);
             ``iterations`` below the saved iteration.
     """
     from medgmae.files import load_torch_file
+    from recon.state import check_state
 
     if not state_path.is_file():
         raise CLIError(f"--resume: no saved state {state_path}")
     state = load_torch_file(state_path, what="reconstruction state")
-    if not isinstance(state, dict):
-        raise CLIError(f"--resume: {state_path} is not a reconstruction state")
+    try:
+        check_state(state)
+    except ValueError as e:
+        raise CLIError(f"cannot resume from {state_path}: {e}") from e
     saved = state.get("run_info")
     if saved is None:  # written before the fingerprint was recorded: only the preset can be checked
         preset = state.get("config", {}).get("preset_name", "toolkit")

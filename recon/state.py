@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from recon.gaussian_recon import GaussianReconstructor
 
-__all__ = ["CHECKPOINT_KIND", "PARAMS", "RECON_STATE", "reconstructor_state", "restore_reconstructor"]
+__all__ = ["CHECKPOINT_KIND", "PARAMS", "RECON_STATE", "check_state", "reconstructor_state", "restore_reconstructor"]
 
 #: The state's file name in a reconstruction's output folder.
 RECON_STATE = "recon_state.pt"
@@ -55,6 +55,21 @@ def reconstructor_state(rec: GaussianReconstructor) -> dict:
     }
 
 
+def check_state(state) -> None:
+    """Refuse what is not a :func:`reconstructor_state` (checked as soon as a state is read, before any work).
+
+    Raises:
+        ValueError: not a reconstruction state (naming the kind it holds, e.g. a pre-trained model's
+            ``'medgmae'``), or one lacking entries.
+    """
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        kind = state.get("kind") if isinstance(state, dict) else None
+        raise ValueError(f"not a Gaussian reconstruction checkpoint (kind {kind!r}, not {CHECKPOINT_KIND!r})")
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"the checkpoint lacks {missing} (written by an older version: start a new run)")
+
+
 def restore_reconstructor(rec: GaussianReconstructor, state: dict) -> None:
     """Restore a :func:`reconstructor_state` into ``rec`` (built for the same scan) and record the resume in
     ``rec.resumed``: ``{"iteration", "seconds_before"}``, the latter ``None`` for a state that saved no time (an
@@ -68,11 +83,7 @@ def restore_reconstructor(rec: GaussianReconstructor, state: dict) -> None:
         ValueError: not a reconstruction state, one lacking entries, or one of a run that did (not) hold out views
             when this one does not (does).
     """
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"not a Gaussian reconstruction checkpoint (kind {state.get('kind') if isinstance(state, dict) else None!r})")
-    missing = [k for k in _REQUIRED if k not in state]
-    if missing:
-        raise ValueError(f"the checkpoint lacks {missing} (written by an older version: start a new run)")
+    check_state(state)
     if (state.get("holdout") is None) != (rec.holdout is None):
         raise ValueError(f"the saved run {'held out' if state.get('holdout') else 'did not hold out'} views, this one "
                          f"{'does' if rec.holdout else 'does not'}")  # fmt: skip

@@ -95,15 +95,21 @@ def test_older_states_without_a_fingerprint_resume_with_a_warning(saved, tmp_pat
     assert "records no scan fingerprint" in capsys.readouterr().err
 
 
-def test_a_state_of_another_kind_is_refused_without_a_traceback(saved, tmp_path, capsys):
-    """A recon_state.pt that is not a reconstruction's (no iteration) is refused naming it (exit 2), not a KeyError
-    raised by the resume line announcing the saved iteration."""
+@pytest.mark.parametrize("kind", ["other", "medgmae"])
+def test_a_state_of_another_kind_is_refused_before_any_work(saved, tmp_path, capsys, kind):
+    """A recon_state.pt that is not a reconstruction's (a pre-trained model.pt copied over it: kind 'medgmae') is
+    refused naming it and its kind (exit 2) as soon as it is read: no resume line, no projector, no start built."""
     scan, _, _, _ = saved
     other = tmp_path / "other"
     other.mkdir()
-    torch.save({"kind": "other"}, other / "recon_state.pt")
+    torch.save({"kind": kind, "iteration": 0, "state_dict": {"w": torch.zeros(2)}}, other / "recon_state.pt")
+    capsys.readouterr()
     assert main(_args(scan, other, "--iterations", "6", "--resume")) == 2
-    assert f"cannot resume from {other / 'recon_state.pt'}: not a Gaussian reconstruction checkpoint" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert (f"cannot resume from {other / 'recon_state.pt'}: not a Gaussian reconstruction checkpoint (kind "
+            f"{kind!r}, not 'recon-gaussians')") in said.err
+    assert "resuming" not in said.out and "building the projector" not in said.out and "initialising" not in said.out
+    assert sorted(p.name for p in other.iterdir()) == ["recon_state.pt"]
 
 
 def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypatch, capsys):
