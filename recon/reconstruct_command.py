@@ -84,7 +84,7 @@ class _Inputs(NamedTuple):
 
 def _read_inputs(args) -> _Inputs:
     """Check the flags and read the scan, volumes, model and resumable state (nothing is written)."""
-    from recon.resume import load_resume_state, run_settings, scan_fingerprint
+    from recon.resume import input_fingerprints, load_resume_state, run_settings, scan_fingerprint
 
     _check_flags(args)
     geom, proj = load_scan(args.projections, args.geometry)
@@ -96,7 +96,8 @@ def _read_inputs(args) -> _Inputs:
     fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume", "--fbp", check) if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
     state_path = Path(args.out) / RECON_STATE
-    run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings)}
+    run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings),
+                "files": input_fingerprints(args)}  # fmt: skip
     state = load_resume_state(state_path, run_info, args.iterations) if args.resume else None
     if not args.resume and state_path.is_file():
         print(f"note: {args.out} holds an earlier run's {RECON_STATE}: this run replaces it when it saves its first "

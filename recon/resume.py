@@ -2,9 +2,12 @@
 recorded in ``recon_state.pt`` (and the fingerprint in ``metrics.json``), and the checks of ``--resume`` against them.
 
 A state resumes only the run that wrote it: the same projections (shape and SHA-256 of their float32 bytes), the
-same geometry (SHA-256 of its JSON content) and the same settings (:func:`run_settings`). ``--iterations`` may
+same geometry (SHA-256 of its JSON content), the same settings (:func:`run_settings`) and the same content of the
+files the start is rebuilt from (``--checkpoint``, ``--fbp``: SHA-256 of their bytes, :func:`input_fingerprints`;
+pre-training rewrites ``model.pt`` in place every epoch). ``--iterations`` may
 differ (not below the saved iteration): the learning-rate and density-control schedules then follow the new
-length. States written before fingerprints were recorded still load, with a warning, after their preset is checked.
+length. States written before fingerprints were recorded still load, with a warning, after their preset is checked;
+so do states written before the files' content was recorded.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from medgmae.settings_diff import settings_differences
 from recon.commands import CLIError
 from recon.geometry import CTGeometry
 
-__all__ = ["load_resume_state", "run_settings", "scan_fingerprint", "SCAN_KEYS"]
+__all__ = ["input_fingerprints", "load_resume_state", "run_settings", "scan_fingerprint", "SCAN_KEYS"]
 
 #: The fingerprint entries that identify a scan (the paths are recorded too, but a moved scan is the same scan).
 SCAN_KEYS = ("projections_shape", "projections_sha256", "geometry_sha256")
@@ -51,6 +54,41 @@ def scan_fingerprint(proj: np.ndarray, geom: CTGeometry, proj_path: str, geom_pa
         "projections": str(Path(proj_path).resolve()),
         "geometry": str(Path(geom_path).resolve()),
     }
+
+
+def _file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_fingerprints(args) -> dict:
+    """The content of the files a run's start is built from, which a resume rebuilds the start from again: for
+    ``--checkpoint`` and ``--fbp`` when given, ``{"path": absolute path, "sha256": SHA-256 of the file's bytes}``."""
+    given = (("--checkpoint", getattr(args, "checkpoint", None)), ("--fbp", getattr(args, "fbp", None)))
+    return {flag: {"path": str(Path(path).resolve()), "sha256": _file_sha256(path)} for flag, path in given if path}
+
+
+def _changed_files(saved: dict, now: dict, state_path: Path) -> list[str]:
+    """One line per file of :func:`input_fingerprints` whose content differs from what the saved run read (a file
+    at another path is a setting that differs, named by :func:`_differences`); a saved run that recorded no
+    content (an older version) is warned about."""
+    if "files" not in saved:
+        if now.get("files"):
+            print(f"warning: --resume: {state_path} records no fingerprint of the content of {', '.join(now['files'])} "
+                  "(an older version wrote it): nothing checks that the files are those the run started from",
+                  file=sys.stderr)  # fmt: skip
+        return []
+    out = []
+    for flag, mine in (now.get("files") or {}).items():
+        theirs = (saved["files"] or {}).get(flag)
+        if theirs and theirs.get("path") == mine["path"] and theirs.get("sha256") != mine["sha256"]:
+            out.append(f"{flag} {mine['path']} changed since the saved run read it (sha256 saved {theirs['sha256'][:12]}, "
+                       f"now {mine['sha256'][:12]}): the resumed start would be rebuilt from other content")  # fmt: skip
+    return out
 
 
 def run_settings(args, init_settings: dict) -> dict:
@@ -98,6 +136,7 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
         CLIError: no state; not a reconstruction state (:func:`recon.state.check_state`: refused as soon as it is
             read, before any work); a state of another scan or other settings (each differing field named, its saved value
             and this run's);
+            a ``--checkpoint`` or ``--fbp`` file at the saved path whose content changed (each named);
             ``iterations`` below the saved iteration.
     """
     from medgmae.files import load_torch_file
@@ -121,6 +160,10 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
         diffs = _differences(saved, run_info)
         if diffs:
             raise CLIError(f"--resume: {state_path} was saved by a run of another scan or with other settings: " + "; ".join(diffs))
+        changed = _changed_files(saved, run_info, state_path)
+        if changed:
+            raise CLIError(f"--resume: {state_path}: " + "; ".join(changed) + ". Restore the file the run started from, "
+                           "or start a new run (another --out, or this one without --resume)")  # fmt: skip
     done = int(state.get("iteration", 0))
     if iterations < done:
         raise CLIError(f"--resume: {state_path} is at iteration {done} but --iterations is {iterations}: give --iterations "

@@ -246,3 +246,51 @@ def test_a_new_run_over_a_saved_state_says_it_replaces_it(saved, tmp_path, capsy
     assert torch.load(again / "recon_state.pt", weights_only=True)["iteration"] == 2
     assert main(_args(scan, tmp_path / "fresh", "--iterations", "2")) == 0
     assert "holds an earlier run's" not in capsys.readouterr().err
+
+
+def _model(path: Path, seed: int) -> None:
+    """A tiny pre-trained-model file for --init medgmae (its window 16 voxels at the scan's 12 mm)."""
+    from medgmae.networks.medgmae import MedGMAE
+    from medgmae.preprocessing import PreprocessingSpec
+
+    torch.manual_seed(seed)
+    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=48, render_backend="torch")
+    m.preprocessing = PreprocessingSpec(spacing=12.0, input_size=16, patch_size=8)
+    torch.save(m.model_checkpoint(), path)
+
+
+def test_resume_refuses_a_checkpoint_or_fbp_whose_content_changed_at_the_same_path(saved, tmp_path, capsys):
+    """The start a resume rebuilds (and metrics.json's initial Gaussians and start) come from --checkpoint and --fbp:
+    a file rewritten in place (pre-training rewrites model.pt every epoch) is refused, naming it; the same files
+    resume; a state that recorded no content (an older version) resumes with a warning."""
+    scan = saved[0]
+    model, fbp = tmp_path / "model.pt", tmp_path / "fbp.nii.gz"
+    _model(model, 0)
+    fbp.write_bytes((scan / "fbp.nii.gz").read_bytes())
+    out = tmp_path / "runs" / "run"  # _contents: the runs folder only, not the files changed beside it
+    flags = ("--init", "medgmae", "--checkpoint", str(model), "--fbp", str(fbp))
+    assert main(_args(scan, out, "--iterations", "2", *flags)) == 0
+    state = out / "recon_state.pt"
+    before, original_model, original_fbp = _contents(out), model.read_bytes(), fbp.read_bytes()
+    img = nib.load(str(fbp))
+    changes = {"--checkpoint": (model, lambda: _model(model, 1)),
+               "--fbp": (fbp, lambda: nib.save(nib.Nifti1Image(img.get_fdata().astype(np.float32) * 1.01, img.affine), str(fbp)))}  # fmt: skip
+    for flag, (path, change) in changes.items():
+        change()
+        capsys.readouterr()
+        assert main(_args(scan, out, "--iterations", "4", "--resume", *flags)) == 2, flag
+        said = capsys.readouterr()
+        assert f"--resume: {state}: {flag} {path} changed since the saved run read it (sha256 saved " in said.err, said.err
+        assert "Restore the file the run started from, or start a new run" in said.err and "resuming" not in said.out
+        other = "--fbp" if flag == "--checkpoint" else "--checkpoint"
+        assert f"{other} " not in said.err.split(str(state))[1]  # only the changed file is named
+        assert _contents(out) == before, flag
+        model.write_bytes(original_model), fbp.write_bytes(original_fbp)
+    old = torch.load(state, weights_only=True)
+    del old["run_info"]["files"]  # as an older version wrote it
+    torch.save(old, tmp_path / "old_state.pt")
+    assert main(_args(scan, out, "--iterations", "4", "--resume", *flags)) == 0  # the same files resume
+    assert "changed since" not in capsys.readouterr().err
+    (tmp_path / "old_state.pt").replace(state)
+    assert main(_args(scan, out, "--iterations", "6", "--resume", *flags)) == 0
+    assert "records no fingerprint of the content of --checkpoint, --fbp (an older version" in capsys.readouterr().err
