@@ -179,12 +179,21 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
     # the held-out choice wrote an earlier iteration's Gaussians: the growth is the rounds' largest count
-    rounds = [{"iteration": 10, "cloned": 3, "split": 0, "pruned": 0, "num_gaussians": 5},
-              {"iteration": 20, "cloned": 0, "split": 0, "pruned": 1, "num_gaussians": 4}]  # fmt: skip
+    rounds = [{"iteration": 5, "cloned": 3, "split": 0, "pruned": 0, "num_gaussians": 5},
+              {"iteration": 10, "cloned": 0, "split": 0, "pruned": 1, "num_gaussians": 4}]  # fmt: skip
     print_summary({**base, "num_gaussians": 2, "density_rounds": rounds,
                    "init_settings": {"init": "medgmae", "grow_to": 1500}}, tmp_path)  # fmt: skip
     assert ("grew to at most 5 (the 2 written are those of the held-out choice) of its budget of 1500: its last "
-            "density-control round was at iteration 20, and rounds run until iteration 12") in capsys.readouterr().out
+            "density-control round was at iteration 10, and rounds run until iteration 12") in capsys.readouterr().out
+    # resumed with a shorter --iterations: the last round (20) was on the earlier run's longer schedule, past this
+    # run's end of rounds (12), and the note says so rather than reading as a contradiction
+    rounds[-1]["iteration"] = 20
+    print_summary({**base, "num_gaussians": 4, "density_rounds": rounds, "resumed": {"iteration": 20, "seconds_before": 1.0},
+                   "init_settings": {"init": "medgmae", "grow_to": 1500}}, tmp_path)  # fmt: skip
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("its last density-control round, at iteration 20, was on the longer schedule of the run it resumed "
+            "(--iterations set when rounds end), and on this run's 20 iterations, rounds end at iteration 12") in text, text
+    assert "and rounds run until" not in text
     # the curve's points: a run shorter than --eval-every has one, at its last iteration
     from recon.reconstruct_summary import outputs
 
