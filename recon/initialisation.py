@@ -287,7 +287,8 @@ def medgmae_init(
     res = zero_shot_gaussians(mu_to_hu(vol, mu_water).cpu(), zyx_affine(affine), model, spec=spec, overlap=overlap,
                               batch_size=batch_size, min_intensity=min_intensity)  # fmt: skip
     if res.voxel.num_gaussians == 0:
-        raise ValueError("the MedGMAE decoder produced no Gaussians inside the volume (is the FBP volume empty?)")
+        raise ValueError(f"the MedGMAE decoder produced no Gaussians inside the volume: {res.no_gaussians_reason()}; "
+                         "or start from --init fbp")  # fmt: skip
     g = res.voxel.to(vol.device)
     slope = res.spec.hu_per_unit / 1000.0 * mu_water
     g = Gaussians3D(g.means, g.scales.clamp_min(0.3), g.quats, g.intensities * slope)

@@ -250,3 +250,19 @@ def test_medgmae_init_fit_recovers_what_the_window_clipped():
     fitted = medgmae_init(vol, np.diag([1.5, 1.5, 1.5, 1.0]), model, fit_iterations=3, **kw)
     assert float((_render(gain, shape) - vol).abs().max()) > 0.03 * float(vol.max())  # the clipped bump: one level
     torch.testing.assert_close(_render(fitted, shape), vol, rtol=1e-4, atol=1e-6)
+
+
+def test_no_gaussians_names_a_scan_smaller_than_the_window_or_else_an_empty_fbp():
+    """When the decoder keeps no Gaussian the error names the likely cause: a scan that, on the model's grid, is
+    mostly padding of its window (its shape and the window given), or else an FBP with nothing in the window."""
+    spec = PreprocessingSpec(spacing=1.5, input_size=16, patch_size=8)
+    air = lambda shape: hu_to_mu(torch.full(shape, -1000.0))  # noqa: E731  (the stub's Gaussians all at 1e-3: dropped)
+    with pytest.raises(ValueError) as small:
+        medgmae_init(air((6, 8, 5)), np.diag([1.5, 1.5, 1.5, 1.0]), VoxelStubModel(16), spec=spec)
+    message = str(small.value)
+    assert message.startswith("the MedGMAE decoder produced no Gaussians inside the volume: the scan is 5x8x6 voxels "
+                              "at the model's 1.5x1.5x1.5 mm, smaller than its 16x16x16 window"), message
+    assert "give a scan of the field of view the model was pre-trained on" in message and "empty" not in message
+    with pytest.raises(ValueError, match=r"no Gaussians inside the volume: is the scan empty\? \(the model sees HU in "
+                                         r"\[-175, 250\]"):  # fmt: skip
+        medgmae_init(air((16, 16, 16)), np.diag([1.5, 1.5, 1.5, 1.0]), VoxelStubModel(16), spec=spec)
