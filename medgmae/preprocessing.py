@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "PreprocessingSpec", "DEFAULT_SPEC", "model_preprocessing", "spec_with_overrides", "check_spec_setting", "check_spacing_override",
+    "PreprocessingSpec", "DEFAULT_SPEC", "describe_preprocessing", "model_preprocessing", "spec_with_overrides", "check_spec_setting", "check_spacing_override",
     "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "looks_like_shifted_hu", "looks_like_hu",
     "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
@@ -270,6 +270,16 @@ def spec_with_overrides(
                     "from its %s", name, list(mine), name, list(theirs), source, trained_by,
                 )
     return dataclasses.replace(base, spacing=out_spacing, hu_window=out_window)
+
+
+def describe_preprocessing(spec: PreprocessingSpec, origins: Mapping[str, str], size_name: str = "crop") -> str:
+    """The one line that says what a consumer prepares data with and where each part came from (``origins``: the
+    ``orientation``, ``spacing`` and ``hu_window``'s, e.g. ``recorded in .../encoder.pt``, ``given``, ``default``):
+    ``pre-processing: orientation RAS (...), spacing [1.5, 1.5, 1.5] mm (...), HU window [-175.0, 250.0] (...),
+    crop 96x96x96`` (``size_name``: what ``input_size`` is to the consumer)."""
+    return (f"pre-processing: orientation {spec.orientation} ({origins['orientation']}), spacing {list(spec.spacing)} mm "
+            f"({origins['spacing']}), HU window {list(spec.hu_window)} ({origins['hu_window']}), "
+            f"{size_name} {'x'.join(map(str, spec.input_size))}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- units of a volume

@@ -80,6 +80,7 @@ class _Inputs(NamedTuple):
     run_info: dict
     state: dict | None
     device: torch.device
+    model_spec: tuple | None  # --init medgmae: (the spec, its record), start.model_start_spec
 
 
 def _read_inputs(args) -> _Inputs:
@@ -95,6 +96,7 @@ def _read_inputs(args) -> _Inputs:
     reference = load_matching_volume(args.reference, geom, "reference", "--reference", check)[0] if args.reference else None
     fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume", "--fbp", check) if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
+    model_spec = start.model_start_spec(model, args.model_spacing, args.checkpoint) if model is not None else None
     state_path = Path(args.out) / RECON_STATE
     run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings),
                 "files": input_fingerprints(args)}  # fmt: skip
@@ -105,7 +107,7 @@ def _read_inputs(args) -> _Inputs:
     device = resolve_cli_device(args.device)
     if model is not None:
         model = model.to(device).eval()
-    return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device)
+    return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device, model_spec)
 
 
 def _reconstruct(args) -> int:
@@ -134,7 +136,8 @@ def _reconstruct(args) -> int:
     else:  # the start is still built: its shapes receive the state, its PSNR / SSIM are iteration 0's record
         print(f"resuming from {state_path} at iteration {int(x.state.get('iteration', 0))} (rebuilding the --init "
               f"{init_settings['init']} start it replaces)...", flush=True)  # fmt: skip
-    init, value_scale = start.initialise(args, init_settings, start_fbp, affine, model)
+    spec = x.model_spec[0] if x.model_spec else None
+    init, value_scale = start.initialise(args, init_settings, start_fbp, affine, model, spec)
     init_seconds = time.perf_counter() - t0
     cfg = _config(args, init_settings, init)
     ref_t = None if reference is None else torch.from_numpy(reference)
@@ -150,12 +153,14 @@ def _reconstruct(args) -> int:
     result = rec.run(checkpoint_path=state_path, progress=progress)
     holdout = _holdout_record(args, rec, result)
     if args.refit and result.best_iteration is not None:
-        init_fn = lambda: start.initialise(args, init_settings, fbp_t, affine, model)  # noqa: E731
+        init_fn = lambda: start.initialise(args, init_settings, fbp_t, affine, model, spec)  # noqa: E731
         holdout["init_seconds"] = init_seconds  # the held-out run's start; the record's own is the refit's
         rec, result, start_eval, init, init_seconds = _refit(rec, init_fn, result.best_iteration, progress=progress)
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, x.run_info["scan"], projector_seconds
     metrics["start"] = start_eval
+    if x.model_spec:  # the zero-shot start's pre-processing, read from the model (--model-spacing applied)
+        metrics["init_settings"] = {**init_settings, "preprocessing": x.model_spec[1]}
     if reference is not None:
         metrics["final"] = evaluate(result.volume.cpu().numpy(), reference)
         metrics["fbp"] = evaluate(fbp_t.cpu().numpy(), reference)

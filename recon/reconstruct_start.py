@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["FEW_ZERO_SHOT", "density_overrides", "init_settings", "initialise"]
+__all__ = ["FEW_ZERO_SHOT", "density_overrides", "init_settings", "initialise", "model_start_spec"]
 
 
 def _model_spec(model, spacing: float | None, checkpoint: str):
@@ -20,8 +20,26 @@ def _model_spec(model, spacing: float | None, checkpoint: str):
     return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
 
 
-def initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarray, model):
-    """The initial Gaussians and the intensity unit (``None``: the reconstructor's default)."""
+def model_start_spec(model, spacing: float | None, checkpoint: str):
+    """The zero-shot start's pre-processing (:func:`_model_spec`), said in one line as fine-tuning says its own
+    (:func:`medgmae.preprocessing.describe_preprocessing`), each part's source named.
+
+    Returns:
+        ``(spec, record)``: the record, for metrics.json, is the spec's entries and ``"from"``: where the
+        orientation, spacing and HU window came from.
+    """
+    from medgmae.preprocessing import describe_preprocessing
+
+    spec = _model_spec(model, spacing, checkpoint)
+    recorded = f"recorded in {checkpoint}" if getattr(model, "preprocessing", None) is not None else "default"
+    origins = {"orientation": recorded, "spacing": recorded if spacing is None else "given by --model-spacing", "hu_window": recorded}
+    print(f"--init medgmae {describe_preprocessing(spec, origins, 'window')}", flush=True)
+    return spec, {**spec.to_dict(), "from": origins}
+
+
+def initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarray, model, spec=None):
+    """The initial Gaussians and the intensity unit (``None``: the reconstructor's default); ``spec``: the zero-shot
+    start's pre-processing (:func:`model_start_spec`; ``None``: read from ``model``)."""
     from recon.initialisation import calibrate_intensities, fbp_init, medgmae_init, random_init
     from recon.init_3dgr import init_3dgr_ct
 
@@ -44,7 +62,7 @@ def initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarra
             init = calibrate_intensities(init, fbp_t)
     else:
         budget = init_settings.get("num_gaussians")  # 3DGR-CT's preset: the decoder's Gaussians subdivided to it
-        spec = _model_spec(model, args.model_spacing, args.checkpoint)
+        spec = spec or _model_spec(model, args.model_spacing, args.checkpoint)
         init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=budget, seed=args.seed)
         _warn_if_few(init.num_gaussians, budget or init_settings.get("grow_to"), spec, getattr(model, "total_gaussians", None))
         if budget is not None:

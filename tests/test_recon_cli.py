@@ -136,7 +136,16 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
             assert [r["iteration"] for r in metrics["density_rounds"]] == [10]  # densify_until: 0.6 x 20
             rnd = metrics["density_rounds"][0]
             assert rnd["num_gaussians"] == metrics["history"][2]["num_gaussians"] > metrics["initial_gaussians"]  # at 12
-            assert f"density control: 1 round (iteration 10): {rnd['cloned']} cloned, {rnd['split']} split" in capsys.readouterr().out
+            said = capsys.readouterr().out
+            assert f"density control: 1 round (iteration 10): {rnd['cloned']} cloned, {rnd['split']} split" in said
+            # the pre-processing read from model.pt is said once, as fine-tuning says its own, and recorded
+            recorded = f"recorded in {model_file[0]}"
+            assert [ln for ln in said.splitlines() if "pre-processing" in ln] == [
+                f"--init medgmae pre-processing: orientation RAS ({recorded}), spacing [12.0, 12.0, 12.0] mm ({recorded}), "
+                f"HU window [-175.0, 250.0] ({recorded}), window 16x16x16"]  # fmt: skip
+            spec = metrics["init_settings"]["preprocessing"]
+            assert spec["spacing"] == [12.0] * 3 and spec["hu_window"] == [-175.0, 250.0] and spec["input_size"] == [16] * 3
+            assert spec["orientation"] == "RAS" and spec["from"] == {k: recorded for k in ("orientation", "spacing", "hu_window")}
         else:
             assert metrics["initial_gaussians"] == 200
         _check_slices(out / "slices.png", rows=4)

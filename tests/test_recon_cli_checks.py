@@ -359,3 +359,21 @@ def test_a_model_without_recorded_preprocessing_is_named_in_a_warning(caplog):
         "voxels, HU window [-175.0, 250.0]")  # fmt: skip
     assert "or use --model-spacing for the spacing" in caplog.records[0].getMessage()
     assert len(caplog.records) == 1
+
+def test_the_zero_shot_start_says_its_preprocessing_and_where_each_part_came_from(capsys):
+    """One line, worded as fine-tuning's, names the pre-processing --init medgmae prepares the scan with: the model's
+    recorded spec, --model-spacing where given, the default where the model records none; the record says the same."""
+    from types import SimpleNamespace
+
+    from medgmae.preprocessing import PreprocessingSpec
+    from recon.reconstruct_start import model_start_spec
+
+    model = SimpleNamespace(preprocessing=PreprocessingSpec(spacing=2.0, hu_window=(-200.0, 300.0), input_size=48, patch_size=12))
+    spec, record = model_start_spec(model, 3.0, "/m/model.pt")
+    assert capsys.readouterr().out == ("--init medgmae pre-processing: orientation RAS (recorded in /m/model.pt), spacing "
+                                       "[3.0, 3.0, 3.0] mm (given by --model-spacing), HU window [-200.0, 300.0] (recorded "
+                                       "in /m/model.pt), window 48x48x48\n")  # fmt: skip
+    assert record == {**spec.to_dict(), "from": {"orientation": "recorded in /m/model.pt", "spacing": "given by --model-spacing",
+                                                 "hu_window": "recorded in /m/model.pt"}}  # fmt: skip
+    model_start_spec(SimpleNamespace(preprocessing=None), None, "/m/old.pt")
+    assert "orientation RAS (default), spacing [1.5, 1.5, 1.5] mm (default)" in capsys.readouterr().out

@@ -36,7 +36,7 @@ from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
 )  # fmt: skip
-from medgmae.preprocessing import PreprocessingSpec, spec_with_overrides
+from medgmae.preprocessing import PreprocessingSpec, describe_preprocessing, spec_with_overrides
 
 __all__ = [
     "DatasetError",
@@ -321,9 +321,7 @@ def finetune_spec(
         pixdim = DEFAULT_PIXDIM
     spec = spec_with_overrides(recorded, pixdim, hu_range, source=str(pretrained))
     spec = dataclasses.replace(spec, input_size=roi_size, patch_size=enc_patch or patch_size or spec.patch_size)
-    logger.info("pre-processing: orientation %s (%s), spacing %s mm (%s), HU window %s (%s), crop %s",
-                spec.orientation, origin(None), list(spec.spacing), spacing_from, list(spec.hu_window), window_from,
-                "x".join(map(str, spec.input_size)))  # fmt: skip
+    logger.info("%s", describe_preprocessing(spec, {"orientation": origin(None), "spacing": spacing_from, "hu_window": window_from}))
     return spec
 
 
