@@ -120,12 +120,6 @@ class PreprocessingSpec:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: invalid pre-processing record ({e})") from e
 
-    def describe(self) -> str:
-        """One line for logs: ``orientation RAS, spacing 1.5 x 1.5 x 1.5 mm, HU window [-175, 250], input
-        96x96x96``."""
-        return (f"orientation {self.orientation}, spacing {' x '.join(f'{v:g}' for v in self.spacing)} mm, HU window "
-                f"[{self.hu_window[0]:g}, {self.hu_window[1]:g}], input {'x'.join(map(str, self.input_size))}")
-
     # ------------------------------------------------------------------ intensities
     def window(self, hu):
         """HU -> model intensities (tensor or array), clipped when :attr:`clip`."""

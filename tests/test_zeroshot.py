@@ -355,9 +355,10 @@ def test_the_recorded_pre_processing_is_stated(tmp_path, caplog, recorded):
             inference.GaussianInference(model, tmp_path / "ct.nii.gz", tmp_path / "out", device="cpu").run()
         except ValueError as e:  # an untrained decoder may place nothing in the scan: the statement came first
             assert "placed no Gaussian" in str(e)
-    said = [r.getMessage() for r in caplog.records if "pre-processing recorded in" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing:")]
     if recorded:
-        assert said == [f"pre-processing recorded in {tmp_path / 'model.pt'}: orientation LPS, spacing 2 x 2 x 3 mm, "
-                        "HU window [-500, 500], input 16x16x16"]  # fmt: skip
+        where = f"recorded in {tmp_path / 'model.pt'}"
+        assert said == [f"pre-processing: orientation LPS ({where}), spacing [2.0, 2.0, 3.0] mm ({where}), HU window "
+                        f"[-500.0, 500.0] ({where}), window 16x16x16"]  # fmt: skip
     else:
         assert said == [] and "records no pre-processing" in caplog.text

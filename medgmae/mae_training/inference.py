@@ -20,7 +20,7 @@ from medgmae.engine import resolve_device
 from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png, voxel_sizes
 from medgmae.files import save_nifti_atomic
 from medgmae.networks.medgmae import MedGMAE
-from medgmae.preprocessing import model_preprocessing, warn_if_not_hu
+from medgmae.preprocessing import describe_preprocessing, model_preprocessing, warn_if_not_hu
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
 __all__ = ["GaussianInference", "model_path_check", "overlap_check", "slices_png", "volume_path_check"]
@@ -139,7 +139,8 @@ class GaussianInference:
         spec = model_preprocessing(model, str(self.model_path))
         warn_if_not_hu(volume.array, spec, str(self.image_path))
         if model.preprocessing is not None:  # else model_preprocessing warned of the default it uses
-            logger.info("pre-processing recorded in %s: %s", self.model_path, spec.describe())
+            origins = dict.fromkeys(("orientation", "spacing", "hu_window"), f"recorded in {self.model_path}")
+            logger.info("%s", describe_preprocessing(spec, origins, "window"))
         res = zero_shot_gaussians(volume.array, volume.affine, model, spec, overlap=self.overlap, batch_size=self.batch_size)
         if res.voxel.num_gaussians == 0:  # an empty .ply and a constant rendering would say nothing
             raise ValueError(f"{self.image_path}: the decoder placed no Gaussian in the scan, nothing was written: "
