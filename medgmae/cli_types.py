@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
 __all__ = ["INTEGER_NAMES", "as_bool", "count_or_all", "expand_home", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
-           "positive_float", "positive_int", "proper_fraction", "unit_interval"]
+           "positive_float", "positive_int", "proper_fraction", "unit_interval", "ToolParser"]
 
 T = TypeVar("T", int, float)
 
@@ -160,3 +160,30 @@ def expand_home(args: argparse.Namespace) -> argparse.Namespace:
     for name, value in vars(args).items():
         setattr(args, name, [home(v) for v in value] if isinstance(value, list) else home(value))
     return args
+
+
+class ToolParser(argparse.ArgumentParser):
+    """The argument parser of every command-line tool: no abbreviated options (argparse would take ``--num-c`` for
+    ``--num-cases``, so that a typo or a flag of another tool picks a flag silently), and an unknown option after a
+    subcommand reported with that subcommand's usage (argparse reports it with the top-level one).
+
+    Subparsers (``add_subparsers``) are of this class too. Exits with status 2 on a usage error, as argparse does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's)
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._innermost(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _innermost(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The (sub)parser of the subcommand ``parsed`` chose, this one without subcommands."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and getattr(parsed, action.dest, None) in action.choices:
+                sub = action.choices[getattr(parsed, action.dest)]
+                return sub._innermost(parsed) if isinstance(sub, ToolParser) else sub
+        return self

@@ -58,7 +58,7 @@ import sys
 import threading
 
 from medgmae.bundle_errors import Terminated, catch_sigterm
-from medgmae.cli_types import expand_home, nonneg_float, nonneg_int, positive_float, positive_int
+from medgmae.cli_types import ToolParser, expand_home, nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 from recon.select_command import cmd_select
@@ -118,7 +118,7 @@ def _add_unit_check(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``medgmae-recon`` argument parser: one subparser per command, choices from the modules that define them."""
-    p = argparse.ArgumentParser(prog="medgmae-recon", description="CT simulation, FBP/FDK and 3DGR-CT Gaussian reconstruction.",
+    p = ToolParser(prog="medgmae-recon", description="CT simulation, FBP/FDK and 3DGR-CT Gaussian reconstruction.",
                                 epilog=EPILOG, formatter_class=_HelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     _add_simulate(sub)

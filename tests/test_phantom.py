@@ -110,6 +110,16 @@ def test_cli_writes(tmp_path, capsys):
     assert (tmp_path / "d" / "labelsTr" / "case_0000.nii.gz").is_file()
 
 
+def test_cli_says_kept_when_the_dataset_was_already_generated(tmp_path, capsys):
+    """A second run with the same settings keeps the dataset (nothing is generated again): it said 'wrote'."""
+    argv = ["--out", str(tmp_path / "d"), "--num-cases", "1", "--shape", "16", "16", "12", "--spacing", "8"]
+    last = lambda: capsys.readouterr().out.splitlines()[-1]  # noqa: E731  (after a line per case written)
+    assert main(argv) == 0 and last().startswith(f"wrote {tmp_path / 'd' / 'dataset.json'} (1 training")
+    assert main(argv) == 0
+    assert last().startswith(f"kept {tmp_path / 'd' / 'dataset.json'} (already generated with these settings: 1 training")
+    assert main(argv[:-1] + ["6"]) == 0 and last().startswith("wrote ")  # another spacing
+
+
 def test_cli_holds_out_one_validation_case_of_a_small_set(tmp_path, capsys):
     """3 cases (3 // 5 = 0) still give a validation list, which fine-tuning needs; the help says so."""
     assert main(["--out", str(tmp_path / "d"), "--num-cases", "3", "--shape", "16", "16", "12", "--spacing", "8"]) == 0

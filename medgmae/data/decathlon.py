@@ -226,9 +226,9 @@ def _names(text: str) -> dict[int, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medgmae.cli_types import nonneg_int
+    from medgmae.cli_types import ToolParser, nonneg_int
 
-    p = argparse.ArgumentParser(prog="medgmae-datalist", description=__doc__.split("\n\n")[0].replace("``", ""))
+    p = ToolParser(prog="medgmae-datalist", description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("folder", help="the folder holding imagesTr/ and labelsTr/ (and imagesTs/)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of the labelled cases kept for validation, strictly between 0 and 1 (default 0.2)")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from medgmae.checkpoint import TrainingStateError
-from medgmae.cli_types import expand_home, nonneg_float, nonneg_int, positive_int
+from medgmae.cli_types import ToolParser, expand_home, nonneg_float, nonneg_int, positive_int
 from medgmae.engine import resolve_device
 from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs
 from medgmae.twod import layering as L
@@ -45,9 +45,9 @@ FIRST_COUNT = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medgmae-2d", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog="medgmae-2d", description=__doc__.split("\n\n")[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = ToolParser(add_help=False)
     common.add_argument("--checkpoint", required=True, type=Path, help="model.pt (kind gmae2d) or a training checkpoint")
     common.add_argument("--image", required=True, type=Path, help="PNG/JPEG/BMP/TIFF, NIfTI or DICOM image")
     common.add_argument("--out", required=True, type=Path, help="output folder (created)")

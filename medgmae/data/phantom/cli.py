@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medgmae.cli_types import expand_home, nonneg_int, positive_float, positive_int
+from medgmae.cli_types import ToolParser, expand_home, nonneg_int, positive_float, positive_int
 from medgmae.data.phantom.generator import DEFAULT_SHAPE, DEFAULT_SPACING
 from medgmae.data.phantom.writer import write_phantom_dataset
 
@@ -31,7 +31,7 @@ def default_num_validation(num_cases: int) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``medgmae-phantom`` argument parser."""
-    p = argparse.ArgumentParser(
+    p = ToolParser(
         prog="medgmae-phantom",
         description="Write a Decathlon-style dataset of synthetic abdominal CT phantoms (NIfTI images and labels).",
     )
@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cases in the validation list, taken from --num-cases (default num-cases // 5, at least 1 "
                         "when num-cases >= 2: fine-tuning needs a validation list; 0 for a single case)")
     return p
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``(inode, modification time)`` of ``path``, ``None`` when it does not exist: a file written again (to a
+    temporary name, then renamed) has another."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,13 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a folder")
     t0 = time.perf_counter()
+    before = _identity(out / "dataset.json")
     try:
         json_path = write_phantom_dataset(out, args.num_cases, seed=args.seed, shape=tuple(args.shape),
                                           spacing=spacing, num_validation=args.num_validation, verbose=True)
     except ValueError as e:
         parser.error(f"--out: {e}")
     doc = json.loads(json_path.read_text())
-    print(f"wrote {json_path} ({doc['numTraining']} training + {doc['numValidation']} validation cases, "
+    # an existing dataset of these settings is kept as it is (write_phantom_dataset): its dataset.json is the same file
+    kept = before is not None and _identity(json_path) == before
+    print(f"{'kept' if kept else 'wrote'} {json_path} ({'already generated with these settings: ' if kept else ''}{doc['numTraining']} training + {doc['numValidation']} validation cases, "
           f"shape {tuple(args.shape)}, spacing {spacing} mm, {time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -1,0 +1,38 @@
+"""Every command-line tool parses its flags with ``medgmae.cli_types.ToolParser``: no abbreviated options, and an
+unknown option of a subcommand reported with that subcommand's usage. Checked on the tools themselves."""
+
+from __future__ import annotations
+
+import pytest
+
+from medgmae.data.decathlon import main as datalist_main
+from medgmae.data.phantom.cli import main as phantom_main
+from medgmae.twod.cli import main as twod_main
+from recon.cli import main as recon_main
+
+
+@pytest.mark.parametrize("main, argv, abbreviated", [
+    (phantom_main, ["--out", "X", "--num-cases", "1", "--sha", "16", "16", "16"], "--sha"),
+    (datalist_main, ["X", "--validation-frac", "0.3"], "--validation-frac"),
+    (recon_main, ["simulate", "--volume", "v.nii.gz", "--geometry", "parallel", "--out", "o", "--phot", "1e5"], "--phot"),
+    (twod_main, ["layers", "--checkpoint", "m.pt", "--image", "i.png", "--out", "o", "--num-lay", "4"], "--num-lay"),
+])  # fmt: skip
+def test_an_abbreviated_option_is_not_taken_for_the_whole_one(main, argv, abbreviated, capsys):
+    """argparse took ``--sha`` for ``--shape``: a typo, or a flag of another tool, picked an option silently."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"unrecognized arguments: {abbreviated}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main, argv, usage", [
+    (recon_main, ["evaluate", "--recon", "r.nii.gz", "--reference", "f.nii.gz", "--bogus"], "usage: medgmae-recon evaluate"),
+    (twod_main, ["edges", "--checkpoint", "m.pt", "--image", "i.png", "--out", "o", "--bogus"], "usage: medgmae-2d edges"),
+])  # fmt: skip
+def test_an_unknown_option_of_a_subcommand_shows_that_subcommands_usage(main, argv, usage, capsys):
+    """The usage printed with the error is the subcommand's (argparse printed the top-level one, which lists only
+    the subcommands' names)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage) and "unrecognized arguments: --bogus" in err, err
