@@ -285,7 +285,10 @@ def _cut_short(path: Path) -> bool:
     return zipped and not zipfile.is_zipfile(path)
 
 
-def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint", mmap: bool = False) -> Any:
+def load_torch_file(
+    path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint", mmap: bool = False,
+    damaged_advice: str | None = None,
+) -> Any:
     """``torch.load(weights_only=True)`` with errors naming the file.
 
     Args:
@@ -293,6 +296,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
         map_location: where tensors are loaded.
         what: the file, as messages name it.
         mmap: memory-map the file, so that tensors not used are not read (files written by ``torch.save``).
+        damaged_advice: what a truncated or damaged file's message advises (default: write or copy it again).
 
     Returns:
         The loaded object.
@@ -329,7 +333,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
                              "is this the right path?") from e
         if _cut_short(path):
             raise ValueError(f"{path}: not a complete PyTorch file: truncated or damaged (its zip archive has no end "
-                             f"record, as when a copy or write stopped early); write or copy the {what} again") from e
+                             f"record, as when a copy or write stopped early); {damaged_advice or f'write or copy the {what} again'}") from e
         if isinstance(e, RuntimeError) and "deserialize object on" in str(e):  # the file is fine: the device is not
             raise ValueError(f"{path}: cannot load this {what} onto map_location={map_location!r}: that device is "
                              f"not available here (use map_location='cpu'). ({str(e).splitlines()[0]})") from e

@@ -85,9 +85,10 @@ class _Inputs(NamedTuple):
 
 def _read_inputs(args) -> _Inputs:
     """Check the flags and read the scan, volumes, model and resumable state (nothing is written)."""
-    from recon.resume import input_fingerprints, load_resume_state, run_settings, scan_fingerprint
+    from recon.resume import changed_while_read, input_fingerprints, load_resume_state, run_settings, scan_fingerprint
 
     _check_flags(args)
+    files = input_fingerprints(args, missing_ok=True)  # before they are read: compared with after, below
     geom, proj = load_scan(args.projections, args.geometry)
     init_settings = start.init_settings(args, int(np.prod(geom.volume_shape)))
     _check_holdout_flags(args, geom)
@@ -98,8 +99,13 @@ def _read_inputs(args) -> _Inputs:
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
     model_spec = start.model_start_spec(model, args.model_spacing, args.checkpoint) if model is not None else None
     state_path = Path(args.out) / RECON_STATE
+    files, read = input_fingerprints(args), files
+    if changed := changed_while_read(read, files):
+        named = ", ".join(f"{flag} {files[flag]['path']}" for flag in changed)
+        raise CLIError(f"{named} changed while it was read (is "
+                       "a run writing it, e.g. a pre-training saving model.pt each epoch?): run again once it is written")
     run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings),
-                "files": input_fingerprints(args)}  # fmt: skip
+                "files": files}  # fmt: skip
     state = load_resume_state(state_path, run_info, args.iterations) if args.resume else None
     if not args.resume and state_path.is_file():
         print(f"note: {args.out} holds an earlier run's {RECON_STATE}: this run replaces it when it saves its first "

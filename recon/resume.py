@@ -65,11 +65,20 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def input_fingerprints(args) -> dict:
+def input_fingerprints(args, missing_ok: bool = False) -> dict:
     """The content of the files a run's start is built from, which a resume rebuilds the start from again: for
-    ``--checkpoint`` and ``--fbp`` when given, ``{"path": absolute path, "sha256": SHA-256 of the file's bytes}``."""
+    ``--checkpoint`` and ``--fbp`` when given, ``{"path": absolute path, "sha256": SHA-256 of the file's bytes}``
+    (``missing_ok``: files that are not there are left out, for their readers to name)."""
     given = (("--checkpoint", getattr(args, "checkpoint", None)), ("--fbp", getattr(args, "fbp", None)))
-    return {flag: {"path": str(Path(path).resolve()), "sha256": _file_sha256(path)} for flag, path in given if path}
+    return {flag: {"path": str(Path(path).resolve()), "sha256": _file_sha256(path)} for flag, path in given
+            if path and not (missing_ok and not Path(path).is_file())}  # fmt: skip
+
+
+def changed_while_read(before: dict, after: dict) -> list[str]:
+    """The flags of :func:`input_fingerprints` ``before`` the files were read whose content differs ``after``: a
+    file rewritten while it was read (a pre-training run saving ``model.pt`` each epoch), so that the start may be
+    built from other content than the fingerprint a resume compares."""
+    return [flag for flag, mine in before.items() if after.get(flag, {}).get("sha256") != mine["sha256"]]
 
 
 def _changed_files(saved: dict, now: dict, state_path: Path) -> list[str]:
@@ -126,7 +135,8 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
 
     Args:
         state_path: ``OUT/recon_state.pt``.
-        run_info: this run's ``{"scan": scan_fingerprint(...), "settings": run_settings(...)}``.
+        run_info: this run's ``{"scan": scan_fingerprint(...), "settings": run_settings(...), "files":
+            input_fingerprints(...)}``.
         iterations: ``--iterations`` of this run.
 
     Returns:
@@ -144,7 +154,9 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
 
     if not state_path.is_file():
         raise CLIError(f"--resume: no saved state {state_path}")
-    state = load_torch_file(state_path, what="reconstruction state")
+    state = load_torch_file(state_path, what="reconstruction state", damaged_advice="start a new run (without --resume, "
+                            "or another --out): runs write their state whole or not at all, so a copy or another "
+                            "program cut this one short")
     try:
         check_state(state)
     except ValueError as e:

@@ -294,3 +294,42 @@ def test_resume_refuses_a_checkpoint_or_fbp_whose_content_changed_at_the_same_pa
     (tmp_path / "old_state.pt").replace(state)
     assert main(_args(scan, out, "--iterations", "6", "--resume", *flags)) == 0
     assert "records no fingerprint of the content of --checkpoint, --fbp (an older version" in capsys.readouterr().err
+
+
+def test_a_checkpoint_rewritten_while_it_is_read_is_refused(saved, tmp_path, capsys, monkeypatch):
+    """The fingerprint a resume compares was taken after the model was loaded: a pre-training run rewriting model.pt
+    in between gave a start built from one file and a fingerprint of another. Now taken before and after: refused,
+    naming the file, nothing written."""
+    import recon.reconstruct_command as command
+
+    scan = saved[0]
+    model = tmp_path / "model.pt"
+    _model(model, 0)
+    load = command._load_model
+
+    def load_then_rewrite(args):  # the writer's next epoch lands while this run reads the file
+        loaded = load(args)
+        _model(model, 1)
+        return loaded
+
+    monkeypatch.setattr(command, "_load_model", load_then_rewrite)
+    out = tmp_path / "run"
+    assert main(_args(scan, out, "--iterations", "2", "--init", "medgmae", "--checkpoint", str(model))) == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint {model.resolve()} changed while it was read" in err, err
+    assert not out.exists()
+
+
+def test_a_truncated_state_advises_a_new_run(saved, tmp_path, capsys):
+    """A recon_state.pt cut short cannot be 'written or copied again' (the loader's advice for model files): the
+    message says to start a new run."""
+    import shutil
+
+    scan, _, _, out = saved
+    cut = shutil.copytree(out, tmp_path / "cut")
+    data = (cut / "recon_state.pt").read_bytes()
+    (cut / "recon_state.pt").write_bytes(data[: len(data) // 2])
+    assert main(_args(scan, cut, "--iterations", "6", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "not a complete PyTorch file: truncated or damaged" in err and "start a new run (without --resume" in err, err
+    assert "write or copy the reconstruction state again" not in err
