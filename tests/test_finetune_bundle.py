@@ -296,6 +296,36 @@ def test_a_moved_phantom_run_resumes_and_moved_data_are_named(tmp_path):
         check_resume_matches(out, case_record(1.0, 0, 2, cases("/mnt/btcv"), data))
 
 
+def test_a_run_on_a_relative_datalist_resumes_however_the_datalist_is_named(tmp_path, monkeypatch):
+    """A run started on ``../data/ds/dataset_decathlon.json`` records its cases by absolute path and resumes with
+    the datalist named absolutely or from another working folder; a record of the earlier relative form resumes from
+    its working folder; other cases are still refused."""
+    data, work, out = tmp_path / "data" / "ds", tmp_path / "work", tmp_path / "run"
+    cases = [make_case(data / "imagesTr", f"c{i}") for i in range(3)]
+    relative = [{k: os.path.relpath(v, data) for k, v in case.items()} for case in cases]
+    dl = data / "dataset_decathlon.json"
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": relative[:2],
+                              "validation": relative[2:]}))  # fmt: skip
+    work.mkdir()
+    monkeypatch.chdir(work)
+    write_run_record(out, prepare_datalists("", "../data/ds/dataset_decathlon.json", out)["record"])
+    (out / "checkpoint_epoch=1.pt").write_bytes(b"")  # only its name is read here
+    recorded = json.loads((out / "training_cases.json").read_text())
+    assert [c["image"] for c in recorded["cases"]] == [cases[0]["image"], cases[1]["image"]]  # absolute
+    prepare_datalists("", str(dl), out, resume=True)  # named absolutely
+    monkeypatch.chdir(data)
+    prepare_datalists("", "dataset_decathlon.json", out, resume=True)  # from another working folder
+    monkeypatch.chdir(work)  # a record of relative cases, as written before, resumes from its working folder
+    old = [{k: os.path.relpath(v, work) for k, v in case.items()} for case in recorded["cases"]]
+    (out / "training_cases.json").write_text(json.dumps({**recorded, "cases": old}))
+    prepare_datalists("", str(dl), out, resume=True)
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": [relative[2], relative[1]],
+                              "validation": relative[:1]}))  # fmt: skip
+    with pytest.raises(DatasetError, match=r"cases differ; e\.g\. recorded /.*/data/ds/imagesTr/c0_img\.nii\.gz, "
+                                           r"now /.*/data/ds/imagesTr/c2_img\.nii\.gz"):  # fmt: skip
+        prepare_datalists("", str(dl), out, resume=True)
+
+
 def test_resume_compares_the_label_fraction_as_a_number(tmp_path):
     """The recorded selection is compared as every resume compares settings (medgmae.settings_diff): a fraction
     written back from JSON or given as 1e-1 is the same setting, another fraction is named."""

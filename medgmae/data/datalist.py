@@ -214,7 +214,8 @@ def read_datalist(
         required: an absent or empty list is an error (else ``[]``).
 
     Returns:
-        Dicts with ``image`` (and ``label`` where given) as absolute path strings.
+        Dicts with ``image`` (and ``label`` where given) as absolute path strings below the base folder resolved
+        (links followed), the same whichever way the datalist is named and from whichever working folder.
 
     Raises:
         DatasetError: the file is missing or not valid JSON, an item has no image, or a required list is absent
@@ -229,7 +230,7 @@ def read_datalist(
             what = "is empty" if key in content else f"is missing (the file has {sorted(content)})"
             raise DatasetError(f"datalist {path}: the '{key}' list {what}{_empty_list_hint(path, key, content)}")
         return []
-    base = Path(data_dir).expanduser() if data_dir else path.parent
+    base = (Path(data_dir).expanduser() if data_dir else path.parent).resolve()
     out = []
     for i, item in enumerate(items):
         item = {"image": item} if isinstance(item, str) else item

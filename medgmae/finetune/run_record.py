@@ -8,6 +8,7 @@ inference of the run default to its data source, and a resumed run must choose t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -152,13 +153,15 @@ def check_resume_matches(output_dir: str | Path, new: Mapping) -> None:
         return
     keys = [k for k in ("label_fraction", "seed", "cases", "dataset_dir", "datalist") if k in old]
     phantom = not any(str(r.get(k) or "").strip() for r in (old, new) for k in ("dataset_dir", "datalist"))
-    value = (lambda k, r: _phantom_relative(r.get(k)) if phantom and k == "cases" else r.get(k))  # noqa: E731
+    norm = _phantom_relative if phantom else _resolved  # the cases as they are compared
+    value = (lambda k, r: norm(r.get(k)) if k == "cases" else r.get(k))  # noqa: E731
     differ = [k for k in keys if settings_differences({k: value(k, old)}, {k: value(k, new)})]  # the one comparison
     if not differ:
         return
+    first = _first_difference(value("cases", old), value("cases", new)) if differ == ["cases"] else ""
     raise DatasetError(
         f"cannot resume {output_dir}: it was trained on {_describe(old)}, but these settings choose {_describe(new)} "
-        f"({', '.join(differ)} differ{_first_difference(old, new) if differ == ['cases'] else ''}). Resume with the "
+        f"({', '.join(differ)} differ{first}). Resume with the "
         f"recorded settings (--label_fraction {old.get('label_fraction')} --subset_seed {old.get('seed')} and the same "
         f"data), or start afresh: a new --output_dir, or --resume false (which overwrites this run)."
     )
@@ -174,9 +177,18 @@ def _phantom_relative(cases) -> list:
     return [{k: rel(v) for k, v in case.items()} if isinstance(case, Mapping) else case for case in cases or []]
 
 
-def _first_difference(old: Mapping, new: Mapping) -> str:
+def _resolved(cases) -> list:
+    """Cases with their ``image`` and ``label`` paths resolved (absolute, links followed): a record names its cases
+    absolutely, and one written with paths relative to the working folder still matches from that folder."""
+    def resolve(key, value):
+        return os.path.realpath(value) if key in ("image", "label") and isinstance(value, str) and value else value
+
+    return [{k: resolve(k, v) for k, v in case.items()} if isinstance(case, Mapping) else case for case in cases or []]
+
+
+def _first_difference(old: Sequence, new: Sequence) -> str:
     """``: e.g. recorded <image>, now <image>`` for the first case that differs (the two choices can read alike)."""
-    for a, b in zip(old.get("cases") or [], new.get("cases") or []):
+    for a, b in zip(old, new):
         if a != b:
             return f"; e.g. recorded {a.get('image', a) if isinstance(a, Mapping) else a}, now {b.get('image', b) if isinstance(b, Mapping) else b}"
     return ""
