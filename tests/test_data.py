@@ -715,3 +715,19 @@ def test_a_nifti_without_any_frame_is_warned_about_once(tmp_path, caplog):
         read_volume(tmp_path / "ok.nii.gz")
     said = [r.getMessage() for r in caplog.records if "states no orientation" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'bare.nii.gz'} states no orientation (its qform and sform codes are 0)")
+
+
+def test_an_nnunet_raw_folder_is_named_with_the_command_writing_its_datalist(tmp_path):
+    """nnU-Net v2's dataset.json lists no cases: pre-training on its folder says what the file is and gives the
+    medgmae-datalist command that writes a Decathlon datalist of it, and the --datalist to give then."""
+    folder = tmp_path / "Dataset003_Liver"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
+                                                     "labels": {"background": 0, "liver": 1}, "numTraining": 2}))
+    for given in ({"dataset_dir": str(folder)}, {"dataset_dir": "", "datalist": str(folder / "dataset.json")}):
+        with pytest.raises(DatasetError) as e:
+            pretrain_split(work_dir=tmp_path / "run", validate=False, **given)
+        message = str(e.value)
+        assert f"{folder / 'dataset.json'} is nnU-Net's dataset.json" in message
+        assert f"medgmae-datalist {folder} --out {folder / 'dataset_decathlon.json'}" in message
+        assert "--datalist" in message and "is missing" not in message

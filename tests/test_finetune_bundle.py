@@ -1061,3 +1061,19 @@ def test_a_folder_without_a_datalist_says_fine_tuning_needs_one(tmp_path):
     with pytest.raises(DatasetError, match=r"--dataset_dir .*dataset_0.json is a file: give a datalist as --datalist"):
         prepare_datalists(str(tmp_path / "plain" / "dataset_0.json"), "", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_nnunet_raw_folder_is_named_with_the_command_writing_its_datalist(tmp_path):
+    """nnU-Net v2's dataset.json (its 'labels' map names to values, no case lists): fine-tuning, evaluation and
+    inference say what the file is and give the medgmae-datalist command and the --datalist to give then."""
+    folder = tmp_path / "Dataset003_Liver"
+    folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
+                                                     "labels": {"background": 0, "liver": 1}, "numTraining": 2}))
+    expected = (rf"{folder / 'dataset.json'} is nnU-Net's dataset.json .*`medgmae-datalist {folder} --out "
+                rf"{folder / 'dataset_decathlon.json'}` writes a Decathlon datalist .*give that file as --datalist")
+    with pytest.raises(DatasetError, match=expected):
+        prepare_datalists(str(folder), "", tmp_path / "out")
+    with pytest.raises(DatasetError, match=expected):
+        evaluation_cases("", str(folder / "dataset.json"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

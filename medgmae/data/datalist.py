@@ -20,7 +20,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path, volume_stem
@@ -28,7 +28,8 @@ from medgmae.distributed import is_main_process, main_process_only
 
 __all__ = [
     "DatasetError", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
-    "datalist_base", "resolve_datalist", "warn_if_lists_overlap",
+    "datalist_base", "resolve_datalist", "warn_if_lists_overlap", "is_nnunet_datalist",
+    "nnunet_datalist_error",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae.data")
@@ -186,6 +187,25 @@ def _warn_if_not_ct(path: Path, content: dict) -> None:
                    " and ".join(repr(n) for n in other))  # fmt: skip
 
 
+def is_nnunet_datalist(content: Mapping) -> bool:
+    """Whether a datalist file's JSON object is nnU-Net v2's ``dataset.json`` (``channel_names`` and
+    ``file_ending``), which lists no cases: nnU-Net pairs ``imagesTr/`` and ``labelsTr/`` by file name."""
+    return "channel_names" in content and "file_ending" in content
+
+
+def nnunet_datalist_error(path: Path, key: str = "training") -> DatasetError:
+    """The error for nnU-Net's ``dataset.json`` given as a datalist: what it is, and the command writing a Decathlon
+    datalist of its folder to give instead."""
+    return DatasetError(f"datalist {path} is nnU-Net's dataset.json (channel_names, file_ending), which lists no "
+                        f"'{key}' cases: `{_split_command(path.parent, 'dataset_decathlon.json')}` writes a Decathlon "
+                        "datalist of its imagesTr/ and labelsTr/; give that file as --datalist")  # fmt: skip
+
+
+def _split_command(folder: Path, out_name: str) -> str:
+    """The ``medgmae-datalist`` command writing a Decathlon datalist of ``folder`` into ``folder/out_name``."""
+    return f"medgmae-datalist {folder} --out {folder / out_name}"
+
+
 def _empty_list_hint(path: Path, key: str, content: dict) -> str:
     """How to give a datalist the ``validation`` list it lacks ("" for other lists)."""
     if key != "validation":
@@ -225,6 +245,8 @@ def read_datalist(
     content = load_datalist_json(path)
     _warn_if_not_ct(path, content)
     items = content.get(key)
+    if not items and is_nnunet_datalist(content):
+        raise nnunet_datalist_error(path, key)
     if not items:
         if required:
             what = "is empty" if key in content else f"is missing (the file has {sorted(content)})"

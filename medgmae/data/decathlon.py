@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medgmae.data.datalist import DatasetError, load_datalist_json
+from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, VOLUME_SUFFIXES, is_volume_path, read_volume, volume_stem
 
 __all__ = ["case_pairs", "class_values", "decathlon_datalist", "main", "split_cases"]
@@ -261,13 +261,13 @@ def _out_problem(out: Path, folder: Path, force: bool) -> str | None:
 
 
 def _is_nnunet_datalist(path: Path) -> bool:
-    """Whether ``path`` is nnU-Net v2's ``dataset.json`` (``channel_names`` and ``file_ending``), read as every
-    datalist is (:func:`~medgmae.data.datalist.load_datalist_json`)."""
+    """Whether ``path`` is nnU-Net v2's ``dataset.json`` (:func:`~medgmae.data.datalist.is_nnunet_datalist`), read as
+    every datalist is (:func:`~medgmae.data.datalist.load_datalist_json`)."""
     try:
         content = load_datalist_json(path)
     except DatasetError:  # not a JSON object: not nnU-Net's either
         return False
-    return "channel_names" in content and "file_ending" in content
+    return is_nnunet_datalist(content)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,11 +27,12 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medgmae.data.datalist import DatasetError, load_datalist_json, read_datalist, warn_if_lists_overlap
+from medgmae.data.datalist import DatasetError, read_datalist, warn_if_lists_overlap
 from medgmae.data.precheck import check_datalist
 from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
+from medgmae.finetune.classes import label_names, resolve_num_classes
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
@@ -59,40 +60,6 @@ logger = logging.getLogger(__name__)
 
 #: Fine-tuning spacing without a pre-trained encoder (MONAI's BTCV UNETR recipe); with one, its recorded spacing.
 DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
-
-
-def label_names(datalist: str | Path | None = None, num_classes: int | None = None) -> list[str]:
-    """Class names in label order (background first) from the datalist's ``labels`` map or a class count.
-
-    Args:
-        datalist: Decathlon JSON with a ``labels`` map ``{"0": "background", "1": "spleen", ...}``.
-        num_classes: class count from the configuration; checked against the datalist when both are given.
-
-    Returns:
-        ``num_classes`` names (``class_<i>`` where the datalist has none).
-    """
-    labels = load_datalist_json(datalist).get("labels") if datalist else None
-    if labels:
-        try:
-            index = {int(k): str(v) for k, v in labels.items()}
-        except (ValueError, AttributeError) as e:
-            raise DatasetError(f"datalist {datalist}: 'labels' must map integer strings to names, got {labels!r}") from e
-        if sorted(index) != list(range(len(index))):
-            raise DatasetError(f"datalist {datalist}: 'labels' keys must be 0..{len(index) - 1}, got {sorted(index)}")
-        if num_classes and int(num_classes) != len(index):
-            raise DatasetError(f"num_classes={num_classes} but datalist {datalist} names {len(index)} labels")
-        return [index[i] for i in range(len(index))]
-    if not num_classes:
-        raise DatasetError(f"set num_classes: datalist {datalist} has no 'labels' map")
-    return ["background"] + [f"class_{i}" for i in range(1, int(num_classes))]
-
-
-def resolve_num_classes(datalist: str | Path | None, num_classes: int | None = None) -> int:
-    """The class count: ``num_classes`` when set (> 0), else the size of the datalist's ``labels`` map."""
-    n = len(label_names(datalist, num_classes or None))
-    if n < 2:
-        raise DatasetError(f"need at least 2 classes (background and one structure), got {n}")
-    return n
 
 
 def select_label_fraction(

@@ -1,0 +1,46 @@
+"""The classes of a fine-tuning run: their names, in label order, from a datalist's ``labels`` map or a count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json, nnunet_datalist_error
+
+__all__ = ["label_names", "resolve_num_classes"]
+
+
+def label_names(datalist: str | Path | None = None, num_classes: int | None = None) -> list[str]:
+    """Class names in label order (background first) from the datalist's ``labels`` map or a class count.
+
+    Args:
+        datalist: Decathlon JSON with a ``labels`` map ``{"0": "background", "1": "spleen", ...}``.
+        num_classes: class count from the configuration; checked against the datalist when both are given.
+
+    Returns:
+        ``num_classes`` names (``class_<i>`` where the datalist has none).
+    """
+    content = load_datalist_json(datalist) if datalist else {}
+    if is_nnunet_datalist(content):  # its 'labels' map names to values, and it lists no cases
+        raise nnunet_datalist_error(Path(datalist).expanduser())
+    labels = content.get("labels")
+    if labels:
+        try:
+            index = {int(k): str(v) for k, v in labels.items()}
+        except (ValueError, AttributeError) as e:
+            raise DatasetError(f"datalist {datalist}: 'labels' must map integer strings to names, got {labels!r}") from e
+        if sorted(index) != list(range(len(index))):
+            raise DatasetError(f"datalist {datalist}: 'labels' keys must be 0..{len(index) - 1}, got {sorted(index)}")
+        if num_classes and int(num_classes) != len(index):
+            raise DatasetError(f"num_classes={num_classes} but datalist {datalist} names {len(index)} labels")
+        return [index[i] for i in range(len(index))]
+    if not num_classes:
+        raise DatasetError(f"set num_classes: datalist {datalist} has no 'labels' map")
+    return ["background"] + [f"class_{i}" for i in range(1, int(num_classes))]
+
+
+def resolve_num_classes(datalist: str | Path | None, num_classes: int | None = None) -> int:
+    """The class count: ``num_classes`` when set (> 0), else the size of the datalist's ``labels`` map."""
+    n = len(label_names(datalist, num_classes or None))
+    if n < 2:
+        raise DatasetError(f"need at least 2 classes (background and one structure), got {n}")
+    return n
