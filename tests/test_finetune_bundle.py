@@ -118,6 +118,22 @@ def test_empty_or_missing_lists(tmp_path):
         prepare_datalists(str(tmp_path), str(tmp_path / "nope.json"), tmp_path / "out")
 
 
+def test_a_decathlon_download_without_a_validation_list_is_given_the_split_command(tmp_path):
+    """An original Medical Segmentation Decathlon dataset.json ('training' and 'test', no 'validation'): the refusal
+    gives the medgmae-datalist command that writes a seeded split, and the --datalist to give then."""
+    folder = tmp_path / "Task03_Liver"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({
+        "labels": {"0": "background", "1": "liver", "2": "cancer"}, "modality": {"0": "CT"},
+        "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}],
+        "test": ["./imagesTs/liver_132.nii.gz"]}))  # fmt: skip
+    with pytest.raises(DatasetError, match=rf"the 'validation' list is missing .*`medgmae-datalist {folder} --out "
+                                           rf"{folder / 'dataset_split.json'}` writes a seeded split .*give that file "
+                                           r"as --datalist"):  # fmt: skip
+        prepare_datalists(str(folder), "", tmp_path / "out")
+
+
 # ------------------------------------------------------------------ per-case checks
 def test_good_case_passes(tmp_path):
     case = make_case(tmp_path, "good")

@@ -206,8 +206,9 @@ def _split_command(folder: Path, out_name: str) -> str:
     return f"medgmae-datalist {folder} --out {folder / out_name}"
 
 
-def _empty_list_hint(path: Path, key: str, content: dict) -> str:
-    """How to give a datalist the ``validation`` list it lacks ("" for other lists)."""
+def _empty_list_hint(path: Path, key: str, content: dict, folder: Path) -> str:
+    """How to give a datalist the ``validation`` list it lacks ("" for other lists); ``folder`` is the one its
+    paths resolve against, where a Decathlon layout (``imagesTr/``, ``labelsTr/``) can be split."""
     if key != "validation":
         return ""
     phantom = content.get("phantom")
@@ -218,6 +219,10 @@ def _empty_list_hint(path: Path, key: str, content: dict) -> str:
         same = "".join(f" --{k.replace('_', '-')} {' '.join(map(str, v))}" for k, v in flags.items())
         return (f"; write the phantoms again with a case held out for validation: medgmae-phantom --out {path.parent}"
                 f"{same} --num-validation 1")
+    if (folder / "imagesTr").is_dir() and (folder / "labelsTr").is_dir():  # e.g. a Decathlon download
+        return (f"; `{_split_command(folder, 'dataset_split.json')}` writes a seeded split of its imagesTr/ and "
+                "labelsTr/ into 'training' and 'validation' lists: give that file as --datalist (or add a "
+                '"validation" list of {"image": ..., "label": ...} cases, not those of "training", to this one)')
     return ('; add a "validation" list of {"image": ..., "label": ...} cases (not those of "training") to the '
             "datalist")
 
@@ -245,14 +250,14 @@ def read_datalist(
     content = load_datalist_json(path)
     _warn_if_not_ct(path, content)
     items = content.get(key)
+    base = (Path(data_dir).expanduser() if data_dir else path.parent).resolve()
     if not items and is_nnunet_datalist(content):
         raise nnunet_datalist_error(path, key)
     if not items:
         if required:
             what = "is empty" if key in content else f"is missing (the file has {sorted(content)})"
-            raise DatasetError(f"datalist {path}: the '{key}' list {what}{_empty_list_hint(path, key, content)}")
+            raise DatasetError(f"datalist {path}: the '{key}' list {what}{_empty_list_hint(path, key, content, base)}")
         return []
-    base = (Path(data_dir).expanduser() if data_dir else path.parent).resolve()
     out = []
     for i, item in enumerate(items):
         item = {"image": item} if isinstance(item, str) else item
