@@ -146,3 +146,33 @@ def test_decathlon_names_ending_in_four_digits_are_cases_and_unnamed_or_absent_c
     assert len(doc["validation"]) == 1 and doc["numTraining"] == 3 and doc["numValidation"] == 1  # 0.5 rounds up
     for item in doc["training"] + doc["validation"]:
         assert Path(item["image"]).name == Path(item["label"]).name  # case_0001 with case_0001
+
+
+def test_btcv_names_pair_by_their_number_and_an_ambiguous_number_is_refused(tmp_path, capsys):
+    """BTCV's imagesTr/img0001 and labelsTr/label0001 differ by a prefix before the same number: each image pairs
+    with the label map of its number (its value names the case), which the output says. Two images of one number
+    (img0001 and img001) pair with no label map unambiguously, and are refused with a hint on how files pair."""
+    values = {1: 1, 2: 2, 3: 3, 5: 1, 40: 2}
+    for number, value in values.items():
+        _case(tmp_path, f"img{number:04d}", value, channel=False)
+        (tmp_path / "labelsTr" / f"img{number:04d}.nii.gz").rename(tmp_path / "labelsTr" / f"label{number:04d}.nii.gz")
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "paired img0001 with label0001, img0002 with label0002, img0003 with label0003 and 2 more by their number" in out
+    doc = json.loads((tmp_path / "dataset.json").read_text())
+    listed = doc["training"] + doc["validation"]
+    assert sorted((p["image"], p["label"]) for p in listed) == [
+        (f"imagesTr/img{n:04d}.nii.gz", f"labelsTr/label{n:04d}.nii.gz") for n in sorted(values)]
+    for item in listed:
+        value = values[int(Path(item["label"]).name[5:9])]
+        assert nib.load(tmp_path / item["image"]).get_fdata().max() == 100 * value
+        assert nib.load(tmp_path / item["label"]).get_fdata().max() == value
+    assert "by case number" in doc["description"]
+    (tmp_path / "dataset.json").unlink()
+    (tmp_path / "imagesTr" / "img0040.nii.gz").rename(tmp_path / "imagesTr" / "img001.nii.gz")  # 1 twice, no 40
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "img001.nii.gz: no label map of case img001 in labelsTr/" in err
+    assert "by the number ending them, e.g. img0001 with label0001" in err
+    assert not (tmp_path / "dataset.json").exists()

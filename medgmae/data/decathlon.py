@@ -6,16 +6,14 @@ Fine-tuning pairs each image with its label map through a datalist (:mod:`medgma
 ``dataset.json`` of another format) has no such pairing. This writes one:
 
 * ``imagesTr/<case>.nii.gz`` (or nnU-Net's single channel ``<case>_0000.nii.gz``) paired with
-  ``labelsTr/<case>.nii.gz`` by case name; any volume format :func:`~medgmae.data.reader.read_volume` reads, and
-  DICOM series folders;
+  ``labelsTr/<case>.nii.gz`` by case name, or, where the names differ (BTCV's ``img0001`` and ``label0001``), by
+  the number ending them (:mod:`medgmae.data.case_pairing`); any volume format
+  :func:`~medgmae.data.reader.read_volume` reads, and DICOM series folders;
 * a seeded split of the pairs into ``training`` and ``validation`` (``--validation-fraction``);
 * ``imagesTs/`` as the ``test`` list (images only);
 * the ``labels`` map: background and a name for each class value up to the largest found in the label maps, as
   given (``--labels 1=liver,2=spleen``, each name once, for values the maps hold) or ``class_<i>``; values no map
   holds are noted.
-
-nnU-Net's channel ending is taken off an image's name only where its label is named without it
-(``case_001_0000`` with ``case_001``); a Decathlon name ending in four digits (``case_0001``) is a case of its own.
 
 Paths are relative to the folder, as the Decathlon's. The file is written whole or not at all
 (:func:`medgmae.files.save_json_atomic`); an existing datalist is replaced only with ``--force``, and nnU-Net's own
@@ -26,87 +24,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
-from medgmae.data.reader import DICOM_FILE_SUFFIXES, VOLUME_SUFFIXES, is_volume_path, read_volume, volume_stem
+from medgmae.data.reader import read_volume
 
 __all__ = ["case_pairs", "class_values", "decathlon_datalist", "main", "split_cases"]
-
-#: nnU-Net's channel ending of an image file name (``case_001_0000.nii.gz``: channel 0 of case ``case_001``).
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def _volumes(folder: Path) -> list[Path]:
-    """The volume files and DICOM series folders directly in ``folder``, sorted (hidden names skipped)."""
-    found = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES + DICOM_FILE_SUFFIXES):
-            found.append(p)
-        elif p.is_dir() and is_volume_path(p):
-            found.append(p)
-    return found
-
-
-def _by_case(paths: Sequence[Path], folder: Path, label_cases: set[str] | None = None) -> dict[str, Path]:
-    """``{case: path}`` by file name. With ``label_cases`` (images): a name that is no label's but ends in an
-    nnU-Net channel (``case_001_0000``) whose case is a label's (``case_001``) is that case's channel; a Decathlon
-    name that merely ends in four digits (``case_0001``, ``amos_0001``) is its own case.
-
-    Raises:
-        DatasetError: another channel than ``_0000`` (fine-tuning takes one CT channel), or two files of one case.
-    """
-    cases: dict[str, list[Path]] = {}
-    for p in paths:
-        stem = volume_stem(p)
-        m = _CHANNEL.match(stem) if label_cases is not None and stem not in label_cases else None
-        m = m if m and m["case"] in label_cases else None
-        if m and m["channel"] != "0000":
-            raise DatasetError(f"{p}: channel {m['channel']} of case {m['case']}: the fine-tuning model takes one CT "
-                               "channel (nnU-Net's _0000); give a folder of single-channel images")  # fmt: skip
-        cases.setdefault(m["case"] if m else stem, []).append(p)
-    twice = {c: ps for c, ps in cases.items() if len(ps) > 1}
-    if twice:
-        shown = "; ".join(", ".join(p.name for p in ps) for ps in list(twice.values())[:5])
-        raise DatasetError(f"{folder}: {len(twice)} case name(s) given by more than one file ({shown})")
-    return {c: ps[0] for c, ps in cases.items()}
-
-
-def case_pairs(folder: str | Path) -> tuple[list[dict], list[dict]]:
-    """The ``{"image", "label"}`` pairs of ``folder/imagesTr`` and ``folder/labelsTr`` (sorted by case name) and the
-    ``{"image"}`` items of ``folder/imagesTs`` (none without that folder); absolute paths.
-
-    Raises:
-        DatasetError: no ``imagesTr`` / ``labelsTr``, no volumes in them, or images and labels that do not pair
-            (each unpaired file named).
-    """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: not a folder")
-    missing = [name for name in ("imagesTr", "labelsTr") if not (folder / name).is_dir()]
-    if missing:
-        raise DatasetError(f"{folder}: no {' and no '.join(f'{m}/' for m in missing)} (a Decathlon or nnU-Net layout: "
-                           "imagesTr/ with the CT volumes, labelsTr/ with their label maps of the same names)")  # fmt: skip
-    labels = _by_case(_volumes(folder / "labelsTr"), folder / "labelsTr")
-    images = _by_case(_volumes(folder / "imagesTr"), folder / "imagesTr", label_cases=set(labels))
-    if not images:
-        raise DatasetError(f"{folder / 'imagesTr'}: no volumes (readable: {', '.join(VOLUME_SUFFIXES)}, DICOM series folders)")
-    problems = [f"{images[c]}: no label map of case {c} in labelsTr/" for c in sorted(set(images) - set(labels))]
-    problems += [f"{labels[c]}: no image of case {c} in imagesTr/" for c in sorted(set(labels) - set(images))]
-    if problems:
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DatasetError(f"{folder}: images and label maps do not pair by name:\n  " + "\n  ".join(problems[:10]) + more)
-    pairs = [{"image": str(images[c]), "label": str(labels[c])} for c in sorted(images)]
-    test_dir = folder / "imagesTs"
-    test = [{"image": str(p)} for p in _volumes(test_dir)] if test_dir.is_dir() else []
-    return pairs, test
 
 
 def class_values(labels: Sequence[str | Path], progress: bool = False) -> dict[int, str]:
@@ -190,13 +118,13 @@ def decathlon_datalist(
     """The Decathlon datalist of ``folder`` (see the module): ``name``, ``labels``, ``numTraining``, ``training``,
     ``validation``, ``test``; paths relative to ``folder``."""
     folder = Path(folder).expanduser()
-    pairs, test = case_pairs(folder)
+    pairs, test, how = case_pairs(folder, progress)
     training, validation = split_cases(pairs, validation_fraction, seed)
     labels = _label_map(class_values([p["label"] for p in pairs], progress), names or {}, folder, progress)
     rel = lambda items: [{k: Path(v).relative_to(folder).as_posix() for k, v in item.items()} for item in items]  # noqa: E731
     return {
         "name": folder.resolve().name,
-        "description": f"imagesTr/ paired with labelsTr/ by case name; validation: {len(validation)} of {len(pairs)} "
+        "description": f"imagesTr/ paired with labelsTr/ by case {how}; validation: {len(validation)} of {len(pairs)} "
                        f"cases drawn with seed {seed}",  # fmt: skip
         "labels": labels,
         "numTraining": len(training),
