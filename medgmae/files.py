@@ -15,13 +15,14 @@ import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 __all__ = [
     "bundle_config",
+    "skipped_files_note",
     "atomic_write",
     "staged_outputs",
     "save_torch_atomic",
@@ -355,3 +356,24 @@ def bundle_config(bundle: str, name: str) -> str:
     if relative.is_file() or not checkout.is_file():
         return relative.as_posix()
     return str(checkout)
+
+
+def skipped_files_note(
+    others: Sequence[Path], root: Path, shown: int = 5, what: str = "images", said: Callable[[Path], str] | None = None
+) -> str | None:
+    """The line a reader logs or prints for the files it left out as not ``what`` (a ``README.txt``, a
+    ``labels.csv``): ``"skipped 2 file(s) that are not images: README.txt, a/labels.csv"``, the first ``shown`` named
+    relative to ``root`` (then ``...``); ``None`` when there are none.
+
+    Args:
+        others: the files left out (of one folder or several below ``root``).
+        root: the folder the names are relative to.
+        shown: how many are named.
+        what: what the reader reads (``"images"``, ``"volumes"``).
+        said: what follows a file's name (e.g. ``" (DICOM without pixel data)"``, or ``""``); default nothing.
+    """
+    if not others:
+        return None
+    names = [str(p.relative_to(root)) + (said(p) if said else "") for p in others[:shown]]
+    names += ["..."] if len(others) > shown else []
+    return f"skipped {len(others)} file(s) that are not {what}: {', '.join(names)}"

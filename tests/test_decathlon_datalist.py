@@ -176,3 +176,30 @@ def test_btcv_names_pair_by_their_number_and_an_ambiguous_number_is_refused(tmp_
     assert e.value.code == 2 and "img001.nii.gz: no label map of case img001 in labelsTr/" in err
     assert "by the number ending them, e.g. img0001 with label0001" in err
     assert not (tmp_path / "dataset.json").exists()
+
+
+def test_files_that_are_not_volumes_are_named_as_skipped(tmp_path, capsys):
+    """A README.txt in imagesTr/ and notes in labelsTr/ and imagesTs/ are left out of the datalist and named in one
+    note (the first five, then ...); a folder holding nothing but such files is refused naming them."""
+    for name in ("a", "b"):
+        _case(tmp_path, name, 1)
+    (tmp_path / "imagesTs").mkdir()
+    extra = ["imagesTr/README.txt", "imagesTr/list.csv", "imagesTr/notes.md", "labelsTr/README.txt",
+             "labelsTr/x.json", "imagesTs/README.txt"]  # fmt: skip
+    for name in extra:
+        (tmp_path / name).write_text("not a volume")
+    (tmp_path / "imagesTr" / "._a_0000.nii.gz").write_text("macOS resource file")  # hidden: left out silently
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("note: skipped 6 file(s) that are not volumes: labelsTr/README.txt, labelsTr/x.json, imagesTr/README.txt, "
+            "imagesTr/list.csv, imagesTr/notes.md, ...") in out
+    doc = json.loads((tmp_path / "dataset.json").read_text())
+    assert len(doc["training"] + doc["validation"]) == 2 and doc["test"] == []
+    lone = tmp_path / "lone"
+    for sub in ("imagesTr", "labelsTr"):
+        (lone / sub).mkdir(parents=True)
+    (lone / "imagesTr" / "README.txt").write_text("images to come")
+    with pytest.raises(SystemExit):
+        main([str(lone)])
+    err = capsys.readouterr().err
+    assert "imagesTr: no volumes (readable: .nii" in err and "skipped 1 file(s) that are not volumes: imagesTr/README.txt" in err

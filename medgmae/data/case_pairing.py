@@ -8,6 +8,9 @@
 * Where the names differ, by the number ending them (BTCV's ``img0001`` with ``label0001``): only when every image
   is one prefix followed by a number, every label map another prefix followed by a number, each number is on one
   file of each side, and both sides hold the same numbers; the pairing is then printed.
+
+Anything else in these folders (a ``README.txt``) is left out, and named (hidden files, such as macOS's ``._x``
+resource files, are left out silently).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Sequence
 
 from medgmae.data.datalist import DatasetError
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, VOLUME_SUFFIXES, is_volume_path, volume_stem
+from medgmae.files import skipped_files_note
 
 __all__ = ["case_pairs"]
 
@@ -31,8 +35,9 @@ _PAIRING_HINT = ("(an image pairs with the label map of its name, nnU-Net's <cas
                  "prefix and a number, each number on one image and one label map)")  # fmt: skip
 
 
-def _volumes(folder: Path) -> list[Path]:
-    """The volume files and DICOM series folders directly in ``folder``, sorted (hidden names skipped)."""
+def _volumes(folder: Path, skipped: list[Path]) -> list[Path]:
+    """The volume files and DICOM series folders directly in ``folder``, sorted (hidden names skipped); anything
+    else there is appended to ``skipped``."""
     found = []
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
@@ -41,6 +46,8 @@ def _volumes(folder: Path) -> list[Path]:
             found.append(p)
         elif p.is_dir() and is_volume_path(p):
             found.append(p)
+        else:
+            skipped.append(p)
     return found
 
 
@@ -117,7 +124,7 @@ def case_pairs(folder: str | Path, progress: bool = False) -> tuple[list[dict], 
 
     Args:
         folder: the folder holding ``imagesTr/`` and ``labelsTr/``.
-        progress: print how the cases were paired where not by name.
+        progress: print how the cases were paired where not by name, and the files left out as not volumes.
 
     Returns:
         ``(pairs, test, how)``: the pairs in case order, the test items, and ``"name"`` or ``"number"``.
@@ -133,12 +140,16 @@ def case_pairs(folder: str | Path, progress: bool = False) -> tuple[list[dict], 
     if missing:
         raise DatasetError(f"{folder}: no {' and no '.join(f'{m}/' for m in missing)} (a Decathlon or nnU-Net layout: "
                            "imagesTr/ with the CT volumes, labelsTr/ with their label maps of the same names)")  # fmt: skip
-    labels = _by_case(_volumes(folder / "labelsTr"), folder / "labelsTr")
-    images = _by_case(_volumes(folder / "imagesTr"), folder / "imagesTr", label_cases=set(labels))
-    if not images:
-        raise DatasetError(f"{folder / 'imagesTr'}: no volumes (readable: {', '.join(VOLUME_SUFFIXES)}, DICOM series folders)")
-    paired, how = _pairing(folder, images, labels, progress)
-    pairs = [{"image": str(images[i]), "label": str(labels[lab])} for i, lab in paired]
+    skipped: list[Path] = []
+    labels = _by_case(_volumes(folder / "labelsTr", skipped), folder / "labelsTr")
+    images = _by_case(_volumes(folder / "imagesTr", skipped), folder / "imagesTr", label_cases=set(labels))
     test_dir = folder / "imagesTs"
-    test = [{"image": str(p)} for p in _volumes(test_dir)] if test_dir.is_dir() else []
-    return pairs, test, how
+    test = [{"image": str(p)} for p in _volumes(test_dir, skipped)] if test_dir.is_dir() else []
+    note = skipped_files_note(skipped, folder, what="volumes")
+    if note and progress:
+        print(f"note: {note}", flush=True)
+    if not images:
+        raise DatasetError(f"{folder / 'imagesTr'}: no volumes (readable: {', '.join(VOLUME_SUFFIXES)}, DICOM series "
+                           f"folders){'; ' + note if note else ''}")  # fmt: skip
+    paired, how = _pairing(folder, images, labels, progress)
+    return [{"image": str(images[i]), "label": str(labels[lab])} for i, lab in paired], test, how

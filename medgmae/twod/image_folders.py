@@ -64,11 +64,9 @@ def skipped_files_note(others: Sequence[Path], root: Path, shown: int = 5) -> st
         root: the folder the names are relative to.
         shown: how many are named.
     """
-    if not others:
-        return None
-    names = [str(p.relative_to(root)) + (" (DICOM without pixel data)" if _is_dicom_file(p) else "")
-             for p in others[:shown]] + (["..."] if len(others) > shown else [])  # fmt: skip
-    return f"skipped {len(others)} file(s) that are not images: {', '.join(names)}"
+    from medgmae.files import skipped_files_note as note
+
+    return note(others, root, shown, "images", lambda p: " (DICOM without pixel data)" if _is_dicom_file(p) else "")
 
 
 def no_images_message(where: str, others: Sequence[Path], root: Path) -> str:
