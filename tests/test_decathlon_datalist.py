@@ -54,9 +54,9 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
     assert sorted(Path(p["label"]).name for p in listed) == sorted(f"{n}.nii.gz" for n in values)
     data = prepare_datalists(str(tmp_path), "", tmp_path / "run", label_fraction=1.0, seed=0, precheck_workers=1)
     assert data["num_classes"] == 4 and len(data["training"]) == 5 and len(data["validation"]) == 2
-    assert main([str(tmp_path), "--out", str(tmp_path / "other" / "list.json")]) == 0  # unnamed classes, elsewhere
+    assert main([str(tmp_path), "--out", str(tmp_path / "other" / "list.json")]) == 0  # elsewhere, named as before
     assert json.loads((tmp_path / "other" / "list.json").read_text())["labels"] == {
-        "0": "background", "1": "class_1", "2": "class_2", "3": "class_3"}
+        "0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
     assert f"--datalist {tmp_path / 'other' / 'list.json'} --dataset_dir {tmp_path}" in capsys.readouterr().out
     items = [{"image": str(i)} for i in range(20)]
     draws = {tuple(p["image"] for p in split_cases(items, 0.25, seed)[1]) for seed in range(10)}
@@ -203,3 +203,26 @@ def test_files_that_are_not_volumes_are_named_as_skipped(tmp_path, capsys):
         main([str(lone)])
     err = capsys.readouterr().err
     assert "imagesTr: no volumes (readable: .nii" in err and "skipped 1 file(s) that are not volumes: imagesTr/README.txt" in err
+
+
+@pytest.mark.parametrize("labels", [{"background": 0, "liver": 1, "tumor": 2},  # nnU-Net v2
+                                    {"0": "background", "1": "liver", "2": "tumor"}])  # Medical Segmentation Decathlon
+def test_class_names_come_from_the_folders_own_dataset_json_unless_given(tmp_path, capsys, labels):
+    """The folder's dataset.json (nnU-Net's or the Decathlon's) names the classes when --labels is not given, and the
+    output says where the names come from; --labels overrides them; a class no label map holds is left out, noted."""
+    for name, value in (("a", 1), ("b", 2)):
+        _case(tmp_path, name, value, channel=False)
+    nnunet = {"channel_names": {"0": "CT"}, "file_ending": ".nii.gz", "numTraining": 2} if "background" in labels else {}
+    (tmp_path / "dataset.json").write_text(json.dumps({**nnunet, "labels": labels, "training": []}))
+    out = tmp_path / "dataset_decathlon.json"
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
+    assert f"classes 1 liver, 2 tumor (names from {tmp_path / 'dataset.json'})" in capsys.readouterr().out
+    assert main([str(tmp_path), "--out", str(out), "--force", "--labels", "1=hepar,2=lesion"]) == 0
+    assert json.loads(out.read_text())["labels"] == {"0": "background", "1": "hepar", "2": "lesion"}
+    assert "names from" not in capsys.readouterr().out
+    with_vessel = {**labels, **({"vessel": 3} if "background" in labels else {"3": "vessel"})}
+    (tmp_path / "dataset.json").write_text(json.dumps({**nnunet, "labels": with_vessel, "training": []}))
+    assert main([str(tmp_path), "--out", str(out), "--force"]) == 0
+    assert json.loads(out.read_text())["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
+    assert "names class(es) 3 vessel, which no label map holds: left out (the classes are 0..2)" in capsys.readouterr().out

@@ -12,8 +12,9 @@ Fine-tuning pairs each image with its label map through a datalist (:mod:`medgma
 * a seeded split of the pairs into ``training`` and ``validation`` (``--validation-fraction``);
 * ``imagesTs/`` as the ``test`` list (images only);
 * the ``labels`` map: background and a name for each class value up to the largest found in the label maps, as
-  given (``--labels 1=liver,2=spleen``, each name once, for values the maps hold) or ``class_<i>``; values no map
-  holds are noted.
+  given (``--labels 1=liver,2=spleen``, each name once, for values the maps hold), else as the folder's own
+  ``dataset.json`` names it (the Decathlon's or nnU-Net's ``labels``), else ``class_<i>``; values no map holds are
+  noted.
 
 Paths are relative to the folder, as the Decathlon's. The file is written whole or not at all
 (:func:`medgmae.files.save_json_atomic`); an existing datalist is replaced only with ``--force``, and nnU-Net's own
@@ -34,7 +35,7 @@ from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
 from medgmae.data.reader import read_volume
 
-__all__ = ["case_pairs", "class_values", "decathlon_datalist", "main", "split_cases"]
+__all__ = ["case_pairs", "class_values", "decathlon_datalist", "folder_class_names", "main", "split_cases"]
 
 
 def class_values(labels: Sequence[str | Path], progress: bool = False) -> dict[int, str]:
@@ -84,11 +85,14 @@ def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) ->
 SPARSE_CLASSES = 32
 
 
-def _label_map(found: dict[int, str], names: dict[int, str], source: Path, progress: bool = False) -> dict[str, str]:
+def _label_map(
+    found: dict[int, str], names: dict[int, str], source: Path, progress: bool = False, names_from: str = "--labels"
+) -> dict[str, str]:
     """The datalist's ``labels``: ``0..max`` of the values ``found``, each named as given, else ``class_<i>``.
 
     Classes are one-hot channels ``0..max``: a value below the largest that no map holds keeps its channel, and is
-    named in a note (``progress``: printed), as the model will learn it from no voxel.
+    named in a note (``progress``: printed), as the model will learn it from no voxel. Names read from a file
+    (``names_from`` other than ``--labels``) of values above the largest found are left out, also in a note.
 
     Raises:
         DatasetError: a name given for a value no label map holds, or a largest value that would make mostly empty
@@ -100,7 +104,13 @@ def _label_map(found: dict[int, str], names: dict[int, str], source: Path, progr
         raise DatasetError(f"{found[top]}: holds the value {top}, which would make {top + 1} classes of which "
                            f"{len(values)} appear in the label maps ({values}); an ignore or border value? Map it to a "
                            "class (0 for background) in the label maps, or number the classes 0, 1, 2, ...")  # fmt: skip
-    absent_named = sorted(set(names) - set(values))
+    beyond = {v: n for v, n in sorted(names.items()) if v > top}
+    if names_from != "--labels" and beyond:  # e.g. a tumour class that no case of this folder holds
+        names = {v: n for v, n in names.items() if v <= top}
+        if progress:
+            print(f"note: {names_from} names class(es) {', '.join(f'{v} {n}' for v, n in beyond.items())}, which no "
+                  f"label map holds: left out (the classes are 0..{top})", flush=True)  # fmt: skip
+    absent_named = sorted(set(names) - set(values)) if names_from == "--labels" else []
     if absent_named:
         raise DatasetError(f"{source}: --labels names class(es) {absent_named}, which no label map holds (they hold "
                            f"{list(values)})")  # fmt: skip
@@ -113,14 +123,16 @@ def _label_map(found: dict[int, str], names: dict[int, str], source: Path, progr
 
 def decathlon_datalist(
     folder: str | Path, validation_fraction: float = 0.2, seed: int = 0, names: dict[int, str] | None = None,
-    progress: bool = False,
+    progress: bool = False, names_from: str = "--labels",
 ) -> dict:
     """The Decathlon datalist of ``folder`` (see the module): ``name``, ``labels``, ``numTraining``, ``training``,
-    ``validation``, ``test``; paths relative to ``folder``."""
+    ``validation``, ``test``; paths relative to ``folder``. ``names`` are class names given as ``--labels``, or
+    read from the file ``names_from`` (:func:`folder_class_names`)."""
     folder = Path(folder).expanduser()
     pairs, test, how = case_pairs(folder, progress)
     training, validation = split_cases(pairs, validation_fraction, seed)
-    labels = _label_map(class_values([p["label"] for p in pairs], progress), names or {}, folder, progress)
+    found = class_values([p["label"] for p in pairs], progress)
+    labels = _label_map(found, names or {}, folder, progress, names_from)
     rel = lambda items: [{k: Path(v).relative_to(folder).as_posix() for k, v in item.items()} for item in items]  # noqa: E731
     return {
         "name": folder.resolve().name,
@@ -134,6 +146,28 @@ def decathlon_datalist(
         "validation": rel(validation),
         "test": rel(test),
     }
+
+
+def folder_class_names(folder: Path) -> dict[int, str]:
+    """The class names (background left out) of ``folder/dataset.json``'s ``labels`` map, in the Decathlon's form
+    (``{"0": "background", "1": "liver"}``) or nnU-Net v2's (``{"background": 0, "liver": 1}``; region entries,
+    which map a name to several values, left out); ``{}`` without a readable map."""
+    try:
+        labels = load_datalist_json(folder / "dataset.json").get("labels")
+    except DatasetError:  # none, or not a JSON object
+        return {}
+    names: dict[int, str] = {}
+    for key, value in (labels or {}).items() if isinstance(labels, dict) else ():
+        if isinstance(value, int) and not isinstance(value, bool):  # nnU-Net: name -> value
+            number, name = value, str(key)
+        elif str(key).strip().isdigit() and isinstance(value, str):  # Decathlon: value -> name
+            number, name = int(key), value
+        else:
+            continue
+        if number > 0 and name.strip():
+            names[number] = name.strip()
+    unique = len(set(names.values())) == len(names) and "background" not in names.values()
+    return names if unique else {}  # two classes of one name would merge their Dice columns: not taken
 
 
 def _names(text: str) -> dict[int, str]:
@@ -162,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the labelled cases kept for validation, strictly between 0 and 1 (default 0.2)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the validation draw (default 0)")
     p.add_argument("--labels", type=_names, default={},
-                   help="class names, e.g. 1=liver,2=spleen; classes not named are class_<i> (default: all)")
+                   help="class names, e.g. 1=liver,2=spleen; classes not named are class_<i> (default: the names of "
+                        "FOLDER/dataset.json's 'labels' map where it has one, else all)")
     p.add_argument("--out", default=None, help="the .json file to write (default FOLDER/dataset.json)")
     p.add_argument("--force", action="store_true", help="replace an existing datalist")
     return p
@@ -216,8 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = f"--out {out}: {e.strerror or e}"
     if problem:
         parser.error(problem)
+    names, names_from = args.labels, "--labels"
+    if not names and folder_class_names(folder):
+        names, names_from = folder_class_names(folder), str(folder / "dataset.json")
     try:
-        doc = decathlon_datalist(folder, args.validation_fraction, args.seed, args.labels, progress=True)
+        doc = decathlon_datalist(folder, args.validation_fraction, args.seed, names, True, names_from)
         save_json_atomic(doc, out)
     except DatasetError as e:
         parser.error(str(e))
@@ -227,8 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted: nothing was written", file=sys.stderr)
         return 130
     classes = ", ".join(f"{k} {v}" for k, v in doc["labels"].items() if k != "0")
+    named = f" (names from {names_from})" if names_from != "--labels" else ""
     print(f"wrote {out}: {len(doc['training'])} training, {len(doc['validation'])} validation, {len(doc['test'])} "
-          f"test cases; classes {classes}")  # fmt: skip
+          f"test cases; classes {classes}{named}")  # fmt: skip
     same = out.resolve() == (folder / "dataset.json").resolve()
     print(f"fine-tune with --dataset_dir {args.folder}" if same else f"fine-tune with --datalist {out} --dataset_dir {args.folder}")
     return 0
