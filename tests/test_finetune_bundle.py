@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -213,6 +214,27 @@ def test_a_datalist_alone_is_the_data(tmp_path):
     out = prepare_datalists("", str(dl), tmp_path / "run")
     assert [c["image"] for c in out["training"]] == [str(tmp_path / "c0_img.nii.gz"), str(tmp_path / "c1_img.nii.gz")]
     assert not (tmp_path / "run" / "phantom").exists()
+
+
+BTCV_CLASSES = ["background", "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach",
+                "aorta", "inferior vena cava", "portal and splenic veins", "pancreas", "right adrenal gland",
+                "left adrenal gland"]  # fmt: skip
+
+
+def test_the_classes_read_are_logged_at_the_start(tmp_path, caplog):
+    """Fine-tuning says how many classes it read and their names before the data are checked: BTCV's 14 in full; of
+    a long list the first 20, then how many more."""
+    cases = [make_case(tmp_path, f"c{i}") for i in range(3)]
+    dl = tmp_path / "btcv.json"
+    for names, line in ((BTCV_CLASSES, "14 classes of {dl}: " + ", ".join(BTCV_CLASSES)),
+                        (["background"] + [f"organ {i}" for i in range(1, 30)],
+                         "30 classes of {dl}: background, organ 1, organ 2, " + ", ".join(f"organ {i}" for i in range(3, 20))
+                         + " and 10 more")):  # fmt: skip
+        dl.write_text(json.dumps({"labels": dict(enumerate(names)), "training": cases[:2], "validation": cases[2:]}))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="medgmae"):
+            prepare_datalists("", str(dl), tmp_path / "run")
+        assert line.format(dl=dl) in caplog.messages
 
 
 def test_cases_without_labels_are_named_with_their_list(tmp_path):

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Sequence
 
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json, nnunet_datalist_error
+from medgmae.distributed import is_main_process
 
-__all__ = ["label_names", "resolve_num_classes"]
+__all__ = ["label_names", "resolve_num_classes", "log_classes"]
+
+logger = logging.getLogger(__name__)
+
+#: How many class names :func:`log_classes` names before saying how many more there are.
+SHOWN_CLASSES = 20
 
 
 def label_names(datalist: str | Path | None = None, num_classes: int | None = None) -> list[str]:
@@ -44,3 +52,13 @@ def resolve_num_classes(datalist: str | Path | None, num_classes: int | None = N
     if n < 2:
         raise DatasetError(f"need at least 2 classes (background and one structure), got {n}")
     return n
+
+
+def log_classes(names: Sequence[str], datalist: str | Path) -> None:
+    """Log (on rank 0) ``"14 classes of <datalist>: background, spleen, ..."``: the classes a run reads, the first
+    :data:`SHOWN_CLASSES` named, then how many more."""
+    if not is_main_process():  # every torchrun process reads them
+        return
+    shown = ", ".join(names[:SHOWN_CLASSES])
+    more = f" and {len(names) - SHOWN_CLASSES} more" if len(names) > SHOWN_CLASSES else ""
+    logger.info("%d classes of %s: %s%s", len(names), datalist, shown, more)
