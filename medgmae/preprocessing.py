@@ -207,8 +207,8 @@ def check_hu_window_override(value: Sequence[float] | None) -> None:
 
 
 def model_preprocessing(model: Any, source: str, advice: str = "re-save it with its spec") -> "PreprocessingSpec":
-    """The pre-processing a model records (its ``preprocessing``), or :data:`DEFAULT_SPEC` with a warning naming
-    ``source`` when it records none (a model file of an early version, or one rebuilt by hand): every consumer of a
+    """The pre-processing a model records (its ``preprocessing``), or :data:`DEFAULT_SPEC` (at the model's own
+    ``img_size`` and ``patch_size`` when it has them) with a warning naming ``source`` when it records none (a model file of an early version, or one rebuilt by hand): every consumer of a
     pre-trained model falls back through here, so the fallback and its warning are the same everywhere.
 
     Args:
@@ -220,6 +220,9 @@ def model_preprocessing(model: Any, source: str, advice: str = "re-save it with 
     if spec is not None:
         return spec
     d = DEFAULT_SPEC
+    size, patch = getattr(model, "img_size", None), getattr(model, "patch_size", None)
+    if size is not None and patch is not None and len(tuple(size)) == 3:  # the model's own window, not the default's
+        d = dataclasses.replace(d, input_size=tuple(size), patch_size=tuple(patch))
     logger.warning(
         "%s records no pre-processing: the model sees the scan as the toolkit's default %s, %s mm voxels, HU window "
         "%s; if it was pre-trained otherwise its output is wrong (%s)",

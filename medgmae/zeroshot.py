@@ -65,14 +65,9 @@ class ZeroShotResult:
     def no_gaussians_reason(self) -> str:
         """Why the decoder may have placed no Gaussian in the scan, for an error when :attr:`voxel` is empty: a
         scan mostly padding in the model's window, else one that the HU window shows as all one value."""
-        from medgmae.data.input_checks import padding_share
-
-        win = self.window or self.spec.input_size
-        if self.grid is not None and padding_share(self.grid, win) > 0.25:
-            return (f"the scan is {'x'.join(map(str, self.grid))} voxels at the model's "
-                    f"{'x'.join(f'{v:g}' for v in self.spec.spacing)} mm, smaller than its {'x'.join(map(str, win))} "
-                    f"window ({100 * padding_share(self.grid, win):.0f} % of it padding with air): give a scan of the "
-                    "field of view the model was pre-trained on")  # fmt: skip
+        padded = _padding_words(self.grid, self.window or self.spec.input_size, self.spec) if self.grid else None
+        if padded:
+            return f"{padded}; give a scan of the field of view the model was pre-trained on"
         a0, a1 = self.spec.hu_window
         return (f"is the scan empty? (the model sees HU in [{a0:g}, {a1:g}]; a scan all below or all above it is "
                 "one value to the model)")
@@ -151,22 +146,32 @@ def _default_decoder(model) -> Callable[[Tensor, np.ndarray], Gaussians3D]:
     return decode
 
 
-def _warn_if_padded(grid: Sequence[int], window: Sequence[int], spec: PreprocessingSpec, count: int,
-                    max_padding: float = 0.25) -> None:
-    """Warn when the scan, on the model's grid, is so much smaller than its window that padding (air) fills more
-    than ``max_padding`` of it: the decoder, trained on full windows, then places few Gaussians in the scan (the
-    rule of :class:`medgmae.data.input_checks.WarnIfPaddedd` for training crops)."""
+#: The share of the model's window that padding may fill before zero-shot inference says so (the rule of
+#: :class:`medgmae.data.input_checks.WarnIfPaddedd` for training crops).
+MAX_PADDING = 0.25
+
+
+def _padding_words(grid: Sequence[int], window: Sequence[int], spec: PreprocessingSpec) -> str | None:
+    """``"the scan is AxBxC voxels at the model's ... mm, smaller than its ... window: N % of the window is padding
+    with air"`` when padding fills more than :data:`MAX_PADDING` of the window, else ``None``."""
     from medgmae.data.input_checks import padding_share
 
     padding = padding_share(grid, window)
-    if padding <= max_padding:
-        return
-    logger.warning(
-        "zero-shot: the scan is %s voxels at the model's %s mm, smaller than its %s window: %.0f %% of the window is "
-        "padding with air, and %s of the decoder's Gaussians lie in the scan; give a scan of the field of view the "
-        "model was pre-trained on", "x".join(map(str, grid)), "x".join(f"{v:g}" for v in spec.spacing),
-        "x".join(map(str, window)), 100 * padding, "none" if count == 0 else f"only {count}",
-    )  # fmt: skip
+    if padding <= MAX_PADDING:
+        return None
+    return (f"the scan is {'x'.join(map(str, grid))} voxels at the model's {'x'.join(f'{v:g}' for v in spec.spacing)} "
+            f"mm, smaller than its {'x'.join(map(str, window))} window: {100 * padding:.0f} % of the window is padding "
+            "with air")  # fmt: skip
+
+
+def _warn_if_padded(grid: Sequence[int], window: Sequence[int], spec: PreprocessingSpec, count: int) -> None:
+    """Warn when the scan, on the model's grid, is so much smaller than its window that the decoder, trained on
+    full windows, places few Gaussians in it (:func:`_padding_words`). Not when it placed none: the consumers then
+    refuse the result, saying why (:meth:`ZeroShotResult.no_gaussians_reason`)."""
+    padded = _padding_words(grid, window, spec)
+    if padded and count:
+        logger.warning("zero-shot: %s, and only %d of the decoder's Gaussians lie in the scan; give a scan of the "
+                       "field of view the model was pre-trained on", padded, count)  # fmt: skip
 
 
 def _spec_and_window(

@@ -5,6 +5,8 @@ follow from the start (:func:`density_overrides`)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -15,8 +17,10 @@ def _model_spec(model, spacing: float | None, checkpoint: str):
     """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
     from medgmae.preprocessing import model_preprocessing, spec_with_overrides
 
-    # warns when the model records none (the default is then the base)
-    model_preprocessing(model, checkpoint, "re-save it with its spec, or use --model-spacing for the spacing")
+    # warns when the model records none (the default, at the model's own window, is then the base)
+    base = model_preprocessing(model, checkpoint, "re-save it with its spec, or use --model-spacing for the spacing")
+    if model.preprocessing is None:  # an override of the default is no change from a recorded spec: not warned
+        return base if spacing is None else dataclasses.replace(base, spacing=(float(spacing),) * 3)
     return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
 
 
@@ -31,7 +35,9 @@ def model_start_spec(model, spacing: float | None, checkpoint: str):
     from medgmae.preprocessing import describe_preprocessing
 
     spec = _model_spec(model, spacing, checkpoint)
-    recorded = f"recorded in {checkpoint}" if getattr(model, "preprocessing", None) is not None else "default"
+    from pathlib import Path
+
+    recorded = f"recorded in {Path(checkpoint).resolve()}" if getattr(model, "preprocessing", None) is not None else "default"
     origins = {"orientation": recorded, "spacing": recorded if spacing is None else "given by --model-spacing", "hu_window": recorded}
     print(f"--init medgmae {describe_preprocessing(spec, origins, 'window')}", flush=True)
     return spec, {**spec.to_dict(), "from": origins}

@@ -334,5 +334,9 @@ def test_gvit_refuses_no_epoch_in_any_phase_with_the_settings(settings, refused)
         return
     with pytest.raises(BundleSettingError) as err:
         check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
-    assert ("--max_epochs: every phase has 0 epochs (--warmup_epochs 0, --classifier_epochs 0, --joint_epochs 0"
-            in str(err.value))  # fmt: skip
+    if settings["max_epochs"] in (0, "0"):
+        assert ("--max_epochs: every phase has 0 epochs (--warmup_epochs 0, --classifier_epochs 0, --joint_epochs 0; "
+                "each is --max_epochs unless given): nothing to train; give --max_epochs 1 or more") in str(err.value)
+    else:  # --max_epochs is fine: the phases' own epochs are what to change
+        assert ("every phase's own epochs are 0 (--warmup_epochs 0, --classifier_epochs 0, --joint_epochs 0): nothing "
+                "to train, whatever --max_epochs; give one of them 1 or more") in str(err.value)

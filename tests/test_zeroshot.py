@@ -251,17 +251,29 @@ def test_slices_png_is_drawn_to_scale(tmp_path, direction):
 
 def test_a_scan_much_smaller_than_the_window_is_warned_about(caplog):
     """A 12 x 12 x 4 scan at 2 mm (the model's spacing) fills 12 x 12 x 4 of the 24^3 window: 1 - 0.5 * 0.5 / 6 =
-    96 % padding, warned about with the number of Gaussians kept (the probe's one Gaussian lies at the window's
-    centre, outside the scan: none); the 40 x 30 x 22 scan at 1.2-3.1 mm is not."""
+    96 % padding, warned about with the number of Gaussians kept (a probe placing its one Gaussian in the scan's
+    corner of the window: one); with none kept (the window's centre, outside the scan) the result says it instead
+    of a warning, for the consumers' refusal; the 40 x 30 x 22 scan at 1.2-3.1 mm is not warned about."""
     import logging
 
+    class _CornerProbe(_Probe):
+        def decode(self, windows, affines):
+            g = super().decode(windows, affines)
+            return Gaussians3D(torch.full_like(g.means, 0.1), g.scales, g.quats, g.intensities)
+
+    small, affine = np.zeros((12, 12, 4), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])
+    padded = "the scan is 12x12x4 voxels at the model's 2x2x2 mm, smaller than its 24x24x24 window: 96 % of the window is padding with air"
+    probe = _CornerProbe()
+    with caplog.at_level(logging.WARNING, logger="medgmae.zeroshot"):
+        res = zero_shot_gaussians(small, affine, probe, spec=SPEC, decode=probe.decode)
+    assert res.voxel.num_gaussians == 1
+    assert f"{padded}, and only 1 of the decoder's Gaussians lie in the scan" in caplog.text
+    caplog.clear()
     probe = _Probe()
     with caplog.at_level(logging.WARNING, logger="medgmae.zeroshot"):
-        res = zero_shot_gaussians(np.zeros((12, 12, 4), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), probe, spec=SPEC, decode=probe.decode)
-    assert res.voxel.num_gaussians == 0
-    assert ("the scan is 12x12x4 voxels at the model's 2x2x2 mm, smaller than its 24x24x24 window: 96 % of the window "
-            "is padding with air, and none of the decoder's Gaussians lie in the scan") in caplog.text  # fmt: skip
-    caplog.clear()
+        res = zero_shot_gaussians(small, affine, probe, spec=SPEC, decode=probe.decode)
+        assert res.voxel.num_gaussians == 0 and "padding" not in caplog.text  # said once, by the refusal
+    assert res.no_gaussians_reason() == f"{padded}; give a scan of the field of view the model was pre-trained on"
     with caplog.at_level(logging.WARNING, logger="medgmae.zeroshot"):
         zero_shot_gaussians(np.zeros(SHAPE, np.float32), np.diag([*SPACING, 1.0]), probe, spec=SPEC, decode=probe.decode)
     assert "padding" not in caplog.text
@@ -305,14 +317,21 @@ def _tiny_model_file(path, spec: PreprocessingSpec | None) -> str:
     return str(path)
 
 
-def test_a_scan_with_no_gaussian_is_refused_naming_the_cause_and_writing_nothing(tmp_path):
+def test_a_scan_with_no_gaussian_is_refused_naming_the_cause_and_writing_nothing(tmp_path, monkeypatch):
     """A scan far smaller than the model's window (4 x 4 x 2 voxels at 2 mm in a 16^3 window) gave an empty
     ``.ply``, a constant rendering and exit 0: refused, naming the scan, its size on the model's grid and the
-    window (the decoder's Gaussians are replaced by none, as a model would place them in the padding)."""
+    window (the decoder stubbed to place its Gaussians at the window's far corner, in the padding)."""
     import nibabel as nib
 
     from medgmae.mae_training import inference
 
+    def in_the_padding(windows, affines):
+        b = windows.shape[0]
+        return Gaussians3D(torch.full((b, 2, 3), 0.9), torch.full((b, 2, 3), 0.05), torch.tensor([1.0, 0, 0, 0]).expand(b, 2, 4),
+                           torch.ones(b, 2))  # fmt: skip
+
+    zero_shot = inference.zero_shot_gaussians
+    monkeypatch.setattr(inference, "zero_shot_gaussians", lambda *a, **kw: zero_shot(*a, decode=in_the_padding, **kw))
     spec = PreprocessingSpec(spacing=2.0, input_size=16, patch_size=8)
     model = _tiny_model_file(tmp_path / "model.pt", spec)
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "small.nii.gz"))
@@ -357,8 +376,10 @@ def test_the_recorded_pre_processing_is_stated(tmp_path, caplog, recorded):
             assert "placed no Gaussian" in str(e)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing:")]
     if recorded:
-        where = f"recorded in {tmp_path / 'model.pt'}"
+        where = f"recorded in {(tmp_path / 'model.pt').resolve()}"
         assert said == [f"pre-processing: orientation LPS ({where}), spacing [2.0, 2.0, 3.0] mm ({where}), HU window "
                         f"[-500.0, 500.0] ({where}), window 16x16x16"]  # fmt: skip
-    else:
-        assert said == [] and "records no pre-processing" in caplog.text
+    else:  # warned about, and the default stated as fine-tuning and --init medgmae state it
+        assert "records no pre-processing" in caplog.text
+        assert said == ["pre-processing: orientation RAS (default), spacing [1.5, 1.5, 1.5] mm (default), HU window "
+                        "[-175.0, 250.0] (default), window 16x16x16"]  # fmt: skip

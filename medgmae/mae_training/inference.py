@@ -138,9 +138,8 @@ class GaussianInference:
         ).to(self.device).eval()
         spec = model_preprocessing(model, str(self.model_path))
         warn_if_not_hu(volume.array, spec, str(self.image_path))
-        if model.preprocessing is not None:  # else model_preprocessing warned of the default it uses
-            origins = dict.fromkeys(("orientation", "spacing", "hu_window"), f"recorded in {self.model_path}")
-            logger.info("%s", describe_preprocessing(spec, origins, "window"))
+        recorded = f"recorded in {self.model_path.resolve()}" if model.preprocessing is not None else "default"
+        logger.info("%s", describe_preprocessing(spec, dict.fromkeys(("orientation", "spacing", "hu_window"), recorded), "window"))
         res = zero_shot_gaussians(volume.array, volume.affine, model, spec, overlap=self.overlap, batch_size=self.batch_size)
         if res.voxel.num_gaussians == 0:  # an empty .ply and a constant rendering would say nothing
             raise ValueError(f"{self.image_path}: the decoder placed no Gaussian in the scan, nothing was written: "

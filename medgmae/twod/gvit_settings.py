@@ -10,12 +10,12 @@ its joint phase trained may still change the guidance.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss
 
-__all__ = ["training_settings", "phase_settings", "guidance_note"]
+__all__ = ["training_settings", "phase_settings", "guidance_note", "phase_epochs_check"]
 
 
 def training_settings(epochs: Mapping[str, int], optimiser: Mapping, rec_loss: ReconstructionLoss) -> dict:
@@ -87,3 +87,34 @@ def guidance_note(phase: str, gamma: float, guidance_interval: int) -> str:
     if gamma == 0:
         return ", without guidance (gamma 0: the encoder on the reconstruction loss alone)"
     return f", with guidance (gamma {gamma:g} every {guidance_interval} iteration(s))"
+
+
+def phase_epochs_check(warmup: Any, classifier: Any, joint: Any) -> Callable[[Any], None]:
+    """The bundle's check of ``max_epochs`` (``checked_settings``): a non-negative integer, and not one that leaves
+    every phase at 0 epochs (the phases' own settings, which default to it, are given).
+
+    Args:
+        warmup: the ``warmup_epochs`` setting; ``classifier``, ``joint``: likewise (values that are not whole
+            numbers are left to their own checks).
+
+    Returns:
+        ``check(max_epochs)``, raising ``ValueError`` naming the problem: with ``max_epochs`` 0 that it needs 1 or
+        more (or a phase's own epochs); with every phase's own epochs 0, that one of them needs 1 or more.
+    """
+    from medgmae.bundle_checks import kind_problem
+    from medgmae.twod.gvit_step import PHASES
+
+    def check(value: Any) -> None:
+        if problem := kind_problem(value, "nonneg_int"):
+            raise ValueError(problem)
+        phases = dict(zip(PHASES, (warmup, classifier, joint)))
+        if not all(kind_problem(v, "nonneg_int") is None and int(v) == 0 for v in phases.values()):
+            return
+        shown = ", ".join(f"--{p}_epochs {int(v)}" for p, v in phases.items())
+        if int(value) == 0:
+            raise ValueError(f"every phase has 0 epochs ({shown}; each is --max_epochs unless given): nothing to "
+                             "train; give --max_epochs 1 or more, or a phase's own epochs")  # fmt: skip
+        raise ValueError(f"every phase's own epochs are 0 ({shown}): nothing to train, whatever --max_epochs; give "
+                         "one of them 1 or more")  # fmt: skip
+
+    return check

@@ -8,7 +8,7 @@ Gaussian encoder on the reconstruction loss, ``"classifier"`` the classifier on 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import nn
 
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guided_backward
 
-__all__ = ["PHASES", "check_phase", "phase_epochs_check", "set_phase", "phase_parameters", "GViTIteration"]
+__all__ = ["PHASES", "check_phase", "set_phase", "phase_parameters", "GViTIteration"]
 
 #: the training phases, in their order
 PHASES = ("warmup", "classifier", "joint")
@@ -35,31 +35,6 @@ def check_phase(phase: str) -> None:
     """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-
-
-def phase_epochs_check(warmup: Any, classifier: Any, joint: Any) -> Callable[[Any], None]:
-    """The bundle's check of ``max_epochs`` (``checked_settings``): a non-negative integer, and not one that leaves
-    every phase at 0 epochs (the phases' own settings, which default to it, are given).
-
-    Args:
-        warmup: the ``warmup_epochs`` setting; ``classifier``, ``joint``: likewise (values that are not whole
-            numbers are left to their own checks).
-
-    Returns:
-        ``check(max_epochs)``, raising ``ValueError`` naming the problem.
-    """
-    from medgmae.bundle_checks import kind_problem
-
-    def check(value: Any) -> None:
-        if problem := kind_problem(value, "nonneg_int"):
-            raise ValueError(problem)
-        phases = dict(zip(PHASES, (warmup, classifier, joint)))
-        if all(kind_problem(v, "nonneg_int") is None and int(v) == 0 for v in phases.values()):
-            shown = ", ".join(f"--{p}_epochs {int(v)}" for p, v in phases.items())
-            raise ValueError(f"every phase has 0 epochs ({shown}; each is --max_epochs unless given): nothing to "
-                             "train; give --max_epochs 1 or more, or a phase's own epochs")  # fmt: skip
-
-    return check
 
 
 def set_phase(model: nn.Module, phase: str) -> None:
