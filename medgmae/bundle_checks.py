@@ -266,6 +266,7 @@ def _raise_problems(problems: list[str], folders: list[str]) -> None:
         what = " and ".join(name for name, found in kinds if found)
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
 
+
 def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, str | Path] | None) -> dict:
     """What Ctrl-C's advice needs of a training run (:func:`~medgmae.bundle_errors.summarise_errors`): its
     ``output_dir`` and ``resume`` setting, where they are known and valid."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
@@ -170,15 +171,27 @@ class ToolParser(argparse.ArgumentParser):
     Subparsers (``add_subparsers``) are of this class too. Exits with status 2 on a usage error, as argparse does.
     """
 
+    #: the command line being parsed (for :meth:`error`: argparse names missing arguments before unknown ones)
+    _argv: list[str] = []
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's)
+        ToolParser._argv = list(sys.argv[1:] if args is None else args)
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             self._innermost(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed
+
+    def error(self, message: str):  # noqa: D102 (argparse's)
+        if "arguments are required" in message:  # an unknown option is the likelier mistake (--vol for --volume)
+            given = [a.split("=")[0] for a in ToolParser._argv if a.startswith("--")]
+            unknown = [a for a in given if a not in self._option_string_actions]
+            if unknown:
+                message += f"; unrecognized arguments: {' '.join(unknown)}"
+        super().error(message)
 
     def _innermost(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
         """The (sub)parser of the subcommand ``parsed`` chose, this one without subcommands."""

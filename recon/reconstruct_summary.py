@@ -100,10 +100,11 @@ def _what_limits_growth(metrics: dict) -> str:
     rounds = [r["iteration"] for r in metrics.get("density_rounds") or [] if "iteration" in r]
     last = f"its last density-control round was at iteration {rounds[-1]}" if rounds else "density control ran no round"
     ends = f"rounds run until iteration {until}"
-    if rounds and rounds[-1] > until:  # resumed with a shorter --iterations: that round was on the longer schedule
-        last = (f"its last density-control round, at iteration {rounds[-1]}, was on the longer schedule of the run it "
-                f"resumed (--iterations set when rounds end)")  # fmt: skip
-        ends = f"on this run's {settings.get('iterations')} iterations, rounds end at iteration {until}"
+    if rounds and rounds[-1] > until and metrics.get("resumed"):  # a shorter --iterations: that round was on the
+        # longer schedule of the run resumed (rounds end at a share of --iterations)
+        last = (f"its last density-control round, at iteration {rounds[-1]}, came from the longer --iterations of the "
+                "run it resumed")  # fmt: skip
+        ends = f"this run's --iterations {settings.get('iterations', metrics['iterations'])} end rounds at iteration {until}"
     share = until / max(1, settings.get("iterations", 1))
     share = f" (growth runs to {share:.0%} of them)" if until > 0 else ""  # a run too short for any round: no 0 %
     return (f"the sparse start grew to at most {grown}{written} of its budget of {grow_to}: {last}, and {ends}; "

@@ -128,6 +128,7 @@ def test_an_unusable_device_is_named_with_the_settings(path):
 
 #: the other configs with a device setting (evaluation, inference; the multi-process config takes each process's GPU)
 DEVICE_CONFIGS = [p for p in CONFIGS if p.name not in ("train.json", "multi_gpu_train.json") and "device" in json.loads(p.read_text())]
+assert len(DEVICE_CONFIGS) == 5, DEVICE_CONFIGS  # zero-shot inference, fine-tuning's and GViT's evaluation and inference
 
 
 @pytest.mark.parametrize("path", DEVICE_CONFIGS, ids=[f"{p.parents[1].name}/{p.name}" for p in DEVICE_CONFIGS])

@@ -36,3 +36,16 @@ def test_an_unknown_option_of_a_subcommand_shows_that_subcommands_usage(main, ar
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(usage) and "unrecognized arguments: --bogus" in err, err
+
+
+@pytest.mark.parametrize("main, argv, said", [
+    (recon_main, ["--hel"], "required: command; unrecognized arguments: --hel"),
+    (recon_main, ["simulate", "--vol", "v.nii.gz"], "required: --volume, --geometry, --out; unrecognized arguments: --vol"),
+    (phantom_main, ["--out", "X", "--num-c", "3"], "required: --num-cases; unrecognized arguments: --num-c"),
+])  # fmt: skip
+def test_a_missing_argument_error_also_names_the_unknown_options(main, argv, said, capsys):
+    """argparse reports missing arguments before unknown options: ``--vol x`` (for ``--volume``) read 'required:
+    --volume' alone, hiding the typo; both are named."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err

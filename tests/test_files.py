@@ -179,7 +179,6 @@ def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-
 def test_read_json_names_the_file_and_the_problem(tmp_path):
     from medgmae.files import read_json
 

@@ -191,9 +191,12 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     print_summary({**base, "num_gaussians": 4, "density_rounds": rounds, "resumed": {"iteration": 20, "seconds_before": 1.0},
                    "init_settings": {"init": "medgmae", "grow_to": 1500}}, tmp_path)  # fmt: skip
     text = " ".join(capsys.readouterr().out.split())
-    assert ("its last density-control round, at iteration 20, was on the longer schedule of the run it resumed "
-            "(--iterations set when rounds end), and on this run's 20 iterations, rounds end at iteration 12") in text, text
+    assert ("its last density-control round, at iteration 20, came from the longer --iterations of the run it resumed, "
+            "and this run's --iterations 20 end rounds at iteration 12") in text, text
     assert "and rounds run until" not in text
+    print_summary({**base, "num_gaussians": 4, "density_rounds": rounds, "init_settings": {"init": "medgmae", "grow_to": 1500}},
+                  tmp_path)  # not resumed (no run writes this; the wording then claims no earlier run)  # fmt: skip
+    assert "run it resumed" not in capsys.readouterr().out
     # the curve's points: a run shorter than --eval-every has one, at its last iteration
     from recon.reconstruct_summary import outputs
 
@@ -359,6 +362,7 @@ def test_a_model_without_recorded_preprocessing_is_named_in_a_warning(caplog):
         "voxels, HU window [-175.0, 250.0]")  # fmt: skip
     assert "or use --model-spacing for the spacing" in caplog.records[0].getMessage()
     assert len(caplog.records) == 1
+
 
 def test_the_zero_shot_start_says_its_preprocessing_and_where_each_part_came_from(capsys):
     """One line, worded as fine-tuning's, names the pre-processing --init medgmae prepares the scan with: the model's

@@ -39,10 +39,6 @@ class DatasetError(ValueError):
     """A datalist or one of its files cannot be used; the message names the file and the problem."""
 
 
-
-
-
-
 def phantom_dataset(
     out_dir: str | Path,
     num_cases: int,

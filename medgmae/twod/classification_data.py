@@ -30,7 +30,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.twod.classification_split import split_record, stratified_split
-from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, skipped_files_note
+from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.windows import window_setting
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("medgmae.gvit")
-
 
 
 @dataclass
@@ -116,9 +115,9 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         empty_left_out += [] if files else left_out
         items += [{"image": str(f), "label": idx} for f in files]
     if empty:  # every one named at once, with what they hold
-        skipped = skipped_files_note(empty_left_out, root)
-        raise ValueError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold{'' if len(empty) > 1 else 's'} "
-                         f"no images ({', '.join(IMAGE_SUFFIXES)})" + (f"; {skipped}" if skipped else ""))  # fmt: skip
+        several = len(empty) > 1
+        raise ValueError(no_images_message(f"class folder{'s' if several else ''} {', '.join(empty)}", empty_left_out, root,
+                                           "hold" if several else "holds"))  # fmt: skip
     skipped = skipped_files_note(others, root)
     if skipped:
         logger.info("dataset folder %s: %s", root, skipped)

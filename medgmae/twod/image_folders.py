@@ -69,7 +69,7 @@ def skipped_files_note(others: Sequence[Path], root: Path, shown: int = 5) -> st
     return note(others, root, shown, "images", lambda p: " (DICOM without pixel data)" if _is_dicom_file(p) else "")
 
 
-def no_images_message(where: str, others: Sequence[Path], root: Path) -> str:
+def no_images_message(where: str, others: Sequence[Path], root: Path, verb: str = "holds") -> str:
     """The error of a folder that holds no images: ``"<where> holds no images (.png, ...)"``, then the files it
     left out as not images (:func:`skipped_files_note`), so that a folder of a ``README.txt`` and a ``DICOMDIR``
     says what it holds.
@@ -78,6 +78,7 @@ def no_images_message(where: str, others: Sequence[Path], root: Path) -> str:
         where: the folder's name in the message (``"dataset_dir /data"``).
         others: the files :func:`listed_files` left out.
         root: the folder their names are relative to.
+        verb: ``"hold"`` for several folders.
     """
     skipped = skipped_files_note(others, root)
-    return f"{where} holds no images ({', '.join(IMAGE_SUFFIXES)})" + (f"; {skipped}" if skipped else "")
+    return f"{where} {verb} no images ({', '.join(IMAGE_SUFFIXES)})" + (f"; {skipped}" if skipped else "")

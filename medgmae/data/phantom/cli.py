@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = json.loads(json_path.read_text())
     # an existing dataset of these settings is kept as it is (write_phantom_dataset): its dataset.json is the same file
     kept = before is not None and _identity(json_path) == before
-    print(f"{'kept' if kept else 'wrote'} {json_path} ({'already generated with these settings: ' if kept else ''}{doc['numTraining']} training + {doc['numValidation']} validation cases, "
+    done = f"kept {json_path} (already generated with these settings: " if kept else f"wrote {json_path} ("
+    print(f"{done}{doc['numTraining']} training + {doc['numValidation']} validation cases, "
           f"shape {tuple(args.shape)}, spacing {spacing} mm, {time.perf_counter() - t0:.1f} s)")
     return 0
 
