@@ -27,7 +27,7 @@ from medgmae.bundle_errors import summarise_errors
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
 
-__all__ = ["BundleSettingError", "check_settings", "kind_problem", "check_output_dirs", "process_problems", "roi_size_check", "unknown_key_problems", "MIN_IMAGE_SIZE"]
+__all__ = ["BundleSettingError", "check_settings", "kind_problem", "mask_ratio_check", "check_output_dirs", "process_problems", "roi_size_check", "unknown_key_problems", "MIN_IMAGE_SIZE"]
 
 logger = logging.getLogger("medgmae")
 
@@ -102,6 +102,35 @@ def kind_problem(value: Any, kind: str) -> str | None:
     """Why ``value`` is not of the :data:`KINDS` name ``kind`` (e.g. ``"nonneg_int"``), as :func:`check_settings`
     says it, else ``None``: for a bundle's own check that starts with a plain kind."""
     return _problem(value, kind, {})
+
+
+def mask_ratio_check(size: Any, patch_size: Any, ndim: int) -> Callable[[Any], None]:
+    """The check of a masked autoencoder's ``mask_ratio`` (``checked_settings``): a number in ``[0, 1)`` that masks
+    at least one patch of the crop when it is above 0 (a crop of one patch, or a ratio rounding to no patch, trains
+    an autoencoder that sees everything while its log says "masked").
+
+    Args:
+        size: the crop's edge (``roi_size`` / ``image_size``, an integer; other values are left to their checks).
+        patch_size: the patch edge, likewise.
+        ndim: 3 for volumes, 2 for images.
+
+    Returns:
+        ``check(mask_ratio)``, raising ``ValueError`` naming the problem.
+    """
+    from medgmae.networks.vit import kept_patches
+
+    def check(value: Any) -> None:
+        if problem := kind_problem(value, "proper_fraction"):
+            raise ValueError(problem)
+        if kind_problem(size, "positive_int") or kind_problem(patch_size, "positive_int") or int(size) < int(patch_size):
+            return
+        n = (int(size) // int(patch_size)) ** ndim
+        if float(value) > 0 and kept_patches(n, float(value)) == n:
+            raise ValueError(f"{value} masks no patch: a crop of {size} in patches of {patch_size} has {n} patch(es), "
+                             f"and {value} of them rounds to none masked (one always stays visible); give a larger "
+                             "crop, smaller patches or a larger ratio (0, documented, trains without masking)")  # fmt: skip
+
+    return check
 
 
 def _image_size_problem(value: Any, settings: Mapping[str, tuple]) -> str | None:

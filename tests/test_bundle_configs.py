@@ -301,3 +301,44 @@ def test_the_pretraining_defaults_are_the_toolkits_default_spec():
     assert (cfg["pixdim"],) * 3 == DEFAULT_SPEC.spacing
     assert cfg["orientation"] == DEFAULT_SPEC.orientation
     assert ((cfg["roi_size"],) * 3, (cfg["patch_size"],) * 3) == (DEFAULT_SPEC.input_size, DEFAULT_SPEC.patch_size)
+
+
+@pytest.mark.parametrize("bundle, key", [("medgmae_pretrain", "resume_records#settings"), ("gmae2d_pretrain", "resume_records#settings")])
+def test_a_checkpoint_recording_no_gradient_clipping_resumes_at_the_old_default(bundle, key, caplog):
+    """grad_clip (and pre-training's num_samples) joined the settings a resume compares: a checkpoint written
+    before records neither; its clipping was the default 1.0, so the default resumes and another value is refused;
+    a section it lacks (batch) is warned about, not refused."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "train.json"))
+    record = parser.get_parsed_content(key)
+    old = record.state_dict()
+    old["settings"]["optimiser"].pop("grad_clip")
+    old["settings"].pop("batch", None)
+    record.load_state_dict(old)  # the defaults of today are those of then
+    parser.update({"grad_clip": 0.5})
+    with pytest.raises(ValueError, match=r"optimiser.grad_clip: saved 1.0, now 0.5"):
+        parser.get_parsed_content(key, lazy=False).load_state_dict(old)
+
+
+@pytest.mark.parametrize("bundle, size_key, size, patch, ratio, refused", [
+    ("medgmae_pretrain", "roi_size", 16, 16, 0.75, True),  # one patch: MAE keeps it visible
+    ("medgmae_pretrain", "roi_size", 24, 12, 0.05, True),  # 8 patches x 0.05 = 0.4: none masked
+    ("medgmae_pretrain", "roi_size", 24, 12, 0.2, False),  # 1.6: 2 masked
+    ("medgmae_pretrain", "roi_size", 16, 16, 0.0, False),  # no masking asked (documented)
+    ("gmae2d_pretrain", "image_size", 32, 32, 0.75, True),
+    ("gmae2d_pretrain", "image_size", 32, 16, 0.75, False),  # 4 patches: 3 masked
+])  # fmt: skip
+def test_a_mask_ratio_that_masks_no_patch_is_refused(bundle, size_key, size, patch, ratio, refused):
+    """A crop of one patch (or a ratio rounding to no masked patch) trained with nothing masked while the log said
+    "masked PSNR": refused with the settings, the count of patches named."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "train.json"))
+    parser.update({size_key: size, "patch_size": patch, "mask_ratio": ratio})
+    settings = parser.get_parsed_content("checked_settings")
+    if not refused:
+        check_settings({"mask_ratio": settings["mask_ratio"]}, output_dirs={})
+        return
+    with pytest.raises(BundleSettingError) as err:
+        check_settings({"mask_ratio": settings["mask_ratio"]}, output_dirs={})
+    n = (size // patch) ** (3 if bundle == "medgmae_pretrain" else 2)
+    assert f"--mask_ratio: {ratio} masks no patch: a crop of {size} in patches of {patch} has {n} patch(es)" in str(err.value)

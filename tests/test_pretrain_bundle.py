@@ -262,6 +262,14 @@ def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_st
     assert proc.returncode != 0, proc.stderr[-3000:]
     assert ("MedGMAE pre-training with other settings (optimiser.learning_rate: saved 0.00015, now 0.001; "
             "validation.val_crops: saved 2, now 3)") in proc.stderr, proc.stderr[-3000:]
+    # crops per volume and step, and the gradient clipping, change what is trained without changing the epoch's length
+    small = SMALL[:]
+    small[small.index("--num_samples") + 1] = "2"
+    proc = _bundle("run", "training", "--config_file", TRAIN, *small, "--dataset_dir", str(runs["dataset"]), "--output_dir",
+                   str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", "--grad_clip", "0.5", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert ("MedGMAE pre-training with other settings (optimiser.grad_clip: saved 1.0, now 0.5; batch.num_samples: "
+            "saved 1, now 2)") in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
 
 
