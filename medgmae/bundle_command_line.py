@@ -19,7 +19,9 @@ __all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "bundle_command", "derived_from_bad_ke
 #: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).
 FLAG_ALIASES = {"lr": "learning_rate", "epochs": "max_epochs", "bs": "batch_size", "data_dir": "dataset_dir",
                 "data": "dataset_dir", "out": "output_dir", "out_dir": "output_dir", "workers": "num_workers",
-                "gpu": "device", "spacing": "pixdim", "roi": "roi_size", "pretrained_path": "pretrained"}  # fmt: skip
+                "gpu": "device", "spacing": "pixdim", "roi": "roi_size", "pretrained_path": "pretrained",
+                # the bundles' own two names of the phantom count: fine-tuning counts labelled cases
+                "num_phantoms": "phantom_cases", "phantom_cases": "num_phantoms"}  # fmt: skip
 
 #: MONAI's reserved keys of a config component (``--val#pictures#_disabled_ true`` switches one off).
 _MONAI_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")

@@ -602,6 +602,10 @@ def test_unknown_keys_of_a_bundle_command_line(tmp_path, monkeypatch):
         "--epochs: not a setting of train.json (did you mean --max_epochs?)",
         "--bs: not a setting of train.json",
     ]
+    # the phantom count is num_phantoms in three bundles, phantom_cases in fine-tuning: each is pointed to the other
+    config.write_text('{"phantom_cases": 4, "phantom_shape": [64, 64, 64]}')
+    assert unknown_key_problems([runner, "run", "--config_file", str(config), "--num_phantoms", "2"]) == [
+        "--num_phantoms: not a setting of train.json (did you mean --phantom_cases?)"]
 
 
 def test_a_misspelled_key_stops_the_bundle_first(tmp_path):
