@@ -117,7 +117,7 @@ def mask_ratio_check(size: Any, patch_size: Any, ndim: int) -> Callable[[Any], N
     Returns:
         ``check(mask_ratio)``, raising ``ValueError`` naming the problem.
     """
-    from medgmae.networks.vit import kept_patches
+    from medgmae.networks.vit import visible_patch_count
 
     def check(value: Any) -> None:
         if problem := kind_problem(value, "proper_fraction"):
@@ -125,7 +125,7 @@ def mask_ratio_check(size: Any, patch_size: Any, ndim: int) -> Callable[[Any], N
         if kind_problem(size, "positive_int") or kind_problem(patch_size, "positive_int") or int(size) < int(patch_size):
             return
         n = (int(size) // int(patch_size)) ** ndim
-        if float(value) > 0 and kept_patches(n, float(value)) == n:
+        if float(value) > 0 and visible_patch_count(n, float(value)) == n:
             raise ValueError(f"{value} masks no patch: a crop of {size} in patches of {patch_size} has {n} patch(es), "
                              f"and {value} of them rounds to none masked (one always stays visible); give a larger "
                              "crop, smaller patches or a larger ratio (0, documented, trains without masking)")  # fmt: skip

@@ -46,6 +46,7 @@ def _check_validation_and_pictures(run_dir: Path, console: str, caught: list) ->
     acc.Reload()
     psnr = [e.value for e in acc.Scalars("val/psnr")] + [e.value for e in acc.Scalars("val/ssim")]
     assert len(psnr) == 4 and np.isfinite(psnr).all() and "val/reconstruction" in acc.Tags()["images"]
+    assert [e.step for e in acc.Scalars("train/lr")] == list(range(1, len(acc.Scalars("train_loss")) + 1))
     # 4 validation images x (input, masked, rendering, 4 layers), 32-pixel images enlarged 3x under 14-pixel labels
     pic = np.asarray(Image.open(run_dir / "pictures" / "epoch_0002.png").convert("RGB"))
     assert pic.shape == (14 + 4 * (96 + 14 + 2) + 2, 7 * (96 + 2) + 2, 3) and pic.astype(float).var() > 100.0

@@ -126,6 +126,10 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     log = runs["first"]["log"]
     assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
     assert "validation (2 crops, fixed masks)" in log and "pre-training finished: 1 epoch of" in log
+    # the start line: SMALL runs a 32^3 crop of 8^3 patches (64, 16 visible), one crop per volume, on the CPU
+    assert ("pre-training runs on cpu, AMP off (asked for; no effect on the CPU), renderer torch, model medgmae tiny ("
+            in log and "K=8 Gaussians, mask ratio 0.75 (16 of 64 patches visible per crop), global batch 1 crop per step "
+            "(1 process x 1 volume x 1 crop)" in log)  # fmt: skip
     # best_model.pt: model.pt's format, loadable without unpickling code, rebuilds the model
     best = torch.load(straight / "best_model.pt", map_location="cpu", weights_only=True)
     assert set(best) == set(_ckpt(straight / "model.pt")) and best["kind"] == "medgmae"
@@ -135,6 +139,10 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     psnr = [e.value for e in acc.Scalars("val/psnr")]
     ssim = [e.value for e in acc.Scalars("val/ssim")]
     assert [e.step for e in acc.Scalars("val/psnr")] == [1, 2] and np.isfinite(psnr + ssim).all()
+    # the learning rate each step used: 2 epochs of 2 volumes, rising from 0 towards 1.5e-4 over the schedule's
+    # 3 epochs of 2 steps (MONAI's WarmupCosineSchedule shortens the 10 warm-up steps to the 6 it has)
+    lr = acc.Scalars("train/lr")
+    assert [e.step for e in lr] == [1, 2, 3, 4] and [e.value for e in lr] == pytest.approx([1.5e-4 * i / 6 for i in range(4)])
     assert all(-1.0 <= v <= 1.0 for v in ssim)
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["best_val_psnr"] == pytest.approx(max(psnr), abs=1e-4) and summary["best_epoch"] == 1 + int(np.argmax(psnr))

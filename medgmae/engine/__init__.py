@@ -9,11 +9,13 @@ from medgmae.engine.resume import check_resume_fits, latest_checkpoint
 from medgmae.distributed import is_main_process
 from medgmae.engine.console import EpochProgress, ValidationProgress, loss_value, quiet_known_warnings
 from medgmae.engine.history import MetricHistory
+from medgmae.engine.lr_scalar import LearningRateScalar
 
 __all__ = [
     "CheckpointHandler",
     "check_resume_fits",
     "EpochProgress",
+    "LearningRateScalar",
     "ValidationProgress",
     "MetricHistory",
     "is_main_process",

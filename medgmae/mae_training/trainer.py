@@ -1,5 +1,6 @@
 """The pre-training engine: MONAI's SupervisedTrainer with a masked-autoencoder iteration.
 
+When it starts, rank 0 logs one line naming what runs (:func:`~medgmae.mae_training.run_line.run_settings_line`).
 One iteration runs the model (its ``forward`` returns the masked-voxel loss), under bf16 autocast on CUDA when
 ``amp`` is on, back-propagates, clips the global gradient norm and steps the optimiser. MONAI's iteration events
 fire as in the stock trainer, so MONAI and toolkit handlers attach unchanged.
@@ -9,17 +10,24 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
+import logging
+
 import torch
 import torch.nn as nn
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
+from medgmae.distributed import is_main_process, rank_world
 from medgmae.engine.step_guards import GradientClipHandler
+from medgmae.mae_training.run_line import run_settings_line
 from medgmae.mae_training.validation import masked_psnr
 from medgmae.networks.mae_base import MAEOutput
 
 __all__ = ["MaskedAutoencoderTrainer"]
+
+logger = logging.getLogger("medgmae.mae_training")
 
 
 class MaskedAutoencoderTrainer(SupervisedTrainer):
@@ -41,6 +49,8 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         amp: bf16 autocast for the network on CUDA (no effect on CPU; bf16 needs no loss scaling).
         train_handlers: ignite/MONAI handlers.
         image_key: batch key of the image.
+        crops_per_item: crops each loader item yields (the 3D bundle's ``num_samples``), for the start line's
+            global batch.
         kwargs: further :class:`monai.engines.SupervisedTrainer` arguments.
     """
 
@@ -55,6 +65,7 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         amp: bool = False,
         train_handlers: Sequence | None = None,
         image_key: str = CommonKeys.IMAGE,
+        crops_per_item: int = 1,
         **kwargs: Any,
     ) -> None:
         if grad_clip < 0:
@@ -75,8 +86,19 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         self.grad_clip = float(grad_clip)
         if self.grad_clip > 0:  # the toolkit's one clipping step, after BACKWARD_COMPLETED as in MONAI's trainers
             GradientClipHandler(self.grad_clip).attach(self)
-        self.bf16 = bool(amp) and device.type == "cuda"
-        self.image_key = image_key
+        self.amp_asked, self.bf16 = bool(amp), bool(amp) and device.type == "cuda"
+        self.image_key, self.crops_per_item = image_key, int(crops_per_item)
+        self.add_event_handler(Events.STARTED, self._log_run_settings)
+
+    def run_settings(self) -> str:
+        """The start line: device, AMP, renderer, model, Gaussians, mask and global batch of this run."""
+        batch = getattr(self.data_loader, "batch_size", None)
+        return run_settings_line(self.network, self.state.device, self.amp_asked, batch, self.crops_per_item,
+                                 rank_world()[1])  # fmt: skip
+
+    def _log_run_settings(self, _: Any = None) -> None:
+        if is_main_process():
+            logger.info(self.run_settings())
 
     def _iteration(self, engine: "MaskedAutoencoderTrainer", batchdata: dict) -> dict:  # type: ignore[override]
         if batchdata is None or self.image_key not in batchdata:

@@ -18,7 +18,7 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from monai.utils import ensure_tuple_rep
 from torch import Tensor
 
-__all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "quiet_monai_meshgrid", "random_masking"]
+__all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "quiet_monai_meshgrid", "random_masking", "visible_patch_count"]
 
 
 @contextmanager
@@ -52,8 +52,8 @@ VIT_PRESETS: dict[str, ViTPreset] = {
 }
 
 
-def kept_patches(n_tokens: int, mask_ratio: float) -> int:
-    """How many of ``n_tokens`` patches :func:`random_masking` leaves visible at ``mask_ratio`` (at least one)."""
+def visible_patch_count(n_tokens: int, mask_ratio: float) -> int:
+    """How many of ``n_tokens`` patches the encoder sees under ``mask_ratio`` (at least one)."""
     return max(1, int(round(n_tokens * (1.0 - mask_ratio))))
 
 
@@ -73,7 +73,7 @@ def random_masking(n_tokens: int, batch: int, mask_ratio: float, device, generat
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    n_keep = kept_patches(n_tokens, mask_ratio)
+    n_keep = visible_patch_count(n_tokens, mask_ratio)
     noise = torch.rand(batch, n_tokens, device=device, generator=generator)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)

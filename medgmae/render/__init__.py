@@ -28,7 +28,7 @@ from torch import Tensor
 from medgmae.rotations import quaternion_to_rotation_matrix
 from medgmae.render._torch_impl import TILE, count_pairs, render_torch
 
-__all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "as_cutoff", "BACKENDS", "NonFiniteGaussiansError"]
+__all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "as_cutoff", "BACKENDS", "NonFiniteGaussiansError", "resolve_backend"]
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -143,6 +143,14 @@ def preprocess_gaussians(
     return means, conics, intensities, extents
 
 
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The backend :func:`render_volume` uses for ``backend`` on ``device``: ``"auto"`` is triton on CUDA, torch
+    elsewhere; ``"torch"`` and ``"triton"`` are returned as they are."""
+    if backend == "auto":
+        return "triton" if torch.device(device).type == "cuda" else "torch"
+    return backend
+
+
 def _triton_usable(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
@@ -186,8 +194,7 @@ def render_volume(
     shape, cutoff = _check_inputs(means, scales, quats, intensities, shape, cutoff, backend)
     b, k = means.shape[:2]
     device = means.device
-    if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "torch"
+    backend = resolve_backend(backend, device)
     if backend == "triton" and not _triton_usable(device):
         raise ValueError(
             "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on the CPU); "

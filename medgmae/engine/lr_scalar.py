@@ -1,0 +1,43 @@
+"""The learning rate as a TensorBoard scalar, per iteration.
+
+MONAI's ``TensorBoardStatsHandler`` writes ``engine.state`` attributes at epoch ends only, and its iteration writer
+runs at ``ITERATION_COMPLETED``, after ``LrScheduleHandler`` has already stepped to the next iteration's rate.
+:class:`LearningRateScalar` writes at ``ITERATION_STARTED`` instead: the rate the iteration's optimiser step uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["LearningRateScalar"]
+
+
+class LearningRateScalar:
+    """Write the optimiser's learning rate (its first parameter group's) to TensorBoard at every iteration.
+
+    Args:
+        summary_writer: a ``SummaryWriter``; ``None`` (a process other than rank 0) writes nothing.
+        tag: the scalar's tag.
+        optimizer: the optimiser whose rate is written (default: the engine's).
+    """
+
+    def __init__(self, summary_writer: Any = None, tag: str = "train/lr", optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.writer, self.tag, self.optimizer = summary_writer, tag, optimizer
+
+    def attach(self, engine: Engine) -> None:
+        """Write at each iteration's start and flush at each epoch's end."""
+        engine.add_event_handler(Events.ITERATION_STARTED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._flush)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.writer is None:
+            return
+        optimizer = self.optimizer if self.optimizer is not None else engine.optimizer
+        self.writer.add_scalar(self.tag, float(optimizer.param_groups[0]["lr"]), engine.state.iteration)
+
+    def _flush(self, _: Engine) -> None:
+        if self.writer is not None:
+            self.writer.flush()

@@ -1,0 +1,123 @@
+"""The line a masked-autoencoder pre-training run logs when it starts: what actually runs.
+
+``--device auto``, ``--amp`` and the renderer's ``auto`` are resolved here as the run resolves them, so the line
+names the device, whether bf16 autocast is on, the renderer backend, the model and its parameter count, the
+Gaussians, the mask and the global batch. A model without Gaussians (the voxel-MAE) has neither renderer nor K;
+a 2D model's crops are whole images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from medgmae.engine import unwrap_model
+from medgmae.networks.vit import visible_patch_count
+from medgmae.render import resolve_backend
+
+__all__ = ["run_settings_line", "renderer_in_use", "device_words", "amp_words", "global_batch_words"]
+
+
+def device_words(device: torch.device | str) -> str:
+    """``cpu``, or ``cuda:N (GPU name)`` with ``N`` the current CUDA device when ``device`` names none."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return str(device)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def amp_words(amp: bool, device: torch.device | str) -> str:
+    """Whether bf16 autocast runs: on CUDA as asked; asked for elsewhere, it has no effect and the words say so."""
+    device = torch.device(device)
+    if not amp:
+        return "AMP off"
+    if device.type == "cuda":
+        return "AMP on (bf16)"
+    where = "the CPU" if device.type == "cpu" else device.type
+    return f"AMP off (asked for; no effect on {where})"
+
+
+def renderer_in_use(model: nn.Module, device: torch.device | str) -> str | None:
+    """The renderer backend ``model`` draws its Gaussians with on ``device`` (``None`` for a model without any).
+
+    A 3D model's ``auto`` is triton on CUDA and torch elsewhere (:func:`medgmae.render.resolve_backend`); a 2D
+    model's is gsplat on CUDA when its extension loads, else torch
+    (:func:`medgmae.twod.gsplat_backend.resolve_backend_2d`).
+    """
+    model = unwrap_model(model)
+    backend = getattr(model, "render_backend", None)
+    if backend is None:
+        return None
+    if getattr(model, "spatial_dims", 3) == 2:
+        from medgmae.twod.gsplat_backend import resolve_backend_2d
+
+        return resolve_backend_2d(backend, device)
+    return resolve_backend(backend, device)
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 crop"``, ``"2 crops"``, ``"2 processes"``."""
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+def global_batch_words(processes: int, batch_size: int, crops_per_item: int, spatial_dims: int = 3) -> str:
+    """``global batch N crops per step (P processes x B volumes x C crops)``; a 2D run's items are images."""
+    total = processes * batch_size * crops_per_item
+    if spatial_dims == 2 and crops_per_item == 1:
+        return f"global batch {plural(total, 'image')} per step ({plural(processes, 'process')} x {batch_size})"
+    parts = f"{plural(processes, 'process')} x {plural(batch_size, 'volume')} x {plural(crops_per_item, 'crop')}"
+    return f"global batch {plural(total, 'crop')} per step ({parts})"
+
+
+def _gaussian_words(model: nn.Module) -> str | None:
+    k = getattr(model, "num_gaussians", None)
+    if k is None:
+        return None
+    total = int(getattr(model, "total_gaussians", k))
+    if total == k:
+        return f"K={k} Gaussians"
+    return f"K={k} Gaussians ({total} in all over {len(model.level_multipliers)} levels)"
+
+
+def run_settings_line(
+    network: nn.Module,
+    device: torch.device | str,
+    amp: bool,
+    batch_size: int | None,
+    crops_per_item: int = 1,
+    processes: int = 1,
+) -> str:
+    """One line stating what a pre-training run runs.
+
+    Args:
+        network: the model (DDP-wrapped or not).
+        device: the training device (the resolved ``--device``).
+        amp: whether AMP was asked for.
+        batch_size: items (volumes, images) per loader batch of one process; ``None`` leaves the batch out.
+        crops_per_item: crops each loader item yields (the 3D bundle's ``num_samples``).
+        processes: training processes (torchrun's world size).
+
+    Returns:
+        ``"pre-training runs on cpu, AMP off, renderer torch, model medgmae tiny (N parameters), K=..., mask ratio
+        0.75 (16 of 64 patches visible per crop), global batch ..."``.
+    """
+    model = unwrap_model(network)
+    parts = [f"pre-training runs on {device_words(device)}", amp_words(amp, device)]
+    renderer = renderer_in_use(model, device)
+    parts.append(f"renderer {renderer}" if renderer else "no renderer (voxel decoder)")
+    count = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    extra = f", {trainable:,} trainable" if trainable != count else ""
+    parts.append(f"model {getattr(model, 'kind', type(model).__name__)} {getattr(model, 'model_size', '')}".rstrip()
+                 + f" ({count:,} parameters{extra})")  # fmt: skip
+    gaussians = _gaussian_words(model)
+    if gaussians:
+        parts.append(gaussians)
+    dims = getattr(model, "spatial_dims", 3)
+    n = int(model.encoder.num_patches)
+    visible = visible_patch_count(n, model.mask_ratio)
+    parts.append(f"mask ratio {model.mask_ratio:g} ({visible} of {n} patches visible per {'image' if dims == 2 else 'crop'})")
+    if batch_size is not None:
+        parts.append(global_batch_words(processes, int(batch_size), int(crops_per_item), dims))
+    return ", ".join(parts)
