@@ -214,3 +214,20 @@ def test_best_model_records_the_epoch_and_psnr_it_was_chosen_by(tmp_path):
     assert ckpt.extra["best"] == {"epoch": 7, "val_psnr": 23.5}
     assert all(torch.equal(ckpt.state_dict[k], v) for k, v in model.state_dict().items())
     assert sorted(p.name for p in (tmp_path / "new" / "run").iterdir()) == ["best_model.pt"]  # no stray encoder
+
+
+def test_the_picture_is_titled_with_its_own_crops_psnr(tmp_path, monkeypatch):
+    """The picture shows the first validation crop; its title gave that crop's PSNR as if it were the validation
+    PSNR, which is the mean over the crops: the title names the crop."""
+    from types import SimpleNamespace
+
+    import medgmae.mae_training.pictures as pictures
+
+    x = torch.full((1, 1, 8, 8, 8), 0.5)
+    out = SimpleNamespace(pred=x - 0.1, mask=torch.ones_like(x), gaussians=None)  # MSE 0.01: 20 dB
+    validator = SimpleNamespace(masked_output=lambda i: (x, out), crops=lambda: [x[0], x[0]])
+    titles = []
+    monkeypatch.setattr(pictures, "reconstruction_figure", lambda *a, title="", **k: titles.append(title))
+    pictures.ValidationPictureHandler(validator, tmp_path).figure(3)
+    assert titles == ["epoch 3: validation crop 1 of 2: masked PSNR 20.00 dB"]
+    assert pictures.picture_title(1, 10.357, 1) == "epoch 1: validation crop 1: masked PSNR 10.36 dB"

@@ -31,7 +31,7 @@ from medgmae.engine.figures import (
     with_orientation_letters,
 )
 
-__all__ = ["ValidationPictureHandler", "reconstruction_figure", "tile_factor"]
+__all__ = ["ValidationPictureHandler", "picture_title", "reconstruction_figure", "tile_factor"]
 
 logger = logging.getLogger("medgmae.mae_training")
 
@@ -43,6 +43,13 @@ _GREY, _SHOW_THROUGH = np.array([120.0, 120.0, 150.0]), 0.25
 def tile_factor(shape: tuple[int, ...], min_tile: int = 160) -> int:
     """The integer enlargement that makes a slice of a volume of ``shape`` at least ``min_tile`` pixels wide."""
     return max(1, math.ceil(min_tile / max(shape)))
+
+
+def picture_title(epoch: int, psnr: float, num_crops: int) -> str:
+    """The picture's title: the masked PSNR of the crop shown (the first validation crop), which is not the
+    validation PSNR logged when several crops are validated (that one is their mean)."""
+    of = f" of {num_crops}" if num_crops > 1 else ""
+    return f"epoch {epoch}: validation crop 1{of}: masked PSNR {psnr:.2f} dB"
 
 
 def _masked_rgb(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -141,7 +148,7 @@ class ValidationPictureHandler:
         return epoch % self.interval == 0 or epoch == engine.state.max_epochs
 
     def figure(self, epoch: int) -> np.ndarray:
-        """The picture of the fixed crop with the current weights."""
+        """The picture of the fixed crop with the current weights, titled with that crop's own masked PSNR."""
         from medgmae.mae_training.validation import masked_psnr_per_sample
 
         x, out = self.validator.masked_output(0)
@@ -150,7 +157,7 @@ class ValidationPictureHandler:
         if out.gaussians is not None:
             g = out.gaussians.to_voxel(tuple(x.shape[2:]))
             centres, intensities = g.means[0].float().cpu().numpy(), g.intensities[0].float().cpu().numpy()
-        title = f"epoch {epoch}: fixed validation crop, masked PSNR {psnr:.2f} dB"
+        title = picture_title(epoch, psnr, len(self.validator.crops()))
         arrays = [t[0, 0].float().cpu().numpy() for t in (x, out.pred, out.mask)]
         return reconstruction_figure(*arrays, centres=centres, intensities=intensities, title=title, letters=self.letters)
 
