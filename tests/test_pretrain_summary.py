@@ -107,3 +107,22 @@ def test_the_next_commands_name_configs_that_exist_from_the_folder_the_run_was_s
         for name in ("fine-tune", "zero-shot inference"):
             config = _flag(shlex.split(commands[name]), "--config_file")
             assert config.startswith("bundles/") == relative and Path(config).is_file(), (cwd, config)
+
+
+def test_curves_mark_whole_epochs_and_a_few_round_values():
+    """The curves' axes were labelled with their padded ends only (``0.95`` and ``2.05`` for 2 epochs)."""
+    import numpy as np
+
+    from medgmae.engine.figures import epoch_ticks, line_plot, value_ticks
+
+    assert epoch_ticks(0.95, 2.05) == [1, 2] and epoch_ticks(0.95, 1.05) == [1]
+    assert epoch_ticks(0.3, 15.7) == [5, 10, 15] and epoch_ticks(0.5, 6.5) == [1, 2, 3, 4, 5, 6]
+    assert value_ticks(0.0793, 0.0861) == pytest.approx([0.080, 0.082, 0.084, 0.086])
+    assert value_ticks(11.3485, 11.3815) == pytest.approx([11.35, 11.36, 11.37, 11.38])
+    assert value_ticks(0.0723, 0.0849) == pytest.approx([0.074 + 0.002 * i for i in range(6)])  # not 0.075, 0.080 alone
+    # a grid line at each whole epoch: a 420-pixel panel plots x from 56 to 408 pixels over epochs 0.95 to 2.05
+    img = line_plot([("psnr", {"validation": ([1, 2], [10.0, 11.0])})])
+    grey = np.all(img == (220, 220, 220), axis=-1)
+    for epoch in (1, 2):
+        column = round(56 + (epoch - 0.95) / 1.1 * (408 - 56))
+        assert grey[30:260, column - 1 : column + 2].any(axis=1).mean() > 0.5

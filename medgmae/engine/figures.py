@@ -22,6 +22,7 @@ from medgmae.files import atomic_write
 __all__ = [
     "add_image",
     "colormap",
+    "epoch_ticks",
     "grey_rgb",
     "label_tile",
     "legible",
@@ -33,6 +34,7 @@ __all__ = [
     "save_png",
     "tile_grid",
     "upscale",
+    "value_ticks",
     "voxel_sizes",
     "with_orientation_letters",
 ]
@@ -250,10 +252,71 @@ def _ticks(lo: float, hi: float) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _nice_step(span: float, count: int) -> float:
+    """The smallest of 1, 2 or 5 times a power of ten that splits ``span`` into at most ``count - 1`` steps."""
+    raw = span / max(1, count - 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def value_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` round values (steps of 1, 2 or 5 times a power of ten) within ``[lo, hi]``: at most
+    ``count``, or where that gives fewer than three, at most ``2 * count``."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return []
+    for n in (count, 2 * count):
+        step = _nice_step(hi - lo, n)
+        first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+        ticks = [round(i * step, 12) for i in range(first, last + 1)]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
+def epoch_ticks(lo: float, hi: float, count: int = 6) -> list[int]:
+    """At most ``count`` whole epochs within ``[lo, hi]`` (every epoch when there are few)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        return []
+    first, last = math.ceil(lo), math.floor(hi)
+    if last - first < count:
+        return list(range(first, last + 1))
+    step = max(1, round(_nice_step(hi - lo, count)))
+    return list(range(math.ceil(lo / step) * step, last + 1, step))
+
+
+def _tick_text(value: float, ticks: Sequence[float]) -> str:
+    """``value`` with the decimals its ticks' spacing needs."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else abs(value)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    return f"{value:.{decimals}f}"
+
+
+def _axes(draw: ImageDraw.ImageDraw, font: Any, box: tuple[int, int, int, int], ox: int,
+          ranges: tuple[float, float, float, float]) -> None:  # fmt: skip
+    """Grid lines and labels at whole epochs (x) and at a few round values (y), then the frame."""
+    left, top, right, bottom = box
+    x0, x1, y0, y1 = ranges
+    ys = value_ticks(y0, y1)
+    for val in ys:
+        y = bottom - (val - y0) / (y1 - y0) * (bottom - top)
+        draw.line([left, y, right, y], fill=_GRID)
+        draw.text((ox + 4, y - 6), _tick_text(val, ys), fill=(0, 0, 0), font=font)
+    for val in epoch_ticks(x0, x1):
+        x = left + (val - x0) / (x1 - x0) * (right - left)
+        draw.line([x, top, x, bottom], fill=_GRID)
+        draw.text((x - 3 * len(str(val)), bottom + 4), str(val), fill=(0, 0, 0), font=font)
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+
+
+#: the light grey of the plots' grid lines
+_GRID = (220, 220, 220)
+
+
 def line_plot(
     panels: Sequence[tuple[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]]], size: tuple[int, int] = (420, 300)
 ) -> np.ndarray:
-    """Panels side by side, each a line plot of named ``(x, y)`` series with a legend and axis ranges.
+    """Panels side by side, each a line plot of named ``(x, y)`` series with a legend, whole epochs marked on the
+    x axis and a few round values on the y axis (:func:`epoch_ticks`, :func:`value_ticks`).
 
     Args:
         panels: ``(title, {series name: (x values, y values)})`` per panel; non-finite points are skipped.
@@ -274,12 +337,8 @@ def line_plot(
         xs = [a for v in pts.values() for a, _ in v] or [0.0, 1.0]
         ys = [b for v in pts.values() for _, b in v] or [0.0, 1.0]
         (x0, x1), (y0, y1) = _ticks(min(xs), max(xs)), _ticks(min(ys), max(ys))
-        draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+        _axes(draw, font, (left, top, right, bottom), ox, (x0, x1, y0, y1))
         draw.text((ox + 6, 4), title, fill=(0, 0, 0), font=font)
-        for val, y in ((y1, top), (y0, bottom)):
-            draw.text((ox + 4, y - 6), f"{val:.4g}", fill=(0, 0, 0), font=font)
-        for val, x in ((x0, left), (x1, right)):
-            draw.text((x - 10, bottom + 4), f"{val:.4g}", fill=(0, 0, 0), font=font)
         draw.text(((left + right) // 2 - 14, bottom + 14), "epoch", fill=(0, 0, 0), font=font)
 
         def to_px(a: float, b: float) -> tuple[float, float]:
