@@ -127,7 +127,7 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
     assert "validation (2 crops, fixed masks)" in log and "pre-training finished: 1 epoch of" in log
     # the start line: SMALL runs a 32^3 crop of 8^3 patches (64, 16 visible), one crop per volume, on the CPU
-    assert ("pre-training runs on cpu, AMP off (asked for; no effect on the CPU), renderer torch, model medgmae tiny ("
+    assert ("pre-training runs on cpu, AMP off (amp true, the default, has no effect on the CPU), renderer torch, model medgmae tiny ("
             in log and "K=8 Gaussians, mask ratio 0.75 (16 of 64 patches visible per crop), global batch 1 crop per step "
             "(1 process x 1 volume x 1 crop)" in log)  # fmt: skip
     # best_model.pt: model.pt's format, loadable without unpickling code, rebuilds the model

@@ -35,7 +35,7 @@ def amp_words(amp: bool, device: torch.device | str) -> str:
     if device.type == "cuda":
         return "AMP on (bf16)"
     where = "the CPU" if device.type == "cpu" else device.type
-    return f"AMP off (asked for; no effect on {where})"
+    return f"AMP off (amp true, the default, has no effect on {where})"
 
 
 def renderer_in_use(model: nn.Module, device: torch.device | str) -> str | None:
