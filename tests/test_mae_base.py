@@ -72,3 +72,28 @@ def test_cli_types(parse, good, bad):
     for text in bad:
         with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
             parse(text)
+
+
+def test_save_pretrained_interrupted_while_saving_leaves_the_earlier_pair(tmp_path, monkeypatch):
+    """encoder.pt was renamed into place before model.pt was written: a SIGTERM in between left a new encoder.pt
+    beside an old (or, after the first epoch, no) model.pt. Both are now written before either is renamed."""
+    import medgmae.mae_training.export as export
+    from medgmae.networks import MedGMAE
+
+    torch.manual_seed(0)
+    model = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4, render_backend="torch")
+    export.save_pretrained(model, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save = torch.save
+
+    def stop_at_the_model(obj, path, *a, **kw):
+        if obj.get("kind") == "medgmae":  # the second file: interrupted while it is written
+            raise KeyboardInterrupt
+        save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(export.torch, "save", stop_at_the_model)
+    with pytest.raises(KeyboardInterrupt):
+        export.save_pretrained(model, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
 from medgmae.engine import is_main_process, unwrap_model
-from medgmae.files import save_torch_atomic
+from medgmae.files import atomic_write
 
 __all__ = ["save_pretrained", "ModelExportHandler", "ENCODER_FILE", "MODEL_FILE"]
 
@@ -37,8 +38,12 @@ def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, P
     """
     model = unwrap_model(network)
     out = Path(output_dir)
-    enc = save_torch_atomic(model.encoder_checkpoint(), out / ENCODER_FILE)
-    full = save_torch_atomic(model.model_checkpoint(), out / MODEL_FILE)
+    enc, full = out / ENCODER_FILE, out / MODEL_FILE
+    # both written to temporary files before either is renamed: an interruption while saving (the slow part) leaves
+    # the earlier pair as it was, not a new encoder.pt beside an old or missing model.pt
+    with atomic_write(enc) as enc_tmp, atomic_write(full) as full_tmp:
+        torch.save(model.encoder_checkpoint(), enc_tmp)
+        torch.save(model.model_checkpoint(), full_tmp)
     return enc, full
 
 
