@@ -1115,3 +1115,23 @@ def test_an_nnunet_raw_folder_is_named_with_the_command_writing_its_datalist(tmp
     with pytest.raises(DatasetError, match=expected):
         evaluation_cases("", str(folder / "dataset.json"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resume_with_other_phantom_settings_leaves_the_runs_phantoms_as_they_were(tmp_path):
+    """A resume refused for another --seed first generated the run's phantom data again (other volumes under the
+    checkpoint, which evaluation then scored without a word): refused before any phantom is written, naming the
+    setting; the same settings resume."""
+    from medgmae.data.datalist import DatasetError
+    from medgmae.finetune.data import prepare_datalists
+
+    out = tmp_path / "run"
+    kw = dict(phantom_cases=4, phantom_shape=(32, 32, 24), phantom_spacing=(4.0, 4.0, 4.0))
+    prepare_datalists("", "", out, seed=0, **kw)
+    (out / "checkpoint_epoch=1.pt").write_bytes(b"")  # the run has a checkpoint to resume (only its name is read)
+    before = {p: p.read_bytes() for p in sorted((out / "phantom").rglob("*")) if p.is_file()}
+    with pytest.raises(DatasetError) as refused:
+        prepare_datalists("", "", out, seed=1, resume=True, **kw)
+    assert f"cannot resume {out}: its checkpoint trained on phantoms generated with other settings" in str(refused.value)
+    assert "subset_seed (default: seed): saved 0, now 1" in str(refused.value), refused.value
+    assert {p: p.read_bytes() for p in sorted((out / "phantom").rglob("*")) if p.is_file()} == before
+    prepare_datalists("", "", out, seed=0, resume=True, **kw)  # the run's own settings resume

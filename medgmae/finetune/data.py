@@ -198,7 +198,7 @@ def prepare_datalists(
     """
     seed = int(seed if subset_seed is None else subset_seed)  # the data's seed; training's own seed is MONAI's
     dataset_dir, datalist, source = training_datalist(
-        dataset_dir, datalist, output_dir, phantom_cases, seed, phantom_shape, phantom_spacing
+        dataset_dir, datalist, output_dir, phantom_cases, seed, phantom_shape, phantom_spacing, resume
     )
     names = label_names(datalist, num_classes or None)
     log_classes(names, datalist)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from medgmae.data.datalist import DatasetError, phantom_dataset
+from medgmae.data.phantom.writer import resume_differences
 from medgmae.engine.resume import latest_checkpoint
 from medgmae.files import save_json_atomic
 from medgmae.settings_diff import settings_differences
@@ -22,6 +23,10 @@ __all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", 
 
 #: Name of the record in the run folder.
 RECORD_FILE = "training_cases.json"
+
+#: The fine-tuning settings behind each recorded phantom generator parameter, as a refused resume names them.
+_PHANTOM_FLAGS = {"num_cases": "phantom_cases", "num_validation": "phantom_cases (a third validation)",
+                  "shape": "phantom_shape", "spacing": "phantom_spacing", "seed": "subset_seed (default: seed)"}  # fmt: skip
 
 
 def case_record(fraction: float, seed: int, num_total: int, cases: list, source: Mapping | None = None) -> dict:
@@ -98,6 +103,7 @@ def training_datalist(
     seed: int,
     phantom_shape: Sequence[int] | None = None,
     phantom_spacing: Sequence[float] | None = None,
+    resume: bool = False,
 ) -> tuple[str | Path, str | Path, dict[str, str]]:
     """The data a fine-tuning run trains on: the given datalist and folder, or phantom data when both are empty.
 
@@ -110,16 +116,26 @@ def training_datalist(
         seed: seed of the phantom data.
         phantom_shape: phantom volume shape (generator default when ``None``).
         phantom_spacing: phantom voxel size in mm (generator default when ``None``).
+        resume: the run resumes its checkpoint: phantom data of other settings are refused before they would be
+            generated again (the checkpoint trained on them; evaluation reads them).
 
     Returns:
         ``(dataset_dir, datalist, source)``: the image folder, the datalist file and the run's data source
         (:func:`data_source`, as given, before phantom data are written).
+
+    Raises:
+        DatasetError: a resume whose phantom settings differ from those of the run's phantom data.
     """
     if not str(dataset_dir).strip() and str(datalist).strip():  # a datalist alone: its paths resolve against its folder
         dataset_dir = Path(datalist).parent
     source = data_source(dataset_dir, (datalist or Path(dataset_dir) / "dataset.json") if dataset_dir else "")
     if not dataset_dir:
         n_val = max(1, phantom_cases // 3)
+        if resume and (diff := resume_differences(output_dir, phantom_cases, seed, phantom_shape, phantom_spacing, n_val,
+                                                  labels=_PHANTOM_FLAGS)):  # fmt: skip
+            raise DatasetError(f"cannot resume {output_dir}: its checkpoint trained on phantoms generated with other "
+                               f"settings ({'; '.join(diff)}); resume with the run's phantom settings, or start afresh "
+                               "(a new --output_dir), nothing was written")  # fmt: skip
         datalist = phantom_dataset(
             Path(output_dir) / "phantom", phantom_cases, n_val, seed=seed, shape=phantom_shape, spacing=phantom_spacing
         )
