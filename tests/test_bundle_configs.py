@@ -342,3 +342,28 @@ def test_a_mask_ratio_that_masks_no_patch_is_refused(bundle, size_key, size, pat
         check_settings({"mask_ratio": settings["mask_ratio"]}, output_dirs={})
     n = (size // patch) ** (3 if bundle == "medgmae_pretrain" else 2)
     assert f"--mask_ratio: {ratio} masks no patch: a crop of {size} in patches of {patch} has {n} patch(es)" in str(err.value)
+
+
+def test_fine_tuning_refuses_a_resume_with_other_validation_or_loss_settings():
+    """--val_interval (which epochs choose the best model), --sw_overlap (the validation Dice that chooses it) and
+    the loss weights change the result without changing the epoch's length: they resumed silently; now named."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "unetr_finetune" / "configs" / "train.json"))
+    parser.update({"roi_size": 24, "encoder#patch_size": 12, "encoder#num_layers": 1, "feature_size": 4})
+    saved = parser.get_parsed_content("settings_record").state_dict()
+    parser.update({"val_interval": 2, "sw_overlap": 0.25, "loss#lambda_dice": 0.2})
+    with pytest.raises(ValueError) as refused:
+        parser.get_parsed_content("settings_record", lazy=False).load_state_dict(saved)
+    for named in ("loss.lambda_dice: saved 1.0, now 0.2", "validation.val_interval: saved 1, now 2",
+                  "validation.sw_overlap: saved 0.5, now 0.25"):
+        assert named in str(refused.value), (named, refused.value)
+
+
+def test_fine_tuning_refuses_a_layer_decay_above_one_with_the_settings():
+    """--layer_decay 2 passed the settings check (a positive number) and failed in the optimiser, after the data
+    were written."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "unetr_finetune" / "configs" / "train.json"))
+    parser.update({"layer_decay": 2})
+    with pytest.raises(BundleSettingError, match=r"--layer_decay: expected a number in \(0, 1\], got '2'"):
+        check_settings({"layer_decay": parser.get_parsed_content("checked_settings")["layer_decay"]}, output_dirs={})
