@@ -138,7 +138,7 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     acc = _tensorboard(straight / "tensorboard")
     psnr = [e.value for e in acc.Scalars("val/psnr")]
     ssim = [e.value for e in acc.Scalars("val/ssim")]
-    assert [e.step for e in acc.Scalars("val/psnr")] == [1, 2] and np.isfinite(psnr + ssim).all()
+    assert [e.step for e in acc.Scalars("val/psnr")] == [2, 4] and np.isfinite(psnr + ssim).all()  # the iterations
     # the learning rate each step used: 2 epochs of 2 volumes, rising from 0 towards 1.5e-4 over the schedule's
     # 3 epochs of 2 steps (MONAI's WarmupCosineSchedule shortens the 10 warm-up steps to the 6 it has)
     lr = acc.Scalars("train/lr")
@@ -328,8 +328,9 @@ def test_resume_with_another_validation_list_writes_nothing(runs, tmp_path, fold
 
 
 def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(runs, tmp_path):
-    """A run stopped within epoch 3 logged iterations 5-6 before it stopped; resumed from checkpoint_epoch=2.pt it
-    logs them again. Its writer's purge_step makes TensorBoard keep each step once: the resumed run's."""
+    """A run stopped within epoch 3 logged iterations 5-6 (and epoch 3's validation, at iteration 6) before it
+    stopped; resumed from checkpoint_epoch=2.pt it logs them again. Its writer's purge_step makes TensorBoard keep
+    each step once: the resumed run's (validation was logged at epoch steps, below the purge step: shown twice)."""
     import shutil
 
     from torch.utils.tensorboard import SummaryWriter
@@ -338,6 +339,7 @@ def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(
     stopped = SummaryWriter(str(out / "tensorboard"))  # what the stopped run logged of epoch 3
     for step in (5, 6):
         stopped.add_scalar("train_loss", 99.0, step)
+    stopped.add_scalar("val/psnr", 99.0, 6)  # its epoch-3 validation, logged before the checkpoint it never wrote
     stopped.close()
     assert [e.step for e in _tensorboard(out / "tensorboard").Scalars("train_loss")] == [1, 2, 3, 4, 5, 6]
     _ok(_bundle("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]),
@@ -345,7 +347,8 @@ def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(
     acc = _tensorboard(out / "tensorboard")
     logged = [(e.step, e.value) for e in acc.Scalars("train_loss")]
     assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6] and 99.0 not in [v for _, v in logged], logged
-    assert [e.step for e in acc.Scalars("val/psnr")] == [1, 2, 3]  # epoch steps: the resumed run's epoch 3 is kept
+    validated = [(e.step, e.value) for e in acc.Scalars("val/psnr")]  # at the iterations ending epochs 1-3
+    assert [step for step, _ in validated] == [2, 4, 6] and 99.0 not in [v for _, v in validated], validated
 
 
 def test_resume_with_other_phantom_settings_writes_nothing(runs, tmp_path, folder_state):

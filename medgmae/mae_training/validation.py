@@ -241,8 +241,8 @@ class MaskedValidationHandler:
         metrics = self.evaluate()
         for name, value in metrics.items():
             self.history.record(f"val_{name}", epoch, value)
-            if self.writer is not None:
-                self.writer.add_scalar(f"val/{name}", value, epoch)
+            if self.writer is not None:  # at the iteration, as train_loss: a resume's purge step then covers it
+                self.writer.add_scalar(f"val/{name}", value, engine.state.iteration)
         if self.writer is not None:
             self.writer.flush()
         improved = self.history.update_best(epoch, metrics["psnr"])
