@@ -147,6 +147,12 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["best_val_psnr"] == pytest.approx(max(psnr), abs=1e-4) and summary["best_epoch"] == 1 + int(np.argmax(psnr))
     assert str(straight / "encoder.pt") in summary["next"]["fine-tune"] and "--init medgmae" in summary["next"]["reconstruction init"]
+    # the run's settings, to compare runs from their folders: as given on the command line (SMALL) and the defaults
+    settings = summary["settings"]
+    assert settings["model"]["num_gaussians"] == 8 and settings["model"]["img_size"] == [32, 32, 32]
+    assert settings["preprocessing"]["spacing"] == [3.0, 3.0, 3.0]
+    assert {k: settings["training"][k] for k in ("batch_size", "num_samples", "learning_rate", "seed")} == {
+        "batch_size": 1, "num_samples": 1, "learning_rate": 1.5e-4, "seed": 0}
     assert "val/reconstruction" in acc.Tags()["images"] and "curves" in acc.Tags()["images"]
     # pictures: 4 rows (masked input, rendering, target, centres) x 3 slices of the 32^3 crop enlarged 5x
     pic = _png(straight / "pictures" / "epoch_0002.png")

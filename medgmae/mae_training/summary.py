@@ -9,10 +9,11 @@ initialisation), and saves the same as ``summary.json``.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ignite.engine import Engine, Events
 
@@ -150,6 +151,8 @@ class PretrainSummary:
         pretrained_on: the user's data the run pre-trained on (``datalist`` or ``dataset_dir``); empty for phantoms
             (see :func:`next_commands`).
         data_dir: the ``dataset_dir`` a ``datalist``'s relative paths resolved against (``""``: none).
+        settings: the run's settings, recorded in ``summary.json`` so that runs can be compared from their
+            folders (e.g. the model's config, its pre-processing and the training settings); ``None``: not recorded.
     """
 
     def __init__(
@@ -162,8 +165,10 @@ class PretrainSummary:
         summary_writer: Any = None,
         pretrained_on: str = "",
         data_dir: str = "",
+        settings: Mapping | None = None,
     ) -> None:
         self.out, self.history, self.model_kind = Path(output_dir), history, str(model_kind)
+        self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
         self.data_dir = str(data_dir or "").strip()
         self.example_image = str(example_image)
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
@@ -189,6 +194,7 @@ class PretrainSummary:
             "files": {**files, "pictures": str(out / "pictures"), "curves": str(out / CURVES_FILE),
                       "tensorboard": str(self.tensorboard_dir)},  # fmt: skip
             "next": self.commands(),
+            **({"settings": self.settings} if self.settings is not None else {}),
         }
 
     def commands(self) -> dict[str, str]:
