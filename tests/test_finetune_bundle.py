@@ -486,6 +486,11 @@ def _check_progress_pictures_and_summary(out: Path, log: str) -> None:
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     dice = [e.value for e in acc.Scalars("val_mean_dice")]
+    # the start line, and train/lr per iteration: the decoder's base rate (3e-4) at the cosine's start
+    assert re.search(r"fine-tuning runs on cpu, AMP off, network UNETR \(feature size 4, [\d,]+ parameters, [\d,]+ "
+                     r"trainable\), encoder loaded from \S+encoder\.pt, fine-tuned, learning rate 3e-4 \(\d+ parameter "
+                     r"groups\), global batch 1 crop per step \(1 process x 1 volume x 1 crop\)", log)
+    assert [(e.step, round(e.value, 8)) for e in acc.Scalars("train/lr")][:1] == [(1, 3e-4)]
     assert len(dice) == 1 and math.isfinite(dice[0]) and "val/segmentation" in acc.Tags()["images"]
     # at the iteration that ends the epoch (train_loss's last), so that a resume's purge step covers it too
     assert [e.step for e in acc.Scalars("val_mean_dice")] == [acc.Scalars("train_loss")[-1].step]

@@ -19,6 +19,7 @@ from medgmae.finetune.data import (
 from medgmae.finetune.report import FinetuneSummary, SegmentationPicture, dice_table, segmentation_figure
 from medgmae.finetune.evaluate import SaveSegmentationd, SegmentationReport, check_num_classes, per_case_dice
 from medgmae.finetune.progress import CaseProgress
+from medgmae.finetune.run_line import FinetuneRunLine
 from medgmae.finetune.best_model import BestCheckpointSaver, load_finetuned
 from medgmae.finetune.weights import (
     build_unetr,
@@ -44,6 +45,7 @@ __all__ = [
     "evaluation_cases",
     "finetune_spec",
     "finetuned_spec",
+    "FinetuneRunLine",
     "FinetuneSummary",
     "inference_cases",
     "inference_transforms",

@@ -3,7 +3,8 @@
 ``--device auto``, ``--amp`` and the renderer's ``auto`` are resolved here as the run resolves them, so the line
 names the device, whether bf16 autocast is on, the renderer backend, the model and its parameter count, the
 Gaussians, the mask and the global batch. A model without Gaussians (the voxel-MAE) has neither renderer nor K;
-a 2D model's crops are whole images.
+a 2D model's crops are whole images. The device, AMP and batch words are shared with fine-tuning's start line
+(:mod:`medgmae.engine.run_words`).
 """
 
 from __future__ import annotations
@@ -12,30 +13,11 @@ import torch
 import torch.nn as nn
 
 from medgmae.engine import unwrap_model
+from medgmae.engine.run_words import amp_words, device_words, global_batch_words
 from medgmae.networks.vit import visible_patch_count
 from medgmae.render import resolve_backend
 
 __all__ = ["run_settings_line", "renderer_in_use", "device_words", "amp_words", "global_batch_words"]
-
-
-def device_words(device: torch.device | str) -> str:
-    """``cpu``, or ``cuda:N (GPU name)`` with ``N`` the current CUDA device when ``device`` names none."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return str(device)
-    index = torch.cuda.current_device() if device.index is None else device.index
-    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-
-
-def amp_words(amp: bool, device: torch.device | str) -> str:
-    """Whether bf16 autocast runs: on CUDA as asked; asked for elsewhere, it has no effect and the words say so."""
-    device = torch.device(device)
-    if not amp:
-        return "AMP off"
-    if device.type == "cuda":
-        return "AMP on (bf16)"
-    where = "the CPU" if device.type == "cpu" else device.type
-    return f"AMP off (amp true, the default, has no effect on {where})"
 
 
 def renderer_in_use(model: nn.Module, device: torch.device | str) -> str | None:
@@ -54,20 +36,6 @@ def renderer_in_use(model: nn.Module, device: torch.device | str) -> str | None:
 
         return resolve_backend_2d(backend, device)
     return resolve_backend(backend, device)
-
-
-def plural(n: int, word: str) -> str:
-    """``"1 crop"``, ``"2 crops"``, ``"2 processes"``."""
-    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
-
-
-def global_batch_words(processes: int, batch_size: int, crops_per_item: int, spatial_dims: int = 3) -> str:
-    """``global batch N crops per step (P processes x B volumes x C crops)``; a 2D run's items are images."""
-    total = processes * batch_size * crops_per_item
-    if spatial_dims == 2 and crops_per_item == 1:
-        return f"global batch {plural(total, 'image')} per step ({plural(processes, 'process')} x {batch_size})"
-    parts = f"{plural(processes, 'process')} x {plural(batch_size, 'volume')} x {plural(crops_per_item, 'crop')}"
-    return f"global batch {plural(total, 'crop')} per step ({parts})"
 
 
 def _gaussian_words(model: nn.Module) -> str | None:

@@ -1,0 +1,55 @@
+"""Words the training bundles' start-of-run lines share: the device, whether AMP runs, and the global batch.
+
+Pre-training (:mod:`medgmae.mae_training.run_line`) and fine-tuning (:mod:`medgmae.finetune.run_line`) both resolve
+``--device auto`` and ``--amp`` as their runs do and state the result with these.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["device_words", "amp_words", "plural", "global_batch_words"]
+
+
+def device_words(device: torch.device | str) -> str:
+    """``cpu``, or ``cuda:N (GPU name)`` with ``N`` the current CUDA device when ``device`` names none."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return str(device)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def amp_words(amp: bool, device: torch.device | str, precision: str = "bf16", default: bool = True) -> str:
+    """Whether autocast runs: on CUDA as asked; asked for elsewhere, it has no effect and the words say so.
+
+    Args:
+        amp: whether AMP was asked for.
+        device: the training device.
+        precision: the autocast dtype on CUDA (pre-training's ``bf16``, MONAI's trainers' ``fp16``).
+        default: whether ``amp true`` is the bundle's default (the words then say it was not asked for as such).
+
+    Returns:
+        ``"AMP off"``, ``"AMP on (bf16)"`` or ``"AMP off (amp true[, the default,] has no effect on the CPU)"``.
+    """
+    device = torch.device(device)
+    if not amp:
+        return "AMP off"
+    if device.type == "cuda":
+        return f"AMP on ({precision})"
+    where = "the CPU" if device.type == "cpu" else device.type
+    return f"AMP off (amp true{', the default,' if default else ''} has no effect on {where})"
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 crop"``, ``"2 crops"``, ``"2 processes"``."""
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+def global_batch_words(processes: int, batch_size: int, crops_per_item: int, spatial_dims: int = 3) -> str:
+    """``global batch N crops per step (P processes x B volumes x C crops)``; a 2D run's items are images."""
+    total = processes * batch_size * crops_per_item
+    if spatial_dims == 2 and crops_per_item == 1:
+        return f"global batch {plural(total, 'image')} per step ({plural(processes, 'process')} x {batch_size})"
+    parts = f"{plural(processes, 'process')} x {plural(batch_size, 'volume')} x {plural(crops_per_item, 'crop')}"
+    return f"global batch {plural(total, 'crop')} per step ({parts})"

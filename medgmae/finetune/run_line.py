@@ -1,0 +1,154 @@
+"""The line a UNETR fine-tuning run logs when it starts: what actually runs.
+
+:class:`FinetuneRunLine` (a train handler of the bundle) logs, on rank 0 and once, the device (``--device auto``
+resolved), whether AMP runs (MONAI's fp16 autocast on CUDA; none on the CPU), the network with its parameter and
+trainable counts, where the encoder comes from and whether it is frozen, the learning rates of the layer-wise decay's
+parameter groups, and the global batch. A frozen encoder without ``--pretrained`` is warned about: it stays at its
+random initialisation and only the decoder trains. The device, AMP and batch words are pre-training's
+(:mod:`medgmae.engine.run_words`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, Events
+
+from medgmae.distributed import is_main_process, rank_world
+from medgmae.engine import unwrap_model
+from medgmae.engine.run_words import amp_words, device_words, global_batch_words, plural
+from medgmae.finetune.weights import layer_id
+
+__all__ = ["FinetuneRunLine", "finetune_run_line", "learning_rate_words", "FROZEN_SCRATCH_WARNING"]
+
+logger = logging.getLogger(__name__)
+
+#: the warning for ``--freeze_encoder true`` without ``--pretrained``
+FROZEN_SCRATCH_WARNING = (
+    "--freeze_encoder true without --pretrained freezes a randomly initialised encoder: only the decoder trains; "
+    "give --pretrained /path/to/encoder.pt, or leave freeze_encoder false to train the encoder from scratch"
+)
+
+
+def rate_words(lr: float) -> str:
+    """``3e-4``, ``1.27e-4``; rates of 0.01 and above as plain decimals."""
+    if lr >= 0.01 or lr == 0:
+        return f"{lr:g}"
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _depth_name(depth: int, num_layers: int) -> str:
+    if depth == 0:
+        return "patch embedding"
+    return "decoder" if depth > num_layers else f"block {depth}"
+
+
+def learning_rate_words(network: nn.Module, optimizer: torch.optim.Optimizer) -> str:
+    """The base learning rates of ``optimizer``'s parameter groups, named by their layer-wise-decay depth.
+
+    A group's rate is its scheduler's ``initial_lr`` (the rate the warm-up and cosine scale), else its ``lr``.
+
+    Args:
+        network: the UNETR (DDP-wrapped or not) whose parameters the groups hold.
+        optimizer: the optimiser built from :func:`medgmae.finetune.param_groups`.
+
+    Returns:
+        ``"learning rate 3e-4 (4 parameter groups)"`` or
+        ``"learning rates 1.27e-4 (patch embedding) ... 3e-4 (decoder), 4 rates in 8 parameter groups"``.
+    """
+    model = unwrap_model(network)
+    names = {id(p): name for name, p in model.named_parameters()}
+    num_layers = len(model.vit.blocks) if hasattr(model, "vit") else 0
+    rates: dict[int, float] = {}
+    for group in optimizer.param_groups:
+        name = next((names[id(p)] for p in group["params"] if id(p) in names), "")
+        rates.setdefault(layer_id(name, num_layers), float(group.get("initial_lr", group["lr"])))
+    groups = plural(len(optimizer.param_groups), "parameter group")
+    if len(set(rates.values())) <= 1:
+        return f"learning rate {rate_words(next(iter(rates.values()), 0.0))} ({groups})"
+    first, last = min(rates), max(rates)
+    return (
+        f"learning rates {rate_words(rates[first])} ({_depth_name(first, num_layers)}) ... "
+        f"{rate_words(rates[last])} ({_depth_name(last, num_layers)}), {len(set(rates.values()))} rates in {groups}"
+    )
+
+
+def _encoder_words(model: nn.Module, pretrained: str | Path) -> tuple[str, bool]:
+    frozen = not any(p.requires_grad for p in model.vit.parameters())
+    if str(pretrained or "").strip():
+        return f"encoder loaded from {pretrained}, {'frozen' if frozen else 'fine-tuned'}", frozen
+    return ("encoder randomly initialised, frozen" if frozen else "encoder trained from scratch"), frozen
+
+
+def finetune_run_line(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str,
+    amp: bool,
+    pretrained: str | Path = "",
+    batch_size: int = 1,
+    crops_per_item: int = 1,
+    processes: int = 1,
+) -> str:
+    """One line stating what a fine-tuning run runs.
+
+    Args:
+        network: the UNETR (DDP-wrapped or not).
+        optimizer: its optimiser (the layer-wise decay's parameter groups).
+        device: the training device (the resolved ``--device``).
+        amp: whether AMP was asked for.
+        pretrained: the ``encoder.pt`` the encoder was loaded from, ``""`` for none.
+        batch_size: volumes per loader batch of one process.
+        crops_per_item: crops each volume yields (``num_samples``).
+        processes: training processes (torchrun's world size).
+
+    Returns:
+        ``"fine-tuning runs on cpu, AMP off, network UNETR (feature size 16, N parameters, M trainable), encoder
+        loaded from .../encoder.pt, fine-tuned, learning rates ..., global batch ..."``.
+    """
+    model = unwrap_model(network)
+    count = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = getattr(model, "feature_size", None)
+    size_words = f"feature size {size}, " if size is not None else ""
+    parts = [
+        f"fine-tuning runs on {device_words(device)}",
+        amp_words(amp, device, precision="fp16", default=False),
+        f"network UNETR ({size_words}{count:,} parameters, {trainable:,} trainable)",
+        _encoder_words(model, pretrained)[0],
+        learning_rate_words(model, optimizer),
+        global_batch_words(processes, int(batch_size), int(crops_per_item)),
+    ]
+    return ", ".join(parts)
+
+
+class FinetuneRunLine:
+    """Log :func:`finetune_run_line` when training starts (rank 0, once), after :data:`FROZEN_SCRATCH_WARNING` when
+    the encoder is frozen without ``pretrained``.
+
+    Args:
+        pretrained: the bundle's ``pretrained`` (``""`` for training from scratch).
+        crops_per_item: the bundle's ``num_samples``.
+    """
+
+    def __init__(self, pretrained: str | Path = "", crops_per_item: int = 1) -> None:
+        self.pretrained, self.crops_per_item = str(pretrained or "").strip(), int(crops_per_item)
+
+    def attach(self, engine: Engine) -> None:
+        """Log at ``STARTED``."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any) -> None:
+        if not is_main_process():
+            return
+        model = unwrap_model(engine.network)
+        if not self.pretrained and not any(p.requires_grad for p in model.vit.parameters()):
+            logger.warning(FROZEN_SCRATCH_WARNING)
+        batch = getattr(engine.data_loader, "batch_size", None) or 1
+        logger.info(finetune_run_line(model, engine.optimizer, engine.state.device, bool(getattr(engine, "amp", False)),
+                                      self.pretrained, batch, self.crops_per_item, rank_world()[1]))  # fmt: skip
