@@ -31,7 +31,7 @@ def _parse(text: str, convert: Callable[[str], T], accept: Callable[[T], bool], 
     return value
 
 
-#: The integer types by name (``medgmae.bundle_checks.KINDS``), as their messages name them.
+#: The integer types by name (``medgmae.setting_kinds.KINDS``), as their messages name them.
 INTEGER_NAMES = {"int": "an integer", "positive_int": "a positive integer", "nonneg_int": "a non-negative integer",
                  "count_or_all": "a non-negative integer or -1 (all)"}
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medgmae.bundle_checks import BundleSettingError, check_output_dirs, check_settings, roi_size_check
+from medgmae.bundle_checks import BundleSettingError, check_output_dirs, check_settings
+from medgmae.setting_kinds import roi_size_check
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"

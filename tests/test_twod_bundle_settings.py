@@ -285,7 +285,7 @@ def test_gmae2d_validation_counts_images_and_one_epoch_is_singular(tmp_path, cap
     parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, val_images=2)
     handler = parser.get_parsed_content("val#handler")
     assert isinstance(handler, GMAE2DValidationHandler)
-    engine = SimpleNamespace(state=SimpleNamespace(epoch=1, max_epochs=1))
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=1, max_epochs=1, iteration=4))
     with caplog.at_level(logging.INFO, logger="medgmae"):
         handler(engine)
     assert "epoch 1 validation (2 images, fixed masks)" in caplog.text

@@ -203,7 +203,7 @@ def pretrained_check(roi_size: Any) -> Callable[[Any], None]:
     Returns:
         a callable that raises ``ValueError`` naming the problem of a bad ``pretrained``.
     """
-    from medgmae.bundle_checks import roi_size_problem
+    from medgmae.setting_kinds import roi_size_problem
 
     def check(value: Any) -> None:
         if not str(value or "").strip():

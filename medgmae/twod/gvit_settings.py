@@ -101,7 +101,7 @@ def phase_epochs_check(warmup: Any, classifier: Any, joint: Any) -> Callable[[An
         ``check(max_epochs)``, raising ``ValueError`` naming the problem: with ``max_epochs`` 0 that it needs 1 or
         more (or a phase's own epochs); with every phase's own epochs 0, that one of them needs 1 or more.
     """
-    from medgmae.bundle_checks import kind_problem
+    from medgmae.setting_kinds import kind_problem
     from medgmae.twod.gvit_step import PHASES
 
     def check(value: Any) -> None:

@@ -1,0 +1,204 @@
+"""The kinds of value a bundle setting can be, and the checks of crop, patch and mask settings, by which
+:func:`medgmae.bundle_checks.check_settings` names every bad key at a bundle's start (a kind's name, e.g.
+``"positive_int"``, or a check built here, e.g. :func:`roi_size_check`, in a config's ``checked_settings``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Mapping, Sequence
+
+from medgmae import cli_types
+
+__all__ = ["KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "roi_size_check", "roi_size_problem", "setting_problem"]
+
+#: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
+MIN_IMAGE_SIZE = 11
+
+#: The value kinds :func:`check_settings` knows, by name (each parses the value's text or raises).
+KINDS: dict[str, Callable[[str], Any]] = {
+    "int": cli_types.integer,
+    "positive_int": cli_types.positive_int,
+    "nonneg_int": cli_types.nonneg_int,
+    "count_or_all": cli_types.count_or_all,
+    "positive_float": cli_types.positive_float,
+    "nonneg_float": cli_types.nonneg_float,
+    "fraction": cli_types.fraction,
+    "unit_interval": cli_types.unit_interval,
+    "proper_fraction": cli_types.proper_fraction,
+}
+
+
+def setting_problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any], settings: Mapping[str, tuple]) -> str | None:
+    """Why ``value`` is not of ``kind`` (see :func:`check_settings`), ``None`` when it is; ``settings`` are all the
+    settings checked together (an ``image_size`` is checked against the ``patch_size`` among them)."""
+    if isinstance(kind, str) and kind.startswith("optional_"):  # null: the setting is not given
+        if value is None:
+            return None
+        kind = kind[len("optional_") :]
+    if callable(kind):
+        try:
+            kind(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            return str(e)
+        return None
+    if not isinstance(kind, str):
+        return None if value in kind else f"expected one of {list(kind)}, got {value!r}"
+    if kind == "bool":
+        try:
+            cli_types.as_bool(value)
+        except ValueError:
+            return f"expected true or false, got {value!r}"
+        return None
+    if kind == "image_size":
+        return _image_size_problem(value, settings)
+    if kind == "schedule_epochs":
+        return _schedule_epochs_problem(value, settings)
+    if kind in ("roi_size", "roi_edge"):
+        patch = settings["patch_size"][0] if "patch_size" in settings else None
+        return roi_size_problem(value, patch, cube=kind == "roi_edge")
+    if kind.endswith("s") and kind[:-1] in KINDS:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            return "expected a value, got []"
+        return next((p for p in (setting_problem(v, kind[:-1], settings) for v in values) if p), None)
+    if isinstance(value, bool):  # int(True) is 1: a flag is not a count
+        return f"expected {kind.replace('_', ' ')}, got {value!r}"
+    if kind in cli_types.INTEGER_NAMES and isinstance(value, (str, float)) and not cli_types.is_integer_text(value):
+        # the configs use the value as given, where MONAI reads --max_epochs 1e2 as the float 100.0
+        whole = cli_types.whole_number(value)
+        return f"expected {cli_types.INTEGER_NAMES[kind]}, got {value!r}" + (f" (write it as {whole})" if whole is not None else "")
+    try:
+        KINDS[kind](str(value).strip())
+    except argparse.ArgumentTypeError as e:
+        return str(e)
+    return None
+
+
+def kind_problem(value: Any, kind: str) -> str | None:
+    """Why ``value`` is not of the :data:`KINDS` name ``kind`` (e.g. ``"nonneg_int"``), as :func:`check_settings`
+    says it, else ``None``: for a bundle's own check that starts with a plain kind."""
+    return setting_problem(value, kind, {})
+
+
+def mask_ratio_check(size: Any, patch_size: Any, ndim: int) -> Callable[[Any], None]:
+    """The check of a masked autoencoder's ``mask_ratio`` (``checked_settings``): a number in ``[0, 1)`` that masks
+    at least one patch of the crop when it is above 0 (a crop of one patch, or a ratio rounding to no patch, trains
+    an autoencoder that sees everything while its log says "masked").
+
+    Args:
+        size: the crop's edge (``roi_size`` / ``image_size``, an integer; other values are left to their checks).
+        patch_size: the patch edge, likewise.
+        ndim: 3 for volumes, 2 for images.
+
+    Returns:
+        ``check(mask_ratio)``, raising ``ValueError`` naming the problem.
+    """
+    from medgmae.networks.vit import visible_patch_count
+
+    def check(value: Any) -> None:
+        if problem := kind_problem(value, "proper_fraction"):
+            raise ValueError(problem)
+        if kind_problem(size, "positive_int") or kind_problem(patch_size, "positive_int") or int(size) < int(patch_size):
+            return
+        n = (int(size) // int(patch_size)) ** ndim
+        if float(value) > 0 and visible_patch_count(n, float(value)) == n:
+            raise ValueError(f"{value} masks no patch: a crop of {size} in patches of {patch_size} has {n} patch(es), "
+                             f"and {value} of them rounds to none masked (one always stays visible); give a larger "
+                             "crop, smaller patches or a larger ratio (0, documented, trains without masking)")  # fmt: skip
+
+    return check
+
+
+def _image_size_problem(value: Any, settings: Mapping[str, tuple]) -> str | None:
+    """Why ``value`` is not a square 2D image edge: an integer of at least :data:`MIN_IMAGE_SIZE` and a multiple of
+    the ``patch_size`` setting (when that one is a positive integer; otherwise its own line names it)."""
+    if "patch_size" not in settings:
+        raise ValueError("an image_size check needs the patch_size setting beside it")
+    problem = setting_problem(value, "positive_int", settings)
+    if problem:
+        return problem
+    size, text = int(str(value).strip()), str(value).strip()
+    if size < MIN_IMAGE_SIZE:
+        return f"expected at least {MIN_IMAGE_SIZE} (the SSIM uses an {MIN_IMAGE_SIZE}-pixel window), got {text!r}"
+    patch = settings["patch_size"][0]
+    if setting_problem(patch, "positive_int", settings) is None and size % int(str(patch).strip()):
+        return f"expected a multiple of --patch_size {str(patch).strip()}, got {text!r}"
+    return None
+
+
+def _schedule_epochs_problem(value: Any, settings: Mapping[str, tuple]) -> str | None:
+    """Why ``value`` is not the length in epochs of a warm-up + cosine learning-rate schedule covering the run: a
+    positive integer of at least the ``max_epochs`` setting (when that one is a positive integer; otherwise its own
+    line names it). ``monai.optimizers.WarmupCosineSchedule`` goes on along its cosine past its end, so a shorter
+    schedule would bring the learning rate back up to its peak in the last epochs."""
+    if "max_epochs" not in settings:
+        raise ValueError("a schedule_epochs check needs the max_epochs setting beside it")
+    problem = setting_problem(value, "positive_int", settings)
+    if problem:
+        return problem
+    epochs, maximum = int(str(value).strip()), settings["max_epochs"][0]
+    if setting_problem(maximum, "positive_int", settings) is None and epochs < (last := int(str(maximum).strip())):
+        return (f"expected at least --max_epochs {last} (past the schedule's end its cosine brings the learning rate back "
+                f"up to its peak), got {str(value).strip()!r}: give --lr_schedule_epochs {last} or more, or leave it out "
+                "(it follows --max_epochs)")  # fmt: skip
+    return None
+
+
+def _positive_ints(value: Any) -> list[int] | None:
+    """``value`` (an integer, its text, or a list or tuple of them) as a list of positive integers, ``None`` when
+    it is not one."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or any(setting_problem(v, "positive_int", {}) for v in values):
+        return None
+    return [int(str(v).strip()) for v in values]
+
+
+def roi_size_problem(
+    value: Any, patch_size: Any = None, cube: bool = False, patch_name: str = "--patch_size"
+) -> str | None:
+    """Why ``value`` is not a 3D crop size: an integer (a cube's edge) or, unless ``cube``, a list of 3 integers,
+    each a positive multiple of the patch size along its axis.
+
+    Args:
+        value: the ``roi_size`` setting as given.
+        patch_size: the patch size (an integer or 3 of them); ``None``, or a value that is not one (its own check
+            names it), checks the form of ``value`` alone.
+        cube: accept an integer only (a bundle whose crops are cubes).
+        patch_name: how the message names the patch size's setting.
+
+    Returns:
+        the problem, ``None`` when there is none.
+    """
+    sizes = _positive_ints(value)
+    listed = isinstance(value, (list, tuple))
+    if sizes is None or (listed and (cube or len(value) != 3)):
+        return f"expected {'a positive integer' if cube else 'a positive integer or a list of 3'}, got {value!r}"
+    patches = _positive_ints(patch_size) if patch_size is not None else None
+    if patches is None or len(patches) not in (1, 3):
+        return None
+    sizes, patches = sizes * (3 // len(sizes)), patches * (3 // len(patches))
+    if any(s % p for s, p in zip(sizes, patches)):
+        shown = patches[0] if len(set(patches)) == 1 else patches
+        return f"expected positive multiples of {patch_name} {shown}, got {value!r}"
+    return None
+
+
+def roi_size_check(patch_size: Any = None, patch_name: str = "--encoder#patch_size") -> Callable[[Any], None]:
+    """A ``roi_size`` kind for :func:`check_settings` where the patch size is not a setting of its own (e.g. a key
+    of the fine-tuning's ``encoder``): see :func:`roi_size_problem`.
+
+    Args:
+        patch_size: the patch size, or ``None`` when it is not known up front (a pre-trained encoder's, read later):
+            the form of ``roi_size`` is checked alone.
+        patch_name: how the message names the patch size's setting.
+
+    Returns:
+        a callable that raises ``ValueError`` naming the problem of a bad ``roi_size``.
+    """
+
+    def check(value: Any) -> None:
+        problem = roi_size_problem(value, patch_size, patch_name=patch_name)
+        if problem:
+            raise ValueError(problem)
+
+    return check
