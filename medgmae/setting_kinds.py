@@ -98,13 +98,14 @@ def mask_ratio_check(size: Any, patch_size: Any, ndim: int) -> Callable[[Any], N
     def check(value: Any) -> None:
         if problem := kind_problem(value, "proper_fraction"):
             raise ValueError(problem)
-        if kind_problem(size, "positive_int") or kind_problem(patch_size, "positive_int") or int(size) < int(patch_size):
-            return
+        if kind_problem(size, "positive_int") or kind_problem(patch_size, "positive_int") or int(size) % int(patch_size):
+            return  # named by their own checks
         n = (int(size) // int(patch_size)) ** ndim
         if float(value) > 0 and visible_patch_count(n, float(value)) == n:
+            more = "" if n == 1 else " or a larger ratio"  # one patch stays visible whatever the ratio
             raise ValueError(f"{value} masks no patch: a crop of {size} in patches of {patch_size} has {n} patch(es), "
-                             f"and {value} of them rounds to none masked (one always stays visible); give a larger "
-                             "crop, smaller patches or a larger ratio (0, documented, trains without masking)")  # fmt: skip
+                             f"and a share of {value} of them rounds to none (one always stays visible); give a larger "
+                             f"crop, smaller patches{more} (0, documented, trains without masking)")  # fmt: skip
 
     return check
 

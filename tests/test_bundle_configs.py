@@ -304,20 +304,25 @@ def test_the_pretraining_defaults_are_the_toolkits_default_spec():
 
 
 @pytest.mark.parametrize("bundle, key", [("medgmae_pretrain", "resume_records#settings"), ("gmae2d_pretrain", "resume_records#settings")])
-def test_a_checkpoint_recording_no_gradient_clipping_resumes_at_the_old_default(bundle, key, caplog):
-    """grad_clip (and pre-training's num_samples) joined the settings a resume compares: a checkpoint written
-    before records neither; its clipping was the default 1.0, so the default resumes and another value is refused;
-    a section it lacks (batch) is warned about, not refused."""
+def test_a_checkpoint_recording_no_step_settings_resumes_with_a_warning(bundle, key, caplog):
+    """grad_clip (and pre-training's num_samples) joined the settings a resume compares, as a section of their own
+    ("step"): a checkpoint written before records no such section, and its run may have set --grad_clip to anything,
+    so it resumes whatever the value, with a warning to give the same one; a record holding it refuses another."""
+    import logging
+
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "train.json"))
+    parser.update({"grad_clip": 0.5})
     record = parser.get_parsed_content(key)
     old = record.state_dict()
-    old["settings"]["optimiser"].pop("grad_clip")
-    old["settings"].pop("batch", None)
-    record.load_state_dict(old)  # the defaults of today are those of then
-    parser.update({"grad_clip": 0.5})
-    with pytest.raises(ValueError, match=r"optimiser.grad_clip: saved 1.0, now 0.5"):
-        parser.get_parsed_content(key, lazy=False).load_state_dict(old)
+    del old["settings"]["step"]  # as an earlier version wrote it (its run had --grad_clip 0.5, unrecorded)
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        record.load_state_dict(old)
+    assert "records no step settings (an earlier version wrote it): they are not compared" in caplog.text
+    saved = record.state_dict()
+    parser.update({"grad_clip": 1.0})
+    with pytest.raises(ValueError, match=r"step.grad_clip: saved 0.5, now 1.0"):
+        parser.get_parsed_content(key, lazy=False).load_state_dict(saved)
 
 
 @pytest.mark.parametrize("bundle, size_key, size, patch, ratio, refused", [
@@ -325,6 +330,7 @@ def test_a_checkpoint_recording_no_gradient_clipping_resumes_at_the_old_default(
     ("medgmae_pretrain", "roi_size", 24, 12, 0.05, True),  # 8 patches x 0.05 = 0.4: none masked
     ("medgmae_pretrain", "roi_size", 24, 12, 0.2, False),  # 1.6: 2 masked
     ("medgmae_pretrain", "roi_size", 16, 16, 0.0, False),  # no masking asked (documented)
+    ("medgmae_pretrain", "roi_size", 20, 12, 0.75, False),  # not a multiple of the patch: --roi_size's own error alone
     ("gmae2d_pretrain", "image_size", 32, 32, 0.75, True),
     ("gmae2d_pretrain", "image_size", 32, 16, 0.75, False),  # 4 patches: 3 masked
 ])  # fmt: skip
@@ -342,6 +348,7 @@ def test_a_mask_ratio_that_masks_no_patch_is_refused(bundle, size_key, size, pat
         check_settings({"mask_ratio": settings["mask_ratio"]}, output_dirs={})
     n = (size // patch) ** (3 if bundle == "medgmae_pretrain" else 2)
     assert f"--mask_ratio: {ratio} masks no patch: a crop of {size} in patches of {patch} has {n} patch(es)" in str(err.value)
+    assert ("or a larger ratio" in str(err.value)) == (n > 1)  # one patch stays visible whatever the ratio
 
 
 def test_fine_tuning_refuses_a_resume_with_other_validation_or_loss_settings():

@@ -422,11 +422,15 @@ def test_a_resumed_scheduler_keeps_this_runs_plan(tmp_path, caplog):
             sched.step()
         return sched
 
-    saved = schedule(10, 10).state_dict()  # the first run, finished at its t_total
+    first = schedule(10, 10)  # the first run, finished at its t_total
+    saved = first.state_dict()
     longer, straight = schedule(20, 0), schedule(20, 10)
     with caplog.at_level("WARNING"):
-        restore_states(tmp_path / "c.pt", [("lr_scheduler", longer)], {"lr_scheduler": saved})
+        restore_states(tmp_path / "c.pt", [("optimizer", longer.optimizer), ("lr_scheduler", longer)],
+                       {"optimizer": first.optimizer.state_dict(), "lr_scheduler": saved})  # fmt: skip
     assert "t_total: saved 10, now 20" in caplog.text and longer.last_epoch == 10
+    # the first resumed step's rate too (the restored optimiser held the saved plan's last rate, 0)
+    assert longer.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"] > 0.1
     for _ in range(10):
         for s in (longer, straight):
             s.optimizer.step()

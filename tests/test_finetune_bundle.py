@@ -494,6 +494,7 @@ def _check_progress_pictures_and_summary(out: Path, log: str) -> None:
     assert len(dice) == 1 and math.isfinite(dice[0]) and "val/segmentation" in acc.Tags()["images"]
     # at the iteration that ends the epoch (train_loss's last), so that a resume's purge step covers it too
     assert [e.step for e in acc.Scalars("val_mean_dice")] == [acc.Scalars("train_loss")[-1].step]
+    assert [e.step for e in acc.Images("val/segmentation")] == [acc.Scalars("train_loss")[-1].step]  # the same axis
     table = (out / "dice_per_class.md").read_text().splitlines()
     assert table[:2] == ["| class | Dice |", "| --- | --- |"] and len(table) == 2 + 17 + 1
     # two rows (prediction, label) of 3 slices of the pre-processed validation case, enlarged to >= 160 pixels

@@ -30,10 +30,9 @@ def _unetr(freeze: bool = False, layer_decay: float = 0.5, warmup: int = 0):
     return net, opt
 
 
-def test_amp_words_name_the_precision_and_whether_amp_true_is_the_default():
-    assert amp_words(True, "cuda:0", precision="fp16", default=False) == "AMP on (fp16)"
-    assert amp_words(True, "cpu", precision="fp16", default=False) == "AMP off (amp true has no effect on the CPU)"
-    assert amp_words(True, "cpu") == "AMP off (amp true, the default, has no effect on the CPU)"
+def test_amp_words_name_the_precision_and_that_amp_has_no_effect_on_the_cpu():
+    assert amp_words(True, "cuda:0", precision="fp16") == "AMP on (fp16)" and amp_words(True, "cuda:0") == "AMP on (bf16)"
+    assert amp_words(True, "cpu", precision="fp16") == "AMP off (amp true has no effect on the CPU)"
     assert amp_words(False, "cuda:0", precision="fp16") == "AMP off"
 
 

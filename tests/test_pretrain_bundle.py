@@ -127,7 +127,7 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
     assert "validation (2 crops, fixed masks)" in log and "pre-training finished: 1 epoch of" in log
     # the start line: SMALL runs a 32^3 crop of 8^3 patches (64, 16 visible), one crop per volume, on the CPU
-    assert ("pre-training runs on cpu, AMP off (amp true, the default, has no effect on the CPU), renderer torch, model medgmae tiny ("
+    assert ("pre-training runs on cpu, AMP off (amp true has no effect on the CPU), renderer torch, model medgmae tiny ("
             in log and "K=8 Gaussians, mask ratio 0.75 (16 of 64 patches visible per crop), global batch 1 crop per step "
             "(1 process x 1 volume x 1 crop)" in log)  # fmt: skip
     # best_model.pt: model.pt's format, loadable without unpickling code, rebuilds the model
@@ -154,6 +154,8 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     assert {k: settings["training"][k] for k in ("batch_size", "num_samples", "learning_rate", "seed")} == {
         "batch_size": 1, "num_samples": 1, "learning_rate": 1.5e-4, "seed": 0}
     assert "val/reconstruction" in acc.Tags()["images"] and "curves" in acc.Tags()["images"]
+    pictured = {e.step for e in acc.Images("val/reconstruction")}  # at iterations ending validated epochs, as val/psnr
+    assert pictured and pictured <= {e.step for e in acc.Scalars("val/psnr")}, pictured
     # pictures: 4 rows (masked input, rendering, target, centres) x 3 slices of the 32^3 crop enlarged 5x
     pic = _png(straight / "pictures" / "epoch_0002.png")
     tile = 5 * 32
@@ -282,7 +284,7 @@ def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_st
     proc = _bundle("run", "training", "--config_file", TRAIN, *small, "--dataset_dir", str(runs["dataset"]), "--output_dir",
                    str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", "--grad_clip", "0.5", cwd=tmp_path)  # fmt: skip
     assert proc.returncode != 0, proc.stderr[-3000:]
-    assert ("MedGMAE pre-training with other settings (optimiser.grad_clip: saved 1.0, now 0.5; batch.num_samples: "
+    assert ("MedGMAE pre-training with other settings (step.grad_clip: saved 1.0, now 0.5; step.num_samples: "
             "saved 1, now 2)") in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
 

@@ -27,7 +27,7 @@ def test_the_start_line_names_device_amp_renderer_model_gaussians_mask_and_batch
     model = build_model("medgmae", "tiny", img_size=16, patch_size=8, num_gaussians=4)
     total, trainable = _params(model)
     line = run_settings_line(model, torch.device("cpu"), True, batch_size=2, crops_per_item=3, processes=1)
-    assert line.startswith("pre-training runs on cpu, AMP off (amp true, the default, has no effect on the CPU), renderer torch, ")
+    assert line.startswith("pre-training runs on cpu, AMP off (amp true has no effect on the CPU), renderer torch, ")
     assert f"model medgmae tiny ({total:,} parameters" in line
     assert (f", {trainable:,} trainable)" in line) == (trainable != total)
     # a 16^3 crop of 8^3 patches has 8 patches; a quarter of them (2) stay visible
@@ -79,7 +79,7 @@ def test_the_trainer_logs_the_line_once_when_it_starts(caplog):
         trainer.run()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-training runs on")]
     assert lines == [trainer.run_settings()]
-    assert "AMP off (amp true, the default, has no effect on the CPU)" in lines[0]
+    assert "AMP off (amp true has no effect on the CPU)" in lines[0]
     assert lines[0].endswith("global batch 2 crops per step (1 process x 1 volume x 2 crops)")
 
 

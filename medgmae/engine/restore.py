@@ -41,13 +41,14 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
         ValueError: naming the checkpoint, each refusing object and what it refused.
     """
     refused: list[tuple[str, Exception]] = []
+    replanned = []  # schedulers on another plan: their rates are set once the optimisers are restored too
     for name, obj in objects:
         record = not isinstance(obj, TRAINING_STATE)
         if refused and not record:
             break
         try:
             if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
-                load_scheduler_keeping_its_plan(path, name, obj, saved[name])
+                replanned += [obj] if load_scheduler_keeping_its_plan(path, name, obj, saved[name]) else []
             else:
                 obj.load_state_dict(saved[name])
         except (ValueError, RuntimeError, KeyError) as e:
@@ -56,6 +57,21 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
             refused.append((name, e))
     if refused:
         raise ValueError(f"cannot resume from checkpoint {path} " + "; ".join(f"('{n}'): {e}" for n, e in refused)) from refused[0][1]
+    for scheduler in replanned:
+        _rates_of_the_plan(scheduler)
+
+
+def _rates_of_the_plan(scheduler: Any) -> None:
+    """Set the optimiser's learning rates to those of ``scheduler``'s plan at its restored step: the restored
+    optimiser holds the saved plan's rates, which the first resumed iteration would otherwise use (the scheduler
+    only sets its own after that step). For schedulers of rate factors (``LambdaLR``, ``WarmupCosineSchedule``)."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas is None:
+        return
+    rates = [base * f(scheduler.last_epoch) for f, base in zip(lambdas, scheduler.base_lrs)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
 
 
 def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state: Mapping) -> list[str]:

@@ -20,17 +20,16 @@ def device_words(device: torch.device | str) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-def amp_words(amp: bool, device: torch.device | str, precision: str = "bf16", default: bool = True) -> str:
+def amp_words(amp: bool, device: torch.device | str, precision: str = "bf16") -> str:
     """Whether autocast runs: on CUDA as asked; asked for elsewhere, it has no effect and the words say so.
 
     Args:
         amp: whether AMP was asked for.
         device: the training device.
         precision: the autocast dtype on CUDA (pre-training's ``bf16``, MONAI's trainers' ``fp16``).
-        default: whether ``amp true`` is the bundle's default (the words then say it was not asked for as such).
 
     Returns:
-        ``"AMP off"``, ``"AMP on (bf16)"`` or ``"AMP off (amp true[, the default,] has no effect on the CPU)"``.
+        ``"AMP off"``, ``"AMP on (bf16)"`` or ``"AMP off (amp true has no effect on the CPU)"``.
     """
     device = torch.device(device)
     if not amp:
@@ -38,7 +37,7 @@ def amp_words(amp: bool, device: torch.device | str, precision: str = "bf16", de
     if device.type == "cuda":
         return f"AMP on ({precision})"
     where = "the CPU" if device.type == "cpu" else device.type
-    return f"AMP off (amp true{', the default,' if default else ''} has no effect on {where})"
+    return f"AMP off (amp true has no effect on {where})"
 
 
 def plural(n: int, word: str) -> str:

@@ -14,7 +14,7 @@ import logging
 import math
 import shlex
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -107,17 +107,23 @@ class SegmentationPicture:
     """After every validation, :func:`segmentation_figure` of the first validation case (evaluator handler).
 
     Writes ``output_dir/segmentation.png`` (replaced at each validation) and ``val/segmentation`` to TensorBoard at
-    the trainer's epoch; main process only. Expects decollated evaluator outputs with ``image`` (scaled to
-    ``[0, 1]``), ``pred`` and ``label`` (one-hot or indices).
+    ``global_step(the trainer's epoch)``; main process only. Expects decollated evaluator outputs with ``image``
+    (scaled to ``[0, 1]``), ``pred`` and ``label`` (one-hot or indices).
 
     Args:
         output_dir: run folder.
         summary_writer: TensorBoard ``SummaryWriter`` (optional).
         filename: PNG name.
+        global_step: the TensorBoard step of an epoch's picture (the bundle's: the iteration that ends the epoch,
+            as its scalars, so that a resume's purge step covers it); default the epoch.
     """
 
-    def __init__(self, output_dir: str | Path, summary_writer: Any = None, filename: str = "segmentation.png") -> None:
+    def __init__(
+        self, output_dir: str | Path, summary_writer: Any = None, filename: str = "segmentation.png",
+        global_step: Callable[[int], int] | None = None,
+    ) -> None:
         self.path, self.writer = Path(output_dir) / filename, summary_writer
+        self.global_step = global_step or (lambda epoch: epoch)
         self._case: dict | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -152,7 +158,7 @@ class SegmentationPicture:
         img = segmentation_figure(c["image"], c["pred"], c["label"], title=f"epoch {engine.state.epoch}: {c['name']}",
                                   letters=c["ras"])  # fmt: skip
         save_png(img, self.path)
-        add_image(self.writer, "val/segmentation", img, engine.state.epoch)
+        add_image(self.writer, "val/segmentation", img, self.global_step(engine.state.epoch))
 
 
 def dice_table(dice_per_class: Mapping[str, float | None], mean: float | None = None) -> str:

@@ -118,7 +118,7 @@ def finetune_run_line(
     size_words = f"feature size {size}, " if size is not None else ""
     parts = [
         f"fine-tuning runs on {device_words(device)}",
-        amp_words(amp, device, precision="fp16", default=False),
+        amp_words(amp, device, precision="fp16"),
         f"network UNETR ({size_words}{count:,} parameters, {trainable:,} trainable)",
         _encoder_words(model, pretrained)[0],
         learning_rate_words(model, optimizer),

@@ -167,6 +167,6 @@ class ValidationPictureHandler:
         epoch = engine.state.epoch
         img = self.figure(epoch)
         path = save_png(img, self.folder / f"epoch_{epoch:04d}.png")
-        add_image(self.writer, "val/reconstruction", img, epoch)
+        add_image(self.writer, "val/reconstruction", img, engine.state.iteration)  # on the scalars' axis
         self.written.append(path)
         logger.info("epoch %d: wrote %s", epoch, path)
