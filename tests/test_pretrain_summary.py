@@ -117,6 +117,7 @@ def test_curves_mark_whole_epochs_and_a_few_round_values():
 
     assert epoch_ticks(0.95, 2.05) == [1, 2] and epoch_ticks(0.95, 1.05) == [1]
     assert epoch_ticks(0.3, 15.7) == [5, 10, 15] and epoch_ticks(0.5, 6.5) == [1, 2, 3, 4, 5, 6]
+    assert epoch_ticks(-3.95, 104.95) == [50, 100]  # an axis padded below epoch 1 gets no tick at a nonexistent epoch 0
     assert value_ticks(0.0793, 0.0861) == pytest.approx([0.080, 0.082, 0.084, 0.086])
     assert value_ticks(11.3485, 11.3815) == pytest.approx([11.35, 11.36, 11.37, 11.38])
     assert value_ticks(0.0723, 0.0849) == pytest.approx([0.074 + 0.002 * i for i in range(6)])  # not 0.075, 0.080 alone

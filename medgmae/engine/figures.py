@@ -274,14 +274,15 @@ def value_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 
 def epoch_ticks(lo: float, hi: float, count: int = 6) -> list[int]:
-    """At most ``count`` whole epochs within ``[lo, hi]`` (every epoch when there are few)."""
+    """At most ``count`` whole epochs within ``[lo, hi]`` (every epoch when there are few), from epoch 1 (an axis
+    padded below it holds no epoch 0)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
         return []
-    first, last = math.ceil(lo), math.floor(hi)
+    first, last = max(1, math.ceil(lo)), math.floor(hi)
     if last - first < count:
         return list(range(first, last + 1))
     step = max(1, round(_nice_step(hi - lo, count)))
-    return list(range(math.ceil(lo / step) * step, last + 1, step))
+    return list(range(max(step, math.ceil(lo / step) * step), last + 1, step))
 
 
 def _tick_text(value: float, ticks: Sequence[float]) -> str:

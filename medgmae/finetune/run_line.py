@@ -78,11 +78,12 @@ def learning_rate_words(network: nn.Module, optimizer: torch.optim.Optimizer) ->
     )
 
 
-def _encoder_words(model: nn.Module, pretrained: str | Path) -> tuple[str, bool]:
+def _encoder_words(model: nn.Module, pretrained: str | Path) -> str:
+    """Where the encoder's weights come from and whether it trains."""
     frozen = not any(p.requires_grad for p in model.vit.parameters())
     if str(pretrained or "").strip():
-        return f"encoder loaded from {pretrained}, {'frozen' if frozen else 'fine-tuned'}", frozen
-    return ("encoder randomly initialised, frozen" if frozen else "encoder trained from scratch"), frozen
+        return f"encoder loaded from {pretrained}, {'frozen' if frozen else 'fine-tuned'}"
+    return "encoder randomly initialised, frozen" if frozen else "encoder trained from scratch"
 
 
 def finetune_run_line(
@@ -120,7 +121,7 @@ def finetune_run_line(
         f"fine-tuning runs on {device_words(device)}",
         amp_words(amp, device, precision="fp16"),
         f"network UNETR ({size_words}{count:,} parameters, {trainable:,} trainable)",
-        _encoder_words(model, pretrained)[0],
+        _encoder_words(model, pretrained),
         learning_rate_words(model, optimizer),
         global_batch_words(processes, int(batch_size), int(crops_per_item)),
     ]
