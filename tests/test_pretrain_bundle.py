@@ -151,8 +151,8 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     settings = summary["settings"]
     assert settings["model"]["num_gaussians"] == 8 and settings["model"]["img_size"] == [32, 32, 32]
     assert settings["preprocessing"]["spacing"] == [3.0, 3.0, 3.0]
-    assert {k: settings["training"][k] for k in ("batch_size", "num_samples", "learning_rate", "seed")} == {
-        "batch_size": 1, "num_samples": 1, "learning_rate": 1.5e-4, "seed": 0}
+    assert {k: settings["training"][k] for k in ("batch_size", "num_samples", "learning_rate", "seed", "processes")} == {
+        "batch_size": 1, "num_samples": 1, "learning_rate": 1.5e-4, "seed": 0, "processes": 1}
     assert "val/reconstruction" in acc.Tags()["images"] and "curves" in acc.Tags()["images"]
     pictured = {e.step for e in acc.Images("val/reconstruction")}  # at iterations ending validated epochs, as val/psnr
     assert pictured and pictured <= {e.step for e in acc.Scalars("val/psnr")}, pictured
