@@ -89,8 +89,22 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd):
     with pytest.raises(RuntimeError, match="power cut"):
         trainer.run()
     assert (split / "checkpoint_epoch=1.pt").is_file() and (split / "checkpoint_interrupted.pt").is_file()
+    # what a run stopped within epoch 2 would have logged past the checkpoint: the resumed run logs those steps again
+    from torch.utils.tensorboard import SummaryWriter
+
+    saved = torch.load(split / "checkpoint_epoch=1.pt", weights_only=True)["engine"]["iteration"]
+    stale = SummaryWriter(str(split / "tensorboard"))
+    stale.add_scalar("train_loss", 99.0, saved + 1)
+    stale.close()
     # ... and resumed
     _train(split, max_epochs=2, resume=True)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(split / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    for tag in ("train_loss", "train/lr", "val/psnr"):  # each step once: the resumed run's (it showed them twice)
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert len(steps) == len(set(steps)) and 99.0 not in [e.value for e in acc.Scalars(tag)], (tag, steps)
     assert (split / "checkpoint_epoch=2.pt").is_file() and not (split / "checkpoint_epoch=1.pt").exists()
     a = torch.load(straight / "model.pt", weights_only=True)
     b = torch.load(split / "model.pt", weights_only=True)
@@ -131,7 +145,7 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
 
     first = train(max_epochs=1)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert len(list((out / "tensorboard").iterdir())) == 2
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one writer, with a resume's purge step
     before = folder_state(out)
     refused = train(max_epochs=2, resume=True, batch_size=2)
     assert refused.returncode != 0

@@ -92,7 +92,7 @@ def tensorboard_purge_step(output_dir: str | Path, resume: bool) -> int | None:
     TensorBoard purges every tag of the folder at that step, whichever event file it is in: give it to the one
     writer of a folder, and log every scalar at the iteration (a tag at epoch steps, all smaller, would be kept and
     shown twice: the bundles log validation at the iteration that ends the epoch); a second writer whose file sorts first would
-    lose its own later events (2D GMAE's validation writer, which therefore uses none).
+    lose its own later events (each bundle has one writer per folder).
 
     Args:
         output_dir: the run's checkpoint folder.

@@ -143,7 +143,7 @@ class GMAE2DPictureHandler:
             return
         img = self.figure(engine.state.epoch)
         path = save_png(img, self.folder / f"epoch_{engine.state.epoch:04d}.png")
-        add_image(self.writer, "val/reconstruction", img, engine.state.epoch)
+        add_image(self.writer, "val/reconstruction", img, engine.state.iteration)  # on the scalars' axis
         logger.info("epoch %d: wrote %s", engine.state.epoch, path)
 
 
