@@ -237,6 +237,7 @@ def spec_with_overrides(
     hu_window: Sequence[float] | None = None,
     source: str = "the pre-trained encoder",
     trained_by: str = "pre-training",
+    default: PreprocessingSpec | None = None,
 ) -> PreprocessingSpec:
     """A consumer's pre-processing: the checkpoint's recorded spec, with the spacing / HU window the user gave.
 
@@ -250,13 +251,15 @@ def spec_with_overrides(
         hu_window: the user's ``(a_min, a_max)``, or ``None``.
         source: how the checkpoint is named in the warning.
         trained_by: the training that wrote the checkpoint, as the warning names it (``"fine-tuning"``).
+        default: the base when nothing is recorded (e.g. :func:`model_preprocessing`'s, at the model's own
+            window); :data:`DEFAULT_SPEC` when ``None``.
 
     Returns:
         The spec (``recorded`` or the default, with the overrides).
     """
     from medgmae.distributed import is_main_process  # here: this module stays free of torch
 
-    base = recorded or DEFAULT_SPEC
+    base = recorded or default or DEFAULT_SPEC
     out_spacing = base.spacing if spacing is None else _triple(spacing, "spacing")
     out_window = base.hu_window if hu_window is None else tuple(float(v) for v in hu_window)
     if recorded is not None and is_main_process():  # a training run's processes all read the same checkpoint

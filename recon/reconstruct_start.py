@@ -5,8 +5,6 @@ follow from the start (:func:`density_overrides`)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -19,9 +17,7 @@ def _model_spec(model, spacing: float | None, checkpoint: str):
 
     # warns when the model records none (the default, at the model's own window, is then the base)
     base = model_preprocessing(model, checkpoint, "re-save it with its spec, or use --model-spacing for the spacing")
-    if model.preprocessing is None:  # an override of the default is no change from a recorded spec: not warned
-        return base if spacing is None else dataclasses.replace(base, spacing=(float(spacing),) * 3)
-    return spec_with_overrides(model.preprocessing, spacing, source=checkpoint)
+    return spec_with_overrides(model.preprocessing, spacing, source=checkpoint, default=base)
 
 
 def model_start_spec(model, spacing: float | None, checkpoint: str):

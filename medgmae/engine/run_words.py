@@ -7,8 +7,9 @@ Pre-training (:mod:`medgmae.mae_training.run_line`) and fine-tuning (:mod:`medgm
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
-__all__ = ["device_words", "amp_words", "plural", "global_batch_words"]
+__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "parameter_counts"]
 
 
 def device_words(device: torch.device | str) -> str:
@@ -52,3 +53,9 @@ def global_batch_words(processes: int, batch_size: int, crops_per_item: int, spa
         return f"global batch {plural(total, 'image')} per step ({plural(processes, 'process')} x {batch_size})"
     parts = f"{plural(processes, 'process')} x {plural(batch_size, 'volume')} x {plural(crops_per_item, 'crop')}"
     return f"global batch {plural(total, 'crop')} per step ({parts})"
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """``(parameters, trainable parameters)`` of ``model``, as the start lines state them."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)

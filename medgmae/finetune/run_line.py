@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.distributed import is_main_process, rank_world
 from medgmae.engine import unwrap_model
-from medgmae.engine.run_words import amp_words, device_words, global_batch_words, plural
+from medgmae.engine.run_words import amp_words, device_words, global_batch_words, parameter_counts, plural
 from medgmae.finetune.weights import layer_id
 
 __all__ = ["FinetuneRunLine", "finetune_run_line", "learning_rate_words", "FROZEN_SCRATCH_WARNING"]
@@ -113,8 +113,7 @@ def finetune_run_line(
         loaded from .../encoder.pt, fine-tuned, learning rates ..., global batch ..."``.
     """
     model = unwrap_model(network)
-    count = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    count, trainable = parameter_counts(model)
     size = getattr(model, "feature_size", None)
     size_words = f"feature size {size}, " if size is not None else ""
     parts = [

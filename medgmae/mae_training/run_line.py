@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 
 from medgmae.engine import unwrap_model
-from medgmae.engine.run_words import amp_words, device_words, global_batch_words
+from medgmae.engine.run_words import amp_words, device_words, global_batch_words, parameter_counts
 from medgmae.networks.vit import visible_patch_count
 from medgmae.render import resolve_backend
 
-__all__ = ["run_settings_line", "renderer_in_use", "device_words", "amp_words", "global_batch_words"]
+__all__ = ["run_settings_line", "renderer_in_use"]
 
 
 def renderer_in_use(model: nn.Module, device: torch.device | str) -> str | None:
@@ -74,8 +74,7 @@ def run_settings_line(
     parts = [f"pre-training runs on {device_words(device)}", amp_words(amp, device)]
     renderer = renderer_in_use(model, device)
     parts.append(f"renderer {renderer}" if renderer else "no renderer (voxel decoder)")
-    count = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    count, trainable = parameter_counts(model)
     extra = f", {trainable:,} trainable" if trainable != count else ""
     parts.append(f"model {getattr(model, 'kind', type(model).__name__)} {getattr(model, 'model_size', '')}".rstrip()
                  + f" ({count:,} parameters{extra})")  # fmt: skip
