@@ -1,7 +1,8 @@
 """Words the training bundles' start-of-run lines share: the device, whether AMP runs, and the global batch.
 
-Pre-training (:mod:`medgmae.mae_training.run_line`) and fine-tuning (:mod:`medgmae.finetune.run_line`) both resolve
-``--device auto`` and ``--amp`` as their runs do and state the result with these.
+Pre-training (:mod:`medgmae.mae_training.run_line`), fine-tuning (:mod:`medgmae.finetune.run_line`) and GViT
+training (:mod:`medgmae.twod.gvit_run_line`) resolve ``--device auto`` and ``--amp`` as their runs do and state the
+result with these.
 """
 
 from __future__ import annotations

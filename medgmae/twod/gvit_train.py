@@ -36,6 +36,7 @@ from medgmae.engine.resume import epoch_checkpoints
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
+from medgmae.twod.gvit_run_line import gvit_run_line
 from medgmae.twod.gvit_settings import guidance_note, phase_settings, training_settings
 from medgmae.twod.gvit_step import PHASES, GViTIteration, check_phase, phase_parameters, set_phase
 
@@ -190,6 +191,12 @@ class GViTWorkflow:
         """What a resumed ``phase`` must share with its checkpoint (:func:`~medgmae.twod.gvit_settings.phase_settings`)."""
         return phase_settings(phase, self.model.config(), self.data_settings, self.kwargs, self.rec_loss)
 
+    def run_line(self) -> str:
+        """The start line: device, AMP, renderer, model, Gaussians, image size, phase epochs and global batch
+        (:func:`~medgmae.twod.gvit_run_line.gvit_run_line`)."""
+        batch = getattr(self.train_loader, "batch_size", None)
+        return gvit_run_line(self.model, self.device, self.amp, self.kwargs["render_backend"], self.epochs, batch)
+
     def trainer(self, phase: str) -> SupervisedTrainer:
         """The (new) MONAI trainer of ``phase``."""
         self.trainers[phase] = build_phase_trainer(
@@ -273,6 +280,7 @@ class GViTWorkflow:
             logger.warning("this run trains the %r phase, so %searlier results no longer hold: %s are removed when it "
                            "saves its first checkpoint", stale[0], "the phases after it start afresh and " if later else "",
                            stale[1])  # fmt: skip
+        logger.info(self.run_line())
         for phase in PHASES:
             if self.epochs[phase] > 0:
                 logger.info("GViT phase %r: %d epoch(s)%s", phase, self.epochs[phase], guidance_note(phase, self.kwargs["gamma"], self.kwargs["guidance_interval"]))
