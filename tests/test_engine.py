@@ -330,6 +330,27 @@ def test_non_finite_loss_stops_and_saves_interrupted(tmp_path):
     assert (tmp_path / "checkpoint_interrupted.pt").is_file()
 
 
+def test_the_non_finite_loss_error_names_the_settings_that_can_cause_it():
+    """The message blamed the data or the learning rate alone; a bundle lists its settings that can make the loss
+    diverge (the 2D ones: the scale cap, the classifier's octaves), named with their values."""
+    from ignite.engine import Engine
+
+    def nan_step(engine, _):
+        engine.state.output = {"loss": torch.tensor(float("nan"))}
+        return engine.state.output
+
+    named = Engine(nan_step)
+    NonFiniteLossHandler("loss", settings={"learning_rate": 0.0005, "scale_cap": 1.0, "amp": True}).attach(named)
+    with pytest.raises(FloatingPointError) as err:
+        named.run([0])
+    assert ("lower the learning rate or disable amp (the settings that can cause it: --learning_rate 0.0005, "
+            "--scale_cap 1.0, --amp True), then resume") in str(err.value)
+    plain = Engine(nan_step)
+    NonFiniteLossHandler("loss").attach(plain)
+    with pytest.raises(FloatingPointError, match=r"disable amp, then resume from the last epoch checkpoint\.$"):
+        plain.run([0])
+
+
 @pytest.mark.parametrize("case", ["nan weights", "nan gaussians", "other error"])
 def test_a_step_failing_on_a_diverged_model_is_named_as_divergence(tmp_path, case):
     """A step that made the weights NaN from a finite loss fails at the next forward (a check like the renderer's);

@@ -20,10 +20,13 @@ class NonFiniteLossHandler:
 
     Args:
         loss_key: key of the loss in ``engine.state.output`` (MONAI trainers use ``"loss"``).
+        settings: the run's settings that can make its loss diverge, name -> value (e.g. ``{"learning_rate": 5e-4,
+            "scale_cap": 1.0}``), named with their values in the error; none by default.
     """
 
-    def __init__(self, loss_key: str = "loss") -> None:
+    def __init__(self, loss_key: str = "loss", settings: Mapping[str, object] | None = None) -> None:
         self.loss_key = loss_key
+        self.settings = dict(settings or {})
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -37,10 +40,12 @@ class NonFiniteLossHandler:
             return
         value = float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
         if not math.isfinite(value):
+            named = ", ".join(f"--{k} {v}" for k, v in self.settings.items())
+            causes = f" (the settings that can cause it: {named})" if named else ""
             raise FloatingPointError(
                 f"non-finite loss ({value}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
-                "training stopped. Check the input data for NaN voxels, lower the learning rate or disable amp, "
-                "then resume from the last epoch checkpoint."
+                "training stopped. Check the input data for NaN voxels, lower the learning rate or disable amp"
+                f"{causes}, then resume from the last epoch checkpoint."
             )
 
 

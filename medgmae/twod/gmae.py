@@ -31,9 +31,17 @@ from medgmae.gaussians import SCALE_BIAS_INIT
 from medgmae.networks.mae_base import MaskedAutoencoder, full_precision, sincos_embedding_2d
 from medgmae.twod.render import render_gaussians_2d
 
-__all__ = ["SplatGaussians", "GMAE2D", "activate_splat_heads", "sincos_embedding_2d"]
+__all__ = ["SplatGaussians", "GMAE2D", "activate_splat_heads", "sincos_embedding_2d", "SCALE_CAP_MAX", "scale_cap_check"]
 
 GMAE2D_KIND = "gmae2d"
+
+#: Largest ``scale_cap`` a training run takes: a standard deviation of the image's extent (the image spans 2 in
+#: image-plane units), as the 3D bundle's ``scale_cap`` is at most 1 (the crop's extent). A Gaussian wider than the
+#: image is flat over it; far wider caps make the first steps' gradients overflow (``1e10`` diverges at once).
+SCALE_CAP_MAX = 2.0
+
+#: The lower clamp of the scales (:class:`GMAE2D`'s ``min_scale``), below which a cap leaves no room.
+MIN_SCALE = 1e-4
 #: Standard deviation of the query tokens at initialisation. With MAE's 0.02 the K tokens start nearly equal and
 #: the decoder predicts K nearly identical Gaussians; unit-scale tokens start them apart (on phantom slices, 80
 #: CPU steps: full-image MSE 0.017 with 1.0 against 0.023 with 0.02, Gaussian centres spread 3x wider).
@@ -121,6 +129,21 @@ def activate_splat_heads(
     )
 
 
+def scale_cap_check(value: object) -> None:
+    """The 2D bundle's check of ``scale_cap`` (``checked_settings``): a number in ``(MIN_SCALE, SCALE_CAP_MAX]``.
+
+    Raises:
+        ValueError: naming the value and the bound, e.g. ``expected a number in (0.0001, 2] ..., got 1e+30``.
+    """
+    from medgmae.setting_kinds import kind_problem
+
+    if problem := kind_problem(value, "positive_float"):
+        raise ValueError(problem)
+    if not MIN_SCALE < float(value) <= SCALE_CAP_MAX:
+        raise ValueError(f"expected a number in ({MIN_SCALE:g}, {SCALE_CAP_MAX:g}] (a standard deviation of at most the "
+                         f"image's extent, which spans 2; above the scale clamp {MIN_SCALE:g}), got {value!r}")  # fmt: skip
+
+
 class GMAE2D(MaskedAutoencoder):
     """Gaussian masked autoencoder for 1- or 3-channel images.
 
@@ -157,7 +180,7 @@ class GMAE2D(MaskedAutoencoder):
         mask_ratio: float = 0.75,
         num_gaussians: int = 256,
         scale_cap: float = 1.0,
-        min_scale: float = 1e-4,
+        min_scale: float = MIN_SCALE,
         render_backend: str = "auto",
         loss_on_all_pixels: bool = False,
         data_settings: Mapping | None = None,

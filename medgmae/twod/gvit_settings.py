@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss
 
-__all__ = ["training_settings", "phase_settings", "guidance_note", "phase_epochs_check"]
+__all__ = ["training_settings", "phase_settings", "guidance_note", "phase_epochs_check", "classifier_freqs_check",
+           "max_classifier_freqs"]
 
 
 def training_settings(epochs: Mapping[str, int], optimiser: Mapping, rec_loss: ReconstructionLoss) -> dict:
@@ -116,5 +117,39 @@ def phase_epochs_check(warmup: Any, classifier: Any, joint: Any) -> Callable[[An
                              "train; give --max_epochs 1 or more, or a phase's own epochs")  # fmt: skip
         raise ValueError(f"every phase's own epochs are 0 ({shown}): nothing to train, whatever --max_epochs; give "
                          "one of them 1 or more")  # fmt: skip
+
+    return check
+
+
+def max_classifier_freqs(image_size: int) -> int:
+    """The most Fourier octaves of the centres an ``image_size``-pixel image takes: ``1 + floor(log2(image_size))``.
+
+    Octave ``k`` (from 0) has the period ``2 / 2**k`` of the image plane's span of 2, ``image_size / 2**k`` pixels;
+    with this many the finest is at least one pixel (6 for 32 pixels, the octaves of a run begun before
+    ``classifier_freqs`` was a setting). Finer octaves alias between pixels, and from the 128th their frequency
+    overflows float32 (the features are NaN).
+    """
+    return int(image_size).bit_length()
+
+
+def classifier_freqs_check(image_size: Any) -> Callable[[Any], None]:
+    """The bundle's check of ``classifier_freqs`` (``checked_settings``): a non-negative integer of at most
+    :func:`max_classifier_freqs` for the ``image_size`` setting (a bad ``image_size`` is left to its own check).
+
+    Returns:
+        ``check(classifier_freqs)``, raising ``ValueError`` naming the value and the bound.
+    """
+    from medgmae.setting_kinds import kind_problem
+
+    def check(value: Any) -> None:
+        if problem := kind_problem(value, "nonneg_int"):
+            raise ValueError(problem)
+        if kind_problem(image_size, "positive_int") is not None:
+            return
+        bound = max_classifier_freqs(int(image_size))
+        if int(value) > bound:
+            raise ValueError(f"expected at most {bound} for --image_size {int(image_size)} (the finest octave's period, "
+                             f"{int(image_size)}/2^(classifier_freqs-1) pixels, must be at least one pixel: finer ones "
+                             f"alias between pixels), got {value!r}")  # fmt: skip
 
     return check
