@@ -83,6 +83,22 @@ def test_resume_with_other_guidance_or_loss_is_refused(tmp_path, shapes, folder_
     assert folder_state(tmp_path / "run") == before
 
 
+def test_a_refused_resume_names_every_phases_differences_in_one_error(tmp_path, shapes, folder_state):
+    """Another learning rate (every phase records it) and another gamma (the joint phase alone records it): the error
+    named the warm-up's learning rate alone; it names each phase's checkpoint with its differences, a line each."""
+    _workflow(shapes, tmp_path / "run", resume=False).run()  # warmup 1, classifier 1, joint 2, lr 1e-3, gamma 0.1
+    before = folder_state(tmp_path / "run")
+    again = _workflow(shapes, tmp_path / "run", resume=True)
+    again.kwargs.update(lr=0.01, gamma=0.05)
+    with pytest.raises(ValueError) as refused:
+        again.run()
+    lines = str(refused.value).splitlines()
+    assert [line.split("checkpoints")[1].split("checkpoint_")[0].strip("/\\") for line in lines] == ["warmup", "classifier", "joint"]
+    assert all("(optimiser.lr: saved 0.001, now 0.01" in line for line in lines)
+    assert "guidance.gamma: saved 0.1, now 0.05" in lines[2] and not any("gamma" in line for line in lines[:2])
+    assert folder_state(tmp_path / "run") == before
+
+
 def test_guidance_may_change_before_the_joint_phase_has_trained(tmp_path, shapes):
     """Only the phases that used a setting hold it: a run stopped after its classifier phase resumes with another
     gamma, which its joint phase then trains with."""

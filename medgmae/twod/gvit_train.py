@@ -210,13 +210,21 @@ class GViTWorkflow:
         """With a resuming :class:`~medgmae.twod.gvit_phases.PhaseCheckpoint` among the handlers, refuse up front,
         before any phase trains, a phase checkpoint that this run cannot continue: past its ``<phase>_epochs``
         (named so), another epoch length or other settings (:func:`~medgmae.engine.check_resume_fits`; a finished
-        phase is passed through)."""
+        phase is passed through). Every phase is checked: one error names each refusing phase's checkpoint and all
+        its differences, a line each, so that a resume with another learning rate and another ``gamma`` names both
+        (the joint phase alone records the guidance)."""
         if not any(isinstance(h, PhaseCheckpoint) and h.resume for h in self.kwargs["handlers"] or ()):
             return
+        refused = []
         for phase in (p for p in PHASES if self.epochs[p] > 0):
             records = resume_records(self.settings(phase), self.cases)
-            check_resume_fits(self.output_dir / "checkpoints" / phase, self.train_loader, self.epochs[phase],
-                              records=records, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
+            try:
+                check_resume_fits(self.output_dir / "checkpoints" / phase, self.train_loader, self.epochs[phase],
+                                  records=records, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
+            except ValueError as e:
+                refused.append(e)
+        if refused:
+            raise ValueError("\n".join(str(e) for e in refused)) from refused[0]
 
     def _first_phase_to_train(self, resume: bool) -> str | None:
         """The first phase this run trains: of a fresh run, its first phase with epochs; of a resumed one, the first
