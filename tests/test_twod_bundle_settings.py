@@ -192,9 +192,9 @@ def test_gmae2d_model_files_record_the_training_window(tmp_path):
     assert {k: resumed[k] for k in recorded} == recorded  # and the optimiser's and validation's, checked on resume
     assert resumed["optimiser"] == {"learning_rate": 0.0005, "weight_decay": 0.05} and resumed["step"] == {"grad_clip": 1.0}
     assert resumed["validation"] == {"val_images": 4}
-    # phantom slices are mapped from -350..400 HU whatever the setting: that is what a phantom model records
+    # phantom slices are mapped by the window given (-350..400 HU without one): that is what a phantom model records
     phantom = _gmae_parser(tmp_path, dataset_dir="", window="[-1000, 1000]").get_parsed_content("data_settings")
-    assert phantom == {"flip": False, "window": [-350.0, 400.0]}
+    assert phantom == {"flip": False, "window": [-1000.0, 1000.0]}
 
 
 def _layers_input(checkpoint: Path, image: Path, out: Path, *extra: str) -> bytes:
@@ -343,32 +343,28 @@ def test_gvit_refuses_no_epoch_in_any_phase_with_the_settings(settings, refused)
                 "to train, whatever --max_epochs; give one of them 1 or more") in str(err.value)
 
 
-# ----------------------------------------------------------------------------------------------- divergent settings
-@pytest.mark.parametrize("value, refused", [(1e30, True), ("1e30", True), (2.5, True), (1e-5, True), (2.0, False), (1.0, False)])
-def test_gmae2d_refuses_a_scale_cap_beyond_the_image_up_front(tmp_path, value, refused):
-    """--scale_cap 1e30 passed the check (a positive number) and stopped at the first step with the non-finite-loss
-    message after writing outputs: refused with the other settings, naming the value and the bound (the image spans
-    2, so 2 is a standard deviation of the whole image)."""
-    settings = _gmae_parser(tmp_path, scale_cap=value).get_parsed_content("checked_settings")
-    if not refused:
-        check_settings(settings, output_dirs={})
-        return
-    with pytest.raises(BundleSettingError) as err:
-        check_settings(settings, output_dirs={})
-    assert f"--scale_cap: expected a number in (0.0001, 2] " in str(err.value)
-    assert str(err.value).splitlines()[1].endswith(f"got {value!r}")
+# ----------------------------------------------------------------------------------------------- window on phantoms
+def _rewindowed(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels of a slice at -350..400 HU that window left unclipped, and their values at -1000..1000 HU."""
+    inside = (image > 0.01) & (image < 0.99)
+    return inside, (-350 + 750 * image[inside] + 1000) / 2000
 
 
-@pytest.mark.parametrize("image_size, freqs, bound", [(32, 200, 6), (32, 7, 6), (16, 6, 5), (64, 8, 7)])
-def test_gvit_refuses_classifier_freqs_finer_than_a_pixel_up_front(image_size, freqs, bound):
-    """--classifier_freqs 200 overflowed float32 (NaN features) and stopped with the non-finite-loss message after
-    the default task was written; octave k's period is image_size / 2**k pixels, so one pixel at k = log2(size)."""
-    parser = ConfigParser()
-    parser.read_config(GVIT_TRAIN)
-    parser.update({"image_size": image_size, "patch_size": 4, "classifier_freqs": freqs})
-    with pytest.raises(BundleSettingError) as err:
-        check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
-    assert f"--classifier_freqs: expected at most {bound} for --image_size {image_size} " in str(err.value)
-    assert str(err.value).splitlines()[1].endswith(f"got {freqs!r}")
-    parser.update({"classifier_freqs": bound})  # the bound itself trains: 6 at 32 pixels, an older run's octaves
-    check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
+def test_gmae2d_maps_its_phantom_slices_by_the_window_given(tmp_path, caplog):
+    """--window was ignored on the generated phantom slices (always -350..400 HU), silently; the slices are generated
+    in HU, so the window maps them as the 3D bundles' HU window maps their phantoms, is logged and recorded, and the
+    validation slices follow it."""
+    common = dict(dataset_dir="", image_size=96, patch_size=8, num_phantoms=1, slices_per_case=1, val_images=1)
+    default = _gmae_parser(tmp_path, **common)
+    wide = _gmae_parser(tmp_path, window="[-1000, 1000]", **common)
+    for key in ("train#dataset", "val#dataset"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="medgmae.twod"):
+            wide_image = np.asarray(wide.get_parsed_content(key)[0]["image"])[0]
+        logged = "phantom slices mapped from the window -1000..1000 HU to 0..1 (clipped)" in caplog.text
+        assert logged == (key == "train#dataset")  # once, for the training slices
+        inside, expected = _rewindowed(np.asarray(default.get_parsed_content(key)[0]["image"])[0])
+        assert inside.sum() > 100
+        np.testing.assert_allclose(wide_image[inside], expected, atol=1e-4)
+    assert default.get_parsed_content("data_settings")["window"] == [-350.0, 400.0]
+    assert wide.get_parsed_content("data_settings")["window"] == [-1000.0, 1000.0]

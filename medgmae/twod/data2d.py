@@ -57,7 +57,7 @@ __all__ = [
 
 logger = logging.getLogger("medgmae.twod")
 
-#: Soft-tissue-and-air CT window (HU) used for phantom slices.
+#: Soft-tissue-and-air CT window (HU) of phantom slices when no ``window`` is given.
 DEFAULT_WINDOW = (-350.0, 400.0)
 
 
@@ -190,8 +190,8 @@ def several_slices_notes(paths: Iterable[str | os.PathLike]) -> list[str]:
 
 def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, window: Any) -> dict:
     """The data settings a 2D GMAE model records (``extra["data"]`` of its files) and a resume must match:
-    ``{"flip", "window"}``, ``window`` being the one the training images were mapped with (phantom slices:
-    :data:`DEFAULT_WINDOW`, whatever the setting), so that ``medgmae-2d`` maps a scan as the model saw its data.
+    ``{"flip", "window"}``, ``window`` being the one the training images were mapped with (phantom slices: the
+    setting, :data:`DEFAULT_WINDOW` without one), so that ``medgmae-2d`` maps a scan as the model saw its data.
 
     Args:
         dataset_dir: the bundle's ``dataset_dir`` (``""``/``None``: phantom slices).
@@ -201,7 +201,9 @@ def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, wind
     Returns:
         ``{"flip": bool, "window": [low, high] or None}``.
     """
-    used = window_setting(window) if str(dataset_dir or "").strip() else DEFAULT_WINDOW
+    used = window_setting(window)
+    if not str(dataset_dir or "").strip():
+        used = used or DEFAULT_WINDOW
     return {"flip": bool(flip), "window": None if used is None else [float(v) for v in used]}
 
 
@@ -313,8 +315,8 @@ def gmae2d_dataset(
         cache: cache the deterministic part (MONAI ``CacheDataset``).
         log: log what an image folder holds (:func:`image_folder_items`) and how its NIfTI/DICOM files are scaled
             (:func:`log_intensity_scaling`).
-        window: intensity window for NIfTI/DICOM files (see :class:`LoadImage2Dd`); phantom slices always use
-            :data:`DEFAULT_WINDOW`.
+        window: intensity window for NIfTI/DICOM files (see :class:`LoadImage2Dd`) and for phantom slices, which are
+            generated in HU (:data:`DEFAULT_WINDOW` when ``None``), as the 3D bundles' HU window maps their phantoms.
 
     Returns:
         A MONAI dataset.
@@ -326,7 +328,11 @@ def gmae2d_dataset(
         if log:
             log_intensity_scaling([it["image"] for it in items], window, f"dataset_dir {dataset_dir}")
     else:
-        items = [{"image": it["image"]} for it in phantom_slices(num_phantom_cases, slices_per_case, size, seed, in_channels=in_channels)]
+        hu = window or DEFAULT_WINDOW
+        if log and window is not None:
+            logger.info("phantom slices mapped from the window %g..%g HU to 0..1 (clipped)", *hu)
+        slices = phantom_slices(num_phantom_cases, slices_per_case, size, seed, window=hu, in_channels=in_channels)
+        items = [{"image": it["image"]} for it in slices]
     transforms = [
         LoadImage2Dd("image", size, in_channels, window),
         SelectItemsd(keys="image"),

@@ -46,7 +46,8 @@ def gmae2d_validation_dataset(
             slices come from the held-out volume ``seed + num_phantoms``.
         num_images: validation images (an image folder gives its first ``num_images`` images: they are not held out).
         seed: the training phantom seed.
-        window: intensity window of NIfTI/DICOM files, as in training (:func:`~medgmae.twod.data2d.gmae2d_dataset`).
+        window: intensity window of NIfTI/DICOM files and phantom slices, as in training
+            (:func:`~medgmae.twod.data2d.gmae2d_dataset`).
 
     Returns:
         A dataset of ``{"image": (C, H, W)}`` items.
@@ -59,7 +60,7 @@ def gmae2d_validation_dataset(
         ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False, log=False, window=window)
         return Subset(ds, range(min(int(num_images), len(ds))))
     return gmae2d_dataset("", image_size, in_channels, num_phantom_cases=1, slices_per_case=int(num_images),
-                          seed=int(seed) + int(num_phantoms), flip=False, cache=False)  # fmt: skip
+                          seed=int(seed) + int(num_phantoms), flip=False, cache=False, log=False, window=window)  # fmt: skip
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
