@@ -3,6 +3,9 @@ settings (medgmae.twod.gmae.scale_cap_check, medgmae.twod.gvit_settings.classifi
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 from test_twod_bundle_settings import GVIT_TRAIN, _gmae_parser
@@ -38,3 +41,38 @@ def test_gvit_refuses_classifier_freqs_finer_than_a_pixel_up_front(image_size, f
     assert str(err.value).splitlines()[1].endswith(f"got {freqs!r}")
     parser.update({"classifier_freqs": bound})  # the bound itself trains: 6 at 32 pixels, an older run's octaves
     check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
+
+
+@pytest.mark.parametrize("layers, refused", [(9, True), ("9", True), (8, False), (1, False)])
+def test_gmae2d_refuses_more_picture_layers_than_gaussians_up_front(tmp_path, layers, refused):
+    """--picture_layers beyond K was drawn as K layers without a word: refused with the other settings."""
+    settings = _gmae_parser(tmp_path, num_gaussians=8, picture_layers=layers).get_parsed_content("checked_settings")
+    if not refused:
+        check_settings(settings, output_dirs={})
+        return
+    with pytest.raises(BundleSettingError) as err:
+        check_settings(settings, output_dirs={})
+    assert f"--picture_layers: expected at most --num_gaussians 8 (each depth layer holds one Gaussian or more), got {layers!r}" in str(err.value)
+
+
+@pytest.mark.parametrize("phantom", [True, False])
+def test_gmae2d_says_when_there_are_fewer_validation_images_than_val_images(tmp_path, caplog, phantom):
+    """--val_images beyond the images there are (a folder of 3 images; the held-out phantom's distinct slices) was
+    clamped silently: the validation uses those there are, and one warning says so."""
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(tmp_path / "data" / f"{i}.png")
+    extra = {"dataset_dir": ""} if phantom else {}
+    for asked in (3, 500):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="medgmae.twod"):
+            dataset = _gmae_parser(tmp_path, val_images=asked, **extra).get_parsed_content("val#dataset")
+        notices = [r for r in caplog.records if r.getMessage().startswith("--val_images")]
+        if asked == 3:
+            assert len(dataset) == 3 and not notices
+            continue
+        assert 3 <= len(dataset) < 500 and len(notices) == 1 and notices[0].levelno == logging.WARNING
+        where = "the held-out phantom has" if phantom else f"dataset_dir {tmp_path / 'data'} holds"
+        assert notices[0].getMessage() == f"--val_images 500: {where} {len(dataset)} distinct images, so validation uses those {len(dataset)}"

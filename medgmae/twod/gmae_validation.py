@@ -27,7 +27,8 @@ from medgmae.engine.figures import add_image, label_tile, save_png, tile_grid, u
 from medgmae.mae_training.summary import PretrainSummary
 from medgmae.mae_training.validation import MaskedValidationHandler
 
-__all__ = ["GMAE2DPictureHandler", "GMAE2DSummary", "GMAE2DValidationHandler", "gmae2d_figure", "gmae2d_validation_dataset"]
+__all__ = ["GMAE2DPictureHandler", "GMAE2DSummary", "GMAE2DValidationHandler", "gmae2d_figure", "gmae2d_validation_dataset",
+           "picture_layers_check"]
 
 logger = logging.getLogger("medgmae.twod")
 
@@ -44,7 +45,9 @@ def gmae2d_validation_dataset(
         in_channels: 1 or 3.
         num_phantoms: phantom volumes used for training (seeds ``seed .. seed + num_phantoms - 1``); validation
             slices come from the held-out volume ``seed + num_phantoms``.
-        num_images: validation images (an image folder gives its first ``num_images`` images: they are not held out).
+        num_images: validation images (an image folder gives its first ``num_images`` images: they are not held out);
+            where there are fewer (a smaller folder, fewer distinct slices of the held-out phantom), those there
+            are, with a one-line notice.
         seed: the training phantom seed.
         window: intensity window of NIfTI/DICOM files and phantom slices, as in training
             (:func:`~medgmae.twod.data2d.gmae2d_dataset`).
@@ -58,9 +61,15 @@ def gmae2d_validation_dataset(
         raise ValueError(f"val_images must be >= 1, got {num_images}")
     if dataset_dir:
         ds = gmae2d_dataset(dataset_dir, image_size, in_channels, flip=False, cache=False, log=False, window=window)
-        return Subset(ds, range(min(int(num_images), len(ds))))
-    return gmae2d_dataset("", image_size, in_channels, num_phantom_cases=1, slices_per_case=int(num_images),
-                          seed=int(seed) + int(num_phantoms), flip=False, cache=False, log=False, window=window)  # fmt: skip
+        ds, where = Subset(ds, range(min(int(num_images), len(ds)))), f"dataset_dir {dataset_dir} holds"
+    else:
+        ds = gmae2d_dataset("", image_size, in_channels, num_phantom_cases=1, slices_per_case=int(num_images),
+                            seed=int(seed) + int(num_phantoms), flip=False, cache=False, log=False, window=window)  # fmt: skip
+        where = "the held-out phantom has"
+    if len(ds) < int(num_images):
+        logger.warning("--val_images %d: %s %d distinct images, so validation uses those %d", int(num_images), where,
+                       len(ds), len(ds))  # fmt: skip
+    return ds
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
@@ -90,6 +99,25 @@ def gmae2d_figure(
     named = [("input", image), ("masked", masked), ("rendering", pred)]
     named += [(f"layer {i + 1}" + (" (near)" if i == 0 else ""), layer) for i, layer in enumerate(layers)]
     return [label_tile(upscale(_rgb(a), f), name) for name, a in named]
+
+
+def picture_layers_check(num_gaussians: Any) -> Any:
+    """The bundle's check of ``picture_layers`` (``checked_settings``): a positive integer of at most K, the
+    ``num_gaussians`` setting (a layer holds one Gaussian or more; a bad ``num_gaussians`` is left to its own check).
+
+    Returns:
+        ``check(picture_layers)``, raising ``ValueError`` naming the value and the bound.
+    """
+    from medgmae.setting_kinds import kind_problem
+
+    def check(value: Any) -> None:
+        if problem := kind_problem(value, "positive_int"):
+            raise ValueError(problem)
+        if kind_problem(num_gaussians, "positive_int") is None and int(value) > int(num_gaussians):
+            raise ValueError(f"expected at most --num_gaussians {int(num_gaussians)} (each depth layer holds one "
+                             f"Gaussian or more), got {value!r}")  # fmt: skip
+
+    return check
 
 
 class GMAE2DPictureHandler:
