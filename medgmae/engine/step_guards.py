@@ -44,7 +44,7 @@ class NonFiniteLossHandler:
             causes = f" (the settings that can cause it: {named})" if named else ""
             raise FloatingPointError(
                 f"non-finite loss ({value}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
-                "training stopped. Check the input data for NaN voxels, lower the learning rate or disable amp"
+                "training stopped. Check the input data for NaN or infinite values, lower the learning rate or disable amp"
                 f"{causes}, then resume from the last epoch checkpoint."
             )
 
