@@ -332,24 +332,10 @@ def arc_weighting_note(geometry: CTGeometry) -> str | None:
             "is not)")  # fmt: skip
 
 
-def _looks_like_degrees(angles: np.ndarray, step: float) -> bool:
-    """Whether angles taken as radians go round over twice but read as one arc in degrees: within 360 in magnitude
-    and each a multiple of 0.01 (as degrees are written: 0, 0.5, 1.2...; radians of a scan are not)."""
-    hundredths = angles * 100
-    return bool(angles.max() - angles.min() > 4 * math.pi and np.abs(angles).max() <= 360 + step
-                and np.allclose(hundredths, np.round(hundredths), atol=1e-6))  # fmt: skip
-
-
 def _turns_note(geometry: CTGeometry, arc: float, step: float) -> str | None:
-    """:func:`arc_weighting_note` of views that go round more than once: a question whether the angles are degrees
-    (:func:`_looks_like_degrees`; ``geometry.json``'s angles are radians); else ``None`` for whole turns, or, for an
-    arc that is not whole turns, that the rays beyond them count once more than the others under FBP's equal
-    weights."""
-    raw = np.asarray(geometry.angles, dtype=np.float64)
-    if _looks_like_degrees(raw, step):
-        return (f"the {geometry.num_views} angles run from {raw.min():.4g} to {raw.max():.4g}: as radians, which "
-                f"geometry.json's angles are, {arc / (2 * math.pi):.0f} turns; are they degrees? (convert them with "
-                "numpy.deg2rad)")  # fmt: skip
+    """:func:`arc_weighting_note` of views that go round more than once: ``None`` for whole turns, or, for an arc
+    that is not whole turns, that the rays beyond them count once more than the others under FBP's equal weights
+    (angles that look like degrees are refused by :class:`CTGeometry`)."""
     if _whole_turns(geometry, arc, step):
         return None
     period = 180 if geometry.kind == "parallel" else 360

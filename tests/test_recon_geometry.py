@@ -126,3 +126,39 @@ def test_select_views_keeps_the_scan_and_checks_indices():
     for bad in ([], [12], [-1]):
         with pytest.raises(ValueError, match="indices below 12"):
             g.select_views(bad)
+
+
+@pytest.mark.parametrize("kind", ["parallel", "cone"])
+def test_angles_that_look_like_degrees_are_refused(kind):
+    """Angles in degrees (0..345 every 15; a tomosynthesis arc -20..20) read as radians go round 55 and 6 times:
+    refused, saying so; radians going round many times (20 whole turns, golden-angle steps over 38 turns) pass."""
+    cone = dict(source_origin=100.0, source_detector=150.0) if kind == "cone" else {}
+    make = getattr(CTGeometry, kind)
+    with pytest.raises(ValueError) as e:
+        make((6, 20, 20), 1.0, angles=np.arange(0.0, 360.0, 15.0).tolist(), **cone)
+    assert str(e.value) == ("angles run from 0 to 345 (24 views): as radians, which angles are, that is 55 turns; they "
+                            "look like degrees: give them in radians (numpy.deg2rad(angles))")
+    with pytest.raises(ValueError, match=r"-20 to 20 \(21 views\).*6 turns; they look like degrees"):
+        make((6, 20, 20), 1.0, angles=np.linspace(-20.0, 20.0, 21).tolist(), **cone)
+    assert make((6, 20, 20), 1.0, num_angles=720, arc_deg=20 * 360, **cone).num_views == 720
+    assert make((6, 20, 20), 1.0, angles=(np.arange(100) * math.pi * (3 - math.sqrt(5))).tolist(), **cone).num_views == 100
+    assert make((6, 20, 20), 1.0, angles=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], **cone).num_views == 7  # radians, one turn
+
+
+def test_fbp_and_reconstruct_refuse_a_geometry_file_in_degrees(small_parallel_scan, tmp_path, capsys):
+    """``fbp`` / ``reconstruct`` with a ``geometry.json`` whose angles are degrees: exit 2 naming the file and
+    the problem, nothing written (it wrote a meaningless FBP with a warning)."""
+    from recon.cli import main
+
+    scan = small_parallel_scan[0]
+    g = json.loads((scan / "geometry.json").read_text())
+    geom = tmp_path / "deg.json"
+    geom.write_text(json.dumps({**g, "angles": np.rad2deg(g["angles"]).round(2).tolist()}))
+    out = tmp_path / "out"
+    common = ["--projections", str(scan / "projections.npy"), "--geometry", str(geom)]
+    for args in (["fbp", *common, "--out", str(out / "f.nii.gz")], ["reconstruct", *common, "--out", str(out), "--device", "cpu"]):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"error: geometry file {geom}: angles run from 0 to 162 (10 views)" in err and "look like degrees" in err
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["deg.json"]
