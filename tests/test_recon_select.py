@@ -132,3 +132,28 @@ def test_select_compares_scans_by_their_fingerprint(tmp_path, tmp_path_factory, 
     assert main(["select", "--runs", str(runs / "old_a"), str(runs / "a")]) == 0  # resolved from here: the same files
     assert main(["select", "--runs", str(runs / "old_a"), str(runs / "old_c")]) == 2  # other files, nothing else to tell
     assert "select compares runs of one scan" in capsys.readouterr().err
+
+
+def test_select_says_when_the_runner_up_is_within_the_margin(runs, tmp_path, capsys):
+    """Held-out errors 0.011093 and 0.011140 (0.4 % apart, the acceptance report's runs): the lowest is named and a
+    note says the difference is within 35 %; with the runner-up at twice the error (and a third run 30 % above) only
+    the runs within the margin are named, and the --json summary lists them."""
+    def fake(name: str, error: float) -> str:
+        m = json.loads((runs / "plain" / "metrics.json").read_text())
+        m["holdout"]["best_error"] = error
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+        return str(tmp_path / name)
+
+    a, b, c, d = fake("a", 0.011140), fake("b", 0.011093), fake("c", 0.022186), fake("d", 0.0144209)
+    capsys.readouterr()
+    assert main(["select", "--runs", a, b]) == 0
+    out = capsys.readouterr().out
+    assert f"chosen: {b} (lowest held-out error, 0.011093" in out
+    assert f"note: within 35 % of the lowest held-out error: {a} (0.01114, 0.4 % higher); differences this small" in out
+    assert main(["select", "--runs", c, b, d, "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"note: within 35 % of the lowest held-out error: {d} (0.014421, 30.0 % higher);" in out and f"{c} (" not in out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["chosen"], summary["within_margin"], summary["margin"]) == (b, [d], 0.35)
+    assert main(["select", "--runs", c, b]) == 0 and "within 35 %" not in capsys.readouterr().out
