@@ -65,7 +65,8 @@ from recon.select_command import cmd_select
 
 __all__ = ["main", "build_parser"]
 
-PROJECTIONS_HELP = "line integrals: .npy of shape (views, rows, cols), or a MetaImage (.mha/.mhd, as RTK writes), NRRD or NIfTI stack indexed (column, row, view)"
+PROJECTIONS_HELP = ("line integrals: .npy of shape (views, rows, cols), a MetaImage (.mha/.mhd, as RTK writes), NRRD or "
+                    "NIfTI stack indexed (column, row, view), or a multi-page TIFF (.tif/.tiff) of one page per view")
 
 
 UNITS_EPILOG = """units: simulate reads a CT in HU and writes attenuation volumes in 1/mm (mu = 0.0192 (1 + HU / 1000),

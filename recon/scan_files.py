@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medgmae.data.reader import TIFF_SUFFIXES
 from medgmae.files import atomic_write, save_nifti_atomic
 
 __all__ = ["load_volume", "save_nifti", "load_projections", "save_projections", "check_projection_header",
@@ -23,13 +24,14 @@ _LINE_INTEGRALS = "line integrals -log(I / I0) are mostly >= 0 and below about 1
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def load_volume(path, check_finite: bool = True) -> tuple[np.ndarray, np.ndarray, tuple]:
+def load_volume(path, check_finite: bool = True, tiff: bool = False) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Read a 3D volume (NIfTI, NRRD, MetaImage or a DICOM series, through the toolkit's one reader
     :func:`medgmae.data.reader.read_volume`) as float32 ``(z, y, x)``: the reader's ``(i, j, k)`` order transposed.
 
     Args:
         path: the file or DICOM folder.
         check_finite: refuse NaN / infinite voxels (the projection reader checks them itself, naming the view).
+        tiff: read multi-page TIFF stacks too (projection stacks).
 
     Returns:
         ``(volume (D, H, W), affine (4, 4) of the (i, j, k) = (x, y, z) order, voxel_size (sz, sy, sx))``.
@@ -40,7 +42,7 @@ def load_volume(path, check_finite: bool = True) -> tuple[np.ndarray, np.ndarray
     from medgmae.data.reader import read_volume
 
     try:
-        vol = read_volume(path, check_finite=check_finite)
+        vol = read_volume(path, check_finite=check_finite, tiff=tiff)
     except FileNotFoundError as e:
         raise ValueError(f"volume file {path} does not exist") from e
     return np.ascontiguousarray(vol.array.transpose(2, 1, 0)), vol.affine, vol.spacing[::-1]
@@ -55,11 +57,13 @@ def load_projections(path) -> np.ndarray:
     """Read a projection stack ``(views, rows, cols)`` of line integrals as float32.
 
     ``.npy`` files hold that array as it is. A MetaImage (``.mha`` / ``.mhd``, RTK's format for projection stacks),
-    NRRD or NIfTI stack is read through the toolkit's one reader (:func:`load_volume`): its last index runs over the
-    views, its second over the detector rows and its first over the columns (ITK's ``(x, y, z)`` = (column, row,
-    view), the array ``(views, rows, cols)`` SimpleITK gives); ``geometry.json`` holds the geometry, and
-    :func:`check_projection_header` refuses a MetaImage / NRRD header that states another one. Values that cannot
-    be line integrals (mostly negative, raw integer counts) are refused, implausibly large ones warned about.
+    NRRD, NIfTI or multi-page TIFF (``.tif`` / ``.tiff``) stack is read through the toolkit's one reader
+    (:func:`load_volume`): its last index runs over the views, its second over the detector rows and its first over
+    the columns (ITK's ``(x, y, z)`` = (column, row, view), the array ``(views, rows, cols)`` SimpleITK gives; a
+    TIFF's pages are the views, each page's rows and columns the detector's, as ``tifffile.imread`` gives them);
+    ``geometry.json`` holds the geometry, and :func:`check_projection_header` refuses a MetaImage / NRRD header
+    that states another one (a TIFF's is not read: its resolution tags are no detector pitch). Values that cannot be
+    line integrals (mostly negative, raw integer counts) are refused, implausibly large ones warned about.
 
     Raises:
         ValueError: missing, a folder, unreadable (truncated), not 3D, non-finite or not line integrals; the message
@@ -68,11 +72,11 @@ def load_projections(path) -> np.ndarray:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"projections {path} is a folder, not a file: give the projection stack's file "
-                         "(.npy, .mha, .mhd, .nrrd, .nii or .nii.gz)")
+                         "(.npy, .mha, .mhd, .nrrd, .nii, .nii.gz, .tif or .tiff)")
     if not path.is_file():
         raise ValueError(f"projection file {path} does not exist")
     if path.suffix.lower() != ".npy":
-        p, integers = load_volume(path, check_finite=False)[0], _stored_as_integers(path)
+        p, integers = load_volume(path, check_finite=False, tiff=True)[0], _stored_as_integers(path)
     else:
         p = _load_npy(path)
         if p.ndim != 3:
@@ -95,8 +99,8 @@ def _load_npy(path: Path) -> np.ndarray:
     with open(path, "rb") as f:
         if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
             raise ValueError(f"projections {path} is not a NumPy .npy file (it does not start with NumPy's magic bytes "
-                             "\\x93NUMPY): save the stack with numpy.save, or give a .mha, .mhd, .nrrd, .nii or .nii.gz "
-                             "stack")  # fmt: skip
+                             "\\x93NUMPY): save the stack with numpy.save, or give a .mha, .mhd, .nrrd, .nii, .nii.gz "
+                             "or .tif stack")  # fmt: skip
         try:
             f.seek(0)
             version = np.lib.format.read_magic(f)
@@ -117,7 +121,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _stored_as_integers(path: Path) -> bool:
-    """Whether a MetaImage / NRRD / NIfTI stack stores integers (the reader hands back float32), so that raw counts
+    """Whether a MetaImage / NRRD / NIfTI / TIFF stack stores integers (the reader hands back float32), so that raw counts
     are refused there as in ``.npy``; a NIfTI with a scale factor stores scaled values, not integers. A DICOM stack
     is not told (its counts are only warned about, by their size)."""
     name = path.name.lower()
@@ -128,7 +132,7 @@ def _stored_as_integers(path: Path) -> bool:
             img = nib.load(str(path))
             slope, inter = img.header.get_slope_inter()
             return img.get_data_dtype().kind in "iu" and slope in (None, 1.0) and inter in (None, 0.0)
-        if name.endswith(_ITK_HEADERS):
+        if name.endswith(_ITK_HEADERS + TIFF_SUFFIXES):
             import SimpleITK as sitk
 
             return "integer" in sitk.GetPixelIDValueAsString(_itk_header(path).GetPixelID())

@@ -415,6 +415,33 @@ def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     assert "p.txt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+def test_projection_stacks_as_multi_page_tiff(simulated, tmp_path, capsys):
+    """A multi-page TIFF (page = view, page row = detector row, page column = detector column, as tifffile writes
+    a (views, rows, cols) array) reads as the .npy's array through the same reader, on a detector of more columns
+    than rows with a marker in one corner (a transposition would fail), and fbp of it is the .npy's FBP; a TIFF of
+    raw integer counts is refused as the other formats' are; a TIFF is no volume (simulate --volume)."""
+    import tifffile
+
+    from recon.scan_files import load_projections
+
+    proj = np.load(simulated / "projections.npy")
+    proj[0, 0, :3] = [1.0, 2.0, 3.0]  # first view, first row, first columns
+    assert proj.shape[1] != proj.shape[2]
+    tifffile.imwrite(tmp_path / "p.tif", proj)
+    tifffile.imwrite(tmp_path / "counts.tiff", (10000 * np.exp(-proj)).astype(np.uint16))
+    np.save(tmp_path / "p.npy", proj)
+    np.testing.assert_array_equal(load_projections(tmp_path / "p.tif"), proj)
+    geom = str(simulated / "geometry.json")
+    for name in ("p.tif", "p.npy"):
+        assert main(["fbp", "--projections", str(tmp_path / name), "--geometry", geom, "--out", str(tmp_path / f"{name}.nii.gz")]) == 0
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "p.tif.nii.gz")).get_fdata(), nib.load(str(tmp_path / "p.npy.nii.gz")).get_fdata())
+    capsys.readouterr()
+    assert main(["fbp", "--projections", str(tmp_path / "counts.tiff"), "--geometry", geom, "--out", str(tmp_path / "c.nii.gz")]) == 2
+    assert "counts.tiff hold integers up to 10000, raw detector counts" in capsys.readouterr().err
+    assert main(["simulate", "--volume", str(tmp_path / "p.tif"), "--geometry", "parallel", "--views", "4", "--out", str(tmp_path / "s")]) == 2
+    assert "p.tif: not a volume file" in capsys.readouterr().err and not (tmp_path / "c.nii.gz").exists()
+
+
 def test_refit_is_the_every_view_run_stopped_at_the_chosen_iteration(ct, tmp_path):
     """On a noisy scan the held-out views stop the run early; --refit then writes the run on every view stopped at
     the chosen iteration: its history is, value for value, the start of a plain run's to the end, and it ends above
