@@ -1,12 +1,15 @@
 """Time the CT projector backends on the CPU or GPU: forward projection and its adjoint (autograd backward).
 
     python bench/projectors.py --geometry scan/geometry.json [--device cpu] [--backends torch astra]
-    python bench/projectors.py --cone-matrix [--views 20 90] [--threads 1]
+    python bench/projectors.py --cone-matrix [--views 20 90] [--threads 1] [--size 32 64 64] [--voxel 6 4 4]
     python bench/projectors.py --adjoint-memory [--size 64 128 128] [--adjoint-views 40] [--repeats 2]
 
 The second form compares, on the CPU, the PyTorch ray marcher with the same operator as a precomputed sparse
-matrix (``RayMatrixProjector``) for cone beam on a 32 x 64 x 64 volume of 6 x 4 x 4 mm voxels: matrix build time,
-stored entries and memory, and forward+adjoint time of each (the matrix's as the median of 5 calls).
+matrix (``RayMatrixProjector``) for cone beam on a volume of ``--size`` voxels of ``--voxel`` mm (default 32 x 64 x
+64 of 6 x 4 x 4 mm): matrix build time, stored entries and memory, and forward+adjoint time of each (the matrix's as
+the median of 5 calls); where ``recon.projectors.matrix_cache`` exists, also the size of the matrix file a run keeps
+in its folder and the seconds to read it back into a projector (what ``reconstruct --resume`` does instead of the
+build), "-" otherwise.
 
 The third measures the PyTorch ray marcher's adjoint on the CPU (cone beam, ``CTGeometry.cone`` defaults, 1 mm
 voxels, random projections): ``TorchProjector.adjoint_plain`` (one chunk of rays at a time) against the
@@ -23,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,14 +52,29 @@ def _fwd_adj(proj, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def cone_matrix(views: list, threads: int) -> None:
-    """Ray marcher vs its sparse matrix, cone beam, 32 x 64 x 64 voxels of 6 x 4 x 4 mm, on the CPU."""
+def _matrix_file(geom: CTGeometry) -> tuple[str, str]:
+    """The matrix file's size (MiB) and the seconds to read it back into a projector, or "-" without the cache."""
+    try:
+        from recon.projectors.matrix_cache import MATRIX_FILE, cached_matrix_projector
+    except ImportError:
+        return "-", "-"
+    with tempfile.TemporaryDirectory() as d:
+        cached_matrix_projector(geom, d)  # builds and saves
+        t0 = time.perf_counter()
+        _, note = cached_matrix_projector(geom, d)
+        seconds = time.perf_counter() - t0
+        assert note.startswith("read the matrix"), note
+        return f"{(Path(d) / MATRIX_FILE).stat().st_size / 2**20:.0f}", f"{seconds:.3g}"
+
+
+def cone_matrix(views: list, threads: int, size: list, voxel: list) -> None:
+    """Ray marcher vs its sparse matrix, cone beam, ``size`` voxels of ``voxel`` mm, on the CPU."""
     torch.set_num_threads(threads)
-    print(f"cone beam, volume (32, 64, 64), voxels (6, 4, 4) mm, CPU, {threads} thread(s)")
-    print("| views | detector | torch fwd+adj (s) | matrix build (s) | entries | matrix memory (MiB, A and A^T) | matrix fwd+adj (s) | max rel. diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"cone beam, volume {tuple(size)}, voxels {tuple(voxel)} mm, CPU, {threads} thread(s)")
+    print("| views | detector | torch fwd+adj (s) | matrix build (s) | entries | matrix memory (MiB, A and A^T) | matrix fwd+adj (s) | max rel. diff | matrix file (MiB) | read back (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for nv in views:
-        geom = CTGeometry.cone((32, 64, 64), (6, 4, 4), num_angles=nv)
+        geom = CTGeometry.cone(tuple(size), tuple(voxel), num_angles=nv)
         x = torch.rand(1, *geom.volume_shape, generator=torch.Generator().manual_seed(0))
         tp = TorchProjector(geom)
         t_torch = _fwd_adj(tp, x)
@@ -66,7 +85,10 @@ def cone_matrix(views: list, threads: int) -> None:
         with torch.no_grad():
             ref = tp(x)
             diff = float((mp(x) - ref).abs().max() / ref.abs().max())
-        print(f"| {nv} | {geom.det_shape} | {t_torch:.3g} | {t_build:.3g} | {mp.a.nnz} | {mp.nbytes / 2**20:.0f} | {t_mat:.3g} | {diff:.1e} |")
+        nnz, mib = mp.a.nnz, mp.nbytes / 2**20
+        del tp, mp
+        file_mib, read_s = _matrix_file(geom)
+        print(f"| {nv} | {geom.det_shape} | {t_torch:.3g} | {t_build:.3g} | {nnz} | {mib:.0f} | {t_mat:.3g} | {diff:.1e} | {file_mib} | {read_s} |")
 
 
 def _adjoint_once(size: list, views: int, variant: str) -> None:
@@ -111,20 +133,23 @@ def main() -> None:
     p.add_argument("--cone-matrix", action="store_true", help="the ray marcher vs its sparse matrix (CPU, cone beam)")
     p.add_argument("--views", type=int, nargs="+", default=[20, 90], help="view counts for --cone-matrix")
     p.add_argument("--threads", type=int, default=1, help="torch threads for --cone-matrix")
+    p.add_argument("--voxel", type=float, nargs=3, default=[6.0, 4.0, 4.0], help="voxel size (z, y, x) mm for --cone-matrix")
     p.add_argument("--adjoint-memory", action="store_true", help="the ray marcher's chunked adjoint vs autograd (CPU)")
-    p.add_argument("--size", type=int, nargs=3, default=[64, 128, 128], help="(D, H, W) for --adjoint-memory")
+    p.add_argument("--size", type=int, nargs=3, default=None,
+                   help="(D, H, W): for --adjoint-memory (default 64 128 128) and --cone-matrix (default 32 64 64)")
     p.add_argument("--adjoint-views", type=int, default=40, help="views for --adjoint-memory")
     p.add_argument("--repeats", type=int, default=2, help="rounds for --adjoint-memory")
     p.add_argument("--_adjoint-once", dest="adjoint_once", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.adjoint_once:
-        _adjoint_once(args.size, args.adjoint_views, args.adjoint_once)
-        return
-    if args.adjoint_memory:
-        adjoint_memory(args.size, args.adjoint_views, args.repeats)
+    if args.adjoint_once or args.adjoint_memory:
+        size = args.size or [64, 128, 128]
+        if args.adjoint_once:
+            _adjoint_once(size, args.adjoint_views, args.adjoint_once)
+        else:
+            adjoint_memory(size, args.adjoint_views, args.repeats)
         return
     if args.cone_matrix:
-        cone_matrix(args.views, args.threads)
+        cone_matrix(args.views, args.threads, args.size or [32, 64, 64], args.voxel)
         return
     if args.geometry is None:
         p.error("--geometry is required (unless --cone-matrix)")

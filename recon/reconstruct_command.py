@@ -48,6 +48,7 @@ def cmd_reconstruct(args) -> int:
 def _interrupted_note(args, state_path: Path, before: int | None) -> str:
     """What an interrupted run left: the state it saved (``before``: the state file's mtime at the start)."""
     from medgmae.files import load_torch_file
+    from recon.projectors.matrix_cache import MATRIX_FILE
 
     if state_path.is_file() and state_path.stat().st_mtime_ns != before:
         try:
@@ -64,7 +65,9 @@ def _interrupted_note(args, state_path: Path, before: int | None) -> str:
     every, n = args.checkpoint_every, args.iterations
     early = " or where --patience stops it" if args.patience else ""
     first = f"at iteration {every}{early}" if 0 < every < n else f"at the end of the run, iteration {n}{early}"
-    return f"no state was saved yet (the first is saved {first}); no output was written"
+    kept = Path(args.out) / MATRIX_FILE
+    kept = f" (the projector's matrix {kept} stays for the next run to read)" if kept.is_file() else ""
+    return f"no state was saved yet (the first is saved {first}); no output was written{kept}"
 
 
 class _Inputs(NamedTuple):
@@ -128,7 +131,7 @@ def _reconstruct(args) -> int:
     out = Path(args.out)
     state_path = out / RECON_STATE
     torch.manual_seed(args.seed)
-    projector, projector_seconds = _build_projector(geom, args.backend, device)
+    projector, projector_seconds = _build_projector(geom, args.backend, device, out)
     proj_t = torch.from_numpy(x.proj).to(device)
     t0 = time.perf_counter()
     if x.fbp_vol is None:
@@ -175,8 +178,9 @@ def _reconstruct(args) -> int:
     return 0
 
 
-def _build_projector(geom: CTGeometry, backend: str, device: torch.device):
-    """The scan's projector, announced first (building a matrix backend takes a while on large scans).
+def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: Path):
+    """The scan's projector, announced first (building a matrix backend takes a while on large scans: its matrix is
+    kept in ``out`` and read from there by a later run on the same scan, :mod:`recon.projectors.matrix_cache`).
 
     Returns:
         ``(projector, seconds taken)``.
@@ -193,7 +197,12 @@ def _build_projector(geom: CTGeometry, backend: str, device: torch.device):
               "slower on the CPU (resample the volume to square in-plane voxels, one detector row per slice, for ASTRA)",
               file=sys.stderr, flush=True)  # fmt: skip
     t0 = time.perf_counter()
-    projector = make_projector(geom, chosen, device)
+    if chosen != "matrix":
+        return make_projector(geom, chosen, device), time.perf_counter() - t0
+    from recon.projectors.matrix_cache import cached_matrix_projector
+
+    projector, note = cached_matrix_projector(geom, out)
+    print(f"{note} ({time.perf_counter() - t0:.1f} s)", flush=True)
     return projector, time.perf_counter() - t0
 
 

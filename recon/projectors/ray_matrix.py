@@ -8,9 +8,11 @@ rays and sample positions (taken from :meth:`TorchProjector._rays` and :meth:`To
 cannot drift), the trilinear weights of ``grid_sample(align_corners=False, padding_mode="zeros")`` with corners
 outside the volume dropped, times the step. A projection is then one sparse-times-dense product ``A x`` and the
 adjoint ``A^T y`` (scipy's CSR products, single-threaded; faster here than ``torch.sparse.mm``), equal to the
-ray marcher up to rounding. Building costs a few ray-marcher calls (``python bench/projectors.py --cone-matrix``:
-about 50 s to build, then 0.24-0.29 s against 17-27 s per forward and adjoint for a 32 x 64 x 64 volume and 90
-views at one thread, bench/RESULTS.md), so it pays off in iterative reconstruction, not for a single projection.
+ray marcher up to rounding. The build evaluates only the samples on each ray's chord through the volume and sums
+those of one lattice cell before expanding them to corners; it costs about two ray-marcher calls
+(``python bench/projectors.py --cone-matrix``: 21 s to build, then 0.15-0.21 s against 8-11 s per forward and
+adjoint for a 32 x 64 x 64 volume and 90 views at one thread, bench/RESULTS.md), so it pays off in iterative
+reconstruction, not for a single projection; :mod:`recon.projectors.matrix_cache` keeps it in a run's folder.
 
 Memory grows with rays x samples inside the volume; :func:`estimate_matrix_bytes` bounds it before anything is
 built, and :func:`recon.projectors.make_projector` uses this projector for ``"auto"`` on the CPU only when the
@@ -48,13 +50,25 @@ def _ray_tables(marcher: TorchProjector) -> tuple[Tensor, Tensor, Tensor]:
     return start.reshape(-1, 3), d.reshape(-1, 3), t
 
 
-def _box_chords(start: Tensor, d: Tensor, half: Tensor) -> Tensor:
-    """Length (mm) of each ray's chord through the box ``|p| <= half`` (slab method), 0 for rays that miss."""
+def _box_interval(start: Tensor, d: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
+    """Where each ray enters and leaves the box ``|p| <= half`` (slab method): distances from ``start`` in mm,
+    ``lo >= hi`` for rays that miss."""
     inv = 1.0 / d  # +-inf along axes a ray does not move on
     t0, t1 = (-half - start) * inv, (half - start) * inv
-    lo = torch.minimum(t0, t1).nan_to_num(-math.inf).amax(-1)
-    hi = torch.maximum(t0, t1).nan_to_num(math.inf).amin(-1)
+    return torch.minimum(t0, t1).nan_to_num(-math.inf).amax(-1), torch.maximum(t0, t1).nan_to_num(math.inf).amin(-1)
+
+
+def _box_chords(start: Tensor, d: Tensor, half: Tensor) -> Tensor:
+    """Length (mm) of each ray's chord through the box ``|p| <= half`` (slab method), 0 for rays that miss."""
+    lo, hi = _box_interval(start, d, half)
     return (hi - lo).clamp(min=0)
+
+
+def _support_half(geometry: CTGeometry) -> Tensor:
+    """Half the sampling support ``(x, y, z)`` in mm: the volume padded by half a voxel, where ``grid_sample`` still
+    reads an edge voxel."""
+    vs = torch.tensor(geometry.voxel_size[::-1], dtype=torch.float64)
+    return torch.tensor(geometry.extent[::-1], dtype=torch.float64) / 2 + vs / 2
 
 
 def estimate_matrix_bytes(geometry: CTGeometry, step: float = 0.5) -> int:
@@ -75,8 +89,7 @@ def estimate_matrix_bytes(geometry: CTGeometry, step: float = 0.5) -> int:
     marcher = TorchProjector(geometry, step=step)
     start, d, _ = _ray_tables(marcher)
     vs = torch.tensor(geometry.voxel_size[::-1], dtype=torch.float64)  # (x, y, z)
-    half = torch.tensor(geometry.extent[::-1], dtype=torch.float64) / 2 + vs / 2
-    chord = _box_chords(start, d, half)
+    chord = _box_chords(start, d, _support_half(geometry))
     samples = (chord / marcher.step_mm + 1).floor().clamp(max=marcher.num_steps)
     planes = (chord[:, None] * d.abs() / vs).floor().sum(-1) + 3
     per_ray = torch.minimum(8 * samples, 8 + 4 * planes) * (chord > 0)
@@ -90,21 +103,21 @@ def _pixel_coords(grid: Tensor, shape: tuple) -> Tensor:
     return ((grid + 1) * size - 1) / 2
 
 
-def _corner_entries(grid: Tensor, shape: tuple) -> tuple[Tensor, Tensor, Tensor]:
-    """Trilinear corners of ``grid_sample(align_corners=False, padding_mode="zeros")`` at normalised points.
+def _corner_weights(pix: Tensor, shape: tuple, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Trilinear corners of ``grid_sample(align_corners=False, padding_mode="zeros")`` at voxel coordinates.
 
     Args:
-        grid: ``(S, 3)`` normalised ``(x, y, z)`` points.
+        pix: ``(S, 3)`` voxel coordinates ``(x, y, z)`` (:func:`_pixel_coords`).
         shape: ``(D, H, W)``.
+        dtype: the weights' dtype (the positions stay float64).
 
     Returns:
-        ``(sample, voxel, weight)``, one entry per in-volume corner with a non-zero weight: the sample's row in
-        ``grid``, the flat voxel index and the interpolation weight.
+        ``(base, weight)``: the flat index ``(S,)`` of each sample's lower corner (possibly outside the volume) and
+        the weights ``(S, 8)`` of its corners in :func:`_corner_steps`'s order, zero for corners outside the volume.
     """
     d, h, w = shape
-    pix = _pixel_coords(grid, shape)
     lo = pix.floor()
-    frac = pix - lo
+    frac = (pix - lo).to(dtype)
     lo = lo.long()
     # per axis, the weights of the lower and upper corner, zeroed where that corner lies outside the volume
     axis = []
@@ -114,27 +127,64 @@ def _corner_entries(grid: Tensor, shape: tuple) -> tuple[Tensor, Tensor, Tensor]
         axis.append(wk * ((ck >= 0) & (ck < n)))
     wx, wy, wz = axis
     weight = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).reshape(-1, 8)  # corners (z, y, x)
-    step = torch.tensor([(dz * h + dy) * w + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
-    base = (lo[:, 2] * h + lo[:, 1]) * w + lo[:, 0]  # flat index of the lower corner (may be outside: weight 0)
-    keep = weight != 0
-    sample, corner = keep.nonzero().unbind(1)
-    return sample, base[sample] + step[corner], weight[keep]
+    return (lo[:, 2] * h + lo[:, 1]) * w + lo[:, 0], weight
 
 
-def _build_rows(marcher: TorchProjector, r0: int, r1: int, start: Tensor, d: Tensor, t: Tensor) -> sp.csr_matrix:
-    """CSR block of ``A`` for rays ``r0:r1`` (duplicates summed), float64."""
+def _sample_index(marcher: TorchProjector, start: Tensor, d: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
+    """The ray marcher's samples that can fall within the sampling support, as ``(ray, step)`` index pairs in ray
+    then step order: each ray's steps over its chord through the support ``half`` (:func:`_box_interval`), widened
+    by a step at either end (the exact test follows in :func:`_build_rows`)."""
+    lo, hi = _box_interval(start, d, half)
+    first = (torch.ceil(lo / marcher.step_mm - 0.5) - 1).clamp(0, marcher.num_steps)
+    last = (torch.floor(hi / marcher.step_mm - 0.5) + 1).clamp(-1, marcher.num_steps - 1)
+    count = (last - first + 1).clamp(min=0).long()
+    ray = torch.repeat_interleave(torch.arange(start.shape[0]), count)
+    offset = torch.cumsum(count, 0) - count
+    return ray, torch.arange(ray.numel()) - offset[ray] + first.long()[ray]
+
+
+def _build_rows(marcher: TorchProjector, rays: slice, start: Tensor, d: Tensor, t: Tensor, dtype: torch.dtype) -> sp.csr_matrix:
+    """CSR block of ``A`` for the rays ``rays`` (duplicates summed) in ``dtype``; the samples' positions are float64.
+
+    Only the samples on each ray's chord through the support are evaluated; consecutive samples of a ray in the same
+    lattice cell share their 8 corners, so their weights are summed before the corners become matrix entries.
+    """
     g = marcher.geometry
     shape = g.volume_shape
-    pts = start[r0:r1, None, :] + t.view(1, -1, 1) * d[r0:r1, None, :]  # (R, ns, 3) mm
-    grid = marcher._to_grid(pts).reshape(-1, 3)
-    pix = _pixel_coords(grid, shape)
+    start, d = start[rays], d[rays]
+    ray, step = _sample_index(marcher, start, d, _support_half(g))
+    pts = start[ray] + t[step, None] * d[ray]  # (S, 3) mm, as the ray marcher computes them
+    pix = _pixel_coords(marcher._to_grid(pts), shape)
     inside = ((pix > -1) & (pix < pix.new_tensor(shape[::-1]))).all(-1)  # some corner of the sample is in the volume
-    sample_idx = inside.nonzero().squeeze(1)
-    s, vox, w = _corner_entries(grid[sample_idx], shape)
-    rows = torch.div(sample_idx[s], t.numel(), rounding_mode="floor")
+    ray, pix = ray[inside], pix[inside]
+    base, weight = _corner_weights(pix, shape, dtype)
+    new_run = torch.ones_like(ray, dtype=torch.bool)
+    new_run[1:] = (ray[1:] != ray[:-1]) | (base[1:] != base[:-1])
+    run = torch.cumsum(new_run, 0) - 1
+    starts = new_run.nonzero().squeeze(1)
+    summed = torch.zeros(starts.numel(), 8, dtype=weight.dtype).index_add_(0, run, weight) * marcher.step_mm
     n = math.prod(shape)
-    coo = sp.coo_matrix((w.numpy() * marcher.step_mm, (rows.numpy(), vox.numpy())), shape=(r1 - r0, n))
-    return coo.tocsr()  # sums the entries of samples that share a corner
+    vox = (base[starts, None] + _corner_steps(shape)).clamp_(0, n - 1)  # a corner outside the volume has weight 0
+    rows = ray[starts, None].expand(-1, 8)
+    coo = sp.coo_matrix((summed.reshape(-1).numpy(), (rows.reshape(-1).numpy(), vox.reshape(-1).numpy())), shape=(start.shape[0], n))
+    block = coo.tocsr()  # sums the entries of neighbouring cells that share a corner
+    block.eliminate_zeros()
+    return block
+
+
+def _corner_steps(shape: tuple) -> Tensor:
+    """Flat-index offsets of a cell's 8 corners from its lower corner, in the order ``(z, y, x)`` (x fastest)."""
+    _, h, w = shape
+    return torch.tensor([(dz * h + dy) * w + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+
+
+def _build_matrix(marcher: TorchProjector, dtype: torch.dtype) -> sp.csr_matrix:
+    """``A`` of the ray marcher, one block of rays (:data:`_BUILD_SAMPLES` samples) at a time."""
+    start, d, t = _ray_tables(marcher)
+    chunk = max(1, _BUILD_SAMPLES // marcher.num_steps)
+    rays = start.shape[0]
+    blocks = [_build_rows(marcher, slice(r0, min(r0 + chunk, rays)), start, d, t, dtype) for r0 in range(0, rays, chunk)]
+    return sp.vstack(blocks, format="csr")
 
 
 class RayMatrixProjector(Projector):
@@ -144,26 +194,27 @@ class RayMatrixProjector(Projector):
         geometry: the scan.
         step: the ray marcher's sampling interval as a fraction of the smallest voxel (0.5 by default).
         dtype: the matrix's dtype (``torch.float32`` by default; ``torch.float64`` for reference computations).
+        matrix: ``A`` built before for this geometry, step and dtype (:mod:`recon.projectors.matrix_cache` keeps it in
+            a run's folder), used instead of building it; only its shape and dtype are checked here.
     """
 
     name = "matrix"
 
-    def __init__(self, geometry: CTGeometry, step: float = 0.5, dtype: torch.dtype = torch.float32):
+    def __init__(self, geometry: CTGeometry, step: float = 0.5, dtype: torch.dtype = torch.float32,
+                 matrix: sp.csr_matrix | None = None):  # fmt: skip
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         super().__init__(geometry)
         marcher = TorchProjector(geometry, step=step)
         self.step_mm, self.num_steps = marcher.step_mm, marcher.num_steps
         self.dtype = dtype
-        start, d, t = _ray_tables(marcher)
-        chunk = max(1, _BUILD_SAMPLES // marcher.num_steps)
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        rays = start.shape[0]
-        blocks = [
-            _build_rows(marcher, r0, min(r0 + chunk, rays), start, d, t).astype(np_dtype) for r0 in range(0, rays, chunk)
-        ]
-        self.a = sp.vstack(blocks, format="csr")
-        del blocks
+        shape = (geometry.num_views * geometry.det_shape[0] * geometry.det_shape[1], math.prod(geometry.volume_shape))
+        if matrix is not None:
+            if matrix.shape != shape or matrix.dtype != (np.float32 if dtype == torch.float32 else np.float64):
+                raise ValueError(f"matrix must be {shape} of {dtype}, got {matrix.shape} of {matrix.dtype}")
+            self.a = matrix
+        else:
+            self.a = _build_matrix(marcher, dtype)
         self.at = self.a.T.tocsr()  # A^T as its own CSR: the adjoint gathers instead of scattering
         self._pixels = geometry.det_shape[0] * geometry.det_shape[1]
 

@@ -1,0 +1,91 @@
+""":class:`~recon.projectors.ray_matrix.RayMatrixProjector`'s matrix kept in a run's output folder, so that the
+same command with ``--resume`` (or any later run in that folder on the same scan grid) reads it instead of building
+it again.
+
+The file, :data:`MATRIX_FILE`, holds ``A`` as CSR arrays (plain tensors: ``torch.load(weights_only=True)`` reads
+it) with the key it was built for: a SHA-256 of the geometry's scan fields (everything but the affine, which does
+not enter ``A``), the ray marcher's step, the dtype and :data:`MATRIX_FORMAT`. It is written atomically (write, then
+rename) right after the build. A file whose key differs (another geometry, volume grid, step or dtype) or that
+cannot be read is not used: a note says so, the matrix is built and the file replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recon.geometry import CTGeometry
+from recon.projectors.ray_matrix import RayMatrixProjector
+
+__all__ = ["MATRIX_FILE", "MATRIX_FORMAT", "matrix_key", "cached_matrix_projector"]
+
+#: The matrix's file name in a run's output folder.
+MATRIX_FILE = "projector_matrix.pt"
+#: Version of the matrix's construction; a file of another version is rebuilt.
+MATRIX_FORMAT = 2
+
+
+def matrix_key(geometry: CTGeometry, step: float, dtype: torch.dtype) -> str:
+    """SHA-256 of what determines ``A``: the geometry without its affine, the step, the dtype, the format."""
+    scan = {k: v for k, v in geometry.to_dict().items() if k != "affine"}
+    blob = json.dumps({"geometry": scan, "step": float(step), "dtype": str(dtype), "format": MATRIX_FORMAT}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read(path: Path, key: str, shape: tuple, dtype: torch.dtype) -> tuple[sp.csr_matrix | None, str]:
+    """The matrix in ``path`` when it was built for ``key``, else ``None``; and why it is not used."""
+    from medgmae.files import load_torch_file
+
+    try:
+        saved = load_torch_file(path, what="projector matrix")
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            return None, "it was built for another geometry, volume grid or projector setting"
+        data, indices, indptr = (saved[k].numpy() for k in ("data", "indices", "indptr"))
+    except (ValueError, KeyError, AttributeError, OSError) as e:
+        return None, f"it cannot be read ({e})"
+    rows, cols = shape
+    if (data.dtype != (np.float32 if dtype == torch.float32 else np.float64) or len(indptr) != rows + 1
+            or indptr[-1] != len(data) or len(indices) != len(data) or (len(indices) and indices.max() >= cols)):  # fmt: skip
+        return None, "its arrays do not form the matrix of this scan"
+    return sp.csr_matrix((data, indices, indptr), shape=shape), ""
+
+
+def cached_matrix_projector(
+    geometry: CTGeometry, folder: str | Path, step: float = 0.5, dtype: torch.dtype = torch.float32
+) -> tuple[RayMatrixProjector, str]:
+    """The matrix projector of ``geometry``, read from ``folder`` / :data:`MATRIX_FILE` when that was built for it,
+    else built and saved there (atomically).
+
+    Args:
+        geometry: the scan.
+        folder: the run's output folder (created if needed).
+        step: the ray marcher's step (fraction of the smallest voxel).
+        dtype: the matrix's dtype.
+
+    Returns:
+        ``(projector, note)``: a line saying whether the matrix was read, or built and saved (and why a file there
+        was not used).
+    """
+    from medgmae.files import save_torch_atomic
+
+    path = Path(folder) / MATRIX_FILE
+    key = matrix_key(geometry, step, dtype)
+    shape = (geometry.num_views * geometry.det_shape[0] * geometry.det_shape[1], int(np.prod(geometry.volume_shape)))
+    why = ""
+    if path.is_file():
+        matrix, why = _read(path, key, shape, dtype)
+        if matrix is not None:
+            return RayMatrixProjector(geometry, step, dtype, matrix=matrix), f"read the matrix from {path} (built for this scan)"
+    projector = RayMatrixProjector(geometry, step, dtype)
+    a = projector.a
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_torch_atomic({"key": key, "data": torch.from_numpy(a.data), "indices": torch.from_numpy(a.indices),
+                       "indptr": torch.from_numpy(a.indptr)}, path)  # fmt: skip
+    size = (a.data.nbytes + a.indices.nbytes + a.indptr.nbytes) / 2**20
+    note = f"saved the matrix in {path} ({size:.0f} MiB) for --resume"
+    return projector, (f"{path} not used: {why}; " if why else "") + note

@@ -1,0 +1,92 @@
+"""The cone-beam matrix projector's matrix kept in the run's folder: read back by ``--resume`` and later runs on the
+same scan grid, not used (with a note) when built for another scan or unreadable."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medgmae.data.phantom import generate_phantom
+from recon.cli import main
+from recon.geometry import CTGeometry
+from recon.projectors import RayMatrixProjector
+from recon.projectors.matrix_cache import MATRIX_FILE, cached_matrix_projector
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    """A 6-view cone-beam scan of a 10 x 12 x 8 phantom."""
+    d = tmp_path_factory.mktemp("cone")
+    ph = generate_phantom(1, shape=(10, 12, 8), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
+    assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "cone", "--views", "6", "--out", str(d / "scan"), "--device", "cpu"]) == 0
+    return d / "scan"
+
+
+def _args(scan: Path, out: Path, *extra, geometry: Path | None = None) -> list[str]:
+    return ["reconstruct", "--projections", str(scan / "projections.npy"), "--geometry", str(geometry or scan / "geometry.json"),
+            "--out", str(out), "--no-progress", "--device", "cpu", "--backend", "matrix", "--num-gaussians", "50",
+            "--iterations", "2", *extra]  # fmt: skip
+
+
+def test_the_matrix_is_saved_and_read_back(scan, tmp_path):
+    """The file holds the matrix a fresh build gives (same arrays); the projector read from it is that matrix, for
+    another affine too (it does not enter the matrix), and rebuilt for another step."""
+    geom = CTGeometry.load(scan / "geometry.json")
+    built, note = cached_matrix_projector(geom, tmp_path)
+    assert note.startswith(f"saved the matrix in {tmp_path / MATRIX_FILE} (")
+    fresh = RayMatrixProjector(geom).a
+    read, note = cached_matrix_projector(CTGeometry.from_dict({**geom.to_dict(), "affine": None}), tmp_path)
+    assert note == f"read the matrix from {tmp_path / MATRIX_FILE} (built for this scan)"
+    for m in (built.a, read.a):
+        assert m.dtype == np.float32 and (m != fresh).nnz == 0 and np.array_equal(m.indptr, fresh.indptr)
+    x = torch.rand(1, *geom.volume_shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(read(x), built(x), rtol=0, atol=0)
+    _, note = cached_matrix_projector(geom, tmp_path, step=0.25)
+    assert "not used: it was built for another geometry, volume grid or projector setting; saved the matrix" in note
+
+
+def test_resume_and_later_runs_read_the_matrix(scan, tmp_path, capsys):
+    """A run saves the matrix; --resume and a new run in the folder read it (the same volume as the run that built
+    it); a geometry with other angles or a damaged file is not used, with a note, and the matrix is rebuilt."""
+    out = tmp_path / "rec"
+    capsys.readouterr()
+    assert main(_args(scan, out)) == 0
+    assert f"saved the matrix in {out / MATRIX_FILE}" in capsys.readouterr().out and (out / MATRIX_FILE).is_file()
+    first = nib.load(str(out / "recon.nii.gz")).get_fdata()
+    assert main(_args(scan, out, "--resume", "--iterations", "3")) == 0
+    assert f"read the matrix from {out / MATRIX_FILE} (built for this scan)" in capsys.readouterr().out
+    assert main(_args(scan, out)) == 0
+    assert f"read the matrix from {out / MATRIX_FILE}" in capsys.readouterr().out
+    np.testing.assert_array_equal(nib.load(str(out / "recon.nii.gz")).get_fdata(), first)
+    g = json.loads((scan / "geometry.json").read_text())
+    turned = tmp_path / "turned.json"
+    turned.write_text(json.dumps({**g, "angles": [a + 0.1 for a in g["angles"]]}))
+    assert main(_args(scan, out, geometry=turned)) == 0
+    assert "not used: it was built for another geometry, volume grid or projector setting; saved the matrix" in capsys.readouterr().out
+    (out / MATRIX_FILE).write_bytes((out / MATRIX_FILE).read_bytes()[:1000])
+    assert main(_args(scan, out, geometry=turned)) == 0
+    assert f"{out / MATRIX_FILE} not used: it cannot be read (" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_a_state_names_the_kept_matrix(scan, tmp_path, monkeypatch, capsys):
+    """Ctrl-C before the first state: the one line says no output was written and that the matrix stays for the
+    next run, which is all the folder holds."""
+    from recon.gaussian_recon import GaussianReconstructor
+
+    def interrupted_step(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
+    out = tmp_path / "rec"
+    capsys.readouterr()
+    assert main(_args(scan, out)) == 130
+    err = capsys.readouterr().err
+    assert (f"no output was written (the projector's matrix {out / MATRIX_FILE} stays for the next run to read)" in err
+            and len(err.strip().splitlines()) == 1), err  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [MATRIX_FILE]
