@@ -239,8 +239,8 @@ def read_datalist(
         (links followed), the same whichever way the datalist is named and from whichever working folder.
 
     Raises:
-        DatasetError: the file is missing or not valid JSON, an item has no image, or a required list is absent
-            or empty. A ``modality`` field naming anything but CT (``{"0": "MRI"}``) is warned about, once per file.
+        DatasetError: the file is missing or not valid JSON, an item has no image or an image or label that is
+            not a path string (``null``, a number), or a required list is absent or empty. A ``modality`` field naming anything but CT (``{"0": "MRI"}``) is warned about, once per file.
     """
     path = Path(datalist).expanduser()
     content = load_datalist_json(path)
@@ -259,6 +259,10 @@ def read_datalist(
         item = {"image": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or "image" not in item:
             raise DatasetError(f"datalist {path}: item {i} of '{key}' has no 'image': {item!r}")
+        for k in ("image", "label"):
+            if k in item and not isinstance(item[k], str):
+                raise DatasetError(f"datalist {path}: item {i} of '{key}' has a '{k}' of type "
+                                   f"{type(item[k]).__name__} ({item[k]!r}), not a path string")  # fmt: skip
         out.append({k: str(base / v) if k in ("image", "label") else v for k, v in item.items()})
     return out
 

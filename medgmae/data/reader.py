@@ -250,8 +250,11 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True, tiff: bool =
         if p.suffix.lower() not in DICOM_FILE_SUFFIXES:
             raise ValueError(f"{p}: not a volume file (readable: {', '.join(VOLUME_SUFFIXES)}, a DICOM folder or "
                              "a multi-frame DICOM file)")
+    if p.is_dir() and p.name.lower().endswith(VOLUME_SUFFIXES) and not is_volume_path(p):
+        raise ValueError(f"{p}: is a directory, not a volume file (a folder is read only as a DICOM series, and this "
+                         "one holds none): give the volume file itself")  # fmt: skip
     try:
-        arr, affine = _read_nifti(p) if p.name.lower().endswith((".nii", ".nii.gz")) else _read_sitk(p)
+        arr, affine = _read_nifti(p) if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")) else _read_sitk(p)
     except Refused as e:
         raise ValueError(f"{p}: {e}") from e
     except Exception as e:  # nibabel / SimpleITK raise many types for corrupt or truncated files

@@ -1,0 +1,38 @@
+"""Datalist items whose paths are not path strings, and paths that are not volume files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medgmae.data import DatasetError, read_volume
+from medgmae.data.datalist import read_datalist, resolve_datalist
+
+
+@pytest.mark.parametrize(
+    "item, key, found",
+    [({"image": None}, "image", "NoneType (None)"), ({"image": "a.nii.gz", "label": 3}, "label", "int (3)"),
+     ({"image": ["a.nii.gz"]}, "image", "list (['a.nii.gz'])")],
+)  # fmt: skip
+def test_a_datalist_item_whose_path_is_not_a_string_is_named(tmp_path, item, key, found):
+    """``"image": null`` crashed with "unsupported operand type(s) for /: 'PosixPath' and 'NoneType'"."""
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"training": [{"image": "b.nii.gz"}, item]}))
+    expected = f"datalist {path}: item 1 of 'training' has a '{key}' of type {found}, not a path string"
+    with pytest.raises(DatasetError) as e:
+        read_datalist(path)
+    assert str(e.value) == expected
+    with pytest.raises(DatasetError) as e:  # how pre-training and fine-tuning read their data source
+        resolve_datalist("", tmp_path, datalist=path)
+    assert str(e.value) == expected
+
+
+def test_a_directory_named_like_a_volume_file_is_called_a_directory(tmp_path):
+    """Not "cannot read the volume (ImageFileError: Could not read file: ...)"."""
+    folder = tmp_path / "x.nii.gz"
+    folder.mkdir()
+    with pytest.raises(ValueError) as e:
+        read_volume(folder)
+    assert str(e.value).startswith(f"{folder}: is a directory, not a volume file")
+    assert "Could not read" not in str(e.value)
