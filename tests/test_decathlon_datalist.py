@@ -226,3 +226,47 @@ def test_class_names_come_from_the_folders_own_dataset_json_unless_given(tmp_pat
     assert main([str(tmp_path), "--out", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
     assert "names class(es) 3 vessel, which no label map holds: left out (the classes are 0..2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".mha"])
+def test_a_label_map_off_its_images_grid_is_refused_naming_both(tmp_path, capsys, ending):
+    """A label map shifted 30 mm from its image (or of another shape) was written into the datalist: fine-tuning's
+    pre-check refused it only later. Refused here in the pre-check's words, nothing written."""
+    import SimpleITK as sitk
+
+    folder = tmp_path / "data"
+    _case(folder, "a", 1)
+    _case(folder, "b", 1)
+    image = folder / "imagesTr" / f"b_0000{ending}"
+    (folder / "imagesTr" / "b_0000.nii.gz").unlink()
+    img = sitk.GetImageFromArray(np.zeros((8, 10, 12), np.float32))  # (z, y, x): x y z = 12 10 8, as the label
+    img.SetSpacing((0.8, 0.9, 2.5))
+    img.SetOrigin((0.0, 0.0, 30.0))  # 30 mm along z (LPS and RAS agree on z)
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS axes, as the label's diagonal affine
+    sitk.WriteImage(img, str(image))
+    label = folder / "labelsTr" / "b.nii.gz"
+    with pytest.raises(SystemExit) as e:
+        main([str(folder)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"label {label} is not on the voxel grid of image {image}: voxels up to 30 mm apart" in err
+    assert not (folder / "dataset.json").exists()
+
+
+def test_volume_grid_reads_the_grid_read_volume_reads(tmp_path):
+    """The header-only grid is the one the reader's full read gives (NIfTI, MetaImage, NRRD)."""
+    import SimpleITK as sitk
+
+    from medgmae.data.reader import read_volume, volume_grid
+
+    img = sitk.GetImageFromArray(np.zeros((5, 6, 7), np.float32))
+    img.SetSpacing((0.7, 0.8, 3.0))
+    img.SetOrigin((10.0, -20.0, 5.0))
+    img.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    for ending in (".mha", ".nrrd", ".nii.gz"):
+        path = tmp_path / f"v{ending}"
+        sitk.WriteImage(img, str(path))
+        shape, affine = volume_grid(path)
+        vol = read_volume(path)
+        assert shape == vol.array.shape == (7, 6, 5)
+        np.testing.assert_allclose(affine, vol.affine, atol=1e-5)

@@ -9,6 +9,8 @@ Fine-tuning pairs each image with its label map through a datalist (:mod:`medgma
   ``labelsTr/<case>.nii.gz`` by case name, or, where the names differ (BTCV's ``img0001`` and ``label0001``), by
   the number ending them (:mod:`medgmae.data.case_pairing`); any volume format
   :func:`~medgmae.data.reader.read_volume` reads, and DICOM series folders;
+* each label map on its image's voxel grid (shape and affine, the fine-tuning pre-check's test and tolerance:
+  :func:`~medgmae.data.grid.same_grid_problem`), else refused naming both files;
 * a seeded split of the pairs into ``training`` and ``validation`` (``--validation-fraction``);
 * ``imagesTs/`` as the ``test`` list (images only);
 * the ``labels`` map: background and a name for each class value up to the largest found in the label maps, as
@@ -33,24 +35,38 @@ import numpy as np
 
 from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
-from medgmae.data.reader import read_volume
+from medgmae.data.grid import same_grid_problem
+from medgmae.data.reader import Volume, read_volume, volume_grid
 
 __all__ = ["case_pairs", "class_values", "decathlon_datalist", "folder_class_names", "main", "split_cases"]
 
 
-def class_values(labels: Sequence[str | Path], progress: bool = False) -> dict[int, str]:
+def class_values(
+    labels: Sequence[str | Path], progress: bool = False, images: Sequence[str | Path] | None = None
+) -> dict[int, str]:
     """The class values found in the label maps, sorted, each with the first map holding it (background 0
     included, ``""`` where no map holds it).
 
+    Args:
+        labels: the label maps.
+        progress: print how many maps were read.
+        images: the image of each label map: each map must be on its image's voxel grid (the fine-tuning pre-check's
+            :func:`~medgmae.data.grid.same_grid_problem`; the image's header only where its format allows).
+
     Raises:
-        DatasetError: a map that cannot be read, or holds values that are not whole numbers >= 0 (named).
+        DatasetError: a map (or image) that cannot be read, a map not on its image's grid (both named), or a map
+            holding values that are not whole numbers >= 0 (named).
     """
     found: dict[int, str] = {0: ""}
     for i, path in enumerate(labels, 1):
         try:
-            arr = read_volume(path).array
+            label = read_volume(path)
+            grid = _grid_problem(label, images[i - 1]) if images is not None else None
         except (OSError, ValueError) as e:  # its message names the file
             raise DatasetError(str(e)) from e
+        if grid:
+            raise DatasetError(grid)
+        arr = label.array
         values = np.unique(arr)
         if (values < 0).any() or not np.array_equal(values, np.round(values)):
             shown = ", ".join(f"{v:g}" for v in values[:8])
@@ -61,6 +77,13 @@ def class_values(labels: Sequence[str | Path], progress: bool = False) -> dict[i
         if progress and (i % 10 == 0 or i == len(labels)):
             print(f"read {i}/{len(labels)} label maps", flush=True)
     return dict(sorted(found.items()))
+
+
+def _grid_problem(label: Volume, image: str | Path) -> str | None:
+    """Why ``label`` is not on the voxel grid of ``image`` (as fine-tuning's pre-check words it), else ``None``."""
+    shape, affine = volume_grid(image)
+    return same_grid_problem(f"label {label.path}", label.array.shape, label.affine, f"image {Path(image).expanduser()}",
+                             shape, affine, reoriented=True)  # fine-tuning reorients both  # fmt: skip
 
 
 def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -131,7 +154,7 @@ def decathlon_datalist(
     folder = Path(folder).expanduser()
     pairs, test, how = case_pairs(folder, progress)
     training, validation = split_cases(pairs, validation_fraction, seed)
-    found = class_values([p["label"] for p in pairs], progress)
+    found = class_values([p["label"] for p in pairs], progress, [p["image"] for p in pairs])
     labels = _label_map(found, names or {}, folder, progress, names_from)
     rel = lambda items: [{k: Path(v).relative_to(folder).as_posix() for k, v in item.items()} for item in items]  # noqa: E731
     return {

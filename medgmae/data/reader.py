@@ -28,7 +28,7 @@ from medgmae.data.grid import grid_offset_mm
 
 __all__ = [
     "Volume", "read_volume", "is_volume_path", "volume_stem", "load_nifti", "is_multiframe_dicom", "VOLUME_SUFFIXES",
-    "DICOM_FILE_SUFFIXES", "TIFF_SUFFIXES", "LoadVolumed",
+    "DICOM_FILE_SUFFIXES", "TIFF_SUFFIXES", "LoadVolumed", "volume_grid",
 ]  # fmt: skip
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
@@ -201,11 +201,46 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return arr, np.eye(4)  # rejected by the caller with the shape
     # a 3D image, or one of size (X, Y, Z, 1) (a multi-frame DICOM file read as a series, a MetaImage saved so),
     # whose frame is that of its first three axes
+    return np.ascontiguousarray(arr), _sitk_affine(img)
+
+
+def _sitk_affine(img) -> np.ndarray:
+    """The RAS index -> world affine of a SimpleITK image or image file reader's first three axes."""
+    dim = img.GetDimension()
     direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
     lps = np.eye(4)
     lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)[:3]
     lps[:3, 3] = img.GetOrigin()[:3]
-    return np.ascontiguousarray(arr), _LPS_TO_RAS @ lps
+    return _LPS_TO_RAS @ lps
+
+
+def volume_grid(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """The voxel grid of a volume as :func:`read_volume` reads it: its shape ``(I, J, K)`` and RAS affine.
+
+    Only the header is read for NIfTI, NRRD and MetaImage files of three axes; DICOM series and multi-frame files,
+    other images and files whose header does not read are read whole by :func:`read_volume` (and its errors raised).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_volume`.
+    """
+    import SimpleITK as sitk
+
+    p = Path(path).expanduser()
+    try:
+        if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")):
+            img = load_nifti(p)
+            if len(img.shape) == 3:
+                return tuple(int(n) for n in img.shape), np.asarray(img.affine, dtype=np.float64)
+        elif p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES) and _missing_data_file(p) is None:
+            info = sitk.ImageFileReader()
+            info.SetFileName(str(p))
+            info.ReadImageInformation()
+            if info.GetDimension() == 3 and info.GetNumberOfComponents() == 1:
+                return tuple(int(n) for n in info.GetSize()), _sitk_affine(info)
+    except Exception:  # noqa: BLE001  (read_volume below names the problem in its words)
+        pass
+    vol = read_volume(p)
+    return tuple(vol.array.shape), vol.affine
 
 
 def is_multiframe_dicom(path: str | os.PathLike) -> bool:
