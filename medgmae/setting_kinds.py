@@ -9,7 +9,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from medgmae import cli_types
 
-__all__ = ["KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "roi_size_check", "roi_size_problem", "setting_problem"]
+__all__ = [
+    "KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "num_gaussians_check", "roi_size_check",
+    "roi_size_problem", "setting_problem",
+]  # fmt: skip
 
 #: Smallest image edge the 2D trainings accept: their SSIM (GViT's loss, 2D GMAE's validation) uses an 11-pixel window.
 MIN_IMAGE_SIZE = 11
@@ -106,6 +109,38 @@ def mask_ratio_check(size: Any, patch_size: Any, ndim: int) -> Callable[[Any], N
             raise ValueError(f"{value} masks no patch: a crop of {size} in patches of {patch_size} has {n} patch(es), "
                              f"and a share of {value} of them rounds to none (one always stays visible); give a larger "
                              f"crop, smaller patches{more} (0, documented, trains without masking)")  # fmt: skip
+
+    return check
+
+
+def num_gaussians_check(size: Any, ndim: int, model_kind: str = "medgmae") -> Callable[[Any], None]:
+    """The check of a Gaussian masked autoencoder's ``num_gaussians`` K (``checked_settings``): a positive integer
+    whose Gaussians, those of every MedGMAE* level counted (``m_l * K`` each, :data:`~medgmae.networks.medgmae.LEVEL_MULTIPLIERS`), are at
+    most the crop's voxels (pixels in 2D). More Gaussians than voxels describe nothing more, and their rendering
+    buffers fail the allocator only after the data were read and written.
+
+    Args:
+        size: the crop's edge (``roi_size`` / ``image_size``, an integer; other values are left to their checks).
+        ndim: 3 for volumes, 2 for images.
+        model_kind: ``"medgmae-star"`` counts its levels' Gaussians; ``"voxel-mae"`` has none (no bound).
+
+    Returns:
+        ``check(num_gaussians)``, raising ``ValueError`` naming the value and the bound.
+    """
+    from medgmae.networks.medgmae import LEVEL_MULTIPLIERS
+
+    def check(value: Any) -> None:
+        if problem := kind_problem(value, "positive_int"):
+            raise ValueError(problem)
+        if kind_problem(size, "positive_int") or model_kind == "voxel-mae":
+            return  # the crop is named by its own check; a voxel-MAE has no Gaussians
+        cells, what = int(size) ** ndim, "voxels" if ndim == 3 else "pixels"
+        per_k = sum(LEVEL_MULTIPLIERS) if model_kind == "medgmae-star" else 1
+        bound = cells // per_k
+        if int(value) > bound:
+            levels = f" over medgmae-star's {per_k} Gaussians per K (levels {' + '.join(map(str, LEVEL_MULTIPLIERS))})"
+            raise ValueError(f"expected at most {bound} (the {cells} {what} of a {size}^{ndim} crop"
+                             f"{levels if per_k > 1 else ''}), got {value!r}")  # fmt: skip
 
     return check
 

@@ -44,6 +44,8 @@ __all__ = [
 
 #: How a MedGMAE* child's intensity follows its parent's (see :class:`ResidualGaussianLevel`).
 INTENSITY_RESIDUALS = ("logit", "clamp")
+#: MedGMAE*'s default level multipliers ``m_l``: level ``l`` has ``m_l * K`` Gaussians.
+LEVEL_MULTIPLIERS = (1, 2, 4)
 
 #: The 3D masked autoencoder base of MedGMAE and the voxel-MAE baseline (``spatial_dims`` defaults to 3).
 MaskedAutoencoder3D = MaskedAutoencoder
@@ -206,7 +208,7 @@ class MedGMAE(MaskedAutoencoder):
         cutoff: float = 3.0,
         render_backend: str = "auto",
         multi_level: bool = False,
-        level_multipliers: Sequence[int] = (1, 2, 4),
+        level_multipliers: Sequence[int] = LEVEL_MULTIPLIERS,
         level_deltas: Sequence[float] = (0.02, 0.05),
         sigma_mu: float = 0.05,
         level_intensity: str = "logit",
