@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 from medgmae import cli_types
 
 __all__ = [
-    "KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "num_gaussians_check", "roi_size_check",
+    "KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "num_gaussians_check", "phantom_shape_check", "roi_size_check",
     "roi_size_problem", "setting_problem",
 ]  # fmt: skip
 
@@ -141,6 +141,29 @@ def num_gaussians_check(size: Any, ndim: int, model_kind: str = "medgmae") -> Ca
             levels = f" over medgmae-star's {per_k} Gaussians per K (levels {' + '.join(map(str, LEVEL_MULTIPLIERS))})"
             raise ValueError(f"expected at most {bound} (the {cells} {what} of a {size}^{ndim} crop"
                              f"{levels if per_k > 1 else ''}), got {value!r}")  # fmt: skip
+
+    return check
+
+
+def phantom_shape_check(generated: bool = True) -> Callable[[Any], None]:
+    """The check of a bundle's ``phantom_shape`` (``checked_settings``): ``null`` (the generator's default) or positive
+    integers; when the run generates its phantoms (``generated``: no data of the user's), a shape whose generation
+    needs more memory than the machine has is refused (:func:`~medgmae.data.phantom.generator.shape_memory_problem`,
+    ``medgmae-phantom``'s check), before the phantoms' folder is made.
+
+    Returns:
+        ``check(phantom_shape)``, raising ``ValueError`` naming the problem.
+    """
+    from medgmae.data.phantom.generator import shape_memory_problem
+
+    def check(value: Any) -> None:
+        if value is None:
+            return
+        if problem := kind_problem(value, "positive_ints"):
+            raise ValueError(problem)
+        shape = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        if generated and len(shape) == 3 and (problem := shape_memory_problem(shape)):
+            raise ValueError(problem)
 
     return check
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medgmae.cli_types import ToolParser, expand_home, nonneg_int, positive_float, positive_int
-from medgmae.data.phantom.generator import DEFAULT_SHAPE, DEFAULT_SPACING
+from medgmae.data.phantom.generator import DEFAULT_SHAPE, DEFAULT_SPACING, shape_memory_problem
 from medgmae.data.phantom.writer import write_phantom_dataset
 
 __all__ = ["build_parser", "default_num_validation", "main"]
@@ -59,7 +59,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``medgmae-phantom`` entry point. Returns 0 on success; bad flags exit with code 2."""
+    """``medgmae-phantom`` entry point. Returns 0 on success, 1 when generating fails (out of memory, a full disk:
+    what this run wrote is removed); bad flags, and a ``--shape`` too large for this machine's memory, exit with
+    code 2 before anything is written."""
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
     if len(args.spacing) not in (1, 3):
@@ -72,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a folder")
+    if problem := shape_memory_problem(args.shape):
+        parser.error(f"--shape: {problem}")
     t0 = time.perf_counter()
     before = _identity(out / "dataset.json")
     try:
@@ -79,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           spacing=spacing, num_validation=args.num_validation, verbose=True)
     except ValueError as e:
         parser.error(f"--out: {e}")
+    except (MemoryError, OSError) as e:  # what this run created is removed (write_phantom_dataset)
+        print(f"{parser.prog}: error: generating the phantoms failed ({type(e).__name__}: {e}); what this run had "
+              f"written to {out} was removed", file=sys.stderr)  # fmt: skip
+        return 1
     doc = json.loads(json_path.read_text())
     # an existing dataset of these settings is kept as it is (write_phantom_dataset): its dataset.json is the same file
     kept = before is not None and _identity(json_path) == before

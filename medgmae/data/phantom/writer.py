@@ -17,6 +17,7 @@ from medgmae.data.phantom.generator import (
     GENERATOR_VERSION,
     ORGAN_LABELS,
     generate_phantom,
+    shape_memory_problem,
     validate_geometry,
 )
 from medgmae.files import save_json_atomic, save_nifti_atomic
@@ -243,6 +244,12 @@ def write_phantom_dataset(
 
     Returns:
         Path of ``dataset.json``.
+
+    Raises:
+        ValueError: a bad parameter, or ``out_dir`` holding a dataset this generator did not write.
+        MemoryError: a case of ``shape`` needs more memory than the machine has (:func:`shape_memory_problem`),
+            raised before anything is written. Any failure while generating removes the files and folders this
+            call created (an earlier dataset's files it replaced stay).
     """
     params = _dataset_params(num_cases, seed, shape, spacing, num_validation)
     num_cases, num_validation = params["num_cases"], params["num_validation"]
@@ -256,12 +263,37 @@ def write_phantom_dataset(
         logger.warning("replacing the phantom dataset in %s (%s)", out,
                        "; ".join(recorded_differences(out, num_cases, seed, shape, spacing, num_validation))
                        or "its generation was interrupted or files are missing")  # fmt: skip
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    save_json_atomic(params, out / IN_PROGRESS)
-    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-    seeds = case_seeds(seed, num_cases)
-    entries = _write_cases(out, seeds, shape, spacing, verbose)
-    save_json_atomic(_dataset_doc(entries, num_validation, params, seeds), json_path)
+    if problem := shape_memory_problem(shape):
+        raise MemoryError(problem)
+    created = _not_there_yet(out, num_cases)
+    try:
+        (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+        save_json_atomic(params, out / IN_PROGRESS)
+        (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+        seeds = case_seeds(seed, num_cases)
+        entries = _write_cases(out, seeds, shape, spacing, verbose)
+        save_json_atomic(_dataset_doc(entries, num_validation, params, seeds), json_path)
+    except BaseException:  # out of memory, a full disk, Ctrl-C: what this run created goes, nothing else
+        _remove_paths(created)
+        raise
     _remove_leftovers(out, earlier or [], entries)
     (out / IN_PROGRESS).unlink(missing_ok=True)
     return json_path
+
+
+def _not_there_yet(out: Path, num_cases: int) -> list[Path]:
+    """The files and folders a generation of ``num_cases`` into ``out`` may create that do not exist yet, each
+    before the folder holding it: what a failed generation removes (files it replaced stay)."""
+    names = [f"case_{i:04d}.nii.gz" for i in range(num_cases)]
+    files = [out / sub / n for sub in ("imagesTr", "labelsTr") for n in names] + [out / IN_PROGRESS]
+    folders = [out / "imagesTr", out / "labelsTr", out, *out.parents]  # deepest first
+    return [p for p in files + folders if not p.exists()]
+
+
+def _remove_paths(paths: Sequence[Path]) -> None:
+    """Delete these files and (empty) folders, in order; a folder that something else wrote into stays."""
+    for path in paths:
+        try:
+            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+        except OSError:  # not empty: another writer's files
+            pass

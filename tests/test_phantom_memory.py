@@ -1,0 +1,83 @@
+"""Phantom shapes whose generation needs more memory than the machine has are refused before anything is written, and
+a generation that fails removes what it created (only that)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from monai.bundle import ConfigParser
+from test_bundle_checks import BUNDLES
+
+import medgmae.data.phantom.generator as generator_mod
+import medgmae.data.phantom.writer as writer_mod
+from medgmae.bundle_checks import BundleSettingError, check_settings
+from medgmae.data.phantom import main
+
+HUGE = ["100000", "100000", "100000"]
+
+
+def test_a_shape_beyond_the_machines_memory_is_refused_up_front(tmp_path, capsys):
+    """It printed a raw _ArrayMemoryError traceback, exited 1 and left imagesTr/, labelsTr/ and the marker."""
+    out = tmp_path / "new"
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(out), "--num-cases", "1", "--shape", *HUGE])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    need = 48 * 10**15 / 2**30
+    assert f"--shape: a phantom of shape 100000 x 100000 x 100000 needs about {need:,.1f} GiB of memory" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_the_bound_is_the_machines_physical_memory(monkeypatch):
+    monkeypatch.setattr(generator_mod, "_physical_memory", lambda: 48 * 64 * 64 * 48)
+    assert generator_mod.shape_memory_problem((64, 64, 48)) is None
+    assert "more than this machine's" in generator_mod.shape_memory_problem((64, 64, 49))
+
+
+def _fail_on_second_case(monkeypatch):
+    real, calls = writer_mod.generate_phantom, []
+
+    def generate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("Unable to allocate 3.7 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer_mod, "generate_phantom", generate)
+
+
+def test_a_failed_generation_removes_the_folders_it_created(tmp_path, capsys, monkeypatch):
+    _fail_on_second_case(monkeypatch)
+    out = tmp_path / "a" / "b"
+    code = main(["--out", str(out), "--num-cases", "2", "--shape", "16", "16", "16"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MemoryError: Unable to allocate 3.7 GiB" in err[0], err
+    assert list(tmp_path.iterdir()) == []  # a/ and a/b/ were this run's
+
+
+def test_a_failed_generation_leaves_what_was_there_before(tmp_path, monkeypatch):
+    _fail_on_second_case(monkeypatch)
+    out = tmp_path / "data"
+    (out / "imagesTr").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / ".phantom_in_progress.json").write_text("{}")  # an earlier interrupted generation
+    with pytest.raises(MemoryError):
+        writer_mod.write_phantom_dataset(out, 2, shape=(16, 16, 16), num_validation=0)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        ".phantom_in_progress.json", "imagesTr", "notes.txt"]  # fmt: skip
+    assert json.loads((out / ".phantom_in_progress.json").read_text())["num_cases"] == 2  # still marks it interrupted
+
+
+@pytest.mark.parametrize("bundle, extra", [("medgmae_pretrain", {}), ("unetr_finetune", {"pretrained_path": ""})])
+def test_the_bundles_refuse_such_a_phantom_shape_with_the_other_settings(tmp_path, bundle, extra):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
+    parser.update({"output_dir": str(tmp_path / "run"), "phantom_shape": [100000] * 3, **extra})
+    with pytest.raises(BundleSettingError) as err:
+        check_settings(parser.get_parsed_content("checked_settings"), {})
+    assert "--phantom_shape: a phantom of shape 100000 x 100000 x 100000 needs about" in str(err.value)
+    (tmp_path / "data").mkdir()
+    parser.update({"dataset_dir": str(tmp_path / "data")})  # the user's data: no phantoms are generated
+    check_settings(parser.get_parsed_content("checked_settings"), {})
