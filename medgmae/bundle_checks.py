@@ -19,6 +19,7 @@ from medgmae import cli_types
 from medgmae.bundle_command_line import (
     bundle_command,
     derived_from_bad_keys,
+    repeated_flag_lines,
     unknown_key_lines,
     unknown_key_problems,
 )
@@ -45,7 +46,8 @@ def check_settings(
     unused_keys: Mapping[str, str] | None = None,
 ) -> bool:
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
-    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`), and a config
+    every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`) or that it gives
+    more than once (:func:`~medgmae.bundle_command_line.repeated_flag_lines`), and a config
     started the wrong way (:func:`process_problems`). Also installs :func:`summarise_errors`, so that any later
     failure of the bundle ends with its reason.
 
@@ -87,7 +89,7 @@ def check_settings(
     found = {key: p for key, (value, kind) in settings.items() if (p := setting_problem(value, kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
     problems = [f"--{key}: {p}" for key, p in found.items() if key not in derived]
-    problems += unknown_key_lines(command) + process_problems(torchrun, multi_gpu_config)
+    problems += unknown_key_lines(command) + repeated_flag_lines(command) + process_problems(torchrun, multi_gpu_config)
     dirs = output_dirs or {}
     folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)

@@ -1,6 +1,6 @@
 """The command line of a ``python -m monai.bundle run`` call, read once: its flags (and ``--args_file`` keys), its
-config files and their top-level keys, and the keys the configs do not have (MONAI adds a misspelt
-``--max_epoch 5`` as a new key that nothing reads). :func:`medgmae.bundle_checks.check_settings` reports these with
+config files and their top-level keys, the keys the configs do not have (MONAI adds a misspelt
+``--max_epoch 5`` as a new key that nothing reads), and the flags given more than once (MONAI takes the last). :func:`medgmae.bundle_checks.check_settings` reports these with
 the settings' own problems.
 """
 
@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "bundle_command", "derived_from_bad_keys", "unknown_key_lines",
-           "unknown_key_problems"]
+__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "bundle_command", "derived_from_bad_keys", "repeated_flag_lines",
+           "unknown_key_lines", "unknown_key_problems"]
 
 
 #: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).
@@ -30,9 +30,11 @@ _MONAI_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
 RUNNER_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
 
 
-def _flags(argv: Sequence[str]) -> dict[str, str]:
-    """``--name value`` / ``--name=value`` flags of a command line, by name (hyphens read as underscores)."""
-    flags, i = {}, 0
+def _flags(argv: Sequence[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """``--name value`` / ``--name=value`` flags of a command line, by name (hyphens read as underscores; the last
+    value of a name given more than once, as MONAI takes it), and the values of each name given more than once."""
+    given: dict[str, list[str]] = {}
+    i = 0
     while i < len(argv):
         token = argv[i]
         i += 1
@@ -41,18 +43,21 @@ def _flags(argv: Sequence[str]) -> dict[str, str]:
         name, eq, value = token[2:].partition("=")
         if not eq and i < len(argv) and not argv[i].startswith("--"):
             value, i = argv[i], i + 1
-        flags[name.replace("-", "_")] = value
-    return flags
+        given.setdefault(name.replace("-", "_"), []).append(value)
+    return {k: v[-1] for k, v in given.items()}, {k: v for k, v in given.items() if len(v) > 1}
 
 
-def bundle_command(argv: Sequence[str] | None) -> tuple[dict[str, str], list[str], dict[str, Any]] | None:
-    """``(flags, config files, their merged top-level keys)`` of a ``python -m monai.bundle run`` command line (``sys.argv`` when
-    ``None``), the keys of its ``--args_file`` among the flags (the command line's win, as in MONAI's runner);
-    ``None`` for anything else or files this cannot read."""
+def bundle_command(
+    argv: Sequence[str] | None,
+) -> tuple[dict[str, str], list[str], dict[str, Any], dict[str, list[str]]] | None:
+    """``(flags, config files, their merged top-level keys, repeated flags)`` of a ``python -m monai.bundle run``
+    command line (``sys.argv`` when ``None``), the keys of its ``--args_file`` among the flags (the command line's
+    win, as in MONAI's runner), and the values of each flag the command line gives more than once; ``None`` for
+    anything else or files this cannot read."""
     argv = list(sys.argv if argv is None else argv)
     if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
         return None
-    flags: dict[str, Any] = _flags(argv[1:])
+    flags, repeated = _flags(argv[1:])
     try:
         if flags.get("args_file"):
             from monai.bundle import ConfigParser
@@ -67,7 +72,17 @@ def bundle_command(argv: Sequence[str] | None) -> tuple[dict[str, str], list[str
         config: dict[str, Any] = dict(ConfigParser.load_config_files(list(files)))
     except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
         return None
-    return flags, list(files), config
+    return flags, list(files), config, repeated
+
+
+def repeated_flag_lines(command: tuple | None) -> list[str]:
+    """One ``--key given twice`` line per flag a command line read by :func:`bundle_command` gives more than once
+    (MONAI's runner would take the last value without a word)."""
+    if command is None:
+        return []
+    times = {2: "twice", 3: "three times"}
+    return [f"--{name} given {times.get(len(values), f'{len(values)} times')} ({', '.join(map(repr, values))}): give it once"
+            for name, values in command[3].items()]  # fmt: skip
 
 
 def derived_from_bad_keys(bad: Sequence[str], command: tuple | None) -> set[str]:
@@ -76,7 +91,7 @@ def derived_from_bad_keys(bad: Sequence[str], command: tuple | None) -> set[str]
     key's, named once."""
     if command is None:
         return set()
-    flags, _, config = command
+    flags, config = command[0], command[2]
     refs = {k: v[1:] for k, v in config.items() if isinstance(v, str) and v.startswith("@") and v[1:].isidentifier()}
     return {k for k in bad if k not in flags and refs.get(k) in bad}
 
@@ -101,7 +116,7 @@ def unknown_key_lines(command: tuple | None) -> list[str]:
     """:func:`unknown_key_problems` of a command line read by :func:`bundle_command`."""
     if command is None:
         return []
-    flags, files, config = command
+    flags, files, config = command[:3]
     keys = set(config)
     problems = []
     for name in flags:

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
 __all__ = ["INTEGER_NAMES", "as_bool", "count_or_all", "expand_home", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
-           "positive_float", "positive_int", "proper_fraction", "unit_interval", "ToolParser"]
+           "positive_float", "positive_int", "proper_fraction", "unit_interval", "ToolParser", "REPEATABLE_ACTIONS"]
 
 T = TypeVar("T", int, float)
 
@@ -163,10 +163,16 @@ def expand_home(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+#: Option actions meant to be given more than once (``action="append"``, ``"append_const"``, ``"extend"``, ``"count"``).
+REPEATABLE_ACTIONS = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction)
+
+
 class ToolParser(argparse.ArgumentParser):
     """The argument parser of every command-line tool: no abbreviated options (argparse would take ``--num-c`` for
-    ``--num-cases``, so that a typo or a flag of another tool picks a flag silently), and an unknown option after a
-    subcommand reported with that subcommand's usage (argparse reports it with the top-level one).
+    ``--num-cases``, so that a typo or a flag of another tool picks a flag silently), an option given twice refused
+    (``--iterations 3 --iterations 4``: argparse keeps the last without a word; options meant to repeat,
+    :data:`REPEATABLE_ACTIONS`, excepted), and an unknown option after a subcommand reported with that subcommand's
+    usage (argparse reports it with the top-level one).
 
     Subparsers (``add_subparsers``) are of this class too. Exits with status 2 on a usage error, as argparse does.
     """
@@ -177,6 +183,20 @@ class ToolParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._given: set = set()
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 (argparse's)
+        self._given = set()  # the options of this parse (a subcommand's parser parses its own part)
+        return super().parse_known_args(args, namespace)
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        """argparse's conversion of one occurrence of ``action``'s arguments, refusing a second occurrence of an
+        option that is not meant to repeat."""
+        if action.option_strings and not isinstance(action, REPEATABLE_ACTIONS):
+            if action in self._given:
+                self.error(f"{'/'.join(action.option_strings)} given twice")
+            self._given.add(action)
+        return super()._get_values(action, arg_strings)
 
     def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's)
         ToolParser._argv = list(sys.argv[1:] if args is None else args)

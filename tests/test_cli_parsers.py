@@ -49,3 +49,31 @@ def test_a_missing_argument_error_also_names_the_unknown_options(main, argv, sai
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main, argv, flag, usage", [
+    (recon_main, ["reconstruct", "--projections", "p.npy", "--geometry", "g.json", "--out", "o", "--iterations", "3",
+                  "--iterations", "4"], "--iterations", "usage: medgmae-recon reconstruct"),
+    (phantom_main, ["--out", "X", "--num-cases", "1", "--shape", "16", "16", "16", "--shape", "8", "8", "8"], "--shape",
+     "usage: medgmae-phantom"),
+    (datalist_main, ["X", "--force", "--seed", "1", "--force"], "--force", "usage: medgmae-datalist"),
+    (twod_main, ["layers", "--checkpoint", "m.pt", "--image", "i.png", "--out", "o", "--out", "p"], "--out",
+     "usage: medgmae-2d layers"),
+])  # fmt: skip
+def test_an_option_given_twice_is_refused(main, argv, flag, usage, capsys):
+    """``--iterations 3 --iterations 4`` ran 4 iterations without a word: the last one silently won."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage) and err.rstrip().endswith(f"error: {flag} given twice"), err
+
+
+def test_options_meant_to_repeat_still_repeat():
+    from medgmae.cli_types import ToolParser
+
+    p = ToolParser(prog="t")
+    p.add_argument("--tag", action="append")
+    p.add_argument("-v", action="count", default=0)
+    p.add_argument("--n", type=int)
+    args = p.parse_args(["--tag", "a", "-v", "--tag", "b", "-v", "--n", "1"])
+    assert args.tag == ["a", "b"] and args.v == 2 and args.n == 1

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_recon_cli_checks import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from medgmae.networks.medgmae import MedGMAE
@@ -214,7 +215,8 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
 
 
 def _reconstruct_args(sim, out, *extra):
-    return ["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"), "--out", str(out), "--no-progress", "--iterations", "2", "--device", "cpu", *extra]
+    return ["reconstruct", *with_defaults(["--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
+            "--out", str(out), "--no-progress", "--iterations", "2", "--device", "cpu"], extra)]  # fmt: skip
 
 
 def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_path, capsys):

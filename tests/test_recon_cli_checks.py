@@ -20,9 +20,20 @@ def scan(small_parallel_scan):
     return small_parallel_scan[0]
 
 
+def with_defaults(defaults: list[str], extra: tuple[str, ...] | list[str]) -> list[str]:
+    """``defaults`` (``--flag value`` pairs and bare ``--flags``) less the flags ``extra`` gives, then ``extra``: each
+    flag once, as the tools require."""
+    given, out, i = {a for a in extra if a.startswith("--")}, [], 0
+    while i < len(defaults):
+        n = 2 if i + 1 < len(defaults) and not defaults[i + 1].startswith("--") else 1
+        out += [] if defaults[i] in given else defaults[i : i + n]
+        i += n
+    return [*out, *extra]
+
+
 def reconstruct_args(scan: Path, out, *extra) -> list[str]:
-    return ["reconstruct", "--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json"), "--out", str(out),
-            "--no-progress", "--iterations", "2", "--num-gaussians", "100", "--device", "cpu", *extra]  # fmt: skip
+    return ["reconstruct", *with_defaults(["--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json"),
+            "--out", str(out), "--no-progress", "--iterations", "2", "--num-gaussians", "100", "--device", "cpu"], extra)]  # fmt: skip
 
 
 def expect_refusal(capsys, args: list[str], *messages: str) -> str:

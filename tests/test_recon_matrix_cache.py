@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_recon_cli_checks import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
@@ -29,9 +30,9 @@ def scan(tmp_path_factory):
 
 
 def _args(scan: Path, out: Path, *extra, geometry: Path | None = None) -> list[str]:
-    return ["reconstruct", "--projections", str(scan / "projections.npy"), "--geometry", str(geometry or scan / "geometry.json"),
-            "--out", str(out), "--no-progress", "--device", "cpu", "--backend", "matrix", "--num-gaussians", "50",
-            "--iterations", "2", *extra]  # fmt: skip
+    return ["reconstruct", *with_defaults(["--projections", str(scan / "projections.npy"), "--geometry",
+            str(geometry or scan / "geometry.json"), "--out", str(out), "--no-progress", "--device", "cpu", "--backend",
+            "matrix", "--num-gaussians", "50", "--iterations", "2"], extra)]  # fmt: skip
 
 
 def test_the_matrix_is_saved_and_read_back(scan, tmp_path):

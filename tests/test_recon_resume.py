@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_recon_cli_checks import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
@@ -24,8 +25,9 @@ def _simulate(d: Path, shape, seed: int) -> Path:
 
 
 def _args(scan: Path, out: Path, *extra, proj: Path | None = None) -> list[str]:
-    return ["reconstruct", "--projections", str(proj or scan / "projections.npy"), "--geometry", str(scan / "geometry.json"),
-            "--out", str(out), "--no-progress", "--device", "cpu", "--num-gaussians", "100", "--checkpoint-every", "0", *extra]  # fmt: skip
+    return ["reconstruct", *with_defaults(["--projections", str(proj or scan / "projections.npy"), "--geometry",
+            str(scan / "geometry.json"), "--out", str(out), "--no-progress", "--device", "cpu", "--num-gaussians", "100",
+            "--checkpoint-every", "0"], extra)]  # fmt: skip
 
 
 def _contents(d: Path) -> dict:
@@ -130,7 +132,7 @@ def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypat
                              (tmp_path / "end", "500", "no state was saved yet (the first is saved at the end of the run, iteration 6)"),
                              (tmp_path / "rec", "2", f"the last state (iteration 2) is saved in {tmp_path / 'rec' / 'recon_state.pt'}")):  # fmt: skip
         capsys.readouterr()
-        args = [*_args(scan, out, "--iterations", "6"), "--checkpoint-every", every]
+        args = _args(scan, out, "--iterations", "6", "--checkpoint-every", every)
         assert main(args) == 130
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and said in err and "Traceback" not in err, err
@@ -159,7 +161,7 @@ def test_sigterm_stops_as_ctrl_c_does_and_exits_143(saved, tmp_path, monkeypatch
 
     monkeypatch.setattr(GaussianReconstructor, "step", terminated_step)
     out = tmp_path / "rec"
-    args = [*_args(saved[0], out, "--iterations", "6"), "--checkpoint-every", "2"]
+    args = _args(saved[0], out, "--iterations", "6", "--checkpoint-every", "2")
     before = signal.getsignal(signal.SIGTERM)
     assert main(args) == 143
     err = capsys.readouterr().err
@@ -186,8 +188,8 @@ def test_ctrl_c_during_a_refit_says_whose_state_is_saved(saved, tmp_path, monkey
 
     monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
     out = tmp_path / "rec"
-    args = [*_args(saved[0], out, "--iterations", "4"), "--holdout-views", "2", "--eval-every", "2", "--refit",
-            "--checkpoint-every", "2"]  # fmt: skip
+    args = _args(saved[0], out, "--iterations", "4", "--holdout-views", "2", "--eval-every", "2", "--refit",
+                 "--checkpoint-every", "2")  # fmt: skip
     assert main(args) == 130 and 0 in calls
     err = capsys.readouterr().err
     assert (f"of the run with 2 views held out is saved in {out / 'recon_state.pt'} (the --refit run on every view "
@@ -214,7 +216,7 @@ def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, mo
 
     monkeypatch.setattr(gr.GaussianReconstructor, "step", timed_step)
     out = tmp_path / "rec"
-    args = [*_args(saved[0], out, "--iterations", "6", "--eval-every", "2"), "--checkpoint-every", "2"]
+    args = _args(saved[0], out, "--iterations", "6", "--eval-every", "2", "--checkpoint-every", "2")
     assert main(args) == 130
     clock[0] = 1000.0  # the resumed process's clock starts anywhere
     capsys.readouterr()

@@ -6,6 +6,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from test_recon_cli_checks import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
@@ -24,9 +25,9 @@ def _simulate(tmp_path_factory, name: str, seed: int) -> object:
 
 
 def _run(scan, out, *extra) -> None:
-    args = ["reconstruct", "--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json"),
-            "--out", str(out), "--no-progress", "--device", "cpu", "--iterations", "40", "--eval-every", "10",
-            "--num-gaussians", "300", "--reference", str(scan / "reference.nii.gz"), *extra]  # fmt: skip
+    args = ["reconstruct", *with_defaults(["--projections", str(scan / "projections.npy"), "--geometry",
+            str(scan / "geometry.json"), "--out", str(out), "--no-progress", "--device", "cpu", "--iterations", "40",
+            "--eval-every", "10", "--num-gaussians", "300", "--reference", str(scan / "reference.nii.gz")], extra)]  # fmt: skip
     assert main(args) == 0
 
 

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_recon_cli_checks import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
@@ -70,8 +71,8 @@ def test_simulate_in_a_stored_geometry(tmp_path, capsys):
 def test_simulate_refuses_a_geometry_that_does_not_fit(tmp_path, capsys, extra, shape, message):
     _water_cube(tmp_path / "ct.nii.gz", shape=shape or (32, 32, 32), inner=20)
     geometry = str(GEOMETRY) if shape else str(tmp_path / "missing.json")
-    args = ["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", geometry, "--out", str(tmp_path / "scan"),
-            "--device", "cpu", *extra]  # fmt: skip
+    args = ["simulate", *with_defaults(["--volume", str(tmp_path / "ct.nii.gz"), "--geometry", geometry, "--out",
+                                        str(tmp_path / "scan"), "--device", "cpu"], extra)]  # fmt: skip
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "scan").exists()
