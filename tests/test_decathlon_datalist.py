@@ -270,3 +270,15 @@ def test_volume_grid_reads_the_grid_read_volume_reads(tmp_path):
         vol = read_volume(path)
         assert shape == vol.array.shape == (7, 6, 5)
         np.testing.assert_allclose(affine, vol.affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("given", ["0=liver", "1=liver,0=spleen", "00=liver"])
+def test_naming_class_0_says_it_is_the_reserved_background(tmp_path, capsys, given):
+    folder = tmp_path / "data"
+    _case(folder, "a", 1)
+    _case(folder, "b", 1)
+    with pytest.raises(SystemExit) as e:
+        main([str(folder), "--labels", given])
+    assert e.value.code == 2
+    assert "class 0 is the background, reserved" in capsys.readouterr().err
+    assert not (folder / "dataset.json").exists()

@@ -200,7 +200,10 @@ def _names(text: str) -> dict[int, str]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         value, sep, name = part.partition("=")
         name = name.strip()
-        if not sep or not value.strip().isdigit() or int(value) < 1 or not name or "=" in name or ";" in name:
+        if sep and value.strip().isdigit() and int(value) == 0:
+            raise argparse.ArgumentTypeError(f"class 0 is the background, reserved (named 'background'): name the "
+                                             f"classes from 1 on, such as 1=liver,2=spleen, got {part!r}")  # fmt: skip
+        if not sep or not value.strip().isdigit() or not name or "=" in name or ";" in name:
             raise argparse.ArgumentTypeError(f"expected class=name pairs such as 1=liver,2=spleen, got {part!r}")
         if int(value) in names:
             raise argparse.ArgumentTypeError(f"class {int(value)} is named twice ({names[int(value)]!r}, {name!r})")
