@@ -23,7 +23,8 @@ bundle's metadata plus:
   (``CropForegroundd(source_key="image", allow_smaller=True)``: outside it the prediction is background), then
   sliding windows of ``roi_size`` (MONAI's ``SlidingWindowInferer``, the bundle's overlap), softmax, inversion to
   the input's space (``Invertd``, linear) and argmax. Following it with plain MONAI reproduces the bundle's labels
-  (tested).
+  (tested; the bundle inverts a few classes at a time, :class:`~medgmae.finetune.invert.InvertedArgmaxd`, which
+  changes no label).
 
 :func:`load_exported` reads it back as the network and its spec.
 """

@@ -3,7 +3,8 @@ report it, beside the default Dice on the pre-processed grid (MONAI's BTCV recip
 
 The prediction goes back to the image's original grid the way segmentation does it (``inference.json``): softmax,
 ``Invertd`` of the pre-processing (orientation, spacing, foreground crop) with bilinear interpolation of the
-probabilities, then argmax. The label is the file itself, read again with :func:`~medgmae.data.reader.read_volume`
+probabilities, then argmax, a few class channels at a time (:class:`~medgmae.finetune.invert.InvertedArgmaxd`,
+the same labels). The label is the file itself, read again with :func:`~medgmae.data.reader.read_volume`
 and only re-indexed (flips and axis permutations, no interpolation) when it is stored in another axis order than
 its image, which the pre-check accepts. Both are then one-hot, as :class:`~medgmae.finetune.evaluate.
 SegmentationReport` takes them.
@@ -20,10 +21,11 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, MapTransform
+from monai.transforms import Activationsd, AsDiscreted, Compose, MapTransform
 
 from medgmae.data.grid import same_grid_problem
 from medgmae.data.reader import read_volume
+from medgmae.finetune.invert import InvertedArgmaxd
 
 __all__ = ["NativeLabeld", "evaluation_postprocessing"]
 
@@ -87,8 +89,7 @@ def evaluation_postprocessing(num_classes: int, preprocessing: Compose | None = 
         raise ValueError("native_space needs the pre-processing to invert")
     return Compose([
         Activationsd(keys="pred", softmax=True),
-        Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True),
-        AsDiscreted(keys="pred", argmax=True),
+        InvertedArgmaxd(keys="pred", transform=preprocessing, orig_keys="image"),
         NativeLabeld(keys="label", ref_key="pred"),
         onehot,
     ])  # fmt: skip
