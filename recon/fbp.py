@@ -1,9 +1,9 @@
 """Filtered backprojection: FBP for parallel beam and FDK for cone beam.
 
-Both filter the projections row by row with a ramp filter (Ram-Lak, optionally apodised by Shepp-Logan, cosine
-or Hann windows; the ramp is built in the spatial domain as in Kak & Slaney so it has no DC bias) and backproject
-pixel-driven: every voxel is projected onto each view's detector and the filtered projection is interpolated
-bilinearly there.
+Both filter the projections row by row with a ramp filter (:mod:`recon.ramp_filter`, re-exported here: Ram-Lak,
+optionally apodised by Shepp-Logan, cosine or Hann windows, built in the spatial domain as in Kak & Slaney so it
+has no DC bias) and backproject pixel-driven: every voxel is projected onto each view's detector and the filtered
+projection is interpolated bilinearly there.
 
 * FBP: ``f(x) = pi / N * sum_i q_i(x . u_i, z)``.
 * FDK: projections are pre-weighted by ``dso / sqrt(dso^2 + u^2 + v^2)`` (``u``, ``v`` on a virtual detector
@@ -30,59 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.geometry import CTGeometry
+from recon.ramp_filter import FILTERS, filter_name as _filter_name, filter_projections, ramp_filter
 
 __all__ = ["FILTERS", "ramp_filter", "filter_projections", "backproject", "fbp", "arc_weighting_note", "parker_weights"]
 
-FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
 #: Sampling positions per step of the 3D-grid backprojection (views x batch x slices x H x W; at least one slice):
 #: about 200 MB of float32 working tensors per step whatever the number of slices (a 512 x 512 x 200 cone beam built
 #: 1.7 GB grids per 4 views whole).
 SAMPLES_PER_STEP = 2**23
-_ALIASES = {"ramlak": "ram-lak", "ramp": "ram-lak", "shepp_logan": "shepp-logan", "hanning": "hann"}
-
-
-def _filter_name(name: str) -> str:
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in FILTERS:
-        raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")
-    return key
-
-
-def ramp_filter(size: int, name: str = "ram-lak", dtype=torch.float64) -> Tensor:
-    """Frequency response (length ``size``, FFT order) of the band-limited ramp for unit sample spacing.
-
-    Args:
-        size: FFT length (even).
-        name: one of :data:`FILTERS`.
-
-    Returns:
-        ``(size,)`` real tensor, ``|f|`` in cycles per sample (0 at DC, 0.5 at Nyquist) times the window.
-    """
-    name = _filter_name(name)
-    n = torch.cat([torch.arange(0, size // 2 + 1), torch.arange(size // 2 - 1, 0, -1)]).to(torch.float64)
-    h = torch.zeros(size, dtype=torch.float64)
-    h[0] = 0.25
-    odd = n % 2 == 1
-    h[odd] = -1.0 / (math.pi * n[odd]) ** 2
-    filt = torch.fft.fft(h).real
-    f = torch.fft.fftfreq(size, dtype=torch.float64)
-    if name == "shepp-logan":
-        filt = filt * torch.sinc(f)
-    elif name == "cosine":
-        filt = filt * torch.cos(math.pi * f)
-    elif name == "hann":
-        filt = filt * 0.5 * (1 + torch.cos(2 * math.pi * f))
-    return filt.to(dtype)
-
-
-def filter_projections(proj: Tensor, spacing: float, name: str = "ram-lak") -> Tensor:
-    """Ramp-filter ``proj`` ``(..., cols)`` along its last axis (detector pitch ``spacing`` mm), zero-padded."""
-    cols = proj.shape[-1]
-    size = max(64, 1 << int(math.ceil(math.log2(2 * cols))))
-    filt = ramp_filter(size, name, torch.float64).to(proj.device)
-    spec = torch.fft.fft(F.pad(proj.to(torch.float64), (0, size - cols)), dim=-1)
-    out = torch.fft.ifft(spec * filt, dim=-1).real[..., :cols] / spacing
-    return out.to(proj.dtype)
 
 
 def _voxel_grid(geometry: CTGeometry, device, dtype) -> tuple[Tensor, Tensor, Tensor]:
