@@ -333,7 +333,8 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
                               ("slice.nii.gz", "a single slice or line (shape (16, 16, 1)), not a 3D volume"),
                               ("line.nii.gz", "a single slice or line")):  # fmt: skip
             assert any(name in line and problem in line for line in lines), (name, msg)
-    assert not (tmp_path / "cache").exists()  # nothing written
+    ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text())  # only the files that passed
+    assert sorted(Path(fp[0][0]).name for fp in ledger["passed"]) == [f"good_{i}.nii.gz" for i in range(4)]
     # a case listed twice (in training and validation) is one problem, named once
     cases = [{"image": str(folder / "nan.nii.gz")}, {"image": str(folder / "good_0.nii.gz")}, {"image": str(folder / "nan.nii.gz")}]
     with pytest.raises(DatasetError, match=r"^1 problem\(s\)") as err:
@@ -357,6 +358,32 @@ def test_precheck_ledger_reads_each_file_once(tmp_path, monkeypatch):
     reads.clear()
     check_datalist(items, label_key="label", num_classes=2, ledger_dir=tmp_path / "cache")  # other settings: all again
     assert len(reads) == 3
+
+
+def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkeypatch):
+    """One bad file among several: the error names it, the files that passed are remembered all the same (written
+    atomically, no temporary file left), and the run after fixing it reads only that file and any other that
+    changed; a file that fails is never remembered."""
+    items = [{"image": _nifti(tmp_path / f"v{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(5)]
+    nan = np.zeros((8, 8, 8), np.float32)
+    nan[1, 2, 3] = np.nan
+    _nifti(tmp_path / "v3.nii.gz", nan)
+    reads = []
+    real = precheck_mod.read_volume
+    monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    for _ in range(2):  # still bad the second time: only it is read again
+        with pytest.raises(DatasetError, match=r"^1 problem\(s\).*\n.*v3\.nii\.gz.*NaN"):
+            check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert reads == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz", "v3.nii.gz", "v4.nii.gz", "v3.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["precheck.json"]
+    reads.clear()
+    _nifti(tmp_path / "v3.nii.gz", np.full((8, 8, 8), 3, np.float32))  # fixed
+    _nifti(tmp_path / "v0.nii.gz", np.full((8, 8, 9), 7, np.float32))  # and another edited: new size
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert sorted(reads) == ["v0.nii.gz", "v3.nii.gz"]
+    reads.clear()
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert reads == []
 
 
 def _chain(spec: PreprocessingSpec) -> Compose:

@@ -11,7 +11,9 @@ and its problem, before anything is written.
 Cost: the check decodes every volume once. It runs in ``workers`` processes (a 512 x 512 x 160 CT ``.nii.gz``
 took 3 s on a shared CPU core, ``bench/RESULTS.md``: a 5,000-volume folder in about 16 minutes on 16 processes),
 and files that passed are remembered in a ledger (path, size and modification time) next to the disk cache, so a
-resumed or repeated run re-reads only new or changed files. The ledger is written only when every file passed.
+resumed or repeated run re-reads only new or changed files. The ledger is rewritten (atomically) whenever files
+passed, also when others failed: a run repeated after fixing one bad file among hundreds reads only that file
+(and any other that changed).
 Under torch.distributed rank 0 checks and the verdict is broadcast, so a cluster job decodes each file once, not
 once per process.
 
@@ -160,8 +162,10 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
     else:
         results = [_check_one(j) for j in jobs]
     problems = list(dict.fromkeys(p for r in results for p in r))  # a case in two lists is one problem, named once
-    if not problems and ledger is not None and todo:
-        save_json_atomic({"settings": settings, "passed": prints}, ledger)
+    if ledger is not None and any(not r for r in results):  # some files passed now: remember them, failures or not
+        failed = {i for i, r in zip(todo, results) if r}
+        passed = [fp for i, fp in enumerate(prints) if i not in failed]
+        save_json_atomic({"settings": settings, "passed": passed}, ledger)
     return problems
 
 
