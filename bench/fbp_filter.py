@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.rss import add_round_arguments, peak_rss_mib, rss_mib  # noqa: E402
 from medgmae.cli_types import positive_int  # noqa: E402
 from recon.ramp_filter import FILTER_CHUNK_BYTES, filter_projections, ramp_filter  # noqa: E402
 
@@ -40,17 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=positive_int, default=90, help="views (default: 90)")
     p.add_argument("--rows", type=positive_int, default=128, help="detector rows (default: 128)")
     p.add_argument("--cols", type=positive_int, default=725, help="detector columns (default: 725)")
-    p.add_argument("--repeats", type=positive_int, default=2, help="rounds of the two, alternating (default: 2)")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--one-run", nargs=2, metavar=("WAY", "FOLDER"), help=argparse.SUPPRESS)  # a child's round
+    add_round_arguments(p, repeats=2)
     return p
-
-
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def whole_stack(proj: torch.Tensor, spacing: float) -> torch.Tensor:
@@ -81,11 +72,11 @@ def one_run(args) -> int:
     name, folder = args.one_run
     way = {"chunks": lambda p: filter_projections(p, 0.8), "whole": lambda p: whole_stack(p, 0.8),
            "float32": lambda p: float32_chunks(p, 0.8)}[name]  # fmt: skip
-    before = _rss_mib()
+    before = rss_mib()
     t = time.perf_counter()
     out = way(proj)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mib()
     torch.save(out, Path(folder) / f"{name}.pt")
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak, "rss_before_mib": before}))
     return 0

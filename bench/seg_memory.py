@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.rss import add_round_arguments, peak_rss_mib, rss_mib  # noqa: E402
 from medgmae.cli_types import positive_int  # noqa: E402
 from medgmae.preprocessing import PreprocessingSpec  # noqa: E402
 
@@ -44,17 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input voxel size in mm (default: 0.8 0.8 2.5); the model's grid is 1.5 x 1.5 x 2.0 mm")
     p.add_argument("--classes", type=positive_int, default=18, help="class channels (default: 18)")
     p.add_argument("--channels-per-step", type=positive_int, default=4, help="classes inverted together (default: 4)")
-    p.add_argument("--repeats", type=positive_int, default=1, help="rounds of the two (default: 1)")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--one-run", nargs=2, metavar=("WAY", "FOLDER"), help=argparse.SUPPRESS)  # a child's round
+    add_round_arguments(p, repeats=1)
     return p
-
-
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def write_scan(args, folder: Path) -> Path:
@@ -91,11 +82,11 @@ def one_run(args) -> int:
     else:
         invert = [InvertedArgmaxd(keys="pred", transform=pre, orig_keys="image", channels_per_step=args.channels_per_step)]
     post = Compose([Activationsd(keys="pred", softmax=True), *invert])
-    before = _rss_mib()
+    before = rss_mib()
     t = time.perf_counter()
     labels = post(d)["pred"]
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mib()
     np.save(Path(folder) / f"{way}.npy", labels.numpy().astype(np.uint8))
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak, "rss_before_mib": before, "model_grid": list(d["image"].shape[1:]),
                       "shape": list(labels.shape)}))  # fmt: skip
