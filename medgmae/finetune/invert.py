@@ -3,7 +3,8 @@
 The bundle's segmentation recipe is softmax, :class:`monai.transforms.Invertd` of the pre-processing (linear
 interpolation of every class channel back to the input's grid), then argmax. Run as written, the inversion holds
 every class's probability map at the input's full grid at once, plus the resampler's working copies: for 18
-classes on a 512 x 512 x 300 scan, 5.7 GB of maps and a peak of 13.8 GB. :class:`InvertedArgmaxd` gives the same
+classes on a 512 x 512 x 300 scan, 5.7 GB of float32 maps before any working copy (measured on a smaller case:
+``bench/seg_memory.py`` in ``bench/RESULTS.md``). :class:`InvertedArgmaxd` gives the same
 labels with the maps of only ``channels_per_step`` classes at a time: MONAI's ``Invertd`` (not a resampler of its
 own) inverts each group of channels, and a running maximum and its class index replace the argmax. The inversion
 resamples every channel on its own, so grouping the channels changes no value (tested against the all-channel
