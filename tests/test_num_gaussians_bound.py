@@ -54,3 +54,18 @@ def test_the_pretraining_bundle_stops_before_writing_anything(tmp_path):
     assert proc.returncode != 0
     assert "--num_gaussians: expected at most 884736 (the 884736 voxels of a 96^3 crop), got 100000000" in log
     assert "tried to allocate" not in log and not out.exists()
+
+
+def test_gvit_refuses_more_gaussians_than_the_image_has_pixels():
+    """GViT's K as 2D GMAE's: a 16 x 16 image has 256 pixels; 257 Gaussians passed before."""
+    from monai.bundle import ConfigParser as _Parser
+    from test_twod_bundle_settings import GVIT_TRAIN
+
+    parser = _Parser()
+    parser.read_config(GVIT_TRAIN)
+    parser.update({"image_size": 16, "patch_size": 4, "classifier_freqs": 2, "num_gaussians": 256})
+    check_settings(parser.get_parsed_content("checked_settings"), {})
+    parser.update({"num_gaussians": 257})
+    with pytest.raises(BundleSettingError) as err:
+        check_settings(parser.get_parsed_content("checked_settings"), {})
+    assert "--num_gaussians: expected at most 256 (the 256 pixels of a 16^2 crop), got 257" in str(err.value)
