@@ -4,16 +4,22 @@ log), how a duration is written, and the time left of a loop that prints lines.
 A tqdm bar redraws itself with carriage returns; on a terminal (or in Jupyter, which renders it as a widget) that is
 one updating line, but in a file (a batch job's log, ``> run.log 2>&1``) every redraw stays, mixed into the log
 lines. The training bars (epochs, validation passes: :mod:`medgmae.engine.console`) ask :func:`progress_bars_shown`;
-where it says no, the one line per epoch or pass that they log anyway is the progress; ``medgmae-recon reconstruct``
-prints one line per evaluation instead of its bar. No torch or MONAI imports.
+where it says no, the one line per epoch or pass that they log anyway is the progress, and a long epoch or pass
+adds a :class:`ProgressLines` line every :data:`LINE_SECONDS` (as do sliding-window segmentation, projections and
+back-projections, and the data pre-check); ``medgmae-recon reconstruct`` prints one line per evaluation instead of
+its bar. No torch or MONAI imports.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import Callable
 
-__all__ = ["progress_bars_shown", "duration_text", "Pace"]
+__all__ = ["progress_bars_shown", "duration_text", "Pace", "ProgressLines", "LINE_SECONDS"]
+
+#: Seconds without a progress line after which a long loop printing lines (into a log) prints one.
+LINE_SECONDS = 60.0
 
 
 def progress_bars_shown() -> bool:
@@ -46,6 +52,10 @@ class Pace:
         self.first, self.stop = int(first), int(stop)
         self.start = self.last = time.perf_counter()
 
+    def seconds(self) -> float:
+        """Seconds since the loop (re)started."""
+        return time.perf_counter() - self.start
+
     def quiet_for(self) -> float:
         """Seconds since the last line (:meth:`said`)."""
         return time.perf_counter() - self.last
@@ -60,3 +70,39 @@ class Pace:
         if done <= 0 or rest <= 0:
             return ""
         return f", about {duration_text((time.perf_counter() - self.start) / done * rest)} left"
+
+
+class ProgressLines:
+    """A plain line every :data:`LINE_SECONDS` of a loop where no progress bar shows it (a batch job's log).
+
+    The line reads ``epoch 1/15: 94/190 iterations, 4.6 min, about 4.8 min left``; a loop shorter than
+    :data:`LINE_SECONDS` prints none, and none is printed before the first step or at the last (the loop's own
+    closing line follows).
+
+    Args:
+        label: what the line starts with (``"epoch 1/15"``, ``"sliding window"``).
+        total: the step the loop stops at.
+        unit: what a step is, in the plural (``"iterations"``, ``"views"``).
+        say: prints one line (``logger.info``); default: ``print`` to stdout, flushed.
+        first: the step the loop (re)starts from.
+        bar: whether a bar shows the loop (then no lines); default :func:`progress_bars_shown`.
+    """
+
+    def __init__(
+        self, label: str, total: int, unit: str, say: Callable[[str], object] | None = None, first: int = 0,
+        bar: bool | None = None,
+    ) -> None:  # fmt: skip
+        self.label, self.total, self.unit = label, int(total), unit
+        self.say = say or (lambda line: print(line, flush=True))
+        self.enabled = not (progress_bars_shown() if bar is None else bar)
+        self.pace = Pace(first, total)
+
+    def update(self, step: int) -> bool:
+        """After ``step`` of the loop: print a line when :data:`LINE_SECONDS` passed since the last one (or the
+        start); True when it did."""
+        if not self.enabled or not self.pace.first < step < self.total or self.pace.quiet_for() < LINE_SECONDS:
+            return False
+        seconds = duration_text(self.pace.seconds())
+        self.say(f"{self.label}: {step}/{self.total} {self.unit}, {seconds}{self.pace.left(step)}")
+        self.pace.said()
+        return True

@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from medgmae.gaussians import Gaussians3D
-from medgmae.terminal import progress_bars_shown
+from medgmae.terminal import ProgressLines, progress_bars_shown
 from medgmae.preprocessing import PreprocessingSpec, model_preprocessing
 
 __all__ = ["ZeroShotResult", "zero_shot_gaussians", "prepare_scan", "window_origins"]
@@ -233,6 +233,7 @@ def _decode_windows(
     """
     kept, win_affines, tiles = [], [], _tiles(axes)
     bar = tqdm(total=len(tiles), unit="window", desc="zero-shot", leave=False, disable=not progress_bars_shown())
+    lines = ProgressLines("zero-shot", len(tiles), "windows", logger.info)  # a line a minute where no bar shows
     for t0 in range(0, len(tiles), batch_size):
         batch = tiles[t0 : t0 + batch_size]
         orgs = [tuple(axes[a][0][t[a]] for a in range(3)) for t in batch]
@@ -246,6 +247,7 @@ def _decode_windows(
             ok = _owned(g, tile, axes, n) & (g.intensities[0] > min_intensity)
             kept.append(Gaussians3D(g.means[:, ok], g.scales[:, ok], g.quats[:, ok], g.intensities[:, ok]))
         bar.update(len(batch))
+        lines.update(t0 + len(batch))
     bar.close()
     return kept, win_affines
 

@@ -293,6 +293,7 @@ def cmd_simulate(args) -> int:
     # one projection: on the CPU, building the cone-beam matrix would cost more than the ray marcher's single pass
     backend = "torch" if geom.kind == "cone" and device.type == "cpu" else "auto"
     proj_op = make_projector(geom, backend, device)
+    proj_op.lines = True  # one projection of the whole scan: minutes at clinical sizes
     print(f"simulating {geom.num_views} {geom.kind}-beam views of {'x'.join(map(str, geom.volume_shape))} voxels "
           f"({proj_op.name} projector, {device}), then their {'FBP' if geom.kind == 'parallel' else 'FDK'}...", flush=True)
     with torch.no_grad():

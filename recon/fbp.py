@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medgmae.terminal import ProgressLines
 from recon.geometry import CTGeometry
 from recon.ramp_filter import FILTERS, filter_name as _filter_name, filter_projections, ramp_filter
 
@@ -86,7 +87,9 @@ def backproject(
     if g.kind == "parallel" and per_slice:
         return _backproject_parallel(inp_all, g, out, chunk)
     slab = max(1, min(d, SAMPLES_PER_STEP // max(1, chunk * b * h * w)))  # slices per step: memory bounded in D
+    lines = ProgressLines("back-projecting", g.num_views, "views", bar=False)  # no bar shows it: a line a minute
     for v0 in range(0, g.num_views, chunk):
+        lines.update(v0)
         a = angles[v0 : v0 + chunk].view(-1, 1, 1, 1)
         sin, cos = torch.sin(a), torch.cos(a)
         t = x * cos + y * sin  # (c, 1, H, W)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medgmae import terminal
 from medgmae.gaussians import Gaussians3D
 from medgmae.render import render_volume
 from recon.metrics import psnr as psnr_fn
@@ -40,10 +41,6 @@ from recon.state import CHECKPOINT_KIND, reconstructor_state, restore_reconstruc
 from recon.state import PARAMS as _PARAMS
 
 __all__ = ["GaussianReconConfig", "GaussianReconResult", "GaussianReconstructor", "CHECKPOINT_KIND"]
-
-
-#: Seconds without a progress line after which a run printing lines (into a log) prints one between evaluations.
-LINE_SECONDS = 60.0
 
 
 class GaussianReconstructor:
@@ -318,8 +315,6 @@ class GaussianReconstructor:
         Returns:
             :class:`GaussianReconResult`.
         """
-        from medgmae.terminal import Pace
-
         c = self.config
         t0 = time.perf_counter() - self.seconds  # the history's seconds continue those of the runs before
         lines, bar = self._progress(progress)
@@ -328,7 +323,7 @@ class GaussianReconstructor:
             stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
             half = self._coarse is not None  # the half-resolution stage ("bin": full-resolution volumes, binned data)
             coarse_end = c.coarse_iterations if half and self.iteration < c.coarse_iterations < stop else 0
-            pace = Pace(self.iteration, coarse_end or stop)  # the half-resolution stage's pace says nothing of the rest
+            pace = terminal.Pace(self.iteration, coarse_end or stop)  # the half-resolution stage's pace says nothing of the rest
             while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
                 loss = self.step()
                 it = self.iteration
@@ -339,7 +334,7 @@ class GaussianReconstructor:
                     print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{left})", flush=True)
                     pace.said()
                 if it == coarse_end:  # full resolution from here: its own pace
-                    pace = Pace(it, stop)
+                    pace = terminal.Pace(it, stop)
                 postfix = {**(postfix if shown is None else shown), "loss": f"{loss:.4g}"}  # the last evaluation's
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
@@ -354,11 +349,9 @@ class GaussianReconstructor:
         bar (disabled when lines are printed or nothing is shown)."""
         from tqdm.auto import tqdm
 
-        from medgmae.terminal import progress_bars_shown
-
         if progress not in (True, False, "lines"):
             raise ValueError(f"progress must be True, False or 'lines', got {progress!r}")
-        lines = progress == "lines" or (progress is True and not progress_bars_shown())  # a log: no bar's redraws
+        lines = progress == "lines" or (progress is True and not terminal.progress_bars_shown())  # a log: no bar's redraws
         desc = f"Gaussian recon ({self.config.preset_name})"
         bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not progress or lines, desc=desc, dynamic_ncols=True)
         return lines, bar
@@ -366,13 +359,13 @@ class GaussianReconstructor:
     def _progress_line(self, loss: float, seconds: float, quiet: float, ssim_every_eval: bool) -> tuple[str | None, dict | None]:
         """``(line, bar values)`` after the current iteration: its evaluation when one is due (recorded in the
         history), else the loss alone after ``quiet`` seconds without a line (a log hears from a slow run between
-        evaluations too; no bar values), else ``(None, None)``."""
+        evaluations too, after :data:`medgmae.terminal.LINE_SECONDS`; no bar values), else ``(None, None)``."""
         c, it = self.config, self.iteration
         if it % c.eval_every == 0 or it == c.iterations:
             rec = self._record(loss, seconds, with_ssim=ssim_every_eval or it == c.iterations)
             shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("loss", "psnr", "ssim", "num_gaussians", "holdout_error")}
             return ", ".join(f"{k} {v}" for k, v in shown.items()), shown
-        return (f"loss {loss:.4g}" if quiet >= LINE_SECONDS else None), None
+        return (f"loss {loss:.4g}" if quiet >= terminal.LINE_SECONDS else None), None
 
     def _record(self, loss: float, seconds: float, with_ssim: bool) -> dict:
         """The evaluation of the current iteration, appended to the history (the held-out error recorded too)."""

@@ -188,9 +188,9 @@ def test_settings_are_checked():
 def test_a_slow_run_into_a_log_prints_between_evaluations_with_the_time_left(scan, capsys, monkeypatch):
     """Into a log, a run slower than LINE_SECONDS per line prints its loss between evaluations too, each line with
     the time left (none on the last)."""
-    import recon.gaussian_recon as gr
+    import medgmae.terminal as terminal
 
-    monkeypatch.setattr(gr, "LINE_SECONDS", 0.0)
+    monkeypatch.setattr(terminal, "LINE_SECONDS", 0.0)
     g, p, proj, vol = scan
     cfg = GaussianReconConfig.preset("toolkit", 4, eval_every=2, seed=0)
     rec = GaussianReconstructor(p, proj, fbp_init(fbp(proj, g), 300, seed=0), cfg, reference=vol)
@@ -206,9 +206,9 @@ def test_the_time_left_in_a_half_resolution_stage_is_the_stages(scan, capsys, mo
     """The half-resolution stage's iterations are several times faster than the rest: its lines give the time left
     of the stage, and the full-resolution lines a pace of their own (a 150-iteration run said 90 s left at
     iteration 25 and ran 300 s more)."""
-    import recon.gaussian_recon as gr
+    import medgmae.terminal as terminal
 
-    monkeypatch.setattr(gr, "LINE_SECONDS", 0.0)
+    monkeypatch.setattr(terminal, "LINE_SECONDS", 0.0)
     g, p, proj, vol = scan
     cfg = GaussianReconConfig.preset("toolkit", 6, eval_every=3, seed=0, coarse_iterations=3, coarse_mode="half")
     rec = GaussianReconstructor(p, proj, fbp_init(fbp(proj, g), 300, seed=0), cfg, reference=vol)

@@ -307,6 +307,29 @@ def test_the_number_of_windows_is_logged_before_they_are_decoded(caplog):
     assert "Gaussians from" in said[1] and len(probe.windows) > 3
 
 
+def test_a_long_decoding_logs_lines_where_no_bar_shows_it(caplog, monkeypatch):
+    """Into a log (no bar) the windows decoded so far are logged a line a minute (here at every call); on a
+    terminal the bar alone shows them."""
+    import logging
+    import re
+
+    import medgmae.terminal as terminal
+
+    monkeypatch.setattr(terminal, "LINE_SECONDS", 0.0)
+    affine = _affine("ras")
+    scan = _blob_hu(_world_points(affine, SHAPE), _centre(affine)).astype(np.float32)
+    for shown in (False, True):
+        monkeypatch.setattr(terminal, "progress_bars_shown", lambda: shown)
+        caplog.clear()
+        probe = _Probe()
+        with caplog.at_level(logging.INFO, logger="medgmae"):
+            zero_shot_gaussians(scan, affine, probe, spec=SPEC, overlap=4, batch_size=3, decode=probe.decode)
+        n = len(probe.windows)
+        lines = [r.getMessage() for r in caplog.records if re.match(r"zero-shot: \d+/", r.getMessage())]
+        expected = [f"zero-shot: {k}/{n} windows" for k in range(3, n, 3)]
+        assert [ln.split(",")[0] for ln in lines] == ([] if shown else expected) and (shown or expected), lines
+
+
 def _tiny_model_file(path, spec: PreprocessingSpec | None) -> str:
     from medgmae.networks import MedGMAE
 

@@ -19,6 +19,7 @@ from medgmae.finetune.data import (
 from medgmae.finetune.report import FinetuneSummary, SegmentationPicture, dice_table, segmentation_figure
 from medgmae.finetune.evaluate import SaveSegmentationd, SegmentationReport, check_num_classes, per_case_dice
 from medgmae.finetune.progress import CaseProgress
+from medgmae.finetune.sliding import LoggedSlidingWindowInferer
 from medgmae.finetune.run_line import FinetuneRunLine
 from medgmae.finetune.best_model import BestCheckpointSaver, load_finetuned
 from medgmae.finetune.weights import (
@@ -52,6 +53,7 @@ __all__ = [
     "label_names",
     "layer_id",
     "load_finetuned",
+    "LoggedSlidingWindowInferer",
     "load_pretrained_encoder",
     "param_groups",
     "per_case_dice",

@@ -48,6 +48,9 @@ class Projector:
     """
 
     name = "base"
+    #: Print a progress line a minute during one long projection (simulate's projection of a whole scan, which no
+    #: bar shows; :class:`medgmae.terminal.ProgressLines`); the backends that loop over rays in steps honour it.
+    lines = False
 
     def __init__(self, geometry: CTGeometry):
         if not isinstance(geometry, CTGeometry):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medgmae.terminal import ProgressLines
 from recon.geometry import CTGeometry
 from recon.projectors.base import Projector
 
@@ -95,7 +96,7 @@ class TorchProjector(Projector):
     def _ray_chunks(self, volume: Tensor, views: Tensor | None):
         """Yield ``(rays, integrals)`` per chunk of at most :data:`_CHUNK_SAMPLES` ray samples: ``rays`` the slice of
         the flattened ``(views * rows * cols)`` rays, ``integrals`` their ``(B, rays)`` sums (differentiable);
-        ``views`` as :meth:`_view_indices` gives them."""
+        ``views`` as :meth:`_view_indices` gives them; with :attr:`lines`, a progress line a minute."""
         g = self.geometry
         per_view = g.det_shape[0] * g.det_shape[1]
         nv = g.num_views if views is None else views.numel()
@@ -103,7 +104,9 @@ class TorchProjector(Projector):
         t = (torch.arange(ns, device=volume.device, dtype=volume.dtype) + 0.5) * self.step_mm
         inp = volume.unsqueeze(0)  # (1, B, D, H, W): the batch rides in the channel dim
         chunk = max(1, (_CHUNK_SAMPLES if volume.device.type == "cpu" else _CHUNK_SAMPLES_GPU) // ns)
+        lines = ProgressLines("projecting", nv, "views", bar=not self.lines)  # no bar shows a projection
         for r0 in range(0, nv * per_view, chunk):
+            lines.update(r0 // per_view)
             rays = slice(r0, min(r0 + chunk, nv * per_view))
             index = torch.arange(rays.start, rays.stop, device=volume.device)
             if views is not None:  # rays of the selected views -> rays of the scan
