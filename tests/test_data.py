@@ -322,6 +322,7 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
     nan = np.zeros((8, 8, 8), np.float32)
     nan[1, 2, 3] = np.nan
     _nifti(folder / "nan.nii.gz", nan)
+    (tmp_path / "cache").mkdir()  # a folder there already: the files that passed are remembered
     for workers in (0, 2):
         with pytest.raises(DatasetError) as err:
             pretrain_split(str(folder), tmp_path, precheck_workers=workers, ledger_dir=tmp_path / "cache")
@@ -371,6 +372,11 @@ def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkey
     reads = []
     real = precheck_mod.read_volume
     monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    with pytest.raises(DatasetError):  # a first run's folder: not created by a failure (no output folder left)
+        check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    reads.clear()
+    (tmp_path / "cache").mkdir()  # a folder there already (a resumed run's, or the user's --cache_dir)
     for _ in range(2):  # still bad the second time: only it is read again
         with pytest.raises(DatasetError, match=r"^1 problem\(s\).*\n.*v3\.nii\.gz.*NaN"):
             check_datalist(items, ledger_dir=tmp_path / "cache")

@@ -12,8 +12,9 @@ Cost: the check decodes every volume once. It runs in ``workers`` processes (a 5
 took 3 s on a shared CPU core, ``bench/RESULTS.md``: a 5,000-volume folder in about 16 minutes on 16 processes),
 and files that passed are remembered in a ledger (path, size and modification time) next to the disk cache, so a
 resumed or repeated run re-reads only new or changed files. The ledger is rewritten (atomically) whenever files
-passed, also when others failed: a run repeated after fixing one bad file among hundreds reads only that file
-(and any other that changed). A long check logs a line a minute
+passed, also when others failed if its folder exists (a resumed or repeated run's; a first run's data error leaves
+no output folder, so point ``cache_dir`` at an existing folder to keep its passes): a run repeated after fixing one
+bad file among hundreds reads only that file (and any other that changed). A long check logs a line a minute
 (``pre-check of X: 120/5000 items, 1.0 min, about 40.6 min left``).
 Under torch.distributed rank 0 checks and the verdict is broadcast, so a cluster job decodes each file once, not
 once per process.
@@ -174,7 +175,9 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
     else:
         results = _counted(map(_check_one, jobs), lines)
     problems = list(dict.fromkeys(p for r in results for p in r))  # a case in two lists is one problem, named once
-    if ledger is not None and any(not r for r in results):  # some files passed now: remember them, failures or not
+    # some files passed now: remember them, failures or not; after a failure only in a folder there already (a
+    # first run's data error leaves no output folder behind, so its retry reads every file again)
+    if ledger is not None and any(not r for r in results) and (not problems or ledger.parent.is_dir()):
         failed = {i for i, r in zip(todo, results) if r}
         passed = [fp for i, fp in enumerate(prints) if i not in failed]
         save_json_atomic({"settings": settings, "passed": passed}, ledger)
