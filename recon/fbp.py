@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medgmae.terminal import ProgressLines
+from recon.angle_checks import degrees_question
 from recon.geometry import CTGeometry
 from recon.ramp_filter import FILTERS, filter_name as _filter_name, filter_projections, ramp_filter
 
@@ -291,9 +292,13 @@ def arc_weighting_note(geometry: CTGeometry) -> str | None:
 
 
 def _turns_note(geometry: CTGeometry, arc: float, step: float) -> str | None:
-    """:func:`arc_weighting_note` of views that go round more than once: ``None`` for whole turns, or, for an arc
-    that is not whole turns, that the rays beyond them count once more than the others under FBP's equal weights
-    (angles that look like degrees are refused by :class:`CTGeometry`)."""
+    """:func:`arc_weighting_note` of views that go round more than once: a question whether the angles are degrees
+    (:func:`recon.angle_checks.degrees_question`; those that clearly are degrees are refused by :class:`CTGeometry`);
+    else ``None`` for whole turns, or, for an arc that is not whole turns, that the rays beyond them count once more
+    than the others under FBP's equal weights."""
+    question = degrees_question(geometry.angles)
+    if question is not None:
+        return question
     if _whole_turns(geometry, arc, step):
         return None
     period = 180 if geometry.kind == "parallel" else 360

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from recon.angle_checks import check_radians
+
 __all__ = ["CTGeometry", "GEOMETRY_KINDS", "AFFINE_RTOL"]
 
 GEOMETRY_KINDS = ("parallel", "cone")
@@ -229,7 +231,7 @@ class CTGeometry:
             raise ValueError("angles must not be empty")
         if not all(math.isfinite(a) for a in self.angles):
             raise ValueError("angles must be finite (found NaN or Inf)")
-        _check_radians(self.angles)
+        check_radians(self.angles)
         if self.affine is not None:
             _check_affine(self.affine, self.voxel_size)
         half = [0.5 * n * s for n, s in zip(self.volume_shape, self.voxel_size)]
@@ -359,19 +361,6 @@ def _angles(num_angles: int, arc_deg: float, angles) -> list:
     if not (math.isfinite(arc_deg) and arc_deg > 0):
         raise ValueError(f"arc must be a positive number of degrees, got {arc_deg}")
     return list(np.deg2rad(arc_deg) * np.arange(int(num_angles)) / int(num_angles))
-
-
-def _check_radians(angles: list) -> None:
-    """Raise ``ValueError`` for angles that look like degrees: read as radians they go round over twice (past 720
-    degrees, no circular scan's arc), yet every one is within 360 (plus a step) in magnitude and a multiple of 0.01,
-    as degrees are written (0, 0.5, 1.2...; radians of a scan are not). A cine scan's whole turns in radians pass."""
-    a = np.asarray(angles, dtype=np.float64)
-    span, n = float(np.ptp(a)), len(a)
-    if n < 2 or span <= 4 * math.pi or np.abs(a).max() > 360 + span / (n - 1) or not np.allclose(a * 100, np.round(a * 100), atol=1e-6):
-        return
-    raise ValueError(f"angles run from {a.min():.4g} to {a.max():.4g} ({n} views): as radians, which angles are, that "
-                     f"is {span / (2 * math.pi):.0f} turns; they look like degrees: give them in radians "
-                     "(numpy.deg2rad(angles))")  # fmt: skip
 
 
 def _affine_list(affine) -> list | None:

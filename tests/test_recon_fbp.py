@@ -281,8 +281,8 @@ def test_a_parallel_over_scan_is_as_accurate_as_180_degrees(arc):
 def test_views_going_round_twice_weigh_as_one_turn(kind):
     """10 views over 720 degrees are 5 angles taken twice: the same FBP/FDK as the 5 views over 360 (each ray
     counted as often as every other, no Parker weights), with no note; 40 views over 400 degrees are not whole
-    turns (the first 40 degrees are measured twice) and get a note (angles written in degrees are refused by the
-    geometry: ``tests/test_recon_geometry.py``)."""
+    turns (the first 40 degrees are measured twice) and get a note; angles that may be degrees (a tomosynthesis arc
+    -20..20) get a question (those that clearly are degrees are refused: ``tests/test_recon_geometry.py``)."""
     from recon.fbp import arc_weighting_note, parker_weights
 
     cone = dict(source_origin=100.0, source_detector=150.0) if kind == "cone" else {}
@@ -293,6 +293,10 @@ def test_views_going_round_twice_weigh_as_one_turn(kind):
     assert arc_weighting_note(twice) is None and parker_weights(twice) is None
     over = make((6, 20, 20), 1.0, num_angles=40, arc_deg=400, **cone)
     assert parker_weights(over) is None and "the 40 views cover about 400 degrees (1.1 turns), more than one turn" in arc_weighting_note(over)
+    tomosynthesis = make((6, 20, 20), 1.0, angles=np.linspace(-20.0, 20.0, 21).tolist(), **cone)  # may be degrees
+    assert arc_weighting_note(tomosynthesis) == ("the 21 angles run from -20 to 20: as radians, which geometry.json's "
+                                                 "angles are, 6.4 turns; are they degrees? (convert them with "
+                                                 "numpy.deg2rad)")
     cine = make((6, 20, 20), 1.0, num_angles=720, arc_deg=20 * 360, **cone)  # 20 whole turns in radians: no note
     assert arc_weighting_note(cine) is None
 

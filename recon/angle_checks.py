@@ -1,0 +1,70 @@
+"""Checks that a geometry's angles are radians: angles written in degrees are refused when they clearly are
+degrees, and questioned in a warning when they only may be.
+
+Angles that go round over twice as radians (past 720 degrees, no circular scan's arc) yet are all within 360 (plus a
+step) in magnitude and multiples of 0.01 (as degrees are written: 0, 0.5, 1.2...) *may* be degrees; a scan in
+radians saved to two decimals looks the same, so such angles only get a warning (:func:`degrees_question`). They
+are refused (:func:`check_radians`) when they clearly are degrees: their span plus one step (or their span) is a
+half or a full turn in degrees, 180 or 360, or they go round over 10 times as radians while within 360.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["check_radians", "degrees_question", "looks_like_degrees"]
+
+#: Turns (as radians) past which angles that may be degrees are taken to be degrees.
+DEGREE_TURNS = 10
+
+#: Relative tolerance of a span (plus one step) of 180 or 360.
+_TURN_RTOL = 0.01
+
+
+def _span_step(angles) -> tuple[np.ndarray, float, float]:
+    """The angles as an array, their span and their mean step (the span over the number of gaps)."""
+    a = np.asarray(angles, dtype=np.float64)
+    span = float(np.ptp(a)) if a.size else 0.0
+    return a, span, span / max(1, a.size - 1)
+
+
+def looks_like_degrees(angles) -> bool:
+    """Whether ``angles`` may be degrees: read as radians they go round over twice, yet each is within 360 (plus a
+    step) in magnitude and a multiple of 0.01."""
+    a, span, step = _span_step(angles)
+    if a.size < 2 or span <= 4 * math.pi or np.abs(a).max() > 360 + step:
+        return False
+    hundredths = a * 100
+    return bool(np.allclose(hundredths, np.round(hundredths), rtol=0.0, atol=1e-6))
+
+
+def clearly_degrees(angles) -> bool:
+    """Whether ``angles`` :func:`look like degrees <looks_like_degrees>` and their span plus one step (or their
+    span) is 180 or 360, or they go round over :data:`DEGREE_TURNS` times as radians."""
+    if not looks_like_degrees(angles):
+        return False
+    _, span, step = _span_step(angles)
+    half_or_full = any(abs(s - t) <= _TURN_RTOL * t for t in (180.0, 360.0) for s in (span, span + step))
+    return half_or_full or span > DEGREE_TURNS * 2 * math.pi
+
+
+def check_radians(angles) -> None:
+    """Raise ``ValueError`` for angles that :func:`clearly are degrees <clearly_degrees>`."""
+    if not clearly_degrees(angles):
+        return
+    a, span, _ = _span_step(angles)
+    raise ValueError(f"angles run from {a.min():.4g} to {a.max():.4g} ({a.size} views): as radians, which angles are, "
+                     f"that is {span / (2 * math.pi):.0f} turns; they look like degrees: give them in radians "
+                     "(numpy.deg2rad(angles))")  # fmt: skip
+
+
+def degrees_question(angles) -> str | None:
+    """A warning's text for angles that :func:`may be degrees <looks_like_degrees>` (and are not refused), else
+    ``None``."""
+    if not looks_like_degrees(angles):
+        return None
+    a, span, _ = _span_step(angles)
+    return (f"the {a.size} angles run from {a.min():.4g} to {a.max():.4g}: as radians, which geometry.json's angles "
+            f"are, {span / (2 * math.pi):.1f} turns; are they degrees? (convert them with numpy.deg2rad)")  # fmt: skip
