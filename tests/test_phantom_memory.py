@@ -35,12 +35,12 @@ def test_the_bound_is_the_machines_physical_memory(monkeypatch):
     assert "more than this machine's" in generator_mod.shape_memory_problem((64, 64, 49))
 
 
-def _fail_on_second_case(monkeypatch):
+def _fail_on_second_case(monkeypatch, nth: int = 2):
     real, calls = writer_mod.generate_phantom, []
 
     def generate(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == nth:
             raise MemoryError("Unable to allocate 3.7 GiB")
         return real(*args, **kwargs)
 
@@ -68,6 +68,43 @@ def test_a_failed_generation_leaves_what_was_there_before(tmp_path, monkeypatch)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         ".phantom_in_progress.json", "imagesTr", "notes.txt"]  # fmt: skip
     assert json.loads((out / ".phantom_in_progress.json").read_text())["num_cases"] == 2  # still marks it interrupted
+
+
+def test_a_replacement_failing_partway_is_not_read_as_the_earlier_dataset(tmp_path, monkeypatch, caplog):
+    """Seed 0's dataset replaced by seed 5, failing at case 2 after cases 0 and 1 were overwritten: a later run with
+    seed 0 took the mixed folder (seed 0's dataset.json) for complete; it generates seed 0's cases again."""
+    import logging
+
+    import nibabel as nib
+    import numpy as np
+
+    def images(folder):
+        return [np.asarray(nib.load(folder / "imagesTr" / f"case_{i:04d}.nii.gz").dataobj) for i in range(3)]
+
+    reference, out = tmp_path / "reference", tmp_path / "data"
+    writer_mod.write_phantom_dataset(reference, 3, seed=0, shape=(16, 16, 12), num_validation=0)
+    writer_mod.write_phantom_dataset(out, 3, seed=0, shape=(16, 16, 12), num_validation=0)
+    with monkeypatch.context() as m:
+        _fail_on_second_case(m, nth=3)
+        with pytest.raises(MemoryError):
+            writer_mod.write_phantom_dataset(out, 3, seed=5, shape=(16, 16, 12), num_validation=0)
+    assert not (out / "dataset.json").exists() and (out / ".phantom_in_progress.json").is_file()
+    assert not np.array_equal(images(out)[0], images(reference)[0])  # case 0 is seed 5's
+    with caplog.at_level(logging.WARNING, logger="medgmae.data"):
+        writer_mod.write_phantom_dataset(out, 3, seed=0, shape=(16, 16, 12), num_validation=0)
+    assert "its generation was interrupted" in caplog.text
+    assert all(np.array_equal(a, b) for a, b in zip(images(out), images(reference)))
+    assert not (out / ".phantom_in_progress.json").exists()
+
+
+def test_an_interrupted_generation_leaves_no_case_of_a_larger_one_behind(tmp_path):
+    """An interrupted generation's cases beyond the new dataset's are removed (they stayed as strays)."""
+    out = tmp_path / "data"
+    writer_mod.write_phantom_dataset(out, 3, shape=(16, 16, 12), num_validation=0)
+    (out / "dataset.json").unlink()
+    (out / ".phantom_in_progress.json").write_text("{}")
+    writer_mod.write_phantom_dataset(out, 2, shape=(16, 16, 12), num_validation=0)
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["case_0000.nii.gz", "case_0001.nii.gz"]
 
 
 @pytest.mark.parametrize("bundle, extra", [("medgmae_pretrain", {}), ("unetr_finetune", {"pretrained_path": ""})])

@@ -124,8 +124,8 @@ def recorded_differences(
 
 
 def _earlier_phantoms(out: Path) -> list[Path] | None:
-    """The files of the phantom dataset ``out`` holds (its ``dataset.json``'s cases, or none when its generation was
-    interrupted), to be replaced; ``None`` when ``out`` holds no dataset.
+    """The files of the phantom dataset ``out`` holds (its ``dataset.json``'s cases, or the ``case_*.nii.gz`` files
+    of its ``imagesTr/`` and ``labelsTr/`` when its generation was interrupted), to be replaced; ``None`` when ``out`` holds no dataset.
 
     Raises:
         ValueError: ``out`` holds a dataset (a ``dataset.json``, ``imagesTr/`` or ``labelsTr/`` files) that this
@@ -142,8 +142,8 @@ def _earlier_phantoms(out: Path) -> list[Path] | None:
         raise ValueError(f"{out} holds a dataset.json that the phantom generator did not write: it is not overwritten; "
                          "write the phantoms into another (empty or new) folder")  # fmt: skip
     others = [p for sub in ("imagesTr", "labelsTr") if (out / sub).is_dir() for p in sorted((out / sub).iterdir())]
-    if (out / IN_PROGRESS).is_file():
-        return []
+    if (out / IN_PROGRESS).is_file():  # an interrupted generation's cases, to be replaced
+        return [p for p in others if p.name.startswith("case_") and p.name.endswith(".nii.gz")]
     if others:
         raise ValueError(f"{out} holds {len(others)} files in imagesTr/ or labelsTr/ (e.g. {others[0]}) and no phantom "
                          "dataset.json: they are not overwritten; write the phantoms into another (empty or new) "
@@ -249,7 +249,8 @@ def write_phantom_dataset(
         ValueError: a bad parameter, or ``out_dir`` holding a dataset this generator did not write.
         MemoryError: a case of ``shape`` needs more memory than the machine has (:func:`shape_memory_problem`),
             raised before anything is written. Any failure while generating removes the files and folders this
-            call created (an earlier dataset's files it replaced stay).
+            call created (an earlier dataset's cases it replaced stay, without their ``dataset.json`` and marked
+            in progress: the next run generates them again).
     """
     params = _dataset_params(num_cases, seed, shape, spacing, num_validation)
     num_cases, num_validation = params["num_cases"], params["num_validation"]
@@ -265,20 +266,34 @@ def write_phantom_dataset(
                        or "its generation was interrupted or files are missing")  # fmt: skip
     if problem := shape_memory_problem(shape):
         raise MemoryError(problem)
-    created = _not_there_yet(out, num_cases)
-    try:
-        (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-        save_json_atomic(params, out / IN_PROGRESS)
-        (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-        seeds = case_seeds(seed, num_cases)
-        entries = _write_cases(out, seeds, shape, spacing, verbose)
-        save_json_atomic(_dataset_doc(entries, num_validation, params, seeds), json_path)
-    except BaseException:  # out of memory, a full disk, Ctrl-C: what this run created goes, nothing else
-        _remove_paths(created)
-        raise
+    entries = _generate(out, params, earlier is not None, verbose)
     _remove_leftovers(out, earlier or [], entries)
     (out / IN_PROGRESS).unlink(missing_ok=True)
     return json_path
+
+
+def _generate(out: Path, params: dict, replacing: bool, verbose: bool) -> list[dict]:
+    """Write the cases and then ``dataset.json`` of the generator ``params`` into ``out``; return the entries.
+
+    The in-progress marker is written first and an earlier ``dataset.json`` removed before any case is written, so
+    that a replacement that fails partway is never read as a complete dataset. On any failure the files and folders
+    this call created are removed, except the marker when ``replacing`` an earlier dataset (its cases may be
+    partly overwritten: the next run regenerates them).
+    """
+    keep = {out / IN_PROGRESS} if replacing else set()
+    created = [p for p in _not_there_yet(out, params["num_cases"]) if p not in keep]
+    try:
+        (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+        save_json_atomic(params, out / IN_PROGRESS)
+        (out / "dataset.json").unlink(missing_ok=True)
+        (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+        seeds = case_seeds(params["seed"], params["num_cases"])
+        entries = _write_cases(out, seeds, tuple(params["shape"]), tuple(params["spacing"]), verbose)
+        save_json_atomic(_dataset_doc(entries, params["num_validation"], params, seeds), out / "dataset.json")
+    except BaseException:  # out of memory, a full disk, Ctrl-C: what this run created goes, nothing else
+        _remove_paths(created)
+        raise
+    return entries
 
 
 def _not_there_yet(out: Path, num_cases: int) -> list[Path]:
