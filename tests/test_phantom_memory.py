@@ -57,6 +57,19 @@ def test_a_failed_generation_removes_the_folders_it_created(tmp_path, capsys, mo
     assert list(tmp_path.iterdir()) == []  # a/ and a/b/ were this run's
 
 
+def test_ctrl_c_during_generation_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
+    """It printed a KeyboardInterrupt traceback."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_mod, "generate_phantom", interrupted)
+    out = tmp_path / "a" / "b"
+    assert main(["--out", str(out), "--num-cases", "2", "--shape", "16", "16", "16"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"medgmae-phantom: interrupted: what this run had written to {out} was removed"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_generation_leaves_what_was_there_before(tmp_path, monkeypatch):
     _fail_on_second_case(monkeypatch)
     out = tmp_path / "data"

@@ -60,7 +60,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``medgmae-phantom`` entry point. Returns 0 on success, 1 when generating fails (out of memory, a full disk:
-    what this run wrote is removed); bad flags, and a ``--shape`` too large for this machine's memory, exit with
+    what this run wrote is removed), 130 after Ctrl-C (the same, in one line); bad flags, and a ``--shape`` too large for this machine's memory, exit with
     code 2 before anything is written."""
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: generating the phantoms failed ({type(e).__name__}: {e}); what this run had "
               f"written to {out} was removed", file=sys.stderr)  # fmt: skip
         return 1
+    except KeyboardInterrupt:  # as above: what this run created is removed
+        print(f"\n{parser.prog}: interrupted: what this run had written to {out} was removed", file=sys.stderr)
+        return 130
     doc = json.loads(json_path.read_text())
     # an existing dataset of these settings is kept as it is (write_phantom_dataset): its dataset.json is the same file
     kept = before is not None and _identity(json_path) == before
