@@ -148,8 +148,9 @@ def num_gaussians_check(size: Any, ndim: int, model_kind: str = "medgmae") -> Ca
 def phantom_shape_check(generated: bool = True) -> Callable[[Any], None]:
     """The check of a bundle's ``phantom_shape`` (``checked_settings``): ``null`` (the generator's default) or positive
     integers; when the run generates its phantoms (``generated``: no data of the user's), a shape whose generation
-    needs more memory than the machine has is refused (:func:`~medgmae.data.phantom.generator.shape_memory_problem`,
-    ``medgmae-phantom``'s check), before the phantoms' folder is made.
+    needs more memory than the machine has (or a cgroup or address-space limit allows) is refused
+    (:func:`~medgmae.data.phantom.generator.shape_memory_problem`, ``medgmae-phantom``'s check), before the
+    phantoms' folder is made.
 
     Returns:
         ``check(phantom_shape)``, raising ``ValueError`` naming the problem.

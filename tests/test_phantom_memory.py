@@ -29,10 +29,47 @@ def test_a_shape_beyond_the_machines_memory_is_refused_up_front(tmp_path, capsys
     assert "Traceback" not in err and not out.exists()
 
 
-def test_the_bound_is_the_machines_physical_memory(monkeypatch):
-    monkeypatch.setattr(generator_mod, "_physical_memory", lambda: 48 * 64 * 64 * 48)
+def _limits(monkeypatch, tmp_path, physical, v2, v1, rlimit):
+    """Patch the memory readers: ``v2``/``v1`` are the cgroup files' texts (``None``: no such file)."""
+    files = []
+    for name, text in (("memory.max", v2), ("memory.limit_in_bytes", v1)):
+        files.append(str(tmp_path / name))
+        if text is not None:
+            (tmp_path / name).write_text(text)
+    monkeypatch.setattr(generator_mod, "_physical_memory", lambda: physical)
+    monkeypatch.setattr(generator_mod, "CGROUP_MEMORY_FILES", tuple(files))
+    monkeypatch.setattr(generator_mod, "_address_space_limit", lambda: rlimit)
+
+
+def test_the_bound_is_the_machines_physical_memory(monkeypatch, tmp_path):
+    _limits(monkeypatch, tmp_path, 48 * 64 * 64 * 48, "max\n", None, None)
     assert generator_mod.shape_memory_problem((64, 64, 48)) is None
-    assert "more than this machine's" in generator_mod.shape_memory_problem((64, 64, 49))
+    assert "more than the 0.0 GiB this process may use" in generator_mod.shape_memory_problem((64, 64, 49))
+
+
+@pytest.mark.parametrize("v2, v1, rlimit, expected", [
+    ("max\n", "4294967296\n", None, 4 << 30),  # cgroup v1
+    ("2147483648\n", None, None, 2 << 30),  # cgroup v2
+    ("2147483648\n", "9223372036854771712\n", 1 << 30, 1 << 30),  # RLIMIT_AS the smallest; v1's "no limit"
+    ("max\n", "not a number", None, 16 << 30),  # none: the physical memory
+    (None, None, None, 16 << 30),
+])  # fmt: skip
+def test_the_bound_is_the_smallest_memory_limit(monkeypatch, tmp_path, v2, v1, rlimit, expected):
+    """A cgroup or address-space limit below the machine's memory bounds the shape (only the machine's counted)."""
+    _limits(monkeypatch, tmp_path, 16 << 30, v2, v1, rlimit)
+    assert generator_mod.memory_limit() == expected
+    voxels = expected // 48
+    assert generator_mod.shape_memory_problem((voxels // 64, 8, 8)) is None
+    assert "needs about" in generator_mod.shape_memory_problem((voxels // 64 + 1, 8, 8))
+
+
+def test_the_address_space_limit_is_read(monkeypatch):
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (3 << 30, resource.RLIM_INFINITY))
+    assert generator_mod._address_space_limit() == 3 << 30
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert generator_mod._address_space_limit() is None
 
 
 def _fail_on_second_case(monkeypatch, nth: int = 2):

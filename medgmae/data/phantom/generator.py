@@ -116,9 +116,42 @@ def _physical_memory() -> int | None:
         return None
 
 
+#: Files holding the memory limit of this process's control group: cgroup v2, then v1.
+CGROUP_MEMORY_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def _cgroup_limit(path: str) -> int | None:
+    """The byte count in a cgroup memory-limit file, or ``None`` for ``max`` (no limit), other text, or a file that
+    cannot be read."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except (OSError, ValueError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _address_space_limit() -> int | None:
+    """This process's soft ``RLIMIT_AS`` in bytes, or ``None`` when unlimited or not known."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, AttributeError, OSError, ValueError):  # not a POSIX system
+        return None
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
+
+
+def memory_limit() -> int | None:
+    """The memory this process may use, in bytes: the smallest of the machine's physical memory, the cgroup's
+    limit (:data:`CGROUP_MEMORY_FILES`) and ``RLIMIT_AS``, those that are known; ``None`` when none is."""
+    limits = [_physical_memory(), *(_cgroup_limit(p) for p in CGROUP_MEMORY_FILES), _address_space_limit()]
+    return min((n for n in limits if n), default=None)
+
+
 def shape_memory_problem(shape: Sequence[int]) -> str | None:
-    """Why a case of ``shape`` cannot be generated on this machine, else ``None``: the memory its generation holds
-    (:data:`PEAK_BYTES_PER_VOXEL` per voxel) is more than the machine's physical memory.
+    """Why a case of ``shape`` cannot be generated here, else ``None``: the memory its generation holds
+    (:data:`PEAK_BYTES_PER_VOXEL` per voxel) is more than this process may use (:func:`memory_limit`).
 
     Args:
         shape: ``(X, Y, Z)`` voxels.
@@ -126,12 +159,13 @@ def shape_memory_problem(shape: Sequence[int]) -> str | None:
     Returns:
         The problem in one line, or ``None``.
     """
-    need, have = PEAK_BYTES_PER_VOXEL * math.prod(int(n) for n in shape), _physical_memory()
+    need, have = PEAK_BYTES_PER_VOXEL * math.prod(int(n) for n in shape), memory_limit()
     if have is None or need <= have:
         return None
     return (f"a phantom of shape {' x '.join(str(int(n)) for n in shape)} needs about {need / 2**30:,.1f} GiB of memory "
-            f"while it is generated ({PEAK_BYTES_PER_VOXEL} bytes per voxel), more than this machine's "
-            f"{have / 2**30:,.1f} GiB: give a smaller shape")  # fmt: skip
+            f"while it is generated ({PEAK_BYTES_PER_VOXEL} bytes per voxel), more than the "
+            f"{have / 2**30:,.1f} GiB this process may use (the machine's memory, or a cgroup or address-space limit): "
+            "give a smaller shape")  # fmt: skip
 
 
 def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:

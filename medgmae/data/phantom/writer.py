@@ -247,10 +247,10 @@ def write_phantom_dataset(
 
     Raises:
         ValueError: a bad parameter, or ``out_dir`` holding a dataset this generator did not write.
-        MemoryError: a case of ``shape`` needs more memory than the machine has (:func:`shape_memory_problem`),
-            raised before anything is written. Any failure while generating removes the files and folders this
-            call created (an earlier dataset's cases it replaced stay, without their ``dataset.json`` and marked
-            in progress: the next run generates them again).
+        MemoryError: a case of ``shape`` needs more memory than the machine has or a cgroup or address-space
+            limit allows (:func:`shape_memory_problem`), raised before anything is written. Any failure while
+            generating removes the files and folders this call created (an earlier dataset's cases it replaced
+            stay, without their ``dataset.json`` and marked in progress: the next run generates them again).
     """
     params = _dataset_params(num_cases, seed, shape, spacing, num_validation)
     num_cases, num_validation = params["num_cases"], params["num_validation"]
