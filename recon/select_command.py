@@ -28,14 +28,14 @@ from recon.resume import SCAN_KEYS
 
 __all__ = ["cmd_select", "load_run", "rank_runs", "within_margin", "SELECT_MARGIN", "SETTING_KEYS"]
 
-#: What the table shows of each run when it differs between the runs (top-level keys of ``metrics.json`` and keys
-#: of its ``settings``).
 #: Relative difference of held-out errors below which ``select`` says the runs are not told apart: of the pairs of
 #: runs in ``bench/RESULTS.md`` ("Choosing the TV weight by held-out views", its five scans and the same-grid check)
 #: whose held-out errors differed by 2.8-31.8 %, 6 of 12 were ranked against their PSNR; every pair 77 % or more
 #: apart was ranked as the PSNR ranks it.
 SELECT_MARGIN = 0.35
 
+#: What the table shows of each run when it differs between the runs (top-level keys of ``metrics.json`` and keys
+#: of its ``settings``).
 SETTING_KEYS = ("preset", "init", "initial_gaussians", "tv_weight", "split_rule", "iterations", "views_per_iteration")
 
 
