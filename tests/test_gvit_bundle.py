@@ -539,3 +539,13 @@ def test_summary_after_evaluation_suggests_no_evaluation(tmp_path, caplog):
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["next"] == {}
     with pytest.raises(ValueError, match="stage"):
         gvit_summary(tmp_path, stage="testing")
+
+
+def test_the_readmes_clip_json_lists_the_shipped_handlers():
+    """The README's ``clip.json`` replaces ``train#handlers``: its entries before the clip handler are the shipped
+    ``train.json``'s, exactly (its NonFiniteLossHandler had a plain ``@amp`` and lacked two settings)."""
+    readme = (BUNDLE / "docs" / "README.md").read_text()
+    block = readme.split('```json\n{\n    "train#handlers"', 1)[1].split("```", 1)[0]
+    clip = json.loads('{"train#handlers"' + block)["train#handlers"]
+    shipped = json.loads((BUNDLE / "configs" / "train.json").read_text())["train"]["handlers"]
+    assert clip[:-1] == shipped and clip[-1]["_target_"] == "medgmae.engine.GradientClipHandler"
