@@ -35,14 +35,32 @@ def cmd_reconstruct(args) -> int:
     """``reconstruct``: check every input, initialise, optimise, write all outputs together, print the summary.
 
     Raises:
-        Interrupted: on Ctrl-C, saying where the last saved state is (no other output is written).
+        Interrupted: on Ctrl-C, saying where the last saved state is (no other output is written; the projector's
+            matrix stays for the next run). Any other failure of a run that created its output folder, before its
+            first saved state, removes the matrix it saved there (and the folder, then empty).
     """
-    state_path = Path(args.out) / RECON_STATE
+    out = Path(args.out)
+    state_path, new_folder = out / RECON_STATE, not out.exists()
     before = state_path.stat().st_mtime_ns if state_path.is_file() else None
     try:
         return _reconstruct(args)
     except KeyboardInterrupt:
         raise Interrupted(_interrupted_note(args, state_path, before)) from None
+    except Exception:
+        if new_folder and not state_path.is_file():  # nothing to resume: the matrix alone is hundreds of MiB
+            _remove_matrix(out)
+        raise
+
+
+def _remove_matrix(out: Path) -> None:
+    """Delete the projector's matrix in ``out``, and ``out`` when that leaves it empty."""
+    from recon.projectors.matrix_cache import MATRIX_FILE
+
+    (out / MATRIX_FILE).unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:  # not empty or not there
+        pass
 
 
 def _interrupted_note(args, state_path: Path, before: int | None) -> str:

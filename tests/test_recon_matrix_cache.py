@@ -91,3 +91,38 @@ def test_ctrl_c_before_a_state_names_the_kept_matrix(scan, tmp_path, monkeypatch
     assert (f"no output was written (the projector's matrix {out / MATRIX_FILE} stays for the next run to read)" in err
             and len(err.strip().splitlines()) == 1), err  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == [MATRIX_FILE]
+
+
+def test_the_key_follows_the_builds_version(monkeypatch):
+    """The key of a kept matrix changes with ray_matrix.BUILD_VERSION (bumped when the build changes)."""
+    from recon.projectors import ray_matrix
+    from recon.projectors.matrix_cache import matrix_key
+
+    geom = CTGeometry.cone((8, 10, 12), (2.0, 1.0, 1.5), num_angles=4, source_origin=100.0, source_detector=150.0)
+    key = matrix_key(geom, 0.5, torch.float32)
+    monkeypatch.setattr(ray_matrix, "BUILD_VERSION", ray_matrix.BUILD_VERSION + 1)
+    assert matrix_key(geom, 0.5, torch.float32) != key
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_a_failed_run_removes_the_matrix_it_alone_left(scan, tmp_path, monkeypatch, with_state):
+    """A run failing after building the matrix into the folder it created, before its first state, leaves no folder
+    (it held projector_matrix.pt alone); once a state is saved the matrix stays beside it for --resume."""
+    from recon.gaussian_recon import GaussianReconstructor
+
+    real, calls = GaussianReconstructor.step, []
+
+    def failing_step(self):
+        calls.append(1)
+        if len(calls) > (2 if with_state else 0):
+            raise RuntimeError("device lost")
+        return real(self)
+
+    monkeypatch.setattr(GaussianReconstructor, "step", failing_step)
+    out = tmp_path / "rec"
+    with pytest.raises(RuntimeError, match="device lost"):
+        main(_args(scan, out, "--iterations", "4", "--checkpoint-every", "2"))
+    if with_state:
+        assert {MATRIX_FILE, "recon_state.pt"} <= {p.name for p in out.iterdir()}
+    else:
+        assert not out.exists()

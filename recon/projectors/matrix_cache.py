@@ -4,9 +4,10 @@ it again.
 
 The file, :data:`MATRIX_FILE`, holds ``A`` as CSR arrays (plain tensors: ``torch.load(weights_only=True)`` reads
 it) with the key it was built for: a SHA-256 of the geometry's scan fields (everything but the affine, which does
-not enter ``A``), the ray marcher's step, the dtype and :data:`MATRIX_FORMAT`. It is written atomically (write, then
-rename) right after the build. A file whose key differs (another geometry, volume grid, step or dtype) or that
-cannot be read is not used: a note says so, the matrix is built and the file replaced.
+not enter ``A``), the ray marcher's step, the dtype and the build's version
+(:data:`recon.projectors.ray_matrix.BUILD_VERSION`). It is written atomically (write, then rename) right after the
+build. A file whose key differs (another geometry, volume grid, step, dtype or build) or that cannot be read is not
+used: a note says so, the matrix is built and the file replaced.
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ import scipy.sparse as sp
 import torch
 
 from recon.geometry import CTGeometry
+from recon.projectors import ray_matrix
 from recon.projectors.ray_matrix import RayMatrixProjector
 
-__all__ = ["MATRIX_FILE", "MATRIX_FORMAT", "matrix_key", "cached_matrix_projector"]
+__all__ = ["MATRIX_FILE", "matrix_key", "cached_matrix_projector"]
 
 #: The matrix's file name in a run's output folder.
 MATRIX_FILE = "projector_matrix.pt"
-#: Version of the matrix's construction; a file of another version is rebuilt.
-MATRIX_FORMAT = 2
 
 
 def matrix_key(geometry: CTGeometry, step: float, dtype: torch.dtype) -> str:
-    """SHA-256 of what determines ``A``: the geometry without its affine, the step, the dtype, the format."""
+    """SHA-256 of what determines ``A``: the geometry without its affine, the step, the dtype, the build's version
+    (:data:`~recon.projectors.ray_matrix.BUILD_VERSION`)."""
     scan = {k: v for k, v in geometry.to_dict().items() if k != "affine"}
-    blob = json.dumps({"geometry": scan, "step": float(step), "dtype": str(dtype), "format": MATRIX_FORMAT}, sort_keys=True)
+    blob = json.dumps({"geometry": scan, "step": float(step), "dtype": str(dtype), "format": ray_matrix.BUILD_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -32,7 +32,7 @@ from recon.geometry import CTGeometry
 from recon.projectors.base import Projector
 from recon.projectors.torch_proj import TorchProjector
 
-__all__ = ["RayMatrixProjector", "estimate_matrix_bytes", "MATRIX_BUDGET_BYTES"]
+__all__ = ["RayMatrixProjector", "estimate_matrix_bytes", "BUILD_VERSION", "MATRIX_BUDGET_BYTES"]
 
 #: Largest matrix ``make_projector(..., "auto")`` builds on the CPU (A and A^T together, as bounded by
 #: :func:`estimate_matrix_bytes`); 1.5 GiB leaves room for the reconstruction itself on a small machine. The
@@ -176,6 +176,11 @@ def _corner_steps(shape: tuple) -> Tensor:
     """Flat-index offsets of a cell's 8 corners from its lower corner, in the order ``(z, y, x)`` (x fastest)."""
     _, h, w = shape
     return torch.tensor([(dz * h + dy) * w + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+
+
+#: Version of the matrix :func:`_build_matrix` builds, part of the key of a matrix kept in a run's folder
+#: (:mod:`recon.projectors.matrix_cache`): bump when the build changes, so that kept matrices are rebuilt.
+BUILD_VERSION = 2
 
 
 def _build_matrix(marcher: TorchProjector, dtype: torch.dtype) -> sp.csr_matrix:
