@@ -72,17 +72,35 @@ def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, 
     import medgmae.engine.console as console
 
     monkeypatch.setattr(console, "progress_bars_shown", lambda: True)  # as on a terminal
+    from torch.utils.data import DataLoader
+
     engine = Engine(lambda e, b: None)
     ValidationProgress(progress_bar=True).attach(engine)
     with caplog.at_level(logging.INFO, logger="medgmae.engine"):
-        engine.run(range(3), max_epochs=1)
-        engine.run(range(1), max_epochs=1)
+        engine.run(DataLoader(range(3), batch_size=1), max_epochs=1)
+        engine.run(DataLoader(range(1), batch_size=1), max_epochs=1)
     lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
     assert len(lines) == 2 and lines[0].startswith("validation: 3 cases in ") and lines[1].startswith("validation: 1 case in ")
     err = capsys.readouterr().err  # the bar, on stderr
     assert "validation: [1/3]" in err and "validation: [1/1]" in err
     with pytest.raises(ValueError, match="progress_bar"):
         ValidationProgress(progress_bar="sometimes")
+
+
+def test_validation_progress_counts_batches_of_more_than_one_case(caplog, monkeypatch):
+    """A pass over 5 cases in batches of 2 is 3 iterations: batches, not cases (it said 3 cases)."""
+    from torch.utils.data import DataLoader
+
+    import medgmae.engine.console as console
+
+    monkeypatch.setattr(console, "progress_bars_shown", lambda: True)
+    engine = Engine(lambda e, b: None)
+    ValidationProgress(progress_bar=False).attach(engine)
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        engine.run(DataLoader(range(5), batch_size=2), max_epochs=1)
+        engine.run(DataLoader(range(2), batch_size=2), max_epochs=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
+    assert len(lines) == 2 and lines[0].startswith("validation: 3 batches in ") and lines[1].startswith("validation: 1 batch in ")
 
 
 def test_bars_are_drawn_on_a_terminal_not_into_a_captured_log(capsys, caplog, monkeypatch):
@@ -110,7 +128,7 @@ def test_bars_are_drawn_on_a_terminal_not_into_a_captured_log(capsys, caplog, mo
         engine.run(range(3), max_epochs=1)
     assert capsys.readouterr().err == ""  # pytest captures stderr: not a terminal
     lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
-    assert lines[0].startswith("epoch 1/1: train_loss") and lines[1].startswith("validation: 3 cases")
+    assert lines[0].startswith("epoch 1/1: train_loss") and lines[1].startswith("validation: 3 batches")  # no loader
     monkeypatch.setitem(sys.modules, "ipykernel", sys)  # in a notebook the bars are widgets
     assert progress_bars_shown()
 

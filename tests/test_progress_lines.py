@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from torch.utils.data import DataLoader
 
 import medgmae.engine.console as console
 import medgmae.terminal as terminal
@@ -65,7 +66,7 @@ def _engine_lines(caplog, epochs: int) -> list[str]:
     ValidationProgress(progress_bar=True).attach(evaluator)
     with caplog.at_level(logging.INFO, logger="medgmae.engine"):
         trainer.run(range(3), max_epochs=epochs)
-        evaluator.run(range(3), max_epochs=1)
+        evaluator.run(DataLoader(range(3), batch_size=1), max_epochs=1)
     return [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
 
 
@@ -77,6 +78,18 @@ def test_a_long_epoch_and_validation_pass_log_lines_into_a_log(caplog, every_ste
                                "validation: 1/3 cases", "validation: 2/3 cases", "validation: 3 cases in "]):  # fmt: skip
         assert lines[i].startswith(start), lines
     assert len(lines) == 9 and all(re.search(LINE, lines[i]) for i in (0, 1, 3, 4, 6, 7)), lines
+
+
+def test_a_long_validation_pass_in_batches_counts_batches(caplog, every_step, monkeypatch):
+    """Into a log, a pass in batches of 2 says batches in its lines a minute and its last line (it said cases)."""
+    monkeypatch.setattr(console, "progress_bars_shown", lambda: False)
+    evaluator = Engine(lambda e, b: None)
+    ValidationProgress(progress_bar=True).attach(evaluator)
+    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
+        evaluator.run(DataLoader(range(6), batch_size=2), max_epochs=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
+    assert [line.split(",")[0].split(" in ")[0] for line in lines] == [
+        "validation: 1/3 batches", "validation: 2/3 batches", "validation: 3 batches"], lines
 
 
 def test_no_engine_lines_on_a_terminal_or_in_a_short_epoch(caplog, capsys, every_step, monkeypatch):
