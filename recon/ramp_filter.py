@@ -16,7 +16,7 @@ __all__ = ["FILTERS", "FILTER_CHUNK_BYTES", "filter_name", "ramp_filter", "filte
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
 #: Bytes of float64 zero-padded detector rows ramp-filtered per chunk (:func:`filter_projections`): the filter's
-#: working set is a few times this, whatever the number of views (filtering 90 x 512 x 725 float32 views as one
+#: working set is a few times this, whatever the number of views (filtering 90 x 256 x 725 float32 views as one
 #: whole-stack complex FFT grew with the stack: ``bench/fbp_filter.py`` in ``bench/RESULTS.md``).
 FILTER_CHUNK_BYTES = 2**25
 _ALIASES = {"ramlak": "ram-lak", "ramp": "ram-lak", "shepp_logan": "shepp-logan", "hanning": "hann"}

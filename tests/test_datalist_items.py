@@ -12,14 +12,16 @@ from medgmae.data.datalist import read_datalist, resolve_datalist
 
 @pytest.mark.parametrize(
     "item, key, found",
-    [({"image": None}, "image", "NoneType (None)"), ({"image": "a.nii.gz", "label": 3}, "label", "int (3)"),
-     ({"image": ["a.nii.gz"]}, "image", "list (['a.nii.gz'])")],
+    [({"image": None}, "image", "null"), ({"image": "a.nii.gz", "label": 3}, "label", "a number (3)"),
+     ({"image": ["a.nii.gz"]}, "image", 'a list (["a.nii.gz"])'), ({"image": True}, "image", "true"),
+     ({"image": {"path": "a.nii.gz"}}, "image", 'an object ({"path": "a.nii.gz"})')],
 )  # fmt: skip
 def test_a_datalist_item_whose_path_is_not_a_string_is_named(tmp_path, item, key, found):
-    """``"image": null`` crashed with "unsupported operand type(s) for /: 'PosixPath' and 'NoneType'"."""
+    """``"image": null`` crashed with "unsupported operand type(s) for /: 'PosixPath' and 'NoneType'"; the message
+    names the JSON the file holds (``null``, not Python's ``NoneType (None)``)."""
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"training": [{"image": "b.nii.gz"}, item]}))
-    expected = f"datalist {path}: item 1 of 'training' has a '{key}' of type {found}, not a path string"
+    expected = f"datalist {path}: item 1 of 'training' has a '{key}' that is {found}, not a path string"
     with pytest.raises(DatasetError) as e:
         read_datalist(path)
     assert str(e.value) == expected

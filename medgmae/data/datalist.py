@@ -261,10 +261,19 @@ def read_datalist(
             raise DatasetError(f"datalist {path}: item {i} of '{key}' has no 'image': {item!r}")
         for k in ("image", "label"):
             if k in item and not isinstance(item[k], str):
-                raise DatasetError(f"datalist {path}: item {i} of '{key}' has a '{k}' of type "
-                                   f"{type(item[k]).__name__} ({item[k]!r}), not a path string")  # fmt: skip
+                raise DatasetError(f"datalist {path}: item {i} of '{key}' has a '{k}' that is "
+                                   f"{_json_kind(item[k])}, not a path string")  # fmt: skip
         out.append({k: str(base / v) if k in ("image", "label") else v for k, v in item.items()})
     return out
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, as the file writes it: ``null``, ``a number (3)``, ``a list (["a.nii.gz"])``..."""
+    text = json.dumps(value, default=repr)
+    if value is None or isinstance(value, bool):
+        return text
+    kind = "a number" if isinstance(value, (int, float)) else "a list" if isinstance(value, list) else "an object"
+    return f"{kind} ({text})"
 
 
 def _labels_differ(items: Sequence[dict], images: Sequence[str], key) -> bool:
