@@ -146,6 +146,25 @@ def test_window_count_is_the_windows_the_network_sees(shape, roi, overlap):
     assert window_count(shape, roi, overlap) == sum(seen)
 
 
+@pytest.mark.parametrize("shape, roi, overlap", [
+    ((1, 1, 21, 13, 10), (8, 8, 8), 0.3), ((1, 2, 17, 9, 31), (6, 8, 7), 0.75), ((3, 1, 11, 11), (4, 5), 0.6),
+    ((1, 1, 7, 25, 8), (8, 8, 8), (0.0, 0.5, 0.25)), ((2, 1, 19, 23), (10, 10), 0.0),
+])  # fmt: skip
+def test_window_count_is_the_network_calls_one_window_a_call(shape, roi, overlap):
+    """window_count (MONAI's private _get_scan_interval) against the calls MONAI's inferer makes with one window a
+    call, on shapes the windows do not tile (and one smaller than its window), 2D and 3D."""
+    from monai.inferers import SlidingWindowInferer
+
+    calls = []
+
+    def network(x):
+        calls.append(x.shape[0])
+        return x + 1.0
+
+    SlidingWindowInferer(roi, sw_batch_size=1, overlap=overlap)(torch.rand(shape), network)
+    assert set(calls) == {1} and window_count(shape, roi, overlap) == len(calls)
+
+
 def test_sliding_window_lines_into_a_log_and_the_same_output(caplog, every_step, monkeypatch):
     from monai.inferers import SlidingWindowInferer
 
