@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from torch.utils.data import DataLoader
 
 from medgmae.engine import EpochProgress, MetricHistory, ValidationProgress, loss_value, quiet_known_warnings
 from medgmae.engine.console import _ConsoleLines, mean_over_processes
@@ -68,18 +69,22 @@ def test_epoch_progress_logs_one_line_per_epoch_and_records_the_mean_loss(caplog
         EpochProgress(progress_bar="maybe")
 
 
-def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, capsys, monkeypatch):
+def _validation_lines(caplog, monkeypatch, lengths, batch_size: int) -> list[str]:
+    """The lines a :class:`ValidationProgress` logs over passes of ``lengths`` items in batches of ``batch_size``
+    (a bar shown, as on a terminal)."""
     import medgmae.engine.console as console
 
-    monkeypatch.setattr(console, "progress_bars_shown", lambda: True)  # as on a terminal
-    from torch.utils.data import DataLoader
-
+    monkeypatch.setattr(console, "progress_bars_shown", lambda: True)
     engine = Engine(lambda e, b: None)
     ValidationProgress(progress_bar=True).attach(engine)
     with caplog.at_level(logging.INFO, logger="medgmae.engine"):
-        engine.run(DataLoader(range(3), batch_size=1), max_epochs=1)
-        engine.run(DataLoader(range(1), batch_size=1), max_epochs=1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
+        for n in lengths:
+            engine.run(DataLoader(range(n), batch_size=batch_size), max_epochs=1)
+    return [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
+
+
+def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, capsys, monkeypatch):
+    lines = _validation_lines(caplog, monkeypatch, (3, 1), batch_size=1)
     assert len(lines) == 2 and lines[0].startswith("validation: 3 cases in ") and lines[1].startswith("validation: 1 case in ")
     err = capsys.readouterr().err  # the bar, on stderr
     assert "validation: [1/3]" in err and "validation: [1/1]" in err
@@ -89,17 +94,7 @@ def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, 
 
 def test_validation_progress_counts_batches_of_more_than_one_case(caplog, monkeypatch):
     """A pass over 5 cases in batches of 2 is 3 iterations: batches, not cases (it said 3 cases)."""
-    from torch.utils.data import DataLoader
-
-    import medgmae.engine.console as console
-
-    monkeypatch.setattr(console, "progress_bars_shown", lambda: True)
-    engine = Engine(lambda e, b: None)
-    ValidationProgress(progress_bar=False).attach(engine)
-    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
-        engine.run(DataLoader(range(5), batch_size=2), max_epochs=1)
-        engine.run(DataLoader(range(2), batch_size=2), max_epochs=1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
+    lines = _validation_lines(caplog, monkeypatch, (5, 2), batch_size=2)
     assert len(lines) == 2 and lines[0].startswith("validation: 3 batches in ") and lines[1].startswith("validation: 1 batch in ")
 
 
