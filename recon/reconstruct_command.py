@@ -56,6 +56,8 @@ def _remove_matrix(out: Path) -> None:
     """Delete the projector's matrix in ``out``, and ``out`` when that leaves it empty."""
     from recon.projectors.matrix_cache import MATRIX_FILE
 
+    if not out.is_dir():  # never made (a refused --out below a file, or a failure before the build)
+        return
     (out / MATRIX_FILE).unlink(missing_ok=True)
     try:
         out.rmdir()
