@@ -64,3 +64,19 @@ def test_a_nan_probability_wins_as_in_argmax():
 def test_channels_per_step_must_be_positive():
     with pytest.raises(ValueError, match="channels_per_step must be a positive integer, got 0"):
         InvertedArgmaxd(keys="pred", transform=Compose([]), orig_keys="image", channels_per_step=0)
+
+
+def test_a_long_inversion_logs_its_class_groups(tmp_path, monkeypatch, caplog):
+    """No bar shows the inversion (a full-size scan of many classes took minutes without a line): a line a minute,
+    here every group with the interval at 0; none at the last group (the case's own line follows)."""
+    import logging
+
+    from medgmae import terminal
+
+    monkeypatch.setattr(terminal, "LINE_SECONDS", 0.0)
+    pre, d = _case(tmp_path, classes=7)
+    with caplog.at_level(logging.INFO, logger="medgmae.finetune.invert"):
+        InvertedArgmaxd(keys="pred", transform=pre, orig_keys="image", channels_per_step=3)(d)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inverting")]
+    assert [line.split(",")[0] for line in lines] == ["inverting to the input's grid: 1/3 class groups",
+                                                      "inverting to the input's grid: 2/3 class groups"]  # fmt: skip

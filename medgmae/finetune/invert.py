@@ -21,6 +21,7 @@ hence this one.
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 import torch
@@ -29,7 +30,11 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd, MapTransform
 from monai.utils import ensure_tuple_rep
 
+from medgmae.terminal import ProgressLines
+
 __all__ = ["InvertedArgmaxd"]
+
+logger = logging.getLogger(__name__)
 
 
 def _merge_group(best: torch.Tensor | None, label: torch.Tensor | None, group: torch.Tensor, first: int):
@@ -80,7 +85,10 @@ class InvertedArgmaxd(MapTransform):
         for key in self.key_iterator(d):
             probs, best, label = d[key], None, None
             meta = MetaTensor(torch.empty(0))
-            for first in range(0, probs.shape[0], self.channels_per_step):
+            starts = range(0, probs.shape[0], self.channels_per_step)
+            # no bar shows the inversion: a line a minute of a long one (a full-size scan of many classes)
+            lines = ProgressLines("inverting to the input's grid", len(starts), "class groups", logger.info, bar=False)
+            for step, first in enumerate(starts, 1):
                 part = dict(d)
                 part[key] = probs[first : first + self.channels_per_step]
                 group = self.inverters[key](part)[key]
@@ -89,6 +97,7 @@ class InvertedArgmaxd(MapTransform):
                 if first == 0:
                     meta.copy_meta_from(group)  # the input's affine and meta data, as Invertd leaves them
                 del group
+                lines.update(step)
             del best
             d[key] = MetaTensor(label)
             d[key].copy_meta_from(meta)
