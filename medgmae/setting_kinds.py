@@ -139,7 +139,8 @@ def num_gaussians_check(size: Any, ndim: int, model_kind: str = "medgmae") -> Ca
         bound = cells // per_k
         if int(value) > bound:
             levels = f" over medgmae-star's {per_k} Gaussians per K (levels {' + '.join(map(str, LEVEL_MULTIPLIERS))})"
-            raise ValueError(f"expected at most {bound} (the {cells} {what} of a {size}^{ndim} crop"
+            shape = f"a {size}^3 crop" if ndim == 3 else f"a {size} x {size} image"
+            raise ValueError(f"expected at most {bound} (the {cells} {what} of {shape}"
                              f"{levels if per_k > 1 else ''}), got {value!r}")  # fmt: skip
 
     return check

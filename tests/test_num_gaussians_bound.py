@@ -43,7 +43,7 @@ def test_gmae2d_refuses_more_gaussians_than_the_image_has_pixels(tmp_path):
     check_settings(_gmae_parser(tmp_path, num_gaussians=1024).get_parsed_content("checked_settings"), {})
     with pytest.raises(BundleSettingError) as err:
         check_settings(_gmae_parser(tmp_path, num_gaussians=1025).get_parsed_content("checked_settings"), {})
-    assert "--num_gaussians: expected at most 1024 (the 1024 pixels of a 32^2 crop), got 1025" in str(err.value)
+    assert "--num_gaussians: expected at most 1024 (the 1024 pixels of a 32 x 32 image), got 1025" in str(err.value)
 
 
 def test_the_pretraining_bundle_stops_before_writing_anything(tmp_path):
@@ -68,4 +68,4 @@ def test_gvit_refuses_more_gaussians_than_the_image_has_pixels():
     parser.update({"num_gaussians": 257})
     with pytest.raises(BundleSettingError) as err:
         check_settings(parser.get_parsed_content("checked_settings"), {})
-    assert "--num_gaussians: expected at most 256 (the 256 pixels of a 16^2 crop), got 257" in str(err.value)
+    assert "--num_gaussians: expected at most 256 (the 256 pixels of a 16 x 16 image), got 257" in str(err.value)

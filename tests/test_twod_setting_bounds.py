@@ -76,3 +76,14 @@ def test_gmae2d_says_when_there_are_fewer_validation_images_than_val_images(tmp_
         assert 3 <= len(dataset) < 500 and len(notices) == 1 and notices[0].levelno == logging.WARNING
         where = "the held-out phantom has" if phantom else f"dataset_dir {tmp_path / 'data'} holds"
         assert notices[0].getMessage() == f"--val_images 500: {where} {len(dataset)} distinct images, so validation uses those {len(dataset)}"
+
+
+def test_gmae2d_validates_on_every_val_image(tmp_path):
+    """--val_images 10 on a folder of 10 images validated on 8: the handler kept the 3D bundle's max_crops of 8."""
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((32, 32), 20 * i, np.uint8)).save(tmp_path / "data" / f"{i:02d}.png")
+    handler = _gmae_parser(tmp_path, val_images=10).get_parsed_content("val#handler")
+    assert len(handler.crops()) == 10

@@ -167,9 +167,7 @@ class GViTWorkflow:
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
         if not isinstance(amp, bool):
             raise ValueError(f"amp must be a bool, got {amp!r}")
-        self.device, self.amp = resolve_device(device), amp
-        if amp and self.device.type != "cuda":
-            logger.info("amp applies to CUDA only; training in float32 on %s", self.device)
+        self.device, self.amp = resolve_device(device), amp  # amp off the GPU: said in the start line (run_line)
         self.model = model.to(self.device)
         self.train_loader, self.val_loader = train_loader, val_loader
         self.class_names, self.output_dir = list(class_names), Path(output_dir)
