@@ -22,6 +22,7 @@ import numpy as np
 
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.distributed import is_main_process
+from medgmae.engine.run_words import plural
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["SettingsRecord", "CasesRecord", "RECORDS"]
@@ -146,11 +147,20 @@ class CasesRecord:
         saved_set, now_set = set(saved), set(now)
         gone, new = [c for c in saved if c not in now_set], [c for c in now if c not in saved_set]
         detail = [f"saved {c}" for c in gone[:2]] + [f"now {c}" for c in new[:2]]
+        if gone + new and all(_generated_only(c) for c in gone + new):  # digests say nothing to a reader
+            detail = [f"{plural(max(len(gone), len(new)), 'generated image')} (held in memory, e.g. phantom slices) "
+                      "with other pixels: made with other data settings"]  # fmt: skip
         raise ValueError(
             f"the checkpoint was written by {self.what} {self.role} other data: {len(saved)} cases then, {len(now)} "
             f"now, {max(len(gone), len(new))} differing ({'; '.join(detail) or 'the same cases in another order'}). "
             "Resume with the interrupted run's data or train into a new output_dir"
         )
+
+
+def _generated_only(case: str) -> bool:
+    """Whether a saved case (its JSON) holds in-memory arrays only (no file to name, only digests)."""
+    entries = json.loads(case).values()
+    return bool(entries) and all(e[0] == "<array>" for e in entries)
 
 
 #: The record types a checkpoint may lack when it was written before its run recorded them (resumed with a
