@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.rss import peak_rss_mib  # noqa: E402
 from medgmae.cli_types import positive_int  # noqa: E402
 import recon.fbp as fbp_module  # noqa: E402
 from recon.fbp import backproject  # noqa: E402
@@ -76,7 +76,7 @@ def one_cone_run(args) -> int:
     t = time.perf_counter()
     out = backproject(filtered, g, chunk=4)
     seconds = time.perf_counter() - t
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_mib = peak_rss_mib()
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib, "sum": float(out.double().sum()),
                       "max_abs": float(out.abs().max())}))
     return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import torch
 # the repository root first: bench/recon.py would otherwise shadow the recon package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.rss import peak_rss_mib  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 from recon.projectors import RayMatrixProjector, TorchProjector, make_projector  # noqa: E402
 
@@ -52,14 +52,15 @@ def _fwd_adj(proj, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def _matrix_file(geom: CTGeometry) -> tuple[str, str]:
-    """The matrix file's size (MiB) and the seconds to read it back into a projector, or "-" without the cache."""
+def _matrix_file(geom: CTGeometry, built: RayMatrixProjector) -> tuple[str, str]:
+    """The size (MiB) of ``built``'s matrix file and the seconds to read it back into a projector, or "-" without
+    the cache."""
     try:
-        from recon.projectors.matrix_cache import MATRIX_FILE, cached_matrix_projector
+        from recon.projectors.matrix_cache import MATRIX_FILE, cached_matrix_projector, save_matrix
     except ImportError:
         return "-", "-"
     with tempfile.TemporaryDirectory() as d:
-        cached_matrix_projector(geom, d)  # builds and saves
+        save_matrix(built, d)  # the matrix built above, not a second build
         t0 = time.perf_counter()
         _, note = cached_matrix_projector(geom, d)
         seconds = time.perf_counter() - t0
@@ -86,8 +87,9 @@ def cone_matrix(views: list, threads: int, size: list, voxel: list) -> None:
             ref = tp(x)
             diff = float((mp(x) - ref).abs().max() / ref.abs().max())
         nnz, mib = mp.a.nnz, mp.nbytes / 2**20
-        del tp, mp
-        file_mib, read_s = _matrix_file(geom)
+        del tp
+        file_mib, read_s = _matrix_file(geom, mp)
+        del mp
         print(f"| {nv} | {geom.det_shape} | {t_torch:.3g} | {t_build:.3g} | {nnz} | {mib:.0f} | {t_mat:.3g} | {diff:.1e} | {file_mib} | {read_s} |")
 
 
@@ -104,7 +106,7 @@ def _adjoint_once(size: list, views: int, variant: str) -> None:
         v = torch.zeros(1, *geom.volume_shape, requires_grad=True)
         (x,) = torch.autograd.grad(tp.forward_plain(v), v, grad_outputs=y)
     sec = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(json.dumps({"seconds": sec, "peak_mib": peak, "sum": float(x.double().sum()), "det": geom.det_shape}))
 
 

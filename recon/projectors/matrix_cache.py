@@ -24,7 +24,7 @@ from recon.geometry import CTGeometry
 from recon.projectors import ray_matrix
 from recon.projectors.ray_matrix import RayMatrixProjector
 
-__all__ = ["MATRIX_FILE", "matrix_key", "cached_matrix_projector"]
+__all__ = ["MATRIX_FILE", "matrix_key", "save_matrix", "cached_matrix_projector"]
 
 #: The matrix's file name in a run's output folder.
 MATRIX_FILE = "projector_matrix.pt"
@@ -72,8 +72,6 @@ def cached_matrix_projector(
         ``(projector, note)``: a line saying whether the matrix was read, or built and saved (and why a file there
         was not used).
     """
-    from medgmae.files import save_torch_atomic
-
     path = Path(folder) / MATRIX_FILE
     key = matrix_key(geometry, step, dtype)
     shape = (geometry.num_views * geometry.det_shape[0] * geometry.det_shape[1], int(np.prod(geometry.volume_shape)))
@@ -83,10 +81,26 @@ def cached_matrix_projector(
         if matrix is not None:
             return RayMatrixProjector(geometry, step, dtype, matrix=matrix), f"read the matrix from {path} (built for this scan)"
     projector = RayMatrixProjector(geometry, step, dtype)
-    a = projector.a
+    note = save_matrix(projector, folder)
+    return projector, (f"{path} not used: {why}; " if why else "") + note
+
+
+def save_matrix(projector: RayMatrixProjector, folder: str | Path) -> str:
+    """Save ``projector``'s matrix in ``folder`` / :data:`MATRIX_FILE` (atomically) with its key.
+
+    Args:
+        projector: a built matrix projector (its geometry, step and dtype make the key).
+        folder: the run's output folder (created if needed).
+
+    Returns:
+        the line saying where it was saved and its size.
+    """
+    from medgmae.files import save_torch_atomic
+
+    path, a = Path(folder) / MATRIX_FILE, projector.a
+    key = matrix_key(projector.geometry, projector.step, projector.dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_torch_atomic({"key": key, "data": torch.from_numpy(a.data), "indices": torch.from_numpy(a.indices),
                        "indptr": torch.from_numpy(a.indptr)}, path)  # fmt: skip
     size = (a.data.nbytes + a.indices.nbytes + a.indptr.nbytes) / 2**20
-    note = f"saved the matrix in {path} ({size:.0f} MiB) for --resume"
-    return projector, (f"{path} not used: {why}; " if why else "") + note
+    return f"saved the matrix in {path} ({size:.0f} MiB) for --resume"

@@ -212,7 +212,7 @@ class RayMatrixProjector(Projector):
         super().__init__(geometry)
         marcher = TorchProjector(geometry, step=step)
         self.step_mm, self.num_steps = marcher.step_mm, marcher.num_steps
-        self.dtype = dtype
+        self.step, self.dtype = float(step), dtype  # (the matrix file's key: recon.projectors.matrix_cache)
         shape = (geometry.num_views * geometry.det_shape[0] * geometry.det_shape[1], math.prod(geometry.volume_shape))
         if matrix is not None:
             if matrix.shape != shape or matrix.dtype != (np.float32 if dtype == torch.float32 else np.float64):
