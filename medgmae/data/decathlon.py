@@ -35,7 +35,7 @@ import numpy as np
 
 from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
-from medgmae.data.grid import same_grid_problem
+from medgmae.data.grid import label_grid_problem
 from medgmae.data.reader import Volume, read_volume, volume_grid
 
 __all__ = ["case_pairs", "class_values", "decathlon_datalist", "folder_class_names", "main", "split_cases"]
@@ -82,8 +82,7 @@ def class_values(
 def _grid_problem(label: Volume, image: str | Path) -> str | None:
     """Why ``label`` is not on the voxel grid of ``image`` (as fine-tuning's pre-check words it), else ``None``."""
     shape, affine = volume_grid(image)
-    return same_grid_problem(f"label {label.path}", label.array.shape, label.affine, f"image {Path(image).expanduser()}",
-                             shape, affine, reoriented=True)  # fine-tuning reorients both  # fmt: skip
+    return label_grid_problem(label.path, label.array.shape, label.affine, Path(image).expanduser(), shape, affine)
 
 
 def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

@@ -31,11 +31,12 @@ their shape reversed); shorter shapes (a 2D image) are padded with 1s.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["GRID_TOLERANCE", "canonical_grid", "grid_offset_mm", "grid_tolerance_mm", "same_grid_problem"]
+__all__ = ["GRID_TOLERANCE", "canonical_grid", "grid_offset_mm", "grid_tolerance_mm", "label_grid_problem", "same_grid_problem"]
 
 #: Largest offset between two grids' voxels still taken as the same grid, as a fraction of the smallest voxel size.
 GRID_TOLERANCE = 1e-2
@@ -161,3 +162,21 @@ def _grid_mismatch(shape, affine, ref_shape, ref_affine) -> tuple[float, float] 
     grid = np.maximum(_shape3(shape), _shape3(ref_shape))
     offset, tol = grid_offset_mm(grid, affine, ref_affine), grid_tolerance_mm(affine, ref_affine)
     return None if _shape3(shape) == _shape3(ref_shape) and offset <= tol else (offset, tol)
+
+
+def label_grid_problem(label: str | os.PathLike, label_shape: Sequence[int], label_affine: np.ndarray | None, image: str | os.PathLike,
+                       image_shape: Sequence[int], image_affine: np.ndarray | None) -> str | None:  # fmt: skip
+    """Why the label map ``label`` is not on the voxel grid of its image ``image``, else ``None``: the one wording
+    of fine-tuning's pre-check and ``medgmae-datalist`` (:func:`same_grid_problem`; both volumes are reoriented
+    together, so an axis order alone is no problem).
+
+    Args:
+        label: the label map's path, as the message names it.
+        label_shape: its shape.
+        label_affine: its affine.
+        image: the image's path.
+        image_shape: its shape.
+        image_affine: its affine.
+    """
+    return same_grid_problem(f"label {label}", label_shape, label_affine, f"image {image}", image_shape, image_affine,
+                             reoriented=True)  # fmt: skip

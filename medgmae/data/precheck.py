@@ -38,7 +38,7 @@ import numpy as np
 
 from medgmae.data.datalist import DatasetError
 from medgmae.data.fingerprint import file_fingerprint
-from medgmae.data.grid import GRID_TOLERANCE, same_grid_problem
+from medgmae.data.grid import GRID_TOLERANCE, label_grid_problem
 from medgmae.data.reader import read_volume
 from medgmae.distributed import main_process_only
 from medgmae.files import save_json_atomic
@@ -111,8 +111,7 @@ def check_item(
     if not has_label or len(vols) < 2:
         return problems
     image, label = vols[image_key], vols[label_key]
-    grid = same_grid_problem(f"label {label.path}", label.array.shape, label.affine, f"image {image.path}",
-                             image.array.shape, image.affine, reoriented=True)  # both go through Orientationd  # fmt: skip
+    grid = label_grid_problem(label.path, label.array.shape, label.affine, image.path, image.array.shape, image.affine)
     problems += [grid] if grid else []
     return problems + _label_problems(label.array, str(label.path), num_classes)
 
