@@ -164,8 +164,14 @@ def _grid_mismatch(shape, affine, ref_shape, ref_affine) -> tuple[float, float] 
     return None if _shape3(shape) == _shape3(ref_shape) and offset <= tol else (offset, tol)
 
 
-def label_grid_problem(label: str | os.PathLike, label_shape: Sequence[int], label_affine: np.ndarray | None, image: str | os.PathLike,
-                       image_shape: Sequence[int], image_affine: np.ndarray | None) -> str | None:  # fmt: skip
+def label_grid_problem(
+    label: str | os.PathLike,
+    label_shape: Sequence[int],
+    label_affine: np.ndarray | None,
+    image: str | os.PathLike,
+    image_shape: Sequence[int],
+    image_affine: np.ndarray | None,
+) -> str | None:
     """Why the label map ``label`` is not on the voxel grid of its image ``image``, else ``None``: the one wording
     of fine-tuning's pre-check and ``medgmae-datalist`` (:func:`same_grid_problem`; both volumes are reoriented
     together, so an axis order alone is no problem).
