@@ -14,7 +14,7 @@ from ignite.engine import Engine
 from monai.optimizers import WarmupCosineSchedule
 
 from medgmae.engine import LearningRateScalar
-from medgmae.engine.run_words import amp_words
+from medgmae.engine.run_words import amp_words, plural
 from medgmae.finetune import FinetuneRunLine, build_unetr, param_groups
 from medgmae.finetune.run_line import finetune_run_line, rate_words
 
@@ -127,3 +127,9 @@ def test_the_bundle_logs_the_start_line_and_writes_the_decoders_rate():
     assert targets[0] == "medgmae.finetune.FinetuneRunLine"
     scalar = next(h for h in handlers if h["_target_"] == "medgmae.engine.LearningRateScalar")
     assert scalar["group"] == -1 and scalar["tag"] == "train/lr" and scalar["_disabled_"] == "$not @is_main_process"
+
+
+@pytest.mark.parametrize("n,word,expected", [(1, "batch", "1 batch"), (3, "batch", "3 batches"), (2, "process", "2 processes"),
+                                             (2, "crop", "2 crops"), (0, "case", "0 cases"), (4, "box", "4 boxes")])
+def test_plural_words(n, word, expected):
+    assert plural(n, word) == expected

@@ -26,6 +26,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.cli_types import as_bool
 from medgmae.distributed import is_main_process, rank_world
+from medgmae.engine.run_words import plural, plural_noun
 from medgmae.terminal import ProgressLines, progress_bars_shown
 
 __all__ = [
@@ -146,7 +147,8 @@ class _LoopLines:
 
     Args:
         label: the line's start for the engine's current epoch (``"epoch 3/15"``, ``"validation"``).
-        unit: what an iteration is, in the plural, or a function of the engine giving it (:func:`_batch_unit`).
+        unit: what an iteration is, in the singular (``"iteration"``), or a function of the engine giving it
+            (:func:`_batch_unit`).
     """
 
     def __init__(self, label: Callable[[Engine], str], unit: str | Callable[[Engine], str]) -> None:
@@ -159,7 +161,7 @@ class _LoopLines:
 
     def _start(self, engine: Engine) -> None:
         total = engine.state.epoch_length
-        unit = self.unit if isinstance(self.unit, str) else self.unit(engine)
+        unit = plural_noun(self.unit if isinstance(self.unit, str) else self.unit(engine))
         self.lines = None if not total else ProgressLines(
             self.label(engine), total, unit, logger.info, first=engine.state.iteration % total, bar=False)
 
@@ -174,10 +176,10 @@ def _epoch_label(engine: Engine) -> str:
 
 
 def _batch_unit(engine: Engine) -> str:
-    """What an iteration of a validation pass is, in the plural: ``"cases"`` when the engine's data loader takes
-    one item a batch, else ``"batches"`` (a larger or unknown batch size)."""
+    """What an iteration of a validation pass is: ``"case"`` when the engine's data loader takes one item a batch,
+    else ``"batch"`` (a larger or unknown batch size)."""
     loader = getattr(engine.state, "dataloader", None)
-    return "cases" if getattr(loader, "batch_size", None) == 1 else "batches"
+    return "case" if getattr(loader, "batch_size", None) == 1 else "batch"
 
 
 def _attach_progress(engine: Engine, progress_bar: bool, bar: Callable[[], Any], lines: _LoopLines) -> None:
@@ -227,7 +229,7 @@ class EpochProgress:
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
-        _attach_progress(engine, self.progress_bar, lambda: self._bar(engine), _LoopLines(_epoch_label, "iterations"))
+        _attach_progress(engine, self.progress_bar, lambda: self._bar(engine), _LoopLines(_epoch_label, "iteration"))
 
     def _bar(self, engine: Engine) -> None:
         from ignite.handlers import ProgressBar
@@ -312,6 +314,4 @@ class ValidationProgress:
         if not is_main_process():
             return
         seconds, count = time.perf_counter() - self._t0, engine.state.epoch_length or engine.state.iteration
-        unit = _batch_unit(engine)
-        unit = {"cases": "case", "batches": "batch"}[unit] if count == 1 else unit
-        logger.info("%s: %d %s in %.1f s", self.desc, count, unit, seconds)
+        logger.info("%s: %s in %.1f s", self.desc, plural(count, _batch_unit(engine)), seconds)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "parameter_counts"]
+__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "parameter_counts", "model_words", "plural_noun"]
 
 
 def device_words(device: torch.device | str) -> str:
@@ -43,8 +43,13 @@ def amp_words(amp: bool, device: torch.device | str, precision: str = "bf16") ->
 
 
 def plural(n: int, word: str) -> str:
-    """``"1 crop"``, ``"2 crops"``, ``"2 processes"``."""
-    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+    """``"1 crop"``, ``"2 crops"``, ``"2 processes"``, ``"3 batches"``."""
+    return f"{n} {word if n == 1 else plural_noun(word)}"
+
+
+def plural_noun(word: str) -> str:
+    """The plural of a regular English noun: ``"crops"``, ``"processes"``, ``"batches"``, ``"boxes"``."""
+    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 def global_batch_words(processes: int, batch_size: int, crops_per_item: int, spatial_dims: int = 3) -> str:
@@ -60,3 +65,18 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """``(parameters, trainable parameters)`` of ``model``, as the start lines state them."""
     params = list(model.parameters())
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def model_words(model: nn.Module, trainable_words: bool = True) -> str:
+    """``"model medgmae tiny (N parameters)"``; the kind and size are the model's ``kind`` and ``model_size``
+    attributes (its class name without them).
+
+    Args:
+        model: the (unwrapped) model.
+        trainable_words: add ``", M trainable"`` inside the brackets where some parameters are frozen (GViT, whose
+            phases change what is frozen, leaves it out).
+    """
+    count, trainable = parameter_counts(model)
+    extra = f", {trainable:,} trainable" if trainable_words and trainable != count else ""
+    name = f"{getattr(model, 'kind', type(model).__name__)} {getattr(model, 'model_size', '')}".rstrip()
+    return f"model {name} ({count:,} parameters{extra})"

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from medgmae.engine import unwrap_model
-from medgmae.engine.run_words import amp_words, device_words, global_batch_words, parameter_counts
+from medgmae.engine.run_words import amp_words, device_words, global_batch_words, model_words
 from medgmae.networks.vit import visible_patch_count
 from medgmae.render import resolve_backend
 
@@ -74,10 +74,7 @@ def run_settings_line(
     parts = [f"pre-training runs on {device_words(device)}", amp_words(amp, device)]
     renderer = renderer_in_use(model, device)
     parts.append(f"renderer {renderer}" if renderer else "no renderer (voxel decoder)")
-    count, trainable = parameter_counts(model)
-    extra = f", {trainable:,} trainable" if trainable != count else ""
-    parts.append(f"model {getattr(model, 'kind', type(model).__name__)} {getattr(model, 'model_size', '')}".rstrip()
-                 + f" ({count:,} parameters{extra})")  # fmt: skip
+    parts.append(model_words(model))
     gaussians = _gaussian_words(model)
     if gaussians:
         parts.append(gaussians)

@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from medgmae.engine.run_words import amp_words, device_words, global_batch_words, parameter_counts, plural
+from medgmae.engine.run_words import amp_words, device_words, global_batch_words, model_words, plural
 
 __all__ = ["gvit_run_line"]
 
@@ -45,9 +45,7 @@ def gvit_run_line(
 
     parts = [f"GViT training runs on {device_words(device)}", amp_words(amp, device),
              f"renderer {resolve_backend_2d(render_backend, device)}"]  # fmt: skip
-    count, _ = parameter_counts(model)
-    parts.append(f"model {getattr(model, 'kind', type(model).__name__)} {getattr(model, 'model_size', '')}".rstrip()
-                 + f" ({count:,} parameters)")  # fmt: skip
+    parts.append(model_words(model, trainable_words=False))
     k = getattr(getattr(model, "encoder", None), "num_gaussians", None)
     if k is not None:
         parts.append(f"K={k} Gaussians")
