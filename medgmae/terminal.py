@@ -69,7 +69,7 @@ class Pace:
         done, rest = step - self.first, self.stop - step
         if done <= 0 or rest <= 0:
             return ""
-        return f", about {duration_text((time.perf_counter() - self.start) / done * rest)} left"
+        return f", about {duration_text(self.seconds() / done * rest)} left"
 
 
 class ProgressLines:

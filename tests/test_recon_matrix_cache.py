@@ -126,3 +126,25 @@ def test_a_failed_run_removes_the_matrix_it_alone_left(scan, tmp_path, monkeypat
         assert {MATRIX_FILE, "recon_state.pt"} <= {p.name for p in out.iterdir()}
     else:
         assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["index out of range", "short indptr", "decreasing indptr", "float64 data"])
+def test_a_file_whose_arrays_do_not_form_the_matrix_is_rebuilt(scan, tmp_path, damage):
+    """A file with this scan's key whose arrays are damaged is not used: the note says why and the matrix is
+    rebuilt (equal to a fresh build) and saved over it."""
+    geom = CTGeometry.load(scan / "geometry.json")
+    cached_matrix_projector(geom, tmp_path)
+    saved = torch.load(tmp_path / MATRIX_FILE)
+    if damage == "index out of range":
+        saved["indices"][0] = int(np.prod(geom.volume_shape))
+    elif damage == "short indptr":
+        saved["indptr"] = saved["indptr"][:-1]
+    elif damage == "decreasing indptr":
+        saved["indptr"][1] = saved["indptr"][-1] + 1
+    else:
+        saved["data"] = saved["data"].double()
+    torch.save(saved, tmp_path / MATRIX_FILE)
+    projector, note = cached_matrix_projector(geom, tmp_path)
+    assert "not used: its arrays do not form the matrix of this scan; saved the matrix" in note
+    assert (projector.a != RayMatrixProjector(geom).a).nnz == 0
+    assert cached_matrix_projector(geom, tmp_path)[1].startswith("read the matrix from")

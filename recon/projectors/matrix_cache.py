@@ -49,11 +49,14 @@ def _read(path: Path, key: str, shape: tuple, dtype: torch.dtype) -> tuple[sp.cs
         data, indices, indptr = (saved[k].numpy() for k in ("data", "indices", "indptr"))
     except (ValueError, KeyError, AttributeError, OSError) as e:
         return None, f"it cannot be read ({e})"
-    rows, cols = shape
-    if (data.dtype != (np.float32 if dtype == torch.float32 else np.float64) or len(indptr) != rows + 1
-            or indptr[-1] != len(data) or len(indices) != len(data) or (len(indices) and indices.max() >= cols)):  # fmt: skip
+    try:  # scipy's own structure check: index array lengths, bounds and order within the shape
+        if data.dtype != torch.empty(0, dtype=dtype).numpy().dtype:
+            raise ValueError(f"dtype {data.dtype}")
+        matrix = sp.csr_matrix((data, indices, indptr), shape=shape)
+        matrix.check_format(full_check=True)
+    except ValueError:
         return None, "its arrays do not form the matrix of this scan"
-    return sp.csr_matrix((data, indices, indptr), shape=shape), ""
+    return matrix, ""
 
 
 def cached_matrix_projector(
