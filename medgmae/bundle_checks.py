@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from medgmae import cli_types
 from medgmae.bundle_command_line import (
+    BundleCommand,
     bundle_command,
     derived_from_bad_keys,
     repeated_flag_lines,
@@ -116,17 +117,17 @@ def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, 
     return {"output_dir": None if out is None else str(out), "resume": resume}
 
 
-def _warn_unused(command: tuple | None, phantom_keys: Sequence[str], other_keys: Mapping[str, str]) -> None:
+def _warn_unused(command: BundleCommand | None, phantom_keys: Sequence[str], other_keys: Mapping[str, str]) -> None:
     """Warn (rank 0) about the settings the command line sets that this run does not use (:func:`check_settings`'s
     ``unused_phantom_keys`` and ``unused_keys``): MONAI takes them silently."""
     if command is None or not is_main_process():
         return
-    given = [key for key in phantom_keys if key in command[0]]
+    given = [key for key in phantom_keys if key in command.flags]
     if given:
         logger.warning("%s: %s the generated phantom data, which this run does not use (it reads the data given): "
                        "ignored", ", ".join(f"--{k}" for k in given), "this shapes" if len(given) == 1 else "these shape")
     for key, why in other_keys.items():  # also as a component's argument: --network_def#num_gaussians
-        for flag in (f for f in command[0] if f == key or f.rsplit("#", 1)[-1] == key):
+        for flag in (f for f in command.flags if f == key or f.rsplit("#", 1)[-1] == key):
             logger.warning("--%s: %s: ignored", flag, why)
 
 

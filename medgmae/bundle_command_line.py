@@ -10,9 +10,9 @@ import ast
 import difflib
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
-__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "bundle_command", "derived_from_bad_keys", "repeated_flag_lines",
+__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "BundleCommand", "bundle_command", "derived_from_bad_keys", "repeated_flag_lines",
            "unknown_key_lines", "unknown_key_problems"]
 
 
@@ -28,6 +28,20 @@ _MONAI_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
 
 #: ``monai.bundle run``'s own arguments (not config keys).
 RUNNER_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+
+
+class BundleCommand(NamedTuple):
+    """A ``python -m monai.bundle run`` command line, read by :func:`bundle_command`."""
+
+    #: ``--name value`` flags by name (hyphens as underscores, the last value of a repeated one, as MONAI takes it),
+    #: with the ``--args_file`` keys the command line does not give.
+    flags: dict[str, str]
+    #: its config files, in order.
+    files: list[str]
+    #: their merged top-level keys (MONAI's own merge).
+    config: dict[str, Any]
+    #: the values of each flag given more than once.
+    repeated: dict[str, list[str]]
 
 
 def _flags(argv: Sequence[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -47,11 +61,9 @@ def _flags(argv: Sequence[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
     return {k: v[-1] for k, v in given.items()}, {k: v for k, v in given.items() if len(v) > 1}
 
 
-def bundle_command(
-    argv: Sequence[str] | None,
-) -> tuple[dict[str, str], list[str], dict[str, Any], dict[str, list[str]]] | None:
-    """``(flags, config files, their merged top-level keys, repeated flags)`` of a ``python -m monai.bundle run``
-    command line (``sys.argv`` when ``None``), the keys of its ``--args_file`` among the flags (the command line's
+def bundle_command(argv: Sequence[str] | None) -> BundleCommand | None:
+    """The :class:`BundleCommand` (flags, config files, their merged top-level keys, repeated flags) of a ``python
+    -m monai.bundle run`` command line (``sys.argv`` when ``None``), the keys of its ``--args_file`` among the flags (the command line's
     win, as in MONAI's runner), and the values of each flag the command line gives more than once; ``None`` for
     anything else or files this cannot read."""
     argv = list(sys.argv if argv is None else argv)
@@ -72,26 +84,26 @@ def bundle_command(
         config: dict[str, Any] = dict(ConfigParser.load_config_files(list(files)))
     except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
         return None
-    return flags, list(files), config, repeated
+    return BundleCommand(flags, list(files), config, repeated)
 
 
-def repeated_flag_lines(command: tuple | None) -> list[str]:
+def repeated_flag_lines(command: BundleCommand | None) -> list[str]:
     """One ``--key given twice`` line per flag a command line read by :func:`bundle_command` gives more than once
     (MONAI's runner would take the last value without a word)."""
     if command is None:
         return []
     times = {2: "twice", 3: "three times"}
     return [f"--{name} given {times.get(len(values), f'{len(values)} times')} ({', '.join(map(repr, values))}): give it once"
-            for name, values in command[3].items()]  # fmt: skip
+            for name, values in command.repeated.items()]  # fmt: skip
 
 
-def derived_from_bad_keys(bad: Sequence[str], command: tuple | None) -> set[str]:
+def derived_from_bad_keys(bad: Sequence[str], command: BundleCommand | None) -> set[str]:
     """The bad keys whose config value is a bare reference to another bad key (``"precheck_workers":
     "@num_workers"``) and that the command line (:func:`bundle_command`) does not set: their problem is that
     key's, named once."""
     if command is None:
         return set()
-    flags, config = command[0], command[2]
+    flags, config = command.flags, command.config
     refs = {k: v[1:] for k, v in config.items() if isinstance(v, str) and v.startswith("@") and v[1:].isidentifier()}
     return {k for k in bad if k not in flags and refs.get(k) in bad}
 
@@ -112,11 +124,11 @@ def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
     return unknown_key_lines(bundle_command(argv))
 
 
-def unknown_key_lines(command: tuple | None) -> list[str]:
+def unknown_key_lines(command: BundleCommand | None) -> list[str]:
     """:func:`unknown_key_problems` of a command line read by :func:`bundle_command`."""
     if command is None:
         return []
-    flags, files, config = command[:3]
+    flags, files, config = command.flags, command.files, command.config
     keys = set(config)
     problems = []
     for name in flags:

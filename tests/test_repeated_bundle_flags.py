@@ -18,7 +18,7 @@ def test_each_repeated_flag_is_one_line_with_its_values(tmp_path):
     command = bundle_command(argv)
     assert repeated_flag_lines(command) == ["--max_epochs given twice ('1', '3'): give it once",
                                             "--seed given three times ('1', '2', '3'): give it once"]  # fmt: skip
-    assert command[0]["max_epochs"] == "3"  # the value MONAI's runner takes, as before
+    assert command.flags["max_epochs"] == "3"  # the value MONAI's runner takes, as before
     argv = [RUNNER, "run", "training", "--config_file", str(config), "--max_epochs", "1"]
     assert repeated_flag_lines(bundle_command(argv)) == []
     assert repeated_flag_lines(None) == []  # not the bundle runner: no opinion
