@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch.distributed as dist
 
+from medgmae.data.phantom.writer import recorded_differences
 from medgmae.distributed import rank_world
 from medgmae.engine.restore import restore_states
 from medgmae.files import load_torch_file
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "epoch_checkpoints",
     "latest_checkpoint",
+    "phantom_resume_differences",
     "read_latest_checkpoint",
     "tensorboard_purge_step",
     "loader_record",
@@ -53,6 +55,19 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The ``checkpoint_epoch=N.pt`` in ``output_dir`` with the largest N, or None."""
     found = epoch_checkpoints(output_dir)
     return found[0][1] if found else None
+
+
+def phantom_resume_differences(
+    run_dir: str | Path, num_cases: int, seed: int, shape: Sequence[int] | None, spacing: Sequence[float] | float | None,
+    num_validation: int | None, labels: Mapping[str, str] | None = None,
+) -> list[str]:
+    """How a resumed run's phantom settings differ from those of the phantoms in ``run_dir/phantom``, which its
+    checkpoint trained on (:func:`~medgmae.data.phantom.writer.recorded_differences`): checked before they would be generated again, so that a
+    refused resume leaves them as they were; ``[]`` without an epoch checkpoint in ``run_dir`` (nothing to resume)."""
+    if latest_checkpoint(run_dir) is None:
+        return []
+    return recorded_differences(Path(run_dir) / "phantom", num_cases, seed, shape or None, spacing or None,
+                                num_validation, labels=labels)  # fmt: skip
 
 
 def read_latest_checkpoint(

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from medgmae.data.datalist import DatasetError, phantom_dataset
-from medgmae.data.phantom.writer import resume_differences
-from medgmae.engine.resume import latest_checkpoint
+from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
 from medgmae.files import save_json_atomic
 from medgmae.settings_diff import settings_differences
 
@@ -131,7 +130,7 @@ def training_datalist(
     source = data_source(dataset_dir, (datalist or Path(dataset_dir) / "dataset.json") if dataset_dir else "")
     if not dataset_dir:
         n_val = max(1, phantom_cases // 3)
-        if resume and (diff := resume_differences(output_dir, phantom_cases, seed, phantom_shape, phantom_spacing, n_val,
+        if resume and (diff := phantom_resume_differences(output_dir, phantom_cases, seed, phantom_shape, phantom_spacing, n_val,
                                                   labels=_PHANTOM_FLAGS)):  # fmt: skip
             raise DatasetError(f"cannot resume {output_dir}: its checkpoint trained on phantoms generated with other "
                                f"settings ({'; '.join(diff)}); resume with the run's phantom settings, or start afresh "

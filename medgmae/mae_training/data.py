@@ -20,7 +20,7 @@ from typing import Sequence
 
 from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist, warn_if_lists_overlap
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
-from medgmae.data.phantom.writer import resume_differences
+from medgmae.engine.resume import phantom_resume_differences
 from medgmae.data.precheck import check_datalist
 
 __all__ = ["pretrain_split", "check_pretrain_split"]
@@ -47,7 +47,7 @@ def _fraction_split(items: list[dict], val_fraction: float, seed: int, source: s
 def _check_phantom_resume(work_dir: Path, num_cases: int, num_validation: int, seed: int, shape, spacing) -> None:
     """Refuse, before any phantom is written again, a resume whose phantom settings differ from those of the
     phantoms in ``work_dir/phantom`` (the interrupted run's data); nothing to check without a checkpoint."""
-    diff = resume_differences(work_dir, num_cases, seed, shape, spacing, num_validation, labels=_PHANTOM_FLAGS)
+    diff = phantom_resume_differences(work_dir, num_cases, seed, shape, spacing, num_validation, labels=_PHANTOM_FLAGS)
     if diff:
         raise ValueError(
             f"the checkpoint in {work_dir} was trained on phantoms generated with other settings (" + "; ".join(diff)

@@ -23,7 +23,7 @@ from medgmae.data.phantom.generator import (
 from medgmae.files import save_json_atomic, save_nifti_atomic
 from medgmae.settings_diff import settings_differences
 
-__all__ = ["case_seeds", "write_phantom_dataset", "recorded_differences", "resume_differences"]
+__all__ = ["case_seeds", "write_phantom_dataset", "recorded_differences"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -78,21 +78,6 @@ def _is_complete(json_path: Path, params: dict) -> bool:
                 and all((json_path.parent / f).is_file() for f in files))  # fmt: skip
     except (ValueError, OSError, KeyError, TypeError, AttributeError):
         return False  # unreadable or foreign dataset.json: not complete (_earlier_phantoms decides)
-
-
-def resume_differences(
-    run_dir: str | os.PathLike, num_cases: int, seed: int, shape: Sequence[int] | None, spacing: Sequence[float] | float | None,
-    num_validation: int | None, labels: Mapping[str, str] | None = None,
-) -> list[str]:
-    """How a resumed run's phantom settings differ from those of the phantoms in ``run_dir/phantom``, which its
-    checkpoint trained on (:func:`recorded_differences`): checked before they would be generated again, so that a
-    refused resume leaves them as they were; ``[]`` without an epoch checkpoint in ``run_dir`` (nothing to resume)."""
-    from medgmae.engine.resume import latest_checkpoint  # here: the data layer needs the engine for this alone
-
-    if latest_checkpoint(run_dir) is None:
-        return []
-    return recorded_differences(Path(run_dir) / "phantom", num_cases, seed, shape or None, spacing or None,
-                                num_validation, labels=labels)  # fmt: skip
 
 
 def recorded_differences(
