@@ -96,6 +96,11 @@ def positive_float(text: str) -> float:
     return _parse(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 
 
+def finite_float(text: str) -> float:
+    """A finite number of any sign (e.g. an offset)."""
+    return _parse(text, float, math.isfinite, "a finite number")
+
+
 def nonneg_float(text: str) -> float:
     """A finite number >= 0."""
     return _parse(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")

@@ -2,7 +2,8 @@
 
 Subcommands::
 
-    medgmae-recon simulate --volume ct.nii.gz --geometry parallel|cone --views N [--arc DEG] [--photons I0] --out DIR
+    medgmae-recon simulate --volume ct.nii.gz --geometry parallel|cone --views N [--arc DEG] [--det-offset U V]
+                  [--photons I0] --out DIR
     medgmae-recon fbp --projections P.npy --geometry G.json [--filter hann] --out runs/fbp.nii.gz
     medgmae-recon reconstruct --projections P.npy --geometry G.json [--fbp F.nii.gz] [--preset toolkit|3dgr-ct]
                   [--init random|fbp|medgmae|3dgr-ct] [--checkpoint model.pt] [--iterations N] [--reference R.nii.gz]
@@ -58,7 +59,7 @@ import sys
 import threading
 
 from medgmae.bundle_errors import Terminated, catch_sigterm
-from medgmae.cli_types import ToolParser, expand_home, nonneg_float, nonneg_int, positive_float, positive_int
+from medgmae.cli_types import ToolParser, expand_home, finite_float, nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp, cmd_simulate
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 from recon.select_command import cmd_select
@@ -146,6 +147,11 @@ def _add_simulate(sub) -> None:
                         "configs/geometry/*.json (its volume_shape and voxel_size must be the volume's)")
     s.add_argument("--views", type=positive_int, default=None, help="number of projection angles: needed for --geometry parallel or cone (a geometry.json fixes its own)")
     s.add_argument("--arc", type=positive_float, default=None, help="scan arc in degrees (default 180 parallel, 360 cone)")
+    s.add_argument("--det-offset", type=finite_float, nargs=2, default=None, metavar=("U", "V"),
+                   help="detector offset in mm for --geometry parallel or cone: the detector centre sits U along its "
+                        "columns and V along its rows from the central ray (the part of RTK's ProjectionOffsetX/Y; "
+                        "the default detector widens to still cover the volume; a geometry.json states its own "
+                        "det_offset)")
     s.add_argument("--photons", type=positive_float, default=None, help="incident photons per detector pixel: Poisson noise (default: none, noiseless projections)")
     s.add_argument("--filter", default="hann", choices=FILTERS, help="FBP/FDK filter for fbp.nii.gz")
     s.add_argument("--seed", type=nonneg_int, default=0, help="seed of the Poisson noise")

@@ -41,11 +41,12 @@ def halving_matrix(n: int, device=None) -> Tensor:
 
 
 def half_geometry(g: CTGeometry) -> CTGeometry:
-    """``g`` at half resolution: ``ceil(n / 2)`` voxels and detector pixels of twice the size, same centre."""
+    """``g`` at half resolution: ``ceil(n / 2)`` voxels and detector pixels of twice the size, same centre (and the
+    same detector offset)."""
     return CTGeometry(
         g.kind, tuple((n + 1) // 2 for n in g.volume_shape), tuple(2 * v for v in g.voxel_size),
         tuple((n + 1) // 2 for n in g.det_shape), tuple(2 * d for d in g.det_spacing), g.angles,
-        g.source_origin, g.source_detector,
+        g.source_origin, g.source_detector, det_offset=g.det_offset,
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ import torch
 from medgmae.files import output_dir_problem, staged_outputs
 from medgmae.preprocessing import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
 from medgmae.preprocessing import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
-from recon.geometry import CTGeometry
+from recon.geometry import NO_OFFSET, CTGeometry
 
 __all__ = [
     "CLIError",
@@ -61,7 +61,7 @@ def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
         ``(geometry, projections)``: the stack as float32 ``(views, rows, cols)`` line integrals, the geometry's
         ``proj_shape`` (:func:`recon.scan_files.load_projections` for the file layouts).
     """
-    from recon.scan_files import check_projection_header, load_projections
+    from recon.scan_files import check_projection_header, load_projections, with_header_offset
 
     geom = CTGeometry.load(geom_path)
     proj = load_projections(proj_path)
@@ -69,7 +69,8 @@ def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
     name = f"projections {proj_path}" + (f" (the image's {tuple(proj.shape[::-1])} voxels read as (views, rows, cols))" if image else "")
     try:
         geom.check_projections(proj.shape, name)
-        check_projection_header(proj_path, geom.det_spacing, geom.det_shape)
+        offset = check_projection_header(proj_path, geom.det_spacing, geom.det_shape)
+        geom = with_header_offset(geom, offset, proj_path)
     except ValueError as e:
         flipped = image and tuple(proj.shape[::-1]) == geom.proj_shape and proj.shape != geom.proj_shape
         hint = ": its x, y, z run over (views, rows, cols); save it with x the column, y the row and z the view (RTK's layout)"
@@ -217,6 +218,9 @@ def _planned_geometry(args) -> CTGeometry | None:
     if args.views is not None or args.arc is not None:
         raise CLIError(f"--geometry {args.geometry} is a geometry file: its angles fix the views, so --views and --arc "
                        "cannot be given with it")  # fmt: skip
+    if args.det_offset is not None:
+        raise CLIError(f"--geometry {args.geometry} is a geometry file: its det_offset fixes the detector offset, so "
+                       "--det-offset cannot be given with it")  # fmt: skip
     try:
         return CTGeometry.load(args.geometry)
     except ValueError as e:
@@ -237,7 +241,13 @@ def _simulation_geometry(args, planned: CTGeometry | None, shape, voxel, affine:
     if planned is None:
         make = CTGeometry.parallel if args.geometry == "parallel" else CTGeometry.cone
         arc = args.arc or (180.0 if args.geometry == "parallel" else 360.0)
-        return make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine)
+        offset = tuple(args.det_offset) if args.det_offset is not None else NO_OFFSET
+        try:
+            return make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine, det_offset=offset)
+        except ValueError as e:
+            if offset == NO_OFFSET:
+                raise
+            raise CLIError(f"--det-offset {offset[0]:g} {offset[1]:g}: {e}") from e
     grid = f"{tuple(shape)} voxels of {tuple(round(float(v), 4) for v in voxel)} mm (z, y, x)"
     if tuple(planned.volume_shape) != tuple(shape) or not np.allclose(planned.voxel_size, voxel, rtol=1e-3):
         raise CLIError(f"--geometry {args.geometry} is made for {planned.volume_shape} voxels of {planned.voxel_size} mm "

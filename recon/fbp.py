@@ -6,9 +6,14 @@ has no DC bias) and backproject pixel-driven: every voxel is projected onto each
 projection is interpolated bilinearly there.
 
 * FBP: ``f(x) = pi / N * sum_i q_i(x . u_i, z)``.
-* FDK: projections are pre-weighted by ``dso / sqrt(dso^2 + u^2 + v^2)`` (``u``, ``v`` on a virtual detector
-  through the isocentre), filtered at the isocentre pixel pitch and backprojected with ``(dso / (dso - s))^2``
-  weights, ``s`` the voxel's coordinate towards the source; ``f(x) = pi / N * sum_i W_i(x)^2 q_i(...)``.
+* FDK: projections are pre-weighted by ``dso / sqrt(dso^2 + u^2 + v^2)`` (``u``, ``v`` a pixel's distance from
+  the central ray, offset included, on a virtual detector through the isocentre), filtered at the isocentre pixel
+  pitch and backprojected with ``(dso / (dso - s))^2`` weights, ``s`` the voxel's coordinate towards the source; ``f(x) = pi / N * sum_i W_i(x)^2 q_i(...)``.
+
+An offset detector (:attr:`CTGeometry.det_offset <recon.geometry.CTGeometry>`) is honoured throughout: a voxel is
+back-projected at detector coordinate ``u(x) - offset_u`` (and ``v(x) - offset_v``) from the detector centre, and the
+weights above use each pixel's true distance from the central ray. The central ray stays on the detector (the
+geometry refuses more), so no half-fan redundancy weighting is needed or done.
 
 The ``pi / N`` weight is exact for equispaced views over 180 degrees (parallel) or 360 degrees (either). Other
 arcs of at least 180 degrees (cone beam: plus the fan angle) get Parker's redundancy weights
@@ -101,11 +106,11 @@ def backproject(
             mag = g.source_detector / (g.source_origin - s)  # (c, 1, H, W)
             t = t * mag
             wgt = (g.source_origin / (g.source_origin - s)) ** 2 if fdk_weights else None
-        fc = _normalise(t / g.det_spacing[1] + (cols - 1) / 2, cols)  # (c, 1, H, W)
+        fc = _normalise((t - g.det_offset[0]) / g.det_spacing[1] + (cols - 1) / 2, cols)  # (c, 1, H, W)
         for z0 in range(0, d, slab):
             zs = z[z0 : z0 + slab]
             v = zs if mag is None else zs * mag  # (c or 1, slab, H or 1, W or 1)
-            fr = _normalise(v / g.det_spacing[0] + (rows - 1) / 2, rows)
+            fr = _normalise((v - g.det_offset[1]) / g.det_spacing[0] + (rows - 1) / 2, rows)
             fc_s, fr_s = torch.broadcast_tensors(fc, fr.expand(a.shape[0], -1, -1, -1))
             grid = torch.stack([fc_s, fr_s], -1).reshape(a.shape[0], zs.shape[0], h * w, 2)
             samp = F.grid_sample(inp_all[v0 : v0 + chunk], grid, mode="bilinear", padding_mode="zeros",
@@ -131,7 +136,7 @@ def _backproject_parallel(inp_all: Tensor, g: CTGeometry, out: Tensor, chunk: in
     v_all, b, rows, cols = inp_all.shape
     d, h, w = g.volume_shape
     z, y, x = _voxel_grid(g, inp_all.device, inp_all.dtype)
-    fr = _normalise(z.view(-1) / g.det_spacing[0] + (rows - 1) / 2, rows)  # (D,)
+    fr = _normalise((z.view(-1) - g.det_offset[1]) / g.det_spacing[0] + (rows - 1) / 2, rows)  # (D,)
     at_cols = _normalise(torch.arange(cols, device=inp_all.device, dtype=inp_all.dtype), cols)
     row_grid = torch.stack(torch.broadcast_tensors(at_cols.view(1, -1), fr.view(-1, 1)), -1)  # (D, cols, 2)
     angles = torch.as_tensor(g.angles, dtype=inp_all.dtype, device=inp_all.device)
@@ -141,7 +146,7 @@ def _backproject_parallel(inp_all: Tensor, g: CTGeometry, out: Tensor, chunk: in
         at_z = F.grid_sample(part.reshape(c * b, 1, rows, cols), row_grid.expand(c * b, d, cols, 2), mode="bilinear",
                              padding_mode="zeros", align_corners=True)  # (c * B, 1, D, cols): rows at the voxels' z
         a = angles[v0 : v0 + chunk].view(-1, 1, 1)
-        fc = (x[0] * torch.cos(a) + y[0] * torch.sin(a)) / g.det_spacing[1] + (cols - 1) / 2  # (c, H, W)
+        fc = (x[0] * torch.cos(a) + y[0] * torch.sin(a) - g.det_offset[0]) / g.det_spacing[1] + (cols - 1) / 2  # (c, H, W)
         grid = torch.stack([_normalise(fc, cols), torch.zeros_like(fc)], -1).reshape(c, 1, h * w, 2)
         samp = F.grid_sample(at_z.reshape(c, b * d, 1, cols), grid, mode="bilinear", padding_mode="zeros",
                              align_corners=True)  # (c, B * D, 1, H * W)
@@ -176,11 +181,9 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
         p = p * parker.to(p.dtype).to(p.device)[:, None, :]
     if g.kind == "parallel":
         q = filter_projections(p, g.det_spacing[1], name)
-    else:
-        rows, cols = g.det_shape
+    else:  # each pixel's distance from the central ray (offset included), on the virtual detector at the isocentre
         scale = g.source_origin / g.source_detector
-        u = (torch.arange(cols, dtype=p.dtype, device=p.device) - (cols - 1) / 2) * g.det_spacing[1] * scale
-        v = (torch.arange(rows, dtype=p.dtype, device=p.device) - (rows - 1) / 2) * g.det_spacing[0] * scale
+        u, v = (torch.as_tensor(c * scale, dtype=p.dtype, device=p.device) for c in g.detector_coords())
         pre = g.source_origin / torch.sqrt(g.source_origin**2 + u.view(1, -1) ** 2 + v.view(-1, 1) ** 2)
         q = filter_projections(p * pre, g.det_spacing[1] * scale, name)
     vol = backproject(q, g, chunk=chunk) * (math.pi / g.num_views)
@@ -225,11 +228,11 @@ def _exact_arc(geometry: CTGeometry, arc: float, step: float) -> bool:
 
 
 def _fan_half_angle(geometry: CTGeometry) -> float:
-    """The cone beam's half fan angle in the rotation plane: to the outer edge of the detector's outer columns (0
-    for parallel beam)."""
+    """The cone beam's half fan angle in the rotation plane: to the outer edge of the detector's outer columns, on
+    the side farther from the central ray on an offset detector (0 for parallel beam)."""
     if geometry.kind == "parallel":
         return 0.0
-    half_width = geometry.det_shape[1] / 2 * geometry.det_spacing[1]
+    half_width = geometry.det_shape[1] / 2 * geometry.det_spacing[1] + abs(geometry.det_offset[0])
     return math.atan(half_width / geometry.source_detector)
 
 
@@ -254,8 +257,7 @@ def parker_weights(geometry: CTGeometry) -> Tensor | None:
     if geometry.kind == "parallel":  # every ray's fan angle is 0: the weights depend on the view alone
         gamma = np.zeros(cols)
     else:
-        u = (np.arange(cols) - (cols - 1) / 2) * geometry.det_spacing[1]
-        gamma = -np.arctan(u / geometry.source_detector)  # positive against the detector's u axis
+        gamma = -np.arctan(geometry.detector_coords()[0] / geometry.source_detector)  # positive against u
     if delta <= _fan_half_angle(geometry):
         return None
     b, g = beta[:, None], gamma[None, :]
@@ -338,7 +340,7 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     if share <= threshold:
         return None
     worst = int(edges.argmax())
-    width = geometry.det_shape[1] * geometry.det_spacing[1]
+    width = geometry.det_shape[1] * geometry.det_spacing[1] - 2 * abs(geometry.det_offset[0])  # seen in every view
     fov = width if geometry.kind == "parallel" else width * geometry.source_origin / geometry.source_detector
     what = "FBP" if geometry.kind == "parallel" else "FDK"
     return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral "

@@ -13,6 +13,16 @@ At angle ``theta`` (ASTRA's convention for its ``parallel3d`` and ``cone`` geome
 * detector columns step along ``u = (cos t, sin t, 0)`` and rows along ``v = (0, 0, 1)``; pixel ``(r, c)`` has its
   centre at ``d + (c - (cols-1)/2) du u + (r - (rows-1)/2) dv v``.
 
+Detector offset: ``det_offset = (offset_u, offset_v)`` mm moves the detector within its own plane, so that its centre
+is ``d + offset_u u + offset_v v`` (``u``, ``v`` the unit axes above, in the detector's rotating frame; the same
+offset at every view). The central ray (through the isocentre, perpendicular to the detector) then meets the
+detector at pixel ``((rows-1)/2 - offset_v / dv, (cols-1)/2 - offset_u / du)``: a positive ``offset_u`` shifts the
+image of the rotation axis towards column 0. It plays the part of RTK's ``ProjectionOffsetX/Y`` (a shift of the
+detector in its plane, here along this frame's ``u`` and ``v``); a projection stack's header origin
+``-(n-1)/2 spacing + offset`` states it (:func:`recon.scan_files.check_projection_header`), and ASTRA's vector
+geometries take it as the shifted detector centre. The central ray must stay on the detector: an offset of half the
+detector or more (a half-fan / offset-detector scan, which needs redundancy weighting) is refused.
+
 :meth:`CTGeometry.vectors` writes these as ASTRA ``parallel3d_vec`` / ``cone_vec`` rows, the single definition both
 projector backends use.
 """
@@ -28,60 +38,12 @@ from typing import Sequence
 import numpy as np
 
 from recon.angle_checks import check_radians
+from recon.geometry_fields import (AFFINE_RTOL, NO_OFFSET, affine_list, angle_list, check_affine, equispaced_angles,
+                                   floats, ints, number, offset_pair)
 
-__all__ = ["CTGeometry", "GEOMETRY_KINDS", "AFFINE_RTOL"]
+__all__ = ["CTGeometry", "GEOMETRY_KINDS", "AFFINE_RTOL", "NO_OFFSET"]
 
 GEOMETRY_KINDS = ("parallel", "cone")
-
-#: Relative tolerance of the check that the affine's column norms are the voxel sizes.
-AFFINE_RTOL = 1e-3
-
-
-def _entries(name: str, value, n: int, axes: str) -> tuple:
-    """``value`` as ``n`` entries: a list of ``n`` (or of one, repeated), or a single value repeated; a string is
-    a single value (not a list of characters)."""
-    try:
-        t = (value,) if isinstance(value, (str, bytes)) else tuple(value)
-    except TypeError:
-        t = (value,)
-    if len(t) == 1:
-        t = t * n
-    if len(t) != n:
-        raise ValueError(f"{name} must have {n} entries ({axes}), got {value!r}")
-    return t
-
-
-def _number(name: str, value, shown=None) -> float:
-    """``value`` as a float; ``ValueError`` naming ``name`` (and ``shown``, the whole field) for a non-number."""
-    if isinstance(value, (str, bytes, bool)) or value is None:
-        raise ValueError(f"{name} must hold numbers, got {value if shown is None else shown!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must hold numbers, got {value if shown is None else shown!r}") from e
-
-
-def _floats(name: str, value, n: int, axes: str) -> tuple:
-    return tuple(_number(name, v, value) for v in _entries(name, value, n, axes))
-
-
-def _ints(name: str, value, n: int, axes: str) -> tuple:
-    """Whole numbers (``20.0`` is 20); a fraction such as ``20.7`` is refused rather than truncated."""
-    out = _floats(name, value, n, axes)
-    if not all(v.is_integer() for v in out):
-        raise ValueError(f"{name} must be whole numbers, got {value!r}")
-    return tuple(int(v) for v in out)
-
-
-def _angle_list(angles) -> list:
-    """The projection angles as floats; ``ValueError`` for a missing (null) or non-numeric field."""
-    if angles is None:
-        raise ValueError("angles is null: give the projection angles as a list of numbers (radians)")
-    try:
-        a = np.asarray(angles, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"angles must be a list of numbers (radians), got {str(angles)[:80]!r}") from e
-    return [float(v) for v in a]
 
 
 @dataclass
@@ -101,6 +63,10 @@ class CTGeometry:
             carried so that reconstructions are written in the same space. It must be finite with last row
             ``0 0 0 1``, non-singular, and its columns (the steps of ``x``, ``y``, ``z``) must have the lengths
             ``(sx, sy, sz)``, i.e. ``voxel_size`` reversed (relative tolerance :data:`AFFINE_RTOL`).
+        det_offset: ``(offset_u, offset_v)`` in mm on the detector: its centre sits ``offset_u`` along the column
+            axis ``u`` and ``offset_v`` along the row axis ``v`` from where the central ray meets it (module
+            docstring); finite, each under half the detector's extent along it. Note the order ``(u, v)`` =
+            (column, row), as RTK orders its ``ProjectionOffsetX/Y``, unlike ``det_shape`` and ``det_spacing``.
     """
 
     kind: str
@@ -112,18 +78,20 @@ class CTGeometry:
     source_origin: float | None = None
     source_detector: float | None = None
     affine: list | None = None
+    det_offset: tuple = NO_OFFSET
 
     def __post_init__(self) -> None:
-        self.volume_shape = _ints("volume_shape", self.volume_shape, 3, "z, y, x")
-        self.voxel_size = _floats("voxel_size", self.voxel_size, 3, "z, y, x")
-        self.det_shape = _ints("det_shape", self.det_shape, 2, "rows, cols")
-        self.det_spacing = _floats("det_spacing", self.det_spacing, 2, "rows, cols")
-        self.angles = _angle_list(self.angles)
+        self.volume_shape = ints("volume_shape", self.volume_shape, 3, "z, y, x")
+        self.voxel_size = floats("voxel_size", self.voxel_size, 3, "z, y, x")
+        self.det_shape = ints("det_shape", self.det_shape, 2, "rows, cols")
+        self.det_spacing = floats("det_spacing", self.det_spacing, 2, "rows, cols")
+        self.angles = angle_list(self.angles)
         if self.source_origin is not None:
-            self.source_origin = _number("source_origin", self.source_origin)
+            self.source_origin = number("source_origin", self.source_origin)
         if self.source_detector is not None:
-            self.source_detector = _number("source_detector", self.source_detector)
-        self.affine = _affine_list(self.affine)
+            self.source_detector = number("source_detector", self.source_detector)
+        self.affine = affine_list(self.affine)
+        self.det_offset = offset_pair(self.det_offset)
         self.validate()
 
     # ------------------------------------------------------------------ construction
@@ -138,8 +106,10 @@ class CTGeometry:
         arc_deg: float = 180.0,
         angles: Sequence[float] | None = None,
         affine=None,
+        det_offset: Sequence[float] = NO_OFFSET,
     ) -> "CTGeometry":
-        """Parallel-beam geometry; the default detector covers the volume's diagonal at the voxel pitch.
+        """Parallel-beam geometry; the default detector covers the volume's diagonal at the voxel pitch (wider by
+        twice the offset on an offset detector, so that it still covers it).
 
         Args:
             volume_shape: ``(D, H, W)``.
@@ -150,17 +120,23 @@ class CTGeometry:
             arc_deg: scan arc in degrees; views at ``arc * i / num_angles``.
             angles: explicit angles in radians.
             affine: optional NIfTI affine to carry.
+            det_offset: ``(u, v)`` detector offset in mm (class docstring).
+
+        Returns:
+            The geometry.
         """
-        vs = _floats("voxel_size", voxel_size, 3, "z, y, x")
+        vs = floats("voxel_size", voxel_size, 3, "z, y, x")
+        off = offset_pair(det_offset)
         if det_spacing is None:
             det_spacing = (vs[0], max(vs[1], vs[2]))
-        det_spacing = _floats("det_spacing", det_spacing, 2, "rows, cols")
+        det_spacing = floats("det_spacing", det_spacing, 2, "rows, cols")
         if det_shape is None:
-            diag = math.hypot(volume_shape[1] * vs[1], volume_shape[2] * vs[2])
-            det_shape = (int(volume_shape[0] * vs[0] / float(det_spacing[0]) + 0.999), int(math.ceil(diag / float(det_spacing[1]))))
+            diag = math.hypot(volume_shape[1] * vs[1], volume_shape[2] * vs[2]) + 2 * abs(off[0])
+            height = volume_shape[0] * vs[0] + 2 * abs(off[1])
+            det_shape = (int(height / float(det_spacing[0]) + 0.999), int(math.ceil(diag / float(det_spacing[1]))))
         return cls(
             "parallel", tuple(volume_shape), vs, tuple(det_shape), tuple(det_spacing),
-            _angles(num_angles, arc_deg, angles), None, None, _affine_list(affine),
+            equispaced_angles(num_angles, arc_deg, angles), None, None, affine_list(affine), off,
         )  # fmt: skip
 
     @classmethod
@@ -176,9 +152,10 @@ class CTGeometry:
         arc_deg: float = 360.0,
         angles: Sequence[float] | None = None,
         affine=None,
+        det_offset: Sequence[float] = NO_OFFSET,
     ) -> "CTGeometry":
         """Cone-beam geometry; defaults put the source at 4 volume half-diagonals with magnification 1.5 and a
-        detector that covers the magnified volume.
+        detector that covers the magnified volume (wider by twice the offset on an offset detector).
 
         Args:
             volume_shape: ``(D, H, W)``.
@@ -191,8 +168,13 @@ class CTGeometry:
             arc_deg: scan arc in degrees.
             angles: explicit angles in radians.
             affine: optional NIfTI affine to carry.
+            det_offset: ``(u, v)`` detector offset in mm (class docstring).
+
+        Returns:
+            The geometry.
         """
-        vs = _floats("voxel_size", voxel_size, 3, "z, y, x")
+        vs = floats("voxel_size", voxel_size, 3, "z, y, x")
+        off = offset_pair(det_offset)
         half = [0.5 * n * s for n, s in zip(volume_shape, vs)]
         r_xy = math.hypot(half[1], half[2])
         if source_origin is None:
@@ -205,14 +187,15 @@ class CTGeometry:
         if det_spacing is None:
             m = source_detector / source_origin
             det_spacing = (vs[0] * m, max(vs[1], vs[2]) * m)
-        det_spacing = _floats("det_spacing", det_spacing, 2, "rows, cols")
+        det_spacing = floats("det_spacing", det_spacing, 2, "rows, cols")
         if det_shape is None:
-            rows = int(math.ceil(2 * half[0] * mag_max / float(det_spacing[0])))
-            cols = int(math.ceil(2 * r_xy * source_detector / math.sqrt(source_origin**2 - r_xy**2) / float(det_spacing[1])))
-            det_shape = (rows, cols)
+            rows = int(math.ceil((2 * half[0] * mag_max + 2 * abs(off[1])) / float(det_spacing[0])))
+            width = 2 * r_xy * source_detector / math.sqrt(source_origin**2 - r_xy**2) + 2 * abs(off[0])
+            det_shape = (rows, int(math.ceil(width / float(det_spacing[1]))))
         return cls(
             "cone", tuple(volume_shape), vs, tuple(det_shape), tuple(det_spacing),
-            _angles(num_angles, arc_deg, angles), float(source_origin), float(source_detector), _affine_list(affine),
+            equispaced_angles(num_angles, arc_deg, angles), float(source_origin), float(source_detector), affine_list(affine),
+            off,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ validation
@@ -233,11 +216,13 @@ class CTGeometry:
             raise ValueError("angles must be finite (found NaN or Inf)")
         check_radians(self.angles)
         if self.affine is not None:
-            _check_affine(self.affine, self.voxel_size)
+            check_affine(self.affine, self.voxel_size)
         half = [0.5 * n * s for n, s in zip(self.volume_shape, self.voxel_size)]
         r_xy = math.hypot(half[1], half[2])
-        det_w = self.det_shape[1] * self.det_spacing[1]
-        det_h = self.det_shape[0] * self.det_spacing[0]
+        self._checkoffset_pair()
+        # an offset detector covers symmetrically about the central ray only what lies within its nearer edge
+        det_w = self.det_shape[1] * self.det_spacing[1] - 2 * abs(self.det_offset[0])
+        det_h = self.det_shape[0] * self.det_spacing[0] - 2 * abs(self.det_offset[1])
         tol = 1e-6 + 1e-3 * max(det_w, det_h)
         if self.kind == "parallel":
             if self.source_origin is not None or self.source_detector is not None:
@@ -256,10 +241,28 @@ class CTGeometry:
             need_w = 2 * min(half[1], half[2]) * sd / so
             need_h = 2 * half[0] * sd / so
         if det_w + tol < need_w or det_h + tol < need_h:
+            shifted = "" if self.det_offset == NO_OFFSET else (
+                f" about the central ray (the detector less twice its offset (u, v) {self.det_offset} mm)")
             raise ValueError(
-                f"detector too small for the volume: {det_w:.2f} x {det_h:.2f} mm (cols x rows) but the volume needs "
-                f"at least {need_w:.2f} x {need_h:.2f} mm at the detector"
+                f"detector too small for the volume: {det_w:.2f} x {det_h:.2f} mm (cols x rows){shifted} but the "
+                f"volume needs at least {need_w:.2f} x {need_h:.2f} mm at the detector"
             )
+
+    def _checkoffset_pair(self) -> None:
+        """Raise ``ValueError`` unless :attr:`det_offset` is finite and keeps the central ray on the detector."""
+        u, v = self.det_offset
+        if not (math.isfinite(u) and math.isfinite(v)):
+            raise ValueError(f"det_offset (u, v) must be finite mm, got {self.det_offset}")
+        half_w = self.det_shape[1] * self.det_spacing[1] / 2
+        half_h = self.det_shape[0] * self.det_spacing[0] / 2
+        if abs(u) >= half_w:
+            raise ValueError(
+                f"det_offset u = {u:g} mm puts the central ray off the detector (half its width is {half_w:g} mm): "
+                "such a half-fan (offset-detector) scan needs redundancy weighting, which is not supported"
+            )
+        if abs(v) >= half_h:
+            raise ValueError(f"det_offset v = {v:g} mm puts the central ray off the detector (half its height is "
+                             f"{half_h:g} mm)")  # fmt: skip
 
     # ------------------------------------------------------------------ derived
     @property
@@ -285,17 +288,31 @@ class CTGeometry:
 
     def vectors(self) -> np.ndarray:
         """``(views, 12)`` float64 rows in ASTRA's ``parallel3d_vec`` / ``cone_vec`` layout (x, y, z order):
-        ray direction (parallel) or source position (cone), detector centre, column step ``u``, row step ``v``."""
+        ray direction (parallel) or source position (cone), detector centre (shifted by :attr:`det_offset`), column
+        step ``u``, row step ``v``."""
         a = np.asarray(self.angles, dtype=np.float64)
         s, c, z = np.sin(a), np.cos(a), np.zeros_like(a)
         direction = np.stack([s, -c, z], 1)
-        u = np.stack([c, s, z], 1) * self.det_spacing[1]
-        v = np.stack([z, z, np.ones_like(a)], 1) * self.det_spacing[0]
+        u_axis, v_axis = np.stack([c, s, z], 1), np.stack([z, z, np.ones_like(a)], 1)
+        shift = self.det_offset[0] * u_axis + self.det_offset[1] * v_axis
+        u, v = u_axis * self.det_spacing[1], v_axis * self.det_spacing[0]
         if self.kind == "parallel":
-            return np.concatenate([direction, np.zeros_like(direction), u, v], 1)
+            return np.concatenate([direction, shift, u, v], 1)
         src = direction * self.source_origin
-        det = -direction * (self.source_detector - self.source_origin)
+        det = -direction * (self.source_detector - self.source_origin) + shift
         return np.concatenate([src, det, u, v], 1)
+
+    def detector_coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where the pixel centres sit on the detector, in mm from where the central ray meets it (offset included).
+
+        Returns:
+            ``(u, v)``: float64 ``(cols,)`` ``(c - (cols-1)/2) du + offset_u`` and ``(rows,)``
+            ``(r - (rows-1)/2) dv + offset_v``.
+        """
+        rows, cols = self.det_shape
+        u = (np.arange(cols) - (cols - 1) / 2) * self.det_spacing[1] + self.det_offset[0]
+        v = (np.arange(rows) - (rows - 1) / 2) * self.det_spacing[0] + self.det_offset[1]
+        return u, v
 
     def default_affine(self) -> np.ndarray:
         """Affine of the NIfTI the volume came from, or a centred diagonal one for array order ``(x, y, z)``."""
@@ -316,13 +333,20 @@ class CTGeometry:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as JSON-able values; ``det_offset`` only when it is not :data:`NO_OFFSET`, so that a centred
+        detector's ``geometry.json`` (and the keys made from it: a run's scan fingerprint, the kept projector
+        matrix's) are what they were before offsets existed."""
+        d = asdict(self)
+        if self.det_offset == NO_OFFSET:
+            del d["det_offset"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "CTGeometry":
         if not isinstance(d, dict):
             raise ValueError(f"a geometry must be a JSON object, got {type(d).__name__}")
-        known = {"kind", "volume_shape", "voxel_size", "det_shape", "det_spacing", "angles", "source_origin", "source_detector", "affine"}
+        known = {"kind", "volume_shape", "voxel_size", "det_shape", "det_spacing", "angles", "source_origin", "source_detector", "affine",
+                 "det_offset"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown geometry fields {sorted(unknown)}")
@@ -351,44 +375,3 @@ class CTGeometry:
             return cls.from_dict(d)
         except (ValueError, TypeError) as e:
             raise ValueError(f"geometry file {path}: {e}") from e
-
-
-def _angles(num_angles: int, arc_deg: float, angles) -> list:
-    if angles is not None:
-        return [float(a) for a in angles]
-    if int(num_angles) <= 0:
-        raise ValueError(f"num_angles must be positive, got {num_angles}")
-    if not (math.isfinite(arc_deg) and arc_deg > 0):
-        raise ValueError(f"arc must be a positive number of degrees, got {arc_deg}")
-    return list(np.deg2rad(arc_deg) * np.arange(int(num_angles)) / int(num_angles))
-
-
-def _affine_list(affine) -> list | None:
-    """``affine`` as a finite 4x4 nested list (``None`` stays ``None``); raises ``ValueError`` otherwise."""
-    if affine is None:
-        return None
-    try:
-        a = np.asarray(affine, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"affine must be a 4x4 matrix of numbers, got {affine!r}") from e
-    if a.shape != (4, 4):
-        raise ValueError(f"affine must be a 4x4 matrix, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"affine must be finite (found NaN or Inf):\n{a}")
-    return a.tolist()
-
-
-def _check_affine(affine: list, voxel_size: tuple) -> None:
-    """Raise ``ValueError`` unless the finite 4x4 ``affine`` (array order ``(x, y, z)``) is a non-singular
-    voxel-to-world map with last row ``0 0 0 1`` whose column norms are ``voxel_size`` ``(sz, sy, sx)`` reversed."""
-    a = np.asarray(affine, dtype=np.float64)
-    if not np.array_equal(a[3], [0.0, 0.0, 0.0, 1.0]):
-        raise ValueError(f"affine's last row must be 0 0 0 1, got {a[3].tolist()}")
-    lin = a[:3, :3]
-    norms = np.linalg.norm(lin, axis=0)
-    if not norms.all() or abs(np.linalg.det(lin)) <= 1e-6 * float(np.prod(norms)):
-        raise ValueError(f"affine is singular (not a voxel-to-world map):\n{a}")
-    expected = np.asarray(voxel_size[::-1], dtype=np.float64)
-    if not np.allclose(norms, expected, rtol=AFFINE_RTOL, atol=0.0):
-        raise ValueError(f"affine's column norms {tuple(round(float(n), 6) for n in norms)} (x, y, z) contradict voxel_size "
-                         f"{tuple(voxel_size)} (z, y, x), i.e. {tuple(expected.tolist())} (x, y, z)")  # fmt: skip

@@ -9,14 +9,14 @@ import numpy as np
 from medgmae.data.reader import TIFF_SUFFIXES
 from medgmae.files import atomic_write, save_nifti_atomic
 
-__all__ = ["load_volume", "save_nifti", "load_projections", "save_projections", "check_projection_header",
+__all__ = ["load_volume", "save_nifti", "load_projections", "save_projections", "check_projection_header", "with_header_offset",
            "line_integral_problem", "LINE_INTEGRAL_MAX"]
 
 #: Line integrals beyond this do not occur in CT (a transmission of exp(-50)); larger values are raw counts or
 #: intensities, or integrals in other length units than the geometry's millimetres.
 LINE_INTEGRAL_MAX = 50.0
 #: File endings whose header carries an ITK detector geometry (spacing, origin) that :func:`check_projection_header`
-#: compares with ``geometry.json``.
+#: compares with ``geometry.json`` (the spacing) and reads the detector offset from (the origin).
 _ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
 #: What line integrals look like, as the messages about projections that do not say.
 _LINE_INTEGRALS = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
@@ -62,7 +62,8 @@ def load_projections(path) -> np.ndarray:
     the columns (ITK's ``(x, y, z)`` = (column, row, view), the array ``(views, rows, cols)`` SimpleITK gives; a
     TIFF's pages are the views, each page's rows and columns the detector's, as ``tifffile.imread`` gives them);
     ``geometry.json`` holds the geometry, and :func:`check_projection_header` refuses a MetaImage / NRRD header
-    that states another one (a TIFF's is not read: its resolution tags are no detector pitch). Values that cannot be
+    that states another pitch and reads the detector offset its origin states (a TIFF's is not read: its
+    resolution tags are no detector pitch). Values that cannot be
     line integrals (mostly negative, raw integer counts) are refused, implausibly large ones warned about.
 
     Raises:
@@ -188,21 +189,26 @@ def _check_line_integrals(p: np.ndarray, path: Path, integers: bool) -> None:
               flush=True)  # fmt: skip
 
 
-def check_projection_header(path, det_spacing: tuple[float, float], det_shape: tuple[int, int]) -> None:
-    """Refuse a MetaImage / NRRD / NIfTI projection stack whose header states another detector than
-    ``geometry.json``.
+def check_projection_header(path, det_spacing: tuple[float, float], det_shape: tuple[int, int]) -> tuple[float, float] | None:
+    """The detector offset a MetaImage / NRRD projection stack's header states; refuse a header (NIfTI included)
+    that states another detector pitch than ``geometry.json``.
 
     RTK stores a stack's detector pitch as its spacing ``(col, row, ·)`` and the detector's position as its origin:
-    a centred detector has ``origin = -(n - 1) / 2 * spacing`` along each detector axis. A header that states
-    nothing (spacing 1, origin 0, ITK's defaults) passes; another pitch, or an origin of an offset (shifted,
-    half-fan) detector, is refused: the geometry holds the pitch, and offset detectors are not supported. A NIfTI
-    stack's pixel size (``pixdim``, 1 when not stated) is checked the same way; its origin is not (NIfTI has no
-    detector convention for it).
+    a centred detector has ``origin = -(n - 1) / 2 * spacing`` along each detector axis, and an origin beyond that
+    is the detector's offset ``(u, v) = origin + (n - 1) / 2 * spacing`` (RTK's convention; the geometry's
+    ``det_offset``, :mod:`recon.geometry`). A header that states nothing (spacing 1, origin 0, ITK's defaults)
+    passes; another pitch, or a direction other than the identity, is refused. A NIfTI stack's pixel size
+    (``pixdim``, 1 when not stated) is checked the same way; its origin is not read (NIfTI has no detector
+    convention for it).
 
     Args:
         path: the projection file (other endings than MetaImage / NRRD / NIfTI are not checked).
         det_spacing: ``geometry.json``'s detector pitch ``(row, col)`` in mm.
         det_shape: its detector ``(rows, cols)``.
+
+    Returns:
+        ``(offset_u, offset_v)`` in mm as the header's origin states it (``(0.0, 0.0)`` for a centred detector's
+        origin), or ``None`` where the header states no origin (ITK's defaults, a NIfTI, another format).
 
     Raises:
         ValueError: naming the file, the header's values and the geometry's.
@@ -217,21 +223,52 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
         spacing, origin = np.asarray(info.GetSpacing()[:2], float), np.asarray(info.GetOrigin()[:2], float)
         _check_identity_direction(path, np.asarray(info.GetDirection(), float))
     else:
-        return
+        return None
     pitch, n = np.asarray(det_spacing[::-1], float), np.asarray(det_shape[::-1], float)  # (col, row) as ITK's (x, y)
     stated = not np.allclose(spacing, 1.0) or (origin is not None and not np.allclose(origin, 0.0))
     if not stated:
-        return
+        return None
     mm = lambda v: "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"  # noqa: E731
     if not np.allclose(spacing, pitch, rtol=1e-3):
         raise ValueError(f"projections {path}: the header's detector pixel spacing (col, row) {mm(spacing)} mm differs "
                          f"from geometry.json's det_spacing (col, row) {mm(pitch)} mm")  # fmt: skip
     if origin is None:
-        return
+        return None
     offset = origin + (n - 1) / 2 * spacing  # zero for a centred detector (RTK's convention)
-    if np.abs(offset).max() > 0.5 * spacing.min():
-        raise ValueError(f"projections {path}: the header's origin {mm(origin)} puts the detector centre {mm(offset)} mm "
-                         f"(col, row) off the central ray (a centred detector has origin {mm(-(n - 1) / 2 * spacing)}); offset and half-fan detectors are not supported")  # fmt: skip
+    offset[np.abs(offset) <= 1e-6 * spacing] = 0.0  # the rounding of a centred detector's origin
+    return float(offset[0]), float(offset[1])
+
+
+def with_header_offset(geom, offset: tuple[float, float] | None, path):
+    """``geom`` (a :class:`~recon.geometry.CTGeometry`) with the detector offset a projection stack's header origin
+    states (:func:`check_projection_header`): taken, with a note, where ``geometry.json`` has none; refused where it
+    states another one.
+
+    Args:
+        geom: the geometry as ``geometry.json`` gives it.
+        offset: the header's ``(u, v)`` offset in mm, or ``None`` (no origin stated).
+        path: the projection file, as messages name it.
+
+    Returns:
+        The geometry to reconstruct with.
+
+    Raises:
+        ValueError: the two offsets differ (by more than a thousandth of a pixel), or the header's leaves the central
+            ray off the detector or the volume unseen (the geometry's checks), naming the file.
+    """
+    from recon.geometry import NO_OFFSET, CTGeometry
+
+    if offset is None or np.allclose(offset, geom.det_offset, rtol=0, atol=1e-3 * min(geom.det_spacing)):
+        return geom
+    stated = f"projections {path}: the header's origin puts the detector centre (u, v) = {offset} mm off the central ray"
+    if geom.det_offset != NO_OFFSET:
+        raise ValueError(f"{stated}, but the geometry has det_offset {geom.det_offset} mm: make them agree")
+    try:
+        shifted = CTGeometry.from_dict({**geom.to_dict(), "det_offset": offset})
+    except ValueError as e:
+        raise ValueError(f"{stated}, and with that detector offset: {e}") from e
+    print(f"note: {stated}: reconstructing with that detector offset (det_offset; the geometry has none)", flush=True)
+    return shifted
 
 
 def _check_identity_direction(path: Path, direction: np.ndarray) -> None:

@@ -353,8 +353,9 @@ def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
 def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     """A projection stack as MetaImage (RTK's layout: x = column, y = row, z = view) or NIfTI reads as the same
     (views, rows, cols) array as the .npy, and reconstruct runs on it; a MetaImage or NIfTI header stating another
-    detector pitch, or a MetaImage's offset detector (RTK: origin off -(n - 1) / 2 * spacing), is refused; other
-    files are refused by name."""
+    detector pitch is refused; a MetaImage's origin off -(n - 1) / 2 * spacing (RTK's offset detector) is read as the
+    detector offset (refused where it leaves the volume unseen or contradicts geometry.json's); other files are
+    refused by name."""
     import SimpleITK as sitk
 
     from recon.geometry import CTGeometry
@@ -380,13 +381,28 @@ def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
     img.SetSpacing((3 * col_mm, row_mm, 1.0))
     sitk.WriteImage(img, str(tmp_path / "pitch.mha"))
     img.SetSpacing((col_mm, row_mm, 1.0))
-    img.SetOrigin((-(cols - 1) / 2 * col_mm + 4 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # shifted 4 columns
+    img.SetOrigin((-(cols - 1) / 2 * col_mm + 3 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # shifted 3 columns
     sitk.WriteImage(img, str(tmp_path / "offset.mha"))
+    img.SetOrigin((0.0, -(rows - 1) / 2 * row_mm, 0.0))  # ITK's default origin: shifted by half the detector
+    sitk.WriteImage(img, str(tmp_path / "far.mha"))
+    img.SetOrigin((-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))
     assert main(_reconstruct_args(simulated, tmp_path / "rec_nii", "--projections", str(tmp_path / "p.nii.gz"),
                                   "--iterations", "1", "--num-gaussians", "50")) == 0  # fmt: skip
+    capsys.readouterr()
+    fbp_out = tmp_path / "offset_fbp.nii.gz"
+    assert main(["fbp", "--projections", str(tmp_path / "offset.mha"), "--geometry", str(simulated / "geometry.json"),
+                 "--out", str(fbp_out), "--device", "cpu"]) == 0 and fbp_out.is_file()  # fmt: skip
+    assert f"the header's origin puts the detector centre (u, v) = ({3 * col_mm!r}, 0.0) mm off the central ray: " \
+           "reconstructing with that detector offset" in capsys.readouterr().out
+    shifted = tmp_path / "shifted.json"
+    CTGeometry.from_dict({**geom.to_dict(), "det_offset": (col_mm, 0.0)}).save(shifted)
+    assert main(["fbp", "--projections", str(tmp_path / "offset.mha"), "--geometry", str(shifted), "--out",
+                 str(tmp_path / "no.nii.gz"), "--device", "cpu"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"but the geometry has det_offset ({col_mm!r}, 0.0) mm: make them agree (geometry {shifted})" in err, err
     for name, message in (("pitch.mha", "the header's detector pixel spacing (col, row)"),
                           ("pitch.nii.gz", "the header's detector pixel spacing (col, row)"),
-                          ("offset.mha", f"puts the detector centre ({4 * col_mm:g}, 0) mm (col, row) off the central ray")):  # fmt: skip
+                          ("far.mha", "mm off the central ray, and with that detector offset: detector too small")):  # fmt: skip
         capsys.readouterr()
         out = tmp_path / f"rec_{name}"
         assert main(_reconstruct_args(simulated, out, "--projections", str(tmp_path / name))) == 2

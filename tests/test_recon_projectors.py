@@ -244,11 +244,14 @@ def test_cpu_tensors_use_astra_2d_even_when_astra_has_cuda(monkeypatch, dtype):
 @pytest.mark.astra
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["parallel", "cone"])
-def test_astra_cuda_matches_torch(kind):
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (2.5, -1.5)])
+def test_astra_cuda_matches_torch(kind, offset):
+    """ASTRA's CUDA 3D projectors on this geometry's vectors (a detector offset included) against the ray marcher."""
     if not astra_cuda_available():
         pytest.skip("ASTRA has no CUDA")
     shape = (16, 24, 28)
-    g = CTGeometry.parallel(shape, (1.5, 1.0, 1.0), num_angles=10) if kind == "parallel" else CTGeometry.cone(shape, (1.5, 1.0, 1.0), num_angles=10)
+    make = CTGeometry.parallel if kind == "parallel" else CTGeometry.cone
+    g = make(shape, (1.5, 1.0, 1.0), num_angles=10, det_offset=offset)
     x = _blobs(shape, dtype=torch.float32).unsqueeze(0).cuda()
     ours = TorchProjector(g, step=0.25)(x)
     a = AstraProjector(g)

@@ -48,12 +48,15 @@ def astra_cuda_available() -> bool:
 
 def astra_cpu_problem(geometry: CTGeometry) -> str | None:
     """Why ASTRA's CPU path (2D parallel-beam projectors, slice by slice) cannot take a parallel-beam ``geometry``
-    (``None``: it can): it needs one detector row per volume slice at the slice pitch, and square in-plane voxels
-    (ASTRA's 2D volume geometry has one pixel size)."""
+    (``None``: it can): it needs one detector row per volume slice at the slice pitch, level with the slices (no
+    row offset ``det_offset[1]``), and square in-plane voxels (ASTRA's 2D volume geometry has one pixel size). A
+    column offset is no problem: its ``parallel_vec`` geometry takes the shifted detector centre."""
     g = geometry
     if g.det_shape[0] != g.volume_shape[0] or not math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6):
         return (f"it needs one detector row per slice at the slice pitch: rows {g.det_shape[0]} vs slices "
                 f"{g.volume_shape[0]}, row pitch {g.det_spacing[0]:g} vs {g.voxel_size[0]:g} mm")  # fmt: skip
+    if g.det_offset[1] != 0:
+        return f"it needs the detector rows level with the slices, not offset by v = {g.det_offset[1]:g} mm"
     if not math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6):
         return f"it needs square in-plane voxels, not {g.voxel_size[1]:g} x {g.voxel_size[2]:g} mm"
     return None

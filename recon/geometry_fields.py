@@ -1,0 +1,114 @@
+"""Parsing and checks of :class:`recon.geometry.CTGeometry`'s fields: numbers, whole numbers, the angles, the
+detector offset and the carried affine, each refused with a ``ValueError`` naming the field."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["AFFINE_RTOL", "NO_OFFSET", "entries", "number", "floats", "ints", "offset_pair", "angle_list",
+           "equispaced_angles", "affine_list", "check_affine"]
+
+#: Relative tolerance of the check that the affine's column norms are the voxel sizes.
+AFFINE_RTOL = 1e-3
+#: A centred detector's ``det_offset`` ``(u, v)`` in mm.
+NO_OFFSET = (0.0, 0.0)
+
+
+def entries(name: str, value, n: int, axes: str) -> tuple:
+    """``value`` as ``n`` entries: a list of ``n`` (or of one, repeated), or a single value repeated; a string is
+    a single value (not a list of characters)."""
+    try:
+        t = (value,) if isinstance(value, (str, bytes)) else tuple(value)
+    except TypeError:
+        t = (value,)
+    if len(t) == 1:
+        t = t * n
+    if len(t) != n:
+        raise ValueError(f"{name} must have {n} entries ({axes}), got {value!r}")
+    return t
+
+
+def number(name: str, value, shown=None) -> float:
+    """``value`` as a float; ``ValueError`` naming ``name`` (and ``shown``, the whole field) for a non-number."""
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise ValueError(f"{name} must hold numbers, got {value if shown is None else shown!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must hold numbers, got {value if shown is None else shown!r}") from e
+
+
+def floats(name: str, value, n: int, axes: str) -> tuple:
+    return tuple(number(name, v, value) for v in entries(name, value, n, axes))
+
+
+def ints(name: str, value, n: int, axes: str) -> tuple:
+    """Whole numbers (``20.0`` is 20); a fraction such as ``20.7`` is refused rather than truncated."""
+    out = floats(name, value, n, axes)
+    if not all(v.is_integer() for v in out):
+        raise ValueError(f"{name} must be whole numbers, got {value!r}")
+    return tuple(int(v) for v in out)
+
+
+def offset_pair(value) -> tuple:
+    """``det_offset`` as two floats ``(u, v)``: exactly two numbers (a single one is not repeated, as it is for the
+    spacings: the two axes' offsets are unrelated)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"det_offset must be two numbers (u, v) in mm, got {value!r}")
+    return tuple(number("det_offset", v, value) for v in value)
+
+
+def angle_list(angles) -> list:
+    """The projection angles as floats; ``ValueError`` for a missing (null) or non-numeric field."""
+    if angles is None:
+        raise ValueError("angles is null: give the projection angles as a list of numbers (radians)")
+    try:
+        a = np.asarray(angles, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"angles must be a list of numbers (radians), got {str(angles)[:80]!r}") from e
+    return [float(v) for v in a]
+
+
+def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
+    """``angles`` as floats when given, else ``num_angles`` equispaced views over ``arc_deg``: ``arc * i / n``
+    (radians)."""
+    if angles is not None:
+        return [float(a) for a in angles]
+    if int(num_angles) <= 0:
+        raise ValueError(f"num_angles must be positive, got {num_angles}")
+    if not (math.isfinite(arc_deg) and arc_deg > 0):
+        raise ValueError(f"arc must be a positive number of degrees, got {arc_deg}")
+    return list(np.deg2rad(arc_deg) * np.arange(int(num_angles)) / int(num_angles))
+
+
+def affine_list(affine) -> list | None:
+    """``affine`` as a finite 4x4 nested list (``None`` stays ``None``); raises ``ValueError`` otherwise."""
+    if affine is None:
+        return None
+    try:
+        a = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"affine must be a 4x4 matrix of numbers, got {affine!r}") from e
+    if a.shape != (4, 4):
+        raise ValueError(f"affine must be a 4x4 matrix, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"affine must be finite (found NaN or Inf):\n{a}")
+    return a.tolist()
+
+
+def check_affine(affine: list, voxel_size: tuple) -> None:
+    """Raise ``ValueError`` unless the finite 4x4 ``affine`` (array order ``(x, y, z)``) is a non-singular
+    voxel-to-world map with last row ``0 0 0 1`` whose column norms are ``voxel_size`` ``(sz, sy, sx)`` reversed."""
+    a = np.asarray(affine, dtype=np.float64)
+    if not np.array_equal(a[3], [0.0, 0.0, 0.0, 1.0]):
+        raise ValueError(f"affine's last row must be 0 0 0 1, got {a[3].tolist()}")
+    lin = a[:3, :3]
+    norms = np.linalg.norm(lin, axis=0)
+    if not norms.all() or abs(np.linalg.det(lin)) <= 1e-6 * float(np.prod(norms)):
+        raise ValueError(f"affine is singular (not a voxel-to-world map):\n{a}")
+    expected = np.asarray(voxel_size[::-1], dtype=np.float64)
+    if not np.allclose(norms, expected, rtol=AFFINE_RTOL, atol=0.0):
+        raise ValueError(f"affine's column norms {tuple(round(float(n), 6) for n in norms)} (x, y, z) contradict voxel_size "
+                         f"{tuple(voxel_size)} (z, y, x), i.e. {tuple(expected.tolist())} (x, y, z)")  # fmt: skip
