@@ -4,15 +4,19 @@ Subcommands::
 
     medgmae-recon simulate --volume ct.nii.gz --geometry parallel|cone --views N [--arc DEG] [--det-offset U V]
                   [--photons I0] --out DIR
-    medgmae-recon fbp --projections P.npy --geometry G.json [--filter hann] --out runs/fbp.nii.gz
-    medgmae-recon reconstruct --projections P.npy --geometry G.json [--fbp F.nii.gz] [--preset toolkit|3dgr-ct]
+    medgmae-recon fbp --projections P.npy --geometry G.json [--flat F.tif [--dark D.tif] | --i0 I0] [--filter hann]
+                  --out runs/fbp.nii.gz
+    medgmae-recon reconstruct --projections P.npy --geometry G.json [--flat F.tif [--dark D.tif] | --i0 I0]
+                  [--fbp F.nii.gz] [--preset toolkit|3dgr-ct]
                   [--init random|fbp|medgmae|3dgr-ct] [--checkpoint model.pt] [--iterations N] [--reference R.nii.gz]
                   --out DIR
     medgmae-recon evaluate --recon R.nii.gz --reference R2.nii.gz
     medgmae-recon select --runs DIR DIR [DIR ...] [--json choice.json]
 
 Projection stacks are ``.npy`` arrays ``(views, rows, cols)`` or MetaImage / NRRD / NIfTI stacks indexed
-(column, row, view), as RTK writes them (:func:`recon.scan_files.load_projections`).
+(column, row, view), as RTK writes them (:func:`recon.scan_files.load_projections`): line integrals, or raw detector
+images with ``--flat`` (or ``--i0``) and ``--dark``, converted with ``-log((I - D) / (F - D))``
+(:mod:`recon.flat_field`).
 
 Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuation (1/mm) with
 ``mu = 0.0192 (1 + HU / 1000)``, clipped at 0 (water 0.0192 / mm, air 0); projections are line integrals of ``mu``
@@ -66,8 +70,9 @@ from recon.select_command import cmd_select
 
 __all__ = ["main", "build_parser"]
 
-PROJECTIONS_HELP = ("line integrals: .npy of shape (views, rows, cols), a MetaImage (.mha/.mhd, as RTK writes), NRRD or "
-                    "NIfTI stack indexed (column, row, view), or a multi-page TIFF (.tif/.tiff) of one page per view")
+PROJECTIONS_HELP = ("line integrals (raw detector images with --flat or --i0): .npy of shape (views, rows, cols), a "
+                    "MetaImage (.mha/.mhd, as RTK writes), NRRD or NIfTI stack indexed (column, row, view), or a "
+                    "multi-page TIFF (.tif/.tiff) of one page per view")
 
 
 UNITS_EPILOG = """units: simulate reads a CT in HU and writes attenuation volumes in 1/mm (mu = 0.0192 (1 + HU / 1000),
@@ -76,6 +81,13 @@ attenuation volume simulate wrote, e.g. runs/scan/reference.nii.gz)."""
 
 UNIT_CHECK_EPILOG = """A volume whose range belongs to the other unit is refused (HU: below -100 or above 10 where 1/mm is
 expected; 1/mm: every value within [-1, 1] where HU is expected); --no-unit-check skips that check."""
+
+RAW_EPILOG = """raw detector images: with --flat (or --i0) and optionally --dark, --projections holds readings I, converted
+to line integrals p = -log((I - D) / (F - D)) in float64, then float32. A flat or dark file is one image or a stack in
+the projections' layout and (rows, cols), always averaged over its images (even as many as views: no per-view
+correction); readings of I - D or F - D below 1e-6 of the median F - D are raised to that floor (one warning says
+how many); a flat not above the dark in most pixels is refused. The converted projections are checked as line
+integrals are; reconstruct records the files' SHA-256 (metrics.json's scan) and --resume refuses other ones."""
 
 PLY_EPILOG = """
 gaussians.ply (reconstruct): centres, scales and rotations in world millimetres (RAS, the frame of recon.nii.gz's
@@ -86,12 +98,12 @@ index order, the same as recon.nii.gz and the zero-shot inference PLYs."""
 #: reconstructions' metrics.json, in no unit); the top-level help has them all.
 EPILOGS = {
     "simulate": (UNITS_EPILOG, UNIT_CHECK_EPILOG),
-    "fbp": (UNITS_EPILOG,),
-    "reconstruct": (UNITS_EPILOG, UNIT_CHECK_EPILOG, PLY_EPILOG),
+    "fbp": (UNITS_EPILOG, RAW_EPILOG),
+    "reconstruct": (UNITS_EPILOG, UNIT_CHECK_EPILOG, RAW_EPILOG, PLY_EPILOG),
     "evaluate": (UNITS_EPILOG, UNIT_CHECK_EPILOG),
     "select": (),
 }
-EPILOG = "\n".join([UNITS_EPILOG, UNIT_CHECK_EPILOG, PLY_EPILOG])
+EPILOG = "\n".join([UNITS_EPILOG, UNIT_CHECK_EPILOG, RAW_EPILOG, PLY_EPILOG])
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -111,6 +123,18 @@ def _parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     """One subcommand's parser, with the shared help layout and its epilog (:data:`EPILOGS`)."""
     epilog = "\n".join(EPILOGS[name]) or None
     return sub.add_parser(name, help=help_text, description=help_text, epilog=epilog, formatter_class=_HelpFormatter)
+
+
+def _add_raw_fields(p: argparse.ArgumentParser) -> None:
+    """``--flat``, ``--dark`` and ``--i0``: the options of every command that reads ``--projections``, for raw
+    detector images (:mod:`recon.flat_field`)."""
+    p.add_argument("--flat", default=None, metavar="FILE",
+                   help="open-beam (flat) image, or a stack of them averaged into one, in the projections' layout: "
+                        "--projections then holds raw detector readings I, converted with -log((I - D) / (F - D))")
+    p.add_argument("--dark", default=None, metavar="FILE", help="dark image, or a stack averaged into one, subtracted from the "
+                                                "readings and the open beam (default: 0; needs --flat or --i0)")
+    p.add_argument("--i0", type=positive_float, default=None, metavar="VALUE",
+                   help="the open-beam reading as one number, instead of --flat (a uniform flat)")
 
 
 def _add_unit_check(p: argparse.ArgumentParser) -> None:
@@ -166,6 +190,7 @@ def _add_fbp(sub) -> None:
     f = _parser(sub, "fbp", "FBP (parallel) or FDK (cone) reconstruction, attenuation in 1/mm")
     f.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     f.add_argument("--geometry", required=True, help="geometry.json")
+    _add_raw_fields(f)
     f.add_argument("--filter", default="hann", choices=FILTERS, help="ramp filter window")
     f.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     f.add_argument("--out", required=True, help="output NIfTI")
@@ -180,6 +205,7 @@ def _add_reconstruct(sub) -> None:
     r = _parser(sub, "reconstruct", "Gaussian (3DGR-CT) reconstruction")
     r.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     r.add_argument("--geometry", required=True, help="geometry.json")
+    _add_raw_fields(r)
     r.add_argument("--fbp", default=None, help="FBP volume (attenuation, 1/mm) for the initialisation (computed when absent)")
     r.add_argument("--preset", default="toolkit", choices=PRESETS, help="optimisation settings")
     r.add_argument("--init", default=None, choices=(*INIT_METHODS, "3dgr-ct"), help="initialisation (default: the preset's)")

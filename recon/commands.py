@@ -9,6 +9,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "load_scan",
     "output_lines",
     "resolve_cli_device",
+    "Scan",
 ]
 
 
@@ -54,17 +56,32 @@ def resolve_cli_device(name: str) -> torch.device:
         raise CLIError(str(e)) from e
 
 
-def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
+class Scan(NamedTuple):
+    """A scan as :func:`load_scan` reads it."""
+
+    geom: CTGeometry
+    proj: np.ndarray  # float32 (views, rows, cols) line integrals
+    raw: dict | None  # what converted raw images ({"flat", "dark", "i0"}, recon.flat_field), None for line integrals
+
+
+def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str | None = None, i0: float | None = None) -> Scan:
     """``geometry.json`` and the projection stack, checked against each other (a mismatch is a :class:`CLIError`).
 
+    Args:
+        proj_path: the projection file: line integrals, or raw detector images with ``flat`` or ``i0``.
+        geom_path: the geometry file.
+        flat, dark, i0: ``--flat`` (open-beam image file), ``--dark``, ``--i0`` (:mod:`recon.flat_field`).
+
     Returns:
-        ``(geometry, projections)``: the stack as float32 ``(views, rows, cols)`` line integrals, the geometry's
-        ``proj_shape`` (:func:`recon.scan_files.load_projections` for the file layouts).
+        The :class:`Scan`: the stack as float32 ``(views, rows, cols)`` line integrals, the geometry's ``proj_shape``
+        (layouts: :func:`recon.scan_files.load_projections`; raw images: :func:`recon.flat_field.load_raw_projections`).
     """
+    from recon.flat_field import load_raw_projections
     from recon.scan_files import check_projection_header, load_projections, with_header_offset
 
     geom = CTGeometry.load(geom_path)
-    proj = load_projections(proj_path)
+    raw = flat is not None or dark is not None or i0 is not None  # --dark alone: refused there
+    proj, record = load_raw_projections(proj_path, flat, dark, i0) if raw else (load_projections(proj_path), None)
     image = not str(proj_path).lower().endswith(".npy")  # an image file's (x, y, z) are (cols, rows, views)
     name = f"projections {proj_path}" + (f" (the image's {tuple(proj.shape[::-1])} voxels read as (views, rows, cols))" if image else "")
     try:
@@ -75,7 +92,7 @@ def load_scan(proj_path: str, geom_path: str) -> tuple[CTGeometry, np.ndarray]:
         flipped = image and tuple(proj.shape[::-1]) == geom.proj_shape and proj.shape != geom.proj_shape
         hint = ": its x, y, z run over (views, rows, cols); save it with x the column, y the row and z the view (RTK's layout)"
         raise CLIError(f"{e} (geometry {geom_path}){hint if flipped else ''}") from e
-    return geom, proj
+    return Scan(geom, proj, record)
 
 
 def check_same_grid(
@@ -352,9 +369,11 @@ def cmd_fbp(args) -> int:
     from recon.scan_files import save_nifti
 
     out = check_out_file(args.out, "--out", (".nii", ".nii.gz"))
-    if out.exists() and Path(args.projections).exists() and os.path.samefile(out, args.projections):  # links too
-        raise CLIError(f"--out {args.out} is the projection stack given as --projections: give another file name")
-    geom, proj = load_scan(args.projections, args.geometry)
+    for flag, what in (("--projections", "projection stack"), ("--flat", "flat"), ("--dark", "dark")):
+        given = getattr(args, flag[2:])
+        if given and out.exists() and Path(given).exists() and os.path.samefile(out, given):  # links too
+            raise CLIError(f"--out {args.out} is the {what} given as {flag}: give another file name")
+    geom, proj, _ = load_scan(args.projections, args.geometry, args.flat, args.dark, args.i0)
     device = resolve_cli_device(args.device)
     what = "FBP" if geom.kind == "parallel" else "FDK"
     print(f"{what} of {geom.num_views} views onto {'x'.join(map(str, geom.volume_shape))} voxels ({device})...", flush=True)

@@ -112,7 +112,7 @@ def _read_inputs(args) -> _Inputs:
 
     _check_flags(args)
     files = input_fingerprints(args, missing_ok=True)  # before they are read: compared with after, below
-    geom, proj = load_scan(args.projections, args.geometry)
+    geom, proj, raw = load_scan(args.projections, args.geometry, args.flat, args.dark, args.i0)
     init_settings = start.init_settings(args, int(np.prod(geom.volume_shape)))
     _check_holdout_flags(args, geom)
     _check_views_per_iteration(args, geom)
@@ -127,7 +127,7 @@ def _read_inputs(args) -> _Inputs:
         named = ", ".join(f"{flag} {files[flag]['path']}" for flag in changed)
         raise CLIError(f"{named} changed while it was read (is "
                        "a run writing it, e.g. a pre-training saving model.pt each epoch?): run again once it is written")
-    run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry), "settings": run_settings(args, init_settings),
+    run_info = {"scan": scan_fingerprint(proj, geom, args.projections, args.geometry, raw), "settings": run_settings(args, init_settings),
                 "files": files}  # fmt: skip
     state = load_resume_state(state_path, run_info, args.iterations) if args.resume else None
     if not args.resume and state_path.is_file():

@@ -2,7 +2,8 @@
 recorded in ``recon_state.pt`` (and the fingerprint in ``metrics.json``), and the checks of ``--resume`` against them.
 
 A state resumes only the run that wrote it: the same projections (shape and SHA-256 of their float32 bytes), the
-same geometry (SHA-256 of its JSON content), the same settings (:func:`run_settings`) and the same content of the
+same geometry (SHA-256 of its JSON content), the same conversion of raw detector images (SHA-256 of the ``--flat``
+and ``--dark`` files' bytes, ``--i0``: :data:`RAW_KEYS`), the same settings (:func:`run_settings`) and the same content of the
 files the start is rebuilt from (``--checkpoint``, ``--fbp``: SHA-256 of their bytes, :func:`input_fingerprints`;
 pre-training rewrites ``model.pt`` in place every epoch). ``--iterations`` may
 differ (not below the saved iteration): the learning-rate and density-control schedules then follow the new
@@ -23,37 +24,49 @@ from medgmae.settings_diff import settings_differences
 from recon.commands import CLIError
 from recon.geometry import CTGeometry
 
-__all__ = ["input_fingerprints", "load_resume_state", "run_settings", "scan_fingerprint", "SCAN_KEYS"]
+__all__ = ["input_fingerprints", "load_resume_state", "run_settings", "scan_fingerprint", "RAW_KEYS", "SCAN_KEYS"]
 
 #: The fingerprint entries that identify a scan (the paths are recorded too, but a moved scan is the same scan).
 SCAN_KEYS = ("projections_shape", "projections_sha256", "geometry_sha256")
+#: The fingerprint entries of the conversion of raw detector images (:mod:`recon.flat_field`), ``None`` where not
+#: used, each compared by ``--resume`` and named by its flag (the paths are recorded too, not compared).
+RAW_KEYS = {"flat_sha256": "--flat (sha256 of the file)", "dark_sha256": "--dark (sha256 of the file)", "i0": "--i0"}
 
 _INIT_FLAGS = {"init": "--init", "num_gaussians": "--num-gaussians", "grow_to": "--num-gaussians (growth budget)",
                "checkpoint": "--checkpoint", "model_spacing": "--model-spacing"}  # fmt: skip
 
 
-def scan_fingerprint(proj: np.ndarray, geom: CTGeometry, proj_path: str, geom_path: str) -> dict:
-    """The scan's fingerprint: projection shape and SHA-256 of their float32 bytes, SHA-256 of the geometry's JSON
-    content (keys sorted), and the absolute paths of both files.
+def scan_fingerprint(proj: np.ndarray, geom: CTGeometry, proj_path: str, geom_path: str, raw: dict | None = None) -> dict:
+    """The scan's fingerprint: projection shape and SHA-256 of their float32 bytes (the line integrals, after any
+    conversion of raw images), SHA-256 of the geometry's JSON content (keys sorted), the absolute paths of both
+    files, and what converted raw images (:data:`RAW_KEYS`).
 
     Args:
         proj: the projections ``(views, rows, cols)`` as read.
         geom: the geometry as read.
         proj_path: the projection file given.
         geom_path: the geometry file given.
+        raw: :func:`recon.flat_field.load_raw_projections`'s record ``{"flat", "dark", "i0"}`` (absolute paths,
+            ``None`` where not given), or ``None`` for line integrals read as they are.
 
     Returns:
-        ``{"projections_shape", "projections_sha256", "geometry_sha256", "projections", "geometry"}``.
+        ``{"projections_shape", "projections_sha256", "geometry_sha256", "projections", "geometry", "flat",
+        "flat_sha256", "dark", "dark_sha256", "i0"}``: the last five ``None`` where not used.
     """
     data = np.ascontiguousarray(proj, dtype="<f4")
     geom_json = json.dumps(geom.to_dict(), sort_keys=True)
-    return {
+    raw = raw or {}
+    record = {
         "projections_shape": list(proj.shape),
         "projections_sha256": hashlib.sha256(data.tobytes()).hexdigest(),
         "geometry_sha256": hashlib.sha256(geom_json.encode()).hexdigest(),
         "projections": str(Path(proj_path).resolve()),
         "geometry": str(Path(geom_path).resolve()),
     }
+    for name in ("flat", "dark"):
+        path = raw.get(name)
+        record[name], record[f"{name}_sha256"] = path, _file_sha256(path) if path else None
+    return {**record, "i0": raw.get("i0")}
 
 
 def _file_sha256(path: str) -> str:
@@ -120,10 +133,11 @@ def _pick(record: dict, keys) -> dict:
 
 def _differences(saved: dict, now: dict) -> list[str]:
     """One line per recorded field that differs (:func:`medgmae.settings_diff.settings_differences`): the scan's
-    fingerprint entries, the settings by their flags, then the initialisation's settings (by the flag that sets
+    fingerprint entries (those of a conversion of raw images by their flags), the settings by their flags, then the initialisation's settings (by the flag that sets
     them, or ``initialisation setting <name>``)."""
     old, new = saved.get("settings") or {}, now["settings"]
     out = settings_differences(_pick(saved.get("scan") or {}, SCAN_KEYS), _pick(now["scan"], SCAN_KEYS))
+    out += settings_differences(_pick(saved.get("scan") or {}, RAW_KEYS), _pick(now["scan"], RAW_KEYS), RAW_KEYS)
     out += settings_differences(_pick(old, [k for k in old if k != "init"]), _pick(new, [k for k in new if k != "init"]))
     old_init, new_init = old.get("init") or {}, new["init"]
     labels = {k: _INIT_FLAGS.get(k, "initialisation setting " + k) for k in {*old_init, *new_init}}

@@ -9,8 +9,8 @@ import numpy as np
 from medgmae.data.reader import TIFF_SUFFIXES
 from medgmae.files import atomic_write, save_nifti_atomic
 
-__all__ = ["load_volume", "save_nifti", "load_projections", "save_projections", "check_projection_header", "with_header_offset",
-           "line_integral_problem", "LINE_INTEGRAL_MAX"]
+__all__ = ["load_volume", "save_nifti", "load_projections", "read_detector_images", "save_projections",
+           "check_projection_header", "with_header_offset", "check_line_integrals", "line_integral_problem", "LINE_INTEGRAL_MAX"]
 
 #: Line integrals beyond this do not occur in CT (a transmission of exp(-50)); larger values are raw counts or
 #: intensities, or integrals in other length units than the geometry's millimetres.
@@ -24,7 +24,7 @@ _LINE_INTEGRALS = "line integrals -log(I / I0) are mostly >= 0 and below about 1
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def load_volume(path, check_finite: bool = True, tiff: bool = False) -> tuple[np.ndarray, np.ndarray, tuple]:
+def load_volume(path, check_finite: bool = True, tiff: bool = False, planar: bool = False) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Read a 3D volume (NIfTI, NRRD, MetaImage or a DICOM series, through the toolkit's one reader
     :func:`medgmae.data.reader.read_volume`) as float32 ``(z, y, x)``: the reader's ``(i, j, k)`` order transposed.
 
@@ -32,6 +32,7 @@ def load_volume(path, check_finite: bool = True, tiff: bool = False) -> tuple[np
         path: the file or DICOM folder.
         check_finite: refuse NaN / infinite voxels (the projection reader checks them itself, naming the view).
         tiff: read multi-page TIFF stacks too (projection stacks).
+        planar: read a 2D image as a volume of one slice (a flat or dark image, :mod:`recon.flat_field`).
 
     Returns:
         ``(volume (D, H, W), affine (4, 4) of the (i, j, k) = (x, y, z) order, voxel_size (sz, sy, sx))``.
@@ -42,7 +43,7 @@ def load_volume(path, check_finite: bool = True, tiff: bool = False) -> tuple[np
     from medgmae.data.reader import read_volume
 
     try:
-        vol = read_volume(path, check_finite=check_finite, tiff=tiff)
+        vol = read_volume(path, check_finite=check_finite, tiff=tiff, planar=planar)
     except FileNotFoundError as e:
         raise ValueError(f"volume file {path} does not exist") from e
     return np.ascontiguousarray(vol.array.transpose(2, 1, 0)), vol.affine, vol.spacing[::-1]
@@ -64,42 +65,70 @@ def load_projections(path) -> np.ndarray:
     ``geometry.json`` holds the geometry, and :func:`check_projection_header` refuses a MetaImage / NRRD header
     that states another pitch and reads the detector offset its origin states (a TIFF's is not read: its
     resolution tags are no detector pitch). Values that cannot be
-    line integrals (mostly negative, raw integer counts) are refused, implausibly large ones warned about.
+    line integrals (mostly negative, raw integer counts) are refused, implausibly large ones warned about; raw
+    detector images are converted first (:mod:`recon.flat_field`, ``--flat`` / ``--dark`` / ``--i0``).
 
     Raises:
         ValueError: missing, a folder, unreadable (truncated), not 3D, non-finite or not line integrals; the message
             names the file.
     """
+    p, integers = read_detector_images(path)
+    check_line_integrals(p, f"projections {path}", integers)
+    return p.astype(np.float32, copy=False)
+
+
+def read_detector_images(path, what: str = "projections", planar: bool = False) -> tuple[np.ndarray, bool]:
+    """Read a stack of detector images ``(images, rows, cols)`` as stored, in the layouts of
+    :func:`load_projections` (projection stacks, and the flat and dark images of :mod:`recon.flat_field`).
+
+    Args:
+        path: the file.
+        what: the file's role, as messages name it (``"projections"``, ``"--flat"``, ``"--dark"``).
+        planar: also read one 2D image (a ``(rows, cols)`` ``.npy``, a single-page TIFF, a 2D MetaImage) as a
+            stack of one.
+
+    Returns:
+        ``(images (n, rows, cols), whether the file stores integers)``: a ``.npy`` file's array in its own dtype,
+        an image file's as float32.
+
+    Raises:
+        ValueError: missing, a folder, unreadable (truncated), of another dimension or non-finite; the message names
+            ``what`` and the file (NaN / Inf: how many, in how many images, and the first's image, row and column).
+    """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"projections {path} is a folder, not a file: give the projection stack's file "
+        raise ValueError(f"{what} {path} is a folder, not a file: give the stack's file "
                          "(.npy, .mha, .mhd, .nrrd, .nii, .nii.gz, .tif or .tiff)")
     if not path.is_file():
-        raise ValueError(f"projection file {path} does not exist")
+        raise ValueError(f"{what} file {path} does not exist")
     if path.suffix.lower() != ".npy":
-        p, integers = load_volume(path, check_finite=False, tiff=True)[0], _stored_as_integers(path)
+        p = load_volume(path, check_finite=False, tiff=True, planar=planar)[0]
+        integers = _stored_as_integers(path)
     else:
-        p = _load_npy(path)
+        p = _load_npy(path, what)
+        if planar and p.ndim == 2:
+            p = p[None]
         if p.ndim != 3:
-            raise ValueError(f"projections {path} must be (views, rows, cols), got shape {p.shape}")
+            shape = "(images, rows, cols) or (rows, cols)" if planar else "(views, rows, cols)"
+            raise ValueError(f"{what} {path} must be {shape}, got shape {p.shape}")
         integers = np.issubdtype(p.dtype, np.integer)
     bad = ~np.isfinite(p)
     if bad.any():
         view, row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"projections {path} contain {int(bad.sum())} NaN or Inf value{'s' if bad.sum() > 1 else ''} in "
-                         f"{int(bad.any(axis=(1, 2)).sum())} of {p.shape[0]} views (the first: view {view}, row {row}, "
+        unit = "view" if what == "projections" else "image"
+        raise ValueError(f"{what} {path} contain {int(bad.sum())} NaN or Inf value{'s' if bad.sum() > 1 else ''} in "
+                         f"{int(bad.any(axis=(1, 2)).sum())} of {p.shape[0]} {unit}s (the first: {unit} {view}, row {row}, "
                          f"column {col})")  # fmt: skip
-    _check_line_integrals(p, path, integers)
-    return p.astype(np.float32, copy=False)
+    return p, bool(integers)
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """A ``.npy`` file's array of real numbers: refused, naming the file, when it does not start with NumPy's magic
-    bytes (another format under a ``.npy`` name), its header states Python objects (never unpickled) or other
-    values than real numbers, or it cannot be read (truncated)."""
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """A ``.npy`` file's array of real numbers: refused, naming ``what`` and the file, when it does not start with
+    NumPy's magic bytes (another format under a ``.npy`` name), its header states Python objects (never unpickled)
+    or other values than real numbers, or it cannot be read (truncated)."""
     with open(path, "rb") as f:
         if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
-            raise ValueError(f"projections {path} is not a NumPy .npy file (it does not start with NumPy's magic bytes "
+            raise ValueError(f"{what} {path} is not a NumPy .npy file (it does not start with NumPy's magic bytes "
                              "\\x93NUMPY): save the stack with numpy.save, or give a .mha, .mhd, .nrrd, .nii, .nii.gz "
                              "or .tif stack")  # fmt: skip
         try:
@@ -108,17 +137,16 @@ def _load_npy(path: Path) -> np.ndarray:
             fmt = np.lib.format  # version 3.0 differs from 2.0 only by a UTF-8 header (field names)
             dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)[2]
         except Exception as e:
-            raise ValueError(f"cannot read projections {path}: {e}") from e
+            raise ValueError(f"cannot read {what} {path}: {e}") from e
     if dtype.hasobject:
-        raise ValueError(f"projections {path} holds Python objects, not numbers: save the line integrals as a float "
-                         "array (numpy.save(path, numpy.asarray(stack, numpy.float32)))")  # fmt: skip
+        raise ValueError(f"{what} {path} holds Python objects, not numbers: save the stack as a float array "
+                         "(numpy.save(path, numpy.asarray(stack, numpy.float32)))")  # fmt: skip
     if dtype.kind not in "biuf":
-        raise ValueError(f"projections {path} holds {dtype} values, not real numbers: save the line integrals as a "
-                         "float array")  # fmt: skip
+        raise ValueError(f"{what} {path} holds {dtype} values, not real numbers: save the stack as a float array")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:
-        raise ValueError(f"cannot read projections {path}: {e}") from e
+        raise ValueError(f"cannot read {what} {path}: {e}") from e
 
 
 def _stored_as_integers(path: Path) -> bool:
@@ -173,19 +201,32 @@ def line_integral_problem(p: np.ndarray, integers: bool = False) -> tuple[str, s
                 "were they negated?")  # fmt: skip
     if p.size and integers and p.max() > 100:
         return (f"hold integers up to {int(p.max())}, raw detector counts or intensities rather than line integrals: "
-                f"{what}", "convert with -log(I / I0) first")  # fmt: skip
+                f"{what}", "give the open-beam image as --flat (and the dark image as --dark) or the open-beam "
+                "intensity as --i0 to convert them with -log((I - D) / (F - D)), or convert with -log(I / I0) first")  # fmt: skip
     return None
 
 
-def _check_line_integrals(p: np.ndarray, path: Path, integers: bool) -> None:
-    """Refuse a file's values that cannot be line integrals (:func:`line_integral_problem`); warn about floats above
-    :data:`LINE_INTEGRAL_MAX`."""
+def check_line_integrals(p: np.ndarray, name: str, integers: bool, cause: str | None = None) -> None:
+    """Refuse values that cannot be line integrals (:func:`line_integral_problem`); warn about floats above
+    :data:`LINE_INTEGRAL_MAX`.
+
+    Args:
+        p: the projections, any shape.
+        name: what they are, as the messages name them (``"projections FILE"``).
+        integers: whether the file stores integers (raw counts are refused then).
+        cause: the likely cause to name instead of :func:`line_integral_problem`'s (projections converted from
+            raw images: the flat or dark image).
+
+    Raises:
+        ValueError: ``name``, what is wrong and its likely cause.
+    """
     problem = line_integral_problem(p, integers)
     if problem:
-        raise ValueError(f"projections {path} {problem[0]}; {problem[1]}")
+        raise ValueError(f"{name} {problem[0]}; {cause or problem[1]}")
     if p.size and p.max() > LINE_INTEGRAL_MAX:
-        print(f"warning: projections {path} reach {float(p.max()):.4g}: {_LINE_INTEGRALS}, so these look like intensities "
-              "or integrals in other length units than the geometry's mm; the reconstruction will be scaled alike",
+        print(f"warning: {name} reach {float(p.max()):.4g}: {_LINE_INTEGRALS}, so these look like intensities "
+              "(raw readings: give --flat or --i0, and --dark, to convert them) or integrals in other length units than "
+              "the geometry's mm; the reconstruction will be scaled alike",
               flush=True)  # fmt: skip
 
 

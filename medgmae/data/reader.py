@@ -257,7 +257,7 @@ def is_multiframe_dicom(path: str | os.PathLike) -> bool:
     return reader.GetDimension() == 3 and reader.GetSize()[2] > 1
 
 
-def read_volume(path: str | os.PathLike, check_finite: bool = True, tiff: bool = False) -> Volume:
+def read_volume(path: str | os.PathLike, check_finite: bool = True, tiff: bool = False, planar: bool = False) -> Volume:
     """Read a 3D volume (NIfTI, NRRD, MetaImage, a DICOM series folder or a multi-frame DICOM file) with its RAS
     affine.
 
@@ -266,6 +266,7 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True, tiff: bool =
         check_finite: reject NaN / infinite voxels.
         tiff: read a multi-page TIFF stack too (:data:`TIFF_SUFFIXES`, through SimpleITK as the other files): its
             page's column is ``I``, its row ``J`` and its page ``K``.
+        planar: read a 2D image (one detector image, a single-page TIFF) as a volume of one slice ``(I, J, 1)``.
 
     Returns:
         The :class:`Volume` (array ``(I, J, K)`` float32, affine index -> RAS mm).
@@ -296,6 +297,8 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True, tiff: bool =
         raise ValueError(f"{p}: cannot read the volume ({type(e).__name__}: {e})") from e
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if planar and arr.ndim == 2:
+        arr = arr[..., None]
     if arr.ndim != 3:
         raise ValueError(f"{p}: expected a single 3D volume, got an array of shape {arr.shape} (2D and 4D images are not supported)")
     if check_finite and not np.isfinite(arr).all():

@@ -1,0 +1,187 @@
+"""Raw detector images to line integrals (``fbp`` and ``reconstruct`` with ``--flat`` / ``--dark`` / ``--i0``).
+
+A micro-CT or bench-top cone-beam scanner gives detector readings ``I`` (counts or intensities), an open-beam
+(flat) image ``F`` taken without the object and a dark image ``D`` taken without the beam. The line integrals are
+``p = -log((I - D) / (F - D))``, computed in float64 and stored as float32, the projections' working type.
+
+* ``--flat FILE`` is read as the projections are (:func:`recon.scan_files.read_detector_images`: a ``.npy``, a
+  MetaImage / NRRD / NIfTI or a TIFF, the same axis order), one image or a stack; a stack is always averaged over
+  its first axis into one flat, even when it holds as many images as the scan has views (the common case is a few
+  flats taken before and after the scan; a per-view correction is not made). ``--dark FILE`` likewise (default 0).
+  ``--i0 VALUE`` is the alternative to ``--flat``: the open-beam reading as one number, a uniform flat (with
+  ``--dark`` the dark is subtracted from it as from a flat).
+* Each image must have the projections' ``(rows, cols)``; NaN / Inf in any file is refused naming it.
+* A flat that is not above the dark in most pixels (:data:`SWAPPED_SHARE`) is refused: the two files are likely
+  swapped.
+* Readings of ``I - D`` or ``F - D`` below a floor (dark noise, dead pixels, readings without photons) are raised
+  to it, with one warning line saying how many: the floor is :data:`FLOOR_SHARE` of the median open-beam signal
+  ``F - D``, a transmission of 1e-6 (a line integral of at most about 13.8 at a typical pixel).
+
+The converted projections then go through the toolkit's one projection check
+(:func:`recon.scan_files.check_line_integrals`), so that a flat of another scan is caught as a file of line
+integrals would be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FLOOR_SHARE", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field", "to_line_integrals"]
+
+#: The floor of ``I - D`` and ``F - D``, as a share of the median open-beam signal ``F - D``.
+FLOOR_SHARE = 1e-6
+#: The share of pixels in which the flat must be above the dark (less: the files are likely swapped).
+SWAPPED_SHARE = 0.5
+#: Views converted at a time (bounds the float64 copies of a large stack).
+_BLOCK_VIEWS = 32
+
+
+def check_raw_flags(flat: str | None, dark: str | None, i0: float | None) -> None:
+    """Refuse ``--flat`` with ``--i0`` (both give the open beam) and ``--dark`` without either.
+
+    Raises:
+        ValueError: naming the flags and files.
+    """
+    if flat is not None and i0 is not None:
+        raise ValueError(f"--flat {flat} and --i0 {i0:g} both give the open-beam intensity: give one (--flat for an "
+                         "open-beam image, --i0 for one number)")  # fmt: skip
+    if dark is not None and flat is None and i0 is None:
+        raise ValueError(f"--dark {dark} needs --flat or --i0: the dark is subtracted from the projections and from "
+                         "the open beam, which one of them gives")  # fmt: skip
+
+
+def read_field(path: str, flag: str, proj_path: str, det_shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """A flat or dark file: its images averaged over the first axis.
+
+    Args:
+        path: the file (a stack ``(n, rows, cols)`` or one image ``(rows, cols)``, in the projections' layouts).
+        flag: ``"--flat"`` or ``"--dark"``, as messages name it.
+        proj_path: the projection file, as messages name it.
+        det_shape: the projections' ``(rows, cols)``.
+
+    Returns:
+        ``(the mean image (rows, cols) in float64, the number of images averaged)``.
+
+    Raises:
+        ValueError: missing, unreadable, non-finite or of other ``(rows, cols)`` than the projections; the message
+            names both files and shapes.
+    """
+    from recon.scan_files import read_detector_images
+
+    images = read_detector_images(path, flag, planar=True)[0]
+    if tuple(images.shape[1:]) != tuple(det_shape):
+        raise ValueError(f"{flag} {path} holds images of (rows, cols) = {tuple(images.shape[1:])} ({images.shape[0]} "
+                         f"image{'s' if images.shape[0] > 1 else ''}), but the projections {proj_path} have (rows, cols) "
+                         f"= {tuple(det_shape)}: give the {flag[2:]} image of this detector, in the same layout")  # fmt: skip
+    return images.astype(np.float64).mean(axis=0), int(images.shape[0])
+
+
+def _check_not_swapped(open_beam: np.ndarray, open_text: str, dark: str | None) -> None:
+    """Refuse an open-beam signal ``F - D`` that is not positive in at least :data:`SWAPPED_SHARE` of the pixels.
+
+    Args:
+        open_beam: ``F - D`` ``(rows, cols)``.
+        open_text: ``"--flat FILE"`` or ``"--i0 VALUE"``, as the message names it.
+        dark: the ``--dark`` file (``None``: none given, a dark of 0).
+    """
+    above = float((open_beam > 0).mean())
+    if above < SWAPPED_SHARE:
+        cause = (f"are {open_text} and --dark {dark} swapped?" if dark and open_text.startswith("--flat") else
+                 "is it the open-beam reading?" if not dark else f"is --dark {dark} the dark image of this detector?")
+        raise ValueError(f"{open_text} is above the dark ({f'--dark {dark}' if dark else '0: no --dark'}) in only "
+                         f"{above:.0%} of the pixels (fewer than {SWAPPED_SHARE:.0%}; median F - D "
+                         f"{float(np.median(open_beam)):.4g}): {cause} The open beam must read more than the dark")  # fmt: skip
+
+
+def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.ndarray | float) -> tuple[np.ndarray, dict]:
+    """``p = -log((I - D) / (F - D))`` in float64, stored as float32, readings below the floor raised to it.
+
+    Args:
+        counts: the raw projections ``I`` ``(views, rows, cols)``, any real dtype.
+        flat: the open-beam image ``F`` ``(rows, cols)`` or one number.
+        dark: the dark image ``D`` ``(rows, cols)`` or one number.
+
+    Returns:
+        ``(line integrals (views, rows, cols) float32, {"floor", "median_open", "clipped", "readings",
+        "clipped_open", "pixels"})``: the floor (:data:`FLOOR_SHARE` of the median of ``F - D``'s positive values)
+        and how many readings of ``I - D`` and pixels of ``F - D`` were below it.
+    """
+    open_beam = np.broadcast_to(np.asarray(flat, np.float64) - np.asarray(dark, np.float64), counts.shape[1:])
+    positive = open_beam[open_beam > 0]
+    median_open = float(np.median(positive)) if positive.size else 1.0
+    floor = FLOOR_SHARE * median_open
+    clipped_open = int((open_beam < floor).sum())
+    open_beam = np.maximum(open_beam, floor)
+    p, clipped = np.empty(counts.shape, np.float32), 0
+    for start in range(0, counts.shape[0], _BLOCK_VIEWS):
+        signal = counts[start : start + _BLOCK_VIEWS].astype(np.float64) - np.asarray(dark, np.float64)
+        clipped += int((signal < floor).sum())
+        p[start : start + _BLOCK_VIEWS] = -np.log(np.maximum(signal, floor) / open_beam)
+    return p, {"floor": floor, "median_open": median_open, "clipped": clipped, "readings": int(counts.size),
+               "clipped_open": clipped_open, "pixels": int(open_beam.size)}  # fmt: skip
+
+
+def _clip_warning(proj_path: str, clip: dict) -> str | None:
+    """The one warning line about readings raised to the floor, or ``None`` when none were."""
+    if not clip["clipped"] and not clip["clipped_open"]:
+        return None
+    return (f"warning: projections {proj_path}: {clip['clipped']} of {clip['readings']} readings of I - D "
+            f"({clip['clipped'] / clip['readings']:.3%}) and {clip['clipped_open']} of {clip['pixels']} pixels of F - D "
+            f"({clip['clipped_open'] / clip['pixels']:.3%}) were below the floor {clip['floor']:.4g} and raised to it "
+            f"(the floor: {FLOOR_SHARE:g} of the median open-beam signal F - D, {clip['median_open']:.4g}; dark noise, "
+            "dead pixels or readings without photons)")  # fmt: skip
+
+
+def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | None = None,
+                         i0: float | None = None) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """Read raw detector images and convert them to line integrals with a flat (or ``i0``) and a dark.
+
+    Args:
+        proj_path: the raw projection stack ``(views, rows, cols)`` (:func:`recon.scan_files.load_projections`'
+            layouts).
+        flat: the open-beam file (``None`` with ``i0``).
+        dark: the dark file (``None``: 0).
+        i0: the open-beam reading as one number (``None`` with ``flat``).
+
+    Returns:
+        ``(line integrals (views, rows, cols) float32, {"flat", "dark", "i0"})``: the record of what converted them
+        (absolute paths, ``None`` where not given) that :func:`recon.resume.scan_fingerprint` fingerprints.
+
+    Raises:
+        ValueError: the flags do not go together (:func:`check_raw_flags`); a file missing, unreadable, non-finite
+            or of other ``(rows, cols)``; a flat not above the dark; projections that are no line integrals once
+            converted. Each message names the files.
+    """
+    from recon.scan_files import check_line_integrals, read_detector_images
+
+    check_raw_flags(flat, dark, i0)
+    if flat is None and i0 is None:
+        raise ValueError("load_raw_projections needs flat or i0 (the open-beam reading)")
+    counts = read_detector_images(proj_path)[0]
+    shape = tuple(counts.shape[1:])
+    F, nf = read_field(flat, "--flat", proj_path, shape) if flat is not None else (float(i0), 0)
+    D, nd = read_field(dark, "--dark", proj_path, shape) if dark is not None else (0.0, 0)
+    open_text = f"--flat {flat}" if flat is not None else f"--i0 {i0:g}"
+    _check_not_swapped(np.broadcast_to(np.asarray(F) - np.asarray(D), shape), open_text, dark)
+    p, clip = to_line_integrals(counts, F, D)
+    used = [f"F = {open_text}" + (f" ({_images(nf, counts.shape[0])})" if flat else ""),
+            f"D = --dark {dark} ({_images(nd, counts.shape[0])})" if dark else "D = 0 (no --dark)"]
+    print(f"note: projections {proj_path}: raw detector images converted to line integrals -log((I - D) / (F - D)) "
+          f"with {', '.join(used)}", flush=True)  # fmt: skip
+    warning = _clip_warning(proj_path, clip)
+    if warning:
+        print(warning, flush=True)
+    check_line_integrals(p, f"projections {proj_path} converted with {open_text}", False,
+                         f"is {open_text} the open-beam reading of this scan" + (f", and --dark {dark} its dark?" if dark else "?"))
+    record = {"flat": str(Path(flat).resolve()) if flat else None, "dark": str(Path(dark).resolve()) if dark else None,
+              "i0": None if i0 is None else float(i0)}  # fmt: skip
+    return p, record
+
+
+def _images(n: int, views: int) -> str:
+    """How many images a flat or dark file's mean is of."""
+    if n == 1:
+        return "one image"
+    return f"the mean of {n} images" + (", as many as views: averaged, not applied per view" if n == views else "")

@@ -1,0 +1,167 @@
+"""``fbp`` / ``reconstruct`` with ``--flat`` / ``--dark`` / ``--i0``: raw detector readings converted to line
+integrals ``-log((I - D) / (F - D))``, checked against readings made in the test from known line integrals."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from test_recon_cli_checks import expect_refusal, reconstruct_args
+
+from recon.cli import main
+from recon.flat_field import FLOOR_SHARE, load_raw_projections
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def raw(small_parallel_scan, tmp_path_factory):
+    """The scan's line integrals ``p``, a gain-patterned flat ``F``, a dark ``D`` and readings ``I = D + (F - D)
+    exp(-p)`` in float64, saved as ``.npy``: ``(scan folder, files folder, p, F, D)``."""
+    scan = small_parallel_scan[0]
+    d = tmp_path_factory.mktemp("raw")
+    p = np.load(scan / "projections.npy").astype(np.float64)
+    rows, cols = p.shape[1:]
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    flat = 20000.0 * (1.0 + 0.3 * np.sin(r / 2.0) * np.cos(c / 3.0))  # a detector gain pattern, 14000 .. 26000
+    dark = 100.0 + 5.0 * ((r + 2 * c) % 7)  # a fixed-pattern offset, 100 .. 130
+    np.save(d / "counts.npy", dark + (flat - dark) * np.exp(-p))
+    np.save(d / "flat.npy", flat)
+    np.save(d / "dark.npy", dark)
+    return scan, d, p, flat, dark
+
+
+def _fbp(scan: Path, proj: Path, out: Path, *extra) -> np.ndarray:
+    assert main(["fbp", "--projections", str(proj), "--geometry", str(scan / "geometry.json"), "--device", "cpu",
+                 "--out", str(out), *extra]) == 0  # fmt: skip
+    return np.asarray(nib.load(str(out)).dataobj, np.float64)
+
+
+def test_readings_with_flat_and_dark_give_the_line_integrals(raw, tmp_path, capsys):
+    """(a) The readings with their flat and dark, the flat as one image, as a stack of three whose mean it is, or as
+    a single-page TIFF, give the line integrals they were made from (float32 rounding); the note names the files."""
+    import tifffile
+
+    _, d, p, flat, dark = raw
+    np.save(tmp_path / "flats.npy", np.stack([0.9 * flat, flat, 1.1 * flat]))
+    tifffile.imwrite(tmp_path / "flat.tif", flat.astype(np.float32))
+    for f in (d / "flat.npy", tmp_path / "flats.npy", tmp_path / "flat.tif"):
+        got, record = load_raw_projections(str(d / "counts.npy"), str(f), str(d / "dark.npy"))
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, p, rtol=1e-6, atol=2e-6 if f.suffix == ".tif" else 1e-6)
+        assert record == {"flat": str(f.resolve()), "dark": str((d / "dark.npy").resolve()), "i0": None}
+    said = capsys.readouterr().out
+    assert f"F = --flat {tmp_path / 'flats.npy'} (the mean of 3 images)" in said and f"D = --dark {d / 'dark.npy'}" in said
+    assert "warning" not in said
+
+
+def test_fbp_of_the_readings_is_the_fbp_of_the_line_integrals(raw, tmp_path):
+    """(b) ``fbp --flat --dark`` of the readings reconstructs what ``fbp`` of the line integrals does."""
+    scan, d, *_ = raw
+    direct = _fbp(scan, scan / "projections.npy", tmp_path / "direct.nii.gz")
+    converted = _fbp(scan, d / "counts.npy", tmp_path / "raw.nii.gz", "--flat", str(d / "flat.npy"), "--dark", str(d / "dark.npy"))
+    np.testing.assert_allclose(converted, direct, rtol=0, atol=1e-5 * np.abs(direct).max())
+
+
+def test_i0_is_a_uniform_flat(raw, tmp_path):
+    """(c) ``--i0`` alone (``I = I0 exp(-p)``) and with ``--dark`` (``I = D + (I0 - D) exp(-p)``)."""
+    _, d, p, _, dark = raw
+    np.save(tmp_path / "plain.npy", 5e4 * np.exp(-p))
+    np.save(tmp_path / "offset.npy", dark + (5e4 - dark) * np.exp(-p))
+    np.testing.assert_allclose(load_raw_projections(str(tmp_path / "plain.npy"), i0=5e4)[0], p, rtol=1e-6, atol=1e-6)
+    got, record = load_raw_projections(str(tmp_path / "offset.npy"), dark=str(d / "dark.npy"), i0=5e4)
+    np.testing.assert_allclose(got, p, rtol=1e-6, atol=1e-6)
+    assert record["i0"] == 5e4 and record["flat"] is None
+
+
+def test_bad_flats_and_darks_are_refused_naming_the_files(raw, tmp_path, capsys):
+    """(d) A flat of other (rows, cols), flat and dark swapped, NaN in a flat or dark, ``--flat`` with ``--i0``, a
+    missing file and ``--dark`` alone: exit 2 naming the files, for fbp and reconstruct, nothing written."""
+    scan, d, _, flat, dark = raw
+    counts, f, k = str(d / "counts.npy"), str(d / "flat.npy"), str(d / "dark.npy")
+    np.save(tmp_path / "narrow.npy", flat[:, :-1])
+    nan = flat.copy()
+    nan[2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "inf_dark.npy", np.where(dark > 120, np.inf, dark))
+    rows, cols = flat.shape
+    cases = {
+        "shape": (["--flat", str(tmp_path / "narrow.npy")], [f"--flat {tmp_path / 'narrow.npy'}", f"(rows, cols) = ({rows}, {cols - 1})",
+                                                             f"projections {counts} have (rows, cols) = ({rows}, {cols})"]),
+        "swapped": (["--flat", k, "--dark", f], [f"--flat {k} is above the dark (--dark {f}) in only 0%", "swapped"]),
+        "nan flat": (["--flat", str(tmp_path / "nan.npy")], [f"--flat {tmp_path / 'nan.npy'} contain 1 NaN or Inf value",
+                                                            "row 2, column 3"]),
+        "inf dark": (["--flat", f, "--dark", str(tmp_path / "inf_dark.npy")], [f"--dark {tmp_path / 'inf_dark.npy'} contain"]),
+        "flat and i0": (["--flat", f, "--i0", "1000"], [f"--flat {f} and --i0 1000 both give the open-beam intensity"]),
+        "missing": (["--flat", str(tmp_path / "none.npy")], [f"--flat file {tmp_path / 'none.npy'} does not exist"]),
+        "dark alone": (["--dark", k], [f"--dark {k} needs --flat or --i0"]),
+    }  # fmt: skip
+    for name, (flags, messages) in cases.items():
+        out = tmp_path / "out"
+        fbp = ["fbp", "--projections", counts, "--geometry", str(scan / "geometry.json"), "--out", str(out / "f.nii.gz"), *flags]
+        for args in (fbp, reconstruct_args(scan, out, "--projections", counts, *flags)):
+            expect_refusal(capsys, args, *messages)
+            assert not out.exists(), name
+
+
+def test_counts_without_a_flat_point_at_the_flags(raw, tmp_path, capsys):
+    """Integer readings given as line integrals are refused with a message naming --flat, --dark and --i0; a flat
+    of another scan (far below the readings) is caught by the line-integral check after the conversion."""
+    scan, d, p, flat, _ = raw
+    np.save(tmp_path / "counts16.npy", np.round(flat * np.exp(-p)).astype(np.uint16))
+    np.save(tmp_path / "dim.npy", flat / 1000.0)
+    base = ["fbp", "--geometry", str(scan / "geometry.json"), "--out", str(tmp_path / "f.nii.gz")]
+    expect_refusal(capsys, [*base, "--projections", str(tmp_path / "counts16.npy")], "raw detector counts", "--flat", "--dark", "--i0")
+    expect_refusal(capsys, [*base, "--projections", str(tmp_path / "counts16.npy"), "--flat", str(tmp_path / "dim.npy")],
+                   f"projections {tmp_path / 'counts16.npy'} converted with --flat {tmp_path / 'dim.npy'} have no positive value", "open-beam reading of this scan")  # fmt: skip
+    assert main([*base, "--projections", str(tmp_path / "counts16.npy"), "--flat", str(d / "flat.npy")]) == 0
+
+
+def test_readings_below_the_floor_are_counted_in_one_warning(raw, tmp_path, capsys):
+    """(e) Readings at or below the dark and a dead flat pixel (flat = dark) are raised to the floor, 1e-6 of the
+    median of F - D, and counted in one warning line; the others convert exactly."""
+    _, d, p, flat, dark = raw
+    counts = dark + (flat - dark) * np.exp(-p)
+    counts[0, 0, :3] = dark[0, :3] - 5.0  # below the dark (dark noise)
+    counts[4, 1, 2] = dark[1, 2]  # exactly the dark: no photon
+    dead = flat.copy()
+    dead[3, 3] = dark[3, 3]
+    np.save(tmp_path / "counts.npy", counts)
+    np.save(tmp_path / "dead.npy", dead)
+    got, _ = load_raw_projections(str(tmp_path / "counts.npy"), str(tmp_path / "dead.npy"), str(d / "dark.npy"))
+    open_beam = dead - dark
+    floor = FLOOR_SHARE * np.median(open_beam[open_beam > 0])
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and f"4 of {p.size} readings of I - D ({4 / p.size:.3%})" in warnings[0], warnings
+    assert f"1 of {flat.size} pixels of F - D" in warnings[0] and f"floor {floor:.4g}" in warnings[0]
+    assert "median open-beam signal" in warnings[0]
+    np.testing.assert_allclose(got[0, 0, :3], -np.log(floor / open_beam[0, :3]), rtol=1e-6)
+    np.testing.assert_allclose(got[:, 3, 3], -np.log((counts[:, 3, 3] - dark[3, 3]) / floor), rtol=1e-6)
+    keep = np.ones(p.shape, bool)
+    keep[0, 0, :3] = keep[4, 1, 2] = False
+    keep[:, 3, 3] = False
+    np.testing.assert_allclose(got[keep], p[keep], rtol=1e-6, atol=1e-6)
+
+
+def test_resume_with_another_flat_is_refused(raw, tmp_path, capsys):
+    """(f) metrics.json records the flat and dark (paths, SHA-256 of the files); ``--resume`` with another flat is
+    refused naming --flat, with the same flat copied elsewhere it resumes."""
+    scan, d, _, flat, _ = raw
+    out = tmp_path / "rec"
+    flags = ["--projections", str(d / "counts.npy"), "--flat", str(d / "flat.npy"), "--dark", str(d / "dark.npy")]
+    assert main(reconstruct_args(scan, out, *flags, "--iterations", "2")) == 0
+    recorded = json.loads((out / "metrics.json").read_text())["scan"]
+    assert recorded["flat"] == str((d / "flat.npy").resolve()) and recorded["i0"] is None
+    assert recorded["flat_sha256"] == hashlib.sha256((d / "flat.npy").read_bytes()).hexdigest()
+    assert recorded["dark_sha256"] == hashlib.sha256((d / "dark.npy").read_bytes()).hexdigest()
+    np.save(tmp_path / "other_flat.npy", flat * 1.01)
+    other = [*flags[:2], "--flat", str(tmp_path / "other_flat.npy"), *flags[4:]]
+    expect_refusal(capsys, reconstruct_args(scan, out, *other, "--iterations", "3", "--resume"),
+                   f"--resume: {out / 'recon_state.pt'}", "--flat (sha256 of the file): saved")  # fmt: skip
+    expect_refusal(capsys, reconstruct_args(scan, out, *flags[:2], "--i0", "20000", "--iterations", "3", "--resume"),
+                   "--flat (sha256 of the file): saved", "--i0: saved None, now 20000.0")  # fmt: skip
+    (tmp_path / "moved.npy").write_bytes((d / "flat.npy").read_bytes())
+    moved = [*flags[:2], "--flat", str(tmp_path / "moved.npy"), *flags[4:]]
+    assert main(reconstruct_args(scan, out, *moved, "--iterations", "3", "--resume")) == 0
