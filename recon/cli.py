@@ -64,9 +64,10 @@ import threading
 
 from medgmae.bundle_errors import Terminated, catch_sigterm
 from medgmae.cli_types import ToolParser, expand_home, finite_float, nonneg_float, nonneg_int, positive_float, positive_int
-from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp, cmd_simulate
+from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 from recon.select_command import cmd_select
+from recon.simulate_command import cmd_simulate
 
 __all__ = ["main", "build_parser"]
 
