@@ -9,7 +9,7 @@ Subcommands::
     medgmae-recon reconstruct --projections P.npy --geometry G.json [--flat F.tif [--dark D.tif] | --i0 I0]
                   [--fbp F.nii.gz] [--preset toolkit|3dgr-ct]
                   [--init random|fbp|medgmae|3dgr-ct] [--checkpoint model.pt] [--iterations N] [--reference R.nii.gz]
-                  --out DIR
+                  [--matrix-dir DIR] --out DIR
     medgmae-recon evaluate --recon R.nii.gz --reference R2.nii.gz
     medgmae-recon select --runs DIR DIR [DIR ...] [--json choice.json]
 
@@ -246,6 +246,12 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--checkpoint-every", type=nonneg_int, default=500, help="iterations between resumable states (0: end only)")
     r.add_argument("--resume", action="store_true", help=f"continue from OUT/{RECON_STATE}")
     r.add_argument("--backend", default="auto", choices=PROJECTOR_BACKENDS, help="projector backend")
+    r.add_argument("--matrix-dir", default=None, metavar="DIR",
+                   help="folder shared by runs for the matrix backend's matrix (cone beam on the CPU), read from and "
+                        "saved to DIR/projector_matrix-<16 hex digits of its key>.pt, so that the runs of select's "
+                        "candidates, or of several scans, build each scan's matrix once (default: OUT/projector_matrix.pt, "
+                        "the run's own); written atomically (runs that build at once each build it, the last one's "
+                        "file stays) and never removed")
     r.add_argument("--filter", default="hann", choices=FILTERS, help="filter for the FBP when --fbp is absent")
     r.add_argument("--seed", type=nonneg_int, default=0, help="seed of the initialisation and of the views drawn")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")

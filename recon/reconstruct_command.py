@@ -37,7 +37,8 @@ def cmd_reconstruct(args) -> int:
     Raises:
         Interrupted: on Ctrl-C, saying where the last saved state is (no other output is written; the projector's
             matrix stays for the next run). Any other failure of a run that created its output folder, before its
-            first saved state, removes the matrix it saved there (and the folder, then empty).
+            first saved state, removes the matrix it saved there (and the folder, then empty); a matrix in
+            ``--matrix-dir`` is never removed.
     """
     out = Path(args.out)
     state_path, new_folder = out / RECON_STATE, not out.exists()
@@ -53,7 +54,8 @@ def cmd_reconstruct(args) -> int:
 
 
 def _remove_matrix(out: Path) -> None:
-    """Delete the projector's matrix in ``out``, and ``out`` when that leaves it empty."""
+    """Delete the projector's matrix in ``out`` (the run's own :data:`MATRIX_FILE`, never a ``--matrix-dir`` one),
+    and ``out`` when that leaves it empty."""
     from recon.projectors.matrix_cache import MATRIX_FILE
 
     if not out.is_dir():  # never made (a refused --out below a file, or a failure before the build)
@@ -151,7 +153,7 @@ def _reconstruct(args) -> int:
     out = Path(args.out)
     state_path = out / RECON_STATE
     torch.manual_seed(args.seed)
-    projector, projector_seconds = _build_projector(geom, args.backend, device, out)
+    projector, projector_seconds = _build_projector(geom, args.backend, device, out, args.matrix_dir)
     proj_t = torch.from_numpy(x.proj).to(device)
     t0 = time.perf_counter()
     if x.fbp_vol is None:
@@ -198,9 +200,17 @@ def _reconstruct(args) -> int:
     return 0
 
 
-def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: Path):
+def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: Path, matrix_dir: str | None = None):
     """The scan's projector, announced first (building a matrix backend takes a while on large scans: its matrix is
-    kept in ``out`` and read from there by a later run on the same scan, :mod:`recon.projectors.matrix_cache`).
+    kept in ``out``, or in ``matrix_dir`` shared by runs, and read from there by a later run on the same scan,
+    :mod:`recon.projectors.matrix_cache`).
+
+    Args:
+        geom: the scan.
+        backend: ``--backend``.
+        device: the device the run computes on.
+        out: the run's output folder.
+        matrix_dir: ``--matrix-dir``, the folder shared by runs for the matrix (``None``: ``out``).
 
     Returns:
         ``(projector, seconds taken)``.
@@ -218,10 +228,13 @@ def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: 
               file=sys.stderr, flush=True)  # fmt: skip
     t0 = time.perf_counter()
     if chosen != "matrix":
+        if matrix_dir is not None:  # only auto gets here (_check_flags refuses it with --backend torch or astra)
+            print(f"note: --matrix-dir {matrix_dir} is not used: --backend auto chose the {chosen} backend, which "
+                  "builds no matrix", file=sys.stderr, flush=True)  # fmt: skip
         return make_projector(geom, chosen, device), time.perf_counter() - t0
     from recon.projectors.matrix_cache import cached_matrix_projector
 
-    projector, note = cached_matrix_projector(geom, out)
+    projector, note = cached_matrix_projector(geom, matrix_dir or out, shared=matrix_dir is not None)
     print(f"{note} ({time.perf_counter() - t0:.1f} s)", flush=True)
     return projector, time.perf_counter() - t0
 
@@ -267,8 +280,12 @@ def _refit(rec, init_fn, iteration: int, progress: bool | str):
 
 def _check_flags(args) -> None:
     """The flags that need no file checked against each other (the budget is settled once the scan is read), and
-    that ``--out`` can be a folder."""
+    that ``--out`` and ``--matrix-dir`` can be folders."""
     check_out_folder(args.out)
+    if args.matrix_dir is not None:
+        check_out_folder(args.matrix_dir, "--matrix-dir")
+        if args.backend not in ("auto", "matrix"):
+            raise CLIError(f"--matrix-dir keeps the matrix backend's matrix; --backend {args.backend} builds none")
     _check_holdout_flags(args)
     if args.split_rule is not None and args.preset != "toolkit":
         raise CLIError(f"--split-rule chooses the toolkit preset's density control; --preset {args.preset} uses its own")

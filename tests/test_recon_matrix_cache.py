@@ -148,3 +148,117 @@ def test_a_file_whose_arrays_do_not_form_the_matrix_is_rebuilt(scan, tmp_path, d
     assert "not used: its arrays do not form the matrix of this scan; saved the matrix" in note
     assert (projector.a != RayMatrixProjector(geom).a).nnz == 0
     assert cached_matrix_projector(geom, tmp_path)[1].startswith("read the matrix from")
+
+
+def _shared_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("projector_matrix"))
+
+
+def test_runs_sharing_a_matrix_dir_build_the_matrix_once(scan, tmp_path, capsys):
+    """Candidates of select with other settings and their own --out share --matrix-dir: the first saves the matrix
+    there (under a name with its key, equal to a fresh build), the second reads it and writes the volume of a run
+    that built its own; select and --resume take them as runs of one scan with the same settings."""
+    shared, holdout = tmp_path / "matrices", ("--holdout-views", "1", "--eval-every", "1")
+    capsys.readouterr()
+    assert main(_args(scan, tmp_path / "a", *holdout, "--matrix-dir", str(shared))) == 0
+    (name,) = _shared_files(shared)
+    assert f"saved the matrix in {shared / name} (" in capsys.readouterr().out
+    assert name.startswith("projector_matrix-") and len(name) == len("projector_matrix-.pt") + 16
+    assert not (tmp_path / "a" / MATRIX_FILE).exists()
+    saved = torch.load(shared / name)
+    fresh = RayMatrixProjector(CTGeometry.load(scan / "geometry.json")).a
+    assert np.array_equal(saved["indptr"].numpy(), fresh.indptr) and np.array_equal(saved["indices"].numpy(), fresh.indices)
+    assert np.array_equal(saved["data"].numpy(), fresh.data)
+    assert main(_args(scan, tmp_path / "b", *holdout, "--tv", "1e-3", "--matrix-dir", str(shared))) == 0
+    assert f"read the matrix from {shared / name} (built for this scan)" in capsys.readouterr().out
+    assert main(_args(scan, tmp_path / "c", *holdout, "--tv", "1e-3")) == 0
+    assert f"saved the matrix in {tmp_path / 'c' / MATRIX_FILE}" in capsys.readouterr().out
+    volume = {run: nib.load(str(tmp_path / run / "recon.nii.gz")).get_fdata() for run in "bc"}
+    np.testing.assert_array_equal(volume["b"], volume["c"])
+    assert _shared_files(shared) == [name] and not (tmp_path / "b" / MATRIX_FILE).exists()
+    assert main(["select", "--runs", *(str(tmp_path / run) for run in "abc")]) == 0
+    assert main(_args(scan, tmp_path / "c", *holdout, "--tv", "1e-3", "--resume", "--iterations", "3", "--matrix-dir", str(shared))) == 0
+    assert f"read the matrix from {shared / name}" in capsys.readouterr().out
+
+
+def test_another_scan_builds_its_own_file_in_the_matrix_dir(scan, tmp_path, capsys):
+    """A scan with other angles saves its matrix beside the first scan's, which stays as it was; a damaged shared
+    file is not used (a note says why), rebuilt and read by the next run."""
+    shared = tmp_path / "matrices"
+    assert main(_args(scan, tmp_path / "a", "--matrix-dir", str(shared))) == 0
+    (first,) = _shared_files(shared)
+    before = (shared / first).read_bytes()
+    g = json.loads((scan / "geometry.json").read_text())
+    turned = tmp_path / "turned.json"
+    turned.write_text(json.dumps({**g, "angles": [a + 0.1 for a in g["angles"]]}))
+    capsys.readouterr()
+    assert main(_args(scan, tmp_path / "b", "--matrix-dir", str(shared), geometry=turned)) == 0
+    (second,) = set(_shared_files(shared)) - {first}
+    assert f"saved the matrix in {shared / second}" in capsys.readouterr().out
+    assert (shared / first).read_bytes() == before
+    (shared / first).write_bytes(before[:1000])
+    assert main(_args(scan, tmp_path / "c", "--matrix-dir", str(shared))) == 0
+    assert f"{shared / first} not used: it cannot be read (" in capsys.readouterr().out
+    assert main(_args(scan, tmp_path / "d", "--matrix-dir", str(shared))) == 0
+    assert f"read the matrix from {shared / first}" in capsys.readouterr().out
+    assert _shared_files(shared) == sorted([first, second])
+
+
+@pytest.mark.parametrize("problem", ["a file", "below a file", "read-only", "backend torch"])
+def test_a_matrix_dir_that_cannot_be_used_is_refused_before_any_work(scan, tmp_path, monkeypatch, capsys, problem):
+    """--matrix-dir that is a file, below one, in a folder where no file can be created, or given with a backend
+    that builds no matrix: exit 2 with a message naming the flag, nothing written."""
+    import errno
+    import tempfile
+
+    shared, extra = tmp_path / "matrices", ()
+    if problem in ("a file", "below a file"):
+        shared.write_text("not a folder")
+        shared = shared / "sub" if problem == "below a file" else shared
+    elif problem == "read-only":
+        real, shared = tempfile.mkstemp, tmp_path / "read_only" / "matrices"
+        shared.parent.mkdir()
+
+        def read_only(*args, dir=None, **kwargs):
+            if Path(dir) == shared.parent:
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    else:
+        extra = ("--backend", "torch")
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert main(_args(scan, tmp_path / "rec", "--matrix-dir", str(shared), *extra)) == 2
+    err = capsys.readouterr().err
+    assert "error: --matrix-dir" in err and "building the projector" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+def test_a_failed_run_never_removes_the_shared_matrix(scan, tmp_path, monkeypatch):
+    """A run failing before its first state removes the folder it created, never the matrix it saved in the
+    --matrix-dir it created too."""
+    from recon.gaussian_recon import GaussianReconstructor
+
+    def failing_step(self):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(GaussianReconstructor, "step", failing_step)
+    shared = tmp_path / "matrices"
+    with pytest.raises(RuntimeError, match="device lost"):
+        main(_args(scan, tmp_path / "rec", "--matrix-dir", str(shared)))
+    assert not (tmp_path / "rec").exists() and len(_shared_files(shared)) == 1
+
+
+def test_a_matrix_dir_unused_by_the_backend_auto_chose_is_named(tmp_path, capsys):
+    """--backend auto choosing a backend without a matrix (parallel beam on the CPU): a note says --matrix-dir is
+    not used, the run completes and the folder is not created."""
+    ph = generate_phantom(1, shape=(10, 12, 8), spacing=(12.0, 12.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(tmp_path / "ct.nii.gz"))
+    assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "4", "--out",
+                 str(tmp_path / "scan"), "--device", "cpu"]) == 0  # fmt: skip
+    capsys.readouterr()
+    shared = tmp_path / "matrices"
+    assert main(_args(tmp_path / "scan", tmp_path / "rec", "--backend", "auto", "--matrix-dir", str(shared))) == 0
+    assert f"note: --matrix-dir {shared} is not used: --backend auto chose the " in capsys.readouterr().err
+    assert not shared.exists()

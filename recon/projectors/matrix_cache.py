@@ -8,6 +8,12 @@ not enter ``A``), the ray marcher's step, the dtype and the build's version
 (:data:`recon.projectors.ray_matrix.BUILD_VERSION`). It is written atomically (write, then rename) right after the
 build. A file whose key differs (another geometry, volume grid, step, dtype or build) or that cannot be read is not
 used: a note says so, the matrix is built and the file replaced.
+
+A folder shared by runs (``reconstruct --matrix-dir``: the candidates of ``select``, or several scans) holds each
+matrix under a name with the key's first 16 hex digits (:data:`SHARED_MATRIX_FILE`), so the matrices of several scans
+lie side by side. Its files are only read and replaced, never removed. A reader sees a whole file or none (the write
+renames a finished temporary file); two runs that find no file and build at once both build, and the second
+rename replaces the first's file with an equal one.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from recon.geometry import CTGeometry
 from recon.projectors import ray_matrix
 from recon.projectors.ray_matrix import RayMatrixProjector
 
-__all__ = ["MATRIX_FILE", "matrix_key", "save_matrix", "cached_matrix_projector"]
+__all__ = ["MATRIX_FILE", "SHARED_MATRIX_FILE", "matrix_key", "matrix_path", "save_matrix", "cached_matrix_projector"]
 
 #: The matrix's file name in a run's output folder.
 MATRIX_FILE = "projector_matrix.pt"
+#: The matrix's file name in a folder shared by runs (``--matrix-dir``): ``key`` is :func:`matrix_key`'s first 16
+#: hex digits.
+SHARED_MATRIX_FILE = "projector_matrix-{key}.pt"
 
 
 def matrix_key(geometry: CTGeometry, step: float, dtype: torch.dtype) -> str:
@@ -36,6 +45,20 @@ def matrix_key(geometry: CTGeometry, step: float, dtype: torch.dtype) -> str:
     scan = {k: v for k, v in geometry.to_dict().items() if k != "affine"}
     blob = json.dumps({"geometry": scan, "step": float(step), "dtype": str(dtype), "format": ray_matrix.BUILD_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def matrix_path(folder: str | Path, key: str, shared: bool = False) -> Path:
+    """Where the matrix of ``key`` is kept in ``folder``.
+
+    Args:
+        folder: a run's output folder, or (``shared``) a folder shared by runs.
+        key: the matrix's :func:`matrix_key`.
+        shared: ``folder`` is shared by runs (``--matrix-dir``): the name holds the key's first 16 hex digits.
+
+    Returns:
+        ``folder`` / :data:`MATRIX_FILE`, or ``folder`` / :data:`SHARED_MATRIX_FILE` with the key.
+    """
+    return Path(folder) / (SHARED_MATRIX_FILE.format(key=key[:16]) if shared else MATRIX_FILE)
 
 
 def _read(path: Path, key: str, shape: tuple, dtype: torch.dtype) -> tuple[sp.csr_matrix | None, str]:
@@ -60,23 +83,24 @@ def _read(path: Path, key: str, shape: tuple, dtype: torch.dtype) -> tuple[sp.cs
 
 
 def cached_matrix_projector(
-    geometry: CTGeometry, folder: str | Path, step: float = 0.5, dtype: torch.dtype = torch.float32
+    geometry: CTGeometry, folder: str | Path, step: float = 0.5, dtype: torch.dtype = torch.float32, shared: bool = False
 ) -> tuple[RayMatrixProjector, str]:
-    """The matrix projector of ``geometry``, read from ``folder`` / :data:`MATRIX_FILE` when that was built for it,
-    else built and saved there (atomically).
+    """The matrix projector of ``geometry``, read from its file in ``folder`` (:func:`matrix_path`) when that was
+    built for it, else built and saved there (atomically).
 
     Args:
         geometry: the scan.
-        folder: the run's output folder (created if needed).
+        folder: the run's output folder, or (``shared``) a folder shared by runs (created if needed).
         step: the ray marcher's step (fraction of the smallest voxel).
         dtype: the matrix's dtype.
+        shared: ``folder`` is shared by runs (``--matrix-dir``): the file's name holds the key.
 
     Returns:
         ``(projector, note)``: a line saying whether the matrix was read, or built and saved (and why a file there
         was not used).
     """
-    path = Path(folder) / MATRIX_FILE
     key = matrix_key(geometry, step, dtype)
+    path = matrix_path(folder, key, shared)
     shape = (geometry.num_views * geometry.det_shape[0] * geometry.det_shape[1], int(np.prod(geometry.volume_shape)))
     why = ""
     if path.is_file():
@@ -84,26 +108,28 @@ def cached_matrix_projector(
         if matrix is not None:
             return RayMatrixProjector(geometry, step, dtype, matrix=matrix), f"read the matrix from {path} (built for this scan)"
     projector = RayMatrixProjector(geometry, step, dtype)
-    note = save_matrix(projector, folder)
+    note = save_matrix(projector, folder, shared)
     return projector, (f"{path} not used: {why}; " if why else "") + note
 
 
-def save_matrix(projector: RayMatrixProjector, folder: str | Path) -> str:
-    """Save ``projector``'s matrix in ``folder`` / :data:`MATRIX_FILE` (atomically) with its key.
+def save_matrix(projector: RayMatrixProjector, folder: str | Path, shared: bool = False) -> str:
+    """Save ``projector``'s matrix in its file in ``folder`` (:func:`matrix_path`; atomically) with its key.
 
     Args:
         projector: a built matrix projector (its geometry, step and dtype make the key).
-        folder: the run's output folder (created if needed).
+        folder: the run's output folder, or (``shared``) a folder shared by runs (created if needed).
+        shared: ``folder`` is shared by runs (``--matrix-dir``): the file's name holds the key.
 
     Returns:
         the line saying where it was saved and its size.
     """
     from medgmae.files import save_torch_atomic
 
-    path, a = Path(folder) / MATRIX_FILE, projector.a
-    key = matrix_key(projector.geometry, projector.step, projector.dtype)
+    a, key = projector.a, matrix_key(projector.geometry, projector.step, projector.dtype)
+    path = matrix_path(folder, key, shared)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_torch_atomic({"key": key, "data": torch.from_numpy(a.data), "indices": torch.from_numpy(a.indices),
                        "indptr": torch.from_numpy(a.indptr)}, path)  # fmt: skip
     size = (a.data.nbytes + a.indices.nbytes + a.indptr.nbytes) / 2**20
-    return f"saved the matrix in {path} ({size:.0f} MiB) for --resume"
+    used_by = f"runs with --matrix-dir {folder}" if shared else "--resume"
+    return f"saved the matrix in {path} ({size:.0f} MiB) for {used_by}"
