@@ -43,10 +43,11 @@ def cmd_reconstruct(args) -> int:
     out = Path(args.out)
     state_path, new_folder = out / RECON_STATE, not out.exists()
     before = state_path.stat().st_mtime_ns if state_path.is_file() else None
+    matrix: list[Path] = []  # the projector's matrix file, once the run knows it (named by the Ctrl-C line)
     try:
-        return _reconstruct(args)
+        return _reconstruct(args, matrix)
     except KeyboardInterrupt:
-        raise Interrupted(_interrupted_note(args, state_path, before)) from None
+        raise Interrupted(_interrupted_note(args, state_path, before, matrix)) from None
     except Exception:
         if new_folder and not state_path.is_file():  # nothing to resume: the matrix alone is hundreds of MiB
             _remove_matrix(out)
@@ -67,10 +68,10 @@ def _remove_matrix(out: Path) -> None:
         pass
 
 
-def _interrupted_note(args, state_path: Path, before: int | None) -> str:
-    """What an interrupted run left: the state it saved (``before``: the state file's mtime at the start)."""
+def _interrupted_note(args, state_path: Path, before: int | None, matrix: list[Path]) -> str:
+    """What an interrupted run left: the state it saved (``before``: the state file's mtime at the start) or, without
+    one, the projector's matrix file (``matrix``: its path, when the run got that far) kept for the next run."""
     from medgmae.files import load_torch_file
-    from recon.projectors.matrix_cache import MATRIX_FILE
 
     if state_path.is_file() and state_path.stat().st_mtime_ns != before:
         try:
@@ -87,8 +88,7 @@ def _interrupted_note(args, state_path: Path, before: int | None) -> str:
     every, n = args.checkpoint_every, args.iterations
     early = " or where --patience stops it" if args.patience else ""
     first = f"at iteration {every}{early}" if 0 < every < n else f"at the end of the run, iteration {n}{early}"
-    kept = Path(args.out) / MATRIX_FILE
-    kept = f" (the projector's matrix {kept} stays for the next run to read)" if kept.is_file() else ""
+    kept = f" (the projector's matrix {matrix[0]} stays for the next run to read)" if matrix and matrix[0].is_file() else ""
     return f"no state was saved yet (the first is saved {first}); no output was written{kept}"
 
 
@@ -141,8 +141,8 @@ def _read_inputs(args) -> _Inputs:
     return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device, model_spec)
 
 
-def _reconstruct(args) -> int:
-    """What :func:`cmd_reconstruct` does."""
+def _reconstruct(args, matrix: list[Path]) -> int:
+    """What :func:`cmd_reconstruct` does (``matrix`` receives the projector's matrix file, for a matrix backend)."""
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconstructor
     from recon.holdout import fitted_views_fbp
@@ -153,7 +153,7 @@ def _reconstruct(args) -> int:
     out = Path(args.out)
     state_path = out / RECON_STATE
     torch.manual_seed(args.seed)
-    projector, projector_seconds = _build_projector(geom, args.backend, device, out, args.matrix_dir)
+    projector, projector_seconds = _build_projector(geom, args.backend, device, out, args.matrix_dir, matrix)
     proj_t = torch.from_numpy(x.proj).to(device)
     t0 = time.perf_counter()
     if x.fbp_vol is None:
@@ -200,7 +200,7 @@ def _reconstruct(args) -> int:
     return 0
 
 
-def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: Path, matrix_dir: str | None = None):
+def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: Path, matrix_dir: str | None, matrix: list[Path]):
     """The scan's projector, announced first (building a matrix backend takes a while on large scans: its matrix is
     kept in ``out``, or in ``matrix_dir`` shared by runs, and read from there by a later run on the same scan,
     :mod:`recon.projectors.matrix_cache`).
@@ -211,6 +211,7 @@ def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: 
         device: the device the run computes on.
         out: the run's output folder.
         matrix_dir: ``--matrix-dir``, the folder shared by runs for the matrix (``None``: ``out``).
+        matrix: receives the matrix's file (:func:`~recon.projectors.matrix_cache.matrix_path`) before the build.
 
     Returns:
         ``(projector, seconds taken)``.
@@ -232,8 +233,9 @@ def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: 
             print(f"note: --matrix-dir {matrix_dir} is not used: --backend auto chose the {chosen} backend, which "
                   "builds no matrix", file=sys.stderr, flush=True)  # fmt: skip
         return make_projector(geom, chosen, device), time.perf_counter() - t0
-    from recon.projectors.matrix_cache import cached_matrix_projector
+    from recon.projectors.matrix_cache import cached_matrix_projector, matrix_key, matrix_path
 
+    matrix.append(matrix_path(matrix_dir or out, matrix_key(geom), shared=matrix_dir is not None))
     projector, note = cached_matrix_projector(geom, matrix_dir or out, shared=matrix_dir is not None)
     print(f"{note} ({time.perf_counter() - t0:.1f} s)", flush=True)
     return projector, time.perf_counter() - t0

@@ -75,22 +75,25 @@ def test_resume_and_later_runs_read_the_matrix(scan, tmp_path, capsys):
     assert f"{out / MATRIX_FILE} not used: it cannot be read (" in capsys.readouterr().out
 
 
-def test_ctrl_c_before_a_state_names_the_kept_matrix(scan, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("shared", [False, True])
+def test_ctrl_c_before_a_state_names_the_kept_matrix(scan, tmp_path, monkeypatch, capsys, shared):
     """Ctrl-C before the first state: the one line says no output was written and that the matrix stays for the
-    next run, which is all the folder holds."""
+    next run, which is all the folder holds (with --matrix-dir: the file there, and no run folder)."""
     from recon.gaussian_recon import GaussianReconstructor
 
     def interrupted_step(self):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
-    out = tmp_path / "rec"
+    out, folder = tmp_path / "rec", tmp_path / ("matrices" if shared else "rec")
     capsys.readouterr()
-    assert main(_args(scan, out)) == 130
+    assert main(_args(scan, out, *(("--matrix-dir", str(folder)) if shared else ()))) == 130
     err = capsys.readouterr().err
-    assert (f"no output was written (the projector's matrix {out / MATRIX_FILE} stays for the next run to read)" in err
+    (name,) = (p.name for p in folder.iterdir())
+    assert name == MATRIX_FILE or shared
+    assert (f"no output was written (the projector's matrix {folder / name} stays for the next run to read)" in err
             and len(err.strip().splitlines()) == 1), err  # fmt: skip
-    assert sorted(p.name for p in out.iterdir()) == [MATRIX_FILE]
+    assert out.exists() != shared
 
 
 def test_the_key_follows_the_builds_version(monkeypatch):

@@ -39,9 +39,18 @@ MATRIX_FILE = "projector_matrix.pt"
 SHARED_MATRIX_FILE = "projector_matrix-{key}.pt"
 
 
-def matrix_key(geometry: CTGeometry, step: float, dtype: torch.dtype) -> str:
+def matrix_key(geometry: CTGeometry, step: float = 0.5, dtype: torch.dtype = torch.float32) -> str:
     """SHA-256 of what determines ``A``: the geometry without its affine, the step, the dtype, the build's version
-    (:data:`~recon.projectors.ray_matrix.BUILD_VERSION`)."""
+    (:data:`~recon.projectors.ray_matrix.BUILD_VERSION`).
+
+    Args:
+        geometry: the scan.
+        step: the ray marcher's step (fraction of the smallest voxel), as :func:`cached_matrix_projector` takes it.
+        dtype: the matrix's dtype.
+
+    Returns:
+        the key, 64 hex digits.
+    """
     scan = {k: v for k, v in geometry.to_dict().items() if k != "affine"}
     blob = json.dumps({"geometry": scan, "step": float(step), "dtype": str(dtype), "format": ray_matrix.BUILD_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
