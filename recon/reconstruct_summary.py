@@ -56,12 +56,12 @@ def print_summary(metrics: dict, out: Path) -> None:
 
 
 def _other_times(metrics: dict) -> str:
-    """The times besides the optimisation's: the projector's build, the FBP and initialisation and, after
-    ``--refit``, the held-out run before it."""
+    """The times besides the optimisation's: the projector's set-up (built, or its matrix read from a file), the
+    FBP and initialisation and, after ``--refit``, the held-out run before it."""
     projector = f"the {metrics['projector']} projector" if metrics.get("projector") else "the projector"
     h = metrics.get("holdout") or {}
     first = h.get("init_seconds", metrics["init_seconds"])  # a refit's record holds the held-out run's start there
-    text = f"+{metrics.get('projector_seconds', 0.0):.1f} s building {projector}, {first:.1f} s FBP and initialisation"
+    text = f"+{metrics.get('projector_seconds', 0.0):.1f} s setting up {projector}, {first:.1f} s FBP and initialisation"
     if h.get("refit"):
         text += f", {h['run_seconds']:.1f} s the held-out run before the refit ({h['run_iterations']} iterations)"
         if "init_seconds" in h:  # the refit's own start, from the every-view FBP

@@ -343,7 +343,7 @@ def test_summary_times_name_the_projector_and_the_held_out_run_before_a_refit(tm
                "settings": {"eval_every": 2}}  # fmt: skip
     print_summary(metrics, tmp_path)
     first = capsys.readouterr().out.splitlines()[0]
-    assert ("8 iterations in 7.0 s (+1.5 s building the astra projector, 0.5 s FBP and initialisation, 12.2 s the "
+    assert ("8 iterations in 7.0 s (+1.5 s setting up the astra projector, 0.5 s FBP and initialisation, 12.2 s the "
             "held-out run before the refit (14 iterations)), 100 Gaussians") in first
     print_summary({**metrics, "holdout": {**holdout, "refit": False}}, tmp_path)
     assert "held-out run before" not in capsys.readouterr().out.splitlines()[0]

@@ -78,7 +78,7 @@ def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
     chosen = json.loads((tmp_path / "r" / "metrics.json").read_text())["projector"]  # what was built
     how = {"astra": "ASTRA 2D, slice by slice", "torch": "PyTorch ray marcher"}[chosen]  # parallel beam on the CPU
     assert f"building the projector (parallel beam, 10 views, {chosen} backend: {how}, chosen by --backend auto, cpu)..." in printed.out
-    assert f" s building the {chosen} projector, " in printed.out
+    assert f" s setting up the {chosen} projector, " in printed.out
     # the minutes between the projector and the first iteration of a large scan are announced, in order
     lines = printed.out.splitlines()
     steps = ["building the projector", "computing the FBP of 10 views...", "initialising the Gaussians (--init fbp)..."]
