@@ -138,6 +138,34 @@ def folder_state():
     return _folder_state
 
 
+def _stop_while_validating(train_json: Path, folder: Path, epoch: int) -> Path:
+    """A config file to list after a bundle's ``train.json``: a step added to its checkpoint handler's validation,
+    after the first validation handler, that sends the run SIGTERM (as a batch system's time limit does) while it
+    validates epoch ``epoch``. Returns the file's path (in ``folder``)."""
+    import json
+
+    config = json.loads(Path(train_json).read_text())
+    index, handler = next((i, h) for i, h in enumerate(config["train"]["handlers"])
+                          if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))  # fmt: skip
+    validation = list(handler["validation"])
+    stop = ("$type('StopWhileValidating', (), {"
+            "'attach': lambda self, engine: engine.add_event_handler(__import__('ignite.engine', fromlist=['Events'])"
+            ".Events.EPOCH_COMPLETED, self), "
+            "'__call__': lambda self, engine: __import__('os').kill(__import__('os').getpid(), "
+            f"__import__('signal').SIGTERM) if engine.state.epoch == {int(epoch)} else None}})()")  # fmt: skip
+    path = Path(folder) / f"stop_while_validating_epoch_{int(epoch)}.json"
+    path.write_text(json.dumps({"stop_while_validating": stop,
+                                f"train#handlers#{index}#validation": validation[:1] + ["@stop_while_validating"] + validation[1:]}))  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def stop_while_validating():
+    """A function ``config(train_json, folder, epoch)``: the config file that stops a bundle's training run with
+    SIGTERM while it validates epoch ``epoch`` (:func:`_stop_while_validating`)."""
+    return _stop_while_validating
+
+
 @pytest.fixture(autouse=True)
 def _sigterm_left_as_found():
     """A test that runs a bundle's settings check with MONAI's runner in ``sys.argv`` installs the bundles' SIGTERM

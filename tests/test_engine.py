@@ -61,7 +61,7 @@ def test_resolve_device():
 
 def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None, extra: dict | None = None,
                   batch_size: int = 2, finished_ok: bool = False, earlier_outputs: tuple[str, ...] | None = None,
-                  later_stage: bool = False):  # fmt: skip
+                  later_stage: bool = False, validation: list | None = None):  # fmt: skip
     torch.manual_seed(0)
     np.random.seed(0)
     data = [{"image": np.full((1, 4), i, np.float32), "label": np.full((1, 2), i % 3, np.float32)} for i in range(6)]
@@ -72,6 +72,7 @@ def _make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     more = ({} if earlier_outputs is None else {"earlier_outputs": earlier_outputs}) | ({"later_stage": True} if later_stage else {})
+    more |= {"validation": [make(net) for make in validation]} if validation else {}
     handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt, **(extra or {})}, resume=resume, source=ds,
                                   finished_ok=finished_ok, **more)]  # fmt: skip
     handlers.append(NonFiniteLossHandler())
@@ -105,6 +106,91 @@ def test_resume_is_bit_for_bit(tmp_path):
     fresh, net_fresh = _make_trainer(tmp_path / "fresh", 2, resume=False)
     fresh.run()
     assert not all(torch.equal(a, b) for a, b in zip(net_fresh.state_dict().values(), net_rest.state_dict().values()))
+
+
+class _Validation:
+    """Validation at every epoch end, as a bundle's: a score of the network, recorded in a MetricHistory with the best
+    one, after a draw from the global random generator (as a validation data loader's iterator draws its seed);
+    Ctrl-C in the validation of epoch ``stop_at``, after the score was recorded (a later step cut short)."""
+
+    def __init__(self, net: torch.nn.Module, history, stop_at: int | None = None) -> None:
+        self.net, self.history, self.stop_at = net, history, stop_at
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        noise = torch.rand(1, 1, 4)
+        with torch.no_grad():
+            score = float(self.net(torch.ones(1, 1, 4) + noise).sum())
+        self.history.record("val_score", engine.state.epoch, score)
+        self.history.update_best(engine.state.epoch, score)
+        if engine.state.epoch == self.stop_at:
+            raise KeyboardInterrupt
+
+
+def _validated_trainer(out_dir: Path, max_epochs: int, resume: bool, stop_at: int | None = None):
+    """A :func:`_make_trainer` run validated by :class:`_Validation` (its history among the checkpointed objects),
+    counting the iterations it trains."""
+    from medgmae.engine import MetricHistory
+
+    history = MetricHistory("val_score", mode="max")
+    trainer, net = _make_trainer(out_dir, max_epochs, resume, extra={"history": history},
+                                 validation=[lambda net: _Validation(net, history, stop_at)])  # fmt: skip
+    trainer.trained = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: trainer.trained.append((e.state.epoch, e.state.iteration)))
+    return trainer, net, history
+
+
+def test_a_stop_while_validating_keeps_the_epochs_training(tmp_path):
+    """Ctrl-C (or SIGTERM) while epoch 2 was validated saved checkpoint_interrupted.pt, and a resume went back to
+    checkpoint_epoch=1.pt and trained epoch 2 again. The epoch's training is now saved as checkpoint_epoch=2.pt,
+    marked as not validated; the resume validates epoch 2, trains epochs 3 and 4 only and ends as the uninterrupted
+    run: weights, optimiser, random states, metric history and best value alike."""
+    full, net_full, history_full = _validated_trainer(tmp_path / "full", 4, resume=False)
+    full.run()
+    part, _, _ = _validated_trainer(tmp_path / "part", 4, resume=False, stop_at=2)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        part.run()
+    assert part.trained[-1] == (2, 6)
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["checkpoint_epoch=2.pt"]
+    saved = load_torch_file(tmp_path / "part" / "checkpoint_epoch=2.pt")
+    assert saved["engine"] == {"epoch": 2, "iteration": 6, "max_epochs": 4, "pending": "validation"}
+    assert saved["objects"]["history"]["series"]["val_score"]["epoch"] == [1]  # as epoch 2's training left it
+    assert stopped.value.resume_advice == (
+        f"interrupted while validating epoch 2: its training is saved in checkpoint_epoch=2.pt; run the same command "
+        "with --resume true to validate it and train on")
+    rest, net_rest, history_rest = _validated_trainer(tmp_path / "part", 4, resume=True)
+    rest.run()
+    assert [epoch for epoch, _ in rest.trained] == [3, 3, 3, 4, 4, 4]  # epoch 2 is not trained again
+    assert history_rest.state_dict() == history_full.state_dict()
+    assert history_rest.get("val_score")[0] == [1, 2, 3, 4] and history_rest.best_epoch == history_full.best_epoch
+    a, b = (load_torch_file(tmp_path / d / "checkpoint_epoch=4.pt") for d in ("full", "part"))
+    assert a["engine"] == b["engine"] == {"epoch": 4, "iteration": 12, "max_epochs": 4}
+    for x, y in zip(net_full.state_dict().values(), net_rest.state_dict().values()):
+        assert torch.equal(x, y)
+    for i, state in a["objects"]["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["objects"]["optimizer"]["state"][i]["momentum_buffer"])
+    assert torch.equal(a["random_state"]["torch"], b["random_state"]["torch"])
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["checkpoint_epoch=4.pt", "checkpoint_final.pt"]
+
+
+def test_a_stop_while_validating_the_last_epoch_resumes_to_validate_it_and_close(tmp_path):
+    """Stopped while the last epoch was validated: the resume trains nothing, validates that epoch, writes the
+    closing checkpoint, and a further resume is refused as finished."""
+    full, net_full, history_full = _validated_trainer(tmp_path / "full", 2, resume=False)
+    full.run()
+    part, _, _ = _validated_trainer(tmp_path / "part", 2, resume=False, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        part.run()
+    rest, net_rest, history_rest = _validated_trainer(tmp_path / "part", 2, resume=True)
+    rest.run()
+    assert rest.trained == [] and history_rest.state_dict() == history_full.state_dict()
+    assert all(torch.equal(x, y) for x, y in zip(net_full.state_dict().values(), net_rest.state_dict().values()))
+    assert load_torch_file(tmp_path / "part" / "checkpoint_epoch=2.pt")["engine"] == {"epoch": 2, "iteration": 6, "max_epochs": 2}
+    again, _, _ = _validated_trainer(tmp_path / "part", 2, resume=True)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        again.run()
 
 
 class _Record:

@@ -585,6 +585,43 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert len(made) == 3 and made <= {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
 
 
+def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop_while_validating):
+    """SIGTERM while epoch 1 was validated (after the sliding-window evaluation) saved checkpoint_interrupted.pt and no
+    epoch checkpoint, so the resume trained epoch 1 again. The epoch's training is now saved as
+    checkpoint_epoch=1.pt, marked as not validated; the resume validates epoch 1, trains epoch 2 alone and ends as
+    the uninterrupted run: weights, optimiser, scheduler, best value and best model (the validation's data loader
+    draws from the global random generator: the marked checkpoint holds the generators as training left them)."""
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    common = ["--device", "cpu", "--feature_size", "4", "--roi_size", "24", "--phantom_shape", "[32, 32, 24]",
+              "--phantom_cases", "3", "--num_samples", "1", "--label_fraction", "0.5", "--lr_schedule_epochs", "2",
+              "--max_epochs", "2"]  # fmt: skip
+    run_bundle("training", "train.json", *common, "--output_dir", str(straight))
+    stop = stop_while_validating(CONFIGS / "train.json", tmp_path, epoch=1)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", f"['{CONFIGS / 'train.json'}','{stop}']",
+           "--logging_file", str(CONFIGS / "logging.conf"), *common, "--output_dir", str(run)]  # fmt: skip
+    stopped = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=400)
+    assert stopped.returncode == -15, stopped.stderr[-3000:]
+    assert stopped.stderr.rstrip().splitlines()[-1].startswith("terminated (SIGTERM) while validating epoch 1: its "
+                                                               "training is saved in checkpoint_epoch=1.pt")  # fmt: skip
+    assert not (run / "checkpoint_interrupted.pt").exists()
+    saved = torch.load(run / "checkpoint_epoch=1.pt", weights_only=True)
+    assert saved["engine"]["pending"] == "validation" and saved["objects"]["best"] == {"best": -float("inf"), "best_epoch": 0}
+    resumed = run_bundle("training", "train.json", *common, "--output_dir", str(run), "--resume", "true")
+    log = resumed.stdout + resumed.stderr
+    assert "validating epoch 1 before training on" in log
+    assert "epoch 1/2: train_loss" not in log and log.count("epoch 2/2: train_loss") == 1  # epoch 1 not trained again
+    a, b = (torch.load(d / "checkpoint_epoch=2.pt", weights_only=True) for d in (run, straight))
+    assert a["engine"] == b["engine"] and a["objects"]["best"] == b["objects"]["best"]
+    assert a["objects"]["lr_scheduler"] == b["objects"]["lr_scheduler"]
+    for name, weights in b["objects"]["network"].items():
+        assert torch.equal(weights, a["objects"]["network"][name]), name
+    oa, ob = a["objects"]["optimizer"]["state"], b["objects"]["optimizer"]["state"]
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
+    assert torch.equal(a["random_state"]["torch"], b["random_state"]["torch"])
+    ba, bb = (torch.load(d / "best_model.pt", weights_only=True) for d in (run, straight))
+    assert ba["extra"] == bb["extra"] and all(torch.equal(ba["state_dict"][k], bb["state_dict"][k]) for k in bb["state_dict"])
+
+
 def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     """A resume refused because the batch size changed (2 training cases: 2 iterations per epoch at batch size 1,
     1 at batch size 2) stops before training_cases.json or a TensorBoard event file is written: the run folder is

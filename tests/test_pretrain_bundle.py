@@ -223,6 +223,40 @@ def test_a_run_stopped_in_its_closing_steps_resumes_to_write_them(runs, tmp_path
     assert again.returncode != 0 and "nothing to resume" in again.stderr
 
 
+def test_a_run_stopped_while_validating_keeps_the_epochs_training(runs, tmp_path, stop_while_validating):
+    """SIGTERM while epoch 1 was validated (after the masked validation, before its pictures) saved
+    checkpoint_interrupted.pt and no epoch checkpoint, so the resume trained epoch 1 again. The epoch's training is
+    now saved as checkpoint_epoch=1.pt, marked as not validated; the resume validates epoch 1, trains epoch 2 alone
+    and ends as the uninterrupted run: weights, optimiser, scheduler, metric history, best model and summary."""
+    run, straight = tmp_path / "run", runs["straight"]
+    args = [*SMALL, "--dataset_dir", str(runs["dataset"]), "--output_dir", str(run), "--max_epochs", "2", "--num_workers", "0"]
+    stop = stop_while_validating(TRAIN, tmp_path, epoch=1)
+    stopped = _bundle("run", "--config_file", f"['{TRAIN}','{stop}']", *args, cwd=runs["root"])
+    assert stopped.returncode == -15, stopped.stderr[-3000:]
+    assert stopped.stderr.rstrip().splitlines()[-1] == (
+        "terminated (SIGTERM) while validating epoch 1: its training is saved in checkpoint_epoch=1.pt; run the same "
+        "command with --resume true to validate it and train on")
+    assert not (run / "checkpoint_interrupted.pt").exists()
+    assert _ckpt(run / "checkpoint_epoch=1.pt")["engine"] == {"epoch": 1, "iteration": 2, "max_epochs": 2, "pending": "validation"}
+    resumed = _ok(_bundle("run", "--config_file", TRAIN, *args, "--resume", "true", cwd=runs["root"]))
+    log = resumed.stdout + resumed.stderr
+    assert "validating epoch 1 before training on" in log and "epoch 1 validation (2 crops" in log
+    assert "epoch 1/2: train_loss" not in log and log.count("epoch 2/2: train_loss") == 1  # epoch 1 not trained again
+    a, b = _ckpt(run / "checkpoint_epoch=2.pt"), _ckpt(straight / "checkpoint_epoch=2.pt")
+    assert a["engine"] == b["engine"] == {"epoch": 2, "iteration": 4, "max_epochs": 2}
+    assert a["objects"]["history"] == b["objects"]["history"]  # validation and loss curves, best epoch and value
+    assert a["objects"]["lr_scheduler"] == b["objects"]["lr_scheduler"]
+    wa, wb = a["objects"]["model"], b["objects"]["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    oa, ob = a["objects"]["optimizer"]["state"], b["objects"]["optimizer"]["state"]
+    assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in ("exp_avg", "exp_avg_sq"))
+    ba, bb = (torch.load(d / "best_model.pt", weights_only=True) for d in (run, straight))
+    assert ba["extra"] == bb["extra"] and all(torch.equal(ba["state_dict"][k], bb["state_dict"][k]) for k in ba["state_dict"])
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (run, straight))
+    assert (sa["best_epoch"], sa["best_val_psnr"]) == (sb["best_epoch"], sb["best_val_psnr"])
+    assert sorted(p.name for p in (run / "pictures").iterdir()) == sorted(p.name for p in (straight / "pictures").iterdir())
+
+
 def _free_port() -> int:
     import socket
 
@@ -375,9 +409,11 @@ def test_resume_with_other_phantom_settings_writes_nothing(runs, tmp_path, folde
     assert folder_state(out) == before
 
 
-def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path):
+def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path, stop_while_validating):
     """2 processes (gloo): 1 epoch, then resumed to 2; the same 2 epochs uninterrupted by two torchrun launches on
-    localhost acting as two nodes of one process each: the same weights, bit for bit; only rank 0 writes."""
+    localhost acting as two nodes of one process each: the same weights, bit for bit; only rank 0 writes. Both
+    processes stopped by SIGTERM while epoch 1 was validated: the resume validates it, trains epoch 2 alone, and
+    ends as the uninterrupted run too (every rank's random states as epoch 1's training left them)."""
     out, straight = tmp_path / "ddp", tmp_path / "two_nodes"
     common = ["run", "training", "--config_file", MULTI, *SMALL, "--dataset_dir", str(runs["dataset"]),
               "--num_workers", "1", "--max_epochs"]  # fmt: skip
@@ -416,6 +452,21 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path):
         assert (run / "encoder.pt").is_file() and not list(run.glob("rank*"))
         assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == (2 if run == out else 1)
     torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
+
+    stopped_dir, stop = tmp_path / "ddp_stopped", stop_while_validating(TRAIN, tmp_path, epoch=1)
+    with_stop = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}','{stop}']"
+    stopped = _bundle(*[with_stop if a == MULTI else a for a in common], "2", "--output_dir", str(stopped_dir),
+                      cwd=tmp_path, threads=1, launcher=standalone)  # fmt: skip
+    saved = _ckpt(stopped_dir / "checkpoint_epoch=1.pt")
+    assert stopped.returncode != 0 and saved["engine"]["pending"] == "validation" and len(saved["random_state_ranks"]) == 2
+    again = _ok(_bundle(*common, "2", "--output_dir", str(stopped_dir), "--resume", "true", cwd=tmp_path, threads=1,
+                        launcher=standalone))  # fmt: skip
+    log = again.stdout + again.stderr
+    assert "validating epoch 1 before training on" in log and "epoch 1/2: train_loss" not in log
+    c = _ckpt(stopped_dir / "checkpoint_epoch=2.pt")
+    assert c["engine"] == b["engine"] and c["objects"]["history"] == b["objects"]["history"]
+    assert all(torch.equal(c["objects"]["model"][k], wb[k]) for k in wb)
+    assert all(torch.equal(c["random_state_ranks"][r]["torch"], b["random_state_ranks"][r]["torch"]) for r in (0, 1))
 
 
 def test_distributed_sampler_is_reseeded_every_epoch():

@@ -2,7 +2,8 @@
 up-front resume check (``medgmae.engine.resume``), guards, progress, metric history and picture helpers
 (``medgmae.engine.figures``). File I/O lives in :mod:`medgmae.files`."""
 
-from medgmae.engine.handlers import CheckpointHandler, resolve_device, unwrap_model
+from medgmae.engine.handlers import CheckpointHandler
+from medgmae.engine.devices import resolve_device, unwrap_model
 from medgmae.engine.step_guards import GradientClipHandler, NonFiniteLossHandler
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.resume import check_resume_fits, latest_checkpoint

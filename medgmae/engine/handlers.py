@@ -1,4 +1,5 @@
-"""Ignite handlers shared by the toolkit's MONAI bundles: atomic checkpoint/resume, devices, ``unwrap_model``.
+"""The checkpoint handler shared by the toolkit's MONAI bundles: atomic checkpoints and exact resume (devices and
+``unwrap_model``: :mod:`medgmae.engine.devices`).
 
 MONAI's own ``CheckpointSaver`` writes with ``atomic=False`` (see its source) and restores neither the random
 number generators nor the random transforms' states, so an interrupted save can leave a truncated file and a
@@ -9,17 +10,19 @@ resumed run diverges from an uninterrupted one. :class:`CheckpointHandler` close
 
 from __future__ import annotations
 
+import copy
 import logging
-import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from medgmae.distributed import rank_world
+from medgmae.engine.devices import to_device
 from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun, file_list
+from medgmae.engine.epoch_validation import PENDING, EpochValidation
 from medgmae.engine.resume import (
     FINAL_CHECKPOINT,
     check_epoch_length,
@@ -38,42 +41,12 @@ from medgmae.files import remove_interrupted_writes, save_torch_atomic
 __all__ = [
     "RandomStateTracker",
     "CheckpointHandler",
-    "resolve_device",
-    "unwrap_model",
 ]
 
 logger = logging.getLogger("medgmae.engine")
 
 #: What a run stopped by an error or Ctrl-C saves: its state within an epoch, which a resume does not continue from.
 INTERRUPTED = "checkpoint_interrupted.pt"
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-
-    Raises:
-        ValueError: an unknown name, or CUDA asked for on a machine without it.
-    """
-    name = str(name).strip().lower()
-    if name in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if re.fullmatch(r"cuda(:\d+)?", name):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device '{name}' was requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) found")
-        return dev
-    raise ValueError(f"unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-
-def unwrap_model(network: torch.nn.Module) -> torch.nn.Module:
-    """The model inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (``network`` itself if unwrapped)."""
-    while isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        network = network.module
-    return network
 
 
 def _records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -90,7 +63,10 @@ class CheckpointHandler:
     workers and the number of processes (:func:`~medgmae.engine.resume.loader_record`) and a
     :class:`RandomStateTracker`. When the run stops on an exception (including Ctrl-C) it writes
     ``checkpoint_interrupted.pt`` (the state within the epoch, kept to inspect: a resume continues from the newest
-    epoch checkpoint, and removes it once it has saved a later one) and re-raises; at a normal end it writes
+    epoch checkpoint, and removes it once it has saved a later one) and re-raises; when it stops while the epoch's
+    ``validation`` handlers run, it writes the epoch's training instead, as ``checkpoint_epoch=N.pt`` marked as not
+    yet validated, from which a resume validates the epoch and trains on
+    (:mod:`~medgmae.engine.epoch_validation`); at a normal end it writes
     ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's checkpoints or
     outputs (``earlier_outputs``), names them when it starts and removes them when it writes its first epoch
     checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`), naming each file: kept, the earlier run's
@@ -136,6 +112,9 @@ class CheckpointHandler:
             default is the progress pictures and TensorBoard event files.
         later_stage: a later stage of a run whose earlier stages checkpoint elsewhere (a GViT phase): on resume, a
             folder without a checkpoint is a stage not reached yet, logged as starting, not warned about.
+        validation: the handlers that validate the model at epoch ends (``None`` entries left out), which this
+            handler attaches between the end of the epoch's training and the epoch's checkpoint: list them here,
+            not among the trainer's handlers.
     """
 
     def __init__(
@@ -150,6 +129,7 @@ class CheckpointHandler:
         finished_ok: bool = False,
         earlier_outputs: tuple[str, ...] = EARLIER_OUTPUTS,
         later_stage: bool = False,
+        validation: Sequence[Any] = (),
     ) -> None:
         if save_interval < 1 or n_saved < 1:
             raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval}, {n_saved}")
@@ -170,9 +150,14 @@ class CheckpointHandler:
         self._completed_iteration = 0  # the last iteration whose step finished (Ctrl-C advice)
         self._saved_for: BaseException | None = None  # the error whose state _on_exception saved
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
+        self.validation = EpochValidation(validation)
+        self._pending: dict | None = None  # the epoch's training state while it is validated
+        self._stopped_validating: int | None = None  # the epoch whose training a stop in its validation saved
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._on_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_trained)
+        self.validation.attach(engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_epoch)
         engine.add_event_handler(Events.COMPLETED, self._collect_final)  # before the other completion steps
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
@@ -207,11 +192,38 @@ class CheckpointHandler:
         logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, engine.state.epoch, engine.state.iteration)
         return path
 
+    def _on_trained(self, engine: Engine) -> None:
+        """Keep the state the epoch's training left, to save if the run stops while validating it (every rank: the
+        random states are gathered): references to the weights and optimiser tensors, which validation leaves as
+        they are, and copies of the records, which it updates."""
+        payload = self._payload(engine, gather=True)
+        payload["objects"] = {name: state if isinstance(self.objects[name], TRAINING_STATE) else copy.deepcopy(state)
+                              for name, state in payload["objects"].items()}  # fmt: skip
+        payload["engine"]["pending"] = PENDING
+        self._pending = payload
+
     def _on_epoch(self, engine: Engine) -> None:
+        self._pending = None  # validated: a stop from here on saves checkpoint_interrupted.pt
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
+        if saved is not None:
+            self._after_epoch_save(saved, engine.state.epoch)
+
+    def _save_pending(self, engine: Engine) -> None:
+        """Write the state :meth:`_on_trained` kept as the epoch's checkpoint, marked as not yet validated (rank 0)."""
+        payload, self._pending = self._pending, None
+        epoch = int(payload["engine"]["epoch"])
+        saved = self.save(engine, f"checkpoint_epoch={epoch}.pt", payload=payload)
         if saved is None:
             return
-        self._saved_epoch, self._last_epoch = True, engine.state.epoch
+        self._stopped_validating = epoch
+        logger.info("stopped while validating epoch %d: %s holds the epoch's training; a resume validates the epoch "
+                    "and trains on", epoch, saved)  # fmt: skip
+        self._after_epoch_save(saved, epoch)
+
+    def _after_epoch_save(self, saved: Path, epoch: int) -> None:
+        """What follows the save of ``checkpoint_epoch=N.pt`` (rank 0): the interrupted run's or an earlier run's
+        files removed, older epoch checkpoints pruned."""
+        self._saved_epoch, self._last_epoch = True, epoch
         if self.resume:
             self._remove_interrupted("has saved a later checkpoint")
         elif removed := self._earlier_run.remove(keep=saved):
@@ -261,9 +273,14 @@ class CheckpointHandler:
                 self._remove_interrupted("has ended")
 
     def _interrupted_advice(self, engine: Engine | None = None) -> str | None:
-        """How to go on after Ctrl-C when no epoch checkpoint of this run (saved or resumed from) exists yet, for the
-        last line :func:`medgmae.bundle_errors.summarise_errors` prints; ``None`` when a resume continues this run."""
+        """How to go on after Ctrl-C that stopped an epoch's validation, or came when no epoch checkpoint of this run
+        (saved or resumed from) exists yet, for the last line :func:`medgmae.bundle_errors.summarise_errors` prints;
+        ``None`` when a resume continues this run."""
         state = getattr(engine, "state", None)
+        if self._stopped_validating is not None:
+            epoch = self._stopped_validating
+            return (f"interrupted while validating epoch {epoch}: its training is saved in checkpoint_epoch={epoch}.pt; "
+                    "run the same command with --resume true to validate it and train on")  # fmt: skip
         if not self.finished_ok and self._last_epoch is not None and self._last_epoch == getattr(state, "max_epochs", None):
             return (f"interrupted in the run's closing steps, after its last epoch ({self._last_epoch}) was saved: run "
                     "the same command with --resume true to write its closing outputs (its summary and final files) "
@@ -292,22 +309,30 @@ class CheckpointHandler:
                 "would continue the earlier run instead)")  # fmt: skip
 
     def _on_exception(self, engine: Engine, e: BaseException) -> None:
-        if isinstance(e, KeyboardInterrupt) and rank_world()[0] == 0:
-            e.resume_advice = self._interrupted_advice(engine)  # read by the last line of the bundle's output
         # ignite fires EXCEPTION_RAISED twice for an error within an epoch (the epoch's handler, then the run's):
         # the state is saved once (a base model's checkpoint is over a gigabyte)
         if self._failed_resume or self._saved_for is e:
-            raise e
+            raise self._advised(engine, e)
         diverged = None if isinstance(e, (KeyboardInterrupt, FloatingPointError)) else self._diverged(engine, e)
         if diverged is not None:  # e.g. the renderer refusing NaN Gaussians: said as what it is, the NaN state not saved
             self._saved_for = diverged  # ignite's second firing, with this error, passes it on
             raise diverged from e
         self._saved_for = e
-        try:  # no collective here: the other ranks may not have failed
-            self.save(engine, INTERRUPTED, gather=False)
+        try:  # no collective here: the other ranks may not have failed (the pending state was gathered before)
+            if self._pending is not None:  # stopped while validating: the epoch's training is kept
+                self._save_pending(engine)
+            else:
+                self.save(engine, INTERRUPTED, gather=False)
         except Exception as save_error:  # never mask the original error
             logger.error("could not save the interrupted checkpoint: %s", save_error)
-        raise e
+        raise self._advised(engine, e)
+
+    def _advised(self, engine: Engine, e: BaseException) -> BaseException:
+        """``e``, given the ``resume_advice`` that the last line of the bundle's output reads when it is Ctrl-C or
+        SIGTERM (rank 0)."""
+        if isinstance(e, KeyboardInterrupt) and rank_world()[0] == 0:
+            e.resume_advice = self._interrupted_advice(engine)
+        return e
 
     def _diverged(self, engine: Engine, e: BaseException) -> FloatingPointError | None:
         """The error to raise instead of ``e`` when the run diverged, else ``None``: its network holds NaN or
@@ -366,25 +391,29 @@ class CheckpointHandler:
         self.rng.load_rank_state(ranks if isinstance(ranks, list) and ranks else [ckpt["random_state"]], rank_world()[0])
         engine.state.epoch, engine.state.iteration = epoch, iteration
         self.resumed_from, self._failed_resume, self._last_epoch = path, False, epoch
+        pending = ckpt["engine"].get("pending") == PENDING
         if rank_world()[0] == 0:
             logger.info("resumed from %s at epoch %d (iteration %d)", path, epoch, iteration)
             if epoch == engine.state.max_epochs and not self.finished_ok:
                 logger.info("%s has trained all %d epoch%s; its run stopped before its closing steps, which this run "
                             "writes without training", path, epoch, "" if epoch == 1 else "s")  # fmt: skip
+        if pending:
+            self._validate_pending(engine, path)
+
+    def _validate_pending(self, engine: Engine, path: Path) -> None:
+        """Validate the epoch whose checkpoint ``path`` was saved while it was validated, then save the epoch's
+        checkpoint as an uninterrupted run does (every rank, at the engine's start)."""
+        if rank_world()[0] == 0:
+            logger.info("%s was saved while its epoch %d was validated: validating epoch %d before training on", path,
+                        engine.state.epoch, engine.state.epoch)  # fmt: skip
+        self._on_trained(engine)  # saved again, marked, should this validation be cut short too
+        self.validation.run(engine)
+        self._on_epoch(engine)
 
     def _read_latest(self) -> tuple[Path | None, dict | None]:
         """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks, on ``map_location``."""
         path, ckpt = read_latest_checkpoint(self.output_dir)
         if path is not None and self.map_location != "cpu":
-            ckpt = _to_device(ckpt, self.map_location)
+            ckpt = to_device(ckpt, self.map_location)
         return path, ckpt
 
-
-def _to_device(obj: Any, device: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_device(v, device) for v in obj]
-    return obj

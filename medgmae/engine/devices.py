@@ -1,0 +1,49 @@
+"""Devices: resolving a ``--device`` setting, moving a loaded checkpoint's tensors, and the model inside DDP."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+__all__ = ["resolve_device", "unwrap_model", "to_device"]
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ValueError: an unknown name, or CUDA asked for on a machine without it.
+    """
+    name = str(name).strip().lower()
+    if name in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}' was requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+        return dev
+    raise ValueError(f"unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def unwrap_model(network: torch.nn.Module) -> torch.nn.Module:
+    """The model inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (``network`` itself if unwrapped)."""
+    while isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        network = network.module
+    return network
+
+
+def to_device(obj: Any, device: Any) -> Any:
+    """``obj`` with every tensor in it (within dicts and lists) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_device(v, device) for v in obj]
+    return obj

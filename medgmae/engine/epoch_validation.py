@@ -1,0 +1,79 @@
+"""An epoch's validation as :class:`~medgmae.engine.handlers.CheckpointHandler` runs it: between the end of the
+epoch's training and the epoch's checkpoint, so that a run stopped while validating keeps the epoch's training.
+
+The checkpoint handler attaches the validation handlers itself (its ``validation`` argument), after a step that
+takes the run's state as the epoch's training left it (weights, optimiser, scheduler, random states of every rank,
+records such as the metric history: :data:`PENDING` marks it). When Ctrl-C, SIGTERM or an error stops the run
+while it validates, that state is written as the epoch's ``checkpoint_epoch=N.pt``, marked; a resume from it runs
+the epoch-end steps of the validation handlers (:meth:`EpochValidation.run`) and writes the epoch's checkpoint as an
+uninterrupted run does, then trains on. Nothing more is written per epoch: the state taken holds references to the
+weights and optimiser tensors, which validation does not change, and copies of the small records.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ignite.engine import Engine, Events
+
+__all__ = ["PENDING", "EpochValidation"]
+
+#: ``engine["pending"]`` of a checkpoint saved while its epoch was validated: the validation a resume runs first.
+PENDING = "validation"
+
+
+class _AttachRecorder:
+    """The engine as a validation handler attaches to it: every registration goes to the engine, and those at epoch
+    ends are kept as ``(event, handler, args, kwargs)`` to be run again on resume."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.epoch_end: list[tuple[Any, Any, tuple, dict]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def add_event_handler(self, event_name: Any, handler: Any, *args: Any, **kwargs: Any) -> Any:
+        if event_name == Events.EPOCH_COMPLETED:  # also EPOCH_COMPLETED(every=...) and other filtered forms
+            self.epoch_end.append((event_name, handler, args, kwargs))
+        return self._engine.add_event_handler(event_name, handler, *args, **kwargs)
+
+
+class EpochValidation:
+    """The handlers that validate a training run at its epoch ends (ignite handlers with ``attach(engine)``, such as
+    MONAI's ``ValidationHandler`` or :class:`~medgmae.mae_training.MaskedValidationHandler`).
+
+    Args:
+        handlers: the handlers, in the order they run; ``None`` entries (a component switched off the MONAI way,
+            ``--val#pictures#_disabled_ true``) are left out.
+
+    Raises:
+        ValueError: an entry without ``attach``.
+    """
+
+    def __init__(self, handlers: Sequence[Any] = ()) -> None:
+        handlers = [h for h in (handlers or ()) if h is not None]
+        for h in handlers:
+            if not callable(getattr(h, "attach", None)):
+                raise ValueError(f"validation handler {type(h).__name__} has no attach(engine): give ignite handlers")
+        self.handlers = handlers
+        self._steps: list[tuple[Any, Any, tuple, dict]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Attach the handlers to ``engine`` (their epoch-end steps are remembered for :meth:`run`)."""
+        recorder = _AttachRecorder(engine)
+        for h in self.handlers:
+            h.attach(recorder)
+        self._steps = recorder.epoch_end
+
+    def run(self, engine: Engine) -> None:
+        """Run the handlers' epoch-end steps for ``engine.state.epoch`` as ignite would at the epoch's end: each
+        whose event filter (``every``, a handler's own interval) passes at that epoch, in the order attached.
+
+        Args:
+            engine: the trainer, its state at the end of the epoch to validate (each step takes the engine first).
+        """
+        for event, handler, args, kwargs in self._steps:
+            due = getattr(event, "filter", None)
+            if due is None or due(engine, engine.state.epoch):
+                handler(engine, *args, **kwargs)
