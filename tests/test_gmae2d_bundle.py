@@ -66,7 +66,7 @@ def test_validation_images_are_held_out():
     assert not any(torch.equal(torch.as_tensor(v["image"]), torch.as_tensor(t["image"])) for v in val for t in train)
 
 
-def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd):
+def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
     import warnings
 
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -127,6 +127,29 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd):
     assert cli_main(["segment", "--checkpoint", str(split / "model.pt"), "--image", str(tmp_path / "slice.png"),
                      "--out", str(out), "--num-layers", "4"]) == 0  # fmt: skip
     assert json.loads((out / "segment.json").read_text())["num_layers"] == 4
+    # stopped (Ctrl-C) while epoch 1 was validated: epoch 1's training is kept, and the resume validates it, trains
+    # epoch 2 alone and ends as the uninterrupted run
+    cut = tmp_path / "cut"
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({**TINY, "output_dir": str(cut), "max_epochs": 2})
+    set_determinism(seed=0)
+    trainer, validator = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("val#handler")
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    validator.evaluate = ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert torch.load(cut / "checkpoint_epoch=1.pt", weights_only=True)["engine"]["pending"] == "validation"
+    with caplog.at_level("INFO"):
+        _train(cut, max_epochs=2, resume=True)
+    assert "validating epoch 1 before training on" in caplog.text and "epoch 1/2: train_loss" not in caplog.text
+    assert "epoch 2/2: train_loss" in caplog.text
+    c = torch.load(cut / "model.pt", weights_only=True)
+    assert all(torch.equal(value, c["state_dict"][key]) for key, value in a["state_dict"].items())
+    assert ha == torch.load(cut / "checkpoint_epoch=2.pt", weights_only=False)["objects"]["history"]
 
 
 def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
