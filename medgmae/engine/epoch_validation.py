@@ -60,7 +60,11 @@ class EpochValidation:
         self._steps: list[tuple[Any, Any, tuple, dict]] = []
 
     def attach(self, engine: Engine) -> None:
-        """Attach the handlers to ``engine`` (their epoch-end steps are remembered for :meth:`run`)."""
+        """Attach the handlers to ``engine`` (their epoch-end steps are remembered for :meth:`run`).
+
+        Args:
+            engine: the trainer.
+        """
         recorder = _AttachRecorder(engine)
         for h in self.handlers:
             h.attach(recorder)
