@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "BundleCommand", "bundle_command", "derived_from_bad_keys", "repeated_flag_lines",
-           "unknown_key_lines", "unknown_key_problems"]
+__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "BundleCommand", "bundle_command", "config_folder", "derived_from_bad_keys",
+           "repeated_flag_lines", "unknown_key_lines", "unknown_key_problems"]
 
 
 #: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).
@@ -85,6 +85,22 @@ def bundle_command(argv: Sequence[str] | None) -> BundleCommand | None:
     except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
         return None
     return BundleCommand(flags, list(files), config, repeated)
+
+
+def config_folder(bundle: str, argv: Sequence[str] | None = None) -> str:
+    """The absolute folder of the running bundle config, for the defaults that name a file of its own bundle (its
+    ``metadata.json``) whatever folder the command runs in: the folder of the first ``--config_file`` of a ``python
+    -m monai.bundle run`` command line (where MONAI itself looks for the bundle's ``metadata.json`` and
+    ``logging.conf``), else this checkout's ``bundles/<bundle>/configs`` (a config run in-process).
+
+    Args:
+        bundle: the bundle folder of the config asking, e.g. ``"unetr_finetune"``.
+        argv: the command line (``sys.argv`` when ``None``).
+    """
+    command = bundle_command(argv)
+    if command is not None and command.files:
+        return str(Path(command.files[0]).expanduser().resolve().parent)
+    return str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs")
 
 
 def repeated_flag_lines(command: BundleCommand | None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,10 +126,11 @@ def test_load_exported_refuses_other_files(tmp_path):
         load_exported(tmp_path / "missing.ts")
 
 
-def _run_export(*overrides: str) -> subprocess.CompletedProcess:
+def _run_export(*overrides: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "exporting", "--config_file", str(CONFIGS / "export.json"),
            "--logging_file", str(CONFIGS / "logging.conf"), *overrides]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def test_bundle_export_writes_model_ts_and_refuses_a_pretraining_file(tmp_path):
@@ -145,6 +147,30 @@ def test_bundle_export_writes_model_ts_and_refuses_a_pretraining_file(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         export_torchscript(tmp_path / "best_model.pt", tmp_path)
     assert not (tmp_path / "other.ts").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_bundle_export_from_another_folder_reads_the_bundles_metadata(tmp_path):
+    """The summary's export command (absolute config, the run folder relative to where it ran) works from a folder
+    other than the repository root: the metadata template is the bundle's own ``metadata.json``."""
+    (tmp_path / "rel_run").mkdir()
+    _finetuned(tmp_path / "rel_run" / "best_model.pt", out_channels=3)
+    proc = _run_export("--output_dir", "rel_run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    meta = load_exported(tmp_path / "rel_run" / "model.ts")[2]
+    bundle_meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["version"] == bundle_meta["version"] and meta["name"] == bundle_meta["name"]
+
+
+def test_config_folder_is_the_first_config_files_folder(tmp_path, monkeypatch):
+    from medgmae.bundle_command_line import config_folder
+
+    (tmp_path / "copy" / "configs").mkdir(parents=True)
+    (tmp_path / "copy" / "configs" / "export.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    runner = str(Path(json.__file__).parents[1] / "site-packages" / "monai" / "bundle" / "__main__.py")
+    assert config_folder("unetr_finetune", [runner, "run", "--config_file", "copy/configs/export.json"]) == str(
+        tmp_path / "copy" / "configs")
+    assert config_folder("unetr_finetune", ["pytest"]) == str(CONFIGS)
 
 
 def _plain_monai_segmentation(model_ts: Path, image: Path) -> np.ndarray:
