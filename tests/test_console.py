@@ -153,6 +153,51 @@ def test_the_meaningless_engine_resuming_line_is_dropped(caplog):
     assert "Engine run resuming from iteration 0" not in caplog.text and "Engine run finished" in caplog.text
 
 
+class _FixedPrediction(torch.nn.Module):
+    """A network whose one-hot output is always ``pred``."""
+
+    def __init__(self, pred: torch.Tensor) -> None:
+        super().__init__()
+        self.pred = pred
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pred.clone()
+
+
+@pytest.mark.parametrize("quieted_by", ["ValidationProgress", "quiet_known_warnings"])
+def test_later_validations_say_nothing_of_resuming_and_keep_their_metrics(caplog, quieted_by):
+    """MONAI's evaluator takes the trainer's epoch before ignite's run, which took every validation after the first
+    for a resumed run ("Engine run resuming from iteration 0, epoch 1 until 2 epochs"); the line is gone, the Dice
+    and the epochs the evaluator records are as before."""
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import MeanDice, from_engine
+
+    fg_pred, fg_label = torch.zeros(4, 4), torch.zeros(4, 4)
+    fg_pred[:2, :2] = 1  # 4 pixels
+    fg_label[0, :] = 1  # 4 pixels, 2 of them shared: Dice 2 * 2 / (4 + 4)
+    one_hot = lambda fg: torch.stack([1 - fg, fg])[None]  # noqa: E731
+    data = [{"image": torch.zeros(1, 1, 4, 4), "label": one_hot(fg_label)}]
+    for name in ("ignite.engine.engine.SupervisedEvaluator", "ignite.engine.engine", "ignite"):
+        logging.getLogger(name).filters.clear()  # filters earlier tests attached to the shared ignite loggers
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=data, network=_FixedPrediction(one_hot(fg_pred)),
+        key_val_metric={"val_mean_dice": MeanDice(include_background=False,
+                                                  output_transform=from_engine(["pred", "label"]))},
+    )  # fmt: skip
+    if quieted_by == "ValidationProgress":
+        ValidationProgress(progress_bar=False).attach(evaluator)
+    else:
+        quiet_known_warnings()  # on the root logger's handlers, caplog's among them
+    dice = []
+    with caplog.at_level(logging.INFO):
+        for epoch in (1, 2):  # as the trainer's validation handler calls it after epochs 1 and 2
+            evaluator.run(global_epoch=epoch)
+            dice.append(evaluator.state.metrics["val_mean_dice"])
+    assert "resuming" not in caplog.text and "Engine run finished" in caplog.text
+    assert dice == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert evaluator.state.epoch == 2 and evaluator.state.best_metric_epoch == 1
+
+
 def _ctrl_c(*args, **kwargs):
     raise KeyboardInterrupt
 

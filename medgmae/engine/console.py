@@ -3,7 +3,7 @@ third-party noise.
 
 :func:`quiet_known_warnings` removes, by exact message, the notices that MONAI emits on every run although
 nothing is wrong (the nvImageCodec DICOM plugin missing on a machine without it), ignite's start notice of every
-engine, and on training processes other than rank 0 the information lines that repeat rank 0's. Everything else, and
+engine (and of every validation: a false "resuming"), and on training processes other than rank 0 the information lines that repeat rank 0's. Everything else, and
 every warning of the toolkit itself, stays visible. :class:`EpochProgress` puts ignite's tqdm
 :class:`~ignite.handlers.ProgressBar` (loss, it/s, ETA) on the console and logs one line per epoch for log files;
 :class:`ValidationProgress` does the same for a validation pass (a bar over its batches, one line with its time).
@@ -59,9 +59,13 @@ class _DropMessages(logging.Filter):
         return not str(record.getMessage()).startswith(self.starts)
 
 
-#: ignite's notice when a MONAI workflow starts, fresh or resumed (the workflow builds the engine's state): never
-#: informative; a resumed run names its checkpoint and epoch itself.
-IGNITE_START = "Engine run resuming from iteration 0, epoch 0 "
+#: ignite's notice when a MONAI workflow starts, fresh or resumed, and at every validation: never informative. The
+#: workflow builds the engine's state before ignite's ``run``, which takes any state not yet done for a run to resume:
+#: a trainer's at epoch 0, and an evaluator's at each validation, as MONAI's ``Evaluator.run`` sets its epoch to the
+#: trainer's (``epoch 1 until 2 epochs`` at the second), so that its metrics and best epoch are recorded at the
+#: trainer's epoch; resetting that state would change those epochs, so the line is dropped. A resumed run names its
+#: checkpoint and epoch itself; ignite's notice of a truly resumed engine starts at a later iteration and stays.
+IGNITE_START = "Engine run resuming from iteration 0, "
 
 
 #: ignite's error line for an exception without a message: after Ctrl-C it names nothing (the run's last line says
@@ -81,6 +85,12 @@ class _ConsoleLines(logging.Filter):
                     and not is_main_process())  # fmt: skip
 
 
+
+
+def _drop_start_notice(engine: Engine) -> None:
+    """Drop :data:`IGNITE_START` on ``engine``'s own logger, also where :func:`quiet_known_warnings` was not called."""
+    if not any(isinstance(f, _DropMessages) and f.starts == (IGNITE_START,) for f in engine.logger.filters):
+        engine.logger.addFilter(_DropMessages((IGNITE_START,)))
 
 
 def quiet_known_warnings() -> None:
@@ -224,8 +234,7 @@ class EpochProgress:
         self._terms = {label: [0.0, 0] for label in self.terms}
 
     def attach(self, engine: Engine) -> None:
-        if not any(isinstance(f, _DropMessages) for f in engine.logger.filters):  # also without quiet_known_warnings
-            engine.logger.addFilter(_DropMessages((IGNITE_START,)))
+        _drop_start_notice(engine)
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
@@ -293,6 +302,7 @@ class ValidationProgress:
         self._t0 = 0.0
 
     def attach(self, engine: Engine) -> None:
+        _drop_start_notice(engine)
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
         _attach_progress(engine, self.progress_bar, lambda: self._bar(engine), _LoopLines(lambda e: self.desc, _batch_unit))
