@@ -23,7 +23,8 @@ from typing import Any
 # interrupt's exit status (130 became 1)
 from medgmae.distributed import is_main_process, process_count, process_rank
 
-__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "Terminated", "catch_sigterm", "on_sigterm", "summarise_errors"]
+__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "Terminated", "catch_sigterm",
+           "data_worker_init", "on_sigterm", "summarise_errors"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -72,6 +73,30 @@ def catch_sigterm() -> Any:
     replaces."""
     _FIRST_SIGTERM.clear()
     return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def data_worker_init(worker_id: int) -> None:
+    """The bundles' data loader ``worker_init_fn``: MONAI's (each worker's own random transform states), then a
+    SIGTERM ends the worker at once with status 0, whoever sent it.
+
+    torch ends a worker so only on its parent's SIGTERM (its own shutdown); another sender's (``kill -TERM
+    -<group>``, a batch system signalling every process of the job) killed the worker by the signal, and the main
+    process, stopping on the same SIGTERM, then raised ``DataLoader worker (pid N) is killed by signal: Terminated``
+    in the middle of its stop (ignite's ERROR line, a traceback) as if the run had crashed. Now only the main process
+    reports the stop (:class:`Terminated`); a worker killed alone still shows as one that "exited unexpectedly".
+
+    Args:
+        worker_id: the worker's index, as torch passes it.
+    """
+    from monai.data.utils import worker_init_fn
+
+    worker_init_fn(worker_id)
+    signal.signal(signal.SIGTERM, _end_worker)
+
+
+def _end_worker(signum, frame) -> None:
+    """A data loader worker's SIGTERM handler: exit now, as torch's worker does on its parent's SIGTERM."""
+    os._exit(0)
 
 
 def _end_by_sigterm() -> None:

@@ -264,3 +264,58 @@ def test_console_defaults_match_the_3d_bundles():
     for name, c in configs.items():  # the trainer's StatsHandler logs neither iterations nor epochs: EpochProgress does
         stats = [h for h in c["train"]["handlers"] if isinstance(h, dict) and h["_target_"] == "StatsHandler"]
         assert stats and all(h.get("iteration_log") is False and h.get("epoch_log") is False for h in stats), name
+
+
+def _group_members(group: int) -> list[int]:
+    """The live processes of a process group (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state, ppid, pgrp, ...
+        if entry.name.isdigit() and fields[0] != "Z" and int(fields[2]) == group:
+            members.append(int(entry.name))
+    return members
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc")
+def test_sigterm_to_the_process_group_stops_like_sigterm_to_the_run(tmp_path):
+    """``kill -TERM -<group>`` (a batch system's time limit) reaches the data loader workers too: they died by the
+    signal and the main process, stopping on its own SIGTERM, raised "DataLoader worker (pid N) is killed by
+    signal: Terminated" (a traceback, ignite's ERROR line) as if the run had crashed. Now the run ends as on a
+    SIGTERM to it alone: its checkpoint, the one "terminated (SIGTERM)" line, status 143 (-15), and no process of
+    the group left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = {**TINY, "batch_size": 2, "num_phantoms": 2, "slices_per_case": 20, "num_workers": 2, "max_epochs": 50,
+                "progress_bar": False}  # fmt: skip
+    args = [x for k, v in settings.items() for x in (f"--{k}", str(v))]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--output_dir",
+           str(tmp_path / "run"), *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
+                            cwd=BUNDLE.parents[1], start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_group_members(proc.pid)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the main process and its 2 workers
+        assert len(_group_members(proc.pid)) >= 3, "the data loader workers never started"
+        time.sleep(1.0)  # into the epoch: the workers loading, the main process training
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGTERM, out[-3000:]
+    assert "DataLoader worker" not in out and "Traceback" not in out and " - ERROR - " not in out, out[-3000:]
+    assert out.strip().splitlines()[-1].startswith("terminated (SIGTERM)"), out[-3000:]
+    assert (tmp_path / "run" / "checkpoint_interrupted.pt").is_file()
+    deadline = time.monotonic() + 15
+    while _group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _group_members(proc.pid) == []
