@@ -186,6 +186,26 @@ def test_an_empty_input_files_list_is_refused_and_the_datalist_default_is_logged
     assert f"no input_files: segmenting the 'validation' list of {dl} (1 images)" in caplog.text
 
 
+def test_input_file_patterns_are_expanded_sorted_and_one_matching_nothing_is_refused(tmp_path):
+    """``--input_files "['/data/*/ct.nii.gz']"`` (quoted: the shell left the pattern alone) segments every match,
+    sorted, under the unique output names; ``**`` spans folders; a pattern matching nothing is named."""
+    for name in ("b", "a", "c/deep"):
+        (tmp_path / name).mkdir(parents=True)
+        image = make_case(tmp_path / name, "x")["image"]
+        os.rename(image, tmp_path / name / "ct.nii.gz")
+    cases = inference_cases([str(tmp_path / "*" / "ct.nii.gz")])
+    assert [c["image"] for c in cases] == [str(tmp_path / "a" / "ct.nii.gz"), str(tmp_path / "b" / "ct.nii.gz")]
+    assert [c["name"] for c in cases] == ["a_ct", "b_ct"]
+    deep = inference_cases(str(tmp_path / "**" / "ct.nii.gz"))
+    assert [c["image"] for c in deep] == sorted(str(p) for p in tmp_path.rglob("ct.nii.gz"))
+    assert len(deep) == 3
+    missing = str(tmp_path / "nomatch*" / "ct.nii.gz")
+    with pytest.raises(DatasetError, match=re.escape(f"no file matches '{missing}'")):
+        inference_cases([str(tmp_path / "a" / "ct.nii.gz"), missing])
+    with pytest.raises(DatasetError, match="given more than once"):
+        inference_cases([str(tmp_path / "a" / "ct.nii.gz"), str(tmp_path / "?" / "ct.nii.gz")])
+
+
 def test_prepare_datalists_checks_every_case(tmp_path):
     good = make_case(tmp_path, "good")
     bad = make_case(tmp_path, "outside", max_label=5)

@@ -9,6 +9,7 @@ prefixed with as many parent folders as make it unique (``patA_ct``, ``patB_ct``
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections import Counter
@@ -21,7 +22,7 @@ from medgmae.data.reader import volume_stem
 from medgmae.files import given_more_than_once
 from medgmae.finetune.run_record import run_datalist
 
-__all__ = ["inference_cases", "unique_case_names"]
+__all__ = ["expand_input_patterns", "inference_cases", "unique_case_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,41 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
     return names
 
 
+def expand_input_patterns(input_files: Sequence[str | Path]) -> list[str]:
+    """Each entry of ``input_files`` as given, or, for a file pattern (``*``, ``?``, ``[...]``; ``**`` spans
+    folders) that names no existing file, the paths it matches (files, or DICOM folders), sorted; ``~`` is expanded
+    first.
+
+    Args:
+        input_files: paths or patterns, as ``--input_files`` lists them (quoted, so the shell left them alone).
+
+    Returns:
+        The paths, in the order given, each pattern's matches in sorted order at its place.
+
+    Raises:
+        DatasetError: a pattern matches no file (named: segmenting nothing, or the rest only, would hide it).
+    """
+    paths, empty = [], []
+    for entry in input_files:
+        text = os.path.expanduser(str(entry))
+        if not glob.has_magic(text) or os.path.exists(text):  # a file whose name holds [ or * is taken as named
+            paths.append(text)
+            continue
+        matches = sorted(glob.glob(text, recursive=True))  # DICOM folders match as folders
+        if not matches:
+            empty.append(str(entry))
+        paths.extend(matches)
+    if empty:
+        raise DatasetError(f"input_files: no file matches {', '.join(repr(e) for e in empty)}")
+    return paths
+
+
 def inference_cases(
     input_files: Sequence[str] | str | None, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
     key: str = "validation",
 ) -> list[dict]:
-    """Images to segment, each checked: ``input_files`` when given (a path or a list), else (``None``) the images of
+    """Images to segment, each checked: ``input_files`` when given (a path, a file pattern or a list of them, see
+    :func:`expand_input_patterns`), else (``None``) the images of
     list ``key`` of the datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty; when both are empty, the
     data the run in ``output_dir`` was trained on, see :func:`~medgmae.finetune.run_record.run_datalist`), logged.
 
@@ -76,9 +107,9 @@ def inference_cases(
         ``[{"image": path, "name": output name}]`` (see the module docstring for the names).
 
     Raises:
-        DatasetError: ``input_files`` given but empty (a shell pattern that matched nothing: segmenting the datalist
-            instead would write what nobody asked for), no datalist, or unusable inputs: one error lists every
-            missing or unreadable file.
+        DatasetError: ``input_files`` given but empty (an unquoted shell pattern that matched nothing: segmenting
+            the datalist instead would write what nobody asked for), a pattern that matches no file, no datalist, or
+            unusable inputs: one error lists every missing or unreadable file.
     """
     if isinstance(input_files, (str, Path)):
         input_files = [input_files] if str(input_files) else []
@@ -86,7 +117,7 @@ def inference_cases(
         raise DatasetError("input_files is empty (a shell pattern that matched no file?): list the images to segment, "
                            "or leave input_files out to segment the run's validation cases")  # fmt: skip
     if input_files is not None:
-        images, source = [os.path.abspath(Path(f).expanduser()) for f in input_files], "input_files"
+        images, source = [os.path.abspath(f) for f in expand_input_patterns(input_files)], "input_files"
     else:
         dataset_dir, datalist = run_datalist(dataset_dir, datalist, output_dir)
         if not datalist.is_file():
