@@ -81,6 +81,13 @@ def test_fine_tuned_unetr_round_trips(tmp_path):
     assert back.preprocessing == SPEC
     assert all(torch.equal(back.state_dict()[k], v) for k, v in net.state_dict().items())
     assert load_checkpoint(tmp_path / "best_model.pt").extra == {"epoch": 3, "metric_name": "val_mean_dice", "metric": 0.5}
+    assert back.class_names == ["background", "class_1", "class_2"]  # a file recording none, no run datalist beside it
+    named = BestCheckpointSaver(tmp_path / "named", net, preprocessing=SPEC, label_names=["background", "liver", "left kidney"])
+    named(SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": 0.5}, epoch=3)))
+    assert load_checkpoint(tmp_path / "named" / "best_model.pt").config["class_names"] == ["background", "liver", "left kidney"]
+    assert load_finetuned(tmp_path / "named" / "best_model.pt").class_names == ["background", "liver", "left kidney"]
+    with pytest.raises(ValueError, match="2 label_names for a network of 3 classes"):
+        BestCheckpointSaver(tmp_path, net, label_names=["background", "liver"])
 
 
 def test_wrong_kind_names_the_file_and_both_kinds(tmp_path):

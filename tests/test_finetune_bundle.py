@@ -600,9 +600,19 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, nib.load(moved).affine, atol=1e-5)
     assert np.asarray(seg.dataobj).max() < 18
+    # the class names travel: best_model.pt records the datalist's, and the colour table beside the segmentations
+    # (3D Slicer's "index name R G B A" lines) names every label value written
+    labels = json.loads((out / "phantom" / "dataset.json").read_text())["labels"]
+    names = [labels[str(i)] for i in range(len(labels))]
+    assert torch.load(out / "best_model.pt", weights_only=True)["config"]["class_names"] == names
+    rows = [line.split() for line in (out / "segmentations" / "labels.ctbl").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]  # fmt: skip
+    assert {int(r[0]): r[1] for r in rows} == {i: n.replace(" ", "_") for i, n in enumerate(names)}
+    assert all(len(r) == 6 and all(0 <= int(v) <= 255 for v in r[2:]) for r in rows)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {int(r[0]) for r in rows}
     # the earlier model's evaluation and segmentations are replaced by a fresh run in this folder too
     made = {p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] in ("eval", "segmentations")}
-    assert len(made) == 3 and made <= {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
+    assert len(made) == 4 and made <= {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
 
 
 def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop_while_validating):
@@ -741,7 +751,7 @@ def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):
         (tmp_path / patient).mkdir()
         same.append(str(shutil.copy(src, tmp_path / patient / "ct.nii.gz")))
     run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", repr(same))
-    assert sorted(p.name for p in (out / "segmentations").iterdir()) == ["patA_ct_seg.nii.gz", "patB_ct_seg.nii.gz"]
+    assert sorted(p.name for p in (out / "segmentations").iterdir()) == ["labels.ctbl", "patA_ct_seg.nii.gz", "patB_ct_seg.nii.gz"]
     trunc = _truncated_copy(src, tmp_path / "trunc.nii.gz")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(CONFIGS / "inference.json"),
            "--output_dir", str(out), "--device", "cpu", "--seg_dir", str(tmp_path / "seg2"), "--input_files", repr([src, trunc])]
@@ -750,6 +760,29 @@ def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):
 
 
 # ------------------------------------------------------------------ metrics files
+def test_segmentations_get_a_slicer_colour_table_of_the_class_names(tmp_path):
+    """``labels.ctbl`` beside the segmentations: 3D Slicer's colour table (``index name R G B A``, spaces in names as
+    ``_``, background transparent), written once; every label value of the NIfTI written is an index of it."""
+    from monai.data import MetaTensor
+
+    from medgmae.finetune import SaveSegmentationd
+
+    names = ["background", "liver", "left kidney"]
+    labels = np.zeros((6, 5, 4), np.float32)
+    labels[1:3, 1:3, 1:3], labels[4, 4, 3] = 1, 2
+    save = SaveSegmentationd(output_dir=tmp_path, label_names=names)
+    for case in ("a", "b"):
+        save({"pred": MetaTensor(torch.from_numpy(labels)[None], affine=torch.eye(4)), "name": case})
+    rows = [line.split() for line in (tmp_path / "labels.ctbl").read_text().splitlines() if not line.startswith("#")]
+    assert {int(r[0]): r[1] for r in rows} == {0: "background", 1: "liver", 2: "left_kidney"}
+    assert [int(v) for v in rows[0][2:]] == [0, 0, 0, 0] and all(int(r[5]) == 255 for r in rows[1:])
+    assert len({tuple(r[2:5]) for r in rows}) == 3  # one colour per class
+    assert (tmp_path / "labels.ctbl").read_text().startswith("# Color table file")
+    written = np.unique(np.asarray(nib.load(tmp_path / "b_seg.nii.gz").dataobj)).tolist()
+    assert written == [0, 1, 2] and set(written) <= {int(r[0]) for r in rows}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_seg.nii.gz", "b_seg.nii.gz", "labels.ctbl"]
+
+
 def test_segmentation_report_analytic_dice(tmp_path, caplog):
     from monai.data import MetaTensor
 

@@ -1,19 +1,22 @@
 """The fine-tuned UNETR's file, ``best_model.pt``: written when validation improves, read back for evaluation,
 inference and export.
 
-The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr``: the network's ``config()`` and
-weights, the run's pre-processing and ``extra = {"epoch", "metric_name", "metric"}``.
+The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr``: the network's ``config()`` plus the
+run's ``class_names`` (label order, background first), the weights, the run's pre-processing and
+``extra = {"epoch", "metric_name", "metric"}``.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from medgmae.checkpoint import load_checkpoint, make_checkpoint
 from medgmae.engine import unwrap_model
+from medgmae.finetune.classes import run_label_names
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
@@ -32,23 +35,31 @@ def load_finetuned(
     purpose: str = "evaluation and inference need the best_model.pt of a fine-tuning run",
 ) -> MedGMAEUNETR:
     """Rebuild a fine-tuned :class:`MedGMAEUNETR` from ``best_model.pt``; its recorded pre-processing is set as
-    the network's ``preprocessing`` attribute.
+    the network's ``preprocessing`` attribute and its class names (label order) as ``class_names`` (a file that
+    records none: the names of the run's datalist, see :func:`~medgmae.finetune.classes.run_label_names`).
 
     Args:
         path: the checkpoint.
         map_location: device for its weights.
         purpose: what needs the file, said when it is of another kind.
 
+    Returns:
+        The network, in train mode as built, with ``preprocessing`` and ``class_names`` set.
+
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file is not a fine-tuned UNETR (the message names both kinds).
+        ValueError: the file is not a fine-tuned UNETR (the message names both kinds), or its class names do not
+            number its output channels.
     """
     ckpt = load_checkpoint(path, FINETUNED_KIND, purpose, map_location)
     cfg = dict(ckpt.config)
-    out_channels, feature_size = cfg.pop("out_channels"), cfg.pop("feature_size")
+    out_channels, feature_size, names = cfg.pop("out_channels"), cfg.pop("feature_size"), cfg.pop("class_names", None)
+    if names is not None and len(names) != out_channels:
+        raise ValueError(f"{path}: records {len(names)} class names for {out_channels} output channels")
     net = MedGMAEUNETR(out_channels, encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
     net.load_state_dict(ckpt.state_dict, strict=True)
     net.preprocessing = ckpt.preprocessing
+    net.class_names = [str(n) for n in names] if names is not None else run_label_names(path, out_channels)
     return net
 
 
@@ -70,8 +81,9 @@ def finetuned_model_record(path: str | Path) -> dict:
 class BestCheckpointSaver:
     """Save ``best_model.pt`` atomically whenever a validation metric improves (attach to the evaluator).
 
-    The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr`` with the run's pre-processing and
-    ``extra = {"epoch", "metric_name", "metric"}``, readable by :func:`load_finetuned`. The best value so far is
+    The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr`` with the run's pre-processing, its
+    class names (in the config, ``class_names``) and ``extra = {"epoch", "metric_name", "metric"}``, readable by
+    :func:`load_finetuned`. The best value so far is
     part of ``state_dict()`` so that resumed runs keep it.
 
     Args:
@@ -80,6 +92,8 @@ class BestCheckpointSaver:
         metric_name: key in ``engine.state.metrics`` (higher is better).
         filename: file name.
         preprocessing: the run's pre-processing, recorded in the file for evaluation and inference.
+        label_names: the run's class names in label order, background first (one per output channel), recorded
+            for evaluation, inference and export; ``None`` records none.
     """
 
     def __init__(
@@ -89,9 +103,14 @@ class BestCheckpointSaver:
         metric_name: str = "val_mean_dice",
         filename: str = "best_model.pt",
         preprocessing: PreprocessingSpec | None = None,
+        label_names: Sequence[str] | None = None,
     ) -> None:
         if not hasattr(network, "config"):
             raise ValueError(f"{type(network).__name__} has no config(); use MedGMAEUNETR")
+        channels = network.config().get("out_channels")
+        if label_names is not None and len(label_names) != channels:
+            raise ValueError(f"BestCheckpointSaver: {len(label_names)} label_names for a network of {channels} classes")
+        self.label_names = None if label_names is None else [str(n) for n in label_names]
         self.path, self.network, self.metric_name = Path(output_dir) / filename, network, metric_name
         self.best, self.best_epoch = -float("inf"), 0
         self.preprocessing = preprocessing
@@ -120,7 +139,8 @@ class BestCheckpointSaver:
         self.best, self.best_epoch = value, int(engine.state.epoch)
         net = unwrap_model(self.network)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        payload = make_checkpoint(FINETUNED_KIND, net.config(), state, self.preprocessing,
+        config = net.config() if self.label_names is None else {**net.config(), "class_names": self.label_names}
+        payload = make_checkpoint(FINETUNED_KIND, config, state, self.preprocessing,
                                   extra={"epoch": self.best_epoch, "metric_name": self.metric_name, "metric": value})
         save_torch_atomic(payload, self.path)
         logger.info("new best %s %.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json, nnunet_datalist_error
 from medgmae.distributed import is_main_process
+from medgmae.finetune.run_record import run_datalist
 
-__all__ = ["label_names", "resolve_num_classes", "log_classes"]
+__all__ = ["label_names", "run_label_names", "resolve_num_classes", "log_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,19 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
     if not num_classes:
         raise DatasetError(f"set num_classes: datalist {datalist} has no 'labels' map")
     return ["background"] + [f"class_{i}" for i in range(1, int(num_classes))]
+
+
+def run_label_names(checkpoint: str | os.PathLike, num_classes: int) -> list[str]:
+    """Class names of the run that wrote ``checkpoint``: the ``labels`` of the datalist recorded in the run's
+    ``training_cases.json`` (beside the checkpoint) when it names ``num_classes`` of them, else ``background``,
+    ``class_1``, ... ``class_<num_classes - 1>``."""
+    try:
+        _, datalist = run_datalist("", "", Path(checkpoint).parent)
+        if datalist.is_file():
+            return label_names(datalist, num_classes)
+    except (DatasetError, OSError, ValueError):
+        pass
+    return label_names(None, num_classes)
 
 
 def resolve_num_classes(datalist: str | Path | None, num_classes: int | None = None) -> int:

@@ -3,7 +3,7 @@
 Every output is written atomically; ``metrics.json`` and the per-case CSV together (an error while writing them
 leaves the earlier pair in place). :class:`SegmentationReport` is an ignite handler for a MONAI
 ``SupervisedEvaluator`` whose post-processing yields one-hot ``pred`` and ``label``; :class:`SaveSegmentationd`
-writes an inverted (original-space) prediction as a label-map NIfTI.
+writes an inverted (original-space) prediction as a label-map NIfTI, with the classes' colour table beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 
 from medgmae.data.reader import volume_stem
 from medgmae.files import save_json_atomic, save_nifti_atomic, staged_outputs
+from medgmae.finetune.color_table import COLOR_TABLE_NAME, write_color_table
 
 __all__ = ["case_mean_dice", "per_case_dice", "predicted_but_absent", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
@@ -209,17 +210,28 @@ class SaveSegmentationd(MapTransform):
     gives each input a unique one), else the image's file name (:func:`case_name`).
 
     The affine is the tensor's own (after :class:`monai.transforms.Invertd`, the original image's), so the file
-    overlays the input in 3D Slicer or ITK-SNAP. Written atomically.
+    overlays the input in 3D Slicer or ITK-SNAP. Written atomically. With ``label_names``, the first segmentation
+    written is preceded by the 3D Slicer colour table ``labels.ctbl`` in the same folder (label value -> class name
+    and colour, :mod:`medgmae.finetune.color_table`).
 
     Args:
         keys: key of the label map ``(1, *spatial)``.
         output_dir: destination folder.
         postfix: appended to the case name.
+        label_names: class names in label order, background first (the network's ``class_names``); ``None``
+            writes no colour table.
     """
 
-    def __init__(self, keys="pred", output_dir: str | Path = "segmentations", postfix: str = "seg") -> None:
+    def __init__(
+        self, keys="pred", output_dir: str | Path = "segmentations", postfix: str = "seg",
+        label_names: Sequence[str] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(keys)
+        if label_names is not None and len(label_names) < 2:
+            raise ValueError(f"SaveSegmentationd: label_names needs background and at least one class, got {label_names}")
         self.output_dir, self.postfix = Path(output_dir), postfix
+        self.label_names = None if label_names is None else list(label_names)
+        self._table_written = False
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
@@ -229,6 +241,7 @@ class SaveSegmentationd(MapTransform):
                 raise ValueError(f"{key}: expected a (1, H, W, D) label map, got {tuple(seg.shape)}")
             affine = np.asarray(torch.as_tensor(seg.affine).cpu(), dtype=np.float64)
             labels = np.asarray(seg[0].detach().cpu().round()).astype(np.uint8 if seg.max() < 256 else np.int16)
+            self._write_color_table()
             name = d.get("name")
             name = name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
             path = self.output_dir / f"{name if isinstance(name, str) and name else case_name(d)}_{self.postfix}.nii.gz"
@@ -236,3 +249,10 @@ class SaveSegmentationd(MapTransform):
             logger.info("wrote %s", path)
             d[f"{key}_path"] = str(path)
         return d
+
+    def _write_color_table(self) -> None:
+        """Write ``labels.ctbl`` once, before the first segmentation (when names were given)."""
+        if self.label_names is not None and not self._table_written:
+            path = write_color_table(self.output_dir / COLOR_TABLE_NAME, self.label_names)
+            logger.info("wrote %s (%d classes: %s)", path, len(self.label_names), ", ".join(self.label_names[:20]))
+            self._table_written = True

@@ -14,8 +14,8 @@ bundle's metadata plus:
 * ``network_data_format``, ``description``, ``label_classes`` and ``pred_classes`` (MONAI's standard keys, from
   the bundle's template) rewritten for this network: input ``(in_channels, *roi_size)`` in the spec's intensity
   range, output ``out_channels`` logits (MONAI's ``labels`` format, ``value_range`` ``[]``: unbounded) with the
-  run's class names (from the datalist its ``training_cases.json`` beside the checkpoint names; ``class_<i>`` where
-  unknown), and the run's patch, spacing and HU window in the description;
+  run's class names (as ``best_model.pt`` records them; for a file that records none, from the datalist its
+  ``training_cases.json`` beside the checkpoint names, ``class_<i>`` where unknown), and the run's patch, spacing and HU window in the description;
 * ``eval_metrics``: the run's best validation score and its epoch as ``best_model.pt`` records them
   (``{"mean_dice": ..., "best_epoch": ...}``; absent when the file records none);
 * ``inference``: the rest of the bundle's segmentation recipe (``inference.json``), which the spec alone does not
@@ -38,10 +38,8 @@ from pathlib import Path
 
 import torch
 
-from medgmae.data.datalist import DatasetError
 from medgmae.files import atomic_write, read_json
-from medgmae.finetune.data import FOREGROUND_CROP, label_names
-from medgmae.finetune.run_record import run_datalist
+from medgmae.finetune.data import FOREGROUND_CROP
 from medgmae.finetune.best_model import load_finetuned
 from medgmae.preprocessing import PreprocessingSpec
 
@@ -72,19 +70,6 @@ def _trace(network: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         return torch.jit.trace(network, example, check_trace=False)
-
-
-def run_label_names(checkpoint: str | os.PathLike, num_classes: int) -> list[str]:
-    """Class names of the run that wrote ``checkpoint``: the ``labels`` of the datalist recorded in the run's
-    ``training_cases.json`` (beside the checkpoint) when it names ``num_classes`` of them, else ``background``,
-    ``class_1``, ... ``class_<num_classes - 1>``."""
-    try:
-        _, datalist = run_datalist("", "", Path(checkpoint).parent)
-        if datalist.is_file():
-            return label_names(datalist, num_classes)
-    except (DatasetError, OSError, ValueError):
-        pass
-    return label_names(None, num_classes)
 
 
 def describe_network(
@@ -189,7 +174,7 @@ def export_torchscript(
     if not diff <= EXPORT_ATOL:
         raise RuntimeError(f"{checkpoint}: the traced network differs from it by {diff:.2e} (> {EXPORT_ATOL:g})")
     out_channels = int(expected.shape[1])
-    names = run_label_names(checkpoint, out_channels)
+    names = network.class_names  # as best_model.pt records them (older files: the run's datalist)
     meta.update(describe_network(meta, network.preprocessing, roi, channels, names))
     meta.pop("eval_metrics", None)  # only this run's own score is stated
     metrics = run_eval_metrics(checkpoint)

@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.engine import is_main_process
 from medgmae.files import atomic_write, bundle_config, read_json
+from medgmae.finetune.color_table import PALETTE
 from medgmae.engine.figures import (
     add_image,
     grey_rgb,
@@ -38,12 +39,6 @@ __all__ = ["FinetuneSummary", "SegmentationPicture", "dice_table", "overlay", "s
 
 logger = logging.getLogger("medgmae.finetune")
 
-#: class colours (class c uses entry (c - 1) mod 20); background is not coloured
-PALETTE = np.array(
-    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
-     [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200],
-     [128, 0, 0], [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128]], dtype=np.float64
-)  # fmt: skip
 _VIEWS = ("sag", "cor", "ax")
 
 
