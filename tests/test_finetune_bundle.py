@@ -581,6 +581,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
             "HU window [-200.0, 300.0] (recorded), crop 24x24x24") in proc.stdout + proc.stderr  # fmt: skip
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert f"mean Dice {metrics['mean_dice']:.5f} over 1 case " in proc.stdout + proc.stderr
+    assert "per-class Dice of the evaluation (1 case):\n| class | Dice |" in proc.stdout + proc.stderr
     assert metrics["num_cases"] == 1 and len(metrics["dice_per_class"]) == 17
     assert 0.0 <= metrics["mean_dice"] <= 1.0
     with open(out / "eval" / "per_case_dice.csv") as f:
@@ -834,6 +835,42 @@ def test_segmentation_report_analytic_dice(tmp_path, caplog):
         assert [r["predicted_but_absent"] for r in csv.DictReader(f)] == ["spleen", "liver;spleen", ""]
     with pytest.raises(ValueError, match="predicts 2 classes but the datalist has 3"):
         check_num_classes(SimpleNamespace(out_channels=2), 3)
+
+
+def test_an_evaluation_ends_with_the_per_class_dice_table_training_prints(tmp_path, caplog):
+    """``show_table`` (evaluate.json): after the mean Dice line the per-class table, the one function training's
+    closing summary uses; the validation of every epoch prints none."""
+    from monai.data import MetaTensor
+
+    from medgmae.finetune.evaluate import SegmentationReport
+    from medgmae.finetune.report import per_class_dice_text
+
+    def onehot(labels):
+        return torch.nn.functional.one_hot(torch.as_tensor(labels).long(), 3).permute(3, 0, 1, 2).float()
+
+    ref, pred = np.zeros((10, 10, 10)), np.zeros((10, 10, 10))
+    ref[2:6, 2:6, 2:6], ref[0:2, 0:2, 0:2] = 1, 2
+    pred[2:6, 2:6, 2:4] = 1  # half the 64-voxel liver cube: Dice 2*32/96
+    pred[0:2, 0:2, 0:2] = 2  # spleen exact: Dice 1
+    image = MetaTensor(torch.zeros(1, 10, 10, 10), meta={"filename_or_obj": "/data/case_0042.nii.gz"})
+    item = {"image": image, "pred": onehot(pred), "label": onehot(ref)}
+    engine = SimpleNamespace(state=SimpleNamespace(output=[item]))
+    for show, folder in ((True, "eval"), (False, "validation")):
+        report = SegmentationReport(tmp_path / folder, ["background", "liver", "spleen"], show_table=show)
+        report._collect(engine)
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            report.write()
+        liver, mean = 2 * 32 / 96, (2 * 32 / 96 + 1.0) / 2
+        expected = ["per-class Dice of the evaluation (1 case):", "| class | Dice |", "| --- | --- |",
+                    f"| liver | {liver:.4f} |", "| spleen | 1.0000 |",
+                    f"| **mean over cases** (each case's mean over the classes in its reference) | {mean:.4f} |"]  # fmt: skip
+        assert ("\n".join(expected) in caplog.text) is show
+    assert caplog.text.rstrip().endswith(str(tmp_path / "validation"))  # the validation's log ends with its mean line
+    summary = per_class_dice_text({"dice_per_class": {"liver": liver}, "mean_dice": liver, "num_cases": 2}, "x")
+    assert summary.splitlines()[0] == "per-class Dice of x (2 cases):"
+    with pytest.raises(ValueError, match="show_table must be true or false"):
+        SegmentationReport(tmp_path, ["background", "liver"], show_table="yes")
 
 
 def test_cases_sharing_a_file_name_get_unique_names_in_the_csv(tmp_path):

@@ -104,14 +104,20 @@ class SegmentationReport:
         label_names: names of classes 0..C-1 (background first).
         extra: more entries for ``metrics.json``.
         csv_name: per-case file name.
+        show_table: after the mean Dice line, also log the per-class Dice table
+            (:func:`~medgmae.finetune.report.per_class_dice_text`, as training's closing summary prints it): for an
+            evaluation, not for the validation of every epoch.
     """
 
     def __init__(
-        self, output_dir: str | Path, label_names: Sequence[str], extra: Mapping | None = None, csv_name: str = "per_case_dice.csv"
-    ) -> None:
+        self, output_dir: str | Path, label_names: Sequence[str], extra: Mapping | None = None,
+        csv_name: str = "per_case_dice.csv", show_table: bool = False,
+    ) -> None:  # fmt: skip
         if len(label_names) < 2:
             raise ValueError(f"need at least 2 label names, got {list(label_names)}")
-        self.output_dir, self.names = Path(output_dir), list(label_names)
+        if not isinstance(show_table, bool):
+            raise ValueError(f"SegmentationReport: show_table must be true or false, got {show_table!r}")
+        self.output_dir, self.names, self.show_table = Path(output_dir), list(label_names), show_table
         self.extra, self.csv_name = dict(extra or {}), csv_name
         # (case, image path, Dice per class, per class: absent from the reference but predicted)
         self.rows: list[tuple[str, str, list[float], list[bool]]] = []
@@ -181,6 +187,10 @@ class SegmentationReport:
         if fps:  # Dice leaves these cases out of the class's mean; a reader of the means would not know
             logger.info("predicted in cases whose reference lacks the class (false positives, in no Dice): %s; "
                         "the CSV's predicted_but_absent column names the cases", ", ".join(fps))  # fmt: skip
+        if self.show_table:
+            from medgmae.finetune.report import per_class_dice_text
+
+            logger.info("\n%s", per_class_dice_text(self.metrics, "the evaluation"))
         return self.metrics
 
 

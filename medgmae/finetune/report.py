@@ -35,7 +35,7 @@ from medgmae.engine.figures import (
     with_orientation_letters,
 )
 
-__all__ = ["FinetuneSummary", "SegmentationPicture", "dice_table", "overlay", "segmentation_figure"]
+__all__ = ["FinetuneSummary", "SegmentationPicture", "dice_table", "overlay", "per_class_dice_text", "segmentation_figure"]
 
 logger = logging.getLogger("medgmae.finetune")
 
@@ -165,6 +165,23 @@ def dice_table(dice_per_class: Mapping[str, float | None], mean: float | None = 
     return "\n".join(lines)
 
 
+def per_class_dice_text(metrics: Mapping[str, Any], what: str) -> str:
+    """The per-class Dice of a validation or an evaluation as the log prints it: a line naming ``what`` and the
+    number of cases, then :func:`dice_table` of its per-class and mean Dice.
+
+    Args:
+        metrics: a :class:`~medgmae.finetune.SegmentationReport`'s metrics (``dice_per_class``, ``mean_dice``,
+            ``num_cases``; missing entries read as none).
+        what: what was scored, e.g. ``"the last validation"``.
+
+    Returns:
+        ``"per-class Dice of <what> (<n> case[s]):"`` and the table, on separate lines.
+    """
+    cases = int(metrics.get("num_cases", 0))
+    table = dice_table(metrics.get("dice_per_class", {}), metrics.get("mean_dice"))
+    return f"per-class Dice of {what} ({cases} case{'' if cases == 1 else 's'}):\n{table}"
+
+
 class FinetuneSummary:
     """Closing summary of a fine-tuning run (trainer handler, at completion, main process).
 
@@ -246,11 +263,9 @@ class FinetuneSummary:
         head = (f"best validation mean Dice {best:.4f} at epoch {self.best.best_epoch}" if math.isfinite(best)
                 else "no finite validation Dice")  # fmt: skip
         val_dir = Path(getattr(self.report, "output_dir", self.out / "validation"))
-        cases = int(metrics.get("num_cases", 0))
         lines = [
             f"fine-tuning finished: {epochs} epoch{'' if epochs == 1 else 's'}; {head}",
-            f"per-class Dice of the last validation ({cases} case{'' if cases == 1 else 's'}):",
-            table,
+            per_class_dice_text(metrics, "the last validation"),
             f"  {'best_model.pt':<14} {self.best.path}",
             f"  {'validation':<14} {val_dir / 'metrics.json'}, {val_dir / 'per_case_dice.csv'}",
             f"  {'Dice table':<14} {self.table_path}",
