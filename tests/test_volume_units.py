@@ -4,6 +4,7 @@ UNETR segmentation when a model of HU is given an attenuation volume."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -108,6 +109,31 @@ def test_segmentation_transforms_warn_about_an_attenuation_volume(tmp_path, capl
     warned = [r.getMessage() for r in caplog.records if "attenuation" in r.getMessage()]
     assert len(warned) == 1 and "mu.nii.gz" in warned[0]
     assert tuple(out["image"].shape[1:]) != (0, 0, 0)  # the image still goes through
+
+
+def test_the_segmentation_pre_check_warns_about_a_label_map_input_once_before_any_work(tmp_path, caplog):
+    """``inference_cases`` given the model's spec names a label map listed as an image while it checks the inputs,
+    before the model runs; the bundle's pipeline (``warn_not_hu=False``) does not name it a second time."""
+    import json
+
+    from medgmae.finetune import inference_cases, inference_transforms
+
+    spec = PreprocessingSpec(spacing=1.5, input_size=16, patch_size=8)
+    seg = _save(np.random.default_rng(0).integers(0, 5, (16, 16, 16)).astype(np.uint8), tmp_path / "seg.nii.gz")
+    ct = _save(_phantom_hu(), tmp_path / "ct.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        cases = inference_cases([ct, seg], spec=spec)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith(f"{seg} looks like a label map (5 distinct integer values")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        inference_cases([ct, seg])  # no spec: no judgement of the values
+        pipeline = inference_transforms(spec, warn_not_hu=False)
+        for case in cases:
+            pipeline(dict(case))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    config = json.loads((Path(__file__).parents[1] / "bundles/unetr_finetune/configs/inference.json").read_text())
+    assert "spec=@preprocessing_spec" in config["dataset"]["data"] and "warn_not_hu=False" in config["preprocessing"]
 
 
 def _tiny_model_file(path) -> str:

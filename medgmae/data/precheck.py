@@ -6,7 +6,9 @@ name) wastes the run up to that point. :func:`check_datalist` reads each image (
 voxels, singular geometry), refuses single slices saved as 3D (``(X, Y, 1)``, as most tools write a slice),
 compares each label with its image (the same voxel grid: :func:`~medgmae.data.grid.same_grid_problem`, shape and
 affine) and checks label values (integers in ``[0, num_classes)``). It collects every problem and raises ONE :class:`DatasetError` naming each file
-and its problem, before anything is written.
+and its problem, before anything is written. Given the model's pre-processing (``spec``: segmentation does), it also
+warns, once per image and before any work, about an image that is no CT in HU for a model of HU: a label map listed
+as an image, attenuation in 1/mm, a constant or air-less volume (:func:`~medgmae.preprocessing.warn_if_not_hu`).
 
 Cost: the check decodes every volume once. It runs in ``workers`` processes (a 512 x 512 x 160 CT ``.nii.gz``
 took 3 s on a shared CPU core, ``bench/RESULTS.md``: a 5,000-volume folder in about 16 minutes on 16 processes),
@@ -42,6 +44,7 @@ from medgmae.data.grid import GRID_TOLERANCE, label_grid_problem
 from medgmae.data.reader import read_volume
 from medgmae.distributed import main_process_only
 from medgmae.files import save_json_atomic
+from medgmae.preprocessing import PreprocessingSpec, warn_if_not_hu
 from medgmae.terminal import ProgressLines
 
 __all__ = ["check_datalist", "check_item", "single_slice_problem", "LEDGER_FILE"]
@@ -81,7 +84,7 @@ def _label_problems(label: np.ndarray, path: str, num_classes: int | None) -> li
 
 def check_item(
     item: dict, image_key: str = "image", label_key: str | None = None, num_classes: int | None = None,
-    require_label: bool = False,
+    require_label: bool = False, spec: PreprocessingSpec | None = None,
 ) -> list[str]:
     """All problems of one datalist item (each a line naming the file), ``[]`` when it is usable.
 
@@ -91,6 +94,8 @@ def check_item(
         label_key: key of the label (``None``: images only).
         num_classes: labels must lie in ``[0, num_classes)`` (``None``: only non-negative integers).
         require_label: an item without ``label_key`` is a problem.
+        spec: the model's pre-processing: a readable image that is no CT in HU for a model of HU is warned about
+            (:func:`~medgmae.preprocessing.warn_if_not_hu`: a label map, attenuation in 1/mm...), not refused.
 
     Returns:
         Problem descriptions.
@@ -108,6 +113,8 @@ def check_item(
             problems.append(f"{key} {e}" if isinstance(e, FileNotFoundError) else str(e))
     if image_key in vols and (flat := single_slice_problem(item[image_key], vols[image_key].array.shape)):
         problems.append(flat)
+    if image_key in vols and spec is not None:
+        warn_if_not_hu(vols[image_key].array, spec, str(item[image_key]))
     if not has_label or len(vols) < 2:
         return problems
     image, label = vols[image_key], vols[label_key]
@@ -160,7 +167,8 @@ def _counted(results: Iterable[list[str]], lines: ProgressLines) -> list[list[st
 def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path | None, source: str) -> list[str]:
     keys = [k for k in (kwargs.get("image_key", "image"), kwargs.get("label_key")) if k]
     # the grid tolerance is part of what a pass means: a ledger written under another one re-checks every file
-    settings = {**kwargs, "grid_tolerance": GRID_TOLERANCE, "checks": 2}  # 2: single slices refused
+    # (the spec only adds warnings: a file that passed under one passed under any)
+    settings = {**{k: v for k, v in kwargs.items() if k != "spec"}, "grid_tolerance": GRID_TOLERANCE, "checks": 2}
     known = _load_ledger(ledger, settings)
     prints = [_fingerprint(it, keys) for it in items]
     todo = [i for i, fp in enumerate(prints) if json.dumps(fp) not in known]
@@ -192,6 +200,7 @@ def check_datalist(
     ledger_dir: str | Path | None = None,
     source: str = "",
     image_key: str = "image",
+    spec: PreprocessingSpec | None = None,
 ) -> list[dict]:
     """Open every file of ``items`` once and raise one error listing every unusable file (see the module docstring).
 
@@ -204,6 +213,8 @@ def check_datalist(
         ledger_dir: folder of the ledger of files that passed (``None``: none; every file is read each time).
         source: the datalist or folder, named in the message.
         image_key: key of the images.
+        spec: the model's pre-processing, to warn about images that are no CT in HU for it (see :func:`check_item`;
+            a file the ledger remembers is not read again, so not warned about again).
 
     Returns:
         ``items`` (as a list), so that the call can sit inside a bundle config expression.
@@ -216,7 +227,7 @@ def check_datalist(
     if int(workers) < 0:
         raise ValueError(f"precheck workers must be >= 0, got {workers}")
     kwargs = {"image_key": image_key, "label_key": label_key, "num_classes": None if num_classes is None else int(num_classes),
-              "require_label": bool(require_label)}  # fmt: skip
+              "require_label": bool(require_label), "spec": spec}  # fmt: skip
     ledger = Path(ledger_dir) / LEDGER_FILE if ledger_dir else None
 
     def check() -> None:

@@ -314,11 +314,11 @@ def finetuned_spec(
 FOREGROUND_CROP = {"source_key": "image", "allow_smaller": True}
 
 
-def _load_and_resample(keys, spec: PreprocessingSpec) -> list:
+def _load_and_resample(keys, spec: PreprocessingSpec, warn_not_hu: bool = True) -> list:
     labels = [k for k in keys if k == "label"]
     return [
         LoadVolumed(keys=keys),
-        WarnIfNotHUd(keys="image", spec=spec),
+        *([WarnIfNotHUd(keys="image", spec=spec)] if warn_not_hu else []),
         *spec.transforms(keys=["image"], label_keys=labels),
         CropForegroundd(keys=keys, **FOREGROUND_CROP),
     ]
@@ -358,7 +358,18 @@ def val_transforms(spec: PreprocessingSpec) -> Compose:
     return Compose(_load_and_resample(keys, spec) + [EnsureTyped(keys=keys)])
 
 
-def inference_transforms(spec: PreprocessingSpec) -> Compose:
-    """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space; an
-    image that looks like attenuation in 1/mm for a model of HU is warned about (:class:`WarnIfNotHUd`)."""
-    return Compose(_load_and_resample(["image"], spec) + [EnsureTyped(keys="image")])
+def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True) -> Compose:
+    """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space.
+
+    Args:
+        spec: the model's pre-processing.
+        warn_not_hu: warn about an image that is no CT in HU for a model of HU (:class:`WarnIfNotHUd`: attenuation
+            in 1/mm, a label map...) as it is loaded; ``False`` where the pre-check warned already
+            (:func:`~medgmae.finetune.segment_inputs.inference_cases` given the spec), so each file is named once.
+
+    Returns:
+        The transforms.
+    """
+    if not isinstance(warn_not_hu, bool):
+        raise ValueError(f"inference_transforms: warn_not_hu must be true or false, got {warn_not_hu!r}")
+    return Compose(_load_and_resample(["image"], spec, warn_not_hu) + [EnsureTyped(keys="image")])

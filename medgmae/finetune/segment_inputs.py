@@ -21,6 +21,7 @@ from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import volume_stem
 from medgmae.files import given_more_than_once
 from medgmae.finetune.run_record import run_datalist
+from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = ["expand_input_patterns", "inference_cases", "unique_case_names"]
 
@@ -96,12 +97,22 @@ def expand_input_patterns(input_files: Sequence[str | Path]) -> list[str]:
 
 def inference_cases(
     input_files: Sequence[str] | str | None, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
-    key: str = "validation",
+    key: str = "validation", spec: PreprocessingSpec | None = None,
 ) -> list[dict]:
     """Images to segment, each checked: ``input_files`` when given (a path, a file pattern or a list of them, see
     :func:`expand_input_patterns`), else (``None``) the images of
     list ``key`` of the datalist (``dataset_dir/dataset.json`` when ``datalist`` is empty; when both are empty, the
     data the run in ``output_dir`` was trained on, see :func:`~medgmae.finetune.run_record.run_datalist`), logged.
+    With the model's pre-processing ``spec``, an input that is no CT in HU for a model of HU (a label map listed as
+    an image, attenuation in 1/mm...) is warned about here, once, before the model runs.
+
+    Args:
+        input_files: paths or file patterns (``None``: the datalist's images).
+        dataset_dir: the datalist's data folder.
+        datalist: the datalist file.
+        output_dir: the fine-tuning run (its recorded data when neither of the two above is given).
+        key: the datalist's list to segment.
+        spec: the model's pre-processing (``None``: no warnings about the inputs' values).
 
     Returns:
         ``[{"image": path, "name": output name}]`` (see the module docstring for the names).
@@ -125,4 +136,4 @@ def inference_cases(
         images, source = [c["image"] for c in read_datalist(datalist, key, dataset_dir or None)], str(datalist)
         logger.info("no input_files: segmenting the '%s' list of %s (%d images)", key, datalist, len(images))
     cases = [{"image": image, "name": name} for image, name in zip(images, unique_case_names(images))]
-    return check_datalist(cases, source=source)
+    return check_datalist(cases, source=source, spec=spec)
