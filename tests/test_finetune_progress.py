@@ -57,6 +57,22 @@ def test_segmentation_lines_use_the_output_name(caplog):
     assert lines[0] == "segmenting 1 case" and re.fullmatch(r"case 1/1 patA_ct: \d+\.\d s", lines[1]), lines
 
 
+def test_a_segmentation_run_names_each_case_by_its_unique_output_name(caplog):
+    """Through MONAI's evaluator (which keeps the inputs' ``name`` in ``state.batch``, not in its output), two inputs
+    both called ``ct`` are named as their outputs are, ``a_ct`` and ``b_ct``, not ``ct`` twice."""
+    from monai.engines import SupervisedEvaluator
+
+    items = [{"image": MetaTensor(torch.zeros(1, 2, 2, 2), meta={"filename_or_obj": f"/data/{d}/ct.nii.gz"}),
+              "name": f"{d}_ct"} for d in ("a", "b")]  # fmt: skip
+    loader = torch.utils.data.DataLoader(items, batch_size=1, collate_fn=__import__("monai").data.list_data_collate)
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=torch.nn.Identity())
+    CaseProgress(what="segmenting").attach(evaluator)
+    with caplog.at_level(logging.INFO):
+        evaluator.run()
+    lines = _lines(caplog)
+    assert [line.split(":")[0] for line in lines[1:3]] == ["case 1/2 a_ct", "case 2/2 b_ct"], lines
+
+
 def test_report_must_be_attached_first(tmp_path):
     engine = Engine(lambda eng, batch: [batch])
     progress = CaseProgress(SegmentationReport(tmp_path, ["background", "liver"]))

@@ -24,12 +24,25 @@ __all__ = ["CaseProgress"]
 logger = logging.getLogger(__name__)
 
 
+def _case_label(item: Any, given: Any) -> str:
+    """A case's name in its line: the ``name`` entry of its output or of its input (a MONAI evaluator keeps the
+    input's keys, segmentation's unique output name among them, in ``state.batch``, not in ``state.output``), else
+    its image's file name (:func:`~medgmae.finetune.evaluate.case_name`)."""
+    for d in (item, given):
+        name = d.get("name") if isinstance(d, Mapping) else None
+        name = name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
+        if isinstance(name, str) and name:
+            return name
+    return case_name(item) if isinstance(item, Mapping) else "case"
+
+
 class CaseProgress:
     """Log one line per case of a MONAI evaluator run, and one line for the run.
 
     A case's time runs from the end of the previous case (or the start of the run), so it includes reading and
     pre-processing its image as well as inference and post-processing. The line names the case by its ``name``
-    entry where it has one (the output name of a segmentation), else by its image file; it adds the case's mean Dice
+    entry where it has one (the unique output name of a segmentation, ``a_ct`` for ``a_ct_seg.nii.gz``), else by
+    its image file; it adds the case's mean Dice
     over its classes when ``report`` is given (a segmentation names its written file itself).
 
     Args:
@@ -61,11 +74,13 @@ class CaseProgress:
     def _case(self, engine: Engine) -> None:
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
-        output = engine.state.output
+        output, batch = engine.state.output, engine.state.batch
         items: list[Any] = list(output) if isinstance(output, (list, tuple)) else [output]
+        inputs: list[Any] = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        inputs = inputs if len(inputs) == len(items) else [None] * len(items)
         dice = self.report.rows[-len(items):] if self.report is not None else [None] * len(items)
         total = engine.state.epoch_length
-        for item, row in zip(items, dice):
+        for item, given, row in zip(items, inputs, dice):
             self._done += 1
             if not is_main_process():
                 continue
@@ -75,9 +90,7 @@ class CaseProgress:
                 parts.append(f"mean Dice {mean:.5f}" if math.isfinite(mean) else "mean Dice n/a (no labelled class)")
             left = (now - self._t0) / self._done * (total - self._done) if total else 0.0
             eta = f" (about {duration_text(left)} left)" if total and self._done < total else ""
-            name = item.get("name") if isinstance(item, Mapping) and isinstance(item.get("name"), str) else None
-            name = name or (case_name(item) if isinstance(item, Mapping) else "case")
-            logger.info("case %d/%s %s: %s%s", self._done, total or "?", name, ", ".join(parts), eta)
+            logger.info("case %d/%s %s: %s%s", self._done, total or "?", _case_label(item, given), ", ".join(parts), eta)
 
     def _end(self, engine: Engine) -> None:
         if is_main_process():
