@@ -257,6 +257,26 @@ def test_the_classes_read_are_logged_at_the_start(tmp_path, caplog):
         assert line.format(dl=dl) in caplog.messages
 
 
+def test_label_maps_beyond_the_class_count_are_one_line_with_the_count_they_need(tmp_path):
+    """``--num_classes 5`` with label maps up to 8: one line naming the first files and how many more, and the count
+    they need (9), not a line per file; a datalist without a 'labels' map and no num_classes gets the count too."""
+    cases = [make_case(tmp_path, f"c{i}", max_label=8 if i < 8 else 2) for i in range(10)]
+    labels = sorted(c["label"] for c in cases[:8])
+    with pytest.raises(DatasetError) as e:
+        check_cases(cases, num_classes=5)
+    ranged = [line for line in str(e.value).splitlines() if "outside the class range [0, 4]" in line]
+    assert len(ranged) == 1 and str(e.value).startswith("1 problem(s)"), str(e.value)
+    assert ranged[0].startswith("  - 8 label maps hold class values outside the class range [0, 4] (5 classes): ")
+    assert ", ".join(labels[:3]) + " and 5 more; labels 0-8 found: they need 9 classes (--num_classes 9" in ranged[0]
+    check_cases(cases, num_classes=9)  # the count named is enough
+    dl = tmp_path / "dataset.json"
+    dl.write_text(json.dumps({"training": cases[:9], "validation": cases[9:]}))
+    with pytest.raises(DatasetError, match=re.escape(
+            f"set num_classes: datalist {dl} has no 'labels' map; its label maps hold labels 0-8: --num_classes 9")):
+        prepare_datalists("", str(dl), tmp_path / "run")
+    assert prepare_datalists("", str(dl), tmp_path / "run", num_classes=9)["num_classes"] == 9
+
+
 def test_cases_without_labels_are_named_with_their_list(tmp_path):
     """An AMOS-style image without a label among the training or validation cases: each is named with the list it
     is in (the 'test' list is where such images go), before any file is opened."""

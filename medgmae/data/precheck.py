@@ -70,6 +70,45 @@ def _fingerprint(item: dict, keys: Sequence[str]) -> list:
     return [[str(Path(item[key])), *(file_fingerprint(item[key]) or (None, None))] for key in keys if key in item]
 
 
+#: How many files a grouped problem line names before saying how many more.
+SHOWN_FILES = 3
+
+
+class LabelRangeProblem(str):
+    """The problem line of a label map holding class values ``0..highest`` beyond ``num_classes`` (a ``str``, as
+    every problem, that also carries them, so that :func:`check_datalist` reports all such maps in one line)."""
+
+    path: str
+    highest: int
+    num_classes: int
+
+
+def _range_problem(path: str, highest: int, num_classes: int) -> LabelRangeProblem:
+    """The line of label map ``path`` whose classes run to ``highest``, beyond ``num_classes``."""
+    problem = LabelRangeProblem(f"{path}: label values in [0, {highest}] are outside the class range [0, {num_classes - 1}]")
+    problem.path, problem.highest, problem.num_classes = path, highest, num_classes
+    return problem
+
+
+def _grouped_range_problems(problems: list[str]) -> tuple[list[str], int | None]:
+    """``problems`` with every :class:`LabelRangeProblem` replaced by one line naming the files (the first
+    :data:`SHOWN_FILES`, then a count) and the class count the label maps need; and that count (``None``: no such
+    problem)."""
+    ranged = [p for p in problems if isinstance(p, LabelRangeProblem)]
+    if not ranged:
+        return problems, None
+    highest, num_classes = max(p.highest for p in ranged), ranged[0].num_classes
+    files = ", ".join(p.path for p in ranged[:SHOWN_FILES]) + (
+        f" and {len(ranged) - SHOWN_FILES} more" if len(ranged) > SHOWN_FILES else "")
+    need = (f"labels 0-{highest} found: they need {highest + 1} classes (--num_classes {highest + 1}, with as many "
+            "names in the datalist's 'labels' map when it has one)")
+    line = f"{ranged[0]}; {need}" if len(ranged) == 1 else (
+        f"{len(ranged)} label maps hold class values outside the class range [0, {num_classes - 1}] ({num_classes} "
+        f"classes): {files}; {need}")  # fmt: skip
+    others = [p for p in problems if not isinstance(p, LabelRangeProblem)]
+    return [line] + others, highest + 1
+
+
 def _label_problems(label: np.ndarray, path: str, num_classes: int | None) -> list[str]:
     if np.any(label != np.round(label)):
         return [f"{path}: label has non-integer values (a segmentation must hold class indices)"]
@@ -78,6 +117,8 @@ def _label_problems(label: np.ndarray, path: str, num_classes: int | None) -> li
         if num_classes is None:  # a label map holds class indices 0, 1, 2...: an image given as the label?
             return [f"{path}: label values in [{lo}, {hi}] include negative ones: a label map holds class indices "
                     "from 0 (is this an image listed as the label?)"]  # fmt: skip
+        if lo >= 0 and hi < 256:  # class indices, only more of them: the count they need is worth saying
+            return [_range_problem(path, hi, num_classes)]
         return [f"{path}: label values in [{lo}, {hi}] are outside the class range [0, {num_classes - 1}]"]
     return []
 
@@ -220,7 +261,9 @@ def check_datalist(
         ``items`` (as a list), so that the call can sit inside a bundle config expression.
 
     Raises:
-        DatasetError: the list is empty or any file is unusable; one message lists them all.
+        DatasetError: the list is empty or any file is unusable; one message lists them all (label maps beyond
+            ``num_classes`` in one line, first, with the count they need, also set as the error's
+            ``needed_classes``; the lines are its ``problems``).
     """
     if not items:
         raise DatasetError(f"{source or 'datalist'}: no items to check (the list is empty)")
@@ -236,9 +279,12 @@ def check_datalist(
         except Exception as e:
             raise DatasetError(f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}") from e
         if problems:
-            raise DatasetError(f"{len(problems)} problem(s) in the data of {source or 'the datalist'} "
+            problems, needed = _grouped_range_problems(problems)
+            err = DatasetError(f"{len(problems)} problem(s) in the data of {source or 'the datalist'} "
                                f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(problems)
                                + _all_missing_hint(items, image_key, str(source)))  # fmt: skip
+            err.needed_classes, err.problems = needed, problems
+            raise err
 
     main_process_only(check, DatasetError)
     return list(items)

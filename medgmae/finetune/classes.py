@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json, nnunet_datalist_error
+from medgmae.data.precheck import check_datalist
 from medgmae.distributed import is_main_process
 from medgmae.finetune.run_record import run_datalist
 
-__all__ = ["label_names", "run_label_names", "resolve_num_classes", "log_classes"]
+__all__ = ["label_names", "names_classes", "refuse_unnamed_classes", "run_label_names", "resolve_num_classes", "log_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,44 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
     if not num_classes:
         raise DatasetError(f"set num_classes: datalist {datalist} has no 'labels' map")
     return ["background"] + [f"class_{i}" for i in range(1, int(num_classes))]
+
+
+def names_classes(datalist: str | Path) -> bool:
+    """Whether ``datalist`` has a ``labels`` map (of any form: :func:`label_names` judges it).
+
+    Args:
+        datalist: a Decathlon (or nnU-Net) JSON file.
+
+    Returns:
+        ``True`` when it holds a non-empty ``labels`` entry.
+    """
+    return bool(load_datalist_json(datalist).get("labels"))
+
+
+def refuse_unnamed_classes(datalist: str | Path, cases: list[dict], workers: int = 0) -> None:
+    """Stop a run whose datalist names no classes and that sets no ``num_classes``, saying the count its label maps
+    need: the pre-check reads them (against a background-only count) and the error gives ``--num_classes`` for the
+    highest label found, with the pre-check's other problems.
+
+    Args:
+        datalist: the datalist without a ``labels`` map.
+        cases: its labelled cases the run would read.
+        workers: pre-check processes.
+
+    Raises:
+        DatasetError: always.
+    """
+    head = f"set num_classes: datalist {datalist} has no 'labels' map"
+    try:
+        check_datalist(cases, label_key="label", num_classes=1, require_label=True, workers=workers, source=str(datalist))
+    except DatasetError as e:
+        needed = getattr(e, "needed_classes", None)
+        if needed is None:
+            raise DatasetError(f"{head}, and its data have problems:\n{e}") from e
+        others = "".join(f"\n  - {p}" for p in e.problems[1:])
+        raise DatasetError(f"{head}; its label maps hold labels 0-{needed - 1}: --num_classes {needed} (or a 'labels' "
+                           f"map naming {needed} classes, background first)" + (f"; other problems:{others}" if others else "")) from e  # fmt: skip
+    raise DatasetError(f"{head}, and its label maps hold only background (0): label the structures to learn")
 
 
 def run_label_names(checkpoint: str | os.PathLike, num_classes: int) -> list[str]:
