@@ -28,12 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FLOOR_SHARE", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field", "to_line_integrals"]
+__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "FLOOR_SHARE", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field", "to_line_integrals"]
 
 #: The floor of ``I - D`` and ``F - D``, as a share of the median open-beam signal ``F - D``.
 FLOOR_SHARE = 1e-6
 #: The share of pixels in which the flat must be above the dark (less: the files are likely swapped).
 SWAPPED_SHARE = 0.5
+#: More readings of ``I - D`` below the floor than this share: the readings are line integrals or a normalised
+#: transmission already, not raw readings (converting them again gives no scan).
+CONVERTED_SHARE = 0.5
+#: A median reading ``I - D`` below this share of the median open-beam signal ``F - D`` (a median transmission of
+#: 1e-3, a median line integral of 6.9, which no scan has): the readings are already converted.
+CONVERTED_RATIO = 1e-3
 #: Views converted at a time (bounds the float64 copies of a large stack).
 _BLOCK_VIEWS = 32
 
@@ -123,6 +129,21 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
                "clipped_open": clipped_open, "pixels": int(open_beam.size)}  # fmt: skip
 
 
+def _check_not_converted(counts: np.ndarray, dark: np.ndarray | float, clip: dict, proj_path: str, open_text: str) -> None:
+    """Refuse readings that are line integrals or a normalised transmission already: more than
+    :data:`CONVERTED_SHARE` of them below the floor, or their median below :data:`CONVERTED_RATIO` of the median
+    open-beam signal ``F - D`` (``clip``: :func:`to_line_integrals`' record)."""
+    sample = counts[:: max(1, counts.shape[0] // 16)].astype(np.float64) - np.asarray(dark, np.float64)
+    median, share = float(np.median(sample)), clip["clipped"] / max(clip["readings"], 1)
+    if share > CONVERTED_SHARE or median < CONVERTED_RATIO * clip["median_open"]:
+        raise ValueError(f"projections {proj_path}: {share:.0%} of the readings I - D are below the floor "
+                         f"{clip['floor']:.4g} and their median {median:.4g} is {median / clip['median_open']:.2g} of the "
+                         f"median open-beam signal F - D {clip['median_open']:.4g} ({open_text}): these look like line "
+                         "integrals or normalised transmission already, not raw detector readings; give line integrals "
+                         f"without {open_text.split()[0]} (and without --dark), and a normalised transmission I / I0 "
+                         "with --i0 1 instead")  # fmt: skip
+
+
 def _clip_warning(proj_path: str, clip: dict) -> str | None:
     """The one warning line about readings raised to the floor, or ``None`` when none were."""
     if not clip["clipped"] and not clip["clipped_open"]:
@@ -151,7 +172,8 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
 
     Raises:
         ValueError: the flags do not go together (:func:`check_raw_flags`); a file missing, unreadable, non-finite
-            or of other ``(rows, cols)``; a flat not above the dark; projections that are no line integrals once
+            or of other ``(rows, cols)``; a flat not above the dark; readings converted already
+            (:func:`_check_not_converted`); projections that are no line integrals once
             converted. Each message names the files.
     """
     from recon.scan_files import check_line_integrals, read_detector_images
@@ -166,6 +188,7 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
     open_text = f"--flat {flat}" if flat is not None else f"--i0 {i0:g}"
     _check_not_swapped(np.broadcast_to(np.asarray(F) - np.asarray(D), shape), open_text, dark)
     p, clip = to_line_integrals(counts, F, D)
+    _check_not_converted(counts, D, clip, proj_path, open_text)
     used = [f"F = {open_text}" + (f" ({_images(nf, counts.shape[0])})" if flat else ""),
             f"D = --dark {dark} ({_images(nd, counts.shape[0])})" if dark else "D = 0 (no --dark)"]
     print(f"note: projections {proj_path}: raw detector images converted to line integrals -log((I - D) / (F - D)) "

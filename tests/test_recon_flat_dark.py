@@ -165,3 +165,21 @@ def test_resume_with_another_flat_is_refused(raw, tmp_path, capsys):
     (tmp_path / "moved.npy").write_bytes((d / "flat.npy").read_bytes())
     moved = [*flags[:2], "--flat", str(tmp_path / "moved.npy"), *flags[4:]]
     assert main(reconstruct_args(scan, out, *moved, "--iterations", "3", "--resume")) == 0
+
+
+def test_converted_readings_given_with_a_flat_are_refused(raw, tmp_path, capsys):
+    """Line integrals, or a normalised transmission ``exp(-p)``, given with ``--flat`` (and ``--dark``) are refused
+    as converted already (all below the floor, or a median far below that of ``F - D``), naming what to give;
+    nothing written."""
+    scan, d, p, *_ = raw
+    np.save(tmp_path / "p.npy", p)
+    np.save(tmp_path / "t.npy", np.exp(-p))
+    out = tmp_path / "f.nii.gz"
+    for name, extra in (("p.npy", ["--dark", str(d / "dark.npy")]), ("t.npy", []), ("t.npy", ["--dark", str(d / "dark.npy")])):
+        args = ["fbp", "--projections", str(tmp_path / name), "--geometry", str(scan / "geometry.json"), "--out", str(out),
+                "--flat", str(d / "flat.npy"), *extra]  # fmt: skip
+        expect_refusal(capsys, args, f"projections {tmp_path / name}", "look like line integrals or normalised "
+                       "transmission already", "without --flat", "--i0 1")  # fmt: skip
+        assert not out.exists()
+    assert main(["fbp", "--projections", str(tmp_path / "t.npy"), "--geometry", str(scan / "geometry.json"),
+                 "--out", str(out), "--i0", "1"]) == 0  # fmt: skip
