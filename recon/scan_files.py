@@ -20,6 +20,10 @@ LINE_INTEGRAL_MAX = 50.0
 _ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
 #: What line integrals look like, as the messages about projections that do not say.
 _LINE_INTEGRALS = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
+#: The range a normalised transmission I / I0 lies in (noise may take air a little above 1, a dark a little below 0).
+_TRANSMISSION_RANGE = (-0.05, 1.5)
+#: The median transmission of the outer detector columns (air) from which values in that range read as transmission.
+_TRANSMISSION_AIR = 0.9
 #: The first bytes of every ``.npy`` file (NumPy's format specification).
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -190,7 +194,9 @@ def line_integral_problem(p: np.ndarray, integers: bool = False) -> tuple[str, s
 
     Returns:
         ``None`` when they can be line integrals, else ``(problem, cause)``: what is wrong (completing a sentence
-        whose subject names the projections) and its likely cause in a file (negated values, raw counts).
+        whose subject names the projections) and its likely cause in a file (negated values, raw counts, a
+        normalised transmission:
+        :func:`_looks_like_transmission`).
     """
     what = _LINE_INTEGRALS
     if p.size and p.max() <= 0:
@@ -203,7 +209,26 @@ def line_integral_problem(p: np.ndarray, integers: bool = False) -> tuple[str, s
         return (f"hold integers up to {int(p.max())}, raw detector counts or intensities rather than line integrals: "
                 f"{what}", "give the open-beam image as --flat (and the dark image as --dark) or the open-beam "
                 "intensity as --i0 to convert them with -log((I - D) / (F - D)), or convert with -log(I / I0) first")  # fmt: skip
+    if p.size and p.ndim >= 2 and _looks_like_transmission(p):
+        return (f"lie within [0, 1] with their largest values in the outer detector columns (median "
+                f"{float(np.median(np.stack([p[..., 0], p[..., -1]]))):.3g}), where a scan's air is: {what}, near 0 "
+                "in air", "these look like transmission I / I0 in [0, 1]: give --i0 1 to convert them with -log(I / I0)")  # fmt: skip
     return None
+
+
+def _looks_like_transmission(p: np.ndarray) -> bool:
+    """Whether ``p`` is a normalised transmission ``I / I0`` rather than line integrals: all values within
+    [:data:`_TRANSMISSION_RANGE`], the outer detector columns (a scan's air) at a median of at least
+    :data:`_TRANSMISSION_AIR` and the middle third of the columns (the object) lower on average. Line integrals are
+    the mirror: near 0 in air and largest through the object's middle, so a small object whose integrals stay below
+    1, or a wide one whose rays all cross it (no air columns), keeps its middle above its edges and passes."""
+    low, high = _TRANSMISSION_RANGE
+    if float(p.min()) < low or float(p.max()) > high:
+        return False
+    cols = p.shape[-1]
+    edge = float(np.median(np.stack([p[..., 0], p[..., -1]])))
+    middle = float(p[..., cols // 3 : cols - cols // 3].mean())
+    return edge >= _TRANSMISSION_AIR and middle < 0.99 * edge
 
 
 def check_line_integrals(p: np.ndarray, name: str, integers: bool, cause: str | None = None) -> None:

@@ -183,3 +183,26 @@ def test_converted_readings_given_with_a_flat_are_refused(raw, tmp_path, capsys)
         assert not out.exists()
     assert main(["fbp", "--projections", str(tmp_path / "t.npy"), "--geometry", str(scan / "geometry.json"),
                  "--out", str(out), "--i0", "1"]) == 0  # fmt: skip
+
+
+def test_transmission_without_a_flat_is_refused_and_faint_line_integrals_pass(raw, tmp_path, capsys):
+    """A normalised transmission ``exp(-p)`` (1 in the air columns), noiseless or with noise taking air above 1,
+    given as line integrals is refused naming --i0 1; line integrals of a faint object (all below 1, 0 in air) and
+    of a wide one (no air columns, the middle thickest) pass."""
+    scan, _, p, *_ = raw
+    assert np.median(p[..., [0, -1]]) == 0 and p.max() > 1  # air at the edges, as every case below relies on
+    noisy = np.exp(-p) * (1 + 0.02 * np.random.default_rng(0).standard_normal(p.shape))
+    faint = p * (0.9 / p.max())
+    cols = p.shape[-1]
+    wide = (p + 0.3 * np.sin(np.pi * (np.arange(cols) + 0.5) / cols) + 0.1) * (0.9 / (p.max() + 0.4))  # no air
+    assert faint.max() < 1 and wide.min() > 0.03 and wide.max() < 1  # integrals that stay within [0, 1]
+    base = ["fbp", "--geometry", str(scan / "geometry.json"), "--out", str(tmp_path / "f.nii.gz")]
+    for name, values in (("t.npy", np.exp(-p)), ("noisy.npy", noisy)):
+        np.save(tmp_path / name, values)
+        expect_refusal(capsys, [*base, "--projections", str(tmp_path / name)], f"projections {tmp_path / name}",
+                       "these look like transmission I / I0 in [0, 1]: give --i0 1")  # fmt: skip
+        assert not (tmp_path / "f.nii.gz").exists()
+    for name, values in (("faint.npy", faint), ("wide.npy", wide)):
+        np.save(tmp_path / name, values)
+        assert main([*base, "--projections", str(tmp_path / name)]) == 0, name
+
