@@ -194,8 +194,8 @@ def line_integral_problem(p: np.ndarray, integers: bool = False) -> tuple[str, s
 
     Returns:
         ``None`` when they can be line integrals, else ``(problem, cause)``: what is wrong (completing a sentence
-        whose subject names the projections) and its likely cause in a file (negated values, raw counts, a
-        normalised transmission:
+        whose subject names the projections) and its likely cause in a file (negated values, raw counts, float
+        readings all above :data:`LINE_INTEGRAL_MAX` where air would read near 0, a normalised transmission:
         :func:`_looks_like_transmission`).
     """
     what = _LINE_INTEGRALS
@@ -209,6 +209,11 @@ def line_integral_problem(p: np.ndarray, integers: bool = False) -> tuple[str, s
         return (f"hold integers up to {int(p.max())}, raw detector counts or intensities rather than line integrals: "
                 f"{what}", "give the open-beam image as --flat (and the dark image as --dark) or the open-beam "
                 "intensity as --i0 to convert them with -log((I - D) / (F - D)), or convert with -log(I / I0) first")  # fmt: skip
+    if p.size and float(p.min()) > LINE_INTEGRAL_MAX:
+        return (f"are all above {LINE_INTEGRAL_MAX:g} ({float(p.min()):.4g} .. {float(p.max()):.4g}), raw detector readings "
+                f"rather than line integrals: every scan has rays through air or past the object, whose line integrals "
+                f"are near 0; {what}", "give the open-beam image as --flat (and the dark image as --dark) or the "
+                "open-beam intensity as --i0 to convert them with -log((I - D) / (F - D))")  # fmt: skip
     if p.size and p.ndim >= 2 and _looks_like_transmission(p):
         return (f"lie within [0, 1] with their largest values in the outer detector columns (median "
                 f"{float(np.median(np.stack([p[..., 0], p[..., -1]]))):.3g}), where a scan's air is: {what}, near 0 "

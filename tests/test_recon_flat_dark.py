@@ -206,3 +206,15 @@ def test_transmission_without_a_flat_is_refused_and_faint_line_integrals_pass(ra
         np.save(tmp_path / name, values)
         assert main([*base, "--projections", str(tmp_path / name)]) == 0, name
 
+
+def test_float_readings_without_a_flat_are_refused_and_wide_line_integrals_pass(raw, tmp_path, capsys):
+    """Float readings (no reading near 0, all above any CT line integral) given as line integrals are refused
+    pointing at --flat, --dark and --i0; line integrals of a wide object with no air column (all above 0) pass."""
+    scan, d, p, flat, dark = raw
+    np.save(tmp_path / "f32.npy", np.load(d / "counts.npy").astype(np.float32))
+    base = ["fbp", "--geometry", str(scan / "geometry.json"), "--out", str(tmp_path / "f.nii.gz")]
+    expect_refusal(capsys, [*base, "--projections", str(tmp_path / "f32.npy")], f"projections {tmp_path / 'f32.npy'}",
+                   "are all above 50", "raw detector readings", "--flat", "--dark", "--i0")  # fmt: skip
+    assert not (tmp_path / "f.nii.gz").exists()
+    np.save(tmp_path / "offset.npy", p + 2.0)  # a truncated scan: every ray crosses the object
+    assert main([*base, "--projections", str(tmp_path / "offset.npy")]) == 0
