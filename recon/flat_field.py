@@ -16,6 +16,10 @@ A micro-CT or bench-top cone-beam scanner gives detector readings ``I`` (counts 
 * Readings of ``I - D`` or ``F - D`` below a floor (dark noise, dead pixels, readings without photons) are raised
   to it, with one warning line saying how many: the floor is :data:`FLOOR_SHARE` of the median open-beam signal
   ``F - D``, a transmission of 1e-6 (a line integral of at most about 13.8 at a typical pixel).
+* Dead detector pixels (``F - D`` at or below the floor, or ``I - D`` below it in every view) would draw rings:
+  their line integrals are replaced in every view by the median of their valid neighbours
+  (:func:`repair_dead_pixels`, one warning line saying how many); more than :data:`DEAD_SHARE` of the detector
+  dead is refused.
 
 The converted projections then go through the toolkit's one projection check
 (:func:`recon.scan_files.check_line_integrals`), so that a flat of another scan is caught as a file of line
@@ -28,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "FLOOR_SHARE", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field", "to_line_integrals"]
+__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_SHARE", "FLOOR_SHARE", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field",
+           "repair_dead_pixels", "to_line_integrals"]
 
 #: The floor of ``I - D`` and ``F - D``, as a share of the median open-beam signal ``F - D``.
 FLOOR_SHARE = 1e-6
@@ -40,6 +45,8 @@ CONVERTED_SHARE = 0.5
 #: A median reading ``I - D`` below this share of the median open-beam signal ``F - D`` (a median transmission of
 #: 1e-3, a median line integral of 6.9, which no scan has): the readings are already converted.
 CONVERTED_RATIO = 1e-3
+#: The most dead detector pixels repaired, as a share of the detector (more: the flat or dark is likely wrong).
+DEAD_SHARE = 0.01
 #: Views converted at a time (bounds the float64 copies of a large stack).
 _BLOCK_VIEWS = 32
 
@@ -111,22 +118,56 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
 
     Returns:
         ``(line integrals (views, rows, cols) float32, {"floor", "median_open", "clipped", "readings",
-        "clipped_open", "pixels"})``: the floor (:data:`FLOOR_SHARE` of the median of ``F - D``'s positive values)
-        and how many readings of ``I - D`` and pixels of ``F - D`` were below it.
+        "clipped_open", "pixels", "dead"})``: the floor (:data:`FLOOR_SHARE` of the median of ``F - D``'s positive
+        values), how many readings of ``I - D`` and pixels of ``F - D`` were below it, and the dead pixels
+        ``(rows, cols)`` (``F - D`` at or below the floor, or ``I - D`` below it in every view).
     """
     open_beam = np.broadcast_to(np.asarray(flat, np.float64) - np.asarray(dark, np.float64), counts.shape[1:])
     positive = open_beam[open_beam > 0]
     median_open = float(np.median(positive)) if positive.size else 1.0
     floor = FLOOR_SHARE * median_open
-    clipped_open = int((open_beam < floor).sum())
-    open_beam = np.maximum(open_beam, floor)
+    clipped_open, dead = int((open_beam < floor).sum()), open_beam <= floor
+    open_beam, never = np.maximum(open_beam, floor), np.ones(counts.shape[1:], bool)
     p, clipped = np.empty(counts.shape, np.float32), 0
     for start in range(0, counts.shape[0], _BLOCK_VIEWS):
         signal = counts[start : start + _BLOCK_VIEWS].astype(np.float64) - np.asarray(dark, np.float64)
         clipped += int((signal < floor).sum())
+        never &= (signal < floor).all(axis=0)
         p[start : start + _BLOCK_VIEWS] = -np.log(np.maximum(signal, floor) / open_beam)
     return p, {"floor": floor, "median_open": median_open, "clipped": clipped, "readings": int(counts.size),
-               "clipped_open": clipped_open, "pixels": int(open_beam.size)}  # fmt: skip
+               "clipped_open": clipped_open, "pixels": int(open_beam.size), "dead": dead | never}  # fmt: skip
+
+
+def repair_dead_pixels(p: np.ndarray, dead: np.ndarray, proj_path: str) -> int:
+    """Replace the line integrals of dead detector pixels, in every view, by the median of their valid neighbours
+    (the 3 x 3 neighbourhood, widened to 5 x 5 and 7 x 7 where it holds none), in place: a dead pixel's floored
+    reading would draw a ring in the reconstruction.
+
+    Args:
+        p: the line integrals ``(views, rows, cols)``.
+        dead: the dead pixels ``(rows, cols)`` (:func:`to_line_integrals`' ``"dead"``).
+        proj_path: the projection file, as messages name it.
+
+    Returns:
+        How many pixels were repaired.
+
+    Raises:
+        ValueError: more than :data:`DEAD_SHARE` of the detector is dead, naming the count.
+    """
+    count = int(dead.sum())
+    if count > DEAD_SHARE * dead.size:
+        raise ValueError(f"projections {proj_path}: {count} of {dead.size} detector pixels ({count / dead.size:.1%}) are "
+                         f"dead (F - D at or below the floor, or I - D below it in every view), more than "
+                         f"{DEAD_SHARE:.0%} can be repaired: is the flat (and the dark) of this detector?")  # fmt: skip
+    rows, cols = dead.shape
+    for r, c in np.argwhere(dead):
+        for half in (1, 2, 3):
+            r0, r1, c0, c1 = max(r - half, 0), min(r + half + 1, rows), max(c - half, 0), min(c + half + 1, cols)
+            valid = ~dead[r0:r1, c0:c1]
+            if valid.any():
+                p[:, r, c] = np.median(p[:, r0:r1, c0:c1][:, valid], axis=1)
+                break
+    return count
 
 
 def _check_not_converted(counts: np.ndarray, dark: np.ndarray | float, clip: dict, proj_path: str, open_text: str) -> None:
@@ -189,6 +230,7 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
     _check_not_swapped(np.broadcast_to(np.asarray(F) - np.asarray(D), shape), open_text, dark)
     p, clip = to_line_integrals(counts, F, D)
     _check_not_converted(counts, D, clip, proj_path, open_text)
+    repaired = repair_dead_pixels(p, clip["dead"], proj_path)
     used = [f"F = {open_text}" + (f" ({_images(nf, counts.shape[0])})" if flat else ""),
             f"D = --dark {dark} ({_images(nd, counts.shape[0])})" if dark else "D = 0 (no --dark)"]
     print(f"note: projections {proj_path}: raw detector images converted to line integrals -log((I - D) / (F - D)) "
@@ -196,6 +238,10 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
     warning = _clip_warning(proj_path, clip)
     if warning:
         print(warning, flush=True)
+    if repaired:
+        print(f"warning: projections {proj_path}: {repaired} dead detector pixel{'s' if repaired > 1 else ''} (F - D at or "
+              "below the floor, or I - D below it in every view): their line integrals in every view interpolated, the "
+              "median of their valid neighbours", flush=True)  # fmt: skip
     check_line_integrals(p, f"projections {proj_path} converted with {open_text}", False,
                          f"is {open_text} the open-beam reading of this scan" + (f", and --dark {dark} its dark?" if dark else "?"))
     record = {"flat": str(Path(flat).resolve()) if flat else None, "dark": str(Path(dark).resolve()) if dark else None,
