@@ -20,6 +20,8 @@ A micro-CT or bench-top cone-beam scanner gives detector readings ``I`` (counts 
   their line integrals are replaced in every view by the median of their valid neighbours
   (:func:`repair_dead_pixels`, one warning line saying how many); more than :data:`DEAD_SHARE` of the detector
   dead is refused.
+* Saturated readings (at the integer dtype's maximum, or above the open beam by more than noise: a line integral
+  below ``-SATURATED_BELOW``) are counted in one warning line (how many, in which share of the views) and kept.
 
 The converted projections then go through the toolkit's one projection check
 (:func:`recon.scan_files.check_line_integrals`), so that a flat of another scan is caught as a file of line
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_SHARE", "FLOOR_SHARE", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field",
+__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_SHARE", "FLOOR_SHARE", "SATURATED_BELOW", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field",
            "repair_dead_pixels", "to_line_integrals"]
 
 #: The floor of ``I - D`` and ``F - D``, as a share of the median open-beam signal ``F - D``.
@@ -47,6 +49,8 @@ CONVERTED_SHARE = 0.5
 CONVERTED_RATIO = 1e-3
 #: The most dead detector pixels repaired, as a share of the detector (more: the flat or dark is likely wrong).
 DEAD_SHARE = 0.01
+#: Line integrals below minus this (readings more than about 5 % above the open beam) count as saturated.
+SATURATED_BELOW = 0.05
 #: Views converted at a time (bounds the float64 copies of a large stack).
 _BLOCK_VIEWS = 32
 
@@ -185,6 +189,24 @@ def _check_not_converted(counts: np.ndarray, dark: np.ndarray | float, clip: dic
                          "with --i0 1 instead")  # fmt: skip
 
 
+def _saturation_warning(counts: np.ndarray, p: np.ndarray, proj_path: str) -> str | None:
+    """The one warning line about saturated readings (at the integer dtype's maximum, or above the open beam by
+    more than noise: a line integral below ``-SATURATED_BELOW``), or ``None`` when there are none. They are kept."""
+    top = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
+    saturated = p < -SATURATED_BELOW
+    if top is not None:
+        saturated |= counts == top
+    count = int(saturated.sum())
+    if not count:
+        return None
+    views = int(saturated.any(axis=(1, 2)).sum())
+    at_top = f"at the {counts.dtype} maximum {top} or " if top is not None else ""
+    return (f"warning: projections {proj_path}: {count} of {saturated.size} readings ({count / saturated.size:.3%}), in "
+            f"{views} of {counts.shape[0]} views ({views / counts.shape[0]:.0%}), look saturated ({at_top}more than "
+            f"{SATURATED_BELOW:g} in line integral above the open beam); kept as they are: their line integrals are "
+            "too low")  # fmt: skip
+
+
 def _clip_warning(proj_path: str, clip: dict) -> str | None:
     """The one warning line about readings raised to the floor, or ``None`` when none were."""
     if not clip["clipped"] and not clip["clipped_open"]:
@@ -236,6 +258,9 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
     print(f"note: projections {proj_path}: raw detector images converted to line integrals -log((I - D) / (F - D)) "
           f"with {', '.join(used)}", flush=True)  # fmt: skip
     warning = _clip_warning(proj_path, clip)
+    if warning:
+        print(warning, flush=True)
+    warning = _saturation_warning(counts, p, proj_path)
     if warning:
         print(warning, flush=True)
     if repaired:

@@ -258,3 +258,20 @@ def test_float_readings_without_a_flat_are_refused_and_wide_line_integrals_pass(
     assert not (tmp_path / "f.nii.gz").exists()
     np.save(tmp_path / "offset.npy", p + 2.0)  # a truncated scan: every ray crosses the object
     assert main([*base, "--projections", str(tmp_path / "offset.npy")]) == 0
+
+
+def test_saturated_readings_are_counted_in_one_warning(raw, tmp_path, capsys):
+    """uint16 readings at 65535 and readings well above the flat are counted in one warning line (how many, in how
+    many views); the other line integrals convert as before."""
+    _, _, p, flat, _ = raw
+    counts = np.round(0.5 * flat * np.exp(-p)).astype(np.uint16)
+    counts[1, 2, :4] = 65535  # at the dtype's maximum
+    counts[6, 3, 5] = int(0.5 * flat[3, 5] * 1.3)  # 30 % above the open beam
+    np.save(tmp_path / "counts.npy", counts)
+    np.save(tmp_path / "half_flat.npy", 0.5 * flat)
+    got, _ = load_raw_projections(str(tmp_path / "counts.npy"), str(tmp_path / "half_flat.npy"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "look saturated" in line]
+    assert len(lines) == 1 and f"5 of {p.size} readings" in lines[0] and "in 2 of 10 views (20%)" in lines[0], lines
+    assert "uint16 maximum 65535" in lines[0]
+    np.testing.assert_allclose(got[0], -np.log(counts[0] / (0.5 * flat)), rtol=1e-5, atol=1e-5)
+
