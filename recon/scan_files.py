@@ -92,8 +92,10 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
             stack of one.
 
     Returns:
-        ``(images (n, rows, cols), whether the file stores integers)``: a ``.npy`` file's array in its own dtype,
-        an image file's as float32.
+        ``(images (n, rows, cols), whether the file stores integers)``: a ``.npy`` or TIFF file's array in its own
+        dtype (a TIFF read with ``tifffile.imread``, whose pages are the images; any planar TIFF page, such as the
+        one page ``tifffile.imwrite`` makes of a ``(3, rows, cols)`` stack, included), another image file's as
+        float32.
 
     Raises:
         ValueError: missing, a folder, unreadable (truncated), of another dimension or non-finite; the message names
@@ -105,7 +107,10 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
                          "(.npy, .mha, .mhd, .nrrd, .nii, .nii.gz, .tif or .tiff)")
     if not path.is_file():
         raise ValueError(f"{what} file {path} does not exist")
-    if path.suffix.lower() != ".npy":
+    if path.name.lower().endswith(TIFF_SUFFIXES):
+        p = _read_tiff(path, what, planar)
+        integers = p.dtype.kind in "iu"
+    elif path.suffix.lower() != ".npy":
         p = load_volume(path, check_finite=False, tiff=True, planar=planar)[0]
         integers = _stored_as_integers(path)
     else:
@@ -124,6 +129,46 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
                          f"{int(bad.any(axis=(1, 2)).sum())} of {p.shape[0]} {unit}s (the first: {unit} {view}, row {row}, "
                          f"column {col})")  # fmt: skip
     return p, bool(integers)
+
+
+def _read_tiff(path: Path, what: str, planar: bool) -> np.ndarray:
+    """A TIFF stack ``(images, rows, cols)`` as ``tifffile.imread`` gives it (one page of 2D: a stack of one where
+    ``planar``); without tifffile, through SimpleITK (:func:`load_volume`), which reads grey pages only: a page of
+    several samples (RGB, as ``tifffile.imwrite`` stores a ``(3, rows, cols)`` array) is refused saying so."""
+    try:
+        import tifffile
+    except ImportError:
+        return _read_tiff_itk(path, what, planar)
+    try:
+        p = np.asarray(tifffile.imread(path))
+    except Exception as e:
+        raise ValueError(f"cannot read {what} {path} (a TIFF stack): {type(e).__name__}: {e}") from e
+    while p.ndim > 3 and p.shape[-1] == 1:
+        p = p[..., 0]
+    if planar and p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3 or p.dtype.kind not in "biuf":
+        shape = "(images, rows, cols) or (rows, cols)" if planar else "(views, rows, cols)"
+        raise ValueError(f"{what} {path} must be a TIFF stack of {shape} grey images, got shape {p.shape} of {p.dtype}: "
+                         "write it with tifffile.imwrite(path, stack, photometric='minisblack')")  # fmt: skip
+    return p
+
+
+def _read_tiff_itk(path: Path, what: str, planar: bool) -> np.ndarray:
+    """A TIFF stack through SimpleITK, ITK's warnings silenced; a file it cannot read (an RGB page among them) is
+    refused saying how to write a projection stack."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return load_volume(path, check_finite=False, tiff=True, planar=planar)[0]
+    except ValueError as e:
+        raise ValueError(f"{what} {path}: cannot read it as a projection stack of grey TIFF pages ({e}); an RGB TIFF, "
+                         "as tifffile.imwrite stores a (3, rows, cols) array, is not one: write the stack with "
+                         "photometric='minisblack', or install tifffile to read it") from e  # fmt: skip
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
@@ -154,7 +199,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 
 
 def _stored_as_integers(path: Path) -> bool:
-    """Whether a MetaImage / NRRD / NIfTI / TIFF stack stores integers (the reader hands back float32), so that raw counts
+    """Whether a MetaImage / NRRD / NIfTI stack stores integers (the reader hands back float32), so that raw counts
     are refused there as in ``.npy``; a NIfTI with a scale factor stores scaled values, not integers. A DICOM stack
     is not told (its counts are only warned about, by their size)."""
     name = path.name.lower()
@@ -165,7 +210,7 @@ def _stored_as_integers(path: Path) -> bool:
             img = nib.load(str(path))
             slope, inter = img.header.get_slope_inter()
             return img.get_data_dtype().kind in "iu" and slope in (None, 1.0) and inter in (None, 0.0)
-        if name.endswith(_ITK_HEADERS + TIFF_SUFFIXES):
+        if name.endswith(_ITK_HEADERS):
             import SimpleITK as sitk
 
             return "integer" in sitk.GetPixelIDValueAsString(_itk_header(path).GetPixelID())
