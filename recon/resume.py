@@ -144,6 +144,16 @@ def _differences(saved: dict, now: dict) -> list[str]:
     return out + settings_differences(old_init, new_init, labels)
 
 
+def _raw_advice(saved: dict, now: dict) -> str:
+    """Where the conversion of raw images differs (:data:`RAW_KEYS`): the saved run's ``--flat`` / ``--dark`` /
+    ``--i0`` (the paths metrics.json records) and what to give, else ``""``."""
+    if _pick(saved, RAW_KEYS) == _pick(now, RAW_KEYS):
+        return ""
+    used = [f"{flag} {saved[key]}" for flag, key in (("--flat", "flat"), ("--dark", "dark"), ("--i0", "i0")) if saved.get(key) is not None]
+    return (f". The interrupted run converted the raw images with {', '.join(used) or 'no --flat, --dark or --i0'} "
+            "(metrics.json's scan): give the same --flat/--dark as the interrupted run (and its --i0)")
+
+
 def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict:
     """The saved state to ``--resume`` from, checked to belong to this scan and these settings.
 
@@ -185,7 +195,8 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
     else:
         diffs = _differences(saved, run_info)
         if diffs:
-            raise CLIError(f"--resume: {state_path} was saved by a run of another scan or with other settings: " + "; ".join(diffs))
+            raise CLIError(f"--resume: {state_path} was saved by a run of another scan or with other settings: "
+                           + "; ".join(diffs) + _raw_advice(saved.get("scan") or {}, run_info["scan"]))  # fmt: skip
         changed = _changed_files(saved, run_info, state_path)
         if changed:
             raise CLIError(f"--resume: {state_path}: " + "; ".join(changed) + ". Restore the file the run started from, "

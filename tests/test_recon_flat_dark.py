@@ -199,7 +199,9 @@ def test_resume_with_another_flat_is_refused(raw, tmp_path, capsys):
     np.save(tmp_path / "other_flat.npy", flat * 1.01)
     other = [*flags[:2], "--flat", str(tmp_path / "other_flat.npy"), *flags[4:]]
     expect_refusal(capsys, reconstruct_args(scan, out, *other, "--iterations", "3", "--resume"),
-                   f"--resume: {out / 'recon_state.pt'}", "--flat (sha256 of the file): saved")  # fmt: skip
+                   f"--resume: {out / 'recon_state.pt'}", "--flat (sha256 of the file): saved",
+                   f"converted the raw images with --flat {(d / 'flat.npy').resolve()}, --dark {(d / 'dark.npy').resolve()}",
+                   "give the same --flat/--dark as the interrupted run")  # fmt: skip
     expect_refusal(capsys, reconstruct_args(scan, out, *flags[:2], "--i0", "20000", "--iterations", "3", "--resume"),
                    "--flat (sha256 of the file): saved", "--i0: saved None, now 20000.0")  # fmt: skip
     (tmp_path / "moved.npy").write_bytes((d / "flat.npy").read_bytes())
