@@ -75,7 +75,9 @@ def _scan_of(metrics: dict) -> dict:
     a = metrics["arguments"]
     paths = {k: scan.get(k) or str(Path(a.get(k) or "").resolve()) for k in ("projections", "geometry")}
     fingerprint = {k: scan[k] for k in SCAN_KEYS if k in scan}
-    return {**paths, "fingerprint": fingerprint if len(fingerprint) == len(SCAN_KEYS) else None}
+    used = [f"{flag} {scan[k]}" for flag, k in (("--flat", "flat"), ("--dark", "dark"), ("--i0", "i0")) if scan.get(k) is not None]
+    return {**paths, "fingerprint": fingerprint if len(fingerprint) == len(SCAN_KEYS) else None,
+            "conversion": "converted with " + ", ".join(used) if used else "read as line integrals (no --flat, --dark or --i0)"}
 
 
 def _same_scan(a: dict, b: dict) -> bool:
@@ -108,7 +110,13 @@ def rank_runs(runs: dict[str, dict]) -> list[dict]:
         raise CLIError(f"select compares at least two runs, got {len(runs)}")
     first_name, first = next(iter(runs.items()))
     for name, m in runs.items():
-        if not _same_scan(_scan_of(m), _scan_of(first)):
+        scan, first_scan = _scan_of(m), _scan_of(first)
+        if not _same_scan(scan, first_scan) and scan["projections"] == first_scan["projections"] and scan["conversion"] != first_scan["conversion"]:
+            raise CLIError(f"{name} and {first_name} both name the raw file {scan['projections']}, converted differently "
+                           f"(so their line integrals have different hashes): {name} {scan['conversion']}, {first_name} "
+                           f"{first_scan['conversion']}: select compares runs of one scan; reconstruct with the same "
+                           "--flat / --dark / --i0")  # fmt: skip
+        if not _same_scan(scan, first_scan):
             raise CLIError(f"{name} reconstructs {_describe(_scan_of(m))}, {first_name} {_describe(_scan_of(first))}: select "
                            "compares runs of one scan")  # fmt: skip
         if m["holdout"]["views"] != first["holdout"]["views"]:

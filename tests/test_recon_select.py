@@ -158,3 +158,22 @@ def test_select_says_when_the_runner_up_is_within_the_margin(runs, tmp_path, cap
     summary = json.loads((tmp_path / "s.json").read_text())
     assert (summary["chosen"], summary["within_margin"], summary["margin"]) == (b, [d], 0.35)
     assert main(["select", "--runs", c, b]) == 0 and "within 35 %" not in capsys.readouterr().out
+
+
+def test_select_of_one_raw_file_converted_differently_names_each_conversion():
+    """Runs of the same raw file with another --flat (different line-integral hashes) are refused saying both name
+    that file and which --flat / --dark / --i0 each used."""
+    from recon.cli import CLIError
+    from recon.select_command import rank_runs
+
+    def metrics(flat, i0, sha):
+        scan = {"projections": "/data/counts.npy", "geometry": "/data/geometry.json", "projections_shape": [10, 12, 16],
+                "projections_sha256": sha, "geometry_sha256": "g" * 64, "flat": flat, "dark": "/data/dark.npy" if flat else None,
+                "i0": i0}  # fmt: skip
+        return {"settings": {}, "arguments": {}, "scan": scan, "holdout": {"best_error": 0.1, "views": [3, 7]}}
+
+    runs = {"a": metrics("/data/flat.npy", None, "a" * 64), "b": metrics(None, 20000.0, "b" * 64)}
+    with pytest.raises(CLIError) as e:
+        rank_runs(runs)
+    assert "b and a both name the raw file /data/counts.npy" in str(e.value)
+    assert "b converted with --i0 20000.0" in str(e.value) and "a converted with --flat /data/flat.npy, --dark /data/dark.npy" in str(e.value)
