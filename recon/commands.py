@@ -81,12 +81,19 @@ def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str
 
     geom = CTGeometry.load(geom_path)
     raw = flat is not None or dark is not None or i0 is not None  # --dark alone: refused there
+    early = raw and Path(proj_path).is_file()  # a refused header before the conversion's note
+    if early:
+        try:
+            offset = check_projection_header(proj_path, geom.det_spacing, geom.det_shape)
+        except ValueError as e:
+            raise CLIError(f"{e} (geometry {geom_path})") from e
     proj, record = load_raw_projections(proj_path, flat, dark, i0) if raw else (load_projections(proj_path), None)
     image = not str(proj_path).lower().endswith(".npy")  # an image file's (x, y, z) are (cols, rows, views)
     name = f"projections {proj_path}" + (f" (the image's {tuple(proj.shape[::-1])} voxels read as (views, rows, cols))" if image else "")
     try:
         geom.check_projections(proj.shape, name)
-        offset = check_projection_header(proj_path, geom.det_spacing, geom.det_shape)
+        if not early:
+            offset = check_projection_header(proj_path, geom.det_spacing, geom.det_shape)
         geom = with_header_offset(geom, offset, proj_path)
     except ValueError as e:
         flipped = image and tuple(proj.shape[::-1]) == geom.proj_shape and proj.shape != geom.proj_shape

@@ -296,3 +296,22 @@ def test_tiff_stacks_written_by_tifffile_are_read_as_stacks(raw, tmp_path, capfd
     with pytest.raises(ValueError, match=r"flats\.tif.*photometric='minisblack'"):
         load_raw_projections(str(d / "counts.npy"), str(tmp_path / "flats.tif"), str(d / "dark.npy"))
     assert "WARNING" not in capfd.readouterr().err
+
+
+def test_a_refused_header_comes_before_the_conversion_note(raw, tmp_path, capsys):
+    """Raw readings in a MetaImage whose header states another detector pitch are refused before any conversion:
+    no 'converted' note is printed, nothing written."""
+    import SimpleITK as sitk
+
+    scan, d, *_ = raw
+    pitch = json.loads((scan / "geometry.json").read_text())["det_spacing"]
+    image = sitk.GetImageFromArray(np.load(d / "counts.npy").astype(np.float32))
+    image.SetSpacing((2.0 * pitch[1], 2.0 * pitch[0], 1.0))
+    sitk.WriteImage(image, str(tmp_path / "counts.mha"))
+    out = tmp_path / "f.nii.gz"
+    args = ["fbp", "--projections", str(tmp_path / "counts.mha"), "--geometry", str(scan / "geometry.json"),
+            "--out", str(out), "--flat", str(d / "flat.npy"), "--dark", str(d / "dark.npy")]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 2
+    said = capsys.readouterr()
+    assert "detector pixel spacing" in said.err and "converted" not in said.out and not out.exists(), said
