@@ -60,11 +60,16 @@ def _simulation_geometry(args, planned: CTGeometry | None, shape, voxel, affine:
         arc = args.arc or (180.0 if args.geometry == "parallel" else 360.0)
         offset = tuple(args.det_offset) if args.det_offset is not None else NO_OFFSET
         try:
-            return make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine, det_offset=offset)
+            geom = make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine, det_offset=offset)
         except ValueError as e:
             if offset == NO_OFFSET:
                 raise
             raise CLIError(f"--det-offset {offset[0]:g} {offset[1]:g}: {e}") from e
+        centred = make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine).det_shape
+        if tuple(geom.det_shape) != tuple(centred):
+            print(f"note: --det-offset {offset[0]:g} {offset[1]:g}: the default detector widened from (rows, cols) = "
+                  f"{tuple(centred)} to {tuple(geom.det_shape)} to still cover the volume", flush=True)  # fmt: skip
+        return geom
     grid = f"{tuple(shape)} voxels of {tuple(round(float(v), 4) for v in voxel)} mm (z, y, x)"
     if tuple(planned.volume_shape) != tuple(shape) or not np.allclose(planned.voxel_size, voxel, rtol=1e-3):
         raise CLIError(f"--geometry {args.geometry} is made for {planned.volume_shape} voxels of {planned.voxel_size} mm "

@@ -309,6 +309,10 @@ def test_simulate_takes_a_detector_offset(tmp_path, capsys):
     assert main([*common, "--geometry", "cone", "--views", "8", "--det-offset", "2.5", "-1", "--out", str(tmp_path / "s")]) == 0
     g = CTGeometry.load(tmp_path / "s" / "geometry.json")
     assert g.det_offset == (2.5, -1.0)
+    centred = CTGeometry.cone((8, 12, 12), 1.0, num_angles=8).det_shape
+    notes = [line for line in capsys.readouterr().out.splitlines() if "widened" in line]
+    assert notes == [f"note: --det-offset 2.5 -1: the default detector widened from (rows, cols) = {tuple(centred)} to "
+                     f"{tuple(g.det_shape)} to still cover the volume"], notes
     proj = np.load(tmp_path / "s" / "projections.npy")
     vol = torch.from_numpy(nib.load(str(tmp_path / "s" / "reference.nii.gz")).get_fdata().transpose(2, 1, 0).copy())
     np.testing.assert_allclose(proj, TorchProjector(g)(vol).numpy(), rtol=1e-4, atol=1e-6)
