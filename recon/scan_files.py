@@ -62,14 +62,14 @@ def load_projections(path) -> np.ndarray:
     """Read a projection stack ``(views, rows, cols)`` of line integrals as float32.
 
     ``.npy`` files hold that array as it is. A MetaImage (``.mha`` / ``.mhd``, RTK's format for projection stacks),
-    NRRD, NIfTI or multi-page TIFF (``.tif`` / ``.tiff``) stack is read through the toolkit's one reader
-    (:func:`load_volume`): its last index runs over the views, its second over the detector rows and its first over
+    NRRD or NIfTI stack is read through the toolkit's one reader (:func:`load_volume`), a multi-page TIFF
+    (``.tif`` / ``.tiff``) with ``tifffile.imread`` where tifffile is installed (else through that reader): its last index runs over the views, its second over the detector rows and its first over
     the columns (ITK's ``(x, y, z)`` = (column, row, view), the array ``(views, rows, cols)`` SimpleITK gives; a
     TIFF's pages are the views, each page's rows and columns the detector's, as ``tifffile.imread`` gives them);
     ``geometry.json`` holds the geometry, and :func:`check_projection_header` refuses a MetaImage / NRRD header
     that states another pitch and reads the detector offset its origin states (a TIFF's is not read: its
     resolution tags are no detector pitch). Values that cannot be
-    line integrals (mostly negative, raw integer counts) are refused, implausibly large ones warned about; raw
+    line integrals (mostly negative, raw counts, a normalised transmission: :func:`line_integral_problem`) are refused, implausibly large ones warned about; raw
     detector images are converted first (:mod:`recon.flat_field`, ``--flat`` / ``--dark`` / ``--i0``).
 
     Raises:
