@@ -21,7 +21,8 @@ A micro-CT or bench-top cone-beam scanner gives detector readings ``I`` (counts 
   (:func:`repair_dead_pixels`, one warning line saying how many); more than :data:`DEAD_SHARE` of the detector
   dead is refused.
 * Saturated readings (at the integer dtype's maximum, or above the open beam by more than noise: a line integral
-  below ``-SATURATED_BELOW``) are counted in one warning line (how many, in which share of the views) and kept.
+  below ``-SATURATED_BELOW``, or five photon-noise deviations ``5 / sqrt(median F - D)`` where larger) are counted in
+  one warning line (how many, in which share of the views) and kept.
 
 The converted projections then go through the toolkit's one projection check
 (:func:`recon.scan_files.check_line_integrals`), so that a flat of another scan is caught as a file of line
@@ -49,7 +50,8 @@ CONVERTED_SHARE = 0.5
 CONVERTED_RATIO = 1e-3
 #: The most dead detector pixels repaired, as a share of the detector (more: the flat or dark is likely wrong).
 DEAD_SHARE = 0.01
-#: Line integrals below minus this (readings more than about 5 % above the open beam) count as saturated.
+#: Line integrals below minus this (readings more than about 5 % above the open beam), or below five photon-noise
+#: deviations of the open beam where that is more, count as saturated.
 SATURATED_BELOW = 0.05
 #: Views converted at a time (bounds the float64 copies of a large stack).
 _BLOCK_VIEWS = 32
@@ -189,11 +191,13 @@ def _check_not_converted(counts: np.ndarray, dark: np.ndarray | float, clip: dic
                          "with --i0 1 instead")  # fmt: skip
 
 
-def _saturation_warning(counts: np.ndarray, p: np.ndarray, proj_path: str) -> str | None:
+def _saturation_warning(counts: np.ndarray, p: np.ndarray, proj_path: str, median_open: float) -> str | None:
     """The one warning line about saturated readings (at the integer dtype's maximum, or above the open beam by
-    more than noise: a line integral below ``-SATURATED_BELOW``), or ``None`` when there are none. They are kept."""
+    more than noise: a line integral below ``-max(SATURATED_BELOW, 5 / sqrt(median_open))``, five Poisson
+    deviations of photon counts), or ``None`` when there are none. They are kept."""
     top = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
-    saturated = p < -SATURATED_BELOW
+    tolerance = max(SATURATED_BELOW, 5.0 / np.sqrt(median_open))
+    saturated = p < -tolerance
     if top is not None:
         saturated |= counts == top
     count = int(saturated.sum())
@@ -203,7 +207,7 @@ def _saturation_warning(counts: np.ndarray, p: np.ndarray, proj_path: str) -> st
     at_top = f"at the {counts.dtype} maximum {top} or " if top is not None else ""
     return (f"warning: projections {proj_path}: {count} of {saturated.size} readings ({count / saturated.size:.3%}), in "
             f"{views} of {counts.shape[0]} views ({views / counts.shape[0]:.0%}), look saturated ({at_top}more than "
-            f"{SATURATED_BELOW:g} in line integral above the open beam); kept as they are: their line integrals are "
+            f"{tolerance:.3g} in line integral above the open beam); kept as they are: their line integrals are "
             "too low")  # fmt: skip
 
 
@@ -260,7 +264,7 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
     warning = _clip_warning(proj_path, clip)
     if warning:
         print(warning, flush=True)
-    warning = _saturation_warning(counts, p, proj_path)
+    warning = _saturation_warning(counts, p, proj_path, clip["median_open"])
     if warning:
         print(warning, flush=True)
     if repaired:

@@ -276,6 +276,11 @@ def test_saturated_readings_are_counted_in_one_warning(raw, tmp_path, capsys):
     assert len(lines) == 1 and f"5 of {p.size} readings" in lines[0] and "in 2 of 10 views (20%)" in lines[0], lines
     assert "uint16 maximum 65535" in lines[0]
     np.testing.assert_allclose(got[0], -np.log(counts[0] / (0.5 * flat)), rtol=1e-5, atol=1e-5)
+    poisson = np.random.default_rng(1).poisson(1000 * np.exp(-p))  # photon noise only: air up to ~10 % above I0
+    assert (poisson > 1050).any()
+    np.save(tmp_path / "poisson.npy", poisson.astype(np.uint16))
+    load_raw_projections(str(tmp_path / "poisson.npy"), i0=1000.0)
+    assert "look saturated" not in capsys.readouterr().out
 
 
 
