@@ -139,7 +139,7 @@ def cmd_simulate(args) -> int:
         raise CLIError(problem)
     notes = [] if args.photons is None else noise_warnings(clean, proj, args.photons, zero_share)
     rec = fbp(proj.to(device), geom, args.filter).cpu().numpy()
-    warn_about_scan(geom, proj)
+    warn_about_scan(geom, proj, axis=False)
     for note in notes:
         print(f"warning: {note}", flush=True)
     with staged_outputs(out) as stage:
