@@ -230,21 +230,23 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
     return p
 
 
-def warn_about_scan(geom: CTGeometry, proj, axis: bool = True) -> None:
+def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True) -> None:
     """Print a warning for each thing of the scan that biases FBP/FDK: the views' arc
     (:func:`recon.fbp.arc_weighting_note`), projections truncated at the detector's sides
     (:func:`recon.fbp.truncation_note`) and a rotation axis elsewhere than the geometry's detector offset puts it
-    (:func:`recon.axis_check.axis_offset_note`).
+    (:func:`recon.axis_check.axis_offset_note`, which spoils any reconstruction).
 
     Args:
         geom: the scan's geometry.
         proj: ``(V, rows, cols)`` line integrals.
         axis: check the rotation axis (``simulate`` does not: its projections follow the geometry by construction).
+        fbp: give the notes about FBP/FDK's arc and truncation (``reconstruct --fbp`` does not compute one).
     """
     from recon.axis_check import axis_offset_note
     from recon.fbp import arc_weighting_note, truncation_note
 
-    for note in (arc_weighting_note(geom), truncation_note(proj, geom), axis_offset_note(proj, geom) if axis else None):
+    notes = (arc_weighting_note(geom), truncation_note(proj, geom)) if fbp else ()
+    for note in (*notes, axis_offset_note(proj, geom) if axis else None):
         if note:
             print(f"warning: {note}", flush=True)
 

@@ -107,7 +107,8 @@ def replace_offset(g, u):
 
 def test_fbp_warns_about_a_wrong_detector_offset(tmp_path, capsys):
     """``fbp`` of a cone scan simulated with ``u = 3`` columns prints the axis warning (naming both offsets) with a
-    geometry.json that has none, or the opposite sign, and none with the right one; it still writes the volume."""
+    geometry.json that has none, or the opposite sign, and none with the right one; it still writes the volume.
+    ``reconstruct`` (given that FBP) warns likewise."""
     import nibabel as nib
 
     from medgmae.data.phantom import generate_phantom
@@ -136,3 +137,9 @@ def test_fbp_warns_about_a_wrong_detector_offset(tmp_path, capsys):
             given = 0.0 if offset is None else offset
             assert (f"warning: the projections put the rotation axis {-3 * du:+.2f} mm" in out
                     and f"the geometry says {-given:+.2f} mm" in out and f"u = {3 * du:.2f} mm" in out), out  # fmt: skip
+    for name in ("right", "none"):  # reconstruct warns too, also when given an FBP (the wrong axis spoils the fit)
+        assert main(["reconstruct", "--projections", str(tmp_path / "s" / "projections.npy"), "--geometry",
+                     str(tmp_path / f"{name}.json"), "--fbp", str(tmp_path / f"{name}.nii.gz"), "--num-gaussians", "200",
+                     "--iterations", "1", "--no-progress", "--device", "cpu", "--out", str(tmp_path / f"rec_{name}")]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        assert ("warning: the projections put the rotation axis" in out) == (name == "none"), out
