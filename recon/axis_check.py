@@ -170,7 +170,8 @@ def axis_offset_note(proj, geometry: CTGeometry, tolerance: float = AXIS_TOLERAN
     if abs(est - given) <= tolerance * du:
         return None
     axis_col = (cols - 1) / 2 - est / du
-    return (f"the projections put the rotation axis {-est:+.2f} mm ({-est / du:+.2f} columns; column {axis_col:.2f} "
-            f"of 0..{cols - 1}) from the detector centre, the geometry says {-given:+.2f} mm ({-given / du:+.2f} "
+    seen, said = 0.0 - est, 0.0 - given  # the axis from the detector centre, towards the last column (no "-0.00")
+    return (f"the projections put the rotation axis {seen:+.2f} mm ({seen / du:+.2f} columns; column {axis_col:.2f} "
+            f"of 0..{cols - 1}) from the detector centre, the geometry says {said:+.2f} mm ({said / du:+.2f} "
             f"columns; + towards the last column): check geometry.json's det_offset (u = {est:.2f} mm matches the "
             "data; a wrong centre of rotation blurs FBP/FDK)")  # fmt: skip

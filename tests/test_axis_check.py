@@ -134,9 +134,9 @@ def test_fbp_warns_about_a_wrong_detector_offset(tmp_path, capsys):
         if name == "right":
             assert "rotation axis" not in out
         else:
-            given = 0.0 if offset is None else offset
+            said = "+0.00" if offset is None else f"{-offset:+.2f}"
             assert (f"warning: the projections put the rotation axis {-3 * du:+.2f} mm" in out
-                    and f"the geometry says {-given:+.2f} mm" in out and f"u = {3 * du:.2f} mm" in out), out  # fmt: skip
+                    and f"the geometry says {said} mm" in out and f"u = {3 * du:.2f} mm" in out), out  # fmt: skip
     for name in ("right", "none"):  # reconstruct warns too, also when given an FBP (the wrong axis spoils the fit)
         assert main(["reconstruct", "--projections", str(tmp_path / "s" / "projections.npy"), "--geometry",
                      str(tmp_path / f"{name}.json"), "--fbp", str(tmp_path / f"{name}.nii.gz"), "--num-gaussians", "200",
