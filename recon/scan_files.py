@@ -63,8 +63,8 @@ def load_projections(path) -> np.ndarray:
 
     ``.npy`` files hold that array as it is. A MetaImage (``.mha`` / ``.mhd``, RTK's format for projection stacks),
     NRRD or NIfTI stack is read through the toolkit's one reader (:func:`load_volume`), a multi-page TIFF
-    (``.tif`` / ``.tiff``) with ``tifffile.imread`` where tifffile is installed (else through that reader): its last index runs over the views, its second over the detector rows and its first over
-    the columns (ITK's ``(x, y, z)`` = (column, row, view), the array ``(views, rows, cols)`` SimpleITK gives; a
+    (``.tif`` / ``.tiff``) with ``tifffile.imread``. Other than TIFF, its last index runs over the views, its second
+    over the detector rows and its first over the columns (ITK's ``(x, y, z)`` = (column, row, view), the array ``(views, rows, cols)`` SimpleITK gives; a
     TIFF's pages are the views, each page's rows and columns the detector's, as ``tifffile.imread`` gives them);
     ``geometry.json`` holds the geometry, and :func:`check_projection_header` refuses a MetaImage / NRRD header
     that states another pitch and reads the detector offset its origin states (a TIFF's is not read: its
@@ -133,12 +133,10 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
 
 def _read_tiff(path: Path, what: str, planar: bool) -> np.ndarray:
     """A TIFF stack ``(images, rows, cols)`` as ``tifffile.imread`` gives it (one page of 2D: a stack of one where
-    ``planar``); without tifffile, through SimpleITK (:func:`load_volume`), which reads grey pages only: a page of
-    several samples (RGB, as ``tifffile.imwrite`` stores a ``(3, rows, cols)`` array) is refused saying so."""
-    try:
-        import tifffile
-    except ImportError:
-        return _read_tiff_itk(path, what, planar)
+    ``planar``). tifffile rather than SimpleITK: ITK reads grey pages only, and ``tifffile.imwrite`` stores a
+    ``(3, rows, cols)`` array as one planar page of three samples, which tifffile reads back as three images."""
+    import tifffile
+
     try:
         p = np.asarray(tifffile.imread(path))
     except Exception as e:
@@ -152,23 +150,6 @@ def _read_tiff(path: Path, what: str, planar: bool) -> np.ndarray:
         raise ValueError(f"{what} {path} must be a TIFF stack of {shape} grey images, got shape {p.shape} of {p.dtype}: "
                          "write it with tifffile.imwrite(path, stack, photometric='minisblack')")  # fmt: skip
     return p
-
-
-def _read_tiff_itk(path: Path, what: str, planar: bool) -> np.ndarray:
-    """A TIFF stack through SimpleITK, ITK's warnings silenced; a file it cannot read (an RGB page among them) is
-    refused saying how to write a projection stack."""
-    import SimpleITK as sitk
-
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return load_volume(path, check_finite=False, tiff=True, planar=planar)[0]
-    except ValueError as e:
-        raise ValueError(f"{what} {path}: cannot read it as a projection stack of grey TIFF pages ({e}); an RGB TIFF, "
-                         "as tifffile.imwrite stores a (3, rows, cols) array, is not one: write the stack with "
-                         "photometric='minisblack', or install tifffile to read it") from e  # fmt: skip
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
