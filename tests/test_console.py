@@ -324,3 +324,38 @@ def test_a_title_longer_than_its_picture_widens_it_instead_of_being_cut():
     assert out.shape[1] > 128 and ink[:, 1].max() >= full - 6  # the text's last glyph is drawn
     assert np.array_equal(out[14:, :128], img) and not out[14:, 128:].any()  # the picture as it was, black beside
     assert label_tile(img, "short").shape == (54, 128, 3)
+
+
+@pytest.mark.parametrize("logger_name", [None, "default"])
+def test_a_stop_in_validation_leaves_no_stats_handler_traceback_and_errors_keep_theirs(logger_name):
+    """MONAI's StatsHandler on a validation engine logs ``Exception: `` with a traceback from its exception hook:
+    after quiet_known_warnings dropped for a Ctrl-C / SIGTERM stop (a ``KeyboardInterrupt``; the run's last line
+    says what to do), kept for a real error; on MONAI's own StatsHandler logger (the bundles') and on the engine's."""
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import StatsHandler
+
+    from medgmae.bundle_errors import Terminated
+
+    def stopped(batch, device=None, non_blocking=False, **kwargs):
+        raise Terminated()
+
+    def failed(batch, device=None, non_blocking=False, **kwargs):
+        raise RuntimeError("a broken batch")
+
+    lines = _Lines()
+    kwargs = {} if logger_name == "default" else {"name": None}
+    watched = logging.getLogger() if logger_name is None else StatsHandler(**kwargs).logger
+    watched.addHandler(lines)
+    try:
+        quiet_known_warnings()
+        for prepare, error in ((stopped, Terminated), (failed, RuntimeError)):
+            evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.zeros(1, 2)}],
+                                            network=torch.nn.Linear(2, 1), prepare_batch=prepare)  # fmt: skip
+            StatsHandler(iteration_log=False, **kwargs).attach(evaluator)
+            lines.lines.clear()
+            with pytest.raises(error):
+                evaluator.run()
+            logged = {m for _, m in lines.lines if m.startswith("Exception: ")}
+            assert logged == (set() if error is Terminated else {"Exception: a broken batch"})
+    finally:
+        watched.removeHandler(lines)

@@ -73,13 +73,46 @@ IGNITE_START = "Engine run resuming from iteration 0, "
 _IGNITE_CTRL_C = "Engine run is terminating due to exception: "
 
 
+#: MONAI ``StatsHandler``'s error line with its traceback (``Exception: `` and the exception's text): logged by a
+#: validation engine's handler when Ctrl-C or SIGTERM stops a pass, where it names nothing the run's last line does
+#: not (the trainer's checkpoint handler re-raises a stop before its own ``StatsHandler`` sees it).
+_STATS_EXCEPTION = "Exception: "
+
+
+def _is_stop_traceback(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is a ``StatsHandler``'s :data:`_STATS_EXCEPTION` line of a Ctrl-C / SIGTERM stop (a
+    ``KeyboardInterrupt``)."""
+    stop = bool(record.exc_info) and isinstance(record.exc_info[1], KeyboardInterrupt)
+    return stop and str(record.getMessage()).startswith(_STATS_EXCEPTION)
+
+
+class _DropStopTracebacks(logging.Filter):
+    """On ``StatsHandler``'s own logger (MONAI's default, which has its own handler and does not propagate): drops
+    :func:`_is_stop_traceback` lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_stop_traceback(record)
+
+
+def _stats_handler_logger() -> logging.Logger:
+    """The logger MONAI's ``StatsHandler`` logs to by default (its ``name`` argument's default)."""
+    import inspect
+
+    from monai.handlers import StatsHandler
+
+    return logging.getLogger(inspect.signature(StatsHandler.__init__).parameters["name"].default)
+
+
 class _ConsoleLines(logging.Filter):
-    """On a log handler: drops :data:`IGNITE_START` of every engine and its empty error line after Ctrl-C, and on training processes other than rank 0
-    the information lines of ignite and the toolkit (each would repeat rank 0's); warnings and errors stay."""
+    """On a log handler: drops :data:`IGNITE_START` of every engine, its empty error line after Ctrl-C and a
+    ``StatsHandler``'s traceback of a Ctrl-C / SIGTERM stop, and on training processes other than rank 0 the
+    information lines of ignite and the toolkit (each would repeat rank 0's); warnings and errors stay."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.getMessage())
         if record.name.startswith("ignite.") and (message.startswith(IGNITE_START) or message == _IGNITE_CTRL_C):
+            return False
+        if _is_stop_traceback(record):  # a StatsHandler given the engine's logger (name=None)
             return False
         return not (record.levelno <= logging.INFO and record.name.split(".")[0] in ("ignite", "medgmae")
                     and not is_main_process())  # fmt: skip
@@ -94,9 +127,10 @@ def _drop_start_notice(engine: Engine) -> None:
 
 
 def quiet_known_warnings() -> None:
-    """Filter the notices listed in :data:`KNOWN_HARMLESS` (by exact message start), and on the root logger's
-    handlers ignite's start notice of every engine (:data:`IGNITE_START`) and, on ranks other than 0, the
-    information lines of ignite and the toolkit; idempotent.
+    """Filter the notices listed in :data:`KNOWN_HARMLESS` (by exact message start), a validation
+    ``StatsHandler``'s traceback of a Ctrl-C / SIGTERM stop, and on the root logger's handlers ignite's start notice
+    of every engine (:data:`IGNITE_START`) and, on ranks other than 0, the information lines of ignite and the
+    toolkit; idempotent.
 
     Call it before the data pipeline is built (the bundles do so from their ``initialize`` step, after MONAI's
     runner has set up the logging handlers).
@@ -105,6 +139,9 @@ def quiet_known_warnings() -> None:
         if not any(isinstance(f, _ConsoleLines) for f in handler.filters):
             handler.addFilter(_ConsoleLines())
     categories = {"UserWarning": UserWarning, "FutureWarning": FutureWarning, "DeprecationWarning": DeprecationWarning}
+    stats = _stats_handler_logger()
+    if not any(isinstance(f, _DropStopTracebacks) for f in stats.filters):
+        stats.addFilter(_DropStopTracebacks())
     for source, start in KNOWN_HARMLESS:
         if source in categories:
             warnings.filterwarnings("ignore", message=re.escape(start), category=categories[source])
