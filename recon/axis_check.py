@@ -169,9 +169,7 @@ def axis_offset_note(proj, geometry: CTGeometry, tolerance: float = AXIS_TOLERAN
     given = geometry.det_offset[0]
     if abs(est - given) <= tolerance * du:
         return None
-    axis_col = (cols - 1) / 2 - est / du
-    seen, said = 0.0 - est, 0.0 - given  # the axis from the detector centre, towards the last column (no "-0.00")
-    return (f"the projections put the rotation axis {seen:+.2f} mm ({seen / du:+.2f} columns; column {axis_col:.2f} "
-            f"of 0..{cols - 1}) from the detector centre, the geometry says {said:+.2f} mm ({said / du:+.2f} "
-            f"columns; + towards the last column): check geometry.json's det_offset (u = {est:.2f} mm matches the "
-            "data; a wrong centre of rotation blurs FBP/FDK)")  # fmt: skip
+    seen, said = (cols - 1) / 2 - est / du, (cols - 1) / 2 - given / du  # the axis's column, 0-based
+    return (f"the projections put the rotation axis at column {seen:.2f} (of 0..{cols - 1}), where det_offset "
+            f"u = {est + 0.0:+.2f} mm puts it; geometry.json's det_offset u = {given + 0.0:+.2f} mm puts it at column "
+            f"{said:.2f}: check det_offset (a wrong centre of rotation blurs FBP/FDK)")  # fmt: skip

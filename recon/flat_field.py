@@ -16,7 +16,8 @@ A micro-CT or bench-top cone-beam scanner gives detector readings ``I`` (counts 
 * Readings of ``I - D`` or ``F - D`` below a floor (dark noise, dead pixels, readings without photons) are raised
   to it, with one warning line saying how many: the floor is :data:`FLOOR_SHARE` of the median open-beam signal
   ``F - D``, a transmission of 1e-6 (a line integral of at most about 13.8 at a typical pixel).
-* Dead detector pixels (``F - D`` at or below the floor, or ``I - D`` below it in every view) would draw rings:
+* Dead detector pixels (``F - D`` below :data:`DEAD_OPEN_SHARE` of its median, or ``I - D`` below the floor in
+  every view) would draw rings:
   their line integrals are replaced in every view by the median of their valid neighbours
   (:func:`repair_dead_pixels`, one warning line saying how many); more than :data:`DEAD_SHARE` of the detector
   dead is refused.
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_SHARE", "FLOOR_SHARE", "SATURATED_BELOW", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field",
+__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_OPEN_SHARE", "DEAD_SHARE", "FLOOR_SHARE", "SATURATED_BELOW", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field",
            "repair_dead_pixels", "to_line_integrals"]
 
 #: The floor of ``I - D`` and ``F - D``, as a share of the median open-beam signal ``F - D``.
@@ -50,6 +51,10 @@ CONVERTED_SHARE = 0.5
 CONVERTED_RATIO = 1e-3
 #: The most dead detector pixels repaired, as a share of the detector (more: the flat or dark is likely wrong).
 DEAD_SHARE = 0.01
+#: A pixel whose open-beam signal ``F - D`` is below this share of the median responds to almost no light: dead (a
+#: dead pixel reads the dark in the flat too, its ``F - D`` dark noise of either sign, not only at or below the
+#: floor; a live pixel's gain varies by tens of per cent, not a hundredfold).
+DEAD_OPEN_SHARE = 0.01
 #: Line integrals below minus this (readings more than about 5 % above the open beam), or below five photon-noise
 #: deviations of the open beam where that is more, count as saturated.
 SATURATED_BELOW = 0.05
@@ -123,25 +128,28 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
         dark: the dark image ``D`` ``(rows, cols)`` or one number.
 
     Returns:
-        ``(line integrals (views, rows, cols) float32, {"floor", "median_open", "clipped", "readings",
-        "clipped_open", "pixels", "dead"})``: the floor (:data:`FLOOR_SHARE` of the median of ``F - D``'s positive
-        values), how many readings of ``I - D`` and pixels of ``F - D`` were below it, and the dead pixels
-        ``(rows, cols)`` (``F - D`` at or below the floor, or ``I - D`` below it in every view).
+        ``(line integrals (views, rows, cols) float32, {"floor", "median_open", "clipped", "clipped_all",
+        "readings", "clipped_open", "pixels", "dead"})``: the floor (:data:`FLOOR_SHARE` of the median of ``F - D``'s
+        positive values), how many readings of ``I - D`` and pixels of ``F - D`` of live pixels were below it (those
+        of dead pixels are repaired, not counted; ``clipped_all``: the readings of every pixel), and the dead pixels ``(rows, cols)`` (``F - D`` below
+        :data:`DEAD_OPEN_SHARE` of its median, or ``I - D`` below the floor in every view).
     """
     open_beam = np.broadcast_to(np.asarray(flat, np.float64) - np.asarray(dark, np.float64), counts.shape[1:])
     positive = open_beam[open_beam > 0]
     median_open = float(np.median(positive)) if positive.size else 1.0
     floor = FLOOR_SHARE * median_open
-    clipped_open, dead = int((open_beam < floor).sum()), open_beam <= floor
-    open_beam, never = np.maximum(open_beam, floor), np.ones(counts.shape[1:], bool)
-    p, clipped = np.empty(counts.shape, np.float32), 0
+    low_open = open_beam < floor
+    open_beam, per_pixel = np.maximum(open_beam, floor), np.zeros(counts.shape[1:], np.int64)
+    p = np.empty(counts.shape, np.float32)
     for start in range(0, counts.shape[0], _BLOCK_VIEWS):
         signal = counts[start : start + _BLOCK_VIEWS].astype(np.float64) - np.asarray(dark, np.float64)
-        clipped += int((signal < floor).sum())
-        never &= (signal < floor).all(axis=0)
+        per_pixel += (signal < floor).sum(axis=0)
         p[start : start + _BLOCK_VIEWS] = -np.log(np.maximum(signal, floor) / open_beam)
-    return p, {"floor": floor, "median_open": median_open, "clipped": clipped, "readings": int(counts.size),
-               "clipped_open": clipped_open, "pixels": int(open_beam.size), "dead": dead | never}  # fmt: skip
+    dead = (open_beam < DEAD_OPEN_SHARE * median_open) | (per_pixel == counts.shape[0])
+    return p, {"floor": floor, "median_open": median_open, "clipped": int(per_pixel[~dead].sum()),
+               "clipped_all": int(per_pixel.sum()),
+               "readings": int(counts.size), "clipped_open": int((low_open & ~dead).sum()), "pixels": int(open_beam.size),
+               "dead": dead}  # fmt: skip
 
 
 def repair_dead_pixels(p: np.ndarray, dead: np.ndarray, proj_path: str) -> int:
@@ -163,7 +171,7 @@ def repair_dead_pixels(p: np.ndarray, dead: np.ndarray, proj_path: str) -> int:
     count = int(dead.sum())
     if count > DEAD_SHARE * dead.size:
         raise ValueError(f"projections {proj_path}: {count} of {dead.size} detector pixels ({count / dead.size:.1%}) are "
-                         f"dead (F - D at or below the floor, or I - D below it in every view), more than "
+                         f"dead (F - D below {DEAD_OPEN_SHARE:.0%} of its median, or I - D below the floor in every view), more than "
                          f"{DEAD_SHARE:.0%} can be repaired: is the flat (and the dark) of this detector?")  # fmt: skip
     rows, cols = dead.shape
     for r, c in np.argwhere(dead):
@@ -181,11 +189,13 @@ def _check_not_converted(counts: np.ndarray, dark: np.ndarray | float, clip: dic
     :data:`CONVERTED_SHARE` of them below the floor, or their median below :data:`CONVERTED_RATIO` of the median
     open-beam signal ``F - D`` (``clip``: :func:`to_line_integrals`' record)."""
     sample = counts[:: max(1, counts.shape[0] // 16)].astype(np.float64) - np.asarray(dark, np.float64)
-    median, share = float(np.median(sample)), clip["clipped"] / max(clip["readings"], 1)
+    median, share = float(np.median(sample)), clip["clipped_all"] / max(clip["readings"], 1)
     if share > CONVERTED_SHARE or median < CONVERTED_RATIO * clip["median_open"]:
-        raise ValueError(f"projections {proj_path}: {share:.0%} of the readings I - D are below the floor "
-                         f"{clip['floor']:.4g} and their median {median:.4g} is {median / clip['median_open']:.2g} of the "
-                         f"median open-beam signal F - D {clip['median_open']:.4g} ({open_text}): these look like line "
+        open_signal = f"the median open-beam signal F - D, {clip['median_open']:.4g}"
+        why = (f"{share:.0%} of the readings I - D are below the floor {clip['floor']:.4g} ({FLOOR_SHARE:g} of "
+               f"{open_signal})" if share > CONVERTED_SHARE else
+               f"the median reading I - D, {median:.4g}, is {median / clip['median_open']:.2g} of {open_signal}")
+        raise ValueError(f"projections {proj_path}: {why} ({open_text}): these look like line "
                          "integrals or normalised transmission already, not raw detector readings; give line integrals "
                          f"without {open_text.split()[0]} (and without --dark), and a normalised transmission I / I0 "
                          "with --i0 1 instead")  # fmt: skip
@@ -215,9 +225,11 @@ def _clip_warning(proj_path: str, clip: dict) -> str | None:
     """The one warning line about readings raised to the floor, or ``None`` when none were."""
     if not clip["clipped"] and not clip["clipped_open"]:
         return None
-    return (f"warning: projections {proj_path}: {clip['clipped']} of {clip['readings']} readings of I - D "
-            f"({clip['clipped'] / clip['readings']:.3%}) and {clip['clipped_open']} of {clip['pixels']} pixels of F - D "
-            f"({clip['clipped_open'] / clip['pixels']:.3%}) were below the floor {clip['floor']:.4g} and raised to it "
+    parts = [f"{clip[key]} of {clip[total]} {what} ({clip[key] / clip[total]:.3%})" for key, total, what in
+             (("clipped", "readings", "readings of I - D"), ("clipped_open", "pixels", "pixels of F - D")) if clip[key]]
+    were = "were" if clip["clipped"] + clip["clipped_open"] > 1 else "was"
+    return (f"warning: projections {proj_path}: {' and '.join(parts)} {were} below the floor {clip['floor']:.4g} and "
+            "raised to it "
             f"(the floor: {FLOOR_SHARE:g} of the median open-beam signal F - D, {clip['median_open']:.4g}; dark noise, "
             "dead pixels or readings without photons)")  # fmt: skip
 
@@ -268,9 +280,9 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
     if warning:
         print(warning, flush=True)
     if repaired:
-        print(f"warning: projections {proj_path}: {repaired} dead detector pixel{'s' if repaired > 1 else ''} (F - D at or "
-              "below the floor, or I - D below it in every view): their line integrals in every view interpolated, the "
-              "median of their valid neighbours", flush=True)  # fmt: skip
+        print(f"warning: projections {proj_path}: {repaired} dead detector pixel{'s' if repaired > 1 else ''} (F - D "
+              f"below {DEAD_OPEN_SHARE:.0%} of its median, or I - D below the floor in every view): their line "
+              "integrals in every view interpolated, the median of their valid neighbours", flush=True)  # fmt: skip
     check_line_integrals(p, f"projections {proj_path} converted with {open_text}", False,
                          f"is {open_text} the open-beam reading of this scan" + (f", and --dark {dark} its dark?" if dark else "?"))
     record = {"flat": str(Path(flat).resolve()) if flat else None, "dark": str(Path(dark).resolve()) if dark else None,
