@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_recon_projectors import _ball  # the partial-volume ball the centred-detector tests use
 
 from recon.fbp import fbp
 from recon.geometry import CTGeometry
@@ -40,17 +41,6 @@ def _ball_integrals(pix, d, centre_xyz, radius, mu):
     perp = rel - (rel * d).sum(-1, keepdims=True) * d
     dist2 = (perp**2).sum(-1)
     return 2 * mu * np.sqrt(np.clip(radius**2 - dist2, 0, None)), dist2
-
-
-def _ball(shape, voxel, centre_zyx, radius, mu, supersample=4):
-    """Partial-volume voxelisation of a ball (mm, the volume centred on the origin), float64."""
-    axes = []
-    for n, s, c in zip(shape, voxel, centre_zyx):
-        sub = (torch.arange(n * supersample, dtype=torch.float64) + 0.5) / supersample - 0.5
-        axes.append((sub - (n - 1) / 2) * s - c)
-    z, y, x = torch.meshgrid(*axes, indexing="ij")
-    inside = (z**2 + y**2 + x**2 <= radius**2).double()
-    return mu * torch.nn.functional.avg_pool3d(inside[None, None], supersample)[0, 0]
 
 
 def _geometry(kind, det_shape, offset, views, shape=(12, 24, 24), spacing=(1.0, 1.0)):
