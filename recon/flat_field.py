@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_OPEN_SHARE", "DEAD_SHARE", "FLOOR_SHARE", "SATURATED_BELOW", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field",
+__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_OPEN_SHARE", "DEAD_SHARE", "FLOOR_SHARE", "LOW_I0_SHARE", "SATURATED_BELOW", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field",
            "repair_dead_pixels", "to_line_integrals"]
 
 #: The floor of ``I - D`` and ``F - D``, as a share of the median open-beam signal ``F - D``.
@@ -58,6 +58,8 @@ DEAD_OPEN_SHARE = 0.01
 #: Line integrals below minus this (readings more than about 5 % above the open beam), or below five photon-noise
 #: deviations of the open beam where that is more, count as saturated.
 SATURATED_BELOW = 0.05
+#: With ``--i0``, more readings than this share above it (beyond noise): ``--i0`` is likely below the open beam.
+LOW_I0_SHARE = 0.01
 #: Views converted at a time (bounds the float64 copies of a large stack).
 _BLOCK_VIEWS = 32
 
@@ -201,10 +203,12 @@ def _check_not_converted(counts: np.ndarray, dark: np.ndarray | float, clip: dic
                          "with --i0 1 instead")  # fmt: skip
 
 
-def _saturation_warning(counts: np.ndarray, p: np.ndarray, proj_path: str, median_open: float) -> str | None:
+def _saturation_warning(counts: np.ndarray, p: np.ndarray, proj_path: str, median_open: float,
+                        i0: float | None = None) -> str | None:  # fmt: skip
     """The one warning line about saturated readings (at the integer dtype's maximum, or above the open beam by
     more than noise: a line integral below ``-max(SATURATED_BELOW, 5 / sqrt(median_open))``, five Poisson
-    deviations of photon counts), or ``None`` when there are none. They are kept."""
+    deviations of photon counts), or ``None`` when there are none. They are kept. With ``i0`` (one open-beam number
+    for every pixel) and over :data:`LOW_I0_SHARE` of the readings above it, the line says ``--i0`` looks too low."""
     top = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
     tolerance = max(SATURATED_BELOW, 5.0 / np.sqrt(median_open))
     saturated = p < -tolerance
@@ -215,10 +219,15 @@ def _saturation_warning(counts: np.ndarray, p: np.ndarray, proj_path: str, media
         return None
     views = int(saturated.any(axis=(1, 2)).sum())
     at_top = f"at the {counts.dtype} maximum {top} or " if top is not None else ""
-    return (f"warning: projections {proj_path}: {count} of {saturated.size} readings ({count / saturated.size:.3%}), in "
+    text = (f"warning: projections {proj_path}: {count} of {saturated.size} readings ({count / saturated.size:.3%}), in "
             f"{views} of {counts.shape[0]} views ({views / counts.shape[0]:.0%}), look saturated ({at_top}more than "
             f"{tolerance:.3g} in line integral above the open beam); kept as they are: their line integrals are "
             "too low")  # fmt: skip
+    above = int((p < -tolerance).sum())
+    if i0 is not None and above > LOW_I0_SHARE * p.size:
+        text += (f"; {above / p.size:.1%} of the readings are above --i0 {i0:g}, the brightest {float(np.exp(-p.min())):.3g} "
+                 "times it: --i0 looks below the open-beam reading (give the air's reading, or a flat image)")  # fmt: skip
+    return text
 
 
 def _clip_warning(proj_path: str, clip: dict) -> str | None:
@@ -276,7 +285,7 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
     warning = _clip_warning(proj_path, clip)
     if warning:
         print(warning, flush=True)
-    warning = _saturation_warning(counts, p, proj_path, clip["median_open"])
+    warning = _saturation_warning(counts, p, proj_path, clip["median_open"], i0)
     if warning:
         print(warning, flush=True)
     if repaired:

@@ -337,3 +337,17 @@ def test_a_dead_pixel_reading_dark_noise_in_the_flat_is_repaired(raw, tmp_path, 
     neighbours = np.delete(p[:, 5:8, 9:12].reshape(p.shape[0], 9), 4, axis=1)
     np.testing.assert_allclose(got[:, 6, 10], np.median(neighbours, axis=1), rtol=1e-5, atol=1e-5)
 
+
+
+def test_an_i0_below_the_open_beam_is_named(raw, tmp_path, capsys):
+    """Readings made with an open beam of 1000 but converted with ``--i0 800``: those of the air and thin parts lie above
+    it (beyond noise), and the saturation line says --i0 looks below the open beam, with the brightest reading's
+    ratio to it computed here; the right --i0 draws no such line."""
+    _, d, p, _, _ = raw
+    counts = 1000.0 * np.exp(-p)
+    np.save(tmp_path / "counts.npy", counts)
+    load_raw_projections(str(tmp_path / "counts.npy"), i0=1000.0)
+    assert "--i0 looks below" not in capsys.readouterr().out
+    load_raw_projections(str(tmp_path / "counts.npy"), i0=800.0)
+    out = capsys.readouterr().out
+    assert "--i0 looks below the open-beam reading" in out and f"the brightest {counts.max() / 800.0:.3g} times it" in out, out
