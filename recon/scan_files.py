@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae.data.reader import TIFF_SUFFIXES
 from medgmae.files import atomic_write, save_nifti_atomic
 
 __all__ = ["load_volume", "save_nifti", "load_projections", "read_detector_images", "save_projections",
@@ -26,16 +25,18 @@ _TRANSMISSION_RANGE = (-0.05, 1.5)
 _TRANSMISSION_AIR = 0.9
 #: The first bytes of every ``.npy`` file (NumPy's format specification).
 _NPY_MAGIC = b"\x93NUMPY"
+#: Endings of multi-page TIFF stacks (projections, flats, darks; read with tifffile: a TIFF holds no world geometry,
+#: so none is a volume of the datasets).
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def load_volume(path, check_finite: bool = True, tiff: bool = False, planar: bool = False) -> tuple[np.ndarray, np.ndarray, tuple]:
+def load_volume(path, check_finite: bool = True, planar: bool = False) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Read a 3D volume (NIfTI, NRRD, MetaImage or a DICOM series, through the toolkit's one reader
     :func:`medgmae.data.reader.read_volume`) as float32 ``(z, y, x)``: the reader's ``(i, j, k)`` order transposed.
 
     Args:
         path: the file or DICOM folder.
         check_finite: refuse NaN / infinite voxels (the projection reader checks them itself, naming the view).
-        tiff: read multi-page TIFF stacks too (projection stacks).
         planar: read a 2D image as a volume of one slice (a flat or dark image, :mod:`recon.flat_field`).
 
     Returns:
@@ -47,7 +48,7 @@ def load_volume(path, check_finite: bool = True, tiff: bool = False, planar: boo
     from medgmae.data.reader import read_volume
 
     try:
-        vol = read_volume(path, check_finite=check_finite, tiff=tiff, planar=planar)
+        vol = read_volume(path, check_finite=check_finite, planar=planar)
     except FileNotFoundError as e:
         raise ValueError(f"volume file {path} does not exist") from e
     return np.ascontiguousarray(vol.array.transpose(2, 1, 0)), vol.affine, vol.spacing[::-1]
@@ -111,7 +112,7 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
         p = _read_tiff(path, what, planar)
         integers = p.dtype.kind in "iu"
     elif path.suffix.lower() != ".npy":
-        p = load_volume(path, check_finite=False, tiff=True, planar=planar)[0]
+        p = load_volume(path, check_finite=False, planar=planar)[0]
         integers = _stored_as_integers(path)
     else:
         p = _load_npy(path, what)

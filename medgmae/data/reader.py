@@ -28,14 +28,11 @@ from medgmae.data.grid import grid_offset_mm
 
 __all__ = [
     "Volume", "read_volume", "is_volume_path", "volume_stem", "load_nifti", "is_multiframe_dicom", "VOLUME_SUFFIXES",
-    "DICOM_FILE_SUFFIXES", "TIFF_SUFFIXES", "LoadVolumed", "volume_grid",
+    "DICOM_FILE_SUFFIXES", "LoadVolumed", "volume_grid",
 ]  # fmt: skip
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: Endings of multi-page TIFF stacks, which :func:`read_volume` reads when asked (``tiff=True``: projection stacks;
-#: a TIFF holds no world geometry, so they are no volumes of the datasets).
-TIFF_SUFFIXES = (".tif", ".tiff")
 #: Endings of DICOM files: one slice of a series, or a whole volume in a multi-frame file (:func:`read_volume`).
 DICOM_FILE_SUFFIXES = (".dcm", ".ima", ".dicom")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -257,16 +254,14 @@ def is_multiframe_dicom(path: str | os.PathLike) -> bool:
     return reader.GetDimension() == 3 and reader.GetSize()[2] > 1
 
 
-def read_volume(path: str | os.PathLike, check_finite: bool = True, tiff: bool = False, planar: bool = False) -> Volume:
+def read_volume(path: str | os.PathLike, check_finite: bool = True, planar: bool = False) -> Volume:
     """Read a 3D volume (NIfTI, NRRD, MetaImage, a DICOM series folder or a multi-frame DICOM file) with its RAS
     affine.
 
     Args:
         path: the file or DICOM folder.
         check_finite: reject NaN / infinite voxels.
-        tiff: read a multi-page TIFF stack too (:data:`TIFF_SUFFIXES`, through SimpleITK as the other files): its
-            page's column is ``I``, its row ``J`` and its page ``K``.
-        planar: read a 2D image (one detector image, a single-page TIFF) as a volume of one slice ``(I, J, 1)``.
+        planar: read a 2D image (one detector image, a 2D MetaImage) as a volume of one slice ``(I, J, 1)``.
 
     Returns:
         The :class:`Volume` (array ``(I, J, K)`` float32, affine index -> RAS mm).
@@ -280,7 +275,7 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True, tiff: bool =
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"volume not found: {p}")
-    if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES + (TIFF_SUFFIXES if tiff else ()))):
+    if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)):
         if p.suffix.lower() in DICOM_FILE_SUFFIXES and not is_multiframe_dicom(p):
             raise ValueError(f"{p}: one DICOM slice, not a volume: give the folder holding its series ({p.parent})")
         if p.suffix.lower() not in DICOM_FILE_SUFFIXES:
