@@ -59,3 +59,20 @@ def test_segmentation_picture_is_drawn_in_the_patients_frame_with_its_directions
             assert yellow > 50  # R/L, A/P, S/I at each of six tiles' edges
         else:
             assert drawn.shape == shape and yellow == 0
+
+
+def test_the_picture_and_the_slicer_colour_table_colour_a_class_alike(tmp_path):
+    """A structure has one colour in ``segmentation.png`` and ``labels.ctbl``: class 1 is the first of the 20
+    distinct colours (230, 25, 75), class 21 wraps to it, and a full-strength overlay shows the table's colours."""
+    from medgmae.finetune.color_table import write_color_table
+    from medgmae.finetune.report import overlay
+
+    names = ["background"] + [f"organ {c}" for c in range(1, 22)]
+    write_color_table(tmp_path / "labels.ctbl", names)
+    rows = [line.split() for line in (tmp_path / "labels.ctbl").read_text().splitlines() if not line.startswith("#")]
+    table = {int(r[0]): tuple(int(v) for v in r[-4:-1]) for r in rows}
+    assert table[0] == (0, 0, 0) and table[1] == (230, 25, 75) and table[21] == table[1] and table[20] == (128, 128, 128)
+    labels = np.arange(22).reshape(2, 11)
+    shown = overlay(np.full(labels.shape, 0.5), labels, alpha=1.0)
+    assert all(tuple(shown[i, j]) == table[int(labels[i, j])] for i in range(2) for j in range(11) if labels[i, j])
+    assert tuple(shown[0, 0]) == (128, 128, 128)  # background stays grey (0.5 of 255, rounded)

@@ -19,7 +19,7 @@ import numpy as np
 
 from medgmae.files import atomic_write
 
-__all__ = ["PALETTE", "COLOR_TABLE_NAME", "class_colour", "write_color_table"]
+__all__ = ["PALETTE", "COLOR_TABLE_NAME", "class_colour", "class_colours", "write_color_table"]
 
 #: class colours (class c uses entry (c - 1) mod 20); background is not coloured
 PALETTE = np.array(
@@ -32,8 +32,29 @@ PALETTE = np.array(
 COLOR_TABLE_NAME = "labels.ctbl"
 
 
+def class_colours(labels: np.ndarray) -> np.ndarray:
+    """The RGB colours (0-255, float64) of an array of label values: :data:`PALETTE` entry ``(c - 1) mod 20``,
+    black for 0.
+
+    Args:
+        labels: integer label values of any shape, all ``>= 0``.
+
+    Returns:
+        ``labels.shape + (3,)`` colours.
+
+    Raises:
+        ValueError: a negative label value.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"class index must be >= 0, got {int(labels.min())}")
+    colours = np.take(PALETTE, (labels - 1) % len(PALETTE), axis=0)  # a copy: PALETTE itself is never written
+    colours[labels == 0] = 0.0
+    return colours
+
+
 def class_colour(index: int) -> tuple[int, int, int]:
-    """The RGB colour (0-255) of class ``index``: :data:`PALETTE` entry ``(index - 1) mod 20``, black for 0.
+    """The RGB colour (0-255) of class ``index`` (:func:`class_colours` of one value), black for 0.
 
     Args:
         index: the label value, 0 for background.
@@ -41,11 +62,7 @@ def class_colour(index: int) -> tuple[int, int, int]:
     Returns:
         ``(R, G, B)``.
     """
-    if int(index) < 0:
-        raise ValueError(f"class index must be >= 0, got {index}")
-    if int(index) == 0:
-        return (0, 0, 0)
-    return tuple(int(v) for v in PALETTE[(int(index) - 1) % len(PALETTE)])
+    return tuple(int(v) for v in class_colours(np.array(int(index))))
 
 
 def write_color_table(path: str | Path, names: Sequence[str]) -> Path:

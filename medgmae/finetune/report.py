@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.engine import is_main_process
 from medgmae.files import atomic_write, bundle_config, read_json
-from medgmae.finetune.color_table import PALETTE
+from medgmae.finetune.color_table import class_colours
 from medgmae.engine.figures import (
     add_image,
     grey_rgb,
@@ -43,10 +43,11 @@ _VIEWS = ("sag", "cor", "ax")
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """A 2D image in ``[0, 1]`` as grey with its non-zero ``labels`` blended in :data:`PALETTE` colours."""
+    """A 2D image in ``[0, 1]`` as grey with its non-zero ``labels`` blended in their class colours
+    (:func:`~medgmae.finetune.color_table.class_colours`)."""
     rgb = grey_rgb(image).astype(np.float64)
     fg = labels > 0
-    colours = PALETTE[(labels[fg].astype(int) - 1) % len(PALETTE)]
+    colours = class_colours(labels[fg])
     rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colours
     return np.round(rgb).astype(np.uint8)
 
