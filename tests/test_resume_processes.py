@@ -167,7 +167,7 @@ def test_ctrl_c_while_the_first_epoch_checkpoint_is_written_says_the_epoch_had_f
     """Ctrl-C during the write of checkpoint_epoch=1.pt (after the epoch and its validation): no epoch checkpoint
     exists, and the advice says the epoch finished but its checkpoint was not written (not "before the first epoch
     finished")."""
-    import medgmae.engine.handlers as handlers
+    import medgmae.engine.checkpoint_handler as handlers
 
     real = handlers.save_torch_atomic
 
@@ -225,7 +225,7 @@ def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
 def test_an_error_within_an_epoch_saves_the_interrupted_state_once(tmp_path, monkeypatch):
     """ignite fires EXCEPTION_RAISED twice for an error raised within an epoch (once for the epoch, once for the
     run): the interrupted checkpoint is written once, not twice (a base checkpoint is over a gigabyte)."""
-    import medgmae.engine.handlers as handlers
+    import medgmae.engine.checkpoint_handler as handlers
 
     writes, real = [], handlers.save_torch_atomic
     monkeypatch.setattr(handlers, "save_torch_atomic", lambda payload, path: writes.append(Path(path).name) or real(payload, path))

@@ -2,7 +2,7 @@
 up-front resume check (``medgmae.engine.resume``), guards, progress, metric history and picture helpers
 (``medgmae.engine.figures``). File I/O lives in :mod:`medgmae.files`."""
 
-from medgmae.engine.handlers import CheckpointHandler
+from medgmae.engine.checkpoint_handler import CheckpointHandler
 from medgmae.engine.devices import resolve_device, unwrap_model
 from medgmae.engine.step_guards import GradientClipHandler, NonFiniteLossHandler
 from medgmae.engine.random_state import RandomStateTracker

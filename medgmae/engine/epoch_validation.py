@@ -1,4 +1,4 @@
-"""An epoch's validation as :class:`~medgmae.engine.handlers.CheckpointHandler` runs it: between the end of the
+"""An epoch's validation as :class:`~medgmae.engine.checkpoint_handler.CheckpointHandler` runs it: between the end of the
 epoch's training and the epoch's checkpoint, so that a run stopped while validating keeps the epoch's training.
 
 The checkpoint handler attaches the validation handlers itself (its ``validation`` argument), after a step that

@@ -1,6 +1,6 @@
 """Finding and reading a run's newest checkpoint, and the checks that refuse a resume it cannot continue.
 
-:class:`~medgmae.engine.handlers.CheckpointHandler` runs these checks when the engine starts. By then a bundle has
+:class:`~medgmae.engine.checkpoint_handler.CheckpointHandler` runs these checks when the engine starts. By then a bundle has
 built its trainer, and with it its TensorBoard writers (each creates an event file) and the run's records, so a
 bundle also calls :func:`check_resume_fits` first in its ``training`` steps: a resume with another epoch length
 (a changed batch size), an epoch at or beyond ``max_epochs`` or other model settings then stops before anything is
@@ -344,7 +344,7 @@ def check_resume_fits(
     settings). Weights and other tensors of the checkpoint are not read.
 
     What needs the run's weights (a weight that does not fit) stays with
-    :class:`~medgmae.engine.handlers.CheckpointHandler` when the engine starts. Under torch.distributed every rank
+    :class:`~medgmae.engine.checkpoint_handler.CheckpointHandler` when the engine starts. Under torch.distributed every rank
     calls it (rank 0 reads the checkpoint and broadcasts what it needs).
 
     Args:

@@ -1,7 +1,7 @@
 """Ignite handlers that guard a training step: a non-finite loss stops the run, gradients are clipped.
 
 Both attach to MONAI trainers (``monai.engines.SupervisedTrainer`` and the toolkit's subclasses of it); the
-checkpoint handler in :mod:`medgmae.engine.handlers` turns the error raised here into the run's last line.
+checkpoint handler in :mod:`medgmae.engine.checkpoint_handler` turns the error raised here into the run's last line.
 """
 
 from __future__ import annotations
