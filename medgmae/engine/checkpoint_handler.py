@@ -10,12 +10,10 @@ resumed run diverges from an uninterrupted one. :class:`CheckpointHandler` close
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
@@ -33,26 +31,18 @@ from medgmae.engine.resume import (
     read_latest_checkpoint,
     saved_loader_record,
 )
-from medgmae.engine.restore import TRAINING_STATE, restore_states
+from medgmae.engine.restore import records_first, restore_states
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
+from medgmae.engine.step_guards import diverged_error
 from medgmae.files import remove_interrupted_writes, save_torch_atomic
 
-__all__ = [
-    "RandomStateTracker",
-    "CheckpointHandler",
-]
+__all__ = ["CheckpointHandler"]
 
 logger = logging.getLogger("medgmae.engine")
 
 #: What a run stopped by an error or Ctrl-C saves: its state within an epoch, which a resume does not continue from.
 INTERRUPTED = "checkpoint_interrupted.pt"
-
-
-def _records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """``objects`` with the records (anything but modules, optimisers and schedulers) first: a configuration record
-    refusing a changed setting then names the setting before a weight tensor fails on its changed shape."""
-    return sorted(objects.items(), key=lambda item: isinstance(item[1], TRAINING_STATE))
 
 
 class CheckpointHandler:
@@ -150,8 +140,7 @@ class CheckpointHandler:
         self._completed_iteration = 0  # the last iteration whose step finished (Ctrl-C advice)
         self._saved_for: BaseException | None = None  # the error whose state _on_exception saved
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
-        self.validation = EpochValidation(validation)
-        self._pending: dict | None = None  # the epoch's training state while it is validated
+        self.validation = EpochValidation(validation)  # also keeps the epoch's training state while it is validated
         self._stopped_validating: int | None = None  # the epoch whose training a stop in its validation saved
 
     def attach(self, engine: Engine) -> None:
@@ -194,23 +183,18 @@ class CheckpointHandler:
 
     def _on_trained(self, engine: Engine) -> None:
         """Keep the state the epoch's training left, to save if the run stops while validating it (every rank: the
-        random states are gathered): references to the weights and optimiser tensors, which validation leaves as
-        they are, and copies of the records, which it updates."""
-        payload = self._payload(engine, gather=True)
-        payload["objects"] = {name: state if isinstance(self.objects[name], TRAINING_STATE) else copy.deepcopy(state)
-                              for name, state in payload["objects"].items()}  # fmt: skip
-        payload["engine"]["pending"] = PENDING
-        self._pending = payload
+        random states are gathered; :meth:`EpochValidation.keep`)."""
+        self.validation.keep(self._payload(engine, gather=True), self.objects)
 
     def _on_epoch(self, engine: Engine) -> None:
-        self._pending = None  # validated: a stop from here on saves checkpoint_interrupted.pt
+        self.validation.take()  # validated: a stop from here on saves checkpoint_interrupted.pt
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
         if saved is not None:
             self._after_epoch_save(saved, engine.state.epoch)
 
     def _save_pending(self, engine: Engine) -> None:
         """Write the state :meth:`_on_trained` kept as the epoch's checkpoint, marked as not yet validated (rank 0)."""
-        payload, self._pending = self._pending, None
+        payload = self.validation.take()
         epoch = int(payload["engine"]["epoch"])
         saved = self.save(engine, f"checkpoint_epoch={epoch}.pt", payload=payload)
         if saved is None:
@@ -313,13 +297,14 @@ class CheckpointHandler:
         # the state is saved once (a base model's checkpoint is over a gigabyte)
         if self._failed_resume or self._saved_for is e:
             raise self._advised(engine, e)
-        diverged = None if isinstance(e, (KeyboardInterrupt, FloatingPointError)) else self._diverged(engine, e)
+        said = isinstance(e, (KeyboardInterrupt, FloatingPointError))  # a stop, or an error that names its cause
+        diverged = None if said else diverged_error(self.objects, engine, e)
         if diverged is not None:  # e.g. the renderer refusing NaN Gaussians: said as what it is, the NaN state not saved
             self._saved_for = diverged  # ignite's second firing, with this error, passes it on
             raise diverged from e
         self._saved_for = e
         try:  # no collective here: the other ranks may not have failed (the pending state was gathered before)
-            if self._pending is not None:  # stopped while validating: the epoch's training is kept
+            if self.validation.pending is not None:  # stopped while validating: the epoch's training is kept
                 self._save_pending(engine)
             else:
                 self.save(engine, INTERRUPTED, gather=False)
@@ -333,24 +318,6 @@ class CheckpointHandler:
         if isinstance(e, KeyboardInterrupt) and rank_world()[0] == 0:
             e.resume_advice = self._interrupted_advice(engine)
         return e
-
-    def _diverged(self, engine: Engine, e: BaseException) -> FloatingPointError | None:
-        """The error to raise instead of ``e`` when the run diverged, else ``None``: its network holds NaN or
-        infinite weights (an optimiser step of a finite loss made them so), or they gave a renderer NaN or infinite
-        Gaussians (:class:`~medgmae.render.NonFiniteGaussiansError`; the data readers refuse non-finite inputs)."""
-        from medgmae.render import NonFiniteGaussiansError
-
-        what = "its Gaussians became NaN or infinite" if isinstance(e, NonFiniteGaussiansError) else None
-        for name, obj in self.objects.items():
-            if isinstance(obj, torch.nn.Module):
-                bad = next((n for n, w in obj.named_parameters() if not bool(torch.isfinite(w).all())), None)
-                what = f"the weights of '{name}' became NaN or infinite ({bad} first)" if bad is not None else what
-        if what is None:
-            return None
-        return FloatingPointError(
-            f"training diverged: {what} by epoch {engine.state.epoch}, iteration {engine.state.iteration}, where the "
-            f"step then failed ({type(e).__name__}: {e}). Lower the learning rate, keep grad_clip on or disable amp, "
-            "then resume from the last epoch checkpoint")  # fmt: skip
 
     def _on_started(self, engine: Engine) -> None:
         if not engine.has_event_handler(self._on_completed, Events.COMPLETED):  # after every other completion step
@@ -385,7 +352,7 @@ class CheckpointHandler:
             logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them",
                            path, sorted(unrecorded))  # fmt: skip
         restore = {k: v for k, v in self.objects.items() if k not in unrecorded}
-        restore_states(path, _records_first(restore), ckpt["objects"])
+        restore_states(path, records_first(restore), ckpt["objects"])
         inexact_resume_notes(path, saved_loader, current_loader)
         ranks = ckpt.get("random_state_ranks")
         self.rng.load_rank_state(ranks if isinstance(ranks, list) and ranks else [ckpt["random_state"]], rank_world()[0])

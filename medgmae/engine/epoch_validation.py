@@ -3,18 +3,22 @@ epoch's training and the epoch's checkpoint, so that a run stopped while validat
 
 The checkpoint handler attaches the validation handlers itself (its ``validation`` argument), after a step that
 takes the run's state as the epoch's training left it (weights, optimiser, scheduler, random states of every rank,
-records such as the metric history: :data:`PENDING` marks it). When Ctrl-C, SIGTERM or an error stops the run
-while it validates, that state is written as the epoch's ``checkpoint_epoch=N.pt``, marked; a resume from it runs
-the epoch-end steps of the validation handlers (:meth:`EpochValidation.run`) and writes the epoch's checkpoint as an
-uninterrupted run does, then trains on. Nothing more is written per epoch: the state taken holds references to the
-weights and optimiser tensors, which validation does not change, and copies of the small records.
+records such as the metric history), kept here (:meth:`EpochValidation.keep`, marked :data:`PENDING`) until the
+epoch is validated. When Ctrl-C, SIGTERM or an error stops the run while it validates, that state is written as
+the epoch's ``checkpoint_epoch=N.pt``, marked; a resume from it runs the epoch-end steps of the validation handlers
+(:meth:`EpochValidation.run`) and writes the epoch's checkpoint as an uninterrupted run does, then trains on.
+Nothing more is written per epoch: the state taken holds references to the weights and optimiser tensors, which
+validation does not change, and copies of the small records.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import copy
+from typing import Any, Mapping, Sequence
 
 from ignite.engine import Engine, Events
+
+from medgmae.engine.restore import TRAINING_STATE
 
 __all__ = ["PENDING", "EpochValidation"]
 
@@ -43,9 +47,15 @@ class EpochValidation:
     """The handlers that validate a training run at its epoch ends (ignite handlers with ``attach(engine)``, such as
     MONAI's ``ValidationHandler`` or :class:`~medgmae.mae_training.MaskedValidationHandler`).
 
+    While an epoch is validated it also keeps the run's state as the epoch's training left it (:meth:`keep`), which
+    the checkpoint handler saves should the run stop before the epoch is validated.
+
     Args:
         handlers: the handlers, in the order they run; ``None`` entries (a component switched off the MONAI way,
             ``--val#pictures#_disabled_ true``) are left out.
+
+    Attributes:
+        pending: the state kept for the epoch being validated, marked :data:`PENDING` (``None`` between validations).
 
     Raises:
         ValueError: an entry without ``attach``.
@@ -58,6 +68,7 @@ class EpochValidation:
                 raise ValueError(f"validation handler {type(h).__name__} has no attach(engine): give ignite handlers")
         self.handlers = handlers
         self._steps: list[tuple[Any, Any, tuple, dict]] = []
+        self.pending: dict | None = None
 
     def attach(self, engine: Engine) -> None:
         """Attach the handlers to ``engine`` (their epoch-end steps are remembered for :meth:`run`).
@@ -81,3 +92,23 @@ class EpochValidation:
             due = getattr(event, "filter", None)
             if due is None or due(engine, engine.state.epoch):
                 handler(engine, *args, **kwargs)
+
+    def keep(self, payload: dict, objects: Mapping[str, Any]) -> None:
+        """Keep ``payload``, the checkpoint of the epoch about to be validated, as :attr:`pending`, marked
+        :data:`PENDING` in its ``engine`` record: references to the weights and optimiser tensors
+        (:data:`~medgmae.engine.restore.TRAINING_STATE`), which validation leaves as they are, and copies of the
+        records, which it updates.
+
+        Args:
+            payload: the checkpoint's content, its ``objects`` the state dicts of ``objects``.
+            objects: the checkpointed objects by name.
+        """
+        payload["objects"] = {name: state if isinstance(objects[name], TRAINING_STATE) else copy.deepcopy(state)
+                              for name, state in payload["objects"].items()}  # fmt: skip
+        payload["engine"]["pending"] = PENDING
+        self.pending = payload
+
+    def take(self) -> dict | None:
+        """The state :meth:`keep` kept, no longer kept (``None`` when the epoch was validated, or none was kept)."""
+        pending, self.pending = self.pending, None
+        return pending

@@ -14,7 +14,7 @@ from medgmae.settings_diff import settings_differences
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRAINING_STATE", "restore_states", "load_scheduler_keeping_its_plan"]
+__all__ = ["TRAINING_STATE", "records_first", "restore_states", "load_scheduler_keeping_its_plan"]
 
 # What a learning-rate scheduler's state_dict holds of its progress; every other entry (t_total, warmup_steps, ...)
 # is how it was built, which this run's settings decide.
@@ -24,6 +24,13 @@ _SCHEDULER_PROGRESS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "
 #: What a checkpoint restores as training state; every other object (a settings or data record, the metric
 #: history) is a record, restored first.
 TRAINING_STATE = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+
+
+def records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``objects`` as ``(name, object)`` pairs, the records (anything but :data:`TRAINING_STATE`) first: a
+    configuration record refusing a changed setting then names the setting before a weight tensor fails on its
+    changed shape (the order :func:`restore_states` takes)."""
+    return sorted(objects.items(), key=lambda item: isinstance(item[1], TRAINING_STATE))
 
 
 def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mapping[str, Any]) -> None:

@@ -1,18 +1,19 @@
-"""Ignite handlers that guard a training step: a non-finite loss stops the run, gradients are clipped.
+"""Ignite handlers that guard a training step: a non-finite loss stops the run, gradients are clipped; and
+:func:`diverged_error`, which names a step's failure on a model that diverged as divergence.
 
-Both attach to MONAI trainers (``monai.engines.SupervisedTrainer`` and the toolkit's subclasses of it); the
+Both handlers attach to MONAI trainers (``monai.engines.SupervisedTrainer`` and the toolkit's subclasses of it); the
 checkpoint handler in :mod:`medgmae.engine.checkpoint_handler` turns the error raised here into the run's last line.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["NonFiniteLossHandler", "GradientClipHandler"]
+__all__ = ["NonFiniteLossHandler", "GradientClipHandler", "diverged_error"]
 
 
 class NonFiniteLossHandler:
@@ -74,3 +75,33 @@ class GradientClipHandler:
         if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
             scaler.unscale_(engine.optimizer)
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
+
+
+def diverged_error(objects: Mapping[str, Any], engine: Engine, error: BaseException) -> FloatingPointError | None:
+    """The error to raise instead of ``error``, a training step's failure, when the run diverged, else ``None``.
+
+    The run diverged when a network among ``objects`` holds NaN or infinite weights (an optimiser step of a finite
+    loss made them so), or when they gave a renderer NaN or infinite Gaussians
+    (:class:`~medgmae.render.NonFiniteGaussiansError`; the data readers refuse non-finite inputs).
+
+    Args:
+        objects: the run's checkpointed objects, name -> object (its networks are checked).
+        engine: the trainer, its state at the failing step.
+        error: what the step raised.
+
+    Returns:
+        A ``FloatingPointError`` naming what diverged, where, and what to change; ``None`` when nothing did.
+    """
+    from medgmae.render import NonFiniteGaussiansError
+
+    what = "its Gaussians became NaN or infinite" if isinstance(error, NonFiniteGaussiansError) else None
+    for name, obj in objects.items():
+        if isinstance(obj, torch.nn.Module):
+            bad = next((n for n, w in obj.named_parameters() if not bool(torch.isfinite(w).all())), None)
+            what = f"the weights of '{name}' became NaN or infinite ({bad} first)" if bad is not None else what
+    if what is None:
+        return None
+    return FloatingPointError(
+        f"training diverged: {what} by epoch {engine.state.epoch}, iteration {engine.state.iteration}, where the "
+        f"step then failed ({type(error).__name__}: {error}). Lower the learning rate, keep grad_clip on or disable "
+        "amp, then resume from the last epoch checkpoint")  # fmt: skip
