@@ -216,6 +216,44 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     assert metrics_b["confusion_matrix"] == metrics_a["confusion_matrix"]
 
 
+def test_a_stop_in_the_closing_evaluation_trains_no_epoch_again(tmp_path, monkeypatch):
+    """GViT validates once, after its last phase, whose checkpoints are written by then: Ctrl-C in that evaluation
+    keeps every epoch, and the resume trains none again (no iteration runs) and ends as the uninterrupted run (weights,
+    each phase's optimiser and scheduler, metrics)."""
+    import medgmae.twod.gvit_eval as gvit_eval
+
+    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    straight = _workflow(data, tmp_path / "a", resume=False)
+    metrics_a = straight.run()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption")
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(gvit_eval, "evaluate_gvit", stopped)
+        _workflow(data, tmp_path / "b", resume=False).run()
+    resumed, iterations = _workflow(data, tmp_path / "b", resume=True), []
+    build = resumed.trainer
+
+    def counted(phase):
+        trainer = build(phase)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: iterations.append(phase))
+        return trainer
+
+    resumed.trainer = counted
+    metrics_b = resumed.run()
+    assert iterations == []
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    for phase in ("warmup", "classifier", "joint"):
+        a, b = (torch.load(d / "checkpoints" / phase / "checkpoint_final.pt", weights_only=True)["objects"]
+                for d in (tmp_path / "a", tmp_path / "b"))  # fmt: skip
+        assert a["lr_scheduler"] == b["lr_scheduler"]
+        ma, mb = a["optimizer"]["state"], b["optimizer"]["state"]
+        assert ma.keys() == mb.keys() and all(torch.equal(ma[i][k], mb[i][k]) for i in ma for k in ma[i])
+    assert metrics_b["confusion_matrix"] == metrics_a["confusion_matrix"]
+
+
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     """A run resumed with another model (here 8 Gaussians instead of 6, which changes no weight's shape) or other
     data settings stops at the start, naming each setting; the same settings resume."""
