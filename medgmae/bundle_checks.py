@@ -29,7 +29,8 @@ from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
 from medgmae.setting_kinds import setting_problem
 
-__all__ = ["BundleSettingError", "check_settings", "check_output_dirs", "process_problems", "unknown_key_problems"]
+__all__ = ["BundleSettingError", "check_base_config", "check_settings", "check_output_dirs", "process_problems",
+           "unknown_key_problems"]
 
 logger = logging.getLogger("medgmae")
 
@@ -68,8 +69,10 @@ def check_settings(
             replace).
         torchrun: the config trains in several processes (a ``multi_gpu_train.json``): it must be started by
             ``torchrun``. Otherwise it runs in one process, and several started by ``torchrun`` are a problem.
-        multi_gpu_config: the bundle's multi-process config (e.g. ``"configs/multi_gpu_train.json"``), suggested
-            when a one-process config was started by ``torchrun``; ``None``: the bundle has none.
+        multi_gpu_config: the bundle's multi-process config, by its path in this checkout (e.g.
+            ``"bundles/unetr_finetune/configs/multi_gpu_train.json"``), suggested when a one-process config was
+            started by ``torchrun`` (as the sibling of the config file given, :func:`process_problems`); ``None``:
+            the bundle has none.
         unused_phantom_keys: settings of the generated phantom data that this run does not use (it reads the
             user's data): each one the command line sets is warned about, as MONAI would take it silently.
         unused_keys: other settings this run does not use, each with why (``{"num_gaussians": "a voxel-mae model
@@ -90,7 +93,8 @@ def check_settings(
     found = {key: p for key, (value, kind) in settings.items() if (p := setting_problem(value, kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
     problems = [f"--{key}: {p}" for key, p in found.items() if key not in derived]
-    problems += unknown_key_lines(command) + repeated_flag_lines(command) + process_problems(torchrun, multi_gpu_config)
+    problems += unknown_key_lines(command) + repeated_flag_lines(command)
+    problems += process_problems(torchrun, multi_gpu_config, command)
     dirs = output_dirs or {}
     folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)
@@ -131,7 +135,8 @@ def _warn_unused(command: BundleCommand | None, phantom_keys: Sequence[str], oth
             logger.warning("--%s: %s: ignored", flag, why)
 
 
-def process_problems(torchrun: bool, multi_gpu_config: str | None = None) -> list[str]:
+def process_problems(torchrun: bool, multi_gpu_config: str | None = None,
+                     command: BundleCommand | None = None) -> list[str]:
     """A line when the config and the way it was started disagree (see :func:`check_settings`).
 
     A one-process config started by ``torchrun`` (``TORCHELASTIC_RUN_ID`` set) in several processes would run the
@@ -141,7 +146,10 @@ def process_problems(torchrun: bool, multi_gpu_config: str | None = None) -> lis
 
     Args:
         torchrun: the config trains in several processes (a ``multi_gpu_train.json``).
-        multi_gpu_config: the bundle's multi-process config, suggested to a one-process config under torchrun.
+        multi_gpu_config: the bundle's multi-process config, suggested to a one-process config under torchrun: by
+            the path of the config file given's sibling (:func:`multi_gpu_files`), so that the command can be pasted.
+        command: the command line (:func:`~medgmae.bundle_command_line.bundle_command`), whose config files the
+            suggestion names; ``None``: the checkout's files, by their absolute paths.
 
     Returns:
         ``[]``, or the one ``--config_file: ...`` line.
@@ -154,10 +162,74 @@ def process_problems(torchrun: bool, multi_gpu_config: str | None = None) -> lis
     processes = process_count()
     if "TORCHELASTIC_RUN_ID" not in os.environ or processes <= 1:
         return []
-    what = (f"for multi-GPU training add {multi_gpu_config} to --config_file (the README's multi-GPU command)"
-            if multi_gpu_config else "start it with `python -m monai.bundle run ...`, without torchrun")
+    if multi_gpu_config:
+        one, multi = multi_gpu_files(multi_gpu_config, command)
+        what = (f"for multi-GPU training list {multi} after {one} in --config_file: "
+                f"{multi_gpu_command(one, multi, processes)}")
+    else:
+        what = "start it with `python -m monai.bundle run ...`, without torchrun"
     return [f"--config_file: torchrun runs {processes} processes (WORLD_SIZE={processes}) but this config runs in "
             f"one; each would run the whole job and remove the others' outputs: {what}"]  # fmt: skip
+
+
+def multi_gpu_command(one: str, multi: str, processes: int | str = "N") -> str:
+    """The README's multi-GPU command for a one-process config and the multi-process config listed after it (paths
+    as the user would type them), with ``...`` for the command's other flags."""
+    return (f"`torchrun --standalone --nproc_per_node {processes} -m monai.bundle run training "
+            f"--config_file \"['{one}','{multi}']\" ...`")
+
+
+def multi_gpu_files(multi_gpu_config: str, command: BundleCommand | None) -> tuple[str, str]:
+    """The one-process config and its multi-process sibling by paths that work from the current folder: the first
+    config file of ``command`` that has a sibling named as ``multi_gpu_config`` (as given, ``~`` expanded), else
+    this checkout's ``train.json`` beside ``multi_gpu_config`` (absolute).
+
+    Args:
+        multi_gpu_config: the multi-process config by its path in this checkout.
+        command: the command line, or ``None``.
+
+    Returns:
+        ``(one-process config, multi-process config)``.
+    """
+    name = Path(multi_gpu_config).name
+    for given in command.files if command is not None else []:
+        path = Path(os.path.expanduser(str(given)))
+        if path.name != name and (path.parent / name).is_file():
+            return str(path), str(path.parent / name)
+    multi = Path(__file__).resolve().parents[1] / multi_gpu_config
+    return str(multi.with_name("train.json")), str(multi)
+
+
+def check_base_config(base: str = "train.json", added: str = "multi_gpu_train.json") -> bool:
+    """Refuse a config that adds to another (a ``multi_gpu_train.json`` adds multi-process training to its
+    ``train.json``) given first or alone on a ``python -m monai.bundle run`` command line: MONAI failed merging its
+    ``train#sampler`` keys, or without them at its first reference to a ``train.json`` key. The first step of such
+    a config's ``initialize`` list; it installs :func:`summarise_errors` so that the refusal ends with its line, on
+    every rank under torchrun. The config's ``"+train": {}`` keys (MONAI merges nothing into ``train.json``'s
+    ``train``) give its ``train#sampler`` keys a parent when it is given alone, so that it is read and this runs.
+
+    Args:
+        base: the name of the config that must come first, looked for beside the one given.
+        added: the name of the config that adds to it.
+
+    Returns:
+        ``True`` (so that the call can sit in a bundle's ``initialize`` list).
+
+    Raises:
+        BundleSettingError: one line naming the file given and the command listing it after ``base``.
+    """
+    summarise_errors()
+    command = bundle_command(None)
+    if command is None or not command.files:
+        return True
+    first = os.path.expanduser(str(command.files[0]))
+    if len(command.files) > 1 and Path(first).name != added:
+        return True
+    one = str(Path(first).parent / base)
+    raise BundleSettingError(
+        f"--config_file: {first} adds multi-GPU training to {base} and does not run alone: list it after {one} in "
+        f"--config_file, {multi_gpu_command(one, first, process_count() if process_count() > 1 else 'N')}; "
+        "nothing was written")  # fmt: skip
 
 
 def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:

@@ -648,8 +648,71 @@ def test_a_config_started_the_wrong_way_is_refused(monkeypatch):
     with pytest.raises(BundleSettingError) as e:
         check_settings({}, multi_gpu_config="bundles/x/configs/multi_gpu_train.json")
     assert "torchrun runs 2 processes (WORLD_SIZE=2) but this config runs in one" in str(e.value)
-    assert "add bundles/x/configs/multi_gpu_train.json to --config_file" in str(e.value)
+    assert f"list {REPO}/bundles/x/configs/multi_gpu_train.json after {REPO}/bundles/x/configs/train.json" in str(e.value)
     assert "without torchrun" in process_problems(False)[0]
+
+
+@pytest.mark.parametrize("bundle", ["medgmae_pretrain", "unetr_finetune"])
+def test_the_multi_gpu_config_suggested_under_torchrun_is_the_given_configs_sibling(tmp_path, monkeypatch, bundle):
+    """A one-process config started by torchrun from another folder is refused naming its multi-process sibling by
+    a path that works from that folder (the one given, relative or absolute), in a command that can be pasted."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for var, value in (("TORCHELASTIC_RUN_ID", "none"), ("WORLD_SIZE", "2"), ("RANK", "0")):
+        monkeypatch.setenv(var, value)
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    configs = BUNDLES / bundle / "configs"
+    for given in (os.path.relpath(configs / "train.json"), str(configs / "train.json")):
+        multi = str(Path(given).parent / "multi_gpu_train.json")
+        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", given])
+        with pytest.raises(BundleSettingError) as e:
+            check_settings({}, multi_gpu_config=f"bundles/{bundle}/configs/multi_gpu_train.json")
+        assert f"list {multi} after {given} in --config_file" in str(e.value), str(e.value)
+        assert f"""--config_file "['{given}','{multi}']\"""" in str(e.value) and Path(multi).is_file()
+
+
+def test_the_multi_gpu_config_named_first_is_refused_with_the_command_listing_it_after_train(tmp_path, monkeypatch):
+    """Its ``initialize`` starts with :func:`check_base_config`: given alone or first, the config is refused in one
+    line naming it and the command that lists it after its train.json; after train.json it passes."""
+    from medgmae.bundle_checks import check_base_config
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    configs = Path(os.path.relpath(BUNDLES / "unetr_finetune" / "configs"))
+    one, multi = str(configs / "train.json"), str(configs / "multi_gpu_train.json")
+    for files in (multi, f"['{multi}','{one}']"):
+        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", files])
+        with pytest.raises(BundleSettingError) as e:
+            check_base_config("train.json", "multi_gpu_train.json")
+        assert len(str(e.value).splitlines()) == 1
+        assert f"--config_file: {multi} adds multi-GPU training to train.json and does not run alone" in str(e.value)
+        assert f"""--config_file "['{one}','{multi}']" ...`; nothing was written""" in str(e.value)
+    monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", f"['{one}','{multi}']"])
+    assert check_base_config("train.json", "multi_gpu_train.json") is True
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])  # not the bundle runner: nothing to check
+    assert check_base_config() is True
+
+
+@pytest.mark.parametrize("bundle", ["medgmae_pretrain", "unetr_finetune"])
+def test_a_multi_gpu_config_given_alone_under_torchrun_says_to_list_it_after_train(tmp_path, bundle):
+    """``--config_file multi_gpu_train.json`` alone failed in MONAI's merge of its ``train#sampler`` key (a
+    KeyError traceback on each rank): both ranks now stop on the one-line refusal, non-zero, nothing written."""
+    out = tmp_path / "run"
+    multi = BUNDLES / bundle / "configs" / "multi_gpu_train.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
+           "run", "training", "--config_file", str(multi), "--output_dir", str(out), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    line = (f"error: BundleSettingError: --config_file: {multi} adds multi-GPU training to train.json and does not "
+            f"run alone: list it after {multi.with_name('train.json')} in --config_file, `torchrun --standalone "
+            f"--nproc_per_node 2 -m monai.bundle run training --config_file \"['{multi.with_name('train.json')}',"
+            f"'{multi}']\" ...`; nothing was written")  # fmt: skip
+    assert line in proc.stderr.splitlines(), proc.stderr[-3000:]
+    assert "rank 1 stopped: BundleSettingError: --config_file:" in proc.stderr
+    assert "KeyError" not in proc.stderr and not out.exists()
 
 
 def test_torchrun_of_a_one_process_bundle_writes_nothing(tmp_path):

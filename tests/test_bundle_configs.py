@@ -277,7 +277,9 @@ def test_the_multi_gpu_config_a_refusal_names_exists():
                      "medgmae_pretrain": "bundles/medgmae_pretrain/configs/multi_gpu_train.json",
                      "unetr_finetune": "bundles/unetr_finetune/configs/multi_gpu_train.json"}
     for config in filter(None, named.values()):
-        assert "torchrun=True" in json.loads((ROOT / config).read_text())["initialize"][0], config
+        steps = json.loads((ROOT / config).read_text())["initialize"]
+        assert steps[0] == "$check_base_config('train.json', 'multi_gpu_train.json')", config  # refused alone
+        assert "torchrun=True" in steps[1], config
 
 
 @pytest.mark.parametrize("bundle", ["medgmae_pretrain", "unetr_finetune"])
@@ -286,7 +288,7 @@ def test_the_multi_gpu_settings_check_is_the_one_process_check(bundle):
     (settings, folders, run kinds, phantom keys) but for how the processes are started."""
     configs = ROOT / "bundles" / bundle / "configs"
     one = json.loads((configs / "train.json").read_text())["initialize"][0]
-    many = json.loads((configs / "multi_gpu_train.json").read_text())["initialize"][0]
+    many = json.loads((configs / "multi_gpu_train.json").read_text())["initialize"][1]  # after check_base_config
     one = re.sub(r", multi_gpu_config='[\w/.]+'", "", one)
     assert many.replace(", torchrun=True", "") == one, (many, one)
 
