@@ -10,7 +10,6 @@ import pickle
 import re
 import shutil
 import tempfile
-import uuid
 import zipfile
 from collections import Counter
 from contextlib import contextmanager
@@ -19,6 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from medgmae.temp_names import temp_name
 
 __all__ = [
     "bundle_config",
@@ -93,8 +94,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary name ends with ``path``'s own name, so writers that choose the format from the extension
-    (nibabel's ``.nii.gz``, PIL's ``.png``) behave as for the final name. On error the temporary file is removed
-    and any existing ``path`` is left untouched.
+    (nibabel's ``.nii.gz``, PIL's ``.png``) behave as for the final name, and starts with this host and process
+    (:func:`medgmae.temp_names.temp_name`), so that what a killed writer left in a folder shared by runs can be told
+    from what a live one is writing. On error the temporary file is removed and any existing ``path`` is left
+    untouched.
 
     Args:
         path: the final file path; its parent folder is created if needed.
@@ -104,7 +107,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:12]}-{path.name}"
+    tmp = path.parent / temp_name(path.name)
     try:
         yield tmp
         if not tmp.exists():
@@ -173,9 +176,11 @@ def _move_into(src: Path, dst: Path, remove_stale: bool) -> None:
 
 
 #: What a writer killed mid-write (SIGKILL, power loss) leaves, by the exact names the toolkit makes:
-#: :func:`atomic_write`'s temporary files (``.tmp-<12 hex>-<name>``, files only) and the ``tempfile.mkdtemp``
-#: folders of :func:`staged_outputs` (``.<name>.staging-<8>``) and of the pre-training's best model (``.best-<8>``).
-_LEFTOVER_FILE = re.compile(r"^\.tmp-[0-9a-f]{12}-[^/]+\.(pt|json|gz|nii|png|md|csv|ts|ply|npy|txt)$")
+#: :func:`atomic_write`'s temporary files (``.tmp-<host>.<pid>-<12 hex>-<name>``, and ``.tmp-<12 hex>-<name>`` of
+#: earlier versions; files only) and the ``tempfile.mkdtemp`` folders of :func:`staged_outputs`
+#: (``.<name>.staging-<8>``) and of the pre-training's best model (``.best-<8>``).
+_LEFTOVER_FILE = re.compile(r"^\.tmp-([A-Za-z0-9.-]+?\.\d+-)?[0-9a-f]{12}-[^/]+"
+                            r"\.(pt|json|gz|nii|png|md|csv|ts|ply|npy|txt)$")
 _LEFTOVER_DIR = re.compile(r"^(\.[^/]+\.staging-|\.best-)[a-z0-9_]{8}$")
 
 

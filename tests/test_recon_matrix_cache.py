@@ -265,3 +265,47 @@ def test_a_matrix_dir_unused_by_the_backend_auto_chose_is_named(tmp_path, capsys
     assert main(_args(tmp_path / "scan", tmp_path / "rec", "--backend", "auto", "--matrix-dir", str(shared))) == 0
     assert f"note: --matrix-dir {shared} is not used: --backend auto chose the " in capsys.readouterr().err
     assert not shared.exists()
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_run_removes_the_temporary_matrix_files_of_killed_writers_alone(scan, tmp_path, capsys):
+    """SIGKILL while a run writes the shared matrix left its temporary file for good (another run might have been
+    writing it). Temporary names carry their writer's host and process: a run in --matrix-dir removes those of
+    processes no longer running on its host, and leaves a live writer's, another host's, a file of an older
+    version's name, a file changed in the last minute and anything but a matrix."""
+    import os
+    import time
+
+    from medgmae.files import atomic_write
+    from medgmae.temp_names import host_tag
+
+    shared, host, dead = tmp_path / "matrices", host_tag(), _dead_pid()
+    shared.mkdir()
+    killed = f".tmp-{host}.{dead}-0123456789ab-projector_matrix-0123456789abcdef.pt"
+    kept = [f".tmp-{host}.{os.getpid()}-0123456789ab-projector_matrix-0123456789abcdef.pt",  # a live writer
+            f".tmp-{host}x.{dead}-0123456789ab-projector_matrix-0123456789abcdef.pt",  # another host
+            ".tmp-0123456789ab-projector_matrix-0123456789abcdef.pt",  # no writer in the name
+            f".tmp-{host}.{dead}-0123456789ab-notes.pt"]  # fmt: skip
+    old = time.time() - 3600
+    for name in [killed, *kept]:
+        (shared / name).write_bytes(b"partial")
+        os.utime(shared / name, (old, old))
+    recent = f".tmp-{host}.{dead}-ba9876543210-projector_matrix-fedcba9876543210.pt"
+    (shared / recent).write_bytes(b"partial")
+    kept.append(recent)
+    with atomic_write(shared / "x.json") as t:  # the writers' own names say who writes
+        assert t.name.startswith(f".tmp-{host}.{os.getpid()}-") and t.name.endswith("-x.json")
+        t.write_text("{}")
+    capsys.readouterr()
+    assert main(_args(scan, tmp_path / "a", "--matrix-dir", str(shared))) == 0
+    assert f"removed what killed runs left in {shared} ({killed}); saved the matrix in" in capsys.readouterr().out
+    assert sorted(p.name for p in shared.iterdir() if p.name.startswith(".")) == sorted(kept)

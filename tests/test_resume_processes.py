@@ -5,6 +5,7 @@ numbers of their own."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -193,9 +194,11 @@ def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
     """SIGKILL during an atomic write leaves its temporary file (a base checkpoint is over a gigabyte) or a staging
     folder; the next run in the folder removes them at its start and says so; other hidden files stay."""
     from medgmae.files import atomic_write, staged_outputs
+    from medgmae.temp_names import host_tag
 
     tmp_path.mkdir(exist_ok=True)
-    left = [tmp_path / ".tmp-0123456789ab-checkpoint_epoch=2.pt", tmp_path / ".tmp-ba9876543210-model.pt"]
+    left = [tmp_path / ".tmp-0123456789ab-checkpoint_epoch=2.pt", tmp_path / ".tmp-ba9876543210-model.pt",
+            tmp_path / ".tmp-gpu-node-7.4711-ba9876543210-encoder.pt"]  # an earlier version's names, and this one's
     for p in left:
         p.write_bytes(b"partial")
     (tmp_path / ".best-x1y2_abc").mkdir()
@@ -210,7 +213,7 @@ def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
         (tmp_path / name / "a.txt").write_text("mine")
         mine.append(name)
     with atomic_write(tmp_path / "x.json") as t:  # the real writers' names match the pattern removed
-        assert t.name.startswith(".tmp-") and len(t.name.split("-")[1]) == 12
+        assert t.name.startswith(f".tmp-{host_tag()}.{os.getpid()}-") and len(t.name.split("-")[-2]) == 12
         t.write_text("{}")
     with staged_outputs(tmp_path / "eval") as stage:
         assert stage.name.startswith(".eval.staging-")
@@ -218,7 +221,7 @@ def test_a_run_removes_what_killed_writes_left_in_its_folder(tmp_path, caplog):
         _trainer(tmp_path, 1, resume=False).run()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(mine)
     warned = next(r for r in caplog.records if "killed writes" in r.getMessage())
-    assert warned.levelname == "WARNING" and "removed what 4 killed writes left in" in warned.getMessage()
+    assert warned.levelname == "WARNING" and "removed what 5 killed writes left in" in warned.getMessage()
     assert ".tmp-0123456789ab-checkpoint_epoch=2.pt" in warned.getMessage()
 
 

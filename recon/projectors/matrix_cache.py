@@ -13,7 +13,9 @@ A folder shared by runs (``reconstruct --matrix-dir``: the candidates of ``selec
 matrix under a name with the key's first 16 hex digits (:data:`SHARED_MATRIX_FILE`), so the matrices of several scans
 lie side by side. Its files are only read and replaced, never removed. A reader sees a whole file or none (the write
 renames a finished temporary file); two runs that find no file and build at once both build, and the second
-rename replaces the first's file with an equal one.
+rename replaces the first's file with an equal one. A run killed while writing leaves its temporary file, named
+after its host and process: each run removes those of processes no longer running on its host
+(:func:`medgmae.temp_names.remove_dead_writers_files`), never one another run may still be writing.
 """
 
 from __future__ import annotations
@@ -106,19 +108,32 @@ def cached_matrix_projector(
 
     Returns:
         ``(projector, note)``: a line saying whether the matrix was read, or built and saved (and why a file there
-        was not used).
+        was not used), after the temporary files of killed writers it removed from a shared ``folder``.
     """
     key = matrix_key(geometry, step, dtype)
     path = matrix_path(folder, key, shared)
     shape = (geometry.num_views * geometry.det_shape[0] * geometry.det_shape[1], int(np.prod(geometry.volume_shape)))
+    removed = _remove_killed_writes(folder) if shared else ""
     why = ""
     if path.is_file():
         matrix, why = _read(path, key, shape, dtype)
         if matrix is not None:
-            return RayMatrixProjector(geometry, step, dtype, matrix=matrix), f"read the matrix from {path} (built for this scan)"
+            return (RayMatrixProjector(geometry, step, dtype, matrix=matrix),
+                    f"{removed}read the matrix from {path} (built for this scan)")
     projector = RayMatrixProjector(geometry, step, dtype)
     note = save_matrix(projector, folder, shared)
-    return projector, (f"{path} not used: {why}; " if why else "") + note
+    return projector, removed + (f"{path} not used: {why}; " if why else "") + note
+
+
+def _remove_killed_writes(folder: str | Path) -> str:
+    """Remove the temporary matrix files that runs killed while writing left in the shared ``folder`` (their process
+    no longer runs on this host); the words naming them, ``""`` for none."""
+    from medgmae.temp_names import remove_dead_writers_files
+
+    removed = remove_dead_writers_files(folder, SHARED_MATRIX_FILE.format(key="*"))
+    if not removed:
+        return ""
+    return f"removed what killed runs left in {folder} ({', '.join(p.name for p in removed)}); "
 
 
 def save_matrix(projector: RayMatrixProjector, folder: str | Path, shared: bool = False) -> str:

@@ -1,0 +1,87 @@
+"""The temporary files of atomic writes (:func:`medgmae.files.atomic_write`), named after their writer:
+``.tmp-<host>.<pid>-<12 hex>-<name>``.
+
+A write killed before its rename (SIGKILL, a batch system's time limit) leaves its temporary file. In a folder that
+one run owns, the next run removes such files (:func:`medgmae.files.remove_interrupted_writes`); in a folder shared
+by runs (``reconstruct --matrix-dir``) another run may be writing one, so a file is removed only when its name says
+that it was written on this host by a process that is no longer running (:func:`remove_dead_writers_files`). Light on
+purpose: the standard library only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+
+__all__ = ["RECENT_SECONDS", "TEMP_NAME", "host_tag", "process_alive", "remove_dead_writers_files", "temp_name"]
+
+#: A temporary name: its writer's host (:func:`host_tag`) and process id, 12 random hex digits, the final file name.
+TEMP_NAME = re.compile(r"^\.tmp-(?P<host>[A-Za-z0-9.-]+?)\.(?P<pid>\d+)-[0-9a-f]{12}-(?P<name>.+)$")
+
+#: A temporary file changed less than this many seconds ago is never removed: a process of another PID namespace
+#: with this host's name (a container) may be writing it under a process id that is free here.
+RECENT_SECONDS = 60.0
+
+
+def host_tag() -> str:
+    """This host's name as temporary names carry it: letters, digits, dots and hyphens (others as ``-``), at most 63
+    characters (``"localhost"`` when the host has no name)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:63] or "localhost"
+
+
+def temp_name(name: str) -> str:
+    """A temporary name for a file to be renamed to ``name``, carrying this host and process (:data:`TEMP_NAME`)."""
+    return f".tmp-{host_tag()}.{os.getpid()}-{uuid.uuid4().hex[:12]}-{name}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (signal 0 is sent: nothing is delivered). ``True`` where that
+    cannot be told (another user's process; Windows, where ``os.kill`` would end it)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):  # no process can have that id
+        return False
+    return True
+
+
+def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*") -> list[Path]:
+    """Remove, directly inside ``folder``, the temporary files (:data:`TEMP_NAME`) of writers that were killed: written
+    on this host by a process that no longer runs, and unchanged for :data:`RECENT_SECONDS`. Files of live writers,
+    of other hosts, and temporary names without a writer (older versions) are left as they are.
+
+    Args:
+        folder: a folder shared by runs (nothing happens when it does not exist).
+        names: a glob the final file names must match (e.g. ``"projector_matrix-*.pt"``).
+
+    Returns:
+        What was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, now, removed = host_tag(), time.time(), []
+    for path in sorted(folder.iterdir()):
+        found = TEMP_NAME.match(path.name)
+        if found is None or found["host"] != host or not fnmatch.fnmatchcase(found["name"], names):
+            continue
+        if path.is_symlink() or not path.is_file() or process_alive(int(found["pid"])):
+            continue
+        try:
+            if now - path.stat().st_mtime < RECENT_SECONDS:
+                continue
+            path.unlink()
+        except FileNotFoundError:  # another run removed it first
+            continue
+        removed.append(path)
+    return removed
