@@ -166,6 +166,17 @@ def stop_while_validating():
     return _stop_while_validating
 
 
+@pytest.fixture
+def dead_pid() -> int:
+    """The id of a process that has ended (a child run and waited for)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 @pytest.fixture(autouse=True)
 def _sigterm_left_as_found():
     """A test that runs a bundle's settings check with MONAI's runner in ``sys.argv`` installs the bundles' SIGTERM

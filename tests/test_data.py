@@ -436,6 +436,30 @@ def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch, caplog)
     assert record["spec"] == spec.to_dict()
 
 
+def test_the_disk_cache_removes_what_killed_writers_left(tmp_path, dead_pid, caplog):
+    """A process killed while writing a cache file leaves its temporary file in a folder other runs share: a run
+    removes those of writers no longer running on its host and a minute old, and no other file."""
+    import time
+
+    from medgmae.temp_names import host_tag
+
+    items = [{"image": _nifti(tmp_path / "v.nii.gz", np.random.default_rng(0).normal(0, 200, (12, 10, 8)).astype(np.float32))}]
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+    folder = Path(training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict()).cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    host, old = host_tag(), time.time() - 3600
+    killed = folder / f".tmp-{host}.{dead_pid}-0123456789ab-{'a' * 32}.pt"
+    kept = [folder / f".tmp-{host}.{os.getpid()}-0123456789ab-{'b' * 32}.pt", folder / f".tmp-{host}x.{dead_pid}-0123456789ab-{'c' * 32}.pt"]
+    for path in [killed, *kept]:
+        path.write_bytes(b"partial")
+        os.utime(path, (old, old))
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        ds = training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict())
+    assert not killed.exists() and all(p.exists() for p in kept)
+    assert any("removed 1 cache file(s) that killed runs left" in r.getMessage() for r in caplog.records)
+    assert ds[0]["image"].shape == (1, 4, 4, 4)
+
+
 def test_ram_cache_is_an_option(tmp_path):
     from monai.data import CacheDataset
 

@@ -267,17 +267,7 @@ def test_a_matrix_dir_unused_by_the_backend_auto_chose_is_named(tmp_path, capsys
     assert not shared.exists()
 
 
-def _dead_pid() -> int:
-    """The id of a process that has ended."""
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def test_a_run_removes_the_temporary_matrix_files_of_killed_writers_alone(scan, tmp_path, capsys):
+def test_a_run_removes_the_temporary_matrix_files_of_killed_writers_alone(scan, tmp_path, capsys, dead_pid):
     """SIGKILL while a run writes the shared matrix left its temporary file for good (another run might have been
     writing it). Temporary names carry their writer's host and process: a run in --matrix-dir removes those of
     processes no longer running on its host, and leaves a live writer's, another host's, a file of an older
@@ -288,7 +278,7 @@ def test_a_run_removes_the_temporary_matrix_files_of_killed_writers_alone(scan, 
     from medgmae.files import atomic_write
     from medgmae.temp_names import host_tag
 
-    shared, host, dead = tmp_path / "matrices", host_tag(), _dead_pid()
+    shared, host, dead = tmp_path / "matrices", host_tag(), dead_pid
     shared.mkdir()
     killed = f".tmp-{host}.{dead}-0123456789ab-projector_matrix-0123456789abcdef.pt"
     kept = [f".tmp-{host}.{os.getpid()}-0123456789ab-projector_matrix-0123456789abcdef.pt",  # a live writer

@@ -17,7 +17,9 @@ temporary name in the cache folder itself and renamed (``os.replace``, atomic on
 file or none. MONAI's ``PersistentDataset`` (1.x) writes into a ``tempfile.TemporaryDirectory()`` (the system
 temporary folder) and ``shutil.move``s the file into the cache; when that folder is on another filesystem (a
 node-local ``/tmp`` and a shared cache) the move is a copy, which another rank can read half-written. Hence the
-override of ``_cachecheck``.
+override of ``_cachecheck``. A process killed while writing leaves its temporary file; every run removes those of
+writers that no longer run on its host (:func:`medgmae.temp_names.remove_dead_writers_files`), never one a live
+process may still be writing.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from monai.transforms import Compose, RandomizableTrait
 
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.files import atomic_write, save_json_atomic
+from medgmae.temp_names import remove_dead_writers_files
 
 __all__ = [
     "DiskCacheDataset", "describe_transforms", "cache_folder", "preprocessing_record", "training_dataset", "item_hash",
@@ -218,4 +221,7 @@ def training_dataset(
     if str(folder) not in _NAMED_FOLDERS:  # a run's training and validation datasets share it: named once
         _NAMED_FOLDERS.add(str(folder))
         logger.info("pre-processed volumes are cached in %s", folder)
+    left = remove_dead_writers_files(folder, "*.pt")
+    if left:
+        logger.info("removed %d cache file(s) that killed runs left half-written in %s", len(left), folder)
     return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=record)
