@@ -1,0 +1,126 @@
+"""Fine-tuning test cases: NIfTI cases, datalists, encoder files and running the unetr_finetune bundle."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from medgmae.checkpoint import make_checkpoint
+from medgmae.finetune.data import finetuned_spec
+from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.preprocessing import PreprocessingSpec
+
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "unetr_finetune" / "configs"
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return str(path)
+
+
+def make_case(root: Path, name: str, shape=(12, 12, 8), label_shape=None, label_affine=None, max_label=2, nan=False):
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    image = np.random.default_rng(0).normal(0, 50, shape).astype(np.float32)
+    if nan:
+        image[0, 0, 0] = np.nan
+    label = np.zeros(label_shape or shape, np.uint8)
+    label[2:6, 2:6, 2:5] = max_label
+    return {
+        "image": write_nifti(root / f"{name}_img.nii.gz", image, affine),
+        "label": write_nifti(root / f"{name}_lab.nii.gz", label, affine if label_affine is None else label_affine),
+    }
+
+
+def two_case_datalist(root: Path) -> Path:
+    cases = [make_case(root, f"c{i}") for i in range(3)]
+    dl = root / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b"}, "training": cases[:2], "validation": cases[2:]}))
+    return dl
+
+
+BTCV_CLASSES = ["background", "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach",
+                "aorta", "inferior vena cava", "portal and splenic veins", "pancreas", "right adrenal gland",
+                "left adrenal gland"]  # fmt: skip
+
+
+def truncated_copy(src: str, dst: Path) -> str:
+    data = Path(src).read_bytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data[: len(data) // 2])
+    return str(dst)
+
+
+def bundle_process(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of this bundle, whatever its exit status."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config),
+           "--logging_file", str(CONFIGS / "logging.conf"), *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=400)
+
+
+def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
+    proc = bundle_process(run_id, config, *overrides)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+FILTERED = ("nvImageCodec", "torch.meshgrid", "Orientationd.__init__:labels")
+
+
+def check_progress_pictures_and_summary(out: Path, log: str) -> None:
+    import math
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from medgmae.finetune import val_transforms
+
+    assert not any(text in log for text in FILTERED), [t for t in FILTERED if t in log]
+    assert "epoch 1/1: train_loss" in log and "Iter: 1/" not in log  # one line per epoch, not per iteration
+    assert "fine-tuning finished: 1 epoch; best validation mean Dice" in log and "| liver |" in log
+    assert "per-class Dice of the last validation (1 case):" in log
+    # the evaluator's key metric (MONAI's MeanDice) and the report's mean Dice are one number
+    best = re.search(r"Got new best metric of val_mean_dice: (\S+)", log).group(1)
+    assert re.search(r"mean Dice (\S+) over 1 case ", log).group(1) == f"{float(best):.5f}"
+    assert torch.load(out / "best_model.pt", weights_only=True)["kind"] == "medgmae-unetr"
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    dice = [e.value for e in acc.Scalars("val_mean_dice")]
+    # the start line, and train/lr per iteration: the decoder's base rate (3e-4) at the cosine's start
+    assert re.search(r"fine-tuning runs on cpu, AMP off, network UNETR \(feature size 4, [\d,]+ parameters, [\d,]+ "
+                     r"trainable\), encoder loaded from \S+encoder\.pt, fine-tuned, learning rate 3e-4 \(\d+ parameter "
+                     r"groups\), global batch 1 crop per step \(1 process x 1 volume x 1 crop\)", log)
+    assert [(e.step, round(e.value, 8)) for e in acc.Scalars("train/lr")][:1] == [(1, 3e-4)]
+    assert len(dice) == 1 and math.isfinite(dice[0]) and "val/segmentation" in acc.Tags()["images"]
+    # at the iteration that ends the epoch (train_loss's last), so that a resume's purge step covers it too
+    assert [e.step for e in acc.Scalars("val_mean_dice")] == [acc.Scalars("train_loss")[-1].step]
+    assert [e.step for e in acc.Images("val/segmentation")] == [acc.Scalars("train_loss")[-1].step]  # the same axis
+    table = (out / "dice_per_class.md").read_text().splitlines()
+    assert table[:2] == ["| class | Dice |", "| --- | --- |"] and len(table) == 2 + 17 + 1
+    # two rows (prediction, label) of 3 slices of the pre-processed validation case, enlarged to >= 160 pixels
+    case = json.loads((out / "phantom" / "dataset.json").read_text())["validation"][0]
+    root = out / "phantom"
+    spec = finetuned_spec(out / "best_model.pt")  # the run's pre-processing, recorded in its best model
+    shape = val_transforms(spec)({k: str(root / v) for k, v in case.items()})["image"].shape[1:]
+    f = -(-160 // max(shape))
+    x, y, z = (f * n for n in shape)
+    cell_h, cell_w = max(z, y) + 14, max(y, x)  # sagittal (z, y), coronal (z, x), axial (y, x)
+    pic = np.asarray(Image.open(out / "segmentation.png").convert("RGB"))
+    assert pic.shape == (14 + 2 * (cell_h + 2) + 2, 3 * (cell_w + 2) + 2, 3) and pic.astype(float).var() > 100.0
+
+
+def encoder_file(path: Path, img_size: int = 24) -> Path:
+    enc = MaskedViTEncoder(img_size=img_size, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    spec = PreprocessingSpec(spacing=2.0, input_size=img_size, patch_size=12)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), path)
+    return path
+

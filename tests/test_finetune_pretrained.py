@@ -1,0 +1,133 @@
+"""The pre-trained encoder in fine-tuning: its checks, and the spacing, window and crop size it carries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medgmae.checkpoint import make_checkpoint
+from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.preprocessing import PreprocessingSpec
+
+from finetune_helpers import two_case_datalist, bundle_process, encoder_file
+
+
+def test_spacing_override_warns_naming_both(tmp_path, caplog):
+    from medgmae.finetune import finetune_spec
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    spec = PreprocessingSpec(spacing=2.0, input_size=24, patch_size=12)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), tmp_path / "encoder.pt")
+    with caplog.at_level("WARNING"):
+        got = finetune_spec(tmp_path / "encoder.pt", pixdim=[1.5, 1.5, 2.0], roi_size=24)
+    assert got.spacing == (1.5, 1.5, 2.0) and got.hu_window == spec.hu_window
+    assert "spacing [1.5, 1.5, 2.0] differs from the spacing [2.0, 2.0, 2.0]" in caplog.text and "encoder.pt" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert finetune_spec(tmp_path / "encoder.pt", roi_size=24).spacing == (2.0, 2.0, 2.0)
+        assert finetune_spec("", roi_size=24, patch_size=12).spacing == (1.5, 1.5, 2.0)  # no encoder: BTCV recipe
+    assert "differs" not in caplog.text
+
+
+def test_pretrained_check_names_the_file_and_the_problem(tmp_path):
+    """The up-front check of ``--pretrained``: missing file, another kind of checkpoint, a ``roi_size`` other than
+    the encoder's; ``""`` and a fitting encoder pass, and a bad ``roi_size`` is left to its own check."""
+    from medgmae.finetune import pretrained_check
+
+    encoder = encoder_file(tmp_path / "encoder.pt")
+    pretrained_check([24, 24, 24])(str(encoder))
+    pretrained_check(24)("")
+    pretrained_check("abc")(str(encoder))  # --roi_size's own check names it
+    with pytest.raises(ValueError, match="not found|does not exist|missing"):
+        pretrained_check(24)(str(tmp_path / "encoderr.pt"))
+    other = tmp_path / "best_model.pt"
+    torch.save(make_checkpoint("medgmae-unetr", {"num_classes": 2}, {}, PreprocessingSpec()), other)
+    with pytest.raises(ValueError, match=r"best_model\.pt is .*fine-tuning needs the encoder\.pt"):
+        pretrained_check(24)(str(other))
+    with pytest.raises(ValueError, match=r"--roi_size \(48, 48, 48\) differs from the img_size \(24, 24, 24\)"):
+        pretrained_check(48)(str(encoder))
+    # the 2D GMAE's encoder.pt has the same kind: named as 2D, whatever --roi_size says
+    flat = MaskedViTEncoder(img_size=24, patch_size=4, hidden_size=16, num_layers=1, num_heads=2, spatial_dims=2)
+    torch.save(make_checkpoint("medgmae-encoder", flat.config(), flat.state_dict(), None, {"source": "gmae2d"}),
+               tmp_path / "enc2d.pt")
+    for roi in (24, [24, 24]):
+        with pytest.raises(ValueError, match=r"enc2d\.pt is a 2D encoder \(spatial_dims 2, from gmae2d\); fine-tuning "
+                                             r"needs the 3D encoder\.pt"):
+            pretrained_check(roi)(str(tmp_path / "enc2d.pt"))
+
+
+def test_a_wrong_pretrained_stops_the_bundle_before_the_data_are_read(tmp_path):
+    """A wrong ``--pretrained`` is a bad setting: named by the settings check, before the pre-check reads every
+    image, and nothing is written (it used to leave ``cache/precheck.json`` in a new output folder)."""
+    dl = two_case_datalist(tmp_path / "data")
+    encoder = encoder_file(tmp_path / "encoder.pt")
+    for pretrained, roi, message in ((tmp_path / "encoderr.pt", "24", "encoderr.pt"),
+                                     (encoder, "48", "--roi_size (48, 48, 48) differs from the img_size (24, 24, 24)")):  # fmt: skip
+        out = tmp_path / f"out_{roi}"
+        proc = bundle_process("training", "train.json", "--datalist", str(dl), "--pretrained", str(pretrained),
+                              "--roi_size", roi, "--output_dir", str(out), "--device", "cpu", "--num_workers", "0")  # fmt: skip
+        log = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "bad setting(s), nothing was written" in log and message in log, log[-3000:]
+        assert "--pretrained" in log.split("\nerror: ")[-1] and "pre-check" not in log
+        assert not out.exists()
+
+
+def test_the_spacing_and_window_used_are_logged(tmp_path, caplog):
+    """One log line names the spacing and HU window a run uses and where they come from: with an encoder (and
+    ``pixdim`` null) its recorded spacing, not the BTCV default the docs used to give."""
+    from medgmae.finetune import finetune_spec
+
+    encoder = encoder_file(tmp_path / "encoder.pt")
+    with caplog.at_level("INFO", logger="medgmae.finetune.data"):
+        finetune_spec(encoder, roi_size=24)
+        finetune_spec("", pixdim=[1.0, 1.0, 1.0], roi_size=24, patch_size=12)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing:")]
+    assert lines == [f"pre-processing: orientation RAS (recorded in {encoder}), spacing [2.0, 2.0, 2.0] mm (recorded in "
+                     f"{encoder}), HU window [-175.0, 250.0] (recorded in {encoder}), crop 24x24x24",
+                     "pre-processing: orientation RAS (default), spacing [1.0, 1.0, 1.0] mm (given), HU window "
+                     "[-175.0, 250.0] (default), crop 24x24x24"]  # fmt: skip
+
+
+def test_an_override_is_warned_about_naming_the_training_that_recorded_the_spec(caplog):
+    """A spacing other than the recorded one: the warning names the pre-training (an encoder) or the fine-tuning (a
+    fine-tuned model) whose data were prepared otherwise."""
+    from medgmae.preprocessing import DEFAULT_SPEC, spec_with_overrides
+
+    with caplog.at_level("WARNING", logger="medgmae.preprocessing"):
+        spec_with_overrides(DEFAULT_SPEC, [1.0, 1.0, 1.0], source="enc.pt")
+        spec_with_overrides(DEFAULT_SPEC, [1.0, 1.0, 1.0], source="best_model.pt", trained_by="fine-tuning")
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("spacing [1.0, 1.0, 1.0] differs from the spacing") and said[0].endswith("from its pre-training")
+    assert "recorded in best_model.pt" in said[1] and said[1].endswith("from its fine-tuning"), said
+
+
+def test_roi_size_defaults_to_the_pretrained_encoders_img_size(tmp_path):
+    """The crop must be the encoder's img_size, so that is the default; without an encoder, or with a file that is
+    not one (its own check names it), the BTCV recipe's 96^3."""
+    from medgmae.finetune import default_roi_size, pretrained_check
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    spec = PreprocessingSpec(input_size=24, patch_size=12)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), tmp_path / "encoder.pt")
+    assert default_roi_size(tmp_path / "encoder.pt") == [24, 24, 24]
+    pretrained_check(default_roi_size(tmp_path / "encoder.pt"))(str(tmp_path / "encoder.pt"))  # passes
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert default_roi_size("") == default_roi_size(tmp_path / "junk.pt") == default_roi_size(tmp_path / "no.pt") == [96, 96, 96]
+    with pytest.raises(ValueError, match="junk.pt"):
+        pretrained_check(default_roi_size(tmp_path / "junk.pt"))(str(tmp_path / "junk.pt"))
+
+
+def test_a_pretraining_folder_given_as_pretrained_names_its_encoder(tmp_path):
+    """--pretrained runs/medgmae_pretrain (the folder): the hint is its encoder.pt, not the model.pt that
+    fine-tuning would then refuse."""
+    from medgmae.finetune import read_encoder_file
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    run = tmp_path / "pretrain"
+    run.mkdir()
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), PreprocessingSpec()), run / "encoder.pt")
+    (run / "model.pt").write_bytes(b"a model file")
+    with pytest.raises(ValueError, match=f"{run} is a folder; fine-tuning needs the encoder.pt of a pre-training run; "
+                                         f"did you mean {run / 'encoder.pt'}\\?"):  # fmt: skip
+        read_encoder_file(run)
+
