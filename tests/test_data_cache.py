@@ -1,0 +1,127 @@
+"""The disk cache of pre-processed volumes: keyed by the pre-processing, filled by several processes at once,
+cleaned of killed writers' files; the RAM cache as an option."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, RandSpatialCropd
+
+import medgmae.data.reader as reader_mod
+from medgmae.data import LoadVolumed, training_dataset
+from medgmae.data.cache import DiskCacheDataset, item_hash
+from medgmae.preprocessing import PreprocessingSpec
+
+from data_helpers import nifti_file
+
+
+def _chain(spec: PreprocessingSpec) -> Compose:
+    return Compose([LoadVolumed("image")] + spec.transforms(["image"]) + [RandSpatialCropd("image", roi_size=4)])
+
+
+def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch, caplog):
+    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.random.default_rng(i).normal(0, 200, (12, 10, 8)).astype(np.float32))}
+             for i in range(3)]  # fmt: skip
+    reads = []
+    real = reader_mod.read_volume
+    monkeypatch.setattr(reader_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+
+    def epoch(spec: PreprocessingSpec) -> tuple[DiskCacheDataset, list]:
+        ds = training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict())
+        return ds, [ds[i]["image"] for i in range(len(ds))]
+
+    ds, first = epoch(spec)
+    assert isinstance(ds, DiskCacheDataset) and len(reads) == 3
+    files = sorted(Path(ds.cache_dir).glob("*.pt"))
+    assert len(files) == 3 and not list(Path(ds.cache_dir).glob(".tmp-*"))
+    # the cached arrays are the deterministic transforms' output, computed independently here
+    direct = Compose([LoadVolumed("image")] + spec.transforms(["image"]))(items[0])["image"]
+    cached = torch.load(Path(ds.cache_dir) / f"{item_hash(items[0]).decode()}.pt", weights_only=True)
+    assert torch.equal(cached["image"], direct.as_tensor())
+    reads.clear()
+    ds2, _ = epoch(spec)
+    assert reads == [] and ds2.cache_dir == ds.cache_dir  # same spec: the cache is reused, nothing decoded
+    for changed in (PreprocessingSpec(spacing=3.0, input_size=4, patch_size=2),
+                    PreprocessingSpec(spacing=2.0, hu_window=(-100, 300), input_size=4, patch_size=2)):  # fmt: skip
+        reads.clear()
+        ds3, _ = epoch(changed)
+        assert ds3.cache_dir != ds.cache_dir and len(reads) == 3  # spacing / window changed: pre-processed again
+    # a damaged cache file is pre-processed again, not a crash
+    files[0].write_bytes(os.urandom(1000))  # random bytes: torch's refusal runs on for lines of advice
+    reads.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        ds4, again = epoch(spec)
+    assert len(reads) == 1 and all(a.shape == (1, 4, 4, 4) for a in again)
+    said = [r.getMessage() for r in caplog.records if "unreadable cache file" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0] and said[0].endswith("pre-processing the item again"), said
+    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text())
+    assert record["spec"] == spec.to_dict()
+
+
+def test_the_disk_cache_removes_what_killed_writers_left(tmp_path, dead_pid, caplog):
+    """A process killed while writing a cache file leaves its temporary file in a folder other runs share: a run
+    removes those of writers no longer running on its host and a minute old, and no other file."""
+    import time
+
+    from medgmae.temp_names import host_tag
+
+    items = [{"image": nifti_file(tmp_path / "v.nii.gz", np.random.default_rng(0).normal(0, 200, (12, 10, 8)).astype(np.float32))}]
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+    folder = Path(training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict()).cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    host, old = host_tag(), time.time() - 3600
+    killed = folder / f".tmp-{host}.{dead_pid}-0123456789ab-{'a' * 32}.pt"
+    kept = [folder / f".tmp-{host}.{os.getpid()}-0123456789ab-{'b' * 32}.pt", folder / f".tmp-{host}x.{dead_pid}-0123456789ab-{'c' * 32}.pt"]
+    for path in [killed, *kept]:
+        path.write_bytes(b"partial")
+        os.utime(path, (old, old))
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        ds = training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict())
+    assert not killed.exists() and all(p.exists() for p in kept)
+    assert any("removed 1 cache file(s) that killed runs left" in r.getMessage() for r in caplog.records)
+    assert ds[0]["image"].shape == (1, 4, 4, 4)
+
+
+def test_ram_cache_is_an_option(tmp_path):
+    from monai.data import CacheDataset
+
+    items = [{"image": nifti_file(tmp_path / "v.nii.gz", np.zeros((8, 8, 8), np.float32))}]
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+    assert isinstance(training_dataset(items, _chain(spec), tmp_path / "cache", cache_rate=1.0), CacheDataset)
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ValueError, match="cache_rate"):
+        training_dataset(items, _chain(spec), tmp_path / "cache", cache_rate=1.5)
+
+
+def _fill(args: tuple) -> list:
+    items, cache_root, spec_dict = args
+    spec = PreprocessingSpec(**spec_dict)
+    ds = training_dataset(items, _chain(spec), cache_root, spec=spec.to_dict())
+    return [tuple(ds[i]["image"].shape) for i in range(len(ds))] + [str(ds.cache_dir)]
+
+
+def test_several_processes_fill_one_cache_at_once(tmp_path):
+    """Four processes pre-process the same items into one cache at the same time (as DDP ranks or jobs sharing a
+    cache do): every file is whole, no temporary file is left, and a later reader decodes nothing."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.random.default_rng(i).normal(0, 200, (24, 20, 16)).astype(np.float32))}
+             for i in range(6)]  # fmt: skip
+    spec = PreprocessingSpec(spacing=1.5, input_size=4, patch_size=2)
+    # spawned, not forked: a fork after earlier tests started thread pools (ITK's, OpenMP's) can deadlock the child
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_fill, [(items, tmp_path / "cache", spec.to_dict())] * 4))
+    folders = {r[-1] for r in results}
+    assert len(folders) == 1 and all(r[:-1] == [(1, 4, 4, 4)] * 6 for r in results)
+    folder = Path(folders.pop())
+    assert len(list(folder.glob("*.pt"))) == 6 and not list(folder.glob(".tmp-*"))
+    for f in folder.glob("*.pt"):
+        torch.load(f, weights_only=True)  # whole files

@@ -1,0 +1,260 @@
+"""The data pre-check and datalists: every unusable file named in one message, the check ledger, datalists whose
+paths miss, splits, modalities, overlaps between training and validation, label values, nnU-Net folders."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import medgmae.data.precheck as precheck_mod
+from medgmae.data import DatasetError, check_datalist, read_volume
+from medgmae.mae_training import pretrain_split
+
+from data_helpers import nifti_file, truncate_file
+
+
+def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        nifti_file(folder / f"good_{i}.nii.gz", rng.normal(0, 100, (16, 16, 12)).astype(np.float32))
+    truncate_file(Path(nifti_file(folder / "cut.nii.gz", rng.normal(0, 100, (32, 32, 24)).astype(np.float32))))
+    nifti_file(folder / "flat.nii.gz", np.zeros((16, 16), np.float32))
+    nifti_file(folder / "movie.nii.gz", np.zeros((8, 8, 8, 3), np.float32))
+    nifti_file(folder / "slice.nii.gz", rng.normal(0, 100, (16, 16, 1)).astype(np.float32))  # a 2D slice as most tools save it
+    nifti_file(folder / "line.nii.gz", rng.normal(0, 100, (1, 1, 50)).astype(np.float32))
+    nan = np.zeros((8, 8, 8), np.float32)
+    nan[1, 2, 3] = np.nan
+    nifti_file(folder / "nan.nii.gz", nan)
+    (tmp_path / "cache").mkdir()  # a folder there already: the files that passed are remembered
+    for workers in (0, 2):
+        with pytest.raises(DatasetError) as err:
+            pretrain_split(str(folder), tmp_path, precheck_workers=workers, ledger_dir=tmp_path / "cache")
+        msg = str(err.value)
+        assert msg.startswith("6 problem(s)") and "good_" not in msg
+        lines = msg.splitlines()[1:]
+        for name, problem in (("cut.nii.gz", "cannot read the volume"), ("flat.nii.gz", "single 3D volume"),
+                              ("movie.nii.gz", "single 3D volume"), ("nan.nii.gz", "NaN"),
+                              ("slice.nii.gz", "a single slice or line (shape (16, 16, 1)), not a 3D volume"),
+                              ("line.nii.gz", "a single slice or line")):  # fmt: skip
+            assert any(name in line and problem in line for line in lines), (name, msg)
+    ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text())  # only the files that passed
+    assert sorted(Path(fp[0][0]).name for fp in ledger["passed"]) == [f"good_{i}.nii.gz" for i in range(4)]
+    # a case listed twice (in training and validation) is one problem, named once
+    cases = [{"image": str(folder / "nan.nii.gz")}, {"image": str(folder / "good_0.nii.gz")}, {"image": str(folder / "nan.nii.gz")}]
+    with pytest.raises(DatasetError, match=r"^1 problem\(s\)") as err:
+        check_datalist(cases)
+    assert str(err.value).count("nan.nii.gz") == 1
+
+
+def test_precheck_ledger_reads_each_file_once(tmp_path, monkeypatch):
+    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(3)]
+    reads = []
+    real = precheck_mod.read_volume
+    monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert sorted(reads) == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz"]
+    reads.clear()
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert reads == []  # checked before, unchanged
+    nifti_file(tmp_path / "v1.nii.gz", np.full((8, 8, 9), 7, np.float32))  # edited: new size
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert reads == ["v1.nii.gz"]
+    reads.clear()
+    check_datalist(items, label_key="label", num_classes=2, ledger_dir=tmp_path / "cache")  # other settings: all again
+    assert len(reads) == 3
+
+
+def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkeypatch):
+    """One bad file among several: the error names it, the files that passed are remembered all the same (written
+    atomically, no temporary file left), and the run after fixing it reads only that file and any other that
+    changed; a file that fails is never remembered."""
+    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(5)]
+    nan = np.zeros((8, 8, 8), np.float32)
+    nan[1, 2, 3] = np.nan
+    nifti_file(tmp_path / "v3.nii.gz", nan)
+    reads = []
+    real = precheck_mod.read_volume
+    monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    with pytest.raises(DatasetError):  # a first run's folder: not created by a failure (no output folder left)
+        check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    reads.clear()
+    (tmp_path / "cache").mkdir()  # a folder there already (a resumed run's, or the user's --cache_dir)
+    for _ in range(2):  # still bad the second time: only it is read again
+        with pytest.raises(DatasetError, match=r"^1 problem\(s\).*\n.*v3\.nii\.gz.*NaN"):
+            check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert reads == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz", "v3.nii.gz", "v4.nii.gz", "v3.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["precheck.json"]
+    reads.clear()
+    nifti_file(tmp_path / "v3.nii.gz", np.full((8, 8, 8), 3, np.float32))  # fixed
+    nifti_file(tmp_path / "v0.nii.gz", np.full((8, 8, 9), 7, np.float32))  # and another edited: new size
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert sorted(reads) == ["v0.nii.gz", "v3.nii.gz"]
+    reads.clear()
+    check_datalist(items, ledger_dir=tmp_path / "cache")
+    assert reads == []
+
+
+def test_gzip_truncation_is_what_the_check_sees(tmp_path):
+    """The truncated file of the pre-check test fails in gzip itself (the failure users met inside a dataset)."""
+    path = Path(nifti_file(tmp_path / "cut.nii.gz", np.random.default_rng(0).normal(0, 1, (32, 32, 24)).astype(np.float32)))
+    truncate_file(path)
+    with pytest.raises(EOFError):
+        gzip.decompress(path.read_bytes())
+    with pytest.raises(ValueError, match="cut.nii.gz: cannot read the volume"):
+        read_volume(path)
+
+
+def test_a_datalist_whose_images_all_miss_says_where_its_paths_point(tmp_path):
+    """Every listed image missing is the mark of relative paths resolved against the wrong folder: the error then
+    says where they pointed and how they resolve; one missing image among present ones gets no such hint."""
+    from medgmae.data.datalist import read_datalist
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": f"imagesTr/c{i}.nii.gz"} for i in range(3)]}))
+    items = read_datalist(tmp_path / "dataset.json", "training", data_dir=tmp_path / "elsewhere", required=True)
+    with pytest.raises(DatasetError) as error:
+        check_datalist(items)
+    assert f"None of the 3 images exist: their paths resolve under {tmp_path / 'elsewhere' / 'imagesTr'}" in str(error.value)
+    assert "A datalist's relative paths resolve against --dataset_dir" in str(error.value)
+    with pytest.raises(DatasetError) as error:  # files given as such (segmentation's input_files): no datalist advice
+        check_datalist(items, source="input_files")
+    assert "None of the 3 images exist" in str(error.value) and "datalist's relative paths" not in str(error.value)
+    present = tmp_path / "present.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(present))
+    with pytest.raises(DatasetError) as error:
+        check_datalist([{"image": str(present)}, items[0]])
+    assert "None of the" not in str(error.value) and "c0.nii.gz" in str(error.value)
+
+
+def test_volume_stem_cuts_only_the_ending():
+    """Output names keep every dot of a file's name but its ending: DICOM files named by UID stay apart."""
+    from medgmae.data.reader import volume_stem
+    from medgmae.twod.images import IMAGE_SUFFIXES
+
+    assert volume_stem("/d/ct.nii.gz") == "ct" and volume_stem("/d/CT.NII.GZ") == "CT" and volume_stem("/d/dicom") == "dicom"
+    assert volume_stem("/d/1.2.840.113619.5.dcm", IMAGE_SUFFIXES) == "1.2.840.113619.5"
+    assert volume_stem("/d/a.b.png", IMAGE_SUFFIXES) == "a.b" and volume_stem("/d/slice.nii", IMAGE_SUFFIXES) == "slice"
+
+
+@pytest.mark.parametrize(
+    "val_fraction, expected",
+    [(0.0, "4 training and 4 validation volumes from {src} (validation: the training volumes)"),
+     (0.5, "2 training and 2 validation volumes from {src} (validation: 2 held out at random (val_fraction 0.5): {held})")],
+)  # fmt: skip
+def test_pretrain_split_logs_the_split_it_made(tmp_path, caplog, val_fraction, expected):
+    import logging
+
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    for k in range(4):
+        (folder / f"ct{k}.nii.gz").write_bytes(b"")  # named only: the split is made before the files are read
+    with caplog.at_level(logging.INFO, logger="medgmae.mae_training"):
+        split = pretrain_split(str(folder), tmp_path, val_fraction=val_fraction, validate=False)
+    assert len(split["training"]) == int(expected[0])
+    held = ", ".join(str(it["image"]) for it in split["validation"])  # the held-out volumes, named
+    assert expected.format(src=folder, held=held) in caplog.text
+
+
+def test_a_datalist_declaring_another_modality_than_ct_is_warned_about_once(tmp_path, caplog):
+    """Decathlon datalists state their modality; every image goes through the HU window, so one of MRI (or a
+    multi-channel CT + MRI list) is named in one warning per file, while CT in any of its usual spellings passes."""
+    from medgmae.data import read_datalist
+
+    def datalist(name, modality):
+        path = tmp_path / name
+        path.write_text(json.dumps({"modality": modality, "training": [{"image": "a.nii.gz"}],
+                                    "validation": [{"image": "b.nii.gz"}]}))  # fmt: skip
+        return path
+
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        for name, modality in [("ct.json", {"0": "CT"}), ("ct2.json", "computed tomography"), ("none.json", None),
+                               ("cta.json", {"0": "CTA"}), ("nc.json", {"0": "Non-contrast CT"})]:
+            read_datalist(datalist(name, modality))
+        assert "declares the modality" not in caplog.text
+        mri = datalist("mri.json", {"0": "MRI", "1": "CT"})
+        read_datalist(mri, "training")
+        read_datalist(mri, "validation")
+    assert caplog.text.count(f"datalist {mri} declares the modality 'MRI': ") == 1
+    v2 = tmp_path / "nnunet.json"  # nnU-Net v2 names the channels, not the modality
+    v2.write_text(json.dumps({"channel_names": {"0": "T2"}, "training": [{"image": "a.nii.gz"}]}))
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        read_datalist(v2)
+    assert f"datalist {v2} declares the modality 'T2'" in caplog.text
+
+
+def test_a_volume_given_where_a_datalist_is_read_is_named_as_a_volume(tmp_path):
+    """``--dataset_dir /data/case.nii.gz``: not "is not valid JSON: 'utf-8' codec can't decode byte 0x8b"."""
+    from medgmae.data import read_datalist, resolve_datalist
+
+    path = nifti_file(tmp_path / "case.nii.gz", np.zeros((8, 8, 8), np.float32))
+    with pytest.raises(DatasetError, match=f"{path} is a volume, not a datalist: give the folder"):
+        read_datalist(path)
+    with pytest.raises(DatasetError, match="is a volume, not a datalist"):
+        resolve_datalist(str(path), tmp_path)
+
+
+def test_validation_images_that_are_also_training_images_are_warned_about(tmp_path, caplog):
+    """A case listed in both lists (also through another spelling of its path) makes validation score what the model
+    trains on: pre-training names it; val_fraction 0, which validates on the training volumes on purpose, does not."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        nifti_file(tmp_path / f"c{i}.nii.gz", rng.normal(0, 100, (8, 8, 8)).astype(np.float32))
+    (tmp_path / "sub").mkdir()
+    nifti_file(tmp_path / "sub" / "s0.nii.gz", rng.normal(0, 100, (8, 8, 8)).astype(np.float32))
+    dl = tmp_path / "dataset.json"
+    dl.write_text(json.dumps({"training": [{"image": "c0.nii.gz"}, {"image": "c1.nii.gz"}],
+                              "validation": [{"image": "sub/../c1.nii.gz"}, {"image": "c2.nii.gz"}]}))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        pretrain_split(str(dl), tmp_path, validate=False)
+    assert f"{dl}: 1 of the 2 validation images is also a training image ({tmp_path / 'sub/../c1.nii.gz'})" in caplog.text
+    assert "listed more than once" not in caplog.text
+    # one training image listed twice, with two labels: it weighs double, and its labels contradict each other
+    from medgmae.data.datalist import warn_if_lists_overlap
+
+    caplog.clear()
+    twice = [{"image": str(tmp_path / "c0.nii.gz"), "label": "a.nii.gz"}, {"image": str(tmp_path / "sub/../c0.nii.gz"), "label": "b.nii.gz"}]
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_lists_overlap(twice, [], "dl.json") == 0
+    assert f"dl.json: 1 training image is listed more than once ({tmp_path / 'c0.nii.gz'})" in caplog.text
+    assert "the labels contradict each other" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        pretrain_split(str(tmp_path / "sub"), tmp_path, val_fraction=0.0, validate=False)
+    assert "also training images" not in caplog.text
+
+
+def test_a_label_with_negative_values_is_named_without_a_class_count():
+    """Without num_classes (pre-training's labels) a label holding negative values (an HU image listed as the label)
+    is named as such, not with an empty class range."""
+    from medgmae.data.precheck import _label_problems
+
+    hu = np.array([-1000.0, 0.0, 700.0])
+    assert _label_problems(hu, "lab.nii.gz", None) == [
+        "lab.nii.gz: label values in [-1000, 700] include negative ones: a label map holds class indices from 0 (is "
+        "this an image listed as the label?)"]
+    assert _label_problems(hu, "lab.nii.gz", 3) == ["lab.nii.gz: label values in [-1000, 700] are outside the class range [0, 2]"]
+    assert _label_problems(np.array([0.0, 5.0]), "lab.nii.gz", None) == []
+
+
+def test_an_nnunet_raw_folder_is_named_with_the_command_writing_its_datalist(tmp_path):
+    """nnU-Net v2's dataset.json lists no cases: pre-training on its folder says what the file is and gives the
+    medgmae-datalist command that writes a Decathlon datalist of it, and the --datalist to give then."""
+    folder = tmp_path / "Dataset003_Liver"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
+                                                     "labels": {"background": 0, "liver": 1}, "numTraining": 2}))
+    for given in ({"dataset_dir": str(folder)}, {"dataset_dir": "", "datalist": str(folder / "dataset.json")}):
+        with pytest.raises(DatasetError) as e:
+            pretrain_split(work_dir=tmp_path / "run", validate=False, **given)
+        message = str(e.value)
+        assert f"{folder / 'dataset.json'} is nnU-Net's dataset.json" in message
+        assert f"medgmae-datalist {folder} --out {folder / 'dataset_decathlon.json'}" in message
+        assert "--datalist" in message and "is missing" not in message
