@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from monai.bundle import ConfigParser
-from test_bundle_checks import BUNDLES, run_bundle
+from bundle_helpers import BUNDLES, run_bundle
 from test_twod_bundle_settings import _gmae_parser
 
 from medgmae.bundle_checks import BundleSettingError, check_settings

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from monai.bundle import ConfigParser
-from test_bundle_checks import BUNDLES
+from bundle_helpers import BUNDLES
 
 import medgmae.data.phantom.generator as generator_mod
 import medgmae.data.phantom.writer as writer_mod

@@ -3,7 +3,7 @@ MONAI's runner took the last value without a word."""
 
 from __future__ import annotations
 
-from test_bundle_checks import run_bundle
+from bundle_helpers import run_bundle
 
 from medgmae.bundle_command_line import bundle_command, repeated_flag_lines
 

@@ -1,0 +1,28 @@
+"""Running a bundle of this checkout in tests, and the error line it ends with."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+
+
+def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(BUNDLES / config), *overrides]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
+
+
+def setting_error_text(log: str) -> str:
+    """The one BundleSettingError's lines in a bundle's log: raised once, in the traceback, and repeated at the
+    very end of the log by the error summary, which must be the same text."""
+    assert log.count("\nerror: BundleSettingError: ") == 1, log[-3000:]
+    traceback, summary = log.split("\nerror: BundleSettingError: ")
+    assert traceback.count("BundleSettingError: ") == 1, log[-3000:]
+    raised = traceback[traceback.index("BundleSettingError: ") :].split("\n\n")[0]
+    assert raised == "BundleSettingError: " + summary.strip(), (raised, summary)
+    return raised
