@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import DataLoader
-from test_gvit_bundle import _bundle, _bundle_cli, _shapes_dataset, _workflow
+from gvit_helpers import run_gvit_bundle, gvit_bundle_command, shapes_dataset, gvit_workflow
 
 from medgmae.twod.classification_data import load_classification_data, make_dataset
 from medgmae.twod.gvit import GViT
@@ -19,8 +19,8 @@ from medgmae.twod.gvit import GViT
 def trained(tmp_path_factory):
     """A small GViT trained on discs and bars (warm-up and classifier phases), and its data."""
     root = tmp_path_factory.mktemp("gvit_infer")
-    data = load_classification_data(_shapes_dataset(root / "shapes"), val_fraction=0.25)
-    flow = _workflow(data, root / "run", resume=False)
+    data = load_classification_data(shapes_dataset(root / "shapes"), val_fraction=0.25)
+    flow = gvit_workflow(data, root / "run", resume=False)
     flow.epochs = {"warmup": 1, "classifier": 1, "joint": 0}
     flow.run()
     return root / "run", data
@@ -36,8 +36,8 @@ def test_inference_matches_the_models_own_probabilities(trained, tmp_path, capfd
     images read by the evaluation's data pipeline (softmax of its logits)."""
     run, data = trained
     listed = [data.val[0]["image"], data.val[1]["image"]]
-    folder = _shapes_dataset(tmp_path / "new") / "bar"
-    _bundle("inference.json", run_id="inferring", output_dir=str(run), images=listed, image_dir=str(folder),
+    folder = shapes_dataset(tmp_path / "new") / "bar"
+    run_gvit_bundle("inference.json", run_id="inferring", output_dir=str(run), images=listed, image_dir=str(folder),
             inference_dir=str(tmp_path / "out"), device="cpu")  # fmt: skip
     log = "".join(capfd.readouterr())
     rows = _rows(tmp_path / "out" / "predictions.csv")
@@ -84,7 +84,7 @@ def test_inference_names_the_slice_of_a_volume_and_the_frame_of_a_cine(trained, 
     nib.save(nib.Nifti1Image(volume[:, :, 2:3], np.eye(4)), str(tmp_path / "slice2.nii.gz"))  # the same slice alone
     _multi_frame_dicom(tmp_path / "cine.dcm", rng.integers(0, 4000, (3, 16, 16)))
     images = [str(tmp_path / n) for n in ("vol.nii.gz", "cine.dcm", "slice2.nii.gz")] + [data.val[0]["image"]]
-    _bundle("inference.json", run_id="inferring", output_dir=str(run), images=images,
+    run_gvit_bundle("inference.json", run_id="inferring", output_dir=str(run), images=images,
             inference_dir=str(tmp_path / "out"), device="cpu")  # fmt: skip
     log = "".join(capfd.readouterr())
     rows = _rows(tmp_path / "out" / "predictions.csv")[1:]
@@ -99,7 +99,7 @@ def test_inference_names_the_slice_of_a_volume_and_the_frame_of_a_cine(trained, 
 def _refused(**settings) -> BaseException:
     """The error under MONAI's wrapping of a failed inference run."""
     with pytest.raises(RuntimeError) as e:
-        _bundle("inference.json", run_id="inferring", device="cpu", **settings)
+        run_gvit_bundle("inference.json", run_id="inferring", device="cpu", **settings)
     return e.value.__cause__
 
 
@@ -124,7 +124,7 @@ def test_inference_errors_name_the_problem(trained, tmp_path):
 
 def test_inference_command_line_fails_with_the_reason(trained, tmp_path):
     run, _ = trained
-    proc = _bundle_cli("inference.json", "--output_dir", str(run), "--inference_dir", str(tmp_path / "out"),
+    proc = gvit_bundle_command("inference.json", "--output_dir", str(run), "--inference_dir", str(tmp_path / "out"),
                        "--device", "cpu", "--batch_size", "0", run_id="inferring")  # fmt: skip
     assert proc.returncode != 0 and "--batch_size: expected a positive integer, got" in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists()

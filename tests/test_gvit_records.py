@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from test_gvit_bundle import _shapes_dataset, _workflow
+from gvit_helpers import shapes_dataset, gvit_workflow
 
 from medgmae.twod.classification_data import load_classification_data
 from medgmae.twod.gvit import GViT
@@ -16,13 +16,13 @@ from medgmae.twod.gvit_summary import gvit_summary
 
 @pytest.fixture
 def shapes(tmp_path):
-    return load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    return load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
 
 
 def test_model_metrics_and_summary_record_the_guidance(tmp_path, shapes, caplog):
     """model.pt (still read with weights_only=True), metrics.json and summary.json say how the model was trained:
     the settings given to the workflow, written out here by hand."""
-    flow = _workflow(shapes, tmp_path / "run", resume=False)
+    flow = gvit_workflow(shapes, tmp_path / "run", resume=False)
     flow.epochs = {"warmup": 1, "classifier": 1, "joint": 1}
     flow.kwargs.update(gamma=0.05, guidance_interval=3)
     flow.rec_loss.pixel, flow.rec_loss.perceptual_weight = "mse", 0.25
@@ -41,7 +41,7 @@ def test_model_metrics_and_summary_record_the_guidance(tmp_path, shapes, caplog)
 
 
 def test_no_guidance_is_recorded_as_such(tmp_path, shapes):
-    flow = _workflow(shapes, tmp_path / "run", resume=False)
+    flow = gvit_workflow(shapes, tmp_path / "run", resume=False)
     flow.epochs = {"warmup": 1, "classifier": 1, "joint": 1}
     flow.kwargs["gamma"] = 0.0
     flow.run()
@@ -50,7 +50,7 @@ def test_no_guidance_is_recorded_as_such(tmp_path, shapes):
 
 
 def test_phase_checkpoints_record_the_losses_they_trained_on(tmp_path, shapes):
-    _workflow(shapes, tmp_path / "run", resume=False).run()  # warmup 1, classifier 1, joint 2, gamma 0.1
+    gvit_workflow(shapes, tmp_path / "run", resume=False).run()  # warmup 1, classifier 1, joint 2, gamma 0.1
 
     def settings(phase):
         ckpt = torch.load(tmp_path / "run" / "checkpoints" / phase / "checkpoint_final.pt", weights_only=True)
@@ -70,9 +70,9 @@ def test_phase_checkpoints_record_the_losses_they_trained_on(tmp_path, shapes):
 ])  # fmt: skip
 def test_resume_with_other_guidance_or_loss_is_refused(tmp_path, shapes, folder_state, change, named):
     """As a changed learning rate is: the run stops before any phase trains, naming the setting, nothing written."""
-    _workflow(shapes, tmp_path / "run", resume=False).run()
+    gvit_workflow(shapes, tmp_path / "run", resume=False).run()
     before = folder_state(tmp_path / "run")
-    again = _workflow(shapes, tmp_path / "run", resume=True)
+    again = gvit_workflow(shapes, tmp_path / "run", resume=True)
     if "pixel_loss" in change or "perceptual_weight" in change:
         again.rec_loss.pixel = change.get("pixel_loss", again.rec_loss.pixel)
         again.rec_loss.perceptual_weight = change.get("perceptual_weight", again.rec_loss.perceptual_weight)
@@ -86,9 +86,9 @@ def test_resume_with_other_guidance_or_loss_is_refused(tmp_path, shapes, folder_
 def test_a_refused_resume_names_every_phases_differences_in_one_error(tmp_path, shapes, folder_state):
     """Another learning rate (every phase records it) and another gamma (the joint phase alone records it): the error
     named the warm-up's learning rate alone; it names each phase's checkpoint with its differences, a line each."""
-    _workflow(shapes, tmp_path / "run", resume=False).run()  # warmup 1, classifier 1, joint 2, lr 1e-3, gamma 0.1
+    gvit_workflow(shapes, tmp_path / "run", resume=False).run()  # warmup 1, classifier 1, joint 2, lr 1e-3, gamma 0.1
     before = folder_state(tmp_path / "run")
-    again = _workflow(shapes, tmp_path / "run", resume=True)
+    again = gvit_workflow(shapes, tmp_path / "run", resume=True)
     again.kwargs.update(lr=0.01, gamma=0.05)
     with pytest.raises(ValueError) as refused:
         again.run()
@@ -102,10 +102,10 @@ def test_a_refused_resume_names_every_phases_differences_in_one_error(tmp_path, 
 def test_guidance_may_change_before_the_joint_phase_has_trained(tmp_path, shapes):
     """Only the phases that used a setting hold it: a run stopped after its classifier phase resumes with another
     gamma, which its joint phase then trains with."""
-    first = _workflow(shapes, tmp_path / "run", resume=False)
+    first = gvit_workflow(shapes, tmp_path / "run", resume=False)
     first.epochs = {"warmup": 1, "classifier": 1, "joint": 0}
     first.run()
-    again = _workflow(shapes, tmp_path / "run", resume=True)
+    again = gvit_workflow(shapes, tmp_path / "run", resume=True)
     again.kwargs["gamma"] = 0.02
     again.run()
     saved = torch.load(tmp_path / "run" / "checkpoints" / "joint" / "checkpoint_final.pt", weights_only=True)
@@ -115,8 +115,8 @@ def test_guidance_may_change_before_the_joint_phase_has_trained(tmp_path, shapes
 def test_resuming_the_last_phase_names_no_later_phases(tmp_path, shapes, caplog):
     """A resume that trains the joint phase further says the earlier results no longer hold, and nothing about
     phases after it (there are none)."""
-    _workflow(shapes, tmp_path / "run", resume=False).run()  # joint 2
-    longer = _workflow(shapes, tmp_path / "run", resume=True)
+    gvit_workflow(shapes, tmp_path / "run", resume=False).run()  # joint 2
+    longer = gvit_workflow(shapes, tmp_path / "run", resume=True)
     longer.epochs = {"warmup": 1, "classifier": 1, "joint": 3}
     with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
         longer.run()
@@ -132,7 +132,7 @@ def test_the_joint_phase_logs_both_loss_terms_and_the_guidance(tmp_path, shapes,
 
     from medgmae.twod.gvit_phases import default_phase_handlers
 
-    flow = _workflow(shapes, tmp_path / "run", resume=False)
+    flow = gvit_workflow(shapes, tmp_path / "run", resume=False)
     flow.epochs = {"warmup": 1, "classifier": 0, "joint": 1}
     flow.kwargs.update(gamma=0.05, guidance_interval=2, handlers=default_phase_handlers(log_every=1, progress_bar=False))
     with caplog.at_level(logging.INFO):
@@ -145,7 +145,7 @@ def test_the_joint_phase_logs_both_loss_terms_and_the_guidance(tmp_path, shapes,
     assert rec > 0 and cls > 0 and total == pytest.approx(rec + cls, abs=2e-5)
     assert re.search(r"warmup_loss [\d.]+ \(\d+ iterations", text)  # the other phases' lines as they were
     assert re.search(r"joint_cls: [\d.]+ .*joint_loss: [\d.]+ .*joint_rec: [\d.]+", text), text
-    flow = _workflow(shapes, tmp_path / "plain", resume=False)
+    flow = gvit_workflow(shapes, tmp_path / "plain", resume=False)
     flow.epochs = {"warmup": 0, "classifier": 0, "joint": 1}
     flow.kwargs["gamma"] = 0.0
     caplog.clear()

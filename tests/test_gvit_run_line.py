@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from test_gvit_bundle import _shapes_dataset, _workflow
+from gvit_helpers import shapes_dataset, gvit_workflow
 
 from medgmae.twod.classification_data import load_classification_data
 from medgmae.twod.gvit import GViT
@@ -25,8 +25,8 @@ def test_the_start_line_names_device_amp_renderer_model_gaussians_phases_and_bat
 
 
 def test_the_workflow_logs_the_line_once_before_the_first_phase(tmp_path, caplog):
-    data = load_classification_data(_shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
-    flow = _workflow(data, tmp_path / "run", resume=False)
+    data = load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    flow = gvit_workflow(data, tmp_path / "run", resume=False)
     flow.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
     with caplog.at_level(logging.INFO, logger="medgmae.gvit"):
         flow.run()
