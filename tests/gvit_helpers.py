@@ -1,4 +1,5 @@
-"""Running GViT in tests: the bundle on a tiny setting, a shapes dataset, and the workflow the bundle builds."""
+"""GViT in tests: the image size of the model tests, the bundle on a tiny setting, a shapes dataset, and the
+workflow the bundle builds."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from medgmae.twod.gvit_train import GViTWorkflow
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "gvit_classification"
+SIZE = 16  # image edge of the model tests: the smallest that keeps an 11-pixel SSIM window
 TINY = dict(max_epochs=1, num_phantoms=3, image_size=16, patch_size=4, num_gaussians=12, batch_size=32, device="cpu",
             num_explanations=2)
 
