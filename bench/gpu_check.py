@@ -97,7 +97,7 @@ def run_part(part: str, budget: float, dry: bool, work: Path, **env: str) -> lis
             status = f"process exited with code {res.returncode}: {last}"
     except subprocess.TimeoutExpired:
         status, tail = f"killed at its time budget ({budget:.0f} s + 20 s)", ""
-    rows = json.loads(rows_file.read_text()) if rows_file.exists() else []
+    rows = json.loads(rows_file.read_text(encoding="utf-8")) if rows_file.exists() else []
     if status:
         rows.append({"part": part, "item": "(part)", "status": "failed", "result": status[:300], "log": tail})
     for r in rows:
@@ -125,7 +125,7 @@ def finish_gsplat_build(build, wait_s: float, out: Path) -> dict:
         rc = proc.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
         rc = None
-    log = (out / "gsplat_build.log").read_text()[-2000:]
+    log = (out / "gsplat_build.log").read_text(encoding="utf-8", errors="replace")[-2000:]
     last = log.strip().splitlines()[-1] if log.strip() else ""
     status = "ok" if rc == 0 else "failed"
     result = (f"built or loaded in {time.monotonic() - t0:.0f} s (in the background, 6 jobs)" if rc == 0

@@ -63,7 +63,7 @@ def gpu_test_files(keyword: str | None = None) -> list[str]:
     """Test files with ``@pytest.mark.gpu`` tests (whose text holds ``keyword``, if given)."""
     files = []
     for p in sorted((ROOT / "tests").glob("test_*.py")):
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8", errors="replace")
         if "mark.gpu" in text and (keyword is None or keyword in text):
             files.append(str(p.relative_to(ROOT)))
     return files

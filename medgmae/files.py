@@ -212,7 +212,7 @@ def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
 def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:
     """Write ``obj`` as JSON through :func:`atomic_write`; returns the final path."""
     with atomic_write(path) as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=indent)
             f.write("\n")
     return Path(path)

@@ -368,7 +368,7 @@ class CTGeometry:
         if not path.is_file():
             raise ValueError(f"geometry file {path} does not exist")
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"geometry file {path} is not valid JSON: {e}") from e
         try:

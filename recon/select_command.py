@@ -55,7 +55,7 @@ def load_run(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise CLIError(f"{run_dir}: no metrics.json (not an output folder of medgmae-recon reconstruct)")
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CLIError(f"{path}: not readable as JSON ({e})") from e
     if not isinstance(metrics, dict) or "settings" not in metrics or "arguments" not in metrics:

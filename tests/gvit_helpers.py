@@ -13,6 +13,7 @@ from monai.bundle import run
 from monai.data import DataLoader
 from monai.utils import set_determinism
 from PIL import Image
+import torch
 
 from medgmae.twod.classification_data import make_dataset
 from medgmae.twod.gvit import GViT
@@ -24,6 +25,14 @@ BUNDLE = REPO / "bundles" / "gvit_classification"
 SIZE = 16  # image edge of the model tests: the smallest that keeps an 11-pixel SSIM window
 TINY = dict(max_epochs=1, num_phantoms=3, image_size=16, patch_size=4, num_gaussians=12, batch_size=32, device="cpu",
             num_explanations=2)
+
+
+def perturb_head(enc: torch.nn.Module, seed: int = 0) -> None:
+    """The residual head starts at zero; give it weights so that gradients reach the whole encoder."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in enc.head[-1].parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
 def gvit_bundle_command(config: str, *args: str, run_id: str = "training") -> subprocess.CompletedProcess:

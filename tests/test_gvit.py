@@ -22,7 +22,7 @@ from medgmae.twod.gvit import (
 from medgmae.twod.gvit_train import build_phase_trainer
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma, guidance_gradient, guided_backward
 
-from gvit_helpers import SIZE
+from gvit_helpers import SIZE, perturb_head
 
 
 def tiny_encoder(channels=1, k=6, mode="denoising", **kw):
@@ -31,14 +31,6 @@ def tiny_encoder(channels=1, k=6, mode="denoising", **kw):
 
 def tiny_classifier(channels=1, num_classes=3):
     return GaussianViTClassifier(channels, num_classes, hidden_size=24, num_layers=2, num_heads=2, mlp_ratio=2.0)
-
-
-def _perturb_head(enc: DenoisingGaussianEncoder, seed=0):
-    """The residual head starts at zero; give it weights so that gradients reach the whole encoder."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in enc.head[-1].parameters():
-            p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
 def _joint_losses(enc, clf, x, y, g0, rec):
@@ -51,7 +43,7 @@ def _joint_losses(enc, clf, x, y, g0, rec):
 def test_guided_backward_equals_separate_gradients(gamma):
     torch.manual_seed(0)
     enc, clf = tiny_encoder().double(), tiny_classifier().double()
-    _perturb_head(enc)
+    perturb_head(enc)
     x = torch.rand(2, 1, SIZE, SIZE, dtype=torch.float64)
     y = torch.tensor([0, 2])
     g0 = sample_gaussian_tokens(2, 6, 1, generator=torch.Generator().manual_seed(1)).double()
@@ -158,7 +150,7 @@ def test_encoder_residual_and_scale_bound():
     x = torch.rand(2, 3, SIZE, SIZE)
     g0 = sample_gaussian_tokens(2, 5, 3, scale_factor=0.5, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(enc(x, g0=g0), g0)  # zero-initialised residual head: g = g0 + 0
-    _perturb_head(enc)
+    perturb_head(enc)
     g = enc(x, g0=g0)
     assert g.shape == (2, 5, gaussian_dim(3)) == (2, 5, 9)
     # the Gaussian tokens carry no index embedding: permuting g0 permutes the prediction
@@ -179,7 +171,7 @@ def test_an_eval_prediction_does_not_depend_on_the_batch(seed):
     those it gets at any place in a batch of any size (a ``g0`` drawn per row gave each place other ones)."""
     torch.manual_seed(seed)
     model = GViT(1, SIZE, 3, num_gaussians=6, patch_size=4).eval()
-    _perturb_head(model.encoder, seed)
+    perturb_head(model.encoder, seed)
     x = torch.rand(5, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         alone = torch.cat([model(x[i : i + 1]) for i in range(5)])

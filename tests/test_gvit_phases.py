@@ -22,7 +22,7 @@ from medgmae.twod.gvit_step import PHASES
 from medgmae.twod.gvit_train import build_phase_trainer
 from medgmae.twod.guidance import ReconstructionLoss, guided_backward
 
-from gvit_helpers import SIZE
+from gvit_helpers import SIZE, perturb_head
 
 
 def _loader(n=4, channels=1, num_classes=3):
@@ -35,7 +35,7 @@ def _loader(n=4, channels=1, num_classes=3):
 def test_phase_freezes_what_it_should(phase):
     torch.manual_seed(0)
     model = GViT(1, SIZE, 3, num_gaussians=6, patch_size=4)
-    _perturb_head(model.encoder)
+    perturb_head(model.encoder)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = build_phase_trainer(phase, model, _loader(), max_epochs=1, device="cpu", lr=1e-2, render_backend="torch")
     trainer.run()
@@ -201,7 +201,7 @@ def test_ellipse_points_are_two_sigma():
 def test_joint_phase_on_cuda_with_gsplat_and_amp():
     torch.manual_seed(0)
     model = GViT(3, 32, 3, num_gaussians=16, patch_size=4).cuda()
-    _perturb_head(model.encoder)
+    perturb_head(model.encoder)
     x = torch.rand(4, 3, 32, 32, device="cuda")
     y = torch.tensor([0, 1, 2, 0], device="cuda")
     # eq. (1) through the gsplat renderer: the one-pass guided gradient equals the separate gradients

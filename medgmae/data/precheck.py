@@ -188,7 +188,7 @@ def _load_ledger(path: Path | None, settings: dict) -> set:
     if path is None or not path.is_file():
         return set()
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return set()
     if record.get("settings") != settings:

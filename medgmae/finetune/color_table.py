@@ -89,5 +89,5 @@ def write_color_table(path: str | Path, names: Sequence[str]) -> Path:
         (r, g, b), label = class_colour(index), re.sub(r"\s+", "_", name.strip())
         lines.append(f"{index} {label} {r} {g} {b} {alpha}")
     with atomic_write(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return Path(path)

@@ -167,7 +167,7 @@ class SegmentationReport:
         self.metrics = self.summary()
         with staged_outputs(self.output_dir) as stage:  # both files move in only when both were written
             save_json_atomic(self.metrics, stage / "metrics.json")
-            with open(stage / self.csv_name, "w", newline="") as f:
+            with open(stage / self.csv_name, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(["case", "image", "mean_dice"] + self.names[1:] + ["predicted_but_absent"])
                 for name, (_, image, dice, fp) in zip(_unique_names(self.rows), self.rows):

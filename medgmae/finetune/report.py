@@ -281,7 +281,7 @@ class FinetuneSummary:
             return
         text, table = self.text(engine.state.epoch)
         with atomic_write(self.table_path) as tmp:
-            tmp.write_text(table + "\n")
+            tmp.write_text(table + "\n", encoding="utf-8")
         if self.writer is not None:
             self.writer.flush()
         logger.info("\n%s", text)

@@ -41,7 +41,7 @@ def read_run_record(output_dir: str | Path) -> dict | None:
     """The run's record, ``None`` when there is none (or it does not parse)."""
     path = Path(output_dir) / RECORD_FILE
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     return record if isinstance(record, dict) else None

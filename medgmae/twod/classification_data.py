@@ -135,7 +135,7 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
     if not csv_path.is_file():
         raise ValueError(f"CSV file not found: {csv_path}")
     try:
-        with open(csv_path, newline="") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if r and any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"CSV file {csv_path} cannot be parsed: {e}") from e

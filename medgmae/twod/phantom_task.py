@@ -117,7 +117,7 @@ def _task_params(num_cases: int = 10, num_val_cases: int = 2, seed: int = 0, ima
 def phantom_task_params(out_dir: str | Path) -> dict | None:
     """The parameters of the finished phantom task in ``out_dir`` (its ``task.json``), or None when there is none."""
     try:
-        return json.loads((Path(out_dir) / "task.json").read_text()).get("params")
+        return json.loads((Path(out_dir) / "task.json").read_text(encoding="utf-8")).get("params")
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
 
@@ -135,7 +135,7 @@ def _reuse_or_clear(out_dir: Path, params: dict) -> bool:
     marker = out_dir / "task.json"
     if marker.is_file():
         try:
-            if json.loads(marker.read_text()).get("params") == params:
+            if json.loads(marker.read_text(encoding="utf-8")).get("params") == params:
                 return True
         except (json.JSONDecodeError, OSError):
             pass

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # as above: what this run created is removed
         print(f"\n{parser.prog}: interrupted: what this run had written to {out} was removed", file=sys.stderr)
         return 130
-    doc = json.loads(json_path.read_text())
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
     # an existing dataset of these settings is kept as it is (write_phantom_dataset): its dataset.json is the same file
     kept = before is not None and _identity(json_path) == before
     done = f"kept {json_path} (already generated with these settings: " if kept else f"wrote {json_path} ("

@@ -72,7 +72,7 @@ def _is_complete(json_path: Path, params: dict) -> bool:
     if not json_path.is_file():
         return False
     try:
-        old = json.loads(json_path.read_text())
+        old = json.loads(json_path.read_text(encoding="utf-8"))
         files = _listed_files(old)
         return (old.get("phantom") == params and len(files) == 2 * params["num_cases"]
                 and all((json_path.parent / f).is_file() for f in files))  # fmt: skip
@@ -102,7 +102,7 @@ def recorded_differences(
     params = _dataset_params(num_cases, seed, DEFAULT_SHAPE if shape is None else shape,
                              DEFAULT_SPACING if spacing is None else spacing, num_validation)  # fmt: skip
     try:
-        saved = json.loads((Path(out_dir) / "dataset.json").read_text()).get("phantom")
+        saved = json.loads((Path(out_dir) / "dataset.json").read_text(encoding="utf-8")).get("phantom")
     except (ValueError, OSError, AttributeError):
         return []
     return settings_differences(saved, params, labels) if isinstance(saved, dict) else []
@@ -119,7 +119,7 @@ def _earlier_phantoms(out: Path) -> list[Path] | None:
     json_path = out / "dataset.json"
     if json_path.is_file():
         try:
-            doc = json.loads(json_path.read_text())
+            doc = json.loads(json_path.read_text(encoding="utf-8"))
         except (ValueError, OSError):
             doc = None
         if isinstance(doc, dict) and isinstance(doc.get("phantom"), dict):
