@@ -20,7 +20,7 @@ The check reads a band of central rows only (summed into one profile per view), 
 (the view at ``t + pi``, interpolated linearly in angle between the two views either side when none is there; for
 parallel beam, extrapolated by one step at the ends of a half turn), sums the pairs' cross-correlations and takes
 the peak to a sixteenth of a column (the correlation upsampled by zero-padding its spectrum, then a parabola). It
-reads a few rows per view: about 0.03 s for a 360 x 256 x 256 stack on one CPU core.
+reads a few rows per view: about 0.02 s for a 360 x 256 x 256 stack on one CPU core (``bench/axis_check.py``).
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from recon.geometry import CTGeometry
 __all__ = ["AXIS_TOLERANCE_COLUMNS", "axis_offset_note", "estimate_offset_u"]
 
 #: Columns by which the estimated axis may differ from the geometry's before :func:`axis_offset_note` warns. The
-#: estimate's error on the noisy simulated scans of ``tests/test_axis_check.py`` is within 0.02 column (asserted
-#: within 0.25; parallel and cone, offsets 0 to 3 columns), while an axis half a column off already costs a 64 x 64
-#: x 32 phantom's noiseless 120-view FBP 7.5 dB of PSNR (33.9 to 26.3) and its FDK 1.2 dB (27.9 to 26.8), one
-#: column 12.6 and 3.8 dB.
+#: estimate's error on noisy simulated 360 x 256 x 256 scans (``bench/axis_check.py``: parallel full and half turn,
+#: cone full turn, offsets -2.6 to 1.37 columns) is within 0.03 column (``tests/test_axis_check.py`` asserts within
+#: 0.25), while an axis half a column off already costs a 64 x 64 x 32 phantom's noiseless 120-view FBP 10.1 dB of
+#: PSNR (35.5 to 25.4) and its FDK 1.5 dB (28.5 to 27.0), one column 15.1 and 5.2 dB (simulated on a 2x finer grid;
+#: ``bench/RESULTS.md``).
 AXIS_TOLERANCE_COLUMNS = 0.5
 #: Rows either side of the mid-plane summed into each view's profile: every row mirrors exactly in a parallel beam,
 #: only those near the mid-plane do (nearly) in a cone beam.
