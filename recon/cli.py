@@ -8,8 +8,8 @@ Subcommands::
                   --out runs/fbp.nii.gz
     medgmae-recon reconstruct --projections P.npy --geometry G.json [--flat F.tif [--dark D.tif] | --i0 I0]
                   [--fbp F.nii.gz] [--preset toolkit|3dgr-ct]
-                  [--init random|fbp|medgmae|3dgr-ct] [--checkpoint model.pt] [--iterations N] [--reference R.nii.gz]
-                  [--matrix-dir DIR] --out DIR
+                  [--init random|fbp|medgmae|3dgr-ct] [--checkpoint model.pt] [--init-fit-iterations N]
+                  [--iterations N] [--reference R.nii.gz] [--matrix-dir DIR] --out DIR
     medgmae-recon evaluate --recon R.nii.gz --reference R2.nii.gz
     medgmae-recon select --runs DIR DIR [DIR ...] [--json choice.json]
 
@@ -197,9 +197,29 @@ def _add_fbp(sub) -> None:
     f.add_argument("--out", required=True, help="output NIfTI")
 
 
+def _add_init_options(r: argparse.ArgumentParser) -> None:
+    """``reconstruct``'s options of the initial Gaussians: the start, the zero-shot model's and the budget."""
+    from recon.initialisation import INIT_METHODS
+
+    r.add_argument("--init", default=None, choices=(*INIT_METHODS, "3dgr-ct"), help="initialisation (default: the preset's)")
+    r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
+    r.add_argument("--model-spacing", type=positive_float, default=None,
+                   help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
+    r.add_argument("--init-fit-iterations", type=nonneg_int, default=0, metavar="N",
+                   help="--init medgmae: after the common gain, fit each zero-shot Gaussian's intensity to the FBP "
+                        "volume in N steps of non-negative least squares (default 0: the decoder's intensities; 20 "
+                        "raised the start from 14.25 to 20.92 dB against the FDK on a 20-view cone scan, "
+                        "bench/RESULTS.md)")
+    r.add_argument("--num-gaussians", type=positive_int, default=None,
+                   help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
+                        "least 20000, fbp at most one per voxel above 5 %% of the FBP's maximum; 3dgr-ct 50000, at most one per voxel of "
+                        "its half-resolution grid); for medgmae with the toolkit preset the budget its sparse start "
+                        "grows to (the same default), with the 3dgr-ct preset (whose density control does not grow to "
+                        "a budget) the number the decoder's Gaussians are subdivided to (default: as decoded)")
+
+
 def _add_reconstruct(sub) -> None:
     from recon.fbp import FILTERS
-    from recon.initialisation import INIT_METHODS
     from recon.presets import PRESETS, SPLIT_RULES
     from recon.projectors import PROJECTOR_BACKENDS
 
@@ -209,17 +229,8 @@ def _add_reconstruct(sub) -> None:
     _add_raw_fields(r)
     r.add_argument("--fbp", default=None, help="FBP volume (attenuation, 1/mm) for the initialisation (computed when absent)")
     r.add_argument("--preset", default="toolkit", choices=PRESETS, help="optimisation settings")
-    r.add_argument("--init", default=None, choices=(*INIT_METHODS, "3dgr-ct"), help="initialisation (default: the preset's)")
-    r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
-    r.add_argument("--model-spacing", type=positive_float, default=None,
-                   help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
+    _add_init_options(r)
     r.add_argument("--iterations", type=positive_int, default=1000, help="optimisation iterations (at least 1)")
-    r.add_argument("--num-gaussians", type=positive_int, default=None,
-                   help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
-                        "least 20000, fbp at most one per voxel above 5 %% of the FBP's maximum; 3dgr-ct 50000, at most one per voxel of "
-                        "its half-resolution grid); for medgmae with the toolkit preset the budget its sparse start "
-                        "grows to (the same default), with the 3dgr-ct preset (whose density control does not grow to "
-                        "a budget) the number the decoder's Gaussians are subdivided to (default: as decoded)")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. runs/scan/reference.nii.gz) for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None,
                    help="project a random subset of this many views per iteration (default: all views)")

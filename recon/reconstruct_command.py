@@ -297,6 +297,9 @@ def _check_flags(args) -> None:
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
     if args.model_spacing is not None and init_settings["init"] != "medgmae":
         raise CLIError(f"--model-spacing is only used by --init medgmae (got --init {init_settings['init']})")
+    if args.init_fit_iterations and init_settings["init"] != "medgmae":
+        raise CLIError(f"--init-fit-iterations fits the zero-shot Gaussians' intensities: it is only used by --init "
+                       f"medgmae (got --init {init_settings['init']}; the toolkit's other starts end with one gain)")
     if args.coarse_iterations is not None and args.coarse_iterations > args.iterations:
         raise CLIError(f"--coarse-iterations {args.coarse_iterations} is more than --iterations {args.iterations}: "
                        "the coarse phase is the start of the run")

@@ -65,7 +65,8 @@ def initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarra
     else:
         budget = init_settings.get("num_gaussians")  # 3DGR-CT's preset: the decoder's Gaussians subdivided to it
         spec = spec or _model_spec(model, args.model_spacing, args.checkpoint)
-        init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=budget, seed=args.seed)
+        fit = init_settings.get("fit_iterations") or 0  # --init-fit-iterations: intensities fitted to the FBP
+        init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=budget, seed=args.seed, fit_iterations=fit)
         _warn_if_few(init.num_gaussians, budget or init_settings.get("grow_to"), spec, getattr(model, "total_gaussians", None))
         if budget is not None:
             print(f"zero-shot start: {init.num_gaussians} Gaussians, the decoder's subdivided toward --num-gaussians "
@@ -120,8 +121,9 @@ def _warn_if_few(count: int, budget: int | None, spec, per_window: int | None = 
 
 
 def init_settings(args, num_voxels: int | None = None) -> dict:
-    """The initialisation's settings: the preset's, ``--init`` and ``--num-gaussians`` applied; the toolkit's
-    default budget is :func:`recon.presets.toolkit_budget` of ``num_voxels`` (the scan's volume)."""
+    """The initialisation's settings: the preset's, ``--init``, ``--num-gaussians`` and (``--init medgmae``)
+    ``--init-fit-iterations`` applied; the toolkit's default budget is :func:`recon.presets.toolkit_budget` of
+    ``num_voxels`` (the scan's volume)."""
     from recon.presets import preset_init_settings
 
     settings = preset_init_settings(args.preset, num_voxels)
@@ -131,7 +133,10 @@ def init_settings(args, num_voxels: int | None = None) -> dict:
     if args.num_gaussians is not None:
         settings["num_gaussians"] = args.num_gaussians
     if settings["init"] == "medgmae":
-        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing}
+        # fit_iterations: None when off, as in states saved before the setting existed (they resume)
+        fit = getattr(args, "init_fit_iterations", 0) or None
+        settings = {"init": "medgmae", "checkpoint": str(args.checkpoint), "model_spacing": args.model_spacing,
+                    "fit_iterations": fit}
         if args.preset == "toolkit":  # the sparse start grows to a budget (recon.presets.sparse_start_growth)
             settings["grow_to"] = args.num_gaussians or preset_init_settings("toolkit", num_voxels)["num_gaussians"]
         elif args.num_gaussians is not None:  # 3DGR-CT's density control grows by gradient, not to a budget

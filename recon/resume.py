@@ -33,7 +33,8 @@ SCAN_KEYS = ("projections_shape", "projections_sha256", "geometry_sha256")
 RAW_KEYS = {"flat_sha256": "--flat (sha256 of the file)", "dark_sha256": "--dark (sha256 of the file)", "i0": "--i0"}
 
 _INIT_FLAGS = {"init": "--init", "num_gaussians": "--num-gaussians", "grow_to": "--num-gaussians (growth budget)",
-               "checkpoint": "--checkpoint", "model_spacing": "--model-spacing"}  # fmt: skip
+               "checkpoint": "--checkpoint", "model_spacing": "--model-spacing",
+               "fit_iterations": "--init-fit-iterations"}  # fmt: skip
 
 
 def scan_fingerprint(proj: np.ndarray, geom: CTGeometry, proj_path: str, geom_path: str, raw: dict | None = None) -> dict:
