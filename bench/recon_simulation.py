@@ -17,7 +17,7 @@ from recon.geometry import CTGeometry  # noqa: E402
 from recon.initialisation import hu_to_mu  # noqa: E402
 from recon.noise import poisson_line_integrals  # noqa: E402
 
-__all__ = ["SIMULATED_ON", "phantom_mu", "simulate"]
+__all__ = ["SIMULATED_ON", "add_zero_shot_scan_args", "phantom_mu", "simulate", "zero_shot_scan"]
 
 
 def phantom_mu(seed: int, shape_zyx, voxel_zyx, texture: bool = False) -> torch.Tensor:
@@ -51,3 +51,25 @@ def simulate(seed: int, geom: CTGeometry, photons: float | None, device, texture
             proj = poisson_line_integrals(proj, photons, torch.Generator(device=proj.device).manual_seed(seed))[0]
     reference = torch.nn.functional.avg_pool3d(fine[None, None], factor)[0, 0]
     return proj, reference
+
+
+def add_zero_shot_scan_args(parser) -> None:
+    """The flags of the zero-shot start studies' scan (``--checkpoint``, ``--geometry``, ``--views``, ``--seed``,
+    ``--threads``), read back by :func:`zero_shot_scan`."""
+    parser.add_argument("--checkpoint", required=True, help="the MedGMAE model.pt whose decoder makes the start")
+    parser.add_argument("--geometry", choices=("cone", "parallel"), default="cone")
+    parser.add_argument("--views", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1000, help="phantom seed (1000 on: held out of pre-training)")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def zero_shot_scan(args) -> tuple[CTGeometry, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(geometry, projections, reference, Hann FBP/FDK)`` of the study scan :func:`add_zero_shot_scan_args` names:
+    32 x 64 x 64 voxels of 6 x 4 x 4 mm, measured by :func:`simulate` at 1e5 photons (sets torch's thread count)."""
+    from recon.fbp import fbp
+
+    torch.set_num_threads(args.threads)
+    make = CTGeometry.cone if args.geometry == "cone" else CTGeometry.parallel
+    geom = make((32, 64, 64), (6, 4, 4), num_angles=args.views)
+    proj, vol = simulate(args.seed, geom, 1e5, torch.device("cpu"))
+    return geom, proj, vol, fbp(proj, geom, "hann")

@@ -36,14 +36,12 @@ sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: t
 
 import recon.density as density  # noqa: E402
 from medgmae.networks.medgmae import MedGMAE  # noqa: E402
-from recon.fbp import fbp  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
-from recon.geometry import CTGeometry  # noqa: E402
 from recon.initialisation import medgmae_init  # noqa: E402
 from recon.metrics import psnr  # noqa: E402
 from recon.presets import sparse_start_growth  # noqa: E402
 from recon.projectors import make_projector  # noqa: E402
-from recon_simulation import simulate  # noqa: E402
+from recon_simulation import add_zero_shot_scan_args, zero_shot_scan  # noqa: E402
 
 _DRAWN = density._sample_children
 
@@ -114,18 +112,11 @@ def init_render(init, shape):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--geometry", choices=("cone", "parallel"), default="cone")
-    p.add_argument("--views", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1000)
+    add_zero_shot_scan_args(p)
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--rules", nargs="+", default=["sample", "moments", "sample-mass"], choices=("sample", "moments", "sample-mass"))
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    geom = (CTGeometry.cone if args.geometry == "cone" else CTGeometry.parallel)((32, 64, 64), (6, 4, 4), num_angles=args.views)
-    proj, vol = simulate(args.seed, geom, 1e5, torch.device("cpu"))
-    f = fbp(proj, geom, "hann")
+    geom, proj, vol, f = zero_shot_scan(args)
     projector = make_projector(geom, "auto", torch.device("cpu"))
     model = MedGMAE.from_checkpoint(args.checkpoint, needed_for="bench/sparse_growth_rounds.py").eval()
     init = medgmae_init(f, geom.default_affine(), model, overlap=16)

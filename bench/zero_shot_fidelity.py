@@ -39,11 +39,9 @@ from medgmae.gaussians import Gaussians3D  # noqa: E402
 from medgmae.networks.medgmae import MedGMAE  # noqa: E402
 from medgmae.render import render_volume  # noqa: E402
 from medgmae.zeroshot import prepare_scan, zero_shot_gaussians  # noqa: E402
-from recon.fbp import fbp  # noqa: E402
-from recon.geometry import CTGeometry  # noqa: E402
 from recon.initialisation import MU_WATER, fbp_init, fit_intensities, medgmae_init, mu_to_hu, zyx_affine  # noqa: E402
 from recon.metrics import psnr  # noqa: E402
-from recon_simulation import simulate  # noqa: E402
+from recon_simulation import add_zero_shot_scan_args, zero_shot_scan  # noqa: E402
 
 
 def _unit_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -67,17 +65,10 @@ def _at(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--geometry", choices=("cone", "parallel"), default="cone")
-    p.add_argument("--views", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1000)
+    add_zero_shot_scan_args(p)
     p.add_argument("--overlap", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    geom = (CTGeometry.cone if args.geometry == "cone" else CTGeometry.parallel)((32, 64, 64), (6, 4, 4), num_angles=args.views)
-    proj, vol = simulate(args.seed, geom, 1e5, torch.device("cpu"))
-    f = fbp(proj, geom, "hann")
+    geom, proj, vol, f = zero_shot_scan(args)
     print(f"scan: {args.geometry}, {args.views} views, phantom seed {args.seed}, {tuple(f.shape)} voxels")
     print(f"1. FBP/FDK vs phantom: {psnr(f, vol):.2f} dB")
 
