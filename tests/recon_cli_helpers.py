@@ -1,0 +1,49 @@
+"""The scan, phantom and model files of the medgmae-recon CLI tests (module fixtures), and the reconstruct arguments
+they share."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from test_recon_cli_checks import with_defaults
+
+from medgmae.data.phantom import generate_phantom
+from medgmae.networks.medgmae import MedGMAE
+from medgmae.preprocessing import PreprocessingSpec
+from recon.cli import main
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory):
+    """A 16 x 16 x 12 phantom in HU at 8 mm (NIfTI with a real affine)."""
+    d = tmp_path_factory.mktemp("ct")
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
+    path = d / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(path))
+    return path, ph
+
+
+@pytest.fixture(scope="module")
+def simulated(ct, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "scan"
+    assert main(["simulate", "--volume", str(ct[0]), "--geometry", "parallel", "--views", "10", "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=48, render_backend="torch")
+    m.preprocessing = PreprocessingSpec(spacing=12.0, input_size=16, patch_size=8)  # read back by --init medgmae
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(m.model_checkpoint(), path)
+    wrong = path.parent / "encoder.pt"
+    torch.save(m.encoder_checkpoint(), wrong)
+    return path, wrong
+
+
+def reconstruct_args(sim, out, *extra):
+    return ["reconstruct", *with_defaults(["--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
+            "--out", str(out), "--no-progress", "--iterations", "2", "--device", "cpu"], extra)]  # fmt: skip
