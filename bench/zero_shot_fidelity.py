@@ -82,10 +82,13 @@ def main(argv=None) -> int:
     print(f"2. decoder on its grid {tuple(x.shape)}, {res.voxel.num_gaussians} Gaussians: PSNR vs its windowed input "
           f"{_unit_psnr(r_model, x):.2f} dB (window units), correlation {_corr(r_model, x):.3f}")
     clean, _ = prepare_scan(mu_to_hu(vol, MU_WATER), zyx_affine(aff), spec)
-    win = clean[:96, :96, :96]
+    n = tuple(int(v) for v in spec.input_size)  # the model's window (96^3 for the study's models), air-padded
+    win = clean[: n[0], : n[1], : n[2]]
+    win = F.pad(win, (0, n[2] - win.shape[2], 0, n[1] - win.shape[1], 0, n[0] - win.shape[0]))
     with torch.no_grad():
-        r_win = _render(model.predict_gaussians(win[None, None], mask_ratio=0.0).to_voxel((96, 96, 96)), win.shape)
-    print(f"   one 96^3 window of the clean phantom: PSNR {_unit_psnr(r_win, win):.2f} dB, correlation {_corr(r_win, win):.3f}")
+        r_win = _render(model.predict_gaussians(win[None, None], mask_ratio=0.0).to_voxel(n), win.shape)
+    edge = f"{n[0]}^3" if len(set(n)) == 1 else " x ".join(map(str, n))
+    print(f"   one {edge} window of the clean phantom: PSNR {_unit_psnr(r_win, win):.2f} dB, correlation {_corr(r_win, win):.3f}")
 
     slope = spec.hu_per_unit / 1000.0 * MU_WATER
     floor = MU_WATER * (1.0 + spec.hu_window[0] / 1000.0)
