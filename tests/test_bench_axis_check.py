@@ -1,9 +1,7 @@
 """bench/axis_check.py at toy sizes, so that the script cannot rot between runs; its exact ball projections agree
 with the toolkit's projector (the same detector convention, offset included)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +10,11 @@ import torch
 from recon.geometry import CTGeometry
 from recon.projectors import TorchProjector
 
+from bench_helpers import load_bench
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_axis_check", ROOT / "bench" / "axis_check.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_bench("axis_check")
 
 
 @pytest.mark.parametrize("kind", ["parallel", "cone"])

@@ -1,18 +1,15 @@
 """bench/gmae2d_zero_shot.py: its flags checked before the pre-training, and models with few Gaussians."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from medgmae.twod.gmae import GMAE2D
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_gmae2d_zero_shot", ROOT / "bench" / "gmae2d_zero_shot.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from bench_helpers import load_bench
+
+bench = load_bench("gmae2d_zero_shot")
 
 
 @pytest.fixture()

@@ -1,9 +1,7 @@
 """bench/recon.py and bench/recon_summary.py at toy sizes, so the study's scripts cannot rot between runs."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,18 +9,10 @@ import torch
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import PreprocessingSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_helpers import load_bench
 
 
-def _load(name: str):
-    """A bench script as a module (``bench/recon.py`` would shadow the ``recon`` package on ``sys.path``)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_recon, recon_summary = _load("recon"), _load("recon_summary")
+bench_recon, recon_summary = load_bench("recon"), load_bench("recon_summary")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +56,7 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     assert (tmp_path / "all.png").read_bytes()[:4] == (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "all.png").read_bytes() != (tmp_path / "s.png").read_bytes()
     with pytest.raises(ValueError, match="x_axis"):
-        _load("recon_curves").plot_curves(result, str(tmp_path / "bad.png"), x_axis="minutes")
+        load_bench("recon_curves").plot_curves(result, str(tmp_path / "bad.png"), x_axis="minutes")
     # a second model's runs of the same case: kept apart by --name-by-model, else the later file's replace
     other = json.loads(out.read_text())
     assert result["medgmae_model"]["overlap"] == 4
@@ -110,7 +100,7 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
 def test_recon_profile_parts_add_up_to_a_step(tmp_path):
     """bench/recon_profile.py at a tiny size: every part is timed, they sum to about one step, and the profiled
     iterations advance the reconstructor like steps (its own methods, so the script cannot rot)."""
-    profile = _load("recon_profile")
+    profile = load_bench("recon_profile")
     out = tmp_path / "p.json"
     assert profile.main(["--threads", "1", "--views", "6", "--num-gaussians", "200", "--iterations", "2",
                          "--warmup", "0", "--json", str(out)]) == 0
@@ -158,7 +148,7 @@ def test_summary_marks_incomplete_runs(tmp_path, capsys):
 def test_holdout_summary_replays_the_patience(tmp_path, capsys):
     """bench/recon_holdout_summary.py on toy held-out and every-view runs: one row per start, the choice is the
     lowest recorded held-out error, a patience of 1 stops one evaluation after the first non-improvement."""
-    summary = _load("recon_holdout_summary")
+    summary = load_bench("recon_holdout_summary")
     base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
             "--iterations", "6", "--eval-every", "1", "--num-gaussians", "200", "--device", "cpu", "--only", "toolkit"]  # fmt: skip
     held, full = tmp_path / "held.json", tmp_path / "full.json"
@@ -186,7 +176,7 @@ def test_budget_summary_orders_budgets_and_reads_the_curves(tmp_path, capsys):
     """bench/recon_budget_summary.py on two toy budgets of one scan: rows in budget order, the PSNR after N
     iterations is the recorded evaluation's, the PNG is written; a run given settings (``--set``) is named by them,
     a file of another scan gets its own table, and a file that is not a result is refused by name."""
-    summary = _load("recon_budget_summary")
+    summary = load_bench("recon_budget_summary")
     base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
             "--iterations", "4", "--eval-every", "2", "--device", "cpu", "--only", "toolkit"]  # fmt: skip
     for n in (300, 100):
@@ -243,7 +233,7 @@ def test_select_summary_chooses_by_held_out_error_and_reports_what_it_gives_away
     """bench/recon_select_summary.py on toy held-out runs at three TV weights: the choice is the weight with the
     lowest recorded held-out error, the best is the highest PSNR, the difference is what the choice gives away;
     results without held-out views and two runs of one setting are refused."""
-    summary = _load("recon_select_summary")
+    summary = load_bench("recon_select_summary")
     base = ["--size", "8", "16", "16", "--voxel", "12", "8", "8", "--geometry", "parallel", "--views", "8",
             "--iterations", "6", "--eval-every", "2", "--num-gaussians", "200", "--device", "cpu", "--only", "toolkit"]  # fmt: skip
     files = []
@@ -270,7 +260,6 @@ def test_select_summary_chooses_by_held_out_error_and_reports_what_it_gives_away
     for bad in ([str(plain)], [str(files[0]), str(files[0])]):
         with pytest.raises(SystemExit):
             summary.main(bad)
-
 
 
 def test_simulation_grids():
@@ -306,7 +295,7 @@ def test_zero_shot_levels_counts_what_each_level_keeps(tmp_path, capsys):
     path = tmp_path / "star.pt"
     torch.save(m.model_checkpoint(), path)
     out = tmp_path / "levels.json"
-    assert _load("zero_shot_levels").main([str(path), "--seeds", "1", "2", "--json", str(out)]) == 0
+    assert load_bench("zero_shot_levels").main([str(path), "--seeds", "1", "2", "--json", str(out)]) == 0
     levels = json.loads(out.read_text())[str(path)]["levels"]
     assert [lv["gaussians"] for lv in levels] == [4, 8, 16]
     assert levels[0]["alive"] == 4 and levels[2]["alive"] == 0 and levels[2]["mass_share"] == 0.0
@@ -375,7 +364,7 @@ def test_summary_compares_with_the_chosen_starts_and_names_targets_only_one_reac
 def test_curve_panels_name_the_scan():
     """The curve panel's title names the photon count, a scan without noise and one simulated on the
     reconstruction grid (the tables' case headings say the same)."""
-    curves = _load("recon_curves")
+    curves = load_bench("recon_curves")
     base = {"geometry": "parallel", "views": 90, "phantom_seed": 1000, "photons": 1e5, "simulated_on": "2x finer grid, PyTorch projector"}
     assert curves.panel_title(base) == "parallel, 90 views, seed 1000, 100000 photons"
     exact = {**base, "photons": 0.0, "simulated_on": bench_recon.SIMULATED_ON["same"]}
@@ -398,7 +387,7 @@ def test_curve_colours_follow_the_start_unless_two_runs_share_it(tmp_path):
     of their own (read back from the PNG's pixels)."""
     from PIL import Image
 
-    curves = _load("recon_curves")
+    curves = load_bench("recon_curves")
     assert curves.start_of("3dgr-ct-grow [ini_sigma=0.6]") == curves.start_of("3dgr-ct-grow (x)") == "3dgr-ct-grow"
     flat = lambda v: {"curve": [[0, v], [10, v]], "curve_seconds": [0.0, 1.0]}  # noqa: E731
     base = {"geometry": "cone", "views": 20, "phantom_seed": 1, "photons": 1e5, "best_fbp_psnr": 20.0}
@@ -415,7 +404,7 @@ def test_curve_colours_follow_the_start_unless_two_runs_share_it(tmp_path):
 
 def test_the_backprojection_bench_runs_and_compares_equal_outputs(tmp_path):
     """bench/fbp_backprojection.py at a toy size: both paths timed, their outputs equal to float32 rounding."""
-    bench = _load("fbp_backprojection")
+    bench = load_bench("fbp_backprojection")
     out = tmp_path / "fbp.json"
     assert bench.main(["--size", "4", "16", "12", "--views", "6", "--repeats", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -426,7 +415,7 @@ def test_the_backprojection_bench_runs_and_compares_equal_outputs(tmp_path):
 def test_the_cone_backprojection_bench_measures_both_variants_in_fresh_processes(tmp_path):
     """bench/fbp_backprojection.py --cone at a toy size: slabs and the whole grid, each with its own peak memory,
     and the same volume."""
-    bench = _load("fbp_backprojection")
+    bench = load_bench("fbp_backprojection")
     out = tmp_path / "cone.json"
     assert bench.main(["--cone", "--size", "4", "12", "10", "--views", "5", "--repeats", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())

@@ -1,7 +1,6 @@
 """bench/zero_shot_fidelity.py and bench/sparse_growth_rounds.py with a tiny model, so that the scripts cannot rot
 between runs of the study (which uses a pre-trained 96^3 model and takes minutes)."""
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -11,16 +10,9 @@ import torch
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import PreprocessingSpec
 
+from bench_helpers import load_bench
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +27,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def test_zero_shot_fidelity_prints_every_part(tiny_model, capsys):
-    assert _bench("zero_shot_fidelity").main(["--checkpoint", str(tiny_model), "--views", "8"]) == 0
+    assert load_bench("zero_shot_fidelity").main(["--checkpoint", str(tiny_model), "--views", "8"]) == 0
     out = capsys.readouterr().out
     for part in ("1. FBP/FDK vs phantom", "2. decoder on its grid", "one 32^3 window of the clean phantom",
                  "3. on the reconstruction grid", "4. the windowed FBP", "5. zero-shot start", "6. window inverted",
@@ -46,6 +38,6 @@ def test_zero_shot_fidelity_prints_every_part(tiny_model, capsys):
 
 def test_sparse_growth_rounds_reports_each_rule(tiny_model, capsys):
     args = ["--checkpoint", str(tiny_model), "--views", "8", "--iterations", "12", "--rules", "sample", "moments"]
-    assert _bench("sparse_growth_rounds").main(args) == 0
+    assert load_bench("sparse_growth_rounds").main(args) == 0
     out = capsys.readouterr().out
     assert out.count("PSNR: peak") == 2 and "sample:" in out and "moments:" in out, out

@@ -6,7 +6,6 @@ the script from rotting between the rare occasions a GPU is there.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,15 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from bench_helpers import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("gpu_check")
 
 
 @pytest.mark.triton_interpreter  # the dry run renders with the Triton backend through the interpreter

@@ -6,7 +6,6 @@ and gradients (an independent implementation); on a CPU-only machine through ``T
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -21,17 +20,15 @@ from test_render import random_gaussians  # noqa: E402
 import medgmae.render._triton_impl as triton_impl  # noqa: E402
 from medgmae.render import render_volume  # noqa: E402
 
+from bench_helpers import load_bench  # noqa: E402
+
 pytestmark = [
     pytest.mark.triton_interpreter,
     pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                        reason="needs CUDA or TRITON_INTERPRET=1"),
 ]  # fmt: skip
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_render_launch", Path(__file__).resolve().parents[1] / "bench" / "render_launch.py"
-)
-render_launch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(render_launch)
+render_launch = load_bench("render_launch")
 
 
 @pytest.mark.parametrize("regime", sorted(render_launch.CANDIDATES))
