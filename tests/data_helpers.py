@@ -56,6 +56,8 @@ def write_dicom_series(img: sitk.Image, folder: Path, series: int = 2, descripti
 
 
 def nifti_file(path: Path, array: np.ndarray, affine=None) -> str:
+    """``array`` saved as NIfTI at ``path`` (folders made; default affine 1.5 x 1.5 x 2 mm, no rotation)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 2.0, 1.0]) if affine is None else affine), str(path))
     return str(path)
 

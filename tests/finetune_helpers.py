@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -17,15 +16,11 @@ from medgmae.finetune.data import finetuned_spec
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
 
+from data_helpers import nifti_file
+
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "unetr_finetune" / "configs"
-
-
-def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return str(path)
 
 
 def make_case(root: Path, name: str, shape=(12, 12, 8), label_shape=None, label_affine=None, max_label=2, nan=False):
@@ -36,8 +31,8 @@ def make_case(root: Path, name: str, shape=(12, 12, 8), label_shape=None, label_
     label = np.zeros(label_shape or shape, np.uint8)
     label[2:6, 2:6, 2:5] = max_label
     return {
-        "image": write_nifti(root / f"{name}_img.nii.gz", image, affine),
-        "label": write_nifti(root / f"{name}_lab.nii.gz", label, affine if label_affine is None else label_affine),
+        "image": nifti_file(root / f"{name}_img.nii.gz", image, affine),
+        "label": nifti_file(root / f"{name}_lab.nii.gz", label, affine if label_affine is None else label_affine),
     }
 
 

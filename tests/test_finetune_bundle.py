@@ -22,10 +22,10 @@ from medgmae.finetune.run_record import write_run_record
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
 
+from data_helpers import nifti_file
 from finetune_helpers import (
     REPO,
     CONFIGS,
-    write_nifti,
     make_case,
     two_case_datalist,
     truncated_copy,
@@ -101,7 +101,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     src = nib.load(out / "phantom" / "imagesTr" / "case_0002.nii.gz")
     data = np.asarray(src.dataobj)[::-1, :, ::2].astype(np.int16)  # L-to-R flipped, 4 mm slices
     affine = src.affine @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1.0]])
-    moved = write_nifti(tmp_path / "input" / "moved.nii.gz", data, affine)
+    moved = nifti_file(tmp_path / "input" / "moved.nii.gz", data, affine)
     run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", f"['{moved}']")
     seg = nib.load(out / "segmentations" / "moved_seg.nii.gz")
     assert seg.shape == data.shape

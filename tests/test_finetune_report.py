@@ -17,7 +17,8 @@ from PIL import Image
 
 from medgmae.preprocessing import PreprocessingSpec
 
-from finetune_helpers import REPO, run_bundle, write_nifti
+from data_helpers import nifti_file
+from finetune_helpers import REPO, run_bundle
 
 
 class _Engine:
@@ -304,10 +305,10 @@ def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
     lab[4:20, 5:22, 2:9], lab[18:28, 3:12, 6:13], lab[8:14, 15:26, 9:13] = 1, 2, 3
     img += 60.0 * lab
     affine = np.array([[-1.2, 0, 0, 40], [0, 1.2, 0, -20], [0, 0, 3.0, 10], [0, 0, 0, 1]])
-    image = write_nifti(tmp_path / "data" / "ct.nii.gz", img, affine)
+    image = nifti_file(tmp_path / "data" / "ct.nii.gz", img, affine)
     # the label stored with its axes reversed: voxel (k, j, i) of the file is voxel (i, j, k) of the image
     swap = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
-    label = write_nifti(tmp_path / "data" / "ct_label.nii.gz", lab.transpose(2, 1, 0), affine @ swap)
+    label = nifti_file(tmp_path / "data" / "ct_label.nii.gz", lab.transpose(2, 1, 0), affine @ swap)
     datalist = tmp_path / "data" / "dataset.json"
     names = {"0": "background", "1": "a", "2": "b", "3": "c"}
     datalist.write_text(json.dumps({"labels": names, "training": [{"image": image, "label": label}],
