@@ -154,6 +154,10 @@ def process_problems(torchrun: bool, multi_gpu_config: str | None = None,
     Returns:
         ``[]``, or the one ``--config_file: ...`` line.
     """
+    if not torchrun and multi_gpu_config and command is not None:
+        early = [f for f in command.files[:-1] if Path(str(f)).name == Path(multi_gpu_config).name]
+        if early:  # listed before this config, which replaced its settings: MONAI merges in order
+            return [adds_to_line(os.path.expanduser(str(early[0])), os.path.expanduser(str(command.files[-1])), False)]
     if torchrun:
         if "RANK" in os.environ:
             return []
@@ -225,11 +229,17 @@ def check_base_config(base: str = "train.json", added: str = "multi_gpu_train.js
     first = os.path.expanduser(str(command.files[0]))
     if len(command.files) > 1 and Path(first).name != added:
         return True
-    one = str(Path(first).parent / base)
-    raise BundleSettingError(
-        f"--config_file: {first} adds multi-GPU training to {base} and does not run alone: list it after {one} in "
-        f"--config_file, {multi_gpu_command(one, first, process_count() if process_count() > 1 else 'N')}; "
-        "nothing was written")  # fmt: skip
+    raise BundleSettingError(adds_to_line(first, str(Path(first).parent / base)))
+
+
+def adds_to_line(added: str, base: str, alone: bool = True) -> str:
+    """The refusal of a config that adds to ``base`` (a ``multi_gpu_train.json`` to its ``train.json``) given alone
+    or before it, naming the command that lists it after ``base`` (paths as given); ``alone``: the refusal is the
+    whole error (it then says that nothing was written), else one line of :func:`check_settings`' list."""
+    processes = process_count() if process_count() > 1 else "N"
+    return (f"--config_file: {added} adds multi-GPU training to {Path(base).name} and does not run alone or before "
+            f"it: list it after {base} in --config_file, {multi_gpu_command(base, added, processes)}"
+            + ("; nothing was written" if alone else ""))  # fmt: skip
 
 
 def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:

@@ -11,6 +11,7 @@ purpose: the standard library only.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import socket
@@ -18,10 +19,14 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["RECENT_SECONDS", "TEMP_NAME", "host_tag", "process_alive", "remove_dead_writers_files", "temp_name"]
+__all__ = ["HOST_CHARS", "RECENT_SECONDS", "TEMP_NAME", "host_tag", "process_alive", "remove_dead_writers_files",
+           "temp_name"]
 
 #: A temporary name: its writer's host (:func:`host_tag`) and process id, 12 random hex digits, the final file name.
 TEMP_NAME = re.compile(r"^\.tmp-(?P<host>[A-Za-z0-9.-]+?)\.(?P<pid>\d+)-[0-9a-f]{12}-(?P<name>.+)$")
+
+#: The most characters of the host name a temporary name carries (:func:`host_tag`).
+HOST_CHARS = 32
 
 #: A temporary file changed less than this many seconds ago is never removed: a process of another PID namespace
 #: with this host's name (a container) may be writing it under a process id that is free here.
@@ -29,9 +34,15 @@ RECENT_SECONDS = 60.0
 
 
 def host_tag() -> str:
-    """This host's name as temporary names carry it: letters, digits, dots and hyphens (others as ``-``), at most 63
-    characters (``"localhost"`` when the host has no name)."""
-    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:63] or "localhost"
+    """This host's name as temporary names carry it: letters, digits, dots and hyphens (others as ``-``), at most
+    :data:`HOST_CHARS` characters, so that the temporary name of a long file name still fits the file system's 255
+    (a longer name keeps its start and ends in 8 hex digits of its hash, so two hosts stay apart); ``"localhost"``
+    when the host has no name."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "localhost"
+    if len(host) <= HOST_CHARS:
+        return host
+    digest = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{host[: HOST_CHARS - 9]}-{digest}"
 
 
 def temp_name(name: str) -> str:
@@ -81,7 +92,7 @@ def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*") -> li
             if now - path.stat().st_mtime < RECENT_SECONDS:
                 continue
             path.unlink()
-        except FileNotFoundError:  # another run removed it first
+        except OSError:  # removed by another run first, or not ours to remove (another user's, a read-only folder)
             continue
         removed.append(path)
     return removed

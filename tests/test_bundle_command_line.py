@@ -154,6 +154,27 @@ def test_the_multi_gpu_config_named_first_is_refused_with_the_command_listing_it
     assert check_base_config() is True
 
 
+def test_a_multi_gpu_config_listed_before_train_is_refused_by_train_json_first(tmp_path, folder_state):
+    """Listed before train.json, the multi-GPU config's settings (its first check included) are replaced by
+    train.json's, as MONAI merges in order: without torchrun the run trained in one process and then failed on a
+    name only the multi-GPU config imports, its outputs written. train.json's own first check now refuses it in
+    one line naming the command that lists it after train.json, before anything is written."""
+    configs = BUNDLES / "medgmae_pretrain" / "configs"
+    one, multi = configs / "train.json", configs / "multi_gpu_train.json"
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID")}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", f"['{multi}','{one}']",
+           "--output_dir", str(out), "--device", "cpu", "--max_epochs", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode != 0
+    line = (f"--config_file: {multi} adds multi-GPU training to train.json and does not run alone or before it: list "
+            f"it after {one} in --config_file, `torchrun --standalone --nproc_per_node N -m monai.bundle run training "
+            f"--config_file \"['{one}','{multi}']\" ...`")  # fmt: skip
+    last = proc.stderr.strip().splitlines()[-2:]
+    assert last == ["error: BundleSettingError: bad setting(s), nothing was written:", f"  {line}"], proc.stderr[-3000:]
+    assert not out.exists() and "NameError" not in proc.stderr
+
+
 @pytest.mark.parametrize("bundle", ["medgmae_pretrain", "unetr_finetune"])
 def test_a_multi_gpu_config_given_alone_under_torchrun_says_to_list_it_after_train(tmp_path, bundle):
     """``--config_file multi_gpu_train.json`` alone failed in MONAI's merge of its ``train#sampler`` key (a
@@ -165,7 +186,7 @@ def test_a_multi_gpu_config_given_alone_under_torchrun_says_to_list_it_after_tra
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0
     line = (f"error: BundleSettingError: --config_file: {multi} adds multi-GPU training to train.json and does not "
-            f"run alone: list it after {multi.with_name('train.json')} in --config_file, `torchrun --standalone "
+            f"run alone or before it: list it after {multi.with_name('train.json')} in --config_file, `torchrun --standalone "
             f"--nproc_per_node 2 -m monai.bundle run training --config_file \"['{multi.with_name('train.json')}',"
             f"'{multi}']\" ...`; nothing was written")  # fmt: skip
     assert line in proc.stderr.splitlines(), proc.stderr[-3000:]

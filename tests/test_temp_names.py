@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from medgmae.temp_names import TEMP_NAME, host_tag, process_alive, remove_dead_writers_files, temp_name
+from medgmae.temp_names import HOST_CHARS, TEMP_NAME, host_tag, process_alive, remove_dead_writers_files, temp_name
 
 
 @pytest.mark.parametrize("host", ["gpu-node-7", "gpu_node7.cluster.example.org", "nœud 3", "", "x" * 300])
@@ -14,7 +14,35 @@ def test_a_temporary_name_is_read_back_whatever_the_host_is_called(monkeypatch, 
     name = temp_name("projector_matrix-0123456789abcdef.pt")
     found = TEMP_NAME.match(name)
     assert found and found["host"] == host_tag() and int(found["pid"]) == os.getpid()
-    assert found["name"] == "projector_matrix-0123456789abcdef.pt" and len(host_tag()) <= 63 and len(name) < 255
+    assert found["name"] == "projector_matrix-0123456789abcdef.pt" and len(host_tag()) <= HOST_CHARS
+    assert len(temp_name("x" * 190)) <= 255  # a long final name still fits the file system's limit (63-char hosts: 165)
+
+
+def test_long_host_names_sharing_their_start_get_different_tags(monkeypatch):
+    """Cut to HOST_CHARS, two hosts would look alike and each take the other's writers for dead ones of its own."""
+    tags = set()
+    for host in ("compute-node-of-a-very-large-cluster-0001.example.org", "compute-node-of-a-very-large-cluster-0002.example.org"):
+        monkeypatch.setattr(socket, "gethostname", lambda h=host: h)
+        tags.add(host_tag())
+    assert len(tags) == 2 and all(len(t) == HOST_CHARS and TEMP_NAME.match(f".tmp-{t}.1-0123456789ab-a.pt") for t in tags)
+
+
+def test_a_file_this_process_may_not_remove_is_left_and_the_run_goes_on(tmp_path, dead_pid, monkeypatch):
+    """A killed writer's file that another user owns in a shared sticky folder (or a read-only cache): unlink
+    fails with PermissionError; the clean-up skips it instead of stopping the run."""
+    from pathlib import Path
+
+    stale = tmp_path / f".tmp-{host_tag()}.{dead_pid}-0123456789ab-a.pt"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert remove_dead_writers_files(tmp_path) == []
+    monkeypatch.undo()
+    assert stale.exists() and remove_dead_writers_files(tmp_path) == [stale] and not stale.exists()
 
 
 def test_only_a_dead_writers_file_is_removed(tmp_path):
