@@ -41,3 +41,14 @@ def test_sparse_growth_rounds_reports_each_rule(tiny_model, capsys):
     assert load_bench("sparse_growth_rounds").main(args) == 0
     out = capsys.readouterr().out
     assert out.count("PSNR: peak") == 2 and "sample:" in out and "moments:" in out, out
+
+
+def test_init_fit_reports_every_start_and_budget(tiny_model, capsys):
+    args = ["--checkpoint", str(tiny_model), "--views", "8", "--fit-steps", "0", "3", "--iterations", "4", "21",
+            "--num-gaussians", "400"]  # fmt: skip
+    assert load_bench("init_fit").main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [tuple(r.split(" | ")[:2]) for r in rows] == [("| 0", "4"), ("| 0", "21"), ("| 3", "4"), ("| 3", "21")]
+    assert rows[0].split(" | ")[4] == "-" and rows[1].split(" | ")[4] != "-"  # iteration 20 is reached by 21 only
+    start_fbp = {r.split(" | ")[0]: float(r.split(" | ")[2]) for r in rows}
+    assert start_fbp["| 3"] > start_fbp["| 0"]  # the fit brings the start nearer the FBP it is fitted to
