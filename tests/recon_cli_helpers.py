@@ -10,9 +10,9 @@ import torch
 from test_recon_cli_checks import with_defaults
 
 from medgmae.data.phantom import generate_phantom
-from medgmae.networks.medgmae import MedGMAE
-from medgmae.preprocessing import PreprocessingSpec
 from recon.cli import main
+
+from model_helpers import tiny_medgmae
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,7 @@ def simulated(ct, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=48, render_backend="torch")
-    m.preprocessing = PreprocessingSpec(spacing=12.0, input_size=16, patch_size=8)  # read back by --init medgmae
+    m = tiny_medgmae()
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save(m.model_checkpoint(), path)
     wrong = path.parent / "encoder.pt"

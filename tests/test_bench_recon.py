@@ -10,6 +10,7 @@ from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import PreprocessingSpec
 
 from bench_helpers import load_bench
+from model_helpers import tiny_model_file
 
 
 bench_recon, recon_summary = load_bench("recon"), load_bench("recon_summary")
@@ -17,12 +18,7 @@ bench_recon, recon_summary = load_bench("recon"), load_bench("recon_summary")
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=48, render_backend="torch")
-    m.preprocessing = PreprocessingSpec(spacing=12.0, input_size=16, patch_size=8)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(m.model_checkpoint(), path)
-    return path
+    return tiny_model_file(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys):

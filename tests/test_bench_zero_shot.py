@@ -5,12 +5,9 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-
-from medgmae.networks.medgmae import MedGMAE
-from medgmae.preprocessing import PreprocessingSpec
 
 from bench_helpers import load_bench
+from model_helpers import tiny_model_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,12 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """An untrained model whose 32^3 window at 6 mm covers the study scan (32 x 64 x 64 voxels of 6 x 4 x 4 mm)."""
-    torch.manual_seed(0)
-    m = MedGMAE(img_size=32, patch_size=8, model_size="tiny", num_gaussians=64, render_backend="torch")
-    m.preprocessing = PreprocessingSpec(spacing=6.0, input_size=32, patch_size=8)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(m.model_checkpoint(), path)
-    return path
+    return tiny_model_file(tmp_path_factory.mktemp("model") / "model.pt", img_size=32, spacing=6.0, num_gaussians=64)
 
 
 def test_zero_shot_fidelity_prints_every_part(tiny_model, capsys):

@@ -13,6 +13,8 @@ from test_recon_cli_checks import with_defaults
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
 
+from model_helpers import tiny_model_file
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -20,18 +22,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def scan_and_model(tmp_path_factory):
     """A 16 x 16 x 12 parallel-beam scan (its FBP written by simulate) and a tiny pre-trained-model file whose
     window is 16 voxels at the scan's 12 mm."""
-    from medgmae.networks.medgmae import MedGMAE
-    from medgmae.preprocessing import PreprocessingSpec
-
     d = tmp_path_factory.mktemp("init_fit")
     ph = generate_phantom(3, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
     nib.save(nib.Nifti1Image(ph.image.astype(np.float32), ph.affine), str(d / "ct.nii.gz"))
     assert main(["simulate", "--volume", str(d / "ct.nii.gz"), "--geometry", "parallel", "--views", "8",
                  "--out", str(d / "scan"), "--device", "cpu"]) == 0  # fmt: skip
-    torch.manual_seed(0)
-    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=256, render_backend="torch")
-    m.preprocessing = PreprocessingSpec(spacing=12.0, input_size=16, patch_size=8)
-    torch.save(m.model_checkpoint(), d / "model.pt")
+    tiny_model_file(d / "model.pt", num_gaussians=256)
     return d / "scan", d / "model.pt"
 
 

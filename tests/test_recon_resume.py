@@ -14,6 +14,8 @@ from test_recon_cli_checks import with_defaults
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
 
+from model_helpers import tiny_model_file
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -250,24 +252,13 @@ def test_a_new_run_over_a_saved_state_says_it_replaces_it(saved, tmp_path, capsy
     assert "holds an earlier run's" not in capsys.readouterr().err
 
 
-def _model(path: Path, seed: int) -> None:
-    """A tiny pre-trained-model file for --init medgmae (its window 16 voxels at the scan's 12 mm)."""
-    from medgmae.networks.medgmae import MedGMAE
-    from medgmae.preprocessing import PreprocessingSpec
-
-    torch.manual_seed(seed)
-    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=48, render_backend="torch")
-    m.preprocessing = PreprocessingSpec(spacing=12.0, input_size=16, patch_size=8)
-    torch.save(m.model_checkpoint(), path)
-
-
 def test_resume_refuses_a_checkpoint_or_fbp_whose_content_changed_at_the_same_path(saved, tmp_path, capsys):
     """The start a resume rebuilds (and metrics.json's initial Gaussians and start) come from --checkpoint and --fbp:
     a file rewritten in place (pre-training rewrites model.pt every epoch) is refused, naming it; the same files
     resume; a state that recorded no content (an older version) resumes with a warning."""
     scan = saved[0]
     model, fbp = tmp_path / "model.pt", tmp_path / "fbp.nii.gz"
-    _model(model, 0)
+    tiny_model_file(model, seed=0)
     fbp.write_bytes((scan / "fbp.nii.gz").read_bytes())
     out = tmp_path / "runs" / "run"  # _contents: the runs folder only, not the files changed beside it
     flags = ("--init", "medgmae", "--checkpoint", str(model), "--fbp", str(fbp))
@@ -275,7 +266,7 @@ def test_resume_refuses_a_checkpoint_or_fbp_whose_content_changed_at_the_same_pa
     state = out / "recon_state.pt"
     before, original_model, original_fbp = _contents(out), model.read_bytes(), fbp.read_bytes()
     img = nib.load(str(fbp))
-    changes = {"--checkpoint": (model, lambda: _model(model, 1)),
+    changes = {"--checkpoint": (model, lambda: tiny_model_file(model, seed=1)),
                "--fbp": (fbp, lambda: nib.save(nib.Nifti1Image(img.get_fdata().astype(np.float32) * 1.01, img.affine), str(fbp)))}  # fmt: skip
     for flag, (path, change) in changes.items():
         change()
@@ -306,12 +297,12 @@ def test_a_checkpoint_rewritten_while_it_is_read_is_refused(saved, tmp_path, cap
 
     scan = saved[0]
     model = tmp_path / "model.pt"
-    _model(model, 0)
+    tiny_model_file(model, seed=0)
     load = command._load_model
 
     def load_then_rewrite(args):  # the writer's next epoch lands while this run reads the file
         loaded = load(args)
-        _model(model, 1)
+        tiny_model_file(model, seed=1)
         return loaded
 
     monkeypatch.setattr(command, "_load_model", load_then_rewrite)

@@ -20,6 +20,8 @@ from medgmae.preprocessing import (
     window_expects_hu,
 )
 
+from model_helpers import tiny_model_file
+
 MU_WATER = 0.0192  # 1/mm
 
 
@@ -136,22 +138,12 @@ def test_the_segmentation_pre_check_warns_about_a_label_map_input_once_before_an
     assert "spec=@preprocessing_spec" in config["dataset"]["data"] and "warn_not_hu=False" in config["preprocessing"]
 
 
-def _tiny_model_file(path) -> str:
-    from medgmae.networks import MedGMAE
-
-    torch.manual_seed(0)
-    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=8, render_backend="torch")
-    m.preprocessing = PreprocessingSpec(spacing=1.5, input_size=16, patch_size=8, hu_window=(-175, 250))
-    torch.save(m.model_checkpoint(), path)
-    return str(path)
-
-
 def test_zero_shot_warns_about_attenuation_and_titles_its_grey_window(tmp_path, caplog, monkeypatch):
     import medgmae.mae_training.inference as zero_shot
 
     titles = []
     monkeypatch.setattr(zero_shot, "slices_png", lambda volumes, path, spacing, names, title: titles.append(title))
-    model = _tiny_model_file(tmp_path / "model.pt")
+    model = str(tiny_model_file(tmp_path / "model.pt", spacing=1.5, num_gaussians=8))
     image = _save(_to_attenuation(_phantom_hu()), tmp_path / "mu.nii.gz")
     with caplog.at_level(logging.WARNING, logger="medgmae"):
         zero_shot.GaussianInference(model, image, tmp_path / "out", device="cpu").run()
