@@ -79,7 +79,8 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
         try:
             work()
         except Exception as e:  # every rank must hear of it before rank 0 raises
-            failure[0], caught = f"{type(e).__name__}: {e}" if not isinstance(e, error) else str(e), e
+            message = f"{type(e).__name__}: {e}" if not isinstance(e, error) else str(e)
+            failure[0], caught = (message, _plain_attributes(e) if isinstance(e, error) else {}), e
             if not in_process_group():
                 raise
     if in_process_group():
@@ -87,7 +88,18 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
     if caught is not None:
         raise caught
     if failure[0] is not None:
-        raise error(failure[0])
+        message, attributes = failure[0]
+        raised = error(message)
+        for name, value in attributes.items():  # e.g. a DatasetError's needed_classes, so every rank can advise
+            setattr(raised, name, value)
+        raise raised
+
+
+def _plain_attributes(e: Exception) -> dict:
+    """The attributes of ``e`` that pickle as plain data (numbers, strings, lists of them...), sent to the other
+    ranks with its message; anything else stays on rank 0."""
+    plain = (bool, int, float, str, list, tuple, dict, type(None))
+    return {k: v for k, v in vars(e).items() if isinstance(v, plain) and not k.startswith("_")}
 
 
 def warn_if_sampler_repeats(count: int, noun: str = "case") -> None:

@@ -30,29 +30,40 @@ def test_inside_a_process_group_the_group_decides(tmp_path, monkeypatch):
     assert not in_process_group()
 
 
-def _two_ranks(rank: int, store: str, fail: bool, results: str) -> None:
-    """One of two gloo processes: rank 0 does (or fails) the work, both record how main_process_only ended."""
+def _two_ranks(rank: int, store: str, fail: bool | str, results: str) -> None:
+    """One of two gloo processes: rank 0 does (or fails) the work, both record how main_process_only ended.
+    ``fail="advice"``: the work raises the given error type carrying an attribute (a count the message advises)."""
     import json
     from pathlib import Path
 
     from medgmae.distributed import main_process_only
 
+    def work() -> None:
+        if fail == "advice":
+            e = ValueError("labels 0-4 found")
+            e.needed_classes = 5
+            raise e
+        if fail:
+            raise OSError("disk full")
+        done.append(1)
+
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     done = []
     try:
-        main_process_only(lambda: done.append(1) if not fail else (_ for _ in ()).throw(OSError("disk full")), ValueError)
+        main_process_only(work, ValueError)
         outcome = {"raised": None, "worked": bool(done)}
     except Exception as e:
-        outcome = {"raised": [type(e).__name__, str(e)], "worked": bool(done)}
+        outcome = {"raised": [type(e).__name__, str(e)], "worked": bool(done), "needed": getattr(e, "needed_classes", None)}
     finally:
         dist.destroy_process_group()
     Path(results, f"{rank}.json").write_text(json.dumps(outcome))
 
 
-@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("fail", [False, True, "advice"])
 def test_main_process_only_stops_every_rank_when_rank_0_fails(tmp_path, fail):
     """Two gloo processes: the work runs on rank 0 alone; its failure stops rank 1 too (no rank left waiting),
-    rank 0 with its own exception and rank 1 with the given type and rank 0's message."""
+    rank 0 with its own exception and rank 1 with the given type and rank 0's message, and the error's plain
+    attributes (a pre-check's class count, which the fine-tuning error advises on every rank)."""
     import json
 
     import torch.multiprocessing as mp
@@ -61,6 +72,9 @@ def test_main_process_only_stops_every_rank_when_rank_0_fails(tmp_path, fail):
     got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
     if not fail:
         assert got == [{"raised": None, "worked": True}, {"raised": None, "worked": False}]
+    elif fail == "advice":
+        assert got == [{"raised": ["ValueError", "labels 0-4 found"], "worked": False, "needed": 5},
+                       {"raised": ["ValueError", "labels 0-4 found"], "worked": False, "needed": 5}]
     else:
-        assert got == [{"raised": ["OSError", "disk full"], "worked": False},
-                       {"raised": ["ValueError", "OSError: disk full"], "worked": False}]
+        assert got == [{"raised": ["OSError", "disk full"], "worked": False, "needed": None},
+                       {"raised": ["ValueError", "OSError: disk full"], "worked": False, "needed": None}]
