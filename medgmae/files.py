@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from medgmae.temp_names import temp_name
+from medgmae.temp_names import WRITER, temp_name
 
 __all__ = [
     "bundle_config",
@@ -179,7 +179,7 @@ def _move_into(src: Path, dst: Path, remove_stale: bool) -> None:
 #: :func:`atomic_write`'s temporary files (``.tmp-<host>.<pid>-<12 hex>-<name>``, and ``.tmp-<12 hex>-<name>`` of
 #: earlier versions; files only) and the ``tempfile.mkdtemp`` folders of :func:`staged_outputs`
 #: (``.<name>.staging-<8>``) and of the pre-training's best model (``.best-<8>``).
-_LEFTOVER_FILE = re.compile(r"^\.tmp-([A-Za-z0-9.-]+?\.\d+-)?[0-9a-f]{12}-[^/]+"
+_LEFTOVER_FILE = re.compile(rf"^\.tmp-({WRITER})?[0-9a-f]{{12}}-[^/]+"
                             r"\.(pt|json|gz|nii|png|md|csv|ts|ply|npy|txt)$")
 _LEFTOVER_DIR = re.compile(r"^(\.[^/]+\.staging-|\.best-)[a-z0-9_]{8}$")
 

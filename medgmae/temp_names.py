@@ -19,11 +19,14 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["HOST_CHARS", "RECENT_SECONDS", "TEMP_NAME", "host_tag", "process_alive", "remove_dead_writers_files",
-           "temp_name"]
+__all__ = ["HOST_CHARS", "RECENT_SECONDS", "TEMP_NAME", "WRITER", "host_tag", "process_alive",
+           "remove_dead_writers_files", "temp_name"]
 
-#: A temporary name: its writer's host (:func:`host_tag`) and process id, 12 random hex digits, the final file name.
-TEMP_NAME = re.compile(r"^\.tmp-(?P<host>[A-Za-z0-9.-]+?)\.(?P<pid>\d+)-[0-9a-f]{12}-(?P<name>.+)$")
+#: The writer part of a temporary name, ``<host>.<pid>-`` (:func:`host_tag`, the process id), as a pattern.
+WRITER = r"(?P<host>[A-Za-z0-9.-]+?)\.(?P<pid>\d+)-"
+
+#: A temporary name: its writer (:data:`WRITER`), 12 random hex digits, the final file name.
+TEMP_NAME = re.compile(rf"^\.tmp-{WRITER}[0-9a-f]{{12}}-(?P<name>.+)$")
 
 #: The most characters of the host name a temporary name carries (:func:`host_tag`).
 HOST_CHARS = 32
