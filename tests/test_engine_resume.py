@@ -102,6 +102,36 @@ def test_a_stop_while_validating_keeps_the_epochs_training(tmp_path):
     assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["checkpoint_epoch=4.pt", "checkpoint_final.pt"]
 
 
+def test_a_stop_while_the_epoch_checkpoint_is_written_keeps_the_epochs_training(tmp_path, monkeypatch):
+    """Ctrl-C while checkpoint_epoch=2.pt was written, after epoch 2's validation: the write is abandoned and the
+    state epoch 2's training left is saved in its place, marked as not validated, so the resume validates epoch 2
+    again (as the first time: its records are those from before the validation) rather than training it again."""
+    import medgmae.engine.checkpoint_handler as handler_module
+
+    full, net_full, history_full = _validated_trainer(tmp_path / "full", 4, resume=False)
+    full.run()
+    real_save, cut = handler_module.save_torch_atomic, []
+
+    def save_cut_short(payload, path):
+        if Path(path).name == "checkpoint_epoch=2.pt" and not cut:
+            cut.append(path)
+            raise KeyboardInterrupt  # as Ctrl-C inside torch.save: nothing replaces the file
+        return real_save(payload, path)
+
+    monkeypatch.setattr(handler_module, "save_torch_atomic", save_cut_short)
+    part, _, history_part = _validated_trainer(tmp_path / "part", 4, resume=False)
+    with pytest.raises(KeyboardInterrupt):
+        part.run()
+    assert cut and history_part.get("val_score")[0] == [1, 2]  # stopped after epoch 2 was validated
+    saved = load_torch_file(tmp_path / "part" / "checkpoint_epoch=2.pt")
+    assert saved["engine"]["pending"] == "validation" and not (tmp_path / "part" / "checkpoint_interrupted.pt").exists()
+    rest, net_rest, history_rest = _validated_trainer(tmp_path / "part", 4, resume=True)
+    rest.run()
+    assert [epoch for epoch, _ in rest.trained] == [3, 3, 3, 4, 4, 4]  # epoch 2 is not trained again
+    assert history_rest.state_dict() == history_full.state_dict()
+    assert all(torch.equal(x, y) for x, y in zip(net_full.state_dict().values(), net_rest.state_dict().values()))
+
+
 def test_a_stop_while_validating_the_last_epoch_resumes_to_validate_it_and_close(tmp_path):
     """Stopped while the last epoch was validated: the resume trains nothing, validates that epoch, writes the
     closing checkpoint, and a further resume is refused as finished."""

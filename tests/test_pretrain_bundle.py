@@ -217,6 +217,8 @@ def test_a_run_stopped_while_validating_keeps_the_epochs_training(runs, tmp_path
     log = resumed.stdout + resumed.stderr
     assert "validating epoch 1 before training on" in log and "epoch 1 validation (2 crops" in log
     assert "epoch 1/2: train_loss" not in log and log.count("epoch 2/2: train_loss") == 1  # epoch 1 not trained again
+    # epoch 1's model.pt / encoder.pt are written once it is validated, as at the end of an uninterrupted epoch 1
+    assert log.index("validating epoch 1 before") < log.index("epoch 1: wrote ") < log.index("epoch 2/2: train_loss")
     a, b = read_checkpoint(run / "checkpoint_epoch=2.pt"), read_checkpoint(straight / "checkpoint_epoch=2.pt")
     assert a["engine"] == b["engine"] == {"epoch": 2, "iteration": 4, "max_epochs": 2}
     assert a["objects"]["history"] == b["objects"]["history"]  # validation and loss curves, best epoch and value

@@ -3,6 +3,7 @@ up-front resume check (``medgmae.engine.resume``), guards, progress, metric hist
 (``medgmae.engine.figures``). File I/O lives in :mod:`medgmae.files`."""
 
 from medgmae.engine.checkpoint_handler import CheckpointHandler
+from medgmae.engine.epoch_validation import ResumeEvents
 from medgmae.engine.devices import resolve_device, unwrap_model
 from medgmae.engine.step_guards import GradientClipHandler, NonFiniteLossHandler
 from medgmae.engine.random_state import RandomStateTracker
@@ -25,6 +26,7 @@ __all__ = [
     "GradientClipHandler",
     "NonFiniteLossHandler",
     "RandomStateTracker",
+    "ResumeEvents",
     "latest_checkpoint",
     "resolve_device",
     "unwrap_model",

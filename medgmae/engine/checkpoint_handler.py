@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 from medgmae.distributed import rank_world
 from medgmae.engine.devices import to_device
 from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun, file_list
-from medgmae.engine.epoch_validation import PENDING, EpochValidation
+from medgmae.engine.epoch_validation import PENDING, EpochValidation, ResumeEvents
 from medgmae.engine.resume import (
     FINAL_CHECKPOINT,
     check_epoch_length,
@@ -144,6 +144,7 @@ class CheckpointHandler:
         self._stopped_validating: int | None = None  # the epoch whose training a stop in its validation saved
 
     def attach(self, engine: Engine) -> None:
+        engine.register_events(*ResumeEvents)
         engine.add_event_handler(Events.STARTED, self._on_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_trained)
         self.validation.attach(engine)
@@ -187,8 +188,9 @@ class CheckpointHandler:
         self.validation.keep(self._payload(engine, gather=True), self.objects)
 
     def _on_epoch(self, engine: Engine) -> None:
-        self.validation.take()  # validated: a stop from here on saves checkpoint_interrupted.pt
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
+        self.validation.take()  # validated and saved: a stop from here on saves checkpoint_interrupted.pt (before,
+        # a stop while this checkpoint is written saves the kept state as the epoch's, to be validated again)
         if saved is not None:
             self._after_epoch_save(saved, engine.state.epoch)
 
@@ -376,6 +378,7 @@ class CheckpointHandler:
         self._on_trained(engine)  # saved again, marked, should this validation be cut short too
         self.validation.run(engine)
         self._on_epoch(engine)
+        engine.fire_event(ResumeEvents.PENDING_EPOCH_SAVED)  # the epoch-end steps after the checkpoint (export)
 
     def _read_latest(self) -> tuple[Path | None, dict | None]:
         """The newest epoch checkpoint, read by rank 0 and broadcast to the other ranks, on ``map_location``."""

@@ -16,14 +16,26 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Sequence
 
-from ignite.engine import Engine, Events
+from ignite.engine import Engine, EventEnum, Events
 
 from medgmae.engine.restore import TRAINING_STATE
 
-__all__ = ["PENDING", "EpochValidation"]
+__all__ = ["PENDING", "EpochValidation", "ResumeEvents"]
 
 #: ``engine["pending"]`` of a checkpoint saved while its epoch was validated: the validation a resume runs first.
 PENDING = "validation"
+
+
+class ResumeEvents(EventEnum):
+    """Events of a resumed run (registered on the trainer by the checkpoint handler, and by any handler attaching to
+    them: registering twice is harmless).
+
+    ``PENDING_EPOCH_SAVED``: a resume has validated the epoch a stop cut short and saved that epoch's checkpoint, at
+    the trainer's start. An uninterrupted run's epoch-end steps that follow the checkpoint (the model export) do not
+    run for that epoch otherwise; they attach to this event to catch up.
+    """
+
+    PENDING_EPOCH_SAVED = "pending_epoch_saved"
 
 
 class _AttachRecorder:

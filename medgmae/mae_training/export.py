@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
-from medgmae.engine import is_main_process, unwrap_model
+from medgmae.engine import ResumeEvents, is_main_process, unwrap_model
 from medgmae.files import atomic_write
 
 __all__ = ["save_pretrained", "ModelExportHandler", "ENCODER_FILE", "MODEL_FILE"]
@@ -50,7 +50,9 @@ def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, P
 class ModelExportHandler:
     """Ignite handler writing ``encoder.pt`` and ``model.pt`` at each epoch end and when training completes (the
     completion writes them unless this epoch's end already did: a resumed run that had only its closing steps
-    left trains no epoch), or only when training completes; on the main process only under DDP.
+    left trains no epoch), or only when training completes; on the main process only under DDP. An epoch a resume
+    validates (its run stopped while validating it) is written once its checkpoint is saved
+    (:attr:`~medgmae.engine.ResumeEvents.PENDING_EPOCH_SAVED`), as at the end of an uninterrupted epoch.
 
     Args:
         output_dir: destination folder.
@@ -65,6 +67,8 @@ class ModelExportHandler:
     def attach(self, engine: Engine) -> None:
         if self.every_epoch:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+            engine.register_events(*ResumeEvents)  # the epoch a resume validated: written as at its end
+            engine.add_event_handler(ResumeEvents.PENDING_EPOCH_SAVED, self)
         engine.add_event_handler(Events.COMPLETED, self._on_completed)
 
     def _on_completed(self, engine: Engine) -> None:
