@@ -1,5 +1,5 @@
 """Tests of medgmae.render.render_volume: the torch backend (its stencil and tile paths) and the public API
-(validation, dtypes, gradients).
+(dtypes, gradients; argument checks: test_render_inputs.py).
 
 The reference is :func:`medgmae.render._reference.render_volume_reference`, an independent float64 evaluation of
 the formula over all voxels and all Gaussians: rotations by quaternion conjugation of the basis vectors, the
@@ -13,7 +13,6 @@ import math
 import os
 
 import pytest
-import numpy as np
 import torch
 
 from medgmae.render import preprocess_gaussians, render_volume
@@ -23,53 +22,7 @@ from medgmae.render._reference import rotation_by_conjugation
 from medgmae.render._stencil_impl import MAX_WIDTH, stencil_widths
 from medgmae.render._torch_impl import _voxel_ranges, torch_path
 
-
-def assert_matches_reference(out, ref, amb, rtol=1e-4, atol=2e-5):
-    scale = max(1.0, ref.abs().max().item())
-    err = (out.detach().cpu().double() - ref).abs()
-    bound = atol * scale + rtol * ref.abs() + amb
-    worst = (err - bound).max().item()
-    assert worst <= 0, f"max excess error {worst:.3g} (max err {err.max().item():.3g}, scale {scale:.3g})"
-
-
-def random_gaussians(b, k, shape, seed, scale_range=(0.4, 4.0), dtype=torch.float32, margin=3.0):
-    """Rotated anisotropic Gaussians, centres spread over the volume and up to ``margin`` voxels beyond it."""
-    g = torch.Generator().manual_seed(seed)
-    n = torch.tensor(shape, dtype=torch.float64)
-    means = torch.rand(b, k, 3, generator=g, dtype=torch.float64) * (n + 2 * margin) - margin
-    lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
-    scales = torch.exp(torch.rand(b, k, 3, generator=g, dtype=torch.float64) * (hi - lo) + lo)
-    quats = torch.randn(b, k, 4, generator=g, dtype=torch.float64)
-    intensities = torch.rand(b, k, generator=g, dtype=torch.float64) * 2.0 - 0.5
-    return tuple(t.to(dtype) for t in (means, scales, quats, intensities))
-
-
-def special_gaussians(shape, dtype=torch.float32, tiny=0.05):
-    """One batch item of edge cases: wholly outside (small), outside but reaching in (huge), tiny, huge, needle."""
-    d, h, w = shape
-    means = torch.tensor(
-        [
-            [-30.0, h / 2, w / 2],  # far outside, small: contributes nothing
-            [d + 6.0, -4.0, w + 3.0],  # outside the corner, large: reaches in
-            [d / 2, h / 2 + 0.3, w / 2 - 0.2],  # tiny
-            [d / 3, h / 3, w / 3],  # huge (covers everything, box clipped)
-            [1.2, h - 2.4, 2.2],  # needle
-            [d - 1.0, 0.5, w - 0.5],  # near a corner, inside
-        ],
-        dtype=torch.float64,
-    )
-    scales = torch.tensor(
-        [[1.0, 1.0, 1.0], [5.0, 3.0, 4.0], [tiny, tiny * 1.5, tiny], [60.0, 45.0, 80.0], [6.0, 0.3, 0.4],
-         [1.5, 0.8, 2.0]],
-        dtype=torch.float64,
-    )  # fmt: skip
-    quats = torch.tensor(
-        [[1.0, 0, 0, 0], [0.9, 0.3, -0.2, 0.1], [0.5, 0.5, 0.5, 0.5], [0.7, -0.1, 0.6, 0.2], [0.8, 0.4, 0.4, 0.2],
-         [0.1, 0.9, -0.3, 0.2]],
-        dtype=torch.float64,
-    )  # fmt: skip
-    intensities = torch.tensor([1.0, 0.8, 2.0, 0.3, -0.7, 1.1], dtype=torch.float64)
-    return tuple(t.unsqueeze(0).to(dtype) for t in (means, scales, quats, intensities))
+from render_helpers import assert_matches_reference, random_gaussians, special_gaussians
 
 
 SHAPE = (11, 14, 9)
@@ -317,12 +270,6 @@ def test_stencil_backward_twice_gives_the_same_gradients():
         assert torch.equal(a, b)
 
 
-def test_torch_path_rejects_unknown_path():
-    with pytest.raises(ValueError, match="path"):
-        with torch_path("stencils"):
-            pass
-
-
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton_interpreter)])
 def test_bf16_under_autocast_computes_in_float32(backend):
     # triton runs on CUDA where there is one, else on the CPU through the interpreter (see conftest.py)
@@ -335,82 +282,3 @@ def test_bf16_under_autocast_computes_in_float32(backend):
     assert out.dtype == torch.float32
     ref, amb = dense_reference(*[t.float() for t in bf], shape, 3.0)
     assert_matches_reference(out, ref, amb)
-
-
-def _good(b=2, k=3):
-    return dict(
-        means=torch.rand(b, k, 3) * 4,
-        scales=torch.ones(b, k, 3),
-        quats=torch.tensor([1.0, 0, 0, 0]).repeat(b, k, 1),
-        intensities=torch.ones(b, k),
-        shape=(4, 5, 6),
-    )
-
-
-def _bad(**changes):
-    kw = _good()
-    kw.update(changes)
-    return kw
-
-
-def _with(name, idx, value):
-    kw = _good()
-    t = kw[name].clone()
-    t[idx] = value
-    kw[name] = t
-    return kw
-
-
-BAD_INPUTS = [
-    (_bad(means=torch.rand(2, 3)), "means"),
-    (_bad(means=torch.rand(2, 3, 2)), "means"),
-    (_bad(means=[[0.0, 0.0, 0.0]]), "means"),
-    (_bad(means=torch.zeros(2, 3, 3, dtype=torch.long)), "means"),
-    (_bad(scales=torch.ones(2, 3)), "scales"),
-    (_bad(scales=torch.ones(2, 4, 3)), "scales"),
-    (_bad(quats=torch.ones(2, 3, 3)), "quats"),
-    (_bad(quats=torch.ones(1, 3, 4)), "quats"),
-    (_bad(intensities=torch.ones(2, 3, 1)), "intensities"),
-    (_bad(intensities=torch.ones(2, 2)), "intensities"),
-    (_with("scales", (0, 1, 2), 0.0), "scales"),
-    (_with("scales", (1, 0, 0), -1.0), "scales"),
-    (_with("scales", (1, 0, 0), float("nan")), "scales"),
-    (_with("scales", (1, 0, 0), float("inf")), "scales"),
-    (_with("quats", (0, 2), 0.0), "quats"),
-    (_with("quats", (0, 2, 1), float("nan")), "quats"),
-    (_with("means", (1, 2, 0), float("nan")), "means"),
-    (_with("means", (1, 2, 0), float("-inf")), "means"),
-    (_with("intensities", (0, 0), float("inf")), "intensities"),
-    (_bad(shape=(4, 5)), "shape"),
-    (_bad(shape=(4, 0, 6)), "shape"),
-    (_bad(shape=None), "shape"),
-    (_bad(shape=(4.5, 5, 6)), "shape"),  # a fraction is refused, not truncated to 4
-    (_bad(shape=(True, 5, 6)), "shape"),
-]
-
-
-@pytest.mark.parametrize("kwargs,name", BAD_INPUTS)
-def test_bad_input_raises_value_error_naming_argument(kwargs, name):
-    with pytest.raises(ValueError, match=name):
-        render_volume(**kwargs)
-
-
-def test_numpy_and_tensor_numbers_are_accepted_as_shape_and_cutoff():
-    """A NumPy integer shape and a NumPy or 0-d tensor cutoff give what Python numbers give."""
-    good = _good()
-    want = render_volume(**good, cutoff=2.5)
-    assert want.abs().sum() > 0
-    numpy_shape = {**good, "shape": tuple(np.int64(v) for v in good["shape"])}
-    assert torch.equal(render_volume(**numpy_shape, cutoff=np.float32(2.5)), want)
-    assert torch.equal(render_volume(**good, cutoff=torch.tensor(2.5)), want)
-
-
-@pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan"), float("inf"), "3", True, torch.tensor([[3.0]])])
-def test_bad_cutoff(cutoff):
-    with pytest.raises(ValueError, match="cutoff"):
-        render_volume(**_good(), cutoff=cutoff)
-
-
-def test_bad_backend():
-    with pytest.raises(ValueError, match="backend"):
-        render_volume(**_good(), backend="cuda")

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("triton")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_render import random_gaussians  # noqa: E402
+from render_helpers import random_gaussians  # noqa: E402
 
 import medgmae.render._triton_impl as triton_impl  # noqa: E402
 from medgmae.render import render_volume  # noqa: E402

@@ -2,7 +2,7 @@
 
 On a CPU-only machine the kernels run under ``TRITON_INTERPRET=1`` (set by conftest.py before triton is imported):
 the same kernel source that compiles for the GPU. Values are checked against the float64 dense reference of
-test_render.py, gradients against the torch backend (the kernels compute in float32, so no float64 gradcheck).
+render_helpers.py, gradients against the torch backend (the kernels compute in float32, so no float64 gradcheck).
 The ``gpu`` tests compare both backends on CUDA at realistic sizes.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("triton")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_render import assert_matches_reference, random_gaussians, special_gaussians  # noqa: E402
+from render_helpers import assert_matches_reference, random_gaussians, special_gaussians  # noqa: E402
 
 from medgmae.render._reference import render_volume_reference as dense_reference  # noqa: E402
 
