@@ -253,7 +253,9 @@ class MedGMAE(MaskedAutoencoder):
 
     def _init_heads(self) -> None:
         # centres spread over the volume (xavier); scale, rotation and intensity start from their biases (small
-        # weights), so that every Gaussian begins at 0.2 of the scale cap and intensity 0.4, as the paper intends
+        # weights, where the paper uses xavier for every head), so that every Gaussian begins at 0.2 of the scale cap
+        # and intensity sigmoid(-0.405) = 0.4 (the paper's bias; its text rounds the value to 0.5). The rotation bias
+        # is the identity quaternion (the paper's is 0). See the bundle README's comparison with the paper.
         nn.init.xavier_uniform_(self.head_mean.weight)
         nn.init.zeros_(self.head_mean.bias)
         for head in (self.head_scale, self.head_rotation, self.head_intensity):
