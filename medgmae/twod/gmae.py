@@ -4,13 +4,16 @@ The encoder is :class:`~medgmae.networks.vit.MaskedViTEncoder` over 2D patches (
 only). The decoder is the query-token decoder of the 3D MedGMAE (:class:`~medgmae.networks.medgmae.MedGMAE`):
 ``[cls] + K learnable query tokens + visible tokens`` (projected to the decoder width, the visible ones with the
 sin-cos embedding of their patch positions) through MONAI transformer blocks; one Gaussian of 14 numbers is read
-off every query token, with the activations of the GMAE paper:
+off every query token. Centre and scale follow the GMAE paper; the rotation does not:
 
 * centre ``(x, y, z) = tanh(.)``: ``x, y`` in the ``[-1, 1]`` image-plane frame of
   :func:`~medgmae.twod.render.render_gaussians_2d` (the image spans 2 units), ``z`` the depth;
 * scale ``c * sigmoid(.)`` with the cap ``c`` in the same units (``c = 1``: a standard deviation of at most half
   the image width; the paper found ``c`` of 1-2 best, with x, y in the tanh range);
-* rotation: L2-normalised quaternion ``(w, x, y, z)``;
+* rotation: L2-normalised quaternion ``(w, x, y, z)``, as in MedGMAE and 3D Gaussian splatting. The GMAE paper
+  passes the quaternion through a sigmoid; a quaternion of four positive components reaches only the rotations
+  that have such a representative (a turn of -30 degrees about one axis, ``(cos 15, -sin 15, 0, 0)`` or its
+  negative, has none), so the sign-free normalisation is kept;
 * colour (``in_channels`` values) and opacity: sigmoid.
 
 The Gaussians are rendered with a fixed orthographic camera (front-to-back alpha compositing) and the loss is the
