@@ -216,7 +216,9 @@ class GMAE2D(MaskedAutoencoder):
         for head in (self.head_mean, self.head_scale, self.head_rotation, self.head_color, self.head_opacity):
             nn.init.xavier_uniform_(head.weight)
             nn.init.zeros_(head.bias)
-        nn.init.constant_(self.head_scale.bias, SCALE_BIAS_INIT)  # 0.2 of the cap at the start
+        # sigmoid(-1.386) = 0.2 of the cap for a zero input; with the Xavier weights the starting scales spread
+        # widely around it (unlike MedGMAE's small-weight heads, where every Gaussian starts near 0.2)
+        nn.init.constant_(self.head_scale.bias, SCALE_BIAS_INIT)
         with torch.no_grad():
             self.head_rotation.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
 
