@@ -54,7 +54,7 @@ VIT_PRESETS: dict[str, ViTPreset] = {
 
 def visible_patch_count(n_tokens: int, mask_ratio: float) -> int:
     """How many of ``n_tokens`` patches the encoder sees under ``mask_ratio``: ``n_tokens * (1 - mask_ratio)``
-    rounded to the nearest integer, at least one.
+    rounded to the nearest integer (a half to the even one, as Python's ``round``), at least one.
 
     MAE and the MedGMAE release truncate (``int``); both give the paper's 128 of 512 patches at 0.75, and rounding
     keeps a product such as ``10 * (1 - 0.9) = 0.999...`` from losing its one visible patch.
