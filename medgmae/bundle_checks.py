@@ -24,7 +24,7 @@ from medgmae.bundle_command_line import (
     unknown_key_lines,
     unknown_key_problems,
 )
-from medgmae.bundle_errors import summarise_errors
+from medgmae.bundle_errors import InputRefusal, summarise_errors
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
 from medgmae.setting_kinds import setting_problem
@@ -34,7 +34,7 @@ __all__ = ["BundleSettingError", "check_base_config", "check_settings", "check_o
 
 logger = logging.getLogger("medgmae")
 
-class BundleSettingError(ValueError):
+class BundleSettingError(InputRefusal):
     """A bundle setting (a config key, usually given on the command line) that cannot be used."""
 
 

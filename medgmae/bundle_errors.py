@@ -23,7 +23,8 @@ from typing import Any
 # interrupt's exit status (130 became 1)
 from medgmae.distributed import is_main_process, process_count, process_rank
 
-__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "Terminated", "catch_sigterm",
+__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "InputRefusal", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "TRACEBACK_ENV",
+           "Terminated", "catch_sigterm",
            "data_worker_init", "on_sigterm", "summarise_errors"]
 
 
@@ -138,6 +139,23 @@ def _is_monai_wrapper(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and str(exc).startswith(wrappers)
 
 
+#: Set (to anything but ``0`` or nothing) to keep the traceback above an :class:`InputRefusal`'s message.
+TRACEBACK_ENV = "MEDGMAE_TRACEBACK"
+
+
+class InputRefusal(ValueError):
+    """An error in what the user gave (a setting, a datalist or one of its files, a checkpoint of the wrong kind)
+    whose message says all there is to say: the file or setting and the problem. A bundle stopped by one prints that
+    message alone, ``error: <type>: <message>``, without the traceback of where it was raised (MONAI's runner adds
+    tens of lines of its own wrappers; :data:`TRACEBACK_ENV` keeps them). Errors of any other type keep their
+    traceback: they may be the toolkit's fault."""
+
+
+def _traceback_wanted() -> bool:
+    """Whether :data:`TRACEBACK_ENV` asks for the traceback above an :class:`InputRefusal`."""
+    return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
+
+
 #: The last line of a training run stopped with Ctrl-C.
 INTERRUPTED = ("interrupted: run the same command with --resume true to continue from the newest "
                "checkpoint_epoch=N.pt in its output folder (an epoch cut short is trained again)")
@@ -229,7 +247,8 @@ def _before_training(output_dir: str | None, resume: bool | None = None, at_star
 
 def summarise_errors(resumable: bool = False, output_dir: str | None = None, resume: bool | None = None) -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
-    ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper.
+    ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper; when that
+    exception is an :class:`InputRefusal` (a bad setting, datalist or checkpoint), its message is printed alone.
 
     ``python -m monai.bundle run`` wraps every error of a config expression in ``RuntimeError: Failed to evaluate
     ConfigExpression``, so the last line a user reads names the expression, and the message that says what to do
@@ -273,6 +292,9 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
             return
         if not main and reason is not None:  # under torchrun: rank 0 prints the traceback and the reason
             _say_rank_stopped(reason)
+            return
+        if isinstance(reason, InputRefusal) and not _traceback_wanted():  # the user's input: where it was raised
+            print(f"error: {type(reason).__name__}: {reason}", file=sys.stderr)  # is no news to them
             return
         previous(exc_type, exc, tb)
         if reason is not None and reason is not exc:

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from medgmae.bundle_errors import InputRefusal
 from medgmae.files import load_torch_file, save_torch_atomic
 from medgmae.preprocessing import PreprocessingSpec
 
@@ -132,7 +133,7 @@ def _kind_phrase(kind: str | None, ckpt: dict | None = None) -> str:
     return f"a {kind} checkpoint ({CHECKPOINT_KINDS[kind]}{run})"
 
 
-class TrainingStateError(ValueError):
+class TrainingStateError(InputRefusal):
     """:func:`load_checkpoint`'s refusal of a training-state checkpoint (for ``--resume``) that holds no model
     record, e.g. a GViT phase's ``checkpoint_epoch=N.pt``.
 

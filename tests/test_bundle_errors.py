@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 
-def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, rank: int | None = None, runner: bool = False):
+def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, rank: int | None = None, runner: bool = False,
+                    env: dict | None = None):
     """Run ``body`` in a fresh Python with :func:`summarise_errors` installed (twice: installed twice; resumable:
     by a bundle with a ``resume`` setting; runner: in a process started as MONAI's bundle runner); returns the
     finished process and its non-blank stderr lines."""
@@ -19,7 +20,7 @@ def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, ran
     install = f"summarise_errors(); {install}" if twice else install
     argv = "import sys; sys.argv[0] = '/env/lib/python3/site-packages/monai/bundle/__main__.py'\n" if runner else ""
     code = f"{argv}from medgmae.bundle_errors import summarise_errors\n{install}\n{body}"
-    env = {**os.environ, **({} if rank is None else {"RANK": str(rank), "WORLD_SIZE": "2"})}
+    env = {**os.environ, **(env or {}), **({} if rank is None else {"RANK": str(rank), "WORLD_SIZE": "2"})}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     return proc, [line for line in proc.stderr.splitlines() if line.strip()]
 
@@ -57,6 +58,30 @@ def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():
     assert lines[-1] == "error: ValueError: --max_epochs: expected a positive whole number, got -3"
     assert "RuntimeError: Failed to evaluate ConfigExpression" in proc.stderr  # the traceback is kept
     assert sum(line.startswith("error: ") for line in lines) == 1
+
+
+def test_a_refusal_of_the_users_input_is_printed_alone():
+    """A bad setting, datalist or checkpoint (an InputRefusal, however deep MONAI wraps it) ends the run with its
+    message alone: no traceback, no MONAI wrapper; MEDGMAE_TRACEBACK=1 keeps the traceback above it. Its subclasses
+    are the toolkit's refusals, still ValueErrors for callers that catch those."""
+    from medgmae.bundle_checks import BundleSettingError
+    from medgmae.checkpoint import TrainingStateError
+    from medgmae.data.datalist import DatasetError
+
+    assert all(issubclass(c, ValueError) for c in (BundleSettingError, DatasetError, TrainingStateError))
+    body = ("from medgmae.data.datalist import DatasetError\n"
+            "try:\n"
+            "    raise DatasetError('/data/dataset.json: the datalist lists no training cases')\n"
+            "except ValueError as e:\n"
+            "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
+    proc, lines = _under_the_hook(body, resumable=True)
+    assert lines == ["error: DatasetError: /data/dataset.json: the datalist lists no training cases"], proc.stderr
+    assert proc.returncode == 1
+    for keep in ("1", "yes"):
+        proc, lines = _under_the_hook(body, resumable=True, env={"MEDGMAE_TRACEBACK": keep})
+        assert "Traceback (most recent call last):" in lines and "RuntimeError: Failed to evaluate ConfigExpression" in lines
+        assert lines[-1] == "error: DatasetError: /data/dataset.json: the datalist lists no training cases"
+    assert _under_the_hook(body, env={"MEDGMAE_TRACEBACK": "0"})[1] == lines[-1:]
 
 
 def test_a_transforms_failure_ends_with_the_file_it_could_not_read():

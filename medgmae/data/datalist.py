@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 
+from medgmae.bundle_errors import InputRefusal
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path, volume_stem
 from medgmae.distributed import is_main_process, main_process_only
 
@@ -35,7 +36,7 @@ __all__ = [
 logger = logging.getLogger("medgmae.data")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputRefusal):
     """A datalist or one of its files cannot be used; the message names the file and the problem."""
 
 
