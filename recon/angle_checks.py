@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["check_radians", "degrees_question", "looks_like_degrees"]
+__all__ = ["check_radians", "degrees_question", "full_turn", "looks_like_degrees"]
 
 #: Turns (as radians) past which angles that may be degrees are taken to be degrees.
 DEGREE_TURNS = 10
@@ -68,3 +68,14 @@ def degrees_question(angles) -> str | None:
     a, span, _ = _span_step(angles)
     return (f"the {a.size} angles run from {a.min():.4g} to {a.max():.4g}: as radians, which geometry.json's angles "
             f"are, {span / (2 * math.pi):.1f} turns; are they degrees? (convert them with numpy.deg2rad)")  # fmt: skip
+
+
+def full_turn(angles) -> bool:
+    """Whether the views go all round (radians): no gap between neighbouring views, wrapped to one turn, is wider
+    than two mean steps of a full turn (``2 * 2 pi / N``), so that every ray through the rotation plane is measured
+    from one side or the other (what an offset-detector scan needs)."""
+    a = np.sort(np.mod(np.asarray(angles, dtype=np.float64), 2 * math.pi))
+    if a.size < 3:
+        return False
+    gaps = np.diff(np.concatenate([a, a[:1] + 2 * math.pi]))
+    return bool(gaps.max() <= 2 * (2 * math.pi / a.size))

@@ -12,8 +12,10 @@ projection is interpolated bilinearly there.
 
 An offset detector (:attr:`CTGeometry.det_offset <recon.geometry.CTGeometry>`) is honoured throughout: a voxel is
 back-projected at detector coordinate ``u(x) - offset_u`` (and ``v(x) - offset_v``) from the detector centre, and the
-weights above use each pixel's true distance from the central ray. The central ray stays on the detector (the
-geometry refuses more), so no half-fan redundancy weighting is needed or done.
+weights above use each pixel's true distance from the central ray. A half-fan scan (:attr:`CTGeometry.half_fan
+<recon.geometry.CTGeometry>`: the detector covers the volume on one side of the central ray only, over a full turn)
+measures the rays near the central ray twice and the others once; its projections are weighted first by
+:func:`half_fan_weights` (Wang 2002, as RTK's displaced-detector filter), which count each ray once in all.
 
 The ``pi / N`` weight is exact for equispaced views over 180 degrees (parallel) or 360 degrees (either). Other
 arcs of at least 180 degrees (cone beam: plus the fan angle) get Parker's redundancy weights
@@ -28,6 +30,7 @@ of ``geometry.json``), with Parker weights for short scans and the windowed filt
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -39,7 +42,8 @@ from recon.angle_checks import degrees_question
 from recon.geometry import CTGeometry
 from recon.ramp_filter import FILTERS, filter_name as _filter_name, filter_projections, ramp_filter
 
-__all__ = ["FILTERS", "ramp_filter", "filter_projections", "backproject", "fbp", "arc_weighting_note", "parker_weights"]
+__all__ = ["FILTERS", "ramp_filter", "filter_projections", "backproject", "fbp", "arc_weighting_note", "half_fan_weights",
+           "parker_weights"]
 
 #: Sampling positions per step of the 3D-grid backprojection (views x batch x slices x H x W; at least one slice):
 #: about 200 MB of float32 working tensors per step whatever the number of slices (a 512 x 512 x 200 cone beam built
@@ -179,6 +183,9 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
     parker = parker_weights(g)
     if parker is not None:  # an arc between the exact ones: each ray's two measurements weighted to one (Parker 1982)
         p = p * parker.to(p.dtype).to(p.device)[:, None, :]
+    half_fan = half_fan_weights(g)
+    if half_fan is not None:  # an offset detector over a full turn: the rays seen twice weighted to once (Wang 2002)
+        p, g = _padded_to_both_sides(p * half_fan.to(p.dtype).to(p.device), g)
     if g.kind == "parallel":
         q = filter_projections(p, g.det_spacing[1], name)
     else:  # each pixel's distance from the central ray (offset included), on the virtual detector at the isocentre
@@ -268,6 +275,47 @@ def parker_weights(geometry: CTGeometry) -> Tensor | None:
     return torch.as_tensor(w * arc / math.pi)
 
 
+def half_fan_weights(geometry: CTGeometry) -> Tensor | None:
+    """The redundancy weights ``(cols,)`` of a half-fan scan (:attr:`CTGeometry.half_fan
+    <recon.geometry.CTGeometry>`), or ``None`` for any other scan.
+
+    Over a full turn, the ray through the detector at ``u`` from the central ray (fan angle ``g = atan(u / sd)``;
+    parallel beam: ``u`` itself) is measured again at ``-u`` (``-g``) half a turn on, where the detector reaches
+    there. The detector reaches ``D`` past the central ray on its short side (its half width less ``|offset_u|``), so
+    the rays within ``D`` are measured twice and those beyond once. Wang's weights (2002, also RTK's
+    ``DisplacedDetectorImageFilter``) are 0 beyond ``-D``, 2 beyond ``D`` and ``1 + sin(pi / 2 * g / g_D)`` between
+    (on the side the detector reaches less, mirrored), so that the two measurements of every ray sum to 2, the
+    weight a ray measured twice has under :func:`fbp`'s equal ``pi / N`` weights over a full turn; smoothly, so the
+    ramp filter sees no edge.
+    """
+    if not geometry.half_fan:
+        return None
+    offset = geometry.det_offset[0]
+    reach = geometry.det_shape[1] * geometry.det_spacing[1] / 2 - abs(offset)  # past the central ray, short side
+    u = torch.as_tensor(geometry.detector_coords()[0] * math.copysign(1.0, offset))  # toward the wide side: positive
+    if geometry.kind == "cone":
+        angle, limit = torch.atan(u / geometry.source_detector), math.atan(reach / geometry.source_detector)
+    else:
+        angle, limit = u, reach
+    ramp = 1.0 + torch.sin(math.pi / 2 * angle.clamp(-limit, limit) / limit)
+    return torch.where(angle >= limit, torch.full_like(ramp, 2.0), torch.where(angle <= -limit, torch.zeros_like(ramp), ramp))
+
+
+def _padded_to_both_sides(p: Tensor, geometry: CTGeometry) -> tuple[Tensor, CTGeometry]:
+    """Weighted half-fan projections ``(B, V, rows, cols)`` padded with zero columns on the detector's short side
+    until it reaches as far past the central ray as the wide side, and the geometry of that wider detector (the
+    columns given keep their place). The ramp filter's response to the weighted rows spreads past the short edge, and
+    the voxels that project there need it (as RTK pads its displaced detector); cut at the edge, it leaves a ghost of
+    each object at its mirror image about the axis (5 % of a ball's value in ``tests/test_half_fan.py``)."""
+    du, offset = geometry.det_spacing[1], geometry.det_offset[0]
+    k = math.ceil(2 * abs(offset) / du - 1e-9)
+    padded = F.pad(p, (k, 0) if offset > 0 else (0, k))
+    shift = -k * du / 2 if offset > 0 else k * du / 2
+    wider = replace(geometry, det_shape=(geometry.det_shape[0], geometry.det_shape[1] + k),
+                    det_offset=(offset + shift, geometry.det_offset[1]))  # fmt: skip
+    return padded, wider
+
+
 def arc_weighting_note(geometry: CTGeometry) -> str | None:
     """Why :func:`fbp`'s values are biased for this geometry's arc, or ``None`` when they are not.
 
@@ -334,13 +382,19 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     # rows beyond the volume's ends would dilute it); judged over the views by the upper quartile, since an object
     # wider than the field of view is cut in many views, and noise peaks in a few
     seen = p.mean(dim=2, dtype=torch.float64) > threshold * peak  # (V, rows): their mean, as noise averages out
-    outer = ((p[:, :, 0].double() + p[:, :, -1].double()) / 2).masked_fill(~seen, float("nan"))
+    if geometry.half_fan:  # the short side's outer column sees the object by design: the wide side's alone counts
+        wide = p[:, :, 0 if geometry.det_offset[0] < 0 else -1].double()
+        outer = wide.masked_fill(~seen, float("nan"))
+    else:
+        outer = ((p[:, :, 0].double() + p[:, :, -1].double()) / 2).masked_fill(~seen, float("nan"))
     edges = torch.nan_to_num(outer.nanmedian(dim=1).values, nan=0.0)  # (V,)
     share = float(torch.quantile(edges, 0.75)) / peak
     if share <= threshold:
         return None
     worst = int(edges.argmax())
     width = geometry.det_shape[1] * geometry.det_spacing[1] - 2 * abs(geometry.det_offset[0])  # seen in every view
+    if geometry.half_fan:  # seen from one side or the other over the turn
+        width = geometry.det_shape[1] * geometry.det_spacing[1] + 2 * abs(geometry.det_offset[0])
     fov = width if geometry.kind == "parallel" else width * geometry.source_origin / geometry.source_detector
     what = "FBP" if geometry.kind == "parallel" else "FDK"
     return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral "

@@ -20,8 +20,12 @@ detector at pixel ``((rows-1)/2 - offset_v / dv, (cols-1)/2 - offset_u / du)``: 
 image of the rotation axis towards column 0. It plays the part of RTK's ``ProjectionOffsetX/Y`` (a shift of the
 detector in its plane, here along this frame's ``u`` and ``v``); a projection stack's header origin
 ``-(n-1)/2 spacing + offset`` states it (:func:`recon.scan_files.check_projection_header`), and ASTRA's vector
-geometries take it as the shifted detector centre. The central ray must stay on the detector: an offset of half the
-detector or more (a half-fan / offset-detector scan, which needs redundancy weighting) is refused.
+geometries take it as the shifted detector centre. The central ray must stay on the detector (an offset of half the
+detector or more is refused). When the detector less twice its offset (what it covers on both sides of the central
+ray) is narrower than the volume, the scan is a half-fan (offset-detector) scan, as radiotherapy CBCT's large field of
+view: accepted when the views go all round (:func:`recon.angle_checks.full_turn`) and the detector's wider side
+covers the volume, each ray then being measured from one side or the other (:attr:`CTGeometry.half_fan`; FDK weights
+its redundant rays, :func:`recon.fbp.half_fan_weights`).
 
 :meth:`CTGeometry.vectors` writes these as ASTRA ``parallel3d_vec`` / ``cone_vec`` rows, the single definition both
 projector backends use.
@@ -37,9 +41,9 @@ from typing import Sequence
 
 import numpy as np
 
-from recon.angle_checks import check_radians
-from recon.geometry_fields import (AFFINE_RTOL, NO_OFFSET, affine_list, angle_list, check_affine, equispaced_angles,
-                                   floats, ints, number, offset_pair)
+from recon.angle_checks import check_radians, full_turn
+from recon.geometry_fields import (AFFINE_RTOL, NO_OFFSET, affine_list, angle_list, check_affine, check_source,
+                                   equispaced_angles, floats, ints, number, offset_pair)
 
 __all__ = ["CTGeometry", "GEOMETRY_KINDS", "AFFINE_RTOL", "NO_OFFSET"]
 
@@ -217,29 +221,21 @@ class CTGeometry:
         check_radians(self.angles)
         if self.affine is not None:
             check_affine(self.affine, self.voxel_size)
-        half = [0.5 * n * s for n, s in zip(self.volume_shape, self.voxel_size)]
-        r_xy = math.hypot(half[1], half[2])
         self._checkoffset_pair()
-        # an offset detector covers symmetrically about the central ray only what lies within its nearer edge
-        det_w = self.det_shape[1] * self.det_spacing[1] - 2 * abs(self.det_offset[0])
-        det_h = self.det_shape[0] * self.det_spacing[0] - 2 * abs(self.det_offset[1])
-        tol = 1e-6 + 1e-3 * max(det_w, det_h)
         if self.kind == "parallel":
             if self.source_origin is not None or self.source_detector is not None:
                 raise ValueError("source_origin/source_detector apply to cone-beam geometries only")
-            need_w, need_h = 2 * min(half[1], half[2]), 2 * half[0]
         else:
-            so, sd = self.source_origin, self.source_detector
-            if so is None or sd is None:
-                raise ValueError("a cone-beam geometry needs source_origin and source_detector (mm)")
-            if not (math.isfinite(so) and math.isfinite(sd) and so > 0 and sd > 0):
-                raise ValueError(f"source distances must be positive and finite, got {so}, {sd}")
-            if sd < so:
-                raise ValueError(f"source_detector ({sd} mm) must be at least source_origin ({so} mm)")
-            if so <= r_xy:
-                raise ValueError(f"source_origin ({so} mm) must lie outside the volume (radius {r_xy:.2f} mm)")
-            need_w = 2 * min(half[1], half[2]) * sd / so
-            need_h = 2 * half[0] * sd / so
+            check_source(self.source_origin, self.source_detector, self.volume_shape, self.voxel_size)
+        det_w, det_h, need_w, need_h, tol = self._coverage()
+        wide_side = self.det_shape[1] * self.det_spacing[1] / 2 + abs(self.det_offset[0])
+        if det_h + tol >= need_h and det_w + tol < need_w and wide_side + tol / 2 >= need_w / 2:
+            if full_turn(self.angles):
+                return  # a half-fan scan: each ray is seen from one side or the other
+            raise ValueError(
+                f"the detector covers {det_w:.2f} mm about the central ray (less twice its offset u = "
+                f"{self.det_offset[0]:g} mm) where the volume needs {need_w:.2f} mm: such a half-fan (offset-detector) "
+                "scan covers the volume only with views all round (360 degrees), and these angles leave a gap")  # fmt: skip
         if det_w + tol < need_w or det_h + tol < need_h:
             shifted = "" if self.det_offset == NO_OFFSET else (
                 f" about the central ray (the detector less twice its offset (u, v) {self.det_offset} mm)")
@@ -247,6 +243,23 @@ class CTGeometry:
                 f"detector too small for the volume: {det_w:.2f} x {det_h:.2f} mm (cols x rows){shifted} but the "
                 f"volume needs at least {need_w:.2f} x {need_h:.2f} mm at the detector"
             )
+
+    def _coverage(self) -> tuple[float, float, float, float, float]:
+        """``(det_w, det_h, need_w, need_h, tol)`` in mm on the detector: what it covers symmetrically about the
+        central ray (an offset detector: within its nearer edge), what the volume's inscribed cylinder needs, and the
+        tolerance of the comparison."""
+        half = [0.5 * n * s for n, s in zip(self.volume_shape, self.voxel_size)]
+        det_w = self.det_shape[1] * self.det_spacing[1] - 2 * abs(self.det_offset[0])
+        det_h = self.det_shape[0] * self.det_spacing[0] - 2 * abs(self.det_offset[1])
+        mag = 1.0 if self.kind == "parallel" else self.source_detector / self.source_origin
+        return det_w, det_h, 2 * min(half[1], half[2]) * mag, 2 * half[0] * mag, 1e-6 + 1e-3 * max(det_w, det_h)
+
+    @property
+    def half_fan(self) -> bool:
+        """Whether this is a half-fan (offset-detector) scan: the detector, less twice its offset, is narrower than
+        the volume, which its wider side covers over a full turn (module docstring)."""
+        det_w, _, need_w, _, tol = self._coverage()
+        return det_w + tol < need_w
 
     def _checkoffset_pair(self) -> None:
         """Raise ``ValueError`` unless :attr:`det_offset` is finite and keeps the central ray on the detector."""
@@ -258,7 +271,8 @@ class CTGeometry:
         if abs(u) >= half_w:
             raise ValueError(
                 f"det_offset u = {u:g} mm puts the central ray off the detector (half its width is {half_w:g} mm): "
-                "such a half-fan (offset-detector) scan needs redundancy weighting, which is not supported"
+                "a half-fan (offset-detector) scan needs the detector to reach past the central ray, where the rays "
+                "seen from both sides are weighted"
             )
         if abs(v) >= half_h:
             raise ValueError(f"det_offset v = {v:g} mm puts the central ray off the detector (half its height is "

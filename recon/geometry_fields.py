@@ -1,5 +1,5 @@
 """Parsing and checks of :class:`recon.geometry.CTGeometry`'s fields: numbers, whole numbers, the angles, the
-detector offset and the carried affine, each refused with a ``ValueError`` naming the field."""
+detector offset, the cone beam's source distances and the carried affine, each refused with a ``ValueError`` naming the field."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 __all__ = ["AFFINE_RTOL", "NO_OFFSET", "entries", "number", "floats", "ints", "offset_pair", "angle_list",
-           "equispaced_angles", "affine_list", "check_affine"]
+           "equispaced_angles", "affine_list", "check_affine", "check_source"]
 
 #: Relative tolerance of the check that the affine's column norms are the voxel sizes.
 AFFINE_RTOL = 1e-3
@@ -112,3 +112,18 @@ def check_affine(affine: list, voxel_size: tuple) -> None:
     if not np.allclose(norms, expected, rtol=AFFINE_RTOL, atol=0.0):
         raise ValueError(f"affine's column norms {tuple(round(float(n), 6) for n in norms)} (x, y, z) contradict voxel_size "
                          f"{tuple(voxel_size)} (z, y, x), i.e. {tuple(expected.tolist())} (x, y, z)")  # fmt: skip
+
+
+def check_source(so: float | None, sd: float | None, volume_shape: tuple, voxel_size: tuple) -> None:
+    """Raise ``ValueError`` unless a cone beam's source-isocentre ``so`` and source-detector ``sd`` distances (mm) are
+    given, positive, finite, ordered (``sd >= so``) and put the source outside the volume's bounding cylinder."""
+    half = [0.5 * n * s for n, s in zip(volume_shape, voxel_size)]
+    r_xy = math.hypot(half[1], half[2])
+    if so is None or sd is None:
+        raise ValueError("a cone-beam geometry needs source_origin and source_detector (mm)")
+    if not (math.isfinite(so) and math.isfinite(sd) and so > 0 and sd > 0):
+        raise ValueError(f"source distances must be positive and finite, got {so}, {sd}")
+    if sd < so:
+        raise ValueError(f"source_detector ({sd} mm) must be at least source_origin ({so} mm)")
+    if so <= r_xy:
+        raise ValueError(f"source_origin ({so} mm) must lie outside the volume (radius {r_xy:.2f} mm)")

@@ -210,20 +210,23 @@ def test_json_round_trip_and_a_file_without_the_offset(tmp_path):
 @pytest.mark.parametrize(
     "offset, message",
     [
-        ((12.0, 0.0), "det_offset u = 12 mm puts the central ray off the detector (half its width is 12 mm): such a "
-                      "half-fan (offset-detector) scan needs redundancy weighting, which is not supported"),
+        ((12.0, 0.0), "det_offset u = 12 mm puts the central ray off the detector (half its width is 12 mm): a "
+                      "half-fan (offset-detector) scan needs the detector to reach past the central ray"),
         ((-15.0, 0.0), "half-fan"),
         ((0.0, 6.0), "det_offset v = 6 mm puts the central ray off the detector (half its height is 6 mm)"),
         ((float("nan"), 0.0), "det_offset (u, v) must be finite"),
         ((0.0, float("inf")), "det_offset (u, v) must be finite"),
         ((1.0,), "det_offset must be two numbers (u, v) in mm"),
         (("1", 0.0), "det_offset must hold numbers"),
-        ((3.0, 0.0), "detector too small for the volume: 18.00 x 12.00 mm (cols x rows) about the central ray"),
+        ((3.0, 0.0), "the detector covers 18.00 mm about the central ray (less twice its offset u = 3 mm) where the "
+                     "volume needs 22.00 mm: such a half-fan (offset-detector) scan covers the volume only with views "
+                     "all round (360 degrees)"),
     ],
 )
 def test_offsets_that_cannot_work_are_refused(offset, message):
-    """An offset that moves the central ray off the detector (the half-fan case), a non-finite or malformed one,
-    and one that leaves part of the volume's inscribed cylinder unseen on the near side, are refused by name."""
+    """An offset that moves the central ray off the detector, a non-finite or malformed one, one that leaves part of
+    the volume's inscribed cylinder unseen on the near side in a scan short of a full turn (a half-fan scan needs
+    one; one whose wide side too falls short: tests/test_half_fan.py), are refused by name."""
     with pytest.raises(ValueError) as error:
         CTGeometry("parallel", (12, 22, 22), 1.0, (12, 24), 1.0, [0.0, 1.0], det_offset=offset)
     assert message in str(error.value), str(error.value)
