@@ -17,6 +17,7 @@ from monai.transforms import RandGaussianNoised
 
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.resume import check_epoch_length, inexact_resume_notes, loader_record, saved_loader_record
+from medgmae.files import load_torch_file
 
 PATH = Path("run/checkpoint_epoch=2.pt")
 
@@ -164,26 +165,43 @@ def test_a_resumed_run_removes_the_interrupted_checkpoint_once_it_saved_a_later_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "checkpoint_final.pt"]
 
 
-def test_ctrl_c_while_the_first_epoch_checkpoint_is_written_says_the_epoch_had_finished(tmp_path, monkeypatch):
-    """Ctrl-C during the write of checkpoint_epoch=1.pt (after the epoch and its validation): no epoch checkpoint
-    exists, and the advice says the epoch finished but its checkpoint was not written (not "before the first epoch
-    finished")."""
+def test_ctrl_c_while_the_first_epoch_checkpoint_is_written_keeps_the_epoch(tmp_path, monkeypatch):
+    """Ctrl-C during the write of checkpoint_epoch=1.pt (after the epoch and its validation): the epoch's training is
+    saved in its place, marked for validation, and the advice says so. Ctrl-C after the epoch's last step but before
+    the checkpoint handler kept its state (an epoch-end handler before it) leaves no epoch checkpoint: the advice says
+    the epoch finished but its checkpoint was not written (not "before the first epoch finished")."""
     import medgmae.engine.checkpoint_handler as handlers
 
-    real = handlers.save_torch_atomic
+    real, cut = handlers.save_torch_atomic, []
 
     def stopped_in_epoch_write(payload, path):
-        if Path(path).name.startswith("checkpoint_epoch="):
+        if Path(path).name.startswith("checkpoint_epoch=") and not cut:
+            cut.append(path)
             raise KeyboardInterrupt
         return real(payload, path)
 
     monkeypatch.setattr(handlers, "save_torch_atomic", stopped_in_epoch_write)
     with pytest.raises(KeyboardInterrupt) as stopped:
         _trainer(tmp_path, 3, resume=False).run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]
+    assert load_torch_file(tmp_path / "checkpoint_epoch=1.pt")["engine"]["pending"] == "validation"
+    assert stopped.value.resume_advice == (
+        "interrupted while writing epoch 1's checkpoint: its training is saved in checkpoint_epoch=1.pt; run the same "
+        "command with --resume true to validate it and train on")
+    (tmp_path / "checkpoint_epoch=1.pt").unlink()
+    monkeypatch.undo()
+
+    def stopped_before_kept(self, payload, objects):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(handlers.EpochValidation, "keep", stopped_before_kept)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        _trainer(tmp_path, 3, resume=False).run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_interrupted.pt"]
     assert stopped.value.resume_advice.startswith(
         f"interrupted after epoch 1 finished, before its checkpoint was written: there is no checkpoint_epoch=N.pt in {tmp_path}")
     # Ctrl-C in the step of epoch 1's last iteration (ignite has counted it): the epoch had not finished
+    monkeypatch.undo()
     (tmp_path / "checkpoint_interrupted.pt").unlink()
     with pytest.raises(KeyboardInterrupt) as stopped:
         _trainer(tmp_path, 3, resume=False, fail_at=3).run()

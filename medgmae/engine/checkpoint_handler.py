@@ -142,6 +142,7 @@ class CheckpointHandler:
         self._earlier_run = EarlierRun(self.output_dir, tuple(earlier_outputs))  # replaced at the first save
         self.validation = EpochValidation(validation)  # also keeps the epoch's training state while it is validated
         self._stopped_validating: int | None = None  # the epoch whose training a stop in its validation saved
+        self._writing_epoch = False  # while checkpoint_epoch=N.pt is written (a stop there also saves the kept state)
 
     def attach(self, engine: Engine) -> None:
         engine.register_events(*ResumeEvents)
@@ -188,7 +189,9 @@ class CheckpointHandler:
         self.validation.keep(self._payload(engine, gather=True), self.objects)
 
     def _on_epoch(self, engine: Engine) -> None:
+        self._writing_epoch = True
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
+        self._writing_epoch = False
         self.validation.take()  # validated and saved: a stop from here on saves checkpoint_interrupted.pt (before,
         # a stop while this checkpoint is written saves the kept state as the epoch's, to be validated again)
         if saved is not None:
@@ -202,8 +205,8 @@ class CheckpointHandler:
         if saved is None:
             return
         self._stopped_validating = epoch
-        logger.info("stopped while validating epoch %d: %s holds the epoch's training; a resume validates the epoch "
-                    "and trains on", epoch, saved)  # fmt: skip
+        logger.info("stopped while %s epoch %d: %s holds the epoch's training; a resume validates the epoch and "
+                    "trains on", "saving" if self._writing_epoch else "validating", epoch, saved)  # fmt: skip
         self._after_epoch_save(saved, epoch)
 
     def _after_epoch_save(self, saved: Path, epoch: int) -> None:
@@ -265,8 +268,9 @@ class CheckpointHandler:
         state = getattr(engine, "state", None)
         if self._stopped_validating is not None:
             epoch = self._stopped_validating
-            return (f"interrupted while validating epoch {epoch}: its training is saved in checkpoint_epoch={epoch}.pt; "
-                    "run the same command with --resume true to validate it and train on")  # fmt: skip
+            when = f"while writing epoch {epoch}'s checkpoint" if self._writing_epoch else f"while validating epoch {epoch}"
+            return (f"interrupted {when}: its training is saved in checkpoint_epoch={epoch}.pt; run the same command "
+                    "with --resume true to validate it and train on")  # fmt: skip
         if not self.finished_ok and self._last_epoch is not None and self._last_epoch == getattr(state, "max_epochs", None):
             return (f"interrupted in the run's closing steps, after its last epoch ({self._last_epoch}) was saved: run "
                     "the same command with --resume true to write its closing outputs (its summary and final files) "
