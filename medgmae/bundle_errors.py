@@ -260,7 +260,8 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
     reason, and the Ctrl-C line; every other rank prints one line, ``rank N stopped: <type>: <the reason, on one
     line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason), and nothing after Ctrl-C; torchrun's own
     report of the stopped processes follows. Installing this ``sys.excepthook`` is part of :func:`check_settings`,
-    the first step of each bundle's ``initialize``; on rank 0 it keeps the whole traceback (nothing is hidden), and
+    the first step of each bundle's ``initialize``; on rank 0 it keeps the whole traceback of any error but an
+    :class:`InputRefusal` (:data:`TRACEBACK_ENV` keeps that one's too), and
     it is installed once however often it is called. It also makes SIGTERM stop the run as Ctrl-C does
     (:class:`Terminated`; the line says ``terminated (SIGTERM)``, and the process then ends by SIGTERM, status 143).
 
@@ -280,7 +281,12 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
             at_start = sys.excepthook.run[2] if sys.excepthook.run else checkpoint_files(output_dir)
             sys.excepthook.run = (output_dir, resume, at_start)
         return True
-    previous = sys.excepthook
+    sys.excepthook = _summarising_hook(sys.excepthook, resumable, output_dir, resume)
+    return True
+
+
+def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume: bool | None):
+    """The ``sys.excepthook`` :func:`summarise_errors` installs, calling ``previous`` for the traceback."""
 
     def hook(exc_type, exc, tb) -> None:
         chain = _chain(exc) if isinstance(exc, BaseException) else []
@@ -305,8 +311,7 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
 
     hook.summarises_errors, hook.resumable = True, bool(resumable)
     hook.run = (output_dir, resume, checkpoint_files(output_dir)) if output_dir is not None else ()
-    sys.excepthook = hook
-    return True
+    return hook
 
 
 def _say_rank_stopped(reason: BaseException) -> None:

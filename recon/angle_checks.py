@@ -72,9 +72,12 @@ def degrees_question(angles) -> str | None:
 
 def full_turn(angles) -> bool:
     """Whether the views go all round (radians): no gap between neighbouring views, wrapped to one turn, is wider
-    than two mean steps of a full turn (``2 * 2 pi / N``), so that every ray through the rotation plane is measured
-    from one side or the other (what an offset-detector scan needs)."""
-    a = np.sort(np.mod(np.asarray(angles, dtype=np.float64), 2 * math.pi))
+    than two mean steps of a full turn (``2 * 2 pi / N``, ``N`` the distinct directions: a scan of several turns
+    repeats its angles), so that every ray through the rotation plane is measured from one side or the other (what
+    an offset-detector scan needs). Two steps, not one: the views kept when some are held out, every few, still go
+    all round."""
+    wrapped = np.mod(np.asarray(angles, dtype=np.float64), 2 * math.pi)
+    a = np.unique(np.round(wrapped, 9) % (2 * math.pi))
     if a.size < 3:
         return False
     gaps = np.diff(np.concatenate([a, a[:1] + 2 * math.pi]))

@@ -120,10 +120,12 @@ def estimate_offset_u(proj, geometry: CTGeometry) -> float | None:
     Returns:
         ``offset_u`` in mm, comparable with ``geometry.det_offset[0]``; ``None`` when the views do not pair (a
         parallel beam short of a half turn, a cone beam short of a full turn), fewer than :data:`MIN_PAIRS` pairs,
-        projections without structure in the central rows, or pairs that do not mirror (:data:`MIN_MATCH`).
+        projections without structure in the central rows, or pairs that do not mirror (:data:`MIN_MATCH`); and for
+        a half-fan scan (:attr:`CTGeometry.half_fan`), whose opposite views overlap only near the central ray (the
+        whole rows' correlation peaked at the wrong shift on a simulated one, 32 mm from its 126 mm offset).
     """
     v, cols = geometry.num_views, geometry.det_shape[1]
-    if v < 2 or cols < 8 or len(proj) != v:
+    if v < 2 or cols < 8 or len(proj) != v or geometry.half_fan:
         return None
     angles = np.mod(np.asarray(geometry.angles, dtype=np.float64), 2 * math.pi)
     _, arc, step = _arc(geometry)

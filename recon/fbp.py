@@ -255,6 +255,8 @@ def parker_weights(geometry: CTGeometry) -> Tensor | None:
     """
     if geometry.num_views < 3 or _turns(geometry) is not None:  # Parker weights one turn at most
         return None
+    if geometry.half_fan:  # its views go all round (the geometry checks): half_fan_weights weight it, Parker's not
+        return None
     beta, arc, step = _arc(geometry)
     span = arc - step
     if _exact_arc(geometry, arc, step):

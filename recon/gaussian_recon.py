@@ -104,9 +104,10 @@ class GaussianReconstructor:
         self.run_info: dict = {}  # what the caller records about the run (scan, settings); saved with the state
         self.holdout = None
         if self.config.holdout_views:
-            from recon.holdout import HeldOutViews
+            from recon.holdout import HeldOutViews, direction_period
 
-            self.holdout = HeldOutViews(self.geometry.angles, self.config.holdout_views, self.config.holdout_patience)
+            self.holdout = HeldOutViews(self.geometry.angles, self.config.holdout_views, self.config.holdout_patience,
+                                        direction_period(self.geometry))  # fmt: skip
         fitted = self.proj if self.holdout is None else self.proj[self.holdout.fit.to(self.device)]
         self.proj_norm = float(fitted.square().mean().clamp_min(1e-12))  # of the fitted views only
         self._set_params(init)

@@ -22,14 +22,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["HeldOutViews", "fitted_views_fbp", "holdout_split"]
+__all__ = ["HeldOutViews", "direction_period", "fitted_views_fbp", "holdout_split"]
 
 
-def holdout_split(angles, holdout: int) -> tuple[Tensor, Tensor]:
+def direction_period(geometry) -> float:
+    """The angle after which a scan's views look along the same lines again: 180 degrees, or 360 for a half-fan scan
+    (:attr:`~recon.geometry.CTGeometry.half_fan`), whose opposite views see opposite halves of the object."""
+    return 2 * math.pi if getattr(geometry, "half_fan", False) else math.pi
+
+
+def holdout_split(angles, holdout: int, period: float = math.pi) -> tuple[Tensor, Tensor]:
     """Split view indices into fitted and held-out views, the held-out views spread evenly over the directions.
 
-    A view's direction is its angle modulo 180 degrees: on a 360-degree scan views ``i`` and ``i + N / 2`` see the
-    object along the same lines, so holding out both would leave that direction out of the fit altogether. The
+    A view's direction is its angle modulo ``period``, 180 degrees (:func:`direction_period`): on a 360-degree scan
+    views ``i`` and ``i + N / 2`` see the object along the same lines, so holding out both would leave that direction
+    out of the fit altogether (a half-fan scan's opposite views see different halves: its period is 360). The
     views are ordered by direction (stable: by index among equal directions) and held-out view ``i``
     (``0 <= i < holdout``) is the one at position ``floor((i + 0.5) * N / holdout)`` of that order: the middle view
     of the ``i``-th of ``holdout`` equal stretches of the directions covered. On a 180-degree scan that is view
@@ -38,6 +45,7 @@ def holdout_split(angles, holdout: int) -> tuple[Tensor, Tensor]:
     Args:
         angles: the scan's view angles in radians (``CTGeometry.angles``), ``N`` of them.
         holdout: views to hold out, ``1 <= holdout <= N // 2`` (at least as many views fitted as held out).
+        period: the directions' period in radians, ``pi`` or ``2 pi``.
 
     Returns:
         ``(fit, held_out)``: sorted ``int64`` index tensors, disjoint, together every view.
@@ -46,7 +54,7 @@ def holdout_split(angles, holdout: int) -> tuple[Tensor, Tensor]:
     n = len(a)
     if n < 2 or not 1 <= holdout <= n // 2:
         raise ValueError(f"holdout views must be between 1 and half of the {n} views ({n // 2}), got {holdout}")
-    direction = np.round(np.mod(a, np.pi), 9) % np.pi  # 180 degrees is direction 0, not just below pi
+    direction = np.round(np.mod(a, period), 9) % period  # 180 (360) degrees is direction 0, not just below it
     order = np.argsort(direction, kind="stable")
     held = torch.from_numpy(np.sort(order[[int((i + 0.5) * n / holdout) for i in range(holdout)]])).to(torch.int64)
     mask = torch.ones(n, dtype=torch.bool)
@@ -69,7 +77,7 @@ def fitted_views_fbp(projections: Tensor, geometry, holdout: int, filter_name: s
     """
     from recon.fbp import fbp
 
-    fit = holdout_split(geometry.angles, holdout)[0]
+    fit = holdout_split(geometry.angles, holdout, direction_period(geometry))[0]
     return fbp(projections[fit.to(projections.device)], geometry.select_views(fit.tolist()), filter_name)
 
 
@@ -79,6 +87,7 @@ class HeldOutViews:
     Args:
         angles: the scan's view angles in radians.
         holdout: views to hold out (see :func:`holdout_split`).
+        period: the directions' period (:func:`direction_period`).
         patience: stop after this many evaluations in a row without a lower held-out error (0: never stop early;
             the best state is kept in any case).
 
@@ -91,10 +100,10 @@ class HeldOutViews:
         stopped: whether the patience ran out.
     """
 
-    def __init__(self, angles, holdout: int, patience: int = 0):
+    def __init__(self, angles, holdout: int, patience: int = 0, period: float = math.pi):
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
-        self.fit, self.held_out = holdout_split(angles, holdout)
+        self.fit, self.held_out = holdout_split(angles, holdout, period)
         self.patience = int(patience)
         self.best_error, self.best_iteration = math.inf, -1
         self.best_params: dict[str, Tensor] | None = None

@@ -2,7 +2,7 @@
 
 A real scan has no ground truth to compare settings with (a total-variation weight, a Gaussian budget, a split
 rule, a start). Runs of ``reconstruct --holdout-views N`` on the same scan hold out the same views
-(:func:`recon.holdout.holdout_split` depends only on the angles and ``N``) and record the lowest error with which
+(:func:`recon.holdout.holdout_split` depends only on the angles, ``N`` and whether the scan is a half-fan one) and record the lowest error with which
 their Gaussians predicted them (``metrics.json``: ``holdout.best_error``, relative to the mean square of the fitted
 views, which is the same for every run of the scan). That error is a cross-validation score: the run with the
 lowest one predicts unseen views best, and ``select`` names it; when runners-up come within

@@ -133,3 +133,57 @@ def test_the_example_half_fan_geometry_is_one():
     assert g.half_fan and not full.half_fan and g.det_offset == (160.0, 0.0)
     assert (g.volume_shape, g.voxel_size, g.angles) == (full.volume_shape, full.voxel_size, full.angles)
     assert half_fan_weights(g) is not None and half_fan_weights(full) is None
+
+
+def test_a_full_turn_is_judged_on_distinct_directions():
+    """Two or three turns repeat their angles, and angles may come in any order: still all round; a gap of three
+    steps is not."""
+    from recon.angle_checks import full_turn
+
+    assert full_turn(np.linspace(0, 4 * np.pi, 120, endpoint=False))
+    assert full_turn(np.linspace(0, 6 * np.pi, 90, endpoint=False))
+    one = np.linspace(0, 2 * np.pi, 30, endpoint=False)
+    assert full_turn(np.concatenate([one, one])) and full_turn(np.random.default_rng(0).permutation(one))
+    assert not full_turn(np.delete(one, [10, 11, 12]))  # a gap of four steps of 30
+    assert not full_turn(np.linspace(0, np.pi, 60))
+
+
+def test_a_near_full_turn_half_fan_scan_is_weighted_once():
+    """Views all round but for a gap of almost two steps: Parker's short-scan weights would apply to a centred
+    detector, and on top of the half-fan weights they halved the ball; only the half-fan weights apply."""
+    from recon.fbp import parker_weights
+
+    angles = np.linspace(0, 2 * np.pi - 1.97 * 2 * np.pi / 20, 20)
+    g = CTGeometry.cone(SHAPE, 1.0, SO, SD, det_shape=(10, 32), det_spacing=1.5, angles=angles, det_offset=(15.0, 0.0))
+    assert g.half_fan and parker_weights(g) is None
+    inside, _ = _means(fbp(_ball_projections(g, noise=0.0, seed=0), g))
+    assert inside == pytest.approx(MU, rel=0.1), inside
+
+
+@pytest.mark.parametrize("views", [20, 40, 120])
+def test_held_out_views_of_a_half_fan_scan_leave_views_all_round(views):
+    """Held-out views are spread over the whole turn (a half-fan scan's opposite views see opposite halves), so the
+    views kept for the fit still go all round, for every count that may be held out; a centred scan spreads them
+    over 180 degrees as before."""
+    from recon.holdout import direction_period, fitted_views_fbp, holdout_split
+
+    g = CTGeometry.cone(SHAPE, 1.0, SO, SD, det_shape=(10, 32), det_spacing=1.5, num_angles=views, det_offset=(15.0, 0.0))
+    assert direction_period(g) == pytest.approx(2 * np.pi)
+    for holdout in range(1, views // 2 + 1):
+        fit, held = holdout_split(g.angles, holdout, direction_period(g))
+        g.select_views(fit.tolist())  # refused if the kept views left a gap
+    _, held = holdout_split(g.angles, 2, direction_period(g))
+    assert abs(np.diff(np.asarray(g.angles)[held.numpy()])[0]) == pytest.approx(np.pi, abs=2 * np.pi / views)
+    proj = _ball_projections(g, noise=0.0, seed=0)
+    assert fitted_views_fbp(proj, g, views // 3).shape == SHAPE
+    centred = _geometry("cone", 64, 0.0, views=views)
+    assert direction_period(centred) == pytest.approx(np.pi)
+
+
+def test_the_axis_check_is_not_made_on_a_half_fan_scan():
+    """Opposite views of a half-fan scan overlap near the central ray only: no estimate, so no warning."""
+    from recon.axis_check import axis_offset_note, estimate_offset_u
+
+    g = _geometry("cone", 32, 15.0)
+    proj = _ball_projections(g, noise=0.01, seed=0).numpy()
+    assert estimate_offset_u(proj, g) is None and axis_offset_note(proj, g) is None

@@ -276,8 +276,8 @@ def check_datalist(
     def check() -> None:
         try:
             problems = _run_checks(list(items), kwargs, int(workers), ledger, str(source))
-        except Exception as e:
-            raise DatasetError(f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}") from e
+        except Exception as e:  # not the data (each file's problems are collected below): the traceback stays
+            raise RuntimeError(f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}") from e
         if problems:
             problems, needed = _grouped_range_problems(problems)
             err = DatasetError(f"{len(problems)} problem(s) in the data of {source or 'the datalist'} "

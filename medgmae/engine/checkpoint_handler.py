@@ -189,7 +189,7 @@ class CheckpointHandler:
         self.validation.keep(self._payload(engine, gather=True), self.objects)
 
     def _on_epoch(self, engine: Engine) -> None:
-        self._writing_epoch = True
+        self._writing_epoch = True  # left set by a stop in the save, which _on_exception then reports
         saved = self.save(engine, f"checkpoint_epoch={engine.state.epoch}.pt")
         self._writing_epoch = False
         self.validation.take()  # validated and saved: a stop from here on saves checkpoint_interrupted.pt (before,
@@ -326,6 +326,7 @@ class CheckpointHandler:
         return e
 
     def _on_started(self, engine: Engine) -> None:
+        self._stopped_validating, self._writing_epoch = None, False  # a handler run again after a stop
         if not engine.has_event_handler(self._on_completed, Events.COMPLETED):  # after every other completion step
             engine.add_event_handler(Events.COMPLETED, self._on_completed)
         if rank_world()[0] == 0 and (left := remove_interrupted_writes(self.output_dir)):
