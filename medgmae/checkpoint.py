@@ -32,6 +32,7 @@ from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
     "Checkpoint",
+    "CheckpointRefused",
     "TrainingStateError",
     "CHECKPOINT_KINDS",
     "ENCODER_KIND",
@@ -133,7 +134,12 @@ def _kind_phrase(kind: str | None, ckpt: dict | None = None) -> str:
     return f"a {kind} checkpoint ({CHECKPOINT_KINDS[kind]}{run})"
 
 
-class TrainingStateError(InputRefusal):
+class CheckpointRefused(InputRefusal):
+    """A model checkpoint the user gave that cannot be used: a folder, not this toolkit's, inconsistent, or of
+    another kind than the consumer needs; the message names the file and what it is."""
+
+
+class TrainingStateError(CheckpointRefused):
     """:func:`load_checkpoint`'s refusal of a training-state checkpoint (for ``--resume``) that holds no model
     record, e.g. a GViT phase's ``checkpoint_epoch=N.pt``.
 
@@ -236,10 +242,10 @@ def _read_model_record(path: Path, map_location: Any, mmap: bool) -> dict:
     """
     if path.is_dir():
         hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
-        raise ValueError(f"model checkpoint {path} is a folder, not a file{hint}")
+        raise CheckpointRefused(f"model checkpoint {path} is a folder, not a file{hint}")
     ckpt = load_torch_file(path, map_location, what="model checkpoint", mmap=mmap)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")
+        raise CheckpointRefused(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")
     if "kind" not in ckpt:
         ckpt = _from_training_state(ckpt) or ckpt
     kind = ckpt.get("kind")
@@ -252,7 +258,7 @@ def _read_model_record(path: Path, map_location: Any, mmap: bool) -> dict:
                 "best_model.pt)",
                 objects,
             )
-        raise ValueError(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
+        raise CheckpointRefused(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
     return ckpt
 
 
@@ -273,7 +279,7 @@ def _recorded_preprocessing(ckpt: Mapping, path: Path) -> PreprocessingSpec | No
     preprocessing = None if spec is None else PreprocessingSpec.from_dict(spec, source=str(path))
     problem = None if preprocessing is None else _sizes_problem(ckpt["config"], preprocessing)
     if problem:
-        raise ValueError(f"{path}: {problem}; the file is inconsistent (written by hand?), so neither can be trusted")
+        raise CheckpointRefused(f"{path}: {problem}; the file is inconsistent (written by hand?), so neither can be trusted")
     return preprocessing
 
 
@@ -310,7 +316,7 @@ def load_checkpoint(
     kind = ckpt["kind"]
     if accepted is not None and kind not in accepted:
         want = needed_for or f"expected {' or '.join(accepted)}"
-        raise ValueError(f"{path.name} is {_kind_phrase(kind, ckpt)}; {want} (file: {path})")
+        raise CheckpointRefused(f"{path.name} is {_kind_phrase(kind, ckpt)}; {want} (file: {path})")
     preprocessing = _recorded_preprocessing(ckpt, path)
     return Checkpoint(
         kind=kind,

@@ -68,7 +68,12 @@ def test_a_refusal_of_the_users_input_is_printed_alone():
     from medgmae.checkpoint import TrainingStateError
     from medgmae.data.datalist import DatasetError
 
-    assert all(issubclass(c, ValueError) for c in (BundleSettingError, DatasetError, TrainingStateError))
+    from medgmae.bundle_errors import InputRefusal
+    from medgmae.checkpoint import CheckpointRefused
+    from medgmae.engine.restore import ResumeRefused
+
+    refusals = (BundleSettingError, DatasetError, TrainingStateError, CheckpointRefused, ResumeRefused)
+    assert all(issubclass(c, InputRefusal) and issubclass(c, ValueError) for c in refusals)
     body = ("from medgmae.data.datalist import DatasetError\n"
             "try:\n"
             "    raise DatasetError('/data/dataset.json: the datalist lists no training cases')\n"

@@ -31,7 +31,7 @@ from medgmae.engine.resume import (
     read_latest_checkpoint,
     saved_loader_record,
 )
-from medgmae.engine.restore import records_first, restore_states
+from medgmae.engine.restore import ResumeRefused, records_first, restore_states
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
 from medgmae.engine.step_guards import diverged_error
@@ -354,7 +354,7 @@ class CheckpointHandler:
         missing = set(self.objects) - set(ckpt.get("objects", {}))
         unrecorded = {name for name in missing if isinstance(self.objects[name], RECORDS)}
         if missing - unrecorded:
-            raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
+            raise ResumeRefused(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
         if unrecorded:
             logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them",
                            path, sorted(unrecorded))  # fmt: skip

@@ -22,6 +22,7 @@ import numpy as np
 
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.distributed import is_main_process
+from medgmae.engine.restore import ResumeRefused
 from medgmae.engine.run_words import plural
 from medgmae.settings_diff import settings_differences
 
@@ -73,7 +74,7 @@ class SettingsRecord:
             now = {k: v for k, v in now.items() if k in saved}
         diff = settings_differences(saved, now)
         if diff:
-            raise ValueError(
+            raise ResumeRefused(
                 f"the checkpoint was written by {self.what} with other settings (" + "; ".join(diff) + "). Resume with "
                 "the saved settings or train into a new output_dir"
             )
@@ -150,7 +151,7 @@ class CasesRecord:
         if gone + new and all(_generated_only(c) for c in gone + new):  # digests say nothing to a reader
             detail = [f"{plural(max(len(gone), len(new)), 'generated image')} (held in memory, e.g. phantom slices) "
                       "with other pixels: made with other data settings"]  # fmt: skip
-        raise ValueError(
+        raise ResumeRefused(
             f"the checkpoint was written by {self.what} {self.role} other data: {len(saved)} cases then, {len(now)} "
             f"now, {max(len(gone), len(new))} differing ({'; '.join(detail) or 'the same cases in another order'}). "
             "Resume with the interrupted run's data or train into a new output_dir"

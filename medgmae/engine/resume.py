@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.distributed import rank_world
-from medgmae.engine.restore import restore_states
+from medgmae.engine.restore import ResumeRefused, restore_states
 from medgmae.files import load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
         cause, settings = f"the batch size changed from {old} to {new}", f" (--batch_size {old})"
     else:
         cause, settings = "the batch size, the number of training cases or the samples per case changed", ""
-    raise ValueError(
+    raise ResumeRefused(
         f"checkpoint {path} is at epoch {epoch} after {iteration} iterations ({then}), but this run has {now}: "
         f"{cause}. Resume with the settings of the interrupted run{settings}, or start a new output folder"
     )
@@ -298,9 +298,9 @@ def check_max_epochs(
         return
     epoch, max_epochs = int(epoch), int(max_epochs)
     if epoch > max_epochs:
-        raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond {key}={max_epochs}: raise {key} to continue")
+        raise ResumeRefused(f"checkpoint {path} is at epoch {epoch}, beyond {key}={max_epochs}: raise {key} to continue")
     if epoch == max_epochs and not finished_ok and not _closing_left(path, epoch, saved):
-        raise ValueError(
+        raise ResumeRefused(
             f"checkpoint {path} has already trained {epoch} epoch{'' if epoch == 1 else 's'} = --{key} {max_epochs}: "
             f"nothing to resume; give a larger --{key} to train on"
         )
@@ -380,5 +380,6 @@ def check_resume_fits(
         except ValueError as e:
             refused.append(e)
     if refused:
-        raise ValueError("\n".join(str(e) for e in refused)) from refused[0]
+        kind = ResumeRefused if all(isinstance(e, ResumeRefused) for e in refused) else ValueError
+        raise kind("\n".join(str(e) for e in refused)) from refused[0]
     return path
