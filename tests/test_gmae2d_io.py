@@ -165,6 +165,18 @@ def test_read_image_integer_scale_is_the_file_type_maximum(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "dark8.png")[0], (dark / 255.0).astype(np.float32))
 
 
+def test_read_image_float_tiff_must_be_scaled_to_unit_range(tmp_path):
+    """A float TIFF is read as already scaled: one in [0, 1] reads as stored; one holding HU (or 0..255) is refused,
+    naming the file and its range, instead of being clipped to a picture of zeros and ones."""
+    unit = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    assert Image.open(tmp_path / "unit.tif").mode == "F"  # really a float file
+    np.testing.assert_array_equal(read_image(tmp_path / "unit.tif")[0], unit)
+    Image.fromarray(np.array([[-1000.0, 0.0], [40.0, 1500.0]], np.float32)).save(tmp_path / "hu.tif")
+    with pytest.raises(ValueError, match=r"hu\.tif.*values in \[-1000, 1500\], outside \[0, 1\]"):
+        read_image(tmp_path / "hu.tif")
+
+
 def test_read_image_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         read_image(tmp_path / "missing.png")

@@ -8,7 +8,7 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
   not depend on content: a dark 16-bit image stays dark, it is neither stretched to its own maximum nor taken
   for 8-bit because its values happen to stay below 256. 32-bit integer images (PIL mode ``I``, e.g. a 16-bit
   PNG in old Pillow versions or an ``int32`` TIFF) are read as 16-bit data and must hold values in
-  ``[0, 65535]``; floating-point images are taken as already scaled (clipped to ``[0, 1]``).
+  ``[0, 65535]``; floating-point images are taken as already scaled and must hold values in ``[0, 1]``.
 * NIfTI (``.nii``, ``.nii.gz``): a 2D or single-slice image, or one axial slice of a volume (the middle slice
   unless ``slice_index`` is given). Every file is reoriented to RAS by its affine and shown radiologically
   (anterior up, patient's right on the left), so a 2D image, a one-slice volume and a slice of a volume with the
@@ -145,7 +145,7 @@ def _read_pil(path: Path) -> np.ndarray:
         empty = " (an empty file, 0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else ""
         raise ValueError(f"{path}: not a readable image{empty} ({type(e).__name__}: {e})") from e
     if mode == "F":
-        return arr
+        return _checked_unit_floats(arr, path)
     if not mode.startswith("I"):
         return arr / 255.0
     if arr.size and (arr.min() < 0 or arr.max() > _UINT16_MAX):
@@ -154,6 +154,17 @@ def _read_pil(path: Path) -> np.ndarray:
             f"[0, {_UINT16_MAX:g}]; save it as an 8- or 16-bit image, or as NIfTI/DICOM with a window"
         )
     return (arr / _UINT16_MAX).astype(np.float32)
+
+
+def _checked_unit_floats(arr: np.ndarray, path: Path) -> np.ndarray:
+    """``arr``, a float picture (PIL mode ``F``: a float TIFF), read as already scaled: ValueError naming ``path``
+    for a finite value outside ``[0, 1]`` (HU, 0..255), which clipping would flatten to 0 or 1."""
+    finite = arr[np.isfinite(arr)]
+    if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):
+        raise ValueError(f"{path}: floating-point image with values in [{finite.min():g}, {finite.max():g}], outside "
+                         "[0, 1] (a float TIFF is read as already scaled to 0..1); scale it to [0, 1], or save it "
+                         "as NIfTI and give a window")  # fmt: skip
+    return arr
 
 
 _RAS_VIEWS = ("sagittal", "coronal", "axial")  # the plane normal to each RAS axis
