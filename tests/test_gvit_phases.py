@@ -154,6 +154,9 @@ def test_csv_lists_and_errors(tmp_path):
         "blank.csv": ("path,label\n", "lists no images"),
         "several.csv": ("data/a/0.png,a,test\nnope.png,b\ndata/b/0.png\n",  # every bad row at once
                         r"line 1: split must be .*; line 2: image not found: .*nope\.png; line 3: expected 'path,label'"),
+        # one image in two rows (as written and through ./): it would count twice, be in both splits or have two labels
+        "twice.csv": ("path,label,split\ndata/a/0.png,a,train\ndata/b/0.png,b\n./data/a/0.png,b,val\n",
+                      r"lines 2, 4: image listed more than once .*data/a/0\.png"),
     }
     for name, (text, msg) in cases.items():
         (tmp_path / name).write_text(text)

@@ -10,7 +10,7 @@ Accepted inputs (``dataset`` argument of :func:`load_classification_data`):
 Images are any file :func:`medgmae.twod.images.read_image` reads (PNG / JPEG / BMP / TIFF, 8 or 16 bit, grey or
 colour; a NIfTI slice; DICOM), loaded by the same :class:`~medgmae.twod.data2d.LoadImage2Dd` as 2D GMAE's
 images: scaled to ``[0, 1]`` and brought to the model's channels and square size. Problems (missing or empty folders, a single class,
-unreadable images, malformed CSV rows) raise ``ValueError`` naming the file and the problem.
+unreadable images, malformed CSV rows, an image in two CSV rows) raise ``ValueError`` naming the file and the problem.
 
 Without a dataset, :func:`resolve_classification_data` writes (or reuses) the default task of
 :mod:`medgmae.twod.phantom_task`: axial phantom slices labelled by the organ that covers most of each.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
+from medgmae.files import given_more_than_once
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
@@ -129,7 +131,7 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
 
     Raises:
         ValueError: a missing or empty file, a row without both fields, an unknown split, a listed image that
-            does not exist, or fewer than two classes.
+            does not exist or is listed twice, or fewer than two classes.
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
@@ -157,14 +159,28 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
         if not path.is_file():
             problems.append(f"line {line}: image not found: {path}")
             continue
-        parsed.append((str(path), r[1].strip(), split))
+        parsed.append((str(path), r[1].strip(), split, line))
+    problems += _listed_twice(parsed)
     if problems:
         more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise ValueError(f"CSV file {csv_path}, " + "; ".join(problems[:10]) + more)
-    classes = sorted({label for _, label, _ in parsed})
+    classes = sorted({label for _, label, _, _ in parsed})
     _require_classes(classes, f"CSV file {csv_path}")
     index = {c: i for i, c in enumerate(classes)}
-    return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s in parsed], classes
+    return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s, _ in parsed], classes
+
+
+def _listed_twice(parsed: Sequence[tuple[str, str, str, int]]) -> list[str]:
+    """One problem per image that rows of ``parsed`` (``(path, label, split, line)``) list more than once (``a.png``
+    and ``./a.png`` are one file: :func:`medgmae.files.given_more_than_once`), naming its lines: such an image
+    would count twice, could be in both splits, or carry two labels."""
+    twice = set(given_more_than_once(p for p, _, _, _ in parsed))
+    lines: dict[str, list[str]] = {}
+    for p, _, _, line in parsed:
+        absolute = os.path.abspath(p)
+        if absolute in twice:
+            lines.setdefault(absolute, []).append(str(line))
+    return [f"lines {', '.join(n)}: image listed more than once (give each image one row): {p}" for p, n in lines.items()]
 
 
 def load_classification_data(
