@@ -177,6 +177,18 @@ def test_read_image_float_tiff_must_be_scaled_to_unit_range(tmp_path):
         read_image(tmp_path / "hu.tif")
 
 
+def test_read_image_refuses_a_multi_page_tiff(tmp_path):
+    """A TIFF stack holds several images (z, channels, time): it is refused, naming the file and its page count,
+    instead of being read as its first page; a one-page TIFF reads as stored."""
+    pages = [Image.fromarray(np.full((4, 5), v, np.uint8)) for v in (10, 100, 200)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    assert Image.open(tmp_path / "stack.tif").n_frames == 3  # really three pages
+    with pytest.raises(ValueError, match=r"stack\.tif: 3 pages"):
+        read_image(tmp_path / "stack.tif")
+    pages[1].save(tmp_path / "one.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "one.tif")[0], np.full((4, 5), 100 / 255.0, np.float32))
+
+
 def test_read_image_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         read_image(tmp_path / "missing.png")
