@@ -189,6 +189,23 @@ def test_read_image_refuses_a_multi_page_tiff(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "one.tif")[0], np.full((4, 5), 100 / 255.0, np.float32))
 
 
+def test_read_image_turns_a_photo_upright_by_its_exif_orientation(tmp_path):
+    """A camera's JPEG stores its pixels as the sensor saw them and the way to turn them in its EXIF orientation tag;
+    the image is read as viewers show it. Tag 6: turn 90 degrees clockwise, so the stored top-left corner shows at
+    the top right and 40 x 60 stored pixels show as 60 x 40."""
+    stored = np.zeros((40, 60), np.uint8)
+    stored[:20, :20] = 255  # the stored top-left corner
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    image = read_image(tmp_path / "photo.jpg")[0]
+    assert image.shape == (60, 40)
+    assert image[:20, -20:].mean() > 0.9 and image[:20, :20].mean() < 0.1
+    photo.save(tmp_path / "plain.jpg", quality=95)  # no tag: as stored
+    assert read_image(tmp_path / "plain.jpg")[0][:20, :20].mean() > 0.9
+
+
 def test_read_image_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         read_image(tmp_path / "missing.png")

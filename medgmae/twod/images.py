@@ -3,12 +3,13 @@
 Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB), scaled to ``[0, 1]``:
 
 * PNG/JPEG/BMP/TIFF: one image (a multi-page TIFF is refused), 8- or 16-bit, grey, grey+alpha, RGB(A) or palette
-  (alpha is dropped); divided by the maximum of the file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever
-  the image's own values. A fixed scale keeps intensities comparable between images (the same stored value reads
-  the same everywhere) and does not depend on content: a dark 16-bit image stays dark, it is neither stretched to
-  its own maximum nor taken for 8-bit because its values happen to stay below 256. 32-bit integer images (PIL mode
-  ``I``, e.g. a 16-bit PNG in old Pillow versions or an ``int32`` TIFF) are read as 16-bit data and must hold
-  values in ``[0, 65535]``; floating-point images are taken as already scaled and must hold values in ``[0, 1]``.
+  (alpha is dropped), upright by the file's EXIF orientation (a camera's JPEG); divided by the maximum of the
+  file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever the image's own values. A fixed scale keeps
+  intensities comparable between images (the same stored value reads the same everywhere) and does not depend on
+  content: a dark 16-bit image stays dark, it is neither stretched to its own maximum nor taken for 8-bit because
+  its values happen to stay below 256. 32-bit integer images (PIL mode ``I``, e.g. a 16-bit PNG in old Pillow
+  versions or an ``int32`` TIFF) are read as 16-bit data and must hold values in ``[0, 65535]``; floating-point
+  images are taken as already scaled and must hold values in ``[0, 1]``.
 * NIfTI (``.nii``, ``.nii.gz``): a 2D or single-slice image, or one axial slice of a volume (the middle slice
   unless ``slice_index`` is given). Every file is reoriented to RAS by its affine and shown radiologically
   (anterior up, patient's right on the left), so a 2D image, a one-slice volume and a slice of a volume with the
@@ -125,13 +126,15 @@ def _scale(
 
 def _read_pil(path: Path) -> np.ndarray:
     """``(C, H, W)`` float32 of a PIL-readable file, divided by its integer type's maximum (see the module doc)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
     from PIL.Image import DecompressionBombError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode, pages = im.mode, getattr(im, "n_frames", 1)
+        with Image.open(path) as opened:
+            opened.load()
+            pages = getattr(opened, "n_frames", 1)
+            im = ImageOps.exif_transpose(opened)  # a photo's orientation tag applied: upright, as viewers show it
+            mode = im.mode
             if mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit ("I") integers
                 arr = np.asarray(im, dtype=np.float64)[None]
             elif mode in ("1", "L", "LA", "F"):
