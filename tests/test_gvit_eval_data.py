@@ -55,6 +55,22 @@ def test_evaluation_uses_training_data_settings(tmp_path, caplog):
     assert m["explanations"] == 1
 
 
+def test_evaluation_names_the_models_channels_for_a_mixed_dataset(tmp_path, caplog):
+    """A grey model evaluated on a dataset of grey and colour images converts every image to its 1 channel; the
+    warning says so, not the 3 channels of the dataset's first colour image (training's rule)."""
+    root = _classes(tmp_path / "classes")
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):  # colour images that sort first in each class
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(root / name / "0.png")
+    run = tmp_path / "run"
+    _model().save(run / "model.pt", class_names=["a", "b"], data={"dataset_dir": str(root), "seed": 0, "val_fraction": 0.5})
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        m = evaluate_model_file(run / "model.pt", None, run / "eval", seed=0, split="all", num_explanations=0, **EVAL)
+    assert m["num_images"] == 8
+    assert "mixes grey and colour images" in caplog.text
+    assert "converted to 1 channel (the model's)" in caplog.text and "converted to 3 channels" not in caplog.text
+
+
 def test_evaluation_never_replaces_the_training_phantom_task(tmp_path, caplog):
     run = tmp_path / "run"
     write_phantom_slice_task(run / "data", num_cases=3, seed=0, image_size=16)

@@ -57,7 +57,7 @@ class ClassificationData:
         train: ``[{"image": path, "label": int}]`` training items.
         val: validation items of the same form.
         class_names: class index -> name.
-        channels: 1 or 3, from the first training image.
+        channels: 1 or 3, the first training image's (or the model's, given to :func:`load_classification_data`).
         source: the dataset folder or CSV.
         counts: images per class and split.
         seeded_split: the split was drawn by the seed (class folders, a CSV without a ``split`` column), not fixed
@@ -184,7 +184,7 @@ def _listed_twice(parsed: Sequence[tuple[str, str, str, int]]) -> list[str]:
 
 
 def load_classification_data(
-    dataset: str | Path, val_fraction: float = 0.2, seed: int = 0, check_images: bool = True
+    dataset: str | Path, val_fraction: float = 0.2, seed: int = 0, check_images: bool = True, channels: int | None = None
 ) -> ClassificationData:
     """Resolve a dataset folder or CSV into training and validation items.
 
@@ -193,12 +193,16 @@ def load_classification_data(
         val_fraction: fraction of each class held out for validation when the split is not given.
         seed: seed of the stratified split.
         check_images: decode every image once now, so that a corrupt file fails before training.
+        channels: the channel count every image is converted to, a trained model's (evaluation); ``None``: the
+            first training image's (training).
 
     Returns:
         :class:`ClassificationData`.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None, got {channels}")
     path = Path(dataset).expanduser()
     if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
@@ -225,16 +229,20 @@ def load_classification_data(
         seeded = True
     if not train:
         raise ValueError(f"dataset {path}: no training images after the split")
-    channels = image_channels([it["image"] for it in train + val], f"dataset {path}") if check_images else {}
-    first = channels.get(train[0]["image"]) or read_image(train[0]["image"]).shape[0]
-    _warn_if_channels_mixed(train + val, channels, classes, first, path)
+    found = image_channels([it["image"] for it in train + val], f"dataset {path}") if check_images else {}
+    used = channels or found.get(train[0]["image"]) or read_image(train[0]["image"]).shape[0]
+    whose = "the model's" if channels else "the first training image's"
+    _warn_if_channels_mixed(train + val, found, classes, used, path, whose)
     counts = {"train": dict(Counter(classes[it["label"]] for it in train)), "val": dict(Counter(classes[it["label"]] for it in val))}
-    return ClassificationData(train, val, list(classes), int(first), str(path), counts, seeded_split=seeded)
+    return ClassificationData(train, val, list(classes), int(used), str(path), counts, seeded_split=seeded)
 
 
-def _warn_if_channels_mixed(items: list[dict], channels: dict, classes: Sequence[str], first: int, path) -> None:
-    """Warn when the images have different channel counts (grey and colour): all are converted to ``first``'s, and
-    when classes differ in it the model can learn the colour instead of the content."""
+def _warn_if_channels_mixed(
+    items: list[dict], channels: dict, classes: Sequence[str], used: int, path, whose: str
+) -> None:
+    """Warn when the images have different channel counts (grey and colour): all are converted to ``used`` channels
+    (``whose``: the first training image's, or the model's), and when classes differ in it the model can learn the
+    colour instead of the content."""
     per_class: dict = {}
     for it in items:
         if it["image"] in channels:
@@ -243,9 +251,9 @@ def _warn_if_channels_mixed(items: list[dict], channels: dict, classes: Sequence
         return
     shown = "; ".join(f"{name}: " + ", ".join(f"{n} of {c} channel{'s' if c > 1 else ''}" for c, n in sorted(counter.items()))
                       for name, counter in per_class.items())  # fmt: skip
-    logger.warning("dataset %s mixes grey and colour images (%s): every image is converted to %d channel%s (the first "
-                   "training image's); where classes differ in this, the model can learn the colour, not the content",
-                   path, shown, first, "s" if first > 1 else "")  # fmt: skip
+    logger.warning("dataset %s mixes grey and colour images (%s): every image is converted to %d channel%s (%s); where "
+                   "classes differ in this, the model can learn the colour, not the content",
+                   path, shown, used, "s" if used > 1 else "", whose)  # fmt: skip
 
 
 def make_dataset(
@@ -286,19 +294,21 @@ def resolve_classification_data(
     val_fraction: float = 0.2,
     num_cases: int = 10,
     window: Sequence[float] | None = None,
+    channels: int | None = None,
 ) -> ClassificationData:
     """``dataset_dir`` (folder or CSV) loaded by :func:`load_classification_data`; when it is empty or None,
     the default phantom-slice task written to (or reused from) ``default_root``.
 
     ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given,
     and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
-    class without validation images is named in a warning: the validation accuracy does not cover it."""
+    class without validation images is named in a warning: the validation accuracy does not cover it. ``channels``:
+    as :func:`load_classification_data`'s (an evaluated model's)."""
     window = window_setting(window)
     phantom = dataset_dir is None or str(dataset_dir).strip() == ""
     if phantom:
         logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)
         dataset_dir = write_phantom_slice_task(default_root, num_cases=num_cases, seed=seed, image_size=image_size)
-    data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed)
+    data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed, channels=channels)
     data.settings = {"dataset_dir": "" if phantom else str(Path(dataset_dir).expanduser().resolve()),
                      "default_root": str(Path(default_root).resolve()) if phantom else "",
                      "num_phantoms": int(num_cases), "seed": int(seed), "val_fraction": float(val_fraction),

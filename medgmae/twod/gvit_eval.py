@@ -254,7 +254,8 @@ def _evaluation_data(
         raise ValueError(f"{model_path} records its training data at {st['dataset_dir']}, which is not found (moved, "
                          "or on another machine?): give its place with --dataset_dir")  # fmt: skip
     data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
-                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window)  # fmt: skip
+                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window,
+                                       channels=model.in_channels)  # fmt: skip
     names = getattr(model, "class_names", None)
     if names is not None and list(names) != list(data.class_names):
         raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
