@@ -22,7 +22,7 @@ from medgmae.twod.gvit_step import PHASES
 from medgmae.twod.gvit_train import build_phase_trainer
 from medgmae.twod.guidance import ReconstructionLoss, guided_backward
 
-from gvit_helpers import SIZE, perturb_head
+from gvit_helpers import SIZE, gvit_workflow, perturb_head, shapes_dataset
 
 
 def _loader(n=4, channels=1, num_classes=3):
@@ -228,3 +228,16 @@ def test_joint_phase_on_cuda_with_gsplat_and_amp():
     assert torch.isfinite(trainer.state.output["loss"])
     assert not torch.equal(model.state_dict()["encoder.head.2.weight"], before["encoder.head.2.weight"])
     assert not torch.equal(model.state_dict()["classifier.head.weight"], before["classifier.head.weight"])
+
+
+def test_a_run_without_validation_images_warns_that_it_is_scored_on_training_images(tmp_path, caplog):
+    """With val_fraction 0 the closing evaluation has only the training images: metrics.json says so (split
+    "train") and the log warns that this accuracy overstates the model's on new images."""
+    data = load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.0)
+    assert not data.val
+    workflow = gvit_workflow(data, tmp_path / "run", resume=False)
+    workflow.epochs = {"warmup": 1, "classifier": 1, "joint": 0}
+    with caplog.at_level("WARNING", logger="medgmae.gvit"):
+        metrics = workflow.run()
+    assert metrics["split"] == "train" and metrics["num_images"] == len(data.train)
+    assert "no validation images" in caplog.text and "evaluated on its training images" in caplog.text

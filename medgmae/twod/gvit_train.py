@@ -297,6 +297,10 @@ class GViTWorkflow:
         training = self.training_settings()
         self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings, training=training)
         has_val = self.val_loader is not None and len(self.val_loader) > 0
+        if not has_val:
+            logger.warning("no validation images (val_fraction 0, classes too small to hold one out, or a CSV without "
+                           "val rows): the model is evaluated on its training images, an accuracy that overstates what "
+                           "it does on new images")  # fmt: skip
         record = {"split": "val" if has_val else "train", "data": without_split_files(self.data_settings), "training": training}
         return evaluate_gvit(
             self.model, self.val_loader if has_val else self.train_loader, self.class_names, self.output_dir,
