@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +108,19 @@ def test_image_folder_and_channels(tmp_path, caplog):
     # 20 -> 10 halves: area resampling is the mean of each 2 x 2 block
     half = make_dataset([{"image": str(gray), "label": 1}], 10, 1)[0]["image"]
     np.testing.assert_allclose(half[0].numpy(), ref_g.reshape(10, 2, 10, 2).mean((1, 3)), atol=1e-6)
+
+
+def test_class_folders_hold_images_in_their_sub_folders(tmp_path):
+    """A class folder of patients' folders (root/<class>/<patient>/<image>, torchvision's ImageFolder layout): every
+    image below the class folder is one of its class, none left out."""
+    rng = np.random.default_rng(0)
+    layout = {"a/0.png": 0, "a/p1/1.png": 0, "a/p1/2.png": 0, "a/p2/s/3.png": 0, "b/0.png": 1, "b/p3/1.png": 1}
+    for rel in layout:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(tmp_path / rel)
+    items, classes = scan_image_folder(tmp_path)
+    assert classes == ["a", "b"]
+    assert {str(Path(it["image"]).relative_to(tmp_path)): it["label"] for it in items} == layout
 
 
 def test_data_errors_are_named(tmp_path):

@@ -90,8 +90,10 @@ def _require_classes(class_names: Sequence[str], where: str) -> None:
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
-    """Items and class names of a folder with one sub-folder of images per class (sorted by name). The files of
-    the folder and its class folders that are not images (a ``README.txt``) are left out, in one logged line.
+    """Items and class names of a folder with one sub-folder of images per class (sorted by name); a class folder's
+    images are found in its sub-folders too (``root/<class>/<patient>/<image>``, as torchvision's ``ImageFolder``
+    finds them). The files of the folder and its class folders that are not images (a ``README.txt``) are left out,
+    in one logged line.
 
     Raises:
         ValueError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images (the
@@ -111,7 +113,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     _require_classes(classes, f"dataset folder {root}")
     items, empty, empty_left_out = [], [], []
     for idx, name in enumerate(classes):
-        files, left_out = listed_files(root / name, recursive=False)
+        files, left_out = listed_files(root / name)  # with its sub-folders (one per patient, say)
         others += left_out
         empty += [] if files else [str(root / name)]
         empty_left_out += [] if files else left_out
