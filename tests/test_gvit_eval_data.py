@@ -209,6 +209,22 @@ def test_confusion_matrix_title_is_whole_for_two_short_classes(tmp_path):
     assert _ink(img.crop((0, 0, img.width, 20))) >= _ink(whole)
 
 
+def test_accented_class_names_read_in_the_pictures(tmp_path):
+    """The default font has no glyph for letters such as ü or é (it draws the empty box of a missing glyph): class
+    names are drawn with their plain letters, so that 'Läsion' reads as 'Lasion', not 'L?sion' with a box."""
+    from medgmae.engine.figures import label_tile
+
+    tile = np.zeros((16, 180, 3), np.uint8)
+    font = ImageFont.load_default()
+    box = font.getmask("\uffff")
+    assert bytes(font.getmask("ü")) == bytes(box)  # the font lacks it: as drawn before, an empty box
+    np.testing.assert_array_equal(label_tile(tile, "true Läsion / predicted Niere ü"),
+                                  label_tile(tile, "true Lasion / predicted Niere u"))
+    save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), ["Läsion", "Niere"], tmp_path / "accented.png")
+    save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), ["Lasion", "Niere"], tmp_path / "plain.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "accented.png")), np.asarray(Image.open(tmp_path / "plain.png")))
+
+
 def test_confusion_matrix_column_labels_are_whole(tmp_path):
     names = ["disk", "rare class"]
     save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), names, tmp_path / "cm.png")

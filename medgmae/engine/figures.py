@@ -10,7 +10,9 @@ until :func:`save_png` writes them (atomically) or :func:`add_image` puts them i
 
 from __future__ import annotations
 
+import functools
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +24,7 @@ from medgmae.files import atomic_write
 __all__ = [
     "add_image",
     "colormap",
+    "drawable",
     "epoch_ticks",
     "grey_rgb",
     "label_tile",
@@ -121,10 +124,30 @@ def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
+@functools.lru_cache(maxsize=None)
+def _has_glyph(char: str) -> bool:
+    """Whether the default font draws ``char`` (else it draws the empty box of U+FFFF, which no font maps)."""
+    font = _font()
+    mask, box = font.getmask(char), font.getmask("\uffff")
+    return mask.size != box.size or bytes(mask) != bytes(box)
+
+
+def drawable(text: str) -> str:
+    """``text`` with each character the default font lacks (it would be an empty box: the font covers ASCII and a
+    few signs, not ``ü`` or ``é``) replaced by its letter without accents (``ü`` -> ``u``), else by ``?``; so that a
+    class name of any language reads in the pictures."""
+    out = []
+    for char in str(text):
+        base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+        out.append(char if char.isascii() or _has_glyph(char) else base if base and all(map(_has_glyph, base)) else "?")
+    return "".join(out)
+
+
 def legible(text: str) -> str:
     """``text`` with each space widened to three: the default font's space is 2 pixels wide, no wider than the gaps
-    between its letters, so that ``4 Gaussians`` read as ``4Gaussians``."""
-    return str(text).replace(" ", "   ")
+    between its letters, so that ``4 Gaussians`` read as ``4Gaussians``; characters the font lacks
+    :func:`drawable`."""
+    return drawable(text).replace(" ", "   ")
 
 
 def label_tile(img: np.ndarray, text: str, band: int = 14) -> np.ndarray:

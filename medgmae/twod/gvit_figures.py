@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from medgmae.engine.figures import colormap, label_tile, save_png, tile_grid
+from medgmae.engine.figures import colormap, drawable, label_tile, save_png, tile_grid
 from medgmae.files import atomic_write
 from medgmae.twod.gvit import Gaussians2D
 
@@ -30,6 +30,7 @@ ELLIPSES_CAPTION = "2 sigma; det(Sigma): yellow small, purple large"
 def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path, cell: int = 48) -> Path:
     """Row-normalised confusion matrix as a heat map with counts; rows = true class."""
     cm = np.asarray(cm)
+    class_names = [drawable(c) for c in class_names]  # letters the font lacks as their plain forms
     n = len(class_names)
     font = ImageFont.load_default()
     label_w = 8 + 7 * max(len(str(c)) for c in class_names)
