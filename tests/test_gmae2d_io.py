@@ -206,6 +206,25 @@ def test_read_image_turns_a_photo_upright_by_its_exif_orientation(tmp_path):
     assert read_image(tmp_path / "plain.jpg")[0][:20, :20].mean() > 0.9
 
 
+def test_a_compressed_dicom_no_decoder_reads_is_named_with_its_compression(tmp_path):
+    """A DICOM file whose pixel data are compressed (JPEG 2000 here) and that no installed decoder reads stops with a
+    ValueError naming the file and its compression, as any unreadable image does (it raised pydicom's RuntimeError,
+    naming neither, so that a training folder's pre-check stopped on it without saying which file it was)."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    _write_dicom(tmp_path / "plain.dcm", np.zeros((8, 8)))
+    ds = pydicom.dcmread(tmp_path / "plain.dcm")
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\x00" * 64])  # a fragment that is no JPEG 2000 stream
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "j2k.dcm")
+    with pytest.raises(ValueError, match=r"j2k\.dcm: not a readable DICOM image \(pixel data compressed as JPEG 2000") as err:
+        read_image(tmp_path / "j2k.dcm")
+    assert "\n" not in str(err.value)  # one line
+
+
 def test_read_image_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         read_image(tmp_path / "missing.png")

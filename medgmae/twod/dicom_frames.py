@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,16 @@ def dicom_without_pixels(path: str | os.PathLike) -> bool:
         return False
 
 
+def _compression_words(ds: Any) -> str:
+    """``" (pixel data compressed as JPEG 2000 ...: ...)"``, what to do about a file whose pixel data are compressed
+    (its transfer syntax), or ``""`` for uncompressed ones."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not getattr(syntax, "is_compressed", False):
+        return ""
+    return (f" (pixel data compressed as {syntax.name}: decompress the file, e.g. gdcmconv --raw, or install a "
+            "decoder pydicom uses, e.g. pylibjpeg with its plugins)")
+
+
 def read_dicom_frame(
     path: Path, slice_index: int | None, stored: bool = False
 ) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
@@ -53,8 +64,10 @@ def read_dicom_frame(
         raise ValueError(f"{path}: {NO_PIXELS}{_sop_class_words(ds)}")
     try:
         arr = ds.pixel_array.astype(np.float32)
-    except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError, RuntimeError,
+            NotImplementedError) as e:  # the last two: compressed pixel data that no installed decoder reads
+        raise ValueError(f"{path}: not a readable DICOM image{_compression_words(ds)} ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())})") from e  # fmt: skip
     rgb = str(getattr(ds, "PhotometricInterpretation", "")).upper() in ("RGB", "YBR_FULL", "YBR_FULL_422")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     k = (frames // 2 if frames > 1 else 0) if slice_index is None else int(slice_index)
