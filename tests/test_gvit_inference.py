@@ -146,6 +146,18 @@ def test_images_are_listed_as_given_without_hidden_files(tmp_path, monkeypatch):
     assert [str(p) for p in listed] == ["link.png", "imgs/a.png", "imgs/b.png"]
 
 
+def test_a_file_named_by_a_number_is_an_image_path(tmp_path, monkeypatch):
+    """DICOM exports name files 1, 2, ...; the command line reads ``--images 1`` as the number 1 and ``--images
+    "[1, 2]"`` as numbers: each is the file of that name (``--images 1`` stopped on a TypeError)."""
+    from medgmae.twod.gvit_infer import inference_images
+
+    for name in ("1", "2"):
+        (tmp_path / name).write_bytes(b"dicom")
+    monkeypatch.chdir(tmp_path)
+    assert [str(p) for p in inference_images(1, None)] == ["1"]
+    assert [str(p) for p in inference_images([1, 2], None)] == ["1", "2"]
+
+
 @pytest.mark.parametrize("images, image_dir", [(["imgs/b.png", "a.png", "./imgs/b.png"], None), (["imgs/b.png"], "imgs")])
 def test_an_image_given_twice_is_refused_naming_it(tmp_path, monkeypatch, images, image_dir):
     """A file given twice (two spellings of one path, or listed and found again in the folder) is refused, naming it,

@@ -32,14 +32,14 @@ __all__ = ["inference_images", "load_inference_model", "classify_images"]
 logger = logging.getLogger("medgmae.gvit")
 
 
-def inference_images(images: str | Sequence[str] | None, image_dir: str | Path | None) -> list[Path]:
+def inference_images(images: str | int | Sequence[str | int] | None, image_dir: str | Path | None) -> list[Path]:
     """The images to classify: ``images`` (one path or a list) and every image file under ``image_dir`` (sorted,
     recursive; the files there that are not images are left out, in one logged line), in that order, each named as
     given. Whether each can be read is the reader's check
     (:func:`classify_images` names every missing or unreadable file in one error).
 
     Args:
-        images: image files (``None`` or ``""``: none).
+        images: image files (``None`` or ``""``: none; a number is the file of that name).
         image_dir: a folder of images (``None`` or ``""``: none).
 
     Returns:
@@ -50,7 +50,8 @@ def inference_images(images: str | Sequence[str] | None, image_dir: str | Path |
             than once (in ``images``, or in ``images`` and under ``image_dir``; named, as fine-tuning's
             segmentation refuses its inputs given twice: :func:`medgmae.files.given_more_than_once`).
     """
-    listed = [images] if isinstance(images, (str, Path)) else list(images or [])
+    # one path or a list; a bare number is a file name (a DICOM export's "1"), which the command line reads as an int
+    listed = list(images) if isinstance(images, (list, tuple)) else [] if images is None else [images]
     paths = [Path(str(p)).expanduser() for p in listed if str(p).strip()]
     if image_dir is not None and str(image_dir).strip():
         folder = Path(str(image_dir)).expanduser()
