@@ -14,8 +14,9 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
-__all__ = ["INTEGER_NAMES", "as_bool", "count_or_all", "expand_home", "fraction", "integer", "is_integer_text", "nonneg_float", "nonneg_int",
-           "positive_float", "positive_int", "proper_fraction", "unit_interval", "ToolParser", "REPEATABLE_ACTIONS"]
+__all__ = ["INTEGER_NAMES", "as_bool", "as_path_text", "count_or_all", "expand_home", "fraction", "integer", "is_integer_text",
+           "nonneg_float", "nonneg_int", "positive_float", "positive_int", "proper_fraction", "unit_interval", "ToolParser",
+           "REPEATABLE_ACTIONS"]
 
 T = TypeVar("T", int, float)
 
@@ -144,6 +145,16 @@ def as_bool(value: Any, name: str = "flag") -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def as_path_text(value: Any) -> Any:
+    """A path setting of a bundle as text: MONAI's command line reads ``--dataset_dir 2024`` as the number 2024, the
+    folder ``2024``; anything else (text, a path, ``None``) as it is.
+
+    Args:
+        value: the setting's value.
+    """
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:

@@ -383,3 +383,19 @@ def test_a_folder_with_several_unreadable_images_names_them_all(tmp_path):
     assert msg.startswith(f"2 unreadable image(s) in dataset_dir {tmp_path}") and "cut.png" in msg and "empty.png" in msg
     assert "ok0.png" not in msg
     assert len(gmae2d_dataset(tmp_path, image_size=(16, 16), log=False, cache=False)) == 5  # read lazily: no check
+
+
+def test_a_data_folder_named_by_a_number_is_a_folder(tmp_path, monkeypatch):
+    """MONAI's command line reads ``--dataset_dir 2024`` as the number 2024: the 2D training folder and GViT's class
+    folders of that name are read as folders (both stopped on "expected str, bytes or os.PathLike object, not int")."""
+    from medgmae.twod.classification_data import resolve_classification_data
+    from medgmae.twod.data2d import gmae2d_dataset
+
+    for rel in ("2024/a.png", "2024/b.png", "2025/x/0.png", "2025/x/1.png", "2025/y/0.png", "2025/y/1.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((12, 12), 100, np.uint8)).save(tmp_path / rel)
+    monkeypatch.chdir(tmp_path)
+    assert len(gmae2d_dataset(2024, image_size=(16, 16), log=False)) == 2
+    data = resolve_classification_data(2025, tmp_path / "unused", image_size=16, val_fraction=0.5)
+    assert data.class_names == ["x", "y"] and len(data.train) + len(data.val) == 4
+    assert data.settings["dataset_dir"] == str(tmp_path / "2025")

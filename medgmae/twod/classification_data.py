@@ -30,6 +30,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
+from medgmae.cli_types import as_path_text
 from medgmae.files import given_more_than_once
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
@@ -205,7 +206,7 @@ def load_classification_data(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels}")
-    path = Path(dataset).expanduser()
+    path = Path(as_path_text(dataset)).expanduser()
     if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
                          "holding them) or a CSV file of path,label rows")  # fmt: skip
@@ -306,6 +307,7 @@ def resolve_classification_data(
     class without validation images is named in a warning: the validation accuracy does not cover it. ``channels``:
     as :func:`load_classification_data`'s (an evaluated model's)."""
     window = window_setting(window)
+    dataset_dir = as_path_text(dataset_dir)
     phantom = dataset_dir is None or str(dataset_dir).strip() == ""
     if phantom:
         logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
+from medgmae.cli_types import as_path_text
 from medgmae.twod.image_folders import listed_files, no_images_message, skipped_files_note
 from medgmae.twod.images import (
     holds_several_slices,
@@ -162,7 +163,7 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
         FileNotFoundError: the folder does not exist.
         ValueError: it holds no PNG/JPEG/BMP/TIFF/NIfTI/DICOM file.
     """
-    folder = Path(dataset_dir).expanduser()
+    folder = Path(as_path_text(dataset_dir)).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset_dir not found or not a folder: {folder}")
     files, others = listed_files(folder)
@@ -323,6 +324,7 @@ def gmae2d_dataset(
     """
     size = tuple(int(s) for s in image_size)
     window = window_setting(window)
+    dataset_dir = as_path_text(dataset_dir)
     if dataset_dir:
         items = image_folder_items(dataset_dir, log)
         if log:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import torch
 
+from medgmae.cli_types import as_path_text
 from medgmae.data.reader import volume_stem
 from medgmae.files import save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
@@ -315,7 +316,7 @@ def evaluate_model_file(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
-    given = dict(dataset_dir=dataset_dir, seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
+    given = dict(dataset_dir=as_path_text(dataset_dir), seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
     data, window = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
     items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
     if not items:
