@@ -179,6 +179,21 @@ def test_csv_lists_and_errors(tmp_path):
         assert name in str(info.value)
 
 
+def test_csv_labels_that_differ_only_in_case_are_warned_about(tmp_path, caplog):
+    """'Disk' and 'disk' are two classes (labels are kept as written), which a typo makes: the log says so."""
+    root = _folder(tmp_path)
+    (tmp_path / "case.csv").write_text("path,label\ndata/a/0.png,disk\ndata/a/1.png,Disk\ndata/b/0.png,square\n")
+    with caplog.at_level("WARNING", logger="medgmae"):
+        _, classes = read_csv_list(tmp_path / "case.csv")
+    assert classes == ["Disk", "disk", "square"]
+    assert "labels that differ only in case are classes of their own: 'Disk' / 'disk'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medgmae"):
+        (tmp_path / "plain.csv").write_text("path,label\ndata/a/0.png,disk\ndata/b/0.png,square\n")
+        read_csv_list(tmp_path / "plain.csv")
+    assert "differ only in case" not in caplog.text
+
+
 def test_phantom_slice_task_is_ordered_by_body_region(tmp_path):
     out = write_phantom_slice_task(tmp_path / "task", num_cases=3, num_val_cases=1, image_size=16, volume_shape=(32, 32, 32))
     data = load_classification_data(out)

@@ -169,8 +169,21 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
         raise ValueError(f"CSV file {csv_path}, " + "; ".join(problems[:10]) + more)
     classes = sorted({label for _, label, _, _ in parsed})
     _require_classes(classes, f"CSV file {csv_path}")
+    _warn_if_labels_differ_in_case(classes, csv_path)
     index = {c: i for i, c in enumerate(classes)}
     return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s, _ in parsed], classes
+
+
+def _warn_if_labels_differ_in_case(classes: Sequence[str], csv_path: Path) -> None:
+    """Warn when labels of a CSV differ only in case (``Liver``, ``liver``): each is a class of its own, which is
+    seldom meant (a typo splits a class in two)."""
+    folded: dict[str, list[str]] = {}
+    for name in classes:
+        folded.setdefault(name.casefold(), []).append(name)
+    alike = [" / ".join(map(repr, names)) for names in folded.values() if len(names) > 1]
+    if alike:
+        logger.warning("CSV file %s: labels that differ only in case are classes of their own: %s; write each class "
+                       "one way if they are one", csv_path, "; ".join(alike))  # fmt: skip
 
 
 def _listed_twice(parsed: Sequence[tuple[str, str, str, int]]) -> list[str]:
