@@ -123,6 +123,27 @@ def test_class_folders_hold_images_in_their_sub_folders(tmp_path):
     assert {str(Path(it["image"]).relative_to(tmp_path)): it["label"] for it in items} == layout
 
 
+def test_split_folders_are_no_classes(tmp_path, caplog):
+    """A dataset of train/ and test/ (or valid/) folders of class folders, without val/, is refused: read as two
+    classes 'test' and 'train' (with their class folders' images below them) it would train a model to tell the
+    splits apart. Beside train/ and val/, a test/ folder is left out, in a log line."""
+    for split in ("train", "test"):
+        _folder(tmp_path / "tt" / split)
+        (tmp_path / "tt" / split / "data").rename(tmp_path / "tt" / split / "cls")  # tt/<split>/cls/<a|b>/<i>.png
+    with pytest.raises(ValueError, match=r"holds split folders \(test/, train/\), not class folders"):
+        load_classification_data(tmp_path / "tt")
+    root = tmp_path / "tv"
+    for split in ("train", "val", "test"):
+        _folder(root / split)
+        for c in ("a", "b"):
+            (root / split / "data" / c).rename(root / split / c)
+        (root / split / "data").rmdir()
+    with caplog.at_level("INFO", logger="medgmae"):
+        data = load_classification_data(root)
+    assert data.class_names == ["a", "b"] and len(data.train) == len(data.val) == 6
+    assert f"dataset {root}: test/ left out" in caplog.text
+
+
 def test_data_errors_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty"):

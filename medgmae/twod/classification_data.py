@@ -174,6 +174,17 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
     return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s, _ in parsed], classes
 
 
+#: Names of a dataset's split folders (any case), which are no class names.
+_SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
+
+
+def _split_folders(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` named as a split (:data:`_SPLIT_NAMES`), sorted; none when it is no folder."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in _SPLIT_NAMES)
+
+
 def _warn_if_labels_differ_in_case(classes: Sequence[str], csv_path: Path) -> None:
     """Warn when labels of a CSV differ only in case (``Liver``, ``liver``): each is a class of its own, which is
     seldom meant (a typo splits a class in two)."""
@@ -234,12 +245,20 @@ def load_classification_data(
         for it in items:
             it.pop("split", None)
     elif (path / "train").is_dir() and (path / "val").is_dir():
+        others = [p.name + "/" for p in _split_folders(path) if p.name not in ("train", "val")]
+        if others:
+            logger.info("dataset %s: %s left out (training and its evaluation read train/ and val/)", path, ", ".join(others))
         train, classes = scan_image_folder(path / "train")
         val, val_classes = scan_image_folder(path / "val")
         seeded = False
         if val_classes != classes:
             raise ValueError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
     else:
+        splits = [p.name + "/" for p in _split_folders(path)]
+        if splits:  # read as classes, they would make a task of telling the splits apart
+            raise ValueError(f"dataset folder {path} holds split folders ({', '.join(splits)}), not class folders: give "
+                             "train/ and val/ folders of class folders (a test/ beside them is left out), or one folder "
+                             "of class folders")  # fmt: skip
         items, classes = scan_image_folder(path)
         train, val = stratified_split(items, val_fraction, seed)
         seeded = True
