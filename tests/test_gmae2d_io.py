@@ -399,3 +399,18 @@ def test_a_data_folder_named_by_a_number_is_a_folder(tmp_path, monkeypatch):
     data = resolve_classification_data(2025, tmp_path / "unused", image_size=16, val_fraction=0.5)
     assert data.class_names == ["x", "y"] and len(data.train) + len(data.val) == 4
     assert data.settings["dataset_dir"] == str(tmp_path / "2025")
+
+
+def test_a_broken_link_in_an_image_folder_is_named_not_passed_over(tmp_path):
+    """A link whose target is gone (a data set linked from storage that is not mounted) is named as an image that is
+    not found, with its target, when a 2D training folder is read: it was left out of the listing without a word,
+    and training ran on the other images."""
+    from medgmae.twod.data2d import gmae2d_dataset, image_folder_items
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.full((12, 12), 100, np.uint8)).save(folder / "a.png")
+    (folder / "b.png").symlink_to(tmp_path / "unmounted" / "b.png")
+    assert [p["image"] for p in image_folder_items(folder, log=False)] == [str(folder / "a.png"), str(folder / "b.png")]
+    with pytest.raises(ValueError, match=r"image not found: .*b\.png \(a link to .*unmounted/b\.png, which is not found\)"):
+        gmae2d_dataset(folder, image_size=(16, 16), log=False)

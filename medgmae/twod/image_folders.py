@@ -21,9 +21,11 @@ __all__ = ["listed_files", "skipped_files_note", "no_images_message"]
 
 def _visible_files(folder: Path, recursive: bool) -> list[Path]:
     """The files in ``folder`` (and its sub-folders), sorted, hidden ones (macOS's ``._x.png`` resource files,
-    anything under a hidden folder) left out."""
+    anything under a hidden folder) left out; a link whose target is gone (storage not mounted) is one, so that
+    the reader names it instead of the listing passing over it."""
     listed = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in listed if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(p for p in listed if (p.is_file() or (p.is_symlink() and not p.exists()))
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
 
 
 def listed_files(folder: Path, recursive: bool = True) -> tuple[list[Path], list[Path]]:

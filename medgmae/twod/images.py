@@ -225,7 +225,8 @@ def _check_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise ValueError(f"{path} is a folder; expected an image file")
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        gone = f" (a link to {os.readlink(path)}, which is not found)" if path.is_symlink() else ""
+        raise FileNotFoundError(f"image not found: {path}{gone}")
     return path
 
 
