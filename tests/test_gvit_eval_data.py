@@ -127,6 +127,22 @@ def test_explanation_names_carry_the_source_file(tmp_path):
     assert sorted(name.split("_")[1] for name in names) == stems  # <n>_<source>_<true>_pred-<predicted>.png
 
 
+def test_explanation_names_tell_apart_files_of_one_name_in_patient_folders(tmp_path):
+    """Class folders of patient folders each holding an IM0001.png: each explanation names its patient's folder
+    (p1-IM0001), where the file name alone would name all of them IM0001."""
+    rng = np.random.default_rng(0)
+    rels = ("a/p1/IM0001.png", "a/p2/IM0001.png", "b/p3/IM0001.png", "b/p3/other.png")
+    for rel in rels:
+        (tmp_path / "classes" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(tmp_path / "classes" / rel)
+    run = tmp_path / "run"
+    data = resolve_classification_data(tmp_path / "classes", run / "data", image_size=16, seed=0, val_fraction=0.5)
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    evaluate_model_file(run / "model.pt", None, run / "eval", split="all", num_explanations=-1, **EVAL)
+    sources = sorted(p.name.split("_")[1] for p in (run / "eval" / "explanations").iterdir())
+    assert sources == ["p1-IM0001", "p2-IM0001", "p3-IM0001", "p3-other"]
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_evaluation_keeps_training_split_when_images_were_added(tmp_path, caplog, seed):
     """Images added to the class folders after training would re-draw the seeded split and move training images

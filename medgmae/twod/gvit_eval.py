@@ -9,11 +9,12 @@
   settings (epochs, optimiser, loss, guidance) when the caller gives them;
 * ``confusion_matrix.png``;
 * ``explanations/<n>_<source>_<true>_pred-<predicted>.png`` (``<source>``: the image file's name without its
-  endings; absent for images without a file): the image, its Gaussians drawn as 2-sigma ellipses coloured
-  by ``det(Sigma)`` (the paper's saliency proxy: small, yellow = class-relevant; large, purple = background), and
-  the rendering of the Gaussians. They are written into a staging folder and moved in when all were written
-  (:func:`medgmae.files.staged_outputs` with ``remove_stale``): PNGs of an earlier evaluation do not stay, and a
-  failed evaluation leaves the earlier ones as they were.
+  endings, after its folders below its class folder, ``p1-IM0001``; absent for images without a file): the
+  image, its Gaussians drawn as 2-sigma ellipses coloured by ``det(Sigma)`` (the paper's saliency proxy: small,
+  yellow = class-relevant; large, purple = background), and the rendering of the Gaussians. They are written
+  into a staging folder and moved in when all were written (:func:`medgmae.files.staged_outputs` with
+  ``remove_stale``): PNGs of an earlier evaluation do not stay, and a failed evaluation leaves the earlier ones as
+  they were.
 
 :func:`evaluate_model_file` evaluates a saved model on the data it was trained on (the settings recorded in its
 ``model.pt``) unless told otherwise.
@@ -98,6 +99,15 @@ def _stem(path: str | Path) -> str:
     return volume_stem(path, IMAGE_SUFFIXES)
 
 
+def _source_name(path: str | Path, class_name: str) -> str:
+    """An image's name in its explanation's file name: its file name without ending (:func:`_stem`), after its
+    folders below its class folder, the nearest folder named as its class (``p1-IM0001`` for
+    ``<class>/p1/IM0001.png``; none for an image in its class folder, or listed by a CSV outside one)."""
+    parents = Path(path).parent.parts
+    below = next((parents[k + 1 :] for k in range(len(parents) - 1, -1, -1) if parents[k] == str(class_name)), ())
+    return "-".join((*below, _stem(path)))
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
 
@@ -161,7 +171,7 @@ def _write_explanations(model, loader, class_names, folder: Path, device, num_ex
                 break
             one = Gaussians2D(*(t[i : i + 1] for t in (dec.means, dec.scales, dec.angles, dec.colors, dec.opacities)))
             true, pr = class_names[int(lab[i])], class_names[int(pred[i])]
-            source = f"{_safe(_stem(paths[i]))}_" if paths is not None else ""
+            source = f"{_safe(_source_name(paths[i], true))}_" if paths is not None else ""
             name = f"{written:03d}_{source}{_safe(true)}_pred-{_safe(pr)}.png"
             save_explanation_png(x[i], one, folder / name, rendered[i], title=f"true {true} / predicted {pr}")
             written += 1
