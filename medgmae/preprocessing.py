@@ -67,8 +67,8 @@ class PreprocessingSpec:
         patch_size: ViT patch size in voxels.
 
     Raises:
-        ValueError: any value is malformed (non-positive spacing, an empty window, bad axis codes, sizes that
-            are not multiples of the patch size).
+        ValueError: any value is malformed (non-positive spacing, an empty or unbounded window, bad axis codes,
+            sizes that are not multiples of the patch size).
     """
 
     orientation: str = "RAS"
@@ -88,10 +88,10 @@ class PreprocessingSpec:
             raise ValueError(f"spacing must be positive millimetres, got {self.spacing!r}")
         window = tuple(float(v) for v in self.hu_window)
         rng = tuple(float(v) for v in self.intensity_range)
-        if len(window) != 2 or not window[1] > window[0]:
-            raise ValueError(f"hu_window must be (a_min, a_max) with a_max > a_min, got {self.hu_window!r}")
-        if len(rng) != 2 or rng[0] == rng[1]:
-            raise ValueError(f"intensity_range must be two different numbers (b_min, b_max), got {self.intensity_range!r}")
+        if len(window) != 2 or not window[1] > window[0] or not math.isfinite(window[1] - window[0]):
+            raise ValueError(f"hu_window must be (a_min, a_max) with a_max > a_min, both finite, got {self.hu_window!r}")
+        if len(rng) != 2 or rng[1] == rng[0] or not math.isfinite(rng[1] - rng[0]):
+            raise ValueError(f"intensity_range must be two different finite numbers (b_min, b_max), got {self.intensity_range!r}")
         size, patch = _triple(self.input_size, "input_size", int), _triple(self.patch_size, "patch_size", int)
         if not all(p > 0 and s > 0 and s % p == 0 for s, p in zip(size, patch)):
             raise ValueError(f"input_size {size} must be positive multiples of patch_size {patch}")
@@ -199,10 +199,10 @@ def check_hu_window_override(value: Sequence[float] | None) -> None:
     """A bundle's ``hu_range`` override (``None``: the recorded window), checked up front as the spec would check it.
 
     Raises:
-        ValueError: naming the problem (not ``[a_min, a_max]`` with ``a_max > a_min``).
+        ValueError: naming the problem (not ``[a_min, a_max]`` with ``a_max > a_min``, both finite).
     """
     if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")):
-        raise ValueError(f"hu_window must be [a_min, a_max] with a_max > a_min, got {value!r}")
+        raise ValueError(f"hu_window must be [a_min, a_max] with a_max > a_min, both finite, got {value!r}")
     spec_with_overrides(None, None, value)
 
 

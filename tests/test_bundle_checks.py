@@ -164,7 +164,7 @@ def test_pretraining_bad_flags_fail_first_and_write_nothing(tmp_path):
     assert proc.returncode != 0
     for text in ("--max_epochs: expected a positive integer, got '-3'", "--num_gaussians: expected a positive integer, "
                  "got 'abc'", "--model_kind: expected one of", "--mask_ratio: expected a number in [0, 1)",
-                 "--a_max: hu_window must be (a_min, a_max) with a_max > a_min, got (300.0, 100.0)",
+                 "--a_max: hu_window must be (a_min, a_max) with a_max > a_min, both finite, got (300.0, 100.0)",
                  "--orientation: orientation must be three axis codes", "--pixdim: spacing must have three values"):
         assert text in log, text
     assert not out.exists()
@@ -219,7 +219,33 @@ def test_finetune_spacing_and_window_overrides_are_checked_first(tmp_path, confi
                       "--hu_range", "[300, -100]")  # fmt: skip
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "--pixdim: spacing must be positive millimetres, got (1.0, -1.0, 2.0)" in log, log[-2000:]
-    assert "--hu_range: hu_window must be (a_min, a_max) with a_max > a_min, got (300.0, -100.0)" in log
+    assert "--hu_range: hu_window must be (a_min, a_max) with a_max > a_min, both finite, got (300.0, -100.0)" in log
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("field, value", [("hu_window", (float("-inf"), 250.0)), ("hu_window", (-175.0, float("inf"))),
+                                          ("hu_window", (float("nan"), 250.0)), ("intensity_range", (0.0, float("inf"))),
+                                          ("intensity_range", (0.0, float("nan")))])  # fmt: skip
+def test_the_spec_refuses_unbounded_and_nan_ranges(field, value):
+    from medgmae.preprocessing import PreprocessingSpec
+
+    with pytest.raises(ValueError, match="finite"):
+        PreprocessingSpec(**{field: value})
+    assert PreprocessingSpec(hu_window=(-1000.0, 3000.0), intensity_range=(1.0, 0.0)).hu_window == (-1000.0, 3000.0)
+
+
+def test_an_unbounded_hu_window_is_refused_first_and_nothing_is_written(tmp_path):
+    """A window bound of -inf or inf maps every voxel to one value or NaN: it was taken, and pre-training failed
+    in its data loader after writing its cache, TensorBoard folder and an interrupted checkpoint."""
+    out = tmp_path / "run"
+    proc = run_bundle("training", "medgmae_pretrain/configs/train.json", "--output_dir", str(out), "--a_min=-inf")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "hu_window must be (a_min, a_max) with a_max > a_min, both finite, got (-inf, 250.0)" in log, log[-2000:]
+    assert "pre-check" not in log and not out.exists()
+    proc = run_bundle("training", "unetr_finetune/configs/train.json", "--output_dir", str(out), "--hu_range", "[-175, inf]")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "--hu_range: hu_window must be (a_min, a_max) with a_max > a_min, both finite" in log
     assert not out.exists()
 
 
