@@ -25,6 +25,7 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "count_or_all": cli_types.count_or_all,
     "positive_float": cli_types.positive_float,
     "nonneg_float": cli_types.nonneg_float,
+    "finite_float": cli_types.finite_float,
     "fraction": cli_types.fraction,
     "unit_interval": cli_types.unit_interval,
     "proper_fraction": cli_types.proper_fraction,
@@ -56,6 +57,8 @@ def setting_problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any]
         return _image_size_problem(value, settings)
     if kind == "schedule_epochs":
         return _schedule_epochs_problem(value, settings)
+    if kind == "hu_window_max":
+        return _hu_window_max_problem(value, settings)
     if kind in ("roi_size", "roi_edge"):
         patch = settings["patch_size"][0] if "patch_size" in settings else None
         return roi_size_problem(value, patch, cube=kind == "roi_edge")
@@ -202,6 +205,20 @@ def _schedule_epochs_problem(value: Any, settings: Mapping[str, tuple]) -> str |
         return (f"expected at least --max_epochs {last} (past the schedule's end its cosine brings the learning rate back "
                 f"up to its peak), got {str(value).strip()!r}: give --lr_schedule_epochs {last} or more, or leave it out "
                 "(it follows --max_epochs)")  # fmt: skip
+    return None
+
+
+def _hu_window_max_problem(value: Any, settings: Mapping[str, tuple]) -> str | None:
+    """Why ``value`` is not the upper end of an HU window: a finite number above the ``a_min`` setting (when that
+    one is a finite number; otherwise its own line names it, not this one)."""
+    if "a_min" not in settings:
+        raise ValueError("a hu_window_max check needs the a_min setting beside it")
+    problem = setting_problem(value, "finite_float", settings)
+    if problem:
+        return problem
+    lower = settings["a_min"][0]
+    if setting_problem(lower, "finite_float", settings) is None and float(str(value)) <= float(str(lower)):
+        return f"expected a number above --a_min {str(lower).strip()} (the HU window's lower end), got {str(value).strip()!r}"
     return None
 
 

@@ -164,7 +164,7 @@ def test_pretraining_bad_flags_fail_first_and_write_nothing(tmp_path):
     assert proc.returncode != 0
     for text in ("--max_epochs: expected a positive integer, got '-3'", "--num_gaussians: expected a positive integer, "
                  "got 'abc'", "--model_kind: expected one of", "--mask_ratio: expected a number in [0, 1)",
-                 "--a_max: hu_window must be (a_min, a_max) with a_max > a_min, both finite, got (300.0, 100.0)",
+                 "--a_max: expected a number above --a_min 300",
                  "--orientation: orientation must be three axis codes", "--pixdim: spacing must have three values"):
         assert text in log, text
     assert not out.exists()
@@ -241,12 +241,28 @@ def test_an_unbounded_hu_window_is_refused_first_and_nothing_is_written(tmp_path
     proc = run_bundle("training", "medgmae_pretrain/configs/train.json", "--output_dir", str(out), "--a_min=-inf")
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "hu_window must be (a_min, a_max) with a_max > a_min, both finite, got (-inf, 250.0)" in log, log[-2000:]
+    assert "--a_min: expected a finite number, got '-inf'" in log, log[-2000:]
     assert "pre-check" not in log and not out.exists()
     proc = run_bundle("training", "unetr_finetune/configs/train.json", "--output_dir", str(out), "--hu_range", "[-175, inf]")
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "--hu_range: hu_window must be (a_min, a_max) with a_max > a_min, both finite" in log
     assert not out.exists()
+
+
+def test_the_hu_window_ends_are_each_named_for_their_own_problem():
+    """A bad ``--a_min`` is named as ``--a_min`` (it was named ``--a_max``, whose check read both ends), and an
+    ``--a_max`` not above it as ``--a_max``."""
+    def problems(a_min, a_max):
+        with pytest.raises(BundleSettingError) as e:
+            check_settings({"a_min": (a_min, "finite_float"), "a_max": (a_max, "hu_window_max")})
+        return str(e.value).splitlines()[1:]
+
+    assert problems("abc", 250.0) == ["  --a_min: expected a finite number, got 'abc'"]
+    assert problems("nan", 250.0) == ["  --a_min: expected a finite number, got 'nan'"]
+    assert problems(-175.0, "inf") == ["  --a_max: expected a finite number, got 'inf'"]
+    assert problems(300, 100) == ["  --a_max: expected a number above --a_min 300 (the HU window's lower end), got '100'"]
+    assert problems(-175.0, -175.0)[0].startswith("  --a_max: expected a number above --a_min -175.0")
+    assert check_settings({"a_min": (-1000, "finite_float"), "a_max": ("3000", "hu_window_max")}) is True
 
 
 @pytest.mark.parametrize("bundle", ["gmae2d_pretrain", "gvit_classification"])
