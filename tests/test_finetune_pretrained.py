@@ -131,3 +131,27 @@ def test_a_pretraining_folder_given_as_pretrained_names_its_encoder(tmp_path):
                                          f"did you mean {run / 'encoder.pt'}\\?"):  # fmt: skip
         read_encoder_file(run)
 
+
+
+def test_an_encoder_recording_no_preprocessing_gets_the_pretraining_defaults_with_a_warning(tmp_path, caplog):
+    """An ``encoder.pt`` without a spec (an early file, or one saved by hand) was prepared for silently with
+    fine-tuning's own BTCV spacing (1.5 x 1.5 x 2 mm), which no pre-training run uses; zero-shot inference and
+    ``--init medgmae`` take the pre-training defaults with a warning, and so does fine-tuning now."""
+    import json
+    from pathlib import Path
+
+    from medgmae.finetune import finetune_spec
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    path = tmp_path / "encoder.pt"
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), None), path)
+    pretrain = json.loads((Path(__file__).resolve().parents[1] / "bundles/medgmae_pretrain/configs/train.json").read_text())
+    with caplog.at_level("WARNING"):
+        spec = finetune_spec(path, roi_size=24)
+    assert spec.spacing == (float(pretrain["pixdim"]),) * 3 and spec.hu_window == (pretrain["a_min"], pretrain["a_max"])
+    assert spec.input_size == (24, 24, 24) and spec.patch_size == (12, 12, 12)
+    assert f"{path} records no pre-processing" in caplog.text and "--pixdim and --hu_range" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # both given: nothing is taken from the defaults, nothing to warn about
+        spec = finetune_spec(path, pixdim=[2.0, 2.0, 3.0], hu_range=[-100, 200], roi_size=24)
+    assert spec.spacing == (2.0, 2.0, 3.0) and spec.hu_window == (-100.0, 200.0) and caplog.text == ""

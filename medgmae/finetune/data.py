@@ -37,7 +37,7 @@ from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
 )  # fmt: skip
-from medgmae.preprocessing import PreprocessingSpec, describe_preprocessing, spec_with_overrides
+from medgmae.preprocessing import PreprocessingSpec, describe_preprocessing, model_preprocessing, spec_with_overrides
 
 __all__ = [
     "DatasetError",
@@ -263,7 +263,9 @@ def finetune_spec(
     """The pre-processing of a fine-tuning run.
 
     With a pre-trained ``encoder.pt`` its recorded spacing and HU window are used unless ``pixdim`` / ``hu_range``
-    are given; a given value that differs from the recorded one is used with a warning naming both. Without one,
+    are given; a given value that differs from the recorded one is used with a warning naming both. An encoder that
+    records none gets the pre-training defaults (:func:`~medgmae.preprocessing.model_preprocessing`, as zero-shot
+    inference and ``--init medgmae`` do) with its warning, unless both are given. Without an encoder,
     :data:`DEFAULT_PIXDIM` and the toolkit's HU window apply.
 
     Args:
@@ -285,9 +287,11 @@ def finetune_spec(
     if pretrained:
         ckpt = read_encoder_for(pretrained, roi_size, mmap=True)  # the spec and config: no weights read
         recorded, enc_patch = ckpt.preprocessing, ckpt.config.get("patch_size")
+        if recorded is None and (pixdim is None or hu_range is None) and is_main_process():
+            model_preprocessing(ckpt, str(pretrained), "give --pixdim and --hu_range as it was pre-trained with")
     origin = lambda given: "given" if given is not None else f"recorded in {pretrained}" if recorded else "default"  # noqa: E731
     spacing_from, window_from = origin(pixdim), origin(hu_range)
-    if recorded is None and pixdim is None:
+    if not pretrained and pixdim is None:
         pixdim = DEFAULT_PIXDIM
     spec = spec_with_overrides(recorded, pixdim, hu_range, source=str(pretrained))
     spec = dataclasses.replace(spec, input_size=roi_size, patch_size=enc_patch or patch_size or spec.patch_size)
