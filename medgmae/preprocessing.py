@@ -225,7 +225,7 @@ def model_preprocessing(model: Any, source: str, advice: str = "re-save it with 
         d = dataclasses.replace(d, input_size=tuple(size), patch_size=tuple(patch))
     logger.warning(
         "%s records no pre-processing: the model sees the scan as the toolkit's default %s, %s mm voxels, HU window "
-        "%s; if it was pre-trained otherwise its output is wrong (%s)",
+        "%s; if it was trained otherwise its output is wrong (%s)",
         source, d.orientation, "x".join(f"{v:g}" for v in d.spacing), list(d.hu_window), advice,
     )  # fmt: skip
     return d

@@ -155,3 +155,19 @@ def test_an_encoder_recording_no_preprocessing_gets_the_pretraining_defaults_wit
     with caplog.at_level("WARNING"):  # both given: nothing is taken from the defaults, nothing to warn about
         spec = finetune_spec(path, pixdim=[2.0, 2.0, 3.0], hu_range=[-100, 200], roi_size=24)
     assert spec.spacing == (2.0, 2.0, 3.0) and spec.hu_window == (-100.0, 200.0) and caplog.text == ""
+
+
+def test_a_finetuned_model_recording_no_preprocessing_is_said_to_and_keeps_its_own_window(tmp_path, caplog):
+    """Evaluation and segmentation of a ``best_model.pt`` without a spec logged the default spacing and window as
+    ``(recorded)`` and slid 96^3 windows over a network trained on 24^3 crops."""
+    from medgmae.finetune.data import finetuned_spec
+
+    path = tmp_path / "best_model.pt"
+    config = {"img_size": [24, 24, 24], "patch_size": [12, 12, 12], "out_channels": 3}
+    torch.save(make_checkpoint("medgmae-unetr", config, {}, None), path)
+    with caplog.at_level("INFO"):
+        spec = finetuned_spec(path)
+    assert spec.input_size == (24, 24, 24) and spec.patch_size == (12, 12, 12)
+    assert f"{path} records no pre-processing" in caplog.text
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing of"))
+    assert "(recorded)" not in line and "mm (default), HU window [-175.0, 250.0] (default), crop 24x24x24" in line, line

@@ -302,13 +302,21 @@ def finetune_spec(
 def finetuned_spec(
     checkpoint: str | Path, pixdim: Sequence[float] | float | None = None, hu_range: Sequence[float] | None = None
 ) -> PreprocessingSpec:
-    """The pre-processing recorded in a fine-tuned ``best_model.pt``, with optional overrides (warned about)."""
+    """The pre-processing recorded in a fine-tuned ``best_model.pt``, with optional overrides (warned about); for a
+    file that records none, :func:`~medgmae.preprocessing.model_preprocessing`'s default at the network's own
+    window, with its warning."""
+    from types import SimpleNamespace
+
     from medgmae.checkpoint import load_checkpoint
     from medgmae.finetune.best_model import FINETUNED_KIND
 
     ckpt = load_checkpoint(checkpoint, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run")
-    spec = spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint), trained_by="fine-tuning")
-    origin = lambda given: "given" if given is not None else "recorded"  # noqa: E731
+    default = None if ckpt.preprocessing is not None else model_preprocessing(
+        SimpleNamespace(img_size=ckpt.config.get("img_size"), patch_size=ckpt.config.get("patch_size")), str(checkpoint),
+        "give --pixdim and --hu_range as it was fine-tuned with")  # fmt: skip
+    spec = spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint), trained_by="fine-tuning",
+                               default=default)  # fmt: skip
+    origin = lambda given: "given" if given is not None else "recorded" if default is None else "default"  # noqa: E731
     logger.info("pre-processing of %s: orientation %s, spacing %s mm (%s), HU window %s (%s), crop %s", checkpoint,
                 spec.orientation, list(spec.spacing), origin(pixdim), list(spec.hu_window), origin(hu_range),
                 "x".join(map(str, spec.input_size)))  # fmt: skip
