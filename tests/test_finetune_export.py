@@ -47,6 +47,17 @@ def test_export_matches_the_network_and_carries_the_spec(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "model.ts"]  # no temporary file left
 
 
+def test_a_model_recording_no_preprocessing_is_exported_with_the_default_at_its_own_window(tmp_path, caplog):
+    """A ``best_model.pt`` without a spec stopped the export with ``'NoneType' object has no attribute ...``."""
+    net = _finetuned(tmp_path / "best_model.pt")
+    torch.save(make_checkpoint("medgmae-unetr", net.config(), net.state_dict(), None, {"epoch": 1}), tmp_path / "best_model.pt")
+    with caplog.at_level("WARNING"):
+        _, spec, meta = load_exported(export_torchscript(tmp_path / "best_model.pt", tmp_path / "model.ts"))
+    assert spec.spacing == (1.5, 1.5, 1.5) and spec.hu_window == (-175.0, 250.0)  # the pre-training bundle's defaults
+    assert spec.input_size == (24, 24, 12) and meta["roi_size"] == [24, 24, 12]
+    assert "best_model.pt records no pre-processing" in caplog.text
+
+
 def _network_data_format_matches(model_ts: Path) -> tuple[dict, torch.Tensor]:
     """MONAI's ``network_data_format`` read back with plain MONAI, checked against a forward pass of the file."""
     from monai.data import load_net_with_metadata

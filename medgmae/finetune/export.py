@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from medgmae.files import atomic_write, read_json
-from medgmae.finetune.data import FOREGROUND_CROP
+from medgmae.finetune.data import FOREGROUND_CROP, finetuned_spec
 from medgmae.finetune.best_model import load_finetuned
 from medgmae.preprocessing import PreprocessingSpec
 
@@ -164,6 +164,7 @@ def export_torchscript(
     if metadata_file is not None:
         meta = read_json(metadata_file, "bundle's metadata.json")
     network = load_finetuned(checkpoint, purpose="export needs the best_model.pt of a fine-tuning run").eval()
+    spec = network.preprocessing or finetuned_spec(checkpoint)  # a file recording none: the default, with a warning
     roi, channels = list(network.vit.img_size), network.vit.in_channels
     make = torch.Generator().manual_seed(0)
     traced = _trace(network, torch.rand(1, channels, *roi, generator=make))
@@ -175,13 +176,13 @@ def export_torchscript(
         raise RuntimeError(f"{checkpoint}: the traced network differs from it by {diff:.2e} (> {EXPORT_ATOL:g})")
     out_channels = int(expected.shape[1])
     names = network.class_names  # as best_model.pt records them (older files: the run's datalist)
-    meta.update(describe_network(meta, network.preprocessing, roi, channels, names))
+    meta.update(describe_network(meta, spec, roi, channels, names))
     meta.pop("eval_metrics", None)  # only this run's own score is stated
     metrics = run_eval_metrics(checkpoint)
     if metrics:
         meta["eval_metrics"] = metrics
     meta.update(
-        preprocessing=network.preprocessing.to_dict(), roi_size=roi, in_channels=channels,
+        preprocessing=spec.to_dict(), roi_size=roi, in_channels=channels,
         out_channels=out_channels, source=str(checkpoint), inference=INFERENCE_RECIPE,
     )  # fmt: skip
     from monai.data import save_net_with_metadata
