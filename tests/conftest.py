@@ -144,7 +144,7 @@ def _stop_while_validating(train_json: Path, folder: Path, epoch: int) -> Path:
     validates epoch ``epoch``. Returns the file's path (in ``folder``)."""
     import json
 
-    config = json.loads(Path(train_json).read_text())
+    config = json.loads(Path(train_json).read_text(encoding="utf-8"))
     index, handler = next((i, h) for i, h in enumerate(config["train"]["handlers"])
                           if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))  # fmt: skip
     validation = list(handler["validation"])

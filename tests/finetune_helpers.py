@@ -99,10 +99,10 @@ def check_progress_pictures_and_summary(out: Path, log: str) -> None:
     # at the iteration that ends the epoch (train_loss's last), so that a resume's purge step covers it too
     assert [e.step for e in acc.Scalars("val_mean_dice")] == [acc.Scalars("train_loss")[-1].step]
     assert [e.step for e in acc.Images("val/segmentation")] == [acc.Scalars("train_loss")[-1].step]  # the same axis
-    table = (out / "dice_per_class.md").read_text().splitlines()
+    table = (out / "dice_per_class.md").read_text(encoding="utf-8").splitlines()
     assert table[:2] == ["| class | Dice |", "| --- | --- |"] and len(table) == 2 + 17 + 1
     # two rows (prediction, label) of 3 slices of the pre-processed validation case, enlarged to >= 160 pixels
-    case = json.loads((out / "phantom" / "dataset.json").read_text())["validation"][0]
+    case = json.loads((out / "phantom" / "dataset.json").read_text(encoding="utf-8"))["validation"][0]
     root = out / "phantom"
     spec = finetuned_spec(out / "best_model.pt")  # the run's pre-processing, recorded in its best model
     shape = val_transforms(spec)({k: str(root / v) for k, v in case.items()})["image"].shape[1:]

@@ -121,7 +121,7 @@ def test_fbp_warns_about_a_wrong_detector_offset(tmp_path, capsys):
                  "--det-offset", str(3 * du), "0", "--photons", "1e4", "--out", str(tmp_path / "s"),
                  "--device", "cpu"]) == 0  # fmt: skip
     assert "rotation axis" not in capsys.readouterr().out
-    d = json.loads((tmp_path / "s" / "geometry.json").read_text())
+    d = json.loads((tmp_path / "s" / "geometry.json").read_text(encoding="utf-8"))
     for name, offset in (("right", 3 * du), ("none", None), ("flipped", -3 * du)):
         g = {k: v for k, v in d.items() if k != "det_offset"}
         if offset is not None:

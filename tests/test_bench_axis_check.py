@@ -43,7 +43,7 @@ def test_the_script_runs_at_toy_sizes(tmp_path, capsys):
     args = ["--stack", "24", "64", "64", "--offsets", "0", "1.5", "--seeds", "0", "--balls", "4", "--repeats", "2",
             "--phantom-size", "8", "16", "16", "--views", "16", "--errors", "1", "--json", str(out)]  # fmt: skip
     assert bench.main(args) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert set(result["estimate"]) == {name for name, _, _ in bench.SCANS}
     for r in result["estimate"].values():
         assert r["estimates"] + len(r["no_estimate"]) == 2 and len(r["seconds"]) == 2

@@ -41,7 +41,7 @@ def test_few_gaussians_get_coarser_edges_and_layers(few_gaussians, tmp_path, cap
     assert e.value.code == 2 and f"the 8 Gaussians of the model of --checkpoint {few_gaussians}" in capsys.readouterr().err
     assert not out.exists()
     assert bench.main(base) == 0
-    results = json.loads((out / "results_gmae2d.json").read_text())
+    results = json.loads((out / "results_gmae2d.json").read_text(encoding="utf-8"))
     assert results["figure_ground"]["num_layers"] == 8
     assert {k for k in results["edges"] if k.startswith("gmae")} == {"gmae l@4", "gmae l@8"}
 

@@ -27,7 +27,7 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
             "--iterations", "4", "--eval-every", "2", "--num-gaussians", "300", "--device", "cpu", "--compare-medgmae",
             "--checkpoint", str(model_file), "--overlap", "4", "--json", str(out), "--png", str(tmp_path / "case.png")]  # fmt: skip
     assert bench_recon.main(args) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     runs = result["runs"]
     assert set(runs) == {"random", "toolkit", "3dgr-ct", "medgmae", "medgmae-dense", "medgmae-grow", "medgmae-3dgr"}
     assert runs["3dgr-ct"]["preset"] == runs["medgmae-3dgr"]["preset"] == "3dgr-ct"
@@ -54,7 +54,7 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     with pytest.raises(ValueError, match="x_axis"):
         load_bench("recon_curves").plot_curves(result, str(tmp_path / "bad.png"), x_axis="minutes")
     # a second model's runs of the same case: kept apart by --name-by-model, else the later file's replace
-    other = json.loads(out.read_text())
+    other = json.loads(out.read_text(encoding="utf-8"))
     assert result["medgmae_model"]["overlap"] == 4
     other["medgmae_model"]["checkpoint"] = "models/e150.pt"
     other["runs"] = {k: v for k, v in other["runs"].items() if k == "medgmae-grow"}
@@ -109,7 +109,7 @@ def test_partial_results_are_written_and_the_run_is_unchanged(tmp_path, monkeypa
     partial = [(name, r["completed_iterations"]) for obj in saved[:-1] for name, r in obj["runs"].items()
                if not r["complete"]]  # fmt: skip
     assert ("toolkit", 2) in partial and ("3dgr-ct", 4) in partial and "date" in saved[0]
-    a, b = json.loads(whole.read_text())["runs"], json.loads(parts.read_text())["runs"]
+    a, b = json.loads(whole.read_text(encoding="utf-8"))["runs"], json.loads(parts.read_text(encoding="utf-8"))["runs"]
     for name in ("toolkit", "3dgr-ct"):
         assert b[name]["complete"] and b[name]["curve"] == a[name]["curve"]
 
@@ -169,7 +169,7 @@ def test_zero_shot_levels_counts_what_each_level_keeps(tmp_path, capsys):
     torch.save(m.model_checkpoint(), path)
     out = tmp_path / "levels.json"
     assert load_bench("zero_shot_levels").main([str(path), "--seeds", "1", "2", "--json", str(out)]) == 0
-    levels = json.loads(out.read_text())[str(path)]["levels"]
+    levels = json.loads(out.read_text(encoding="utf-8"))[str(path)]["levels"]
     assert [lv["gaussians"] for lv in levels] == [4, 8, 16]
     assert levels[0]["alive"] == 4 and levels[2]["alive"] == 0 and levels[2]["mass_share"] == 0.0
     assert abs(levels[0]["median_intensity"] - torch.sigmoid(torch.tensor(-3.0)).item()) < 1e-6
@@ -184,12 +184,12 @@ def test_fit_starts_run_on_request_and_start_nearer_the_fbp(tmp_path):
             "--iterations", "2", "--eval-every", "2", "--num-gaussians", "200", "--device", "cpu"]  # fmt: skip
     out = tmp_path / "r.json"
     assert bench_recon.main([*base, "--only", "toolkit", "toolkit-fit", "--json", str(out)]) == 0
-    runs = json.loads(out.read_text())["runs"]
+    runs = json.loads(out.read_text(encoding="utf-8"))["runs"]
     assert set(runs) == {"toolkit", "toolkit-fit"}
     assert runs["toolkit-fit"]["initial_psnr"] > runs["toolkit"]["initial_psnr"]
     assert {"toolkit-fit", "medgmae-fit", "medgmae-fit-3dgr"} <= set(bench_recon.ON_REQUEST)
     assert bench_recon.main([*base, "--json", str(out)]) == 0
-    assert set(json.loads(out.read_text())["runs"]) == {"random", "toolkit", "3dgr-ct"}
+    assert set(json.loads(out.read_text(encoding="utf-8"))["runs"]) == {"random", "toolkit", "3dgr-ct"}
 
 
 def test_grown_3dgr_start_runs_on_request_under_the_toolkit_optimiser(tmp_path):
@@ -200,7 +200,7 @@ def test_grown_3dgr_start_runs_on_request_under_the_toolkit_optimiser(tmp_path):
             "--device", "cpu"]  # fmt: skip
     out = tmp_path / "g.json"
     assert bench_recon.main([*base, "--only", "3dgr-ct", "3dgr-ct-grow", "--json", str(out)]) == 0
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(encoding="utf-8"))
     grow, pub = res["runs"]["3dgr-ct-grow"], res["runs"]["3dgr-ct"]
     assert "3dgr-ct-grow" in bench_recon.ON_REQUEST
     assert grow["preset"] == "toolkit" and pub["preset"] == "3dgr-ct"
@@ -210,7 +210,7 @@ def test_grown_3dgr_start_runs_on_request_under_the_toolkit_optimiser(tmp_path):
     assert grow["final_gaussians"] > grow["initial_gaussians"]
     assert res["ini_sigma_3dgr"] == 0.15  # the published scale rule unless --ini-sigma-3dgr
     assert bench_recon.main([*base, "--only", "3dgr-ct-grow", "--ini-sigma-3dgr", "0.6", "--json", str(out)]) == 0
-    wide = json.loads(out.read_text())
+    wide = json.loads(out.read_text(encoding="utf-8"))
     assert wide["ini_sigma_3dgr"] == 0.6 and wide["runs"]["3dgr-ct-grow"]["initial_psnr"] != grow["initial_psnr"]
     q, q_wide = grow["initial_scale_voxels_p10_p50_p90"], wide["runs"]["3dgr-ct-grow"]["initial_scale_voxels_p10_p50_p90"]
     assert q == sorted(q) and q_wide == pytest.approx([4 * v for v in q], rel=1e-5)  # the rule is linear in ini_sigma

@@ -19,7 +19,7 @@ def test_recon_profile_parts_add_up_to_a_step(tmp_path):
     out = tmp_path / "p.json"
     assert profile.main(["--threads", "1", "--views", "6", "--num-gaussians", "200", "--iterations", "2",
                          "--warmup", "0", "--json", str(out)]) == 0
-    ms = json.loads(out.read_text())["ms"]
+    ms = json.loads(out.read_text(encoding="utf-8"))["ms"]
     assert all(ms[k] >= 0 for k in profile.PARTS) and ms["render"] > 0 and ms["forward project"] > 0
     assert ms["sum of parts"] == pytest.approx(sum(ms[k] for k in profile.PARTS))
 
@@ -29,7 +29,7 @@ def test_summary_marks_incomplete_runs(tmp_path, capsys):
             "--iterations", "4", "--eval-every", "2", "--num-gaussians", "200", "--device", "cpu", "--only", "toolkit"]
     out = tmp_path / "r.json"
     assert bench_recon.main([*base, "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     run = result["runs"]["toolkit"]
     run.update(complete=False, completed_iterations=2, curve=run["curve"][:2])
     out.write_text(json.dumps(result))
@@ -48,7 +48,7 @@ def test_holdout_summary_replays_the_patience(tmp_path, capsys):
     held, full = tmp_path / "held.json", tmp_path / "full.json"
     assert bench_recon.main([*base, "--holdout-views", "2", "--json", str(held)]) == 0
     assert bench_recon.main([*base, "--json", str(full)]) == 0
-    run = json.loads(held.read_text())["runs"]["toolkit"]
+    run = json.loads(held.read_text(encoding="utf-8"))["runs"]["toolkit"]
     errors = dict(run["holdout_curve"])
     assert run["chosen"]["iteration"] == min(errors, key=errors.get) and run["holdout"]["views"] == [2, 6]
     curve = [(1, 3.0), (2, 2.0), (3, 2.5), (4, 1.0), (5, 1.5), (6, 1.6)]
@@ -75,7 +75,7 @@ def test_budget_summary_orders_budgets_and_reads_the_curves(tmp_path, capsys):
             "--iterations", "4", "--eval-every", "2", "--device", "cpu", "--only", "toolkit"]  # fmt: skip
     for n in (300, 100):
         assert bench_recon.main([*base, "--num-gaussians", str(n), "--json", str(tmp_path / f"b{n}.json")]) == 0
-    run = json.loads((tmp_path / "b100.json").read_text())["runs"]["toolkit"]
+    run = json.loads((tmp_path / "b100.json").read_text(encoding="utf-8"))["runs"]["toolkit"]
     capsys.readouterr()
     files = [str(tmp_path / "b300.json"), str(tmp_path / "b100.json")]
     assert summary.main([*files, "--at-iterations", "2", "--png", str(tmp_path / "b.png")]) == 0
@@ -113,7 +113,7 @@ def test_select_summary_chooses_by_held_out_error_and_reports_what_it_gives_away
     for w in ("0", "0.01", "5"):
         files.append(tmp_path / f"tv{w}.json")
         assert bench_recon.main([*base, "--holdout-views", "2", "--tv", w, "--json", str(files[-1])]) == 0
-    runs = {f"tv {float(f.stem[2:]):g}": json.loads(f.read_text())["runs"]["toolkit"] for f in files}
+    runs = {f"tv {float(f.stem[2:]):g}": json.loads(f.read_text(encoding="utf-8"))["runs"]["toolkit"] for f in files}
     chosen = min(runs, key=lambda k: runs[k]["holdout"]["best_error"])
     best = max(runs, key=lambda k: runs[k]["chosen"]["psnr"])
     c = summary.choice(summary.load([str(f) for f in files])[("parallel", 8, 1000, "toolkit", 2, "")])
@@ -199,7 +199,7 @@ def test_the_backprojection_bench_runs_and_compares_equal_outputs(tmp_path):
     bench = load_bench("fbp_backprojection")
     out = tmp_path / "fbp.json"
     assert bench.main(["--size", "4", "16", "12", "--views", "6", "--repeats", "2", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert set(result["median_seconds"]) == {"per_slice", "grid"} and result["views"] == 6
     assert result["max_abs_difference"] <= 1e-5 * result["max_abs_value"] and result["max_abs_value"] > 0
 
@@ -210,7 +210,7 @@ def test_the_cone_backprojection_bench_measures_both_variants_in_fresh_processes
     bench = load_bench("fbp_backprojection")
     out = tmp_path / "cone.json"
     assert bench.main(["--cone", "--size", "4", "12", "10", "--views", "5", "--repeats", "1", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert result["kind"] == "cone" and set(result["median_seconds"]) == set(result["peak_rss_mib"]) == {"slabs", "grid"}
     assert min(result["peak_rss_mib"].values()) > 0 and result["max_abs_value"] > 0
     assert result["relative_sum_difference"] < 1e-5

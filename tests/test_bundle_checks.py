@@ -360,4 +360,4 @@ def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config)
     assert "bad setting(s) and unusable output folder(s), nothing was written" in error, error
     assert "--max_epochs: expected a positive integer, got '-3'" in error
     assert f"--output_dir '{afile}': {afile} is an existing file, not a folder" in error
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text(encoding="utf-8") == "x"

@@ -44,7 +44,7 @@ def _strings(node):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parents[1].name}/{p.name}" for p in CONFIGS])
 def test_true_false_keys_are_parsed_with_as_bool(path):
-    config = json.loads(path.read_text())
+    config = json.loads(path.read_text(encoding="utf-8"))
     checked = config.pop("checked_settings", None)  # the up-front check reads the raw values (medgmae.bundle_checks)
     if checked is not None:
         assert {k: checked.get(k) for k in _bool_keys(config)} == {k: [f"@{k}", "bool"] for k in _bool_keys(config)}
@@ -73,8 +73,8 @@ def test_a_false_flag_from_the_command_line_is_false():
 def test_multi_gpu_config_keeps_every_import_of_train(bundle):
     """MONAI merges configs key by key, so the multi-GPU file's ``imports`` list replaces train.json's: it must
     repeat every one of them (a missing ``as_bool`` failed only in a multi-process run)."""
-    train = json.loads((bundle / "configs" / "train.json").read_text())["imports"]
-    multi = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())["imports"]
+    train = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))["imports"]
+    multi = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text(encoding="utf-8"))["imports"]
     assert [i for i in train if i not in multi] == []
 
 
@@ -102,7 +102,7 @@ def test_train_configs_check_their_settings_and_folders_first(path):
     """``initialize`` starts with one ``check_settings`` call given the settings and the output folders (so that
     one error names every bad key, folders included); every plain number, true/false or text key the user can set
     is in ``checked_settings``."""
-    config = json.loads(path.read_text())
+    config = json.loads(path.read_text(encoding="utf-8"))
     steps = config["initialize"]
     assert steps[0].startswith("$check_settings(@checked_settings, output_dirs={'output_dir': @output_dir"), steps
     assert not any("check_output_dirs(" in s for s in steps), steps
@@ -127,7 +127,7 @@ def test_an_unusable_device_is_named_with_the_settings(path):
 
 
 #: the other configs with a device setting (evaluation, inference; the multi-process config takes each process's GPU)
-DEVICE_CONFIGS = [p for p in CONFIGS if p.name not in ("train.json", "multi_gpu_train.json") and "device" in json.loads(p.read_text())]
+DEVICE_CONFIGS = [p for p in CONFIGS if p.name not in ("train.json", "multi_gpu_train.json") and "device" in json.loads(p.read_text(encoding="utf-8"))]
 assert len(DEVICE_CONFIGS) == 5, DEVICE_CONFIGS  # zero-shot inference, fine-tuning's and GViT's evaluation and inference
 
 
@@ -157,7 +157,7 @@ def test_a_folder_holding_another_bundles_run_is_refused(path, tmp_path):
     from medgmae.checkpoint import make_checkpoint, save_checkpoint
 
     bundle = path.parents[1].name
-    steps = json.loads(path.read_text())["initialize"]
+    steps = json.loads(path.read_text(encoding="utf-8"))["initialize"]
     assert f"run_kinds={RUN_KINDS[bundle]}" in steps[0].replace('"', "'"), steps[0]
     for other in (b for b in RUN_KINDS if b != bundle):
         kind = RUN_KINDS[other][0]
@@ -190,13 +190,13 @@ def test_an_encoder_or_training_checkpoint_marks_another_bundles_run(tmp_path):
     assert check_settings({}, output_dirs={"output_dir": tmp_path / "own"}, run_kinds=RUN_KINDS["gmae2d_pretrain"])
 
 
-CHECKED_CONFIGS = [p for p in CONFIGS if "checked_settings" in json.loads(p.read_text())]
+CHECKED_CONFIGS = [p for p in CONFIGS if "checked_settings" in json.loads(p.read_text(encoding="utf-8"))]
 
 
 @pytest.mark.parametrize("path", CHECKED_CONFIGS, ids=[f"{p.parents[1].name}/{p.name}" for p in CHECKED_CONFIGS])
 def test_settings_and_output_folders_are_checked_in_one_call(path):
     """A separate folder check would stop at the first of the two, and a second run name the other."""
-    config = json.loads(path.read_text())
+    config = json.loads(path.read_text(encoding="utf-8"))
     steps = config["initialize"]
     assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'\w+': @\w+.*\}(, run_kinds=\[.*\])?(, multi_gpu_config='[\w/.]+'|, torchrun=True)?(, unused_phantom_keys=\[[\w', ]+\] if .+ else \[\])?\)", steps[0]), steps
     assert not any("check_output_dirs(" in s for s in _strings(config)), path.relative_to(ROOT)
@@ -209,7 +209,7 @@ def test_the_documented_amos_filter_leaves_out_the_mri_cases(bundle, tmp_path):
     import subprocess
     import sys
 
-    readme = (ROOT / "bundles" / bundle / "docs" / "README.md").read_text()
+    readme = (ROOT / "bundles" / bundle / "docs" / "README.md").read_text(encoding="utf-8")
     lines = [line for line in readme.splitlines() if line.startswith("python -c 'import json") and "< 500" in line]
     assert len(lines) == 1, f"{bundle}/docs/README.md gives no AMOS MRI filter"
     case = lambda folder, i: {"image": f"./images{folder}/amos_{i:04d}.nii.gz", "label": f"./labels{folder}/amos_{i:04d}.nii.gz"}  # noqa: E731
@@ -218,7 +218,7 @@ def test_the_documented_amos_filter_leaves_out_the_mri_cases(bundle, tmp_path):
         "validation": [case("Va", 8), case("Va", 507)], "test": [{"image": "./imagesTs/amos_0600.nii.gz"}]}))  # fmt: skip
     command = lines[0].removeprefix("python -c '").removesuffix("'")
     subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
-    out = json.loads((tmp_path / "dataset_ct.json").read_text())
+    out = json.loads((tmp_path / "dataset_ct.json").read_text(encoding="utf-8"))
     assert [c["image"][-11:-7] for c in out["training"] + out["validation"]] == ["0001", "0499", "0008"]
     assert out["labels"] == {"0": "background", "1": "spleen"} and len(out["test"]) == 1
 
@@ -270,14 +270,14 @@ def test_the_multi_gpu_config_a_refusal_names_exists():
     exists, and itself declares that it runs under torchrun; bundles without one name none."""
     named = {}
     for path in sorted((ROOT / "bundles").glob("*/configs/train.json")):
-        first = json.loads(path.read_text())["initialize"][0]
+        first = json.loads(path.read_text(encoding="utf-8"))["initialize"][0]
         found = re.search(r"multi_gpu_config='([\w/.]+)'", first)
         named[path.parents[1].name] = found and found.group(1)
     assert named == {"gmae2d_pretrain": None, "gvit_classification": None,
                      "medgmae_pretrain": "bundles/medgmae_pretrain/configs/multi_gpu_train.json",
                      "unetr_finetune": "bundles/unetr_finetune/configs/multi_gpu_train.json"}
     for config in filter(None, named.values()):
-        steps = json.loads((ROOT / config).read_text())["initialize"]
+        steps = json.loads((ROOT / config).read_text(encoding="utf-8"))["initialize"]
         assert steps[0] == "$check_base_config('train.json', 'multi_gpu_train.json')", config  # refused alone
         assert "torchrun=True" in steps[1], config
 
@@ -287,8 +287,8 @@ def test_the_multi_gpu_settings_check_is_the_one_process_check(bundle):
     """multi_gpu_train.json replaces train.json's ``initialize`` list: its settings check must be the same call
     (settings, folders, run kinds, phantom keys) but for how the processes are started."""
     configs = ROOT / "bundles" / bundle / "configs"
-    one = json.loads((configs / "train.json").read_text())["initialize"][0]
-    many = json.loads((configs / "multi_gpu_train.json").read_text())["initialize"][1]  # after check_base_config
+    one = json.loads((configs / "train.json").read_text(encoding="utf-8"))["initialize"][0]
+    many = json.loads((configs / "multi_gpu_train.json").read_text(encoding="utf-8"))["initialize"][1]  # after check_base_config
     one = re.sub(r", multi_gpu_config='[\w/.]+'", "", one)
     assert many.replace(", torchrun=True", "") == one, (many, one)
 
@@ -298,7 +298,7 @@ def test_the_pretraining_defaults_are_the_toolkits_default_spec():
     ``--a_min`` overrides read naturally); they must stay the spec every consumer falls back to."""
     from medgmae.preprocessing import DEFAULT_SPEC
 
-    cfg = json.loads((ROOT / "bundles/medgmae_pretrain/configs/train.json").read_text())
+    cfg = json.loads((ROOT / "bundles/medgmae_pretrain/configs/train.json").read_text(encoding="utf-8"))
     assert (cfg["a_min"], cfg["a_max"]) == DEFAULT_SPEC.hu_window
     assert (cfg["pixdim"],) * 3 == DEFAULT_SPEC.spacing
     assert cfg["orientation"] == DEFAULT_SPEC.orientation

@@ -55,7 +55,7 @@ def test_metadata_reads_without_renaming(bundle):
         warnings.simplefilter("error")
         parser.read_meta(str(bundle / "configs" / "metadata.json"))
     required = parser.get("_meta_")["required_packages_version"]
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert required["medgmae"] == project["version"]
     assert set(required) >= {"medgmae", "pytorch-ignite"}
 
@@ -77,12 +77,12 @@ def test_verify_net_in_out(bundle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     configs = bundle / "configs"
     overrides = VERIFY_OVERRIDES.get(bundle.name, {})
-    readme = (bundle / "docs" / "README.md").read_text()
+    readme = (bundle / "docs" / "README.md").read_text(encoding="utf-8")
     assert "verify_net_in_out network_def" in readme and all(f"--{k} {v}" in readme for k, v in overrides.items())
     kwargs = dict(net_id="network_def", meta_file=str(configs / "metadata.json"),
                   config_file=str(configs / "train.json"), device="cpu", **overrides)
     verify_net_in_out(**kwargs)
     assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
-    dims = len(json.loads((configs / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]["spatial_shape"])
+    dims = len(json.loads((configs / "metadata.json").read_text(encoding="utf-8"))["network_data_format"]["inputs"]["image"]["spatial_shape"])
     with pytest.raises((ValueError, RuntimeError)):  # the check can fail: metadata saying another input size
         verify_net_in_out(**kwargs, **{"_meta_#network_data_format#inputs#image#spatial_shape": [24] * dims})

@@ -61,7 +61,7 @@ def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch, caplog)
     assert len(reads) == 1 and all(a.shape == (1, 4, 4, 4) for a in again)
     said = [r.getMessage() for r in caplog.records if "unreadable cache file" in r.getMessage()]
     assert len(said) == 1 and "\n" not in said[0] and said[0].endswith("pre-processing the item again"), said
-    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text())
+    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text(encoding="utf-8"))
     assert record["spec"] == spec.to_dict()
 
 

@@ -71,5 +71,5 @@ def test_the_disk_cache_writes_nothing_before_its_first_item(tmp_path):
     ds = training_dataset([{"image": str(path)}], chain, tmp_path / "cache", spec=spec.to_dict())
     assert not (tmp_path / "cache").exists()
     ds[0]
-    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text())
+    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text(encoding="utf-8"))
     assert record["spec"] == json.loads(json.dumps(spec.to_dict())) and len(list(Path(ds.cache_dir).glob("*.pt"))) == 1

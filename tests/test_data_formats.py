@@ -341,7 +341,7 @@ def test_a_detached_header_without_its_data_file_names_it(tmp_path, ending, spel
     sitk.WriteImage(img, str(tmp_path / f"ct{ending}"))
     if spelling:
         header = tmp_path / f"ct{ending}"
-        header.write_text(header.read_text().replace("data file:", spelling))
+        header.write_text(header.read_text(encoding="utf-8").replace("data file:", spelling))
     written = [p for p in tmp_path.iterdir() if p.suffix != ending]
     assert len(written) == 1
     written[0].unlink()

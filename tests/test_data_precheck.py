@@ -45,7 +45,7 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
                               ("slice.nii.gz", "a single slice or line (shape (16, 16, 1)), not a 3D volume"),
                               ("line.nii.gz", "a single slice or line")):  # fmt: skip
             assert any(name in line and problem in line for line in lines), (name, msg)
-    ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text())  # only the files that passed
+    ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text(encoding="utf-8"))  # only the files that passed
     assert sorted(Path(fp[0][0]).name for fp in ledger["passed"]) == [f"good_{i}.nii.gz" for i in range(4)]
     # a case listed twice (in training and validation) is one problem, named once
     cases = [{"image": str(folder / "nan.nii.gz")}, {"image": str(folder / "good_0.nii.gz")}, {"image": str(folder / "nan.nii.gz")}]

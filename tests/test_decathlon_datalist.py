@@ -40,7 +40,7 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
     nib.save(nib.Nifti1Image(np.zeros((12, 10, 8), np.float32), np.eye(4)), tmp_path / "imagesTs" / "case_100_0000.nii.gz")
     assert main([str(tmp_path), "--validation-fraction", "0.3", "--seed", "4", "--labels", "1=liver,2=spleen,3=kidney"]) == 0
     assert "fine-tune with --dataset_dir" in capsys.readouterr().out
-    doc = json.loads((tmp_path / "dataset.json").read_text())
+    doc = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
     assert doc["labels"] == {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
     assert len(doc["validation"]) == 2 and len(doc["training"]) == 5 and doc["numTraining"] == 5 and doc["numTest"] == 1
     assert doc["test"] == [{"image": "imagesTs/case_100_0000.nii.gz"}]
@@ -55,7 +55,7 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
     data = prepare_datalists(str(tmp_path), "", tmp_path / "run", label_fraction=1.0, seed=0, precheck_workers=1)
     assert data["num_classes"] == 4 and len(data["training"]) == 5 and len(data["validation"]) == 2
     assert main([str(tmp_path), "--out", str(tmp_path / "other" / "list.json")]) == 0  # elsewhere, named as before
-    assert json.loads((tmp_path / "other" / "list.json").read_text())["labels"] == {
+    assert json.loads((tmp_path / "other" / "list.json").read_text(encoding="utf-8"))["labels"] == {
         "0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
     assert f"--datalist {tmp_path / 'other' / 'list.json'} --dataset_dir {tmp_path}" in capsys.readouterr().out
     items = [{"image": str(i)} for i in range(20)]
@@ -123,7 +123,7 @@ def test_an_ignore_value_is_refused_rather_than_made_hundreds_of_empty_classes(t
     for row, v in enumerate(range(3, 40)):  # classes 0..39 all present: a model of 40 classes, as numbered
         data[row % data.shape[0], row % data.shape[1], -1] = v
     nib.save(nib.Nifti1Image(data, lab.affine), tmp_path / "labelsTr" / "b.nii.gz")
-    assert main([str(tmp_path)]) == 0 and len(json.loads((tmp_path / "dataset.json").read_text())["labels"]) == 40
+    assert main([str(tmp_path)]) == 0 and len(json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))["labels"]) == 40
 
 
 def test_decathlon_names_ending_in_four_digits_are_cases_and_unnamed_or_absent_classes_are_said(tmp_path, capsys):
@@ -141,7 +141,7 @@ def test_decathlon_names_ending_in_four_digits_are_cases_and_unnamed_or_absent_c
     assert main([str(tmp_path), "--labels", "2=liver", "--validation-fraction", "0.125"]) == 0
     out = capsys.readouterr().out
     assert "class value(s) [1] are in no label map" in out
-    doc = json.loads((tmp_path / "dataset.json").read_text())
+    doc = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
     assert doc["labels"] == {"0": "background", "1": "class_1", "2": "liver", "3": "class_3", "4": "class_4"}
     assert len(doc["validation"]) == 1 and doc["numTraining"] == 3 and doc["numValidation"] == 1  # 0.5 rounds up
     for item in doc["training"] + doc["validation"]:
@@ -159,7 +159,7 @@ def test_btcv_names_pair_by_their_number_and_an_ambiguous_number_is_refused(tmp_
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "paired img0001 with label0001, img0002 with label0002, img0003 with label0003 and 2 more by their number" in out
-    doc = json.loads((tmp_path / "dataset.json").read_text())
+    doc = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
     listed = doc["training"] + doc["validation"]
     assert sorted((p["image"], p["label"]) for p in listed) == [
         (f"imagesTr/img{n:04d}.nii.gz", f"labelsTr/label{n:04d}.nii.gz") for n in sorted(values)]
@@ -193,7 +193,7 @@ def test_files_that_are_not_volumes_are_named_as_skipped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert ("note: skipped 6 file(s) that are not volumes: labelsTr/README.txt, labelsTr/x.json, imagesTr/README.txt, "
             "imagesTr/list.csv, imagesTr/notes.md, ...") in out
-    doc = json.loads((tmp_path / "dataset.json").read_text())
+    doc = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
     assert len(doc["training"] + doc["validation"]) == 2 and doc["test"] == []
     lone = tmp_path / "lone"
     for sub in ("imagesTr", "labelsTr"):
@@ -216,15 +216,15 @@ def test_class_names_come_from_the_folders_own_dataset_json_unless_given(tmp_pat
     (tmp_path / "dataset.json").write_text(json.dumps({**nnunet, "labels": labels, "training": []}))
     out = tmp_path / "dataset_decathlon.json"
     assert main([str(tmp_path), "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
+    assert json.loads(out.read_text(encoding="utf-8"))["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
     assert f"classes 1 liver, 2 tumor (names from {tmp_path / 'dataset.json'})" in capsys.readouterr().out
     assert main([str(tmp_path), "--out", str(out), "--force", "--labels", "1=hepar,2=lesion"]) == 0
-    assert json.loads(out.read_text())["labels"] == {"0": "background", "1": "hepar", "2": "lesion"}
+    assert json.loads(out.read_text(encoding="utf-8"))["labels"] == {"0": "background", "1": "hepar", "2": "lesion"}
     assert "names from" not in capsys.readouterr().out
     with_vessel = {**labels, **({"vessel": 3} if "background" in labels else {"3": "vessel"})}
     (tmp_path / "dataset.json").write_text(json.dumps({**nnunet, "labels": with_vessel, "training": []}))
     assert main([str(tmp_path), "--out", str(out), "--force"]) == 0
-    assert json.loads(out.read_text())["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
+    assert json.loads(out.read_text(encoding="utf-8"))["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
     assert "names class(es) 3 vessel, which no label map holds: left out (the classes are 0..2)" in capsys.readouterr().out
 
 

@@ -202,7 +202,7 @@ def test_json_round_trip_and_a_file_without_the_offset(tmp_path):
     loaded = CTGeometry.load(tmp_path / "old.json")
     assert loaded.det_offset == (0.0, 0.0)
     loaded.save(tmp_path / "again.json")
-    assert json.loads((tmp_path / "again.json").read_text()) == json.loads(json.dumps(old))
+    assert json.loads((tmp_path / "again.json").read_text(encoding="utf-8")) == json.loads(json.dumps(old))
     shifted = CTGeometry.from_dict({**old, "det_offset": [0.5, 0]})
     assert matrix_key(shifted, 0.5, torch.float32) != matrix_key(loaded, 0.5, torch.float32)
 

@@ -69,7 +69,7 @@ def test_main_process_only_stops_every_rank_when_rank_0_fails(tmp_path, fail):
     import torch.multiprocessing as mp
 
     mp.start_processes(_two_ranks, args=(str(tmp_path / "store"), fail, str(tmp_path)), nprocs=2, start_method="spawn")
-    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    got = [json.loads((tmp_path / f"{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     if not fail:
         assert got == [{"raised": None, "worked": True}, {"raised": None, "worked": False}]
     elif fail == "advice":

@@ -22,7 +22,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         with atomic_write(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("boom")
-    assert target.read_text().strip().startswith("{")
+    assert target.read_text(encoding="utf-8").strip().startswith("{")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary left behind
 
 

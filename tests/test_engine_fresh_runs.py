@@ -90,7 +90,7 @@ def _bundle_earlier_outputs(bundle: str) -> tuple[str, ...]:
     """The ``earlier_outputs`` of the CheckpointHandler in a bundle's train.json."""
     import json
 
-    config = json.loads((Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json").read_text())
+    config = json.loads((Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json").read_text(encoding="utf-8"))
     handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
     return tuple(handler["earlier_outputs"])
 

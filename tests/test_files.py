@@ -27,7 +27,7 @@ def test_outputs_appear_together_in_a_new_folder(tmp_path):
         (stage / "a.txt").write_text("a")
         save_json_atomic({"b": 1}, stage / "sub" / "b.json")
         assert not target.exists()  # nothing moves in before the block ends
-    assert (target / "a.txt").read_text() == "a" and (target / "sub" / "b.json").read_text().startswith("{")
+    assert (target / "a.txt").read_text(encoding="utf-8") == "a" and (target / "sub" / "b.json").read_text(encoding="utf-8").startswith("{")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["out"] and not _hidden(tmp_path)
 
 
@@ -40,7 +40,7 @@ def test_outputs_are_merged_into_an_existing_folder(tmp_path, folder_state):
         (stage / "out.txt").write_text("new")
         (stage / "pictures").mkdir()
         (stage / "pictures" / "new.png").write_bytes(b"new picture")
-    assert (target / "out.txt").read_text() == "new" and (target / "pictures" / "new.png").read_bytes() == b"new picture"
+    assert (target / "out.txt").read_text(encoding="utf-8") == "new" and (target / "pictures" / "new.png").read_bytes() == b"new picture"
     assert {k: v for k, v in folder_state(target).items() if k in kept} == kept
     assert not _hidden(tmp_path)
 
@@ -57,7 +57,7 @@ def test_remove_stale_leaves_exactly_the_new_outputs(tmp_path):
         (stage / "pictures" / "new.png").write_bytes(b"new picture")
     found = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
     assert found == ["out.txt", "pictures", "pictures/new.png", "was_a_folder"]
-    assert (target / "out.txt").read_text() == "new" and (target / "was_a_folder").read_text() == "now a file"
+    assert (target / "out.txt").read_text(encoding="utf-8") == "new" and (target / "was_a_folder").read_text(encoding="utf-8") == "now a file"
     assert not _hidden(tmp_path)
 
 

@@ -51,7 +51,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "1")
     n = len(enc.state_dict())
     assert f"loaded {n}/{n} pre-trained encoder tensors" in proc.stdout + proc.stderr
-    chosen = json.loads((out / "training_cases.json").read_text())
+    chosen = json.loads((out / "training_cases.json").read_text(encoding="utf-8"))
     assert chosen["num_total"] == 2 and len(chosen["cases"]) == 1
     best = torch.load(out / "best_model.pt", weights_only=True)
     assert best["kind"] == "medgmae-unetr" and best["extra"]["epoch"] == 1 and 0.0 <= best["extra"]["metric"] <= 1.0
@@ -61,7 +61,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert not torch.equal(best["state_dict"]["vit.blocks.0.attn.qkv.weight"], enc.state_dict()["blocks.0.attn.qkv.weight"])
     check_progress_pictures_and_summary(out, proc.stdout + proc.stderr)
     # a fresh run in this folder replaces every output of this one (its data, record and checkpoints aside)
-    config = json.loads((CONFIGS / "train.json").read_text())
+    config = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
     handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
     replaced = {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
     written = {p for p in out.rglob("*") if p.is_file() and not p.name.startswith("checkpoint_")
@@ -85,7 +85,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert "Got new best metric" not in proc.stdout + proc.stderr  # a one-off evaluation has no "best"
     assert (f"pre-processing of {out / 'best_model.pt'}: orientation RAS, spacing [2.0, 2.0, 2.0] mm (recorded), "
             "HU window [-200.0, 300.0] (recorded), crop 24x24x24") in proc.stdout + proc.stderr  # fmt: skip
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert f"mean Dice {metrics['mean_dice']:.5f} over 1 case " in proc.stdout + proc.stderr
     assert "per-class Dice of the evaluation (1 case):\n| class | Dice |" in proc.stdout + proc.stderr
     assert metrics["num_cases"] == 1 and len(metrics["dice_per_class"]) == 17
@@ -109,10 +109,10 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert np.asarray(seg.dataobj).max() < 18
     # the class names travel: best_model.pt records the datalist's, and the colour table beside the segmentations
     # (3D Slicer's "index name R G B A" lines) names every label value written
-    labels = json.loads((out / "phantom" / "dataset.json").read_text())["labels"]
+    labels = json.loads((out / "phantom" / "dataset.json").read_text(encoding="utf-8"))["labels"]
     names = [labels[str(i)] for i in range(len(labels))]
     assert torch.load(out / "best_model.pt", weights_only=True)["config"]["class_names"] == names
-    rows = [line.split() for line in (out / "segmentations" / "labels.ctbl").read_text().splitlines()
+    rows = [line.split() for line in (out / "segmentations" / "labels.ctbl").read_text(encoding="utf-8").splitlines()
             if line.strip() and not line.startswith("#")]  # fmt: skip
     assert {int(r[0]): r[1] for r in rows} == {i: n.replace(" ", "_") for i, n in enumerate(names)}
     assert all(len(r) == 6 and all(0 <= int(v) <= 255 for v in r[2:]) for r in rows)
@@ -175,13 +175,13 @@ def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):
     done = subprocess.run([sys.executable, *cmd[1:], "--device", "cpu"], cwd=REPO, capture_output=True, encoding="utf-8",
                           errors="replace", timeout=400)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["num_cases"] == 1 and metrics["datalist"] == str(dl.resolve())
     run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")  # the record alone suffices
-    assert json.loads((out / "eval" / "metrics.json").read_text())["datalist"] == str(dl.resolve())
+    assert json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))["datalist"] == str(dl.resolve())
 
     # segmentation: inputs with one file name get unique outputs; a truncated input stops before anything is written
-    src = json.loads(dl.read_text())["validation"][0]["image"]
+    src = json.loads(dl.read_text(encoding="utf-8"))["validation"][0]["image"]
     same = []
     for patient in ("patA", "patB"):
         (tmp_path / patient).mkdir()

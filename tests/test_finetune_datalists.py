@@ -32,7 +32,7 @@ def test_label_fraction_subsets_deterministic_nested(tmp_path):
     assert all(c in sub_10 for c in sub_1)  # nested for a fixed seed
     assert select_label_fraction(cases, 0.1, seed=3) == sub_10  # deterministic
     assert any(select_label_fraction(cases, 0.1, seed=s) != sub_10 for s in range(4, 9))  # the seed matters
-    record = json.loads((tmp_path / "training_cases.json").read_text())
+    record = json.loads((tmp_path / "training_cases.json").read_text(encoding="utf-8"))
     assert record["cases"] == sub_10 and record["label_fraction"] == 0.1 and record["num_total"] == 30
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="label_fraction"):
@@ -55,7 +55,7 @@ def test_a_label_fraction_rounded_far_from_itself_is_warned_about_and_recorded(t
         assert "rounded to" not in caplog.text
         select_label_fraction(cases[:4], 0.01, output_dir=tmp_path)
     assert "label_fraction 0.01 of 4 training cases is 0.04 cases, rounded to 1: this run trains on 25 % " in caplog.text
-    record = json.loads((tmp_path / "training_cases.json").read_text())
+    record = json.loads((tmp_path / "training_cases.json").read_text(encoding="utf-8"))
     assert record["label_fraction"] == 0.01 and record["effective_fraction"] == 0.25 and len(record["cases"]) == 1
 
 
@@ -149,7 +149,7 @@ def test_cases_without_labels_are_named_with_their_list(tmp_path):
     """An AMOS-style image without a label among the training or validation cases: each is named with the list it
     is in (the 'test' list is where such images go), before any file is opened."""
     dl = two_case_datalist(tmp_path)
-    cases = json.loads(dl.read_text())
+    cases = json.loads(dl.read_text(encoding="utf-8"))
     del cases["training"][1]["label"], cases["validation"][0]["label"]
     dl.write_text(json.dumps(cases))
     with pytest.raises(DatasetError) as e:
@@ -191,7 +191,7 @@ def test_data_preparation_warnings_come_from_rank_0_alone(tmp_path, monkeypatch,
         root = tmp_path / f"rank{rank}"  # a datalist of its own: the modality is warned about once per file
         root.mkdir()
         dl = two_case_datalist(root)
-        dl.write_text(json.dumps({**json.loads(dl.read_text()), "modality": {"0": "MRI"}}))
+        dl.write_text(json.dumps({**json.loads(dl.read_text(encoding="utf-8")), "modality": {"0": "MRI"}}))
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("RANK", rank)
         caplog.clear()

@@ -168,7 +168,7 @@ def test_bundle_export_from_another_folder_reads_the_bundles_metadata(tmp_path):
     proc = _run_export("--output_dir", "rel_run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     meta = load_exported(tmp_path / "rel_run" / "model.ts")[2]
-    bundle_meta = json.loads((CONFIGS / "metadata.json").read_text())
+    bundle_meta = json.loads((CONFIGS / "metadata.json").read_text(encoding="utf-8"))
     assert meta["version"] == bundle_meta["version"] and meta["name"] == bundle_meta["name"]
 
 

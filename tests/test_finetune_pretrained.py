@@ -145,7 +145,7 @@ def test_an_encoder_recording_no_preprocessing_gets_the_pretraining_defaults_wit
     enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
     path = tmp_path / "encoder.pt"
     torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), None), path)
-    pretrain = json.loads((Path(__file__).resolve().parents[1] / "bundles/medgmae_pretrain/configs/train.json").read_text())
+    pretrain = json.loads((Path(__file__).resolve().parents[1] / "bundles/medgmae_pretrain/configs/train.json").read_text(encoding="utf-8"))
     with caplog.at_level("WARNING"):
         spec = finetune_spec(path, roi_size=24)
     assert spec.spacing == (float(pretrain["pixdim"]),) * 3 and spec.hu_window == (pretrain["a_min"], pretrain["a_max"])

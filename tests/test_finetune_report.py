@@ -82,7 +82,7 @@ def test_the_picture_and_the_slicer_colour_table_colour_a_class_alike(tmp_path):
 
     names = ["background"] + [f"organ {c}" for c in range(1, 22)]
     write_color_table(tmp_path / "labels.ctbl", names)
-    rows = [line.split() for line in (tmp_path / "labels.ctbl").read_text().splitlines() if not line.startswith("#")]
+    rows = [line.split() for line in (tmp_path / "labels.ctbl").read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
     table = {int(r[0]): tuple(int(v) for v in r[-4:-1]) for r in rows}
     assert table[0] == (0, 0, 0) and table[1] == (230, 25, 75) and table[21] == table[1] and table[20] == (128, 128, 128)
     labels = np.arange(22).reshape(2, 11)
@@ -104,11 +104,11 @@ def test_segmentations_get_a_slicer_colour_table_of_the_class_names(tmp_path):
     save = SaveSegmentationd(output_dir=tmp_path, label_names=names)
     for case in ("a", "b"):
         save({"pred": MetaTensor(torch.from_numpy(labels)[None], affine=torch.eye(4)), "name": case})
-    rows = [line.split() for line in (tmp_path / "labels.ctbl").read_text().splitlines() if not line.startswith("#")]
+    rows = [line.split() for line in (tmp_path / "labels.ctbl").read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
     assert {int(r[0]): r[1] for r in rows} == {0: "background", 1: "liver", 2: "left_kidney"}
     assert [int(v) for v in rows[0][2:]] == [0, 0, 0, 0] and all(int(r[5]) == 255 for r in rows[1:])
     assert len({tuple(r[2:5]) for r in rows}) == 3  # one colour per class
-    assert (tmp_path / "labels.ctbl").read_text().startswith("# Color table file")
+    assert (tmp_path / "labels.ctbl").read_text(encoding="utf-8").startswith("# Color table file")
     written = np.unique(np.asarray(nib.load(tmp_path / "b_seg.nii.gz").dataobj)).tolist()
     assert written == [0, 1, 2] and set(written) <= {int(r[0]) for r in rows}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_seg.nii.gz", "b_seg.nii.gz", "labels.ctbl"]
@@ -140,7 +140,7 @@ def test_segmentation_report_analytic_dice(tmp_path, caplog):
         metrics = report.write()
     assert f"mean Dice 0.75000 over 1 case -> {tmp_path}" in caplog.text  # 5 decimals, as each case's line
     assert metrics["mean_dice"] == pytest.approx(0.75) and metrics["dice_per_class"] == {"liver": pytest.approx(0.75), "spleen": None}
-    assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint"] == "best_model.pt"
+    assert json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))["checkpoint"] == "best_model.pt"
     with open(tmp_path / "per_case_dice.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows == [{"case": "case_0042", "image": "/data/case_0042.nii.gz", "mean_dice": "0.750000", "liver": "0.750000",
@@ -315,7 +315,7 @@ def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
                                     "validation": [{"image": image, "label": label}]}))  # fmt: skip
     common = ["--output_dir", str(out), "--device", "cpu", "--datalist", str(datalist)]
     run_bundle("evaluating", "evaluate.json", *common, "--native_space", "true")
-    native = json.loads((out / "eval" / "metrics.json").read_text())
+    native = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", f"['{image}']")
     seg = np.asarray(nib.load(out / "segmentations" / "ct_seg.nii.gz").dataobj)
     expected = {}
@@ -326,11 +326,11 @@ def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
     assert native["dice_per_class"] == pytest.approx(expected, abs=1e-6)
     assert 0.0 < max(expected.values()) < 1.0, expected  # a non-trivial prediction
     run_bundle("evaluating", "evaluate.json", *common)
-    grid = json.loads((out / "eval" / "metrics.json").read_text())
+    grid = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert grid["dice_space"] == "pre-processed grid" and grid["dice_per_class"] != pytest.approx(expected, abs=1e-6)
     # metrics.json says which model and which pre-processing gave it: the recorded spec, or an override named
     assert grid["model"]["epoch"] == 1 and grid["model"]["size_bytes"] == (out / "best_model.pt").stat().st_size
     assert grid["preprocessing"]["spacing"] == [2.0, 2.0, 2.0] and grid["preprocessing_overrides"] == []
     run_bundle("evaluating", "evaluate.json", *common, "--pixdim", "3.0", "--eval_dir", str(out / "eval3"))
-    coarse = json.loads((out / "eval3" / "metrics.json").read_text())
+    coarse = json.loads((out / "eval3" / "metrics.json").read_text(encoding="utf-8"))
     assert coarse["preprocessing"]["spacing"] == [3.0, 3.0, 3.0] and coarse["preprocessing_overrides"] == ["pixdim"]

@@ -23,7 +23,7 @@ def test_resume_with_other_label_fraction_is_refused(tmp_path):
     dl, out = two_case_datalist(tmp_path), tmp_path / "run"
     first = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5)
     write_run_record(out, first["record"])
-    recorded = (out / "training_cases.json").read_text()
+    recorded = (out / "training_cases.json").read_text(encoding="utf-8")
     # stopped before its first epoch checkpoint (e.g. a failure in epoch 1): nothing trained, nothing binds a resume
     assert len(prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0, resume=True)["training"]) == 2
     (out / "checkpoint_epoch=1.pt").write_bytes(b"")  # only its name is read here
@@ -32,7 +32,7 @@ def test_resume_with_other_label_fraction_is_refused(tmp_path):
     message = str(e.value)
     assert "1 of 2 training cases (label_fraction 0.5" in message and "2 of 2 training cases (label_fraction 1.0" in message
     assert "--label_fraction 0.5" in message and "--output_dir" in message
-    assert (out / "training_cases.json").read_text() == recorded  # the record is kept
+    assert (out / "training_cases.json").read_text(encoding="utf-8") == recorded  # the record is kept
     again = prepare_datalists(str(tmp_path), str(dl), out, label_fraction=0.5, resume=True)
     assert again["training"] == first["training"]
     prepare_datalists(str(tmp_path), str(dl), out, label_fraction=1.0)  # a fresh start may change it
@@ -72,7 +72,7 @@ def test_a_run_on_a_relative_datalist_resumes_however_the_datalist_is_named(tmp_
     monkeypatch.chdir(work)
     write_run_record(out, prepare_datalists("", "../data/ds/dataset_decathlon.json", out)["record"])
     (out / "checkpoint_epoch=1.pt").write_bytes(b"")  # only its name is read here
-    recorded = json.loads((out / "training_cases.json").read_text())
+    recorded = json.loads((out / "training_cases.json").read_text(encoding="utf-8"))
     assert [c["image"] for c in recorded["cases"]] == [cases[0]["image"], cases[1]["image"]]  # absolute
     prepare_datalists("", str(dl), out, resume=True)  # named absolutely
     monkeypatch.chdir(data)
@@ -115,14 +115,14 @@ def test_the_subset_seed_keeps_the_cases_across_training_seeds(tmp_path):
     assert all(p["training"] == picks[0]["training"] and p["record"]["seed"] == 7 for p in picks.values())
     own = [prepare_datalists("", str(dl), tmp_path / "own", label_fraction=0.2, seed=s)["training"] for s in range(4)]
     assert any(o != own[0] for o in own) and own[0] == select_label_fraction(cases, 0.2, 0)
-    config = json.loads((CONFIGS / "train.json").read_text())
+    config = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
     assert config["subset_seed"] == "@seed" and "subset_seed=int(@subset_seed)" in config["data"]
 
 
 def test_evaluation_defaults_to_the_recorded_data(tmp_path):
     dl, out = two_case_datalist(tmp_path), tmp_path / "run"
     write_run_record(out, prepare_datalists(str(tmp_path), str(dl), out)["record"])
-    record = json.loads((out / "training_cases.json").read_text())
+    record = json.loads((out / "training_cases.json").read_text(encoding="utf-8"))
     assert record["datalist"] == str(dl.resolve()) and record["dataset_dir"] == str(tmp_path.resolve())
     data = evaluation_cases("", "", out)
     assert data["datalist"] == str(dl.resolve()) and [c["image"] for c in data["cases"]] == [str(tmp_path / "c2_img.nii.gz")]
@@ -163,7 +163,7 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     assert "parameter groups" not in proc.stderr and folder_state(out) == before
     # the best model is chosen on the validation cases: a datalist listing other ones is refused, nothing written
     datalist = out / "phantom" / "dataset.json"
-    cases = json.loads(datalist.read_text())
+    cases = json.loads(datalist.read_text(encoding="utf-8"))
     assert cases["validation"] and cases["validation"] != cases["training"][:1]
     datalist.write_text(json.dumps({**cases, "validation": cases["training"][:1]}))
     before = folder_state(out)
@@ -191,12 +191,12 @@ def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder
     assert folder_state(out) == before
     # stopped in its closing steps (after checkpoint_epoch=1.pt, before checkpoint_final.pt, its last): a resume
     # trains nothing and writes them from the saved state and the last validation's metrics.json
-    table = (out / "dice_per_class.md").read_text()
+    table = (out / "dice_per_class.md").read_text(encoding="utf-8")
     (out / "dice_per_class.md").unlink()
     (out / "checkpoint_final.pt").unlink()
     closing = bundle_process("training", "train.json", *common, "--resume", "true")
     assert closing.returncode == 0, closing.stderr[-3000:]
-    assert (out / "dice_per_class.md").read_text() == table and (out / "checkpoint_final.pt").is_file()
+    assert (out / "dice_per_class.md").read_text(encoding="utf-8") == table and (out / "checkpoint_final.pt").is_file()
 
 
 def test_a_resume_with_other_phantom_settings_leaves_the_runs_phantoms_as_they_were(tmp_path):

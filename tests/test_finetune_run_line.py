@@ -122,7 +122,7 @@ def test_the_lr_scalar_writes_the_named_group(group, expected):
 
 
 def test_the_bundle_logs_the_start_line_and_writes_the_decoders_rate():
-    handlers = json.loads((ROOT / "bundles/unetr_finetune/configs/train.json").read_text())["train"]["handlers"]
+    handlers = json.loads((ROOT / "bundles/unetr_finetune/configs/train.json").read_text(encoding="utf-8"))["train"]["handlers"]
     targets = [h["_target_"] for h in handlers]
     assert targets[0] == "medgmae.finetune.FinetuneRunLine"
     scalar = next(h for h in handlers if h["_target_"] == "medgmae.engine.LearningRateScalar")

@@ -52,7 +52,7 @@ def _check_validation_and_pictures(run_dir: Path, console: str, caught: list) ->
     assert pic.shape == (14 + 4 * (96 + 14 + 2) + 2, 7 * (96 + 2) + 2, 3) and pic.astype(float).var() > 100.0
     curves = np.asarray(Image.open(run_dir / "curves.png").convert("RGB"))
     assert curves.astype(float).var() > 100.0
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert summary["best_epoch"] in (1, 2) and "medgmae-2d layers" in summary["next"]["zero-shot layers"]
 
 
@@ -126,7 +126,7 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
     out = tmp_path / "seg"
     assert cli_main(["segment", "--checkpoint", str(split / "model.pt"), "--image", str(tmp_path / "slice.png"),
                      "--out", str(out), "--num-layers", "4"]) == 0  # fmt: skip
-    assert json.loads((out / "segment.json").read_text())["num_layers"] == 4
+    assert json.loads((out / "segment.json").read_text(encoding="utf-8"))["num_layers"] == 4
     # stopped (Ctrl-C) while epoch 1 was validated: epoch 1's training is kept, and the resume validates it, trains
     # epoch 2 alone and ends as the uninterrupted run
     cut = tmp_path / "cut"
@@ -258,7 +258,7 @@ def test_string_flags_turn_amp_and_resume_off(tmp_path, value):
 def test_console_defaults_match_the_3d_bundles():
     """The progress bar is on by default, as in medgmae_pretrain and unetr_finetune, and the trainer's StatsHandler
     prints no per-iteration or per-epoch line through it (EpochProgress logs one line per epoch, as there)."""
-    configs = {name: json.loads((BUNDLE.parent / name / "configs" / "train.json").read_text())
+    configs = {name: json.loads((BUNDLE.parent / name / "configs" / "train.json").read_text(encoding="utf-8"))
                for name in ("gmae2d_pretrain", "medgmae_pretrain", "unetr_finetune")}  # fmt: skip
     assert {name: c["progress_bar"] for name, c in configs.items()} == dict.fromkeys(configs, True)
     for name, c in configs.items():  # the trainer's StatsHandler logs neither iterations nor epochs: EpochProgress does
@@ -271,7 +271,7 @@ def _group_members(group: int) -> list[int]:
     members = []
     for entry in Path("/proc").iterdir():
         try:
-            stat = (entry / "stat").read_text()
+            stat = (entry / "stat").read_text(encoding="utf-8")
         except (OSError, ValueError):
             continue
         fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state, ppid, pgrp, ...

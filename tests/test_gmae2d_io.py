@@ -272,10 +272,10 @@ def test_cli_layers_segment_edges_end_to_end(cli_files):
     assert stack.shape == (2 + 14 + 160 + 2, 2 + 4 * 162, 3)  # 4 tiles of the image's 40 x 40 enlarged x4, label bands, 2 px gaps
     partial = np.asarray(Image.open(d / "layers" / "partial_renders.png"))
     assert partial.shape[1] == 2 + 4 * 162  # input + K = 12, 24, 48
-    assert json.loads((d / "layers" / "layers.json").read_text())["partial_render_counts"] == [12, 24, 48]
+    assert json.loads((d / "layers" / "layers.json").read_text(encoding="utf-8"))["partial_render_counts"] == [12, 24, 48]
 
     assert main(["segment", *common, "--out", str(d / "seg"), "--num-layers", "4", "--reference", str(d / "mask.png")]) == 0
-    summary = json.loads((d / "seg" / "segment.json").read_text())
+    summary = json.loads((d / "seg" / "segment.json").read_text(encoding="utf-8"))
     fg = np.asarray(Image.open(d / "seg" / "foreground.png")) > 0
     ref = np.zeros((40, 40), bool)
     ref[10:30, 5:25] = True  # the mask on the image's own 40 x 40 grid, where the outputs are rendered

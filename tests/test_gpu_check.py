@@ -31,7 +31,7 @@ def test_dry_run_reports_every_part(tmp_path):
     res = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)], cwd=ROOT, env=env,
                          capture_output=True, encoding="utf-8", errors="replace", timeout=900)  # fmt: skip
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
-    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    data = json.loads((tmp_path / "gpu_check.json").read_text(encoding="utf-8"))
     rows = data["rows"]
     mod = _module()
     assert {r["part"] for r in rows} == set(mod.PARTS)
@@ -49,7 +49,7 @@ def test_dry_run_reports_every_part(tmp_path):
     # the launch-shape sweep ran: the chosen shapes and one other, the same volume and gradients
     launch = [r for r in rows if r["item"].startswith("launch fwd")]
     assert len(launch) == 2 and launch[0]["launch_row"]["fwd+bwd / chosen"] == 1.0
-    table = (tmp_path / "gpu_check.md").read_text()
+    table = (tmp_path / "gpu_check.md").read_text(encoding="utf-8")
     assert "| part | item | status | result |" in table and data["info"]["dry_run"] is True
     assert all(f"| {p} |" in table for p in mod.PARTS)
     assert table.strip() in res.stdout

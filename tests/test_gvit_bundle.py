@@ -30,12 +30,12 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
     console = "".join(capfd.readouterr())
     assert not any(text in console for text in FILTERED), [t for t in FILTERED if t in console]
     # the closing summary names the confusion matrix and the ellipse explanations that exist
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert Path(summary["files"]["confusion_matrix"]).is_file() and len(summary["explanation_files"]) == 2
     assert all(Path(p).is_file() for p in summary["explanation_files"])
-    assert summary["accuracy"] == json.loads((out / "metrics.json").read_text())["accuracy"]
+    assert summary["accuracy"] == json.loads((out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
     assert "evaluate.json" in summary["next"]["evaluate"] and str(out) in summary["next"]["evaluate"]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert 0.0 <= metrics["accuracy"] <= 1.0
     names = metrics["class_names"]
     assert len(names) >= 2 and set(metrics["per_class_accuracy"]) == set(names)
@@ -54,11 +54,11 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
     # with the summary's command: no data flags (model.pt records them)
     assert not any(flag in summary["next"]["evaluate"] for flag in ("--num_phantoms", "--seed", "--val_fraction"))
     run_gvit_bundle("evaluate.json", run_id="evaluating", output_dir=str(out), device="cpu", num_explanations=-1)
-    ev = json.loads((out / "eval" / "metrics.json").read_text())
+    ev = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert ev["confusion_matrix"] == metrics["confusion_matrix"]
     assert len(list((out / "eval" / "explanations").glob("*.png"))) == ev["num_images"]  # one per image
     assert (out / "data" / "task.json").stat().st_mtime_ns == task_stamp  # the task at the model's size was reused
-    ev_summary = json.loads((out / "eval" / "summary.json").read_text())
+    ev_summary = json.loads((out / "eval" / "summary.json").read_text(encoding="utf-8"))
     assert len(ev_summary["explanation_files"]) == ev["num_images"] and ev_summary["files"]["model"] == str(out / "model.pt")
 
     # resume of a finished run: every phase restarts from its last checkpoint, nothing is retrained
@@ -98,7 +98,7 @@ def test_bundle_bad_input_fails_clearly(tmp_path):
 
 
 def test_metadata_verifies(tmp_path):
-    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text(encoding="utf-8"))
     schema = str(REPO / "bundles" / "schema" / "meta_schema.json")
     verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=schema)  # raises when invalid
     del meta["network_data_format"]
@@ -250,7 +250,7 @@ def test_summary_after_evaluation_suggests_no_evaluation(tmp_path, caplog):
         caplog.clear()
         evaluated = gvit_summary(tmp_path / "eval", tmp_path, stage="evaluation")
     assert evaluated["next"] == {} and "next:" not in caplog.text and "evaluate.json" not in caplog.text
-    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["next"] == {}
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text(encoding="utf-8"))["next"] == {}
     with pytest.raises(ValueError, match="stage"):
         gvit_summary(tmp_path, stage="testing")
 
@@ -258,8 +258,8 @@ def test_summary_after_evaluation_suggests_no_evaluation(tmp_path, caplog):
 def test_the_readmes_clip_json_lists_the_shipped_handlers():
     """The README's ``clip.json`` replaces ``train#handlers``: its entries before the clip handler are the shipped
     ``train.json``'s, exactly (its NonFiniteLossHandler had a plain ``@amp`` and lacked two settings)."""
-    readme = (BUNDLE / "docs" / "README.md").read_text()
+    readme = (BUNDLE / "docs" / "README.md").read_text(encoding="utf-8")
     block = readme.split('```json\n{\n    "train#handlers"', 1)[1].split("```", 1)[0]
     clip = json.loads('{"train#handlers"' + block)["train#handlers"]
-    shipped = json.loads((BUNDLE / "configs" / "train.json").read_text())["train"]["handlers"]
+    shipped = json.loads((BUNDLE / "configs" / "train.json").read_text(encoding="utf-8"))["train"]["handlers"]
     assert clip[:-1] == shipped and clip[-1]["_target_"] == "medgmae.engine.GradientClipHandler"

@@ -43,7 +43,7 @@ def test_evaluation_uses_training_data_settings(tmp_path, caplog):
     assert m["split"] == "val" and m["data"]["dataset_dir"] == str((tmp_path / "classes").resolve())
     assert m["data"]["seed"] == 1 and m["num_images"] == len(data.val) == 4
     assert not (run / "data").exists()  # no phantom task was generated
-    assert json.loads((run / "eval" / "metrics.json").read_text())["data"]["seed"] == 1
+    assert json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))["data"]["seed"] == 1
     cmd = evaluate_command(run)  # the data come from model.pt, as the evaluation above found them without flags
     assert cmd.endswith(f"--output_dir {run}") and "--seed" not in cmd and "--dataset_dir" not in cmd
 
@@ -74,7 +74,7 @@ def test_evaluation_names_the_models_channels_for_a_mixed_dataset(tmp_path, capl
 def test_evaluation_never_replaces_the_training_phantom_task(tmp_path, caplog):
     run = tmp_path / "run"
     write_phantom_slice_task(run / "data", num_cases=3, seed=0, image_size=16)
-    task = (run / "data" / "task.json").read_text()
+    task = (run / "data" / "task.json").read_text(encoding="utf-8")
     settings = {"dataset_dir": "", "default_root": str(run / "data"), "num_phantoms": 3, "seed": 0,
                 "val_fraction": 0.2, "image_size": 16}  # fmt: skip
     _model(3).save(run / "model.pt", class_names=None, data=settings)
@@ -84,8 +84,8 @@ def test_evaluation_never_replaces_the_training_phantom_task(tmp_path, caplog):
             evaluate_model_file(run / "model.pt", None, run / "eval", seed=5, num_explanations=0, **EVAL)
         except ValueError as e:  # another seed may give other classes; the point is where it wrote
             assert "classes" in str(e)
-    assert (run / "data" / "task.json").read_text() == task
-    assert json.loads((run / "eval" / "data" / "task.json").read_text())["params"]["seed"] == 5
+    assert (run / "data" / "task.json").read_text(encoding="utf-8") == task
+    assert json.loads((run / "eval" / "data" / "task.json").read_text(encoding="utf-8"))["params"]["seed"] == 5
     assert "leaving it untouched" in caplog.text
 
 

@@ -32,11 +32,11 @@ def test_model_metrics_and_summary_record_the_guidance(tmp_path, shapes, caplog)
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert saved["extra"]["training"] == expected
     assert GViT.from_checkpoint(tmp_path / "run" / "model.pt").training_settings == expected
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["training"] == expected
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))["training"] == expected
     with caplog.at_level(logging.INFO, logger="medgmae.twod"):
         summary = gvit_summary(tmp_path / "run")
     assert summary["training"] == expected
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["training"] == expected
+    assert json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))["training"] == expected
     assert "trained with guidance (gamma 0.05 every 3 iteration(s) of 1 joint epoch(s)), loss mse + 0.25 D-SSIM" in caplog.text
 
 
@@ -185,7 +185,7 @@ def test_evaluation_flags_a_model_predicting_one_class_for_every_image(tmp_path,
     with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
         metrics = evaluate_gvit(_FixedClass(cls), loader, ["a", "b", "c"], tmp_path, num_explanations=0)
     assert metrics["predicted_classes"] == predicted
-    assert json.loads((tmp_path / "metrics.json").read_text())["predicted_classes"] == predicted
+    assert json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))["predicted_classes"] == predicted
     flagged = [r.getMessage() for r in caplog.records if "degenerate" in r.getMessage()]
     assert flagged == (["the model predicts 'b' for every one of the 4 images evaluated, of 3 classes: a degenerate "
                         "classifier (metrics.json: predicted_classes 1)"] if warned else [])

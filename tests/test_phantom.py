@@ -69,7 +69,7 @@ def test_affine():
 
 def test_dataset_roundtrip(tmp_path):
     path = write_phantom_dataset(tmp_path / "ds", 3, seed=1, shape=(32, 28, 24), spacing=(4.0, 4.0, 5.0), num_validation=1)
-    doc = json.loads(path.read_text())
+    doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["labels"]["0"] == "background" and doc["labels"]["6"] == "liver"
     assert doc["numTraining"] == 2 and len(doc["training"]) == 2 and len(doc["validation"]) == 1
     entry = doc["training"][0]
@@ -123,7 +123,7 @@ def test_cli_says_kept_when_the_dataset_was_already_generated(tmp_path, capsys):
 def test_cli_holds_out_one_validation_case_of_a_small_set(tmp_path, capsys):
     """3 cases (3 // 5 = 0) still give a validation list, which fine-tuning needs; the help says so."""
     assert main(["--out", str(tmp_path / "d"), "--num-cases", "3", "--shape", "16", "16", "12", "--spacing", "8"]) == 0
-    doc = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    doc = json.loads((tmp_path / "d" / "dataset.json").read_text(encoding="utf-8"))
     assert (len(doc["training"]), len(doc["validation"])) == (2, 1)
     assert "2 training + 1 validation cases" in capsys.readouterr().out
     from medgmae.data.phantom.cli import build_parser
@@ -144,7 +144,7 @@ def test_an_empty_validation_list_says_how_to_add_one(tmp_path):
         read_datalist(path, "validation")
     command = str(err.value).split("medgmae-phantom ", 1)[1]
     assert main(shlex.split(command)) == 0
-    doc = json.loads(path.read_text())
+    doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["phantom"]["seed"] == 4 and doc["phantom"]["shape"] == [16, 16, 12] and len(doc["validation"]) == 1
     assert len(read_datalist(path, "validation")) == 1
     plain = tmp_path / "plain.json"
@@ -192,4 +192,4 @@ def test_a_phantom_dataset_is_replaced_whole_and_an_interrupted_one_regenerated(
     (ds / "dataset.json").unlink()  # as if stopped before its last file: the in-progress record says whose it is
     (ds / ".phantom_in_progress.json").write_text("{}")
     path = write_phantom_dataset(ds, 2, shape=(16, 16, 12), spacing=8.0, num_validation=1)
-    assert json.loads(path.read_text())["numTraining"] == 1 and not (ds / ".phantom_in_progress.json").exists()
+    assert json.loads(path.read_text(encoding="utf-8"))["numTraining"] == 1 and not (ds / ".phantom_in_progress.json").exists()

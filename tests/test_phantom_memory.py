@@ -117,7 +117,7 @@ def test_a_failed_generation_leaves_what_was_there_before(tmp_path, monkeypatch)
         writer_mod.write_phantom_dataset(out, 2, shape=(16, 16, 16), num_validation=0)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         ".phantom_in_progress.json", "imagesTr", "notes.txt"]  # fmt: skip
-    assert json.loads((out / ".phantom_in_progress.json").read_text())["num_cases"] == 2  # still marks it interrupted
+    assert json.loads((out / ".phantom_in_progress.json").read_text(encoding="utf-8"))["num_cases"] == 2  # still marks it interrupted
 
 
 def test_a_replacement_failing_partway_is_not_read_as_the_earlier_dataset(tmp_path, monkeypatch, caplog):

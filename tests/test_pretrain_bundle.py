@@ -62,7 +62,7 @@ def test_smoke_run_writes_checkpoint_encoder_and_model(runs):
     assert first["epoch_ckpt"] == ["checkpoint_epoch=1.pt"]
     assert "train_loss" in first["log"]  # StatsHandler progress
     assert list((runs["resumed"] / "tensorboard").glob("events.out.tfevents.*"))
-    data = json.loads(runs["dataset"].read_text())
+    data = json.loads(runs["dataset"].read_text(encoding="utf-8"))
     assert len(data["training"]) == 2 and (runs["dataset"].parent / data["training"][0]["image"]).is_file()
     enc = first["encoder"]
     assert enc["kind"] == "medgmae-encoder" and enc["extra"]["source"] == "medgmae"
@@ -119,7 +119,7 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     lr = acc.Scalars("train/lr")
     assert [e.step for e in lr] == [1, 2, 3, 4] and [e.value for e in lr] == pytest.approx([1.5e-4 * i / 6 for i in range(4)])
     assert all(-1.0 <= v <= 1.0 for v in ssim)
-    summary = json.loads((straight / "summary.json").read_text())
+    summary = json.loads((straight / "summary.json").read_text(encoding="utf-8"))
     assert summary["best_val_psnr"] == pytest.approx(max(psnr), abs=1e-4) and summary["best_epoch"] == 1 + int(np.argmax(psnr))
     assert str(straight / "encoder.pt") in summary["next"]["fine-tune"] and "--init medgmae" in summary["next"]["reconstruction init"]
     # the run's settings, to compare runs from their folders: as given on the command line (SMALL) and the defaults
@@ -191,7 +191,7 @@ def test_a_run_stopped_in_its_closing_steps_resumes_to_write_them(runs, tmp_path
     a, b = read_checkpoint(run / "model.pt")["state_dict"], read_checkpoint(runs["straight"] / "model.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_checkpoint(run / "checkpoint_final.pt")["engine"] == {"epoch": 2, "iteration": 4, "max_epochs": 2}
-    summary, straight = (json.loads((d / "summary.json").read_text()) for d in (run, runs["straight"]))
+    summary, straight = (json.loads((d / "summary.json").read_text(encoding="utf-8")) for d in (run, runs["straight"]))
     assert summary["best_epoch"] == straight["best_epoch"] and summary["best_val_psnr"] == straight["best_val_psnr"]
     again = bundle_process("run", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]), "--output_dir",
                     str(run), "--max_epochs", "2", "--num_workers", "0", "--resume", "true", cwd=runs["root"])  # fmt: skip
@@ -229,7 +229,7 @@ def test_a_run_stopped_while_validating_keeps_the_epochs_training(runs, tmp_path
     assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in ("exp_avg", "exp_avg_sq"))
     ba, bb = (torch.load(d / "best_model.pt", weights_only=True) for d in (run, straight))
     assert ba["extra"] == bb["extra"] and all(torch.equal(ba["state_dict"][k], bb["state_dict"][k]) for k in ba["state_dict"])
-    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (run, straight))
+    sa, sb = (json.loads((d / "summary.json").read_text(encoding="utf-8")) for d in (run, straight))
     assert (sa["best_epoch"], sa["best_val_psnr"]) == (sb["best_epoch"], sb["best_val_psnr"])
     assert sorted(p.name for p in (run / "pictures").iterdir()) == sorted(p.name for p in (straight / "pictures").iterdir())
 
@@ -238,7 +238,7 @@ def test_a_fresh_run_replaces_every_output_the_bundle_writes(runs):
     """Each file a pre-training run wrote in its folder, its data (phantoms, cache) and checkpoints aside, is among
     the outputs a fresh run in that folder replaces (its CheckpointHandler's ``earlier_outputs``): none of them is
     left beside a new run's checkpoints as if it were the new run's."""
-    config = json.loads(Path(TRAIN).read_text())
+    config = json.loads(Path(TRAIN).read_text(encoding="utf-8"))
     handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
     for out in (runs["straight"], runs["resumed"]):
         replaced = {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
@@ -323,7 +323,7 @@ def test_resume_with_another_validation_list_writes_nothing(runs, tmp_path, fold
 
     out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
     data = shutil.copytree(runs["dataset"].parent, tmp_path / "data" / "phantom")
-    datalist = json.loads((data / "dataset.json").read_text())
+    datalist = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     assert datalist["validation"] and datalist["validation"] != datalist["training"][:1]
     datalist["validation"] = datalist["training"][:1]
     (data / "dataset.json").write_text(json.dumps(datalist))
@@ -435,7 +435,7 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path, stop_w
 
 
 def test_inference_writes_ply_nifti_and_png(runs, tmp_path):
-    image = runs["dataset"].parent / json.loads(runs["dataset"].read_text())["training"][0]["image"]
+    image = runs["dataset"].parent / json.loads(runs["dataset"].read_text(encoding="utf-8"))["training"][0]["image"]
     model_path = runs["resumed"] / "model.pt"
     succeeded(bundle_process("run", "inferring", "--config_file", str(CONFIGS / "inference.json"), "--model_path", str(model_path),
                 "--image", str(image), "--inference_dir", str(tmp_path), "--device", "cpu", cwd=tmp_path))  # fmt: skip

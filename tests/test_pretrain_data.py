@@ -156,7 +156,7 @@ def test_datalist_names_the_data_as_for_fine_tuning(tmp_path):
     assert [i["image"] for i in split["validation"]] == [str(tmp_path / "data" / "imagesTr" / "c2.nii.gz")]
     moved = tmp_path / "lists" / "dataset_0.json"
     moved.parent.mkdir()
-    moved.write_text(dl.read_text())
+    moved.write_text(dl.read_text(encoding="utf-8"))
     split = pretrain_split(str(tmp_path / "data"), tmp_path / "run", datalist=str(moved), validate=False)
     assert split["validation"][0]["image"] == str(tmp_path / "data" / "imagesTr" / "c2.nii.gz")
     assert not (tmp_path / "run").exists()

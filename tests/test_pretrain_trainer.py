@@ -91,7 +91,7 @@ def test_metadata_passes_the_shipped_schema(tmp_path):
     from monai.bundle import verify_metadata
 
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(REPO / "bundles" / "schema" / "meta_schema.json"))
-    broken = json.loads((CONFIGS / "metadata.json").read_text())
+    broken = json.loads((CONFIGS / "metadata.json").read_text(encoding="utf-8"))
     del broken["network_data_format"]
     (tmp_path / "metadata.json").write_text(json.dumps(broken))
     with pytest.raises(Exception, match="network_data_format"):

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _architecture_section() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     start = text.index("\n## Architecture\n")
     end = text.index("\n## ", start + 1)
     return text[start:end]

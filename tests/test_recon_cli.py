@@ -98,7 +98,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         ]  # fmt: skip
         assert main(args) == 0, init
         assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt", "slices.png"]
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         assert metrics["iterations"] == iters and metrics["init"] == init and metrics["preset"] == "toolkit"
         assert metrics["settings"]["split_rule"] == ("moments" if init == "fbp" else "sample")  # --split-rule, the default
         assert metrics["settings"]["coarse_iterations"] == (3 if init == "fbp" else 0)  # --coarse-iterations, the default
@@ -144,7 +144,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         "--no-progress", "--device", "cpu", "--fbp", str(simulated / "fbp.nii.gz"), "--split-rule", "moments", "--coarse-iterations", "3",
     ]  # fmt: skip
     assert main(args) == 0
-    assert json.loads((out / "metrics.json").read_text())["iterations"] == 16
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["iterations"] == 16
 
 
 def _check_slices(path, rows):
@@ -170,7 +170,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
     assert "preset 3dgr-ct" in printed and "PSNR/SSIM not computed" in printed and str(out / "slices.png") in printed
     assert "orthogonal mid-slices: rows FBP / reconstruction)" in printed and "reference /" not in printed  # what was drawn
     assert "(loss at the last iteration only)" in printed and "PSNR" not in printed.split("curve.png")[1].splitlines()[0]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["preset"] == "3dgr-ct" and metrics["init"] == "3dgr-ct" and metrics["arguments"]["preset"] == "3dgr-ct"
     expected = json.loads(json.dumps(asdict(preset_config("3dgr-ct", 4, eval_every=50, seed=0))))
     assert metrics["settings"] == expected
@@ -195,7 +195,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
     p[0, 0, 0] = np.nan
     np.save(nan_proj, p)
     bad_geom = tmp_path / "inputs" / "bad.json"
-    bad_geom.write_text(json.dumps({**json.loads((sim / "geometry.json").read_text()), "voxel_size": [0, 1, 1]}))
+    bad_geom.write_text(json.dumps({**json.loads((sim / "geometry.json").read_text(encoding="utf-8")), "voxel_size": [0, 1, 1]}))
     small = tmp_path / "inputs" / "small.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(small))
     garbage = tmp_path / "inputs" / "garbage.pt"

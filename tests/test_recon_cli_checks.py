@@ -51,7 +51,7 @@ def no_leftovers(d: Path) -> list[str]:
 
 
 def _geometry_with_affine(scan: Path, path: Path, affine) -> Path:
-    g = json.loads((scan / "geometry.json").read_text())
+    g = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))
     path.write_text(json.dumps({**g, "affine": affine}))
     return path
 
@@ -59,8 +59,8 @@ def _geometry_with_affine(scan: Path, path: Path, affine) -> Path:
 def test_bad_affines_in_the_geometry_are_refused(scan, tmp_path, capsys):
     """A 2x2, NaN, singular, bad-last-row affine, or one whose column norms contradict voxel_size (z, y, x):
     refused when the geometry is read, naming the file, before anything is written."""
-    good = np.asarray(json.loads((scan / "geometry.json").read_text())["affine"])
-    sz, sy, sx = json.loads((scan / "geometry.json").read_text())["voxel_size"]
+    good = np.asarray(json.loads((scan / "geometry.json").read_text(encoding="utf-8"))["affine"])
+    sz, sy, sx = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))["voxel_size"]
     assert np.allclose(np.linalg.norm(good[:3, :3], axis=0), (sx, sy, sz))  # the order the check expects
     nan, singular, last, swapped = good.copy(), good.copy(), good.copy(), good.copy()
     nan[0, 3] = np.nan
@@ -90,7 +90,7 @@ def test_out_folder_that_is_a_file_is_refused_up_front(scan, tmp_path, capsys, c
         else:
             args = reconstruct_args(scan, out)
         expect_refusal(capsys, args, f"--out {out}", "existing file")
-        assert afile.read_text() == "keep" and not no_leftovers(tmp_path)
+        assert afile.read_text(encoding="utf-8") == "keep" and not no_leftovers(tmp_path)
 
 
 def test_fbp_out_must_be_a_nifti_file(scan, tmp_path, capsys):
@@ -237,7 +237,7 @@ def test_a_start_with_fewer_gaussians_than_asked_is_warned(scan, tmp_path, capsy
     args[args.index("--num-gaussians") + 1] = "100000"  # the scan has 16 x 16 x 12 voxels
     assert main(args) == 0
     out = capsys.readouterr().out
-    placed = json.loads((tmp_path / "rec" / "metrics.json").read_text())["initial_gaussians"]
+    placed = json.loads((tmp_path / "rec" / "metrics.json").read_text(encoding="utf-8"))["initial_gaussians"]
     assert placed < 16 * 16 * 12 and f"warning: --init fbp placed {placed} of 100000 Gaussians: only {placed} voxels" in out
     spec = PreprocessingSpec(spacing=(1.5, 1.5, 2.0))
     for count, budget, warned, noted in ((1, 1500, True, False), (31, None, True, False), (40, 10000, False, True),
@@ -328,7 +328,7 @@ def test_reconstruct_flags_at_their_limits_run(scan, tmp_path):
     """Every view per iteration, a coarse phase as long as the run, states at the end only: accepted."""
     out = tmp_path / "rec"
     assert main(reconstruct_args(scan, out, "--views-per-iteration", "10", "--coarse-iterations", "2", "--checkpoint-every", "0")) == 0
-    assert json.loads((out / "metrics.json").read_text())["settings"]["views_per_iteration"] == 10
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["settings"]["views_per_iteration"] == 10
 
 
 def test_summary_times_name_the_projector_and_the_held_out_run_before_a_refit(tmp_path, capsys):

@@ -192,7 +192,7 @@ def test_resume_with_another_flat_is_refused(raw, tmp_path, capsys):
     out = tmp_path / "rec"
     flags = ["--projections", str(d / "counts.npy"), "--flat", str(d / "flat.npy"), "--dark", str(d / "dark.npy")]
     assert main(reconstruct_args(scan, out, *flags, "--iterations", "2")) == 0
-    recorded = json.loads((out / "metrics.json").read_text())["scan"]
+    recorded = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["scan"]
     assert recorded["flat"] == str((d / "flat.npy").resolve()) and recorded["i0"] is None
     assert recorded["flat_sha256"] == hashlib.sha256((d / "flat.npy").read_bytes()).hexdigest()
     assert recorded["dark_sha256"] == hashlib.sha256((d / "dark.npy").read_bytes()).hexdigest()
@@ -306,7 +306,7 @@ def test_a_refused_header_comes_before_the_conversion_note(raw, tmp_path, capsys
     import SimpleITK as sitk
 
     scan, d, *_ = raw
-    pitch = json.loads((scan / "geometry.json").read_text())["det_spacing"]
+    pitch = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))["det_spacing"]
     image = sitk.GetImageFromArray(np.load(d / "counts.npy").astype(np.float32))
     image.SetSpacing((2.0 * pitch[1], 2.0 * pitch[0], 1.0))
     sitk.WriteImage(image, str(tmp_path / "counts.mha"))

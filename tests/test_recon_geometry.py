@@ -181,7 +181,7 @@ def test_fbp_and_reconstruct_refuse_a_geometry_file_in_degrees(small_parallel_sc
     from recon.cli import main
 
     scan = small_parallel_scan[0]
-    g = json.loads((scan / "geometry.json").read_text())
+    g = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))
     geom = tmp_path / "deg.json"
     geom.write_text(json.dumps({**g, "angles": np.rad2deg(g["angles"]).round(2).tolist()}))
     out = tmp_path / "out"

@@ -70,7 +70,7 @@ def test_fit_steps_raise_the_start_against_the_fbp_volume(scan_and_model, tmp_pa
         out = tmp_path / f"fit{n}"
         assert main(_args(scan, out, "--init", "medgmae", "--checkpoint", str(model), "--fbp", fbp, "--reference", fbp,
                           "--init-fit-iterations", n)) == 0  # fmt: skip
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         start[n] = metrics["start"]["psnr"]
         assert metrics["init_settings"]["fit_iterations"] == (int(n) or None)
     assert start["20"] > start["0"] + 1.0, start

@@ -65,7 +65,7 @@ def test_resume_and_later_runs_read_the_matrix(scan, tmp_path, capsys):
     assert main(_args(scan, out)) == 0
     assert f"read the matrix from {out / MATRIX_FILE}" in capsys.readouterr().out
     np.testing.assert_array_equal(nib.load(str(out / "recon.nii.gz")).get_fdata(), first)
-    g = json.loads((scan / "geometry.json").read_text())
+    g = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))
     turned = tmp_path / "turned.json"
     turned.write_text(json.dumps({**g, "angles": [a + 0.1 for a in g["angles"]]}))
     assert main(_args(scan, out, geometry=turned)) == 0
@@ -191,7 +191,7 @@ def test_another_scan_builds_its_own_file_in_the_matrix_dir(scan, tmp_path, caps
     assert main(_args(scan, tmp_path / "a", "--matrix-dir", str(shared))) == 0
     (first,) = _shared_files(shared)
     before = (shared / first).read_bytes()
-    g = json.loads((scan / "geometry.json").read_text())
+    g = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))
     turned = tmp_path / "turned.json"
     turned.write_text(json.dumps({**g, "angles": [a + 0.1 for a in g["angles"]]}))
     capsys.readouterr()

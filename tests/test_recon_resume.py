@@ -81,7 +81,7 @@ def test_resume_refuses_another_scan_or_other_settings(saved, capsys):
     assert "schedules now follow --iterations 6" in said.err
     assert f"resuming from {state} at iteration 4 (rebuilding the --init fbp start it replaces)" in said.out
     assert "initialising the Gaussians" not in said.out
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["iterations"] == 6 and metrics["scan"]["projections_shape"] == shape_a
 
 
@@ -143,7 +143,7 @@ def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypat
     assert "--resume continues it" in err
     monkeypatch.setattr(GaussianReconstructor, "step", step)
     assert main([*args, "--resume"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["iterations"] == 6
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["iterations"] == 6
 
 
 def test_sigterm_stops_as_ctrl_c_does_and_exits_143(saved, tmp_path, monkeypatch, capsys):
@@ -172,7 +172,7 @@ def test_sigterm_stops_as_ctrl_c_does_and_exits_143(saved, tmp_path, monkeypatch
     assert signal.getsignal(signal.SIGTERM) is before
     monkeypatch.setattr(GaussianReconstructor, "step", step)
     assert main([*args, "--resume"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["iterations"] == 6
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["iterations"] == 6
 
 
 def test_ctrl_c_during_a_refit_says_whose_state_is_saved(saved, tmp_path, monkeypatch, capsys):
@@ -223,7 +223,7 @@ def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, mo
     clock[0] = 1000.0  # the resumed process's clock starts anywhere
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["time_seconds"] == pytest.approx(60.0)
     assert [(h["iteration"], h["seconds"]) for h in metrics["history"]] == [(2, 20.0), (4, 40.0), (6, 60.0)]
     assert metrics["resumed"] == {"iteration": 2, "seconds_before": 20.0}

@@ -56,14 +56,14 @@ def test_select_chooses_the_run_that_predicts_unseen_views_best(runs, tmp_path, 
     assert main(["select", "--runs", *names, "--json", str(tmp_path / "choice.json")]) == 0
     out = capsys.readouterr().out
     assert f"chosen: {runs / 'plain'} (lowest held-out error" in out
-    choice = json.loads((tmp_path / "choice.json").read_text())
+    choice = json.loads((tmp_path / "choice.json").read_text(encoding="utf-8"))
     rows = choice["runs"]
     assert choice["chosen"] == rows[0]["run"] == str(runs / "plain")
     errors = [r["held_out_error"] for r in rows]
     assert errors == sorted(errors) and errors[0] < 0.5 * errors[1]
     assert rows[0]["psnr"] > max(r["psnr"] for r in rows[1:])
     for r in rows:  # the error and iteration are the run's own record
-        h = json.loads((Path(r["run"]) / "metrics.json").read_text())["holdout"]
+        h = json.loads((Path(r["run"]) / "metrics.json").read_text(encoding="utf-8"))["holdout"]
         assert (r["held_out_error"], r["iteration"]) == (h["best_error"], h["best_iteration"])
     assert set(rows[0]["settings"]) == {"tv_weight", "iterations"}  # what differs, and nothing else
     assert out.splitlines()[0] == "| run | tv_weight | iterations | held-out error | at iteration | PSNR | SSIM |"
@@ -125,7 +125,7 @@ def test_select_compares_scans_by_their_fingerprint(tmp_path, tmp_path_factory, 
     assert main(["select", "--runs", str(runs / "a"), str(runs / "c")]) == 0  # a copy of the same scan
     assert "chosen:" in capsys.readouterr().out
     for run in ("a", "c"):  # as older versions wrote them: no fingerprint, relative paths from another folder
-        old = json.loads((runs / run / "metrics.json").read_text())
+        old = json.loads((runs / run / "metrics.json").read_text(encoding="utf-8"))
         del old["scan"]
         (runs / f"old_{run}").mkdir()
         (runs / f"old_{run}" / "metrics.json").write_text(json.dumps(old))
@@ -140,7 +140,7 @@ def test_select_says_when_the_runner_up_is_within_the_margin(runs, tmp_path, cap
     note says the difference is within 35 %; with the runner-up at twice the error (and a third run 30 % above) only
     the runs within the margin are named, and the --json summary lists them."""
     def fake(name: str, error: float) -> str:
-        m = json.loads((runs / "plain" / "metrics.json").read_text())
+        m = json.loads((runs / "plain" / "metrics.json").read_text(encoding="utf-8"))
         m["holdout"]["best_error"] = error
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(m))
@@ -155,7 +155,7 @@ def test_select_says_when_the_runner_up_is_within_the_margin(runs, tmp_path, cap
     assert main(["select", "--runs", c, b, d, "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
     assert f"note: within 35 % of the lowest held-out error: {d} (0.014421, 30.0 % higher);" in out and f"{c} (" not in out
-    summary = json.loads((tmp_path / "s.json").read_text())
+    summary = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
     assert (summary["chosen"], summary["within_margin"], summary["margin"]) == (b, [d], 0.35)
     assert main(["select", "--runs", c, b]) == 0 and "within 35 %" not in capsys.readouterr().out
 

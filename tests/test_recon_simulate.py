@@ -40,7 +40,7 @@ def test_simulate_in_a_stored_geometry(tmp_path, capsys):
     out = tmp_path / "scan"
     assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", str(GEOMETRY), "--out", str(out),
                  "--device", "cpu"]) == 0  # fmt: skip
-    stored, written = json.loads(GEOMETRY.read_text()), json.loads((out / "geometry.json").read_text())
+    stored, written = json.loads(GEOMETRY.read_text(encoding="utf-8")), json.loads((out / "geometry.json").read_text(encoding="utf-8"))
     assert {k: v for k, v in written.items() if k != "affine"} == {k: v for k, v in stored.items() if k != "affine"}
     np.testing.assert_allclose(written["affine"], affine)
     proj = np.load(out / "projections.npy")

@@ -75,7 +75,7 @@ def test_commands_print_what_they_wrote(scan, tmp_path, capsys):
     assert main(["reconstruct", "--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
                  "--out", str(tmp_path / "r"), "--no-progress", "--iterations", "1", "--num-gaussians", "50", "--device", "cpu"]) == 0  # fmt: skip
     printed = capsys.readouterr()
-    chosen = json.loads((tmp_path / "r" / "metrics.json").read_text())["projector"]  # what was built
+    chosen = json.loads((tmp_path / "r" / "metrics.json").read_text(encoding="utf-8"))["projector"]  # what was built
     how = {"astra": "ASTRA 2D, slice by slice", "torch": "PyTorch ray marcher"}[chosen]  # parallel beam on the CPU
     assert f"building the projector (parallel beam, 10 views, {chosen} backend: {how}, chosen by --backend auto, cpu)..." in printed.out
     assert f" s setting up the {chosen} projector, " in printed.out

@@ -56,7 +56,7 @@ def test_segment_reads_the_reference_at_the_image_slice(model_file, tmp_path):
     out = tmp_path / "seg"
     argv = ["segment", "--checkpoint", str(model_file), "--image", str(img), "--slice", "3", "--reference", str(ref)]
     assert main([*argv, "--out", str(out), "--num-layers", "4", "--threshold", "0"]) == 0
-    summary = json.loads((out / "segment.json").read_text())
+    summary = json.loads((out / "segment.json").read_text(encoding="utf-8"))
     assert summary["foreground_fraction"] > 0
     assert summary["iou"] == pytest.approx(summary["foreground_fraction"])  # the reference is the whole slice
 
@@ -92,7 +92,7 @@ def test_segment_reads_a_png_reference_once(model_file, tmp_path, monkeypatch):
     argv = ["segment", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--reference", str(tmp_path / "ref.png")]
     assert main([*argv, "--out", str(out), "--num-layers", "4"]) == 0
     assert sorted(reads) == ["img.png", "ref.png"]
-    assert 0.0 <= json.loads((out / "segment.json").read_text())["iou"] <= 1.0
+    assert 0.0 <= json.loads((out / "segment.json").read_text(encoding="utf-8"))["iou"] <= 1.0
 
 
 def test_outputs_lie_on_the_images_pixel_grid(model_file, tmp_path, capsys):
@@ -102,7 +102,7 @@ def test_outputs_lie_on_the_images_pixel_grid(model_file, tmp_path, capsys):
     common = ["--checkpoint", str(model_file), "--image", str(tmp_path / "wide.png")]
     assert main(["segment", *common, "--out", str(tmp_path / "s"), "--num-layers", "4"]) == 0
     assert np.asarray(Image.open(tmp_path / "s" / "foreground.png")).shape[:2] == (30, 50)
-    assert json.loads((tmp_path / "s" / "segment.json").read_text())["render_size"] == [30, 50]
+    assert json.loads((tmp_path / "s" / "segment.json").read_text(encoding="utf-8"))["render_size"] == [30, 50]
     assert main(["edges", *common, "--out", str(tmp_path / "e"), "--render-size", "16", "24"]) == 0
     assert all(np.asarray(Image.open(p)).shape[:2] == (16, 24) for p in (tmp_path / "e").glob("edges_l*.png"))
     capsys.readouterr()
@@ -190,13 +190,13 @@ def test_the_json_and_stdout_record_the_slice_and_window_of_a_nifti(model_file, 
     img = _nifti(tmp_path / "ct.nii.gz", volume, np.eye(4))  # RAS already: slice k of the file is slice k shown
     common = ["--checkpoint", str(model_file), "--image", str(img), "--num-layers", "4"]
     assert main(["layers", *common, "--slice", "5", "--window", "-150", "250", "--out", str(tmp_path / "l")]) == 0
-    image = json.loads((tmp_path / "l" / "layers.json").read_text())["image"]
+    image = json.loads((tmp_path / "l" / "layers.json").read_text(encoding="utf-8"))["image"]
     assert image["slice"] == {"axis": "axial", "index": 5, "count": 8}
     assert image["window"] == [-150.0, 250.0] and image["window_source"] == "--window"
     assert "axial slice 5 of 8 (numbered from 0), window -150 250 (--window)" in capsys.readouterr().out
 
     assert main(["segment", *common, "--out", str(tmp_path / "s")]) == 0
-    image = json.loads((tmp_path / "s" / "segment.json").read_text())["image"]
+    image = json.loads((tmp_path / "s" / "segment.json").read_text(encoding="utf-8"))["image"]
     assert image["slice"] == {"axis": "axial", "index": 4, "count": 8}  # the middle slice by default
     expected = np.percentile(volume[:, :, 4].astype(np.float32), [0.5, 99.5])
     np.testing.assert_allclose(image["window"], expected, rtol=1e-5)
@@ -209,7 +209,7 @@ def test_layer_stack_tiles_are_labelled_with_layer_and_gaussian_count(model_file
     out = tmp_path / "l"
     argv = ["layers", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(out)]
     assert main([*argv, "--num-layers", "5"]) == 0
-    summary = json.loads((out / "layers.json").read_text())
+    summary = json.loads((out / "layers.json").read_text(encoding="utf-8"))
     assert summary["gaussians_per_layer"] == [10, 10, 10, 9, 9] and summary["image"]["slice"] is None
     stack = np.asarray(Image.open(out / "layer_stack.png").convert("RGB"))
     # 5 tiles in one row, the image's 40 px enlarged x4 to 160 px, a 14 px band above each, 2 px gaps
@@ -256,13 +256,13 @@ def test_layer_defaults_fit_a_model_with_few_gaussians(tmp_path):
     Image.fromarray((np.random.default_rng(1).random((16, 16)) * 255).astype(np.uint8)).save(tmp_path / "img.png")
     common = ["--checkpoint", str(tmp_path / "small.pt"), "--image", str(tmp_path / "img.png")]
     assert main(["layers", *common, "--out", str(tmp_path / "l")]) == 0
-    assert json.loads((tmp_path / "l" / "layers.json").read_text())["num_layers"] == 12
+    assert json.loads((tmp_path / "l" / "layers.json").read_text(encoding="utf-8"))["num_layers"] == 12
     assert main(["segment", *common, "--out", str(tmp_path / "s")]) == 0
-    assert json.loads((tmp_path / "s" / "segment.json").read_text())["num_layers"] == 12
+    assert json.loads((tmp_path / "s" / "segment.json").read_text(encoding="utf-8"))["num_layers"] == 12
     assert main(["edges", *common, "--out", str(tmp_path / "e")]) == 0
-    assert json.loads((tmp_path / "e" / "edges.json").read_text())["granularities"] == [4, 8]
+    assert json.loads((tmp_path / "e" / "edges.json").read_text(encoding="utf-8"))["granularities"] == [4, 8]
     assert main(["layers", *common, "--out", str(tmp_path / "x"), "--num-layers", "13"]) == 2
-    assert json.loads((tmp_path / "l" / "layers.json").read_text())["partial_render_counts"] == [12]
+    assert json.loads((tmp_path / "l" / "layers.json").read_text(encoding="utf-8"))["partial_render_counts"] == [12]
 
 
 def test_layers_refuses_a_first_count_beyond_the_model_and_has_no_threshold(model_file, tmp_path, capsys):
@@ -273,7 +273,7 @@ def test_layers_refuses_a_first_count_beyond_the_model_and_has_no_threshold(mode
     assert "error: --first-count 1000 exceeds the model's 48 Gaussians" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert main([*argv, "--first-count", "48"]) == 0
-    assert json.loads((tmp_path / "o" / "layers.json").read_text())["partial_render_counts"] == [48]
+    assert json.loads((tmp_path / "o" / "layers.json").read_text(encoding="utf-8"))["partial_render_counts"] == [48]
     with pytest.raises(SystemExit) as refused:
         main([*argv, "--threshold", "0.1"])
     assert refused.value.code == 2 and "unrecognized arguments: --threshold 0.1" in capsys.readouterr().err

@@ -134,7 +134,7 @@ def test_the_segmentation_pre_check_warns_about_a_label_map_input_once_before_an
         for case in cases:
             pipeline(dict(case))
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
-    config = json.loads((Path(__file__).parents[1] / "bundles/unetr_finetune/configs/inference.json").read_text())
+    config = json.loads((Path(__file__).parents[1] / "bundles/unetr_finetune/configs/inference.json").read_text(encoding="utf-8"))
     assert "spec=@preprocessing_spec" in config["dataset"]["data"] and "warn_not_hu=False" in config["preprocessing"]
 
 
