@@ -12,6 +12,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 import functools  # noqa: E402
+import locale  # noqa: E402
 import hashlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -78,6 +79,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:  # the marker, not a keyword (a folder may be named gpu)
             item.add_marker(skip)
+
+
+#: The process locale the run started with (its default text encoding).
+_RUN_LOCALE = locale.setlocale(locale.LC_ALL)
+
+
+def _restore_locale() -> None:
+    if locale.setlocale(locale.LC_ALL) != _RUN_LOCALE:
+        locale.setlocale(locale.LC_ALL, _RUN_LOCALE)
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_locale():
+    """The run's process locale for each test, before it (a module fixture may have written DICOM) and after it:
+    GDCM (SimpleITK's DICOM writer, which tests use to make series) sets the locale to "C", and a later test in the
+    same worker would then read and write text as ASCII by default (the toolkit names UTF-8 itself, and only reads
+    DICOM, which leaves the locale as it is)."""
+    _restore_locale()
+    yield
+    _restore_locale()
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -41,6 +42,7 @@ def write_dicom_series(img: sitk.Image, folder: Path, series: int = 2, descripti
     orientation = "\\".join(f"{v:.10f}" for v in (*d[:, 0], *d[:, 1]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer sets the process locale to "C"
     for k in range(img.GetDepth()):
         sl = img[:, :, k]
         for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
@@ -52,6 +54,7 @@ def write_dicom_series(img: sitk.Image, folder: Path, series: int = 2, descripti
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"series{series}_slice_{k:03d}.dcm"))
         writer.Execute(sl)
+    locale.setlocale(locale.LC_ALL, saved_locale)
     return folder
 
 
