@@ -15,13 +15,20 @@ from medgmae.settings_diff import settings_differences
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRAINING_STATE", "ResumeRefused", "records_first", "restore_states", "load_scheduler_keeping_its_plan"]
+__all__ = ["TRAINING_STATE", "ResumeRefused", "records_first", "refusal", "restore_states", "load_scheduler_keeping_its_plan"]
 
 
 class ResumeRefused(InputRefusal):
     """A resume that cannot continue the saved run as asked: another epoch length, a ``max_epochs`` it has reached,
     other settings or other data, a checkpoint of another kind of run; the message names the checkpoint, what differs
     and what to do. A bundle stopped by one prints the message alone (:class:`~medgmae.bundle_errors.InputRefusal`)."""
+
+
+def refusal(message: str, causes: list[BaseException]) -> ValueError:
+    """One error for several refusals of a resume: a :class:`ResumeRefused` when every cause is one, else a plain
+    ``ValueError`` (a record that failed otherwise may be the toolkit's fault: its traceback stays)."""
+    kind = ResumeRefused if causes and all(isinstance(e, ResumeRefused) for e in causes) else ValueError
+    return kind(message)
 
 # What a learning-rate scheduler's state_dict holds of its progress; every other entry (t_total, warmup_steps, ...)
 # is how it was built, which this run's settings decide.
@@ -70,7 +77,8 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
                 raise ValueError(f"cannot resume from checkpoint {path} ('{name}'): {e}") from e
             refused.append((name, e))
     if refused:  # the records' refusals: other settings or data than the saved run's
-        raise ResumeRefused(f"cannot resume from checkpoint {path} " + "; ".join(f"('{n}'): {e}" for n, e in refused)) from refused[0][1]
+        raise refusal(f"cannot resume from checkpoint {path} " + "; ".join(f"('{n}'): {e}" for n, e in refused),
+                      [e for _, e in refused]) from refused[0][1]
     for scheduler in replanned:
         _rates_of_the_plan(scheduler)
 

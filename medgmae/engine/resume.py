@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.distributed import rank_world
-from medgmae.engine.restore import ResumeRefused, restore_states
+from medgmae.engine.restore import ResumeRefused, refusal, restore_states
 from medgmae.files import load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -380,6 +380,5 @@ def check_resume_fits(
         except ValueError as e:
             refused.append(e)
     if refused:
-        kind = ResumeRefused if all(isinstance(e, ResumeRefused) for e in refused) else ValueError
-        raise kind("\n".join(str(e) for e in refused)) from refused[0]
+        raise refusal("\n".join(str(e) for e in refused), refused) from refused[0]
     return path
