@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 
 from medgmae.files import atomic_write, read_json
-from medgmae.finetune.data import FOREGROUND_CROP, finetuned_spec
+from medgmae.finetune.data import FOREGROUND_CROP
 from medgmae.finetune.best_model import load_finetuned
-from medgmae.preprocessing import PreprocessingSpec
+from medgmae.preprocessing import PreprocessingSpec, model_preprocessing
 
 #: largest |traced - eager| accepted on a random patch (float32 logits of order 1-10)
 EXPORT_ATOL = 1e-4
@@ -164,7 +164,8 @@ def export_torchscript(
     if metadata_file is not None:
         meta = read_json(metadata_file, "bundle's metadata.json")
     network = load_finetuned(checkpoint, purpose="export needs the best_model.pt of a fine-tuning run").eval()
-    spec = network.preprocessing or finetuned_spec(checkpoint)  # a file recording none: the default, with a warning
+    # a file recording none: the default at the encoder's own window, with a warning (the file is not read again)
+    spec = network.preprocessing or model_preprocessing(network.vit, str(checkpoint))
     roi, channels = list(network.vit.img_size), network.vit.in_channels
     make = torch.Generator().manual_seed(0)
     traced = _trace(network, torch.rand(1, channels, *roi, generator=make))
