@@ -37,6 +37,7 @@ sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: t
 
 import recon.fbp as fbp_module  # noqa: E402
 from medgmae.cli_types import positive_float, positive_int  # noqa: E402
+from medgmae.files import save_json_atomic  # noqa: E402
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
 from recon.initialisation import fbp_init  # noqa: E402
@@ -125,8 +126,8 @@ def main(argv=None) -> int:
         more = f"{g['end']:.2f} | {g['peak']:.2f} ({g['peak_iteration']})" if g else "- | -"
         print(f"| {r['scan']} | {tuple(r['det_shape'])} | {r['det_offset_mm']:.1f} | {r['fdk_psnr']:.2f} | {more} |")
     if args.json:
-        args.json.write_text(json.dumps({"machine": platform.platform(), "args": vars(args) | {"json": str(args.json)},
-                                         "rows": rows}, indent=2) + "\n", encoding="utf-8")  # fmt: skip
+        save_json_atomic({"machine": platform.platform(), "args": vars(args) | {"json": str(args.json)}, "rows": rows},
+                         args.json)
     return 0
 
 

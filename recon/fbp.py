@@ -384,7 +384,8 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     # rows beyond the volume's ends would dilute it); judged over the views by the upper quartile, since an object
     # wider than the field of view is cut in many views, and noise peaks in a few
     seen = p.mean(dim=2, dtype=torch.float64) > threshold * peak  # (V, rows): their mean, as noise averages out
-    if geometry.half_fan:  # the short side's outer column sees the object by design: the wide side's alone counts
+    half_fan = geometry.half_fan
+    if half_fan:  # the short side's outer column sees the object by design: the wide side's alone counts
         wide = p[:, :, 0 if geometry.det_offset[0] < 0 else -1].double()
         outer = wide.masked_fill(~seen, float("nan"))
     else:
@@ -394,9 +395,8 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     if share <= threshold:
         return None
     worst = int(edges.argmax())
-    width = geometry.det_shape[1] * geometry.det_spacing[1] - 2 * abs(geometry.det_offset[0])  # seen in every view
-    if geometry.half_fan:  # seen from one side or the other over the turn
-        width = geometry.det_shape[1] * geometry.det_spacing[1] + 2 * abs(geometry.det_offset[0])
+    # seen in every view (a half-fan scan: from one side or the other over the turn)
+    width = geometry.det_shape[1] * geometry.det_spacing[1] + (2 if half_fan else -2) * abs(geometry.det_offset[0])
     fov = width if geometry.kind == "parallel" else width * geometry.source_origin / geometry.source_detector
     what = "FBP" if geometry.kind == "parallel" else "FDK"
     return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral "

@@ -28,7 +28,7 @@ __all__ = ["HeldOutViews", "direction_period", "fitted_views_fbp", "holdout_spli
 def direction_period(geometry) -> float:
     """The angle after which a scan's views look along the same lines again: 180 degrees, or 360 for a half-fan scan
     (:attr:`~recon.geometry.CTGeometry.half_fan`), whose opposite views see opposite halves of the object."""
-    return 2 * math.pi if getattr(geometry, "half_fan", False) else math.pi
+    return 2 * math.pi if geometry.half_fan else math.pi
 
 
 def holdout_split(angles, holdout: int, period: float = math.pi) -> tuple[Tensor, Tensor]:
