@@ -54,15 +54,8 @@ def check_settings(
     failure of the bundle ends with its reason.
 
     Args:
-        settings: ``{key: (value, kind)}``; kind is a name of :data:`~medgmae.setting_kinds.KINDS` (``"positive_int"``, ``"int"``...),
-            the same name with an ``s`` (one value or a list of them), ``"bool"`` (what
-            :func:`~medgmae.cli_types.as_bool` reads), ``"image_size"`` (a square 2D image edge: an integer of at
-            least :data:`~medgmae.setting_kinds.MIN_IMAGE_SIZE` and a multiple of the ``patch_size`` setting, which must be among
-            ``settings``), ``"schedule_epochs"`` (a learning-rate schedule's length: a positive integer of at least
-            the ``max_epochs`` setting, which must be among ``settings``), ``"roi_size"`` (a 3D crop: an integer or a list of 3, multiples of the ``patch_size``
-            setting when there is one; ``"roi_edge"``: an integer only), any of these names after ``optional_``
-            (``"optional_nonneg_int"``: also ``null``, a setting not given), a list of the allowed values, or a
-            callable that raises ``ValueError`` (naming the problem) for a bad value (e.g. :func:`~medgmae.setting_kinds.roi_size_check`).
+        settings: ``{key: (value, kind)}``; the kinds (``"positive_int"``, ``"bool"``, ``"roi_size"``, a list of the
+            allowed values, a callable...) are listed in :mod:`medgmae.setting_kinds`.
         output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
         run_kinds: the model kinds a training bundle writes: a model file, ``encoder.pt`` or training checkpoint of
             another kind in ``output_dirs["output_dir"]`` is a problem (another bundle's run, which this one would

@@ -1,6 +1,22 @@
 """The kinds of value a bundle setting can be, and the checks of crop, patch and mask settings, by which
 :func:`medgmae.bundle_checks.check_settings` names every bad key at a bundle's start (a kind's name, e.g.
-``"positive_int"``, or a check built here, e.g. :func:`roi_size_check`, in a config's ``checked_settings``)."""
+``"positive_int"``, or a check built here, e.g. :func:`roi_size_check`, in a config's ``checked_settings``).
+
+A setting's kind is one of:
+
+- a name of :data:`KINDS` (``"positive_int"``, ``"int"``...), or the same name with an ``s`` (one value or a list
+  of them);
+- ``"bool"``: what :func:`~medgmae.cli_types.as_bool` reads;
+- ``"image_size"``: a square 2D image edge, an integer of at least :data:`MIN_IMAGE_SIZE` and a multiple of the
+  ``patch_size`` setting, which must be among ``settings``;
+- ``"schedule_epochs"``: a learning-rate schedule's length, a positive integer of at least the ``max_epochs``
+  setting, which must be among ``settings``;
+- ``"roi_size"``: a 3D crop, an integer or a list of 3, multiples of the ``patch_size`` setting when there is one
+  (``"roi_edge"``: an integer only);
+- any of these names after ``optional_`` (``"optional_nonneg_int"``: also ``null``, a setting not given);
+- a list of the allowed values;
+- a callable that raises ``ValueError`` (naming the problem) for a bad value (e.g. :func:`roi_size_check`).
+"""
 
 from __future__ import annotations
 
@@ -33,8 +49,9 @@ KINDS: dict[str, Callable[[str], Any]] = {
 
 
 def setting_problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any], settings: Mapping[str, tuple]) -> str | None:
-    """Why ``value`` is not of ``kind`` (see :func:`check_settings`), ``None`` when it is; ``settings`` are all the
-    settings checked together (an ``image_size`` is checked against the ``patch_size`` among them)."""
+    """Why ``value`` is not of ``kind``, ``None`` when it is; ``settings`` are all the settings checked together (an
+    ``image_size`` is checked against the ``patch_size`` among them); the kinds are listed in this module's
+    docstring."""
     if isinstance(kind, str) and kind.startswith("optional_"):  # null: the setting is not given
         if value is None:
             return None
