@@ -1,17 +1,16 @@
-"""Exact resumption: bit for bit, through a stop while validating or in the closing steps, refused for changed
-settings, epoch lengths or data, checked before a trainer is built."""
+"""Exact resumption: bit for bit, through a stop while validating, while writing an epoch's checkpoint or in the
+closing steps, and a finished checkpoint refused when the engine starts (the refusals of changed settings, epoch
+lengths or data, and the check before a trainer is built: test_engine_resume_checks.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.data import DataLoader
 
-from medgmae.engine import check_resume_fits, latest_checkpoint
+from medgmae.engine import latest_checkpoint
 from medgmae.files import load_torch_file
 
 from engine_helpers import make_trainer
@@ -150,44 +149,6 @@ def test_a_stop_while_validating_the_last_epoch_resumes_to_validate_it_and_close
         again.run()
 
 
-class _Record:
-    """A state_dict-able object that refuses a state other than its own (as a model's configuration record does)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def state_dict(self):
-        return {"value": self.value}
-
-    def load_state_dict(self, state):
-        if state["value"] != self.value:
-            raise ValueError(f"saved {state['value']}, current {self.value}")
-
-
-def test_failed_resume_names_the_file_and_writes_nothing(tmp_path):
-    """A resume whose state does not fit fails naming the checkpoint and the object, before any training, and
-    writes no checkpoint (the epoch checkpoint it read is left as it was)."""
-    part, _ = make_trainer(tmp_path, 2, resume=False, extra={"record": _Record(1)})
-    part.run()
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    rest, _ = make_trainer(tmp_path, 4, resume=True, extra={"record": _Record(2)})
-    with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*checkpoint_epoch=2\.pt \('record'\): saved 1, current 2"):
-        rest.run()
-    assert rest.state.iteration == 0
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-
-
-def test_a_changed_setting_is_named_before_the_weights_refuse_it(tmp_path):
-    """A resume with another model size: the configuration record names the change, not a tensor's shape."""
-    part, _ = make_trainer(tmp_path, 1, resume=False, extra={"record": _Record(64)})
-    part.run()
-    rest, net = make_trainer(tmp_path, 2, resume=True, extra={"record": _Record(32)})
-    with torch.no_grad():  # the weights would refuse the state too (as a changed num_gaussians does)
-        net[1].weight = torch.nn.Parameter(torch.zeros(3, 4))
-    with pytest.raises(ValueError, match=r"\('record'\): saved 64, current 32"):
-        rest.run()
-
-
 def test_a_finished_checkpoint_is_refused_at_engine_start(tmp_path, folder_state):
     """Resuming a checkpoint that has already trained max_epochs epochs would train nothing and still rewrite
     checkpoint_final.pt: the handler refuses it as check_resume_fits does, unless told a finished stage is fine."""
@@ -250,154 +211,3 @@ def test_a_run_stopped_in_its_closing_steps_resumes_to_finish_them(tmp_path):
     lowered, _ = make_trainer(longer, 2, resume=True)
     with pytest.raises(ValueError, match="nothing to resume"):
         lowered.run()
-
-
-def test_a_checkpoint_from_before_a_settings_record_resumes_with_a_warning(tmp_path, caplog):
-    """A run that records its settings (a SettingsRecord among the objects) resumes a checkpoint written before
-    it did, saying so; one written with other settings is refused naming them."""
-    from medgmae.engine.records import SettingsRecord
-
-    part, _ = make_trainer(tmp_path, 2, resume=False)
-    part.run()
-    rest, _ = make_trainer(tmp_path, 3, resume=True, extra={"settings": SettingsRecord({"width": 4}, "the test")})
-    with caplog.at_level("WARNING"):
-        rest.run()
-    assert rest.state.epoch == 3 and "was written before its run recorded ['settings']" in caplog.text
-    other, _ = make_trainer(tmp_path, 4, resume=True, extra={"settings": SettingsRecord({"width": 8}, "the test")})
-    with pytest.raises(ValueError, match=r"written by the test with other settings \(width: saved 4, now 8\)"):
-        other.run()
-
-
-def test_a_setting_added_later_reads_an_older_record_as_its_earlier_behaviour():
-    """GViT's ``classifier_freqs`` was 6 before it was a setting: an older phase checkpoint (its model record without
-    the key) is compared as 6, so the default 2 is named as the difference and ``--classifier_freqs 6`` resumes."""
-    from medgmae.twod.gvit_phases import resume_records
-
-    saved = resume_records({"model": {"num_classes": 3}, "data": {"seed": 0}}, None)["settings"].state_dict()
-    now = resume_records({"model": {"num_classes": 3, "classifier_freqs": 2}, "data": {"seed": 0}}, None)["settings"]
-    with pytest.raises(ValueError, match=r"model\.classifier_freqs: saved 6, now 2"):
-        now.load_state_dict(saved)
-    resume_records({"model": {"num_classes": 3, "classifier_freqs": 6}, "data": {"seed": 0}}, None)["settings"].load_state_dict(saved)
-    now.load_state_dict(now.state_dict())  # a record that has the key: compared as saved
-
-
-def test_settings_sections_added_later_are_not_compared_with_older_checkpoints(caplog):
-    """A checkpoint whose record lacks a whole section the run records now (added in a later version) resumes with a
-    warning naming it; the sections it holds are still compared."""
-    from medgmae.engine.records import SettingsRecord
-
-    saved = SettingsRecord({"model": {"width": 4}}, "the test").state_dict()
-    newer = SettingsRecord({"model": {"width": 4}, "preprocessing": {"spacing": [1.5, 1.5, 2.0]}}, "the test")
-    with caplog.at_level("WARNING"):
-        newer.load_state_dict(saved)
-    assert "records no preprocessing settings (an earlier version wrote it)" in caplog.text
-    wider = SettingsRecord({"model": {"width": 8}, "preprocessing": {"spacing": [1.5, 1.5, 2.0]}}, "the test")
-    with pytest.raises(ValueError, match=r"model\.width: saved 4, now 8"):
-        wider.load_state_dict(saved)
-    newer.load_state_dict(newer.state_dict())  # a record of this version: every section compared, all equal
-    with pytest.raises(ValueError, match=r"preprocessing\.spacing"):
-        newer.load_state_dict(SettingsRecord({"model": {"width": 4}, "preprocessing": {"spacing": [1.0, 1.0, 1.0]}}).state_dict())
-
-
-def test_a_changed_epoch_length_is_refused(tmp_path):
-    """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
-    against the new epoch length: ignite ended such a run at once, having trained nothing."""
-    part, _ = make_trainer(tmp_path, 2, resume=False, batch_size=2)
-    part.run()
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    rest, _ = make_trainer(tmp_path, 4, resume=True, batch_size=3)
-    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt is at epoch 2 after 6 iterations \(3 per epoch, batch size 2\), "
-                                         r"but this run has 2 iterations per epoch \(batch size 3\): the batch size changed "
-                                         r"from 2 to 3\. Resume .*\(--batch_size 2\)"):
-        rest.run()
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    same, _ = make_trainer(tmp_path, 3, resume=True, batch_size=2)
-    same.run()
-    assert same.state.iteration == 9
-
-
-def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
-    """check_resume_fits refuses, from the checkpoint's recorded loader, epoch and settings records alone, what
-    CheckpointHandler would refuse when the engine starts: another epoch length (naming both batch sizes), an epoch
-    beyond max_epochs, or a record of other settings."""
-    loader = lambda batch_size: DataLoader(list(range(6)), batch_size=batch_size)  # noqa: E731
-    assert check_resume_fits(tmp_path, loader(3), max_epochs=4) is None  # no checkpoint: a fresh start
-    part, _ = make_trainer(tmp_path, 2, resume=False, batch_size=2, extra={"record": _Record(1)})
-    part.run()
-    saved = torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
-    assert saved["loader"] == {"batch_size": 2, "epoch_length": 3, "num_workers": 0, "world_size": 1}
-    assert saved["engine"] == {"epoch": 2, "iteration": 6, "max_epochs": 2}
-    assert check_resume_fits(tmp_path, loader(2), max_epochs=4) == tmp_path / "checkpoint_epoch=2.pt"
-    with pytest.raises(ValueError, match=r"\(3 per epoch, batch size 2\), but this run has 2 iterations per epoch "
-                                         r"\(batch size 3\): the batch size changed from 2 to 3"):
-        check_resume_fits(tmp_path, loader(3), max_epochs=4)
-    assert check_resume_fits(tmp_path, loader(3), max_epochs=4, resume=False) is None
-    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt is at epoch 2, beyond max_epochs=1"):
-        check_resume_fits(tmp_path, loader(2), max_epochs=1)
-    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt has already trained 2 epochs = --max_epochs 2: "
-                                         r"nothing to resume; give a larger --max_epochs to train on"):
-        check_resume_fits(tmp_path, loader(2), max_epochs=2)
-    assert check_resume_fits(tmp_path, loader(2), max_epochs=3) == tmp_path / "checkpoint_epoch=2.pt"
-    assert check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(1)}) is not None
-    with pytest.raises(ValueError, match=r"cannot resume from checkpoint .*checkpoint_epoch=2\.pt \('record'\): saved 1, current 2"):
-        check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(2)})
-    # every record that refuses is named in the one error (other settings and other data: not one per try)
-    saved["objects"]["other"] = {"value": 5}
-    torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")
-    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt \('record'\): saved 1, current 2; \('other'\): "
-                                         r"saved 5, current 6"):
-        check_resume_fits(tmp_path, loader(2), max_epochs=4, records={"record": _Record(2), "other": _Record(6)})
-    # another epoch length (another data folder) and a refusing record (another setting): both in the one error
-    with pytest.raises(ValueError) as both:
-        check_resume_fits(tmp_path, loader(3), max_epochs=4, records={"record": _Record(2), "other": _Record(5)})
-    first, second = str(both.value).split("\n")
-    assert "(3 per epoch, batch size 2), but this run has 2 iterations per epoch (batch size 3)" in first
-    assert second.endswith("checkpoint_epoch=2.pt ('record'): saved 1, current 2")
-    # a checkpoint beyond --max_epochs and a refusing record: both named too (the record hid the epochs)
-    with pytest.raises(ValueError) as both:
-        check_resume_fits(tmp_path, loader(2), max_epochs=1, records={"record": _Record(2), "other": _Record(5)})
-    first, second = str(both.value).split("\n")
-    assert "checkpoint_epoch=2.pt is at epoch 2, beyond max_epochs=1" in first and "('record'): saved 1" in second
-    # a checkpoint from before the loader was recorded: the epoch lengths are named, and the possible causes
-    del saved["loader"]
-    torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")
-    with pytest.raises(ValueError, match=r"\(3 per epoch\), but this run has 2 iterations per epoch \(batch size 3\): "
-                                         r"the batch size, the number of training cases or the samples per case changed"):
-        check_resume_fits(tmp_path, loader(3), max_epochs=4)
-
-
-def _cases(root: Path, sizes: dict[str, int]) -> list[dict]:
-    for name, size in sizes.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(b"x" * size)
-    return [{"image": str(root / name)} for name in sizes]
-
-
-def test_cases_record_refuses_other_data_of_the_same_count(tmp_path):
-    """The training cases are compared by path (relative to the folder holding them all) and size: a dataset moved
-    as a whole resumes; one file of another size, another file or another order at an equal count (which the
-    epoch-length check cannot see) is refused, naming the file; in-memory arrays compare by content."""
-    from medgmae.engine.records import CasesRecord
-
-    sizes = {"imagesTr/a.nii.gz": 10, "imagesTr/b.nii.gz": 20, "series/c/1.dcm": 5}
-    saved = CasesRecord(_cases(tmp_path / "old", sizes), what="the test").state_dict()
-    CasesRecord(_cases(tmp_path / "moved" / "data", sizes)).load_state_dict(saved)
-    CasesRecord([{"image": str(tmp_path / "old" / "series" / "c")}]).load_state_dict(
-        CasesRecord([{"image": str(tmp_path / "moved" / "data" / "series" / "c")}]).state_dict())  # a DICOM folder
-    with pytest.raises(ValueError, match=r"the test trained on other data: 3 cases then, 3 now, 1 differing "
-                                         r'\(saved \{"image": \["imagesTr/b.nii.gz", 20\]\}; now \{"image": \["imagesTr/b.nii.gz", 21\]\}'):
-        CasesRecord(_cases(tmp_path / "edited", {**sizes, "imagesTr/b.nii.gz": 21}), what="the test").load_state_dict(saved)
-    renamed = {("imagesTr/d.nii.gz" if k.endswith("a.nii.gz") else k): v for k, v in sizes.items()}
-    with pytest.raises(ValueError, match=r"imagesTr/a.nii.gz.*now .*imagesTr/d.nii.gz"):
-        CasesRecord(_cases(tmp_path / "renamed", renamed)).load_state_dict(saved)
-    with pytest.raises(ValueError, match="the same cases in another order"):
-        CasesRecord(_cases(tmp_path / "old", dict(reversed(sizes.items())))).load_state_dict(saved)
-    arrays = CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4)}]).state_dict()
-    CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4)}]).load_state_dict(arrays)
-    with pytest.raises(ValueError, match="1 differing") as err:
-        CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4) * 2}]).load_state_dict(arrays)
-    # generated images are said as such, not by their digests (which tell a reader nothing)
-    assert "(1 generated image (held in memory, e.g. phantom slices) with other pixels" in str(err.value)
-    assert "<array>" not in str(err.value)
-    with pytest.raises(ValueError, match="cases must be a list"):
-        CasesRecord("dataset.json")
