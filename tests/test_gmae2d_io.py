@@ -1,4 +1,5 @@
-"""2D GMAE's image reading (PNG, JPEG, DICOM frames, masks, integer scales) and its command line end to end."""
+"""2D GMAE's image reading (PNG, JPEG, DICOM frames, masks, integer scales) and its command line end to end (what the
+2D datasets say about the folders they read: test_twod_data_messages.py)."""
 
 from __future__ import annotations
 
@@ -366,51 +367,3 @@ def test_closing_summary_does_not_promise_fine_tuning_of_the_2d_encoder(tmp_path
     line3d = [ln for ln in PretrainSummary(tmp_path, MetricHistory(), "medgmae").text(s).splitlines()
               if "encoder.pt" in ln][0]  # fmt: skip
     assert "fine-tuning" in line3d  # unetr_finetune reads the 3D encoder.pt
-
-
-def test_a_folder_with_several_unreadable_images_names_them_all(tmp_path):
-    """The 2D GMAE dataset's cache stops at the first bad file; the error then names every unreadable image of the
-    folder (read again only on that failure), as the 3D pre-check does."""
-    from medgmae.twod.data2d import gmae2d_dataset
-
-    for i in range(3):
-        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(tmp_path / f"ok{i}.png")
-    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n garbage")
-    (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(ValueError) as err:
-        gmae2d_dataset(tmp_path, image_size=(16, 16), log=False)
-    msg = str(err.value)
-    assert msg.startswith(f"2 unreadable image(s) in dataset_dir {tmp_path}") and "cut.png" in msg and "empty.png" in msg
-    assert "ok0.png" not in msg
-    assert len(gmae2d_dataset(tmp_path, image_size=(16, 16), log=False, cache=False)) == 5  # read lazily: no check
-
-
-def test_a_data_folder_named_by_a_number_is_a_folder(tmp_path, monkeypatch):
-    """MONAI's command line reads ``--dataset_dir 2024`` as the number 2024: the 2D training folder and GViT's class
-    folders of that name are read as folders (both stopped on "expected str, bytes or os.PathLike object, not int")."""
-    from medgmae.twod.classification_data import resolve_classification_data
-    from medgmae.twod.data2d import gmae2d_dataset
-
-    for rel in ("2024/a.png", "2024/b.png", "2025/x/0.png", "2025/x/1.png", "2025/y/0.png", "2025/y/1.png"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((12, 12), 100, np.uint8)).save(tmp_path / rel)
-    monkeypatch.chdir(tmp_path)
-    assert len(gmae2d_dataset(2024, image_size=(16, 16), log=False)) == 2
-    data = resolve_classification_data(2025, tmp_path / "unused", image_size=16, val_fraction=0.5)
-    assert data.class_names == ["x", "y"] and len(data.train) + len(data.val) == 4
-    assert data.settings["dataset_dir"] == str(tmp_path / "2025")
-
-
-def test_a_broken_link_in_an_image_folder_is_named_not_passed_over(tmp_path):
-    """A link whose target is gone (a data set linked from storage that is not mounted) is named as an image that is
-    not found, with its target, when a 2D training folder is read: it was left out of the listing without a word,
-    and training ran on the other images."""
-    from medgmae.twod.data2d import gmae2d_dataset, image_folder_items
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    Image.fromarray(np.full((12, 12), 100, np.uint8)).save(folder / "a.png")
-    (folder / "b.png").symlink_to(tmp_path / "unmounted" / "b.png")
-    assert [p["image"] for p in image_folder_items(folder, log=False)] == [str(folder / "a.png"), str(folder / "b.png")]
-    with pytest.raises(ValueError, match=r"image not found: .*b\.png \(a link to .*unmounted/b\.png, which is not found\)"):
-        gmae2d_dataset(folder, image_size=(16, 16), log=False)
