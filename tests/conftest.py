@@ -187,6 +187,15 @@ def stop_while_validating():
     return _stop_while_validating
 
 
+@pytest.fixture(scope="session")
+def pretrain_runs(tmp_path_factory) -> dict:
+    """The medgmae_pretrain bundle's runs (pretrain_helpers.pretraining_runs), run once for the two modules that read
+    them: test_pretrain_bundle.py and test_pretrain_bundle_resume_checks.py."""
+    from pretrain_helpers import pretraining_runs
+
+    return pretraining_runs(tmp_path_factory.mktemp("pretrain_bundle"))
+
+
 @pytest.fixture
 def dead_pid() -> int:
     """The id of a process that has ended (a child run and waited for)."""

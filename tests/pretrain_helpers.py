@@ -54,3 +54,28 @@ def free_port() -> int:
 
 def torchrun_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def pretraining_runs(root: Path) -> dict:
+    """In ``root``: one short run generating phantoms (then resumed to 2 epochs) and an uninterrupted 2-epoch run on
+    the same phantoms; what the first run wrote, before its resume, and the resume's log (conftest.py's
+    ``pretrain_runs`` runs it once for the modules that read these runs)."""
+    resumed, straight = root / "resumed", root / "straight"
+    first = succeeded(bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(resumed), "--max_epochs", "1", cwd=root))
+    after_first = {
+        "epoch_ckpt": sorted(p.name for p in resumed.glob("checkpoint_epoch=*.pt")),
+        "encoder": read_checkpoint(resumed / "encoder.pt"),
+        "model": read_checkpoint(resumed / "model.pt"),
+        "log": first.stdout + first.stderr,
+    }
+    dataset = resumed / "phantom" / "dataset.json"
+    second = succeeded(
+        bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(resumed), "--max_epochs", "2",
+                "--resume", "true", cwd=root)
+    )  # fmt: skip
+    # the default run id ("run") of the same config, from the same phantom data, without interruption (with the
+    # loader workers of the phantom run: the default for a given dataset_dir is 4)
+    succeeded(bundle_process("run", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(dataset), "--output_dir", str(straight),
+                "--max_epochs", "2", "--num_workers", "0", cwd=root))  # fmt: skip
+    return {"root": root, "resumed": resumed, "straight": straight, "dataset": dataset, "first": after_first,
+            "resume_log": second.stdout + second.stderr}  # fmt: skip

@@ -1,5 +1,6 @@
 """The medgmae_pretrain bundle end to end on generated phantoms: outputs, validation, pictures, TensorBoard,
-summary, inference, and exact resumption (also of a stop while validating, and under torchrun)."""
+summary, inference, and exact resumption (also of a stop while validating, and under torchrun); the resumes it
+refuses: test_pretrain_bundle_resume_checks.py."""
 
 from __future__ import annotations
 
@@ -32,29 +33,10 @@ from pretrain_helpers import (
 )
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One short run generating phantoms (then resumed to 2 epochs) and an uninterrupted 2-epoch run."""
-    root = tmp_path_factory.mktemp("pretrain_bundle")
-    resumed, straight = root / "resumed", root / "straight"
-    first = succeeded(bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(resumed), "--max_epochs", "1", cwd=root))
-    after_first = {
-        "epoch_ckpt": sorted(p.name for p in resumed.glob("checkpoint_epoch=*.pt")),
-        "encoder": read_checkpoint(resumed / "encoder.pt"),
-        "model": read_checkpoint(resumed / "model.pt"),
-        "log": first.stdout + first.stderr,
-    }
-    dataset = resumed / "phantom" / "dataset.json"
-    second = succeeded(
-        bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(resumed), "--max_epochs", "2",
-                "--resume", "true", cwd=root)
-    )  # fmt: skip
-    # the default run id ("run") of the same config, from the same phantom data, without interruption (with the
-    # loader workers of the phantom run: the default for a given dataset_dir is 4)
-    succeeded(bundle_process("run", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(dataset), "--output_dir", str(straight),
-                "--max_epochs", "2", "--num_workers", "0", cwd=root))  # fmt: skip
-    return {"root": root, "resumed": resumed, "straight": straight, "dataset": dataset, "first": after_first,
-            "resume_log": second.stdout + second.stderr}  # fmt: skip
+@pytest.fixture
+def runs(pretrain_runs):
+    """One short run generating phantoms (then resumed to 2 epochs) and an uninterrupted 2-epoch run (conftest.py)."""
+    return pretrain_runs
 
 
 def test_smoke_run_writes_checkpoint_encoder_and_model(runs):
@@ -247,93 +229,6 @@ def test_a_fresh_run_replaces_every_output_the_bundle_writes(runs):
         assert written and written <= replaced, sorted(str(p.relative_to(out)) for p in written - replaced)
 
 
-def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_state):
-    """A copy of the 2-epoch run (2 training volumes: 2 iterations per epoch at batch size 1) resumed with batch
-    size 2 is refused before its TensorBoard writer exists: the folder is byte for byte as it was, and the error
-    names both batch sizes and both epoch lengths. So is a resume with another number of Gaussians."""
-    import shutil
-
-    out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
-    before = folder_state(out)
-
-    def resume(flag: str, value: str) -> subprocess.CompletedProcess:
-        small = SMALL[:]
-        small[small.index(flag) + 1] = value
-        return bundle_process("run", "training", "--config_file", TRAIN, *small, "--dataset_dir", str(runs["dataset"]),
-                       "--output_dir", str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", cwd=tmp_path)
-
-    proc = resume("--batch_size", "2")
-    assert proc.returncode != 0
-    assert ("checkpoint_epoch=2.pt is at epoch 2 after 4 iterations (2 per epoch, batch size 1), but this run has 1 "
-            "iterations per epoch (batch size 2)") in proc.stderr, proc.stderr[-3000:]
-    assert folder_state(out) == before
-    proc = resume("--num_gaussians", "16")
-    assert proc.returncode != 0 and "num_gaussians: saved 8, now 16" in proc.stderr, proc.stderr[-3000:]
-    assert folder_state(out) == before
-    # the restored optimiser would keep its saved learning rate; other validation crops would score another set
-    proc = bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]), "--output_dir",
-                   str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", "--learning_rate", "0.001",
-                   "--val_crops", "3", cwd=tmp_path)  # fmt: skip
-    assert proc.returncode != 0, proc.stderr[-3000:]
-    assert ("MedGMAE pre-training with other settings (optimiser.learning_rate: saved 0.00015, now 0.001; "
-            "validation.val_crops: saved 2, now 3)") in proc.stderr, proc.stderr[-3000:]
-    # crops per volume and step, and the gradient clipping, change what is trained without changing the epoch's length
-    small = SMALL[:]
-    small[small.index("--num_samples") + 1] = "2"
-    proc = bundle_process("run", "training", "--config_file", TRAIN, *small, "--dataset_dir", str(runs["dataset"]), "--output_dir",
-                   str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", "--grad_clip", "0.5", cwd=tmp_path)  # fmt: skip
-    assert proc.returncode != 0, proc.stderr[-3000:]
-    assert ("MedGMAE pre-training with other settings (step.grad_clip: saved 1.0, now 0.5; step.num_samples: "
-            "saved 1, now 2)") in proc.stderr, proc.stderr[-3000:]
-    assert folder_state(out) == before
-
-
-def test_resume_on_other_data_of_the_same_count_writes_nothing(runs, tmp_path, folder_state):
-    """The phantom dataset moved elsewhere resumes (paths compare relative to the data's folder); with one training
-    volume edited (same number of cases, so the same epoch length) the resume is refused naming the file, and the
-    run's folder, its cache folder (the pre-check's ledger) included, is byte for byte as it was: the pre-check
-    runs after the resume check."""
-    import shutil
-
-    import nibabel as nib
-
-    out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
-    data = shutil.copytree(runs["dataset"].parent, tmp_path / "moved" / "phantom")
-    args = ["run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(data / "dataset.json"),
-            "--output_dir", str(out), "--num_workers", "0", "--resume", "true"]  # fmt: skip
-    moved = shutil.copytree(out, tmp_path / "moved_run", copy_function=shutil.copy2)
-    succeeded(bundle_process(*[str(moved) if a == str(out) else a for a in args], "--max_epochs", "3", cwd=tmp_path))
-    before = folder_state(out)
-    for path in sorted(data.rglob("*.nii.gz")):  # every image edited: whichever the split trains on
-        if "label" not in path.name:
-            img = nib.load(path)
-            voxels = np.asarray(img.dataobj).copy()
-            voxels[:4] = np.random.default_rng(0).integers(-100, 100, voxels[:4].shape)
-            nib.save(nib.Nifti1Image(voxels, img.affine, img.header), path)
-    proc = bundle_process(*args, "--max_epochs", "3", cwd=tmp_path)
-    assert proc.returncode != 0 and "MedGMAE pre-training trained on other data: 2 cases then, 2 now" in proc.stderr, proc.stderr[-3000:]
-    assert '2 differing (saved {"image": ["imagesTr/' in proc.stderr, proc.stderr[-3000:]
-    assert folder_state(out) == before
-
-
-def test_resume_with_another_validation_list_writes_nothing(runs, tmp_path, folder_state):
-    """The best model is chosen on the validation volumes: a resume whose datalist lists other ones (training
-    unchanged) is refused naming both, and the run's folder is byte for byte as it was."""
-    import shutil
-
-    out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
-    data = shutil.copytree(runs["dataset"].parent, tmp_path / "data" / "phantom")
-    datalist = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
-    assert datalist["validation"] and datalist["validation"] != datalist["training"][:1]
-    datalist["validation"] = datalist["training"][:1]
-    (data / "dataset.json").write_text(json.dumps(datalist))
-    before = folder_state(out)
-    proc = bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(data / "dataset.json"),
-                   "--output_dir", str(out), "--num_workers", "0", "--resume", "true", "--max_epochs", "3", cwd=tmp_path)
-    assert proc.returncode != 0 and "MedGMAE pre-training validated on other data" in proc.stderr, proc.stderr[-3000:]
-    assert folder_state(out) == before
-
-
 def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(runs, tmp_path):
     """A run stopped within epoch 3 logged iterations 5-6 (and epoch 3's validation, at iteration 6) before it
     stopped; resumed from checkpoint_epoch=2.pt it logs them again. Its writer's purge_step makes TensorBoard keep
@@ -356,22 +251,6 @@ def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(
     assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6] and 99.0 not in [v for _, v in logged], logged
     validated = [(e.step, e.value) for e in acc.Scalars("val/psnr")]  # at the iterations ending epochs 1-3
     assert [step for step, _ in validated] == [2, 4, 6] and 99.0 not in [v for _, v in validated], validated
-
-
-def test_resume_with_other_phantom_settings_writes_nothing(runs, tmp_path, folder_state):
-    """A copy of the phantom run resumed with another phantom shape is refused naming the setting, before any
-    phantom is generated again: the run's folder (its phantoms and cache included) is byte for byte as it was."""
-    import shutil
-
-    out = shutil.copytree(runs["resumed"], tmp_path / "run", copy_function=shutil.copy2)
-    before = folder_state(out)
-    small = SMALL[:]
-    small[small.index("--phantom_shape") + 1] = "[48,48,44]"
-    proc = bundle_process("run", "training", "--config_file", TRAIN, *small, "--output_dir", str(out), "--max_epochs", "3",
-                   "--num_workers", "0", "--resume", "true", cwd=tmp_path)  # fmt: skip
-    assert proc.returncode != 0 and "trained on phantoms generated with other settings" in proc.stderr, proc.stderr[-3000:]
-    assert "phantom_shape: saved [48, 48, 40], now [48, 48, 44]" in proc.stderr, proc.stderr[-3000:]
-    assert folder_state(out) == before
 
 
 def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path, stop_while_validating):
