@@ -1,4 +1,5 @@
-"""The pipeline contract of zero-shot inference: what the decoder is fed, and the exact way back.
+"""The pipeline contract of zero-shot inference: what the decoder is fed, and the exact way back (the files
+inference writes, and what it says of them: test_zeroshot_inference.py).
 
 Scans are sampled from analytic functions of world coordinates on grids with RAS, LPS and oblique affines and
 anisotropic spacing, so every expectation is computed independently of the code under test.
@@ -174,81 +175,6 @@ def test_bad_inputs_are_named():
         zero_shot_gaussians(np.zeros((4, 4, 4)), np.eye(4), probe, spec=SPEC, overlap=24, decode=probe.decode)
 
 
-# ------------------------------------------------------------------------------------------------ written files
-def _written_outputs(tmp_path, rendered: np.ndarray, affine: np.ndarray, scan: np.ndarray) -> dict:
-    """What inference writes for a given scan and rendering (the model's part replaced by the given arrays)."""
-    import nibabel as nib
-
-    from medgmae.mae_training.inference import GaussianInference
-    from medgmae.zeroshot import ZeroShotResult
-
-    nib.save(nib.Nifti1Image(scan, affine), str(tmp_path / "case.nii.gz"))
-    g = Gaussians3D(torch.full((1, 1, 3), 4.0), torch.ones(1, 1, 3), torch.tensor([[[1.0, 0, 0, 0]]]), torch.ones(1, 1))
-    res = ZeroShotResult(g, g, scan.shape, affine, PreprocessingSpec(), np.eye(4)[None])  # window -175..250 HU -> 0..1
-    inference = GaussianInference(tmp_path / "model.pt", tmp_path / "case.nii.gz", tmp_path / "out", device="cpu")
-    return inference._write(scan, affine, res, rendered)
-
-
-def test_rendered_nifti_stays_within_the_hu_window(tmp_path):
-    """Renderings past the model's intensity range (overlapping Gaussians, MedGMAE*'s added levels) are written at
-    the window's ends, -175 and 250 HU, not extrapolated; values inside map linearly."""
-    import nibabel as nib
-
-    rendered = np.full((6, 6, 6), 3.57, np.float32)  # 3.57 would be -175 + 3.57 * 425 = 1342 HU
-    rendered[:, :, 3:] = -0.5
-    rendered[0, 0, 0] = 0.3
-    paths = _written_outputs(tmp_path, rendered, np.eye(4), np.zeros((6, 6, 6), np.float32))
-    hu = nib.load(str(paths["nifti"])).get_fdata()
-    assert hu[1, 1, 1] == pytest.approx(250.0) and hu[1, 1, 4] == pytest.approx(-175.0)
-    assert hu[0, 0, 0] == pytest.approx(-47.5, abs=1e-3) and hu.max() <= 250.0 + 1e-4 and hu.min() >= -175.0 - 1e-4
-
-
-def test_outputs_of_another_scan_of_the_same_name_are_warned_about(tmp_path, caplog):
-    """``ct.nii.gz`` then ``ct.nrrd`` (or two folders' ``ct.nii.gz``) wrote the same ``ct_*`` files, the second
-    replacing the first without a word: a warning when the existing rendering has another grid; none on a rerun."""
-    scan = np.zeros((6, 6, 6), np.float32)
-    with caplog.at_level("WARNING"):
-        _written_outputs(tmp_path, scan, np.eye(4), scan)
-        _written_outputs(tmp_path, scan, np.eye(4), scan)  # the same scan again
-    assert "another scan" not in caplog.text
-    with caplog.at_level("WARNING"):
-        _written_outputs(tmp_path, scan, np.diag([1.0, 1.0, 2.5, 1.0]), scan)
-    assert f"{tmp_path / 'out' / 'case_*'} held the outputs of another scan (another grid)" in caplog.text
-
-
-def test_a_single_slice_is_refused_before_the_model_is_read(tmp_path):
-    """A (X, Y, 1) slice gave 0 Gaussians, a constant rendering and exit 0 (training's pre-check refuses it)."""
-    import nibabel as nib
-
-    from medgmae.mae_training.inference import GaussianInference
-
-    nib.save(nib.Nifti1Image(np.zeros((20, 20, 1), np.float32), np.eye(4)), str(tmp_path / "slice.nii.gz"))
-    inference = GaussianInference(tmp_path / "missing_model.pt", tmp_path / "slice.nii.gz", tmp_path / "out", device="cpu")
-    with pytest.raises(ValueError, match=r"slice.nii.gz: a single slice or line \(shape \(20, 20, 1\)\)"):
-        inference.run()
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("direction", [(1, 1, 1), (-1, -1, 1)])
-def test_slices_png_is_drawn_to_scale(tmp_path, direction):
-    """A 20 mm cube in voxels of 1 x 1 x 2.5 mm (RAS or LPS order) is a square in the three views of the input."""
-    from PIL import Image
-    from scipy import ndimage
-
-    affine = np.diag([*(np.array(direction) * [1.0, 1.0, 2.5]), 1.0])
-    scan = np.full((40, 40, 16), -1000.0, np.float32)
-    scan[10:30, 10:30, 4:12] = 100.0  # 20 x 20 voxels of 1 mm, 8 slices of 2.5 mm
-    paths = _written_outputs(tmp_path, np.zeros(scan.shape, np.float32), affine, scan)
-    img = np.asarray(Image.open(paths["png"]).convert("L"))
-    grey = round(255 * (100.0 + 175.0) / 425.0)  # the cube's windowed grey
-    labels, _ = ndimage.label(img == grey)
-    boxes = [(r.stop - r.start, c.stop - c.start) for r, c in ndimage.find_objects(labels)]
-    cubes = [(h, w) for h, w in boxes if h * w > 100]  # not the specks of the labels' lettering
-    assert len(cubes) == 3, boxes  # sagittal, coronal and axial of the input row
-    for height, width in cubes:
-        assert height > 60 and abs(height / width - 1) < 0.05, (height, width)  # enlarged, and square
-
-
 def test_a_scan_much_smaller_than_the_window_is_warned_about(caplog):
     """A 12 x 12 x 4 scan at 2 mm (the model's spacing) fills 12 x 12 x 4 of the 24^3 window: 1 - 0.5 * 0.5 / 6 =
     96 % padding, warned about with the number of Gaussians kept (a probe placing its one Gaussian in the scan's
@@ -330,42 +256,6 @@ def test_a_long_decoding_logs_lines_where_no_bar_shows_it(caplog, monkeypatch):
         assert [ln.split(",")[0] for ln in lines] == ([] if shown else expected) and (shown or expected), lines
 
 
-def _tiny_model_file(path, spec: PreprocessingSpec | None) -> str:
-    from medgmae.networks import MedGMAE
-
-    torch.manual_seed(0)
-    m = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=8, render_backend="torch")
-    m.preprocessing = spec
-    torch.save(m.model_checkpoint(), path)
-    return str(path)
-
-
-def test_a_scan_with_no_gaussian_is_refused_naming_the_cause_and_writing_nothing(tmp_path, monkeypatch):
-    """A scan far smaller than the model's window (4 x 4 x 2 voxels at 2 mm in a 16^3 window) gave an empty
-    ``.ply``, a constant rendering and exit 0: refused, naming the scan, its size on the model's grid and the
-    window (the decoder stubbed to place its Gaussians at the window's far corner, in the padding)."""
-    import nibabel as nib
-
-    from medgmae.mae_training import inference
-
-    def in_the_padding(windows, affines):
-        b = windows.shape[0]
-        return Gaussians3D(torch.full((b, 2, 3), 0.9), torch.full((b, 2, 3), 0.05), torch.tensor([1.0, 0, 0, 0]).expand(b, 2, 4),
-                           torch.ones(b, 2))  # fmt: skip
-
-    zero_shot = inference.zero_shot_gaussians
-    monkeypatch.setattr(inference, "zero_shot_gaussians", lambda *a, **kw: zero_shot(*a, decode=in_the_padding, **kw))
-    spec = PreprocessingSpec(spacing=2.0, input_size=16, patch_size=8)
-    model = _tiny_model_file(tmp_path / "model.pt", spec)
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "small.nii.gz"))
-    run = inference.GaussianInference(model, tmp_path / "small.nii.gz", tmp_path / "out", device="cpu")
-    with pytest.raises(ValueError) as e:
-        run.run()
-    assert f"{tmp_path / 'small.nii.gz'}: the decoder placed no Gaussian in the scan, nothing was written" in str(e.value)
-    assert "the scan is 4x4x2 voxels at the model's 2x2x2 mm, smaller than its 16x16x16 window" in str(e.value)
-    assert not (tmp_path / "out").exists()
-
-
 def test_no_gaussians_in_a_full_window_blames_the_scan_not_its_size():
     """A scan filling the window, with no Gaussian, points at its content and the HU window the model sees."""
     from medgmae.zeroshot import ZeroShotResult
@@ -374,35 +264,3 @@ def test_no_gaussians_in_a_full_window_blames_the_scan_not_its_size():
     res = ZeroShotResult(g, g, (30, 30, 30), np.eye(4), SPEC, np.eye(4)[None], grid=(30, 30, 30), window=(24, 24, 24))
     assert res.no_gaussians_reason() == ("is the scan empty? (the model sees HU in [-175, 250]; a scan all below or "
                                          "all above it is one value to the model)")  # fmt: skip
-
-
-@pytest.mark.parametrize("recorded", [True, False])
-def test_the_recorded_pre_processing_is_stated(tmp_path, caplog, recorded):
-    """Zero-shot inference said nothing of the orientation, spacing and HU window it read from ``model.pt``
-    (fine-tuning states them): one line naming the file and the recorded values; a model recording none is
-    warned about with the default instead."""
-    import logging
-
-    import nibabel as nib
-
-    from medgmae.mae_training import inference
-
-    spec = PreprocessingSpec(orientation="LPS", spacing=(2.0, 2.0, 3.0), hu_window=(-500, 500), input_size=16, patch_size=8)
-    model = _tiny_model_file(tmp_path / "model.pt", spec if recorded else None)
-    scan = np.full((20, 20, 12), -1000.0, np.float32)
-    scan[5:15, 5:15, 3:9] = 40.0
-    nib.save(nib.Nifti1Image(scan, np.diag([1.5, 1.5, 2.5, 1.0])), str(tmp_path / "ct.nii.gz"))
-    with caplog.at_level(logging.INFO, logger="medgmae"):
-        try:
-            inference.GaussianInference(model, tmp_path / "ct.nii.gz", tmp_path / "out", device="cpu").run()
-        except ValueError as e:  # an untrained decoder may place nothing in the scan: the statement came first
-            assert "placed no Gaussian" in str(e)
-    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing:")]
-    if recorded:
-        where = f"recorded in {(tmp_path / 'model.pt').resolve()}"
-        assert said == [f"pre-processing: orientation LPS ({where}), spacing [2.0, 2.0, 3.0] mm ({where}), HU window "
-                        f"[-500.0, 500.0] ({where}), window 16x16x16"]  # fmt: skip
-    else:  # warned about, and the default stated as fine-tuning and --init medgmae state it
-        assert "records no pre-processing" in caplog.text
-        assert said == ["pre-processing: orientation RAS (default), spacing [1.5, 1.5, 1.5] mm (default), HU window "
-                        "[-175.0, 250.0] (default), window 16x16x16"]  # fmt: skip
