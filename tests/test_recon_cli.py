@@ -102,22 +102,8 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         assert metrics["iterations"] == iters and metrics["init"] == init and metrics["preset"] == "toolkit"
         assert metrics["settings"]["split_rule"] == ("moments" if init == "fbp" else "sample")  # --split-rule, the default
         assert metrics["settings"]["coarse_iterations"] == (3 if init == "fbp" else 0)  # --coarse-iterations, the default
-        if init == "medgmae":  # the sparse start grows to the budget on the schedule of sparse_start_growth
-            assert metrics["init_settings"]["grow_to"] == 1500 and metrics["settings"]["max_gaussians"] == 1500
-            assert metrics["settings"]["densify_every"] == 10
-            assert [r["iteration"] for r in metrics["density_rounds"]] == [10]  # densify_until: 0.6 x 20
-            rnd = metrics["density_rounds"][0]
-            assert rnd["num_gaussians"] == metrics["history"][2]["num_gaussians"] > metrics["initial_gaussians"]  # at 12
-            said = capsys.readouterr().out
-            assert f"density control: 1 round (iteration 10): {rnd['cloned']} cloned, {rnd['split']} split" in said
-            # the pre-processing read from model.pt is said once, as fine-tuning says its own, and recorded
-            recorded = f"recorded in {model_file[0]}"
-            assert [ln for ln in said.splitlines() if "pre-processing" in ln] == [
-                f"--init medgmae pre-processing: orientation RAS ({recorded}), spacing [12.0, 12.0, 12.0] mm ({recorded}), "
-                f"HU window [-175.0, 250.0] ({recorded}), window 16x16x16"]  # fmt: skip
-            spec = metrics["init_settings"]["preprocessing"]
-            assert spec["spacing"] == [12.0] * 3 and spec["hu_window"] == [-175.0, 250.0] and spec["input_size"] == [16] * 3
-            assert spec["orientation"] == "RAS" and spec["from"] == {k: recorded for k in ("orientation", "spacing", "hu_window")}
+        if init == "medgmae":
+            _check_the_medgmae_start(metrics, model_file[0], capsys.readouterr().out)
         else:
             assert metrics["initial_gaussians"] == 200
         _check_slices(out / "slices.png", rows=4)
@@ -126,16 +112,7 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
         rec = nib.load(str(out / "recon.nii.gz"))
         np.testing.assert_allclose(rec.affine, nib.load(str(simulated / "reference.nii.gz")).affine)
         assert metrics["voxels_per_gaussian"] == pytest.approx(np.prod(rec.shape) / metrics["num_gaussians"])
-        capsys.readouterr()
-        assert main(["evaluate", "--recon", str(out / "recon.nii.gz"), "--reference", str(simulated / "reference.nii.gz")]) == 0
-        printed = json.loads(capsys.readouterr().out)
-        assert printed["psnr"] == pytest.approx(metrics["final"]["psnr"], abs=1e-3)
-        ref = nib.load(str(simulated / "reference.nii.gz")).get_fdata()
-        assert printed == pytest.approx(evaluate(rec.get_fdata(), ref), abs=1e-6)
-        from medgmae.ply import load_ply
-
-        g, meta = load_ply(out / "gaussians.ply")
-        assert g.num_gaussians == metrics["num_gaussians"] and meta["shape"] == rec.shape
+        _check_evaluate_and_the_ply(out, metrics, rec, simulated / "reference.nii.gz", capsys)
     # resume continues from the saved state to a longer run
     out = tmp_path / "rec_fbp"
     args = [
@@ -145,6 +122,39 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
     ]  # fmt: skip
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["iterations"] == 16
+
+
+def _check_the_medgmae_start(metrics: dict, model_pt: Path, said: str) -> None:
+    """--init medgmae: the sparse start grows to the budget on the schedule of sparse_start_growth, and the
+    pre-processing read from model.pt is said (``said``: the run's console output) and recorded."""
+    assert metrics["init_settings"]["grow_to"] == 1500 and metrics["settings"]["max_gaussians"] == 1500
+    assert metrics["settings"]["densify_every"] == 10
+    assert [r["iteration"] for r in metrics["density_rounds"]] == [10]  # densify_until: 0.6 x 20
+    rnd = metrics["density_rounds"][0]
+    assert rnd["num_gaussians"] == metrics["history"][2]["num_gaussians"] > metrics["initial_gaussians"]  # at 12
+    assert f"density control: 1 round (iteration 10): {rnd['cloned']} cloned, {rnd['split']} split" in said
+    # the pre-processing read from model.pt is said once, as fine-tuning says its own, and recorded
+    recorded = f"recorded in {model_pt}"
+    assert [ln for ln in said.splitlines() if "pre-processing" in ln] == [
+        f"--init medgmae pre-processing: orientation RAS ({recorded}), spacing [12.0, 12.0, 12.0] mm ({recorded}), "
+        f"HU window [-175.0, 250.0] ({recorded}), window 16x16x16"]  # fmt: skip
+    spec = metrics["init_settings"]["preprocessing"]
+    assert spec["spacing"] == [12.0] * 3 and spec["hu_window"] == [-175.0, 250.0] and spec["input_size"] == [16] * 3
+    assert spec["orientation"] == "RAS" and spec["from"] == {k: recorded for k in ("orientation", "spacing", "hu_window")}
+
+
+def _check_evaluate_and_the_ply(out: Path, metrics: dict, rec, reference: Path, capsys) -> None:
+    """``medgmae-recon evaluate`` of the reconstruction prints its final metrics; gaussians.ply holds its Gaussians."""
+    capsys.readouterr()
+    assert main(["evaluate", "--recon", str(out / "recon.nii.gz"), "--reference", str(reference)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["psnr"] == pytest.approx(metrics["final"]["psnr"], abs=1e-3)
+    ref = nib.load(str(reference)).get_fdata()
+    assert printed == pytest.approx(evaluate(rec.get_fdata(), ref), abs=1e-6)
+    from medgmae.ply import load_ply
+
+    g, meta = load_ply(out / "gaussians.ply")
+    assert g.num_gaussians == metrics["num_gaussians"] and meta["shape"] == rec.shape
 
 
 def _check_slices(path, rows):
