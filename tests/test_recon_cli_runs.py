@@ -1,6 +1,6 @@
-"""``medgmae-recon`` runs: slices drawn to scale, held-out views and refits, projection stacks in image formats and
-TIFF, the default budget, the 3DGR-CT preset's start, the auto backend's choice, the start at iteration 0, FBP
-outputs and projection errors."""
+"""``medgmae-recon`` runs: slices drawn to scale, held-out views and refits, the default budget, the 3DGR-CT preset's
+start, the auto backend's choice, the start at iteration 0 and FBP outputs (projection stacks in files and their
+errors: test_recon_cli_stacks.py)."""
 
 from __future__ import annotations
 
@@ -54,111 +54,6 @@ def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "held-out views [2, 7]" in text and f"medgmae-recon select --runs {out} ..." in text
     assert Image.open(out / "curve.png").size == (640, 10 + 3 * 235)  # loss, held-out error, PSNR
-
-
-def test_projection_stacks_in_image_formats(simulated, tmp_path, capsys):
-    """A projection stack as MetaImage (RTK's layout: x = column, y = row, z = view) or NIfTI reads as the same
-    (views, rows, cols) array as the .npy, and reconstruct runs on it; a MetaImage or NIfTI header stating another
-    detector pitch is refused; a MetaImage's origin off -(n - 1) / 2 * spacing (RTK's offset detector) is read as the
-    detector offset (refused where it leaves the volume unseen or contradicts geometry.json's); other files are
-    refused by name."""
-    import SimpleITK as sitk
-
-    from recon.geometry import CTGeometry
-    from recon.scan_files import load_projections
-
-    proj = np.load(simulated / "projections.npy")
-    proj[0, 0, :3] = [1.0, 2.0, 3.0]  # an asymmetric marker: first view, first row, first columns
-    geom = CTGeometry.load(simulated / "geometry.json")
-    (row_mm, col_mm), (rows, cols) = geom.det_spacing, geom.det_shape
-    img = sitk.GetImageFromArray(proj)  # numpy (z, y, x) = (views, rows, cols)
-    img.SetSpacing((col_mm, row_mm, 1.0))
-    img.SetOrigin((-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # RTK's centred detector
-    sitk.WriteImage(img, str(tmp_path / "p.mha"))
-    # a NIfTI stack's frame is ignored, its pixel size (pixdim: the columns' norms) is the detector's pitch
-    affine = np.array([[0.0, row_mm, 0, 5], [-col_mm, 0, 0, 2], [0, 0, 1.5, -3], [0, 0, 0, 1]])
-    nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), affine), str(tmp_path / "p.nii.gz"))
-    nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), np.diag([2 * col_mm, row_mm, 1, 1])), str(tmp_path / "pitch.nii.gz"))
-    for name in ("p.mha", "p.nii.gz"):
-        np.testing.assert_array_equal(load_projections(tmp_path / name), proj)
-    out = tmp_path / "rec"
-    args = reconstruct_args(simulated, out, "--projections", str(tmp_path / "p.mha"), "--iterations", "1", "--num-gaussians", "50")
-    assert main(args) == 0 and (out / "recon.nii.gz").is_file()
-    img.SetSpacing((3 * col_mm, row_mm, 1.0))
-    sitk.WriteImage(img, str(tmp_path / "pitch.mha"))
-    img.SetSpacing((col_mm, row_mm, 1.0))
-    img.SetOrigin((-(cols - 1) / 2 * col_mm + 3 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # shifted 3 columns
-    sitk.WriteImage(img, str(tmp_path / "offset.mha"))
-    img.SetOrigin((0.0, -(rows - 1) / 2 * row_mm, 0.0))  # ITK's default origin: shifted by half the detector
-    sitk.WriteImage(img, str(tmp_path / "far.mha"))
-    img.SetOrigin((-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))
-    assert main(reconstruct_args(simulated, tmp_path / "rec_nii", "--projections", str(tmp_path / "p.nii.gz"),
-                                  "--iterations", "1", "--num-gaussians", "50")) == 0  # fmt: skip
-    capsys.readouterr()
-    fbp_out = tmp_path / "offset_fbp.nii.gz"
-    assert main(["fbp", "--projections", str(tmp_path / "offset.mha"), "--geometry", str(simulated / "geometry.json"),
-                 "--out", str(fbp_out), "--device", "cpu"]) == 0 and fbp_out.is_file()  # fmt: skip
-    assert f"the header's origin puts the detector centre (u, v) = ({3 * col_mm!r}, 0.0) mm off the central ray: " \
-           "reconstructing with that detector offset" in capsys.readouterr().out
-    shifted = tmp_path / "shifted.json"
-    CTGeometry.from_dict({**geom.to_dict(), "det_offset": (col_mm, 0.0)}).save(shifted)
-    assert main(["fbp", "--projections", str(tmp_path / "offset.mha"), "--geometry", str(shifted), "--out",
-                 str(tmp_path / "no.nii.gz"), "--device", "cpu"]) == 2  # fmt: skip
-    err = capsys.readouterr().err
-    assert f"but the geometry has det_offset ({col_mm!r}, 0.0) mm: make them agree (geometry {shifted})" in err, err
-    # refused by name, nothing written: another pixel pitch, an origin far off the central ray, a flipped header
-    # direction (columns stored reversed), and, as in .npy, raw integer counts and a NaN (with the view of the first)
-    img.SetOrigin((-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))
-    img.SetDirection((-1.0, 0, 0, 0, 1, 0, 0, 0, 1))
-    sitk.WriteImage(img, str(tmp_path / "flipped.mha"))
-    counts = sitk.GetImageFromArray((10000 * np.exp(-proj)).astype(np.uint16))
-    sitk.WriteImage(counts, str(tmp_path / "counts.mha"))
-    nan = proj.copy()
-    nan[2, 1, 3] = np.nan
-    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))
-    for name, message in (("pitch.mha", "the header's detector pixel spacing (col, row)"),
-                          ("pitch.nii.gz", "the header's detector pixel spacing (col, row)"),
-                          ("far.mha", "mm off the central ray, and with that detector offset: the detector covers"),
-                          ("flipped.mha", "the header's direction (-1 0 0; 0 1 0; 0 0 1) is not the identity"),
-                          ("counts.mha", "hold integers up to 10000, raw detector counts"),
-                          ("nan.mha", "contain 1 NaN or Inf value in 1 of")):  # fmt: skip
-        capsys.readouterr()
-        out = tmp_path / f"rec_{name}"
-        assert main(reconstruct_args(simulated, out, "--projections", str(tmp_path / name))) == 2
-        err = capsys.readouterr().err
-        assert name in err and message in err and not out.exists(), err
-    assert "(the first: view 2, row 1, column 3)" in err
-    (tmp_path / "p.txt").write_text("1 2 3")
-    capsys.readouterr()
-    assert main(reconstruct_args(simulated, tmp_path / "bad", "--projections", str(tmp_path / "p.txt"))) == 2
-    assert "p.txt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
-
-
-def test_projection_stacks_as_multi_page_tiff(simulated, tmp_path, capsys):
-    """A multi-page TIFF (page = view, page row = detector row, page column = detector column, as tifffile writes
-    a (views, rows, cols) array) reads as the .npy's array through the same reader, on a detector of more columns
-    than rows with a marker in one corner (a transposition would fail), and fbp of it is the .npy's FBP; a TIFF of
-    raw integer counts is refused as the other formats' are; a TIFF is no volume (simulate --volume)."""
-    import tifffile
-
-    from recon.scan_files import load_projections
-
-    proj = np.load(simulated / "projections.npy")
-    proj[0, 0, :3] = [1.0, 2.0, 3.0]  # first view, first row, first columns
-    assert proj.shape[1] != proj.shape[2]
-    tifffile.imwrite(tmp_path / "p.tif", proj)
-    tifffile.imwrite(tmp_path / "counts.tiff", (10000 * np.exp(-proj)).astype(np.uint16))
-    np.save(tmp_path / "p.npy", proj)
-    np.testing.assert_array_equal(load_projections(tmp_path / "p.tif"), proj)
-    geom = str(simulated / "geometry.json")
-    for name in ("p.tif", "p.npy"):
-        assert main(["fbp", "--projections", str(tmp_path / name), "--geometry", geom, "--out", str(tmp_path / f"{name}.nii.gz")]) == 0
-    np.testing.assert_array_equal(nib.load(str(tmp_path / "p.tif.nii.gz")).get_fdata(), nib.load(str(tmp_path / "p.npy.nii.gz")).get_fdata())
-    capsys.readouterr()
-    assert main(["fbp", "--projections", str(tmp_path / "counts.tiff"), "--geometry", geom, "--out", str(tmp_path / "c.nii.gz")]) == 2
-    assert "counts.tiff hold integers up to 10000, raw detector counts" in capsys.readouterr().err
-    assert main(["simulate", "--volume", str(tmp_path / "p.tif"), "--geometry", "parallel", "--views", "4", "--out", str(tmp_path / "s")]) == 2
-    assert "p.tif: not a volume file" in capsys.readouterr().err and not (tmp_path / "c.nii.gz").exists()
 
 
 def test_refit_is_the_every_view_run_stopped_at_the_chosen_iteration(ct, tmp_path):
@@ -336,23 +231,6 @@ def test_fbp_names_a_file_it_replaces_and_refuses_to_replace_its_input(simulated
     os.link(stack, tmp_path / "linked.nii.gz")  # the same file under another name
     assert main(["fbp", "--projections", str(stack), "--geometry", geometry, "--out", str(tmp_path / "linked.nii.gz")]) == 2
     assert "is the projection stack given as --projections" in capsys.readouterr().err and stack.read_bytes() == before
-
-
-def test_projection_shape_and_nan_errors_say_where(simulated, tmp_path, capsys):
-    """A NIfTI stack saved as (views, rows, cols) along (x, y, z) is named with the image's own shape and the layout
-    to save; NaN projections are named with their count and the first one's view, row and column."""
-    proj = np.load(simulated / "projections.npy")
-    geometry = str(simulated / "geometry.json")
-    nib.save(nib.Nifti1Image(proj, np.eye(4)), str(tmp_path / "views_first.nii.gz"))  # x = view: the wrong way round
-    assert main(["fbp", "--projections", str(tmp_path / "views_first.nii.gz"), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
-    err = capsys.readouterr().err
-    assert f"(the image's {proj.shape} voxels read as (views, rows, cols))" in err, err
-    assert "save it with x the column, y the row and z the view" in err and not (tmp_path / "o.nii.gz").exists()
-    bad = proj.copy()
-    bad[3, 1, 2], bad[5, 0, 0] = np.nan, np.inf
-    np.save(tmp_path / "nan.npy", bad)
-    assert main(["fbp", "--projections", str(tmp_path / "nan.npy"), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
-    assert "contain 2 NaN or Inf values in 2 of 10 views (the first: view 3, row 1, column 2)" in capsys.readouterr().err
 
 
 def test_3dgr_start_of_sub_voxel_gaussians_is_warned_about(capsys):
