@@ -28,6 +28,15 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
             "--checkpoint", str(model_file), "--overlap", "4", "--json", str(out), "--png", str(tmp_path / "case.png")]  # fmt: skip
     assert bench_recon.main(args) == 0
     result = json.loads(out.read_text(encoding="utf-8"))
+    _check_every_start(result)
+    capsys.readouterr()
+    _check_the_summary_and_its_pictures(out, result, tmp_path, capsys)
+    other = _check_a_second_models_runs(out, result, model_file, tmp_path, capsys)
+    _check_the_summary_options(out, result, other, tmp_path, capsys)
+
+
+def _check_every_start(result: dict) -> None:
+    """The case's JSON: every start, its preset and initial Gaussians, and each start's curves in seconds."""
     runs = result["runs"]
     assert set(runs) == {"random", "toolkit", "3dgr-ct", "medgmae", "medgmae-dense", "medgmae-grow", "medgmae-3dgr"}
     assert runs["3dgr-ct"]["preset"] == runs["medgmae-3dgr"]["preset"] == "3dgr-ct"
@@ -45,7 +54,10 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
         assert all(math.isfinite(v) and v > 0 for _, v in r["loss_curve"])
         for hit in filter(None, r["iterations_to_psnr"].values()):
             assert hit["seconds"] == pytest.approx(secs[[i for i, _ in r["curve"]].index(hit["iteration"])], abs=1e-3)
-    capsys.readouterr()
+
+
+def _check_the_summary_and_its_pictures(out, result: dict, tmp_path, capsys) -> None:
+    """recon_summary.py's table and its two pictures (by iteration and by seconds) of the case."""
     assert recon_summary.main([str(out), "--png", str(tmp_path / "all.png"), "--png-seconds", str(tmp_path / "s.png")]) == 0
     table = capsys.readouterr().out
     assert "| medgmae-dense | toolkit |" in table and "parallel, 8 views" in table
@@ -53,7 +65,11 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     assert (tmp_path / "all.png").read_bytes() != (tmp_path / "s.png").read_bytes()
     with pytest.raises(ValueError, match="x_axis"):
         load_bench("recon_curves").plot_curves(result, str(tmp_path / "bad.png"), x_axis="minutes")
-    # a second model's runs of the same case: kept apart by --name-by-model, else the later file's replace
+
+
+def _check_a_second_models_runs(out, result: dict, model_file, tmp_path, capsys) -> dict:
+    """A second model's runs of the same case: kept apart by --name-by-model, else the later file's replace.
+    Returns that second file's content (one start, medgmae-grow), for the checks that follow."""
     other = json.loads(out.read_text(encoding="utf-8"))
     assert result["medgmae_model"]["overlap"] == 4
     other["medgmae_model"]["checkpoint"] = "models/e150.pt"
@@ -71,6 +87,11 @@ def test_every_start_runs_and_the_summary_reads_it(model_file, tmp_path, capsys)
     captured = capsys.readouterr()
     assert captured.out.count("| medgmae-grow | toolkit |") == 1 and "| 99.00 |" in captured.out
     assert "e150.json: its start 'medgmae-grow' replaces the one of" in captured.err
+    return other
+
+
+def _check_the_summary_options(out, result: dict, other: dict, tmp_path, capsys) -> None:
+    """--name-by-settings, --at, and a scan measured without noise as a case of its own."""
     # runs of one start with other reconstruction settings: kept apart by --name-by-settings
     other["set"] = {"coarse_iterations": 0}
     (tmp_path / "nocoarse.json").write_text(json.dumps(other))
