@@ -75,12 +75,24 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
         _train(straight, max_epochs=2)
     out, err = capfd.readouterr()
     _check_validation_and_pictures(straight, out + err, caught)
-    # the same run, stopped by an error at the end of its first epoch ...
+    _stop_after_the_first_epoch_and_resume(split)
+    a, ha = _check_the_resumed_run_is_the_uninterrupted_one(straight, split)
+    _check_the_exported_model_drives_the_cli(split / "model.pt", tmp_path)
+    _check_a_stop_while_validating_resumes_to_the_same_run(tmp_path / "cut", a, ha, caplog)
+
+
+def _parsed_training(output_dir: Path) -> ConfigParser:
+    """The bundle's 2-epoch training config at TINY settings, with the random state a run starts from."""
     parser = ConfigParser()
     parser.read_config(TRAIN)
-    parser.update({**TINY, "output_dir": str(split), "max_epochs": 2})
+    parser.update({**TINY, "output_dir": str(output_dir), "max_epochs": 2})
     set_determinism(seed=0)
-    trainer = parser.get_parsed_content("train#trainer")
+    return parser
+
+
+def _stop_after_the_first_epoch_and_resume(split: Path) -> None:
+    """The run stopped by an error at the end of its first epoch, then resumed: TensorBoard shows each step once."""
+    trainer = _parsed_training(split).get_parsed_content("train#trainer")
 
     def stop(engine):
         raise RuntimeError("power cut")
@@ -96,7 +108,7 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
     stale = SummaryWriter(str(split / "tensorboard"))
     stale.add_scalar("train_loss", 99.0, saved + 1)
     stale.close()
-    # ... and resumed
+    # then resumed
     _train(split, max_epochs=2, resume=True)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -105,6 +117,11 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
     for tag in ("train_loss", "train/lr", "val/psnr"):  # each step once: the resumed run's (it showed them twice)
         steps = [e.step for e in acc.Scalars(tag)]
         assert len(steps) == len(set(steps)) and 99.0 not in [e.value for e in acc.Scalars(tag)], (tag, steps)
+
+
+def _check_the_resumed_run_is_the_uninterrupted_one(straight: Path, split: Path) -> tuple[dict, dict]:
+    """The resumed run's model, history and exports are the uninterrupted run's: returns that run's model.pt and
+    metric history."""
     assert (split / "checkpoint_epoch=2.pt").is_file() and not (split / "checkpoint_epoch=1.pt").exists()
     a = torch.load(straight / "model.pt", weights_only=True)
     b = torch.load(split / "model.pt", weights_only=True)
@@ -120,20 +137,22 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
     assert torch.load(split / "encoder.pt", weights_only=True)["kind"] == "medgmae-encoder"
     # the training checkpoint loads too
     assert GMAE2D.from_checkpoint(split / "checkpoint_epoch=2.pt").config() == a["config"]
-    # the exported model drives the CLI
+    return a, ha
+
+
+def _check_the_exported_model_drives_the_cli(model_pt: Path, tmp_path: Path) -> None:
     img = (np.random.default_rng(1).random((32, 32)) * 255).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "slice.png")
     out = tmp_path / "seg"
-    assert cli_main(["segment", "--checkpoint", str(split / "model.pt"), "--image", str(tmp_path / "slice.png"),
+    assert cli_main(["segment", "--checkpoint", str(model_pt), "--image", str(tmp_path / "slice.png"),
                      "--out", str(out), "--num-layers", "4"]) == 0  # fmt: skip
     assert json.loads((out / "segment.json").read_text(encoding="utf-8"))["num_layers"] == 4
-    # stopped (Ctrl-C) while epoch 1 was validated: epoch 1's training is kept, and the resume validates it, trains
-    # epoch 2 alone and ends as the uninterrupted run
-    cut = tmp_path / "cut"
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser.update({**TINY, "output_dir": str(cut), "max_epochs": 2})
-    set_determinism(seed=0)
+
+
+def _check_a_stop_while_validating_resumes_to_the_same_run(cut: Path, a: dict, ha: dict, caplog) -> None:
+    """Stopped (Ctrl-C) while epoch 1 was validated: epoch 1's training is kept, and the resume validates it, trains
+    epoch 2 alone and ends as the uninterrupted run (its model.pt ``a`` and history ``ha``)."""
+    parser = _parsed_training(cut)
     trainer, validator = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("val#handler")
 
     def ctrl_c():
