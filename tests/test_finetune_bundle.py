@@ -49,38 +49,60 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1",
               "--pretrained", str(encoder_pt), "--label_fraction", "0.5", "--lr_schedule_epochs", "2"]
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "1")
+    _check_the_first_epoch(out, proc.stdout + proc.stderr, enc, spec)
+    _check_the_resume_matches_an_uninterrupted_run(out, tmp_path / "straight", common)
+    _check_the_evaluation(out)
+    _check_inference_in_another_orientation_and_spacing(out, tmp_path)
+    # the earlier model's evaluation and segmentations are replaced by a fresh run in this folder too
+    made = {p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] in ("eval", "segmentations")}
+    assert len(made) == 4 and made <= _replaced_by_a_fresh_run(out)
+
+
+def _replaced_by_a_fresh_run(out: Path) -> set[Path]:
+    """The files in ``out`` that a fresh run in that folder replaces (its CheckpointHandler's ``earlier_outputs``)."""
+    config = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
+    handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
+    return {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
+
+
+def _check_the_first_epoch(out: Path, log: str, enc: MaskedViTEncoder, spec: PreprocessingSpec) -> None:
+    """One epoch fine-tuned from the pre-trained encoder: its training cases, best model, progress, pictures and
+    summary, all replaced by a fresh run."""
     n = len(enc.state_dict())
-    assert f"loaded {n}/{n} pre-trained encoder tensors" in proc.stdout + proc.stderr
+    assert f"loaded {n}/{n} pre-trained encoder tensors" in log
     chosen = json.loads((out / "training_cases.json").read_text(encoding="utf-8"))
     assert chosen["num_total"] == 2 and len(chosen["cases"]) == 1
     best = torch.load(out / "best_model.pt", weights_only=True)
     assert best["kind"] == "medgmae-unetr" and best["extra"]["epoch"] == 1 and 0.0 <= best["extra"]["metric"] <= 1.0
     assert best["preprocessing"] == spec.to_dict()  # read from encoder.pt, passed on
-    assert "differs from" not in proc.stdout + proc.stderr
+    assert "differs from" not in log
     # the encoder was fine-tuned from the pre-trained weights, the decoder was trained
     assert not torch.equal(best["state_dict"]["vit.blocks.0.attn.qkv.weight"], enc.state_dict()["blocks.0.attn.qkv.weight"])
-    check_progress_pictures_and_summary(out, proc.stdout + proc.stderr)
+    check_progress_pictures_and_summary(out, log)
     # a fresh run in this folder replaces every output of this one (its data, record and checkpoints aside)
-    config = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
-    handler = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))
-    replaced = {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
+    replaced = _replaced_by_a_fresh_run(out)
     written = {p for p in out.rglob("*") if p.is_file() and not p.name.startswith("checkpoint_")
                and p.relative_to(out).parts[0] not in ("cache", "phantom") and p.name != "training_cases.json"}  # fmt: skip
     assert written and written <= replaced, sorted(str(p.relative_to(out)) for p in written - replaced)
 
+
+def _check_the_resume_matches_an_uninterrupted_run(out: Path, straight: Path, common: list[str]) -> None:
+    """The run in ``out`` resumed to 2 epochs, and the same 2 epochs uninterrupted in ``straight``."""
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
     assert "resumed from" in proc.stdout + proc.stderr and (out / "checkpoint_epoch=2.pt").is_file()
     ckpt = torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
     assert ckpt["engine"]["epoch"] == 2 and ckpt["engine"]["iteration"] == 2
     # the same 2 epochs uninterrupted, validating after each as the resumed run did: the same weights and best
     # model (the epoch checkpoint is written after the validation, whose data loader draws from the global RNG)
-    straight = tmp_path / "straight"
     run_bundle("training", "train.json", *[str(straight) if a == str(out) else a for a in common], "--max_epochs", "2")
     again = torch.load(straight / "checkpoint_epoch=2.pt", weights_only=True)
     for name, weights in again["objects"]["network"].items():
         assert torch.equal(weights, ckpt["objects"]["network"][name]), name
     assert torch.load(straight / "best_model.pt", weights_only=True)["extra"] == torch.load(out / "best_model.pt", weights_only=True)["extra"]
 
+
+def _check_the_evaluation(out: Path) -> None:
+    """evaluate.json on the run's best model: the recorded pre-processing, its metrics and per-case Dice."""
     proc = run_bundle("evaluating", "evaluate.json", "--output_dir", str(out), "--device", "cpu")
     assert "Got new best metric" not in proc.stdout + proc.stderr  # a one-off evaluation has no "best"
     assert (f"pre-processing of {out / 'best_model.pt'}: orientation RAS, spacing [2.0, 2.0, 2.0] mm (recorded), "
@@ -97,7 +119,9 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     values = [float(v) for k, v in rows[0].items() if k not in ("case", "image", "predicted_but_absent") and v != ""]
     assert values and all(0.0 <= v <= 1.0 for v in values)
 
-    # inference on an image in another orientation and spacing: the segmentation is in the input's space
+
+def _check_inference_in_another_orientation_and_spacing(out: Path, tmp_path: Path) -> None:
+    """inference.json on an image in another orientation and spacing: the segmentation is in the input's space."""
     src = nib.load(out / "phantom" / "imagesTr" / "case_0002.nii.gz")
     data = np.asarray(src.dataobj)[::-1, :, ::2].astype(np.int16)  # L-to-R flipped, 4 mm slices
     affine = src.affine @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1.0]])
@@ -117,9 +141,6 @@ def test_bundle_train_resume_evaluate_infer(tmp_path):
     assert {int(r[0]): r[1] for r in rows} == {i: n.replace(" ", "_") for i, n in enumerate(names)}
     assert all(len(r) == 6 and all(0 <= int(v) <= 255 for v in r[2:]) for r in rows)
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {int(r[0]) for r in rows}
-    # the earlier model's evaluation and segmentations are replaced by a fresh run in this folder too
-    made = {p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] in ("eval", "segmentations")}
-    assert len(made) == 4 and made <= {p for pattern in handler["earlier_outputs"] for p in out.glob(pattern)}
 
 
 def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop_while_validating):
