@@ -79,7 +79,7 @@ def is_volume_path(path: str | os.PathLike) -> bool:
 
 def load_nifti(path: str | os.PathLike):
     """The nibabel image of a NIfTI file after the toolkit's checks, how the 3D reader and the 2D image reader
-    (:mod:`medgmae.twod.images`) open NIfTI images: a gzip file named ``.nii`` is refused (nibabel would not
+    (:mod:`medgmae.twod.nifti_slices`) open NIfTI images: a gzip file named ``.nii`` is refused (nibabel would not
     recognise it), a qform that places voxels elsewhere than the sform is warned about (the sform is used), and so is
     a file that states no frame at all (qform and sform codes 0: nibabel's default frame is not ITK's).
 

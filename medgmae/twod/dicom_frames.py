@@ -109,11 +109,11 @@ _RADIOLOGICAL_LPS = (1.0, 1.0, -1.0)
 
 
 def _radiological_frame(arr: np.ndarray, ds) -> np.ndarray:
-    """A DICOM frame ``(C, H, W)`` turned to the radiological view of a NIfTI slice (:func:`medgmae.twod.images._nifti_plane`) by its
-    ImageOrientationPatient (LPS direction cosines of a row, then of a column): columns flipped or rows flipped so
-    that R, A or S comes first, and transposed so that the horizontal axis is the lower of x, y, z. A standard axial
-    slice (``1 0 0 0 1 0``) is unchanged; a frame without the tag, or whose two axes lean mostly along one world
-    axis, is kept in its stored order."""
+    """A DICOM frame ``(C, H, W)`` turned to the radiological view of a NIfTI slice
+    (:func:`medgmae.twod.nifti_slices.nifti_plane`) by its ImageOrientationPatient (LPS direction cosines of a row,
+    then of a column): columns flipped or rows flipped so that R, A or S comes first, and transposed so that the
+    horizontal axis is the lower of x, y, z. A standard axial slice (``1 0 0 0 1 0``) is unchanged; a frame without
+    the tag, or whose two axes lean mostly along one world axis, is kept in its stored order."""
     iop = getattr(ds, "ImageOrientationPatient", None)
     if iop is None:  # an enhanced multi-frame file keeps it in its shared functional groups
         try:

@@ -13,7 +13,8 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
 * NIfTI (``.nii``, ``.nii.gz``): a 2D or single-slice image, or one axial slice of a volume (the middle slice
   unless ``slice_index`` is given). Every file is reoriented to RAS by its affine and shown radiologically
   (anterior up, patient's right on the left), so a 2D image, a one-slice volume and a slice of a volume with the
-  same affine give the same picture; scaled by ``window`` if given, else between the 0.5 and 99.5 percentiles.
+  same affine give the same picture; scaled by ``window`` if given, else between the 0.5 and 99.5 percentiles:
+  :mod:`medgmae.twod.nifti_slices`.
 * DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
   and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
   The frame is shown radiologically as a NIfTI slice is, by its ImageOrientationPatient (a standard axial slice
@@ -39,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from medgmae.data.grid import same_grid_problem
-from medgmae.data.dicom_series import Refused
-from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom, load_nifti
+from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
 from medgmae.twod.dicom_frames import read_dicom_frame
+from medgmae.twod.nifti_slices import nifti_grid, read_nifti_slice
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import window_setting
 
@@ -173,53 +174,6 @@ def _checked_unit_floats(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr
 
 
-_RAS_VIEWS = ("sagittal", "coronal", "axial")  # the plane normal to each RAS axis
-
-
-def _nifti_plane(data: np.ndarray, path: Path, slice_index: int | None) -> tuple[np.ndarray, dict]:
-    """The ``(X', Y')`` plane to show of canonical (RAS) data: an axial slice of a volume, or a single-slice image;
-    and which: ``{"axis": "axial", "index": k, "count": n}`` (``index`` along the RAS axis, as ``slice_index``)."""
-    if data.ndim == 3 and min(data.shape) > 1:
-        k = data.shape[2] // 2 if slice_index is None else int(slice_index)
-        if not 0 <= k < data.shape[2]:
-            raise ValueError(f"{path}: slice {k} is outside the volume's {data.shape[2]} slices")
-        return data[:, :, k], {"axis": "axial", "index": k, "count": int(data.shape[2])}
-    plane = np.squeeze(data)
-    if plane.ndim != 2:
-        raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
-    if slice_index is not None and int(slice_index) != 0:
-        raise ValueError(f"{path}: slice {int(slice_index)} is outside the image's 1 slice (numbered from 0)")
-    axis = _RAS_VIEWS[list(data.shape).index(1)] if data.ndim == 3 else "axial"
-    return plane, {"axis": axis, "index": 0, "count": 1}  # a single slice: its two in-plane axes, RAS order
-
-
-def _read_nifti(path: Path, slice_index: int | None, stored: bool = False) -> tuple[np.ndarray, dict]:
-    """One slice of a NIfTI file, ``(1, H, W)``, and which (see :func:`_nifti_plane`): every file, 2D, single-slice or volume, is first reoriented to
-    RAS by its affine, then shown radiologically (the higher R/A/S coordinate of each in-plane axis first: anterior
-    (or superior) up, patient's right on the left). ``stored``: the stored values, without ``scl_slope`` /
-    ``scl_inter``."""
-    import nibabel as nib
-
-    img = _open_nifti(path)
-    try:
-        if stored:
-            img = nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled()), img.affine)
-        shape = tuple(img.shape)
-        if len(shape) > 3 and all(s == 1 for s in shape[3:]):
-            img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
-        elif len(shape) == 2:
-            img = nib.Nifti1Image(np.asarray(img.dataobj)[:, :, None], img.affine)
-        if len(img.shape) == 3:
-            img = nib.as_closest_canonical(img)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # nibabel raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
-    plane, which = _nifti_plane(data, path, slice_index)
-    return plane[::-1, ::-1].T[None].copy(), which
-
-
 def _check_path(path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
@@ -272,7 +226,7 @@ def read_image_source(
             raise ValueError(f"{path}: image contains NaN or infinite values")
         return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": None, "window": None, "window_source": None}
     if kind == "nifti":
-        arr, which = _read_nifti(path, slice_index)
+        arr, which = read_nifti_slice(path, slice_index)
         arr, used = _scale(arr, path, window)
     else:
         arr, file_window, which = read_dicom_frame(path, slice_index)
@@ -316,26 +270,10 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
     if kind == "pil":
         arr = _read_pil(path)
     elif kind == "nifti":
-        arr = _read_nifti(path, slice_index, stored=True)[0]
+        arr = read_nifti_slice(path, slice_index, stored=True)[0]
     else:
         arr = read_dicom_frame(path, slice_index, stored=True)[0]
     return np.any(np.nan_to_num(arr) != 0, axis=0)
-
-
-def nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    """The voxel grid of a NIfTI file from its header (no voxel read): its first three axes and its affine."""
-    img = _open_nifti(path)
-    return tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
-
-
-def _open_nifti(path: Path):
-    """:func:`medgmae.data.reader.load_nifti` with its errors as ``ValueError`` naming the file."""
-    try:
-        return load_nifti(path)
-    except Refused as e:  # the opener's own refusal says what to do
-        raise ValueError(f"{path}: {e}") from e
-    except Exception as e:  # nibabel raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
 
 
 def holds_several_slices(path: str | os.PathLike) -> bool:
