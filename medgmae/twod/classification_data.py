@@ -235,15 +235,7 @@ def load_classification_data(
         raise ValueError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
                          "holding them) or a CSV file of path,label rows")  # fmt: skip
     if path.suffix.lower() == ".csv" or path.is_file():
-        items, classes = read_csv_list(path)
-        seeded = not any("split" in it for it in items)
-        if not seeded:
-            train = [it for it in items if it.get("split", "train") == "train"]
-            val = [it for it in items if it.get("split") == "val"]
-        else:
-            train, val = stratified_split(items, val_fraction, seed)
-        for it in items:
-            it.pop("split", None)
+        train, val, classes, seeded = _csv_split(path, val_fraction, seed)
     elif (path / "train").is_dir() and (path / "val").is_dir():
         others = [p.name + "/" for p in _split_folders(path) if p.name not in ("train", "val")]
         if others:
@@ -270,6 +262,27 @@ def load_classification_data(
     _warn_if_channels_mixed(train + val, found, classes, used, path, whose)
     counts = {"train": dict(Counter(classes[it["label"]] for it in train)), "val": dict(Counter(classes[it["label"]] for it in val))}
     return ClassificationData(train, val, list(classes), int(used), str(path), counts, seeded_split=seeded)
+
+
+def _csv_split(path: Path, val_fraction: float, seed: int) -> tuple[list[dict], list[dict], list[str], bool]:
+    """The training and validation items of a CSV file of ``path,label[,split]`` rows (:func:`read_csv_list`):
+    by its ``split`` column where it has one (rows without a split train), else a stratified split drawn with
+    ``val_fraction`` and ``seed``.
+
+    Returns:
+        ``(train, val, classes, seeded)``, ``seeded`` telling whether the split was drawn; the items keep no
+        ``split`` entry.
+    """
+    items, classes = read_csv_list(path)
+    seeded = not any("split" in it for it in items)
+    if not seeded:
+        train = [it for it in items if it.get("split", "train") == "train"]
+        val = [it for it in items if it.get("split") == "val"]
+    else:
+        train, val = stratified_split(items, val_fraction, seed)
+    for it in items:
+        it.pop("split", None)
+    return train, val, classes, seeded
 
 
 def _warn_if_channels_mixed(

@@ -343,11 +343,21 @@ def gmae2d_dataset(
     if flip:
         transforms.append(RandFlipd(keys="image", prob=0.5, spatial_axis=1))
     pipeline = Compose(transforms)
-    if not cache:
-        return Dataset(items, pipeline)
+    return _cached_dataset(items, pipeline, dataset_dir) if cache else Dataset(items, pipeline)
+
+
+def _cached_dataset(items: list[dict], pipeline: Compose, dataset_dir: str) -> CacheDataset:
+    """A :class:`~monai.data.CacheDataset` of ``items`` through ``pipeline``, every item loaded now.
+
+    The cache stops at the first file it cannot read; for an image folder (``dataset_dir`` not ``""``) the folder's
+    files are then read again, so that one ``ValueError`` names every unreadable file (:func:`image_channels`).
+
+    Raises:
+        ValueError: unreadable images of ``dataset_dir``, all named; otherwise the cache's own error.
+    """
     try:
         return CacheDataset(items, pipeline, cache_rate=1.0, num_workers=0, progress=False)
     except Exception:
-        if dataset_dir:  # the cache stopped at the first bad file: name them all (read again only on failure)
+        if dataset_dir:  # read again only on failure
             image_channels([it["image"] for it in items], f"dataset_dir {dataset_dir}")
         raise
