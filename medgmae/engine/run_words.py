@@ -7,10 +7,12 @@ result with these.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
-__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "parameter_counts", "model_words", "plural_noun"]
+__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "loader_items", "parameter_counts", "model_words", "plural_noun"]
 
 
 def device_words(device: torch.device | str) -> str:
@@ -52,13 +54,43 @@ def plural_noun(word: str) -> str:
     return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
 
 
-def global_batch_words(processes: int, batch_size: int, crops_per_item: int, spatial_dims: int = 3) -> str:
-    """``global batch N crops per step (P processes x B volumes x C crops)``; a 2D run's items are images."""
-    total = processes * batch_size * crops_per_item
-    if spatial_dims == 2 and crops_per_item == 1:
-        return f"global batch {plural(total, 'image')} per step ({plural(processes, 'process')} x {batch_size})"
-    parts = f"{plural(processes, 'process')} x {plural(batch_size, 'volume')} x {plural(crops_per_item, 'crop')}"
-    return f"global batch {plural(total, 'crop')} per step ({parts})"
+def global_batch_words(
+    processes: int, batch_size: int, crops_per_item: int, spatial_dims: int = 3, items: int | None = None
+) -> str:
+    """``global batch N crops per step (P processes x B volumes x C crops)``; a 2D run's items are images.
+
+    Args:
+        processes: training processes.
+        batch_size: the loader's ``batch_size``.
+        crops_per_item: crops each item yields.
+        spatial_dims: 2 for images (whole, one crop each), 3 for volumes.
+        items: the items one process draws in an epoch (:func:`loader_items`), ``None`` where unknown. Where fewer
+            than ``batch_size``, each step holds those items alone (the loader keeps its last, short batch and
+            repeats nothing), and the words count them and say why: ``global batch 2 images per step (1 process x
+            2; batch_size 16, but the dataset holds 2 images)``.
+    """
+    image = spatial_dims == 2 and crops_per_item == 1
+    short = items is not None and 0 < items < batch_size
+    per_process = items if short else batch_size
+    total = processes * per_process * crops_per_item
+    note = ""
+    if short:
+        where = "the dataset holds" if processes == 1 else "each process draws"
+        note = f"; batch_size {batch_size}, but {where} {plural(per_process, 'image' if image else 'volume')}"
+    if image:
+        return f"global batch {plural(total, 'image')} per step ({plural(processes, 'process')} x {per_process}{note})"
+    parts = f"{plural(processes, 'process')} x {plural(per_process, 'volume')} x {plural(crops_per_item, 'crop')}"
+    return f"global batch {plural(total, 'crop')} per step ({parts}{note})"
+
+
+def loader_items(loader: Any) -> int | None:
+    """The items (volumes, images) one process draws from ``loader`` in an epoch: the length of its sampler (a
+    distributed sampler's share of the dataset, its padding included); ``None`` for a loader without a sized
+    sampler (an iterable dataset)."""
+    try:
+        return int(len(loader.sampler))
+    except (AttributeError, TypeError):
+        return None
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -55,6 +55,7 @@ def run_settings_line(
     batch_size: int | None,
     crops_per_item: int = 1,
     processes: int = 1,
+    items: int | None = None,
 ) -> str:
     """One line stating what a pre-training run runs.
 
@@ -65,6 +66,8 @@ def run_settings_line(
         batch_size: items (volumes, images) per loader batch of one process; ``None`` leaves the batch out.
         crops_per_item: crops each loader item yields (the 3D bundle's ``num_samples``).
         processes: training processes (torchrun's world size).
+        items: items one process draws in an epoch; fewer than ``batch_size`` are what each step holds
+            (:func:`~medgmae.engine.run_words.global_batch_words`).
 
     Returns:
         ``"pre-training runs on cpu, AMP off, renderer torch, model medgmae tiny (N parameters), K=..., mask ratio
@@ -83,5 +86,5 @@ def run_settings_line(
     visible = visible_patch_count(n, model.mask_ratio)
     parts.append(f"mask ratio {model.mask_ratio:g} ({visible} of {n} patches visible per {'image' if dims == 2 else 'crop'})")
     if batch_size is not None:
-        parts.append(global_batch_words(processes, int(batch_size), int(crops_per_item), dims))
+        parts.append(global_batch_words(processes, int(batch_size), int(crops_per_item), dims, items))
     return ", ".join(parts)

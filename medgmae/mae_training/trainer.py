@@ -20,6 +20,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
 from medgmae.distributed import is_main_process, rank_world
+from medgmae.engine.run_words import loader_items
 from medgmae.engine.step_guards import GradientClipHandler
 from medgmae.mae_training.run_line import run_settings_line
 from medgmae.mae_training.validation import masked_psnr
@@ -94,7 +95,7 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         """The start line: device, AMP, renderer, model, Gaussians, mask and global batch of this run."""
         batch = getattr(self.data_loader, "batch_size", None)
         return run_settings_line(self.network, self.state.device, self.amp_asked, batch, self.crops_per_item,
-                                 rank_world()[1])  # fmt: skip
+                                 rank_world()[1], loader_items(self.data_loader))  # fmt: skip
 
     def _log_run_settings(self, _: Any = None) -> None:
         if is_main_process():

@@ -25,6 +25,7 @@ def gvit_run_line(
     render_backend: str,
     epochs: Mapping[str, int],
     batch_size: int | None,
+    items: int | None = None,
 ) -> str:
     """One line stating what a GViT training run runs.
 
@@ -35,6 +36,8 @@ def gvit_run_line(
         render_backend: the ``render_backend`` setting (``auto`` is resolved for ``device``).
         epochs: each phase's epochs, in phase order.
         batch_size: images per loader batch; ``None`` leaves the batch out.
+        items: training images in an epoch; fewer than ``batch_size`` are what each step holds
+            (:func:`~medgmae.engine.run_words.global_batch_words`).
 
     Returns:
         ``"GViT training runs on cpu, AMP off, renderer torch, model gvit tiny (N parameters), K=64 Gaussians,
@@ -55,5 +58,5 @@ def gvit_run_line(
     phases = " / ".join(f"{p} {int(n)}" + ("" if int(n) else " (skipped)") for p, n in epochs.items())
     parts.append(f"epochs {phases}")
     if batch_size is not None:
-        parts.append(global_batch_words(1, int(batch_size), 1, spatial_dims=2))
+        parts.append(global_batch_words(1, int(batch_size), 1, spatial_dims=2, items=items))
     return ", ".join(parts)

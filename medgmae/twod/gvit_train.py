@@ -33,6 +33,7 @@ from torch import nn
 from medgmae.engine import check_resume_fits, resolve_device
 from medgmae.engine.earlier_run import EarlierRun
 from medgmae.engine.resume import epoch_checkpoints
+from medgmae.engine.run_words import loader_items
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
@@ -193,7 +194,8 @@ class GViTWorkflow:
         """The start line: device, AMP, renderer, model, Gaussians, image size, phase epochs and global batch
         (:func:`~medgmae.twod.gvit_run_line.gvit_run_line`)."""
         batch = getattr(self.train_loader, "batch_size", None)
-        return gvit_run_line(self.model, self.device, self.amp, self.kwargs["render_backend"], self.epochs, batch)
+        return gvit_run_line(self.model, self.device, self.amp, self.kwargs["render_backend"], self.epochs, batch,
+                             loader_items(self.train_loader))  # fmt: skip
 
     def trainer(self, phase: str) -> SupervisedTrainer:
         """The (new) MONAI trainer of ``phase``."""
