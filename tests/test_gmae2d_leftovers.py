@@ -48,3 +48,61 @@ def test_the_gvit_start_line_counts_the_images_a_step_really_holds():
     line = gvit_run_line(model, "cpu", False, "torch", {"warmup": 1}, batch_size=32, items=3)
     assert line.endswith("global batch 3 images per step (1 process x 3; batch_size 32, but the dataset holds 3 images)")
     assert gvit_run_line(model, "cpu", False, "torch", {"warmup": 1}, 32).endswith("global batch 32 images per step (1 process x 32)")
+
+
+def test_a_folder_of_one_image_is_counted_in_the_singular(tmp_path, caplog):
+    """"--val_images 4: dataset_dir ... holds 1 distinct images, so validation uses those 1" and "1 image files -> 1
+    training images": one image is one image."""
+    from medgmae.twod.data2d import image_folder_items
+    from medgmae.twod.gmae_validation import gmae2d_validation_dataset
+
+    _pictures(tmp_path / "one", 1)
+    with caplog.at_level(logging.INFO, logger="medgmae.twod"):
+        image_folder_items(tmp_path / "one")
+        assert len(gmae2d_validation_dataset(str(tmp_path / "one"), (16, 16), 1, 1, 4, 0)) == 1
+    assert f"dataset_dir {tmp_path / 'one'}: 1 image file -> 1 training image (one per file)" in caplog.text
+    assert f"--val_images 4: dataset_dir {tmp_path / 'one'} holds 1 distinct image, so validation uses it" in caplog.text
+    _pictures(tmp_path / "two", 2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medgmae.twod"):
+        gmae2d_validation_dataset(str(tmp_path / "two"), (16, 16), 1, 1, 4, 0)
+    assert "holds 2 distinct images, so validation uses those 2" in caplog.text
+
+
+def test_one_volume_or_frame_stack_among_the_files_is_named_in_the_singular(tmp_path):
+    import nibabel as nib
+
+    from medgmae.twod.data2d import several_slices_notes
+
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.float32), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    assert several_slices_notes([tmp_path / "a.nii.gz"]) == ["1 of them a 3D NIfTI volume, contributing its middle axial slice"]
+    assert several_slices_notes([tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]) == [
+        "2 of them 3D NIfTI volumes, each contributing its middle axial slice"
+    ]
+
+
+def test_gvit_and_2d_tool_counts_of_one_are_singular(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from medgmae.twod.classification_split import apply_recorded_split
+    from medgmae.twod.cli import _check_layers
+    from medgmae.twod.gvit_summary import _summary_lines
+    from medgmae.twod.pngs import save_png_grid
+
+    s = {"accuracy": 1.0, "num_images": 1, "per_class_accuracy": {"a": 1.0}, "split": "", "dataset": "",
+         "training": None, "files": dict.fromkeys(("model", "metrics", "confusion_matrix", "explanations"), "x"),
+         "next": {}}  # fmt: skip
+    lines = _summary_lines(s, {}, [tmp_path / "one.png"], "evaluation", 8)
+    assert lines[0].startswith("GViT evaluation finished: accuracy 1.0000 on 1 image (a 1.000)")
+    assert "explanations 1 PNG in x (image" in " ".join(lines[-1].split())
+    with pytest.raises(ValueError, match="--num-layers 2 exceeds the model's 1 Gaussian$"):
+        _check_layers(2, SimpleNamespace(num_gaussians=1))
+    with pytest.raises(ValueError, match="^1 label for 2 images$"):
+        save_png_grid(np.zeros((2, 1, 4, 4), np.float32), ["only"], tmp_path / "grid.png")
+    items = {name: {"image": str(tmp_path / f"{name}.png"), "label": 0} for name in ("a", "b", "c")}
+    with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
+        apply_recorded_split([items["a"], items["c"]], [items["b"]], {"train": ["a.png"], "val": ["b.png"]}, tmp_path)
+    assert "(1 image added, 0 missing)" in caplog.text and "(1 training, 1 validation image here)" in caplog.text

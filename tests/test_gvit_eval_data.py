@@ -162,7 +162,7 @@ def test_evaluation_keeps_training_split_when_images_were_added(tmp_path, caplog
     assert m["num_images"] == len(kept)
     shown = sorted(p.name.split("_")[1] for p in (run / "eval" / "explanations").iterdir())
     assert shown == sorted(Path(v).stem for v in kept)  # training's validation images, none added, none trained on
-    assert "changed since training (6 image(s) added, 1 missing)" in caplog.text
+    assert "changed since training (6 images added, 1 missing)" in caplog.text
 
 
 def test_the_redrawn_split_would_leak_training_images(tmp_path):

@@ -92,8 +92,8 @@ def test_inference_names_the_slice_of_a_volume_and_the_frame_of_a_cine(trained, 
     assert rows[0][2:] == rows[2][2:]  # the volume is classified as its middle slice alone is
     assert f" - {images[0]}, axial slice 2 of 5 (numbered from 0): {rows[0][2]} (probability" in log
     assert f" - {images[1]}, frame 1 of 3 (numbered from 0): {rows[1][2]} (probability" in log
-    assert ("4 image(s) classified by" in log and "; 1 of them 3D NIfTI volumes, each contributing its middle axial "
-            "slice; 1 of them multi-frame DICOM, each contributing its middle frame\n" in log)
+    assert ("4 image(s) classified by" in log and "; 1 of them a 3D NIfTI volume, contributing its middle axial "
+            "slice; 1 of them a multi-frame DICOM file, contributing its middle frame\n" in log)
 
 
 def _refused(**settings) -> BaseException:

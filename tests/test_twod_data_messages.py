@@ -19,7 +19,7 @@ def test_image_folder_logs_files_and_volume_slices(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="medgmae.twod"):
         assert len(image_folder_items(tmp_path)) == 3
     assert "3 image files -> 3 training images" in caplog.text
-    assert "1 of them 3D NIfTI volumes, each contributing its middle axial slice" in caplog.text
+    assert "1 of them a 3D NIfTI volume, contributing its middle axial slice" in caplog.text
 
 
 def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
@@ -42,7 +42,7 @@ def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
         ds.save_as(tmp_path / name, enforce_file_format=True)
     with caplog.at_level(logging.INFO, logger="medgmae.twod"):
         assert len(image_folder_items(tmp_path)) == 4  # a scanner's file without an ending is found by its preamble
-    assert "4 image files -> 4 training images (one per file; 1 of them multi-frame DICOM, each contributing its " \
+    assert "4 image files -> 4 training images (one per file; 1 of them a multi-frame DICOM file, contributing its " \
            "middle frame)" in caplog.text and "not images" not in caplog.text
 
 

@@ -16,6 +16,8 @@ import random
 from pathlib import Path
 from typing import Mapping
 
+from medgmae.engine.run_words import plural
+
 __all__ = ["stratified_split", "split_record", "apply_recorded_split", "without_split_files"]
 
 logger = logging.getLogger("medgmae.gvit")
@@ -99,10 +101,11 @@ def apply_recorded_split(
     added, missing = len(where) - len(known), len(trained_or_validated) - len(known)
     train = [it for rel, it in where.items() if rel in saved["train"]]
     val = [it for rel, it in where.items() if rel in saved["val"]]
-    logger.warning("dataset %s has changed since training (%d image(s) added, %d missing%s): the seeded split drawn now "
+    logger.warning("dataset %s has changed since training (%s added, %d missing%s): the seeded split drawn now "
                    "differs from training's, so training's split is kept as its model file records it (%d training, "
-                   "%d validation images here)%s", source, added, missing, "" if added or missing else "; classes changed",
-                   len(train), len(val), "; the added images are in neither split" if added else "")  # fmt: skip
+                   "%s here)%s", source, plural(added, "image"), missing,
+                   "" if added or missing else "; classes changed", len(train), plural(len(val), "validation image"),
+                   "; the added images are in neither split" if added else "")  # fmt: skip
     return train, val
 
 

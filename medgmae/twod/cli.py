@@ -30,6 +30,7 @@ import torch
 from medgmae.checkpoint import TrainingStateError
 from medgmae.cli_types import ToolParser, expand_home, nonneg_float, nonneg_int, positive_int
 from medgmae.engine import resolve_device
+from medgmae.engine.run_words import plural
 from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
@@ -197,7 +198,7 @@ def _window(args, model: GMAE2D) -> tuple[float, float] | None:
 
 def _check_layers(num_layers: int, model: GMAE2D, flag: str = "--num-layers") -> None:
     if num_layers > model.num_gaussians:
-        raise ValueError(f"{flag} {num_layers} exceeds the model's {model.num_gaussians} Gaussians")
+        raise ValueError(f"{flag} {num_layers} exceeds the model's {plural(model.num_gaussians, 'Gaussian')}")
 
 
 def _apply_layer_defaults(args, model: GMAE2D) -> None:
@@ -242,7 +243,7 @@ def _run_layers(args, model, x, size) -> tuple[dict[str, Callable[[Path], object
     summary = {"num_layers": args.num_layers, "gaussians_per_layer": per_layer, "partial_render_counts": counts,
                "num_gaussians": model.num_gaussians, "render_size": list(size),
                "mse_full_render": float((recon - inp).square().mean())}  # fmt: skip
-    layer_labels = [f"layer {i + 1}: {n} Gaussians" for i, n in enumerate(per_layer)]  # nearest first
+    layer_labels = [f"layer {i + 1}: {plural(n, 'Gaussian')}" for i, n in enumerate(per_layer)]  # nearest first
     partial_labels = ["input"] + [f"{k} nearest" if k < model.num_gaussians else f"all {k}" for k in counts]
     return {
         "input.png": lambda p: save_png(inp, p),

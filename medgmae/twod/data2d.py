@@ -29,6 +29,7 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
 from medgmae.cli_types import as_path_text
+from medgmae.engine.run_words import plural
 from medgmae.twod.image_folders import listed_files, no_images_message, skipped_files_note
 from medgmae.twod.images import (
     holds_several_slices,
@@ -171,7 +172,8 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
         raise ValueError(no_images_message(f"dataset_dir {folder}", others, folder))
     if log:
         note = "".join(f"; {n}" for n in several_slices_notes(files))
-        logger.info("dataset_dir %s: %d image files -> %d training images (one per file%s)", folder, len(files), len(files), note)
+        logger.info("dataset_dir %s: %s -> %s (one per file%s)", folder, plural(len(files), "image file"),
+                    plural(len(files), "training image"), note)  # fmt: skip
         skipped = skipped_files_note(others, folder)
         if skipped:
             logger.info("dataset_dir %s: %s", folder, skipped)
@@ -180,13 +182,14 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
 
 def several_slices_notes(paths: Iterable[str | os.PathLike]) -> list[str]:
     """What the 2D reader takes of the files among ``paths`` that hold several slices (from their headers): ``["2 of
-    them 3D NIfTI volumes, each contributing its middle axial slice", "1 of them multi-frame DICOM, each contributing
-    its middle frame"]``, the parts that apply (none for pictures and single slices)."""
+    them 3D NIfTI volumes, each contributing its middle axial slice", "1 of them a multi-frame DICOM file,
+    contributing its middle frame"]``, the parts that apply (none for pictures and single slices)."""
     several = [Path(p) for p in paths if holds_several_slices(p)]
     volumes = sum(p.name.lower().endswith((".nii", ".nii.gz")) for p in several)
-    frames = len(several) - volumes
-    return ([f"{volumes} of them 3D NIfTI volumes, each contributing its middle axial slice"] if volumes else []) + (
-        [f"{frames} of them multi-frame DICOM, each contributing its middle frame"] if frames else [])
+    kinds = ((volumes, "3D NIfTI volume", "middle axial slice"),
+             (len(several) - volumes, "multi-frame DICOM file", "middle frame"))  # fmt: skip
+    return [f"{n} of them a {what}, contributing its {part}" if n == 1
+            else f"{n} of them {what}s, each contributing its {part}" for n, what, part in kinds if n]  # fmt: skip
 
 
 def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, window: Any) -> dict:

@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 
 from medgmae.engine import is_main_process
 from medgmae.engine.figures import add_image, label_tile, save_png, tile_grid, upscale
+from medgmae.engine.run_words import plural
 from medgmae.mae_training.summary import PretrainSummary
 from medgmae.mae_training.validation import MaskedValidationHandler
 
@@ -67,8 +68,8 @@ def gmae2d_validation_dataset(
                             seed=int(seed) + int(num_phantoms), flip=False, cache=False, log=False, window=window)  # fmt: skip
         where = "the held-out phantom has"
     if len(ds) < int(num_images):
-        logger.warning("--val_images %d: %s %d distinct images, so validation uses those %d", int(num_images), where,
-                       len(ds), len(ds))  # fmt: skip
+        logger.warning("--val_images %d: %s %s, so validation uses %s", int(num_images), where,
+                       plural(len(ds), "distinct image"), "it" if len(ds) == 1 else f"those {len(ds)}")  # fmt: skip
     return ds
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from medgmae.engine import is_main_process
+from medgmae.engine.run_words import plural
 from medgmae.files import bundle_config, save_json_atomic
 
 __all__ = ["confusion_table", "training_line", "evaluate_command", "gvit_summary"]
@@ -112,7 +113,7 @@ def _summary_lines(s: Mapping, m: Mapping, explanations: list[Path], stage: str,
     """
     per_class = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in s["per_class_accuracy"].items())
     return [
-        f"GViT {stage} finished: accuracy {_fmt(s['accuracy'])} on {s['num_images']} images ({per_class})"
+        f"GViT {stage} finished: accuracy {_fmt(s['accuracy'])} on {plural(s['num_images'], 'image')} ({per_class})"
         + (f", {s['split']} split of {s['dataset'] or 'the phantom task'}" if s["split"] else ""),
         f"  trained {training_line(s['training'])}",
         "confusion matrix (rows = true class):",
@@ -120,7 +121,7 @@ def _summary_lines(s: Mapping, m: Mapping, explanations: list[Path], stage: str,
         f"  {'model.pt':<18} {s['files']['model']}",
         f"  {'metrics':<18} {s['files']['metrics']}",
         f"  {'confusion matrix':<18} {s['files']['confusion_matrix']}",
-        f"  {'explanations':<18} {len(explanations)} PNGs in {s['files']['explanations']} (image | 2-sigma ellipses, "
+        f"  {'explanations':<18} {plural(len(explanations), 'PNG')} in {s['files']['explanations']} (image | 2-sigma ellipses, "
         "small det(Sigma) yellow | rendering)" + "".join(f"\n{'':<22}{p.name}" for p in explanations[:max_listed]),
     ] + (["next:"] if s["next"] else []) + [f"  {k}: {v}" for k, v in s["next"].items()]
 

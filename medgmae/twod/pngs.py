@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from medgmae.files import atomic_write
+from medgmae.engine.run_words import plural
 
 __all__ = ["save_png", "save_png_grid"]
 
@@ -55,7 +56,7 @@ def save_png_grid(
     if x.dim() != 4 or x.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, C, H, W) stack, got {tuple(x.shape)}")
     if len(labels) != x.shape[0]:
-        raise ValueError(f"{len(labels)} labels for {x.shape[0]} images")
+        raise ValueError(f"{plural(len(labels), 'label')} for {plural(x.shape[0], 'image')}")
     factor = max(1, -(-int(min_tile) // max(x.shape[-2:])))
     tiles = []
     for img, text in zip(x, labels):
