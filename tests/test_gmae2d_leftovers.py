@@ -1,5 +1,5 @@
-"""2D words that were not true: the start lines' global batch of a dataset smaller than a batch, and counts of one
-written as plurals ("1 distinct images")."""
+"""Leftovers of the 2D family: the start lines' global batch of a dataset smaller than a batch, counts of one written
+as plurals ("1 distinct images"), and the scale of a 16-bit RGB DICOM."""
 
 from __future__ import annotations
 
@@ -106,3 +106,43 @@ def test_gvit_and_2d_tool_counts_of_one_are_singular(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="medgmae.gvit"):
         apply_recorded_split([items["a"], items["c"]], [items["b"]], {"train": ["a.png"], "val": ["b.png"]}, tmp_path)
     assert "(1 image added, 0 missing)" in caplog.text and "(1 training, 1 validation image here)" in caplog.text
+
+
+def _write_rgb_dicom(path, rgb: np.ndarray, bits_stored: int) -> None:
+    """An uncompressed RGB DICOM of ``(H, W, 3)`` samples, 8- or 16-bit as ``rgb``'s type, ``bits_stored`` of them
+    used."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = 8 * rgb.dtype.itemsize
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_16_bit_rgb_dicom_is_scaled_by_its_bit_depth(tmp_path):
+    """A 16-bit RGB DICOM was divided by 255: every sample above 255 read as 1 (white). Its samples are divided by
+    the largest value of their bit depth (2 ** BitsStored - 1), as a 16-bit picture file is by 65535; an 8-bit
+    one reads as before."""
+    from medgmae.twod.images import read_image, read_image_source
+
+    wide = np.zeros((4, 5, 3), np.uint16)
+    wide[0, 0], wide[1, 2], wide[3, 4] = (65535, 32768, 0), (1000, 4095, 255), (13107, 26214, 39321)
+    _write_rgb_dicom(tmp_path / "rgb16.dcm", wide, 16)
+    image, source = read_image_source(tmp_path / "rgb16.dcm")
+    assert image.shape == (3, 4, 5) and source["window"] == [0.0, 1.0]
+    np.testing.assert_allclose(image, wide.transpose(2, 0, 1) / 65535.0, atol=1e-6)
+    _write_rgb_dicom(tmp_path / "rgb12.dcm", np.minimum(wide, 4095), 12)  # 12 of 16 bits used: 4095 is white
+    np.testing.assert_allclose(read_image(tmp_path / "rgb12.dcm"), np.minimum(wide, 4095).transpose(2, 0, 1) / 4095.0, atol=1e-6)
+    narrow = (np.arange(60).reshape(4, 5, 3) * 4).astype(np.uint8)
+    _write_rgb_dicom(tmp_path / "rgb8.dcm", narrow, 8)
+    np.testing.assert_allclose(read_image(tmp_path / "rgb8.dcm"), narrow.transpose(2, 0, 1) / 255.0, atol=1e-6)

@@ -77,7 +77,7 @@ def read_dicom_frame(
         arr = arr[k]
     which = {"axis": "frame", "index": k, "count": frames}
     if rgb:
-        return _radiological_frame(arr.transpose(2, 0, 1) / 255.0, ds), (0.0, 1.0), which
+        return _radiological_frame(arr.transpose(2, 0, 1) / _sample_max(ds, path), ds), (0.0, 1.0), which
     if stored:
         return _radiological_frame(arr[None], ds), None, which
     arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
@@ -92,6 +92,25 @@ def read_dicom_frame(
         arr = -arr
         window = None if window is None else (-window[1], -window[0])
     return _radiological_frame(arr[None], ds), window, which
+
+
+def _sample_max(ds: Any, path: Path) -> float:
+    """The largest value a colour DICOM's samples can hold, ``2 ** BitsStored - 1`` (255 for 8-bit samples, 65535
+    for 16-bit ones; without ``BitsStored``, by ``BitsAllocated``, else 8 bits), by which they are divided to
+    ``[0, 1]``: a colour frame is scaled by its bit depth, as a colour picture file is by its integer type, where a
+    grey frame is windowed (divided by 255, 16-bit samples saturated at 1).
+
+    Raises:
+        ValueError: naming ``path``, a bit depth that is not a whole number from 1 to 32.
+    """
+    bits = getattr(ds, "BitsStored", None) or getattr(ds, "BitsAllocated", None) or 8
+    try:
+        depth = int(bits)
+    except (TypeError, ValueError):
+        depth = 0
+    if not 1 <= depth <= 32:
+        raise ValueError(f"{path}: BitsStored {bits!r} is not a bit depth from 1 to 32")
+    return float(2**depth - 1)
 
 
 def _sop_class_words(ds) -> str:

@@ -19,6 +19,8 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
   and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
   The frame is shown radiologically as a NIfTI slice is, by its ImageOrientationPatient (a standard axial slice
   as stored; a flipped or transposed one turned; without the tag, as stored): :mod:`medgmae.twod.dicom_frames`.
+  A colour (RGB, YBR) frame is not windowed: it is divided by the largest value of its bit depth
+  (``2 ** BitsStored - 1``: 255 for 8-bit samples, 65535 for 16-bit ones), as a picture file is.
 
 Masks (:func:`read_mask`, :func:`read_reference`) are read from the values the file stores, without NIfTI's or
 DICOM's rescale; a reference mask must be on the image's pixels (:mod:`medgmae.data.grid`).
