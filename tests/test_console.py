@@ -314,13 +314,13 @@ def test_a_title_longer_than_its_picture_widens_it_instead_of_being_cut():
     the band, and the picture with it, is widened with black to hold the whole text; a short one changes nothing."""
     from PIL import Image, ImageDraw
 
-    from medgmae.engine.figures import _font, label_tile
+    from medgmae.engine.figures import figure_font, label_tile
 
     title = "case_0000: voxels 0.70 (R-L) x 0.90 (A-P) x 2.50 (I-S) mm; grey window [-1000, 1000] HU"
     img = np.full((40, 128, 3), 90, np.uint8)
     out = label_tile(img, title)
     ink = np.argwhere(out[:14].max(axis=-1) > 0)  # the band's white pixels
-    full = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=_font())
+    full = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=figure_font())
     assert out.shape[1] > 128 and ink[:, 1].max() >= full - 6  # the text's last glyph is drawn
     assert np.array_equal(out[14:, :128], img) and not out[14:, 128:].any()  # the picture as it was, black beside
     assert label_tile(img, "short").shape == (54, 128, 3)

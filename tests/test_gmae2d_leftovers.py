@@ -1,5 +1,5 @@
 """Leftovers of the 2D family: the start lines' global batch of a dataset smaller than a batch, counts of one written
-as plurals ("1 distinct images"), and the scale of a 16-bit RGB DICOM."""
+as plurals ("1 distinct images"), the scale of a 16-bit RGB DICOM, and the letters the pictures' text can draw."""
 
 from __future__ import annotations
 
@@ -146,3 +146,27 @@ def test_a_16_bit_rgb_dicom_is_scaled_by_its_bit_depth(tmp_path):
     narrow = (np.arange(60).reshape(4, 5, 3) * 4).astype(np.uint8)
     _write_rgb_dicom(tmp_path / "rgb8.dcm", narrow, 8)
     np.testing.assert_allclose(read_image(tmp_path / "rgb8.dcm"), narrow.transpose(2, 0, 1) / 255.0, atol=1e-6)
+
+
+def test_pictures_draw_the_letters_their_font_has_and_a_clear_mark_for_the_rest(monkeypatch):
+    """Labels ('Straße', Greek, Cyrillic) were drawn in Pillow's built-in font, which lacks ß: it read 'Stra?e'.
+    Where DejaVu Sans is installed (the system's fonts, or matplotlib's copy) the pictures use it and draw those
+    letters; a letter it lacks (CJK) is still '?', never an empty box. Without it, the built-in font."""
+    from PIL import ImageFont
+
+    from medgmae.engine import figure_text
+    from medgmae.engine.figures import drawable, figure_font, label_tile
+
+    monkeypatch.setattr(figure_text, "_font_files", lambda: ["no-such-font.ttf"])
+    assert figure_text.figure_font.__wrapped__().getname() == ImageFont.load_default().getname()
+    monkeypatch.undo()
+    font = figure_font()
+    if "DejaVu" not in font.getname()[0]:
+        import pytest
+
+        pytest.skip("DejaVu Sans is not installed here (neither among the system's fonts nor matplotlib's)")
+    assert drawable("Straße Ωμέγα Жук é") == "Straße Ωμέγα Жук é"
+    assert drawable("肝臓 ß") == "?? ß"
+    tile = np.zeros((16, 200, 3), np.uint8)
+    assert not np.array_equal(label_tile(tile, "Straße"), label_tile(tile, "Stra?e"))
+    np.testing.assert_array_equal(label_tile(tile, "肝 x"), label_tile(tile, "? x"))

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from medgmae.engine.figures import figure_font
 from medgmae.twod.classification_data import resolve_classification_data
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.gvit import GViT
@@ -217,7 +218,7 @@ def _ink(img: Image.Image) -> int:
 def test_confusion_matrix_title_is_whole_for_two_short_classes(tmp_path):
     save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), ["a", "b"], tmp_path / "cm.png")
     img = Image.open(tmp_path / "cm.png")
-    font = ImageFont.load_default()
+    font = figure_font()
     title = "true (rows) vs predicted (columns)"
     whole = Image.new("L", (400, 20), 255)
     ImageDraw.Draw(whole).text((4, 4), title, fill=0, font=font)
@@ -226,19 +227,21 @@ def test_confusion_matrix_title_is_whole_for_two_short_classes(tmp_path):
 
 
 def test_accented_class_names_read_in_the_pictures(tmp_path):
-    """The default font has no glyph for letters such as ü or é (it draws the empty box of a missing glyph): class
-    names are drawn with their plain letters, so that 'Läsion' reads as 'Lasion', not 'L?sion' with a box."""
-    from medgmae.engine.figures import label_tile
+    """A letter the pictures' font has no glyph for (ü in Pillow's built-in font, used where DejaVu Sans is not
+    installed) would be the empty box of a missing glyph: class names are drawn with their plain letters, so that
+    'Läsion' reads as 'Lasion', not 'L?sion' with a box; a font that has ü draws it."""
+    from medgmae.engine.figures import drawable, label_tile
 
     tile = np.zeros((16, 180, 3), np.uint8)
-    font = ImageFont.load_default()
-    box = font.getmask("\uffff")
-    assert bytes(font.getmask("ü")) == bytes(box)  # the font lacks it: as drawn before, an empty box
+    font = figure_font()
+    lacks = bytes(font.getmask("ü")) == bytes(font.getmask("\uffff"))
+    shown, u = ("Lasion", "u") if lacks else ("Läsion", "ü")
+    assert drawable("Läsion") == shown
     np.testing.assert_array_equal(label_tile(tile, "true Läsion / predicted Niere ü"),
-                                  label_tile(tile, "true Lasion / predicted Niere u"))
+                                  label_tile(tile, f"true {shown} / predicted Niere {u}"))
     save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), ["Läsion", "Niere"], tmp_path / "accented.png")
-    save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), ["Lasion", "Niere"], tmp_path / "plain.png")
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "accented.png")), np.asarray(Image.open(tmp_path / "plain.png")))
+    save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), [shown, "Niere"], tmp_path / "shown.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "accented.png")), np.asarray(Image.open(tmp_path / "shown.png")))
 
 
 def test_confusion_matrix_column_labels_are_whole(tmp_path):
@@ -246,7 +249,7 @@ def test_confusion_matrix_column_labels_are_whole(tmp_path):
     save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), names, tmp_path / "cm.png")
     img = Image.open(tmp_path / "cm.png")
     label_w, top, cell = 8 + 7 * max(map(len, names)), 24, 48
-    font = ImageFont.load_default()
+    font = figure_font()
     for j, name in enumerate(names):  # the header above column j holds the whole name's ink
         header = img.crop((label_w + j * cell, top, label_w + (j + 1) * cell, top + label_w))
         whole = Image.new("L", (200, 30), 255)

@@ -10,15 +10,14 @@ until :func:`save_png` writes them (atomically) or :func:`add_image` puts them i
 
 from __future__ import annotations
 
-import functools
 import math
-import unicodedata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from medgmae.engine.figure_text import drawable, figure_font, legible
 from medgmae.files import atomic_write
 
 __all__ = [
@@ -26,6 +25,7 @@ __all__ = [
     "colormap",
     "drawable",
     "epoch_ticks",
+    "figure_font",
     "grey_rgb",
     "label_tile",
     "legible",
@@ -120,40 +120,10 @@ def slice_point(view: int, point: Sequence[float], shape: Sequence[int]) -> tupl
     raise ValueError(f"view must be 0, 1 or 2, got {view}")
 
 
-def _font() -> ImageFont.ImageFont:
-    return ImageFont.load_default()
-
-
-@functools.lru_cache(maxsize=None)
-def _has_glyph(char: str) -> bool:
-    """Whether the default font draws ``char`` (else it draws the empty box of U+FFFF, which no font maps)."""
-    font = _font()
-    mask, box = font.getmask(char), font.getmask("\uffff")
-    return mask.size != box.size or bytes(mask) != bytes(box)
-
-
-def drawable(text: str) -> str:
-    """``text`` with each character the default font lacks (it would be an empty box: the font covers ASCII and a
-    few signs, not ``ü`` or ``é``) replaced by its letter without accents (``ü`` -> ``u``), else by ``?``; so that a
-    class name of any language reads in the pictures."""
-    out = []
-    for char in str(text):
-        base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
-        out.append(char if char.isascii() or _has_glyph(char) else base if base and all(map(_has_glyph, base)) else "?")
-    return "".join(out)
-
-
-def legible(text: str) -> str:
-    """``text`` with each space widened to three: the default font's space is 2 pixels wide, no wider than the gaps
-    between its letters, so that ``4 Gaussians`` read as ``4Gaussians``; characters the font lacks
-    :func:`drawable`."""
-    return drawable(text).replace(" ", "   ")
-
-
 def label_tile(img: np.ndarray, text: str, band: int = 14) -> np.ndarray:
     """An ``(H, W, 3)`` image with ``text`` written in a black band above it (its spaces :func:`legible`), widened
     with black on the right where the text is longer than the image is wide (a title is never cut off)."""
-    font, text = _font(), legible(" ".join(str(text).splitlines()))  # one line (a file name may hold a line break)
+    font, text = figure_font(), legible(" ".join(str(text).splitlines()))  # one line (a file name may hold a line break)
     width = max(img.shape[1], math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 6)
     out = Image.new("RGB", (width, img.shape[0] + band), (0, 0, 0))
     out.paste(Image.fromarray(img), (0, band))
@@ -197,7 +167,7 @@ def with_orientation_letters(img: np.ndarray, view: int) -> np.ndarray:
     if min(h, w) < 24:
         return img
     out = Image.fromarray(np.ascontiguousarray(img[..., :3]))
-    draw, font = ImageDraw.Draw(out), _font()
+    draw, font = ImageDraw.Draw(out), figure_font()
     draw.fontmode = "1"  # no anti-aliasing: the letters stay one colour, never a grey of the image
     left, right, top, bottom = _EDGE_LETTERS[view]
     for text, (x, y) in ((left, (2, h // 2 - 5)), (right, (w - 8, h // 2 - 5)), (top, (w // 2 - 3, 1)), (bottom, (w // 2 - 3, h - 12))):
@@ -353,7 +323,7 @@ def line_plot(
         raise ValueError("line_plot needs at least one panel")
     w, h = size
     out = Image.new("RGB", (w * len(panels), h), (255, 255, 255))
-    draw, font = ImageDraw.Draw(out), _font()
+    draw, font = ImageDraw.Draw(out), figure_font()
     for p, (title, series) in enumerate(panels):
         ox, left, right, top, bottom = p * w, p * w + 56, p * w + w - 12, 22, h - 30
         pts = {k: [(float(a), float(b)) for a, b in zip(*v) if math.isfinite(float(a)) and math.isfinite(float(b))]

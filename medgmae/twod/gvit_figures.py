@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from medgmae.engine.figures import colormap, drawable, label_tile, save_png, tile_grid
+from medgmae.engine.figures import colormap, drawable, figure_font, label_tile, save_png, tile_grid
 from medgmae.files import atomic_write
 from medgmae.twod.gvit import Gaussians2D
 
@@ -32,7 +32,7 @@ def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: 
     cm = np.asarray(cm)
     class_names = [drawable(c) for c in class_names]  # letters the font lacks as their plain forms
     n = len(class_names)
-    font = ImageFont.load_default()
+    font = figure_font()
     label_w = 8 + 7 * max(len(str(c)) for c in class_names)
     top, title = 24, "true (rows) vs predicted (columns)"
     width = max(label_w + n * cell + 8, int(font.getlength(title)) + 8)  # the title whole, for two classes too
