@@ -133,3 +133,16 @@ def test_the_bundle_logs_the_start_line_and_writes_the_decoders_rate():
                                              (2, "crop", "2 crops"), (0, "case", "0 cases"), (4, "box", "4 boxes")])
 def test_plural_words(n, word, expected):
     assert plural(n, word) == expected
+
+
+def test_the_start_line_counts_the_volumes_a_short_dataset_gives_a_step(caplog):
+    """Three training cases with ``batch_size`` 4: each step holds the three (the loader keeps its short batch), as
+    the line says; it stated a global batch of 4 volumes."""
+    net, opt = _unetr()
+    engine = _engine(net, opt, batch_size=4)
+    engine.data_loader.sampler = range(3)  # the loader's sampler: three cases in one process
+    with caplog.at_level(logging.INFO, logger="medgmae.finetune"):
+        FinetuneRunLine("", crops_per_item=2)(engine)
+    line = caplog.records[-1].getMessage()
+    assert line.endswith("global batch 6 crops per step (1 process x 3 volumes x 2 crops; batch_size 4, but the "
+                         "dataset holds 3 volumes)"), line  # fmt: skip

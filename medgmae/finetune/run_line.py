@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.distributed import is_main_process, rank_world
 from medgmae.engine import unwrap_model
-from medgmae.engine.run_words import amp_words, device_words, global_batch_words, parameter_counts, plural
+from medgmae.engine.run_words import amp_words, device_words, global_batch_words, loader_items, parameter_counts, plural
 from medgmae.finetune.weights import layer_id
 
 __all__ = ["FinetuneRunLine", "finetune_run_line", "learning_rate_words", "FROZEN_SCRATCH_WARNING"]
@@ -95,6 +95,7 @@ def finetune_run_line(
     batch_size: int = 1,
     crops_per_item: int = 1,
     processes: int = 1,
+    items: int | None = None,
 ) -> str:
     """One line stating what a fine-tuning run runs.
 
@@ -107,6 +108,8 @@ def finetune_run_line(
         batch_size: volumes per loader batch of one process.
         crops_per_item: crops each volume yields (``num_samples``).
         processes: training processes (torchrun's world size).
+        items: the volumes one process draws in an epoch (:func:`~medgmae.engine.run_words.loader_items`): fewer
+            than ``batch_size`` make each step hold those alone, and the global batch says so.
 
     Returns:
         ``"fine-tuning runs on cpu, AMP off, network UNETR (feature size 16, N parameters, M trainable), encoder
@@ -122,7 +125,7 @@ def finetune_run_line(
         f"network UNETR ({size_words}{count:,} parameters, {trainable:,} trainable)",
         _encoder_words(model, pretrained),
         learning_rate_words(model, optimizer),
-        global_batch_words(processes, int(batch_size), int(crops_per_item)),
+        global_batch_words(processes, int(batch_size), int(crops_per_item), items=items),
     ]
     return ", ".join(parts)
 
@@ -151,4 +154,5 @@ class FinetuneRunLine:
             logger.warning(FROZEN_SCRATCH_WARNING)
         batch = getattr(engine.data_loader, "batch_size", None) or 1
         logger.info(finetune_run_line(model, engine.optimizer, engine.state.device, bool(getattr(engine, "amp", False)),
-                                      self.pretrained, batch, self.crops_per_item, rank_world()[1]))  # fmt: skip
+                                      self.pretrained, batch, self.crops_per_item, rank_world()[1],
+                                      loader_items(engine.data_loader)))  # fmt: skip
