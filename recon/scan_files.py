@@ -340,7 +340,8 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
 def with_header_offset(geom, offset: tuple[float, float] | None, path):
     """``geom`` (a :class:`~recon.geometry.CTGeometry`) with the detector offset a projection stack's header origin
     states (:func:`check_projection_header`): taken, with a note, where ``geometry.json`` has none; refused where it
-    states another one.
+    states another one. RTK's centred origin (offset ``(0, 0)``) states none and keeps ``geometry.json``'s, as RTK
+    keeps its geometry's ``ProjectionOffsetX/Y`` for a centred projection image.
 
     Args:
         geom: the geometry as ``geometry.json`` gives it.
@@ -356,7 +357,7 @@ def with_header_offset(geom, offset: tuple[float, float] | None, path):
     """
     from recon.geometry import NO_OFFSET, CTGeometry
 
-    if offset is None or np.allclose(offset, geom.det_offset, rtol=0, atol=1e-3 * min(geom.det_spacing)):
+    if offset is None or offset == NO_OFFSET or np.allclose(offset, geom.det_offset, rtol=0, atol=1e-3 * min(geom.det_spacing)):
         return geom
     stated = f"projections {path}: the header's origin puts the detector centre (u, v) = {offset} mm off the central ray"
     if geom.det_offset != NO_OFFSET:

@@ -260,7 +260,8 @@ def test_a_projection_header_origin_is_read_as_the_offset(tmp_path, capsys):
     """A MetaImage stack whose origin is RTK's centred origin ``-(n - 1) / 2 * spacing`` plus (0.6, -0.9) mm, with
     anisotropic pixels (0.8 mm columns, 1.3 mm rows), states the offset (u, v) = (0.6, -0.9): the geometry takes it
     (with a note); a geometry that states another offset is refused, as is a header whose offset puts the central ray
-    off the detector."""
+    off the detector. RTK's centred origin keeps the geometry's offset, whatever it is (RTK adds ProjectionOffsetX/Y
+    to a centred image)."""
     import SimpleITK as sitk
 
     from recon.scan_files import check_projection_header, with_header_offset
@@ -284,7 +285,11 @@ def test_a_projection_header_origin_is_read_as_the_offset(tmp_path, capsys):
         with_header_offset(g, far, tmp_path / "far.mha")
     img.SetOrigin((-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0))  # centred: no offset, geometry unchanged
     sitk.WriteImage(img, str(tmp_path / "centred.mha"))
-    assert check_projection_header(tmp_path / "centred.mha", g.det_spacing, g.det_shape) == (0.0, 0.0)
+    centred = check_projection_header(tmp_path / "centred.mha", g.det_spacing, g.det_shape)
+    assert centred == (0.0, 0.0) and with_header_offset(g, centred, tmp_path / "centred.mha") is g
+    # RTK's centred origin states no offset of its own: geometry.json's (RTK's ProjectionOffsetX/Y) stays
+    offset_geometry = CTGeometry.from_dict({**g.to_dict(), "det_offset": (0.5, -0.2)})
+    assert with_header_offset(offset_geometry, centred, tmp_path / "centred.mha") is offset_geometry
 
 
 def test_simulate_takes_a_detector_offset(tmp_path, capsys):
