@@ -12,6 +12,8 @@ Subcommands::
                   [--iterations N] [--reference R.nii.gz] [--matrix-dir DIR] --out DIR
     medgmae-recon evaluate --recon R.nii.gz --reference R2.nii.gz
     medgmae-recon select --runs DIR DIR [DIR ...] [--json choice.json]
+    medgmae-recon geometry --rtk geometry.xml (--projections P.mha | --det-shape ROWS COLS --det-spacing MM)
+                  --volume-shape Z Y X --voxel-size MM --out geometry.json
 
 Projection stacks are ``.npy`` arrays ``(views, rows, cols)`` or MetaImage / NRRD / NIfTI stacks indexed
 (column, row, view), as RTK writes them (:func:`recon.scan_files.load_projections`): line integrals, or raw detector
@@ -65,6 +67,7 @@ import threading
 from medgmae.bundle_errors import Terminated, catch_sigterm
 from medgmae.cli_types import ToolParser, expand_home, finite_float, nonneg_float, nonneg_int, positive_float, positive_int
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp
+from recon.geometry_command import cmd_geometry
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
 from recon.select_command import cmd_select
 from recon.simulate_command import cmd_simulate
@@ -103,6 +106,7 @@ EPILOGS = {
     "reconstruct": (UNITS_EPILOG, UNIT_CHECK_EPILOG, RAW_EPILOG, PLY_EPILOG),
     "evaluate": (UNITS_EPILOG, UNIT_CHECK_EPILOG),
     "select": (),
+    "geometry": (),
 }
 EPILOG = "\n".join([UNITS_EPILOG, UNIT_CHECK_EPILOG, RAW_EPILOG, PLY_EPILOG])
 
@@ -159,7 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = _parser(sub, "select", "rank reconstructions of one scan by held-out error (runs of reconstruct --holdout-views N)")
     s.add_argument("--runs", nargs="+", required=True, help="output folders of reconstruct, the same scan and --holdout-views")
     s.add_argument("--json", default=None, help="also write the ranking and the choice here")
+    _add_geometry(sub)
     return p
+
+
+def _add_geometry(sub) -> None:
+    g = _parser(sub, "geometry", "geometry.json from RTK's circular geometry XML (recon/rtk_geometry.py: the mapping)")
+    g.add_argument("--rtk", required=True, metavar="XML",
+                   help="RTK ThreeDCircularProjectionGeometry XML (rtksimulatedgeometry, rtkelektasynergygeometry, "
+                        "rtkvarianobigeometry...): one SID, SDD and ProjectionOffsetX/Y for all views, no tilt")
+    g.add_argument("--projections", default=None,
+                   help="the projection stack: its detector size (and a MetaImage / NRRD header's pitch and origin)")
+    g.add_argument("--det-shape", type=positive_int, nargs=2, default=None, metavar=("ROWS", "COLS"),
+                   help="detector pixels, without --projections")
+    g.add_argument("--det-spacing", type=positive_float, nargs="+", default=None, metavar="MM",
+                   help="detector pitch in mm, one value or (row, col) (default: the stack header's)")
+    g.add_argument("--volume-shape", type=positive_int, nargs=3, required=True, metavar=("Z", "Y", "X"),
+                   help="voxels of the volume to reconstruct, centred on the isocentre; z is the rotation axis "
+                        "(RTK's y), y is RTK's -z")
+    g.add_argument("--voxel-size", type=positive_float, nargs="+", required=True, metavar="MM",
+                   help="voxel size in mm, one value or (z, y, x)")
+    g.add_argument("--out", required=True, help="the geometry.json to write")
 
 
 def _add_simulate(sub) -> None:
@@ -271,7 +295,8 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--out", required=True, help="output folder")
 
 
-COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate, "select": cmd_select}
+COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate, "select": cmd_select,
+            "geometry": cmd_geometry}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,14 +9,15 @@ import numpy as np
 from medgmae.files import atomic_write, save_nifti_atomic
 
 __all__ = ["load_volume", "save_nifti", "load_projections", "read_detector_images", "save_projections",
-           "check_projection_header", "with_header_offset", "check_line_integrals", "line_integral_problem", "LINE_INTEGRAL_MAX"]
+           "check_projection_header", "with_header_offset", "check_line_integrals", "line_integral_problem", "LINE_INTEGRAL_MAX",
+           "itk_header", "ITK_HEADERS"]
 
 #: Line integrals beyond this do not occur in CT (a transmission of exp(-50)); larger values are raw counts or
 #: intensities, or integrals in other length units than the geometry's millimetres.
 LINE_INTEGRAL_MAX = 50.0
 #: File endings whose header carries an ITK detector geometry (spacing, origin) that :func:`check_projection_header`
 #: compares with ``geometry.json`` (the spacing) and reads the detector offset from (the origin).
-_ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
+ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
 #: What line integrals look like, as the messages about projections that do not say.
 _LINE_INTEGRALS = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
 #: The range a normalised transmission I / I0 lies in (noise may take air a little above 1, a dark a little below 0).
@@ -192,16 +193,16 @@ def _stored_as_integers(path: Path) -> bool:
             img = nib.load(str(path))
             slope, inter = img.header.get_slope_inter()
             return img.get_data_dtype().kind in "iu" and slope in (None, 1.0) and inter in (None, 0.0)
-        if name.endswith(_ITK_HEADERS):
+        if name.endswith(ITK_HEADERS):
             import SimpleITK as sitk
 
-            return "integer" in sitk.GetPixelIDValueAsString(_itk_header(path).GetPixelID())
+            return "integer" in sitk.GetPixelIDValueAsString(itk_header(path).GetPixelID())
     except Exception:  # the reader already read the file; a header it cannot tell counts as not integers
         return False
     return False
 
 
-def _itk_header(path: Path):
+def itk_header(path: Path):
     """A SimpleITK reader holding a MetaImage / NRRD file's header (no voxels read)."""
     import SimpleITK as sitk
 
@@ -316,8 +317,8 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
         import nibabel as nib
 
         spacing, origin = np.asarray(nib.load(str(path)).header.get_zooms()[:2], float), None
-    elif path.name.lower().endswith(_ITK_HEADERS):
-        info = _itk_header(path)
+    elif path.name.lower().endswith(ITK_HEADERS):
+        info = itk_header(path)
         spacing, origin = np.asarray(info.GetSpacing()[:2], float), np.asarray(info.GetOrigin()[:2], float)
         _check_identity_direction(path, np.asarray(info.GetDirection(), float))
     else:
