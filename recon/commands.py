@@ -1,6 +1,6 @@
 """What ``medgmae-recon fbp`` and ``evaluate`` do, and the input checks that every subcommand shares
 (``simulate`` is in :mod:`recon.simulate_command`, ``reconstruct`` in :mod:`recon.reconstruct_command`, ``select``
-in :mod:`recon.select_command`; the options in :mod:`recon.cli`). A command's output folder
+in :mod:`recon.select_command`, ``geometry`` in :mod:`recon.geometry_command`; the options in :mod:`recon.cli`). A command's output folder
 is written through :func:`medgmae.files.staged_outputs`: its files move in only when all were written, merged with
 what the folder already holds (a ``reconstruct`` run's saved state stays beside them)."""
 

@@ -11,6 +11,7 @@ fails the same comparison by far.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +192,7 @@ def test_a_scan_the_geometry_cannot_hold_is_refused(case, tmp_path, capsys):
     rc, out = _convert(tmp_path, xml, "--det-shape", "32", "40", "--det-spacing", "2")
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
-    assert f"RTK geometry {xml}: " in err and __import__("re").search(message, err), err
+    assert f"RTK geometry {xml}: " in err and re.search(message, err), err
 
 
 def test_the_detector_must_be_given_and_match_the_stack(fixture, tmp_path, capsys):
