@@ -27,12 +27,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 __all__ = [
-    "PreprocessingSpec", "DEFAULT_SPEC", "describe_preprocessing", "model_preprocessing", "spec_with_overrides", "check_spec_setting", "check_spacing_override",
-    "check_hu_window_override", "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "looks_like_shifted_hu", "looks_like_hu",
-    "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
+    "PreprocessingSpec", "DEFAULT_SPEC", "describe_preprocessing", "model_preprocessing", "spec_with_overrides",
+    "check_spec_setting", "check_spacing_override", "check_hu_window_override",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -280,124 +278,3 @@ def describe_preprocessing(spec: PreprocessingSpec, origins: Mapping[str, str], 
     return (f"pre-processing: orientation {spec.orientation} ({origins['orientation']}), spacing {list(spec.spacing)} mm "
             f"({origins['spacing']}), HU window {list(spec.hu_window)} ({origins['hu_window']}), "
             f"{size_name} {'x'.join(map(str, spec.input_size))}")  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------- units of a volume
-#: Bounds of attenuation volumes in 1/mm: water is 0.0192, dense bone about 0.05, metals a few 1/mm, and an FBP's
-#: undershoot stays a fraction of the volume's maximum. A volume below ``min`` or above ``max`` is a CT in HU (air
-#: -1000, soft tissue 20-80).
-ATTENUATION_BOUNDS = {"min": -100.0, "max": 10.0}
-#: A CT in HU has air (-1000) or tissue (tens of HU) in it; a volume whose every value lies within this magnitude is
-#: an attenuation volume in 1/mm instead.
-ATTENUATION_LIKE_HU = 1.0
-
-
-def _value_range(array) -> tuple[float, float]:
-    """``(min, max)`` of a NumPy array or torch tensor, any shape; ``ValueError`` when it is empty."""
-    if getattr(array, "size", None) == 0 or (callable(getattr(array, "numel", None)) and array.numel() == 0):
-        raise ValueError("the volume is empty: no values to tell its units from")
-    return float(array.min()), float(array.max())
-
-
-def looks_like_hu(array) -> bool:
-    """Whether ``array`` (NumPy or torch, any shape) reaches past :data:`ATTENUATION_BOUNDS`, so cannot be linear
-    attenuation in 1/mm: a CT in Hounsfield units."""
-    lo, hi = _value_range(array)
-    return lo < ATTENUATION_BOUNDS["min"] or hi > ATTENUATION_BOUNDS["max"]
-
-
-def looks_like_attenuation(array) -> bool:
-    """Whether every value of ``array`` (NumPy or torch, any shape) lies within :data:`ATTENUATION_LIKE_HU` in
-    magnitude, as in a linear attenuation volume in 1/mm (a CT in HU has air at -1000 or tissue at tens of HU)."""
-    lo, hi = _value_range(array)
-    return max(abs(lo), abs(hi)) <= ATTENUATION_LIKE_HU
-
-
-def window_expects_hu(spec: PreprocessingSpec) -> bool:
-    """Whether ``spec``'s intensity window is a CT window in HU: it reaches below 0 (fat, lung, air) and is wider
-    than ten times :data:`ATTENUATION_LIKE_HU`. Windows of other modalities (e.g. MRI, ``[0, 1000]``, or
-    normalised intensities, ``[-1, 1]``) are not."""
-    a0, a1 = spec.hu_window
-    return a0 < 0 and a1 - a0 > 10 * ATTENUATION_LIKE_HU
-
-
-#: A volume whose smallest value is at least this and whose largest is above 1000 is no CT in HU (which has air at
-#: -1000 HU): another modality, or a CT stored as HU + 1024 (unsigned) without its rescale intercept.
-SHIFTED_HU_MIN = -50.0
-
-#: At most this many distinct values, all integers in ``[0, 255]``: a label map (TotalSegmentator's have up to 118),
-#: not a CT (whose air is -1000 HU and whose noise alone gives hundreds of values).
-LABEL_MAP_MAX_VALUES = 128
-
-
-def looks_like_label_map(array) -> int:
-    """The number of distinct values of ``array`` (NumPy or torch, any shape) when it looks like a segmentation
-    (at most :data:`LABEL_MAP_MAX_VALUES` integers in ``[0, 255]``, counted on about a million evenly spaced
-    voxels), else 0."""
-    flat = (array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)).reshape(-1)
-    sample = flat[:: max(1, flat.size // 1_000_000)]
-    if sample.size == 0 or sample.min() < 0 or sample.max() > 255 or np.any(sample != np.round(sample)):
-        return 0
-    values = np.unique(sample).size
-    return values if values <= LABEL_MAP_MAX_VALUES else 0
-
-
-def looks_like_shifted_hu(array) -> bool:
-    """Whether ``array`` (NumPy or torch, any shape) has no air (nothing below :data:`SHIFTED_HU_MIN`) but values
-    above 1000: no CT in HU, but a CT stored as HU + 1024 without its rescale intercept, or another modality."""
-    return _range_is_shifted_hu(*_value_range(array))
-
-
-def _range_is_shifted_hu(lo: float, hi: float) -> bool:
-    """:func:`looks_like_shifted_hu` of a volume's ``(min, max)``."""
-    return lo >= SHIFTED_HU_MIN and hi > 1000
-
-
-def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
-    """Log a warning naming ``source`` when a model whose pre-processing is a CT window in HU
-    (:func:`window_expects_hu`) is given a volume that is not a CT in HU: linear attenuation in 1/mm
-    (:func:`looks_like_attenuation`), which the window maps to an almost constant input, a label map
-    (:func:`looks_like_label_map`: a segmentation listed as an image), or one without air (nothing below
-    :data:`SHIFTED_HU_MIN`, values above 1000: a CT stored as HU + 1024, or another modality). Either way the output
-    is meaningless.
-    Nothing is refused: models of other modalities take such ranges.
-
-    Args:
-        array: the volume as read, before the window (NumPy or torch, any shape).
-        spec: the model's pre-processing.
-        source: the volume's file, as the warning names it.
-
-    Returns:
-        Whether it warned.
-    """
-    if not window_expects_hu(spec):
-        return False
-    a0, a1 = spec.hu_window
-    lo, hi = _value_range(array)
-    if lo == hi:
-        logger.warning("%s is constant (every voxel %g): an empty or blanked volume?", source, lo)
-        return True
-    if looks_like_attenuation(array):
-        logger.warning(
-            "%s looks like linear attenuation in 1/mm (values %.4g .. %.4g), not a CT in HU: the model's HU window "
-            "[%g, %g] maps it to an almost constant input, so its output is meaningless; convert it with "
-            "HU = 1000 (mu / 0.0192 - 1)", source, lo, hi, a0, a1,
-        )
-        return True
-    values = looks_like_label_map(array)
-    if values:
-        logger.warning(
-            "%s looks like a label map (%d distinct integer values in %g .. %g), not a CT in HU: a segmentation "
-            "listed as an image? The model's HU window [%g, %g] reads class indices as intensities", source,
-            values, lo, hi, a0, a1,
-        )
-        return True
-    if _range_is_shifted_hu(lo, hi):  # the range read above: no other pass over the volume
-        logger.warning(
-            "%s has no value below %g but reaches %g: a CT in HU has air at -1000 (outside the body, in the lungs), so "
-            "this is a crop without air (inside the skull, say), another modality, or a CT stored as HU + 1024 "
-            "without its rescale intercept (air reads as tissue under the model's HU window [%g, %g]); for the "
-            "last subtract 1024 (or set the DICOM RescaleIntercept / NIfTI scl_inter to -1024)", source, lo, hi, a0, a1,
-        )  # fmt: skip
-        return True
-    return False

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from medgmae.files import output_dir_problem
-from medgmae.preprocessing import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
-from medgmae.preprocessing import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
+from medgmae.volume_units import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
+from medgmae.volume_units import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
 from recon.geometry import CTGeometry
 
 __all__ = [

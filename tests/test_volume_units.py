@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from medgmae.preprocessing import (
-    DEFAULT_SPEC,
-    PreprocessingSpec,
-    looks_like_attenuation,
-    looks_like_hu,
-    warn_if_not_hu,
-    window_expects_hu,
-)
+from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
+from medgmae.volume_units import looks_like_attenuation, looks_like_hu, warn_if_not_hu, window_expects_hu
 
 from model_helpers import tiny_model_file
 

@@ -15,7 +15,8 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from medgmae.preprocessing import PreprocessingSpec, warn_if_not_hu
+from medgmae.preprocessing import PreprocessingSpec
+from medgmae.volume_units import warn_if_not_hu
 
 __all__ = ["WarnIfNotHUd", "WarnIfPaddedd", "padding_share"]
 
@@ -28,7 +29,7 @@ def _source(image, key: str) -> str:
 
 class WarnIfNotHUd(MapTransform):
     """Warn, naming the file, when a loaded image looks like linear attenuation in 1/mm or like a label map although
-    ``spec``'s window is a CT window in HU (:func:`~medgmae.preprocessing.warn_if_not_hu`); the data pass unchanged.
+    ``spec``'s window is a CT window in HU (:func:`~medgmae.volume_units.warn_if_not_hu`); the data pass unchanged.
 
     Args:
         keys: the image keys, after loading and before the window.

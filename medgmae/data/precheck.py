@@ -8,7 +8,7 @@ compares each label with its image (the same voxel grid: :func:`~medgmae.data.gr
 affine) and checks label values (integers in ``[0, num_classes)``). It collects every problem and raises ONE :class:`DatasetError` naming each file
 and its problem, before anything is written. Given the model's pre-processing (``spec``: segmentation does), it also
 warns, once per image and before any work, about an image that is no CT in HU for a model of HU: a label map listed
-as an image, attenuation in 1/mm, a constant or air-less volume (:func:`~medgmae.preprocessing.warn_if_not_hu`).
+as an image, attenuation in 1/mm, a constant or air-less volume (:func:`~medgmae.volume_units.warn_if_not_hu`).
 
 Cost: the check decodes every volume once. It runs in ``workers`` processes (a 512 x 512 x 160 CT ``.nii.gz``
 took 3 s on a shared CPU core, ``bench/RESULTS.md``: a 5,000-volume folder in about 16 minutes on 16 processes),
@@ -44,8 +44,9 @@ from medgmae.data.grid import GRID_TOLERANCE, label_grid_problem
 from medgmae.data.reader import read_volume
 from medgmae.distributed import main_process_only
 from medgmae.files import save_json_atomic
-from medgmae.preprocessing import PreprocessingSpec, warn_if_not_hu
+from medgmae.preprocessing import PreprocessingSpec
 from medgmae.terminal import ProgressLines
+from medgmae.volume_units import warn_if_not_hu
 
 __all__ = ["check_datalist", "check_item", "single_slice_problem", "LEDGER_FILE"]
 
@@ -136,7 +137,7 @@ def check_item(
         num_classes: labels must lie in ``[0, num_classes)`` (``None``: only non-negative integers).
         require_label: an item without ``label_key`` is a problem.
         spec: the model's pre-processing: a readable image that is no CT in HU for a model of HU is warned about
-            (:func:`~medgmae.preprocessing.warn_if_not_hu`: a label map, attenuation in 1/mm...), not refused.
+            (:func:`~medgmae.volume_units.warn_if_not_hu`: a label map, attenuation in 1/mm...), not refused.
 
     Returns:
         Problem descriptions.

@@ -20,7 +20,8 @@ from medgmae.engine import resolve_device
 from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png, voxel_sizes
 from medgmae.files import save_nifti_atomic
 from medgmae.networks.medgmae import MedGMAE
-from medgmae.preprocessing import describe_preprocessing, model_preprocessing, warn_if_not_hu
+from medgmae.preprocessing import describe_preprocessing, model_preprocessing
+from medgmae.volume_units import warn_if_not_hu
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
 __all__ = ["GaussianInference", "model_path_check", "overlap_check", "slices_png", "volume_path_check"]
