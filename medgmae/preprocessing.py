@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 __all__ = [
     "PreprocessingSpec", "DEFAULT_SPEC", "describe_preprocessing", "model_preprocessing", "spec_with_overrides",
-    "check_spec_setting", "check_spacing_override", "check_hu_window_override",
+    "check_spec_setting", "check_spacing_override", "check_hu_window_override", "hu_range_bounds",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -197,11 +197,42 @@ def check_hu_window_override(value: Sequence[float] | None) -> None:
     """A bundle's ``hu_range`` override (``None``: the recorded window), checked up front as the spec would check it.
 
     Raises:
-        ValueError: naming the problem (not ``[a_min, a_max]`` with ``a_max > a_min``, both finite).
+        ValueError: naming ``hu_range`` and the problem (not two values, a bound that is not a finite number, or
+            ``a_max`` not above ``a_min``).
     """
-    if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")):
-        raise ValueError(f"hu_window must be [a_min, a_max] with a_max > a_min, both finite, got {value!r}")
-    spec_with_overrides(None, None, value)
+    if value is not None:
+        hu_range_bounds(value)
+
+
+def hu_range_bounds(value: Any, name: str = "hu_range") -> tuple[float, float]:
+    """``(a_min, a_max)`` of an HU window given as a setting, each problem named with the setting.
+
+    Args:
+        value: ``[a_min, a_max]`` (numbers, or their text as a command line gives them).
+        name: the setting, as the messages name it.
+
+    Returns:
+        The two bounds as floats.
+
+    Raises:
+        ValueError: ``value`` is not two values, a bound is not a finite number (``nan``, ``inf``, text), or
+            ``a_max`` is not above ``a_min``.
+    """
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name} must be two numbers [a_min, a_max], got {value!r}")
+    shown = "[" + ", ".join(str(v).strip() for v in value) + "]"
+    bounds = []
+    for end, v in zip(("a_min", "a_max"), value):
+        try:
+            number = math.nan if isinstance(v, bool) else float(v)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"{name} bounds must be finite numbers, got {shown} ({end} is {str(v).strip()})")
+        bounds.append(number)
+    if not bounds[1] > bounds[0]:
+        raise ValueError(f"{name} must be [a_min, a_max] with a_max above a_min, got {shown}")
+    return bounds[0], bounds[1]
 
 
 def model_preprocessing(model: Any, source: str, advice: str = "re-save it with its spec") -> "PreprocessingSpec":
@@ -246,7 +277,8 @@ def spec_with_overrides(
     Args:
         recorded: the checkpoint's spec (``None``: nothing recorded, :data:`DEFAULT_SPEC` is the base).
         spacing: the user's spacing in mm, or ``None``.
-        hu_window: the user's ``(a_min, a_max)``, or ``None``.
+        hu_window: the user's ``(a_min, a_max)`` (its ``hu_range`` setting, as a bad one is named:
+            :func:`hu_range_bounds`), or ``None``.
         source: how the checkpoint is named in the warning.
         trained_by: the training that wrote the checkpoint, as the warning names it (``"fine-tuning"``).
         default: the base when nothing is recorded (e.g. :func:`model_preprocessing`'s, at the model's own
@@ -254,12 +286,15 @@ def spec_with_overrides(
 
     Returns:
         The spec (``recorded`` or the default, with the overrides).
+
+    Raises:
+        ValueError: a malformed override (named as the ``hu_range`` or ``spacing`` setting).
     """
     from medgmae.distributed import is_main_process  # here: this module stays free of torch
 
     base = recorded or default or DEFAULT_SPEC
     out_spacing = base.spacing if spacing is None else _triple(spacing, "spacing")
-    out_window = base.hu_window if hu_window is None else tuple(float(v) for v in hu_window)
+    out_window = base.hu_window if hu_window is None else hu_range_bounds(hu_window)
     if recorded is not None and is_main_process():  # a training run's processes all read the same checkpoint
         for name, mine, theirs in (("spacing", out_spacing, recorded.spacing), ("HU window", out_window, recorded.hu_window)):
             if not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(mine, theirs)):
