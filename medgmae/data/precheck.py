@@ -5,7 +5,8 @@ name) wastes the run up to that point. :func:`check_datalist` reads each image (
 :func:`~medgmae.data.reader.read_volume` (header and data: truncated or corrupt files, 2D/4D arrays, NaN/inf
 voxels, singular geometry), refuses single slices saved as 3D (``(X, Y, 1)``, as most tools write a slice),
 compares each label with its image (the same voxel grid: :func:`~medgmae.data.grid.same_grid_problem`, shape and
-affine) and checks label values (integers in ``[0, num_classes)``). It collects every problem and raises ONE :class:`DatasetError` naming each file
+affine) and checks label values (integers in ``[0, num_classes)``; float noise within
+:data:`~medgmae.data.reader.LABEL_TOLERANCE` of a whole number rounded, other fractions refused). It collects every problem and raises ONE :class:`DatasetError` naming each file
 and its problem, before anything is written. Given the model's pre-processing (``spec``: segmentation does), it also
 warns, once per image and before any work, about an image that is no CT in HU for a model of HU: a label map listed
 as an image, attenuation in 1/mm, a constant or air-less volume (:func:`~medgmae.volume_units.warn_if_not_hu`).
@@ -111,8 +112,6 @@ def _grouped_range_problems(problems: list[str]) -> tuple[list[str], int | None]
 
 
 def _label_problems(label: np.ndarray, path: str, num_classes: int | None) -> list[str]:
-    if np.any(label != np.round(label)):
-        return [f"{path}: label has non-integer values (a segmentation must hold class indices)"]
     lo, hi = int(label.min()), int(label.max())
     if lo < 0 or (num_classes is not None and hi >= num_classes):
         if num_classes is None:  # a label map holds class indices 0, 1, 2...: an image given as the label?
@@ -150,7 +149,7 @@ def check_item(
     problems, vols = [], {}
     for key in [image_key] + ([label_key] if has_label else []):
         try:
-            vols[key] = read_volume(item[key])
+            vols[key] = read_volume(item[key], label=key == label_key)
         except (FileNotFoundError, ValueError) as e:
             problems.append(f"{key} {e}" if isinstance(e, FileNotFoundError) else str(e))
     if image_key in vols and (flat := single_slice_problem(item[image_key], vols[image_key].array.shape)):

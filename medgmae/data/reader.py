@@ -28,13 +28,16 @@ from medgmae.data.grid import grid_offset_mm
 
 __all__ = [
     "Volume", "read_volume", "is_volume_path", "volume_stem", "load_nifti", "is_multiframe_dicom", "VOLUME_SUFFIXES",
-    "DICOM_FILE_SUFFIXES", "LoadVolumed", "volume_grid",
+    "DICOM_FILE_SUFFIXES", "LoadVolumed", "volume_grid", "whole_labels", "LABEL_TOLERANCE",
 ]  # fmt: skip
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Endings of DICOM files: one slice of a series, or a whole volume in a multi-frame file (:func:`read_volume`).
 DICOM_FILE_SUFFIXES = (".dcm", ".ima", ".dicom")
+#: How far a label map's value may lie from a whole number and still be read as that class: float noise of a label
+#: map stored as float (``1.0000001``, ``0.9999998``) is rounded away; a value further off (``0.5``) is refused.
+LABEL_TOLERANCE = 1e-3
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 logger = logging.getLogger(__name__)
 
@@ -254,7 +257,9 @@ def is_multiframe_dicom(path: str | os.PathLike) -> bool:
     return reader.GetDimension() == 3 and reader.GetSize()[2] > 1
 
 
-def read_volume(path: str | os.PathLike, check_finite: bool = True, planar: bool = False) -> Volume:
+def read_volume(
+    path: str | os.PathLike, check_finite: bool = True, planar: bool = False, label: bool = False
+) -> Volume:
     """Read a 3D volume (NIfTI, NRRD, MetaImage, a DICOM series folder or a multi-frame DICOM file) with its RAS
     affine.
 
@@ -262,6 +267,8 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True, planar: bool
         path: the file or DICOM folder.
         check_finite: reject NaN / infinite voxels.
         planar: read a 2D image (one detector image, a 2D MetaImage) as a volume of one slice ``(I, J, 1)``.
+        label: the volume is a label map: its values are rounded to whole class numbers (:func:`whole_labels`:
+            float noise within :data:`LABEL_TOLERANCE` is taken, other fractions are refused).
 
     Returns:
         The :class:`Volume` (array ``(I, J, K)`` float32, affine index -> RAS mm).
@@ -269,8 +276,8 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True, planar: bool
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: unreadable or corrupt file, not a single 3D volume, a DICOM folder without exactly one series
-            or whose slices are not evenly spaced (a missing slice), non-finite voxels or a singular affine; the
-            message names the file.
+            or whose slices are not evenly spaced (a missing slice), non-finite voxels, a singular affine, or
+            (``label``) values that are no whole class numbers; the message names the file.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -298,9 +305,38 @@ def read_volume(path: str | os.PathLike, check_finite: bool = True, planar: bool
         raise ValueError(f"{p}: expected a single 3D volume, got an array of shape {arr.shape} (2D and 4D images are not supported)")
     if check_finite and not np.isfinite(arr).all():
         raise ValueError(f"{p}: the volume contains NaN or infinite voxels")
+    if label:
+        arr = whole_labels(arr, p)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ValueError(f"{p}: the voxel-to-world matrix is singular or not finite:\n{affine}")
     return Volume(arr, affine, p)
+
+
+def whole_labels(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """A label map's values as whole class numbers: those within :data:`LABEL_TOLERANCE` of a whole number are
+    rounded to it (float noise of a map stored as float, ``1.0000001``), which also keeps a later cast to an integer
+    type (one-hot, Dice) from truncating ``0.9999999`` to class 0.
+
+    Args:
+        array: the label map, any shape (float).
+        path: its file, as the error names it.
+
+    Returns:
+        The rounded map, same shape and dtype (``array`` itself when it holds whole numbers only).
+
+    Raises:
+        ValueError: values further than :data:`LABEL_TOLERANCE` from any whole number (``0.5``: an image or a
+            probability map given as the label), naming the file, how many voxels and the first values.
+    """
+    rounded = np.round(array)
+    off = np.abs(array - rounded) > LABEL_TOLERANCE
+    if off.any():
+        values = np.unique(array[off])
+        shown = ", ".join(f"{v:.6g}" for v in values[:5]) + (" ..." if len(values) > 5 else "")
+        raise ValueError(f"{path}: a label map holds whole class numbers, but {int(off.sum())} voxel(s) of this one "
+                         f"lie further than {LABEL_TOLERANCE:g} from any ({shown}): is it an image or a probability "
+                         "map rather than a segmentation?")  # fmt: skip
+    return array if np.array_equal(rounded, array) else rounded.astype(array.dtype, copy=False)
 
 
 class LoadVolumed(MapTransform):
@@ -314,15 +350,18 @@ class LoadVolumed(MapTransform):
     Args:
         keys: keys holding paths.
         allow_missing_keys: skip keys absent from the dict.
+        label_keys: the keys among ``keys`` holding label maps, read with ``label=True`` (their values rounded to
+            whole class numbers, :func:`whole_labels`).
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, label_keys: KeysCollection = ()) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.label_keys = {label_keys} if isinstance(label_keys, str) else set(label_keys)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            vol = read_volume(d[key])
+            vol = read_volume(d[key], label=key in self.label_keys)
             meta = {"filename_or_obj": str(vol.path), "original_affine": vol.affine.copy(), "space": "RAS",
                     "spatial_shape": np.asarray(vol.array.shape)}  # fmt: skip
             d[key] = MetaTensor(torch.from_numpy(vol.array)[None], affine=torch.from_numpy(vol.affine), meta=meta)

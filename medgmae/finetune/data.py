@@ -331,7 +331,7 @@ FOREGROUND_CROP = {"source_key": "image", "allow_smaller": True}
 def _load_and_resample(keys, spec: PreprocessingSpec, warn_not_hu: bool = True) -> list:
     labels = [k for k in keys if k == "label"]
     return [
-        LoadVolumed(keys=keys),
+        LoadVolumed(keys=keys, label_keys=labels),
         *([WarnIfNotHUd(keys="image", spec=spec)] if warn_not_hu else []),
         *spec.transforms(keys=["image"], label_keys=labels),
         CropForegroundd(keys=keys, **FOREGROUND_CROP),

@@ -60,7 +60,7 @@ class NativeLabeld(MapTransform):
         ref_affine, ref_shape = np.asarray(ref.affine, dtype=np.float64), tuple(ref.shape[1:])
         image = str(ref.meta.get("filename_or_obj", "the image"))
         for key in self.key_iterator(d):
-            vol = read_volume(d[key].meta["filename_or_obj"])
+            vol = read_volume(d[key].meta["filename_or_obj"], label=True)
             array, affine = _reindexed(vol.array, vol.affine, ref_affine)
             problem = same_grid_problem(f"label {vol.path}", array.shape, affine, f"image {image}", ref_shape, ref_affine)
             if problem:
