@@ -22,6 +22,7 @@ import torch
 from medgmae.temp_names import WRITER, temp_name
 
 __all__ = [
+    "absolute_path",
     "bundle_config",
     "skipped_files_note",
     "atomic_write",
@@ -77,6 +78,20 @@ def _write_probe_problem(folder: Path) -> str | None:
     return None
 
 
+def absolute_path(path: str | os.PathLike) -> Path:
+    """``path`` as an absolute path (``~`` expanded, made absolute against the current folder, links kept as
+    given, not resolved): what a record read later from another folder names (``summary.json``), and how inputs given
+    in several spellings (``a.png``, ``./a.png``) are compared.
+
+    Args:
+        path: a file or folder path, relative or absolute.
+
+    Returns:
+        The absolute path.
+    """
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
 def given_more_than_once(paths) -> list[str]:
     """The paths among ``paths`` that name one file more than once, sorted, as absolute paths: ``a.png`` and
     ``./a.png`` are the same file, a link is a name of its own (as given, not resolved). The one check of the inputs
@@ -85,7 +100,7 @@ def given_more_than_once(paths) -> list[str]:
     Args:
         paths: file paths (``str`` or ``os.PathLike``).
     """
-    counts = Counter(Path(os.path.abspath(Path(p).expanduser())) for p in paths)
+    counts = Counter(absolute_path(p) for p in paths)
     return sorted(str(p) for p, n in counts.items() if n > 1)
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 from medgmae.data.datalist import DatasetError, read_datalist
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import volume_stem
-from medgmae.files import given_more_than_once
+from medgmae.files import absolute_path, given_more_than_once
 from medgmae.finetune.run_record import run_datalist
 from medgmae.preprocessing import PreprocessingSpec
 
@@ -36,7 +36,7 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
     Raises:
         DatasetError: the same path is given more than once (named; links are names of their own, as given).
     """
-    resolved = [Path(os.path.abspath(Path(p).expanduser())) for p in paths]  # links keep the names given
+    resolved = [absolute_path(p) for p in paths]  # links keep the names given
     twice = given_more_than_once(paths)
     if twice:
         raise DatasetError(f"these inputs are given more than once: {', '.join(twice)}")

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from ignite.engine import Engine, Events
 
 from medgmae.engine import MetricHistory, is_main_process
-from medgmae.files import bundle_config, save_json_atomic
+from medgmae.files import absolute_path, bundle_config, save_json_atomic
 from medgmae.engine.figures import add_image, line_plot, save_png
 from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE
 from medgmae.mae_training.validation import BEST_MODEL_FILE
@@ -138,8 +138,16 @@ def next_commands(
     return cmds
 
 
+def _absolute_or_empty(path: str | Path | None) -> str:
+    """``path`` as an absolute path's text (:func:`~medgmae.files.absolute_path`), ``""`` when none is given."""
+    text = str(path or "").strip()
+    return str(absolute_path(text)) if text else ""
+
+
 class PretrainSummary:
-    """Closing summary of a pre-training run (see the module docstring); main process only.
+    """Closing summary of a pre-training run (see the module docstring); main process only. Every path it records
+    and names in its commands is absolute (``summary.json`` is read later, from other folders); the config files of
+    the commands are named as :func:`~medgmae.files.bundle_config` names them.
 
     Args:
         output_dir: the run folder.
@@ -167,12 +175,13 @@ class PretrainSummary:
         data_dir: str = "",
         settings: Mapping | None = None,
     ) -> None:
-        self.out, self.history, self.model_kind = Path(output_dir), history, str(model_kind)
+        # absolute paths: summary.json is read later, from other folders than the one the run was started in
+        self.out, self.history, self.model_kind = absolute_path(output_dir), history, str(model_kind)
         self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
-        self.data_dir = str(data_dir or "").strip()
-        self.example_image = str(example_image)
-        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
-        self.writer, self.pretrained_on = summary_writer, str(pretrained_on or "").strip()
+        self.data_dir = _absolute_or_empty(data_dir)
+        self.example_image = _absolute_or_empty(example_image)
+        self.tensorboard_dir = absolute_path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
+        self.writer, self.pretrained_on = summary_writer, _absolute_or_empty(pretrained_on)
         self.title = "pre-training finished"
         self.model_note = "last epoch" + ("" if self.model_kind == "voxel-mae" else ": zero-shot inference, reconstruction init")
         self.encoder_note = "encoder for fine-tuning"

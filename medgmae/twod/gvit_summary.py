@@ -17,7 +17,7 @@ from typing import Mapping
 
 from medgmae.engine import is_main_process
 from medgmae.engine.run_words import plural
-from medgmae.files import bundle_config, save_json_atomic
+from medgmae.files import absolute_path, bundle_config, save_json_atomic
 
 __all__ = ["confusion_table", "training_line", "evaluate_command", "gvit_summary"]
 
@@ -139,7 +139,7 @@ def gvit_summary(
             evaluation has just run).
 
     Returns:
-        The summary.
+        The summary; its file paths are absolute.
 
     Raises:
         ValueError: ``stage`` is neither ``"training"`` nor ``"evaluation"``.
@@ -147,7 +147,8 @@ def gvit_summary(
     """
     if stage not in ("training", "evaluation"):
         raise ValueError(f"stage must be 'training' or 'evaluation', got {stage!r}")
-    results, run = Path(results_dir), Path(run_dir or results_dir)
+    # absolute paths: summary.json is read later, from other folders than the one the run was started in
+    results, run = absolute_path(results_dir), absolute_path(run_dir or results_dir)
     metrics_path = results / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"no metrics.json in {results}: the evaluation did not run")
