@@ -23,7 +23,7 @@ from medgmae.distributed import is_main_process, warn_if_sampler_repeats
 from medgmae.engine.resume import phantom_resume_differences
 from medgmae.data.precheck import check_datalist
 
-__all__ = ["pretrain_split", "check_pretrain_split"]
+__all__ = ["pretrain_split", "check_pretrain_split", "held_out_count"]
 
 #: The pre-training settings behind each recorded phantom generator parameter, as a refused resume names them.
 _PHANTOM_FLAGS = {"num_cases": "num_phantoms + num_val_phantoms", "num_validation": "num_val_phantoms",
@@ -32,16 +32,43 @@ _PHANTOM_FLAGS = {"num_cases": "num_phantoms + num_val_phantoms", "num_validatio
 logger = logging.getLogger("medgmae.mae_training")
 
 
+def held_out_count(val_fraction: float, n: int) -> int:
+    """How many of ``n`` volumes (``n >= 2``) a ``val_fraction > 0`` holds out: ``round(val_fraction * n)`` (Python's
+    rounding: an exact half goes to the even number), at least 1 and at most ``n - 1``, so that at least one volume
+    validates and one trains (0.1 of 2 volumes holds out 1, 0.1 of 25 holds out 2, 0.9 of 3 holds out 2)."""
+    return min(n - 1, max(1, round(val_fraction * n)))
+
+
 def _fraction_split(items: list[dict], val_fraction: float, seed: int, source: str) -> tuple[list[dict], list[dict]]:
+    """``(training, validation)``: :func:`held_out_count` of ``items`` held out by a ``seed``-ed draw, the split
+    warned about when it is far from ``val_fraction`` (:func:`_warn_if_split_surprises`); with ``val_fraction`` 0 or
+    a single item, validation runs on the training items."""
     if len(items) < 2 or val_fraction == 0:
         if len(items) < 2 and is_main_process():
             logger.warning("%s: a single volume, nothing to hold out: validating on the training volume", source)
         return items, list(items)
-    n_val = min(len(items) - 1, max(1, round(val_fraction * len(items))))
+    n_val = held_out_count(val_fraction, len(items))
+    _warn_if_split_surprises(val_fraction, len(items), n_val, source)
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     held = set(order[:n_val])
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def _warn_if_split_surprises(val_fraction: float, n: int, n_val: int, source: str) -> None:
+    """Warn (rank 0) when ``n_val`` of ``n`` volumes is far from ``val_fraction`` (off by more than half of it: 0.1
+    of 2 volumes validates on 1, half of them) or leaves a single volume to train on."""
+    share = n_val / n
+    far, one_left = abs(share - val_fraction) > 0.5 * val_fraction, n - n_val == 1
+    if not (far or one_left) or not is_main_process():
+        return
+    what = [f"{n_val} of {n} volumes ({100 * share:.3g} %) validate, not {100 * val_fraction:.3g} %"] if far else []
+    what += ["a single volume is left to train on"] if one_left else []
+    logger.warning(
+        "%s: val_fraction %s of %d volumes is %.3g volumes, held out as %d (rounded, at least 1 and at most %d): %s; "
+        "add volumes, give a datalist with a 'validation' list, or set val_fraction 0 to validate on the training "
+        "volumes", source, val_fraction, n, val_fraction * n, n_val, n - 1, " and ".join(what),
+    )  # fmt: skip
 
 
 def _check_phantom_resume(work_dir: Path, num_cases: int, num_validation: int, seed: int, shape, spacing) -> None:
@@ -163,8 +190,11 @@ def pretrain_split(
         num_phantoms: phantom training volumes when ``dataset_dir`` is empty.
         num_val_phantoms: further phantom volumes held out for validation (>= 1).
         val_fraction: fraction of the user's volumes held out when the datalist has no ``validation`` list (a
-            folder of volumes, or a datalist with ``training`` only), drawn with ``seed``; in ``[0, 1)``. With 0, or
-            a single volume, validation runs on the training volumes.
+            folder of volumes, or a datalist with ``training`` only), drawn with ``seed``; in ``[0, 1)``. Of ``n``
+            volumes, ``round(val_fraction * n)`` are held out, at least 1 and at most ``n - 1``
+            (:func:`held_out_count`); a split far from ``val_fraction`` (0.1 of 2 volumes validates on one of them)
+            or leaving a single training volume is warned about. With 0, or a single volume, validation runs on
+            the training volumes.
         seed: phantom generator seed and seed of the held-out draw.
         phantom_shape: phantom volume shape (the generator's default when ``None``).
         phantom_spacing: phantom voxel size in mm (the generator's default when ``None``).
