@@ -257,11 +257,34 @@ def is_multiframe_dicom(path: str | os.PathLike) -> bool:
     return reader.GetDimension() == 3 and reader.GetSize()[2] > 1
 
 
+def _three_axes(arr: np.ndarray, path: Path, planar: bool) -> np.ndarray:
+    """``arr`` as read from ``path`` with trailing axes of one dropped (``(X, Y, Z, 1)`` -> ``(X, Y, Z)``) and, when
+    ``planar``, a 2D image as one slice ``(I, J, 1)``; a ``ValueError`` naming the file when it is not 3D then."""
+    while arr.ndim > 3 and arr.shape[-1] == 1:  # (X, Y, Z, 1): one channel or time point, a 3D volume
+        arr = arr[..., 0]
+    if planar and arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim > 3:
+        raise ValueError(f"{path}: expected a single 3D volume, got an array of shape {arr.shape}: "
+                         f"{int(np.prod(arr.shape[3:]))} volumes or channels beyond its three spatial axes (a time "
+                         "series or a multi-channel image); give one 3D volume per file (a single trailing channel, "
+                         "(X, Y, Z, 1), is read as the 3D volume)")  # fmt: skip
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: expected a single 3D volume, got an array of shape {arr.shape} (2D images are not "
+                         "supported)")  # fmt: skip
+    return arr
+
+
 def read_volume(
     path: str | os.PathLike, check_finite: bool = True, planar: bool = False, label: bool = False
 ) -> Volume:
     """Read a 3D volume (NIfTI, NRRD, MetaImage, a DICOM series folder or a multi-frame DICOM file) with its RAS
     affine.
+
+    A trailing axis of one (a NIfTI ``(X, Y, Z, 1)``: one channel or time point, as some tools save a 3D volume) is
+    dropped: the volume is ``(X, Y, Z)`` with the file's affine, so what is written from it (a segmentation, a
+    zero-shot rendering) is 3D on the input's grid. More than one value along further axes (``(X, Y, Z, C)``,
+    ``C > 1``: a time series or a multi-channel image) is refused, naming the file.
 
     Args:
         path: the file or DICOM folder.
@@ -275,7 +298,7 @@ def read_volume(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unreadable or corrupt file, not a single 3D volume, a DICOM folder without exactly one series
+        ValueError: unreadable or corrupt file, not a single 3D volume (2D, or ``(X, Y, Z, C)`` with ``C > 1``), a DICOM folder without exactly one series
             or whose slices are not evenly spaced (a missing slice), non-finite voxels, a singular affine, or
             (``label``) values that are no whole class numbers; the message names the file.
     """
@@ -297,12 +320,7 @@ def read_volume(
         raise ValueError(f"{p}: {e}") from e
     except Exception as e:  # nibabel / SimpleITK raise many types for corrupt or truncated files
         raise ValueError(f"{p}: cannot read the volume ({type(e).__name__}: {e})") from e
-    while arr.ndim > 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if planar and arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3:
-        raise ValueError(f"{p}: expected a single 3D volume, got an array of shape {arr.shape} (2D and 4D images are not supported)")
+    arr = _three_axes(arr, p, planar)
     if check_finite and not np.isfinite(arr).all():
         raise ValueError(f"{p}: the volume contains NaN or infinite voxels")
     if label:
