@@ -12,7 +12,10 @@ from medgmae.data.precheck import check_datalist
 from medgmae.distributed import is_main_process
 from medgmae.finetune.run_record import run_datalist
 
-__all__ = ["label_names", "names_classes", "refuse_unnamed_classes", "run_label_names", "resolve_num_classes", "log_classes"]
+__all__ = [
+    "label_names", "names_classes", "refuse_unnamed_classes", "run_label_names", "resolve_num_classes", "log_classes",
+    "training_class_names",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +120,30 @@ def log_classes(names: Sequence[str], datalist: str | Path) -> None:
     shown = ", ".join(names[:SHOWN_CLASSES])
     more = f" and {len(names) - SHOWN_CLASSES} more" if len(names) > SHOWN_CLASSES else ""
     logger.info("%d classes of %s: %s%s", len(names), datalist, shown, more)
+
+
+def training_class_names(
+    datalist: str | Path, num_classes: int | None, cases: list[dict], workers: int = 0
+) -> list[str]:
+    """The classes a fine-tuning run trains on, logged (:func:`log_classes`): ``num_classes`` of them, or those the
+    datalist's ``labels`` map names; a datalist naming none without ``num_classes`` stops the run with the count
+    its label maps need (:func:`refuse_unnamed_classes`).
+
+    Args:
+        datalist: the run's Decathlon JSON.
+        num_classes: the class count given (``None`` or 0: from the datalist's ``labels``).
+        cases: the labelled cases the run reads (training and validation), read for the count when none is named.
+        workers: pre-check processes of that reading.
+
+    Returns:
+        The class names in label order, background first.
+
+    Raises:
+        DatasetError: no class count given or named (with the count the label maps need), or a ``labels`` map
+            that does not fit ``num_classes``.
+    """
+    if not num_classes and not names_classes(datalist):  # the count the label maps need, read by the pre-check
+        refuse_unnamed_classes(datalist, cases, workers)
+    names = label_names(datalist, num_classes or None)
+    log_classes(names, datalist)
+    return names

@@ -32,7 +32,7 @@ from medgmae.data.precheck import check_datalist
 from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
-from medgmae.finetune.classes import label_names, log_classes, names_classes, refuse_unnamed_classes, resolve_num_classes
+from medgmae.finetune.classes import label_names, resolve_num_classes, training_class_names
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
@@ -201,10 +201,7 @@ def prepare_datalists(
         dataset_dir, datalist, output_dir, phantom_cases, seed, phantom_shape, phantom_spacing, resume
     )
     training, chosen, validation = _choose_cases(datalist, dataset_dir, label_fraction, seed)
-    if not num_classes and not names_classes(datalist):  # the count the label maps need, read by the pre-check
-        refuse_unnamed_classes(datalist, chosen + validation, precheck_workers)
-    names = label_names(datalist, num_classes or None)
-    log_classes(names, datalist)
+    names = training_class_names(datalist, num_classes, chosen + validation, precheck_workers)
     record = case_record(label_fraction, seed, len(training), chosen, source)
     if resume:
         check_resume_matches(output_dir, record)

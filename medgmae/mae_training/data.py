@@ -191,10 +191,8 @@ def pretrain_split(
         num_val_phantoms: further phantom volumes held out for validation (>= 1).
         val_fraction: fraction of the user's volumes held out when the datalist has no ``validation`` list (a
             folder of volumes, or a datalist with ``training`` only), drawn with ``seed``; in ``[0, 1)``. Of ``n``
-            volumes, ``round(val_fraction * n)`` are held out, at least 1 and at most ``n - 1``
-            (:func:`held_out_count`); a split far from ``val_fraction`` (0.1 of 2 volumes validates on one of them)
-            or leaving a single training volume is warned about. With 0, or a single volume, validation runs on
-            the training volumes.
+            volumes :func:`held_out_count` (rounded, 1 to ``n - 1``), warned about when far from ``val_fraction``
+            or leaving one training volume. With 0, or a single volume, validation runs on the training volumes.
         seed: phantom generator seed and seed of the held-out draw.
         phantom_shape: phantom volume shape (the generator's default when ``None``).
         phantom_spacing: phantom voxel size in mm (the generator's default when ``None``).
