@@ -58,3 +58,21 @@ def test_a_gvit_summary_of_relative_folders_records_absolute_paths(tmp_path, mon
     assert saved["explanation_files"] == [str(results / "explanations" / "p1-IM0001.png")]
     s = gvit_summary("run/evaluation", "run", stage="training")
     assert shlex.split(s["next"]["evaluate"])[-1] == str(tmp_path / "run")
+
+
+def test_a_2d_summary_names_its_example_image_by_its_absolute_path(tmp_path, monkeypatch):
+    from medgmae.twod.gmae_validation import GMAE2DSummary
+
+    class Listed:  # a validation dataset of files, as gmae2d_validation_dataset's of a folder
+        data = [{"image": "slices/a.png"}]
+
+        def __len__(self) -> int:
+            return 1
+
+    monkeypatch.chdir(tmp_path)
+    summary = GMAE2DSummary("runs/gmae2d", MetricHistory(), example_dataset=Listed())
+    commands = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))["next"]
+    for tool in ("layers", "segment", "edges"):
+        args = shlex.split(commands[f"zero-shot {tool}"])
+        assert args[args.index("--image") + 1] == str(tmp_path / "slices" / "a.png")
+        assert args[args.index("--checkpoint") + 1] == str(tmp_path / "runs" / "gmae2d" / "model.pt")

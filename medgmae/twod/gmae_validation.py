@@ -25,6 +25,7 @@ from torch.utils.data import Subset
 from medgmae.engine import is_main_process
 from medgmae.engine.figures import add_image, label_tile, save_png, tile_grid, upscale
 from medgmae.engine.run_words import plural
+from medgmae.files import absolute_path
 from medgmae.mae_training.summary import PretrainSummary
 from medgmae.mae_training.validation import MaskedValidationHandler
 
@@ -214,7 +215,7 @@ class GMAE2DSummary(PretrainSummary):
         raw = getattr(ds.dataset if isinstance(ds, Subset) else ds, "data", None)  # a Subset's first index is 0
         first = raw[0].get("image") if raw else None
         if isinstance(first, (str, os.PathLike)):
-            return str(first)
+            return str(absolute_path(first))  # as the other paths of summary.json
         from medgmae.twod.pngs import save_png as save_image_png  # (C, H, W) in [0, 1], as medgmae-2d reads it back
 
         return str(save_image_png(ds[0]["image"], self.out / "example_slice.png"))
