@@ -1,33 +1,11 @@
-"""The 2D package keeps the house rule on sizes (modules under 400 lines, functions under 60), and the NIfTI slice
-reader that left medgmae.twod.images for it (medgmae.twod.nifti_slices) reads what read_image shows."""
+"""The 2D reader's NIfTI slices (medgmae.twod.nifti_slices) are what read_image shows (the size rule they were split
+out for is tests/test_house_rules.py's)."""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-
-TWOD = Path(__file__).resolve().parents[1] / "medgmae" / "twod"
-
-
-def _functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
-    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-
-
-def test_every_2d_module_is_under_400_lines_and_each_function_under_60():
-    long_modules, long_functions = [], []
-    for path in sorted(TWOD.rglob("*.py")):
-        text = path.read_text(encoding="utf-8")
-        if len(text.splitlines()) >= 400:
-            long_modules.append(f"{path.name}: {len(text.splitlines())} lines")
-        for fn in _functions(ast.parse(text)):
-            length = fn.end_lineno - fn.lineno + 1
-            if length >= 60:
-                long_functions.append(f"{path.name}:{fn.name}: {length} lines")
-    assert not long_modules and not long_functions, (long_modules, long_functions)
 
 
 def test_the_nifti_slice_reader_gives_the_slice_read_image_shows(tmp_path):
