@@ -12,7 +12,8 @@ projection is interpolated bilinearly there.
 
 An offset detector (:attr:`CTGeometry.det_offset <recon.geometry.CTGeometry>`) is honoured throughout: a voxel is
 back-projected at detector coordinate ``u(x) - offset_u`` (and ``v(x) - offset_v``) from the detector centre, and the
-weights above use each pixel's true distance from the central ray. A half-fan scan (:attr:`CTGeometry.half_fan
+weights above use each pixel's true distance from the central ray; with one offset per view (a flexmap), each view's
+own. A half-fan scan (:attr:`CTGeometry.half_fan
 <recon.geometry.CTGeometry>`: the detector covers the volume on one side of the central ray only, over a full turn)
 measures the rays near the central ray twice and the others once; its projections are weighted first by
 :func:`half_fan_weights` (Wang 2002, as RTK's displaced-detector filter), which count each ray once in all.
@@ -39,6 +40,8 @@ from torch import Tensor
 
 from medgmae.terminal import ProgressLines
 from recon.angle_checks import degrees_question
+from recon.fbp_weights import _arc, _exact_arc, _fan_half_angle, _turns, _whole_turns, half_fan_weights, parker_weights
+from recon.fbp_weights import padded_to_both_sides
 from recon.geometry import CTGeometry
 from recon.ramp_filter import FILTERS, filter_name as _filter_name, filter_projections, ramp_filter
 
@@ -92,6 +95,7 @@ def backproject(
     z, y, x = _voxel_grid(g, device, dtype)
     d, h, w = g.volume_shape
     angles = torch.as_tensor(g.angles, dtype=dtype, device=device)
+    offsets = _view_offsets(g, dtype, device)
     out = torch.zeros((b, d, h, w), dtype=dtype, device=device)
     inp_all = filtered.transpose(0, 1)  # (V, B, rows, cols)
     if g.kind == "parallel" and per_slice:
@@ -110,11 +114,12 @@ def backproject(
             mag = g.source_detector / (g.source_origin - s)  # (c, 1, H, W)
             t = t * mag
             wgt = (g.source_origin / (g.source_origin - s)) ** 2 if fdk_weights else None
-        fc = _normalise((t - g.det_offset[0]) / g.det_spacing[1] + (cols - 1) / 2, cols)  # (c, 1, H, W)
+        off_u, off_v = g.det_offset if offsets is None else offsets[v0 : v0 + chunk].view(-1, 2, 1, 1, 1).unbind(1)
+        fc = _normalise((t - off_u) / g.det_spacing[1] + (cols - 1) / 2, cols)  # (c, 1, H, W)
         for z0 in range(0, d, slab):
             zs = z[z0 : z0 + slab]
             v = zs if mag is None else zs * mag  # (c or 1, slab, H or 1, W or 1)
-            fr = _normalise((v - g.det_offset[1]) / g.det_spacing[0] + (rows - 1) / 2, rows)
+            fr = _normalise((v - off_v) / g.det_spacing[0] + (rows - 1) / 2, rows)
             fc_s, fr_s = torch.broadcast_tensors(fc, fr.expand(a.shape[0], -1, -1, -1))
             grid = torch.stack([fc_s, fr_s], -1).reshape(a.shape[0], zs.shape[0], h * w, 2)
             samp = F.grid_sample(inp_all[v0 : v0 + chunk], grid, mode="bilinear", padding_mode="zeros",
@@ -123,6 +128,12 @@ def backproject(
                 samp = samp * wgt.unsqueeze(1)
             out[:, z0 : z0 + slab] += samp.sum(0)
     return out
+
+
+def _view_offsets(g: CTGeometry, dtype, device) -> Tensor | None:
+    """Each view's ``(u, v)`` detector offset, ``(views, 2)``, for a per-view :attr:`CTGeometry.det_offset`; ``None``
+    for one offset for all views (used as the numbers it is)."""
+    return torch.as_tensor(g.offsets(), dtype=dtype, device=device) if g.per_view_offset else None
 
 
 def _backproject_parallel(inp_all: Tensor, g: CTGeometry, out: Tensor, chunk: int) -> Tensor:
@@ -140,17 +151,21 @@ def _backproject_parallel(inp_all: Tensor, g: CTGeometry, out: Tensor, chunk: in
     v_all, b, rows, cols = inp_all.shape
     d, h, w = g.volume_shape
     z, y, x = _voxel_grid(g, inp_all.device, inp_all.dtype)
-    fr = _normalise((z.view(-1) - g.det_offset[1]) / g.det_spacing[0] + (rows - 1) / 2, rows)  # (D,)
+    offsets = _view_offsets(g, inp_all.dtype, inp_all.device)
+    off_v = g.det_offset[1] if offsets is None else offsets[:, 1].view(-1, 1, 1)  # a number, or (V, 1, 1)
+    fr = _normalise((z.view(1, -1, 1) - off_v) / g.det_spacing[0] + (rows - 1) / 2, rows)  # (1 or V, D, 1)
     at_cols = _normalise(torch.arange(cols, device=inp_all.device, dtype=inp_all.dtype), cols)
-    row_grid = torch.stack(torch.broadcast_tensors(at_cols.view(1, -1), fr.view(-1, 1)), -1)  # (D, cols, 2)
+    row_grid = torch.stack(torch.broadcast_tensors(at_cols.view(1, 1, -1), fr), -1)  # (1 or V, D, cols, 2)
     angles = torch.as_tensor(g.angles, dtype=inp_all.dtype, device=inp_all.device)
     for v0 in range(0, v_all, chunk):
         part = inp_all[v0 : v0 + chunk]
         c = part.shape[0]
-        at_z = F.grid_sample(part.reshape(c * b, 1, rows, cols), row_grid.expand(c * b, d, cols, 2), mode="bilinear",
-                             padding_mode="zeros", align_corners=True)  # (c * B, 1, D, cols): rows at the voxels' z
+        rg = row_grid.expand(c * b, d, cols, 2) if offsets is None else row_grid[v0 : v0 + c].repeat_interleave(b, 0)
+        at_z = F.grid_sample(part.reshape(c * b, 1, rows, cols), rg, mode="bilinear", padding_mode="zeros",
+                             align_corners=True)  # (c * B, 1, D, cols): rows at the voxels' z
         a = angles[v0 : v0 + chunk].view(-1, 1, 1)
-        fc = (x[0] * torch.cos(a) + y[0] * torch.sin(a) - g.det_offset[0]) / g.det_spacing[1] + (cols - 1) / 2  # (c, H, W)
+        off_u = g.det_offset[0] if offsets is None else offsets[v0 : v0 + c, 0].view(-1, 1, 1)
+        fc = (x[0] * torch.cos(a) + y[0] * torch.sin(a) - off_u) / g.det_spacing[1] + (cols - 1) / 2  # (c, H, W)
         grid = torch.stack([_normalise(fc, cols), torch.zeros_like(fc)], -1).reshape(c, 1, h * w, 2)
         samp = F.grid_sample(at_z.reshape(c, b * d, 1, cols), grid, mode="bilinear", padding_mode="zeros",
                              align_corners=True)  # (c, B * D, 1, H * W)
@@ -185,137 +200,26 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
         p = p * parker.to(p.dtype).to(p.device)[:, None, :]
     half_fan = half_fan_weights(g)
     if half_fan is not None:  # an offset detector over a full turn: the rays seen twice weighted to once (Wang 2002)
-        p, g = _padded_to_both_sides(p * half_fan.to(p.dtype).to(p.device), g)
+        w = half_fan.to(p.dtype).to(p.device)  # (cols,), or (views, cols) with per-view offsets
+        p, g = padded_to_both_sides(p * (w if w.dim() == 1 else w[:, None, :]), g)
     if g.kind == "parallel":
         q = filter_projections(p, g.det_spacing[1], name)
     else:  # each pixel's distance from the central ray (offset included), on the virtual detector at the isocentre
         scale = g.source_origin / g.source_detector
-        u, v = (torch.as_tensor(c * scale, dtype=p.dtype, device=p.device) for c in g.detector_coords())
-        pre = g.source_origin / torch.sqrt(g.source_origin**2 + u.view(1, -1) ** 2 + v.view(-1, 1) ** 2)
-        q = filter_projections(p * pre, g.det_spacing[1] * scale, name)
+        q = filter_projections(p * _cosine_weights(g, p.dtype, p.device), g.det_spacing[1] * scale, name)
     vol = backproject(q, g, chunk=chunk) * (math.pi / g.num_views)
     return vol[0] if squeeze else vol
 
 
-def _arc(geometry: CTGeometry) -> tuple[np.ndarray, float, float]:
-    """Each view's angle from the start of the arc, the arc (the covered span plus one mean step: a view stands for
-    the step around it) and the mean step, in radians."""
-    a = np.mod(np.asarray(geometry.angles, dtype=np.float64), 2 * math.pi)
-    order = np.sort(a)
-    gaps = np.diff(np.concatenate([order, order[:1] + 2 * math.pi]))
-    start = order[(int(np.argmax(gaps)) + 1) % len(order)]  # the view after the largest gap
-    span = 2 * math.pi - gaps.max()
-    step = span / max(1, len(a) - 1)
-    return np.mod(a - start, 2 * math.pi), span + step, step
-
-
-def _turns(geometry: CTGeometry) -> tuple[float, float] | None:
-    """``(arc, step)`` in radians of views that go round more than once (the angles as given, not wrapped: the
-    span plus one mean step), or ``None`` for a scan within one turn, which :func:`_arc` describes."""
-    raw = np.asarray(geometry.angles, dtype=np.float64)
-    if len(raw) < 2:
-        return None
-    step = float(raw.max() - raw.min()) / (len(raw) - 1)
-    arc = step * len(raw)
-    return (arc, step) if arc > 2 * math.pi + 1.01 * step else None
-
-
-def _whole_turns(geometry: CTGeometry, arc: float, step: float) -> bool:
-    """Whether an arc of several turns is whole turns (parallel beam: half turns) within a step, so that
-    :func:`fbp`'s equal weights count every ray as often as every other."""
-    period = math.pi if geometry.kind == "parallel" else 2 * math.pi
-    return abs(arc - period * round(arc / period)) <= 1.01 * step
-
-
-def _exact_arc(geometry: CTGeometry, arc: float, step: float) -> bool:
-    """Whether ``fbp``'s ``pi / N`` weight is exact for this arc: 180 or 360 degrees (parallel), 360 (cone), within
-    a step (one repeated end view is no over-scan to speak of)."""
-    exact = (math.pi, 2 * math.pi) if geometry.kind == "parallel" else (2 * math.pi,)
-    return any(abs(arc - e) <= 1.01 * step for e in exact)
-
-
-def _fan_half_angle(geometry: CTGeometry) -> float:
-    """The cone beam's half fan angle in the rotation plane: to the outer edge of the detector's outer columns, on
-    the side farther from the central ray on an offset detector (0 for parallel beam)."""
-    if geometry.kind == "parallel":
-        return 0.0
-    half_width = geometry.det_shape[1] / 2 * geometry.det_spacing[1] + abs(geometry.det_offset[0])
-    return math.atan(half_width / geometry.source_detector)
-
-
-def parker_weights(geometry: CTGeometry) -> Tensor | None:
-    """Parker's short-scan weights ``(V, cols)`` of an arc between 180 degrees plus the fan angle and 360 degrees
-    (parallel beam: strictly between 180 and 360, fan angle 0), or ``None`` (an arc FBP weights exactly as it is, or
-    one too short to weight).
-
-    Each ray of a short scan is measured once or twice; ``w(beta, gamma)`` (Parker 1982, with the over-scan angle
-    ``delta = (span - 180) / 2`` set by the arc, as RTK does, rather than the fan angle) makes the two measurements of
-    every ray sum to one, smoothly. ``beta`` is the view's angle from the start of the arc, ``gamma`` the column's fan
-    angle. The weights include the arc's scale, ``arc / 180 degrees``, so that :func:`fbp`'s ``pi / N`` factor stays.
-    """
-    if geometry.num_views < 3 or _turns(geometry) is not None:  # Parker weights one turn at most
-        return None
-    if geometry.half_fan:  # its views go all round (the geometry checks): half_fan_weights weight it, Parker's not
-        return None
-    beta, arc, step = _arc(geometry)
-    span = arc - step
-    if _exact_arc(geometry, arc, step):
-        return None
-    delta = (span - math.pi) / 2
-    cols = geometry.det_shape[1]
-    if geometry.kind == "parallel":  # every ray's fan angle is 0: the weights depend on the view alone
-        gamma = np.zeros(cols)
-    else:
-        gamma = -np.arctan(geometry.detector_coords()[0] / geometry.source_detector)  # positive against u
-    if delta <= _fan_half_angle(geometry):
-        return None
-    b, g = beta[:, None], gamma[None, :]
-    w = np.ones((len(beta), cols))
-    rise, fall = b < 2 * (delta - g), b > math.pi - 2 * g
-    w = np.where(rise, np.sin(math.pi / 4 * b / (delta - g)) ** 2, w)
-    w = np.where(fall, np.sin(math.pi / 4 * (math.pi + 2 * delta - b) / (delta + g)) ** 2, w)
-    return torch.as_tensor(w * arc / math.pi)
-
-
-def half_fan_weights(geometry: CTGeometry) -> Tensor | None:
-    """The redundancy weights ``(cols,)`` of a half-fan scan (:attr:`CTGeometry.half_fan
-    <recon.geometry.CTGeometry>`), or ``None`` for any other scan.
-
-    Over a full turn, the ray through the detector at ``u`` from the central ray (fan angle ``g = atan(u / sd)``;
-    parallel beam: ``u`` itself) is measured again at ``-u`` (``-g``) half a turn on, where the detector reaches
-    there. The detector reaches ``D`` past the central ray on its short side (its half width less ``|offset_u|``), so
-    the rays within ``D`` are measured twice and those beyond once. Wang's weights (2002, also RTK's
-    ``DisplacedDetectorImageFilter``) are 0 beyond ``-D``, 2 beyond ``D`` and ``1 + sin(pi / 2 * g / g_D)`` between
-    (on the side the detector reaches less, mirrored), so that the two measurements of every ray sum to 2, the
-    weight a ray measured twice has under :func:`fbp`'s equal ``pi / N`` weights over a full turn; smoothly, so the
-    ramp filter sees no edge.
-    """
-    if not geometry.half_fan:
-        return None
-    offset = geometry.det_offset[0]
-    reach = geometry.det_shape[1] * geometry.det_spacing[1] / 2 - abs(offset)  # past the central ray, short side
-    u = torch.as_tensor(geometry.detector_coords()[0] * math.copysign(1.0, offset))  # toward the wide side: positive
-    if geometry.kind == "cone":
-        angle, limit = torch.atan(u / geometry.source_detector), math.atan(reach / geometry.source_detector)
-    else:
-        angle, limit = u, reach
-    ramp = 1.0 + torch.sin(math.pi / 2 * angle.clamp(-limit, limit) / limit)
-    return torch.where(angle >= limit, torch.full_like(ramp, 2.0), torch.where(angle <= -limit, torch.zeros_like(ramp), ramp))
-
-
-def _padded_to_both_sides(p: Tensor, geometry: CTGeometry) -> tuple[Tensor, CTGeometry]:
-    """Weighted half-fan projections ``(B, V, rows, cols)`` padded with zero columns on the detector's short side
-    until it reaches as far past the central ray as the wide side, and the geometry of that wider detector (the
-    columns given keep their place). The ramp filter's response to the weighted rows spreads past the short edge, and
-    the voxels that project there need it (as RTK pads its displaced detector); cut at the edge, it leaves a ghost of
-    each object at its mirror image about the axis (5 % of a ball's value in ``tests/test_half_fan.py``)."""
-    du, offset = geometry.det_spacing[1], geometry.det_offset[0]
-    k = math.ceil(2 * abs(offset) / du - 1e-9)
-    padded = F.pad(p, (k, 0) if offset > 0 else (0, k))
-    shift = -k * du / 2 if offset > 0 else k * du / 2
-    wider = replace(geometry, det_shape=(geometry.det_shape[0], geometry.det_shape[1] + k),
-                    det_offset=(offset + shift, geometry.det_offset[1]))  # fmt: skip
-    return padded, wider
+def _cosine_weights(g: CTGeometry, dtype, device) -> Tensor:
+    """FDK's pre-weights ``so / sqrt(so^2 + u^2 + v^2)``, ``u``, ``v`` each pixel's distance from the central ray
+    (offset included) on the virtual detector at the isocentre: ``(rows, cols)``, or ``(views, rows, cols)`` with a
+    per-view offset (each view's own)."""
+    scale = g.source_origin / g.source_detector
+    u, v = (torch.as_tensor(c * scale, dtype=dtype, device=device) for c in g.detector_coords())
+    if g.per_view_offset:  # (views, cols) and (views, rows)
+        return g.source_origin / torch.sqrt(g.source_origin**2 + u[:, None, :] ** 2 + v[:, :, None] ** 2)
+    return g.source_origin / torch.sqrt(g.source_origin**2 + u.view(1, -1) ** 2 + v.view(-1, 1) ** 2)
 
 
 def arc_weighting_note(geometry: CTGeometry) -> str | None:
@@ -385,8 +289,9 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     # wider than the field of view is cut in many views, and noise peaks in a few
     seen = p.mean(dim=2, dtype=torch.float64) > threshold * peak  # (V, rows): their mean, as noise averages out
     half_fan = geometry.half_fan
+    offset_u = geometry.offsets()[:, 0]
     if half_fan:  # the short side's outer column sees the object by design: the wide side's alone counts
-        wide = p[:, :, 0 if geometry.det_offset[0] < 0 else -1].double()
+        wide = p[:, :, 0 if offset_u[0] < 0 else -1].double()
         outer = wide.masked_fill(~seen, float("nan"))
     else:
         outer = ((p[:, :, 0].double() + p[:, :, -1].double()) / 2).masked_fill(~seen, float("nan"))
@@ -395,8 +300,9 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     if share <= threshold:
         return None
     worst = int(edges.argmax())
-    # seen in every view (a half-fan scan: from one side or the other over the turn)
-    width = geometry.det_shape[1] * geometry.det_spacing[1] + (2 if half_fan else -2) * abs(geometry.det_offset[0])
+    # seen in every view (a half-fan scan: from one side or the other over the turn; the worst view's offset)
+    reach = float(np.abs(offset_u).min() if half_fan else np.abs(offset_u).max())
+    width = geometry.det_shape[1] * geometry.det_spacing[1] + (2 if half_fan else -2) * reach
     fov = width if geometry.kind == "parallel" else width * geometry.source_origin / geometry.source_detector
     what = "FBP" if geometry.kind == "parallel" else "FDK"
     return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral "

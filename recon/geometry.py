@@ -14,18 +14,20 @@ At angle ``theta`` (ASTRA's convention for its ``parallel3d`` and ``cone`` geome
   centre at ``d + (c - (cols-1)/2) du u + (r - (rows-1)/2) dv v``.
 
 Detector offset: ``det_offset = (offset_u, offset_v)`` mm moves the detector within its own plane, so that its centre
-is ``d + offset_u u + offset_v v`` (``u``, ``v`` the unit axes above, in the detector's rotating frame; the same
-offset at every view). The central ray (through the isocentre, perpendicular to the detector) then meets the
-detector at pixel ``((rows-1)/2 - offset_v / dv, (cols-1)/2 - offset_u / du)``: a positive ``offset_u`` shifts the
-image of the rotation axis towards column 0. It plays the part of RTK's ``ProjectionOffsetX/Y`` (a shift of the
-detector in its plane, here along this frame's ``u`` and ``v``); a projection stack's header origin
-``-(n-1)/2 spacing + offset`` states it (:func:`recon.scan_files.check_projection_header`), and ASTRA's vector
-geometries take it as the shifted detector centre. The central ray must stay on the detector (an offset of half the
-detector or more is refused). When the detector less twice its offset (what it covers on both sides of the central
-ray) is narrower than the volume, the scan is a half-fan (offset-detector) scan, as radiotherapy CBCT's large field of
-view: accepted when the views go all round (:func:`recon.angle_checks.full_turn`) and the detector's wider side
-covers the volume, each ray then being measured from one side or the other (:attr:`CTGeometry.half_fan`; FDK weights
-its redundant rays, :func:`recon.fbp.half_fan_weights`).
+is ``d + offset_u u + offset_v v`` (``u``, ``v`` the unit axes above, in the detector's rotating frame): one offset
+for every view, or a list of one per view (a flexmap, as a real CBCT's sagging gantry has; parsed and checked by
+:mod:`recon.detector_offset`; the projectors and FBP/FDK place each view's detector at its own offset). The central
+ray (through the isocentre, perpendicular to the detector) then meets the detector at pixel
+``((rows-1)/2 - offset_v / dv, (cols-1)/2 - offset_u / du)``: a positive ``offset_u`` shifts the image of the
+rotation axis towards column 0. It plays the part of RTK's ``ProjectionOffsetX/Y`` (a shift of the detector in its
+plane, here along this frame's ``u`` and ``v``); a projection stack's header origin ``-(n-1)/2 spacing + offset``
+states it (:func:`recon.scan_files.check_projection_header`), and ASTRA's vector geometries take it as the shifted
+detector centre. The central ray must stay on the detector in every view (an offset of half the detector or more is
+refused). When the detector less twice its offset (what it covers on both sides of the central ray; in the view
+where the offset is largest) is narrower than the volume, the scan is a half-fan (offset-detector) scan, as
+radiotherapy CBCT's large field of view: accepted when the views go all round (:func:`recon.angle_checks.full_turn`)
+and the detector's wider side covers the volume in every view, each ray then being measured from one side or the
+other (:attr:`CTGeometry.half_fan`; FDK weights its redundant rays, :func:`recon.fbp.half_fan_weights`).
 
 :meth:`CTGeometry.vectors` writes these as ASTRA ``parallel3d_vec`` / ``cone_vec`` rows, the single definition both
 projector backends use.
@@ -41,9 +43,11 @@ from typing import Sequence
 
 import numpy as np
 
-from recon.angle_checks import check_radians, full_turn
+from recon.angle_checks import check_radians
+from recon.detector_offset import (check_coverage, check_offsets, coverage, max_abs, offset_array, offset_field,
+                                    per_view)
 from recon.geometry_fields import (AFFINE_RTOL, NO_OFFSET, affine_list, angle_list, check_affine, check_source,
-                                   equispaced_angles, floats, ints, number, offset_pair)
+                                   equispaced_angles, floats, ints, number)
 
 __all__ = ["CTGeometry", "GEOMETRY_KINDS", "AFFINE_RTOL", "NO_OFFSET"]
 
@@ -70,7 +74,8 @@ class CTGeometry:
         det_offset: ``(offset_u, offset_v)`` in mm on the detector: its centre sits ``offset_u`` along the column
             axis ``u`` and ``offset_v`` along the row axis ``v`` from where the central ray meets it (module
             docstring); finite, each under half the detector's extent along it. Note the order ``(u, v)`` =
-            (column, row), as RTK orders its ``ProjectionOffsetX/Y``, unlike ``det_shape`` and ``det_spacing``.
+            (column, row), as RTK orders its ``ProjectionOffsetX/Y``, unlike ``det_shape`` and ``det_spacing``. Or a
+            list of one ``(u, v)`` per view (a flexmap; :meth:`offsets` gives the ``(views, 2)`` array either way).
     """
 
     kind: str
@@ -95,7 +100,7 @@ class CTGeometry:
         if self.source_detector is not None:
             self.source_detector = number("source_detector", self.source_detector)
         self.affine = affine_list(self.affine)
-        self.det_offset = offset_pair(self.det_offset)
+        self.det_offset = offset_field(self.det_offset)
         self.validate()
 
     # ------------------------------------------------------------------ construction
@@ -124,19 +129,20 @@ class CTGeometry:
             arc_deg: scan arc in degrees; views at ``arc * i / num_angles``.
             angles: explicit angles in radians.
             affine: optional NIfTI affine to carry.
-            det_offset: ``(u, v)`` detector offset in mm (class docstring).
+            det_offset: ``(u, v)`` detector offset in mm, or one per view (class docstring).
 
         Returns:
             The geometry.
         """
         vs = floats("voxel_size", voxel_size, 3, "z, y, x")
-        off = offset_pair(det_offset)
+        off = offset_field(det_offset)
+        off_u, off_v = max_abs(off)
         if det_spacing is None:
             det_spacing = (vs[0], max(vs[1], vs[2]))
         det_spacing = floats("det_spacing", det_spacing, 2, "rows, cols")
         if det_shape is None:
-            diag = math.hypot(volume_shape[1] * vs[1], volume_shape[2] * vs[2]) + 2 * abs(off[0])
-            height = volume_shape[0] * vs[0] + 2 * abs(off[1])
+            diag = math.hypot(volume_shape[1] * vs[1], volume_shape[2] * vs[2]) + 2 * off_u
+            height = volume_shape[0] * vs[0] + 2 * off_v
             det_shape = (int(height / float(det_spacing[0]) + 0.999), int(math.ceil(diag / float(det_spacing[1]))))
         return cls(
             "parallel", tuple(volume_shape), vs, tuple(det_shape), tuple(det_spacing),
@@ -172,13 +178,14 @@ class CTGeometry:
             arc_deg: scan arc in degrees.
             angles: explicit angles in radians.
             affine: optional NIfTI affine to carry.
-            det_offset: ``(u, v)`` detector offset in mm (class docstring).
+            det_offset: ``(u, v)`` detector offset in mm, or one per view (class docstring).
 
         Returns:
             The geometry.
         """
         vs = floats("voxel_size", voxel_size, 3, "z, y, x")
-        off = offset_pair(det_offset)
+        off = offset_field(det_offset)
+        off_u, off_v = max_abs(off)
         half = [0.5 * n * s for n, s in zip(volume_shape, vs)]
         r_xy = math.hypot(half[1], half[2])
         if source_origin is None:
@@ -193,8 +200,8 @@ class CTGeometry:
             det_spacing = (vs[0] * m, max(vs[1], vs[2]) * m)
         det_spacing = floats("det_spacing", det_spacing, 2, "rows, cols")
         if det_shape is None:
-            rows = int(math.ceil((2 * half[0] * mag_max + 2 * abs(off[1])) / float(det_spacing[0])))
-            width = 2 * r_xy * source_detector / math.sqrt(source_origin**2 - r_xy**2) + 2 * abs(off[0])
+            rows = int(math.ceil((2 * half[0] * mag_max + 2 * off_v) / float(det_spacing[0])))
+            width = 2 * r_xy * source_detector / math.sqrt(source_origin**2 - r_xy**2) + 2 * off_u
             det_shape = (rows, int(math.ceil(width / float(det_spacing[1]))))
         return cls(
             "cone", tuple(volume_shape), vs, tuple(det_shape), tuple(det_spacing),
@@ -221,62 +228,30 @@ class CTGeometry:
         check_radians(self.angles)
         if self.affine is not None:
             check_affine(self.affine, self.voxel_size)
-        self._checkoffset_pair()
+        check_offsets(self.det_offset, self.num_views, self.det_shape, self.det_spacing)
         if self.kind == "parallel":
             if self.source_origin is not None or self.source_detector is not None:
                 raise ValueError("source_origin/source_detector apply to cone-beam geometries only")
         else:
             check_source(self.source_origin, self.source_detector, self.volume_shape, self.voxel_size)
-        det_w, det_h, need_w, need_h, tol = self._coverage()
-        wide_side = self.det_shape[1] * self.det_spacing[1] / 2 + abs(self.det_offset[0])
-        if det_h + tol >= need_h and det_w + tol < need_w and wide_side + tol / 2 >= need_w / 2:
-            if full_turn(self.angles):
-                return  # a half-fan scan: each ray is seen from one side or the other
-            raise ValueError(
-                f"the detector covers {det_w:.2f} mm about the central ray (less twice its offset u = "
-                f"{self.det_offset[0]:g} mm) where the volume needs {need_w:.2f} mm: such a half-fan (offset-detector) "
-                "scan covers the volume only with views all round (360 degrees), and these angles leave a gap")  # fmt: skip
-        if det_w + tol < need_w or det_h + tol < need_h:
-            shifted = "" if self.det_offset == NO_OFFSET else (
-                f" about the central ray (the detector less twice its offset (u, v) {self.det_offset} mm)")
-            raise ValueError(
-                f"detector too small for the volume: {det_w:.2f} x {det_h:.2f} mm (cols x rows){shifted} but the "
-                f"volume needs at least {need_w:.2f} x {need_h:.2f} mm at the detector"
-            )
-
-    def _coverage(self) -> tuple[float, float, float, float, float]:
-        """``(det_w, det_h, need_w, need_h, tol)`` in mm on the detector: what it covers symmetrically about the
-        central ray (an offset detector: within its nearer edge), what the volume's inscribed cylinder needs, and the
-        tolerance of the comparison."""
-        half = [0.5 * n * s for n, s in zip(self.volume_shape, self.voxel_size)]
-        det_w = self.det_shape[1] * self.det_spacing[1] - 2 * abs(self.det_offset[0])
-        det_h = self.det_shape[0] * self.det_spacing[0] - 2 * abs(self.det_offset[1])
-        mag = 1.0 if self.kind == "parallel" else self.source_detector / self.source_origin
-        return det_w, det_h, 2 * min(half[1], half[2]) * mag, 2 * half[0] * mag, 1e-6 + 1e-3 * max(det_w, det_h)
+        check_coverage(self)
 
     @property
     def half_fan(self) -> bool:
-        """Whether this is a half-fan (offset-detector) scan: the detector, less twice its offset, is narrower than
-        the volume, which its wider side covers over a full turn (module docstring)."""
-        det_w, _, need_w, _, tol = self._coverage()
+        """Whether this is a half-fan (offset-detector) scan: the detector, less twice its offset (in the view where
+        that is largest), is narrower than the volume, which its wider side covers over a full turn (module
+        docstring)."""
+        det_w, _, need_w, _, tol = coverage(self)
         return det_w + tol < need_w
 
-    def _checkoffset_pair(self) -> None:
-        """Raise ``ValueError`` unless :attr:`det_offset` is finite and keeps the central ray on the detector."""
-        u, v = self.det_offset
-        if not (math.isfinite(u) and math.isfinite(v)):
-            raise ValueError(f"det_offset (u, v) must be finite mm, got {self.det_offset}")
-        half_w = self.det_shape[1] * self.det_spacing[1] / 2
-        half_h = self.det_shape[0] * self.det_spacing[0] / 2
-        if abs(u) >= half_w:
-            raise ValueError(
-                f"det_offset u = {u:g} mm puts the central ray off the detector (half its width is {half_w:g} mm): "
-                "a half-fan (offset-detector) scan needs the detector to reach past the central ray, where the rays "
-                "seen from both sides are weighted"
-            )
-        if abs(v) >= half_h:
-            raise ValueError(f"det_offset v = {v:g} mm puts the central ray off the detector (half its height is "
-                             f"{half_h:g} mm)")  # fmt: skip
+    @property
+    def per_view_offset(self) -> bool:
+        """Whether :attr:`det_offset` lists one ``(u, v)`` per view (a flexmap) rather than one for all views."""
+        return per_view(self.det_offset)
+
+    def offsets(self) -> np.ndarray:
+        """``(views, 2)`` float64: each view's ``(u, v)`` detector offset in mm."""
+        return offset_array(self.det_offset, self.num_views)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -284,11 +259,13 @@ class CTGeometry:
         return len(self.angles)
 
     def select_views(self, views: Sequence[int]) -> "CTGeometry":
-        """The same scan with only the views ``views`` (indices into :attr:`angles`, in the order given)."""
+        """The same scan with only the views ``views`` (indices into :attr:`angles`, in the order given; a per-view
+        :attr:`det_offset` keeps those views' offsets)."""
         idx = [int(v) for v in views]
         if not idx or any(not 0 <= v < self.num_views for v in idx):
             raise ValueError(f"views must be a non-empty list of indices below {self.num_views}, got {idx}")
-        return replace(self, angles=[self.angles[v] for v in idx])
+        offset = tuple(self.det_offset[v] for v in idx) if self.per_view_offset else self.det_offset
+        return replace(self, angles=[self.angles[v] for v in idx], det_offset=offset)
 
     @property
     def proj_shape(self) -> tuple:
@@ -308,7 +285,11 @@ class CTGeometry:
         s, c, z = np.sin(a), np.cos(a), np.zeros_like(a)
         direction = np.stack([s, -c, z], 1)
         u_axis, v_axis = np.stack([c, s, z], 1), np.stack([z, z, np.ones_like(a)], 1)
-        shift = self.det_offset[0] * u_axis + self.det_offset[1] * v_axis
+        if self.per_view_offset:
+            off = self.offsets()
+            shift = off[:, :1] * u_axis + off[:, 1:] * v_axis
+        else:
+            shift = self.det_offset[0] * u_axis + self.det_offset[1] * v_axis
         u, v = u_axis * self.det_spacing[1], v_axis * self.det_spacing[0]
         if self.kind == "parallel":
             return np.concatenate([direction, shift, u, v], 1)
@@ -321,9 +302,15 @@ class CTGeometry:
 
         Returns:
             ``(u, v)``: float64 ``(cols,)`` ``(c - (cols-1)/2) du + offset_u`` and ``(rows,)``
-            ``(r - (rows-1)/2) dv + offset_v``.
+            ``(r - (rows-1)/2) dv + offset_v``; with a per-view :attr:`det_offset`, ``(views, cols)`` and
+            ``(views, rows)``, each view's own.
         """
         rows, cols = self.det_shape
+        if self.per_view_offset:
+            off = self.offsets()
+            u = (np.arange(cols) - (cols - 1) / 2)[None, :] * self.det_spacing[1] + off[:, :1]
+            v = (np.arange(rows) - (rows - 1) / 2)[None, :] * self.det_spacing[0] + off[:, 1:]
+            return u, v
         u = (np.arange(cols) - (cols - 1) / 2) * self.det_spacing[1] + self.det_offset[0]
         v = (np.arange(rows) - (rows - 1) / 2) * self.det_spacing[0] + self.det_offset[1]
         return u, v
