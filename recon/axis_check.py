@@ -1,6 +1,11 @@
 """Where the rotation axis projects on the detector, estimated from the projections, and the warning when that
 disagrees with the geometry's detector offset (``det_offset[0]``, see :mod:`recon.geometry`).
 
+With one offset per view (a flexmap) the estimate is compared with the mean offset over the views: a pair of opposite
+views ``i``, ``j`` mirrors about ``-(u_i + u_j) / 2``, so the pairs' summed correlation peaks near the mean of the
+pairs' midpoints, which is the mean ``u`` over a full turn (exactly, for a flexmap that varies as ``sin`` / ``cos`` of
+the angle, whose opposite views' deviations cancel). The mid-plane row is placed by the mean ``v``.
+
 Opposite views see mirrored projections. Parallel beam: the view at ``t + pi`` is the view at ``t`` mirrored about
 the column where the rotation axis projects, ``c_axis = (cols - 1) / 2 - offset_u / du``; exactly, in every row.
 Flipping it end for end (column ``c`` to ``cols - 1 - c``) leaves it shifted against the view at ``t`` by
@@ -55,13 +60,21 @@ _UPSAMPLE = 16
 def _profiles(proj, geometry: CTGeometry) -> np.ndarray:
     """Each view's rows next to the mid-plane, summed: ``(V, cols)`` float64."""
     rows = geometry.det_shape[0]
-    mid = (rows - 1) / 2 - geometry.det_offset[1] / geometry.det_spacing[0]
+    mid = (rows - 1) / 2 - _mean_offset(geometry)[1] / geometry.det_spacing[0]
     k = BAND_ROWS[geometry.kind]
     lo, hi = max(0, math.floor(mid) - k), min(rows, math.ceil(mid) + k + 1)
     band = proj[:, lo:hi, :]
     if hasattr(band, "detach"):  # a torch tensor: only the band is copied to the host
         band = band.detach().cpu().numpy()
     return np.asarray(band, dtype=np.float64).sum(axis=1)
+
+
+def _mean_offset(geometry: CTGeometry) -> tuple[float, float]:
+    """The detector offset ``(u, v)``: the one of all views, or the mean over the views of a per-view one."""
+    if not geometry.per_view_offset:
+        return geometry.det_offset
+    u, v = geometry.offsets().mean(axis=0)
+    return float(u), float(v)
 
 
 def _opposite(angles: np.ndarray, i: int, step: float, parallel: bool) -> list[tuple[int, float]] | None:
@@ -115,7 +128,8 @@ def estimate_offset_u(proj, geometry: CTGeometry) -> float | None:
 
     Args:
         proj: ``(V, rows, cols)`` line integrals (numpy array or torch tensor; only central rows are read).
-        geometry: the scan (its ``det_offset[0]`` is not used; ``det_offset[1]`` places the mid-plane row).
+        geometry: the scan (its ``det_offset[0]`` is not used; ``det_offset[1]``, the mean over the views of a
+            per-view offset, places the mid-plane row).
 
     Returns:
         ``offset_u`` in mm, comparable with ``geometry.det_offset[0]``; ``None`` when the views do not pair (a
@@ -158,7 +172,7 @@ def estimate_offset_u(proj, geometry: CTGeometry) -> float | None:
 
 def axis_offset_note(proj, geometry: CTGeometry, tolerance: float = AXIS_TOLERANCE_COLUMNS) -> str | None:
     """A warning's text when the projections put the rotation axis more than ``tolerance`` columns from where the
-    geometry's ``det_offset[0]`` puts it, else ``None`` (also when :func:`estimate_offset_u` gives no estimate).
+    geometry's ``det_offset[0]`` (the mean over the views of a per-view offset) puts it, else ``None`` (also when :func:`estimate_offset_u` gives no estimate).
 
     Args:
         proj: ``(V, rows, cols)`` line integrals.
@@ -169,10 +183,11 @@ def axis_offset_note(proj, geometry: CTGeometry, tolerance: float = AXIS_TOLERAN
     if est is None:
         return None
     du, cols = geometry.det_spacing[1], geometry.det_shape[1]
-    given = geometry.det_offset[0]
+    given = _mean_offset(geometry)[0]
+    what = "det_offset u (the mean over the views)" if geometry.per_view_offset else "det_offset u"
     if abs(est - given) <= tolerance * du:
         return None
     seen, said = (cols - 1) / 2 - est / du, (cols - 1) / 2 - given / du  # the axis's column, 0-based
     return (f"the projections put the rotation axis at column {seen:.2f} (of 0..{cols - 1}), where det_offset "
-            f"u = {est + 0.0:+.2f} mm puts it; geometry.json's det_offset u = {given + 0.0:+.2f} mm puts it at column "
+            f"u = {est + 0.0:+.2f} mm puts it; geometry.json's {what} = {given + 0.0:+.2f} mm puts it at column "
             f"{said:.2f}: check det_offset (a wrong centre of rotation blurs FBP/FDK)")  # fmt: skip

@@ -4,7 +4,8 @@ RTK's XML holds the source, detector and angles of each view but neither the det
 volume to reconstruct: the detector comes from the projection stack (``--projections``: a MetaImage / NRRD header's
 size and spacing, read without its pixels, and its origin's offset from RTK's centred one, added to
 ``ProjectionOffsetX/Y``; another stack's shape with ``--det-spacing``) or from ``--det-shape`` and ``--det-spacing``;
-the volume from ``--volume-shape`` and ``--voxel-size``, centred on the isocentre. The geometry is checked as every
+the volume from ``--volume-shape`` and ``--voxel-size``, centred on the isocentre. ProjectionOffsetX/Y that vary
+across the views (a flexmap) become a per-view ``det_offset``. The geometry is checked as every
 command checks it (the detector must cover the volume, or its wide side over a full turn) and written atomically.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recon.commands import CLIError, check_out_file
+from recon.detector_offset import describe_offset
 from recon.geometry import CTGeometry
 
 __all__ = ["cmd_geometry", "stack_detector"]
@@ -97,10 +99,11 @@ def cmd_geometry(args) -> int:
     except ValueError as e:
         raise CLIError(f"RTK geometry {args.rtk} on that volume and detector: {e}") from e
     if origin not in (None, (0.0, 0.0)) and scan.projection_offset != (0.0, 0.0):
+        stated = describe_offset(scan.projection_offset)
         raise CLIError(
             f"projections {args.projections}: the header's origin shifts the detector by {origin} mm beside RTK "
-            f"geometry {args.rtk}'s ProjectionOffsetX/Y {scan.projection_offset} mm; RTK adds the two (det_offset "
-            f"{geom.det_offset} mm), but fbp and reconstruct read a stack's origin as the whole offset and would "
+            f"geometry {args.rtk}'s ProjectionOffsetX/Y {stated} mm; RTK adds the two (det_offset "
+            f"{describe_offset(geom.det_offset)} mm), but fbp and reconstruct read a stack's origin as the whole offset and would "
             "refuse the pair: write the stack with RTK's centred origin -(n - 1) / 2 * spacing, then convert again")  # fmt: skip
     if scan.collimated:
         print(f"warning: RTK geometry {args.rtk} states a collimation, which the toolkit does not model: the rays it "
@@ -117,5 +120,5 @@ def _summary(geom: CTGeometry, rtk: str, out: Path) -> str:
     fan = ", half-fan" if geom.half_fan else ""
     return (f"wrote {out} from RTK geometry {rtk}: {geom.num_views} views, {beam}, detector {geom.det_shape[0]} x "
             f"{geom.det_shape[1]} (rows x cols) of {geom.det_spacing[0]:g} x {geom.det_spacing[1]:g} mm, det_offset "
-            f"{geom.det_offset} mm{fan}, volume {'x'.join(map(str, geom.volume_shape))} (z, y, x) of "
+            f"{describe_offset(geom.det_offset)} mm{fan}, volume {'x'.join(map(str, geom.volume_shape))} (z, y, x) of "
             f"{'x'.join(f'{v:g}' for v in geom.voxel_size)} mm")

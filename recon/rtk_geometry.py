@@ -30,12 +30,14 @@ is the offset of the stack's own origin from RTK's centred one (zero for a centr
 ``(x, y, z)`` is reconstructed at the toolkit's ``(x, -z, y)``, i.e. RTK's axial slices (``y`` constant) are the
 toolkit's ``z`` slices, the volume centred on the isocentre.
 
-What the toolkit's geometry holds is a circular scan with one source distance, one detector distance and one
-detector offset for all views, the detector upright and facing the source: SID, SDD and ProjectionOffsetX/Y must be
-constant across the views (within :data:`CONSTANT_MM`), OutOfPlaneAngle and InPlaneAngle zero (within
+What the toolkit's geometry holds is a circular scan with one source distance and one detector distance for all
+views, the detector upright and facing the source, and a detector offset for all views or one per view: SID and SDD
+must be constant across the views (within :data:`CONSTANT_MM`), OutOfPlaneAngle and InPlaneAngle zero (within
 :data:`ZERO_DEGREES`), SourceOffsetX/Y zero (within :data:`CONSTANT_MM`) and the detector flat (no
-``RadiusCylindricalDetector``). Anything else (a flexmap's per-view detector offsets, a tilted panel) is refused,
-naming the file, the field and its range across the views.
+``RadiusCylindricalDetector``). Anything else (a tilted panel, a varying source distance) is refused, naming the
+file, the field and its range across the views. ProjectionOffsetX/Y that vary across the views by more than
+:data:`CONSTANT_MM` (a flexmap: Elekta's and Varian's CBCT detectors shift by a few mm over the turn as the gantry
+sags) become a per-view ``det_offset``; constant ones, one ``det_offset`` for all views, as before.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class RTKScan:
         gantry_deg: ``GantryAngle`` of each view in degrees, wrapped to [0, 360).
         sid: SourceToIsocenterDistance in mm.
         sdd: SourceToDetectorDistance in mm (0: parallel beam).
-        projection_offset: ``(ProjectionOffsetX, ProjectionOffsetY)`` in mm.
+        projection_offset: ``(ProjectionOffsetX, ProjectionOffsetY)`` in mm, or one such pair per view where they
+            vary across the views (a flexmap).
         collimated: whether the file states a collimation (not modelled by the toolkit).
     """
 
@@ -82,7 +85,7 @@ class RTKScan:
     gantry_deg: np.ndarray
     sid: float
     sdd: float
-    projection_offset: tuple[float, float]
+    projection_offset: tuple
     collimated: bool = False
 
     @property
@@ -150,8 +153,6 @@ def _check_circular(path: Path, fields: dict[str, np.ndarray], radius: float) ->
     holds = {
         "SourceToIsocenterDistance": "one source-isocentre distance (source_origin)",
         "SourceToDetectorDistance": "one source-detector distance (source_detector)",
-        "ProjectionOffsetX": "one detector offset for all views (det_offset; a flexmap's per-view offsets are not modelled)",
-        "ProjectionOffsetY": "one detector offset for all views (det_offset; a flexmap's per-view offsets are not modelled)",
     }
     for field, what in holds.items():
         v = fields[field]
@@ -186,7 +187,7 @@ def read_rtk_geometry(path: str | Path) -> RTKScan:
         path: the XML file.
 
     Returns:
-        The scan's angles, distances and detector offset.
+        The scan's angles, distances and detector offset (one per view where ProjectionOffsetX/Y vary).
 
     Raises:
         ValueError: the file is missing or unreadable, not RTK's circular geometry, or a scan the toolkit's geometry
@@ -202,9 +203,17 @@ def read_rtk_geometry(path: str | Path) -> RTKScan:
         gantry_deg=np.mod(fields["GantryAngle"], 360.0),
         sid=float(np.mean(fields["SourceToIsocenterDistance"])),
         sdd=float(np.mean(fields["SourceToDetectorDistance"])),
-        projection_offset=(float(np.mean(fields["ProjectionOffsetX"])), float(np.mean(fields["ProjectionOffsetY"]))),
+        projection_offset=_projection_offset(fields["ProjectionOffsetX"], fields["ProjectionOffsetY"]),
         collimated=collimated,
     )
+
+
+def _projection_offset(x: np.ndarray, y: np.ndarray) -> tuple:
+    """``(ProjectionOffsetX, ProjectionOffsetY)``: their means where both are constant across the views (within
+    :data:`CONSTANT_MM`), else each view's pair (a flexmap)."""
+    if np.ptp(x) <= CONSTANT_MM and np.ptp(y) <= CONSTANT_MM:
+        return float(np.mean(x)), float(np.mean(y))
+    return tuple((float(a), float(b)) for a, b in zip(x, y))
 
 
 def rtk_to_ct_geometry(
@@ -224,14 +233,19 @@ def rtk_to_ct_geometry(
         det_shape: detector ``(rows, cols)`` (RTK's projection image ``(y, x)`` size).
         det_spacing: detector pitch ``(row, col)`` in mm, one value or two.
         origin_offset: ``(h_u, h_v)`` mm, the projection stack's origin less RTK's centred origin
-            (:func:`recon.scan_files.check_projection_header`), added to ProjectionOffsetX/Y; ``None``: centred.
+            (:func:`recon.scan_files.check_projection_header`), added to ProjectionOffsetX/Y (each view's, where they
+            vary); ``None``: centred.
 
     Returns:
         The geometry (``ValueError`` from its checks where the detector does not fit the volume).
     """
     h = (0.0, 0.0) if origin_offset is None else origin_offset
-    offset = tuple(float(p + o) for p, o in zip(scan.projection_offset, h))
-    offset = tuple(0.0 if abs(v) <= 1e-9 else v for v in offset)
+
+    def shifted(pair) -> tuple[float, float]:
+        return tuple(0.0 if abs(v) <= 1e-9 else v for v in (float(p + o) for p, o in zip(pair, h)))
+
+    per_view = isinstance(scan.projection_offset[0], tuple)
+    offset = tuple(shifted(p) for p in scan.projection_offset) if per_view else shifted(scan.projection_offset)
     common = dict(volume_shape=tuple(volume_shape), voxel_size=voxel_size, det_shape=tuple(det_shape),
                   det_spacing=det_spacing, angles=np.deg2rad(scan.gantry_deg).tolist(), det_offset=offset)  # fmt: skip
     if scan.sdd == 0.0:  # RTK's parallel beam

@@ -358,9 +358,14 @@ def with_header_offset(geom, offset: tuple[float, float] | None, path):
     """
     from recon.geometry import NO_OFFSET, CTGeometry
 
-    if offset is None or offset == NO_OFFSET or np.allclose(offset, geom.det_offset, rtol=0, atol=1e-3 * min(geom.det_spacing)):
+    if offset is None or offset == NO_OFFSET:
         return geom
     stated = f"projections {path}: the header's origin puts the detector centre (u, v) = {offset} mm off the central ray"
+    if geom.per_view_offset:
+        raise ValueError(f"{stated}, but the geometry has one det_offset per view: write the stack with RTK's centred "
+                         "origin -(n - 1) / 2 * spacing, which keeps the geometry's offsets")  # fmt: skip
+    if np.allclose(offset, geom.det_offset, rtol=0, atol=1e-3 * min(geom.det_spacing)):
+        return geom
     if geom.det_offset != NO_OFFSET:
         raise ValueError(f"{stated}, but the geometry has det_offset {geom.det_offset} mm: make them agree")
     try:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from chord_helpers import ball_integrals as _ball_integrals, pixel_rays as _pixel_rays
 from test_recon_projectors import _ball  # the partial-volume ball the centred-detector tests use
 
 from recon.fbp import fbp
@@ -16,31 +17,6 @@ from recon.projectors import AstraProjector, RayMatrixProjector, TorchProjector,
 from recon.projectors.matrix_cache import matrix_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _pixel_rays(kind, angles, det_shape, det_spacing, offset, so=None, sd=None):
-    """Every pixel's centre and unit ray direction ``(V, rows, cols, 3)``, written from the definition: the detector
-    centre ``-(sd - so) e + offset_u u + offset_v v`` (parallel: ``offset_u u + offset_v v``), ``e = (sin t, -cos t,
-    0)`` towards the source, ``u = (cos t, sin t, 0)``, ``v = z``; pixel ``(r, c)`` at ``((c - (cols-1)/2) du,
-    (r - (rows-1)/2) dv)`` from the centre."""
-    t = np.asarray(angles, dtype=np.float64)[:, None, None, None]
-    rows, cols = det_shape
-    cu = ((np.arange(cols) - (cols - 1) / 2) * det_spacing[1] + offset[0])[None, None, :, None]
-    rv = ((np.arange(rows) - (rows - 1) / 2) * det_spacing[0] + offset[1])[None, :, None, None]
-    e = np.concatenate([np.sin(t), -np.cos(t), 0 * t], -1)
-    u = np.concatenate([np.cos(t), np.sin(t), 0 * t], -1)
-    v = np.concatenate([0 * t, 0 * t, 1 + 0 * t], -1)
-    pix = cu * u + rv * v + (0.0 if kind == "parallel" else -(sd - so) * e)
-    d = -e if kind == "parallel" else pix - so * e
-    return pix, np.broadcast_to(d / np.linalg.norm(d, axis=-1, keepdims=True), pix.shape)
-
-
-def _ball_integrals(pix, d, centre_xyz, radius, mu):
-    """``2 mu sqrt(R^2 - dist^2)`` of each ray, and ``dist^2`` (the ray's squared distance from the centre)."""
-    rel = np.asarray(centre_xyz, dtype=np.float64) - pix
-    perp = rel - (rel * d).sum(-1, keepdims=True) * d
-    dist2 = (perp**2).sum(-1)
-    return 2 * mu * np.sqrt(np.clip(radius**2 - dist2, 0, None)), dist2
 
 
 def _geometry(kind, det_shape, offset, views, shape=(12, 24, 24), spacing=(1.0, 1.0)):

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from chord_helpers import ball_projections
+
 import recon.fbp as fbp_module
 from recon.fbp import fbp, half_fan_weights, truncation_note
 from recon.geometry import CTGeometry
@@ -29,28 +31,10 @@ def _geometry(kind: str, cols: int, offset: float, views: int = 180, arc: float 
 
 
 def _ball_projections(g: CTGeometry, noise: float, seed: int) -> torch.Tensor:
-    """Chord lengths through the ball times MU at every pixel centre, from the scan's definition: at angle t the
-    beam runs along (sin t, -cos t, 0); columns step along (cos t, sin t, 0) from the detector centre, shifted by the
-    offset; rows along z."""
-    rows, cols = g.det_shape
-    t = np.asarray(g.angles)[:, None, None]
-    uu = ((np.arange(cols) - (cols - 1) / 2) * g.det_spacing[1] + g.det_offset[0])[None, None, :]
-    vv = ((np.arange(rows) - (rows - 1) / 2) * g.det_spacing[0])[None, :, None]
-    beam = np.stack(np.broadcast_arrays(np.sin(t), -np.cos(t), 0 * t), -1)
-    across = np.stack(np.broadcast_arrays(np.cos(t), np.sin(t), 0 * t), -1)
-    pixel = across * uu[..., None] + np.array([0, 0, 1.0]) * vv[..., None]
-    if g.kind == "cone":
-        pixel = pixel - beam * (SD - SO)
-        start = np.broadcast_to(beam * SO, pixel.shape)
-    else:
-        start = pixel - beam * 1000.0
-    d = pixel - start
-    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
-    w = np.asarray(CENTRE) - start
-    miss2 = (w**2).sum(-1) - (w * d).sum(-1) ** 2
-    chord = 2 * np.sqrt(np.clip(RADIUS**2 - miss2, 0, None)) * MU
-    rng = np.random.default_rng(seed)
-    return torch.as_tensor(chord + rng.normal(0, noise * chord.max(), chord.shape))
+    """Chord lengths through the ball times MU at every pixel centre, from the scan's definition
+    (:func:`chord_helpers.pixel_rays`: at angle t the beam runs along (sin t, -cos t, 0); columns step along
+    (cos t, sin t, 0) from the detector centre, shifted by the offset; rows along z), plus noise."""
+    return torch.as_tensor(ball_projections(g, CENTRE, RADIUS, MU, noise, seed))
 
 
 def _means(vol: torch.Tensor) -> tuple[float, float]:

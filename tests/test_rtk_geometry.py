@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from chord_helpers import vector_integrals as _exact, voxelised as _voxelised
+
 from recon.cli import main
 from recon.geometry import CTGeometry
 from recon.rtk_geometry import read_rtk_geometry
@@ -55,43 +57,6 @@ def _toolkit_ellipsoids(ellipsoids: np.ndarray, mirror: bool = False) -> list[tu
     reflection): centre, semi-axes, density."""
     sign = 1.0 if mirror else -1.0
     return [(np.array([cx, sign * cz, cy]), np.array([ax, az, ay]), mu) for cx, cy, cz, ax, ay, az, mu in ellipsoids]
-
-
-def _exact(g: CTGeometry, ellipsoids: list[tuple]) -> np.ndarray:
-    """Line integrals through the ellipsoids at every pixel centre of ``g`` (its ASTRA-style vectors)."""
-    vec = g.vectors()
-    rows, cols = g.det_shape
-    c = (np.arange(cols) - (cols - 1) / 2)[None, None, :, None]
-    r = (np.arange(rows) - (rows - 1) / 2)[None, :, None, None]
-    pixel = vec[:, None, None, 3:6] + c * vec[:, None, None, 6:9] + r * vec[:, None, None, 9:12]
-    if g.kind == "cone":
-        start = np.broadcast_to(vec[:, None, None, 0:3], pixel.shape)
-    else:
-        start = pixel - 1e4 * vec[:, None, None, 0:3]
-    d = pixel - start
-    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
-    out = np.zeros(pixel.shape[:3])
-    for centre, axes, mu in ellipsoids:
-        q, e = (start - centre) / axes, d / axes
-        a, b, cc = (e * e).sum(-1), 2 * (q * e).sum(-1), (q * q).sum(-1) - 1
-        out += mu * np.sqrt(np.clip(b * b - 4 * a * cc, 0, None)) / a
-    return out
-
-
-def _voxelised(g: CTGeometry, ellipsoids: list[tuple], sub: int = 2) -> np.ndarray:
-    """The ellipsoids on ``g``'s voxel grid, each voxel's share inside from ``sub``^3 samples."""
-    out = np.zeros(g.volume_shape, np.float32)
-    offsets = (np.arange(sub) + 0.5) / sub - 0.5
-    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(g.volume_shape, g.voxel_size)]
-    for oz in offsets:
-        for oy in offsets:
-            for ox in offsets:
-                z, y, x = np.meshgrid(axes[0] + oz * g.voxel_size[0], axes[1] + oy * g.voxel_size[1],
-                                      axes[2] + ox * g.voxel_size[2], indexing="ij")  # fmt: skip
-                for centre, semi, mu in ellipsoids:
-                    inside = ((x - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2 + ((z - centre[2]) / semi[2]) ** 2 <= 1
-                    out += mu * inside / sub**3
-    return out
 
 
 def _relative(p: np.ndarray, ref: np.ndarray) -> float:
@@ -170,9 +135,10 @@ def test_global_values_and_values_kept_from_earlier_projections(tmp_path):
 
 
 REFUSALS = {
-    "flexmap": ([{"ProjectionOffsetX": 5.0}, {"ProjectionOffsetX": 5.4}, {"ProjectionOffsetX": 4.8}],
-                r"ProjectionOffsetX varies across the 3 views, from 4.8 \(view 2\) to 5.4 \(view 1\) mm; the toolkit's "
-                r"geometry has one detector offset for all views"),
+    "in_plane": ([{"InPlaneAngle": 0.0}, {"InPlaneAngle": 2.0}, {"InPlaneAngle": 0.0}],
+                 r"InPlaneAngle is not 0 \(from 0 \(view 0\) to 2 \(view 1\) degrees across the 3 views\)"),
+    "detector_distance": ([{}, {"SourceToDetectorDistance": 905}, {}],
+                          r"SourceToDetectorDistance varies across the 3 views, from 900 \(view 0\) to 905 \(view 1\) mm"),
     "tilt": ([{"OutOfPlaneAngle": 0.0}, {"OutOfPlaneAngle": 1.5}, {"OutOfPlaneAngle": 0.0}],
              r"OutOfPlaneAngle is not 0 \(from 0 \(view 0\) to 1.5 \(view 1\) degrees across the 3 views\)"),
     "source": ([{"SourceOffsetX": 2.0}, {}, {}], r"SourceOffsetX is not 0"),
@@ -183,8 +149,9 @@ REFUSALS = {
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_a_scan_the_geometry_cannot_hold_is_refused(case, tmp_path, capsys):
-    """Per-view offsets (a flexmap), a tilted panel, a source off the central ray, a varying distance: exit 2 naming
-    the file, the field and its range across the views; nothing written."""
+    """A tilted panel (out of plane or in plane), a source off the central ray, a varying source or detector distance:
+    exit 2 naming the file, the field and its range across the views; nothing written (per-view detector offsets, a
+    flexmap, are converted: tests/test_flexmap_rtk.py)."""
     changes, message = REFUSALS[case]
     views = [{"GantryAngle": 120.0 * i, "SourceToIsocenterDistance": 600, "SourceToDetectorDistance": 900, **c}
              for i, c in enumerate(changes)]  # fmt: skip

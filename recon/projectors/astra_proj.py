@@ -1,6 +1,7 @@
 """ASTRA Toolbox backend.
 
-* On CUDA tensors: ASTRA's 3D GPU projector (``cuda3d``) on ``parallel3d_vec`` / ``cone_vec`` geometries, with
+* On CUDA tensors: ASTRA's 3D GPU projector (``cuda3d``) on ``parallel3d_vec`` / ``cone_vec`` geometries (each
+  view's own detector centre, so a per-view detector offset too), with
   the torch tensors handed to ASTRA through DLPack (``astra.experimental.direct_FP3D`` / ``direct_BP3D``: ASTRA
   links the device memory, no host copies).
 * On CPU tensors (whether or not ASTRA has CUDA): parallel beam only, slice by slice with ASTRA's 2D CPU projectors
@@ -49,14 +50,18 @@ def astra_cuda_available() -> bool:
 def astra_cpu_problem(geometry: CTGeometry) -> str | None:
     """Why ASTRA's CPU path (2D parallel-beam projectors, slice by slice) cannot take a parallel-beam ``geometry``
     (``None``: it can): it needs one detector row per volume slice at the slice pitch, level with the slices (no
-    row offset ``det_offset[1]``), and square in-plane voxels (ASTRA's 2D volume geometry has one pixel size). A
-    column offset is no problem: its ``parallel_vec`` geometry takes the shifted detector centre."""
+    row offset ``det_offset[1]``, in any view), and square in-plane voxels (ASTRA's 2D volume geometry has one pixel
+    size). A column offset is no problem, one per view (a flexmap) included: its ``parallel_vec`` geometry takes each
+    view's shifted detector centre."""
     g = geometry
     if g.det_shape[0] != g.volume_shape[0] or not math.isclose(g.det_spacing[0], g.voxel_size[0], rel_tol=1e-6):
         return (f"it needs one detector row per slice at the slice pitch: rows {g.det_shape[0]} vs slices "
                 f"{g.volume_shape[0]}, row pitch {g.det_spacing[0]:g} vs {g.voxel_size[0]:g} mm")  # fmt: skip
-    if g.det_offset[1] != 0:
-        return f"it needs the detector rows level with the slices, not offset by v = {g.det_offset[1]:g} mm"
+    v = g.offsets()[:, 1]
+    if (v != 0).any():
+        k = int(np.argmax(np.abs(v)))
+        where = f" in view {k}" if g.per_view_offset else ""
+        return f"it needs the detector rows level with the slices, not offset by v = {v[k]:g} mm{where}"
     if not math.isclose(g.voxel_size[1], g.voxel_size[2], rel_tol=1e-6):
         return f"it needs square in-plane voxels, not {g.voxel_size[1]:g} x {g.voxel_size[2]:g} mm"
     return None
