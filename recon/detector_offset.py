@@ -55,12 +55,12 @@ def offset_array(det_offset: tuple, num_views: int) -> np.ndarray:
 
 
 def describe_offset(det_offset: tuple) -> str:
-    """``det_offset`` for a message: the pair, or the range of a per-view list."""
+    """``det_offset`` for a message (mm, the unit left to the caller): the pair, or the range of a per-view list."""
     if not per_view(det_offset):
         return str(tuple(det_offset))
     a = np.asarray(det_offset, dtype=np.float64)
-    return (f"per view ({len(a)} views), u from {a[:, 0].min():g} to {a[:, 0].max():g} mm, v from {a[:, 1].min():g} "
-            f"to {a[:, 1].max():g} mm")  # fmt: skip
+    return (f"per view ({len(a)} views), u from {a[:, 0].min():g} to {a[:, 0].max():g}, v from {a[:, 1].min():g} "
+            f"to {a[:, 1].max():g}")  # fmt: skip
 
 
 def check_offsets(det_offset: tuple, num_views: int, det_shape: tuple, det_spacing: tuple) -> None:
@@ -73,7 +73,7 @@ def check_offsets(det_offset: tuple, num_views: int, det_shape: tuple, det_spaci
     off = offset_array(det_offset, num_views)
     if not np.isfinite(off).all():
         bad = int(np.argmax(~np.isfinite(off).all(1)))
-        shown = f"{tuple(off[bad])} in view {bad}" if many else str(tuple(det_offset))
+        shown = f"{tuple(float(x) for x in off[bad])} in view {bad}" if many else str(tuple(det_offset))
         raise ValueError(f"det_offset (u, v) must be finite mm, got {shown}")
     half_w = det_shape[1] * det_spacing[1] / 2
     half_h = det_shape[0] * det_spacing[0] / 2

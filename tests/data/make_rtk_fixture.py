@@ -14,7 +14,10 @@ parallel one), a 40 x 32 pixel detector of 2 mm whose projection images have RTK
 * ``rtk_offset.xml``: ProjectionOffsetX 6 mm, ProjectionOffsetY -3 mm (the detector covers the volume);
 * ``rtk_half_fan.xml``: ProjectionOffsetX -24 mm (a half-fan scan: the detector covers one side of the volume);
 * ``rtk_parallel.xml``: RTK's parallel beam (SourceToDetectorDistance 0), ProjectionOffsetX 3 mm, ProjectionOffsetY
-  2 mm.
+  2 mm;
+* ``rtk_flexmap.xml``: a cone beam whose detector offset changes over the turn, as a CBCT's flexmap:
+  ProjectionOffsetX ``6 + 3 sin(g) + cos(2 g)`` mm and ProjectionOffsetY ``-3 + 1.5 cos(g)`` mm at gantry angle ``g``
+  (:func:`flexmap`).
 
 ``rtk_projections.npz`` holds, per scan, ``<scan>_projections`` (views, rows, cols) float32 line integrals computed
 by ``rtk.RayEllipsoidIntersectionImageFilter`` (exact chords through the ellipsoids, summed), the detector spacing
@@ -38,15 +41,27 @@ ELLIPSOIDS = np.array([
     [10.0, 4.0, -6.0, 8.0, 5.0, 6.0, 0.02],
     [-9.0, -3.0, 8.0, 5.0, 7.0, 4.0, 0.01],
 ])  # fmt: skip
-#: Scan name -> (SourceToDetectorDistance, ProjectionOffsetX, ProjectionOffsetY); SDD 0 is RTK's parallel beam.
-SCANS = {"offset": (SDD, 6.0, -3.0), "half_fan": (SDD, -24.0, 0.0), "parallel": (0.0, 3.0, 2.0)}
 
 
-def geometry(sdd: float, offset_x: float, offset_y: float):
-    """RTK's circular geometry of one scan: VIEWS gantry angles over 360 degrees."""
+def flexmap(gantry_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ProjectionOffsetX and ProjectionOffsetY (mm) of the flexmap scan at the gantry angles (degrees)."""
+    g = np.deg2rad(gantry_deg)
+    return 6.0 + 3.0 * np.sin(g) + np.cos(2 * g), -3.0 + 1.5 * np.cos(g)
+
+
+GANTRY = 360.0 * np.arange(VIEWS) / VIEWS
+#: Scan name -> (SourceToDetectorDistance, ProjectionOffsetX, ProjectionOffsetY), the offsets one for all views or
+#: one per view; SDD 0 is RTK's parallel beam.
+SCANS = {"offset": (SDD, 6.0, -3.0), "half_fan": (SDD, -24.0, 0.0), "parallel": (0.0, 3.0, 2.0),
+         "flexmap": (SDD, *flexmap(GANTRY))}  # fmt: skip
+
+
+def geometry(sdd: float, offset_x, offset_y):
+    """RTK's circular geometry of one scan: VIEWS gantry angles over 360 degrees, each view at its offset."""
     g = rtk.ThreeDCircularProjectionGeometry.New()
+    xs, ys = np.broadcast_to(offset_x, (VIEWS,)), np.broadcast_to(offset_y, (VIEWS,))
     for i in range(VIEWS):
-        g.AddProjection(SID, sdd, 360.0 * i / VIEWS, offset_x, offset_y)
+        g.AddProjection(SID, sdd, float(GANTRY[i]), float(xs[i]), float(ys[i]))
     return g
 
 
