@@ -105,15 +105,7 @@ def backproject(
     for v0 in range(0, g.num_views, chunk):
         lines.update(v0)
         a = angles[v0 : v0 + chunk].view(-1, 1, 1, 1)
-        sin, cos = torch.sin(a), torch.cos(a)
-        t = x * cos + y * sin  # (c, 1, H, W)
-        if g.kind == "parallel":
-            mag, wgt = None, None
-        else:
-            s = x * sin - y * cos
-            mag = g.source_detector / (g.source_origin - s)  # (c, 1, H, W)
-            t = t * mag
-            wgt = (g.source_origin / (g.source_origin - s)) ** 2 if fdk_weights else None
+        t, mag, wgt = _view_terms(g, x, y, a, fdk_weights)
         off_u, off_v = g.det_offset if offsets is None else offsets[v0 : v0 + chunk].view(-1, 2, 1, 1, 1).unbind(1)
         fc = _normalise((t - off_u) / g.det_spacing[1] + (cols - 1) / 2, cols)  # (c, 1, H, W)
         for z0 in range(0, d, slab):
@@ -128,6 +120,20 @@ def backproject(
                 samp = samp * wgt.unsqueeze(1)
             out[:, z0 : z0 + slab] += samp.sum(0)
     return out
+
+
+def _view_terms(g: CTGeometry, x: Tensor, y: Tensor, a: Tensor, fdk_weights: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """For views at angles ``a`` ``(c, 1, 1, 1)``: each voxel's detector coordinate ``u`` (mm, before the offset),
+    ``(c, 1, H, W)``; a cone beam's magnification (else ``None``) and FDK's ``(dso / (dso - s))^2`` weights (``None``
+    unless ``fdk_weights``)."""
+    sin, cos = torch.sin(a), torch.cos(a)
+    t = x * cos + y * sin  # (c, 1, H, W)
+    if g.kind == "parallel":
+        return t, None, None
+    s = x * sin - y * cos
+    mag = g.source_detector / (g.source_origin - s)  # (c, 1, H, W)
+    wgt = (g.source_origin / (g.source_origin - s)) ** 2 if fdk_weights else None
+    return t * mag, mag, wgt
 
 
 def _view_offsets(g: CTGeometry, dtype, device) -> Tensor | None:

@@ -336,7 +336,8 @@ class CTGeometry:
     def to_dict(self) -> dict:
         """The fields as JSON-able values; ``det_offset`` only when it is not :data:`NO_OFFSET`, so that a centred
         detector's ``geometry.json`` (and the keys made from it: a run's scan fingerprint, the kept projector
-        matrix's) are what they were before offsets existed."""
+        matrix's) are what they were before offsets existed. A per-view ``det_offset`` is a list of ``[u, v]``, and
+        so part of those keys."""
         d = asdict(self)
         if self.det_offset == NO_OFFSET:
             del d["det_offset"]
