@@ -1,7 +1,8 @@
 """``medgmae-recon geometry``: RTK's circular geometry XML converted to ``geometry.json`` (:mod:`recon.rtk_geometry`).
 
 The reference is RTK itself: ``tests/data/make_rtk_fixture.py`` (run with ``itk-rtk``, which the tests do not need)
-wrote three RTK geometries (a cone beam with an offset detector, a half-fan cone beam, a parallel beam) and RTK's
+wrote three RTK geometries (a cone beam with an offset detector, a half-fan cone beam, a parallel beam; its
+flexmap scan is tests/test_flexmap_rtk.py's) and RTK's
 exact line integrals of two off-centre ellipsoids of different semi-axes through each. Converted with the command,
 the toolkit's geometry must give the same line integrals: exactly (chords computed from :meth:`CTGeometry.vectors`,
 the geometry's one definition) and through the toolkit's projector (ellipsoids voxelised at 0.25 mm), landing on the

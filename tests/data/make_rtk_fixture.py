@@ -1,4 +1,4 @@
-"""Writes the RTK reference fixtures of ``tests/test_rtk_geometry.py``: RTK geometry XML files and RTK's analytic
+"""Writes the RTK reference fixtures of ``tests/test_rtk_geometry.py`` and ``tests/test_flexmap_rtk.py``: RTK geometry XML files and RTK's analytic
 projections of two off-centre ellipsoids.
 
 Run with a Python that has ``itk-rtk`` (not a dependency of the toolkit, and not needed by the tests, which read the
