@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
-#: Modules over the rule today, by path, with their line count.
-LONG_MODULES = {"recon/fbp.py": 406}
+#: Modules over the rule today, by path, with their line count (none now).
+LONG_MODULES: dict[str, int] = {}
 #: Functions over the rule today, by ``path:name``, with their line count (Triton kernels are written out whole).
 LONG_FUNCTIONS = {
     "medgmae/render/_triton_binning.py:_emit_pairs_kernel": 66,
