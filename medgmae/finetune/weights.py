@@ -210,7 +210,7 @@ def pretrained_check(roi_size: Any) -> Callable[[Any], None]:
             return
         try:
             if roi_size_problem(roi_size) is None:
-                read_encoder_for(value, roi_size, mmap=True)
+                read_encoder_for(str(value), roi_size, mmap=True)
             else:
                 read_encoder_file(value, mmap=True)
         except FileNotFoundError as e:
