@@ -244,6 +244,25 @@ def test_resuming_a_star_training_from_before_the_intensity_rule_keeps_or_names_
             ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict())
 
 
+def test_a_resume_into_another_model_configuration_is_a_resume_refusal():
+    """``--resume true`` with another ``--num_gaussians`` (3D pre-training, 2D GMAE) is a refusal of the settings
+    given: a ``ResumeRefused``, alone or beside another refusal of the checkpoint, so that the bundle prints its
+    message alone (README, "When it stops"), not under MONAI's traceback as an unexpected ``ValueError``."""
+    from pathlib import Path
+
+    from medgmae.engine.restore import ResumeRefused, refusal, restore_states
+    from medgmae.mae_training import ModelConfigRecord
+
+    saved = ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict()
+    now = ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8))
+    with pytest.raises(ResumeRefused, match=r"num_gaussians: saved 16, now 8"):
+        now.load_state_dict(saved)
+    with pytest.raises(ResumeRefused, match=r"\('config'\): the checkpoint was written by a different model") as e:
+        restore_states(Path("run/checkpoint_epoch=3.pt"), [("config", now)], {"config": saved})
+    epochs = ResumeRefused("checkpoint run/checkpoint_epoch=3.pt has already trained 3 epochs = --max_epochs 3")
+    assert type(refusal("both", [epochs, e.value])) is ResumeRefused
+
+
 def test_star_renders_the_sum_of_levels():
     model = _gmae(multi_level=True)
     x = _volume(1)

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch.nn as nn
 
 from medgmae.engine import unwrap_model
+from medgmae.engine.restore import ResumeRefused
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.networks.voxel_mae import VoxelMAE
 from medgmae.preprocessing import PreprocessingSpec
@@ -88,8 +89,8 @@ class ModelConfigRecord:
             state: what :meth:`state_dict` returned when the checkpoint was written.
 
         Raises:
-            ValueError: naming each differing field (:func:`~medgmae.settings_diff.settings_differences`) and how
-                to resume with the saved ones.
+            ResumeRefused: naming each differing field (:func:`~medgmae.settings_diff.settings_differences`) and how
+                to resume with the saved ones (a refusal of the settings given, which a bundle prints alone).
         """
         saved = dict(state)
         if isinstance(saved.get("config"), dict):
@@ -101,7 +102,7 @@ class ModelConfigRecord:
             rule = _record_fields(saved).get("level_intensity")
             changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str)
             example = f" (here --network_def#level_intensity {rule})" if changed else ""
-            raise ValueError(
+            raise ResumeRefused(
                 "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
                 f"with the saved settings{example} or train into a new output_dir"
             )
