@@ -38,3 +38,11 @@ def test_a_directory_named_like_a_volume_file_is_called_a_directory(tmp_path):
         read_volume(folder)
     assert str(e.value).startswith(f"{folder}: is a directory, not a volume file")
     assert "Could not read" not in str(e.value)
+
+
+def test_a_missing_dataset_folder_is_a_dataset_refusal(tmp_path):
+    """Pre-training's ``--dataset_dir`` naming no folder is refused as fine-tuning refuses it (a ``DatasetError``,
+    which a bundle prints alone), not with a ``FileNotFoundError`` under MONAI's traceback."""
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(DatasetError, match=f"dataset_dir does not exist: {missing}"):
+        resolve_datalist(str(missing), tmp_path)

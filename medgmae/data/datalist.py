@@ -371,9 +371,8 @@ def resolve_datalist(
         ``(items, source)``; ``source`` is ``datalist`` when one is named.
 
     Raises:
-        FileNotFoundError: ``dataset_dir`` does not exist.
-        DatasetError: no volumes found, an invalid or missing datalist, or a ``dataset_dir`` that is a file while
-            ``datalist`` names the datalist.
+        DatasetError: ``dataset_dir`` does not exist, no volumes found, an invalid or missing datalist, or a
+            ``dataset_dir`` that is a file while ``datalist`` names the datalist.
     """
     if str(datalist).strip():
         src, base = Path(datalist).expanduser(), datalist_base(dataset_dir, datalist)
@@ -385,7 +384,7 @@ def resolve_datalist(
     else:
         src = Path(dataset_dir).expanduser()
         if not src.exists():
-            raise FileNotFoundError(f"dataset_dir does not exist: {src}")
+            raise DatasetError(f"dataset_dir does not exist: {src}")
         if src.is_dir() and (src / "dataset.json").is_file():
             src = src / "dataset.json"
     if src.is_file():
