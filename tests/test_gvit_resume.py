@@ -11,6 +11,7 @@ import torch
 from ignite.engine import Events
 from PIL import Image
 
+from medgmae.engine.restore import ResumeRefused
 from medgmae.twod.classification_data import load_classification_data
 from medgmae.twod.gvit import GViT
 
@@ -151,7 +152,7 @@ def test_resume_with_another_val_fraction_names_it_with_the_epoch_length(tmp_pat
     halved = load_classification_data(shapes, val_fraction=0.5)  # 12 training images then, 8 now
     again = gvit_workflow(halved, tmp_path / "run", resume=True)
     again.data_settings = {"val_fraction": 0.5}
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ResumeRefused) as refused:  # a refusal of the settings given: the bundle prints it alone
         again.check_resume()
     message = str(refused.value)
     assert "(3 per epoch, batch size 4), but this run has 2 iterations per epoch (batch size 4)" in message

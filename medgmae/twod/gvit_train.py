@@ -32,6 +32,7 @@ from torch import nn
 
 from medgmae.engine import check_resume_fits, resolve_device
 from medgmae.engine.earlier_run import EarlierRun
+from medgmae.engine.restore import refusal
 from medgmae.engine.resume import epoch_checkpoints
 from medgmae.engine.run_words import loader_items
 from medgmae.twod.classification_split import without_split_files
@@ -223,8 +224,8 @@ class GViTWorkflow:
                                   records=records, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
             except ValueError as e:
                 refused.append(e)
-        if refused:
-            raise ValueError("\n".join(str(e) for e in refused)) from refused[0]
+        if refused:  # a ResumeRefused when every phase's is one: the bundle prints it alone, as the 3D bundles do
+            raise refusal("\n".join(str(e) for e in refused), refused) from refused[0]
 
     def _first_phase_to_train(self, resume: bool) -> str | None:
         """The first phase this run trains: of a fresh run, its first phase with epochs; of a resumed one, the first
