@@ -183,6 +183,24 @@ def test_auto_says_why_it_left_astra(tmp_path, capsys):
     assert "ASTRA's CPU projectors cannot take this scan (it needs square in-plane voxels, not 1.2 x 1.5 mm)" in captured.err
 
 
+def test_auto_says_why_a_cone_beam_runs_the_ray_marcher(tmp_path, capsys, monkeypatch):
+    """A cone beam whose sparse matrix is over the budget of ``--backend auto`` runs the PyTorch ray marcher on the
+    CPU, and the run says why, with the matrix's size and the budget (it said nothing: a run of hours unexplained)."""
+    from recon.projectors import TorchProjector, estimate_matrix_bytes, ray_matrix
+
+    geom = CTGeometry.cone((6, 8, 8), (2.0, 2.0, 2.0), num_angles=8, source_origin=200.0, source_detector=300.0)
+    monkeypatch.setattr(ray_matrix, "MATRIX_BUDGET_BYTES", estimate_matrix_bytes(geom, 0.5) - 1)
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    np.save(scan / "projections.npy", TorchProjector(geom)(torch.full((6, 8, 8), 0.02)).numpy())
+    geom.save(scan / "geometry.json")
+    assert main(reconstruct_args(scan, tmp_path / "rec", "--num-gaussians", "30", "--init", "random")) == 0
+    captured = capsys.readouterr()
+    assert "torch backend: PyTorch ray marcher, chosen by --backend auto" in captured.out
+    need = estimate_matrix_bytes(geom, 0.5) / 2**30
+    assert f"this cone beam's sparse matrix would take up to {need:.2f} GiB, over the" in captured.err, captured.err
+
+
 def test_the_start_is_evaluated_at_iteration_0(simulated, tmp_path, capsys):
     """metrics.json's ``start``: the initial Gaussians' PSNR / SSIM against the reference (the PSNR curve's point at
     iteration 0, a line of the summary), equal to a float64 dense evaluation of ``fbp_init``'s Gaussians; a resumed
