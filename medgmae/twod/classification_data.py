@@ -31,6 +31,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.cli_types import as_path_text
+from medgmae.data.datalist import DatasetError
 from medgmae.files import given_more_than_once
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
@@ -87,7 +88,7 @@ class ClassificationData:
 def _require_classes(class_names: Sequence[str], where: str) -> None:
     if len(class_names) < 2:
         found = f"only class {list(class_names)}" if class_names else "no classes"
-        raise ValueError(f"{where}: classification needs at least 2 classes, found {found}")
+        raise DatasetError(f"{where}: classification needs at least 2 classes, found {found}")
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
@@ -97,12 +98,12 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     in one logged line.
 
     Raises:
-        ValueError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images (the
+        DatasetError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images (the
             files it holds named: :func:`~medgmae.twod.data2d.skipped_files_note`).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ValueError(f"dataset folder not found: {root}")
+        raise DatasetError(f"dataset folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose_images, others = listed_files(root, recursive=False)  # others: named with the class folders' below
     if not classes:
@@ -110,7 +111,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         other = sum(1 for p in root.iterdir() if not p.name.startswith("."))
         what = (f"holds {loose} image(s) but no class sub-folders" if loose
                 else f"holds no class sub-folders and no images ({other} other file(s))" if other else "is empty")  # fmt: skip
-        raise ValueError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
+        raise DatasetError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
     _require_classes(classes, f"dataset folder {root}")
     items, empty, empty_left_out = [], [], []
     for idx, name in enumerate(classes):
@@ -121,7 +122,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         items += [{"image": str(f), "label": idx} for f in files]
     if empty:  # every one named at once, with what they hold
         several = len(empty) > 1
-        raise ValueError(no_images_message(f"class folder{'s' if several else ''} {', '.join(empty)}", empty_left_out, root,
+        raise DatasetError(no_images_message(f"class folder{'s' if several else ''} {', '.join(empty)}", empty_left_out, root,
                                            "hold" if several else "holds"))  # fmt: skip
     skipped = skipped_files_note(others, root)
     if skipped:
@@ -133,21 +134,21 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
     """Items and class names of a ``path,label[,split]`` CSV; classes sorted by name.
 
     Raises:
-        ValueError: a missing or empty file, a row without both fields, an unknown split, a listed image that
+        DatasetError: a missing or empty file, a row without both fields, an unknown split, a listed image that
             does not exist or is listed twice, or fewer than two classes.
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
-        raise ValueError(f"CSV file not found: {csv_path}")
+        raise DatasetError(f"CSV file not found: {csv_path}")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if r and any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"CSV file {csv_path} cannot be parsed: {e}") from e
+        raise DatasetError(f"CSV file {csv_path} cannot be parsed: {e}") from e
     if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
         rows = rows[1:]
     if not rows:
-        raise ValueError(f"CSV file {csv_path} lists no images: expected rows of path,label")
+        raise DatasetError(f"CSV file {csv_path} lists no images: expected rows of path,label")
     parsed, problems = [], []
     for line, r in rows:  # every bad row named in one error
         if len(r) not in (2, 3) or not r[0].strip() or not r[1].strip():
@@ -166,7 +167,7 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
     problems += _listed_twice(parsed)
     if problems:
         more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ValueError(f"CSV file {csv_path}, " + "; ".join(problems[:10]) + more)
+        raise DatasetError(f"CSV file {csv_path}, " + "; ".join(problems[:10]) + more)
     classes = sorted({label for _, label, _, _ in parsed})
     _require_classes(classes, f"CSV file {csv_path}")
     _warn_if_labels_differ_in_case(classes, csv_path)
@@ -232,7 +233,7 @@ def load_classification_data(
         raise ValueError(f"channels must be 1, 3 or None, got {channels}")
     path = Path(as_path_text(dataset)).expanduser()
     if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
-        raise ValueError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
+        raise DatasetError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
                          "holding them) or a CSV file of path,label rows")  # fmt: skip
     if path.suffix.lower() == ".csv" or path.is_file():
         train, val, classes, seeded = _csv_split(path, val_fraction, seed)
@@ -244,18 +245,18 @@ def load_classification_data(
         val, val_classes = scan_image_folder(path / "val")
         seeded = False
         if val_classes != classes:
-            raise ValueError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
+            raise DatasetError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
     else:
         splits = [p.name + "/" for p in _split_folders(path)]
         if splits:  # read as classes, they would make a task of telling the splits apart
-            raise ValueError(f"dataset folder {path} holds split folders ({', '.join(splits)}), not class folders: give "
+            raise DatasetError(f"dataset folder {path} holds split folders ({', '.join(splits)}), not class folders: give "
                              "train/ and val/ folders of class folders (a test/ beside them is left out), or one folder "
                              "of class folders")  # fmt: skip
         items, classes = scan_image_folder(path)
         train, val = stratified_split(items, val_fraction, seed)
         seeded = True
     if not train:
-        raise ValueError(f"dataset {path}: no training images after the split")
+        raise DatasetError(f"dataset {path}: no training images after the split")
     found = image_channels([it["image"] for it in train + val], f"dataset {path}") if check_images else {}
     used = channels or found.get(train[0]["image"]) or read_image(train[0]["image"]).shape[0]
     whose = "the model's" if channels else "the first training image's"

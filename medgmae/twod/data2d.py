@@ -29,6 +29,7 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, SelectItemsd
 
 from medgmae.cli_types import as_path_text
+from medgmae.data.datalist import DatasetError
 from medgmae.engine.run_words import plural
 from medgmae.twod.image_folders import listed_files, no_images_message, skipped_files_note
 from medgmae.twod.images import (
@@ -161,15 +162,14 @@ def image_folder_items(dataset_dir: str | os.PathLike, log: bool = True) -> list
     (:func:`skipped_files_note`).
 
     Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: it holds no PNG/JPEG/BMP/TIFF/NIfTI/DICOM file.
+        DatasetError: the folder does not exist, or holds no PNG/JPEG/BMP/TIFF/NIfTI/DICOM file.
     """
     folder = Path(as_path_text(dataset_dir)).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"dataset_dir not found or not a folder: {folder}")
+        raise DatasetError(f"dataset_dir not found or not a folder: {folder}")
     files, others = listed_files(folder)
     if not files:
-        raise ValueError(no_images_message(f"dataset_dir {folder}", others, folder))
+        raise DatasetError(no_images_message(f"dataset_dir {folder}", others, folder))
     if log:
         note = "".join(f"; {n}" for n in several_slices_notes(files))
         logger.info("dataset_dir %s: %s -> %s (one per file%s)", folder, plural(len(files), "image file"),
@@ -253,7 +253,7 @@ def image_channels(paths: Iterable[str | os.PathLike], where: str) -> dict[str, 
         except (OSError, ValueError) as e:
             problems.append(str(e))
     if problems:
-        raise ValueError(f"{len(problems)} unreadable image(s) in {where}; fix or remove them:\n  - " + "\n  - ".join(problems))
+        raise DatasetError(f"{len(problems)} unreadable image(s) in {where}; fix or remove them:\n  - " + "\n  - ".join(problems))
     return channels
 
 
@@ -356,7 +356,7 @@ def _cached_dataset(items: list[dict], pipeline: Compose, dataset_dir: str) -> C
     files are then read again, so that one ``ValueError`` names every unreadable file (:func:`image_channels`).
 
     Raises:
-        ValueError: unreadable images of ``dataset_dir``, all named; otherwise the cache's own error.
+        DatasetError: unreadable images of ``dataset_dir``, all named; otherwise the cache's own error.
     """
     try:
         return CacheDataset(items, pipeline, cache_rate=1.0, num_workers=0, progress=False)
