@@ -58,6 +58,23 @@ def write_dicom_series(img: sitk.Image, folder: Path, series: int = 2, descripti
     return folder
 
 
+def pydicom_dataset(sop_class: str, sop_instance: bool = True):
+    """A pydicom ``Dataset`` of SOP class ``sop_class`` with its file meta (explicit VR little endian, a new
+    instance UID), to which a test adds its pixel module; ``sop_instance=False`` leaves the SOP class and instance
+    out of the data set itself (a DICOMDIR holds them in its file meta only)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    if sop_instance:
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def nifti_file(path: Path, array: np.ndarray, affine=None) -> str:
     """``array`` saved as NIfTI at ``path`` (folders made; default affine 1.5 x 1.5 x 2 mm, no rotation)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -111,15 +111,11 @@ def test_gvit_and_2d_tool_counts_of_one_are_singular(tmp_path, caplog):
 def _write_rgb_dicom(path, rgb: np.ndarray, bits_stored: int) -> None:
     """An uncompressed RGB DICOM of ``(H, W, 3)`` samples, 8- or 16-bit as ``rgb``'s type, ``bits_stored`` of them
     used."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import SecondaryCaptureImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    from tests.data_helpers import pydicom_dataset
+
+    ds = pydicom_dataset(SecondaryCaptureImageStorage)
     ds.Modality = "OT"
     ds.Rows, ds.Columns = rgb.shape[:2]
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0

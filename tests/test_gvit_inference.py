@@ -59,14 +59,11 @@ def test_inference_matches_the_models_own_probabilities(trained, tmp_path, capfd
 
 def _multi_frame_dicom(path, frames: np.ndarray) -> None:
     """A multi-frame secondary-capture DICOM of ``frames`` ``(F, H, W)`` uint16, without a window."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = generate_uid(), ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    from tests.data_helpers import pydicom_dataset
+
+    ds = pydicom_dataset(MultiFrameGrayscaleWordSecondaryCaptureImageStorage)
     ds.Rows, ds.Columns, ds.NumberOfFrames = frames.shape[1], frames.shape[2], frames.shape[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0

@@ -26,15 +26,12 @@ def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
     """A multi-frame DICOM contributes its middle frame, and the log says so (a one-frame file is not counted); a
     DICOM file named ``.ima`` (Siemens' export) is found as the 3D reader finds it, and one without an ending (a
     scanner's ``IM0001``, read by its preamble) too, not logged as a file that is not an image."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+
+    from tests.data_helpers import pydicom_dataset
 
     for name, frames in (("cine.dcm", 3), ("one.dcm", 1), ("slice.IMA", 1), ("IM0001", 1)):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
-        meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = generate_uid(), ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds = pydicom_dataset(MultiFrameGrayscaleWordSecondaryCaptureImageStorage)
         ds.Rows, ds.Columns, ds.NumberOfFrames = 4, 4, frames
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0

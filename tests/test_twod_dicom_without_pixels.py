@@ -5,27 +5,21 @@ import logging
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
 
 from medgmae.twod.classification_data import scan_image_folder
 from medgmae.twod.data2d import image_channels, image_folder_items
 from medgmae.twod.gvit_infer import inference_images
 from medgmae.twod.images import read_image
+from tests.data_helpers import pydicom_dataset
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 
 
-def _dataset(sop_class: str) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    if sop_class != MEDIA_STORAGE_DIRECTORY:
-        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    return ds
+def _dataset(sop_class: str):
+    return pydicom_dataset(sop_class, sop_instance=sop_class != MEDIA_STORAGE_DIRECTORY)
 
 
 def _write_slice(path, size: int = 6) -> None:
