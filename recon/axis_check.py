@@ -1,10 +1,13 @@
 """Where the rotation axis projects on the detector, estimated from the projections, and the warning when that
 disagrees with the geometry's detector offset (``det_offset[0]``, see :mod:`recon.geometry`).
 
-With one offset per view (a flexmap) the estimate is compared with the mean offset over the views: a pair of opposite
-views ``i``, ``j`` mirrors about ``-(u_i + u_j) / 2``, so the pairs' summed correlation peaks near the mean of the
-pairs' midpoints, which is the mean ``u`` over a full turn (exactly, for a flexmap that varies as ``sin`` / ``cos`` of
-the angle, whose opposite views' deviations cancel). The mid-plane row is placed by the mean ``v``.
+With one offset per view (a flexmap) the estimate is compared with the mean offset of the views it pairs: a pair of
+opposite views ``i``, ``j`` mirrors about ``-(u_i + u_j) / 2``, so the pairs' summed correlation peaks near the mean
+of the pairs' midpoints, each weighted as its correlation is (by the pair's energy). Over a full turn every view is
+paired and that is the mean ``u`` over the views (exactly, for a flexmap that varies as ``sin`` / ``cos`` of the
+angle, whose opposite views' deviations cancel); over a parallel beam's half turn only the two end views are, so it
+is the mean of their midpoints, which may be far from the mean over all the views. The mid-plane row is placed by
+the mean ``v``.
 
 Opposite views see mirrored projections. Parallel beam: the view at ``t + pi`` is the view at ``t`` mirrored about
 the column where the rotation axis projects, ``c_axis = (cols - 1) / 2 - offset_u / du``; exactly, in every row.
@@ -138,6 +141,18 @@ def estimate_offset_u(proj, geometry: CTGeometry) -> float | None:
         a half-fan scan (:attr:`CTGeometry.half_fan`), whose opposite views overlap only near the central ray (the
         whole rows' correlation peaked at the wrong shift on a simulated one, 32 mm from its 126 mm offset).
     """
+    found = _estimate(proj, geometry)
+    return None if found is None else found[0]
+
+
+def _estimate(proj, geometry: CTGeometry) -> tuple[float, float, int] | None:
+    """:func:`estimate_offset_u`'s estimate, with what the geometry says for it and how many views it paired.
+
+    Returns:
+        ``(estimate, the geometry's offset u for it, views paired)``: the geometry's is the mean over the pairs of
+        their views' mean ``u`` (``(u_i + u_j) / 2``, each pair weighted by its energy, as the summed correlation
+        weights it), which for one offset for all views is that offset; ``None`` where no estimate is given.
+    """
     v, cols = geometry.num_views, geometry.det_shape[1]
     if v < 2 or cols < 8 or len(proj) != v or geometry.half_fan:
         return None
@@ -153,7 +168,8 @@ def estimate_offset_u(proj, geometry: CTGeometry) -> float | None:
     n = 2 ** math.ceil(math.log2(2 * cols))
     spec = np.fft.rfft(prof, n, axis=1)
     flipped = np.fft.rfft(prof[:, ::-1], n, axis=1)
-    total, pairs, energy = np.zeros(n // 2 + 1, complex), 0, []
+    u = geometry.offsets()[:, 0]
+    total, energy, middle = np.zeros(n // 2 + 1, complex), [], []
     for i in range(v):
         opp = _opposite(angles, i, step, parallel)
         if opp is None:
@@ -161,33 +177,40 @@ def estimate_offset_u(proj, geometry: CTGeometry) -> float | None:
         q = sum(w * flipped[j] for j, w in opp)
         total += spec[i] * np.conj(q)  # sum_c p_i[c + k] q[c]: peaks at the shift d with q[c] = p_i[c + d]
         energy.append(math.sqrt(float(np.sum(prof[i] ** 2)) * float(np.sum(sum(w * prof[j] for j, w in opp) ** 2))))
-        pairs += 1
-    if pairs < MIN_PAIRS:
+        middle.append((u[i] + sum(w * u[j] for j, w in opp)) / 2)  # the offset this pair mirrors about
+    if len(energy) < MIN_PAIRS:
         return None
     d, best = _peak(total, n)
     if best < MIN_MATCH * sum(energy):
         return None
-    return -d * geometry.det_spacing[1] / 2
+    given = float(np.dot(energy, middle) / sum(energy)) if geometry.per_view_offset else geometry.det_offset[0]
+    return -d * geometry.det_spacing[1] / 2, given, len(energy)
 
 
 def axis_offset_note(proj, geometry: CTGeometry, tolerance: float = AXIS_TOLERANCE_COLUMNS) -> str | None:
     """A warning's text when the projections put the rotation axis more than ``tolerance`` columns from where the
-    geometry's ``det_offset[0]`` (the mean over the views of a per-view offset) puts it, else ``None`` (also when :func:`estimate_offset_u` gives no estimate).
+    geometry's ``det_offset[0]`` puts it, else ``None`` (also when :func:`estimate_offset_u` gives no estimate).
+
+    With a per-view offset, the geometry's is the mean over the views the estimate paired with their opposites
+    (:func:`_estimate`): all of them over a full turn, the two end views of a parallel beam's half turn.
 
     Args:
         proj: ``(V, rows, cols)`` line integrals.
         geometry: the scan.
         tolerance: columns.
     """
-    est = estimate_offset_u(proj, geometry)
-    if est is None:
+    found = _estimate(proj, geometry)
+    if found is None:
         return None
+    est, given, paired = found
     du, cols = geometry.det_spacing[1], geometry.det_shape[1]
-    given = _mean_offset(geometry)[0]
-    what = "det_offset u (the mean over the views)" if geometry.per_view_offset else "det_offset u"
     if abs(est - given) <= tolerance * du:
         return None
+    what = "det_offset u"
+    if geometry.per_view_offset:
+        what += (f" (the mean over the {paired} views paired with their opposite views, of {geometry.num_views}, "
+                 "as the estimate weights them)")  # fmt: skip
     seen, said = (cols - 1) / 2 - est / du, (cols - 1) / 2 - given / du  # the axis's column, 0-based
     return (f"the projections put the rotation axis at column {seen:.2f} (of 0..{cols - 1}), where det_offset "
-            f"u = {est + 0.0:+.2f} mm puts it; geometry.json's {what} = {given + 0.0:+.2f} mm puts it at column "
+            f"u = {round(est, 2) + 0.0:+.2f} mm puts it; geometry.json's {what} = {round(given, 2) + 0.0:+.2f} mm puts it at column "
             f"{said:.2f}: check det_offset (a wrong centre of rotation blurs FBP/FDK)")  # fmt: skip
