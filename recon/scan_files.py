@@ -18,6 +18,8 @@ LINE_INTEGRAL_MAX = 50.0
 #: File endings whose header carries an ITK detector geometry (spacing, origin) that :func:`check_projection_header`
 #: compares with ``geometry.json`` (the spacing) and reads the detector offset from (the origin).
 ITK_HEADERS = (".mha", ".mhd", ".nrrd", ".nhdr")
+#: Pixels within which a header's offset reads as centred and agrees with ``geometry.json``'s (the same tolerance).
+CENTRED_TOLERANCE = 1e-3
 #: What line integrals look like, as the messages about projections that do not say.
 _LINE_INTEGRALS = "line integrals -log(I / I0) are mostly >= 0 and below about 10 for a body"
 #: The range a normalised transmission I / I0 lies in (noise may take air a little above 1, a dark a little below 0).
@@ -307,7 +309,7 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
 
     Returns:
         ``(offset_u, offset_v)`` in mm as the header's origin states it (``(0.0, 0.0)`` for a centred detector's
-        origin), or ``None`` where the header states no origin (ITK's defaults, a NIfTI, another format).
+        origin, to a thousandth of a pixel), or ``None`` where the header states none (ITK's defaults, a NIfTI, other).
 
     Raises:
         ValueError: naming the file, the header's values and the geometry's.
@@ -334,7 +336,7 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
     if origin is None:
         return None
     offset = origin + (n - 1) / 2 * spacing  # zero for a centred detector (RTK's convention)
-    offset[np.abs(offset) <= 1e-6 * spacing] = 0.0  # the rounding of a centred detector's origin
+    offset[np.abs(offset) <= CENTRED_TOLERANCE * spacing] = 0.0  # a centred origin as rounded (float32 headers)
     return float(offset[0]), float(offset[1])
 
 
@@ -364,7 +366,7 @@ def with_header_offset(geom, offset: tuple[float, float] | None, path):
     if geom.per_view_offset:
         raise ValueError(f"{stated}, but the geometry has one det_offset per view: write the stack with RTK's centred "
                          "origin -(n - 1) / 2 * spacing, which keeps the geometry's offsets")  # fmt: skip
-    if np.allclose(offset, geom.det_offset, rtol=0, atol=1e-3 * min(geom.det_spacing)):
+    if np.allclose(offset, geom.det_offset, rtol=0, atol=CENTRED_TOLERANCE * min(geom.det_spacing)):
         return geom
     if geom.det_offset != NO_OFFSET:
         raise ValueError(f"{stated}, but the geometry has det_offset {geom.det_offset} mm: make them agree")

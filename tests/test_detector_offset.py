@@ -268,6 +268,28 @@ def test_a_projection_header_origin_is_read_as_the_offset(tmp_path, capsys):
     assert with_header_offset(offset_geometry, centred, tmp_path / "centred.mha") is offset_geometry
 
 
+def test_a_centred_origin_rounded_to_float32_states_no_offset(tmp_path):
+    """RTK's centred origin as a float32 header rounds it (-37.5 + 3e-5 mm for 76 columns of 1 mm): within the
+    thousandth of a pixel in which a stated offset agrees with the geometry's, it reads as centred, so a per-view
+    geometry and one with its own offset keep theirs; a thousandth and a half of a pixel is still an offset."""
+    import SimpleITK as sitk
+
+    from recon.scan_files import check_projection_header, with_header_offset
+
+    g = CTGeometry("parallel", (8, 12, 12), 1.0, (10, 76), 1.0, [0.0, 1.0, 2.0], det_offset=[[0.5, 0.0], [0.7, 0.1], [0.6, 0.0]])
+    img = sitk.GetImageFromArray(np.zeros((3, 10, 76), np.float32))
+    img.SetSpacing((1.0, 1.0, 1.0))
+    for shift, centred in ((3e-5, True), (-4e-4, True), (1.5e-3, False)):
+        img.SetOrigin((-37.5 + shift, -4.5, 0.0))
+        sitk.WriteImage(img, str(tmp_path / "p.mha"))
+        offset = check_projection_header(tmp_path / "p.mha", g.det_spacing, g.det_shape)
+        assert (offset == (0.0, 0.0)) == centred, offset
+        if centred:
+            assert with_header_offset(g, offset, tmp_path / "p.mha") is g
+            single = CTGeometry.from_dict({**g.to_dict(), "det_offset": (0.5, -0.2)})
+            assert with_header_offset(single, offset, tmp_path / "p.mha") is single
+
+
 def test_simulate_takes_a_detector_offset(tmp_path, capsys):
     """``simulate --geometry cone --det-offset U V`` writes the offset into geometry.json and projects with it;
     with a geometry file, or a non-finite offset, it exits 2 writing nothing (the built-in orbits' default detector
