@@ -16,7 +16,7 @@ from recon.angle_checks import full_turn
 from recon.geometry_fields import NO_OFFSET, offset_pair
 
 __all__ = ["offset_field", "per_view", "offset_array", "describe_offset", "check_offsets", "coverage", "check_coverage",
-           "max_abs"]
+           "max_abs", "wide_side"]
 
 
 def _is_sequence(value) -> bool:
@@ -141,3 +141,14 @@ def max_abs(det_offset: tuple) -> tuple[float, float]:
     """The largest ``|u|`` and ``|v|`` over the views."""
     a = np.abs(offset_array(det_offset, 1 if not per_view(det_offset) else len(det_offset)))
     return float(a[:, 0].max()), float(a[:, 1].max())
+
+
+def wide_side(det_offset: tuple) -> float:
+    """The side of the central ray the detector reaches further: ``1.0`` toward ``+u``, ``-1.0`` toward ``-u``.
+
+    It is the sign of ``u`` in the view where ``|u|`` is largest (the first such view), so that a view centred on
+    the central ray (``u = 0``) or offset slightly the other way does not decide a half-fan scan's side (whose views
+    must all be offset to one side, :func:`check_coverage`); ``1.0`` when no view is offset.
+    """
+    u = offset_array(det_offset, 1 if not per_view(det_offset) else len(det_offset))[:, 0]
+    return -1.0 if u[int(np.argmax(np.abs(u)))] < 0 else 1.0

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from medgmae.terminal import ProgressLines
 from recon.angle_checks import degrees_question
+from recon.detector_offset import wide_side
 from recon.fbp_weights import _arc, _exact_arc, _fan_half_angle, _turns, _whole_turns, half_fan_weights, parker_weights
 from recon.fbp_weights import padded_to_both_sides
 from recon.geometry import CTGeometry
@@ -297,7 +298,7 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     half_fan = geometry.half_fan
     offset_u = geometry.offsets()[:, 0]
     if half_fan:  # the short side's outer column sees the object by design: the wide side's alone counts
-        wide = p[:, :, 0 if offset_u[0] < 0 else -1].double()
+        wide = p[:, :, 0 if wide_side(geometry.det_offset) < 0 else -1].double()
         outer = wide.masked_fill(~seen, float("nan"))
     else:
         outer = ((p[:, :, 0].double() + p[:, :, -1].double()) / 2).masked_fill(~seen, float("nan"))

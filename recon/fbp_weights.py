@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recon.detector_offset import max_abs
+from recon.detector_offset import max_abs, wide_side
 from recon.geometry import CTGeometry
 
 __all__ = ["parker_weights", "half_fan_weights", "padded_to_both_sides"]
@@ -119,9 +119,8 @@ def half_fan_weights(geometry: CTGeometry) -> Tensor | None:
     """
     if not geometry.half_fan:
         return None
-    offset = geometry.det_offset[0] if not geometry.per_view_offset else float(geometry.offsets()[0, 0])
     reach = geometry.det_shape[1] * geometry.det_spacing[1] / 2 - max_abs(geometry.det_offset)[0]  # short side
-    u = torch.as_tensor(geometry.detector_coords()[0] * math.copysign(1.0, offset))  # toward the wide side: positive
+    u = torch.as_tensor(geometry.detector_coords()[0] * wide_side(geometry.det_offset))  # toward the wide side: positive
     if geometry.kind == "cone":
         angle, limit = torch.atan(u / geometry.source_detector), math.atan(reach / geometry.source_detector)
     else:
@@ -137,17 +136,12 @@ def padded_to_both_sides(p: Tensor, geometry: CTGeometry) -> tuple[Tensor, CTGeo
     rows spreads past the short edge, and the voxels that project there need it (as RTK pads its displaced
     detector); cut at the edge, it leaves a ghost of each object at its mirror image about the axis (5 % of a ball's
     value in ``tests/test_half_fan.py``)."""
-    du = geometry.det_spacing[1]
+    du, side = geometry.det_spacing[1], wide_side(geometry.det_offset)  # the short side, -side, is padded
+    k = math.ceil(2 * max_abs(geometry.det_offset)[0] / du - 1e-9)
+    padded = F.pad(p, (k, 0) if side > 0 else (0, k))
+    shift = -side * k * du / 2
     if geometry.per_view_offset:
-        off = geometry.offsets()
-        offset, largest = float(off[0, 0]), float(np.abs(off[:, 0]).max())
+        moved = tuple((float(u) + shift, float(v)) for u, v in geometry.offsets())
     else:
-        offset = largest = geometry.det_offset[0]
-    k = math.ceil(2 * abs(largest) / du - 1e-9)
-    padded = F.pad(p, (k, 0) if offset > 0 else (0, k))
-    shift = -k * du / 2 if offset > 0 else k * du / 2
-    if geometry.per_view_offset:
-        moved = tuple((float(u) + shift, float(v)) for u, v in off)
-    else:
-        moved = (offset + shift, geometry.det_offset[1])
+        moved = (geometry.det_offset[0] + shift, geometry.det_offset[1])
     return padded, replace(geometry, det_shape=(geometry.det_shape[0], geometry.det_shape[1] + k), det_offset=moved)

@@ -108,6 +108,34 @@ def test_truncation_is_judged_on_the_wide_side_of_a_half_fan_scan():
     assert "truncated" in (truncation_note(cut, g) or "")
 
 
+@pytest.mark.parametrize("side", [1.0, -1.0])
+def test_a_view_on_the_central_ray_does_not_decide_the_half_fan_side(side):
+    """A half-fan flexmap whose first view is centred (``u = 0``, the others 16 mm to one side) is weighted, padded
+    and judged for truncation on the side the others decide, as the same scan with that view 1e-3 mm to their side
+    is: the weights and the padded detector agree, an object at the short side's edge is no truncation (one at the
+    wide side's is), and FDK gives the ball's attenuation."""
+    from recon.fbp_weights import padded_to_both_sides
+
+    def scan(first: float) -> CTGeometry:
+        offsets = [(first if i == 0 else 16.0 * side, 0.0) for i in range(120)]
+        return CTGeometry.cone(SHAPE, 1.0, SO, SD, det_shape=(10, 52), det_spacing=1.5, num_angles=120,
+                               det_offset=offsets)  # fmt: skip
+
+    centred, nudged = scan(0.0), scan(1e-3 * side)
+    assert centred.half_fan and nudged.half_fan
+    np.testing.assert_allclose(half_fan_weights(centred).numpy(), half_fan_weights(nudged).numpy(), atol=1e-3)
+    (pc, gc), (pn, gn) = (padded_to_both_sides(torch.zeros(1, 120, 10, 52), g) for g in (centred, nudged))
+    assert pc.shape == pn.shape and np.allclose(gc.offsets(), gn.offsets(), atol=2e-3), (gc.offsets()[:2], gn.offsets()[:2])
+    proj = _ball_projections(centred, noise=0.0, seed=0)
+    short, wide = (slice(0, 3), slice(-3, None))[:: int(side)]  # the wide side's columns are those toward side * u
+    for cols, truncated in ((short, False), (wide, True)):
+        cut = proj.clone()
+        cut[:, :, cols] += 0.5 * float(proj.max())
+        assert ("truncated" in (truncation_note(cut, centred) or "")) == truncated, (side, truncated)
+    inside, mirror = _means(fbp(proj, centred))
+    assert inside == pytest.approx(MU, rel=0.02) and abs(mirror) < 0.02 * MU, (inside, mirror)
+
+
 def test_the_example_half_fan_geometry_is_one():
     """configs/geometry/cone_half_fan_256x256x80_120views.json: the benchmark scan, its detector offset to one side."""
     from pathlib import Path
