@@ -5,16 +5,20 @@ volume to reconstruct: the detector comes from the projection stack (``--project
 size and spacing, read without its pixels, and its origin's offset from RTK's centred one, added to
 ``ProjectionOffsetX/Y``; another stack's shape with ``--det-spacing``) or from ``--det-shape`` and ``--det-spacing``;
 the volume from ``--volume-shape`` and ``--voxel-size``, centred on the isocentre. ProjectionOffsetX/Y that vary
-across the views (a flexmap) become a per-view ``det_offset``. The geometry is checked as every
-command checks it (the detector must cover the volume, or its wide side over a full turn) and written atomically.
+across the views (a flexmap) become a per-view ``det_offset``. A header origin off the centred one beside nonzero
+ProjectionOffsetX/Y is refused before the two are added; the geometry is then checked as every command checks it
+(the detector must cover the volume, or its wide side over a full turn; an error names the header origin's share)
+and written atomically.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from recon.commands import CLIError, check_out_file
-from recon.detector_offset import describe_offset
+from recon.detector_offset import describe_offset, offset_array, per_view
 from recon.geometry import CTGeometry
 
 __all__ = ["cmd_geometry", "stack_detector"]
@@ -94,17 +98,11 @@ def cmd_geometry(args) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from e
     shape, pitch, origin = _detector(args, scan.num_views)
+    _check_origin(args, scan, origin)
     try:
         geom = rtk_to_ct_geometry(scan, args.volume_shape, tuple(args.voxel_size), shape, pitch, origin)
     except ValueError as e:
-        raise CLIError(f"RTK geometry {args.rtk} on that volume and detector: {e}") from e
-    if origin not in (None, (0.0, 0.0)) and scan.projection_offset != (0.0, 0.0):
-        stated = describe_offset(scan.projection_offset)
-        raise CLIError(
-            f"projections {args.projections}: the header's origin shifts the detector by {origin} mm beside RTK "
-            f"geometry {args.rtk}'s ProjectionOffsetX/Y {stated} mm; RTK adds the two (det_offset "
-            f"{describe_offset(geom.det_offset)} mm), but fbp and reconstruct read a stack's origin as the whole offset and would "
-            "refuse the pair: write the stack with RTK's centred origin -(n - 1) / 2 * spacing, then convert again")  # fmt: skip
+        raise CLIError(f"RTK geometry {args.rtk} on that volume and detector{_header_share(args, origin)}: {e}") from e
     if scan.collimated:
         print(f"warning: RTK geometry {args.rtk} states a collimation, which the toolkit does not model: the rays it "
               "blocks are read as measured", flush=True)  # fmt: skip
@@ -112,6 +110,32 @@ def cmd_geometry(args) -> int:
     geom.save(out)
     print(_summary(geom, args.rtk, out) + replaced)
     return 0
+
+
+def _header_share(args, origin: tuple[float, float] | None) -> str:
+    """What a conversion error owes to the stack header's origin: ``""`` for a centred origin (or none)."""
+    if origin in (None, (0.0, 0.0)):
+        return ""
+    return (f", with the detector shifted by the header's origin of projections {args.projections}, which puts the "
+            f"detector centre (u, v) = {origin} mm off RTK's centred origin -(n - 1) / 2 * spacing (RTK adds that to "
+            "ProjectionOffsetX/Y; an origin of 0, ITK's default, is not centred: write the stack with the centred "
+            "origin)")  # fmt: skip
+
+
+def _check_origin(args, scan, origin: tuple[float, float] | None) -> None:
+    """Refuse a stack whose header origin shifts the detector beside the XML's ProjectionOffsetX/Y, before the two
+    are added: ``fbp`` and ``reconstruct`` read a stack's origin as the whole offset and would refuse the pair."""
+    if origin in (None, (0.0, 0.0)) or scan.projection_offset == (0.0, 0.0):
+        return
+    many = per_view(scan.projection_offset)
+    total = offset_array(scan.projection_offset, scan.num_views) + np.asarray(origin, dtype=np.float64)
+    added = tuple(map(tuple, total.tolist())) if many else tuple(total[0].tolist())
+    raise CLIError(
+        f"projections {args.projections}: the header's origin shifts the detector by {origin} mm beside RTK "
+        f"geometry {args.rtk}'s ProjectionOffsetX/Y {describe_offset(scan.projection_offset)} mm; RTK adds the two "
+        f"(det_offset {describe_offset(added)} mm), but fbp and reconstruct read a stack's origin as the whole "
+        "offset and would refuse the pair: write the stack with RTK's centred origin -(n - 1) / 2 * spacing, then "
+        "convert again")  # fmt: skip
 
 
 def _summary(geom: CTGeometry, rtk: str, out: Path) -> str:

@@ -66,7 +66,7 @@ def test_fdk_of_the_flexmap_stack_recovers_the_ellipsoid(fixture, tmp_path, caps
     """``fbp`` takes RTK's stack (centred origin) with the per-view geometry: the larger ellipsoid's core within 5 % of
     its density (0.5 % measured); the mean offset's reconstruction is twice as far from the voxelised ellipsoids
     (relative error 0.56 against 0.27); a stack whose header origin states an offset beside the flexmap is refused,
-    nothing written."""
+    nothing written, and so is one with ITK's default origin 0 (named as the header's, not as the XML's)."""
     import nibabel as nib
 
     stack = _stack(tmp_path, fixture, "flexmap")
@@ -88,3 +88,7 @@ def test_fdk_of_the_flexmap_stack_recovers_the_ellipsoid(fixture, tmp_path, caps
     (tmp_path / "other").mkdir()
     rc, written = _convert(tmp_path / "other", DATA / "rtk_flexmap.xml", "--projections", str(shifted))
     assert rc == 2 and not written.exists() and "write the stack with RTK's centred origin" in capsys.readouterr().err
+    origin0 = _stack(tmp_path, fixture, "flexmap", origin_shift=tuple(-float(o) for o in fixture["flexmap_origin"]))
+    rc, written = _convert(tmp_path / "other", DATA / "rtk_flexmap.xml", "--projections", str(origin0))
+    err = capsys.readouterr().err  # ITK's default origin 0: refused as the header's, before the sum leaves the detector
+    assert rc == 2 and "the header's origin shifts the detector by (39.0, 31.0) mm" in err and "off the detector" not in err, err

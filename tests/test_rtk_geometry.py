@@ -177,3 +177,21 @@ def test_the_detector_must_be_given_and_match_the_stack(fixture, tmp_path, capsy
     shifted = _stack(tmp_path, fixture, "offset", origin_shift=(4.0, 0.0))
     rc, out = _convert(tmp_path, xml, "--projections", str(shifted))
     assert rc == 2 and not out.exists() and "write the stack with RTK's centred origin" in capsys.readouterr().err
+
+
+def test_a_stack_with_itks_default_origin_is_named_in_the_error(fixture, tmp_path, capsys):
+    """A stack that states its pitch but keeps ITK's default origin 0 shifts the detector by ``(n - 1) / 2 *
+    spacing`` from RTK's centred origin: with ProjectionOffsetX/Y of 0 the conversion fails, and the error names the
+    header's origin and its shift; beside a ProjectionOffsetX it is refused before the two are added."""
+    origin0 = _stack(tmp_path, fixture, "offset", origin_shift=tuple(-float(o) for o in fixture["offset_origin"]))
+    xml = tmp_path / "no_offset.xml"
+    xml.write_text("".join(line for line in (DATA / "rtk_offset.xml").read_text().splitlines(True) if "ProjectionOffset" not in line))
+    rc, out = _convert(tmp_path, xml, "--projections", str(origin0))
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists(), err
+    assert f"with the detector shifted by the header's origin of projections {origin0}, which puts the detector centre " \
+        "(u, v) = (39.0, 31.0) mm off RTK's centred origin" in err and "ITK's default" in err, err
+    rc, out = _convert(tmp_path, DATA / "rtk_offset.xml", "--projections", str(origin0))
+    err = capsys.readouterr().err
+    assert rc == 2 and "the header's origin shifts the detector by (39.0, 31.0) mm beside RTK geometry" in err, err
+
