@@ -171,7 +171,8 @@ def _add_geometry(sub) -> None:
     g = _parser(sub, "geometry", "geometry.json from RTK's circular geometry XML (recon/rtk_geometry.py: the mapping)")
     g.add_argument("--rtk", required=True, metavar="XML",
                    help="RTK ThreeDCircularProjectionGeometry XML (rtksimulatedgeometry, rtkelektasynergygeometry, "
-                        "rtkvarianobigeometry...): one SID, SDD and ProjectionOffsetX/Y for all views, no tilt")
+                        "rtkvarianobigeometry...): one SID and SDD for all views, no tilt or source offset; "
+                        "ProjectionOffsetX/Y for all views or varying per view (a flexmap: a per-view det_offset)")
     g.add_argument("--projections", default=None,
                    help="the projection stack: its detector size (and a MetaImage / NRRD header's pitch and origin)")
     g.add_argument("--det-shape", type=positive_int, nargs=2, default=None, metavar=("ROWS", "COLS"),

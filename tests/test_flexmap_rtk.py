@@ -92,3 +92,12 @@ def test_fdk_of_the_flexmap_stack_recovers_the_ellipsoid(fixture, tmp_path, caps
     rc, written = _convert(tmp_path / "other", DATA / "rtk_flexmap.xml", "--projections", str(origin0))
     err = capsys.readouterr().err  # ITK's default origin 0: refused as the header's, before the sum leaves the detector
     assert rc == 2 and "the header's origin shifts the detector by (39.0, 31.0) mm" in err and "off the detector" not in err, err
+
+
+def test_the_geometry_help_says_offsets_may_vary_per_view(capsys):
+    """``geometry --help`` says ProjectionOffsetX/Y may vary over the views (one SID and SDD, no tilt)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["geometry", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_.value.code == 0 and "one SID and SDD for all views, no tilt" in text, text
+    assert "ProjectionOffsetX/Y for all views or varying per view (a flexmap" in text, text
