@@ -26,12 +26,15 @@ def _is_sequence(value) -> bool:
 def offset_field(value) -> tuple:
     """``det_offset`` as ``(u, v)`` floats, or, for a list of pairs, a tuple of ``(u, v)`` per view.
 
+    A list with any entry that is itself a list is read as one pair per view, so that one bad entry (a ``null``) is
+    named by its index rather than the whole list being read as one pair.
+
     Raises:
         ValueError: neither two numbers nor a list of pairs, naming the entry at fault.
     """
     if isinstance(value, np.ndarray):
         value = value.tolist()
-    if _is_sequence(value) and len(value) > 0 and all(_is_sequence(e) for e in value):
+    if _is_sequence(value) and any(_is_sequence(e) for e in value):
         pairs = []
         for i, entry in enumerate(value):
             try:
@@ -116,8 +119,12 @@ def check_coverage(g) -> None:
                 f"{_u_text(g.det_offset)} mm) where the volume needs {need_w:.2f} mm: such a half-fan (offset-detector) "
                 "scan covers the volume only with views all round (360 degrees), and these angles leave a gap")  # fmt: skip
         if (u > 0).any() and (u < 0).any():
-            raise ValueError(f"det_offset u changes side across the views ({_u_text(g.det_offset)} mm) on a half-fan "
-                             "scan: its detector must reach past the central ray on the same side in every view")  # fmt: skip
+            k = int(np.argmax(np.abs(u)))
+            raise ValueError(
+                f"detector too small for the volume in view {k}: it covers {det_w:.2f} mm about the central ray there "
+                f"(less twice its offset u = {u[k]:g} mm) where the volume needs {need_w:.2f} mm; nor is this a "
+                f"half-fan scan, as det_offset u changes side across the views ({_u_text(g.det_offset)} mm) and a "
+                "half-fan detector must reach past the central ray on the same side in every view")  # fmt: skip
         return  # a half-fan scan: each ray is seen from one side or the other
     if det_w + tol < need_w or det_h + tol < need_h:
         shifted = "" if g.det_offset == NO_OFFSET else (

@@ -74,6 +74,24 @@ def test_each_view_offset_is_checked():
     assert half_fan.half_fan and half_fan_weights(half_fan).shape == (8, 40)
 
 
+def test_a_bad_entry_of_a_long_list_and_a_full_fan_detector_too_small_in_one_view():
+    """A per-view list with one ``null`` among 600 pairs is read as a per-view list and its error names that entry
+    alone (not the whole list); a full-fan detector that misses the volume only in its worst view (``u = 2 sin t``)
+    is refused as too small in that view, not as a half-fan scan."""
+    angles = list(np.linspace(0, 2 * np.pi, 600, endpoint=False))
+    offsets = [[0.5, 0.0]] * 600
+    offsets[417] = None
+    with pytest.raises(ValueError) as error:
+        CTGeometry("parallel", (8, 20, 20), 1.0, (8, 40), 1.0, angles, det_offset=offsets)
+    assert str(error.value).startswith("det_offset[417] (view 417's offset): det_offset must be two numbers"), str(error.value)
+    assert len(str(error.value)) < 200, len(str(error.value))
+    eight = list(np.linspace(0, 2 * np.pi, 8, endpoint=False))
+    with pytest.raises(ValueError) as error:  # 22 mm across where the volume needs 20: 18 mm in view 2 (u = 2 mm)
+        CTGeometry("parallel", (8, 20, 20), 1.0, (8, 22), 1.0, eight, det_offset=[(2 * math.sin(t), 0.0) for t in eight])
+    assert str(error.value).startswith("detector too small for the volume in view 2: it covers 18.00 mm about the central "
+                                       "ray there (less twice its offset u = 2 mm) where the volume needs 20.00 mm"), str(error.value)
+
+
 def test_saved_and_selected_views_keep_their_offsets(tmp_path):
     """geometry.json round trip; select_views and held-out views carry each view's own offset (their vectors are the
     full scan's rows); the kept matrix's key and the run's scan fingerprint tell the flexmap from its mean."""
