@@ -79,3 +79,20 @@ def test_the_datalist_writer_counts_noisy_classes_and_names_a_fractional_map(tmp
     bad = _pair(tmp_path, half, "bad")["label"]
     with pytest.raises(DatasetError, match=rf"^{bad}: a label map holds whole class numbers, but 1 voxel"):
         class_values([noisy, bad])
+
+
+def test_pre_training_loads_its_labels_rounded(tmp_path):
+    """The pre-training bundle's own loader, as its config builds it: it read the label map as it was (no
+    ``label_keys``), and its ``uint8`` cast made every ``0.99999994`` voxel background (fine-tuning's loader is
+    ``medgmae.finetune.data._load_and_resample``, given its label keys)."""
+    from monai.bundle import ConfigParser
+
+    from tests.bundle_helpers import BUNDLES
+
+    case = _pair(tmp_path, _noisy_labels())
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "medgmae_pretrain" / "configs" / "train.json"))
+    parser.update({"keys": ["image", "label"]})
+    loaded = parser.get_parsed_content("train#load")(case)
+    assert np.array_equal(loaded["label"].numpy()[0], np.round(_noisy_labels()))
+    assert np.array_equal(loaded["image"].numpy()[0], read_volume(case["image"]).array)
