@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "BundleCommand", "bundle_command", "config_folder", "derived_from_bad_keys",
+__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "BundleCommand", "bundle_command", "command_line_flags", "config_folder", "derived_from_bad_keys",
            "repeated_flag_lines", "unknown_key_lines", "unknown_key_problems"]
 
 
@@ -61,13 +61,27 @@ def _flags(argv: Sequence[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
     return {k: v[-1] for k, v in given.items()}, {k: v for k, v in given.items() if len(v) > 1}
 
 
+def _is_bundle_run(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is a ``python -m monai.bundle ...`` command line (as each process of ``torchrun`` sees it)."""
+    return bool(argv) and argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py")
+
+
+def command_line_flags(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """The ``--name value`` flags of a ``python -m monai.bundle run`` command line (``sys.argv`` when ``None``) as
+    typed, before MONAI's runner reads ``2024_01`` as a number; ``{}`` for any other command line."""
+    argv = list(sys.argv if argv is None else argv)
+    if not _is_bundle_run(argv):
+        return {}
+    return _flags(argv[1:])[0]
+
+
 def bundle_command(argv: Sequence[str] | None) -> BundleCommand | None:
     """The :class:`BundleCommand` (flags, config files, their merged top-level keys, repeated flags) of a ``python
     -m monai.bundle run`` command line (``sys.argv`` when ``None``), the keys of its ``--args_file`` among the flags (the command line's
     win, as in MONAI's runner), and the values of each flag the command line gives more than once; ``None`` for
     anything else or files this cannot read."""
     argv = list(sys.argv if argv is None else argv)
-    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+    if not _is_bundle_run(argv):
         return None
     flags, repeated = _flags(argv[1:])
     try:

@@ -147,14 +147,25 @@ def as_bool(value: Any, name: str = "flag") -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
-def as_path_text(value: Any) -> Any:
-    """A path setting of a bundle as text: MONAI's command line reads ``--dataset_dir 2024`` as the number 2024, the
-    folder ``2024``; anything else (text, a path, ``None``) as it is.
+def as_path_text(value: Any, key: str | None = None) -> Any:
+    """A path setting of a bundle as text: MONAI's command line reads ``--output_dir 2024`` as the number 2024, the
+    folder ``2024``, and ``--output_dir 2024_01`` as the number 202401 (Python's digit separator); with ``key``, the
+    folder is the text the command line gave for ``--key`` (``2024_01``), else the number's text. Anything else (text,
+    a path, ``None``, a list) is returned as it is.
 
     Args:
         value: the setting's value.
+        key: the setting's name, whose ``--key`` text a number is read back from (the bundle configs give it).
     """
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return value
+    if key is not None:
+        from medgmae.bundle_command_line import command_line_flags  # the command line as typed
+
+        given = command_line_flags().get(key)
+        if isinstance(given, str) and given.strip():
+            return given
+    return str(value)
 
 
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:

@@ -104,7 +104,7 @@ def test_train_configs_check_their_settings_and_folders_first(path):
     is in ``checked_settings``."""
     config = json.loads(path.read_text(encoding="utf-8"))
     steps = config["initialize"]
-    assert steps[0].startswith("$check_settings(@checked_settings, output_dirs={'output_dir': str(@output_dir)"), steps
+    assert steps[0].startswith("$check_settings(@checked_settings, output_dirs={'output_dir': as_path_text(@output_dir, 'output_dir')"), steps
     assert not any("check_output_dirs(" in s for s in steps), steps
     checked = config["checked_settings"]
     assert all(v == [f"@{k}", v[1]] for k, v in checked.items()), "each entry checks the key it is named by"
@@ -198,7 +198,7 @@ def test_settings_and_output_folders_are_checked_in_one_call(path):
     """A separate folder check would stop at the first of the two, and a second run name the other."""
     config = json.loads(path.read_text(encoding="utf-8"))
     steps = config["initialize"]
-    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'\w+': str\(@\w+\).*\}(, run_kinds=\[.*\])?(, multi_gpu_config='[\w/.]+'|, torchrun=True)?(, unused_phantom_keys=\[[\w', ]+\] if .+ else \[\])?\)", steps[0]), steps
+    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'(\w+)': as_path_text\(@\1, '\1'\).*\}(, run_kinds=\[.*\])?(, multi_gpu_config='[\w/.]+'|, torchrun=True)?(, unused_phantom_keys=\[[\w', ]+\] if .+ else \[\])?\)", steps[0]), steps
     assert not any("check_output_dirs(" in s for s in _strings(config)), path.relative_to(ROOT)
 
 

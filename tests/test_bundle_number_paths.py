@@ -1,5 +1,6 @@
-"""Folders and files named by a bare number: MONAI's command line reads ``--output_dir 2024`` as the number 2024,
-and every bundle takes it as the folder ``2024`` (it stopped with a ``TypeError`` in ``os.path.join``)."""
+"""Folders and files named by a bare number: MONAI's command line reads ``--output_dir 2024`` as the number 2024 and
+``--output_dir 2024_01`` as 202401, and every bundle takes the folder as typed, ``2024`` or ``2024_01`` (it stopped
+with a ``TypeError`` in ``os.path.join``); a path setting given as ``null`` (an args file) stays ``None``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tests.pretrain_helpers import SMALL, TRAIN, bundle_process, succeeded
 
 #: the path settings a bundle's command line may give, each set to a number below
 PATH_KEYS = ("bundle_root", "output_dir", "tensorboard_dir", "cache_dir", "dataset_dir", "datalist", "model_path",
-             "image", "checkpoint", "pretrained", "export_path", "eval_dir", "inference_dir", "seg_dir")  # fmt: skip
+             "image", "image_dir", "checkpoint", "pretrained", "export_path", "eval_dir", "inference_dir", "seg_dir")  # fmt: skip
 CONFIGS = sorted(p for p in BUNDLES.glob("*/configs/*.json") if p.name != "metadata.json")
 
 
@@ -36,9 +37,24 @@ def test_paths_derived_from_a_number_are_folder_names(config):
         assert isinstance(value, str) and value.split("/")[0].isdigit(), (key, value)
 
 
+def test_a_number_is_read_back_as_the_command_line_typed_it(monkeypatch):
+    from medgmae.cli_types import as_path_text
+
+    argv = ["/env/lib/monai/bundle/__main__.py", "run", "training", "--output_dir", "2024_01", "--dataset_dir=1e3"]
+    monkeypatch.setattr("sys.argv", argv)
+    assert as_path_text(202401, "output_dir") == "2024_01" and as_path_text(1000.0, "dataset_dir") == "1e3"
+    assert as_path_text(7, "cache_dir") == "7"  # not on the command line (an args file): the number's text
+    assert as_path_text(None, "dataset_dir") is None and as_path_text("runs/a", "output_dir") == "runs/a"
+    assert as_path_text(True, "output_dir") is True and as_path_text(["a", 1], "images") == ["a", 1]
+    monkeypatch.setattr("sys.argv", ["pytest", "--output_dir", "2024_01"])  # not a bundle run: the flags are not its
+    assert as_path_text(202401, "output_dir") == "202401"
+
+
 def test_pretraining_writes_into_a_folder_named_by_a_number(tmp_path):
     proc = succeeded(bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--max_epochs", "1",
-                                    "--output_dir", "2024", cwd=tmp_path))  # fmt: skip
-    assert (tmp_path / "2024" / "model.pt").is_file() and (tmp_path / "2024" / "encoder.pt").is_file()
-    summary = json.loads((tmp_path / "2024" / "summary.json").read_text(encoding="utf-8"))
-    assert "2024" in json.dumps(summary), proc.stdout[-2000:]
+                                    "--output_dir", "2024_01", cwd=tmp_path))  # fmt: skip
+    out = tmp_path / "2024_01"
+    assert (out / "model.pt").is_file() and (out / "encoder.pt").is_file(), proc.stdout[-2000:]
+    assert not (tmp_path / "202401").exists()
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert str(out) in json.dumps(summary), proc.stdout[-2000:]

@@ -166,3 +166,22 @@ def test_pictures_draw_the_letters_their_font_has_and_a_clear_mark_for_the_rest(
     tile = np.zeros((16, 200, 3), np.uint8)
     assert not np.array_equal(label_tile(tile, "Straße"), label_tile(tile, "Stra?e"))
     np.testing.assert_array_equal(label_tile(tile, "肝 x"), label_tile(tile, "? x"))
+
+
+def test_a_pillow_without_freetype_falls_back_to_its_bitmap_font(monkeypatch):
+    """Pillow built without FreeType raises ImportError (not OSError) from ``truetype``: the pictures still draw,
+    in the built-in font, where ``figure_font`` raised it."""
+    from PIL import ImageFont
+
+    from medgmae.engine import figure_text
+
+    def no_freetype(*args, **kwargs):
+        raise ImportError("The _imagingft C module is not installed")
+
+    monkeypatch.setattr(ImageFont, "truetype", no_freetype)
+    monkeypatch.setattr(ImageFont, "load_default", lambda *a, **k: "built-in")
+    figure_text.figure_font.cache_clear()
+    try:
+        assert figure_text.figure_font() == "built-in"
+    finally:
+        figure_text.figure_font.cache_clear()

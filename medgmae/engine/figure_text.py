@@ -33,12 +33,13 @@ def _font_files() -> list[str]:
 @functools.lru_cache(maxsize=None)
 def figure_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """The font of every text drawn in pictures: DejaVu Sans at :data:`FONT_SIZE` pixels where it is installed
-    (:func:`_font_files`; it has ``ß``, accented, Greek and Cyrillic letters), else Pillow's built-in font (ASCII
-    and a few signs). Letters the font lacks are drawn as :func:`drawable` says."""
+    (:func:`_font_files`; it has ``ß``, accented, Greek and Cyrillic letters), else Pillow's built-in font (Latin
+    letters where Pillow has FreeType; ASCII alone in its bitmap font without it). Letters the font lacks are drawn
+    as :func:`drawable` says."""
     for file in _font_files():
         try:
             return ImageFont.truetype(file, FONT_SIZE)
-        except OSError:  # not installed there
+        except (OSError, ImportError):  # not installed there; ImportError: a Pillow built without FreeType
             continue
     return ImageFont.load_default()
 
@@ -53,7 +54,7 @@ def _has_glyph(char: str) -> bool:
 
 def drawable(text: str) -> str:
     """``text`` with each character :func:`figure_font` lacks (it would be an empty box: DejaVu Sans has no CJK
-    letters; Pillow's built-in font, used without it, has no ``ü``, ``é`` or ``ß``) replaced by its letter without
+    letters; Pillow's bitmap font, its built-in font without FreeType, has no ``ü``, ``é`` or ``ß``) replaced by its letter without
     accents (``ü`` -> ``u``), else by ``?``; so that a class name of any language reads in the pictures, a lacking
     letter as a clear ``?`` rather than a box."""
     out = []
@@ -64,7 +65,7 @@ def drawable(text: str) -> str:
 
 
 def legible(text: str) -> str:
-    """``text`` with each space widened to three: the built-in font's space is 2 pixels wide, no wider than the gaps
-    between its letters, so that ``4 Gaussians`` read as ``4Gaussians``; characters the font lacks
-    :func:`drawable`."""
+    """``text`` with each space widened to three: Pillow's bitmap font's space is 2 pixels wide, no wider than the
+    gaps between its letters, so that ``4 Gaussians`` read as ``4Gaussians`` (wider than needed in the other fonts);
+    characters the font lacks :func:`drawable`."""
     return drawable(text).replace(" ", "   ")

@@ -65,8 +65,8 @@ def global_batch_words(
         crops_per_item: crops each item yields.
         spatial_dims: 2 for images (whole, one crop each), 3 for volumes.
         items: the items one process draws in an epoch (:func:`loader_items`), ``None`` where unknown. Where fewer
-            than ``batch_size``, each step holds those items alone (the loader keeps its last, short batch and
-            repeats nothing), and the words count them and say why: ``global batch 2 images per step (1 process x
+            than ``batch_size``, each step holds those items alone (the loader keeps its last, short batch; only a
+            distributed sampler repeats an item, to give every process as many), and the words count them and say why: ``global batch 2 images per step (1 process x
             2; batch_size 16, but the dataset holds 2 images)``.
     """
     image = spatial_dims == 2 and crops_per_item == 1
