@@ -4,7 +4,8 @@ The references are exact line integrals of a ball, each pixel's ray written from
 view's offset (:mod:`chord_helpers`, no projector of the toolkit): the projectors match them, and FBP / FDK of them
 (noisy) put the ball back at its place with its density. The same scan read with the mean offset for every view
 misses both by far, so the comparisons can fail. The geometry checks each view's offset, keeps the offsets of the
-views it selects (held-out views, subsets) and writes them to ``geometry.json``.
+views it selects (held-out views, subsets) and writes them to ``geometry.json``; ``reconstruct`` stopped and
+resumed on a flexmap scan ends as the run that was not stopped.
 """
 
 from __future__ import annotations
