@@ -45,3 +45,19 @@ def model_file(tmp_path_factory):
 def reconstruct_args(sim, out, *extra):
     return ["reconstruct", *with_defaults(["--projections", str(sim / "projections.npy"), "--geometry", str(sim / "geometry.json"),
             "--out", str(out), "--no-progress", "--iterations", "2", "--device", "cpu"], extra)]  # fmt: skip
+
+
+def stop_at_iteration(monkeypatch, iteration: int):
+    """Make ``GaussianReconstructor.step`` raise ``KeyboardInterrupt`` (a Ctrl-C) when the reconstruction reaches
+    ``iteration``; returns the real ``step``, to be patched back for a resume."""
+    from recon.gaussian_recon import GaussianReconstructor
+
+    step = GaussianReconstructor.step
+
+    def interrupted_step(self):
+        if self.iteration == iteration:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
+    return step

@@ -17,20 +17,14 @@ def test_reconstruct_stopped_and_resumed_on_a_flexmap_ends_as_the_uninterrupted_
 
     from recon.cli import main
     from recon.gaussian_recon import GaussianReconstructor
+    from recon_cli_helpers import stop_at_iteration
 
     g = _scan("cone", views=12)
     np.save(tmp_path / "projections.npy", ball_projections(g, CENTRE, RADIUS, MU, noise=0.01, seed=3).astype(np.float32))
     g.save(tmp_path / "geometry.json")
     flags = ("--iterations", "6", "--checkpoint-every", "2")
     assert main(reconstruct_args(tmp_path, tmp_path / "straight", *flags)) == 0
-    step = GaussianReconstructor.step
-
-    def interrupted_step(self):
-        if self.iteration == 3:
-            raise KeyboardInterrupt
-        return step(self)
-
-    monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
+    step = stop_at_iteration(monkeypatch, 3)
     assert main(reconstruct_args(tmp_path, tmp_path / "stopped", *flags)) == 130
     monkeypatch.setattr(GaussianReconstructor, "step", step)
     capsys.readouterr()

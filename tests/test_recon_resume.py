@@ -119,17 +119,12 @@ def test_a_state_of_another_kind_is_refused_before_any_work(saved, tmp_path, cap
 def test_ctrl_c_says_where_the_state_is_and_exits_130(saved, tmp_path, monkeypatch, capsys):
     """Ctrl-C during the optimisation: one line naming the last saved state and --resume, exit 130, no outputs
     but the state; before any state was saved, the line says so and nothing is written."""
+    from recon_cli_helpers import stop_at_iteration
+
     from recon.gaussian_recon import GaussianReconstructor
 
     scan = saved[0]
-    step = GaussianReconstructor.step
-
-    def interrupted_step(self):
-        if self.iteration == 3:
-            raise KeyboardInterrupt
-        return step(self)
-
-    monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
+    step = stop_at_iteration(monkeypatch, 3)
     for out, every, said in ((tmp_path / "early", "5", "no state was saved yet (the first is saved at iteration 5)"),
                              (tmp_path / "end", "500", "no state was saved yet (the first is saved at the end of the run, iteration 6)"),
                              (tmp_path / "rec", "2", f"the last state (iteration 2) is saved in {tmp_path / 'rec' / 'recon_state.pt'}")):  # fmt: skip
