@@ -208,3 +208,36 @@ def test_tensorboard_purge_step_is_the_iteration_after_the_newest_checkpoint(tmp
     assert tensorboard_purge_step(tmp_path, True) == 22 and tensorboard_purge_step(tmp_path, False) is None
     (tmp_path / "checkpoint_epoch=4.pt").write_bytes(b"not a checkpoint")  # the resume itself names the problem
     assert tensorboard_purge_step(tmp_path, True) is None
+
+
+def test_a_resumed_pending_epoch_logs_to_tensorboard_only_what_the_stopped_run_did_not(tmp_path):
+    """Stopped while validating epoch 1 (iteration 3) after logging val/loss there; the resume validates epoch 1
+    again: its writer leaves out val/loss at iteration 3 (shown once) and writes val/psnr, which the stop cut off."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from medgmae.engine.tensorboard_writer import ResumeSummaryWriter, logged_tags
+
+    logs = tmp_path / "tensorboard"
+    stopped = SummaryWriter(str(logs))
+    for step in (1, 2, 3):
+        stopped.add_scalar("train_loss", float(step), step)
+    stopped.add_scalar("val/loss", 0.5, 3)
+    stopped.close()
+    torch.save({"engine": {"epoch": 1, "iteration": 3, "pending": "validation"}}, tmp_path / "checkpoint_epoch=1.pt")
+    assert logged_tags(logs, 3) == {"train_loss", "val/loss"} and logged_tags(logs, 2) == {"train_loss"}
+    resumed = ResumeSummaryWriter(logs, tmp_path, True)
+    for tag in ("val/loss", "val/psnr"):
+        resumed.add_scalar(tag, 7.0, 3)
+    resumed.add_scalar("train_loss", 4.0, 4)
+    resumed.close()
+    acc = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    acc.Reload()
+    shown = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert shown == {"train_loss": [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)], "val/loss": [(3, 0.5)], "val/psnr": [(3, 7.0)]}
+    SummaryWriter(str(logs), purge_step=3).close()  # a later run's purge from iteration 3 on: nothing shown there
+    assert logged_tags(logs, 3) == set() and logged_tags(logs, 2) == {"train_loss"}
+    torch.save({"engine": {"epoch": 1, "iteration": 3}}, tmp_path / "checkpoint_epoch=1.pt")  # validated: all written
+    again = ResumeSummaryWriter(logs, tmp_path, True)
+    assert again._pending_step is None and not again._logged
+    again.close()

@@ -78,6 +78,13 @@ def _tensorboard(folder: Path):
     return acc
 
 
+def _tensorboard_shown(folder: Path) -> dict:
+    """What TensorBoard shows of a run: ``(step, value)`` per scalar tag and the steps per image tag."""
+    acc = _tensorboard(folder)
+    shown = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return shown | {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+
+
 def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     straight = runs["straight"]
     log = runs["first"]["log"]
@@ -214,6 +221,9 @@ def test_a_run_stopped_while_validating_keeps_the_epochs_training(runs, tmp_path
     sa, sb = (json.loads((d / "summary.json").read_text(encoding="utf-8")) for d in (run, straight))
     assert (sa["best_epoch"], sa["best_val_psnr"]) == (sb["best_epoch"], sb["best_val_psnr"])
     assert sorted(p.name for p in (run / "pictures").iterdir()) == sorted(p.name for p in (straight / "pictures").iterdir())
+    # TensorBoard shows epoch 1's validation once (the stopped run logged it before the stop; the resume, validating
+    # epoch 1 again, leaves out what the folder holds at its iteration) and the same curves as the uninterrupted run
+    assert _tensorboard_shown(run / "tensorboard") == _tensorboard_shown(straight / "tensorboard")
 
 
 def test_a_fresh_run_replaces_every_output_the_bundle_writes(runs):
