@@ -32,6 +32,7 @@ from finetune_helpers import (
     bundle_process,
     run_bundle,
     check_progress_pictures_and_summary,
+    tensorboard_shown,
 )
 
 
@@ -178,6 +179,8 @@ def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop
     assert torch.equal(a["random_state"]["torch"], b["random_state"]["torch"])
     ba, bb = (torch.load(d / "best_model.pt", weights_only=True) for d in (run, straight))
     assert ba["extra"] == bb["extra"] and all(torch.equal(ba["state_dict"][k], bb["state_dict"][k]) for k in bb["state_dict"])
+    # epoch 1's validation scalars, logged before the stop and again by the resume, shown once: as uninterrupted
+    assert tensorboard_shown(run / "tensorboard") == tensorboard_shown(straight / "tensorboard")
 
 
 def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):
