@@ -29,6 +29,7 @@ __all__ = [
     "phantom_resume_differences",
     "read_latest_checkpoint",
     "tensorboard_purge_step",
+    "resumed_engine_record",
     "loader_record",
     "saved_loader_record",
     "check_epoch_length",
@@ -117,14 +118,23 @@ def tensorboard_purge_step(output_dir: str | Path, resume: bool) -> int | None:
         ``iteration + 1`` of the newest ``checkpoint_epoch=N.pt``, ``None`` when the run starts afresh (or has no
         readable engine state to continue from: the resume itself then says why).
     """
+    engine = resumed_engine_record(output_dir, resume)
+    return engine["iteration"] + 1 if engine else None
+
+
+def resumed_engine_record(output_dir: str | Path, resume: bool) -> dict:
+    """``{"iteration", "pending"}`` of the newest epoch checkpoint in ``output_dir`` that a resume continues from:
+    its iteration and whether its epoch was saved pending validation (:data:`~medgmae.engine.epoch_validation.PENDING`
+    or ``None``); ``{}`` when the run starts afresh or the checkpoint holds no readable engine state (the resume
+    itself then says why)."""
     path = latest_checkpoint(output_dir) if resume else None
     if path is None:
-        return None
+        return {}
     try:
         engine = load_torch_file(path, "cpu", mmap=True).get("engine") or {}
-        return int(engine["iteration"]) + 1
+        return {"iteration": int(engine["iteration"]), "pending": engine.get("pending")}
     except (ValueError, AttributeError, KeyError, TypeError):
-        return None
+        return {}
 
 
 def loader_record(loader: Any) -> dict:

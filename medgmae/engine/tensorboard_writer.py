@@ -16,8 +16,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from medgmae.engine.resume import latest_checkpoint
-from medgmae.files import load_torch_file
+from medgmae.engine.resume import resumed_engine_record
 
 __all__ = ["ResumeSummaryWriter", "logged_tags"]
 
@@ -41,18 +40,6 @@ def logged_tags(log_dir: str | Path, step: int) -> set[str]:
     return tags
 
 
-def _resumed_engine(checkpoint_dir: str | Path, resume: bool) -> dict:
-    """The ``engine`` record of the newest epoch checkpoint a resume continues from (empty without one)."""
-    path = latest_checkpoint(checkpoint_dir) if resume else None
-    if path is None:
-        return {}
-    try:
-        engine = load_torch_file(path, "cpu", mmap=True).get("engine") or {}
-        return {"iteration": int(engine["iteration"]), "pending": engine.get("pending")}
-    except (ValueError, AttributeError, KeyError, TypeError):
-        return {}  # no readable engine state to continue from: the resume itself says why
-
-
 class ResumeSummaryWriter(SummaryWriter):
     """A ``SummaryWriter`` for ``log_dir`` that continues a resumed run's TensorBoard curves: ``purge_step`` is the
     iteration after the newest epoch checkpoint's (:func:`~medgmae.engine.resume.tensorboard_purge_step`), and
@@ -67,7 +54,7 @@ class ResumeSummaryWriter(SummaryWriter):
     """
 
     def __init__(self, log_dir: str | Path, checkpoint_dir: str | Path, resume: bool, **kwargs: Any) -> None:
-        engine = _resumed_engine(checkpoint_dir, resume)
+        engine = resumed_engine_record(checkpoint_dir, resume)
         self._pending_step = engine["iteration"] if engine.get("pending") else None
         self._logged = logged_tags(log_dir, self._pending_step) if self._pending_step is not None else set()
         purge_step = engine["iteration"] + 1 if engine else None
