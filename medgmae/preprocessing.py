@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 __all__ = [
     "PreprocessingSpec", "DEFAULT_SPEC", "describe_preprocessing", "model_preprocessing", "spec_with_overrides",
-    "check_spec_setting", "check_spacing_override", "check_hu_window_override", "hu_range_bounds",
+    "check_spec_setting", "check_spacing_override", "check_hu_window_override", "hu_range_bounds", "pixdim_spacing",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -175,12 +175,14 @@ DEFAULT_SPEC = PreprocessingSpec()
 
 
 def check_spec_setting(**setting: Any) -> None:
-    """A bundle's own pre-processing setting (``orientation=...`` or ``spacing=...``), checked up front as the spec
+    """A bundle's own pre-processing setting (``orientation=...`` or ``pixdim=...``), checked up front as the spec
     checks it, so that it is named with the other bad settings before anything runs.
 
     Raises:
-        ValueError: the spec's message for the value.
+        ValueError: the spec's message for the value (for ``pixdim``, :func:`pixdim_spacing`'s, naming ``pixdim``).
     """
+    if "pixdim" in setting:
+        setting["spacing"] = pixdim_spacing(setting.pop("pixdim"))
     PreprocessingSpec(**setting)
 
 
@@ -188,9 +190,10 @@ def check_spacing_override(value: Sequence[float] | float | None) -> None:
     """A bundle's ``pixdim`` override (``None``: the recorded spacing), checked up front as the spec would check it.
 
     Raises:
-        ValueError: naming the problem (not one or three positive millimetre values).
+        ValueError: naming ``pixdim`` and the problem (not one or three positive finite millimetre values).
     """
-    spec_with_overrides(None, value, None)
+    if value is not None:
+        pixdim_spacing(value)
 
 
 def check_hu_window_override(value: Sequence[float] | None) -> None:
@@ -202,6 +205,38 @@ def check_hu_window_override(value: Sequence[float] | None) -> None:
     """
     if value is not None:
         hu_range_bounds(value)
+
+
+def pixdim_spacing(value: Any, name: str = "pixdim") -> tuple[float, float, float]:
+    """The ``(x, y, z)`` voxel spacing in mm of a spacing given as a setting, each problem named with the setting.
+
+    Args:
+        value: one number (isotropic) or three (numbers, or their text as a command line gives them).
+        name: the setting, as the messages name it.
+
+    Returns:
+        The three spacings as floats.
+
+    Raises:
+        ValueError: ``value`` is not one or three values, or a value is not a positive finite number.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number (mm) or 3 of them, got {value!r}")
+        return (float(value),) * 3
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 3:
+        raise ValueError(f"{name} must be a number or 3 numbers (mm), got {value!r}")
+    spacing = []
+    for v in value:
+        try:
+            number = math.nan if isinstance(v, bool) else float(v)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            shown = "[" + ", ".join(str(v).strip() for v in value) + "]"
+            raise ValueError(f"{name} must be 3 positive finite numbers (mm), got {shown}")
+        spacing.append(number)
+    return spacing[0], spacing[1], spacing[2]
 
 
 def hu_range_bounds(value: Any, name: str = "hu_range") -> tuple[float, float]:
@@ -276,7 +311,8 @@ def spec_with_overrides(
 
     Args:
         recorded: the checkpoint's spec (``None``: nothing recorded, :data:`DEFAULT_SPEC` is the base).
-        spacing: the user's spacing in mm, or ``None``.
+        spacing: the user's spacing in mm (its ``pixdim`` setting, as a bad one is named: :func:`pixdim_spacing`),
+            or ``None``.
         hu_window: the user's ``(a_min, a_max)`` (its ``hu_range`` setting, as a bad one is named:
             :func:`hu_range_bounds`), or ``None``.
         source: how the checkpoint is named in the warning.
@@ -288,12 +324,12 @@ def spec_with_overrides(
         The spec (``recorded`` or the default, with the overrides).
 
     Raises:
-        ValueError: a malformed override (named as the ``hu_range`` or ``spacing`` setting).
+        ValueError: a malformed override (named as the ``hu_range`` or ``pixdim`` setting).
     """
     from medgmae.distributed import is_main_process  # here: this module stays free of torch
 
     base = recorded or default or DEFAULT_SPEC
-    out_spacing = base.spacing if spacing is None else _triple(spacing, "spacing")
+    out_spacing = base.spacing if spacing is None else pixdim_spacing(spacing)
     out_window = base.hu_window if hu_window is None else hu_range_bounds(hu_window)
     if recorded is not None and is_main_process():  # a training run's processes all read the same checkpoint
         for name, mine, theirs in (("spacing", out_spacing, recorded.spacing), ("HU window", out_window, recorded.hu_window)):

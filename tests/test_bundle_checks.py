@@ -165,7 +165,7 @@ def test_pretraining_bad_flags_fail_first_and_write_nothing(tmp_path):
     for text in ("--max_epochs: expected a positive integer, got '-3'", "--num_gaussians: expected a positive integer, "
                  "got 'abc'", "--model_kind: expected one of", "--mask_ratio: expected a number in [0, 1)",
                  "--a_max: expected a number above --a_min 300",
-                 "--orientation: orientation must be three axis codes", "--pixdim: spacing must have three values"):
+                 "--orientation: orientation must be three axis codes", "--pixdim: pixdim must be a number or 3 numbers (mm), got [1.5, 1.5]"):
         assert text in log, text
     assert not out.exists()
     afile = tmp_path / "afile"
@@ -218,7 +218,7 @@ def test_finetune_spacing_and_window_overrides_are_checked_first(tmp_path, confi
                       f"unetr_finetune/configs/{config}", "--output_dir", str(out), "--pixdim", "[1.0, -1.0, 2.0]",
                       "--hu_range", "[300, -100]")  # fmt: skip
     log = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "--pixdim: spacing must be positive millimetres, got (1.0, -1.0, 2.0)" in log, log[-2000:]
+    assert proc.returncode != 0 and "--pixdim: pixdim must be 3 positive finite numbers (mm), got [1.0, -1.0, 2.0]" in log, log[-2000:]
     assert "--hu_range: hu_range must be [a_min, a_max] with a_max above a_min, got [300, -100]" in log
     assert not out.exists()
 
