@@ -98,8 +98,10 @@ def check_settings(
 def _raise_problems(problems: list[str], folders: list[str]) -> None:
     """Raise one :class:`BundleSettingError` naming every bad setting and unusable output folder, if any."""
     if problems or folders:
-        kinds = (("bad setting(s)", problems), ("unusable output folder(s)", folders))
-        what = " and ".join(name for name, found in kinds if found)
+        from medgmae.engine.run_words import plural  # here: this module stays light to import
+
+        kinds = (("bad setting", problems), ("unusable output folder", folders))
+        what = " and ".join(plural(len(found), name) for name, found in kinds if found)
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
 
 

@@ -220,7 +220,10 @@ def _accepted_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...] | None
     accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
     unknown = [k for k in accepted or () if k not in CHECKPOINT_KINDS]
     if unknown:  # a misspelt kind would refuse every file as being of another kind
-        raise ValueError(f"unknown checkpoint kind(s) {unknown}: the kinds are {sorted(CHECKPOINT_KINDS)}")
+        from medgmae.engine.run_words import plural_noun  # here: this module stays light to import
+
+        kind = "kind" if len(unknown) == 1 else plural_noun("kind")
+        raise ValueError(f"unknown checkpoint {kind} {unknown}: the kinds are {sorted(CHECKPOINT_KINDS)}")
     return accepted
 
 

@@ -382,7 +382,7 @@ def skipped_files_note(
     others: Sequence[Path], root: Path, shown: int = 5, what: str = "images", said: Callable[[Path], str] | None = None
 ) -> str | None:
     """The line a reader logs or prints for the files it left out as not ``what`` (a ``README.txt``, a
-    ``labels.csv``): ``"skipped 2 file(s) that are not images: README.txt, a/labels.csv"``, the first ``shown`` named
+    ``labels.csv``): ``"skipped 2 files that are not images: README.txt, a/labels.csv"``, the first ``shown`` named
     relative to ``root`` (then ``...``); ``None`` when there are none.
 
     Args:
@@ -396,4 +396,5 @@ def skipped_files_note(
         return None
     names = [str(p.relative_to(root)) + (said(p) if said else "") for p in others[:shown]]
     names += ["..."] if len(others) > shown else []
-    return f"skipped {len(others)} file(s) that are not {what}: {', '.join(names)}"
+    from medgmae.engine.run_words import plural  # here: this module stays light to import
+    return f"skipped {plural(len(others), 'file')} that {'is' if len(others) == 1 else 'are'} not {what}: {', '.join(names)}"

@@ -125,8 +125,10 @@ def mask_ratio_check(size: Any, patch_size: Any, ndim: int) -> Callable[[Any], N
             return  # named by their own checks
         n = (int(size) // int(patch_size)) ** ndim
         if float(value) > 0 and visible_patch_count(n, float(value)) == n:
+            from medgmae.engine.run_words import plural  # here: this module stays light to import
+
             more = "" if n == 1 else " or a larger ratio"  # one patch stays visible whatever the ratio
-            raise ValueError(f"{value} masks no patch: a crop of {size} in patches of {patch_size} has {n} patch(es), "
+            raise ValueError(f"{value} masks no patch: a crop of {size} in patches of {patch_size} has {plural(n, 'patch')}, "
                              f"and a share of {value} of them rounds to none (one always stays visible); give a larger "
                              f"crop, smaller patches{more} (0, documented, trains without masking)")  # fmt: skip
 

@@ -171,7 +171,7 @@ def test_a_multi_gpu_config_listed_before_train_is_refused_by_train_json_first(t
             f"it after {one} in --config_file, `torchrun --standalone --nproc_per_node N -m monai.bundle run training "
             f"--config_file \"['{one}','{multi}']\" ...`")  # fmt: skip
     last = proc.stderr.strip().splitlines()[-2:]
-    assert last == ["error: BundleSettingError: bad setting(s), nothing was written:", f"  {line}"], proc.stderr[-3000:]
+    assert last == ["error: BundleSettingError: 1 bad setting, nothing was written:", f"  {line}"], proc.stderr[-3000:]
     assert not out.exists() and "NameError" not in proc.stderr
 
 

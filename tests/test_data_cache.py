@@ -85,7 +85,7 @@ def test_the_disk_cache_removes_what_killed_writers_left(tmp_path, dead_pid, cap
     with caplog.at_level(logging.INFO, logger="medgmae"):
         ds = training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict())
     assert not killed.exists() and all(p.exists() for p in kept)
-    assert any("removed 1 cache file(s) that killed runs left" in r.getMessage() for r in caplog.records)
+    assert any("removed 1 cache file that killed runs left" in r.getMessage() for r in caplog.records)
     assert ds[0]["image"].shape == (1, 4, 4, 4)
 
 

@@ -38,7 +38,7 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
         with pytest.raises(DatasetError) as err:
             pretrain_split(str(folder), tmp_path, precheck_workers=workers, ledger_dir=tmp_path / "cache")
         msg = str(err.value)
-        assert msg.startswith("6 problem(s)") and "good_" not in msg
+        assert msg.startswith("6 problems in") and "good_" not in msg
         lines = msg.splitlines()[1:]
         for name, problem in (("cut.nii.gz", "cannot read the volume"), ("flat.nii.gz", "single 3D volume"),
                               ("movie.nii.gz", "single 3D volume"), ("nan.nii.gz", "NaN"),
@@ -49,7 +49,7 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
     assert sorted(Path(fp[0][0]).name for fp in ledger["passed"]) == [f"good_{i}.nii.gz" for i in range(4)]
     # a case listed twice (in training and validation) is one problem, named once
     cases = [{"image": str(folder / "nan.nii.gz")}, {"image": str(folder / "good_0.nii.gz")}, {"image": str(folder / "nan.nii.gz")}]
-    with pytest.raises(DatasetError, match=r"^1 problem\(s\)") as err:
+    with pytest.raises(DatasetError, match=r"^1 problem in") as err:
         check_datalist(cases)
     assert str(err.value).count("nan.nii.gz") == 1
 
@@ -89,7 +89,7 @@ def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkey
     reads.clear()
     (tmp_path / "cache").mkdir()  # a folder there already (a resumed run's, or the user's --cache_dir)
     for _ in range(2):  # still bad the second time: only it is read again
-        with pytest.raises(DatasetError, match=r"^1 problem\(s\).*\n.*v3\.nii\.gz.*NaN"):
+        with pytest.raises(DatasetError, match=r"^1 problem in.*\n.*v3\.nii\.gz.*NaN"):
             check_datalist(items, ledger_dir=tmp_path / "cache")
     assert reads == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz", "v3.nii.gz", "v4.nii.gz", "v3.nii.gz"]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["precheck.json"]

@@ -81,7 +81,7 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/imagesTr/list.json"], "inside a folder of scans"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/labelsTr", "--force"], "is a folder: give the .json file"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--out", "{d}/imagesTr/a_0000.nii.gz/x.json"], "is a file, not a folder"),
-        (lambda d: [_case(d, "a", 1)], [], "1 labelled case(s)"),
+        (lambda d: [_case(d, "a", 1)], [], "1 labelled case: fine-tuning needs at least two"),
         (lambda d: d.mkdir(parents=True, exist_ok=True), [], "no imagesTr/ and no labelsTr/"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1), (d / "dataset.json").write_text("{}")], [], "exists: give --force"),
         (lambda d: [_case(d, "a", 1), _case(d, "b", 1)], ["--validation-fraction", "1.5"], "between 0 and 1"),
@@ -140,7 +140,7 @@ def test_decathlon_names_ending_in_four_digits_are_cases_and_unnamed_or_absent_c
         nib.save(nib.Nifti1Image(data, lab.affine), path)
     assert main([str(tmp_path), "--labels", "2=liver", "--validation-fraction", "0.125"]) == 0
     out = capsys.readouterr().out
-    assert "class value(s) [1] are in no label map" in out
+    assert "class value [1] is in no label map" in out
     doc = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
     assert doc["labels"] == {"0": "background", "1": "class_1", "2": "liver", "3": "class_3", "4": "class_4"}
     assert len(doc["validation"]) == 1 and doc["numTraining"] == 3 and doc["numValidation"] == 1  # 0.5 rounds up
@@ -191,7 +191,7 @@ def test_files_that_are_not_volumes_are_named_as_skipped(tmp_path, capsys):
     (tmp_path / "imagesTr" / "._a_0000.nii.gz").write_text("macOS resource file")  # hidden: left out silently
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert ("note: skipped 6 file(s) that are not volumes: labelsTr/README.txt, labelsTr/x.json, imagesTr/README.txt, "
+    assert ("note: skipped 6 files that are not volumes: labelsTr/README.txt, labelsTr/x.json, imagesTr/README.txt, "
             "imagesTr/list.csv, imagesTr/notes.md, ...") in out
     doc = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
     assert len(doc["training"] + doc["validation"]) == 2 and doc["test"] == []
@@ -202,7 +202,7 @@ def test_files_that_are_not_volumes_are_named_as_skipped(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(lone)])
     err = capsys.readouterr().err
-    assert "imagesTr: no volumes (readable: .nii" in err and "skipped 1 file(s) that are not volumes: imagesTr/README.txt" in err
+    assert "imagesTr: no volumes (readable: .nii" in err and "skipped 1 file that is not volumes: imagesTr/README.txt" in err
 
 
 @pytest.mark.parametrize("labels", [{"background": 0, "liver": 1, "tumor": 2},  # nnU-Net v2
@@ -225,7 +225,7 @@ def test_class_names_come_from_the_folders_own_dataset_json_unless_given(tmp_pat
     (tmp_path / "dataset.json").write_text(json.dumps({**nnunet, "labels": with_vessel, "training": []}))
     assert main([str(tmp_path), "--out", str(out), "--force"]) == 0
     assert json.loads(out.read_text(encoding="utf-8"))["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
-    assert "names class(es) 3 vessel, which no label map holds: left out (the classes are 0..2)" in capsys.readouterr().out
+    assert "names class 3 vessel, which no label map holds: left out (the classes are 0..2)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("ending", [".nii.gz", ".mha"])

@@ -112,7 +112,7 @@ def test_segmentation_inputs_are_all_checked_up_front(tmp_path):
     with pytest.raises(DatasetError) as e:
         inference_cases([good, trunc, nan, str(tmp_path / "missing.nii.gz")])
     message = str(e.value)
-    assert "3 problem(s)" in message and all(name in message for name in ("trunc.nii.gz", "nan_img.nii.gz", "missing.nii.gz"))
+    assert "3 problems" in message and all(name in message for name in ("trunc.nii.gz", "nan_img.nii.gz", "missing.nii.gz"))
 
 
 def test_segmentation_names_are_unique_and_predictable(tmp_path):

@@ -132,7 +132,7 @@ def test_label_maps_beyond_the_class_count_are_one_line_with_the_count_they_need
     with pytest.raises(DatasetError) as e:
         check_cases(cases, num_classes=5)
     ranged = [line for line in str(e.value).splitlines() if "outside the class range [0, 4]" in line]
-    assert len(ranged) == 1 and str(e.value).startswith("1 problem(s)"), str(e.value)
+    assert len(ranged) == 1 and str(e.value).startswith("1 problem in"), str(e.value)
     assert ranged[0].startswith("  - 8 label maps hold class values outside the class range [0, 4] (5 classes): ")
     assert ", ".join(labels[:3]) + " and 5 more; labels 0-8 found: they need 9 classes (--num_classes 9" in ranged[0]
     check_cases(cases, num_classes=9)  # the count named is enough
@@ -155,7 +155,7 @@ def test_cases_without_labels_are_named_with_their_list(tmp_path):
     with pytest.raises(DatasetError) as e:
         prepare_datalists("", str(dl), tmp_path / "run")
     message = str(e.value)
-    assert "2 case(s) list no 'label'" in message and "'test' list" in message, message
+    assert "2 cases list no 'label'" in message and "'test' list" in message, message
     assert f"{tmp_path / 'c1_img.nii.gz'} (in 'training')" in message and f"{tmp_path / 'c2_img.nii.gz'} (in 'validation')" in message
 
 

@@ -67,7 +67,7 @@ def test_a_wrong_pretrained_stops_the_bundle_before_the_data_are_read(tmp_path):
         proc = bundle_process("training", "train.json", "--datalist", str(dl), "--pretrained", str(pretrained),
                               "--roi_size", roi, "--output_dir", str(out), "--device", "cpu", "--num_workers", "0")  # fmt: skip
         log = proc.stdout + proc.stderr
-        assert proc.returncode != 0 and "bad setting(s), nothing was written" in log and message in log, log[-3000:]
+        assert proc.returncode != 0 and "1 bad setting, nothing was written" in log and message in log, log[-3000:]
         assert "--pretrained" in log.split("\nerror: ")[-1] and "pre-check" not in log
         assert not out.exists()
 

@@ -89,7 +89,7 @@ def test_inference_names_the_slice_of_a_volume_and_the_frame_of_a_cine(trained, 
     assert rows[0][2:] == rows[2][2:]  # the volume is classified as its middle slice alone is
     assert f" - {images[0]}, axial slice 2 of 5 (numbered from 0): {rows[0][2]} (probability" in log
     assert f" - {images[1]}, frame 1 of 3 (numbered from 0): {rows[1][2]} (probability" in log
-    assert ("4 image(s) classified by" in log and "; 1 of them a 3D NIfTI volume, contributing its middle axial "
+    assert ("4 images classified by" in log and "; 1 of them a 3D NIfTI volume, contributing its middle axial "
             "slice; 1 of them a multi-frame DICOM file, contributing its middle frame\n" in log)
 
 
@@ -115,7 +115,7 @@ def test_inference_errors_name_the_problem(trained, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     unreadable = str(_refused(output_dir=str(run), images=[image, str(broken)], inference_dir=out))
-    assert unreadable.startswith(f"1 image(s) cannot be read, nothing was written:\n  {broken}: "), unreadable
+    assert unreadable.startswith(f"1 image cannot be read, nothing was written:\n  {broken}: "), unreadable
     assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
@@ -180,7 +180,7 @@ def test_missing_and_unreadable_images_are_named_in_one_error_each_once(trained,
     images = [data.val[0]["image"], str(broken), str(missing), str(empty)]
     message = str(_refused(output_dir=str(run), images=images, inference_dir=str(tmp_path / "out")))
     lines = message.split("\n")
-    assert lines[0] == "3 image(s) cannot be read, nothing was written:"
+    assert lines[0] == "3 images cannot be read, nothing was written:"
     assert lines[1].startswith(f"  {broken}: not a readable image (")
     assert lines[2] == f"  image not found: {missing}"
     assert lines[3].startswith(f"  {empty}: not a readable image (an empty file, 0 bytes)")

@@ -163,7 +163,7 @@ def test_data_errors_are_named(tmp_path):
     (root / "a" / "text.png").write_text("not an image")
     with pytest.raises(ValueError, match=r"bad\.png: not a readable image") as err:
         load_classification_data(root)
-    assert str(err.value).startswith(f"2 unreadable image(s) in dataset {root}") and "text.png" in str(err.value)
+    assert str(err.value).startswith(f"2 unreadable images in dataset {root}") and "text.png" in str(err.value)
     with pytest.raises(ValueError, match="not found"):
         load_classification_data(tmp_path / "missing")
 

@@ -37,7 +37,7 @@ def test_model_metrics_and_summary_record_the_guidance(tmp_path, shapes, caplog)
         summary = gvit_summary(tmp_path / "run")
     assert summary["training"] == expected
     assert json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))["training"] == expected
-    assert "trained with guidance (gamma 0.05 every 3 iteration(s) of 1 joint epoch(s)), loss mse + 0.25 D-SSIM" in caplog.text
+    assert "trained with guidance (gamma 0.05 every 3 iterations of 1 joint epoch), loss mse + 0.25 D-SSIM" in caplog.text
 
 
 def test_no_guidance_is_recorded_as_such(tmp_path, shapes):
@@ -138,7 +138,7 @@ def test_the_joint_phase_logs_both_loss_terms_and_the_guidance(tmp_path, shapes,
     with caplog.at_level(logging.INFO):
         flow.run()
     text = caplog.text
-    assert "GViT phase 'joint': 1 epoch(s), with guidance (gamma 0.05 every 2 iteration(s))" in text
+    assert "GViT phase 'joint': 1 epoch, with guidance (gamma 0.05 every 2 iterations)" in text
     line = re.search(r"epoch 1/1: joint_loss ([\d.]+) \(rec ([\d.]+) \+ cls ([\d.]+); \d+ iterations", text)
     assert line is not None, text
     total, rec, cls = (float(v) for v in line.groups())
@@ -151,7 +151,7 @@ def test_the_joint_phase_logs_both_loss_terms_and_the_guidance(tmp_path, shapes,
     caplog.clear()
     with caplog.at_level(logging.INFO):
         flow.run()
-    assert "GViT phase 'joint': 1 epoch(s), without guidance (gamma 0" in caplog.text
+    assert "GViT phase 'joint': 1 epoch, without guidance (gamma 0" in caplog.text
 
 
 class _FixedClass(torch.nn.Module):

@@ -43,8 +43,8 @@ def test_float_noise_is_rounded_and_a_real_fraction_refused():
     half[1, 1, 1] = 0.5
     with pytest.raises(ValueError) as e:
         whole_labels(half, "/data/seg.nii.gz")
-    assert str(e.value).startswith("/data/seg.nii.gz: a label map holds whole class numbers, but 1 voxel(s) of this "
-                                   "one lie further than 0.001 from any (0.5)")  # fmt: skip
+    assert str(e.value).startswith("/data/seg.nii.gz: a label map holds whole class numbers, but 1 voxel of this "
+                                   "one lies further than 0.001 from any (0.5)")  # fmt: skip
 
 
 def test_the_pre_check_takes_noisy_labels_and_names_a_fractional_one(tmp_path):
@@ -56,7 +56,7 @@ def test_the_pre_check_takes_noisy_labels_and_names_a_fractional_one(tmp_path):
     bad = _pair(tmp_path, half, "half")
     with pytest.raises(DatasetError) as e:
         check_datalist([noisy, bad], label_key="label", num_classes=3, require_label=True)
-    assert f"{bad['label']}: a label map holds whole class numbers, but 8 voxel(s)" in str(e.value)
+    assert f"{bad['label']}: a label map holds whole class numbers, but 8 voxels of this one lie further" in str(e.value)
     assert noisy["label"] not in str(e.value)
 
 

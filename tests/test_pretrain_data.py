@@ -60,7 +60,7 @@ def test_bad_dataset_dir_fails_naming_the_path(tmp_path):
     # (the error closes the log, repeated after the traceback)
     summary = proc.stderr.split("\nerror: ")[-1]
     problems = [line for line in summary.splitlines() if line.startswith("  - ")]
-    assert proc.returncode != 0 and "2 problem(s) in the data of" in summary and len(problems) == 2
+    assert proc.returncode != 0 and "2 problems in the data of" in summary and len(problems) == 2
     assert "gone.nii.gz" in problems[0] and "cut.nii.gz: cannot read the volume" in problems[1]
     assert "applying transform" not in proc.stderr  # stopped before any data loading
     assert not (tmp_path / "out").exists()  # nothing written

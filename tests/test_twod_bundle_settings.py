@@ -158,7 +158,7 @@ def test_gvit_warns_about_a_class_without_validation_images(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
         data = resolve_classification_data(tmp_path / "data", tmp_path / "root", val_fraction=0.5)
     assert data.counts["val"] == {"b": 2}
-    assert "class(es) 'a' have no validation image" in caplog.text
+    assert "class 'a' has no validation image" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------- medgmae-2d

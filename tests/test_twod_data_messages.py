@@ -46,13 +46,13 @@ def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
 def test_class_folder_without_sub_folders_says_so(tmp_path):
     for i in range(7):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"{i}.png")
-    with pytest.raises(ValueError, match="holds 7 image\\(s\\) but no class sub-folders"):
+    with pytest.raises(ValueError, match="holds 7 images but no class sub-folders"):
         scan_image_folder(tmp_path)
     with pytest.raises(ValueError, match="is empty"):
         scan_image_folder((tmp_path / "empty").mkdir() or tmp_path / "empty")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("x")  # not empty: says what it holds
-    with pytest.raises(ValueError, match=r"holds no class sub-folders and no images \(1 other file\(s\)\)"):
+    with pytest.raises(ValueError, match=r"holds no class sub-folders and no images \(1 other file\)"):
         scan_image_folder(tmp_path / "notes")
 
 
@@ -96,7 +96,7 @@ def test_files_that_are_not_images_are_named_in_one_line(tmp_path, caplog):
     (gmae / ".DS_Store").write_bytes(b"\0")
     with caplog.at_level(logging.INFO):
         assert len(image_folder_items(gmae)) == 1
-    assert f"dataset_dir {gmae}: skipped 2 file(s) that are not images: README.txt, sub/labels.csv" in caplog.text
+    assert f"dataset_dir {gmae}: skipped 2 files that are not images: README.txt, sub/labels.csv" in caplog.text
     classes = tmp_path / "classes"
     for name in ("disc", "bar"):
         (classes / name).mkdir(parents=True)
@@ -107,17 +107,17 @@ def test_files_that_are_not_images_are_named_in_one_line(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert len(scan_image_folder(classes)[0]) == 4
-    assert f"dataset folder {classes}: skipped 2 file(s) that are not images: README.txt, bar/notes.md" in caplog.text
+    assert f"dataset folder {classes}: skipped 2 files that are not images: README.txt, bar/notes.md" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert len(inference_images(None, classes)) == 4
-    assert f"--image_dir {classes}: skipped 2 file(s) that are not images: README.txt, bar/notes.md" in caplog.text
+    assert f"--image_dir {classes}: skipped 2 files that are not images: README.txt, bar/notes.md" in caplog.text
     for i in range(5):
         (gmae / f"n{i}.txt").write_text("")
     caplog.clear()
     with caplog.at_level(logging.INFO):
         image_folder_items(gmae)
-    assert "skipped 7 file(s) that are not images: README.txt, n0.txt, n1.txt, n2.txt, n3.txt, ...\n" in caplog.text
+    assert "skipped 7 files that are not images: README.txt, n0.txt, n1.txt, n2.txt, n3.txt, ...\n" in caplog.text
 
 
 def test_a_folder_of_images_alone_logs_no_skipped_files(tmp_path, caplog):
@@ -134,7 +134,7 @@ def test_a_folder_without_images_names_the_files_it_skipped(tmp_path):
 
     (tmp_path / "README.txt").write_text("about")
     (tmp_path / ".DS_Store").write_bytes(b"\0")
-    skipped = re.escape("; skipped 1 file(s) that are not images: README.txt")
+    skipped = re.escape("; skipped 1 file that is not images: README.txt")
     with pytest.raises(ValueError, match=rf"dataset_dir {tmp_path} holds no images \(.*\){skipped}$"):
         image_folder_items(tmp_path)
     with pytest.raises(ValueError, match=rf"--image_dir {tmp_path} holds no images \(.*\){skipped}$"):
@@ -144,7 +144,7 @@ def test_a_folder_without_images_names_the_files_it_skipped(tmp_path):
         (classes / name).mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(classes / "disc" / "0.png")
     (classes / "bar" / "notes.md").write_text("notes")
-    with pytest.raises(ValueError, match=r"class folder .*bar holds no images \(.*\); skipped 1 file\(s\) that are "
+    with pytest.raises(ValueError, match=r"class folder .*bar holds no images \(.*\); skipped 1 file that is "
                                          r"not images: bar/notes\.md$"):  # fmt: skip
         scan_image_folder(classes)
 
@@ -161,7 +161,7 @@ def test_a_folder_with_several_unreadable_images_names_them_all(tmp_path):
     with pytest.raises(ValueError) as err:
         gmae2d_dataset(tmp_path, image_size=(16, 16), log=False)
     msg = str(err.value)
-    assert msg.startswith(f"2 unreadable image(s) in dataset_dir {tmp_path}") and "cut.png" in msg and "empty.png" in msg
+    assert msg.startswith(f"2 unreadable images in dataset_dir {tmp_path}") and "cut.png" in msg and "empty.png" in msg
     assert "ok0.png" not in msg
     assert len(gmae2d_dataset(tmp_path, image_size=(16, 16), log=False, cache=False)) == 5  # read lazily: no check
 

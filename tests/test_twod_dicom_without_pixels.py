@@ -61,7 +61,7 @@ def test_dicom_files_without_pixel_data_are_skipped_and_named_by_every_folder_re
     """A DICOMDIR and a report are no images: every 2D folder reader leaves them out and names them, saying why
     (a DICOMDIR was counted among the images, then refused as unreadable, stopping the run)."""
     gmae = _export_folder(tmp_path / "gmae")
-    note = "skipped 2 file(s) that are not images: DICOMDIR (DICOM without pixel data), report.dcm (DICOM without pixel data)"
+    note = "skipped 2 files that are not images: DICOMDIR (DICOM without pixel data), report.dcm (DICOM without pixel data)"
     with caplog.at_level(logging.INFO):
         items = image_folder_items(gmae)
     assert [p["image"].rsplit("/", 1)[1] for p in items] == ["IM0004", "img0.png", "slice1.dcm"]
@@ -77,7 +77,7 @@ def test_dicom_files_without_pixel_data_are_skipped_and_named_by_every_folder_re
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert len(scan_image_folder(classes)[0]) == 6
-    assert "skipped 4 file(s) that are not images: a/DICOMDIR (DICOM without pixel data), a/report.dcm" in caplog.text
+    assert "skipped 4 files that are not images: a/DICOMDIR (DICOM without pixel data), a/report.dcm" in caplog.text
 
 
 def test_a_damaged_dicom_image_is_still_refused_by_name(tmp_path):
@@ -91,7 +91,7 @@ def test_a_damaged_dicom_image_is_still_refused_by_name(tmp_path):
     ds.save_as(tmp_path / "IM0009", enforce_file_format=True)
     items = image_folder_items(tmp_path, log=False)
     assert len(items) == 2
-    with pytest.raises(ValueError, match=r"2 unreadable image\(s\)") as e:
+    with pytest.raises(ValueError, match=r"2 unreadable images") as e:
         image_channels([p["image"] for p in items], str(tmp_path))
     assert "cut.dcm: not a readable DICOM image" in str(e.value) and "IM0009: not a readable DICOM image" in str(e.value)
 

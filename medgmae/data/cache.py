@@ -40,6 +40,7 @@ from monai.transforms import Compose, RandomizableTrait
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.files import atomic_write, save_json_atomic
 from medgmae.temp_names import remove_dead_writers_files
+from medgmae.engine.run_words import plural
 
 __all__ = [
     "DiskCacheDataset", "describe_transforms", "cache_folder", "preprocessing_record", "training_dataset", "item_hash",
@@ -223,5 +224,5 @@ def training_dataset(
         logger.info("pre-processed volumes are cached in %s", folder)
     left = remove_dead_writers_files(folder, "*.pt")
     if left:
-        logger.info("removed %d cache file(s) that killed runs left half-written in %s", len(left), folder)
+        logger.info("removed %s that killed runs left half-written in %s", plural(len(left), "cache file"), folder)
     return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=record)

@@ -22,6 +22,7 @@ from typing import Sequence
 from medgmae.data.datalist import DatasetError
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, VOLUME_SUFFIXES, is_volume_path, volume_stem
 from medgmae.files import skipped_files_note
+from medgmae.engine.run_words import plural
 
 __all__ = ["case_pairs"]
 
@@ -71,7 +72,7 @@ def _by_case(paths: Sequence[Path], folder: Path, label_cases: set[str] | None =
     twice = {c: ps for c, ps in cases.items() if len(ps) > 1}
     if twice:
         shown = "; ".join(", ".join(p.name for p in ps) for ps in list(twice.values())[:5])
-        raise DatasetError(f"{folder}: {len(twice)} case name(s) given by more than one file ({shown})")
+        raise DatasetError(f"{folder}: {plural(len(twice), 'case name')} given by more than one file ({shown})")
     return {c: ps[0] for c, ps in cases.items()}
 
 

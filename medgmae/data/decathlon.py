@@ -37,6 +37,7 @@ from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
 from medgmae.data.grid import label_grid_problem
 from medgmae.data.reader import Volume, read_volume, volume_grid
+from medgmae.engine.run_words import plural, plural_noun
 
 __all__ = ["case_pairs", "class_values", "decathlon_datalist", "folder_class_names", "main", "split_cases"]
 
@@ -86,6 +87,11 @@ def _grid_problem(label: Volume, image: str | Path) -> str | None:
     return label_grid_problem(label.path, label.array.shape, label.affine, Path(image).expanduser(), shape, affine)
 
 
+def _classes(named: Sequence) -> str:
+    """``"class"`` for one, ``"classes"`` for several."""
+    return "class" if len(named) == 1 else plural_noun("class")
+
+
 def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """``(training, validation)``: ``max(1, floor(fraction * n + 0.5))`` cases drawn for validation by a seeded
     permutation, each list in the pairs' order.
@@ -95,7 +101,7 @@ def split_cases(pairs: Sequence[dict], validation_fraction: float, seed: int) ->
     """
     n = len(pairs)
     if n < 2:
-        raise DatasetError(f"{n} labelled case(s): fine-tuning needs at least two (one to train on, one to validate)")
+        raise DatasetError(f"{plural(n, 'labelled case')}: fine-tuning needs at least two (one to train on, one to validate)")
     n_val = max(1, math.floor(validation_fraction * n + 0.5))  # half up, as fine-tuning's label_fraction
     if n_val >= n:
         raise DatasetError(f"--validation-fraction {validation_fraction} of {n} cases leaves none to train on")
@@ -131,15 +137,16 @@ def _label_map(
     if names_from != "--labels" and beyond:  # e.g. a tumour class that no case of this folder holds
         names = {v: n for v, n in names.items() if v <= top}
         if progress:
-            print(f"note: {names_from} names class(es) {', '.join(f'{v} {n}' for v, n in beyond.items())}, which no "
+            print(f"note: {names_from} names {_classes(beyond)} {', '.join(f'{v} {n}' for v, n in beyond.items())}, which no "
                   f"label map holds: left out (the classes are 0..{top})", flush=True)  # fmt: skip
     absent_named = sorted(set(names) - set(values)) if names_from == "--labels" else []
     if absent_named:
-        raise DatasetError(f"{source}: --labels names class(es) {absent_named}, which no label map holds (they hold "
+        raise DatasetError(f"{source}: --labels names {_classes(absent_named)} {absent_named}, which no label map holds (they hold "
                            f"{list(values)})")  # fmt: skip
     missing = sorted(set(range(max(values) + 1)) - set(values))
     if missing and progress:
-        print(f"note: class value(s) {missing} are in no label map; they keep their channels 0..{max(values)} (the "
+        values_are = "class value {} is" if len(missing) == 1 else "class values {} are"
+        print(f"note: {values_are.format(missing)} in no label map; they keep their channels 0..{max(values)} (the "
               "model's classes are the values up to the largest) and learn from no voxel", flush=True)  # fmt: skip
     return {str(i): ("background" if i == 0 else names.get(i, f"class_{i}")) for i in range(max(values) + 1)}
 

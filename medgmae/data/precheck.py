@@ -48,6 +48,7 @@ from medgmae.files import save_json_atomic
 from medgmae.preprocessing import PreprocessingSpec
 from medgmae.terminal import ProgressLines
 from medgmae.volume_units import warn_if_not_hu
+from medgmae.engine.run_words import plural
 
 __all__ = ["check_datalist", "check_item", "single_slice_problem", "LEDGER_FILE"]
 
@@ -280,7 +281,7 @@ def check_datalist(
             raise RuntimeError(f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}") from e
         if problems:
             problems, needed = _grouped_range_problems(problems)
-            err = DatasetError(f"{len(problems)} problem(s) in the data of {source or 'the datalist'} "
+            err = DatasetError(f"{plural(len(problems), 'problem')} in the data of {source or 'the datalist'} "
                                f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(problems)
                                + _all_missing_hint(items, image_key, str(source)))  # fmt: skip
             err.needed_classes, err.problems = needed, problems

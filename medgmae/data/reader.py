@@ -25,6 +25,7 @@ from monai.transforms import MapTransform
 
 from medgmae.data.dicom_series import Refused, read_series, series_ids, warn_if_modality_not_ct
 from medgmae.data.grid import grid_offset_mm
+from medgmae.engine.run_words import plural
 
 __all__ = [
     "Volume", "read_volume", "is_volume_path", "volume_stem", "load_nifti", "is_multiframe_dicom", "VOLUME_SUFFIXES",
@@ -351,8 +352,9 @@ def whole_labels(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     if off.any():
         values = np.unique(array[off])
         shown = ", ".join(f"{v:.6g}" for v in values[:5]) + (" ..." if len(values) > 5 else "")
-        raise ValueError(f"{path}: a label map holds whole class numbers, but {int(off.sum())} voxel(s) of this one "
-                         f"lie further than {LABEL_TOLERANCE:g} from any ({shown}): is it an image or a probability "
+        n = int(off.sum())
+        raise ValueError(f"{path}: a label map holds whole class numbers, but {plural(n, 'voxel')} of this one "
+                         f"{'lies' if n == 1 else 'lie'} further than {LABEL_TOLERANCE:g} from any ({shown}): is it an image or a probability "
                          "map rather than a segmentation?")  # fmt: skip
     return array if np.array_equal(rounded, array) else rounded.astype(array.dtype, copy=False)
 

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import torch
+from medgmae.engine.run_words import plural
 
 __all__ = ["resolve_device", "unwrap_model", "to_device"]
 
@@ -26,7 +27,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"device '{name}' was requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+            raise ValueError(f"device '{name}' does not exist: {plural(torch.cuda.device_count(), 'CUDA device')} found")
         return dev
     raise ValueError(f"unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 

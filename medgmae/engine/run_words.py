@@ -50,8 +50,10 @@ def plural(n: int, word: str) -> str:
 
 
 def plural_noun(word: str) -> str:
-    """The plural of a regular English noun: ``"crops"``, ``"processes"``, ``"batches"``, ``"boxes"``."""
-    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
+    """The plural of a regular English noun: ``"crops"``, ``"processes"``, ``"batches"``, ``"boxes"``; a ``-ch``
+    said ``k`` takes ``s`` (``"epochs"``)."""
+    hard_ch = word.endswith("epoch")
+    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) and not hard_ch else "s")
 
 
 def global_batch_words(

@@ -38,6 +38,7 @@ from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
 )  # fmt: skip
 from medgmae.preprocessing import PreprocessingSpec, describe_preprocessing, model_preprocessing, spec_with_overrides
+from medgmae.engine.run_words import plural
 
 __all__ = [
     "DatasetError",
@@ -119,8 +120,9 @@ def _check_labelled(datalist: str | Path, lists: dict[str, list[dict]]) -> None:
     missing = [f"{case['image']} (in '{key}')" for key, cases in lists.items() for case in cases if "label" not in case]
     if missing:
         shown = "\n  - ".join(missing[:20]) + (f"\n  - and {len(missing) - 20} more" if len(missing) > 20 else "")
-        raise DatasetError(f"datalist {datalist}: fine-tuning trains and validates on labelled cases, but {len(missing)} "
-                           f"case(s) list no 'label' (images without labels belong in its 'test' list, which "
+        lists = "lists" if len(missing) == 1 else "list"
+        raise DatasetError(f"datalist {datalist}: fine-tuning trains and validates on labelled cases, but "
+                           f"{plural(len(missing), 'case')} {lists} no 'label' (images without labels belong in its 'test' list, which "
                            f"inference reads):\n  - {shown}")  # fmt: skip
 
 

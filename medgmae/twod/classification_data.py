@@ -38,6 +38,7 @@ from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.windows import window_setting
+from medgmae.engine.run_words import plural, plural_noun
 
 __all__ = [
     "ClassificationData",
@@ -109,8 +110,8 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     if not classes:
         loose = len(loose_images)
         other = sum(1 for p in root.iterdir() if not p.name.startswith("."))
-        what = (f"holds {loose} image(s) but no class sub-folders" if loose
-                else f"holds no class sub-folders and no images ({other} other file(s))" if other else "is empty")  # fmt: skip
+        what = (f"holds {plural(loose, 'image')} but no class sub-folders" if loose
+                else f"holds no class sub-folders and no images ({plural(other, 'other file')})" if other else "is empty")  # fmt: skip
         raise DatasetError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
     _require_classes(classes, f"dataset folder {root}")
     items, empty, empty_left_out = [], [], []
@@ -335,6 +336,12 @@ def make_dataset(
     return CacheDataset(items, transform=transform, cache_rate=1.0 if cache else 0.0, num_workers=0, progress=False)
 
 
+def _classes_have(names: Sequence[str]) -> tuple[str, str, str]:
+    """``("class", "'a'", "has")`` or ``("classes", "'a', 'b'", "have")``: a warning's words for classes."""
+    one = len(names) == 1
+    return ("class" if one else plural_noun("class")), ", ".join(map(repr, names)), ("has" if one else "have")
+
+
 def resolve_classification_data(
     dataset_dir: str | Path | None,
     default_root: str | Path,
@@ -370,8 +377,8 @@ def resolve_classification_data(
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)
     unvalidated = [name for name in data.class_names if not data.counts["val"].get(name)]
     if data.val and unvalidated:
-        logger.warning("dataset %s: class(es) %s have no validation image (too few images to hold one out): the "
-                       "validation accuracy does not cover them", data.source, ", ".join(map(repr, unvalidated)))  # fmt: skip
+        logger.warning("dataset %s: %s %s %s no validation image (too few images to hold one out): the "
+                       "validation accuracy does not cover them", data.source, *_classes_have(unvalidated))  # fmt: skip
     if not phantom:
         log_intensity_scaling([it["image"] for it in data.train + data.val], window, f"dataset {data.source}")
     return data

@@ -26,6 +26,7 @@ from medgmae.files import atomic_write, given_more_than_once
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
 from medgmae.twod.images import read_image_source, slice_text, to_model_input
 from medgmae.twod.windows import recorded_window
+from medgmae.engine.run_words import plural
 
 __all__ = ["inference_images", "load_inference_model", "classify_images"]
 
@@ -109,7 +110,7 @@ def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[to
         several = source["slice"] is not None and source["slice"]["count"] > 1
         slices.append(slice_text(source["slice"]) if several else "")
     if problems:
-        raise ValueError(f"{len(problems)} image(s) cannot be read, nothing was written:\n  " + "\n  ".join(problems))
+        raise ValueError(f"{plural(len(problems), 'image')} cannot be read, nothing was written:\n  " + "\n  ".join(problems))
     return torch.stack(inputs), slices
 
 
@@ -157,5 +158,5 @@ def classify_images(
             writer.writerow([str(path), which, names[best], *(f"{v:.6f}" for v in p)])
             logger.info("%s%s: %s (probability %.3f)", path, f", {which}" if which else "", names[best], p[best])
     note = "".join(f"; {n}" for n in several_slices_notes(paths))
-    logger.info("%d image(s) classified by %s: %s%s", len(paths), model_path, out, note)
+    logger.info("%s classified by %s: %s%s", plural(len(paths), "image"), model_path, out, note)
     return out

@@ -81,13 +81,15 @@ def guidance_note(phase: str, gamma: float, guidance_interval: int) -> str:
         guidance_interval: iterations per guidance step.
 
     Returns:
-        ``""`` for the other phases, else e.g. ``", with guidance (gamma 0.1 every 1 iteration(s))"``.
+        ``""`` for the other phases, else e.g. ``", with guidance (gamma 0.1 every 1 iteration)"``.
     """
     if phase != "joint":
         return ""
     if gamma == 0:
         return ", without guidance (gamma 0: the encoder on the reconstruction loss alone)"
-    return f", with guidance (gamma {gamma:g} every {guidance_interval} iteration(s))"
+    from medgmae.engine.run_words import plural  # here: this module stays light to import
+
+    return f", with guidance (gamma {gamma:g} every {plural(guidance_interval, 'iteration')})"
 
 
 def phase_epochs_check(warmup: Any, classifier: Any, joint: Any) -> Callable[[Any], None]:

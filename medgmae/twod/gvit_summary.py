@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from medgmae.engine import is_main_process
 from medgmae.engine.run_words import plural
@@ -36,9 +36,14 @@ def confusion_table(matrix: list[list[int]], class_names: list[str]) -> str:
     return "\n".join([head, rule] + rows)
 
 
+def _count(n: Any, word: str) -> str:
+    """``"1 iteration"``, ``"3 iterations"``; ``"None iteration(s)"`` where the record holds no count."""
+    return plural(n, word) if isinstance(n, int) and not isinstance(n, bool) else f"{n} {word}(s)"
+
+
 def training_line(training: dict | None) -> str:
     """How a model was trained, in one line: its guidance and reconstruction loss, e.g. ``with guidance (gamma 0.1
-    every 1 iteration(s) of 10 joint epoch(s)), loss bce + 0.1 D-SSIM``.
+    every 1 iteration of 10 joint epochs), loss bce + 0.1 D-SSIM``.
 
     Args:
         training: the ``training`` settings of ``model.pt`` / ``metrics.json`` (None: not recorded).
@@ -50,9 +55,10 @@ def training_line(training: dict | None) -> str:
         return "with settings not recorded (an earlier version's model.pt)"
     joint = (training.get("epochs") or {}).get("joint")
     if training.get("guidance"):
-        how = f"with guidance (gamma {training.get('gamma')} every {training.get('guidance_interval')} iteration(s) of {joint} joint epoch(s))"
+        how = (f"with guidance (gamma {training.get('gamma')} every {_count(training.get('guidance_interval'), 'iteration')} "
+               f"of {_count(joint, 'joint epoch')})")
     else:
-        how = f"without guidance (gamma {training.get('gamma')}, {joint} joint epoch(s))"
+        how = f"without guidance (gamma {training.get('gamma')}, {_count(joint, 'joint epoch')})"
     return f"{how}, loss {training.get('pixel_loss')} + {training.get('perceptual_weight')} D-SSIM"
 
 

@@ -34,7 +34,7 @@ from medgmae.engine import check_resume_fits, resolve_device
 from medgmae.engine.earlier_run import EarlierRun
 from medgmae.engine.restore import refusal
 from medgmae.engine.resume import epoch_checkpoints
-from medgmae.engine.run_words import loader_items
+from medgmae.engine.run_words import loader_items, plural
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
@@ -292,7 +292,7 @@ class GViTWorkflow:
         logger.info(self.run_line())
         for phase in PHASES:
             if self.epochs[phase] > 0:
-                logger.info("GViT phase %r: %d epoch(s)%s", phase, self.epochs[phase], guidance_note(phase, self.kwargs["gamma"], self.kwargs["guidance_interval"]))
+                logger.info("GViT phase %r: %s%s", phase, plural(self.epochs[phase], "epoch"), guidance_note(phase, self.kwargs["gamma"], self.kwargs["guidance_interval"]))
                 trainer = self.trainer(phase)
                 if stale is not None and phase == stale[0]:  # added after its checkpoint handler: after its save
                     self._remove_after_first_save(trainer, stale[2])

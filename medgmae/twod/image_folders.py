@@ -57,7 +57,7 @@ def _is_image_file(path: Path) -> bool:
 
 def skipped_files_note(others: Sequence[Path], root: Path, shown: int = 5) -> str | None:
     """The line a reader logs for the files :func:`listed_files` left out as not images (a ``README.txt``, a
-    ``labels.csv``, a ``DICOMDIR``): ``"skipped 3 file(s) that are not images: DICOMDIR (DICOM without pixel data),
+    ``labels.csv``, a ``DICOMDIR``): ``"skipped 3 files that are not images: DICOMDIR (DICOM without pixel data),
     README.txt, a/labels.csv"``, the first ``shown`` named relative to ``root`` (then ``...``), a DICOM file among
     them (by its ending or preamble: one without pixel data) said to be one; ``None`` when there are none.
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from monai.utils import ensure_tuple_rep
 from torch import Tensor
+from medgmae.engine.run_words import plural
 
 __all__ = ["Gaussians2D", "gaussian_dim", "decode_gaussians_2d", "sample_gaussian_tokens", "GaussianTokenEmbedding"]
 _MIN_SCALE = 1e-4
@@ -69,7 +70,7 @@ def decode_gaussians_2d(g: Tensor, channels: int, scale_factor: float = 1.0) -> 
         scale_factor: the bound ``c`` of ``scale = c * sigmoid(s)``.
     """
     if g.dim() != 3 or g.shape[-1] != gaussian_dim(channels):
-        raise ValueError(f"Gaussians must be (B, K, {gaussian_dim(channels)}) for {channels} channel(s), got {tuple(g.shape)}")
+        raise ValueError(f"Gaussians must be (B, K, {gaussian_dim(channels)}) for {plural(channels, 'channel')}, got {tuple(g.shape)}")
     return Gaussians2D(
         means=torch.tanh(g[..., 0:2]),
         scales=(scale_factor * torch.sigmoid(g[..., 2:4])).clamp_min(_MIN_SCALE),
