@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from recon.fbp import _arc
+from recon.fbp_weights import _arc
 from recon.geometry import CTGeometry
 
 __all__ = ["AXIS_TOLERANCE_COLUMNS", "axis_offset_note", "estimate_offset_u"]

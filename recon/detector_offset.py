@@ -111,8 +111,8 @@ def check_coverage(g) -> None:
     central ray, or, a half-fan scan, with its wide side over a full turn (the offsets of all views on one side)."""
     det_w, det_h, need_w, need_h, tol = coverage(g)
     u = offset_array(g.det_offset, g.num_views)[:, 0]
-    wide_side = g.det_shape[1] * g.det_spacing[1] / 2 + float(np.abs(u).min())
-    if det_h + tol >= need_h and det_w + tol < need_w and wide_side + tol / 2 >= need_w / 2:
+    wide_reach = g.det_shape[1] * g.det_spacing[1] / 2 + float(np.abs(u).min())
+    if det_h + tol >= need_h and det_w + tol < need_w and wide_reach + tol / 2 >= need_w / 2:
         if not full_turn(g.angles):
             raise ValueError(
                 f"the detector covers {det_w:.2f} mm about the central ray (less twice its offset u = "
@@ -146,7 +146,7 @@ def _u_text(det_offset: tuple) -> str:
 
 def max_abs(det_offset: tuple) -> tuple[float, float]:
     """The largest ``|u|`` and ``|v|`` over the views."""
-    a = np.abs(offset_array(det_offset, 1 if not per_view(det_offset) else len(det_offset)))
+    a = np.abs(offset_array(det_offset, 1))  # a per-view list gives every view
     return float(a[:, 0].max()), float(a[:, 1].max())
 
 
@@ -157,5 +157,5 @@ def wide_side(det_offset: tuple) -> float:
     the central ray (``u = 0``) or offset slightly the other way does not decide a half-fan scan's side (whose views
     must all be offset to one side, :func:`check_coverage`); ``1.0`` when no view is offset.
     """
-    u = offset_array(det_offset, 1 if not per_view(det_offset) else len(det_offset))[:, 0]
+    u = offset_array(det_offset, 1)[:, 0]  # a per-view list gives every view
     return -1.0 if u[int(np.argmax(np.abs(u)))] < 0 else 1.0

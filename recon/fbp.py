@@ -31,7 +31,6 @@ of ``geometry.json``), with Parker weights for short scans and the windowed filt
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import torch

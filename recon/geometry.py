@@ -285,11 +285,8 @@ class CTGeometry:
         s, c, z = np.sin(a), np.cos(a), np.zeros_like(a)
         direction = np.stack([s, -c, z], 1)
         u_axis, v_axis = np.stack([c, s, z], 1), np.stack([z, z, np.ones_like(a)], 1)
-        if self.per_view_offset:
-            off = self.offsets()
-            shift = off[:, :1] * u_axis + off[:, 1:] * v_axis
-        else:
-            shift = self.det_offset[0] * u_axis + self.det_offset[1] * v_axis
+        off = self.offsets()  # one (u, v) per view, a single offset repeated
+        shift = off[:, :1] * u_axis + off[:, 1:] * v_axis
         u, v = u_axis * self.det_spacing[1], v_axis * self.det_spacing[0]
         if self.kind == "parallel":
             return np.concatenate([direction, shift, u, v], 1)

@@ -50,6 +50,7 @@ from typing import Sequence
 
 import numpy as np
 
+from recon.detector_offset import per_view
 from recon.geometry import CTGeometry
 
 __all__ = ["RTKScan", "read_rtk_geometry", "rtk_to_ct_geometry", "CONSTANT_MM", "ZERO_DEGREES", "RTK_FIELDS"]
@@ -244,8 +245,8 @@ def rtk_to_ct_geometry(
     def shifted(pair) -> tuple[float, float]:
         return tuple(0.0 if abs(v) <= 1e-9 else v for v in (float(p + o) for p, o in zip(pair, h)))
 
-    per_view = isinstance(scan.projection_offset[0], tuple)
-    offset = tuple(shifted(p) for p in scan.projection_offset) if per_view else shifted(scan.projection_offset)
+    offset = (tuple(shifted(p) for p in scan.projection_offset) if per_view(scan.projection_offset)
+              else shifted(scan.projection_offset))
     common = dict(volume_shape=tuple(volume_shape), voxel_size=voxel_size, det_shape=tuple(det_shape),
                   det_spacing=det_spacing, angles=np.deg2rad(scan.gantry_deg).tolist(), det_offset=offset)  # fmt: skip
     if scan.sdd == 0.0:  # RTK's parallel beam
