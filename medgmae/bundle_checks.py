@@ -28,6 +28,7 @@ from medgmae.bundle_errors import InputRefusal, summarise_errors
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
 from medgmae.setting_kinds import setting_problem
+from medgmae.words import plural
 
 __all__ = ["BundleSettingError", "check_base_config", "check_settings", "check_output_dirs", "process_problems",
            "unknown_key_problems"]
@@ -98,7 +99,6 @@ def check_settings(
 def _raise_problems(problems: list[str], folders: list[str]) -> None:
     """Raise one :class:`BundleSettingError` naming every bad setting and unusable output folder, if any."""
     if problems or folders:
-        from medgmae.engine.run_words import plural  # here: this module stays light to import
 
         kinds = (("bad setting", problems), ("unusable output folder", folders))
         what = " and ".join(plural(len(found), name) for name, found in kinds if found)

@@ -29,6 +29,7 @@ import torch
 from medgmae.bundle_errors import InputRefusal
 from medgmae.files import load_torch_file, save_torch_atomic
 from medgmae.preprocessing import PreprocessingSpec
+from medgmae.words import plural_noun
 
 __all__ = [
     "Checkpoint",
@@ -220,7 +221,6 @@ def _accepted_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...] | None
     accepted = None if kinds is None else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
     unknown = [k for k in accepted or () if k not in CHECKPOINT_KINDS]
     if unknown:  # a misspelt kind would refuse every file as being of another kind
-        from medgmae.engine.run_words import plural_noun  # here: this module stays light to import
 
         kind = "kind" if len(unknown) == 1 else plural_noun("kind")
         raise ValueError(f"unknown checkpoint {kind} {unknown}: the kinds are {sorted(CHECKPOINT_KINDS)}")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from medgmae.temp_names import WRITER, temp_name
+from medgmae.words import plural
 
 __all__ = [
     "absolute_path",
@@ -396,5 +397,4 @@ def skipped_files_note(
         return None
     names = [str(p.relative_to(root)) + (said(p) if said else "") for p in others[:shown]]
     names += ["..."] if len(others) > shown else []
-    from medgmae.engine.run_words import plural  # here: this module stays light to import
     return f"skipped {plural(len(others), 'file')} that {'is' if len(others) == 1 else 'are'} not {what}: {', '.join(names)}"

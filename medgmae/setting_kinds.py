@@ -24,6 +24,7 @@ import argparse
 from typing import Any, Callable, Mapping, Sequence
 
 from medgmae import cli_types
+from medgmae.words import plural
 
 __all__ = [
     "KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "num_gaussians_check", "phantom_shape_check", "roi_size_check",
@@ -125,7 +126,6 @@ def mask_ratio_check(size: Any, patch_size: Any, ndim: int) -> Callable[[Any], N
             return  # named by their own checks
         n = (int(size) // int(patch_size)) ** ndim
         if float(value) > 0 and visible_patch_count(n, float(value)) == n:
-            from medgmae.engine.run_words import plural  # here: this module stays light to import
 
             more = "" if n == 1 else " or a larger ratio"  # one patch stays visible whatever the ratio
             raise ValueError(f"{value} masks no patch: a crop of {size} in patches of {patch_size} has {plural(n, 'patch')}, "

@@ -12,7 +12,7 @@ from medgmae.checkpoint import _accepted_kinds
 from medgmae.data.case_pairing import _by_case
 from medgmae.data.datalist import DatasetError
 from medgmae.engine.devices import resolve_device
-from medgmae.engine.run_words import plural_noun
+from medgmae.words import plural_noun
 from medgmae.files import skipped_files_note
 from medgmae.twod.gvit.tokens import decode_gaussians_2d
 from medgmae.twod.gvit_settings import guidance_note

@@ -40,7 +40,7 @@ from monai.transforms import Compose, RandomizableTrait
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.files import atomic_write, save_json_atomic
 from medgmae.temp_names import remove_dead_writers_files
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = [
     "DiskCacheDataset", "describe_transforms", "cache_folder", "preprocessing_record", "training_dataset", "item_hash",

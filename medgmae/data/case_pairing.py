@@ -22,7 +22,7 @@ from typing import Sequence
 from medgmae.data.datalist import DatasetError
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, VOLUME_SUFFIXES, is_volume_path, volume_stem
 from medgmae.files import skipped_files_note
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = ["case_pairs"]
 

@@ -37,7 +37,7 @@ from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
 from medgmae.data.grid import label_grid_problem
 from medgmae.data.reader import Volume, read_volume, volume_grid
-from medgmae.engine.run_words import plural, plural_noun
+from medgmae.words import plural, plural_noun
 
 __all__ = ["case_pairs", "class_values", "decathlon_datalist", "folder_class_names", "main", "split_cases"]
 

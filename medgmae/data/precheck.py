@@ -48,7 +48,7 @@ from medgmae.files import save_json_atomic
 from medgmae.preprocessing import PreprocessingSpec
 from medgmae.terminal import ProgressLines
 from medgmae.volume_units import warn_if_not_hu
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = ["check_datalist", "check_item", "single_slice_problem", "LEDGER_FILE"]
 

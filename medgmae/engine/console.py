@@ -26,7 +26,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.cli_types import as_bool
 from medgmae.distributed import is_main_process, rank_world
-from medgmae.engine.run_words import plural, plural_noun
+from medgmae.words import plural, plural_noun
 from medgmae.terminal import ProgressLines, progress_bars_shown
 
 __all__ = [

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import torch
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = ["resolve_device", "unwrap_model", "to_device"]
 

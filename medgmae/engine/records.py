@@ -23,7 +23,7 @@ import numpy as np
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.distributed import is_main_process
 from medgmae.engine.restore import ResumeRefused
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["SettingsRecord", "CasesRecord", "RECORDS"]

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from medgmae.words import plural, plural_noun  # re-exported: the start lines count with them
+
 __all__ = ["device_words", "amp_words", "plural", "global_batch_words", "loader_items", "parameter_counts", "model_words", "plural_noun"]
 
 
@@ -42,18 +44,6 @@ def amp_words(amp: bool, device: torch.device | str, precision: str = "bf16") ->
         return f"AMP on ({precision})"
     where = "the CPU" if device.type == "cpu" else device.type
     return f"AMP off (amp true has no effect on {where})"
-
-
-def plural(n: int, word: str) -> str:
-    """``"1 crop"``, ``"2 crops"``, ``"2 processes"``, ``"3 batches"``."""
-    return f"{n} {word if n == 1 else plural_noun(word)}"
-
-
-def plural_noun(word: str) -> str:
-    """The plural of a regular English noun: ``"crops"``, ``"processes"``, ``"batches"``, ``"boxes"``; a ``-ch``
-    said ``k`` takes ``s`` (``"epochs"``)."""
-    hard_ch = word.endswith("epoch")
-    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) and not hard_ch else "s")
 
 
 def global_batch_words(

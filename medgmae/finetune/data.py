@@ -38,7 +38,7 @@ from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
 )  # fmt: skip
 from medgmae.preprocessing import PreprocessingSpec, describe_preprocessing, model_preprocessing, spec_with_overrides
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = [
     "DatasetError",

@@ -38,7 +38,7 @@ from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.windows import window_setting
-from medgmae.engine.run_words import plural, plural_noun
+from medgmae.words import plural, plural_noun
 
 __all__ = [
     "ClassificationData",

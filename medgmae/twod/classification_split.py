@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 from typing import Mapping
 
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = ["stratified_split", "split_record", "apply_recorded_split", "without_split_files"]
 

@@ -30,7 +30,7 @@ import torch
 from medgmae.checkpoint import TrainingStateError
 from medgmae.cli_types import ToolParser, expand_home, nonneg_float, nonneg_int, positive_int
 from medgmae.engine import resolve_device
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D

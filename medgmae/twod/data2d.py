@@ -30,7 +30,7 @@ from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, Sele
 
 from medgmae.cli_types import as_path_text
 from medgmae.data.datalist import DatasetError
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 from medgmae.twod.image_folders import listed_files, no_images_message, skipped_files_note
 from medgmae.twod.images import (
     holds_several_slices,

@@ -24,7 +24,7 @@ from torch.utils.data import Subset
 
 from medgmae.engine import is_main_process
 from medgmae.engine.figures import add_image, label_tile, save_png, tile_grid, upscale
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 from medgmae.files import absolute_path
 from medgmae.mae_training.summary import PretrainSummary
 from medgmae.mae_training.validation import MaskedValidationHandler

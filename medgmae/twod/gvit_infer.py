@@ -26,7 +26,7 @@ from medgmae.files import atomic_write, given_more_than_once
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
 from medgmae.twod.images import read_image_source, slice_text, to_model_input
 from medgmae.twod.windows import recorded_window
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = ["inference_images", "load_inference_model", "classify_images"]
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss
+from medgmae.words import plural
 
 __all__ = ["training_settings", "phase_settings", "guidance_note", "phase_epochs_check", "classifier_freqs_check",
            "max_classifier_freqs"]
@@ -87,7 +88,6 @@ def guidance_note(phase: str, gamma: float, guidance_interval: int) -> str:
         return ""
     if gamma == 0:
         return ", without guidance (gamma 0: the encoder on the reconstruction loss alone)"
-    from medgmae.engine.run_words import plural  # here: this module stays light to import
 
     return f", with guidance (gamma {gamma:g} every {plural(guidance_interval, 'iteration')})"
 

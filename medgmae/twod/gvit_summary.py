@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medgmae.engine import is_main_process
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 from medgmae.files import absolute_path, bundle_config, save_json_atomic
 
 __all__ = ["confusion_table", "training_line", "evaluate_command", "gvit_summary"]

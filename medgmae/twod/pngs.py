@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medgmae.files import atomic_write
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = ["save_png", "save_png_grid"]
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from monai.utils import ensure_tuple_rep
 from torch import Tensor
-from medgmae.engine.run_words import plural
+from medgmae.words import plural
 
 __all__ = ["Gaussians2D", "gaussian_dim", "decode_gaussians_2d", "sample_gaussian_tokens", "GaussianTokenEmbedding"]
 _MIN_SCALE = 1e-4
