@@ -199,15 +199,28 @@ def test_a_warm_up_capped_by_the_saved_plan_is_explained_not_named_as_changed(tm
     assert "warmup_steps: saved 2, now 3" in caplog.text and "the warm-up ends" not in caplog.text
 
 
-def test_tensorboard_purge_step_is_the_iteration_after_the_newest_checkpoint(tmp_path):
-    from medgmae.engine.resume import tensorboard_purge_step
+def _purge_step(tmp_path, resume: bool) -> int | None:
+    """The purge step a ``ResumeSummaryWriter`` of the checkpoints in ``tmp_path`` writes into its event file (the
+    step of its ``SessionLog`` START record), ``None`` where it writes none."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
 
-    assert tensorboard_purge_step(tmp_path, True) is None  # nothing to resume: a fresh run purges nothing
+    from medgmae.engine.tensorboard_writer import ResumeSummaryWriter
+
+    log_dir = tmp_path / f"tb_{len(list(tmp_path.glob('tb_*')))}"
+    ResumeSummaryWriter(log_dir, tmp_path, resume).close()
+    steps = [event.step for path in log_dir.glob("events.out.tfevents.*") for event in EventFileLoader(str(path)).Load()
+             if event.HasField("session_log") and event.session_log.status == SessionLog.START]  # fmt: skip
+    return steps[0] if steps else None
+
+
+def test_tensorboard_purge_step_is_the_iteration_after_the_newest_checkpoint(tmp_path):
+    assert _purge_step(tmp_path, True) is None  # nothing to resume: a fresh run purges nothing
     torch.save({"engine": {"epoch": 2, "iteration": 14}}, tmp_path / "checkpoint_epoch=2.pt")
     torch.save({"engine": {"epoch": 3, "iteration": 21}}, tmp_path / "checkpoint_epoch=3.pt")
-    assert tensorboard_purge_step(tmp_path, True) == 22 and tensorboard_purge_step(tmp_path, False) is None
+    assert _purge_step(tmp_path, True) == 22 and _purge_step(tmp_path, False) is None
     (tmp_path / "checkpoint_epoch=4.pt").write_bytes(b"not a checkpoint")  # the resume itself names the problem
-    assert tensorboard_purge_step(tmp_path, True) is None
+    assert _purge_step(tmp_path, True) is None
 
 
 def test_a_resumed_pending_epoch_logs_to_tensorboard_only_what_the_stopped_run_did_not(tmp_path):

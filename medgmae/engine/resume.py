@@ -28,7 +28,6 @@ __all__ = [
     "latest_checkpoint",
     "phantom_resume_differences",
     "read_latest_checkpoint",
-    "tensorboard_purge_step",
     "resumed_engine_record",
     "loader_record",
     "saved_loader_record",
@@ -98,28 +97,6 @@ def read_latest_checkpoint(
     if world > 1:
         dist.broadcast_object_list(box, src=0)
     return (None, None) if box[0] is None else (Path(box[0]), box[1])
-
-
-def tensorboard_purge_step(output_dir: str | Path, resume: bool) -> int | None:
-    """The ``purge_step`` of a resumed run's TensorBoard ``SummaryWriter``: the iteration after the newest epoch
-    checkpoint's, so that TensorBoard drops what the interrupted run logged past it (the steps the resumed run logs
-    again), instead of showing those steps twice. Read by the process that writes TensorBoard alone (no collective).
-
-    TensorBoard purges every tag of the folder at that step, whichever event file it is in: give it to the one
-    writer of a folder, and log every scalar at the iteration (a tag at epoch steps, all smaller, would be kept and
-    shown twice: the bundles log validation at the iteration that ends the epoch); a second writer whose file sorts first would
-    lose its own later events (each bundle has one writer per folder).
-
-    Args:
-        output_dir: the run's checkpoint folder.
-        resume: whether the run resumes.
-
-    Returns:
-        ``iteration + 1`` of the newest ``checkpoint_epoch=N.pt``, ``None`` when the run starts afresh (or has no
-        readable engine state to continue from: the resume itself then says why).
-    """
-    engine = resumed_engine_record(output_dir, resume)
-    return engine["iteration"] + 1 if engine else None
 
 
 def resumed_engine_record(output_dir: str | Path, resume: bool) -> dict:

@@ -42,9 +42,17 @@ def logged_tags(log_dir: str | Path, step: int) -> set[str]:
 
 class ResumeSummaryWriter(SummaryWriter):
     """A ``SummaryWriter`` for ``log_dir`` that continues a resumed run's TensorBoard curves: ``purge_step`` is the
-    iteration after the newest epoch checkpoint's (:func:`~medgmae.engine.resume.tensorboard_purge_step`), and
-    when that checkpoint is of an epoch a stop cut short while it was validated, scalars and images at the
-    checkpoint's iteration under a tag the folder already shows there are not written again.
+    iteration after the newest epoch checkpoint's (:func:`~medgmae.engine.resume.resumed_engine_record`; none for a
+    run that starts afresh or has no readable engine state, which the resume itself names), so that TensorBoard
+    drops what the interrupted run logged past it instead of showing those steps twice; and when that checkpoint is
+    of an epoch a stop cut short while it was validated, scalars and images at the checkpoint's iteration under a
+    tag the folder already shows there are not written again.
+
+    TensorBoard purges every tag of the folder at that step, whichever event file it is in: give it to the one
+    writer of a folder, and log every scalar at the iteration (a tag at epoch steps, all smaller, would be kept and
+    shown twice: the bundles log validation at the iteration that ends the epoch); a second writer whose file sorts
+    first would lose its own later events (each bundle has one writer per folder). Built by the process that writes
+    TensorBoard alone (no collective).
 
     Args:
         log_dir: the TensorBoard folder.
