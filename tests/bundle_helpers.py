@@ -23,3 +23,19 @@ def setting_error_text(log: str) -> str:
     log = "\n" + log
     assert log.count("\nerror: BundleSettingError: ") == 1 and "Traceback (most recent call last)" not in log, log[-3000:]
     return "BundleSettingError: " + log.split("\nerror: BundleSettingError: ")[1].strip()
+
+
+def tensorboard_events(folder: Path):
+    """A run's TensorBoard folder read whole (every scalar and image event), as TensorBoard's own reader reads it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def tensorboard_shown(folder: Path) -> dict:
+    """What TensorBoard shows of a run's folder: ``(step, value)`` per scalar tag and the steps per image tag."""
+    acc = tensorboard_events(folder)
+    shown = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return shown | {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}

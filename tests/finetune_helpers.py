@@ -118,14 +118,3 @@ def encoder_file(path: Path, img_size: int = 24) -> Path:
     spec = PreprocessingSpec(spacing=2.0, input_size=img_size, patch_size=12)
     torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), path)
     return path
-
-
-
-def tensorboard_shown(folder: Path) -> dict:
-    """What TensorBoard shows of a run's folder: ``(step, value)`` per scalar tag and the steps per image tag."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    shown = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    return shown | {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}

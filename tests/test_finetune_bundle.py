@@ -22,6 +22,7 @@ from medgmae.finetune.run_record import write_run_record
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
 
+from bundle_helpers import tensorboard_shown
 from data_helpers import nifti_file
 from finetune_helpers import (
     REPO,
@@ -32,7 +33,6 @@ from finetune_helpers import (
     bundle_process,
     run_bundle,
     check_progress_pictures_and_summary,
-    tensorboard_shown,
 )
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from medgmae.networks import MaskedViTEncoder, MedGMAE
 from medgmae.ply import load_ply
 
+from bundle_helpers import tensorboard_events, tensorboard_shown
 from pretrain_helpers import (
     CONFIGS,
     MULTI,
@@ -70,21 +71,6 @@ def _png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def _tensorboard(folder: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    return acc
-
-
-def _tensorboard_shown(folder: Path) -> dict:
-    """What TensorBoard shows of a run: ``(step, value)`` per scalar tag and the steps per image tag."""
-    acc = _tensorboard(folder)
-    shown = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    return shown | {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
-
-
 def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     straight = runs["straight"]
     log = runs["first"]["log"]
@@ -99,7 +85,7 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     assert set(best) == set(read_checkpoint(straight / "model.pt")) and best["kind"] == "medgmae"
     assert MedGMAE.from_checkpoint(straight / "best_model.pt").num_gaussians == 8
     # validation metrics: finite, in TensorBoard per validated epoch, and the best one in summary.json
-    acc = _tensorboard(straight / "tensorboard")
+    acc = tensorboard_events(straight / "tensorboard")
     psnr = [e.value for e in acc.Scalars("val/psnr")]
     ssim = [e.value for e in acc.Scalars("val/ssim")]
     assert [e.step for e in acc.Scalars("val/psnr")] == [2, 4] and np.isfinite(psnr + ssim).all()  # the iterations
@@ -223,7 +209,7 @@ def test_a_run_stopped_while_validating_keeps_the_epochs_training(runs, tmp_path
     assert sorted(p.name for p in (run / "pictures").iterdir()) == sorted(p.name for p in (straight / "pictures").iterdir())
     # TensorBoard shows epoch 1's validation once (the stopped run logged it before the stop; the resume, validating
     # epoch 1 again, leaves out what the folder holds at its iteration) and the same curves as the uninterrupted run
-    assert _tensorboard_shown(run / "tensorboard") == _tensorboard_shown(straight / "tensorboard")
+    assert tensorboard_shown(run / "tensorboard") == tensorboard_shown(straight / "tensorboard")
 
 
 def test_a_fresh_run_replaces_every_output_the_bundle_writes(runs):
@@ -239,7 +225,7 @@ def test_a_fresh_run_replaces_every_output_the_bundle_writes(runs):
         assert written and written <= replaced, sorted(str(p.relative_to(out)) for p in written - replaced)
 
 
-def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(runs, tmp_path):
+def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_intensorboard_events(runs, tmp_path):
     """A run stopped within epoch 3 logged iterations 5-6 (and epoch 3's validation, at iteration 6) before it
     stopped; resumed from checkpoint_epoch=2.pt it logs them again. Its writer's purge_step makes TensorBoard keep
     each step once: the resumed run's (validation was logged at epoch steps, below the purge step: shown twice)."""
@@ -253,10 +239,10 @@ def test_a_resumed_run_does_not_show_the_interrupted_steps_twice_in_tensorboard(
         stopped.add_scalar("train_loss", 99.0, step)
     stopped.add_scalar("val/psnr", 99.0, 6)  # its epoch-3 validation, logged before the checkpoint it never wrote
     stopped.close()
-    assert [e.step for e in _tensorboard(out / "tensorboard").Scalars("train_loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in tensorboard_events(out / "tensorboard").Scalars("train_loss")] == [1, 2, 3, 4, 5, 6]
     succeeded(bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]),
                 "--output_dir", str(out), "--num_workers", "0", "--resume", "true", "--max_epochs", "3", cwd=tmp_path))
-    acc = _tensorboard(out / "tensorboard")
+    acc = tensorboard_events(out / "tensorboard")
     logged = [(e.step, e.value) for e in acc.Scalars("train_loss")]
     assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6] and 99.0 not in [v for _, v in logged], logged
     validated = [(e.step, e.value) for e in acc.Scalars("val/psnr")]  # at the iterations ending epochs 1-3
