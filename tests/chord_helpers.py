@@ -91,3 +91,16 @@ def voxelised(g, ellipsoids, sub: int = 2) -> np.ndarray:
                     inside = ((x - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2 + ((z - centre[2]) / semi[2]) ** 2 <= 1
                     out += mu * inside / sub**3
     return out
+
+
+def mean_offset(g):
+    """The geometry ``g`` with one detector offset for all views: the mean of its per-view offsets (what a tool with
+    one offset would use)."""
+    from recon.geometry import CTGeometry
+
+    return CTGeometry.from_dict({**g.to_dict(), "det_offset": [float(v) for v in g.offsets().mean(0)]})
+
+
+def relative(p, ref) -> float:
+    """``|p - ref| / |ref|`` over the whole arrays."""
+    return float(np.linalg.norm(np.asarray(p) - ref) / np.linalg.norm(ref))

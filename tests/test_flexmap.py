@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from chord_helpers import ball_projections, voxelised
+from chord_helpers import ball_projections, mean_offset, relative, voxelised
 
 from recon.fbp import fbp, half_fan_weights, parker_weights
 from recon.geometry import CTGeometry
@@ -42,15 +42,6 @@ def _scan(kind: str, views: int = 90, **flex) -> CTGeometry:
                                det_offset=flexmap(angles, **flex))  # fmt: skip
     angles = np.linspace(0, np.pi, views, endpoint=False)
     return CTGeometry.parallel(SHAPE, 1.0, det_shape=(20, 64), det_spacing=1.0, angles=angles, det_offset=flexmap(angles, **flex))
-
-
-def _mean_offset(g: CTGeometry) -> CTGeometry:
-    """``g`` with one offset for all views: the mean of its per-view offsets."""
-    return CTGeometry.from_dict({**g.to_dict(), "det_offset": [float(v) for v in np.mean(g.det_offset, axis=0)]})
-
-
-def _relative(p, ref) -> float:
-    return float(np.linalg.norm(np.asarray(p) - ref) / np.linalg.norm(ref))
 
 
 def test_each_view_offset_is_checked():
@@ -113,7 +104,7 @@ def test_saved_and_selected_views_keep_their_offsets(tmp_path):
     for views in (fit, held):
         part = g.select_views(views.tolist())
         np.testing.assert_array_equal(part.offsets(), g.offsets()[views.numpy()])
-    mean = _mean_offset(g)
+    mean = mean_offset(g)
     assert matrix_key(g) != matrix_key(mean)
     proj = np.zeros(g.proj_shape, np.float32)
     assert scan_fingerprint(proj, g, "p", "g")["geometry_sha256"] != scan_fingerprint(proj, mean, "p", "g")["geometry_sha256"]
@@ -128,8 +119,8 @@ def test_the_projectors_match_exact_chords(kind):
     fine = CTGeometry.from_dict({**g.to_dict(), "volume_shape": [2 * n for n in SHAPE], "voxel_size": 0.5})
     projected = TorchProjector(fine)(torch.from_numpy(voxelised(fine, BALL))).numpy()
     exact = ball_projections(g, CENTRE, RADIUS, MU)
-    assert _relative(projected, exact) < 0.05
-    assert _relative(ball_projections(_mean_offset(g), CENTRE, RADIUS, MU), exact) > 0.25
+    assert relative(projected, exact) < 0.05
+    assert relative(ball_projections(mean_offset(g), CENTRE, RADIUS, MU), exact) > 0.25
     small = g.select_views(range(0, 90, 9))
     vol = torch.from_numpy(voxelised(small, BALL))
     marched = TorchProjector(small)(vol)
@@ -152,8 +143,8 @@ def test_astra_2d_takes_per_view_column_offsets_and_refuses_row_offsets():
     z, y, x = np.meshgrid(np.arange(d) - 3.5, np.arange(h) - 19.5, np.arange(w) - 19.5, indexing="ij")
     vol = torch.from_numpy(((x - 8) ** 2 + (y - 4) ** 2 < 64).astype(np.float32) * MU)
     ref = TorchProjector(g)(vol).numpy()
-    assert _relative(AstraProjector(g)(vol).numpy(), ref) < 0.01
-    assert _relative(AstraProjector(_mean_offset(g))(vol).numpy(), ref) > 0.15
+    assert relative(AstraProjector(g)(vol).numpy(), ref) < 0.01
+    assert relative(AstraProjector(mean_offset(g))(vol).numpy(), ref) > 0.15
     cone = _scan("cone", views=12)  # ASTRA's CUDA path (not run here) is given each view's own detector centre
     vectors = AstraProjector(cone)._geoms_3d(torch.tensor([3, 8]))[1]["Vectors"]
     np.testing.assert_array_equal(vectors, cone.select_views([3, 8]).vectors())
@@ -182,11 +173,11 @@ def test_fbp_puts_the_ball_back_at_its_place(kind):
     g = _scan(kind)
     proj = torch.as_tensor(ball_projections(g, CENTRE, RADIUS, MU, noise=0.01, seed=0))
     ref = voxelised(g, BALL)[2:-2]
-    right, wrong = fbp(proj, g, "hann"), fbp(proj, _mean_offset(g), "hann")
+    right, wrong = fbp(proj, g, "hann"), fbp(proj, mean_offset(g), "hann")
     (density, centre), (_, moved) = _ball_place(right), _ball_place(wrong)
     assert density == pytest.approx(MU, rel=0.02) and np.abs(centre - CENTRE[:2]).max() < 0.25, (density, centre)
     assert np.hypot(*(moved - CENTRE[:2])) > 0.6, moved
-    assert _relative(wrong.numpy()[2:-2], ref) > 2 * _relative(right.numpy()[2:-2], ref)
+    assert relative(wrong.numpy()[2:-2], ref) > 2 * relative(right.numpy()[2:-2], ref)
 
 
 def test_a_half_fan_flexmap_and_a_short_scan():

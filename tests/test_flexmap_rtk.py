@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from chord_helpers import ellipsoid_integrals, geometry_rays, vector_integrals, voxelised
-from test_rtk_geometry import DATA, SHAPE, _centroids, _convert, _relative, _stack, _toolkit_ellipsoids, fixture  # noqa: F401
+from chord_helpers import ellipsoid_integrals, geometry_rays, mean_offset, relative, vector_integrals, voxelised
+from test_rtk_geometry import DATA, SHAPE, _centroids, _convert, _stack, _toolkit_ellipsoids, fixture  # noqa: F401
 
 from recon.cli import main
 from recon.geometry import CTGeometry
@@ -26,10 +26,6 @@ def _rtk_flexmap() -> np.ndarray:
     """The flexmap the fixture was written with: ``(views, 2)`` ProjectionOffsetX/Y in mm."""
     g = np.deg2rad(15.0 * np.arange(24))
     return np.stack([6.0 + 3.0 * np.sin(g) + np.cos(2 * g), -3.0 + 1.5 * np.cos(g)], 1)
-
-
-def _mean(g: CTGeometry) -> CTGeometry:
-    return CTGeometry.from_dict({**g.to_dict(), "det_offset": [float(v) for v in g.offsets().mean(0)]})
 
 
 def _converted(tmp_path, fixture, capsys) -> CTGeometry:
@@ -50,16 +46,16 @@ def test_a_flexmap_scan_projects_as_rtk_does(fixture, tmp_path, capsys):
     np.testing.assert_allclose(g.offsets(), _rtk_flexmap(), rtol=0, atol=1e-9)
     ref = fixture["flexmap_projections"]
     ellipsoids = _toolkit_ellipsoids(fixture["ellipsoids"])
-    assert _relative(vector_integrals(g, ellipsoids), ref) < 1e-5
-    assert _relative(ellipsoid_integrals(*geometry_rays(g), ellipsoids), ref) < 1e-5
+    assert relative(vector_integrals(g, ellipsoids), ref) < 1e-5
+    assert relative(ellipsoid_integrals(*geometry_rays(g), ellipsoids), ref) < 1e-5
     fine = CTGeometry.from_dict({**g.to_dict(), "volume_shape": [4 * n for n in SHAPE], "voxel_size": 0.25})
     from recon.projectors import TorchProjector
 
     projected = TorchProjector(fine)(torch.from_numpy(voxelised(fine, ellipsoids))).numpy()
-    assert _relative(projected, ref) < 0.05
+    assert relative(projected, ref) < 0.05
     assert np.abs(_centroids(projected) - _centroids(ref)).max() < 0.1
-    mean = vector_integrals(_mean(g), ellipsoids)
-    assert _relative(mean, ref) > 0.25 and np.abs(_centroids(mean) - _centroids(ref)).max() > 1.0
+    mean = vector_integrals(mean_offset(g), ellipsoids)
+    assert relative(mean, ref) > 0.25 and np.abs(_centroids(mean) - _centroids(ref)).max() > 1.0
 
 
 def test_fdk_of_the_flexmap_stack_recovers_the_ellipsoid(fixture, tmp_path, capsys):
@@ -82,8 +78,8 @@ def test_fdk_of_the_flexmap_stack_recovers_the_ellipsoid(fixture, tmp_path, caps
     from recon.fbp import fbp
 
     ref = voxelised(g, ellipsoids)
-    wrong = fbp(torch.from_numpy(fixture["flexmap_projections"]), _mean(g), "hann").numpy()
-    assert _relative(wrong, ref) > 1.5 * _relative(rec, ref)
+    wrong = fbp(torch.from_numpy(fixture["flexmap_projections"]), mean_offset(g), "hann").numpy()
+    assert relative(wrong, ref) > 1.5 * relative(rec, ref)
     shifted = _stack(tmp_path, fixture, "flexmap", origin_shift=(4.0, 0.0))
     (tmp_path / "other").mkdir()
     rc, written = _convert(tmp_path / "other", DATA / "rtk_flexmap.xml", "--projections", str(shifted))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from chord_helpers import vector_integrals as _exact, voxelised as _voxelised
+from chord_helpers import relative, vector_integrals as _exact, voxelised as _voxelised
 
 from recon.cli import main
 from recon.geometry import CTGeometry
@@ -60,10 +60,6 @@ def _toolkit_ellipsoids(ellipsoids: np.ndarray, mirror: bool = False) -> list[tu
     return [(np.array([cx, sign * cz, cy]), np.array([ax, az, ay]), mu) for cx, cy, cz, ax, ay, az, mu in ellipsoids]
 
 
-def _relative(p: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(p - ref) / np.linalg.norm(ref))
-
-
 def _centroids(p: np.ndarray) -> np.ndarray:
     """Each view's intensity-weighted (row, column)."""
     rows, cols = np.meshgrid(np.arange(p.shape[1]), np.arange(p.shape[2]), indexing="ij")
@@ -85,18 +81,18 @@ def test_a_converted_rtk_scan_projects_as_rtk_does(scan, fixture, tmp_path, caps
     np.testing.assert_allclose(g.angles, np.deg2rad(15.0 * np.arange(24)), rtol=0, atol=1e-12)
     ref = fixture[f"{scan}_projections"]
     ellipsoids = _toolkit_ellipsoids(fixture["ellipsoids"])
-    assert _relative(_exact(g, ellipsoids), ref) < 1e-5
+    assert relative(_exact(g, ellipsoids), ref) < 1e-5
     fine = CTGeometry.from_dict({**g.to_dict(), "volume_shape": [4 * n for n in SHAPE], "voxel_size": 0.25})
     from recon.projectors import TorchProjector
 
     projected = TorchProjector(fine)(torch.from_numpy(_voxelised(fine, ellipsoids))).numpy()
-    assert _relative(projected, ref) < 0.05  # the voxels' partial volumes and trilinear sampling
+    assert relative(projected, ref) < 0.05  # the voxels' partial volumes and trilinear sampling
     assert np.abs(_centroids(projected) - _centroids(ref)).max() < 0.1
     reversed_angles = CTGeometry.from_dict({**g.to_dict(), "angles": [-a for a in g.angles]})
     other_offset = CTGeometry.from_dict({**g.to_dict(), "det_offset": [-v for v in g.det_offset]})
     for wrong, objects in ((reversed_angles, ellipsoids), (g, _toolkit_ellipsoids(fixture["ellipsoids"], mirror=True)),
                            (other_offset, ellipsoids)):  # fmt: skip
-        assert _relative(_exact(wrong, objects), ref) > 0.25
+        assert relative(_exact(wrong, objects), ref) > 0.25
 
 
 def test_fdk_of_the_converted_half_fan_scan_recovers_the_ellipsoids(fixture, tmp_path, capsys):
