@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.cli_types import as_path_text
 from medgmae.data.datalist import DatasetError
-from medgmae.files import given_more_than_once
+from medgmae.files import absolute_path
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
@@ -200,16 +199,15 @@ def _warn_if_labels_differ_in_case(classes: Sequence[str], csv_path: Path) -> No
 
 
 def _listed_twice(parsed: Sequence[tuple[str, str, str, int]]) -> list[str]:
-    """One problem per image that rows of ``parsed`` (``(path, label, split, line)``) list more than once (``a.png``
-    and ``./a.png`` are one file: :func:`medgmae.files.given_more_than_once`), naming its lines: such an image
-    would count twice, could be in both splits, or carry two labels."""
-    twice = set(given_more_than_once(p for p, _, _, _ in parsed))
+    """One problem per image that rows of ``parsed`` (``(path, label, split, line)``) list more than once, naming its
+    lines (``a.png`` and ``./a.png`` are one file, compared by :func:`~medgmae.files.absolute_path` as
+    :func:`~medgmae.files.given_more_than_once` compares inference inputs): such an image would count twice, could
+    be in both splits, or carry two labels."""
     lines: dict[str, list[str]] = {}
     for p, _, _, line in parsed:
-        absolute = os.path.abspath(p)
-        if absolute in twice:
-            lines.setdefault(absolute, []).append(str(line))
-    return [f"lines {', '.join(n)}: image listed more than once (give each image one row): {p}" for p, n in lines.items()]
+        lines.setdefault(str(absolute_path(p)), []).append(str(line))
+    return [f"lines {', '.join(n)}: image listed more than once (give each image one row): {p}"
+            for p, n in lines.items() if len(n) > 1]  # fmt: skip
 
 
 def load_classification_data(
