@@ -226,16 +226,9 @@ def pixdim_spacing(value: Any, name: str = "pixdim") -> tuple[float, float, floa
         return (float(value),) * 3
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 3:
         raise ValueError(f"{name} must be a number or 3 numbers (mm), got {value!r}")
-    spacing = []
-    for v in value:
-        try:
-            number = math.nan if isinstance(v, bool) else float(v)
-        except (TypeError, ValueError):
-            number = math.nan
-        if not (math.isfinite(number) and number > 0):
-            shown = "[" + ", ".join(str(v).strip() for v in value) + "]"
-            raise ValueError(f"{name} must be 3 positive finite numbers (mm), got {shown}")
-        spacing.append(number)
+    spacing = [_number(v) for v in value]
+    if not all(math.isfinite(number) and number > 0 for number in spacing):
+        raise ValueError(f"{name} must be 3 positive finite numbers (mm), got {_shown(value)}")
     return spacing[0], spacing[1], spacing[2]
 
 
@@ -255,19 +248,26 @@ def hu_range_bounds(value: Any, name: str = "hu_range") -> tuple[float, float]:
     """
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
         raise ValueError(f"{name} must be two numbers [a_min, a_max], got {value!r}")
-    shown = "[" + ", ".join(str(v).strip() for v in value) + "]"
-    bounds = []
-    for end, v in zip(("a_min", "a_max"), value):
-        try:
-            number = math.nan if isinstance(v, bool) else float(v)
-        except (TypeError, ValueError):
-            number = math.nan
+    bounds = [_number(v) for v in value]
+    for end, v, number in zip(("a_min", "a_max"), value, bounds):
         if not math.isfinite(number):
-            raise ValueError(f"{name} bounds must be finite numbers, got {shown} ({end} is {str(v).strip()})")
-        bounds.append(number)
+            raise ValueError(f"{name} bounds must be finite numbers, got {_shown(value)} ({end} is {str(v).strip()})")
     if not bounds[1] > bounds[0]:
-        raise ValueError(f"{name} must be [a_min, a_max] with a_max above a_min, got {shown}")
+        raise ValueError(f"{name} must be [a_min, a_max] with a_max above a_min, got {_shown(value)}")
     return bounds[0], bounds[1]
+
+
+def _number(v: Any) -> float:
+    """A setting's value as a float, NaN for what is not a number (``True``, text that does not parse, ``None``)."""
+    try:
+        return math.nan if isinstance(v, bool) else float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _shown(value: Any) -> str:
+    """A list setting as a message shows it, ``[1, 0, 1]``, each value as given (command-line text stripped)."""
+    return "[" + ", ".join(str(v).strip() for v in value) + "]"
 
 
 def model_preprocessing(model: Any, source: str, advice: str = "re-save it with its spec") -> "PreprocessingSpec":
