@@ -185,11 +185,15 @@ def test_auto_says_why_it_left_astra(tmp_path, capsys):
 
 def test_auto_says_why_a_cone_beam_runs_the_ray_marcher(tmp_path, capsys, monkeypatch):
     """A cone beam whose sparse matrix is over the budget of ``--backend auto`` runs the PyTorch ray marcher on the
-    CPU, and the run says why, with the matrix's size and the budget (it said nothing: a run of hours unexplained)."""
+    CPU, and the run says why, with the matrix's size and the budget (it said nothing: a run of hours unexplained).
+    The bound is evaluated once for the choice and the note (it was evaluated twice, seconds each on a large scan)."""
     from recon.projectors import TorchProjector, estimate_matrix_bytes, ray_matrix
 
     geom = CTGeometry.cone((6, 8, 8), (2.0, 2.0, 2.0), num_angles=8, source_origin=200.0, source_detector=300.0)
     monkeypatch.setattr(ray_matrix, "MATRIX_BUDGET_BYTES", estimate_matrix_bytes(geom, 0.5) - 1)
+    evaluations, bound = [], ray_matrix._matrix_bytes_bound
+    monkeypatch.setattr(ray_matrix, "_matrix_bytes_bound", lambda *a: evaluations.append(1) or bound(*a))
+    ray_matrix._LAST_ESTIMATE.clear()
     scan = tmp_path / "scan"
     scan.mkdir()
     np.save(scan / "projections.npy", TorchProjector(geom)(torch.full((6, 8, 8), 0.02)).numpy())
@@ -197,6 +201,7 @@ def test_auto_says_why_a_cone_beam_runs_the_ray_marcher(tmp_path, capsys, monkey
     assert main(reconstruct_args(scan, tmp_path / "rec", "--num-gaussians", "30", "--init", "random")) == 0
     captured = capsys.readouterr()
     assert "torch backend: PyTorch ray marcher, chosen by --backend auto" in captured.out
+    assert len(evaluations) == 1
     need = estimate_matrix_bytes(geom, 0.5) / 2**30
     assert f"this cone beam's sparse matrix would take up to {need:.2f} GiB, over the" in captured.err, captured.err
 

@@ -21,6 +21,7 @@ bound fits :data:`MATRIX_BUDGET_BYTES`.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -71,6 +72,11 @@ def _support_half(geometry: CTGeometry) -> Tensor:
     return torch.tensor(geometry.extent[::-1], dtype=torch.float64) / 2 + vs / 2
 
 
+#: The last scan's bound, by its geometry and step: ``--backend auto`` asks for it to choose the backend and again
+#: for its note when the matrix is over budget, and on a scan that large one evaluation takes seconds.
+_LAST_ESTIMATE: dict[str, int] = {}
+
+
 def estimate_matrix_bytes(geometry: CTGeometry, step: float = 0.5) -> int:
     """Upper bound on the memory of :class:`RayMatrixProjector`'s matrices (``A`` and ``A^T``, CSR, float32).
 
@@ -86,6 +92,15 @@ def estimate_matrix_bytes(geometry: CTGeometry, step: float = 0.5) -> int:
     Returns:
         Bytes (a float32 value and an int32 index per entry, twice, plus the row pointers).
     """
+    key = json.dumps([geometry.to_dict(), float(step)], sort_keys=True)
+    if key not in _LAST_ESTIMATE:
+        _LAST_ESTIMATE.clear()
+        _LAST_ESTIMATE[key] = _matrix_bytes_bound(geometry, step)
+    return _LAST_ESTIMATE[key]
+
+
+def _matrix_bytes_bound(geometry: CTGeometry, step: float) -> int:
+    """:func:`estimate_matrix_bytes`'s bound, evaluated."""
     marcher = TorchProjector(geometry, step=step)
     start, d, _ = _ray_tables(marcher)
     vs = torch.tensor(geometry.voxel_size[::-1], dtype=torch.float64)  # (x, y, z)
