@@ -28,7 +28,6 @@ import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +39,9 @@ sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: t
 from medgmae.cli_types import positive_float, positive_int  # noqa: E402
 from medgmae.files import save_json_atomic  # noqa: E402
 from recon.fbp import fbp  # noqa: E402
-from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
-from recon.initialisation import fbp_init  # noqa: E402
 from recon.metrics import psnr, ssim  # noqa: E402
-from recon.projectors import make_projector  # noqa: E402
-from recon_simulation import SIMULATED_ON, simulate  # noqa: E402
+from recon_simulation import SIMULATED_ON, fbp_started_reconstruction, simulate  # noqa: E402
 
 #: ``--quick``: the toy scan the CI test runs (every flag it sets, overriding the command line's).
 QUICK = {"size": [16, 32, 32], "voxel": [2.0, 1.5, 1.5], "det_spacing": 2.0, "views": 40, "iterations": 5,
@@ -109,14 +105,8 @@ def _scores(volume: torch.Tensor, reference: torch.Tensor, voxel) -> dict:
 def _gaussians(args, geom: CTGeometry, proj: torch.Tensor, fdk: torch.Tensor, ref: torch.Tensor) -> dict:
     """The Gaussian reconstruction's PSNR and SSIM at its end and PSNR at its peak (``--iterations``, the FDK-based
     start of ``--num-gaussians``, as ``reconstruct --init fbp`` makes it)."""
-    cfg = GaussianReconConfig.preset("toolkit", args.iterations, eval_every=25)
-    start = fbp_init(fdk, args.num_gaussians, seed=args.phantom_seed)
-    t = time.perf_counter()
-    res = GaussianReconstructor(make_projector(geom, "auto", torch.device("cpu")), proj, start, cfg, reference=ref).run(progress=False)
-    seconds = time.perf_counter() - t
-    curve = [(h["iteration"], h["psnr"]) for h in res.history]
-    peak = max(curve, key=lambda c: c[1])
-    return _scores(res.volume, ref, args.voxel) | {"peak": peak[1], "peak_iteration": peak[0], "seconds": seconds}
+    run = fbp_started_reconstruction(geom, proj, fdk, ref, args.iterations, args.num_gaussians, args.phantom_seed)
+    return _scores(run["volume"], ref, args.voxel) | {k: run[k] for k in ("peak", "peak_iteration", "seconds")}
 
 
 def _print_table(args, geom: CTGeometry, rows: list[dict]) -> None:

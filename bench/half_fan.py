@@ -27,7 +27,6 @@ import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,12 +37,9 @@ sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: t
 import recon.fbp as fbp_module  # noqa: E402
 from medgmae.cli_types import positive_float, positive_int  # noqa: E402
 from medgmae.files import save_json_atomic  # noqa: E402
-from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor  # noqa: E402
 from recon.geometry import CTGeometry  # noqa: E402
-from recon.initialisation import fbp_init  # noqa: E402
 from recon.metrics import psnr  # noqa: E402
-from recon.projectors import make_projector  # noqa: E402
-from recon_simulation import SIMULATED_ON, simulate  # noqa: E402
+from recon_simulation import SIMULATED_ON, fbp_started_reconstruction, simulate  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,13 +88,8 @@ def _fdk(proj: torch.Tensor, geom: CTGeometry, weighted: bool) -> torch.Tensor:
 def _gaussians(args, geom: CTGeometry, proj: torch.Tensor, fdk: torch.Tensor, ref: torch.Tensor) -> dict:
     """The Gaussian reconstruction's PSNR at its end and peak (``--iterations``, the FDK-based start of
     ``--num-gaussians``, as ``reconstruct --init fbp`` makes it)."""
-    cfg = GaussianReconConfig.preset("toolkit", args.iterations, eval_every=25)
-    start = fbp_init(fdk, args.num_gaussians, seed=args.phantom_seed)
-    t = time.perf_counter()
-    res = GaussianReconstructor(make_projector(geom, "auto", torch.device("cpu")), proj, start, cfg, reference=ref).run(progress=False)
-    curve = [(h["iteration"], h["psnr"]) for h in res.history]
-    peak = max(curve, key=lambda c: c[1])
-    return {"end": curve[-1][1], "peak": peak[1], "peak_iteration": peak[0], "seconds": time.perf_counter() - t}
+    run = fbp_started_reconstruction(geom, proj, fdk, ref, args.iterations, args.num_gaussians, args.phantom_seed)
+    return {k: run[k] for k in ("end", "peak", "peak_iteration", "seconds")}
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ reference is the fine phantom averaged over 2 x 2 x 2 blocks."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,26 @@ def zero_shot_scan(args) -> tuple[CTGeometry, torch.Tensor, torch.Tensor, torch.
     geom = make((32, 64, 64), (6, 4, 4), num_angles=args.views)
     proj, vol = simulate(args.seed, geom, 1e5, torch.device("cpu"))
     return geom, proj, vol, fbp(proj, geom, "hann")
+
+
+def fbp_started_reconstruction(geom: CTGeometry, proj: torch.Tensor, fdk: torch.Tensor, ref: torch.Tensor,
+                               iterations: int, num_gaussians: int, seed: int) -> dict:
+    """A CPU Gaussian reconstruction from ``reconstruct --init fbp``'s start (the toolkit preset, evaluated every 25
+    iterations against ``ref``), as the half-fan and flexmap benchmarks run it.
+
+    Returns:
+        ``{"volume", "end", "peak", "peak_iteration", "seconds"}``: the final volume and the PSNR curve's last and
+        best points.
+    """
+    from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
+    from recon.initialisation import fbp_init
+    from recon.projectors import make_projector
+
+    cfg = GaussianReconConfig.preset("toolkit", iterations, eval_every=25)
+    start = fbp_init(fdk, num_gaussians, seed=seed)
+    t = time.perf_counter()
+    res = GaussianReconstructor(make_projector(geom, "auto", torch.device("cpu")), proj, start, cfg, reference=ref).run(progress=False)
+    seconds = time.perf_counter() - t
+    curve = [(h["iteration"], h["psnr"]) for h in res.history]
+    peak = max(curve, key=lambda c: c[1])
+    return {"volume": res.volume, "end": curve[-1][1], "peak": peak[1], "peak_iteration": peak[0], "seconds": seconds}
