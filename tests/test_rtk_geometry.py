@@ -20,95 +20,57 @@ import pytest
 import torch
 
 from chord_helpers import relative, vector_integrals as _exact, voxelised as _voxelised
+from rtk_helpers import DATA, SHAPE, convert_rtk, rtk_data, rtk_stack, toolkit_ellipsoids, view_centroids  # noqa: F401
 
 from recon.cli import main
 from recon.geometry import CTGeometry
 from recon.rtk_geometry import read_rtk_geometry
 
-DATA = Path(__file__).parent / "data"
-SHAPE = (28, 40, 40)  # (z, y, x) 1 mm voxels: the converted volume
 POX_POY = {"offset": (6.0, -3.0), "half_fan": (-24.0, 0.0), "parallel": (3.0, 2.0)}
 
 
-@pytest.fixture(scope="module")
-def fixture():
-    return dict(np.load(DATA / "rtk_projections.npz"))
-
-
-def _stack(tmp_path: Path, fixture: dict, scan: str, origin_shift=(0.0, 0.0)) -> Path:
-    """RTK's projections as the MetaImage stack RTK writes: x the column, y the row, z the view."""
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(fixture[f"{scan}_projections"])
-    img.SetSpacing((*map(float, fixture[f"{scan}_spacing"]), 1.0))
-    img.SetOrigin((*(float(o + s) for o, s in zip(fixture[f"{scan}_origin"], origin_shift)), 0.0))
-    path = tmp_path / f"{scan}.mha"
-    sitk.WriteImage(img, str(path))
-    return path
-
-
-def _convert(tmp_path: Path, xml: Path, *detector: str) -> tuple[int, Path]:
-    out = tmp_path / "geometry.json"
-    argv = ["geometry", "--rtk", str(xml), *detector, "--volume-shape", *map(str, SHAPE), "--voxel-size", "1", "--out", str(out)]
-    return main(argv), out
-
-
-def _toolkit_ellipsoids(ellipsoids: np.ndarray, mirror: bool = False) -> list[tuple]:
-    """RTK's ellipsoids in the toolkit's frame, ``(x, y, z) = (x_rtk, -z_rtk, y_rtk)`` (``mirror``: ``+z_rtk``, a
-    reflection): centre, semi-axes, density."""
-    sign = 1.0 if mirror else -1.0
-    return [(np.array([cx, sign * cz, cy]), np.array([ax, az, ay]), mu) for cx, cy, cz, ax, ay, az, mu in ellipsoids]
-
-
-def _centroids(p: np.ndarray) -> np.ndarray:
-    """Each view's intensity-weighted (row, column)."""
-    rows, cols = np.meshgrid(np.arange(p.shape[1]), np.arange(p.shape[2]), indexing="ij")
-    total = p.sum((1, 2))
-    return np.stack([(p * rows).sum((1, 2)) / total, (p * cols).sum((1, 2)) / total], 1)
-
-
 @pytest.mark.parametrize("scan", ["offset", "half_fan", "parallel"])
-def test_a_converted_rtk_scan_projects_as_rtk_does(scan, fixture, tmp_path, capsys):
+def test_a_converted_rtk_scan_projects_as_rtk_does(scan, rtk_data, tmp_path, capsys):
     """The stack's header gives the detector (40 x 32 of 2 mm, RTK's centred origin), the XML the rest: the angles
     are the gantry angles in radians and det_offset is ProjectionOffsetX/Y. The exact line integrals of the
     ellipsoids then match RTK's to 1e-5, the projector's of the voxelised ellipsoids within 5 % with every view's
     centroid within 0.1 pixel; reversed angles, the reflected object and the opposite offset miss by over 25 %."""
-    rc, out = _convert(tmp_path, DATA / f"rtk_{scan}.xml", "--projections", str(_stack(tmp_path, fixture, scan)))
+    rc, out = convert_rtk(tmp_path, DATA / f"rtk_{scan}.xml", "--projections", str(rtk_stack(tmp_path, rtk_data, scan)))
     assert rc == 0, capsys.readouterr().err
     g = CTGeometry.load(out)
     assert g.kind == ("parallel" if scan == "parallel" else "cone") and g.half_fan == (scan == "half_fan")
     assert (g.det_shape, g.det_spacing, g.det_offset, g.volume_shape) == ((32, 40), (2.0, 2.0), POX_POY[scan], SHAPE)
     np.testing.assert_allclose(g.angles, np.deg2rad(15.0 * np.arange(24)), rtol=0, atol=1e-12)
-    ref = fixture[f"{scan}_projections"]
-    ellipsoids = _toolkit_ellipsoids(fixture["ellipsoids"])
+    ref = rtk_data[f"{scan}_projections"]
+    ellipsoids = toolkit_ellipsoids(rtk_data["ellipsoids"])
     assert relative(_exact(g, ellipsoids), ref) < 1e-5
     fine = CTGeometry.from_dict({**g.to_dict(), "volume_shape": [4 * n for n in SHAPE], "voxel_size": 0.25})
     from recon.projectors import TorchProjector
 
     projected = TorchProjector(fine)(torch.from_numpy(_voxelised(fine, ellipsoids))).numpy()
     assert relative(projected, ref) < 0.05  # the voxels' partial volumes and trilinear sampling
-    assert np.abs(_centroids(projected) - _centroids(ref)).max() < 0.1
+    assert np.abs(view_centroids(projected) - view_centroids(ref)).max() < 0.1
     reversed_angles = CTGeometry.from_dict({**g.to_dict(), "angles": [-a for a in g.angles]})
     other_offset = CTGeometry.from_dict({**g.to_dict(), "det_offset": [-v for v in g.det_offset]})
-    for wrong, objects in ((reversed_angles, ellipsoids), (g, _toolkit_ellipsoids(fixture["ellipsoids"], mirror=True)),
+    for wrong, objects in ((reversed_angles, ellipsoids), (g, toolkit_ellipsoids(rtk_data["ellipsoids"], mirror=True)),
                            (other_offset, ellipsoids)):  # fmt: skip
         assert relative(_exact(wrong, objects), ref) > 0.25
 
 
-def test_fdk_of_the_converted_half_fan_scan_recovers_the_ellipsoids(fixture, tmp_path, capsys):
+def test_fdk_of_the_converted_half_fan_scan_recovers_the_ellipsoids(rtk_data, tmp_path, capsys):
     """``fbp`` takes the RTK stack (centred origin) with the converted geometry (det_offset from
     ProjectionOffsetX): the header's centred origin keeps the geometry's offset, and the larger ellipsoid comes back
     at its place in the toolkit's frame with its density within 5 % (0.3 % here)."""
     import nibabel as nib
 
-    stack = _stack(tmp_path, fixture, "half_fan")
-    assert _convert(tmp_path, DATA / "rtk_half_fan.xml", "--projections", str(stack))[0] == 0
+    stack = rtk_stack(tmp_path, rtk_data, "half_fan")
+    assert convert_rtk(tmp_path, DATA / "rtk_half_fan.xml", "--projections", str(stack))[0] == 0
     out = tmp_path / "fdk.nii.gz"
     assert main(["fbp", "--projections", str(stack), "--geometry", str(tmp_path / "geometry.json"), "--out", str(out),
                  "--device", "cpu"]) == 0, capsys.readouterr().err  # fmt: skip
     rec = np.asarray(nib.load(str(out)).dataobj).transpose(2, 1, 0)  # (z, y, x)
     g = CTGeometry.load(tmp_path / "geometry.json")
-    centre, semi, mu = _toolkit_ellipsoids(fixture["ellipsoids"])[0]
+    centre, semi, mu = toolkit_ellipsoids(rtk_data["ellipsoids"])[0]
     core = _voxelised(g, [(centre, semi / 2, 1.0)], sub=1) > 0
     assert abs(rec[core].mean() / mu - 1) < 0.05
 
@@ -153,41 +115,41 @@ def test_a_scan_the_geometry_cannot_hold_is_refused(case, tmp_path, capsys):
     views = [{"GantryAngle": 120.0 * i, "SourceToIsocenterDistance": 600, "SourceToDetectorDistance": 900, **c}
              for i, c in enumerate(changes)]  # fmt: skip
     xml = _xml(tmp_path, views)
-    rc, out = _convert(tmp_path, xml, "--det-shape", "32", "40", "--det-spacing", "2")
+    rc, out = convert_rtk(tmp_path, xml, "--det-shape", "32", "40", "--det-spacing", "2")
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
     assert f"RTK geometry {xml}: " in err and re.search(message, err), err
 
 
-def test_the_detector_must_be_given_and_match_the_stack(fixture, tmp_path, capsys):
+def test_the_detector_must_be_given_and_match_the_stack(rtk_data, tmp_path, capsys):
     """Without --projections the detector flags are needed; a stack with other views than the XML, or a header
     origin shifted beside a ProjectionOffsetX (which fbp would read as the whole offset), is refused."""
     xml = DATA / "rtk_offset.xml"
-    assert _convert(tmp_path, xml)[0] == 2 and "give --projections" in capsys.readouterr().err
+    assert convert_rtk(tmp_path, xml)[0] == 2 and "give --projections" in capsys.readouterr().err
     import SimpleITK as sitk
 
     short = tmp_path / "short.mha"
-    sitk.WriteImage(sitk.GetImageFromArray(fixture["offset_projections"][:20]), str(short))
-    assert _convert(tmp_path, xml, "--projections", str(short), "--det-spacing", "2")[0] == 2
+    sitk.WriteImage(sitk.GetImageFromArray(rtk_data["offset_projections"][:20]), str(short))
+    assert convert_rtk(tmp_path, xml, "--projections", str(short), "--det-spacing", "2")[0] == 2
     assert "hold 20 views but RTK geometry" in capsys.readouterr().err
-    shifted = _stack(tmp_path, fixture, "offset", origin_shift=(4.0, 0.0))
-    rc, out = _convert(tmp_path, xml, "--projections", str(shifted))
+    shifted = rtk_stack(tmp_path, rtk_data, "offset", origin_shift=(4.0, 0.0))
+    rc, out = convert_rtk(tmp_path, xml, "--projections", str(shifted))
     assert rc == 2 and not out.exists() and "write the stack with RTK's centred origin" in capsys.readouterr().err
 
 
-def test_a_stack_with_itks_default_origin_is_named_in_the_error(fixture, tmp_path, capsys):
+def test_a_stack_with_itks_default_origin_is_named_in_the_error(rtk_data, tmp_path, capsys):
     """A stack that states its pitch but keeps ITK's default origin 0 shifts the detector by ``(n - 1) / 2 *
     spacing`` from RTK's centred origin: with ProjectionOffsetX/Y of 0 the conversion fails, and the error names the
     header's origin and its shift; beside a ProjectionOffsetX it is refused before the two are added."""
-    origin0 = _stack(tmp_path, fixture, "offset", origin_shift=tuple(-float(o) for o in fixture["offset_origin"]))
+    origin0 = rtk_stack(tmp_path, rtk_data, "offset", origin_shift=tuple(-float(o) for o in rtk_data["offset_origin"]))
     xml = tmp_path / "no_offset.xml"
     xml.write_text("".join(line for line in (DATA / "rtk_offset.xml").read_text().splitlines(True) if "ProjectionOffset" not in line))
-    rc, out = _convert(tmp_path, xml, "--projections", str(origin0))
+    rc, out = convert_rtk(tmp_path, xml, "--projections", str(origin0))
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists(), err
     assert f"with the detector shifted by the header's origin of projections {origin0}, which puts the detector centre " \
         "(u, v) = (39.0, 31.0) mm off RTK's centred origin" in err and "ITK's default" in err, err
-    rc, out = _convert(tmp_path, DATA / "rtk_offset.xml", "--projections", str(origin0))
+    rc, out = convert_rtk(tmp_path, DATA / "rtk_offset.xml", "--projections", str(origin0))
     err = capsys.readouterr().err
     assert rc == 2 and "the header's origin shifts the detector by (39.0, 31.0) mm beside RTK geometry" in err, err
 
