@@ -120,3 +120,29 @@ def test_resume_with_other_phantom_settings_writes_nothing(runs, tmp_path, folde
     assert proc.returncode != 0 and "trained on phantoms generated with other settings" in proc.stderr, proc.stderr[-3000:]
     assert "phantom_shape: saved [48, 48, 40], now [48, 48, 44]" in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
+
+
+def test_an_augmented_run_resumes_bit_for_bit_and_keeps_its_augment(runs, tmp_path, folder_state):
+    """``--augment true`` on the phantom data of the shared runs: a 1-epoch run resumed to 2 epochs ends with the
+    weights of an uninterrupted 2-epoch run (the augmentation's draws are restored with the other random states),
+    and those differ from the unaugmented run's of the same seed and data (the setting reaches the crops). A resume
+    without ``--augment true`` is refused naming the setting, the folder byte for byte as it was."""
+    from pretrain_helpers import read_checkpoint
+
+    def train(out, epochs: int, *more: str) -> subprocess.CompletedProcess:
+        return bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]),
+                              "--output_dir", str(out), "--num_workers", "0", "--max_epochs", str(epochs), *more, cwd=tmp_path)  # fmt: skip
+
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    succeeded(train(resumed, 1, "--augment", "true"))
+    before = folder_state(resumed)
+    proc = train(resumed, 2, "--resume", "true")
+    assert proc.returncode != 0 and "step.augment: saved True, now False" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(resumed) == before
+    succeeded(train(resumed, 2, "--augment", "true", "--resume", "true"))
+    succeeded(train(straight, 2, "--augment", "true"))
+    a, b = read_checkpoint(resumed / "checkpoint_epoch=2.pt"), read_checkpoint(straight / "checkpoint_epoch=2.pt")
+    plain = read_checkpoint(runs["straight"] / "checkpoint_epoch=2.pt")
+    wa, wb, wp = a["objects"]["model"], b["objects"]["model"], plain["objects"]["model"]
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert any(not np.array_equal(wa[k].numpy(), wp[k].numpy()) for k in wa)

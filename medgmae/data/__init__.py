@@ -6,6 +6,7 @@
 * :mod:`medgmae.data.input_checks`: warnings about volumes that load but do not fit the model (units, size).
 * :mod:`medgmae.data.grid`: whether two volumes are on the same voxel grid (the one check, tolerance and message).
 * :mod:`medgmae.data.cache`: the deterministic pre-processing cached on disk, keyed by the pre-processing spec.
+* :mod:`medgmae.data.augmentation`: the paper's augmentation of pre-training crops (the bundle's ``augment``).
 * :mod:`medgmae.data.phantom`: the synthetic abdominal CT phantom generator.
 
 Pre-training (:mod:`medgmae.mae_training.data`) and fine-tuning (:mod:`medgmae.finetune.data`) build on these.
