@@ -34,6 +34,9 @@ def test_the_start_line_names_device_amp_renderer_model_gaussians_mask_and_batch
     assert "K=4 Gaussians, mask ratio 0.75 (2 of 8 patches visible per crop)" in line
     assert line.endswith("global batch 6 crops per step (1 process x 2 volumes x 3 crops)")
     assert "AMP off, " in run_settings_line(model, "cpu", False, 1)
+    assert "augmentation" not in line
+    augmented = run_settings_line(model, "cpu", False, 1, augmented=True)
+    assert "patches visible per crop), the paper's augmentation on every crop (flips, 90-degree turns, " in augmented
 
 
 def test_the_start_line_counts_every_level_and_every_process():

@@ -56,6 +56,7 @@ def run_settings_line(
     crops_per_item: int = 1,
     processes: int = 1,
     items: int | None = None,
+    augmented: bool = False,
 ) -> str:
     """One line stating what a pre-training run runs.
 
@@ -68,6 +69,8 @@ def run_settings_line(
         processes: training processes (torchrun's world size).
         items: items one process draws in an epoch; fewer than ``batch_size`` are what each step holds
             (:func:`~medgmae.engine.run_words.global_batch_words`).
+        augmented: the crops get the paper's augmentation (the 3D bundle's ``augment``,
+            :mod:`medgmae.data.augmentation`).
 
     Returns:
         ``"pre-training runs on cpu, AMP off, renderer torch, model medgmae tiny (N parameters), K=..., mask ratio
@@ -85,6 +88,8 @@ def run_settings_line(
     n = int(model.encoder.num_patches)
     visible = visible_patch_count(n, model.mask_ratio)
     parts.append(f"mask ratio {model.mask_ratio:g} ({visible} of {n} patches visible per {'image' if dims == 2 else 'crop'})")
+    if augmented:
+        parts.append("the paper's augmentation on every crop (flips, 90-degree turns, intensity scale and shift)")
     if batch_size is not None:
         parts.append(global_batch_words(processes, int(batch_size), int(crops_per_item), dims, items))
     return ", ".join(parts)

@@ -52,6 +52,7 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         image_key: batch key of the image.
         crops_per_item: crops each loader item yields (the 3D bundle's ``num_samples``), for the start line's
             global batch.
+        augmented: the loader's crops get the paper's augmentation (the 3D bundle's ``augment``), for the start line.
         kwargs: further :class:`monai.engines.SupervisedTrainer` arguments.
     """
 
@@ -67,6 +68,7 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         train_handlers: Sequence | None = None,
         image_key: str = CommonKeys.IMAGE,
         crops_per_item: int = 1,
+        augmented: bool = False,
         **kwargs: Any,
     ) -> None:
         if grad_clip < 0:
@@ -88,14 +90,14 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         if self.grad_clip > 0:  # the toolkit's one clipping step, after BACKWARD_COMPLETED as in MONAI's trainers
             GradientClipHandler(self.grad_clip).attach(self)
         self.amp_asked, self.bf16 = bool(amp), bool(amp) and device.type == "cuda"
-        self.image_key, self.crops_per_item = image_key, int(crops_per_item)
+        self.image_key, self.crops_per_item, self.augmented = image_key, int(crops_per_item), bool(augmented)
         self.add_event_handler(Events.STARTED, self._log_run_settings)
 
     def run_settings(self) -> str:
         """The start line: device, AMP, renderer, model, Gaussians, mask and global batch of this run."""
         batch = getattr(self.data_loader, "batch_size", None)
         return run_settings_line(self.network, self.state.device, self.amp_asked, batch, self.crops_per_item,
-                                 rank_world()[1], loader_items(self.data_loader))  # fmt: skip
+                                 rank_world()[1], loader_items(self.data_loader), self.augmented)  # fmt: skip
 
     def _log_run_settings(self, _: Any = None) -> None:
         if is_main_process():
