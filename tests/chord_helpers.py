@@ -5,6 +5,7 @@ geometry's ASTRA-style vectors, and the objects voxelised on a geometry's grid."
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def view_offsets(offset, views: int) -> np.ndarray:
@@ -104,3 +105,14 @@ def mean_offset(g):
 def relative(p, ref) -> float:
     """``|p - ref| / |ref|`` over the whole arrays."""
     return float(np.linalg.norm(np.asarray(p) - ref) / np.linalg.norm(ref))
+
+
+def partial_volume_ball(shape, voxel, centre, radius, mu, supersample=4):
+    """Partial-volume voxelisation of a ball (mm units, volume centred on the origin)."""
+    axes = []
+    for n, s, c in zip(shape, voxel, centre):
+        sub = (torch.arange(n * supersample, dtype=torch.float64) + 0.5) / supersample - 0.5
+        axes.append((sub - (n - 1) / 2) * s - c)
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    inside = (z**2 + y**2 + x**2 <= radius**2).double()
+    return mu * torch.nn.functional.avg_pool3d(inside[None, None], supersample)[0, 0]

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from chord_helpers import ball_integrals as _ball_integrals, pixel_rays as _pixel_rays
-from test_recon_projectors import _ball  # the partial-volume ball the centred-detector tests use
+from chord_helpers import ball_integrals as _ball_integrals, partial_volume_ball, pixel_rays as _pixel_rays
 
 from recon.fbp import fbp
 from recon.geometry import CTGeometry
@@ -35,7 +34,7 @@ def test_offset_projection_matches_analytic_ball_integrals(kind):
     offset, centre, radius, mu = (2.3, -1.7), (1.3, -2.1, 3.2), 6.0, 0.02  # centre (z, y, x) mm
     spacing = (1.0, 1.0) if kind == "parallel" else (1.5, 1.5)
     g = _geometry(kind, (24 if kind == "parallel" else 30, 48), offset, 6, shape=(20, 24, 24), spacing=spacing)
-    vol = _ball(g.volume_shape, g.voxel_size, centre, radius, mu)
+    vol = partial_volume_ball(g.volume_shape, g.voxel_size, centre, radius, mu)
     so, sd = g.source_origin, g.source_detector
     pix, d = _pixel_rays(kind, g.angles, g.det_shape, g.det_spacing, offset, so, sd)
     exact, dist2 = _ball_integrals(pix, d, centre[::-1], radius, mu)
@@ -69,7 +68,7 @@ def test_offset_by_whole_pixels_is_a_wider_detector_cropped(kind, k_cols, k_rows
     if k_cols < 0:  # extra columns on the other side: offset the other way, crop the other end
         off = _geometry(kind, off.det_shape, (-off.det_offset[0], off.det_offset[1]), 16, spacing=off.det_spacing)
     cols, rows = slice(abs(k_cols), None) if k_cols > 0 else slice(0, off.det_shape[1]), slice(k_rows, None)
-    vol = _ball(wide.volume_shape, wide.voxel_size, (0.0, 1.5, -2.0), 5.0, 0.02)
+    vol = partial_volume_ball(wide.volume_shape, wide.voxel_size, (0.0, 1.5, -2.0), 5.0, 0.02)
     full = TorchProjector(wide)(vol)[:, rows, cols]
     torch.testing.assert_close(TorchProjector(off)(vol), full, rtol=0, atol=1e-12)
     # FBP/FDK: the same data on the same rays reconstruct the same volume where every view's filtered projection

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from chord_helpers import ball_projections, mean_offset, relative, voxelised
+from flexmap_helpers import BALL, CENTRE, MU, RADIUS, SHAPE, flexmap, flexmap_scan
 
 from recon.fbp import fbp, half_fan_weights, parker_weights
 from recon.geometry import CTGeometry
@@ -24,25 +25,6 @@ from recon.projectors import AstraProjector, RayMatrixProjector, TorchProjector,
 from recon.projectors.astra_proj import astra_cpu_problem, astra_installed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SHAPE = (16, 48, 48)  # (z, y, x), 1 mm voxels
-MU, CENTRE, RADIUS = 0.02, (8.0, 4.0, 0.0), 7.0  # per mm; (x, y, z) mm; mm
-BALL = [(np.array(CENTRE), np.array([RADIUS] * 3), MU)]
-
-
-def flexmap(angles, u0: float = 1.0, a: float = 4.0, v0: float = 0.5, b: float = 1.0) -> list[tuple[float, float]]:
-    """``(u0 + a sin t, v0 + b cos 2t)`` mm at each angle ``t``: a sag of a few mm over the turn."""
-    return [(u0 + a * math.sin(t), v0 + b * math.cos(2 * t)) for t in angles]
-
-
-def _scan(kind: str, views: int = 90, **flex) -> CTGeometry:
-    if kind == "cone":
-        angles = np.linspace(0, 2 * np.pi, views, endpoint=False)
-        return CTGeometry.cone(SHAPE, 1.0, 200.0, 300.0, det_shape=(24, 64), det_spacing=1.5, angles=angles,
-                               det_offset=flexmap(angles, **flex))  # fmt: skip
-    angles = np.linspace(0, np.pi, views, endpoint=False)
-    return CTGeometry.parallel(SHAPE, 1.0, det_shape=(20, 64), det_spacing=1.0, angles=angles, det_offset=flexmap(angles, **flex))
-
 
 def test_each_view_offset_is_checked():
     """One pair per view, finite, the central ray on the detector in every view (the view named), and a half-fan
@@ -91,7 +73,7 @@ def test_saved_and_selected_views_keep_their_offsets(tmp_path):
     from recon.projectors.matrix_cache import matrix_key
     from recon.resume import scan_fingerprint
 
-    g = _scan("cone", views=40)
+    g = flexmap_scan("cone", views=40)
     g.save(tmp_path / "g.json")
     saved = json.loads((tmp_path / "g.json").read_text(encoding="utf-8"))["det_offset"]
     assert len(saved) == 40 and saved[7] == list(g.det_offset[7])
@@ -115,7 +97,7 @@ def test_the_projectors_match_exact_chords(kind):
     """The ray marcher's projection of the ball (voxelised at 0.5 mm) matches the exact chords within 5 % (3 %
     measured), against 33-43 % with the mean offset; the sparse matrix is the same operator; held-out views
     projected by index are those views' own."""
-    g = _scan(kind)
+    g = flexmap_scan(kind)
     fine = CTGeometry.from_dict({**g.to_dict(), "volume_shape": [2 * n for n in SHAPE], "voxel_size": 0.5})
     projected = TorchProjector(fine)(torch.from_numpy(voxelised(fine, BALL))).numpy()
     exact = ball_projections(g, CENTRE, RADIUS, MU)
@@ -145,7 +127,7 @@ def test_astra_2d_takes_per_view_column_offsets_and_refuses_row_offsets():
     ref = TorchProjector(g)(vol).numpy()
     assert relative(AstraProjector(g)(vol).numpy(), ref) < 0.01
     assert relative(AstraProjector(mean_offset(g))(vol).numpy(), ref) > 0.15
-    cone = _scan("cone", views=12)  # ASTRA's CUDA path (not run here) is given each view's own detector centre
+    cone = flexmap_scan("cone", views=12)  # ASTRA's CUDA path (not run here) is given each view's own detector centre
     vectors = AstraProjector(cone)._geoms_3d(torch.tensor([3, 8]))[1]["Vectors"]
     np.testing.assert_array_equal(vectors, cone.select_views([3, 8]).vectors())
     tilted = CTGeometry.from_dict({**g.to_dict(), "det_offset": [[u, 0.01 if i == 4 else 0.0] for i, (u, _) in enumerate(g.det_offset)]})
@@ -170,7 +152,7 @@ def test_fbp_puts_the_ball_back_at_its_place(kind):
     """FBP / FDK of the exact chords (1 % noise) back-project each view at its own offset: the ball's density within
     2 % (0.03 % measured) and its centre within 0.25 mm (0.01 mm). The mean offset for all views smears each view
     by its own error: the ball moves by 0.85 mm (parallel) to 2.7 mm (cone) and the volume's error doubles."""
-    g = _scan(kind)
+    g = flexmap_scan(kind)
     proj = torch.as_tensor(ball_projections(g, CENTRE, RADIUS, MU, noise=0.01, seed=0))
     ref = voxelised(g, BALL)[2:-2]
     right, wrong = fbp(proj, g, "hann"), fbp(proj, mean_offset(g), "hann")
@@ -207,7 +189,7 @@ def test_the_axis_check_compares_with_the_mean_offset():
     columns off gets one, naming the mean."""
     from recon.axis_check import axis_offset_note, estimate_offset_u
 
-    g = _scan("cone", u0=3.0, a=3.0, b=0.0, v0=0.0)
+    g = flexmap_scan("cone", u0=3.0, a=3.0, b=0.0, v0=0.0)
     proj = ball_projections(g, CENTRE, RADIUS, MU, noise=0.002, seed=0)
     est = estimate_offset_u(proj, g)
     assert est is not None and abs(est - 3.0) < 0.25 * g.det_spacing[1], est
@@ -223,7 +205,7 @@ def test_the_axis_check_of_a_half_turn_compares_with_the_views_it_pairs():
     in every view gets one, naming the end views' mean."""
     from recon.axis_check import axis_offset_note, estimate_offset_u
 
-    g = _scan("parallel", views=60, u0=1.0, a=2.0, b=0.0, v0=0.0)
+    g = flexmap_scan("parallel", views=60, u0=1.0, a=2.0, b=0.0, v0=0.0)
     assert float(g.offsets()[:, 0].mean()) > 2.2
     proj = ball_projections(g, CENTRE, RADIUS, MU, noise=0.002, seed=0)
     est = estimate_offset_u(proj, g)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 from chord_helpers import ball_projections
-from test_flexmap import CENTRE, MU, RADIUS, _scan
+from flexmap_helpers import CENTRE, MU, RADIUS, flexmap_scan
 
 
 def test_reconstruct_stopped_and_resumed_on_a_flexmap_ends_as_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
@@ -19,7 +19,7 @@ def test_reconstruct_stopped_and_resumed_on_a_flexmap_ends_as_the_uninterrupted_
     from recon.gaussian_recon import GaussianReconstructor
     from recon_cli_helpers import stop_at_iteration
 
-    g = _scan("cone", views=12)
+    g = flexmap_scan("cone", views=12)
     np.save(tmp_path / "projections.npy", ball_projections(g, CENTRE, RADIUS, MU, noise=0.01, seed=3).astype(np.float32))
     g.save(tmp_path / "geometry.json")
     flags = ("--iterations", "6", "--checkpoint-every", "2")

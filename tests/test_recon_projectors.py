@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from chord_helpers import partial_volume_ball
 
 from recon.geometry import CTGeometry
 from recon.projectors import AstraProjector, TorchProjector, astra_cuda_available, make_projector, resolve_backend
@@ -23,17 +24,6 @@ def _blobs(shape, seed=0, dtype=torch.float64):
         r = 2 + torch.rand(3, generator=gen, dtype=dtype) * min(h, w) / 5
         vol += torch.rand((), generator=gen, dtype=dtype) * (((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 < 1)
     return vol * 0.02
-
-
-def _ball(shape, voxel, centre, radius, mu, supersample=4):
-    """Partial-volume voxelisation of a ball (mm units, volume centred on the origin)."""
-    axes = []
-    for n, s, c in zip(shape, voxel, centre):
-        sub = (torch.arange(n * supersample, dtype=torch.float64) + 0.5) / supersample - 0.5
-        axes.append((sub - (n - 1) / 2) * s - c)
-    z, y, x = torch.meshgrid(*axes, indexing="ij")
-    inside = (z**2 + y**2 + x**2 <= radius**2).double()
-    return mu * torch.nn.functional.avg_pool3d(inside[None, None], supersample)[0, 0]
 
 
 def _analytic_ball_projection(geom, centre_xyz, radius, mu):
@@ -82,7 +72,7 @@ def test_ball_line_integrals(kind):
         g = CTGeometry.parallel(shape, voxel, num_angles=6)
     else:
         g = CTGeometry.cone(shape, voxel, source_origin=60.0, source_detector=90.0, num_angles=6)
-    vol = _ball(shape, voxel, centre_zyx, radius, mu)
+    vol = partial_volume_ball(shape, voxel, centre_zyx, radius, mu)
     ours = TorchProjector(g, step=0.25)(vol).numpy()
     exact, dist2 = _analytic_ball_projection(g, centre_zyx[::-1], radius, mu)
     # Away from the rim: there the partial-volume voxelisation and the trilinear blur shorten chords (a few
