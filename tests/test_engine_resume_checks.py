@@ -100,6 +100,28 @@ def test_settings_sections_added_later_are_not_compared_with_older_checkpoints(c
         newer.load_state_dict(SettingsRecord({"model": {"width": 4}, "preprocessing": {"spacing": [1.0, 1.0, 1.0]}}).state_dict())
 
 
+def test_a_setting_with_a_saved_default_is_compared_in_a_section_an_older_checkpoint_lacks(caplog):
+    """A setting added later with the value earlier runs had (``saved_defaults``) is compared whether the older
+    record holds its section or lacks it: a run with another value is refused, a run with the earlier one resumes
+    with a warning naming the section's other settings (not compared)."""
+    from medgmae.engine.records import SettingsRecord
+
+    oldest = SettingsRecord({"optimiser": {"lr": 1e-3}}, "the test").state_dict()  # no step section at all
+    older = SettingsRecord({"optimiser": {"lr": 1e-3}, "step": {"clip": 1.0}}, "the test").state_dict()
+    record = lambda augment: SettingsRecord({"optimiser": {"lr": 1e-3}, "step": {"clip": 1.0, "augment": augment}}, "the test",
+                                            saved_defaults={"step": {"augment": False}})  # noqa: E731  # fmt: skip
+    for saved in (oldest, older):
+        with pytest.raises(ValueError, match=r"step\.augment: saved False, now True"):
+            record(True).load_state_dict(saved)
+    with caplog.at_level("WARNING"):
+        record(False).load_state_dict(oldest)
+    assert "records no step.clip settings" in caplog.text
+    record(False).load_state_dict(older)
+    with pytest.raises(ValueError, match=r"optimiser\.lr: saved 0\.001, now 0\.002"):
+        SettingsRecord({"optimiser": {"lr": 2e-3}, "step": {"clip": 1.0, "augment": False}}, "the test",
+                       saved_defaults={"step": {"augment": False}}).load_state_dict(oldest)  # fmt: skip
+
+
 def test_a_changed_epoch_length_is_refused(tmp_path):
     """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
     against the new epoch length: ignite ended such a run at once, having trained nothing."""

@@ -62,11 +62,13 @@ class SettingsRecord:
             ValueError: naming each differing setting (:func:`~medgmae.settings_diff.settings_differences`).
         """
         saved, now = dict(state.get("settings") or {}), self.state_dict()["settings"]
-        for section, defaults in self.saved_defaults.items():  # only for a setting this run has (else: not compared)
-            if isinstance(saved.get(section), Mapping) and isinstance(now.get(section), Mapping):
-                saved[section] = {**{k: v for k, v in defaults.items() if k in now[section]}, **saved[section]}
+        defaulted = self._saved_with_defaults(saved, now) if saved else {}
         unrecorded = [k for k in now if k not in saved] if saved else []
-        if unrecorded:  # sections added to the record later: an earlier version's checkpoint still resumes
+        for section, keys in defaulted.items():  # a section an earlier record lacks: its defaulted keys compared
+            unrecorded += [f"{section}.{k}" for k in now[section] if k not in keys]
+            now[section] = {k: v for k, v in now[section].items() if k in keys}
+            saved[section] = {k: v for k, v in saved[section].items() if k in keys}
+        if unrecorded:  # settings added to the record later: an earlier version's checkpoint still resumes
             if not self._warned and is_main_process():  # the resume check and the restore both read it: said once
                 logger.warning("the checkpoint of %s records no %s settings (an earlier version wrote it): they are "
                                "not compared, so give the same ones as that run", self.what, " or ".join(unrecorded))  # fmt: skip
@@ -78,6 +80,24 @@ class SettingsRecord:
                 f"the checkpoint was written by {self.what} with other settings (" + "; ".join(diff) + "). Resume with "
                 "the saved settings or train into a new output_dir"
             )
+
+    def _saved_with_defaults(self, saved: dict, now: Mapping) -> dict[str, set]:
+        """Fill ``saved`` (in place) with :attr:`saved_defaults` for the settings this run records and it lacks: in
+        a section it holds, and a whole section it lacks (its defaulted keys are compared, the rest of it is not).
+
+        Returns:
+            ``{section: the defaulted keys}`` for the sections ``saved`` lacked.
+        """
+        defaulted = {}
+        for section, defaults in self.saved_defaults.items():
+            if not isinstance(now.get(section), Mapping):
+                continue  # a setting this run does not record is not compared
+            known = {k: v for k, v in defaults.items() if k in now[section]}
+            if isinstance(saved.get(section), Mapping):
+                saved[section] = {**known, **saved[section]}
+            elif section not in saved and known:
+                saved[section], defaulted[section] = dict(known), set(known)
+        return defaulted
 
 
 def _entry(value: Any) -> tuple[str, int | str] | None:
