@@ -36,7 +36,7 @@ def test_the_start_line_names_device_amp_renderer_model_gaussians_mask_and_batch
     assert "AMP off, " in run_settings_line(model, "cpu", False, 1)
     assert "augmentation" not in line
     augmented = run_settings_line(model, "cpu", False, 1, augmented=True)
-    assert "patches visible per crop), the paper's augmentation on every crop (flips, 90-degree turns, " in augmented
+    assert "patches visible per crop), crops augmented as in the paper (random flips, 90-degree turns, " in augmented
 
 
 def test_the_start_line_counts_every_level_and_every_process():

@@ -89,7 +89,7 @@ def run_settings_line(
     visible = visible_patch_count(n, model.mask_ratio)
     parts.append(f"mask ratio {model.mask_ratio:g} ({visible} of {n} patches visible per {'image' if dims == 2 else 'crop'})")
     if augmented:
-        parts.append("the paper's augmentation on every crop (flips, 90-degree turns, intensity scale and shift)")
+        parts.append("crops augmented as in the paper (random flips, 90-degree turns, intensity scale and shift)")
     if batch_size is not None:
         parts.append(global_batch_words(processes, int(batch_size), int(crops_per_item), dims, items))
     return ", ".join(parts)

@@ -93,10 +93,12 @@ def estimate_matrix_bytes(geometry: CTGeometry, step: float = 0.5) -> int:
         Bytes (a float32 value and an int32 index per entry, twice, plus the row pointers).
     """
     key = json.dumps([geometry.to_dict(), float(step)], sort_keys=True)
-    if key not in _LAST_ESTIMATE:
+    bound = _LAST_ESTIMATE.get(key)
+    if bound is None:
+        bound = _matrix_bytes_bound(geometry, step)
         _LAST_ESTIMATE.clear()
-        _LAST_ESTIMATE[key] = _matrix_bytes_bound(geometry, step)
-    return _LAST_ESTIMATE[key]
+        _LAST_ESTIMATE[key] = bound
+    return bound
 
 
 def _matrix_bytes_bound(geometry: CTGeometry, step: float) -> int:
