@@ -34,6 +34,7 @@ from medgmae.data.datalist import DatasetError
 from medgmae.files import absolute_path
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
+from medgmae.twod.image_copies import warn_about_copies
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.windows import window_setting
@@ -356,7 +357,8 @@ def resolve_classification_data(
     ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given,
     and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
     class without validation images is named in a warning: the validation accuracy does not cover it. ``channels``:
-    as :func:`load_classification_data`'s (an evaluated model's)."""
+    as :func:`load_classification_data`'s (an evaluated model's). Copies of one image under two classes, or in both
+    splits, are named in a warning (:func:`~medgmae.twod.image_copies.warn_about_copies`)."""
     window = window_setting(window)
     dataset_dir = as_path_text(dataset_dir)
     phantom = dataset_dir is None or str(dataset_dir).strip() == ""
@@ -379,4 +381,5 @@ def resolve_classification_data(
                        "validation accuracy does not cover them", data.source, *_classes_have(unvalidated))  # fmt: skip
     if not phantom:
         log_intensity_scaling([it["image"] for it in data.train + data.val], window, f"dataset {data.source}")
+        warn_about_copies(data.train, data.val, data.class_names, data.source)
     return data

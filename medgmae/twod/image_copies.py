@@ -1,0 +1,99 @@
+"""Copies of one image in a classification dataset: byte-identical files under two classes, or in both splits.
+
+A file copied into two class folders is one image with two labels: training pulls the model both ways on it, and
+where one copy validates, the validation scores a label the training contradicts. A copy in training and one in
+validation (the same class) is an image the model has seen counted as unseen, raising the validation accuracy.
+:func:`warn_about_copies` names both kinds in a warning. Files are compared by their bytes (same size, then the
+same SHA-256), so only files of one size are read; the same picture saved twice in another format or quality is not
+found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from medgmae.words import plural
+
+__all__ = ["same_content_groups", "warn_about_copies"]
+
+logger = logging.getLogger("medgmae.gvit")
+
+#: Groups of copies a warning names, the rest counted.
+SHOWN = 5
+
+
+def _digest(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def same_content_groups(paths: Iterable[str | os.PathLike]) -> list[list[str]]:
+    """The groups of two or more of ``paths`` whose files hold the same bytes, each in the order given (a path
+    given twice counts once; a file that cannot be read is left out: the image checks name it).
+
+    Args:
+        paths: image files.
+
+    Returns:
+        ``[[path, path, ...], ...]``, in the order of each group's first path.
+    """
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for p in dict.fromkeys(str(p) for p in paths):
+        try:
+            by_size[os.path.getsize(p)].append(p)
+        except OSError:
+            continue
+    by_digest: dict[str, list[str]] = defaultdict(list)
+    for same_size in (g for g in by_size.values() if len(g) > 1):
+        for p in same_size:
+            try:
+                by_digest[_digest(p)].append(p)
+            except OSError:
+                continue
+    return [g for g in by_digest.values() if len(g) > 1]
+
+
+def _shown(groups: Sequence[str], root: Path) -> str:
+    more = f"; and {len(groups) - SHOWN} more" if len(groups) > SHOWN else ""
+    return "; ".join(groups[:SHOWN]).replace(f"{root}{os.sep}", "") + more
+
+
+def warn_about_copies(train: Sequence[dict], val: Sequence[dict], class_names: Sequence[str], source: str | os.PathLike) -> None:
+    """Warn when byte-identical image files carry different labels, or sit in both training and validation.
+
+    Args:
+        train: ``[{"image": path, "label": int}]`` training items.
+        val: validation items of the same form.
+        class_names: class index -> name.
+        source: the dataset (folder or CSV), named in the warnings; paths under its folder are shown relative to it.
+    """
+    split = {it["image"]: "train" for it in train} | {it["image"]: "val" for it in val}
+    label = {it["image"]: class_names[it["label"]] for it in [*train, *val]}
+    root = Path(source) if Path(source).is_dir() else Path(source).parent
+    two_labels, both_splits = [], []
+    for group in same_content_groups(split):
+        shown = " = ".join(f"{p} ({label[p]}, {split[p]})" for p in group)
+        if len({label[p] for p in group}) > 1:
+            two_labels.append(shown)
+        elif len({split[p] for p in group}) > 1:
+            both_splits.append(shown)
+    if two_labels:
+        logger.warning("dataset %s: %s stored more than once under different classes (byte-identical files): %s; "
+                       "the model is trained (and validated) on one image with two labels: keep each image in one "
+                       "class", source, _images(len(two_labels)), _shown(two_labels, root))  # fmt: skip
+    if both_splits:
+        logger.warning("dataset %s: %s stored both in training and in validation (byte-identical files): %s; the "
+                       "validation accuracy counts a copy of a training image as unseen: remove the copies", source,
+                       _images(len(both_splits)), _shown(both_splits, root))  # fmt: skip
+
+
+def _images(n: int) -> str:
+    return f"{plural(n, 'image')} {'is' if n == 1 else 'are'}"
