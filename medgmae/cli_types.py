@@ -199,7 +199,8 @@ class ToolParser(argparse.ArgumentParser):
     ``--num-cases``, so that a typo or a flag of another tool picks a flag silently), an option given twice refused
     (``--iterations 3 --iterations 4``: argparse keeps the last without a word; options meant to repeat,
     :data:`REPEATABLE_ACTIONS`, excepted), and an unknown option after a subcommand reported with that subcommand's
-    usage (argparse reports it with the top-level one).
+    usage (argparse reports it with the top-level one) and the option it was likely meant to be (``--num_layers``,
+    the bundles' spelling, for ``--num-layers``).
 
     Subparsers (``add_subparsers``) are of this class too. Exits with status 2 on a usage error, as argparse does.
     """
@@ -229,7 +230,8 @@ class ToolParser(argparse.ArgumentParser):
         ToolParser._argv = list(sys.argv[1:] if args is None else args)
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            self._innermost(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+            inner = self._innermost(parsed)
+            inner.error(f"unrecognized arguments: {' '.join(extras)}{inner._suggestion(extras)}")
         return parsed
 
     def error(self, message: str):  # noqa: D102 (argparse's)
@@ -237,8 +239,26 @@ class ToolParser(argparse.ArgumentParser):
             given = [a.split("=")[0] for a in ToolParser._argv if a.startswith("--")]
             unknown = [a for a in given if a not in self._option_string_actions]
             if unknown:
-                message += f"; unrecognized arguments: {' '.join(unknown)}"
+                message += f"; unrecognized arguments: {' '.join(unknown)}{self._suggestion(unknown)}"
         super().error(message)
+
+    def _suggestion(self, unknown: list[str]) -> str:
+        """`` (did you mean --num-layers?)`` for the unknown ``--`` options among ``unknown`` that are close to one of
+        this parser's: spelt with ``_`` for ``-`` (``--num_layers``, as the bundles spell their keys), cut short or
+        mistyped; ``""`` when none is."""
+        import difflib
+
+        options = sorted(o for o in self._option_string_actions if o.startswith("--"))
+        pairs = []
+        for flag in dict.fromkeys(a.split("=")[0] for a in unknown if a.startswith("--")):
+            dashed = flag[:2] + flag[2:].replace("_", "-")
+            close = [dashed] if dashed in options else difflib.get_close_matches(dashed, options, n=1)
+            pairs += [(close[0], flag)] if close else []
+        if not pairs:
+            return ""
+        if len(pairs) == 1:
+            return f" (did you mean {pairs[0][0]}?)"
+        return f" (did you mean {', '.join(f'{option} for {flag}' for option, flag in pairs)}?)"
 
     def _innermost(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
         """The (sub)parser of the subcommand ``parsed`` chose, this one without subcommands."""

@@ -77,3 +77,19 @@ def test_options_meant_to_repeat_still_repeat():
     p.add_argument("--n", type=int)
     args = p.parse_args(["--tag", "a", "-v", "--tag", "b", "-v", "--n", "1"])
     assert args.tag == ["a", "b"] and args.v == 2 and args.n == 1
+
+
+@pytest.mark.parametrize("main, argv, said", [
+    (twod_main, ["layers", "--checkpoint", "m.pt", "--image", "i.png", "--out", "o", "--num_layers", "4"],
+     "unrecognized arguments: --num_layers 4 (did you mean --num-layers?)"),
+    (recon_main, ["simulate", "--volume", "v.nii.gz", "--geometry", "cone", "--out", "o", "--num_views", "3", "--photns", "4"],
+     "unrecognized arguments: --num_views 3 --photns 4 (did you mean --views for --num_views, --photons for --photns?)"),
+    (phantom_main, ["--out", "X", "--num_cases", "3"], "required: --num-cases; unrecognized arguments: --num_cases (did you mean --num-cases?)"),
+    (twod_main, ["edges", "--checkpoint", "m.pt", "--image", "i.png", "--out", "o", "--zzzzqq"], "unrecognized arguments: --zzzzqq\n"),
+])  # fmt: skip
+def test_an_unknown_option_names_the_option_it_was_likely_meant_to_be(main, argv, said, capsys):
+    """A bundle's key spelt as a tool's flag (``--num_layers``; the tools write ``--num-layers``) or a mistyped flag
+    is named with the tool's flag it is close to; a flag close to none is named alone."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
