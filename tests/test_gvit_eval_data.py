@@ -275,3 +275,18 @@ def test_each_explanation_panel_has_a_caption_of_its_own(tmp_path):
     assert first.size and first.max() < 2 + 200  # "true left / predicted right" ends well inside panel 1
     assert second.min() >= 2 + 256 + 2  # the ellipse key starts on its own panel: 58 blank columns at least between
     assert pic.shape[0] == 2 + 14 + 256 + 2  # one row of captioned panels
+
+
+def test_a_dataset_of_other_classes_is_refused_as_the_users_input(tmp_path):
+    """Evaluating on a dataset whose classes are not the model's is a refusal of what the user gave (printed alone
+    by the bundle), naming both lists of classes."""
+    from medgmae.bundle_errors import InputRefusal
+    from medgmae.twod.gvit_eval import evaluate_model_file
+
+    run = tmp_path / "run"
+    data = resolve_classification_data(_classes(tmp_path / "classes"), run / "data", image_size=16, val_fraction=0.5)
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    other = _classes(tmp_path / "other")
+    (other / "a").rename(other / "zebra")
+    with pytest.raises(InputRefusal, match=r"trained on classes \['a', 'b'\] but dataset .* has \['b', 'zebra'\]"):
+        evaluate_model_file(run / "model.pt", other, run / "eval", **EVAL)

@@ -186,3 +186,23 @@ def test_missing_and_unreadable_images_are_named_in_one_error_each_once(trained,
     assert lines[3].startswith(f"  {empty}: not a readable image (an empty file, 0 bytes)")
     assert all(line.split(" (")[0].count(str(tmp_path)) == 1 for line in lines[1:])  # not "{path}: {path}: ..."
     assert not (tmp_path / "out").exists()
+
+
+def test_refused_images_are_printed_alone_as_the_users_input(trained, tmp_path):
+    """Images that cannot be classified (none given, a folder without images, an unreadable file) are a refusal of
+    what the user gave, as fine-tuning's segmentation refuses its inputs: the run ends with the message alone,
+    ``error: DatasetError: ...``, not under MONAI's traceback of tens of lines."""
+    from medgmae.bundle_errors import InputRefusal
+
+    run, data = trained
+    out = str(tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    for settings in ({}, {"image_dir": str(tmp_path / "empty")}, {"images": [data.val[0]["image"], str(broken)]}):
+        assert isinstance(_refused(output_dir=str(run), inference_dir=out, **settings), InputRefusal), settings
+    proc = gvit_bundle_command("inference.json", "--output_dir", str(run), "--inference_dir", out, "--device", "cpu",
+                               "--images", f"['{broken}']", run_id="inferring")  # fmt: skip
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in said, said[-3000:]
+    assert f"error: DatasetError: 1 image cannot be read, nothing was written:\n  {broken}: not a readable image" in said

@@ -152,3 +152,35 @@ def test_the_recorded_pre_processing_is_stated(tmp_path, caplog, recorded):
         assert "records no pre-processing" in caplog.text
         assert said == ["pre-processing: orientation RAS (default), spacing [1.5, 1.5, 1.5] mm (default), HU window "
                         "[-175.0, 250.0] (default), window 16x16x16"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, said", [
+    ("corrupt.nii.gz", "cannot read the volume ("),
+    ("photo.png", "not a volume file"),
+])  # fmt: skip
+def test_a_scan_that_cannot_be_read_is_refused_alone(tmp_path, name, said):
+    """A corrupt or non-volume ``--image`` is a refusal of the user's file, as training's pre-check and fine-tuning's
+    segmentation refuse theirs: the run ends with ``error: DatasetError: <file>: ...`` alone, without the 80 lines of
+    MONAI's traceback above it that a ValueError keeps."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+
+    from pretrain_helpers import CONFIGS, REPO, bundle_env
+
+    model = _tiny_model_file(tmp_path / "model.pt", PreprocessingSpec(spacing=2.0, input_size=16, patch_size=8))
+    scan = tmp_path / name
+    if name.endswith(".gz"):  # a download cut short: half of a NIfTI file
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 20), np.float32), np.eye(4)), str(scan))
+        scan.write_bytes(scan.read_bytes()[: scan.stat().st_size // 2])
+    else:
+        scan.write_bytes(b"\x89PNG\r\n\x1a\n")
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
+                           str(CONFIGS / "inference.json"), "--model_path", model, "--image", str(scan),
+                           "--inference_dir", str(tmp_path / "out"), "--device", "cpu"], cwd=REPO, env=bundle_env(1),
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)  # fmt: skip
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 1 and not any(line.startswith("Traceback") for line in lines), lines[-20:]
+    assert lines[-1].startswith(f"error: DatasetError: {scan}: ") and said in lines[-1], lines[-1]
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from medgmae.data.datalist import DatasetError
 from medgmae.data.precheck import single_slice_problem
 from medgmae.data.reader import read_volume, volume_stem
 from medgmae.engine import resolve_device
@@ -131,9 +132,9 @@ class GaussianInference:
         Returns:
             The written paths by kind (``ply``, ``nifti``, ``png``).
         """
-        volume = read_volume(self.image_path)  # input errors first, before the model is loaded
+        volume = _read_scan(self.image_path)  # input errors first, before the model is loaded
         if flat := single_slice_problem(self.image_path, volume.array.shape):  # its Gaussians would all fall outside
-            raise ValueError(flat)
+            raise DatasetError(flat)
         model = MedGMAE.from_checkpoint(
             self.model_path, needed_for=NEEDED_FOR
         ).to(self.device).eval()
@@ -143,7 +144,7 @@ class GaussianInference:
         logger.info("%s", describe_preprocessing(spec, dict.fromkeys(("orientation", "spacing", "hu_window"), recorded), "window"))
         res = zero_shot_gaussians(volume.array, volume.affine, model, spec, overlap=self.overlap, batch_size=self.batch_size)
         if res.voxel.num_gaussians == 0:  # an empty .ply and a constant rendering would say nothing
-            raise ValueError(f"{self.image_path}: the decoder placed no Gaussian in the scan, nothing was written: "
+            raise DatasetError(f"{self.image_path}: the decoder placed no Gaussian in the scan, nothing was written: "
                              f"{res.no_gaussians_reason()}")  # fmt: skip
         with torch.no_grad():
             rendered = res.voxel.to(self.device).render(res.shape, model.cutoff, model.render_backend)[0].cpu().numpy()
@@ -170,6 +171,16 @@ class GaussianInference:
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine)
         logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))
         return paths
+
+
+def _read_scan(path: Path):
+    """:func:`~medgmae.data.reader.read_volume` of the scan, its refusal (not a volume, corrupt, several DICOM
+    series...) a :class:`~medgmae.data.datalist.DatasetError` naming the file, which the bundle prints alone as the
+    pre-training's pre-check and the fine-tuning's segmentation print theirs (no traceback)."""
+    try:
+        return read_volume(path)
+    except (ValueError, OSError) as e:  # the reader's messages name the file
+        raise DatasetError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
 
 
 def _warn_if_another_scans(path: Path, stem: str, shape: Sequence[int], affine: np.ndarray) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from medgmae.cli_types import as_path_text
+from medgmae.data.datalist import DatasetError
 from medgmae.data.reader import volume_stem
 from medgmae.files import save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
@@ -253,7 +254,7 @@ def _evaluation_data(
         recorded it when its ``seed`` and ``val_fraction`` are kept, and training's intensity window (or ``None``).
 
     Raises:
-        ValueError: training's recorded data are not found, or the dataset's classes are not the model's.
+        DatasetError: training's recorded data are not found, or the dataset's classes are not the model's.
     """
     from medgmae.twod.classification_data import resolve_classification_data
     from medgmae.twod.classification_split import apply_recorded_split
@@ -262,16 +263,16 @@ def _evaluation_data(
     root = "" if st["dataset_dir"] else _phantom_root(st, default_root, output_dir, model.img_size[0])
     window = recorded_window(model.data_settings, model_path)  # training's NIfTI/DICOM window
     if given["dataset_dir"] is None and st["dataset_dir"] and not Path(st["dataset_dir"]).exists():
-        raise ValueError(f"{model_path} records its training data at {st['dataset_dir']}, which is not found (moved, "
+        raise DatasetError(f"{model_path} records its training data at {st['dataset_dir']}, which is not found (moved, "
                          "or on another machine?): give its place with --dataset_dir")  # fmt: skip
     data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
                                        val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window,
                                        channels=model.in_channels)  # fmt: skip
     names = getattr(model, "class_names", None)
     if names is not None and list(names) != list(data.class_names):
-        raise ValueError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
+        raise DatasetError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
     if model.num_classes != data.num_classes:
-        raise ValueError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
+        raise DatasetError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
     if given["seed"] is None and given["val_fraction"] is None and data.seeded_split:  # training's seeded split, kept as recorded
         recorded = (model.data_settings or {}).get("split_files")
         data.train, data.val = apply_recorded_split(data.train, data.val, recorded, data.source)

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from medgmae.data.datalist import DatasetError
 from medgmae.files import atomic_write, given_more_than_once
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
 from medgmae.twod.images import read_image_source, slice_text, to_model_input
@@ -47,7 +48,7 @@ def inference_images(images: str | int | Sequence[str | int] | None, image_dir: 
         The image paths.
 
     Raises:
-        ValueError: neither gives an image, ``image_dir`` is not a folder or holds no image, or a file is given more
+        DatasetError: neither gives an image, ``image_dir`` is not a folder or holds no image, or a file is given more
             than once (in ``images``, or in ``images`` and under ``image_dir``; named, as fine-tuning's
             segmentation refuses its inputs given twice: :func:`medgmae.files.given_more_than_once`).
     """
@@ -57,19 +58,19 @@ def inference_images(images: str | int | Sequence[str | int] | None, image_dir: 
     if image_dir is not None and str(image_dir).strip():
         folder = Path(str(image_dir)).expanduser()
         if not folder.is_dir():
-            raise ValueError(f"--image_dir {folder}: not found or not a folder")
+            raise DatasetError(f"--image_dir {folder}: not found or not a folder")
         found, others = listed_files(folder)
         if not found:
-            raise ValueError(no_images_message(f"--image_dir {folder}", others, folder))
+            raise DatasetError(no_images_message(f"--image_dir {folder}", others, folder))
         skipped = skipped_files_note(others, folder)
         if skipped:
             logger.info("--image_dir %s: %s", folder, skipped)
         paths += found
     if not paths:
-        raise ValueError("no images to classify: give --images \"['a.png', 'b.dcm']\" and/or --image_dir FOLDER")
+        raise DatasetError("no images to classify: give --images \"['a.png', 'b.dcm']\" and/or --image_dir FOLDER")
     twice = given_more_than_once(paths)
     if twice:
-        raise ValueError(f"these images are given more than once (in --images, or in --images and under --image_dir; "
+        raise DatasetError(f"these images are given more than once (in --images, or in --images and under --image_dir; "
                          f"each is classified once per run): {', '.join(twice)}")  # fmt: skip
     return paths
 
@@ -110,7 +111,7 @@ def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[to
         several = source["slice"] is not None and source["slice"]["count"] > 1
         slices.append(slice_text(source["slice"]) if several else "")
     if problems:
-        raise ValueError(f"{plural(len(problems), 'image')} cannot be read, nothing was written:\n  " + "\n  ".join(problems))
+        raise DatasetError(f"{plural(len(problems), 'image')} cannot be read, nothing was written:\n  " + "\n  ".join(problems))
     return torch.stack(inputs), slices
 
 
@@ -137,8 +138,8 @@ def classify_images(
         The path of ``predictions.csv``.
 
     Raises:
-        FileNotFoundError, ValueError: a missing or wrong model file, no images, an image given twice, missing or
-            unreadable images (each named in one error).
+        FileNotFoundError, ValueError: a missing or wrong model file.
+        DatasetError: no images, an image given twice, missing or unreadable images (each named in one error).
     """
     from medgmae.engine import resolve_device
 
