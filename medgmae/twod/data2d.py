@@ -39,6 +39,7 @@ from medgmae.twod.images import (
     to_model_input,
 )
 from medgmae.twod.windows import window_setting
+from medgmae.twod.picture_range import warn_if_16bit_range_narrow
 
 __all__ = [
     "gmae2d_data_settings",
@@ -214,13 +215,17 @@ def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, wind
 def log_intensity_scaling(paths: Iterable[str | os.PathLike], window: Sequence[float] | None, where: str) -> None:
     """Log how the NIfTI/DICOM files among ``paths`` are brought to ``[0, 1]``: by the fixed ``window``, or, without
     one, each by its own DICOM window or 0.5/99.5 percentiles (then one HU reads differently between images: a
-    warning suggests ``window``). Without any, a ``window`` given is said to map none of them.
+    warning suggests ``window``). Without any, a ``window`` given is said to map none of them. 16-bit PNG/TIFF
+    files whose values span a narrow part of the 16-bit range (12-bit data, CT as HU + 1024) are named in a warning
+    (:func:`~medgmae.twod.picture_range.warn_if_16bit_range_narrow`).
 
     Args:
         paths: the image files.
         window: the ``window`` setting, ``(low, high)`` or ``None``.
         where: the data's name in the message (e.g. the folder).
     """
+    paths = list(paths)
+    warn_if_16bit_range_narrow(paths, where)
     count = sum(is_windowed(p) for p in paths)
     if not count:
         if window is not None:

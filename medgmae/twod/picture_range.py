@@ -1,0 +1,91 @@
+"""16-bit picture files that use a narrow part of the 16-bit range: named in a warning before training.
+
+The 2D reader divides a 16-bit PNG or TIFF by 65535 whatever its values (:mod:`medgmae.twod.images`: a stored
+value reads the same in every image). A folder of 12-bit data saved as 16-bit (0..4095: a detector's counts, or CT
+as HU + 1024) then reaches 0.0625 at most, nearly black, and CT saved as HU + 32768 (DeepLesion's PNGs) sits within
+0.48..0.55, nearly uniform grey: the model trains on images with almost no contrast, and nothing said so.
+:func:`warn_if_16bit_range_narrow` reads the 16-bit pictures of a dataset (a sample of them, evenly spread) and
+warns when all their values lie within an eighth of the range.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable
+
+import numpy as np
+
+from medgmae.twod.images import is_windowed
+from medgmae.words import plural
+
+__all__ = ["NARROW_SHARE", "SAMPLE", "sixteen_bit_range", "warn_if_16bit_range_narrow"]
+
+logger = logging.getLogger("medgmae.twod")
+
+#: A span of values under this share of the 16-bit range (8192 of 65535) is warned about: 12-bit data use 6 %.
+NARROW_SHARE = 1 / 8
+#: The 16-bit files read, at most (evenly spread over the dataset's list).
+SAMPLE = 64
+_UINT16_MAX = 65535
+
+
+def _is_16bit_picture(path: str) -> bool:
+    """Whether ``path`` is a PNG/TIFF of 16-bit (or 32-bit integer) values, by its header; ``False`` for any other
+    image and a file that cannot be opened (the readers name it)."""
+    from PIL import Image
+
+    if is_windowed(path):
+        return False
+    try:
+        with Image.open(path) as im:
+            return im.mode.startswith("I")
+    except Exception:  # noqa: BLE001 (PIL raises many kinds for a file it cannot read; the image check names it)
+        return False
+
+
+def sixteen_bit_range(paths: Iterable[str | os.PathLike]) -> tuple[int, int, int, int] | None:
+    """``(files, read, low, high)``: how many of ``paths`` are 16-bit pictures, how many of them were read (at most
+    :data:`SAMPLE`, evenly spread), and the lowest and highest value stored in those; ``None`` when none is one."""
+    from PIL import Image
+
+    found = [str(p) for p in paths if _is_16bit_picture(str(p))]
+    if not found:
+        return None
+    step = max(1, -(-len(found) // SAMPLE))
+    low, high, read = None, None, 0
+    for path in found[::step]:
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+        except Exception:  # noqa: BLE001 (as above)
+            continue
+        if arr.size:
+            low = int(arr.min()) if low is None else min(low, int(arr.min()))
+            high = int(arr.max()) if high is None else max(high, int(arr.max()))
+            read += 1
+    return None if low is None else (len(found), read, low, high)
+
+
+def warn_if_16bit_range_narrow(paths: Iterable[str | os.PathLike], where: str) -> None:
+    """Warn when the 16-bit PNG/TIFF files among ``paths`` hold values within less than :data:`NARROW_SHARE` of
+    ``0..65535``, the range they are divided by (see the module docstring).
+
+    Args:
+        paths: the image files of a dataset.
+        where: the data's name in the message (e.g. ``dataset_dir /data/pngs``).
+    """
+    found = sixteen_bit_range(paths)
+    if found is None:
+        return
+    files, read, low, high = found
+    if high - low >= NARROW_SHARE * _UINT16_MAX:
+        return
+    of = f"{plural(files, 'file')}, all read" if read == files else f"{read} read of {files} files"
+    logger.warning(
+        "%s: the values of its 16-bit PNG/TIFF files (%s) lie within %d..%d, %.0f %% of the range 0..65535 they "
+        "are divided by: the model sees them within %.3f..%.3f, almost without contrast (12-bit data, or CT stored "
+        "as HU + 1024 or HU + 32768?); stretch them to the 16-bit range, or save them as NIfTI/DICOM and give a "
+        "window in their unit", where, of, low, high, 100 * (high - low) / _UINT16_MAX, low / _UINT16_MAX,
+        high / _UINT16_MAX,
+    )  # fmt: skip
