@@ -67,3 +67,21 @@ def test_a_large_folder_is_sampled_evenly(tmp_path, caplog, monkeypatch):
         gmae2d_dataset(str(tmp_path), image_size=(16, 16), cache=False)
     [line] = _warned(caplog)
     assert "(2 read of 5 files) lie within 0..1300" in line
+
+
+@pytest.mark.parametrize("low, high, noted", [(0, 4095, True), (0, 60000, False)])
+def test_medgmae_2d_notes_a_16_bit_image_of_12_bit_values(tmp_path, capsys, low, high, noted):
+    """``medgmae-2d`` reads one image as the bundles read their datasets: a 16-bit PNG of 0..4095 is noted on stderr,
+    with what the model sees of it; one using the range is not."""
+    import torch
+
+    from gmae2d_helpers import tiny_gmae2d
+    from medgmae.twod.cli import main
+
+    torch.save(tiny_gmae2d(k=8, size=16).model_checkpoint(), tmp_path / "model.pt")
+    _png16(tmp_path / "dark.png", low, high)
+    assert main(["layers", "--checkpoint", str(tmp_path / "model.pt"), "--image", str(tmp_path / "dark.png"),
+                 "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    said = f"note: dark.png is a 16-bit picture with values within {low}..{high} of 0..65535, read as 0.000..0.062"
+    assert (said in err) == noted, err
