@@ -4,8 +4,8 @@ A file copied into two class folders is one image with two labels: training pull
 where one copy validates, the validation scores a label the training contradicts. A copy in training and one in
 validation (the same class) is an image the model has seen counted as unseen, raising the validation accuracy.
 :func:`warn_about_copies` names both kinds in a warning. Files are compared by their bytes (same size, then the
-same SHA-256), so only files of one size are read; the same picture saved twice in another format or quality is not
-found.
+same SHA-256), so only the files that share their size with another are read; the same picture saved again in
+another format or quality is not found.
 """
 
 from __future__ import annotations
