@@ -101,6 +101,40 @@ def test_a_folder_of_volumes_is_searched_in_depth_without_its_label_maps(tmp_pat
     assert [it["image"] for it in folder_datalist(series)] == [str(series)]  # a series folder given itself
 
 
+def test_files_a_folder_listing_leaves_out_are_counted_and_loose_dicom_is_warned_about(tmp_path, caplog):
+    """Files that are no volume are left out, counted with an example; a DICOM series saved as loose files beside
+    NIfTI files is not read, and the folder holding them is warned about (it was left out without a word)."""
+    import shutil
+
+    from medgmae.data import folder_datalist
+
+    img = sitk_image(1)
+    root = tmp_path / "data"
+    root.mkdir()
+    sitk.WriteImage(img, str(root / "ct_a.nii.gz"))
+    for f in write_dicom_series(img, tmp_path / "series").iterdir():
+        shutil.move(str(f), root / f.name)
+    (root / "notes.txt").write_text("scan notes")
+    pngs = root / "screenshots"
+    pngs.mkdir()
+    (pngs / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with caplog.at_level("INFO", logger="medgmae.data"):
+        found = folder_datalist(root)
+    assert [Path(it["image"]).name for it in found] == ["ct_a.nii.gz"]
+    slices = img.GetDepth()
+    assert f"left out {slices + 2} files (e.g. " in caplog.text and "that are not volumes (readable: .nii" in caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"{root} holds DICOM files beside volume files: their series is not read (a DICOM series is "
+                      "read from a folder of its own: move its files into one)"]  # fmt: skip
+    caplog.clear()
+    (root / "notes.txt").unlink()
+    for f in root.glob("*.dcm"):
+        f.unlink()
+    with caplog.at_level("INFO", logger="medgmae.data"):
+        folder_datalist(root)
+    assert "left out 1 file (e.g. a.png) that is not a volume" in caplog.text and "WARNING" not in caplog.text
+
+
 def _rewrite_slice(folder: Path, k: int, tags: dict, spacing=None) -> None:
     """Write slice ``k`` of a series written by :func:`write_dicom_series` again with other tags / pixel spacing."""
     path = next(folder.glob(f"*_slice_{k:03d}.dcm"))

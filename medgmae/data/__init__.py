@@ -2,6 +2,7 @@
 
 * :mod:`medgmae.data.reader`: :func:`read_volume` (NIfTI, NRRD, MetaImage, DICOM series) and ``LoadVolumed``.
 * :mod:`medgmae.data.datalist`: Decathlon datalists, folders of volumes, generated phantom datasets.
+* :mod:`medgmae.data.volume_folders`: a folder of volumes as a datalist, what it leaves out logged.
 * :mod:`medgmae.data.precheck`: every file opened once before training, all problems reported in one error.
 * :mod:`medgmae.data.input_checks`: warnings about volumes that load but do not fit the model (units, size).
 * :mod:`medgmae.data.grid`: whether two volumes are on the same voxel grid (the one check, tolerance and message).

@@ -7,7 +7,7 @@ One datalist reader for pre-training and fine-tuning. A data source is one of
   paths relative to the json's folder or to ``data_dir``), or a folder holding one;
 * a folder of volumes: files with an ending of :data:`~medgmae.data.reader.VOLUME_SUFFIXES` and folders of DICOM
   slices (one series each), searched in its sub-folders too, label maps left out by name
-  (:func:`folder_datalist`), read by :func:`~medgmae.data.reader.read_volume`.
+  (:func:`~medgmae.data.volume_folders.folder_datalist`), read by :func:`~medgmae.data.reader.read_volume`.
 
 Contents are checked by :func:`medgmae.data.precheck.check_datalist`; here only the lists are resolved.
 """
@@ -22,9 +22,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-
 from medgmae.bundle_errors import InputRefusal
-from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path, volume_stem
+from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path
+from medgmae.data.volume_folders import folder_datalist
 from medgmae.distributed import is_main_process, main_process_only
 
 __all__ = [
@@ -80,61 +80,6 @@ def phantom_dataset(
     main_process_only(lambda: write_phantom_dataset(out, int(num_cases), seed=int(seed),
                                                     num_validation=int(num_validation), **kwargs), DatasetError)
     return out / "dataset.json"
-
-
-#: A file or folder name marking label maps or masks (``labelsTr``, ``case_001_label.nii.gz``, ``liver_seg.mha``,
-#: ``body-mask.nrrd``): a folder of volumes is CT, and such files are left out of it (pre-training would window
-#: label values as HU). A name part delimited by ``_ - .`` or the name's ends; ``labels`` also as a prefix.
-LABEL_NAME = re.compile(r"^labels|(^|[_.-])(labels?|segs?|segmentations?|masks?)([_.-]|$)", re.IGNORECASE)
-
-
-def folder_datalist(folder: str | Path) -> list[dict]:
-    """``{"image": path}`` for every volume file and DICOM series folder in ``folder`` and its sub-folders, in
-    sorted path order, label maps left out (:data:`LABEL_NAME`; how many is logged).
-
-    A folder holding volume files is searched for those (and its sub-folders); one without them is asked whether
-    it holds a DICOM series (GDCM's console warnings about non-DICOM files are silenced meanwhile). A Decathlon
-    layout without ``dataset.json`` (``imagesTr/``, ``labelsTr/``) gives its training images: its ``imagesTs/``
-    (the held-out test images) is left out, logged, so that pre-training never sees a benchmark's test cases; a
-    PACS export (patient / study / series folders) its series. Hidden files (macOS's ``._ct.nii.gz`` resource
-    files, which the Decathlon's archives hold) are skipped.
-    """
-    import SimpleITK as sitk
-
-    found, left_out, left_dirs, test_dirs = [], [], [], []
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        for root, dirs, files in os.walk(Path(folder)):
-            here = Path(root)
-            left_dirs += [here / d for d in dirs if LABEL_NAME.search(d)]
-            test_dirs += [here / d for d in dirs if d == "imagesTs" and (here / "imagesTr").is_dir()]
-            dirs[:] = sorted(d for d in dirs if not LABEL_NAME.search(d) and not d.startswith(".") and here / d not in test_dirs)
-            volumes = [f for f in files if f.lower().endswith(VOLUME_SUFFIXES) and not f.startswith(".")]
-            left_out += [here / f for f in volumes if LABEL_NAME.search(volume_stem(f))]
-            found += [here / f for f in volumes if not LABEL_NAME.search(volume_stem(f))]
-            if not volumes and files and not LABEL_NAME.search(here.name) and is_volume_path(here):
-                found.append(here)  # a DICOM series (the folder given may be one itself)
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-    if left_out or left_dirs:
-        logger.info("%s: left out label maps and masks by name: %s", folder, _left_out_note(Path(folder), left_out, left_dirs))
-    if test_dirs:
-        logger.info("%s: left out the test images of its Decathlon layout: %s (list them in a datalist to use them)",
-                    folder, _left_out_note(Path(folder), [], test_dirs))  # fmt: skip
-    return [{"image": str(p)} for p in sorted(found)]
-
-
-def _left_out_note(folder: Path, files: list[Path], dirs: list[Path]) -> str:
-    """``"40 files in labelsTr/, 2 files (e.g. case_1_seg.nii.gz)"``: what :func:`folder_datalist` left out, each
-    left-out folder by its path below ``folder`` with the files it holds (volumes or DICOM slices)."""
-    parts = []
-    for d in sorted(dirs):
-        n = sum(not f.startswith(".") for _, _, names in os.walk(d) for f in names)
-        parts.append(f"{n} file{'s' if n != 1 else ''} in {d.relative_to(folder).as_posix()}/")
-    if files:
-        parts.append(f"{len(files)} file{'s' if len(files) > 1 else ''} (e.g. {min(files).name})")
-    return ", ".join(parts)
 
 
 def load_datalist_json(path: str | Path) -> dict:
