@@ -164,6 +164,10 @@ def test_a_folder_with_several_unreadable_images_names_them_all(tmp_path):
     assert msg.startswith(f"2 unreadable images in dataset_dir {tmp_path}") and "cut.png" in msg and "empty.png" in msg
     assert "ok0.png" not in msg
     assert len(gmae2d_dataset(tmp_path, image_size=(16, 16), log=False, cache=False)) == 5  # read lazily: no check
+    assert "; fix or remove them:" in msg
+    (tmp_path / "empty.png").unlink()
+    with pytest.raises(ValueError, match=r"1 unreadable image in dataset_dir .*; fix or remove it:"):
+        gmae2d_dataset(tmp_path, image_size=(16, 16), log=False)
 
 
 def test_a_data_folder_named_by_a_number_is_a_folder(tmp_path, monkeypatch):

@@ -258,7 +258,7 @@ def image_channels(paths: Iterable[str | os.PathLike], where: str) -> dict[str, 
         except (OSError, ValueError) as e:
             problems.append(str(e))
     if problems:
-        raise DatasetError(f"{plural(len(problems), 'unreadable image')} in {where}; fix or remove them:\n  - " + "\n  - ".join(problems))
+        raise DatasetError(f"{plural(len(problems), 'unreadable image')} in {where}; fix or remove {'it' if len(problems) == 1 else 'them'}:\n  - " + "\n  - ".join(problems))
     return channels
 
 
