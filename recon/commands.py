@@ -160,9 +160,12 @@ def check_units(volume: np.ndarray, path, flag: str, expected: str) -> None:
                        f"water 0): simulate reads HU; convert with HU = 1000 (mu / 0.0192 - 1){skip}")  # fmt: skip
 
 
-def load_matching_volume(path: str, geom: CTGeometry, what: str, flag: str, unit_check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_matching_volume(
+    path: str, geom: CTGeometry, geom_path: str, what: str, flag: str, unit_check: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI volume ``(z, y, x)`` in attenuation (1/mm, :func:`check_units` unless ``unit_check`` is off) on the
-    geometry's voxel grid (its shape, and its affine when ``geometry.json`` has one), and the volume's affine."""
+    geometry's voxel grid (its shape, and its affine when ``geometry.json`` has one), and the volume's affine; a
+    refusal names the volume and the geometry file ``geom_path``."""
     from recon.scan_files import load_volume
 
     vol, affine, _ = load_volume(path)
@@ -170,7 +173,7 @@ def load_matching_volume(path: str, geom: CTGeometry, what: str, flag: str, unit
         check_units(vol, path, flag, "attenuation")
     expected = geom.default_affine() if geom.affine is not None else None
     check_same_grid(f"{what} {path}", vol.shape[::-1], None if expected is None else affine,
-                    "the geometry", geom.volume_shape[::-1], expected)  # fmt: skip
+                    f"the geometry {geom_path}", geom.volume_shape[::-1], expected)  # fmt: skip
     return vol, affine
 
 

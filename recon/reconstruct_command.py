@@ -119,8 +119,8 @@ def _read_inputs(args) -> _Inputs:
     _check_holdout_flags(args, geom)
     _check_views_per_iteration(args, geom)
     check = not args.no_unit_check
-    reference = load_matching_volume(args.reference, geom, "reference", "--reference", check)[0] if args.reference else None
-    fbp_vol, affine = load_matching_volume(args.fbp, geom, "FBP volume", "--fbp", check) if args.fbp else (None, geom.default_affine())
+    reference = load_matching_volume(args.reference, geom, args.geometry, "reference", "--reference", check)[0] if args.reference else None
+    fbp_vol, affine = load_matching_volume(args.fbp, geom, args.geometry, "FBP volume", "--fbp", check) if args.fbp else (None, geom.default_affine())
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
     model_spec = start.model_start_spec(model, args.model_spacing, args.checkpoint) if model is not None else None
     state_path = Path(args.out) / RECON_STATE

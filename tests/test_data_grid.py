@@ -71,7 +71,7 @@ def test_a_flipped_axis_is_another_grid_even_over_the_same_box():
     assert brute_force_offset(shape, flipped, a) == pytest.approx(10.5)  # voxel 0 and voxel 7 swap places
     problem = same_grid_problem("label l.nii.gz", shape, flipped, "image i.nii.gz", shape, a)
     assert problem == ("label l.nii.gz is not on the voxel grid of image i.nii.gz: the "
-                       "same voxels stored in another axis order or direction (reorient label to image's orientation)")  # fmt: skip
+                       "same voxels stored in another axis order or direction (reorient it to the orientation of image i.nii.gz)")  # fmt: skip
     # a consumer that reorients both (the training pipelines' Orientationd) takes them as one grid
     assert same_grid_problem("label l.nii.gz", shape, flipped, "image i.nii.gz", shape, a, reoriented=True) is None
 

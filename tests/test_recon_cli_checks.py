@@ -129,12 +129,20 @@ def test_evaluate_and_reconstruct_refuse_a_volume_off_the_grid(scan, tmp_path, c
     assert main(["evaluate", "--recon", str(scan / "reference.nii.gz"), "--reference", str(scan / "reference.nii.gz")]) == 0
     printed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert printed["psnr"] is None and printed["ssim"] == pytest.approx(1.0)
-    out = tmp_path / "rec"
+    out, geometry = tmp_path / "rec", scan / "geometry.json"
     expect_refusal(capsys, reconstruct_args(scan, out, "--fbp", str(shifted)),
-                   f"FBP volume {shifted} is not on the voxel grid of the geometry: voxels up to 50 mm "
+                   f"FBP volume {shifted} is not on the voxel grid of the geometry {geometry}: voxels up to 50 mm "
                    "apart")  # fmt: skip
     expect_refusal(capsys, reconstruct_args(scan, out, "--reference", str(short)),
-                   f"reference {short} is not on the voxel grid of the geometry: shape 16 x 16 x 11 vs 16 x 16 x 12")
+                   f"reference {short} is not on the voxel grid of the geometry {geometry}: shape 16 x 16 x 11 vs "
+                   "16 x 16 x 12")  # fmt: skip
+    # the same voxels stored mirrored along x (a viewer shows them in place): refused, the advice naming the geometry
+    mirrored_affine = ref.affine @ np.array([[-1, 0, 0, 15], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    mirrored = tmp_path / "mirrored.nii.gz"
+    nib.save(nib.Nifti1Image(data[::-1].copy(), mirrored_affine), str(mirrored))
+    expect_refusal(capsys, reconstruct_args(scan, out, "--fbp", str(mirrored)),
+                   f"FBP volume {mirrored} is not on the voxel grid of the geometry {geometry}: the same voxels stored "
+                   f"in another axis order or direction (reorient it to the orientation of the geometry {geometry})")
     assert not out.exists()
 
 

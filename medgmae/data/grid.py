@@ -149,7 +149,7 @@ def same_grid_problem(
     finite = np.isfinite(affine).all() and np.isfinite(ref_affine).all()
     if finite and _grid_mismatch(*canonical_grid(shape, affine), *canonical_grid(ref_shape, ref_affine)) is None:
         return None if reoriented else (f"{head}: the same voxels stored in another axis order or direction (reorient "
-                                        f"{name.split(' ')[0]} to {ref_name.split(' ')[0]}'s orientation)")  # fmt: skip
+                                        f"it to the orientation of {ref_name})")  # fmt: skip
     offset, tol = _grid_mismatch(shape, affine, ref_shape, ref_affine)
     if offset <= tol:  # the shapes alone differ
         return f"{head} (the shapes differ; the affines agree)"
