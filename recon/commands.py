@@ -77,7 +77,8 @@ def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str
         (layouts: :func:`recon.scan_files.load_projections`; raw images: :func:`recon.flat_field.load_raw_projections`).
     """
     from recon.flat_field import load_raw_projections
-    from recon.scan_files import check_projection_header, load_projections, with_header_offset
+    from recon.scan_files import load_projections
+    from recon.stack_header import check_projection_header, with_header_offset
 
     geom = CTGeometry.load(geom_path)
     raw = flat is not None or dark is not None or i0 is not None  # --dark alone: refused there

@@ -21,7 +21,7 @@ ray (through the isocentre, perpendicular to the detector) then meets the detect
 ``((rows-1)/2 - offset_v / dv, (cols-1)/2 - offset_u / du)``: a positive ``offset_u`` shifts the image of the
 rotation axis towards column 0. It plays the part of RTK's ``ProjectionOffsetX/Y`` (a shift of the detector in its
 plane, here along this frame's ``u`` and ``v``); a projection stack's header origin ``-(n-1)/2 spacing + offset``
-states it (:func:`recon.scan_files.check_projection_header`), and ASTRA's vector geometries take it as the shifted
+states it (:func:`recon.stack_header.check_projection_header`), and ASTRA's vector geometries take it as the shifted
 detector centre. The central ray must stay on the detector in every view (an offset of half the detector or more is
 refused). When the detector less twice its offset (what it covers on both sides of the central ray; in the view
 where the offset is largest) is narrower than the volume, the scan is a half-fan (offset-detector) scan, as

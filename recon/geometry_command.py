@@ -65,7 +65,7 @@ def _pair(value, flag: str) -> tuple | None:
 
 def _detector(args, views: int) -> tuple[tuple[int, int], tuple[float, float], tuple[float, float] | None]:
     """``(det_shape, det_spacing, origin offset)`` from ``--projections`` or ``--det-shape`` / ``--det-spacing``."""
-    from recon.scan_files import check_projection_header
+    from recon.stack_header import check_projection_header
 
     spacing = _pair(args.det_spacing, "--det-spacing")
     if args.projections is None:

@@ -234,7 +234,7 @@ def rtk_to_ct_geometry(
         det_shape: detector ``(rows, cols)`` (RTK's projection image ``(y, x)`` size).
         det_spacing: detector pitch ``(row, col)`` in mm, one value or two.
         origin_offset: ``(h_u, h_v)`` mm, the projection stack's origin less RTK's centred origin
-            (:func:`recon.scan_files.check_projection_header`), added to ProjectionOffsetX/Y (each view's, where they
+            (:func:`recon.stack_header.check_projection_header`), added to ProjectionOffsetX/Y (each view's, where they
             vary); ``None``: centred.
 
     Returns:

@@ -239,7 +239,7 @@ def test_a_projection_header_origin_is_read_as_the_offset(tmp_path, capsys):
     to a centred image)."""
     import SimpleITK as sitk
 
-    from recon.scan_files import check_projection_header, with_header_offset
+    from recon.stack_header import check_projection_header, with_header_offset
 
     g = CTGeometry("parallel", (8, 12, 12), 1.0, (12, 30), (1.3, 0.8), [0.0, 1.0, 2.0])
     (row_mm, col_mm), (rows, cols) = g.det_spacing, g.det_shape
@@ -273,7 +273,7 @@ def test_a_centred_origin_rounded_to_float32_states_no_offset(tmp_path):
     geometry and one with its own offset keep theirs; a thousandth and a half of a pixel is still an offset."""
     import SimpleITK as sitk
 
-    from recon.scan_files import check_projection_header, with_header_offset
+    from recon.stack_header import check_projection_header, with_header_offset
 
     g = CTGeometry("parallel", (8, 12, 12), 1.0, (10, 76), 1.0, [0.0, 1.0, 2.0], det_offset=[[0.5, 0.0], [0.7, 0.1], [0.6, 0.0]])
     img = sitk.GetImageFromArray(np.zeros((3, 10, 76), np.float32))
