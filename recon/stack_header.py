@@ -92,14 +92,28 @@ def with_header_offset(geom, offset: tuple[float, float] | None, path):
                          "origin -(n - 1) / 2 * spacing, which keeps the geometry's offsets")  # fmt: skip
     if np.allclose(offset, geom.det_offset, rtol=0, atol=CENTRED_TOLERANCE * min(geom.det_spacing)):
         return geom
+    hint = _default_origin_hint(geom, offset)
     if geom.det_offset != NO_OFFSET:
-        raise ValueError(f"{stated}, but the geometry has det_offset {geom.det_offset} mm: make them agree")
+        raise ValueError(f"{stated}, but the geometry has det_offset {geom.det_offset} mm: make them agree{hint}")
     try:
         shifted = CTGeometry.from_dict({**geom.to_dict(), "det_offset": offset})
     except ValueError as e:
-        raise ValueError(f"{stated}, and with that detector offset: {e}") from e
+        raise ValueError(f"{stated}, and with that detector offset: {e}{hint}") from e
     print(f"note: {stated}: reconstructing with that detector offset (det_offset; the geometry has none)", flush=True)
     return shifted
+
+
+def _default_origin_hint(geom, offset: tuple[float, float]) -> str:
+    """Advice for a header offset that is what an origin of ``(0, 0)`` (ITK's default, which SimpleITK and most
+    writers store unless told) means under RTK's convention: detector pixel ``(0, 0)`` on the central ray. A
+    writer that set the spacing alone leaves it there, for a detector that was centred; ``""`` for other offsets."""
+    (row_mm, col_mm), (rows, cols) = geom.det_spacing, geom.det_shape
+    corner = ((cols - 1) / 2 * col_mm, (rows - 1) / 2 * row_mm)
+    if not np.allclose(offset, corner, rtol=0, atol=CENTRED_TOLERANCE * min(row_mm, col_mm)):
+        return ""
+    return (f" (the header's origin is (0, 0), ITK's default: read as RTK does, it puts detector pixel (0, 0) on the "
+            f"central ray; for a centred detector write the stack with RTK's centred origin -(n - 1) / 2 * spacing, "
+            f"(x, y) = ({-corner[0]:.6g}, {-corner[1]:.6g}) mm (SimpleITK: image.SetOrigin), or save it as .npy)")
 
 
 def _check_identity_direction(path: Path, direction: np.ndarray) -> None:

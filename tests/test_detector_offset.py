@@ -267,6 +267,33 @@ def test_a_projection_header_origin_is_read_as_the_offset(tmp_path, capsys):
     assert with_header_offset(offset_geometry, centred, tmp_path / "centred.mha") is offset_geometry
 
 
+def test_itk_default_origin_is_refused_with_the_centred_origin_to_write(tmp_path):
+    """A stack written with its detector pitch but ITK's default origin (0, 0) (SimpleITK stores it unless told) is
+    read as RTK reads it, detector pixel (0, 0) on the central ray; the refusal says so and gives the centred origin
+    -(n - 1) / 2 * spacing: (-11.6, -7.15) mm for 30 columns of 0.8 mm and 12 rows of 1.3 mm. Another far offset
+    gets no such advice."""
+    import SimpleITK as sitk
+
+    from recon.stack_header import check_projection_header, with_header_offset
+
+    g = CTGeometry("parallel", (8, 12, 12), 1.0, (12, 30), (1.3, 0.8), [0.0, 1.0, 2.0])
+    img = sitk.GetImageFromArray(np.zeros((3, 12, 30), np.float32))
+    img.SetSpacing((0.8, 1.3, 1.0))  # the origin left at ITK's default
+    sitk.WriteImage(img, str(tmp_path / "default.mha"))
+    offset = check_projection_header(tmp_path / "default.mha", g.det_spacing, g.det_shape)
+    advice = "the header's origin is (0, 0), ITK's default"
+    for geom in (g, CTGeometry.from_dict({**g.to_dict(), "det_offset": (0.5, 0.0)})):
+        with pytest.raises(ValueError) as refused:
+            with_header_offset(geom, offset, tmp_path / "default.mha")
+        assert advice in str(refused.value) and "(x, y) = (-11.6, -7.15) mm" in str(refused.value), refused.value
+    img.SetOrigin((2.0, -7.15, 0.0))  # 13.6 mm off, the rows centred: no default origin
+    sitk.WriteImage(img, str(tmp_path / "far.mha"))
+    far = check_projection_header(tmp_path / "far.mha", g.det_spacing, g.det_shape)
+    with pytest.raises(ValueError, match="puts the central ray off the detector") as refused:
+        with_header_offset(g, far, tmp_path / "far.mha")
+    assert advice not in str(refused.value)
+
+
 def test_a_centred_origin_rounded_to_float32_states_no_offset(tmp_path):
     """RTK's centred origin as a float32 header rounds it (-37.5 + 3e-5 mm for 76 columns of 1 mm): within the
     thousandth of a pixel in which a stated offset agrees with the geometry's, it reads as centred, so a per-view
