@@ -24,7 +24,7 @@ Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuatio
 ``mu = 0.0192 (1 + HU / 1000)``, clipped at 0 (water 0.0192 / mm, air 0); projections are line integrals of ``mu``
 (dimensionless). With ``--photons I0`` they are turned into Poisson counts ``~ Poisson(I0 exp(-p))`` and back into
 ``-log(max(counts, 1) / I0)`` (:mod:`recon.noise`: so few photons that the projections fail the projection check
-is refused, more than 1 % of readings without a photon or an SNR below the Rose criterion's 5 warned about). All volumes written are attenuation volumes (1/mm) with the input's affine, and
+is refused, and so is more than 1e15 photons, more than 1 % of readings without a photon or an SNR below the Rose criterion's 5 warned about). All volumes written are attenuation volumes (1/mm) with the input's affine, and
 ``fbp``, ``reconstruct`` (``--reference``, ``--fbp``) and ``evaluate`` read attenuation volumes. A volume whose range
 belongs to the other unit is refused (:func:`recon.commands.check_units`: below -100 or above 10 is HU where 1/mm is
 expected; every value within [-1, 1] is 1/mm where ``simulate`` expects HU); ``--no-unit-check`` reads it as given.

@@ -8,7 +8,8 @@ import math
 
 import torch
 
-__all__ = ["ROSE_SNR", "ZERO_COUNT_SHARE", "noise_warnings", "poisson_line_integrals", "simulated_scan_problem"]
+__all__ = ["MAX_PHOTONS", "ROSE_SNR", "ZERO_COUNT_SHARE", "noise_warnings", "photons_problem", "poisson_line_integrals",
+           "simulated_scan_problem"]
 
 #: The share of detector readings that counted no photon above which ``simulate`` warns: such a reading is set to
 #: one photon (its line integral would be infinite), a line integral of ``log(I0)`` whatever the ray crossed, so
@@ -17,6 +18,22 @@ ZERO_COUNT_SHARE = 0.01
 #: The Rose criterion: a signal is told from noise when its amplitude is at least five times the noise's. Below an
 #: SNR of 5 (RMS of the noiseless line integrals over RMS of the noise) detail is lost in the noise.
 ROSE_SNR = 5.0
+
+
+#: The most incident photons per detector pixel a simulation takes. Above it the Poisson noise of a line integral,
+#: ``1 / sqrt(I0 exp(-p))``, is under 3.2e-8 in air, below the resolution of the float32 projections written (6e-8
+#: near a line integral of 1), so the scan is noiseless in all but name; and from about 9.2e18 (2^63) PyTorch's
+#: Poisson sampler wraps round to negative counts, which would read as readings that counted no photon.
+MAX_PHOTONS = 1e15
+
+
+def photons_problem(photons: float) -> str | None:
+    """Why ``photons`` incident photons per pixel cannot be simulated (over :data:`MAX_PHOTONS`), or ``None``."""
+    if photons <= MAX_PHOTONS:
+        return None
+    return (f"--photons {photons:g} is over {MAX_PHOTONS:g}: at that many photons the Poisson noise (1 / sqrt(I0) "
+            f"= {photons ** -0.5:.2g} in air) is below the float32 resolution of the written line integrals, and "
+            "PyTorch's Poisson sampler overflows from about 9.2e18; leave out --photons for noiseless projections")
 
 
 def poisson_line_integrals(proj: torch.Tensor, photons: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:
@@ -30,7 +47,12 @@ def poisson_line_integrals(proj: torch.Tensor, photons: float, generator: torch.
 
     Returns:
         ``(noisy line integrals (float32, proj's shape), share of the readings that counted no photon)``.
+
+    Raises:
+        ValueError: ``photons`` over :data:`MAX_PHOTONS` (:func:`photons_problem`).
     """
+    if problem := photons_problem(photons):
+        raise ValueError(problem)
     counts = torch.poisson(photons * torch.exp(-proj.double()), generator=generator)
     noisy = (-torch.log(counts.clamp_min(1.0) / photons)).float()
     return noisy, float((counts == 0).double().mean())

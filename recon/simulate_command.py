@@ -102,10 +102,12 @@ def cmd_simulate(args) -> int:
     """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume."""
     from recon.fbp import fbp
     from recon.initialisation import hu_to_mu
-    from recon.noise import noise_warnings, poisson_line_integrals, simulated_scan_problem
+    from recon.noise import noise_warnings, photons_problem, poisson_line_integrals, simulated_scan_problem
     from recon.scan_files import load_volume, save_nifti, save_projections
     from recon.projectors import make_projector
 
+    if args.photons is not None and (problem := photons_problem(args.photons)):
+        raise CLIError(problem)
     out = check_out_folder(args.out)
     run = [n for n in _RUN_FILES if (out / n).is_file()]
     if run:

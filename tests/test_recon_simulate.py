@@ -122,6 +122,25 @@ def test_simulate_refuses_photons_too_few_for_the_projection_check(tmp_path, cap
     assert not (tmp_path / "scan").exists()
 
 
+def test_simulate_refuses_more_photons_than_it_can_sample(tmp_path, capsys):
+    """torch.poisson wraps round to negative counts from 2^63 (about 9.2e18): at 2e19 photons every ray through air
+    would read as a reading without photon, a line integral of log(2e19) = 44.4 written as data. Over 1e15 photons
+    (Poisson noise under the float32 projections' resolution) simulate refuses, naming the flag, and writes
+    nothing; at 1e15 the projections are the noiseless simulation's to within float32 rounding."""
+    _phantom_ct(tmp_path / "ct.nii.gz")
+    for photons in ("2e19", "1e300"):
+        assert _simulate(tmp_path, photons) == 2
+        err = capsys.readouterr().err
+        assert f"--photons {float(photons):g} is over 1e+15" in err and "too few" not in err, err
+        assert not (tmp_path / "scan").exists()
+    assert _simulate(tmp_path, "1e15") == 0
+    assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "10",
+                 "--out", str(tmp_path / "clean"), "--device", "cpu"]) == 0  # fmt: skip
+    clean = np.load(tmp_path / "clean" / "projections.npy")
+    assert clean.max() > 1.0  # rays through the phantom, not only air
+    np.testing.assert_allclose(np.load(tmp_path / "scan" / "projections.npy"), clean, rtol=0, atol=1e-6)
+
+
 def test_simulate_warns_when_few_photons_leave_mostly_noise(tmp_path, capsys):
     """At 20 photons about 3 % of the readings through the phantom's densest parts count none (the Poisson
     probability exp(-20 exp(-p))), and the noise is a third of the line integrals: both are warned about with the
