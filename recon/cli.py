@@ -200,8 +200,8 @@ def _add_simulate(sub) -> None:
     s.add_argument("--det-offset", type=finite_float, nargs=2, default=None, metavar=("U", "V"),
                    help="detector offset in mm for --geometry parallel or cone: the detector centre sits U along its "
                         "columns and V along its rows from the central ray (the part of RTK's ProjectionOffsetX/Y; "
-                        "the default detector widens to still cover the volume; a geometry.json states its own "
-                        "det_offset)")
+                        "the default detector widens to still cover the volume, up to an offset of its own width or "
+                        "height; a geometry.json states its own det_offset)")
     s.add_argument("--photons", type=positive_float, default=None, help="incident photons per detector pixel: Poisson noise (default: none, noiseless projections)")
     s.add_argument("--filter", default="hann", choices=FILTERS, help="FBP/FDK filter for fbp.nii.gz")
     s.add_argument("--seed", type=nonneg_int, default=0, help="seed of the Poisson noise")

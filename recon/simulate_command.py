@@ -59,13 +59,15 @@ def _simulation_geometry(args, planned: CTGeometry | None, shape, voxel, affine:
         make = CTGeometry.parallel if args.geometry == "parallel" else CTGeometry.cone
         arc = args.arc or (180.0 if args.geometry == "parallel" else 360.0)
         offset = tuple(args.det_offset) if args.det_offset is not None else NO_OFFSET
+        plain = make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine)
+        _check_offset_size(offset, plain)
         try:
             geom = make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine, det_offset=offset)
         except ValueError as e:
             if offset == NO_OFFSET:
                 raise
             raise CLIError(f"--det-offset {offset[0]:g} {offset[1]:g}: {e}") from e
-        centred = make(shape, voxel, num_angles=args.views, arc_deg=arc, affine=affine).det_shape
+        centred = plain.det_shape
         if tuple(geom.det_shape) != tuple(centred):
             print(f"note: --det-offset {offset[0]:g} {offset[1]:g}: the default detector widened from (rows, cols) = "
                   f"{tuple(centred)} to {tuple(geom.det_shape)} to still cover the volume", flush=True)  # fmt: skip
@@ -79,6 +81,20 @@ def _simulation_geometry(args, planned: CTGeometry | None, shape, voxel, affine:
         check_same_grid(f"--volume {args.volume}", shape[::-1], affine, f"--geometry {args.geometry}",
                         planned.volume_shape[::-1], planned.default_affine())  # fmt: skip
     return CTGeometry.from_dict({**planned.to_dict(), "affine": np.asarray(affine).tolist()})
+
+
+def _check_offset_size(offset: tuple[float, float], centred: CTGeometry) -> None:
+    """Refuse a ``--det-offset`` beyond the default centred detector's width (``u``) or height (``v``): the detector,
+    widened by twice the offset to still cover the volume, would be more than three times as large and mostly
+    see nothing (``1e9`` asked for 666 million columns); such an offset is likely in other units than mm."""
+    (rows, cols), (row_mm, col_mm) = centred.det_shape, centred.det_spacing
+    size = (cols * col_mm, rows * row_mm)
+    for value, extent, axis, what in zip(offset, size, "uv", ("width", "height")):
+        if abs(value) > extent:
+            raise CLIError(f"--det-offset {offset[0]:g} {offset[1]:g}: {axis} = {value:g} mm is more than the default "
+                           f"detector's {what}, {extent:.4g} mm, so the detector widened to still cover the volume "
+                           "would mostly see nothing; give the offset in mm (at most the detector's size), or a "
+                           "geometry.json with its own detector")  # fmt: skip
 
 
 #: What ``simulate`` writes into its ``--out`` folder.

@@ -319,7 +319,7 @@ def test_a_centred_origin_rounded_to_float32_states_no_offset(tmp_path):
 def test_simulate_takes_a_detector_offset(tmp_path, capsys):
     """``simulate --geometry cone --det-offset U V`` writes the offset into geometry.json and projects with it;
     with a geometry file, or a non-finite offset, it exits 2 writing nothing (the built-in orbits' default detector
-    widens with the offset, so any finite one keeps the central ray on it)."""
+    widens with the offset, so any one it takes keeps the central ray on it)."""
     import nibabel as nib
 
     from recon.cli import main
@@ -345,3 +345,26 @@ def test_simulate_takes_a_detector_offset(tmp_path, capsys):
         main([*common, "--geometry", "parallel", "--views", "4", "--det-offset", "nan", "0", "--out", str(tmp_path / "bad")])
     assert exit_.value.code == 2 and "argument --det-offset: expected a finite number, got 'nan'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_simulate_refuses_a_detector_offset_beyond_the_detector(tmp_path, capsys):
+    """The default parallel-beam detector of a 12 x 12 (y, x) grid of 1 mm voxels, 8 slices deep, is ceil(hypot(12,
+    12)) = 17 columns of 1 mm by 8 rows of 1 mm. An offset beyond that width or height (a typo, or micrometres: 1e9
+    would have asked for a detector of 2e9 columns and run out of memory) is refused, writing nothing; 16 mm is
+    taken, its detector widened by twice the offset."""
+    import nibabel as nib
+
+    from recon.cli import main
+
+    hu = np.full((12, 12, 8), -1000.0, np.float32)
+    hu[3:9, 3:9, 2:6] = 40.0
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    common = ["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--device", "cpu", "--geometry", "parallel", "--views", "4"]
+    for u, v, said in (("18", "0", "u = 18 mm is more than the default detector's width, 17 mm"),
+                       ("0", "-9", "v = -9 mm is more than the default detector's height, 8 mm"),
+                       ("1e9", "0", "u = 1e+09 mm is more than the default detector's width, 17 mm")):  # fmt: skip
+        assert main([*common, "--det-offset", u, v, "--out", str(tmp_path / "bad")]) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    assert main([*common, "--det-offset", "16", "0", "--out", str(tmp_path / "s")]) == 0
+    assert CTGeometry.load(tmp_path / "s" / "geometry.json").det_shape == (8, 17 + 32)
