@@ -107,8 +107,7 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{what} {path} is a folder, not a file: give the stack's file "
-                         "(.npy, .mha, .mhd, .nrrd, .nii, .nii.gz, .tif or .tiff)")
+        raise ValueError(_folder_problem(path, what))
     if not path.is_file():
         raise ValueError(f"{what} file {path} does not exist")
     if path.name.lower().endswith(TIFF_SUFFIXES):
@@ -133,6 +132,19 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
                          f"{int(bad.any(axis=(1, 2)).sum())} of {p.shape[0]} {unit}s (the first: {unit} {view}, row {row}, "
                          f"column {col})")  # fmt: skip
     return p, bool(integers)
+
+
+def _folder_problem(path: Path, what: str) -> str:
+    """Why the folder ``path`` is not read: a stack is one file; a folder of one TIFF per image (as micro-CT
+    scanners export projections) is named with its first and last file and the line that stacks them."""
+    tiffs = sorted(p.name for p in path.iterdir() if p.is_file() and p.name.lower().endswith(TIFF_SUFFIXES))
+    head = f"{what} {path} is a folder, not a file: give the stack's file (.npy, .mha, .mhd, .nrrd, .nii, .nii.gz, .tif or .tiff)"
+    if len(tiffs) < 2:
+        return head
+    return (f"{head}; it holds {len(tiffs)} TIFF files ({tiffs[0]} ... {tiffs[-1]}): write them into one multi-page "
+            f"TIFF, a page per image in order, with tifffile.imwrite('stack.tif', numpy.stack([tifffile.imread(f) for f in "
+            f"sorted(glob.glob('{path}/*.tif*'))]), photometric='minisblack'), once their names sort in that order "
+            "(numbers zero-padded: 0009 before 0010)")  # fmt: skip
 
 
 def _read_tiff(path: Path, what: str, planar: bool) -> np.ndarray:

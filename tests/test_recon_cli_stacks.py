@@ -161,3 +161,31 @@ def test_projection_shape_and_nan_errors_say_where(simulated, tmp_path, capsys):
     np.save(tmp_path / "nan.npy", bad)
     assert main(["fbp", "--projections", str(tmp_path / "nan.npy"), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
     assert "contain 2 NaN or Inf values in 2 of 10 views (the first: view 3, row 1, column 2)" in capsys.readouterr().err
+
+
+def test_a_folder_of_one_tiff_per_view_is_refused_with_the_line_that_stacks_it(simulated, tmp_path, capsys):
+    """Micro-CT scanners export one TIFF per view: given the folder as --projections (or --flat), the refusal names
+    its TIFF files, first and last, and the tifffile line that writes them as one multi-page TIFF; that stack, of
+    the files in name order, reads back as the scan's (views, rows, cols) array."""
+    import glob
+
+    import tifffile
+
+    from recon.scan_files import load_projections
+
+    proj = np.load(simulated / "projections.npy")
+    views = tmp_path / "views"
+    views.mkdir()
+    for i, view in enumerate(proj):
+        tifffile.imwrite(views / f"proj_{i:04d}.tif", view)
+    (views / "notes.txt").write_text("scanner log")
+    geometry = str(simulated / "geometry.json")
+    for flags in (["--projections", str(views)], ["--projections", str(simulated / "projections.npy"), "--flat", str(views)]):
+        assert main(["fbp", *flags, "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
+        err = capsys.readouterr().err
+        assert f"{views} is a folder, not a file" in err, err
+        assert f"it holds {len(proj)} TIFF files (proj_0000.tif ... proj_{len(proj) - 1:04d}.tif)" in err, err
+        assert f"sorted(glob.glob('{views}/*.tif*'))" in err and not (tmp_path / "o.nii.gz").exists()
+    stack = np.stack([tifffile.imread(f) for f in sorted(glob.glob(f"{views}/*.tif*"))])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    np.testing.assert_array_equal(load_projections(tmp_path / "stack.tif"), proj)
