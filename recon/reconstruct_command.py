@@ -136,6 +136,12 @@ def _read_inputs(args) -> _Inputs:
         print(f"note: {args.out} holds an earlier run's {RECON_STATE}: this run replaces it when it saves its first "
               "state (stop now and add --resume to continue that run instead)", file=sys.stderr)  # fmt: skip
     device = resolve_cli_device(args.device)
+    if args.backend == "astra":
+        from recon.projectors.astra_proj import astra_problem
+
+        if problem := astra_problem(geom, device):
+            raise CLIError(f"--backend astra cannot take this {geom.kind}-beam scan on {device}: {problem}; use "
+                           "--backend auto, which picks one that can (matrix or torch)")  # fmt: skip
     if model is not None:
         model = model.to(device).eval()
     return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device, model_spec)

@@ -400,3 +400,19 @@ def test_the_zero_shot_start_says_its_preprocessing_and_where_each_part_came_fro
                                                  "hu_window": "recorded in /m/model.pt"}}  # fmt: skip
     model_start_spec(SimpleNamespace(preprocessing=None), None, "/m/old.pt")
     assert "orientation RAS (default), spacing [1.5, 1.5, 1.5] mm (default)" in capsys.readouterr().out
+
+
+def test_backend_astra_that_cannot_take_the_scan_is_refused_before_any_work(small_parallel_scan, tmp_path, capsys):
+    """ASTRA has no cone beam on the CPU: ``--backend astra`` on a cone-beam scan there is refused with the flag and
+    the backend that can (--backend auto), before the FDK and the start are computed (the projector's own error came
+    after both), nothing written."""
+    ct = small_parallel_scan[1]
+    assert main(["simulate", "--volume", str(ct), "--geometry", "cone", "--views", "6", "--out", str(tmp_path / "cone"),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    out = tmp_path / "rec"
+    capsys.readouterr()
+    assert main(reconstruct_args(tmp_path / "cone", out, "--backend", "astra")) == 2
+    printed = capsys.readouterr()
+    assert "--backend astra cannot take this cone-beam scan on cpu" in printed.err, printed.err
+    assert "--backend auto" in printed.err
+    assert "FDK" not in printed.out and "initialising" not in printed.out and not out.exists()

@@ -72,6 +72,20 @@ def astra_cpu_supports(geometry: CTGeometry) -> bool:
     :func:`astra_cpu_problem` finds nothing."""
     return astra_installed() and geometry.kind == "parallel" and astra_cpu_problem(geometry) is None
 
+def astra_problem(geometry: CTGeometry, device) -> str | None:
+    """Why ``--backend astra`` cannot project ``geometry`` on ``device`` (``None``: it can): ASTRA missing, its 3D
+    (CUDA) projectors without a CUDA build, or on the CPU, where it has 2D parallel-beam projectors only
+    (:func:`astra_cpu_problem`)."""
+    if not astra_installed():
+        return "astra-toolbox is not installed"
+    if str(device).startswith("cuda"):
+        return None if astra_cuda_available() else "this ASTRA has no CUDA (astra.use_cuda() is False)"
+    if geometry.kind != "parallel":
+        return "ASTRA projects cone beam on the GPU only; on the CPU it has 2D parallel-beam projectors"
+    problem = astra_cpu_problem(geometry)
+    return None if problem is None else f"ASTRA's CPU path projects slice by slice, and {problem}"
+
+
 class AstraProjector(Projector):
     """``A`` and ``A^T`` computed by ASTRA.
 
