@@ -6,6 +6,7 @@ what the folder already holds (a ``reconstruct`` run's saved state stays beside 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -77,7 +78,7 @@ def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str
         (layouts: :func:`recon.scan_files.load_projections`; raw images: :func:`recon.flat_field.load_raw_projections`).
     """
     from recon.flat_field import load_raw_projections
-    from recon.scan_files import load_projections
+    from recon.scan_files import TIFF_SUFFIXES, load_projections
     from recon.stack_header import check_projection_header, with_header_offset
 
     geom = CTGeometry.load(geom_path)
@@ -89,7 +90,8 @@ def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str
         except ValueError as e:
             raise CLIError(f"{e} (geometry {geom_path})") from e
     proj, record = load_raw_projections(proj_path, flat, dark, i0) if raw else (load_projections(proj_path), None)
-    image = not str(proj_path).lower().endswith(".npy")  # an image file's (x, y, z) are (cols, rows, views)
+    array = str(proj_path).lower().endswith((".npy", *TIFF_SUFFIXES))  # read as stored: (views, rows, cols)
+    image = not array  # an ITK / NIfTI image file's (x, y, z) are (cols, rows, views)
     name = f"projections {proj_path}" + (f" (the image's {tuple(proj.shape[::-1])} voxels read as (views, rows, cols))" if image else "")
     try:
         geom.check_projections(proj.shape, name)
@@ -99,8 +101,19 @@ def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str
     except ValueError as e:
         flipped = image and tuple(proj.shape[::-1]) == geom.proj_shape and proj.shape != geom.proj_shape
         hint = ": its x, y, z run over (views, rows, cols); save it with x the column, y the row and z the view (RTK's layout)"
-        raise CLIError(f"{e} (geometry {geom_path}){hint if flipped else ''}") from e
+        hint = hint if flipped else _axis_order_hint(proj.shape, geom.proj_shape) if array else ""
+        raise CLIError(f"{e} (geometry {geom_path}){hint}") from e
     return Scan(geom, proj, record)
+
+
+def _axis_order_hint(shape: tuple, expected: tuple) -> str:
+    """Where a stack read as stored (``.npy``, TIFF pages) has the geometry's ``(views, rows, cols)`` in another axis
+    order, one way only (a stack saved views last, say), the transpose that puts them in order; else ``""``."""
+    orders = [o for o in itertools.permutations(range(3)) if tuple(shape[i] for i in o) == tuple(expected)]
+    if len(shape) != 3 or len(orders) != 1 or orders[0] == (0, 1, 2):
+        return ""
+    return (f": its axes hold the views, rows and columns in another order (the views on axis {orders[0][0]}); "
+            f"numpy.transpose(stack, {orders[0]}) gives (views, rows, cols), to be saved as the stack")
 
 
 def check_same_grid(

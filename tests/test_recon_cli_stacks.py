@@ -189,3 +189,26 @@ def test_a_folder_of_one_tiff_per_view_is_refused_with_the_line_that_stacks_it(s
     stack = np.stack([tifffile.imread(f) for f in sorted(glob.glob(f"{views}/*.tif*"))])
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     np.testing.assert_array_equal(load_projections(tmp_path / "stack.tif"), proj)
+
+
+def test_a_stack_saved_views_last_is_refused_with_the_transpose_that_fixes_it(simulated, tmp_path, capsys):
+    """A .npy or multi-page TIFF saved (rows, cols, views) is refused with the transpose that gives (views, rows,
+    cols), and that transpose of the file's array is the scan; a TIFF is named by its own page order, not as an
+    ITK image's reversed (x, y, z) voxels. A shape that fits no order of the geometry's gets no transpose."""
+    import tifffile
+
+    proj = np.load(simulated / "projections.npy")  # (10, 12, 16): every axis a different size
+    views_last = np.ascontiguousarray(proj.transpose(1, 2, 0))
+    np.save(tmp_path / "last.npy", views_last)
+    tifffile.imwrite(tmp_path / "last.tif", views_last, photometric="minisblack")
+    np.save(tmp_path / "short.npy", views_last[:, :, :-1])
+    geometry = str(simulated / "geometry.json")
+    for name in ("last.npy", "last.tif"):
+        assert main(["fbp", "--projections", str(tmp_path / name), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
+        err = capsys.readouterr().err
+        assert f"have shape {views_last.shape} but the geometry expects (views, rows, cols) = {proj.shape}" in err, err
+        assert "numpy.transpose(stack, (2, 0, 1)) gives (views, rows, cols)" in err and "voxels read as" not in err, err
+        assert not (tmp_path / "o.nii.gz").exists()
+    np.testing.assert_array_equal(np.transpose(views_last, (2, 0, 1)), proj)
+    assert main(["fbp", "--projections", str(tmp_path / "short.npy"), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert "numpy.transpose" not in capsys.readouterr().err
