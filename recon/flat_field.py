@@ -32,6 +32,7 @@ integrals would be.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,8 @@ def check_raw_flags(flat: str | None, dark: str | None, i0: float | None) -> Non
                          "the open beam, which one of them gives")  # fmt: skip
 
 
-def read_field(path: str, flag: str, proj_path: str, det_shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+def read_field(path: str, flag: str, proj_path: str, det_shape: tuple[int, int],
+               stack_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, int]:  # fmt: skip
     """A flat or dark file: its images averaged over the first axis.
 
     Args:
@@ -86,6 +88,8 @@ def read_field(path: str, flag: str, proj_path: str, det_shape: tuple[int, int])
         flag: ``"--flat"`` or ``"--dark"``, as messages name it.
         proj_path: the projection file, as messages name it.
         det_shape: the projections' ``(rows, cols)``.
+        stack_shape: the projections' whole shape, where known: a stack holding this file's ``(rows, cols)`` on
+            other axes (saved views last) is then named, with the transpose that fixes it.
 
     Returns:
         ``(the mean image (rows, cols) in float64, the number of images averaged)``.
@@ -98,9 +102,15 @@ def read_field(path: str, flag: str, proj_path: str, det_shape: tuple[int, int])
 
     images = read_detector_images(path, flag, planar=True)[0]
     if tuple(images.shape[1:]) != tuple(det_shape):
-        raise ValueError(f"{flag} {path} holds images of (rows, cols) = {tuple(images.shape[1:])} ({images.shape[0]} "
+        field = tuple(images.shape[1:])
+        orders = [o for o in itertools.permutations(range(3)) if stack_shape and len(stack_shape) == 3
+                  and (stack_shape[o[1]], stack_shape[o[2]]) == field and o != (0, 1, 2)]  # fmt: skip
+        advice = (f"the projections, of shape {tuple(stack_shape)}, hold these (rows, cols) on their axes {orders[0][1]} "
+                  f"and {orders[0][2]}: save them as (views, rows, cols), numpy.transpose(stack, {orders[0]})"
+                  if len(orders) == 1 else f"give the {flag[2:]} image of this detector, in the same layout")  # fmt: skip
+        raise ValueError(f"{flag} {path} holds images of (rows, cols) = {field} ({images.shape[0]} "
                          f"image{'s' if images.shape[0] > 1 else ''}), but the projections {proj_path} have (rows, cols) "
-                         f"= {tuple(det_shape)}: give the {flag[2:]} image of this detector, in the same layout")  # fmt: skip
+                         f"= {tuple(det_shape)}: {advice}")  # fmt: skip
     return images.astype(np.float64).mean(axis=0), int(images.shape[0])
 
 
@@ -271,8 +281,8 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
         raise ValueError("load_raw_projections needs flat or i0 (the open-beam reading)")
     counts = read_detector_images(proj_path)[0]
     shape = tuple(counts.shape[1:])
-    F, nf = read_field(flat, "--flat", proj_path, shape) if flat is not None else (float(i0), 0)
-    D, nd = read_field(dark, "--dark", proj_path, shape) if dark is not None else (0.0, 0)
+    F, nf = read_field(flat, "--flat", proj_path, shape, counts.shape) if flat is not None else (float(i0), 0)
+    D, nd = read_field(dark, "--dark", proj_path, shape, counts.shape) if dark is not None else (0.0, 0)
     open_text = f"--flat {flat}" if flat is not None else f"--i0 {i0:g}"
     _check_not_swapped(np.broadcast_to(np.asarray(F) - np.asarray(D), shape), open_text, dark)
     p, clip = to_line_integrals(counts, F, D)

@@ -106,6 +106,25 @@ def test_bad_flats_and_darks_are_refused_naming_the_files(raw, tmp_path, capsys)
             assert not out.exists(), name
 
 
+def test_readings_saved_views_last_are_named_not_the_flat(raw, tmp_path, capsys):
+    """Readings saved (rows, cols, views) beside a right flat and dark: the refusal says the projections hold the
+    flat's (rows, cols) on their first two axes and gives the transpose, whose result converts to the line integrals
+    the readings were made from; a flat that fits no axes of the stack still gets the advice to give another flat."""
+    scan, d, p, flat, dark = raw
+    views_last = np.ascontiguousarray(np.load(d / "counts.npy").transpose(1, 2, 0))
+    np.save(tmp_path / "last.npy", views_last)
+    base = ["fbp", "--projections", str(tmp_path / "last.npy"), "--geometry", str(scan / "geometry.json"), "--out",
+            str(tmp_path / "o.nii.gz"), "--flat", str(d / "flat.npy"), "--dark", str(d / "dark.npy")]  # fmt: skip
+    err = expect_refusal(capsys, base, f"the projections, of shape {views_last.shape}, hold these (rows, cols) on their "
+                         "axes 0 and 1: save them as (views, rows, cols), numpy.transpose(stack, (2, 0, 1))")  # fmt: skip
+    assert "give the flat image" not in err and not (tmp_path / "o.nii.gz").exists()
+    np.save(tmp_path / "fixed.npy", np.transpose(views_last, (2, 0, 1)))
+    got, _ = load_raw_projections(str(tmp_path / "fixed.npy"), str(d / "flat.npy"), str(d / "dark.npy"))
+    np.testing.assert_allclose(got, p, rtol=1e-6, atol=1e-6)
+    np.save(tmp_path / "narrow.npy", flat[:, :-1])
+    expect_refusal(capsys, [*base[:-4], "--flat", str(tmp_path / "narrow.npy")], "give the flat image of this detector")
+
+
 def test_counts_without_a_flat_point_at_the_flags(raw, tmp_path, capsys):
     """Integer readings given as line integrals are refused with a message naming --flat, --dark and --i0; a flat
     of another scan (far below the readings) is caught by the line-integral check after the conversion."""
