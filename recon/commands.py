@@ -33,6 +33,7 @@ __all__ = [
     "load_matching_volume",
     "load_scan",
     "output_lines",
+    "placed_geometry",
     "resolve_cli_device",
     "Scan",
 ]
@@ -139,6 +140,39 @@ def check_same_grid(
     problem = same_grid_problem(what, shape, affine, other, other_shape, other_affine)
     if problem:
         raise CLIError(problem)
+
+
+def placed_geometry(geom: CTGeometry, args, fbp_affine: np.ndarray | None, ref_affine: np.ndarray | None) -> CTGeometry:
+    """``geom`` given the affine of ``--fbp`` (else ``--reference``) where ``geometry.json`` has none, so that
+    ``reconstruct``'s ``recon.nii.gz`` and ``gaussians.ply`` overlay the volumes given rather than sit in the
+    geometry's centred default frame; both given, their grids must agree.
+
+    Args:
+        geom: the scan as ``geometry.json`` gives it.
+        args: ``reconstruct``'s arguments (``--fbp``, ``--reference`` and ``--geometry``, as messages name them).
+        fbp_affine: the ``--fbp`` volume's affine (``None``: not given).
+        ref_affine: the ``--reference`` volume's affine (``None``: not given).
+
+    Returns:
+        ``geom``, or a copy with that affine.
+
+    Raises:
+        CLIError: the two volumes' grids differ, or the affine does not fit the geometry's voxel size.
+    """
+    given = [(f"--fbp {args.fbp}", fbp_affine), (f"--reference {args.reference}", ref_affine)]
+    given = [(name, a) for name, a in given if a is not None]
+    if geom.affine is not None or not given:
+        return geom
+    shape = tuple(geom.volume_shape[::-1])
+    for name, other in given[1:]:
+        check_same_grid(name, shape, other, given[0][0], shape, given[0][1])
+    try:
+        placed = CTGeometry.from_dict({**geom.to_dict(), "affine": np.asarray(given[0][1]).tolist()})
+    except ValueError as e:
+        raise CLIError(f"{given[0][0]}'s affine does not fit the geometry {args.geometry}: {e}") from e
+    print(f"note: the geometry {args.geometry} has no affine: recon.nii.gz and gaussians.ply take that of "
+          f"{given[0][0]}, so that they overlay it", flush=True)  # fmt: skip
+    return placed
 
 
 UNITS_FLAG = "--no-unit-check"

@@ -20,6 +20,7 @@ from recon.commands import (
     check_out_folder,
     load_matching_volume,
     load_scan,
+    placed_geometry,
     resolve_cli_device,
     warn_about_scan,
 )
@@ -119,8 +120,8 @@ def _read_inputs(args) -> _Inputs:
     _check_holdout_flags(args, geom)
     _check_views_per_iteration(args, geom)
     check = not args.no_unit_check
-    reference = load_matching_volume(args.reference, geom, args.geometry, "reference", "--reference", check)[0] if args.reference else None
-    fbp_vol, affine = load_matching_volume(args.fbp, geom, args.geometry, "FBP volume", "--fbp", check) if args.fbp else (None, geom.default_affine())
+    reference, ref_affine = load_matching_volume(args.reference, geom, args.geometry, "reference", "--reference", check) if args.reference else (None, None)
+    fbp_vol, fbp_affine = load_matching_volume(args.fbp, geom, args.geometry, "FBP volume", "--fbp", check) if args.fbp else (None, None)
     model = _load_model(args) if init_settings["init"] == "medgmae" else None
     model_spec = start.model_start_spec(model, args.model_spacing, args.checkpoint) if model is not None else None
     state_path = Path(args.out) / RECON_STATE
@@ -135,6 +136,8 @@ def _read_inputs(args) -> _Inputs:
     if not args.resume and state_path.is_file():
         print(f"note: {args.out} holds an earlier run's {RECON_STATE}: this run replaces it when it saves its first "
               "state (stop now and add --resume to continue that run instead)", file=sys.stderr)  # fmt: skip
+    geom = placed_geometry(geom, args, fbp_affine, ref_affine)  # after the fingerprint: the scan as geometry.json states it
+    affine = fbp_affine if fbp_affine is not None else geom.default_affine()
     device = resolve_cli_device(args.device)
     if args.backend == "astra":
         from recon.projectors.astra_proj import astra_problem

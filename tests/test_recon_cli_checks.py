@@ -416,3 +416,33 @@ def test_backend_astra_that_cannot_take_the_scan_is_refused_before_any_work(smal
     assert "--backend astra cannot take this cone-beam scan on cpu" in printed.err, printed.err
     assert "--backend auto" in printed.err
     assert "FDK" not in printed.out and "initialising" not in printed.out and not out.exists()
+
+
+def test_a_geometry_without_affine_takes_the_world_frame_of_the_volumes_given(scan, tmp_path, capsys):
+    """A geometry.json without an affine (hand-written, or from RTK's XML) beside an --fbp or --reference NIfTI
+    placed in the world: recon.nii.gz and gaussians.ply take that volume's affine, so they overlay it in a viewer
+    (before, they sat in the geometry's centred default frame, the scan's own affine 100s of mm away); an --fbp
+    and a --reference on different grids are refused."""
+    from medgmae.ply import load_ply
+
+    geometry = json.loads((scan / "geometry.json").read_text())
+    placed = np.asarray(geometry.pop("affine"), float)
+    assert np.abs(placed[:3, 3]).max() > 50  # the phantom's affine is far from a centred frame
+    (tmp_path / "geometry.json").write_text(json.dumps(geometry))
+    args = ["--geometry", str(tmp_path / "geometry.json"), "--num-gaussians", "50", "--iterations", "1"]
+    for flag, volume in (("--fbp", scan / "fbp.nii.gz"), ("--reference", scan / "reference.nii.gz")):
+        out = tmp_path / flag.strip("-")
+        assert main(reconstruct_args(scan, out, *args, flag, str(volume))) == 0
+        assert "has no affine: recon.nii.gz and gaussians.ply take that of" in capsys.readouterr().out
+        np.testing.assert_allclose(nib.load(str(out / "recon.nii.gz")).affine, placed, atol=1e-4)
+        gaussians, meta = load_ply(out / "gaussians.ply")
+        np.testing.assert_allclose(meta["affine"], placed, atol=1e-4)
+        ijk = np.linalg.solve(placed, np.c_[gaussians.means[0].numpy(), np.ones(50)].T)[:3].T
+        assert (ijk > -1).all() and (ijk < np.asarray(nib.load(str(out / "recon.nii.gz")).shape)).all()
+    shifted_affine = placed.copy()
+    shifted_affine[0, 3] += 50.0
+    ref = nib.load(str(scan / "reference.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asarray(ref.dataobj, np.float32), shifted_affine), str(tmp_path / "shifted.nii.gz"))
+    expect_refusal(capsys, reconstruct_args(scan, tmp_path / "bad", *args, "--fbp", str(scan / "fbp.nii.gz"), "--reference",
+                   str(tmp_path / "shifted.nii.gz")), "is not on the voxel grid of --fbp")  # fmt: skip
+    assert not (tmp_path / "bad").exists()
