@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["check_radians", "degrees_question", "full_turn", "looks_like_degrees"]
+__all__ = ["check_directions", "check_radians", "degrees_question", "full_turn", "looks_like_degrees"]
 
 #: Turns (as radians) past which angles that may be degrees are taken to be degrees.
 DEGREE_TURNS = 10
@@ -58,6 +58,17 @@ def check_radians(angles) -> None:
     raise ValueError(f"angles run from {a.min():.4g} to {a.max():.4g} ({a.size} views): as radians, which angles are, "
                      f"that is {span / (2 * math.pi):.0f} turns; they look like degrees: give them in radians "
                      "(numpy.deg2rad(angles))")  # fmt: skip
+
+
+def check_directions(angles) -> None:
+    """Raise ``ValueError`` when more than one view is listed and all point one way (the same angle, modulo a
+    turn): projections from one direction hold no tomographic information, so such angles are a list left
+    unfilled (zeros) or wrongly read, not a scan."""
+    a = np.mod(np.asarray(angles, dtype=np.float64), 2 * math.pi)
+    if a.size < 2 or not np.allclose(np.minimum(np.abs(a - a[0]), 2 * math.pi - np.abs(a - a[0])), 0.0, atol=1e-9):
+        return
+    raise ValueError(f"the {a.size} angles all give one direction ({float(angles[0]):.4g} rad): views from one direction "
+                     "cannot be reconstructed; list each view's angle in radians (a list left unfilled?)")  # fmt: skip
 
 
 def degrees_question(angles) -> str | None:

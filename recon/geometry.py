@@ -43,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from recon.angle_checks import check_radians
+from recon.angle_checks import check_directions, check_radians
 from recon.detector_offset import (check_coverage, check_offsets, coverage, max_abs, offset_array, offset_field,
                                     per_view)
 from recon.geometry_fields import (AFFINE_RTOL, NO_OFFSET, affine_list, angle_list, check_affine, check_source,
@@ -371,6 +371,8 @@ class CTGeometry:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"geometry file {path} is not valid JSON: {e}") from e
         try:
-            return cls.from_dict(d)
+            geom = cls.from_dict(d)
+            check_directions(geom.angles)  # a file's angles; a subset of views (one held out) may have one
         except (ValueError, TypeError) as e:
             raise ValueError(f"geometry file {path}: {e}") from e
+        return geom
