@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medgmae.settings_diff import settings_differences
+from medgmae.words import plural
 from recon.commands import CLIError
 from recon.geometry import CTGeometry
 
@@ -140,7 +141,10 @@ def _differences(saved: dict, now: dict) -> list[str]:
     out = settings_differences(_pick(saved.get("scan") or {}, SCAN_KEYS), _pick(now["scan"], SCAN_KEYS))
     out += settings_differences(_pick(saved.get("scan") or {}, RAW_KEYS), _pick(now["scan"], RAW_KEYS), RAW_KEYS)
     out += settings_differences(_pick(old, [k for k in old if k != "init"]), _pick(new, [k for k in new if k != "init"]))
-    old_init, new_init = old.get("init") or {}, new["init"]
+    old_init, new_init = dict(old.get("init") or {}), dict(new["init"])
+    if "fit_iterations" in old_init and "fit_iterations" in new_init:  # 0 (off) is recorded as None: shown as 0
+        for init in (old_init, new_init):
+            init["fit_iterations"] = init["fit_iterations"] or 0
     labels = {k: _INIT_FLAGS.get(k, "initialisation setting " + k) for k in {*old_init, *new_init}}
     return out + settings_differences(old_init, new_init, labels)
 
@@ -208,6 +212,6 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
                        f"{done} or more (the schedules follow the new length; {done} writes the saved run's outputs again)")  # fmt: skip
     planned = state.get("config", {}).get("iterations")
     if planned is not None and planned != iterations:
-        print(f"note: --resume: the saved run was planned for {planned} iterations; the learning-rate and density-control "
+        print(f"note: --resume: the saved run was planned for {plural(planned, 'iteration')}; the learning-rate and density-control "
               f"schedules now follow --iterations {iterations}", file=sys.stderr)  # fmt: skip
     return state

@@ -86,7 +86,8 @@ def with_header_offset(geom, offset: tuple[float, float] | None, path):
 
     if offset is None or offset == NO_OFFSET:
         return geom
-    stated = f"projections {path}: the header's origin puts the detector centre (u, v) = {offset} mm off the central ray"
+    shown = "(" + ", ".join(f"{float(v):.6g}" for v in offset) + ")"  # float32 headers: 81.00000099271307 as 81
+    stated = f"projections {path}: the header's origin puts the detector centre (u, v) = {shown} mm off the central ray"
     if geom.per_view_offset:
         raise ValueError(f"{stated}, but the geometry has one det_offset per view: write the stack with RTK's centred "
                          "origin -(n - 1) / 2 * spacing, which keeps the geometry's offsets")  # fmt: skip

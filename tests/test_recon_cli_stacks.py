@@ -76,7 +76,7 @@ def _check_a_detector_offset_in_the_header(simulated, geom: CTGeometry, tmp_path
     fbp_out = tmp_path / "offset_fbp.nii.gz"
     assert main(["fbp", "--projections", str(tmp_path / "offset.mha"), "--geometry", str(simulated / "geometry.json"),
                  "--out", str(fbp_out), "--device", "cpu"]) == 0 and fbp_out.is_file()  # fmt: skip
-    assert f"the header's origin puts the detector centre (u, v) = ({3 * col_mm!r}, 0.0) mm off the central ray: " \
+    assert f"the header's origin puts the detector centre (u, v) = ({3 * col_mm:.6g}, 0) mm off the central ray: " \
            "reconstructing with that detector offset" in capsys.readouterr().out
     shifted = tmp_path / "shifted.json"
     CTGeometry.from_dict({**geom.to_dict(), "det_offset": (col_mm, 0.0)}).save(shifted)

@@ -85,7 +85,7 @@ def test_resume_refuses_another_count_and_resumes_a_state_saved_before_the_setti
     flags = ("--init", "medgmae", "--checkpoint", str(model))
     assert main(_args(scan, out, *flags, "--iterations", "2", "--init-fit-iterations", "3")) == 0
     state_path = out / "recon_state.pt"
-    for other, shown in (("0", "None"), ("4", "4")):
+    for other, shown in (("0", "0"), ("4", "4")):  # 0 (off) is recorded as None, shown as the flag's 0
         capsys.readouterr()
         assert main(_args(scan, out, *flags, "--iterations", "4", "--resume", "--init-fit-iterations", other)) == 2
         assert f"--init-fit-iterations: saved 3, now {shown}" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_resume_refuses_another_scan_or_other_settings(saved, capsys):
     # the same scan and settings resume, to a longer run (a note says the schedules follow the new length)
     assert main(_args(scan, out, "--iterations", "6", "--resume")) == 0
     said = capsys.readouterr()
-    assert "schedules now follow --iterations 6" in said.err
+    assert "the saved run was planned for 4 iterations; the learning-rate and density-control schedules now follow --iterations 6" in said.err
     assert f"resuming from {state} at iteration 4 (rebuilding the --init fbp start it replaces)" in said.out
     assert "initialising the Gaussians" not in said.out
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
