@@ -4,7 +4,9 @@ The vertex element carries ``x, y, z``, ``nx, ny, nz`` (zeros), ``f_dc_0..2`` (g
 ``opacity`` (a logit), ``scale_0..2`` (natural-log scales), ``rot_0..3`` (quaternion ``w, x, y, z``), so the files
 open in 3DGS viewers, plus ``intensity`` (the Gaussian's intensity as is) and ``sigma_0..2`` (linear scales, so that
 :func:`load_ply` returns exactly what :func:`save_ply` was given: ``exp(log(s))`` is not always ``s`` in float32).
-Header comments record the frame, the volume shape and the voxel-to-world affine when given. Centres in the world
+Header comments record the frame, the volume shape and the voxel-to-world affine when given, and the cutoff: the
+Mahalanobis distance at which the rendering that made the volume cut each Gaussian (3 by default; 3DGS viewers draw
+them whole, and a 3D Gaussian holds about 3 % of its mass beyond 3). Centres in the world
 frame (RAS millimetres, the toolkit's world) carry 3D Slicer's ``SPACE=RAS`` comment: Slicer takes a mesh file
 without one as LPS and would show the Gaussians mirrored in x and y against the scan. (The file has vertices and no
 faces, as 3DGS files do; VTK's PLY reader, which Slicer uses, loads such a file as points without cells, which Slicer
@@ -42,7 +44,8 @@ _FIELDS = (
 
 
 class PlyMeta(dict):
-    """Header metadata read back by :func:`load_ply`: ``frame`` (str), ``shape`` (tuple) and ``affine`` (4x4)."""
+    """Header metadata read back by :func:`load_ply`: ``frame`` (str), ``shape`` (tuple), ``affine`` (4x4) and
+    ``cutoff`` (float; ``None`` where the file records none)."""
 
 
 def save_ply(
@@ -51,6 +54,7 @@ def save_ply(
     frame: str = "voxel",
     shape: Sequence[int] | None = None,
     affine: np.ndarray | None = None,
+    cutoff: float | None = None,
 ) -> Path:
     """Write one set of Gaussians (batch size 1) to a binary little-endian ``.ply``, atomically.
 
@@ -61,6 +65,8 @@ def save_ply(
             header.
         shape: the volume shape the Gaussians belong to, recorded in the header.
         affine: 4x4 voxel-to-world matrix, recorded in the header.
+        cutoff: the Mahalanobis distance at which the rendering of the volume cut each Gaussian, recorded in the
+            header (module docstring).
 
     Returns:
         The path written.
@@ -89,7 +95,7 @@ def save_ply(
     for j in range(4):
         data[f"rot_{j}"] = q[:, j]
     data["intensity"] = i
-    header = _header(k, frame, shape, affine)
+    header = _header(k, frame, shape, affine, cutoff)
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(("\n".join(header) + "\n").encode("ascii"))
@@ -97,8 +103,8 @@ def save_ply(
     return Path(path)
 
 
-def _header(k: int, frame: str, shape: Sequence[int] | None, affine: np.ndarray | None) -> list[str]:
-    """The header lines of a ``.ply`` of ``k`` Gaussians, recording their frame, volume shape and affine."""
+def _header(k: int, frame: str, shape: Sequence[int] | None, affine: np.ndarray | None, cutoff: float | None = None) -> list[str]:
+    """The header lines of a ``.ply`` of ``k`` Gaussians, recording their frame, volume shape, affine and cutoff."""
     header = ["ply", "format binary_little_endian 1.0", "comment medgmae gaussians", f"comment frame {frame}"]
     if frame == "world":
         header.append("comment SPACE=RAS")  # 3D Slicer's coordinate-system comment (see the module docstring)
@@ -109,6 +115,10 @@ def _header(k: int, frame: str, shape: Sequence[int] | None, affine: np.ndarray 
         if a.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got {a.shape}")
         header.append("comment affine " + " ".join(repr(float(v)) for v in a.ravel()))
+    if cutoff is not None:
+        if not float(cutoff) > 0:
+            raise ValueError(f"cutoff must be a positive Mahalanobis distance, got {cutoff}")
+        header.append(f"comment cutoff {float(cutoff)!r}")
     header.append(f"element vertex {k}")
     header += [f"property float {f}" for f in _FIELDS]
     header.append("end_header")
@@ -117,7 +127,7 @@ def _header(k: int, frame: str, shape: Sequence[int] | None, affine: np.ndarray 
 
 def _read_header(lines: list[str], path: Path) -> tuple[PlyMeta, list[str], int]:
     """The :class:`PlyMeta` comments, vertex property names and vertex count of a PLY header (``path`` for errors)."""
-    meta, props, count, in_vertex = PlyMeta(frame="voxel", shape=None, affine=None), [], None, False
+    meta, props, count, in_vertex = PlyMeta(frame="voxel", shape=None, affine=None, cutoff=None), [], None, False
     for line in lines:
         parts = line.split()
         if not parts:
@@ -131,6 +141,8 @@ def _read_header(lines: list[str], path: Path) -> tuple[PlyMeta, list[str], int]
                 meta["shape"] = tuple(int(v) for v in parts[2:])
             elif parts[1] == "affine":
                 meta["affine"] = np.array([float(v) for v in parts[2:]], dtype=np.float64).reshape(4, 4)
+            elif parts[1] == "cutoff":
+                meta["cutoff"] = float(parts[2])
         elif parts[0] == "element":
             in_vertex = parts[1] == "vertex"
             if in_vertex:

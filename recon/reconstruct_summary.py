@@ -160,7 +160,7 @@ def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray
         save_nifti(stage / "recon.nii.gz", volume, geom.default_affine())
         # the header in the NIfTI's (I, J, K) = (x, y, z) order: recon.nii.gz's shape and affine, as zero-shot PLYs
         save_ply(stage / "gaussians.ply", world_gaussians(result.gaussians, geom), frame="world",
-                 shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine())
+                 shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine(), cutoff=metrics["settings"]["cutoff"])
         save_json_atomic(metrics, stage / "metrics.json")
         draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
                    (metrics.get("fbp") or {}).get("psnr"), (metrics.get("start") or {}).get("psnr"))

@@ -112,6 +112,23 @@ def test_ply_roundtrip_is_lossless(tmp_path):
         assert f"property float {prop}\n" in text
 
 
+def test_ply_records_the_cutoff_its_volume_was_rendered_with(tmp_path):
+    """The header's ``cutoff`` (the Mahalanobis distance of the rendering that made the volume) is read back, absent
+    where none was given; a renderer cutting a Gaussian there keeps the share of its mass a chi distribution of 3
+    degrees of freedom puts within it (scipy's), about 97 %, which is what a viewer drawing whole Gaussians adds."""
+    from scipy.stats import chi2
+
+    g = Gaussians3D(torch.tensor([[[32.0, 32.0, 32.0]]]), torch.tensor([[[4.0, 5.0, 6.0]]]),
+                    torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), torch.tensor([[1.0]]))  # fmt: skip
+    assert load_ply(save_ply(tmp_path / "a.ply", g, cutoff=2.5))[1]["cutoff"] == 2.5
+    assert load_ply(save_ply(tmp_path / "b.ply", g))[1]["cutoff"] is None
+    with pytest.raises(ValueError, match="cutoff must be a positive"):
+        save_ply(tmp_path / "c.ply", g, cutoff=0)
+    assert not (tmp_path / "c.ply").exists()
+    cut, whole = (float(g.render((64, 64, 64), cutoff=c).sum()) for c in (3.0, 12.0))
+    assert abs(cut / whole - chi2.cdf(9.0, 3)) < 2e-3, (cut / whole, chi2.cdf(9.0, 3))
+
+
 def _slicer_space(path) -> str:
     """The frame 3D Slicer reads a PLY's vertices in: the first header comment holding ``SPACE=``, else LPS
     (``vtkMRMLModelStorageNode::ReadDataInternal``)."""

@@ -319,7 +319,7 @@ def test_inference_writes_ply_nifti_and_png(runs, tmp_path):
     assert out.shape == src.shape and np.allclose(out.affine, src.affine)
     g, meta = load_ply(tmp_path / "case_0000_gaussians.ply")
     assert g.num_gaussians > 8 and meta["frame"] == "world" and tuple(meta["shape"]) == src.shape  # several windows
-    assert np.allclose(meta["affine"], src.affine)
+    assert np.allclose(meta["affine"], src.affine) and meta["cutoff"] == 3.0  # the model's rendering cutoff
     # the NIfTI is the rendering of the written (world, mm) Gaussians on the input's grid, mapped back to HU with the
     # window recorded in model.pt, within that window
     inv = torch.from_numpy(np.linalg.inv(src.affine))

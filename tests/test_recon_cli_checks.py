@@ -168,7 +168,7 @@ def test_gaussians_ply_is_in_world_millimetres(tmp_path):
     zyx = state["means"].double().numpy()
     expected = zyx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]  # (x, y, z) index -> world
     g, meta = load_ply(out / "gaussians.ply")
-    assert meta["frame"] == "world" and g.num_gaussians == len(zyx)
+    assert meta["frame"] == "world" and g.num_gaussians == len(zyx) and meta["cutoff"] == 3.0  # the run's cutoff
     written = nib.load(str(out / "recon.nii.gz"))
     assert meta["shape"] == written.shape == (16, 16, 12)
     np.testing.assert_allclose(meta["affine"], written.affine, atol=1e-6)

@@ -148,9 +148,9 @@ class GaussianInference:
                              f"{res.no_gaussians_reason()}")  # fmt: skip
         with torch.no_grad():
             rendered = res.voxel.to(self.device).render(res.shape, model.cutoff, model.render_backend)[0].cpu().numpy()
-        return self._write(volume.array, volume.affine, res, rendered)
+        return self._write(volume.array, volume.affine, res, rendered, model.cutoff)
 
-    def _write(self, scan: np.ndarray, affine: np.ndarray, res: ZeroShotResult, rendered: np.ndarray) -> dict[str, Path]:
+    def _write(self, scan: np.ndarray, affine: np.ndarray, res: ZeroShotResult, rendered: np.ndarray, cutoff: float) -> dict[str, Path]:
         from medgmae.ply import save_ply
 
         stem, out = self._stem(), self.output_dir
@@ -168,7 +168,7 @@ class GaussianInference:
         title = (f"{stem}: voxels {voxel_sizes(spacing)}; "
                  f"grey window [{a0:.4g}, {a1:.4g}] HU")  # fmt: skip
         slices_png([v for v, _ in ras], paths["png"], spacing, ("input", "rendering"), title)
-        save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine)
+        save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine, cutoff=cutoff)
         logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))
         return paths
 
