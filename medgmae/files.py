@@ -291,20 +291,19 @@ def save_nifti_atomic(
     return Path(path)
 
 
-def _looks_like_torch_file(path: Path) -> bool:
-    """Whether ``path`` starts as ``torch.save`` output does: a zip archive, or the legacy pickle format."""
+def _torch_file_kind(path: Path) -> str:
+    """What ``path`` is for :func:`load_torch_file`'s messages: ``"zip"`` or ``"pickle"`` (it starts as ``torch.save``
+    output does), ``"cut"`` (a zip archive without the end record every complete one has: a copy or write stopped
+    early; torch's errors vary with where it was cut), ``"torchscript"`` (a ``torch.jit.save`` archive, e.g. an
+    exported ``model.ts``: network code, which ``torch.load`` refuses, advising ``weights_only=False``) or ``"other"``."""
     with open(path, "rb") as f:
         head = f.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
-
-
-def _cut_short(path: Path) -> bool:
-    """Whether ``path`` starts as a ``torch.save`` zip archive but lacks the end record every complete one has (a
-    copy or write that stopped early). Torch's own errors for such a file vary with where it was cut (a zip "central
-    directory" error, or ``OSError: [Errno 22]`` when memory-mapped)."""
-    with open(path, "rb") as f:
-        zipped = f.read(4).startswith(b"PK\x03\x04")
-    return zipped and not zipfile.is_zipfile(path)
+    if not head.startswith(b"PK\x03\x04"):
+        return "pickle" if head[:1] == b"\x80" else "other"
+    if not zipfile.is_zipfile(path):
+        return "cut"
+    with zipfile.ZipFile(path) as archive:
+        return "torchscript" if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in archive.namelist()) else "zip"
 
 
 def load_torch_file(
@@ -331,15 +330,16 @@ def load_torch_file(
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
+    if _torch_file_kind(path) == "torchscript":  # torch.load's own words would advise weights_only=False
+        raise ValueError(f"{path}: a TorchScript file (an exported network such as model.ts, read by torch.jit.load), "
+                         f"not a {what} written by torch.save; is this the right path?")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if not _looks_like_torch_file(path):  # torch blames weights_only for any bytes it cannot unpickle
-            raise ValueError(
-                f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
-                f"is this the right path?"
-            ) from e
+        if _torch_file_kind(path) == "other":  # torch blames weights_only for any bytes it cannot unpickle
+            raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
+                             "is this the right path?") from e
         if "weights_only" in msg or "Unsupported global" in msg or "Weights only load failed" in msg:
             lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
             why = next((ln for ln in lines if "Unsupported" in ln or "WeightsUnpickler" in ln), lines[-1] if lines else "")
@@ -350,10 +350,10 @@ def load_torch_file(
             ) from e
         raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
     except Exception as e:  # corrupt, truncated or not a torch file
-        if not _looks_like_torch_file(path):  # torch's own words (e.g. about mmap and zip files) would not help
+        if _torch_file_kind(path) == "other":  # torch's own words (e.g. about mmap and zip files) would not help
             raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
                              "is this the right path?") from e
-        if _cut_short(path):
+        if _torch_file_kind(path) == "cut":
             raise ValueError(f"{path}: not a complete PyTorch file: truncated or damaged (its zip archive has no end "
                              f"record, as when a copy or write stopped early); {damaged_advice or f'write or copy the {what} again'}") from e
         if isinstance(e, RuntimeError) and "deserialize object on" in str(e):  # the file is fine: the device is not

@@ -246,3 +246,20 @@ def test_a_truncated_torch_file_is_called_truncated_wherever_it_was_cut(tmp_path
             load_torch_file(cut, what="reconstruction state", mmap=mmap)
         assert str(refused.value).startswith(f"{cut}: not a complete PyTorch file: truncated or damaged"), (n, refused.value)
         assert "write or copy the reconstruction state again" in str(refused.value) and "Errno" not in str(refused.value)
+
+
+def test_a_torchscript_file_is_named_as_one_without_advice_to_load_unsafely(tmp_path, recwarn):
+    """An exported ``model.ts`` given where a checkpoint is read: torch.load's own refusal advises re-running with
+    ``weights_only=False`` (which would run code) and warns; the message says what the file is instead."""
+    import torch
+
+    from medgmae.files import load_torch_file
+
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 3), torch.zeros(1, 2)), tmp_path / "model.ts")
+    with pytest.raises(ValueError) as refused:
+        load_torch_file(tmp_path / "model.ts", what="model checkpoint")
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'model.ts'}: a TorchScript file") and "not a model checkpoint" in message
+    assert "weights_only" not in message and not [w for w in recwarn if "TorchScript" in str(w.message)]
+    torch.save({"a": torch.zeros(2)}, tmp_path / "plain.pt")  # a torch.save archive is not taken for one
+    assert load_torch_file(tmp_path / "plain.pt")["a"].shape == (2,)
