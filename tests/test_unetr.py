@@ -247,3 +247,15 @@ def test_every_trainable_parameter_gets_a_gradient_after_unfreezing():
     assert frozen and all("norm_cross_attn" in n or n.endswith("position_embeddings") for n in frozen)
     assert len([n for n in frozen if "norm_cross_attn" in n]) == 2 * 2  # weight and bias of each of the 2 blocks
     assert [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_a_finetuning_training_checkpoint_given_as_pretrained_is_sent_to_the_encoder(tmp_path):
+    """checkpoint_final.pt of a fine-tuning run holds no model record: the generic refusal advised "model.pt or
+    best_model.pt", which fine-tuning refuses in turn; for ``--pretrained`` the message names the encoder.pt."""
+    objects = {"network": {}, "optimizer": {}, "lr_scheduler": {}, "best": {}, "settings": {}, "validation": {}}
+    torch.save({"engine": {}, "objects": objects}, tmp_path / "checkpoint_final.pt")
+    with pytest.raises(ValueError) as error:
+        read_encoder_file(tmp_path / "checkpoint_final.pt")
+    message = str(error.value)
+    assert message.startswith("checkpoint_final.pt is a training checkpoint (the state --resume continues")
+    assert "fine-tuning needs the encoder.pt written by pre-training" in message and "best_model.pt" not in message

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch.nn as nn
 from monai.networks.nets import UNETR
 
-from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, load_checkpoint
+from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, TrainingStateError, load_checkpoint
 from medgmae.mae_training.models import MODEL_KINDS
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder, freeze_unused_cross_attn_norms
@@ -59,7 +59,13 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
     if Path(path).is_dir():  # a pre-training run folder: its encoder.pt, not the model.pt a generic hint names
         hint = f"; did you mean {Path(path) / 'encoder.pt'}?" if (Path(path) / "encoder.pt").is_file() else ""
         raise ValueError(f"{path} is a folder; fine-tuning needs the encoder.pt of a pre-training run{hint}")
-    ckpt = load_checkpoint(path, None, mmap=mmap)
+    try:
+        ckpt = load_checkpoint(path, None, mmap=mmap)
+    except TrainingStateError as e:  # its generic advice (model.pt, best_model.pt) names no file fine-tuning takes
+        raise ValueError(
+            f"{Path(path).name} is a training checkpoint (the state --resume continues, holding {sorted(e.objects)}), "
+            f"not a model file; fine-tuning needs the encoder.pt written by pre-training (file: {path})"
+        ) from None
     if ckpt.kind != ENCODER_KIND:
         raise ValueError(not_an_encoder_message(ckpt))
     dims = ckpt.config.get("spatial_dims", 3)
