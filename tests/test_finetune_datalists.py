@@ -254,3 +254,31 @@ def test_an_nnunet_raw_folder_is_named_with_the_command_writing_its_datalist(tmp
         evaluation_cases("", str(folder / "dataset.json"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
+
+
+def test_classes_no_chosen_training_case_holds_are_warned_about(tmp_path, caplog, monkeypatch):
+    """With 1 % or 10 % of the cases, a class some cases lack can be in none of those chosen: the model never sees
+    it. Each case here holds one class (its ``max_label``); a one-case subset lacks the other, which the warning
+    names; a run on every case reads and warns nothing."""
+    root = tmp_path / "data"
+    held = [2, 1, 2, 2]
+    cases = [make_case(root, f"c{i}", max_label=m) for i, m in enumerate(held)]
+    dl = root / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "bg", "1": "liver", "2": "spleen"}, "training": cases,
+                              "validation": [make_case(root, "v", max_label=2)]}))  # fmt: skip
+    for seed in (0, 1, 12):  # choosing c2, c0 and c1
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medgmae"):
+            data = prepare_datalists("", str(dl), tmp_path / f"run{seed}", label_fraction=0.25, subset_seed=seed)
+        (chosen,) = data["training"]
+        lacking = {1: "2 (spleen)", 2: "1 (liver)"}[held[cases.index(chosen)]]
+        said = [r.getMessage() for r in caplog.records if "hold" in r.getMessage() and "no voxel" in r.getMessage()]
+        assert said == [f"label_fraction 0.25: the 1 training case chosen holds no voxel of class {lacking}: the "
+                        "model cannot learn it, and its Dice stays 0; choose other cases (--subset_seed) or a larger "
+                        "label_fraction"], (seed, said)  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medgmae"):
+        prepare_datalists("", str(dl), tmp_path / "all", label_fraction=1.0)
+        monkeypatch.setattr("medgmae.finetune.classes.UNTRAINED_CHECK_MAX_CASES", 0)  # larger subsets: not read
+        prepare_datalists("", str(dl), tmp_path / "run0", label_fraction=0.25, subset_seed=0)
+    assert "no voxel" not in caplog.text

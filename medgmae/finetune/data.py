@@ -32,7 +32,7 @@ from medgmae.data.precheck import check_datalist
 from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
 from medgmae.data.reader import LoadVolumed
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
-from medgmae.finetune.classes import label_names, resolve_num_classes, training_class_names
+from medgmae.finetune.classes import label_names, resolve_num_classes, training_class_names, warn_untrained_classes
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
@@ -208,6 +208,7 @@ def prepare_datalists(
     if resume:
         check_resume_matches(output_dir, record)
     check_cases(chosen + validation, len(names), workers=precheck_workers, source=str(datalist), ledger_dir=ledger_dir)
+    warn_untrained_classes(names, chosen, label_fraction)
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": chosen,
             "validation": validation, "record": record}  # fmt: skip
 
