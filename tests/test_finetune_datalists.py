@@ -282,3 +282,15 @@ def test_classes_no_chosen_training_case_holds_are_warned_about(tmp_path, caplog
         monkeypatch.setattr("medgmae.finetune.classes.UNTRAINED_CHECK_MAX_CASES", 0)  # larger subsets: not read
         prepare_datalists("", str(dl), tmp_path / "run0", label_fraction=0.25, subset_seed=0)
     assert "no voxel" not in caplog.text
+
+
+def test_a_labels_map_naming_two_classes_alike_is_refused(tmp_path):
+    """metrics.json and per_case_dice.csv report Dice by class name: two classes of one name ('kidney' for both
+    kidneys) kept one Dice of the two in metrics.json, silently; the map is refused naming the name and its classes."""
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps({"labels": {"0": "background", "1": "kidney", "2": "liver", "3": "kidney"}}))
+    with pytest.raises(DatasetError) as refused:
+        label_names(dl)
+    assert f"datalist {dl}: 'labels' gives more than one class the same name: 'kidney' (classes 1, 3)" in str(refused.value)
+    dl.write_text(json.dumps({"labels": {"0": "background", "1": "kidney", "2": "Kidney"}}))  # other names
+    assert label_names(dl) == ["background", "kidney", "Kidney"]

@@ -52,6 +52,13 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
             raise DatasetError(f"datalist {datalist}: 'labels' must map integer strings to names, got {labels!r}") from e
         if sorted(index) != list(range(len(index))):
             raise DatasetError(f"datalist {datalist}: 'labels' keys must be 0..{len(index) - 1}, got {sorted(index)}")
+        values = {}
+        for value in sorted(index):  # Dice is reported by name: a second class of one name would overwrite the first
+            values.setdefault(index[value], []).append(value)
+        twice = [f"{name!r} (classes {', '.join(map(str, v))})" for name, v in values.items() if len(v) > 1]
+        if twice:
+            raise DatasetError(f"datalist {datalist}: 'labels' gives more than one class the same name: {'; '.join(twice)}; "
+                               "give each class a name of its own (metrics.json and per_case_dice.csv report Dice by name)")
         if num_classes and int(num_classes) != len(index):
             raise DatasetError(f"num_classes={num_classes} but datalist {datalist} names {len(index)} labels")
         return [index[i] for i in range(len(index))]
