@@ -334,3 +334,25 @@ def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
     run_bundle("evaluating", "evaluate.json", *common, "--pixdim", "3.0", "--eval_dir", str(out / "eval3"))
     coarse = json.loads((out / "eval3" / "metrics.json").read_text(encoding="utf-8"))
     assert coarse["preprocessing"]["spacing"] == [3.0, 3.0, 3.0] and coarse["preprocessing_overrides"] == ["pixdim"]
+
+
+def test_a_datalist_naming_the_classes_otherwise_than_the_model_is_warned_about(caplog):
+    """Dice is scored by class number: a model of BTCV's label order scored on AMOS's first 14 classes reports its
+    portal-vein Dice as the pancreas's. The names the model records are compared with the datalist's: a difference
+    is warned about, naming each class; spelling (case, ``_``) and the generic ``class_<i>`` are no difference."""
+    from medgmae.finetune.evaluate import check_num_classes
+
+    btcv = ["background", "spleen", "right kidney", "portal and splenic veins"]
+    amos = ["background", "Spleen", "right_kidney", "pancreas"]
+    with caplog.at_level("WARNING", logger="medgmae"):
+        said = check_num_classes(SimpleNamespace(out_channels=4, class_names=btcv), 4, "best_model.pt", amos)
+    assert said == ["3: 'pancreas' in the datalist, 'portal and splenic veins' for the model"]
+    assert ("the datalist names classes otherwise than best_model.pt (class 3: 'pancreas' in the datalist, 'portal "
+            "and splenic veins' for the model)") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medgmae"):
+        generic = ["background", "class_1", "class_2", "class_3"]
+        assert check_num_classes(SimpleNamespace(out_channels=4, class_names=generic), 4, "m", amos) == []
+        assert check_num_classes(SimpleNamespace(out_channels=4, class_names=btcv), 4, "m", generic) == []
+        assert check_num_classes(SimpleNamespace(out_channels=4), 4, "m", amos) == []
+    assert not caplog.records

@@ -244,7 +244,7 @@ def evaluation_cases(
     names = label_names(datalist, num_classes or None)
     cases = read_datalist(datalist, key, dataset_dir or None)
     if network is not None:
-        check_num_classes(network, len(names), f"{checkpoint}")
+        check_num_classes(network, len(names), f"{checkpoint}", names)
     if cases and not any(c.get("label") for c in cases):  # e.g. a Decathlon 'test' list: images only
         raise DatasetError(f"the '{key}' list of {datalist} has no labels to score against (evaluation compares with "
                            f"reference labels): segment its images with the inference config instead (run inferring "

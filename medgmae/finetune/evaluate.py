@@ -42,11 +42,35 @@ def case_image(item: Mapping) -> str:
     return str(meta.get("filename_or_obj", "case"))
 
 
-def check_num_classes(network: torch.nn.Module, num_classes: int, source: str = "the model") -> None:
-    """Raise a ``ValueError`` when the network predicts another number of classes than the datalist names."""
+def check_num_classes(
+    network: torch.nn.Module, num_classes: int, source: str = "the model", names: Sequence[str] | None = None
+) -> list[str]:
+    """Raise a ``ValueError`` when the network predicts another number of classes than the datalist names; warn when
+    the datalist's class ``names`` differ from those the model records (``class_names``), as when a model of BTCV's
+    label order is scored on AMOS's (class 10: portal and splenic veins, pancreas): Dice goes by class number, under
+    the datalist's names. Names are compared ignoring case, ``_`` and ``-``; a generic ``class_<i>`` matches any.
+
+    Returns:
+        The differing classes, as the warning names them.
+    """
     out = getattr(network, "out_channels", None)
     if out is not None and int(out) != int(num_classes):
         raise ValueError(f"{source} predicts {out} classes but the datalist has {num_classes}: evaluate on the same label set")
+    pairs = enumerate(zip(names or [], getattr(network, "class_names", None) or []))
+    differ = [f"{i}: {theirs!r} in the datalist, {ours!r} for the model" for i, (theirs, ours) in pairs
+              if i and None not in (_said(theirs, i), _said(ours, i)) and _said(theirs, i) != _said(ours, i)]  # fmt: skip
+    if differ:
+        logger.warning("the datalist names classes otherwise than %s (class %s): Dice is scored by class number and "
+                       "reported under the datalist's names; check that both follow one label order", source,
+                       "; ".join(differ))  # fmt: skip
+    return differ
+
+
+def _said(name: str, index: int) -> str | None:
+    """A class name as :func:`check_num_classes` compares it (lower case, ``_`` and ``-`` as spaces); ``None`` for
+    the generic ``class_<index>``, which names nothing."""
+    said = " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+    return None if said == f"class {index}" else said
 
 
 def case_mean_dice(dice: Sequence[float]) -> float:
