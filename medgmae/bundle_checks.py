@@ -71,7 +71,7 @@ def check_settings(
             user's data): each one the command line sets is warned about, as MONAI would take it silently.
         unused_keys: other settings this run does not use, each with why (``{"num_gaussians": "a voxel-mae model
             has no Gaussians"}``): warned about likewise when the command line sets them, at the top level or as a
-            component's argument (``--network_def#num_gaussians``).
+            component's argument (``--network_def#num_gaussians``), or below it (``--encoder#hidden_size``).
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -125,8 +125,8 @@ def _warn_unused(command: BundleCommand | None, phantom_keys: Sequence[str], oth
     if given:
         logger.warning("%s: %s the generated phantom data, which this run does not use (it reads the data given): "
                        "ignored", ", ".join(f"--{k}" for k in given), "this shapes" if len(given) == 1 else "these shape")
-    for key, why in other_keys.items():  # also as a component's argument: --network_def#num_gaussians
-        for flag in (f for f in command.flags if f == key or f.rsplit("#", 1)[-1] == key):
+    for key, why in other_keys.items():  # also as a component's argument (--network_def#num_gaussians) or part
+        for flag in (f for f in command.flags if f == key or f.startswith(f"{key}#") or f.rsplit("#", 1)[-1] == key):
             logger.warning("--%s: %s: ignored", flag, why)
 
 

@@ -307,3 +307,31 @@ def test_an_output_folder_with_an_unexpanded_tilde_is_refused_before_anything_is
     home.mkdir()
     torch.save({"x": torch.ones(2)}, home / "w.pt")
     assert torch.equal(load_torch_file("~/w.pt")["x"], torch.ones(2))
+
+
+def test_encoder_settings_of_a_run_from_a_pretrained_encoder_are_warned_about(tmp_path, monkeypatch, caplog):
+    """``--pretrained encoder.pt --encoder#hidden_size 768`` fine-tuned the encoder.pt's own architecture without a
+    word about the setting it ignores; the fine-tuning bundle's settings check names it (a run from scratch uses
+    it)."""
+    from monai.bundle import ConfigParser
+
+    config = str(Path(__file__).resolve().parents[1] / "bundles" / "unetr_finetune" / "configs" / "train.json")
+    parser = ConfigParser()
+    parser.read_config(config)
+    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    step = next(i for i, e in enumerate(parser["initialize"]) if "check_settings(" in e)
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    expected = ["--encoder#hidden_size: the encoder comes from --pretrained, whose encoder.pt records its architecture: "
+                "ignored"]  # fmt: skip
+    from finetune_helpers import encoder_file
+
+    encoder = str(encoder_file(tmp_path / "encoder.pt"))
+    for pretrained, said in ((encoder, expected), ("", [])):
+        parser["pretrained"], parser["output_dir"] = pretrained, str(tmp_path / "run")
+        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", config, "--pretrained",
+                                          pretrained, "--encoder#hidden_size", "768"])  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medgmae"):
+            parser.get_parsed_content(f"initialize#{step}", lazy=False)
+        assert [r.getMessage() for r in caplog.records] == said
