@@ -1,8 +1,11 @@
-"""A tiny 2D GMAE for tests."""
+"""A tiny 2D GMAE for tests, and the 2D bundles' training configs (the GMAE one parsed with small settings)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from monai.bundle import ConfigParser
 
 from medgmae.twod.gmae import GMAE2D
 
@@ -10,3 +13,17 @@ from medgmae.twod.gmae import GMAE2D
 def tiny_gmae2d(in_channels=1, k=32, size=32, **kw):
     torch.manual_seed(0)
     return GMAE2D(img_size=size, patch_size=8, in_channels=in_channels, model_size="tiny", num_gaussians=k, **kw)
+
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+GMAE_TRAIN = str(BUNDLES / "gmae2d_pretrain" / "configs" / "train.json")
+GVIT_TRAIN = str(BUNDLES / "gvit_classification" / "configs" / "train.json")
+
+
+def gmae_parser(tmp_path: Path, **overrides) -> ConfigParser:
+    """The 2D GMAE bundle's training config, 32-pixel images of 8-pixel patches on the CPU, into ``tmp_path``."""
+    parser = ConfigParser()
+    parser.read_config(GMAE_TRAIN)
+    parser.update({"output_dir": str(tmp_path / "run"), "image_size": 32, "patch_size": 8, "device": "cpu",
+                   "dataset_dir": str(tmp_path / "data"), **overrides})  # fmt: skip
+    return parser

@@ -3,11 +3,12 @@ they share."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_recon_cli_checks import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
@@ -40,6 +41,37 @@ def model_file(tmp_path_factory):
     wrong = path.parent / "encoder.pt"
     torch.save(m.encoder_checkpoint(), wrong)
     return path, wrong
+
+
+def with_defaults(defaults: list[str], extra: tuple[str, ...] | list[str]) -> list[str]:
+    """``defaults`` (``--flag value`` pairs and bare ``--flags``) less the flags ``extra`` gives, then ``extra``: each
+    flag once, as the tools require."""
+    given, out, i = {a for a in extra if a.startswith("--")}, [], 0
+    while i < len(defaults):
+        n = 2 if i + 1 < len(defaults) and not defaults[i + 1].startswith("--") else 1
+        out += [] if defaults[i] in given else defaults[i : i + n]
+        i += n
+    return [*out, *extra]
+
+
+def few_gaussians_args(scan: Path, out, *extra) -> list[str]:
+    """``reconstruct`` of ``scan`` into ``out``: 2 iterations of 100 Gaussians on the CPU, ``extra`` flags replacing those."""
+    return ["reconstruct", *with_defaults(["--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json"),
+            "--out", str(out), "--no-progress", "--iterations", "2", "--num-gaussians", "100", "--device", "cpu"], extra)]  # fmt: skip
+
+
+def expect_refusal(capsys, args: list[str], *messages: str) -> str:
+    """``main(args)`` exits 2 with every one of ``messages`` in its error; returns the error."""
+    capsys.readouterr()
+    assert main(args) == 2, args
+    err = capsys.readouterr().err
+    assert "error" in err and all(m in err for m in messages), (messages, err)
+    return err
+
+
+def no_leftovers(d: Path) -> list[str]:
+    """Hidden staging folders and temporary files anywhere below ``d``."""
+    return [str(p) for p in d.rglob(".*")]
 
 
 def reconstruct_args(sim, out, *extra):

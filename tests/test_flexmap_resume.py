@@ -13,7 +13,7 @@ def test_reconstruct_stopped_and_resumed_on_a_flexmap_ends_as_the_uninterrupted_
     """``medgmae-recon reconstruct`` on a 12-view flexmap scan, stopped by Ctrl-C at iteration 3 (its state saved at
     2) and resumed with --resume, writes the volume and history of the run that was not stopped, bit for bit."""
     import nibabel as nib
-    from test_recon_cli_checks import reconstruct_args
+    from recon_cli_helpers import few_gaussians_args as reconstruct_args
 
     from recon.cli import main
     from recon.gaussian_recon import GaussianReconstructor

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from monai.bundle import ConfigParser
 from bundle_helpers import BUNDLES, run_bundle
-from test_twod_bundle_settings import _gmae_parser
+from gmae2d_helpers import gmae_parser
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
 
@@ -40,9 +40,9 @@ def test_a_voxel_mae_has_no_gaussian_bound(tmp_path):
 
 def test_gmae2d_refuses_more_gaussians_than_the_image_has_pixels(tmp_path):
     """A 32 x 32 image has 1024 pixels."""
-    check_settings(_gmae_parser(tmp_path, num_gaussians=1024).get_parsed_content("checked_settings"), {})
+    check_settings(gmae_parser(tmp_path, num_gaussians=1024).get_parsed_content("checked_settings"), {})
     with pytest.raises(BundleSettingError) as err:
-        check_settings(_gmae_parser(tmp_path, num_gaussians=1025).get_parsed_content("checked_settings"), {})
+        check_settings(gmae_parser(tmp_path, num_gaussians=1025).get_parsed_content("checked_settings"), {})
     assert "--num_gaussians: expected at most 1024 (the 1024 pixels of a 32 x 32 image), got 1025" in str(err.value)
 
 
@@ -59,7 +59,7 @@ def test_the_pretraining_bundle_stops_before_writing_anything(tmp_path):
 def test_gvit_refuses_more_gaussians_than_the_image_has_pixels():
     """GViT's K as 2D GMAE's: a 16 x 16 image has 256 pixels; 257 Gaussians passed before."""
     from monai.bundle import ConfigParser as _Parser
-    from test_twod_bundle_settings import GVIT_TRAIN
+    from gmae2d_helpers import GVIT_TRAIN
 
     parser = _Parser()
     parser.read_config(GVIT_TRAIN)

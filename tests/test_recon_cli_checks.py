@@ -10,6 +10,7 @@ import torch
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
+from recon_cli_helpers import expect_refusal, few_gaussians_args, no_leftovers, with_defaults  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,36 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def scan(small_parallel_scan):
     """A 10-view parallel-beam scan of a 16 x 16 x 12 phantom at 12 x 12 x 16 mm."""
     return small_parallel_scan[0]
-
-
-def with_defaults(defaults: list[str], extra: tuple[str, ...] | list[str]) -> list[str]:
-    """``defaults`` (``--flag value`` pairs and bare ``--flags``) less the flags ``extra`` gives, then ``extra``: each
-    flag once, as the tools require."""
-    given, out, i = {a for a in extra if a.startswith("--")}, [], 0
-    while i < len(defaults):
-        n = 2 if i + 1 < len(defaults) and not defaults[i + 1].startswith("--") else 1
-        out += [] if defaults[i] in given else defaults[i : i + n]
-        i += n
-    return [*out, *extra]
-
-
-def reconstruct_args(scan: Path, out, *extra) -> list[str]:
-    return ["reconstruct", *with_defaults(["--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json"),
-            "--out", str(out), "--no-progress", "--iterations", "2", "--num-gaussians", "100", "--device", "cpu"], extra)]  # fmt: skip
-
-
-def expect_refusal(capsys, args: list[str], *messages: str) -> str:
-    """``main(args)`` exits 2 with every one of ``messages`` in its error; returns the error."""
-    capsys.readouterr()
-    assert main(args) == 2, args
-    err = capsys.readouterr().err
-    assert "error" in err and all(m in err for m in messages), (messages, err)
-    return err
-
-
-def no_leftovers(d: Path) -> list[str]:
-    """Hidden staging folders and temporary files anywhere below ``d``."""
-    return [str(p) for p in d.rglob(".*")]
 
 
 def _geometry_with_affine(scan: Path, path: Path, affine) -> Path:
@@ -73,7 +44,7 @@ def test_bad_affines_in_the_geometry_are_refused(scan, tmp_path, capsys):
         geom = _geometry_with_affine(scan, tmp_path / f"{name.replace(' ', '_')}.json", affine)
         out = tmp_path / "out"
         fbp_args = ["fbp", "--projections", str(scan / "projections.npy"), "--geometry", str(geom), "--out", str(out / "f.nii.gz")]
-        for args in (fbp_args, reconstruct_args(scan, out, "--geometry", str(geom))):
+        for args in (fbp_args, few_gaussians_args(scan, out, "--geometry", str(geom))):
             expect_refusal(capsys, args, f"geometry file {geom}", message)
             assert not out.exists() and not no_leftovers(tmp_path), name
 
@@ -88,7 +59,7 @@ def test_out_folder_that_is_a_file_is_refused_up_front(scan, tmp_path, capsys, c
             args = ["simulate", "--volume", str(scan.parent / "ct.nii.gz"), "--geometry", "parallel", "--views", "4",
                     "--device", "cpu", "--out", str(out)]  # fmt: skip
         else:
-            args = reconstruct_args(scan, out)
+            args = few_gaussians_args(scan, out)
         expect_refusal(capsys, args, f"--out {out}", "existing file")
         assert afile.read_text(encoding="utf-8") == "keep" and not no_leftovers(tmp_path)
 
@@ -130,17 +101,17 @@ def test_evaluate_and_reconstruct_refuse_a_volume_off_the_grid(scan, tmp_path, c
     printed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert printed["psnr"] is None and printed["ssim"] == pytest.approx(1.0)
     out, geometry = tmp_path / "rec", scan / "geometry.json"
-    expect_refusal(capsys, reconstruct_args(scan, out, "--fbp", str(shifted)),
+    expect_refusal(capsys, few_gaussians_args(scan, out, "--fbp", str(shifted)),
                    f"FBP volume {shifted} is not on the voxel grid of the geometry {geometry}: voxels up to 50 mm "
                    "apart")  # fmt: skip
-    expect_refusal(capsys, reconstruct_args(scan, out, "--reference", str(short)),
+    expect_refusal(capsys, few_gaussians_args(scan, out, "--reference", str(short)),
                    f"reference {short} is not on the voxel grid of the geometry {geometry}: shape 16 x 16 x 11 vs "
                    "16 x 16 x 12")  # fmt: skip
     # the same voxels stored mirrored along x (a viewer shows them in place): refused, the advice naming the geometry
     mirrored_affine = ref.affine @ np.array([[-1, 0, 0, 15], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     mirrored = tmp_path / "mirrored.nii.gz"
     nib.save(nib.Nifti1Image(data[::-1].copy(), mirrored_affine), str(mirrored))
-    expect_refusal(capsys, reconstruct_args(scan, out, "--fbp", str(mirrored)),
+    expect_refusal(capsys, few_gaussians_args(scan, out, "--fbp", str(mirrored)),
                    f"FBP volume {mirrored} is not on the voxel grid of the geometry {geometry}: the same voxels stored "
                    f"in another axis order or direction (reorient it to the orientation of the geometry {geometry})")
     assert not out.exists()
@@ -163,7 +134,7 @@ def test_gaussians_ply_is_in_world_millimetres(tmp_path):
     assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "8",
                  "--out", str(tmp_path / "scan"), "--device", "cpu"]) == 0  # fmt: skip
     out = tmp_path / "rec"
-    assert main([*reconstruct_args(tmp_path / "scan", out), "--checkpoint-every", "0"]) == 0
+    assert main([*few_gaussians_args(tmp_path / "scan", out), "--checkpoint-every", "0"]) == 0
     state = torch.load(out / "recon_state.pt", weights_only=True)["params"]
     zyx = state["means"].double().numpy()
     expected = zyx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]  # (x, y, z) index -> world
@@ -241,7 +212,7 @@ def test_a_start_with_fewer_gaussians_than_asked_is_warned(scan, tmp_path, capsy
     from medgmae.preprocessing import PreprocessingSpec
 
     capsys.readouterr()
-    args = reconstruct_args(scan, tmp_path / "rec")
+    args = few_gaussians_args(scan, tmp_path / "rec")
     args[args.index("--num-gaussians") + 1] = "100000"  # the scan has 16 x 16 x 12 voxels
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -313,7 +284,7 @@ def test_projections_given_a_folder_say_it_is_a_folder(scan, tmp_path, capsys):
 def test_reconstruct_flags_that_cannot_apply_are_refused(scan, tmp_path, capsys, extra, messages):
     """The scan fixture has 10 views and the runs 2 iterations; nothing is written."""
     out = tmp_path / "rec"
-    expect_refusal(capsys, reconstruct_args(scan, out, *extra), *messages)
+    expect_refusal(capsys, few_gaussians_args(scan, out, *extra), *messages)
     assert not out.exists()
 
 
@@ -321,10 +292,10 @@ def test_a_negative_checkpoint_interval_is_refused(scan, tmp_path, capsys):
     """It was taken as 0 (states at the end only); argparse refuses it like the other counts."""
     out = tmp_path / "rec"
     with pytest.raises(SystemExit) as e:
-        main(reconstruct_args(scan, out, "--checkpoint-every", "-3"))
+        main(few_gaussians_args(scan, out, "--checkpoint-every", "-3"))
     assert e.value.code == 2 and "--checkpoint-every: expected a non-negative integer, got '-3'" in capsys.readouterr().err
     assert not out.exists()
-    args = reconstruct_args(scan, out)
+    args = few_gaussians_args(scan, out)
     args[args.index("--iterations") + 1] = "0"  # it wrote every output of the bare start as a reconstruction
     with pytest.raises(SystemExit) as e:
         main(args)
@@ -335,7 +306,7 @@ def test_a_negative_checkpoint_interval_is_refused(scan, tmp_path, capsys):
 def test_reconstruct_flags_at_their_limits_run(scan, tmp_path):
     """Every view per iteration, a coarse phase as long as the run, states at the end only: accepted."""
     out = tmp_path / "rec"
-    assert main(reconstruct_args(scan, out, "--views-per-iteration", "10", "--coarse-iterations", "2", "--checkpoint-every", "0")) == 0
+    assert main(few_gaussians_args(scan, out, "--views-per-iteration", "10", "--coarse-iterations", "2", "--checkpoint-every", "0")) == 0
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["settings"]["views_per_iteration"] == 10
 
 
@@ -411,7 +382,7 @@ def test_backend_astra_that_cannot_take_the_scan_is_refused_before_any_work(smal
                  "--device", "cpu"]) == 0  # fmt: skip
     out = tmp_path / "rec"
     capsys.readouterr()
-    assert main(reconstruct_args(tmp_path / "cone", out, "--backend", "astra")) == 2
+    assert main(few_gaussians_args(tmp_path / "cone", out, "--backend", "astra")) == 2
     printed = capsys.readouterr()
     assert "--backend astra cannot take this cone-beam scan on cpu" in printed.err, printed.err
     assert "--backend auto" in printed.err
@@ -432,7 +403,7 @@ def test_a_geometry_without_affine_takes_the_world_frame_of_the_volumes_given(sc
     args = ["--geometry", str(tmp_path / "geometry.json"), "--num-gaussians", "50", "--iterations", "1"]
     for flag, volume in (("--fbp", scan / "fbp.nii.gz"), ("--reference", scan / "reference.nii.gz")):
         out = tmp_path / flag.strip("-")
-        assert main(reconstruct_args(scan, out, *args, flag, str(volume))) == 0
+        assert main(few_gaussians_args(scan, out, *args, flag, str(volume))) == 0
         assert "has no affine: recon.nii.gz and gaussians.ply take that of" in capsys.readouterr().out
         np.testing.assert_allclose(nib.load(str(out / "recon.nii.gz")).affine, placed, atol=1e-4)
         gaussians, meta = load_ply(out / "gaussians.ply")
@@ -443,6 +414,6 @@ def test_a_geometry_without_affine_takes_the_world_frame_of_the_volumes_given(sc
     shifted_affine[0, 3] += 50.0
     ref = nib.load(str(scan / "reference.nii.gz"))
     nib.save(nib.Nifti1Image(np.asarray(ref.dataobj, np.float32), shifted_affine), str(tmp_path / "shifted.nii.gz"))
-    expect_refusal(capsys, reconstruct_args(scan, tmp_path / "bad", *args, "--fbp", str(scan / "fbp.nii.gz"), "--reference",
+    expect_refusal(capsys, few_gaussians_args(scan, tmp_path / "bad", *args, "--fbp", str(scan / "fbp.nii.gz"), "--reference",
                    str(tmp_path / "shifted.nii.gz")), "is not on the voxel grid of --fbp")  # fmt: skip
     assert not (tmp_path / "bad").exists()

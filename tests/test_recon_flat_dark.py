@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_recon_cli_checks import expect_refusal, reconstruct_args
+from recon_cli_helpers import expect_refusal, few_gaussians_args as reconstruct_args
 
 from recon.cli import main
 from recon.flat_field import FLOOR_SHARE, load_raw_projections

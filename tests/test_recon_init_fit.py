@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_recon_cli_checks import with_defaults
+from recon_cli_helpers import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main

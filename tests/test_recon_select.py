@@ -6,7 +6,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_recon_cli_checks import with_defaults
+from recon_cli_helpers import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main

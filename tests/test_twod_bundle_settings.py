@@ -13,6 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import RandFlipd
+from gmae2d_helpers import BUNDLES, GMAE_TRAIN, GVIT_TRAIN, gmae_parser  # noqa: F401
 from PIL import Image
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
@@ -30,9 +31,6 @@ from medgmae.twod.gvit_phases import resume_records
 from medgmae.twod.images import read_image, save_png, to_model_input
 from medgmae.twod.windows import window_setting
 
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
-GMAE_TRAIN = str(BUNDLES / "gmae2d_pretrain" / "configs" / "train.json")
-GVIT_TRAIN = str(BUNDLES / "gvit_classification" / "configs" / "train.json")
 
 
 def _marker(path: Path) -> np.ndarray:
@@ -54,29 +52,21 @@ def _ct_slices(folder: Path) -> Path:
     return folder
 
 
-def _gmae_parser(tmp_path: Path, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(GMAE_TRAIN)
-    parser.update({"output_dir": str(tmp_path / "run"), "image_size": 32, "patch_size": 8, "device": "cpu",
-                   "dataset_dir": str(tmp_path / "data"), **overrides})  # fmt: skip
-    return parser
-
-
 # ----------------------------------------------------------------------------------------------- flip
 def test_gmae2d_training_images_are_not_mirrored_unless_flip_is_set(tmp_path):
     (tmp_path / "data").mkdir()
     stored = _marker(tmp_path / "data" / "a.png")
-    default = _gmae_parser(tmp_path).get_parsed_content("train#dataset")
+    default = gmae_parser(tmp_path).get_parsed_content("train#dataset")
     assert not any(isinstance(t, RandFlipd) for t in default.transform.transforms)
     for seed in range(4):  # RandFlipd would mirror about half of these
         torch.manual_seed(seed)
         np.testing.assert_allclose(np.asarray(default[0]["image"])[0], stored, atol=1e-6)
-    flipped = _gmae_parser(tmp_path, flip="true").get_parsed_content("train#dataset")
+    flipped = gmae_parser(tmp_path, flip="true").get_parsed_content("train#dataset")
     assert any(isinstance(t, RandFlipd) for t in flipped.transform.transforms)
 
 
 def test_flip_and_window_settings_are_checked_up_front(tmp_path):
-    parser = _gmae_parser(tmp_path, flip="maybe", window="[400, -1000]")
+    parser = gmae_parser(tmp_path, flip="maybe", window="[400, -1000]")
     with pytest.raises(BundleSettingError) as err:
         check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
     assert "--flip" in str(err.value) and "expected true or false, got 'maybe'" in str(err.value)
@@ -99,12 +89,12 @@ def test_window_setting_refuses_nonsense():
 def test_gmae2d_window_maps_one_hu_to_one_value_in_every_image(tmp_path, caplog):
     _ct_slices(tmp_path / "data")
     with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
-        per_image = _gmae_parser(tmp_path).get_parsed_content("train#dataset")
+        per_image = gmae_parser(tmp_path).get_parsed_content("train#dataset")
     assert "2 NIfTI/DICOM images are scaled each by its own" in caplog.text and "--window" in caplog.text
     water = [float(per_image[i]["image"][0, 14:18, 14:18].median()) for i in range(2)]
     assert abs(water[0] - water[1]) > 0.1  # the default: each slice scaled by its own percentiles
 
-    windowed = _gmae_parser(tmp_path, window="[-1000, 1000]")
+    windowed = gmae_parser(tmp_path, window="[-1000, 1000]")
     for key in ("train#dataset", "val#dataset"):
         ds = windowed.get_parsed_content(key)
         for i in range(2):
@@ -180,7 +170,7 @@ def test_window_on_a_png_is_refused(gmae_file, tmp_path, capsys):
 
 
 def test_gmae2d_model_files_record_the_training_window(tmp_path):
-    parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, window="[-1000, 1000]")
+    parser = gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, window="[-1000, 1000]")
     model = parser.get_parsed_content("network_def")
     save_pretrained(model, tmp_path / "run")
     save_best_model(model, tmp_path / "run")
@@ -193,7 +183,7 @@ def test_gmae2d_model_files_record_the_training_window(tmp_path):
     assert resumed["optimiser"] == {"learning_rate": 0.0005, "weight_decay": 0.05} and resumed["step"] == {"grad_clip": 1.0}
     assert resumed["validation"] == {"val_images": 4}
     # phantom slices are mapped by the window given (-350..400 HU without one): that is what a phantom model records
-    phantom = _gmae_parser(tmp_path, dataset_dir="", window="[-1000, 1000]").get_parsed_content("data_settings")
+    phantom = gmae_parser(tmp_path, dataset_dir="", window="[-1000, 1000]").get_parsed_content("data_settings")
     assert phantom == {"flip": False, "window": [-1000.0, 1000.0]}
 
 
@@ -282,7 +272,7 @@ def test_gmae2d_validation_counts_images_and_one_epoch_is_singular(tmp_path, cap
     (tmp_path / "data").mkdir()
     _marker(tmp_path / "data" / "a.png")
     _marker(tmp_path / "data" / "b.png")
-    parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, val_images=2)
+    parser = gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, val_images=2)
     handler = parser.get_parsed_content("val#handler")
     assert isinstance(handler, GMAE2DValidationHandler)
     engine = SimpleNamespace(state=SimpleNamespace(epoch=1, max_epochs=1, iteration=4))
@@ -304,7 +294,7 @@ def test_gmae2d_summary_commands_name_an_image_that_exists(tmp_path, source):
     (tmp_path / "data").mkdir()
     _marker(tmp_path / "data" / "a.png")
     _marker(tmp_path / "data" / "b.png")
-    parser = _gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, val_images=2,
+    parser = gmae_parser(tmp_path, model_size="tiny", num_gaussians=8, val_images=2,
                           dataset_dir=str(tmp_path / "data") if source == "folder" else "")  # fmt: skip
     (tmp_path / "run").mkdir()
     summary = parser.get_parsed_content("val#summary")
@@ -355,8 +345,8 @@ def test_gmae2d_maps_its_phantom_slices_by_the_window_given(tmp_path, caplog):
     in HU, so the window maps them as the 3D bundles' HU window maps their phantoms, is logged and recorded, and the
     validation slices follow it."""
     common = dict(dataset_dir="", image_size=96, patch_size=8, num_phantoms=1, slices_per_case=1, val_images=1)
-    default = _gmae_parser(tmp_path, **common)
-    wide = _gmae_parser(tmp_path, window="[-1000, 1000]", **common)
+    default = gmae_parser(tmp_path, **common)
+    wide = gmae_parser(tmp_path, window="[-1000, 1000]", **common)
     for key in ("train#dataset", "val#dataset"):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="medgmae.twod"):

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 from monai.bundle import ConfigParser
-from test_twod_bundle_settings import GVIT_TRAIN, _gmae_parser
+from gmae2d_helpers import GVIT_TRAIN, gmae_parser
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
 
@@ -18,7 +18,7 @@ def test_gmae2d_refuses_a_scale_cap_beyond_the_image_up_front(tmp_path, value, r
     """--scale_cap 1e30 passed the check (a positive number) and stopped at the first step with the non-finite-loss
     message after writing outputs: refused with the other settings, naming the value and the bound (the image spans
     2, so 2 is a standard deviation of the whole image)."""
-    settings = _gmae_parser(tmp_path, scale_cap=value).get_parsed_content("checked_settings")
+    settings = gmae_parser(tmp_path, scale_cap=value).get_parsed_content("checked_settings")
     if not refused:
         check_settings(settings, output_dirs={})
         return
@@ -46,7 +46,7 @@ def test_gvit_refuses_classifier_freqs_finer_than_a_pixel_up_front(image_size, f
 @pytest.mark.parametrize("layers, refused", [(9, True), ("9", True), (8, False), (1, False)])
 def test_gmae2d_refuses_more_picture_layers_than_gaussians_up_front(tmp_path, layers, refused):
     """--picture_layers beyond K was drawn as K layers without a word: refused with the other settings."""
-    settings = _gmae_parser(tmp_path, num_gaussians=8, picture_layers=layers).get_parsed_content("checked_settings")
+    settings = gmae_parser(tmp_path, num_gaussians=8, picture_layers=layers).get_parsed_content("checked_settings")
     if not refused:
         check_settings(settings, output_dirs={})
         return
@@ -68,7 +68,7 @@ def test_gmae2d_says_when_there_are_fewer_validation_images_than_val_images(tmp_
     for asked in (3, 500):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="medgmae.twod"):
-            dataset = _gmae_parser(tmp_path, val_images=asked, **extra).get_parsed_content("val#dataset")
+            dataset = gmae_parser(tmp_path, val_images=asked, **extra).get_parsed_content("val#dataset")
         notices = [r for r in caplog.records if r.getMessage().startswith("--val_images")]
         if asked == 3:
             assert len(dataset) == 3 and not notices
@@ -85,5 +85,5 @@ def test_gmae2d_validates_on_every_val_image(tmp_path):
     (tmp_path / "data").mkdir()
     for i in range(10):
         Image.fromarray(np.full((32, 32), 20 * i, np.uint8)).save(tmp_path / "data" / f"{i:02d}.png")
-    handler = _gmae_parser(tmp_path, val_images=10).get_parsed_content("val#handler")
+    handler = gmae_parser(tmp_path, val_images=10).get_parsed_content("val#handler")
     assert len(handler.crops()) == 10
