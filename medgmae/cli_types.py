@@ -108,8 +108,22 @@ def nonneg_float(text: str) -> float:
 
 
 def fraction(text: str) -> float:
-    """A number in ``(0, 1]`` (a share of the data, e.g. a label fraction)."""
-    return _parse(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+    """A number in ``(0, 1]`` (a share of the data, e.g. a label fraction); a number up to 100 read as a percentage
+    is refused with the fraction it would be."""
+    try:
+        return _parse(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+    except argparse.ArgumentTypeError as e:
+        value = _number_or_none(text)
+        if value is not None and 1.0 < value <= 100.0:
+            raise argparse.ArgumentTypeError(f"{e} (a fraction, not a percentage: {value:g} % is {value / 100:g})") from None
+        raise
+
+
+def _number_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def unit_interval(text: str) -> float:

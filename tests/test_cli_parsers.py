@@ -93,3 +93,19 @@ def test_an_unknown_option_names_the_option_it_was_likely_meant_to_be(main, argv
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_fraction_given_as_a_percentage_is_refused_with_the_fraction():
+    """``--label_fraction 10`` (meant as 10 %) is refused naming 0.1; a number beyond any percentage gets no such
+    hint; a fraction passes."""
+    import argparse
+
+    from medgmae.cli_types import fraction
+
+    assert fraction("0.1") == 0.1 and fraction("1") == 1.0
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected a number in \(0, 1\], got '10' \(a fraction, not a percentage: 10 % is 0.1\)"):
+        fraction("10")
+    for text in ("150", "0", "-5", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError) as e:
+            fraction(text)
+        assert "percentage" not in str(e.value) and f"got {text!r}" in str(e.value)
