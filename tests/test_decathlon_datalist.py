@@ -13,18 +13,19 @@ import pytest
 from medgmae.data.decathlon import main, split_cases
 
 
-def _case(folder: Path, name: str, value: int, channel: bool = True, label: bool = True, shape=(12, 10, 8)) -> None:
-    """An image whose constant intensity encodes its case (``value * 100``) and a label map of classes 0..value."""
+def _case(folder: Path, name: str, value: int, channel: bool = True, label: bool = True, shape=(12, 10, 8), split: str = "Tr") -> None:
+    """An image whose constant intensity encodes its case (``value * 100``) and a label map of classes 0..value, in
+    ``images<split>/`` and ``labels<split>/``."""
     affine = np.diag([0.8, 0.9, 2.5, 1.0])
-    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    (folder / f"images{split}").mkdir(parents=True, exist_ok=True)
+    (folder / f"labels{split}").mkdir(parents=True, exist_ok=True)
     image = np.full(shape, value * 100.0, np.float32)
-    nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"{name}{'_0000' if channel else ''}.nii.gz")
+    nib.save(nib.Nifti1Image(image, affine), folder / f"images{split}" / f"{name}{'_0000' if channel else ''}.nii.gz")
     if label:
         lab = np.zeros(shape, np.uint8)
         for c in range(1, value + 1):
             lab[c, :, :] = c
-        nib.save(nib.Nifti1Image(lab, affine), folder / "labelsTr" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(lab, affine), folder / f"labels{split}" / f"{name}.nii.gz")
 
 
 def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(tmp_path, capsys):
@@ -61,6 +62,33 @@ def test_datalist_pairs_each_image_with_its_own_label_and_fine_tuning_reads_it(t
     items = [{"image": str(i)} for i in range(20)]
     draws = {tuple(p["image"] for p in split_cases(items, 0.25, seed)[1]) for seed in range(10)}
     assert split_cases(items, 0.25, 3) == split_cases(items, 0.25, 3) and len(draws) > 5  # seeded, and the seed counts
+
+
+def test_amos_validation_folders_are_the_validation_list(tmp_path, capsys):
+    """AMOS's layout (imagesVa/ and labelsVa/ beside imagesTr/ and labelsTr/): the validation list is the Va cases,
+    each with its own label, every Tr case trains, the classes include those only Va maps hold; a
+    --validation-fraction (which would draw another split) is refused, as is a Va image without its label map."""
+    from medgmae.finetune.data import prepare_datalists
+
+    for i in range(3):
+        _case(tmp_path, f"amos_{i + 1:04d}", 2, channel=False)
+    for i, v in enumerate((3, 1)):
+        _case(tmp_path, f"amos_{i + 501:04d}", v, channel=False, split="Va")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--validation-fraction", "0.3"])
+    assert e.value.code == 2 and "holds imagesVa/ and labelsVa/, its validation cases (AMOS's layout), so --validation-fraction draws none" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
+    assert [p["image"] for p in doc["training"]] == [f"imagesTr/amos_{i:04d}.nii.gz" for i in (1, 2, 3)]
+    assert doc["validation"] == [{"image": f"imagesVa/amos_{i:04d}.nii.gz", "label": f"labelsVa/amos_{i:04d}.nii.gz"} for i in (501, 502)]
+    assert list(doc["labels"]) == ["0", "1", "2", "3"] and "imagesVa/ paired with labelsVa/" in doc["description"]
+    data = prepare_datalists(str(tmp_path), "", tmp_path / "run", label_fraction=1.0, seed=0, precheck_workers=1)
+    assert data["num_classes"] == 4 and len(data["training"]) == 3 and len(data["validation"]) == 2
+    (tmp_path / "labelsVa" / "amos_0502.nii.gz").unlink()
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--out", str(tmp_path / "again.json")])
+    assert e.value.code == 2 and not (tmp_path / "again.json").exists()
+    assert "amos_0502.nii.gz: no label map of case amos_0502 in labelsVa/" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

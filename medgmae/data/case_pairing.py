@@ -1,5 +1,5 @@
 """How ``medgmae-datalist`` (:mod:`medgmae.data.decathlon`) pairs the images of ``imagesTr/`` with the label maps of
-``labelsTr/``.
+``labelsTr/`` (and, in AMOS's layout, those of ``imagesVa/`` with ``labelsVa/``).
 
 * By case name: ``imagesTr/<case>.nii.gz`` (or nnU-Net's single channel ``<case>_0000.nii.gz``) with
   ``labelsTr/<case>.nii.gz``; any volume format :func:`~medgmae.data.reader.read_volume` reads, and DICOM series
@@ -95,9 +95,9 @@ def _pair_by_number(images: Sequence[str], labels: Sequence[str]) -> list[tuple[
     return [(image_numbers[n], label_numbers[n]) for n in sorted(image_numbers)]
 
 
-def _pairing(folder: Path, images: dict[str, Path], labels: dict[str, Path], progress: bool) -> tuple[list, str]:
-    """``([(image case, label case)], "name" or "number")``: the cases paired by name, else by number (printed
-    with ``progress``).
+def _pairing(folder: Path, images: dict[str, Path], labels: dict[str, Path], progress: bool, split: str = "Tr") -> tuple[list, str]:
+    """``([(image case, label case)], "name" or "number")``: the cases of ``images<split>/`` and ``labels<split>/``
+    paired by name, else by number (printed with ``progress``).
 
     Raises:
         DatasetError: images and label maps that pair neither way, each unpaired file named.
@@ -109,48 +109,49 @@ def _pairing(folder: Path, images: dict[str, Path], labels: dict[str, Path], pro
         if progress:
             shown = ", ".join(f"{i} with {lab}" for i, lab in by_number[:3])
             more = f" and {len(by_number) - 3} more" if len(by_number) > 3 else ""
-            print(f"note: imagesTr/ and labelsTr/ name their cases differently: paired {shown}{more} by their number",
+            print(f"note: images{split}/ and labels{split}/ name their cases differently: paired {shown}{more} by their number",
                   flush=True)  # fmt: skip
         return by_number, "number"
-    problems = [f"{images[c]}: no label map of case {c} in labelsTr/" for c in sorted(set(images) - set(labels))]
-    problems += [f"{labels[c]}: no image of case {c} in imagesTr/" for c in sorted(set(labels) - set(images))]
+    problems = [f"{images[c]}: no label map of case {c} in labels{split}/" for c in sorted(set(images) - set(labels))]
+    problems += [f"{labels[c]}: no image of case {c} in images{split}/" for c in sorted(set(labels) - set(images))]
     more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
     raise DatasetError(f"{folder}: images and label maps do not pair by name:\n  " + "\n  ".join(problems[:10]) + more
                        + f"\n{_PAIRING_HINT}")  # fmt: skip
 
 
-def case_pairs(folder: str | Path, progress: bool = False) -> tuple[list[dict], list[dict], str]:
-    """The ``{"image", "label"}`` pairs of ``folder/imagesTr`` and ``folder/labelsTr`` and the ``{"image"}`` items
-    of ``folder/imagesTs`` (none without that folder); absolute paths.
+def case_pairs(folder: str | Path, progress: bool = False, split: str = "Tr") -> tuple[list[dict], list[dict], str]:
+    """The ``{"image", "label"}`` pairs of ``folder/images<split>`` and ``folder/labels<split>`` and the
+    ``{"image"}`` items of ``folder/imagesTs`` (none without that folder); absolute paths.
 
     Args:
         folder: the folder holding ``imagesTr/`` and ``labelsTr/``.
         progress: print how the cases were paired where not by name, and the files left out as not volumes.
+        split: ``"Tr"``, or ``"Va"`` for the validation cases of AMOS's layout (``imagesVa/``, ``labelsVa/``).
 
     Returns:
         ``(pairs, test, how)``: the pairs in case order, the test items, and ``"name"`` or ``"number"``.
 
     Raises:
-        DatasetError: no ``imagesTr`` / ``labelsTr``, no volumes in them, or images and labels that do not pair
-            (each unpaired file named).
+        DatasetError: no ``images<split>`` / ``labels<split>``, no volumes in them, or images and labels that do
+            not pair (each unpaired file named).
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder")
-    missing = [name for name in ("imagesTr", "labelsTr") if not (folder / name).is_dir()]
+    missing = [name for name in (f"images{split}", f"labels{split}") if not (folder / name).is_dir()]
     if missing:
         raise DatasetError(f"{folder}: no {' and no '.join(f'{m}/' for m in missing)} (a Decathlon or nnU-Net layout: "
                            "imagesTr/ with the CT volumes, labelsTr/ with their label maps of the same names)")  # fmt: skip
     skipped: list[Path] = []
-    labels = _by_case(_volumes(folder / "labelsTr", skipped), folder / "labelsTr")
-    images = _by_case(_volumes(folder / "imagesTr", skipped), folder / "imagesTr", label_cases=set(labels))
+    labels = _by_case(_volumes(folder / f"labels{split}", skipped), folder / f"labels{split}")
+    images = _by_case(_volumes(folder / f"images{split}", skipped), folder / f"images{split}", label_cases=set(labels))
     test_dir = folder / "imagesTs"
-    test = [{"image": str(p)} for p in _volumes(test_dir, skipped)] if test_dir.is_dir() else []
+    test = [{"image": str(p)} for p in _volumes(test_dir, skipped)] if test_dir.is_dir() and split == "Tr" else []
     note = skipped_files_note(skipped, folder, what="volumes")
     if note and progress:
         print(f"note: {note}", flush=True)
     if not images:
-        raise DatasetError(f"{folder / 'imagesTr'}: no volumes (readable: {', '.join(VOLUME_SUFFIXES)}, DICOM series "
+        raise DatasetError(f"{folder / f'images{split}'}: no volumes (readable: {', '.join(VOLUME_SUFFIXES)}, DICOM series "
                            f"folders){'; ' + note if note else ''}")  # fmt: skip
-    paired, how = _pairing(folder, images, labels, progress)
+    paired, how = _pairing(folder, images, labels, progress, split)
     return [{"image": str(images[i]), "label": str(labels[lab])} for i, lab in paired], test, how

@@ -11,7 +11,8 @@ Fine-tuning pairs each image with its label map through a datalist (:mod:`medgma
   :func:`~medgmae.data.reader.read_volume` reads, and DICOM series folders;
 * each label map on its image's voxel grid (shape and affine, the fine-tuning pre-check's test and tolerance:
   :func:`~medgmae.data.grid.same_grid_problem`), else refused naming both files;
-* a seeded split of the pairs into ``training`` and ``validation`` (``--validation-fraction``);
+* a seeded split of the pairs into ``training`` and ``validation`` (``--validation-fraction``), or, in AMOS's
+  layout, ``imagesVa/`` paired with ``labelsVa/`` as the ``validation`` list (all of ``imagesTr/`` trains);
 * ``imagesTs/`` as the ``test`` list (images only);
 * the ``labels`` map: background and a name for each class value up to the largest found in the label maps, as
   given (``--labels 1=liver,2=spleen``, each name once, for values the maps hold), else as the folder's own
@@ -152,22 +153,32 @@ def _label_map(
 
 
 def decathlon_datalist(
-    folder: str | Path, validation_fraction: float = 0.2, seed: int = 0, names: dict[int, str] | None = None,
+    folder: str | Path, validation_fraction: float | None = None, seed: int = 0, names: dict[int, str] | None = None,
     progress: bool = False, names_from: str = "--labels",
 ) -> dict:
     """The Decathlon datalist of ``folder`` (see the module): ``name``, ``labels``, ``numTraining``, ``training``,
     ``validation``, ``test``; paths relative to ``folder``. ``names`` are class names given as ``--labels``, or
-    read from the file ``names_from`` (:func:`folder_class_names`)."""
+    read from the file ``names_from`` (:func:`folder_class_names`). The validation cases are AMOS's ``imagesVa/``
+    and ``labelsVa/`` where the folder has both (``validation_fraction`` must then be ``None``), else a seeded
+    draw of ``validation_fraction`` (``None``: 0.2) of the training pairs."""
     folder = Path(folder).expanduser()
     pairs, test, how = case_pairs(folder, progress)
-    training, validation = split_cases(pairs, validation_fraction, seed)
-    found = class_values([p["label"] for p in pairs], progress, [p["image"] for p in pairs])
+    if (folder / "imagesVa").is_dir() and (folder / "labelsVa").is_dir():
+        if validation_fraction is not None:
+            raise DatasetError(f"{folder}: holds imagesVa/ and labelsVa/, its validation cases (AMOS's layout), so "
+                               "--validation-fraction draws none: leave it out")  # fmt: skip
+        training, (validation, _, how_va) = pairs, case_pairs(folder, progress, "Va")
+        drawn = f"validation: imagesVa/ paired with labelsVa/ by case {how_va}"
+    else:
+        training, validation = split_cases(pairs, 0.2 if validation_fraction is None else validation_fraction, seed)
+        drawn = f"validation: {len(validation)} of {len(pairs)} cases drawn with seed {seed}"
+    cases = training + validation
+    found = class_values([p["label"] for p in cases], progress, [p["image"] for p in cases])
     labels = _label_map(found, names or {}, folder, progress, names_from)
     rel = lambda items: [{k: Path(v).relative_to(folder).as_posix() for k, v in item.items()} for item in items]  # noqa: E731
     return {
         "name": folder.resolve().name,
-        "description": f"imagesTr/ paired with labelsTr/ by case {how}; validation: {len(validation)} of {len(pairs)} "
-                       f"cases drawn with seed {seed}",  # fmt: skip
+        "description": f"imagesTr/ paired with labelsTr/ by case {how}; {drawn}",
         "labels": labels,
         "numTraining": len(training),
         "numValidation": len(validation),
@@ -225,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ToolParser(prog="medgmae-datalist", description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("folder", help="the folder holding imagesTr/ and labelsTr/ (and imagesTs/)")
-    p.add_argument("--validation-fraction", type=float, default=0.2,
-                   help="share of the labelled cases kept for validation, strictly between 0 and 1 (default 0.2)")
+    p.add_argument("--validation-fraction", type=float, default=None,
+                   help="share of the labelled cases kept for validation, strictly between 0 and 1 (default 0.2; not "
+                        "with AMOS's imagesVa/ and labelsVa/, which are the validation cases where the folder has them)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the validation draw (default 0)")
     p.add_argument("--labels", type=_names, default={},
                    help="class names, e.g. 1=liver,2=spleen; classes not named are class_<i> (default: the names of "
@@ -274,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
-    if not 0 < args.validation_fraction < 1:
+    if args.validation_fraction is not None and not 0 < args.validation_fraction < 1:
         parser.error(f"--validation-fraction must be strictly between 0 and 1, got {args.validation_fraction}")
     folder = Path(args.folder).expanduser()
     out = Path(args.out).expanduser() if args.out else folder / "dataset.json"
