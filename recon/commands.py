@@ -157,7 +157,8 @@ def placed_geometry(geom: CTGeometry, args, fbp_affine: np.ndarray | None, ref_a
         ``geom``, or a copy with that affine.
 
     Raises:
-        CLIError: the two volumes' grids differ, or the affine does not fit the geometry's voxel size.
+        CLIError: the two volumes' grids differ. (An affine that does not fit the geometry's voxel size, such as
+            NIfTI's identity of a volume saved without one, is not taken: a note says so.)
     """
     given = [(f"--fbp {args.fbp}", fbp_affine), (f"--reference {args.reference}", ref_affine)]
     given = [(name, a) for name, a in given if a is not None]
@@ -168,8 +169,10 @@ def placed_geometry(geom: CTGeometry, args, fbp_affine: np.ndarray | None, ref_a
         check_same_grid(name, shape, other, given[0][0], shape, given[0][1])
     try:
         placed = CTGeometry.from_dict({**geom.to_dict(), "affine": np.asarray(given[0][1]).tolist()})
-    except ValueError as e:
-        raise CLIError(f"{given[0][0]}'s affine does not fit the geometry {args.geometry}: {e}") from e
+    except ValueError as e:  # e.g. a volume saved with NIfTI's identity affine: its shape fits, its frame does not
+        print(f"note: the geometry {args.geometry} has no affine, and that of {given[0][0]} does not fit it ({e}): "
+              "recon.nii.gz and gaussians.ply are centred on the origin", flush=True)  # fmt: skip
+        return geom
     print(f"note: the geometry {args.geometry} has no affine: recon.nii.gz and gaussians.ply take that of "
           f"{given[0][0]}, so that they overlay it", flush=True)  # fmt: skip
     return placed

@@ -10,6 +10,7 @@ import torch
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
+from recon.geometry import CTGeometry
 from recon_cli_helpers import expect_refusal, few_gaussians_args, no_leftovers, with_defaults  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -417,3 +418,11 @@ def test_a_geometry_without_affine_takes_the_world_frame_of_the_volumes_given(sc
     expect_refusal(capsys, few_gaussians_args(scan, tmp_path / "bad", *args, "--fbp", str(scan / "fbp.nii.gz"), "--reference",
                    str(tmp_path / "shifted.nii.gz")), "is not on the voxel grid of --fbp")  # fmt: skip
     assert not (tmp_path / "bad").exists()
+    # a reference saved with NIfTI's identity affine (from numpy, no frame): its shape fits, its frame does not, so
+    # the run goes on in the centred frame, with a note (it was accepted before the placement, and still is)
+    nib.save(nib.Nifti1Image(np.asarray(ref.dataobj, np.float32), np.eye(4)), str(tmp_path / "plain.nii.gz"))
+    out = tmp_path / "plain"
+    assert main(few_gaussians_args(scan, out, *args, "--reference", str(tmp_path / "plain.nii.gz"))) == 0
+    assert "does not fit it (" in capsys.readouterr().out
+    centred = CTGeometry.from_dict(geometry).default_affine()
+    np.testing.assert_allclose(nib.load(str(out / "recon.nii.gz")).affine, centred, atol=1e-4)
