@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from medgmae.bundle_errors import InputRefusal
-from medgmae.files import load_torch_file, save_torch_atomic
+from medgmae.torch_files import load_torch_file, save_torch_atomic
 from medgmae.preprocessing import PreprocessingSpec
 from medgmae.words import plural_noun
 
@@ -301,7 +301,7 @@ def load_checkpoint(
         needed_for: what the caller needs it for, for the wrong-kind message, e.g.
             ``"--init medgmae needs a medgmae model.pt"``.
         map_location: passed to :func:`torch.load`.
-        mmap: memory-map the file (:func:`medgmae.files.load_torch_file`): a caller that needs the kind, config or
+        mmap: memory-map the file (:func:`medgmae.torch_files.load_torch_file`): a caller that needs the kind, config or
             pre-processing but not the weights then reads only those.
 
     Returns:

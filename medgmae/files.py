@@ -1,23 +1,21 @@
 """File I/O shared by the whole toolkit: the check of an output folder before any work, atomic output (every file
 appears whole or not at all; a folder of outputs is staged and moved in only when all were written), the one NIfTI
-writer and the one safe ``torch.load`` (``weights_only=True``, errors naming the file). Light on purpose: no ignite or MONAI imports."""
+writer (the one safe ``torch.load`` and atomic ``torch.save``: :mod:`medgmae.torch_files`). Light on purpose: no ignite or
+MONAI imports."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 import tempfile
-import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from medgmae.temp_names import WRITER, temp_name
 from medgmae.words import plural
@@ -28,11 +26,9 @@ __all__ = [
     "skipped_files_note",
     "atomic_write",
     "staged_outputs",
-    "save_torch_atomic",
     "save_json_atomic",
     "read_json",
     "save_nifti_atomic",
-    "load_torch_file",
     "output_dir_problem",
     "remove_interrupted_writes",
     "given_more_than_once",
@@ -218,13 +214,6 @@ def remove_interrupted_writes(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
-def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`atomic_write`; returns the final path."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
-
-
 def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:
     """Write ``obj`` as JSON through :func:`atomic_write`; returns the final path."""
     with atomic_write(path) as tmp:
@@ -289,77 +278,6 @@ def save_nifti_atomic(
     with atomic_write(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
-
-
-def _torch_file_kind(path: Path) -> str:
-    """What ``path`` is for :func:`load_torch_file`'s messages: ``"zip"`` or ``"pickle"`` (it starts as ``torch.save``
-    output does), ``"cut"`` (a zip archive without the end record every complete one has: a copy or write stopped
-    early; torch's errors vary with where it was cut), ``"torchscript"`` (a ``torch.jit.save`` archive, e.g. an
-    exported ``model.ts``: network code, which ``torch.load`` refuses, advising ``weights_only=False``) or ``"other"``."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head.startswith(b"PK\x03\x04"):
-        return "pickle" if head[:1] == b"\x80" else "other"
-    if not zipfile.is_zipfile(path):
-        return "cut"
-    with zipfile.ZipFile(path) as archive:
-        return "torchscript" if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in archive.namelist()) else "zip"
-
-
-def load_torch_file(
-    path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint", mmap: bool = False,
-    damaged_advice: str | None = None,
-) -> Any:
-    """``torch.load(weights_only=True)`` with errors naming the file.
-
-    Args:
-        path: the file.
-        map_location: where tensors are loaded.
-        what: the file, as messages name it.
-        mmap: memory-map the file, so that tensors not used are not read (files written by ``torch.save``).
-        damaged_advice: what a truncated or damaged file's message advises (default: write or copy it again).
-
-    Returns:
-        The loaded object.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is unreadable or corrupt, or it holds Python objects other than tensors and plain
-            data (it is refused, and nothing in it runs).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if _torch_file_kind(path) == "torchscript":  # torch.load's own words would advise weights_only=False
-        raise ValueError(f"{path}: a TorchScript file (an exported network such as model.ts, read by torch.jit.load), "
-                         f"not a {what} written by torch.save; is this the right path?")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if _torch_file_kind(path) == "other":  # torch blames weights_only for any bytes it cannot unpickle
-            raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
-                             "is this the right path?") from e
-        if "weights_only" in msg or "Unsupported global" in msg or "Weights only load failed" in msg:
-            lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-            why = next((ln for ln in lines if "Unsupported" in ln or "WeightsUnpickler" in ln), lines[-1] if lines else "")
-            raise ValueError(
-                f"{path}: refused to load this {what}: it holds Python objects other than tensors and plain data, "
-                "and loading such objects could run arbitrary code. Only files written by this toolkit (or "
-                f"re-saved as plain tensors) are accepted. ({why})"
-            ) from e
-        raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
-    except Exception as e:  # corrupt, truncated or not a torch file
-        if _torch_file_kind(path) == "other":  # torch's own words (e.g. about mmap and zip files) would not help
-            raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
-                             "is this the right path?") from e
-        if _torch_file_kind(path) == "cut":
-            raise ValueError(f"{path}: not a complete PyTorch file: truncated or damaged (its zip archive has no end "
-                             f"record, as when a copy or write stopped early); {damaged_advice or f'write or copy the {what} again'}") from e
-        if isinstance(e, RuntimeError) and "deserialize object on" in str(e):  # the file is fine: the device is not
-            raise ValueError(f"{path}: cannot load this {what} onto map_location={map_location!r}: that device is "
-                             f"not available here (use map_location='cpu'). ({str(e).splitlines()[0]})") from e
-        raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
 
 
 def bundle_config(bundle: str, name: str) -> str:

@@ -273,7 +273,7 @@ class GaussianReconstructor:
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write :meth:`state_dict` to ``path`` atomically."""
-        from medgmae.files import save_torch_atomic
+        from medgmae.torch_files import save_torch_atomic
 
         save_torch_atomic(self.state_dict(), path)
 

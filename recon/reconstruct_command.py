@@ -72,7 +72,7 @@ def _remove_matrix(out: Path) -> None:
 def _interrupted_note(args, state_path: Path, before: int | None, matrix: list[Path]) -> str:
     """What an interrupted run left: the state it saved (``before``: the state file's mtime at the start) or, without
     one, the projector's matrix file (``matrix``: its path, when the run got that far) kept for the next run."""
-    from medgmae.files import load_torch_file
+    from medgmae.torch_files import load_torch_file
 
     if state_path.is_file() and state_path.stat().st_mtime_ns != before:
         try:

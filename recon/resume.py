@@ -178,7 +178,7 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
             a ``--checkpoint`` or ``--fbp`` file at the saved path whose content changed (each named);
             ``iterations`` below the saved iteration.
     """
-    from medgmae.files import load_torch_file
+    from medgmae.torch_files import load_torch_file
     from recon.state import check_state
 
     if not state_path.is_file():

@@ -193,7 +193,7 @@ def test_zero_shot_and_finetune_flags_checked_first(tmp_path):
                      "--image", str(tmp_path / "none.nii.gz"), "--inference_dir", str(tmp_path / "zs")).stderr
     assert f"  --model_path: model checkpoint not found: {tmp_path / 'none.pt'}" in log
     assert f"  --image: input volume not found: {tmp_path / 'none.nii.gz'}" in log
-    from medgmae.files import save_torch_atomic
+    from medgmae.torch_files import save_torch_atomic
     from medgmae.networks.medgmae import MedGMAE
 
     model = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4)

@@ -290,7 +290,7 @@ def test_an_output_folder_with_an_unexpanded_tilde_is_refused_before_anything_is
     written: its writers made a folder called ``~`` under the current one while nibabel wrote into the home folder,
     and the run failed after its work. Such an output folder is named with its expansion; inputs are expanded where
     they are read (``read_volume``, ``load_torch_file``, the datalist and 2D folder readers)."""
-    from medgmae.files import load_torch_file
+    from medgmae.torch_files import load_torch_file
 
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))

@@ -12,7 +12,7 @@ import torch
 
 from medgmae.checkpoint import CHECKPOINT_KINDS, load_checkpoint, make_checkpoint
 from medgmae.engine import CheckpointHandler
-from medgmae.files import load_torch_file
+from medgmae.torch_files import load_torch_file
 from medgmae.networks import MedGMAE, VoxelMAE
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
@@ -201,7 +201,7 @@ def test_a_resumed_runs_evaluator_keeps_the_best_so_far(tmp_path, caplog):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_device_that_is_not_here_is_named_not_the_file(tmp_path):
     """``map_location='cuda'`` on a machine without CUDA: the file is fine, the device is named."""
-    from medgmae.files import load_torch_file
+    from medgmae.torch_files import load_torch_file
 
     torch.save({"w": torch.ones(2)}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match=r"model.pt: cannot load this checkpoint onto map_location='cuda': that device "

@@ -10,7 +10,8 @@ import torch
 from ignite.engine import Events
 
 from medgmae.engine import NonFiniteLossHandler, resolve_device
-from medgmae.files import atomic_write, load_torch_file, save_json_atomic
+from medgmae.files import atomic_write, save_json_atomic
+from medgmae.torch_files import load_torch_file
 
 from engine_helpers import make_trainer
 

@@ -9,7 +9,7 @@ import pytest
 from ignite.engine import Events
 
 from medgmae.engine import latest_checkpoint
-from medgmae.files import load_torch_file
+from medgmae.torch_files import load_torch_file
 
 from engine_helpers import make_trainer
 

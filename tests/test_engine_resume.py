@@ -11,7 +11,7 @@ import torch
 from ignite.engine import Events
 
 from medgmae.engine import latest_checkpoint
-from medgmae.files import load_torch_file
+from medgmae.torch_files import load_torch_file
 
 from engine_helpers import make_trainer
 

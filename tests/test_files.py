@@ -235,7 +235,7 @@ def test_a_truncated_torch_file_is_called_truncated_wherever_it_was_cut(tmp_path
     ``OSError: [Errno 22] Invalid argument`` when memory-mapped): every cut gets the one message naming the file."""
     import torch
 
-    from medgmae.files import load_torch_file
+    from medgmae.torch_files import load_torch_file
 
     torch.save({"kind": "recon-gaussians", "params": torch.zeros(1000)}, tmp_path / "whole.pt")
     data = (tmp_path / "whole.pt").read_bytes()
@@ -246,6 +246,13 @@ def test_a_truncated_torch_file_is_called_truncated_wherever_it_was_cut(tmp_path
             load_torch_file(cut, what="reconstruction state", mmap=mmap)
         assert str(refused.value).startswith(f"{cut}: not a complete PyTorch file: truncated or damaged"), (n, refused.value)
         assert "write or copy the reconstruction state again" in str(refused.value) and "Errno" not in str(refused.value)
+    # a damaged central directory behind an intact end record: Python's zipfile refuses it (BadZipFile, no
+    # ValueError: it escaped the tools' handlers as a traceback), torch too; the same one message
+    damaged = bytearray(data)
+    damaged[data.rindex(b"PK\x01\x02") : data.rindex(b"PK\x01\x02") + 4] = b"XXXX"
+    cut.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"not a complete PyTorch file: truncated or damaged"):
+        load_torch_file(cut, what="reconstruction state", mmap=mmap)
 
 
 def test_a_torchscript_file_is_named_as_one_without_advice_to_load_unsafely(tmp_path, recwarn):
@@ -253,7 +260,7 @@ def test_a_torchscript_file_is_named_as_one_without_advice_to_load_unsafely(tmp_
     ``weights_only=False`` (which would run code) and warns; the message says what the file is instead."""
     import torch
 
-    from medgmae.files import load_torch_file
+    from medgmae.torch_files import load_torch_file
 
     torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 3), torch.zeros(1, 2)), tmp_path / "model.ts")
     with pytest.raises(ValueError) as refused:

@@ -13,7 +13,7 @@ from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
 from recon.geometry import CTGeometry
 from recon.initialisation import fbp_init, hu_to_mu
 from recon.init_3dgr import init_3dgr_ct
-from medgmae.files import load_torch_file
+from medgmae.torch_files import load_torch_file
 from recon.metrics import psnr, ssim
 from recon.projectors import TorchProjector
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medgmae.data.phantom import generate_phantom
-from medgmae.files import load_torch_file
+from medgmae.torch_files import load_torch_file
 from recon.fbp import fbp
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
 from recon.geometry import CTGeometry

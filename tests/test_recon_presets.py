@@ -17,7 +17,7 @@ from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
 from recon.geometry import CTGeometry
 from recon.initialisation import hu_to_mu
 from recon.init_3dgr import init_3dgr_ct
-from medgmae.files import load_torch_file
+from medgmae.torch_files import load_torch_file
 from recon.metrics import psnr
 from recon.presets import THREEDGR_CT, preset_config, sparse_start_growth
 from recon.projectors import TorchProjector, make_projector

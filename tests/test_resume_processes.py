@@ -17,7 +17,7 @@ from monai.transforms import RandGaussianNoised
 
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.resume import check_epoch_length, inexact_resume_notes, loader_record, saved_loader_record
-from medgmae.files import load_torch_file
+from medgmae.torch_files import load_torch_file
 
 PATH = Path("run/checkpoint_epoch=2.pt")
 

@@ -35,7 +35,8 @@ from medgmae.engine.restore import ResumeRefused, records_first, restore_states
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
 from medgmae.engine.step_guards import diverged_error
-from medgmae.files import remove_interrupted_writes, save_torch_atomic
+from medgmae.files import remove_interrupted_writes
+from medgmae.torch_files import save_torch_atomic
 
 __all__ = ["CheckpointHandler"]
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.distributed import rank_world
 from medgmae.engine.restore import ResumeRefused, refusal, restore_states
-from medgmae.files import load_torch_file
+from medgmae.torch_files import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def read_latest_checkpoint(
         ``(path, checkpoint)``, or ``(None, None)`` when the folder holds no epoch checkpoint.
 
     Raises:
-        ValueError: the file does not load (:func:`medgmae.files.load_torch_file`).
+        ValueError: the file does not load (:func:`medgmae.torch_files.load_torch_file`).
     """
     rank, world = rank_world()
     box: list = [None, None]

@@ -129,7 +129,7 @@ class BestCheckpointSaver:
             engine.state.best_metric, engine.state.best_metric_epoch = self.best, self.best_epoch
 
     def __call__(self, engine) -> None:
-        from medgmae.files import save_torch_atomic
+        from medgmae.torch_files import save_torch_atomic
 
         if self.metric_name not in engine.state.metrics:
             raise KeyError(f"metric '{self.metric_name}' not computed; available: {sorted(engine.state.metrics)}")

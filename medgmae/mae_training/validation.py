@@ -22,7 +22,7 @@ from torch import Tensor
 
 from medgmae.engine import MetricHistory, is_main_process, unwrap_model
 from medgmae.networks.mae_base import MAEOutput
-from medgmae.files import save_torch_atomic
+from medgmae.torch_files import save_torch_atomic
 
 __all__ = [
     "BEST_MODEL_FILE",

@@ -74,7 +74,7 @@ def matrix_path(folder: str | Path, key: str, shared: bool = False) -> Path:
 
 def _read(path: Path, key: str, shape: tuple, dtype: torch.dtype) -> tuple[sp.csr_matrix | None, str]:
     """The matrix in ``path`` when it was built for ``key``, else ``None``; and why it is not used."""
-    from medgmae.files import load_torch_file
+    from medgmae.torch_files import load_torch_file
 
     try:
         saved = load_torch_file(path, what="projector matrix")
@@ -147,7 +147,7 @@ def save_matrix(projector: RayMatrixProjector, folder: str | Path, shared: bool 
     Returns:
         the line saying where it was saved and its size.
     """
-    from medgmae.files import save_torch_atomic
+    from medgmae.torch_files import save_torch_atomic
 
     a, key = projector.a, matrix_key(projector.geometry, projector.step, projector.dtype)
     path = matrix_path(folder, key, shared)
