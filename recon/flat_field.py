@@ -104,10 +104,13 @@ def read_field(path: str, flag: str, proj_path: str, det_shape: tuple[int, int],
     if tuple(images.shape[1:]) != tuple(det_shape):
         field = tuple(images.shape[1:])
         orders = [o for o in itertools.permutations(range(3)) if stack_shape and len(stack_shape) == 3
-                  and (stack_shape[o[1]], stack_shape[o[2]]) == field and o != (0, 1, 2)]  # fmt: skip
+                  and (stack_shape[o[1]], stack_shape[o[2]]) == field and o[0] != 0]  # fmt: skip (views not first)
         advice = (f"the projections, of shape {tuple(stack_shape)}, hold these (rows, cols) on their axes {orders[0][1]} "
                   f"and {orders[0][2]}: save them as (views, rows, cols), numpy.transpose(stack, {orders[0]})"
-                  if len(orders) == 1 else f"give the {flag[2:]} image of this detector, in the same layout")  # fmt: skip
+                  if len(orders) == 1 else
+                  f"its images are the detector's transposed: save them as (rows, cols), numpy.transpose(images, (0, 2, 1)) "
+                  "of a stack, image.T of one image" if field == tuple(det_shape)[::-1] else
+                  f"give the {flag[2:]} image of this detector, in the same layout")  # fmt: skip
         raise ValueError(f"{flag} {path} holds images of (rows, cols) = {field} ({images.shape[0]} "
                          f"image{'s' if images.shape[0] > 1 else ''}), but the projections {proj_path} have (rows, cols) "
                          f"= {tuple(det_shape)}: {advice}")  # fmt: skip

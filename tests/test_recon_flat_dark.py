@@ -123,6 +123,11 @@ def test_readings_saved_views_last_are_named_not_the_flat(raw, tmp_path, capsys)
     np.testing.assert_allclose(got, p, rtol=1e-6, atol=1e-6)
     np.save(tmp_path / "narrow.npy", flat[:, :-1])
     expect_refusal(capsys, [*base[:-4], "--flat", str(tmp_path / "narrow.npy")], "give the flat image of this detector")
+    # right readings beside a flat saved transposed: the flat is named, not the readings (their views are first)
+    np.save(tmp_path / "flat_t.npy", np.ascontiguousarray(flat.T))
+    right = ["fbp", "--projections", str(d / "counts.npy"), *base[3:-4], "--flat", str(tmp_path / "flat_t.npy")]
+    err = expect_refusal(capsys, right, "its images are the detector's transposed: save them as (rows, cols)")
+    assert "numpy.transpose(stack" not in err and not (tmp_path / "o.nii.gz").exists()
 
 
 def test_counts_without_a_flat_point_at_the_flags(raw, tmp_path, capsys):
