@@ -60,12 +60,14 @@ def check_radians(angles) -> None:
                      "(numpy.deg2rad(angles))")  # fmt: skip
 
 
-def check_directions(angles) -> None:
+def check_directions(angles, kind: str = "cone") -> None:
     """Raise ``ValueError`` when more than one view is listed and all point one way (the same angle, modulo a
-    turn): projections from one direction hold no tomographic information, so such angles are a list left
-    unfilled (zeros) or wrongly read, not a scan."""
-    a = np.mod(np.asarray(angles, dtype=np.float64), 2 * math.pi)
-    if a.size < 2 or not np.allclose(np.minimum(np.abs(a - a[0]), 2 * math.pi - np.abs(a - a[0])), 0.0, atol=1e-9):
+    turn, or for a parallel beam modulo half a turn, whose opposite views are mirror images): projections from one
+    direction hold no tomographic information, so such angles are a list left unfilled (zeros) or wrongly read,
+    not a scan."""
+    period = math.pi if kind == "parallel" else 2 * math.pi
+    a = np.mod(np.asarray(angles, dtype=np.float64), period)
+    if a.size < 2 or not np.allclose(np.minimum(np.abs(a - a[0]), period - np.abs(a - a[0])), 0.0, atol=1e-9):
         return
     raise ValueError(f"the {a.size} angles all give one direction ({float(angles[0]):.4g} rad): views from one direction "
                      "cannot be reconstructed; list each view's angle in radians (a list left unfilled?)")  # fmt: skip

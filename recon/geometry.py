@@ -372,7 +372,7 @@ class CTGeometry:
             raise ValueError(f"geometry file {path} is not valid JSON: {e}") from e
         try:
             geom = cls.from_dict(d)
-            check_directions(geom.angles)  # a file's angles; a subset of views (one held out) may have one
+            check_directions(geom.angles, geom.kind)  # a file's angles; a subset of views (one held out) may have one
         except (ValueError, TypeError) as e:
             raise ValueError(f"geometry file {path}: {e}") from e
         return geom

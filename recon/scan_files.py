@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -141,10 +142,14 @@ def _folder_problem(path: Path, what: str) -> str:
     head = f"{what} {path} is a folder, not a file: give the stack's file (.npy, .mha, .mhd, .nrrd, .nii, .nii.gz, .tif or .tiff)"
     if len(tiffs) < 2:
         return head
-    return (f"{head}; it holds {len(tiffs)} TIFF files ({tiffs[0]} ... {tiffs[-1]}): write them into one multi-page "
-            f"TIFF, a page per image in order, with tifffile.imwrite('stack.tif', numpy.stack([tifffile.imread(f) for f in "
-            f"sorted(glob.glob('{path}/*.tif*'))]), photometric='minisblack'), once their names sort in that order "
-            "(numbers zero-padded: 0009 before 0010)")  # fmt: skip
+    by_number = sorted(tiffs, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+    order = ("once their names sort in that order (numbers zero-padded: 0009 before 0010)" if by_number == tiffs else
+             f"once their names sort in that order: they do not ({tiffs[1]} sorts before {by_number[1]}); zero-pad "
+             "their numbers first")  # fmt: skip
+    return (f"{head}; it holds {len(tiffs)} TIFF files ({by_number[0]} ... {by_number[-1]}): write them into one "
+            f"multi-page TIFF, a page per image in order, with tifffile.imwrite('stack.tif', numpy.stack([tifffile.imread(f) "
+            f"for f in sorted(glob.glob('{path}/*')) if f.lower().endswith(('.tif', '.tiff'))]), photometric='minisblack'), "
+            f"{order}")  # fmt: skip
 
 
 def _read_tiff(path: Path, what: str, planar: bool) -> np.ndarray:

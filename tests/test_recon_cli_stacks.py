@@ -177,18 +177,24 @@ def test_a_folder_of_one_tiff_per_view_is_refused_with_the_line_that_stacks_it(s
     views = tmp_path / "views"
     views.mkdir()
     for i, view in enumerate(proj):
-        tifffile.imwrite(views / f"proj_{i:04d}.tif", view)
+        tifffile.imwrite(views / f"proj_{i:04d}.{'TIF' if i % 2 else 'tif'}", view)  # a Windows export's .TIF too
     (views / "notes.txt").write_text("scanner log")
     geometry = str(simulated / "geometry.json")
     for flags in (["--projections", str(views)], ["--projections", str(simulated / "projections.npy"), "--flat", str(views)]):
         assert main(["fbp", *flags, "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
         err = capsys.readouterr().err
         assert f"{views} is a folder, not a file" in err, err
-        assert f"it holds {len(proj)} TIFF files (proj_0000.tif ... proj_{len(proj) - 1:04d}.tif)" in err, err
-        assert f"sorted(glob.glob('{views}/*.tif*'))" in err and not (tmp_path / "o.nii.gz").exists()
-    stack = np.stack([tifffile.imread(f) for f in sorted(glob.glob(f"{views}/*.tif*"))])
+        assert f"it holds {len(proj)} TIFF files (proj_0000.tif ... proj_{len(proj) - 1:04d}.TIF)" in err, err
+        assert f"for f in sorted(glob.glob('{views}/*')) if f.lower().endswith(('.tif', '.tiff'))" in err
+        assert "zero-padded: 0009 before 0010" in err and not (tmp_path / "o.nii.gz").exists()
+    stack = np.stack([tifffile.imread(f) for f in sorted(glob.glob(f"{views}/*")) if f.lower().endswith((".tif", ".tiff"))])
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     np.testing.assert_array_equal(load_projections(tmp_path / "stack.tif"), proj)
+    for i, f in enumerate(sorted(views.glob("proj_*"), key=lambda f: int(f.stem[5:]))):  # unpadded numbers: 1, 2, ..., 10
+        f.rename(views / f"p{i + 1}.tif")
+    assert main(["fbp", "--projections", str(views), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert f"(p1.tif ... p{len(proj)}.tif)" in err and "they do not (p10.tif sorts before p2.tif); zero-pad" in err, err
 
 
 def test_a_stack_saved_views_last_is_refused_with_the_transpose_that_fixes_it(simulated, tmp_path, capsys):

@@ -194,10 +194,10 @@ def test_fbp_and_reconstruct_refuse_a_geometry_file_in_degrees(small_parallel_sc
         assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["deg.json"]
 
 
-@pytest.mark.parametrize("angles", [[0.0] * 10, [1.5] * 10, [0.0, 2 * np.pi] * 5])
+@pytest.mark.parametrize("angles", [[0.0] * 10, [1.5] * 10, [0.0, 2 * np.pi] * 5, [0.0, np.pi] * 5])
 def test_a_geometry_file_whose_views_all_point_one_way_is_refused(small_parallel_scan, tmp_path, capsys, angles):
     """``fbp`` / ``reconstruct`` with a ``geometry.json`` whose angles give one direction (left as zeros, or every
-    view at the same angle modulo a turn): exit 2 naming the file, nothing written (fbp wrote an FBP with a warning
+    view at the same angle modulo a turn, or half a turn for this parallel beam): exit 2 naming the file, nothing written (fbp wrote an FBP with a warning
     that 0 degrees were covered). One view alone, and two directions, still load."""
     from recon.cli import main
 
@@ -216,3 +216,6 @@ def test_a_geometry_file_whose_views_all_point_one_way_is_refused(small_parallel
     for fine in ([0.3], [0.0, 0.0, 0.0, 1.0]):
         geom.write_text(json.dumps({**g, "angles": fine}))
         assert list(CTGeometry.load(geom).angles) == fine
+    from recon.angle_checks import check_directions
+
+    check_directions([0.0, np.pi] * 5, "cone")  # a cone beam's opposite views are two directions (a parallel's one)
