@@ -63,3 +63,25 @@ def test_copies_are_grouped_by_their_bytes_not_their_size(tmp_path):
     (tmp_path / "e.bin").write_bytes(b"x" * (tmp_path / "a.png").stat().st_size)  # same size, other bytes
     paths = sorted(str(p) for p in tmp_path.iterdir())
     assert same_content_groups(paths) == [[str(tmp_path / "a.png"), str(tmp_path / "c.png")]]
+
+
+def test_only_files_that_share_their_size_and_ends_are_read_whole(tmp_path, monkeypatch):
+    """Twelve files of one size (as uncompressed DICOM slices are) that differ near their start are told apart by
+    their ends alone; two that differ only in the middle are read whole and told apart; two copies are grouped."""
+    import medgmae.twod.image_copies as copies
+
+    size, whole = 3 * (1 << 16), []
+    digest = copies._digest
+    monkeypatch.setattr(copies, "_digest", lambda p, quick=False: (whole.append(p) if not quick else None) or digest(p, quick))
+    files = []
+    for k in range(12):  # a header that differs, then the same body
+        files.append(tmp_path / f"slice{k:02d}.dcm")
+        files[-1].write_bytes(bytes([k]) * 100 + b"\0" * (size - 100))
+    middle = bytearray(b"\1" * size)
+    (tmp_path / "m1.raw").write_bytes(bytes(middle))
+    middle[size // 2] = 7
+    (tmp_path / "m2.raw").write_bytes(bytes(middle))
+    shutil.copy(files[3], tmp_path / "copy.dcm")
+    groups = same_content_groups([*files, tmp_path / "m1.raw", tmp_path / "m2.raw", tmp_path / "copy.dcm"])
+    assert groups == [[str(files[3]), str(tmp_path / "copy.dcm")]]
+    assert sorted(whole) == sorted([str(files[3]), str(tmp_path / "copy.dcm"), str(tmp_path / "m1.raw"), str(tmp_path / "m2.raw")])

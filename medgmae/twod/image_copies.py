@@ -4,8 +4,9 @@ A file copied into two class folders is one image with two labels: training pull
 where one copy validates, the validation scores a label the training contradicts. A copy in training and one in
 validation (the same class) is an image the model has seen counted as unseen, raising the validation accuracy.
 :func:`warn_about_copies` names both kinds in a warning. Files are compared by their bytes (same size, then the
-same SHA-256), so only the files that share their size with another are read; the same picture saved again in
-another format or quality is not found.
+same SHA-256 of both ends, then of the whole), so only files that share their size with another are read, and only
+those that also share their ends are read whole; the same picture saved again in another format or quality is not
+found.
 """
 
 from __future__ import annotations
@@ -27,12 +28,34 @@ logger = logging.getLogger("medgmae.gvit")
 SHOWN = 5
 
 
-def _digest(path: str) -> str:
+#: Bytes read from each end of a file for its quick digest: a DICOM slice's header and pixels differ from the next
+#: slice's within them, so only files that agree there (copies, mostly) are read whole.
+_QUICK = 1 << 16
+
+
+def _digest(path: str, quick: bool = False) -> str:
+    """SHA-256 of the file, or (``quick``) of its first and last :data:`_QUICK` bytes."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
+        if quick:
+            sha.update(f.read(_QUICK))
+            f.seek(max(0, os.path.getsize(path) - _QUICK))
+            sha.update(f.read(_QUICK))
+            return sha.hexdigest()
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
     return sha.hexdigest()
+
+
+def _grouped(paths: Iterable[str], key) -> list[list[str]]:
+    """The groups of two or more ``paths`` of one ``key(path)`` (a path whose key cannot be read left out)."""
+    groups: dict = defaultdict(list)
+    for p in paths:
+        try:
+            groups[key(p)].append(p)
+        except OSError:
+            continue
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def same_content_groups(paths: Iterable[str | os.PathLike]) -> list[list[str]]:
@@ -45,20 +68,13 @@ def same_content_groups(paths: Iterable[str | os.PathLike]) -> list[list[str]]:
     Returns:
         ``[[path, path, ...], ...]``, in the order of each group's first path.
     """
-    by_size: dict[int, list[str]] = defaultdict(list)
-    for p in dict.fromkeys(str(p) for p in paths):
-        try:
-            by_size[os.path.getsize(p)].append(p)
-        except OSError:
-            continue
-    by_digest: dict[str, list[str]] = defaultdict(list)
-    for same_size in (g for g in by_size.values() if len(g) > 1):
-        for p in same_size:
-            try:
-                by_digest[_digest(p)].append(p)
-            except OSError:
-                continue
-    return [g for g in by_digest.values() if len(g) > 1]
+    unique = list(dict.fromkeys(str(p) for p in paths))
+    out = []
+    for same_size in _grouped(unique, os.path.getsize):
+        for same_ends in _grouped(same_size, lambda p: _digest(p, quick=True)):
+            out += _grouped(same_ends, _digest)
+    order = {p: i for i, p in enumerate(unique)}
+    return sorted(out, key=lambda g: order[g[0]])
 
 
 def _shown(groups: Sequence[str], root: Path) -> str:
