@@ -171,6 +171,27 @@ def test_a_resume_with_other_phantom_settings_is_refused_before_writing(tmp_path
     assert nib.load(other["training"][0]["image"]).shape == (24, 24, 22)
 
 
+def test_label_maps_some_volumes_lack_are_not_read(tmp_path, caplog):
+    """Pre-training draws its crops with label maps only when every volume has one (the bundle's has_labels): where
+    some lack one, the others' maps are not read, so a corrupt one does not stop the run, and a line says so; where
+    every volume has one, a corrupt map is refused naming it."""
+    from medgmae.data.datalist import DatasetError
+
+    split = pretrain_split("", tmp_path, num_phantoms=2, num_val_phantoms=1, phantom_shape=[24, 24, 20],
+                           phantom_spacing=4.0, validate=False)  # fmt: skip
+    items = split["training"] + split["validation"]
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
+    mixed = {**split, "training": [{"image": items[0]["image"], "label": str(tmp_path / "broken.nii.gz")}, *(
+        {"image": it["image"]} for it in items[1:2])], "validation": [{"image": items[2]["image"]}]}  # fmt: skip
+    with caplog.at_level("INFO", logger="medgmae.mae_training"):
+        assert check_pretrain_split(mixed) is mixed
+    assert "1 of the 3 volumes have a label map: crops are drawn over each volume's foreground box, without the label maps" in caplog.text
+    every = {**mixed, "training": [mixed["training"][0], {"image": items[1]["image"], "label": items[1]["label"]}],
+             "validation": [{"image": items[2]["image"], "label": items[2]["label"]}]}  # fmt: skip
+    with pytest.raises(DatasetError, match="broken.nii.gz"):
+        check_pretrain_split(every)
+
+
 def test_reconstruction_figure_layout():
     t = np.random.default_rng(0).random((20, 24, 16))
     mask = np.zeros_like(t)

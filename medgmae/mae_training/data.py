@@ -22,6 +22,7 @@ from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
 from medgmae.engine.resume import phantom_resume_differences
 from medgmae.data.precheck import check_datalist
+from medgmae.words import plural
 
 __all__ = ["pretrain_split", "check_pretrain_split", "held_out_count"]
 
@@ -242,6 +243,10 @@ def check_pretrain_split(split: dict, precheck_workers: int = 0, ledger_dir: str
         DatasetError: unusable files (one message names them all).
     """
     unique = list({item["image"]: item for item in split["training"] + split["validation"]}.values())
-    check_datalist(unique, label_key="label", workers=int(precheck_workers), ledger_dir=ledger_dir,
-                   source=split.get("source", ""))  # fmt: skip
+    labelled = sum("label" in item for item in unique)
+    if 0 < labelled < len(unique) and is_main_process():  # the crops are then drawn without them (the bundle's has_labels): not read
+        logger.info("%d of the %s have a label map: crops are drawn over each volume's foreground box, without the "
+                    "label maps, which are not read", labelled, plural(len(unique), "volume"))  # fmt: skip
+    check_datalist(unique, label_key="label" if labelled == len(unique) else None, workers=int(precheck_workers),
+                   ledger_dir=ledger_dir, source=split.get("source", ""))  # fmt: skip
     return split
