@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -135,8 +136,40 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _is_monai_wrapper(exc: BaseException) -> bool:
     """MONAI's ``RuntimeError`` around a config expression's, component's or transform's error (``applying
     transform <...LoadImage2Dd object at 0x...>``), which names no cause."""
-    wrappers = ("Failed to evaluate", "Failed to instantiate", "applying transform")
-    return isinstance(exc, RuntimeError) and str(exc).startswith(wrappers)
+    return isinstance(exc, RuntimeError) and str(exc).startswith(_MONAI_WRAPPERS)
+
+
+#: How MONAI's wrappers' messages begin.
+_MONAI_WRAPPERS = ("Failed to evaluate", "Failed to instantiate", "applying transform")
+
+
+#: torch's message for an error re-raised from a data-loader worker: where, then the worker's whole traceback.
+_WORKER_ERROR = re.compile(r"Caught \w+ (in [^\n]*?)\.\nOriginal (Traceback \(most recent call last\):\n.*)", re.DOTALL)
+_CHAINED = re.compile(r"\n\n(?:The above exception was the direct cause of the following exception|"
+                      r"During handling of the above exception, another exception occurred):\n\n")
+
+
+def _reason_text(reason: BaseException) -> str:
+    """``<type>: <message>`` of ``reason``; for an error re-raised from a data-loader worker, whose message is the
+    worker's whole traceback, the worker's own reason instead (the outermost error there that MONAI did not wrap,
+    such as the reader's ``ValueError`` naming the file) and where it was raised."""
+    found = _WORKER_ERROR.match(str(reason))
+    if found:
+        errors = [_exception_text(block) for block in _CHAINED.split(found.group(2).rstrip())]
+        wrapped = tuple(f"RuntimeError: {w}" for w in _MONAI_WRAPPERS)
+        own = next((e for e in reversed(errors) if e and not e.startswith(wrapped)), None)
+        if own:
+            return f"{own} ({found.group(1)})"
+    return f"{type(reason).__name__}: {reason}"
+
+
+def _exception_text(block: str) -> str:
+    """The ``<type>: <message>`` that ends one exception's part of a formatted traceback (its frames dropped; the
+    type without its module, as the other last lines name it)."""
+    lines = block.splitlines()[1:] if block.startswith("Traceback") else block.splitlines()
+    while lines and (not lines[0].strip() or lines[0].startswith(" ")):
+        lines.pop(0)
+    return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+(?::|$))", "", "\n".join(lines).strip())
 
 
 #: Set (to anything but ``0`` or nothing) to keep the traceback above an :class:`InputRefusal`'s message.
@@ -300,11 +333,12 @@ def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume:
             _say_rank_stopped(reason)
             return
         if isinstance(reason, InputRefusal) and not _traceback_wanted():  # the user's input: where it was raised
-            print(f"error: {type(reason).__name__}: {reason}", file=sys.stderr)  # is no news to them
+            print(f"error: {_reason_text(reason)}", file=sys.stderr)  # is no news to them
             return
         previous(exc_type, exc, tb)
-        if reason is not None and reason is not exc:
-            print(f"\nerror: {type(reason).__name__}: {reason}", file=sys.stderr)
+        text = _reason_text(reason) if reason is not None else ""
+        if reason is not None and (reason is not exc or text != f"{type(reason).__name__}: {reason}"):
+            print(f"\nerror: {text}", file=sys.stderr)  # a worker's reason: its traceback is but text above
         if reason is not None and hook.resumable and _lost_peer(reason):
             if process_count() > 1:  # a broken pipe of a single process (output piped to head) is not a lost peer
                 print(LOST_PEER, file=sys.stderr)
@@ -316,6 +350,6 @@ def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume:
 
 def _say_rank_stopped(reason: BaseException) -> None:
     """Print a non-zero rank's one line for the error ``reason`` (rank 0 prints it whole, with the traceback)."""
-    text = " ".join(str(reason).split())  # its lines joined, cut short
+    text = " ".join(_reason_text(reason).split())  # its lines joined, cut short
     text = text if len(text) <= 300 else text[:297] + "..."
-    print(f"rank {process_rank()} stopped: {type(reason).__name__}: {text}; see rank 0", file=sys.stderr)
+    print(f"rank {process_rank()} stopped: {text}; see rank 0", file=sys.stderr)

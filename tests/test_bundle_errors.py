@@ -252,3 +252,32 @@ def test_under_torchrun_only_rank_0_prints_the_traceback_and_the_ctrl_c_line():
     assert lines == [] and proc.returncode != 0
     _, lines = _under_the_hook("raise KeyboardInterrupt\n", resumable=True, rank=0)
     assert lines[-1].startswith("interrupted: run the same command with --resume true")
+
+
+_WORKER_FAILS = (
+    "import torch\n"
+    "from monai.transforms import apply_transform\n"
+    "def read(_):\n"
+    "    raise {error}('/data/ct/vol1.nii.gz: cannot read the volume (EOFError: Compressed file ended)')\n"
+    "class Volumes(torch.utils.data.Dataset):\n"
+    "    def __len__(self):\n        return 1\n"
+    "    def __getitem__(self, i):\n        return {load}\n"
+    "next(iter(torch.utils.data.DataLoader(Volumes(), num_workers=1)))\n"
+)
+
+
+def test_a_data_loader_workers_error_ends_with_the_workers_reason_on_every_rank():
+    """A file unreadable in a data-loader worker is re-raised by torch as ``Caught RuntimeError in DataLoader worker
+    process 0.`` followed by the worker's whole traceback as its message: the last line (rank 0) and a non-zero
+    rank's one line name the worker's own error, the file, not torch's wrapper (rank 1's 300 characters held only
+    the start of the traceback); a refusal raised in a worker is printed as its message alone."""
+    said = "ValueError: /data/ct/vol1.nii.gz: cannot read the volume (EOFError: Compressed file ended)"
+    wrapped = _WORKER_FAILS.format(error="ValueError", load="apply_transform(read, i)")  # MONAI's 'applying transform'
+    proc, lines = _under_the_hook(wrapped, resumable=True, rank=0)
+    assert proc.returncode == 1 and lines[-1] == f"error: {said} (in DataLoader worker process 0)", proc.stderr[-2000:]
+    proc, lines = _under_the_hook(wrapped, resumable=True, rank=1)
+    assert lines[-1] == f"rank 1 stopped: {said} (in DataLoader worker process 0); see rank 0", proc.stderr[-2000:]
+    refusal = _WORKER_FAILS.format(error="DatasetError", load="read(i)")
+    refusal = "from medgmae.data.datalist import DatasetError\n" + refusal
+    proc, lines = _under_the_hook(refusal)
+    assert lines == [f"error: {said.replace('ValueError', 'DatasetError')} (in DataLoader worker process 0)"], proc.stderr[-2000:]
