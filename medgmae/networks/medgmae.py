@@ -29,6 +29,7 @@ from medgmae.networks.mae_base import (
     patch_mask_to_voxels,
     sincos_embedding_3d,
 )
+from medgmae.networks.vit import batch_tokens
 
 __all__ = [
     "MAEOutput",
@@ -306,7 +307,7 @@ class MedGMAE(MaskedAutoencoder):
         b, k = latent.shape[0], self.num_gaussians
         x = self.decoder_embed(latent)
         visible = x[:, 1:] + self.visible_positions(ids_restore, x.shape[1] - 1)
-        tokens = torch.cat([x[:, :1], self.query_tokens.expand(b, -1, -1), visible], dim=1)
+        tokens = torch.cat([x[:, :1], batch_tokens(self.query_tokens, b), visible], dim=1)
         feats = full_precision(self.run_decoder(tokens)[:, 1 : 1 + k])
         # the heads run in float32 even under autocast: bf16 centres would be ~0.4 voxel coarse at 96^3
         with torch.autocast(device_type=feats.device.type, enabled=False):

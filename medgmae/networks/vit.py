@@ -18,7 +18,8 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from monai.utils import ensure_tuple_rep
 from torch import Tensor
 
-__all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "quiet_monai_meshgrid", "random_masking", "visible_patch_count"]
+__all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "batch_tokens", "quiet_monai_meshgrid", "random_masking",
+           "visible_patch_count"]
 
 
 @contextmanager
@@ -99,6 +100,18 @@ def freeze_unused_cross_attn_norms(module: nn.Module) -> None:
             norm = getattr(block, "norm_cross_attn", None)
             if isinstance(norm, nn.Module):
                 norm.requires_grad_(False)
+
+
+def batch_tokens(token: Tensor, batch: int) -> Tensor:
+    """A learnt ``(1, n, C)`` token parameter for each of ``batch`` items, ``token.expand(batch, -1, -1)``, whose
+    gradient is a dense tensor of its own.
+
+    Concatenated with other tokens, the expanded view of a batch of one passed a strided view of the concatenation's
+    gradient on to the parameter, which DistributedDataParallel copies into its gradient bucket with a warning on
+    every torchrun process ("Grad strides do not match bucket view strides"); the product by 1, which changes no
+    value, makes the gradient a new dense tensor.
+    """
+    return token.expand(batch, -1, -1) * 1
 
 
 class MaskedViTEncoder(nn.Module):
@@ -234,7 +247,7 @@ class MaskedViTEncoder(nn.Module):
         else:
             mask = torch.zeros(b, n, device=x.device)
             ids_restore = torch.arange(n, device=x.device).unsqueeze(0).expand(b, -1)
-        tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
+        tokens = torch.cat([batch_tokens(self.cls_token, b), tokens], dim=1)
         hidden = []
         for blk in self.blocks:
             tokens = blk(tokens)
