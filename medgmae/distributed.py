@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Callable
 
 import torch.distributed as dist
 
-__all__ = ["warn_if_sampler_repeats", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
+__all__ = ["MAIN_PROCESS_WAIT", "warn_if_sampler_repeats", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
 
 
 def in_process_group() -> bool:
@@ -64,10 +65,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+#: How long the other ranks wait for the work rank 0 does for all in :func:`main_process_only`: the pre-check of a
+#: large dataset runs for tens of minutes, past the process group's own timeout (10 minutes under NCCL, 30 under
+#: gloo), which ended the waiting ranks' collective call and with it the run.
+MAIN_PROCESS_WAIT = timedelta(hours=24)
+_WAIT_GROUP: list = [None, None]  # (the process group it was made in, the waiting group)
+
+
+def _waiting_group() -> object:
+    """A gloo group of every process whose calls wait up to :data:`MAIN_PROCESS_WAIT`, made once per process group
+    (every rank makes it at the same call, as :func:`main_process_only` is reached by all)."""
+    if _WAIT_GROUP[0] is not dist.group.WORLD:
+        _WAIT_GROUP[:] = [dist.group.WORLD, dist.new_group(backend="gloo", timeout=MAIN_PROCESS_WAIT)]
+    return _WAIT_GROUP[1]
+
+
 def main_process_only(work: Callable[[], object], error: type[Exception] = RuntimeError) -> None:
     """Run ``work`` on rank 0 alone (files every rank then reads, such as a generated dataset) while the other ranks
-    wait; when it fails, every rank stops: rank 0 with its own exception, the others with ``error`` carrying its
-    message, so that no rank waits for ever at the next collective call.
+    wait, up to :data:`MAIN_PROCESS_WAIT` however short the process group's timeout; when it fails, every rank
+    stops: rank 0 with its own exception, the others with ``error`` carrying its message, so that no rank waits for
+    ever at the next collective call.
 
     Args:
         work: what to do; its return value is not kept.
@@ -75,6 +92,7 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
     """
     failure: list = [None]
     caught: Exception | None = None
+    group = _waiting_group() if in_process_group() else None
     if is_main_process():
         try:
             work()
@@ -84,7 +102,7 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
             if not in_process_group():
                 raise
     if in_process_group():
-        dist.broadcast_object_list(failure, src=0)
+        dist.broadcast_object_list(failure, src=0, group=group)
     if caught is not None:
         raise caught
     if failure[0] is not None:

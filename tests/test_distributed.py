@@ -32,22 +32,28 @@ def test_inside_a_process_group_the_group_decides(tmp_path, monkeypatch):
 
 def _two_ranks(rank: int, store: str, fail: bool | str, results: str) -> None:
     """One of two gloo processes: rank 0 does (or fails) the work, both record how main_process_only ended.
-    ``fail="advice"``: the work raises the given error type carrying an attribute (a count the message advises)."""
+    ``fail="advice"``: the work raises the given error type carrying an attribute (a count the message advises);
+    ``fail="slow"``: the work outlasts the process group's timeout (2 s), which the waiting rank must survive."""
     import json
+    import time
+    from datetime import timedelta
     from pathlib import Path
 
     from medgmae.distributed import main_process_only
 
     def work() -> None:
-        if fail == "advice":
+        if fail == "slow":  # longer than the process group's timeout, as a large dataset's pre-check under NCCL
+            time.sleep(4)
+        elif fail == "advice":
             e = ValueError("labels 0-4 found")
             e.needed_classes = 5
             raise e
-        if fail:
+        elif fail:
             raise OSError("disk full")
         done.append(1)
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    timeout = timedelta(seconds=2 if fail == "slow" else 60)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timeout)
     done = []
     try:
         main_process_only(work, ValueError)
@@ -59,18 +65,20 @@ def _two_ranks(rank: int, store: str, fail: bool | str, results: str) -> None:
     Path(results, f"{rank}.json").write_text(json.dumps(outcome))
 
 
-@pytest.mark.parametrize("fail", [False, True, "advice"])
+@pytest.mark.parametrize("fail", [False, True, "advice", "slow"])
 def test_main_process_only_stops_every_rank_when_rank_0_fails(tmp_path, fail):
     """Two gloo processes: the work runs on rank 0 alone; its failure stops rank 1 too (no rank left waiting),
     rank 0 with its own exception and rank 1 with the given type and rank 0's message, and the error's plain
-    attributes (a pre-check's class count, which the fine-tuning error advises on every rank)."""
+    attributes (a pre-check's class count, which the fine-tuning error advises on every rank). Work that outlasts
+    the process group's timeout leaves rank 1 waiting, not failing: a large dataset's pre-check runs past NCCL's
+    10 minutes."""
     import json
 
     import torch.multiprocessing as mp
 
     mp.start_processes(_two_ranks, args=(str(tmp_path / "store"), fail, str(tmp_path)), nprocs=2, start_method="spawn")
     got = [json.loads((tmp_path / f"{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
-    if not fail:
+    if not fail or fail == "slow":
         assert got == [{"raised": None, "worked": True}, {"raised": None, "worked": False}]
     elif fail == "advice":
         assert got == [{"raised": ["ValueError", "labels 0-4 found"], "worked": False, "needed": 5},
