@@ -310,3 +310,52 @@ def test_naming_class_0_says_it_is_the_reserved_background(tmp_path, capsys, giv
     assert e.value.code == 2
     assert "class 0 is the background, reserved" in capsys.readouterr().err
     assert not (folder / "dataset.json").exists()
+
+
+def _refuse_reading(*args, **kwargs):
+    raise AssertionError("a label map was read before the output was checked")
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_label_map_is_read(tmp_path, capsys, monkeypatch):
+    """``--out`` in a folder where no file can be created (``/proc/self``, refused to every user, root included):
+    exit status 2 naming ``--out``, before the label maps of a large dataset are read (not, after them, a
+    temporary file's name)."""
+    import medgmae.data.decathlon as decathlon
+
+    folder = tmp_path / "data"
+    _case(folder, "a", 1), _case(folder, "b", 1)
+    monkeypatch.setattr(decathlon, "read_volume", _refuse_reading)
+    monkeypatch.setattr(decathlon, "volume_grid", _refuse_reading)
+    with pytest.raises(SystemExit) as e:
+        main([str(folder), "--out", "/proc/self/dataset.json"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--out /proc/self/dataset.json: " in err and ".tmp-" not in err
+
+
+def test_a_read_only_dataset_folder_is_refused_up_front_saying_how_to_write_the_datalist_elsewhere(tmp_path, capsys, monkeypatch):
+    """A dataset on a read-only mount (simulated: creating a file in it fails with EROFS, as root ignores permission
+    bits) and no ``--out``: the default ``FOLDER/dataset.json`` is refused before anything is read, and the message
+    says to give ``--out`` elsewhere and fine-tune with ``--datalist`` that file and ``--dataset_dir`` the folder."""
+    import errno
+    import tempfile
+
+    import medgmae.data.decathlon as decathlon
+
+    folder = tmp_path / "data"
+    _case(folder, "a", 1), _case(folder, "b", 1)
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == folder:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(decathlon, "read_volume", _refuse_reading)
+    monkeypatch.setattr(decathlon, "volume_grid", _refuse_reading)
+    with pytest.raises(SystemExit) as e:
+        main([str(folder)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and not (folder / "dataset.json").exists()
+    assert f"cannot write the default {folder / 'dataset.json'}: cannot create files in {folder} (Read-only file system)" in err
+    assert f"give --out a .json file in a folder you can write, then fine-tune with --datalist that file --dataset_dir {folder}" in err

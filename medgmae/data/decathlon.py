@@ -38,6 +38,7 @@ from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
 from medgmae.data.grid import label_grid_problem
 from medgmae.data.reader import Volume, read_volume, volume_grid
+from medgmae.files import output_dir_problem
 from medgmae.words import plural, plural_noun
 
 __all__ = ["case_pairs", "class_values", "decathlon_datalist", "folder_class_names", "main", "split_cases"]
@@ -248,9 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _out_problem(out: Path, folder: Path, force: bool) -> str | None:
+def _out_problem(out: Path, folder: Path, force: bool, given: bool = True) -> str | None:
     """Why the datalist cannot be written to ``out``, else ``None``: not a ``.json`` name (``--force`` would have
-    replaced a scan), a folder, inside a folder of scans, under a file, or existing without ``force``."""
+    replaced a scan), a folder, inside a folder of scans, under a file, existing without ``force``, or in a folder
+    where no file can be created (a read-only dataset mount; ``given``: ``out`` was named by ``--out``, else it is
+    the default, ``FOLDER/dataset.json``, and the message says how to write the datalist elsewhere)."""
     if out.is_dir():
         return f"--out {out} is a folder: give the .json file to write (e.g. {out / 'dataset.json'})"
     if not out.name.lower().endswith(".json"):
@@ -265,6 +268,11 @@ def _out_problem(out: Path, folder: Path, force: bool) -> str | None:
                 f"e.g. --out {out.with_name('dataset_decathlon.json')}")  # fmt: skip
     if out.exists() and not force:
         return f"{out} exists: give --force to replace it, or --out another file"
+    if problem := output_dir_problem(out.parent):  # a read-only dataset mount: said before every label map is read
+        if given:
+            return f"--out {out}: {problem}"
+        return (f"cannot write the default {out}: {problem}; give --out a .json file in a folder you can write, "
+                f"then fine-tune with --datalist that file --dataset_dir {folder}")
     return None
 
 
@@ -291,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(args.folder).expanduser()
     out = Path(args.out).expanduser() if args.out else folder / "dataset.json"
     try:
-        problem = _out_problem(out, folder, args.force)
+        problem = _out_problem(out, folder, args.force, given=bool(args.out))
     except OSError as e:  # a name too long, a folder that cannot be read
         problem = f"--out {out}: {e.strerror or e}"
     if problem:
