@@ -1,6 +1,7 @@
 """Synthetic phantom generator: determinism, label sanity, NIfTI geometry, dataset.json and CLI errors."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -193,3 +194,30 @@ def test_a_phantom_dataset_is_replaced_whole_and_an_interrupted_one_regenerated(
     (ds / ".phantom_in_progress.json").write_text("{}")
     path = write_phantom_dataset(ds, 2, shape=(16, 16, 12), spacing=8.0, num_validation=1)
     assert json.loads(path.read_text(encoding="utf-8"))["numTraining"] == 1 and not (ds / ".phantom_in_progress.json").exists()
+
+
+def test_an_out_no_file_can_be_created_in_is_refused_before_any_phantom_is_generated(tmp_path, capsys, monkeypatch):
+    """``--out`` on a read-only mount (simulated: creating a file there fails with EROFS, as root ignores permission
+    bits): exit status 2 naming the folder before any phantom is generated (it generated the first phantom, then
+    failed with status 1 and Python's error type)."""
+    import errno
+    import tempfile
+
+    import medgmae.data.phantom.cli as cli
+
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    def never(*args, **kwargs):
+        raise AssertionError("phantoms were generated for an output folder that cannot be written")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(cli, "write_phantom_dataset", never)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "d"), "--num-cases", "2", "--shape", "16", "16", "12"])
+    assert exc.value.code == 2 and not (tmp_path / "d").exists()
+    assert f"--out {tmp_path / 'd'}: cannot create files in {tmp_path} (Read-only file system)" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 from medgmae.cli_types import ToolParser, expand_home, nonneg_int, positive_float, positive_int
 from medgmae.data.phantom.generator import DEFAULT_SHAPE, DEFAULT_SPACING, shape_memory_problem
 from medgmae.data.phantom.writer import write_phantom_dataset
+from medgmae.files import output_dir_problem
 
 __all__ = ["build_parser", "default_num_validation", "main"]
 
@@ -60,7 +61,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``medgmae-phantom`` entry point. Returns 0 on success, 1 when generating fails (out of memory, a full disk:
-    what this run wrote is removed), 130 after Ctrl-C (the same, in one line); bad flags, and a ``--shape`` too large for this machine's memory, exit with
+    what this run wrote is removed), 130 after Ctrl-C (the same, in one line); bad flags, an ``--out`` where no file can be created, and a ``--shape`` too large for this machine's memory, exit with
     code 2 before anything is written."""
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
@@ -72,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.num_validation >= args.num_cases:
         parser.error(f"--num-validation ({args.num_validation}) must be smaller than --num-cases ({args.num_cases})")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out} exists and is not a folder")
+    if problem := output_dir_problem(out):  # a file, or a folder no file can be created in: before any phantom
+        parser.error(f"--out {out}: {problem}")
     if problem := shape_memory_problem(args.shape):
         parser.error(f"--shape: {problem}")
     t0 = time.perf_counter()
