@@ -46,3 +46,22 @@ def test_a_missing_dataset_folder_is_a_dataset_refusal(tmp_path):
     missing = tmp_path / "no_such_folder"
     with pytest.raises(DatasetError, match=f"dataset_dir does not exist: {missing}"):
         resolve_datalist(str(missing), tmp_path)
+
+
+def test_a_datalist_written_on_windows_is_read_with_its_backslashes_as_folder_separators(tmp_path):
+    """``imagesTr\\\\case_0.nii.gz`` (a datalist written on Windows) names ``imagesTr/case_0.nii.gz``: pre-training and
+    fine-tuning found none of the files; a file whose own name holds a backslash is still taken as named."""
+    for name in ("imagesTr/case_0.nii.gz", "labelsTr/case_0.nii.gz", "imagesTr/case_1.nii.gz", "odd\\name.nii.gz"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"training": [{"image": "imagesTr\\case_0.nii.gz", "label": ".\\labelsTr\\case_0.nii.gz"},
+                                             {"image": "odd\\name.nii.gz"}],
+                                "validation": [{"image": "imagesTr\\case_1.nii.gz"}]}))  # fmt: skip
+    root = tmp_path.resolve()  # the paths resolve against the datalist's folder with its links followed
+    expected = [{"image": f"{root}/imagesTr/case_0.nii.gz", "label": f"{root}/labelsTr/case_0.nii.gz"},
+                {"image": f"{root}/odd\\name.nii.gz"}]
+    assert read_datalist(path) == expected
+    assert read_datalist(path, "validation") == [{"image": f"{root}/imagesTr/case_1.nii.gz"}]
+    items, _ = resolve_datalist("", tmp_path / "work", datalist=path)  # how pre-training and fine-tuning read it
+    assert [it["image"] for it in items] == [e["image"] for e in expected] + [f"{root}/imagesTr/case_1.nii.gz"]

@@ -182,7 +182,7 @@ def read_datalist(
 
     Returns:
         Dicts with ``image`` (and ``label`` where given) as absolute path strings below the base folder resolved
-        (links followed), the same whichever way the datalist is named and from whichever working folder.
+        (links followed), the same whichever way the datalist is named and from whichever working folder; backslashes of a datalist written on Windows read as folder separators (:func:`_listed_path`).
 
     Raises:
         DatasetError: the file is missing or not valid JSON, an item has no image or an image or label that is
@@ -209,8 +209,18 @@ def read_datalist(
             if k in item and not isinstance(item[k], str):
                 raise DatasetError(f"datalist {path}: item {i} of '{key}' has a '{k}' that is "
                                    f"{_json_kind(item[k])}, not a path string")  # fmt: skip
-        out.append({k: str(base / v) if k in ("image", "label") else v for k, v in item.items()})
+        out.append({k: _listed_path(base, v) if k in ("image", "label") else v for k, v in item.items()})
     return out
+
+
+def _listed_path(base: Path, text: str) -> str:
+    """A datalist's path ``text`` resolved against ``base``. A datalist written on Windows separates folders with
+    backslashes (``imagesTr\\case_0001.nii.gz``), which on Linux and macOS are characters of a name: they are read as
+    separators unless a file named with them exists."""
+    path = base / text
+    if "\\" in text and not path.exists():
+        path = base / text.replace("\\", "/")
+    return str(path)
 
 
 def _json_kind(value) -> str:
