@@ -258,3 +258,24 @@ def test_an_nnunet_raw_folder_is_named_with_the_command_writing_its_datalist(tmp
         assert f"{folder / 'dataset.json'} is nnU-Net's dataset.json" in message
         assert f"medgmae-datalist {folder} --out {folder / 'dataset_decathlon.json'}" in message
         assert "--datalist" in message and "is missing" not in message
+
+
+@pytest.mark.parametrize("prefix", ["/home/someone/Task09/", "C:\\Users\\someone\\Task09\\"])
+def test_a_datalist_of_absolute_paths_from_another_machine_is_named_as_such(tmp_path, prefix):
+    """A datalist listing absolute paths of another machine (POSIX or Windows) was told that "a datalist's relative
+    paths resolve against --dataset_dir": the message now says its paths are absolute, and which listed file the
+    datalist's folder holds."""
+    from medgmae.data.datalist import read_datalist
+
+    (tmp_path / "imagesTr").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(tmp_path / "imagesTr" / "c0.nii.gz"))
+    sep = "\\" if prefix.startswith("C:") else "/"
+    listed = [f"{prefix}imagesTr{sep}c{i}.nii.gz" for i in range(2)]
+    datalist = tmp_path / "dataset.json"
+    datalist.write_text(json.dumps({"training": [{"image": p} for p in listed]}))
+    with pytest.raises(DatasetError) as error:
+        check_datalist(read_datalist(datalist), source=str(datalist))
+    message = str(error.value)
+    assert "the datalist lists absolute paths, none of which exist here (written on another machine?)" in message
+    assert f"(its folder holds {tmp_path / 'imagesTr' / 'c0.nii.gz'}, listed as {listed[0]})" in message
+    assert "relative paths resolve against --dataset_dir" not in message

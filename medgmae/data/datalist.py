@@ -216,9 +216,10 @@ def read_datalist(
 def _listed_path(base: Path, text: str) -> str:
     """A datalist's path ``text`` resolved against ``base``. A datalist written on Windows separates folders with
     backslashes (``imagesTr\\case_0001.nii.gz``), which on Linux and macOS are characters of a name: they are read as
-    separators unless a file named with them exists."""
+    separators unless a file named with them exists (or the path starts with a drive, ``C:\\``: kept as written, for
+    the pre-check's message to show it)."""
     path = base / text
-    if "\\" in text and not path.exists():
+    if "\\" in text and not path.exists() and not re.match(r"[A-Za-z]:\\", text):
         path = base / text.replace("\\", "/")
     return str(path)
 

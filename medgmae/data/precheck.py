@@ -33,13 +33,14 @@ from __future__ import annotations
 import json
 import os
 import logging
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from medgmae.data.datalist import DatasetError
+from medgmae.data.datalist import DatasetError, load_datalist_json
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.data.grid import GRID_TOLERANCE, label_grid_problem
 from medgmae.data.reader import read_volume
@@ -176,8 +177,30 @@ def _all_missing_hint(items: Sequence[Mapping], image_key: str, source: str = ""
     hint = f"\nNone of the {len(paths)} images exist: their paths resolve under {where}"
     if source == "input_files":
         return hint
-    return hint + (". A datalist's relative paths resolve against --dataset_dir when it is given, else against the "
-                   "datalist's own folder")
+    return hint + (_absolute_paths_hint(Path(source)) or ". A datalist's relative paths resolve against --dataset_dir "
+                   "when it is given, else against the datalist's own folder")
+
+
+def _absolute_paths_hint(datalist: Path) -> str:
+    """When the datalist lists every image by an absolute path (written on another machine: ``/home/x/Task09/...``,
+    ``C:\\data\\...``), what to do, with the file its folder holds by the end of the first path where it holds one;
+    otherwise ``""``."""
+    try:
+        content = load_datalist_json(datalist) if datalist.is_file() else {}
+    except DatasetError:
+        return ""
+    listed = [it.get("image") if isinstance(it, dict) else it for key in ("training", "validation", "test")
+              for it in (content.get(key) or []) if isinstance(content.get(key), list)]  # fmt: skip
+    listed = [p for p in listed if isinstance(p, str)]
+    if not listed or not all(p.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", p) for p in listed):
+        return ""
+    advice = (": the datalist lists absolute paths, none of which exist here (written on another machine?); write "
+              "them relative to the datalist's folder, as the Decathlon's own are, or as they are on this machine")
+    parts = [q for q in re.split(r"[\\/]", listed[0]) if q]
+    for n in range(len(parts) - 1, 0, -1):
+        if (datalist.parent / Path(*parts[-n:])).is_file():
+            return advice + f" (its folder holds {datalist.parent / Path(*parts[-n:])}, listed as {listed[0]})"
+    return advice
 
 
 def _check_one(args: tuple) -> list[str]:
