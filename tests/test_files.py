@@ -166,6 +166,35 @@ def test_a_gzip_file_named_nii_is_named_so(tmp_path):
     assert read_volume(tmp_path / "ct.nii").array.shape == (5, 4, 3)
 
 
+@pytest.mark.parametrize("nifti2", [False, True])
+def test_a_plain_nifti_named_nii_gz_is_read_as_the_file_it_is(tmp_path, nifti2):
+    """A .nii renamed .nii.gz (not gzip-compressed; ITK and 3D Slicer read it) is read as the same volume, by the 3D
+    reader, its header-only grid and the 2D reader: nibabel refused it ("is not a gzip file")."""
+    import nibabel as nib
+    import numpy as np
+
+    from medgmae.data import read_volume
+    from medgmae.data.reader import volume_grid
+    from medgmae.twod.images import read_image
+
+    array = np.arange(5 * 4 * 3, dtype=np.float32).reshape(5, 4, 3)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    klass = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    nib.save(klass(array, affine), str(tmp_path / "ct.nii"))
+    (tmp_path / "ct.nii").rename(tmp_path / "ct.nii.gz")
+    assert (tmp_path / "ct.nii.gz").read_bytes()[:2] != b"\x1f\x8b"  # not gzip: as a misnamed file is
+    volume = read_volume(tmp_path / "ct.nii.gz")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine, affine)
+    shape, grid = volume_grid(tmp_path / "ct.nii.gz")
+    assert shape == (5, 4, 3)
+    np.testing.assert_allclose(grid, affine)
+    nib.save(klass(array[:, :, :1], affine), str(tmp_path / "slice.nii"))
+    (tmp_path / "slice.nii").rename(tmp_path / "slice.NII.GZ")
+    assert read_image(tmp_path / "slice.NII.GZ").shape[0] == 1  # one channel: the NIfTI slice, read
+
+
 def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):
     import numpy as np
 

@@ -84,8 +84,10 @@ def is_volume_path(path: str | os.PathLike) -> bool:
 def load_nifti(path: str | os.PathLike):
     """The nibabel image of a NIfTI file after the toolkit's checks, how the 3D reader and the 2D image reader
     (:mod:`medgmae.twod.nifti_slices`) open NIfTI images: a gzip file named ``.nii`` is refused (nibabel would not
-    recognise it), a qform that places voxels elsewhere than the sform is warned about (the sform is used), and so is
-    a file that states no frame at all (qform and sform codes 0: nibabel's default frame is not ITK's).
+    recognise it), a file named ``.nii.gz`` that is not gzip-compressed is read as the plain NIfTI it is (as ITK
+    and 3D Slicer read it; nibabel says "is not a gzip file"), a qform that places voxels elsewhere than the sform
+    is warned about (the sform is used), and so is a file that states no frame at all (qform and sform codes 0:
+    nibabel's default frame is not ITK's).
 
     Raises:
         Refused: a gzip-compressed file named ``.nii``.
@@ -93,11 +95,16 @@ def load_nifti(path: str | os.PathLike):
     import nibabel as nib
 
     path = Path(path)
-    if path.name.lower().endswith(".nii"):
-        with open(path, "rb") as f:
-            if f.read(2) == b"\x1f\x8b":  # gzip's magic number: nibabel would not recognise the file type
-                raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
-    img = nib.load(str(path))
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"  # gzip's magic number
+    if path.name.lower().endswith(".nii") and gzipped:  # nibabel would not recognise the file type
+        raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
+    if path.name.lower().endswith(".nii.gz") and not gzipped:  # nibabel goes by the name: read the bytes as they are
+        data = path.read_bytes()
+        nifti2 = 540 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))  # its header's size
+        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
+    else:
+        img = nib.load(str(path))
     _warn_if_frames_disagree(img, path)
     _warn_if_no_frame(img, path)
     return img
