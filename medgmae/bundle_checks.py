@@ -90,7 +90,9 @@ def check_settings(
     problems += unknown_key_lines(command) + repeated_flag_lines(command)
     problems += process_problems(torchrun, multi_gpu_config, command)
     dirs = output_dirs or {}
-    folders = _output_dir_problems(dirs) + _other_run_problems(dirs.get("output_dir"), run_kinds)
+    folders = _output_dir_problems(dirs)
+    if not any(line.startswith("--output_dir ") for line in folders):  # a folder that cannot be looked up is not read
+        folders += _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)
     _warn_unused(command, unused_phantom_keys, unused_keys or {})
     return True

@@ -234,9 +234,13 @@ def checkpoint_files(output_dir: str | os.PathLike) -> dict[str, tuple[int, int,
     """``{path: (inode, size, mtime in ns)}`` of the checkpoints below ``output_dir`` (:data:`CHECKPOINT_GLOBS`):
     what a run found at its start, so that at its end the files it wrote tell themselves apart without a clock."""
     folder = Path(output_dir)
+    try:
+        is_dir = folder.is_dir()
+    except OSError:  # a path too long to look up holds no checkpoint (the bundle's output check names it)
+        is_dir = False
     found = {}
     for pattern in CHECKPOINT_GLOBS:
-        for p in folder.glob(pattern) if folder.is_dir() else ():
+        for p in folder.glob(pattern) if is_dir else ():
             try:
                 st = p.stat()
             except OSError:

@@ -30,6 +30,7 @@ __all__ = [
     "read_json",
     "save_nifti_atomic",
     "output_dir_problem",
+    "path_length_problem",
     "remove_interrupted_writes",
     "given_more_than_once",
 ]
@@ -41,6 +42,46 @@ def output_dir_problem(path: str | os.PathLike) -> str | None:
     p = Path(path).expanduser()
     if str(path).strip() == "":
         return "the path is empty"
+    if long := path_length_problem(p):
+        return long
+    try:
+        return _folder_problem(p)
+    except OSError as e:  # a folder above that cannot be searched...: the system's words
+        return f"cannot use the path ({e.strerror or e})"
+
+
+def path_length_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be created for its length, ``None`` when it can: a name in it longer than the file system
+    of its nearest existing folder takes (``NAME_MAX``, 255 bytes on the usual ones), or the whole path longer than the
+    system takes (``PATH_MAX``). Looking such a path up fails with ENAMETOOLONG, or finds nothing, by the Python
+    version; creating it fails with ENAMETOOLONG.
+
+    Args:
+        path: a file or folder to create, relative or absolute (``~`` expanded).
+    """
+    p = absolute_path(path)
+    folder = p
+    while folder.parent != folder:
+        try:
+            if folder.exists():
+                break
+        except OSError:  # ENAMETOOLONG: not there either
+            pass
+        folder = folder.parent
+    try:
+        name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    longest = max((len(os.fsencode(name)) for name in p.parts), default=0)
+    if longest > name_max:
+        return f"a name in it is {longest} bytes long, longer than the {name_max} the file system takes"
+    if len(os.fsencode(str(p))) >= path_max:  # PATH_MAX counts the terminating zero byte
+        return f"it is {len(os.fsencode(str(p)))} bytes long, longer than the {path_max - 1} the system takes"
+    return None
+
+
+def _folder_problem(p: Path) -> str | None:
+    """:func:`output_dir_problem` of a non-empty path that is not too long (``OSError``: it cannot be looked up)."""
     if p.exists() and not p.is_dir():
         return f"{p} is an existing file, not a folder"
     probe = p

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from medgmae.files import output_dir_problem
+from medgmae.files import output_dir_problem, path_length_problem
 from medgmae.volume_units import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
 from medgmae.volume_units import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
 from recon.geometry import CTGeometry
@@ -271,9 +271,11 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
 
     Raises:
         CLIError: a name without one of ``endings``, a path ending with a separator or naming an existing folder,
-            or one below an existing file.
+            one below an existing file, or one too long to create (:func:`medgmae.files.path_length_problem`).
     """
     p = Path(path)
+    if problem := path_length_problem(p):  # before any lookup, which fails on such a path
+        raise CLIError(f"{flag} {path}: {problem}")
     if str(path).endswith(("/", os.sep)) or p.is_dir():
         raise CLIError(f"{flag} {path} is a folder: give a file name" + (f" ending with {' or '.join(endings)}" if endings else ""))
     if endings and not p.name.lower().endswith(endings):

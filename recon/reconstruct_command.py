@@ -24,6 +24,7 @@ from recon.commands import (
     resolve_cli_device,
     warn_about_scan,
 )
+from medgmae.files import path_length_problem
 from recon.geometry import CTGeometry
 from recon import reconstruct_start as start
 from recon.reconstruct_summary import print_summary, write_reconstruction
@@ -42,6 +43,8 @@ def cmd_reconstruct(args) -> int:
             ``--matrix-dir`` is never removed.
     """
     out = Path(args.out)
+    if problem := path_length_problem(out):  # before the lookups below, which fail on such a path
+        raise CLIError(f"--out {args.out}: {problem}")
     state_path, new_folder = out / RECON_STATE, not out.exists()
     before = state_path.stat().st_mtime_ns if state_path.is_file() else None
     matrix: list[Path] = []  # the projector's matrix file, once the run knows it (named by the Ctrl-C line)

@@ -103,6 +103,18 @@ def test_check_output_dirs(tmp_path):
     assert not (tmp_path / "new").exists()  # nothing created
 
 
+def test_an_output_folder_too_long_to_create_is_a_setting_error(tmp_path):
+    """An ``--output_dir`` with a name over the file system's 255 bytes: one ``BundleSettingError`` naming it, as for
+    any unusable folder; its lookups (the checkpoints a run finds at its start, another run's model files) raised
+    ``OSError: [Errno 36] File name too long`` under MONAI's traceback."""
+    out = tmp_path / ("x" * 300)
+    with pytest.raises(BundleSettingError) as e:
+        check_settings({}, output_dirs={"output_dir": str(out), "tensorboard_dir": str(out / "tensorboard")},
+                       run_kinds=["medgmae"])  # fmt: skip
+    assert f"--output_dir {str(out)!r}: a name in it is 300 bytes long, longer than the 255 the file system takes" in str(e.value)
+    assert "--tensorboard_dir" in str(e.value) and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("roi_size, problem", [
     (8, "expected positive multiples of --patch_size 12, got 8"),
     ([24, 24, 18], "expected positive multiples of --patch_size 12, got [24, 24, 18]"),

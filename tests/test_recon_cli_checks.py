@@ -79,6 +79,23 @@ def test_fbp_out_must_be_a_nifti_file(scan, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "ok.NII")]) == 0  # the ending is case-insensitive
 
 
+def test_outputs_too_long_to_create_are_refused_up_front(scan, tmp_path, capsys):
+    """An ``--out`` folder or file (and ``select --json``) with a name over the file system's 255 bytes: exit 2
+    naming it; every command crashed with ``OSError: [Errno 36] File name too long``."""
+    folder, nifti, table = (tmp_path / ("x" * 300 + end) for end in ("", ".nii.gz", ".json"))
+    base = ["--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json")]
+    cases = [
+        (["simulate", "--volume", str(scan.parent / "ct.nii.gz"), "--geometry", "parallel", "--views", "4",
+          "--device", "cpu", "--out", str(folder)], f"--out {folder}: a name in it is 300 bytes long"),
+        (["fbp", *base, "--out", str(nifti)], f"--out {nifti}: a name in it is 307 bytes long"),
+        (few_gaussians_args(scan, folder), f"--out {folder}: a name in it is 300 bytes long"),
+        (["select", "--runs", str(tmp_path), "--json", str(table)], f"--json {table}: a name in it is 305 bytes long"),
+    ]  # fmt: skip
+    for args, message in cases:
+        expect_refusal(capsys, args, message, "longer than the 255 the file system takes")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_evaluate_and_reconstruct_refuse_a_volume_off_the_grid(scan, tmp_path, capsys):
     """``evaluate`` and ``reconstruct`` check the voxel grid alike: a volume shifted by 50 mm, or one slice short,
     is refused with both names, both shapes (x, y, z) and the offset (tolerance 1e-2 of the 12 mm voxel)."""
