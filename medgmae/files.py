@@ -5,6 +5,7 @@ MONAI imports."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -31,6 +32,7 @@ __all__ = [
     "save_nifti_atomic",
     "output_dir_problem",
     "path_length_problem",
+    "too_long_message",
     "remove_interrupted_writes",
     "given_more_than_once",
 ]
@@ -78,6 +80,14 @@ def path_length_problem(path: str | os.PathLike) -> str | None:
     if len(os.fsencode(str(p))) >= path_max:  # PATH_MAX counts the terminating zero byte
         return f"it is {len(os.fsencode(str(p)))} bytes long, longer than the {path_max - 1} the system takes"
     return None
+
+
+def too_long_message(error: OSError) -> str | None:
+    """What a command line tool says for ``error`` when it is ENAMETOOLONG (a path given that is too long to look up
+    or create: ``OSError: [Errno 36] File name too long``), naming the path; ``None`` for any other error."""
+    if error.errno != errno.ENAMETOOLONG:
+        return None
+    return f"{error.filename}: {path_length_problem(error.filename or '') or 'too long'} ({error.strerror})"
 
 
 def _folder_problem(p: Path) -> str | None:

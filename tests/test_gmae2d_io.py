@@ -312,12 +312,16 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(cli_files, capsys, tmp_path):
         ["segment", "--checkpoint", str(ckpt), "--image", str(d / "img.png"), "--num-layers", "500"],
         ["segment", "--checkpoint", str(ckpt), "--image", str(d / "img.png"), "--split", "9", "--num-layers", "4"],
         ["layers", "--checkpoint", str(d / "img.png"), "--image", str(d / "img.png")],
+        ["edges", "--checkpoint", str(d / ("x" * 300 + ".pt")), "--image", str(d / "img.png")],  # too long to look up
+        ["edges", "--checkpoint", str(ckpt), "--image", str(d / ("y" * 300 + ".png"))],
     ]
     for argv in cases:
-        assert main([*argv, "--out", str(out)]) == 2, argv
+        assert main([*argv, "--out", str(out)]) == 2, argv  # the long paths: OSError File name too long
         assert not out.exists()
     err = capsys.readouterr().err
     assert "nope.pt" in err and "missing.png" in err and "exceeds" in err
+    for name, size in (("x" * 300 + ".pt", 303), ("y" * 300 + ".png", 304)):
+        assert f"{d / name}: a name in it is {size} bytes long, longer than the 255 the file system takes" in err
     for argv in (["segment", "--checkpoint", str(ckpt)], ["explode"], ["edges", "--checkpoint", str(ckpt), "--image", "x.png",
                  "--out", str(out), "--granularities", "-3"]):  # fmt: skip
         with pytest.raises(SystemExit) as e:

@@ -80,8 +80,8 @@ def test_fbp_out_must_be_a_nifti_file(scan, tmp_path, capsys):
 
 
 def test_outputs_too_long_to_create_are_refused_up_front(scan, tmp_path, capsys):
-    """An ``--out`` folder or file (and ``select --json``) with a name over the file system's 255 bytes: exit 2
-    naming it; every command crashed with ``OSError: [Errno 36] File name too long``."""
+    """An ``--out`` folder or file (and ``select --json``), or an input, with a name over the file system's 255 bytes:
+    exit 2 naming it; every command crashed with ``OSError: [Errno 36] File name too long``."""
     folder, nifti, table = (tmp_path / ("x" * 300 + end) for end in ("", ".nii.gz", ".json"))
     base = ["--projections", str(scan / "projections.npy"), "--geometry", str(scan / "geometry.json")]
     cases = [
@@ -90,6 +90,14 @@ def test_outputs_too_long_to_create_are_refused_up_front(scan, tmp_path, capsys)
         (["fbp", *base, "--out", str(nifti)], f"--out {nifti}: a name in it is 307 bytes long"),
         (few_gaussians_args(scan, folder), f"--out {folder}: a name in it is 300 bytes long"),
         (["select", "--runs", str(tmp_path), "--json", str(table)], f"--json {table}: a name in it is 305 bytes long"),
+    ]  # fmt: skip
+    long_input = str(tmp_path / ("z" * 300 + ".nii.gz"))  # an input too long to look up: named, exit 2
+    cases += [
+        (["simulate", "--volume", long_input, "--geometry", "parallel", "--views", "4", "--out", str(tmp_path / "s")],
+         f"{long_input}: a name in it is 307 bytes long"),
+        (["evaluate", "--recon", long_input, "--reference", str(scan / "reference.nii.gz")], f"{long_input}: a name"),
+        (["fbp", "--projections", long_input, "--geometry", str(scan / "geometry.json"), "--out", str(tmp_path / "f.nii")],
+         f"{long_input}: a name"),
     ]  # fmt: skip
     for args, message in cases:
         expect_refusal(capsys, args, message, "longer than the 255 the file system takes")

@@ -31,7 +31,7 @@ from medgmae.checkpoint import TrainingStateError
 from medgmae.cli_types import ToolParser, expand_home, nonneg_float, nonneg_int, positive_int
 from medgmae.engine import resolve_device
 from medgmae.words import plural
-from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs
+from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs, too_long_message
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gsplat_backend import check_backend_setting
@@ -341,6 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         writers[f"{args.command}.json"] = lambda p: save_json_atomic(summary, p)
     except (FileNotFoundError, ValueError) as e:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an input path too long to look up (the output folder is checked first)
+        if (message := too_long_message(e)) is None:
+            raise
+        print(f"medgmae-2d {args.command}: error: {message}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
