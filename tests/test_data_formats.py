@@ -101,6 +101,30 @@ def test_a_folder_of_volumes_is_searched_in_depth_without_its_label_maps(tmp_pat
     assert [it["image"] for it in folder_datalist(series)] == [str(series)]  # a series folder given itself
 
 
+def test_a_folder_of_volumes_is_searched_through_its_linked_sub_folders_each_once(tmp_path):
+    """A dataset folder gathered as links to where its parts lie (a linked volume folder, a linked DICOM series):
+    their volumes are found (os.walk passed over linked folders: pre-training found only the directly linked file);
+    a link back to the folder itself and a second link to a folder already searched add nothing."""
+    from medgmae.data import folder_datalist
+
+    img = sitk_image(1)
+    store = tmp_path / "store"
+    for rel in ("site a/ct_1.nii.gz", "site a/ct_2.mha", "loose.nii.gz"):
+        (store / rel).parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(img, str(store / rel))
+    write_dicom_series(img, store / "PACS" / "SERIES1")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "siteA").symlink_to(store / "site a", target_is_directory=True)
+    (root / "siteA again").symlink_to(store / "site a", target_is_directory=True)  # searched once, as siteA
+    (root / "scanner").symlink_to(store / "PACS", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # back to the folder itself
+    (root / "one.nii.gz").symlink_to(store / "loose.nii.gz")
+    found = [Path(it["image"]).relative_to(root).as_posix() for it in folder_datalist(root)]
+    assert found == ["one.nii.gz", "scanner/SERIES1", "siteA/ct_1.nii.gz", "siteA/ct_2.mha"]
+    assert read_volume(root / "scanner" / "SERIES1").array.shape == read_volume(root / "siteA" / "ct_1.nii.gz").array.shape
+
+
 def test_files_a_folder_listing_leaves_out_are_counted_and_loose_dicom_is_warned_about(tmp_path, caplog):
     """Files that are no volume are left out, counted with an example; a DICOM series saved as loose files beside
     NIfTI files is not read, and the folder holding them is warned about (it was left out without a word)."""

@@ -22,6 +22,24 @@ def test_image_folder_logs_files_and_volume_slices(tmp_path, caplog):
     assert "1 of them a 3D NIfTI volume, contributing its middle axial slice" in caplog.text
 
 
+def test_an_image_folder_is_searched_through_its_linked_sub_folders_each_once(tmp_path, caplog):
+    """Images in linked sub-folders are training images (``rglob`` passed over linked folders: the 2D bundles found
+    none in a folder of links); a loop back to the folder and a second link to one folder add nothing."""
+    store = tmp_path / "store" / "set 1"
+    (store / "sub").mkdir(parents=True)
+    for name in ("a.png", "B.PNG", "sub/c.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(store / name, format="PNG")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "set1").symlink_to(store, target_is_directory=True)
+    (root / "set1 again").symlink_to(store, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    with caplog.at_level(logging.INFO, logger="medgmae.twod"):
+        items = image_folder_items(root)
+    assert [it["image"] for it in items] == [str(root / "set1" / name) for name in ("B.PNG", "a.png", "sub/c.png")]
+    assert "3 image files -> 3 training images" in caplog.text
+
+
 def test_image_folder_logs_multi_frame_dicom(tmp_path, caplog):
     """A multi-frame DICOM contributes its middle frame, and the log says so (a one-frame file is not counted); a
     DICOM file named ``.ima`` (Siemens' export) is found as the 3D reader finds it, and one without an ending (a

@@ -12,10 +12,11 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path, volume_stem
 
-__all__ = ["LABEL_NAME", "folder_datalist"]
+__all__ = ["LABEL_NAME", "folder_datalist", "walk_following_links"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -29,11 +30,33 @@ _DICOM_PEEK = 20
 LABEL_NAME = re.compile(r"^labels|(^|[_.-])(labels?|segs?|segmentations?|masks?)([_.-]|$)", re.IGNORECASE)
 
 
+def walk_following_links(folder: str | Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """``os.walk`` of ``folder`` that enters linked sub-folders too (a dataset gathered as links to where its parts
+    lie), each real folder once: a link back to a folder above, or a second link to a folder already walked, is not
+    entered again. As with ``os.walk``, the caller may cut the yielded sub-folder list to those to search.
+
+    Args:
+        folder: the folder to walk.
+
+    Yields:
+        ``(folder, sub-folder names, file names)``, the folder as reached (through its links, not resolved).
+    """
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(Path(folder), followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield Path(root), dirs, files
+
+
 def folder_datalist(folder: str | Path) -> list[dict]:
     """``{"image": path}`` for every volume file and DICOM series folder in ``folder`` and its sub-folders, in
     sorted path order, label maps left out (:data:`LABEL_NAME`; how many is logged).
 
-    A folder holding volume files is searched for those (and its sub-folders); one without them is asked whether
+    A folder holding volume files is searched for those (and its sub-folders, linked ones too:
+    :func:`walk_following_links`); one without them is asked whether
     it holds a DICOM series (GDCM's console warnings about non-DICOM files are silenced meanwhile). A Decathlon
     layout without ``dataset.json`` (``imagesTr/``, ``labelsTr/``) gives its training images: its ``imagesTs/``
     (the held-out test images) is left out, logged, so that pre-training never sees a benchmark's test cases; a
@@ -47,8 +70,8 @@ def folder_datalist(folder: str | Path) -> list[dict]:
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        for root, dirs, files in os.walk(Path(folder)):
-            _visit(Path(root), dirs, [f for f in files if not f.startswith(".")], walk)
+        for root, dirs, files in walk_following_links(folder):
+            _visit(root, dirs, [f for f in files if not f.startswith(".")], walk)
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     _log_left_out(Path(folder), walk)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae.data.reader import DICOM_FILE_SUFFIXES
+from medgmae.data.volume_folders import walk_following_links
 from medgmae.twod.dicom_frames import dicom_without_pixels
 from medgmae.twod.images import IMAGE_SUFFIXES, has_dicom_preamble
 
@@ -22,8 +23,11 @@ __all__ = ["listed_files", "skipped_files_note", "no_images_message"]
 def _visible_files(folder: Path, recursive: bool) -> list[Path]:
     """The files in ``folder`` (and its sub-folders), sorted, hidden ones (macOS's ``._x.png`` resource files,
     anything under a hidden folder) left out; a link whose target is gone (storage not mounted) is one, so that
-    the reader names it instead of the listing passing over it."""
-    listed = folder.rglob("*") if recursive else folder.iterdir()
+    the reader names it instead of the listing passing over it; linked sub-folders are searched too."""
+    if recursive:  # linked sub-folders too, each real folder once (``rglob`` passes over linked folders)
+        listed = [root / name for root, _, names in walk_following_links(folder) for name in names]
+    else:
+        listed = list(folder.iterdir())
     return sorted(p for p in listed if (p.is_file() or (p.is_symlink() and not p.exists()))
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
 
