@@ -40,9 +40,9 @@ def check_projection_header(path, det_spacing: tuple[float, float], det_shape: t
     """
     path = Path(path)
     if path.name.lower().endswith((".nii", ".nii.gz")):  # its pixdim: the pitch (its origin is a world position)
-        import nibabel as nib
+        from medgmae.data.reader import load_nifti  # as the stack itself was read (a .nii.gz not gzipped too)
 
-        spacing, origin = np.asarray(nib.load(str(path)).header.get_zooms()[:2], float), None
+        spacing, origin = np.asarray(load_nifti(path).header.get_zooms()[:2], float), None
     elif path.name.lower().endswith(ITK_HEADERS):
         info = itk_header(path)
         spacing, origin = np.asarray(info.GetSpacing()[:2], float), np.asarray(info.GetOrigin()[:2], float)

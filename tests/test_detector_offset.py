@@ -316,6 +316,19 @@ def test_a_centred_origin_rounded_to_float32_states_no_offset(tmp_path):
             assert with_header_offset(single, offset, tmp_path / "p.mha") is single
 
 
+def test_the_header_of_a_nifti_stack_named_nii_gz_without_gzip_is_read(tmp_path):
+    """A NIfTI projection stack named .nii.gz that is not gzip-compressed (read by the volume reader as the plain
+    NIfTI it is) has its pixel spacing checked too: the check crashed with nibabel's "is not a gzip file"."""
+    import nibabel as nib
+
+    from recon.stack_header import check_projection_header
+
+    nib.save(nib.Nifti1Image(np.zeros((76, 10, 3), np.float32), np.diag([2.0, 2.0, 1.0, 1.0])), str(tmp_path / "p.nii"))
+    (tmp_path / "p.nii").rename(tmp_path / "p.nii.gz")
+    with pytest.raises(ValueError, match=r"the header's detector pixel spacing \(col, row\) \(2, 2\) mm differs"):
+        check_projection_header(tmp_path / "p.nii.gz", (1.0, 1.0), (10, 76))
+
+
 def test_simulate_takes_a_detector_offset(tmp_path, capsys):
     """``simulate --geometry cone --det-offset U V`` writes the offset into geometry.json and projects with it;
     with a geometry file, or a non-finite offset, it exits 2 writing nothing (the built-in orbits' default detector
