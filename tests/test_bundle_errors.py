@@ -89,6 +89,26 @@ def test_a_refusal_of_the_users_input_is_printed_alone():
     assert _under_the_hook(body, env={"MEDGMAE_TRACEBACK": "0"})[1] == lines[-1:]
 
 
+def test_a_path_too_long_to_look_up_is_named_alone(tmp_path):
+    """An input path with a name over the file system's 255 bytes (``--image``, ``--dataset_dir``) stopped a bundle
+    with MONAI's traceback around ``OSError: [Errno 36] File name too long``: the run now ends with one line naming
+    the path and its length; MEDGMAE_TRACEBACK=1 keeps the traceback. Other OS errors keep theirs."""
+    long = tmp_path / ("x" * 300 + ".nii.gz")
+    body = ("from pathlib import Path\n"
+            "try:\n"
+            f"    Path({str(long)!r}).exists()\n"
+            "except OSError as e:\n"
+            "    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")  # fmt: skip
+    proc, lines = _under_the_hook(body, resumable=True)
+    assert lines == [f"error: {long}: a name in it is 307 bytes long, longer than the 255 the file system takes "
+                     "(File name too long)"], proc.stderr
+    assert proc.returncode == 1
+    proc, lines = _under_the_hook(body, env={"MEDGMAE_TRACEBACK": "1"})
+    assert "Traceback (most recent call last):" in lines and lines[-1].startswith("error: OSError: [Errno 36]")
+    other = "raise PermissionError(13, 'Permission denied', '/data/x.nii.gz')\n"
+    assert "Traceback (most recent call last):" in _under_the_hook(other)[1]
+
+
 def test_a_transforms_failure_ends_with_the_file_it_could_not_read():
     """MONAI's ``apply_transform`` wraps a loader's error in ``RuntimeError: applying transform <object at 0x..>``
     (a 2D image folder holding a corrupt PNG): the last line is the loader's message naming the file."""
