@@ -87,7 +87,9 @@ def too_long_message(error: OSError) -> str | None:
     or create: ``OSError: [Errno 36] File name too long``), naming the path; ``None`` for any other error."""
     if error.errno != errno.ENAMETOOLONG:
         return None
-    return f"{error.filename}: {path_length_problem(error.filename or '') or 'too long'} ({error.strerror})"
+    if not error.filename:
+        return f"a path given is too long ({error.strerror})"
+    return f"{error.filename}: {path_length_problem(error.filename) or 'too long'} ({error.strerror})"
 
 
 def _folder_problem(p: Path) -> str | None:

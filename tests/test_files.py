@@ -273,6 +273,19 @@ def test_a_path_too_long_to_create_is_named_without_a_traceback(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 
+def test_the_message_of_a_path_too_long_names_it_where_the_error_does():
+    """The tools' line for ENAMETOOLONG: the path and its longest name, or, for an error naming no path, no ``None``."""
+    import errno
+
+    from medgmae.files import too_long_message
+
+    long = "/tmp/" + "x" * 300
+    assert too_long_message(OSError(errno.ENAMETOOLONG, "File name too long", long)) == (
+        f"{long}: a name in it is 300 bytes long, longer than the 255 the file system takes (File name too long)")
+    assert too_long_message(OSError(errno.ENAMETOOLONG, "File name too long")) == "a path given is too long (File name too long)"
+    assert too_long_message(OSError(errno.EACCES, "Permission denied", long)) is None
+
+
 def test_the_write_check_leaves_the_folders_times_as_they_were(tmp_path):
     """A refused run leaves its folders exactly as found: the probe file's creation and removal do not move the
     folder's modification time (which fingerprints of DICOM folders read)."""
