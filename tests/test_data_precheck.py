@@ -72,6 +72,28 @@ def test_precheck_ledger_reads_each_file_once(tmp_path, monkeypatch):
     assert len(reads) == 3
 
 
+def test_runs_sharing_a_cache_keep_each_others_passes(tmp_path, monkeypatch):
+    """Two runs on different data sharing one ``--cache_dir`` (one ledger): each run's check keeps what the other's
+    passed, so neither reads its files again the next time (the ledger held the last run's files alone, and the
+    other run's next start read all of its files again)."""
+    a = [{"image": nifti_file(tmp_path / f"a{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(2)]
+    b = [{"image": nifti_file(tmp_path / f"b{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(2)]
+    reads = []
+    real = precheck_mod.read_volume
+    monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    check_datalist(a, ledger_dir=tmp_path / "cache")
+    check_datalist(b, ledger_dir=tmp_path / "cache")
+    assert sorted(reads) == ["a0.nii.gz", "a1.nii.gz", "b0.nii.gz", "b1.nii.gz"]
+    reads.clear()
+    check_datalist(a, ledger_dir=tmp_path / "cache")
+    check_datalist(b, ledger_dir=tmp_path / "cache")
+    assert reads == []
+    nifti_file(tmp_path / "a1.nii.gz", np.full((8, 8, 9), 7, np.float32))  # edited: read again, b's passes kept
+    check_datalist(a + b[:1], ledger_dir=tmp_path / "cache")
+    check_datalist(b, ledger_dir=tmp_path / "cache")
+    assert reads == ["a1.nii.gz"]
+
+
 def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkeypatch):
     """One bad file among several: the error names it, the files that passed are remembered all the same (written
     atomically, no temporary file left), and the run after fixing it reads only that file and any other that
