@@ -72,7 +72,7 @@ def path_length_problem(path: str | os.PathLike) -> str | None:
         folder = folder.parent
     try:
         name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: no os.pathconf (Windows)
         name_max, path_max = 255, 4096
     longest = max((len(os.fsencode(name)) for name in p.parts), default=0)
     if longest > name_max:
@@ -89,7 +89,8 @@ def too_long_message(error: OSError) -> str | None:
         return None
     if not error.filename:
         return f"a path given is too long ({error.strerror})"
-    return f"{error.filename}: {path_length_problem(error.filename) or 'too long'} ({error.strerror})"
+    name = os.fsdecode(error.filename)  # an error may carry the name as bytes
+    return f"{name}: {path_length_problem(name) or 'too long'} ({error.strerror})"
 
 
 def _folder_problem(p: Path) -> str | None:

@@ -123,6 +123,16 @@ def test_a_folder_of_volumes_is_searched_through_its_linked_sub_folders_each_onc
     found = [Path(it["image"]).relative_to(root).as_posix() for it in folder_datalist(root)]
     assert found == ["one.nii.gz", "scanner/SERIES1", "siteA/ct_1.nii.gz", "siteA/ct_2.mha"]
     assert read_volume(root / "scanner" / "SERIES1").array.shape == read_volume(root / "siteA" / "ct_1.nii.gz").array.shape
+    # links named plainly to what is left out by name (test images, label maps) are left out as their targets are,
+    # and a link to a folder above the dataset (which would take in its neighbours) is not followed
+    task = tmp_path / "Task"
+    for rel in ("imagesTr/case_1.nii.gz", "imagesTs/case_9.nii.gz", "labelsTr/case_1.nii.gz"):
+        (task / rel).parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(img, str(task / rel))
+    (task / "extra").symlink_to(task / "imagesTs", target_is_directory=True)
+    (task / "more").symlink_to(task / "labelsTr", target_is_directory=True)
+    (task / "up").symlink_to(tmp_path, target_is_directory=True)
+    assert [Path(it["image"]).relative_to(task).as_posix() for it in folder_datalist(task)] == ["imagesTr/case_1.nii.gz"]
 
 
 def test_files_a_folder_listing_leaves_out_are_counted_and_loose_dicom_is_warned_about(tmp_path, caplog):

@@ -92,6 +92,20 @@ def test_runs_sharing_a_cache_keep_each_others_passes(tmp_path, monkeypatch):
     check_datalist(a + b[:1], ledger_dir=tmp_path / "cache")
     check_datalist(b, ledger_dir=tmp_path / "cache")
     assert reads == ["a1.nii.gz"]
+    # an entry per file, whatever the edits: those of a file since changed or removed are not kept
+    import json
+    import os
+
+    for i in range(4):
+        nifti_file(tmp_path / "a0.nii.gz", np.full((8, 8, 8 + i), i, np.float32))
+        os.utime(tmp_path / "a0.nii.gz", ns=(10**18 + i, 10**18 + i))
+        check_datalist(a, ledger_dir=tmp_path / "cache")
+    (tmp_path / "b1.nii.gz").unlink()  # dropped at the next rewrite (a run that read a file)
+    nifti_file(tmp_path / "a1.nii.gz", np.full((8, 8, 8), 5, np.float32))
+    os.utime(tmp_path / "a1.nii.gz", ns=(10**18 + 9, 10**18 + 9))
+    check_datalist(a, ledger_dir=tmp_path / "cache")
+    ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text(encoding="utf-8"))["passed"]
+    assert sorted(Path(f[0]).name for fp in ledger for f in fp) == ["a0.nii.gz", "a1.nii.gz", "b0.nii.gz"]
 
 
 def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkeypatch):

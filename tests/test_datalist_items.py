@@ -65,3 +65,13 @@ def test_a_datalist_written_on_windows_is_read_with_its_backslashes_as_folder_se
     assert read_datalist(path, "validation") == [{"image": f"{root}/imagesTr/case_1.nii.gz"}]
     items, _ = resolve_datalist("", tmp_path / "work", datalist=path)  # how pre-training and fine-tuning read it
     assert [it["image"] for it in items] == [e["image"] for e in expected] + [f"{root}/imagesTr/case_1.nii.gz"]
+
+
+def test_a_long_windows_path_is_read_without_asking_the_file_system_for_its_one_long_name(tmp_path):
+    """A backslash path longer than a file name may be (it is one name on Linux): Python 3.10 and 3.11's
+    ``Path.exists`` raised ``OSError: File name too long`` on it; it is read with the backslashes as separators."""
+    rel = "imagesTr\\" + "sub_folder_name\\" * 18 + "case_0001.nii.gz"
+    assert len(rel.encode()) > 255
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"training": [{"image": rel}]}))
+    assert read_datalist(path) == [{"image": f"{tmp_path.resolve()}/{rel.replace(chr(92), '/')}"}]

@@ -167,7 +167,7 @@ def test_a_gzip_file_named_nii_is_named_so(tmp_path):
 
 
 @pytest.mark.parametrize("nifti2", [False, True])
-def test_a_plain_nifti_named_nii_gz_is_read_as_the_file_it_is(tmp_path, nifti2):
+def test_a_plain_nifti_named_nii_gz_is_read_as_the_file_it_is(tmp_path, nifti2, monkeypatch):
     """A .nii renamed .nii.gz (not gzip-compressed; ITK and 3D Slicer read it) is read as the same volume, by the 3D
     reader, its header-only grid and the 2D reader: nibabel refused it ("is not a gzip file")."""
     import nibabel as nib
@@ -187,8 +187,24 @@ def test_a_plain_nifti_named_nii_gz_is_read_as_the_file_it_is(tmp_path, nifti2):
     volume = read_volume(tmp_path / "ct.nii.gz")
     np.testing.assert_array_equal(volume.array, array)
     np.testing.assert_allclose(volume.affine, affine)
-    shape, grid = volume_grid(tmp_path / "ct.nii.gz")
-    assert shape == (5, 4, 3)
+    import io
+    from pathlib import Path
+
+    import medgmae.data.reader as reader_module
+
+    reads = []
+
+    class Counting(io.BufferedReader):
+        def read(self, *n):
+            out = super().read(*n)
+            reads.append(len(out))
+            return out
+
+    monkeypatch.setattr(reader_module, "open", lambda p, mode="r": Counting(io.FileIO(p, "rb")), raising=False)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} read whole"))
+    shape, grid = volume_grid(tmp_path / "ct.nii.gz")  # the header alone: no voxel read (it read the whole file)
+    monkeypatch.undo()
+    assert shape == (5, 4, 3) and 0 < sum(reads) < 600, reads
     np.testing.assert_allclose(grid, affine)
     nib.save(klass(array[:, :, :1], affine), str(tmp_path / "slice.nii"))
     (tmp_path / "slice.nii").rename(tmp_path / "slice.NII.GZ")
@@ -284,6 +300,7 @@ def test_the_message_of_a_path_too_long_names_it_where_the_error_does():
         f"{long}: a name in it is 300 bytes long, longer than the 255 the file system takes (File name too long)")
     assert too_long_message(OSError(errno.ENAMETOOLONG, "File name too long")) == "a path given is too long (File name too long)"
     assert too_long_message(OSError(errno.EACCES, "Permission denied", long)) is None
+    assert too_long_message(OSError(errno.ENAMETOOLONG, "File name too long", long.encode())).startswith(f"{long}: a name")  # bytes
 
 
 def test_the_write_check_leaves_the_folders_times_as_they_were(tmp_path):

@@ -219,7 +219,8 @@ def _listed_path(base: Path, text: str) -> str:
     separators unless a file named with them exists (or the path starts with a drive, ``C:\\``: kept as written, for
     the pre-check's message to show it)."""
     path = base / text
-    if "\\" in text and not path.exists() and not re.match(r"[A-Za-z]:\\", text):
+    if "\\" in text and not os.path.lexists(path) and not re.match(r"[A-Za-z]:\\", text):  # lexists: False for a
+        # name too long for the file system, where Path.exists raises on Python 3.10 and 3.11
         path = base / text.replace("\\", "/")
     return str(path)
 

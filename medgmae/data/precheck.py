@@ -18,7 +18,9 @@ resumed or repeated run re-reads only new or changed files. The ledger is rewrit
 passed, also when others failed if its folder exists (a resumed or repeated run's; a first run's data error leaves
 no output folder, so point ``cache_dir`` at an existing folder to keep its passes): a run repeated after fixing one
 bad file among hundreds reads only that file (and any other that changed). Runs on other data sharing the cache
-keep each other's passes in it. A long check logs a line a minute
+with the same check settings keep each other's passes in it (those of files since changed or removed are dropped; a
+run with other settings, fine-tuning's beside pre-training's, replaces them; two runs ending their checks at the same
+moment may lose the passes of the first, which then reads its files again). A long check logs a line a minute
 (``pre-check of X: 120/5000 items, 1.0 min, about 40.6 min left``).
 Under torch.distributed rank 0 checks and the verdict is broadcast, so a cluster job decodes each file once, not
 once per process.
@@ -73,6 +75,12 @@ def _fingerprint(item: dict, keys: Sequence[str]) -> list:
     """``[path, size, mtime_ns]`` of each file (or folder) of ``item`` (:func:`~medgmae.data.fingerprint.
     file_fingerprint`; ``None`` for a missing one)."""
     return [[str(Path(item[key])), *(file_fingerprint(item[key]) or (None, None))] for key in keys if key in item]
+
+
+def _still_true(fingerprint: list) -> bool:
+    """Whether every file of a ledger entry (:func:`_fingerprint`) is still there with its recorded size and time:
+    an entry of a file since changed or removed is not kept (the ledger would grow with every edit)."""
+    return all([*(file_fingerprint(path) or (None, None))] == [size, mtime] for path, size, mtime in fingerprint)
 
 
 #: How many files a grouped problem line names before saying how many more.
@@ -255,8 +263,8 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
         passed = [fp for i, fp in enumerate(prints) if i not in failed]
         # the passes of other data checked into this cache (runs sharing one --cache_dir) are kept: each names its
         # file by path, size and time, so it stays true whatever this run checks
-        mine = {json.dumps(fp) for fp in prints}
-        passed += [json.loads(fp) for fp in sorted(known - mine)]
+        mine, paths = {json.dumps(fp) for fp in prints}, {f[0] for fp in prints for f in fp}
+        passed += [fp for fp in map(json.loads, sorted(known - mine)) if not {f[0] for f in fp} & paths and _still_true(fp)]
         save_json_atomic({"settings": settings, "passed": passed}, ledger)
     return problems
 

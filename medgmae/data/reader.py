@@ -99,10 +99,12 @@ def load_nifti(path: str | os.PathLike):
         gzipped = f.read(2) == b"\x1f\x8b"  # gzip's magic number
     if path.name.lower().endswith(".nii") and gzipped:  # nibabel would not recognise the file type
         raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
-    if path.name.lower().endswith(".nii.gz") and not gzipped:  # nibabel goes by the name: read the bytes as they are
-        data = path.read_bytes()
-        nifti2 = 540 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))  # its header's size
-        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
+    if path.name.lower().endswith(".nii.gz") and not gzipped:  # nibabel goes by the name: read the file as it is
+        stream = open(path, "rb")  # the image's data proxy reads through it (header-only callers read no voxel)
+        head = stream.read(4)
+        nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))  # its header's size
+        stream.seek(0)
+        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_file_map({"image": nib.FileHolder(fileobj=stream)})
     else:
         img = nib.load(str(path))
     _warn_if_frames_disagree(img, path)

@@ -32,8 +32,8 @@ LABEL_NAME = re.compile(r"^labels|(^|[_.-])(labels?|segs?|segmentations?|masks?)
 
 def walk_following_links(folder: str | Path) -> Iterator[tuple[Path, list[str], list[str]]]:
     """``os.walk`` of ``folder`` that enters linked sub-folders too (a dataset gathered as links to where its parts
-    lie), each real folder once: a link back to a folder above, or a second link to a folder already walked, is not
-    entered again. As with ``os.walk``, the caller may cut the yielded sub-folder list to those to search.
+    lie), each real folder once: a link to the walked folder or to a folder above it (which would walk around the
+    dataset), or a second link to a folder already walked, is not entered. As with ``os.walk``, the caller may cut the yielded sub-folder list to those to search.
 
     Args:
         folder: the folder to walk.
@@ -42,6 +42,7 @@ def walk_following_links(folder: str | Path) -> Iterator[tuple[Path, list[str], 
         ``(folder, sub-folder names, file names)``, the folder as reached (through its links, not resolved).
     """
     seen: set[str] = set()
+    top = os.path.realpath(folder)
     for root, dirs, files in os.walk(Path(folder), followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
@@ -49,6 +50,13 @@ def walk_following_links(folder: str | Path) -> Iterator[tuple[Path, list[str], 
             continue
         seen.add(real)
         yield Path(root), dirs, files
+        # a link to the folder walked or to one above it (``..``, ``/``, the home folder) would walk all around it
+        dirs[:] = [d for d in dirs if not _holds(os.path.realpath(os.path.join(root, d)), top)]
+
+
+def _holds(folder: str, path: str) -> bool:
+    """Whether the real folder ``folder`` is ``path`` or one above it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def folder_datalist(folder: str | Path) -> list[dict]:
@@ -81,9 +89,12 @@ def folder_datalist(folder: str | Path) -> list[dict]:
 def _visit(here: Path, dirs: list[str], files: list[str], walk: dict) -> None:
     """One folder of :func:`folder_datalist`'s walk: its volumes, series and left-out files into ``walk``, and
     ``dirs`` cut to the sub-folders to search."""
-    walk["label_dirs"] += [here / d for d in dirs if LABEL_NAME.search(d)]
-    walk["test_dirs"] += [here / d for d in dirs if d == "imagesTs" and (here / "imagesTr").is_dir()]
-    dirs[:] = sorted(d for d in dirs if not LABEL_NAME.search(d) and not d.startswith(".") and here / d not in walk["test_dirs"])
+    real = {d: Path(os.path.realpath(here / d)) for d in dirs}  # a link is left out as its target is (extra -> imagesTs)
+    walk["label_dirs"] += [here / d for d in dirs if LABEL_NAME.search(d) or LABEL_NAME.search(real[d].name)]
+    walk["test_dirs"] += [here / d for d in dirs if "imagesTs" in (d, real[d].name) and (real[d].parent / "imagesTr").is_dir()
+                          and not LABEL_NAME.search(d)]  # fmt: skip
+    dirs[:] = sorted(d for d in dirs if not LABEL_NAME.search(d) and not LABEL_NAME.search(real[d].name) and not d.startswith(".")
+                     and here / d not in walk["test_dirs"])  # fmt: skip
     volumes = [f for f in files if f.lower().endswith(VOLUME_SUFFIXES)]
     walk["labels"] += [here / f for f in volumes if LABEL_NAME.search(volume_stem(f))]
     walk["found"] += [here / f for f in volumes if not LABEL_NAME.search(volume_stem(f))]
