@@ -175,23 +175,29 @@ def test_angles_near_but_not_on_hundredths_pass():
     assert "degrees?" not in (arc_weighting_note(g) or "")
 
 
-def test_fbp_and_reconstruct_refuse_a_geometry_file_in_degrees(small_parallel_scan, tmp_path, capsys):
-    """``fbp`` / ``reconstruct`` with a ``geometry.json`` whose angles are degrees: exit 2 naming the file and
-    the problem, nothing written (it wrote a meaningless FBP with a warning)."""
+def _refusals(scan, geom, out, capsys):
+    """``fbp`` and ``reconstruct`` of ``scan`` with the geometry file ``geom``: each exits 2 writing nothing into
+    ``out``; yields each one's error output."""
     from recon.cli import main
 
-    scan = small_parallel_scan[0]
-    g = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))
-    geom = tmp_path / "deg.json"
-    geom.write_text(json.dumps({**g, "angles": np.rad2deg(g["angles"]).round(2).tolist()}))
-    out = tmp_path / "out"
     common = ["--projections", str(scan / "projections.npy"), "--geometry", str(geom)]
     for args in (["fbp", *common, "--out", str(out / "f.nii.gz")], ["reconstruct", *common, "--out", str(out), "--device", "cpu"]):
         capsys.readouterr()
         assert main(args) == 2
-        err = capsys.readouterr().err
+        yield capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_fbp_and_reconstruct_refuse_a_geometry_file_in_degrees(small_parallel_scan, tmp_path, capsys):
+    """``fbp`` / ``reconstruct`` with a ``geometry.json`` whose angles are degrees: exit 2 naming the file and
+    the problem, nothing written (it wrote a meaningless FBP with a warning)."""
+    scan = small_parallel_scan[0]
+    g = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))
+    geom = tmp_path / "deg.json"
+    geom.write_text(json.dumps({**g, "angles": np.rad2deg(g["angles"]).round(2).tolist()}))
+    for err in _refusals(scan, geom, tmp_path / "out", capsys):
         assert f"error: geometry file {geom}: angles run from 0 to 162 (10 views)" in err and "look like degrees" in err
-        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["deg.json"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["deg.json"]
 
 
 @pytest.mark.parametrize("angles", [[0.0] * 10, [1.5] * 10, [0.0, 2 * np.pi] * 5, [0.0, np.pi] * 5])
@@ -199,20 +205,12 @@ def test_a_geometry_file_whose_views_all_point_one_way_is_refused(small_parallel
     """``fbp`` / ``reconstruct`` with a ``geometry.json`` whose angles give one direction (left as zeros, or every
     view at the same angle modulo a turn, or half a turn for this parallel beam): exit 2 naming the file, nothing written (fbp wrote an FBP with a warning
     that 0 degrees were covered). One view alone, and two directions, still load."""
-    from recon.cli import main
-
     scan = small_parallel_scan[0]
     g = json.loads((scan / "geometry.json").read_text(encoding="utf-8"))
     geom = tmp_path / "one_way.json"
     geom.write_text(json.dumps({**g, "angles": angles}))
-    out = tmp_path / "out"
-    common = ["--projections", str(scan / "projections.npy"), "--geometry", str(geom)]
-    for args in (["fbp", *common, "--out", str(out / "f.nii.gz")], ["reconstruct", *common, "--out", str(out), "--device", "cpu"]):
-        capsys.readouterr()
-        assert main(args) == 2
-        err = capsys.readouterr().err
+    for err in _refusals(scan, geom, tmp_path / "out", capsys):
         assert f"error: geometry file {geom}: the 10 angles all give one direction" in err, err
-        assert not out.exists()
     for fine in ([0.3], [0.0, 0.0, 0.0, 1.0]):
         geom.write_text(json.dumps({**g, "angles": fine}))
         assert list(CTGeometry.load(geom).angles) == fine
