@@ -23,7 +23,7 @@ def _written_outputs(tmp_path, rendered: np.ndarray, affine: np.ndarray, scan: n
     g = Gaussians3D(torch.full((1, 1, 3), 4.0), torch.ones(1, 1, 3), torch.tensor([[[1.0, 0, 0, 0]]]), torch.ones(1, 1))
     res = ZeroShotResult(g, g, scan.shape, affine, PreprocessingSpec(), np.eye(4)[None])  # window -175..250 HU -> 0..1
     inference = GaussianInference(tmp_path / "model.pt", tmp_path / "case.nii.gz", tmp_path / "out", device="cpu")
-    return inference._write(scan, affine, res, rendered)
+    return inference._write(scan, affine, res, rendered, 3.0)
 
 
 def test_rendered_nifti_stays_within_the_hu_window(tmp_path):
