@@ -91,6 +91,23 @@ def test_amos_validation_folders_are_the_validation_list(tmp_path, capsys):
     assert "amos_0502.nii.gz: no label map of case amos_0502 in labelsVa/" in capsys.readouterr().err
 
 
+def test_an_image_without_a_label_map_is_refused_with_what_to_do_with_it(tmp_path, capsys):
+    """An image of imagesTr/ without its label map: the refusal names it and says where unlabelled images go
+    (imagesTs/, the test list), which moved there the folder then writes its datalist, the image as a test case."""
+    _case(tmp_path, "a", 1)
+    _case(tmp_path, "b", 1)
+    _case(tmp_path, "c", 1, label=False)
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "c_0000.nii.gz: no label map of case c_0000 in labelsTr/" in err
+    assert "images without a label map: add their maps to labelsTr/, or move the images to imagesTs/ (the test list" in err
+    (tmp_path / "imagesTs").mkdir()
+    (tmp_path / "imagesTr" / "c_0000.nii.gz").rename(tmp_path / "imagesTs" / "c_0000.nii.gz")
+    assert main([str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))["test"] == [{"image": "imagesTs/c_0000.nii.gz"}]
+
+
 @pytest.mark.parametrize(
     "make, flags, message",
     [

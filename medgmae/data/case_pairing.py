@@ -115,8 +115,10 @@ def _pairing(folder: Path, images: dict[str, Path], labels: dict[str, Path], pro
     problems = [f"{images[c]}: no label map of case {c} in labels{split}/" for c in sorted(set(images) - set(labels))]
     problems += [f"{labels[c]}: no image of case {c} in images{split}/" for c in sorted(set(labels) - set(images))]
     more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    unlabelled = (f"\nimages without a label map: add their maps to labels{split}/, or move the images to imagesTs/ "
+                  "(the test list, images only) or out of the folder") if set(images) - set(labels) and split == "Tr" else ""  # fmt: skip
     raise DatasetError(f"{folder}: images and label maps do not pair by name:\n  " + "\n  ".join(problems[:10]) + more
-                       + f"\n{_PAIRING_HINT}")  # fmt: skip
+                       + f"\n{_PAIRING_HINT}{unlabelled}")  # fmt: skip
 
 
 def case_pairs(folder: str | Path, progress: bool = False, split: str = "Tr") -> tuple[list[dict], list[dict], str]:
