@@ -69,15 +69,12 @@ def barrier() -> None:
 #: large dataset runs for tens of minutes, past the process group's own timeout (10 minutes under NCCL, 30 under
 #: gloo), which ended the waiting ranks' collective call and with it the run.
 MAIN_PROCESS_WAIT = timedelta(hours=24)
-_WAIT_GROUP: list = [None, None]  # (the process group it was made in, the waiting group)
-
-
 def _waiting_group() -> object:
-    """A gloo group of every process whose calls wait up to :data:`MAIN_PROCESS_WAIT`, made once per process group
-    (every rank makes it at the same call, as :func:`main_process_only` is reached by all)."""
-    if _WAIT_GROUP[0] is not dist.group.WORLD:
-        _WAIT_GROUP[:] = [dist.group.WORLD, dist.new_group(backend="gloo", timeout=MAIN_PROCESS_WAIT)]
-    return _WAIT_GROUP[1]
+    """A gloo group of every process whose calls wait up to :data:`MAIN_PROCESS_WAIT`, made by every rank at the
+    same call (:func:`main_process_only` is reached by all) and destroyed when that call ends: a group kept in a
+    module variable outlived ``destroy_process_group`` and was torn down at interpreter exit, where gloo aborted
+    the process (``terminate called without an active exception``, exit signal 6 after a finished run)."""
+    return dist.new_group(backend="gloo", timeout=MAIN_PROCESS_WAIT)
 
 
 def main_process_only(work: Callable[[], object], error: type[Exception] = RuntimeError) -> None:
@@ -99,10 +96,11 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
         except Exception as e:  # every rank must hear of it before rank 0 raises
             message = f"{type(e).__name__}: {e}" if not isinstance(e, error) else str(e)
             failure[0], caught = (message, _plain_attributes(e) if isinstance(e, error) else {}), e
-            if not in_process_group():
+            if group is None:
                 raise
-    if in_process_group():
+    if group is not None:
         dist.broadcast_object_list(failure, src=0, group=group)
+        dist.destroy_process_group(group)
     if caught is not None:
         raise caught
     if failure[0] is not None:
