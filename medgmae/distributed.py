@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-__all__ = ["MAIN_PROCESS_WAIT", "warn_if_sampler_repeats", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
+__all__ = ["MAIN_PROCESS_WAIT", "gather_in_order", "shard_sampler", "sharded_loader", "warn_if_sampler_repeats", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
 
 
 def in_process_group() -> bool:
@@ -138,3 +138,51 @@ def warn_if_sampler_repeats(count: int, noun: str = "case") -> None:
             count, plural(count), processes, per, extra, plural(extra, "draw"), twice, plural(twice),
             "is" if twice == 1 else "are", processes, plural(processes),
         )  # fmt: skip
+
+
+def shard_sampler(dataset: object) -> object | None:
+    """A sampler that gives this process every ``world_size``-th item of ``dataset``, in order (rank ``r``: items
+    ``r, r + W, r + 2W, ...``; some ranks one fewer), to spread an evaluation over the processes; MONAI's metrics
+    all-gather their per-case values, so the metric is the one of the whole list, once each.
+
+    ``None`` without a process group, and when ``dataset`` has fewer items than there are processes: a rank
+    without an item would never join the metric's all-gather, leaving the others waiting; every process then
+    evaluates the whole list (the all-gathered values repeat every case equally often, the mean is unchanged).
+
+    Args:
+        dataset: the evaluation dataset (anything with ``len``).
+
+    Returns:
+        a :class:`monai.data.DistributedSampler` (``shuffle=False``, ``even_divisible=False``) or ``None``.
+    """
+    rank, world = rank_world()
+    if world == 1 or len(dataset) < world:
+        return None
+    from monai.data import DistributedSampler
+
+    return DistributedSampler(dataset, even_divisible=False, shuffle=False, num_replicas=world, rank=rank)
+
+
+def sharded_loader(loader: object) -> bool:
+    """Whether ``loader`` (a data loader, or ``None``) draws this process's share of its dataset through a
+    distributed sampler, as one with :func:`shard_sampler` does."""
+    from torch.utils.data import DistributedSampler
+
+    return in_process_group() and isinstance(getattr(loader, "sampler", None), DistributedSampler)
+
+
+def gather_in_order(items: list) -> list:
+    """Every rank's ``items`` (picklable), collected on every rank in the dataset's order when each rank's list
+    holds the items :func:`shard_sampler` gave it (rank ``r``'s ``i``-th item is item ``i * W + r``).
+
+    Args:
+        items: this rank's items, in the order its sampler drew them.
+
+    Returns:
+        all ranks' items, interleaved back into one list (``items`` itself without a process group).
+    """
+    if not in_process_group():
+        return list(items)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [part[i] for i in range(max(len(p) for p in parts)) for part in parts if i < len(part)]

@@ -88,3 +88,39 @@ def test_main_process_only_stops_every_rank_when_rank_0_fails(tmp_path, fail):
     else:
         assert got == [{"raised": ["OSError", "disk full"], "worked": False, "needed": None, "groups": 1},
                        {"raised": ["ValueError", "OSError: disk full"], "worked": False, "needed": None, "groups": 1}]
+
+
+def _three_ranks_share(rank: int, store: str, results: str) -> None:
+    """One of three gloo processes: the indices ``shard_sampler`` gives it of 7 items (none of 2), gathered back."""
+    import json
+    from pathlib import Path
+
+    from medgmae.distributed import gather_in_order, shard_sampler
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=3)
+    try:
+        mine = list(shard_sampler(list(range(7))))
+        outcome = {"mine": mine, "all": gather_in_order([f"case{i}" for i in mine]), "few": shard_sampler([0, 1])}
+    finally:
+        dist.destroy_process_group()
+    Path(results, f"{rank}.json").write_text(json.dumps(outcome))
+
+
+def test_shard_sampler_deals_the_items_out_and_gather_in_order_puts_them_back():
+    """7 items on 3 processes: ranks 0, 1, 2 get items 0 3 6 / 1 4 / 2 5, each once; every rank gathers all seven
+    back in their order; 2 items (fewer than the processes) are not shared out. Without a process group: no
+    sampler, and the items as they are."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import torch.multiprocessing as mp
+
+    from medgmae.distributed import gather_in_order, shard_sampler
+
+    assert shard_sampler(list(range(7))) is None and gather_in_order(["a", "b"]) == ["a", "b"]
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(_three_ranks_share, args=(str(Path(tmp, "store")), tmp), nprocs=3, start_method="spawn")
+        got = [json.loads(Path(tmp, f"{r}.json").read_text(encoding="utf-8")) for r in range(3)]
+    assert [g["mine"] for g in got] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert all(g["all"] == [f"case{i}" for i in range(7)] and g["few"] is None for g in got)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from medgmae.cli_types import as_bool
-from medgmae.distributed import is_main_process, rank_world
+from medgmae.distributed import is_main_process, rank_world, sharded_loader
 from medgmae.words import plural, plural_noun
 from medgmae.terminal import ProgressLines, progress_bars_shown
 
@@ -361,4 +361,7 @@ class ValidationProgress:
         if not is_main_process():
             return
         seconds, count = time.perf_counter() - self._t0, engine.state.epoch_length or engine.state.iteration
-        logger.info("%s: %s in %.1f s", self.desc, plural(count, _batch_unit(engine)), seconds)
+        share, loader = "", getattr(engine, "data_loader", None)
+        if sharded_loader(loader):  # rank 0 counts its own share of the cases
+            share = f" (this process's share of {len(loader.sampler.dataset)} over {rank_world()[1]} processes)"
+        logger.info("%s: %s in %.1f s%s", self.desc, plural(count, _batch_unit(engine)), seconds, share)

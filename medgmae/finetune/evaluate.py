@@ -22,6 +22,7 @@ from monai.metrics import DiceMetric, do_metric_reduction
 from monai.transforms import MapTransform
 
 from medgmae.data.reader import volume_stem
+from medgmae.distributed import gather_in_order, is_main_process, sharded_loader
 from medgmae.files import save_json_atomic, save_nifti_atomic, staged_outputs
 from medgmae.finetune.color_table import COLOR_TABLE_NAME, write_color_table
 
@@ -187,8 +188,16 @@ class SegmentationReport:
 
     def write(self, engine: Engine | None = None) -> dict:
         """Write ``metrics.json`` and the per-case CSV together (neither is replaced unless both were written);
-        returns the metrics."""
+        returns the metrics.
+
+        When the evaluator's data loader shards the cases over the processes (:func:`~medgmae.distributed.
+        shard_sampler`), every rank gathers every rank's cases first (a collective call: every rank attaches the
+        report); rank 0 alone writes and logs."""
+        if sharded_loader(getattr(engine, "data_loader", None)):
+            self.rows = gather_in_order(self.rows)
         self.metrics = self.summary()
+        if not is_main_process():
+            return self.metrics
         with staged_outputs(self.output_dir) as stage:  # both files move in only when both were written
             save_json_atomic(self.metrics, stage / "metrics.json")
             with open(stage / self.csv_name, "w", newline="", encoding="utf-8") as f:
