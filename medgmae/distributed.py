@@ -99,8 +99,10 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
             if group is None:
                 raise
     if group is not None:
-        dist.broadcast_object_list(failure, src=0, group=group)
-        dist.destroy_process_group(group)
+        try:
+            dist.broadcast_object_list(failure, src=0, group=group)
+        finally:  # also when a peer went away: no group is left for the exit to tear down
+            dist.destroy_process_group(group)
     if caught is not None:
         raise caught
     if failure[0] is not None:
@@ -160,15 +162,16 @@ def shard_sampler(dataset: object) -> object | None:
         return None
     from monai.data import DistributedSampler
 
-    return DistributedSampler(dataset, even_divisible=False, shuffle=False, num_replicas=world, rank=rank)
+    sampler = DistributedSampler(dataset, even_divisible=False, shuffle=False, num_replicas=world, rank=rank)
+    sampler.deals_in_order = True  # the order gather_in_order undoes (sharded_loader looks for this mark)
+    return sampler
 
 
 def sharded_loader(loader: object) -> bool:
     """Whether ``loader`` (a data loader, or ``None``) draws this process's share of its dataset through a
-    distributed sampler, as one with :func:`shard_sampler` does."""
-    from torch.utils.data import DistributedSampler
-
-    return in_process_group() and isinstance(getattr(loader, "sampler", None), DistributedSampler)
+    :func:`shard_sampler` (under a process group). Another distributed sampler (one that pads or shuffles) is not
+    taken for one: :func:`gather_in_order` would repeat or misplace its items."""
+    return in_process_group() and getattr(getattr(loader, "sampler", None), "deals_in_order", False) is True
 
 
 def gather_in_order(items: list) -> list:

@@ -95,12 +95,17 @@ def _three_ranks_share(rank: int, store: str, results: str) -> None:
     import json
     from pathlib import Path
 
-    from medgmae.distributed import gather_in_order, shard_sampler
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from medgmae.distributed import gather_in_order, shard_sampler, sharded_loader
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=3)
     try:
-        mine = list(shard_sampler(list(range(7))))
-        outcome = {"mine": mine, "all": gather_in_order([f"case{i}" for i in mine]), "few": shard_sampler([0, 1])}
+        items = list(range(7))
+        mine = list(shard_sampler(items))
+        outcome = {"mine": mine, "all": gather_in_order([f"case{i}" for i in mine]), "few": shard_sampler([0, 1]),
+                   "sharded": [sharded_loader(DataLoader(items, sampler=shard_sampler(items))),  # padding: not ours
+                               sharded_loader(DataLoader(items, sampler=DistributedSampler(items, shuffle=False)))]}
     finally:
         dist.destroy_process_group()
     Path(results, f"{rank}.json").write_text(json.dumps(outcome))
@@ -108,8 +113,9 @@ def _three_ranks_share(rank: int, store: str, results: str) -> None:
 
 def test_shard_sampler_deals_the_items_out_and_gather_in_order_puts_them_back():
     """7 items on 3 processes: ranks 0, 1, 2 get items 0 3 6 / 1 4 / 2 5, each once; every rank gathers all seven
-    back in their order; 2 items (fewer than the processes) are not shared out. Without a process group: no
-    sampler, and the items as they are."""
+    back in their order; 2 items (fewer than the processes) are not shared out; a loader with another distributed
+    sampler (torch's pads to 9) is not taken for a shared-out one. Without a process group: no sampler, and the
+    items as they are."""
     import json
     import tempfile
     from pathlib import Path
@@ -124,3 +130,4 @@ def test_shard_sampler_deals_the_items_out_and_gather_in_order_puts_them_back():
         got = [json.loads(Path(tmp, f"{r}.json").read_text(encoding="utf-8")) for r in range(3)]
     assert [g["mine"] for g in got] == [[0, 3, 6], [1, 4], [2, 5]]
     assert all(g["all"] == [f"case{i}" for i in range(7)] and g["few"] is None for g in got)
+    assert all(g["sharded"] == [True, False] for g in got)
