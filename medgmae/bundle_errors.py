@@ -296,7 +296,7 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
     from), without the traceback of where the interrupt struck; Python exits with the interrupt's status (130).
     Under ``torchrun`` only rank 0 (:func:`medgmae.distributed.is_main_process`) prints the traceback and the
     reason, and the Ctrl-C line; every other rank prints one line, ``rank N stopped: <type>: <the reason, on one
-    line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason), and nothing after Ctrl-C; torchrun's own
+    line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason; a rank whose collective lost its connection to a process gone first says so instead, as that process may not be rank 0), and nothing after Ctrl-C; torchrun's own
     report of the stopped processes follows. Installing this ``sys.excepthook`` is part of :func:`check_settings`,
     the first step of each bundle's ``initialize``; on rank 0 it keeps the whole traceback of any error but an
     :class:`InputRefusal` (:data:`TRACEBACK_ENV` keeps that one's too), and
@@ -360,4 +360,8 @@ def _say_rank_stopped(reason: BaseException) -> None:
     """Print a non-zero rank's one line for the error ``reason`` (rank 0 prints it whole, with the traceback)."""
     text = " ".join(_reason_text(reason).split())  # its lines joined, cut short
     text = text if len(text) <= 300 else text[:297] + "..."
+    if _lost_peer(reason):  # the reason is elsewhere, and not necessarily on rank 0: it may be the one that went
+        print(f"rank {process_rank()} stopped: another process stopped first and this one lost its connection to it "
+              f"({text}); the first to stop says why", file=sys.stderr)  # fmt: skip
+        return
     print(f"rank {process_rank()} stopped: {text}; see rank 0", file=sys.stderr)

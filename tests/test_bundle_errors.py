@@ -270,6 +270,12 @@ def test_under_torchrun_only_rank_0_prints_the_traceback_and_the_ctrl_c_line():
     assert "Traceback (most recent call last):" in lines and lines[-1] == "second line"
     proc, lines = _under_the_hook("raise KeyboardInterrupt\n", resumable=True, rank=1)
     assert lines == [] and proc.returncode != 0
+    # a rank whose collective lost its peer does not send the reader to rank 0, which may be the process that went
+    _, lines = _under_the_hook("raise RuntimeError('[../gloo/transport/tcp/pair.cc:534] Connection closed by peer')\n",
+                               rank=1)  # fmt: skip
+    assert lines == ["rank 1 stopped: another process stopped first and this one lost its connection to it "
+                     "(RuntimeError: [../gloo/transport/tcp/pair.cc:534] Connection closed by peer); the first to "
+                     "stop says why"], lines  # fmt: skip
     _, lines = _under_the_hook("raise KeyboardInterrupt\n", resumable=True, rank=0)
     assert lines[-1].startswith("interrupted: run the same command with --resume true")
 
