@@ -296,8 +296,9 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
     from), without the traceback of where the interrupt struck; Python exits with the interrupt's status (130).
     Under ``torchrun`` only rank 0 (:func:`medgmae.distributed.is_main_process`) prints the traceback and the
     reason, and the Ctrl-C line; every other rank prints one line, ``rank N stopped: <type>: <the reason, on one
-    line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason; a rank whose collective lost its connection to a process gone first says so instead, as that process may not be rank 0), and nothing after Ctrl-C; torchrun's own
-    report of the stopped processes follows. Installing this ``sys.excepthook`` is part of :func:`check_settings`,
+    line, cut at 300 characters>; see rank 0`` (all ranks usually stop on the same reason; a rank whose collective
+    lost its connection to a process gone first says so instead, as that process may not be rank 0), and nothing
+    after Ctrl-C; torchrun's own report of the stopped processes follows. Installing this ``sys.excepthook`` is part of :func:`check_settings`,
     the first step of each bundle's ``initialize``; on rank 0 it keeps the whole traceback of any error but an
     :class:`InputRefusal` (:data:`TRACEBACK_ENV` keeps that one's too), and
     it is installed once however often it is called. It also makes SIGTERM stop the run as Ctrl-C does
