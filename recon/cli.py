@@ -196,7 +196,7 @@ def _add_simulate(sub) -> None:
     s.add_argument("--geometry", required=True,
                    help="parallel, cone (a circular orbit around the volume), or a geometry.json such as "
                         "configs/geometry/*.json (its volume_shape and voxel_size must be the volume's)")
-    s.add_argument("--views", type=positive_int, default=None, help="number of projection angles: needed for --geometry parallel or cone (a geometry.json fixes its own)")
+    s.add_argument("--views", type=positive_int, default=None, help="number of projection angles, at most 100,000: needed for --geometry parallel or cone (a geometry.json fixes its own)")
     s.add_argument("--arc", type=positive_float, default=None, help="scan arc in degrees (default 180 parallel, 360 cone)")
     s.add_argument("--det-offset", type=finite_float, nargs=2, default=None, metavar=("U", "V"),
                    help="detector offset in mm for --geometry parallel or cone: the detector centre sits U along its "

@@ -20,7 +20,10 @@ from recon.commands import (
 )
 from recon.geometry import NO_OFFSET, CTGeometry
 
-__all__ = ["cmd_simulate"]
+__all__ = ["MAX_VIEWS", "cmd_simulate"]
+
+#: The most projection angles ``simulate --views`` takes: ten times a micro-CT's usual count.
+MAX_VIEWS = 100_000
 
 
 def _planned_geometry(args) -> CTGeometry | None:
@@ -29,6 +32,12 @@ def _planned_geometry(args) -> CTGeometry | None:
     if args.geometry in ("parallel", "cone"):
         if args.views is None:
             raise CLIError(f"--geometry {args.geometry} needs --views (the number of projection angles)")
+        if args.views > MAX_VIEWS:  # its angle list alone would fill the memory before a projection is made
+            raise CLIError(f"--views {args.views}: more than {MAX_VIEWS:,} projection angles (a clinical scanner "
+                           "takes about 1,000 per turn, a micro-CT up to about 10,000)")  # fmt: skip
+        if args.views == 1:
+            print("warning: --views 1: one view holds no depth; its FBP and any reconstruction from it smear the "
+                  "volume along the rays", flush=True)  # fmt: skip
         return None
     if not Path(args.geometry).is_file():
         raise CLIError(f"--geometry {args.geometry}: neither parallel, cone nor an existing geometry.json file")

@@ -176,3 +176,21 @@ def test_simulate_refuses_a_volume_that_attenuates_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the volume attenuates nothing" in err and "raise --photons" not in err
     assert not (tmp_path / "scan").exists()
+
+
+def test_simulate_refuses_views_beyond_any_scanner_and_warns_about_one_view(tmp_path, capsys):
+    """``--views 1e8`` built a list of 10^8 angles before any check and ended in a MemoryError traceback (or the
+    out-of-memory killer): over 100,000 views simulate refuses, naming the flag, and writes nothing. One view is
+    taken with a warning: it holds no depth, so its FBP smears the volume along the rays; two are taken without."""
+    _phantom_ct(tmp_path / "ct.nii.gz")
+    args = ["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--device", "cpu"]
+    assert main([*args, "--views", "1e8", "--out", str(tmp_path / "many")]) == 2
+    err = capsys.readouterr().err
+    assert "--views 100000000: more than 100,000 projection angles" in err and not (tmp_path / "many").exists()
+    assert main([*args, "--views", "1", "--out", str(tmp_path / "one")]) == 0
+    assert "warning: --views 1: one view holds no depth" in capsys.readouterr().out
+    geom = CTGeometry.load(tmp_path / "one" / "geometry.json")
+    fbp = np.asarray(nib.load(tmp_path / "one" / "fbp.nii.gz").dataobj)
+    assert geom.num_views == 1 and fbp.std() > 0
+    assert main([*args, "--views", "2", "--out", str(tmp_path / "two")]) == 0
+    assert "one view holds no depth" not in capsys.readouterr().out
