@@ -237,7 +237,7 @@ def _add_init_options(r: argparse.ArgumentParser) -> None:
                         "raised the start from 14.25 to 20.92 dB against the FDK on a 20-view cone scan, "
                         "bench/RESULTS.md)")
     r.add_argument("--num-gaussians", type=positive_int, default=None,
-                   help="initial Gaussians for random/fbp/3dgr-ct (default: the preset's: toolkit one per 8 voxels, at "
+                   help="initial Gaussians for random/fbp/3dgr-ct, at most 8 per voxel of the volume (default: the preset's: toolkit one per 8 voxels, at "
                         "least 20000, fbp at most one per voxel above 5 %% of the FBP's maximum; 3dgr-ct 50000, at most one per voxel of "
                         "its half-resolution grid); for medgmae with the toolkit preset the budget its sparse start "
                         "grows to (the same default), with the 3dgr-ct preset (whose density control does not grow to "

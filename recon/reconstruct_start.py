@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["FEW_ZERO_SHOT", "density_overrides", "init_settings", "initialise", "model_start_spec"]
+__all__ = ["FEW_ZERO_SHOT", "MAX_GAUSSIANS_PER_VOXEL", "density_overrides", "init_settings", "initialise", "model_start_spec"]
 
 
 def _model_spec(model, spacing: float | None, checkpoint: str):
@@ -120,12 +120,24 @@ def _warn_if_few(count: int, budget: int | None, spec, per_window: int | None = 
               "denser; --init fbp starts at the budget; this command's --num-gaussians sets the budget)", flush=True)  # fmt: skip
 
 
+#: ``--num-gaussians`` beyond this many per voxel of the scan's volume is refused: no start or density control
+#: needs them, and --init random allocated them all (12 GB at 10^9) before any check.
+MAX_GAUSSIANS_PER_VOXEL = 8
+
+
 def init_settings(args, num_voxels: int | None = None) -> dict:
     """The initialisation's settings: the preset's, ``--init``, ``--num-gaussians`` and (``--init medgmae``)
     ``--init-fit-iterations`` applied; the toolkit's default budget is :func:`recon.presets.toolkit_budget` of
-    ``num_voxels`` (the scan's volume)."""
+    ``num_voxels`` (the scan's volume), and ``--num-gaussians`` over :data:`MAX_GAUSSIANS_PER_VOXEL` per voxel of
+    it is refused (``CLIError``)."""
     from recon.presets import preset_init_settings
 
+    if args.num_gaussians is not None and num_voxels and args.num_gaussians > MAX_GAUSSIANS_PER_VOXEL * num_voxels:
+        from recon.commands import CLIError
+
+        raise CLIError(f"--num-gaussians {args.num_gaussians}: more than {MAX_GAUSSIANS_PER_VOXEL} per voxel of the "
+                       f"{num_voxels:,}-voxel volume ({MAX_GAUSSIANS_PER_VOXEL * num_voxels:,}); the toolkit's default "
+                       "is one per 8 voxels")  # fmt: skip
     settings = preset_init_settings(args.preset, num_voxels)
     if args.init is not None and args.init != settings["init"]:
         defaults = preset_init_settings("3dgr-ct" if args.init == "3dgr-ct" else "toolkit", num_voxels)

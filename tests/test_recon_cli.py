@@ -197,6 +197,7 @@ def test_preset_3dgr_ct_records_every_setting(simulated, tmp_path, capsys):
 
 def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_path, capsys):
     sim = simulated
+    sim_voxels = int(np.prod(CTGeometry.load(sim / "geometry.json").volume_shape))
     bad_proj = tmp_path / "inputs" / "short.npy"
     bad_proj.parent.mkdir()
     np.save(bad_proj, np.load(sim / "projections.npy")[:5])
@@ -230,6 +231,8 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "fbp init with checkpoint": (reconstruct_args(sim, out, "--preset", "3dgr-ct", "--checkpoint", str(model_file[0])), "--init 3dgr-ct"),
         "split rule of the other preset": (reconstruct_args(sim, out, "--preset", "3dgr-ct", "--split-rule", "moments"), "--split-rule chooses the toolkit"),
         "too many held-out views": (reconstruct_args(sim, out, "--holdout-views", "6"), "has 10 views; hold out between 1 and 5"),
+        "gaussians beyond 8 per voxel": (reconstruct_args(sim, out, "--init", "random", "--num-gaussians", "1e9"),
+                                         f"--num-gaussians 1000000000: more than 8 per voxel of the {sim_voxels:,}-voxel volume"),
         "patience without held-out views": (reconstruct_args(sim, out, "--patience", "2"), "needs --holdout-views"),
         "refit without held-out views": (reconstruct_args(sim, out, "--refit"), "needs --holdout-views"),
         "given fbp with held-out views": (reconstruct_args(sim, out, "--holdout-views", "2", "--fbp", str(sim / "fbp.nii.gz")), "has seen the held-out views"),

@@ -239,11 +239,11 @@ def test_a_start_with_fewer_gaussians_than_asked_is_warned(scan, tmp_path, capsy
 
     capsys.readouterr()
     args = few_gaussians_args(scan, tmp_path / "rec")
-    args[args.index("--num-gaussians") + 1] = "100000"  # the scan has 16 x 16 x 12 voxels
+    args[args.index("--num-gaussians") + 1] = "20000"  # the scan has 16 x 16 x 12 = 3,072 voxels
     assert main(args) == 0
     out = capsys.readouterr().out
     placed = json.loads((tmp_path / "rec" / "metrics.json").read_text(encoding="utf-8"))["initial_gaussians"]
-    assert placed < 16 * 16 * 12 and f"warning: --init fbp placed {placed} of 100000 Gaussians: only {placed} voxels" in out
+    assert placed < 16 * 16 * 12 and f"warning: --init fbp placed {placed} of 20000 Gaussians: only {placed} voxels" in out
     spec = PreprocessingSpec(spacing=(1.5, 1.5, 2.0))
     for count, budget, warned, noted in ((1, 1500, True, False), (31, None, True, False), (40, 10000, False, True),
                                          (756, 286720, False, True), (40, 1500, False, False), (100, None, False, False)):
