@@ -46,7 +46,7 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
                               ("line.nii.gz", "a single slice or line")):  # fmt: skip
             assert any(name in line and problem in line for line in lines), (name, msg)
     ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text(encoding="utf-8"))  # only the files that passed
-    assert sorted(Path(fp[0][0]).name for fp in ledger["passed"]) == [f"good_{i}.nii.gz" for i in range(4)]
+    assert sorted(Path(fp[0][0]).name for fp in ledger["records"][0]["passed"]) == [f"good_{i}.nii.gz" for i in range(4)]
     # a case listed twice (in training and validation) is one problem, named once
     cases = [{"image": str(folder / "nan.nii.gz")}, {"image": str(folder / "good_0.nii.gz")}, {"image": str(folder / "nan.nii.gz")}]
     with pytest.raises(DatasetError, match=r"^1 problem in") as err:
@@ -70,6 +70,35 @@ def test_precheck_ledger_reads_each_file_once(tmp_path, monkeypatch):
     reads.clear()
     check_datalist(items, label_key="label", num_classes=2, ledger_dir=tmp_path / "cache")  # other settings: all again
     assert len(reads) == 3
+
+
+def test_checks_of_other_settings_sharing_a_cache_keep_their_records(tmp_path, monkeypatch):
+    """A fine-tuning run (labels checked) and a pre-training run (images only) sharing one ``--cache_dir``: each
+    keeps its own record of the files that passed, so neither reads its files again the next time (one record
+    replaced the other's, and each start read every file again); a ledger of the earlier one-record form is read
+    as that record."""
+    import json
+
+    cases = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.full((8, 8, 8), i, np.float32)),
+              "label": nifti_file(tmp_path / f"l{i}.nii.gz", np.zeros((8, 8, 8), np.uint8))} for i in range(2)]  # fmt: skip
+    images = [{"image": c["image"]} for c in cases]
+    reads = []
+    real = precheck_mod.read_volume
+    monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    labelled = dict(label_key="label", num_classes=2, ledger_dir=tmp_path / "cache")
+    check_datalist(cases, **labelled)
+    check_datalist(images, ledger_dir=tmp_path / "cache")
+    assert len(reads) == 6  # 2 images and 2 label maps, then the 2 images under the other settings
+    reads.clear()
+    check_datalist(cases, **labelled)
+    check_datalist(images, ledger_dir=tmp_path / "cache")
+    assert reads == []
+    path = tmp_path / "cache" / "precheck.json"
+    records = json.loads(path.read_text(encoding="utf-8"))["records"]
+    assert len(records) == 2
+    path.write_text(json.dumps(records[1]), encoding="utf-8")  # the earlier form: one record, the images-only one
+    check_datalist(images, ledger_dir=tmp_path / "cache")
+    assert reads == []
 
 
 def test_runs_sharing_a_cache_keep_each_others_passes(tmp_path, monkeypatch):
@@ -104,7 +133,7 @@ def test_runs_sharing_a_cache_keep_each_others_passes(tmp_path, monkeypatch):
     nifti_file(tmp_path / "a1.nii.gz", np.full((8, 8, 8), 5, np.float32))
     os.utime(tmp_path / "a1.nii.gz", ns=(10**18 + 9, 10**18 + 9))
     check_datalist(a, ledger_dir=tmp_path / "cache")
-    ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text(encoding="utf-8"))["passed"]
+    ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text(encoding="utf-8"))["records"][0]["passed"]
     assert sorted(Path(f[0]).name for fp in ledger for f in fp) == ["a0.nii.gz", "a1.nii.gz", "b0.nii.gz"]
 
 

@@ -217,15 +217,23 @@ def _check_one(args: tuple) -> list[str]:
     return check_item(item, **kwargs)
 
 
-def _load_ledger(path: Path | None, settings: dict) -> set:
+def _ledger_records(path: Path | None) -> list[dict]:
+    """The ledger's records, one per set of check settings (``{"settings": ..., "passed": [...]}``): a fine-tuning
+    run (labels checked) and a pre-training run (images only) sharing one cache folder each keep theirs. A ledger
+    of the earlier one-record form is that one record; an unreadable one is none."""
     if path is None or not path.is_file():
-        return set()
+        return []
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        ledger = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return set()
-    if record.get("settings") != settings:
-        return set()
+        return []
+    records = ledger.get("records", [ledger] if "settings" in ledger else []) if isinstance(ledger, dict) else []
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("passed"), list)]
+
+
+def _load_ledger(path: Path | None, settings: dict) -> set:
+    """The fingerprints that passed the check under ``settings``."""
+    record = next((r for r in _ledger_records(path) if r.get("settings") == settings), {})
     return {json.dumps(f) for f in record.get("passed", [])}
 
 
@@ -265,7 +273,9 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
         # file by path, size and time, so it stays true whatever this run checks
         mine, paths = {json.dumps(fp) for fp in prints}, {f[0] for fp in prints for f in fp}
         passed += [fp for fp in map(json.loads, sorted(known - mine)) if not {f[0] for f in fp} & paths and _still_true(fp)]
-        save_json_atomic({"settings": settings, "passed": passed}, ledger)
+        others = [r for r in _ledger_records(ledger) if r.get("settings") != settings]  # other checks' records
+        others = [{**r, "passed": [fp for fp in r["passed"] if _still_true(fp)]} for r in others]
+        save_json_atomic({"records": [*others, {"settings": settings, "passed": passed}]}, ledger)
     return problems
 
 
