@@ -128,6 +128,27 @@ def run_settings(args, init_settings: dict) -> dict:
     }  # fmt: skip
 
 
+def _follow_moved_files(saved: dict, now: dict) -> dict:
+    """``saved`` with the paths of its ``--checkpoint`` / ``--fbp`` replaced by this run's where this run gives a file
+    of the same content (SHA-256) at another path (a model folder moved or copied), each said in a note: the start
+    is rebuilt from the same bytes, as a resume needs (a file at the saved path with other bytes is refused by
+    :func:`_changed_files`; other bytes at another path are a setting that differs)."""
+    settings = dict(saved.get("settings") or {})
+    for flag, mine in (now.get("files") or {}).items():
+        theirs = (saved.get("files") or {}).get(flag)
+        if not theirs or theirs.get("path") == mine["path"] or theirs.get("sha256") != mine["sha256"]:
+            continue
+        if flag == "--checkpoint" and (settings.get("init") or {}).get("checkpoint") == theirs["path"]:
+            settings["init"] = {**settings["init"], "checkpoint": mine["path"]}
+        elif flag == "--fbp" and settings.get("start FBP") == f"--fbp {theirs['path']}":
+            settings["start FBP"] = f"--fbp {mine['path']}"
+        else:
+            continue
+        print(f"note: --resume: {flag} {mine['path']} holds the same bytes as the saved run's {theirs['path']} "
+              "(moved or copied): resuming with it", flush=True)  # fmt: skip
+    return {**saved, "settings": settings}
+
+
 def _pick(record: dict, keys) -> dict:
     """The entries of ``record`` under ``keys`` that it holds, in the order of ``keys``."""
     return {k: record[k] for k in keys if k in record}
@@ -198,6 +219,7 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
         print(f"warning: --resume: {state_path} records no scan fingerprint or settings (an older version wrote it): "
               "nothing checks that it belongs to these projections and settings", file=sys.stderr)  # fmt: skip
     else:
+        saved = _follow_moved_files(saved, run_info)
         diffs = _differences(saved, run_info)
         if diffs:
             raise CLIError(f"--resume: {state_path} was saved by a run of another scan or with other settings: "

@@ -250,7 +250,8 @@ def test_a_new_run_over_a_saved_state_says_it_replaces_it(saved, tmp_path, capsy
 def test_resume_refuses_a_checkpoint_or_fbp_whose_content_changed_at_the_same_path(saved, tmp_path, capsys):
     """The start a resume rebuilds (and metrics.json's initial Gaussians and start) come from --checkpoint and --fbp:
     a file rewritten in place (pre-training rewrites model.pt every epoch) is refused, naming it; the same files
-    resume; a state that recorded no content (an older version) resumes with a warning."""
+    resume, also moved elsewhere (a note says so; they were refused as other settings); a state that recorded no
+    content (an older version) resumes with a warning."""
     scan = saved[0]
     model, fbp = tmp_path / "model.pt", tmp_path / "fbp.nii.gz"
     tiny_model_file(model, seed=0)
@@ -282,6 +283,20 @@ def test_resume_refuses_a_checkpoint_or_fbp_whose_content_changed_at_the_same_pa
     (tmp_path / "old_state.pt").replace(state)
     assert main(_args(scan, out, "--iterations", "6", "--resume", *flags)) == 0
     assert "records no fingerprint of the content of --checkpoint, --fbp (an older version" in capsys.readouterr().err
+    # the same files moved elsewhere (a model folder moved or copied) resume, each said; other bytes there do not
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    model.replace(moved / "model.pt"), fbp.replace(moved / "fbp.nii.gz")
+    flags = ("--init", "medgmae", "--checkpoint", str(moved / "model.pt"), "--fbp", str(moved / "fbp.nii.gz"))
+    assert main(_args(scan, out, "--iterations", "8", "--resume", *flags)) == 0
+    said = capsys.readouterr().out
+    for flag, name in (("--checkpoint", "model.pt"), ("--fbp", "fbp.nii.gz")):
+        assert (f"note: --resume: {flag} {(moved / name).resolve()} holds the same bytes as the saved run's "
+                f"{(tmp_path / name).resolve()} (moved or copied): resuming with it") in said, said
+    tiny_model_file(tmp_path / "model.pt", seed=1)  # other bytes at another path: a setting that differs
+    other = ("--init", "medgmae", "--checkpoint", str(tmp_path / "model.pt"), "--fbp", str(moved / "fbp.nii.gz"))
+    assert main(_args(scan, out, "--iterations", "10", "--resume", *other)) == 2
+    assert "--checkpoint" in capsys.readouterr().err
 
 
 def test_a_checkpoint_rewritten_while_it_is_read_is_refused(saved, tmp_path, capsys, monkeypatch):
