@@ -200,6 +200,9 @@ INTERRUPTED_NO_RESUME = "interrupted: run the same command again (no file is lef
 #: What rank 0 adds when its error is the loss of another process of the run (killed, out of memory).
 LOST_PEER = ("another process of this run stopped first (see its output and torchrun's summary): this one lost its "
              "connection to it; --resume true continues from the newest checkpoint_epoch=N.pt")  # fmt: skip
+#: What gloo and NCCL say when the other end of a connection went away: only these send a rank's reader elsewhere
+#: (other NCCL failures, ``DistBackendError`` too, may be this rank's own: its GPU out of memory, a timeout).
+_PEER_GONE_PHRASES = ("connection reset by peer", "connection closed by peer", "ncclremoteerror")
 _PEER_PHRASES = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl communicator was aborted",
                  "ncclremoteerror")  # fmt: skip
 
@@ -361,8 +364,8 @@ def _say_rank_stopped(reason: BaseException) -> None:
     """Print a non-zero rank's one line for the error ``reason`` (rank 0 prints it whole, with the traceback)."""
     text = " ".join(_reason_text(reason).split())  # its lines joined, cut short
     text = text if len(text) <= 300 else text[:297] + "..."
-    if _lost_peer(reason):  # the reason is elsewhere, and not necessarily on rank 0: it may be the one that went
+    if any(p in text.lower() for p in _PEER_GONE_PHRASES):  # the reason is elsewhere, maybe not on rank 0
         print(f"rank {process_rank()} stopped: another process stopped first and this one lost its connection to it "
-              f"({text}); the first to stop says why", file=sys.stderr)  # fmt: skip
+              f"({text}); that process's lines or torchrun's summary say why", file=sys.stderr)  # fmt: skip
         return
     print(f"rank {process_rank()} stopped: {text}; see rank 0", file=sys.stderr)

@@ -125,20 +125,27 @@ def _warn_if_few(count: int, budget: int | None, spec, per_window: int | None = 
 MAX_GAUSSIANS_PER_VOXEL = 8
 
 
+def _check_budget(asked: int | None, num_voxels: int, default: int | None, preset: str) -> None:
+    """Refuse ``--num-gaussians`` over :data:`MAX_GAUSSIANS_PER_VOXEL` per voxel of the volume, or over the
+    preset's own default where that is more (3DGR-CT's 50,000 and the toolkit's floor of 20,000 on small scans)."""
+    bound = max(MAX_GAUSSIANS_PER_VOXEL * num_voxels, default or 0)
+    if asked is not None and asked > bound:
+        from recon.commands import CLIError
+
+        raise CLIError(f"--num-gaussians {asked}: more than {MAX_GAUSSIANS_PER_VOXEL} per voxel of the {num_voxels:,}-voxel "
+                       f"volume ({bound:,}); --preset {preset}'s default here is {default:,}")  # fmt: skip
+
+
 def init_settings(args, num_voxels: int | None = None) -> dict:
     """The initialisation's settings: the preset's, ``--init``, ``--num-gaussians`` and (``--init medgmae``)
     ``--init-fit-iterations`` applied; the toolkit's default budget is :func:`recon.presets.toolkit_budget` of
     ``num_voxels`` (the scan's volume), and ``--num-gaussians`` over :data:`MAX_GAUSSIANS_PER_VOXEL` per voxel of
-    it is refused (``CLIError``)."""
+    it (or over the preset's default, where that is more) is refused (``CLIError``), except on ``--resume``."""
     from recon.presets import preset_init_settings
 
-    if args.num_gaussians is not None and num_voxels and args.num_gaussians > MAX_GAUSSIANS_PER_VOXEL * num_voxels:
-        from recon.commands import CLIError
-
-        raise CLIError(f"--num-gaussians {args.num_gaussians}: more than {MAX_GAUSSIANS_PER_VOXEL} per voxel of the "
-                       f"{num_voxels:,}-voxel volume ({MAX_GAUSSIANS_PER_VOXEL * num_voxels:,}); the toolkit's default "
-                       "is one per 8 voxels")  # fmt: skip
     settings = preset_init_settings(args.preset, num_voxels)
+    if num_voxels and not getattr(args, "resume", False):  # a resumed run keeps what it started with
+        _check_budget(args.num_gaussians, num_voxels, settings.get("num_gaussians"), args.preset)
     if args.init is not None and args.init != settings["init"]:
         defaults = preset_init_settings("3dgr-ct" if args.init == "3dgr-ct" else "toolkit", num_voxels)
         settings = {**defaults, "init": args.init}

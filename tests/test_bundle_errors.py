@@ -274,8 +274,15 @@ def test_under_torchrun_only_rank_0_prints_the_traceback_and_the_ctrl_c_line():
     _, lines = _under_the_hook("raise RuntimeError('[../gloo/transport/tcp/pair.cc:534] Connection closed by peer')\n",
                                rank=1)  # fmt: skip
     assert lines == ["rank 1 stopped: another process stopped first and this one lost its connection to it "
-                     "(RuntimeError: [../gloo/transport/tcp/pair.cc:534] Connection closed by peer); the first to "
-                     "stop says why"], lines  # fmt: skip
+                     "(RuntimeError: [../gloo/transport/tcp/pair.cc:534] Connection closed by peer); that process's "
+                     "lines or torchrun's summary say why"], lines  # fmt: skip
+    # an NCCL failure of this rank's own (its GPU out of memory) is its own reason: rank 0 may know nothing of it
+    oom = ("class DistBackendError(RuntimeError):\n    pass\n"
+           "raise DistBackendError('NCCL error in ProcessGroupNCCL.cpp:3356, unhandled cuda error (run with "
+           "NCCL_DEBUG=INFO for details), NCCL version 2.27.3 ncclUnhandledCudaError: Cuda failure out of memory')\n")
+    _, lines = _under_the_hook(oom, rank=1)
+    assert len(lines) == 1 and lines[0].startswith("rank 1 stopped: DistBackendError: NCCL error") and \
+        lines[0].endswith("; see rank 0"), lines  # fmt: skip
     _, lines = _under_the_hook("raise KeyboardInterrupt\n", resumable=True, rank=0)
     assert lines[-1].startswith("interrupted: run the same command with --resume true")
 

@@ -99,6 +99,23 @@ def test_checks_of_other_settings_sharing_a_cache_keep_their_records(tmp_path, m
     path.write_text(json.dumps(records[1]), encoding="utf-8")  # the earlier form: one record, the images-only one
     check_datalist(images, ledger_dir=tmp_path / "cache")
     assert reads == []
+    # ledgers of other shapes are no records (the files are read again), never a crash of the pre-check
+    odd = [{"records": None}, {"records": 5}, [1, 2], {"records": [{"settings": records[0]["settings"], "passed": [["p"]]},
+           {"settings": None, "passed": []}, {**records[1], "passed": [5, [[1, 2, 3]], *records[1]["passed"]]}]}]  # fmt: skip
+    for ledger in odd:
+        path.write_text(json.dumps(ledger), encoding="utf-8")
+        reads.clear()
+        check_datalist(images, ledger_dir=tmp_path / "cache")
+        assert len(reads) == (0 if isinstance(ledger, dict) and isinstance(ledger["records"], list) else 2), ledger
+    # a rewrite keeps other settings' records of this version that hold passes, the latest four, and no older
+    # version's (other "checks"): those never match again
+    other = [{"settings": {**records[0]["settings"], "num_classes": n}, "passed": records[0]["passed"]} for n in range(3, 9)]
+    older = {"settings": {**records[0]["settings"], "checks": 1}, "passed": records[0]["passed"]}
+    path.write_text(json.dumps({"records": [older, *other]}), encoding="utf-8")
+    nifti_file(tmp_path / "v0.nii.gz", np.full((8, 8, 9), 3, np.float32))  # edited: read again, the ledger rewritten
+    check_datalist(images, ledger_dir=tmp_path / "cache")
+    kept = json.loads(path.read_text(encoding="utf-8"))["records"]
+    assert [r["settings"].get("num_classes") for r in kept] == [5, 6, 7, 8, None]
 
 
 def test_runs_sharing_a_cache_keep_each_others_passes(tmp_path, monkeypatch):

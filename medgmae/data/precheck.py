@@ -18,9 +18,10 @@ resumed or repeated run re-reads only new or changed files. The ledger is rewrit
 passed, also when others failed if its folder exists (a resumed or repeated run's; a first run's data error leaves
 no output folder, so point ``cache_dir`` at an existing folder to keep its passes): a run repeated after fixing one
 bad file among hundreds reads only that file (and any other that changed). Runs on other data sharing the cache
-with the same check settings keep each other's passes in it (those of files since changed or removed are dropped; a
-run with other settings, fine-tuning's beside pre-training's, replaces them; two runs ending their checks at the same
-moment may lose the passes of the first, which then reads its files again). A long check logs a line a minute
+with the same check settings keep each other's passes in it (those of files since changed or removed are dropped);
+runs with other settings, fine-tuning's beside pre-training's, keep a record each (up to :data:`OTHER_RECORDS`
+besides the current one); two runs ending their checks at the same moment may lose the passes of the first, which
+then reads its files again. A long check logs a line a minute
 (``pre-check of X: 120/5000 items, 1.0 min, about 40.6 min left``).
 Under torch.distributed rank 0 checks and the verdict is broadcast, so a cluster job decodes each file once, not
 once per process.
@@ -220,21 +221,46 @@ def _check_one(args: tuple) -> list[str]:
 def _ledger_records(path: Path | None) -> list[dict]:
     """The ledger's records, one per set of check settings (``{"settings": ..., "passed": [...]}``): a fine-tuning
     run (labels checked) and a pre-training run (images only) sharing one cache folder each keep theirs. A ledger
-    of the earlier one-record form is that one record; an unreadable one is none."""
+    of the earlier one-record form is that one record; an unreadable one, or one of another shape, is none, and
+    entries not of the form :func:`_fingerprint` writes are left out."""
     if path is None or not path.is_file():
         return []
     try:
         ledger = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return []
-    records = ledger.get("records", [ledger] if "settings" in ledger else []) if isinstance(ledger, dict) else []
-    return [r for r in records if isinstance(r, dict) and isinstance(r.get("passed"), list)]
+    records = (ledger.get("records", [ledger]) if isinstance(ledger, dict) else None) or []
+    records = records if isinstance(records, list) else []
+    return [{"settings": r["settings"], "passed": [fp for fp in r["passed"] if _well_formed(fp)]} for r in records
+            if isinstance(r, dict) and isinstance(r.get("settings"), dict) and isinstance(r.get("passed"), list)]  # fmt: skip
+
+
+def _well_formed(fingerprint: Any) -> bool:
+    """Whether a ledger entry is a list of ``[path, size, mtime_ns]`` as :func:`_fingerprint` writes them."""
+    return isinstance(fingerprint, list) and all(
+        isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) for f in fingerprint
+    )
 
 
 def _load_ledger(path: Path | None, settings: dict) -> set:
     """The fingerprints that passed the check under ``settings``."""
-    record = next((r for r in _ledger_records(path) if r.get("settings") == settings), {})
+    record = next((r for r in _ledger_records(path) if r["settings"] == settings), {})
     return {json.dumps(f) for f in record.get("passed", [])}
+
+
+#: Records of other check settings a ledger keeps besides the current run's (the most recently written ones).
+OTHER_RECORDS = 4
+
+
+def _other_records(path: Path, settings: dict) -> list[dict]:
+    """The records a rewrite keeps besides ``settings``' own: those of other settings checked by this version
+    (the same ``checks`` and grid tolerance; an older version's never match again) holding any pass, at most
+    :data:`OTHER_RECORDS`, as they are (their entries of files since changed never match, so they are not stat'ed
+    again here: on a network file system that is seconds per thousand files)."""
+    same_version = {k: settings[k] for k in ("checks", "grid_tolerance")}
+    kept = [r for r in _ledger_records(path) if r["settings"] != settings and r["passed"]
+            and all(r["settings"].get(k) == v for k, v in same_version.items())]  # fmt: skip
+    return kept[-OTHER_RECORDS:]
 
 
 def _counted(results: Iterable[list[str]], lines: ProgressLines) -> list[list[str]]:
@@ -273,9 +299,7 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
         # file by path, size and time, so it stays true whatever this run checks
         mine, paths = {json.dumps(fp) for fp in prints}, {f[0] for fp in prints for f in fp}
         passed += [fp for fp in map(json.loads, sorted(known - mine)) if not {f[0] for f in fp} & paths and _still_true(fp)]
-        others = [r for r in _ledger_records(ledger) if r.get("settings") != settings]  # other checks' records
-        others = [{**r, "passed": [fp for fp in r["passed"] if _still_true(fp)]} for r in others]
-        save_json_atomic({"records": [*others, {"settings": settings, "passed": passed}]}, ledger)
+        save_json_atomic({"records": [*_other_records(ledger, settings), {"settings": settings, "passed": passed}]}, ledger)
     return problems
 
 
