@@ -200,9 +200,8 @@ INTERRUPTED_NO_RESUME = "interrupted: run the same command again (no file is lef
 #: What rank 0 adds when its error is the loss of another process of the run (killed, out of memory).
 LOST_PEER = ("another process of this run stopped first (see its output and torchrun's summary): this one lost its "
              "connection to it; --resume true continues from the newest checkpoint_epoch=N.pt")  # fmt: skip
-#: What gloo and NCCL say when the other end of a connection went away: only these send a rank's reader elsewhere
-#: (other NCCL failures, ``DistBackendError`` too, may be this rank's own: its GPU out of memory, a timeout).
-_PEER_GONE_PHRASES = ("connection reset by peer", "connection closed by peer", "ncclremoteerror")
+#: What gloo and NCCL say when the other end of a connection went away. Only these words count: other NCCL failures
+#: (``DistBackendError`` too) may be the process's own, its GPU out of memory or a timeout.
 _PEER_PHRASES = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl communicator was aborted",
                  "ncclremoteerror")  # fmt: skip
 
@@ -210,7 +209,7 @@ _PEER_PHRASES = ("connection reset by peer", "connection closed by peer", "broke
 def _lost_peer(reason: BaseException) -> bool:
     """Whether ``reason`` is a collective's failure because another process went away (gloo's / NCCL's words)."""
     text = f"{type(reason).__name__}: {reason}".lower()
-    return type(reason).__name__ == "DistBackendError" or any(p in text for p in _PEER_PHRASES)
+    return any(p in text for p in _PEER_PHRASES)
 
 
 def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, run: tuple = ()) -> None:
@@ -364,7 +363,7 @@ def _say_rank_stopped(reason: BaseException) -> None:
     """Print a non-zero rank's one line for the error ``reason`` (rank 0 prints it whole, with the traceback)."""
     text = " ".join(_reason_text(reason).split())  # its lines joined, cut short
     text = text if len(text) <= 300 else text[:297] + "..."
-    if any(p in text.lower() for p in _PEER_GONE_PHRASES):  # the reason is elsewhere, maybe not on rank 0
+    if _lost_peer(reason):  # the reason is elsewhere, maybe not on rank 0
         print(f"rank {process_rank()} stopped: another process stopped first and this one lost its connection to it "
               f"({text}); that process's lines or torchrun's summary say why", file=sys.stderr)  # fmt: skip
         return

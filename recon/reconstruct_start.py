@@ -125,15 +125,16 @@ def _warn_if_few(count: int, budget: int | None, spec, per_window: int | None = 
 MAX_GAUSSIANS_PER_VOXEL = 8
 
 
-def _check_budget(asked: int | None, num_voxels: int, default: int | None, preset: str) -> None:
+def _check_budget(asked: int | None, num_voxels: int, default: int | None, start: str) -> None:
     """Refuse ``--num-gaussians`` over :data:`MAX_GAUSSIANS_PER_VOXEL` per voxel of the volume, or over the
-    preset's own default where that is more (3DGR-CT's 50,000 and the toolkit's floor of 20,000 on small scans)."""
+    start's own default (``start``: its flag) where that is more (3DGR-CT's 50,000 and the toolkit's floor of
+    20,000 on small scans)."""
     bound = max(MAX_GAUSSIANS_PER_VOXEL * num_voxels, default or 0)
     if asked is not None and asked > bound:
         from recon.commands import CLIError
 
         raise CLIError(f"--num-gaussians {asked}: more than {MAX_GAUSSIANS_PER_VOXEL} per voxel of the {num_voxels:,}-voxel "
-                       f"volume ({bound:,}); --preset {preset}'s default here is {default:,}")  # fmt: skip
+                       f"volume ({bound:,}); {start}'s default here is {default or 0:,}")  # fmt: skip
 
 
 def init_settings(args, num_voxels: int | None = None) -> dict:
@@ -144,11 +145,11 @@ def init_settings(args, num_voxels: int | None = None) -> dict:
     from recon.presets import preset_init_settings
 
     settings = preset_init_settings(args.preset, num_voxels)
-    if num_voxels and not getattr(args, "resume", False):  # a resumed run keeps what it started with
-        _check_budget(args.num_gaussians, num_voxels, settings.get("num_gaussians"), args.preset)
     if args.init is not None and args.init != settings["init"]:
         defaults = preset_init_settings("3dgr-ct" if args.init == "3dgr-ct" else "toolkit", num_voxels)
         settings = {**defaults, "init": args.init}
+    if num_voxels and not getattr(args, "resume", False):  # a resumed run keeps what it started with
+        _check_budget(args.num_gaussians, num_voxels, settings.get("num_gaussians"), f"--init {settings['init']}")
     if args.num_gaussians is not None:
         settings["num_gaussians"] = args.num_gaussians
     if settings["init"] == "medgmae":

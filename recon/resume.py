@@ -128,12 +128,12 @@ def run_settings(args, init_settings: dict) -> dict:
     }  # fmt: skip
 
 
-def _follow_moved_files(saved: dict, now: dict) -> dict:
+def _follow_moved_files(saved: dict, now: dict) -> tuple[dict, list[str]]:
     """``saved`` with the paths of its ``--checkpoint`` / ``--fbp`` replaced by this run's where this run gives a file
-    of the same content (SHA-256) at another path (a model folder moved or copied), each said in a note: the start
+    of the same content (SHA-256) at another path (a model folder moved or copied), and a note for each: the start
     is rebuilt from the same bytes, as a resume needs (a file at the saved path with other bytes is refused by
     :func:`_changed_files`; other bytes at another path are a setting that differs)."""
-    settings = dict(saved.get("settings") or {})
+    settings, notes = dict(saved.get("settings") or {}), []
     for flag, mine in (now.get("files") or {}).items():
         theirs = (saved.get("files") or {}).get(flag)
         if not theirs or theirs.get("path") == mine["path"] or theirs.get("sha256") != mine["sha256"]:
@@ -144,9 +144,9 @@ def _follow_moved_files(saved: dict, now: dict) -> dict:
             settings["start FBP"] = f"--fbp {mine['path']}"
         else:
             continue
-        print(f"note: --resume: {flag} {mine['path']} holds the same bytes as the saved run's {theirs['path']} "
-              "(moved or copied): resuming with it", flush=True)  # fmt: skip
-    return {**saved, "settings": settings}
+        notes.append(f"note: --resume: {flag} {mine['path']} holds the same bytes as the saved run's {theirs['path']} "
+                     "(moved or copied): resuming with it")  # fmt: skip
+    return {**saved, "settings": settings}, notes
 
 
 def _pick(record: dict, keys) -> dict:
@@ -219,7 +219,7 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
         print(f"warning: --resume: {state_path} records no scan fingerprint or settings (an older version wrote it): "
               "nothing checks that it belongs to these projections and settings", file=sys.stderr)  # fmt: skip
     else:
-        saved = _follow_moved_files(saved, run_info)
+        saved, moved = _follow_moved_files(saved, run_info)
         diffs = _differences(saved, run_info)
         if diffs:
             raise CLIError(f"--resume: {state_path} was saved by a run of another scan or with other settings: "
@@ -228,6 +228,8 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
         if changed:
             raise CLIError(f"--resume: {state_path}: " + "; ".join(changed) + ". Restore the file the run started from, "
                            "or start a new run (another --out, or this one without --resume)")  # fmt: skip
+        for note in moved:  # said once the resume is taken
+            print(note, flush=True)
     done = int(state.get("iteration", 0))
     if iterations < done:
         raise CLIError(f"--resume: {state_path} is at iteration {done} but --iterations is {iterations}: give --iterations "

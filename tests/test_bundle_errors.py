@@ -42,6 +42,10 @@ def test_rank_0_losing_another_process_says_so_and_how_to_resume():
     piped = "raise BrokenPipeError(32, 'Broken pipe')\n"  # one process whose output went to `head`: no peer
     assert LOST_PEER in _under_the_hook(piped, resumable=True, rank=0)[0].stderr
     assert LOST_PEER not in _under_the_hook(piped, resumable=True)[0].stderr
+    # an NCCL failure of its own GPU (out of memory) is no lost peer, whatever its type (DistBackendError)
+    oom = ("class DistBackendError(RuntimeError):\n    pass\n"
+           "raise DistBackendError('NCCL error: unhandled cuda error, ncclUnhandledCudaError: Cuda failure out of memory')\n")
+    assert LOST_PEER not in _under_the_hook(oom, resumable=True, rank=0)[0].stderr
 
 
 def test_summarise_errors_ends_a_wrapped_failure_with_its_reason():

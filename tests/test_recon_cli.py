@@ -233,7 +233,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "too many held-out views": (reconstruct_args(sim, out, "--holdout-views", "6"), "has 10 views; hold out between 1 and 5"),
         "gaussians beyond 8 per voxel": (reconstruct_args(sim, out, "--init", "random", "--num-gaussians", "1e9"),
                                          f"--num-gaussians 1000000000: more than 8 per voxel of the {sim_voxels:,}-voxel volume "
-                                         f"({max(8 * sim_voxels, 20000):,}); --preset toolkit's default here is 20,000"),
+                                         f"({max(8 * sim_voxels, 20000):,}); --init random's default here is 20,000"),
         "patience without held-out views": (reconstruct_args(sim, out, "--patience", "2"), "needs --holdout-views"),
         "refit without held-out views": (reconstruct_args(sim, out, "--refit"), "needs --holdout-views"),
         "given fbp with held-out views": (reconstruct_args(sim, out, "--holdout-views", "2", "--fbp", str(sim / "fbp.nii.gz")), "has seen the held-out views"),

@@ -233,15 +233,16 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
 
 def test_the_gaussian_budget_is_bounded_by_the_volume_or_the_presets_default(scan, tmp_path, capsys, monkeypatch):
     """--num-gaussians over 8 per voxel (24,576 for this 3,072-voxel scan) is refused naming the bound, nothing
-    written; a preset's own default is never refused (3DGR-CT's 50,000 here); a run started before the bound
+    written; a start's own default is never refused (3DGR-CT's 50,000 here, by preset or by --init); a run started before the bound
     existed resumes with its budget."""
     import recon.reconstruct_start as start
 
     expect_refusal(capsys, few_gaussians_args(scan, tmp_path / "rec", "--num-gaussians", "24577"),
                    "--num-gaussians 24577: more than 8 per voxel of the 3,072-voxel volume (24,576); "
-                   "--preset toolkit's default here is 20,000")  # fmt: skip
+                   "--init fbp's default here is 20,000")  # fmt: skip
     assert not (tmp_path / "rec").exists()
     assert main(few_gaussians_args(scan, tmp_path / "rec", "--preset", "3dgr-ct", "--num-gaussians", "50000")) == 0
+    assert main(few_gaussians_args(scan, tmp_path / "rec2", "--init", "3dgr-ct", "--num-gaussians", "50000")) == 0
     monkeypatch.setattr(start, "MAX_GAUSSIANS_PER_VOXEL", 100)  # as before the bound: 100,000 taken
     assert main(few_gaussians_args(scan, tmp_path / "old", "--num-gaussians", "100000")) == 0
     monkeypatch.undo()
