@@ -60,6 +60,12 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
     assert (out / "data" / "task.json").stat().st_mtime_ns == task_stamp  # the task at the model's size was reused
     ev_summary = json.loads((out / "eval" / "summary.json").read_text(encoding="utf-8"))
     assert len(ev_summary["explanation_files"]) == ev["num_images"] and ev_summary["files"]["model"] == str(out / "model.pt")
+    # a model in a folder this user cannot write (a shared model store), its own data and --eval_dir elsewhere: the
+    # evaluation writes nothing into output_dir, so it is not asked to be writable (it was, and refused)
+    elsewhere = tmp_path / "elsewhere"
+    run_gvit_bundle("evaluate.json", run_id="evaluating", output_dir="/proc/self/store", model_path=str(out / "model.pt"),
+                    dataset_dir=str(out / "data"), eval_dir=str(elsewhere), device="cpu", num_explanations=0)  # fmt: skip
+    assert json.loads((elsewhere / "metrics.json").read_text(encoding="utf-8"))["num_images"] > 0
 
     # resume of a finished run: every phase restarts from its last checkpoint, nothing is retrained
     before = torch.load(out / "model.pt", weights_only=True)["state_dict"]
