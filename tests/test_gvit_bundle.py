@@ -66,6 +66,7 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
     run_gvit_bundle("evaluate.json", run_id="evaluating", output_dir="/proc/self/store", model_path=str(out / "model.pt"),
                     dataset_dir=str(out / "data"), eval_dir=str(elsewhere), device="cpu", num_explanations=0)  # fmt: skip
     assert json.loads((elsewhere / "metrics.json").read_text(encoding="utf-8"))["num_images"] > 0
+    assert json.loads((elsewhere / "summary.json").read_text(encoding="utf-8"))["files"]["model"] == str(out / "model.pt")
 
     # resume of a finished run: every phase restarts from its last checkpoint, nothing is retrained
     before = torch.load(out / "model.pt", weights_only=True)["state_dict"]

@@ -92,7 +92,7 @@ def _summary_record(m: Mapping, results: Path, run: Path, explanations: list[Pat
         "split": m.get("split"),
         "dataset": (m.get("data") or {}).get("source") or (m.get("data") or {}).get("dataset_dir") or None,
         "files": {
-            "model": str(run / "model.pt"),
+            "model": str(absolute_path(m["model"])) if stage == "evaluation" and m.get("model") else str(run / "model.pt"),
             "metrics": str(results / "metrics.json"),
             "confusion_matrix": str(results / "confusion_matrix.png"),
             "explanations": str(results / "explanations"),
