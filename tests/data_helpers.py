@@ -85,3 +85,19 @@ def nifti_file(path: Path, array: np.ndarray, affine=None) -> str:
 def truncate_file(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+def read_only_folder(monkeypatch, folder: Path) -> None:
+    """Make creating a file in ``folder`` fail as on a read-only mount (``tempfile.mkstemp`` there raises EROFS): the
+    tests run as root, who ignores permission bits, so a ``chmod`` would not do."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == Path(folder):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)

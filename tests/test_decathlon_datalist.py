@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from medgmae.data.decathlon import main, split_cases
+from data_helpers import read_only_folder
 
 
 def _case(folder: Path, name: str, value: int, channel: bool = True, label: bool = True, shape=(12, 10, 8), split: str = "Tr") -> None:
@@ -353,21 +354,11 @@ def test_a_read_only_dataset_folder_is_refused_up_front_saying_how_to_write_the_
     """A dataset on a read-only mount (simulated: creating a file in it fails with EROFS, as root ignores permission
     bits) and no ``--out``: the default ``FOLDER/dataset.json`` is refused before anything is read, and the message
     says to give ``--out`` elsewhere and fine-tune with ``--datalist`` that file and ``--dataset_dir`` the folder."""
-    import errno
-    import tempfile
-
     import medgmae.data.decathlon as decathlon
 
     folder = tmp_path / "data"
     _case(folder, "a", 1), _case(folder, "b", 1)
-    real = tempfile.mkstemp
-
-    def read_only(*args, dir=None, **kwargs):
-        if Path(dir) == folder:
-            raise OSError(errno.EROFS, "Read-only file system")
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    read_only_folder(monkeypatch, folder)
     monkeypatch.setattr(decathlon, "read_volume", _refuse_reading)
     monkeypatch.setattr(decathlon, "volume_grid", _refuse_reading)
     with pytest.raises(SystemExit) as e:

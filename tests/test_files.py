@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from medgmae.files import save_json_atomic, staged_outputs
+from data_helpers import read_only_folder
 
 
 def _hidden(folder: Path) -> list[str]:
@@ -244,21 +245,12 @@ def test_an_output_folder_the_permission_bits_call_writable_is_tried(tmp_path, m
     """os.access answers from permission bits (as root: yes for a read-only file system, /sys or /proc); the check
     creates and removes a file in the nearest existing folder, names the folder and the system's reason, and
     leaves nothing behind."""
-    import errno
-    import tempfile
 
     from medgmae.files import output_dir_problem
 
     assert output_dir_problem(tmp_path / "new" / "run") is None
     assert list(tmp_path.iterdir()) == []  # neither the folder nor the probe file is left
-    real = tempfile.mkstemp
-
-    def read_only(*args, dir=None, **kwargs):
-        if Path(dir) == tmp_path:
-            raise OSError(errno.EROFS, "Read-only file system")
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    read_only_folder(monkeypatch, tmp_path)
     assert output_dir_problem(tmp_path / "new" / "run") == f"cannot create files in {tmp_path} (Read-only file system)"
 
 

@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from medgmae.data.phantom import ORGAN_LABELS, generate_phantom, main, phantom_affine, write_phantom_dataset
+from data_helpers import read_only_folder
 
 SMALL = (64, 52, 48)
 SPACING = (3.0, 3.0, 3.0)
@@ -200,22 +201,12 @@ def test_an_out_no_file_can_be_created_in_is_refused_before_any_phantom_is_gener
     """``--out`` on a read-only mount (simulated: creating a file there fails with EROFS, as root ignores permission
     bits): exit status 2 naming the folder before any phantom is generated (it generated the first phantom, then
     failed with status 1 and Python's error type)."""
-    import errno
-    import tempfile
-
     import medgmae.data.phantom.cli as cli
-
-    real = tempfile.mkstemp
-
-    def read_only(*args, dir=None, **kwargs):
-        if Path(dir) == tmp_path:
-            raise OSError(errno.EROFS, "Read-only file system")
-        return real(*args, dir=dir, **kwargs)
 
     def never(*args, **kwargs):
         raise AssertionError("phantoms were generated for an output folder that cannot be written")
 
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    read_only_folder(monkeypatch, tmp_path)
     monkeypatch.setattr(cli, "write_phantom_dataset", never)
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path / "d"), "--num-cases", "2", "--shape", "16", "16", "12"])

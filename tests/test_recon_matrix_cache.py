@@ -15,6 +15,7 @@ from recon.cli import main
 from recon.geometry import CTGeometry
 from recon.projectors import RayMatrixProjector
 from recon.projectors.matrix_cache import MATRIX_FILE, cached_matrix_projector
+from data_helpers import read_only_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -211,23 +212,15 @@ def test_another_scan_builds_its_own_file_in_the_matrix_dir(scan, tmp_path, caps
 def test_a_matrix_dir_that_cannot_be_used_is_refused_before_any_work(scan, tmp_path, monkeypatch, capsys, problem):
     """--matrix-dir that is a file, below one, in a folder where no file can be created, or given with a backend
     that builds no matrix: exit 2 with a message naming the flag, nothing written."""
-    import errno
-    import tempfile
 
     shared, extra = tmp_path / "matrices", ()
     if problem in ("a file", "below a file"):
         shared.write_text("not a folder")
         shared = shared / "sub" if problem == "below a file" else shared
     elif problem == "read-only":
-        real, shared = tempfile.mkstemp, tmp_path / "read_only" / "matrices"
+        shared = tmp_path / "read_only" / "matrices"
         shared.parent.mkdir()
-
-        def read_only(*args, dir=None, **kwargs):
-            if Path(dir) == shared.parent:
-                raise OSError(errno.EROFS, "Read-only file system")
-            return real(*args, dir=dir, **kwargs)
-
-        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        read_only_folder(monkeypatch, shared.parent)
     else:
         extra = ("--backend", "torch")
     listing = sorted(p.name for p in tmp_path.iterdir())
