@@ -69,6 +69,8 @@ def barrier() -> None:
 #: large dataset runs for tens of minutes, past the process group's own timeout (10 minutes under NCCL, 30 under
 #: gloo), which ended the waiting ranks' collective call and with it the run.
 MAIN_PROCESS_WAIT = timedelta(hours=24)
+
+
 def _waiting_group() -> object:
     """A gloo group of every process whose calls wait up to :data:`MAIN_PROCESS_WAIT`, made by every rank at the
     same call (:func:`main_process_only` is reached by all) and destroyed when that call ends: a group kept in a

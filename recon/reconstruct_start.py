@@ -141,7 +141,7 @@ def init_settings(args, num_voxels: int | None = None) -> dict:
     """The initialisation's settings: the preset's, ``--init``, ``--num-gaussians`` and (``--init medgmae``)
     ``--init-fit-iterations`` applied; the toolkit's default budget is :func:`recon.presets.toolkit_budget` of
     ``num_voxels`` (the scan's volume), and ``--num-gaussians`` over :data:`MAX_GAUSSIANS_PER_VOXEL` per voxel of
-    it (or over the preset's default, where that is more) is refused (``CLIError``), except on ``--resume``."""
+    it (or over the default of the start ``--init`` chooses, where that is more) is refused (``CLIError``), except on ``--resume``."""
     from recon.presets import preset_init_settings
 
     settings = preset_init_settings(args.preset, num_voxels)
