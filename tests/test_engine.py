@@ -53,11 +53,25 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def test_non_finite_loss_stops_and_saves_interrupted(tmp_path):
-    trainer, _ = make_trainer(tmp_path, 2, resume=False, lr=1e30)
-    with pytest.raises(FloatingPointError, match="non-finite loss"):
+@pytest.mark.parametrize("weights", ["spoilt", "finite"])
+def test_non_finite_loss_stops_and_saves_interrupted_only_finite_weights(tmp_path, caplog, weights):
+    """A non-finite loss stops the run. Its step has already applied the non-finite gradients in the usual case
+    (a learning rate of 1e30): the weights are NaN, and were saved as checkpoint_interrupted.pt, a file of no use
+    (a resume takes the last epoch checkpoint); now they are not, and the log says why. A loss made non-finite
+    after a step that left the weights finite (here: a term without gradient) still saves the state."""
+    import logging
+
+    trainer, net = make_trainer(tmp_path, 2, resume=False, lr=1e30 if weights == "spoilt" else 0.05)
+    if weights == "finite":  # a NaN term without gradient at iteration 2: the step's gradients stay finite
+        nan_term = lambda: float("nan") if trainer.state.iteration == 2 else 0.0
+        trainer.loss_function = lambda p, t: ((p - t.flatten(1)) ** 2).mean() + nan_term()
+    with caplog.at_level(logging.WARNING), pytest.raises(FloatingPointError, match="non-finite loss"):
         trainer.run()
-    assert (tmp_path / "checkpoint_interrupted.pt").is_file()
+    finite = all(bool(torch.isfinite(w).all()) for w in net.parameters())
+    assert finite == (weights == "finite")
+    assert (tmp_path / "checkpoint_interrupted.pt").is_file() == finite
+    said = "became NaN or infinite (1.weight first) at the failing step: its state is not saved as checkpoint_interrupted.pt"
+    assert (said in caplog.text) == (not finite), caplog.text
 
 
 def test_the_non_finite_loss_error_names_the_settings_that_can_cause_it():

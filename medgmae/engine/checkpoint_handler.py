@@ -34,7 +34,7 @@ from medgmae.engine.resume import (
 from medgmae.engine.restore import ResumeRefused, records_first, restore_states
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
-from medgmae.engine.step_guards import diverged_error
+from medgmae.engine.step_guards import diverged_error, non_finite_weights
 from medgmae.files import remove_interrupted_writes
 from medgmae.torch_files import save_torch_atomic
 
@@ -310,9 +310,12 @@ class CheckpointHandler:
             self._saved_for = diverged  # ignite's second firing, with this error, passes it on
             raise diverged from e
         self._saved_for = e
+        nan_state = non_finite_weights(self.objects) if isinstance(e, FloatingPointError) else None
         try:  # no collective here: the other ranks may not have failed (the pending state was gathered before)
             if self.validation.pending is not None:  # stopped while validating: the epoch's training is kept
                 self._save_pending(engine)
+            elif nan_state is not None:  # a non-finite loss whose step already spoilt the weights: nothing to keep
+                logger.warning("%s at the failing step: its state is not saved as %s", nan_state, INTERRUPTED)
             else:
                 self.save(engine, INTERRUPTED, gather=False)
         except Exception as save_error:  # never mask the original error

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["NonFiniteLossHandler", "GradientClipHandler", "diverged_error"]
+__all__ = ["NonFiniteLossHandler", "GradientClipHandler", "diverged_error", "non_finite_weights"]
 
 
 class NonFiniteLossHandler:
@@ -94,14 +94,23 @@ def diverged_error(objects: Mapping[str, Any], engine: Engine, error: BaseExcept
     """
     from medgmae.render import NonFiniteGaussiansError
 
-    what = "its Gaussians became NaN or infinite" if isinstance(error, NonFiniteGaussiansError) else None
-    for name, obj in objects.items():
-        if isinstance(obj, torch.nn.Module):
-            bad = next((n for n, w in obj.named_parameters() if not bool(torch.isfinite(w).all())), None)
-            what = f"the weights of '{name}' became NaN or infinite ({bad} first)" if bad is not None else what
+    what = non_finite_weights(objects)
+    if what is None and isinstance(error, NonFiniteGaussiansError):
+        what = "its Gaussians became NaN or infinite"
     if what is None:
         return None
     return FloatingPointError(
         f"training diverged: {what} by epoch {engine.state.epoch}, iteration {engine.state.iteration}, where the "
         f"step then failed ({type(error).__name__}: {error}). Lower the learning rate, keep grad_clip on or disable "
         "amp, then resume from the last epoch checkpoint")  # fmt: skip
+
+
+def non_finite_weights(objects: Mapping[str, Any]) -> str | None:
+    """Which network among ``objects`` (name -> object) holds NaN or infinite weights, as
+    ``"the weights of 'network' became NaN or infinite (1.bias first)"``; ``None`` when every weight is finite."""
+    for name, obj in objects.items():
+        if isinstance(obj, torch.nn.Module):
+            bad = next((n for n, w in obj.named_parameters() if not bool(torch.isfinite(w).all())), None)
+            if bad is not None:
+                return f"the weights of '{name}' became NaN or infinite ({bad} first)"
+    return None
