@@ -37,7 +37,7 @@ def stack_detector(path: str, det_spacing: tuple[float, float] | None) -> tuple[
     Raises:
         ValueError: an unreadable stack (naming the file).
     """
-    from recon.scan_files import ITK_HEADERS, itk_header, read_detector_images
+    from recon.scan_files import ITK_HEADERS, detector_stack_shape, itk_header
 
     p = Path(path)
     if p.name.lower().endswith(ITK_HEADERS) and p.is_file():
@@ -50,8 +50,8 @@ def stack_detector(path: str, det_spacing: tuple[float, float] | None) -> tuple[
             raise ValueError(f"projections {path} must be a 3D stack (column, row, view), got size {tuple(size)}")
         pitch = det_spacing if det_spacing is not None else (float(spacing[1]), float(spacing[0]))
         return int(size[2]), (int(size[1]), int(size[0])), pitch
-    images, _ = read_detector_images(p)
-    return int(images.shape[0]), (int(images.shape[1]), int(images.shape[2])), det_spacing
+    views, rows, cols = detector_stack_shape(p)
+    return views, (rows, cols), det_spacing
 
 
 def _pair(value, flag: str) -> tuple | None:

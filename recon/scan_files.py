@@ -10,7 +10,7 @@ import numpy as np
 from medgmae.files import atomic_write, save_nifti_atomic
 
 __all__ = ["load_volume", "save_nifti", "load_projections", "read_detector_images", "save_projections",
-           "check_line_integrals", "line_integral_problem", "LINE_INTEGRAL_MAX", "itk_header", "ITK_HEADERS",
+           "check_line_integrals", "line_integral_problem", "detector_stack_shape", "LINE_INTEGRAL_MAX", "itk_header", "ITK_HEADERS",
            "CENTRED_TOLERANCE"]
 
 #: Line integrals beyond this do not occur in CT (a transmission of exp(-50)); larger values are raw counts or
@@ -177,6 +177,15 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     """A ``.npy`` file's array of real numbers: refused, naming ``what`` and the file, when it does not start with
     NumPy's magic bytes (another format under a ``.npy`` name), its header states Python objects (never unpickled)
     or other values than real numbers, or it cannot be read (truncated)."""
+    _npy_header(path, what)
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"cannot read {what} {path}: {e}") from e
+
+
+def _npy_header(path: Path, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """A ``.npy`` file's ``(shape, dtype)`` from its header, with :func:`_load_npy`'s refusals."""
     with open(path, "rb") as f:
         if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
             raise ValueError(f"{what} {path} is not a NumPy .npy file (it does not start with NumPy's magic bytes "
@@ -186,7 +195,8 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
             f.seek(0)
             version = np.lib.format.read_magic(f)
             fmt = np.lib.format  # version 3.0 differs from 2.0 only by a UTF-8 header (field names)
-            dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)[2]
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            size, expected = path.stat().st_size, f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         except Exception as e:
             raise ValueError(f"cannot read {what} {path}: {e}") from e
     if dtype.hasobject:
@@ -194,10 +204,52 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
                          "(numpy.save(path, numpy.asarray(stack, numpy.float32)))")  # fmt: skip
     if dtype.kind not in "biuf":
         raise ValueError(f"{what} {path} holds {dtype} values, not real numbers: save the stack as a float array")
+    if size < expected:
+        raise ValueError(f"cannot read {what} {path}: the file is truncated ({size} bytes, its header's {tuple(shape)} "
+                         f"array of {dtype} needs {expected})")  # fmt: skip
+    return tuple(shape), dtype
+
+
+def detector_stack_shape(path, what: str = "projections") -> tuple[int, int, int]:
+    """The shape ``(images, rows, cols)`` that :func:`read_detector_images` gives a stack, from its header alone for a
+    3D ``.npy``, TIFF (its first series, as ``tifffile.imread`` reads it) or NIfTI stack, so that a stack of tens of
+    gigabytes is not loaded to learn its shape (MetaImage / NRRD headers: :func:`itk_header`). Other files, and any
+    whose header does not give three axes, are read whole (:func:`read_detector_images` raises their problem).
+
+    Raises:
+        ValueError: as :func:`read_detector_images`, naming ``what`` and the file.
+    """
+    path = Path(path)
+    name, shape = path.name.lower(), None
+    if path.is_file() and name.endswith(".npy"):
+        shape = _npy_header(path, what)[0]
+    elif path.is_file() and name.endswith(TIFF_SUFFIXES):
+        shape = _tiff_shape(path)
+    elif path.is_file() and name.endswith((".nii", ".nii.gz")):
+        from medgmae.data.reader import load_nifti
+
+        try:
+            shape = tuple(reversed(load_nifti(path).shape))  # the reader's (i, j, k) = (column, row, image)
+        except Exception:  # noqa: BLE001  (the whole read below names the problem in its words)
+            shape = None
+    if shape is not None and len(shape) == 3:
+        return tuple(int(n) for n in shape)
+    return tuple(int(n) for n in read_detector_images(path, what)[0].shape)
+
+
+def _tiff_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of a TIFF's first series with trailing axes of one dropped (:func:`_read_tiff`'s), from its page
+    headers; ``None`` when they do not read."""
+    import tifffile
+
     try:
-        return np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise ValueError(f"cannot read {what} {path}: {e}") from e
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(tif.series[0].shape)
+    except Exception:  # noqa: BLE001  (the whole read names the problem)
+        return None
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
 
 
 def _stored_as_integers(path: Path) -> bool:

@@ -218,3 +218,40 @@ def test_a_stack_saved_views_last_is_refused_with_the_transpose_that_fixes_it(si
     np.testing.assert_array_equal(np.transpose(views_last, (2, 0, 1)), proj)
     assert main(["fbp", "--projections", str(tmp_path / "short.npy"), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
     assert "numpy.transpose" not in capsys.readouterr().err
+
+
+def test_a_stack_shape_is_read_from_its_header(simulated, tmp_path, monkeypatch):
+    """``geometry --projections`` learns the stack's views and detector from the file's header, as the full reader
+    would read them (.npy, multi-page TIFF, one planar TIFF page, NIfTI, MetaImage), without reading the pixels (a
+    stack of tens of gigabytes read whole to learn three numbers); a .npy shorter than its header says is named as
+    truncated."""
+    import SimpleITK as sitk
+    import tifffile
+
+    import recon.scan_files as scan_files
+    from recon.geometry_command import stack_detector
+
+    proj = np.load(simulated / "projections.npy")
+    assert len(set(proj.shape)) == 3
+    np.save(tmp_path / "p.npy", proj)
+    tifffile.imwrite(tmp_path / "p.tif", proj)
+    tifffile.imwrite(tmp_path / "planar.tiff", proj[:3], photometric="rgb", planarconfig="separate")  # one page, 3 samples
+    nib.save(nib.Nifti1Image(proj.transpose(2, 1, 0), np.diag([0.5, 0.7, 1.0, 1.0])), str(tmp_path / "p.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(proj), str(tmp_path / "p.mha"))
+    names = ["p.npy", "p.tif", "planar.tiff", "p.nii.gz", "p.mha"]
+    expected = {n: scan_files.read_detector_images(tmp_path / n)[0].shape for n in names}
+    assert expected["planar.tiff"] == (3, *proj.shape[1:]) and {expected[n] for n in names if n != "planar.tiff"} == {proj.shape}
+
+    def no_pixels(*args, **kwargs):
+        raise AssertionError("the pixels were read")
+
+    monkeypatch.setattr(scan_files, "read_detector_images", no_pixels)
+    monkeypatch.setattr(np, "load", no_pixels)
+    monkeypatch.setattr(tifffile, "imread", no_pixels)
+    for name in names:
+        views, detector, _ = stack_detector(str(tmp_path / name), (1.0, 1.0))
+        assert (views, *detector) == expected[name], name
+    (tmp_path / "short.npy").write_bytes((tmp_path / "p.npy").read_bytes()[:-4])
+    with pytest.raises(ValueError, match=r"projections .*short.npy: the file is truncated \(\d+ bytes, its header's "
+                                         rf"\({proj.shape[0]}, {proj.shape[1]}, {proj.shape[2]}\) array of float32 needs \d+\)"):
+        stack_detector(str(tmp_path / "short.npy"), None)
