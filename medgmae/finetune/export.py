@@ -137,6 +137,35 @@ def run_eval_metrics(checkpoint: str | os.PathLike) -> dict:
     return out
 
 
+def check_export_settings(export_path: str | os.PathLike, metadata_file: str | os.PathLike | None) -> bool:
+    """Refuse, before anything is traced or written, an ``--export_path`` that is a folder or cannot be written,
+    and a ``--metadata_file`` that is missing or not JSON: one :class:`~medgmae.bundle_checks.BundleSettingError`
+    naming each (a bundle's ``initialize`` step; :func:`export_torchscript` checks them again).
+
+    Returns:
+        ``True`` (so that the call can sit in a bundle's ``initialize`` list).
+    """
+    from medgmae.bundle_checks import check_settings
+
+    def export_file(path) -> None:
+        if Path(path).is_dir():
+            raise ValueError(_folder_given(path))
+
+    def metadata(path) -> None:
+        if path:
+            try:
+                read_json(path, "bundle's metadata.json")
+            except FileNotFoundError as e:
+                raise ValueError(str(e)) from e
+
+    return check_settings({"export_path": (export_path, export_file), "metadata_file": (metadata_file, metadata)},
+                          output_dirs={"export_path": os.path.dirname(os.fspath(export_path)) or "."})  # fmt: skip
+
+
+def _folder_given(path: str | os.PathLike) -> str:
+    return f"{path} is a folder; give the file to write, e.g. {Path(path) / 'model.ts'}"
+
+
 def export_torchscript(
     checkpoint: str | os.PathLike,
     path: str | os.PathLike,
@@ -159,7 +188,7 @@ def export_torchscript(
         RuntimeError: the traced network disagrees with the network on a random patch (nothing is written).
     """
     if Path(path).is_dir():
-        raise ValueError(f"--export_path {path} is a folder; give the file to write, e.g. {Path(path) / 'model.ts'}")
+        raise ValueError(f"--export_path {_folder_given(path)}")
     meta: dict = {}
     if metadata_file is not None:
         meta = read_json(metadata_file, "bundle's metadata.json")
