@@ -16,14 +16,14 @@ AFFINE_RTOL = 1e-3
 NO_OFFSET = (0.0, 0.0)
 
 
-def entries(name: str, value, n: int, axes: str) -> tuple:
-    """``value`` as ``n`` entries: a list of ``n`` (or of one, repeated), or a single value repeated; a string is
-    a single value (not a list of characters)."""
+def entries(name: str, value, n: int, axes: str, repeat: bool = True) -> tuple:
+    """``value`` as ``n`` entries: a list of ``n`` (or, where ``repeat``, of one, repeated, or a single value
+    repeated); a string is a single value (not a list of characters)."""
     try:
         t = (value,) if isinstance(value, (str, bytes)) else tuple(value)
     except TypeError:
         t = (value,)
-    if len(t) == 1:
+    if len(t) == 1 and repeat:
         t = t * n
     if len(t) != n:
         raise ValueError(f"{name} must have {n} entries ({axes}), got {value!r}")
@@ -40,13 +40,16 @@ def number(name: str, value, shown=None) -> float:
         raise ValueError(f"{name} must hold numbers, got {value if shown is None else shown!r}") from e
 
 
-def floats(name: str, value, n: int, axes: str) -> tuple:
-    return tuple(number(name, v, value) for v in entries(name, value, n, axes))
+def floats(name: str, value, n: int, axes: str, repeat: bool = True) -> tuple:
+    """``n`` numbers (one repeated where ``repeat``: an isotropic voxel size or detector pitch)."""
+    return tuple(number(name, v, value) for v in entries(name, value, n, axes, repeat))
 
 
 def ints(name: str, value, n: int, axes: str) -> tuple:
-    """Whole numbers (``20.0`` is 20); a fraction such as ``20.7`` is refused rather than truncated."""
-    out = floats(name, value, n, axes)
+    """``n`` whole numbers (``20.0`` is 20); a fraction such as ``20.7`` is refused rather than truncated, and so is
+    a single number (a shape of one number is ambiguous: ``det_shape [29]`` is a typo more often than a square
+    detector, and repeating it led to errors about another field)."""
+    out = floats(name, value, n, axes, repeat=False)
     if not all(v.is_integer() for v in out):
         raise ValueError(f"{name} must be whole numbers, got {value!r}")
     return tuple(int(v) for v in out)

@@ -76,10 +76,15 @@ def test_load_errors_name_the_file(tmp_path):
         ("voxel_size", "abc", "voxel_size must hold numbers, got 'abc'"),
         ("det_spacing", [1, "x"], "det_spacing must hold numbers, got [1, 'x']"),
         ("source_origin", "far", "source_origin must hold numbers, got 'far'"),
+        ("det_shape", [12], "det_shape must have 2 entries (rows, cols), got [12]"),
+        ("volume_shape", 8, "volume_shape must have 3 entries (z, y, x), got 8"),
     ],
 )
 def test_load_names_the_field_of_a_non_number_or_fraction(tmp_path, field, value, message):
-    """A fraction where a count is due is refused (not truncated); null and text values name their field."""
+    """A fraction where a count is due is refused (not truncated); null and text values name their field; a shape
+    of one number is refused (it was repeated: det_shape [29] against a 29 x 49 detector ran as a square one and
+    failed on the detector's width, or ran to the end where the stack happened to be square), while a voxel size
+    or detector pitch of one number is isotropic, as documented."""
     good = dict(kind="parallel", volume_shape=[1, 8, 8], voxel_size=1, det_shape=[1, 12], det_spacing=1, angles=[0.0])
     if field == "source_origin":
         good.update(kind="cone", det_shape=[4, 40], source_origin=60.0, source_detector=90.0)
@@ -90,6 +95,8 @@ def test_load_names_the_field_of_a_non_number_or_fraction(tmp_path, field, value
     assert str(error.value).startswith(f"geometry file {path}: {message}"), str(error.value)
     path.write_text(json.dumps({**good, "volume_shape": [1.0, 8, 8]}))  # a whole number written as a float is fine
     assert CTGeometry.load(path).volume_shape == (1, 8, 8)
+    path.write_text(json.dumps({**good, "voxel_size": [0.5], "det_spacing": 0.7}))
+    assert CTGeometry.load(path).voxel_size == (0.5,) * 3 and CTGeometry.load(path).det_spacing == (0.7, 0.7)
 
 
 def test_check_projections():
