@@ -295,6 +295,14 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise ValueError(f"{path}: the {what} is not valid JSON ({e})") from e
 
 
+#: How far (mm, at any corner voxel) a NIfTI's qform and sform may place a voxel apart and still count as one frame
+#: (the reader's check, :mod:`medgmae.data.reader`; the writer's).
+FRAME_TOLERANCE_MM = 1e-3
+#: The NIfTI ``descrip`` of a file :func:`save_nifti_atomic` wrote with a sheared affine: its qform is the nearest
+#: frame a qform can state, not the sform, by design (the reader warned about the sheared input it came from).
+SHEARED_SFORM_NOTE = "sform sheared; qform is its nearest frame"
+
+
 def save_nifti_atomic(
     data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype | type | None = None
 ) -> Path:
@@ -329,6 +337,10 @@ def save_nifti_atomic(
     # ITK-based tools read (they refuse a file without an orthonormal frame), while the sform keeps the shear
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
+    from medgmae.data.grid import grid_offset_mm
+
+    if grid_offset_mm(array.shape[:3], affine, img.get_qform()) > FRAME_TOLERANCE_MM:
+        img.header["descrip"] = SHEARED_SFORM_NOTE  # the frames differ by design: readers need not warn again
     with atomic_write(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)

@@ -149,6 +149,44 @@ def test_a_sheared_affine_is_kept_by_the_sform_and_readable_by_itk(tmp_path):
     assert sitk.ReadImage(str(path)).GetSize() == (5, 4, 3)
 
 
+def test_the_frames_of_a_sheared_affine_are_warned_about_in_an_input_not_in_the_toolkits_own_output(tmp_path, caplog):
+    """A sheared sform has no exact qform. A user's file stating one and a qform (the nearest frame) is warned about
+    once, with advice that can work (resample; "make the two agree" cannot); a file the toolkit wrote from it is
+    read without a warning (each later command warned again about the toolkit's own outputs), while a file whose
+    qform is merely another frame still gets the old advice."""
+    import nibabel as nib
+    import numpy as np
+
+    from medgmae.data import read_volume
+    from medgmae.files import save_nifti_atomic
+
+    sheared = _oblique_affine()
+    sheared[:3, 2] += [0.0, 2.5 * np.tan(np.radians(20.0)), 0.0]
+    user = nib.Nifti1Image(np.zeros((5, 4, 3), np.float32), sheared)
+    user.set_qform(sheared, code=1)  # both frames stated, as scanners' converters write them: the qform the nearest
+    nib.save(user, str(tmp_path / "input.nii.gz"))
+    shifted = nib.Nifti1Image(np.zeros((5, 4, 3), np.float32), _oblique_affine())
+    shifted.set_qform(_oblique_affine() + _shift(9.0), code=1)  # another frame, 9 mm off
+    nib.save(shifted, str(tmp_path / "shifted.nii.gz"))
+    save_nifti_atomic(np.zeros((5, 4, 3), np.float32), sheared, tmp_path / "output.nii.gz")
+    with caplog.at_level("WARNING", logger="medgmae.data.reader"):
+        for name in ("input", "output", "shifted"):
+            np.testing.assert_allclose(read_volume(tmp_path / f"{name}.nii.gz").affine, _oblique_affine() if name == "shifted" else sheared, atol=1e-5)
+    said = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records}
+    assert sorted(said) == [str(tmp_path / "input.nii.gz"), str(tmp_path / "shifted.nii.gz")], said
+    assert "the sform is sheared (e.g. a gantry-tilted scan not resampled), which no qform can state: resample" in said[str(tmp_path / "input.nii.gz")]
+    assert "img.set_qform(img.get_sform())" in said[str(tmp_path / "shifted.nii.gz")]
+
+
+def _shift(mm: float):
+    """A 4 x 4 matrix adding ``mm`` to an affine's x translation."""
+    import numpy as np
+
+    out = np.zeros((4, 4))
+    out[0, 3] = mm
+    return out
+
+
 def test_a_gzip_file_named_nii_is_named_so(tmp_path):
     """A .nii.gz renamed .nii is refused with the rename to make (nibabel could not tell its type)."""
     import gzip

@@ -25,6 +25,7 @@ from monai.transforms import MapTransform
 
 from medgmae.data.dicom_series import Refused, read_series, series_ids, warn_if_modality_not_ct
 from medgmae.data.grid import grid_offset_mm
+from medgmae.files import FRAME_TOLERANCE_MM, SHEARED_SFORM_NOTE
 from medgmae.words import plural
 
 __all__ = [
@@ -133,10 +134,6 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
-#: How far (mm, at any corner voxel) a NIfTI's qform and sform may place a voxel apart and still count as one frame.
-FRAME_TOLERANCE_MM = 1e-3
-
-
 _FRAMES_WARNED: set[str] = set()
 
 
@@ -150,14 +147,21 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
     qform, qcode = img.get_qform(coded=True)
     if not scode or not qcode or sform is None or qform is None:
         return
+    if img.header["descrip"].tobytes().rstrip(b"\0") == SHEARED_SFORM_NOTE.encode():  # the toolkit's own output
+        return
     apart = grid_offset_mm(img.shape[:3], sform, qform)  # the grid module's measure: the farthest corner voxel
     if apart > FRAME_TOLERANCE_MM and str(path) not in _FRAMES_WARNED:  # once per file: epochs read it again
         _FRAMES_WARNED.add(str(path))
+        nearest = type(img.header)()
+        nearest.set_qform(sform)
+        sheared = grid_offset_mm(img.shape[:3], sform, nearest.get_qform()) > FRAME_TOLERANCE_MM
+        advice = ("the sform is sheared (e.g. a gantry-tilted scan not resampled), which no qform can state: resample "
+                  "the volume onto an unsheared grid to avoid this" if sheared else
+                  "make the two agree, e.g. nibabel's img.set_qform(img.get_sform()), to avoid this")  # fmt: skip
         logger.warning(
             "%s: its qform and sform place voxels up to %.3g mm apart; the sform is used (as by nibabel and MONAI), "
             "but ITK-based viewers such as 3D Slicer show the qform, so outputs written from it will not overlay "
-            "the input there (make the two agree, e.g. nibabel's img.set_qform(img.get_sform()), to avoid this)",
-            path, apart,
+            "the input there (%s)", path, apart, advice,
         )  # fmt: skip
 
 
