@@ -323,8 +323,11 @@ class MedGMAE(MaskedAutoencoder):
         return levels
 
     def render(self, gaussians: Gaussians3D) -> Tensor:
-        """Render normalised-frame Gaussians to ``(B, 1, D, H, W)`` at the model's input size."""
-        return gaussians.to_voxel(self.img_size).render(self.img_size, self.cutoff, self.render_backend).unsqueeze(1)
+        """Render normalised-frame Gaussians to ``(B, 1, D, H, W)`` at the model's input size, in the Gaussians'
+        precision also under autocast (a non-cubic input's covariances are products that bf16 would round)."""
+        with torch.autocast(device_type=gaussians.means.device.type, enabled=False):
+            voxel = gaussians.to_voxel(self.img_size)
+            return voxel.render(self.img_size, self.cutoff, self.render_backend).unsqueeze(1)
 
     def reconstruct(self, latent: Tensor, ids_restore: Tensor) -> tuple[Tensor, Gaussians3D]:
         """All levels are rendered together (their densities add up)."""

@@ -71,7 +71,7 @@ class Runs:
         rows = self._rows(g, shape)
         cols = self._columns(rows, 0.5 * cutoff * cutoff, int(shape[2]))
         length, order = torch.sort(cols.pop("length"), stable=True)  # a radix sort for int16 keys
-        first = int(torch.searchsorted(length, torch.ones((), dtype=length.dtype)))
+        first = int((length < 1).sum())  # the empty runs sort first (a CPU scalar to searchsorted fails on CUDA)
         sel, self.length = order[first:], length[first:]
         for key, val in cols.items():
             setattr(self, key, val.index_select(0, sel))

@@ -252,14 +252,18 @@ class GMAE2D(MaskedAutoencoder):
         visible = x[:, 1:] + self.visible_positions(ids_restore, x.shape[1] - 1)
         tokens = torch.cat([x[:, :1], self.query_tokens.expand(b, -1, -1), visible], dim=1)
         feats = full_precision(self.run_decoder(tokens)[:, 1 : 1 + k])
-        return activate_splat_heads(
-            self.head_mean(feats), self.head_scale(feats), self.head_rotation(feats), self.head_color(feats),
-            self.head_opacity(feats), self.scale_cap, self.min_scale,
-        )  # fmt: skip
+        # the heads run in float32 even under autocast (as the 3D model's): bf16 centres are ~0.4 px coarse at 224
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            return activate_splat_heads(
+                self.head_mean(feats), self.head_scale(feats), self.head_rotation(feats), self.head_color(feats),
+                self.head_opacity(feats), self.scale_cap, self.min_scale,
+            )  # fmt: skip
 
     def render(self, gaussians: SplatGaussians, image_size: Sequence[int] | None = None) -> Tensor:
-        """``(B, C, H, W)`` rendering at ``image_size`` (default: the model's input size) on a black background."""
-        return gaussians.render(self.img_size if image_size is None else image_size, self.render_backend)
+        """``(B, C, H, W)`` rendering at ``image_size`` (default: the model's input size) on a black background, in
+        the Gaussians' precision also under autocast (a bf16 pixel grid cannot hold x.5 beyond 128)."""
+        with torch.autocast(device_type=gaussians.means.device.type, enabled=False):
+            return gaussians.render(self.img_size if image_size is None else image_size, self.render_backend)
 
     def reconstruct(self, latent: Tensor, ids_restore: Tensor) -> tuple[Tensor, SplatGaussians]:
         """Decode and render: ``((B, C, H, W) prediction, SplatGaussians)``; :meth:`forward` is the base class's

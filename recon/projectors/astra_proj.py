@@ -17,6 +17,7 @@ when ASTRA has no CUDA, so every 3D call is guarded by ``astra.use_cuda()`` and 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -191,7 +192,8 @@ class AstraProjector(Projector):
             out = []
             for x in volume.float():
                 y = torch.zeros((g.det_shape[0], nv, g.det_shape[1]), device=volume.device, dtype=torch.float32)
-                ax.direct_FP3D(pid, x.contiguous(), y)
+                with _astra_on(volume.device):
+                    ax.direct_FP3D(pid, x.contiguous(), y)
                 out.append(y.permute(1, 0, 2))
             return torch.stack(out).to(volume.dtype)
         self._check_2d()
@@ -207,7 +209,8 @@ class AstraProjector(Projector):
             out = []
             for y in proj.float():
                 x = torch.zeros(g.volume_shape, device=proj.device, dtype=torch.float32)
-                ax.direct_BP3D(pid, x, y.permute(1, 0, 2).contiguous())
+                with _astra_on(proj.device):
+                    ax.direct_BP3D(pid, x, y.permute(1, 0, 2).contiguous())
                 out.append(x)
             return torch.stack(out).to(proj.dtype)
         self._check_2d()
@@ -220,3 +223,19 @@ class AstraProjector(Projector):
         for key, pid in self._ids.items():
             (astra.projector.delete if key and key[0] == "2d" else astra.projector3d.delete)(pid)
         self._ids.clear()
+
+
+@contextmanager
+def _astra_on(device: torch.device):
+    """Run an ASTRA call on ``device``'s GPU. ASTRA keeps its own GPU index and CUDA stream, not PyTorch's: it is
+    pointed at the tensors' GPU (it defaults to GPU 0, wrong for ``cuda:1``), PyTorch's queued work on the
+    tensors is finished first (they may still be being written on PyTorch's stream) and ASTRA's before PyTorch
+    reads its output (unverified on a GPU: these synchronisations cost little beside a 3D projection)."""
+    import astra
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    astra.set_gpu_index(index)
+    torch.cuda.synchronize(device)
+    with torch.cuda.device(device):
+        yield
+        torch.cuda.synchronize(device)
