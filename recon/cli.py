@@ -229,8 +229,9 @@ def _add_init_options(r: argparse.ArgumentParser) -> None:
 
     r.add_argument("--init", default=None, choices=(*INIT_METHODS, "3dgr-ct"), help="initialisation (default: the preset's)")
     r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
-    r.add_argument("--model-spacing", type=positive_float, default=None,
-                   help="override the voxel spacing (mm) recorded in the MedGMAE model.pt (a warning names both)")
+    r.add_argument("--model-spacing", type=positive_float, nargs="+", default=None, metavar="MM",
+                   help="override the voxel spacing (mm) recorded in the MedGMAE model.pt: one value (isotropic) or "
+                        "three, in the order of pre-training's --pixdim (a warning names both)")
     r.add_argument("--init-fit-iterations", type=nonneg_int, default=0, metavar="N",
                    help="--init medgmae: after the common gain, fit each zero-shot Gaussian's intensity to the FBP "
                         "volume in N steps of non-negative least squares (default 0: the decoder's intensities; 20 "

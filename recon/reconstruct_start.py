@@ -11,7 +11,7 @@ import torch
 __all__ = ["FEW_ZERO_SHOT", "MAX_GAUSSIANS_PER_VOXEL", "density_overrides", "init_settings", "initialise", "model_start_spec"]
 
 
-def _model_spec(model, spacing: float | None, checkpoint: str):
+def _model_spec(model, spacing: float | list[float] | None, checkpoint: str):
     """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
     from medgmae.preprocessing import model_preprocessing, spec_with_overrides
 
@@ -20,7 +20,7 @@ def _model_spec(model, spacing: float | None, checkpoint: str):
     return spec_with_overrides(model.preprocessing, spacing, source=checkpoint, default=base)
 
 
-def model_start_spec(model, spacing: float | None, checkpoint: str):
+def model_start_spec(model, spacing: float | list[float] | None, checkpoint: str):
     """The zero-shot start's pre-processing (:func:`_model_spec`), said in one line as fine-tuning says its own
     (:func:`medgmae.preprocessing.describe_preprocessing`), each part's source named.
 

@@ -323,6 +323,7 @@ def test_projections_given_a_folder_say_it_is_a_folder(scan, tmp_path, capsys):
         (["--views-per-iteration", "9", "--holdout-views", "2"], ["--views-per-iteration 9 is more than the 8 views fitted", "(2 held out)"]),
         (["--model-spacing", "1.5"], ["--model-spacing is only used by --init medgmae (got --init fbp)"]),
         (["--model-spacing", "1.5", "--preset", "3dgr-ct"], ["--model-spacing is only used by --init medgmae (got --init 3dgr-ct)"]),
+        (["--init", "medgmae", "--checkpoint", "m.pt", "--model-spacing", "1", "2"], ["--model-spacing takes one value (isotropic) or three, got 2"]),
         (["--coarse-iterations", "3"], ["--coarse-iterations 3 is more than --iterations 2"]),
     ],
 )
@@ -414,6 +415,8 @@ def test_the_zero_shot_start_says_its_preprocessing_and_where_each_part_came_fro
                                        "in /m/model.pt), window 48x48x48\n")  # fmt: skip
     assert record == {**spec.to_dict(), "from": {"orientation": "recorded in /m/model.pt", "spacing": "given by --model-spacing",
                                                  "hu_window": "recorded in /m/model.pt"}}  # fmt: skip
+    assert model_start_spec(model, [1.0, 2.0, 3.0], "/m/model.pt")[0].spacing == (1.0, 2.0, 3.0)  # three, as --pixdim
+    assert "spacing [1.0, 2.0, 3.0] mm (given by --model-spacing)" in capsys.readouterr().out
     model_start_spec(SimpleNamespace(preprocessing=None), None, "/m/old.pt")
     assert "orientation RAS (default), spacing [1.5, 1.5, 1.5] mm (default)" in capsys.readouterr().out
 
