@@ -262,6 +262,10 @@ def _read_model_record(path: Path, map_location: Any, mmap: bool) -> dict:
                 objects,
             )
         raise CheckpointRefused(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
+    version = ckpt.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:  # fields this one cannot read
+        raise CheckpointRefused(f"{path}: written by a newer release of the toolkit (checkpoint version {version}; this "
+                                f"one reads version {VERSION}): update the toolkit to use it")  # fmt: skip
     return ckpt
 
 

@@ -102,6 +102,21 @@ def test_wrong_kind_names_the_file_and_both_kinds(tmp_path):
     assert {"medgmae", "medgmae-star", "voxel-mae", "medgmae-encoder", "gmae2d", "gvit", "medgmae-unetr"} <= set(CHECKPOINT_KINDS)
 
 
+def test_a_file_of_a_newer_checkpoint_version_is_refused_and_older_ones_read(tmp_path):
+    """A model file of a later checkpoint version (fields this release does not know) was read as if it were this
+    one's; it is refused, naming the file, both versions and the fix. This version's files, and files that state
+    no version, read."""
+    ckpt = _models()["medgmae"].model_checkpoint()
+    assert ckpt["version"] == 1
+    torch.save({**ckpt, "version": 2}, tmp_path / "newer.pt")
+    torch.save(ckpt, tmp_path / "this.pt")
+    torch.save({k: v for k, v in ckpt.items() if k != "version"}, tmp_path / "none.pt")
+    with pytest.raises(ValueError, match=r"newer\.pt: written by a newer release of the toolkit \(checkpoint version 2; "
+                                         r"this one reads version 1\): update the toolkit to use it"):
+        load_checkpoint(tmp_path / "newer.pt", "medgmae")
+    assert load_checkpoint(tmp_path / "this.pt", "medgmae").kind == load_checkpoint(tmp_path / "none.pt").kind == "medgmae"
+
+
 def test_corrupt_truncated_and_foreign_files_are_named(tmp_path):
     torch.save(_models()["medgmae"].model_checkpoint(), tmp_path / "good.pt")
     data = (tmp_path / "good.pt").read_bytes()
