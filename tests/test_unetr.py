@@ -178,11 +178,41 @@ def test_pretrained_img_size_and_kind_checked(tmp_path):
     # the pre-processing, built before the network, names the setting too (not the spec's input_size)
     with pytest.raises(ValueError, match=r"--roi_size \(8, 8, 8\) differs .* set --roi_size to \[24, 24, 24\]"):
         finetune_spec(path, roi_size=[8, 8, 8])
-    torch.save({"kind": "voxel-mae", "config": {}, "state_dict": {}}, tmp_path / "model.pt")  # another kind
-    with pytest.raises(ValueError, match="model.pt is a voxel-mae checkpoint.*fine-tuning needs the encoder.pt"):
+    torch.save({"kind": "gmae2d", "config": {}, "state_dict": {}}, tmp_path / "model.pt")  # another kind
+    with pytest.raises(ValueError, match="model.pt is a gmae2d checkpoint.*fine-tuning needs the encoder.pt"):
+        read_encoder_file(tmp_path / "model.pt")
+    torch.save({"kind": "voxel-mae", "config": {}, "state_dict": {}}, tmp_path / "model.pt")  # a broken model file
+    with pytest.raises(ValueError, match="model.pt: config/weights do not describe a VoxelMAE model"):
         read_encoder_file(tmp_path / "model.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         read_encoder_file(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("kind", ["medgmae", "medgmae-star", "voxel-mae"])
+def test_a_pretraining_model_file_gives_its_encoder(tmp_path, kind, caplog):
+    """Pre-training writes the last epoch's encoder.pt only; fine-tuning from the best validated epoch takes its
+    best_model.pt (it was refused, naming the last epoch's encoder.pt): the same tensors, config and pre-processing
+    as the encoder.pt that model writes, loaded into the UNETR alike, said once per file."""
+    from medgmae.networks import MedGMAE, VoxelMAE
+    from medgmae.preprocessing import PreprocessingSpec
+
+    torch.manual_seed(0)
+    tiny = dict(img_size=24, patch_size=12, model_size="tiny")
+    model = VoxelMAE(**tiny) if kind == "voxel-mae" else MedGMAE(**tiny, num_gaussians=4, multi_level=kind == "medgmae-star")
+    model.preprocessing = PreprocessingSpec(spacing=(0.8, 0.8, 2.0), hu_window=(-100.0, 200.0), input_size=24, patch_size=12)
+    torch.save(model.model_checkpoint(), tmp_path / "best_model.pt")
+    torch.save(model.encoder_checkpoint(), tmp_path / "encoder.pt")
+    with caplog.at_level("INFO", logger="medgmae.finetune.weights"):
+        got, ref = read_encoder_file(tmp_path / "best_model.pt"), read_encoder_file(tmp_path / "encoder.pt")
+        read_encoder_file(tmp_path / "best_model.pt", mmap=True)
+    assert (got.kind, got.config, got.preprocessing) == (ref.kind, ref.config, ref.preprocessing)
+    assert got.state_dict.keys() == ref.state_dict.keys() and all(torch.equal(got.state_dict[k], v) for k, v in ref.state_dict.items())
+    said = [r.getMessage() for r in caplog.records if "fine-tuning takes its encoder" in r.getMessage()]
+    assert said == [f"{tmp_path / 'best_model.pt'} is a {kind} model: fine-tuning takes its encoder, as the encoder.pt "
+                    "of that epoch would hold it"]  # fmt: skip
+    nets = [MedGMAEUNETR(3, encoder=MaskedViTEncoder(**ref.config)) for _ in range(2)]
+    assert load_pretrained_encoder(nets[0], tmp_path / "best_model.pt") == load_pretrained_encoder(nets[1], tmp_path / "encoder.pt")
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].vit.state_dict().values(), nets[1].vit.state_dict().values()))
 
 
 def test_a_pretraining_training_checkpoint_is_named_as_one(tmp_path):

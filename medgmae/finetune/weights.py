@@ -40,6 +40,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: model files (paths) whose encoder fine-tuning has said it takes (:func:`_model_encoder`)
+_MODEL_FILES_SAID: set[str] = set()
 #: encoder tensors that MONAI's ViT (``classification=False``) has no place for
 STOCK_UNETR_DROPPED = ("cls_token",)
 
@@ -66,6 +68,8 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
             f"{Path(path).name} is a training checkpoint (the state --resume continues, holding {sorted(e.objects)}), "
             f"not a model file; fine-tuning needs the encoder.pt written by pre-training (file: {path})"
         ) from None
+    if ckpt.kind in MODEL_KINDS and not ckpt.extra.get("training_state"):
+        return _model_encoder(ckpt)
     if ckpt.kind != ENCODER_KIND:
         raise ValueError(not_an_encoder_message(ckpt))
     dims = ckpt.config.get("spatial_dims", 3)
@@ -76,6 +80,26 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
             f"fine-tuning needs the 3D encoder.pt written by medgmae_pretrain (file: {ckpt.path})"
         )
     return ckpt
+
+
+def _model_encoder(ckpt: Checkpoint) -> Checkpoint:
+    """The encoder of a pre-training ``model.pt`` / ``best_model.pt`` as its ``encoder.pt`` would hold it (the
+    best validated epoch has no ``encoder.pt`` of its own: pre-training writes the last epoch's), said once."""
+    from medgmae.networks import MedGMAE, VoxelMAE
+
+    cls = VoxelMAE if ckpt.kind == "voxel-mae" else MedGMAE
+    try:
+        model = cls(**cls.upgrade_config(dict(ckpt.config)))
+        model.load_state_dict(ckpt.state_dict)
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"{ckpt.path}: config/weights do not describe a {cls.__name__} model ({e})") from e
+    epoch = f" (epoch {ckpt.extra['epoch']})" if isinstance(ckpt.extra.get("epoch"), int) else ""
+    if str(ckpt.path) not in _MODEL_FILES_SAID:  # the settings check, the sizes and the loading each read the file
+        _MODEL_FILES_SAID.add(str(ckpt.path))
+        logger.info("%s is a %s model%s: fine-tuning takes its encoder, as the encoder.pt of that epoch would hold it",
+                    ckpt.path, ckpt.kind, epoch)  # fmt: skip
+    return Checkpoint(kind=ENCODER_KIND, config=model.encoder.config(), state_dict=model.encoder_state_dict(),
+                      preprocessing=ckpt.preprocessing, extra={"source": ckpt.kind, **ckpt.extra}, path=ckpt.path)  # fmt: skip
 
 
 def not_an_encoder_message(ckpt: Checkpoint) -> str:
