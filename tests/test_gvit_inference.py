@@ -104,10 +104,13 @@ def test_inference_errors_name_the_problem(trained, tmp_path):
     run, data = trained
     image = data.val[0]["image"]
     out = str(tmp_path / "out")
+    from medgmae.bundle_errors import InputRefusal
+
+    # a missing model and a phase's checkpoint are bad settings (InputRefusal: the message alone, no traceback)
     missing = _refused(output_dir=str(tmp_path / "none"), images=[image], inference_dir=out)
-    assert isinstance(missing, FileNotFoundError) and f"{tmp_path / 'none' / 'model.pt'}: no such file" in str(missing)
-    phase = run / "checkpoints" / "warmup" / "checkpoint_final.pt"
-    assert "a GViT training checkpoint" in str(_refused(model_path=str(phase), images=[image], inference_dir=out))
+    assert isinstance(missing, InputRefusal) and f"--model_path: {tmp_path / 'none' / 'model.pt'}: no such file" in str(missing)
+    phase = _refused(model_path=str(run / "checkpoints" / "warmup" / "checkpoint_final.pt"), images=[image], inference_dir=out)
+    assert isinstance(phase, InputRefusal) and "checkpoint_final.pt: a GViT training checkpoint" in str(phase)
     assert "no images to classify" in str(_refused(output_dir=str(run), inference_dir=out))
     (tmp_path / "empty").mkdir()
     empty = _refused(output_dir=str(run), image_dir=str(tmp_path / "empty"), inference_dir=out)
@@ -125,6 +128,10 @@ def test_inference_command_line_fails_with_the_reason(trained, tmp_path):
                        "--device", "cpu", "--batch_size", "0", run_id="inferring")  # fmt: skip
     assert proc.returncode != 0 and "--batch_size: expected a positive integer, got" in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists()
+    for config, run_id in (("inference.json", "inferring"), ("evaluate.json", "evaluating")):  # ended in tracebacks
+        proc = gvit_bundle_command(config, "--output_dir", str(tmp_path / "none"), "--device", "cpu", run_id=run_id)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert f"--model_path: {tmp_path / 'none' / 'model.pt'}: no such file (the model.pt of a GViT training run)" in proc.stderr
 
 
 def test_images_are_listed_as_given_without_hidden_files(tmp_path, monkeypatch):

@@ -18,11 +18,18 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from medgmae.checkpoint import TrainingStateError, load_checkpoint, make_checkpoint, save_checkpoint
+from medgmae.checkpoint import (
+    Checkpoint,
+    CheckpointRefused,
+    TrainingStateError,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
 from medgmae.twod.gvit.classifier import CLASSIFIER_FREQS, LEGACY_CLASSIFIER_FREQS, GaussianViTClassifier, vit_preset
 from medgmae.twod.gvit.encoder import DenoisingGaussianEncoder
 
-__all__ = ["GViT", "load_gvit", "save_gvit", "is_gvit_training_state"]
+__all__ = ["GViT", "load_gvit", "save_gvit", "read_gvit_file", "model_path_check", "is_gvit_training_state"]
 
 
 class GViT(nn.Module):
@@ -109,6 +116,38 @@ class GViT(nn.Module):
         save_gvit(self, path, class_names, data, training)
 
 
+def read_gvit_file(path: str | Path, kind: str = "gvit", map_location="cpu", mmap: bool = False) -> Checkpoint:
+    """The model file ``path`` of ``kind`` (:func:`~medgmae.checkpoint.load_checkpoint`); a training-state
+    checkpoint, such as a GViT phase's, is refused as one (:class:`~medgmae.checkpoint.CheckpointRefused`,
+    naming the model.pt to give).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: as :func:`load_gvit`.
+    """
+    try:
+        return load_checkpoint(path, kind, f"expected a {kind} model.pt", map_location, mmap=mmap)
+    except TrainingStateError as e:
+        if "model" not in e.objects:
+            raise
+        what = "GViT training checkpoint (a phase's state" if is_gvit_training_state(e.objects) else (
+            "training-state checkpoint (a run's state")
+        raise CheckpointRefused(f"{path}: a {what}, for --resume; it holds {sorted(e.objects)}), not a model file: "
+                                "give the GViT run's model.pt") from None
+
+
+def model_path_check(value) -> None:
+    """The ``model_path`` kind of the GViT evaluation and inference bundles' settings check
+    (:func:`medgmae.bundle_checks.check_settings`): a GViT ``model.pt`` (kind and config read memory-mapped), so
+    that a missing or wrong file is a bad setting, named before anything is read or written."""
+    if not str(value or "").strip():
+        raise ValueError("no model given: set model_path (e.g. --model_path runs/gvit/model.pt)")
+    try:
+        read_gvit_file(Path(str(value)).expanduser(), mmap=True)
+    except FileNotFoundError:
+        raise ValueError(f"{value}: no such file (the model.pt of a GViT training run)") from None
+
+
 def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> nn.Module:
     """Rebuild a model from its ``model.pt``; ``cls`` is the model class (default :class:`GViT`).
 
@@ -119,15 +158,7 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
             build the model.
     """
     cls = GViT if cls is None else cls
-    try:
-        ckpt = load_checkpoint(path, cls.kind, f"expected a {cls.kind} model.pt", map_location)
-    except TrainingStateError as e:
-        if "model" not in e.objects:
-            raise
-        what = "GViT training checkpoint (a phase's state" if is_gvit_training_state(e.objects) else (
-            "training-state checkpoint (a run's state")
-        raise ValueError(f"{path}: a {what}, for --resume; it holds {sorted(e.objects)}), not a model file: give "
-                         f"the GViT run's model.pt") from None
+    ckpt = read_gvit_file(path, cls.kind, map_location)
     try:
         model = cls(**{"classifier_freqs": LEGACY_CLASSIFIER_FREQS, **ckpt.config})  # files from before the setting
         model.load_state_dict(ckpt.state_dict)
