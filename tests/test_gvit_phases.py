@@ -192,6 +192,10 @@ def test_csv_lists_and_errors(tmp_path):
         # one image in two rows (as written and through ./): it would count twice, be in both splits or have two labels
         "twice.csv": ("path,label,split\ndata/a/0.png,a,train\ndata/b/0.png,b\n./data/a/0.png,b,val\n",
                       r"lines 2, 4: image listed more than once .*data/a/0\.png"),
+        # a header of other names: read as an image ("image not found: .../file"), or its third column as the split
+        "names.csv": ("file,class\ndata/a/0.png,a\ndata/b/0.png,b\n", r"line 1 reads as a header \(file,class\): a header "
+                      r"must be path,label or path,label,split \(split: train or val\), or left out$"),
+        "patient.csv": ("path,label,patient\ndata/a/0.png,a,p0\ndata/b/0.png,b,p1\n", r"line 1 reads as a header \(path,label,patient\)"),
     }
     for name, (text, msg) in cases.items():
         (tmp_path / name).write_text(text)

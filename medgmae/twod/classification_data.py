@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,20 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     return items, classes
 
 
+def _without_header(rows: list[tuple[int, list[str]]], csv_path: Path) -> list[tuple[int, list[str]]]:
+    """``rows`` without the header line ``path,label[,split]``; a first line of other column names (``file,class``,
+    ``path,label,patient``) is refused, naming them (it was read as an image, or its third column as every row's
+    split)."""
+    names = [c.strip().lower() for c in rows[0][1]] if rows else []
+    if names[:2] == ["path", "label"] and names[2:] in ([], ["split"]):
+        return rows[1:]
+    words = len(rows) > 1 and all(re.fullmatch(r"[a-z][a-z _-]*", n) for n in names)
+    if words and not (csv_path.parent / rows[0][1][0].strip()).is_file():  # an absolute path stays itself
+        raise DatasetError(f"CSV file {csv_path}, line 1 reads as a header ({','.join(rows[0][1])}): a header must be "
+                           "path,label or path,label,split (split: train or val), or left out")  # fmt: skip
+    return rows
+
+
 def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
     """Items and class names of a ``path,label[,split]`` CSV; classes sorted by name.
 
@@ -146,8 +161,7 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
             rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if r and any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"CSV file {csv_path} cannot be parsed: {e}") from e
-    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
-        rows = rows[1:]
+    rows = _without_header(rows, csv_path)
     if not rows:
         raise DatasetError(f"CSV file {csv_path} lists no images: expected rows of path,label")
     parsed, problems = [], []
