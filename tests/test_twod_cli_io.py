@@ -284,6 +284,10 @@ def test_layers_refuses_a_first_count_beyond_the_model_and_has_no_threshold(mode
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--threshold" in capsys.readouterr().out
+        other = [command, *argv[1:]]
+        with pytest.raises(SystemExit) as refused:  # a change of 1 or more never happens on the 0-1 scale: all 0
+            main([*other, "--threshold", "5"])
+        assert refused.value.code == 2 and "--threshold: expected a number in [0, 1), got '5'" in capsys.readouterr().err
 
 
 def test_gsplat_on_the_cpu_is_refused_in_the_tools_own_flags(model_file, tmp_path, capsys):

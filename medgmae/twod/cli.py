@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from medgmae.checkpoint import TrainingStateError
-from medgmae.cli_types import ToolParser, expand_home, nonneg_float, nonneg_int, positive_int
+from medgmae.cli_types import ToolParser, expand_home, nonneg_int, positive_int, proper_fraction
 from medgmae.engine import resolve_device
 from medgmae.words import plural
 from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs, too_long_message
@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_threshold(p: argparse.ArgumentParser) -> None:
     """``--threshold``, of the commands that assign pixels to layers (``segment``, ``edges``; not ``layers``)."""
-    p.add_argument("--threshold", type=nonneg_float, default=0.05, help="pixel change that assigns a pixel to a layer (default: %(default)s)")
+    p.add_argument("--threshold", type=proper_fraction, default=0.05,
+                   help="pixel change that assigns a pixel to a layer, in [0, 1): images are read on a 0-1 scale, so a "
+                        "change of 1 or more never happens (default: %(default)s)")
 
 
 def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | None, dict]:
