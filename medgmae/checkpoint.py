@@ -41,6 +41,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "model_file_kind",
+    "record_preprocessing",
 ]
 
 FORMAT, VERSION = "medgmae", 1
@@ -333,3 +334,37 @@ def load_checkpoint(
         extra=dict(ckpt.get("extra") or {}),
         path=path,
     )
+
+
+def record_preprocessing(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    orientation: str = "RAS",
+    spacing: Sequence[float] | float = (1.5, 1.5, 1.5),
+    hu_window: Sequence[float] = (-175.0, 250.0),
+) -> Path:
+    """Write a copy of a 3D model file that records no pre-processing (written before models recorded it), stating
+    the pre-processing its training used, so that every consumer reads it from the file (instead of the defaults,
+    with a warning); the sizes are the network's own.
+
+    Args:
+        path: a ``model.pt``, ``best_model.pt`` or ``encoder.pt`` of 3D pre-training.
+        out: the file to write (atomically; another name than ``path`` keeps the original).
+        orientation: the axis codes its training data were oriented to (the bundle's ``orientation``).
+        spacing: the voxel spacing in mm its training data were resampled to (one value or three, as ``pixdim``).
+        hu_window: the HU window ``(a_min, a_max)`` its training mapped to [0, 1].
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: ``path`` is no 3D model file of this toolkit, or a value is malformed.
+    """
+    ckpt = load_checkpoint(path)
+    size, patch = ckpt.config.get("img_size"), ckpt.config.get("patch_size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 3 and patch is not None):  # a 2D model's are pairs
+        raise CheckpointRefused(f"{path}: a {ckpt.kind} file, not a 3D model or encoder with an input size")
+    spacing = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(spacing)
+    spec = PreprocessingSpec(orientation=orientation, spacing=spacing, hu_window=tuple(hu_window), input_size=size,
+                             patch_size=patch)  # fmt: skip
+    return save_checkpoint(out, make_checkpoint(ckpt.kind, ckpt.config, ckpt.state_dict, spec, ckpt.extra))

@@ -270,7 +270,12 @@ def _shown(value: Any) -> str:
     return "[" + ", ".join(str(v).strip() for v in value) + "]"
 
 
-def model_preprocessing(model: Any, source: str, advice: str = "re-save it with its spec") -> "PreprocessingSpec":
+#: How to give a model file that records no pre-processing the one its training used (:func:`model_preprocessing`).
+RECORD_ADVICE = ("record the pre-processing its training used with medgmae.checkpoint.record_preprocessing(path, out, "
+                 "orientation=..., spacing=..., hu_window=...)")
+
+
+def model_preprocessing(model: Any, source: str, advice: str = RECORD_ADVICE) -> "PreprocessingSpec":
     """The pre-processing a model records (its ``preprocessing``), or :data:`DEFAULT_SPEC` (at the model's own
     ``img_size`` and ``patch_size`` when it has them) with a warning naming ``source`` when it records none (a model file of an early version, or one rebuilt by hand): every consumer of a
     pre-trained model falls back through here, so the fallback and its warning are the same everywhere.

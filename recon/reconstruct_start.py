@@ -13,10 +13,10 @@ __all__ = ["FEW_ZERO_SHOT", "MAX_GAUSSIANS_PER_VOXEL", "density_overrides", "ini
 
 def _model_spec(model, spacing: float | list[float] | None, checkpoint: str):
     """The model's recorded pre-processing, with ``--model-spacing`` as an override (warned about)."""
-    from medgmae.preprocessing import model_preprocessing, spec_with_overrides
+    from medgmae.preprocessing import RECORD_ADVICE, model_preprocessing, spec_with_overrides
 
     # warns when the model records none (the default, at the model's own window, is then the base)
-    base = model_preprocessing(model, checkpoint, "re-save it with its spec, or use --model-spacing for the spacing")
+    base = model_preprocessing(model, checkpoint, f"{RECORD_ADVICE}, or use --model-spacing for the spacing")
     return spec_with_overrides(model.preprocessing, spacing, source=checkpoint, default=base)
 
 

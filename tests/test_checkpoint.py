@@ -243,3 +243,26 @@ def test_a_file_whose_network_and_recorded_sizes_disagree_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.pt: its network's img_size \[96, 96, 96\] differs from its recorded "
                                          r"pre-processing's input_size \[48, 48, 48\]"):  # fmt: skip
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_model_file_without_preprocessing_gets_the_one_its_training_used(tmp_path, caplog):
+    """A file written before models recorded their pre-processing is read with the defaults and a warning that
+    names how to record it; ``record_preprocessing`` writes a copy stating it (the network's sizes filled in), which
+    loads with that spec and no warning, the weights unchanged; a 2D file is refused."""
+    from medgmae.checkpoint import record_preprocessing
+    from medgmae.preprocessing import model_preprocessing
+
+    model = _models()["medgmae"]
+    old = {**model.model_checkpoint(), "preprocessing": None}
+    torch.save(old, tmp_path / "old.pt")
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        model_preprocessing(MedGMAE.from_checkpoint(tmp_path / "old.pt"), str(tmp_path / "old.pt"))
+    assert "record the pre-processing its training used with medgmae.checkpoint.record_preprocessing(path, out" in caplog.text
+    out = record_preprocessing(tmp_path / "old.pt", tmp_path / "new.pt", "LPS", 2.0, (-500.0, 400.0))
+    got = load_checkpoint(out, "medgmae")
+    assert got.preprocessing == PreprocessingSpec("LPS", (2.0, 2.0, 2.0), (-500.0, 400.0), input_size=16, patch_size=8)
+    assert all(torch.equal(got.state_dict[k], v) for k, v in old["state_dict"].items()) and got.extra == old["extra"]
+    assert load_checkpoint(tmp_path / "old.pt").preprocessing is None  # the original kept
+    torch.save(_models()["gmae2d"].model_checkpoint(), tmp_path / "flat.pt")
+    with pytest.raises(ValueError, match=r"flat\.pt: a gmae2d file, not a 3D model or encoder with an input size"):
+        record_preprocessing(tmp_path / "flat.pt", tmp_path / "x.pt")
