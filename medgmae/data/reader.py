@@ -145,9 +145,8 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
     on purpose, and MONAI reads them this way."""
     sform, scode = img.get_sform(coded=True)
     qform, qcode = img.get_qform(coded=True)
-    if not scode or not qcode or sform is None or qform is None:
-        return
-    if img.header["descrip"].tobytes().rstrip(b"\0") == SHEARED_SFORM_NOTE.encode():  # the toolkit's own output
+    ours = img.header["descrip"].tobytes().rstrip(b"\0") == SHEARED_SFORM_NOTE.encode()  # the toolkit's output
+    if not scode or not qcode or sform is None or qform is None or ours:
         return
     apart = grid_offset_mm(img.shape[:3], sform, qform)  # the grid module's measure: the farthest corner voxel
     if apart > FRAME_TOLERANCE_MM and str(path) not in _FRAMES_WARNED:  # once per file: epochs read it again
