@@ -176,6 +176,24 @@ def test_the_frames_of_a_sheared_affine_are_warned_about_in_an_input_not_in_the_
     assert sorted(said) == [str(tmp_path / "input.nii.gz"), str(tmp_path / "shifted.nii.gz")], said
     assert "the sform is sheared (e.g. a gantry-tilted scan not resampled), which no qform can state: resample" in said[str(tmp_path / "input.nii.gz")]
     assert "img.set_qform(img.get_sform())" in said[str(tmp_path / "shifted.nii.gz")]
+    # the toolkit's output edited with its header kept (the mark with it), the sform moved: warned about again
+    edited = nib.load(str(tmp_path / "output.nii.gz"))
+    edited.set_sform(sheared + _shift(20.0), code=1)
+    nib.save(edited, str(tmp_path / "edited.nii.gz"))
+    assert edited.header["descrip"].tobytes().startswith(b"sform sheared")
+    with caplog.at_level("WARNING", logger="medgmae.data.reader"):
+        read_volume(tmp_path / "edited.nii.gz")
+    assert "edited.nii.gz: its qform and sform place voxels up to" in caplog.text
+    # a singular sform (no frame a qform can state) beside a qform: opened with the warning, not an error
+    flat = nib.Nifti1Image(np.zeros((5, 4, 3), np.float32), np.eye(4))
+    flat.set_qform(np.eye(4), code=1)
+    flat.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)
+    nib.save(flat, str(tmp_path / "flat.nii.gz"))
+    from medgmae.data.reader import load_nifti  # the 2D and stack readers open it too (the 3D one refuses it later)
+
+    with caplog.at_level("WARNING", logger="medgmae.data.reader"):
+        assert load_nifti(tmp_path / "flat.nii.gz").shape == (5, 4, 3)
+    assert "flat.nii.gz: its qform and sform place voxels up to" in caplog.text
 
 
 def _shift(mm: float):
@@ -229,7 +247,7 @@ def test_a_plain_nifti_named_nii_gz_is_read_as_the_file_it_is(tmp_path, nifti2, 
     import io
     from pathlib import Path
 
-    import medgmae.data.reader as reader_module
+    import medgmae.data.nifti_header as reader_module  # where load_nifti opens the file
 
     reads = []
 

@@ -24,8 +24,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from medgmae.data.dicom_series import Refused, read_series, series_ids, warn_if_modality_not_ct
-from medgmae.data.grid import grid_offset_mm
-from medgmae.files import FRAME_TOLERANCE_MM, SHEARED_SFORM_NOTE
+from medgmae.data.nifti_header import load_nifti
 from medgmae.words import plural
 
 __all__ = [
@@ -82,86 +81,9 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     return p.name.lower().endswith(VOLUME_SUFFIXES)
 
 
-def load_nifti(path: str | os.PathLike):
-    """The nibabel image of a NIfTI file after the toolkit's checks, how the 3D reader and the 2D image reader
-    (:mod:`medgmae.twod.nifti_slices`) open NIfTI images: a gzip file named ``.nii`` is refused (nibabel would not
-    recognise it), a file named ``.nii.gz`` that is not gzip-compressed is read as the plain NIfTI it is (as ITK
-    and 3D Slicer read it; nibabel says "is not a gzip file"), a qform that places voxels elsewhere than the sform
-    is warned about (the sform is used), and so is a file that states no frame at all (qform and sform codes 0:
-    nibabel's default frame is not ITK's).
-
-    Raises:
-        Refused: a gzip-compressed file named ``.nii``.
-    """
-    import nibabel as nib
-
-    path = Path(path)
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"  # gzip's magic number
-    if path.name.lower().endswith(".nii") and gzipped:  # nibabel would not recognise the file type
-        raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
-    if path.name.lower().endswith(".nii.gz") and not gzipped:  # nibabel goes by the name: read the file as it is
-        stream = open(path, "rb")  # the image's data proxy reads through it (header-only callers read no voxel)
-        head = stream.read(4)
-        nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))  # its header's size
-        stream.seek(0)
-        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_file_map({"image": nib.FileHolder(fileobj=stream)})
-    else:
-        img = nib.load(str(path))
-    _warn_if_frames_disagree(img, path)
-    _warn_if_no_frame(img, path)
-    return img
-
-
-def _warn_if_no_frame(img, path: Path) -> None:
-    """Warn when a NIfTI states no frame at all (qform and sform codes both 0): nibabel and MONAI then place it by
-    its voxel sizes alone (x flipped, centred on the grid), ITK-based viewers (3D Slicer) by the identity LPS
-    frame at origin 0, so the toolkit's outputs, written in nibabel's frame with both codes set, show mirrored front
-    to back and shifted against the input there."""
-    if img.header.get("sform_code", 0) or img.header.get("qform_code", 0) or str(path) in _FRAMES_WARNED:
-        return
-    _FRAMES_WARNED.add(str(path))
-    logger.warning(
-        "%s states no orientation (its qform and sform codes are 0): it is read with nibabel's default frame (voxel "
-        "sizes only, x flipped), which 3D Slicer and other ITK-based viewers do not use, so outputs written from it "
-        "will not overlay the input there; set its frame (e.g. nibabel's img.set_sform(affine, code=1) with the "
-        "scanner's affine) to avoid this", path,
-    )  # fmt: skip
-
-
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     img = load_nifti(path)
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
-
-
-_FRAMES_WARNED: set[str] = set()
-
-
-def _warn_if_frames_disagree(img, path: Path) -> None:
-    """Warn when a NIfTI holds two different frames: qform and sform both set (codes > 0) but placing a corner voxel
-    more than :data:`FRAME_TOLERANCE_MM` apart. nibabel, MONAI and this toolkit use the sform; ITK-based tools
-    (SimpleITK, 3D Slicer) read the qform of such a file, so the toolkit's outputs (written with the sform as both
-    forms) do not overlay the input there. Why not refuse: many pipelines (e.g. FSL registration) write such files
-    on purpose, and MONAI reads them this way."""
-    sform, scode = img.get_sform(coded=True)
-    qform, qcode = img.get_qform(coded=True)
-    ours = img.header["descrip"].tobytes().rstrip(b"\0") == SHEARED_SFORM_NOTE.encode()  # the toolkit's output
-    if not scode or not qcode or sform is None or qform is None or ours:
-        return
-    apart = grid_offset_mm(img.shape[:3], sform, qform)  # the grid module's measure: the farthest corner voxel
-    if apart > FRAME_TOLERANCE_MM and str(path) not in _FRAMES_WARNED:  # once per file: epochs read it again
-        _FRAMES_WARNED.add(str(path))
-        nearest = type(img.header)()
-        nearest.set_qform(sform)
-        sheared = grid_offset_mm(img.shape[:3], sform, nearest.get_qform()) > FRAME_TOLERANCE_MM
-        advice = ("the sform is sheared (e.g. a gantry-tilted scan not resampled), which no qform can state: resample "
-                  "the volume onto an unsheared grid to avoid this" if sheared else
-                  "make the two agree, e.g. nibabel's img.set_qform(img.get_sform()), to avoid this")  # fmt: skip
-        logger.warning(
-            "%s: its qform and sform place voxels up to %.3g mm apart; the sform is used (as by nibabel and MONAI), "
-            "but ITK-based viewers such as 3D Slicer show the qform, so outputs written from it will not overlay "
-            "the input there (%s)", path, apart, advice,
-        )  # fmt: skip
 
 
 def _missing_data_file(path: Path) -> Path | None:

@@ -1,0 +1,99 @@
+"""Opening NIfTI files with the toolkit's checks of their header: a gzip file misnamed ``.nii``, a plain file named
+``.nii.gz``, a qform that places the voxels elsewhere than the sform, and a file that states no frame at all. Every
+NIfTI reader of the toolkit (3D volumes, 2D slices, projection stacks) opens files through :func:`load_nifti`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from medgmae.data.dicom_series import Refused
+from medgmae.data.grid import grid_offset_mm
+from medgmae.files import FRAME_TOLERANCE_MM, SHEARED_SFORM_NOTE
+
+__all__ = ["load_nifti"]
+
+logger = logging.getLogger("medgmae.data.reader")  # the reader's warnings, as they were named before
+
+def load_nifti(path: str | os.PathLike):
+    """The nibabel image of a NIfTI file after the toolkit's checks, how the 3D reader and the 2D image reader
+    (:mod:`medgmae.twod.nifti_slices`) open NIfTI images: a gzip file named ``.nii`` is refused (nibabel would not
+    recognise it), a file named ``.nii.gz`` that is not gzip-compressed is read as the plain NIfTI it is (as ITK
+    and 3D Slicer read it; nibabel says "is not a gzip file"), a qform that places voxels elsewhere than the sform
+    is warned about (the sform is used), and so is a file that states no frame at all (qform and sform codes 0:
+    nibabel's default frame is not ITK's).
+
+    Raises:
+        Refused: a gzip-compressed file named ``.nii``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"  # gzip's magic number
+    if path.name.lower().endswith(".nii") and gzipped:  # nibabel would not recognise the file type
+        raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
+    if path.name.lower().endswith(".nii.gz") and not gzipped:  # nibabel goes by the name: read the file as it is
+        stream = open(path, "rb")  # the image's data proxy reads through it (header-only callers read no voxel)
+        head = stream.read(4)
+        nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))  # its header's size
+        stream.seek(0)
+        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_file_map({"image": nib.FileHolder(fileobj=stream)})
+    else:
+        img = nib.load(str(path))
+    _warn_if_frames_disagree(img, path)
+    _warn_if_no_frame(img, path)
+    return img
+
+
+def _warn_if_no_frame(img, path: Path) -> None:
+    """Warn when a NIfTI states no frame at all (qform and sform codes both 0): nibabel and MONAI then place it by
+    its voxel sizes alone (x flipped, centred on the grid), ITK-based viewers (3D Slicer) by the identity LPS
+    frame at origin 0, so the toolkit's outputs, written in nibabel's frame with both codes set, show mirrored front
+    to back and shifted against the input there."""
+    if img.header.get("sform_code", 0) or img.header.get("qform_code", 0) or str(path) in _FRAMES_WARNED:
+        return
+    _FRAMES_WARNED.add(str(path))
+    logger.warning(
+        "%s states no orientation (its qform and sform codes are 0): it is read with nibabel's default frame (voxel "
+        "sizes only, x flipped), which 3D Slicer and other ITK-based viewers do not use, so outputs written from it "
+        "will not overlay the input there; set its frame (e.g. nibabel's img.set_sform(affine, code=1) with the "
+        "scanner's affine) to avoid this", path,
+    )  # fmt: skip
+
+
+_FRAMES_WARNED: set[str] = set()
+
+
+def _warn_if_frames_disagree(img, path: Path) -> None:
+    """Warn when a NIfTI holds two different frames: qform and sform both set (codes > 0) but placing a corner voxel
+    more than :data:`FRAME_TOLERANCE_MM` apart. nibabel, MONAI and this toolkit use the sform; ITK-based tools
+    (SimpleITK, 3D Slicer) read the qform of such a file, so the toolkit's outputs (written with the sform as both
+    forms) do not overlay the input there. Why not refuse: many pipelines (e.g. FSL registration) write such files
+    on purpose, and MONAI reads them this way."""
+    sform, scode = img.get_sform(coded=True)
+    qform, qcode = img.get_qform(coded=True)
+    if not scode or not qcode or sform is None or qform is None:
+        return
+    apart = grid_offset_mm(img.shape[:3], sform, qform)  # the grid module's measure: the farthest corner voxel
+    if apart > FRAME_TOLERANCE_MM and str(path) not in _FRAMES_WARNED:  # once per file: epochs read it again
+        nearest = type(img.header)()
+        try:
+            nearest.set_qform(sform)  # the nearest frame a qform states (a singular sform has none)
+            nearest = nearest.get_qform()
+        except Exception:  # noqa: BLE001  (nibabel's HeaderDataError: "Could not decompose affine")
+            nearest = None
+        sheared = nearest is not None and grid_offset_mm(img.shape[:3], sform, nearest) > FRAME_TOLERANCE_MM
+        marked = img.header["descrip"].tobytes().rstrip(b"\0") == SHEARED_SFORM_NOTE.encode()  # the toolkit's output
+        if sheared and marked and grid_offset_mm(img.shape[:3], qform, nearest) <= FRAME_TOLERANCE_MM:
+            return  # as the toolkit wrote it (a header kept by a later edit keeps the mark: the qform is compared)
+        _FRAMES_WARNED.add(str(path))
+        advice = ("the sform is sheared (e.g. a gantry-tilted scan not resampled), which no qform can state: resample "
+                  "the volume onto an unsheared grid to avoid this" if sheared else
+                  "make the two agree, e.g. nibabel's img.set_qform(img.get_sform()), to avoid this")  # fmt: skip
+        logger.warning(
+            "%s: its qform and sform place voxels up to %.3g mm apart; the sform is used (as by nibabel and MONAI), "
+            "but ITK-based viewers such as 3D Slicer show the qform, so outputs written from it will not overlay "
+            "the input there (%s)", path, apart, advice,
+        )  # fmt: skip
