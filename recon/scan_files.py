@@ -214,7 +214,8 @@ def detector_stack_shape(path, what: str = "projections") -> tuple[int, int, int
     """The shape ``(images, rows, cols)`` that :func:`read_detector_images` gives a stack, from its header alone for a
     3D ``.npy``, TIFF (its first series, as ``tifffile.imread`` reads it) or NIfTI stack, so that a stack of tens of
     gigabytes is not loaded to learn its shape (MetaImage / NRRD headers: :func:`itk_header`). Other files, and any
-    whose header does not give three axes, are read whole (:func:`read_detector_images` raises their problem).
+    whose header does not give three axes, are read whole (:func:`read_detector_images` raises their problem). A
+    shape from a header says nothing of the values: NaN / Inf, or a TIFF's dtype, are refused when the stack is read.
 
     Raises:
         ValueError: as :func:`read_detector_images`, naming ``what`` and the file.

@@ -322,7 +322,7 @@ def test_encoder_settings_of_a_run_from_a_pretrained_encoder_are_warned_about(tm
         monkeypatch.delenv(var, raising=False)
     step = next(i for i, e in enumerate(parser["initialize"]) if "check_settings(" in e)
     runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    expected = ["--encoder#hidden_size: the encoder comes from --pretrained, whose encoder.pt records its architecture: "
+    expected = ["--encoder#hidden_size: the encoder comes from --pretrained, whose file records its architecture: "
                 "ignored"]  # fmt: skip
     from finetune_helpers import encoder_file
 

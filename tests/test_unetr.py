@@ -200,7 +200,7 @@ def test_a_pretraining_model_file_gives_its_encoder(tmp_path, kind, caplog):
     tiny = dict(img_size=24, patch_size=12, model_size="tiny")
     model = VoxelMAE(**tiny) if kind == "voxel-mae" else MedGMAE(**tiny, num_gaussians=4, multi_level=kind == "medgmae-star")
     model.preprocessing = PreprocessingSpec(spacing=(0.8, 0.8, 2.0), hu_window=(-100.0, 200.0), input_size=24, patch_size=12)
-    torch.save(model.model_checkpoint(), tmp_path / "best_model.pt")
+    torch.save({**model.model_checkpoint(), "extra": {"best": {"epoch": 3, "val_psnr": 20.5}}}, tmp_path / "best_model.pt")
     torch.save(model.encoder_checkpoint(), tmp_path / "encoder.pt")
     with caplog.at_level("INFO", logger="medgmae.finetune.weights"):
         got, ref = read_encoder_file(tmp_path / "best_model.pt"), read_encoder_file(tmp_path / "encoder.pt")
@@ -208,8 +208,8 @@ def test_a_pretraining_model_file_gives_its_encoder(tmp_path, kind, caplog):
     assert (got.kind, got.config, got.preprocessing) == (ref.kind, ref.config, ref.preprocessing)
     assert got.state_dict.keys() == ref.state_dict.keys() and all(torch.equal(got.state_dict[k], v) for k, v in ref.state_dict.items())
     said = [r.getMessage() for r in caplog.records if "fine-tuning takes its encoder" in r.getMessage()]
-    assert said == [f"{tmp_path / 'best_model.pt'} is a {kind} model: fine-tuning takes its encoder, as the encoder.pt "
-                    "of that epoch would hold it"]  # fmt: skip
+    assert said == [f"{tmp_path / 'best_model.pt'} is a {kind} model (epoch 3): fine-tuning takes its encoder, as the "
+                    "encoder.pt of that epoch would hold it"]  # fmt: skip
     nets = [MedGMAEUNETR(3, encoder=MaskedViTEncoder(**ref.config)) for _ in range(2)]
     assert load_pretrained_encoder(nets[0], tmp_path / "best_model.pt") == load_pretrained_encoder(nets[1], tmp_path / "encoder.pt")
     assert all(torch.equal(a, b) for a, b in zip(nets[0].vit.state_dict().values(), nets[1].vit.state_dict().values()))

@@ -40,18 +40,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: model files (paths) whose encoder fine-tuning has said it takes (:func:`_model_encoder`)
-_MODEL_FILES_SAID: set[str] = set()
+#: the encoder of the model file last given as ``--pretrained``, by (path, size, modification time) (:func:`_model_encoder`)
+_MODEL_ENCODERS: dict[tuple, Checkpoint] = {}
 #: encoder tensors that MONAI's ViT (``classification=False``) has no place for
 STOCK_UNETR_DROPPED = ("cls_token",)
 
 
 def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
-    """Read and check an ``encoder.pt`` file (:mod:`medgmae.checkpoint` format, kind ``medgmae-encoder``).
+    """Read and check an ``encoder.pt`` file (:mod:`medgmae.checkpoint` format, kind ``medgmae-encoder``), or take
+    the encoder of a 3D pre-training ``model.pt`` / ``best_model.pt`` (:func:`_model_encoder`).
 
     Args:
         path: the file.
-        mmap: memory-map it (the settings check and the run's pre-processing need the config, not the weights).
+        mmap: memory-map it (the settings check and the run's pre-processing need the config, not the weights; a
+            model file's model is built once, with its weights).
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -84,22 +86,28 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
 
 def _model_encoder(ckpt: Checkpoint) -> Checkpoint:
     """The encoder of a pre-training ``model.pt`` / ``best_model.pt`` as its ``encoder.pt`` would hold it (the
-    best validated epoch has no ``encoder.pt`` of its own: pre-training writes the last epoch's), said once."""
+    best validated epoch has no ``encoder.pt`` of its own: pre-training writes the last epoch's), said once; kept
+    for the file as it is (the settings check, the sizes and the loading each read it: the model is built once)."""
     from medgmae.networks import MedGMAE, VoxelMAE
 
+    stat = ckpt.path.stat()
+    key = (str(ckpt.path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _MODEL_ENCODERS:
+        return _MODEL_ENCODERS[key]
     cls = VoxelMAE if ckpt.kind == "voxel-mae" else MedGMAE
     try:
         model = cls(**cls.upgrade_config(dict(ckpt.config)))
         model.load_state_dict(ckpt.state_dict)
     except (TypeError, RuntimeError) as e:
         raise ValueError(f"{ckpt.path}: config/weights do not describe a {cls.__name__} model ({e})") from e
-    epoch = f" (epoch {ckpt.extra['epoch']})" if isinstance(ckpt.extra.get("epoch"), int) else ""
-    if str(ckpt.path) not in _MODEL_FILES_SAID:  # the settings check, the sizes and the loading each read the file
-        _MODEL_FILES_SAID.add(str(ckpt.path))
-        logger.info("%s is a %s model%s: fine-tuning takes its encoder, as the encoder.pt of that epoch would hold it",
-                    ckpt.path, ckpt.kind, epoch)  # fmt: skip
-    return Checkpoint(kind=ENCODER_KIND, config=model.encoder.config(), state_dict=model.encoder_state_dict(),
-                      preprocessing=ckpt.preprocessing, extra={"source": ckpt.kind, **ckpt.extra}, path=ckpt.path)  # fmt: skip
+    best = ckpt.extra.get("best")  # best_model.pt's validation record
+    epoch = best.get("epoch") if isinstance(best, dict) else None
+    logger.info("%s is a %s model%s: fine-tuning takes its encoder, as the encoder.pt of that epoch would hold it",
+                ckpt.path, ckpt.kind, f" (epoch {epoch})" if isinstance(epoch, int) else "")  # fmt: skip
+    _MODEL_ENCODERS.clear()  # one file at a time: a run reads one --pretrained
+    _MODEL_ENCODERS[key] = Checkpoint(kind=ENCODER_KIND, config=model.encoder.config(), state_dict=model.encoder_state_dict(),
+                                      preprocessing=ckpt.preprocessing, extra={"source": ckpt.kind, **ckpt.extra}, path=ckpt.path)  # fmt: skip
+    return _MODEL_ENCODERS[key]
 
 
 def not_an_encoder_message(ckpt: Checkpoint) -> str:
@@ -262,7 +270,8 @@ def build_unetr(
     Args:
         num_classes: output classes, background included.
         roi_size: training crop / sliding-window size; must equal the pre-trained encoder's ``img_size``.
-        pretrained: path of ``encoder.pt``, or ``""`` to train from scratch.
+        pretrained: path of ``encoder.pt`` (or a pre-training ``model.pt`` / ``best_model.pt``: its encoder), or ``""``
+            to train from scratch.
         encoder: :class:`MaskedViTEncoder` arguments for training from scratch (``img_size`` is ``roi_size``).
         feature_size: decoder width.
         in_channels: image channels.

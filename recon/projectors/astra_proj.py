@@ -192,8 +192,9 @@ class AstraProjector(Projector):
             out = []
             for x in volume.float():
                 y = torch.zeros((g.det_shape[0], nv, g.det_shape[1]), device=volume.device, dtype=torch.float32)
+                x = x.contiguous()  # queued before the synchronisation, not after
                 with _astra_on(volume.device):
-                    ax.direct_FP3D(pid, x.contiguous(), y)
+                    ax.direct_FP3D(pid, x, y)
                 out.append(y.permute(1, 0, 2))
             return torch.stack(out).to(volume.dtype)
         self._check_2d()
@@ -209,8 +210,9 @@ class AstraProjector(Projector):
             out = []
             for y in proj.float():
                 x = torch.zeros(g.volume_shape, device=proj.device, dtype=torch.float32)
+                y = y.permute(1, 0, 2).contiguous()  # queued before the synchronisation, not after
                 with _astra_on(proj.device):
-                    ax.direct_BP3D(pid, x, y.permute(1, 0, 2).contiguous())
+                    ax.direct_BP3D(pid, x, y)
                 out.append(x)
             return torch.stack(out).to(proj.dtype)
         self._check_2d()
@@ -234,8 +236,8 @@ def _astra_on(device: torch.device):
     import astra
 
     index = device.index if device.index is not None else torch.cuda.current_device()
-    astra.set_gpu_index(index)
     torch.cuda.synchronize(device)
-    with torch.cuda.device(device):
+    with torch.cuda.device(device):  # ASTRA's call sets the thread's device too: restored when the block ends
+        astra.set_gpu_index(index)
         yield
         torch.cuda.synchronize(device)
