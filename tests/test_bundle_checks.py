@@ -338,13 +338,15 @@ def test_optional_kinds_take_null_and_check_a_given_value():
 
 def test_gvit_evaluation_refuses_a_bad_seed_and_val_fraction_first(tmp_path):
     """As training does, before the model is read: the evaluation's data settings are named in the one error
-    (a negative seed was taken; a val_fraction of 2 failed late, as a bare ValueError)."""
+    (a negative seed was taken; a val_fraction of 2 failed late, as a bare ValueError), with the missing model
+    file, itself a bad --model_path setting."""
     out = tmp_path / "run"
     proc = run_bundle("evaluating", "gvit_classification/configs/evaluate.json", "--output_dir", str(out),
                       "--device", "cpu", "--seed", "-1", "--val_fraction", "2")  # fmt: skip
     error = setting_error_text(proc.stdout + proc.stderr)
     assert proc.returncode != 0 and "--seed: expected a non-negative integer, got '-1'" in error, error
-    assert "--val_fraction: expected a number in [0, 1), got '2'" in error and "model.pt" not in error
+    assert "--val_fraction: expected a number in [0, 1), got '2'" in error
+    assert f"--model_path: {out / 'model.pt'}: no such file (the model.pt of a GViT training run)" in error
     assert not out.exists()
 
 
