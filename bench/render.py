@@ -135,8 +135,8 @@ class Timer:
 
     def __call__(self, fn, repeats: int, budget_s: float) -> float:
         fn()  # warm-up (compilation, caches)
+        self._sync()  # the warm-up's queued work is not counted as the first call's
         t0 = time.perf_counter()
-        self._sync()
         fn()
         self._sync()
         first = time.perf_counter() - t0
