@@ -69,6 +69,25 @@ def test_a_checkpoint_from_before_a_settings_record_resumes_with_a_warning(tmp_p
         other.run()
 
 
+def test_a_refusal_says_where_settings_no_flag_names_come_from():
+    """Fine-tuning's pre-processing comes from the --pretrained file: a resume with another one was refused naming
+    only preprocessing.* differences, which no flag of the command sets; the record's sources now say where they
+    come from, for the sections that differ only."""
+    from medgmae.engine.records import SettingsRecord
+
+    saved = SettingsRecord({"preprocessing": {"spacing": [1.5] * 3}, "optimiser": {"lr": 1.0}}).state_dict()
+    sources = {"preprocessing": "the --pretrained file records them", "model": "the --pretrained file"}
+    other = SettingsRecord({"preprocessing": {"spacing": [2.0] * 3}, "optimiser": {"lr": 1.0}}, "fine-tuning", sources=sources)
+    with pytest.raises(ValueError) as refused:
+        other.load_state_dict(saved)
+    assert ("(preprocessing.spacing: saved [1.5, 1.5, 1.5], now [2.0, 2.0, 2.0]). Where they come from: "
+            "preprocessing.*: the --pretrained file records them. Resume with the saved settings") in str(refused.value)
+    lr = SettingsRecord({"preprocessing": {"spacing": [1.5] * 3}, "optimiser": {"lr": 2.0}}, "fine-tuning", sources=sources)
+    with pytest.raises(ValueError) as refused:
+        lr.load_state_dict(saved)
+    assert "Where they come from" not in str(refused.value)
+
+
 def test_a_setting_added_later_reads_an_older_record_as_its_earlier_behaviour():
     """GViT's ``classifier_freqs`` was 6 before it was a setting: an older phase checkpoint (its model record without
     the key) is compared as 6, so the default 2 is named as the difference and ``--classifier_freqs 6`` resumes."""

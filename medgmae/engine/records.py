@@ -39,13 +39,17 @@ class SettingsRecord:
         what: how the error message names the run (``"GViT training"``).
         saved_defaults: ``{section: {key: value}}`` read into a saved record that lacks the key (a setting added
             later, whose earlier behaviour was ``value``), where this run's record holds the key.
+        sources: ``{section: where its values come from}``, said after the differences of that section (settings
+            no flag names: fine-tuning's pre-processing and encoder come from the ``--pretrained`` file).
     """
 
-    def __init__(self, settings: Mapping, what: str = "the run", saved_defaults: Mapping | None = None) -> None:
+    def __init__(self, settings: Mapping, what: str = "the run", saved_defaults: Mapping | None = None,
+                 sources: Mapping[str, str] | None = None) -> None:  # fmt: skip
         if not isinstance(settings, Mapping):
             raise ValueError(f"settings must be a mapping, got {type(settings).__name__}")
         self.settings, self.what = dict(settings), what
         self.saved_defaults = {k: dict(v) for k, v in (saved_defaults or {}).items()}
+        self.sources = dict(sources or {})
         self._warned = False
 
     def state_dict(self) -> dict:
@@ -76,9 +80,12 @@ class SettingsRecord:
             now = {k: v for k, v in now.items() if k in saved}
         diff = settings_differences(saved, now)
         if diff:
+            why = [f"{section}.*: {source}" for section, source in self.sources.items()
+                   if any(line.startswith(f"{section}.") for line in diff)]  # fmt: skip
             raise ResumeRefused(
-                f"the checkpoint was written by {self.what} with other settings (" + "; ".join(diff) + "). Resume with "
-                "the saved settings or train into a new output_dir"
+                f"the checkpoint was written by {self.what} with other settings (" + "; ".join(diff) + "). "
+                + (f"Where they come from: {'; '.join(why)}. " if why else "")
+                + "Resume with the saved settings or train into a new output_dir"
             )
 
     def _saved_with_defaults(self, saved: dict, now: Mapping) -> dict[str, set]:
