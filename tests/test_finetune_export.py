@@ -271,3 +271,23 @@ def test_bundle_export_refuses_a_folder_and_a_bad_metadata_file_as_settings(tmp_
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert "error: BundleSettingError: 1 bad setting, nothing was written" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "broken.json", "folder"] and not any((tmp_path / "folder").iterdir())
+
+
+def test_evaluation_and_inference_refuse_a_missing_or_other_model_as_a_setting(tmp_path):
+    """A wrong --output_dir (no best_model.pt: it ended in MONAI's traceback) or a pre-training run's best_model.pt
+    given to evaluate.json / inference.json is a bad --checkpoint setting, named before anything is read; the
+    message alone, no traceback, nothing written."""
+    from medgmae.networks import MedGMAE
+
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    torch.save(MedGMAE(img_size=24, patch_size=12, model_size="tiny", num_gaussians=4).model_checkpoint(), pre / "best_model.pt")
+    cases = {tmp_path / "none": f"--checkpoint: {tmp_path / 'none' / 'best_model.pt'}: no such file (the best_model.pt of a fine-tuning run)",
+             pre: "--checkpoint: best_model.pt is a medgmae checkpoint (MedGMAE model); evaluation and inference need the "
+                  "best_model.pt of a fine-tuning run"}  # fmt: skip
+    for (run_id, config), (folder, message) in zip([("evaluating", "evaluate.json"), ("inferring", "inference.json")], cases.items()):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config), "--output_dir",
+               str(folder), "--device", "cpu"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pre"] and [p.name for p in pre.iterdir()] == ["best_model.pt"]

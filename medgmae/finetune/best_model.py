@@ -21,12 +21,25 @@ from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
 
-__all__ = ["FINETUNED_KIND", "load_finetuned", "finetuned_model_record", "BestCheckpointSaver"]
+__all__ = ["FINETUNED_KIND", "load_finetuned", "finetuned_model_check", "finetuned_model_record", "BestCheckpointSaver"]
 
 logger = logging.getLogger(__name__)
 
 #: the checkpoint kind of a fine-tuned UNETR
 FINETUNED_KIND = "medgmae-unetr"
+
+
+def finetuned_model_check(value) -> None:
+    """The ``checkpoint`` kind of the evaluation and inference bundles' settings check
+    (:func:`medgmae.bundle_checks.check_settings`): a fine-tuned UNETR file (kind and config read memory-mapped), so
+    that a missing one (a wrong ``--output_dir``, a run that saved none) or one of another kind is a bad setting,
+    named before anything is read or written."""
+    path = Path(str(value or "")).expanduser()
+    try:
+        load_checkpoint(path, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run",
+                        mmap=True)  # fmt: skip
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (the best_model.pt of a fine-tuning run)") from None
 
 
 def load_finetuned(
