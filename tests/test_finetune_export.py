@@ -257,15 +257,16 @@ def test_plain_monai_following_the_metadata_gives_the_bundles_labels(tmp_path):
 
 
 def test_bundle_export_refuses_a_folder_and_a_bad_metadata_file_as_settings(tmp_path):
-    """An ``--export_path`` that is a folder, a missing ``--metadata_file`` and one that is not JSON are refused as
-    settings, each named, before anything is traced: the message alone, no traceback (they ended in MONAI's
+    """An ``--export_path`` that is a folder, a missing ``--metadata_file``, one that is not JSON and a missing
+    ``--checkpoint`` are refused as settings, each named, before anything is traced: the message alone, no traceback (they ended in MONAI's
     traceback), and nothing written."""
     _finetuned(tmp_path / "best_model.pt", out_channels=3)
     (tmp_path / "folder").mkdir()
     (tmp_path / "broken.json").write_text('{"name": ', encoding="utf-8")
     cases = {("--export_path", str(tmp_path / "folder")): f"--export_path: {tmp_path / 'folder'} is a folder; give the file to write",
              ("--metadata_file", str(tmp_path / "nope.json")): f"--metadata_file: {tmp_path / 'nope.json'}: the bundle's metadata.json was not found",
-             ("--metadata_file", str(tmp_path / "broken.json")): f"--metadata_file: {tmp_path / 'broken.json'}: the bundle's metadata.json is not valid JSON"}  # fmt: skip
+             ("--metadata_file", str(tmp_path / "broken.json")): f"--metadata_file: {tmp_path / 'broken.json'}: the bundle's metadata.json is not valid JSON",
+             ("--checkpoint", str(tmp_path / "none.pt")): f"--checkpoint: {tmp_path / 'none.pt'}: no such file (the best_model.pt of a fine-tuning run)"}  # fmt: skip
     for flag, message in cases.items():
         proc = _run_export("--output_dir", str(tmp_path), *flag)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

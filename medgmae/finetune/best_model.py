@@ -29,15 +29,14 @@ logger = logging.getLogger(__name__)
 FINETUNED_KIND = "medgmae-unetr"
 
 
-def finetuned_model_check(value) -> None:
+def finetuned_model_check(value, purpose: str = "evaluation and inference need the best_model.pt of a fine-tuning run") -> None:
     """The ``checkpoint`` kind of the evaluation and inference bundles' settings check
     (:func:`medgmae.bundle_checks.check_settings`): a fine-tuned UNETR file (kind and config read memory-mapped), so
     that a missing one (a wrong ``--output_dir``, a run that saved none) or one of another kind is a bad setting,
     named before anything is read or written."""
     path = Path(str(value or "")).expanduser()
     try:
-        load_checkpoint(path, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run",
-                        mmap=True)  # fmt: skip
+        load_checkpoint(path, FINETUNED_KIND, purpose, mmap=True)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file (the best_model.pt of a fine-tuning run)") from None
 

@@ -137,10 +137,18 @@ def run_eval_metrics(checkpoint: str | os.PathLike) -> dict:
     return out
 
 
-def check_export_settings(export_path: str | os.PathLike, metadata_file: str | os.PathLike | None) -> bool:
+#: what export needs, as a refusal of another file says
+EXPORT_NEEDS = "export needs the best_model.pt of a fine-tuning run"
+
+
+def check_export_settings(
+    export_path: str | os.PathLike, metadata_file: str | os.PathLike | None, checkpoint: str | os.PathLike | None = None
+) -> bool:
     """Refuse, before anything is traced or written, an ``--export_path`` that is a folder or cannot be written,
-    and a ``--metadata_file`` that is missing or not JSON: one :class:`~medgmae.bundle_checks.BundleSettingError`
-    naming each (a bundle's ``initialize`` step; :func:`export_torchscript` checks them again).
+    a ``--metadata_file`` that is missing or not JSON, and a ``--checkpoint`` that is missing or no fine-tuned UNETR
+    (:func:`~medgmae.finetune.best_model.finetuned_model_check`): one
+    :class:`~medgmae.bundle_checks.BundleSettingError` naming each (a bundle's ``initialize`` step;
+    :func:`export_torchscript` checks them again).
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -158,8 +166,12 @@ def check_export_settings(export_path: str | os.PathLike, metadata_file: str | o
             except FileNotFoundError as e:
                 raise ValueError(str(e)) from e
 
-    return check_settings({"export_path": (export_path, export_file), "metadata_file": (metadata_file, metadata)},
-                          output_dirs={"export_path": os.path.dirname(os.fspath(export_path)) or "."})  # fmt: skip
+    from medgmae.finetune.best_model import finetuned_model_check
+
+    settings = {"export_path": (export_path, export_file), "metadata_file": (metadata_file, metadata)}
+    if checkpoint is not None:
+        settings["checkpoint"] = (checkpoint, lambda v: finetuned_model_check(v, EXPORT_NEEDS))
+    return check_settings(settings, output_dirs={"export_path": os.path.dirname(os.fspath(export_path)) or "."})
 
 
 def _folder_given(path: str | os.PathLike) -> str:
@@ -192,7 +204,7 @@ def export_torchscript(
     meta: dict = {}
     if metadata_file is not None:
         meta = read_json(metadata_file, "bundle's metadata.json")
-    network = load_finetuned(checkpoint, purpose="export needs the best_model.pt of a fine-tuning run").eval()
+    network = load_finetuned(checkpoint, purpose=EXPORT_NEEDS).eval()
     # a file recording none: the default at the encoder's own window, with a warning (the file is not read again)
     spec = network.preprocessing or model_preprocessing(network.vit, str(checkpoint))
     roi, channels = list(network.vit.img_size), network.vit.in_channels
