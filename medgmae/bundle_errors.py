@@ -27,7 +27,7 @@ from medgmae.files import too_long_message
 
 __all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "InputRefusal", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "TRACEBACK_ENV",
            "Terminated", "catch_sigterm",
-           "data_worker_init", "on_sigterm", "summarise_errors"]
+           "data_worker_init", "on_sigint", "on_sigterm", "summarise_errors"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -72,10 +72,21 @@ def _catch_sigterm() -> None:
 
 
 def catch_sigterm() -> Any:
-    """Install :func:`on_sigterm` (from the main thread), its grace period not yet started; returns the handler it
-    replaces."""
+    """Install :func:`on_sigterm` (from the main thread), its grace period not yet started, and :func:`on_sigint`
+    where Ctrl-C has Python's own handler; returns the SIGTERM handler it replaces."""
     _FIRST_SIGTERM.clear()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
     return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def on_sigint(signum, frame) -> None:
+    """Ctrl-C as Python handles it (``KeyboardInterrupt``), starting :func:`on_sigterm`'s grace period: torchrun
+    that gets a second signal while it passes SIGINT on to its workers sends them SIGTERM at once, which then cut
+    short the save of the interrupted state (a pre-training epoch stopped in its validation was lost)."""
+    if not _FIRST_SIGTERM:
+        _FIRST_SIGTERM.append(time.monotonic())
+    signal.default_int_handler(signum, frame)
 
 
 def data_worker_init(worker_id: int) -> None:

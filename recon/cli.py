@@ -64,7 +64,7 @@ import signal
 import sys
 import threading
 
-from medgmae.bundle_errors import Terminated, catch_sigterm
+from medgmae.bundle_errors import Terminated, catch_sigterm, on_sigint
 from medgmae.cli_types import ToolParser, expand_home, finite_float, nonneg_float, nonneg_int, positive_float, positive_int
 from medgmae.files import too_long_message
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp
@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+            if signal.getsignal(signal.SIGINT) is on_sigint:  # Ctrl-C as it was (the tool run in-process)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

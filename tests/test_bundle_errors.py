@@ -247,6 +247,29 @@ def test_sigterm_stops_a_bundle_as_ctrl_c_does_and_ends_by_sigterm():
         assert lines == (["terminated (SIGTERM)" + INTERRUPTED[len("interrupted"):]] if survives else []), lines
 
 
+def test_a_sigterm_right_after_ctrl_c_lets_the_stop_finish():
+    """torchrun given a second signal while it passes Ctrl-C on to its workers sends them SIGTERM at once: that
+    SIGTERM cut short the save of the interrupted state (a pre-training epoch stopped in its validation was lost,
+    and the line said "terminated (SIGTERM)"). Within the grace period after Ctrl-C it is ignored as a repeat: the
+    stop finishes and ends as Ctrl-C does."""
+    import signal
+
+    from medgmae.bundle_errors import INTERRUPTED
+
+    body = ("import os, signal, time\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(30)\n"
+            "except KeyboardInterrupt as e:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(0.5)\n"
+            "    print('saved', flush=True)\n"
+            "    raise\n")  # fmt: skip
+    proc, lines = _under_the_hook(body, resumable=True, runner=True)
+    assert "saved" in proc.stdout and lines == [INTERRUPTED], (proc.stdout, proc.stderr)
+    assert proc.returncode in (128 + signal.SIGINT, -signal.SIGINT)
+
+
 def test_an_interrupt_without_an_epoch_checkpoint_ends_with_its_handlers_advice():
     """The checkpoint handler sets ``resume_advice`` on the interrupt when there is no epoch checkpoint to continue
     from: that line replaces "continue from the newest checkpoint_epoch=N.pt"."""
