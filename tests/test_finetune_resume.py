@@ -140,7 +140,7 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     before = folder_state(out)
     proc = bundle_process("training", "train.json", *common, "--max_epochs", "2", "--batch_size", "2", "--resume", "true")
     assert proc.returncode != 0
-    assert ("after 2 iterations (2 per epoch, batch size 1), but this run has 1 iterations per epoch (batch size 2): "
+    assert ("after 2 iterations (2 per epoch, batch size 1), but this run has 1 iteration per epoch (batch size 2): "
             "the batch size changed from 1 to 2") in proc.stderr and "--batch_size 1" in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
     # another decoder width changes weight shapes: named (not a size mismatch of some tensor), nothing written

@@ -311,9 +311,9 @@ class EpochProgress:
             return
         shown = " + ".join(f"{label} {value:.5f}" for label, value in terms.items())
         logger.info(
-            "epoch %d/%d: %s %.5f (%s%d iterations, %.1f s, %.2f it/s)",
-            engine.state.epoch, engine.state.max_epochs or 0, self.name, mean, f"{shown}; " if shown else "", iters,
-            seconds, iters / seconds,
+            "epoch %d/%d: %s %.5f (%s%s, %.1f s, %.2f it/s)",
+            engine.state.epoch, engine.state.max_epochs or 0, self.name, mean, f"{shown}; " if shown else "",
+            plural(iters, "iteration"), seconds, iters / seconds,
         )  # fmt: skip
 
 

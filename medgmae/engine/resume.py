@@ -20,6 +20,7 @@ from medgmae.data.phantom.writer import recorded_differences
 from medgmae.distributed import rank_world
 from medgmae.engine.restore import ResumeRefused, refusal, restore_states
 from medgmae.torch_files import load_torch_file
+from medgmae.words import plural
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
         return
     old, new = (saved_loader or {}).get("batch_size"), current_loader.get("batch_size")
     then = f"{iteration / epoch:g} per epoch" + (f", batch size {old}" if old is not None else "")
-    now = f"{epoch_length} iterations per epoch" + (f" (batch size {new})" if new is not None else "")
+    now = f"{plural(epoch_length, 'iteration')} per epoch" + (f" (batch size {new})" if new is not None else "")
     was, now_world = (saved_loader or {}).get("world_size"), current_loader.get("world_size")
     if isinstance(was, int) and isinstance(now_world, int) and was != now_world:
         cause = (f"the number of training processes changed: saved {was}, now {now_world} (each process trains on "
