@@ -9,16 +9,18 @@ import sys
 
 
 def _under_the_hook(body: str, twice: bool = False, resumable: bool = False, rank: int | None = None, runner: bool = False,
-                    env: dict | None = None):
+                    env: dict | None = None, ctrl_c: bool = False):
     """Run ``body`` in a fresh Python with :func:`summarise_errors` installed (twice: installed twice; resumable:
-    by a bundle with a ``resume`` setting; runner: in a process started as MONAI's bundle runner); returns the
-    finished process and its non-blank stderr lines."""
+    by a bundle with a ``resume`` setting; runner: in a process started as MONAI's bundle runner; ctrl_c: with
+    Python's own Ctrl-C handler, as a process started from a shell has it, which a test worker may have ignored);
+    returns the finished process and its non-blank stderr lines."""
     import subprocess
     import sys
 
     install = f"summarise_errors(resumable={resumable})"
     install = f"summarise_errors(); {install}" if twice else install
     argv = "import sys; sys.argv[0] = '/env/lib/python3/site-packages/monai/bundle/__main__.py'\n" if runner else ""
+    argv += "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n" if ctrl_c else ""
     code = f"{argv}from medgmae.bundle_errors import summarise_errors\n{install}\n{body}"
     env = {**os.environ, **(env or {}), **({} if rank is None else {"RANK": str(rank), "WORLD_SIZE": "2"})}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
@@ -265,7 +267,7 @@ def test_a_sigterm_right_after_ctrl_c_lets_the_stop_finish():
             "    time.sleep(0.5)\n"
             "    print('saved', flush=True)\n"
             "    raise\n")  # fmt: skip
-    proc, lines = _under_the_hook(body, resumable=True, runner=True)
+    proc, lines = _under_the_hook(body, resumable=True, runner=True, ctrl_c=True)
     assert "saved" in proc.stdout and lines == [INTERRUPTED], (proc.stdout, proc.stderr)
     assert proc.returncode in (128 + signal.SIGINT, -signal.SIGINT)
 

@@ -37,7 +37,7 @@ def test_resume_with_another_batch_size_writes_nothing(runs, tmp_path, folder_st
     proc = resume("--batch_size", "2")
     assert proc.returncode != 0
     assert ("checkpoint_epoch=2.pt is at epoch 2 after 4 iterations (2 per epoch, batch size 1), but this run has 1 "
-            "iterations per epoch (batch size 2)") in proc.stderr, proc.stderr[-3000:]
+            "iteration per epoch (batch size 2)") in proc.stderr, proc.stderr[-3000:]
     assert folder_state(out) == before
     proc = resume("--num_gaussians", "16")
     assert proc.returncode != 0 and "num_gaussians: saved 8, now 16" in proc.stderr, proc.stderr[-3000:]
