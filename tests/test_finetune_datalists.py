@@ -57,6 +57,12 @@ def test_a_label_fraction_rounded_far_from_itself_is_warned_about_and_recorded(t
     assert "label_fraction 0.01 of 4 training cases is 0.04 cases, rounded to 1: this run trains on 25 % " in caplog.text
     record = json.loads((tmp_path / "training_cases.json").read_text(encoding="utf-8"))
     assert record["label_fraction"] == 0.01 and record["effective_fraction"] == 0.25 and len(record["cases"]) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medgmae"):  # 1 is every case; the papers' "1 %" is 0.01: said so
+        select_label_fraction(cases[:30], 1)
+        select_label_fraction(cases[:30], 0.5)
+    assert caplog.messages[-2:] == ["label_fraction 1: 30 of 30 training cases (every one: 1 % of the labels is "
+                                    "label_fraction 0.01)", "label_fraction 0.5: 15 of 30 training cases"]  # fmt: skip
 
 
 @pytest.mark.parametrize("n_classes", [14, 16])  # BTCV, AMOS CT

@@ -97,8 +97,9 @@ def select_label_fraction(
         logger.warning("label_fraction %s of %d training cases is %.3g cases, rounded to %d: this run trains on %.3g %% "
                        "of the labelled cases, not %.3g %% (at least one case is always used)", fraction, len(cases),
                        float(fraction) * len(cases), n, 100 * share, 100 * float(fraction))  # fmt: skip
-    else:
-        logger.info("label_fraction %s: %d of %d training cases", fraction, n, len(cases))
+    else:  # 1 is every case: the papers' "1 %" is 0.01, said where it could be meant
+        every = " (every one: 1 % of the labels is label_fraction 0.01)" if n == len(cases) > 1 and float(fraction) == 1 else ""
+        logger.info("label_fraction %s: %d of %d training cases%s", fraction, n, len(cases), every)
     return chosen
 
 
