@@ -326,9 +326,10 @@ def _check_flags(args) -> None:
         raise CLIError(f"--checkpoint is only used by --init medgmae (got --init {init_settings['init']})")
     if args.model_spacing is not None and init_settings["init"] != "medgmae":
         raise CLIError(f"--model-spacing is only used by --init medgmae (got --init {init_settings['init']})")
-    if args.model_spacing is not None and len(args.model_spacing) not in (1, 3):
-        raise CLIError(f"--model-spacing takes one value (isotropic) or three, got {len(args.model_spacing)}")
-    if args.model_spacing is not None:  # one value as it was recorded before three were taken (resumes compare it)
+    if args.model_spacing is not None:
+        if len(args.model_spacing) not in (1, 3):
+            raise CLIError(f"--model-spacing takes one value (isotropic) or three, got {len(args.model_spacing)}")
+        # one value as it was recorded before three were taken (resumes compare it)
         args.model_spacing = args.model_spacing[0] if len(args.model_spacing) == 1 else list(args.model_spacing)
     if args.init_fit_iterations and init_settings["init"] != "medgmae":
         raise CLIError(f"--init-fit-iterations fits the zero-shot Gaussians' intensities: it is only used by --init "

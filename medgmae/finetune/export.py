@@ -154,6 +154,7 @@ def check_export_settings(
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
     """
     from medgmae.bundle_checks import check_settings
+    from medgmae.finetune.best_model import finetuned_model_check
 
     def export_file(path) -> None:
         if Path(path).is_dir():
@@ -165,8 +166,6 @@ def check_export_settings(
                 read_json(path, "bundle's metadata.json")
             except FileNotFoundError as e:
                 raise ValueError(str(e)) from e
-
-    from medgmae.finetune.best_model import finetuned_model_check
 
     settings = {"export_path": (export_path, export_file), "metadata_file": (metadata_file, metadata)}
     if checkpoint is not None:

@@ -94,12 +94,7 @@ def _model_encoder(ckpt: Checkpoint) -> Checkpoint:
     key = (str(ckpt.path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _MODEL_ENCODERS:
         return _MODEL_ENCODERS[key]
-    cls = VoxelMAE if ckpt.kind == "voxel-mae" else MedGMAE
-    try:
-        model = cls(**cls.upgrade_config(dict(ckpt.config)))
-        model.load_state_dict(ckpt.state_dict)
-    except (TypeError, RuntimeError) as e:
-        raise ValueError(f"{ckpt.path}: config/weights do not describe a {cls.__name__} model ({e})") from e
+    model = (VoxelMAE if ckpt.kind == "voxel-mae" else MedGMAE).from_loaded(ckpt)
     best = ckpt.extra.get("best")  # best_model.pt's validation record
     epoch = best.get("epoch") if isinstance(best, dict) else None
     logger.info("%s is a %s model%s: fine-tuning takes its encoder, as the encoder.pt of that epoch would hold it",

@@ -19,7 +19,7 @@ from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import Tensor
 
-from medgmae.checkpoint import ENCODER_KIND, load_checkpoint, make_checkpoint
+from medgmae.checkpoint import ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
 from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder, freeze_unused_cross_attn_norms, quiet_monai_meshgrid
 from medgmae.preprocessing import PreprocessingSpec
 
@@ -275,12 +275,21 @@ class MaskedAutoencoder(nn.Module):
             ValueError: the file is not a checkpoint of this model's kind, or its config and weights do not build
                 this model (the message names the file).
         """
-        ckpt = load_checkpoint(path, cls.checkpoint_kinds or cls.kind, needed_for, map_location)
+        return cls.from_loaded(load_checkpoint(path, cls.checkpoint_kinds or cls.kind, needed_for, map_location))
+
+    @classmethod
+    def from_loaded(cls, ckpt: Checkpoint) -> "MaskedAutoencoder":
+        """Rebuild a model from a model file already read (:meth:`from_checkpoint`; fine-tuning's ``--pretrained``
+        reads one to tell its kind first), with its :attr:`preprocessing` and :attr:`data_settings`.
+
+        Raises:
+            ValueError: its config and weights do not build this model (the message names the file).
+        """
         try:
             model = cls(**cls.upgrade_config(dict(ckpt.config)))
             model.load_state_dict(ckpt.state_dict)
         except (TypeError, RuntimeError) as e:
-            raise ValueError(f"{path}: config/weights do not describe a {cls.__name__} model ({e})") from e
+            raise ValueError(f"{ckpt.path}: config/weights do not describe a {cls.__name__} model ({e})") from e
         model.preprocessing = ckpt.preprocessing
         data = ckpt.extra.get("data")
         model.data_settings = dict(data) if isinstance(data, dict) else None
