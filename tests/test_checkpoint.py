@@ -263,6 +263,11 @@ def test_a_model_file_without_preprocessing_gets_the_one_its_training_used(tmp_p
     assert got.preprocessing == PreprocessingSpec("LPS", (2.0, 2.0, 2.0), (-500.0, 400.0), input_size=16, patch_size=8)
     assert all(torch.equal(got.state_dict[k], v) for k, v in old["state_dict"].items()) and got.extra == old["extra"]
     assert load_checkpoint(tmp_path / "old.pt").preprocessing is None  # the original kept
+    # anisotropic spacing, in the order given (pre-training's pixdim), into an encoder file of the same model
+    torch.save({**model.encoder_checkpoint(), "preprocessing": None}, tmp_path / "encoder_old.pt")
+    out = record_preprocessing(tmp_path / "encoder_old.pt", tmp_path / "encoder.pt", "RAS", (0.8, 0.9, 2.5), (-175.0, 250.0))
+    assert load_checkpoint(out, "medgmae-encoder").preprocessing == PreprocessingSpec(
+        "RAS", (0.8, 0.9, 2.5), (-175.0, 250.0), input_size=16, patch_size=8)  # fmt: skip
     torch.save(_models()["gmae2d"].model_checkpoint(), tmp_path / "flat.pt")
     with pytest.raises(ValueError, match=r"flat\.pt: a gmae2d file, not a 3D model or encoder with an input size"):
         record_preprocessing(tmp_path / "flat.pt", tmp_path / "x.pt")
