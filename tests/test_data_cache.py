@@ -125,3 +125,42 @@ def test_several_processes_fill_one_cache_at_once(tmp_path):
     assert len(list(folder.glob("*.pt"))) == 6 and not list(folder.glob(".tmp-*"))
     for f in folder.glob("*.pt"):
         torch.load(f, weights_only=True)  # whole files
+
+
+def test_cache_files_are_read_memory_mapped_and_hold_only_their_crop(tmp_path):
+    """A later epoch maps each cache file instead of reading it whole (a random crop then reads only its pages): the
+    file is in the process's memory maps while an item drawn from it is alive, and the crops equal a whole read's.
+    A foreground-cropped volume is stored as its own voxels, not the storage it was cut from (``torch.save`` writes
+    a view's whole storage)."""
+    from monai.transforms import CropForegroundd
+
+    vol = np.full((20, 18, 16), -1000.0, np.float32)  # air, 0 after the window: cut away
+    vol[5:12, 4:10, 3:9] = np.random.default_rng(0).normal(300, 50, (7, 6, 6))
+    items = [{"image": nifti_file(tmp_path / "v.nii.gz", vol)}]
+    spec = PreprocessingSpec(spacing=1.0, input_size=4, patch_size=2)
+    head = [LoadVolumed("image"), *spec.transforms(["image"]), CropForegroundd("image", source_key="image")]
+    chain = Compose(head + [RandSpatialCropd("image", roi_size=4)])
+    ds = training_dataset(items, chain, tmp_path / "cache", spec=spec.to_dict())
+    ds[0]  # fills the cache
+    (path,) = Path(ds.cache_dir).glob("*.pt")
+    stored = torch.load(path, weights_only=True)["image"]
+    assert all(c < n for c, n in zip(stored.shape[1:], vol.shape))  # cut to the foreground
+    assert stored.untyped_storage().nbytes() == stored.nbytes
+
+    def maps() -> str:
+        return Path("/proc/self/maps").read_text()
+
+    if not Path("/proc/self/maps").is_file():
+        pytest.skip("no /proc/self/maps to see the mapping in")
+    chain.set_random_state(5)
+    mapped = ds[0]["image"]
+    assert str(path) in maps()
+    ds.mmap = False
+    chain.set_random_state(5)
+    whole = ds[0]["image"]
+    assert torch.equal(mapped, whole)
+    del mapped, whole
+    import gc
+
+    gc.collect()
+    assert str(path) not in maps()

@@ -4,7 +4,10 @@
 window, crop to foreground; everything before the first random transform) runs once per volume and is stored as
 one ``.pt`` file per item by :class:`DiskCacheDataset` (MONAI's ``PersistentDataset``); every later epoch, resumed
 run or rank loads that file and applies only the random crops and augmentations, in the data loader's worker
-processes. The cache lives in a sub-folder of ``cache_root`` named by a hash of the pre-processing record (the
+processes. The file is read memory-mapped (``torch.load(mmap=True)``): a random crop is a view of the mapping, so
+an item drawn as two 96^3 crops of a 75 MB volume reads the pages those crops touch rather than the whole file,
+and ranks on one host share the pages (``bench/data.py`` measures it against a whole read; the mapping is
+private, so no transform can write to the file). The cache lives in a sub-folder of ``cache_root`` named by a hash of the pre-processing record (the
 :class:`~medgmae.preprocessing.PreprocessingSpec` and a description of the deterministic transforms), so changing
 the spacing or the HU window starts a new cache instead of reusing stale arrays. Each item's file name hashes its
 paths with the size and modification time of its files, so an edited volume is pre-processed again.
@@ -149,22 +152,36 @@ class DiskCacheDataset(PersistentDataset):
             results in the input's space).
         record: what the folder's ``preprocessing.json`` holds (:func:`preprocessing_record`), written with
             the folder (``None``: no such file).
+        mmap: read cache files memory-mapped (see the module docstring); ``False`` reads each whole.
     """
 
     def __init__(
         self, data: Sequence, transform: Callable, cache_dir: str | Path, track_meta: bool = False,
-        record: Mapping | None = None,
+        record: Mapping | None = None, mmap: bool = True,
     ) -> None:  # fmt: skip
         super().__init__(data, transform, cache_dir=None, hash_func=item_hash, track_meta=track_meta,
                          weights_only=not track_meta)  # fmt: skip
-        self.cache_dir, self.record = Path(cache_dir), record
+        self.cache_dir, self.record, self.mmap = Path(cache_dir), record, bool(mmap)
         self.transform_hash = ""  # the folder already names the pre-processing
+
+    def _load(self, hashfile: Path) -> Any:
+        """One cache file, memory-mapped where the file system allows it (else read whole from then on, said once)."""
+        if self.mmap:
+            try:
+                return torch.load(hashfile, weights_only=self.weights_only, mmap=True)
+            except Exception as e:
+                obj = torch.load(hashfile, weights_only=self.weights_only)  # unreadable either way: the caller says so
+                self.mmap = False
+                logger.info("cache files cannot be memory-mapped in %s (%s): they are read whole", self.cache_dir,
+                            type(e).__name__)  # fmt: skip
+                return obj
+        return torch.load(hashfile, weights_only=self.weights_only)
 
     def _cachecheck(self, item_transformed: Any) -> Any:
         hashfile = Path(self.cache_dir) / f"{self.hash_func(item_transformed).decode()}.pt"
         if hashfile.is_file():
             try:
-                return torch.load(hashfile, weights_only=self.weights_only)
+                return self._load(hashfile)
             except Exception as e:  # corrupt (e.g. a disk filled up): recompute and replace it
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else ""  # torch's advice runs on for lines
                 logger.warning("unreadable cache file %s (%s%s): pre-processing the item again", hashfile,
@@ -176,8 +193,21 @@ class DiskCacheDataset(PersistentDataset):
         out = self._pre_transform(deepcopy(item_transformed))
         _write_record(self.cache_dir, self.record)
         with atomic_write(hashfile) as tmp:
-            torch.save(convert_to_tensor(out, convert_numeric=False, track_meta=self.track_meta), tmp)
+            torch.save(_compact(convert_to_tensor(out, convert_numeric=False, track_meta=self.track_meta)), tmp)
         return out
+
+
+def _compact(obj: Any) -> Any:
+    """``obj`` with each tensor that is a view of a larger storage copied into its own: ``torch.save`` writes a
+    tensor's whole storage, so a foreground crop (a view of the resampled volume) would store the voxels it cut
+    away too (measured: 9.1 MB for a 4.4 MB crop)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone(memory_format=torch.contiguous_format) if obj.untyped_storage().nbytes() > obj.nbytes else obj
+    if isinstance(obj, Mapping):
+        return {k: _compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_compact(v) for v in obj)
+    return obj
 
 
 #: The cache folders this process has named in its log.
