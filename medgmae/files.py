@@ -244,7 +244,7 @@ def _move_into(src: Path, dst: Path, remove_stale: bool) -> None:
 #: What a writer killed mid-write (SIGKILL, power loss) leaves, by the exact names the toolkit makes:
 #: :func:`atomic_write`'s temporary files (``.tmp-<host>.<pid>-<12 hex>-<name>``, and ``.tmp-<12 hex>-<name>`` of
 #: earlier versions; files only) and the ``tempfile.mkdtemp`` folders of :func:`staged_outputs`
-#: (``.<name>.staging-<8>``) and of the pre-training's best model (``.best-<8>``).
+#: (``.<name>.staging-<8>``), and the ``.best-<8>`` folders earlier versions wrote the pre-training's best model in.
 _LEFTOVER_FILE = re.compile(rf"^\.tmp-({WRITER})?[0-9a-f]{{12}}-[^/]+"
                             r"\.(pt|json|gz|nii|png|md|csv|ts|ply|npy|txt)$")
 _LEFTOVER_DIR = re.compile(r"^(\.[^/]+\.staging-|\.best-)[a-z0-9_]{8}$")

@@ -81,6 +81,19 @@ def test_label_names_from_datalist(tmp_path, n_classes):
         label_names(path)
 
 
+
+def test_label_values_with_a_gap_are_refused_naming_the_missing_ones_and_the_template_has_none(tmp_path):
+    """Classes are the label values 0..N-1: a map skipping values (0-3 and 6) is refused naming 4 and 5, and the
+    datalist template users copy names a contiguous set (it skipped 4 and 5, so a copy of it could not fine-tune)."""
+    from pathlib import Path
+
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b", "3": "c", "6": "liver"}}))
+    with pytest.raises(DatasetError, match=r"keys must be 0\.\.4 .*got \[0, 1, 2, 3, 6\]; name 4, 5 too"):
+        label_names(path)
+    template = Path(__file__).resolve().parents[1] / "configs" / "datalist_template.json"
+    assert label_names(template) == ["background", "spleen", "right kidney", "left kidney", "liver"]
+
 def test_empty_or_missing_lists(tmp_path):
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"labels": {"0": "bg", "1": "x"}, "training": [], "validation": []}))

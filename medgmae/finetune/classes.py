@@ -51,7 +51,11 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
         except (ValueError, AttributeError) as e:
             raise DatasetError(f"datalist {datalist}: 'labels' must map integer strings to names, got {labels!r}") from e
         if sorted(index) != list(range(len(index))):
-            raise DatasetError(f"datalist {datalist}: 'labels' keys must be 0..{len(index) - 1}, got {sorted(index)}")
+            missing = sorted(set(range(max(index) + 1)) - set(index))
+            raise DatasetError(f"datalist {datalist}: 'labels' keys must be 0..{len(index) - 1} (a class per label value "
+                               f"from 0 up), got {sorted(index)}" + (f"; name {', '.join(map(str, missing))} too (a value "
+                               "no label map holds may be named, e.g. 'unused'), or renumber the label maps" if missing
+                               else ""))  # fmt: skip
         values = {}
         for value in sorted(index):  # Dice is reported by name: a second class of one name would overwrite the first
             values.setdefault(index[value], []).append(value)
