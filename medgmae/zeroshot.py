@@ -17,9 +17,10 @@ pre-training bundle's ``inference`` and the reconstruction's ``medgmae`` initial
 from __future__ import annotations
 
 import itertools
+import os
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -140,10 +141,36 @@ def _owned(g: Gaussians3D, tile: Sequence[int], axes: list, n: Sequence[int]) ->
 
 
 def _default_decoder(model) -> Callable[[Tensor, np.ndarray], Gaussians3D]:
+    """The model's own decoding, fed windows in its weights' dtype (a model turned to float64) and giving float32
+    Gaussians; ``ValueError`` for half-precision weights (its Gaussian heads compute in float32, as under autocast)."""
+    param = next(iter(model.parameters()), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"the model's weights are {dtype}: its Gaussian heads compute in float32; decode with the "
+                         "float32 model (model.float()), under torch.autocast for half-precision speed")  # fmt: skip
+
     def decode(windows: Tensor, _affines: np.ndarray) -> Gaussians3D:
-        return model.predict_gaussians(windows, mask_ratio=0.0)
+        return model.predict_gaussians(windows.to(dtype), mask_ratio=0.0).to(torch.float32)
 
     return decode
+
+
+def _check_inputs(volume: Any, model: Any, decode: Callable | None) -> None:
+    """``ValueError`` naming what to give instead for a path given as the scan or the model, a model without a
+    Gaussian decoder (a voxel-MAE, a fine-tuned UNETR) and a 2D model."""
+    if isinstance(volume, (str, os.PathLike)):
+        raise ValueError(f"volume must be an (I, J, K) array, got the path {str(volume)!r}: read it with "
+                         "medgmae.data.read_volume(path), which gives its array and affine")  # fmt: skip
+    if isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model must be a loaded MedGMAE, got the path {str(model)!r}: load it with "
+                         "medgmae.networks.MedGMAE.from_checkpoint(path)")  # fmt: skip
+    size = getattr(model, "img_size", None)
+    if isinstance(size, (tuple, list)) and len(size) != 3:
+        raise ValueError(f"zero-shot Gaussians of a 3D scan need a 3D MedGMAE model; this {type(model).__name__} "
+                         f"takes {len(size)}D inputs {tuple(size)} (2D zero-shot tools: medgmae-2d)")  # fmt: skip
+    if decode is None and not callable(getattr(model, "predict_gaussians", None)):
+        raise ValueError(f"zero-shot Gaussians need a MedGMAE or MedGMAE* model (a Gaussian decoder); got a "
+                         f"{type(model).__name__}, which predicts none")  # fmt: skip
 
 
 #: The share of the model's window that padding may fill before zero-shot inference says so (the rule of
@@ -177,16 +204,21 @@ def _warn_if_padded(grid: Sequence[int], window: Sequence[int], spec: Preprocess
 def _spec_and_window(
     model: torch.nn.Module, spec: PreprocessingSpec | dict | None, overlap: int, batch_size: int
 ) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
-    """The pre-processing in use and the model's window ``(3,)``; ``ValueError`` for a bad overlap or batch size."""
+    """The pre-processing in use and the model's window ``(3,)``; ``ValueError`` for a bad overlap or batch size, or
+    a ``spec`` whose sizes are not the model's."""
     if isinstance(spec, dict):  # e.g. a checkpoint's "preprocessing" entry as saved
         spec = PreprocessingSpec.from_dict(spec, source="spec")
     if spec is not None and not isinstance(spec, PreprocessingSpec):
         raise ValueError(f"spec must be a PreprocessingSpec (or its dict), got {type(spec).__name__}")
+    given = spec is not None
     spec = spec or model_preprocessing(model, "the model")
     win = getattr(model, "img_size", spec.input_size)
     win = tuple(int(w) for w in (win if isinstance(win, (tuple, list)) else (win,) * 3))
-    if int(overlap) < 0 or any(int(overlap) >= w for w in win):
-        raise ValueError(f"overlap must be in [0, {min(win)}) voxels, got {overlap}")
+    if given and tuple(spec.input_size) != win:
+        raise ValueError(f"spec's input_size {tuple(spec.input_size)} is not the model's window {win}: give the "
+                         "model's own spec (model.preprocessing) with only the settings to change replaced")  # fmt: skip
+    if isinstance(overlap, bool) or int(overlap) != overlap or int(overlap) < 0 or any(int(overlap) >= w for w in win):
+        raise ValueError(f"overlap must be a whole number of voxels in [0, {min(win)}), got {overlap!r}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return spec, win
@@ -279,8 +311,15 @@ def zero_shot_gaussians(
             each window); default: the model's ``predict_gaussians``. Tests use it to plug in an oracle.
 
     Returns:
-        The :class:`ZeroShotResult`.
+        The :class:`ZeroShotResult`; it may hold no Gaussian (a scan of one slice, an empty one: check
+        ``result.voxel.num_gaussians`` and :meth:`ZeroShotResult.no_gaussians_reason`, as the toolkit's commands do).
+
+    Raises:
+        ValueError: a path given as ``volume`` or ``model``, a model without a Gaussian decoder or of 2D inputs, a
+            ``spec`` whose input size is not the model's window, a bad ``overlap`` or ``batch_size``, or a scan that
+            is not a finite 3D array with a non-singular affine.
     """
+    _check_inputs(volume, model, decode)
     spec, win = _spec_and_window(model, spec, overlap, batch_size)
     scan_shape = tuple(int(s) for s in np.shape(volume))
     x, prep_affine = prepare_scan(volume, affine, spec)

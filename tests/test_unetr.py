@@ -170,6 +170,19 @@ def test_mis_shaped_and_unexpected_tensors_fail(tmp_path):
     assert "norm.weight: checkpoint (40,) vs network (48,)" in msg and "decoder_embed.weight" in msg
 
 
+
+def test_a_checkpoint_object_is_named_by_its_file(tmp_path):
+    """A :class:`Checkpoint` already read (its ``path`` set) is named by that file in the refusal, not as "encoder
+    state dict"."""
+    from medgmae.checkpoint import Checkpoint
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, num_layers=2, **TINY)
+    state = enc.state_dict()
+    del state["norm.weight"]
+    ckpt = Checkpoint("medgmae-encoder", enc.config(), state, path=tmp_path / "encoder.pt")
+    with pytest.raises(ValueError, match=f"cannot load pre-trained encoder {tmp_path / 'encoder.pt'} into"):
+        load_pretrained_encoder(MedGMAEUNETR(3, encoder=MaskedViTEncoder(**enc.config())), ckpt)
+
 def test_pretrained_img_size_and_kind_checked(tmp_path):
     enc = MaskedViTEncoder(img_size=24, patch_size=12, num_layers=2, **TINY)
     path = save_encoder(enc, tmp_path / "encoder.pt")

@@ -140,6 +140,8 @@ def load_pretrained_encoder(
     if isinstance(encoder, (str, Path)):
         source_name = source_name or str(encoder)
         encoder = read_encoder_file(encoder)
+    if isinstance(encoder, Checkpoint) and encoder.path is not None:
+        source_name = source_name or str(encoder.path)
     source_name = source_name or "encoder state dict"
     state = encoder.state_dict if isinstance(encoder, Checkpoint) else encoder
     target = network.vit.state_dict()

@@ -270,11 +270,20 @@ class MaskedAutoencoder(nn.Module):
             needed_for: what the caller needs, for the wrong-kind message (e.g. ``"--init medgmae needs a medgmae
                 model.pt"``).
 
+        Called on :class:`MaskedAutoencoder` itself, the file's kind picks the model (MedGMAE, MedGMAE*, the
+        voxel-MAE, or a 2D GMAE where :mod:`medgmae.twod` is loaded).
+
         Raises:
             FileNotFoundError: the file does not exist.
             ValueError: the file is not a checkpoint of this model's kind, or its config and weights do not build
                 this model (the message names the file).
         """
+        if cls is MaskedAutoencoder:
+            import medgmae.networks  # noqa: F401  (defines MedGMAE and VoxelMAE, the subclasses below)
+
+            by_kind = {k: sub for sub in _subclasses(cls) for k in _own_kinds(sub)}
+            ckpt = load_checkpoint(path, tuple(by_kind), needed_for, map_location)
+            return by_kind[ckpt.kind].from_loaded(ckpt)
         return cls.from_loaded(load_checkpoint(path, cls.checkpoint_kinds or cls.kind, needed_for, map_location))
 
     @classmethod
@@ -357,3 +366,15 @@ class MaskedAutoencoder(nn.Module):
         voxel_mask = patch_mask_to_voxels(patch_mask, self.grid_size, self.patch_size)
         loss = masked_mse(pred, x, None if self.loss_on_all_voxels else voxel_mask)
         return MAEOutput(loss=loss, pred=pred, mask=voxel_mask, patch_mask=patch_mask, gaussians=gaussians)
+
+
+def _subclasses(cls: type) -> list[type]:
+    """Every subclass of ``cls`` defined so far, at any depth."""
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+def _own_kinds(cls: type) -> tuple[str, ...]:
+    """The checkpoint kinds ``cls`` itself declares (not those it inherits: a subclass of MedGMAE is not read for a
+    ``medgmae`` file unless it says so)."""
+    own = vars(cls)
+    return tuple(own.get("checkpoint_kinds") or ((own["kind"],) if "kind" in own else ()))
