@@ -23,7 +23,7 @@ from typing import Any
 # imported now, not in the hook: importing torch while Python handles an uncaught KeyboardInterrupt loses the
 # interrupt's exit status (130 became 1)
 from medgmae.distributed import is_main_process, process_count, process_rank
-from medgmae.files import too_long_message
+from medgmae.files import os_error_message
 
 __all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "InputRefusal", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "TRACEBACK_ENV",
            "Terminated", "catch_sigterm",
@@ -354,8 +354,8 @@ def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume:
         if isinstance(reason, InputRefusal) and not _traceback_wanted():  # the user's input: where it was raised
             print(f"error: {_reason_text(reason)}", file=sys.stderr)  # is no news to them
             return
-        if isinstance(reason, OSError) and (long := too_long_message(reason)) and not _traceback_wanted():
-            print(f"error: {long}", file=sys.stderr)  # a path given too long to look up (outputs are checked first)
+        if isinstance(reason, OSError) and (said := os_error_message(reason)) and not _traceback_wanted():
+            print(f"error: {said}", file=sys.stderr)  # a path given too long to look up, a write without room
             return
         previous(exc_type, exc, tb)
         text = _reason_text(reason) if reason is not None else ""

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from medgmae.temp_names import WRITER, temp_name
+from medgmae.write_failures import OutputWriteError, moved_failure, write_failure
 from medgmae.words import plural
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "output_dir_problem",
     "path_length_problem",
     "too_long_message",
+    "os_error_message",
     "remove_interrupted_writes",
     "given_more_than_once",
 ]
@@ -80,6 +82,12 @@ def path_length_problem(path: str | os.PathLike) -> str | None:
     if len(os.fsencode(str(p))) >= path_max:  # PATH_MAX counts the terminating zero byte
         return f"it is {len(os.fsencode(str(p)))} bytes long, longer than the {path_max - 1} the system takes"
     return None
+
+
+def os_error_message(error: OSError) -> str | None:
+    """What a bundle or command-line tool prints alone for an ``OSError`` that is no fault of its code: a path too
+    long (:func:`too_long_message`) or a write without room (:class:`OutputWriteError`); ``None`` for others."""
+    return str(error.strerror) if isinstance(error, OutputWriteError) else too_long_message(error)
 
 
 def too_long_message(error: OSError) -> str | None:
@@ -179,6 +187,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to the temporary file for {path}")
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk, whichever library wrote: named with the file
+        if (failure := write_failure(path, e)) is None or failure is e:
+            raise
+        raise failure from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -210,6 +222,8 @@ def staged_outputs(target: str | os.PathLike, remove_stale: bool = False) -> Ite
     try:
         yield staging
         _move_into(staging, target, remove_stale)
+    except OutputWriteError as e:  # named by the file it was to become, not by the staging folder's
+        raise moved_failure(e, staging, target) from e.__cause__
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -66,7 +66,8 @@ import threading
 
 from medgmae.bundle_errors import Terminated, catch_sigterm, on_sigint
 from medgmae.cli_types import ToolParser, expand_home, finite_float, nonneg_float, nonneg_int, positive_float, positive_int
-from medgmae.files import too_long_message
+from medgmae.files import os_error_message
+from medgmae.write_failures import OutputWriteError
 from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp
 from recon.geometry_command import cmd_geometry
 from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
@@ -316,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, ValueError, FileNotFoundError) as e:
         print(f"medgmae-recon {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # an input path too long to look up (outputs are checked up front)
-        if (message := too_long_message(e)) is None:
+    except OSError as e:  # an input path too long to look up (outputs are checked up front), a write without room
+        if (message := os_error_message(e)) is None:
             raise
         print(f"medgmae-recon {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, OutputWriteError) else 2
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated) or isinstance(e.__context__, Terminated)
         left = str(e) if isinstance(e, Interrupted) else "no output was written"

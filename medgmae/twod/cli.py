@@ -31,7 +31,7 @@ from medgmae.checkpoint import TrainingStateError
 from medgmae.cli_types import ToolParser, expand_home, nonneg_int, positive_int, proper_fraction
 from medgmae.engine import resolve_device
 from medgmae.words import plural
-from medgmae.files import output_dir_problem, save_json_atomic, staged_outputs, too_long_message
+from medgmae.files import output_dir_problem, os_error_message, save_json_atomic, staged_outputs
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gsplat_backend import check_backend_setting
@@ -345,14 +345,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an input path too long to look up (the output folder is checked first)
-        if (message := too_long_message(e)) is None:
+        if (message := os_error_message(e)) is None:
             raise
         print(f"medgmae-2d {args.command}: error: {message}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
         return 1
-    _write_outputs(args.command, writers, args.out)  # everything is computed: write each file atomically
+    try:
+        _write_outputs(args.command, writers, args.out)  # everything is computed: write each file atomically
+    except OSError as e:  # no room left for them
+        if (message := os_error_message(e)) is None:
+            raise
+        print(f"medgmae-2d {args.command}: error: {message}", file=sys.stderr)
+        return 1
     print(f"medgmae-2d {args.command}: {_describe(image)}")
     print(f"medgmae-2d {args.command}: wrote {', '.join(writers)} to {args.out}")
     return 0

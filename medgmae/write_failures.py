@@ -1,0 +1,60 @@
+"""A write that failed for want of room (a full disk or quota, a file-size limit): told apart from other errors and
+named with its file, whichever library was writing.
+
+Libraries report it each their own way: ``OSError`` with ``ENOSPC`` / ``EDQUOT`` / ``EFBIG`` (gzip, PIL, plain
+files), ``torch.save``'s ``RuntimeError`` from its C++ stream (``[enforce fail at inline_container.cc] . unexpected
+pos ...``, ``basic_ios::clear: iostream error``), NumPy's ``OSError: 23780 requested and 7648 written`` with no
+errno. :func:`medgmae.files.atomic_write` turns each into one :class:`OutputWriteError` naming the final file, which
+the bundles and command-line tools print as their last line, without the library's traceback. No ignite or MONAI
+imports.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+
+__all__ = ["OutputWriteError", "write_failure", "moved_failure"]
+
+#: The errno values of a write refused for want of room.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: ``torch.save``'s and NumPy's words for a write cut short (they carry no errno).
+_CUT_SHORT = re.compile(r"unexpected pos \d+ vs \d+|iostream error|PytorchStreamWriter failed|\d+ requested and \d+ written")
+
+
+class OutputWriteError(OSError):
+    """A file could not be written for want of room; ``filename`` is the final path (nothing of it was kept)."""
+
+
+def write_failure(path: str | os.PathLike, error: BaseException) -> OutputWriteError | None:
+    """The :class:`OutputWriteError` for ``error``, raised while writing ``path``, when it is a write refused or cut
+    short for want of room; ``None`` for any other error (which then propagates as it is).
+
+    Args:
+        path: the file being written (its final name, not the temporary one).
+        error: what the writer raised.
+    """
+    if isinstance(error, OutputWriteError):
+        return error
+    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+        reason = error.strerror or os.strerror(error.errno)
+    elif isinstance(error, (OSError, RuntimeError)) and _CUT_SHORT.search(str(error)):
+        first = str(error).strip().splitlines()[0]
+        reason = f"the write was cut short: {first[:160]}"
+    else:
+        return None
+    code = error.errno if isinstance(error, OSError) and error.errno else errno.EIO
+    return OutputWriteError(code, f"{os.fspath(path)} could not be written ({reason}): is the disk or your quota "
+                                  "full, or a file-size limit (ulimit -f) set? Nothing of it was kept", os.fspath(path))
+
+
+def moved_failure(error: OutputWriteError, staging: Path, target: Path) -> OutputWriteError:
+    """``error`` of a file written into the ``staging`` folder of :func:`medgmae.files.staged_outputs`, named by the
+    file it was to become below ``target``."""
+    name = Path(error.filename or "")
+    if not name.is_relative_to(staging):
+        return error
+    final = os.fspath(target / name.relative_to(staging))
+    return OutputWriteError(error.errno, str(error.strerror).replace(os.fspath(name), final), final)

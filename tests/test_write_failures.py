@@ -1,0 +1,105 @@
+"""A write without room (a full disk, a quota, a file-size limit) is named with its file and said in one line by the
+command-line tools, whichever library was writing; nothing of the file is kept. The reference is the system
+itself: each case runs in a child process under a file-size limit (``RLIMIT_FSIZE``), which refuses writes past it
+with ``EFBIG`` as a full disk does with ``ENOSPC``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from medgmae.write_failures import OutputWriteError, write_failure
+
+from recon_cli_helpers import ct, simulated  # noqa: F401 - fixtures
+
+LIMIT_BYTES = 64 * 1024
+
+
+def _limited(code: str, *args: str, limit_bytes: int = LIMIT_BYTES) -> subprocess.CompletedProcess:
+    """Run ``code`` (a Python snippet) or, with ``args``, a command, in a child limited to ``limit_bytes`` a file."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    cmd = list(args) if args else [sys.executable, "-c", textwrap.dedent(code)]
+    return subprocess.run(cmd, preexec_fn=limit, capture_output=True, text=True, timeout=300)
+
+
+def test_every_writer_of_the_toolkit_names_the_file_it_could_not_write(tmp_path):
+    """``torch.save`` (its C++ stream's ``unexpected pos``, no errno), nibabel's gzip (``EFBIG``), NumPy and the
+    staging folder of a command's outputs: each ends in one :class:`OutputWriteError` naming the final file (not the
+    temporary or staging name), and the folder holds nothing of it."""
+    code = f"""
+        import numpy as np, torch
+        from medgmae.files import atomic_write, save_nifti_atomic, staged_outputs
+        from medgmae.torch_files import save_torch_atomic
+        from medgmae.write_failures import OutputWriteError
+        out = {str(tmp_path)!r}
+        def staged():
+            with staged_outputs(out + "/run") as s:
+                save_torch_atomic({{"x": torch.zeros(100_000)}}, s / "state.pt")
+        def npy():
+            with atomic_write(out + "/p.npy") as tmp:
+                np.save(tmp, np.zeros(100_000))
+        for write in (lambda: save_torch_atomic({{"x": torch.zeros(100_000)}}, out + "/model.pt"),
+                      lambda: save_nifti_atomic(np.random.rand(60, 60, 60).astype(np.float32), np.eye(4), out + "/v.nii.gz"),
+                      npy, staged):
+            try:
+                write()
+                print("written")
+            except OutputWriteError as e:
+                print(e.filename, "|", e.strerror)
+    """
+    lines = _limited(code).stdout.splitlines()
+    names = ["model.pt", "v.nii.gz", "p.npy", "run/state.pt"]
+    assert [line.split(" | ")[0] for line in lines] == [str(tmp_path / n) for n in names], lines
+    for line in lines:
+        assert line.endswith("is the disk or your quota full, or a file-size limit (ulimit -f) set? Nothing of it was kept")
+    assert "(File too large)" in lines[1] and "write was cut short: [enforce fail" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary, staging or final file, no run folder
+
+
+def test_other_errors_pass_as_they_are():
+    """A permission error or a bug's RuntimeError is not a full disk."""
+    assert write_failure("a.pt", PermissionError(errno.EACCES, "Permission denied")) is None
+    assert write_failure("a.pt", RuntimeError("shape mismatch")) is None
+    full = write_failure("a.pt", OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(full, OutputWriteError) and full.errno == errno.ENOSPC and full.filename == "a.pt"
+
+
+@pytest.mark.parametrize("command", ["fbp", "medgmae-2d"])
+def test_a_tool_without_room_for_its_output_says_so_in_one_line(tmp_path, simulated, ct, command):  # noqa: F811
+    """``medgmae-recon fbp`` ended in gzip's ``OSError: [Errno 27] File too large`` traceback and ``medgmae-2d``
+    in PIL's, naming no output; now the last line names the file, the status is 1, and no output is left."""
+    if command == "fbp":
+        out = tmp_path / "fbp.nii.gz"
+        args = ["medgmae-recon", "fbp", "--projections", str(simulated / "projections.npy"), "--geometry",
+                str(simulated / "geometry.json"), "--out", str(out), "--device", "cpu"]  # fmt: skip
+        said = f"medgmae-recon fbp: error: {out} could not be written (File too large)"
+    else:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from gmae2d_helpers import tiny_gmae2d
+
+        image, model = tmp_path / "in.png", tmp_path / "model.pt"
+        Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(image)
+        torch.save(tiny_gmae2d(k=48).model_checkpoint(), model)
+        out = tmp_path / "layers"
+        args = ["medgmae-2d", "layers", "--checkpoint", str(model), "--image", str(image), "--out", str(out),
+                "--device", "cpu"]  # fmt: skip
+        said = f"medgmae-2d layers: error: {out}/"
+    before = set(tmp_path.iterdir())
+    run = _limited("", *args, limit_bytes=1024)  # below the smallest output
+    assert run.returncode == 1, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(said) and "Nothing of it was kept" in last and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert set(tmp_path.iterdir()) == before
