@@ -367,3 +367,20 @@ def test_a_read_only_dataset_folder_is_refused_up_front_saying_how_to_write_the_
     assert e.value.code == 2 and not (folder / "dataset.json").exists()
     assert f"cannot write the default {folder / 'dataset.json'}: cannot create files in {folder} (Read-only file system)" in err
     assert f"give --out a .json file in a folder you can write, then fine-tune with --datalist that file --dataset_dir {folder}" in err
+
+
+def test_the_printed_commands_keep_a_folder_with_spaces_as_one_argument(tmp_path, capsys):
+    """The follow-up ``--dataset_dir`` / ``--datalist`` of ``medgmae-datalist`` and the ``medgmae-datalist`` command
+    a datalist without a validation list is told to run were printed unquoted: pasted, a folder with a space became
+    two arguments."""
+    import shlex
+
+    from medgmae.data.datalist import _split_command
+
+    folder = tmp_path / "my data ü" / "Task 09"
+    for i in range(3):
+        _case(folder, f"case_{i:03d}", 1)
+    assert main([str(folder), "--out", str(folder / "split list.json")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert shlex.split(line) == ["fine-tune", "with", "--datalist", str(folder / "split list.json"), "--dataset_dir", str(folder)]
+    assert shlex.split(_split_command(folder, "d.json")) == ["medgmae-datalist", str(folder), "--out", str(folder / "d.json")]

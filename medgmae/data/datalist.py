@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -145,7 +146,7 @@ def nnunet_datalist_error(path: Path, key: str = "training") -> DatasetError:
 
 def _split_command(folder: Path, out_name: str) -> str:
     """The ``medgmae-datalist`` command writing a Decathlon datalist of ``folder`` into ``folder/out_name``."""
-    return f"medgmae-datalist {folder} --out {folder / out_name}"
+    return f"medgmae-datalist {shlex.quote(str(folder))} --out {shlex.quote(str(folder / out_name))}"
 
 
 def _empty_list_hint(path: Path, key: str, content: dict, folder: Path) -> str:
@@ -159,7 +160,7 @@ def _empty_list_hint(path: Path, key: str, content: dict, folder: Path) -> str:
                  for k in ("num_cases", "seed", "shape", "spacing") if k in phantom}  # fmt: skip
         flags["num_cases"] = [max(2, int(phantom["num_cases"]))]  # one training case stays
         same = "".join(f" --{k.replace('_', '-')} {' '.join(map(str, v))}" for k, v in flags.items())
-        return (f"; write the phantoms again with a case held out for validation: medgmae-phantom --out {path.parent}"
+        return (f"; write the phantoms again with a case held out for validation: medgmae-phantom --out {shlex.quote(str(path.parent))}"
                 f"{same} --num-validation 1")
     if (folder / "imagesTr").is_dir() and (folder / "labelsTr").is_dir():  # e.g. a Decathlon download
         return (f"; `{_split_command(folder, 'dataset_split.json')}` writes a seeded split of its imagesTr/ and "

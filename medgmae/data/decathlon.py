@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -272,7 +273,7 @@ def _out_problem(out: Path, folder: Path, force: bool, given: bool = True) -> st
         if given:
             return f"--out {out}: {problem}"
         return (f"cannot write the default {out}: {problem}; give --out a .json file in a folder you can write, "
-                f"then fine-tune with --datalist that file --dataset_dir {folder}")
+                f"then fine-tune with --datalist that file --dataset_dir {shlex.quote(str(folder))}")
     return None
 
 
@@ -322,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}: {len(doc['training'])} training, {len(doc['validation'])} validation, {len(doc['test'])} "
           f"test cases; classes {classes}{named}")  # fmt: skip
     same = out.resolve() == (folder / "dataset.json").resolve()
-    print(f"fine-tune with --dataset_dir {args.folder}" if same else f"fine-tune with --datalist {out} --dataset_dir {args.folder}")
+    folder_word, out_word = shlex.quote(str(args.folder)), shlex.quote(str(out))
+    print(f"fine-tune with --dataset_dir {folder_word}" if same else f"fine-tune with --datalist {out_word} --dataset_dir {folder_word}")
     return 0
 
 
