@@ -27,6 +27,7 @@ from medgmae.bundle_command_line import (
 from medgmae.bundle_errors import InputRefusal, summarise_errors
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
+from medgmae.folder_lock import hold_folder
 from medgmae.setting_kinds import setting_problem
 from medgmae.words import plural
 
@@ -60,7 +61,8 @@ def check_settings(
         output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
         run_kinds: the model kinds a training bundle writes: a model file, ``encoder.pt`` or training checkpoint of
             another kind in ``output_dirs["output_dir"]`` is a problem (another bundle's run, which this one would
-            replace).
+            replace); the folder is then held for the run (:func:`medgmae.folder_lock.hold_folder`: a second run
+            into it while this one lives is refused).
         torchrun: the config trains in several processes (a ``multi_gpu_train.json``): it must be started by
             ``torchrun``. Otherwise it runs in one process, and several started by ``torchrun`` are a problem.
         multi_gpu_config: the bundle's multi-process config, by its path in this checkout (e.g.
@@ -94,6 +96,8 @@ def check_settings(
     if not any(line.startswith("--output_dir ") for line in folders):  # a folder that cannot be looked up is not read
         folders += _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)
+    if run_kinds and dirs.get("output_dir") and command is not None and is_main_process():
+        hold_folder(dirs["output_dir"])  # one training run at a time in its folder (a bundle's command line's)
     _warn_unused(command, unused_phantom_keys, unused_keys or {})
     return True
 

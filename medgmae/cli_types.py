@@ -163,15 +163,16 @@ def as_bool(value: Any, name: str = "flag") -> bool:
 
 def as_path_text(value: Any, key: str | None = None) -> Any:
     """A path setting of a bundle as text: MONAI's command line reads ``--output_dir 2024`` as the number 2024, the
-    folder ``2024``, and ``--output_dir 2024_01`` as the number 202401 (Python's digit separator); with ``key``, the
-    folder is the text the command line gave for ``--key`` (``2024_01``), else the number's text. Anything else (text,
-    a path, ``None``, a list) is returned as it is.
+    folder ``2024``, ``--output_dir 2024_01`` as the number 202401 (Python's digit separator), and ``True``, ``None``
+    or ``[a,b]`` as Python's values (a folder called ``None`` became the default folder, ``True`` a ``TypeError``);
+    with ``key``, the folder is the text the command line gave for ``--key`` (``2024_01``, ``None``), else a number's
+    text. Text and paths are returned as they are, as is any other value not typed on the command line.
 
     Args:
         value: the setting's value.
-        key: the setting's name, whose ``--key`` text a number is read back from (the bundle configs give it).
+        key: the setting's name, whose ``--key`` text a value is read back from (the bundle configs give it).
     """
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if isinstance(value, (str, os.PathLike)):
         return value
     if key is not None:
         from medgmae.bundle_command_line import command_line_flags  # the command line as typed
@@ -179,7 +180,7 @@ def as_path_text(value: Any, key: str | None = None) -> Any:
         given = command_line_flags().get(key)
         if isinstance(given, str) and given.strip():
             return given
-    return str(value)
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:

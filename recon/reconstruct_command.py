@@ -25,6 +25,7 @@ from recon.commands import (
     warn_about_scan,
 )
 from medgmae.files import path_length_problem
+from medgmae.folder_lock import folder_held
 from recon.geometry import CTGeometry
 from recon import reconstruct_start as start
 from recon.reconstruct_summary import print_summary, write_reconstruction
@@ -49,7 +50,8 @@ def cmd_reconstruct(args) -> int:
     before = state_path.stat().st_mtime_ns if state_path.is_file() else None
     matrix: list[Path] = []  # the projector's matrix file, once the run knows it (named by the Ctrl-C line)
     try:
-        return _reconstruct(args, matrix)
+        with folder_held(out):  # one run at a time in the folder
+            return _reconstruct(args, matrix)
     except KeyboardInterrupt:
         raise Interrupted(_interrupted_note(args, state_path, before, matrix)) from None
     except Exception:

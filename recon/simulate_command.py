@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from medgmae.files import staged_outputs
+from medgmae.folder_lock import folder_held
 from recon.commands import (
     CLIError,
     check_out_folder,
@@ -124,7 +125,14 @@ def _note_rotation_axis(affine: np.ndarray, path) -> None:
 
 
 def cmd_simulate(args) -> int:
-    """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume."""
+    """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume;
+    one run at a time in its ``--out`` (:mod:`medgmae.folder_lock`)."""
+    with folder_held(args.out):
+        return _simulate(args)
+
+
+def _simulate(args) -> int:
+    """:func:`cmd_simulate` in its held folder."""
     from recon.fbp import fbp
     from recon.initialisation import hu_to_mu
     from recon.noise import noise_warnings, photons_problem, poisson_line_integrals, simulated_scan_problem

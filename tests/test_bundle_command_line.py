@@ -282,7 +282,10 @@ def test_gaussian_settings_of_a_voxel_mae_run_are_warned_about(tmp_path, monkeyp
         with caplog.at_level("WARNING", logger="medgmae"):
             assert parser.get_parsed_content(f"initialize#{step}", lazy=False) is True
         assert [r.getMessage() for r in caplog.records] == expected
-    assert not (tmp_path / "run").exists()
+    from medgmae.folder_lock import release_folder
+
+    assert list((tmp_path / "run").iterdir()) == []  # held for the run (medgmae.folder_lock), nothing written into it
+    release_folder(tmp_path / "run")
 
 
 def test_an_output_folder_with_an_unexpanded_tilde_is_refused_before_anything_is_written(tmp_path, monkeypatch):

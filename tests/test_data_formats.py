@@ -450,3 +450,20 @@ def test_a_nifti_without_any_frame_is_warned_about_once(tmp_path, caplog):
         read_volume(tmp_path / "ok.nii.gz")
     said = [r.getMessage() for r in caplog.records if "states no orientation" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'bare.nii.gz'} states no orientation (its qform and sform codes are 0)")
+
+
+def test_an_empty_file_a_broken_link_and_a_macos_resource_file_are_named_as_such(tmp_path):
+    """Each was named by the library's words only (``WrapStructError: Binary block is wrong size``, ``volume not
+    found``), which say nothing of an unfinished copy, a link's missing target or macOS's ``._`` companion files."""
+    empty = tmp_path / "ct.nii.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"ct\.nii\.gz: the file is empty \(0 bytes"):
+        read_volume(empty)
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(tmp_path / "moved" / "ct.nii.gz")
+    with pytest.raises(FileNotFoundError, match=rf"volume not found: .*link\.nii\.gz \(a link to .*moved/ct\.nii\.gz, which does not exist\)"):
+        read_volume(link)
+    fork = tmp_path / "._ct.nii.gz"
+    fork.write_bytes(b"\x00\x05\x16\x07" + bytes(4092))  # an AppleDouble header, as macOS copies leave beside a file
+    with pytest.raises(ValueError, match=r"cannot read the volume .* macOS '\._' resource file's, not an image's"):
+        read_volume(fork)

@@ -19,6 +19,7 @@ import argparse
 import ast
 import json
 import re
+import os
 import runpy
 import shlex
 import sys
@@ -145,7 +146,12 @@ def test_the_documents_show_commands_of_each_kind():
 @pytest.mark.parametrize("doc, script, args", BENCH, ids=[f"{b[1]} {b[2]}"[:90] for b in BENCH])
 def test_a_documented_benchmark_command_parses(doc, script, args, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    problem = _parses(lambda: runpy.run_path(str(ROOT / script), run_name="__main__"), [script, *shlex.split(args)])
+    environment = dict(os.environ)  # a script may set its own at import (triton_aot.py drops TRITON_INTERPRET),
+    try:  # which the later tests of this worker would inherit: the Triton kernels then refused CPU tensors
+        problem = _parses(lambda: runpy.run_path(str(ROOT / script), run_name="__main__"), [script, *shlex.split(args)])
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
     assert problem is None, f"{doc}: python {script} {args}: {problem}"
 
 

@@ -239,7 +239,10 @@ def read_volume(
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"volume not found: {p}")
+        link = f" (a link to {os.readlink(p)}, which does not exist)" if p.is_symlink() else ""
+        raise FileNotFoundError(f"volume not found: {p}{link}")
+    if p.is_file() and p.stat().st_size == 0:
+        raise ValueError(f"{p}: the file is empty (0 bytes: a copy or download that did not finish?)")
     if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)):
         if p.suffix.lower() in DICOM_FILE_SUFFIXES and not is_multiframe_dicom(p):
             raise ValueError(f"{p}: one DICOM slice, not a volume: give the folder holding its series ({p.parent})")
@@ -254,7 +257,8 @@ def read_volume(
     except Refused as e:
         raise ValueError(f"{p}: {e}") from e
     except Exception as e:  # nibabel / SimpleITK raise many types for corrupt or truncated files
-        raise ValueError(f"{p}: cannot read the volume ({type(e).__name__}: {e})") from e
+        fork = " (its name is a macOS '._' resource file's, not an image's: remove it)" if p.name.startswith("._") else ""
+        raise ValueError(f"{p}: cannot read the volume ({type(e).__name__}: {e}){fork}") from e
     arr = _three_axes(arr, p, planar)
     if check_finite and not np.isfinite(arr).all():
         raise ValueError(f"{p}: the volume contains NaN or infinite voxels")

@@ -13,6 +13,7 @@ from medgmae.cli_types import ToolParser, expand_home, nonneg_int, positive_floa
 from medgmae.data.phantom.generator import DEFAULT_SHAPE, DEFAULT_SPACING, shape_memory_problem
 from medgmae.data.phantom.writer import write_phantom_dataset
 from medgmae.files import output_dir_problem
+from medgmae.folder_lock import FolderInUse, folder_held
 
 __all__ = ["build_parser", "default_num_validation", "main"]
 
@@ -80,8 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     before = _identity(out / "dataset.json")
     try:
-        json_path = write_phantom_dataset(out, args.num_cases, seed=args.seed, shape=tuple(args.shape),
-                                          spacing=spacing, num_validation=args.num_validation, verbose=True)
+        with folder_held(out):  # one generation at a time in the folder: two would mix their phantoms
+            json_path = write_phantom_dataset(out, args.num_cases, seed=args.seed, shape=tuple(args.shape),
+                                              spacing=spacing, num_validation=args.num_validation, verbose=True)
+    except FolderInUse as e:
+        parser.error(str(e))
     except ValueError as e:
         parser.error(f"--out: {e}")
     except (MemoryError, OSError) as e:  # what this run created is removed (write_phantom_dataset)

@@ -1,0 +1,138 @@
+"""One run at a time in an output folder.
+
+Two runs writing one folder (a job submitted twice, an array job given one ``--output_dir``, a second terminal)
+each finish "successfully" while the folder ends up holding a mix of their files: one run's checkpoints under the
+other's ``model.pt``, two TensorBoard logs, phantoms of two seeds under one ``dataset.json``. A run therefore holds
+an advisory lock on its output folder itself (``flock`` on the folder's descriptor: no lock file is left in it, and
+the lock goes with the process however it ends, SIGKILL included), and a second run into the folder is refused,
+naming the process that holds it where this host can tell (``/proc/locks``).
+
+Where it holds: the training bundles' ``output_dir`` (rank 0's, under torchrun), ``medgmae-recon reconstruct`` and
+``simulate``'s ``--out``, ``medgmae-phantom --out``. A file system whose folders take no ``flock`` (NFS) gets no
+guard: the run goes on as before, said at debug level. Runs on two hosts sharing a file system exclude each other
+where its ``flock`` reaches across hosts (Lustre, GPFS, CephFS and recent NFS clients' emulation of it). No ignite or
+MONAI imports (the refusal's class comes from :mod:`medgmae.bundle_errors`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from medgmae.bundle_errors import InputRefusal
+
+__all__ = ["FolderInUse", "hold_folder", "folder_held", "release_folder"]
+
+logger = logging.getLogger("medgmae")
+
+#: The folders this process holds: resolved path -> the locked descriptor.
+_HELD: dict[str, int] = {}
+
+
+class FolderInUse(InputRefusal):
+    """An output folder that another live run holds (:func:`hold_folder`)."""
+
+
+def hold_folder(folder: str | os.PathLike, flag: str = "--output_dir") -> None:
+    """Hold ``folder`` for this process until it ends (or :func:`release_folder`), creating it if needed; again for a
+    folder this process holds already is a no-op.
+
+    A folder this call created is removed at exit if it is then still empty (a run refused after its settings were
+    checked leaves no trace). A folder that cannot be created or opened is not held: the caller's own check of it
+    names the problem.
+
+    Args:
+        folder: the output folder.
+        flag: the setting that named it, for the refusal.
+
+    Raises:
+        FolderInUse: another process holds it; the message names the folder, the flag and, where this host can tell,
+            that process.
+    """
+    if created := _lock(folder, flag):
+        atexit.register(_remove_if_empty, _key(folder), created)
+
+
+def release_folder(folder: str | os.PathLike) -> None:
+    """Let ``folder`` go (a command of a long-lived process, as the tools' ``main`` in tests, that has ended)."""
+    fd = _HELD.pop(str(_key(folder)), None)
+    if fd is not None:
+        os.close(fd)
+
+
+@contextmanager
+def folder_held(folder: str | os.PathLike, flag: str = "--out") -> Iterator[None]:
+    """Hold ``folder`` (:func:`hold_folder`) for the block, removing it after if the block created it and left it
+    empty; a folder held before the block stays held after it."""
+    held = str(_key(folder)) in _HELD
+    created = _lock(folder, flag)
+    try:
+        yield
+    finally:
+        if not held:
+            release_folder(folder)
+        if created:
+            _remove_if_empty(_key(folder), created)
+
+
+def _key(folder: str | os.PathLike) -> Path:
+    return Path(folder).expanduser().absolute()
+
+
+def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
+    """Take ``folder``'s lock for this process (:func:`hold_folder`); the outermost folder this call created, if any
+    (``folder`` or one of its parents)."""
+    path = _key(folder)
+    if str(path) in _HELD:
+        return None
+    try:
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        created = missing[-1] if missing else None
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # below a file, read-only, a name too long: the caller's check of the folder says so
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)  # a folder this call created is another run's now: never removed here
+        raise FolderInUse(f"{flag} {path}: another run is writing into it{_holder(path)}; give another {flag}, or "
+                          "run this one when that run has ended") from None  # fmt: skip
+    except OSError as e:  # no flock on this file system's folders
+        os.close(fd)
+        logger.debug("%s: no lock on the output folder here (%s): runs into it are not kept apart", path, e)
+        return created
+    _HELD[str(path)] = fd
+    return created
+
+
+def _remove_if_empty(path: Path, top: Path) -> None:
+    """Remove ``path`` and its parents up to ``top`` while they are empty (the folders :func:`_lock` created)."""
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()
+        except OSError:  # it holds the run's files (or was removed)
+            return
+        if folder == top:
+            return
+
+
+def _holder(path: Path) -> str:
+    """``" (process 123: python -m monai.bundle run training ...)"`` for the process holding ``path``'s lock, from
+    ``/proc/locks`` and ``/proc/<pid>/cmdline``; ``""`` where that cannot be told (another host, another OS)."""
+    try:
+        st = path.stat()
+        device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            pids = [fields[4] for fields in map(str.split, f) if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device]
+        if not pids:
+            return ""
+        cmd = " ".join(Path(f"/proc/{pids[0]}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+    except OSError:
+        return ""
+    return f" (process {pids[0]}{': ' + cmd[:200] if cmd else ''})"

@@ -1,0 +1,103 @@
+"""One run at a time in an output folder: a second run into a folder a live process holds is refused, naming it and
+that process, by the training bundles, ``medgmae-recon reconstruct`` / ``simulate`` and ``medgmae-phantom``; the
+lock goes with its process. Two such runs used to both report success while the folder held a mix of their files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from medgmae.folder_lock import FolderInUse, folder_held, hold_folder, release_folder
+
+from bundle_helpers import run_bundle
+
+
+@pytest.fixture()
+def other_run(tmp_path):
+    """Start another process holding a folder (as a live run does); yields a function taking the folder, and
+    ends the process after the test."""
+    procs = []
+
+    def hold(folder: Path) -> subprocess.Popen:
+        code = textwrap.dedent(f"""
+            import sys
+            from medgmae.folder_lock import hold_folder
+            hold_folder({str(folder)!r})
+            print("held", flush=True)
+            sys.stdin.read()
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "held"
+        procs.append(proc)
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_a_folder_another_process_holds_is_refused_until_it_ends(tmp_path, other_run):
+    folder = tmp_path / "run"
+    proc = other_run(folder)
+    with pytest.raises(FolderInUse) as e:
+        hold_folder(folder)
+    said = str(e.value)
+    assert said.startswith(f"--output_dir {folder}: another run is writing into it (process {proc.pid}: ")
+    assert "give another --output_dir, or run this one when that run has ended" in said
+    proc.stdin.close()
+    proc.wait(timeout=30)  # its lock ended with it, however it ended
+    hold_folder(folder)
+    hold_folder(folder)  # again in the holding process: nothing to do
+    release_folder(folder)
+
+
+def test_a_held_block_removes_only_the_empty_folders_it_created(tmp_path):
+    """A command refused after taking the lock leaves no folder it made (nor the parents it made for it); one that
+    wrote keeps it; a folder that existed stays."""
+    nested = tmp_path / "a" / "b" / "run"
+    with folder_held(nested):
+        assert nested.is_dir()
+    assert not (tmp_path / "a").exists()
+    with folder_held(nested):
+        (nested / "out.txt").write_text("x")
+    assert (nested / "out.txt").is_file()
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    with folder_held(kept):
+        pass
+    assert kept.is_dir()
+    below_a_file = tmp_path / "file.txt"
+    below_a_file.write_text("x")
+    with folder_held(below_a_file / "run"):  # not held: the command's own check names the problem
+        pass
+
+
+def test_the_tools_refuse_a_folder_another_run_holds_and_write_nothing(tmp_path, other_run):
+    """``medgmae-phantom`` (two generations into one folder mixed their phantoms under one dataset.json) and
+    ``medgmae-recon simulate`` exit with status 2 naming the folder; nothing is written into it."""
+    folder = tmp_path / "busy"
+    other_run(folder)
+    volume = tmp_path / "missing.nii.gz"  # never read: the folder is refused first
+    for cmd in (["medgmae-phantom", "--out", str(folder), "--num-cases", "2", "--shape", "24", "24", "16"],
+                ["medgmae-recon", "simulate", "--volume", str(volume), "--geometry", "parallel", "--out", str(folder)]):
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert f"--out {folder}: another run is writing into it (process " in run.stderr and "Traceback" not in run.stderr
+        assert list(folder.iterdir()) == []
+
+
+def test_a_training_bundle_refuses_an_output_dir_another_run_holds(tmp_path, other_run):
+    folder = tmp_path / "pretrain"
+    other_run(folder)
+    run = run_bundle("training", "medgmae_pretrain/configs/train.json", "--output_dir", str(folder),
+                     "--max_epochs", "1", "--device", "cpu")  # fmt: skip
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: FolderInUse: --output_dir {folder}: another run is writing into it"), run.stderr[-2000:]
+    assert list(folder.iterdir()) == []
