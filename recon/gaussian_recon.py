@@ -36,6 +36,7 @@ from recon.metrics import psnr as psnr_fn
 from recon.metrics import ssim as ssim_fn
 from recon.presets import GaussianReconConfig
 from recon.projectors import Projector
+from recon.reconstructor_inputs import checked_inputs
 from recon.result import GaussianReconResult
 from recon.state import CHECKPOINT_KIND, reconstructor_state, restore_reconstructor
 from recon.state import PARAMS as _PARAMS
@@ -48,15 +49,18 @@ class GaussianReconstructor:
 
     Args:
         projector: the differentiable projector of the scan.
-        projections: ``(V, rows, cols)`` measured line integrals.
-        init: initial Gaussians in the voxel frame of the projector's volume (``B = 1``), attenuation units. With
-            held-out views, derive it from the fitted views only (e.g. their FBP), or the held-out error is biased.
+        projections: ``(V, rows, cols)`` measured line integrals (a tensor or NumPy array).
+        init: initial Gaussians in the voxel frame of the projector's volume (``B = 1``; centres in voxel indices
+            ``(z, y, x)``), attenuation units. With held-out views, derive it from the fitted views only (e.g. their
+            FBP), or the held-out error is biased. A start none of whose centres lies in the volume is refused, one
+            with more than 5 % outside it warned about (:mod:`recon.reconstructor_inputs`).
         config: :class:`GaussianReconConfig`.
-        reference: optional ``(D, H, W)`` ground truth for PSNR/SSIM.
+        reference: optional ``(D, H, W)`` ground truth for PSNR/SSIM (a tensor or NumPy array).
         device: where to optimise.
         value_scale: the intensity unit (attenuation); default the 99th percentile of the initial intensities
             (``|init|``). With sigmoid intensities, the initial intensities are clamped into ``(0, value_scale)``
-            (to ``[1e-6, 1 - 1e-6]`` of it).
+            (to ``[1e-6, 1 - 1e-6]`` of it). :meth:`render` returns volumes in this unit; the result's ``volume``
+            is in attenuation (1/mm).
     """
 
     def __init__(
@@ -71,14 +75,7 @@ class GaussianReconstructor:
     ):
         self.projector, self.config = projector, config or GaussianReconConfig()
         self.geometry = projector.geometry
-        self.device = torch.device(device)
-        self.geometry.check_projections(tuple(projections.shape))
-        if not torch.isfinite(projections).all():
-            raise ValueError("projections contain NaN or Inf")
-        if init.batch_size != 1 or init.num_gaussians < 1:
-            raise ValueError(f"init must hold one set (B=1) of at least one Gaussian, got B={init.batch_size}, K={init.num_gaussians}")
-        if reference is not None and tuple(reference.shape) != self.geometry.volume_shape:
-            raise ValueError(f"reference shape {tuple(reference.shape)} does not match the volume {self.geometry.volume_shape}")
+        projections, reference, self.device = checked_inputs(self.geometry, projections, init, reference, device)
         if value_scale is not None and not (math.isfinite(value_scale) and value_scale > 0):
             raise ValueError(f"value_scale must be positive, got {value_scale}")
         self.proj = projections.to(self.device, torch.float32)

@@ -65,9 +65,14 @@ def mu_to_hu(mu, mu_water: float = MU_WATER):
     return 1000.0 * (mu / mu_water - 1.0)
 
 
-def _check_volume(fbp_volume: Tensor) -> Tensor:
-    if not isinstance(fbp_volume, Tensor) or fbp_volume.dim() != 3:
-        raise ValueError(f"the FBP volume must be a (D, H, W) tensor, got {getattr(fbp_volume, 'shape', type(fbp_volume))}")
+def _check_volume(fbp_volume: Tensor | np.ndarray) -> Tensor:
+    """The FBP volume as a float32 tensor (a NumPy array converted); ``ValueError`` for another rank or NaN / Inf."""
+    if isinstance(fbp_volume, np.ndarray):
+        fbp_volume = torch.from_numpy(np.asarray(fbp_volume, dtype=np.float32))
+    if not isinstance(fbp_volume, Tensor):
+        raise ValueError(f"the FBP volume must be a (D, H, W) tensor or NumPy array, got {type(fbp_volume).__name__}")
+    if fbp_volume.dim() != 3:
+        raise ValueError(f"the FBP volume must be a (D, H, W) tensor, got shape {tuple(fbp_volume.shape)}")
     if not torch.isfinite(fbp_volume).all():
         raise ValueError("the FBP volume contains NaN or Inf")
     return fbp_volume.detach().float()

@@ -363,7 +363,7 @@ def test_bad_inputs_at_forward_are_named(models, name):
     with pytest.raises(ValueError, match=r"input dtype torch.float64 differs from the model's weights \(torch.float32\)"):
         model(x.double())
     x[0, 0, 3, 4, 5] = float("nan")
-    with pytest.raises(ValueError, match="NaN or infinite voxels"):
+    with pytest.raises(ValueError, match="NaN or infinite values"):
         model(x)
 
 

@@ -68,7 +68,7 @@ def test_trainer_stops_on_nan_input_naming_it():
     x = torch.rand(1, 1, 32, 32, 32)
     x[..., 3, 3, 3] = float("nan")
     trainer = MaskedAutoencoderTrainer("cpu", 1, _loader(x), model, opt, train_handlers=[NonFiniteLossHandler()])
-    with pytest.raises(ValueError, match="the input holds NaN or infinite voxels"):
+    with pytest.raises(ValueError, match="the input holds NaN or infinite values"):
         trainer.run()
     assert trainer.state.iteration == 1
 

@@ -207,3 +207,42 @@ def test_reconstructor_input_errors():
         GaussianReconstructor(p, proj, init, reference=vol[:4])
     with pytest.raises(ValueError, match="lr_means"):
         GaussianReconConfig(lr_means=0)
+
+
+def test_numpy_inputs_are_taken_and_a_start_off_the_grid_is_refused_or_warned_about(caplog):
+    """From a notebook: NumPy projections and reference ended in ``TypeError: isfinite()`` / ``AttributeError``; a
+    start whose every centre lies outside the volume (Gaussians in world millimetres) ran to an all-zero result, and
+    one built on a permuted grid to a worse one, without a word; ``device='cuda'`` without CUDA was torch's
+    ``AssertionError``."""
+    import logging
+
+    g, p, proj, vol = _tiny_problem()
+    init = fbp_init(fbp(proj, g), 40, seed=0)
+    cfg = GaussianReconConfig(iterations=1)
+    rec = GaussianReconstructor(p, proj.numpy(), init, cfg, reference=vol.numpy())
+    assert isinstance(rec.proj, torch.Tensor) and rec.reference.shape == vol.shape
+    far = Gaussians3D(init.means + 500.0, init.scales, init.quats, init.intensities)
+    with pytest.raises(ValueError, match=r"none of the \d+ start Gaussians lies in the volume: .*voxel indices \(z, y, x\)"):
+        GaussianReconstructor(p, proj, far, cfg)
+    half = init.means.clone()
+    half[0, ::2, 0] += 100.0  # every other centre off the grid along z
+    with caplog.at_level(logging.WARNING, logger="recon"):
+        GaussianReconstructor(p, proj, Gaussians3D(half, init.scales, init.quats, init.intensities), cfg)
+    assert any("50 % of the" in r.getMessage() and "outside the volume" in r.getMessage() for r in caplog.records)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="PyTorch sees no CUDA device here"):
+            GaussianReconstructor(p, proj, init, cfg, device="cuda")
+    with pytest.raises(TypeError, match="projections must be a tensor or a NumPy array, got str"):
+        GaussianReconstructor(p, "proj.npy", init, cfg)
+
+
+def test_a_projector_and_the_fbp_start_take_numpy_arrays():
+    """``Projector.forward`` / ``adjoint`` of a NumPy array ended in ``AttributeError: ... 'dim'`` and ``fbp_init``
+    called a NumPy (D, H, W) array not a (D, H, W) tensor; they now give what the tensor gives."""
+    g, p, proj, vol = _tiny_problem()
+    assert torch.equal(p.forward(vol.numpy()), p.forward(vol)) and torch.equal(p.adjoint(proj.numpy()), p.adjoint(proj))
+    f = fbp(proj, g)
+    a, b = fbp_init(f.numpy(), 40, seed=0), fbp_init(f, 40, seed=0)
+    assert torch.equal(a.means, b.means) and torch.equal(a.intensities, b.intensities)
+    with pytest.raises(ValueError, match=r"must be a \(D, H, W\) tensor, got shape \(12, 12\)"):
+        fbp_init(f[0], 40)

@@ -20,7 +20,9 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from torch import Tensor
 
 from medgmae.checkpoint import ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
-from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder, freeze_unused_cross_attn_norms, quiet_monai_meshgrid
+from medgmae.networks.vit import (
+    VIT_PRESETS, MaskedViTEncoder, check_model_input, freeze_unused_cross_attn_norms, quiet_monai_meshgrid,
+)
 from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
@@ -322,23 +324,7 @@ class MaskedAutoencoder(nn.Module):
         raise NotImplementedError
 
     def _check_input(self, x: Tensor) -> None:
-        if (
-            not isinstance(x, Tensor)
-            or x.dim() != 2 + self.spatial_dims
-            or x.shape[1] != self.in_channels
-            or tuple(x.shape[2:]) != self.img_size
-        ):
-            raise ValueError(
-                f"expected input (B, {self.in_channels}, {', '.join(map(str, self.img_size))}), "
-                f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
-            )
-        weights = next(self.parameters()).dtype
-        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
-            raise ValueError(f"input dtype {x.dtype} differs from the model's weights ({weights}): convert the input "
-                             f"(x.to({weights})) or the model, or run under torch.autocast")  # fmt: skip
-        if not torch.isfinite(x).all():
-            raise ValueError("the input holds NaN or infinite voxels: the model takes volumes scaled to [0, 1] (check "
-                             "the data or its pre-processing)")  # fmt: skip
+        check_model_input(x, self.in_channels, self.img_size, next(self.parameters()).dtype)
 
     @staticmethod
     def _mask_ratio(value: float) -> float:

@@ -18,8 +18,8 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from monai.utils import ensure_tuple_rep
 from torch import Tensor
 
-__all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "batch_tokens", "quiet_monai_meshgrid", "random_masking",
-           "visible_patch_count"]
+__all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "batch_tokens", "check_model_input", "quiet_monai_meshgrid",
+           "random_masking", "visible_patch_count"]
 
 
 @contextmanager
@@ -257,3 +257,25 @@ class MaskedViTEncoder(nn.Module):
         if return_hidden:
             return latent, mask, ids_restore, hidden
         return latent, mask, ids_restore
+
+
+def check_model_input(x: Tensor, in_channels: int, img_size: Sequence[int], weights: torch.dtype) -> None:
+    """The input check of every model on a ViT encoder (the masked autoencoders, GViT): a tensor ``(B, C, *img_size)``
+    in the weights' dtype (or under autocast), finite; ``ValueError`` naming what to change otherwise.
+
+    Args:
+        x: the batch.
+        in_channels: ``C``.
+        img_size: the spatial size the model takes.
+        weights: the dtype of the model's weights.
+    """
+    size = tuple(int(s) for s in img_size)
+    if not isinstance(x, Tensor) or x.dim() != 2 + len(size) or x.shape[1] != in_channels or tuple(x.shape[2:]) != size:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"expected input (B, {in_channels}, {', '.join(map(str, size))}), got {got}")
+    if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"input dtype {x.dtype} differs from the model's weights ({weights}): convert the input "
+                         f"(x.to({weights})) or the model, or run under torch.autocast")  # fmt: skip
+    if not torch.isfinite(x).all():
+        raise ValueError("the input holds NaN or infinite values: the model takes inputs scaled to [0, 1] (check "
+                         "the data or its pre-processing)")  # fmt: skip

@@ -329,14 +329,30 @@ def read_reference(
     return mask
 
 
-def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:
-    """``(C, H, W)`` image -> ``(1, channels, *size)`` float32 tensor: grey/RGB conversion and area/bilinear resize.
+#: How far beyond ``[0, 1]`` :func:`to_model_input` takes values (rounding of a caller's own scaling).
+SCALE_SLACK = 1e-3
 
-    RGB to grey uses ITU-R 601 luma weights; grey to RGB repeats the channel.
+
+def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:
+    """``(C, H, W)`` image in ``[0, 1]`` -> ``(1, channels, *size)`` float32 tensor: grey/RGB conversion and
+    area/bilinear resize (:func:`read_image` reads files onto that scale).
+
+    RGB to grey uses ITU-R 601 luma weights; grey to RGB repeats the channel. ``ValueError`` for another layout
+    (naming the transpose or new axis that gives this one), NaN, or values off the 0-1 scale (an 8-bit image not
+    divided by 255, a CT slice in HU: they were clipped to 0 and 1 without a word).
     """
     x = torch.as_tensor(np.asarray(image, dtype=np.float32)).float()
     if x.dim() != 3 or x.shape[0] not in (1, 3):
-        raise ValueError(f"image must be (C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+        fix = (" (an (H, W, C) image: image.transpose(2, 0, 1))" if x.dim() == 3 and x.shape[-1] in (1, 3)
+               else " (a grey (H, W) image: image[None])" if x.dim() == 2 else "")  # fmt: skip
+        raise ValueError(f"image must be (C, H, W) with C = 1 or 3, got {tuple(x.shape)}{fix}")
+    if not torch.isfinite(x).all():
+        raise ValueError("the image holds NaN or infinite values")
+    if x.numel() and (float(x.min()) < -SCALE_SLACK or float(x.max()) > 1 + SCALE_SLACK):
+        hint = "; an 8-bit image: divide by 255" if float(x.max()) <= 255 and float(x.min()) >= 0 else ""
+        raise ValueError(f"image values must be on the 0-1 scale, got {float(x.min()):.4g} to {float(x.max()):.4g}{hint} "
+                         "(medgmae.twod.images.read_image reads files onto it; a CT slice: its window, as "
+                         "medgmae-2d --window maps it)")  # fmt: skip
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if x.shape[0] == 3 and channels == 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,12 +76,13 @@ class Projector:
         """Forward projection ``A x``.
 
         Args:
-            volume: ``(B, D, H, W)`` or ``(D, H, W)`` in attenuation units (1/mm).
+            volume: ``(B, D, H, W)`` or ``(D, H, W)`` in attenuation units (1/mm): a tensor, or a NumPy array (taken as float32).
             views: optional indices of the views to project.
 
         Returns:
             ``(B, V, rows, cols)`` (or ``(V, rows, cols)``) line integrals.
         """
+        volume = _as_tensor(volume)
         squeeze = volume.dim() == 3
         x = volume.unsqueeze(0) if squeeze else volume
         if x.dim() != 4 or tuple(x.shape[1:]) != self.geometry.volume_shape:
@@ -92,12 +94,13 @@ class Projector:
         """Adjoint (unfiltered backprojection) ``A^T y``.
 
         Args:
-            proj: ``(B, V, rows, cols)`` or ``(V, rows, cols)``.
+            proj: ``(B, V, rows, cols)`` or ``(V, rows, cols)``: a tensor, or a NumPy array (taken as float32).
             views: optional indices of the views ``proj`` holds.
 
         Returns:
             ``(B, D, H, W)`` (or ``(D, H, W)``).
         """
+        proj = _as_tensor(proj)
         squeeze = proj.dim() == 3
         y = proj.unsqueeze(0) if squeeze else proj
         v = self._views(views, y.device)
@@ -108,3 +111,8 @@ class Projector:
         return x[0] if squeeze else x
 
     __call__ = forward
+
+
+def _as_tensor(x: Tensor | np.ndarray) -> Tensor:
+    """A volume or projections as given to a projector: a NumPy array becomes a float32 tensor (on the CPU)."""
+    return torch.from_numpy(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x

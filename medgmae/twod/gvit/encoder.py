@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from medgmae.networks.vit import MaskedViTEncoder
+from medgmae.networks.vit import MaskedViTEncoder, check_model_input
 from medgmae.twod.gvit.tokens import GaussianTokenEmbedding, Gaussians2D, decode_gaussians_2d, gaussian_dim, sample_gaussian_tokens
 
 __all__ = ["ENCODER_MODES", "DenoisingGaussianEncoder"]
@@ -111,9 +111,7 @@ class DenoisingGaussianEncoder(nn.Module):
         Returns:
             ``(B, K, 6 + C)`` raw Gaussians ``g = g0 + delta`` (denoising) or ``g = MLP(x)`` (queries).
         """
-        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_channels, *self.vit.img_size):
-            size = ", ".join(map(str, self.vit.img_size))
-            raise ValueError(f"expected images (B, {self.in_channels}, {size}), got {tuple(x.shape)}")
+        check_model_input(x, self.in_channels, self.vit.img_size, next(self.parameters()).dtype)
         b = x.shape[0]
         patches = self.vit.patch_embedding(x)
         if g0 is None:

@@ -1,0 +1,87 @@
+"""What a :class:`~recon.gaussian_recon.GaussianReconstructor` is given, checked before anything is optimised: the
+projections and reference as tensors (NumPy arrays taken as they are), their shapes against the geometry, and the
+start's Gaussians against the reconstruction grid, where a start built on another grid (an FBP volume in ``(x, y,
+z)`` order, Gaussians in world millimetres) reconstructed a worse volume, or nothing, without a word.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from medgmae.gaussians import Gaussians3D
+from recon.geometry import CTGeometry
+
+__all__ = ["checked_inputs", "outside_share"]
+
+logger = logging.getLogger("recon")
+
+#: The share of the start's centres outside the grid above which the start is warned about.
+OUTSIDE_WARNING = 0.05
+
+
+def _tensor(value: Any, name: str) -> Tensor:
+    """``value`` as a tensor (a NumPy array or nested list converted, float32); ``TypeError`` for anything else."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return torch.as_tensor(np.asarray(value, dtype=np.float32))
+    raise TypeError(f"{name} must be a tensor or a NumPy array, got {type(value).__name__}")
+
+
+def outside_share(init: Gaussians3D, shape: tuple[int, ...]) -> float:
+    """The share of ``init``'s centres (voxel indices ``(z, y, x)`` of the grid) outside the ``shape`` grid, whose
+    voxels span ``[-0.5, n - 0.5]`` along each axis."""
+    means = init.means[0].detach().float().cpu()
+    upper = torch.tensor(shape, dtype=torch.float32) - 0.5
+    inside = ((means >= -0.5) & (means <= upper)).all(dim=1)
+    return 1.0 - float(inside.float().mean())
+
+
+def _check_start(init: Gaussians3D, shape: tuple[int, ...]) -> None:
+    """``ValueError`` for a start none of whose Gaussians lies in the grid; a warning when more than
+    :data:`OUTSIDE_WARNING` of them lie outside it."""
+    if not isinstance(init, Gaussians3D):
+        raise TypeError(f"init must be a Gaussians3D (recon.initialisation builds one), got {type(init).__name__}")
+    if init.batch_size != 1 or init.num_gaussians < 1:
+        raise ValueError(f"init must hold one set (B=1) of at least one Gaussian, got B={init.batch_size}, K={init.num_gaussians}")
+    share = outside_share(init, shape)
+    means = init.means[0].detach().float()
+    span = f"their centres span {means.amin(0).tolist()} to {means.amax(0).tolist()}"
+    where = f"voxel indices (z, y, x) of the {tuple(shape)} grid are expected, not world millimetres or (x, y, z)"
+    if share == 1.0:
+        raise ValueError(f"none of the {init.num_gaussians} start Gaussians lies in the volume: {span}; {where}")
+    if share > OUTSIDE_WARNING:
+        logger.warning("%.0f %% of the %d start Gaussians lie outside the volume (%s; %s): is the start built on "
+                       "this geometry's grid?", 100 * share, init.num_gaussians, span, where)  # fmt: skip
+
+
+def checked_inputs(
+    geometry: CTGeometry, projections: Any, init: Gaussians3D, reference: Any, device: str | torch.device
+) -> tuple[Tensor, Tensor | None, torch.device]:
+    """The projections and reference as tensors and the device, each checked (:mod:`recon.reconstructor_inputs`).
+
+    Returns:
+        ``(projections (V, rows, cols), reference (D, H, W) or None, device)``.
+
+    Raises:
+        TypeError: an input of another type. ValueError: shapes that do not fit the geometry, non-finite projections,
+        a start outside the grid, a CUDA device where there is none.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: PyTorch sees no CUDA device here; give device='cpu'")
+    projections = _tensor(projections, "projections")
+    geometry.check_projections(tuple(projections.shape))
+    if not torch.isfinite(projections).all():
+        raise ValueError("projections contain NaN or Inf")
+    _check_start(init, geometry.volume_shape)
+    if reference is not None:
+        reference = _tensor(reference, "reference")
+        if tuple(reference.shape) != geometry.volume_shape:
+            raise ValueError(f"reference shape {tuple(reference.shape)} does not match the volume {geometry.volume_shape}")
+    return projections, reference, device

@@ -1,0 +1,43 @@
+"""What the 2D models and their input conversion are given from Python: images off the 0-1 scale, NaN, arrays in
+another layout or type are refused naming the fix (they were clipped to 0-1, passed on as NaN logits, or ended in
+torch's own errors), as the 3D models' inputs are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medgmae.twod.gvit.model import GViT
+from medgmae.twod.images import to_model_input
+
+
+def test_an_image_off_the_0_1_scale_or_in_another_layout_is_refused_naming_the_fix():
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"got \(20, 24, 3\) \(an \(H, W, C\) image: image.transpose\(2, 0, 1\)\)"):
+        to_model_input(rgb, 3, (16, 16))
+    with pytest.raises(ValueError, match=r"got \(20, 24\) \(a grey \(H, W\) image: image\[None\]\)"):
+        to_model_input(rgb[..., 0], 1, (16, 16))
+    with pytest.raises(ValueError, match=r"0-1 scale, got \d+ to 255; an 8-bit image: divide by 255"):
+        to_model_input(rgb.transpose(2, 0, 1), 3, (16, 16))
+    with pytest.raises(ValueError, match=r"0-1 scale, got -1000 to 400 \(.*a CT slice: its window"):
+        to_model_input(np.linspace(-1000, 400, 400, dtype=np.float32).reshape(1, 20, 20), 1, (16, 16))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        to_model_input(np.full((1, 8, 8), np.nan, np.float32), 1, (16, 16))
+    scaled = to_model_input(rgb.transpose(2, 0, 1) / 255.0, 3, (16, 16))  # the same image on the 0-1 scale
+    assert scaled.shape == (1, 3, 16, 16) and 0.3 < float(scaled.mean()) < 0.7
+
+
+def test_gvit_refuses_what_the_masked_autoencoders_refuse():
+    """A NaN image gave NaN logits, a float64 batch torch's ``Input type (double) and bias type (float)``, a NumPy
+    array ``AttributeError``; each is now the message the masked autoencoders give."""
+    model = GViT(1, 16, 2, num_gaussians=6, patch_size=4).eval()
+    x = torch.rand(2, 1, 16, 16)
+    assert model(x).shape == (2, 2)
+    cases = [(x.numpy(), r"expected input \(B, 1, 16, 16\), got ndarray"),
+             (x.double(), r"input dtype torch.float64 differs from the model's weights \(torch.float32\)"),
+             (torch.full_like(x, float("nan")), "NaN or infinite values"),
+             (x[:, :, :8], r"expected input \(B, 1, 16, 16\), got \(2, 1, 8, 16\)")]  # fmt: skip
+    for bad, said in cases:
+        with pytest.raises(ValueError, match=said):
+            model(bad)
