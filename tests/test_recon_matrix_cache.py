@@ -292,3 +292,21 @@ def test_a_run_removes_the_temporary_matrix_files_of_killed_writers_alone(scan, 
     assert main(_args(scan, tmp_path / "a", "--matrix-dir", str(shared))) == 0
     assert f"removed what killed runs left in {shared} ({killed}); saved the matrix in" in capsys.readouterr().out
     assert sorted(p.name for p in shared.iterdir() if p.name.startswith(".")) == sorted(kept)
+
+
+def test_a_matrix_that_cannot_be_saved_leaves_the_run_going(scan, tmp_path, monkeypatch):
+    """The matrix file is a cache: a full disk where it is saved (a shared --matrix-dir's) stopped the whole run;
+    the projector built is used and the note says the matrix was not saved."""
+    import errno
+
+    import medgmae.torch_files as torch_files
+    from medgmae.write_failures import OutputWriteError
+
+    def full(obj, path):
+        raise OutputWriteError(errno.ENOSPC, f"{path} could not be written (No space left on device)", str(path))
+
+    monkeypatch.setattr(torch_files, "save_torch_atomic", full)
+    geom = CTGeometry.load(scan / "geometry.json")
+    built, note = cached_matrix_projector(geom, tmp_path / "shared", shared=True)
+    assert note.startswith("the matrix was not saved, later runs build it again: ") and "No space left" in note
+    assert (built.a != RayMatrixProjector(geom).a).nnz == 0

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from medgmae.write_failures import OutputWriteError
 from recon.geometry import CTGeometry
 from recon.projectors import ray_matrix
 from recon.projectors.ray_matrix import RayMatrixProjector
@@ -121,7 +122,10 @@ def cached_matrix_projector(
             return (RayMatrixProjector(geometry, step, dtype, matrix=matrix),
                     f"{removed}read the matrix from {path} (built for this scan)")
     projector = RayMatrixProjector(geometry, step, dtype)
-    note = save_matrix(projector, folder, shared)
+    try:
+        note = save_matrix(projector, folder, shared)
+    except OutputWriteError as e:  # a cache: the run goes on with the matrix it built
+        note = f"the matrix was not saved, later runs build it again: {e.strerror}"
     return projector, removed + (f"{path} not used: {why}; " if why else "") + note
 
 
