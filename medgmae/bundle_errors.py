@@ -235,7 +235,7 @@ def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, ru
         advice = advice or (_before_training(*run) if run else INTERRUPTED)  # the folder read only when needed
         if terminated and advice.startswith("interrupted"):
             advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
-        print(f"\n{advice}", file=sys.stderr)
+        _say(f"\n{advice}")
     if terminated:
         _STOPPED_BY_SIGTERM.append(True)
 
@@ -352,18 +352,18 @@ def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume:
             _say_rank_stopped(reason)
             return
         if isinstance(reason, InputRefusal) and not _traceback_wanted():  # the user's input: where it was raised
-            print(f"error: {_reason_text(reason)}", file=sys.stderr)  # is no news to them
+            _say(f"error: {_reason_text(reason)}")  # is no news to them
             return
         if isinstance(reason, OSError) and (said := os_error_message(reason)) and not _traceback_wanted():
-            print(f"error: {said}", file=sys.stderr)  # a path given too long to look up, a write without room
+            _say(f"error: {said}")  # a path given too long to look up, a write without room
             return
         previous(exc_type, exc, tb)
         text = _reason_text(reason) if reason is not None else ""
         if reason is not None and (reason is not exc or text != f"{type(reason).__name__}: {reason}"):
-            print(f"\nerror: {text}", file=sys.stderr)  # a worker's reason: its traceback is but text above
+            _say(f"\nerror: {text}")  # a worker's reason: its traceback is but text above
         if reason is not None and hook.resumable and _lost_peer(reason):
             if process_count() > 1:  # a broken pipe of a single process (output piped to head) is not a lost peer
-                print(LOST_PEER, file=sys.stderr)
+                _say(LOST_PEER)
 
     hook.summarises_errors, hook.resumable = True, bool(resumable)
     hook.run = (output_dir, resume, checkpoint_files(output_dir)) if output_dir is not None else ()
@@ -375,7 +375,14 @@ def _say_rank_stopped(reason: BaseException) -> None:
     text = " ".join(_reason_text(reason).split())  # its lines joined, cut short
     text = text if len(text) <= 300 else text[:297] + "..."
     if _lost_peer(reason):  # the reason is elsewhere, maybe not on rank 0
-        print(f"rank {process_rank()} stopped: another process stopped first and this one lost its connection to it "
-              f"({text}); that process's lines or torchrun's summary say why", file=sys.stderr)  # fmt: skip
+        _say(f"rank {process_rank()} stopped: another process stopped first and this one lost its connection to it "
+             f"({text}); that process's lines or torchrun's summary say why")  # fmt: skip
         return
-    print(f"rank {process_rank()} stopped: {text}; see rank 0", file=sys.stderr)
+    _say(f"rank {process_rank()} stopped: {text}; see rank 0")
+
+
+def _say(line: str) -> None:
+    """Write ``line`` and its newline to stderr in one write: ``print`` writes them apart to an unbuffered stderr,
+    and another rank's line could land between them (``...nothing was writtenrank 1 stopped: ...``)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -163,16 +163,16 @@ def as_bool(value: Any, name: str = "flag") -> bool:
 
 def as_path_text(value: Any, key: str | None = None) -> Any:
     """A path setting of a bundle as text: MONAI's command line reads ``--output_dir 2024`` as the number 2024, the
-    folder ``2024``, ``--output_dir 2024_01`` as the number 202401 (Python's digit separator), and ``True``, ``None``
-    or ``[a,b]`` as Python's values (a folder called ``None`` became the default folder, ``True`` a ``TypeError``);
-    with ``key``, the folder is the text the command line gave for ``--key`` (``2024_01``, ``None``), else a number's
-    text. Text and paths are returned as they are, as is any other value not typed on the command line.
+    folder ``2024``, ``--output_dir 2024_01`` as the number 202401 (Python's digit separator), and ``True`` or
+    ``[a,b]`` as Python's values (a ``TypeError`` then); with ``key``, the folder is the text the command line gave
+    for ``--key`` (``2024_01``, ``True``), else a number's text. Text, paths and ``None`` (``--cache_dir None``: no
+    disk cache) are returned as they are, as is any other value not typed on the command line.
 
     Args:
         value: the setting's value.
         key: the setting's name, whose ``--key`` text a value is read back from (the bundle configs give it).
     """
-    if isinstance(value, (str, os.PathLike)):
+    if value is None or isinstance(value, (str, os.PathLike)):
         return value
     if key is not None:
         from medgmae.bundle_command_line import command_line_flags  # the command line as typed

@@ -87,7 +87,7 @@ def path_length_problem(path: str | os.PathLike) -> str | None:
 def os_error_message(error: OSError) -> str | None:
     """What a bundle or command-line tool prints alone for an ``OSError`` that is no fault of its code: a path too
     long (:func:`too_long_message`) or a write without room (:class:`OutputWriteError`); ``None`` for others."""
-    return str(error.strerror) if isinstance(error, OutputWriteError) else too_long_message(error)
+    return error.said if isinstance(error, OutputWriteError) else too_long_message(error)
 
 
 def too_long_message(error: OSError) -> str | None:

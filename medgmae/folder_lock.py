@@ -4,20 +4,21 @@ Two runs writing one folder (a job submitted twice, an array job given one ``--o
 each finish "successfully" while the folder ends up holding a mix of their files: one run's checkpoints under the
 other's ``model.pt``, two TensorBoard logs, phantoms of two seeds under one ``dataset.json``. A run therefore holds
 an advisory lock on its output folder itself (``flock`` on the folder's descriptor: no lock file is left in it, and
-the lock goes with the process however it ends, SIGKILL included), and a second run into the folder is refused,
-naming the process that holds it where this host can tell (``/proc/locks``).
+the lock goes with the process however it ends, SIGKILL included; children it forks do not keep it), and a second
+run into the folder is refused, naming the process that holds it where this host can tell (``/proc/locks``).
 
-Where it holds: the training bundles' ``output_dir`` (rank 0's, under torchrun), ``medgmae-recon reconstruct`` and
-``simulate``'s ``--out``, ``medgmae-phantom --out``. A file system whose folders take no ``flock`` (NFS) gets no
-guard: the run goes on as before, said at debug level. Runs on two hosts sharing a file system exclude each other
-where its ``flock`` reaches across hosts (Lustre, GPFS, CephFS and recent NFS clients' emulation of it). No ignite or
-MONAI imports (the refusal's class comes from :mod:`medgmae.bundle_errors`).
+Where it holds: the training bundles' ``output_dir`` (rank 0's, under torchrun, of a ``python -m monai.bundle``
+command line), ``medgmae-recon reconstruct`` and ``simulate``'s ``--out``, ``medgmae-phantom --out``.
+
+Reach: runs on one host always exclude each other. Across hosts it depends on the file system's ``flock`` of a
+folder: NFS takes it as a lock of the client host alone (runs on two nodes sharing an NFS folder are not kept
+apart, and nothing says so), parallel file systems (Lustre, GPFS) as their configuration makes it. A system without
+``flock`` (Windows) gets no guard. No ignite or MONAI imports.
 """
 
 from __future__ import annotations
 
 import atexit
-import fcntl
 import logging
 import os
 from contextlib import contextmanager
@@ -26,11 +27,16 @@ from typing import Iterator
 
 from medgmae.bundle_errors import InputRefusal
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, no guard
+    fcntl = None
+
 __all__ = ["FolderInUse", "hold_folder", "folder_held", "release_folder"]
 
 logger = logging.getLogger("medgmae")
 
-#: The folders this process holds: resolved path -> the locked descriptor.
+#: The folders this process holds: real path -> the locked descriptor.
 _HELD: dict[str, int] = {}
 
 
@@ -55,48 +61,72 @@ def hold_folder(folder: str | os.PathLike, flag: str = "--output_dir") -> None:
             that process.
     """
     if created := _lock(folder, flag):
-        atexit.register(_remove_if_empty, _key(folder), created)
+        atexit.register(_remove_if_empty, Path(_key(folder)), created)
 
 
 def release_folder(folder: str | os.PathLike) -> None:
     """Let ``folder`` go (a command of a long-lived process, as the tools' ``main`` in tests, that has ended)."""
-    fd = _HELD.pop(str(_key(folder)), None)
+    fd = _HELD.pop(_key(folder), None)
     if fd is not None:
         os.close(fd)
 
 
 @contextmanager
-def folder_held(folder: str | os.PathLike, flag: str = "--out") -> Iterator[None]:
+def folder_held(folder: str | os.PathLike, flag: str = "--out") -> Iterator[Path | None]:
     """Hold ``folder`` (:func:`hold_folder`) for the block, removing it after if the block created it and left it
-    empty; a folder held before the block stays held after it."""
-    held = str(_key(folder)) in _HELD
+    empty (before letting it go: a run waiting for it never locks a folder about to be removed); a folder held
+    before the block stays held after it. Yields the outermost folder this call created (``folder`` or a parent),
+    ``None`` when it existed."""
+    held = _key(folder) in _HELD
     created = _lock(folder, flag)
     try:
-        yield
+        yield created
     finally:
+        if created:
+            _remove_if_empty(Path(_key(folder)), created)
         if not held:
             release_folder(folder)
-        if created:
-            _remove_if_empty(_key(folder), created)
 
 
-def _key(folder: str | os.PathLike) -> Path:
-    return Path(folder).expanduser().absolute()
+def _key(folder: str | os.PathLike) -> str:
+    """The folder's real path (links and ``..`` resolved: one folder, one key)."""
+    return os.path.realpath(Path(folder).expanduser())
 
 
 def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
     """Take ``folder``'s lock for this process (:func:`hold_folder`); the outermost folder this call created, if any
     (``folder`` or one of its parents)."""
-    path = _key(folder)
-    if str(path) in _HELD:
+    key = _key(folder)
+    if key in _HELD or fcntl is None:
         return None
+    path = Path(key)
     try:
         missing = [p for p in (path, *path.parents) if not p.exists()]
         created = missing[-1] if missing else None
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # below a file, read-only, a name too long: the caller's check of the folder says so
         return None
+    for _ in range(3):  # a folder removed by its last holder between our open and our lock: open it again
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return None
+        if not _locked(fd, path, flag, created):
+            return created
+        if _same_file(fd, path):
+            _HELD[key] = fd
+            return created
+        os.close(fd)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+    return created
+
+
+def _locked(fd: int, path: Path, flag: str, created: Path | None) -> bool:
+    """``flock`` ``fd`` (the folder at ``path``); ``False`` (``fd`` closed) on a file system without it, and
+    :class:`FolderInUse` when another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -106,9 +136,17 @@ def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
     except OSError as e:  # no flock on this file system's folders
         os.close(fd)
         logger.debug("%s: no lock on the output folder here (%s): runs into it are not kept apart", path, e)
-        return created
-    _HELD[str(path)] = fd
-    return created
+        return False
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the locked ``fd`` is still the folder at ``path`` (not one removed and made again meanwhile)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _remove_if_empty(path: Path, top: Path) -> None:
@@ -120,6 +158,21 @@ def _remove_if_empty(path: Path, top: Path) -> None:
             return
         if folder == top:
             return
+
+
+def _forget_in_child() -> None:
+    """After a fork: the child closes its copies of the held descriptors (the parent's lock stays: a ``flock`` ends
+    when the last descriptor of it closes), so a forked worker outliving its parent's command does not keep it."""
+    for fd in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _holder(path: Path) -> str:

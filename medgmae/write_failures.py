@@ -27,6 +27,23 @@ _CUT_SHORT = re.compile(r"unexpected pos \d+ vs \d+|iostream error|PytorchStream
 class OutputWriteError(OSError):
     """A file could not be written for want of room; ``filename`` is the final path (nothing of it was kept)."""
 
+    @property
+    def said(self) -> str | None:
+        """The one line to print: the message, also of the copy a PyTorch ``DataLoader`` raises for its worker's
+        error (``OutputWriteError(text)``, the worker's traceback as text, no ``strerror``: a cache file written in
+        a worker); ``None`` when the text holds none."""
+        if self.strerror:
+            return str(self.strerror)
+        for line in reversed(str(self).splitlines()):
+            found = _WORKER_LINE.search(line)
+            if found:
+                return found.group(1)
+        return None
+
+
+#: The worker's own last line in the text of a ``DataLoader``'s copy of the error.
+_WORKER_LINE = re.compile(r"OutputWriteError: \[Errno \d+\] (.* could not be written .*?)(?:: '[^']*')?$")
+
 
 def write_failure(path: str | os.PathLike, error: BaseException) -> OutputWriteError | None:
     """The :class:`OutputWriteError` for ``error``, raised while writing ``path``, when it is a write refused or cut

@@ -46,18 +46,18 @@ def cmd_reconstruct(args) -> int:
     out = Path(args.out)
     if problem := path_length_problem(out):  # before the lookups below, which fail on such a path
         raise CLIError(f"--out {args.out}: {problem}")
-    state_path, new_folder = out / RECON_STATE, not out.exists()
-    before = state_path.stat().st_mtime_ns if state_path.is_file() else None
-    matrix: list[Path] = []  # the projector's matrix file, once the run knows it (named by the Ctrl-C line)
-    try:
-        with folder_held(out):  # one run at a time in the folder
+    with folder_held(out) as created:  # one run at a time in the folder: another's is refused before anything here
+        state_path = out / RECON_STATE
+        before = state_path.stat().st_mtime_ns if state_path.is_file() else None
+        matrix: list[Path] = []  # the projector's matrix file, once the run knows it (named by the Ctrl-C line)
+        try:
             return _reconstruct(args, matrix)
-    except KeyboardInterrupt:
-        raise Interrupted(_interrupted_note(args, state_path, before, matrix)) from None
-    except Exception:
-        if new_folder and not state_path.is_file():  # nothing to resume: the matrix alone is hundreds of MiB
-            _remove_matrix(out)
-        raise
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted_note(args, state_path, before, matrix)) from None
+        except Exception:
+            if created is not None and not state_path.is_file():  # nothing to resume: the matrix is hundreds of MiB
+                _remove_matrix(out)
+            raise
 
 
 def _remove_matrix(out: Path) -> None:

@@ -46,12 +46,12 @@ def test_a_number_is_read_back_as_the_command_line_typed_it(monkeypatch):
     assert as_path_text(7, "cache_dir") == "7"  # not on the command line (an args file): the number's text
     assert as_path_text(None, "datalist") is None and as_path_text("runs/a", "output_dir") == "runs/a"
     assert as_path_text(True, "seg_dir") is True and as_path_text(["a", 1], "images") == ["a", 1]  # not typed
-    # Python's words typed as folder names: MONAI reads them as True, None and a list (None became the default
-    # folder, True and the list a TypeError)
-    argv = argv[:3] + ["--output_dir", "True", "--dataset_dir", "None", "--cache_dir", "[a,b]"]
+    # Python's words typed as folder names: MONAI reads them as True and a list (a TypeError then); None stays None
+    # (--cache_dir None: no disk cache)
+    argv = argv[:3] + ["--output_dir", "True", "--cache_dir", "None", "--dataset_dir", "[a,b]"]
     monkeypatch.setattr("sys.argv", argv)
-    assert as_path_text(True, "output_dir") == "True" and as_path_text(None, "dataset_dir") == "None"
-    assert as_path_text(["a", "b"], "cache_dir") == "[a,b]"
+    assert as_path_text(True, "output_dir") == "True" and as_path_text(None, "cache_dir") is None
+    assert as_path_text(["a", "b"], "dataset_dir") == "[a,b]"
     monkeypatch.setattr("sys.argv", ["pytest", "--output_dir", "2024_01"])  # not a bundle run: the flags are not its
     assert as_path_text(202401, "output_dir") == "202401"
 

@@ -101,3 +101,28 @@ def test_a_training_bundle_refuses_an_output_dir_another_run_holds(tmp_path, oth
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: FolderInUse: --output_dir {folder}: another run is writing into it"), run.stderr[-2000:]
     assert list(folder.iterdir()) == []
+
+
+def test_one_folder_under_two_spellings_is_one_hold_and_a_forked_child_keeps_no_lock(tmp_path):
+    """A folder held again through a link or ``..`` was a second lock the process refused itself with; a child forked
+    while a command held its folder (a data loader worker) kept the lock after the command let it go."""
+    real = tmp_path / "real"
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    with folder_held(real):
+        with folder_held(tmp_path / "link"), folder_held(tmp_path / "x" / ".." / "real"):
+            pass
+    assert not (tmp_path / "x").exists()
+    code = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        from medgmae.folder_lock import folder_held
+        with folder_held({str(real)!r}):
+            child = os.fork()
+            if child == 0:
+                time.sleep(5)
+                os._exit(0)
+        probe = "from medgmae.folder_lock import hold_folder; hold_folder({str(real)!r}); print('taken')"
+        print(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip())
+        os.kill(child, 9)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "taken", run.stderr[-2000:]

@@ -41,3 +41,15 @@ def test_gvit_refuses_what_the_masked_autoencoders_refuse():
     for bad, said in cases:
         with pytest.raises(ValueError, match=said):
             model(bad)
+
+
+def test_a_resize_or_noise_overshooting_the_0_1_scale_a_little_is_clipped_as_before():
+    """A bicubic resize of a 0-1 image reaches -0.16 to 1.10, noise slightly beyond 0 and 1: those are clipped, as
+    they always were; 1.2 is not called an 8-bit image."""
+    x = np.clip(np.random.default_rng(1).normal(0.5, 0.4, (1, 12, 12)), 0, 1).astype(np.float32)
+    over = x * 1.26 - 0.16
+    out = to_model_input(over, 1, (12, 12))
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+    with pytest.raises(ValueError) as e:
+        to_model_input(x * 3.0 - 1.0, 1, (12, 12))
+    assert "divide by 255" not in str(e.value)

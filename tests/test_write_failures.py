@@ -103,3 +103,28 @@ def test_a_tool_without_room_for_its_output_says_so_in_one_line(tmp_path, simula
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith(said) and "Nothing of it was kept" in last and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert set(tmp_path.iterdir()) == before
+
+
+def test_a_write_failure_in_a_data_loader_worker_is_said_in_one_line():
+    """A cache file written in a loader worker (epoch 1 of a run, where a full disk most likely shows): PyTorch
+    raises a copy of the error built from its text alone, without ``strerror``, and the bundle's last line was
+    ``error: None``; it is the worker's message."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from medgmae.files import os_error_message
+
+    class FullDisk(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise write_failure("/cache/abc.pt", OSError(errno.ENOSPC, "No space left on device"))
+
+    with pytest.raises(OutputWriteError) as e:
+        next(iter(DataLoader(FullDisk(), num_workers=1)))
+    assert e.value.strerror is None  # the copy PyTorch made
+    said = os_error_message(e.value)
+    assert said == ("/cache/abc.pt could not be written (No space left on device): is the disk or your quota full, or "
+                    "a file-size limit (ulimit -f) set? Nothing of it was kept"), str(e.value)
+    assert torch.utils.data.get_worker_info() is None

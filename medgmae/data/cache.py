@@ -7,7 +7,9 @@ run or rank loads that file and applies only the random crops and augmentations,
 processes. The file is read memory-mapped (``torch.load(mmap=True)``): a random crop is a view of the mapping, so
 an item drawn as two 96^3 crops of a 75 MB volume reads the pages those crops touch rather than the whole file,
 and ranks on one host share the pages (``bench/data.py`` measures it against a whole read; the mapping is
-private, so no transform can write to the file). The cache lives in a sub-folder of ``cache_root`` named by a hash of the pre-processing record (the
+private, so no transform can write to the file). A mapped file cut short while in use (copied over in place,
+replaced by another host on a network file system) ends the process with SIGBUS, which no error handling catches:
+``MEDGMAE_CACHE_MMAP=0`` in the environment reads the files whole, as before. The cache lives in a sub-folder of ``cache_root`` named by a hash of the pre-processing record (the
 :class:`~medgmae.preprocessing.PreprocessingSpec` and a description of the deterministic transforms), so changing
 the spacing or the HU window starts a new cache instead of reusing stale arrays. Each item's file name hashes its
 paths with the size and modification time of its files, so an edited volume is pre-processed again.
@@ -205,7 +207,7 @@ def _compact(obj: Any) -> Any:
         return obj.clone(memory_format=torch.contiguous_format) if obj.untyped_storage().nbytes() > obj.nbytes else obj
     if isinstance(obj, Mapping):
         return {k: _compact(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if type(obj) in (list, tuple):  # (a named tuple or another sequence type is kept as it is)
         return type(obj)(_compact(v) for v in obj)
     return obj
 
@@ -255,4 +257,5 @@ def training_dataset(
     left = remove_dead_writers_files(folder, "*.pt")
     if left:
         logger.info("removed %s that killed runs left half-written in %s", plural(len(left), "cache file"), folder)
-    return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=record)
+    mmap = os.environ.get("MEDGMAE_CACHE_MMAP", "1").strip() != "0"  # see the module docstring
+    return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=record, mmap=mmap)

@@ -329,8 +329,10 @@ def read_reference(
     return mask
 
 
-#: How far beyond ``[0, 1]`` :func:`to_model_input` takes values (rounding of a caller's own scaling).
-SCALE_SLACK = 1e-3
+#: How far beyond ``[0, 1]`` :func:`to_model_input` takes values (clipped, as before): the overshoot of a bicubic
+#: resize (measured: -0.16 to 1.10 of a 0-1 image) or of noise added to a 0-1 image; beyond it the image is on
+#: another scale (8-bit, HU).
+SCALE_SLACK = 0.5
 
 
 def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:
@@ -338,8 +340,9 @@ def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequen
     area/bilinear resize (:func:`read_image` reads files onto that scale).
 
     RGB to grey uses ITU-R 601 luma weights; grey to RGB repeats the channel. ``ValueError`` for another layout
-    (naming the transpose or new axis that gives this one), NaN, or values off the 0-1 scale (an 8-bit image not
-    divided by 255, a CT slice in HU: they were clipped to 0 and 1 without a word).
+    (naming the transpose or new axis that gives this one), NaN, or values on another scale (more than
+    :data:`SCALE_SLACK` beyond 0-1: an 8-bit image not divided by 255, a CT slice in HU, which were clipped to 0 and
+    1 without a word); a smaller overshoot (a resize's, noise's) is clipped.
     """
     x = torch.as_tensor(np.asarray(image, dtype=np.float32)).float()
     if x.dim() != 3 or x.shape[0] not in (1, 3):
@@ -349,7 +352,8 @@ def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequen
     if not torch.isfinite(x).all():
         raise ValueError("the image holds NaN or infinite values")
     if x.numel() and (float(x.min()) < -SCALE_SLACK or float(x.max()) > 1 + SCALE_SLACK):
-        hint = "; an 8-bit image: divide by 255" if float(x.max()) <= 255 and float(x.min()) >= 0 else ""
+        whole = float(x.min()) >= 0 and 2 < float(x.max()) <= 255 and bool((x == x.round()).all())
+        hint = "; an 8-bit image: divide by 255" if whole else ""
         raise ValueError(f"image values must be on the 0-1 scale, got {float(x.min()):.4g} to {float(x.max()):.4g}{hint} "
                          "(medgmae.twod.images.read_image reads files onto it; a CT slice: its window, as "
                          "medgmae-2d --window maps it)")  # fmt: skip

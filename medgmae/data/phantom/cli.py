@@ -14,6 +14,7 @@ from medgmae.data.phantom.generator import DEFAULT_SHAPE, DEFAULT_SPACING, shape
 from medgmae.data.phantom.writer import write_phantom_dataset
 from medgmae.files import output_dir_problem
 from medgmae.folder_lock import FolderInUse, folder_held
+from medgmae.write_failures import OutputWriteError
 
 __all__ = ["build_parser", "default_num_validation", "main"]
 
@@ -89,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(f"--out: {e}")
     except (MemoryError, OSError) as e:  # what this run created is removed (write_phantom_dataset)
-        print(f"{parser.prog}: error: generating the phantoms failed ({type(e).__name__}: {e}); what this run had "
-              f"written to {out} was removed", file=sys.stderr)  # fmt: skip
+        why = e.said if isinstance(e, OutputWriteError) else f"{type(e).__name__}: {e}"
+        print(f"{parser.prog}: error: generating the phantoms failed ({why}); what this run had written to {out} "
+              "was removed", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:  # as above: what this run created is removed
         print(f"\n{parser.prog}: interrupted: what this run had written to {out} was removed", file=sys.stderr)
