@@ -202,7 +202,7 @@ class DiskCacheDataset(PersistentDataset):
 def _compact(obj: Any) -> Any:
     """``obj`` with each tensor that is a view of a larger storage copied into its own: ``torch.save`` writes a
     tensor's whole storage, so a foreground crop (a view of the resampled volume) would store the voxels it cut
-    away too (measured: 9.1 MB for a 4.4 MB crop)."""
+    away too."""
     if isinstance(obj, torch.Tensor):
         return obj.clone(memory_format=torch.contiguous_format) if obj.untyped_storage().nbytes() > obj.nbytes else obj
     if isinstance(obj, Mapping):

@@ -330,8 +330,7 @@ def read_reference(
 
 
 #: How far beyond ``[0, 1]`` :func:`to_model_input` takes values (clipped, as before): the overshoot of a bicubic
-#: resize (measured: -0.16 to 1.10 of a 0-1 image) or of noise added to a 0-1 image; beyond it the image is on
-#: another scale (8-bit, HU).
+#: resize or of noise added to a 0-1 image; beyond it the image is on another scale (8-bit, HU).
 SCALE_SLACK = 0.5
 
 
