@@ -53,3 +53,10 @@ def test_a_resize_or_noise_overshooting_the_0_1_scale_a_little_is_clipped_as_bef
     with pytest.raises(ValueError) as e:
         to_model_input(x * 3.0 - 1.0, 1, (12, 12))
     assert "divide by 255" not in str(e.value)
+
+
+
+def test_gvit_takes_grey_or_rgb_images_only():
+    """``GViT(in_channels=2)`` was built though no image the toolkit reads has two channels."""
+    with pytest.raises(ValueError, match=r"in_channels must be 1 \(grey\) or 3 \(RGB\), got 2"):
+        GViT(2, 16, 2, num_gaussians=6, patch_size=4)

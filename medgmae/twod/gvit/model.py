@@ -64,6 +64,8 @@ class GViT(nn.Module):
         classifier_freqs: int = CLASSIFIER_FREQS,
     ) -> None:
         super().__init__()
+        if in_channels not in (1, 3):  # the images it reads (medgmae.twod.images) are grey or RGB
+            raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
         p = vit_preset(model_size)
         self.model_size = model_size
         self.encoder = DenoisingGaussianEncoder(
