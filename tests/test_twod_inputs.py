@@ -60,3 +60,17 @@ def test_gvit_takes_grey_or_rgb_images_only():
     """``GViT(in_channels=2)`` was built though no image the toolkit reads has two channels."""
     with pytest.raises(ValueError, match=r"in_channels must be 1 \(grey\) or 3 \(RGB\), got 2"):
         GViT(2, 16, 2, num_gaussians=6, patch_size=4)
+
+
+
+def test_figure_ground_refuses_a_split_that_separates_nothing():
+    """A split past the last layer gave an all-background mask, a negative one an all-foreground one, silently."""
+    from medgmae.twod import layering as L
+
+    assignment = torch.tensor([[[0, 1], [2, 3]]])
+    assert L.figure_ground(assignment, 2, num_layers=4).tolist() == [[[False, False], [True, True]]]
+    for split, said in ((9, r"split must be in 0\.\.3, got 9"), (-1, r"split must be in 0\.\.3, got -1")):
+        with pytest.raises(ValueError, match=said):
+            L.figure_ground(assignment, split, num_layers=4)
+    with pytest.raises(ValueError, match=r"split must be in 0 or more, got -1"):
+        L.figure_ground(assignment, -1)

@@ -284,7 +284,7 @@ def _run_segment(
         reference = torch.nn.functional.interpolate(ref[None, None], size=size, mode="nearest-exact")[0, 0] > 0
     g = model.predict_gaussians(x)
     assignment = L.layer_assignment(L.cumulative_renders(g, args.num_layers, size, args.backend), args.threshold)[0].cpu()
-    fg = L.figure_ground(assignment, split)
+    fg = L.figure_ground(assignment, split, args.num_layers)
     summary = {"num_layers": args.num_layers, "threshold": args.threshold, "split": split,
                "foreground_fraction": float(fg.float().mean()), "render_size": list(size)}  # fmt: skip
     if reference is not None:

@@ -178,8 +178,22 @@ def layer_assignment(cumulative: Tensor, threshold: float = 0.05) -> Tensor:
     return torch.where(changed, layer, torch.full_like(layer, -1)).amax(1)
 
 
-def figure_ground(assignment: Tensor, split: int) -> Tensor:
-    """Foreground mask ``(B, H, W)`` bool: pixels assigned to layer ``split`` or a farther one."""
+def figure_ground(assignment: Tensor, split: int, num_layers: int | None = None) -> Tensor:
+    """Foreground mask ``(B, H, W)`` bool: pixels assigned to layer ``split`` or a farther one.
+
+    Args:
+        assignment: :func:`layer_assignment`'s ``(B, H, W)`` layer per pixel (``-1``: none).
+        split: the first foreground layer, ``0 <= split`` (a negative one makes every pixel foreground, one past the
+            last layer none).
+        num_layers: the layers ``assignment`` came from; when given, ``split`` must be below it (as ``medgmae-2d
+            segment --split`` must).
+
+    Raises:
+        ValueError: ``split`` negative, or not below ``num_layers``.
+    """
+    if int(split) < 0 or (num_layers is not None and int(split) >= int(num_layers)):
+        upper = f"..{int(num_layers) - 1}" if num_layers is not None else " or more"
+        raise ValueError(f"split must be in 0{upper}, got {split}")
     return assignment >= int(split)
 
 
