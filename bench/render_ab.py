@@ -24,12 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(table: str) -> dict:
-    """``{(case, K, path): (fwd ms, fwd+bwd ms)}`` from a ``bench/render.py`` markdown table."""
-    out = {}
+    """``{(case, K, path): (fwd ms, fwd+bwd ms)}`` from a ``bench/render.py`` markdown table, read by its header's
+    column names (on a GPU it has more columns than on the CPU: peak memory, the ratios to the floor)."""
+    out, columns = {}, None
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 12 and cells[0] in ("dense", "sparse"):
-            out[(cells[0], cells[2], cells[7])] = (float(cells[8]), float(cells[9]))
+        if cells and cells[0] == "case":
+            columns = {name: i for i, name in enumerate(cells)}
+        elif columns and len(cells) == len(columns) and cells[0] in ("dense", "sparse"):
+            out[(cells[0], cells[columns["K"]], cells[columns["backend"]])] = (
+                float(cells[columns["fwd ms"]]), float(cells[columns["fwd+bwd ms"]]))  # fmt: skip
+    if table.strip() and not out:
+        raise ValueError(f"no rows read from bench/render.py's table (its columns changed?):\n{table[:500]}")
     return out
 
 
