@@ -80,8 +80,10 @@ def run(args, datalist: Path, out: Path, shared: bool) -> tuple[int, float, floa
     threads = max(1, (os.cpu_count() or 1) // args.processes)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", env=env)
-    if proc.returncode != 0:
-        sys.exit(f"the {'shared' if shared else 'all'} run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    if proc.returncode != 0:  # the bundle's own "error:" lines say why; torchrun's summary comes after them
+        said = [line for line in proc.stderr.splitlines() if line.startswith(("error:", "rank "))]
+        sys.exit(f"the {'shared' if shared else 'all'} run failed:\n" + ("\n".join(said[-5:]) if said else
+                 f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"))  # fmt: skip
     found = LINE.findall(proc.stdout + proc.stderr)
     if not found:
         sys.exit(f"no validation line in the log of {out}")
@@ -90,7 +92,14 @@ def run(args, datalist: Path, out: Path, shared: bool) -> tuple[int, float, floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() < args.processes:
+            parser.error(f"--device {args.device}: one GPU per process, {args.processes} processes, "
+                         f"{torch.cuda.device_count()} GPUs here")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         datalist = write_cases(Path(tmp), args.cases, args.size)
         print(f"{args.cases} validation cases of {args.size[0]}x{args.size[1]}x{args.size[2]}, {args.processes} "
