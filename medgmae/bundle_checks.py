@@ -96,8 +96,8 @@ def check_settings(
     if not any(line.startswith("--output_dir ") for line in folders):  # a folder that cannot be looked up is not read
         folders += _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)
-    if run_kinds and dirs.get("output_dir") and command is not None and is_main_process():
-        hold_folder(dirs["output_dir"])  # one training run at a time in its folder (a bundle's command line's)
+    if run_kinds and dirs.get("output_dir") and command is not None and not torchrun and is_main_process():
+        hold_folder(dirs["output_dir"])  # one training run at a time in its folder (multi-process: hold_run_folder)
     _warn_unused(command, unused_phantom_keys, unused_keys or {})
     return True
 

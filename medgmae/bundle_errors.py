@@ -53,7 +53,13 @@ def on_sigterm(signum, frame) -> None:
             _kill_by_sigterm()
         return
     _FIRST_SIGTERM.append(now)
+    if _EXITING:  # the run's stop is reported and the process is ending (torchrun signals the ranks left): no
+        return  # exception into the exit's own callbacks ("Exception ignored in atexit callback")
     raise Terminated()
+
+
+#: Set by the error hook as it starts: the run has stopped and the process is on its way out.
+_EXITING: list[bool] = []
 
 
 #: Set by the error hook when the run stopped on SIGTERM: the process then ends by SIGTERM (:func:`_end_by_sigterm`).
@@ -75,6 +81,7 @@ def catch_sigterm() -> Any:
     """Install :func:`on_sigterm` (from the main thread), its grace period not yet started, and :func:`on_sigint`
     where Ctrl-C has Python's own handler; returns the SIGTERM handler it replaces."""
     _FIRST_SIGTERM.clear()
+    _EXITING.clear()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, on_sigint)
     return signal.signal(signal.SIGTERM, on_sigterm)
@@ -341,6 +348,7 @@ def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume:
     """The ``sys.excepthook`` :func:`summarise_errors` installs, calling ``previous`` for the traceback."""
 
     def hook(exc_type, exc, tb) -> None:
+        _EXITING.append(True)
         chain = _chain(exc) if isinstance(exc, BaseException) else []
         # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
         reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None

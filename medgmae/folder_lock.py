@@ -7,8 +7,8 @@ an advisory lock on its output folder itself (``flock`` on the folder's descript
 the lock goes with the process however it ends, SIGKILL included; children it forks do not keep it), and a second
 run into the folder is refused, naming the process that holds it where this host can tell (``/proc/locks``).
 
-Where it holds: the training bundles' ``output_dir`` (rank 0's, under torchrun, of a ``python -m monai.bundle``
-command line), ``medgmae-recon reconstruct`` and ``simulate``'s ``--out``, ``medgmae-phantom --out``.
+Where it holds: the training bundles' ``output_dir`` (of a ``python -m monai.bundle`` command line; under torchrun
+rank 0 holds it once the process group exists, :func:`hold_run_folder`, so that every rank stops on a refusal), ``medgmae-recon reconstruct`` and ``simulate``'s ``--out``, ``medgmae-phantom --out``.
 
 Reach: runs on one host always exclude each other. Across hosts it depends on the file system's ``flock`` of a
 folder: NFS takes it as a lock of the client host alone (runs on two nodes sharing an NFS folder are not kept
@@ -32,7 +32,7 @@ try:
 except ImportError:  # Windows: no flock, no guard
     fcntl = None
 
-__all__ = ["FolderInUse", "hold_folder", "folder_held", "release_folder"]
+__all__ = ["FolderInUse", "hold_folder", "hold_run_folder", "folder_held", "release_folder"]
 
 logger = logging.getLogger("medgmae")
 
@@ -62,6 +62,15 @@ def hold_folder(folder: str | os.PathLike, flag: str = "--output_dir") -> None:
     """
     if created := _lock(folder, flag):
         atexit.register(_remove_if_empty, Path(_key(folder)), created)
+
+
+def hold_run_folder(folder: str | os.PathLike, flag: str = "--output_dir") -> None:
+    """:func:`hold_folder` by rank 0 of a multi-process run, once its process group exists: when rank 0 cannot hold
+    it, every rank stops with :class:`FolderInUse` (:func:`medgmae.distributed.main_process_only`; the others waited
+    in the process group's start for a rank 0 that had left, until torchrun killed them)."""
+    from medgmae.distributed import main_process_only
+
+    main_process_only(lambda: hold_folder(folder, flag), FolderInUse)
 
 
 def release_folder(folder: str | os.PathLike) -> None:
@@ -188,4 +197,5 @@ def _holder(path: Path) -> str:
         cmd = " ".join(Path(f"/proc/{pids[0]}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
     except OSError:
         return ""
-    return f" (process {pids[0]}{': ' + cmd[:200] if cmd else ''})"
+    cmd = cmd if len(cmd) <= 300 else cmd[:297] + "..."
+    return f" (process {pids[0]}{': ' + cmd if cmd else ''})"

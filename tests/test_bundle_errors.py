@@ -343,3 +343,16 @@ def test_a_data_loader_workers_error_ends_with_the_workers_reason_on_every_rank(
     refusal = "from medgmae.data.datalist import DatasetError\n" + refusal
     proc, lines = _under_the_hook(refusal)
     assert lines == [f"error: {said.replace('ValueError', 'DatasetError')} (in DataLoader worker process 0)"], proc.stderr[-2000:]
+
+
+def test_a_sigterm_while_a_stopped_run_exits_raises_nothing_into_the_exit():
+    """torchrun sends SIGTERM to the ranks still running when one fails: a rank that had reported its own error and
+    was running its exit callbacks got the handler's exception inside one (``Exception ignored in atexit callback
+    ... Terminated``); the stop is reported, so the signal is taken as the start of the grace period."""
+    body = ("import atexit, os, signal, time\n"
+            "def late():\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.2)\n"
+            "atexit.register(late)\n"
+            "raise ValueError(\"the run's own error\")\n")  # fmt: skip
+    proc, lines = _under_the_hook(body, runner=True)
+    assert lines[-1] == "ValueError: the run's own error", proc.stderr[-2000:]
+    assert "Exception ignored" not in proc.stderr and "Terminated" not in proc.stderr, proc.stderr[-2000:]

@@ -126,3 +126,25 @@ def test_one_folder_under_two_spellings_is_one_hold_and_a_forked_child_keeps_no_
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.stdout.strip() == "taken", run.stderr[-2000:]
+
+
+def test_every_torchrun_rank_stops_at_once_on_a_folder_another_run_holds(tmp_path, other_run):
+    """Rank 0 alone tried the lock, before the process group: the other rank waited in the group's start for a rank
+    0 that had left, until torchrun killed it 30 s later (SIGKILL in its summary). Rank 0 now holds the folder once
+    the group exists and every rank stops with the refusal."""
+    import time
+
+    from pretrain_helpers import MULTI, SMALL
+
+    folder = tmp_path / "pretrain"
+    other_run(folder)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
+           "run", "training", "--config_file", MULTI, *SMALL, "--max_epochs", "1", "--output_dir", str(folder)]  # fmt: skip
+    start = time.monotonic()
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert run.returncode != 0
+    assert f"error: FolderInUse: --output_dir {folder}: another run is writing into it" in run.stderr, run.stderr[-3000:]
+    assert "rank 1 stopped: FolderInUse: --output_dir" in run.stderr and "forcefully" not in run.stderr, run.stderr[-3000:]
+    assert time.monotonic() - start < 30 + 60  # no 30 s wait for torchrun's kill on top of the start-up
+    assert list(folder.iterdir()) == []
