@@ -52,9 +52,13 @@ def main() -> None:
     from medgmae.engine import MetricHistory
     from medgmae.mae_training import MaskedValidationHandler, ValidationPictureHandler, build_model
 
+    from medgmae.engine import resolve_device
+
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: PyTorch sees no CUDA device here")
+    try:
+        device = resolve_device(device) if device.type == "cuda" else device  # one that exists
+    except ValueError as e:
+        parser.error(f"--device: {e}")
     torch.manual_seed(0)
     model = build_model("medgmae", "tiny", img_size=args.roi, patch_size=12, num_gaussians=args.num_gaussians).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4)

@@ -120,7 +120,7 @@ def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError:
             return None
-        if not _locked(fd, path, flag, created):
+        if not _locked(fd, path, flag):
             return created
         if _same_file(fd, path):
             _HELD[key] = fd
@@ -133,7 +133,7 @@ def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
     return created
 
 
-def _locked(fd: int, path: Path, flag: str, created: Path | None) -> bool:
+def _locked(fd: int, path: Path, flag: str) -> bool:
     """``flock`` ``fd`` (the folder at ``path``); ``False`` (``fd`` closed) on a file system without it, and
     :class:`FolderInUse` when another process holds it."""
     try:

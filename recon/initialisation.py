@@ -32,6 +32,7 @@ from torch import Tensor
 from medgmae.gaussians import Gaussians3D
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
 from medgmae.render import render_volume
+from recon.projectors.base import as_tensor
 
 __all__ = [
     "MU_WATER",
@@ -67,8 +68,7 @@ def mu_to_hu(mu, mu_water: float = MU_WATER):
 
 def _check_volume(fbp_volume: Tensor | np.ndarray) -> Tensor:
     """The FBP volume as a float32 tensor (a NumPy array converted); ``ValueError`` for another rank or NaN / Inf."""
-    if isinstance(fbp_volume, np.ndarray):
-        fbp_volume = torch.from_numpy(np.asarray(fbp_volume, dtype=np.float32))
+    fbp_volume = as_tensor(fbp_volume)
     if not isinstance(fbp_volume, Tensor):
         raise ValueError(f"the FBP volume must be a (D, H, W) tensor or NumPy array, got {type(fbp_volume).__name__}")
     if fbp_volume.dim() != 3:

@@ -15,8 +15,9 @@ from torch import Tensor
 
 from medgmae.gaussians import Gaussians3D
 from recon.geometry import CTGeometry
+from recon.projectors.base import as_tensor
 
-__all__ = ["checked_inputs", "outside_share"]
+__all__ = ["checked_inputs"]
 
 logger = logging.getLogger("recon")
 
@@ -25,32 +26,25 @@ OUTSIDE_WARNING = 0.05
 
 
 def _tensor(value: Any, name: str) -> Tensor:
-    """``value`` as a tensor (a NumPy array or nested list converted, float32); ``TypeError`` for anything else."""
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (np.ndarray, list, tuple)):
-        return torch.as_tensor(np.asarray(value, dtype=np.float32))
-    raise TypeError(f"{name} must be a tensor or a NumPy array, got {type(value).__name__}")
-
-
-def outside_share(init: Gaussians3D, shape: tuple[int, ...]) -> float:
-    """The share of ``init``'s centres (voxel indices ``(z, y, x)`` of the grid) outside the ``shape`` grid, whose
-    voxels span ``[-0.5, n - 0.5]`` along each axis."""
-    means = init.means[0].detach().float().cpu()
-    upper = torch.tensor(shape, dtype=torch.float32) - 0.5
-    inside = ((means >= -0.5) & (means <= upper)).all(dim=1)
-    return 1.0 - float(inside.float().mean())
+    """``value`` as a tensor (a NumPy array or nested list converted, float32: :func:`recon.projectors.base.as_tensor`);
+    ``TypeError`` for anything else."""
+    value = as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor or a NumPy array, got {type(value).__name__}")
+    return value
 
 
 def _check_start(init: Gaussians3D, shape: tuple[int, ...]) -> None:
-    """``ValueError`` for a start none of whose Gaussians lies in the grid; a warning when more than
+    """``ValueError`` for a start none of whose Gaussians lies in the ``shape`` grid (its voxels span ``[-0.5, n -
+    0.5]`` along each axis, centres in voxel indices ``(z, y, x)``); a warning when more than
     :data:`OUTSIDE_WARNING` of them lie outside it."""
     if not isinstance(init, Gaussians3D):
         raise TypeError(f"init must be a Gaussians3D (recon.initialisation builds one), got {type(init).__name__}")
     if init.batch_size != 1 or init.num_gaussians < 1:
         raise ValueError(f"init must hold one set (B=1) of at least one Gaussian, got B={init.batch_size}, K={init.num_gaussians}")
-    share = outside_share(init, shape)
-    means = init.means[0].detach().float()
+    means = init.means[0].detach().float().cpu()
+    inside = ((means >= -0.5) & (means <= torch.tensor(shape, dtype=torch.float32) - 0.5)).all(dim=1)
+    share = 1.0 - float(inside.float().mean())
     span = f"their centres span {means.amin(0).tolist()} to {means.amax(0).tolist()}"
     where = f"voxel indices (z, y, x) of the {tuple(shape)} grid are expected, not world millimetres or (x, y, z)"
     if share == 1.0:
@@ -73,8 +67,10 @@ def checked_inputs(
         a start outside the grid, a CUDA device where there is none.
     """
     device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: PyTorch sees no CUDA device here; give device='cpu'")
+    if device.type == "cuda":  # one that exists (the toolkit's check and words; other kinds are torch's to judge)
+        from medgmae.engine import resolve_device
+
+        device = resolve_device(device)
     projections = _tensor(projections, "projections")
     geometry.check_projections(tuple(projections.shape))
     if not torch.isfinite(projections).all():

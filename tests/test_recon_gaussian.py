@@ -230,7 +230,7 @@ def test_numpy_inputs_are_taken_and_a_start_off_the_grid_is_refused_or_warned_ab
         GaussianReconstructor(p, proj, Gaussians3D(half, init.scales, init.quats, init.intensities), cfg)
     assert any("50 % of the" in r.getMessage() and "outside the volume" in r.getMessage() for r in caplog.records)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="PyTorch sees no CUDA device here"):
+        with pytest.raises(ValueError, match="device 'cuda' was requested but CUDA is not available on this machine"):
             GaussianReconstructor(p, proj, init, cfg, device="cuda")
     with pytest.raises(TypeError, match="projections must be a tensor or a NumPy array, got str"):
         GaussianReconstructor(p, "proj.npy", init, cfg)

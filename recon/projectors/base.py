@@ -8,7 +8,7 @@ from torch import Tensor
 
 from recon.geometry import CTGeometry
 
-__all__ = ["Projector", "ForwardProjection", "BackProjection"]
+__all__ = ["Projector", "ForwardProjection", "BackProjection", "as_tensor"]
 
 
 class ForwardProjection(torch.autograd.Function):
@@ -82,7 +82,7 @@ class Projector:
         Returns:
             ``(B, V, rows, cols)`` (or ``(V, rows, cols)``) line integrals.
         """
-        volume = _as_tensor(volume)
+        volume = as_tensor(volume)
         squeeze = volume.dim() == 3
         x = volume.unsqueeze(0) if squeeze else volume
         if x.dim() != 4 or tuple(x.shape[1:]) != self.geometry.volume_shape:
@@ -100,7 +100,7 @@ class Projector:
         Returns:
             ``(B, D, H, W)`` (or ``(D, H, W)``).
         """
-        proj = _as_tensor(proj)
+        proj = as_tensor(proj)
         squeeze = proj.dim() == 3
         y = proj.unsqueeze(0) if squeeze else proj
         v = self._views(views, y.device)
@@ -113,6 +113,7 @@ class Projector:
     __call__ = forward
 
 
-def _as_tensor(x: Tensor | np.ndarray) -> Tensor:
-    """A volume or projections as given to a projector: a NumPy array becomes a float32 tensor (on the CPU)."""
+def as_tensor(x: Tensor | np.ndarray) -> Tensor:
+    """A volume or projections as recon's functions take them: a NumPy array becomes a float32 tensor (on the CPU),
+    anything else is returned as it is (for the caller's own check)."""
     return torch.from_numpy(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x

@@ -125,7 +125,7 @@ def cached_matrix_projector(
     try:
         note = save_matrix(projector, folder, shared)
     except OutputWriteError as e:  # a cache: the run goes on with the matrix it built
-        note = f"the matrix was not saved, later runs build it again: {e.strerror}"
+        note = f"the matrix was not saved, later runs build it again: {e.said}"
     return projector, removed + (f"{path} not used: {why}; " if why else "") + note
 
 
