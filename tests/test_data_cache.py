@@ -174,3 +174,27 @@ def test_mapping_the_cache_files_can_be_turned_off(tmp_path, monkeypatch):
     assert training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict()).mmap is True
     monkeypatch.setenv("MEDGMAE_CACHE_MMAP", "0")
     assert training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict()).mmap is False
+
+
+def test_a_mapped_cache_item_keeps_the_pre_processed_affine_of_an_oblique_anisotropic_volume(tmp_path):
+    """With metadata kept (fine-tuning's validation, segmentation), the compacted, memory-mapped cache item is the
+    pre-processed volume of an oblique, anisotropic scan with its affine, as a direct pre-processing gives them."""
+    from monai.transforms import CropForegroundd
+
+    from data_helpers import rotation
+
+    vol = np.full((20, 18, 16), -1000.0, np.float32)
+    vol[5:12, 4:10, 3:9] = np.random.default_rng(1).normal(300, 50, (7, 6, 6))
+    affine = np.eye(4)
+    affine[:3, :3] = rotation(3) @ np.diag([0.8, 1.1, 2.5])
+    affine[:3, 3] = [12.0, -40.0, 7.5]
+    items = [{"image": nifti_file(tmp_path / "v.nii.gz", vol, affine)}]
+    spec = PreprocessingSpec(spacing=(1.0, 1.2, 2.0), input_size=4, patch_size=2)
+    head = Compose([LoadVolumed("image"), *spec.transforms(["image"]), CropForegroundd("image", source_key="image")])
+    direct = head(dict(items[0]))["image"]
+    ds = training_dataset(items, head, tmp_path / "cache", spec=spec.to_dict(), track_meta=True)
+    ds[0]  # fills the cache
+    mapped = ds[0]["image"]
+    assert ds.mmap and torch.equal(mapped.as_tensor(), direct.as_tensor())
+    np.testing.assert_allclose(np.asarray(mapped.affine), np.asarray(direct.affine), atol=1e-6)
+    assert not np.allclose(np.asarray(direct.affine)[:3, :3], np.diag(np.diag(np.asarray(direct.affine)[:3, :3])))
