@@ -327,8 +327,22 @@ def _write_outputs(command: str, writers: dict[str, Callable[[Path], object]], o
                 old.unlink()
 
 
+def _error(command: str, message: str, status: int) -> int:
+    """Print ``medgmae-2d <command>: error: <message>`` on stderr and return ``status``."""
+    print(f"medgmae-2d {command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _os_error(command: str, e: OSError, status: int) -> int:
+    """:func:`_error` for an ``OSError`` :func:`~medgmae.files.os_error_message` can name; others are raised."""
+    if (message := os_error_message(e)) is None:
+        raise e
+    return _error(command, message, status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``medgmae-2d``; returns the exit status."""
+    """Entry point of ``medgmae-2d``; returns the exit status (2: an input refused; 1: a failure while running or
+    writing)."""
     args = expand_home(build_parser().parse_args(argv))  # exits with status 2 on nonsense flags
     try:
         _check_out(args.out)
@@ -342,23 +356,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["image"] = image
         writers[f"{args.command}.json"] = lambda p: save_json_atomic(summary, p)
     except (FileNotFoundError, ValueError) as e:
-        print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(args.command, str(e), 2)
     except OSError as e:  # an input path too long to look up (the output folder is checked first)
-        if (message := os_error_message(e)) is None:
-            raise
-        print(f"medgmae-2d {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _os_error(args.command, e, 2)
     except RuntimeError as e:
-        print(f"medgmae-2d {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return _error(args.command, str(e), 1)
     try:
         _write_outputs(args.command, writers, args.out)  # everything is computed: write each file atomically
     except OSError as e:  # no room left for them
-        if (message := os_error_message(e)) is None:
-            raise
-        print(f"medgmae-2d {args.command}: error: {message}", file=sys.stderr)
-        return 1
+        return _os_error(args.command, e, 1)
     print(f"medgmae-2d {args.command}: {_describe(image)}")
     print(f"medgmae-2d {args.command}: wrote {', '.join(writers)} to {args.out}")
     return 0
