@@ -76,6 +76,10 @@ class CTGeometry:
             docstring); finite, each under half the detector's extent along it. Note the order ``(u, v)`` =
             (column, row), as RTK orders its ``ProjectionOffsetX/Y``, unlike ``det_shape`` and ``det_spacing``. Or a
             list of one ``(u, v)`` per view (a flexmap; :meth:`offsets` gives the ``(views, 2)`` array either way).
+
+    The fields are checked together when the geometry is made, and cannot be set afterwards (a changed
+    ``volume_shape`` would no longer match the ``affine``, a changed ``angles`` the per-view offsets):
+    ``dataclasses.replace(geometry, field=value)`` makes a new, checked one.
     """
 
     kind: str
@@ -102,6 +106,15 @@ class CTGeometry:
         self.affine = affine_list(self.affine)
         self.det_offset = offset_field(self.det_offset)
         self.validate()
+        object.__setattr__(self, "_checked", True)
+
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_checked"):
+            raise AttributeError(
+                f"CTGeometry.{name} cannot be set once the geometry is made (its fields are checked together): make a "
+                f"new one with dataclasses.replace(geometry, {name}=...), which checks it"
+            )
+        object.__setattr__(self, name, value)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -467,3 +467,42 @@ def test_an_empty_file_a_broken_link_and_a_macos_resource_file_are_named_as_such
     fork.write_bytes(b"\x00\x05\x16\x07" + bytes(4092))  # an AppleDouble header, as macOS copies leave beside a file
     with pytest.raises(ValueError, match=r"cannot read the volume .* macOS '\._' resource file's, not an image's"):
         read_volume(fork)
+
+
+@pytest.mark.parametrize("unit, per_mm", [("meter", 1e-3), ("micron", 1e3)])
+def test_a_nifti_in_metres_or_micrometres_is_read_in_mm_as_itk_reads_it(tmp_path, caplog, unit, per_mm):
+    """nibabel (and so MONAI) take a NIfTI's numbers as they stand whatever its ``xyzt_units``; ITK, and 3D Slicer
+    with it, scales them to mm. The toolkit read a file in metres as a file in mm (voxels 1000 times too small) and
+    wrote its outputs in mm, 1000 times smaller than the input in a viewer and far from it. Oracle: SimpleITK."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from medgmae.data.reader import volume_grid
+
+    c, s = np.cos(0.4), np.sin(0.4)
+    mm = np.eye(4)
+    mm[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([0.7, 0.9, 2.5])
+    mm[:3, 3] = [-30.0, 50.0, 100.0]
+    stated = mm.copy()
+    stated[:3] *= per_mm  # the same frame in the file's unit
+    data = (np.arange(6 * 5 * 4).reshape(6, 5, 4) * 7 - 900).astype(np.int16)
+    img = nib.Nifti1Image(data, stated)
+    img.set_qform(stated, code=2)
+    img.set_sform(stated, code=4)
+    img.header.set_xyzt_units(unit, "sec")
+    path = tmp_path / f"in_{unit}.nii.gz"
+    nib.save(img, str(path))
+    itk = sitk.ReadImage(str(path))
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    oracle = np.eye(4)
+    oracle[:3, :3] = lps_to_ras @ np.asarray(itk.GetDirection()).reshape(3, 3) @ np.diag(itk.GetSpacing())
+    oracle[:3, 3] = lps_to_ras @ np.asarray(itk.GetOrigin())
+    with caplog.at_level("INFO", logger="medgmae.data.reader"):
+        vol = read_volume(path)
+    np.testing.assert_allclose(oracle, mm, atol=1e-6)  # the oracle is the frame in mm
+    np.testing.assert_allclose(vol.affine, oracle, atol=1e-6)
+    np.testing.assert_allclose(volume_grid(path)[1], oracle, atol=1e-6)  # the header-only reading too
+    np.testing.assert_allclose(vol.spacing, (0.7, 0.9, 2.5), rtol=1e-6)
+    np.testing.assert_array_equal(vol.array, data.astype(np.float32))
+    assert f"in_{unit}.nii.gz states its voxel sizes in" in caplog.text
+    assert "qform and sform" not in caplog.text  # the two frames, both scaled, still agree

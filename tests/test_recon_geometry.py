@@ -99,6 +99,22 @@ def test_load_names_the_field_of_a_non_number_or_fraction(tmp_path, field, value
     assert CTGeometry.load(path).voxel_size == (0.5,) * 3 and CTGeometry.load(path).det_spacing == (0.7, 0.7)
 
 
+def test_a_made_geometry_cannot_be_changed_but_replace_checks_a_new_one():
+    """A field set after construction skipped every check (a new volume_shape no longer matching the affine's
+    spacing went through); setting one is refused naming dataclasses.replace, which re-checks."""
+    import dataclasses
+
+    affine = np.diag([1.5, 1.0, 2.0, 1.0])  # (x, y, z) steps = voxel_size reversed
+    geom = CTGeometry.parallel((6, 8, 10), (2.0, 1.0, 1.5), num_angles=12, affine=affine)
+    with pytest.raises(AttributeError, match=r"CTGeometry.voxel_size cannot be set.*dataclasses.replace"):
+        geom.voxel_size = (1.0, 1.0, 1.0)
+    assert geom.voxel_size == (2.0, 1.0, 1.5)  # unchanged
+    with pytest.raises(ValueError, match="affine"):  # the same change through replace is checked
+        dataclasses.replace(geom, voxel_size=(1.0, 1.0, 1.0))
+    fewer = dataclasses.replace(geom, angles=geom.angles[:6])
+    assert fewer.num_views == 6 and geom.num_views == 12
+
+
 def test_check_projections():
     g = CTGeometry.parallel((2, 8, 8), 1.0, num_angles=5)
     g.check_projections((5, *g.det_shape))

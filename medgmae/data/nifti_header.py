@@ -1,5 +1,6 @@
 """Opening NIfTI files with the toolkit's checks of their header: a gzip file misnamed ``.nii``, a plain file named
-``.nii.gz``, a qform that places the voxels elsewhere than the sform, and a file that states no frame at all. Every
+``.nii.gz``, a qform that places the voxels elsewhere than the sform, a file that states no frame at all, and
+spatial units other than millimetres (read in mm, as ITK and 3D Slicer read them). Every
 NIfTI reader of the toolkit (3D volumes, 2D slices, projection stacks) opens files through :func:`load_nifti`."""
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+
+import numpy as np
 
 from medgmae.data.dicom_series import Refused
 from medgmae.data.grid import grid_offset_mm
@@ -22,7 +25,8 @@ def load_nifti(path: str | os.PathLike):
     recognise it), a file named ``.nii.gz`` that is not gzip-compressed is read as the plain NIfTI it is (as ITK
     and 3D Slicer read it; nibabel says "is not a gzip file"), a qform that places voxels elsewhere than the sform
     is warned about (the sform is used), and so is a file that states no frame at all (qform and sform codes 0:
-    nibabel's default frame is not ITK's).
+    nibabel's default frame is not ITK's). A file whose spatial unit (``xyzt_units``) is metres or micrometres is
+    returned in millimetres, the toolkit's unit (:func:`_in_mm`).
 
     Raises:
         Refused: a gzip-compressed file named ``.nii``.
@@ -42,9 +46,44 @@ def load_nifti(path: str | os.PathLike):
         img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_file_map({"image": nib.FileHolder(fileobj=stream)})
     else:
         img = nib.load(str(path))
+    _warn_if_no_frame(img, path)  # by the file's own codes (an image made in mm below states a frame)
+    img = _in_mm(img, path)  # before the frames are compared: their distance in mm
     _warn_if_frames_disagree(img, path)
-    _warn_if_no_frame(img, path)
     return img
+
+
+#: Millimetres per NIfTI spatial unit other than mm; "unknown" is taken as mm, as ITK takes it.
+MM_PER_UNIT = {"meter": 1000.0, "micron": 1e-3}
+
+
+def _in_mm(img, path: Path):
+    """``img`` with its voxel sizes, qform and sform in millimetres where its header states metres or micrometres
+    (the voxels are not read: the new image reads them through the same data proxy). nibabel and MONAI take the
+    numbers as they stand, whatever the unit; ITK, and so 3D Slicer, scales them to mm, and the toolkit writes mm:
+    a file stating 0.0007 m voxels would otherwise be read as 0.0007 mm ones, and its outputs drawn 1000 times
+    smaller than it and far from it in a viewer."""
+
+    space, time = img.header.get_xyzt_units()
+    scale = MM_PER_UNIT.get(space)
+    if scale is None:
+        return img
+    header = img.header.copy()
+    header.set_xyzt_units("mm", time)
+    zooms = list(header.get_zooms())
+    header.set_zooms([z * scale for z in zooms[:3]] + zooms[3:])
+    to_mm = np.diag([scale, scale, scale, 1.0])
+    for name in ("qform", "sform"):
+        affine, code = getattr(img, f"get_{name}")(coded=True)
+        if code:
+            getattr(header, f"set_{name}")(to_mm @ affine, int(code))
+    if str(path) not in _UNITS_NOTED:  # once per file: epochs read it again
+        _UNITS_NOTED.add(str(path))
+        logger.info("%s states its voxel sizes in %s: read in mm (x %g), as ITK and 3D Slicer read it", path,
+                    "metres" if space == "meter" else "micrometres", scale)
+    return type(img)(img.dataobj, header.get_best_affine(), header)
+
+
+_UNITS_NOTED: set[str] = set()
 
 
 def _warn_if_no_frame(img, path: Path) -> None:
@@ -89,6 +128,16 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
         if sheared and marked and grid_offset_mm(img.shape[:3], qform, nearest) <= FRAME_TOLERANCE_MM:
             return  # as the toolkit wrote it (a header kept by a later edit keeps the mark: the qform is compared)
         _FRAMES_WARNED.add(str(path))
+        if sheared and grid_offset_mm(img.shape[:3], qform, nearest) <= FRAME_TOLERANCE_MM:  # a converter's usual pair
+            logger.warning(
+                "%s: its sform is sheared (e.g. a gantry-tilted scan not resampled) and its qform is the nearest "
+                "unsheared frame, placing voxels up to %.3g mm apart; the sform is used (as by nibabel and MONAI). "
+                "3D Slicer and other ITK-based viewers show the qform, for this file and the volumes written from it "
+                "alike, but world positions the toolkit computes from it (Gaussian centres, PLY files) follow the sform "
+                "and can land that far from where those viewers show the voxels: resample the volume onto an unsheared "
+                "grid to avoid this", path, apart,
+            )  # fmt: skip
+            return
         advice = ("the sform is sheared (e.g. a gantry-tilted scan not resampled), which no qform can state: resample "
                   "the volume onto an unsheared grid to avoid this" if sheared else
                   "make the two agree, e.g. nibabel's img.set_qform(img.get_sform()), to avoid this")  # fmt: skip
