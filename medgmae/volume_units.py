@@ -117,19 +117,19 @@ def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
     if lo == hi:
         logger.warning("%s is constant (every voxel %g): an empty or blanked volume?", source, lo)
         return True
-    if looks_like_attenuation(array):
-        logger.warning(
-            "%s looks like linear attenuation in 1/mm (values %.4g .. %.4g), not a CT in HU: the model's HU window "
-            "[%g, %g] maps it to an almost constant input, so its output is meaningless; convert it with "
-            "HU = 1000 (mu / 0.0192 - 1)", source, lo, hi, a0, a1,
-        )
-        return True
-    values = looks_like_label_map(array)
+    values = looks_like_label_map(array)  # before attenuation: a 0/1 mask is in its range too
     if values:
         logger.warning(
             "%s looks like a label map (%d distinct integer values in %g .. %g), not a CT in HU: a segmentation "
             "listed as an image? The model's HU window [%g, %g] reads class indices as intensities", source,
             values, lo, hi, a0, a1,
+        )
+        return True
+    if looks_like_attenuation(array):
+        logger.warning(
+            "%s looks like linear attenuation in 1/mm (values %.4g .. %.4g), not a CT in HU: the model's HU window "
+            "[%g, %g] maps it to an almost constant input, so its output is meaningless; convert it with "
+            "HU = 1000 (mu / 0.0192 - 1)", source, lo, hi, a0, a1,
         )
         return True
     if _range_is_shifted_hu(lo, hi):  # the range read above: no other pass over the volume

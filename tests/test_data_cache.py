@@ -92,7 +92,7 @@ def test_the_disk_cache_removes_what_killed_writers_left(tmp_path, dead_pid, cap
 def test_ram_cache_is_an_option(tmp_path):
     from monai.data import CacheDataset
 
-    items = [{"image": nifti_file(tmp_path / "v.nii.gz", np.zeros((8, 8, 8), np.float32))}]
+    items = [{"image": nifti_file(tmp_path / "v.nii.gz", np.arange(512, dtype=np.float32).reshape(8, 8, 8))}]
     spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
     assert isinstance(training_dataset(items, _chain(spec), tmp_path / "cache", cache_rate=1.0), CacheDataset)
     assert not (tmp_path / "cache").exists()
@@ -169,7 +169,7 @@ def test_cache_files_are_read_memory_mapped_and_hold_only_their_crop(tmp_path):
 def test_mapping_the_cache_files_can_be_turned_off(tmp_path, monkeypatch):
     """``MEDGMAE_CACHE_MMAP=0`` reads the cache files whole (a cache that other hosts rewrite: a mapped file cut
     short is SIGBUS, not an error)."""
-    items = [{"image": nifti_file(tmp_path / "v.nii.gz", np.zeros((8, 8, 8), np.float32))}]
+    items = [{"image": nifti_file(tmp_path / "v.nii.gz", np.arange(512, dtype=np.float32).reshape(8, 8, 8))}]
     spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
     assert training_dataset(items, _chain(spec), tmp_path / "cache", spec=spec.to_dict()).mmap is True
     monkeypatch.setenv("MEDGMAE_CACHE_MMAP", "0")

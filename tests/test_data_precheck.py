@@ -19,6 +19,11 @@ from medgmae.mae_training import pretrain_split
 from data_helpers import nifti_file, truncate_file
 
 
+def _varied(shape: tuple, value: float) -> np.ndarray:
+    """A float32 volume of ``shape`` around ``value`` that is not constant (the pre-check refuses a blank one)."""
+    return (value + np.arange(int(np.prod(shape))) % 5).reshape(shape).astype(np.float32)
+
+
 def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
     folder = tmp_path / "vols"
     folder.mkdir()
@@ -55,7 +60,7 @@ def test_precheck_names_every_unusable_file_in_one_message(tmp_path):
 
 
 def test_precheck_ledger_reads_each_file_once(tmp_path, monkeypatch):
-    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(3)]
+    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", _varied((8, 8, 8), i))} for i in range(3)]
     reads = []
     real = precheck_mod.read_volume
     monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
@@ -64,7 +69,7 @@ def test_precheck_ledger_reads_each_file_once(tmp_path, monkeypatch):
     reads.clear()
     check_datalist(items, ledger_dir=tmp_path / "cache")
     assert reads == []  # checked before, unchanged
-    nifti_file(tmp_path / "v1.nii.gz", np.full((8, 8, 9), 7, np.float32))  # edited: new size
+    nifti_file(tmp_path / "v1.nii.gz", _varied((8, 8, 9), 7))  # edited: new size
     check_datalist(items, ledger_dir=tmp_path / "cache")
     assert reads == ["v1.nii.gz"]
     reads.clear()
@@ -79,7 +84,7 @@ def test_checks_of_other_settings_sharing_a_cache_keep_their_records(tmp_path, m
     as that record."""
     import json
 
-    cases = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.full((8, 8, 8), i, np.float32)),
+    cases = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", _varied((8, 8, 8), i)),
               "label": nifti_file(tmp_path / f"l{i}.nii.gz", np.zeros((8, 8, 8), np.uint8))} for i in range(2)]  # fmt: skip
     images = [{"image": c["image"]} for c in cases]
     reads = []
@@ -112,7 +117,7 @@ def test_checks_of_other_settings_sharing_a_cache_keep_their_records(tmp_path, m
     other = [{"settings": {**records[0]["settings"], "num_classes": n}, "passed": records[0]["passed"]} for n in range(3, 9)]
     older = {"settings": {**records[0]["settings"], "checks": 1}, "passed": records[0]["passed"]}
     path.write_text(json.dumps({"records": [older, *other]}), encoding="utf-8")
-    nifti_file(tmp_path / "v0.nii.gz", np.full((8, 8, 9), 3, np.float32))  # edited: read again, the ledger rewritten
+    nifti_file(tmp_path / "v0.nii.gz", _varied((8, 8, 9), 3))  # edited: read again, the ledger rewritten
     check_datalist(images, ledger_dir=tmp_path / "cache")
     kept = json.loads(path.read_text(encoding="utf-8"))["records"]
     assert [r["settings"].get("num_classes") for r in kept] == [5, 6, 7, 8, None]
@@ -122,8 +127,8 @@ def test_runs_sharing_a_cache_keep_each_others_passes(tmp_path, monkeypatch):
     """Two runs on different data sharing one ``--cache_dir`` (one ledger): each run's check keeps what the other's
     passed, so neither reads its files again the next time (the ledger held the last run's files alone, and the
     other run's next start read all of its files again)."""
-    a = [{"image": nifti_file(tmp_path / f"a{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(2)]
-    b = [{"image": nifti_file(tmp_path / f"b{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(2)]
+    a = [{"image": nifti_file(tmp_path / f"a{i}.nii.gz", _varied((8, 8, 8), i))} for i in range(2)]
+    b = [{"image": nifti_file(tmp_path / f"b{i}.nii.gz", _varied((8, 8, 8), i))} for i in range(2)]
     reads = []
     real = precheck_mod.read_volume
     monkeypatch.setattr(precheck_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
@@ -134,7 +139,7 @@ def test_runs_sharing_a_cache_keep_each_others_passes(tmp_path, monkeypatch):
     check_datalist(a, ledger_dir=tmp_path / "cache")
     check_datalist(b, ledger_dir=tmp_path / "cache")
     assert reads == []
-    nifti_file(tmp_path / "a1.nii.gz", np.full((8, 8, 9), 7, np.float32))  # edited: read again, b's passes kept
+    nifti_file(tmp_path / "a1.nii.gz", _varied((8, 8, 9), 7))  # edited: read again, b's passes kept
     check_datalist(a + b[:1], ledger_dir=tmp_path / "cache")
     check_datalist(b, ledger_dir=tmp_path / "cache")
     assert reads == ["a1.nii.gz"]
@@ -143,11 +148,11 @@ def test_runs_sharing_a_cache_keep_each_others_passes(tmp_path, monkeypatch):
     import os
 
     for i in range(4):
-        nifti_file(tmp_path / "a0.nii.gz", np.full((8, 8, 8 + i), i, np.float32))
+        nifti_file(tmp_path / "a0.nii.gz", _varied((8, 8, 8 + i), i))
         os.utime(tmp_path / "a0.nii.gz", ns=(10**18 + i, 10**18 + i))
         check_datalist(a, ledger_dir=tmp_path / "cache")
     (tmp_path / "b1.nii.gz").unlink()  # dropped at the next rewrite (a run that read a file)
-    nifti_file(tmp_path / "a1.nii.gz", np.full((8, 8, 8), 5, np.float32))
+    nifti_file(tmp_path / "a1.nii.gz", _varied((8, 8, 8), 5))
     os.utime(tmp_path / "a1.nii.gz", ns=(10**18 + 9, 10**18 + 9))
     check_datalist(a, ledger_dir=tmp_path / "cache")
     ledger = json.loads((tmp_path / "cache" / "precheck.json").read_text(encoding="utf-8"))["records"][0]["passed"]
@@ -158,7 +163,7 @@ def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkey
     """One bad file among several: the error names it, the files that passed are remembered all the same (written
     atomically, no temporary file left), and the run after fixing it reads only that file and any other that
     changed; a file that fails is never remembered."""
-    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.full((8, 8, 8), i, np.float32))} for i in range(5)]
+    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", _varied((8, 8, 8), i))} for i in range(5)]
     nan = np.zeros((8, 8, 8), np.float32)
     nan[1, 2, 3] = np.nan
     nifti_file(tmp_path / "v3.nii.gz", nan)
@@ -176,8 +181,8 @@ def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkey
     assert reads == ["v0.nii.gz", "v1.nii.gz", "v2.nii.gz", "v3.nii.gz", "v4.nii.gz", "v3.nii.gz"]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["precheck.json"]
     reads.clear()
-    nifti_file(tmp_path / "v3.nii.gz", np.full((8, 8, 8), 3, np.float32))  # fixed
-    nifti_file(tmp_path / "v0.nii.gz", np.full((8, 8, 9), 7, np.float32))  # and another edited: new size
+    nifti_file(tmp_path / "v3.nii.gz", _varied((8, 8, 8), 3))  # fixed
+    nifti_file(tmp_path / "v0.nii.gz", _varied((8, 8, 9), 7))  # and another edited: new size
     check_datalist(items, ledger_dir=tmp_path / "cache")
     assert sorted(reads) == ["v0.nii.gz", "v3.nii.gz"]
     reads.clear()
@@ -276,7 +281,7 @@ def test_a_volume_given_where_a_datalist_is_read_is_named_as_a_volume(tmp_path):
     """``--dataset_dir /data/case.nii.gz``: not "is not valid JSON: 'utf-8' codec can't decode byte 0x8b"."""
     from medgmae.data import read_datalist, resolve_datalist
 
-    path = nifti_file(tmp_path / "case.nii.gz", np.zeros((8, 8, 8), np.float32))
+    path = nifti_file(tmp_path / "case.nii.gz", _varied((8, 8, 8), 0))
     with pytest.raises(DatasetError, match=f"{path} is a volume, not a datalist: give the folder"):
         read_datalist(path)
     with pytest.raises(DatasetError, match="is a volume, not a datalist"):
@@ -361,3 +366,24 @@ def test_a_datalist_of_absolute_paths_from_another_machine_is_named_as_such(tmp_
     assert "the datalist lists absolute paths, none of which exist here (written on another machine?)" in message
     assert f"(its folder holds {tmp_path / 'imagesTr' / 'c0.nii.gz'}, listed as {listed[0]})" in message
     assert "relative paths resolve against --dataset_dir" not in message
+
+
+@pytest.mark.parametrize("value", [-1000.0, 0.0, -3024.0])
+def test_a_blank_image_is_refused_by_the_pre_check_naming_it(tmp_path, value):
+    """An image whose voxels all hold one value passed the pre-check; fine-tuning then stopped mid-run with MONAI's
+    "No sampling location available" naming no file (its label-guided crops find no place), after writing a
+    checkpoint, and pre-training trained on it. Its label map, all background, is no problem of its own."""
+    from medgmae.finetune.data import check_cases
+
+    rng = np.random.default_rng(0)
+    good = {"image": nifti_file(tmp_path / "good.nii.gz", rng.normal(0, 300, (12, 12, 8)).astype(np.float32)),
+            "label": nifti_file(tmp_path / "good_label.nii.gz", (rng.random((12, 12, 8)) > 0.5).astype(np.uint8))}
+    blank = {"image": nifti_file(tmp_path / "blank.nii.gz", np.full((12, 12, 8), value, np.int16)),
+             "label": nifti_file(tmp_path / "blank_label.nii.gz", np.zeros((12, 12, 8), np.uint8))}
+    with pytest.raises(DatasetError, match=r"^1 problem in") as err:
+        check_cases([good, blank], num_classes=2)
+    assert f"blank.nii.gz: every voxel is {value:g}, an empty or blanked volume" in str(err.value)
+    assert "label" not in str(err.value).split("\n", 1)[1]
+    with pytest.raises(DatasetError, match="blank.nii.gz: every voxel is"):  # pre-training's check, no labels
+        check_datalist([{"image": good["image"]}, {"image": blank["image"]}])
+    assert check_cases([good], num_classes=2) == [good]

@@ -173,3 +173,19 @@ def test_simulate_says_a_volume_without_air_is_simulated_as_it_is(capsys):
     assert "warning: --volume stored.nii.gz has no air (values 24 .. 2024" in capsys.readouterr().out
     check_units(_phantom_hu(), "ct.nii.gz", "--volume", "hu")
     assert capsys.readouterr().out == ""
+
+
+def test_a_binary_mask_given_as_an_image_is_named_a_label_map_not_attenuation(caplog):
+    """A 0/1 mask lies within attenuation's range too: it was warned about as linear attenuation in 1/mm, with the
+    advice to convert it to HU. Whole numbers in a few values are a label map, whatever their range."""
+    spec = PreprocessingSpec()
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:5, 2:5, 2:5] = 1
+    with caplog.at_level("WARNING", logger="medgmae"):
+        assert warn_if_not_hu(mask, spec, "gt.nii.gz")
+    assert "gt.nii.gz looks like a label map (2 distinct integer values in 0 .. 1)" in caplog.text
+    assert "attenuation" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medgmae"):  # real attenuation still is
+        assert warn_if_not_hu(_to_attenuation(np.linspace(-1000, 1000, 512).reshape(8, 8, 8)), spec, "mu.nii.gz")
+    assert "mu.nii.gz looks like linear attenuation" in caplog.text

@@ -72,6 +72,15 @@ def single_slice_problem(path: Any, shape: Sequence[int]) -> str:
             "at least 2 voxels on every axis")
 
 
+def blank_image_problem(path: Any, array: np.ndarray) -> str:
+    """The problem of an image whose voxels all hold one value (an empty or blanked export), ``""`` otherwise: such a
+    volume has nothing to learn from or to segment, and fine-tuning's label-guided crops find no place to cut one
+    (MONAI's "No sampling location available", mid-run)."""
+    if array.size == 0 or array.min() != array.max():
+        return ""
+    return f"{path}: every voxel is {float(array.flat[0]):g}, an empty or blanked volume: nothing to learn from or to segment"
+
+
 def _fingerprint(item: dict, keys: Sequence[str]) -> list:
     """``[path, size, mtime_ns]`` of each file (or folder) of ``item`` (:func:`~medgmae.data.fingerprint.
     file_fingerprint`; ``None`` for a missing one)."""
@@ -164,7 +173,8 @@ def check_item(
             vols[key] = read_volume(item[key], label=key == label_key)
         except (FileNotFoundError, ValueError) as e:
             problems.append(f"{key} {e}" if isinstance(e, FileNotFoundError) else str(e))
-    if image_key in vols and (flat := single_slice_problem(item[image_key], vols[image_key].array.shape)):
+    if image_key in vols and (flat := single_slice_problem(item[image_key], vols[image_key].array.shape)
+                              or blank_image_problem(item[image_key], vols[image_key].array)):
         problems.append(flat)
     if image_key in vols and spec is not None:
         warn_if_not_hu(vols[image_key].array, spec, str(item[image_key]))
@@ -276,7 +286,7 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
     keys = [k for k in (kwargs.get("image_key", "image"), kwargs.get("label_key")) if k]
     # the grid tolerance is part of what a pass means: a ledger written under another one re-checks every file
     # (the spec only adds warnings: a file that passed under one passed under any)
-    settings = {**{k: v for k, v in kwargs.items() if k != "spec"}, "grid_tolerance": GRID_TOLERANCE, "checks": 2}
+    settings = {**{k: v for k, v in kwargs.items() if k != "spec"}, "grid_tolerance": GRID_TOLERANCE, "checks": 3}
     known = _load_ledger(ledger, settings)
     prints = [_fingerprint(it, keys) for it in items]
     todo = [i for i, fp in enumerate(prints) if json.dumps(fp) not in known]
