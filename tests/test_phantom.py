@@ -97,6 +97,8 @@ def test_dataset_roundtrip(tmp_path):
     ["--out", "X", "--num-cases", "2", "--spacing", "-1"],
     ["--out", "X", "--num-cases", "2", "--spacing", "1", "2"],
     ["--out", "X", "--num-cases", "2", "--num-validation", "2"],
+    ["--out", "X", "--num-cases", "1e9"],  # spent memory on a billion case seeds before anything was said
+    ["--out", "X", "--num-cases", "100001"],
 ])
 def test_cli_bad_flags(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -119,7 +121,33 @@ def test_cli_says_kept_when_the_dataset_was_already_generated(tmp_path, capsys):
     assert main(argv) == 0 and last().startswith(f"wrote {tmp_path / 'd' / 'dataset.json'} (1 training")
     assert main(argv) == 0
     assert last().startswith(f"kept {tmp_path / 'd' / 'dataset.json'} (already generated with these settings: 1 training")
-    assert main(argv[:-1] + ["6"]) == 0 and last().startswith("wrote ")  # another spacing
+    assert main(argv[:-1] + ["6", "--force"]) == 0 and last().startswith("wrote ")  # another spacing, asked for
+
+
+def test_cli_refuses_to_replace_a_phantom_dataset_of_other_settings_without_force(tmp_path, capsys):
+    """A second run with other settings into a folder holding a phantom dataset replaced it (its cases gone, exit 0,
+    one warning line); ``medgmae-datalist`` refuses the like without ``--force``, and so does this tool now, naming
+    what differs by its flags, the dataset left as it was."""
+    ds = tmp_path / "d"
+    argv = ["--out", str(ds), "--num-cases", "2", "--shape", "16", "16", "12", "--spacing", "8"]
+    assert main(argv) == 0
+    before = _tree(ds)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(ds), "--num-cases", "1", "--shape", "16", "16", "12", "--spacing", "8"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert exc.value.code == 2 and _tree(ds) == before
+    assert err == (f"medgmae-phantom: error: --out {ds} holds a phantom dataset of other settings (--num-cases: saved "
+                   "2, now 1; --num-validation: saved 1, now 0): give --force to replace it, or another --out")
+    assert main(argv) == 0 and _tree(ds) == before  # the same settings: kept
+
+
+def test_cli_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
+    """``--out ""`` wrote the dataset into the current folder (``Path("")`` is ``.``)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", "", "--num-cases", "1", "--shape", "16", "16", "12"])
+    assert exc.value.code == 2 and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err.splitlines()[-1] == "medgmae-phantom: error: --out is empty: give the output folder"
 
 
 def test_cli_holds_out_one_validation_case_of_a_small_set(tmp_path, capsys):

@@ -161,7 +161,7 @@ def _empty_list_hint(path: Path, key: str, content: dict, folder: Path) -> str:
         flags["num_cases"] = [max(2, int(phantom["num_cases"]))]  # one training case stays
         same = "".join(f" --{k.replace('_', '-')} {' '.join(map(str, v))}" for k, v in flags.items())
         return (f"; write the phantoms again with a case held out for validation: medgmae-phantom --out {shlex.quote(str(path.parent))}"
-                f"{same} --num-validation 1")
+                f"{same} --num-validation 1 --force")  # it replaces the set without one
     if (folder / "imagesTr").is_dir() and (folder / "labelsTr").is_dir():  # e.g. a Decathlon download
         return (f"; `{_split_command(folder, 'dataset_split.json')}` writes a seeded split of its imagesTr/ and "
                 "labelsTr/ into 'training' and 'validation' lists: give that file as --datalist (or add a "
