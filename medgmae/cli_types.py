@@ -14,7 +14,7 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
-__all__ = ["INTEGER_NAMES", "as_bool", "as_path_text", "count_or_all", "expand_home", "fraction", "integer", "is_integer_text",
+__all__ = ["INTEGER_NAMES", "as_bool", "as_path_text", "count_or_all", "expand_home", "factor", "fraction", "integer", "is_integer_text",
            "nonneg_float", "nonneg_int", "positive_float", "positive_int", "proper_fraction", "unit_interval", "ToolParser",
            "REPEATABLE_ACTIONS"]
 
@@ -117,6 +117,12 @@ def fraction(text: str) -> float:
         if value is not None and 1.0 < value <= 100.0:
             raise argparse.ArgumentTypeError(f"{e} (a fraction, not a percentage: {value:g} % is {value / 100:g})") from None
         raise
+
+
+def factor(text: str) -> float:
+    """A number in ``(0, 1]`` that multiplies (e.g. a layer-wise learning-rate decay): :func:`fraction` without its
+    reading of a larger number as a percentage."""
+    return _parse(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 def _number_or_none(text: str) -> float | None:

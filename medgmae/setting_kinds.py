@@ -11,6 +11,8 @@ A setting's kind is one of:
   ``patch_size`` setting, which must be among ``settings``;
 - ``"schedule_epochs"``: a learning-rate schedule's length, a positive integer of at least the ``max_epochs``
   setting, which must be among ``settings``;
+- ``"warmup_epochs"``: a warm-up's length in epochs, a non-negative integer below the ``lr_schedule_epochs``
+  setting, which must be among ``settings``;
 - ``"roi_size"``: a 3D crop, an integer or a list of 3, multiples of the ``patch_size`` setting when there is one
   (``"roi_edge"``: an integer only);
 - any of these names after ``optional_`` (``"optional_nonneg_int"``: also ``null``, a setting not given);
@@ -27,7 +29,7 @@ from medgmae import cli_types
 from medgmae.words import plural
 
 __all__ = [
-    "KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "num_gaussians_check", "phantom_shape_check", "roi_size_check",
+    "KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "num_gaussians_check", "phantom_cases_check", "phantom_shape_check", "roi_size_check",
     "roi_size_problem", "setting_problem",
 ]  # fmt: skip
 
@@ -44,6 +46,7 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "nonneg_float": cli_types.nonneg_float,
     "finite_float": cli_types.finite_float,
     "fraction": cli_types.fraction,
+    "factor": cli_types.factor,
     "unit_interval": cli_types.unit_interval,
     "proper_fraction": cli_types.proper_fraction,
 }
@@ -75,6 +78,8 @@ def setting_problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any]
         return _image_size_problem(value, settings)
     if kind == "schedule_epochs":
         return _schedule_epochs_problem(value, settings)
+    if kind == "warmup_epochs":
+        return _warmup_epochs_problem(value, settings)
     if kind == "hu_window_max":
         return _hu_window_max_problem(value, settings)
     if kind in ("roi_size", "roi_edge"):
@@ -168,6 +173,19 @@ def num_gaussians_check(size: Any, ndim: int, model_kind: str = "medgmae") -> Ca
     return check
 
 
+def phantom_cases_check(value: Any) -> None:
+    """The check of fine-tuning's ``phantom_cases`` (``checked_settings``): an integer of at least 2, one case to
+    train on and one to validate on (1 was refused later, mid-start, as ``num_validation must be in [0, 0]``).
+
+    Raises:
+        ValueError: naming the problem.
+    """
+    if problem := kind_problem(value, "positive_int"):
+        raise ValueError(problem)
+    if int(str(value).strip()) < 2:
+        raise ValueError(f"expected at least 2 (one case to train on and one to validate on), got {value!r}")
+
+
 def phantom_shape_check(generated: bool = True) -> Callable[[Any], None]:
     """The check of a bundle's ``phantom_shape`` (``checked_settings``): ``null`` (the generator's default) or positive
     integers; when the run generates its phantoms (``generated``: no data of the user's), a shape whose generation
@@ -224,6 +242,22 @@ def _schedule_epochs_problem(value: Any, settings: Mapping[str, tuple]) -> str |
         return (f"expected at least --max_epochs {last} (past the schedule's end its cosine brings the learning rate back "
                 f"up to its peak), got {str(value).strip()!r}: give --lr_schedule_epochs {last} or more, or leave it out "
                 "(it follows --max_epochs)")  # fmt: skip
+    return None
+
+
+def _warmup_epochs_problem(value: Any, settings: Mapping[str, tuple]) -> str | None:
+    """Why ``value`` is not the warm-up of a warm-up + cosine schedule: a non-negative integer below the
+    ``lr_schedule_epochs`` setting (when that one is usable; otherwise its own line names it). A warm-up as long as
+    the schedule only ramps the learning rate up: it never reaches its peak before the run ends, nor decays."""
+    if "lr_schedule_epochs" not in settings:
+        raise ValueError("a warmup_epochs check needs the lr_schedule_epochs setting beside it")
+    if problem := setting_problem(value, "nonneg_int", settings):
+        return problem
+    warmup, schedule = int(str(value).strip()), settings["lr_schedule_epochs"]
+    if setting_problem(*schedule, settings) is None and warmup > 0 and warmup >= (epochs := int(str(schedule[0]).strip())):
+        return (f"expected fewer than the schedule's {epochs} epochs (--lr_schedule_epochs, which follows --max_epochs "
+                f"unless given), got {str(value).strip()!r}: the learning rate would only ramp up, never reach its peak "
+                "nor decay")  # fmt: skip
     return None
 
 

@@ -75,6 +75,38 @@ def test_a_run_longer_than_its_learning_rate_schedule_stops_first(tmp_path, conf
     assert not out.exists()
 
 
+def test_a_warm_up_as_long_as_the_schedule_is_refused():
+    """A warm-up of at least the schedule's epochs only ramped the learning rate up (it never reached its peak nor
+    decayed); it started training. Zero (no warm-up) is fine whatever the schedule."""
+    def settings(warmup, schedule=3):
+        return {"lr_schedule_epochs": (schedule, "positive_int"), "warmup_epochs": (warmup, "warmup_epochs")}
+
+    assert check_settings(settings(2)) is True and check_settings(settings(0, 1)) is True
+    for warmup in (3, "5"):
+        with pytest.raises(BundleSettingError) as e:
+            check_settings(settings(warmup))
+        assert (f"--warmup_epochs: expected fewer than the schedule's 3 epochs (--lr_schedule_epochs, which follows "
+                f"--max_epochs unless given), got '{warmup}'") in str(e.value)
+    with pytest.raises(BundleSettingError) as e:  # a bad schedule is named on its own line, not this one's
+        check_settings(settings(4, -1))
+    assert "--lr_schedule_epochs: expected a positive integer" in str(e.value) and "--warmup_epochs" not in str(e.value)
+
+
+def test_fine_tuning_refuses_one_phantom_case_a_long_warm_up_and_a_layer_decay_above_one(tmp_path):
+    """Each passed the settings check: --phantom_cases 1 then stopped in a traceback about a num_validation the user
+    never set, --warmup_epochs 5 (2 epochs) trained with a rate that only ramped up, --layer_decay 2 was refused
+    with a hint that 2 % is 0.02 (a layer decay is no percentage). All three are named at once, nothing written."""
+    out = tmp_path / "run"
+    proc = run_bundle("training", "unetr_finetune/configs/train.json", "--output_dir", str(out), "--phantom_cases", "1",
+                      "--warmup_epochs", "5", "--layer_decay", "2")
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and not out.exists()
+    assert "--phantom_cases: expected at least 2 (one case to train on and one to validate on), got 1" in said, said[-3000:]
+    assert "--warmup_epochs: expected fewer than the schedule's 2 epochs" in said
+    assert "--layer_decay: expected a number in (0, 1], got '2'" in said and "percentage" not in said
+    assert "Traceback" not in said
+
+
 def test_integer_and_callable_kinds():
     def at_most_one(value):
         if not 0 <= float(value) <= 1:
