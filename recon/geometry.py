@@ -378,7 +378,8 @@ class CTGeometry:
         """Read a geometry JSON; errors name the file."""
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"geometry file {path} does not exist")
+            inside = f": give {path / 'geometry.json'}" if (path / "geometry.json").is_file() else ": give a geometry JSON file"
+            raise ValueError(f"geometry file {path} " + (f"is a folder{inside}" if path.is_dir() else "does not exist"))
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -196,7 +196,8 @@ def read_rtk_geometry(path: str | Path) -> RTKScan:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"RTK geometry {path} does not exist" + (" (a folder)" if path.is_dir() else ""))
+        raise ValueError(f"RTK geometry {path} " + ("is a folder: give RTK's geometry file (.xml) in it" if path.is_dir()
+                                                   else "does not exist"))
     fields, collimated, radius = _parse(path)
     _check_circular(path, fields, radius)
     return RTKScan(

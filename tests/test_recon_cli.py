@@ -216,6 +216,8 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "missing volume": (["simulate", "--volume", str(tmp_path / "nope.nii.gz"), "--geometry", "cone", "--views", "4", "--out", str(out)], "does not exist"),
         "missing projections": (["fbp", "--projections", str(tmp_path / "nope.npy"), "--geometry", str(sim / "geometry.json"), "--out", str(out / "f.nii.gz")], "does not exist"),
         "missing geometry": (["fbp", "--projections", str(sim / "projections.npy"), "--geometry", str(tmp_path / "g.json"), "--out", str(out / "f.nii.gz")], "does not exist"),
+        "geometry folder": (["fbp", "--projections", str(sim / "projections.npy"), "--geometry", str(sim), "--out", str(out / "f.nii.gz")],
+                            f"geometry file {sim} is a folder: give {sim / 'geometry.json'}"),  # it said "does not exist"
         "shape mismatch fbp": (["fbp", "--projections", str(bad_proj), "--geometry", str(sim / "geometry.json"), "--out", str(out / "f.nii.gz")], "expects"),
         "shape mismatch": (reconstruct_args(sim, out, "--projections", str(bad_proj), "--init", "fbp"), "expects"),
         "nan projections": (reconstruct_args(sim, out, "--projections", str(nan_proj), "--init", "fbp"), "NaN"),

@@ -153,3 +153,12 @@ def test_a_stack_with_itks_default_origin_is_named_in_the_error(rtk_data, tmp_pa
     err = capsys.readouterr().err
     assert rc == 2 and "the header's origin shifts the detector by (39.0, 31.0) mm beside RTK geometry" in err, err
 
+
+
+def test_a_folder_given_as_the_rtk_geometry_is_named_a_folder(tmp_path):
+    """It said "RTK geometry <folder> does not exist (a folder)"."""
+    with pytest.raises(ValueError) as e:
+        read_rtk_geometry(tmp_path)
+    assert str(e.value) == f"RTK geometry {tmp_path} is a folder: give RTK's geometry file (.xml) in it"
+    with pytest.raises(ValueError, match=r"geometry\.xml does not exist$"):
+        read_rtk_geometry(tmp_path / "geometry.xml")
