@@ -34,7 +34,9 @@ def finetuned_model_check(value, purpose: str = "evaluation and inference need t
     (:func:`medgmae.bundle_checks.check_settings`): a fine-tuned UNETR file (kind and config read memory-mapped), so
     that a missing one (a wrong ``--output_dir``, a run that saved none) or one of another kind is a bad setting,
     named before anything is read or written."""
-    path = Path(str(value or "")).expanduser()
+    if not str(value or "").strip():  # Path("") is the current folder, "a folder, not a file"
+        raise ValueError("expected the path of a fine-tuning run's best_model.pt, got an empty value")
+    path = Path(str(value)).expanduser()
     try:
         load_checkpoint(path, FINETUNED_KIND, purpose, mmap=True)
     except FileNotFoundError:
