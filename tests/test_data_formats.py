@@ -200,6 +200,27 @@ def test_dicom_slices_that_differ_from_their_series_are_named(tmp_path):
         read_volume(one)
 
 
+def test_a_dicom_slice_of_another_size_is_named_before_itk_reads_the_pixels(tmp_path):
+    """A slice two columns narrower than the rest: ITK's series reader fails on it with its own multi-line text
+    naming no file; the slice headers are checked first, so the message names the slice and both sizes."""
+    folder = write_dicom_series(sitk_image(3), tmp_path / "narrow")
+    path = next(folder.glob("*_slice_005.dcm"))
+    sl = sitk.ReadImage(str(path))
+    narrow = sl[:-2, :, :]
+    for key in sl.GetMetaDataKeys():
+        narrow.SetMetaData(key, sl.GetMetaData(key))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(narrow)
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert message == (f"{folder}: slice series2_slice_005.dcm has Columns [{SHAPE[0] - 2}] but the series' other "
+                       f"slices [{SHAPE[0]}] (a localizer or another image filed under the same series? move it out "
+                       "of the folder)")  # fmt: skip
+
+
 def test_a_non_ct_series_is_read_with_a_warning(tmp_path, caplog):
     img = sitk_image(4)
     folder = write_dicom_series(img, tmp_path / "mr")

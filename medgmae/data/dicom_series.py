@@ -176,7 +176,7 @@ def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None) -
     DICOM's rounding of the position tags.
 
     Args:
-        reader: the series' reader (its file names).
+        reader: the series' slice headers (their file names).
         geometry: the series' :func:`_slice_geometry` (``None``: nothing to check against).
 
     Raises:
@@ -209,26 +209,65 @@ def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None) -
     )
 
 
-def read_series(folder: Path):
-    """The one DICOM series of ``folder`` as a SimpleITK image, after its slices passed the checks above.
+class _SliceHeaders:
+    """The DICOM tags of each slice of a series, read from the slice headers only (no pixel data), with the
+    per-slice accessors of SimpleITK's ``ImageSeriesReader`` (``GetFileNames``, ``HasMetaDataKey``,
+    ``GetMetaData``) that the checks above use, so that they run before ITK stacks the slices (whose failure on a
+    slice of another size names no file).
 
     Raises:
-        Refused: no series or several, slices that differ, are shifted within their planes or unevenly spaced.
+        Refused: a slice whose header cannot be read, naming it.
+    """
+
+    def __init__(self, files: tuple[str, ...]) -> None:
+        import SimpleITK as sitk
+
+        self.files = tuple(files)
+        self.tags: list[dict[str, str]] = []
+        for f in self.files:
+            info = sitk.ImageFileReader()
+            info.SetFileName(f)
+            try:
+                info.ReadImageInformation()
+            except RuntimeError as e:
+                raise Refused(f"slice {Path(f).name} cannot be read (truncated or not DICOM?)") from e
+            self.tags.append({k: info.GetMetaData(k) for k in info.GetMetaDataKeys()})
+
+    def GetFileNames(self) -> tuple[str, ...]:  # noqa: N802  (SimpleITK's name)
+        """The slice files, in the series' order."""
+        return self.files
+
+    def HasMetaDataKey(self, i: int, key: str) -> bool:  # noqa: N802
+        """Whether slice ``i`` holds tag ``key`` (``"gggg|eeee"``)."""
+        return key in self.tags[i]
+
+    def GetMetaData(self, i: int, key: str) -> str:  # noqa: N802
+        """The value of tag ``key`` of slice ``i``."""
+        return self.tags[i][key]
+
+
+def read_series(folder: Path):
+    """The one DICOM series of ``folder`` as a SimpleITK image; its slices' headers pass the checks above before
+    ITK reads the pixel data.
+
+    Raises:
+        Refused: no series or several, a slice whose header does not read, slices that differ, are shifted within
+            their planes or unevenly spaced.
     """
     import SimpleITK as sitk
 
+    files = series_files(folder)
+    headers = _SliceHeaders(files)
+    _check_slices_agree(headers)
+    geometry = _slice_geometry(headers)  # every slice's position tags parsed once, for both checks
+    _check_not_sheared(geometry)
+    _check_even_slices(headers, geometry)
+    _warn_if_not_ct(headers, folder)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(series_files(folder))
-    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.SetFileNames(files)
     warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's uneven-slices warning: refused below, clearly
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's uneven-slices warning: refused above, clearly
     try:
-        img = reader.Execute()
+        return reader.Execute()
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warn)
-    _check_slices_agree(reader)
-    geometry = _slice_geometry(reader)  # every slice's position tags parsed once, for both checks
-    _check_not_sheared(geometry)
-    _check_even_slices(reader, geometry)
-    _warn_if_not_ct(reader, folder)
-    return img
