@@ -277,6 +277,33 @@ def test_a_dicom_series_with_a_missing_slice_is_refused_naming_the_gap(tmp_path,
     assert f"{folder}: the {SHAPE[2] - 1} slices" in capsys.readouterr().err and not out.exists()
 
 
+def test_a_repeated_dicom_slice_is_named_as_sharing_a_position(tmp_path):
+    """A copy of slice 5 beside it (dup.dcm): GDCM orders a series with two slices at one position by file name, so
+    the old message called the step from dup.dcm to the first slice uneven; the two files at one position are named."""
+    import shutil
+
+    folder = write_dicom_series(sitk_image(3), tmp_path / "repeated")
+    shutil.copy(folder / "series2_slice_005.dcm", folder / "dup.dcm")
+    position = float(np.asarray(sitk_image(3).TransformIndexToPhysicalPoint((0, 0, 5))) @ rotation(3)[:, 2])
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert message == (f"{folder}: two slices of the DICOM series series2_slice_005.dcm and dup.dcm share position "
+                       f"{position:.4g} mm (a repeated slice?): remove one of them from the folder")  # fmt: skip
+
+
+def test_a_truncated_slice_left_out_of_its_series_is_named_with_the_gap(tmp_path):
+    """GDCM leaves a slice file it cannot read out of the series without a word: the gap it leaves is refused as
+    before, and the file in the folder that is not part of the series is named."""
+    folder = write_dicom_series(sitk_image(3), tmp_path / "truncated")
+    truncate_file(folder / "series2_slice_007.dcm")
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert "series2_slice_006.dcm" in message and "series2_slice_008.dcm" in message and " is 5 mm; " in message
+    assert message.endswith("; series2_slice_007.dcm in the folder is not part of the series: truncated or not DICOM?")
+
+
 def test_a_three_slice_series_with_a_gap_names_both_steps(tmp_path):
     """Slices 0, 1 and 3 of a 2.5 mm series: two steps, 2.5 and 5 mm, neither the usual one (their median, 3.75 mm,
     is no step of the series); the message names each with its files instead of calling 2.5 mm the odd one."""
