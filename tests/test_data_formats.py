@@ -221,6 +221,19 @@ def test_a_dicom_slice_of_another_size_is_named_before_itk_reads_the_pixels(tmp_
                        "of the folder)")  # fmt: skip
 
 
+def test_an_rgb_nifti_is_refused_in_the_words_of_an_rgb_metaimage(tmp_path):
+    """nibabel reads an RGB NIfTI as a structured dtype (one field per colour), whose cast to float failed in numpy's
+    words (DTypePromotionError); it is refused as SimpleITK's reading of an RGB MetaImage is: 3 components."""
+    rgb = np.random.default_rng(0).integers(0, 255, (*SHAPE, 3), dtype=np.uint8)
+    fields = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(rgb).view(fields)[..., 0], np.eye(4)), tmp_path / "rgb.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(rgb.transpose(2, 1, 0, 3), isVector=True), str(tmp_path / "rgb.mha"))
+    for name in ("rgb.nii.gz", "rgb.mha"):
+        with pytest.raises(ValueError) as error:
+            read_volume(tmp_path / name)
+        assert str(error.value) == f"{tmp_path / name}: expected one value per voxel, got 3 components"
+
+
 def test_a_non_ct_series_is_read_with_a_warning(tmp_path, caplog):
     img = sitk_image(4)
     folder = write_dicom_series(img, tmp_path / "mr")
