@@ -96,7 +96,7 @@ def load_datalist_json(path: str | Path) -> dict:
         raise DatasetError(f"{path} is a volume, not a datalist: give the folder holding the volumes, or a JSON "
                            "datalist (Decathlon 'training' / 'validation' lists)")  # fmt: skip
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows Notepad) is skipped
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
     if not isinstance(content, dict):
