@@ -302,7 +302,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the {what} was not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows Notepad) is skipped
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: the {what} is not UTF-8 text ({e})") from e
     except json.JSONDecodeError as e:

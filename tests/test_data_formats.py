@@ -200,6 +200,40 @@ def test_dicom_slices_that_differ_from_their_series_are_named(tmp_path):
         read_volume(one)
 
 
+def test_a_dicom_slice_of_another_size_is_named_before_itk_reads_the_pixels(tmp_path):
+    """A slice two columns narrower than the rest: ITK's series reader fails on it with its own multi-line text
+    naming no file; the slice headers are checked first, so the message names the slice and both sizes."""
+    folder = write_dicom_series(sitk_image(3), tmp_path / "narrow")
+    path = next(folder.glob("*_slice_005.dcm"))
+    sl = sitk.ReadImage(str(path))
+    narrow = sl[:-2, :, :]
+    for key in sl.GetMetaDataKeys():
+        narrow.SetMetaData(key, sl.GetMetaData(key))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(narrow)
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert message == (f"{folder}: slice series2_slice_005.dcm has Columns [{SHAPE[0] - 2}] but the series' other "
+                       f"slices [{SHAPE[0]}] (a localizer or another image filed under the same series? move it out "
+                       "of the folder)")  # fmt: skip
+
+
+def test_an_rgb_nifti_is_refused_in_the_words_of_an_rgb_metaimage(tmp_path):
+    """nibabel reads an RGB NIfTI as a structured dtype (one field per colour), whose cast to float failed in numpy's
+    words (DTypePromotionError); it is refused as SimpleITK's reading of an RGB MetaImage is: 3 components."""
+    rgb = np.random.default_rng(0).integers(0, 255, (*SHAPE, 3), dtype=np.uint8)
+    fields = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(rgb).view(fields)[..., 0], np.eye(4)), tmp_path / "rgb.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(rgb.transpose(2, 1, 0, 3), isVector=True), str(tmp_path / "rgb.mha"))
+    for name in ("rgb.nii.gz", "rgb.mha"):
+        with pytest.raises(ValueError) as error:
+            read_volume(tmp_path / name)
+        assert str(error.value) == f"{tmp_path / name}: expected one value per voxel, got 3 components"
+
+
 def test_a_non_ct_series_is_read_with_a_warning(tmp_path, caplog):
     img = sitk_image(4)
     folder = write_dicom_series(img, tmp_path / "mr")
@@ -254,6 +288,33 @@ def test_a_dicom_series_with_a_missing_slice_is_refused_naming_the_gap(tmp_path,
     out = tmp_path / "sim"
     assert recon_main(["simulate", "--volume", str(folder), "--geometry", "parallel", "--views", "4", "--out", str(out), "--device", "cpu"]) == 2
     assert f"{folder}: the {SHAPE[2] - 1} slices" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_repeated_dicom_slice_is_named_as_sharing_a_position(tmp_path):
+    """A copy of slice 5 beside it (dup.dcm): GDCM orders a series with two slices at one position by file name, so
+    the old message called the step from dup.dcm to the first slice uneven; the two files at one position are named."""
+    import shutil
+
+    folder = write_dicom_series(sitk_image(3), tmp_path / "repeated")
+    shutil.copy(folder / "series2_slice_005.dcm", folder / "dup.dcm")
+    position = float(np.asarray(sitk_image(3).TransformIndexToPhysicalPoint((0, 0, 5))) @ rotation(3)[:, 2])
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert message == (f"{folder}: two slices of the DICOM series series2_slice_005.dcm and dup.dcm share position "
+                       f"{position:.4g} mm (a repeated slice?): remove one of them from the folder")  # fmt: skip
+
+
+def test_a_truncated_slice_left_out_of_its_series_is_named_with_the_gap(tmp_path):
+    """GDCM leaves a slice file it cannot read out of the series without a word: the gap it leaves is refused as
+    before, and the file in the folder that is not part of the series is named."""
+    folder = write_dicom_series(sitk_image(3), tmp_path / "truncated")
+    truncate_file(folder / "series2_slice_007.dcm")
+    with pytest.raises(ValueError) as error:
+        read_volume(folder)
+    message = str(error.value)
+    assert "series2_slice_006.dcm" in message and "series2_slice_008.dcm" in message and " is 5 mm; " in message
+    assert message.endswith("; series2_slice_007.dcm in the folder is not part of the series: truncated or not DICOM?")
 
 
 def test_a_three_slice_series_with_a_gap_names_both_steps(tmp_path):

@@ -121,3 +121,30 @@ def test_a_non_finite_affine_is_never_the_same_grid():
     assert same_grid_problem("a", (4, 4, 4), bad, "b", (4, 4, 4), a) is not None
     with pytest.raises(ValueError, match="1 to 3 axes"):
         same_grid_problem("a", (4, 4, 4, 2), a, "b", (4, 4, 4), a)
+
+
+def test_a_label_on_another_grid_is_told_the_resampling_that_fixes_it(tmp_path):
+    """The refusal ends with how to fix it, and that fix (SimpleITK's nearest-neighbour resampling onto the image)
+    gives a label map the same check passes, its classes kept."""
+    import SimpleITK as sitk
+
+    from medgmae.data import read_volume
+    from medgmae.data.grid import label_grid_problem
+
+    image = sitk.Image(16, 12, 8, sitk.sitkInt16)
+    image.SetSpacing((1.5, 1.5, 2.0))
+    label = sitk.Cast(sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 3, (10, 14, 18))), sitk.sitkUInt8)
+    label.SetSpacing((1.2, 1.3, 1.6))
+    label.SetOrigin((-3.0, 2.0, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "img.nii.gz"))
+    sitk.WriteImage(label, str(tmp_path / "lab.nii.gz"))
+    sitk.WriteImage(sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor), str(tmp_path / "fixed.nii.gz"))
+    img, lab, fixed = (read_volume(tmp_path / f"{n}.nii.gz") for n in ("img", "lab", "fixed"))
+    problem = label_grid_problem(lab.path, lab.array.shape, lab.affine, img.path, img.array.shape, img.affine)
+    assert problem.startswith(f"label {lab.path} is not on the voxel grid of image {img.path}: shape 18 x 14 x 10 vs "
+                              "16 x 12 x 8, voxels up to ")  # fmt: skip
+    assert problem.endswith(" mm); resample the label map onto the image's grid with nearest-neighbour interpolation "
+                            "(e.g. 3D Slicer's Resample Scalar/Vector/DWI Volume, or SimpleITK.Resample with "
+                            "sitkNearestNeighbor)")  # fmt: skip
+    assert label_grid_problem(fixed.path, fixed.array.shape, fixed.affine, img.path, img.array.shape, img.affine) is None
+    assert set(np.unique(fixed.array)) <= {0.0, 1.0, 2.0}

@@ -331,6 +331,26 @@ def test_a_label_with_negative_values_is_named_without_a_class_count():
     assert _label_problems(np.array([0.0, 5.0]), "lab.nii.gz", None) == []
 
 
+def test_a_binary_mask_saved_as_0_255_is_named_as_such_apart_from_maps_needing_more_classes():
+    """A 0/255 mask is a binary mask in another scale, not a map needing 256 classes: its own line says to divide it
+    by 255, and the maps of other ranges in the same run are grouped with the count they need (3, not 256), each
+    file with its own range."""
+    from medgmae.data.precheck import _grouped_range_problems, _label_problems
+
+    problems = [line for path, label in (("mask.nii.gz", [0.0, 255.0]), ("two.nii.gz", [0.0, 2.0]),
+                                         ("one.nii.gz", [0.0, 1.0, 2.0, 1.0]), ("many.nii.gz", [0.0, 7.0, 255.0]))
+                for line in _label_problems(np.array(label), path, 2)]  # fmt: skip
+    lines, needed = _grouped_range_problems(problems)
+    assert needed == 256  # many.nii.gz holds 0, 7 and 255: class indices up to 255
+    assert lines[0] == ("3 label maps hold class values outside the class range [0, 1] (2 classes): two.nii.gz (0-2), "
+                        "one.nii.gz (0-2), many.nii.gz (0-255); labels 0-255 found: they need 256 classes "
+                        "(--num_classes 256, with as many names in the datalist's 'labels' map when it has one)")  # fmt: skip
+    assert lines[1:] == ["mask.nii.gz: label values in [0, 255] are outside the class range [0, 1]: only 0 and 255: a "
+                         "binary mask saved as 0/255? divide it by 255"]  # fmt: skip
+    lines, needed = _grouped_range_problems(problems[:3])
+    assert needed == 3 and "two.nii.gz, one.nii.gz; labels 0-2 found: they need 3 classes" in lines[0]
+
+
 def test_an_nnunet_raw_folder_is_named_with_the_command_writing_its_datalist(tmp_path):
     """nnU-Net v2's dataset.json lists no cases: pre-training on its folder says what the file is and gives the
     medgmae-datalist command that writes a Decathlon datalist of it, and the --datalist to give then."""

@@ -67,6 +67,31 @@ def test_a_datalist_written_on_windows_is_read_with_its_backslashes_as_folder_se
     assert [it["image"] for it in items] == [e["image"] for e in expected] + [f"{root}/imagesTr/case_1.nii.gz"]
 
 
+def test_a_datalist_path_in_the_home_folder_is_read_there(tmp_path, monkeypatch):
+    """``~/data/h.nii.gz`` in a datalist names the file in the user's home folder (as read_volume reads a path it is
+    given), not ``<datalist folder>/~/data/h.nii.gz``."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "h.nii.gz").write_bytes(b"")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    path = lists / "dataset.json"
+    path.write_text(json.dumps({"training": [{"image": "~/data/h.nii.gz", "label": "~\\data\\h.nii.gz"}]}))
+    assert read_datalist(path) == [{"image": f"{home}/data/h.nii.gz", "label": f"{home}/data/h.nii.gz"}]
+
+
+def test_a_datalist_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows Notepad saves UTF-8 with a byte-order mark, which json.loads refused ("Unexpected UTF-8 BOM")."""
+    from medgmae.files import read_json
+
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"training": [{"image": "ct_ü.nii.gz"}]}, ensure_ascii=False), encoding="utf-8-sig")
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert read_datalist(path) == [{"image": f"{tmp_path.resolve()}/ct_ü.nii.gz"}]
+    assert read_json(path) == {"training": [{"image": "ct_ü.nii.gz"}]}  # the reader of other JSON files users edit
+
+
 def test_a_long_windows_path_is_read_without_asking_the_file_system_for_its_one_long_name(tmp_path):
     """A backslash path longer than a file name may be (it is one name on Linux): Python 3.10 and 3.11's
     ``Path.exists`` raised ``OSError: File name too long`` on it; it is read with the backslashes as separators."""

@@ -101,7 +101,7 @@ def test_an_image_without_a_label_map_is_refused_with_what_to_do_with_it(tmp_pat
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path)])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "c_0000.nii.gz: no label map of case c_0000 in labelsTr/" in err
+    assert e.value.code == 2 and "c_0000.nii.gz: no label map of case c in labelsTr/" in err  # the case, not the file
     assert "images without a label map: add their maps to labelsTr/, or move the images to imagesTs/ (the test list" in err
     (tmp_path / "imagesTs").mkdir()
     (tmp_path / "imagesTr" / "c_0000.nii.gz").rename(tmp_path / "imagesTs" / "c_0000.nii.gz")
@@ -384,3 +384,45 @@ def test_the_printed_commands_keep_a_folder_with_spaces_as_one_argument(tmp_path
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert shlex.split(line) == ["fine-tune", "with", "--datalist", str(folder / "split list.json"), "--dataset_dir", str(folder)]
     assert shlex.split(_split_command(folder, "d.json")) == ["medgmae-datalist", str(folder), "--out", str(folder / "d.json")]
+
+
+def test_every_label_off_its_images_grid_is_named_in_one_error_without_the_usage(tmp_path, capsys):
+    """Two label maps shifted off their images' grids: both named in one error (the first alone was, one per run),
+    the fix said once; a data error is one 'medgmae-datalist: error:' block, without argparse's usage (kept for a
+    flag error), exit status 2."""
+    for name in ("a", "b", "c"):
+        _case(tmp_path, name, 1)
+    shifted = np.diag([0.8, 0.9, 2.5, 1.0])
+    shifted[2, 3] = 30.0
+    for name in ("a", "c"):
+        lab = nib.load(tmp_path / "labelsTr" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(lab.dataobj), shifted), tmp_path / "labelsTr" / f"{name}.nii.gz")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and not (tmp_path / "dataset.json").exists()
+    lines = err.splitlines()
+    assert lines[0] == "medgmae-datalist: error: 2 label maps are not on their images' voxel grids:"
+    for i, name in enumerate(("a", "c"), 1):
+        assert lines[i] == (f"  label {tmp_path / 'labelsTr' / name}.nii.gz is not on the voxel grid of image "
+                            f"{tmp_path / 'imagesTr' / name}_0000.nii.gz: voxels up to 30 mm apart (tolerance 0.008 mm)")  # fmt: skip
+    assert lines[3:] == ["resample the label map onto the image's grid with nearest-neighbour interpolation (e.g. 3D "
+                         "Slicer's Resample Scalar/Vector/DWI Volume, or SimpleITK.Resample with sitkNearestNeighbor)"]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--validation-fraction", "2"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("usage: medgmae-datalist")  # a flag error: usage
+
+
+def test_a_file_given_as_the_folder_is_named_as_the_folder_not_as_out(tmp_path, capsys):
+    """``medgmae-datalist notes.txt``: the default datalist would go under a file; the refusal names the folder
+    given, not ``--out`` (never given)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder")
+    with pytest.raises(SystemExit) as e:
+        main([str(notes)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--out" not in err
+    assert err == f"medgmae-datalist: error: {notes} is a file, not a folder: give the folder holding imagesTr/ and labelsTr/\n"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--out", str(notes / "x.json")])
+    assert f"--out {notes / 'x.json'}: {notes} is a file, not a folder" in capsys.readouterr().err

@@ -76,6 +76,15 @@ def _by_case(paths: Sequence[Path], folder: Path, label_cases: set[str] | None =
     return {c: ps[0] for c, ps in cases.items()}
 
 
+def _case_name(case: str, images: dict[str, Path]) -> str:
+    """The case an image of ``images`` (:func:`_by_case`) without a label map is of: its name without nnU-Net's
+    channel ending ``_0000`` where the folder's images are named so (every one ends so, or those paired with a label
+    map do: ``case_d_0000`` is of case ``case_d``), else its name (a Decathlon ``amos_0502``, ``case_0000``)."""
+    m = _CHANNEL.match(case)
+    channelled = all(c.endswith("_0000") for c in images) or any(volume_stem(p) != c for c, p in images.items())
+    return m["case"] if m and m["channel"] == "0000" and channelled else case
+
+
 def _numbers(cases: Sequence[str]) -> dict[int, str] | None:
     """``{number: case}`` when every case name is one and the same prefix followed by a number of its own, else
     ``None``."""
@@ -112,7 +121,8 @@ def _pairing(folder: Path, images: dict[str, Path], labels: dict[str, Path], pro
             print(f"note: images{split}/ and labels{split}/ name their cases differently: paired {shown}{more} by their number",
                   flush=True)  # fmt: skip
         return by_number, "number"
-    problems = [f"{images[c]}: no label map of case {c} in labels{split}/" for c in sorted(set(images) - set(labels))]
+    problems = [f"{images[c]}: no label map of case {_case_name(c, images)} in labels{split}/"
+                for c in sorted(set(images) - set(labels))]
     problems += [f"{labels[c]}: no image of case {c} in images{split}/" for c in sorted(set(labels) - set(images))]
     more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
     unlabelled = (f"\nimages without a label map: add their maps to labels{split}/, or move the images to imagesTs/ "

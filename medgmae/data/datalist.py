@@ -96,7 +96,7 @@ def load_datalist_json(path: str | Path) -> dict:
         raise DatasetError(f"{path} is a volume, not a datalist: give the folder holding the volumes, or a JSON "
                            "datalist (Decathlon 'training' / 'validation' lists)")  # fmt: skip
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows Notepad) is skipped
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
     if not isinstance(content, dict):
@@ -218,11 +218,12 @@ def _listed_path(base: Path, text: str) -> str:
     """A datalist's path ``text`` resolved against ``base``. A datalist written on Windows separates folders with
     backslashes (``imagesTr\\case_0001.nii.gz``), which on Linux and macOS are characters of a name: they are read as
     separators unless a file named with them exists (or the path starts with a drive, ``C:\\``: kept as written, for
-    the pre-check's message to show it)."""
-    path = base / text
+    the pre-check's message to show it). A path starting with ``~`` is in the user's home folder, as for paths given
+    on the command line."""
+    path = base / os.path.expanduser(text)  # unlike Path.expanduser, no error for "~name" of no user
     if "\\" in text and not os.path.lexists(path) and not re.match(r"[A-Za-z]:\\", text):  # lexists: False for a
         # name too long for the file system, where Path.exists raises on Python 3.10 and 3.11
-        path = base / text.replace("\\", "/")
+        path = base / os.path.expanduser(text.replace("\\", "/"))
     return str(path)
 
 

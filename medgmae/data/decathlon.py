@@ -37,7 +37,7 @@ import numpy as np
 
 from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
-from medgmae.data.grid import label_grid_problem
+from medgmae.data.grid import LABEL_GRID_FIX, label_grid_problem
 from medgmae.data.reader import Volume, read_volume, volume_grid
 from medgmae.files import output_dir_problem
 from medgmae.words import plural, plural_noun
@@ -58,19 +58,20 @@ def class_values(
             :func:`~medgmae.data.grid.same_grid_problem`; the image's header only where its format allows).
 
     Raises:
-        DatasetError: a map (or image) that cannot be read, a map not on its image's grid (both named), or a map
+        DatasetError: a map (or image) that cannot be read, maps not on their images' grids (all of them, each with
+            its image, in one error), or a map
             holding values that are not whole numbers >= 0 (named; float noise within
             :data:`~medgmae.data.reader.LABEL_TOLERANCE` of a whole number is rounded, not refused).
     """
     found: dict[int, str] = {0: ""}
+    grids: list[str] = []  # every map off its image's grid, in one error after the last map
     for i, path in enumerate(labels, 1):
         try:
             label = read_volume(path, label=True)  # float noise rounded, other fractions refused
             grid = _grid_problem(label, images[i - 1]) if images is not None else None
         except (OSError, ValueError) as e:  # its message names the file
             raise DatasetError(str(e)) from e
-        if grid:
-            raise DatasetError(grid)
+        grids += [grid] if grid else []
         arr = label.array
         values = np.unique(arr)
         if (values < 0).any():
@@ -81,6 +82,11 @@ def class_values(
             found[int(v)] = found.get(int(v)) or str(path)
         if progress and (i % 10 == 0 or i == len(labels)):
             print(f"read {i}/{len(labels)} label maps", flush=True)
+    if len(grids) == 1:
+        raise DatasetError(grids[0])
+    if grids:
+        raise DatasetError(f"{len(grids)} label maps are not on their images' voxel grids:\n  "
+                           + "\n  ".join(g.removesuffix(LABEL_GRID_FIX) for g in grids) + f"\n{LABEL_GRID_FIX[2:]}")
     return dict(sorted(found.items()))
 
 
@@ -254,16 +260,20 @@ def _out_problem(out: Path, folder: Path, force: bool, given: bool = True) -> st
     """Why the datalist cannot be written to ``out``, else ``None``: not a ``.json`` name (``--force`` would have
     replaced a scan), a folder, inside a folder of scans, under a file, existing without ``force``, or in a folder
     where no file can be created (a read-only dataset mount; ``given``: ``out`` was named by ``--out``, else it is
-    the default, ``FOLDER/dataset.json``, and the message says how to write the datalist elsewhere)."""
+    the default, ``FOLDER/dataset.json``, and the message says how to write the datalist elsewhere; a FOLDER that
+    is a file is named as the positional argument, not as ``--out``)."""
+    where = f"--out {out}" if given else str(out)
+    if not given and folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder: give the folder holding imagesTr/ and labelsTr/"
     if out.is_dir():
-        return f"--out {out} is a folder: give the .json file to write (e.g. {out / 'dataset.json'})"
+        return f"{where} is a folder: give the .json file to write (e.g. {out / 'dataset.json'})"
     if not out.name.lower().endswith(".json"):
-        return f"--out {out}: a datalist is a .json file"
+        return f"{where}: a datalist is a .json file"
     if out.resolve().parent in {(folder / d).resolve() for d in ("imagesTr", "labelsTr", "imagesTs")}:
-        return f"--out {out}: inside a folder of scans, where it would be read as one; write it beside them"
+        return f"{where}: inside a folder of scans, where it would be read as one; write it beside them"
     blocking = next((q for q in out.parents if q.exists() and not q.is_dir()), None)
     if blocking is not None:
-        return f"--out {out}: {blocking} is a file, not a folder"
+        return f"{where}: {blocking} is a file, not a folder"
     if out.exists() and _is_nnunet_datalist(out):  # nnU-Net reads it: never ours to replace
         return (f"{out} is nnU-Net's dataset.json (another format, which nnU-Net needs): write this one beside it, "
                 f"e.g. --out {out.with_name('dataset_decathlon.json')}")  # fmt: skip
@@ -287,6 +297,13 @@ def _is_nnunet_datalist(path: Path) -> bool:
     return is_nnunet_datalist(content)
 
 
+def _refuse(message: str) -> None:
+    """Exit with status 2 (as a flag error does) after ``medgmae-datalist: error: <message>`` on stderr, without the
+    usage block argparse prints before a flag error: the data or the output file, not the command line, are at fault."""
+    print(f"medgmae-datalist: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``medgmae-datalist`` entry point: 0 on success; bad flags or unusable data exit with code 2 and the problem
     (nothing written); Ctrl-C exits with 130, nothing written."""
@@ -302,9 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         problem = _out_problem(out, folder, args.force, given=bool(args.out))
     except OSError as e:  # a name too long, a folder that cannot be read
-        problem = f"--out {out}: {e.strerror or e}"
+        problem = f"{'--out ' if args.out else ''}{out}: {e.strerror or e}"
     if problem:
-        parser.error(problem)
+        _refuse(problem)
     names, names_from = args.labels, "--labels"
     if not names and folder_class_names(folder):
         names, names_from = folder_class_names(folder), str(folder / "dataset.json")
@@ -312,9 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = decathlon_datalist(folder, args.validation_fraction, args.seed, names, True, names_from)
         save_json_atomic(doc, out)
     except DatasetError as e:
-        parser.error(str(e))
+        _refuse(str(e))
     except OSError as e:  # a folder that cannot be listed, a datalist that cannot be written (nothing is left half-written)
-        parser.error(f"{e.filename or out}: {e.strerror or e}")
+        _refuse(f"{e.filename or out}: {e.strerror or e}")
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was written", file=sys.stderr)
         return 130

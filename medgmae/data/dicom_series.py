@@ -168,7 +168,23 @@ def warn_if_modality_not_ct(modality: str, where: Path, what: str = "file") -> N
         logger.warning("%s: a DICOM %s of modality %s, read as CT in HU (the toolkit expects CT)", where, what, modality)
 
 
-def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None) -> None:
+def _shared_position(names: list[str], pos: np.ndarray) -> str | None:
+    """The first two slices at one position along the normal (a repeated slice: GDCM then orders the series by file
+    name, so the two need not be neighbours), worded ``"dup.dcm and 0005.dcm share position 12.5 mm"`` with the
+    later file in the series first, and how many more such pairs; ``None`` when every slice has its own position.
+    Positions within 1 % of the median gap between sorted positions (at least 0.02 mm) are one."""
+    order = np.argsort(pos, kind="stable")
+    gaps = np.diff(pos[order])
+    tol = max(0.01 * float(np.median(gaps)), 0.02)
+    same = np.flatnonzero(np.abs(gaps) <= tol)
+    if not same.size:
+        return None
+    i, j = sorted((int(order[same[0]]), int(order[same[0] + 1])))
+    more = f" ({same.size - 1} more pair{'s' if same.size > 2 else ''} of slices share a position)" if same.size > 1 else ""
+    return f"{names[j]} and {names[i]} share position {pos[i]:.4g} mm (a repeated slice?){more}"
+
+
+def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None, strays: tuple[str, ...] = ()) -> None:
     """Refuse a series whose slices are not evenly spaced along the normal (a missing or repeated slice).
 
     ITK reads such a series as evenly spaced at the average step (only a warning on stderr), which puts every slice
@@ -176,11 +192,14 @@ def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None) -
     DICOM's rounding of the position tags.
 
     Args:
-        reader: the series' reader (its file names).
+        reader: the series' slice headers (their file names).
         geometry: the series' :func:`_slice_geometry` (``None``: nothing to check against).
+        strays: files of the folder that are not in the series (GDCM leaves out a file it cannot read, e.g. a
+            truncated slice), named after an uneven step as a likely cause of the gap.
 
     Raises:
-        ValueError: naming the slice count and, when most steps agree, that usual step (the median) and the
+        ValueError: naming two slices that share a position (a repeated slice), or the slice count and, when most
+            steps agree, that usual step (the median) and the
             largest deviating step with the files and positions on either side; when no step is shared by most
             (e.g. 3 slices, one gap), the smallest and the largest step, each with its files and positions.
     """
@@ -193,42 +212,92 @@ def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None) -
     if usual.all():
         return
     names = [Path(f).name for f in reader.GetFileNames()]
+    shared = _shared_position(names, pos)
+    if shared is not None:
+        raise Refused(f"two slices of the DICOM series {shared}: remove one of them from the folder")
 
     def step(i: int) -> str:
         return f"{names[i]} (position {pos[i]:.4g} mm) to {names[i + 1]} ({pos[i + 1]:.4g} mm)"
 
     head = (f"the {len(pos)} slices of the DICOM series are not evenly spaced along the slice normal (a missing or "
             "repeated slice?): ")  # fmt: skip
+    tail = ""
+    if strays:
+        shown = ", ".join(strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
+        tail = (f"; {shown} in the folder {'is' if len(strays) == 1 else 'are'} not part of the series: truncated or "
+                "not DICOM?")  # fmt: skip
     if usual.sum() * 2 > len(steps):
         worst = int(np.argmax(np.abs(steps - expected)))
-        raise Refused(head + f"the usual step is {abs(expected):.4g} mm, but {step(worst)} is {abs(steps[worst]):.4g} mm")
+        raise Refused(head + f"the usual step is {abs(expected):.4g} mm, but {step(worst)} is "
+                      f"{abs(steps[worst]):.4g} mm{tail}")  # fmt: skip
     small, large = int(np.argmin(np.abs(steps))), int(np.argmax(np.abs(steps)))
     raise Refused(
         head + f"no step is shared by most slices: the smallest, {step(small)}, is {abs(steps[small]):.4g} mm and "
-        f"the largest, {step(large)}, is {abs(steps[large]):.4g} mm"
+        f"the largest, {step(large)}, is {abs(steps[large]):.4g} mm{tail}"
     )
 
 
-def read_series(folder: Path):
-    """The one DICOM series of ``folder`` as a SimpleITK image, after its slices passed the checks above.
+class _SliceHeaders:
+    """The DICOM tags of each slice of a series, read from the slice headers only (no pixel data), with the
+    per-slice accessors of SimpleITK's ``ImageSeriesReader`` (``GetFileNames``, ``HasMetaDataKey``,
+    ``GetMetaData``) that the checks above use, so that they run before ITK stacks the slices (whose failure on a
+    slice of another size names no file).
 
     Raises:
-        Refused: no series or several, slices that differ, are shifted within their planes or unevenly spaced.
+        Refused: a slice whose header cannot be read, naming it.
+    """
+
+    def __init__(self, files: tuple[str, ...]) -> None:
+        import SimpleITK as sitk
+
+        self.files = tuple(files)
+        self.tags: list[dict[str, str]] = []
+        for f in self.files:
+            info = sitk.ImageFileReader()
+            info.SetFileName(f)
+            try:
+                info.ReadImageInformation()
+            except RuntimeError as e:
+                raise Refused(f"slice {Path(f).name} cannot be read (truncated or not DICOM?)") from e
+            self.tags.append({k: info.GetMetaData(k) for k in info.GetMetaDataKeys()})
+
+    def GetFileNames(self) -> tuple[str, ...]:  # noqa: N802  (SimpleITK's name)
+        """The slice files, in the series' order."""
+        return self.files
+
+    def HasMetaDataKey(self, i: int, key: str) -> bool:  # noqa: N802
+        """Whether slice ``i`` holds tag ``key`` (``"gggg|eeee"``)."""
+        return key in self.tags[i]
+
+    def GetMetaData(self, i: int, key: str) -> str:  # noqa: N802
+        """The value of tag ``key`` of slice ``i``."""
+        return self.tags[i][key]
+
+
+def read_series(folder: Path):
+    """The one DICOM series of ``folder`` as a SimpleITK image; its slices' headers pass the checks above before
+    ITK reads the pixel data.
+
+    Raises:
+        Refused: no series or several, a slice whose header does not read, slices that differ, are shifted within
+            their planes or unevenly spaced.
     """
     import SimpleITK as sitk
 
+    files = series_files(folder)
+    headers = _SliceHeaders(files)
+    _check_slices_agree(headers)
+    geometry = _slice_geometry(headers)  # every slice's position tags parsed once, for both checks
+    _check_not_sheared(geometry)
+    listed = {Path(f).name for f in files}
+    strays = tuple(sorted(f.name for f in folder.iterdir() if f.is_file() and f.name not in listed))
+    _check_even_slices(headers, geometry, strays)
+    _warn_if_not_ct(headers, folder)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(series_files(folder))
-    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.SetFileNames(files)
     warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's uneven-slices warning: refused below, clearly
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's uneven-slices warning: refused above, clearly
     try:
-        img = reader.Execute()
+        return reader.Execute()
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warn)
-    _check_slices_agree(reader)
-    geometry = _slice_geometry(reader)  # every slice's position tags parsed once, for both checks
-    _check_not_sheared(geometry)
-    _check_even_slices(reader, geometry)
-    _warn_if_not_ct(reader, folder)
-    return img

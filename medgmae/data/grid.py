@@ -164,6 +164,11 @@ def _grid_mismatch(shape, affine, ref_shape, ref_affine) -> tuple[float, float] 
     return None if _shape3(shape) == _shape3(ref_shape) and offset <= tol else (offset, tol)
 
 
+#: The fix :func:`label_grid_problem` adds to its message.
+LABEL_GRID_FIX = ("; resample the label map onto the image's grid with nearest-neighbour interpolation (e.g. 3D "
+                  "Slicer's Resample Scalar/Vector/DWI Volume, or SimpleITK.Resample with sitkNearestNeighbor)")
+
+
 def label_grid_problem(
     label: str | os.PathLike,
     label_shape: Sequence[int],
@@ -183,6 +188,11 @@ def label_grid_problem(
         image: the image's path.
         image_shape: its shape.
         image_affine: its affine.
+
+    Returns:
+        The problem in one line ending with how to fix it (:data:`LABEL_GRID_FIX`), or ``None``.
     """
-    return same_grid_problem(f"label {label}", label_shape, label_affine, f"image {image}", image_shape, image_affine,
-                             reoriented=True)  # fmt: skip
+    problem = same_grid_problem(f"label {label}", label_shape, label_affine, f"image {image}", image_shape,
+                                image_affine, reoriented=True)  # fmt: skip
+    return None if problem is None else problem + LABEL_GRID_FIX
+

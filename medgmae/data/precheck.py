@@ -121,7 +121,8 @@ def _grouped_range_problems(problems: list[str]) -> tuple[list[str], int | None]
     if not ranged:
         return problems, None
     highest, num_classes = max(p.highest for p in ranged), ranged[0].num_classes
-    files = ", ".join(p.path for p in ranged[:SHOWN_FILES]) + (
+    own = len({p.highest for p in ranged}) > 1  # maps of several ranges: each named with its own
+    files = ", ".join(p.path + (f" (0-{p.highest})" if own else "") for p in ranged[:SHOWN_FILES]) + (
         f" and {len(ranged) - SHOWN_FILES} more" if len(ranged) > SHOWN_FILES else "")
     need = (f"labels 0-{highest} found: they need {highest + 1} classes (--num_classes {highest + 1}, with as many "
             "names in the datalist's 'labels' map when it has one)")
@@ -138,6 +139,9 @@ def _label_problems(label: np.ndarray, path: str, num_classes: int | None) -> li
         if num_classes is None:  # a label map holds class indices 0, 1, 2...: an image given as the label?
             return [f"{path}: label values in [{lo}, {hi}] include negative ones: a label map holds class indices "
                     "from 0 (is this an image listed as the label?)"]  # fmt: skip
+        if lo == 0 and hi == 255 and not ((label != 0) & (label != 255)).any():  # not 256 classes: a 0/255 mask
+            return [f"{path}: label values in [0, 255] are outside the class range [0, {num_classes - 1}]: only 0 and "
+                    "255: a binary mask saved as 0/255? divide it by 255"]  # fmt: skip
         if lo >= 0 and hi < 256:  # class indices, only more of them: the count they need is worth saying
             return [_range_problem(path, hi, num_classes)]
         return [f"{path}: label values in [{lo}, {hi}] are outside the class range [0, {num_classes - 1}]"]

@@ -81,8 +81,15 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     return p.name.lower().endswith(VOLUME_SUFFIXES)
 
 
+def _one_component(components: int) -> None:
+    """Refuse an image of several values per voxel (RGB, a vector field), in the same words for every format."""
+    if components != 1:
+        raise Refused(f"expected one value per voxel, got {components} components")
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     img = load_nifti(path)
+    _one_component(len(img.get_data_dtype().names or ()) or 1)  # RGB(A) NIfTI: a structured dtype, one field each
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
@@ -128,8 +135,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     img = read_series(path) if path.is_dir() else _read_sitk_file(path)
     if not path.is_dir() and img.HasMetaDataKey("0008|0060"):  # a multi-frame DICOM file
         warn_if_modality_not_ct(img.GetMetaData("0008|0060"), path)
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"expected one value per voxel, got {img.GetNumberOfComponentsPerPixel()} components")
+    _one_component(img.GetNumberOfComponentsPerPixel())
     dim = img.GetDimension()
     arr = sitk.GetArrayViewFromImage(img).astype(np.float32).transpose(tuple(range(dim - 1, -1, -1)))
     if dim != 3 and not (dim == 4 and img.GetSize()[3] == 1):
