@@ -258,6 +258,16 @@ def test_pre_training_and_fine_tuning_warn_about_a_volume_smaller_than_the_crop(
     assert caplog.text.count(f"{small} is ") == 1
     size, share = re.search(r"is (\d+)x\1x\1 voxels.*24x24x24 crop: (\d+) % of every crop", caplog.text).groups()
     assert int(size) in (19, 20) and int(share) == round(100 * (1 - (int(size) / 24) ** 3))
+    # segmentation's inference said nothing of a scan mostly padding in its sliding window
+    from medgmae.finetune.data import inference_transforms
+
+    scan = ct("scan.nii.gz", 40, 30)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        inference_transforms(spec)({"image": large})
+        assert "smaller than the" not in caplog.text
+        inference_transforms(spec)({"image": scan})
+    assert re.search(rf"{re.escape(scan)} is (\d+)x\1x\1 voxels.*24x24x24 sliding window: (\d+) % of every sliding window", caplog.text)
     assert " at 1.5x1.5x1.5 mm" in caplog.text
 
 

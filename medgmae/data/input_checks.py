@@ -2,8 +2,8 @@
 
 Both transforms sit where the problem becomes visible: :class:`WarnIfNotHUd` (attenuation in 1/mm, or a label
 map listed as an image; training and inference pipelines) after loading, before the HU window, each time a volume
-is loaded (with a disk cache, once); :class:`WarnIfPaddedd` (training) after the foreground crop, before
-``SpatialPadd``, once per file and process. Each names the file.
+is loaded (with a disk cache, once); :class:`WarnIfPaddedd` (training, and segmentation's inference) after the
+foreground crop, before ``SpatialPadd`` (or the sliding window's own padding), once per file and process. Each names the file.
 """
 
 from __future__ import annotations
@@ -63,15 +63,18 @@ class WarnIfPaddedd(MapTransform):
         spatial_size: the crop size in voxels, ``(X, Y, Z)``.
         pixdim: the voxel size in mm the image was resampled to (named in the message; ``None``: not named).
         max_padding: the share of a crop that may be padding without a warning, in ``[0, 1)``.
+        window: what the message calls the region of ``spatial_size`` (``"crop"`` in training; inference's
+            ``"sliding window"``).
     """
 
     _warned: set = set()
 
     def __init__(
         self, keys: KeysCollection, spatial_size: Sequence[int], pixdim: Sequence[float] | None = None,
-        max_padding: float = 0.25,
+        max_padding: float = 0.25, window: str = "crop",
     ) -> None:
         super().__init__(keys)
+        self.window = str(window)
         if not 0.0 <= float(max_padding) < 1.0:
             raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
         self.max_padding = float(max_padding)
@@ -90,10 +93,10 @@ class WarnIfPaddedd(MapTransform):
             WarnIfPaddedd._warned.add(source)
             at = "" if self.pixdim is None else f" at {'x'.join(f'{p:g}' for p in self.pixdim)} mm"
             logger.warning(
-                "%s is %s voxels%s after resampling and the foreground crop, smaller than the %s crop: %.0f %% of "
-                "every crop of it is padding with the window's lower end (air), which the model sees as part of the "
+                "%s is %s voxels%s after resampling and the foreground crop, smaller than the %s %s: %.0f %% of "
+                "every %s of it is padding with the window's lower end (air), which the model sees as part of the "
                 "volume; check its field of view, or use a smaller pixdim (for a pre-trained encoder, one pre-trained at that "
                 "spacing: a spacing other than its own shows it data prepared otherwise)", source, "x".join(map(str, shape)), at,
-                "x".join(map(str, self.spatial_size)), 100 * padding,
+                "x".join(map(str, self.spatial_size)), self.window, 100 * padding, self.window,
             )
         return data

@@ -374,7 +374,8 @@ def val_transforms(spec: PreprocessingSpec) -> Compose:
 
 
 def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True) -> Compose:
-    """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space.
+    """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space; a
+    scan much smaller than the model's window is warned about (:class:`WarnIfPaddedd`).
 
     Args:
         spec: the model's pre-processing.
@@ -387,4 +388,5 @@ def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True) -> C
     """
     if not isinstance(warn_not_hu, bool):
         raise ValueError(f"inference_transforms: warn_not_hu must be true or false, got {warn_not_hu!r}")
-    return Compose(_load_and_resample(["image"], spec, warn_not_hu) + [EnsureTyped(keys="image")])
+    padded = WarnIfPaddedd(keys="image", spatial_size=spec.input_size, pixdim=spec.spacing, window="sliding window")
+    return Compose(_load_and_resample(["image"], spec, warn_not_hu) + [padded, EnsureTyped(keys="image")])
