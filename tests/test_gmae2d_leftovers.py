@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -135,7 +136,7 @@ def test_a_16_bit_rgb_dicom_is_scaled_by_its_bit_depth(tmp_path):
     wide[0, 0], wide[1, 2], wide[3, 4] = (65535, 32768, 0), (1000, 4095, 255), (13107, 26214, 39321)
     _write_rgb_dicom(tmp_path / "rgb16.dcm", wide, 16)
     image, source = read_image_source(tmp_path / "rgb16.dcm")
-    assert image.shape == (3, 4, 5) and source["window"] == [0.0, 1.0]
+    assert image.shape == (3, 4, 5) and source["window"] is None
     np.testing.assert_allclose(image, wide.transpose(2, 0, 1) / 65535.0, atol=1e-6)
     _write_rgb_dicom(tmp_path / "rgb12.dcm", np.minimum(wide, 4095), 12)  # 12 of 16 bits used: 4095 is white
     np.testing.assert_allclose(read_image(tmp_path / "rgb12.dcm"), np.minimum(wide, 4095).transpose(2, 0, 1) / 4095.0, atol=1e-6)
@@ -185,3 +186,69 @@ def test_a_pillow_without_freetype_falls_back_to_its_bitmap_font(monkeypatch):
         assert figure_text.figure_font() == "built-in"
     finally:
         figure_text.figure_font.cache_clear()
+
+
+def _write_grey_dicom(path, values: np.ndarray, photometric: str, window=(2000.0, 2000.0)) -> None:
+    """An uncompressed 16-bit grey DICOM of stored ``values`` (rescale slope 1, intercept 0), with a window
+    (centre, width)."""
+    from pydicom.uid import DigitalXRayImageStorageForPresentation
+
+    from tests.data_helpers import pydicom_dataset
+
+    ds = pydicom_dataset(DigitalXRayImageStorageForPresentation)
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = values.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("window", [None, (0.0, 4095.0), (1000.0, 3000.0)])
+def test_a_monochrome1_x_ray_is_windowed_in_its_own_units_then_inverted(tmp_path, window):
+    """MONOCHROME1 (high values shown dark) was negated before the window: a window given in the file's units (or
+    recorded by a checkpoint) fell outside the negated values and the image read all black. Oracle: the same values
+    stored as MONOCHROME2 under the same window, inverted; the window used is reported in the file's units."""
+    from medgmae.twod.images import read_image_source
+
+    values = (np.arange(48).reshape(6, 8) * 85).astype(np.uint16)  # 0 .. 3995
+    _write_grey_dicom(tmp_path / "m1.dcm", values, "MONOCHROME1")
+    _write_grey_dicom(tmp_path / "m2.dcm", values, "MONOCHROME2")
+    m1, used1 = read_image_source(tmp_path / "m1.dcm", window=window)
+    m2, used2 = read_image_source(tmp_path / "m2.dcm", window=window)
+    assert m1.max() > 0.5 and m1.min() < 0.5  # not a black (or white) image
+    np.testing.assert_allclose(m1, 1.0 - m2, atol=1e-6)
+    assert used1["window"] == used2["window"] == (list(window) if window else [1000.0, 3000.0])
+
+
+def test_a_colour_dicom_is_not_windowed_and_a_palette_one_reads_through_its_colour_table(tmp_path):
+    """A CT window (given, or recorded by a checkpoint) applied to an RGB DICOM's 0..1 samples flattened it to 0.5
+    grey; a PALETTE COLOR frame (ultrasound) was read as its table indices. Oracle: the samples divided by their
+    bit depth; the table looked up by hand."""
+    from pydicom.uid import UltrasoundImageStorage
+
+    from medgmae.twod.images import read_image_source
+    from tests.data_helpers import pydicom_dataset
+
+    rgb = (np.arange(60).reshape(4, 5, 3) * 4).astype(np.uint8)
+    _write_rgb_dicom(tmp_path / "rgb8.dcm", rgb, 8)
+    image, used = read_image_source(tmp_path / "rgb8.dcm", window=(-1000.0, 1000.0))
+    np.testing.assert_allclose(image, rgb.transpose(2, 0, 1) / 255.0, atol=1e-6)
+    assert used["window"] is None and used["window_source"] == "not windowed: a colour frame"
+    indices = np.array([[0, 1, 2, 3], [3, 2, 1, 0], [255, 128, 7, 0]], np.uint8)
+    table = np.stack([65535 - np.arange(256) * 257, np.arange(256) * 257, np.full(256, 1000)], axis=1).astype(np.uint16)
+    ds = pydicom_dataset(UltrasoundImageStorage)
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = indices.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "PALETTE COLOR"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table[:, i].tobytes())
+    ds.PixelData = indices.tobytes()
+    ds.save_as(tmp_path / "us.dcm", enforce_file_format=True)
+    image, used = read_image_source(tmp_path / "us.dcm", window=(-1000.0, 1000.0))
+    np.testing.assert_allclose(image, table[indices].transpose(2, 0, 1) / 65535.0, atol=1e-6)
+    assert image.shape == (3, 3, 4) and used["window"] is None

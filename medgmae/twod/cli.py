@@ -160,6 +160,8 @@ def _describe(image: dict) -> str:
         text += f", {slice_text(image['slice'])}"
     if image["window"] is not None:
         text += f", window {image['window'][0]:g} {image['window'][1]:g} ({image['window_source']})"
+    elif image["window_source"]:  # a colour DICOM frame: a --window or the checkpoint's does not apply
+        text += f", {image['window_source']}"
     return text
 
 

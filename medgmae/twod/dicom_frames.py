@@ -50,9 +50,12 @@ def _compression_words(ds: Any) -> str:
 
 def read_dicom_frame(
     path: Path, slice_index: int | None, stored: bool = False
-) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
-    """One frame of a DICOM file, ``(C, H, W)``, its window and which frame (``{"axis": "frame", "index",
-    "count"}``); ``stored``: the stored values (no rescale, no MONOCHROME1 inversion, no window)."""
+) -> tuple[np.ndarray, tuple[float, float] | None, dict, str]:
+    """One frame of a DICOM file, ``(C, H, W)``, its window, which frame (``{"axis": "frame", "index", "count"}``)
+    and its kind: ``"grey"`` (rescaled values; the window in their units), ``"monochrome1"`` (the same, to be shown
+    inverted once windowed: high values dark) or ``"colour"`` (RGB / YBR, or a PALETTE COLOR frame through its colour
+    table, divided by its bit depth to ``[0, 1]``; no window). ``stored``: the stored values (no rescale, no colour
+    table, no window)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -68,7 +71,8 @@ def read_dicom_frame(
             NotImplementedError) as e:  # the last two: compressed pixel data that no installed decoder reads
         raise ValueError(f"{path}: not a readable DICOM image{_compression_words(ds)} ({type(e).__name__}: "
                          f"{' '.join(str(e).split())})") from e  # fmt: skip
-    rgb = str(getattr(ds, "PhotometricInterpretation", "")).upper() in ("RGB", "YBR_FULL", "YBR_FULL_422")
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+    rgb = photometric in ("RGB", "YBR_FULL", "YBR_FULL_422")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     k = (frames // 2 if frames > 1 else 0) if slice_index is None else int(slice_index)
     if not 0 <= k < frames:  # a single frame too: --slice 40 of a folder of single frames showed frame 0
@@ -76,10 +80,13 @@ def read_dicom_frame(
     if frames > 1:
         arr = arr[k]
     which = {"axis": "frame", "index": k, "count": frames}
-    if rgb:
-        return _radiological_frame(arr.transpose(2, 0, 1) / _sample_max(ds, path), ds), (0.0, 1.0), which
     if stored:
-        return _radiological_frame(arr[None], ds), None, which
+        return _radiological_frame(arr[None], ds), None, which, "grey"
+    if photometric == "PALETTE COLOR":  # indices into a colour table (ultrasound): its colours, not the indices
+        colours = _palette_colours(ds, path)
+        return _radiological_frame(colours[k] if frames > 1 else colours, ds), None, which, "colour"
+    if rgb:
+        return _radiological_frame(arr.transpose(2, 0, 1) / _sample_max(ds, path), ds), None, which, "colour"
     arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     window = None
     centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
@@ -88,10 +95,27 @@ def read_dicom_frame(
         width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
         if width > 0:
             window = (centre - width / 2.0, centre + width / 2.0)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = -arr
-        window = None if window is None else (-window[1], -window[0])
-    return _radiological_frame(arr[None], ds), window, which
+    return _radiological_frame(arr[None], ds), window, which, "monochrome1" if photometric == "MONOCHROME1" else "grey"
+
+
+def _palette_colours(ds: Any, path: Path) -> np.ndarray:
+    """A PALETTE COLOR image's pixels through its colour table, ``(3, H, W)`` or ``(frames, 3, H, W)`` in
+    ``[0, 1]`` (divided by the largest value of the table's entries' type).
+
+    Raises:
+        ValueError: naming ``path``, a colour table pydicom cannot apply.
+    """
+    try:
+        from pydicom.pixels import apply_color_lut
+    except ImportError:  # pydicom 2
+        from pydicom.pixel_data_handlers.util import apply_color_lut
+    try:
+        rgb = apply_color_lut(ds.pixel_array, ds)
+    except (AttributeError, KeyError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(f"{path}: a PALETTE COLOR image whose colour table cannot be applied ({type(e).__name__}: "
+                         f"{e}); convert it to RGB first (e.g. gdcmconv --rgb)") from e  # fmt: skip
+    top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
+    return np.moveaxis(rgb.astype(np.float32) / top, -1, -3)
 
 
 def _sample_max(ds: Any, path: Path) -> float:

@@ -15,12 +15,14 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
   (anterior up, patient's right on the left), so a 2D image, a one-slice volume and a slice of a volume with the
   same affine give the same picture; scaled by ``window`` if given, else between the 0.5 and 99.5 percentiles:
   :mod:`medgmae.twod.nifti_slices`.
-* DICOM: rescale slope/intercept applied, then the file's first window (centre/width) or, without one, the 0.5
-  and 99.5 percentiles; MONOCHROME1 is inverted; multi-frame files use the middle frame (or ``slice_index``).
+* DICOM: rescale slope/intercept applied, then the given window, the file's first window (centre/width) or,
+  without either, the 0.5 and 99.5 percentiles, all in the file's rescaled units; MONOCHROME1 is inverted after the
+  window (high values dark); multi-frame files use the middle frame (or ``slice_index``).
   The frame is shown radiologically as a NIfTI slice is, by its ImageOrientationPatient (a standard axial slice
   as stored; a flipped or transposed one turned; without the tag, as stored): :mod:`medgmae.twod.dicom_frames`.
-  A colour (RGB, YBR) frame is not windowed: it is divided by the largest value of its bit depth
-  (``2 ** BitsStored - 1``: 255 for 8-bit samples, 65535 for 16-bit ones), as a picture file is.
+  A colour (RGB, YBR) frame is not windowed, even when a window is given: it is divided by the largest value of its
+  bit depth (``2 ** BitsStored - 1``: 255 for 8-bit samples, 65535 for 16-bit ones), as a picture file is; a
+  PALETTE COLOR frame is read through its colour table, likewise.
 
 Masks (:func:`read_mask`, :func:`read_reference`) are read from the values the file stores, without NIfTI's or
 DICOM's rescale; a reference mask must be on the image's pixels (:mod:`medgmae.data.grid`).
@@ -231,9 +233,14 @@ def read_image_source(
         arr, which = read_nifti_slice(path, slice_index)
         arr, used = _scale(arr, path, window)
     else:
-        arr, file_window, which = read_dicom_frame(path, slice_index)
+        arr, file_window, which, frame = read_dicom_frame(path, slice_index)
+        if frame == "colour":  # scaled by its bit depth already: a window (a CT's, say) would flatten it to grey
+            return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": which, "window": None,
+                                                               "window_source": "not windowed: a colour frame"}
         arr, used = _scale(arr, path, window if window is not None else file_window,
                            "given" if window is not None else "dicom file")  # fmt: skip
+        if frame == "monochrome1":  # windowed in the file's units, then shown as the modality does: high values dark
+            arr = 1.0 - arr
     return arr, {"slice": which, **used}
 
 
