@@ -395,4 +395,5 @@ def skipped_files_note(
         return None
     names = [str(p.relative_to(root)) + (said(p) if said else "") for p in others[:shown]]
     names += ["..."] if len(others) > shown else []
-    return f"skipped {plural(len(others), 'file')} that {'is' if len(others) == 1 else 'are'} not {what}: {', '.join(names)}"
+    one = ("an " if what[:1] in "aeiou" else "a ") + what[:-1] if what.endswith("s") else what  # "images": "an image"
+    return f"skipped {plural(len(others), 'file')} that {f'is not {one}' if len(others) == 1 else f'are not {what}'}: {', '.join(names)}"

@@ -249,7 +249,7 @@ def test_files_that_are_not_volumes_are_named_as_skipped(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(lone)])
     err = capsys.readouterr().err
-    assert "imagesTr: no volumes (readable: .nii" in err and "skipped 1 file that is not volumes: imagesTr/README.txt" in err
+    assert "imagesTr: no volumes (readable: .nii" in err and "skipped 1 file that is not a volume: imagesTr/README.txt" in err
 
 
 @pytest.mark.parametrize("labels", [{"background": 0, "liver": 1, "tumor": 2},  # nnU-Net v2

@@ -252,3 +252,21 @@ def test_a_colour_dicom_is_not_windowed_and_a_palette_one_reads_through_its_colo
     image, used = read_image_source(tmp_path / "us.dcm", window=(-1000.0, 1000.0))
     np.testing.assert_allclose(image, table[indices].transpose(2, 0, 1) / 65535.0, atol=1e-6)
     assert image.shape == (3, 3, 4) and used["window"] is None
+
+
+def test_a_palette_png_of_greys_reads_as_one_grey_channel_and_a_coloured_one_as_rgb(tmp_path):
+    """A grey picture saved with a palette (PIL mode P, as many tools save 8-bit PNGs) was read as RGB: a
+    classification dataset of grey images was said to mix grey and colour, and a first such image made a 3-channel
+    model. Oracle: the palette looked up by hand."""
+    from medgmae.twod.images import read_image
+
+    indices = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    greys = [0, 0, 0, 128, 128, 128, 255, 255, 255]
+    colours = [255, 0, 0, 0, 255, 0, 0, 0, 255]
+    for name, palette in (("grey.png", greys), ("colour.png", colours)):
+        im = Image.fromarray(indices, mode="P")
+        im.putpalette(palette + [0] * (768 - len(palette)))
+        im.save(tmp_path / name)
+    table = lambda p: np.asarray(p, np.float32).reshape(3, 3)[indices].transpose(2, 0, 1) / 255.0  # noqa: E731
+    np.testing.assert_allclose(read_image(tmp_path / "grey.png"), table(greys)[:1], atol=1e-6)
+    np.testing.assert_allclose(read_image(tmp_path / "colour.png"), table(colours), atol=1e-6)

@@ -219,6 +219,21 @@ def test_csv_labels_that_differ_only_in_case_are_warned_about(tmp_path, caplog):
     assert "differ only in case" not in caplog.text
 
 
+def test_a_label_written_composed_and_decomposed_is_one_class(tmp_path):
+    """'Läsion' typed on one machine (composed, NFC) and on macOS (decomposed, NFD: 'a' and a combining diaeresis)
+    were two classes that print alike. Oracle: unicodedata's NFC of each spelling is one string."""
+    import unicodedata
+
+    root = _folder(tmp_path)
+    nfc, nfd = unicodedata.normalize("NFC", "Läsion"), unicodedata.normalize("NFD", "Läsion")
+    assert nfc != nfd and unicodedata.normalize("NFC", nfd) == nfc
+    (tmp_path / "mixed.csv").write_text(f"path,label\ndata/a/0.png,{nfc}\ndata/a/1.png,{nfd} \ndata/b/0.png,square\n",
+                                        encoding="utf-8")
+    items, classes = read_csv_list(tmp_path / "mixed.csv")
+    assert classes == [nfc, "square"] and [it["label"] for it in items] == [0, 0, 1]
+    assert root.is_dir()
+
+
 def test_phantom_slice_task_is_ordered_by_body_region(tmp_path):
     out = write_phantom_slice_task(tmp_path / "task", num_cases=3, num_val_cases=1, image_size=16, volume_shape=(32, 32, 32))
     data = load_classification_data(out)

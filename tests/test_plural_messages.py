@@ -22,7 +22,7 @@ from medgmae.twod.gvit_summary import training_line
 def test_one_and_several_are_counted_in_words(tmp_path):
     assert [plural_noun(w) for w in ("epoch", "joint epoch", "patch", "class", "image")] == [
         "epochs", "joint epochs", "patches", "classes", "images"]  # fmt: skip
-    assert skipped_files_note([tmp_path / "README.txt"], tmp_path) == "skipped 1 file that is not images: README.txt"
+    assert skipped_files_note([tmp_path / "README.txt"], tmp_path) == "skipped 1 file that is not an image: README.txt"
     two = skipped_files_note([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path, what="volumes")
     assert two == "skipped 2 files that are not volumes: a.txt, b.txt"
     assert guidance_note("joint", 0.1, 1) == ", with guidance (gamma 0.1 every 1 iteration)"

@@ -152,7 +152,7 @@ def test_a_folder_without_images_names_the_files_it_skipped(tmp_path):
 
     (tmp_path / "README.txt").write_text("about")
     (tmp_path / ".DS_Store").write_bytes(b"\0")
-    skipped = re.escape("; skipped 1 file that is not images: README.txt")
+    skipped = re.escape("; skipped 1 file that is not an image: README.txt")
     with pytest.raises(ValueError, match=rf"dataset_dir {tmp_path} holds no images \(.*\){skipped}$"):
         image_folder_items(tmp_path)
     with pytest.raises(ValueError, match=rf"--image_dir {tmp_path} holds no images \(.*\){skipped}$"):

@@ -39,7 +39,7 @@ from medgmae.twod.image_copies import warn_about_copies
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.windows import window_setting
-from medgmae.words import plural, plural_noun
+from medgmae.words import label_text, plural, plural_noun
 
 __all__ = [
     "ClassificationData",
@@ -106,7 +106,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=label_text)
     loose_images, others = listed_files(root, recursive=False)  # others: named with the class folders' below
     if not classes:
         loose = len(loose_images)
@@ -129,7 +129,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     skipped = skipped_files_note(others, root)
     if skipped:
         logger.info("dataset folder %s: %s", root, skipped)
-    return items, classes
+    return items, [label_text(c) for c in classes]  # the folders' names as class names (NFC)
 
 
 def _without_header(rows: list[tuple[int, list[str]]], csv_path: Path) -> list[tuple[int, list[str]]]:
@@ -178,7 +178,7 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
         if not path.is_file():
             problems.append(f"line {line}: image not found: {path}")
             continue
-        parsed.append((str(path), r[1].strip(), split, line))
+        parsed.append((str(path), label_text(r[1]), split, line))
     problems += _listed_twice(parsed)
     if problems:
         more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""

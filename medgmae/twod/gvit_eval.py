@@ -37,6 +37,7 @@ from medgmae.twod.gvit import Gaussians2D
 from medgmae.twod.gvit_figures import save_confusion_matrix_png, save_explanation_png
 from medgmae.twod.images import IMAGE_SUFFIXES
 from medgmae.twod.windows import recorded_window
+from medgmae.words import label_text
 
 if TYPE_CHECKING:
     from medgmae.twod.classification_data import ClassificationData
@@ -269,7 +270,7 @@ def _evaluation_data(
                                        val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window,
                                        channels=model.in_channels)  # fmt: skip
     names = getattr(model, "class_names", None)
-    if names is not None and list(names) != list(data.class_names):
+    if names is not None and [label_text(n) for n in names] != list(data.class_names):  # a model of before NFC names
         raise DatasetError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
     if model.num_classes != data.num_classes:
         raise DatasetError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")

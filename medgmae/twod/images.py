@@ -3,7 +3,7 @@
 Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB), scaled to ``[0, 1]``:
 
 * PNG/JPEG/BMP/TIFF: one image (a multi-page TIFF is refused), 8- or 16-bit, grey, grey+alpha, RGB(A) or palette
-  (alpha is dropped), upright by the file's EXIF orientation (a camera's JPEG); divided by the maximum of the
+  (grey when its pixels are; alpha is dropped), upright by the file's EXIF orientation (a camera's JPEG); divided by the maximum of the
   file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever the image's own values. A fixed scale keeps
   intensities comparable between images (the same stored value reads the same everywhere) and does not depend on
   content: a dark 16-bit image stays dark, it is neither stretched to its own maximum nor taken for 8-bit because
@@ -146,6 +146,8 @@ def _read_pil(path: Path) -> np.ndarray:
                 arr = np.asarray(im if mode == "F" else im.convert("L"), dtype=np.float32)[None]
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+                if mode in ("P", "PA") and (arr == arr[:1]).all():  # a palette of greys: a grey image
+                    arr = arr[:1]
     except DecompressionBombError as e:  # PIL's guard against huge images (a subclass of Exception only)
         raise ValueError(f"{path}: image too large for PIL to open ({e}); downscale it first (the models take "
                          "inputs of a few hundred pixels)") from e  # fmt: skip
