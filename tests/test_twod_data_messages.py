@@ -163,7 +163,7 @@ def test_a_folder_without_images_names_the_files_it_skipped(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(classes / "disc" / "0.png")
     (classes / "bar" / "notes.md").write_text("notes")
     with pytest.raises(ValueError, match=r"class folder .*bar holds no images \(.*\); skipped 1 file that is "
-                                         r"not images: bar/notes\.md$"):  # fmt: skip
+                                         r"not an image: bar/notes\.md$"):  # fmt: skip
         scan_image_folder(classes)
 
 
