@@ -6,6 +6,10 @@ step) in magnitude and multiples of 0.01 (as degrees are written: 0, 0.5, 1.2...
 radians saved to two decimals looks the same, so such angles only get a warning (:func:`degrees_question`). They
 are refused (:func:`check_radians`) when they clearly are degrees: their span plus one step (or their span) is a
 half or a full turn in degrees, 180 or 360, or they go round over 10 times as radians while within 360.
+
+The other way round (:func:`check_degrees`, for RTK's ``GantryAngle``, which is in degrees): angles within a turn
+in radians whose span plus one step (or span) is a half or a full turn in radians, pi or 2 pi, over at least
+:data:`MIN_VIEWS_RADIANS` views, are radians: no scanner takes dozens of views over 6.3 degrees.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 
 import numpy as np
 
-__all__ = ["check_directions", "check_radians", "degrees_question", "full_turn", "looks_like_degrees"]
+__all__ = ["check_degrees", "check_directions", "check_radians", "degrees_question", "full_turn", "looks_like_degrees"]
 
 #: Turns (as radians) past which angles that may be degrees are taken to be degrees.
 DEGREE_TURNS = 10
@@ -58,6 +62,23 @@ def check_radians(angles) -> None:
     raise ValueError(f"angles run from {a.min():.4g} to {a.max():.4g} ({a.size} views): as radians, which angles are, "
                      f"that is {span / (2 * math.pi):.0f} turns; they look like degrees: give them in radians "
                      "(numpy.deg2rad(angles))")  # fmt: skip
+
+
+#: The fewest views whose span of pi or 2 pi "degrees" is taken for radians (a few views may span anything).
+MIN_VIEWS_RADIANS = 8
+
+
+def check_degrees(degrees, field: str = "GantryAngle") -> None:
+    """Raise ``ValueError`` for angles given as degrees that clearly are radians (module docstring), naming
+    ``field``."""
+    a, span, step = _span_step(degrees)
+    if a.size < MIN_VIEWS_RADIANS or np.abs(a).max() > 2 * math.pi + step:
+        return
+    if not any(abs(s - t) <= _TURN_RTOL * t for t in (math.pi, 2 * math.pi) for s in (span, span + step)):
+        return
+    raise ValueError(f"{field} runs from {a.min():.4g} to {a.max():.4g} over {a.size} views, {span + step:.3g} with one "
+                     f"step more: a {'full' if span + step > 4.5 else 'half'} turn in radians, while {field} is in "
+                     "degrees; give the angles in degrees (numpy.rad2deg(angles))")  # fmt: skip
 
 
 def check_directions(angles, kind: str = "cone") -> None:

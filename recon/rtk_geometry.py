@@ -50,6 +50,7 @@ from typing import Sequence
 
 import numpy as np
 
+from recon.angle_checks import check_degrees
 from recon.detector_offset import per_view
 from recon.geometry import CTGeometry
 
@@ -151,6 +152,10 @@ def _check_circular(path: Path, fields: dict[str, np.ndarray], radius: float) ->
     if not all(np.isfinite(v).all() for v in fields.values()):
         bad = [f for f, v in fields.items() if not np.isfinite(v).all()]
         raise ValueError(f"RTK geometry {path}: {', '.join(bad)} not finite")
+    try:
+        check_degrees(fields["GantryAngle"])  # radians written where RTK has degrees: a 6-degree "scan"
+    except ValueError as e:
+        raise ValueError(f"RTK geometry {path}: {e}") from None
     holds = {
         "SourceToIsocenterDistance": "one source-isocentre distance (source_origin)",
         "SourceToDetectorDistance": "one source-detector distance (source_detector)",

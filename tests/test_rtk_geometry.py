@@ -162,3 +162,22 @@ def test_a_folder_given_as_the_rtk_geometry_is_named_a_folder(tmp_path):
     assert str(e.value) == f"RTK geometry {tmp_path} is a folder: give RTK's geometry file (.xml) in it"
     with pytest.raises(ValueError, match=r"geometry\.xml does not exist$"):
         read_rtk_geometry(tmp_path / "geometry.xml")
+
+
+@pytest.mark.parametrize("turn, views", [(2 * np.pi, 48), (np.pi, 24)])
+def test_gantry_angles_written_in_radians_are_refused(tmp_path, turn, views):
+    """RTK's GantryAngle is in degrees; written in radians (0 .. 6.15 over 48 views) the scan converted without a
+    word into 48 views over 6 degrees, and FDK said only that the arc was short. A real short arc in degrees, and a
+    few views of any span, still read."""
+    top = "<SourceToIsocenterDistance>600</SourceToIsocenterDistance><SourceToDetectorDistance>900</SourceToDetectorDistance>"
+    radians = np.arange(views) * turn / views
+    with pytest.raises(ValueError) as e:
+        read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in radians], top))
+    assert (f"scan.xml: GantryAngle runs from 0 to {radians.max():.4g} over {views} views, {turn:.3g} with one step more: "
+            f"a {'full' if turn > 4 else 'half'} turn in radians, while GantryAngle is in degrees; give the angles in "
+            "degrees (numpy.rad2deg(angles))") in str(e.value)
+    scan = read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in np.rad2deg(radians)], top))
+    np.testing.assert_allclose(np.deg2rad(scan.gantry_deg), radians, atol=1e-9)
+    assert read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": a} for a in (0.0, 3.0, 6.0)], top)).num_views == 3
+    short = np.linspace(0.0, 100.0, views)  # a short arc in degrees: not a turn in radians
+    assert read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in short], top)).num_views == views
