@@ -101,6 +101,7 @@ def read_field(path: str, flag: str, proj_path: str, det_shape: tuple[int, int],
     from recon.scan_files import read_detector_images
 
     images = read_detector_images(path, flag, planar=True)[0]
+    _warn_if_field_saturated(images, path, flag)
     if tuple(images.shape[1:]) != tuple(det_shape):
         field = tuple(images.shape[1:])
         orders = [o for o in itertools.permutations(range(3)) if stack_shape and len(stack_shape) == 3
@@ -115,6 +116,22 @@ def read_field(path: str, flag: str, proj_path: str, det_shape: tuple[int, int],
                          f"image{'s' if images.shape[0] > 1 else ''}), but the projections {proj_path} have (rows, cols) "
                          f"= {tuple(det_shape)}: {advice}")  # fmt: skip
     return images.astype(np.float64).mean(axis=0), int(images.shape[0])
+
+
+def _warn_if_field_saturated(images: np.ndarray, path: str, flag: str) -> None:
+    """Print one warning line when a flat or dark holds readings at its integer type's maximum: a saturated open
+    beam reads too low, so the line integrals of those pixels come out too high (the projections' own saturation
+    check does not see it; the damage looked like truncation)."""
+    top = _dtype_max(images)
+    pixels = (images == top).any(axis=0) if top is not None else None
+    if pixels is None or not pixels.any():
+        return
+    n, total = int(pixels.sum()), int(pixels.size)
+    rows, cols = np.nonzero(pixels)
+    where = f"rows {rows.min()}-{rows.max()}, columns {cols.min()}-{cols.max()}"
+    fix = "shorten its exposure, or leave those pixels out" if flag == "--flat" else "is it the dark field?"
+    print(f"warning: {flag} {path}: {n} of {total} pixels ({n / total:.2%}; {where}) read the {images.dtype} maximum "
+          f"{top}: saturated, so F - D there is too low and their line integrals too high; {fix}", flush=True)  # fmt: skip
 
 
 def _check_not_swapped(open_beam: np.ndarray, open_text: str, dark: str | None) -> None:
@@ -147,7 +164,8 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
         "readings", "clipped_open", "pixels", "dead"})``: the floor (:data:`FLOOR_SHARE` of the median of ``F - D``'s
         positive values), how many readings of ``I - D`` and pixels of ``F - D`` of live pixels were below it (those
         of dead pixels are repaired, not counted; ``clipped_all``: the readings of every pixel), and the dead pixels ``(rows, cols)`` (``F - D`` below
-        :data:`DEAD_OPEN_SHARE` of its median, or ``I - D`` below the floor in every view).
+        :data:`DEAD_OPEN_SHARE` of its median, ``I - D`` below the floor in every view, or ``I`` at its integer
+        type's maximum in every view: a stuck pixel).
     """
     open_beam = np.broadcast_to(np.asarray(flat, np.float64) - np.asarray(dark, np.float64), counts.shape[1:])
     positive = open_beam[open_beam > 0]
@@ -155,16 +173,25 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
     floor = FLOOR_SHARE * median_open
     low_open = open_beam < floor
     open_beam, per_pixel = np.maximum(open_beam, floor), np.zeros(counts.shape[1:], np.int64)
+    top, at_top = _dtype_max(counts), np.zeros(counts.shape[1:], np.int64)
     p = np.empty(counts.shape, np.float32)
     for start in range(0, counts.shape[0], _BLOCK_VIEWS):
-        signal = counts[start : start + _BLOCK_VIEWS].astype(np.float64) - np.asarray(dark, np.float64)
+        block = counts[start : start + _BLOCK_VIEWS]
+        signal = block.astype(np.float64) - np.asarray(dark, np.float64)
         per_pixel += (signal < floor).sum(axis=0)
+        at_top += (block == top).sum(axis=0) if top is not None else 0
         p[start : start + _BLOCK_VIEWS] = -np.log(np.maximum(signal, floor) / open_beam)
-    dead = (open_beam < DEAD_OPEN_SHARE * median_open) | (per_pixel == counts.shape[0])
+    views = counts.shape[0]  # dead: no light in the open beam, or none in any view; stuck at the maximum in every view
+    dead = (open_beam < DEAD_OPEN_SHARE * median_open) | (per_pixel == views) | (at_top == views)
     return p, {"floor": floor, "median_open": median_open, "clipped": int(per_pixel[~dead].sum()),
                "clipped_all": int(per_pixel.sum()),
                "readings": int(counts.size), "clipped_open": int((low_open & ~dead).sum()), "pixels": int(open_beam.size),
                "dead": dead}  # fmt: skip
+
+
+def _dtype_max(images: np.ndarray) -> int | None:
+    """The largest value of ``images``' integer type (a saturated reading), ``None`` for floats."""
+    return int(np.iinfo(images.dtype).max) if np.issubdtype(images.dtype, np.integer) else None
 
 
 def repair_dead_pixels(p: np.ndarray, dead: np.ndarray, proj_path: str) -> int:
@@ -217,16 +244,19 @@ def _check_not_converted(counts: np.ndarray, dark: np.ndarray | float, clip: dic
 
 
 def _saturation_warning(counts: np.ndarray, p: np.ndarray, proj_path: str, median_open: float,
-                        i0: float | None = None) -> str | None:  # fmt: skip
+                        i0: float | None = None, dead: np.ndarray | None = None) -> str | None:  # fmt: skip
     """The one warning line about saturated readings (at the integer dtype's maximum, or above the open beam by
     more than noise: a line integral below ``-max(SATURATED_BELOW, 5 / sqrt(median_open))``, five Poisson
     deviations of photon counts), or ``None`` when there are none. They are kept. With ``i0`` (one open-beam number
-    for every pixel) and over :data:`LOW_I0_SHARE` of the readings above it, the line says ``--i0`` looks too low."""
-    top = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
+    for every pixel) and over :data:`LOW_I0_SHARE` of the readings above it, the line says ``--i0`` looks too low.
+    The ``dead`` pixels ``(rows, cols)`` (repaired, a stuck one included) are not counted."""
+    top = _dtype_max(counts)
     tolerance = max(SATURATED_BELOW, 5.0 / np.sqrt(median_open))
     saturated = p < -tolerance
     if top is not None:
         saturated |= counts == top
+    if dead is not None:
+        saturated &= ~dead
     count = int(saturated.sum())
     if not count:
         return None
@@ -298,13 +328,14 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
     warning = _clip_warning(proj_path, clip)
     if warning:
         print(warning, flush=True)
-    warning = _saturation_warning(counts, p, proj_path, clip["median_open"], i0)
+    warning = _saturation_warning(counts, p, proj_path, clip["median_open"], i0, clip["dead"])
     if warning:
         print(warning, flush=True)
     if repaired:
         print(f"warning: projections {proj_path}: {repaired} dead detector pixel{'s' if repaired > 1 else ''} (F - D "
-              f"below {DEAD_OPEN_SHARE:.0%} of its median, or I - D below the floor in every view): their line "
-              "integrals in every view interpolated, the median of their valid neighbours", flush=True)  # fmt: skip
+              f"below {DEAD_OPEN_SHARE:.0%} of its median, I - D below the floor in every view, or I stuck at its type's "
+              "maximum in every view): their line integrals in every view interpolated, the median of their valid "
+              "neighbours", flush=True)  # fmt: skip
     check_line_integrals(p, f"projections {proj_path} converted with {open_text}", False,
                          f"is {open_text} the open-beam reading of this scan" + (f", and --dark {dark} its dark?" if dark else "?"))
     record = {"flat": str(Path(flat).resolve()) if flat else None, "dark": str(Path(dark).resolve()) if dark else None,

@@ -308,6 +308,35 @@ def test_saturated_readings_are_counted_in_one_warning(raw, tmp_path, capsys):
 
 
 
+def test_a_pixel_stuck_at_the_maximum_is_repaired_and_a_saturated_flat_is_named(raw, tmp_path, capsys):
+    """A detector pixel at 65535 in every view was kept (a ring), counted as readings "in 10 of 10 views (100%)" that
+    looked as if the whole scan saturated; it is repaired as a dead one is, the median of its eight neighbours.
+    A flat with pixels at its type's maximum passed unnoticed (the damage was blamed on truncation): one warning
+    line names how many and where."""
+    _, _, p, flat, _ = raw
+    counts = np.round(0.5 * flat * np.exp(-p)).astype(np.uint16)
+    counts[:, 4, 10] = 65535
+    np.save(tmp_path / "counts.npy", counts)
+    np.save(tmp_path / "half_flat.npy", 0.5 * flat)
+    got, _ = load_raw_projections(str(tmp_path / "counts.npy"), str(tmp_path / "half_flat.npy"))
+    out = capsys.readouterr().out
+    assert "1 dead detector pixel " in out and "stuck at its type's maximum in every view" in out and "look saturated" not in out
+    for v in range(p.shape[0]):
+        around = [got[v, 4 + i, 10 + j] for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)]
+        assert abs(got[v, 4, 10] - np.median(around)) < 1e-5
+    saturated = np.round(0.5 * flat).astype(np.uint16)
+    saturated[:, -2:] = 65535
+    np.save(tmp_path / "saturated_flat.npy", saturated)
+    np.save(tmp_path / "fine.npy", np.round(0.5 * flat * np.exp(-p)).astype(np.uint16))
+    load_raw_projections(str(tmp_path / "fine.npy"), str(tmp_path / "saturated_flat.npy"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: --flat")]
+    rows, cols = flat.shape
+    assert lines == [f"warning: --flat {tmp_path / 'saturated_flat.npy'}: {2 * rows} of {rows * cols} pixels "
+                     f"({2 * rows / (rows * cols):.2%}; rows 0-{rows - 1}, columns {cols - 2}-{cols - 1}) read the uint16 "
+                     "maximum 65535: saturated, so F - D there is too low and their line integrals too high; shorten "
+                     "its exposure, or leave those pixels out"], lines
+
+
 @pytest.mark.filterwarnings("ignore:.*stored as RGB:DeprecationWarning")  # the layout this test reads
 def test_tiff_stacks_written_by_tifffile_are_read_as_stacks(raw, tmp_path, capfd):
     """A (3, rows, cols) stack written by ``tifffile.imwrite`` (one planar-RGB page) is three images, as
