@@ -244,9 +244,10 @@ def arc_weighting_note(geometry: CTGeometry) -> str | None:
     if _exact_arc(geometry, arc, step) or parker_weights(geometry) is not None:
         return None
     if geometry.kind == "cone":
-        need = 180 + 2 * math.degrees(_fan_half_angle(geometry))
-        return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees, less than the "
-                f"{need:.0f} (180 plus the fan angle) a short scan needs: FDK values are biased (the Gaussian "
+        have, need = math.degrees(arc), 180 + 2 * math.degrees(_fan_half_angle(geometry))
+        digits = 0 if round(have) != round(need) else 1  # "about 204 degrees, less than the 204" said nothing
+        return (f"the {geometry.num_views} views cover about {have:.{digits}f} degrees, less than the "
+                f"{need:.{digits}f} (180 plus the fan angle) a short scan needs: FDK values are biased (the Gaussian "
                 "reconstruction, fitted to the projections, is not)")  # fmt: skip
     return (f"the {geometry.num_views} views cover about {math.degrees(arc):.0f} degrees, less than the 180 a "
             "parallel-beam scan needs: FBP values are biased (the Gaussian reconstruction, fitted to the projections, "

@@ -237,6 +237,23 @@ def test_arcs_the_fbp_weights_bias_are_named(kind, arc, views, biased):
     assert arc_weighting_note(inclusive) is None
 
 
+def test_a_short_arc_just_below_what_a_short_scan_needs_is_told_in_tenths():
+    """An arc a fraction of a degree short of 180 plus the fan angle read "about 204 degrees, less than the 204":
+    both rounded to whole degrees. Where they round alike, both get a tenth."""
+    import re
+
+    from recon.fbp import _fan_half_angle, arc_weighting_note
+
+    cone = dict(source_origin=100.0, source_detector=150.0)
+    need = 180 + 2 * math.degrees(_fan_half_angle(CTGeometry.cone((8, 16, 16), 1.0, num_angles=60, **cone)))
+    have = round(need) - 0.2 if need - round(need) > -0.1 else need - 0.1  # rounds as need does, below it
+    g = CTGeometry.cone((8, 16, 16), 1.0, num_angles=60, arc_deg=have, **cone)  # the note counts the arc with its last step
+    said = re.search(r"about ([\d.]+) degrees, less than the ([\d.]+) \(180 plus", arc_weighting_note(g)).groups()
+    assert said == (f"{have:.1f}", f"{need:.1f}") and said[0] != said[1], (said, have, need)
+    wide = CTGeometry.cone((8, 16, 16), 1.0, num_angles=60, arc_deg=180, **cone)  # far below: whole degrees still
+    assert re.search(r"cover about 180 degrees, less than the \d+ \(180 plus", arc_weighting_note(wide))
+
+
 @pytest.mark.parametrize("centre, start_deg", [((-3, 4), 0), ((5, -6), 0), ((-3, 4), 70), ((5, -6), 200)])
 def test_parker_weights_make_a_short_cone_scan_exact(centre, start_deg, monkeypatch):
     """FDK of an off-centre ball over a 240-degree arc (180 plus more than the fan angle), from several starts: its
