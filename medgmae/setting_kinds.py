@@ -29,7 +29,7 @@ from medgmae import cli_types
 from medgmae.words import plural
 
 __all__ = [
-    "KINDS", "MIN_IMAGE_SIZE", "kind_problem", "mask_ratio_check", "num_gaussians_check", "phantom_cases_check", "phantom_shape_check", "roi_size_check",
+    "KINDS", "MIN_IMAGE_SIZE", "kind_problem", "encoder_check", "mask_ratio_check", "num_gaussians_check", "phantom_cases_check", "phantom_shape_check", "roi_size_check",
     "roi_size_problem", "setting_problem",
 ]  # fmt: skip
 
@@ -171,6 +171,30 @@ def num_gaussians_check(size: Any, ndim: int, model_kind: str = "medgmae") -> Ca
                              f"{levels if per_k > 1 else ''}), got {value!r}")  # fmt: skip
 
     return check
+
+
+def encoder_check(value: Any) -> None:
+    """The check of fine-tuning's ``encoder`` (a scratch encoder's architecture, ``checked_settings``): a mapping
+    whose ``hidden_size``, ``num_layers`` and ``num_heads`` are positive integers, ``num_heads`` and 6 (the 3D
+    sine-cosine position embedding's share per axis and direction) dividing ``hidden_size``, and ``mlp_ratio`` a
+    positive number, as :class:`~medgmae.networks.vit.ViT` needs them (``--encoder#num_heads 5`` stopped in a
+    traceback once the data were checked).
+
+    Raises:
+        ValueError: naming the first problem (the setting's line names ``--encoder``; the key is named in it).
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"expected the encoder's settings (hidden_size, num_layers, num_heads...), got {value!r}")
+    for key in ("hidden_size", "num_layers", "num_heads", "patch_size"):
+        if key in value and (problem := kind_problem(value[key], "positive_ints" if key == "patch_size" else "positive_int")):
+            raise ValueError(f"{key}: {problem}")
+    if "mlp_ratio" in value and (problem := kind_problem(value["mlp_ratio"], "positive_float")):
+        raise ValueError(f"mlp_ratio: {problem}")
+    width, heads = int(value.get("hidden_size", 768)), int(value.get("num_heads", 12))
+    if width % heads:
+        raise ValueError(f"num_heads {heads} must divide hidden_size {width} (--encoder#num_heads, --encoder#hidden_size)")
+    if width % 6:
+        raise ValueError(f"hidden_size {width} must be a multiple of 6 (the 3D sine-cosine position embedding; --encoder#hidden_size)")
 
 
 def phantom_cases_check(value: Any) -> None:

@@ -92,18 +92,20 @@ def test_a_warm_up_as_long_as_the_schedule_is_refused():
     assert "--lr_schedule_epochs: expected a positive integer" in str(e.value) and "--warmup_epochs" not in str(e.value)
 
 
-def test_fine_tuning_refuses_one_phantom_case_a_long_warm_up_and_a_layer_decay_above_one(tmp_path):
+def test_fine_tuning_refuses_one_phantom_case_a_long_warm_up_a_layer_decay_above_one_and_odd_heads(tmp_path):
     """Each passed the settings check: --phantom_cases 1 then stopped in a traceback about a num_validation the user
     never set, --warmup_epochs 5 (2 epochs) trained with a rate that only ramped up, --layer_decay 2 was refused
     with a hint that 2 % is 0.02 (a layer decay is no percentage). All three are named at once, nothing written."""
     out = tmp_path / "run"
     proc = run_bundle("training", "unetr_finetune/configs/train.json", "--output_dir", str(out), "--phantom_cases", "1",
-                      "--warmup_epochs", "5", "--layer_decay", "2")
+                      "--warmup_epochs", "5", "--layer_decay", "2", "--encoder#num_heads", "5")
     said = proc.stdout + proc.stderr
     assert proc.returncode != 0 and not out.exists()
     assert "--phantom_cases: expected at least 2 (one case to train on and one to validate on), got 1" in said, said[-3000:]
     assert "--warmup_epochs: expected fewer than the schedule's 2 epochs" in said
     assert "--layer_decay: expected a number in (0, 1], got '2'" in said and "percentage" not in said
+    # a scratch encoder's heads not dividing its width stopped in a traceback after the data pre-check
+    assert "--encoder: num_heads 5 must divide hidden_size 96 (--encoder#num_heads, --encoder#hidden_size)" in said
     assert "Traceback" not in said
 
 
@@ -409,3 +411,28 @@ def test_bad_settings_and_output_folder_are_named_in_one_error(tmp_path, config)
     assert "--max_epochs: expected a positive integer, got '-3'" in error
     assert f"--output_dir '{afile}': {afile} is an existing file, not a folder" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text(encoding="utf-8") == "x"
+
+
+@pytest.mark.parametrize("encoder, said", [
+    ({"hidden_size": 96, "num_heads": 4, "num_layers": 2}, None),
+    ({"hidden_size": 96, "num_heads": 5}, "num_heads 5 must divide hidden_size 96"),
+    ({"hidden_size": 100, "num_heads": 4}, "hidden_size 100 must be a multiple of 6"),
+    ({"hidden_size": 96, "num_layers": 0}, "num_layers: expected a positive integer, got '0'"),
+    ({"hidden_size": 96, "num_heads": 4, "mlp_ratio": -1}, "mlp_ratio: expected a positive"),
+    ("tiny", "expected the encoder's settings"),
+])
+def test_encoder_check_agrees_with_the_vit_it_would_build(encoder, said):
+    """The fine-tuning bundle's check of a scratch encoder refuses what the ViT itself refuses (the oracle: building
+    one), naming the key."""
+    from medgmae.networks.vit import MaskedViTEncoder as ViT
+    from medgmae.setting_kinds import encoder_check
+
+    if said is None:
+        encoder_check(encoder)
+        ViT(img_size=24, patch_size=12, **encoder)
+        return
+    with pytest.raises(ValueError, match=re.escape(said)):
+        encoder_check(encoder)
+    if isinstance(encoder, dict) and "mlp_ratio" not in encoder and encoder.get("num_layers", 1) > 0:
+        with pytest.raises(ValueError):  # the ViT refuses it too
+            ViT(img_size=24, patch_size=12, **encoder)
