@@ -123,7 +123,7 @@ def _volumes(folder, names):
 
     folder.mkdir()
     for n in names:
-        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(folder / n))
+        nib.save(nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4)), str(folder / n))  # not blank
 
 
 def test_split_holds_out_validation_volumes(tmp_path):

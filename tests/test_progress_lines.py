@@ -108,7 +108,7 @@ def _volumes(tmp_path, n: int) -> list[dict]:
     items = []
     for i in range(n):
         path = tmp_path / f"v{i}.nii.gz"
-        nib.save(nib.Nifti1Image(np.full((8, 8, 8), i, np.float32), np.diag([1.5, 1.5, 2.0, 1.0])), str(path))
+        nib.save(nib.Nifti1Image(np.full((8, 8, 8), i, np.float32) + np.arange(8, dtype=np.float32), np.diag([1.5, 1.5, 2.0, 1.0])), str(path))  # not blank
         items.append({"image": str(path)})
     return items
 
@@ -233,7 +233,7 @@ def test_simulate_prints_lines_during_its_projection_and_fdk(tmp_path, capsys, e
     from recon.cli import main
 
     path = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(np.full((12, 12, 8), -200.0, np.float32), np.diag([8.0, 8.0, 10.0, 1.0])), str(path))
+    nib.save(nib.Nifti1Image(np.full((12, 12, 8), -200.0, np.float32) + np.arange(8, dtype=np.float32), np.diag([8.0, 8.0, 10.0, 1.0])), str(path))  # not blank
     monkeypatch.setattr(torch_proj, "_CHUNK_SAMPLES", 1 << 14)
     args = ["simulate", "--volume", str(path), "--geometry", "cone", "--views", "8", "--out", str(tmp_path / "scan"), "--device", "cpu"]
     assert main(args) == 0
