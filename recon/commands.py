@@ -329,6 +329,18 @@ def cmd_fbp(args) -> int:
     return 0
 
 
+def _centred_hint(rec: np.ndarray, rec_affine: np.ndarray, ref_affine: np.ndarray) -> str:
+    """What a reconstruction of the reference's shape and voxel size, centred on the origin, is (the frame of a
+    ``geometry.json`` without an affine, e.g. from ``geometry --rtk``) and how to place it; ``""`` otherwise."""
+    spacing = np.linalg.norm(np.asarray(ref_affine)[:3, :3], axis=0)[::-1]  # (z, y, x) as the geometry's voxel_size
+    centred = CTGeometry.parallel(rec.shape, tuple(spacing)).default_affine()
+    if not np.allclose(rec_affine, centred, atol=1e-3) or np.allclose(ref_affine, centred, atol=1e-3):
+        return ""
+    return ("; --recon is centred on the origin, as a reconstruction from a geometry.json without an affine (from "
+            "geometry --rtk, or hand-written) is placed: reconstruct it with --reference (or --fbp) to place it on "
+            "their grid, or add the reference's affine to geometry.json")
+
+
 def cmd_evaluate(args) -> int:
     """``evaluate``: PSNR and SSIM of a reconstruction against a reference, printed as JSON."""
     from recon.scan_files import load_volume
@@ -339,7 +351,10 @@ def cmd_evaluate(args) -> int:
     if not args.no_unit_check:
         check_units(rec, args.recon, "--recon", "attenuation")
         check_units(ref, args.reference, "--reference", "attenuation")
-    check_same_grid(f"--recon {args.recon}", rec.shape[::-1], rec_affine, f"--reference {args.reference}", ref.shape[::-1], ref_affine)
+    try:
+        check_same_grid(f"--recon {args.recon}", rec.shape[::-1], rec_affine, f"--reference {args.reference}", ref.shape[::-1], ref_affine)
+    except CLIError as e:
+        raise CLIError(str(e) + _centred_hint(rec, rec_affine, ref_affine)) from None
     metrics = evaluate(rec, ref)  # identical volumes: PSNR is infinite, which strict JSON cannot hold: null
     print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}))
     return 0

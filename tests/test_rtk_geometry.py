@@ -181,3 +181,28 @@ def test_gantry_angles_written_in_radians_are_refused(tmp_path, turn, views):
     assert read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": a} for a in (0.0, 3.0, 6.0)], top)).num_views == 3
     short = np.linspace(0.0, 100.0, views)  # a short arc in degrees: not a turn in radians
     assert read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in short], top)).num_views == views
+
+
+def test_evaluate_says_why_a_reconstruction_centred_on_the_origin_misses_the_reference(tmp_path, capsys):
+    """A reconstruction from a geometry.json without an affine (geometry --rtk's) is centred on the origin; evaluate
+    against a reference placed elsewhere said only "voxels up to 26.85 mm apart". It now says why and what places
+    it; a reconstruction off the reference's grid in another way gets no such hint."""
+    from recon_cli_helpers import expect_refusal
+
+    from recon.scan_files import save_nifti
+
+    vol = np.full((6, 8, 10), 0.02, np.float32)  # (z, y, x)
+    placed = np.diag([1.0, 1.0, 2.0, 1.0])
+    placed[:3, 3] = [-30.0, 12.0, 40.0]
+    centred = CTGeometry.parallel(vol.shape, (2.0, 1.0, 1.0)).default_affine()
+    save_nifti(tmp_path / "ref.nii.gz", vol, placed)
+    save_nifti(tmp_path / "rec.nii.gz", vol, centred)
+    shifted = placed.copy()
+    shifted[0, 3] += 5.0
+    save_nifti(tmp_path / "shifted.nii.gz", vol, shifted)
+    args = ["evaluate", "--reference", str(tmp_path / "ref.nii.gz"), "--recon"]
+    err = expect_refusal(capsys, args + [str(tmp_path / "rec.nii.gz")], "is not on the voxel grid of --reference",
+                         "--recon is centred on the origin, as a reconstruction from a geometry.json without an affine")
+    assert "reconstruct it with --reference (or --fbp)" in err
+    err = expect_refusal(capsys, args + [str(tmp_path / "shifted.nii.gz")], "is not on the voxel grid of --reference")
+    assert "centred on the origin" not in err
