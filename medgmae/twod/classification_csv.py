@@ -2,8 +2,9 @@
 
 The layout (:func:`read_csv_list`): an optional ``path,label`` header (``path,label,split`` with a third column);
 paths relative to the CSV's folder; an optional third column ``split`` with ``train`` / ``val`` that fixes the
-split (:func:`csv_split`). Every bad row is named in one error, by its line. :func:`require_classes` is the check
-of a class count shared with the class-folder reading of :mod:`medgmae.twod.classification_data`.
+split (:func:`csv_split`). Every bad row is named in one error, by its line. :func:`indexed_classes` gives the
+class indices, shared with the class-folder reading of :mod:`medgmae.twod.classification_data`: for training the
+labels found (two at least), for a model's evaluation the model's classes (a part of them may be present).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from medgmae.files import absolute_path
 from medgmae.twod.classification_split import stratified_split
 from medgmae.words import label_text
 
-__all__ = ["read_csv_list", "csv_split", "require_classes"]
+__all__ = ["read_csv_list", "csv_split", "require_classes", "indexed_classes"]
 
 logger = logging.getLogger("medgmae.gvit")
 
@@ -39,6 +40,36 @@ def require_classes(class_names: Sequence[str], where: str) -> None:
         raise DatasetError(f"{where}: classification needs at least 2 classes, found {found}")
 
 
+def indexed_classes(found: Sequence[str], where: str, known: Sequence[str] | None = None) -> list[str]:
+    """The class names, by class index, of a dataset whose labels are ``found``.
+
+    For training (``known`` None) they are ``found`` itself, which must hold two classes at least. For a trained
+    model's evaluation they are the model's ``known`` classes, in its order: the dataset may hold a part of them
+    (one class, even), but no label the model does not know.
+
+    Args:
+        found: the dataset's labels, sorted.
+        where: the dataset, as the message names it (``CSV file <path>``).
+        known: the model's class names (class index -> name), or None.
+
+    Returns:
+        The class names by index.
+
+    Raises:
+        DatasetError: fewer than two classes for training, or labels the model does not know, named.
+    """
+    if known is None:
+        require_classes(found, where)
+        return list(found)
+    known = [label_text(k) for k in known]
+    unknown = [c for c in found if c not in known]
+    if unknown:
+        one = len(unknown) == 1
+        raise DatasetError(f"{where} has {'class' if one else 'classes'} {', '.join(map(repr, unknown))}, which the model "
+                           f"does not know: it was trained on classes {known}")  # fmt: skip
+    return known
+
+
 def _without_header(rows: list[tuple[int, list[str]]], csv_path: Path) -> list[tuple[int, list[str]]]:
     """``rows`` without the header line ``path,label[,split]``; a first line of other column names (``file,class``,
     ``path,label,patient``) is refused, naming them (it was read as an image, or its third column as every row's
@@ -53,12 +84,13 @@ def _without_header(rows: list[tuple[int, list[str]]], csv_path: Path) -> list[t
     return rows
 
 
-def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
-    """Items and class names of a ``path,label[,split]`` CSV; classes sorted by name.
+def read_csv_list(csv_path: str | Path, known: Sequence[str] | None = None) -> tuple[list[dict], list[str]]:
+    """Items and class names of a ``path,label[,split]`` CSV; classes sorted by name, or a model's ``known`` ones
+    (:func:`indexed_classes`).
 
     Raises:
         DatasetError: a missing or empty file, a row without both fields, an unknown split, a listed image that
-            does not exist or is listed twice, or fewer than two classes.
+            does not exist or is listed twice, fewer than two classes (training), or a label not ``known``.
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
@@ -91,8 +123,8 @@ def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
         more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise DatasetError(f"CSV file {csv_path}, " + "; ".join(problems[:10]) + more)
     classes = sorted({label for _, label, _, _ in parsed})
-    require_classes(classes, f"CSV file {csv_path}")
     _warn_if_labels_differ_in_case(classes, csv_path)
+    classes = indexed_classes(classes, f"CSV file {csv_path}", known)
     index = {c: i for i, c in enumerate(classes)}
     return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s, _ in parsed], classes
 
@@ -121,16 +153,18 @@ def _listed_twice(parsed: Sequence[tuple[str, str, str, int]]) -> list[str]:
             for p, n in lines.items() if len(n) > 1]  # fmt: skip
 
 
-def csv_split(path: Path, val_fraction: float, seed: int) -> tuple[list[dict], list[dict], list[str], bool]:
+def csv_split(
+    path: Path, val_fraction: float, seed: int, known: Sequence[str] | None = None
+) -> tuple[list[dict], list[dict], list[str], bool]:
     """The training and validation items of a CSV file of ``path,label[,split]`` rows (:func:`read_csv_list`):
     by its ``split`` column where it has one (rows without a split train), else a stratified split drawn with
-    ``val_fraction`` and ``seed``.
+    ``val_fraction`` and ``seed``; ``known``: a model's classes (:func:`indexed_classes`).
 
     Returns:
         ``(train, val, classes, seeded)``, ``seeded`` telling whether the split was drawn; the items keep no
         ``split`` entry.
     """
-    items, classes = read_csv_list(path)
+    items, classes = read_csv_list(path, known)
     seeded = not any("split" in it for it in items)
     if not seeded:
         train = [it for it in items if it.get("split", "train") == "train"]

@@ -30,7 +30,7 @@ from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.cli_types import as_path_text
 from medgmae.data.datalist import DatasetError
-from medgmae.twod.classification_csv import csv_split, read_csv_list, require_classes
+from medgmae.twod.classification_csv import csv_split, indexed_classes, read_csv_list
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
 from medgmae.twod.image_copies import warn_about_copies
@@ -85,15 +85,17 @@ class ClassificationData:
         return len(self.class_names)
 
 
-def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
-    """Items and class names of a folder with one sub-folder of images per class (sorted by name); a class folder's
+def scan_image_folder(root: str | Path, known: Sequence[str] | None = None) -> tuple[list[dict], list[str]]:
+    """Items and class names of a folder with one sub-folder of images per class (sorted by name; a model's ``known``
+    classes, in its order, for its evaluation: :func:`~medgmae.twod.classification_csv.indexed_classes`); a class folder's
     images are found in its sub-folders too (``root/<class>/<patient>/<image>``, as torchvision's ``ImageFolder``
     finds them). The files of the folder and its class folders that are not images (a ``README.txt``) are left out,
     in one logged line.
 
     Raises:
-        DatasetError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images (the
-            files it holds named: :func:`~medgmae.twod.data2d.skipped_files_note`).
+        DatasetError: ``root`` is missing, has fewer than two class folders (training) or one the model does not
+            know, or a class folder holds no images (the files it holds named:
+            :func:`~medgmae.twod.data2d.skipped_files_note`).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -106,9 +108,10 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         what = (f"holds {plural(loose, 'image')} but no class sub-folders" if loose
                 else f"holds no class sub-folders and no images ({plural(other, 'other file')})" if other else "is empty")  # fmt: skip
         raise DatasetError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
-    require_classes(classes, f"dataset folder {root}")
+    names = indexed_classes([label_text(c) for c in classes], f"dataset folder {root}", known)  # NFC names
+    indices = range(len(classes)) if known is None else [names.index(label_text(c)) for c in classes]
     items, empty, empty_left_out = [], [], []
-    for idx, name in enumerate(classes):
+    for idx, name in zip(indices, classes):
         files, left_out = listed_files(root / name)  # with its sub-folders (one per patient, say)
         others += left_out
         empty += [] if files else [str(root / name)]
@@ -121,7 +124,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     skipped = skipped_files_note(others, root)
     if skipped:
         logger.info("dataset folder %s: %s", root, skipped)
-    return items, [label_text(c) for c in classes]  # the folders' names as class names (NFC)
+    return items, names
 
 
 #: Names of a dataset's split folders (any case), which are no class names.
@@ -136,7 +139,12 @@ def _split_folders(root: Path) -> list[Path]:
 
 
 def load_classification_data(
-    dataset: str | Path, val_fraction: float = 0.2, seed: int = 0, check_images: bool = True, channels: int | None = None
+    dataset: str | Path,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    check_images: bool = True,
+    channels: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> ClassificationData:
     """Resolve a dataset folder or CSV into training and validation items.
 
@@ -147,6 +155,9 @@ def load_classification_data(
         check_images: decode every image once now, so that a corrupt file fails before training.
         channels: the channel count every image is converted to, a trained model's (evaluation); ``None``: the
             first training image's (training).
+        class_names: a trained model's classes (its evaluation): the dataset's labels are mapped onto its class
+            indices by name, and may be a part of them (one class, even); ``None``: the dataset's own (training),
+            two at least.
 
     Returns:
         :class:`ClassificationData`.
@@ -160,13 +171,13 @@ def load_classification_data(
         raise DatasetError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
                          "holding them) or a CSV file of path,label rows")  # fmt: skip
     if path.suffix.lower() == ".csv" or path.is_file():
-        train, val, classes, seeded = csv_split(path, val_fraction, seed)
+        train, val, classes, seeded = csv_split(path, val_fraction, seed, class_names)
     elif (path / "train").is_dir() and (path / "val").is_dir():
         others = [p.name + "/" for p in _split_folders(path) if p.name not in ("train", "val")]
         if others:
             logger.info("dataset %s: %s left out (training and its evaluation read train/ and val/)", path, ", ".join(others))
-        train, classes = scan_image_folder(path / "train")
-        val, val_classes = scan_image_folder(path / "val")
+        train, classes = scan_image_folder(path / "train", class_names)
+        val, val_classes = scan_image_folder(path / "val", class_names)
         seeded = False
         if val_classes != classes:
             raise DatasetError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
@@ -176,7 +187,7 @@ def load_classification_data(
             raise DatasetError(f"dataset folder {path} holds split folders ({', '.join(splits)}), not class folders: give "
                              "train/ and val/ folders of class folders (a test/ beside them is left out), or one folder "
                              "of class folders")  # fmt: skip
-        items, classes = scan_image_folder(path)
+        items, classes = scan_image_folder(path, class_names)
         train, val = stratified_split(items, val_fraction, seed)
         seeded = True
     if not train:
@@ -253,6 +264,7 @@ def resolve_classification_data(
     num_cases: int = 10,
     window: Sequence[float] | None = None,
     channels: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> ClassificationData:
     """``dataset_dir`` (folder or CSV) loaded by :func:`load_classification_data`; when it is empty or None,
     the default phantom-slice task written to (or reused from) ``default_root``.
@@ -260,7 +272,8 @@ def resolve_classification_data(
     ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given,
     and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
     class without validation images is named in a warning: the validation accuracy does not cover it. ``channels``:
-    as :func:`load_classification_data`'s (an evaluated model's). Copies of one image under two classes, or in both
+    and ``class_names``: as :func:`load_classification_data`'s (an evaluated model's; its classes without images
+    here are named in one logged line). Copies of one image under two classes, or in both
     splits, are named in a warning (:func:`~medgmae.twod.image_copies.warn_about_copies`)."""
     window = window_setting(window)
     dataset_dir = as_path_text(dataset_dir)
@@ -268,7 +281,8 @@ def resolve_classification_data(
     if phantom:
         logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)
         dataset_dir = write_phantom_slice_task(default_root, num_cases=num_cases, seed=seed, image_size=image_size)
-    data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed, channels=channels)
+    data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed, channels=channels,
+                                    class_names=class_names)
     data.settings = {"dataset_dir": "" if phantom else str(Path(dataset_dir).expanduser().resolve()),
                      "default_root": str(Path(default_root).resolve()) if phantom else "",
                      "num_phantoms": int(num_cases), "seed": int(seed), "val_fraction": float(val_fraction),
@@ -278,7 +292,11 @@ def resolve_classification_data(
     if window is not None:
         data.settings["window"] = list(window)
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)
-    unvalidated = [name for name in data.class_names if not data.counts["val"].get(name)]
+    absent = [name for name in data.class_names if not data.counts["train"].get(name) and not data.counts["val"].get(name)]
+    if absent:  # a test set of a part of the model's classes
+        logger.info("dataset %s holds no images of the model's %s %s: %s accuracy is n/a", data.source,
+                    *_classes_have(absent)[:2], "its" if len(absent) == 1 else "their")  # fmt: skip
+    unvalidated = [name for name in data.class_names if name not in absent and not data.counts["val"].get(name)]
     if data.val and unvalidated:
         logger.warning("dataset %s: %s %s %s no validation image (too few images to hold one out): the "
                        "validation accuracy does not cover them", data.source, *_classes_have(unvalidated))  # fmt: skip
