@@ -9,7 +9,9 @@ labels found (two at least), for a model's evaluation the model's classes (a par
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import logging
 import re
 from pathlib import Path
@@ -84,6 +86,21 @@ def _without_header(rows: list[tuple[int, list[str]]], csv_path: Path) -> list[t
     return rows
 
 
+def _csv_text(csv_path: Path) -> str:
+    """The text of a CSV file read as UTF-8 (a byte-order mark dropped).
+
+    Raises:
+        DatasetError: it is not UTF-8 (saved as Latin-1 or Windows-1252, say), naming the line of the first byte
+            that is not and asking for UTF-8.
+    """
+    data = csv_path.read_bytes()
+    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = body.count(b"\n", 0, e.start) + 1
+        raise DatasetError(f"CSV file {csv_path}, line {line}: byte 0x{body[e.start]:02x} is not UTF-8 text (the file "
+                           "is in another encoding, Latin-1 or Windows-1252, say): save it as UTF-8") from e
 def read_csv_list(csv_path: str | Path, known: Sequence[str] | None = None) -> tuple[list[dict], list[str]]:
     """Items and class names of a ``path,label[,split]`` CSV; classes sorted by name, or a model's ``known`` ones
     (:func:`indexed_classes`).
@@ -95,10 +112,10 @@ def read_csv_list(csv_path: str | Path, known: Sequence[str] | None = None) -> t
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise DatasetError(f"CSV file not found: {csv_path}")
+    text = _csv_text(csv_path)
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if r and any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as e:
+        rows = [(i + 1, r) for i, r in enumerate(csv.reader(io.StringIO(text, newline=""))) if r and any(c.strip() for c in r)]
+    except csv.Error as e:
         raise DatasetError(f"CSV file {csv_path} cannot be parsed: {e}") from e
     rows = _without_header(rows, csv_path)
     if not rows:
