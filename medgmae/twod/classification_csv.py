@@ -1,7 +1,8 @@
 """GViT's CSV lists of images: ``path,label[,split]`` rows read into items and class names.
 
 The layout (:func:`read_csv_list`): an optional ``path,label`` header (``path,label,split`` with a third column);
-paths relative to the CSV's folder; an optional third column ``split`` with ``train`` / ``val`` that fixes the
+paths relative to the CSV's folder (a path written on Windows, ``normal\\im0.png``, is
+found as ``normal/im0.png``); an optional third column ``split`` with ``train`` / ``val`` that fixes the
 split (:func:`csv_split`). Every bad row is named in one error, by its line. :func:`indexed_classes` gives the
 class indices, shared with the class-folder reading of :mod:`medgmae.twod.classification_data`: for training the
 labels found (two at least), for a model's evaluation the model's classes (a part of them may be present).
@@ -17,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from medgmae.data.datalist import DatasetError
+from medgmae.data.datalist import DatasetError, listed_path
 from medgmae.files import absolute_path
 from medgmae.twod.classification_split import stratified_split
 from medgmae.words import label_text
@@ -129,8 +130,7 @@ def read_csv_list(csv_path: str | Path, known: Sequence[str] | None = None) -> t
         if split not in ("", "train", "val"):
             problems.append(f"line {line}: split must be 'train' or 'val', got {r[2]!r}")
             continue
-        path = Path(r[0].strip())
-        path = path if path.is_absolute() else csv_path.parent / path
+        path = Path(listed_path(csv_path.parent, r[0].strip()))  # Windows backslashes read as separators
         if not path.is_file():
             problems.append(f"line {line}: image not found: {path}")
             continue
