@@ -48,7 +48,7 @@ from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
 from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.nifti_slices import nifti_grid, read_nifti_slice
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
-from medgmae.twod.windows import window_setting
+from medgmae.twod.windows import apply_window, window_setting
 
 __all__ = [
     "read_image",
@@ -103,30 +103,6 @@ def is_windowed(path: str | os.PathLike) -> bool:
         return _image_kind(path) != "pil"
     except ValueError:
         return False
-
-
-def _scale(
-    arr: np.ndarray, path: Path, window: Sequence[float] | None, source: str = "given"
-) -> tuple[np.ndarray, dict]:
-    """``arr`` windowed to ``[0, 1]``, and the window used: ``{"window": [low, high], "window_source": ...}``
-    (``source`` for a given window, else ``"percentiles 0.5/99.5"``, or ``"min-max"`` where they coincide)."""
-    arr = arr.astype(np.float32)
-    if arr.size == 0:
-        raise ValueError(f"{path}: empty image")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: image contains NaN or infinite values")
-    if window is not None:
-        lo, hi = float(window[0]), float(window[1])
-    else:
-        lo, hi = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
-        source = "percentiles 0.5/99.5"
-        if hi <= lo:
-            lo, hi = float(arr.min()), float(arr.max())
-            source = "min-max"
-    used = {"window": [lo, hi], "window_source": source}
-    if hi <= lo:
-        return np.zeros_like(arr), used
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0), used
 
 
 def _read_pil(path: Path) -> np.ndarray:
@@ -233,13 +209,13 @@ def read_image_source(
         return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": None, "window": None, "window_source": None}
     if kind == "nifti":
         arr, which = read_nifti_slice(path, slice_index)
-        arr, used = _scale(arr, path, window)
+        arr, used = apply_window(arr, path, window)
     else:
         arr, file_window, which, frame = read_dicom_frame(path, slice_index)
         if frame == "colour":  # scaled by its bit depth already: a window (a CT's, say) would flatten it to grey
             return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": which, "window": None,
                                                                "window_source": "not windowed: a colour frame"}
-        arr, used = _scale(arr, path, window if window is not None else file_window,
+        arr, used = apply_window(arr, path, window if window is not None else file_window,
                            "given" if window is not None else "dicom file")  # fmt: skip
         if frame == "monochrome1":  # windowed in the file's units, then shown as the modality does: high values dark
             arr = 1.0 - arr
