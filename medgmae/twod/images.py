@@ -9,7 +9,8 @@ Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB
   content: a dark 16-bit image stays dark, it is neither stretched to its own maximum nor taken for 8-bit because
   its values happen to stay below 256. 32-bit integer images (PIL mode ``I``, e.g. a 16-bit PNG in old Pillow
   versions or an ``int32`` TIFF) are read as 16-bit data and must hold values in ``[0, 65535]``; floating-point
-  images are taken as already scaled and must hold values in ``[0, 1]``.
+  images are taken as already scaled and must hold values in ``[0, 1]`` (32-bit ones: a float64 TIFF, which PIL
+  cannot open, is refused naming its type).
 * NIfTI (``.nii``, ``.nii.gz``): a 2D or single-slice image, or one axial slice of a volume (the middle slice
   unless ``slice_index`` is given). Every file is reoriented to RAS by its affine and shown radiologically
   (anterior up, patient's right on the left), so a 2D image, a one-slice volume and a slice of a volume with the
@@ -128,6 +129,9 @@ def _read_pil(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: image too large for PIL to open ({e}); downscale it first (the models take "
                          "inputs of a few hundred pixels)") from e  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        float_tiff = _float_tiff_note(path) if isinstance(e, UnidentifiedImageError) else ""
+        if float_tiff:
+            raise ValueError(f"{path}: {float_tiff}") from e
         empty = " (an empty file, 0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else ""
         raise ValueError(f"{path}: not a readable image{empty} ({type(e).__name__}: {e})") from e
     if pages > 1:  # a stack (z, channels, time): which page is the image is not ours to guess
@@ -143,6 +147,26 @@ def _read_pil(path: Path) -> np.ndarray:
             f"[0, {_UINT16_MAX:g}]; save it as an 8- or 16-bit image, or as NIfTI/DICOM with a window"
         )
     return (arr / _UINT16_MAX).astype(np.float32)
+
+
+def _float_tiff_note(path: Path) -> str:
+    """Why PIL cannot open a TIFF, where its header tells it (tifffile reads the header alone):
+    ``"a float64 TIFF, which PIL cannot read: save it as float32"`` (PIL reads 32-bit floats only); ``""`` for
+    another file or cause, or without tifffile."""
+    if not path.name.lower().endswith((".tif", ".tiff")):
+        return ""
+    try:
+        import tifffile
+    except ImportError:
+        return ""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            dtype = np.dtype(tif.pages[0].dtype) if len(tif.pages) and tif.pages[0].dtype is not None else None
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, AttributeError):
+        return ""
+    if dtype is None or dtype.kind != "f" or dtype.itemsize == 4:
+        return ""
+    return f"a {dtype.name} TIFF, which PIL cannot read: save it as float32"
 
 
 def _checked_unit_floats(arr: np.ndarray, path: Path) -> np.ndarray:
