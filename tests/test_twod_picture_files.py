@@ -27,3 +27,30 @@ def test_an_unreadable_tiff_of_another_cause_keeps_its_message(tmp_path):
     (tmp_path / "junk.tif").write_bytes(b"II*\x00" + b"\x00" * 12)
     with pytest.raises(ValueError, match=r"junk\.tif: not a readable image \(UnidentifiedImageError"):
         read_image(tmp_path / "junk.tif")
+
+
+def test_transparent_pixels_read_as_their_stored_colour_and_are_noted_once_per_file(tmp_path, caplog):
+    """An RGBA picture whose transparent half stores black reads black there (kept), with one logged line for the
+    file however often it is read; an RGBA picture with every pixel opaque is not noted; an LA one is."""
+    rgba = np.zeros((4, 6, 4), dtype=np.uint8)
+    rgba[..., :3] = np.arange(4 * 6 * 3).reshape(4, 6, 3)
+    rgba[..., 3] = 255
+    rgba[:, 3:, 3] = 0  # the right half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    Image.fromarray(np.where(rgba[..., 3:] == 0, 255, rgba), "RGBA").save(tmp_path / "opaque.png")
+    la = np.stack([np.full((4, 6), 200, np.uint8), np.full((4, 6), 10, np.uint8)], -1)
+    Image.fromarray(la, "LA").save(tmp_path / "grey.png")
+    with caplog.at_level(logging.INFO, logger="medgmae.twod"):
+        for _ in range(3):
+            arr = read_image(tmp_path / "cut.png")
+        read_image(tmp_path / "opaque.png")
+        grey = read_image(tmp_path / "grey.png")
+    np.testing.assert_allclose(arr, rgba[..., :3].transpose(2, 0, 1) / 255.0, atol=1e-6)  # stored colour, alpha dropped
+    np.testing.assert_allclose(grey, np.full((1, 4, 6), 200 / 255.0), atol=1e-6)
+    lines = [r.getMessage() for r in caplog.records if "transparent pixels" in r.getMessage()]
+    assert lines == [
+        f"{tmp_path / 'cut.png'} has transparent pixels: they are read as the colour stored under them, not composited "
+        "onto a background (alpha is dropped)",
+        f"{tmp_path / 'grey.png'} has transparent pixels: they are read as the colour stored under them, not "
+        "composited onto a background (alpha is dropped)",
+    ]

@@ -3,8 +3,9 @@
 Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB), scaled to ``[0, 1]``:
 
 * PNG/JPEG/BMP/TIFF: one image (a multi-page TIFF is refused), 8- or 16-bit, grey, grey+alpha, RGB(A) or palette
-  (grey when its pixels are; alpha is dropped), upright by the file's EXIF orientation (a camera's JPEG); divided by the maximum of the
-  file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever the image's own values. A fixed scale keeps
+  (grey when its pixels are; alpha is dropped: transparent pixels read as the colour stored under them, not
+  composited onto a background, noted in the log once per file: :mod:`medgmae.twod.picture_notes`), upright by the
+  file's EXIF orientation (a camera's JPEG); divided by the maximum of the file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever the image's own values. A fixed scale keeps
   intensities comparable between images (the same stored value reads the same everywhere) and does not depend on
   content: a dark 16-bit image stays dark, it is neither stretched to its own maximum nor taken for 8-bit because
   its values happen to stay below 256. 32-bit integer images (PIL mode ``I``, e.g. a 16-bit PNG in old Pillow
@@ -48,6 +49,7 @@ from medgmae.data.grid import same_grid_problem
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
 from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.nifti_slices import nifti_grid, read_nifti_slice
+from medgmae.twod.picture_notes import float_tiff_note, note_transparency
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import apply_window, window_setting
 
@@ -117,6 +119,7 @@ def _read_pil(path: Path) -> np.ndarray:
             pages = getattr(opened, "n_frames", 1)
             im = ImageOps.exif_transpose(opened)  # a photo's orientation tag applied: upright, as viewers show it
             mode = im.mode
+            note_transparency(im, path)
             if mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit ("I") integers
                 arr = np.asarray(im, dtype=np.float64)[None]
             elif mode in ("1", "L", "LA", "F"):
@@ -129,7 +132,7 @@ def _read_pil(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: image too large for PIL to open ({e}); downscale it first (the models take "
                          "inputs of a few hundred pixels)") from e  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        float_tiff = _float_tiff_note(path) if isinstance(e, UnidentifiedImageError) else ""
+        float_tiff = float_tiff_note(path) if isinstance(e, UnidentifiedImageError) else ""
         if float_tiff:
             raise ValueError(f"{path}: {float_tiff}") from e
         empty = " (an empty file, 0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else ""
@@ -147,26 +150,6 @@ def _read_pil(path: Path) -> np.ndarray:
             f"[0, {_UINT16_MAX:g}]; save it as an 8- or 16-bit image, or as NIfTI/DICOM with a window"
         )
     return (arr / _UINT16_MAX).astype(np.float32)
-
-
-def _float_tiff_note(path: Path) -> str:
-    """Why PIL cannot open a TIFF, where its header tells it (tifffile reads the header alone):
-    ``"a float64 TIFF, which PIL cannot read: save it as float32"`` (PIL reads 32-bit floats only); ``""`` for
-    another file or cause, or without tifffile."""
-    if not path.name.lower().endswith((".tif", ".tiff")):
-        return ""
-    try:
-        import tifffile
-    except ImportError:
-        return ""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            dtype = np.dtype(tif.pages[0].dtype) if len(tif.pages) and tif.pages[0].dtype is not None else None
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, AttributeError):
-        return ""
-    if dtype is None or dtype.kind != "f" or dtype.itemsize == 4:
-        return ""
-    return f"a {dtype.name} TIFF, which PIL cannot read: save it as float32"
 
 
 def _checked_unit_floats(arr: np.ndarray, path: Path) -> np.ndarray:
