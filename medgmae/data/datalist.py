@@ -29,7 +29,7 @@ from medgmae.data.volume_folders import folder_datalist
 from medgmae.distributed import is_main_process, main_process_only
 
 __all__ = [
-    "DatasetError", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
+    "DatasetError", "listed_path", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
     "datalist_base", "resolve_datalist", "warn_if_lists_overlap", "is_nnunet_datalist",
     "nnunet_datalist_error",
 ]  # fmt: skip
@@ -183,7 +183,7 @@ def read_datalist(
 
     Returns:
         Dicts with ``image`` (and ``label`` where given) as absolute path strings below the base folder resolved
-        (links followed), the same whichever way the datalist is named and from whichever working folder; backslashes of a datalist written on Windows read as folder separators (:func:`_listed_path`).
+        (links followed), the same whichever way the datalist is named and from whichever working folder; backslashes of a datalist written on Windows read as folder separators (:func:`listed_path`).
 
     Raises:
         DatasetError: the file is missing or not valid JSON, an item has no image or an image or label that is
@@ -210,12 +210,12 @@ def read_datalist(
             if k in item and not isinstance(item[k], str):
                 raise DatasetError(f"datalist {path}: item {i} of '{key}' has a '{k}' that is "
                                    f"{_json_kind(item[k])}, not a path string")  # fmt: skip
-        out.append({k: _listed_path(base, v) if k in ("image", "label") else v for k, v in item.items()})
+        out.append({k: listed_path(base, v) if k in ("image", "label") else v for k, v in item.items()})
     return out
 
 
-def _listed_path(base: Path, text: str) -> str:
-    """A datalist's path ``text`` resolved against ``base``. A datalist written on Windows separates folders with
+def listed_path(base: Path, text: str) -> str:
+    """A datalist's (or GViT CSV list's) path ``text`` resolved against ``base``. A datalist written on Windows separates folders with
     backslashes (``imagesTr\\case_0001.nii.gz``), which on Linux and macOS are characters of a name: they are read as
     separators unless a file named with them exists (or the path starts with a drive, ``C:\\``: kept as written, for
     the pre-check's message to show it). A path starting with ``~`` is in the user's home folder, as for paths given

@@ -18,9 +18,7 @@ Without a dataset, :func:`resolve_classification_data` writes (or reuses) the de
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.cli_types import as_path_text
 from medgmae.data.datalist import DatasetError
-from medgmae.files import absolute_path
+from medgmae.twod.classification_csv import csv_split, indexed_classes, read_csv_list
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
 from medgmae.twod.image_copies import warn_about_copies
@@ -87,21 +85,17 @@ class ClassificationData:
         return len(self.class_names)
 
 
-def _require_classes(class_names: Sequence[str], where: str) -> None:
-    if len(class_names) < 2:
-        found = f"only class {list(class_names)}" if class_names else "no classes"
-        raise DatasetError(f"{where}: classification needs at least 2 classes, found {found}")
-
-
-def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
-    """Items and class names of a folder with one sub-folder of images per class (sorted by name); a class folder's
+def scan_image_folder(root: str | Path, known: Sequence[str] | None = None) -> tuple[list[dict], list[str]]:
+    """Items and class names of a folder with one sub-folder of images per class (sorted by name; a model's ``known``
+    classes, in its order, for its evaluation: :func:`~medgmae.twod.classification_csv.indexed_classes`); a class folder's
     images are found in its sub-folders too (``root/<class>/<patient>/<image>``, as torchvision's ``ImageFolder``
     finds them). The files of the folder and its class folders that are not images (a ``README.txt``) are left out,
     in one logged line.
 
     Raises:
-        DatasetError: ``root`` is missing, has fewer than two class folders, or a class folder holds no images (the
-            files it holds named: :func:`~medgmae.twod.data2d.skipped_files_note`).
+        DatasetError: ``root`` is missing, has fewer than two class folders (training) or one the model does not
+            know, or a class folder holds no images (the files it holds named:
+            :func:`~medgmae.twod.data2d.skipped_files_note`).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -114,9 +108,10 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
         what = (f"holds {plural(loose, 'image')} but no class sub-folders" if loose
                 else f"holds no class sub-folders and no images ({plural(other, 'other file')})" if other else "is empty")  # fmt: skip
         raise DatasetError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
-    _require_classes(classes, f"dataset folder {root}")
+    names = indexed_classes([label_text(c) for c in classes], f"dataset folder {root}", known)  # NFC names
+    indices = range(len(classes)) if known is None else [names.index(label_text(c)) for c in classes]
     items, empty, empty_left_out = [], [], []
-    for idx, name in enumerate(classes):
+    for idx, name in zip(indices, classes):
         files, left_out = listed_files(root / name)  # with its sub-folders (one per patient, say)
         others += left_out
         empty += [] if files else [str(root / name)]
@@ -129,65 +124,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[dict], list[str]]:
     skipped = skipped_files_note(others, root)
     if skipped:
         logger.info("dataset folder %s: %s", root, skipped)
-    return items, [label_text(c) for c in classes]  # the folders' names as class names (NFC)
-
-
-def _without_header(rows: list[tuple[int, list[str]]], csv_path: Path) -> list[tuple[int, list[str]]]:
-    """``rows`` without the header line ``path,label[,split]``; a first line of other column names (``file,class``,
-    ``path,label,patient``) is refused, naming them (it was read as an image, or its third column as every row's
-    split)."""
-    names = [c.strip().lower() for c in rows[0][1]] if rows else []
-    if names[:2] == ["path", "label"] and names[2:] in ([], ["split"]):
-        return rows[1:]
-    words = len(rows) > 1 and all(re.fullmatch(r"[a-z][a-z _-]*", n) for n in names)
-    if words and not (csv_path.parent / rows[0][1][0].strip()).is_file():  # an absolute path stays itself
-        raise DatasetError(f"CSV file {csv_path}, line 1 reads as a header ({','.join(rows[0][1])}): a header must be "
-                           "path,label or path,label,split (split: train or val), or left out")  # fmt: skip
-    return rows
-
-
-def read_csv_list(csv_path: str | Path) -> tuple[list[dict], list[str]]:
-    """Items and class names of a ``path,label[,split]`` CSV; classes sorted by name.
-
-    Raises:
-        DatasetError: a missing or empty file, a row without both fields, an unknown split, a listed image that
-            does not exist or is listed twice, or fewer than two classes.
-    """
-    csv_path = Path(csv_path).expanduser()
-    if not csv_path.is_file():
-        raise DatasetError(f"CSV file not found: {csv_path}")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if r and any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"CSV file {csv_path} cannot be parsed: {e}") from e
-    rows = _without_header(rows, csv_path)
-    if not rows:
-        raise DatasetError(f"CSV file {csv_path} lists no images: expected rows of path,label")
-    parsed, problems = [], []
-    for line, r in rows:  # every bad row named in one error
-        if len(r) not in (2, 3) or not r[0].strip() or not r[1].strip():
-            problems.append(f"line {line}: expected 'path,label' or 'path,label,split', got {r}")
-            continue
-        split = r[2].strip().lower() if len(r) == 3 else ""
-        if split not in ("", "train", "val"):
-            problems.append(f"line {line}: split must be 'train' or 'val', got {r[2]!r}")
-            continue
-        path = Path(r[0].strip())
-        path = path if path.is_absolute() else csv_path.parent / path
-        if not path.is_file():
-            problems.append(f"line {line}: image not found: {path}")
-            continue
-        parsed.append((str(path), label_text(r[1]), split, line))
-    problems += _listed_twice(parsed)
-    if problems:
-        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DatasetError(f"CSV file {csv_path}, " + "; ".join(problems[:10]) + more)
-    classes = sorted({label for _, label, _, _ in parsed})
-    _require_classes(classes, f"CSV file {csv_path}")
-    _warn_if_labels_differ_in_case(classes, csv_path)
-    index = {c: i for i, c in enumerate(classes)}
-    return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s, _ in parsed], classes
+    return items, names
 
 
 #: Names of a dataset's split folders (any case), which are no class names.
@@ -201,32 +138,13 @@ def _split_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in _SPLIT_NAMES)
 
 
-def _warn_if_labels_differ_in_case(classes: Sequence[str], csv_path: Path) -> None:
-    """Warn when labels of a CSV differ only in case (``Liver``, ``liver``): each is a class of its own, which is
-    seldom meant (a typo splits a class in two)."""
-    folded: dict[str, list[str]] = {}
-    for name in classes:
-        folded.setdefault(name.casefold(), []).append(name)
-    alike = [" / ".join(map(repr, names)) for names in folded.values() if len(names) > 1]
-    if alike:
-        logger.warning("CSV file %s: labels that differ only in case are classes of their own: %s; write each class "
-                       "one way if they are one", csv_path, "; ".join(alike))  # fmt: skip
-
-
-def _listed_twice(parsed: Sequence[tuple[str, str, str, int]]) -> list[str]:
-    """One problem per image that rows of ``parsed`` (``(path, label, split, line)``) list more than once, naming its
-    lines (``a.png`` and ``./a.png`` are one file, compared by :func:`~medgmae.files.absolute_path` as
-    :func:`~medgmae.files.given_more_than_once` compares inference inputs): such an image would count twice, could
-    be in both splits, or carry two labels."""
-    lines: dict[str, list[str]] = {}
-    for p, _, _, line in parsed:
-        lines.setdefault(str(absolute_path(p)), []).append(str(line))
-    return [f"lines {', '.join(n)}: image listed more than once (give each image one row): {p}"
-            for p, n in lines.items() if len(n) > 1]  # fmt: skip
-
-
 def load_classification_data(
-    dataset: str | Path, val_fraction: float = 0.2, seed: int = 0, check_images: bool = True, channels: int | None = None
+    dataset: str | Path,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    check_images: bool = True,
+    channels: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> ClassificationData:
     """Resolve a dataset folder or CSV into training and validation items.
 
@@ -237,6 +155,9 @@ def load_classification_data(
         check_images: decode every image once now, so that a corrupt file fails before training.
         channels: the channel count every image is converted to, a trained model's (evaluation); ``None``: the
             first training image's (training).
+        class_names: a trained model's classes (its evaluation): the dataset's labels are mapped onto its class
+            indices by name, and may be a part of them (one class, even); ``None``: the dataset's own (training),
+            two at least.
 
     Returns:
         :class:`ClassificationData`.
@@ -250,13 +171,13 @@ def load_classification_data(
         raise DatasetError(f"dataset {path} is an image: give the dataset's folder (class folders, or train/ and val/ "
                          "holding them) or a CSV file of path,label rows")  # fmt: skip
     if path.suffix.lower() == ".csv" or path.is_file():
-        train, val, classes, seeded = _csv_split(path, val_fraction, seed)
+        train, val, classes, seeded = csv_split(path, val_fraction, seed, class_names)
     elif (path / "train").is_dir() and (path / "val").is_dir():
         others = [p.name + "/" for p in _split_folders(path) if p.name not in ("train", "val")]
         if others:
             logger.info("dataset %s: %s left out (training and its evaluation read train/ and val/)", path, ", ".join(others))
-        train, classes = scan_image_folder(path / "train")
-        val, val_classes = scan_image_folder(path / "val")
+        train, classes = scan_image_folder(path / "train", class_names)
+        val, val_classes = scan_image_folder(path / "val", class_names)
         seeded = False
         if val_classes != classes:
             raise DatasetError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
@@ -266,7 +187,7 @@ def load_classification_data(
             raise DatasetError(f"dataset folder {path} holds split folders ({', '.join(splits)}), not class folders: give "
                              "train/ and val/ folders of class folders (a test/ beside them is left out), or one folder "
                              "of class folders")  # fmt: skip
-        items, classes = scan_image_folder(path)
+        items, classes = scan_image_folder(path, class_names)
         train, val = stratified_split(items, val_fraction, seed)
         seeded = True
     if not train:
@@ -277,27 +198,6 @@ def load_classification_data(
     _warn_if_channels_mixed(train + val, found, classes, used, path, whose)
     counts = {"train": dict(Counter(classes[it["label"]] for it in train)), "val": dict(Counter(classes[it["label"]] for it in val))}
     return ClassificationData(train, val, list(classes), int(used), str(path), counts, seeded_split=seeded)
-
-
-def _csv_split(path: Path, val_fraction: float, seed: int) -> tuple[list[dict], list[dict], list[str], bool]:
-    """The training and validation items of a CSV file of ``path,label[,split]`` rows (:func:`read_csv_list`):
-    by its ``split`` column where it has one (rows without a split train), else a stratified split drawn with
-    ``val_fraction`` and ``seed``.
-
-    Returns:
-        ``(train, val, classes, seeded)``, ``seeded`` telling whether the split was drawn; the items keep no
-        ``split`` entry.
-    """
-    items, classes = read_csv_list(path)
-    seeded = not any("split" in it for it in items)
-    if not seeded:
-        train = [it for it in items if it.get("split", "train") == "train"]
-        val = [it for it in items if it.get("split") == "val"]
-    else:
-        train, val = stratified_split(items, val_fraction, seed)
-    for it in items:
-        it.pop("split", None)
-    return train, val, classes, seeded
 
 
 def _warn_if_channels_mixed(
@@ -364,6 +264,7 @@ def resolve_classification_data(
     num_cases: int = 10,
     window: Sequence[float] | None = None,
     channels: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> ClassificationData:
     """``dataset_dir`` (folder or CSV) loaded by :func:`load_classification_data`; when it is empty or None,
     the default phantom-slice task written to (or reused from) ``default_root``.
@@ -371,7 +272,8 @@ def resolve_classification_data(
     ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given,
     and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
     class without validation images is named in a warning: the validation accuracy does not cover it. ``channels``:
-    as :func:`load_classification_data`'s (an evaluated model's). Copies of one image under two classes, or in both
+    and ``class_names``: as :func:`load_classification_data`'s (an evaluated model's; its classes without images
+    here are named in one logged line). Copies of one image under two classes, or in both
     splits, are named in a warning (:func:`~medgmae.twod.image_copies.warn_about_copies`)."""
     window = window_setting(window)
     dataset_dir = as_path_text(dataset_dir)
@@ -379,7 +281,8 @@ def resolve_classification_data(
     if phantom:
         logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)
         dataset_dir = write_phantom_slice_task(default_root, num_cases=num_cases, seed=seed, image_size=image_size)
-    data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed, channels=channels)
+    data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed, channels=channels,
+                                    class_names=class_names)
     data.settings = {"dataset_dir": "" if phantom else str(Path(dataset_dir).expanduser().resolve()),
                      "default_root": str(Path(default_root).resolve()) if phantom else "",
                      "num_phantoms": int(num_cases), "seed": int(seed), "val_fraction": float(val_fraction),
@@ -389,7 +292,11 @@ def resolve_classification_data(
     if window is not None:
         data.settings["window"] = list(window)
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)
-    unvalidated = [name for name in data.class_names if not data.counts["val"].get(name)]
+    absent = [name for name in data.class_names if not data.counts["train"].get(name) and not data.counts["val"].get(name)]
+    if absent:  # a test set of a part of the model's classes
+        logger.info("dataset %s holds no images of the model's %s %s: %s accuracy is n/a", data.source,
+                    *_classes_have(absent)[:2], "its" if len(absent) == 1 else "their")  # fmt: skip
+    unvalidated = [name for name in data.class_names if name not in absent and not data.counts["val"].get(name)]
     if data.val and unvalidated:
         logger.warning("dataset %s: %s %s %s no validation image (too few images to hold one out): the "
                        "validation accuracy does not cover them", data.source, *_classes_have(unvalidated))  # fmt: skip

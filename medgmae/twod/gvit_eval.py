@@ -37,7 +37,6 @@ from medgmae.twod.gvit import Gaussians2D
 from medgmae.twod.gvit_figures import save_confusion_matrix_png, save_explanation_png
 from medgmae.twod.images import IMAGE_SUFFIXES
 from medgmae.twod.windows import recorded_window
-from medgmae.words import label_text
 
 if TYPE_CHECKING:
     from medgmae.twod.classification_data import ClassificationData
@@ -255,7 +254,8 @@ def _evaluation_data(
         recorded it when its ``seed`` and ``val_fraction`` are kept, and training's intensity window (or ``None``).
 
     Raises:
-        DatasetError: training's recorded data are not found, or the dataset's classes are not the model's.
+        DatasetError: training's recorded data are not found, or the dataset has a class the model does not know
+            (a dataset of a part of its classes is evaluated: the others' accuracy is n/a).
     """
     from medgmae.twod.classification_data import resolve_classification_data
     from medgmae.twod.classification_split import apply_recorded_split
@@ -263,15 +263,13 @@ def _evaluation_data(
     st = evaluation_data_settings(getattr(model, "data_settings", None), given)
     root = "" if st["dataset_dir"] else _phantom_root(st, default_root, output_dir, model.img_size[0])
     window = recorded_window(model.data_settings, model_path)  # training's NIfTI/DICOM window
+    names = getattr(model, "class_names", None)  # the dataset's labels map onto these by name (a part may be present)
     if given["dataset_dir"] is None and st["dataset_dir"] and not Path(st["dataset_dir"]).exists():
         raise DatasetError(f"{model_path} records its training data at {st['dataset_dir']}, which is not found (moved, "
                          "or on another machine?): give its place with --dataset_dir")  # fmt: skip
     data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
                                        val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window,
-                                       channels=model.in_channels)  # fmt: skip
-    names = getattr(model, "class_names", None)
-    if names is not None and [label_text(n) for n in names] != list(data.class_names):  # a model of before NFC names
-        raise DatasetError(f"model {model_path} was trained on classes {list(names)} but dataset {data.source} has {data.class_names}")
+                                       channels=model.in_channels, class_names=names)  # fmt: skip
     if model.num_classes != data.num_classes:
         raise DatasetError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
     if given["seed"] is None and given["val_fraction"] is None and data.seeded_split:  # training's seeded split, kept as recorded

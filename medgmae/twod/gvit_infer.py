@@ -7,7 +7,8 @@ evaluation read theirs) before it classifies any, and writes ``predictions.csv``
 ``image,slice,predicted_class,probability_<class>...`` (softmax probabilities, in the model's class order).
 ``slice`` says which slice of a file holding several was classified (``axial slice 24 of 48 (numbered from 0)``
 for a 3D NIfTI volume, ``frame 3 of 7 (numbered from 0)`` for a multi-frame DICOM: the middle one, as training
-reads them); it is empty for pictures and single slices. Each prediction is logged, with that slice, and the
+reads them); it is empty for pictures and single slices. A 16-bit picture of 12-bit data (values within 0..4095,
+nearly black once divided by 65535) is named in a warning, as training warns of such data. Each prediction is logged, with that slice, and the
 closing line counts the volumes and multi-frame files. The ``gvit_classification`` bundle's
 ``configs/inference.json`` calls it.
 """
@@ -26,6 +27,7 @@ from medgmae.data.datalist import DatasetError
 from medgmae.files import atomic_write, given_more_than_once
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
 from medgmae.twod.images import read_image_source, slice_text, to_model_input
+from medgmae.twod.picture_range import warn_if_16bit_range_narrow
 from medgmae.twod.windows import recorded_window
 from medgmae.words import plural
 
@@ -99,7 +101,9 @@ def load_inference_model(model_path: str | Path, device: torch.device) -> torch.
 def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[torch.Tensor, list[str]]:
     """Every image as the model's input ``(N, C, H, W)``, and for each the slice or frame read of a file holding
     several (:func:`~medgmae.twod.images.slice_text`, ``""`` for the others); one error naming each image that is
-    missing or cannot be read."""
+    missing or cannot be read. A 16-bit picture using a narrow part of the 16-bit range (12-bit data) is warned
+    about, file by file, as training warns of such a dataset
+    (:func:`~medgmae.twod.picture_range.warn_if_16bit_range_narrow`)."""
     inputs, slices, problems = [], [], []
     for path in paths:
         try:
@@ -108,6 +112,7 @@ def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[to
         except (ValueError, OSError) as e:  # the reader's messages name the file
             problems.append(str(e) if str(path) in str(e) else f"{path}: {e}")
             continue
+        warn_if_16bit_range_narrow([path], str(path))  # 12-bit data in a 16-bit PNG, as training warns of it
         several = source["slice"] is not None and source["slice"]["count"] > 1
         slices.append(slice_text(source["slice"]) if several else "")
     if problems:

@@ -3,13 +3,15 @@
 Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB), scaled to ``[0, 1]``:
 
 * PNG/JPEG/BMP/TIFF: one image (a multi-page TIFF is refused), 8- or 16-bit, grey, grey+alpha, RGB(A) or palette
-  (grey when its pixels are; alpha is dropped), upright by the file's EXIF orientation (a camera's JPEG); divided by the maximum of the
-  file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever the image's own values. A fixed scale keeps
+  (grey when its pixels are; alpha is dropped: transparent pixels read as the colour stored under them, not
+  composited onto a background, noted in the log once per file: :mod:`medgmae.twod.picture_notes`), upright by the
+  file's EXIF orientation (a camera's JPEG); divided by the maximum of the file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever the image's own values. A fixed scale keeps
   intensities comparable between images (the same stored value reads the same everywhere) and does not depend on
   content: a dark 16-bit image stays dark, it is neither stretched to its own maximum nor taken for 8-bit because
   its values happen to stay below 256. 32-bit integer images (PIL mode ``I``, e.g. a 16-bit PNG in old Pillow
   versions or an ``int32`` TIFF) are read as 16-bit data and must hold values in ``[0, 65535]``; floating-point
-  images are taken as already scaled and must hold values in ``[0, 1]``.
+  images are taken as already scaled and must hold values in ``[0, 1]`` (32-bit ones: a float64 TIFF, which PIL
+  cannot open, is refused naming its type).
 * NIfTI (``.nii``, ``.nii.gz``): a 2D or single-slice image, or one axial slice of a volume (the middle slice
   unless ``slice_index`` is given). Every file is reoriented to RAS by its affine and shown radiologically
   (anterior up, patient's right on the left), so a 2D image, a one-slice volume and a slice of a volume with the
@@ -47,8 +49,9 @@ from medgmae.data.grid import same_grid_problem
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
 from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.nifti_slices import nifti_grid, read_nifti_slice
+from medgmae.twod.picture_notes import float_tiff_note, note_transparency
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
-from medgmae.twod.windows import window_setting
+from medgmae.twod.windows import apply_window, window_setting
 
 __all__ = [
     "read_image",
@@ -105,30 +108,6 @@ def is_windowed(path: str | os.PathLike) -> bool:
         return False
 
 
-def _scale(
-    arr: np.ndarray, path: Path, window: Sequence[float] | None, source: str = "given"
-) -> tuple[np.ndarray, dict]:
-    """``arr`` windowed to ``[0, 1]``, and the window used: ``{"window": [low, high], "window_source": ...}``
-    (``source`` for a given window, else ``"percentiles 0.5/99.5"``, or ``"min-max"`` where they coincide)."""
-    arr = arr.astype(np.float32)
-    if arr.size == 0:
-        raise ValueError(f"{path}: empty image")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: image contains NaN or infinite values")
-    if window is not None:
-        lo, hi = float(window[0]), float(window[1])
-    else:
-        lo, hi = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
-        source = "percentiles 0.5/99.5"
-        if hi <= lo:
-            lo, hi = float(arr.min()), float(arr.max())
-            source = "min-max"
-    used = {"window": [lo, hi], "window_source": source}
-    if hi <= lo:
-        return np.zeros_like(arr), used
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0), used
-
-
 def _read_pil(path: Path) -> np.ndarray:
     """``(C, H, W)`` float32 of a PIL-readable file, divided by its integer type's maximum (see the module doc)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -140,6 +119,7 @@ def _read_pil(path: Path) -> np.ndarray:
             pages = getattr(opened, "n_frames", 1)
             im = ImageOps.exif_transpose(opened)  # a photo's orientation tag applied: upright, as viewers show it
             mode = im.mode
+            note_transparency(im, path)
             if mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit ("I") integers
                 arr = np.asarray(im, dtype=np.float64)[None]
             elif mode in ("1", "L", "LA", "F"):
@@ -152,6 +132,9 @@ def _read_pil(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: image too large for PIL to open ({e}); downscale it first (the models take "
                          "inputs of a few hundred pixels)") from e  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        float_tiff = float_tiff_note(path) if isinstance(e, UnidentifiedImageError) else ""
+        if float_tiff:
+            raise ValueError(f"{path}: {float_tiff}") from e
         empty = " (an empty file, 0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else ""
         raise ValueError(f"{path}: not a readable image{empty} ({type(e).__name__}: {e})") from e
     if pages > 1:  # a stack (z, channels, time): which page is the image is not ours to guess
@@ -233,13 +216,13 @@ def read_image_source(
         return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": None, "window": None, "window_source": None}
     if kind == "nifti":
         arr, which = read_nifti_slice(path, slice_index)
-        arr, used = _scale(arr, path, window)
+        arr, used = apply_window(arr, path, window)
     else:
         arr, file_window, which, frame = read_dicom_frame(path, slice_index)
         if frame == "colour":  # scaled by its bit depth already: a window (a CT's, say) would flatten it to grey
             return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": which, "window": None,
                                                                "window_source": "not windowed: a colour frame"}
-        arr, used = _scale(arr, path, window if window is not None else file_window,
+        arr, used = apply_window(arr, path, window if window is not None else file_window,
                            "given" if window is not None else "dicom file")  # fmt: skip
         if frame == "monochrome1":  # windowed in the file's units, then shown as the modality does: high values dark
             arr = 1.0 - arr

@@ -5,17 +5,19 @@ A window ``(low, high)`` names the stored intensities of NIfTI and DICOM files (
 ``--window "[-1000, 1000]"``, a list read back from a model file, a tuple in code); :func:`window_setting` turns
 every one of them into ``(low, high)`` or ``None``, and every layer that takes a window (the bundles' up-front
 check, the datasets, the image reader, ``medgmae-2d``, GViT evaluation) calls it rather than checking on its own.
+:func:`apply_window` maps an image's values through a window (or, without one, the 0.5/99.5 percentiles).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["window_setting", "recorded_window"]
+__all__ = ["window_setting", "recorded_window", "apply_window"]
 
 
 def window_setting(value: Any) -> tuple[float, float] | None:
@@ -64,3 +66,27 @@ def recorded_window(data_settings: Mapping | None, source: str | os.PathLike) ->
         return window_setting((data_settings or {}).get("window"))
     except ValueError as e:
         raise ValueError(f"{source}: the recorded training window is unusable ({e})") from None
+
+
+def apply_window(
+    arr: np.ndarray, path: Path, window: Sequence[float] | None, source: str = "given"
+) -> tuple[np.ndarray, dict]:
+    """``arr`` (a NIfTI slice or DICOM frame read from ``path``) windowed to ``[0, 1]``, and the window used: ``{"window": [low, high], "window_source": ...}``
+    (``source`` for a given window, else ``"percentiles 0.5/99.5"``, or ``"min-max"`` where they coincide)."""
+    arr = arr.astype(np.float32)
+    if arr.size == 0:
+        raise ValueError(f"{path}: empty image")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: image contains NaN or infinite values")
+    if window is not None:
+        lo, hi = float(window[0]), float(window[1])
+    else:
+        lo, hi = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
+        source = "percentiles 0.5/99.5"
+        if hi <= lo:
+            lo, hi = float(arr.min()), float(arr.max())
+            source = "min-max"
+    used = {"window": [lo, hi], "window_source": source}
+    if hi <= lo:
+        return np.zeros_like(arr), used
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0), used

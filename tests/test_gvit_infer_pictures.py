@@ -1,0 +1,32 @@
+"""GViT inference names a 16-bit picture of 12-bit data (values within 0..4095), as training warns of such a dataset
+and ``medgmae-2d`` notes it: divided by 65535, the model sees it almost without contrast."""
+
+import logging
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medgmae.twod.gvit import GViT
+from medgmae.twod.gvit_infer import classify_images
+
+
+def test_a_12_bit_picture_is_named_once_and_the_others_not(tmp_path, caplog):
+    torch.manual_seed(0)
+    GViT(in_channels=1, img_size=16, num_classes=2, num_gaussians=6, model_size="tiny", patch_size=4).save(
+        tmp_path / "model.pt", class_names=["a", "b"])
+    rng = np.random.default_rng(0)
+    twelve = rng.integers(0, 4096, (16, 16)).astype(np.uint16)
+    twelve[0, :2] = (0, 4095)
+    Image.fromarray(twelve).save(tmp_path / "twelve.png")
+    full = rng.integers(0, 65536, (16, 16)).astype(np.uint16)
+    full[0, :2] = (0, 65535)
+    Image.fromarray(full).save(tmp_path / "full.png")
+    Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(tmp_path / "eight.png")
+    with caplog.at_level(logging.WARNING):
+        classify_images(tmp_path / "model.pt", [str(tmp_path / n) for n in ("twelve.png", "full.png", "eight.png")],
+                        None, tmp_path / "out", device="cpu")  # fmt: skip
+    warned = [r.getMessage() for r in caplog.records if "almost without contrast" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"{tmp_path / 'twelve.png'}: ")
+    assert f"within 0..4095, {100 * 4095 / 65535:.0f} %" in warned[0]
+    assert f"within {0:.3f}..{4095 / 65535:.3f}, almost without contrast" in warned[0]
