@@ -29,4 +29,5 @@ def test_a_12_bit_picture_is_named_once_and_the_others_not(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if "almost without contrast" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith(f"{tmp_path / 'twelve.png'}: ")
     assert f"within 0..4095, {100 * 4095 / 65535:.0f} %" in warned[0]
+    assert f"{tmp_path / 'twelve.png'}: its values (one 16-bit PNG/TIFF) lie within 0..4095" in warned[0]  # one file: not "its files"
     assert f"within {0:.3f}..{4095 / 65535:.3f}, almost without contrast" in warned[0]

@@ -81,11 +81,14 @@ def warn_if_16bit_range_narrow(paths: Iterable[str | os.PathLike], where: str) -
     files, read, low, high = found
     if high - low >= NARROW_SHARE * _UINT16_MAX:
         return
-    of = f"{plural(files, 'file')}, all read" if read == files else f"{read} read of {files} files"
+    if files == 1:  # one picture (GViT's inference names each file): its values, not "its files'"
+        whose, them = "its values (one 16-bit PNG/TIFF)", "it"
+    else:
+        of = f"{plural(files, 'file')}, all read" if read == files else f"{read} read of {files} files"
+        whose, them = f"the values of its 16-bit PNG/TIFF files ({of})", "them"
     logger.warning(
-        "%s: the values of its 16-bit PNG/TIFF files (%s) lie within %d..%d, %.0f %% of the range 0..65535 they "
-        "are divided by: the model sees them within %.3f..%.3f, almost without contrast (12-bit data, or CT stored "
-        "as HU + 1024 or HU + 32768?); stretch them to the 16-bit range, or save them as NIfTI/DICOM and give a "
-        "window in their unit", where, of, low, high, 100 * (high - low) / _UINT16_MAX, low / _UINT16_MAX,
-        high / _UINT16_MAX,
+        "%s: %s lie within %d..%d, %.0f %% of the range 0..65535 they are divided by: the model sees them within "
+        "%.3f..%.3f, almost without contrast (12-bit data, or CT stored as HU + 1024 or HU + 32768?); stretch %s to "
+        "the 16-bit range, or save %s as NIfTI/DICOM and give a window in their unit", where, whose, low, high,
+        100 * (high - low) / _UINT16_MAX, low / _UINT16_MAX, high / _UINT16_MAX, them, them,
     )  # fmt: skip
