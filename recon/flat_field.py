@@ -52,6 +52,9 @@ CONVERTED_SHARE = 0.5
 CONVERTED_RATIO = 1e-3
 #: The most dead detector pixels repaired, as a share of the detector (more: the flat or dark is likely wrong).
 DEAD_SHARE = 0.01
+#: The most neighbours (of eight) a pixel stuck at its type's maximum in every view may share that with and still be
+#: repaired as a defective pixel: more, and it belongs to a region saturated in every view (left as it is, warned of).
+STUCK_NEIGHBOURS = 2
 #: A pixel whose open-beam signal ``F - D`` is below this share of the median responds to almost no light: dead (a
 #: dead pixel reads the dark in the flat too, its ``F - D`` dark noise of either sign, not only at or below the
 #: floor; a live pixel's gain varies by tens of per cent, not a hundredfold).
@@ -165,7 +168,7 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
         positive values), how many readings of ``I - D`` and pixels of ``F - D`` of live pixels were below it (those
         of dead pixels are repaired, not counted; ``clipped_all``: the readings of every pixel), and the dead pixels ``(rows, cols)`` (``F - D`` below
         :data:`DEAD_OPEN_SHARE` of its median, ``I - D`` below the floor in every view, or ``I`` at its integer
-        type's maximum in every view: a stuck pixel).
+        type's maximum in every view with at most :data:`STUCK_NEIGHBOURS` neighbours so: a stuck pixel).
     """
     open_beam = np.broadcast_to(np.asarray(flat, np.float64) - np.asarray(dark, np.float64), counts.shape[1:])
     positive = open_beam[open_beam > 0]
@@ -182,11 +185,21 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
         at_top += (block == top).sum(axis=0) if top is not None else 0
         p[start : start + _BLOCK_VIEWS] = -np.log(np.maximum(signal, floor) / open_beam)
     views = counts.shape[0]  # dead: no light in the open beam, or none in any view; stuck at the maximum in every view
-    dead = (open_beam < DEAD_OPEN_SHARE * median_open) | (per_pixel == views) | (at_top == views)
+    dead = (open_beam < DEAD_OPEN_SHARE * median_open) | (per_pixel == views) | _isolated(at_top == views)
     return p, {"floor": floor, "median_open": median_open, "clipped": int(per_pixel[~dead].sum()),
                "clipped_all": int(per_pixel.sum()),
                "readings": int(counts.size), "clipped_open": int((low_open & ~dead).sum()), "pixels": int(open_beam.size),
                "dead": dead}  # fmt: skip
+
+
+def _isolated(stuck: np.ndarray) -> np.ndarray:
+    """The pixels of ``stuck`` ``(rows, cols)`` with at most :data:`STUCK_NEIGHBOURS` of their eight neighbours stuck
+    too: a defective pixel, not a region saturated in every view (an over-exposed air margin, whose readings stay
+    counted as saturated and are not repaired from neighbours that saturate as well)."""
+    padded = np.pad(stuck.astype(np.int8), 1)
+    rows, cols = stuck.shape
+    around = sum(padded[1 + i : 1 + i + rows, 1 + j : 1 + j + cols] for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0))
+    return stuck & (around <= STUCK_NEIGHBOURS)
 
 
 def _dtype_max(images: np.ndarray) -> int | None:

@@ -381,7 +381,7 @@ class CTGeometry:
             inside = f": give {path / 'geometry.json'}" if (path / "geometry.json").is_file() else ": give a geometry JSON file"
             raise ValueError(f"geometry file {path} " + (f"is a folder{inside}" if path.is_dir() else "does not exist"))
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            d = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows Notepad) skipped
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"geometry file {path} is not valid JSON: {e}") from e
         try:

@@ -270,3 +270,22 @@ def test_a_palette_png_of_greys_reads_as_one_grey_channel_and_a_coloured_one_as_
     table = lambda p: np.asarray(p, np.float32).reshape(3, 3)[indices].transpose(2, 0, 1) / 255.0  # noqa: E731
     np.testing.assert_allclose(read_image(tmp_path / "grey.png"), table(greys)[:1], atol=1e-6)
     np.testing.assert_allclose(read_image(tmp_path / "colour.png"), table(colours), atol=1e-6)
+
+
+def test_an_rgb_dicom_mask_and_an_rgb_nifti_image_of_the_2d_readers(tmp_path):
+    """An RGB DICOM given as a mask (any channel non-zero is foreground) keeps its (H, W) shape; an RGB NIfTI is
+    refused in the 3D reader's words (it was numpy's DTypePromotionError)."""
+    import nibabel as nib
+
+    from medgmae.twod.images import read_image, read_mask
+
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[1, 2, 0], rgb[3, 4, 2] = 200, 9
+    _write_rgb_dicom(tmp_path / "mask.dcm", rgb, 8)
+    expected = np.zeros((4, 5), bool)
+    expected[1, 2] = expected[3, 4] = True
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.dcm"), expected)
+    structured = np.zeros((4, 5, 1), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(structured, np.eye(4)), str(tmp_path / "rgb.nii.gz"))
+    with pytest.raises(ValueError, match=r"rgb\.nii\.gz: expected one value per voxel, got 3 components"):
+        read_image(tmp_path / "rgb.nii.gz")

@@ -232,6 +232,13 @@ def test_a_label_written_composed_and_decomposed_is_one_class(tmp_path):
     items, classes = read_csv_list(tmp_path / "mixed.csv")
     assert classes == [nfc, "square"] and [it["label"] for it in items] == [0, 0, 1]
     assert root.is_dir()
+    folders = tmp_path / "folders"  # class folders named both ways: one class too
+    for name, value in ((nfc, 10), (nfd, 20), ("b", 30)):
+        _write_png(folders / name / f"{value}.png", np.full((8, 8), value, np.uint8))
+    items, classes = scan_image_folder(folders)
+    assert classes == [nfc, "b"] or classes == ["b", nfc], classes
+    by_value = {int(Path(it["image"]).stem): classes[it["label"]] for it in items}
+    assert by_value == {10: nfc, 20: nfc, 30: "b"}
 
 
 def test_phantom_slice_task_is_ordered_by_body_region(tmp_path):

@@ -324,6 +324,13 @@ def test_a_pixel_stuck_at_the_maximum_is_repaired_and_a_saturated_flat_is_named(
     for v in range(p.shape[0]):
         around = [got[v, 4 + i, 10 + j] for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)]
         assert abs(got[v, 4, 10] - np.median(around)) < 1e-5
+    margin = np.round(0.5 * flat * np.exp(-p)).astype(np.uint16)
+    margin[:, :, :2] = 65535  # an over-exposed air margin: saturated in every view, but no defect to repair
+    np.save(tmp_path / "margin.npy", margin)
+    load_raw_projections(str(tmp_path / "margin.npy"), str(tmp_path / "half_flat.npy"))
+    out = capsys.readouterr().out
+    assert "dead detector pixel" not in out and f"{2 * margin.shape[0] * margin.shape[1]} of {margin.size} readings" in out
+    assert "look saturated" in out
     saturated = np.round(0.5 * flat).astype(np.uint16)
     saturated[:, -2:] = 65535
     np.save(tmp_path / "saturated_flat.npy", saturated)

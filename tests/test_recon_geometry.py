@@ -240,3 +240,11 @@ def test_a_geometry_file_whose_views_all_point_one_way_is_refused(small_parallel
     from recon.angle_checks import check_directions
 
     check_directions([0.0, np.pi] * 5, "cone")  # a cone beam's opposite views are two directions (a parallel's one)
+
+
+def test_a_geometry_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """A hand-written geometry.json saved by Windows Notepad starts with a UTF-8 byte-order mark: it was refused as
+    'not valid JSON: Unexpected UTF-8 BOM'."""
+    geom = CTGeometry.parallel((6, 8, 8), 1.0, num_angles=12)
+    (tmp_path / "g.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(geom.to_dict()).encode("utf-8"))
+    assert CTGeometry.load(tmp_path / "g.json") == geom

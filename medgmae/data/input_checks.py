@@ -92,11 +92,13 @@ class WarnIfPaddedd(MapTransform):
                 continue
             WarnIfPaddedd._warned.add(source)
             at = "" if self.pixdim is None else f" at {'x'.join(f'{p:g}' for p in self.pixdim)} mm"
+            advice = ("use a smaller pixdim (for a pre-trained encoder, one pre-trained at that spacing: a spacing other "
+                      "than its own shows it data prepared otherwise)" if self.window == "crop" else
+                      "the model was trained on this window at this spacing: expect a poorer result")  # fmt: skip
             logger.warning(
-                "%s is %s voxels%s after resampling and the foreground crop, smaller than the %s %s: %.0f %% of "
-                "every %s of it is padding with the window's lower end (air), which the model sees as part of the "
-                "volume; check its field of view, or use a smaller pixdim (for a pre-trained encoder, one pre-trained at that "
-                "spacing: a spacing other than its own shows it data prepared otherwise)", source, "x".join(map(str, shape)), at,
-                "x".join(map(str, self.spatial_size)), self.window, 100 * padding, self.window,
-            )
+                "%s is %s voxels%s after resampling and the foreground crop, smaller than the %s %s: %.0f %% of it is "
+                "padding with the window's lower end (air), which the model sees as part of the volume; check its field "
+                "of view, or %s", source, "x".join(map(str, shape)), at, "x".join(map(str, self.spatial_size)), self.window,
+                100 * padding, advice,
+            )  # fmt: skip
         return data

@@ -180,7 +180,7 @@ def check_item(
     if image_key in vols and (flat := single_slice_problem(item[image_key], vols[image_key].array.shape)
                               or blank_image_problem(item[image_key], vols[image_key].array)):
         problems.append(flat)
-    if image_key in vols and spec is not None:
+    if image_key in vols and spec is not None and not problems:  # a blank one is refused: not warned about too
         warn_if_not_hu(vols[image_key].array, spec, str(item[image_key]))
     if not has_label or len(vols) < 2:
         return problems

@@ -29,7 +29,7 @@ from medgmae.words import plural
 
 __all__ = [
     "Volume", "read_volume", "is_volume_path", "volume_stem", "load_nifti", "is_multiframe_dicom", "VOLUME_SUFFIXES",
-    "DICOM_FILE_SUFFIXES", "LoadVolumed", "volume_grid", "whole_labels", "LABEL_TOLERANCE",
+    "DICOM_FILE_SUFFIXES", "LoadVolumed", "volume_grid", "whole_labels", "LABEL_TOLERANCE", "one_component",
 ]  # fmt: skip
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
@@ -81,7 +81,7 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     return p.name.lower().endswith(VOLUME_SUFFIXES)
 
 
-def _one_component(components: int) -> None:
+def one_component(components: int) -> None:
     """Refuse an image of several values per voxel (RGB, a vector field), in the same words for every format."""
     if components != 1:
         raise Refused(f"expected one value per voxel, got {components} components")
@@ -89,7 +89,7 @@ def _one_component(components: int) -> None:
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     img = load_nifti(path)
-    _one_component(len(img.get_data_dtype().names or ()) or 1)  # RGB(A) NIfTI: a structured dtype, one field each
+    one_component(len(img.get_data_dtype().names or ()) or 1)  # RGB(A) NIfTI: a structured dtype, one field each
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
@@ -135,7 +135,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     img = read_series(path) if path.is_dir() else _read_sitk_file(path)
     if not path.is_dir() and img.HasMetaDataKey("0008|0060"):  # a multi-frame DICOM file
         warn_if_modality_not_ct(img.GetMetaData("0008|0060"), path)
-    _one_component(img.GetNumberOfComponentsPerPixel())
+    one_component(img.GetNumberOfComponentsPerPixel())
     dim = img.GetDimension()
     arr = sitk.GetArrayViewFromImage(img).astype(np.float32).transpose(tuple(range(dim - 1, -1, -1)))
     if dim != 3 and not (dim == 4 and img.GetSize()[3] == 1):

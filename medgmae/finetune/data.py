@@ -373,7 +373,7 @@ def val_transforms(spec: PreprocessingSpec) -> Compose:
     return Compose(_load_and_resample(keys, spec) + [EnsureTyped(keys=keys)])
 
 
-def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True) -> Compose:
+def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True, warn_padding: bool = True) -> Compose:
     """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space; a
     scan much smaller than the model's window is warned about (:class:`WarnIfPaddedd`).
 
@@ -382,11 +382,14 @@ def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True) -> C
         warn_not_hu: warn about an image that is no CT in HU for a model of HU (:class:`WarnIfNotHUd`: attenuation
             in 1/mm, a label map...) as it is loaded; ``False`` where the pre-check warned already
             (:func:`~medgmae.finetune.segment_inputs.inference_cases` given the spec), so each file is named once.
+        warn_padding: warn about a scan much smaller than the model's window (:class:`WarnIfPaddedd`); ``False``
+            for the run's own cases (training warned about the user's, and generated phantoms are small by design).
 
     Returns:
         The transforms.
     """
-    if not isinstance(warn_not_hu, bool):
-        raise ValueError(f"inference_transforms: warn_not_hu must be true or false, got {warn_not_hu!r}")
-    padded = WarnIfPaddedd(keys="image", spatial_size=spec.input_size, pixdim=spec.spacing, window="sliding window")
-    return Compose(_load_and_resample(["image"], spec, warn_not_hu) + [padded, EnsureTyped(keys="image")])
+    if not isinstance(warn_not_hu, bool) or not isinstance(warn_padding, bool):
+        raise ValueError(f"inference_transforms: warn_not_hu and warn_padding must be true or false, got {warn_not_hu!r}, "
+                         f"{warn_padding!r}")
+    padded = [WarnIfPaddedd(keys="image", spatial_size=spec.input_size, pixdim=spec.spacing, window="sliding window")]
+    return Compose(_load_and_resample(["image"], spec, warn_not_hu) + padded * warn_padding + [EnsureTyped(keys="image")])

@@ -108,8 +108,9 @@ def scan_image_folder(root: str | Path, known: Sequence[str] | None = None) -> t
         what = (f"holds {plural(loose, 'image')} but no class sub-folders" if loose
                 else f"holds no class sub-folders and no images ({plural(other, 'other file')})" if other else "is empty")  # fmt: skip
         raise DatasetError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
-    names = indexed_classes([label_text(c) for c in classes], f"dataset folder {root}", known)  # NFC names
-    indices = range(len(classes)) if known is None else [names.index(label_text(c)) for c in classes]
+    # NFC names, one class per name (a folder copied from macOS, NFD, beside one named on Linux, NFC: one class)
+    names = indexed_classes(list(dict.fromkeys(label_text(c) for c in classes)), f"dataset folder {root}", known)
+    indices = [names.index(label_text(c)) for c in classes]
     items, empty, empty_left_out = [], [], []
     for idx, name in zip(indices, classes):
         files, left_out = listed_files(root / name)  # with its sub-folders (one per patient, say)

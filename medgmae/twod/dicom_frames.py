@@ -80,13 +80,13 @@ def read_dicom_frame(
     if frames > 1:
         arr = arr[k]
     which = {"axis": "frame", "index": k, "count": frames}
-    if stored:
-        return _radiological_frame(arr[None], ds), None, which, "grey"
-    if photometric == "PALETTE COLOR":  # indices into a colour table (ultrasound): its colours, not the indices
+    if photometric == "PALETTE COLOR" and not stored:  # indices into a colour table (ultrasound): its colours
         colours = _palette_colours(ds, path)
         return _radiological_frame(colours[k] if frames > 1 else colours, ds), None, which, "colour"
-    if rgb:
+    if rgb:  # stored too: a colour mask's channels, (3, H, W)
         return _radiological_frame(arr.transpose(2, 0, 1) / _sample_max(ds, path), ds), None, which, "colour"
+    if stored:
+        return _radiological_frame(arr[None], ds), None, which, "grey"
     arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
     window = None
     centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medgmae.data.dicom_series import Refused
-from medgmae.data.reader import load_nifti
+from medgmae.data.reader import load_nifti, one_component
 
 __all__ = ["read_nifti_slice", "nifti_plane", "nifti_grid", "open_nifti"]
 
@@ -47,6 +47,10 @@ def read_nifti_slice(path: Path, slice_index: int | None, stored: bool = False) 
     import nibabel as nib
 
     img = open_nifti(path)
+    try:  # an RGB(A) NIfTI: a structured dtype, one field a channel (numpy's DTypePromotionError otherwise)
+        one_component(len(img.get_data_dtype().names or ()) or 1)
+    except Refused as e:
+        raise ValueError(f"{path}: {e}") from None
     try:
         if stored:
             img = nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled()), img.affine)
