@@ -147,3 +147,29 @@ def test_an_augmented_run_resumes_bit_for_bit_and_keeps_its_augment(runs, tmp_pa
     wa, wb, wp = a["objects"]["model"], b["objects"]["model"], plain["objects"]["model"]
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
     assert any(not np.array_equal(wa[k].numpy(), wp[k].numpy()) for k in wa)
+
+
+def test_a_truncated_newest_checkpoint_is_a_refusal_naming_the_one_before(runs, tmp_path, folder_state):
+    """A copy of the run whose newest checkpoint was cut short (a copy stopped halfway) stopped the resume in three
+    chained tracebacks; it is a refusal in one line, naming the file, what is wrong with it and the checkpoint
+    before it to resume from, and the folder stays as it was."""
+    import shutil
+
+    out = shutil.copytree(runs["straight"], tmp_path / "run", copy_function=shutil.copy2)
+    newest = out / "checkpoint_epoch=2.pt"
+    assert not (out / "checkpoint_epoch=1.pt").exists()  # the run keeps its newest only: the refusal says start afresh
+    shutil.copy2(newest, tmp_path / "intact.pt")
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    before = folder_state(out)
+    proc = bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]),
+                          "--output_dir", str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: ResumeRefused: the newest checkpoint cannot be resumed from: {newest}: not a complete "
+                           "PyTorch file"), last
+    assert last.endswith("remove it, or run without --resume true to start afresh"), last
+    assert folder_state(out) == before
+    shutil.copy2(tmp_path / "intact.pt", out / "checkpoint_epoch=1.pt")  # an older one there: it is named
+    proc = bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]),
+                          "--output_dir", str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", cwd=tmp_path)
+    assert proc.stderr.strip().splitlines()[-1].endswith("remove it to resume from checkpoint_epoch=1.pt, the one before")

@@ -86,14 +86,21 @@ def read_latest_checkpoint(
         ``(path, checkpoint)``, or ``(None, None)`` when the folder holds no epoch checkpoint.
 
     Raises:
-        ValueError: the file does not load (:func:`medgmae.torch_files.load_torch_file`).
+        ResumeRefused: the file does not load (:func:`medgmae.torch_files.load_torch_file`'s words), with the way
+            on: remove it to resume from the epoch before, or start afresh.
     """
     rank, world = rank_world()
     box: list = [None, None]
     if rank == 0:
         path = latest_checkpoint(output_dir)
         if path is not None:
-            ckpt = load_torch_file(path, "cpu", mmap=select is not None)
+            try:
+                ckpt = load_torch_file(path, "cpu", mmap=select is not None)
+            except ValueError as e:  # cut short or damaged (a copy stopped halfway): a refusal, not a crash
+                found = epoch_checkpoints(output_dir)
+                on = (f"remove it to resume from {found[1][1].name}, the one before" if len(found) > 1 else
+                      "remove it, or run without --resume true to start afresh")  # fmt: skip
+                raise ResumeRefused(f"the newest checkpoint cannot be resumed from: {e}; {on}") from None
             box = [str(path), ckpt if select is None else select(ckpt if isinstance(ckpt, Mapping) else {})]
     if world > 1:
         dist.broadcast_object_list(box, src=0)
