@@ -358,3 +358,16 @@ def test_gmae2d_maps_its_phantom_slices_by_the_window_given(tmp_path, caplog):
         np.testing.assert_allclose(wide_image[inside], expected, atol=1e-4)
     assert default.get_parsed_content("data_settings")["window"] == [-350.0, 400.0]
     assert wide.get_parsed_content("data_settings")["window"] == [-1000.0, 1000.0]
+
+
+@pytest.mark.parametrize("value", ["1", "abc", "-4"])
+def test_gvit_evaluation_checks_its_number_of_phantoms_as_a_setting(tmp_path, value):
+    """--num_phantoms 1 / abc / -4 given to the evaluation stopped in two tracebacks whose last line named no key
+    (num_val_cases, int()); it is a bad setting named at start, as in training."""
+    from bundle_helpers import run_bundle, setting_error_text
+
+    proc = run_bundle("evaluating", "gvit_classification/configs/evaluate.json", "--output_dir", str(tmp_path / "run"),
+                      "--device", "cpu", "--num_phantoms", value)
+    shown = repr(int(value)) if value.lstrip("-").isdigit() else repr(value)
+    assert proc.returncode != 0 and f"--num_phantoms: expected an integer of at least 3 (the last 2 phantoms are the " \
+        f"validation split), got {shown}" in setting_error_text(proc.stdout + proc.stderr)
