@@ -64,6 +64,9 @@ def test_an_empty_input_files_list_is_refused_and_the_datalist_default_is_logged
     for empty in ([], "", ()):
         with pytest.raises(DatasetError, match="input_files is empty"):
             inference_cases(empty, datalist=dl)
+    for scalar in (5, 2.5, True):  # MONAI reads --input_files 5 as a number: it was "'int' object is not iterable"
+        with pytest.raises(DatasetError, match=rf"input_files must be a path or a list of paths .*got {scalar!r}$"):
+            inference_cases(scalar, datalist=dl)
     with caplog.at_level(logging.INFO, logger="medgmae"):
         cases = inference_cases(None, datalist=dl)
     assert [c["image"] for c in cases] == [case["image"]]

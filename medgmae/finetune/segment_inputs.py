@@ -124,6 +124,8 @@ def inference_cases(
     """
     if isinstance(input_files, (str, Path)):
         input_files = [input_files] if str(input_files) else []
+    elif input_files is not None and not isinstance(input_files, (list, tuple)):  # MONAI reads --input_files 5 as 5
+        raise DatasetError(f"input_files must be a path or a list of paths (\"['a.nii.gz', 'b.nii.gz']\"), got {input_files!r}")
     if input_files is not None and not list(input_files):
         raise DatasetError("input_files is empty (a shell pattern that matched no file?): list the images to segment, "
                            "or leave input_files out to segment the run's validation cases")  # fmt: skip
