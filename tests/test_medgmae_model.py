@@ -244,6 +244,20 @@ def test_resuming_a_star_training_from_before_the_intensity_rule_keeps_or_names_
             ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict())
 
 
+def test_a_resume_as_another_model_kind_names_the_kind_and_its_flag_not_an_override_of_a_field():
+    """A MedGMAE* run resumed as a voxel-MAE was refused listing ten fields each "saved X, now (not set)" and the
+    advice to resume with --network_def#level_intensity logit, which cannot help; it names the kind and
+    --model_kind."""
+    from medgmae.mae_training import ModelConfigRecord
+
+    star = ModelConfigRecord(_gmae(multi_level=True)).state_dict()
+    with pytest.raises(ValueError) as e:
+        ModelConfigRecord(_vmae()).load_state_dict(star)
+    said = str(e.value)
+    assert "kind: saved 'medgmae-star', now 'voxel-mae'" in said and "(here --model_kind medgmae-star)" in said, said
+    assert "level_intensity" not in said and "num_gaussians" not in said
+
+
 def test_a_resume_into_another_model_configuration_is_a_resume_refusal():
     """``--resume true`` with another ``--num_gaussians`` (3D pre-training, 2D GMAE) is a refusal of the settings
     given: a ``ResumeRefused``, alone or beside another refusal of the checkpoint, so that the bundle prints its

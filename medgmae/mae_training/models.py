@@ -99,9 +99,13 @@ class ModelConfigRecord:
         if diff:
             # level_intensity has no top-level key: name the saved rule as the override that restores it (a run
             # from before it existed was trained with the clamp rule, which upgrade_config records)
-            rule = _record_fields(saved).get("level_intensity")
-            changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str)
+            rule, kind = _record_fields(saved).get("level_intensity"), _record_fields(saved).get("kind")
+            other_kind = [d for d in diff if d.startswith("kind")]
+            changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str) and not other_kind
             example = f" (here --network_def#level_intensity {rule})" if changed else ""
+            if other_kind:  # another model altogether: its fields differ as a consequence, named after it
+                diff = other_kind + ["and the fields of that model"]
+                example = f" (here --model_kind {kind})"
             raise ResumeRefused(
                 "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
                 f"with the saved settings{example} or train into a new output_dir"
