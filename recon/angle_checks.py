@@ -74,11 +74,14 @@ def check_degrees(degrees, field: str = "GantryAngle") -> None:
     a, span, step = _span_step(degrees)
     if a.size < MIN_VIEWS_RADIANS or np.abs(a).max() > 2 * math.pi + step:
         return
-    if not any(abs(s - t) <= _TURN_RTOL * t for t in (math.pi, 2 * math.pi) for s in (span, span + step)):
+    matched = [(s, t) for t in (math.pi, 2 * math.pi) for s in (span + step, span) if abs(s - t) <= _TURN_RTOL * t]
+    if not matched:
         return
-    raise ValueError(f"{field} runs from {a.min():.4g} to {a.max():.4g} over {a.size} views, {span + step:.3g} with one "
-                     f"step more: a {'full' if span + step > 4.5 else 'half'} turn in radians, while {field} is in "
-                     "degrees; give the angles in degrees (numpy.rad2deg(angles))")  # fmt: skip
+    s, turn = matched[0]
+    said = f"{s:.3g} with one step more" if s != span else f"a span of {s:.3g}"
+    raise ValueError(f"{field} runs from {a.min():.4g} to {a.max():.4g} over {a.size} views, {said}: a "
+                     f"{'full' if turn > 4 else 'half'} turn in radians, while {field} is in degrees; give the angles "
+                     "in degrees (numpy.rad2deg(angles))")  # fmt: skip
 
 
 def check_directions(angles, kind: str = "cone") -> None:

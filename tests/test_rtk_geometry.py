@@ -179,6 +179,9 @@ def test_gantry_angles_written_in_radians_are_refused(tmp_path, turn, views):
     scan = read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in np.rad2deg(radians)], top))
     np.testing.assert_allclose(np.deg2rad(scan.gantry_deg), radians, atol=1e-9)
     assert read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": a} for a in (0.0, 3.0, 6.0)], top)).num_views == 3
+    inclusive = np.linspace(0.0, turn, views + 1)  # both ends listed: the span itself is the turn
+    with pytest.raises(ValueError, match=rf"over {views + 1} views, a span of {turn:.3g}: a "):
+        read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in inclusive], top))
     short = np.linspace(0.0, 100.0, views)  # a short arc in degrees: not a turn in radians
     assert read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in short], top)).num_views == views
 
@@ -194,7 +197,8 @@ def test_evaluate_says_why_a_reconstruction_centred_on_the_origin_misses_the_ref
     vol = np.full((6, 8, 10), 0.02, np.float32)  # (z, y, x)
     placed = np.diag([1.0, 1.0, 2.0, 1.0])
     placed[:3, 3] = [-30.0, 12.0, 40.0]
-    centred = CTGeometry.parallel(vol.shape, (2.0, 1.0, 1.0)).default_affine()
+    centred = np.diag([1.0, 1.0, 2.0, 1.0])  # (x, y, z) steps; the grid's centre voxel at the origin, by hand
+    centred[:3, 3] = [-(10 - 1) / 2 * 1.0, -(8 - 1) / 2 * 1.0, -(6 - 1) / 2 * 2.0]
     save_nifti(tmp_path / "ref.nii.gz", vol, placed)
     save_nifti(tmp_path / "rec.nii.gz", vol, centred)
     shifted = placed.copy()
