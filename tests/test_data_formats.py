@@ -567,3 +567,16 @@ def test_a_nifti_in_metres_or_micrometres_is_read_in_mm_as_itk_reads_it(tmp_path
     np.testing.assert_array_equal(vol.array, data.astype(np.float32))
     assert f"in_{unit}.nii.gz states its voxel sizes in" in caplog.text
     assert "qform and sform" not in caplog.text  # the two frames, both scaled, still agree
+
+
+def test_a_folder_of_volume_files_given_as_a_scan_says_to_give_the_files(tmp_path):
+    """A folder of NIfTI files given where one scan is read (--input_files, --image) was named a folder without a
+    DICOM series, which it is, with no word on what to give instead."""
+    folder = tmp_path / "imagesTr"
+    folder.mkdir()
+    for i in range(3):
+        nib.save(nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4)), str(folder / f"c{i}.nii.gz"))
+    with pytest.raises(ValueError, match=r"no DICOM series found in the folder \(none of its 3 files is a DICOM slice\); it "
+                                         r"holds 3 volume files: give them as files \(where patterns are taken, e\.g\. "
+                                         r"'folder/\*\.nii\.gz'\)"):
+        read_volume(folder)

@@ -268,7 +268,10 @@ def test_bundle_export_refuses_a_folder_and_a_bad_metadata_file_as_settings(tmp_
              ("--metadata_file", str(tmp_path / "broken.json")): f"--metadata_file: {tmp_path / 'broken.json'}: the bundle's metadata.json is not valid JSON",
              ("--checkpoint", str(tmp_path / "none.pt")): f"--checkpoint: {tmp_path / 'none.pt'}: no such file (the best_model.pt of a fine-tuning run)",
              # it said "model checkpoint . is a folder, not a file" (the current folder)
-             ("--checkpoint", ""): "--checkpoint: expected the path of a fine-tuning run's best_model.pt, got an empty value"}  # fmt: skip
+             ("--checkpoint", ""): "--checkpoint: expected the path of a fine-tuning run's best_model.pt, got an empty value",
+             ("--export_path", ""): "--export_path: expected the file to write (e.g. model.ts), got an empty value",  # "is a folder"
+             ("--metadata_file", str(tmp_path / "folder")): f"--metadata_file: {tmp_path / 'folder'} is a folder: give the "
+                                                           "bundle's metadata.json"}  # fmt: skip
     for flag, message in cases.items():
         proc = _run_export("--output_dir", str(tmp_path), *flag)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

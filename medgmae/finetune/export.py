@@ -157,10 +157,14 @@ def check_export_settings(
     from medgmae.finetune.best_model import finetuned_model_check
 
     def export_file(path) -> None:
+        if not str(path or "").strip():  # Path("") is the current folder: "is a folder" said nothing
+            raise ValueError("expected the file to write (e.g. model.ts), got an empty value")
         if Path(path).is_dir():
             raise ValueError(_folder_given(path))
 
     def metadata(path) -> None:
+        if path and Path(path).is_dir():
+            raise ValueError(f"{path} is a folder: give the bundle's metadata.json (e.g. {Path(path) / 'metadata.json'})")
         if path:
             try:
                 read_json(path, "bundle's metadata.json")
