@@ -289,3 +289,22 @@ def test_an_rgb_dicom_mask_and_an_rgb_nifti_image_of_the_2d_readers(tmp_path):
     nib.save(nib.Nifti1Image(structured, np.eye(4)), str(tmp_path / "rgb.nii.gz"))
     with pytest.raises(ValueError, match=r"rgb\.nii\.gz: expected one value per voxel, got 3 components"):
         read_image(tmp_path / "rgb.nii.gz")
+
+
+def test_a_scan_given_as_the_reference_mask_is_refused(tmp_path):
+    """A CT slice given as --reference was read as a mask whose every non-zero pixel is foreground, and segment
+    reported an IoU equal to the foreground fraction; a scan (hundreds of values) is refused, a mask of a few
+    labels read."""
+    import nibabel as nib
+
+    from medgmae.twod.images import read_reference
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(tmp_path / "img.png")
+    nib.save(nib.Nifti1Image(rng.normal(0, 300, (20, 24, 1)).astype(np.float32), np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    with pytest.raises(ValueError, match=r"ct\.nii\.gz holds \d+ distinct values: an image, not a mask"):
+        read_reference(tmp_path / "ct.nii.gz", tmp_path / "img.png", (20, 24))
+    labels = np.zeros((20, 24), np.uint8)
+    labels[2:6, 3:9], labels[10:12, 1:4] = 1, 3
+    Image.fromarray(labels).save(tmp_path / "mask.png")
+    np.testing.assert_array_equal(read_reference(tmp_path / "mask.png", tmp_path / "img.png", (20, 24)), labels > 0)

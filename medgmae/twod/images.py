@@ -259,15 +259,23 @@ def read_mask(path: str | os.PathLike, slice_index: int | None = None) -> np.nda
         FileNotFoundError: ``path`` does not exist.
         ValueError: unsupported, unreadable or corrupt file, or a bad slice.
     """
+    return np.any(np.nan_to_num(_stored_values(path, slice_index)) != 0, axis=0)
+
+
+def _stored_values(path: str | os.PathLike, slice_index: int | None) -> np.ndarray:
+    """``(C, H, W)``: the values a mask file stores (:func:`read_mask`; a picture file's divided by its type's
+    maximum)."""
     path = _check_path(path)
     kind = _image_kind(path)
     if kind == "pil":
-        arr = _read_pil(path)
-    elif kind == "nifti":
-        arr = read_nifti_slice(path, slice_index, stored=True)[0]
-    else:
-        arr = read_dicom_frame(path, slice_index, stored=True)[0]
-    return np.any(np.nan_to_num(arr) != 0, axis=0)
+        return _read_pil(path)
+    if kind == "nifti":
+        return read_nifti_slice(path, slice_index, stored=True)[0]
+    return read_dicom_frame(path, slice_index, stored=True)[0]
+
+
+#: A reference mask holding more distinct values than this is no mask (a scan given as the reference).
+MASK_MAX_VALUES = 256
 
 
 def holds_several_slices(path: str | os.PathLike) -> bool:
@@ -314,7 +322,11 @@ def read_reference(
         problem = same_grid_problem(f"reference {ref}", *nifti_grid(ref), f"image {img}", *nifti_grid(img))
         if problem:
             raise ValueError(problem)
-    mask = read_mask(ref, slice_index if holds_several_slices(ref) else None)  # one slice: the image's slice's
+    values = _stored_values(ref, slice_index if holds_several_slices(ref) else None)  # one slice: the image's slice's
+    if (distinct := np.unique(values).size) > MASK_MAX_VALUES:  # every non-zero pixel would be foreground: a meaningless IoU
+        raise ValueError(f"reference {ref} holds {distinct} distinct values: an image, not a mask (a mask's pixels are "
+                         "0 for background and a few values for foreground); give the mask of the image")  # fmt: skip
+    mask = np.any(np.nan_to_num(values) != 0, axis=0)
     problem = None if both_nifti else same_grid_problem(f"reference {ref}", mask.shape, None, f"image {img}", image_hw, None)
     if problem:
         raise ValueError(problem)
