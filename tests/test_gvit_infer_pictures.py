@@ -4,6 +4,7 @@ and ``medgmae-2d`` notes it: divided by 65535, the model sees it almost without 
 import logging
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -31,3 +32,18 @@ def test_a_12_bit_picture_is_named_once_and_the_others_not(tmp_path, caplog):
     assert f"within 0..4095, {100 * 4095 / 65535:.0f} %" in warned[0]
     assert f"{tmp_path / 'twelve.png'}: its values (one 16-bit PNG/TIFF) lie within 0..4095" in warned[0]  # one file: not "its files"
     assert f"within {0:.3f}..{4095 / 65535:.3f}, almost without contrast" in warned[0]
+
+
+def test_images_given_as_a_file_pattern_are_expanded_and_one_matching_nothing_is_named(tmp_path):
+    """--images "['data/*/*.png']" was 'image not found: .../*.png'; segmentation's --input_files took patterns. Both
+    expand them one way now; a pattern matching nothing is named."""
+    from medgmae.data.datalist import DatasetError
+    from medgmae.twod.gvit_infer import inference_images
+
+    for name in ("a/1.png", "b/2.png", "b/3.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name)
+    got = inference_images([str(tmp_path / "*" / "*.png")], None)
+    assert got == [tmp_path / "a/1.png", tmp_path / "b/2.png", tmp_path / "b/3.png"]
+    with pytest.raises(DatasetError, match=r"--images: no file matches '.*\*\.jpg'"):
+        inference_images([str(tmp_path / "*.jpg")], None)

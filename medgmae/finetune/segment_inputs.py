@@ -9,7 +9,6 @@ prefixed with as many parent folders as make it unique (``patA_ct``, ``patB_ct``
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections import Counter
@@ -19,6 +18,7 @@ from typing import Sequence
 from medgmae.data.datalist import DatasetError, read_datalist
 from medgmae.data.precheck import check_datalist
 from medgmae.data.reader import volume_stem
+from medgmae.file_patterns import expand_input_patterns
 from medgmae.files import absolute_path, given_more_than_once
 from medgmae.finetune.run_record import run_datalist
 from medgmae.preprocessing import PreprocessingSpec
@@ -64,35 +64,6 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
         used.add(name)
         names[i] = name
     return names
-
-
-def expand_input_patterns(input_files: Sequence[str | Path]) -> list[str]:
-    """Each entry of ``input_files`` as given, or, for a file pattern (``*``, ``?``, ``[...]``; ``**`` spans
-    folders) that names no existing file, the paths it matches (files, or DICOM folders), sorted; ``~`` is expanded
-    first.
-
-    Args:
-        input_files: paths or patterns, as ``--input_files`` lists them (quoted, so the shell left them alone).
-
-    Returns:
-        The paths, in the order given, each pattern's matches in sorted order at its place.
-
-    Raises:
-        DatasetError: a pattern matches no file (named: segmenting nothing, or the rest only, would hide it).
-    """
-    paths, empty = [], []
-    for entry in input_files:
-        text = os.path.expanduser(str(entry))
-        if not glob.has_magic(text) or os.path.exists(text):  # a file whose name holds [ or * is taken as named
-            paths.append(text)
-            continue
-        matches = sorted(glob.glob(text, recursive=True))  # DICOM folders match as folders
-        if not matches:
-            empty.append(str(entry))
-        paths.extend(matches)
-    if empty:
-        raise DatasetError(f"input_files: no file matches {', '.join(repr(e) for e in empty)}")
-    return paths
 
 
 def inference_cases(

@@ -25,6 +25,7 @@ import torch
 
 from medgmae.data.datalist import DatasetError
 from medgmae.files import atomic_write, given_more_than_once
+from medgmae.file_patterns import expand_input_patterns
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
 from medgmae.twod.images import read_image_source, slice_text, to_model_input
 from medgmae.twod.picture_range import warn_if_16bit_range_narrow
@@ -43,20 +44,21 @@ def inference_images(images: str | int | Sequence[str | int] | None, image_dir: 
     (:func:`classify_images` names every missing or unreadable file in one error).
 
     Args:
-        images: image files (``None`` or ``""``: none; a number is the file of that name).
+        images: image files or file patterns (``'data/*/*.png'``, :func:`~medgmae.file_patterns.expand_input_patterns`;
+            ``None`` or ``""``: none; a number is the file of that name).
         image_dir: a folder of images (``None`` or ``""``: none).
 
     Returns:
         The image paths.
 
     Raises:
-        DatasetError: neither gives an image, ``image_dir`` is not a folder or holds no image, or a file is given more
+        DatasetError: neither gives an image, a pattern matches no file, ``image_dir`` is not a folder or holds no image, or a file is given more
             than once (in ``images``, or in ``images`` and under ``image_dir``; named, as fine-tuning's
             segmentation refuses its inputs given twice: :func:`medgmae.files.given_more_than_once`).
     """
     # one path or a list; a bare number is a file name (a DICOM export's "1"), which the command line reads as an int
     listed = list(images) if isinstance(images, (list, tuple)) else [] if images is None else [images]
-    paths = [Path(str(p)).expanduser() for p in listed if str(p).strip()]
+    paths = [Path(p) for p in expand_input_patterns([str(p) for p in listed if str(p).strip()], "--images")]
     if image_dir is not None and str(image_dir).strip():
         folder = Path(str(image_dir)).expanduser()
         if not folder.is_dir():
