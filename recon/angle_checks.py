@@ -77,7 +77,7 @@ def check_degrees(degrees, field: str = "GantryAngle") -> None:
     matched = [(s, t) for t in (math.pi, 2 * math.pi) for s in (span + step, span) if abs(s - t) <= _TURN_RTOL * t]
     if not matched:
         return
-    s, turn = matched[0]
+    s, turn = min(matched, key=lambda m: abs(m[0] - m[1]))  # many views: both within the tolerance, the closer said
     said = f"{s:.3g} with one step more" if s != span else f"a span of {s:.3g}"
     raise ValueError(f"{field} runs from {a.min():.4g} to {a.max():.4g} over {a.size} views, {said}: a "
                      f"{'full' if turn > 4 else 'half'} turn in radians, while {field} is in degrees; give the angles "

@@ -52,9 +52,6 @@ CONVERTED_SHARE = 0.5
 CONVERTED_RATIO = 1e-3
 #: The most dead detector pixels repaired, as a share of the detector (more: the flat or dark is likely wrong).
 DEAD_SHARE = 0.01
-#: The most neighbours (of eight) a pixel stuck at its type's maximum in every view may share that with and still be
-#: repaired as a defective pixel: more, and it belongs to a region saturated in every view (left as it is, warned of).
-STUCK_NEIGHBOURS = 2
 #: A pixel whose open-beam signal ``F - D`` is below this share of the median responds to almost no light: dead (a
 #: dead pixel reads the dark in the flat too, its ``F - D`` dark noise of either sign, not only at or below the
 #: floor; a live pixel's gain varies by tens of per cent, not a hundredfold).
@@ -168,7 +165,7 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
         positive values), how many readings of ``I - D`` and pixels of ``F - D`` of live pixels were below it (those
         of dead pixels are repaired, not counted; ``clipped_all``: the readings of every pixel), and the dead pixels ``(rows, cols)`` (``F - D`` below
         :data:`DEAD_OPEN_SHARE` of its median, ``I - D`` below the floor in every view, or ``I`` at its integer
-        type's maximum in every view with at most :data:`STUCK_NEIGHBOURS` neighbours so: a stuck pixel).
+        type's maximum in every view away from the detector's sides: a stuck pixel, :func:`_isolated`).
     """
     open_beam = np.broadcast_to(np.asarray(flat, np.float64) - np.asarray(dark, np.float64), counts.shape[1:])
     positive = open_beam[open_beam > 0]
@@ -193,13 +190,15 @@ def to_line_integrals(counts: np.ndarray, flat: np.ndarray | float, dark: np.nda
 
 
 def _isolated(stuck: np.ndarray) -> np.ndarray:
-    """The pixels of ``stuck`` ``(rows, cols)`` with at most :data:`STUCK_NEIGHBOURS` of their eight neighbours stuck
-    too: a defective pixel, not a region saturated in every view (an over-exposed air margin, whose readings stay
-    counted as saturated and are not repaired from neighbours that saturate as well)."""
-    padded = np.pad(stuck.astype(np.int8), 1)
-    rows, cols = stuck.shape
-    around = sum(padded[1 + i : 1 + i + rows, 1 + j : 1 + j + cols] for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0))
-    return stuck & (around <= STUCK_NEIGHBOURS)
+    """The pixels of ``stuck`` ``(rows, cols)`` in connected groups (8-neighbours, :func:`scipy.ndimage.label`) that
+    touch neither the detector's first nor its last column: defective pixels, alone, in clusters or in lines. A group
+    at a side is an over-exposed air margin (the beam past the object saturates there in every view): its readings
+    stay counted as saturated and are not replaced by neighbours that saturate as well."""
+    from scipy import ndimage
+
+    groups, _ = ndimage.label(stuck, structure=np.ones((3, 3), bool))
+    at_sides = np.union1d(groups[:, 0], groups[:, -1])
+    return stuck & ~np.isin(groups, at_sides[at_sides > 0])
 
 
 def _dtype_max(images: np.ndarray) -> int | None:
@@ -226,7 +225,8 @@ def repair_dead_pixels(p: np.ndarray, dead: np.ndarray, proj_path: str) -> int:
     count = int(dead.sum())
     if count > DEAD_SHARE * dead.size:
         raise ValueError(f"projections {proj_path}: {count} of {dead.size} detector pixels ({count / dead.size:.1%}) are "
-                         f"dead (F - D below {DEAD_OPEN_SHARE:.0%} of its median, or I - D below the floor in every view), more than "
+                         f"dead (F - D below {DEAD_OPEN_SHARE:.0%} of its median, I - D below the floor in every view, or I stuck at its "
+                         "type's maximum in every view), more than "
                          f"{DEAD_SHARE:.0%} can be repaired: is the flat (and the dark) of this detector?")  # fmt: skip
     rows, cols = dead.shape
     for r, c in np.argwhere(dead):

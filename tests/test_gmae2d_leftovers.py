@@ -304,6 +304,9 @@ def test_a_scan_given_as_the_reference_mask_is_refused(tmp_path):
     nib.save(nib.Nifti1Image(rng.normal(0, 300, (20, 24, 1)).astype(np.float32), np.eye(4)), str(tmp_path / "ct.nii.gz"))
     with pytest.raises(ValueError, match=r"ct\.nii\.gz holds \d+ distinct values: an image, not a mask"):
         read_reference(tmp_path / "ct.nii.gz", tmp_path / "img.png", (20, 24))
+    Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(tmp_path / "scan.png")  # an 8-bit picture of one
+    with pytest.raises(ValueError, match=r"scan\.png holds \d+ distinct values: an image, not a mask"):
+        read_reference(tmp_path / "scan.png", tmp_path / "img.png", (20, 24))
     labels = np.zeros((20, 24), np.uint8)
     labels[2:6, 3:9], labels[10:12, 1:4] = 1, 3
     Image.fromarray(labels).save(tmp_path / "mask.png")

@@ -324,6 +324,16 @@ def test_a_pixel_stuck_at_the_maximum_is_repaired_and_a_saturated_flat_is_named(
     for v in range(p.shape[0]):
         around = [got[v, 4 + i, 10 + j] for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)]
         assert abs(got[v, 4, 10] - np.median(around)) < 1e-5
+    from recon.flat_field import _isolated
+
+    stuck = np.zeros((30, 40), bool)  # which groups stuck in every view are defects: by construction
+    stuck[5, 6] = True  # one pixel
+    stuck[10:12, 20:22] = True  # a 2 x 2 cluster
+    stuck[:, 30] = True  # a dead line of the panel, away from its sides
+    stuck[:, :2] = stuck[:, -1:] = True  # margins at both sides: over-exposed air, not defects
+    expected = stuck.copy()
+    expected[:, :2] = expected[:, -1:] = False
+    np.testing.assert_array_equal(_isolated(stuck), expected)
     margin = np.round(0.5 * flat * np.exp(-p)).astype(np.uint16)
     margin[:, :, :2] = 65535  # an over-exposed air margin: saturated in every view, but no defect to repair
     np.save(tmp_path / "margin.npy", margin)

@@ -179,9 +179,10 @@ def test_gantry_angles_written_in_radians_are_refused(tmp_path, turn, views):
     scan = read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in np.rad2deg(radians)], top))
     np.testing.assert_allclose(np.deg2rad(scan.gantry_deg), radians, atol=1e-9)
     assert read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": a} for a in (0.0, 3.0, 6.0)], top)).num_views == 3
-    inclusive = np.linspace(0.0, turn, views + 1)  # both ends listed: the span itself is the turn
-    with pytest.raises(ValueError, match=rf"over {views + 1} views, a span of {turn:.3g}: a "):
-        read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in inclusive], top))
+    for n in (views + 1, 361):  # both ends listed: the span itself is the turn (with many views, both within 1 %)
+        inclusive = np.linspace(0.0, turn, n)
+        with pytest.raises(ValueError, match=rf"over {n} views, a span of {turn:.3g}: a "):
+            read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in inclusive], top))
     short = np.linspace(0.0, 100.0, views)  # a short arc in degrees: not a turn in radians
     assert read_rtk_geometry(_xml(tmp_path, [{"GantryAngle": float(a)} for a in short], top)).num_views == views
 

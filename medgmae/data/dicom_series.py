@@ -53,8 +53,8 @@ def series_files(folder: Path) -> tuple[str, ...]:
         files = sum(f.is_file() for f in folder.iterdir())
         what = f"none of its {files} files is" if files > 1 else "its one file is not" if files else "it holds no files"
         volumes = sum(f.is_file() and f.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")) for f in folder.iterdir())
-        hint = (f"; it holds {volumes} volume file{'s' if volumes > 1 else ''}: give them as files (where patterns are "
-                "taken, e.g. 'folder/*.nii.gz')") if volumes else ""  # fmt: skip
+        hint = (f"; it holds {volumes} volume file{'s' if volumes > 1 else ''}: give "
+                f"{'them as files' if volumes > 1 else 'it as a file'} (where patterns are taken, e.g. 'folder/*.nii.gz')") if volumes else ""  # fmt: skip
         raise Refused(f"no DICOM series found in the folder ({what}{' a DICOM slice' if files else ''}){hint}")
     if len(ids) == 1:
         return sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])

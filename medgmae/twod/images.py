@@ -52,6 +52,7 @@ from medgmae.twod.nifti_slices import nifti_grid, read_nifti_slice
 from medgmae.twod.picture_notes import float_tiff_note, note_transparency
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import apply_window, window_setting
+from medgmae.volume_units import LABEL_MAP_MAX_VALUES
 
 __all__ = [
     "read_image",
@@ -274,8 +275,9 @@ def _stored_values(path: str | os.PathLike, slice_index: int | None) -> np.ndarr
     return read_dicom_frame(path, slice_index, stored=True)[0]
 
 
-#: A reference mask holding more distinct values than this is no mask (a scan given as the reference).
-MASK_MAX_VALUES = 256
+#: A reference mask holding more distinct values than this is no mask (a scan given as the reference, an 8-bit picture
+#: of one too): the 3D readers' bound of a label map.
+MASK_MAX_VALUES = LABEL_MAP_MAX_VALUES
 
 
 def holds_several_slices(path: str | os.PathLike) -> bool:
