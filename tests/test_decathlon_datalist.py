@@ -151,6 +151,21 @@ def test_datalist_refuses_what_fine_tuning_could_not_use_naming_the_file(tmp_pat
     assert files() == before  # nothing written, no scan replaced
 
 
+def test_binary_masks_saved_as_0_255_are_named_as_such(tmp_path, capsys):
+    """Label maps of only 0 and 255 were called an ignore or border value; they are 0/255 binary masks, as the
+    pre-check says of them: divide by 255."""
+    for name in ("a", "b"):
+        _case(tmp_path, name, 1)
+        lab = nib.load(tmp_path / "labelsTr" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image((np.asarray(lab.dataobj) * 255).astype(np.uint8), lab.affine), tmp_path / "labelsTr" / f"{name}.nii.gz")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "holds the value 255, which would make 256 classes of which 2 appear in the label maps ([0, 255]); only 0 " \
+           "and 255: binary masks saved as 0/255? divide them by 255" in err, err
+    assert "ignore or border" not in err and not (tmp_path / "dataset.json").exists()
+
+
 def test_an_ignore_value_is_refused_rather_than_made_hundreds_of_empty_classes(tmp_path, capsys):
     """Label maps of classes 1 and 2 with 255 on a border (an ignore value): 256 classes of which four values
     appear would make a 256-channel model; it is refused, naming the map that holds 255. Many classes genuinely

@@ -139,9 +139,12 @@ def _label_map(
     values = list(found)
     top = max(values)
     if top >= SPARSE_CLASSES and top > 4 * len(values):
+        mask = sorted(values) == [0, 255]  # as the pre-check says of such maps (medgmae.data.precheck)
+        why = ("only 0 and 255: binary masks saved as 0/255? divide them by 255" if mask else
+               "an ignore or border value? Map it to a class (0 for background) in the label maps, or number the "
+               "classes 0, 1, 2, ...")  # fmt: skip
         raise DatasetError(f"{found[top]}: holds the value {top}, which would make {top + 1} classes of which "
-                           f"{len(values)} appear in the label maps ({values}); an ignore or border value? Map it to a "
-                           "class (0 for background) in the label maps, or number the classes 0, 1, 2, ...")  # fmt: skip
+                           f"{len(values)} appear in the label maps ({values}); {why}")  # fmt: skip
     beyond = {v: n for v, n in sorted(names.items()) if v > top}
     if names_from != "--labels" and beyond:  # e.g. a tumour class that no case of this folder holds
         names = {v: n for v, n in names.items() if v <= top}
