@@ -50,9 +50,10 @@ def series_files(folder: Path) -> tuple[str, ...]:
 
     ids = series_ids(folder)
     if not ids:
-        files = sum(f.is_file() for f in folder.iterdir())
+        names = [f.name.lower() for f in folder.iterdir() if f.is_file()]
+        files = len(names)
         what = f"none of its {files} files is" if files > 1 else "its one file is not" if files else "it holds no files"
-        volumes = sum(f.is_file() and f.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")) for f in folder.iterdir())
+        volumes = sum(n.endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")) for n in names)
         hint = (f"; it holds {volumes} volume file{'s' if volumes > 1 else ''}: give "
                 f"{'them as files' if volumes > 1 else 'it as a file'} (where patterns are taken, e.g. 'folder/*.nii.gz')") if volumes else ""  # fmt: skip
         raise Refused(f"no DICOM series found in the folder ({what}{' a DICOM slice' if files else ''}){hint}")
@@ -187,7 +188,7 @@ def _shared_position(names: list[str], pos: np.ndarray) -> str | None:
     return f"{names[j]} and {names[i]} share position {pos[i]:.4g} mm (a repeated slice?){more}"
 
 
-def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None, strays: tuple[str, ...] = ()) -> None:
+def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None, folder: Path | None = None) -> None:
     """Refuse a series whose slices are not evenly spaced along the normal (a missing or repeated slice).
 
     ITK reads such a series as evenly spaced at the average step (only a warning on stderr), which puts every slice
@@ -197,8 +198,8 @@ def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None, s
     Args:
         reader: the series' slice headers (their file names).
         geometry: the series' :func:`_slice_geometry` (``None``: nothing to check against).
-        strays: files of the folder that are not in the series (GDCM leaves out a file it cannot read, e.g. a
-            truncated slice), named after an uneven step as a likely cause of the gap.
+        folder: the series' folder: its files that are not in the series (GDCM leaves out a file it cannot read,
+            e.g. a truncated slice) are named after an uneven step as a likely cause of the gap (``None``: not).
 
     Raises:
         ValueError: naming two slices that share a position (a repeated slice), or the slice count and, when most
@@ -224,6 +225,8 @@ def _check_even_slices(reader, geometry: tuple[np.ndarray, np.ndarray] | None, s
 
     head = (f"the {len(pos)} slices of the DICOM series are not evenly spaced along the slice normal (a missing or "
             "repeated slice?): ")  # fmt: skip
+    listed = set(names)  # the folder is listed only for a refusal
+    strays = sorted(f.name for f in folder.iterdir() if f.is_file() and f.name not in listed) if folder else []
     tail = ""
     if strays:
         shown = ", ".join(strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
@@ -292,9 +295,7 @@ def read_series(folder: Path):
     _check_slices_agree(headers)
     geometry = _slice_geometry(headers)  # every slice's position tags parsed once, for both checks
     _check_not_sheared(geometry)
-    listed = {Path(f).name for f in files}
-    strays = tuple(sorted(f.name for f in folder.iterdir() if f.is_file() and f.name not in listed))
-    _check_even_slices(headers, geometry, strays)
+    _check_even_slices(headers, geometry, folder)
     _warn_if_not_ct(headers, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)

@@ -62,7 +62,6 @@ def _in_mm(img, path: Path):
     numbers as they stand, whatever the unit; ITK, and so 3D Slicer, scales them to mm, and the toolkit writes mm:
     a file stating 0.0007 m voxels would otherwise be read as 0.0007 mm ones, and its outputs drawn 1000 times
     smaller than it and far from it in a viewer."""
-
     space, time = img.header.get_xyzt_units()
     scale = MM_PER_UNIT.get(space)
     if scale is None:
@@ -109,8 +108,9 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
     """Warn when a NIfTI holds two different frames: qform and sform both set (codes > 0) but placing a corner voxel
     more than :data:`FRAME_TOLERANCE_MM` apart. nibabel, MONAI and this toolkit use the sform; ITK-based tools
     (SimpleITK, 3D Slicer) read the qform of such a file, so the toolkit's outputs (written with the sform as both
-    forms) do not overlay the input there. Why not refuse: many pipelines (e.g. FSL registration) write such files
-    on purpose, and MONAI reads them this way."""
+    forms) do not overlay the input there; a sheared sform beside its nearest qform (an unresampled gantry tilt) is
+    written so too, so there only world positions computed from it are off, which the warning says instead. Why not
+    refuse: many pipelines (e.g. FSL registration) write such files on purpose, and MONAI reads them this way."""
     sform, scode = img.get_sform(coded=True)
     qform, qcode = img.get_qform(coded=True)
     if not scode or not qcode or sform is None or qform is None:
@@ -124,11 +124,13 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
         except Exception:  # noqa: BLE001  (nibabel's HeaderDataError: "Could not decompose affine")
             nearest = None
         sheared = nearest is not None and grid_offset_mm(img.shape[:3], sform, nearest) > FRAME_TOLERANCE_MM
+        # the sheared sform beside its nearest qform: a converter's usual pair, and what the toolkit writes
+        paired = sheared and grid_offset_mm(img.shape[:3], qform, nearest) <= FRAME_TOLERANCE_MM
         marked = img.header["descrip"].tobytes().rstrip(b"\0") == SHEARED_SFORM_NOTE.encode()  # the toolkit's output
-        if sheared and marked and grid_offset_mm(img.shape[:3], qform, nearest) <= FRAME_TOLERANCE_MM:
+        if paired and marked:
             return  # as the toolkit wrote it (a header kept by a later edit keeps the mark: the qform is compared)
         _FRAMES_WARNED.add(str(path))
-        if sheared and grid_offset_mm(img.shape[:3], qform, nearest) <= FRAME_TOLERANCE_MM:  # a converter's usual pair
+        if paired:
             logger.warning(
                 "%s: its sform is sheared (e.g. a gantry-tilted scan not resampled) and its qform is the nearest "
                 "unsheared frame, placing voxels up to %.3g mm apart; the sform is used (as by nibabel and MONAI). "

@@ -47,10 +47,6 @@ def read_nifti_slice(path: Path, slice_index: int | None, stored: bool = False) 
     import nibabel as nib
 
     img = open_nifti(path)
-    try:  # an RGB(A) NIfTI: a structured dtype, one field a channel (numpy's DTypePromotionError otherwise)
-        one_component(len(img.get_data_dtype().names or ()) or 1)
-    except Refused as e:
-        raise ValueError(f"{path}: {e}") from None
     try:
         if stored:
             img = nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled()), img.affine)
@@ -77,9 +73,13 @@ def nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 def open_nifti(path: Path) -> Any:
-    """:func:`medgmae.data.reader.load_nifti` with its errors as ``ValueError`` naming the file."""
+    """:func:`medgmae.data.reader.load_nifti` with its errors as ``ValueError`` naming the file; an RGB(A) NIfTI (a
+    structured dtype, one field a channel: NumPy's DTypePromotionError when read) is refused as the 3D reader
+    refuses it."""
     try:
-        return load_nifti(path)
+        img = load_nifti(path)
+        one_component(len(img.get_data_dtype().names or ()) or 1)
+        return img
     except Refused as e:  # the opener's own refusal says what to do
         raise ValueError(f"{path}: {e}") from e
     except Exception as e:  # nibabel raises several types for corrupt files
