@@ -111,7 +111,7 @@ def fraction(text: str) -> float:
     """A number in ``(0, 1]`` (a share of the data, e.g. a label fraction); a number up to 100 read as a percentage
     is refused with the fraction it would be."""
     try:
-        return _parse(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+        return factor(text)
     except argparse.ArgumentTypeError as e:
         value = _number_or_none(text)
         if value is not None and 1.0 < value <= 100.0:
