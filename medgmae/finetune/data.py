@@ -392,4 +392,5 @@ def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True, warn
         raise ValueError(f"inference_transforms: warn_not_hu and warn_padding must be true or false, got {warn_not_hu!r}, "
                          f"{warn_padding!r}")
     padded = [WarnIfPaddedd(keys="image", spatial_size=spec.input_size, pixdim=spec.spacing, window="sliding window")]
-    return Compose(_load_and_resample(["image"], spec, warn_not_hu) + padded * warn_padding + [EnsureTyped(keys="image")])
+    return Compose(_load_and_resample(["image"], spec, warn_not_hu) + (padded if warn_padding else [])
+                   + [EnsureTyped(keys="image")])
