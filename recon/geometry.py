@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -64,7 +64,7 @@ class CTGeometry:
         voxel_size: ``(sz, sy, sx)`` in mm.
         det_shape: detector ``(rows, cols)``.
         det_spacing: detector pixel size ``(row, col)`` in mm (on the detector, not at the isocentre).
-        angles: projection angles in radians.
+        angles: projection angles in radians (a tuple of floats; any sequence is taken).
         source_origin: source-to-isocentre distance in mm (cone beam only).
         source_detector: source-to-detector distance in mm (cone beam only).
         affine: optional 4x4 voxel-to-world affine of the NIfTI the volume came from (array order ``(x, y, z)``),
@@ -77,7 +77,8 @@ class CTGeometry:
             (column, row), as RTK orders its ``ProjectionOffsetX/Y``, unlike ``det_shape`` and ``det_spacing``. Or a
             list of one ``(u, v)`` per view (a flexmap; :meth:`offsets` gives the ``(views, 2)`` array either way).
 
-    The fields are checked together when the geometry is made, and cannot be set afterwards (a changed
+    The fields are checked together when the geometry is made, and cannot be set afterwards, nor changed in place
+    (``angles`` and ``affine`` are tuples; a changed
     ``volume_shape`` would no longer match the ``affine``, a changed ``angles`` the per-view offsets):
     ``dataclasses.replace(geometry, field=value)`` makes a new, checked one.
     """
@@ -87,10 +88,10 @@ class CTGeometry:
     voxel_size: tuple
     det_shape: tuple
     det_spacing: tuple
-    angles: list = field(default_factory=list)
+    angles: tuple = ()
     source_origin: float | None = None
     source_detector: float | None = None
-    affine: list | None = None
+    affine: tuple | None = None
     det_offset: tuple = NO_OFFSET
 
     def __post_init__(self) -> None:

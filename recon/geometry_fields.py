@@ -63,15 +63,16 @@ def offset_pair(value) -> tuple:
     return tuple(number("det_offset", v, value) for v in value)
 
 
-def angle_list(angles) -> list:
-    """The projection angles as floats; ``ValueError`` for a missing (null) or non-numeric field."""
+def angle_list(angles) -> tuple:
+    """The projection angles as a tuple of floats (a tuple, so that a made geometry's angles cannot be changed in
+    place); ``ValueError`` for a missing (null) or non-numeric field."""
     if angles is None:
         raise ValueError("angles is null: give the projection angles as a list of numbers (radians)")
     try:
         a = np.asarray(angles, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
         raise ValueError(f"angles must be a list of numbers (radians), got {str(angles)[:80]!r}") from e
-    return [float(v) for v in a]
+    return tuple(float(v) for v in a)
 
 
 def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
@@ -86,8 +87,9 @@ def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
     return list(np.deg2rad(arc_deg) * np.arange(int(num_angles)) / int(num_angles))
 
 
-def affine_list(affine) -> list | None:
-    """``affine`` as a finite 4x4 nested list (``None`` stays ``None``); raises ``ValueError`` otherwise."""
+def affine_list(affine) -> tuple | None:
+    """``affine`` as a finite 4x4 nested tuple, rows of floats (``None`` stays ``None``); raises ``ValueError``
+    otherwise."""
     if affine is None:
         return None
     try:
@@ -98,7 +100,7 @@ def affine_list(affine) -> list | None:
         raise ValueError(f"affine must be a 4x4 matrix, got shape {a.shape}")
     if not np.isfinite(a).all():
         raise ValueError(f"affine must be finite (found NaN or Inf):\n{a}")
-    return a.tolist()
+    return tuple(tuple(row) for row in a.tolist())
 
 
 def check_affine(affine: list, voxel_size: tuple) -> None:

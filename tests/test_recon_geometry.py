@@ -29,7 +29,7 @@ def test_json_round_trip(tmp_path):
 
 def test_explicit_angle_list():
     g = CTGeometry.parallel((2, 8, 8), 1.0, angles=[0.1, 0.5, 2.0])
-    assert g.angles == [0.1, 0.5, 2.0] and g.num_views == 3
+    assert g.angles == (0.1, 0.5, 2.0) and g.num_views == 3
 
 
 @pytest.mark.parametrize(
@@ -113,6 +113,11 @@ def test_a_made_geometry_cannot_be_changed_but_replace_checks_a_new_one():
         dataclasses.replace(geom, voxel_size=(1.0, 1.0, 1.0))
     fewer = dataclasses.replace(geom, angles=geom.angles[:6])
     assert fewer.num_views == 6 and geom.num_views == 12
+    with pytest.raises(AttributeError):  # nor in place: an appended view skipped the per-view checks
+        geom.angles.append(0.5)
+    with pytest.raises(TypeError):
+        geom.affine[0][0] = 3.0
+    assert geom.num_views == 12 and geom.affine[0][0] == 1.5
 
 
 def test_check_projections():
@@ -142,7 +147,7 @@ def test_vectors_match_astra_conversion(kind):
 def test_select_views_keeps_the_scan_and_checks_indices():
     g = CTGeometry.cone((8, 10, 12), (2.0, 1.0, 1.5), num_angles=12)
     sub = g.select_views([1, 5, 11])
-    assert sub.angles == [g.angles[1], g.angles[5], g.angles[11]] and sub.num_views == 3
+    assert sub.angles == (g.angles[1], g.angles[5], g.angles[11]) and sub.num_views == 3
     assert (sub.kind, sub.volume_shape, sub.voxel_size, sub.det_shape, sub.source_origin) == (
         g.kind, g.volume_shape, g.voxel_size, g.det_shape, g.source_origin)
     assert g.num_views == 12  # the original is unchanged
