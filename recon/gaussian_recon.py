@@ -49,7 +49,8 @@ class GaussianReconstructor:
 
     Args:
         projector: the differentiable projector of the scan.
-        projections: ``(V, rows, cols)`` measured line integrals (a tensor or NumPy array).
+        projections: ``(V, rows, cols)`` measured line integrals of one scan (a tensor or NumPy array); other ranks,
+            a batch ``(B, V, rows, cols)`` included, are refused.
         init: initial Gaussians in the voxel frame of the projector's volume (``B = 1``; centres in voxel indices
             ``(z, y, x)``), attenuation units. With held-out views, derive it from the fitted views only (e.g. their
             FBP), or the held-out error is biased. A start none of whose centres lies in the volume is refused, one

@@ -63,7 +63,8 @@ def checked_inputs(
         ``(projections (V, rows, cols), reference (D, H, W) or None, device)``.
 
     Raises:
-        TypeError: an input of another type. ValueError: shapes that do not fit the geometry, non-finite projections,
+        TypeError: an input of another type. ValueError: projections that are not 3-D ``(V, rows, cols)`` (a batch
+        ``(B, V, rows, cols)`` included), shapes that do not fit the geometry, non-finite projections,
         a start outside the grid, a CUDA device where there is none.
     """
     device = torch.device(device)
@@ -72,6 +73,9 @@ def checked_inputs(
 
         device = resolve_device(device)
     projections = _tensor(projections, "projections")
+    if projections.dim() != 3:  # the geometry's check lets a batch through, which the reconstructor cannot fit
+        raise ValueError(f"projections must be one scan's (views, rows, cols) = {geometry.proj_shape}, got shape "
+                         f"{tuple(projections.shape)}; a batch of scans is not taken")
     geometry.check_projections(tuple(projections.shape))
     if not torch.isfinite(projections).all():
         raise ValueError("projections contain NaN or Inf")

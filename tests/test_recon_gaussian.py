@@ -209,6 +209,21 @@ def test_reconstructor_input_errors():
         GaussianReconConfig(lr_means=0)
 
 
+def test_projections_with_a_batch_axis_are_refused():
+    """The geometry's shape check lets ``(B, V, rows, cols)`` through: ``(1, V, rows, cols)`` with held-out views
+    ended in an ``IndexError`` and ``(2, V, rows, cols)`` was fitted against a broadcast target without a word."""
+    g, p, proj, vol = _tiny_problem()
+    init = fbp_init(fbp(proj, g), 10, seed=0)
+    expected = r"\(views, rows, cols\) = \(6, 8, 17\), got shape "
+    assert g.proj_shape == (6, 8, 17)
+    with pytest.raises(ValueError, match=expected + r"\(1, 6, 8, 17\)"):
+        GaussianReconstructor(p, proj[None], init, GaussianReconConfig(iterations=1, holdout_views=2))
+    with pytest.raises(ValueError, match=expected + r"\(2, 6, 8, 17\)"):
+        GaussianReconstructor(p, torch.stack([proj, proj]), init, GaussianReconConfig(iterations=1))
+    with pytest.raises(ValueError, match=expected + r"\(8, 17\)"):
+        GaussianReconstructor(p, proj[0], init, GaussianReconConfig(iterations=1))
+
+
 def test_numpy_inputs_are_taken_and_a_start_off_the_grid_is_refused_or_warned_about(caplog):
     """From a notebook: NumPy projections and reference ended in ``TypeError: isfinite()`` / ``AttributeError``; a
     start whose every centre lies outside the volume (Gaussians in world millimetres) ran to an all-zero result, and
