@@ -143,8 +143,9 @@ def _identity_quats(n: int, device) -> Tensor:
 
 
 def random_init(fbp_volume: Tensor, num_gaussians: int, seed: int = 0, cutoff: float = 3.0) -> Gaussians3D:
-    """Gaussians at uniformly random positions, isotropic scales from the mean spacing ``(N / K)^(1/3)``, equal
-    intensities calibrated against the FBP volume (only its overall level is used).
+    """Gaussians at uniformly random positions, isotropic scales of half the mean spacing ``(N / K)^(1/3)`` (``N``
+    voxels, ``K`` Gaussians) but at least half a voxel, equal intensities calibrated against the FBP volume (only its
+    overall level is used).
 
     Args:
         fbp_volume: ``(D, H, W)`` attenuation volume (for the intensity level).
@@ -172,7 +173,8 @@ def fbp_init(
     Centres are drawn without replacement from the voxels with a probability proportional to the FBP's
     gradient magnitude (plus ``uniform_fraction`` of its mean, so flat regions are not left empty), restricted
     to voxels above 5 % of the volume's maximum, and jittered within their voxel. Scales are isotropic, half the
-    mean distance to the 3 nearest centres (local density) but at least one voxel: dense starts (20,000
+    mean distance to the 3 nearest centres (local density), at most a quarter of the volume's shortest side, but
+    at least one voxel (also where that quarter is less, in a volume of a few slices): dense starts (20,000
     Gaussians in 131k voxels) otherwise begin at about half a voxel, below what the voxel grid resolves, and the
     optimisation did not grow them (``bench/RESULTS.md``, reconstruction study: 20.3 dB after 600 iterations on
     a 20-view scan with a floor of half a voxel). Intensities are the FBP values at the centres, then calibrated.
@@ -199,7 +201,8 @@ def fbp_init(
     idx = torch.multinomial(weight.flatten(), k, replacement=False, generator=gen)
     coords = torch.stack(torch.unravel_index(idx, v.shape), -1).float()
     means = coords + torch.rand(k, 3, generator=gen) - 0.5
-    scales = (0.5 * _nn_scales(means)).clamp(1.0, 0.25 * min(v.shape)).unsqueeze(-1).expand(k, 3).contiguous()
+    cap = max(1.0, 0.25 * min(v.shape))  # the floor wins over a thin volume's quarter (half a voxel of 2 slices)
+    scales = (0.5 * _nn_scales(means)).clamp(1.0, cap).unsqueeze(-1).expand(k, 3).contiguous()
     inten = v.flatten()[idx]
     g = Gaussians3D(means[None], scales[None], _identity_quats(k, "cpu")[None], inten[None])
     return calibrate_intensities(g.to(vol.device), vol, cutoff)

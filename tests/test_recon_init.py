@@ -157,6 +157,17 @@ def test_fbp_and_random_init():
         fbp_init(torch.full(shape, float("nan")), 10)
 
 
+def test_fbp_init_scales_are_at_least_one_voxel_in_a_thin_volume():
+    """A quarter of a 2-slice volume's shortest side is half a voxel: the cap undercut the one-voxel floor, and
+    every scale came out 0.5."""
+    vol = torch.full((2, 32, 32), 0.02)
+    for k in (20, 500):  # sparse centres (local spacing far above the cap) and dense ones
+        g = fbp_init(vol, k, seed=0)
+        assert float(g.scales.min()) >= 1.0
+    wide = fbp_init(torch.full((8, 32, 32), 0.02), 20, seed=0)  # a quarter of 8 slices: the cap is 2 voxels
+    assert float(wide.scales.max()) == pytest.approx(2.0)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_subdivided_gaussians_carry_their_parents_moments(seed):
     """Children of subdivide_gaussians carry their parents' mass exactly and, up to sampling noise, their centroid
