@@ -137,7 +137,9 @@ class CTGeometry:
         Args:
             volume_shape: ``(D, H, W)``.
             voxel_size: mm, one value or ``(sz, sy, sx)``.
-            det_shape: ``(rows, cols)``; default ``(D, ceil(diagonal / col pitch))``.
+            det_shape: ``(rows, cols)``; default ``(ceil(D sz / row pitch), ceil(diagonal / col pitch))``, the
+                diagonal that of the ``(H sy, W sx)`` slice and each length plus twice the offset along it (rows are
+                ``D`` at the default pitch only).
             det_spacing: mm, default ``(sz, max(sy, sx))``.
             num_angles: number of equispaced views over ``arc_deg`` (ignored when ``angles`` is given).
             arc_deg: scan arc in degrees; views at ``arc * i / num_angles``.
@@ -186,7 +188,9 @@ class CTGeometry:
             voxel_size: mm, one value or ``(sz, sy, sx)``.
             source_origin: source-to-isocentre distance in mm.
             source_detector: source-to-detector distance in mm.
-            det_shape: ``(rows, cols)``.
+            det_shape: ``(rows, cols)``; default ``(ceil(D sz M / row pitch), ceil(2 r sdd / sqrt(sod^2 - r^2) /
+                col pitch))``, ``r`` the radius of the volume's ``(y, x)`` footprint, ``M = sdd / (sod - r)`` the
+                largest magnification and each length plus twice the offset along it.
             det_spacing: detector pixel size in mm; default the voxel size times the magnification.
             num_angles: number of equispaced views over ``arc_deg`` (ignored when ``angles`` is given).
             arc_deg: scan arc in degrees.
