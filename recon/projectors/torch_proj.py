@@ -1,11 +1,12 @@
 """Pure-PyTorch ray-marching projector (CPU or GPU).
 
-Each detector pixel's ray is sampled at ``step`` mm intervals over the volume's bounding sphere; samples are
-trilinearly interpolated from the volume with ``grid_sample`` (zero outside) and summed times ``step``. The
-operator is therefore the exact line integral of the trilinear interpolant up to the midpoint rule, and because
-it is a linear map built from ``grid_sample`` its adjoint is obtained exactly by autograd of the forward
-(no separately written, mismatched backprojector). Rays are processed in chunks, forward and adjoint alike, so
-memory is one chunk's samples whatever the scan; the rays' geometry is computed per chunk on the volume's device.
+Each detector pixel's ray is sampled at intervals of ``step`` times the smallest voxel size (``step_mm``, in mm)
+over the volume's bounding sphere; samples are trilinearly interpolated from the volume with ``grid_sample`` (zero
+outside) and summed times ``step_mm``. The operator is therefore the exact line integral of the trilinear
+interpolant up to the midpoint rule, and because it is a linear map built from ``grid_sample`` its adjoint is
+obtained exactly by autograd of the forward (no separately written, mismatched backprojector). Rays are processed
+in chunks, forward and adjoint alike, so memory is one chunk's samples whatever the scan; the rays' geometry is
+computed per chunk on the volume's device.
 """
 
 from __future__ import annotations
