@@ -43,7 +43,7 @@ from recon.detector_offset import wide_side
 from recon.fbp_weights import _arc, _exact_arc, _fan_half_angle, _turns, _whole_turns, half_fan_weights, parker_weights
 from recon.fbp_weights import padded_to_both_sides
 from recon.geometry import CTGeometry
-from recon.ramp_filter import FILTERS, filter_name as _filter_name, filter_projections, ramp_filter
+from recon.ramp_filter import FILTERS, filter_name as _filter_name, filter_projections, projections_tensor, ramp_filter
 
 __all__ = ["FILTERS", "ramp_filter", "filter_projections", "backproject", "fbp", "arc_weighting_note", "half_fan_weights",
            "parker_weights"]
@@ -74,7 +74,7 @@ def backproject(
     """Pixel-driven backprojection ``sum_i w_i(x) q_i(u_i(x), v_i(x))`` (no ``pi / N`` factor).
 
     Args:
-        filtered: ``(B, V, rows, cols)``.
+        filtered: ``(B, V, rows, cols)``: a tensor, or a NumPy array (:func:`recon.ramp_filter.projections_tensor`).
         geometry: the scan.
         fdk_weights: apply the ``(dso / (dso - s))^2`` cone-beam weights (default: for cone geometries).
         chunk: views per step; the slices of a step are cut into slabs of at most :data:`SAMPLES_PER_STEP`
@@ -86,6 +86,7 @@ def backproject(
         ``(B, D, H, W)``.
     """
     g = geometry
+    filtered = projections_tensor(filtered)
     g.check_projections(filtered.shape, "filtered projections")
     if fdk_weights is None:
         fdk_weights = g.kind == "cone"
@@ -183,7 +184,8 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
     """FBP (parallel) or FDK (cone) reconstruction.
 
     Args:
-        proj: ``(B, V, rows, cols)`` or ``(V, rows, cols)`` line integrals.
+        proj: ``(B, V, rows, cols)`` or ``(V, rows, cols)`` line integrals: a tensor, or a NumPy array
+            (:func:`recon.ramp_filter.projections_tensor`).
         geometry: the scan.
         filter_name: one of :data:`FILTERS`.
         chunk: views backprojected per step (memory knob).
@@ -192,8 +194,7 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
         ``(B, D, H, W)`` (or ``(D, H, W)``) attenuation volume in the projections' units per mm.
     """
     name = _filter_name(filter_name)
-    if not isinstance(proj, Tensor):
-        proj = torch.as_tensor(np.asarray(proj))
+    proj = projections_tensor(proj)
     squeeze = proj.dim() == 3
     p = proj.unsqueeze(0) if squeeze else proj
     geometry.check_projections(p.shape)

@@ -99,7 +99,8 @@ def fit_intensities(g: Gaussians3D, target: Tensor, iterations: int = 20, cutoff
 
     Args:
         g: ``B = 1`` voxel-frame Gaussians on ``target``'s grid.
-        target: ``(D, H, W)`` volume (the FBP).
+        target: ``(D, H, W)`` volume (the FBP): a tensor, or a NumPy array (taken in the dtype of ``g``'s
+            intensities).
         iterations: descent steps (0 returns ``g`` unchanged).
         cutoff: renderer cutoff.
 
@@ -108,6 +109,8 @@ def fit_intensities(g: Gaussians3D, target: Tensor, iterations: int = 20, cutoff
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if isinstance(target, np.ndarray):  # in the Gaussians' dtype, on their device, as a tensor target would be
+        target = torch.as_tensor(target, dtype=g.intensities.dtype, device=g.means.device)
     means, scales, quats = (t.detach() for t in (g.means, g.scales, g.quats))
     x = g.intensities.detach().clamp_min(0)
     for _ in range(iterations):

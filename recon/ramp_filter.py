@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FILTERS", "FILTER_CHUNK_BYTES", "filter_name", "ramp_filter", "filter_projections"]
+__all__ = ["FILTERS", "FILTER_CHUNK_BYTES", "filter_name", "ramp_filter", "filter_projections", "projections_tensor"]
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
 #: Bytes of float64 zero-padded detector rows ramp-filtered per chunk (:func:`filter_projections`): the filter's
@@ -20,6 +21,16 @@ FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
 #: whole-stack complex FFT grew with the stack: ``bench/fbp_filter.py`` in ``bench/RESULTS.md``).
 FILTER_CHUNK_BYTES = 2**25
 _ALIASES = {"ramlak": "ram-lak", "ramp": "ram-lak", "shepp_logan": "shepp-logan", "hanning": "hann"}
+
+
+def projections_tensor(proj) -> Tensor:
+    """``proj`` as FBP's functions take it: a tensor as it is; a NumPy array (or nested list) as a CPU tensor,
+    float64 kept and any other dtype as float32 (:func:`recon.projectors.base.as_tensor` makes every array float32,
+    which would round a float64 scan that FBP keeps in float64)."""
+    if isinstance(proj, Tensor):
+        return proj
+    a = np.asarray(proj)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64 if a.dtype == np.float64 else np.float32))
 
 
 def filter_name(name: str) -> str:
@@ -79,14 +90,15 @@ def filter_projections(
     a small multiple of one chunk, not of the whole stack.
 
     Args:
-        proj: ``(..., cols)`` projections, float32 or float64.
+        proj: ``(..., cols)`` projections, float32 or float64: a tensor, or a NumPy array (:func:`projections_tensor`).
         spacing: detector column pitch in mm.
         name: one of :data:`FILTERS`.
         chunk_bytes: float64 padded rows per chunk, in bytes.
 
     Returns:
-        ``(..., cols)`` filtered projections, ``proj``'s dtype.
+        ``(..., cols)`` filtered projections (a tensor), ``proj``'s dtype.
     """
+    proj = projections_tensor(proj)
     cols = proj.shape[-1]
     size = _fft_size(cols)
     half = ramp_filter(size, name, torch.float64).to(proj.device)[: size // 2 + 1] / spacing

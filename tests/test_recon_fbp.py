@@ -218,6 +218,24 @@ def test_fbp_input_errors():
         fbp(bad, g)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_filter_and_the_backprojection_take_numpy_arrays(dtype):
+    """``filter_projections`` and ``backproject`` of a NumPy array ended in ``TypeError`` (a NumPy dtype handed to
+    ``torch.empty`` / ``torch.arange``); they now filter as the full-stack FFT does, keeping a float64 array's
+    precision, and backproject a detector of ones to one per view in every voxel."""
+    proj = np.random.default_rng(3).random((2, 4, 5, 40)).astype(dtype)
+    out = filter_projections(proj, 0.7, "hann")
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.from_numpy(proj).dtype
+    ref = _full_fft_filter(torch.from_numpy(proj), 0.7, "hann")
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    assert float((out.double() - ref).abs().max()) <= tol * float(ref.abs().max())
+    for kind in ("parallel", "cone"):
+        g = getattr(CTGeometry, kind)((3, 6, 6), 1.0, num_angles=5)
+        vol = backproject(np.ones((1, *g.proj_shape), dtype=dtype), g, fdk_weights=False)
+        assert vol.shape == (1, *g.volume_shape)
+        torch.testing.assert_close(vol.double(), torch.full(vol.shape, 5.0, dtype=torch.float64))
+
+
 @pytest.mark.parametrize(
     "kind, arc, views, biased",
     [("parallel", 180, 90, False), ("parallel", 360, 20, False), ("parallel", 270, 90, False), ("parallel", 120, 40, True),

@@ -249,6 +249,24 @@ def test_fit_intensities_zero_steps_and_bad_count():
         fit_intensities(g, torch.zeros(6, 6, 6, dtype=torch.float64), -1)
 
 
+def test_fit_intensities_takes_a_numpy_target():
+    """A NumPy target ended in ``RuntimeError: Can't call numpy() on Tensor that requires grad``; now it fits as the
+    tensor does, toward the intensities a noiseless float64 target was rendered from, and a float32 start too."""
+    from recon.initialisation import fit_intensities
+
+    shape = (6, 7, 8)
+    means, scales, quats, truth, _ = _random_gaussians(1, 6, shape)
+    target = render_volume(means, scales, quats, truth, shape=shape)[0]
+    start = Gaussians3D(means, scales, quats, torch.full_like(truth, 0.5))
+    fitted = fit_intensities(start, target.numpy(), iterations=30).intensities
+    assert fitted.dtype == torch.float64
+    assert float((fitted - truth).abs().max()) < 0.2 * float((start.intensities - truth).abs().max())
+    torch.testing.assert_close(fitted, fit_intensities(start, target, iterations=30).intensities, rtol=0, atol=0)
+    start32 = Gaussians3D(*(t.float() for t in (means, scales, quats)), torch.full(truth.shape, 0.5))
+    ours = fit_intensities(start32, target.numpy(), iterations=5).intensities
+    torch.testing.assert_close(ours, fit_intensities(start32, target.float(), iterations=5).intensities)
+
+
 def test_medgmae_init_fit_recovers_what_the_window_clipped():
     """One narrow stub Gaussian per voxel at the pre-training spacing (each touches only its own voxel): the
     windowed, calibrated start cannot carry the blob above the window's top, the fitted start must give back the
