@@ -112,8 +112,7 @@ def _folder_problem(p: Path) -> str | None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         return f"{probe} (above {p}) is an existing file, not a folder"
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        return f"no permission to write in {probe}"
+    # tried, not asked of os.access: its False does not say why (a read-only mount, or the permission bits)
     return _write_probe_problem(probe) if probe.exists() else None
 
 

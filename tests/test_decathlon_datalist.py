@@ -385,6 +385,16 @@ def test_a_read_only_dataset_folder_is_refused_up_front_saying_how_to_write_the_
     assert f"give --out a .json file in a folder you can write, then fine-tune with --datalist that file --dataset_dir {folder}" in err
 
 
+def test_the_printed_fine_tuning_command_names_the_folder_absolute(tmp_path, capsys, monkeypatch):
+    """A folder given relative to the current folder was printed as given: the fine-tuning bundle is run from the
+    repository's folder, where the pasted path named nothing."""
+    _case(tmp_path / "d", "a", 1), _case(tmp_path / "d", "b", 1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["d", "--out", "task.json", "--validation-fraction", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert f"fine-tune with --datalist {tmp_path / 'task.json'} --dataset_dir {tmp_path / 'd'}" in out
+
+
 def test_the_printed_commands_keep_a_folder_with_spaces_as_one_argument(tmp_path, capsys):
     """The follow-up ``--dataset_dir`` / ``--datalist`` of ``medgmae-datalist`` and the ``medgmae-datalist`` command
     a datalist without a validation list is told to run were printed unquoted: pasted, a folder with a space became

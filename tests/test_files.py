@@ -314,6 +314,20 @@ def test_an_output_folder_the_permission_bits_call_writable_is_tried(tmp_path, m
     assert output_dir_problem(tmp_path / "new" / "run") == f"cannot create files in {tmp_path} (Read-only file system)"
 
 
+def test_a_read_only_mount_is_called_read_only_not_a_permission_problem(tmp_path, monkeypatch):
+    """Where ``os.access`` says no (as it does for a read-only mount), the refusal said "no permission to write",
+    sending users to chmod or sudo; the system's own reason is given (simulated: os.access refuses, creating a file
+    fails with EROFS as on a read-only mount)."""
+    import os
+
+    from medgmae.files import output_dir_problem
+
+    read_only_folder(monkeypatch, tmp_path)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    problem = output_dir_problem(tmp_path / "run")
+    assert problem == f"cannot create files in {tmp_path} (Read-only file system)" and "permission" not in problem
+
+
 def test_a_path_too_long_to_create_is_named_without_a_traceback(tmp_path, monkeypatch):
     """A name longer than the file system takes (below an existing folder or a missing one), and a path longer than
     the system takes, are said so: the check raised the lookup's ``OSError: [Errno 36] File name too long`` (every

@@ -39,7 +39,7 @@ from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
 from medgmae.data.grid import LABEL_GRID_FIX, label_grid_problem
 from medgmae.data.reader import Volume, read_volume, volume_grid
-from medgmae.files import output_dir_problem
+from medgmae.files import absolute_path, output_dir_problem
 from medgmae.words import plural, plural_noun
 
 __all__ = ["case_pairs", "class_values", "decathlon_datalist", "folder_class_names", "main", "split_cases"]
@@ -286,7 +286,7 @@ def _out_problem(out: Path, folder: Path, force: bool, given: bool = True) -> st
         if given:
             return f"--out {out}: {problem}"
         return (f"cannot write the default {out}: {problem}; give --out a .json file in a folder you can write, "
-                f"then fine-tune with --datalist that file --dataset_dir {shlex.quote(str(folder))}")
+                f"then fine-tune with --datalist that file --dataset_dir {shlex.quote(str(absolute_path(folder)))}")
     return None
 
 
@@ -343,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}: {len(doc['training'])} training, {len(doc['validation'])} validation, {len(doc['test'])} "
           f"test cases; classes {classes}{named}")  # fmt: skip
     same = out.resolve() == (folder / "dataset.json").resolve()
-    folder_word, out_word = shlex.quote(str(args.folder)), shlex.quote(str(out))
+    # absolute: the bundles are run from the repository's folder, which need not be this one
+    folder_word, out_word = shlex.quote(str(absolute_path(args.folder))), shlex.quote(str(absolute_path(out)))
     print(f"fine-tune with --dataset_dir {folder_word}" if same else f"fine-tune with --datalist {out_word} --dataset_dir {folder_word}")
     return 0
 
