@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Container, Mapping, Sequence
 
 from medgmae import cli_types
 from medgmae.bundle_command_line import (
@@ -92,7 +92,7 @@ def check_settings(
     problems += unknown_key_lines(command) + repeated_flag_lines(command)
     problems += process_problems(torchrun, multi_gpu_config, command)
     dirs = output_dirs or {}
-    folders = _output_dir_problems(dirs)
+    folders = _output_dir_problems(dirs, None if command is None else command.flags)
     if not any(line.startswith("--output_dir ") for line in folders):  # a folder that cannot be looked up is not read
         folders += _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)
@@ -243,11 +243,12 @@ def adds_to_line(added: str, base: str, alone: bool = True) -> str:
             + ("; nothing was written" if alone else ""))  # fmt: skip
 
 
-def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:
+def _output_dir_problems(dirs: Mapping[str, str | Path], given: Container[str] | None = None) -> list[str]:
     """``--key 'path': problem`` for each output folder that neither is a writable folder nor can be created, or
     that starts with a ``~`` nothing expanded (quoted on the command line, written ``--key=~/...``, or from an
     ``--args_file``): the bundle's writers would make a folder called ``~`` under the current one for some files
-    and write others into the home folder (inputs are expanded where they are read)."""
+    and write others into the home folder (inputs are expanded where they are read). A folder inside another that
+    is named is left out unless ``given`` (the command line's flags) holds its key."""
 
     def problem(path: str | Path) -> str | None:
         if str(path).startswith("~"):
@@ -255,7 +256,16 @@ def _output_dir_problems(dirs: Mapping[str, str | Path]) -> list[str]:
                     f"give the full path, {os.path.expanduser(str(path))}")  # fmt: skip
         return output_dir_problem(path)
 
-    return [f"--{key} {str(path)!r}: {p}" for key, path in dirs.items() if (p := problem(path))]
+    bad = {key: (str(path), p) for key, path in dirs.items() if (p := problem(path))}
+    return [f"--{key} {path!r}: {p}" for key, (path, p) in bad.items() if not _inside_named(key, path, bad, given)]
+
+
+def _inside_named(key: str, path: str, bad: Mapping[str, tuple], given: Container[str] | None) -> bool:
+    """Whether the bad folder ``key`` (``path``) sits in another bad folder and the command line did not set it: a
+    folder made from ``--output_dir`` (``--cache_dir``, ``--tensorboard_dir``), whose line would repeat that one's."""
+    if given is None or key in given:
+        return False
+    return any(other != key and path.startswith(p.rstrip("/\\") + os.sep) for other, (p, _) in bad.items())
 
 
 #: The files a training bundle's output folder may hold, read for their model's kind by :func:`_other_run_problems`

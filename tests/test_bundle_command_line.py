@@ -313,6 +313,25 @@ def test_an_output_folder_with_an_unexpanded_tilde_is_refused_before_anything_is
     assert torch.equal(load_torch_file("~/w.pt")["x"], torch.ones(2))
 
 
+@pytest.mark.parametrize("cache_given", [False, True])
+def test_folders_made_from_a_refused_output_dir_are_not_named_again(tmp_path, monkeypatch, cache_given):
+    """``--output_dir "~/run"`` was refused in three lines, the other two naming ``--cache_dir`` and
+    ``--tensorboard_dir``, which the user never set (the config makes them from ``--output_dir``); a folder the
+    command line sets is still named."""
+    config = str(Path(__file__).resolve().parents[1] / "bundles" / "unetr_finetune" / "configs" / "train.json")
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    given = ["--cache_dir", "~/run/cache"] if cache_given else []
+    monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", config, "--output_dir", "~/run", *given])
+    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    dirs = {"output_dir": "~/run", "tensorboard_dir": "~/run/tensorboard", "cache_dir": "~/run/cache"}
+    with pytest.raises(BundleSettingError) as e:
+        check_settings({}, output_dirs=dirs)
+    named = [line.split()[0] for line in str(e.value).splitlines()[1:]]
+    assert named == (["--output_dir", "--cache_dir"] if cache_given else ["--output_dir"])
+
+
 def test_encoder_settings_of_a_run_from_a_pretrained_encoder_are_warned_about(tmp_path, monkeypatch, caplog):
     """``--pretrained encoder.pt --encoder#hidden_size 768`` fine-tuned the encoder.pt's own architecture without a
     word about the setting it ignores; the fine-tuning bundle's settings check names it (a run from scratch uses
