@@ -49,12 +49,14 @@ def test_a_resume_names_phases_not_reached_as_starting_not_as_a_wrong_folder(tmp
     assert starts[0].levelno == logging.WARNING and "(is this the folder of the run to resume?)" in starts[0].getMessage()
 
 
-def test_interrupted_run_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("augment", [False, True])
+def test_interrupted_run_resumes_bit_for_bit(tmp_path, augment):
+    """With the paper's augmentation too: its flips and crops are drawn again as the uninterrupted run drew them."""
     data = load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
-    straight = gvit_workflow(data, tmp_path / "a", resume=False)
+    straight = gvit_workflow(data, tmp_path / "a", resume=False, augment=augment)
     metrics_a = straight.run()
 
-    interrupted = gvit_workflow(data, tmp_path / "b", resume=False)
+    interrupted = gvit_workflow(data, tmp_path / "b", resume=False, augment=augment)
     build = interrupted.trainer
 
     def build_and_interrupt(phase):
@@ -72,7 +74,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     assert (tmp_path / "b" / "checkpoints" / "joint" / "checkpoint_interrupted.pt").is_file()
     assert not (tmp_path / "b" / "model.pt").exists()
 
-    resumed = gvit_workflow(data, tmp_path / "b", resume=True)
+    resumed = gvit_workflow(data, tmp_path / "b", resume=True, augment=augment)
     metrics_b = resumed.run()
     sa, sb = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -33,6 +33,7 @@ from medgmae.data.datalist import DatasetError
 from medgmae.twod.classification_csv import csv_split, indexed_classes, read_csv_list
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
+from medgmae.twod.gvit_augment import gvit_augmentation
 from medgmae.twod.image_copies import warn_about_copies
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
 from medgmae.twod.phantom_task import write_phantom_slice_task
@@ -226,10 +227,13 @@ def make_dataset(
     channels: int,
     cache: bool = True,
     window: Sequence[float] | None = None,
+    augment: bool = False,
 ) -> CacheDataset:
     """A MONAI :class:`~monai.data.CacheDataset` of ``{"image": (C, H, W) in [0, 1], "label": long, "path": str}``.
 
-    Images are read and resized by :class:`~medgmae.twod.data2d.LoadImage2Dd` (all cached when ``cache``).
+    Images are read and resized by :class:`~medgmae.twod.data2d.LoadImage2Dd` (all cached when ``cache``); with
+    ``augment`` each is then flipped and cropped at random, anew on every read
+    (:func:`~medgmae.twod.gvit_augment.gvit_augmentation`).
 
     Args:
         items: ``[{"image": path, "label": int}]``.
@@ -238,6 +242,7 @@ def make_dataset(
         cache: cache every loaded image.
         window: intensity window ``(low, high)`` of NIfTI/DICOM files (e.g. HU), as ``medgmae-2d --window`` maps
             it; ``None``: each file's DICOM window or 0.5/99.5 percentiles. PNG/JPEG/BMP/TIFF are not windowed.
+        augment: the paper's augmentation of training images (the bundle's ``augment``); never for validation.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -246,6 +251,7 @@ def make_dataset(
         CopyItemsd(keys="image", names="path"),
         LoadImage2Dd("image", size, channels, window),
         EnsureTyped(keys="label", dtype=torch.long, track_meta=False),
+        *gvit_augmentation(bool(augment), size),
     ])  # fmt: skip
     return CacheDataset(items, transform=transform, cache_rate=1.0 if cache else 0.0, num_workers=0, progress=False)
 

@@ -9,7 +9,8 @@ off every query token. Centre and scale follow the GMAE paper; the rotation does
 * centre ``(x, y, z) = tanh(.)``: ``x, y`` in the ``[-1, 1]`` image-plane frame of
   :func:`~medgmae.twod.render.render_gaussians_2d` (the image spans 2 units), ``z`` the depth;
 * scale ``c * sigmoid(.)`` with the cap ``c`` in the same units (``c = 1``: a standard deviation of at most half
-  the image width; the paper found ``c`` of 1-2 best, with x, y in the tanh range);
+  the image width). The paper ablates ``c`` and finds that it "has only a small effect on the classification
+  performance" while small caps "greatly hinder the reconstruction quality"; it names no best value;
 * rotation: L2-normalised quaternion ``(w, x, y, z)``, as in MedGMAE and 3D Gaussian splatting. The GMAE paper
   passes the quaternion through a sigmoid; a quaternion of four positive components reaches only the rotations
   that have such a representative (a turn of -30 degrees about one axis, ``(cos 15, -sin 15, 0, 0)`` or its

@@ -64,8 +64,9 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     the :class:`~medgmae.engine.records.CasesRecord` of its training images (path, size and class index); each
     only when given."""
     # a run begun before classifier_freqs was a setting: its record reads as the octaves it used (--classifier_freqs 6
-    # resumes it); a checkpoint written before the data record held window always lacks it where no window was given
-    before = {"model": {"classifier_freqs": LEGACY_CLASSIFIER_FREQS}, "data": {"window": None}}
+    # resumes it); a checkpoint written before the data record held window always lacks it where no window was given,
+    # and one written before augment was a setting trained on images as they are (augment false)
+    before = {"model": {"classifier_freqs": LEGACY_CLASSIFIER_FREQS}, "data": {"window": None, "augment": False}}
     records = {} if settings is None else {"settings": SettingsRecord(settings, "GViT training", saved_defaults=before)}
     if cases is not None:
         records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")

@@ -130,8 +130,8 @@ class GViTWorkflow:
         num_explanations: explanation PNGs written by the evaluation.
         handlers: every phase's handlers and handler factories (see the module doc); default
             :func:`default_phase_handlers` (no resume).
-        data_settings: how the training data were chosen (``ClassificationData.settings``), saved in ``model.pt``
-            for the evaluation and recorded in ``metrics.json``.
+        data_settings: how the training data were chosen (``ClassificationData.settings``; the bundle adds its
+            ``augment``), saved in ``model.pt`` for the evaluation and recorded in ``metrics.json``.
         cases: the training items, checked with their files' sizes on resume (None: not checked).
     """
 

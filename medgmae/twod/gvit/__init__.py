@@ -1,12 +1,15 @@
 """GViT: images as sets of 2D Gaussians for classification.
 
 A 2D Gaussian is a vector of ``6 + C`` raw numbers ``g = (m_x, m_y, s_x, s_y, phi, colour_1..C, o)``: for RGB
-images that is the paper's 9 numbers (centre 2, scale 2, rotation angle 1, colour 3, opacity 1). The raw vector
+images that is the 9 numbers of the paper's text (centre 2, scale 2, rotation angle 1, colour 3, opacity 1; its
+Algorithm 1 decodes 14, ``[3, 4, 3, 1, 3]``, and zeroes z and two quaternion components). The raw vector
 is what the encoder predicts, what the classifier reads and what the guidance gradient of equation (1) acts on;
 :func:`decode_gaussians_2d` maps it to renderable parameters:
 
 * centre ``tanh(m)`` in the image-plane frame ``[-1, 1]^2`` (x along the width, y along the height),
-* scales ``c * sigmoid(s)`` (standard deviations in the same frame; ``c`` = ``scale_factor``, the paper's best 1.0),
+* scales ``c * sigmoid(s)`` (standard deviations in the same frame, so ``c = 1`` allows at most half the image
+  width; ``c`` = ``scale_factor``, default 1.0. The paper's best c is 1.0 as well, but its unit is not this one:
+  its c = 0.5 keeps a Gaussian to "a few pixels" of a 224-pixel image; the bundle README's deviations table),
 * rotation angle ``phi`` in radians (unbounded, used through ``cos`` / ``sin``),
 * colour and opacity ``sigmoid``.
 
