@@ -288,7 +288,7 @@ def _other_run_problems(output_dir: str | Path | None, run_kinds: Sequence[str] 
     other = {name: kind for name, kind in found.items() if kind is not None and kind not in run_kinds}
     if not other:
         return []
-    def what(name: str, kind: str) -> str:  # an encoder.pt's kind is that of the run it came from
+    def what(name: str, kind: str) -> str:  # an encoder.pt's kind says 2D ("gmae2d") or 3D ("medgmae") pre-training
         if name == "encoder.pt":
             return f"{name} (a pre-trained ViT encoder of a {'2D' if kind == 'gmae2d' else '3D'} pre-training run)"
         return f"{name} of kind {kind!r} ({CHECKPOINT_KINDS.get(kind, 'unknown')})"

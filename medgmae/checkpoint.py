@@ -109,10 +109,11 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
 
 
 def model_file_kind(path: str | os.PathLike) -> str | None:
-    """The kind of model a toolkit file holds (memory-mapped: its weights are not read): a model file's ``kind``, an
-    ``encoder.pt``'s as that of the model it came from (``"gmae2d"`` for a 2D encoder, ``"medgmae"`` for a 3D one),
-    a training checkpoint's model record's ``kind``; ``None`` for a file that is missing, unreadable, not in the
-    toolkit's format or a training state without a model record."""
+    """The kind of model a toolkit file holds (memory-mapped: its weights are not read): a model file's ``kind``, a
+    training checkpoint's model record's ``kind``, and for an ``encoder.pt`` the pre-training it came from by its
+    dimensions only: ``"gmae2d"`` for a 2D encoder, ``"medgmae"`` for any 3D one (also one whose recorded source is a
+    voxel-MAE or MedGMAE* run; :func:`_kind_phrase` names the source); ``None`` for a file that is missing,
+    unreadable, not in the toolkit's format or a training state without a model record."""
     try:
         payload = load_torch_file(path, mmap=True)
     except (OSError, ValueError, RuntimeError):

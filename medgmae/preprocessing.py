@@ -27,6 +27,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 
 __all__ = [
     "PreprocessingSpec", "DEFAULT_SPEC", "describe_preprocessing", "model_preprocessing", "spec_with_overrides",
@@ -51,6 +53,15 @@ def _triple(value: Any, name: str, cast=float) -> tuple:
     return vals
 
 
+def _whole_triple(value: Any, name: str) -> tuple[int, int, int]:
+    """A whole number or three (``96`` or ``96.0``, not ``96.7`` or a bool) as a 3-tuple of ints."""
+    vals = _triple(value, name)
+    parts = (value,) if isinstance(value, (int, float)) else tuple(value)
+    if any(isinstance(v, (bool, np.bool_)) for v in parts) or not all(math.isfinite(v) and v == int(v) for v in vals):
+        raise ValueError(f"{name} must be whole numbers of voxels, got {value!r}")
+    return tuple(int(v) for v in vals)
+
+
 @dataclass(frozen=True)
 class PreprocessingSpec:
     """How a CT volume is turned into a model input; saved in checkpoints as :meth:`to_dict`.
@@ -60,13 +71,14 @@ class PreprocessingSpec:
         spacing: voxel size in mm along the three array axes after orientation.
         hu_window: ``(a_min, a_max)`` HU range mapped linearly to ``intensity_range``.
         intensity_range: ``(b_min, b_max)`` model intensities of ``a_min`` and ``a_max``.
-        clip: clip the mapped intensities to ``intensity_range``.
-        input_size: model input (crop) size in voxels.
-        patch_size: ViT patch size in voxels.
+        clip: clip the mapped intensities to ``intensity_range`` (a bool).
+        input_size: model input (crop) size in voxels, whole numbers (``96.0`` is taken as ``96``).
+        patch_size: ViT patch size in voxels, whole numbers.
 
     Raises:
         ValueError: any value is malformed (non-positive spacing, an empty or unbounded window, bad axis codes,
-            sizes that are not multiples of the patch size).
+            a ``clip`` that is not a bool (such as the string ``"false"``), fractional sizes, sizes that are not
+            multiples of the patch size).
     """
 
     orientation: str = "RAS"
@@ -90,7 +102,9 @@ class PreprocessingSpec:
             raise ValueError(f"hu_window must be (a_min, a_max) with a_max > a_min, both finite, got {self.hu_window!r}")
         if len(rng) != 2 or rng[1] == rng[0] or not math.isfinite(rng[1] - rng[0]):
             raise ValueError(f"intensity_range must be two different finite numbers (b_min, b_max), got {self.intensity_range!r}")
-        size, patch = _triple(self.input_size, "input_size", int), _triple(self.patch_size, "patch_size", int)
+        if not isinstance(self.clip, (bool, np.bool_)):
+            raise ValueError(f"clip must be True or False, got {self.clip!r}")
+        size, patch = _whole_triple(self.input_size, "input_size"), _whole_triple(self.patch_size, "patch_size")
         if not all(p > 0 and s > 0 and s % p == 0 for s, p in zip(size, patch)):
             raise ValueError(f"input_size {size} must be positive multiples of patch_size {patch}")
         for name, value in (("orientation", orient), ("spacing", spacing), ("hu_window", window),

@@ -254,3 +254,13 @@ def test_model_file_roundtrip_and_wrong_kind(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="broken.pt"):
         GViT.from_checkpoint(tmp_path / "broken.pt")
+
+
+def test_a_loaded_model_gives_the_same_logits_on_every_call(tmp_path):
+    from medgmae.twod.gvit import load_gvit
+
+    GViT(1, SIZE, 3, num_gaussians=4, patch_size=4).save(tmp_path / "model.pt")
+    x = torch.rand(2, 1, SIZE, SIZE)
+    for model in (load_gvit(tmp_path / "model.pt"), GViT.from_checkpoint(tmp_path / "model.pt")):
+        assert not model.training
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)

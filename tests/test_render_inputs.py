@@ -85,7 +85,9 @@ def test_numpy_and_tensor_numbers_are_accepted_as_shape_and_cutoff():
     assert torch.equal(render_volume(**good, cutoff=torch.tensor(2.5)), want)
 
 
-@pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan"), float("inf"), "3", True, torch.tensor([[3.0]])])
+@pytest.mark.parametrize(
+    "cutoff", [0.0, -1.0, float("nan"), float("inf"), "3", True, np.True_, torch.tensor(True), torch.tensor([[3.0]])]
+)
 def test_bad_cutoff(cutoff):
     with pytest.raises(ValueError, match="cutoff"):
         render_volume(**_good(), cutoff=cutoff)
@@ -94,3 +96,25 @@ def test_bad_cutoff(cutoff):
 def test_bad_backend():
     with pytest.raises(ValueError, match="backend"):
         render_volume(**_good(), backend="cuda")
+
+
+def test_numpy_gaussians_render_as_the_same_tensors():
+    """NumPy arrays are taken as the tensors they hold: same values, same dtype."""
+    good = _good()
+    want = render_volume(**good)
+    arrays = {name: good[name].numpy() for name in ("means", "scales", "quats", "intensities")}
+    got = render_volume(**arrays, shape=good["shape"])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    wide = render_volume(**{**arrays, "intensities": arrays["intensities"].astype(np.float64)}, shape=good["shape"])
+    assert wide.dtype == torch.float64
+
+
+@pytest.mark.parametrize("wide", ["means", "scales", "quats", "intensities"])
+def test_a_float64_input_gives_float64_also_without_gaussians(wide):
+    """The output dtype rule (float64 when any input is float64) holds for K = 0 as for K > 0."""
+    for k in (0, 3):
+        kw = _good(k=k)
+        kw[wide] = kw[wide].double()
+        out = render_volume(**kw)
+        assert out.dtype == torch.float64 and out.shape == (2, 4, 5, 6)

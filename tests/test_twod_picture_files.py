@@ -54,3 +54,16 @@ def test_transparent_pixels_read_as_their_stored_colour_and_are_noted_once_per_f
         f"{tmp_path / 'grey.png'} has transparent pixels: they are read as the colour stored under them, not "
         "composited onto a background (alpha is dropped)",
     ]
+
+
+def test_a_picture_has_only_slice_0(tmp_path):
+    """A PNG holds one slice: slice 0 (or none given) reads it, another index is refused, as for a 2D NIfTI."""
+    from medgmae.twod.images import read_mask
+
+    path = tmp_path / "one.png"
+    Image.fromarray(np.full((4, 5), 255, dtype=np.uint8)).save(path)
+    assert np.array_equal(read_image(path, slice_index=0), read_image(path))
+    assert read_mask(path, slice_index=0).all()
+    for read in (read_image, read_mask):
+        with pytest.raises(ValueError, match=r"one\.png: slice 5 is outside the image's 1 slice"):
+            read(path, slice_index=5)

@@ -338,3 +338,23 @@ def test_gsplat_matches_torch_on_cuda(channels):
     for name, gg, gt in zip(("means", "scales", "quats", "colors", "opacities"), grads_g, grads_t):
         scale = gt.abs().max().clamp_min(1e-6)
         assert ((gg - gt).abs().max() / scale) < 2e-2, name
+
+
+def test_a_fractional_image_size_is_refused_not_truncated():
+    args = _random_gaussians(1, 6, 3, seed=0, dtype=torch.float32)
+    for size in ((4.5, 4), (4, 4.5), (True, 4)):
+        with pytest.raises(ValueError, match="image_size must be two positive ints"):
+            render_gaussians_2d(*args, size, "torch")
+
+
+@pytest.mark.parametrize("k", [0, 5])
+@pytest.mark.parametrize("wide", range(5))
+def test_mixed_dtypes_render_in_the_wider_one(k, wide):
+    """One float64 input among float32 ones gives a float64 image and opacity, matching an all-float64 render."""
+    args = list(_random_gaussians(2, k, 3, seed=1, dtype=torch.float64))
+    narrow = [t.float() if i != wide else t for i, t in enumerate(args)]
+    image, alpha = render_gaussians_2d(*narrow, (6, 7), "torch", return_alpha=True)
+    assert image.dtype == alpha.dtype == torch.float64
+    want, want_alpha = render_gaussians_2d(*[t.float().double() for t in args], (6, 7), "torch", return_alpha=True)
+    torch.testing.assert_close(image, want)
+    torch.testing.assert_close(alpha, want_alpha)

@@ -22,13 +22,17 @@ import operator
 import os
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from medgmae.rotations import quaternion_to_rotation_matrix
 from medgmae.render._torch_impl import TILE, count_pairs, render_torch
 
-__all__ = ["render_volume", "preprocess_gaussians", "count_pairs", "as_cutoff", "BACKENDS", "NonFiniteGaussiansError", "resolve_backend"]
+__all__ = [
+    "render_volume", "preprocess_gaussians", "count_pairs", "as_cutoff", "BACKENDS", "NonFiniteGaussiansError",
+    "resolve_backend", "whole_sizes",
+]  # fmt: skip
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -38,25 +42,34 @@ class NonFiniteGaussiansError(ValueError):
     voxels and pixels, so in training this means the model diverged; the checkpoint handler says so."""
 
 
-def _shape(shape: Sequence[int]) -> tuple[int, ...]:
-    """``shape`` as ints: Python or NumPy integers, or integer 0-d tensors; a fraction (``4.5``) or a bool is
-    refused, not truncated."""
+def whole_sizes(sizes: Sequence[int], what: str) -> tuple[int, ...]:
+    """``sizes`` as ints: Python or NumPy integers, or integer 0-d tensors; a fraction (``4.5``) or a bool is
+    refused, not truncated.
+
+    Args:
+        sizes: the sizes.
+        what: the error message's start, such as ``"shape must be three positive ints (D, H, W)"``.
+
+    Raises:
+        ValueError: ``"<what>, got <sizes>"`` for anything that is not a sequence of integers.
+    """
     try:
-        if isinstance(shape, (str, bytes)) or any(isinstance(s, bool) for s in shape):
+        if isinstance(sizes, (str, bytes)) or any(isinstance(s, bool) for s in sizes):
             raise TypeError
-        return tuple(operator.index(s) for s in shape)
+        return tuple(operator.index(s) for s in sizes)
     except TypeError as e:
-        raise ValueError(f"shape must be a sequence of three positive ints (D, H, W), got {shape!r}") from e
+        raise ValueError(f"{what}, got {sizes!r}") from e
 
 
 def as_cutoff(cutoff: Any) -> float:
     """``cutoff`` (a Python or NumPy number, or a 0-d tensor) as a positive finite float.
 
     Raises:
-        ValueError: anything else (a bool, a string, a value <= 0, NaN or infinity).
+        ValueError: anything else (a bool, a bool tensor, a string, a value <= 0, NaN or infinity).
     """
-    number = isinstance(cutoff, numbers.Real) or (isinstance(cutoff, Tensor) and cutoff.dim() == 0)
-    value = float(cutoff) if number and not isinstance(cutoff, bool) else math.nan
+    tensor = isinstance(cutoff, Tensor) and cutoff.dim() == 0 and cutoff.dtype != torch.bool
+    number = (isinstance(cutoff, numbers.Real) and not isinstance(cutoff, bool)) or tensor
+    value = float(cutoff) if number else math.nan
     if not 0 < value < math.inf:
         raise ValueError(f"cutoff must be a positive finite number, got {cutoff!r}")
     return value
@@ -68,7 +81,7 @@ def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> 
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     for name, t in (("means", means), ("scales", scales), ("quats", quats), ("intensities", intensities)):
         if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise ValueError(f"{name} must be a torch.Tensor or NumPy array, got {type(t).__name__}")
         if not (t.is_floating_point()):
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if means.dim() != 3 or means.shape[-1] != 3:
@@ -88,7 +101,7 @@ def _check_inputs(means, scales, quats, intensities, shape, cutoff, backend) -> 
     devs = {t.device for t in (means, scales, quats, intensities)}
     if len(devs) != 1:
         raise ValueError(f"means, scales, quats and intensities must be on one device, got {sorted(map(str, devs))}")
-    shape_t = _shape(shape)
+    shape_t = whole_sizes(shape, "shape must be a sequence of three positive ints (D, H, W)")
     if len(shape_t) != 3 or any(s <= 0 for s in shape_t):
         raise ValueError(f"shape must be three positive ints (D, H, W), got {shape!r}")
     checked = shape_t, as_cutoff(cutoff)
@@ -171,6 +184,8 @@ def render_volume(
     ``V(x) = sum_i I_i exp(-1/2 d^T Sigma_i^-1 d)``, ``d = x - mu_i``, ``Sigma_i = R_i diag(s_i^2) R_i^T``; a term is
     dropped where the Mahalanobis distance ``sqrt(d^T Sigma_i^-1 d)`` exceeds ``cutoff``.
 
+    The four Gaussian inputs are tensors or NumPy arrays (taken as tensors on the CPU, dtype kept).
+
     Args:
         means: ``(B, K, 3)`` positions in voxel-index coordinates along the output's three spatial dims
             (voxel centre ``j`` is at ``j``).
@@ -191,6 +206,8 @@ def render_volume(
         ValueError: on wrong ranks/shapes, mismatched batch or K, non-positive or non-finite scales, zero
             quaternions, non-finite means or intensities, an empty shape, or an unknown backend.
     """
+    gaussians = (means, scales, quats, intensities)
+    means, scales, quats, intensities = (torch.as_tensor(t) if isinstance(t, np.ndarray) else t for t in gaussians)
     shape, cutoff = _check_inputs(means, scales, quats, intensities, shape, cutoff, backend)
     b, k = means.shape[:2]
     device = means.device
@@ -202,7 +219,8 @@ def render_volume(
         )
     with torch.autocast(device_type=device.type, enabled=False):
         if k == 0:
-            dtype = torch.float64 if means.dtype == torch.float64 else torch.float32
+            wide = torch.float64 in (means.dtype, scales.dtype, quats.dtype, intensities.dtype)
+            dtype = torch.float64 if wide else torch.float32
             zero = (means.sum() + scales.sum() + quats.sum() + intensities.sum()).to(dtype) * 0
             return zero + torch.zeros((b, *shape), device=device, dtype=dtype)
         m, conics, inten, extents = preprocess_gaussians(means, scales, quats, intensities, cutoff)

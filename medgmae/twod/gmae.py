@@ -282,7 +282,7 @@ class GMAE2D(MaskedAutoencoder):
             generator: random generator for the mask when ``mask_ratio > 0``.
 
         Returns:
-            :class:`SplatGaussians`, float32.
+            :class:`SplatGaussians`, float32 (float64 for a float64 model), as :meth:`decode_gaussians`.
         """
         self._check_input(x)
         latent, _, ids_restore = self.encoder(x, mask_ratio=self._mask_ratio(mask_ratio), generator=generator)

@@ -153,6 +153,13 @@ def _read_pil(path: Path) -> np.ndarray:
     return (arr / _UINT16_MAX).astype(np.float32)
 
 
+def _only_slice_0(path: Path, slice_index: int | None) -> None:
+    """Refuse a ``slice_index`` other than 0 (or ``None``) for a picture file, which holds one slice, as a
+    single-slice NIfTI's is refused (:func:`medgmae.twod.nifti_slices.nifti_plane`)."""
+    if slice_index is not None and int(slice_index) != 0:
+        raise ValueError(f"{path}: slice {int(slice_index)} is outside the image's 1 slice (numbered from 0)")
+
+
 def _checked_unit_floats(arr: np.ndarray, path: Path) -> np.ndarray:
     """``arr``, a float picture (PIL mode ``F``: a float TIFF), read as already scaled: ValueError naming ``path``
     for a finite value outside ``[0, 1]`` (HU, 0..255), which clipping would flatten to 0 or 1."""
@@ -189,7 +196,8 @@ def read_image(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unsupported, unreadable or corrupt file, NaN values, a bad slice or a bad window.
+        ValueError: unsupported, unreadable or corrupt file, NaN values, a bad slice (any but 0 of a picture file)
+            or a bad window.
     """
     return read_image_source(path, slice_index, window)[0]
 
@@ -211,6 +219,7 @@ def read_image_source(
     window = window_setting(window)
     kind = _image_kind(path)
     if kind == "pil":
+        _only_slice_0(path, slice_index)
         arr = _read_pil(path)
         if not np.isfinite(arr).all():
             raise ValueError(f"{path}: image contains NaN or infinite values")
@@ -269,6 +278,7 @@ def _stored_values(path: str | os.PathLike, slice_index: int | None) -> np.ndarr
     path = _check_path(path)
     kind = _image_kind(path)
     if kind == "pil":
+        _only_slice_0(path, slice_index)
         return _read_pil(path)
     if kind == "nifti":
         return read_nifti_slice(path, slice_index, stored=True)[0]

@@ -183,8 +183,8 @@ def figure_ground(assignment: Tensor, split: int, num_layers: int | None = None)
 
     Args:
         assignment: :func:`layer_assignment`'s ``(B, H, W)`` layer per pixel (``-1``: none).
-        split: the first foreground layer, ``0 <= split`` (a negative one makes every pixel foreground, one past the
-            last layer none).
+        split: the first foreground layer, ``0 <= split`` (a negative one is refused; without ``num_layers``, one
+            past the last layer makes no pixel foreground).
         num_layers: the layers ``assignment`` came from; when given, ``split`` must be below it (as ``medgmae-2d
             segment --split`` must).
 

@@ -27,12 +27,13 @@ their order), GViT's tokens, through :func:`render_gaussians_2d`.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from medgmae.render import NonFiniteGaussiansError
+from medgmae.render import NonFiniteGaussiansError, whole_sizes
 from medgmae.twod.compositor import render_torch
 from medgmae.twod.gsplat_backend import BACKENDS, render_gsplat, resolve_backend_2d
 
@@ -61,10 +62,7 @@ def _check_inputs(means, scales, quats, colors, opacities, image_size, backend, 
     devices = {t.device for _, t in named}
     if len(devices) != 1:
         raise ValueError(f"means, scales, quats, colors and opacities must be on one device, got {sorted(map(str, devices))}")
-    try:
-        size = tuple(int(s) for s in image_size)
-    except TypeError as e:
-        raise ValueError(f"image_size must be two positive ints (H, W), got {image_size!r}") from e
+    size = whole_sizes(image_size, "image_size must be two positive ints (H, W)")  # 4.5 refused, not truncated
     if len(size) != 2 or any(s <= 0 for s in size):
         raise ValueError(f"image_size must be two positive ints (H, W), got {image_size!r}")
     if background is not None:
@@ -116,7 +114,7 @@ def render_gaussians_2d(
         quats: ``(B, K, 4)`` rotations ``(w, x, y, z)``, normalised inside.
         colors: ``(B, K, C)`` colours, any ``C >= 1``.
         opacities: ``(B, K)`` in ``[0, 1]``.
-        image_size: ``(H, W)``.
+        image_size: ``(H, W)``, whole numbers (``4.5`` is refused, not truncated).
         backend: ``"torch"``, ``"gsplat"`` (CUDA tensors only) or ``"auto"`` (gsplat on CUDA, torch otherwise, and
             torch with a one-line warning where gsplat's CUDA extension cannot be built; see
             :func:`resolve_backend_2d`).
@@ -124,8 +122,10 @@ def render_gaussians_2d(
         return_alpha: also return the accumulated opacity ``1 - T_final``.
 
     Returns:
-        ``(B, C, H, W)`` image in the dtype of ``means`` (gsplat computes in float32), differentiable with respect
-        to every Gaussian input; with ``return_alpha`` also the ``(B, 1, H, W)`` accumulated opacity.
+        ``(B, C, H, W)`` image in the dtype the five Gaussian inputs promote to (``torch.promote_types``: float64
+        when any is float64, float32 for float32 inputs with float16 or bfloat16 ones; the inputs are cast to it;
+        gsplat computes in float32), differentiable with respect to every Gaussian input; with ``return_alpha``
+        also the ``(B, 1, H, W)`` accumulated opacity, in the same dtype.
 
     Raises:
         ValueError: on wrong shapes, mismatched devices, non-finite values, non-positive scales, zero quaternions,
@@ -136,15 +136,17 @@ def render_gaussians_2d(
     size = _check_inputs(means, scales, quats, colors, opacities, image_size, backend, background)
     backend = resolve_backend_2d(backend, means.device)
     b, k = means.shape[:2]
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in (scales, quats, colors, opacities)], means.dtype)
+    means, scales, quats, colors, opacities = (t.to(dtype) for t in (means, scales, quats, colors, opacities))
     if k == 0:
         zero = (means.sum() + scales.sum() + quats.sum() + colors.sum() + opacities.sum()) * 0
-        image = zero + torch.zeros(b, colors.shape[-1], *size, dtype=means.dtype, device=means.device)
+        image = zero + torch.zeros(b, colors.shape[-1], *size, dtype=dtype, device=means.device)
         if background is not None:
             image = image + background.to(image).view(-1, colors.shape[-1], 1, 1)
-        alpha = torch.zeros(b, 1, *size, dtype=means.dtype, device=means.device)
+        alpha = torch.zeros(b, 1, *size, dtype=dtype, device=means.device)
         return (image, alpha) if return_alpha else image
     if background is not None:
-        background = background.to(device=means.device, dtype=means.dtype)
+        background = background.to(device=means.device, dtype=dtype)
     render = render_gsplat if backend == "gsplat" else render_torch
     image, alpha = render(means, scales, quats, colors, opacities, size, background)
     return (image, alpha) if return_alpha else image

@@ -107,7 +107,7 @@ class GViT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location="cpu") -> "GViT":
-        """Rebuild from a ``model.pt`` or a training checkpoint (see :func:`load_gvit`)."""
+        """Rebuild from a ``model.pt``, in eval mode (see :func:`load_gvit`)."""
         return load_gvit(path, map_location, cls)
 
     def save(
@@ -153,6 +153,9 @@ def model_path_check(value) -> None:
 def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> nn.Module:
     """Rebuild a model from its ``model.pt``; ``cls`` is the model class (default :class:`GViT`).
 
+    The model is returned in eval mode, so that ``load_gvit(path)(x)`` is the same on every call (in training mode
+    each call draws new initial Gaussians); call ``.train()`` on it to train it further.
+
     Raises:
         FileNotFoundError: the file is missing.
         ValueError: unreadable / unsafe file, a checkpoint of another kind (the message names both kinds), a
@@ -169,7 +172,7 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
     model.class_names = ckpt.extra.get("class_names")
     model.data_settings = ckpt.extra.get("data")
     model.training_settings = ckpt.extra.get("training")  # None: a file written before it was recorded
-    return model
+    return model.eval()
 
 
 def is_gvit_training_state(objects: Mapping) -> bool:
