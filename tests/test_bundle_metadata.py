@@ -36,7 +36,7 @@ def test_schema_rejects_incomplete_metadata(tmp_path):
 def test_every_bundle_has_the_standard_files():
     assert BUNDLES, "no bundles found"
     for b in BUNDLES:
-        for rel in ("configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
+        for rel in ("configs/metadata.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt", "LICENSE"):
             assert (b / rel).is_file(), f"{b.name} lacks {rel}"
 
 

@@ -26,7 +26,7 @@ def _train(output_dir, **overrides):
 
 def test_metadata_passes_the_schema():
     verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(BUNDLE.parent / "schema" / "meta_schema.json"))
-    for name in ("LICENSE", "docs/README.md", "configs/logging.conf"):
+    for name in ("LICENSE", "docs/README.md", "docs/data_license.txt", "configs/logging.conf"):
         assert (BUNDLE / name).is_file(), name
 
 

@@ -1,9 +1,9 @@
 """The pre-training engine: MONAI's SupervisedTrainer with a masked-autoencoder iteration.
 
 When it starts, rank 0 logs one line naming what runs (:func:`~medgmae.mae_training.run_line.run_settings_line`).
-One iteration runs the model (its ``forward`` returns the masked-voxel loss), under bf16 autocast on CUDA when
-``amp`` is on, back-propagates, clips the global gradient norm and steps the optimiser. MONAI's iteration events
-fire as in the stock trainer, so MONAI and toolkit handlers attach unchanged.
+One iteration runs the model through the trainer's inferer (its ``forward`` returns the masked-voxel loss), under
+bf16 autocast on CUDA when ``amp`` is on, back-propagates, clips the global gradient norm and steps the optimiser.
+MONAI's iteration events fire as in the stock trainer, so MONAI and toolkit handlers attach unchanged.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ logger = logging.getLogger("medgmae.mae_training")
 class MaskedAutoencoderTrainer(SupervisedTrainer):
     """SupervisedTrainer whose iteration trains a masked autoencoder on unlabelled crops.
 
-    The batch's ``image`` goes through the network, whose output (:class:`~medgmae.networks.MAEOutput`) carries
-    the loss; ``loss_function`` is not used. Gradients are clipped to ``grad_clip`` (global norm) before the step,
-    by :class:`~medgmae.engine.GradientClipHandler` attached at construction: a ``BACKWARD_COMPLETED`` handler added
-    later sees clipped gradients.
+    The batch's ``image`` goes through the network by ``inferer`` (a keyword argument of the base class; MONAI's
+    ``SimpleInferer``, the network called directly, when not given), whose output
+    (:class:`~medgmae.networks.MAEOutput`) carries the loss; ``loss_function`` is not used. Gradients are clipped to
+    ``grad_clip`` (global norm) before the step, by :class:`~medgmae.engine.GradientClipHandler` attached at
+    construction: a ``BACKWARD_COMPLETED`` handler added later sees clipped gradients.
     ``engine.state.output`` is ``{"loss": float tensor, "psnr_masked": float tensor}``.
 
     Args:
@@ -111,7 +112,7 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            out: MAEOutput = engine.network(x)
+            out: MAEOutput = engine.inferer(x, engine.network)
         engine.state.output = {CommonKeys.LOSS: out.loss}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
