@@ -82,3 +82,13 @@ def test_gvit_metadata_outputs_are_what_forward_returns():
     outputs = meta["network_data_format"]["outputs"]
     assert set(outputs) == {"pred"}
     assert outputs["pred"]["num_channels"] == len(outputs["pred"]["channel_def"])
+
+
+@pytest.mark.parametrize("bundle", ["medgmae_pretrain", "gmae2d_pretrain"])
+def test_the_summary_reference_names_the_summary_handler(bundle):
+    """``val#summary`` names the summary handler by its place in ``train#handlers`` (MONAI's property check takes
+    only objects there, not references): a reordered list must not point it at another handler."""
+    config = json.loads((BUNDLES / bundle / "configs" / "train.json").read_text(encoding="utf-8"))
+    index = int(config["val"]["summary"].rsplit("#", 1)[1])
+    assert config["val"]["summary"] == f"@train#handlers#{index}"
+    assert config["train"]["handlers"][index]["_target_"].endswith("Summary")
