@@ -64,7 +64,9 @@ def pretrain(kind: str, args: argparse.Namespace) -> Path:
 
 def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n_train: int, args: argparse.Namespace) -> dict:
     out = args.out / f"finetune_{init}_{fraction:g}"
-    n_cases = max(1, round(fraction * n_train))
+    from medgmae.finetune.data import select_label_fraction
+
+    n_cases = len(select_label_fraction([{}] * n_train, fraction))  # the bundle's count (half up), not round()'s
     # a fixed budget of optimiser steps: one step per training case per epoch (batch of one volume)
     epochs = max(1, math.ceil(args.steps / n_cases))
     out.mkdir(parents=True, exist_ok=True)
@@ -75,11 +77,22 @@ def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n
         "--feature_size", str(args.feature_size), "--num_samples", str(args.num_samples),
         "--learning_rate", str(args.lr), "--device", args.device,
         "--encoder", json.dumps(dict(patch_size=args.patch, **ENCODER_SIZES[args.model_size])),
+        *([] if encoder else args.scratch_preprocessing),
     )  # fmt: skip
     seconds = run(cmd, out / "log.txt")
     metrics = json.loads((out / "validation" / "metrics.json").read_text())
     return {"init": init, "fraction": fraction, "train_cases": n_cases, "epochs": epochs, "steps": epochs * n_cases,
             "mean_dice": metrics["mean_dice"], "seconds": seconds}  # fmt: skip
+
+
+def scratch_preprocessing(encoder: Path, roi_size: int) -> list[str]:
+    """``--pixdim`` and ``--hu_range`` of the pre-processing ``encoder`` records, for the scratch runs: a pre-trained
+    run takes them from its file, a scratch run would otherwise take the bundle's defaults (1.5 x 1.5 x 2.0 mm,
+    not the pre-training's 1.5 mm), and its crops and validation grid would differ from the others'."""
+    from medgmae.finetune.data import finetune_spec
+
+    spec = finetune_spec(str(encoder), roi_size=roi_size)
+    return ["--pixdim", json.dumps(list(spec.spacing)), "--hu_range", json.dumps(list(spec.hu_window))]
 
 
 #: scratch encoders match the pre-training presets (medgmae.networks.vit.VIT_PRESETS)
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in encoders.items():
         if path is not None and not Path(path).is_file():
             p.error(f"{name} encoder not found: {path}")
+    args.scratch_preprocessing = scratch_preprocessing(encoders["medgmae"], args.roi)
     rows = [finetune(init, f, encoders[init], datalist, args.cases, args) for f in args.fractions for init in INITS]
     text = table(rows, args.fractions, args)
     out = args.table or args.out / "table.md"
