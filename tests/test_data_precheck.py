@@ -407,3 +407,23 @@ def test_a_blank_image_is_refused_by_the_pre_check_naming_it(tmp_path, value):
     with pytest.raises(DatasetError, match="blank.nii.gz: every voxel is"):  # pre-training's check, no labels
         check_datalist([{"image": good["image"]}, {"image": blank["image"]}])
     assert check_cases([good], num_classes=2) == [good]
+
+
+def test_the_resampling_advice_is_given_once_for_several_label_maps_off_their_grids(tmp_path):
+    """Each off-grid label map's line repeated the same resampling advice; with two or more it is said once after
+    them (one off-grid map keeps it on its line)."""
+    items = []
+    for i in range(3):
+        image = nifti_file(tmp_path / f"img{i}.nii.gz", _varied((10, 8, 6), -100.0))
+        shape = (10, 8, 7) if i < 2 else (10, 8, 6)  # the first two on another grid
+        label = nifti_file(tmp_path / f"lab{i}.nii.gz", (np.arange(np.prod(shape)) % 2).reshape(shape).astype(np.uint8))
+        items.append({"image": str(image), "label": str(label)})
+    with pytest.raises(DatasetError) as e:
+        check_datalist(items, label_key="label", num_classes=2, source="d.json")
+    text = str(e.value)
+    assert text.count("resample the label map") == 1 and text.count("is not on the voxel grid") == 2
+    assert text.splitlines()[-1].strip().startswith("label maps off their image's grid: resample the label map")
+    with pytest.raises(DatasetError) as e:  # one: the advice stays on its line
+        check_datalist(items[1:], label_key="label", num_classes=2, source="d.json")
+    assert len(str(e.value).splitlines()) == 2 and "is not on the voxel grid" in str(e.value).splitlines()[1]
+    assert str(e.value).count("resample the label map") == 1

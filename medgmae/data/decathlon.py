@@ -37,7 +37,7 @@ import numpy as np
 
 from medgmae.data.case_pairing import case_pairs
 from medgmae.data.datalist import DatasetError, is_nnunet_datalist, load_datalist_json
-from medgmae.data.grid import LABEL_GRID_FIX, label_grid_problem
+from medgmae.data.grid import grid_fix_once, label_grid_problem
 from medgmae.data.reader import Volume, read_volume, volume_grid
 from medgmae.files import absolute_path, output_dir_problem
 from medgmae.words import plural, plural_noun
@@ -85,8 +85,8 @@ def class_values(
     if len(grids) == 1:
         raise DatasetError(grids[0])
     if grids:
-        raise DatasetError(f"{len(grids)} label maps are not on their images' voxel grids:\n  "
-                           + "\n  ".join(g.removesuffix(LABEL_GRID_FIX) for g in grids) + f"\n{LABEL_GRID_FIX[2:]}")
+        lines, fix = grid_fix_once(grids)
+        raise DatasetError(f"{len(grids)} label maps are not on their images' voxel grids:\n  " + "\n  ".join(lines) + f"\n{fix}")
     return dict(sorted(found.items()))
 
 

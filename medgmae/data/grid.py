@@ -36,7 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["GRID_TOLERANCE", "canonical_grid", "grid_offset_mm", "grid_tolerance_mm", "label_grid_problem", "same_grid_problem"]
+__all__ = ["GRID_TOLERANCE", "canonical_grid", "grid_fix_once", "grid_offset_mm", "grid_tolerance_mm", "label_grid_problem",
+           "same_grid_problem"]
 
 #: Largest offset between two grids' voxels still taken as the same grid, as a fraction of the smallest voxel size.
 GRID_TOLERANCE = 1e-2
@@ -167,6 +168,15 @@ def _grid_mismatch(shape, affine, ref_shape, ref_affine) -> tuple[float, float] 
 #: The fix :func:`label_grid_problem` adds to its message.
 LABEL_GRID_FIX = ("; resample the label map onto the image's grid with nearest-neighbour interpolation (e.g. 3D "
                   "Slicer's Resample Scalar/Vector/DWI Volume, or SimpleITK.Resample with sitkNearestNeighbor)")
+
+
+def grid_fix_once(problems: Sequence[str]) -> tuple[list[str], str]:
+    """``problems`` (lines) with :data:`LABEL_GRID_FIX` said once: where two or more lines end with it, they lose it
+    and the fix is returned as a sentence of its own, for the caller to add after them; otherwise the lines unchanged
+    and ``""``."""
+    if sum(p.endswith(LABEL_GRID_FIX) for p in problems) < 2:
+        return list(problems), ""
+    return [p.removesuffix(LABEL_GRID_FIX) for p in problems], LABEL_GRID_FIX[2:]
 
 
 def label_grid_problem(

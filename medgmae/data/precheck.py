@@ -46,7 +46,7 @@ import numpy as np
 
 from medgmae.data.datalist import DatasetError, load_datalist_json
 from medgmae.data.fingerprint import file_fingerprint
-from medgmae.data.grid import GRID_TOLERANCE, label_grid_problem
+from medgmae.data.grid import GRID_TOLERANCE, grid_fix_once, label_grid_problem
 from medgmae.data.reader import read_volume
 from medgmae.distributed import main_process_only
 from medgmae.files import save_json_atomic
@@ -365,8 +365,10 @@ def check_datalist(
             raise RuntimeError(f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}") from e
         if problems:
             problems, needed = _grouped_range_problems(problems)
+            lines, fix = grid_fix_once(problems)  # the resampling advice once, not on every off-grid label line
             err = DatasetError(f"{plural(len(problems), 'problem')} in the data of {source or 'the datalist'} "
-                               f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(problems)
+                               f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(lines)
+                               + (f"\n  label maps off their image's grid: {fix}" if fix else "")
                                + _all_missing_hint(items, image_key, str(source)))  # fmt: skip
             err.needed_classes, err.problems = needed, problems
             raise err
