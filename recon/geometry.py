@@ -137,9 +137,9 @@ class CTGeometry:
         Args:
             volume_shape: ``(D, H, W)``.
             voxel_size: mm, one value or ``(sz, sy, sx)``.
-            det_shape: ``(rows, cols)``; default ``(ceil(D sz / row pitch), ceil(diagonal / col pitch))``, the
-                diagonal that of the ``(H sy, W sx)`` slice and each length plus twice the offset along it (rows are
-                ``D`` at the default pitch only).
+            det_shape: ``(rows, cols)``; default ``(ceil(D sz / row pitch), ceil(diagonal / col pitch))`` (rows
+                ignore a fraction under 0.001), the diagonal that of the ``(H sy, W sx)`` slice and each length plus
+                twice the offset along it (rows are ``D`` at the default pitch only).
             det_spacing: mm, default ``(sz, max(sy, sx))``.
             num_angles: number of equispaced views over ``arc_deg`` (ignored when ``angles`` is given).
             arc_deg: scan arc in degrees; views at ``arc * i / num_angles``.

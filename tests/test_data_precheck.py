@@ -422,7 +422,12 @@ def test_the_resampling_advice_is_given_once_for_several_label_maps_off_their_gr
         check_datalist(items, label_key="label", num_classes=2, source="d.json")
     text = str(e.value)
     assert text.count("resample the label map") == 1 and text.count("is not on the voxel grid") == 2
-    assert text.splitlines()[-1].strip().startswith("label maps off their image's grid: resample the label map")
+    assert text.splitlines()[-1].startswith("  - label maps off their image's grid: resample the label map")
+    from medgmae.finetune.classes import refuse_unnamed_classes  # the error's lines, as other messages quote them
+
+    with pytest.raises(DatasetError) as e:
+        refuse_unnamed_classes("d.json", items)
+    assert str(e.value).count("resample the label map") == 1
     with pytest.raises(DatasetError) as e:  # one: the advice stays on its line
         check_datalist(items[1:], label_key="label", num_classes=2, source="d.json")
     assert len(str(e.value).splitlines()) == 2 and "is not on the voxel grid" in str(e.value).splitlines()[1]

@@ -95,6 +95,19 @@ def test_single_gaussian_analytic():
     torch.testing.assert_close(img[0, 2, 1, 3], torch.tensor(expected, dtype=torch.float64))
 
 
+def test_numpy_arrays_render_as_tensors_do():
+    """NumPy inputs were refused (``means must be a torch.Tensor``) while the 3D renderer takes them: the same
+    Gaussians as arrays give the analytic centre pixel, float64 kept."""
+    import numpy as np
+
+    x, y = 2 * (2 + 0.5) / 6 - 1, 2 * (1 + 0.5) / 4 - 1
+    color = np.array([[[0.2, 0.5, 1.0]]])
+    img = render_gaussians_2d(np.array([[[x, y, 0.0]]]), np.full((1, 1, 3), 0.1), np.array([[[1.0, 0, 0, 0]]]), color,
+                              np.array([[0.8]]), (4, 6), "torch", background=np.zeros(3))
+    assert img.dtype == torch.float64
+    np.testing.assert_allclose(img[0, :, 1, 2].numpy(), 0.8 * color[0, 0], rtol=1e-12)
+
+
 def test_rotation_about_z_transposes_an_elongated_gaussian():
     means = torch.zeros(1, 1, 3, dtype=torch.float64)
     scales = torch.tensor([[[0.5, 0.1, 0.1]]], dtype=torch.float64)

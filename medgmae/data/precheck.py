@@ -366,11 +366,11 @@ def check_datalist(
         if problems:
             problems, needed = _grouped_range_problems(problems)
             lines, fix = grid_fix_once(problems)  # the resampling advice once, not on every off-grid label line
+            lines += [f"label maps off their image's grid: {fix}"] if fix else []
             err = DatasetError(f"{plural(len(problems), 'problem')} in the data of {source or 'the datalist'} "
                                f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(lines)
-                               + (f"\n  label maps off their image's grid: {fix}" if fix else "")
                                + _all_missing_hint(items, image_key, str(source)))  # fmt: skip
-            err.needed_classes, err.problems = needed, problems
+            err.needed_classes, err.problems = needed, lines
             raise err
 
     main_process_only(check, DatasetError)

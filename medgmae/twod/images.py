@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from medgmae.data.grid import same_grid_problem
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
 from medgmae.twod.dicom_frames import read_dicom_frame
-from medgmae.twod.nifti_slices import nifti_grid, read_nifti_slice
+from medgmae.twod.nifti_slices import nifti_grid, only_slice_0, read_nifti_slice
 from medgmae.twod.picture_notes import float_tiff_note, note_transparency
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import apply_window, window_setting
@@ -153,13 +153,6 @@ def _read_pil(path: Path) -> np.ndarray:
     return (arr / _UINT16_MAX).astype(np.float32)
 
 
-def _only_slice_0(path: Path, slice_index: int | None) -> None:
-    """Refuse a ``slice_index`` other than 0 (or ``None``) for a picture file, which holds one slice, as a
-    single-slice NIfTI's is refused (:func:`medgmae.twod.nifti_slices.nifti_plane`)."""
-    if slice_index is not None and int(slice_index) != 0:
-        raise ValueError(f"{path}: slice {int(slice_index)} is outside the image's 1 slice (numbered from 0)")
-
-
 def _checked_unit_floats(arr: np.ndarray, path: Path) -> np.ndarray:
     """``arr``, a float picture (PIL mode ``F``: a float TIFF), read as already scaled: ValueError naming ``path``
     for a finite value outside ``[0, 1]`` (HU, 0..255), which clipping would flatten to 0 or 1."""
@@ -219,7 +212,7 @@ def read_image_source(
     window = window_setting(window)
     kind = _image_kind(path)
     if kind == "pil":
-        _only_slice_0(path, slice_index)
+        only_slice_0(path, slice_index)  # a picture file holds one slice
         arr = _read_pil(path)
         if not np.isfinite(arr).all():
             raise ValueError(f"{path}: image contains NaN or infinite values")
@@ -278,7 +271,7 @@ def _stored_values(path: str | os.PathLike, slice_index: int | None) -> np.ndarr
     path = _check_path(path)
     kind = _image_kind(path)
     if kind == "pil":
-        _only_slice_0(path, slice_index)
+        only_slice_0(path, slice_index)  # a picture file holds one slice
         return _read_pil(path)
     if kind == "nifti":
         return read_nifti_slice(path, slice_index, stored=True)[0]

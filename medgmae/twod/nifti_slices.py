@@ -17,7 +17,7 @@ import numpy as np
 from medgmae.data.dicom_series import Refused
 from medgmae.data.reader import load_nifti, one_component
 
-__all__ = ["read_nifti_slice", "nifti_plane", "nifti_grid", "open_nifti"]
+__all__ = ["read_nifti_slice", "nifti_plane", "nifti_grid", "only_slice_0", "open_nifti"]
 
 _RAS_VIEWS = ("sagittal", "coronal", "axial")  # the plane normal to each RAS axis
 
@@ -33,10 +33,16 @@ def nifti_plane(data: np.ndarray, path: Path, slice_index: int | None) -> tuple[
     plane = np.squeeze(data)
     if plane.ndim != 2:
         raise ValueError(f"{path}: expected a 2D image or a 3D volume, got shape {data.shape}")
-    if slice_index is not None and int(slice_index) != 0:
-        raise ValueError(f"{path}: slice {int(slice_index)} is outside the image's 1 slice (numbered from 0)")
+    only_slice_0(path, slice_index)
     axis = _RAS_VIEWS[list(data.shape).index(1)] if data.ndim == 3 else "axial"
     return plane, {"axis": axis, "index": 0, "count": 1}  # a single slice: its two in-plane axes, RAS order
+
+
+def only_slice_0(path: Any, slice_index: int | None) -> None:
+    """Refuse a ``slice_index`` other than 0 (or ``None``) of a single-slice image (a NIfTI of one slice, a picture
+    file), naming ``path``."""
+    if slice_index is not None and int(slice_index) != 0:
+        raise ValueError(f"{path}: slice {int(slice_index)} is outside the image's 1 slice (numbered from 0)")
 
 
 def read_nifti_slice(path: Path, slice_index: int | None, stored: bool = False) -> tuple[np.ndarray, dict]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,7 +48,7 @@ def _check_inputs(means, scales, quats, colors, opacities, image_size, backend, 
     named = (("means", means), ("scales", scales), ("quats", quats), ("colors", colors), ("opacities", opacities))
     for name, t in named:
         if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise ValueError(f"{name} must be a torch.Tensor or NumPy array, got {type(t).__name__}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if means.dim() != 3 or means.shape[-1] != 3:
@@ -105,7 +106,8 @@ def render_gaussians_2d(
     *,
     return_alpha: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Splat 3D Gaussians onto an ``H x W`` image with front-to-back alpha compositing.
+    """Splat 3D Gaussians onto an ``H x W`` image with front-to-back alpha compositing (NumPy arrays are taken as
+    tensors, as :func:`medgmae.render.render_volume` takes them).
 
     Args:
         means: ``(B, K, 3)`` centres: ``x`` (along W, to the right) and ``y`` (along H, downwards) in ``[-1, 1]``
@@ -133,6 +135,8 @@ def render_gaussians_2d(
         RuntimeError: with ``backend="gsplat"``, when gsplat's CUDA extension cannot be built (e.g. no CUDA
             compiler); ``"auto"`` falls back to torch instead.
     """
+    means, scales, quats, colors, opacities, background = (
+        torch.as_tensor(t) if isinstance(t, np.ndarray) else t for t in (means, scales, quats, colors, opacities, background))
     size = _check_inputs(means, scales, quats, colors, opacities, image_size, backend, background)
     backend = resolve_backend_2d(backend, means.device)
     b, k = means.shape[:2]
