@@ -118,3 +118,30 @@ def encoder_file(path: Path, img_size: int = 24) -> Path:
     spec = PreprocessingSpec(spacing=2.0, input_size=img_size, patch_size=12)
     torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), path)
     return path
+
+
+def fake_run(folder: Path, fraction: float, cases: int, subset_seed: int, training_seed: int | None = None,
+             pretrained: dict | None = None, epochs: int = 0, best: tuple[float, int] | None = None,
+             last: dict | None = None) -> Path:
+    """A fine-tuning run folder holding the files a run of the bundle writes, with the given values:
+    ``training_cases.json`` (without ``training_seed`` / ``pretrained`` when ``training_seed`` is ``None``, as runs
+    wrote it before they were recorded), ``checkpoint_epoch=<epochs>.pt`` (empty: only its name is read),
+    ``best_model.pt`` (``best``: metric and epoch; no weights) and ``validation/metrics.json`` (``last``: Dice by
+    class, their mean its ``mean_dice``)."""
+    from medgmae.finetune.run_record import case_record, write_run_record
+
+    chosen = [{"image": f"/d/c{i}.nii.gz", "label": f"/d/l{i}.nii.gz"} for i in range(cases)]
+    record = case_record(fraction, subset_seed, 100, chosen, {"dataset_dir": "/d", "datalist": "/d/dataset.json"})
+    if training_seed is not None:
+        record.update(training_seed=training_seed, pretrained=pretrained or {"path": "", "kind": "", "source": ""})
+    write_run_record(folder, record)
+    if epochs:
+        (folder / f"checkpoint_epoch={epochs}.pt").write_bytes(b"")
+    if best is not None:
+        extra = {"epoch": best[1], "metric_name": "val_mean_dice", "metric": best[0]}
+        torch.save(make_checkpoint("medgmae-unetr", {"out_channels": 3}, {}, None, extra), folder / "best_model.pt")
+    if last is not None:
+        (folder / "validation").mkdir()
+        metrics = {"mean_dice": sum(last.values()) / len(last), "dice_per_class": last, "num_cases": 2}
+        (folder / "validation" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return folder

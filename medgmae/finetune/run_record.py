@@ -1,8 +1,11 @@
 """What a fine-tuning run trained on, recorded in its folder (``training_cases.json``) and read back.
 
-The record holds the label fraction, the seed, the chosen cases and the data source (``dataset_dir`` and
-``datalist``, absolute; both ``""`` for the synthetic phantoms under ``output_dir/phantom``). Evaluation and
-inference of the run default to its data source, and a resumed run must choose the same cases.
+The record holds the label fraction, the subset seed (``seed``), the chosen cases and the data source
+(``dataset_dir`` and ``datalist``, absolute; both ``""`` for the synthetic phantoms under ``output_dir/phantom``),
+and how the run started (:func:`start_record`): its training seed (``training_seed``) and the pre-trained encoder
+it loaded (``pretrained``: path, kind, source; an empty path for a run from scratch). Evaluation and inference of
+the run default to its data source, and a resumed run must choose the same cases (records written before
+``training_seed`` and ``pretrained`` were added resume as before: those keys are not compared).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
 from medgmae.files import save_json_atomic
 from medgmae.settings_diff import settings_differences
 
-__all__ = ["RECORD_FILE", "case_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
+__all__ = ["RECORD_FILE", "case_record", "start_record", "pretrained_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
            "training_datalist", "check_resume_matches"]
 
 #: Name of the record in the run folder.
@@ -35,6 +38,41 @@ def case_record(fraction: float, seed: int, num_total: int, cases: list, source:
     share = len(cases) / int(num_total) if int(num_total) else 0.0
     return {"label_fraction": float(fraction), "effective_fraction": share, "seed": int(seed), "num_total": int(num_total),
             "cases": list(cases), **dict(source or {})}  # fmt: skip
+
+
+def pretrained_record(pretrained: str | Path) -> dict[str, str]:
+    """The pre-trained file a run loaded, as recorded: ``{"path", "kind", "source"}``.
+
+    The file is opened memory-mapped (its weights are not read). ``kind`` is the file's checkpoint kind
+    (``medgmae-encoder`` for an ``encoder.pt``, ``medgmae`` / ``voxel-mae`` / ... for a pre-training ``model.pt``);
+    ``source`` the pre-training run an ``encoder.pt`` records it came from (its ``extra.source``, as
+    :mod:`medgmae.checkpoint` names it; ``""`` where it records none), for a model file its kind.
+
+    Args:
+        pretrained: the ``--pretrained`` file; ``""`` for a run from scratch.
+
+    Returns:
+        The absolute path, kind and source; all ``""`` from scratch, and ``kind`` / ``source`` ``""`` for a file
+        that cannot be read as a toolkit checkpoint (the settings check refuses those before training).
+    """
+    from medgmae.checkpoint import ENCODER_KIND, load_checkpoint
+
+    if not str(pretrained or "").strip():
+        return {"path": "", "kind": "", "source": ""}
+    path = Path(str(pretrained)).expanduser().resolve()
+    try:
+        ckpt = load_checkpoint(path, mmap=True)
+    except (OSError, ValueError):
+        return {"path": str(path), "kind": "", "source": ""}
+    source = (ckpt.extra or {}).get("source") or "" if ckpt.kind == ENCODER_KIND else ckpt.kind
+    return {"path": str(path), "kind": str(ckpt.kind), "source": str(source)}
+
+
+def start_record(record: Mapping, pretrained: str | Path, training_seed: int) -> dict:
+    """``record`` (:func:`case_record`) with how the run started: ``training_seed`` (the bundle's ``seed``, of
+    MONAI's determinism; the record's own ``seed`` stays the subset seed) and ``pretrained``
+    (:func:`pretrained_record`)."""
+    return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained)}
 
 
 def read_run_record(output_dir: str | Path) -> dict | None:

@@ -1,0 +1,227 @@
+"""``medgmae-runs-table``: fine-tuning runs side by side, one row per run folder.
+
+Each row reads what a run of ``bundles/unetr_finetune`` left in its folder: ``training_cases.json`` (label
+fraction given and effective, training cases, subset seed, and, for runs recorded since they are, the training seed
+and the pre-trained encoder), the ``checkpoint_epoch=N.pt`` files (epochs trained), ``best_model.pt`` (best
+validation mean Dice and its epoch), ``validation/metrics.json`` (the last validation's mean and per-class Dice)
+and ``eval/metrics.json`` (the mean Dice of ``evaluate.json``, where it was run). A folder that is not a
+fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with a note.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["RunUnreadable", "read_run", "runs_table", "markdown_table", "csv_table", "main"]
+
+PROG = "medgmae-runs-table"
+#: The table's columns, in order (per-class Dice columns, ``dice <class>``, follow with ``--per-class``).
+COLUMNS = ["run", "init", "encoder", "label_fraction", "effective_fraction", "training_cases", "training_seed",
+           "subset_seed", "epochs", "best_dice", "best_epoch", "last_dice", "eval_dice"]  # fmt: skip
+
+
+class RunUnreadable(ValueError):
+    """A folder that is not a readable fine-tuning run; the message names it and why."""
+
+
+def _json(path: Path, what: str) -> dict | None:
+    """The JSON object in ``path``; ``None`` when there is no file; :class:`RunUnreadable` when it does not parse."""
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunUnreadable(f"{path}: {what} cannot be read ({e})") from None
+    if not isinstance(content, dict):
+        raise RunUnreadable(f"{path}: {what} is not a JSON object")
+    return content
+
+
+def _initialisation(record: dict) -> tuple[str, str]:
+    """``(init, encoder)``: ``scratch``, the pre-training the encoder came from (its recorded source or kind), or
+    ``not recorded`` for a record written before runs recorded it; the encoder's path."""
+    pretrained = record.get("pretrained")
+    if not isinstance(pretrained, dict):
+        return "not recorded", ""
+    path = str(pretrained.get("path") or "")
+    if not path:
+        return "scratch", ""
+    return str(pretrained.get("source") or pretrained.get("kind") or "pre-trained"), path
+
+
+def _best(folder: Path) -> tuple[float | None, int | None]:
+    """The best validation mean Dice and its epoch as ``best_model.pt`` records them (``None`` without the file)."""
+    from medgmae.checkpoint import load_checkpoint
+    from medgmae.finetune.best_model import FINETUNED_KIND
+
+    path = folder / "best_model.pt"
+    if not path.is_file():
+        return None, None
+    try:
+        extra = load_checkpoint(path, FINETUNED_KIND, "a fine-tuning run's best model", mmap=True).extra or {}
+    except (OSError, ValueError) as e:
+        raise RunUnreadable(f"{path}: {e}") from None
+    metric, epoch = extra.get("metric"), extra.get("epoch")
+    return (None if metric is None else float(metric)), (None if epoch is None else int(epoch))
+
+
+def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None], str | None]:
+    """One run's row.
+
+    Args:
+        folder: a fine-tuning run folder (the bundle's ``output_dir``).
+
+    Returns:
+        ``(row, dice_per_class, note)``: the row keyed by :data:`COLUMNS` (``None`` where the run records nothing),
+        the last validation's Dice by class name, and a note for a run not validated yet (else ``None``).
+
+    Raises:
+        RunUnreadable: no such folder, no (or an unreadable) ``training_cases.json``, or an unreadable result file.
+    """
+    from medgmae.engine.resume import epoch_checkpoints
+    from medgmae.finetune.run_record import RECORD_FILE
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise RunUnreadable(f"{folder}: {'not a folder' if path.exists() else 'no such folder'}")
+    record = _json(path / RECORD_FILE, "the run record")
+    if record is None:
+        raise RunUnreadable(f"{folder}: not a fine-tuning run (no {RECORD_FILE})")
+    last = _json(path / "validation" / "metrics.json", "the last validation's metrics") or {}
+    evaluation = _json(path / "eval" / "metrics.json", "the evaluation's metrics") or {}
+    best, best_epoch = _best(path)
+    init, encoder = _initialisation(record)
+    epochs = epoch_checkpoints(path)
+    cases = record.get("cases")
+    row = {"run": str(folder), "init": init, "encoder": encoder, "label_fraction": record.get("label_fraction"),
+           "effective_fraction": record.get("effective_fraction"),
+           "training_cases": len(cases) if isinstance(cases, list) else None,
+           "training_seed": record.get("training_seed"), "subset_seed": record.get("seed"),
+           "epochs": epochs[0][0] if epochs else None, "best_dice": best, "best_epoch": best_epoch,
+           "last_dice": last.get("mean_dice"), "eval_dice": evaluation.get("mean_dice")}  # fmt: skip
+    note = None
+    if best is None and row["last_dice"] is None:
+        note = f"{folder}: no validation yet (no best_model.pt or validation/metrics.json): listed without Dice"
+    return row, dict(last.get("dice_per_class") or {}), note
+
+
+def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[list[str], list[dict], list[str]]:
+    """The table of ``folders``.
+
+    Args:
+        folders: run folders, in the table's order.
+        per_class: add one column per class (``dice <class>``, the last validation's; classes in the order of
+            first appearance across the runs).
+
+    Returns:
+        ``(columns, rows, messages)``: the readable runs' rows, and a one-line message per folder left out or
+        listed without Dice.
+    """
+    rows, messages, classes = [], [], {}
+    for folder in folders:
+        try:
+            row, dice, note = read_run(folder)
+        except RunUnreadable as e:
+            messages.append(str(e))
+            continue
+        if note:
+            messages.append(note)
+        classes.update(dict.fromkeys(dice))
+        rows.append({**row, **{f"dice {name}": value for name, value in dice.items()}})
+    columns = COLUMNS + ([f"dice {name}" for name in classes] if per_class else [])
+    return columns, [{c: row.get(c) for c in columns} for row in rows], messages
+
+
+def _cell(value: Any) -> str:
+    """A markdown cell: numbers of Dice and fractions to 4 decimals, nothing for ``None``, ``|`` escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[dict]) -> str:
+    """The rows as a markdown table (floats to 4 decimals, an empty cell where a run records nothing)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(columns: Sequence[str], rows: Sequence[dict]) -> str:
+    """The rows as CSV text (numbers in full, an empty field where a run records nothing)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([["" if row.get(c) is None else row.get(c) for c in columns] for row in rows])
+    return buffer.getvalue()
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (an existing file is replaced only once the new one is whole)."""
+    from medgmae.files import atomic_write
+
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+
+def build_parser():
+    """The command's argument parser."""
+    from medgmae.cli_types import ToolParser
+
+    p = ToolParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
+    p.add_argument("runs", nargs="+", help="fine-tuning run folders (the bundle's output_dir), one row each")
+    p.add_argument("--per-class", action="store_true", help="add the last validation's Dice of each class")
+    p.add_argument("--markdown", default=None, help="also write the table to this markdown file")
+    p.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    return p
+
+
+def _out_problem(value: str | None, flag: str) -> str | None:
+    """Why the table cannot be written to ``value``, else ``None`` (checked before any run is read)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        return f"{flag} {value} is a folder: give the file to write"
+    if not path.parent.is_dir():
+        return f"{flag} {value}: no folder {path.parent} to write it in"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``medgmae-runs-table`` entry point: prints the table; 0 when at least one run was read, 2 (with a message per
+    folder) when none could be, or for bad flags or an output file that cannot be written."""
+    from medgmae.cli_types import expand_home
+
+    args = expand_home(build_parser().parse_args(argv))
+    outputs = [(args.markdown, "--markdown", markdown_table), (args.csv, "--csv", csv_table)]
+    for value, flag, _ in outputs:
+        if problem := _out_problem(value, flag):
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+            return 2
+    columns, rows, messages = runs_table(args.runs, args.per_class)
+    for message in messages:
+        print(f"{PROG}: {message}", file=sys.stderr)
+    if not rows:
+        print(f"{PROG}: error: none of the {len(args.runs)} folders could be read as a fine-tuning run", file=sys.stderr)
+        return 2
+    print(markdown_table(columns, rows), end="")
+    try:
+        for value, flag, render in outputs:
+            if value is not None:
+                _write(Path(value), render(columns, rows))
+                print(f"wrote {value}")
+    except OSError as e:
+        print(f"{PROG}: error: {e.filename or value}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The fine-tuning run record's training seed and pre-trained encoder, and ``medgmae-runs-table``, which puts runs
+side by side."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from medgmae.checkpoint import make_checkpoint
+from medgmae.finetune.run_record import (
+    case_record, check_resume_matches, pretrained_record, read_run_record, start_record, write_run_record,
+)  # fmt: skip
+from medgmae.finetune.runs_table import main, runs_table
+from medgmae.networks.vit import MaskedViTEncoder
+
+from finetune_helpers import encoder_file, fake_run, run_bundle
+
+
+def _study(tmp_path):
+    """Three runs of a label-efficiency study: from scratch at 1 %, from a voxel-MAE encoder at 10 % (another
+    training seed, the same subset seed), and one recorded before the training seed and encoder were, not yet
+    validated."""
+    encoder = {"path": "/enc/encoder.pt", "kind": "medgmae-encoder", "source": "voxel-mae"}
+    scratch = fake_run(tmp_path / "scratch_1", 0.01, 1, 0, training_seed=0, epochs=40, best=(0.25, 30),
+                       last={"liver": 0.5, "spleen": 0.25})  # fmt: skip
+    pre = fake_run(tmp_path / "pre_10", 0.1, 10, 0, training_seed=2, pretrained=encoder, epochs=4, best=(0.75, 3),
+                   last={"liver": 0.875, "spleen": 0.625, "kidney": 0.5625})  # fmt: skip
+    old = fake_run(tmp_path / "old", 1.0, 100, 5, epochs=1)
+    return scratch, pre, old
+
+
+def test_the_table_holds_each_runs_recorded_values(tmp_path):
+    scratch, pre, old = _study(tmp_path)
+    columns, rows, messages = runs_table([scratch, pre, old], per_class=True)
+    assert columns[-3:] == ["dice liver", "dice spleen", "dice kidney"]
+    assert rows[0] == {"run": str(scratch), "init": "scratch", "encoder": "", "label_fraction": 0.01,
+                       "effective_fraction": 0.01, "training_cases": 1, "training_seed": 0, "subset_seed": 0,
+                       "epochs": 40, "best_dice": 0.25, "best_epoch": 30, "last_dice": 0.375, "eval_dice": None,
+                       "dice liver": 0.5, "dice spleen": 0.25, "dice kidney": None}  # fmt: skip
+    assert (rows[1]["init"], rows[1]["encoder"], rows[1]["training_seed"]) == ("voxel-mae", "/enc/encoder.pt", 2)
+    assert (rows[1]["best_dice"], rows[1]["best_epoch"], rows[1]["last_dice"], rows[1]["dice kidney"]) == (0.75, 3, 0.6875, 0.5625)
+    assert (rows[2]["init"], rows[2]["training_seed"], rows[2]["subset_seed"], rows[2]["best_dice"]) == ("not recorded", None, 5, None)
+    assert messages == [f"{old}: no validation yet (no best_model.pt or validation/metrics.json): listed without Dice"]
+    assert "dice liver" not in runs_table([scratch])[0]
+
+
+def test_the_command_prints_and_writes_markdown_and_csv(tmp_path, capsys):
+    scratch, pre, _ = _study(tmp_path)
+    md, table = tmp_path / "t.md", tmp_path / "t.csv"
+    assert main([str(scratch), str(pre), "--markdown", str(md), "--csv", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(md.read_text(encoding="utf-8"))
+    assert f"| {pre} | voxel-mae | /enc/encoder.pt | 0.1000 | 0.1000 | 10 | 2 | 0 | 4 | 0.7500 | 3 | 0.6875 |  |" in out
+    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    assert [r["run"] for r in rows] == [str(scratch), str(pre)] and rows[0]["best_dice"] == "0.25"
+    assert rows[0]["eval_dice"] == "" and "dice liver" not in rows[0]
+
+
+def test_bad_folders_are_named_and_the_others_listed(tmp_path, capsys):
+    scratch, _, _ = _study(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "training_cases.json").write_text("{")
+    bad = [str(tmp_path / n) for n in ("missing", "empty", "a_file", "broken")]
+    assert main([*bad, str(scratch)]) == 0
+    captured = capsys.readouterr()
+    assert f"| {scratch} | scratch |" in captured.out
+    err = captured.err.splitlines()
+    assert err[:3] == [f"medgmae-runs-table: {bad[0]}: no such folder",
+                       f"medgmae-runs-table: {bad[1]}: not a fine-tuning run (no training_cases.json)",
+                       f"medgmae-runs-table: {bad[2]}: not a folder"]  # fmt: skip
+    assert err[3].startswith(f"medgmae-runs-table: {bad[3]}/training_cases.json: the run record cannot be read")
+    assert main(bad) == 2
+    assert "error: none of the 4 folders could be read" in capsys.readouterr().err
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_first(tmp_path, capsys):
+    scratch, _, _ = _study(tmp_path)
+    assert main([str(scratch), "--csv", str(tmp_path / "no" / "t.csv")]) == 2
+    assert f"--csv {tmp_path / 'no' / 't.csv'}: no folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(scratch), "--csv", "a.csv", "--csv", "b.csv"])
+
+
+def test_the_pretrained_record_names_the_file_and_its_source(tmp_path):
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    path = tmp_path / "encoder.pt"
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), None, {"source": "medgmae-star"}), path)
+    assert pretrained_record(path) == {"path": str(path.resolve()), "kind": "medgmae-encoder", "source": "medgmae-star"}
+    assert pretrained_record(encoder_file(tmp_path / "bare.pt"))["source"] == ""  # an encoder.pt that records none
+    assert pretrained_record("") == {"path": "", "kind": "", "source": ""}
+    record = start_record(case_record(0.1, 4, 10, []), "", 9)
+    assert (record["seed"], record["training_seed"], record["pretrained"]["path"]) == (4, 9, "")
+
+
+def test_a_record_without_the_new_keys_still_resumes(tmp_path):
+    """A run recorded before the training seed and encoder were resumes; those keys are not compared (another
+    --seed or --pretrained is the settings check's to judge), the cases still are."""
+    cases = [{"image": "/d/a.nii.gz", "label": "/d/la.nii.gz"}]
+    data = {"dataset_dir": "/d", "datalist": ""}
+    write_run_record(tmp_path, case_record(0.1, 0, 10, cases, data))
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"")
+    check_resume_matches(tmp_path, start_record(case_record(0.1, 0, 10, cases, data), "", 3))
+    write_run_record(tmp_path, start_record(case_record(0.1, 0, 10, cases, data), "", 3))
+    check_resume_matches(tmp_path, case_record(0.1, 0, 10, cases, data))
+    with pytest.raises(ValueError, match=r"label_fraction differ"):
+        check_resume_matches(tmp_path, start_record(case_record(0.2, 0, 10, cases, data), "", 3))
+
+
+def test_a_bundle_run_records_its_encoder_and_training_seed(tmp_path, capsys):
+    encoder = encoder_file(tmp_path / "encoder.pt")
+    out = tmp_path / "run"
+    run_bundle("training", "train.json", "--output_dir", str(out), "--device", "cpu", "--feature_size", "4",
+               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--max_epochs", "1",
+               "--pretrained", str(encoder), "--seed", "3", "--subset_seed", "0", "--progress_bar", "false")  # fmt: skip
+    record = read_run_record(out)
+    assert (record["training_seed"], record["seed"]) == (3, 0)
+    assert record["pretrained"] == {"path": str(encoder.resolve()), "kind": "medgmae-encoder", "source": ""}
+    assert main([str(out), "--per-class"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split(" | ")
+    assert row[1:4] == ["medgmae-encoder", str(encoder.resolve()), "1.0000"] and row[6:9] == ["3", "0", "1"]
+    best = torch.load(out / "best_model.pt", weights_only=True, mmap=True)["extra"]["metric"]
+    metrics = json.loads((out / "validation" / "metrics.json").read_text(encoding="utf-8"))
+    assert row[9] == f"{best:.4f}" and row[11] == f"{metrics['mean_dice']:.4f}"
