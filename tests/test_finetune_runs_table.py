@@ -111,6 +111,19 @@ def test_a_record_without_the_new_keys_still_resumes(tmp_path):
         check_resume_matches(tmp_path, start_record(case_record(0.2, 0, 10, cases, data), "", 3))
 
 
+def test_a_resume_keeps_the_training_seed_and_encoder_its_run_recorded(tmp_path):
+    """A resume with another --seed (or --pretrained) rewrote the record with it, though the run continues from its
+    checkpoint's weights and random state; a resume into a folder with no checkpoint is a fresh start and records
+    its own."""
+    write_run_record(tmp_path, start_record(case_record(0.1, 0, 10, []), "/m/encoder.pt", 3))
+    resumed = start_record(case_record(0.1, 0, 10, []), "", 7, resumed=tmp_path)
+    assert (resumed["training_seed"], resumed["pretrained"]["path"]) == (7, "")  # no checkpoint: a fresh start
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"")
+    resumed = start_record(case_record(0.1, 0, 10, []), "", 7, resumed=tmp_path)
+    assert (resumed["training_seed"], resumed["pretrained"]["path"]) == (3, "/m/encoder.pt")
+    assert start_record(case_record(0.1, 0, 10, []), "", 7)["training_seed"] == 7  # not a resume
+
+
 def test_a_bundle_run_records_its_encoder_and_training_seed(tmp_path, capsys):
     encoder = encoder_file(tmp_path / "encoder.pt")
     out = tmp_path / "run"
