@@ -122,6 +122,28 @@ def test_a_resume_keeps_the_training_seed_and_encoder_its_run_recorded(tmp_path)
     resumed = start_record(case_record(0.1, 0, 10, []), "", 7, resumed=tmp_path)
     assert (resumed["training_seed"], resumed["pretrained"]["path"]) == (3, "/m/encoder.pt")
     assert start_record(case_record(0.1, 0, 10, []), "", 7)["training_seed"] == 7  # not a resume
+    write_run_record(tmp_path, case_record(0.1, 0, 10, []))  # recorded before these keys: they stay unrecorded
+    resumed = start_record(case_record(0.1, 0, 10, []), "", 7, resumed=tmp_path)
+    assert "training_seed" not in resumed and "pretrained" not in resumed
+
+
+def test_result_files_of_other_writers_leave_cells_empty_and_names_are_escaped(tmp_path):
+    """A non-numeric Dice or a per-class list stopped the whole table with a traceback; a class name holding ``|``
+    broke the markdown header's columns; a run validated with no class scored was called not validated."""
+    from medgmae.finetune.runs_table import markdown_table
+
+    folder = fake_run(tmp_path / "a", 0.1, 2, 0, last={"liver": 0.5})
+    (folder / "validation" / "metrics.json").write_text(json.dumps({"mean_dice": None, "dice_per_class": [0.5]}))
+    columns, rows, messages = runs_table([folder], per_class=True)
+    assert rows[0]["last_dice"] is None and not any(c.startswith("dice ") for c in columns)
+    assert messages == [f"{folder}: validated, but no class of its validation cases was scored (mean Dice null): "
+                        "listed without Dice"]
+    (folder / "validation" / "metrics.json").write_text(json.dumps({"mean_dice": 1, "dice_per_class": {"left|kidney": "x"}}))
+    columns, rows, _ = runs_table([folder], per_class=True)
+    assert rows[0]["last_dice"] == 1.0 and rows[0]["dice left|kidney"] is None
+    header, separator, row = markdown_table(columns, rows).splitlines()
+    count = lambda line: line.replace("\\|", "").count("|")  # noqa: E731
+    assert count(header) == count(separator) == count(row) == len(columns) + 1
 
 
 def test_a_bundle_run_records_its_encoder_and_training_seed(tmp_path, capsys):

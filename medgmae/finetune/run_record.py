@@ -71,12 +71,14 @@ def pretrained_record(pretrained: str | Path) -> dict[str, str]:
 def start_record(record: Mapping, pretrained: str | Path, training_seed: int, resumed: str | Path | None = None) -> dict:
     """``record`` (:func:`case_record`) with how the run started: ``training_seed`` (the bundle's ``seed``, of
     MONAI's determinism; the record's own ``seed`` stays the subset seed) and ``pretrained``
-    (:func:`pretrained_record`). A resume (``resumed``: the run's folder) keeps those its run recorded: it continues
-    from the checkpoint's weights and random state, whatever its own ``--seed`` and ``--pretrained`` say."""
+    (:func:`pretrained_record`). A resume (``resumed``: the run's folder) keeps those its run recorded, or none
+    where it recorded none: it continues from the checkpoint's weights and random state, whatever its own ``--seed``
+    and ``--pretrained`` say."""
     start = {"training_seed": int(training_seed), "pretrained": pretrained_record(pretrained)}
-    continues = resumed is not None and latest_checkpoint(resumed) is not None  # else a fresh start
-    earlier = (read_run_record(resumed) or {}) if continues else {}
-    return {**dict(record), **start, **{key: earlier[key] for key in start if key in earlier}}
+    if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start
+        return {**dict(record), **start}
+    earlier = read_run_record(resumed) or {}  # a run recorded before these keys existed keeps none ("not recorded")
+    return {**dict(record), **{key: earlier[key] for key in start if key in earlier}}
 
 
 def read_run_record(output_dir: str | Path) -> dict | None:

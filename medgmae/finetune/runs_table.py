@@ -66,8 +66,15 @@ def _best(folder: Path) -> tuple[float | None, int | None]:
         extra = load_checkpoint(path, FINETUNED_KIND, "a fine-tuning run's best model", mmap=True).extra or {}
     except (OSError, ValueError) as e:
         raise RunUnreadable(f"{path}: {e}") from None
-    metric, epoch = extra.get("metric"), extra.get("epoch")
-    return (None if metric is None else float(metric)), (None if epoch is None else int(epoch))
+    return _number(extra.get("metric"), float), _number(extra.get("epoch"), int)
+
+
+def _number(value: Any, kind: type) -> float | int | None:
+    """``value`` as ``kind`` where it is a number (a bool is not), else ``None``: a result file of another writer
+    leaves its cell empty rather than stopping the table."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return kind(value)
 
 
 def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None], str | None]:
@@ -103,11 +110,17 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
            "training_cases": len(cases) if isinstance(cases, list) else None,
            "training_seed": record.get("training_seed"), "subset_seed": record.get("seed"),
            "epochs": epochs[0][0] if epochs else None, "best_dice": best, "best_epoch": best_epoch,
-           "last_dice": last.get("mean_dice"), "eval_dice": evaluation.get("mean_dice")}  # fmt: skip
+           "last_dice": _number(last.get("mean_dice"), float),
+           "eval_dice": _number(evaluation.get("mean_dice"), float)}  # fmt: skip
     note = None
     if best is None and row["last_dice"] is None:
-        note = f"{folder}: no validation yet (no best_model.pt or validation/metrics.json): listed without Dice"
-    return row, dict(last.get("dice_per_class") or {}), note
+        validated = (path / "validation" / "metrics.json").is_file()
+        note = (f"{folder}: validated, but no class of its validation cases was scored (mean Dice null): listed "
+                "without Dice" if validated else
+                f"{folder}: no validation yet (no best_model.pt or validation/metrics.json): listed without Dice")
+    by_class = last.get("dice_per_class")
+    by_class = {str(k): _number(v, float) for k, v in by_class.items()} if isinstance(by_class, dict) else {}
+    return row, by_class, note
 
 
 def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[list[str], list[dict], list[str]]:
@@ -143,12 +156,12 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value).replace("|", "\\|")
+    return " ".join(str(value).splitlines()).replace("|", "\\|")
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[dict]) -> str:
     """The rows as a markdown table (floats to 4 decimals, an empty cell where a run records nothing)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
