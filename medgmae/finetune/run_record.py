@@ -74,11 +74,10 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
     (:func:`pretrained_record`). A resume (``resumed``: the run's folder) keeps those its run recorded, or none
     where it recorded none: it continues from the checkpoint's weights and random state, whatever its own ``--seed``
     and ``--pretrained`` say."""
-    start = {"training_seed": int(training_seed), "pretrained": pretrained_record(pretrained)}
-    if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start
-        return {**dict(record), **start}
+    if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start: the encoder is read only here
+        return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained)}
     earlier = read_run_record(resumed) or {}  # a run recorded before these keys existed keeps none ("not recorded")
-    return {**dict(record), **{key: earlier[key] for key in start if key in earlier}}
+    return {**dict(record), **{key: earlier[key] for key in ("training_seed", "pretrained") if key in earlier}}
 
 
 def read_run_record(output_dir: str | Path) -> dict | None:
