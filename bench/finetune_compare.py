@@ -4,9 +4,11 @@ One command pre-trains both encoders briefly on unlabelled phantoms (``bundles/m
 phantom seed from the segmentation data) unless encoder files are given, then fine-tunes UNETR with the
 ``bundles/unetr_finetune`` bundle from each initialisation at each label fraction with the same budget of optimiser
 steps, and writes a markdown table of the validation mean Dice (foreground classes, MONAI ``MeanDice``) after the
-last step.
+last step. With several ``--seeds`` each seed is a whole repetition in ``OUT/seed_S`` (its own labelled phantoms,
+pre-training and fine-tuning seeds) and the table gives each cell's mean, standard deviation and range across
+seeds; a run whose ``result.json`` exists is not run again, so an interrupted study resumes where it stopped.
 
-    python bench/finetune_compare.py --out runs/finetune_compare --device cpu
+    python bench/finetune_compare.py --out runs/finetune_compare --device cpu --seeds 0 1 2
 
 Every run is a plain bundle command (printed), so any cell of the table can be reproduced or extended on its own.
 """
@@ -17,6 +19,7 @@ import argparse
 import json
 import math
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -64,6 +67,9 @@ def pretrain(kind: str, args: argparse.Namespace) -> Path:
 
 def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n_train: int, args: argparse.Namespace) -> dict:
     out = args.out / f"finetune_{init}_{fraction:g}"
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     from medgmae.finetune.data import select_label_fraction
 
     n_cases = len(select_label_fraction([{}] * n_train, fraction))  # the bundle's count (half up), not round()'s
@@ -81,8 +87,10 @@ def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n
     )  # fmt: skip
     seconds = run(cmd, out / "log.txt")
     metrics = json.loads((out / "validation" / "metrics.json").read_text())
-    return {"init": init, "fraction": fraction, "train_cases": n_cases, "epochs": epochs, "steps": epochs * n_cases,
-            "mean_dice": metrics["mean_dice"], "seconds": seconds}  # fmt: skip
+    row = {"init": init, "fraction": fraction, "seed": args.seed, "train_cases": n_cases, "epochs": epochs,
+           "steps": epochs * n_cases, "mean_dice": metrics["mean_dice"], "seconds": seconds}  # fmt: skip
+    done.write_text(json.dumps(row, indent=2))
+    return row
 
 
 def scratch_preprocessing(encoder: Path, roi_size: int) -> list[str]:
@@ -103,21 +111,49 @@ ENCODER_SIZES = {
 }
 
 
-def table(rows: list[dict], fractions: list[float], args: argparse.Namespace) -> str:
-    lines = ["| initialisation | " + " | ".join(f"mean Dice @ {f:g} labels" for f in fractions) + " |",
+def dice_cell(values: list[float | None]) -> str:
+    """One table cell: the value for one seed; mean +- sample standard deviation [min, max] for several."""
+    if any(v is None for v in values):
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
+
+
+def table(rows: list[dict], fractions: list[float], seeds: list[int]) -> str:
+    """Markdown: mean Dice per initialisation and fraction across ``seeds``, then one line per run."""
+    lines = [f"Seeds: {', '.join(map(str, seeds))}" + (" (mean +- standard deviation [min, max])" if len(seeds) > 1 else ""),
+             "", "| initialisation | " + " | ".join(f"mean Dice @ {f:g} labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]  # fmt: skip
     for init in INITS:
-        cells = []
-        for f in fractions:
-            r = next(r for r in rows if r["init"] == init and r["fraction"] == f)
-            cells.append("n/a" if r["mean_dice"] is None else f"{r['mean_dice']:.4f}")
+        cells = [dice_cell([r["mean_dice"] for r in rows if r["init"] == init and r["fraction"] == f]) for f in fractions]
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("| initialisation | fraction | training cases | epochs | steps | seconds |")
-    lines.append("|---|---|---|---|---|---|")
+    lines += ["", "| seed | initialisation | fraction | training cases | epochs | steps | mean Dice | seconds |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['init']} | {r['fraction']:g} | {r['train_cases']} | {r['epochs']} | {r['steps']} | {r['seconds']:.0f} |")
+        dice = "n/a" if r["mean_dice"] is None else f"{r['mean_dice']:.4f}"
+        lines.append(f"| {r['seed']} | {r['init']} | {r['fraction']:g} | {r['train_cases']} | {r['epochs']} "
+                     f"| {r['steps']} | {dice} | {r['seconds']:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def repetition(args: argparse.Namespace) -> list[dict]:
+    """Every run of one seed (``args.seed``, ``args.out``): labelled phantoms, both pre-trainings, the fine-tunings."""
+    from medgmae.data import phantom_dataset
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    datalist = Path(phantom_dataset(args.out / "phantom_labelled", args.cases + args.val_cases, args.val_cases,
+                                    seed=args.seed, shape=args.phantom_shape, spacing=(1.5, 1.5, 2.0)))  # fmt: skip
+    encoders = {
+        "scratch": None,
+        "voxel-mae": args.voxel_mae_encoder or pretrain("voxel-mae", args),
+        "medgmae": args.medgmae_encoder or pretrain("medgmae", args),
+    }
+    for name, path in encoders.items():
+        if path is not None and not Path(path).is_file():
+            raise SystemExit(f"{name} encoder not found: {path}")
+    args.scratch_preprocessing = scratch_preprocessing(encoders["medgmae"], args.roi)
+    return [finetune(init, f, encoders[init], datalist, args.cases, args) for f in args.fractions for init in INITS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=2, help="crops per step")
     p.add_argument("--feature-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one repetition of the study per seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="pre-train again even when encoder.pt exists")
     p.add_argument("--table", type=Path, help="markdown output (default OUT/table.md)")
@@ -151,29 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--patch {args.patch} must divide --roi {args.roi}")
     if args.steps < 1 or args.cases < 1 or args.val_cases < 1:
         p.error("--steps, --cases and --val-cases must be >= 1")
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    from medgmae.data import phantom_dataset
-
-    datalist = Path(phantom_dataset(args.out / "phantom_labelled", args.cases + args.val_cases, args.val_cases,
-                                    seed=args.seed, shape=args.phantom_shape, spacing=(1.5, 1.5, 2.0)))  # fmt: skip
-    encoders = {
-        "scratch": None,
-        "voxel-mae": args.voxel_mae_encoder or pretrain("voxel-mae", args),
-        "medgmae": args.medgmae_encoder or pretrain("medgmae", args),
-    }
-    for name, path in encoders.items():
-        if path is not None and not Path(path).is_file():
-            p.error(f"{name} encoder not found: {path}")
-    args.scratch_preprocessing = scratch_preprocessing(encoders["medgmae"], args.roi)
-    rows = [finetune(init, f, encoders[init], datalist, args.cases, args) for f in args.fractions for init in INITS]
-    text = table(rows, args.fractions, args)
-    out = args.table or args.out / "table.md"
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error("--seeds must differ")
+    root, rows = args.out, []
+    for seed in args.seeds:
+        args.seed, args.out = seed, (root / f"seed_{seed}" if len(args.seeds) > 1 else root)
+        rows += repetition(args)
+    text = table(rows, args.fractions, args.seeds)
+    out = args.table or root / "table.md"
     from medgmae.files import atomic_write
 
     with atomic_write(out) as tmp:
         Path(tmp).write_text(text)
-    (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
+    (root / "rows.json").write_text(json.dumps(rows, indent=2))
     print(text)
     return 0
 
