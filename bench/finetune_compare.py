@@ -6,7 +6,8 @@ phantom seed from the segmentation data) unless encoder files are given, then fi
 steps, and writes a markdown table of the validation mean Dice (foreground classes, MONAI ``MeanDice``) after the
 last step. With several ``--seeds`` each seed is a whole repetition in ``OUT/seed_S`` (its own labelled phantoms,
 pre-training and fine-tuning seeds) and the table gives each cell's mean, standard deviation and range across
-seeds; a run whose ``result.json`` exists is not run again, so an interrupted study resumes where it stopped.
+seeds; a run whose ``result.json`` records the same command is not run again, so an interrupted study resumes
+where it stopped.
 
     python bench/finetune_compare.py --out runs/finetune_compare --device cpu --seeds 0 1 2
 
@@ -67,9 +68,6 @@ def pretrain(kind: str, args: argparse.Namespace) -> Path:
 
 def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n_train: int, args: argparse.Namespace) -> dict:
     out = args.out / f"finetune_{init}_{fraction:g}"
-    done = out / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
     from medgmae.finetune.data import select_label_fraction
 
     n_cases = len(select_label_fraction([{}] * n_train, fraction))  # the bundle's count (half up), not round()'s
@@ -85,10 +83,13 @@ def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n
         "--encoder", json.dumps(dict(patch_size=args.patch, **ENCODER_SIZES[args.model_size])),
         *([] if encoder else args.scratch_preprocessing),
     )  # fmt: skip
+    done = out / "result.json"
+    if done.is_file() and json.loads(done.read_text()).get("command") == cmd:
+        return json.loads(done.read_text())
     seconds = run(cmd, out / "log.txt")
     metrics = json.loads((out / "validation" / "metrics.json").read_text())
     row = {"init": init, "fraction": fraction, "seed": args.seed, "train_cases": n_cases, "epochs": epochs,
-           "steps": epochs * n_cases, "mean_dice": metrics["mean_dice"], "seconds": seconds}  # fmt: skip
+           "steps": epochs * n_cases, "mean_dice": metrics["mean_dice"], "seconds": seconds, "command": cmd}  # fmt: skip
     done.write_text(json.dumps(row, indent=2))
     return row
 
