@@ -13,7 +13,7 @@ from medgmae.checkpoint import make_checkpoint
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, pretrained_record, read_run_record, start_record, write_run_record,
 )  # fmt: skip
-from medgmae.finetune.runs_table import main, runs_table
+from medgmae.finetune.runs_table import main, runs_table, summary_table
 from medgmae.networks.vit import MaskedViTEncoder
 
 from finetune_helpers import encoder_file, fake_run, run_bundle
@@ -161,3 +161,33 @@ def test_a_bundle_run_records_its_encoder_and_training_seed(tmp_path, capsys):
     best = torch.load(out / "best_model.pt", weights_only=True, mmap=True)["extra"]["metric"]
     metrics = json.loads((out / "validation" / "metrics.json").read_text(encoding="utf-8"))
     assert row[9] == f"{best:.4f}" and row[11] == f"{metrics['mean_dice']:.4f}"
+
+
+def test_the_summary_gathers_each_settings_seeds_against_numpy(tmp_path, capsys):
+    import numpy as np
+
+    encoder = {"path": "/enc/encoder.pt", "kind": "medgmae-encoder", "source": "medgmae"}
+    best = {("scratch", 0): 0.125, ("scratch", 1): 0.5, ("scratch", 2): 0.375, ("medgmae", 0): 0.625, ("medgmae", 1): 0.75}
+    runs = [fake_run(tmp_path / f"{init}_s{seed}", 0.1, 10, 0, training_seed=seed, epochs=4, best=(value, 3),
+                     pretrained=encoder if init == "medgmae" else None)
+            for (init, seed), value in best.items()]  # fmt: skip
+    runs.append(fake_run(tmp_path / "medgmae_s2", 0.1, 10, 0, training_seed=2, pretrained=encoder, epochs=1))
+    runs.append(fake_run(tmp_path / "scratch_full", 1.0, 100, 0, training_seed=0, epochs=4, best=(0.875, 2)))
+    summary = summary_table(runs_table(runs)[1], "best_dice")
+    assert [(s["init"], s["label_fraction"], s["runs"], s["scored"]) for s in summary] == [
+        ("scratch", 0.1, 3, 3), ("medgmae", 0.1, 3, 2), ("scratch", 1.0, 1, 1)]  # fmt: skip
+    for s, values in zip(summary, ([0.125, 0.5, 0.375], [0.625, 0.75], [0.875])):
+        assert s["mean"] == pytest.approx(np.mean(values)) and (s["min"], s["max"]) == (min(values), max(values))
+        assert s["sd"] == (pytest.approx(np.std(values, ddof=1)) if len(values) > 1 else None)
+    assert summary[1]["training_seeds"] == "0, 1, 2"
+    assert summary_table(runs_table(runs)[1], "eval_dice")[0]["mean"] is None
+    with pytest.raises(ValueError, match="best_dice, last_dice, eval_dice"):
+        summary_table([], "dice")
+    md = tmp_path / "t.md"
+    assert main([*map(str, runs), "--summary", "best_dice", "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert "best_dice by initialisation and label fraction:" in out
+    assert "| medgmae | 0.1000 | 3 | 2 | 0.6875 | 0.0884 | 0.6250 | 0.7500 | 0, 1, 2 |" in out
+    assert md.read_text(encoding="utf-8").endswith("| scratch | 1.0000 | 1 | 1 | 0.8750 |  | 0.8750 | 0.8750 | 0 |\n")
+    with pytest.raises(SystemExit):
+        main([str(runs[0]), "--summary", "dice"])

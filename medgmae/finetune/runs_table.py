@@ -6,6 +6,8 @@ and the pre-trained encoder), the ``checkpoint_epoch=N.pt`` files (epochs traine
 validation mean Dice and its epoch), ``validation/metrics.json`` (the last validation's mean and per-class Dice)
 and ``eval/metrics.json`` (the mean Dice of ``evaluate.json``, where it was run). A folder that is not a
 fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with a note.
+``--summary METRIC`` adds a table of the runs of each initialisation and label fraction together (a study's seeds):
+how many runs and how many of them scored, the metric's mean, sample standard deviation, minimum and maximum.
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["RunUnreadable", "read_run", "runs_table", "markdown_table", "csv_table", "main"]
+__all__ = ["RunUnreadable", "read_run", "runs_table", "summary_table", "markdown_table", "csv_table", "main"]
 
 PROG = "medgmae-runs-table"
 #: The table's columns, in order (per-class Dice columns, ``dice <class>``, follow with ``--per-class``).
 COLUMNS = ["run", "init", "encoder", "label_fraction", "effective_fraction", "training_cases", "training_seed",
            "subset_seed", "epochs", "best_dice", "best_epoch", "last_dice", "eval_dice"]  # fmt: skip
+#: The metrics ``--summary`` can gather across the runs of one setting.
+SUMMARY_METRICS = ("best_dice", "last_dice", "eval_dice")
+#: The summary table's columns.
+SUMMARY_COLUMNS = ["init", "label_fraction", "runs", "scored", "mean", "sd", "min", "max", "training_seeds"]
 
 
 class RunUnreadable(ValueError):
@@ -150,6 +157,35 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
     return columns, [{c: row.get(c) for c in columns} for row in rows], messages
 
 
+def summary_table(rows: Sequence[dict], metric: str) -> list[dict]:
+    """The runs of each initialisation and label fraction gathered, for a study repeated over seeds.
+
+    Args:
+        rows: rows of :func:`runs_table`.
+        metric: one of :data:`SUMMARY_METRICS`.
+
+    Returns:
+        One row per ``(init, label_fraction)`` in order of first appearance, keyed by :data:`SUMMARY_COLUMNS`:
+        ``runs`` (all its runs), ``scored`` (those with a value of ``metric``), the values' ``mean``, sample
+        standard deviation ``sd`` (``None`` below two values), ``min`` and ``max`` (``None`` without values), and
+        the runs' training seeds (``"-"`` where a run does not record one).
+    """
+    if metric not in SUMMARY_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(SUMMARY_METRICS)}, got {metric!r}")
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["init"], row["label_fraction"]), []).append(row)
+    out = []
+    for (init, fraction), runs in groups.items():
+        values = [r[metric] for r in runs if r[metric] is not None]
+        seeds = ", ".join("-" if r["training_seed"] is None else str(r["training_seed"]) for r in runs)
+        out.append({"init": init, "label_fraction": fraction, "runs": len(runs), "scored": len(values),
+                    "mean": statistics.mean(values) if values else None,
+                    "sd": statistics.stdev(values) if len(values) > 1 else None,
+                    "min": min(values, default=None), "max": max(values, default=None), "training_seeds": seeds})  # fmt: skip
+    return out
+
+
 def _cell(value: Any) -> str:
     """A markdown cell: numbers of Dice and fractions to 4 decimals, nothing for ``None``, ``|`` escaped."""
     if value is None:
@@ -190,6 +226,10 @@ def build_parser():
     p = ToolParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("runs", nargs="+", help="fine-tuning run folders (the bundle's output_dir), one row each")
     p.add_argument("--per-class", action="store_true", help="add the last validation's Dice of each class")
+    p.add_argument("--summary", choices=SUMMARY_METRICS, default=None, metavar="METRIC",
+                   help="also gather the runs of each initialisation and label fraction (a study's seeds): runs, "
+                   "mean, standard deviation, min and max of METRIC (best_dice, last_dice or eval_dice); "
+                   "--markdown then holds both tables")  # fmt: skip
     p.add_argument("--markdown", default=None, help="also write the table to this markdown file")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     return p
@@ -213,8 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medgmae.cli_types import expand_home
 
     args = expand_home(build_parser().parse_args(argv))
-    outputs = [(args.markdown, "--markdown", markdown_table), (args.csv, "--csv", csv_table)]
-    for value, flag, _ in outputs:
+    for value, flag in ((args.markdown, "--markdown"), (args.csv, "--csv")):
         if problem := _out_problem(value, flag):
             print(f"{PROG}: error: {problem}", file=sys.stderr)
             return 2
@@ -224,11 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rows:
         print(f"{PROG}: error: none of the {len(args.runs)} folders could be read as a fine-tuning run", file=sys.stderr)
         return 2
-    print(markdown_table(columns, rows), end="")
+    text = markdown_table(columns, rows)
+    if args.summary:
+        summary = markdown_table(SUMMARY_COLUMNS, summary_table(rows, args.summary))
+        text += f"\n{args.summary} by initialisation and label fraction:\n\n{summary}"
+    print(text, end="")
     try:
-        for value, flag, render in outputs:
+        for value, content in ((args.markdown, text), (args.csv, csv_table(columns, rows))):
             if value is not None:
-                _write(Path(value), render(columns, rows))
+                _write(Path(value), content)
                 print(f"wrote {value}")
     except OSError as e:
         print(f"{PROG}: error: {e.filename or value}: {e.strerror or e}", file=sys.stderr)
