@@ -83,8 +83,8 @@ def test_importing_recon_loads_no_torch():
     """``python -m recon`` imports the package before its ``__main__``: that import is light, so Ctrl-C while torch
     loads reaches the launcher."""
     code = "import sys, recon; print('torch' in sys.modules, recon.CTGeometry.__module__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     assert out.stdout.split() == ["False", "recon.geometry"]
 
 
