@@ -1,7 +1,7 @@
-"""``python -m recon``: the ``medgmae-recon`` command line."""
+"""``python -m recon``: the ``medgmae-recon`` command line (Ctrl-C while it starts: one line, status 130)."""
 
 import sys
 
-from recon.cli import main
+from medgmae import launch
 
-sys.exit(main())
+sys.exit(launch.recon())

@@ -2,6 +2,6 @@
 
 import sys
 
-from medgmae.data.phantom.cli import main
+from medgmae import launch
 
-sys.exit(main())
+sys.exit(launch.phantom())

@@ -1,0 +1,85 @@
+"""The console scripts' entry points: each imports its command's module (torch, MONAI: seconds on a busy machine)
+and runs its ``main``, so that Ctrl-C while that import runs ends the command as Ctrl-C during its work does, with
+one line on stderr and exit status 130 instead of Python's traceback. The ``python -m`` forms (``recon/__main__.py``,
+``medgmae/data/phantom/__main__.py``) go through :func:`run` too; ``python -m recon`` imports a light package first,
+but ``python -m medgmae.data.phantom`` imports ``medgmae.data`` (torch, MONAI) before its ``__main__`` runs, so Ctrl-C
+then still shows the traceback (``medgmae-phantom`` does not). No torch or MONAI imports here.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+__all__ = ["run", "recon", "twod", "phantom", "datalist", "runs_table", "INTERRUPTED"]
+
+#: Exit status after Ctrl-C (128 + SIGINT), as each command's own handling returns.
+INTERRUPTED = 130
+
+
+def run(prog: str, module: str) -> int:
+    """Import ``module`` and return its ``main()``'s exit status; Ctrl-C while it imports, or one its ``main``
+    does not handle itself, prints ``<prog>: interrupted ...`` on stderr and returns 130.
+
+    Args:
+        prog: the command's name, the start of the line printed after Ctrl-C.
+        module: the module whose ``main`` (no arguments: it reads ``sys.argv``) is the command.
+
+    Returns:
+        The command's exit status.
+    """
+    try:
+        main = import_module(module).main
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted while starting: nothing was written", file=sys.stderr)
+        return INTERRUPTED
+    try:
+        return main()
+    except KeyboardInterrupt:  # the commands that handle Ctrl-C say what they left; this is the others' line
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def recon() -> int:
+    """``medgmae-recon``.
+
+    Returns:
+        The exit status.
+    """
+    return run("medgmae-recon", "recon.cli")
+
+
+def twod() -> int:
+    """``medgmae-2d``.
+
+    Returns:
+        The exit status.
+    """
+    return run("medgmae-2d", "medgmae.twod.cli")
+
+
+def phantom() -> int:
+    """``medgmae-phantom``.
+
+    Returns:
+        The exit status.
+    """
+    return run("medgmae-phantom", "medgmae.data.phantom.cli")
+
+
+def datalist() -> int:
+    """``medgmae-datalist``.
+
+    Returns:
+        The exit status.
+    """
+    return run("medgmae-datalist", "medgmae.data.decathlon")
+
+
+def runs_table() -> int:
+    """``medgmae-runs-table``.
+
+    Returns:
+        The exit status.
+    """
+    return run("medgmae-runs-table", "medgmae.finetune.runs_table")

@@ -1,0 +1,107 @@
+"""Ctrl-C while a console command still imports torch and MONAI: one line on stderr and exit status 130, as Ctrl-C
+during its work gives, not Python's traceback (``medgmae.launch``)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import tomllib
+import types
+from pathlib import Path
+
+import pytest
+
+from medgmae import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+
+
+def _interrupted_import(name: str, *args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_interrupt_while_importing_each_script(script, monkeypatch, capsys):
+    """Every console script goes through the launcher: Ctrl-C in its module's import is one line and 130."""
+    module, _, function = SCRIPTS[script].partition(":")
+    assert module == "medgmae.launch"
+    monkeypatch.setattr(launch, "import_module", _interrupted_import)
+    assert getattr(launch, function)() == 130
+    assert capsys.readouterr().err == f"{script}: interrupted while starting: nothing was written\n"
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_each_script_runs_its_own_command(script, monkeypatch):
+    """The module a script imports is the command of that name (its parser's ``prog``), and its ``main`` runs."""
+    asked = []
+
+    def recording_import(name: str):
+        asked.append(name)
+        return types.SimpleNamespace(main=lambda: 7)
+
+    monkeypatch.setattr(launch, "import_module", recording_import)
+    assert getattr(launch, SCRIPTS[script].partition(":")[2])() == 7
+    assert importlib.import_module(asked[0]).build_parser().prog == script
+
+
+def test_interrupt_a_command_does_not_handle(monkeypatch, capsys):
+    """Ctrl-C out of a ``main`` that does not catch it itself: one line, 130; other exits pass through."""
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "import_module", lambda name: types.SimpleNamespace(main=interrupted))
+    assert launch.run("medgmae-2d", "medgmae.twod.cli") == 130
+    assert capsys.readouterr().err == "medgmae-2d: interrupted\n"
+
+    def refused():
+        sys.exit(2)
+
+    monkeypatch.setattr(launch, "import_module", lambda name: types.SimpleNamespace(main=refused))
+    with pytest.raises(SystemExit) as stopped:
+        launch.run("medgmae-2d", "medgmae.twod.cli")
+    assert stopped.value.code == 2
+
+
+@pytest.mark.parametrize("package, script", [("recon", "medgmae-recon"), ("medgmae.data.phantom", "medgmae-phantom")])
+def test_python_dash_m_goes_through_the_launcher(package, script, monkeypatch, capsys):
+    """``python -m recon`` and ``python -m medgmae.data.phantom`` handle Ctrl-C in their imports as the scripts do."""
+    importlib.import_module(package)  # the package itself, as ``python -m`` imports it before ``__main__``
+    monkeypatch.setattr(launch, "import_module", _interrupted_import)
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_module(package, run_name="__main__")
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == f"{script}: interrupted while starting: nothing was written\n"
+
+
+def test_importing_recon_loads_no_torch():
+    """``python -m recon`` imports the package before its ``__main__``: that import is light, so Ctrl-C while torch
+    loads reaches the launcher."""
+    code = "import sys, recon; print('torch' in sys.modules, recon.CTGeometry.__module__)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    assert out.stdout.split() == ["False", "recon.geometry"]
+
+
+def test_sigint_while_importing_a_command(tmp_path):
+    """A real SIGINT while the command's module imports (a module that says so, then waits): the process exits
+    with 130 and stderr holds the one line."""
+    (tmp_path / "slow_command.py").write_text(
+        "import time\nprint('importing', flush=True)\ntime.sleep(60)\n\ndef main():\n    return 0\n", encoding="utf-8")
+    code = "import sys; from medgmae.launch import run; sys.exit(run('medgmae-slow', 'slow_command'))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout.readline() == "importing\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err == "medgmae-slow: interrupted while starting: nothing was written\n"
