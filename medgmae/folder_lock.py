@@ -8,7 +8,8 @@ the lock goes with the process however it ends, SIGKILL included; children it fo
 run into the folder is refused, naming the process that holds it where this host can tell (``/proc/locks``).
 A folder a command created is removed when the command ends with it empty (failed or interrupted before it wrote
 anything there); one that existed is never removed. :func:`folder_made` does this alone, without a lock, for a
-command that writes one file into a folder that other runs may share (``medgmae-recon fbp --out``).
+command that writes one file into a folder that other runs may share (``medgmae-recon fbp --out``, the matrix
+of ``reconstruct --matrix-dir``).
 
 Where it holds: the training bundles' ``output_dir`` (of a ``python -m monai.bundle`` command line; under torchrun
 rank 0 holds it once the process group exists, :func:`hold_run_folder`, so that every rank stops on a refusal), ``medgmae-recon reconstruct`` and ``simulate``'s ``--out``, ``medgmae-phantom --out``.
