@@ -6,6 +6,10 @@ other's ``model.pt``, two TensorBoard logs, phantoms of two seeds under one ``da
 an advisory lock on its output folder itself (``flock`` on the folder's descriptor: no lock file is left in it, and
 the lock goes with the process however it ends, SIGKILL included; children it forks do not keep it), and a second
 run into the folder is refused, naming the process that holds it where this host can tell (``/proc/locks``).
+A folder a command created is removed when the command ends with it empty (failed or interrupted before it wrote
+anything there); one that existed is never removed. :func:`folder_made` does this alone, without a lock, for a
+command that writes one file into a folder that other runs may share (``medgmae-recon fbp --out``, the matrix
+of ``reconstruct --matrix-dir``).
 
 Where it holds: the training bundles' ``output_dir`` (of a ``python -m monai.bundle`` command line; under torchrun
 rank 0 holds it once the process group exists, :func:`hold_run_folder`, so that every rank stops on a refusal), ``medgmae-recon reconstruct`` and ``simulate``'s ``--out``, ``medgmae-phantom --out``.
@@ -32,7 +36,7 @@ try:
 except ImportError:  # Windows: no flock, no guard
     fcntl = None
 
-__all__ = ["FolderInUse", "hold_folder", "hold_run_folder", "folder_held", "release_folder"]
+__all__ = ["FolderInUse", "hold_folder", "hold_run_folder", "folder_held", "folder_made", "release_folder"]
 
 logger = logging.getLogger("medgmae")
 
@@ -97,6 +101,30 @@ def folder_held(folder: str | os.PathLike, flag: str = "--out") -> Iterator[Path
             release_folder(folder)
 
 
+@contextmanager
+def folder_made(folder: str | os.PathLike) -> Iterator[Path | None]:
+    """Create ``folder`` (and its missing parents) for the block, and remove those it created if the block leaves
+    them empty (a write that failed, Ctrl-C); nothing is held (:func:`folder_held` also holds it). A folder that
+    existed before, or that holds a file after the block, is kept.
+
+    Args:
+        folder: the folder an output file is written into.
+
+    Yields:
+        The outermost folder this call created (``folder`` or a parent), ``None`` when ``folder`` existed.
+
+    Raises:
+        OSError: ``folder`` cannot be created (below a file, read-only).
+    """
+    path = Path(_key(folder))
+    created = _make(path)
+    try:
+        yield created
+    finally:
+        if created:
+            _remove_if_empty(path, created)
+
+
 def _key(folder: str | os.PathLike) -> str:
     """The folder's real path (links and ``..`` resolved: one folder, one key)."""
     return os.path.realpath(Path(folder).expanduser())
@@ -110,9 +138,7 @@ def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
         return None
     path = Path(key)
     try:
-        missing = [p for p in (path, *path.parents) if not p.exists()]
-        created = missing[-1] if missing else None
-        path.mkdir(parents=True, exist_ok=True)
+        created = _make(path)
     except OSError:  # below a file, read-only, a name too long: the caller's check of the folder says so
         return None
     for _ in range(3):  # a folder removed by its last holder between our open and our lock: open it again
@@ -131,6 +157,13 @@ def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
         except OSError:
             return None
     return created
+
+
+def _make(path: Path) -> Path | None:
+    """Create ``path`` and its missing parents; the outermost folder created, ``None`` when ``path`` existed."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[-1] if missing else None
 
 
 def _locked(fd: int, path: Path, flag: str) -> bool:
@@ -159,11 +192,14 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _remove_if_empty(path: Path, top: Path) -> None:
-    """Remove ``path`` and its parents up to ``top`` while they are empty (the folders :func:`_lock` created)."""
+    """Remove ``path`` and its parents up to ``top`` while they are empty (the folders :func:`_make` created); one
+    already removed is passed over, so that its created parents still go."""
     for folder in (path, *path.parents):
         try:
             folder.rmdir()
-        except OSError:  # it holds the run's files (or was removed)
+        except FileNotFoundError:
+            pass
+        except OSError:  # it holds the run's files
             return
         if folder == top:
             return

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medgmae.files import output_dir_problem, path_length_problem
+from medgmae.folder_lock import folder_made
 from medgmae.volume_units import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
 from medgmae.volume_units import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
 from recon.geometry import CTGeometry
@@ -308,7 +309,8 @@ def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True)
 
 
 def cmd_fbp(args) -> int:
-    """``fbp``: FBP (parallel beam) or FDK (cone beam) of a projection stack, written as NIfTI."""
+    """``fbp``: FBP (parallel beam) or FDK (cone beam) of a projection stack, written as NIfTI; a write that fails
+    removes the folders it created for the file (:func:`medgmae.folder_lock.folder_made`)."""
     from recon.fbp import fbp
     from recon.scan_files import save_nifti
 
@@ -324,7 +326,8 @@ def cmd_fbp(args) -> int:
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
     warn_about_scan(geom, proj)
     replaced = " (it replaced the file of that name)" if out.exists() else ""
-    save_nifti(args.out, rec, geom.default_affine())
+    with folder_made(out.parent):  # a write that fails (a full disk) leaves no folder it made
+        save_nifti(args.out, rec, geom.default_affine())
     print(f"wrote {args.out} ({what}, {args.filter} filter, attenuation 1/mm, shape (I, J, K) = {rec.shape[::-1]}){replaced}")
     return 0
 

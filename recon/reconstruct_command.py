@@ -40,8 +40,8 @@ def cmd_reconstruct(args) -> int:
     Raises:
         Interrupted: on Ctrl-C, saying where the last saved state is (no other output is written; the projector's
             matrix stays for the next run). Any other failure of a run that created its output folder, before its
-            first saved state, removes the matrix it saved there (and the folder, then empty); a matrix in
-            ``--matrix-dir`` is never removed.
+            first saved state, removes the matrix it saved there; the folders the run created (``--out`` and its
+            parents) are removed when they are left empty. A matrix in ``--matrix-dir`` is never removed.
     """
     out = Path(args.out)
     if problem := path_length_problem(out):  # before the lookups below, which fail on such a path
@@ -61,17 +61,13 @@ def cmd_reconstruct(args) -> int:
 
 
 def _remove_matrix(out: Path) -> None:
-    """Delete the projector's matrix in ``out`` (the run's own :data:`MATRIX_FILE`, never a ``--matrix-dir`` one),
-    and ``out`` when that leaves it empty."""
+    """Delete the projector's matrix in ``out`` (the run's own :data:`MATRIX_FILE`, never a ``--matrix-dir`` one);
+    :func:`~medgmae.folder_lock.folder_held` then removes ``out``, and the parents it created, when that leaves them
+    empty."""
     from recon.projectors.matrix_cache import MATRIX_FILE
 
-    if not out.is_dir():  # never made (a refused --out below a file, or a failure before the build)
-        return
-    (out / MATRIX_FILE).unlink(missing_ok=True)
-    try:
-        out.rmdir()
-    except OSError:  # not empty or not there
-        pass
+    if out.is_dir():  # else never made (a refused --out below a file)
+        (out / MATRIX_FILE).unlink(missing_ok=True)
 
 
 def _interrupted_note(args, state_path: Path, before: int | None, matrix: list[Path]) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medgmae.folder_lock import FolderInUse, folder_held, hold_folder, release_folder
+from medgmae.folder_lock import FolderInUse, folder_held, folder_made, hold_folder, release_folder
 
 from bundle_helpers import run_bundle
 
@@ -56,6 +56,24 @@ def test_a_folder_another_process_holds_is_refused_until_it_ends(tmp_path, other
     hold_folder(folder)  # again in the holding process: nothing to do
     release_folder(folder)
 
+
+def test_a_made_folder_goes_when_the_block_leaves_it_empty(tmp_path):
+    """folder_made: the folders it created (the folder and its new parents) go when a failure leaves them empty; one
+    given a file stays, and a folder that existed stays, empty."""
+    nested = tmp_path / "a" / "b" / "run"
+    with pytest.raises(OSError, match="full"), folder_made(nested) as created:
+        assert nested.is_dir() and created == tmp_path / "a"
+        raise OSError("full")
+    assert list(tmp_path.iterdir()) == []
+    with folder_made(nested):
+        (nested / "out.nii.gz").write_text("x")
+    assert (nested / "out.nii.gz").is_file()
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    with pytest.raises(KeyboardInterrupt), folder_made(kept) as created:
+        assert created is None
+        raise KeyboardInterrupt
+    assert kept.is_dir()
 
 def test_a_held_block_removes_only_the_empty_folders_it_created(tmp_path):
     """A command refused after taking the lock leaves no folder it made (nor the parents it made for it); one that

@@ -296,7 +296,8 @@ def test_a_run_removes_the_temporary_matrix_files_of_killed_writers_alone(scan, 
 
 def test_a_matrix_that_cannot_be_saved_leaves_the_run_going(scan, tmp_path, monkeypatch):
     """The matrix file is a cache: a full disk where it is saved (a shared --matrix-dir's) stopped the whole run;
-    the projector built is used and the note says the matrix was not saved."""
+    the projector built is used and the note says the matrix was not saved. The --matrix-dir made for it is not left
+    behind, empty."""
     import errno
 
     import medgmae.torch_files as torch_files
@@ -310,3 +311,4 @@ def test_a_matrix_that_cannot_be_saved_leaves_the_run_going(scan, tmp_path, monk
     built, note = cached_matrix_projector(geom, tmp_path / "shared", shared=True)
     assert note.startswith("the matrix was not saved, later runs build it again: ") and "No space left" in note
     assert (built.a != RayMatrixProjector(geom).a).nnz == 0
+    assert list(tmp_path.iterdir()) == []

@@ -145,19 +145,21 @@ def save_matrix(projector: RayMatrixProjector, folder: str | Path, shared: bool 
 
     Args:
         projector: a built matrix projector (its geometry, step and dtype make the key).
-        folder: the run's output folder, or (``shared``) a folder shared by runs (created if needed).
+        folder: the run's output folder, or (``shared``) a folder shared by runs (created if needed, and removed
+            again when the write fails).
         shared: ``folder`` is shared by runs (``--matrix-dir``): the file's name holds the key.
 
     Returns:
         the line saying where it was saved and its size.
     """
+    from medgmae.folder_lock import folder_made
     from medgmae.torch_files import save_torch_atomic
 
     a, key = projector.a, matrix_key(projector.geometry, projector.step, projector.dtype)
     path = matrix_path(folder, key, shared)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_torch_atomic({"key": key, "data": torch.from_numpy(a.data), "indices": torch.from_numpy(a.indices),
-                       "indptr": torch.from_numpy(a.indptr)}, path)  # fmt: skip
+    with folder_made(path.parent):  # a write that fails (a full disk, Ctrl-C) leaves no folder it made
+        save_torch_atomic({"key": key, "data": torch.from_numpy(a.data), "indices": torch.from_numpy(a.indices),
+                           "indptr": torch.from_numpy(a.indptr)}, path)  # fmt: skip
     size = (a.data.nbytes + a.indices.nbytes + a.indptr.nbytes) / 2**20
     used_by = f"runs with --matrix-dir {folder}" if shared else "--resume"
     return f"saved the matrix in {path} ({size:.0f} MiB) for {used_by}"
