@@ -292,6 +292,26 @@ def _recorded_preprocessing(ckpt: Mapping, path: Path) -> PreprocessingSpec | No
     return preprocessing
 
 
+#: The model file last read memory-mapped, by its path, identity (device, inode), size, modification and change
+#: times and ``map_location`` (:func:`_mapped_record`).
+_MAPPED: dict[tuple, dict] = {}
+
+
+def _mapped_record(path: Path, map_location: Any) -> dict:
+    """:func:`_read_model_record` of ``path`` memory-mapped, read again only when the file changed since the last
+    read (rewritten or replaced: another inode, size, modification or change time): a fine-tuning start reads its
+    ``--pretrained`` file for the settings check, the pre-processing, the run record and the weights. One file is
+    kept, as its mapping (no copy of its weights)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+           str(map_location))  # fmt: skip
+    if key not in _MAPPED:
+        record = _read_model_record(path, map_location, True)
+        _MAPPED.clear()
+        _MAPPED[key] = record
+    return _MAPPED[key]
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     kinds: str | Sequence[str] | None = None,
@@ -308,7 +328,8 @@ def load_checkpoint(
             ``"--init medgmae needs a medgmae model.pt"``.
         map_location: passed to :func:`torch.load`.
         mmap: memory-map the file (:func:`medgmae.torch_files.load_torch_file`): a caller that needs the kind, config or
-            pre-processing but not the weights then reads only those.
+            pre-processing but not the weights then reads only those. The file last read so is not read again
+            while it is unchanged on disk (:func:`_mapped_record`).
 
     Returns:
         The :class:`Checkpoint`.
@@ -321,7 +342,8 @@ def load_checkpoint(
     """
     accepted = _accepted_kinds(kinds)
     path = Path(path)
-    ckpt = _read_model_record(path, map_location, mmap)
+    cached = mmap and path.is_file() and isinstance(map_location, (str, torch.device))
+    ckpt = _mapped_record(path, map_location) if cached else _read_model_record(path, map_location, mmap)
     kind = ckpt["kind"]
     if accepted is not None and kind not in accepted:
         want = needed_for or f"expected {' or '.join(accepted)}"
@@ -330,7 +352,7 @@ def load_checkpoint(
     return Checkpoint(
         kind=kind,
         config=dict(ckpt["config"]),
-        state_dict=ckpt["state_dict"],
+        state_dict=dict(ckpt["state_dict"]),
         preprocessing=preprocessing,
         extra=dict(ckpt.get("extra") or {}),
         path=path,

@@ -271,3 +271,34 @@ def test_a_model_file_without_preprocessing_gets_the_one_its_training_used(tmp_p
     torch.save(_models()["gmae2d"].model_checkpoint(), tmp_path / "flat.pt")
     with pytest.raises(ValueError, match=r"flat\.pt: a gmae2d file, not a 3D model or encoder with an input size"):
         record_preprocessing(tmp_path / "flat.pt", tmp_path / "x.pt")
+
+
+def test_a_file_read_memory_mapped_is_read_again_once_it_changed_on_disk(tmp_path, monkeypatch):
+    """An unchanged file is read once; rewritten in place (another size, or the same size at another modification
+    time) or replaced by another file of the same size, it is read anew."""
+    path, loads, real_load = tmp_path / "encoder.pt", [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(f) or real_load(f, *a, **k))
+
+    def written(source: str, value: float) -> bytes:  # the bytes torch.save writes as a file of this name
+        (tmp_path / source).mkdir()
+        torch.save(make_checkpoint("medgmae-encoder", {"n": 2}, {"w": torch.full((2,), value)}, None,
+                                   {"source": source}), tmp_path / source / path.name)  # fmt: skip
+        return (tmp_path / source / path.name).read_bytes()
+
+    path.write_bytes(written("one", 1.0))
+    assert load_checkpoint(path, mmap=True).extra["source"] == "one"
+    assert load_checkpoint(path, mmap=True).state_dict["w"].tolist() == [1.0, 1.0] and len(loads) == 1
+    path.write_bytes(written("three", 3.0))  # in place, another size
+    assert load_checkpoint(path, mmap=True).extra["source"] == "three" and len(loads) == 2
+    before = os.stat(path)
+    written("seven", 7.0)
+    os.replace(tmp_path / "seven" / path.name, path)  # replaced by another file (inode) of the same size
+    got = load_checkpoint(path, mmap=True)
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_ino != before.st_ino
+    assert got.extra["source"] == "seven" and got.state_dict["w"].tolist() == [7.0, 7.0] and len(loads) == 3
+    before = os.stat(path)
+    path.write_bytes(written("eight", 8.0))  # in place, the same size: its times tell
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_ino == before.st_ino
+    got = load_checkpoint(path, mmap=True)
+    assert got.extra["source"] == "eight" and got.state_dict["w"].tolist() == [8.0, 8.0] and len(loads) == 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -171,3 +173,24 @@ def test_a_finetuned_model_recording_no_preprocessing_is_said_to_and_keeps_its_o
     assert f"{path} records no pre-processing" in caplog.text
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing of"))
     assert "(recorded)" not in line and "mm (default), HU window [-175.0, 250.0] (default), crop 24x24x24" in line, line
+
+
+def test_a_finetuning_start_reads_the_pretrained_file_once(tmp_path, monkeypatch):
+    """The default crop size, the settings check, the pre-processing, the run record and the network's weights each
+    need the ``--pretrained`` file, as the bundle's start asks for them: it is read once, and the network holds the
+    file's weights."""
+    from medgmae.finetune import build_unetr, default_roi_size, finetune_spec, pretrained_check
+    from medgmae.finetune.run_record import case_record, start_record
+
+    encoder = str(encoder_file(tmp_path / "encoder.pt"))
+    loads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f).name) or real_load(f, *a, **k))
+    roi = default_roi_size(encoder)
+    pretrained_check(roi)(encoder)
+    spec = finetune_spec(encoder, roi_size=roi)
+    record = start_record(case_record(0.1, 0, 10, []), encoder, 3)
+    net = build_unetr(3, roi, pretrained=encoder, feature_size=4)
+    assert loads == ["encoder.pt"]
+    assert roi == [24, 24, 24] and spec.spacing == (2.0, 2.0, 2.0) and record["pretrained"]["kind"] == "medgmae-encoder"
+    saved, loaded = real_load(encoder, weights_only=True)["state_dict"], net.vit.state_dict()
+    assert sorted(saved) == sorted(loaded) and all(torch.equal(loaded[k], v) for k, v in saved.items())

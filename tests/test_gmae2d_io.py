@@ -112,8 +112,9 @@ def test_read_image_formats(tmp_path):
     # which frame and window were used: the file's centre 40 / width 400, its only frame
     source = read_image_source(tmp_path / "ct.dcm")[1]
     assert source == {"slice": {"axis": "frame", "index": 0, "count": 1}, "window": [-160.0, 240.0],
-                      "window_source": "dicom file"}  # fmt: skip
-    assert read_image_source(tmp_path / "rgb.png")[1] == {"slice": None, "window": None, "window_source": None}
+                      "window_source": "dicom file", "stored_range": None}  # fmt: skip
+    assert read_image_source(tmp_path / "rgb.png")[1] == {"slice": None, "window": None, "window_source": None,
+                                                          "stored_range": None}  # fmt: skip
 
 
 def test_read_mask_uses_the_stored_values_not_the_rescale(tmp_path):

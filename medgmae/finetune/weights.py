@@ -52,8 +52,10 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
 
     Args:
         path: the file.
-        mmap: memory-map it (the settings check and the run's pre-processing need the config, not the weights; a
-            model file's model is built once, with its weights).
+        mmap: memory-map it (the settings check and the run's pre-processing need the config, not the weights; the
+            network copies the weights from the mapping; a model file's model is built once, with its weights).
+            A file read memory-mapped is not read again while it is unchanged
+            (:func:`~medgmae.checkpoint.load_checkpoint`).
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -279,7 +281,7 @@ def build_unetr(
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2 (background and at least one structure), got {num_classes}")
     if pretrained:
-        ckpt = read_encoder_for(pretrained, roi_size)
+        ckpt = read_encoder_for(pretrained, roi_size, mmap=True)  # as the settings check read it: read once
         cfg = dict(ckpt.config)
         if cfg.get("in_channels", 1) != in_channels:
             raise ValueError(f"{pretrained} was pre-trained with {cfg.get('in_channels')} channels, not {in_channels}")

@@ -28,7 +28,7 @@ from medgmae.files import atomic_write, given_more_than_once
 from medgmae.file_patterns import expand_input_patterns
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
 from medgmae.twod.images import read_image_source, slice_text, to_model_input
-from medgmae.twod.picture_range import warn_if_16bit_range_narrow
+from medgmae.twod.picture_range import warn_if_picture_range_narrow
 from medgmae.twod.windows import recorded_window
 from medgmae.words import plural
 
@@ -104,8 +104,8 @@ def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[to
     """Every image as the model's input ``(N, C, H, W)``, and for each the slice or frame read of a file holding
     several (:func:`~medgmae.twod.images.slice_text`, ``""`` for the others); one error naming each image that is
     missing or cannot be read. A 16-bit picture using a narrow part of the 16-bit range (12-bit data) is warned
-    about, file by file, as training warns of such a dataset
-    (:func:`~medgmae.twod.picture_range.warn_if_16bit_range_narrow`)."""
+    about, file by file, as training warns of such a dataset, from the values read (each file is read once:
+    :func:`~medgmae.twod.picture_range.warn_if_picture_range_narrow`)."""
     inputs, slices, problems = [], [], []
     for path in paths:
         try:
@@ -114,7 +114,7 @@ def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[to
         except (ValueError, OSError) as e:  # the reader's messages name the file
             problems.append(str(e) if str(path) in str(e) else f"{path}: {e}")
             continue
-        warn_if_16bit_range_narrow([path], str(path))  # 12-bit data in a 16-bit PNG, as training warns of it
+        warn_if_picture_range_narrow(source["stored_range"], str(path))  # 12-bit data in a 16-bit PNG
         several = source["slice"] is not None and source["slice"]["count"] > 1
         slices.append(slice_text(source["slice"]) if several else "")
     if problems:

@@ -109,8 +109,9 @@ def is_windowed(path: str | os.PathLike) -> bool:
         return False
 
 
-def _read_pil(path: Path) -> np.ndarray:
-    """``(C, H, W)`` float32 of a PIL-readable file, divided by its integer type's maximum (see the module doc)."""
+def _read_pil(path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """``(C, H, W)`` float32 of a PIL-readable file, divided by its integer type's maximum (see the module doc), and
+    the lowest and highest value a 16-bit (or 32-bit integer) picture stores (``None`` for other pictures)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     from PIL.Image import DecompressionBombError
 
@@ -142,15 +143,16 @@ def _read_pil(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: {pages} pages (a multi-page TIFF or an animated PNG); one image per file is read: "
                          "save the page wanted on its own, or a stack as NIfTI (its middle slice is read)")  # fmt: skip
     if mode == "F":
-        return _checked_unit_floats(arr, path)
+        return _checked_unit_floats(arr, path), None
     if not mode.startswith("I"):
-        return arr / 255.0
+        return arr / 255.0, None
     if arr.size and (arr.min() < 0 or arr.max() > _UINT16_MAX):
         raise ValueError(
             f"{path}: integer image with values in [{arr.min():g}, {arr.max():g}], outside the 16-bit range "
             f"[0, {_UINT16_MAX:g}]; save it as an 8- or 16-bit image, or as NIfTI/DICOM with a window"
         )
-    return (arr / _UINT16_MAX).astype(np.float32)
+    stored = (int(arr.min()), int(arr.max())) if arr.size else None
+    return (arr / _UINT16_MAX).astype(np.float32), stored
 
 
 def _checked_unit_floats(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -202,34 +204,37 @@ def read_image_source(
 
     Returns:
         ``(image, source)``: ``source`` is ``{"slice": {"axis", "index", "count"}, "window": [low, high],
-        "window_source": ...}`` for NIfTI and DICOM, ``{"slice": None, "window": None, "window_source": None}``
-        for picture files. ``axis`` is ``"axial"`` for a slice of a NIfTI volume (``index`` along the RAS-ordered
-        volume, as ``slice_index`` counts), the plane of a single-slice NIfTI, or ``"frame"`` for DICOM;
+        "window_source": ..., "stored_range": None}`` for NIfTI and DICOM, ``{"slice": None, "window": None,
+        "window_source": None, "stored_range": ...}`` for picture files. ``axis`` is ``"axial"`` for a slice of a
+        NIfTI volume (``index`` along the RAS-ordered volume, as ``slice_index`` counts), the plane of a
+        single-slice NIfTI, or ``"frame"`` for DICOM;
         ``window_source`` is ``"given"``, ``"dicom file"`` (its first window), ``"percentiles 0.5/99.5"`` or
-        ``"min-max"``.
+        ``"min-max"``. ``stored_range`` is ``(low, high)``, the lowest and highest value a 16-bit (or 32-bit
+        integer) picture file stores before it is divided by 65535, ``None`` for other images.
     """
     path = _check_path(path)
     window = window_setting(window)
     kind = _image_kind(path)
     if kind == "pil":
         only_slice_0(path, slice_index)  # a picture file holds one slice
-        arr = _read_pil(path)
+        arr, stored = _read_pil(path)
         if not np.isfinite(arr).all():
             raise ValueError(f"{path}: image contains NaN or infinite values")
-        return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": None, "window": None, "window_source": None}
+        return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": None, "window": None, "window_source": None,
+                                                           "stored_range": stored}  # fmt: skip
     if kind == "nifti":
         arr, which = read_nifti_slice(path, slice_index)
         arr, used = apply_window(arr, path, window)
     else:
         arr, file_window, which, frame = read_dicom_frame(path, slice_index)
         if frame == "colour":  # scaled by its bit depth already: a window (a CT's, say) would flatten it to grey
-            return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": which, "window": None,
+            return np.clip(arr, 0.0, 1.0).astype(np.float32), {"slice": which, "window": None, "stored_range": None,
                                                                "window_source": "not windowed: a colour frame"}
         arr, used = apply_window(arr, path, window if window is not None else file_window,
                            "given" if window is not None else "dicom file")  # fmt: skip
         if frame == "monochrome1":  # windowed in the file's units, then shown as the modality does: high values dark
             arr = 1.0 - arr
-    return arr, {"slice": which, **used}
+    return arr, {"slice": which, **used, "stored_range": None}
 
 
 def slice_text(which: dict | None) -> str | None:
@@ -272,7 +277,7 @@ def _stored_values(path: str | os.PathLike, slice_index: int | None) -> np.ndarr
     kind = _image_kind(path)
     if kind == "pil":
         only_slice_0(path, slice_index)  # a picture file holds one slice
-        return _read_pil(path)
+        return _read_pil(path)[0]
     if kind == "nifti":
         return read_nifti_slice(path, slice_index, stored=True)[0]
     return read_dicom_frame(path, slice_index, stored=True)[0]

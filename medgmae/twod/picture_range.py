@@ -5,7 +5,8 @@ value reads the same in every image). A folder of 12-bit data saved as 16-bit (0
 as HU + 1024) then reaches 0.0625 at most, nearly black, and CT saved as HU + 32768 (DeepLesion's PNGs) sits within
 0.48..0.55, nearly uniform grey: the model trains on images with almost no contrast, and nothing said so.
 :func:`warn_if_16bit_range_narrow` reads the 16-bit pictures of a dataset (a sample of them, evenly spread) and
-warns when all their values lie within an eighth of the range.
+warns when all their values lie within an eighth of the range; :func:`warn_if_picture_range_narrow` warns of one
+picture from the values its reader already found (GViT's inference, which reads each file once).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from medgmae.twod.images import is_windowed
 from medgmae.words import plural
 
-__all__ = ["NARROW_SHARE", "SAMPLE", "sixteen_bit_range", "warn_if_16bit_range_narrow"]
+__all__ = ["NARROW_SHARE", "SAMPLE", "sixteen_bit_range", "warn_if_16bit_range_narrow", "warn_if_picture_range_narrow"]
 
 logger = logging.getLogger("medgmae.twod")
 
@@ -76,9 +77,26 @@ def warn_if_16bit_range_narrow(paths: Iterable[str | os.PathLike], where: str) -
         where: the data's name in the message (e.g. ``dataset_dir /data/pngs``).
     """
     found = sixteen_bit_range(paths)
-    if found is None:
-        return
-    files, read, low, high = found
+    if found is not None:
+        _warn_if_narrow(*found, where)
+
+
+def warn_if_picture_range_narrow(stored_range: tuple[int, int] | None, where: str) -> None:
+    """:func:`warn_if_16bit_range_narrow` for one picture already read: its lowest and highest stored value, as
+    :func:`~medgmae.twod.images.read_image_source` gives them (``source["stored_range"]``), so the file is not
+    opened again.
+
+    Args:
+        stored_range: ``(low, high)`` of a 16-bit (or 32-bit integer) picture; ``None`` (another image): no warning.
+        where: the picture's name in the message (its path).
+    """
+    if stored_range is not None:
+        _warn_if_narrow(1, 1, int(stored_range[0]), int(stored_range[1]), where)
+
+
+def _warn_if_narrow(files: int, read: int, low: int, high: int, where: str) -> None:
+    """The warning of :func:`warn_if_16bit_range_narrow` for ``read`` of ``files`` 16-bit files holding values
+    within ``low..high``, when that span is under :data:`NARROW_SHARE` of the 16-bit range."""
     if high - low >= NARROW_SHARE * _UINT16_MAX:
         return
     if files == 1:  # one picture (GViT's inference names each file): its values, not "its files'"
