@@ -83,3 +83,14 @@ def test_fbp_warns_about_a_scan_as_reconstruct_does(scans, case, tmp_path, capsy
     assert len(fbp) == (1 if expected else 0), fbp
     assert all(text in fbp[0] for text in expected), (expected, fbp)
 
+
+def test_reconstruct_given_an_fbp_still_asks_whether_the_angles_are_degrees(scans, tmp_path, capsys):
+    """``reconstruct --fbp`` computes no FBP, so it leaves out the notes on FBP's bias (a short arc), but angles that
+    may be degrees mislead the fit as much: it asks so, in ``fbp``'s words."""
+    for case, said in (("degrees", 1), ("short arc", 0)):
+        flags, expected = scans[case]
+        fbp = _warnings(capsys, ["fbp", *flags, "--out", str(tmp_path / f"{case}.nii.gz"), "--device", "cpu"])
+        given = few_gaussians_args(tmp_path, tmp_path / case, *flags, "--fbp", str(tmp_path / f"{case}.nii.gz"))
+        reconstruct = _warnings(capsys, given)
+        assert len(fbp) == 1 and reconstruct == fbp[:said], (case, fbp, reconstruct)
+        assert all(text in fbp[0] for text in expected), (expected, fbp)
