@@ -289,20 +289,28 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
 
 def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True) -> None:
     """Print a warning for each thing of the scan that biases FBP/FDK: the views' arc
-    (:func:`recon.fbp.arc_weighting_note`), projections truncated at the detector's sides
-    (:func:`recon.fbp.truncation_note`) and a rotation axis elsewhere than the geometry's detector offset puts it
-    (:func:`recon.axis_check.axis_offset_note`, which spoils any reconstruction).
+    (:func:`recon.fbp.arc_weighting_note`, which asks whether angles going round many times are degrees),
+    projections truncated at the detector's sides (:func:`recon.fbp.truncation_note`) and a rotation axis elsewhere
+    than the geometry's detector offset puts it (:func:`recon.axis_check.axis_offset_note`, which spoils any
+    reconstruction).
+
+    ``fbp`` and ``reconstruct`` both call this after :func:`load_scan` (whose own warnings, on raw images converted
+    and values that look like intensities, both give as well), so that the two say the same of a scan;
+    ``reconstruct``'s other warnings are about its start and ``--resume`` (:mod:`recon.reconstruct_start`,
+    :mod:`recon.resume`), which FBP has not.
 
     Args:
         geom: the scan's geometry.
         proj: ``(V, rows, cols)`` line integrals.
         axis: check the rotation axis (``simulate`` does not: its projections follow the geometry by construction).
-        fbp: give the notes about FBP/FDK's arc and truncation (``reconstruct --fbp`` does not compute one).
+        fbp: give the notes about FBP/FDK's arc and truncation (``reconstruct --fbp`` computes no FBP: it only asks
+            whether the angles are degrees, :func:`recon.angle_checks.degrees_question`, which misleads its fit too).
     """
+    from recon.angle_checks import degrees_question
     from recon.axis_check import axis_offset_note
     from recon.fbp import arc_weighting_note, truncation_note
 
-    notes = (arc_weighting_note(geom), truncation_note(proj, geom)) if fbp else ()
+    notes = (arc_weighting_note(geom), truncation_note(proj, geom)) if fbp else (degrees_question(geom.angles),)
     for note in (*notes, axis_offset_note(proj, geom) if axis else None):
         if note:
             print(f"warning: {note}", flush=True)
