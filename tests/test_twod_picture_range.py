@@ -70,18 +70,22 @@ def test_a_large_folder_is_sampled_evenly(tmp_path, caplog, monkeypatch):
 
 
 @pytest.mark.parametrize("low, high, noted", [(0, 4095, True), (0, 60000, False)])
-def test_medgmae_2d_notes_a_16_bit_image_of_12_bit_values(tmp_path, capsys, low, high, noted):
+def test_medgmae_2d_notes_a_16_bit_image_of_12_bit_values(tmp_path, capsys, monkeypatch, low, high, noted):
     """``medgmae-2d`` reads one image as the bundles read their datasets: a 16-bit PNG of 0..4095 is noted on stderr,
-    with what the model sees of it; one using the range is not."""
+    with what the model sees of it; one using the range is not; the picture is opened once for both."""
     import torch
+    from PIL import Image
 
     from gmae2d_helpers import tiny_gmae2d
     from medgmae.twod.cli import main
 
     torch.save(tiny_gmae2d(k=8, size=16).model_checkpoint(), tmp_path / "model.pt")
     _png16(tmp_path / "dark.png", low, high)
+    opened, real_open = [], Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
     assert main(["layers", "--checkpoint", str(tmp_path / "model.pt"), "--image", str(tmp_path / "dark.png"),
                  "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     said = f"note: dark.png is a 16-bit picture with values within {low}..{high} of 0..65535, read as 0.000..0.062"
     assert (said in err) == noted, err
+    assert opened.count(str(tmp_path / "dark.png")) == 1, opened

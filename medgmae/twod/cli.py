@@ -117,7 +117,7 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
         if args.slice is not None:
             raise ValueError(f"--slice applies to NIfTI volumes and multi-frame DICOM; {args.image} is a {kind} (one image)")
     image, source = read_image_source(args.image, slice_index=args.slice, window=_window(args, model))
-    _note_if_16bit_range_narrow(args)
+    _note_if_16bit_range_narrow(args, source.get("stored_range"))
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
     size = tuple(args.render_size) if args.render_size else default_render_size(image.shape[-2:])
     _check_render_size(size, model.img_size, device)
@@ -127,15 +127,16 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
     return model, x, size, reference, _image_record(args, source)
 
 
-def _note_if_16bit_range_narrow(args) -> None:
+def _note_if_16bit_range_narrow(args, stored_range: tuple[int, int] | None) -> None:
     """A note on stderr when ``--image`` is a 16-bit PNG/TIFF whose values lie within a narrow part of the 16-bit
     range it is divided by (12-bit data, CT as HU + 1024): the model sees it almost without contrast, as the
-    training bundles warn of such a dataset (:mod:`medgmae.twod.picture_range`)."""
-    from medgmae.twod.picture_range import NARROW_SHARE, sixteen_bit_range
+    training bundles warn of such a dataset (:mod:`medgmae.twod.picture_range`). ``stored_range``: the picture's
+    lowest and highest stored value as its reader found them (``None`` for other images): the file is not opened
+    again."""
+    from medgmae.twod.picture_range import NARROW_SHARE
 
-    found = sixteen_bit_range([args.image])
-    if found is not None and found[3] - found[2] < NARROW_SHARE * 65535:
-        low, high = found[2:]
+    if stored_range is not None and stored_range[1] - stored_range[0] < NARROW_SHARE * 65535:
+        low, high = stored_range
         print(f"medgmae-2d {args.command}: note: {args.image.name} is a 16-bit picture with values within {low}..{high} "
               f"of 0..65535, read as {low / 65535:.3f}..{high / 65535:.3f}: almost without contrast (12-bit data, or "
               "CT stored as HU + 1024?); stretch it to the 16-bit range, or save it as NIfTI/DICOM and give --window",
