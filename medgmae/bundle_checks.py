@@ -48,6 +48,7 @@ def check_settings(
     multi_gpu_config: str | None = None,
     unused_phantom_keys: Sequence[str] = (),
     unused_keys: Mapping[str, str] | None = None,
+    hold: str | None = None,
 ) -> bool:
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
     every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`) or that it gives
@@ -61,8 +62,8 @@ def check_settings(
         output_dirs: ``{key: path}`` of the output folders, checked as :func:`check_output_dirs` does.
         run_kinds: the model kinds a training bundle writes: a model file, ``encoder.pt`` or training checkpoint of
             another kind in ``output_dirs["output_dir"]`` is a problem (another bundle's run, which this one would
-            replace); the folder is then held for the run (:func:`medgmae.folder_lock.hold_folder`: a second run
-            into it while this one lives is refused).
+            replace); that folder is then held for the run (:func:`_hold_output_dir`: one run at a time in it).
+        hold: the key in ``output_dirs`` of the folder an evaluation or inference writes into, held as that one is.
         torchrun: the config trains in several processes (a ``multi_gpu_train.json``): it must be started by
             ``torchrun``. Otherwise it runs in one process, and several started by ``torchrun`` are a problem.
         multi_gpu_config: the bundle's multi-process config, by its path in this checkout (e.g.
@@ -83,8 +84,8 @@ def check_settings(
         ValueError: an ``image_size`` kind without a ``patch_size`` setting, or a ``schedule_epochs`` kind without a
             ``max_epochs`` one (a config error, not a bad value).
     """
-    summarise_errors(resumable="resume" in settings, **_interrupt_context(settings, output_dirs))  # from here on, a
-    # failure of the bundle ends with its reason
+    summarise_errors(resumable="resume" in settings, **_interrupt_context(settings, output_dirs))  # a later failure
+    # of the bundle ends with its reason
     command = bundle_command(None)  # the command line and its config files, read once
     found = {key: p for key, (value, kind) in settings.items() if (p := setting_problem(value, kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
@@ -96,8 +97,7 @@ def check_settings(
     if not any(line.startswith("--output_dir ") for line in folders):  # a folder that cannot be looked up is not read
         folders += _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)
-    if run_kinds and dirs.get("output_dir") and command is not None and not torchrun and is_main_process():
-        hold_folder(dirs["output_dir"])  # one training run at a time in its folder (multi-process: hold_run_folder)
+    _hold_output_dir(dirs, "output_dir" if run_kinds else hold, command is not None and not torchrun)
     _warn_unused(command, unused_phantom_keys, unused_keys or {})
     return True
 
@@ -109,6 +109,23 @@ def _raise_problems(problems: list[str], folders: list[str]) -> None:
         kinds = (("bad setting", problems), ("unusable output folder", folders))
         what = " and ".join(plural(len(found), name) for name, found in kinds if found)
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
+
+
+def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_process_run: bool) -> None:
+    """Hold the output folder ``dirs[key]`` (:func:`~medgmae.folder_lock.hold_folder`, rank 0) for a one-process run of
+    a bundle's command line: one run at a time in its folder (a multi-process config holds it once its process group
+    exists, :func:`~medgmae.folder_lock.hold_run_folder`).
+
+    Args:
+        dirs: the output folders by config key.
+        key: the key of the folder the run writes into (``output_dir`` for training); ``None``: none is held.
+        one_process_run: the bundle runs from a ``python -m monai.bundle`` command line, not under torchrun.
+
+    Raises:
+        FolderInUse: another process holds it; the message names ``--key``, the folder and that process.
+    """
+    if key and dirs.get(key) and one_process_run and is_main_process():
+        hold_folder(dirs[key], f"--{key}")
 
 
 def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, str | Path] | None) -> dict:

@@ -198,7 +198,7 @@ def test_settings_and_output_folders_are_checked_in_one_call(path):
     """A separate folder check would stop at the first of the two, and a second run name the other."""
     config = json.loads(path.read_text(encoding="utf-8"))
     steps = config["initialize"]
-    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'(\w+)': as_path_text\(@\1, '\1'\).*\}(, run_kinds=\[.*\])?(, multi_gpu_config='[\w/.]+'|, torchrun=True)?(, unused_phantom_keys=\[[\w', ]+\] if .+ else \[\])?\)", steps[0]), steps
+    assert re.fullmatch(r"\$check_settings\(@checked_settings, output_dirs=\{'(\w+)': as_path_text\(@\1, '\1'\).*\}(, run_kinds=\[.*\])?(, multi_gpu_config='[\w/.]+'|, torchrun=True)?(, unused_phantom_keys=\[[\w', ]+\] if .+ else \[\])?(, hold='(\w+)')?\)", steps[0]), steps
     assert not any("check_output_dirs(" in s for s in _strings(config)), path.relative_to(ROOT)
 
 

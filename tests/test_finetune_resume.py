@@ -218,3 +218,25 @@ def test_a_resume_with_other_phantom_settings_leaves_the_runs_phantoms_as_they_w
     assert {p: p.read_bytes() for p in sorted((out / "phantom").rglob("*")) if p.is_file()} == before
     prepare_datalists("", "", out, seed=0, resume=True, **kw)  # the run's own settings resume
 
+
+
+def test_a_refused_resume_leaves_the_pre_checks_ledger_as_it_was(tmp_path, folder_state):
+    """A resume refused by its checkpoint (another batch size) after the pre-check read a changed data file again
+    rewrote the pre-check's ledger (``cache/precheck.json``) first: the run folder is now byte for byte as it was,
+    and a resume that goes on records the file's new time in the ledger."""
+    out = tmp_path / "run"
+    common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+              "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false",
+              "--batch_size", "1"]  # fmt: skip
+    run_bundle("training", "train.json", *common, "--max_epochs", "1")
+    ledger = out / "cache" / "precheck.json"
+    image = json.loads((out / "phantom" / "dataset.json").read_text(encoding="utf-8"))["training"][0]["image"]
+    image = out / "phantom" / image if not os.path.isabs(image) else image
+    os.utime(image, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))  # changed: the pre-check reads it again
+    assert ledger.is_file() and "1000000000000000000" not in ledger.read_text(encoding="utf-8")
+    before = folder_state(out)
+    proc = bundle_process("training", "train.json", *common[:-1], "2", "--max_epochs", "2", "--resume", "true")
+    assert proc.returncode != 0 and "the batch size changed from 1 to 2" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
+    run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
+    assert "1000000000000000000" in ledger.read_text(encoding="utf-8")

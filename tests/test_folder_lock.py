@@ -121,6 +121,70 @@ def test_a_training_bundle_refuses_an_output_dir_another_run_holds(tmp_path, oth
     assert list(folder.iterdir()) == []
 
 
+def _writing_run(config: str, root: Path) -> tuple[str, str, list[str]]:
+    """An evaluation or inference config that writes files, ready to run on tiny inputs made under ``root``: its run
+    id, the key of the folder it writes into, and its other settings."""
+    import numpy as np
+    import torch
+
+    from data_helpers import nifti_file
+    from finetune_helpers import two_case_datalist
+    from gvit_helpers import SIZE, shapes_dataset
+    from model_helpers import tiny_model_file
+
+    root.mkdir(parents=True)
+    if config == "medgmae_pretrain/configs/inference.json":
+        image = nifti_file(root / "ct.nii.gz", np.random.default_rng(0).normal(0, 200, (20, 20, 16)).astype(np.float32))
+        model = tiny_model_file(root / "model.pt", spacing=2.0)
+        return "inferring", "inference_dir", ["--model_path", str(model), "--image", image]
+    if config.startswith("gvit_classification/"):
+        from medgmae.twod.gvit import GViT
+
+        GViT(1, SIZE, 2, num_gaussians=4, patch_size=4).save(root / "model.pt", class_names=["bar", "disc"])
+        shapes, settings = shapes_dataset(root / "shapes"), ["--model_path", str(root / "model.pt")]
+        if config.endswith("inference.json"):
+            return "inferring", "inference_dir", [*settings, "--image_dir", str(shapes / "bar")]
+        return "evaluating", "eval_dir", [*settings, "--dataset_dir", str(shapes), "--num_explanations", "0"]
+    from medgmae.checkpoint import make_checkpoint
+    from medgmae.networks.unetr import MedGMAEUNETR
+    from medgmae.networks.vit import MaskedViTEncoder
+    from medgmae.preprocessing import PreprocessingSpec
+
+    enc = MaskedViTEncoder(img_size=(24, 24, 12), patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    net = MedGMAEUNETR(3, encoder=enc, feature_size=4)
+    spec = PreprocessingSpec(spacing=2.0, input_size=(24, 24, 12), patch_size=12)
+    torch.save(make_checkpoint("medgmae-unetr", net.config(), net.state_dict(), spec, {"epoch": 1}), root / "best.pt")
+    datalist, settings = two_case_datalist(root), ["--checkpoint", str(root / "best.pt")]
+    if config.endswith("inference.json"):
+        return "inferring", "seg_dir", [*settings, "--input_files", f"['{root / 'c0_img.nii.gz'}']"]
+    return "evaluating", "eval_dir", [*settings, "--datalist", str(datalist)]
+
+
+WRITING_CONFIGS = ["medgmae_pretrain/configs/inference.json", "gvit_classification/configs/inference.json",
+                   "gvit_classification/configs/evaluate.json", "unetr_finetune/configs/inference.json",
+                   "unetr_finetune/configs/evaluate.json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", WRITING_CONFIGS)
+def test_an_evaluation_or_inference_refuses_a_folder_another_run_holds(config, tmp_path, other_run):
+    """Two evaluations or inferences into one folder wrote at once, each one's files over the other's: the second
+    is refused, naming the folder and the run holding it, and writes nothing; once that run has ended it runs."""
+    run_id, key, settings = _writing_run(config, tmp_path / "inputs")
+    folder = tmp_path / "out"
+    holder = other_run(folder)
+    refused = run_bundle(run_id, config, *settings, f"--{key}", str(folder), "--device", "cpu")
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: FolderInUse: --{key} {folder}: another run is writing into it (process "
+                           f"{holder.pid}: "), refused.stderr[-2000:]  # fmt: skip
+    assert list(folder.iterdir()) == []
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    ran = run_bundle(run_id, config, *settings, f"--{key}", str(folder), "--device", "cpu")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert list(folder.iterdir()) != []
+
+
 def test_one_folder_under_two_spellings_is_one_hold_and_a_forked_child_keeps_no_lock(tmp_path):
     """A folder held again through a link or ``..`` was a second lock the process refused itself with; a child forked
     while a command held its folder (a data loader worker) kept the lock after the command let it go."""

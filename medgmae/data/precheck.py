@@ -17,11 +17,12 @@ and files that passed are remembered in a ledger (path, size and modification ti
 resumed or repeated run re-reads only new or changed files. The ledger is rewritten (atomically) whenever files
 passed, also when others failed if its folder exists (a resumed or repeated run's; a first run's data error leaves
 no output folder, so point ``cache_dir`` at an existing folder to keep its passes): a run repeated after fixing one
-bad file among hundreds reads only that file (and any other that changed). Runs on other data sharing the cache
-with the same check settings keep each other's passes in it (those of files since changed or removed are dropped);
-runs with other settings, fine-tuning's beside pre-training's, keep a record each (up to :data:`OTHER_RECORDS`
-besides the current one); two runs ending their checks at the same moment may lose the passes of the first, which
-then reads its files again. A long check logs a line a minute
+bad file among hundreds reads only that file (and any other that changed). A fine-tuning resume rewrites it only
+once its checkpoint has accepted the run (``pending_ledger``: a refused resume leaves its folder as it was). Runs on
+other data sharing the cache with the same check settings keep each other's passes in it (those of files since
+changed or removed are dropped); runs with other settings, fine-tuning's beside pre-training's, keep a record each
+(up to :data:`OTHER_RECORDS` besides the current one); two runs ending their checks at the same moment may lose the
+passes of the first, which then reads its files again. A long check logs a line a minute
 (``pre-check of X: 120/5000 items, 1.0 min, about 40.6 min left``).
 Under torch.distributed rank 0 checks and the verdict is broadcast, so a cluster job decodes each file once, not
 once per process.
@@ -40,7 +41,8 @@ import logging
 import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -286,7 +288,8 @@ def _counted(results: Iterable[list[str]], lines: ProgressLines) -> list[list[st
     return done
 
 
-def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path | None, source: str) -> list[str]:
+def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path | None, source: str,
+                pending: list[Callable[[], None]] | None = None) -> list[str]:
     keys = [k for k in (kwargs.get("image_key", "image"), kwargs.get("label_key")) if k]
     # the grid tolerance is part of what a pass means: a ledger written under another one re-checks every file
     # (the spec only adds warnings: a file that passed under one passed under any)
@@ -313,7 +316,11 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
         # file by path, size and time, so it stays true whatever this run checks
         mine, paths = {json.dumps(fp) for fp in prints}, {f[0] for fp in prints for f in fp}
         passed += [fp for fp in map(json.loads, sorted(known - mine)) if not {f[0] for f in fp} & paths and _still_true(fp)]
-        save_json_atomic({"records": [*_other_records(ledger, settings), {"settings": settings, "passed": passed}]}, ledger)
+        records = {"records": [*_other_records(ledger, settings), {"settings": settings, "passed": passed}]}
+        if pending is None:
+            save_json_atomic(records, ledger)
+        else:  # written by the caller once the run can no longer be refused
+            pending.append(partial(save_json_atomic, records, ledger))
     return problems
 
 
@@ -327,6 +334,7 @@ def check_datalist(
     source: str = "",
     image_key: str = "image",
     spec: PreprocessingSpec | None = None,
+    pending_ledger: list[Callable[[], None]] | None = None,
 ) -> list[dict]:
     """Open every file of ``items`` once and raise one error listing every unusable file (see the module docstring).
 
@@ -341,6 +349,7 @@ def check_datalist(
         image_key: key of the images.
         spec: the model's pre-processing, to warn about images that are no CT in HU for it (see :func:`check_item`;
             a file the ledger remembers is not read again, so not warned about again).
+        pending_ledger: a list the ledger's rewrite is appended to, for the caller to call (``None``: done here).
 
     Returns:
         ``items`` (as a list), so that the call can sit inside a bundle config expression.
@@ -360,7 +369,7 @@ def check_datalist(
 
     def check() -> None:
         try:
-            problems = _run_checks(list(items), kwargs, int(workers), ledger, str(source))
+            problems = _run_checks(list(items), kwargs, int(workers), ledger, str(source), pending_ledger)
         except Exception as e:  # not the data (each file's problems are collected below): the traceback stays
             raise RuntimeError(f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}") from e
         if problems:

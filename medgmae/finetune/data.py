@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from monai.transforms import (
@@ -104,16 +104,18 @@ def select_label_fraction(
 
 
 def check_cases(
-    cases: Sequence[dict], num_classes: int, workers: int = 0, source: str = "", ledger_dir: str | Path | None = None
+    cases: Sequence[dict], num_classes: int, workers: int = 0, source: str = "", ledger_dir: str | Path | None = None,
+    pending_ledger: list[Callable[[], None]] | None = None,
 ) -> list[dict]:
     """The fine-tuning pre-check: every case has an image and a label that read, with the same shape and affine,
-    finite voxels and labels in ``[0, num_classes)``; one :class:`DatasetError` lists every unusable file.
+    finite voxels and labels in ``[0, num_classes)``; one :class:`DatasetError` lists every unusable file
+    (``ledger_dir``, ``pending_ledger``: :func:`~medgmae.data.precheck.check_datalist`'s).
 
     Returns:
         ``cases`` unchanged (so that the call can sit inside a bundle config).
     """
     return check_datalist(cases, label_key="label", num_classes=num_classes, require_label=True, workers=workers,
-                    ledger_dir=ledger_dir, source=source)  # fmt: skip
+                    ledger_dir=ledger_dir, source=source, pending_ledger=pending_ledger)  # fmt: skip
 
 
 def _check_labelled(datalist: str | Path, lists: dict[str, list[dict]]) -> None:
@@ -170,9 +172,9 @@ def prepare_datalists(
     """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` and ``datalist`` are empty, label
     subset, checks.
 
-    The run's record (``training_cases.json``) is returned, not written: the bundle writes it with
-    :func:`~medgmae.finetune.run_record.write_run_record` once the resume check of its checkpoint
-    (:func:`medgmae.engine.check_resume_fits`) has passed, so that a refused resume leaves the run folder as it was.
+    The run's record (``training_cases.json``) and a resume's rewrite of the pre-check's ledger are returned, not
+    written: the bundle writes them once the resume check of its checkpoint (:func:`medgmae.engine.check_resume_fits`)
+    has passed, so that a refused resume leaves the run folder as it was.
 
     Args:
         dataset_dir: folder with the images (``""``: the datalist's folder, or, without a datalist, phantom data
@@ -193,25 +195,25 @@ def prepare_datalists(
             with several ``seed`` values train on the same 1 % / 10 % cases; recorded as the record's ``seed``.
 
     Returns:
-        ``{"datalist", "num_classes", "label_names", "training", "validation", "record"}`` with checked case lists
-        and the record of the chosen cases (:func:`~medgmae.finetune.run_record.case_record`).
+        ``{"datalist", "num_classes", "label_names", "training", "validation", "record", "pending_ledger"}``: checked
+        case lists, the chosen cases' record (:func:`~medgmae.finetune.run_record.case_record`), the ledger's rewrite.
 
     Raises:
         DatasetError: unusable data (every problem listed), or a resumed run whose cases differ from the record.
     """
     seed = int(seed if subset_seed is None else subset_seed)  # the data's seed; training's own seed is MONAI's
-    dataset_dir, datalist, source = training_datalist(
-        dataset_dir, datalist, output_dir, phantom_cases, seed, phantom_shape, phantom_spacing, resume
-    )
+    dataset_dir, datalist, source = training_datalist(dataset_dir, datalist, output_dir, phantom_cases, seed,
+                                                      phantom_shape, phantom_spacing, resume)  # fmt: skip
     training, chosen, validation = _choose_cases(datalist, dataset_dir, label_fraction, seed)
     names = training_class_names(datalist, num_classes, chosen + validation, precheck_workers)
     record = case_record(label_fraction, seed, len(training), chosen, source)
     if resume:
         check_resume_matches(output_dir, record)
-    check_cases(chosen + validation, len(names), workers=precheck_workers, source=str(datalist), ledger_dir=ledger_dir)
+    pending = [] if resume else None
+    check_cases(chosen + validation, len(names), precheck_workers, str(datalist), ledger_dir, pending)
     warn_untrained_classes(names, chosen, label_fraction)
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "training": chosen,
-            "validation": validation, "record": record}  # fmt: skip
+            "validation": validation, "record": record, "pending_ledger": pending or []}  # fmt: skip
 
 
 def evaluation_cases(
