@@ -2,8 +2,8 @@
 
 A bad file found while training (a truncated ``.nii.gz`` fails deep inside a dataset with ``EOFError`` and no file
 name) wastes the run up to that point. :func:`check_datalist` reads each image (and label) fully with
-:func:`~medgmae.data.reader.read_volume` (header and data: truncated or corrupt files, 2D/4D arrays, NaN/inf
-voxels, singular geometry), refuses single slices saved as 3D (``(X, Y, 1)``, as most tools write a slice),
+:func:`~medgmae.data.reader.read_volume` (header and data: truncated or corrupt files, 2D/4D arrays, complex values,
+NaN/inf voxels, singular geometry), refuses single slices saved as 3D (``(X, Y, 1)``, as most tools write a slice),
 compares each label with its image (the same voxel grid: :func:`~medgmae.data.grid.same_grid_problem`, shape and
 affine) and checks label values (integers in ``[0, num_classes)``; float noise within
 :data:`~medgmae.data.reader.LABEL_TOLERANCE` of a whole number rounded, other fractions refused). It collects every problem and raises ONE :class:`DatasetError` naming each file

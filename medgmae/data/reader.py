@@ -30,6 +30,7 @@ from medgmae.words import plural
 __all__ = [
     "Volume", "read_volume", "is_volume_path", "volume_stem", "load_nifti", "is_multiframe_dicom", "VOLUME_SUFFIXES",
     "DICOM_FILE_SUFFIXES", "LoadVolumed", "volume_grid", "whole_labels", "LABEL_TOLERANCE", "one_component",
+    "real_voxels",
 ]  # fmt: skip
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
@@ -87,9 +88,25 @@ def one_component(components: int) -> None:
         raise Refused(f"expected one value per voxel, got {components} components")
 
 
+def real_voxels(dtype: np.dtype | str) -> None:
+    """Refuse an image whose voxels are complex numbers (told by its header's data type, before its voxels are
+    read), in the same words for every format: cast to float, their imaginary part would be dropped unsaid.
+
+    Args:
+        dtype: the data type the file stores (NumPy's, or its name: ``complex64``).
+
+    Raises:
+        Refused: a complex data type.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise Refused(f"complex-valued voxels ({dtype.name}): a CT volume must hold real values")
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     img = load_nifti(path)
     one_component(len(img.get_data_dtype().names or ()) or 1)  # RGB(A) NIfTI: a structured dtype, one field each
+    real_voxels(img.get_data_dtype())
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
@@ -122,6 +139,8 @@ def _read_sitk_file(path: Path):
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise Refused("not a readable image file (its header cannot be read)") from e
+    complex_types = {sitk.sitkComplexFloat32: "complex64", sitk.sitkComplexFloat64: "complex128"}  # an NRRD's
+    real_voxels(complex_types.get(reader.GetPixelID(), np.float32))
     try:
         return reader.Execute()
     except RuntimeError as e:  # ITK's text ends "No such file or directory" for a file that exists
@@ -170,7 +189,7 @@ def volume_grid(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
     try:
         if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")):
             img = load_nifti(p)
-            if len(img.shape) == 3:
+            if len(img.shape) == 3 and img.get_data_dtype().kind in "biuf":  # others: refused by read_volume
                 return tuple(int(n) for n in img.shape), np.asarray(img.affine, dtype=np.float64)
         elif p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES) and _missing_data_file(p) is None:
             info = sitk.ImageFileReader()
@@ -240,7 +259,8 @@ def read_volume(
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: unreadable or corrupt file, not a single 3D volume (2D, or ``(X, Y, Z, C)`` with ``C > 1``), a DICOM folder without exactly one series
-            or whose slices are not evenly spaced (a missing slice), non-finite voxels, a singular affine, or
+            or whose slices are not evenly spaced (a missing slice), several values per voxel (RGB), complex-valued
+            voxels (:func:`real_voxels`), non-finite voxels, a singular affine, or
             (``label``) values that are no whole class numbers; the message names the file.
     """
     p = Path(path).expanduser()
