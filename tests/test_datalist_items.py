@@ -8,6 +8,12 @@ import pytest
 
 from medgmae.data import DatasetError, read_volume
 from medgmae.data.datalist import read_datalist, resolve_datalist
+from medgmae.finetune.data import prepare_datalists
+
+from bundle_helpers import run_bundle
+from finetune_helpers import two_case_datalist
+
+ENTRIES = '{"image", "label"}'
 
 
 @pytest.mark.parametrize(
@@ -28,6 +34,67 @@ def test_a_datalist_item_whose_path_is_not_a_string_is_named(tmp_path, item, key
     with pytest.raises(DatasetError) as e:  # how pre-training and fine-tuning read their data source
         resolve_datalist("", tmp_path, datalist=path)
     assert str(e.value) == expected
+
+
+def _refusal_everywhere(tmp_path, content: dict) -> str:
+    """The one message reading ``content`` as a datalist gives, the same whichever list is read and whether
+    pre-training or fine-tuning reads it; no file the datalist names exists, and nothing is written."""
+    path = tmp_path / "dl.json"
+    path.write_text(json.dumps(content))
+    messages = set()
+    for read in (lambda: read_datalist(path), lambda: read_datalist(path, "validation"),
+                 lambda: resolve_datalist("", tmp_path, datalist=path),
+                 lambda: prepare_datalists("", str(path), tmp_path / "run")):  # fmt: skip
+        with pytest.raises(DatasetError) as e:
+            read()
+        messages.add(str(e.value))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dl.json"]
+    assert len(messages) == 1
+    return messages.pop()
+
+
+GOOD = {"training": [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}], "validation": [{"image": "b.nii.gz"}]}
+
+
+@pytest.mark.parametrize(
+    "key, value, found",
+    [("training", "imagesTr/case_0000.nii.gz", 'a string ("imagesTr/case_0000.nii.gz")'), ("training", 3, "a number (3)"),
+     ("training", {"image": "a.nii.gz"}, 'an object ({"image": "a.nii.gz"})'), ("validation", "b.nii.gz", 'a string ("b.nii.gz")'),
+     ("test", 0, "a number (0)")],
+)  # fmt: skip
+def test_a_datalist_list_that_is_not_a_list_is_refused_naming_the_file_and_the_list(tmp_path, key, value, found):
+    """``"training": "imagesTr/case_0000.nii.gz"`` was read a character at a time: a warning of training images
+    listed more than once ("/x/ph/0") and then 25 single-letter cases without a label."""
+    message = _refusal_everywhere(tmp_path, {**GOOD, key: value})
+    assert message == f"datalist {tmp_path / 'dl.json'}: '{key}' must be a list of {ENTRIES} entries, got {found}"
+
+
+@pytest.mark.parametrize("item, found", [(7, "a number (7)"), (None, "null"), (["a.nii.gz"], 'a list (["a.nii.gz"])')])
+def test_a_datalist_entry_that_is_neither_an_object_nor_a_path_is_refused(tmp_path, item, found):
+    message = _refusal_everywhere(tmp_path, {**GOOD, "test": ["c.nii.gz", item]})
+    assert message == (f"datalist {tmp_path / 'dl.json'}: item 1 of 'test' must be a {ENTRIES} object or an image "
+                       f"path string, got {found}")  # fmt: skip
+
+
+@pytest.mark.parametrize("image, found", [(5, "a number (5)"), (None, "null")])
+def test_an_image_that_is_not_a_path_in_any_list_is_refused_before_a_file_is_read(tmp_path, image, found):
+    message = _refusal_everywhere(tmp_path, {**GOOD, "test": [{"image": image}]})
+    expected = f"datalist {tmp_path / 'dl.json'}: item 0 of 'test' has a 'image' that is {found}, not a path string"
+    assert message == expected
+
+
+def test_the_fine_tuning_bundle_refuses_a_training_list_given_as_a_string_in_one_line(tmp_path):
+    path = two_case_datalist(tmp_path)
+    content = json.loads(path.read_text())
+    content["training"] = "c0_img.nii.gz"
+    path.write_text(json.dumps(content))
+    out = tmp_path / "run"
+    proc = run_bundle("training", "unetr_finetune/configs/train.json", "--datalist", str(path), "--device", "cpu",
+                      "--max_epochs", "1", "--output_dir", str(out))  # fmt: skip
+    expected = (f"error: DatasetError: datalist {path}: 'training' must be a list of {ENTRIES} entries, got a string "
+                '("c0_img.nii.gz")')  # fmt: skip
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == expected, proc.stderr[-3000:]
+    assert "more than once" not in proc.stdout + proc.stderr and not out.exists()
 
 
 def test_a_directory_named_like_a_volume_file_is_called_a_directory(tmp_path):

@@ -31,7 +31,7 @@ from medgmae.distributed import is_main_process, main_process_only
 __all__ = [
     "DatasetError", "listed_path", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
     "datalist_base", "resolve_datalist", "warn_if_lists_overlap", "is_nnunet_datalist",
-    "nnunet_datalist_error",
+    "nnunet_datalist_error", "check_datalist_lists", "LIST_KEYS",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae.data")
@@ -83,11 +83,25 @@ def phantom_dataset(
     return out / "dataset.json"
 
 
-def load_datalist_json(path: str | Path) -> dict:
+#: The lists of cases a Decathlon datalist may hold.
+LIST_KEYS = ("training", "validation", "test")
+_ENTRY = '{"image", "label"}'
+
+
+def load_datalist_json(path: str | Path, check_lists: bool = True) -> dict:
     """The JSON object of a datalist file.
 
+    Args:
+        path: the JSON file.
+        check_lists: check the form of its ``training`` / ``validation`` / ``test`` lists
+            (:func:`check_datalist_lists`); ``False`` where only other fields (``labels``) are read.
+
+    Returns:
+        The JSON object.
+
     Raises:
-        DatasetError: the file is missing, not valid JSON, or not a JSON object.
+        DatasetError: the file is missing, not valid JSON, or not a JSON object, or (``check_lists``) a list of
+            cases is malformed.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -101,7 +115,39 @@ def load_datalist_json(path: str | Path) -> dict:
         raise DatasetError(f"datalist {path} is not valid JSON: {e}") from e
     if not isinstance(content, dict):
         raise DatasetError(f"datalist {path} must hold a JSON object (with 'training' / 'validation' lists)")
+    if check_lists:
+        check_datalist_lists(path, content)
     return content
+
+
+def check_datalist_lists(path: Path, content: Mapping) -> None:
+    """Check the form of a datalist's lists of cases before any of their files is read: each of ``training``,
+    ``validation`` and ``test`` present is a list (``null``: none), of ``{"image", "label"}`` objects or image
+    path strings (as the Decathlon's ``test`` list), whose ``image`` and ``label`` are path strings.
+
+    Args:
+        path: the datalist file, for the message.
+        content: its JSON object.
+
+    Raises:
+        DatasetError: naming the file, the list, the item and what it holds instead.
+    """
+    for key in (k for k in LIST_KEYS if content.get(k) is not None):
+        items = content[key]
+        if not isinstance(items, list):
+            raise DatasetError(f"datalist {path}: '{key}' must be a list of {_ENTRY} entries, got {_json_kind(items)}")
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                continue
+            if not isinstance(item, dict):
+                raise DatasetError(f"datalist {path}: item {i} of '{key}' must be a {_ENTRY} object or an image path "
+                                   f"string, got {_json_kind(item)}")  # fmt: skip
+            if "image" not in item:
+                raise DatasetError(f"datalist {path}: item {i} of '{key}' has no 'image': {item!r}")
+            for k in ("image", "label"):
+                if k in item and not isinstance(item[k], str):
+                    raise DatasetError(f"datalist {path}: item {i} of '{key}' has a '{k}' that is "
+                                       f"{_json_kind(item[k])}, not a path string")  # fmt: skip
 
 
 _MODALITY_WARNED: set = set()
@@ -186,8 +232,8 @@ def read_datalist(
         (links followed), the same whichever way the datalist is named and from whichever working folder; backslashes of a datalist written on Windows read as folder separators (:func:`listed_path`).
 
     Raises:
-        DatasetError: the file is missing or not valid JSON, an item has no image or an image or label that is
-            not a path string (``null``, a number), or a required list is absent or empty. A ``modality`` field naming anything but CT (``{"0": "MRI"}``) is warned about, once per file.
+        DatasetError: the file is missing or not valid JSON, one of its lists is malformed
+            (:func:`check_datalist_lists`), or a required list is absent or empty. A ``modality`` field naming anything but CT (``{"0": "MRI"}``) is warned about, once per file.
     """
     path = Path(datalist).expanduser()
     content = load_datalist_json(path)
@@ -202,14 +248,8 @@ def read_datalist(
             raise DatasetError(f"datalist {path}: the '{key}' list {what}{_empty_list_hint(path, key, content, base)}")
         return []
     out = []
-    for i, item in enumerate(items):
+    for item in items:  # their form is checked by load_datalist_json
         item = {"image": item} if isinstance(item, str) else item
-        if not isinstance(item, dict) or "image" not in item:
-            raise DatasetError(f"datalist {path}: item {i} of '{key}' has no 'image': {item!r}")
-        for k in ("image", "label"):
-            if k in item and not isinstance(item[k], str):
-                raise DatasetError(f"datalist {path}: item {i} of '{key}' has a '{k}' that is "
-                                   f"{_json_kind(item[k])}, not a path string")  # fmt: skip
         out.append({k: listed_path(base, v) if k in ("image", "label") else v for k, v in item.items()})
     return out
 
@@ -228,12 +268,14 @@ def listed_path(base: Path, text: str) -> str:
 
 
 def _json_kind(value) -> str:
-    """What a JSON value is, as the file writes it: ``null``, ``a number (3)``, ``a list (["a.nii.gz"])``..."""
+    """What a JSON value is, as the file writes it: ``null``, ``a number (3)``, ``a string ("a.nii.gz")``,
+    ``a list (["a.nii.gz"])``... (a long value cut short)."""
     text = json.dumps(value, default=repr)
     if value is None or isinstance(value, bool):
         return text
-    kind = "a number" if isinstance(value, (int, float)) else "a list" if isinstance(value, list) else "an object"
-    return f"{kind} ({text})"
+    kind = ("a number" if isinstance(value, (int, float)) else "a string" if isinstance(value, str)
+            else "a list" if isinstance(value, list) else "an object")  # fmt: skip
+    return f"{kind} ({text if len(text) <= 80 else text[:77] + '...'})"
 
 
 def _labels_differ(items: Sequence[dict], images: Sequence[str], key) -> bool:

@@ -205,7 +205,7 @@ def folder_class_names(folder: Path) -> dict[int, str]:
     (``{"0": "background", "1": "liver"}``) or nnU-Net v2's (``{"background": 0, "liver": 1}``; region entries,
     which map a name to several values, left out); ``{}`` without a readable map."""
     try:
-        labels = load_datalist_json(folder / "dataset.json").get("labels")
+        labels = load_datalist_json(folder / "dataset.json", check_lists=False).get("labels")
     except DatasetError:  # none, or not a JSON object
         return {}
     names: dict[int, str] = {}
@@ -294,7 +294,7 @@ def _is_nnunet_datalist(path: Path) -> bool:
     """Whether ``path`` is nnU-Net v2's ``dataset.json`` (:func:`~medgmae.data.datalist.is_nnunet_datalist`), read as
     every datalist is (:func:`~medgmae.data.datalist.load_datalist_json`)."""
     try:
-        content = load_datalist_json(path)
+        content = load_datalist_json(path, check_lists=False)
     except DatasetError:  # not a JSON object: not nnU-Net's either
         return False
     return is_nnunet_datalist(content)
