@@ -1,6 +1,6 @@
 """Resumes the medgmae_pretrain bundle refuses, leaving the run's folder byte for byte as it was: another batch size
-or other settings, other training or validation data of the same count, other phantom settings (the bundle's runs
-and exact resumption: test_pretrain_bundle.py)."""
+or other settings (also after a data file changed: the pre-check's ledger kept), other training or validation data
+of the same count, other phantom settings (the bundle's runs and exact resumption: test_pretrain_bundle.py)."""
 
 from __future__ import annotations
 
@@ -173,3 +173,33 @@ def test_a_truncated_newest_checkpoint_is_a_refusal_naming_the_one_before(runs, 
     proc = bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--dataset_dir", str(runs["dataset"]),
                           "--output_dir", str(out), "--max_epochs", "3", "--num_workers", "0", "--resume", "true", cwd=tmp_path)
     assert proc.stderr.strip().splitlines()[-1].endswith("remove it to resume from checkpoint_epoch=1.pt, the one before")
+
+
+def test_a_refused_resume_after_a_data_file_changed_leaves_the_pre_checks_ledger_as_it_was(runs, tmp_path, folder_state):
+    """A copy of the phantom run whose first training volume's modification time changed (the pre-check reads it
+    again and rewrites its ledger, ``cache/precheck.json``) resumed with batch size 2 or another crop size: refused
+    before the pre-check runs, the folder byte for byte as it was; a resume that goes on records the new time."""
+    import os
+    import shutil
+
+    out = shutil.copytree(runs["resumed"], tmp_path / "run", copy_function=shutil.copy2)
+    ledger = out / "cache" / "precheck.json"
+    image = json.loads((out / "phantom" / "dataset.json").read_text(encoding="utf-8"))["training"][0]["image"]
+    os.utime(out / "phantom" / image, ns=(10**18, 10**18))  # changed: the pre-check reads it again
+    assert ledger.is_file() and str(10**18) not in ledger.read_text(encoding="utf-8")
+    before = folder_state(out)
+
+    def resume(flag: str, value: str) -> subprocess.CompletedProcess:
+        small = SMALL[:]
+        small[small.index(flag) + 1] = value
+        return bundle_process("run", "training", "--config_file", TRAIN, *small, "--output_dir", str(out), "--max_epochs",
+                              "3", "--resume", "true", cwd=tmp_path)  # fmt: skip
+
+    proc = resume("--batch_size", "2")
+    assert proc.returncode != 0 and "the batch size changed from 1 to 2" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
+    proc = resume("--roi_size", "48")
+    assert proc.returncode != 0 and "img_size: saved [32, 32, 32], now [48, 48, 48]" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(out) == before
+    succeeded(resume("--batch_size", "1"))
+    assert str(10**18) in ledger.read_text(encoding="utf-8")
