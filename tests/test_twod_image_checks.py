@@ -1,0 +1,48 @@
+"""medgmae-2d refuses images whose geometry or content gives nothing to layer, with the 3D readers' words: a NIfTI
+whose voxel-to-world matrix is singular or not finite, a blank image or slice (every pixel one value), a symbolic
+link loop; a tiny picture is noted as upscaled. Nothing is written for a refused image."""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gmae2d_helpers import tiny_gmae2d
+from medgmae.twod.cli import main
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    torch.save(tiny_gmae2d(k=8, size=16).model_checkpoint(), tmp_path / "model.pt")
+    return tmp_path / "model.pt"
+
+
+def _segment(model_file, image, out, *extra):
+    return main(["segment", "--checkpoint", str(model_file), "--image", str(image), "--out", str(out),
+                 "--device", "cpu", *extra])  # fmt: skip
+
+
+def _volume(path, data, affine):
+    img = nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4))
+    img.set_qform(None, code=0)  # the frame only in the sform (a singular one cannot be a qform)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("entry", ["nan", "singular"])
+def test_a_nifti_whose_affine_places_no_voxel_is_refused_as_the_3d_readers_refuse_it(model_file, tmp_path, capsys,
+                                                                                      entry):  # fmt: skip
+    """NaN in the sform was layered from a meaningless orientation (exit 0); a singular one failed inside nibabel
+    ("Cannot drop coordinates when applying orientation to data"). Both now get the 3D reader's line."""
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[(0, 3) if entry == "nan" else (2, 2)] = np.nan if entry == "nan" else 0.0
+    data = np.random.default_rng(0).normal(0, 100, (12, 12, 5))
+    path = _volume(tmp_path / "ct.nii.gz", data, affine)
+    assert _segment(model_file, path, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"medgmae-2d segment: error: {path}: the voxel-to-world matrix is singular or not finite:" in err, err
+    assert not (tmp_path / "out").exists()
