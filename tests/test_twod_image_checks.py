@@ -46,3 +46,18 @@ def test_a_nifti_whose_affine_places_no_voxel_is_refused_as_the_3d_readers_refus
     err = capsys.readouterr().err
     assert f"medgmae-2d segment: error: {path}: the voxel-to-world matrix is singular or not finite:" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_symbolic_link_loop_is_named_as_one(model_file, tmp_path, capsys):
+    """A link to itself was "a link to loop.png, which is not found"; the recon commands said "does not exist"."""
+    from recon.cli import main as recon_main
+
+    loop = tmp_path / "loop.nii.gz"
+    os.symlink(loop.name, loop)
+    said = f"{loop}: a symbolic link loop (it points back to itself)"
+    assert _segment(model_file, loop, tmp_path / "out") == 2
+    assert f"medgmae-2d segment: error: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert recon_main(["simulate", "--volume", str(loop), "--geometry", "parallel", "--views", "4",
+                       "--out", str(tmp_path / "sim")]) == 2  # fmt: skip
+    assert f"medgmae-recon simulate: error: {said}" in capsys.readouterr().err
