@@ -48,6 +48,35 @@ def test_a_nifti_whose_affine_places_no_voxel_is_refused_as_the_3d_readers_refus
     assert not (tmp_path / "out").exists()
 
 
+def test_a_blank_picture_is_refused_with_its_value(model_file, tmp_path, capsys):
+    """Every pixel 7 (8-bit): layers and masks of nothing were written with exit 0."""
+    Image.fromarray(np.full((20, 24), 7, np.uint8)).save(tmp_path / "blank.png")
+    assert _segment(model_file, tmp_path / "blank.png", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'blank.png'}: every pixel is {7 / 255:.4g} (7 of 255), a blank image" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_constant_slice_of_a_volume_is_refused_naming_the_slice_and_value(model_file, tmp_path, capsys):
+    """Slice 2 of a volume holds -1000 only (air outside the body); the other slices do not."""
+    data = np.random.default_rng(1).normal(0, 100, (12, 12, 5))
+    data[:, :, 2] = -1000.0
+    path = _volume(tmp_path / "ct.nii.gz", data, np.diag([2.0, 2.0, 3.0, 1.0]))
+    assert _segment(model_file, path, tmp_path / "out", "--slice", "2") == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}, axial slice 2 of 5 (numbered from 0): every pixel is -1000, a blank image" in err, err
+    assert not (tmp_path / "out").exists()
+    assert _segment(model_file, path, tmp_path / "out", "--slice", "1") == 0  # a slice with content is layered
+
+
+def test_a_one_pixel_picture_is_noted_as_upscaled(model_file, tmp_path, capsys):
+    """A 1 x 1 picture is resized to the model's input by design (no blank-image refusal: it has one pixel); a
+    short note says so."""
+    Image.fromarray(np.full((1, 1), 90, np.uint8)).save(tmp_path / "dot.png")
+    assert _segment(model_file, tmp_path / "dot.png", tmp_path / "out") == 0
+    assert "medgmae-2d segment: note: dot.png is upscaled from 1x1 to the model's 16x16 input" in capsys.readouterr().err
+
+
 def test_a_symbolic_link_loop_is_named_as_one(model_file, tmp_path, capsys):
     """A link to itself was "a link to loop.png, which is not found"; the recon commands said "does not exist"."""
     from recon.cli import main as recon_main
