@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from medgmae.missing_paths import missing_path_message
 from medgmae.temp_names import WRITER, temp_name
 from medgmae.write_failures import OutputWriteError, moved_failure, write_failure
 from medgmae.words import plural
@@ -299,7 +300,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the {what} was not found")
+        raise FileNotFoundError(missing_path_message(path, f"{path}: the {what} was not found"))
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows Notepad) is skipped
     except UnicodeDecodeError as e:

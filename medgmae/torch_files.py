@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from medgmae.files import atomic_write
+from medgmae.missing_paths import missing_path_message
 
 __all__ = ["load_torch_file", "save_torch_atomic"]
 
@@ -63,7 +64,7 @@ def load_torch_file(
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise FileNotFoundError(missing_path_message(path, f"{what} not found: {path}"))
     if _torch_file_kind(path) == "torchscript":  # torch.load's own words would advise weights_only=False
         raise ValueError(f"{path}: a TorchScript file (an exported network such as model.ts, read by torch.jit.load), "
                          f"not a {what} written by torch.save; is this the right path?")

@@ -43,6 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
+from medgmae.missing_paths import missing_path_message
 from recon.angle_checks import check_directions, check_radians
 from recon.detector_offset import (check_coverage, check_offsets, coverage, max_abs, offset_array, offset_field,
                                     per_view)
@@ -384,7 +385,8 @@ class CTGeometry:
         path = Path(path)
         if not path.is_file():
             inside = f": give {path / 'geometry.json'}" if (path / "geometry.json").is_file() else ": give a geometry JSON file"
-            raise ValueError(f"geometry file {path} " + (f"is a folder{inside}" if path.is_dir() else "does not exist"))
+            raise ValueError(f"geometry file {path} is a folder{inside}" if path.is_dir()
+                             else missing_path_message(path, f"geometry file {path} does not exist"))
         try:
             d = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows Notepad) skipped
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

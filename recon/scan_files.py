@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from medgmae.files import atomic_write, save_nifti_atomic
+from medgmae.missing_paths import missing_path_message
 
 __all__ = ["load_volume", "save_nifti", "load_projections", "read_detector_images", "save_projections",
            "check_line_integrals", "line_integral_problem", "detector_stack_shape", "LINE_INTEGRAL_MAX", "itk_header", "ITK_HEADERS",
@@ -54,7 +55,7 @@ def load_volume(path, check_finite: bool = True, planar: bool = False) -> tuple[
     try:
         vol = read_volume(path, check_finite=check_finite, planar=planar)
     except FileNotFoundError as e:
-        raise ValueError(f"volume file {path} does not exist") from e
+        raise ValueError(missing_path_message(path, f"volume file {path} does not exist")) from e
     return np.ascontiguousarray(vol.array.transpose(2, 1, 0)), vol.affine, vol.spacing[::-1]
 
 
@@ -110,7 +111,7 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
     if path.is_dir():
         raise ValueError(_folder_problem(path, what))
     if not path.is_file():
-        raise ValueError(f"{what} file {path} does not exist")
+        raise ValueError(missing_path_message(path, f"{what} file {path} does not exist"))
     if path.name.lower().endswith(TIFF_SUFFIXES):
         p = _read_tiff(path, what, planar)
         integers = p.dtype.kind in "iu"

@@ -524,6 +524,11 @@ def test_an_empty_file_a_broken_link_and_a_macos_resource_file_are_named_as_such
     link.symlink_to(tmp_path / "moved" / "ct.nii.gz")
     with pytest.raises(FileNotFoundError, match=rf"volume not found: .*link\.nii\.gz \(a link to .*moved/ct\.nii\.gz, which does not exist\)"):
         read_volume(link)
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"  # a link loop through two links: "volume not found" said nothing
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(FileNotFoundError, match=r"a\.nii\.gz: a symbolic link loop \(it points back to itself\)$"):
+        read_volume(a)
     fork = tmp_path / "._ct.nii.gz"
     fork.write_bytes(b"\x00\x05\x16\x07" + bytes(4092))  # an AppleDouble header, as macOS copies leave beside a file
     with pytest.raises(ValueError, match=r"cannot read the volume .* macOS '\._' resource file's, not an image's"):

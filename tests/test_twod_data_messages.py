@@ -215,5 +215,5 @@ def test_a_broken_link_in_an_image_folder_is_named_not_passed_over(tmp_path):
     Image.fromarray(np.full((12, 12), 100, np.uint8)).save(folder / "a.png")
     (folder / "b.png").symlink_to(tmp_path / "unmounted" / "b.png")
     assert [p["image"] for p in image_folder_items(folder, log=False)] == [str(folder / "a.png"), str(folder / "b.png")]
-    with pytest.raises(ValueError, match=r"image not found: .*b\.png \(a link to .*unmounted/b\.png, which is not found\)"):
+    with pytest.raises(ValueError, match=r"image not found: .*b\.png \(a link to .*unmounted/b\.png, which does not exist\)"):
         gmae2d_dataset(folder, image_size=(16, 16), log=False)

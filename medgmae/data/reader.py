@@ -25,12 +25,13 @@ from monai.transforms import MapTransform
 
 from medgmae.data.dicom_series import Refused, read_series, series_ids, warn_if_modality_not_ct
 from medgmae.data.nifti_header import load_nifti
+from medgmae.missing_paths import missing_path_message
 from medgmae.words import plural
 
 __all__ = [
     "Volume", "read_volume", "is_volume_path", "volume_stem", "load_nifti", "is_multiframe_dicom", "VOLUME_SUFFIXES",
     "DICOM_FILE_SUFFIXES", "LoadVolumed", "volume_grid", "whole_labels", "LABEL_TOLERANCE", "one_component",
-    "real_voxels",
+    "real_voxels", "check_affine",
 ]  # fmt: skip
 
 #: File endings read as volumes (a folder holding a DICOM series is one too: :func:`is_volume_path`).
@@ -265,8 +266,7 @@ def read_volume(
     """
     p = Path(path).expanduser()
     if not p.exists():
-        link = f" (a link to {os.readlink(p)}, which does not exist)" if p.is_symlink() else ""
-        raise FileNotFoundError(f"volume not found: {p}{link}")
+        raise FileNotFoundError(missing_path_message(p, f"volume not found: {p}"))
     if p.is_file() and p.stat().st_size == 0:
         raise ValueError(f"{p}: the file is empty (0 bytes: a copy or download that did not finish?)")
     if not (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)):
@@ -290,9 +290,23 @@ def read_volume(
         raise ValueError(f"{p}: the volume contains NaN or infinite voxels")
     if label:
         arr = whole_labels(arr, p)
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ValueError(f"{p}: the voxel-to-world matrix is singular or not finite:\n{affine}")
+    check_affine(affine, p)
     return Volume(arr, affine, p)
+
+
+def check_affine(affine: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse a voxel-to-world matrix that places no voxel: one with NaN or infinite entries, or a singular one
+    (a zero voxel size, a zeroed sform with qform code 0), the check of every reader of volumes and slices.
+
+    Args:
+        affine: the ``(4, 4)`` voxel-to-world matrix the file states.
+        path: the file, as the error names it.
+
+    Raises:
+        ValueError: naming the file and showing the matrix.
+    """
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(f"{path}: the voxel-to-world matrix is singular or not finite:\n{affine}")
 
 
 def whole_labels(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:

@@ -20,6 +20,7 @@ from medgmae.data.reader import read_volume, volume_stem
 from medgmae.engine import resolve_device
 from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png, voxel_sizes
 from medgmae.files import save_nifti_atomic
+from medgmae.missing_paths import missing_path_message
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import describe_preprocessing, model_preprocessing
 from medgmae.volume_units import warn_if_not_hu
@@ -60,8 +61,9 @@ def volume_path_check(value: Any) -> None:
     :func:`~medgmae.data.reader.read_volume` when the run starts)."""
     if not str(value or "").strip():
         raise ValueError("no input volume given: set image (e.g. --image /path/to/ct.nii.gz)")
-    if not Path(str(value)).expanduser().exists():
-        raise ValueError(f"input volume not found: {Path(str(value)).expanduser()}")
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise ValueError(missing_path_message(path, f"input volume not found: {path}"))
 
 
 def overlap_check(model_path: Any) -> Callable[[Any], None]:
@@ -119,7 +121,7 @@ class GaussianInference:
         self.model_path, self.image_path = Path(model_path).expanduser(), Path(image_path).expanduser()
         self.output_dir = Path(output_dir)  # a '~' here is refused by the bundle's settings check
         if not self.image_path.exists():
-            raise FileNotFoundError(f"input volume not found: {self.image_path}")
+            raise FileNotFoundError(missing_path_message(self.image_path, f"input volume not found: {self.image_path}"))
         self.device = resolve_device(device)
         self.overlap, self.batch_size, self.output_hu = int(overlap), int(batch_size), bool(output_hu)
 

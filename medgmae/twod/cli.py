@@ -13,7 +13,8 @@ encoded (no mask), decoded to Gaussians and rendered with depth layers. The comm
 (``axis``, ``index`` of ``count``) and the window ``[low, high]`` with where it came from (``--window``, the
 checkpoint, the DICOM file, or the 0.5/99.5 percentiles). Every output file is written atomically, and only
 after all results are computed. Exit status: 0 on success, 2 on bad input (missing or
-unreadable files, wrong checkpoint kind, nonsense options), 1 on other failures.
+unreadable files, a blank image or slice: every pixel one value, wrong checkpoint kind, nonsense options), 1 on
+other failures.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from medgmae.files import output_dir_problem, os_error_message, save_json_atomic
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gsplat_backend import check_backend_setting
+from medgmae.twod.image_checks import blank_image_problem, upscale_note
 from medgmae.twod.images import is_windowed, read_image_source, read_reference, slice_text, to_model_input
 from medgmae.twod.pngs import save_png, save_png_grid
 from medgmae.twod.windows import recorded_window, window_setting
@@ -117,7 +119,11 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
         if args.slice is not None:
             raise ValueError(f"--slice applies to NIfTI volumes and multi-frame DICOM; {args.image} is a {kind} (one image)")
     image, source = read_image_source(args.image, slice_index=args.slice, window=_window(args, model))
+    if blank := blank_image_problem(args.image, image, source):
+        raise ValueError(blank)
     _note_if_16bit_range_narrow(args, source.get("stored_range"))
+    if note := upscale_note(args.image.name, image.shape[-2:], model.img_size):
+        print(f"medgmae-2d {args.command}: note: {note}", file=sys.stderr)
     x = to_model_input(image, model.in_channels, model.img_size).to(device)
     size = tuple(args.render_size) if args.render_size else default_render_size(image.shape[-2:])
     _check_render_size(size, model.img_size, device)

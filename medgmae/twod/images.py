@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from medgmae.data.grid import same_grid_problem
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
+from medgmae.missing_paths import missing_path_message
 from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.nifti_slices import nifti_grid, only_slice_0, read_nifti_slice
 from medgmae.twod.picture_notes import float_tiff_note, note_transparency
@@ -171,8 +172,7 @@ def _check_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise ValueError(f"{path} is a folder; expected an image file")
     if not path.is_file():
-        gone = f" (a link to {os.readlink(path)}, which is not found)" if path.is_symlink() else ""
-        raise FileNotFoundError(f"image not found: {path}{gone}")
+        raise FileNotFoundError(missing_path_message(path, f"image not found: {path}"))
     return path
 
 

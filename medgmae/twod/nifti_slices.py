@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medgmae.data.dicom_series import Refused
-from medgmae.data.reader import load_nifti, one_component, real_voxels
+from medgmae.data.reader import check_affine, load_nifti, one_component, real_voxels
 
 __all__ = ["read_nifti_slice", "nifti_plane", "nifti_grid", "only_slice_0", "open_nifti"]
 
@@ -81,13 +81,16 @@ def nifti_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
 def open_nifti(path: Path) -> Any:
     """:func:`medgmae.data.reader.load_nifti` with its errors as ``ValueError`` naming the file; an RGB(A) NIfTI (a
     structured dtype, one field a channel: NumPy's DTypePromotionError when read) and a complex-valued one are
-    refused as the 3D reader refuses them."""
+    refused as the 3D reader refuses them, and so is a voxel-to-world matrix that is singular or not finite
+    (:func:`medgmae.data.reader.check_affine`)."""
     try:
         img = load_nifti(path)
         one_component(len(img.get_data_dtype().names or ()) or 1)
         real_voxels(img.get_data_dtype())
-        return img
+        affine = np.asarray(img.affine, dtype=np.float64)
     except Refused as e:  # the opener's own refusal says what to do
         raise ValueError(f"{path}: {e}") from e
     except Exception as e:  # nibabel raises several types for corrupt files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    check_affine(affine, path)  # the slice is oriented by it, and a volume's reader refuses it too
+    return img
