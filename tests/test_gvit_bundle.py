@@ -85,6 +85,25 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
     assert folder_state(out) == state
 
 
+def test_a_resume_with_other_phantom_task_settings_leaves_the_run_folder_as_it_was(tmp_path, folder_state):
+    """The default phantom task lies in the run folder: a resume with another image_size or num_phantoms is refused
+    naming the setting, saved and now, before the task is cleared or written again (its task.json and slices were
+    regenerated, then the checkpoints refused the new data); the run's own settings still resume."""
+    out, tiny = tmp_path / "run", {**TINY, "num_explanations": 0}
+    run_gvit_bundle("train.json", output_dir=str(out), **tiny)
+    state = folder_state(out)
+    for key, value in (("image_size", 24), ("num_phantoms", 4)):
+        with pytest.raises(RuntimeError) as refused:
+            run_gvit_bundle("train.json", output_dir=str(out), resume=True, **{**tiny, key: value})
+        assert folder_state(out) == state, key
+        message = str(refused.value.__cause__)
+        assert f"trained on a phantom task generated with other settings ({key}: saved {tiny[key]}, now {value})" in message
+    epoch_files = sorted((out / "checkpoints").glob("*/checkpoint_epoch=1.pt"))
+    run_gvit_bundle("train.json", output_dir=str(out), resume=True, **tiny)
+    assert len(epoch_files) == 3 and all(state[str(p.relative_to(out))][1] == p.stat().st_mtime_ns for p in epoch_files)
+    assert folder_state(out / "data") == {k[5:]: v for k, v in state.items() if k.startswith("data/")}
+
+
 def test_confusion_table_layout():
     from medgmae.twod.gvit_summary import confusion_table
 

@@ -36,7 +36,7 @@ from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_
 from medgmae.twod.gvit_augment import gvit_augmentation
 from medgmae.twod.image_copies import warn_about_copies
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
-from medgmae.twod.phantom_task import write_phantom_slice_task
+from medgmae.twod.phantom_task import check_phantom_task_resume, write_phantom_slice_task
 from medgmae.twod.windows import window_setting
 from medgmae.words import label_text, plural, plural_noun
 
@@ -272,9 +272,12 @@ def resolve_classification_data(
     window: Sequence[float] | None = None,
     channels: int | None = None,
     class_names: Sequence[str] | None = None,
+    resume_dir: str | Path | None = None,
 ) -> ClassificationData:
     """``dataset_dir`` (folder or CSV) loaded by :func:`load_classification_data`; when it is empty or None,
-    the default phantom-slice task written to (or reused from) ``default_root``.
+    the default phantom-slice task written to (or reused from) ``default_root``; with ``resume_dir`` (the GViT run a
+    resume continues), a task there of other settings is refused before it is replaced
+    (:func:`~medgmae.twod.phantom_task.check_phantom_task_resume`).
 
     ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given,
     and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
@@ -287,6 +290,8 @@ def resolve_classification_data(
     phantom = dataset_dir is None or str(dataset_dir).strip() == ""
     if phantom:
         logger.info("no dataset_dir given: using the generated phantom-slice task in %s", default_root)
+        if resume_dir is not None:
+            check_phantom_task_resume(default_root, resume_dir, num_cases, seed, image_size)
         dataset_dir = write_phantom_slice_task(default_root, num_cases=num_cases, seed=seed, image_size=image_size)
     data = load_classification_data(dataset_dir, val_fraction=val_fraction, seed=seed, channels=channels,
                                     class_names=class_names)

@@ -3,8 +3,8 @@
 :func:`write_phantom_slice_task` cuts the phantoms of :mod:`medgmae.data.phantom` (through
 :func:`medgmae.twod.data2d.axial_slices`) into class-folder PNGs, the last phantoms forming the validation split,
 and records its parameters in ``task.json`` so that a task of the same parameters is reused and one of others is
-replaced (:func:`phantom_task_conflicts` tells evaluation when it would be). ``medgmae.twod.classification_data``
-loads it as any class-folder dataset.
+replaced (:func:`phantom_task_conflicts` tells evaluation when it would be; :func:`check_phantom_task_resume` refuses
+a resume that would replace its run's). ``medgmae.twod.classification_data`` loads it as any class-folder dataset.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from medgmae.files import save_json_atomic
+from medgmae.settings_diff import settings_differences
 from medgmae.twod.data2d import axial_slices, window_to_image
 from medgmae.twod.images import save_png
 
-__all__ = ["VAL_PHANTOMS", "check_num_phantoms", "phantom_task_conflicts", "phantom_task_params", "write_phantom_slice_task"]
+__all__ = ["VAL_PHANTOMS", "check_num_phantoms", "check_phantom_task_resume", "phantom_task_conflicts",
+           "phantom_task_params", "write_phantom_slice_task"]
 
 logger = logging.getLogger("medgmae.gvit")
 
@@ -30,6 +32,9 @@ _TASK_VERSION = 2
 
 #: Phantoms of the default task's validation split (the last ones).
 VAL_PHANTOMS = 2
+
+#: The GViT bundle's settings behind each recorded task parameter, as a refused resume names them.
+_TASK_FLAGS = {"num_cases": "num_phantoms", "image_size": "image_size", "seed": "seed", "version": "task version"}
 
 
 def check_num_phantoms(value: Any, dataset_dir: Any = "") -> None:
@@ -127,6 +132,37 @@ def phantom_task_conflicts(out_dir: str | Path, num_cases: int, seed: int, image
     would replace (None when the folder holds no task or the same one)."""
     old = phantom_task_params(out_dir)
     return old if old is not None and old != _task_params(num_cases, seed=seed, image_size=image_size) else None
+
+
+def check_phantom_task_resume(out_dir: str | Path, run_dir: str | Path, num_cases: int, seed: int,
+                              image_size: int) -> None:  # fmt: skip
+    """Refuse, before the task is cleared or written again, a resume whose settings differ from those of the phantom
+    task in ``out_dir`` (the interrupted run's data), so that a refused resume leaves the task as it was.
+
+    Args:
+        out_dir: the task's folder (the run's ``data``).
+        run_dir: the GViT run a resume continues; nothing to check without an epoch checkpoint in its
+            ``checkpoints/<phase>`` folders (nothing to resume), or without a finished task in ``out_dir``.
+        num_cases, seed, image_size: as :func:`write_phantom_slice_task`'s (the bundle's ``num_phantoms``, ``seed``
+            and ``image_size``).
+
+    Raises:
+        ResumeRefused: the recorded task has other settings; the message names each, saved and now.
+    """
+    from medgmae.engine.restore import ResumeRefused
+    from medgmae.engine.resume import latest_checkpoint
+    from medgmae.twod.gvit_step import PHASES
+
+    checkpoints = Path(run_dir) / "checkpoints"
+    saved = phantom_task_params(out_dir)
+    if not isinstance(saved, dict) or not any(latest_checkpoint(checkpoints / p) for p in PHASES):
+        return
+    diff = settings_differences(saved, _task_params(num_cases, seed=seed, image_size=image_size), _TASK_FLAGS)
+    if diff:
+        raise ResumeRefused(
+            f"the checkpoints in {checkpoints} were trained on a phantom task generated with other settings ("
+            + "; ".join(diff) + "). Resume with the interrupted run's phantom settings or train into a new output_dir"
+        )
 
 
 def _reuse_or_clear(out_dir: Path, params: dict) -> bool:
