@@ -24,6 +24,7 @@ from medgmae.networks.vit import (
     VIT_PRESETS, MaskedViTEncoder, check_model_input, freeze_unused_cross_attn_norms, quiet_monai_meshgrid,
 )
 from medgmae.preprocessing import PreprocessingSpec
+from medgmae.whole_numbers import positive_count, positive_sizes
 
 __all__ = [
     "MAEOutput",
@@ -180,15 +181,12 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"model_size must be one of {sorted(VIT_PRESETS)}, got {model_size!r}")
         if not 0.0 <= float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        if int(in_channels) < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        img = tuple(int(s) for s in ((img_size,) * spatial_dims if isinstance(img_size, int) else img_size))
-        patch = tuple(int(s) for s in ((patch_size,) * spatial_dims if isinstance(patch_size, int) else patch_size))
-        if len(img) != spatial_dims or len(patch) != spatial_dims:
-            raise ValueError(f"img_size and patch_size must be {spatial_dims}D, got {img_size!r} and {patch_size!r}")
+        in_channels = positive_count(in_channels, "in_channels")
+        img = positive_sizes(img_size, spatial_dims, "img_size")
+        patch = positive_sizes(patch_size, spatial_dims, "patch_size")
         preset = VIT_PRESETS[model_size]
         self.preset, self.model_size, self.spatial_dims = preset, model_size, spatial_dims
-        self.img_size, self.patch_size, self.in_channels = img, patch, int(in_channels)
+        self.img_size, self.patch_size, self.in_channels = img, patch, in_channels
         self.mask_ratio, self.loss_on_all_voxels = float(mask_ratio), bool(loss_on_all_voxels)
         #: the pre-processing the model is (to be) trained with; written into ``model.pt`` / ``encoder.pt``.
         self.preprocessing: PreprocessingSpec | None = None

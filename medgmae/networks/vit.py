@@ -15,8 +15,9 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
-from monai.utils import ensure_tuple_rep
 from torch import Tensor
+
+from medgmae.whole_numbers import positive_sizes
 
 __all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "batch_tokens", "check_model_input", "quiet_monai_meshgrid",
            "random_masking", "visible_patch_count"]
@@ -146,10 +147,10 @@ class MaskedViTEncoder(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        img = ensure_tuple_rep(img_size, spatial_dims)
-        patch = ensure_tuple_rep(patch_size, spatial_dims)
+        img = positive_sizes(img_size, spatial_dims, "img_size")
+        patch = positive_sizes(patch_size, spatial_dims, "patch_size")
         for i, p in zip(img, patch):
-            if p <= 0 or i % p != 0:
+            if i % p != 0:
                 raise ValueError(f"patch_size {patch} must divide img_size {img}")
         if hidden_size % num_heads != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
