@@ -132,6 +132,11 @@ def masked_mse(pred: Tensor, target: Tensor, voxel_mask: Tensor | None) -> Tenso
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    mask = None if voxel_mask is None else tuple(voxel_mask.shape)
+    if mask is not None and (len(mask) != pred.dim() or mask[0] != pred.shape[0] or mask[1] not in (1, pred.shape[1])
+                             or mask[2:] != tuple(pred.shape[2:])):  # fmt: skip
+        raise ValueError(f"voxel_mask must be a (B, 1, *spatial) voxel mask, {(pred.shape[0], 1, *pred.shape[2:])} for "
+                         f"pred {tuple(pred.shape)} (a model output's mask, not its (B, N) patch_mask), got {mask}")  # fmt: skip
     dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
     err = (pred.to(dtype) - target.to(dtype)).square()
     if voxel_mask is None:
@@ -344,6 +349,8 @@ class MaskedAutoencoder(nn.Module):
             :class:`MAEOutput` with ``loss``, ``pred``, ``mask`` (voxels), ``patch_mask`` and ``gaussians``.
         """
         self._check_input(x)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__} {generator!r}")
         ratio = self._mask_ratio(self.mask_ratio if mask_ratio is None else mask_ratio)
         latent, patch_mask, ids_restore = self.encoder(x, mask_ratio=ratio, generator=generator)
         pred, gaussians = self.reconstruct(latent, ids_restore)
