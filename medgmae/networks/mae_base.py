@@ -278,6 +278,10 @@ class MaskedAutoencoder(nn.Module):
         Called on :class:`MaskedAutoencoder` itself, the file's kind picks the model (MedGMAE, MedGMAE*, the
         voxel-MAE, or a 2D GMAE where :mod:`medgmae.twod` is loaded).
 
+        Returns:
+            The model on ``map_location``, in training mode as any new module (training resumes from it as it is;
+            unlike :func:`~medgmae.twod.gvit.load_gvit`, which returns eval mode): call ``.eval()`` for inference.
+
         Raises:
             FileNotFoundError: the file does not exist.
             ValueError: the file is not a checkpoint of this model's kind, or its config and weights do not build

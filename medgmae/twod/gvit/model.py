@@ -158,6 +158,14 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
     The model is returned in eval mode, so that ``load_gvit(path)(x)`` is the same on every call (in training mode
     each call draws new initial Gaussians); call ``.train()`` on it to train it further.
 
+    Args:
+        path: the ``model.pt``.
+        map_location: passed to :func:`torch.load`.
+        cls: the model class (default :class:`GViT`).
+
+    Returns:
+        The model, in eval mode, with ``class_names``, ``data_settings`` and ``training_settings`` from the file.
+
     Raises:
         FileNotFoundError: the file is missing.
         ValueError: unreadable / unsafe file, a checkpoint of another kind (the message names both kinds), a
