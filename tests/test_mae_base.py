@@ -28,9 +28,9 @@ def test_sincos_embedding_matches_monai_and_zero_pads(spatial_dims, grid):
 def test_base_validates_dimensions_and_channels():
     with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
         MaskedAutoencoder(16, 4, model_size="tiny", spatial_dims=4)
-    with pytest.raises(ValueError, match="must be 2D"):
+    with pytest.raises(ValueError, match=r"img_size must be 2 positive whole numbers .*got \(16, 16, 16\)"):
         MaskedAutoencoder((16, 16, 16), 4, model_size="tiny", spatial_dims=2)
-    with pytest.raises(ValueError, match="in_channels must be >= 1"):
+    with pytest.raises(ValueError, match="in_channels must be a positive whole number, got 0"):
         MaskedAutoencoder(16, 4, in_channels=0, model_size="tiny")
 
 

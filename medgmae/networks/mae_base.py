@@ -24,6 +24,7 @@ from medgmae.networks.vit import (
     VIT_PRESETS, MaskedViTEncoder, check_model_input, freeze_unused_cross_attn_norms, quiet_monai_meshgrid,
 )
 from medgmae.preprocessing import PreprocessingSpec
+from medgmae.whole_numbers import positive_count, positive_sizes
 
 __all__ = [
     "MAEOutput",
@@ -131,6 +132,11 @@ def masked_mse(pred: Tensor, target: Tensor, voxel_mask: Tensor | None) -> Tenso
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    mask = None if voxel_mask is None else tuple(voxel_mask.shape)
+    if mask is not None and (len(mask) != pred.dim() or mask[0] != pred.shape[0] or mask[1] not in (1, pred.shape[1])
+                             or mask[2:] != tuple(pred.shape[2:])):  # fmt: skip
+        raise ValueError(f"voxel_mask must be a (B, 1, *spatial) voxel mask, {(pred.shape[0], 1, *pred.shape[2:])} for "
+                         f"pred {tuple(pred.shape)} (a model output's mask, not its (B, N) patch_mask), got {mask}")  # fmt: skip
     dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
     err = (pred.to(dtype) - target.to(dtype)).square()
     if voxel_mask is None:
@@ -180,15 +186,12 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"model_size must be one of {sorted(VIT_PRESETS)}, got {model_size!r}")
         if not 0.0 <= float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        if int(in_channels) < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        img = tuple(int(s) for s in ((img_size,) * spatial_dims if isinstance(img_size, int) else img_size))
-        patch = tuple(int(s) for s in ((patch_size,) * spatial_dims if isinstance(patch_size, int) else patch_size))
-        if len(img) != spatial_dims or len(patch) != spatial_dims:
-            raise ValueError(f"img_size and patch_size must be {spatial_dims}D, got {img_size!r} and {patch_size!r}")
+        in_channels = positive_count(in_channels, "in_channels")
+        img = positive_sizes(img_size, spatial_dims, "img_size")
+        patch = positive_sizes(patch_size, spatial_dims, "patch_size")
         preset = VIT_PRESETS[model_size]
         self.preset, self.model_size, self.spatial_dims = preset, model_size, spatial_dims
-        self.img_size, self.patch_size, self.in_channels = img, patch, int(in_channels)
+        self.img_size, self.patch_size, self.in_channels = img, patch, in_channels
         self.mask_ratio, self.loss_on_all_voxels = float(mask_ratio), bool(loss_on_all_voxels)
         #: the pre-processing the model is (to be) trained with; written into ``model.pt`` / ``encoder.pt``.
         self.preprocessing: PreprocessingSpec | None = None
@@ -275,6 +278,10 @@ class MaskedAutoencoder(nn.Module):
         Called on :class:`MaskedAutoencoder` itself, the file's kind picks the model (MedGMAE, MedGMAE*, the
         voxel-MAE, or a 2D GMAE where :mod:`medgmae.twod` is loaded).
 
+        Returns:
+            The model on ``map_location``, in training mode as any new module (training resumes from it as it is;
+            unlike :func:`~medgmae.twod.gvit.load_gvit`, which returns eval mode): call ``.eval()`` for inference.
+
         Raises:
             FileNotFoundError: the file does not exist.
             ValueError: the file is not a checkpoint of this model's kind, or its config and weights do not build
@@ -346,6 +353,8 @@ class MaskedAutoencoder(nn.Module):
             :class:`MAEOutput` with ``loss``, ``pred``, ``mask`` (voxels), ``patch_mask`` and ``gaussians``.
         """
         self._check_input(x)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__} {generator!r}")
         ratio = self._mask_ratio(self.mask_ratio if mask_ratio is None else mask_ratio)
         latent, patch_mask, ids_restore = self.encoder(x, mask_ratio=ratio, generator=generator)
         pred, gaussians = self.reconstruct(latent, ids_restore)

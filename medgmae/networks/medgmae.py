@@ -30,6 +30,7 @@ from medgmae.networks.mae_base import (
     sincos_embedding_3d,
 )
 from medgmae.networks.vit import batch_tokens
+from medgmae.whole_numbers import positive_count
 
 __all__ = [
     "MAEOutput",
@@ -217,8 +218,7 @@ class MedGMAE(MaskedAutoencoder):
         super().__init__(img_size, patch_size, in_channels, model_size, mask_ratio, loss_on_all_voxels)
         if in_channels != 1:
             raise ValueError(f"MedGMAE renders one intensity channel; in_channels must be 1, got {in_channels}")
-        if int(num_gaussians) < 1:
-            raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
+        num_gaussians = positive_count(num_gaussians, "num_gaussians")
         if not 0.0 < float(scale_cap) <= 1.0 or not 0.0 < float(min_scale) < float(scale_cap):
             raise ValueError(f"need 0 < min_scale < scale_cap <= 1, got min_scale={min_scale}, scale_cap={scale_cap}")
         mults, deltas = [int(m) for m in level_multipliers], [float(d) for d in level_deltas]

@@ -15,8 +15,9 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
-from monai.utils import ensure_tuple_rep
 from torch import Tensor
+
+from medgmae.whole_numbers import positive_sizes
 
 __all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "batch_tokens", "check_model_input", "quiet_monai_meshgrid",
            "random_masking", "visible_patch_count"]
@@ -146,10 +147,10 @@ class MaskedViTEncoder(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        img = ensure_tuple_rep(img_size, spatial_dims)
-        patch = ensure_tuple_rep(patch_size, spatial_dims)
+        img = positive_sizes(img_size, spatial_dims, "img_size")
+        patch = positive_sizes(patch_size, spatial_dims, "patch_size")
         for i, p in zip(img, patch):
-            if p <= 0 or i % p != 0:
+            if i % p != 0:
                 raise ValueError(f"patch_size {patch} must divide img_size {img}")
         if hidden_size % num_heads != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
@@ -261,7 +262,8 @@ class MaskedViTEncoder(nn.Module):
 
 def check_model_input(x: Tensor, in_channels: int, img_size: Sequence[int], weights: torch.dtype) -> None:
     """The input check of every model on a ViT encoder (the masked autoencoders, GViT): a tensor ``(B, C, *img_size)``
-    in the weights' dtype (or under autocast), finite; ``ValueError`` naming what to change otherwise.
+    with ``B >= 1``, floating point, in the weights' dtype (or under autocast), finite; ``ValueError`` naming what to
+    change otherwise.
 
     Args:
         x: the batch.
@@ -273,6 +275,11 @@ def check_model_input(x: Tensor, in_channels: int, img_size: Sequence[int], weig
     if not isinstance(x, Tensor) or x.dim() != 2 + len(size) or x.shape[1] != in_channels or tuple(x.shape[2:]) != size:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"expected input (B, {in_channels}, {', '.join(map(str, size))}), got {got}")
+    if x.shape[0] == 0:
+        raise ValueError(f"the input batch is empty: got {tuple(x.shape)}, expected at least one image")
+    if not x.is_floating_point():  # autocast casts floats only: an integer input would reach the convolution
+        raise ValueError(f"input dtype {x.dtype} is not floating point: the model takes inputs scaled to [0, 1] "
+                         f"(convert with x.to({weights}) after scaling)")  # fmt: skip
     if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
         raise ValueError(f"input dtype {x.dtype} differs from the model's weights ({weights}): convert the input "
                          f"(x.to({weights})) or the model, or run under torch.autocast")  # fmt: skip

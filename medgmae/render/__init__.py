@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 from typing import Any, Sequence
 
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from medgmae.rotations import quaternion_to_rotation_matrix
 from medgmae.render._torch_impl import TILE, count_pairs, render_torch
+from medgmae.whole_numbers import whole_sizes
 
 __all__ = [
     "render_volume", "preprocess_gaussians", "count_pairs", "as_cutoff", "BACKENDS", "NonFiniteGaussiansError",
@@ -40,25 +40,6 @@ BACKENDS = ("auto", "torch", "triton")
 class NonFiniteGaussiansError(ValueError):
     """Gaussians with NaN or infinite parameters reached a renderer (3D or 2D). The data readers refuse non-finite
     voxels and pixels, so in training this means the model diverged; the checkpoint handler says so."""
-
-
-def whole_sizes(sizes: Sequence[int], what: str) -> tuple[int, ...]:
-    """``sizes`` as ints: Python or NumPy integers, or integer 0-d tensors; a fraction (``4.5``) or a bool is
-    refused, not truncated.
-
-    Args:
-        sizes: the sizes.
-        what: the error message's start, such as ``"shape must be three positive ints (D, H, W)"``.
-
-    Raises:
-        ValueError: ``"<what>, got <sizes>"`` for anything that is not a sequence of integers.
-    """
-    try:
-        if isinstance(sizes, (str, bytes)) or any(isinstance(s, bool) for s in sizes):
-            raise TypeError
-        return tuple(operator.index(s) for s in sizes)
-    except TypeError as e:
-        raise ValueError(f"{what}, got {sizes!r}") from e
 
 
 def as_cutoff(cutoff: Any) -> float:

@@ -34,6 +34,7 @@ from torch import Tensor
 from medgmae.gaussians import SCALE_BIAS_INIT
 from medgmae.networks.mae_base import MaskedAutoencoder, full_precision, sincos_embedding_2d
 from medgmae.twod.render import render_gaussians_2d
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["SplatGaussians", "GMAE2D", "activate_splat_heads", "sincos_embedding_2d", "SCALE_CAP_MAX", "scale_cap_check"]
 
@@ -189,8 +190,7 @@ class GMAE2D(MaskedAutoencoder):
         loss_on_all_pixels: bool = False,
         data_settings: Mapping | None = None,
     ) -> None:
-        if int(num_gaussians) < 1:
-            raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
+        num_gaussians = positive_count(num_gaussians, "num_gaussians")
         if not (0.0 < float(min_scale) < float(scale_cap)):
             raise ValueError(f"need 0 < min_scale < scale_cap, got min_scale={min_scale}, scale_cap={scale_cap}")
         if render_backend not in ("auto", "torch", "gsplat"):

@@ -54,6 +54,7 @@ from medgmae.twod.picture_notes import float_tiff_note, note_transparency
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import apply_window, window_setting
 from medgmae.volume_units import LABEL_MAP_MAX_VALUES
+from medgmae.whole_numbers import positive_sizes
 
 __all__ = [
     "read_image",
@@ -355,7 +356,16 @@ def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequen
     RGB to grey uses ITU-R 601 luma weights; grey to RGB repeats the channel. ``ValueError`` for another layout
     (naming the transpose or new axis that gives this one), NaN, or values on another scale (more than
     :data:`SCALE_SLACK` beyond 0-1: an 8-bit image not divided by 255, a CT slice in HU, which were clipped to 0 and
-    1 without a word); a smaller overshoot (a resize's, noise's) is clipped.
+    1 without a word); a smaller overshoot (a resize's, noise's) is clipped. ``size`` is two whole numbers >= 1
+    (``16.0`` is taken as 16; one number, a fraction or 0 is refused).
+
+    Args:
+        image: the image, ``(C, H, W)`` in ``[0, 1]``.
+        channels: the model's channels, 1 or 3.
+        size: the model's ``(H, W)``.
+
+    Returns:
+        The ``(1, channels, *size)`` float32 batch.
     """
     x = torch.as_tensor(np.asarray(image, dtype=np.float32)).float()
     if x.dim() != 3 or x.shape[0] not in (1, 3):
@@ -372,12 +382,12 @@ def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequen
                          "medgmae-2d --window maps it)")  # fmt: skip
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    size = positive_sizes(size, 2, "size (H, W)", scalar=False)  # 16.5 or 0 refused, not truncated or emptied
     if x.shape[0] == 3 and channels == 1:
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
     elif x.shape[0] == 1 and channels == 3:
         x = x.expand(3, -1, -1)
     x = x.unsqueeze(0)
-    size = tuple(int(s) for s in size)
     if tuple(x.shape[2:]) != size:
         shrink = x.shape[2] >= size[0] and x.shape[3] >= size[1]
         x = F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from scipy import ndimage
 
 from medgmae.data.phantom.anatomy import paint_body, paint_ribs, paint_spine_and_muscles, paint_thorax, paint_viscera
 from medgmae.data.phantom.scene import A_REF, B_REF, Scene
+from medgmae.whole_numbers import whole_sizes
 
 __all__ = ["ORGAN_LABELS", "TISSUE_CLASSES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "GENERATOR_VERSION", "Phantom",
            "PEAK_BYTES_PER_VOXEL", "generate_phantom", "phantom_affine", "shape_memory_problem", "validate_geometry"]
@@ -90,16 +92,22 @@ class Phantom:
 
 
 def validate_geometry(shape: Sequence[int], spacing: Sequence[float] | float) -> tuple[tuple, tuple]:
-    """``(shape, spacing)`` as int/float triples; ValueError for fewer than 8 voxels or a non-positive spacing."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or any(s < 8 for s in shape):
-        raise ValueError(f"shape must be three integers >= 8 (X, Y, Z voxels), got {shape}.")
-    if isinstance(spacing, (int, float)):
-        spacing = (float(spacing),) * 3
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be three positive finite numbers (mm), got {spacing}.")
-    return shape, spacing
+    """``(shape, spacing)`` as int/float triples; ValueError for a shape that is not three whole numbers >= 8
+    (``16.0`` is taken as 16, ``8.7`` or one number refused) or a spacing that is not one or three positive numbers."""
+    what = "shape must be three whole numbers >= 8 (X, Y, Z voxels)"
+    sizes = whole_sizes(shape, what)
+    if len(sizes) != 3 or any(s < 8 for s in sizes):
+        raise ValueError(f"{what}, got {shape!r}.")
+    parts = (spacing,) * 3 if isinstance(spacing, (numbers.Real, np.generic)) else spacing  # np.float32(4.0) too
+    try:
+        if isinstance(parts, str) or any(isinstance(s, (bool, np.bool_, str)) for s in parts):
+            raise TypeError
+        mm = tuple(float(s) for s in parts)
+    except (TypeError, ValueError):
+        mm = ()
+    if len(mm) != 3 or not all(np.isfinite(s) and s > 0 for s in mm):
+        raise ValueError(f"spacing must be one or three positive finite numbers (mm), got {spacing!r}.")
+    return sizes, mm
 
 
 #: Memory a case holds per voxel at the peak of its generation and writing (the scene's HU, label, tissue and mask
@@ -184,6 +192,14 @@ def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray
     return affine
 
 
+def _check_seed_and_noise(seed: int, noise: bool) -> None:
+    """Raise ``ValueError`` for a seed that is not a non-negative integer or a ``noise`` that is not a bool (the
+    string ``"false"``, true as a condition, added noise)."""
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    if not isinstance(noise, (bool, np.bool_)):
+        raise ValueError(f"noise must be a bool, got {noise!r}.")
+
 
 def generate_phantom(
     seed: int,
@@ -195,17 +211,17 @@ def generate_phantom(
 
     Args:
         seed: random seed (any non-negative integer); the same seed, shape and spacing give identical arrays.
-        shape: (X, Y, Z) voxels in RAS order (each >= 8).
+        shape: (X, Y, Z) voxels in RAS order (each a whole number >= 8; three of them, not one).
         spacing: voxel size in mm, one number or three.
         noise: add correlated Gaussian noise (10-15 HU); False gives the noise-free (partial-volume smoothed) image.
+            A bool (a string such as ``"false"`` is refused, not taken as true).
 
     Returns:
         A ``Phantom`` with ``image`` (X, Y, Z) float32 HU, ``label`` (X, Y, Z) uint8, ``affine`` (4, 4) float64,
         ``spacing`` and ``tissue`` (X, Y, Z) uint8.
     """
     shape, spacing = validate_geometry(shape, spacing)
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    _check_seed_and_noise(seed, noise)
     rng = np.random.default_rng(int(seed))
     U = rng.uniform
 

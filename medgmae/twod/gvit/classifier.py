@@ -11,6 +11,7 @@ from torch import Tensor
 
 from medgmae.networks.vit import VIT_PRESETS, MaskedViTEncoder
 from medgmae.twod.gvit.tokens import GaussianTokenEmbedding, gaussian_dim
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["GaussianViTClassifier", "PatchViTClassifier", "vit_preset"]
 
@@ -59,6 +60,7 @@ class GaussianViTClassifier(nn.Module):
         dropout_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        num_classes = positive_count(num_classes, "num_classes")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if hidden_size % num_heads != 0:
@@ -114,6 +116,7 @@ class PatchViTClassifier(nn.Module):
         patch_size: Sequence[int] | int = 4,
     ) -> None:
         super().__init__()
+        num_classes = positive_count(num_classes, "num_classes")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         p = vit_preset(model_size)

@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from medgmae.networks.vit import MaskedViTEncoder, check_model_input
+from medgmae.whole_numbers import positive_count
 from medgmae.twod.gvit.tokens import GaussianTokenEmbedding, Gaussians2D, decode_gaussians_2d, gaussian_dim, sample_gaussian_tokens
 
 __all__ = ["ENCODER_MODES", "DenoisingGaussianEncoder"]
@@ -59,8 +60,7 @@ class DenoisingGaussianEncoder(nn.Module):
         super().__init__()
         if mode not in ENCODER_MODES:
             raise ValueError(f"mode must be one of {ENCODER_MODES}, got {mode!r}")
-        if num_gaussians < 1:
-            raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
+        num_gaussians = positive_count(num_gaussians, "num_gaussians")
         if not scale_factor > 0:
             raise ValueError(f"scale_factor must be > 0, got {scale_factor}")
         self.vit = MaskedViTEncoder(

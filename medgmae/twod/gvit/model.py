@@ -64,8 +64,10 @@ class GViT(nn.Module):
         classifier_freqs: int = CLASSIFIER_FREQS,
     ) -> None:
         super().__init__()
-        if in_channels not in (1, 3):  # the images it reads (medgmae.twod.images) are grey or RGB
+        # the images it reads (medgmae.twod.images) are grey or RGB
+        if isinstance(in_channels, bool) or in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+        in_channels = int(in_channels)  # 3.0 or np.int64(3) as 3
         p = vit_preset(model_size)
         self.model_size = model_size
         self.encoder = DenoisingGaussianEncoder(
@@ -155,6 +157,14 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
 
     The model is returned in eval mode, so that ``load_gvit(path)(x)`` is the same on every call (in training mode
     each call draws new initial Gaussians); call ``.train()`` on it to train it further.
+
+    Args:
+        path: the ``model.pt``.
+        map_location: passed to :func:`torch.load`.
+        cls: the model class (default :class:`GViT`).
+
+    Returns:
+        The model, in eval mode, with ``class_names``, ``data_settings`` and ``training_settings`` from the file.
 
     Raises:
         FileNotFoundError: the file is missing.
