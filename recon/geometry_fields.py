@@ -1,5 +1,6 @@
 """Parsing and checks of :class:`recon.geometry.CTGeometry`'s fields: numbers, whole numbers, the angles, the
-detector offset, the cone beam's source distances and the carried affine, each refused with a ``ValueError`` naming the field."""
+detector offset, the cone beam's source distances and the carried affine, each refused with a ``ValueError`` naming the field;
+the factories' arguments, checked before they are computed with; a boolean mask of views as their indices."""
 
 from __future__ import annotations
 
