@@ -147,11 +147,13 @@ def factory_args(volume_shape, voxel_size, det_spacing, num_angles, arc_deg, ang
 def view_indices(views, num_views: int):
     """``views`` as given, or, for a boolean mask with one entry per view, the indices of the views it selects
     (``numpy.flatnonzero``); a boolean mask of another length is refused, naming both lengths."""
-    if views is None or not hasattr(views, "__len__") and not hasattr(views, "dtype"):
+    if isinstance(views, (list, tuple)):
+        mask = len(views) > 0 and all(isinstance(v, (bool, np.bool_)) for v in views)
+    else:  # an array or tensor by its dtype: an index tensor on a GPU is not copied here
+        mask = str(getattr(views, "dtype", "")) in ("bool", "torch.bool")
+    if not mask:
         return views
     a = np.asarray(views.cpu() if hasattr(views, "cpu") else views)
-    if a.dtype != np.bool_:
-        return views
     if a.ndim != 1 or a.size != num_views:
         raise ValueError(f"views as a boolean mask must have one entry per view ({num_views}), got {a.size} entries")
     return np.flatnonzero(a).tolist()
