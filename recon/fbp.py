@@ -37,12 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medgmae.render import whole_sizes
 from medgmae.terminal import ProgressLines
 from recon.angle_checks import degrees_question
 from recon.detector_offset import wide_side
 from recon.fbp_weights import _arc, _exact_arc, _fan_half_angle, _turns, _whole_turns, half_fan_weights, parker_weights
 from recon.fbp_weights import padded_to_both_sides
 from recon.geometry import CTGeometry
+from recon.projectors.base import check_geometry
 from recon.ramp_filter import FILTERS, filter_name as _filter_name, filter_projections, projections_tensor, ramp_filter
 
 __all__ = ["FILTERS", "ramp_filter", "filter_projections", "backproject", "fbp", "arc_weighting_note", "half_fan_weights",
@@ -188,12 +190,16 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
             (:func:`recon.ramp_filter.projections_tensor`).
         geometry: the scan.
         filter_name: one of :data:`FILTERS`.
-        chunk: views backprojected per step (memory knob).
+        chunk: views backprojected per step (memory knob), a positive int.
 
     Returns:
         ``(B, D, H, W)`` (or ``(D, H, W)``) attenuation volume in the projections' units per mm.
     """
+    check_geometry(geometry)
     name = _filter_name(filter_name)
+    (chunk,) = whole_sizes((chunk,), "chunk must be a positive int (views per step)")
+    if chunk <= 0:
+        raise ValueError(f"chunk must be a positive int (views per step), got {chunk}")
     proj = projections_tensor(proj)
     squeeze = proj.dim() == 3
     p = proj.unsqueeze(0) if squeeze else proj

@@ -56,12 +56,13 @@ class GaussianReconstructor:
             FBP), or the held-out error is biased. A start none of whose centres lies in the volume is refused, one
             with more than 5 % outside it warned about (:mod:`recon.reconstructor_inputs`).
         config: :class:`GaussianReconConfig`.
-        reference: optional ``(D, H, W)`` ground truth for PSNR/SSIM (a tensor or NumPy array).
+        reference: optional ``(D, H, W)`` ground truth for PSNR/SSIM (a tensor or NumPy array), attenuation (1/mm).
         device: where to optimise.
         value_scale: the intensity unit (attenuation); default the 99th percentile of the initial intensities
             (``|init|``). With sigmoid intensities, the initial intensities are clamped into ``(0, value_scale)``
             (to ``[1e-6, 1 - 1e-6]`` of it). :meth:`render` returns volumes in this unit; the result's ``volume``
             is in attenuation (1/mm).
+        unit_check: refuse a ``reference`` whose range is that of a CT in HU (the CLI's ``--no-unit-check`` skips it).
     """
 
     def __init__(
@@ -73,10 +74,14 @@ class GaussianReconstructor:
         reference: Tensor | None = None,
         device: str | torch.device = "cpu",
         value_scale: float | None = None,
+        unit_check: bool = True,
     ):
+        if config is not None and not isinstance(config, GaussianReconConfig):
+            raise TypeError(f"config must be a GaussianReconConfig, got {type(config).__name__}: build one with "
+                            "GaussianReconConfig.preset(name, iterations, **fields) or GaussianReconConfig(**fields)")
         self.projector, self.config = projector, config or GaussianReconConfig()
         self.geometry = projector.geometry
-        projections, reference, self.device = checked_inputs(self.geometry, projections, init, reference, device)
+        projections, reference, self.device = checked_inputs(self.geometry, projections, init, reference, device, unit_check)
         if value_scale is not None and not (math.isfinite(value_scale) and value_scale > 0):
             raise ValueError(f"value_scale must be positive, got {value_scale}")
         self.proj = projections.to(self.device, torch.float32)

@@ -48,11 +48,12 @@ from recon.angle_checks import check_directions, check_radians
 from recon.detector_offset import (check_coverage, check_offsets, coverage, max_abs, offset_array, offset_field,
                                     per_view)
 from recon.geometry_fields import (AFFINE_RTOL, NO_OFFSET, affine_list, angle_list, check_affine, check_source,
-                                   equispaced_angles, floats, ints, number)
+                                   factory_args, floats, ints, number, positive, source_distance, view_indices)
 
 __all__ = ["CTGeometry", "GEOMETRY_KINDS", "AFFINE_RTOL", "NO_OFFSET"]
 
 GEOMETRY_KINDS = ("parallel", "cone")
+SOURCE_FIELDS = ("source_origin", "source_detector")
 
 
 @dataclass
@@ -143,7 +144,7 @@ class CTGeometry:
                 twice the offset along it (rows are ``D`` at the default pitch only).
             det_spacing: mm, default ``(sz, max(sy, sx))``.
             num_angles: number of equispaced views over ``arc_deg`` (ignored when ``angles`` is given).
-            arc_deg: scan arc in degrees; views at ``arc * i / num_angles``.
+            arc_deg: scan arc in degrees (at most 2 pi, radians, is refused); views at ``arc * i / num_angles``.
             angles: explicit angles in radians.
             affine: optional NIfTI affine to carry.
             det_offset: ``(u, v)`` detector offset in mm, or one per view (class docstring).
@@ -151,7 +152,7 @@ class CTGeometry:
         Returns:
             The geometry.
         """
-        vs = floats("voxel_size", voxel_size, 3, "z, y, x")
+        volume_shape, vs, det_spacing, angles = factory_args(volume_shape, voxel_size, det_spacing, num_angles, arc_deg, angles)
         off = offset_field(det_offset)
         off_u, off_v = max_abs(off)
         if det_spacing is None:
@@ -162,8 +163,7 @@ class CTGeometry:
             height = volume_shape[0] * vs[0] + 2 * off_v
             det_shape = (int(height / float(det_spacing[0]) + 0.999), int(math.ceil(diag / float(det_spacing[1]))))
         return cls(
-            "parallel", tuple(volume_shape), vs, tuple(det_shape), tuple(det_spacing),
-            equispaced_angles(num_angles, arc_deg, angles), None, None, affine_list(affine), off,
+            "parallel", volume_shape, vs, tuple(det_shape), tuple(det_spacing), angles, None, None, affine_list(affine), off,
         )  # fmt: skip
 
     @classmethod
@@ -194,7 +194,7 @@ class CTGeometry:
                 largest magnification and each length plus twice the offset along it.
             det_spacing: detector pixel size in mm; default the voxel size times the magnification.
             num_angles: number of equispaced views over ``arc_deg`` (ignored when ``angles`` is given).
-            arc_deg: scan arc in degrees.
+            arc_deg: scan arc in degrees (at most 2 pi, radians, is refused).
             angles: explicit angles in radians.
             affine: optional NIfTI affine to carry.
             det_offset: ``(u, v)`` detector offset in mm, or one per view (class docstring).
@@ -202,7 +202,8 @@ class CTGeometry:
         Returns:
             The geometry.
         """
-        vs = floats("voxel_size", voxel_size, 3, "z, y, x")
+        volume_shape, vs, det_spacing, angles = factory_args(volume_shape, voxel_size, det_spacing, num_angles, arc_deg, angles)
+        source_origin, source_detector = (source_distance(n, v) for n, v in zip(SOURCE_FIELDS, (source_origin, source_detector)))
         off = offset_field(det_offset)
         off_u, off_v = max_abs(off)
         half = [0.5 * n * s for n, s in zip(volume_shape, vs)]
@@ -223,9 +224,8 @@ class CTGeometry:
             width = 2 * r_xy * source_detector / math.sqrt(source_origin**2 - r_xy**2) + 2 * off_u
             det_shape = (rows, int(math.ceil(width / float(det_spacing[1]))))
         return cls(
-            "cone", tuple(volume_shape), vs, tuple(det_shape), tuple(det_spacing),
-            equispaced_angles(num_angles, arc_deg, angles), float(source_origin), float(source_detector), affine_list(affine),
-            off,
+            "cone", volume_shape, vs, tuple(det_shape), tuple(det_spacing), angles, float(source_origin),
+            float(source_detector), affine_list(affine), off,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ validation
@@ -236,8 +236,7 @@ class CTGeometry:
         if any(s <= 0 for s in self.volume_shape):
             raise ValueError(f"volume_shape must be positive, got {self.volume_shape}")
         for name, vals in (("voxel_size", self.voxel_size), ("det_spacing", self.det_spacing)):
-            if not all(math.isfinite(v) and v > 0 for v in vals):
-                raise ValueError(f"{name} must be positive and finite, got {vals}")
+            positive(name, vals)
         if any(s <= 0 for s in self.det_shape):
             raise ValueError(f"det_shape must be positive, got {self.det_shape}")
         if not self.angles:
@@ -278,9 +277,9 @@ class CTGeometry:
         return len(self.angles)
 
     def select_views(self, views: Sequence[int]) -> "CTGeometry":
-        """The same scan with only the views ``views`` (indices into :attr:`angles`, in the order given; a per-view
-        :attr:`det_offset` keeps those views' offsets)."""
-        idx = [int(v) for v in views]
+        """The same scan with only the views ``views`` (indices into :attr:`angles`, in the order given, or a boolean
+        mask with one entry per view; a per-view :attr:`det_offset` keeps those views' offsets)."""
+        idx = [int(v) for v in view_indices(views, self.num_views)]
         if not idx or any(not 0 <= v < self.num_views for v in idx):
             raise ValueError(f"views must be a non-empty list of indices below {self.num_views}, got {idx}")
         offset = tuple(self.det_offset[v] for v in idx) if self.per_view_offset else self.det_offset

@@ -1,5 +1,6 @@
 """Parsing and checks of :class:`recon.geometry.CTGeometry`'s fields: numbers, whole numbers, the angles, the
-detector offset, the cone beam's source distances and the carried affine, each refused with a ``ValueError`` naming the field."""
+detector offset, the cone beam's source distances and the carried affine, each refused with a ``ValueError`` naming the field;
+the factories' arguments, checked before they are computed with; a boolean mask of views as their indices."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import math
 
 import numpy as np
 
-__all__ = ["AFFINE_RTOL", "NO_OFFSET", "entries", "number", "floats", "ints", "offset_pair", "angle_list",
-           "equispaced_angles", "affine_list", "check_affine", "check_source"]
+from medgmae.render import whole_sizes
+
+__all__ = ["AFFINE_RTOL", "NO_OFFSET", "entries", "number", "floats", "ints", "positive", "offset_pair", "angle_list",
+           "equispaced_angles", "factory_args", "source_distance", "view_indices", "affine_list", "check_affine",
+           "check_source"]
 
 #: Relative tolerance of the check that the affine's column norms are the voxel sizes.
 AFFINE_RTOL = 1e-3
@@ -55,6 +59,13 @@ def ints(name: str, value, n: int, axes: str) -> tuple:
     return tuple(int(v) for v in out)
 
 
+def positive(name: str, vals: tuple) -> tuple:
+    """``vals`` unchanged; ``ValueError`` naming ``name`` unless each is positive and finite."""
+    if not all(math.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"{name} must be positive and finite, got {vals}")
+    return vals
+
+
 def offset_pair(value) -> tuple:
     """``det_offset`` as two floats ``(u, v)``: exactly two numbers (a single one is not repeated, as it is for the
     spacings: the two axes' offsets are unrelated)."""
@@ -77,14 +88,75 @@ def angle_list(angles) -> tuple:
 
 def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
     """``angles`` as floats when given, else ``num_angles`` equispaced views over ``arc_deg``: ``arc * i / n``
-    (radians)."""
+    (radians). An arc of at most a turn in radians (``2 pi`` degrees, a few hundredths more) is refused: it is an arc
+    given in radians, as :func:`recon.angle_checks.check_radians` refuses angles given in degrees."""
     if angles is not None:
-        return [float(a) for a in angles]
-    if int(num_angles) <= 0:
+        return list(angle_list(angles))
+    (n,) = whole_sizes((num_angles,), "num_angles must be a positive int")
+    arc = number("arc_deg", arc_deg)
+    if n <= 0:
         raise ValueError(f"num_angles must be positive, got {num_angles}")
-    if not (math.isfinite(arc_deg) and arc_deg > 0):
+    if not (math.isfinite(arc) and arc > 0):
         raise ValueError(f"arc must be a positive number of degrees, got {arc_deg}")
-    return list(np.deg2rad(arc_deg) * np.arange(int(num_angles)) / int(num_angles))
+    if arc <= 2 * math.pi * (1 + _RADIAN_ARC_RTOL):
+        raise ValueError(f"arc_deg is {arc:.4g}: at most a turn in radians (2 pi), an arc of {arc:.4g} degrees is no "
+                         "CT scan; give the arc in degrees (numpy.rad2deg(arc), e.g. 180 or 360)")  # fmt: skip
+    return list(np.deg2rad(arc) * np.arange(n) / n)
+
+
+#: Relative tolerance above ``2 pi`` of an ``arc_deg`` refused as radians (a rounded 6.29 or 6.3 included).
+_RADIAN_ARC_RTOL = 0.01
+
+
+def source_distance(name: str, value) -> float | None:
+    """A cone beam's ``source_origin`` or ``source_detector`` as a positive finite float (``None`` stays ``None``:
+    the factory's default); ``ValueError`` naming ``name`` otherwise."""
+    v = None if value is None else number(name, value)
+    if v is not None and not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a positive finite distance in mm, got {value!r}")
+    return v
+
+
+def factory_args(volume_shape, voxel_size, det_spacing, num_angles, arc_deg, angles) -> tuple:
+    """The arguments :meth:`recon.geometry.CTGeometry.parallel` and ``cone`` compute with, checked first (so that a
+    bad one is named, not met as an error of the arithmetic).
+
+    Args:
+        volume_shape: ``(D, H, W)``, three positive whole numbers.
+        voxel_size: one positive finite number or three.
+        det_spacing: ``None`` (the factory's default), or one positive finite number or two.
+        num_angles: a positive int (when ``angles`` is ``None``).
+        arc_deg: the arc in degrees (when ``angles`` is ``None``).
+        angles: ``None``, or a 1-D list of angles in radians.
+
+    Returns:
+        ``(volume_shape, voxel_size, det_spacing, angles)`` as tuples of ints and floats (``det_spacing`` may be
+        ``None``) and a list of floats.
+    """
+    shape = ints("volume_shape", volume_shape, 3, "z, y, x")
+    if any(s <= 0 for s in shape):
+        raise ValueError(f"volume_shape must be positive, got {shape}")
+    vs = positive("voxel_size", floats("voxel_size", voxel_size, 3, "z, y, x"))
+    if det_spacing is not None:
+        det_spacing = positive("det_spacing", floats("det_spacing", det_spacing, 2, "rows, cols"))
+    if angles is not None and np.ndim(angles) > 1:
+        raise ValueError(f"angles must be a 1-D list of numbers (radians), got shape {np.shape(angles)}")
+    return shape, vs, det_spacing, equispaced_angles(num_angles, arc_deg, angles)
+
+
+def view_indices(views, num_views: int):
+    """``views`` as given, or, for a boolean mask with one entry per view, the indices of the views it selects
+    (``numpy.flatnonzero``); a boolean mask of another length is refused, naming both lengths."""
+    if isinstance(views, (list, tuple)):
+        mask = len(views) > 0 and all(isinstance(v, (bool, np.bool_)) for v in views)
+    else:  # an array or tensor by its dtype: an index tensor on a GPU is not copied here
+        mask = str(getattr(views, "dtype", "")) in ("bool", "torch.bool")
+    if not mask:
+        return views
+    a = np.asarray(views.cpu() if hasattr(views, "cpu") else views)
+    if a.ndim != 1 or a.size != num_views:
+        raise ValueError(f"views as a boolean mask must have one entry per view ({num_views}), got {a.size} entries")
+    return np.flatnonzero(a).tolist()
 
 
 def affine_list(affine) -> tuple | None:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from medgmae.gaussians import Gaussians3D
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
-from medgmae.render import render_volume
+from medgmae.render import render_volume, whole_sizes
 from recon.projectors.base import as_tensor
 
 __all__ = [
@@ -152,11 +152,12 @@ def random_init(fbp_volume: Tensor, num_gaussians: int, seed: int = 0, cutoff: f
 
     Args:
         fbp_volume: ``(D, H, W)`` attenuation volume (for the intensity level).
-        num_gaussians: K.
+        num_gaussians: K, a whole number >= 1.
         seed: random seed.
         cutoff: renderer cutoff used for the calibration.
     """
     vol = _check_volume(fbp_volume)
+    (num_gaussians,) = whole_sizes((num_gaussians,), "num_gaussians must be an int >= 1")
     if num_gaussians < 1:
         raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
     gen = torch.Generator().manual_seed(seed)
@@ -184,12 +185,15 @@ def fbp_init(
 
     Args:
         fbp_volume: ``(D, H, W)`` attenuation volume.
-        num_gaussians: K (at most the number of candidate voxels).
+        num_gaussians: K, a whole number >= 1; a larger K than the candidate voxels (those above 5 % of the
+            maximum, each holding at most one centre, as they are drawn without replacement) gives one Gaussian per
+            candidate voxel.
         seed: random seed.
         uniform_fraction: weight of the uniform part of the sampling density.
         cutoff: renderer cutoff used for the calibration.
     """
     vol = _check_volume(fbp_volume)
+    (num_gaussians,) = whole_sizes((num_gaussians,), "num_gaussians must be an int >= 1")
     if num_gaussians < 1:
         raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
     gen = torch.Generator().manual_seed(seed)

@@ -37,9 +37,9 @@ def filter_name(name: str) -> str:
     """``name`` as one of :data:`FILTERS` (aliases such as ``ramp`` or ``hanning`` accepted, any case).
 
     Raises:
-        ValueError: an unknown filter, naming those known.
+        ValueError: an unknown filter (or not a string, such as ``None``), naming those known.
     """
-    key = _ALIASES.get(name.lower(), name.lower())
+    key = _ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else None
     if key not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")
     return key

@@ -181,7 +181,8 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     init_seconds = time.perf_counter() - t0
     cfg = _config(args, init_settings, init)
     ref_t = None if reference is None else torch.from_numpy(reference)
-    rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale)
+    rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale,
+                                unit_check=False)  # --reference's file checked by load_matching_volume
     rec.run_info = x.run_info
     start_eval = rec.evaluate() or None  # the start's PSNR / SSIM (before a resumed state replaces it): iteration 0
     if x.state is not None:
@@ -301,7 +302,8 @@ def _refit(rec, init_fn, iteration: int, progress: bool | str):
     init, value_scale = init_fn()
     init_seconds = time.perf_counter() - t0
     cfg = replace(rec.config, holdout_views=0, holdout_patience=0)
-    full = GaussianReconstructor(rec.projector, rec.proj, init, cfg, reference=rec.reference, device=rec.device, value_scale=value_scale)
+    full = GaussianReconstructor(rec.projector, rec.proj, init, cfg, reference=rec.reference, device=rec.device,
+                                 value_scale=value_scale, unit_check=False)  # the reference checked (or not) before
     start_eval = full.evaluate() or None
     return full, full.run(progress=progress, stop_at=iteration), start_eval, init, init_seconds
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from medgmae.gaussians import Gaussians3D
+from medgmae.volume_units import looks_like_hu
 from recon.geometry import CTGeometry
 from recon.projectors.base import as_tensor
 
@@ -55,9 +56,12 @@ def _check_start(init: Gaussians3D, shape: tuple[int, ...]) -> None:
 
 
 def checked_inputs(
-    geometry: CTGeometry, projections: Any, init: Gaussians3D, reference: Any, device: str | torch.device
+    geometry: CTGeometry, projections: Any, init: Gaussians3D, reference: Any, device: str | torch.device,
+    unit_check: bool = True,
 ) -> tuple[Tensor, Tensor | None, torch.device]:
-    """The projections and reference as tensors and the device, each checked (:mod:`recon.reconstructor_inputs`).
+    """The projections and reference as tensors and the device, each checked (:mod:`recon.reconstructor_inputs`);
+    with ``unit_check``, a reference in HU (:func:`medgmae.volume_units.looks_like_hu`, the check of the CLI's
+    ``--reference``) is refused.
 
     Returns:
         ``(projections (V, rows, cols), reference (D, H, W) or None, device)``.
@@ -65,7 +69,7 @@ def checked_inputs(
     Raises:
         TypeError: an input of another type. ValueError: projections that are not 3-D ``(V, rows, cols)`` (a batch
         ``(B, V, rows, cols)`` included), shapes that do not fit the geometry, non-finite projections,
-        a start outside the grid, a CUDA device where there is none.
+        a start outside the grid, a CUDA device where there is none, a reference in HU.
     """
     device = torch.device(device)
     if device.type == "cuda":  # one that exists (the toolkit's check and words; other kinds are torch's to judge)
@@ -84,4 +88,8 @@ def checked_inputs(
         reference = _tensor(reference, "reference")
         if tuple(reference.shape) != geometry.volume_shape:
             raise ValueError(f"reference shape {tuple(reference.shape)} does not match the volume {geometry.volume_shape}")
+        if unit_check and looks_like_hu(reference):
+            raise ValueError(f"reference looks like a CT in HU (values {float(reference.min()):.4g} .. "
+                             f"{float(reference.max()):.4g}), not linear attenuation in 1/mm (water 0.0192): convert "
+                             "it with recon.initialisation.hu_to_mu, or pass unit_check=False")  # fmt: skip
     return projections, reference, device

@@ -11,7 +11,7 @@ from __future__ import annotations
 from recon.geometry import CTGeometry
 from recon.projectors.astra_proj import AstraProjector, astra_cpu_supports, astra_cuda_available
 from recon.projectors import ray_matrix
-from recon.projectors.base import BackProjection, ForwardProjection, Projector
+from recon.projectors.base import BackProjection, ForwardProjection, Projector, check_geometry
 from recon.projectors.ray_matrix import MATRIX_BUDGET_BYTES, RayMatrixProjector, estimate_matrix_bytes
 from recon.projectors.torch_proj import TorchProjector
 
@@ -47,6 +47,7 @@ def resolve_backend(geometry: CTGeometry, backend: str = "auto", device="cpu", s
     Returns:
         ``"torch"``, ``"astra"`` or ``"matrix"``.
     """
+    check_geometry(geometry)
     if backend not in PROJECTOR_BACKENDS:
         raise ValueError(f"backend must be one of {PROJECTOR_BACKENDS}, got {backend!r}")
     if backend != "auto":

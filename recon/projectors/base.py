@@ -7,8 +7,9 @@ import torch
 from torch import Tensor
 
 from recon.geometry import CTGeometry
+from recon.geometry_fields import view_indices
 
-__all__ = ["Projector", "ForwardProjection", "BackProjection", "as_tensor"]
+__all__ = ["Projector", "ForwardProjection", "BackProjection", "as_tensor", "check_geometry", "floating"]
 
 
 class ForwardProjection(torch.autograd.Function):
@@ -54,9 +55,7 @@ class Projector:
     lines = False
 
     def __init__(self, geometry: CTGeometry):
-        if not isinstance(geometry, CTGeometry):
-            raise ValueError(f"geometry must be a CTGeometry, got {type(geometry).__name__}")
-        self.geometry = geometry
+        self.geometry = check_geometry(geometry)
 
     def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -65,6 +64,7 @@ class Projector:
         raise NotImplementedError
 
     def _views(self, views, device) -> Tensor | None:
+        views = view_indices(views, self.geometry.num_views)
         if views is None:
             return None
         v = torch.as_tensor(views, dtype=torch.long).reshape(-1)
@@ -77,12 +77,12 @@ class Projector:
 
         Args:
             volume: ``(B, D, H, W)`` or ``(D, H, W)`` in attenuation units (1/mm): a tensor, or a NumPy array (taken as float32).
-            views: optional indices of the views to project.
+            views: optional indices of the views to project, or a boolean mask with one entry per view.
 
         Returns:
             ``(B, V, rows, cols)`` (or ``(V, rows, cols)``) line integrals.
         """
-        volume = as_tensor(volume)
+        volume = floating(as_tensor(volume), "volume")
         squeeze = volume.dim() == 3
         x = volume.unsqueeze(0) if squeeze else volume
         if x.dim() != 4 or tuple(x.shape[1:]) != self.geometry.volume_shape:
@@ -95,12 +95,12 @@ class Projector:
 
         Args:
             proj: ``(B, V, rows, cols)`` or ``(V, rows, cols)``: a tensor, or a NumPy array (taken as float32).
-            views: optional indices of the views ``proj`` holds.
+            views: optional indices of the views ``proj`` holds, or a boolean mask with one entry per view.
 
         Returns:
             ``(B, D, H, W)`` (or ``(D, H, W)``).
         """
-        proj = as_tensor(proj)
+        proj = floating(as_tensor(proj), "proj")
         squeeze = proj.dim() == 3
         y = proj.unsqueeze(0) if squeeze else proj
         v = self._views(views, y.device)
@@ -111,6 +111,24 @@ class Projector:
         return x[0] if squeeze else x
 
     __call__ = forward
+
+
+def check_geometry(geometry) -> CTGeometry:
+    """``geometry`` unchanged; ``TypeError`` naming the argument unless it is a :class:`CTGeometry` (a dict, such as
+    :meth:`CTGeometry.to_dict` gives, is made one with :meth:`CTGeometry.from_dict`, which checks it)."""
+    if not isinstance(geometry, CTGeometry):
+        hint = ": make one with CTGeometry.from_dict(...)" if isinstance(geometry, dict) else ""
+        raise TypeError(f"geometry must be a CTGeometry, got {type(geometry).__name__}{hint}")
+    return geometry
+
+
+def floating(x, name: str) -> Tensor:
+    """``x`` unchanged; ``TypeError`` naming ``name`` unless it is a floating-point tensor (an integer one would come
+    back from some backends as integer projections, truncated, and fail in others)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{name} must be a floating-point tensor or NumPy array, got {got}")
+    return x
 
 
 def as_tensor(x: Tensor | np.ndarray) -> Tensor:
