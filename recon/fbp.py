@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medgmae.render import whole_sizes
+from medgmae.whole_numbers import positive_count
 from medgmae.terminal import ProgressLines
 from recon.angle_checks import degrees_question
 from recon.detector_offset import wide_side
@@ -197,9 +197,7 @@ def fbp(proj: Tensor, geometry: CTGeometry, filter_name: str = "ram-lak", chunk:
     """
     check_geometry(geometry)
     name = _filter_name(filter_name)
-    (chunk,) = whole_sizes((chunk,), "chunk must be a positive int (views per step)")
-    if chunk <= 0:
-        raise ValueError(f"chunk must be a positive int (views per step), got {chunk}")
+    chunk = positive_count(chunk, "chunk (views per step)")
     proj = projections_tensor(proj)
     squeeze = proj.dim() == 3
     p = proj.unsqueeze(0) if squeeze else proj

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from medgmae.render import whole_sizes
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["AFFINE_RTOL", "NO_OFFSET", "entries", "number", "floats", "ints", "positive", "offset_pair", "angle_list",
            "equispaced_angles", "factory_args", "source_distance", "view_indices", "affine_list", "check_affine",
@@ -92,10 +92,8 @@ def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
     given in radians, as :func:`recon.angle_checks.check_radians` refuses angles given in degrees."""
     if angles is not None:
         return list(angle_list(angles))
-    (n,) = whole_sizes((num_angles,), "num_angles must be a positive int")
+    n = positive_count(num_angles, "num_angles")
     arc = number("arc_deg", arc_deg)
-    if n <= 0:
-        raise ValueError(f"num_angles must be positive, got {num_angles}")
     if not (math.isfinite(arc) and arc > 0):
         raise ValueError(f"arc must be a positive number of degrees, got {arc_deg}")
     if arc <= 2 * math.pi * (1 + _RADIAN_ARC_RTOL):

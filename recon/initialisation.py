@@ -31,7 +31,8 @@ from torch import Tensor
 
 from medgmae.gaussians import Gaussians3D
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
-from medgmae.render import render_volume, whole_sizes
+from medgmae.render import render_volume
+from medgmae.whole_numbers import positive_count
 from recon.projectors.base import as_tensor
 
 __all__ = [
@@ -157,9 +158,7 @@ def random_init(fbp_volume: Tensor, num_gaussians: int, seed: int = 0, cutoff: f
         cutoff: renderer cutoff used for the calibration.
     """
     vol = _check_volume(fbp_volume)
-    (num_gaussians,) = whole_sizes((num_gaussians,), "num_gaussians must be an int >= 1")
-    if num_gaussians < 1:
-        raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
+    num_gaussians = positive_count(num_gaussians, "num_gaussians")
     gen = torch.Generator().manual_seed(seed)
     shape = torch.tensor(vol.shape, dtype=torch.float32)
     means = torch.rand(num_gaussians, 3, generator=gen) * shape - 0.5
@@ -193,9 +192,7 @@ def fbp_init(
         cutoff: renderer cutoff used for the calibration.
     """
     vol = _check_volume(fbp_volume)
-    (num_gaussians,) = whole_sizes((num_gaussians,), "num_gaussians must be an int >= 1")
-    if num_gaussians < 1:
-        raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
+    num_gaussians = positive_count(num_gaussians, "num_gaussians")
     gen = torch.Generator().manual_seed(seed)
     v = vol.cpu()
     grads = torch.gradient(v)

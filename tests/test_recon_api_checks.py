@@ -58,7 +58,7 @@ def test_an_arc_in_radians_is_refused(make):
     (dict(voxel_size=-1.0), "voxel_size must be positive"),
     (dict(det_spacing=0), "det_spacing must be positive"),
     (dict(angles=np.zeros((3, 4))), "angles must be a 1-D list"),
-    (dict(num_angles=2.5), "num_angles must be a positive int"),
+    (dict(num_angles=2.5), "num_angles must be a positive whole number, got 2.5"),
     (dict(arc_deg="180"), "arc_deg must hold numbers"),
 ])  # fmt: skip
 def test_the_factories_name_a_bad_argument(kwargs, match):
@@ -82,7 +82,7 @@ def test_fbp_names_a_bad_filter_chunk_or_geometry():
     with pytest.raises(ValueError, match="filter must be one of .* got None"):
         fbp(proj, g, filter_name=None)
     for chunk in (0, -1, 2.5):
-        with pytest.raises(ValueError, match="chunk must be a positive int"):
+        with pytest.raises(ValueError, match=rf"chunk \(views per step\) must be a positive whole number, got {chunk}"):
             fbp(proj, g, chunk=chunk)
     for run in (lambda: fbp(proj, g.to_dict()), lambda: make_projector(g.to_dict())):
         with pytest.raises(TypeError, match=r"geometry must be a CTGeometry, got dict.*CTGeometry\.from_dict"):
@@ -107,8 +107,9 @@ def test_preset_iterations_must_be_whole(iterations):
 
 @pytest.mark.parametrize("init", [fbp_init, random_init])
 def test_a_fractional_gaussian_count_is_refused(init):
-    with pytest.raises(ValueError, match="num_gaussians must be an int"):
+    with pytest.raises(ValueError, match="num_gaussians must be a positive whole number, got 50.5"):
         init(torch.rand(SHAPE), 50.5)
+    assert init(torch.rand(SHAPE), 20.0).num_gaussians == 20  # a whole float (2e4 from a config) is its int
 
 
 def _reconstructor(**kwargs):
