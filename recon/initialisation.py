@@ -76,7 +76,8 @@ def _check_volume(fbp_volume: Tensor | np.ndarray) -> Tensor:
     if not isinstance(fbp_volume, Tensor):
         raise ValueError(f"the FBP volume must be a (D, H, W) tensor or NumPy array, got {type(fbp_volume).__name__}")
     if fbp_volume.dim() != 3 or fbp_volume.numel() == 0:
-        raise ValueError(f"the FBP volume must be a (D, H, W) tensor with voxels, got shape {tuple(fbp_volume.shape)}")
+        empty = " with voxels" if fbp_volume.dim() == 3 else ""
+        raise ValueError(f"the FBP volume must be a (D, H, W) tensor{empty}, got shape {tuple(fbp_volume.shape)}")
     if not torch.isfinite(fbp_volume).all():
         raise ValueError("the FBP volume contains NaN or Inf")
     return fbp_volume.detach().float()
