@@ -104,7 +104,14 @@ def make_checkpoint(
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
-    """Write a :func:`make_checkpoint` payload atomically; returns the path."""
+    """Write a :func:`make_checkpoint` payload atomically; returns the path. ``TypeError`` for a model itself,
+    ``ValueError`` for another dict (a bare ``state_dict()``, which :func:`load_checkpoint` would refuse): nothing is
+    written then."""
+    what, use = f"{path}: payload must be a make_checkpoint dict", "use model.model_checkpoint() or make_checkpoint()"
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"{what}, got a {type(payload).__name__}; {use}")
+    if payload.get("format") != FORMAT or not {"kind", "config", "state_dict"} <= set(payload):
+        raise ValueError(f"{what} (format {FORMAT!r}, kind, config, state_dict), got another dict; {use}")
     return save_torch_atomic(dict(payload), path)
 
 

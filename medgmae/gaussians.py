@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medgmae.render import render_volume
+from medgmae.render import render_volume, whole_sizes
 from medgmae.rotations import covariance_matrices, factorise_covariance, precision_matrices, quaternion_to_rotation_matrix
 
 __all__ = [
@@ -40,19 +41,25 @@ INTENSITY_BIAS_INIT = -0.405
 def activate_gaussian_heads(
     raw_means: Tensor, raw_scales: Tensor, raw_quats: Tensor, raw_intensities: Tensor, scale_cap: float = 1.0
 ) -> "Gaussians3D":
-    """MedGMAE's head activations: sigmoid centres, ``scale_cap * sigmoid`` scales, L2-normalised quaternions,
-    sigmoid intensities. The result lives in the normalised frame.
+    """MedGMAE's head activations: sigmoid centres, ``scale_cap * sigmoid`` scales, L2-normalised quaternions (a
+    raw quaternion of four zeros stays zero, which the renderer refuses: ``quats must be non-zero``), sigmoid
+    intensities. The result lives in the normalised frame.
 
     Args:
         raw_means: ``(B, K, 3)`` centre-head outputs.
         raw_scales: ``(B, K, 3)`` scale-head outputs.
         raw_quats: ``(B, K, 4)`` rotation-head outputs.
         raw_intensities: ``(B, K)`` or ``(B, K, 1)`` intensity-head outputs.
-        scale_cap: upper bound of the scales, as a fraction of the volume's extent.
+        scale_cap: upper bound of the scales, as a fraction of the volume's extent (positive).
 
     Returns:
         :class:`Gaussians3D` in normalised coordinates.
+
+    Raises:
+        ValueError: ``scale_cap`` is not a positive finite number.
     """
+    if not 0 < float(scale_cap) < float("inf"):
+        raise ValueError(f"scale_cap must be a positive finite number, got {scale_cap!r}")
     if raw_intensities.dim() == 3:
         raw_intensities = raw_intensities.squeeze(-1)
     return Gaussians3D(
@@ -64,14 +71,18 @@ def activate_gaussian_heads(
 
 
 def _shape_tensor(shape: Sequence[int], like: Tensor) -> Tensor:
-    if len(shape) != 3 or any(int(s) <= 0 for s in shape):
-        raise ValueError(f"shape must be three positive sizes (D, H, W), got {tuple(shape)}")
-    return torch.as_tensor([float(s) for s in shape], dtype=like.dtype, device=like.device)
+    """``shape`` as a float tensor like ``like``; ``ValueError`` unless it is three positive integers, checked as
+    :func:`medgmae.render.render_volume` checks its shape (:func:`~medgmae.render.whole_sizes`: ``8.5`` is refused,
+    not truncated)."""
+    sizes = whole_sizes(shape, "shape must be three positive whole sizes (D, H, W)")
+    if len(sizes) != 3 or any(s <= 0 for s in sizes):
+        raise ValueError(f"shape must be three positive whole sizes (D, H, W), got {shape!r}")
+    return torch.as_tensor([float(s) for s in sizes], dtype=like.dtype, device=like.device)
 
 
 @dataclass
 class Gaussians3D:
-    """A batch of 3D Gaussians.
+    """A batch of 3D Gaussians; NumPy arrays are taken as CPU tensors (dtype kept).
 
     Attributes:
         means: ``(B, K, 3)`` centres.
@@ -86,6 +97,19 @@ class Gaussians3D:
     intensities: Tensor
 
     def __post_init__(self) -> None:
+        names = ("means", "scales", "quats", "intensities")
+        for name in names:
+            t = getattr(self, name)
+            if isinstance(t, np.ndarray):
+                t = torch.as_tensor(t)
+                setattr(self, name, t)
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor or NumPy array, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        devices = {str(getattr(self, name).device) for name in names}
+        if len(devices) != 1:
+            raise ValueError(f"means, scales, quats and intensities must be on one device, got {sorted(devices)}")
         if self.means.dim() != 3 or self.means.shape[-1] != 3:
             raise ValueError(f"means must be (B, K, 3), got {tuple(self.means.shape)}")
         b, k = self.means.shape[:2]
@@ -130,7 +154,11 @@ class Gaussians3D:
 
     @classmethod
     def from_tensor(cls, params: Tensor) -> "Gaussians3D":
-        """Inverse of :meth:`as_tensor` for ``(B, K, 11)`` tensors."""
+        """Inverse of :meth:`as_tensor` for ``(B, K, 11)`` tensors (or NumPy arrays)."""
+        if isinstance(params, np.ndarray):
+            params = torch.as_tensor(params)
+        if not isinstance(params, Tensor):
+            raise TypeError(f"params must be a torch.Tensor or NumPy array, got {type(params).__name__}")
         if params.dim() != 3 or params.shape[-1] != 11:
             raise ValueError(f"params must be (B, K, 11), got {tuple(params.shape)}")
         return cls(params[..., 0:3], params[..., 3:6], params[..., 6:10], params[..., 10])
@@ -181,16 +209,25 @@ class Gaussians3D:
         (computed in float64, returned in the Gaussians' dtype). Intensities (peak values) are unchanged.
 
         Args:
-            linear: ``(3, 3)`` matrix, e.g. an affine's upper-left block (any non-singular matrix).
+            linear: ``(3, 3)`` matrix, e.g. an affine's upper-left block (any finite non-singular matrix).
             offset: ``(3,)`` translation.
 
         Returns:
             The mapped :class:`Gaussians3D`.
+
+        Raises:
+            ValueError: wrong shapes, or a ``linear`` that is singular (it would flatten the Gaussians to zero
+                scales) or not finite.
         """
         lin = torch.as_tensor(linear, dtype=torch.float64, device=self.means.device)
         off = torch.as_tensor(offset, dtype=torch.float64, device=self.means.device)
         if lin.shape != (3, 3) or off.shape != (3,):
             raise ValueError(f"linear must be (3, 3) and offset (3,), got {tuple(lin.shape)} and {tuple(off.shape)}")
+        host = lin.detach().cpu()  # nine numbers, checked once per call
+        det, size = float(torch.linalg.det(host)), float(host.abs().max())
+        if not (abs(det) > 1e-12 * size**3 and size < float("inf")):
+            raise ValueError(f"linear must be a finite non-singular (3, 3) matrix, got determinant {det:g}: "
+                             f"{host.tolist()}")
         means = self.means.double() @ lin.T + off
         cov = lin @ covariance_matrices(self.scales.double(), self.quats.double()) @ lin.T
         scales, quats = factorise_covariance(0.5 * (cov + cov.transpose(-1, -2)))

@@ -41,15 +41,32 @@ _AXIS_LETTERS = ({"L", "R"}, {"P", "A"}, {"I", "S"})
 
 
 def _triple(value: Any, name: str, cast=float) -> tuple:
-    """A scalar or a length-3 sequence as a 3-tuple of ``cast``."""
+    """A scalar or a length-3 sequence as a 3-tuple of ``cast``; a string is refused (not read character by
+    character)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (cast(value),) * 3
     try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
         vals = tuple(cast(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number or three numbers, got {value!r}") from None
     if len(vals) != 3:
         raise ValueError(f"{name} must have three values (one per spatial axis), got {value!r}")
+    return vals
+
+
+def _pair(value: Any, name: str, expected: str) -> tuple[float, float]:
+    """A ``(low, high)`` pair of numbers as two floats; ``ValueError`` naming ``name`` and ``expected`` for anything
+    else (a single number, a string such as ``"-175,250"``, three numbers)."""
+    try:
+        if isinstance(value, (str, bytes)) or any(isinstance(v, (bool, np.bool_)) for v in value):
+            raise TypeError
+        vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 2:
+        raise ValueError(f"{name} must be a pair of numbers {expected}, got {value!r}")
     return vals
 
 
@@ -96,11 +113,11 @@ class PreprocessingSpec:
         spacing = _triple(self.spacing, "spacing")
         if not all(math.isfinite(s) and s > 0 for s in spacing):
             raise ValueError(f"spacing must be positive millimetres, got {self.spacing!r}")
-        window = tuple(float(v) for v in self.hu_window)
-        rng = tuple(float(v) for v in self.intensity_range)
-        if len(window) != 2 or not window[1] > window[0] or not math.isfinite(window[1] - window[0]):
+        window = _pair(self.hu_window, "hu_window", "(a_min, a_max) in HU, such as (-175, 250)")
+        rng = _pair(self.intensity_range, "intensity_range", "(b_min, b_max), such as (0, 1)")
+        if not window[1] > window[0] or not math.isfinite(window[1] - window[0]):
             raise ValueError(f"hu_window must be (a_min, a_max) with a_max > a_min, both finite, got {self.hu_window!r}")
-        if len(rng) != 2 or rng[1] == rng[0] or not math.isfinite(rng[1] - rng[0]):
+        if rng[1] == rng[0] or not math.isfinite(rng[1] - rng[0]):
             raise ValueError(f"intensity_range must be two different finite numbers (b_min, b_max), got {self.intensity_range!r}")
         if not isinstance(self.clip, (bool, np.bool_)):
             raise ValueError(f"clip must be True or False, got {self.clip!r}")
@@ -164,8 +181,8 @@ class PreprocessingSpec:
         segmentation inverted to the input's grid) took several times the memory for no visible difference.
 
         Args:
-            keys: image keys (windowed, interpolated linearly).
-            label_keys: label keys (nearest-neighbour, not windowed).
+            keys: image keys (windowed, interpolated linearly); a string is one key, as MONAI's ``keys`` take it.
+            label_keys: label keys (nearest-neighbour, not windowed); a string is one key.
 
         Returns:
             A list of MONAI transforms.
@@ -173,7 +190,7 @@ class PreprocessingSpec:
         import torch
         from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd
 
-        images, labels = list(keys), list(label_keys)
+        images, labels = ([k] if isinstance(k, str) else list(k) for k in (keys, label_keys))
         every = images + labels
         (a0, a1), (b0, b1) = self.hu_window, self.intensity_range
         return [

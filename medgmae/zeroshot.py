@@ -17,6 +17,7 @@ pre-training bundle's ``inference`` and the reconstruction's ``medgmae`` initial
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import logging
 from dataclasses import dataclass
@@ -28,9 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from medgmae.whole_numbers import positive_count, whole_number
 from medgmae.gaussians import Gaussians3D
 from medgmae.terminal import ProgressLines, progress_bars_shown
 from medgmae.preprocessing import PreprocessingSpec, model_preprocessing
+from medgmae.volume_units import warn_if_not_hu
 
 __all__ = ["ZeroShotResult", "zero_shot_gaussians", "prepare_scan", "window_origins"]
 
@@ -111,15 +114,22 @@ def prepare_scan(volume: Tensor | np.ndarray, affine: np.ndarray, spec: Preproce
 
     vol = torch.as_tensor(np.asarray(volume, dtype=np.float32) if not isinstance(volume, Tensor) else volume.float())
     aff = np.asarray(affine, dtype=np.float64)
-    if vol.dim() != 3:
-        raise ValueError(f"the scan must be a 3D (I, J, K) array, got shape {tuple(vol.shape)}")
+    _check_scan_shape(tuple(vol.shape))
     if aff.shape != (4, 4) or not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
         raise ValueError(f"the affine must be a finite, non-singular 4x4 matrix, got\n{aff}")
+    if not np.allclose(aff[3], [0.0, 0.0, 0.0, 1.0], rtol=0.0, atol=1e-9):
+        raise ValueError(f"the affine's last row must be [0, 0, 0, 1], got {aff[3].tolist()}")
     if not torch.isfinite(vol).all():
         raise ValueError("the scan contains NaN or infinite voxels")
     img = MetaTensor(vol.detach().cpu()[None], affine=torch.from_numpy(aff))
     out = Compose(spec.transforms(keys=["image"]))({"image": img})["image"]
     return out.as_tensor()[0].float(), np.asarray(out.affine, dtype=np.float64)
+
+
+def _check_scan_shape(shape: tuple[int, ...]) -> None:
+    """``ValueError`` naming ``volume`` unless ``shape`` is three non-zero sizes."""
+    if len(shape) != 3 or 0 in shape:
+        raise ValueError(f"volume must be a 3D (I, J, K) scan with voxels, got shape {shape}")
 
 
 def _window_affine(prepared_affine: np.ndarray, origin: Sequence[int]) -> np.ndarray:
@@ -217,10 +227,33 @@ def _spec_and_window(
     if given and tuple(spec.input_size) != win:
         raise ValueError(f"spec's input_size {tuple(spec.input_size)} is not the model's window {win}: give the "
                          "model's own spec (model.preprocessing) with only the settings to change replaced")  # fmt: skip
-    if isinstance(overlap, bool) or int(overlap) != overlap or int(overlap) < 0 or any(int(overlap) >= w for w in win):
+    try:
+        whole = whole_number(overlap)
+    except TypeError:
+        whole = -1
+    if whole < 0 or any(whole >= w for w in win):
         raise ValueError(f"overlap must be a whole number of voxels in [0, {min(win)}), got {overlap!r}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    positive_count(batch_size, "batch_size")
+    return spec, win
+
+
+def _checked_inputs(
+    volume: Any, model: Any, spec: PreprocessingSpec | dict | None, settings: dict, decode: Callable | None, source: str
+) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
+    """:func:`_check_inputs` and :func:`_spec_and_window`, a check of ``min_intensity`` and the scan's shape, and
+    :func:`~medgmae.volume_units.warn_if_not_hu` of the scan (once, before any work); ``settings`` holds
+    ``overlap``, ``batch_size`` and ``min_intensity``."""
+    _check_inputs(volume, model, decode)
+    spec, win = _spec_and_window(model, spec, settings["overlap"], settings["batch_size"])
+    low = settings["min_intensity"]
+    try:
+        number = math.nan if isinstance(low, (bool, str)) else float(low)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number < math.inf:  # NaN kept every Gaussian's comparison false, so dropped them all
+        raise ValueError(f"min_intensity must be a number below infinity (model units), got {low!r}")
+    _check_scan_shape(tuple(int(s) for s in np.shape(volume)))
+    warn_if_not_hu(volume if isinstance(volume, (Tensor, np.ndarray)) else np.asarray(volume), spec, source)
     return spec, win
 
 
@@ -294,11 +327,12 @@ def zero_shot_gaussians(
     batch_size: int = 2,
     min_intensity: float = 0.0,
     decode: Callable[[Tensor, np.ndarray], Gaussians3D] | None = None,
+    source: str = "the volume",
 ) -> ZeroShotResult:
     """The decoder's Gaussians for a whole scan (see the module docstring for the steps).
 
     Args:
-        volume: ``(I, J, K)`` scan in HU.
+        volume: ``(I, J, K)`` scan in HU (one in 1/mm or in ``[0, 1]`` is warned about: :func:`warn_if_not_hu`).
         affine: ``(4, 4)`` index -> world (mm) of ``volume`` (non-identity, oblique and anisotropic are fine).
         model: a MedGMAE (``predict_gaussians(x, mask_ratio=0.0)`` -> normalised-frame :class:`Gaussians3D`,
             ``img_size``, and ``preprocessing`` when loaded from a checkpoint).
@@ -309,6 +343,7 @@ def zero_shot_gaussians(
         min_intensity: drop Gaussians at or below this intensity (model units).
         decode: ``(windows (B, 1, *window), window_affines (B, 4, 4)) -> Gaussians3D`` (normalised frame of
             each window); default: the model's ``predict_gaussians``. Tests use it to plug in an oracle.
+        source: the scan's name in that warning (its file, say).
 
     Returns:
         The :class:`ZeroShotResult`; it may hold no Gaussian (a scan of one slice, an empty one: check
@@ -316,11 +351,11 @@ def zero_shot_gaussians(
 
     Raises:
         ValueError: a path given as ``volume`` or ``model``, a model without a Gaussian decoder or of 2D inputs, a
-            ``spec`` whose input size is not the model's window, a bad ``overlap`` or ``batch_size``, or a scan that
-            is not a finite 3D array with a non-singular affine.
+            ``spec`` whose input size is not the model's window, a bad ``overlap``, ``batch_size`` or
+            ``min_intensity``, or a scan that is not a finite, non-empty 3D array with a non-singular affine.
     """
-    _check_inputs(volume, model, decode)
-    spec, win = _spec_and_window(model, spec, overlap, batch_size)
+    settings = {"overlap": overlap, "batch_size": batch_size, "min_intensity": min_intensity}
+    spec, win = _checked_inputs(volume, model, spec, settings, decode, source)
     scan_shape = tuple(int(s) for s in np.shape(volume))
     x, prep_affine = prepare_scan(volume, affine, spec)
     n = tuple(x.shape)

@@ -23,6 +23,7 @@ does worse (11.7 and 9.7 dB), and ``fit_iterations`` (each Gaussian's intensity 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -32,6 +33,7 @@ from torch import Tensor
 from medgmae.gaussians import Gaussians3D
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
 from medgmae.render import render_volume
+from medgmae.volume_units import looks_like_hu
 from medgmae.whole_numbers import positive_count
 from recon.projectors.base import as_tensor
 
@@ -49,6 +51,8 @@ __all__ = [
     "fit_intensities",
     "subdivide_gaussians",
 ]
+
+logger = logging.getLogger("recon")
 
 #: Linear attenuation coefficient of water (1/mm) used for HU <-> attenuation.
 MU_WATER = 0.0192
@@ -72,8 +76,9 @@ def _check_volume(fbp_volume: Tensor | np.ndarray) -> Tensor:
     fbp_volume = as_tensor(fbp_volume)
     if not isinstance(fbp_volume, Tensor):
         raise ValueError(f"the FBP volume must be a (D, H, W) tensor or NumPy array, got {type(fbp_volume).__name__}")
-    if fbp_volume.dim() != 3:
-        raise ValueError(f"the FBP volume must be a (D, H, W) tensor, got shape {tuple(fbp_volume.shape)}")
+    if fbp_volume.dim() != 3 or fbp_volume.numel() == 0:
+        empty = " with voxels" if fbp_volume.dim() == 3 else ""
+        raise ValueError(f"the FBP volume must be a (D, H, W) tensor{empty}, got shape {tuple(fbp_volume.shape)}")
     if not torch.isfinite(fbp_volume).all():
         raise ValueError("the FBP volume contains NaN or Inf")
     return fbp_volume.detach().float()
@@ -278,7 +283,8 @@ def medgmae_init(
     """Zero-shot initialisation from a pre-trained MedGMAE (see the module docstring).
 
     Args:
-        fbp_volume: ``(D, H, W)`` = ``(z, y, x)`` attenuation volume (1/mm).
+        fbp_volume: ``(D, H, W)`` = ``(z, y, x)`` attenuation volume (1/mm); one whose range is HU's (below -100 or
+            above 10, :func:`~medgmae.volume_units.looks_like_hu`) is warned about.
         affine: ``(4, 4)`` NIfTI affine of the volume's ``(x, y, z)`` array order (as :func:`recon.scan_files.load_volume`
             and ``CTGeometry.default_affine`` give it), index -> world mm.
         model: a MedGMAE (``predict_gaussians``, ``img_size``; ``preprocessing`` when loaded from ``model.pt``).
@@ -301,8 +307,13 @@ def medgmae_init(
     from medgmae.zeroshot import zero_shot_gaussians
 
     vol = _check_volume(fbp_volume)
-    res = zero_shot_gaussians(mu_to_hu(vol, mu_water).cpu(), zyx_affine(affine), model, spec=spec, overlap=overlap,
-                              batch_size=batch_size, min_intensity=min_intensity)  # fmt: skip
+    host = vol.cpu()  # the scan goes to the CPU for its preparation anyway; the unit check reads it there once
+    if looks_like_hu(host):
+        logger.warning("fbp_volume looks like a CT in HU (values %.4g .. %.4g), not linear attenuation in 1/mm (water "
+                       "0.0192): the zero-shot start reads it as attenuation; convert with mu = 0.0192 (1 + HU / 1000), "
+                       "clipped at 0", float(host.min()), float(host.max()))  # fmt: skip
+    res = zero_shot_gaussians(mu_to_hu(host, mu_water), zyx_affine(affine), model, spec=spec, overlap=overlap,
+                              batch_size=batch_size, min_intensity=min_intensity, source="fbp_volume (as HU)")  # fmt: skip
     if res.voxel.num_gaussians == 0:
         raise ValueError(f"the MedGMAE decoder produced no Gaussians inside the volume: {res.no_gaussians_reason()}; "
                          "or start from --init fbp")  # fmt: skip

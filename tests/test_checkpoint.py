@@ -302,3 +302,20 @@ def test_a_file_read_memory_mapped_is_read_again_once_it_changed_on_disk(tmp_pat
     assert os.stat(path).st_size == before.st_size and os.stat(path).st_ino == before.st_ino
     got = load_checkpoint(path, mmap=True)
     assert got.extra["source"] == "eight" and got.state_dict["w"].tolist() == [8.0, 8.0] and len(loads) == 4
+
+
+def test_saving_anything_but_a_make_checkpoint_payload_is_refused_and_writes_nothing(tmp_path):
+    """``save_checkpoint(path, model)`` failed with "'MedGMAE' object is not iterable"; a bare ``state_dict()`` was
+    written, and load_checkpoint refused the file later."""
+    from medgmae.checkpoint import save_checkpoint
+
+    model = VoxelMAE(img_size=16, patch_size=8, model_size="tiny")
+    path = tmp_path / "m.pt"
+    with pytest.raises(TypeError, match=r"m\.pt: payload must be a make_checkpoint dict, got a VoxelMAE; use "
+                                        r"model\.model_checkpoint\(\)"):  # fmt: skip
+        save_checkpoint(path, model)
+    with pytest.raises(ValueError, match=r"m\.pt: payload must be a make_checkpoint dict .*model\.model_checkpoint"):
+        save_checkpoint(path, model.state_dict())
+    assert list(tmp_path.iterdir()) == []
+    save_checkpoint(path, model.model_checkpoint())
+    assert load_checkpoint(path).kind == "voxel-mae"

@@ -194,3 +194,48 @@ def test_transformed_maps_centres_and_covariances_exactly(seed):
     np.testing.assert_allclose(h.means[0].numpy(), m @ lin.T + t, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(covariance_matrices(h.scales, h.quats)[0].numpy(), lin @ cov @ lin.T, rtol=1e-9, atol=1e-10)
     assert torch.equal(h.intensities, g.intensities)
+
+
+def test_numpy_arrays_are_taken_as_tensors():
+    g = _random(1, 4)
+    arrays = [t.numpy() for t in g.tensors()]
+    built = Gaussians3D(*arrays)
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in built.tensors())
+    assert torch.equal(built.means, g.means)
+    params = np.random.default_rng(0).random((1, 4, 11))
+    assert torch.equal(Gaussians3D.from_tensor(params).as_tensor(), torch.from_numpy(params))
+
+
+def test_container_refuses_other_types_integer_dtypes_and_mixed_devices():
+    g = _random(1, 4)
+    with pytest.raises(TypeError, match="means must be a torch.Tensor or NumPy array, got list"):
+        Gaussians3D(g.means.tolist(), g.scales, g.quats, g.intensities)
+    with pytest.raises(TypeError, match="means must be a floating-point tensor, got dtype torch.int64"):
+        Gaussians3D(torch.ones(1, 4, 3, dtype=torch.int64), g.scales, g.quats, g.intensities)
+    with pytest.raises(ValueError, match=r"one device, got \['cpu', 'meta'\]"):
+        Gaussians3D(g.means, g.scales.to("meta"), g.quats, g.intensities)
+
+
+def test_frame_changes_refuse_fractional_shapes():
+    g = _random(1, 4)
+    assert torch.equal(g.to_voxel((np.int64(8), 8, torch.tensor(8))).means, g.to_voxel((8, 8, 8)).means)
+    for method in (g.to_voxel, g.to_normalized):
+        with pytest.raises(ValueError, match=r"shape must be three positive whole sizes .*got \(8\.5, 8, 8\)"):
+            method((8.5, 8, 8))
+
+
+def test_head_activations_refuse_a_non_positive_scale_cap():
+    raw = torch.randn(1, 3, 11)
+    for cap in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="scale_cap must be a positive finite number"):
+            activate_gaussian_heads(raw[..., :3], raw[..., 3:6], raw[..., 6:10], raw[..., 10], scale_cap=cap)
+
+
+def test_transformed_refuses_a_singular_or_non_finite_matrix():
+    g = _random(1, 4)
+    singular = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 0]])
+    for linear in (torch.zeros(3, 3), singular, torch.full((3, 3), float("inf"))):
+        with pytest.raises(ValueError, match="linear must be a finite non-singular"):
+            g.transformed(linear, torch.zeros(3))
+    small = g.transformed(1e-3 * torch.eye(3), torch.zeros(3))  # a small but regular matrix is fine
+    assert torch.allclose(small.scales.sort(-1).values, 1e-3 * g.scales.sort(-1).values)

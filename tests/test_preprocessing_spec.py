@@ -38,3 +38,37 @@ def test_a_written_spec_loads_back(tmp_path):
     assert PreprocessingSpec.from_dict(spec.to_dict()) == spec
     save_checkpoint(tmp_path / "model.pt", make_checkpoint("gmae2d", {}, {"w": torch.zeros(1)}, spec))
     assert load_checkpoint(tmp_path / "model.pt").preprocessing == spec
+
+
+@pytest.mark.parametrize("value", [250, "-175,250", (-175, 0, 250), ("a", "b"), None, (True, False)])
+def test_hu_window_must_be_a_pair_of_numbers(value):
+    """``hu_window=250`` failed with "'int' object is not iterable", ``"-175,250"`` with "could not convert string
+    to float: '-'"."""
+    with pytest.raises(ValueError, match=r"hu_window must be a pair of numbers \(a_min, a_max\) in HU"):
+        PreprocessingSpec(hu_window=value)
+
+
+@pytest.mark.parametrize("value", [1, "0,1", None])
+def test_intensity_range_must_be_a_pair_of_numbers(value):
+    with pytest.raises(ValueError, match=r"intensity_range must be a pair of numbers \(b_min, b_max\)"):
+        PreprocessingSpec(intensity_range=value)
+
+
+@pytest.mark.parametrize(("field", "value"), [("spacing", "123"), ("input_size", "969"), ("patch_size", "111")])
+def test_triples_are_not_read_from_strings_digit_by_digit(field, value):
+    """``spacing="123"`` was taken as (1, 2, 3) mm, one value per character."""
+    with pytest.raises(ValueError, match=f"{field} must be a number or three numbers, got '{value}'"):
+        PreprocessingSpec(**{field: value})
+
+
+def test_transforms_take_a_string_as_one_key():
+    """``transforms(keys="image")`` made the keys 'i', 'm', 'a', 'g', 'e'."""
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    spec = PreprocessingSpec(spacing=2.0, input_size=12, patch_size=6)
+    assert [t.keys for t in spec.transforms(keys="image", label_keys="label")][0] == ("image", "label")
+    data = {"image": MetaTensor(torch.full((1, 4, 4, 4), 250.0)), "label": MetaTensor(torch.ones(1, 4, 4, 4))}
+    out = Compose(spec.transforms(keys="image", label_keys="label"))(data)
+    assert out["image"].shape[1:] == (2, 2, 2) and torch.allclose(out["image"], torch.ones(()))
+    assert torch.equal(out["label"].as_tensor(), torch.ones(1, 2, 2, 2))

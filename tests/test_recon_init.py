@@ -295,3 +295,10 @@ def test_no_gaussians_names_a_scan_smaller_than_the_window_or_else_an_empty_fbp(
     with pytest.raises(ValueError, match=r"no Gaussians inside the volume: is the scan empty\? \(the model sees HU in "
                                          r"\[-175, 250\]"):  # fmt: skip
         medgmae_init(air((16, 16, 16)), np.diag([1.5, 1.5, 1.5, 1.0]), VoxelStubModel(16), spec=spec)
+
+
+def test_an_empty_fbp_volume_is_named():
+    """An FBP volume without voxels failed inside the starts (``max()`` of an empty tensor, MONAI's ``Spacingd``)."""
+    for start in (lambda v: fbp_init(v, 10), lambda v: random_init(v, 10)):
+        with pytest.raises(ValueError, match=r"the FBP volume must be a \(D, H, W\) tensor with voxels, got shape \(0, 8, 8\)"):
+            start(torch.zeros(0, 8, 8))

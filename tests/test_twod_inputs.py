@@ -74,3 +74,5 @@ def test_figure_ground_refuses_a_split_that_separates_nothing():
             L.figure_ground(assignment, split, num_layers=4)
     with pytest.raises(ValueError, match=r"split must be in 0 or more, got -1"):
         L.figure_ground(assignment, -1)
+    with pytest.raises(ValueError, match=r"split must be in 0\.\.3, got 9 \(num_layers is 4\)"):
+        L.figure_ground(assignment, 9, num_layers=4)

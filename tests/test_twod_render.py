@@ -181,6 +181,15 @@ def test_render_planar_gaussians_wrapper():
     torch.testing.assert_close(img, ref, atol=1e-10, rtol=1e-9)
 
 
+def test_render_planar_gaussians_takes_numpy_arrays():
+    """NumPy planar Gaussians were refused as "must be a (B, K, 2) tensor, got (1, 5, 2)"."""
+    g = torch.Generator().manual_seed(6)
+    args = [torch.rand(1, 5, 2, generator=g) - 0.5, torch.rand(1, 5, 2, generator=g) * 0.2 + 0.05,
+            torch.rand(1, 5, generator=g), torch.rand(1, 5, 1, generator=g), torch.rand(1, 5, generator=g)]  # fmt: skip
+    img = render_planar_gaussians(*(t.numpy() for t in args), (8, 8), "torch")
+    torch.testing.assert_close(img, render_planar_gaussians(*args, (8, 8), "torch"))
+
+
 def test_no_gaussians_gives_background():
     z = torch.zeros(2, 0, 3)
     img = render_gaussians_2d(z, z, torch.zeros(2, 0, 4), torch.zeros(2, 0, 3), torch.zeros(2, 0), (5, 4), "torch",

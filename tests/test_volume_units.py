@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from medgmae.gaussians import Gaussians3D
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
 from medgmae.volume_units import looks_like_attenuation, looks_like_hu, warn_if_not_hu, window_expects_hu
 
@@ -189,3 +190,53 @@ def test_a_binary_mask_given_as_an_image_is_named_a_label_map_not_attenuation(ca
     with caplog.at_level("WARNING", logger="medgmae"):  # real attenuation still is
         assert warn_if_not_hu(_to_attenuation(np.linspace(-1000, 1000, 512).reshape(8, 8, 8)), spec, "mu.nii.gz")
     assert "mu.nii.gz looks like linear attenuation" in caplog.text
+
+
+_PROBE_SPEC = PreprocessingSpec(spacing=2.0, input_size=8, patch_size=4)
+
+
+class _ZeroShotProbe(torch.nn.Module):
+    """A stand-in decoder: one Gaussian in the middle of every window."""
+
+    img_size = _PROBE_SPEC.input_size
+
+    def decode(self, windows: torch.Tensor, _affines) -> Gaussians3D:
+        b = windows.shape[0]
+        return Gaussians3D(torch.full((b, 1, 3), 0.5), torch.full((b, 1, 3), 0.1), torch.tensor([[[1.0, 0, 0, 0]]]).expand(b, 1, 4),
+                           torch.ones(b, 1))  # fmt: skip
+
+
+@pytest.mark.parametrize("unit", ["attenuation", "normalised"])
+def test_the_zero_shot_api_warns_about_a_scan_not_in_hu_once(caplog, unit):
+    """``zero_shot_gaussians`` given attenuation in 1/mm, or a scan normalised to [0, 1], said nothing (only the
+    bundle's inference warned)."""
+    from medgmae.zeroshot import zero_shot_gaussians
+
+    hu = _phantom_hu()
+    scan = _to_attenuation(hu) if unit == "attenuation" else (hu - hu.min()) / (hu.max() - hu.min())
+    model = _ZeroShotProbe()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        zero_shot_gaussians(scan, np.eye(4), model, spec=_PROBE_SPEC, decode=model.decode, source="scan.nii.gz")
+    warned = [r.getMessage() for r in caplog.records if "not a CT in HU" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("scan.nii.gz looks like linear attenuation in 1/mm")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        zero_shot_gaussians(hu, np.eye(4), model, spec=_PROBE_SPEC, decode=model.decode)
+    assert "not a CT in HU" not in caplog.text
+
+
+def test_the_zero_shot_start_warns_about_an_fbp_volume_in_hu(caplog):
+    """``medgmae_init`` given a volume in HU where attenuation (1/mm) is expected said nothing: it reads it as
+    attenuation, converting it to HU a second time."""
+    from recon.initialisation import medgmae_init
+
+    model = _ZeroShotProbe()
+    model.predict_gaussians = lambda x, mask_ratio: model.decode(x, None)
+    with caplog.at_level(logging.WARNING, logger="recon"):
+        medgmae_init(torch.from_numpy(_phantom_hu()), np.eye(4), model, spec=_PROBE_SPEC, calibrate=False)
+    warned = [r.getMessage() for r in caplog.records if r.name == "recon"]
+    assert len(warned) == 1 and warned[0].startswith("fbp_volume looks like a CT in HU")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        medgmae_init(torch.from_numpy(_to_attenuation(_phantom_hu())), np.eye(4), model, spec=_PROBE_SPEC, calibrate=False)
+    assert "looks like" not in caplog.text

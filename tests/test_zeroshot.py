@@ -335,3 +335,28 @@ def test_the_base_class_loads_a_model_file_as_the_kind_it_records(tmp_path):
         loaded = MaskedAutoencoder.from_checkpoint(path)
         assert type(loaded) is type(model)
         assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_bad_settings_and_scans_are_named_before_any_work():
+    """``batch_size=1.5`` ran as 1, ``min_intensity=nan`` dropped every Gaussian, an affine whose last row is
+    ``[0, 0, 0, 5]`` was taken and an empty scan failed inside MONAI's ``Spacingd``."""
+    probe = _Probe()
+    affine = _affine("ras")
+    scan = _blob_hu(_world_points(affine, SHAPE), _centre(affine)).astype(np.float32)
+    run = lambda vol=scan, aff=affine, **kw: zero_shot_gaussians(vol, aff, probe, spec=SPEC, decode=probe.decode, **kw)  # noqa: E731
+    for batch_size in (1.5, 0, True, "2", float("nan")):
+        with pytest.raises(ValueError, match=r"batch_size must be a positive whole number, got "):
+            run(batch_size=batch_size)
+    for low in (float("nan"), math.inf, "0.1", None):
+        with pytest.raises(ValueError, match=r"min_intensity must be a number below infinity"):
+            run(min_intensity=low)
+    with pytest.raises(ValueError, match=r"overlap must be a whole number of voxels in \[0, 24\), got nan"):
+        run(overlap=float("nan"))
+    scaled = affine.copy()
+    scaled[3, 3] = 5.0
+    with pytest.raises(ValueError, match=r"the affine's last row must be \[0, 0, 0, 1\], got \[0\.0, 0\.0, 0\.0, 5\.0\]"):
+        run(aff=scaled)
+    with pytest.raises(ValueError, match=r"volume must be a 3D \(I, J, K\) scan with voxels, got shape \(0, 30, 22\)"):
+        run(vol=scan[:0])
+    assert probe.windows == []
+    assert run(batch_size=np.int64(2), min_intensity=-math.inf, overlap=2.0).voxel.num_gaussians > 0

@@ -23,7 +23,6 @@ from medgmae.files import save_nifti_atomic
 from medgmae.missing_paths import missing_path_message
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import describe_preprocessing, model_preprocessing
-from medgmae.volume_units import warn_if_not_hu
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 
 __all__ = ["GaussianInference", "model_path_check", "overlap_check", "slices_png", "volume_path_check"]
@@ -141,10 +140,10 @@ class GaussianInference:
             self.model_path, needed_for=NEEDED_FOR
         ).to(self.device).eval()
         spec = model_preprocessing(model, str(self.model_path))
-        warn_if_not_hu(volume.array, spec, str(self.image_path))
         recorded = f"recorded in {self.model_path.resolve()}" if model.preprocessing is not None else "default"
         logger.info("%s", describe_preprocessing(spec, dict.fromkeys(("orientation", "spacing", "hu_window"), recorded), "window"))
-        res = zero_shot_gaussians(volume.array, volume.affine, model, spec, overlap=self.overlap, batch_size=self.batch_size)
+        res = zero_shot_gaussians(volume.array, volume.affine, model, spec, overlap=self.overlap,
+                                  batch_size=self.batch_size, source=str(self.image_path))  # warns of a unit not HU
         if res.voxel.num_gaussians == 0:  # an empty .ply and a constant rendering would say nothing
             raise DatasetError(f"{self.image_path}: the decoder placed no Gaussian in the scan, nothing was written: "
                              f"{res.no_gaussians_reason()}")  # fmt: skip

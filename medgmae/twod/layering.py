@@ -193,7 +193,8 @@ def figure_ground(assignment: Tensor, split: int, num_layers: int | None = None)
     """
     if int(split) < 0 or (num_layers is not None and int(split) >= int(num_layers)):
         upper = f"..{int(num_layers) - 1}" if num_layers is not None else " or more"
-        raise ValueError(f"split must be in 0{upper}, got {split}")
+        beyond = f" (num_layers is {int(num_layers)})" if num_layers is not None else ""
+        raise ValueError(f"split must be in 0{upper}, got {split}{beyond}")
     return assignment >= int(split)
 
 

@@ -168,6 +168,7 @@ def render_planar_gaussians(
 ) -> Tensor:
     """Render planar Gaussians (GViT's tokens: a 2D centre, two scales and an in-plane angle each, no depth) by
     lifting them onto :func:`render_gaussians_2d`, whose Gaussians are 3D (centre with depth, three scales, quaternion).
+    NumPy arrays are taken as tensors, as there.
 
     Gaussian ``k`` gets depth ``k``, so the first token is the nearest (composited first). A rotation by
     ``angle`` about ``z`` maps the Gaussian's first axis to ``(cos angle, sin angle)`` in ``(x, y)``; since ``y``
@@ -186,6 +187,8 @@ def render_planar_gaussians(
     Returns:
         ``(B, C, H, W)`` image.
     """
+    planar = (means2d, scales2d, angles)
+    means2d, scales2d, angles = (torch.as_tensor(t) if isinstance(t, np.ndarray) else t for t in planar)
     if not (isinstance(means2d, Tensor) and means2d.dim() == 3 and means2d.shape[-1] == 2):
         raise ValueError(f"means2d must be a (B, K, 2) tensor, got {getattr(means2d, 'shape', type(means2d).__name__)}")
     b, k = means2d.shape[:2]
