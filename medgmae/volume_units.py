@@ -74,8 +74,12 @@ def looks_like_label_map(array) -> int:
     """The number of distinct values of ``array`` (NumPy or torch, any shape) when it looks like a segmentation
     (at most :data:`LABEL_MAP_MAX_VALUES` integers in ``[0, 255]``, counted on about a million evenly spaced
     voxels), else 0."""
-    flat = (array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)).reshape(-1)
-    sample = flat[:: max(1, flat.size // 1_000_000)]
+    if hasattr(array, "detach"):  # sampled where it lies (a GPU scan is not copied whole), any float dtype (bf16)
+        flat = array.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 1_000_000)].double().cpu().numpy()
+    else:
+        flat = np.asarray(array).reshape(-1)
+        sample = flat[:: max(1, flat.size // 1_000_000)]
     if sample.size == 0 or sample.min() < 0 or sample.max() > 255 or np.any(sample != np.round(sample)):
         return 0
     values = np.unique(sample).size

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from medgmae.whole_numbers import positive_count
 
@@ -79,6 +80,8 @@ def angle_list(angles) -> tuple:
     place); ``ValueError`` for a missing (null) or non-numeric field."""
     if angles is None:
         raise ValueError("angles is null: give the projection angles as a list of numbers (radians)")
+    if isinstance(angles, torch.Tensor):  # any dtype or device, with or without grad: the values, on the host
+        angles = angles.detach().to("cpu", torch.float64).numpy()
     try:
         a = np.asarray(angles, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
@@ -88,21 +91,23 @@ def angle_list(angles) -> tuple:
 
 def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
     """``angles`` as floats when given, else ``num_angles`` equispaced views over ``arc_deg``: ``arc * i / n``
-    (radians). An arc of at most a turn in radians (``2 pi`` degrees, a few hundredths more) is refused: it is an arc
-    given in radians, as :func:`recon.angle_checks.check_radians` refuses angles given in degrees."""
+    (radians). An ``arc_deg`` within 1 % of ``pi`` or ``2 pi`` is refused: a half or full turn given in radians, as
+    :func:`recon.angle_checks.check_degrees` refuses angles in degrees that span such a turn (a short arc of a few
+    degrees is taken)."""
     if angles is not None:
         return list(angle_list(angles))
     n = positive_count(num_angles, "num_angles")
     arc = number("arc_deg", arc_deg)
     if not (math.isfinite(arc) and arc > 0):
         raise ValueError(f"arc must be a positive number of degrees, got {arc_deg}")
-    if arc <= 2 * math.pi * (1 + _RADIAN_ARC_RTOL):
-        raise ValueError(f"arc_deg is {arc:.4g}: at most a turn in radians (2 pi), an arc of {arc:.4g} degrees is no "
-                         "CT scan; give the arc in degrees (numpy.rad2deg(arc), e.g. 180 or 360)")  # fmt: skip
+    for turn, words in ((math.pi, "half"), (2 * math.pi, "full")):
+        if abs(arc - turn) <= _RADIAN_ARC_RTOL * turn:
+            raise ValueError(f"arc_deg is {arc:.4g}: a {words} turn in radians, while arc_deg is in degrees; give the "
+                             "arc in degrees (numpy.rad2deg(arc), e.g. 180 or 360)")  # fmt: skip
     return list(np.deg2rad(arc) * np.arange(n) / n)
 
 
-#: Relative tolerance above ``2 pi`` of an ``arc_deg`` refused as radians (a rounded 6.29 or 6.3 included).
+#: Relative tolerance about ``pi`` and ``2 pi`` of an ``arc_deg`` refused as radians (a rounded 3.14 or 6.3 included).
 _RADIAN_ARC_RTOL = 0.01
 
 

@@ -49,7 +49,18 @@ def test_an_arc_in_radians_is_refused(make):
         make(SHAPE, 1.0, num_angles=60, arc_deg=np.pi)
     with pytest.raises(ValueError, match="arc_deg is 6.283"):
         make(SHAPE, 1.0, num_angles=60, arc_deg=2 * np.pi)
+    with pytest.raises(ValueError, match="arc_deg is 3.14: a half turn in radians"):
+        make(SHAPE, 1.0, num_angles=60, arc_deg=3.14)
     assert make(SHAPE, 1.0, num_angles=8, arc_deg=7.0).num_views == 8  # past a turn in radians: degrees
+    short = make(SHAPE, 1.0, num_angles=10, arc_deg=5.0)  # a short arc of a few degrees (limited-angle), as given
+    assert short.angles[-1] == pytest.approx(np.deg2rad(4.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_factories_take_angles_as_a_tensor_of_any_float_dtype_with_grad(dtype):
+    angles = torch.linspace(0, 3, 6, dtype=dtype, requires_grad=True)
+    g = CTGeometry.parallel(SHAPE, 1.0, angles=angles)
+    assert g.angles == pytest.approx([float(a) for a in angles.detach().double()])
 
 
 @pytest.mark.parametrize("kwargs, match", [

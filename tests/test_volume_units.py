@@ -240,3 +240,17 @@ def test_the_zero_shot_start_warns_about_an_fbp_volume_in_hu(caplog):
     with caplog.at_level(logging.WARNING):
         medgmae_init(torch.from_numpy(_to_attenuation(_phantom_hu())), np.eye(4), model, spec=_PROBE_SPEC, calibrate=False)
     assert "looks like" not in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int64])
+def test_the_unit_checks_take_tensors_of_any_dtype(dtype, caplog):
+    """bf16 has no NumPy type: a bf16 label map listed as an image is told all the same, and a bf16 CT in HU is not
+    warned about."""
+    from medgmae.volume_units import looks_like_label_map
+
+    labels = torch.arange(5).repeat_interleave(200).reshape(10, 10, 10).to(dtype)
+    assert looks_like_label_map(labels) == 5
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_not_hu(labels, DEFAULT_SPEC, "mask.nii.gz")
+        assert not warn_if_not_hu((torch.linspace(-1000, 1500, 1000) * 1).reshape(10, 10, 10).to(dtype), DEFAULT_SPEC, "ct")
+    assert "mask.nii.gz looks like a label map (5 distinct integer values" in caplog.text
