@@ -299,8 +299,7 @@ def _recorded_preprocessing(ckpt: Mapping, path: Path) -> PreprocessingSpec | No
     return preprocessing
 
 
-#: The model file last read memory-mapped, by its path, identity (device, inode), size, modification and change
-#: times and ``map_location`` (:func:`_mapped_record`).
+#: The model file last read memory-mapped to the CPU, by path, inode, size, times and map_location (_mapped_record).
 _MAPPED: dict[tuple, dict] = {}
 
 
@@ -348,8 +347,9 @@ def load_checkpoint(
             file.
     """
     accepted = _accepted_kinds(kinds)
-    path = Path(path)
+    path = Path(path).expanduser()
     cached = mmap and path.is_file() and isinstance(map_location, (str, torch.device))
+    cached = cached and torch.device(map_location).type == "cpu"  # a GPU copy kept for good would hold its memory
     ckpt = _mapped_record(path, map_location) if cached else _read_model_record(path, map_location, mmap)
     kind = ckpt["kind"]
     if accepted is not None and kind not in accepted:

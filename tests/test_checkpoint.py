@@ -302,6 +302,15 @@ def test_a_file_read_memory_mapped_is_read_again_once_it_changed_on_disk(tmp_pat
     assert os.stat(path).st_size == before.st_size and os.stat(path).st_ino == before.st_ino
     got = load_checkpoint(path, mmap=True)
     assert got.extra["source"] == "eight" and got.state_dict["w"].tolist() == [8.0, 8.0] and len(loads) == 4
+    for _ in range(2):  # read to another device than the CPU (a GPU), nothing is kept: it would hold that memory
+        assert load_checkpoint(str(path), mmap=True, map_location="meta").state_dict["w"].device.type == "meta"
+    assert len(loads) == 6
+    home = tmp_path / "home"
+    (home / "m").mkdir(parents=True)
+    (home / "m" / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setenv("HOME", str(home))
+    assert load_checkpoint("~/m/encoder.pt", mmap=True).path == home / "m" / path.name
+    assert load_checkpoint("~/m/encoder.pt", mmap=True).extra["source"] == "eight" and len(loads) == 7
 
 
 def test_saving_anything_but_a_make_checkpoint_payload_is_refused_and_writes_nothing(tmp_path):
