@@ -6,8 +6,8 @@ phantom seed from the segmentation data) unless encoder files are given, then fi
 steps, and writes a markdown table of the validation mean Dice (foreground classes, MONAI ``MeanDice``) after the
 last step. With several ``--seeds`` each seed is a whole repetition in ``OUT/seed_S`` (its own labelled phantoms,
 pre-training and fine-tuning seeds) and the table gives each cell's mean, standard deviation and range across
-seeds; a run whose ``result.json`` records the same command is not run again, so an interrupted study resumes
-where it stopped.
+seeds; a run whose ``result.json`` records the same command and encoder file (size and modification time) is not
+run again, so an interrupted study resumes where it stopped.
 
     python bench/finetune_compare.py --out runs/finetune_compare --device cpu --seeds 0 1 2
 
@@ -83,15 +83,26 @@ def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n
         "--encoder", json.dumps(dict(patch_size=args.patch, **ENCODER_SIZES[args.model_size])),
         *([] if encoder else args.scratch_preprocessing),
     )  # fmt: skip
-    done = out / "result.json"
-    if done.is_file() and json.loads(done.read_text()).get("command") == cmd:
+    done, made_from = out / "result.json", file_identity(encoder)
+    if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in ("command", "encoder_file")} == {
+            "command": cmd, "encoder_file": made_from}:  # fmt: skip
         return json.loads(done.read_text())
     seconds = run(cmd, out / "log.txt")
     metrics = json.loads((out / "validation" / "metrics.json").read_text())
     row = {"init": init, "fraction": fraction, "seed": args.seed, "train_cases": n_cases, "epochs": epochs,
-           "steps": epochs * n_cases, "mean_dice": metrics["mean_dice"], "seconds": seconds, "command": cmd}  # fmt: skip
+           "steps": epochs * n_cases, "mean_dice": metrics["mean_dice"], "seconds": seconds, "command": cmd,
+           "encoder_file": made_from}  # fmt: skip
     done.write_text(json.dumps(row, indent=2))
     return row
+
+
+def file_identity(path: Path | None) -> list[int] | None:
+    """``[size, modification time in ns]`` of an encoder file (``None`` from scratch): a run is reused only when
+    its encoder is the same file as when it ran (``--force`` pre-trains anew into the same path)."""
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def scratch_preprocessing(encoder: Path, roi_size: int) -> list[str]:
