@@ -167,3 +167,14 @@ def test_a_long_windows_path_is_read_without_asking_the_file_system_for_its_one_
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"training": [{"image": rel}]}))
     assert read_datalist(path) == [{"image": f"{tmp_path.resolve()}/{rel.replace(chr(92), '/')}"}]
+
+
+def test_readers_of_the_class_names_alone_do_not_judge_the_case_lists(tmp_path):
+    """Whether a datalist names its classes is read from ``labels`` alone: a malformed ``test`` list is the case
+    readers' to refuse, not a reason to answer "no class names"."""
+    from medgmae.finetune.classes import names_classes
+    from medgmae.mae_training.summary import _has_class_names
+
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "training": [], "test": "x.nii.gz"}))
+    assert names_classes(path) and _has_class_names(str(path))

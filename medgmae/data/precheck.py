@@ -18,7 +18,8 @@ resumed or repeated run re-reads only new or changed files. The ledger is rewrit
 passed, also when others failed if its folder exists (a resumed or repeated run's; a first run's data error leaves
 no output folder, so point ``cache_dir`` at an existing folder to keep its passes): a run repeated after fixing one
 bad file among hundreds reads only that file (and any other that changed). A fine-tuning resume rewrites it only
-once its checkpoint has accepted the run (``pending_ledger``: a refused resume leaves its folder as it was). Runs on
+once its checkpoint has accepted the run and its data passed (``pending_ledger``: a resume refused, for its settings
+or its data, leaves its folder as it was, and its passes are read again next time). Runs on
 other data sharing the cache with the same check settings keep each other's passes in it (those of files since
 changed or removed are dropped); runs with other settings, fine-tuning's beside pre-training's, keep a record each
 (up to :data:`OTHER_RECORDS` besides the current one); two runs ending their checks at the same moment may lose the

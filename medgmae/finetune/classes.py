@@ -80,7 +80,7 @@ def names_classes(datalist: str | Path) -> bool:
     Returns:
         ``True`` when it holds a non-empty ``labels`` entry.
     """
-    return bool(load_datalist_json(datalist).get("labels"))
+    return bool(load_datalist_json(datalist, check_lists=False).get("labels"))
 
 
 def refuse_unnamed_classes(datalist: str | Path, cases: list[dict], workers: int = 0) -> None:

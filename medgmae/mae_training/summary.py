@@ -78,7 +78,7 @@ def _has_class_names(datalist: str) -> bool:
     from medgmae.data.datalist import DatasetError, load_datalist_json
 
     try:
-        labels = load_datalist_json(Path(datalist)).get("labels")
+        labels = load_datalist_json(Path(datalist), check_lists=False).get("labels")
     except DatasetError:
         return False
     return isinstance(labels, dict) and bool(labels)
