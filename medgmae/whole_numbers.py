@@ -2,7 +2,9 @@
 
 A size or count may come as a Python int, a NumPy integer (``np.int64(96)``, from an array's shape), an integer
 0-d tensor, or a whole float (``96.0``, from a config or an arithmetic); each is taken as its int. A fraction
-(``4.5``), a bool, NaN or a string is refused with a ``ValueError`` naming the argument, not truncated.
+(``4.5``), a bool, NaN or a string is refused, not truncated: :func:`whole_number` raises a ``TypeError``, the
+functions that take an argument's name (:func:`positive_count`, :func:`positive_sizes`, ...) a ``ValueError`` naming
+it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Any, Sequence
 import numpy as np
 from torch import Tensor
 
-__all__ = ["whole_number", "whole_sizes", "positive_count", "positive_sizes"]
+__all__ = ["whole_number", "whole_sizes", "positive_count", "nonnegative_count", "positive_sizes"]
 
 
 def whole_number(value: Any) -> int:
-    """``value`` as an int when it is a whole number (``96``, ``np.int64(96)``, ``96.0``, an integer 0-d tensor).
+    """``value`` as an int when it is a whole number (``96``, ``np.int64(96)``, ``96.0``, a 0-d tensor of one).
 
     Args:
         value: the number.
@@ -74,12 +76,33 @@ def positive_count(value: Any, name: str) -> int:
     Raises:
         ValueError: ``"<name> must be a positive whole number, got <value>"``.
     """
+    return _count_from(value, name, 1, "a positive whole number")
+
+
+def nonnegative_count(value: Any, name: str) -> int:
+    """``value`` as an int >= 0 (see :func:`whole_number`), such as a number of iterations.
+
+    Args:
+        value: the count.
+        name: the argument's name, for the message.
+
+    Returns:
+        The count.
+
+    Raises:
+        ValueError: ``"<name> must be a whole number >= 0, got <value>"``.
+    """
+    return _count_from(value, name, 0, "a whole number >= 0")
+
+
+def _count_from(value: Any, name: str, low: int, words: str) -> int:
+    """``value`` as an int >= ``low``, else ``ValueError("<name> must be <words>, got <value>")``."""
     try:
         count = whole_number(value)
     except TypeError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        count = low - 1
+    if count < low:
+        raise ValueError(f"{name} must be {words}, got {value!r}")
     return count
 
 

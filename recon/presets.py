@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from medgmae.render import whole_sizes
+from medgmae.whole_numbers import nonnegative_count
 
 __all__ = [
     "DENSIFY_MODES",
@@ -217,9 +217,7 @@ class GaussianReconConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        (self.iterations,) = whole_sizes((self.iterations,), "iterations must be an int >= 0")
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        self.iterations = nonnegative_count(self.iterations, "iterations")
         for name in ("lr_means", "lr_scales", "lr_quats", "lr_intensities", "lr_final_ratio", "lr_means_horizon", "min_scale", "cutoff"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
@@ -342,9 +340,7 @@ def preset_config(name: str, iterations: int = 1000, **overrides) -> GaussianRec
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
-    (iterations,) = whole_sizes((iterations,), "iterations must be an int >= 0")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    iterations = nonnegative_count(iterations, "iterations")
     known = {f.name for f in fields(GaussianReconConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:

@@ -112,7 +112,7 @@ def test_an_integer_volume_is_refused_by_every_backend(backend):
 
 @pytest.mark.parametrize("iterations", ["5", 5.5])
 def test_preset_iterations_must_be_whole(iterations):
-    with pytest.raises(ValueError, match="iterations must be an int"):
+    with pytest.raises(ValueError, match=rf"iterations must be a whole number >= 0, got {iterations!r}"):
         preset_config("toolkit", iterations)
 
 

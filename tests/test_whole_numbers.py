@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,16 @@ def test_render_takes_a_whole_float_shape():
     assert torch.equal(render_volume(*args, (4.0, 5, np.int64(6)), backend="torch"), render_volume(*args, (4, 5, 6), backend="torch"))
     with pytest.raises(ValueError, match="shape must be"):
         render_volume(*args, (4.5, 5, 6), backend="torch")
+
+
+def test_a_count_of_iterations_may_be_zero_and_is_named_otherwise():
+    from medgmae.whole_numbers import nonnegative_count
+    from recon.presets import preset_config
+
+    assert [nonnegative_count(v, "iterations") for v in (0, np.int64(3), 5.0)] == [0, 3, 5]
+    for bad in (-1, 2.5, "3", True, float("nan")):
+        with pytest.raises(ValueError, match=f"iterations must be a whole number >= 0, got {re.escape(repr(bad))}"):
+            nonnegative_count(bad, "iterations")
+    assert preset_config("toolkit", 20.0).iterations == 20
+    with pytest.raises(ValueError, match="iterations must be a whole number >= 0, got -3"):
+        preset_config("toolkit", -3)
