@@ -293,3 +293,27 @@ def test_a_resume_with_a_longer_phase_retrains_the_phases_after_it(tmp_path, cap
     assert torch.load(joint, weights_only=True)["engine"] == before  # the joint phase ran its two epochs again
     s1, s2 = first.model.state_dict(), resumed.model.state_dict()
     assert not all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_a_task_of_another_version_is_refused_with_advice_the_user_can_follow(tmp_path):
+    """Settings the user gave can be changed back; a task another version of the toolkit made cannot be remade by
+    any setting, so the refusal says to train into a new folder instead."""
+    import json
+
+    from medgmae.engine.restore import ResumeRefused
+    from medgmae.twod.phantom_task import _task_params, check_phantom_task_resume
+
+    (tmp_path / "checkpoints" / "warmup").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "warmup" / "checkpoint_epoch=1.pt").write_bytes(b"")
+    params = _task_params(4, seed=0, image_size=16)
+
+    def refusal(saved: dict, **given) -> str:
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / "data" / "task.json").write_text(json.dumps({"params": saved}), encoding="utf-8")
+        with pytest.raises(ResumeRefused) as e:
+            check_phantom_task_resume(tmp_path / "data", tmp_path, **({"num_cases": 4, "seed": 0, "image_size": 16} | given))
+        return str(e.value)
+
+    assert "Resume with the interrupted run's phantom settings" in refusal(params, image_size=24)
+    older = refusal({**params, "version": params["version"] - 1})
+    assert "task version" in older and "train into a new output_dir" in older and "Resume with" not in older

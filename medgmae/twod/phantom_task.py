@@ -157,12 +157,14 @@ def check_phantom_task_resume(out_dir: str | Path, run_dir: str | Path, num_case
     saved = phantom_task_params(out_dir)
     if not isinstance(saved, dict) or not any(latest_checkpoint(checkpoints / p) for p in PHASES):
         return
-    diff = settings_differences(saved, _task_params(num_cases, seed=seed, image_size=image_size), _TASK_FLAGS)
+    given = _task_params(num_cases, seed=seed, image_size=image_size)
+    diff = settings_differences(saved, given, _TASK_FLAGS)
     if diff:
-        raise ResumeRefused(
-            f"the checkpoints in {checkpoints} were trained on a phantom task generated with other settings ("
-            + "; ".join(diff) + "). Resume with the interrupted run's phantom settings or train into a new output_dir"
-        )
+        advice = ("Resume with the interrupted run's phantom settings or train into a new output_dir"
+                  if saved.get("version") == given["version"] else  # another toolkit's task: its settings do not help
+                  "This version of the toolkit makes the task otherwise: train into a new output_dir")  # fmt: skip
+        raise ResumeRefused(f"the checkpoints in {checkpoints} were trained on a phantom task generated with other "
+                            f"settings ({'; '.join(diff)}). {advice}")  # fmt: skip
 
 
 def _reuse_or_clear(out_dir: Path, params: dict) -> bool:
