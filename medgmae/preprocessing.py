@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
@@ -41,9 +42,9 @@ _AXIS_LETTERS = ({"L", "R"}, {"P", "A"}, {"I", "S"})
 
 
 def _triple(value: Any, name: str, cast=float) -> tuple:
-    """A scalar or a length-3 sequence as a 3-tuple of ``cast``; a string is refused (not read character by
-    character)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """A scalar (a NumPy one too) or a length-3 sequence as a 3-tuple of ``cast``; a string is refused (not read
+    character by character)."""
+    if _scalar(value):
         return (cast(value),) * 3
     try:
         if isinstance(value, (str, bytes)):
@@ -54,6 +55,11 @@ def _triple(value: Any, name: str, cast=float) -> tuple:
     if len(vals) != 3:
         raise ValueError(f"{name} must have three values (one per spatial axis), got {value!r}")
     return vals
+
+
+def _scalar(value: Any) -> bool:
+    """Whether ``value`` is one real number (``96``, ``1.5``, ``np.int64(96)`` from an array's shape; not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _pair(value: Any, name: str, expected: str) -> tuple[float, float]:
@@ -73,7 +79,7 @@ def _pair(value: Any, name: str, expected: str) -> tuple[float, float]:
 def _whole_triple(value: Any, name: str) -> tuple[int, int, int]:
     """A whole number or three (``96`` or ``96.0``, not ``96.7`` or a bool) as a 3-tuple of ints."""
     vals = _triple(value, name)
-    parts = (value,) if isinstance(value, (int, float)) else tuple(value)
+    parts = (value,) if _scalar(value) else tuple(value)
     if any(isinstance(v, (bool, np.bool_)) for v in parts) or not all(math.isfinite(v) and v == int(v) for v in vals):
         raise ValueError(f"{name} must be whole numbers of voxels, got {value!r}")
     return tuple(int(v) for v in vals)

@@ -72,3 +72,16 @@ def test_transforms_take_a_string_as_one_key():
     out = Compose(spec.transforms(keys="image", label_keys="label"))(data)
     assert out["image"].shape[1:] == (2, 2, 2) and torch.allclose(out["image"], torch.ones(()))
     assert torch.equal(out["label"].as_tensor(), torch.ones(1, 2, 2, 2))
+
+
+def test_numpy_scalars_are_taken_as_the_numbers_they_hold():
+    """``input_size=np.int64(96)`` (an array's shape) was refused as "a number or three numbers", while the models
+    take it; a NumPy bool or fraction is refused as a Python one is."""
+    import numpy as np
+
+    spec = PreprocessingSpec(input_size=np.int64(96), patch_size=np.int32(16), spacing=np.float32(1.5))
+    assert (spec.input_size, spec.patch_size, spec.spacing) == ((96,) * 3, (16,) * 3, (1.5,) * 3)
+    with pytest.raises(ValueError, match="input_size must be whole numbers of voxels"):
+        PreprocessingSpec(input_size=np.float64(96.5))
+    with pytest.raises(ValueError, match="input_size must be a number or three numbers"):
+        PreprocessingSpec(input_size=np.bool_(True))
