@@ -163,10 +163,18 @@ def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
 
 
 def _make(path: Path) -> Path | None:
-    """Create ``path`` and its missing parents; the outermost folder created, ``None`` when ``path`` existed."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    path.mkdir(parents=True, exist_ok=True)
-    return missing[-1] if missing else None
+    """Create ``path`` and its missing parents, one level at a time; the outermost folder this call created (one
+    another process made meanwhile is not counted: removing it could pull it from under that process's write),
+    ``None`` when it created none."""
+    created = None
+    for folder in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        created = created or folder
+    path.mkdir(parents=True, exist_ok=True)  # the error for a path below a file, or a file at ``path``
+    return created
 
 
 def _locked(fd: int, path: Path, flag: str) -> bool:

@@ -230,3 +230,24 @@ def test_every_torchrun_rank_stops_at_once_on_a_folder_another_run_holds(tmp_pat
     assert "rank 1 stopped: FolderInUse: --output_dir" in run.stderr and "forcefully" not in run.stderr, run.stderr[-3000:]
     assert time.monotonic() - start < 30 + 60  # no 30 s wait for torchrun's kill on top of the start-up
     assert list(folder.iterdir()) == []
+
+
+def test_a_folder_another_process_makes_meanwhile_is_not_removed_as_ours(tmp_path, monkeypatch):
+    """Between seeing a folder missing and making it, another writer may make it: it is not this call's, and
+    removing it when this call's write fails could pull it from under that writer's file."""
+    from pathlib import Path
+
+    from medgmae.folder_lock import folder_made
+
+    outer, inner = tmp_path / "shared", tmp_path / "shared" / "mine"
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(self, *args, **kwargs):
+        if self == outer and not outer.exists():
+            real_mkdir(outer)  # the other writer wins the race for the shared folder
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    with folder_made(inner) as created:
+        assert created == inner
+    assert outer.is_dir() and not inner.exists()
