@@ -4,14 +4,20 @@ one line on stderr and exit status 130 instead of Python's traceback. The ``pyth
 ``medgmae/data/phantom/__main__.py``) go through :func:`run` too; ``python -m recon`` imports a light package first,
 but ``python -m medgmae.data.phantom`` imports ``medgmae.data`` (torch, MONAI) before its ``__main__`` runs, so Ctrl-C
 then still shows the traceback (``medgmae-phantom`` does not). No torch or MONAI imports here.
+
+A command stopped by Ctrl-C (status 130) or SIGTERM (143) ends by that signal once it has said what it left
+(:func:`ended`), as Python itself does for an uncaught Ctrl-C: a shell loop over runs (``for f in ...; do
+medgmae-recon ...; done``) then stops at Ctrl-C instead of going on to the next run, and the status is the same.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from importlib import import_module
 
-__all__ = ["run", "recon", "twod", "phantom", "datalist", "runs_table", "INTERRUPTED"]
+__all__ = ["run", "ended", "recon", "twod", "phantom", "datalist", "runs_table", "INTERRUPTED"]
 
 #: Exit status after Ctrl-C (128 + SIGINT), as each command's own handling returns.
 INTERRUPTED = 130
@@ -40,13 +46,32 @@ def run(prog: str, module: str) -> int:
         return INTERRUPTED
 
 
+def ended(status: int) -> int:
+    """``status``, the command's; after Ctrl-C (130) or SIGTERM (143) the process ends by that signal instead
+    (its output flushed first), so that the shell that ran it sees it stopped, not finished.
+
+    Args:
+        status: the command's exit status.
+
+    Returns:
+        ``status`` (any other status; a signal's only where the process is not ended by it).
+    """
+    signum = {INTERRUPTED: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM}.get(status)
+    if signum is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return status
+
+
 def recon() -> int:
     """``medgmae-recon``.
 
     Returns:
         The exit status.
     """
-    return run("medgmae-recon", "recon.cli")
+    return ended(run("medgmae-recon", "recon.cli"))
 
 
 def twod() -> int:
@@ -55,7 +80,7 @@ def twod() -> int:
     Returns:
         The exit status.
     """
-    return run("medgmae-2d", "medgmae.twod.cli")
+    return ended(run("medgmae-2d", "medgmae.twod.cli"))
 
 
 def phantom() -> int:
@@ -64,7 +89,7 @@ def phantom() -> int:
     Returns:
         The exit status.
     """
-    return run("medgmae-phantom", "medgmae.data.phantom.cli")
+    return ended(run("medgmae-phantom", "medgmae.data.phantom.cli"))
 
 
 def datalist() -> int:
@@ -73,7 +98,7 @@ def datalist() -> int:
     Returns:
         The exit status.
     """
-    return run("medgmae-datalist", "medgmae.data.decathlon")
+    return ended(run("medgmae-datalist", "medgmae.data.decathlon"))
 
 
 def runs_table() -> int:
@@ -82,4 +107,4 @@ def runs_table() -> int:
     Returns:
         The exit status.
     """
-    return run("medgmae-runs-table", "medgmae.finetune.runs_table")
+    return ended(run("medgmae-runs-table", "medgmae.finetune.runs_table"))

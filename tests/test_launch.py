@@ -31,7 +31,8 @@ def test_interrupt_while_importing_each_script(script, monkeypatch, capsys):
     module, _, function = SCRIPTS[script].partition(":")
     assert module == "medgmae.launch"
     monkeypatch.setattr(launch, "import_module", _interrupted_import)
-    assert getattr(launch, function)() == 130
+    ends = _recorded_ends(monkeypatch)
+    assert getattr(launch, function)() == 130 and ends == [130]
     assert capsys.readouterr().err == f"{script}: interrupted while starting: nothing was written\n"
 
 
@@ -45,7 +46,8 @@ def test_each_script_runs_its_own_command(script, monkeypatch):
         return types.SimpleNamespace(main=lambda: 7)
 
     monkeypatch.setattr(launch, "import_module", recording_import)
-    assert getattr(launch, SCRIPTS[script].partition(":")[2])() == 7
+    ends = _recorded_ends(monkeypatch)
+    assert getattr(launch, SCRIPTS[script].partition(":")[2])() == 7 and ends == [7]
     assert importlib.import_module(asked[0]).build_parser().prog == script
 
 
@@ -73,6 +75,7 @@ def test_python_dash_m_goes_through_the_launcher(package, script, monkeypatch, c
     """``python -m recon`` and ``python -m medgmae.data.phantom`` handle Ctrl-C in their imports as the scripts do."""
     importlib.import_module(package)  # the package itself, as ``python -m`` imports it before ``__main__``
     monkeypatch.setattr(launch, "import_module", _interrupted_import)
+    _recorded_ends(monkeypatch)
     with pytest.raises(SystemExit) as stopped:
         runpy.run_module(package, run_name="__main__")
     assert stopped.value.code == 130
@@ -88,12 +91,20 @@ def test_importing_recon_loads_no_torch():
     assert out.stdout.split() == ["False", "recon.geometry"]
 
 
+def _recorded_ends(monkeypatch) -> list:
+    """Record :func:`medgmae.launch.ended`'s statuses instead of ending the test's own process by a signal."""
+    ends = []
+    monkeypatch.setattr(launch, "ended", lambda status: ends.append(status) or status)
+    return ends
+
+
 def test_sigint_while_importing_a_command(tmp_path):
-    """A real SIGINT while the command's module imports (a module that says so, then waits): the process exits
-    with 130 and stderr holds the one line."""
+    """A real SIGINT while the command's module imports (a module that says so, then waits): stderr holds the one
+    line, and the process ends by SIGINT (status 130 in a shell), as Python does for an uncaught Ctrl-C, so that a
+    shell loop over runs stops."""
     (tmp_path / "slow_command.py").write_text(
         "import time\nprint('importing', flush=True)\ntime.sleep(60)\n\ndef main():\n    return 0\n", encoding="utf-8")
-    code = "import sys; from medgmae.launch import run; sys.exit(run('medgmae-slow', 'slow_command'))"
+    code = "import sys; from medgmae.launch import ended, run; sys.exit(ended(run('medgmae-slow', 'slow_command')))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
@@ -103,5 +114,18 @@ def test_sigint_while_importing_a_command(tmp_path):
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == -signal.SIGINT
     assert err == "medgmae-slow: interrupted while starting: nothing was written\n"
+
+
+@pytest.mark.parametrize("status, signum", [(130, signal.SIGINT), (143, signal.SIGTERM), (0, None), (2, None)])
+def test_a_command_stopped_by_a_signal_ends_by_it(tmp_path, status, signum):
+    """A command that handled Ctrl-C or SIGTERM itself (said what it left, returned 130 / 143) ends by that signal;
+    its output is written first; any other status is the exit status."""
+    (tmp_path / "stopped_command.py").write_text(
+        f"def main():\n    print('left: state_0010.pt')\n    return {status}\n", encoding="utf-8")
+    code = "import sys; from medgmae.launch import ended, run; sys.exit(ended(run('medgmae-x', 'stopped_command')))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == (-signum if signum else status)
+    assert proc.stdout == "left: state_0010.pt\n"
