@@ -106,8 +106,9 @@ def test_sigint_while_importing_a_command(tmp_path):
         "import time\nprint('importing', flush=True)\ntime.sleep(60)\n\ndef main():\n    return 0\n", encoding="utf-8")
     code = "import sys; from medgmae.launch import ended, run; sys.exit(ended(run('medgmae-slow', 'slow_command')))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # as a shell starts a command: SIGINT at its default (a pytest-xdist worker ignores it, and a child inherits that)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "importing\n"
         proc.send_signal(signal.SIGINT)
