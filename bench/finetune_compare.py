@@ -84,9 +84,9 @@ def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n
         *([] if encoder else args.scratch_preprocessing),
     )  # fmt: skip
     done, made_from = out / "result.json", file_identity(encoder)
-    if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in ("command", "encoder_file")} == {
-            "command": cmd, "encoder_file": made_from}:  # fmt: skip
-        return json.loads(done.read_text())
+    earlier = json.loads(done.read_text()) if done.is_file() else {}
+    if (earlier.get("command"), earlier.get("encoder_file")) == (cmd, made_from):
+        return earlier
     seconds = run(cmd, out / "log.txt")
     metrics = json.loads((out / "validation" / "metrics.json").read_text())
     row = {"init": init, "fraction": fraction, "seed": args.seed, "train_cases": n_cases, "epochs": epochs,

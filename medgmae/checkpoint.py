@@ -334,7 +334,7 @@ def load_checkpoint(
             ``"--init medgmae needs a medgmae model.pt"``.
         map_location: passed to :func:`torch.load`.
         mmap: memory-map the file (:func:`medgmae.torch_files.load_torch_file`): a caller that needs the kind, config or
-            pre-processing but not the weights then reads only those. The file last read so is not read again
+            pre-processing but not the weights then reads only those. The file last read so to the CPU is not read again
             while it is unchanged on disk (:func:`_mapped_record`).
 
     Returns:

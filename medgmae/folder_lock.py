@@ -167,12 +167,17 @@ def _make(path: Path) -> Path | None:
     another process made meanwhile is not counted: removing it could pull it from under that process's write),
     ``None`` when it created none."""
     created = None
-    for folder in reversed([p for p in (path, *path.parents) if not p.exists()]):
+    for _ in range(3):  # a parent another process made and removed again meanwhile: the missing levels anew
         try:
-            folder.mkdir()
-        except FileExistsError:
+            for folder in reversed([p for p in (path, *path.parents) if not p.exists()]):
+                try:
+                    folder.mkdir()
+                except FileExistsError:
+                    continue
+                created = created or folder
+            break
+        except FileNotFoundError:
             continue
-        created = created or folder
     path.mkdir(parents=True, exist_ok=True)  # the error for a path below a file, or a file at ``path``
     return created
 

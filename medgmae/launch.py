@@ -6,12 +6,14 @@ but ``python -m medgmae.data.phantom`` imports ``medgmae.data`` (torch, MONAI) b
 then still shows the traceback (``medgmae-phantom`` does not). No torch or MONAI imports here.
 
 A command stopped by Ctrl-C (status 130) or SIGTERM (143) ends by that signal once it has said what it left
-(:func:`ended`), as Python itself does for an uncaught Ctrl-C: a shell loop over runs (``for f in ...; do
+(:func:`ended`, at exit once Python's own shutdown work is done; POSIX only), as Python does for an uncaught
+Ctrl-C: a shell loop over runs (``for f in ...; do
 medgmae-recon ...; done``) then stops at Ctrl-C instead of going on to the next run, and the status is the same.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -47,8 +49,8 @@ def run(prog: str, module: str) -> int:
 
 
 def ended(status: int) -> int:
-    """``status``, the command's; after Ctrl-C (130) or SIGTERM (143) the process ends by that signal instead
-    (its output flushed first), so that the shell that ran it sees it stopped, not finished.
+    """``status``, the command's; after Ctrl-C (130) or SIGTERM (143) the process ends by that signal instead, at
+    exit (on POSIX; its output flushed, its exit handlers run), so that the shell that ran it sees it stopped.
 
     Args:
         status: the command's exit status.
@@ -57,12 +59,30 @@ def ended(status: int) -> int:
         ``status`` (any other status; a signal's only where the process is not ended by it).
     """
     signum = {INTERRUPTED: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM}.get(status)
-    if signum is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    if signum is not None and os.name == "posix":  # Windows: os.kill ends a process with the signal's number
+        _END_BY[:] = [signum]
     return status
+
+
+#: The signal :func:`_end_by_signal` ends the process by, once Python has shut down (set by :func:`ended`).
+_END_BY: list[int] = []
+
+
+def _end_by_signal() -> None:
+    """At exit, after the exit handlers registered later (logging's, torch's) and the joins of threads: end by the
+    signal :func:`ended` chose, with the output flushed (a closed pipe or no stream is passed over)."""
+    if not _END_BY:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    signal.signal(_END_BY[0], signal.SIG_DFL)
+    os.kill(os.getpid(), _END_BY[0])
+
+
+atexit.register(_end_by_signal)  # at import, before the command's modules: it runs after their exit handlers
 
 
 def recon() -> int:

@@ -257,7 +257,7 @@ def pixdim_spacing(value: Any, name: str = "pixdim") -> tuple[float, float, floa
     Raises:
         ValueError: ``value`` is not one or three values, or a value is not a positive finite number.
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _scalar(value):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number (mm) or 3 of them, got {value!r}")
         return (float(value),) * 3

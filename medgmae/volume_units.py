@@ -74,9 +74,12 @@ def looks_like_label_map(array) -> int:
     """The number of distinct values of ``array`` (NumPy or torch, any shape) when it looks like a segmentation
     (at most :data:`LABEL_MAP_MAX_VALUES` integers in ``[0, 255]``, counted on about a million evenly spaced
     voxels), else 0."""
-    if hasattr(array, "detach"):  # sampled where it lies (a GPU scan is not copied whole), any float dtype (bf16)
-        flat = array.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 1_000_000)].double().cpu().numpy()
+    if hasattr(array, "detach"):  # sampled where it lies (a GPU scan, permuted or not, is not copied whole), any dtype
+        import torch  # here: the module is read without torch for NumPy volumes
+
+        t = array.detach()
+        picks = torch.arange(0, t.numel(), max(1, t.numel() // 1_000_000), device=t.device)
+        sample = torch.take(t, picks).double().cpu().numpy()
     else:
         flat = np.asarray(array).reshape(-1)
         sample = flat[:: max(1, flat.size // 1_000_000)]

@@ -23,8 +23,8 @@ __all__ = ["check_degrees", "check_directions", "check_radians", "degrees_questi
 #: Turns (as radians) past which angles that may be degrees are taken to be degrees.
 DEGREE_TURNS = 10
 
-#: Relative tolerance of a span (plus one step) of 180 or 360.
-_TURN_RTOL = 0.01
+#: Relative tolerance of a span (plus one step) of 180 or 360, or of an arc_deg of a turn in radians (geometry_fields).
+TURN_RTOL = 0.01
 
 
 def _span_step(angles) -> tuple[np.ndarray, float, float]:
@@ -50,7 +50,7 @@ def clearly_degrees(angles) -> bool:
     if not looks_like_degrees(angles):
         return False
     _, span, step = _span_step(angles)
-    half_or_full = any(abs(s - t) <= _TURN_RTOL * t for t in (180.0, 360.0) for s in (span, span + step))
+    half_or_full = any(abs(s - t) <= TURN_RTOL * t for t in (180.0, 360.0) for s in (span, span + step))
     return half_or_full or span > DEGREE_TURNS * 2 * math.pi
 
 
@@ -74,7 +74,7 @@ def check_degrees(degrees, field: str = "GantryAngle") -> None:
     a, span, step = _span_step(degrees)
     if a.size < MIN_VIEWS_RADIANS or np.abs(a).max() > 2 * math.pi + step:
         return
-    matched = [(s, t) for t in (math.pi, 2 * math.pi) for s in (span + step, span) if abs(s - t) <= _TURN_RTOL * t]
+    matched = [(s, t) for t in (math.pi, 2 * math.pi) for s in (span + step, span) if abs(s - t) <= TURN_RTOL * t]
     if not matched:
         return
     s, turn = min(matched, key=lambda m: abs(m[0] - m[1]))  # many views: both within the tolerance, the closer said

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from medgmae.whole_numbers import positive_count
+from recon.angle_checks import TURN_RTOL
 
 __all__ = ["AFFINE_RTOL", "NO_OFFSET", "entries", "number", "floats", "ints", "positive", "offset_pair", "angle_list",
            "equispaced_angles", "factory_args", "source_distance", "view_indices", "affine_list", "check_affine",
@@ -91,24 +92,22 @@ def angle_list(angles) -> tuple:
 
 def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
     """``angles`` as floats when given, else ``num_angles`` equispaced views over ``arc_deg``: ``arc * i / n``
-    (radians). An ``arc_deg`` within 1 % of ``pi`` or ``2 pi`` is refused: a half or full turn given in radians, as
-    :func:`recon.angle_checks.check_degrees` refuses angles in degrees that span such a turn (a short arc of a few
-    degrees is taken)."""
+    (radians). An ``arc_deg`` within 1 % of a quarter, half, three quarters or a full turn in radians (``pi / 2`` ...
+    ``2 pi``) is refused: an arc given in radians, as :func:`recon.angle_checks.check_degrees` refuses angles in
+    degrees that span a turn (another short arc of a few degrees is taken)."""
     if angles is not None:
         return list(angle_list(angles))
     n = positive_count(num_angles, "num_angles")
     arc = number("arc_deg", arc_deg)
     if not (math.isfinite(arc) and arc > 0):
         raise ValueError(f"arc must be a positive number of degrees, got {arc_deg}")
-    for turn, words in ((math.pi, "half"), (2 * math.pi, "full")):
-        if abs(arc - turn) <= _RADIAN_ARC_RTOL * turn:
-            raise ValueError(f"arc_deg is {arc:.4g}: a {words} turn in radians, while arc_deg is in degrees; give the "
+    for quarters, words in ((1, "a quarter"), (2, "half a"), (3, "three quarters of a"), (4, "a full")):
+        if abs(arc - quarters * math.pi / 2) <= TURN_RTOL * quarters * math.pi / 2:
+            raise ValueError(f"arc_deg is {arc:.4g}: {words} turn in radians, while arc_deg is in degrees; give the "
                              "arc in degrees (numpy.rad2deg(arc), e.g. 180 or 360)")  # fmt: skip
     return list(np.deg2rad(arc) * np.arange(n) / n)
 
 
-#: Relative tolerance about ``pi`` and ``2 pi`` of an ``arc_deg`` refused as radians (a rounded 3.14 or 6.3 included).
-_RADIAN_ARC_RTOL = 0.01
 
 
 def source_distance(name: str, value) -> float | None:

@@ -34,7 +34,7 @@ from medgmae.gaussians import Gaussians3D
 from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
 from medgmae.render import render_volume
 from medgmae.volume_units import looks_like_hu
-from medgmae.whole_numbers import positive_count
+from medgmae.whole_numbers import nonnegative_count, positive_count
 from recon.projectors.base import as_tensor
 
 __all__ = [
@@ -113,8 +113,7 @@ def fit_intensities(g: Gaussians3D, target: Tensor, iterations: int = 20, cutoff
     Returns:
         ``g`` with the fitted, non-negative intensities.
     """
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    iterations = nonnegative_count(iterations, "iterations")
     if isinstance(target, np.ndarray):  # in the Gaussians' dtype, on their device, as a tensor target would be
         target = torch.as_tensor(target, dtype=g.intensities.dtype, device=g.means.device)
     means, scales, quats = (t.detach() for t in (g.means, g.scales, g.quats))

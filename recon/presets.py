@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from medgmae.whole_numbers import nonnegative_count
+from medgmae.whole_numbers import nonnegative_count, positive_count
 
 __all__ = [
     "DENSIFY_MODES",
@@ -231,10 +231,9 @@ class GaussianReconConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.densify_mode == "3dgr-ct" and self.intensity_activation != "sigmoid":
             raise ValueError("densify_mode '3dgr-ct' prunes on sigmoid intensities: it needs intensity_activation='sigmoid'")
-        if self.coarse_iterations < 0:
-            raise ValueError(f"coarse_iterations must be >= 0, got {self.coarse_iterations}")
-        if self.views_per_iteration is not None and self.views_per_iteration < 1:
-            raise ValueError(f"views_per_iteration must be >= 1, got {self.views_per_iteration}")
+        self.coarse_iterations = nonnegative_count(self.coarse_iterations, "coarse_iterations")
+        if self.views_per_iteration is not None:
+            self.views_per_iteration = positive_count(self.views_per_iteration, "views_per_iteration")
         if not 0 < self.split_offset < 1:
             raise ValueError(f"split_offset must be in (0, 1), got {self.split_offset}")
         if not 0 < self.densify_fraction <= 1:

@@ -178,3 +178,17 @@ def test_readers_of_the_class_names_alone_do_not_judge_the_case_lists(tmp_path):
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "training": [], "test": "x.nii.gz"}))
     assert names_classes(path) and _has_class_names(str(path))
+
+
+def test_class_names_are_read_from_a_datalist_whose_case_lists_another_reader_refuses(tmp_path):
+    """``label_names`` (export and inference name their classes by it) and the summary's labelled-datalist check
+    read their own fields; a malformed ``test`` list turned the names into ``class_1`` ... and the datalist into
+    "not labelled"."""
+    from medgmae.finetune.classes import label_names
+    from medgmae.mae_training.summary import labelled_datalist
+
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"labels": {"0": "background", "1": "liver"}, "test": 5,
+                                "training": [{"image": "a.nii.gz", "label": "b.nii.gz"}]}))  # fmt: skip
+    assert label_names(path) == ["background", "liver"]
+    assert labelled_datalist(str(path)) == str(path)

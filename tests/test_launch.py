@@ -130,3 +130,17 @@ def test_a_command_stopped_by_a_signal_ends_by_it(tmp_path, status, signum):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == (-signum if signum else status)
     assert proc.stdout == "left: state_0010.pt\n"
+
+
+def test_ending_by_the_signal_runs_the_exit_handlers_first_and_only_on_posix(tmp_path, monkeypatch):
+    """The process ends by the signal after Python's own shutdown work (an exit handler a command registered, as
+    logging and torch do, still runs); on Windows ``os.kill`` would end it with the signal's number (2, bad input),
+    so the status is returned."""
+    code = ("import atexit, sys; from medgmae.launch import ended; "
+            "atexit.register(lambda: print('handler ran', flush=True)); sys.exit(ended(130))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == -signal.SIGINT and proc.stdout == "handler ran\n"
+    monkeypatch.setattr(launch.os, "name", "nt")
+    monkeypatch.setattr(launch, "_END_BY", [])
+    assert launch.ended(130) == 130 and launch._END_BY == []

@@ -85,3 +85,15 @@ def test_numpy_scalars_are_taken_as_the_numbers_they_hold():
         PreprocessingSpec(input_size=np.float64(96.5))
     with pytest.raises(ValueError, match="input_size must be a number or three numbers"):
         PreprocessingSpec(input_size=np.bool_(True))
+
+
+def test_spacing_overrides_take_numpy_scalars_too():
+    """``pixdim`` overrides went through their own scalar test, which refused ``np.float32(1.5)``."""
+    import numpy as np
+
+    from medgmae.preprocessing import check_spacing_override, spec_with_overrides
+
+    assert spec_with_overrides(None, spacing=np.float32(1.5)).spacing == (1.5, 1.5, 1.5)
+    check_spacing_override(np.int64(2))
+    with pytest.raises(ValueError, match="pixdim must be a positive finite number"):
+        spec_with_overrides(None, spacing=np.float64(-1.0))

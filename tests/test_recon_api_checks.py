@@ -49,8 +49,9 @@ def test_an_arc_in_radians_is_refused(make):
         make(SHAPE, 1.0, num_angles=60, arc_deg=np.pi)
     with pytest.raises(ValueError, match="arc_deg is 6.283"):
         make(SHAPE, 1.0, num_angles=60, arc_deg=2 * np.pi)
-    with pytest.raises(ValueError, match="arc_deg is 3.14: a half turn in radians"):
-        make(SHAPE, 1.0, num_angles=60, arc_deg=3.14)
+    for arc, words in ((3.14, "half a"), (np.pi / 2, "a quarter"), (1.5 * np.pi, "three quarters of a")):
+        with pytest.raises(ValueError, match=f"arc_deg is {arc:.4g}: {words} turn in radians"):
+            make(SHAPE, 1.0, num_angles=60, arc_deg=arc)
     assert make(SHAPE, 1.0, num_angles=8, arc_deg=7.0).num_views == 8  # past a turn in radians: degrees
     short = make(SHAPE, 1.0, num_angles=10, arc_deg=5.0)  # a short arc of a few degrees (limited-angle), as given
     assert short.angles[-1] == pytest.approx(np.deg2rad(4.5))

@@ -245,7 +245,7 @@ def test_fit_intensities_zero_steps_and_bad_count():
     means, scales, quats, truth, _ = _random_gaussians(0, 5, (6, 6, 6))
     g = Gaussians3D(means, scales, quats, truth)
     torch.testing.assert_close(fit_intensities(g, torch.zeros(6, 6, 6, dtype=torch.float64), 0).intensities, truth)
-    with pytest.raises(ValueError, match="iterations must be >= 0"):
+    with pytest.raises(ValueError, match="iterations must be a whole number >= 0, got -1"):
         fit_intensities(g, torch.zeros(6, 6, 6, dtype=torch.float64), -1)
 
 

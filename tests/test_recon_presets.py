@@ -72,7 +72,7 @@ def test_3dgr_ct_preset_uses_the_published_settings():
         preset_config("3dgr", 10)
     with pytest.raises(ValueError, match="unknown"):
         preset_config("3dgr-ct", 10, lr_xyz=1.0)
-    with pytest.raises(ValueError, match="coarse_iterations must be >= 0"):
+    with pytest.raises(ValueError, match="coarse_iterations must be a whole number >= 0"):
         preset_config("toolkit", 10, coarse_iterations=-1)
 
 
@@ -237,3 +237,13 @@ def test_toolkit_budget_and_cap():
     assert toolkit_cap(20000) == {"max_gaussians": 200000} and toolkit_cap(286720) == {"max_gaussians": 2867200}
     with pytest.raises(ValueError, match="num_voxels"):
         toolkit_budget(0)
+
+
+@pytest.mark.parametrize("field, value", [("coarse_iterations", 2.5), ("coarse_iterations", "5"),
+                                          ("views_per_iteration", 2.5), ("views_per_iteration", 0)])  # fmt: skip
+def test_counts_of_the_config_are_whole_numbers_named_when_not(field, value):
+    from recon.presets import GaussianReconConfig
+
+    with pytest.raises(ValueError, match=f"{field} must be a .*whole number.*, got {value!r}"):
+        GaussianReconConfig(**{field: value})
+    assert getattr(GaussianReconConfig(**{field: 4.0}), field) == 4

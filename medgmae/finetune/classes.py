@@ -41,7 +41,7 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
     Returns:
         ``num_classes`` names (``class_<i>`` where the datalist has none).
     """
-    content = load_datalist_json(datalist) if datalist else {}
+    content = load_datalist_json(datalist, check_lists=False) if datalist else {}  # its labels alone are read
     if is_nnunet_datalist(content):  # its 'labels' map names to values, and it lists no cases
         raise nnunet_datalist_error(Path(datalist).expanduser())
     labels = content.get("labels")

@@ -65,7 +65,7 @@ def labelled_datalist(source: str) -> str:
     if path is None or path.suffix.lower() != ".json" or not path.is_file():
         return ""
     try:
-        training = load_datalist_json(path).get("training")
+        training = load_datalist_json(path, check_lists=False).get("training")  # judged below
     except DatasetError:
         return ""
     ok = isinstance(training, list) and training and all(isinstance(it, dict) and it.get("label") for it in training)
