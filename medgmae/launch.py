@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from importlib import import_module
+from typing import Callable
 
 __all__ = ["run", "ended", "recon", "twod", "phantom", "datalist", "runs_table", "INTERRUPTED"]
 
@@ -85,46 +86,28 @@ def _end_by_signal() -> None:
 atexit.register(_end_by_signal)  # at import, before the command's modules: it runs after their exit handlers
 
 
-def recon() -> int:
-    """``medgmae-recon``.
+def _command(prog: str, module: str, name: str) -> Callable[[], int]:
+    """The entry point of the console script ``prog`` (named ``name`` here, as ``pyproject.toml`` names it).
+
+    Args:
+        prog: the command's name.
+        module: its module (whose ``main`` is the command).
+        name: the entry point's name in this module.
 
     Returns:
-        The exit status.
+        A function of no arguments returning :func:`ended` of :func:`run` (the exit status).
     """
-    return ended(run("medgmae-recon", "recon.cli"))
+
+    def entry() -> int:
+        return ended(run(prog, module))
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"``{prog}`` (``{module}``); returns the exit status."
+    return entry
 
 
-def twod() -> int:
-    """``medgmae-2d``.
-
-    Returns:
-        The exit status.
-    """
-    return ended(run("medgmae-2d", "medgmae.twod.cli"))
-
-
-def phantom() -> int:
-    """``medgmae-phantom``.
-
-    Returns:
-        The exit status.
-    """
-    return ended(run("medgmae-phantom", "medgmae.data.phantom.cli"))
-
-
-def datalist() -> int:
-    """``medgmae-datalist``.
-
-    Returns:
-        The exit status.
-    """
-    return ended(run("medgmae-datalist", "medgmae.data.decathlon"))
-
-
-def runs_table() -> int:
-    """``medgmae-runs-table``.
-
-    Returns:
-        The exit status.
-    """
-    return ended(run("medgmae-runs-table", "medgmae.finetune.runs_table"))
+recon = _command("medgmae-recon", "recon.cli", "recon")
+twod = _command("medgmae-2d", "medgmae.twod.cli", "twod")
+phantom = _command("medgmae-phantom", "medgmae.data.phantom.cli", "phantom")
+datalist = _command("medgmae-datalist", "medgmae.data.decathlon", "datalist")
+runs_table = _command("medgmae-runs-table", "medgmae.finetune.runs_table", "runs_table")
