@@ -238,16 +238,15 @@ class GaussianReconConfig:
             raise ValueError(f"split_offset must be in (0, 1), got {self.split_offset}")
         if not 0 < self.densify_fraction <= 1:
             raise ValueError(f"densify_fraction must be in (0, 1], got {self.densify_fraction}")
-        if self.max_gaussians < 1:
-            raise ValueError(f"max_gaussians must be >= 1, got {self.max_gaussians}")
+        self.max_gaussians = positive_count(self.max_gaussians, "max_gaussians")
         if self.preset_name not in PRESETS:
             raise ValueError(f"preset_name must be one of {PRESETS}, got {self.preset_name!r}")
+        for name in ("densify_until", "holdout_views", "holdout_patience", "checkpoint_every"):
+            setattr(self, name, nonnegative_count(getattr(self, name), name))
         if self.densify_until == 0:
             self.densify_until = int(0.6 * self.iterations)
-        if self.eval_every < 1 or self.densify_every < 1:
-            raise ValueError("eval_every and densify_every must be >= 1")
-        if self.holdout_views < 0 or self.holdout_patience < 0:
-            raise ValueError(f"holdout_views and holdout_patience must be >= 0, got {self.holdout_views}, {self.holdout_patience}")
+        for name in ("eval_every", "densify_every"):
+            setattr(self, name, positive_count(getattr(self, name), name))
         if self.holdout_patience and not self.holdout_views:
             raise ValueError("holdout_patience needs holdout_views > 0 (the patience counts held-out evaluations)")
 

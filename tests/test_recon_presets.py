@@ -240,10 +240,14 @@ def test_toolkit_budget_and_cap():
 
 
 @pytest.mark.parametrize("field, value", [("coarse_iterations", 2.5), ("coarse_iterations", "5"),
-                                          ("views_per_iteration", 2.5), ("views_per_iteration", 0)])  # fmt: skip
+                                          ("views_per_iteration", 2.5), ("views_per_iteration", 0),
+                                          ("max_gaussians", 1e5 + 0.5), ("max_gaussians", 0), ("eval_every", 2.5),
+                                          ("densify_every", 0), ("densify_until", -1), ("holdout_views", 1.5),
+                                          ("holdout_patience", -2), ("checkpoint_every", "10")])  # fmt: skip
 def test_counts_of_the_config_are_whole_numbers_named_when_not(field, value):
     from recon.presets import GaussianReconConfig
 
+    given = {"holdout_views": 2} if field == "holdout_patience" else {}  # patience counts held-out evaluations
     with pytest.raises(ValueError, match=f"{field} must be a .*whole number.*, got {value!r}"):
-        GaussianReconConfig(**{field: value})
-    assert getattr(GaussianReconConfig(**{field: 4.0}), field) == 4
+        GaussianReconConfig(**given, **{field: value})
+    assert getattr(GaussianReconConfig(**given, **{field: 4.0}), field) == 4
