@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medgmae.render import render_volume, whole_sizes
+from medgmae.render import render_volume
 from medgmae.rotations import covariance_matrices, factorise_covariance, precision_matrices, quaternion_to_rotation_matrix
+from medgmae.whole_numbers import whole_sizes
 
 __all__ = [
     "Gaussians3D",
@@ -72,7 +73,7 @@ def activate_gaussian_heads(
 
 def _shape_tensor(shape: Sequence[int], like: Tensor) -> Tensor:
     """``shape`` as a float tensor like ``like``; ``ValueError`` unless it is three positive integers, checked as
-    :func:`medgmae.render.render_volume` checks its shape (:func:`~medgmae.render.whole_sizes`: ``8.5`` is refused,
+    :func:`medgmae.render.render_volume` checks its shape (:func:`~medgmae.whole_numbers.whole_sizes`: ``8.5`` is refused,
     not truncated)."""
     sizes = whole_sizes(shape, "shape must be three positive whole sizes (D, H, W)")
     if len(sizes) != 3 or any(s <= 0 for s in sizes):

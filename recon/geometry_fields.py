@@ -108,8 +108,6 @@ def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
     return list(np.deg2rad(arc) * np.arange(n) / n)
 
 
-
-
 def source_distance(name: str, value) -> float | None:
     """A cone beam's ``source_origin`` or ``source_detector`` as a positive finite float (``None`` stays ``None``:
     the factory's default); ``ValueError`` naming ``name`` otherwise."""

@@ -31,7 +31,7 @@ from medgmae.whole_numbers import whole_sizes
 
 __all__ = [
     "render_volume", "preprocess_gaussians", "count_pairs", "as_cutoff", "BACKENDS", "NonFiniteGaussiansError",
-    "resolve_backend", "whole_sizes",
+    "resolve_backend",
 ]  # fmt: skip
 
 BACKENDS = ("auto", "torch", "triton")

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from medgmae.render import NonFiniteGaussiansError, whole_sizes
+from medgmae.render import NonFiniteGaussiansError
 from medgmae.twod.compositor import render_torch
 from medgmae.twod.gsplat_backend import BACKENDS, render_gsplat, resolve_backend_2d
+from medgmae.whole_numbers import whole_sizes
 
 __all__ = ["render_gaussians_2d", "render_planar_gaussians"]
 
