@@ -7,8 +7,8 @@ then still shows the traceback (``medgmae-phantom`` does not). No torch or MONAI
 
 A command stopped by Ctrl-C (status 130) or SIGTERM (143) ends by that signal once it has said what it left
 (:func:`ended`, at exit once Python's own shutdown work is done; POSIX only), as Python does for an uncaught
-Ctrl-C: a shell loop over runs (``for f in ...; do
-medgmae-recon ...; done``) then stops at Ctrl-C instead of going on to the next run, and the status is the same.
+Ctrl-C: a shell loop over runs (``for f in ...; do medgmae-recon ...; done``) then stops at Ctrl-C instead of going
+on to the next run, and the status is the same.
 """
 
 from __future__ import annotations
