@@ -4,7 +4,8 @@ All models use the same data, batch size, optimiser (AdamW, betas 0.9/0.95, weig
 warm-up + cosine schedule. GViT runs its three phases; the warm-up and classifier phases are shared by the two
 GViT variants (identical up to that point), which then differ only in the joint phase (gamma = 0.1 or 0). The patch
 ViT has the widths and depth of GViT's classifier and is trained with cross-entropy for as many epochs as GViT's
-classifier sees (classifier + joint phases).
+classifier sees (classifier + joint phases). ``--augment`` gives every model the bundle's augmented training images
+(``medgmae/twod/gvit_augment.py``); validation images are never augmented.
 
 Example (CPU, a few minutes)::
 
@@ -72,6 +73,9 @@ def _parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--encoder_mode", default="denoising", choices=["denoising", "queries"])
     ap.add_argument("--num_cases", type=int, default=10, help="phantoms of the task (at least 3: the last 2 validate)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--augment", action="store_true",
+                    help="augment the training images as the bundle's augment setting does (flip, crop [0.5, 1]; "
+                         "every model, the patch ViT included); off by default, as the runs recorded before it")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     if args.num_cases < 3:
@@ -122,7 +126,7 @@ def main(argv=None) -> dict:
         write_phantom_slice_task(out / "data", num_cases=args.num_cases, seed=args.seed, image_size=args.image_size)
     )
     set_determinism(seed=args.seed)
-    train_ds = make_dataset(data.train, args.image_size, data.channels)
+    train_ds = make_dataset(data.train, args.image_size, data.channels, augment=args.augment)
     val_loader = DataLoader(make_dataset(data.val, args.image_size, data.channels), batch_size=args.batch_size)
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True)
     results: dict = {"task": data.counts, "class_names": data.class_names, "args": vars(args), "models": {}}
