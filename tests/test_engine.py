@@ -45,6 +45,9 @@ def test_load_torch_file_errors_name_the_file(tmp_path):
 
 def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
+    for empty in ("", "  "):  # an unset variable in --device "$DEV": refused, not a silent auto
+        with pytest.raises(ValueError, match="device is empty"):
+            resolve_device(empty)
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")

@@ -15,10 +15,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Raises:
-        ValueError: an unknown name, or CUDA asked for on a machine without it.
+        ValueError: an unknown or empty name (an unset shell variable in ``--device "$DEV"`` is not taken as
+            ``auto``), or CUDA asked for on a machine without it.
     """
     name = str(name).strip().lower()
-    if name in ("", "auto"):
+    if not name:
+        raise ValueError("the device is empty: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
