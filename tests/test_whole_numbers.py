@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,36 @@ def test_a_count_of_gaussians_is_a_positive_whole_number(make):
     for bad in (2.5, 0, -3):
         with pytest.raises(ValueError, match=f"num_gaussians must be a positive whole number, got {bad}"):
             make(bad)
+
+
+def test_level_multipliers_are_positive_whole_numbers():
+    """``level_multipliers=(1, 2.5)`` built a level of 2 K Gaussians (``int`` truncated it)."""
+    star = dict(TINY, multi_level=True, level_deltas=(0.02,))
+    for given in ((1, 2.0), (np.int64(1), np.int64(2)), np.array([1, 2]), torch.tensor([1, 2])):
+        model = MedGMAE(**star, level_multipliers=given)
+        assert model.level_multipliers == [1, 2] and all(type(m) is int for m in model.level_multipliers)
+        assert model.levels[0].ratio == 2 and model.config()["level_multipliers"] == [1, 2]
+    for bad in ((1, 2.5), (1, 0), (1, -2), (1, True), "12", 2, (1, "2")):
+        with pytest.raises(ValueError, match=rf"level_multipliers must be positive whole numbers, such as \(1, 2, 4\), "
+                                             rf"got {re.escape(repr(bad))}$"):  # fmt: skip
+            MedGMAE(**star, level_multipliers=bad)
+
+
+@pytest.mark.parametrize("text, expected", [("[1,2,4]", [1, 2, 4]), ("1,2", [1, 2]), ("[1.0,2.0]", [1, 2])])
+def test_level_multipliers_from_the_bundle_command_line_build_the_levels(text, expected):
+    """``--network_def#level_multipliers [1,2,4]``: MONAI's runner parses the value with fire, the config passes it
+    on through ``build_model``."""
+    import fire.parser
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "medgmae_pretrain" / "configs" / "train.json"))
+    value = fire.parser.DefaultParseValue(text)
+    parser.update({"model_kind": "medgmae-star", "roi_size": 24, "patch_size": 12, "num_gaussians": 8,
+                   "network_def#level_multipliers": value, "network_def#level_deltas": [0.02, 0.05][: len(expected) - 1]})
+    model = parser.get_parsed_content("network_def", lazy=False)
+    assert model.level_multipliers == expected and [lvl.ratio for lvl in model.levels] == [
+        b // a for a, b in zip(expected, expected[1:])]
 
 
 def test_gvit_takes_whole_sizes_and_counts_of_any_kind():
