@@ -116,6 +116,33 @@ def test_a_phantom_takes_whole_sizes_and_any_number_for_the_spacing():
             generate_phantom(0, (16, 16, 16), bad)
 
 
+def test_a_phantom_seed_is_a_whole_number_checked_first():
+    """``seed="x"`` failed in ``int()`` ("invalid literal"), ``None`` in a comparison, ``True`` was taken as 1: each
+    is now named, before the shape is looked at."""
+    reference = generate_phantom(3, (16, 16, 16), 4.0).image
+    for seed in (np.int64(3), 3.0):
+        assert np.array_equal(generate_phantom(seed, (16, 16, 16), 4.0).image, reference)
+    for bad in ("3", "x", "3.5", None, True, 2.5, -1, float("nan")):
+        with pytest.raises(ValueError, match=rf"^seed must be a whole number >= 0, got {re.escape(repr(bad))}$"):
+            generate_phantom(bad, (0, 0, 0), 4.0)
+
+
+def test_a_phantom_dataset_names_a_bad_seed_or_count_before_writing(tmp_path):
+    from medgmae.data.phantom import write_phantom_dataset
+    from medgmae.data.phantom.writer import case_seeds
+
+    assert case_seeds(np.int64(5), 3.0) == case_seeds(5, 3) and len(case_seeds(5, 3)) == 3
+    for kwargs, message in ((dict(seed="x"), "seed must be a whole number >= 0, got 'x'"),
+                            (dict(seed=None), "seed must be a whole number >= 0, got None"),
+                            (dict(num_cases="two"), "num_cases must be a positive whole number, got 'two'"),
+                            (dict(num_cases=2.5), "num_cases must be a positive whole number, got 2.5"),
+                            (dict(num_validation="one"), r"num_validation must be in \[0, num_cases - 1\] = \[0, 2\], "
+                                                         "got 'one'")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"^{message}\.?$"):
+            write_phantom_dataset(tmp_path / "out", **{"num_cases": 3, "shape": (16, 16, 16), **kwargs})
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_phantom_refuses_a_noise_that_is_not_a_bool():
     """The string ``"false"`` is true: it added noise."""
     for bad in ("false", 0, None):
