@@ -78,16 +78,19 @@ def offset_pair(value) -> tuple:
 
 def angle_list(angles) -> tuple:
     """The projection angles as a tuple of floats (a tuple, so that a made geometry's angles cannot be changed in
-    place); ``ValueError`` for a missing (null) or non-numeric field."""
+    place); ``ValueError`` for a missing (null) or non-numeric field, or angles of more than one axis (a 2-D array is
+    not read as views one row after another)."""
     if angles is None:
         raise ValueError("angles is null: give the projection angles as a list of numbers (radians)")
     if isinstance(angles, torch.Tensor):  # any dtype or device, with or without grad: the values, on the host
         angles = angles.detach().to("cpu", torch.float64).numpy()
     try:
-        a = np.asarray(angles, dtype=np.float64).reshape(-1)
+        a = np.asarray(angles, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(f"angles must be a list of numbers (radians), got {str(angles)[:80]!r}") from e
-    return tuple(float(v) for v in a)
+    if a.ndim > 1:
+        raise ValueError(f"angles must be a 1-D list of numbers (radians), got shape {a.shape}")
+    return tuple(float(v) for v in a.reshape(-1))
 
 
 def equispaced_angles(num_angles: int, arc_deg: float, angles) -> list:
@@ -139,8 +142,6 @@ def factory_args(volume_shape, voxel_size, det_spacing, num_angles, arc_deg, ang
     vs = positive("voxel_size", floats("voxel_size", voxel_size, 3, "z, y, x"))
     if det_spacing is not None:
         det_spacing = positive("det_spacing", floats("det_spacing", det_spacing, 2, "rows, cols"))
-    if angles is not None and np.ndim(angles) > 1:
-        raise ValueError(f"angles must be a 1-D list of numbers (radians), got shape {np.shape(angles)}")
     return shape, vs, det_spacing, equispaced_angles(num_angles, arc_deg, angles)
 
 

@@ -62,7 +62,7 @@ def test_a_nan_probability_wins_as_in_argmax():
 
 
 def test_channels_per_step_must_be_positive():
-    with pytest.raises(ValueError, match="channels_per_step must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="channels_per_step must be a positive whole number, got 0"):
         InvertedArgmaxd(keys="pred", transform=Compose([]), orig_keys="image", channels_per_step=0)
 
 

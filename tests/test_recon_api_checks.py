@@ -64,6 +64,22 @@ def test_the_factories_take_angles_as_a_tensor_of_any_float_dtype_with_grad(dtyp
     assert g.angles == pytest.approx([float(a) for a in angles.detach().double()])
 
 
+@pytest.mark.parametrize("angles", [np.zeros((3, 4)), torch.zeros(2, 6, dtype=torch.float16), [[0.0, 0.5], [1.0, 1.5]]])
+def test_the_constructor_refuses_angles_of_two_axes_as_the_factories_do(angles):
+    expected = r"angles must be a 1-D list of numbers \(radians\), got shape \(\d+, \d+\)"
+    with pytest.raises(ValueError, match=expected):
+        CTGeometry("parallel", SHAPE, 1.0, (4, 20), 1.0, angles)
+    with pytest.raises(ValueError, match=expected):
+        CTGeometry.parallel(SHAPE, 1.0, angles=angles)
+
+
+def test_the_constructor_takes_angles_as_a_tensor_of_any_dtype():
+    angles = torch.linspace(0, 3, 6, dtype=torch.bfloat16, requires_grad=True)
+    g = CTGeometry("parallel", SHAPE, 1.0, (4, 20), 1.0, angles)
+    assert g.angles == pytest.approx([float(a) for a in angles.detach().double()])
+    assert CTGeometry("parallel", SHAPE, 1.0, (4, 20), 1.0, torch.arange(4)).angles == (0.0, 1.0, 2.0, 3.0)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(volume_shape=(16, 16)), "volume_shape must have 3 entries"),
     (dict(volume_shape=(4, 0, 12)), "volume_shape must be positive"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +63,36 @@ def test_a_count_of_gaussians_is_a_positive_whole_number(make):
             make(bad)
 
 
+def test_level_multipliers_are_positive_whole_numbers():
+    """``level_multipliers=(1, 2.5)`` built a level of 2 K Gaussians (``int`` truncated it)."""
+    star = dict(TINY, multi_level=True, level_deltas=(0.02,))
+    for given in ((1, 2.0), (np.int64(1), np.int64(2)), np.array([1, 2]), torch.tensor([1, 2])):
+        model = MedGMAE(**star, level_multipliers=given)
+        assert model.level_multipliers == [1, 2] and all(type(m) is int for m in model.level_multipliers)
+        assert model.levels[0].ratio == 2 and model.config()["level_multipliers"] == [1, 2]
+    for bad in ((1, 2.5), (1, 0), (1, -2), (1, True), "12", 2, (1, "2")):
+        with pytest.raises(ValueError, match=rf"level_multipliers must be positive whole numbers, such as \(1, 2, 4\), "
+                                             rf"got {re.escape(repr(bad))}$"):  # fmt: skip
+            MedGMAE(**star, level_multipliers=bad)
+
+
+@pytest.mark.parametrize("text, expected", [("[1,2,4]", [1, 2, 4]), ("1,2", [1, 2]), ("[1.0,2.0]", [1, 2])])
+def test_level_multipliers_from_the_bundle_command_line_build_the_levels(text, expected):
+    """``--network_def#level_multipliers [1,2,4]``: MONAI's runner parses the value with fire, the config passes it
+    on through ``build_model``."""
+    import fire.parser
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "medgmae_pretrain" / "configs" / "train.json"))
+    value = fire.parser.DefaultParseValue(text)
+    parser.update({"model_kind": "medgmae-star", "roi_size": 24, "patch_size": 12, "num_gaussians": 8,
+                   "network_def#level_multipliers": value, "network_def#level_deltas": [0.02, 0.05][: len(expected) - 1]})
+    model = parser.get_parsed_content("network_def", lazy=False)
+    assert model.level_multipliers == expected and [lvl.ratio for lvl in model.levels] == [
+        b // a for a, b in zip(expected, expected[1:])]
+
+
 def test_gvit_takes_whole_sizes_and_counts_of_any_kind():
     model = GViT(np.int64(1), 16.0, num_classes=np.int64(3), num_gaussians=4.0, patch_size=np.int64(4))
     config = model.config()
@@ -83,6 +114,33 @@ def test_a_phantom_takes_whole_sizes_and_any_number_for_the_spacing():
     for bad in ("4", (4.0, 4.0), True, -1.0):
         with pytest.raises(ValueError, match="spacing must be one or three positive finite numbers"):
             generate_phantom(0, (16, 16, 16), bad)
+
+
+def test_a_phantom_seed_is_a_whole_number_checked_first():
+    """``seed="x"`` failed in ``int()`` ("invalid literal"), ``None`` in a comparison, ``True`` was taken as 1: each
+    is now named, before the shape is looked at."""
+    reference = generate_phantom(3, (16, 16, 16), 4.0).image
+    for seed in (np.int64(3), 3.0):
+        assert np.array_equal(generate_phantom(seed, (16, 16, 16), 4.0).image, reference)
+    for bad in ("3", "x", "3.5", None, True, 2.5, -1, float("nan")):
+        with pytest.raises(ValueError, match=rf"^seed must be a whole number >= 0, got {re.escape(repr(bad))}$"):
+            generate_phantom(bad, (0, 0, 0), 4.0)
+
+
+def test_a_phantom_dataset_names_a_bad_seed_or_count_before_writing(tmp_path):
+    from medgmae.data.phantom import write_phantom_dataset
+    from medgmae.data.phantom.writer import case_seeds
+
+    assert case_seeds(np.int64(5), 3.0) == case_seeds(5, 3) and len(case_seeds(5, 3)) == 3
+    for kwargs, message in ((dict(seed="x"), "seed must be a whole number >= 0, got 'x'"),
+                            (dict(seed=None), "seed must be a whole number >= 0, got None"),
+                            (dict(num_cases="two"), "num_cases must be a positive whole number, got 'two'"),
+                            (dict(num_cases=2.5), "num_cases must be a positive whole number, got 2.5"),
+                            (dict(num_validation="one"), r"num_validation must be in \[0, num_cases - 1\] = \[0, 2\], "
+                                                         "got 'one'")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"^{message}\.?$"):
+            write_phantom_dataset(tmp_path / "out", **{"num_cases": 3, "shape": (16, 16, 16), **kwargs})
+        assert not (tmp_path / "out").exists()
 
 
 def test_a_phantom_refuses_a_noise_that_is_not_a_bool():

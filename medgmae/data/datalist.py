@@ -27,6 +27,7 @@ from medgmae.bundle_errors import InputRefusal
 from medgmae.data.reader import VOLUME_SUFFIXES, is_volume_path
 from medgmae.data.volume_folders import folder_datalist
 from medgmae.distributed import is_main_process, main_process_only
+from medgmae.whole_numbers import nonnegative_count, positive_count
 
 __all__ = [
     "DatasetError", "listed_path", "phantom_dataset", "folder_datalist", "load_datalist_json", "read_datalist",
@@ -66,20 +67,20 @@ def phantom_dataset(
     Returns:
         Path of ``dataset.json``.
     """
-    if int(num_cases) < 1:
-        raise ValueError(f"the number of phantom cases must be >= 1, got {num_cases}")
-    if not 0 <= int(num_validation) < int(num_cases):
-        raise ValueError(f"num_validation must be in [0, {int(num_cases) - 1}], got {num_validation}")
+    num_cases, seed = positive_count(num_cases, "num_cases (phantom cases)"), nonnegative_count(seed, "seed")
+    try:
+        held_out = nonnegative_count(num_validation, "num_validation")
+    except ValueError:
+        held_out = -1
+    if not 0 <= held_out < num_cases:
+        raise ValueError(f"num_validation must be in [0, {num_cases - 1}], got {num_validation!r}")
     from medgmae.data.phantom import write_phantom_dataset
 
     out = Path(out_dir)
-    kwargs: dict = {}
-    if shape:
-        kwargs["shape"] = tuple(int(s) for s in shape)
-    if spacing:
-        kwargs["spacing"] = spacing if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
-    main_process_only(lambda: write_phantom_dataset(out, int(num_cases), seed=int(seed),
-                                                    num_validation=int(num_validation), **kwargs), DatasetError)
+    # as given, checked by the generator (a shape of 8.7 or a spacing of "4" is refused, not taken as 8 or 4.0)
+    kwargs = {name: value for name, value in (("shape", shape), ("spacing", spacing)) if value}
+    main_process_only(lambda: write_phantom_dataset(out, num_cases, seed=seed, num_validation=held_out, **kwargs),
+                      DatasetError)
     return out / "dataset.json"
 
 

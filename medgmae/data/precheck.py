@@ -57,6 +57,7 @@ from medgmae.preprocessing import PreprocessingSpec
 from medgmae.terminal import ProgressLines
 from medgmae.volume_units import warn_if_not_hu
 from medgmae.words import plural
+from medgmae.whole_numbers import nonnegative_count
 
 __all__ = ["check_datalist", "check_item", "single_slice_problem", "LEDGER_FILE"]
 
@@ -362,15 +363,14 @@ def check_datalist(
     """
     if not items:
         raise DatasetError(f"{source or 'datalist'}: no items to check (the list is empty)")
-    if int(workers) < 0:
-        raise ValueError(f"precheck workers must be >= 0, got {workers}")
+    workers = nonnegative_count(workers, "precheck workers")
     kwargs = {"image_key": image_key, "label_key": label_key, "num_classes": None if num_classes is None else int(num_classes),
               "require_label": bool(require_label), "spec": spec}  # fmt: skip
     ledger = Path(ledger_dir) / LEDGER_FILE if ledger_dir else None
 
     def check() -> None:
         try:
-            problems = _run_checks(list(items), kwargs, int(workers), ledger, str(source), pending_ledger)
+            problems = _run_checks(list(items), kwargs, workers, ledger, str(source), pending_ledger)
         except Exception as e:  # not the data (each file's problems are collected below): the traceback stays
             raise RuntimeError(f"the pre-check of {source or 'the datalist'} failed: {type(e).__name__}: {e}") from e
         if problems:

@@ -31,6 +31,7 @@ from monai.transforms import Invertd, MapTransform
 from monai.utils import ensure_tuple_rep
 
 from medgmae.terminal import ProgressLines
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["InvertedArgmaxd"]
 
@@ -73,9 +74,7 @@ class InvertedArgmaxd(MapTransform):
 
     def __init__(self, keys: KeysCollection, transform, orig_keys: KeysCollection, channels_per_step: int = 4) -> None:
         super().__init__(keys)
-        if int(channels_per_step) < 1:
-            raise ValueError(f"channels_per_step must be a positive integer, got {channels_per_step!r}")
-        self.channels_per_step = int(channels_per_step)
+        self.channels_per_step = positive_count(channels_per_step, "channels_per_step")
         origs = ensure_tuple_rep(orig_keys, len(self.keys))
         self.inverters = {key: Invertd(keys=key, transform=transform, orig_keys=orig, nearest_interp=False, to_tensor=True)
                           for key, orig in zip(self.keys, origs)}  # fmt: skip

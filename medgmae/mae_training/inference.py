@@ -24,6 +24,7 @@ from medgmae.missing_paths import missing_path_message
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import describe_preprocessing, model_preprocessing
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
+from medgmae.whole_numbers import nonnegative_count, positive_count
 
 __all__ = ["GaussianInference", "model_path_check", "overlap_check", "slices_png", "volume_path_check"]
 
@@ -115,6 +116,7 @@ class GaussianInference:
         batch_size: int = 2,
         output_hu: bool = True,
     ) -> None:
+        overlap, batch_size = nonnegative_count(overlap, "overlap"), positive_count(batch_size, "batch_size")
         if not str(image_path).strip():
             raise ValueError("no input volume given: set image (e.g. --image /path/to/ct.nii.gz)")
         self.model_path, self.image_path = Path(model_path).expanduser(), Path(image_path).expanduser()
@@ -122,7 +124,7 @@ class GaussianInference:
         if not self.image_path.exists():
             raise FileNotFoundError(missing_path_message(self.image_path, f"input volume not found: {self.image_path}"))
         self.device = resolve_device(device)
-        self.overlap, self.batch_size, self.output_hu = int(overlap), int(batch_size), bool(output_hu)
+        self.overlap, self.batch_size, self.output_hu = overlap, batch_size, bool(output_hu)
 
     def _stem(self) -> str:
         return volume_stem(self.image_path)

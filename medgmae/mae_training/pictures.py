@@ -30,6 +30,7 @@ from medgmae.engine.figures import (
     upscale,
     with_orientation_letters,
 )
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["ValidationPictureHandler", "picture_title", "reconstruction_figure", "tile_factor"]
 
@@ -134,11 +135,10 @@ class ValidationPictureHandler:
     def __init__(
         self, validator: Any, output_dir: str | Path, interval: int = 5, summary_writer: Any = None, orientation: str = "RAS"
     ) -> None:
-        if int(interval) < 1:
-            raise ValueError(f"picture_interval must be >= 1, got {interval}")
+        interval = positive_count(interval, "picture_interval")
         self.letters = str(orientation).upper() == "RAS"
         self.validator, self.folder = validator, Path(output_dir) / "pictures"
-        self.interval, self.writer = int(interval), summary_writer
+        self.interval, self.writer = interval, summary_writer
         self.written: list[Path] = []
 
     def attach(self, engine: Engine) -> None:

@@ -23,6 +23,7 @@ from torch import Tensor
 from medgmae.engine import MetricHistory, is_main_process, unwrap_model
 from medgmae.networks.mae_base import MAEOutput
 from medgmae.torch_files import save_torch_atomic
+from medgmae.whole_numbers import nonnegative_count, positive_count
 
 __all__ = [
     "BEST_MODEL_FILE",
@@ -172,13 +173,12 @@ class MaskedValidationHandler:
         max_crops: int = 8,
         image_key: str = "image",
     ) -> None:
-        if int(interval) < 1 or int(max_crops) < 1:
-            raise ValueError(f"val_interval and max_crops must be >= 1, got {interval} and {max_crops}")
+        interval, max_crops = positive_count(interval, "val_interval"), positive_count(max_crops, "max_crops")
         if len(dataset) == 0:
             raise ValueError("the validation dataset is empty")
         self.network, self.dataset, self.history = network, dataset, history
-        self.output_dir, self.interval, self.seed = Path(output_dir), int(interval), int(seed)
-        self.writer, self.max_crops, self.image_key = summary_writer, int(max_crops), image_key
+        self.output_dir, self.interval, self.seed = Path(output_dir), interval, nonnegative_count(seed, "seed")
+        self.writer, self.max_crops, self.image_key = summary_writer, max_crops, image_key
         self._crops: list[Tensor] | None = None
 
     def attach(self, engine: Engine) -> None:

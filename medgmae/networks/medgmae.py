@@ -30,7 +30,7 @@ from medgmae.networks.mae_base import (
     sincos_embedding_3d,
 )
 from medgmae.networks.vit import batch_tokens
-from medgmae.whole_numbers import positive_count
+from medgmae.whole_numbers import positive_count, whole_sizes
 
 __all__ = [
     "MAEOutput",
@@ -158,6 +158,16 @@ class ResidualGaussianLevel(nn.Module):
         return h, children, root
 
 
+def _level_multipliers(value) -> list[int]:
+    """``value`` as a list of ints >= 1 (each a :func:`~medgmae.whole_numbers.whole_number`: ``2.0`` is 2, ``2.5``
+    is refused, not truncated); ``ValueError`` naming ``level_multipliers`` otherwise."""
+    what = "level_multipliers must be positive whole numbers, such as (1, 2, 4)"
+    mults = list(whole_sizes(value, what))
+    if min(mults, default=1) < 1:
+        raise ValueError(f"{what}, got {value!r}")
+    return mults
+
+
 def _check_levels(mults: list[int], deltas: list[float]) -> None:
     """Raise ``ValueError`` unless the residual levels' multipliers start at 1, each dividing the next, with one
     scale decrement per further level."""
@@ -221,7 +231,7 @@ class MedGMAE(MaskedAutoencoder):
         num_gaussians = positive_count(num_gaussians, "num_gaussians")
         if not 0.0 < float(scale_cap) <= 1.0 or not 0.0 < float(min_scale) < float(scale_cap):
             raise ValueError(f"need 0 < min_scale < scale_cap <= 1, got min_scale={min_scale}, scale_cap={scale_cap}")
-        mults, deltas = [int(m) for m in level_multipliers], [float(d) for d in level_deltas]
+        mults, deltas = _level_multipliers(level_multipliers), [float(d) for d in level_deltas]
         if multi_level:
             _check_levels(mults, deltas)
         if level_intensity not in INTENSITY_RESIDUALS:

@@ -28,6 +28,7 @@ from medgmae.words import plural
 from medgmae.files import absolute_path
 from medgmae.mae_training.summary import PretrainSummary
 from medgmae.mae_training.validation import MaskedValidationHandler
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["GMAE2DPictureHandler", "GMAE2DSummary", "GMAE2DValidationHandler", "gmae2d_figure", "gmae2d_validation_dataset",
            "picture_layers_check"]
@@ -141,12 +142,9 @@ class GMAE2DPictureHandler:
         self, validator: Any, output_dir: str | Path, interval: int = 5, num_layers: int = 4, num_images: int = 4,
         summary_writer: Any = None,
     ) -> None:  # fmt: skip
-        if int(interval) < 1 or int(num_layers) < 1 or int(num_images) < 1:
-            raise ValueError(
-                f"picture_interval, num_layers and num_images must be >= 1, got {interval}, {num_layers}, {num_images}"
-            )
+        self.interval = positive_count(interval, "picture_interval")
+        self.num_layers, self.num_images = positive_count(num_layers, "num_layers"), positive_count(num_images, "num_images")
         self.validator, self.folder, self.writer = validator, Path(output_dir) / "pictures", summary_writer
-        self.interval, self.num_layers, self.num_images = int(interval), int(num_layers), int(num_images)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)

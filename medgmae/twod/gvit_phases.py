@@ -23,6 +23,7 @@ from torch import nn
 from medgmae.engine import CheckpointHandler, EpochProgress, NonFiniteLossHandler
 from medgmae.engine.records import CasesRecord, SettingsRecord
 from medgmae.twod.gvit.classifier import LEGACY_CLASSIFIER_FREQS
+from medgmae.whole_numbers import nonnegative_count
 
 __all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "PhaseProgress", "default_phase_handlers",
            "phase_handlers", "resume_records"]
@@ -118,9 +119,7 @@ class PhaseStats:
     """
 
     def __init__(self, log_every: int = 0) -> None:
-        if isinstance(log_every, bool) or int(log_every) < 0:
-            raise ValueError(f"log_every must be an int >= 0, got {log_every!r}")
-        self.log_every = int(log_every)
+        self.log_every = nonnegative_count(log_every, "log_every")
 
     def _due(self, _engine: Engine, iteration: int) -> bool:
         return iteration % self.log_every == 0

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from medgmae.data.phantom.anatomy import paint_body, paint_ribs, paint_spine_and_muscles, paint_thorax, paint_viscera
 from medgmae.data.phantom.scene import A_REF, B_REF, Scene
-from medgmae.whole_numbers import whole_sizes
+from medgmae.whole_numbers import nonnegative_count, whole_sizes
 
 __all__ = ["ORGAN_LABELS", "TISSUE_CLASSES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "GENERATOR_VERSION", "Phantom",
            "PEAK_BYTES_PER_VOXEL", "generate_phantom", "phantom_affine", "shape_memory_problem", "validate_geometry"]
@@ -192,13 +192,14 @@ def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray
     return affine
 
 
-def _check_seed_and_noise(seed: int, noise: bool) -> None:
-    """Raise ``ValueError`` for a seed that is not a non-negative integer or a ``noise`` that is not a bool (the
-    string ``"false"``, true as a condition, added noise)."""
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+def _check_seed_and_noise(seed: int, noise: bool) -> int:
+    """``seed`` as an int; ``ValueError`` for a seed that is not a whole number >= 0 (what NumPy's generators take;
+    ``"3"`` or ``None`` failed in ``int()`` or a comparison) or a ``noise`` that is not a bool (the string
+    ``"false"``, true as a condition, added noise)."""
+    seed = nonnegative_count(seed, "seed")
     if not isinstance(noise, (bool, np.bool_)):
         raise ValueError(f"noise must be a bool, got {noise!r}.")
+    return seed
 
 
 def generate_phantom(
@@ -210,7 +211,7 @@ def generate_phantom(
     """Generate one synthetic abdominal CT case.
 
     Args:
-        seed: random seed (any non-negative integer); the same seed, shape and spacing give identical arrays.
+        seed: random seed, a whole number >= 0; the same seed, shape and spacing give identical arrays.
         shape: (X, Y, Z) voxels in RAS order (each a whole number >= 8; three of them, not one).
         spacing: voxel size in mm, one number or three.
         noise: add correlated Gaussian noise (10-15 HU); False gives the noise-free (partial-volume smoothed) image.
@@ -220,9 +221,9 @@ def generate_phantom(
         A ``Phantom`` with ``image`` (X, Y, Z) float32 HU, ``label`` (X, Y, Z) uint8, ``affine`` (4, 4) float64,
         ``spacing`` and ``tissue`` (X, Y, Z) uint8.
     """
+    seed = _check_seed_and_noise(seed, noise)
     shape, spacing = validate_geometry(shape, spacing)
-    _check_seed_and_noise(seed, noise)
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     U = rng.uniform
 
     # --- body size and layers (reference mm) ---

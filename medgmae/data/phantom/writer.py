@@ -22,6 +22,7 @@ from medgmae.data.phantom.generator import (
 )
 from medgmae.files import save_json_atomic, save_nifti_atomic
 from medgmae.settings_diff import settings_differences
+from medgmae.whole_numbers import nonnegative_count, positive_count
 
 __all__ = ["case_seeds", "write_phantom_dataset", "recorded_differences"]
 
@@ -34,28 +35,29 @@ IN_PROGRESS = ".phantom_in_progress.json"
 
 def case_seeds(seed: int, num_cases: int) -> list[int]:
     """Per-case seeds of a phantom dataset (independent streams derived from the dataset seed)."""
-    ss = np.random.SeedSequence(int(seed))
-    return [int(s.generate_state(1, np.uint32)[0]) for s in ss.spawn(int(num_cases))]
+    ss = np.random.SeedSequence(nonnegative_count(seed, "seed"))
+    return [int(s.generate_state(1, np.uint32)[0]) for s in ss.spawn(nonnegative_count(num_cases, "num_cases"))]
 
 
 def _dataset_params(num_cases, seed, shape, spacing, num_validation) -> dict:
     """The validated generator parameters recorded in ``dataset.json`` (``num_validation`` defaulted)."""
-    if int(num_cases) != num_cases or num_cases < 1:
-        raise ValueError(f"num_cases must be a positive integer, got {num_cases!r}.")
-    num_cases = int(num_cases)
+    num_cases = positive_count(num_cases, "num_cases")
     if num_validation is None:
         num_validation = num_cases // 5 if num_cases >= 2 else 0
-    if int(num_validation) != num_validation or not 0 <= num_validation < num_cases:
+    try:
+        held_out = nonnegative_count(num_validation, "num_validation")
+    except ValueError:
+        held_out = -1
+    if not 0 <= held_out < num_cases:
         raise ValueError(f"num_validation must be in [0, num_cases - 1] = [0, {num_cases - 1}], got {num_validation!r}.")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    seed = nonnegative_count(seed, "seed")
     shape, spacing = validate_geometry(shape, spacing)
     return {
         "generator": "medgmae.data.phantom",
         "version": GENERATOR_VERSION,
-        "seed": int(seed),
+        "seed": seed,
         "num_cases": num_cases,
-        "num_validation": int(num_validation),
+        "num_validation": held_out,
         "shape": list(shape),
         "spacing": list(spacing),
     }
