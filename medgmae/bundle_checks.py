@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Container, Mapping, Sequence
 
@@ -20,6 +21,7 @@ from medgmae.bundle_command_line import (
     BundleCommand,
     bundle_command,
     derived_from_bad_keys,
+    is_bundle_command_line,
     repeated_flag_lines,
     unknown_key_lines,
     unknown_key_problems,
@@ -27,7 +29,7 @@ from medgmae.bundle_command_line import (
 from medgmae.bundle_errors import InputRefusal, summarise_errors
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
-from medgmae.folder_lock import hold_folder
+from medgmae.folder_lock import hold_folder, release_folder
 from medgmae.setting_kinds import setting_problem
 from medgmae.words import plural
 
@@ -53,8 +55,10 @@ def check_settings(
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
     every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`) or that it gives
     more than once (:func:`~medgmae.bundle_command_line.repeated_flag_lines`), and a config
-    started the wrong way (:func:`process_problems`). Also installs :func:`summarise_errors`, so that any later
-    failure of the bundle ends with its reason.
+    started the wrong way (:func:`process_problems`). A bundle run from Python (``monai.bundle.run(...)`` in a
+    notebook or script) has its keyword overrides checked as the command line's flags. A command line also gets
+    :func:`summarise_errors`, so that any later failure of the bundle ends with its reason; from Python the
+    exception is the caller's (the hook would stay installed after the run and take over the caller's own errors).
 
     Args:
         settings: ``{key: (value, kind)}``; the kinds (``"positive_int"``, ``"bool"``, ``"roi_size"``, a list of the
@@ -84,9 +88,9 @@ def check_settings(
         ValueError: an ``image_size`` kind without a ``patch_size`` setting, or a ``schedule_epochs`` kind without a
             ``max_epochs`` one (a config error, not a bad value).
     """
-    summarise_errors(resumable="resume" in settings, **_interrupt_context(settings, output_dirs))  # a later failure
-    # of the bundle ends with its reason
-    command = bundle_command(None)  # the command line and its config files, read once
+    if is_bundle_command_line():  # a later failure of the command ends with its reason (from Python: the exception)
+        summarise_errors(resumable="resume" in settings, **_interrupt_context(settings, output_dirs))
+    command = bundle_command(None)  # the command line (or the call from Python) and its config files, read once
     found = {key: p for key, (value, kind) in settings.items() if (p := setting_problem(value, kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
     problems = [f"--{key}: {p}" for key, p in found.items() if key not in derived]
@@ -97,7 +101,7 @@ def check_settings(
     if not any(line.startswith("--output_dir ") for line in folders):  # a folder that cannot be looked up is not read
         folders += _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)
-    _hold_output_dir(dirs, "output_dir" if run_kinds else hold, command is not None and not torchrun)
+    _hold_output_dir(dirs, "output_dir" if run_kinds else hold, not torchrun)
     _warn_unused(command, unused_phantom_keys, unused_keys or {})
     return True
 
@@ -112,20 +116,48 @@ def _raise_problems(problems: list[str], folders: list[str]) -> None:
 
 
 def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_process_run: bool) -> None:
-    """Hold the output folder ``dirs[key]`` (:func:`~medgmae.folder_lock.hold_folder`, rank 0) for a one-process run of
-    a bundle's command line: one run at a time in its folder (a multi-process config holds it once its process group
-    exists, :func:`~medgmae.folder_lock.hold_run_folder`).
+    """Hold the output folder ``dirs[key]`` (:func:`~medgmae.folder_lock.hold_folder`, rank 0) for a one-process run:
+    one run at a time in its folder (a multi-process config holds it once its process group exists,
+    :func:`~medgmae.folder_lock.hold_run_folder`). A command line holds it to its exit; a bundle run from Python (a
+    notebook's ``monai.bundle.run``) until its workflow's ``run`` ends (:func:`_release_after_run`).
 
     Args:
         dirs: the output folders by config key.
         key: the key of the folder the run writes into (``output_dir`` for training); ``None``: none is held.
-        one_process_run: the bundle runs from a ``python -m monai.bundle`` command line, not under torchrun.
+        one_process_run: the bundle runs in one process, not under torchrun.
 
     Raises:
         FolderInUse: another process holds it; the message names ``--key``, the folder and that process.
     """
     if key and dirs.get(key) and one_process_run and is_main_process():
         hold_folder(dirs[key], f"--{key}")
+        if not is_bundle_command_line():
+            _release_after_run(dirs[key])
+
+
+def _release_after_run(folder: str | Path) -> None:
+    """Release ``folder`` when the run of the bundle workflow being initialised ends, however it ends (an error,
+    Ctrl-C): a process that runs bundles from Python goes on after the run, and another process may then write
+    into the folder. The workflow is found as the ``self`` of its ``initialize`` on the call stack (MONAI's
+    ``ConfigWorkflow``, built by ``monai.bundle.run`` or by hand), whose ``run`` is wrapped for this one object;
+    without one (a config expression evaluated alone) the folder is held until the process ends."""
+    from monai.bundle import BundleWorkflow
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        workflow = frame.f_locals.get("self") if frame.f_code.co_name == "initialize" else None
+        if isinstance(workflow, BundleWorkflow):
+            run = workflow.run
+
+            def run_then_release(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return run(*args, **kwargs)
+                finally:
+                    release_folder(folder)
+
+            workflow.run = run_then_release
+            return
+        frame = frame.f_back
 
 
 def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, str | Path] | None) -> dict:
@@ -240,7 +272,8 @@ def check_base_config(base: str = "train.json", added: str = "multi_gpu_train.js
     Raises:
         BundleSettingError: one line naming the file given and the command listing it after ``base``.
     """
-    summarise_errors()
+    if is_bundle_command_line():
+        summarise_errors()
     command = bundle_command(None)
     if command is None or not command.files:
         return True

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 __all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "BundleCommand", "bundle_command", "command_line_flags", "config_folder", "derived_from_bad_keys",
-           "repeated_flag_lines", "unknown_key_lines", "unknown_key_problems"]
+           "is_bundle_command_line", "repeated_flag_lines", "unknown_key_lines", "unknown_key_problems"]
 
 
 #: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).
@@ -34,8 +35,9 @@ class BundleCommand(NamedTuple):
     """A ``python -m monai.bundle run`` command line, read by :func:`bundle_command`."""
 
     #: ``--name value`` flags by name (hyphens as underscores, the last value of a repeated one, as MONAI takes it),
-    #: with the ``--args_file`` keys the command line does not give.
-    flags: dict[str, str]
+    #: with the ``--args_file`` keys the command line does not give; a run from Python: its keyword overrides, their
+    #: values as given (not text).
+    flags: dict[str, Any]
     #: its config files, in order.
     files: list[str]
     #: their merged top-level keys (MONAI's own merge).
@@ -75,30 +77,72 @@ def command_line_flags(argv: Sequence[str] | None = None) -> dict[str, str]:
     return _flags(argv[1:])[0]
 
 
+def is_bundle_command_line() -> bool:
+    """Whether this process is a ``python -m monai.bundle`` command (one process of ``torchrun`` too), not a bundle
+    run from Python (a notebook, a script or a test calling ``monai.bundle.run``)."""
+    return _is_bundle_run(sys.argv)
+
+
 def bundle_command(argv: Sequence[str] | None) -> BundleCommand | None:
     """The :class:`BundleCommand` (flags, config files, their merged top-level keys, repeated flags) of a ``python
     -m monai.bundle run`` command line (``sys.argv`` when ``None``), the keys of its ``--args_file`` among the flags (the command line's
     win, as in MONAI's runner), and the values of each flag the command line gives more than once; ``None`` for
-    anything else or files this cannot read."""
+    anything else or files this cannot read. With ``argv`` ``None`` in a process that is no such command, the
+    bundle run from Python that is running (:func:`_call_in_process`: its keyword overrides as the flags, their
+    values as given), if any."""
+    if argv is None and not _is_bundle_run(sys.argv):
+        return _call_in_process()
     argv = list(sys.argv if argv is None else argv)
     if not _is_bundle_run(argv):
         return None
     flags, repeated = _flags(argv[1:])
+    return _read_configs(flags, repeated)
+
+
+def _call_in_process() -> BundleCommand | None:
+    """The bundle run from Python that calls this, as a :class:`BundleCommand`: ``monai.bundle.run(...)`` (and
+    ``create_workflow``, which it calls) keeps its merged arguments in a local variable while it initialises the
+    workflow, the only place that still holds which keys were given (MONAI adds a misspelt ``max_epoch=1`` to the
+    config as a new key that nothing reads). Its keys other than the workflow's own arguments (``meta_file``,
+    ``run_id``...) are the flags; ``None`` when no such call is running (a ``ConfigWorkflow`` built directly keeps
+    no record of its overrides) or its files cannot be read."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "create_workflow" and code.co_filename.replace("\\", "/").endswith("monai/bundle/scripts.py"):
+            merged, files = frame.f_locals.get("_args"), frame.f_locals.get("config_file")
+            if not isinstance(merged, dict) or files is None:
+                return None
+            import inspect
+
+            from monai.bundle import ConfigWorkflow
+
+            own = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name"}
+            flags = {k: v for k, v in merged.items() if k not in own}
+            return _read_configs({**flags, "config_file": files}, {})
+        frame = frame.f_back
+    return None
+
+
+def _read_configs(flags: dict[str, Any], repeated: dict[str, list[str]]) -> BundleCommand | None:
+    """The :class:`BundleCommand` of ``flags`` (with ``--args_file`` keys and ``config_file``), ``None`` where its
+    files cannot be read."""
     try:
         if flags.get("args_file"):
             from monai.bundle import ConfigParser
 
             flags = {**ConfigParser.load_config_file(flags["args_file"]), **flags}
         files = flags.get("config_file", "")
+        files = [files] if isinstance(files, os.PathLike) else files  # a run from Python: a Path, or a list of them
         if isinstance(files, str):  # a list literal, or MONAI's comma-separated names
             files = ast.literal_eval(files) if files.strip().startswith("[") else [f for f in files.split(",") if f.strip()]
         from monai.bundle import ConfigParser
 
         # MONAI's own merge: a later file's "net#opts" key lands under "net", as the run will see it
-        config: dict[str, Any] = dict(ConfigParser.load_config_files(list(files)))
+        config: dict[str, Any] = dict(ConfigParser.load_config_files([os.fspath(f) for f in files]))
     except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
         return None
-    return BundleCommand(flags, list(files), config, repeated)
+    return BundleCommand(flags, [os.fspath(f) for f in files], config, repeated)
 
 
 def config_folder(bundle: str, argv: Sequence[str] | None = None) -> str:

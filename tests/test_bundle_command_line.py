@@ -358,3 +358,20 @@ def test_encoder_settings_of_a_run_from_a_pretrained_encoder_are_warned_about(tm
         with caplog.at_level("WARNING", logger="medgmae"):
             parser.get_parsed_content(f"initialize#{step}", lazy=False)
         assert [r.getMessage() for r in caplog.records] == said
+
+
+def test_a_bundle_run_from_python_has_its_keywords_checked_as_flags(tmp_path):
+    """``monai.bundle.run(..., max_epoch=1)`` from a notebook: MONAI adds the misspelt key to the config as a new key
+    that nothing reads, and the run trained the default 20 epochs. Its keywords are now checked as the command
+    line's flags are, before anything is written; the caller's excepthook stays its own."""
+    from monai.bundle import run
+
+    hook, out = sys.excepthook, tmp_path / "run"
+    with pytest.raises(RuntimeError) as e:  # MONAI wraps a failing config expression
+        run("training", config_file=str(BUNDLES / "gmae2d_pretrain/configs/train.json"), output_dir=str(out),
+            max_epoch=1, device="cpu")  # fmt: skip
+    cause = e.value.__cause__
+    assert isinstance(cause, BundleSettingError), repr(e.value)
+    assert str(cause) == ("1 bad setting, nothing was written:\n"
+                          "  --max_epoch: not a setting of train.json (did you mean --max_epochs?)")  # fmt: skip
+    assert not out.exists() and sys.excepthook is hook

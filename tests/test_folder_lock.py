@@ -14,7 +14,7 @@ import pytest
 
 from medgmae.folder_lock import FolderInUse, folder_held, folder_made, hold_folder, release_folder
 
-from bundle_helpers import run_bundle
+from bundle_helpers import BUNDLES, run_bundle
 
 
 @pytest.fixture()
@@ -251,3 +251,51 @@ def test_a_folder_another_process_makes_meanwhile_is_not_removed_as_ours(tmp_pat
     with folder_made(inner) as created:
         assert created == inner
     assert outer.is_dir() and not inner.exists()
+
+
+def test_a_bundle_run_from_python_holds_its_folder_while_it_runs_and_no_longer(tmp_path, other_run):
+    """``monai.bundle.run(...)`` in a notebook took no lock: it trained into the folder of a live command-line run
+    (two TensorBoard logs, one model file of each), and a command line could start in a folder a notebook was
+    training into. The folder is now held while the workflow runs and let go when its run ends (here by Ctrl-C),
+    while the process goes on; a notebook's own errors are not taken over by the bundles' excepthook."""
+    folder = tmp_path / "gmae2d"
+    other = other_run(folder)
+    code = textwrap.dedent(f"""
+        import signal, subprocess, sys
+        from monai.bundle import run
+        folder, config = {str(folder)!r}, {str(BUNDLES / "gmae2d_pretrain/configs/train.json")!r}
+        small = dict(num_phantoms=2, slices_per_case=4, val_images=2, num_gaussians=16, batch_size=8,
+                     picture_layers=2, device="cpu")
+        probe = f"from medgmae.folder_lock import hold_folder; hold_folder({{folder!r}})"
+        taken = lambda: subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+        try:
+            run("training", config_file=config, output_dir=folder, max_epochs=1, **small)
+        except Exception as e:
+            print("@@ refused:", type(e.__cause__).__name__, flush=True)
+        else:
+            print("@@ trained", flush=True)
+        sys.stdin.readline()  # the other run ends
+        def stop(signum, frame):
+            print("@@ taken while it runs:", taken(), flush=True)
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, 8)
+        try:
+            run("training", config_file=config, output_dir=folder, max_epochs=500, **small)
+        except KeyboardInterrupt:
+            pass
+        print("@@ taken after it:", taken(), "hook kept:", sys.excepthook is sys.__excepthook__, flush=True)
+    """)
+    notebook = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    try:
+        said = next((line for line in notebook.stdout if line.startswith("@@ ")), "")  # past MONAI's log lines
+        assert said.strip() == "@@ refused: FolderInUse", said
+        assert list(folder.iterdir()) == []
+        other.stdin.close()
+        other.wait(timeout=30)
+        out = notebook.communicate("\n", timeout=300)[0]
+    finally:
+        notebook.kill()
+    said = [line for line in out.splitlines() if line.startswith("@@ ")]
+    assert said == ["@@ taken while it runs: False", "@@ taken after it: True hook kept: True"], out[-3000:]
