@@ -1,6 +1,6 @@
 """One run at a time in an output folder: a second run into a folder a live process holds is refused, naming it and
-that process, by the bundles, ``medgmae-recon reconstruct`` / ``simulate`` and ``medgmae-phantom``; the lock
-goes with its process. Two such runs used to both report success while the folder held a mix of their files."""
+that process, by the bundles, ``medgmae-recon reconstruct`` / ``simulate``, ``medgmae-phantom`` and
+``medgmae-2d``; the lock goes with its process. Two such runs used to both report success while the folder held a mix of their files."""
 
 from __future__ import annotations
 
@@ -97,13 +97,16 @@ def test_a_held_block_removes_only_the_empty_folders_it_created(tmp_path):
 
 
 def test_the_tools_refuse_a_folder_another_run_holds_and_write_nothing(tmp_path, other_run):
-    """``medgmae-phantom`` (two generations into one folder mixed their phantoms under one dataset.json) and
-    ``medgmae-recon simulate`` exit with status 2 naming the folder; nothing is written into it."""
+    """``medgmae-phantom`` (two generations into one folder mixed their phantoms under one dataset.json),
+    ``medgmae-recon simulate`` and ``medgmae-2d`` (two mixed their PNGs and JSON, one's removal of stale
+    ``edges_l*.png`` taking the other's) exit with status 2 naming the folder; nothing is written into it."""
     folder = tmp_path / "busy"
     other_run(folder)
     volume = tmp_path / "missing.nii.gz"  # never read: the folder is refused first
     for cmd in (["medgmae-phantom", "--out", str(folder), "--num-cases", "2", "--shape", "24", "24", "16"],
-                ["medgmae-recon", "simulate", "--volume", str(volume), "--geometry", "parallel", "--out", str(folder)]):
+                ["medgmae-recon", "simulate", "--volume", str(volume), "--geometry", "parallel", "--out", str(folder)],
+                ["medgmae-2d", "edges", "--checkpoint", str(tmp_path / "model.pt"), "--image", str(volume), "--out",
+                 str(folder)]):  # fmt: skip
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert run.returncode == 2, run.stderr[-2000:]
         assert f"--out {folder}: another run is writing into it (process " in run.stderr and "Traceback" not in run.stderr
