@@ -1,6 +1,6 @@
 """One run at a time in an output folder: a second run into a folder a live process holds is refused, naming it and
-that process, by the training bundles, ``medgmae-recon reconstruct`` / ``simulate`` and ``medgmae-phantom``; the
-lock goes with its process. Two such runs used to both report success while the folder held a mix of their files."""
+that process, by the bundles, ``medgmae-recon reconstruct`` / ``simulate``, ``medgmae-phantom`` and
+``medgmae-2d``; the lock goes with its process. Two such runs used to both report success while the folder held a mix of their files."""
 
 from __future__ import annotations
 
@@ -97,13 +97,16 @@ def test_a_held_block_removes_only_the_empty_folders_it_created(tmp_path):
 
 
 def test_the_tools_refuse_a_folder_another_run_holds_and_write_nothing(tmp_path, other_run):
-    """``medgmae-phantom`` (two generations into one folder mixed their phantoms under one dataset.json) and
-    ``medgmae-recon simulate`` exit with status 2 naming the folder; nothing is written into it."""
+    """``medgmae-phantom`` (two generations into one folder mixed their phantoms under one dataset.json),
+    ``medgmae-recon simulate`` and ``medgmae-2d`` (two mixed their PNGs and JSON, one's removal of stale
+    ``edges_l*.png`` taking the other's) exit with status 2 naming the folder; nothing is written into it."""
     folder = tmp_path / "busy"
     other_run(folder)
     volume = tmp_path / "missing.nii.gz"  # never read: the folder is refused first
     for cmd in (["medgmae-phantom", "--out", str(folder), "--num-cases", "2", "--shape", "24", "24", "16"],
-                ["medgmae-recon", "simulate", "--volume", str(volume), "--geometry", "parallel", "--out", str(folder)]):
+                ["medgmae-recon", "simulate", "--volume", str(volume), "--geometry", "parallel", "--out", str(folder)],
+                ["medgmae-2d", "edges", "--checkpoint", str(tmp_path / "model.pt"), "--image", str(volume), "--out",
+                 str(folder)]):  # fmt: skip
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert run.returncode == 2, run.stderr[-2000:]
         assert f"--out {folder}: another run is writing into it (process " in run.stderr and "Traceback" not in run.stderr
@@ -145,6 +148,16 @@ def _writing_run(config: str, root: Path) -> tuple[str, str, list[str]]:
         if config.endswith("inference.json"):
             return "inferring", "inference_dir", [*settings, "--image_dir", str(shapes / "bar")]
         return "evaluating", "eval_dir", [*settings, "--dataset_dir", str(shapes), "--num_explanations", "0"]
+    datalist, settings = two_case_datalist(root), ["--checkpoint", str(_finetuned_file(root / "best.pt"))]
+    if config.endswith("inference.json"):
+        return "inferring", "seg_dir", [*settings, "--input_files", f"['{root / 'c0_img.nii.gz'}']"]
+    return "evaluating", "eval_dir", [*settings, "--datalist", str(datalist)]
+
+
+def _finetuned_file(path: Path) -> Path:
+    """A tiny fine-tuned UNETR's ``best_model.pt`` (3 classes, 24 x 24 x 12 patches) at ``path``."""
+    import torch
+
     from medgmae.checkpoint import make_checkpoint
     from medgmae.networks.unetr import MedGMAEUNETR
     from medgmae.networks.vit import MaskedViTEncoder
@@ -153,11 +166,8 @@ def _writing_run(config: str, root: Path) -> tuple[str, str, list[str]]:
     enc = MaskedViTEncoder(img_size=(24, 24, 12), patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
     net = MedGMAEUNETR(3, encoder=enc, feature_size=4)
     spec = PreprocessingSpec(spacing=2.0, input_size=(24, 24, 12), patch_size=12)
-    torch.save(make_checkpoint("medgmae-unetr", net.config(), net.state_dict(), spec, {"epoch": 1}), root / "best.pt")
-    datalist, settings = two_case_datalist(root), ["--checkpoint", str(root / "best.pt")]
-    if config.endswith("inference.json"):
-        return "inferring", "seg_dir", [*settings, "--input_files", f"['{root / 'c0_img.nii.gz'}']"]
-    return "evaluating", "eval_dir", [*settings, "--datalist", str(datalist)]
+    torch.save(make_checkpoint("medgmae-unetr", net.config(), net.state_dict(), spec, {"epoch": 1}), path)
+    return path
 
 
 WRITING_CONFIGS = ["medgmae_pretrain/configs/inference.json", "gvit_classification/configs/inference.json",
@@ -183,6 +193,62 @@ def test_an_evaluation_or_inference_refuses_a_folder_another_run_holds(config, t
     ran = run_bundle(run_id, config, *settings, f"--{key}", str(folder), "--device", "cpu")
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert list(folder.iterdir()) != []
+
+
+def test_an_export_refuses_a_folder_another_run_holds_and_writes_nothing(tmp_path, other_run):
+    """export.json wrote ``model.ts`` into its folder without holding it: a second export, or a training run in that
+    folder (a new run there removes an earlier ``model.ts``), went on writing beside it. It is refused, naming the
+    folder and the run holding it, with the folder as it was; once that run has ended it exports."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _finetuned_file(folder / "best_model.pt")
+    holder = other_run(folder)  # as a training run (or another export) holds it
+    refused = run_bundle("exporting", "unetr_finetune/configs/export.json", "--output_dir", str(folder))
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: FolderInUse: --export_path {folder}: another run is writing into it (process "
+                           f"{holder.pid}: "), refused.stderr[-2000:]  # fmt: skip
+    assert [p.name for p in folder.iterdir()] == ["best_model.pt"]
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    ran = run_bundle("exporting", "unetr_finetune/configs/export.json", "--output_dir", str(folder))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == ["best_model.pt", "model.ts"]
+
+
+def test_a_gvit_evaluation_writes_the_phantom_task_only_into_a_run_folder_it_holds(tmp_path, other_run):
+    """Without a ``dataset_dir``, GViT's evaluate.json wrote the default phantom task into ``output_dir/data``
+    holding only its ``eval_dir``: beside a training run writing that task (which holds ``output_dir``), it cleared
+    and rewrote the run's slices. It is refused, naming the folder and the run holding it, with nothing written;
+    once that run has ended it writes the task and evaluates; a finished task there is only read, beside a run holding
+    the folder."""
+    import torch
+
+    from medgmae.twod.gvit import GViT
+
+    run, store = tmp_path / "run", tmp_path / "store"
+    torch.manual_seed(0)
+    recorded = {"dataset_dir": "", "default_root": str(run / "data"), "num_phantoms": 3, "seed": 0,
+                "val_fraction": 0.2, "image_size": 16}  # fmt: skip
+    GViT(in_channels=1, img_size=16, num_classes=3, num_gaussians=6, model_size="tiny", patch_size=4).save(
+        store / "model.pt", data=recorded)
+    holder = other_run(run)  # as a training run into it holds it
+    settings = ["--output_dir", str(run), "--model_path", str(store / "model.pt"), "--num_explanations", "0",
+                "--device", "cpu"]  # fmt: skip
+    refused = run_bundle("evaluating", "gvit_classification/configs/evaluate.json", *settings)
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: FolderInUse: --output_dir {run}: another run is writing into it (process "
+                           f"{holder.pid}: "), refused.stderr[-2000:]  # fmt: skip
+    assert list(run.iterdir()) == []
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    ran = run_bundle("evaluating", "gvit_classification/configs/evaluate.json", *settings)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert (run / "data" / "task.json").is_file() and (run / "eval" / "metrics.json").is_file()
+    other_run(run)  # a finished task of these settings is only read: evaluating beside a training run goes on
+    again = run_bundle("evaluating", "gvit_classification/configs/evaluate.json", *settings)
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
 def test_one_folder_under_two_spellings_is_one_hold_and_a_forked_child_keeps_no_lock(tmp_path):

@@ -148,7 +148,15 @@ def check_export_settings(
     a ``--metadata_file`` that is missing or not JSON, and a ``--checkpoint`` that is missing or no fine-tuned UNETR
     (:func:`~medgmae.finetune.best_model.finetuned_model_check`): one
     :class:`~medgmae.bundle_checks.BundleSettingError` naming each (a bundle's ``initialize`` step;
-    :func:`export_torchscript` checks them again).
+    :func:`export_torchscript` checks them again). Run from a bundle's command line, the folder of
+    ``export_path`` is then held for the export (``hold`` of :func:`~medgmae.bundle_checks.check_settings`): a
+    second export into it, or a training run writing there (the run folder by default, whose new run removes an
+    earlier ``model.ts``), is refused naming the process that holds it.
+
+    Args:
+        export_path: the TorchScript file to write.
+        metadata_file: the bundle's ``metadata.json`` (``None``: none).
+        checkpoint: the fine-tuning run's ``best_model.pt`` (``None``: not checked here).
 
     Returns:
         ``True`` (so that the call can sit in a bundle's ``initialize`` list).
@@ -174,7 +182,8 @@ def check_export_settings(
     settings = {"export_path": (export_path, export_file), "metadata_file": (metadata_file, metadata)}
     if checkpoint is not None:
         settings["checkpoint"] = (checkpoint, lambda v: finetuned_model_check(v, EXPORT_NEEDS))
-    return check_settings(settings, output_dirs={"export_path": os.path.dirname(os.fspath(export_path)) or "."})
+    folder = os.path.dirname(os.fspath(export_path)) or "."
+    return check_settings(settings, output_dirs={"export_path": folder}, hold="export_path")
 
 
 def _folder_given(path: str | os.PathLike) -> str:

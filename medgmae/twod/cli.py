@@ -12,7 +12,8 @@ encoded (no mask), decoded to Gaussians and rendered with depth layers. The comm
 ``segment.json``, ``edges.json``) and a line on stdout record the image: for NIfTI/DICOM the slice
 (``axis``, ``index`` of ``count``) and the window ``[low, high]`` with where it came from (``--window``, the
 checkpoint, the DICOM file, or the 0.5/99.5 percentiles). Every output file is written atomically, and only
-after all results are computed. Exit status: 0 on success, 2 on bad input (missing or
+after all results are computed; ``--out`` is held meanwhile (:mod:`medgmae.folder_lock`: another command or run
+writing into it is refused, naming it). Exit status: 0 on success, 2 on bad input (missing or
 unreadable files, a blank image or slice: every pixel one value, wrong checkpoint kind, nonsense options), 1 on
 other failures.
 """
@@ -33,6 +34,7 @@ from medgmae.cli_types import ToolParser, expand_home, nonneg_int, positive_int,
 from medgmae.engine import resolve_device
 from medgmae.words import plural
 from medgmae.files import output_dir_problem, os_error_message, save_json_atomic, staged_outputs
+from medgmae.folder_lock import FolderInUse, folder_held
 from medgmae.twod import layering as L
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gsplat_backend import check_backend_setting
@@ -350,9 +352,18 @@ def _os_error(command: str, e: OSError, status: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``medgmae-2d``; returns the exit status (2: an input refused; 1: a failure while running or
-    writing)."""
+    """Entry point of ``medgmae-2d``; returns the exit status (2: an input refused, ``--out`` held by another run
+    included; 1: a failure while running or writing)."""
     args = expand_home(build_parser().parse_args(argv))  # exits with status 2 on nonsense flags
+    try:  # one command at a time in --out: two mixed their files, and one's removal of stale ones took the other's
+        with folder_held(args.out):
+            return _run(args)
+    except FolderInUse as e:
+        return _error(args.command, str(e), 2)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """:func:`main` once its ``--out`` is held: compute every output, then write them; the exit status."""
     try:
         _check_out(args.out)
         _check_backend(args)

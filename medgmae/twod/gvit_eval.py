@@ -23,8 +23,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, ContextManager, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -236,6 +237,33 @@ def _phantom_root(settings: Mapping, default_root: str | Path | None, output_dir
     return own
 
 
+def _task_folder_held(root: str | Path, output_dir: Path, settings: Mapping, image_size: int) -> ContextManager:
+    """Hold the folder of the phantom task at ``root`` (its parent: the run folder a GViT training holds as its
+    ``--output_dir``, the task being its ``data/``) while the evaluation writes the task there
+    (:func:`~medgmae.folder_lock.folder_held`): a training run or another evaluation writing it meanwhile is refused
+    by name (:class:`~medgmae.folder_lock.FolderInUse`) rather than mixed with. A finished task of these settings is
+    only read, and one inside ``output_dir`` (the evaluation's own folder, which its bundle holds) needs no other
+    hold: both run without it.
+
+    Args:
+        root: the phantom task's folder (``""``: a dataset is evaluated, no task).
+        output_dir: the evaluation's folder.
+        settings: the evaluation's data settings (``num_phantoms``, ``seed``).
+        image_size: the model's image size.
+
+    Returns:
+        The context to write the task in.
+    """
+    from medgmae.folder_lock import folder_held
+    from medgmae.twod.phantom_task import phantom_task_ready
+
+    if not str(root) or phantom_task_ready(root, settings["num_phantoms"], settings["seed"], image_size):
+        return nullcontext()
+    if Path(root).resolve().is_relative_to(output_dir.resolve()):
+        return nullcontext()
+    return folder_held(Path(root).parent, "--output_dir")
+
+
 def _evaluation_data(
     model: torch.nn.Module, model_path: str | Path, given: Mapping, output_dir: Path, default_root: str | Path | None
 ) -> tuple[ClassificationData, tuple[float, float] | None]:
@@ -256,6 +284,8 @@ def _evaluation_data(
     Raises:
         DatasetError: training's recorded data are not found, or the dataset has a class the model does not know
             (a dataset of a part of its classes is evaluated: the others' accuracy is n/a).
+        FolderInUse: the phantom task is to be written into a run folder another process holds
+            (:func:`_task_folder_held`).
     """
     from medgmae.twod.classification_data import resolve_classification_data
     from medgmae.twod.classification_split import apply_recorded_split
@@ -267,9 +297,10 @@ def _evaluation_data(
     if given["dataset_dir"] is None and st["dataset_dir"] and not Path(st["dataset_dir"]).exists():
         raise DatasetError(f"{model_path} records its training data at {st['dataset_dir']}, which is not found (moved, "
                          "or on another machine?): give its place with --dataset_dir")  # fmt: skip
-    data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
-                                       val_fraction=st["val_fraction"], num_cases=st["num_phantoms"], window=window,
-                                       channels=model.in_channels, class_names=names)  # fmt: skip
+    with _task_folder_held(root, output_dir, st, model.img_size[0]):
+        data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
+                                           val_fraction=st["val_fraction"], num_cases=st["num_phantoms"],
+                                           window=window, channels=model.in_channels, class_names=names)  # fmt: skip
     if model.num_classes != data.num_classes:
         raise DatasetError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
     if given["seed"] is None and given["val_fraction"] is None and data.seeded_split:  # training's seeded split, kept as recorded
@@ -305,7 +336,8 @@ def evaluate_model_file(
         dataset_dir: dataset folder or CSV; ``""`` for the default phantom-slice task; None: training's.
         output_dir: folder for ``metrics.json``, ``confusion_matrix.png`` and ``explanations/``.
         default_root: where the default task lives when the model file does not say (written there at the
-            model's image size if absent; a different task there is left alone, see :func:`_phantom_root`).
+            model's image size if absent, holding its parent folder meanwhile, see :func:`_task_folder_held`; a
+            different task there is left alone, see :func:`_phantom_root`).
         split: ``"val"``, ``"train"`` or ``"all"``.
         batch_size: evaluation batch size.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.

@@ -134,6 +134,12 @@ def phantom_task_conflicts(out_dir: str | Path, num_cases: int, seed: int, image
     return old if old is not None and old != _task_params(num_cases, seed=seed, image_size=image_size) else None
 
 
+def phantom_task_ready(out_dir: str | Path, num_cases: int, seed: int, image_size: int) -> bool:
+    """Whether ``out_dir`` holds the finished task :func:`write_phantom_slice_task` with these arguments would write
+    (it then only reads it: nothing is written there)."""
+    return phantom_task_params(out_dir) == _task_params(num_cases, seed=seed, image_size=image_size)
+
+
 def check_phantom_task_resume(out_dir: str | Path, run_dir: str | Path, num_cases: int, seed: int,
                               image_size: int) -> None:  # fmt: skip
     """Refuse, before the task is cleared or written again, a resume whose settings differ from those of the phantom
