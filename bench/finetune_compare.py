@@ -109,7 +109,7 @@ def scratch_preprocessing(encoder: Path, roi_size: int) -> list[str]:
     """``--pixdim`` and ``--hu_range`` of the pre-processing ``encoder`` records, for the scratch runs: a pre-trained
     run takes them from its file, a scratch run would otherwise take the bundle's defaults (1.5 x 1.5 x 2.0 mm,
     not the pre-training's 1.5 mm), and its crops and validation grid would differ from the others'."""
-    from medgmae.finetune.data import finetune_spec
+    from medgmae.finetune.spec import finetune_spec
 
     spec = finetune_spec(str(encoder), roi_size=roi_size)
     return ["--pixdim", json.dumps(list(spec.spacing)), "--hu_range", json.dumps(list(spec.hu_window))]

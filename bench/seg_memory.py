@@ -68,7 +68,7 @@ def one_run(args) -> int:
     """One post-processing in this process; prints seconds, memory and the labels' checksum as JSON."""
     from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd
 
-    from medgmae.finetune.data import inference_transforms
+    from medgmae.finetune.transforms import inference_transforms
     from medgmae.finetune.invert import InvertedArgmaxd
 
     way, folder = args.one_run

@@ -12,9 +12,12 @@ for a checkpoint of another kind, both kinds.
 
 Training (resume) checkpoints of :class:`medgmae.engine.CheckpointHandler` follow the same rule (only plain data),
 and :func:`load_checkpoint` also accepts them, reading the model from their ``objects`` (and the data settings from
-their settings record, see :func:`_recorded_data`). One without a model record is refused with a
-:class:`TrainingStateError` that carries what it holds, so that a caller can name the run it came from without
-reading the file again.
+their settings record). One without a model record is refused with a
+:class:`~medgmae.checkpoint_checks.TrainingStateError` that carries what it holds, so that a caller can name the run
+it came from without reading the file again.
+
+Here are the kinds, the writer and the loader (with its one-entry cache of the file last read memory-mapped); how a
+file is read and checked as a model file of this format, and the refusals, are in :mod:`medgmae.checkpoint_checks`.
 """
 
 from __future__ import annotations
@@ -26,15 +29,15 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from medgmae.bundle_errors import InputRefusal
+from medgmae.checkpoint_checks import (
+    FORMAT, VERSION, CheckpointRefused, read_model_record, recorded_preprocessing, training_state_record,
+)  # fmt: skip
 from medgmae.torch_files import load_torch_file, save_torch_atomic
 from medgmae.preprocessing import PreprocessingSpec
 from medgmae.words import plural_noun
 
 __all__ = [
     "Checkpoint",
-    "CheckpointRefused",
-    "TrainingStateError",
     "CHECKPOINT_KINDS",
     "ENCODER_KIND",
     "make_checkpoint",
@@ -44,7 +47,6 @@ __all__ = [
     "record_preprocessing",
 ]
 
-FORMAT, VERSION = "medgmae", 1
 ENCODER_KIND = "medgmae-encoder"
 #: kind -> what it is, for messages.
 CHECKPOINT_KINDS = {
@@ -128,7 +130,7 @@ def model_file_kind(path: str | os.PathLike) -> str | None:
     if not isinstance(payload, dict):
         return None
     if payload.get("format") != FORMAT:  # a training state: its model record, as load_checkpoint reads it
-        state = _from_training_state(payload)
+        state = training_state_record(payload)
         return None if state is None else state["kind"]
     if payload.get("kind") == ENCODER_KIND:
         return "gmae2d" if (payload.get("config") or {}).get("spatial_dims") == 2 else "medgmae"
@@ -142,77 +144,6 @@ def _kind_phrase(kind: str | None, ckpt: dict | None = None) -> str:
     source = ((ckpt or {}).get("extra") or {}).get("source") if kind == ENCODER_KIND else None
     run = f", from a {source} run" if source in CHECKPOINT_KINDS else ""
     return f"a {kind} checkpoint ({CHECKPOINT_KINDS[kind]}{run})"
-
-
-class CheckpointRefused(InputRefusal):
-    """A model checkpoint the user gave that cannot be used: a folder, not this toolkit's, inconsistent, or of
-    another kind than the consumer needs; the message names the file and what it is."""
-
-
-class TrainingStateError(CheckpointRefused):
-    """:func:`load_checkpoint`'s refusal of a training-state checkpoint (for ``--resume``) that holds no model
-    record, e.g. a GViT phase's ``checkpoint_epoch=N.pt``.
-
-    Args:
-        message: the error message (naming the file).
-        objects: the checkpoint's ``objects`` as read.
-
-    Attributes:
-        objects: what the checkpoint holds (model weights, optimizer state, settings records, ...), for a caller
-            that can tell which run wrote it.
-    """
-
-    def __init__(self, message: str, objects: Mapping) -> None:
-        super().__init__(message)
-        self.objects = dict(objects)
-
-
-def _recorded_data(objects: Mapping) -> dict | None:
-    """The data settings a training state records: its settings record (``objects["settings"]``, a
-    :class:`~medgmae.engine.records.SettingsRecord`) when that holds no model configuration (the 2D GMAE's
-    ``{"flip", "window"}``, which its ``model.pt`` records as ``extra["data"]``); ``None`` otherwise (no record, or
-    a record of the model's settings, as fine-tuning keeps)."""
-    record = objects.get("settings")
-    settings = record.get("settings") if isinstance(record, dict) else None
-    if not isinstance(settings, dict) or "model" in settings:
-        return None
-    return dict(settings)
-
-
-def _from_training_state(ckpt: dict) -> dict | None:
-    """A :class:`CheckpointHandler` payload -> the model-file layout (``extra``: ``training_state`` and, when
-    recorded, ``data``), or ``None`` when it holds no model."""
-    objects = ckpt.get("objects")
-    if not isinstance(objects, dict) or "model" not in objects:
-        return None
-    record = objects.get("config")
-    if not isinstance(record, dict):
-        return None
-    extra: dict[str, Any] = {"training_state": True}
-    data = _recorded_data(objects)
-    if data is not None:
-        extra["data"] = data
-    return {
-        "kind": record.get("kind"),
-        "config": record.get("config"),
-        "preprocessing": record.get("preprocessing"),
-        "state_dict": objects["model"],
-        "extra": extra,
-    }
-
-
-def _sizes_problem(config: Mapping, spec: PreprocessingSpec) -> str | None:
-    """How a 3D model's ``config`` (``img_size``, ``patch_size``) disagrees with the sizes its recorded
-    pre-processing states (``input_size``, ``patch_size``), ``None`` when they agree or either is absent: the spec is
-    the contract consumers read, the config what the network was built with, and both must be one."""
-    for key, field in (("img_size", "input_size"), ("patch_size", "patch_size")):
-        value, stated = config.get(key), tuple(getattr(spec, field))
-        if value is None:
-            continue
-        value = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * len(stated)
-        if len(value) == len(stated) and value != stated:
-            return f"its network's {key} {list(value)} differs from its recorded pre-processing's {field} {list(stated)}"
-    return None
 
 
 def _accepted_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -236,83 +167,20 @@ def _accepted_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...] | None
     return accepted
 
 
-def _read_model_record(path: Path, map_location: Any, mmap: bool) -> dict:
-    """Read a model file (or the model record of a training checkpoint) as a dict with ``kind``, ``config`` and
-    ``state_dict``.
-
-    Args:
-        path: the file.
-        map_location: passed to :func:`torch.load`.
-        mmap: memory-map the file.
-
-    Returns:
-        The model record.
-
-    Raises:
-        TrainingStateError: a training-state checkpoint without a model record.
-        ValueError: a folder, unreadable / unsafe file, or not a model file of this toolkit.
-    """
-    if path.is_dir():
-        hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
-        raise CheckpointRefused(f"model checkpoint {path} is a folder, not a file{hint}")
-    ckpt = load_torch_file(path, map_location, what="model checkpoint", mmap=mmap)
-    if not isinstance(ckpt, dict):
-        raise CheckpointRefused(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")
-    if "kind" not in ckpt:
-        ckpt = _from_training_state(ckpt) or ckpt
-    kind = ckpt.get("kind")
-    if kind is None or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("config"), dict):
-        objects = ckpt.get("objects")
-        if isinstance(objects, dict) and "optimizer" in objects:  # a training state without a model record
-            raise TrainingStateError(
-                f"{path}: a training-state checkpoint (for --resume; it holds {sorted(objects)}), not a model file: "
-                "give the model file the run wrote beside it (pre-training: model.pt or best_model.pt; fine-tuning: "
-                "best_model.pt)",
-                objects,
-            )
-        raise CheckpointRefused(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
-    version = ckpt.get("version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:  # fields this one cannot read
-        raise CheckpointRefused(f"{path}: written by a newer release of the toolkit (checkpoint version {version}; this "
-                                f"one reads version {VERSION}): update the toolkit to use it")  # fmt: skip
-    return ckpt
-
-
-def _recorded_preprocessing(ckpt: Mapping, path: Path) -> PreprocessingSpec | None:
-    """The pre-processing a model record states, checked against its network's sizes.
-
-    Args:
-        ckpt: the model record.
-        path: its file, as messages name it.
-
-    Returns:
-        The :class:`PreprocessingSpec`, or ``None`` when none is recorded.
-
-    Raises:
-        ValueError: the recorded sizes disagree with the network's config.
-    """
-    spec = ckpt.get("preprocessing")
-    preprocessing = None if spec is None else PreprocessingSpec.from_dict(spec, source=str(path))
-    problem = None if preprocessing is None else _sizes_problem(ckpt["config"], preprocessing)
-    if problem:
-        raise CheckpointRefused(f"{path}: {problem}; the file is inconsistent (written by hand?), so neither can be trusted")
-    return preprocessing
-
-
 #: The model file last read memory-mapped to the CPU, by path, inode, size, times and map_location (_mapped_record).
 _MAPPED: dict[tuple, dict] = {}
 
 
 def _mapped_record(path: Path, map_location: Any) -> dict:
-    """:func:`_read_model_record` of ``path`` memory-mapped, read again only when the file changed since the last
-    read (rewritten or replaced: another inode, size, modification or change time): a fine-tuning start reads its
-    ``--pretrained`` file for the settings check, the pre-processing, the run record and the weights. One file is
-    kept, as its mapping (no copy of its weights)."""
+    """:func:`~medgmae.checkpoint_checks.read_model_record` of ``path`` memory-mapped, read again only when the file
+    changed since the last read (rewritten or replaced: another inode, size, modification or change time): a
+    fine-tuning start reads its ``--pretrained`` file for the settings check, the pre-processing, the run record and
+    the weights. One file is kept, as its mapping (no copy of its weights)."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
            str(map_location))  # fmt: skip
     if key not in _MAPPED:
-        record = _read_model_record(path, map_location, True)
+        record = read_model_record(path, map_location, True)
         _MAPPED.clear()
         _MAPPED[key] = record
     return _MAPPED[key]
@@ -342,7 +210,8 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: the file is missing.
-        TrainingStateError: a training-state checkpoint without a model record (a ``ValueError``).
+        TrainingStateError: a training-state checkpoint without a model record (a ``ValueError``;
+            :mod:`medgmae.checkpoint_checks`).
         ValueError: a folder, unreadable / unsafe file, not a model file, or another kind; the message names the
             file.
     """
@@ -350,12 +219,12 @@ def load_checkpoint(
     path = Path(path).expanduser()
     cached = mmap and path.is_file() and isinstance(map_location, (str, torch.device))
     cached = cached and torch.device(map_location).type == "cpu"  # a GPU copy kept for good would hold its memory
-    ckpt = _mapped_record(path, map_location) if cached else _read_model_record(path, map_location, mmap)
+    ckpt = _mapped_record(path, map_location) if cached else read_model_record(path, map_location, mmap)
     kind = ckpt["kind"]
     if accepted is not None and kind not in accepted:
         want = needed_for or f"expected {' or '.join(accepted)}"
         raise CheckpointRefused(f"{path.name} is {_kind_phrase(kind, ckpt)}; {want} (file: {path})")
-    preprocessing = _recorded_preprocessing(ckpt, path)
+    preprocessing = recorded_preprocessing(ckpt, path)
     return Checkpoint(
         kind=kind,
         config=dict(ckpt["config"]),

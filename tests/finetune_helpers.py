@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from medgmae.checkpoint import make_checkpoint
-from medgmae.finetune.data import finetuned_spec
+from medgmae.finetune.spec import finetuned_spec
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
 

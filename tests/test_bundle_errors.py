@@ -71,11 +71,11 @@ def test_a_refusal_of_the_users_input_is_printed_alone():
     message alone: no traceback, no MONAI wrapper; MEDGMAE_TRACEBACK=1 keeps the traceback above it. Its subclasses
     are the toolkit's refusals, still ValueErrors for callers that catch those."""
     from medgmae.bundle_checks import BundleSettingError
-    from medgmae.checkpoint import TrainingStateError
+    from medgmae.checkpoint_checks import TrainingStateError
     from medgmae.data.datalist import DatasetError
 
     from medgmae.bundle_errors import InputRefusal
-    from medgmae.checkpoint import CheckpointRefused
+    from medgmae.checkpoint_checks import CheckpointRefused
     from medgmae.engine.restore import ResumeRefused
 
     refusals = (BundleSettingError, DatasetError, TrainingStateError, CheckpointRefused, ResumeRefused)

@@ -15,7 +15,7 @@ from monai.transforms import Compose, RandSpatialCropd
 
 from medgmae.data import DatasetError, LoadVolumed, training_dataset
 from medgmae.data.cache import item_hash
-from medgmae.data.datalist import datalist_base
+from medgmae.data.sources import datalist_base
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.data.precheck import _fingerprint
 from medgmae.engine.records import CasesRecord

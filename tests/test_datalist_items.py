@@ -7,7 +7,8 @@ import json
 import pytest
 
 from medgmae.data import DatasetError, read_volume
-from medgmae.data.datalist import read_datalist, resolve_datalist
+from medgmae.data.datalist import read_datalist
+from medgmae.data.sources import resolve_datalist
 from medgmae.finetune.data import prepare_datalists
 
 from bundle_helpers import run_bundle

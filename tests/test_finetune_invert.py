@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd
 
-from medgmae.finetune.data import inference_transforms
+from medgmae.finetune.transforms import inference_transforms
 from medgmae.finetune.invert import InvertedArgmaxd
 from medgmae.preprocessing import PreprocessingSpec
 

@@ -162,7 +162,7 @@ def test_an_encoder_recording_no_preprocessing_gets_the_pretraining_defaults_wit
 def test_a_finetuned_model_recording_no_preprocessing_is_said_to_and_keeps_its_own_window(tmp_path, caplog):
     """Evaluation and segmentation of a ``best_model.pt`` without a spec logged the default spacing and window as
     ``(recorded)`` and slid 96^3 windows over a network trained on 24^3 crops."""
-    from medgmae.finetune.data import finetuned_spec
+    from medgmae.finetune.spec import finetuned_spec
 
     path = tmp_path / "best_model.pt"
     config = {"img_size": [24, 24, 24], "patch_size": [12, 12, 12], "out_channels": 3}

@@ -84,7 +84,7 @@ def test_the_datalist_writer_counts_noisy_classes_and_names_a_fractional_map(tmp
 def test_pre_training_loads_its_labels_rounded(tmp_path):
     """The pre-training bundle's own loader, as its config builds it: it read the label map as it was (no
     ``label_keys``), and its ``uint8`` cast made every ``0.99999994`` voxel background (fine-tuning's loader is
-    ``medgmae.finetune.data._load_and_resample``, given its label keys)."""
+    ``medgmae.finetune.transforms._load_and_resample``, given its label keys)."""
     from monai.bundle import ConfigParser
 
     from tests.bundle_helpers import BUNDLES

@@ -220,7 +220,7 @@ def test_pre_training_and_fine_tuning_warn_about_a_volume_smaller_than_the_crop(
     from monai.transforms import Compose, SpatialPadd
 
     from medgmae.data import WarnIfPaddedd
-    from medgmae.finetune.data import train_transforms
+    from medgmae.finetune.transforms import train_transforms
     from medgmae.preprocessing import PreprocessingSpec
 
     def ct(name, n, body):  # n^3 voxels of 1 mm, a body of body^3 voxels at 40 HU in air
@@ -260,7 +260,7 @@ def test_pre_training_and_fine_tuning_warn_about_a_volume_smaller_than_the_crop(
     assert int(size) in (19, 20) and int(share) == round(100 * (1 - (int(size) / 24) ** 3))
     assert " at 1.5x1.5x1.5 mm" in caplog.text
     # segmentation's inference said nothing of a scan mostly padding in its sliding window
-    from medgmae.finetune.data import inference_transforms
+    from medgmae.finetune.transforms import inference_transforms
 
     scan = ct("scan.nii.gz", 40, 30)
     caplog.clear()

@@ -53,7 +53,7 @@ def test_the_segmentation_of_an_xyz1_input_is_3d_with_its_affine(tmp_path):
     from monai.transforms import Activationsd
 
     from medgmae.finetune import SaveSegmentationd
-    from medgmae.finetune.data import inference_transforms
+    from medgmae.finetune.transforms import inference_transforms
     from medgmae.finetune.invert import InvertedArgmaxd
 
     spec = PreprocessingSpec(spacing=(0.8, 1.1, 2.5), hu_window=(-300.0, 400.0), input_size=(24, 24, 12), patch_size=12)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medgmae.checkpoint import TrainingStateError, load_checkpoint
+from medgmae.checkpoint import load_checkpoint
+from medgmae.checkpoint_checks import TrainingStateError
 from medgmae.engine.records import SettingsRecord
 from medgmae.mae_training import ModelConfigRecord
 from medgmae.twod.cli import main as cli_main

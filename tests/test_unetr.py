@@ -9,7 +9,7 @@ import torch
 from monai.networks.nets import UNETR
 
 from medgmae.checkpoint import make_checkpoint
-from medgmae.finetune.data import finetune_spec
+from medgmae.finetune.spec import finetune_spec
 from medgmae.finetune.weights import (
     build_unetr,
     layer_id,

@@ -4,18 +4,15 @@ from medgmae.finetune.data import (
     DatasetError,
     check_cases,
     evaluation_cases,
-    finetune_spec,
-    finetuned_spec,
     inference_cases,
-    inference_transforms,
     label_names,
     prepare_datalists,
     read_datalist,
     resolve_num_classes,
     select_label_fraction,
-    train_transforms,
-    val_transforms,
 )
+from medgmae.finetune.spec import finetune_spec, finetuned_spec
+from medgmae.finetune.transforms import inference_transforms, train_transforms, val_transforms
 from medgmae.finetune.report import FinetuneSummary, SegmentationPicture, dice_table, segmentation_figure
 from medgmae.finetune.evaluate import SaveSegmentationd, SegmentationReport, check_num_classes, per_case_dice
 from medgmae.finetune.progress import CaseProgress

@@ -1,43 +1,29 @@
-"""Segmentation data for UNETR fine-tuning: label names, label subsets, case lists and transforms.
+"""Segmentation data for UNETR fine-tuning: the cases of a run (its label subset, checked) and of an evaluation.
 
 Datalists, phantom data and the pre-check of every case come from the shared 3D data layer (:mod:`medgmae.data`).
 Datalists are Decathlon-style JSON files (``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}``
 paths relative to the datalist's folder or to ``data_dir``) with a ``labels`` map ``{"0": "background", ...}``,
-as distributed for BTCV (14 classes) and AMOS CT (16 classes). The transforms follow MONAI's BTCV references.
+as distributed for BTCV (14 classes) and AMOS CT (16 classes). The run's pre-processing is in
+:mod:`medgmae.finetune.spec`, its transforms in :mod:`medgmae.finetune.transforms`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from monai.transforms import (
-    Compose,
-    CropForegroundd,
-    EnsureTyped,
-    RandCropByPosNegLabeld,
-    RandFlipd,
-    RandRotate90d,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    SpatialPadd,
-)
 
 from medgmae.data.datalist import DatasetError, read_datalist, warn_if_lists_overlap
 from medgmae.data.precheck import check_datalist
-from medgmae.data.input_checks import WarnIfNotHUd, WarnIfPaddedd
-from medgmae.data.reader import LoadVolumed
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
 from medgmae.finetune.classes import label_names, resolve_num_classes, training_class_names, warn_untrained_classes
 from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
 )  # fmt: skip
-from medgmae.preprocessing import PreprocessingSpec, describe_preprocessing, model_preprocessing, spec_with_overrides
 from medgmae.words import plural
 
 __all__ = [
@@ -50,17 +36,9 @@ __all__ = [
     "prepare_datalists",
     "evaluation_cases",
     "inference_cases",
-    "train_transforms",
-    "val_transforms",
-    "inference_transforms",
-    "finetune_spec",
-    "finetuned_spec",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Fine-tuning spacing without a pre-trained encoder (MONAI's BTCV UNETR recipe); with one, its recorded spacing.
-DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
 
 
 def select_label_fraction(
@@ -155,39 +133,21 @@ def _choose_cases(
 
 
 def prepare_datalists(
-    dataset_dir: str | Path,
-    datalist: str | Path,
-    output_dir: str | Path,
-    label_fraction: float = 1.0,
-    seed: int = 0,
-    num_classes: int | None = None,
-    phantom_cases: int = 6,
-    phantom_shape: Sequence[int] | None = None,
-    phantom_spacing: Sequence[float] | None = None,
-    precheck_workers: int = 0,
-    ledger_dir: str | Path | None = None,
-    resume: bool = False,
-    subset_seed: int | None = None,
+    dataset_dir: str | Path, datalist: str | Path, output_dir: str | Path, label_fraction: float = 1.0, seed: int = 0,
+    num_classes: int | None = None, phantom_cases: int = 6, phantom_shape: Sequence[int] | None = None,
+    phantom_spacing: Sequence[float] | None = None, precheck_workers: int = 0, ledger_dir: str | Path | None = None,
+    resume: bool = False, subset_seed: int | None = None,
 ) -> dict:
-    """Resolve the data of a fine-tuning run: phantom data when ``dataset_dir`` and ``datalist`` are empty, label
-    subset, checks.
-
-    The run's record (``training_cases.json``) and a resume's rewrite of the pre-check's ledger are returned, not
-    written: the bundle writes them once the resume check of its checkpoint (:func:`medgmae.engine.check_resume_fits`)
-    has passed, so that a refused resume leaves the run folder as it was.
+    """The data of a fine-tuning run: its cases (phantom data without a dataset), labelled subset and checks.
 
     Args:
-        dataset_dir: folder with the images (``""``: the datalist's folder, or, without a datalist, phantom data
-            written to ``output_dir/phantom``).
+        dataset_dir: folder with the images (``""``: the datalist's folder, or, without a datalist, phantom data).
         datalist: Decathlon JSON (``""``: ``dataset_dir/dataset.json``); relative paths resolve against its folder.
-        output_dir: run folder (phantom data go to ``output_dir/phantom``; a resume is checked against its
-            ``training_cases.json``).
-        label_fraction: fraction of training cases with labels used.
-        seed: subset seed.
+        output_dir: run folder (phantom data go to ``output_dir/phantom``; a resume's record is read there).
+        label_fraction, seed: the fraction of training cases with labels used, and the subset's seed.
         num_classes: class count (``None`` or 0: from the datalist's ``labels``).
-        phantom_cases: phantom cases (training + validation) when no dataset is given.
-        phantom_shape: phantom volume shape (generator default when ``None``).
-        phantom_spacing: phantom voxel size in mm (generator default when ``None``).
+        phantom_cases, phantom_shape, phantom_spacing: the phantom data made without a dataset: cases (training and
+            validation), volume shape and voxel size in mm (``None``: the generator's default).
         precheck_workers: processes of the pre-check.
         ledger_dir: where the pre-check remembers the files that passed (the cache folder; ``None``: nowhere).
         resume: the run resumes: its recorded cases (``training_cases.json``) must be the ones chosen now.
@@ -196,7 +156,10 @@ def prepare_datalists(
 
     Returns:
         ``{"datalist", "num_classes", "label_names", "training", "validation", "record", "pending_ledger"}``: checked
-        case lists, the chosen cases' record (:func:`~medgmae.finetune.run_record.case_record`), the ledger's rewrite.
+        case lists, the run's record (``training_cases.json``: :func:`~medgmae.finetune.run_record.case_record`) and a
+        resume's rewrite of the pre-check's ledger. These two are not written here: the bundle writes them once the
+        resume check of its checkpoint (:func:`medgmae.engine.check_resume_fits`) has passed, so that a refused resume
+        leaves the run folder as it was.
 
     Raises:
         DatasetError: unusable data (every problem listed), or a resumed run whose cases differ from the record.
@@ -254,145 +217,3 @@ def evaluation_cases(
                            f"--data_key {key}, as the bundle's README shows)")  # fmt: skip
     check_cases(cases, len(names), source=str(datalist))
     return {"datalist": str(datalist), "num_classes": len(names), "label_names": names, "cases": cases}
-
-
-def finetune_spec(
-    pretrained: str | Path = "",
-    pixdim: Sequence[float] | float | None = None,
-    hu_range: Sequence[float] | None = None,
-    roi_size: Sequence[int] | int = 96,
-    patch_size: Sequence[int] | int | None = None,
-) -> PreprocessingSpec:
-    """The pre-processing of a fine-tuning run.
-
-    With a pre-trained ``encoder.pt`` its recorded spacing and HU window are used unless ``pixdim`` / ``hu_range``
-    are given; a given value that differs from the recorded one is used with a warning naming both. An encoder that
-    records none gets the pre-training defaults (:func:`~medgmae.preprocessing.model_preprocessing`, as zero-shot
-    inference and ``--init medgmae`` do) with its warning, unless both are given. Without an encoder,
-    :data:`DEFAULT_PIXDIM` and the toolkit's HU window apply.
-
-    Args:
-        pretrained: path of ``encoder.pt`` or ``""``.
-        pixdim: spacing override (mm) or ``None``.
-        hu_range: ``(a_min, a_max)`` override or ``None``.
-        roi_size: training crop / sliding-window size.
-        patch_size: the encoder's patch size, recorded in the spec (the pre-trained encoder's when there is one).
-
-    Returns:
-        The :class:`~medgmae.preprocessing.PreprocessingSpec`, written into ``best_model.pt``.
-
-    Raises:
-        ValueError: a ``roi_size`` other than the pre-trained encoder's ``img_size`` (naming ``--roi_size``).
-    """
-    from medgmae.finetune.weights import read_encoder_for
-
-    recorded, enc_patch = None, None
-    if pretrained:
-        ckpt = read_encoder_for(pretrained, roi_size, mmap=True)  # the spec and config: no weights read
-        recorded, enc_patch = ckpt.preprocessing, ckpt.config.get("patch_size")
-        if recorded is None and (pixdim is None or hu_range is None) and is_main_process():
-            model_preprocessing(ckpt, str(pretrained), "give --pixdim and --hu_range as it was pre-trained with")
-    origin = lambda given: "given" if given is not None else f"recorded in {pretrained}" if recorded else "default"  # noqa: E731
-    spacing_from, window_from = origin(pixdim), origin(hu_range)
-    if not pretrained and pixdim is None:
-        pixdim = DEFAULT_PIXDIM
-    spec = spec_with_overrides(recorded, pixdim, hu_range, source=str(pretrained))
-    spec = dataclasses.replace(spec, input_size=roi_size, patch_size=enc_patch or patch_size or spec.patch_size)
-    logger.info("%s", describe_preprocessing(spec, {"orientation": origin(None), "spacing": spacing_from, "hu_window": window_from}))
-    return spec
-
-
-def finetuned_spec(
-    checkpoint: str | Path, pixdim: Sequence[float] | float | None = None, hu_range: Sequence[float] | None = None
-) -> PreprocessingSpec:
-    """The pre-processing recorded in a fine-tuned ``best_model.pt``, with optional overrides (warned about); for a
-    file that records none, :func:`~medgmae.preprocessing.model_preprocessing`'s default at the network's own
-    window, with its warning."""
-    from types import SimpleNamespace
-
-    from medgmae.checkpoint import load_checkpoint
-    from medgmae.finetune.best_model import FINETUNED_KIND
-
-    ckpt = load_checkpoint(checkpoint, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run")
-    default = None if ckpt.preprocessing is not None else model_preprocessing(
-        SimpleNamespace(img_size=ckpt.config.get("img_size"), patch_size=ckpt.config.get("patch_size")), str(checkpoint),
-        "give --pixdim and --hu_range as it was fine-tuned with")  # fmt: skip
-    spec = spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint), trained_by="fine-tuning",
-                               default=default)  # fmt: skip
-    origin = lambda given: "given" if given is not None else "recorded" if default is None else "default"  # noqa: E731
-    logger.info("pre-processing of %s: orientation %s, spacing %s mm (%s), HU window %s (%s), crop %s", checkpoint,
-                spec.orientation, list(spec.spacing), origin(pixdim), list(spec.hu_window), origin(hu_range),
-                "x".join(map(str, spec.input_size)))  # fmt: skip
-    return spec
-
-
-#: the crop after the spec's transforms (to the box of voxels above 0 after the window), for every phase; also
-#: recorded in an exported model.ts (medgmae.finetune.export)
-FOREGROUND_CROP = {"source_key": "image", "allow_smaller": True}
-
-
-def _load_and_resample(keys, spec: PreprocessingSpec, warn_not_hu: bool = True) -> list:
-    labels = [k for k in keys if k == "label"]
-    return [
-        LoadVolumed(keys=keys, label_keys=labels),
-        *([WarnIfNotHUd(keys="image", spec=spec)] if warn_not_hu else []),
-        *spec.transforms(keys=["image"], label_keys=labels),
-        CropForegroundd(keys=keys, **FOREGROUND_CROP),
-    ]
-
-
-def train_transforms(spec: PreprocessingSpec, num_samples: int = 4, warn_padding: bool = True) -> Compose:
-    """MONAI BTCV training pipeline: load, ``spec`` (orientation, spacing, HU window), foreground crop, 1:1 pos/neg
-    crops of ``spec.input_size``, flips on each axis, 90-degree rotations, intensity scale and shift.
-    ``warn_padding``: warn about volumes mostly padded in every crop (:class:`WarnIfPaddedd`; off for the small
-    generated phantoms of a demonstration run, whose size the user did not choose)."""
-    roi = list(spec.input_size)
-    keys = ["image", "label"]
-    padding = [WarnIfPaddedd(keys="image", spatial_size=roi, pixdim=spec.spacing)] if warn_padding else []
-    return Compose(
-        _load_and_resample(keys, spec)
-        + padding
-        + [
-            SpatialPadd(keys=keys, spatial_size=roi),
-            RandCropByPosNegLabeld(
-                keys=keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=num_samples,
-                image_key="image", image_threshold=0,
-            ),
-            RandFlipd(keys=keys, prob=0.1, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.1, spatial_axis=1),
-            RandFlipd(keys=keys, prob=0.1, spatial_axis=2),
-            RandRotate90d(keys=keys, prob=0.1, max_k=3),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.1),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
-            EnsureTyped(keys=keys, track_meta=False),
-        ]
-    )
-
-
-def val_transforms(spec: PreprocessingSpec) -> Compose:
-    """Deterministic part of :func:`train_transforms` (whole volumes, for sliding-window validation)."""
-    keys = ["image", "label"]
-    return Compose(_load_and_resample(keys, spec) + [EnsureTyped(keys=keys)])
-
-
-def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True, warn_padding: bool = True) -> Compose:
-    """Image-only pre-processing, invertible by :class:`monai.transforms.Invertd` back to the original space; a
-    scan much smaller than the model's window is warned about (:class:`WarnIfPaddedd`).
-
-    Args:
-        spec: the model's pre-processing.
-        warn_not_hu: warn about an image that is no CT in HU for a model of HU (:class:`WarnIfNotHUd`: attenuation
-            in 1/mm, a label map...) as it is loaded; ``False`` where the pre-check warned already
-            (:func:`~medgmae.finetune.segment_inputs.inference_cases` given the spec), so each file is named once.
-        warn_padding: warn about a scan much smaller than the model's window (:class:`WarnIfPaddedd`); ``False``
-            for the run's own cases (training warned about the user's, and generated phantoms are small by design).
-
-    Returns:
-        The transforms.
-    """
-    if not isinstance(warn_not_hu, bool) or not isinstance(warn_padding, bool):
-        raise ValueError(f"inference_transforms: warn_not_hu and warn_padding must be true or false, got {warn_not_hu!r}, "
-                         f"{warn_padding!r}")
-    padded = [WarnIfPaddedd(keys="image", spatial_size=spec.input_size, pixdim=spec.spacing, window="sliding window")]
-    return Compose(_load_and_resample(["image"], spec, warn_not_hu) + (padded if warn_padding else [])
-                   + [EnsureTyped(keys="image")])

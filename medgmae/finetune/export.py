@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from medgmae.files import atomic_write, read_json
-from medgmae.finetune.data import FOREGROUND_CROP
+from medgmae.finetune.transforms import FOREGROUND_CROP
 from medgmae.finetune.best_model import load_finetuned
 from medgmae.preprocessing import PreprocessingSpec, model_preprocessing
 

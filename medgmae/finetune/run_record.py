@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from medgmae.data.datalist import DatasetError, phantom_dataset
+from medgmae.data.datalist import DatasetError
+from medgmae.data.sources import phantom_dataset
 from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
 from medgmae.files import save_json_atomic
 from medgmae.settings_diff import settings_differences

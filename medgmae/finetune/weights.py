@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 import torch.nn as nn
 from monai.networks.nets import UNETR
 
-from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, TrainingStateError, load_checkpoint
+from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, load_checkpoint
+from medgmae.checkpoint_checks import TrainingStateError
 from medgmae.mae_training.models import MODEL_KINDS
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder, freeze_unused_cross_attn_norms

@@ -18,7 +18,8 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from medgmae.data.datalist import datalist_base, read_datalist, resolve_datalist, warn_if_lists_overlap
+from medgmae.data.datalist import read_datalist, warn_if_lists_overlap
+from medgmae.data.sources import datalist_base, resolve_datalist
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
 from medgmae.engine.resume import phantom_resume_differences
 from medgmae.data.precheck import check_datalist
@@ -128,7 +129,7 @@ def _validation_items(
     Args:
         train: the training items.
         source: the datalist file or folder they come from.
-        base: the folder the datalist's relative paths resolve against (:func:`~medgmae.data.datalist.datalist_base`).
+        base: the folder the datalist's relative paths resolve against (:func:`~medgmae.data.sources.datalist_base`).
         val_fraction: fraction held out when the datalist has no ``validation`` list.
         seed: seed of the held-out draw.
 

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from medgmae.checkpoint import TrainingStateError
+from medgmae.checkpoint_checks import TrainingStateError
 from medgmae.cli_types import ToolParser, expand_home, nonneg_int, positive_int, proper_fraction
 from medgmae.engine import resolve_device
 from medgmae.words import plural

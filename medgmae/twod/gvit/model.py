@@ -18,14 +18,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from medgmae.checkpoint import (
-    Checkpoint,
-    CheckpointRefused,
-    TrainingStateError,
-    load_checkpoint,
-    make_checkpoint,
-    save_checkpoint,
-)
+from medgmae.checkpoint import Checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
+from medgmae.checkpoint_checks import CheckpointRefused, TrainingStateError
 from medgmae.twod.gvit.classifier import CLASSIFIER_FREQS, LEGACY_CLASSIFIER_FREQS, GaussianViTClassifier, vit_preset
 from medgmae.twod.gvit.encoder import DenoisingGaussianEncoder
 
@@ -122,7 +116,7 @@ class GViT(nn.Module):
 
 def read_gvit_file(path: str | Path, kind: str = "gvit", map_location="cpu", mmap: bool = False) -> Checkpoint:
     """The model file ``path`` of ``kind`` (:func:`~medgmae.checkpoint.load_checkpoint`); a training-state
-    checkpoint, such as a GViT phase's, is refused as one (:class:`~medgmae.checkpoint.CheckpointRefused`,
+    checkpoint, such as a GViT phase's, is refused as one (:class:`~medgmae.checkpoint_checks.CheckpointRefused`,
     naming the model.pt to give).
 
     Raises:
@@ -186,7 +180,7 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
 
 
 def is_gvit_training_state(objects: Mapping) -> bool:
-    """Whether a training state's ``objects`` (as :class:`~medgmae.checkpoint.TrainingStateError` carries them,
+    """Whether a training state's ``objects`` (as :class:`~medgmae.checkpoint_checks.TrainingStateError` carries them,
     read once by :func:`~medgmae.checkpoint.load_checkpoint`) are a GViT training phase's
     (``checkpoints/<phase>/checkpoint_epoch=N.pt``): model weights and a settings record
     (:func:`medgmae.twod.gvit_phases.resume_records`) holding a GViT configuration.
