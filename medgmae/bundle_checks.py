@@ -29,7 +29,7 @@ from medgmae.bundle_command_line import (
 from medgmae.bundle_errors import InputRefusal, summarise_errors
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
-from medgmae.folder_lock import hold_folder, release_folder
+from medgmae.folder_lock import hold_folder, hold_until_ended
 from medgmae.setting_kinds import setting_problem
 from medgmae.words import plural
 
@@ -55,10 +55,8 @@ def check_settings(
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
     every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`) or that it gives
     more than once (:func:`~medgmae.bundle_command_line.repeated_flag_lines`), and a config
-    started the wrong way (:func:`process_problems`). A bundle run from Python (``monai.bundle.run(...)`` in a
-    notebook or script) has its keyword overrides checked as the command line's flags. A command line also gets
-    :func:`summarise_errors`, so that any later failure of the bundle ends with its reason; from Python the
-    exception is the caller's (the hook would stay installed after the run and take over the caller's own errors).
+    started the wrong way (:func:`process_problems`); a run from Python (``monai.bundle.run``) has its keywords
+    checked as flags. A command line also gets :func:`summarise_errors` (any later failure ends with its reason).
 
     Args:
         settings: ``{key: (value, kind)}``; the kinds (``"positive_int"``, ``"bool"``, ``"roi_size"``, a list of the
@@ -119,7 +117,8 @@ def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_proces
     """Hold the output folder ``dirs[key]`` (:func:`~medgmae.folder_lock.hold_folder`, rank 0) for a one-process run:
     one run at a time in its folder (a multi-process config holds it once its process group exists,
     :func:`~medgmae.folder_lock.hold_run_folder`). A command line holds it to its exit; a bundle run from Python (a
-    notebook's ``monai.bundle.run``) until its workflow's ``run`` ends (:func:`_release_after_run`).
+    notebook's ``monai.bundle.run``) until its workflow's ``run`` ends (:func:`_end_hold_with_run`); a config
+    expression evaluated alone, with no workflow to end, does not hold it.
 
     Args:
         dirs: the output folders by config key.
@@ -129,35 +128,41 @@ def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_proces
     Raises:
         FolderInUse: another process holds it; the message names ``--key``, the folder and that process.
     """
-    if key and dirs.get(key) and one_process_run and is_main_process():
+    if not (key and dirs.get(key) and one_process_run and is_main_process()):
+        return
+    if is_bundle_command_line():
         hold_folder(dirs[key], f"--{key}")
-        if not is_bundle_command_line():
-            _release_after_run(dirs[key])
+    elif (workflow := _initialising_workflow()) is not None:
+        _end_hold_with_run(workflow, hold_until_ended(dirs[key], f"--{key}"))
 
 
-def _release_after_run(folder: str | Path) -> None:
-    """Release ``folder`` when the run of the bundle workflow being initialised ends, however it ends (an error,
-    Ctrl-C): a process that runs bundles from Python goes on after the run, and another process may then write
-    into the folder. The workflow is found as the ``self`` of its ``initialize`` on the call stack (MONAI's
-    ``ConfigWorkflow``, built by ``monai.bundle.run`` or by hand), whose ``run`` is wrapped for this one object;
-    without one (a config expression evaluated alone) the folder is held until the process ends."""
+def _initialising_workflow() -> Any:
+    """The bundle workflow whose ``initialize`` is running (MONAI's ``ConfigWorkflow``, built by ``monai.bundle.run``
+    or by hand): the ``self`` of that call on the stack; ``None`` without one."""
     from monai.bundle import BundleWorkflow
 
     frame = sys._getframe(1)
     while frame is not None:
         workflow = frame.f_locals.get("self") if frame.f_code.co_name == "initialize" else None
         if isinstance(workflow, BundleWorkflow):
-            run = workflow.run
-
-            def run_then_release(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return run(*args, **kwargs)
-                finally:
-                    release_folder(folder)
-
-            workflow.run = run_then_release
-            return
+            return workflow
         frame = frame.f_back
+    return None
+
+
+def _end_hold_with_run(workflow: Any, end: Callable[[], None]) -> None:
+    """Call ``end`` when ``workflow``'s run ends, however it ends (an error, Ctrl-C): a process that runs bundles from
+    Python goes on after the run, and another process may then write into the folder. ``run`` is wrapped for this
+    one object; a workflow initialised and never run keeps the folder until its process ends."""
+    run = workflow.run
+
+    def run_then_end(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(*args, **kwargs)
+        finally:
+            end()
+
+    workflow.run = run_then_end
 
 
 def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, str | Path] | None) -> dict:

@@ -11,8 +11,10 @@ anything there); one that existed is never removed. :func:`folder_made` does thi
 command that writes one file into a folder that other runs may share (``medgmae-recon fbp --out``, the matrix
 of ``reconstruct --matrix-dir``).
 
-Where it holds: the training bundles' ``output_dir`` (of a ``python -m monai.bundle`` command line; under torchrun
-rank 0 holds it once the process group exists, :func:`hold_run_folder`, so that every rank stops on a refusal), the
+Where it holds: the training bundles' ``output_dir`` (of a ``python -m monai.bundle`` command line, to its exit; of
+a bundle run from Python, ``monai.bundle.run`` in a notebook, until the workflow's run ends, :func:`hold_until_ended`;
+under torchrun rank 0 holds it once the process group exists, :func:`hold_run_folder`, so that every rank stops on
+a refusal), the
 folder an evaluation or inference bundle writes into (``--eval_dir``, ``--inference_dir``, ``--seg_dir``) and the
 folder of an export's ``--export_path`` (all through :func:`medgmae.bundle_checks.check_settings`), the run folder
 that a GViT evaluation writes the default phantom task into (for the writing), ``medgmae-recon reconstruct`` and
@@ -31,7 +33,7 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from medgmae.bundle_errors import InputRefusal
 
@@ -94,15 +96,45 @@ def folder_held(folder: str | os.PathLike, flag: str = "--out") -> Iterator[Path
     empty (before letting it go: a run waiting for it never locks a folder about to be removed); a folder held
     before the block stays held after it. Yields the outermost folder this call created (``folder`` or a parent),
     ``None`` when it existed."""
-    held = _key(folder) in _HELD
-    created = _lock(folder, flag)
+    created, end = _hold_to_end(folder, flag)
     try:
         yield created
     finally:
+        end()
+
+
+def hold_until_ended(folder: str | os.PathLike, flag: str = "--output_dir") -> Callable[[], None]:
+    """Hold ``folder`` (:func:`hold_folder`) for a run that ends before its process does (a bundle run from Python,
+    in a notebook); returns the function that ends the hold as :func:`folder_held` does at the end of its block.
+
+    Args:
+        folder: the output folder.
+        flag: the setting that named it, for the refusal.
+
+    Returns:
+        ``end()``: removes the folders this call created if they are empty, then lets ``folder`` go (unless this
+        process held it before).
+
+    Raises:
+        FolderInUse: another process holds it.
+    """
+    return _hold_to_end(folder, flag)[1]
+
+
+def _hold_to_end(folder: str | os.PathLike, flag: str) -> tuple[Path | None, Callable[[], None]]:
+    """Hold ``folder``: the outermost folder this call created, and the function that ends the hold (removing the
+    folders created if empty, before letting it go: a run waiting for it never locks a folder about to be removed;
+    a folder held before stays held)."""
+    held = _key(folder) in _HELD
+    created = _lock(folder, flag)
+
+    def end() -> None:
         if created:
             _remove_if_empty(Path(_key(folder)), created)
         if not held:
             release_folder(folder)
+
+    return created, end
 
 
 @contextmanager

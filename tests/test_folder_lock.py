@@ -323,7 +323,8 @@ def test_a_bundle_run_from_python_holds_its_folder_while_it_runs_and_no_longer(t
     """``monai.bundle.run(...)`` in a notebook took no lock: it trained into the folder of a live command-line run
     (two TensorBoard logs, one model file of each), and a command line could start in a folder a notebook was
     training into. The folder is now held while the workflow runs and let go when its run ends (here by Ctrl-C),
-    while the process goes on; a notebook's own errors are not taken over by the bundles' excepthook."""
+    while the process goes on (removed if the run made it and wrote nothing); a notebook's own errors are not taken
+    over by the bundles' excepthook."""
     folder = tmp_path / "gmae2d"
     other = other_run(folder)
     code = textwrap.dedent(f"""
@@ -351,6 +352,13 @@ def test_a_bundle_run_from_python_holds_its_folder_while_it_runs_and_no_longer(t
         except KeyboardInterrupt:
             pass
         print("@@ taken after it:", taken(), "hook kept:", sys.excepthook is sys.__excepthook__, flush=True)
+        import pathlib
+        empty, failed = pathlib.Path(folder + "_data"), pathlib.Path(folder + "_failed")
+        empty.mkdir()
+        try:  # a run that fails before it writes leaves no folder it made
+            run("training", config_file=config, output_dir=str(failed), dataset_dir=str(empty), **small)
+        except Exception as e:
+            print("@@ failed, left:", failed.exists(), flush=True)
     """)
     notebook = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -364,4 +372,5 @@ def test_a_bundle_run_from_python_holds_its_folder_while_it_runs_and_no_longer(t
     finally:
         notebook.kill()
     said = [line for line in out.splitlines() if line.startswith("@@ ")]
-    assert said == ["@@ taken while it runs: False", "@@ taken after it: True hook kept: True"], out[-3000:]
+    assert said == ["@@ taken while it runs: False", "@@ taken after it: True hook kept: True",
+                    "@@ failed, left: False"], out[-3000:]  # fmt: skip

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from monai.transforms import Compose
 
-from medgmae.data.datalist import phantom_dataset
+from medgmae.data.sources import phantom_dataset
 from medgmae.data.precheck import check_datalist
 from medgmae.engine import MetricHistory
 from medgmae.finetune.invert import InvertedArgmaxd
