@@ -12,13 +12,13 @@ command that writes one file into a folder that other runs may share (``medgmae-
 of ``reconstruct --matrix-dir``).
 
 Where it holds: the training bundles' ``output_dir`` (of a ``python -m monai.bundle`` command line, to its exit; of
-a bundle run from Python, ``monai.bundle.run`` in a notebook, until the workflow's run ends, :func:`hold_until_ended`;
-under torchrun rank 0 holds it once the process group exists, :func:`hold_run_folder`, so that every rank stops on
-a refusal), the
-folder an evaluation or inference bundle writes into (``--eval_dir``, ``--inference_dir``, ``--seg_dir``) and the
-folder of an export's ``--export_path`` (all through :func:`medgmae.bundle_checks.check_settings`), the run folder
-that a GViT evaluation writes the default phantom task into (for the writing), ``medgmae-recon reconstruct`` and
-``simulate``'s ``--out``, ``medgmae-phantom --out``, ``medgmae-2d``'s ``--out``.
+a bundle run from Python, ``monai.bundle.run`` in a notebook, until the workflow's run ends,
+:func:`hold_until_ended`; under torchrun rank 0 holds it once the process group exists, :func:`hold_run_folder`, so
+that every rank stops on a refusal), the folder an evaluation or inference bundle writes into (``--eval_dir``,
+``--inference_dir``, ``--seg_dir``) and the folder of an export's ``--export_path`` (all through
+:func:`medgmae.bundle_checks.check_settings`), the run folder that a GViT evaluation writes the default phantom task
+into (for the writing), ``medgmae-recon reconstruct`` and ``simulate``'s ``--out``, ``medgmae-phantom --out``,
+``medgmae-2d``'s ``--out``.
 
 Reach: runs on one host always exclude each other. Across hosts it depends on the file system's ``flock`` of a
 folder: NFS takes it as a lock of the client host alone (runs on two nodes sharing an NFS folder are not kept
