@@ -116,9 +116,9 @@ def _raise_problems(problems: list[str], folders: list[str]) -> None:
 def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_process_run: bool) -> None:
     """Hold the output folder ``dirs[key]`` (:func:`~medgmae.folder_lock.hold_folder`, rank 0) for a one-process run:
     one run at a time in its folder (a multi-process config holds it once its process group exists,
-    :func:`~medgmae.folder_lock.hold_run_folder`). A command line holds it to its exit; a bundle run from Python (a
-    notebook's ``monai.bundle.run``) until its workflow's ``run`` ends (:func:`_end_hold_with_run`); a config
-    expression evaluated alone, with no workflow to end, does not hold it.
+    :func:`~medgmae.folder_lock.hold_run_folder`). A command line holds it from here to its exit; a bundle run from
+    Python (a notebook's ``monai.bundle.run``) while its workflow's ``run`` goes on (:func:`_hold_during_run`); a
+    config expression evaluated alone, with no workflow to run, does not hold it.
 
     Args:
         dirs: the output folders by config key.
@@ -133,7 +133,7 @@ def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_proces
     if is_bundle_command_line():
         hold_folder(dirs[key], f"--{key}")
     elif (workflow := _initialising_workflow()) is not None:
-        _end_hold_with_run(workflow, hold_until_ended(dirs[key], f"--{key}"))
+        _hold_during_run(workflow, dirs[key], f"--{key}")
 
 
 def _initialising_workflow() -> Any:
@@ -150,19 +150,24 @@ def _initialising_workflow() -> Any:
     return None
 
 
-def _end_hold_with_run(workflow: Any, end: Callable[[], None]) -> None:
-    """Call ``end`` when ``workflow``'s run ends, however it ends (an error, Ctrl-C): a process that runs bundles from
-    Python goes on after the run, and another process may then write into the folder. ``run`` is wrapped for this
-    one object; a workflow initialised and never run keeps the folder until its process ends."""
-    run = workflow.run
+def _hold_during_run(workflow: Any, folder: str | Path, flag: str) -> None:
+    """Hold ``folder`` during each run of ``workflow`` and let it go when the run ends, however it ends (an error,
+    Ctrl-C), removing it if the run made it and left it empty (:func:`~medgmae.folder_lock.hold_until_ended`): a
+    process that runs bundles from Python goes on after the run, and another process may then write into the
+    folder. ``run`` is wrapped for this one object (again on a new ``initialize``, replacing the wrapper); nothing
+    is held between ``initialize`` and ``run`` (neither writes there), so an ``initialize`` that fails, or a workflow
+    only inspected, holds nothing."""
+    run = getattr(workflow.run, "unheld", workflow.run)
 
-    def run_then_end(*args: Any, **kwargs: Any) -> Any:
+    def run_held(*args: Any, **kwargs: Any) -> Any:
+        end = hold_until_ended(folder, flag)
         try:
             return run(*args, **kwargs)
         finally:
             end()
 
-    workflow.run = run_then_end
+    run_held.unheld = run
+    workflow.run = run_held
 
 
 def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, str | Path] | None) -> dict:

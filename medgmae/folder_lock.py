@@ -12,7 +12,7 @@ command that writes one file into a folder that other runs may share (``medgmae-
 of ``reconstruct --matrix-dir``).
 
 Where it holds: the training bundles' ``output_dir`` (of a ``python -m monai.bundle`` command line, to its exit; of
-a bundle run from Python, ``monai.bundle.run`` in a notebook, until the workflow's run ends,
+a bundle run from Python, ``monai.bundle.run`` in a notebook, while the workflow's run goes on,
 :func:`hold_until_ended`; under torchrun rank 0 holds it once the process group exists, :func:`hold_run_folder`, so
 that every rank stops on a refusal), the folder an evaluation or inference bundle writes into (``--eval_dir``,
 ``--inference_dir``, ``--seg_dir``) and the folder of an export's ``--export_path`` (all through
@@ -42,7 +42,7 @@ try:
 except ImportError:  # Windows: no flock, no guard
     fcntl = None
 
-__all__ = ["FolderInUse", "hold_folder", "hold_run_folder", "folder_held", "folder_made", "release_folder"]
+__all__ = ["FolderInUse", "hold_folder", "hold_run_folder", "hold_until_ended", "folder_held", "folder_made", "release_folder"]
 
 logger = logging.getLogger("medgmae")
 
