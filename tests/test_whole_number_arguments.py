@@ -66,7 +66,7 @@ def test_a_phantom_dataset_refuses_fractional_counts_and_shapes_before_writing(t
     _refused(lambda n: phantom_dataset(out, n, 0), "num_cases (phantom cases)")
     _refused(lambda n: phantom_dataset(out, 4, 1, seed=n), "seed", "a whole number >= 0")
     for bad in (2.5, "1", 4, -1):
-        with pytest.raises(ValueError, match=rf"^num_validation must be in \[0, 3\], got {re.escape(repr(bad))}$"):
+        with pytest.raises(ValueError, match=rf"^num_validation must be in \[0, num_cases - 1\] = \[0, 3\], got {re.escape(repr(bad))}\.$"):
             phantom_dataset(out, 4, bad)
     with pytest.raises(ValueError, match=r"shape must be three whole numbers >= 8 .*got \(8\.7, 16, 16\)"):
         phantom_dataset(out, 2, 0, shape=(8.7, 16, 16))

@@ -55,13 +55,9 @@ def phantom_dataset(
         Path of ``dataset.json``.
     """
     num_cases, seed = positive_count(num_cases, "num_cases (phantom cases)"), nonnegative_count(seed, "seed")
-    try:
-        held_out = nonnegative_count(num_validation, "num_validation")
-    except ValueError:
-        held_out = -1
-    if not 0 <= held_out < num_cases:
-        raise ValueError(f"num_validation must be in [0, {num_cases - 1}], got {num_validation!r}")
-    from medgmae.data.phantom import write_phantom_dataset
+    from medgmae.data.phantom.writer import validation_count, write_phantom_dataset
+
+    held_out = validation_count(num_validation, num_cases)  # here too: every process of a run sees the error
 
     out = Path(out_dir)
     # as given, checked by the generator (a shape of 8.7 or a spacing of "4" is refused, not taken as 8 or 4.0)

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from medgmae.files import save_json_atomic, save_nifti_atomic
 from medgmae.settings_diff import settings_differences
 from medgmae.whole_numbers import nonnegative_count, positive_count
 
-__all__ = ["case_seeds", "write_phantom_dataset", "recorded_differences"]
+__all__ = ["case_seeds", "validation_count", "write_phantom_dataset", "recorded_differences"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -39,17 +40,24 @@ def case_seeds(seed: int, num_cases: int) -> list[int]:
     return [int(s.generate_state(1, np.uint32)[0]) for s in ss.spawn(nonnegative_count(num_cases, "num_cases"))]
 
 
-def _dataset_params(num_cases, seed, shape, spacing, num_validation) -> dict:
-    """The validated generator parameters recorded in ``dataset.json`` (``num_validation`` defaulted)."""
-    num_cases = positive_count(num_cases, "num_cases")
-    if num_validation is None:
-        num_validation = num_cases // 5 if num_cases >= 2 else 0
+def validation_count(num_validation: Any, num_cases: int) -> int:
+    """``num_validation`` of a dataset of ``num_cases`` cases as an int in ``[0, num_cases - 1]`` (at least one case
+    trains); anything else is a ``ValueError`` naming the range."""
     try:
         held_out = nonnegative_count(num_validation, "num_validation")
     except ValueError:
         held_out = -1
     if not 0 <= held_out < num_cases:
         raise ValueError(f"num_validation must be in [0, num_cases - 1] = [0, {num_cases - 1}], got {num_validation!r}.")
+    return held_out
+
+
+def _dataset_params(num_cases, seed, shape, spacing, num_validation) -> dict:
+    """The validated generator parameters recorded in ``dataset.json`` (``num_validation`` defaulted)."""
+    num_cases = positive_count(num_cases, "num_cases")
+    if num_validation is None:
+        num_validation = num_cases // 5 if num_cases >= 2 else 0
+    held_out = validation_count(num_validation, num_cases)
     seed = nonnegative_count(seed, "seed")
     shape, spacing = validate_geometry(shape, spacing)
     return {
