@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Container, Mapping, Sequence
 
@@ -27,9 +26,10 @@ from medgmae.bundle_command_line import (
     unknown_key_problems,
 )
 from medgmae.bundle_errors import InputRefusal, summarise_errors
+from medgmae.bundle_in_process import initialising_workflow, scope_run
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
-from medgmae.folder_lock import hold_folder, hold_until_ended
+from medgmae.folder_lock import hold_folder
 from medgmae.setting_kinds import setting_problem
 from medgmae.words import plural
 
@@ -54,9 +54,8 @@ def check_settings(
 ) -> bool:
     """Check each setting against its kind, and each output folder; raise one error naming every bad key, and
     every ``--key`` of the command line that the bundle does not have (:func:`unknown_key_problems`) or that it gives
-    more than once (:func:`~medgmae.bundle_command_line.repeated_flag_lines`), and a config
-    started the wrong way (:func:`process_problems`); a run from Python (``monai.bundle.run``) has its keywords
-    checked as flags. A command line also gets :func:`summarise_errors` (any later failure ends with its reason).
+    more than once (:func:`~medgmae.bundle_command_line.repeated_flag_lines`; a run from Python: its keywords), and a
+    config started the wrong way (:func:`process_problems`). A command line gets :func:`summarise_errors` too.
 
     Args:
         settings: ``{key: (value, kind)}``; the kinds (``"positive_int"``, ``"bool"``, ``"roi_size"``, a list of the
@@ -86,8 +85,9 @@ def check_settings(
         ValueError: an ``image_size`` kind without a ``patch_size`` setting, or a ``schedule_epochs`` kind without a
             ``max_epochs`` one (a config error, not a bad value).
     """
+    context = _interrupt_context(settings, output_dirs)  # what the advice after Ctrl-C needs
     if is_bundle_command_line():  # a later failure of the command ends with its reason (from Python: the exception)
-        summarise_errors(resumable="resume" in settings, **_interrupt_context(settings, output_dirs))
+        summarise_errors(resumable="resume" in settings, **context)
     command = bundle_command(None)  # the command line (or the call from Python) and its config files, read once
     found = {key: p for key, (value, kind) in settings.items() if (p := setting_problem(value, kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
@@ -99,7 +99,7 @@ def check_settings(
     if not any(line.startswith("--output_dir ") for line in folders):  # a folder that cannot be looked up is not read
         folders += _other_run_problems(dirs.get("output_dir"), run_kinds)
     _raise_problems(problems, folders)
-    _hold_output_dir(dirs, "output_dir" if run_kinds else hold, not torchrun)
+    _hold_output_dir(dirs, "output_dir" if run_kinds else hold, not torchrun, context["resume"])
     _warn_unused(command, unused_phantom_keys, unused_keys or {})
     return True
 
@@ -113,17 +113,20 @@ def _raise_problems(problems: list[str], folders: list[str]) -> None:
         raise BundleSettingError(f"{what}, nothing was written:\n  " + "\n  ".join(problems + folders))
 
 
-def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_process_run: bool) -> None:
+def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_process_run: bool,
+                     resume: bool | None = None) -> None:
     """Hold the output folder ``dirs[key]`` (:func:`~medgmae.folder_lock.hold_folder`, rank 0) for a one-process run:
     one run at a time in its folder (a multi-process config holds it once its process group exists,
     :func:`~medgmae.folder_lock.hold_run_folder`). A command line holds it from here to its exit; a bundle run from
-    Python (a notebook's ``monai.bundle.run``) while its workflow's ``run`` goes on (:func:`_hold_during_run`); a
-    config expression evaluated alone, with no workflow to run, does not hold it.
+    Python (a notebook's ``monai.bundle.run``) while its workflow's ``run`` goes on
+    (:func:`~medgmae.bundle_in_process.scope_run`); a config expression evaluated alone, with no workflow to run,
+    does not hold it.
 
     Args:
         dirs: the output folders by config key.
         key: the key of the folder the run writes into (``output_dir`` for training); ``None``: none is held.
         one_process_run: the bundle runs in one process, not under torchrun.
+        resume: a training run's ``resume`` setting, for the advice after Ctrl-C in a run from Python.
 
     Raises:
         FolderInUse: another process holds it; the message names ``--key``, the folder and that process.
@@ -132,42 +135,8 @@ def _hold_output_dir(dirs: Mapping[str, str | Path], key: str | None, one_proces
         return
     if is_bundle_command_line():
         hold_folder(dirs[key], f"--{key}")
-    elif (workflow := _initialising_workflow()) is not None:
-        _hold_during_run(workflow, dirs[key], f"--{key}")
-
-
-def _initialising_workflow() -> Any:
-    """The bundle workflow whose ``initialize`` is running (MONAI's ``ConfigWorkflow``, built by ``monai.bundle.run``
-    or by hand): the ``self`` of that call on the stack; ``None`` without one."""
-    from monai.bundle import BundleWorkflow
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        workflow = frame.f_locals.get("self") if frame.f_code.co_name == "initialize" else None
-        if isinstance(workflow, BundleWorkflow):
-            return workflow
-        frame = frame.f_back
-    return None
-
-
-def _hold_during_run(workflow: Any, folder: str | Path, flag: str) -> None:
-    """Hold ``folder`` during each run of ``workflow`` and let it go when the run ends, however it ends (an error,
-    Ctrl-C), removing it if the run made it and left it empty (:func:`~medgmae.folder_lock.hold_until_ended`): a
-    process that runs bundles from Python goes on after the run, and another process may then write into the
-    folder. ``run`` is wrapped for this one object (again on a new ``initialize``, replacing the wrapper); nothing
-    is held between ``initialize`` and ``run`` (neither writes there), so an ``initialize`` that fails, or a workflow
-    only inspected, holds nothing."""
-    run = getattr(workflow.run, "unheld", workflow.run)
-
-    def run_held(*args: Any, **kwargs: Any) -> Any:
-        end = hold_until_ended(folder, flag)
-        try:
-            return run(*args, **kwargs)
-        finally:
-            end()
-
-    run_held.unheld = run
-    workflow.run = run_held
+    elif (workflow := initialising_workflow()) is not None:
+        scope_run(workflow, dirs[key], f"--{key}", resume, training=key == "output_dir")
 
 
 def _interrupt_context(settings: Mapping[str, tuple], output_dirs: Mapping[str, str | Path] | None) -> dict:

@@ -27,7 +27,7 @@ from medgmae.files import os_error_message
 
 __all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "InputRefusal", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "TRACEBACK_ENV",
            "Terminated", "catch_sigterm",
-           "data_worker_init", "on_sigint", "on_sigterm", "summarise_errors"]
+           "checkpoint_files", "data_worker_init", "on_sigint", "on_sigterm", "stopped_run_advice", "summarise_errors"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -232,14 +232,14 @@ def _lost_peer(reason: BaseException) -> bool:
 
 def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, run: tuple = ()) -> None:
     """The one line after Ctrl-C or SIGTERM (rank 0 only; ``chain`` holds the ``KeyboardInterrupt``): how to
-    resume (the checkpoint handler's ``resume_advice`` when it set one; otherwise :func:`_before_training` of
+    resume (the checkpoint handler's ``resume_advice`` when it set one; otherwise :func:`stopped_run_advice` of
     ``run``, its ``(output_dir, resume, checkpoints at its start)``) or to run again; after SIGTERM the process is marked to end
     by SIGTERM (:func:`_end_by_sigterm`)."""
     interrupt = next(e for e in chain if isinstance(e, KeyboardInterrupt))
     terminated = any(isinstance(e, Terminated) for e in chain)
     if main:  # where it struck is no news to anyone, and one process says what to do
         advice = getattr(interrupt, "resume_advice", None) if resumable else INTERRUPTED_NO_RESUME
-        advice = advice or (_before_training(*run) if run else INTERRUPTED)  # the folder read only when needed
+        advice = advice or (stopped_run_advice(*run) if run else INTERRUPTED)  # the folder read only when needed
         if terminated and advice.startswith("interrupted"):
             advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
         _say(f"\n{advice}")
@@ -270,7 +270,7 @@ def checkpoint_files(output_dir: str | os.PathLike) -> dict[str, tuple[int, int,
     return found
 
 
-def _before_training(output_dir: str | None, resume: bool | None = None, at_start: dict | None = None) -> str:
+def stopped_run_advice(output_dir: str | None, resume: bool | None = None, at_start: dict | None = None) -> str:
     """The line of a training run stopped where its checkpoint handler did not say (reading or generating its data,
     building the model, between GViT's phases, its closing evaluation, the closing steps after its last epoch).
 
@@ -327,7 +327,7 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
     Args:
         resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
         output_dir: the training run's folder, whose epoch checkpoints decide the line of a run stopped where
-            its checkpoint handler could not say (:func:`_before_training`; ``None``: not known).
+            its checkpoint handler could not say (:func:`stopped_run_advice`; ``None``: not known).
         resume: the run's ``resume`` setting (``None``: not known).
 
     Returns:

@@ -349,8 +349,8 @@ def test_a_bundle_run_from_python_holds_its_folder_while_it_runs_and_no_longer(t
         signal.setitimer(signal.ITIMER_REAL, 8)
         try:
             run("training", config_file=config, output_dir=folder, max_epochs=500, **small)
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt as stop:
+            print("@@ note:", getattr(stop, "__notes__", ["(none)"])[-1], flush=True)
         print("@@ taken after it:", taken(), "hook kept:", sys.excepthook is sys.__excepthook__, flush=True)
         import pathlib
         empty, failed = pathlib.Path(folder + "_data"), pathlib.Path(folder + "_failed")
@@ -372,5 +372,10 @@ def test_a_bundle_run_from_python_holds_its_folder_while_it_runs_and_no_longer(t
     finally:
         notebook.kill()
     said = [line for line in out.splitlines() if line.startswith("@@ ")]
-    assert said == ["@@ taken while it runs: False", "@@ taken after it: True hook kept: True",
+    from medgmae.bundle_errors import INTERRUPTED
+
+    note = f"@@ note: {INTERRUPTED} (from Python: the same call, with `--key value` as `key=value`)"
+    if sys.version_info < (3, 11):  # no exception notes
+        note = "@@ note: (none)"
+    assert said == ["@@ taken while it runs: False", note, "@@ taken after it: True hook kept: True",
                     "@@ failed, left: False"], out[-3000:]  # fmt: skip
