@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medgmae.folder_lock import folder_made
 from recon.commands import CLIError, check_out_file
 from recon.detector_offset import describe_offset, offset_array, per_view
 from recon.geometry import CTGeometry
@@ -107,7 +108,8 @@ def cmd_geometry(args) -> int:
         print(f"warning: RTK geometry {args.rtk} states a collimation, which the toolkit does not model: the rays it "
               "blocks are read as measured", flush=True)  # fmt: skip
     replaced = " (it replaced the file of that name)" if out.exists() else ""
-    geom.save(out)
+    with folder_made(out.parent):  # a write that fails (a full disk) leaves no folder it made
+        geom.save(out)
     print(_summary(geom, args.rtk, out) + replaced)
     return 0
 

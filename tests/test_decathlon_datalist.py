@@ -452,3 +452,27 @@ def test_a_file_given_as_the_folder_is_named_as_the_folder_not_as_out(tmp_path, 
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--out", str(notes / "x.json")])
     assert f"--out {notes / 'x.json'}: {notes} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_datalist_that_cannot_be_written_leaves_no_folder_made_for_it(tmp_path, capsys, monkeypatch):
+    """``--out`` below new folders on a full disk: refused naming the file (exit 2), and the folders made for it were
+    left behind, empty; an existing folder stays, and with room the new folder holds the datalist."""
+    import errno
+
+    import medgmae.files
+
+    _case(tmp_path / "d", "a", 1), _case(tmp_path / "d", "b", 1)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write = medgmae.files.json.dump
+    monkeypatch.setattr(medgmae.files.json, "dump", full)  # the disk fills as the file is written
+    out = tmp_path / "new" / "a" / "task.json"
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "d"), "--out", str(out), "--validation-fraction", "0.5"])
+    assert e.value.code == 2 and "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    monkeypatch.setattr(medgmae.files.json, "dump", write)
+    assert main([str(tmp_path / "d"), "--out", str(out), "--validation-fraction", "0.5"]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["task.json"]

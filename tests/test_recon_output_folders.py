@@ -92,3 +92,23 @@ def test_fbp_without_room_leaves_no_folder_it_made(small_parallel_scan, tmp_path
     monkeypatch.setattr(nibabel, "save", write)
     assert run(tmp_path / "new" / "fbp.nii.gz") == 0
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["fbp.nii.gz"]
+
+
+def test_geometry_without_room_leaves_no_folder_it_made(tmp_path, monkeypatch, capsys):
+    """``geometry --rtk ... --out`` into new folders on a full disk: exit 1 naming the file, and no folder made for
+    it is left."""
+    from pathlib import Path
+
+    import medgmae.files
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(medgmae.files.json, "dump", full)  # the disk fills as the file is written
+    out = tmp_path / "new" / "a" / "geometry.json"
+    xml = Path(__file__).parent / "data" / "rtk_parallel.xml"
+    argv = ["geometry", "--rtk", str(xml), "--det-shape", "32", "32", "--det-spacing", "1",
+            "--volume-shape", "8", "8", "8", "--voxel-size", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -312,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (nothing written); Ctrl-C exits with 130, nothing written."""
     from medgmae.cli_types import expand_home
     from medgmae.files import save_json_atomic
+    from medgmae.folder_lock import folder_made
 
     parser = build_parser()
     args = expand_home(parser.parse_args(argv))
@@ -330,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         names, names_from = folder_class_names(folder), str(folder / "dataset.json")
     try:
         doc = decathlon_datalist(folder, args.validation_fraction, args.seed, names, True, names_from)
-        save_json_atomic(doc, out)
+        with folder_made(out.parent):  # a write that fails (a full disk) leaves no folder it made
+            save_json_atomic(doc, out)
     except DatasetError as e:
         _refuse(str(e))
     except OSError as e:  # a folder that cannot be listed, a datalist that cannot be written (nothing is left half-written)
