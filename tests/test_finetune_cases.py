@@ -10,12 +10,9 @@ import re
 import numpy as np
 import pytest
 
-from medgmae.finetune.data import (
-    DatasetError,
-    check_cases,
-    inference_cases,
-    prepare_datalists,
-)
+from medgmae.finetune.data import check_cases, prepare_datalists
+from medgmae.data.datalist import DatasetError
+from medgmae.finetune.segment_inputs import inference_cases
 
 from finetune_helpers import make_case, truncated_copy
 

@@ -10,15 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from medgmae.finetune.data import (
-    DatasetError,
-    check_cases,
-    evaluation_cases,
-    label_names,
-    prepare_datalists,
-    resolve_num_classes,
-    select_label_fraction,
-)
+from medgmae.finetune.data import check_cases, evaluation_cases, prepare_datalists, select_label_fraction
+from medgmae.data.datalist import DatasetError
+from medgmae.finetune.classes import label_names, resolve_num_classes
 
 from finetune_helpers import make_case, two_case_datalist, BTCV_CLASSES
 

@@ -8,12 +8,8 @@ import os
 
 import pytest
 
-from medgmae.finetune.data import (
-    DatasetError,
-    evaluation_cases,
-    prepare_datalists,
-    select_label_fraction,
-)
+from medgmae.finetune.data import evaluation_cases, prepare_datalists, select_label_fraction
+from medgmae.data.datalist import DatasetError
 from medgmae.finetune.run_record import write_run_record
 
 from finetune_helpers import CONFIGS, make_case, two_case_datalist, bundle_process, run_bundle

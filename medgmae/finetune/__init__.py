@@ -1,16 +1,9 @@
 """UNETR segmentation fine-tuning from the pre-trained encoder: data, weights, evaluation (see bundles/unetr_finetune)."""
 
-from medgmae.finetune.data import (
-    DatasetError,
-    check_cases,
-    evaluation_cases,
-    inference_cases,
-    label_names,
-    prepare_datalists,
-    read_datalist,
-    resolve_num_classes,
-    select_label_fraction,
-)
+from medgmae.finetune.data import check_cases, evaluation_cases, prepare_datalists, select_label_fraction
+from medgmae.data.datalist import DatasetError, read_datalist
+from medgmae.finetune.classes import label_names, resolve_num_classes
+from medgmae.finetune.segment_inputs import inference_cases
 from medgmae.finetune.spec import finetune_spec, finetuned_spec
 from medgmae.finetune.transforms import inference_transforms, train_transforms, val_transforms
 from medgmae.finetune.report import FinetuneSummary, SegmentationPicture, dice_table, segmentation_figure

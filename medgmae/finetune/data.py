@@ -19,23 +19,17 @@ import numpy as np
 from medgmae.data.datalist import DatasetError, read_datalist, warn_if_lists_overlap
 from medgmae.data.precheck import check_datalist
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
-from medgmae.finetune.classes import label_names, resolve_num_classes, training_class_names, warn_untrained_classes
-from medgmae.finetune.segment_inputs import inference_cases
+from medgmae.finetune.classes import label_names, training_class_names, warn_untrained_classes
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, run_datalist, training_datalist, write_run_record,
 )  # fmt: skip
 from medgmae.words import plural
 
 __all__ = [
-    "DatasetError",
-    "read_datalist",
-    "label_names",
-    "resolve_num_classes",
     "select_label_fraction",
     "check_cases",
     "prepare_datalists",
     "evaluation_cases",
-    "inference_cases",
 ]
 
 logger = logging.getLogger(__name__)
