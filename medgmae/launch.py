@@ -1,6 +1,6 @@
 """The console scripts' entry points: each imports its command's module (torch, MONAI: seconds on a busy machine)
-and runs its ``main``, so that Ctrl-C while that import runs ends the command as Ctrl-C during its work does, with
-one line on stderr and exit status 130 instead of Python's traceback. The ``python -m`` forms (``recon/__main__.py``,
+and runs its ``main``, so that Ctrl-C (or SIGTERM) while that import runs ends the command as during its work, with
+one line on stderr and exit status 130 (143) instead of Python's traceback (or a silent end). The ``python -m`` forms (``recon/__main__.py``,
 ``medgmae/data/phantom/__main__.py``) go through :func:`run` too; ``python -m recon`` imports a light package first,
 but ``python -m medgmae.data.phantom`` imports ``medgmae.data`` (torch, MONAI) before its ``__main__`` runs, so Ctrl-C
 then still shows the traceback (``medgmae-phantom`` does not). No torch or MONAI imports here.
@@ -28,7 +28,8 @@ INTERRUPTED = 130
 
 def run(prog: str, module: str) -> int:
     """Import ``module`` and return its ``main()``'s exit status; Ctrl-C while it imports, or one its ``main``
-    does not handle itself, prints ``<prog>: interrupted ...`` on stderr and returns 130.
+    does not handle itself, prints ``<prog>: interrupted ...`` on stderr and returns 130; SIGTERM while it imports
+    prints ``<prog>: terminated (SIGTERM) while starting ...`` and returns 143.
 
     Args:
         prog: the command's name, the start of the line printed after Ctrl-C.
@@ -37,16 +38,42 @@ def run(prog: str, module: str) -> int:
     Returns:
         The command's exit status.
     """
+    previous = _stop_on_sigterm()
     try:
         main = import_module(module).main
+    except _StartTerminated:
+        print(f"{prog}: terminated (SIGTERM) while starting: nothing was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"{prog}: interrupted while starting: nothing was written", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        if previous is not None:  # the command's own handling from here
+            signal.signal(signal.SIGTERM, previous)
     try:
         return main()
     except KeyboardInterrupt:  # the commands that handle Ctrl-C say what they left; this is the others' line
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+class _StartTerminated(KeyboardInterrupt):
+    """SIGTERM while a command imports (a batch system's time limit or ``kill`` in its first seconds)."""
+
+
+def _raise_start_terminated(signum, frame) -> None:
+    raise _StartTerminated
+
+
+def _stop_on_sigterm() -> Callable | int | None:
+    """Make SIGTERM raise :class:`_StartTerminated` while the command imports, where it has the default action and
+    this is the main thread (it ended the process silently, status 143); the handler it replaces, else ``None``."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return None
+        return signal.signal(signal.SIGTERM, _raise_start_terminated)
+    except ValueError:  # not the main thread
+        return None
 
 
 def ended(status: int) -> int:

@@ -119,6 +119,25 @@ def test_sigint_while_importing_a_command(tmp_path):
     assert err == "medgmae-slow: interrupted while starting: nothing was written\n"
 
 
+def test_sigterm_while_importing_a_command(tmp_path):
+    """SIGTERM while the command's module imports (a batch system's time limit in the first seconds) ended the
+    process silently: one line now, and the process still ends by SIGTERM (143 in a shell)."""
+    (tmp_path / "slow_command.py").write_text(
+        "import time\nprint('importing', flush=True)\ntime.sleep(60)\n\ndef main():\n    return 0\n", encoding="utf-8")
+    code = "import sys; from medgmae.launch import ended, run; sys.exit(ended(run('medgmae-slow', 'slow_command')))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "importing\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM
+    assert err == "medgmae-slow: terminated (SIGTERM) while starting: nothing was written\n"
+
+
 @pytest.mark.parametrize("status, signum", [(130, signal.SIGINT), (143, signal.SIGTERM), (0, None), (2, None)])
 def test_a_command_stopped_by_a_signal_ends_by_it(tmp_path, status, signum):
     """A command that handled Ctrl-C or SIGTERM itself (said what it left, returned 130 / 143) ends by that signal;
