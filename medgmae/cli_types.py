@@ -37,8 +37,9 @@ INTEGER_NAMES = {"int": "an integer", "positive_int": "a positive integer", "non
                  "count_or_all": "a non-negative integer or -1 (all)"}
 
 
-def whole_number(value: str | float) -> int | None:
-    """The integer a float or a text in float notation stands for (``100.0``, ``"1e2"``: 100), else ``None``."""
+def whole_number_text(value: str | float) -> int | None:
+    """The integer a float or a text in float notation stands for (``100.0``, ``"1e2"``: 100), else ``None`` (a
+    command-line value's text; :func:`medgmae.whole_numbers.whole_number` checks Python values)."""
     try:
         return _int(str(value))
     except ValueError:

@@ -94,7 +94,7 @@ def setting_problem(value: Any, kind: str | Sequence[Any] | Callable[[Any], Any]
         return f"expected {kind.replace('_', ' ')}, got {value!r}"
     if kind in cli_types.INTEGER_NAMES and isinstance(value, (str, float)) and not cli_types.is_integer_text(value):
         # the configs use the value as given, where MONAI reads --max_epochs 1e2 as the float 100.0
-        whole = cli_types.whole_number(value)
+        whole = cli_types.whole_number_text(value)
         return f"expected {cli_types.INTEGER_NAMES[kind]}, got {value!r}" + (f" (write it as {whole})" if whole is not None else "")
     try:
         KINDS[kind](str(value).strip())
