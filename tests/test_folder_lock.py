@@ -372,10 +372,10 @@ def test_a_bundle_run_from_python_holds_its_folder_while_it_runs_and_no_longer(t
     finally:
         notebook.kill()
     said = [line for line in out.splitlines() if line.startswith("@@ ")]
-    from medgmae.bundle_errors import INTERRUPTED
-
-    note = f"@@ note: {INTERRUPTED} (from Python: the same call, with `--key value` as `key=value`)"
-    if sys.version_info < (3, 11):  # no exception notes
-        note = "@@ note: (none)"
-    assert said == ["@@ taken while it runs: False", note, "@@ taken after it: True hook kept: True",
+    assert len(said) == 4, out[-3000:]
+    note, said[1] = said[1], "@@ note: ..."  # the advice depends on where the interrupt struck (an epoch, a save)
+    assert said == ["@@ taken while it runs: False", "@@ note: ...", "@@ taken after it: True hook kept: True",
                     "@@ failed, left: False"], out[-3000:]  # fmt: skip
+    if sys.version_info >= (3, 11):  # exception notes
+        assert note.startswith("@@ note: interrupted") and "--resume true" in note, note
+        assert note.endswith("(from Python: the same call, with `--key value` as `key=value`)"), note
