@@ -98,10 +98,11 @@ def _recorded_ends(monkeypatch) -> list:
     return ends
 
 
-def test_sigint_while_importing_a_command(tmp_path):
-    """A real SIGINT while the command's module imports (a module that says so, then waits): stderr holds the one
-    line, and the process ends by SIGINT (status 130 in a shell), as Python does for an uncaught Ctrl-C, so that a
-    shell loop over runs stops."""
+@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")])
+def test_a_signal_while_importing_a_command(tmp_path, signum, said):
+    """A real SIGINT or SIGTERM while the command's module imports (a module that says so, then waits): stderr holds
+    the one line, and the process ends by that signal (status 130 / 143 in a shell), as Python does for an uncaught
+    Ctrl-C, so that a shell loop over runs stops. SIGTERM (a batch time limit in the first seconds) ended it silently."""
     (tmp_path / "slow_command.py").write_text(
         "import time\nprint('importing', flush=True)\ntime.sleep(60)\n\ndef main():\n    return 0\n", encoding="utf-8")
     code = "import sys; from medgmae.launch import ended, run; sys.exit(ended(run('medgmae-slow', 'slow_command')))"
@@ -111,31 +112,12 @@ def test_sigint_while_importing_a_command(tmp_path):
                             env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "importing\n"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == -signal.SIGINT
-    assert err == "medgmae-slow: interrupted while starting: nothing was written\n"
-
-
-def test_sigterm_while_importing_a_command(tmp_path):
-    """SIGTERM while the command's module imports (a batch system's time limit in the first seconds) ended the
-    process silently: one line now, and the process still ends by SIGTERM (143 in a shell)."""
-    (tmp_path / "slow_command.py").write_text(
-        "import time\nprint('importing', flush=True)\ntime.sleep(60)\n\ndef main():\n    return 0\n", encoding="utf-8")
-    code = "import sys; from medgmae.launch import ended, run; sys.exit(ended(run('medgmae-slow', 'slow_command')))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)  # fmt: skip
-    try:
-        assert proc.stdout.readline() == "importing\n"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == -signal.SIGTERM
-    assert err == "medgmae-slow: terminated (SIGTERM) while starting: nothing was written\n"
+    assert proc.returncode == -signum
+    assert err == f"medgmae-slow: {said} while starting: nothing was written\n"
 
 
 @pytest.mark.parametrize("status, signum", [(130, signal.SIGINT), (143, signal.SIGTERM), (0, None), (2, None)])
