@@ -83,7 +83,10 @@ def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n
         "--encoder", json.dumps(dict(patch_size=args.patch, **ENCODER_SIZES[args.model_size])),
         *([] if encoder else args.scratch_preprocessing),
     )  # fmt: skip
-    done, made_from = out / "result.json", file_identity(encoder)
+    from medgmae.data.fingerprint import file_fingerprint
+
+    # a run is reused only when its encoder is the same file as when it ran (--force pre-trains anew into the path)
+    done, made_from = out / "result.json", list(file_fingerprint(encoder)) if encoder else None
     earlier = json.loads(done.read_text()) if done.is_file() else {}
     if (earlier.get("command"), earlier.get("encoder_file")) == (cmd, made_from):
         return earlier
@@ -94,15 +97,6 @@ def finetune(init: str, fraction: float, encoder: Path | None, datalist: Path, n
            "encoder_file": made_from}  # fmt: skip
     done.write_text(json.dumps(row, indent=2))
     return row
-
-
-def file_identity(path: Path | None) -> list[int] | None:
-    """``[size, modification time in ns]`` of an encoder file (``None`` from scratch): a run is reused only when
-    its encoder is the same file as when it ran (``--force`` pre-trains anew into the same path)."""
-    if path is None:
-        return None
-    stat = Path(path).stat()
-    return [stat.st_size, stat.st_mtime_ns]
 
 
 def scratch_preprocessing(encoder: Path, roi_size: int) -> list[str]:

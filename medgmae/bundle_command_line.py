@@ -136,13 +136,14 @@ def _read_configs(flags: dict[str, Any], repeated: dict[str, list[str]]) -> Bund
         files = [files] if isinstance(files, os.PathLike) else files  # a run from Python: a Path, or a list of them
         if isinstance(files, str):  # a list literal, or MONAI's comma-separated names
             files = ast.literal_eval(files) if files.strip().startswith("[") else [f for f in files.split(",") if f.strip()]
+        files = [os.fspath(f) for f in files]
         from monai.bundle import ConfigParser
 
         # MONAI's own merge: a later file's "net#opts" key lands under "net", as the run will see it
-        config: dict[str, Any] = dict(ConfigParser.load_config_files([os.fspath(f) for f in files]))
+        config: dict[str, Any] = dict(ConfigParser.load_config_files(files))
     except (ValueError, SyntaxError, OSError, AttributeError, TypeError):
         return None
-    return BundleCommand(flags, [os.fspath(f) for f in files], config, repeated)
+    return BundleCommand(flags, files, config, repeated)
 
 
 def config_folder(bundle: str, argv: Sequence[str] | None = None) -> str:

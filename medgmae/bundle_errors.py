@@ -22,6 +22,7 @@ from typing import Any
 
 # imported now, not in the hook: importing torch while Python handles an uncaught KeyboardInterrupt loses the
 # interrupt's exit status (130 became 1)
+from medgmae.bundle_command_line import is_bundle_command_line
 from medgmae.distributed import is_main_process, process_count, process_rank
 from medgmae.files import os_error_message
 
@@ -70,7 +71,7 @@ def _catch_sigterm() -> None:
     """Turn SIGTERM into :class:`Terminated` in a process that MONAI's bundle runner started (``python -m
     monai.bundle run``), from its main thread; a handler set by someone else is kept, and a bundle run in-process
     (a notebook, a test) leaves its host's SIGTERM as it was."""
-    runner = str(sys.argv[0] if sys.argv else "").replace("\\", "/").endswith("monai/bundle/__main__.py")
+    runner = is_bundle_command_line()
     main_thread = threading.current_thread() is threading.main_thread()
     if runner and main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         catch_sigterm()
