@@ -15,7 +15,7 @@ import torch
 from medgmae.files import atomic_write
 from medgmae.missing_paths import missing_path_message
 
-__all__ = ["load_torch_file", "save_torch_atomic"]
+__all__ = ["load_torch_file", "save_torch_atomic", "torch_file_kind"]
 
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -25,7 +25,7 @@ def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _torch_file_kind(path: Path) -> str:
+def torch_file_kind(path: Path) -> str:
     """What ``path`` is for :func:`load_torch_file`'s messages: ``"zip"`` or ``"pickle"`` (it starts as ``torch.save``
     output does), ``"cut"`` (a zip archive without the end record every complete one has: a copy or write stopped
     early; torch's errors vary with where it was cut), ``"torchscript"`` (a ``torch.jit.save`` archive, e.g. an
@@ -65,14 +65,14 @@ def load_torch_file(
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(missing_path_message(path, f"{what} not found: {path}"))
-    if _torch_file_kind(path) == "torchscript":  # torch.load's own words would advise weights_only=False
+    if torch_file_kind(path) == "torchscript":  # torch.load's own words would advise weights_only=False
         raise ValueError(f"{path}: a TorchScript file (an exported network such as model.ts, read by torch.jit.load), "
                          f"not a {what} written by torch.save; is this the right path?")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if _torch_file_kind(path) == "other":  # torch blames weights_only for any bytes it cannot unpickle
+        if torch_file_kind(path) == "other":  # torch blames weights_only for any bytes it cannot unpickle
             raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
                              "is this the right path?") from e
         if "weights_only" in msg or "Unsupported global" in msg or "Weights only load failed" in msg:
@@ -85,10 +85,10 @@ def load_torch_file(
             ) from e
         raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
     except Exception as e:  # corrupt, truncated or not a torch file
-        if _torch_file_kind(path) == "other":  # torch's own words (e.g. about mmap and zip files) would not help
+        if torch_file_kind(path) == "other":  # torch's own words (e.g. about mmap and zip files) would not help
             raise ValueError(f"{path}: not a PyTorch file (a {what} written by torch.save is a zip archive); "
                              "is this the right path?") from e
-        if _torch_file_kind(path) == "cut":
+        if torch_file_kind(path) == "cut":
             raise ValueError(f"{path}: not a complete PyTorch file: truncated or damaged (its zip archive is incomplete "
                              f"or damaged, as when a copy or write stopped early); {damaged_advice or f'write or copy the {what} again'}") from e
         if isinstance(e, RuntimeError) and "deserialize object on" in str(e):  # the file is fine: the device is not

@@ -44,7 +44,8 @@ def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch, caplog)
     # the cached arrays are the deterministic transforms' output, computed independently here
     direct = Compose([LoadVolumed("image")] + spec.transforms(["image"]))(items[0])["image"]
     cached = torch.load(Path(ds.cache_dir) / f"{item_hash(items[0]).decode()}.pt", weights_only=True)
-    assert torch.equal(cached["image"], direct.as_tensor())
+    assert torch.equal(cached["item"]["image"], direct.as_tensor())
+    assert cached["medgmae_cache_key"] == item_hash(items[0]).decode()  # the entry names its item
     reads.clear()
     ds2, _ = epoch(spec)
     assert reads == [] and ds2.cache_dir == ds.cache_dir  # same spec: the cache is reused, nothing decoded
@@ -143,7 +144,7 @@ def test_cache_files_are_read_memory_mapped_and_hold_only_their_crop(tmp_path):
     ds = training_dataset(items, chain, tmp_path / "cache", spec=spec.to_dict())
     ds[0]  # fills the cache
     (path,) = Path(ds.cache_dir).glob("*.pt")
-    stored = torch.load(path, weights_only=True)["image"]
+    stored = torch.load(path, weights_only=True)["item"]["image"]
     assert all(c < n for c, n in zip(stored.shape[1:], vol.shape))  # cut to the foreground
     assert stored.untyped_storage().nbytes() == stored.nbytes
 
@@ -198,3 +199,89 @@ def test_a_mapped_cache_item_keeps_the_pre_processed_affine_of_an_oblique_anisot
     assert ds.mmap and torch.equal(mapped.as_tensor(), direct.as_tensor())
     np.testing.assert_allclose(np.asarray(mapped.affine), np.asarray(direct.affine), atol=1e-6)
     assert not np.allclose(np.asarray(direct.affine)[:3, :3], np.diag(np.diag(np.asarray(direct.affine)[:3, :3])))
+
+
+def _head_and_items(tmp_path: Path, n: int) -> tuple[Compose, list[dict]]:
+    """The deterministic head of a chain (an item is then the same on every read) and ``n`` volumes."""
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", np.random.default_rng(i).normal(0, 200, (12, 10, 8)).astype(np.float32))}
+             for i in range(n)]  # fmt: skip
+    return Compose([LoadVolumed("image")] + spec.transforms(["image"])), items
+
+
+def _cache_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "cache file" in r.getMessage()]
+
+
+def test_a_cache_file_holding_another_items_volume_or_another_file_is_rebuilt(tmp_path, caplog):
+    """Each cache file holds its item's key: two files swapped, a model file copied over one, or a file of the
+    format before keys were stored are not used as the item's volume; each is said once, naming the file, and
+    written again."""
+    head, items = _head_and_items(tmp_path, 3)
+    direct = [head(dict(item))["image"].as_tensor() for item in items]  # pre-processed without the cache
+    ds = training_dataset(items, head, tmp_path / "cache")
+    [ds[i] for i in range(3)]
+    a, b, c = (Path(ds.cache_dir) / f"{item_hash(item).decode()}.pt" for item in items)
+    swap = tmp_path / "swap.pt"
+    a.rename(swap), b.rename(a), swap.rename(b)  # the two entries swapped
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "kind": "medgmae"}, c)  # a model file copied over the entry
+    for round_ in range(2):  # a rebuilt file is used as it is from then on
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medgmae"):
+            got = [training_dataset(items, head, tmp_path / "cache")[i]["image"] for i in range(3)]
+        assert all(torch.equal(g.as_tensor() if hasattr(g, "as_tensor") else g, d) for g, d in zip(got, direct))
+        said = _cache_warnings(caplog)
+        if round_ == 0:
+            assert sorted(m.split()[2] for m in said) == sorted(map(str, (a, b, c))), said
+            assert all("not this item's cache entry" in m and m.endswith("rebuilt") for m in said), said
+        else:
+            assert said == []
+    torch.save({"image": direct[0]}, a)  # an entry without its key, as the format before keys were stored
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        training_dataset(items, head, tmp_path / "cache")[0]
+    assert [m.split()[2] for m in _cache_warnings(caplog)] == [str(a)]
+    assert torch.load(a, weights_only=True)["medgmae_cache_key"] == item_hash(items[0]).decode()
+
+
+def test_a_zeroed_cache_file_is_said_to_be_no_torch_file(tmp_path, caplog):
+    """A cache file of zeros (a crash of the file system) is rebuilt with a warning saying what it is, not torch's
+    advice about ``weights_only`` and legacy formats."""
+    head, items = _head_and_items(tmp_path, 1)
+    ds = training_dataset(items, head, tmp_path / "cache")
+    ds[0]
+    (path,) = Path(ds.cache_dir).glob("*.pt")
+    path.write_bytes(bytes(path.stat().st_size))
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        item = training_dataset(items, head, tmp_path / "cache")[0]
+    assert torch.equal(item["image"], head(dict(items[0]))["image"].as_tensor())
+    (said,) = _cache_warnings(caplog)
+    assert str(path) in said and "not a cache file written by torch.save" in said, said
+    assert "legacy" not in said and "weights_only" not in said, said
+
+
+def test_a_cache_folder_that_cannot_be_written_is_refused_at_the_start_and_named_when_writing(tmp_path, monkeypatch):
+    """The cache folder of this pre-processing made by another user (files cannot be created in it) is refused
+    when the dataset is built, naming the folder and --cache_dir; a write refused later (the folder made
+    meanwhile) names them too, not torch's words alone."""
+    from medgmae.bundle_checks import BundleSettingError
+
+    from data_helpers import read_only_folder
+
+    head, items = _head_and_items(tmp_path, 2)
+    ds = training_dataset(items, head, tmp_path / "cache")
+    ds[0]
+    folder = Path(ds.cache_dir)
+    read_only_folder(monkeypatch, folder)
+    with pytest.raises(BundleSettingError, match="--cache_dir") as refused:
+        training_dataset(items, head, tmp_path / "cache")
+    assert str(folder) in str(refused.value) and "another user" in str(refused.value)
+
+    def refused_save(obj, f, *args, **kwargs):  # torch.save's own words for a folder it may not write
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: Permission denied")
+
+    monkeypatch.setattr(torch, "save", refused_save)
+    with pytest.raises(PermissionError, match="--cache_dir") as failed:
+        ds[1]
+    assert str(folder) in str(failed.value) and "Permission denied" in str(failed.value)
+    assert {p.name for p in folder.iterdir()} == {"preprocessing.json", f"{item_hash(items[0]).decode()}.pt"}

@@ -12,7 +12,9 @@ replaced by another host on a network file system) ends the process with SIGBUS,
 ``MEDGMAE_CACHE_MMAP=0`` in the environment reads the files whole, as before. The cache lives in a sub-folder of ``cache_root`` named by a hash of the pre-processing record (the
 :class:`~medgmae.preprocessing.PreprocessingSpec` and a description of the deterministic transforms), so changing
 the spacing or the HU window starts a new cache instead of reusing stale arrays. Each item's file name hashes its
-paths with the size and modification time of its files, so an edited volume is pre-processed again.
+paths with the size and modification time of its files, so an edited volume is pre-processed again. Each file holds
+that key beside the pre-processed item and is used only when the key is its item's: a file copied over it (another
+item's entry, a model) is pre-processed again, as an unreadable one is, with a warning naming it.
 
 Keeping pre-processed volumes in RAM is an option (``cache_rate`` > 0: MONAI's ``CacheDataset``, filled before the
 first step, as fast as it gets for small data and impossible for large data).
@@ -29,6 +31,7 @@ process may still be writing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -43,7 +46,7 @@ from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose, RandomizableTrait
 
 from medgmae.data.fingerprint import file_fingerprint
-from medgmae.files import atomic_write, save_json_atomic
+from medgmae.files import atomic_write, output_dir_problem, save_json_atomic
 from medgmae.temp_names import remove_dead_writers_files
 from medgmae.words import plural
 
@@ -180,23 +183,82 @@ class DiskCacheDataset(PersistentDataset):
         return torch.load(hashfile, weights_only=self.weights_only)
 
     def _cachecheck(self, item_transformed: Any) -> Any:
-        hashfile = Path(self.cache_dir) / f"{self.hash_func(item_transformed).decode()}.pt"
-        if hashfile.is_file():
-            try:
-                return self._load(hashfile)
-            except Exception as e:  # corrupt (e.g. a disk filled up): recompute and replace it
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else ""  # torch's advice runs on for lines
-                logger.warning("unreadable cache file %s (%s%s): pre-processing the item again", hashfile,
-                               type(e).__name__, f": {reason[:200]}" if reason else "")  # fmt: skip
+        key = self.hash_func(item_transformed).decode()
+        hashfile = Path(self.cache_dir) / f"{key}.pt"
+        if hashfile.is_file() and (found := self._cached(hashfile, key)) is not _REBUILD:
+            return found
         from copy import deepcopy
 
+        out = self._pre_transform(deepcopy(item_transformed))
+        self._write(hashfile, key, out)
+        return out
+
+    def _cached(self, hashfile: Path, key: str) -> Any:
+        """The pre-processed item ``hashfile`` holds when it is the entry of the item whose key is ``key``, else
+        :data:`_REBUILD` (said in a warning naming the file: it is then written again)."""
+        try:
+            entry = self._load(hashfile)
+        except Exception as e:  # corrupt (e.g. a disk filled up): recompute and replace it
+            logger.warning("unreadable cache file %s (%s): pre-processing the item again", hashfile,
+                           _unreadable_reason(hashfile, e))  # fmt: skip
+            return _REBUILD
+        # an entry holds the key of its item, so that a file copied over it (another item's entry, a model.pt)
+        # is not used as this item's volume; files written before keys were stored hold the item alone: they are
+        # taken for another item's and written again, once
+        if isinstance(entry, Mapping) and set(entry) == {_KEY, _ITEM} and entry[_KEY] == key:
+            return entry[_ITEM]
+        stored = isinstance(entry, Mapping) and isinstance(entry.get(_KEY), str)
+        why = "it holds another item's volume" if stored else "it holds no cache key: another file, or an older cache"
+        logger.warning("cache file %s is not this item's cache entry (%s): rebuilt", hashfile, why)
+        return _REBUILD
+
+    def _write(self, hashfile: Path, key: str, out: Any) -> None:
+        """Store the pre-processed item ``out`` with its ``key`` in ``hashfile``; a folder that cannot be written
+        (another user's, a read-only one) is named with ``--cache_dir``."""
         from monai.utils import convert_to_tensor
 
-        out = self._pre_transform(deepcopy(item_transformed))
-        _write_record(self.cache_dir, self.record)
-        with atomic_write(hashfile) as tmp:
-            torch.save(_compact(convert_to_tensor(out, convert_numeric=False, track_meta=self.track_meta)), tmp)
-        return out
+        entry = {_KEY: key, _ITEM: _compact(convert_to_tensor(out, convert_numeric=False, track_meta=self.track_meta))}
+        try:
+            _write_record(self.cache_dir, self.record)
+            with atomic_write(hashfile) as tmp:
+                torch.save(entry, tmp)
+        except (OSError, RuntimeError) as e:  # torch.save's refusal is a RuntimeError naming no file
+            if (problem := _refused_write(e)) is None:
+                raise
+            raise PermissionError(errno.EACCES, f"cannot write cache files in {self.cache_dir} ({problem}): "
+                                  f"{_UNWRITABLE_ADVICE}", str(hashfile)) from e  # fmt: skip
+
+
+#: What :meth:`DiskCacheDataset._cached` returns for a cache file to write again.
+_REBUILD = object()
+#: The keys of a cache file's entry: the item's key (:func:`item_hash`) and the pre-processed item.
+_KEY, _ITEM = "medgmae_cache_key", "item"
+#: The advice of a cache folder that cannot be written.
+_UNWRITABLE_ADVICE = ("the folder was made by another user or is read-only; give a --cache_dir of your own, or "
+                      "have the folder made writable or removed")  # fmt: skip
+
+
+def _unreadable_reason(hashfile: Path, error: Exception) -> str:
+    """Why ``hashfile`` could not be read, in one line: not written by ``torch.save`` at all (zeroed, other
+    bytes: torch's own words would blame ``weights_only`` or a legacy format), cut short, or torch's first line."""
+    from medgmae.torch_files import torch_file_kind
+
+    kind = torch_file_kind(hashfile)
+    if kind in ("other", "pickle"):
+        return "not a cache file written by torch.save"
+    if kind == "cut":
+        return "truncated or damaged: its zip archive is incomplete"
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""  # torch's advice runs on for lines
+    return type(error).__name__ + (f": {reason[:200]}" if reason else "")
+
+
+def _refused_write(error: BaseException) -> str | None:
+    """The system's words when ``error`` is a write refused for want of permission (``PermissionError``, a read-only
+    file system, ``torch.save``'s ``RuntimeError`` quoting ``strerror``), else ``None``."""
+    refused = (errno.EACCES, errno.EPERM, errno.EROFS)
+    if isinstance(error, OSError) and error.errno in refused:
+        return error.strerror or os.strerror(error.errno)
+    return next((os.strerror(code) for code in refused if os.strerror(code) in str(error)), None)
 
 
 def _compact(obj: Any) -> Any:
@@ -239,6 +301,10 @@ def training_dataset(
 
     Returns:
         A MONAI dataset.
+
+    Raises:
+        ValueError: ``cache_rate`` is out of range.
+        BundleSettingError: the cache folder of this pre-processing exists and files cannot be created in it.
     """
     if not 0.0 <= float(cache_rate) <= 1.0:
         raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}")
@@ -254,6 +320,10 @@ def training_dataset(
     if str(folder) not in _NAMED_FOLDERS:  # a run's training and validation datasets share it: named once
         _NAMED_FOLDERS.add(str(folder))
         logger.info("pre-processed volumes are cached in %s", folder)
+    if folder.is_dir() and (problem := output_dir_problem(folder)):  # another user's, on a shared cache
+        from medgmae.bundle_checks import BundleSettingError
+
+        raise BundleSettingError(f"--cache_dir {str(cache_root)!r}: {problem}: {_UNWRITABLE_ADVICE}")
     left = remove_dead_writers_files(folder, "*.pt")
     if left:
         logger.info("removed %s that killed runs left half-written in %s", plural(len(left), "cache file"), folder)
