@@ -124,6 +124,37 @@ def test_evaluation_defaults_to_the_recorded_data(tmp_path):
     assert data["datalist"] == str(dl.resolve()) and [c["image"] for c in data["cases"]] == [str(tmp_path / "c2_img.nii.gz")]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not json", "a list", "datalist a number"])
+def test_a_damaged_run_record_is_refused_not_taken_for_a_missing_one(tmp_path, damage):
+    """A training_cases.json that is there but does not read as a record is refused, naming it and the way forward:
+    evaluation and segmentation do not fall back to the run's phantom datalist, a resume does not continue without
+    the recorded encoder and seed. Data given explicitly still evaluate; a missing record keeps the phantom default."""
+    from medgmae.finetune.run_record import case_record, start_record
+
+    dl, out = two_case_datalist(tmp_path), tmp_path / "run"
+    write_run_record(out, prepare_datalists(str(tmp_path), str(dl), out)["record"])
+    phantom = two_case_datalist(out / "phantom").rename(out / "phantom" / "dataset.json")  # a phantom run before it
+    (out / "checkpoint_epoch=1.pt").write_bytes(b"")  # only its name is read here
+    record = out / "training_cases.json"
+    text = record.read_text(encoding="utf-8")
+    damaged = {"truncated": text[:50], "not json": "training cases: c0, c1\n", "a list": "[]",
+               "datalist a number": json.dumps({**json.loads(text), "datalist": 5})}[damage]  # fmt: skip
+    record.write_text(damaged, encoding="utf-8")
+    with pytest.raises(DatasetError) as e:
+        evaluation_cases("", "", out)
+    assert str(record) in str(e.value) and "pass --datalist / --dataset_dir explicitly, or restore the file" in str(e.value)
+    assert "\n" not in str(e.value).strip()
+    for resume in (lambda: prepare_datalists(str(tmp_path), str(dl), out, resume=True),
+                   lambda: start_record(case_record(1.0, 0, 2, []), "", 0, resumed=out)):  # fmt: skip
+        with pytest.raises(DatasetError) as e:
+            resume()
+        assert str(record) in str(e.value) and "--resume false" in str(e.value)
+    assert record.read_text(encoding="utf-8") == damaged  # left for the user to restore
+    assert evaluation_cases(str(tmp_path), str(dl), out)["datalist"] == str(dl)  # data given: the record is not read
+    record.unlink()
+    assert evaluation_cases("", "", out)["datalist"] == str(phantom)  # no record: the run's phantom data, as before
+
+
 def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     """A resume refused because the batch size changed (2 training cases: 2 iterations per epoch at batch size 1,
     1 at batch size 2) stops before training_cases.json or a TensorBoard event file is written: the run folder is
@@ -236,3 +267,24 @@ def test_a_refused_resume_leaves_the_pre_checks_ledger_as_it_was(tmp_path, folde
     assert folder_state(out) == before
     run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
     assert "1000000000000000000" in ledger.read_text(encoding="utf-8")
+
+
+def test_a_damaged_record_stops_evaluation_segmentation_and_resume_of_the_bundle(tmp_path, folder_state):
+    """A run whose training_cases.json was cut short: the bundle's evaluation, segmentation of the run's validation
+    cases and resume stop with one line naming the file, and write nothing (evaluation used to score the phantom
+    data, a resume to continue and rewrite the record without the run's encoder and seed)."""
+    out = tmp_path / "run"
+    common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+              "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false"]
+    run_bundle("training", "train.json", *common, "--max_epochs", "1")
+    record = out / "training_cases.json"
+    record.write_bytes(record.read_bytes()[:50])
+    before = folder_state(out)
+    for run_id, config, more in (("evaluating", "evaluate.json", []), ("inferring", "inference.json", []),
+                                 ("training", "train.json", ["--max_epochs", "2", "--resume", "true"])):  # fmt: skip
+        proc = bundle_process(run_id, config, *(common if run_id == "training" else common[:4]), *more)
+        error = proc.stderr.split("\nerror: ")[-1].strip()
+        assert proc.returncode != 0 and error.startswith("DatasetError: ") and len(error.splitlines()) == 1, proc.stderr[-3000:]
+        assert f"{record}: the run record is not valid JSON" in error
+        assert ("--resume false" if run_id == "training" else "pass --datalist / --dataset_dir explicitly") in error
+        assert folder_state(out) == before  # no eval/, no segmentations/, no new checkpoint or record

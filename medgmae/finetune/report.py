@@ -228,10 +228,14 @@ class FinetuneSummary:
         """README's evaluation, inference and export (``model.ts``) commands for this run; the evaluation names the run's recorded data
         (``dataset_dir`` / ``datalist`` of ``training_cases.json``) where it did not train on phantoms, the
         segmentation its first validation image."""
+        from medgmae.data.datalist import DatasetError
         from medgmae.finetune.run_record import read_run_record
 
         out = shlex.quote(str(self.out))
-        record = read_run_record(self.out) or {}
+        try:
+            record = read_run_record(self.out) or {}
+        except DatasetError:  # damaged since the run wrote it: the evaluate command printed then refuses, naming it
+            record = {}
         data = "".join(f" --{k} {shlex.quote(str(record[k]))}" for k in ("dataset_dir", "datalist") if record.get(k))
         image = _list_flag([self._example_image()])
         config = lambda name: shlex.quote(bundle_config("unetr_finetune", name))  # noqa: E731

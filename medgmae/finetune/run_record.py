@@ -5,12 +5,12 @@ The record holds the label fraction, the subset seed (``seed``), the chosen case
 and how the run started (:func:`start_record`): its training seed (``training_seed``) and the pre-trained encoder
 it loaded (``pretrained``: path, kind, source; an empty path for a run from scratch). Evaluation and inference of
 the run default to its data source, and a resumed run must choose the same cases (records written before
-``training_seed`` and ``pretrained`` were added resume as before: those keys are not compared).
+``training_seed`` and ``pretrained`` were added resume as before: those keys are not compared). A record that is
+there but does not read as one is refused (:func:`read_run_record`), never taken for a missing one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -18,14 +18,19 @@ from typing import Mapping, Sequence
 from medgmae.data.datalist import DatasetError
 from medgmae.data.sources import phantom_dataset
 from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
-from medgmae.files import save_json_atomic
+from medgmae.files import read_json, save_json_atomic
 from medgmae.settings_diff import settings_differences
 
-__all__ = ["RECORD_FILE", "case_record", "start_record", "pretrained_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
+__all__ = ["RECORD_FILE", "EXPLICIT_DATA", "RESUME_AFRESH", "case_record", "start_record", "pretrained_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
            "training_datalist", "check_resume_matches"]
 
 #: Name of the record in the run folder.
 RECORD_FILE = "training_cases.json"
+#: What the refusal of a damaged record tells an evaluation or segmentation to do.
+EXPLICIT_DATA = "pass --datalist / --dataset_dir explicitly, or restore the file"
+#: What the refusal of a damaged record tells a resume to do.
+RESUME_AFRESH = ("restore the file to resume, or start afresh: a new --output_dir, or --resume false (which "
+                 "overwrites this run)")
 
 #: The fine-tuning settings behind each recorded phantom generator parameter, as a refused resume names them.
 _PHANTOM_FLAGS = {"num_cases": "phantom_cases", "num_validation": "phantom_cases (a third validation)",
@@ -74,21 +79,53 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
     MONAI's determinism; the record's own ``seed`` stays the subset seed) and ``pretrained``
     (:func:`pretrained_record`). A resume (``resumed``: the run's folder) keeps those its run recorded, or none
     where it recorded none: it continues from the checkpoint's weights and random state, whatever its own ``--seed``
-    and ``--pretrained`` say."""
+    and ``--pretrained`` say; a record that is there but does not read is refused (``DatasetError``), not taken for
+    one that recorded none."""
     if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start: the encoder is read only here
         return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained)}
-    earlier = read_run_record(resumed) or {}  # a run recorded before these keys existed keeps none ("not recorded")
+    earlier = read_run_record(resumed, RESUME_AFRESH) or {}  # a run recorded before these keys existed keeps none
     return {**dict(record), **{key: earlier[key] for key in ("training_seed", "pretrained") if key in earlier}}
 
 
-def read_run_record(output_dir: str | Path) -> dict | None:
-    """The run's record, ``None`` when there is none (or it does not parse)."""
+def read_run_record(output_dir: str | Path, way_forward: str = EXPLICIT_DATA) -> dict | None:
+    """The run's record, ``None`` when there is none.
+
+    Args:
+        output_dir: the run folder.
+        way_forward: what the refusal of a damaged record tells the user to do (:data:`EXPLICIT_DATA`, or
+            :data:`RESUME_AFRESH` for a resume).
+
+    Returns:
+        The record (a JSON object), or ``None`` when the folder holds no ``training_cases.json``.
+
+    Raises:
+        DatasetError: the record exists but cannot be read, does not parse, or is not a record (a JSON object whose
+            ``dataset_dir`` / ``datalist`` are text and ``cases`` a list): it is refused, not read as missing (an
+            evaluation would otherwise score other data, a resume lose the run's encoder and seed).
+    """
     path = Path(output_dir) / RECORD_FILE
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    if not path.exists() and not path.is_symlink():
         return None
-    return record if isinstance(record, dict) else None
+    try:
+        record = read_json(path, "run record")  # its errors name the file
+    except ValueError as e:
+        raise DatasetError(f"{e}; {way_forward}") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: the run record cannot be read ({e.strerror or e}); {way_forward}") from None
+    problem = _structure_problem(record)
+    if problem:
+        raise DatasetError(f"{path}: the run record {problem}; {way_forward}")
+    return record
+
+
+def _structure_problem(record) -> str:
+    """What makes ``record`` no run record (``""`` when nothing does)."""
+    if not isinstance(record, dict):
+        return f"is not a JSON object (it holds {type(record).__name__})"
+    wrong = [f"{key} is not text" for key in ("dataset_dir", "datalist") if not isinstance(record.get(key, ""), str)]
+    if not isinstance(record.get("cases", []), list):
+        wrong.append("cases is not a list")
+    return ", ".join(wrong)
 
 
 def write_run_record(output_dir: str | Path, record: Mapping) -> Path:
@@ -107,7 +144,9 @@ def data_source(dataset_dir: str | Path, datalist: str | Path) -> dict[str, str]
 
 def run_data_source(dataset_dir: str | Path, datalist: str | Path, output_dir: str | Path) -> tuple[str, str]:
     """``(dataset_dir, datalist)`` to evaluate or segment with: the given ones, or, when both are empty, those the
-    run in ``output_dir`` recorded (still empty for a phantom run)."""
+    run in ``output_dir`` recorded (still empty for a phantom run, or a run folder without a record); a record that
+    is there but does not read is refused (``DatasetError`` naming it, :func:`read_run_record`), never read as
+    phantom data."""
     if str(dataset_dir).strip() or str(datalist).strip():
         return str(dataset_dir), str(datalist)
     record = read_run_record(output_dir) or {}
@@ -205,10 +244,13 @@ def check_resume_matches(output_dir: str | Path, new: Mapping) -> None:
     starts afresh) binds nothing.
 
     Raises:
-        DatasetError: naming the recorded and the new choice, and how to resume or start afresh.
+        DatasetError: naming the recorded and the new choice, and how to resume or start afresh; or naming the
+            record when it is there but does not read (:func:`read_run_record`).
     """
-    old = read_run_record(output_dir)
-    if old is None or latest_checkpoint(output_dir) is None:
+    if latest_checkpoint(output_dir) is None:
+        return
+    old = read_run_record(output_dir, RESUME_AFRESH)
+    if old is None:
         return
     keys = [k for k in ("label_fraction", "seed", "cases", "dataset_dir", "datalist") if k in old]
     phantom = not any(str(r.get(k) or "").strip() for r in (old, new) for k in ("dataset_dir", "datalist"))
