@@ -29,6 +29,8 @@ __all__ = ["input_fingerprints", "load_resume_state", "run_settings", "scan_fing
 
 #: The fingerprint entries that identify a scan (the paths are recorded too, but a moved scan is the same scan).
 SCAN_KEYS = ("projections_shape", "projections_sha256", "geometry_sha256")
+#: The way on from a saved state that cannot be resumed.
+_NEW_RUN = "start a new run (without --resume, or another --out)"
 #: The fingerprint entries of the conversion of raw detector images (:mod:`recon.flat_field`), ``None`` where not
 #: used, each compared by ``--resume`` and named by its flag (the paths are recorded too, not compared).
 RAW_KEYS = {"flat_sha256": "--flat (sha256 of the file)", "dark_sha256": "--dark (sha256 of the file)", "i0": "--i0"}
@@ -180,6 +182,30 @@ def _raw_advice(saved: dict, now: dict) -> str:
             "(metrics.json's scan): give the same --flat/--dark as the interrupted run (and its --i0)")
 
 
+def _read_state(state_path: Path) -> dict:
+    """The reconstruction state in ``state_path`` (an existing file), refused with the way on (a new run) when it
+    does not load or is no reconstruction state (:func:`recon.state.check_state`).
+
+    Raises:
+        CLIError: not a PyTorch file or not a reconstruction state; ``ValueError`` when it is cut short.
+    """
+    from medgmae.torch_files import load_torch_file
+    from recon.state import check_state
+
+    try:
+        state = load_torch_file(state_path, what="reconstruction state", damaged_advice=f"{_NEW_RUN}: runs write their "
+                                "state whole or not at all, so a copy or another program cut this one short")
+    except ValueError as e:
+        if _NEW_RUN in str(e):  # cut short: the loader said what to do
+            raise
+        raise CLIError(f"{e}{' If it is: ' if str(e).endswith('?') else '; '}{_NEW_RUN}") from e
+    try:
+        check_state(state)
+    except ValueError as e:
+        raise CLIError(f"cannot resume from {state_path}: {e}; {_NEW_RUN}") from e
+    return state
+
+
 def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict:
     """The saved state to ``--resume`` from, checked to belong to this scan and these settings.
 
@@ -199,18 +225,9 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
             a ``--checkpoint`` or ``--fbp`` file at the saved path whose content changed (each named);
             ``iterations`` below the saved iteration.
     """
-    from medgmae.torch_files import load_torch_file
-    from recon.state import check_state
-
     if not state_path.is_file():
         raise CLIError(f"--resume: no saved state {state_path}")
-    state = load_torch_file(state_path, what="reconstruction state", damaged_advice="start a new run (without --resume, "
-                            "or another --out): runs write their state whole or not at all, so a copy or another "
-                            "program cut this one short")
-    try:
-        check_state(state)
-    except ValueError as e:
-        raise CLIError(f"cannot resume from {state_path}: {e}") from e
+    state = _read_state(state_path)
     saved = state.get("run_info")
     if saved is None:  # written before the fingerprint was recorded: only the preset can be checked
         preset = state.get("config", {}).get("preset_name", "toolkit")

@@ -67,7 +67,7 @@ def check_state(state) -> None:
         raise ValueError(f"not a Gaussian reconstruction checkpoint (kind {kind!r}, not {CHECKPOINT_KIND!r})")
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
-        raise ValueError(f"the checkpoint lacks {missing} (written by an older version: start a new run)")
+        raise ValueError(f"the checkpoint lacks {missing} (written by an older version)")
 
 
 def restore_reconstructor(rec: GaussianReconstructor, state: dict) -> None:

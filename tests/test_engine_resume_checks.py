@@ -208,6 +208,34 @@ def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
         check_resume_fits(tmp_path, loader(3), max_epochs=4)
 
 
+def test_a_model_file_under_a_checkpoint_name_is_a_refusal_with_the_way_on(tmp_path):
+    """A model's weights copied to ``checkpoint_epoch=N.pt`` (no ``engine`` record) passed check_resume_fits and
+    then crashed the engine's start with ``KeyError: 'engine'``; both refuse it naming the file, what it lacks and
+    what to do (the one before it to resume from, or a fresh start), as for a checkpoint cut short."""
+    from medgmae.engine.restore import ResumeRefused
+
+    loader = DataLoader(list(range(6)), batch_size=2)
+    part, net = make_trainer(tmp_path, 2, resume=False, batch_size=2)
+    part.run()
+    newest = tmp_path / "checkpoint_epoch=2.pt"
+    torch.save({"model": net.state_dict()}, newest)  # as a bundle's model.pt holds
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for resume in (lambda: check_resume_fits(tmp_path, loader, max_epochs=4),
+                   lambda: make_trainer(tmp_path, 4, resume=True, batch_size=2)[0].run()):  # fmt: skip
+        with pytest.raises(ResumeRefused) as refused:
+            resume()
+        assert str(refused.value) == (
+            f"the newest checkpoint cannot be resumed from: {newest} holds no training state (no 'engine' record of "
+            "its epoch: a model's weights, such as model.pt, copied to a checkpoint's name?); remove it, or run "
+            "without --resume true to start afresh"
+        )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    torch.save(net.state_dict(), tmp_path / "checkpoint_epoch=3.pt")  # bare weights, an older one beside
+    with pytest.raises(ResumeRefused, match=r"checkpoint_epoch=3\.pt holds no training state .*; remove it to resume "
+                                            r"from checkpoint_epoch=2\.pt, the one before"):
+        check_resume_fits(tmp_path, loader, max_epochs=4)
+
+
 def _cases(root: Path, sizes: dict[str, int]) -> list[dict]:
     for name, size in sizes.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -202,9 +202,65 @@ def test_a_dataset_the_generator_did_not_write_is_never_overwritten(tmp_path, ca
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(ds), "--num-cases", "2", "--shape", "16", "16", "12", "--spacing", "8"])
     assert exc.value.code == 2 and f"--out: {ds} holds" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="not overwritten"):
+    with pytest.raises(ValueError, match="not overwritten") as refused:
         write_phantom_dataset(ds, 2, shape=(16, 16, 12), spacing=8.0)
+    assert "write the phantoms into another" in str(refused.value) and "delete" not in str(refused.value)
     assert _tree(ds) == before
+
+
+@pytest.mark.parametrize("damage", ["cut_json", "no_json"])
+def test_a_generated_folder_whose_dataset_json_is_damaged_says_to_delete_it(tmp_path, capsys, damage):
+    """The generator's own folder whose dataset.json was cut short (or removed) was refused as someone else's
+    dataset, with a traceback and the advice to write into another folder (in pre-training: another output_dir,
+    losing the checkpoints). It is refused as the toolkit's data error naming the folder to delete; once deleted,
+    the same phantoms are generated again. A folder that holds anything else stays someone else's."""
+    from medgmae.data.datalist import DatasetError
+
+    ds = tmp_path / "run" / "phantom"
+    write_phantom_dataset(ds, 3, seed=2, shape=(16, 16, 12), spacing=8.0, num_validation=1)
+    reference = _tree(ds)
+    data = (ds / "dataset.json").read_bytes()
+    if damage == "cut_json":
+        (ds / "dataset.json").write_bytes(data[: len(data) // 2])
+    else:
+        (ds / "dataset.json").unlink()
+    before = _tree(ds)
+    with pytest.raises(DatasetError) as refused:
+        write_phantom_dataset(ds, 3, seed=2, shape=(16, 16, 12), spacing=8.0, num_validation=1)
+    said = str(refused.value)
+    assert said.startswith(f"{ds} holds") and "3 phantom cases in imagesTr/ and labelsTr/" in said, said
+    assert f"delete {ds} to generate the phantoms again" in said and "another (empty or new) folder" not in said, said
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(ds), "--num-cases", "3", "--seed", "2", "--shape", "16", "16", "12", "--spacing", "8",
+              "--num-validation", "1"])
+    assert exc.value.code == 2 and f"delete {ds} to generate" in capsys.readouterr().err
+    assert _tree(ds) == before
+    (ds / "notes.txt").write_text("mine")  # not what the generator leaves: someone's folder
+    with pytest.raises(DatasetError, match="another \\(empty or new\\) folder"):
+        write_phantom_dataset(ds, 3, seed=2, shape=(16, 16, 12), spacing=8.0, num_validation=1)
+    import shutil
+
+    shutil.rmtree(ds)
+    write_phantom_dataset(ds, 3, seed=2, shape=(16, 16, 12), spacing=8.0, num_validation=1)
+    assert _tree(ds) == reference
+
+
+def test_damaged_cases_names_the_cut_and_overwritten_files(tmp_path):
+    """Of a generated dataset, the case files cut short or overwritten are named (a missing one is not: it is
+    generated again); another folder's dataset.json gives nothing to name."""
+    from medgmae.data.phantom.writer import damaged_cases
+
+    ds = tmp_path / "ph"
+    write_phantom_dataset(ds, 3, shape=(16, 16, 12), spacing=8.0, num_validation=1)
+    assert damaged_cases(ds) == []
+    image, label = ds / "imagesTr" / "case_0001.nii.gz", ds / "labelsTr" / "case_0002.nii.gz"
+    image.write_bytes(image.read_bytes()[:200])
+    label.write_bytes(bytes(label.stat().st_size))
+    (ds / "labelsTr" / "case_0000.nii.gz").unlink()
+    found = damaged_cases(ds)
+    assert [line.split(": ")[0] for line in found] == [str(image), str(label)], found
+    assert "EOFError" in found[0] and "BadGzipFile" in found[1], found
+    assert damaged_cases(tmp_path) == []
 
 
 def test_a_phantom_dataset_is_replaced_whole_and_an_interrupted_one_regenerated(tmp_path, caplog):

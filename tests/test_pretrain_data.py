@@ -131,6 +131,36 @@ def test_datalist_sources_and_errors(tmp_path):
         pretrain_split(str(tmp_path / "broken.json"), tmp_path)
 
 
+def test_a_damaged_phantom_is_named_with_the_way_on(tmp_path):
+    """A generated phantom cut short: a resume was refused as "trained on other data" (the file's size changed),
+    and a fresh run's pre-check said "fix or remove these files"; the resume names the damaged file and says that
+    deleting it generates it again (and, deleted, it is: the same bytes), the pre-check adds the same."""
+    from medgmae.data.datalist import DatasetError
+    from medgmae.engine.restore import ResumeRefused
+    from medgmae.mae_training import check_pretrain_split, pretrain_split
+
+    settings = {"num_phantoms": 2, "num_val_phantoms": 1, "phantom_shape": (16, 16, 12), "phantom_spacing": 8.0,
+                "validate": False}  # fmt: skip
+    pretrain_split("", tmp_path, **settings)
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"a checkpoint")  # a resume's (not read here)
+    cut = tmp_path / "phantom" / "imagesTr" / "case_0001.nii.gz"
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ResumeRefused) as refused:
+        pretrain_split("", tmp_path, resume=True, **settings)
+    said = str(refused.value)
+    assert f"{cut}: EOFError" in said and "Delete it and resume again: the run generates it again" in said, said
+    split = pretrain_split("", tmp_path, resume=False, **settings)  # a fresh run: the pre-check finds it
+    with pytest.raises(DatasetError, match="fix or remove these files") as refused:
+        check_pretrain_split(split)
+    said = str(refused.value)
+    assert str(cut) in said and "These are generated phantoms" in said, said
+    assert "delete a damaged one and the next run generates it again" in said, said
+    cut.unlink()
+    pretrain_split("", tmp_path, resume=True, **settings)
+    assert cut.read_bytes() == whole
+
+
 def _tiny_decathlon(root: Path) -> Path:
     """Three small CT volumes under ``root/imagesTr`` and a ``dataset_0.json`` listing two for training, one for
     validation (paths relative to ``root``)."""

@@ -111,7 +111,7 @@ def test_a_state_of_another_kind_is_refused_before_any_work(saved, tmp_path, cap
     assert main(_args(scan, other, "--iterations", "6", "--resume")) == 2
     said = capsys.readouterr()
     assert (f"cannot resume from {other / 'recon_state.pt'}: not a Gaussian reconstruction checkpoint (kind "
-            f"{kind!r}, not 'recon-gaussians')") in said.err
+            f"{kind!r}, not 'recon-gaussians'); start a new run (without --resume, or another --out)") in said.err
     assert "resuming" not in said.out and "building the projector" not in said.out and "initialising" not in said.out
     assert sorted(p.name for p in other.iterdir()) == ["recon_state.pt"]
 
@@ -337,3 +337,8 @@ def test_a_truncated_state_advises_a_new_run(saved, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a complete PyTorch file: truncated or damaged" in err and "start a new run (without --resume" in err, err
     assert "write or copy the reconstruction state again" not in err
+    (cut / "recon_state.pt").write_bytes(bytes(len(data)))  # zeroed: no PyTorch file at all
+    assert main(_args(scan, cut, "--iterations", "6", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert (f"{cut / 'recon_state.pt'}: not a PyTorch file (a reconstruction state written by torch.save is a zip "
+            "archive); is this the right path? If it is: start a new run (without --resume, or another --out)") in err, err

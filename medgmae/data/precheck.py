@@ -50,6 +50,7 @@ import numpy as np
 from medgmae.data.datalist import DatasetError, load_datalist_json
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.data.grid import GRID_TOLERANCE, grid_fix_once, label_grid_problem
+from medgmae.data.phantom.writer import regeneration_note
 from medgmae.data.reader import read_volume
 from medgmae.distributed import main_process_only
 from medgmae.files import save_json_atomic
@@ -379,7 +380,8 @@ def check_datalist(
             lines += [f"label maps off their image's grid: {fix}"] if fix else []
             err = DatasetError(f"{plural(len(problems), 'problem')} in the data of {source or 'the datalist'} "
                                f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(lines)
-                               + _all_missing_hint(items, image_key, str(source)))  # fmt: skip
+                               + _all_missing_hint(items, image_key, str(source))
+                               + regeneration_note(source))  # fmt: skip
             err.needed_classes, err.problems = needed, lines
             raise err
 

@@ -339,8 +339,10 @@ class CheckpointHandler:
         if not self.resume:
             self._note_earlier_run()
             return
-        path, ckpt = self._read_latest()
+        self._failed_resume = True  # until the state is restored (or no checkpoint is found), a failure, reading
+        path, ckpt = self._read_latest()  # the checkpoint too, writes no checkpoint_interrupted.pt
         if path is None:
+            self._failed_resume = False
             if rank_world()[0] == 0:
                 interrupted = (self.output_dir / INTERRUPTED).is_file()
                 logger.log(logging.INFO if interrupted or self.later_stage else logging.WARNING,  # a mistyped folder?
@@ -350,7 +352,6 @@ class CheckpointHandler:
                            "not continue: a run continues from the end of its last saved epoch)" if interrupted
                            else "" if self.later_stage else " (is this the folder of the run to resume?)")  # fmt: skip
             return
-        self._failed_resume = True  # until the state is restored: a failure writes no checkpoint_interrupted.pt
         epoch, iteration = ckpt["engine"]["epoch"], ckpt["engine"]["iteration"]
         saved_loader, current_loader = saved_loader_record(ckpt), loader_record(engine.state.dataloader)
         check_epoch_length(path, ckpt["engine"], saved_loader, current_loader)

@@ -86,8 +86,9 @@ def read_latest_checkpoint(
         ``(path, checkpoint)``, or ``(None, None)`` when the folder holds no epoch checkpoint.
 
     Raises:
-        ResumeRefused: the file does not load (:func:`medgmae.torch_files.load_torch_file`'s words), with the way
-            on: remove it to resume from the epoch before, or start afresh.
+        ResumeRefused: the file does not load (:func:`medgmae.torch_files.load_torch_file`'s words) or holds no
+            training state (its ``engine`` record: a model file copied to a checkpoint's name), with the way on:
+            remove it to resume from the epoch before, or start afresh.
     """
     rank, world = rank_world()
     box: list = [None, None]
@@ -97,14 +98,25 @@ def read_latest_checkpoint(
             try:
                 ckpt = load_torch_file(path, "cpu", mmap=select is not None)
             except ValueError as e:  # cut short or damaged (a copy stopped halfway): a refusal, not a crash
-                found = epoch_checkpoints(output_dir)
-                on = (f"remove it to resume from {found[1][1].name}, the one before" if len(found) > 1 else
-                      "remove it, or run without --resume true to start afresh")  # fmt: skip
-                raise ResumeRefused(f"the newest checkpoint cannot be resumed from: {e}; {on}") from None
-            box = [str(path), ckpt if select is None else select(ckpt if isinstance(ckpt, Mapping) else {})]
+                raise ResumeRefused(f"the newest checkpoint cannot be resumed from: {e}; {_way_on(output_dir)}") from None
+            if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("engine"), Mapping):  # no epoch to go on from
+                raise ResumeRefused(
+                    f"the newest checkpoint cannot be resumed from: {path} holds no training state (no 'engine' record "
+                    "of its epoch: a model's weights, such as model.pt, copied to a checkpoint's name?); "
+                    f"{_way_on(output_dir)}"
+                )  # fmt: skip
+            box = [str(path), ckpt if select is None else select(ckpt)]
     if world > 1:
         dist.broadcast_object_list(box, src=0)
     return (None, None) if box[0] is None else (Path(box[0]), box[1])
+
+
+def _way_on(output_dir: str | Path) -> str:
+    """What to do about a newest checkpoint that cannot be resumed from: remove it to resume from the one before, or
+    to start afresh."""
+    found = epoch_checkpoints(output_dir)
+    return (f"remove it to resume from {found[1][1].name}, the one before" if len(found) > 1 else
+            "remove it, or run without --resume true to start afresh")  # fmt: skip
 
 
 def resumed_engine_record(output_dir: str | Path, resume: bool) -> dict:
@@ -364,8 +376,8 @@ def check_resume_fits(
         return None
     records = dict(records or {})
     path, ckpt = read_latest_checkpoint(output_dir, select=_resume_parts(records))
-    if path is None or not isinstance(ckpt.get("engine"), Mapping):
-        return path  # a file without engine state: CheckpointHandler names what it lacks
+    if path is None:
+        return path
     refused = []  # another epoch length and other settings or data are named together: one error lists every change
     for check in (lambda: check_epoch_length(path, ckpt["engine"], saved_loader_record(ckpt), loader_record(train_loader)),
                   lambda: check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key, ckpt["engine"]),

@@ -21,7 +21,9 @@ from typing import Sequence
 from medgmae.data.datalist import read_datalist, warn_if_lists_overlap
 from medgmae.data.sources import datalist_base, resolve_datalist
 from medgmae.distributed import is_main_process, warn_if_sampler_repeats
-from medgmae.engine.resume import phantom_resume_differences
+from medgmae.data.phantom.writer import damaged_cases
+from medgmae.engine.restore import ResumeRefused
+from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
 from medgmae.data.precheck import check_datalist
 from medgmae.words import plural
 
@@ -75,12 +77,21 @@ def _warn_if_split_surprises(val_fraction: float, n: int, n_val: int, source: st
 
 def _check_phantom_resume(work_dir: Path, num_cases: int, num_validation: int, seed: int, shape, spacing) -> None:
     """Refuse, before any phantom is written again, a resume whose phantom settings differ from those of the
-    phantoms in ``work_dir/phantom`` (the interrupted run's data); nothing to check without a checkpoint."""
+    phantoms in ``work_dir/phantom`` (the interrupted run's data), or whose phantom files are damaged (cut short:
+    named, with the way on, rather than refused later as other data); nothing to check without a checkpoint."""
     diff = phantom_resume_differences(work_dir, num_cases, seed, shape, spacing, num_validation, labels=_PHANTOM_FLAGS)
     if diff:
-        raise ValueError(
+        raise ResumeRefused(
             f"the checkpoint in {work_dir} was trained on phantoms generated with other settings (" + "; ".join(diff)
             + "). Resume with the interrupted run's phantom settings or train into a new output_dir"
+        )
+    damaged = damaged_cases(work_dir / "phantom") if latest_checkpoint(work_dir) is not None else []
+    if damaged:
+        them = "it" if len(damaged) == 1 else "them"
+        raise ResumeRefused(
+            f"{plural(len(damaged), 'phantom file')} the checkpoint in {work_dir} trained on "
+            f"{'is' if len(damaged) == 1 else 'are'} damaged: " + "; ".join(damaged)
+            + f". Delete {them} and resume again: the run generates {them} again, the same as before"
         )
 
 
@@ -204,7 +215,8 @@ def pretrain_split(
         datalist: a Decathlon datalist JSON, as fine-tuning's ``datalist`` (``""``: the data come from
             ``dataset_dir`` alone).
         resume: the run resumes a checkpoint in ``work_dir``: phantoms generated there with other settings are a
-            refusal (a ``ValueError`` naming them) instead of being generated again.
+            refusal (a ``ResumeRefused``, a ``ValueError``, naming them) instead of being generated again, and
+            damaged phantom files one naming them.
 
     Returns:
         ``{"training": [...], "validation": [...], "source": datalist or folder}``, both lists non-empty.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
+import re
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,13 @@ from medgmae.data.phantom.generator import (
     shape_memory_problem,
     validate_geometry,
 )
+from medgmae.data.datalist import DatasetError
 from medgmae.files import save_json_atomic, save_nifti_atomic
 from medgmae.settings_diff import settings_differences
 from medgmae.whole_numbers import nonnegative_count, positive_count
+from medgmae.words import plural
 
-__all__ = ["case_seeds", "validation_count", "write_phantom_dataset", "recorded_differences"]
+__all__ = ["case_seeds", "damaged_cases", "regeneration_note", "validation_count", "write_phantom_dataset", "recorded_differences"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -111,39 +116,117 @@ def recorded_differences(
     """
     params = _dataset_params(num_cases, seed, DEFAULT_SHAPE if shape is None else shape,
                              DEFAULT_SPACING if spacing is None else spacing, num_validation)  # fmt: skip
+    saved = (_phantom_doc(Path(out_dir) / "dataset.json") or {}).get("phantom")
+    return settings_differences(saved, params, labels) if saved else []
+
+
+def _phantom_doc(json_path: Path) -> dict | None:
+    """The content of ``json_path`` when it is a ``dataset.json`` this generator wrote (with its ``phantom`` record
+    of the generator parameters); ``None`` for any other file, one that does not read as JSON, or none."""
     try:
-        saved = json.loads((Path(out_dir) / "dataset.json").read_text(encoding="utf-8")).get("phantom")
-    except (ValueError, OSError, AttributeError):
-        return []
-    return settings_differences(saved, params, labels) if isinstance(saved, dict) else []
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("phantom"), dict) else None
+
+
+def regeneration_note(datalist: str | os.PathLike) -> str:
+    """What a refusal of unusable files adds when they are phantoms this generator wrote (``datalist`` is its
+    ``dataset.json``): a deleted phantom is generated again, the same as before; ``""`` for any other datalist."""
+    if not str(datalist).endswith(".json") or _phantom_doc(Path(datalist)) is None:
+        return ""
+    return (f"\nThese are generated phantoms (listed in {datalist}): delete a damaged one and the next run generates "
+            "it again, the same as before")
 
 
 def _earlier_phantoms(out: Path) -> list[Path] | None:
     """The files of the phantom dataset ``out`` holds (its ``dataset.json``'s cases, or the ``case_*.nii.gz`` files
-    of its ``imagesTr/`` and ``labelsTr/`` when its generation was interrupted), to be replaced; ``None`` when ``out`` holds no dataset.
+    of its ``imagesTr/`` and ``labelsTr/`` when its generation was interrupted), to be replaced; ``None`` when ``out``
+    holds no dataset.
 
     Raises:
-        ValueError: ``out`` holds a dataset (a ``dataset.json``, ``imagesTr/`` or ``labelsTr/`` files) that this
-            generator did not write: it is never overwritten.
+        DatasetError: ``out`` holds a dataset (a ``dataset.json``, ``imagesTr/`` or ``labelsTr/`` files) that this
+            generator did not write: it is never overwritten. A folder of this generator's cases whose
+            ``dataset.json`` is damaged or gone is refused too, saying to delete it to generate the phantoms again.
     """
     json_path = out / "dataset.json"
     if json_path.is_file():
         try:
             doc = json.loads(json_path.read_text(encoding="utf-8"))
-        except (ValueError, OSError):
-            doc = None
+        except (ValueError, OSError) as e:
+            doc, why = None, f"it does not read as JSON: {e}"
         if isinstance(doc, dict) and isinstance(doc.get("phantom"), dict):
             return [out / f for f in _listed_files(doc)]
-        raise ValueError(f"{out} holds a dataset.json that the phantom generator did not write: it is not overwritten; "
-                         "write the phantoms into another (empty or new) folder")  # fmt: skip
+        if doc is None and (cases := _generated_cases(out)):
+            raise DatasetError(f"{out} holds a damaged dataset.json ({why}) beside {plural(cases, 'phantom case')} in "
+                               f"imagesTr/ and labelsTr/: {_REGENERATE.format(out=out)}")  # fmt: skip
+        raise DatasetError(f"{out} holds a dataset.json that the phantom generator did not write: it is not "
+                           "overwritten; write the phantoms into another (empty or new) folder")  # fmt: skip
     others = [p for sub in ("imagesTr", "labelsTr") if (out / sub).is_dir() for p in sorted((out / sub).iterdir())]
     if (out / IN_PROGRESS).is_file():  # an interrupted generation's cases, to be replaced
         return [p for p in others if p.name.startswith("case_") and p.name.endswith(".nii.gz")]
+    if cases := _generated_cases(out):
+        raise DatasetError(f"{out} holds {plural(cases, 'phantom case')} in imagesTr/ and labelsTr/ but no "
+                           f"dataset.json (removed?): {_REGENERATE.format(out=out)}")  # fmt: skip
     if others:
-        raise ValueError(f"{out} holds {len(others)} files in imagesTr/ or labelsTr/ (e.g. {others[0]}) and no phantom "
-                         "dataset.json: they are not overwritten; write the phantoms into another (empty or new) "
-                         "folder")  # fmt: skip
+        raise DatasetError(f"{out} holds {len(others)} files in imagesTr/ or labelsTr/ (e.g. {others[0]}) and no "
+                           "phantom dataset.json: they are not overwritten; write the phantoms into another (empty or "
+                           "new) folder")  # fmt: skip
     return None
+
+
+#: The way on from a folder of this generator's cases without a readable ``dataset.json``.
+_REGENERATE = ("delete {out} to generate the phantoms again (the same settings give the same phantoms; the folder "
+               "is not overwritten unasked)")
+
+_CASE_NAME = re.compile(r"case_\d{4}\.nii\.gz")
+
+
+def _generated_cases(out: Path) -> int:
+    """How many cases ``out`` holds when it looks as this generator leaves a folder: nothing but ``dataset.json``,
+    ``imagesTr/`` and ``labelsTr/`` (and hidden files: the in-progress marker, a killed write's temporary file),
+    the two folders holding the same ``case_NNNN.nii.gz`` names; 0 for any other folder (a user's data)."""
+    def visible(folder: Path) -> set[str]:
+        return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+
+    try:
+        if not visible(out) <= {"dataset.json", "imagesTr", "labelsTr"}:
+            return 0
+        images, labels = visible(out / "imagesTr"), visible(out / "labelsTr")
+    except OSError:  # no imagesTr/ or labelsTr/ folder
+        return 0
+    generated = images == labels and all(_CASE_NAME.fullmatch(n) for n in images)
+    return len(images) if generated else 0
+
+
+def damaged_cases(out_dir: str | os.PathLike) -> list[str]:
+    """The damaged files of the phantom dataset in ``out_dir``: each file its ``dataset.json`` lists that is not
+    one whole gzip stream (cut short, overwritten: the generator writes every case gzip-compressed).
+
+    Reads every listed file through (decompressing, keeping nothing): a few tenths of a second for nine cases of
+    the default shape. A missing file is not damaged (the generator writes it again).
+
+    Args:
+        out_dir: the phantom dataset's folder.
+
+    Returns:
+        ``"<path>: <what is wrong>"`` lines; ``[]`` when every listed file reads whole or ``out_dir`` holds no
+        readable phantom ``dataset.json``.
+    """
+    doc = _phantom_doc(Path(out_dir) / "dataset.json")
+    if doc is None:
+        return []
+    damaged = []
+    for path in (Path(out_dir) / f for f in _listed_files(doc)):
+        try:
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        except FileNotFoundError:
+            continue
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+            damaged.append(f"{path}: {type(e).__name__}: {e}")
+    return damaged
 
 
 def _dataset_doc(entries: list[dict], num_validation: int, params: dict, seeds: list[int]) -> dict:
@@ -241,7 +324,8 @@ def write_phantom_dataset(
         Path of ``dataset.json``.
 
     Raises:
-        ValueError: a bad parameter, or ``out_dir`` holding a dataset this generator did not write.
+        ValueError: a bad parameter; ``DatasetError`` (a ``ValueError``) for ``out_dir`` holding a dataset this
+            generator did not write, or its own cases without a readable ``dataset.json``.
         MemoryError: a case of ``shape`` needs more memory than the machine has or a cgroup or address-space
             limit allows (:func:`shape_memory_problem`), raised before anything is written. Any failure while
             generating removes the files and folders this call created (an earlier dataset's cases it replaced
