@@ -43,6 +43,50 @@ def test_masked_ssim_matches_scikit_image_on_the_masked_voxels(seed):
     assert float(got[0]) == pytest.approx(ref, abs=2e-4)
 
 
+@pytest.mark.parametrize("spatial", [(23, 31, 40), (96, 96, 96)])
+@pytest.mark.parametrize("seed", range(3))
+def test_masked_ssim_without_a_mask_is_scikit_images_mean_over_the_valid_region(seed, spatial):
+    rng = np.random.default_rng(100 + seed)
+    shape = (2, 2) + spatial  # two items of two channels, each channel an image of its own
+    target = rng.random(shape)
+    pred = np.clip(target + rng.normal(0, 0.05 + 0.15 * seed, shape), -0.2, 1.2)
+    got = masked_ssim(torch.from_numpy(pred), torch.from_numpy(target), torch.zeros((2, 1) + spatial))
+    inner = (slice(5, -5),) * 3  # where skimage's 11-wide window fits whole
+    for b in range(2):
+        maps = [structural_similarity(pred[b, c], target[b, c], data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, full=True)[1][inner] for c in range(2)]  # fmt: skip
+        assert float(got[b]) == pytest.approx(np.mean(maps), abs=1e-5)
+
+
+def test_masked_ssim_is_float32_under_autocast():
+    g = torch.Generator().manual_seed(5)
+    target = torch.rand(1, 1, 24, 20, 18, generator=g)
+    pred = target + 0.05 * torch.randn(target.shape, generator=g)
+    mask = (torch.rand(target.shape, generator=g) < 0.5).float()
+    p64, t64 = pred[0, 0].double().numpy(), target[0, 0].double().numpy()
+    _, smap = structural_similarity(p64, t64, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, full=True)  # fmt: skip
+    m = mask[0, 0, 5:-5, 5:-5, 5:-5].numpy()
+    ref = (smap[5:-5, 5:-5, 5:-5] * m).sum() / m.sum()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = masked_ssim(pred, target, mask)
+    assert got.dtype == torch.float32
+    assert float(got[0]) == pytest.approx(ref, abs=2e-4)
+
+
+@pytest.mark.gpu
+def test_masked_ssim_on_cuda_is_the_cpus():
+    g = torch.Generator().manual_seed(6)
+    target = torch.rand(2, 1, 40, 36, 30, generator=g)
+    pred = target + 0.1 * torch.randn(target.shape, generator=g)
+    mask = (torch.rand(target.shape, generator=g) < 0.5).float()
+    cpu = masked_ssim(pred, target, mask)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        cuda = masked_ssim(pred.cuda(), target.cuda(), mask.cuda())
+    assert cuda.device.type == "cuda" and cuda.dtype == torch.float32
+    assert torch.allclose(cuda.cpu(), cpu, atol=1e-5)
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_masked_ssim_map_is_monais(dims):
     from monai.metrics.regression import KernelType, compute_ssim_and_cs

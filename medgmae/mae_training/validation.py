@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
-from monai.networks.layers import separable_filtering
 from torch import Tensor
 
 from medgmae.engine import MetricHistory, is_main_process, unwrap_model
@@ -84,16 +83,52 @@ def _gaussian_1d(kernel_size: int, sigma: float, like: Tensor) -> Tensor:
     return gauss / gauss.sum()
 
 
+def _band_matrix(n: int, window: Tensor) -> Tensor:
+    """``(n, n - k + 1)`` matrix whose column ``j`` holds the ``k``-tap ``window`` in rows ``j .. j + k - 1``: a
+    vector of length ``n`` times it is its 'valid' correlation with the window (the outputs where it fits whole)."""
+    k = window.numel()
+    cols = torch.arange(n - k + 1, device=window.device)
+    band = torch.zeros(n, n - k + 1, dtype=window.dtype, device=window.device)
+    band[cols + torch.arange(k, device=window.device)[:, None], cols.expand(k, -1)] = window[:, None]
+    return band
+
+
+def _valid_gaussian_filter(maps: Tensor, window: Tensor, dims: int) -> Tensor:
+    """``maps`` filtered by the separable window along each of its last ``dims`` axes, 'valid' output only.
+
+    Each axis is one matrix product with :func:`_band_matrix` on contiguous data: the last axis from the right; an
+    earlier axis from the left (the band matrix transposed), with the axes after it flattened into one.
+
+    Args:
+        maps: ``(..., *spatial)`` with ``dims`` spatial axes, each at least the window's length ``k``.
+        window: ``(k,)`` 1D window.
+        dims: number of spatial axes.
+
+    Returns:
+        ``(..., *(s - k + 1 for s in spatial))``.
+    """
+    out = maps @ _band_matrix(maps.shape[-1], window)
+    for axis in range(out.dim() - 2, out.dim() - dims - 1, -1):
+        lead, n, rest = out.shape[:axis], out.shape[axis], out.shape[axis + 1 :]
+        band_t = _band_matrix(n, window).T
+        out = (band_t @ out.reshape(*lead, n, -1)).reshape(*lead, band_t.shape[0], *rest)
+    return out
+
+
 def masked_ssim(
     pred: Tensor, target: Tensor, mask: Tensor, data_range: float = 1.0, kernel_size: int = 11, kernel_sigma: float = 1.5
 ) -> Tensor:
     """Mean SSIM of each batch item over its masked voxels (the Gaussian-window SSIM map of MONAI's ``SSIMMetric``).
 
     The SSIM map is that of MONAI's :func:`~monai.metrics.regression.compute_ssim_and_cs` (Gaussian window
-    ``kernel_size``, ``sigma``, ``k1 = 0.01``, ``k2 = 0.03``), defined where the whole window fits; the window is
-    separable, so it is applied as 1D filters (MONAI's ``separable_filtering``: 33 instead of 1331 products per
-    voxel in 3D). The map is averaged over the masked voxels (over all of them for an item with no masked voxel
-    where the map is defined).
+    ``kernel_size``, ``sigma``, ``k1 = 0.01``, ``k2 = 0.03``), defined where the whole window fits (``kernel_size //
+    2`` voxels in from each border). The window is separable: the five local means (of x, y, x^2, y^2, xy) are
+    filtered together, one axis at a time, each axis as one matrix product with a banded
+    ``(n, n - kernel_size + 1)`` matrix that yields only the map's region (:func:`_valid_gaussian_filter`; the same
+    on CUDA). Not MONAI's ``separable_filtering``: its sums are the same (then cropped to that region), but its
+    1-voxel-wide 3D convolutions are slow on the CPU, several times slower for the whole SSIM of a 96^3 crop
+    (``bench/ssim.py``, ``bench/RESULTS.md``). Computed in float32, autocast off. The map is averaged over the
+    masked voxels (over all of it for an item with no masked voxel where the map is defined).
 
     Args:
         pred: ``(B, C, *spatial)``, 2 or 3 spatial dimensions, each at least ``kernel_size``.
@@ -112,13 +147,15 @@ def masked_ssim(
     if dims not in (2, 3) or min(pred.shape[2:]) < kernel_size or kernel_size % 2 == 0:
         raise ValueError(f"masked_ssim needs 2D/3D images of at least an odd kernel_size={kernel_size}, got {tuple(pred.shape)}")
     x, y = pred.float(), target.float()
-    window = _gaussian_1d(kernel_size, kernel_sigma, x)
-    r = kernel_size // 2
-    inner = (slice(None), slice(None)) + (slice(r, -r),) * dims
-    mu_x, mu_y, mu_xx, mu_yy, mu_xy = (separable_filtering(t, [window] * dims)[inner] for t in (x, y, x * x, y * y, x * y))
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        window = _gaussian_1d(kernel_size, kernel_sigma, x)
+        means = _valid_gaussian_filter(torch.stack([x, y, x * x, y * y, x * y]), window, dims)
+    mu_x, mu_y, mu_xx, mu_yy, mu_xy = means.unbind(0)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     sigma_x, sigma_y, sigma_xy = mu_xx - mu_x * mu_x, mu_yy - mu_y * mu_y, mu_xy - mu_x * mu_y
     ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * (2 * sigma_xy + c2) / (sigma_x + sigma_y + c2)
+    r = kernel_size // 2
+    inner = (slice(None), slice(None)) + (slice(r, -r),) * dims
     weight = mask.float()[inner].expand_as(ssim_map).flatten(1)
     weight = torch.where(weight.sum(1, keepdim=True) > 0, weight, torch.ones_like(weight))
     return (ssim_map.flatten(1) * weight).sum(1) / weight.sum(1)
