@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -44,6 +44,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "model_file_kind",
+    "kept_model_problem",
     "record_preprocessing",
 ]
 
@@ -233,6 +234,33 @@ def load_checkpoint(
         extra=dict(ckpt.get("extra") or {}),
         path=path,
     )
+
+
+def kept_model_problem(
+    path: str | os.PathLike, epoch: int, recorded_epoch: Callable[[dict], Any], kinds: str | Sequence[str] | None = None
+) -> str | None:
+    """Why the model file a run keeps for one of its epochs (its ``best_model.pt``) does not hold that epoch's
+    weights, read with :func:`load_checkpoint` (memory-mapped: the weights are not read); ``None`` when it does.
+
+    Args:
+        path: the file.
+        epoch: the epoch the run's records say it holds.
+        recorded_epoch: the epoch the file records, from its ``extra`` (e.g. ``lambda extra: extra.get("epoch")``).
+        kinds: accepted kind(s); ``None`` accepts any.
+
+    Returns:
+        ``"it is missing"``, ``"it cannot be read (<why>)"``, ``"it holds epoch M's weights"`` or ``None``.
+    """
+    try:
+        ckpt = load_checkpoint(path, kinds, mmap=True)
+    except FileNotFoundError:
+        return "it is missing"
+    except ValueError as e:  # cut short, damaged, not a model file, another kind
+        return f"it cannot be read ({str(e).removeprefix(f'{path}: ').replace(str(path), 'the file')})"
+    recorded = recorded_epoch(ckpt.extra)
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded != int(epoch):
+        return f"it holds epoch {recorded}'s weights" if isinstance(recorded, int) else "it records no epoch"
+    return None
 
 
 def record_preprocessing(
