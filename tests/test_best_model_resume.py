@@ -83,6 +83,22 @@ def test_the_pretraining_summary_claims_no_best_model_without_a_best_epoch(tmp_p
     assert str(tmp_path) not in line and "none" in line
 
 
+def test_kept_model_problem_reads_the_recorded_epoch(tmp_path):
+    """A file of the recorded epoch, or one written before files recorded their epoch, is taken as it is."""
+    from medgmae.checkpoint import kept_model_problem
+
+    model = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4)
+    path = save_best_model(model, tmp_path, epoch=3, psnr=20.0)
+    epoch_of = lambda extra: extra["best"]["epoch"] if "best" in extra else None  # noqa: E731
+    assert kept_model_problem(path, 3, epoch_of) is None
+    assert kept_model_problem(path, 5, epoch_of) == "it holds epoch 3's weights"
+    assert kept_model_problem(save_best_model(model, tmp_path, "older.pt"), 5, epoch_of) is None  # records none
+    assert kept_model_problem(tmp_path / "gone.pt", 3, epoch_of) == "it is missing"
+    os.truncate(path, 1000)
+    problem = kept_model_problem(path, 3, epoch_of)
+    assert problem.startswith("it cannot be read (") and str(path) not in problem
+
+
 def _unetr():
     from medgmae.networks.unetr import MedGMAEUNETR
 

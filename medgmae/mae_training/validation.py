@@ -207,7 +207,7 @@ class MaskedValidationHandler:
             return
         self._best_checked = True
         epoch, path = self.history.best_epoch, self.output_dir / BEST_MODEL_FILE
-        if not self.history.has_best:
+        if epoch < 1:  # no best restored
             return
         problem = kept_model_problem(path, epoch, _best_epoch)
         if problem:
