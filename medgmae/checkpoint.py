@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -34,6 +34,7 @@ from medgmae.checkpoint_checks import (
 )  # fmt: skip
 from medgmae.torch_files import load_torch_file, save_torch_atomic
 from medgmae.preprocessing import PreprocessingSpec
+from medgmae.whole_numbers import positive_count
 from medgmae.words import plural_noun
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "model_file_kind",
+    "kept_model_problem",
     "record_preprocessing",
 ]
 
@@ -233,6 +235,40 @@ def load_checkpoint(
         extra=dict(ckpt.get("extra") or {}),
         path=path,
     )
+
+
+def kept_model_problem(
+    path: str | os.PathLike, epoch: int, recorded_epoch: Callable[[dict], Any], kinds: str | Sequence[str] | None = None
+) -> str | None:
+    """Why the model file a run keeps for one of its epochs (its ``best_model.pt``) does not hold that epoch's
+    weights, read with :func:`load_checkpoint` (memory-mapped: the weights are not read); ``None`` when it does, or
+    when it records no epoch (a file written before its epoch was recorded: readable, taken as it is).
+
+    Args:
+        path: the file.
+        epoch: the epoch the run's records say it holds (>= 1).
+        recorded_epoch: the epoch the file records, from its ``extra`` (e.g. ``lambda extra: extra.get("epoch")``;
+            ``None``: none recorded).
+        kinds: accepted kind(s); ``None`` accepts any.
+
+    Returns:
+        ``"it is missing"``, ``"it cannot be read (<why>)"``, ``"it holds epoch M's weights"`` or ``None``.
+
+    Raises:
+        ValueError: ``epoch`` is not a positive whole number.
+        TypeError: ``recorded_epoch`` is not callable.
+    """
+    epoch = positive_count(epoch, "epoch")
+    if not callable(recorded_epoch):
+        raise TypeError(f"recorded_epoch must be a function of the file's extra, got {type(recorded_epoch).__name__}")
+    try:
+        ckpt = load_checkpoint(path, kinds, mmap=True)
+    except FileNotFoundError:
+        return "it is missing"
+    except ValueError as e:  # cut short, damaged, not a model file, another kind
+        return f"it cannot be read ({str(e).removeprefix(f'{path}: ').replace(str(path), 'the file')})"
+    recorded = recorded_epoch(ckpt.extra)
+    return None if recorded is None or recorded == epoch else f"it holds epoch {recorded}'s weights"
 
 
 def record_preprocessing(

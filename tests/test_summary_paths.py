@@ -27,7 +27,9 @@ def test_absolute_path_keeps_links_and_expands_home(tmp_path, monkeypatch):
 def test_a_pre_training_summary_of_relative_folders_names_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ct").mkdir()
-    summary = PretrainSummary("runs/pre", MetricHistory(), "medgmae", example_image="ct/a.nii.gz",
+    history = MetricHistory()
+    history.update_best(1, 20.0)  # a validation wrote best_model.pt
+    summary = PretrainSummary("runs/pre", history, "medgmae", example_image="ct/a.nii.gz",
                               tensorboard_dir="runs/tb", pretrained_on="ct")  # fmt: skip
     s = summary.summary(SimpleNamespace(state=SimpleNamespace(epoch=1)))
     run = tmp_path / "runs" / "pre"

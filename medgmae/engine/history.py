@@ -57,6 +57,11 @@ class MetricHistory:
             return True
         return False
 
+    def forget_best(self) -> None:
+        """Forget the best value and epoch (the series stay): the next finite value of :meth:`update_best` is the
+        best (a run whose best epoch's model file was lost keeps the best of the epochs whose weights it has)."""
+        self.best_value, self.best_epoch = (-math.inf if self.mode == "max" else math.inf), -1
+
     @property
     def has_best(self) -> bool:
         return self.best_epoch >= 0

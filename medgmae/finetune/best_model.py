@@ -14,8 +14,8 @@ from typing import Sequence
 
 import torch
 
-from medgmae.checkpoint import load_checkpoint, make_checkpoint
-from medgmae.engine import unwrap_model
+from medgmae.checkpoint import kept_model_problem, load_checkpoint, make_checkpoint
+from medgmae.engine import is_main_process, unwrap_model
 from medgmae.finetune.classes import run_label_names
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
@@ -98,7 +98,8 @@ class BestCheckpointSaver:
     The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr`` with the run's pre-processing, its
     class names (in the config, ``class_names``) and ``extra = {"epoch", "metric_name", "metric"}``, readable by
     :func:`load_finetuned`. The best value so far is
-    part of ``state_dict()`` so that resumed runs keep it.
+    part of ``state_dict()`` so that resumed runs keep it, as long as the file still holds that epoch's model
+    (:meth:`load_state_dict`).
 
     Args:
         output_dir: run folder.
@@ -163,4 +164,19 @@ class BestCheckpointSaver:
         return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the best value and epoch of a resumed run, then check the file (main process): a restored best
+        epoch whose ``best_model.pt`` is missing, unreadable or of another epoch
+        (:func:`~medgmae.checkpoint.kept_model_problem`) is warned about and forgotten, so that the next validation
+        writes the file and the run's best is that of a model it has.
+
+        Args:
+            state: a :meth:`state_dict`.
+        """
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+        if self.best_epoch <= 0 or not is_main_process():
+            return
+        problem = kept_model_problem(self.path, self.best_epoch, lambda extra: extra.get("epoch"), FINETUNED_KIND)
+        if problem:
+            logger.warning("%s: %s: epoch %d's weights (best %s %.4f) are lost; the next validation writes it",
+                           self.path, problem, self.best_epoch, self.metric_name, self.best)  # fmt: skip
+            self.best, self.best_epoch = -float("inf"), 0

@@ -266,12 +266,13 @@ class FinetuneSummary:
         table = dice_table(metrics.get("dice_per_class", {}), metrics.get("mean_dice"))
         best = getattr(self.best, "best", -math.inf)
         head = (f"best validation mean Dice {best:.4f} at epoch {self.best.best_epoch}" if math.isfinite(best)
-                else "no finite validation Dice")  # fmt: skip
+                else "no best validation model")  # fmt: skip
         val_dir = Path(getattr(self.report, "output_dir", self.out / "validation"))
         lines = [
             f"fine-tuning finished: {epochs} epoch{'' if epochs == 1 else 's'}; {head}",
             per_class_dice_text(metrics, "the last validation"),
-            f"  {'best_model.pt':<14} {self.best.path}",
+            f"  {'best_model.pt':<14} {self.best.path}" if math.isfinite(best)
+            else f"  {'best_model.pt':<14} none: no validation has written one",
             f"  {'validation':<14} {val_dir / 'metrics.json'}, {val_dir / 'per_case_dice.csv'}",
             f"  {'Dice table':<14} {self.table_path}",
             f"  {'segmentation':<14} {self.out / 'segmentation.png'}",

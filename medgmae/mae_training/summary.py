@@ -2,7 +2,8 @@
 
 :class:`PretrainSummary` runs when training completes (main process): it writes ``curves.png`` (validation PSNR,
 training and validation loss, validation SSIM per epoch; also in TensorBoard as ``curves``), logs the best
-validation PSNR and its epoch, where ``model.pt``, ``encoder.pt``, ``best_model.pt``, the pictures and the
+validation PSNR and its epoch, where ``model.pt``, ``encoder.pt``, ``best_model.pt`` (when a validation has written
+it: a run whose best epoch's file was lost claims none until one is written again), the pictures and the
 TensorBoard log are, and the commands that use them (fine-tuning, zero-shot inference, reconstruction
 initialisation), and saves the same as ``summary.json``.
 """
@@ -192,7 +193,8 @@ class PretrainSummary:
     def summary(self, engine: Engine) -> dict:
         """What the summary says, as JSON-serialisable data."""
         h, out = self.history, self.out
-        files = {name: str(out / name) for name in (MODEL_FILE, ENCODER_FILE, BEST_MODEL_FILE)}
+        kept = (MODEL_FILE, ENCODER_FILE) + ((BEST_MODEL_FILE,) if h.has_best else ())  # a lost one is not claimed
+        files = {name: str(out / name) for name in kept}
         return {
             "epochs": int(engine.state.epoch),
             "model_kind": self.model_kind,
@@ -214,14 +216,15 @@ class PretrainSummary:
         """The summary as console lines."""
         f = s["files"]
         best = (f"best validation masked PSNR {s['best_val_psnr']:.2f} dB at epoch {s['best_epoch']}"
-                if s["best_epoch"] is not None else "no finite validation PSNR")  # fmt: skip
+                if s["best_epoch"] is not None else "no best validation model")  # fmt: skip
         last = s["last_val_ssim"]
         lines = [
             f"{self.title}: {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} of {s['model_kind']}; {best}"
             + (f" (last SSIM {last:.4f})" if last is not None else ""),
             f"  {MODEL_FILE:<14} {f[MODEL_FILE]}  ({self.model_note})",
             f"  {ENCODER_FILE:<14} {f[ENCODER_FILE]}  ({self.encoder_note})",
-            f"  {BEST_MODEL_FILE:<14} {f[BEST_MODEL_FILE]}  (best validation PSNR, model.pt format)",
+            f"  {BEST_MODEL_FILE:<14} {f[BEST_MODEL_FILE]}  (best validation PSNR, model.pt format)" if BEST_MODEL_FILE in f
+            else f"  {BEST_MODEL_FILE:<14} none: no validation has written one",
             f"  {'pictures':<14} {f['pictures']}  and curves {f['curves']}",
             f"  {'TensorBoard':<14} tensorboard --logdir {shlex.quote(f['tensorboard'])}",
             "next:",

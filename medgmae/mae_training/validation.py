@@ -19,6 +19,7 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from torch import Tensor
 
+from medgmae.checkpoint import kept_model_problem
 from medgmae.engine import MetricHistory, is_main_process, unwrap_model
 from medgmae.networks.mae_base import MAEOutput
 from medgmae.torch_files import save_torch_atomic
@@ -175,6 +176,12 @@ def save_best_model(
     return save_torch_atomic(payload, Path(output_dir) / filename)
 
 
+def _best_epoch(extra: dict) -> int | None:
+    """The validation epoch a ``best_model.pt``'s ``extra`` records (:func:`save_best_model`), ``None`` if none."""
+    best = extra.get("best")
+    return best.get("epoch") if isinstance(best, dict) else None
+
+
 class MaskedValidationHandler:
     """Score the model on fixed validation crops with fixed masks every ``interval`` epochs and keep the best.
 
@@ -217,9 +224,33 @@ class MaskedValidationHandler:
         self.output_dir, self.interval, self.seed = Path(output_dir), interval, nonnegative_count(seed, "seed")
         self.writer, self.max_crops, self.image_key = summary_writer, max_crops, image_key
         self._crops: list[Tensor] | None = None
+        self._best_checked = False  # whether check_best_file has looked at best_model.pt
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.check_best_file)  # after the checkpoint handler's restore
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
+
+    def check_best_file(self, engine: Engine | None = None) -> None:
+        """Once, when a resumed run starts (or at its first validation, which a resume from an epoch saved while it
+        was validated runs first): a restored best epoch whose ``best_model.pt`` is missing, unreadable or of
+        another epoch (:func:`~medgmae.checkpoint.kept_model_problem`) is warned about and forgotten
+        (:meth:`~medgmae.engine.MetricHistory.forget_best`), so that the next validation writes ``best_model.pt``
+        and the run's best is that of a model it has (main process).
+
+        Args:
+            engine: the trainer (unused: an ignite handler).
+        """
+        if self._best_checked or not is_main_process():
+            return
+        self._best_checked = True
+        epoch, path = self.history.best_epoch, self.output_dir / BEST_MODEL_FILE
+        if epoch < 1:  # no best restored
+            return
+        problem = kept_model_problem(path, epoch, _best_epoch)
+        if problem:
+            logger.warning("%s: %s: epoch %d's weights (best validation PSNR %.2f dB) are lost; the next validation "
+                           "writes it", path, problem, epoch, self.history.best_value)  # fmt: skip
+            self.history.forget_best()
 
     def _due(self, engine: Engine, epoch: int) -> bool:
         return epoch % self.interval == 0 or epoch == engine.state.max_epochs
@@ -274,6 +305,7 @@ class MaskedValidationHandler:
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():
             return
+        self.check_best_file()
         epoch = engine.state.epoch
         metrics = self.evaluate()
         for name, value in metrics.items():
