@@ -1,5 +1,5 @@
 """Restoring a checkpoint's saved states: the records first (all refusals named at once), then the training state,
-and a learning-rate scheduler's progress on this run's plan."""
+a learning-rate scheduler's progress on this run's plan, and the trainer's gradient scaler under amp."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import torch
 
 from medgmae.bundle_errors import InputRefusal
 from medgmae.distributed import rank_world
+from medgmae.engine.step_guards import active_scaler
 from medgmae.settings_diff import settings_differences
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRAINING_STATE", "ResumeRefused", "records_first", "refusal", "restore_states", "load_scheduler_keeping_its_plan"]
+__all__ = ["TRAINING_STATE", "ResumeRefused", "records_first", "refusal", "restore_states", "load_scheduler_keeping_its_plan",
+           "scaler_state", "restore_scaler"]
 
 
 class ResumeRefused(InputRefusal):
@@ -81,6 +83,58 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
                       [e for _, e in refused]) from refused[0][1]
     for scheduler in replanned:
         _rates_of_the_plan(scheduler)
+
+
+def scaler_state(engine: Any) -> dict | None:
+    """What a checkpoint saves of ``engine``'s gradient scaler: its ``state_dict`` (scale, growth tracker, ...) under
+    amp (:func:`~medgmae.engine.step_guards.active_scaler`), ``None`` for a run without one.
+
+    Args:
+        engine: the trainer.
+
+    Returns:
+        The scaler's state, or ``None``.
+    """
+    scaler = active_scaler(engine)
+    return None if scaler is None else scaler.state_dict()
+
+
+def restore_scaler(path: Path, engine: Any, checkpoint: Mapping[str, Any]) -> str:
+    """Restore ``engine``'s gradient scaler from ``checkpoint["scaler"]`` (:func:`scaler_state`), or warn (rank 0)
+    how the resume differs from an uninterrupted run when the checkpoint and this run differ in amp.
+
+    Under amp a step is taken only when the scaled gradients are finite, and the scale grows after a number of such
+    steps: a scaler started afresh (scale 65536, no steps counted) skips or takes other steps than the saved run's
+    would. A change of amp on resume (``--amp``, or CUDA now available or not) is allowed, as a change of the number
+    of loader workers is, with a warning that the resume is not exact.
+
+    Args:
+        path: the checkpoint, as the warning names it.
+        engine: the trainer, its scaler made (the run has started).
+        checkpoint: the checkpoint's content; one written before checkpoints held the scaler lacks the entry.
+
+    Returns:
+        The warning (``""`` when the scaler was restored, or neither run has one).
+    """
+    scaler, saved = active_scaler(engine), checkpoint.get("scaler")
+    if scaler is not None and isinstance(saved, Mapping):
+        scaler.load_state_dict(saved)
+        return ""
+    if scaler is not None:
+        fresh = f"its gradient scaler starts afresh at scale {scaler.get_scale():g}"
+        note = (f"checkpoint {path} holds no gradient scaler state (it was written before checkpoints held it): {fresh}, "
+                "so the resumed run can skip or take other steps than the uninterrupted run" if "scaler" not in checkpoint
+                else f"checkpoint {path} was saved by a run without amp (--amp false, or not on CUDA) and this run has "
+                f"amp: the resume is not exact (float16 autocast from here on, and {fresh})")  # fmt: skip
+    elif isinstance(saved, Mapping):
+        note = (f"checkpoint {path} was saved by a run with amp (float16 autocast on CUDA, its gradient scaler at scale "
+                f"{saved.get('scale')}) and this run has none (--amp false, or not on CUDA): the resume is not exact "
+                "(full precision from here on); resume with --amp true on CUDA to continue it exactly")  # fmt: skip
+    else:
+        return ""
+    if rank_world()[0] == 0:
+        logger.warning(note)
+    return note
 
 
 def _rates_of_the_plan(scheduler: Any) -> None:
