@@ -48,6 +48,7 @@ def test_resume_restores_the_gradient_scaler(tmp_path, cpu_scaler):
     assert load_torch_file(tmp_path / "part" / "checkpoint_final.pt")["scaler"] == full.scaler.state_dict()
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.cuda.amp.GradScaler.*is deprecated:FutureWarning")
 def test_a_run_without_amp_saves_no_scaler(tmp_path):
     """Without amp, and with amp where CUDA is missing (MONAI's scaler is then disabled), there is no scaler state."""
     plain, _ = make_trainer(tmp_path / "plain", 1, resume=False)
@@ -88,9 +89,6 @@ def test_a_change_of_amp_on_resume_is_warned(tmp_path, cpu_scaler, caplog):
 def test_a_cuda_amp_run_resumes_as_the_uninterrupted_one(tmp_path):
     """A SupervisedTrainer with amp on CUDA (MONAI's own GradScaler, float16 autocast), stopped after 2 of 4 epochs
     and resumed, ends with the uninterrupted run's weights and scaler state."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     full, net_full = make_trainer(tmp_path / "full", 4, resume=False, amp=True, device="cuda")
     full.run()
     part, _ = make_trainer(tmp_path / "part", 2, resume=False, amp=True, device="cuda")
