@@ -187,7 +187,8 @@ def test_training_checkpoints_are_plain_data(tmp_path):
     engine.state.epoch, engine.state.iteration = 1, 1
     path = handler.save(engine, "checkpoint_epoch=1.pt")
     state = torch.load(path, weights_only=True)
-    assert set(state) == {"engine", "loader", "objects", "random_state"}
+    assert set(state) == {"engine", "loader", "objects", "random_state", "scaler"}
+    assert state["scaler"] is None  # an engine without amp's gradient scaler
     handler.rng.load_state_dict(state["random_state"])  # restorable
 
 

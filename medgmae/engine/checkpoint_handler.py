@@ -31,7 +31,7 @@ from medgmae.engine.resume import (
     read_latest_checkpoint,
     saved_loader_record,
 )
-from medgmae.engine.restore import ResumeRefused, records_first, restore_states
+from medgmae.engine.restore import records_first, restorable, restore_scaler, restore_states, scaler_state
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import RECORDS
 from medgmae.engine.step_guards import diverged_error, non_finite_weights
@@ -50,8 +50,9 @@ class CheckpointHandler:
     """Atomic checkpoints at epoch ends and on interruption, and exact resume.
 
     At every ``save_interval`` epochs it writes ``checkpoint_epoch=N.pt`` (keeping the newest ``n_saved``) with the
-    state dicts of ``objects``, the engine's epoch/iteration, the training loader's batch size, epoch length and
-    workers and the number of processes (:func:`~medgmae.engine.resume.loader_record`) and a
+    state dicts of ``objects`` and of the trainer's gradient scaler under amp (``engine.scaler``, restored on resume:
+    :func:`~medgmae.engine.restore.restore_scaler`), the engine's epoch/iteration, the training loader's batch size,
+    epoch length and workers and the number of processes (:func:`~medgmae.engine.resume.loader_record`) and a
     :class:`RandomStateTracker`. When the run stops on an exception (including Ctrl-C) it writes
     ``checkpoint_interrupted.pt`` (the state within the epoch, kept to inspect: a resume continues from the newest
     epoch checkpoint, and removes it once it has saved a later one) and re-raises; when it stops while the epoch's
@@ -165,7 +166,7 @@ class CheckpointHandler:
                        "max_epochs": engine.state.max_epochs},
             "loader": loader_record(engine.state.dataloader),
             "objects": {k: v.state_dict() for k, v in self.objects.items()},
-            "random_state": random_state,
+            "random_state": random_state, "scaler": scaler_state(engine),  # the GradScaler under amp, else None
         }
         rank, world = rank_world()
         if gather and world > 1:  # a collective: every rank reaches it at the same epoch end
@@ -356,15 +357,9 @@ class CheckpointHandler:
         saved_loader, current_loader = saved_loader_record(ckpt), loader_record(engine.state.dataloader)
         check_epoch_length(path, ckpt["engine"], saved_loader, current_loader)
         check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok, saved=ckpt["engine"])
-        missing = set(self.objects) - set(ckpt.get("objects", {}))
-        unrecorded = {name for name in missing if isinstance(self.objects[name], RECORDS)}
-        if missing - unrecorded:
-            raise ResumeRefused(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
-        if unrecorded:
-            logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them",
-                           path, sorted(unrecorded))  # fmt: skip
-        restore = {k: v for k, v in self.objects.items() if k not in unrecorded}
+        restore = restorable(path, self.objects, ckpt.get("objects", {}), RECORDS)
         restore_states(path, records_first(restore), ckpt["objects"])
+        restore_scaler(path, engine, ckpt)
         inexact_resume_notes(path, saved_loader, current_loader)
         ranks = ckpt.get("random_state_ranks")
         self.rng.load_rank_state(ranks if isinstance(ranks, list) and ranks else [ckpt["random_state"]], rank_world()[0])

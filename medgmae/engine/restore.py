@@ -1,5 +1,5 @@
 """Restoring a checkpoint's saved states: the records first (all refusals named at once), then the training state,
-and a learning-rate scheduler's progress on this run's plan."""
+a learning-rate scheduler's progress on this run's plan, and the trainer's gradient scaler under amp."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import torch
 
 from medgmae.bundle_errors import InputRefusal
 from medgmae.distributed import rank_world
+from medgmae.engine.step_guards import active_scaler
 from medgmae.settings_diff import settings_differences
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRAINING_STATE", "ResumeRefused", "records_first", "refusal", "restore_states", "load_scheduler_keeping_its_plan"]
+__all__ = ["TRAINING_STATE", "ResumeRefused", "records_first", "refusal", "restorable", "restore_states",
+           "load_scheduler_keeping_its_plan", "scaler_state", "restore_scaler"]
 
 
 class ResumeRefused(InputRefusal):
@@ -45,6 +47,30 @@ def records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
     configuration record refusing a changed setting then names the setting before a weight tensor fails on its
     changed shape (the order :func:`restore_states` takes)."""
     return sorted(objects.items(), key=lambda item: isinstance(item[1], TRAINING_STATE))
+
+
+def restorable(path: Path, objects: Mapping[str, Any], saved: Mapping[str, Any], records: tuple) -> dict[str, Any]:
+    """The objects a checkpoint can restore: ``ResumeRefused`` when it lacks the state of a training object (a
+    checkpoint of another kind of run); a record it lacks (a checkpoint written before the run recorded it) is left
+    out with a warning, so the resume goes on without comparing it.
+
+    Args:
+        path: the checkpoint, as the messages name it.
+        objects: this run's objects by name.
+        saved: the checkpoint's saved states by name.
+        records: the record classes (:data:`medgmae.engine.records.RECORDS`).
+
+    Returns:
+        ``objects`` without the unrecorded records.
+    """
+    missing = set(objects) - set(saved)
+    unrecorded = {name for name in missing if isinstance(objects[name], records)}
+    if missing - unrecorded:
+        raise ResumeRefused(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
+    if unrecorded:
+        logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them",
+                       path, sorted(unrecorded))  # fmt: skip
+    return {k: v for k, v in objects.items() if k not in unrecorded}
 
 
 def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mapping[str, Any]) -> None:
@@ -81,6 +107,58 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
                       [e for _, e in refused]) from refused[0][1]
     for scheduler in replanned:
         _rates_of_the_plan(scheduler)
+
+
+def scaler_state(engine: Any) -> dict | None:
+    """What a checkpoint saves of ``engine``'s gradient scaler: its ``state_dict`` (scale, growth tracker, ...) under
+    amp (:func:`~medgmae.engine.step_guards.active_scaler`), ``None`` for a run without one.
+
+    Args:
+        engine: the trainer.
+
+    Returns:
+        The scaler's state, or ``None``.
+    """
+    scaler = active_scaler(engine)
+    return None if scaler is None else scaler.state_dict()
+
+
+def restore_scaler(path: Path, engine: Any, checkpoint: Mapping[str, Any]) -> str:
+    """Restore ``engine``'s gradient scaler from ``checkpoint["scaler"]`` (:func:`scaler_state`), or warn (rank 0)
+    how the resume differs from an uninterrupted run when the checkpoint and this run differ in amp.
+
+    Under amp a step is taken only when the scaled gradients are finite, and the scale grows after a number of such
+    steps: a scaler started afresh (scale 65536, no steps counted) skips or takes other steps than the saved run's
+    would. A change of amp on resume (``--amp``, or CUDA now available or not) is allowed, as a change of the number
+    of loader workers is, with a warning that the resume is not exact.
+
+    Args:
+        path: the checkpoint, as the warning names it.
+        engine: the trainer, its scaler made (the run has started).
+        checkpoint: the checkpoint's content; one written before checkpoints held the scaler lacks the entry.
+
+    Returns:
+        The warning (``""`` when the scaler was restored, or neither run has one).
+    """
+    scaler, saved = active_scaler(engine), checkpoint.get("scaler")
+    if scaler is not None and isinstance(saved, Mapping):
+        scaler.load_state_dict(saved)
+        return ""
+    if scaler is not None:
+        fresh = f"its gradient scaler starts afresh at scale {scaler.get_scale():g}"
+        note = (f"checkpoint {path} holds no gradient scaler state (it was written before checkpoints held it): {fresh}, "
+                "so the resumed run can skip or take other steps than the uninterrupted run" if "scaler" not in checkpoint
+                else f"checkpoint {path} was saved by a run without amp (--amp false, or not on CUDA) and this run has "
+                f"amp: the resume is not exact (float16 autocast from here on, and {fresh})")  # fmt: skip
+    elif isinstance(saved, Mapping):
+        note = (f"checkpoint {path} was saved by a run with amp (float16 autocast on CUDA, its gradient scaler at scale "
+                f"{saved.get('scale')}) and this run has none (--amp false, or not on CUDA): the resume is not exact "
+                "(full precision from here on); resume with --amp true on CUDA to continue it exactly")  # fmt: skip
+    else:
+        return ""
+    if rank_world()[0] == 0:
+        logger.warning(note)
+    return note
 
 
 def _rates_of_the_plan(scheduler: Any) -> None:

@@ -1,5 +1,6 @@
 """Ignite handlers that guard a training step: a non-finite loss stops the run, gradients are clipped; and
-:func:`diverged_error`, which names a step's failure on a model that diverged as divergence.
+:func:`diverged_error`, which names a step's failure on a model that diverged as divergence, and
+:func:`active_scaler`, the gradient scaler a trainer's step goes through.
 
 Both handlers attach to MONAI trainers (``monai.engines.SupervisedTrainer`` and the toolkit's subclasses of it); the
 checkpoint handler in :mod:`medgmae.engine.checkpoint_handler` turns the error raised here into the run's last line.
@@ -13,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["NonFiniteLossHandler", "GradientClipHandler", "diverged_error", "non_finite_weights"]
+__all__ = ["NonFiniteLossHandler", "GradientClipHandler", "active_scaler", "diverged_error", "non_finite_weights"]
 
 
 class NonFiniteLossHandler:
@@ -71,10 +72,28 @@ class GradientClipHandler:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        scaler = getattr(engine, "scaler", None)
-        if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
+        scaler = active_scaler(engine)
+        if scaler is not None:
             scaler.unscale_(engine.optimizer)
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
+
+
+def active_scaler(engine: Any) -> Any:
+    """The gradient scaler ``engine``'s training step scales the loss with, or ``None``.
+
+    A MONAI trainer run with ``amp=True`` makes a ``GradScaler`` as ``engine.scaler`` when it starts (``run``); it is
+    disabled where CUDA is not available, and then scales nothing, as without amp.
+
+    Args:
+        engine: the trainer (any object: one without ``amp`` or ``scaler`` has no scaler).
+
+    Returns:
+        ``engine.scaler`` when ``engine.amp`` is on and the scaler is enabled, else ``None``.
+    """
+    scaler = getattr(engine, "scaler", None)
+    if not getattr(engine, "amp", False) or scaler is None or not scaler.is_enabled():
+        return None
+    return scaler
 
 
 def diverged_error(objects: Mapping[str, Any], engine: Engine, error: BaseException) -> FloatingPointError | None:
