@@ -41,6 +41,9 @@ __all__ = [
     "Checkpoint",
     "CHECKPOINT_KINDS",
     "ENCODER_KIND",
+    "LEGACY_SOURCES",
+    "MEDGMAE_EITHER",
+    "encoder_source",
     "make_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
@@ -61,6 +64,13 @@ CHECKPOINT_KINDS = {
     "patch-vit": "patch-ViT classifier (GViT baseline)",
     "medgmae-unetr": "fine-tuned UNETR",
 }
+#: The pre-training an ``encoder.pt`` written before 2026-12-04 records as its source (``extra.source``), which named
+#: the model class, -> its kind (files since record the kind itself). ``MedGMAE`` was written for MedGMAE and MedGMAE*
+#: runs alike: :func:`encoder_source` tells them apart by a ``multi_level`` in the recorded config where there is one.
+LEGACY_SOURCES = {"MedGMAE": "medgmae", "VoxelMAE": "voxel-mae", "GMAE2D": "gmae2d"}
+#: The source of an old ``MedGMAE`` encoder that records nothing telling MedGMAE from MedGMAE* (an encoder's config
+#: never does): both, rather than a guess that would group a MedGMAE* run with MedGMAE ones.
+MEDGMAE_EITHER = "medgmae or medgmae-star"
 
 
 @dataclass
@@ -139,12 +149,43 @@ def model_file_kind(path: str | os.PathLike) -> str | None:
     return payload.get("kind")
 
 
+def encoder_source(source: Any, config: Mapping | None = None) -> str:
+    """The pre-training an encoder's recorded source (``extra.source``) names, as a kind: the kind itself, or for a
+    file written before sources were kinds its class name mapped by :data:`LEGACY_SOURCES`.
+
+    Args:
+        source: the recorded source (a kind, a legacy class name, anything else another writer stored, or nothing).
+        config: the recorded model config, where one is at hand: its ``multi_level`` tells an old ``MedGMAE``
+            source's MedGMAE (``False``) from MedGMAE* (``True``).
+
+    Returns:
+        The kind (``"medgmae-star"`` for an old ``MedGMAE`` source whose config says ``multi_level``;
+        :data:`MEDGMAE_EITHER` where nothing says which), another string unchanged, ``""`` for no string.
+
+    Raises:
+        TypeError: ``config`` is neither a mapping nor ``None``.
+    """
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping or None, got {type(config).__name__}")
+    if not isinstance(source, str):
+        return ""
+    kind = LEGACY_SOURCES.get(source, source)
+    if source != "MedGMAE":
+        return kind
+    multi_level = (config or {}).get("multi_level")
+    if multi_level is None:
+        return MEDGMAE_EITHER
+    return "medgmae-star" if multi_level else "medgmae"
+
+
 def _kind_phrase(kind: str | None, ckpt: dict | None = None) -> str:
-    """``"a <kind> checkpoint (<what it is>)"``; an encoder's names the run it comes from (``extra.source``)."""
+    """``"a <kind> checkpoint (<what it is>)"``; an encoder's names the run it comes from (``extra.source``, read by
+    :func:`encoder_source`)."""
     if kind not in CHECKPOINT_KINDS:
         return f"a checkpoint of kind {kind!r}"
-    source = ((ckpt or {}).get("extra") or {}).get("source") if kind == ENCODER_KIND else None
-    run = f", from a {source} run" if source in CHECKPOINT_KINDS else ""
+    ckpt = ckpt or {}
+    source = encoder_source((ckpt.get("extra") or {}).get("source"), ckpt.get("config")) if kind == ENCODER_KIND else ""
+    run = f", from a {source} run" if source in CHECKPOINT_KINDS or source == MEDGMAE_EITHER else ""
     return f"a {kind} checkpoint ({CHECKPOINT_KINDS[kind]}{run})"
 
 

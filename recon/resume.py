@@ -184,13 +184,15 @@ def _raw_advice(saved: dict, now: dict) -> str:
 
 def _read_state(state_path: Path) -> dict:
     """The reconstruction state in ``state_path`` (an existing file), refused with the way on (a new run) when it
-    does not load or is no reconstruction state (:func:`recon.state.check_state`).
+    does not load or is no reconstruction state, and with an update of the toolkit as the first way on when a newer
+    release wrote it (:func:`recon.state.check_state`).
 
     Raises:
-        CLIError: not a PyTorch file or not a reconstruction state; ``ValueError`` when it is cut short.
+        CLIError: not a PyTorch file, not a reconstruction state, or one of a newer layout version; ``ValueError``
+            when it is cut short.
     """
     from medgmae.torch_files import load_torch_file
-    from recon.state import check_state
+    from recon.state import NewerStateError, check_state
 
     try:
         state = load_torch_file(state_path, what="reconstruction state", damaged_advice=f"{_NEW_RUN}: runs write their "
@@ -200,7 +202,9 @@ def _read_state(state_path: Path) -> dict:
             raise
         raise CLIError(f"{e}{' If it is: ' if str(e).endswith('?') else '; '}{_NEW_RUN}") from e
     try:
-        check_state(state)
+        check_state(state, state_path)
+    except NewerStateError as e:  # names the file; a new run is the other way on
+        raise CLIError(f"--resume: {e}; or {_NEW_RUN}") from e
     except ValueError as e:
         raise CLIError(f"cannot resume from {state_path}: {e}; {_NEW_RUN}") from e
     return state
@@ -219,8 +223,8 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
         The state (for :meth:`recon.gaussian_recon.GaussianReconstructor.load_state_dict`).
 
     Raises:
-        CLIError: no state; not a reconstruction state (:func:`recon.state.check_state`: refused as soon as it is
-            read, before any work); a state of another scan or other settings (each differing field named, its saved value
+        CLIError: no state; not a reconstruction state, or one a newer release wrote (:func:`recon.state.check_state`:
+            refused as soon as it is read, before any work); a state of another scan or other settings (each differing field named, its saved value
             and this run's);
             a ``--checkpoint`` or ``--fbp`` file at the saved path whose content changed (each named);
             ``iterations`` below the saved iteration.

@@ -5,11 +5,17 @@ The state holds every piece of a run (parameters, Adam moments, the iteration th
 generator's state, the density-control statistics and rounds, the history, the held-out views' record, the run's
 wall time) as tensors, numbers, strings, lists and dicts, so it loads with ``torch.load(..., weights_only=True)``
 and a resumed run continues bit for bit.
+
+A state records the version of its layout (``"version"``: :data:`STATE_VERSION`), as a model file records its format
+version (:mod:`medgmae.checkpoint_checks`): a state of a newer version, written by a newer release, is refused
+(:class:`NewerStateError`) rather than read as this one's; a state without the field (written before it was
+recorded: version 0) has this layout and resumes.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,12 +23,17 @@ import torch
 if TYPE_CHECKING:
     from recon.gaussian_recon import GaussianReconstructor
 
-__all__ = ["CHECKPOINT_KIND", "PARAMS", "RECON_STATE", "check_state", "reconstructor_state", "restore_reconstructor"]
+__all__ = ["CHECKPOINT_KIND", "PARAMS", "RECON_STATE", "STATE_VERSION", "NewerStateError", "check_state",
+           "reconstructor_state", "restore_reconstructor"]  # fmt: skip
 
 #: The state's file name in a reconstruction's output folder.
 RECON_STATE = "recon_state.pt"
 
 CHECKPOINT_KIND = "recon-gaussians"
+#: The newest state layout this release reads (and writes); a state without a version is version 0, this layout. A
+#: number of its own, not the model files' format version (``medgmae.checkpoint_checks.VERSION``): the two layouts
+#: change apart, and a new model-file version must not refuse the states of resumable reconstructions, nor the reverse.
+STATE_VERSION = 1
 #: The optimised parameter kinds, in the order of the optimiser's groups.
 PARAMS = ("means", "log_scales", "quats", "intensities")
 _REQUIRED = ("iteration", "params", "optimizer", "value_scale", "generator", "grad_accum", "grad_count")
@@ -39,6 +50,7 @@ def reconstructor_state(rec: GaussianReconstructor) -> dict:
     """
     return {
         "kind": CHECKPOINT_KIND,
+        "version": STATE_VERSION,
         "iteration": rec.iteration,
         "params": {k: v.detach().cpu().clone() for k, v in rec.params.items()},
         "optimizer": rec.optimizer.state_dict(),
@@ -55,16 +67,32 @@ def reconstructor_state(rec: GaussianReconstructor) -> dict:
     }
 
 
-def check_state(state) -> None:
-    """Refuse what is not a :func:`reconstructor_state` (checked as soon as a state is read, before any work).
+class NewerStateError(ValueError):
+    """A reconstruction state written by a newer release of the toolkit (a version above :data:`STATE_VERSION`); the
+    message names the file and says to update the toolkit."""
+
+
+def check_state(state, path: str | Path | None = None) -> None:
+    """Refuse what is not a :func:`reconstructor_state` this release reads (checked as soon as a state is read,
+    before any work).
+
+    Args:
+        state: what the file held.
+        path: the file, as the newer-version refusal names it (``None``: "the reconstruction state").
 
     Raises:
+        NewerStateError: a state of a newer layout version (a ``ValueError``).
         ValueError: not a reconstruction state (naming the kind it holds, e.g. a pre-trained model's
             ``'medgmae'``), or one lacking entries.
     """
     if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
         kind = state.get("kind") if isinstance(state, dict) else None
         raise ValueError(f"not a Gaussian reconstruction checkpoint (kind {kind!r}, not {CHECKPOINT_KIND!r})")
+    version = state.get("version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:  # a layout unknown here
+        raise NewerStateError(f"{path or 'the reconstruction state'}: written by a newer release of the toolkit "
+                              f"(reconstruction state version {version}; this one reads version {STATE_VERSION}): "
+                              "update the toolkit to resume it")  # fmt: skip
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise ValueError(f"the checkpoint lacks {missing} (written by an older version)")

@@ -102,6 +102,19 @@ def test_wrong_kind_names_the_file_and_both_kinds(tmp_path):
     assert {"medgmae", "medgmae-star", "voxel-mae", "medgmae-encoder", "gmae2d", "gvit", "medgmae-unetr"} <= set(CHECKPOINT_KINDS)
 
 
+@pytest.mark.parametrize("source, run", [("VoxelMAE", "voxel-mae"), ("voxel-mae", "voxel-mae"),
+                                         ("MedGMAE", "medgmae or medgmae-star")])  # fmt: skip
+def test_wrong_kind_names_the_run_an_old_encoder_came_from(tmp_path, source, run):
+    """An encoder.pt written before 2026-12-04 records its source as the model class; the wrong-kind refusal names
+    the run it came from as it does for a newer file's kind (an old MedGMAE source: either of the two it was written
+    for)."""
+    enc = MaskedViTEncoder(img_size=16, patch_size=8, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), None, {"source": source}), tmp_path / "e.pt")
+    with pytest.raises(ValueError) as refused:
+        load_checkpoint(tmp_path / "e.pt", "medgmae", "--init medgmae needs a medgmae model.pt")
+    assert f"e.pt is a medgmae-encoder checkpoint (pre-trained ViT encoder, from a {run} run); --init medgmae" in str(refused.value)
+
+
 def test_a_file_of_a_newer_checkpoint_version_is_refused_and_older_ones_read(tmp_path):
     """A model file of a later checkpoint version (fields this release does not know) was read as if it were this
     one's; it is refused, naming the file, both versions and the fix. This version's files, and files that state

@@ -48,11 +48,12 @@ def test_pretrained_check_names_the_file_and_the_problem(tmp_path):
         pretrained_check(24)(str(other))
     with pytest.raises(ValueError, match=r"--roi_size \(48, 48, 48\) differs from the img_size \(24, 24, 24\)"):
         pretrained_check(48)(str(encoder))
-    # the 2D GMAE's encoder.pt has the same kind: named as 2D, whatever --roi_size says
+    # the 2D GMAE's encoder.pt has the same kind: named as 2D, whatever --roi_size says (an old file's source, the
+    # class name GMAE2D, by its kind)
     flat = MaskedViTEncoder(img_size=24, patch_size=4, hidden_size=16, num_layers=1, num_heads=2, spatial_dims=2)
-    torch.save(make_checkpoint("medgmae-encoder", flat.config(), flat.state_dict(), None, {"source": "gmae2d"}),
-               tmp_path / "enc2d.pt")
-    for roi in (24, [24, 24]):
+    for roi, source in ((24, "gmae2d"), ([24, 24], "gmae2d"), (24, "GMAE2D")):
+        torch.save(make_checkpoint("medgmae-encoder", flat.config(), flat.state_dict(), None, {"source": source}),
+                   tmp_path / "enc2d.pt")
         with pytest.raises(ValueError, match=r"enc2d\.pt is a 2D encoder \(spatial_dims 2, from gmae2d\); fine-tuning "
                                              r"needs the 3D encoder\.pt"):
             pretrained_check(roi)(str(tmp_path / "enc2d.pt"))

@@ -97,6 +97,36 @@ def test_the_pretrained_record_names_the_file_and_its_source(tmp_path):
     assert (record["seed"], record["training_seed"], record["pretrained"]["path"]) == (4, 9, "")
 
 
+@pytest.mark.parametrize("source, config, kind", [
+    ("VoxelMAE", {}, "voxel-mae"), ("GMAE2D", {}, "gmae2d"), ("MedGMAE", {"multi_level": False}, "medgmae"),
+    ("MedGMAE", {"multi_level": True}, "medgmae-star"), ("MedGMAE", {}, "medgmae or medgmae-star"),
+    ("medgmae-star", {}, "medgmae-star"),
+])  # fmt: skip
+def test_an_old_encoders_class_name_source_is_recorded_as_its_kind(tmp_path, source, config, kind):
+    """An encoder.pt written before 2026-12-04 records its source as the model class (MedGMAE for MedGMAE and
+    MedGMAE* runs alike); the run record holds the kind, as for a newer file, and for a MedGMAE source whose file
+    does not tell which, both."""
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    path = tmp_path / "encoder.pt"
+    torch.save(make_checkpoint("medgmae-encoder", {**enc.config(), **config}, enc.state_dict(), None, {"source": source}), path)
+    assert pretrained_record(path)["source"] == kind
+
+
+def test_runs_recorded_from_old_and_new_encoders_of_one_pre_training_group_together(tmp_path, capsys):
+    """A run record holding an old encoder's class-name source (written by a release that copied it) is listed by
+    its kind: a voxel-MAE encoder's runs form one group whichever release wrote the file; an old MedGMAE source,
+    which cannot tell MedGMAE from MedGMAE*, is named as either."""
+    runs = []
+    for name, source in (("old", "VoxelMAE"), ("new", "voxel-mae"), ("old_medgmae", "MedGMAE")):
+        encoder = {"path": f"/{name}/encoder.pt", "kind": "medgmae-encoder", "source": source}
+        runs.append(fake_run(tmp_path / name, 0.5, 1, 0, training_seed=0, pretrained=encoder, epochs=1, best=(0.5, 1)))
+    _, rows, _ = runs_table(runs)
+    assert [r["init"] for r in rows] == ["voxel-mae", "voxel-mae", "medgmae or medgmae-star"]
+    assert main([*(str(r) for r in runs[:2]), "--summary", "best_dice"]) == 0
+    summary = capsys.readouterr().out.split("by initialisation")[1]
+    assert "| voxel-mae | 0.5000 | 2 | 2 | 0.5000 |" in summary and "VoxelMAE" not in summary
+
+
 def test_a_record_without_the_new_keys_still_resumes(tmp_path):
     """A run recorded before the training seed and encoder were resumes; those keys are not compared (another
     --seed or --pretrained is the settings check's to judge), the cases still are."""

@@ -13,6 +13,7 @@ from recon_cli_helpers import with_defaults
 
 from medgmae.data.phantom import generate_phantom
 from recon.cli import main
+from recon.state import NewerStateError, check_state
 
 from model_helpers import tiny_model_file
 
@@ -97,6 +98,31 @@ def test_older_states_without_a_fingerprint_resume_with_a_warning(saved, tmp_pat
     assert f"--resume: {old / 'recon_state.pt'} was written with --preset toolkit, not 3dgr-ct" in capsys.readouterr().err
     assert main(_args(scan, old, "--iterations", str(state["iteration"] + 2), "--resume")) == 0
     assert "records no scan fingerprint" in capsys.readouterr().err
+
+
+def test_a_state_of_a_newer_version_is_refused_and_one_without_a_version_resumes(saved, tmp_path, capsys):
+    """A state records its layout version (1); one of a later version (written by a newer release) is refused as
+    soon as it is read, naming the file, both versions and the update (exit 2, the folder untouched); one without
+    the field (written before it was recorded) resumes."""
+    scan, _, _, out = saved
+    state = torch.load(out / "recon_state.pt", weights_only=True)
+    assert state["version"] == 1
+    newer, old = tmp_path / "newer", tmp_path / "old"
+    newer.mkdir(), old.mkdir()
+    torch.save({**state, "version": 2}, newer / "recon_state.pt")
+    torch.save({k: v for k, v in state.items() if k != "version"}, old / "recon_state.pt")
+    before = _contents(newer)
+    capsys.readouterr()
+    assert main(_args(scan, newer, "--iterations", str(state["iteration"] + 2), "--resume")) == 2
+    said = capsys.readouterr()
+    assert (f"--resume: {newer / 'recon_state.pt'}: written by a newer release of the toolkit (reconstruction state "
+            "version 2; this one reads version 1): update the toolkit to resume it; or start a new run") in said.err
+    assert "resuming" not in said.out and _contents(newer) == before
+    with pytest.raises(NewerStateError, match=r"^the reconstruction state: written by a newer release"):  # no file
+        check_state({**state, "version": 2})
+    assert main(_args(scan, old, "--iterations", str(state["iteration"] + 2), "--resume")) == 0
+    assert f"resuming from {old / 'recon_state.pt'} at iteration {state['iteration']}" in capsys.readouterr().out
+    assert torch.load(old / "recon_state.pt", weights_only=True)["version"] == 1  # saved again in this layout
 
 
 @pytest.mark.parametrize("kind", ["other", "medgmae"])

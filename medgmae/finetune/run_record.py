@@ -51,8 +51,9 @@ def pretrained_record(pretrained: str | Path) -> dict[str, str]:
 
     The file is opened memory-mapped (its weights are not read). ``kind`` is the file's checkpoint kind
     (``medgmae-encoder`` for an ``encoder.pt``, ``medgmae`` / ``voxel-mae`` / ... for a pre-training ``model.pt``);
-    ``source`` the pre-training run an ``encoder.pt`` records it came from (its ``extra.source``, as
-    :mod:`medgmae.checkpoint` names it; ``""`` where it records none), for a model file its kind.
+    ``source`` the pre-training run an ``encoder.pt`` records it came from (its ``extra.source`` as a kind, by
+    :func:`medgmae.checkpoint.encoder_source`: an old file's class name mapped; ``""`` where it records none), for a
+    model file its kind.
 
     Args:
         pretrained: the ``--pretrained`` file; ``""`` for a run from scratch.
@@ -61,7 +62,7 @@ def pretrained_record(pretrained: str | Path) -> dict[str, str]:
         The absolute path, kind and source; all ``""`` from scratch, and ``kind`` / ``source`` ``""`` for a file
         that cannot be read as a toolkit checkpoint (the settings check refuses those before training).
     """
-    from medgmae.checkpoint import ENCODER_KIND, load_checkpoint
+    from medgmae.checkpoint import ENCODER_KIND, encoder_source, load_checkpoint
 
     if not str(pretrained or "").strip():
         return {"path": "", "kind": "", "source": ""}
@@ -70,7 +71,7 @@ def pretrained_record(pretrained: str | Path) -> dict[str, str]:
         ckpt = load_checkpoint(path, mmap=True)
     except (OSError, ValueError):
         return {"path": str(path), "kind": "", "source": ""}
-    source = (ckpt.extra or {}).get("source") or "" if ckpt.kind == ENCODER_KIND else ckpt.kind
+    source = encoder_source((ckpt.extra or {}).get("source"), ckpt.config) if ckpt.kind == ENCODER_KIND else ckpt.kind
     return {"path": str(path), "kind": str(ckpt.kind), "source": str(source)}
 
 

@@ -50,15 +50,19 @@ def _json(path: Path, what: str) -> dict | None:
 
 
 def _initialisation(record: dict) -> tuple[str, str]:
-    """``(init, encoder)``: ``scratch``, the pre-training the encoder came from (its recorded source or kind), or
-    ``not recorded`` for a record written before runs recorded it; the encoder's path."""
+    """``(init, encoder)``: ``scratch``, the pre-training the encoder came from (its recorded source or kind; a source
+    recorded from an old encoder, a class name such as ``MedGMAE``, as :func:`medgmae.checkpoint.encoder_source` maps
+    it, so that its runs group with those of newer files), or ``not recorded`` for a record written before runs
+    recorded it; the encoder's path."""
+    from medgmae.checkpoint import encoder_source
+
     pretrained = record.get("pretrained")
     if not isinstance(pretrained, dict):
         return "not recorded", ""
     path = str(pretrained.get("path") or "")
     if not path:
         return "scratch", ""
-    return str(pretrained.get("source") or pretrained.get("kind") or "pre-trained"), path
+    return encoder_source(pretrained.get("source")) or str(pretrained.get("kind") or "pre-trained"), path
 
 
 def _best(folder: Path) -> tuple[float | None, int | None]:

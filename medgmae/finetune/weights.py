@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch.nn as nn
 from monai.networks.nets import UNETR
 
-from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, load_checkpoint
+from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, encoder_source, load_checkpoint
 from medgmae.checkpoint_checks import TrainingStateError
 from medgmae.mae_training.models import MODEL_KINDS
 from medgmae.networks.unetr import MedGMAEUNETR
@@ -79,7 +79,7 @@ def read_encoder_file(path: str | Path, mmap: bool = False) -> Checkpoint:
         raise ValueError(not_an_encoder_message(ckpt))
     dims = ckpt.config.get("spatial_dims", 3)
     if dims != 3:  # the 2D GMAE writes encoder.pt files of the same kind
-        source = ckpt.extra.get("source")
+        source = encoder_source(ckpt.extra.get("source"), ckpt.config)
         raise ValueError(
             f"{ckpt.path.name} is a {dims}D encoder (spatial_dims {dims}{f', from {source}' if source else ''}); "
             f"fine-tuning needs the 3D encoder.pt written by medgmae_pretrain (file: {ckpt.path})"

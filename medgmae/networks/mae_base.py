@@ -247,7 +247,7 @@ class MaskedAutoencoder(nn.Module):
         """The ``encoder.pt`` payload (:mod:`medgmae.checkpoint` format, kind ``medgmae-encoder``) read by
         fine-tuning, with the pre-processing record; ``extra["source"]`` is the kind of the model it came from
         (``medgmae``, ``medgmae-star``, ``voxel-mae``, as in its ``model.pt``; files written before named the model
-        class there, e.g. ``MedGMAE``, and load alike: nothing reads it back)."""
+        class there, e.g. ``MedGMAE``, and load alike: :func:`medgmae.checkpoint.encoder_source` reads either)."""
         return make_checkpoint(ENCODER_KIND, self.encoder.config(), self.encoder_state_dict(), self.preprocessing,
                                extra={"source": self.kind, **self._data_extra()})  # fmt: skip
 
