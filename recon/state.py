@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from recon.cli_names import RECON_STATE
+
 if TYPE_CHECKING:
     from recon.gaussian_recon import GaussianReconstructor
 
 __all__ = ["CHECKPOINT_KIND", "PARAMS", "RECON_STATE", "check_state", "reconstructor_state", "restore_reconstructor"]
 
-#: The state's file name in a reconstruction's output folder.
-RECON_STATE = "recon_state.pt"
 
 CHECKPOINT_KIND = "recon-gaussians"
 #: The optimised parameter kinds, in the order of the optimiser's groups.
