@@ -2,37 +2,47 @@
 of processes, whether it is the process that writes and logs (rank 0), and waits for the others.
 
 Every function also works without a process group (one process: rank 0 of 1) and before ``torchrun``'s process
-group is made (:func:`is_main_process` then reads torchrun's ``RANK`` variable). Light on purpose: torch only.
+group is made (:func:`is_main_process` then reads torchrun's ``RANK`` variable). Light on purpose: torch only, and
+only once a process group can exist: the questions asked without one (rank, process count, main process) import
+nothing, so that a command line that only parses its arguments does not load torch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from datetime import timedelta
 from typing import Callable
-
-import torch.distributed as dist
 
 __all__ = ["MAIN_PROCESS_WAIT", "gather_in_order", "shard_sampler", "sharded_loader", "warn_if_sampler_repeats", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
 
 
 def in_process_group() -> bool:
-    """Whether a ``torch.distributed`` process group is initialised in this process."""
-    return dist.is_available() and dist.is_initialized()
+    """Whether a ``torch.distributed`` process group is initialised in this process (never before something has
+    imported ``torch.distributed``, which is not imported here for the question)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _dist():
+    """``torch.distributed``, imported on first use (the functions that call it run under a process group)."""
+    import torch.distributed as dist
+
+    return dist
 
 
 def rank_world() -> tuple[int, int]:
     """``(rank, world_size)`` under torch.distributed, ``(0, 1)`` without a process group."""
     if in_process_group():
-        return dist.get_rank(), dist.get_world_size()
+        return _dist().get_rank(), _dist().get_world_size()
     return 0, 1
 
 
 def process_rank() -> int:
     """This process's rank: the process group's, or before one is made torchrun's ``RANK`` (0 without either)."""
     if in_process_group():
-        return dist.get_rank()
+        return _dist().get_rank()
     rank = os.environ.get("RANK", "").strip()
     return int(rank) if rank.isdigit() else 0
 
@@ -41,7 +51,7 @@ def process_count() -> int:
     """The number of training processes: the process group's, or before one is made torchrun's ``WORLD_SIZE``
     (1 without either)."""
     if in_process_group():
-        return dist.get_world_size()
+        return _dist().get_world_size()
     size = os.environ.get("WORLD_SIZE", "").strip()
     return max(1, int(size)) if size.isdigit() else 1
 
@@ -62,7 +72,7 @@ def loader_workers(at_most: int = 4) -> int:
 def barrier() -> None:
     """Wait for every process of the group (nothing to wait for without one)."""
     if in_process_group():
-        dist.barrier()
+        _dist().barrier()
 
 
 #: How long the other ranks wait for the work rank 0 does for all in :func:`main_process_only`: the pre-check of a
@@ -76,7 +86,7 @@ def _waiting_group() -> object:
     same call (:func:`main_process_only` is reached by all) and destroyed when that call ends: a group kept in a
     module variable outlived ``destroy_process_group`` and was torn down at interpreter exit, where gloo aborted
     the process (``terminate called without an active exception``, exit signal 6 after a finished run)."""
-    return dist.new_group(backend="gloo", timeout=MAIN_PROCESS_WAIT)
+    return _dist().new_group(backend="gloo", timeout=MAIN_PROCESS_WAIT)
 
 
 def main_process_only(work: Callable[[], object], error: type[Exception] = RuntimeError) -> None:
@@ -102,9 +112,9 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
                 raise
     if group is not None:
         try:
-            dist.broadcast_object_list(failure, src=0, group=group)
+            _dist().broadcast_object_list(failure, src=0, group=group)
         finally:  # also when a peer went away: no group is left for the exit to tear down
-            dist.destroy_process_group(group)
+            _dist().destroy_process_group(group)
     if caught is not None:
         raise caught
     if failure[0] is not None:
@@ -188,6 +198,7 @@ def gather_in_order(items: list) -> list:
     """
     if not in_process_group():
         return list(items)
+    dist = _dist()
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, list(items))
     return [part[i] for i in range(max(len(p) for p in parts)) for part in parts if i < len(part)]

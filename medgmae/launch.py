@@ -1,9 +1,8 @@
 """The console scripts' entry points: each imports its command's module (torch, MONAI: seconds on a busy machine)
 and runs its ``main``, so that Ctrl-C (or SIGTERM) while that import runs ends the command as during its work, with
 one line on stderr and exit status 130 (143) instead of Python's traceback (or a silent end). The ``python -m`` forms (``recon/__main__.py``,
-``medgmae/data/phantom/__main__.py``) go through :func:`run` too; ``python -m recon`` imports a light package first,
-but ``python -m medgmae.data.phantom`` imports ``medgmae.data`` (torch, MONAI) before its ``__main__`` runs, so Ctrl-C
-then still shows the traceback (``medgmae-phantom`` does not). No torch or MONAI imports here.
+``medgmae/data/phantom/__main__.py``) go through :func:`run` too; the packages they import first (``recon``,
+``medgmae.data``, ``medgmae.data.phantom``) load neither torch nor MONAI. No torch or MONAI imports here.
 
 A command stopped by Ctrl-C (status 130) or SIGTERM (143) ends by that signal once it has said what it left
 (:func:`ended`, at exit once Python's own shutdown work is done; POSIX only), as Python does for an uncaught

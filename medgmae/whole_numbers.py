@@ -4,19 +4,25 @@ A size or count may come as a Python int, a NumPy integer (``np.int64(96)``, fro
 0-d tensor, or a whole float (``96.0``, from a config or an arithmetic); each is taken as its int. A fraction
 (``4.5``), a bool, NaN or a string is refused, not truncated: :func:`whole_number` raises a ``TypeError``, the
 functions that take an argument's name (:func:`positive_count`, :func:`positive_sizes`, ...) a ``ValueError`` naming
-it.
+it. torch is not imported here (a tensor is only told apart once something else has imported torch).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any, Sequence
 
 import numpy as np
-from torch import Tensor
 
 __all__ = ["whole_number", "whole_sizes", "positive_count", "nonnegative_count", "positive_sizes"]
+
+
+def _scalar_tensor(value: Any) -> bool:
+    """Whether ``value`` is a 0-d torch tensor (never when torch has not been imported: then none exists)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor) and value.dim() == 0
 
 
 def whole_number(value: Any) -> int:
@@ -31,7 +37,7 @@ def whole_number(value: Any) -> int:
     Raises:
         TypeError: anything else (a fraction, a bool, NaN or infinity, a string, a sequence).
     """
-    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_complex():
+    if _scalar_tensor(value) and not value.is_complex():
         value = value.item()
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"a bool is not a whole number: {value!r}")
@@ -124,7 +130,7 @@ def positive_sizes(value: Any, dims: int, name: str, scalar: bool = True) -> tup
             wrong number of sizes.
     """
     expected = f"{dims} positive whole numbers" + (" or one for every axis" if scalar else "")
-    one = isinstance(value, (numbers.Number, np.generic)) or (isinstance(value, Tensor) and value.dim() == 0)
+    one = isinstance(value, (numbers.Number, np.generic)) or _scalar_tensor(value)
     try:
         sizes = whole_sizes((value,) * dims if scalar and one else value, name)
     except ValueError:

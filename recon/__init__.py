@@ -4,28 +4,11 @@ with random, FBP or zero-shot MedGMAE initialisation.
 The names below are imported on first use, so that ``python -m recon`` reaches its ``__main__`` (and its Ctrl-C
 handling) before torch is imported."""
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from medgmae.lazy_names import lazy_names
 
 __all__ = ["CTGeometry", "Projector", "TorchProjector", "AstraProjector", "make_projector"]
 
+#: Each public name's module, imported on first use.
 _HOMES = {"CTGeometry": "recon.geometry", "Projector": "recon.projectors", "TorchProjector": "recon.projectors",
           "AstraProjector": "recon.projectors", "make_projector": "recon.projectors"}  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    """One of :data:`__all__`, imported from its module on first use.
-
-    Args:
-        name: the attribute asked for.
-
-    Returns:
-        The class or function of that name.
-    """
-    if name not in _HOMES:
-        raise AttributeError(f"module 'recon' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOMES)

@@ -63,16 +63,15 @@ import argparse
 import signal
 import sys
 import threading
+from importlib import import_module
+from typing import Callable
 
 from medgmae.bundle_errors import Terminated, catch_sigterm, on_sigint
 from medgmae.cli_types import ToolParser, expand_home, finite_float, nonneg_float, nonneg_int, positive_float, positive_int
 from medgmae.files import os_error_message
 from medgmae.write_failures import OutputWriteError
-from recon.commands import CLIError, Interrupted, cmd_evaluate, cmd_fbp
-from recon.geometry_command import cmd_geometry
-from recon.reconstruct_command import RECON_STATE, cmd_reconstruct
-from recon.select_command import cmd_select
-from recon.simulate_command import cmd_simulate
+from recon.cli_names import FILTERS, INIT_METHODS, PROJECTOR_BACKENDS, RECON_STATE, CLIError, Interrupted
+from recon.presets import PRESETS, SPLIT_RULES
 
 __all__ = ["main", "build_parser"]
 
@@ -190,8 +189,6 @@ def _add_geometry(sub) -> None:
 
 
 def _add_simulate(sub) -> None:
-    from recon.fbp import FILTERS
-
     s = _parser(sub, "simulate", "attenuation volume, projections, geometry and FBP from a CT volume in HU")
     s.add_argument("--volume", required=True, help="CT volume in HU (NIfTI, NRRD, MetaImage or a DICOM series folder)")
     s.add_argument("--geometry", required=True,
@@ -213,8 +210,6 @@ def _add_simulate(sub) -> None:
 
 
 def _add_fbp(sub) -> None:
-    from recon.fbp import FILTERS
-
     f = _parser(sub, "fbp", "FBP (parallel) or FDK (cone) reconstruction, attenuation in 1/mm")
     f.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     f.add_argument("--geometry", required=True, help="geometry.json")
@@ -226,8 +221,6 @@ def _add_fbp(sub) -> None:
 
 def _add_init_options(r: argparse.ArgumentParser) -> None:
     """``reconstruct``'s options of the initial Gaussians: the start, the zero-shot model's and the budget."""
-    from recon.initialisation import INIT_METHODS
-
     r.add_argument("--init", default=None, choices=(*INIT_METHODS, "3dgr-ct"), help="initialisation (default: the preset's)")
     r.add_argument("--checkpoint", default=None, help="pre-trained MedGMAE model.pt (for --init medgmae)")
     r.add_argument("--model-spacing", type=positive_float, nargs="+", default=None, metavar="MM",
@@ -247,10 +240,6 @@ def _add_init_options(r: argparse.ArgumentParser) -> None:
 
 
 def _add_reconstruct(sub) -> None:
-    from recon.fbp import FILTERS
-    from recon.presets import PRESETS, SPLIT_RULES
-    from recon.projectors import PROJECTOR_BACKENDS
-
     r = _parser(sub, "reconstruct", "Gaussian (3DGR-CT) reconstruction")
     r.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     r.add_argument("--geometry", required=True, help="geometry.json")
@@ -299,8 +288,17 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--out", required=True, help="output folder")
 
 
-COMMANDS = {"simulate": cmd_simulate, "fbp": cmd_fbp, "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate, "select": cmd_select,
-            "geometry": cmd_geometry}
+#: Each subcommand's function and its module, imported once the arguments parse (torch: not for ``--help`` or a
+#: refused flag).
+COMMANDS = {"simulate": "recon.simulate_command:cmd_simulate", "fbp": "recon.commands:cmd_fbp",
+            "reconstruct": "recon.reconstruct_command:cmd_reconstruct", "evaluate": "recon.commands:cmd_evaluate",
+            "select": "recon.select_command:cmd_select", "geometry": "recon.geometry_command:cmd_geometry"}  # fmt: skip
+
+
+def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function of the subcommand ``name`` (one of :data:`COMMANDS`), its module imported."""
+    module, function = COMMANDS[name].split(":")
+    return getattr(import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (``kill``, a batch system's time limit) stops the command as Ctrl-C does: the state saved so far is
     # named and nothing half-written is left
     previous = catch_sigterm() if main_thread else None
-    try:
-        return COMMANDS[args.command](args)
+    try:  # the command's import too: Ctrl-C or SIGTERM while torch loads is answered as during its work
+        return _command(args.command)(args)
     except (CLIError, ValueError, FileNotFoundError) as e:
         print(f"medgmae-recon {args.command}: error: {e}", file=sys.stderr)
         return 2

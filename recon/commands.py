@@ -20,6 +20,7 @@ from medgmae.files import output_dir_problem, path_length_problem
 from medgmae.folder_lock import folder_made
 from medgmae.volume_units import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
 from medgmae.volume_units import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
+from recon.cli_names import CLIError, Interrupted
 from recon.geometry import CTGeometry
 
 __all__ = [
@@ -38,15 +39,6 @@ __all__ = [
     "resolve_cli_device",
     "Scan",
 ]
-
-
-class CLIError(ValueError):
-    """A user-facing error: printed and turned into exit code 2."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) during a command, with what it left (the message): printed on one line, exit code 130
-    (143)."""
 
 
 def resolve_cli_device(name: str) -> torch.device:

@@ -35,6 +35,7 @@ from medgmae.preprocessing import DEFAULT_SPEC, PreprocessingSpec
 from medgmae.render import render_volume
 from medgmae.volume_units import looks_like_hu
 from medgmae.whole_numbers import nonnegative_count, positive_count
+from recon.cli_names import INIT_METHODS
 from recon.projectors.base import as_tensor
 
 __all__ = [
@@ -56,7 +57,6 @@ logger = logging.getLogger("recon")
 
 #: Linear attenuation coefficient of water (1/mm) used for HU <-> attenuation.
 MU_WATER = 0.0192
-INIT_METHODS = ("random", "fbp", "medgmae")
 
 
 def hu_to_mu(hu, mu_water: float = MU_WATER):

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recon.cli_names import FILTERS
+
 __all__ = ["FILTERS", "FILTER_CHUNK_BYTES", "filter_name", "ramp_filter", "filter_projections", "projections_tensor"]
 
-FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
 #: Bytes of float64 zero-padded detector rows ramp-filtered per chunk (:func:`filter_projections`): the filter's
 #: working set is a few times this, whatever the number of views (filtering 90 x 256 x 725 float32 views as one
 #: whole-stack complex FFT grew with the stack: ``bench/fbp_filter.py`` in ``bench/RESULTS.md``).

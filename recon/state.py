@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from recon.cli_names import RECON_STATE
+
 if TYPE_CHECKING:
     from recon.gaussian_recon import GaussianReconstructor
 
 __all__ = ["CHECKPOINT_KIND", "PARAMS", "RECON_STATE", "STATE_VERSION", "NewerStateError", "check_state",
            "reconstructor_state", "restore_reconstructor"]  # fmt: skip
 
-#: The state's file name in a reconstruction's output folder.
-RECON_STATE = "recon_state.pt"
 
 CHECKPOINT_KIND = "recon-gaussians"
 #: The newest state layout this release reads (and writes); a state without a version is version 0, this layout. A

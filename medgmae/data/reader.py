@@ -7,6 +7,9 @@ spacing, direction) correctly without the ``itk`` package that MONAI's ITK reade
 Axis order and world frame (the toolkit's convention, see :mod:`medgmae.preprocessing`): the array is ``(I, J, K)``
 in the file's index order (for SimpleITK images, ``(x, y, z)`` index order, i.e. SimpleITK's numpy array
 transposed), and ``affine`` maps index ``(i, j, k, 1)`` to RAS+ world millimetres (ITK's LPS world converted).
+
+Neither torch nor MONAI is imported here until ``LoadVolumed`` (MONAI's transform reading with :func:`read_volume`)
+is first asked for: a command that only reads volumes does not load them.
 """
 
 from __future__ import annotations
@@ -15,13 +18,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform
 
 from medgmae.data.dicom_series import Refused, read_series, series_ids, warn_if_modality_not_ct
 from medgmae.data.nifti_header import load_nifti
@@ -337,30 +336,57 @@ def whole_labels(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     return array if np.array_equal(rounded, array) else rounded.astype(array.dtype, copy=False)
 
 
-class LoadVolumed(MapTransform):
-    """MONAI dictionary transform: replace path entries by channel-first MetaTensors ``(1, I, J, K)`` read with
-    :func:`read_volume`, whose ``affine`` MONAI's spatial transforms (``Orientationd``, ``Spacingd``) then use.
-
-    The meta data hold what MONAI's ``LoadImaged`` records (``filename_or_obj``, ``original_affine``, ``affine``,
-    ``spatial_shape``, ``space``), so inversion (``Invertd``) and writers of results in the input's space work
-    unchanged; unlike ``LoadImaged`` it reads MetaImage and DICOM series without the ``itk`` package.
+def __getattr__(name: str) -> Any:
+    """``LoadVolumed``, made (MONAI and torch imported) when first asked for and then kept in this module.
 
     Args:
-        keys: keys holding paths.
-        allow_missing_keys: skip keys absent from the dict.
-        label_keys: the keys among ``keys`` holding label maps, read with ``label=True`` (their values rounded to
-            whole class numbers, :func:`whole_labels`).
+        name: the attribute asked for.
+
+    Returns:
+        The ``LoadVolumed`` class; any other name raises ``AttributeError``.
     """
+    if name != "LoadVolumed":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()["LoadVolumed"] = made = _load_volumed_class()
+    return made
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, label_keys: KeysCollection = ()) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.label_keys = {label_keys} if isinstance(label_keys, str) else set(label_keys)
 
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            vol = read_volume(d[key], label=key in self.label_keys)
-            meta = {"filename_or_obj": str(vol.path), "original_affine": vol.affine.copy(), "space": "RAS",
-                    "spatial_shape": np.asarray(vol.array.shape)}  # fmt: skip
-            d[key] = MetaTensor(torch.from_numpy(vol.array)[None], affine=torch.from_numpy(vol.affine), meta=meta)
-        return d
+def _load_volumed_class() -> type:
+    """The ``LoadVolumed`` class, named ``medgmae.data.reader.LoadVolumed`` as when it was defined at import (the
+    disk cache's folder name hashes that name, and pickles find it here)."""
+    import torch
+    from monai.config import KeysCollection
+    from monai.data import MetaTensor
+    from monai.transforms import MapTransform
+
+    class LoadVolumed(MapTransform):
+        """MONAI dictionary transform: replace path entries by channel-first MetaTensors ``(1, I, J, K)`` read with
+        :func:`read_volume`, whose ``affine`` MONAI's spatial transforms (``Orientationd``, ``Spacingd``) then use.
+
+        The meta data hold what MONAI's ``LoadImaged`` records (``filename_or_obj``, ``original_affine``, ``affine``,
+        ``spatial_shape``, ``space``), so inversion (``Invertd``) and writers of results in the input's space work
+        unchanged; unlike ``LoadImaged`` it reads MetaImage and DICOM series without the ``itk`` package.
+
+        Args:
+            keys: keys holding paths.
+            allow_missing_keys: skip keys absent from the dict.
+            label_keys: the keys among ``keys`` holding label maps, read with ``label=True`` (their values rounded
+                to whole class numbers, :func:`whole_labels`).
+        """
+
+        def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False,
+                     label_keys: KeysCollection = ()) -> None:  # fmt: skip
+            super().__init__(keys, allow_missing_keys)
+            self.label_keys = {label_keys} if isinstance(label_keys, str) else set(label_keys)
+
+        def __call__(self, data: Mapping) -> dict:
+            d = dict(data)
+            for key in self.key_iterator(d):
+                vol = read_volume(d[key], label=key in self.label_keys)
+                meta = {"filename_or_obj": str(vol.path), "original_affine": vol.affine.copy(), "space": "RAS",
+                        "spatial_shape": np.asarray(vol.array.shape)}  # fmt: skip
+                d[key] = MetaTensor(torch.from_numpy(vol.array)[None], affine=torch.from_numpy(vol.affine), meta=meta)
+            return d
+
+    LoadVolumed.__qualname__ = "LoadVolumed"
+    return LoadVolumed

@@ -1,28 +1,10 @@
-"""UNETR segmentation fine-tuning from the pre-trained encoder: data, weights, evaluation (see bundles/unetr_finetune)."""
+"""UNETR segmentation fine-tuning from the pre-trained encoder: data, weights, evaluation (see bundles/unetr_finetune).
 
-from medgmae.finetune.data import check_cases, evaluation_cases, prepare_datalists, select_label_fraction
-from medgmae.data.datalist import DatasetError, read_datalist
-from medgmae.finetune.classes import label_names, resolve_num_classes
-from medgmae.finetune.segment_inputs import inference_cases
-from medgmae.finetune.spec import finetune_spec, finetuned_spec
-from medgmae.finetune.transforms import inference_transforms, train_transforms, val_transforms
-from medgmae.finetune.report import FinetuneSummary, SegmentationPicture, dice_table, segmentation_figure
-from medgmae.finetune.evaluate import SaveSegmentationd, SegmentationReport, check_num_classes, per_case_dice
-from medgmae.finetune.progress import CaseProgress
-from medgmae.finetune.sliding import LoggedSlidingWindowInferer
-from medgmae.finetune.run_line import FinetuneRunLine
-from medgmae.finetune.best_model import BestCheckpointSaver, load_finetuned
-from medgmae.finetune.weights import (
-    build_unetr,
-    layer_id,
-    load_pretrained_encoder,
-    param_groups,
-    default_roi_size,
-    pretrained_check,
-    read_encoder_file,
-    set_encoder_trainable,
-    stock_unetr_from_encoder,
-)
+The names below are imported from their modules on first use (:mod:`medgmae.lazy_names`): most load MONAI, which
+``medgmae-runs-table`` (:mod:`medgmae.finetune.runs_table`) does not need.
+"""
+
+from medgmae.lazy_names import lazy_names
 
 __all__ = [
     "BestCheckpointSaver",
@@ -62,3 +44,44 @@ __all__ = [
     "train_transforms",
     "val_transforms",
 ]
+
+#: Each public name's module, imported on first use.
+_HOMES = {
+    "check_cases": "medgmae.finetune.data",
+    "evaluation_cases": "medgmae.finetune.data",
+    "prepare_datalists": "medgmae.finetune.data",
+    "select_label_fraction": "medgmae.finetune.data",
+    "DatasetError": "medgmae.data.datalist",
+    "read_datalist": "medgmae.data.datalist",
+    "label_names": "medgmae.finetune.classes",
+    "resolve_num_classes": "medgmae.finetune.classes",
+    "inference_cases": "medgmae.finetune.segment_inputs",
+    "finetune_spec": "medgmae.finetune.spec",
+    "finetuned_spec": "medgmae.finetune.spec",
+    "inference_transforms": "medgmae.finetune.transforms",
+    "train_transforms": "medgmae.finetune.transforms",
+    "val_transforms": "medgmae.finetune.transforms",
+    "FinetuneSummary": "medgmae.finetune.report",
+    "SegmentationPicture": "medgmae.finetune.report",
+    "dice_table": "medgmae.finetune.report",
+    "segmentation_figure": "medgmae.finetune.report",
+    "SaveSegmentationd": "medgmae.finetune.evaluate",
+    "SegmentationReport": "medgmae.finetune.evaluate",
+    "check_num_classes": "medgmae.finetune.evaluate",
+    "per_case_dice": "medgmae.finetune.evaluate",
+    "CaseProgress": "medgmae.finetune.progress",
+    "LoggedSlidingWindowInferer": "medgmae.finetune.sliding",
+    "FinetuneRunLine": "medgmae.finetune.run_line",
+    "BestCheckpointSaver": "medgmae.finetune.best_model",
+    "load_finetuned": "medgmae.finetune.best_model",
+    "build_unetr": "medgmae.finetune.weights",
+    "layer_id": "medgmae.finetune.weights",
+    "load_pretrained_encoder": "medgmae.finetune.weights",
+    "param_groups": "medgmae.finetune.weights",
+    "default_roi_size": "medgmae.finetune.weights",
+    "pretrained_check": "medgmae.finetune.weights",
+    "read_encoder_file": "medgmae.finetune.weights",
+    "set_encoder_trainable": "medgmae.finetune.weights",
+    "stock_unetr_from_encoder": "medgmae.finetune.weights",
+}
+__getattr__ = lazy_names(__name__, _HOMES)

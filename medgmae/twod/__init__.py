@@ -12,6 +12,9 @@ the 2D image folders), :mod:`~medgmae.twod.gvit` (GViT), :mod:`~medgmae.twod.gui
 :mod:`~medgmae.twod.gvit_train`, :mod:`~medgmae.twod.gvit_eval` and :mod:`~medgmae.twod.classification_data`.
 """
 
-from medgmae.twod.gmae import GMAE2D, SplatGaussians
+from medgmae.lazy_names import lazy_names
 
 __all__ = ["GMAE2D", "SplatGaussians"]
+
+#: Each public name's module, imported on first use (torch and MONAI: not for ``medgmae-2d --help``).
+__getattr__ = lazy_names(__name__, {"GMAE2D": "medgmae.twod.gmae", "SplatGaussians": "medgmae.twod.gmae"})

@@ -8,6 +8,7 @@ matrix) when that matrix fits :data:`MATRIX_BUDGET_BYTES`.
 
 from __future__ import annotations
 
+from recon.cli_names import PROJECTOR_BACKENDS
 from recon.geometry import CTGeometry
 from recon.projectors.astra_proj import AstraProjector, astra_cpu_supports, astra_cuda_available
 from recon.projectors import ray_matrix
@@ -31,8 +32,6 @@ __all__ = [
     "MATRIX_BUDGET_BYTES",
     "estimate_matrix_bytes",
 ]
-
-PROJECTOR_BACKENDS = ("auto", "torch", "astra", "matrix")
 
 
 def resolve_backend(geometry: CTGeometry, backend: str = "auto", device="cpu", step: float = 0.5) -> str:
