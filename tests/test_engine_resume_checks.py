@@ -141,6 +141,24 @@ def test_a_setting_with_a_saved_default_is_compared_in_a_section_an_older_checkp
                        saved_defaults={"step": {"augment": False}}).load_state_dict(oldest)  # fmt: skip
 
 
+def test_a_retired_setting_of_an_older_record_is_dropped_and_no_other_saved_only_one():
+    """A key an earlier version recorded and this one retired (``retired``) is not compared; a key only the saved
+    record holds that is not retired, or a retired key's name in another section, is still named as saved, not
+    set now."""
+    from medgmae.engine.records import SettingsRecord
+
+    record = SettingsRecord({"data": {"seed": 0}, "model": {"width": 4}}, "the test", retired={"data": ["root"]})
+    record.load_state_dict({"settings": {"data": {"seed": 0, "root": "/gone"}, "model": {"width": 4}}})
+    with pytest.raises(ValueError, match=r"other settings \(data\.crop: saved 8, now \(not set\)\)"):
+        record.load_state_dict({"settings": {"data": {"seed": 0, "root": "/gone", "crop": 8}, "model": {"width": 4}}})
+    with pytest.raises(ValueError, match=r"other settings \(model\.root: saved '/gone', now \(not set\)\)"):
+        record.load_state_dict({"settings": {"data": {"seed": 0}, "model": {"width": 4, "root": "/gone"}}})
+    with pytest.raises(ValueError, match=r"data\.seed: saved 1, now 0"):
+        record.load_state_dict({"settings": {"data": {"seed": 1, "root": "/gone"}, "model": {"width": 4}}})
+    with pytest.raises(ValueError, match="retired must map each section to a list of keys"):
+        SettingsRecord({"data": {}}, retired={"data": "root"})
+
+
 def test_a_changed_epoch_length_is_refused(tmp_path):
     """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
     against the new epoch length: ignite ended such a run at once, having trained nothing."""

@@ -224,6 +224,30 @@ def test_a_moved_run_of_the_default_task_resumes(tmp_path):
         other.trainer("warmup").run()
 
 
+def test_a_run_that_recorded_where_its_default_task_lay_resumes(tmp_path):
+    """GViT bundle 0.1.0 before 34480cb recorded the default phantom task's folder (``data.default_root``) in each
+    phase checkpoint's settings; today's record has no such key, and such a run was refused whatever its settings
+    ("data.default_root: saved '...', now (not set)"). The key is dropped from the saved record; the others are
+    still compared."""
+    data = load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = gvit_workflow(data, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
+    first.data_settings = {"dataset_dir": "", "seed": 0}
+    first.run()
+    for path in (tmp_path / "run" / "checkpoints" / "warmup").glob("*.pt"):  # the record as that release wrote it
+        saved = torch.load(path, weights_only=True)
+        saved["objects"]["settings"]["settings"]["data"]["default_root"] = str(tmp_path / "elsewhere" / "data")
+        torch.save(saved, path)
+    again = gvit_workflow(data, tmp_path / "run", resume=True)
+    again.data_settings = {"dataset_dir": "", "default_root": str(tmp_path / "run" / "data"), "seed": 0}
+    again.check_resume()
+    again.trainer("warmup").run()  # finished phase: resumes and ends at once
+    other = gvit_workflow(data, tmp_path / "run", resume=True)
+    other.data_settings = {"dataset_dir": "", "default_root": str(tmp_path / "run" / "data"), "seed": 1}
+    with pytest.raises(ValueError, match=r"other settings \(data\.seed: saved 0, now 1\)"):
+        other.check_resume()
+
+
 def test_a_shorter_phase_on_resume_is_refused_before_any_phase_trains(tmp_path, folder_state):
     """Resumed with fewer joint epochs than its checkpoint has trained, a run stops before the earlier phases
     train or write anything, naming --joint_epochs (it trained them first and then named max_epochs)."""

@@ -41,14 +41,24 @@ class SettingsRecord:
             later, whose earlier behaviour was ``value``), where this run's record holds the key.
         sources: ``{section: where its values come from}``, said after the differences of that section (settings
             no flag names: fine-tuning's pre-processing and encoder come from the ``--pretrained`` file).
+        retired: ``{section: keys}`` that earlier versions recorded and this one no longer does, because they no
+            longer change what a resumed run trains (GViT's ``data.default_root``): dropped from a saved record
+            before comparing. Any other key only the saved record holds is still a difference.
     """
 
     def __init__(self, settings: Mapping, what: str = "the run", saved_defaults: Mapping | None = None,
-                 sources: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 sources: Mapping[str, str] | None = None, retired: Mapping[str, Sequence[str]] | None = None) -> None:  # fmt: skip
         if not isinstance(settings, Mapping):
             raise ValueError(f"settings must be a mapping, got {type(settings).__name__}")
+        if retired is not None and (not isinstance(retired, Mapping)
+                                    or any(isinstance(v, str) or not isinstance(v, Sequence) for v in retired.values())):
+            raise ValueError(f"retired must map each section to a list of keys, got {retired!r}")
         self.settings, self.what = dict(settings), what
         self.saved_defaults = {k: dict(v) for k, v in (saved_defaults or {}).items()}
+        # explicit per record, not every key the saved record alone holds: such a key may be a setting the old run
+        # trained with that this version cannot give (a resume would then go on silently without it); only a key
+        # known to change nothing any more may be dropped
+        self.retired = {k: frozenset(v) for k, v in (retired or {}).items()}
         self.sources = dict(sources or {})
         self._warned = False
 
@@ -66,6 +76,9 @@ class SettingsRecord:
             ValueError: naming each differing setting (:func:`~medgmae.settings_diff.settings_differences`).
         """
         saved, now = dict(state.get("settings") or {}), self.state_dict()["settings"]
+        for section, keys in self.retired.items():  # settings no longer recorded: the old value changes nothing now
+            if isinstance(saved.get(section), Mapping):
+                saved[section] = {k: v for k, v in saved[section].items() if k not in keys}
         defaulted = self._saved_with_defaults(saved, now) if saved else {}
         unrecorded = [k for k in now if k not in saved] if saved else []
         for section, keys in defaulted.items():  # a section an earlier record lacks: its defaulted keys compared
