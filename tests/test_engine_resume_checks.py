@@ -159,6 +159,26 @@ def test_a_retired_setting_of_an_older_record_is_dropped_and_no_other_saved_only
         SettingsRecord({"data": {}}, retired={"data": "root"})
 
 
+def test_a_checkpoint_without_a_settings_record_is_compared_on_the_settings_whose_earlier_value_is_known():
+    """A checkpoint written before its run recorded settings stands in as ``{}`` for a record with saved defaults
+    (a top-level one here, as the 2D GMAE's flip): that setting is compared and its refusal names the flag and the
+    value that resume; the other settings are not compared. A record that holds the setting is compared as saved."""
+    from medgmae.engine.records import SettingsRecord, unrecorded_states
+
+    def record(flip):
+        return SettingsRecord({"flip": flip, "optimiser": {"lr": 1e-3}}, "the test", saved_defaults={"flip": True},
+                              flags={"flip": "flip"})  # fmt: skip
+
+    assert unrecorded_states({"settings": record(False), "plain": SettingsRecord({"a": 1})}) == {"settings": {}}
+    with pytest.raises(ValueError, match=r"\(flip: saved True, now False\)\. Resume with the saved settings \(here --flip true\) or"):
+        record(False).load_state_dict({})
+    record(True).load_state_dict({})  # the optimiser is not compared: not recorded
+    record(False).load_state_dict(record(False).state_dict())  # a record that holds flip: its value, not the default
+    nested = SettingsRecord({"model": {"freqs": 2}}, "the test", flags={"model.freqs": "classifier_freqs"})
+    with pytest.raises(ValueError, match=r"saved 6, now 2\)\. Resume with the saved settings \(here --classifier_freqs 6\)"):
+        nested.load_state_dict({"settings": {"model": {"freqs": 6}}})
+
+
 def test_a_changed_epoch_length_is_refused(tmp_path):
     """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
     against the new epoch length: ignite ended such a run at once, having trained nothing."""

@@ -33,7 +33,7 @@ from medgmae.engine.resume import (
 )
 from medgmae.engine.restore import ResumeRefused, records_first, restore_states
 from medgmae.engine.random_state import RandomStateTracker
-from medgmae.engine.records import RECORDS
+from medgmae.engine.records import RECORDS, unrecorded_states
 from medgmae.engine.step_guards import diverged_error, non_finite_weights
 from medgmae.files import remove_interrupted_writes
 from medgmae.torch_files import save_torch_atomic
@@ -360,11 +360,12 @@ class CheckpointHandler:
         unrecorded = {name for name in missing if isinstance(self.objects[name], RECORDS)}
         if missing - unrecorded:
             raise ResumeRefused(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
+        stand_ins = unrecorded_states({name: self.objects[name] for name in unrecorded})
         if unrecorded:
-            logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them",
-                           path, sorted(unrecorded))  # fmt: skip
-        restore = {k: v for k, v in self.objects.items() if k not in unrecorded}
-        restore_states(path, records_first(restore), ckpt["objects"])
+            logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them%s", path,
+                           sorted(unrecorded), " (but for settings whose earlier values are known)" * bool(stand_ins))  # fmt: skip
+        restore = {k: v for k, v in self.objects.items() if k not in unrecorded or k in stand_ins}
+        restore_states(path, records_first(restore), {**ckpt["objects"], **stand_ins})
         inexact_resume_notes(path, saved_loader, current_loader)
         ranks = ckpt.get("random_state_ranks")
         self.rng.load_rank_state(ranks if isinstance(ranks, list) and ranks else [ckpt["random_state"]], rank_world()[0])
