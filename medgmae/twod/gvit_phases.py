@@ -72,7 +72,8 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     # the task is compared by its cases and its other data settings, so that old value is dropped, not compared
     retired = {"data": ("default_root",)}
     records = {} if settings is None else {
-        "settings": SettingsRecord(settings, "GViT training", saved_defaults=before, retired=retired)}
+        "settings": SettingsRecord(settings, "GViT training", saved_defaults=before, retired=retired,
+                                   flags={"model.classifier_freqs": "classifier_freqs", "data.augment": "augment"})}
     if cases is not None:
         records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")
     return records
