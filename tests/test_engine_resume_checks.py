@@ -141,6 +141,44 @@ def test_a_setting_with_a_saved_default_is_compared_in_a_section_an_older_checkp
                        saved_defaults={"step": {"augment": False}}).load_state_dict(oldest)  # fmt: skip
 
 
+def test_a_retired_setting_of_an_older_record_is_dropped_and_no_other_saved_only_one():
+    """A key an earlier version recorded and this one retired (``retired``) is not compared; a key only the saved
+    record holds that is not retired, or a retired key's name in another section, is still named as saved, not
+    set now."""
+    from medgmae.engine.records import SettingsRecord
+
+    record = SettingsRecord({"data": {"seed": 0}, "model": {"width": 4}}, "the test", retired={"data": ["root"]})
+    record.load_state_dict({"settings": {"data": {"seed": 0, "root": "/gone"}, "model": {"width": 4}}})
+    with pytest.raises(ValueError, match=r"other settings \(data\.crop: saved 8, now \(not set\)\)"):
+        record.load_state_dict({"settings": {"data": {"seed": 0, "root": "/gone", "crop": 8}, "model": {"width": 4}}})
+    with pytest.raises(ValueError, match=r"other settings \(model\.root: saved '/gone', now \(not set\)\)"):
+        record.load_state_dict({"settings": {"data": {"seed": 0}, "model": {"width": 4, "root": "/gone"}}})
+    with pytest.raises(ValueError, match=r"data\.seed: saved 1, now 0"):
+        record.load_state_dict({"settings": {"data": {"seed": 1, "root": "/gone"}, "model": {"width": 4}}})
+    with pytest.raises(ValueError, match="retired must map each section to a list of keys"):
+        SettingsRecord({"data": {}}, retired={"data": "root"})
+
+
+def test_a_checkpoint_without_a_settings_record_is_compared_on_the_settings_whose_earlier_value_is_known():
+    """A checkpoint written before its run recorded settings stands in as ``{}`` for a record with saved defaults
+    (a top-level one here, as the 2D GMAE's flip): that setting is compared and its refusal names the flag and the
+    value that resume; the other settings are not compared. A record that holds the setting is compared as saved."""
+    from medgmae.engine.records import SettingsRecord, unrecorded_states
+
+    def record(flip):
+        return SettingsRecord({"flip": flip, "optimiser": {"lr": 1e-3}}, "the test", saved_defaults={"flip": True},
+                              flags={"flip": "flip"})  # fmt: skip
+
+    assert unrecorded_states({"settings": record(False), "plain": SettingsRecord({"a": 1})}) == {"settings": {}}
+    with pytest.raises(ValueError, match=r"\(flip: saved True, now False\)\. Resume with the saved settings \(here --flip true\) or"):
+        record(False).load_state_dict({})
+    record(True).load_state_dict({})  # the optimiser is not compared: not recorded
+    record(False).load_state_dict(record(False).state_dict())  # a record that holds flip: its value, not the default
+    nested = SettingsRecord({"model": {"freqs": 2}}, "the test", flags={"model.freqs": "classifier_freqs"})
+    with pytest.raises(ValueError, match=r"saved 6, now 2\)\. Resume with the saved settings \(here --classifier_freqs 6\)"):
+        nested.load_state_dict({"settings": {"model": {"freqs": 6}}})
+
+
 def test_a_changed_epoch_length_is_refused(tmp_path):
     """Resuming with another batch size (here 3 batches per epoch instead of 2) would count the saved iterations
     against the new epoch length: ignite ended such a run at once, having trained nothing."""

@@ -207,6 +207,31 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     assert folder_state(out) == before
 
 
+def test_a_run_from_before_flip_was_a_setting_resumes_only_with_flips(tmp_path, folder_state, caplog):
+    """gmae2d_pretrain 0.1.0 (before the flip setting) always trained with random flips and its checkpoints held no
+    settings or data record. Its resume with today's default (no flips) went on with a generic warning, silently
+    without the flips; it is refused naming --flip true, and resumes with it."""
+    out = tmp_path / "run"
+    _train(out, max_epochs=1, flip=True)
+    for path in out.glob("checkpoint_*.pt"):  # the checkpoints as that release wrote them
+        saved = torch.load(path, weights_only=True)
+        saved["objects"] = {k: v for k, v in saved["objects"].items() if k not in ("settings", "data")}
+        torch.save(saved, path)
+    before = folder_state(out)
+    with pytest.raises(Exception) as info:
+        _train(out, max_epochs=2, resume=True)
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    assert any("(flip: saved True, now False). Resume with the saved settings (here --flip true)" in t for t in chain), chain
+    assert folder_state(out) == before
+    with caplog.at_level("INFO", logger="medgmae.engine"):
+        _train(out, max_epochs=2, resume=True, flip=True)
+    assert "resumed from" in caplog.text and "random-transform states" not in caplog.text
+    assert torch.load(out / "model.pt", weights_only=True)["extra"]["data"]["flip"] is True
+
+
 def test_training_on_an_rgb_image_folder(tmp_path):
     data = tmp_path / "images" / "nested"
     data.mkdir(parents=True)

@@ -224,6 +224,53 @@ def test_a_moved_run_of_the_default_task_resumes(tmp_path):
         other.trainer("warmup").run()
 
 
+def test_a_run_that_recorded_where_its_default_task_lay_resumes(tmp_path):
+    """GViT bundle 0.1.0 before 34480cb recorded the default phantom task's folder (``data.default_root``) in each
+    phase checkpoint's settings; today's record has no such key, and such a run was refused whatever its settings
+    ("data.default_root: saved '...', now (not set)"). The key is dropped from the saved record; the others are
+    still compared."""
+    data = load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = gvit_workflow(data, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 0, "joint": 0}
+    first.data_settings = {"dataset_dir": "", "seed": 0}
+    first.run()
+    for path in (tmp_path / "run" / "checkpoints" / "warmup").glob("*.pt"):  # the record as that release wrote it
+        saved = torch.load(path, weights_only=True)
+        saved["objects"]["settings"]["settings"]["data"]["default_root"] = str(tmp_path / "elsewhere" / "data")
+        torch.save(saved, path)
+    again = gvit_workflow(data, tmp_path / "run", resume=True)
+    again.data_settings = {"dataset_dir": "", "default_root": str(tmp_path / "run" / "data"), "seed": 0}
+    again.check_resume()
+    again.trainer("warmup").run()  # finished phase: resumes and ends at once
+    other = gvit_workflow(data, tmp_path / "run", resume=True)
+    other.data_settings = {"dataset_dir": "", "default_root": str(tmp_path / "run" / "data"), "seed": 1}
+    with pytest.raises(ValueError, match=r"other settings \(data\.seed: saved 0, now 1\)"):
+        other.check_resume()
+
+
+def test_a_run_whose_phase_checkpoints_record_no_settings_is_refused_in_one_line_naming_the_flags(tmp_path):
+    """GViT bundle 0.1.0 as of b829c86 wrote phase checkpoints without settings or cases records; that release's
+    classifier used 6 octaves. Such a resume was not compared and failed later on a weight of another size (three
+    tracebacks); it is refused at the start, once for all phases, naming the flag that resumes it."""
+    data = load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
+    first = gvit_workflow(data, tmp_path / "run", resume=False)
+    first.epochs = {"warmup": 1, "classifier": 1, "joint": 1}
+    first.run()
+    for path in (tmp_path / "run" / "checkpoints").glob("*/*.pt"):  # the checkpoints as that release wrote them
+        saved = torch.load(path, weights_only=True)
+        saved["objects"] = {k: v for k, v in saved["objects"].items() if k not in ("settings", "cases")}
+        torch.save(saved, path)
+    again = gvit_workflow(data, tmp_path / "run", resume=True)
+    again.epochs = {"warmup": 1, "classifier": 1, "joint": 1}
+    with pytest.raises(ResumeRefused) as refused:
+        again.check_resume()
+    said = str(refused.value)
+    assert len(said.splitlines()) == 1, said
+    folders = str(tmp_path / "run" / "checkpoints" / "{warmup,classifier,joint}" / "checkpoint_epoch=1.pt")
+    assert f"cannot resume from checkpoint {folders} ('settings')" in said, said
+    assert "(model.classifier_freqs: saved 6, now 2). Resume with the saved settings (here --classifier_freqs 6) or" in said
+
+
 def test_a_shorter_phase_on_resume_is_refused_before_any_phase_trains(tmp_path, folder_state):
     """Resumed with fewer joint epochs than its checkpoint has trained, a run stops before the earlier phases
     train or write anything, naming --joint_epochs (it trained them first and then named max_epochs)."""

@@ -217,7 +217,7 @@ def test_star_checkpoint_from_before_the_intensity_rule_loads_as_clamp(tmp_path)
     cfg = {k: v for k, v in model.config().items() if k != "level_intensity"}
     assert MedGMAE.upgrade_config(cfg)["level_intensity"] == "clamp"
     assert MedGMAE(**MedGMAE.upgrade_config(cfg)).levels[0].intensity_residual == "clamp"
-    assert "level_intensity" not in MedGMAE.upgrade_config({**cfg, "multi_level": False})
+    assert MedGMAE.upgrade_config({**cfg, "multi_level": False})["level_intensity"] == "logit"  # no levels: no rule
     assert _gmae(multi_level=True).config()["level_intensity"] == "logit"
     with pytest.raises(ValueError, match="level_intensity"):
         _gmae(multi_level=True, level_intensity="relu")
@@ -242,6 +242,19 @@ def test_resuming_a_star_training_from_before_the_intensity_rule_keeps_or_names_
     with pytest.raises(ValueError, match=r"configuration \(num_gaussians: saved 16, now 8\)\. Resume"):
         ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8)).load_state_dict(
             ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict())
+
+
+def test_resuming_a_plain_medgmae_training_from_before_the_intensity_rule_resumes():
+    """A plain MedGMAE run's model record as releases before ``level_intensity`` existed wrote it (pre-training
+    bundle 0.1.0 before f9dccec: no ``level_intensity`` key) was refused with "level_intensity: saved (not recorded), now
+    'logit'" and no flag helped, though the rule does nothing without levels; it resumes as built today."""
+    from medgmae.mae_training import ModelConfigRecord
+
+    old = ModelConfigRecord(_gmae()).state_dict()
+    old["config"] = {k: v for k, v in old["config"].items() if k != "level_intensity"}
+    ModelConfigRecord(_gmae()).load_state_dict(old)
+    with pytest.raises(ValueError, match=r"configuration \(num_gaussians: saved 12, now 8\)\. Resume"):
+        ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8)).load_state_dict(old)
 
 
 def test_a_resume_as_another_model_kind_names_the_kind_and_its_flag_not_an_override_of_a_field():

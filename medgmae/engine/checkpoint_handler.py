@@ -31,9 +31,9 @@ from medgmae.engine.resume import (
     read_latest_checkpoint,
     saved_loader_record,
 )
-from medgmae.engine.restore import records_first, restorable, restore_scaler, restore_states, scaler_state
+from medgmae.engine.restore import records_first, restore_scaler, restore_states, scaler_state
 from medgmae.engine.random_state import RandomStateTracker
-from medgmae.engine.records import RECORDS
+from medgmae.engine.records import restorable
 from medgmae.engine.step_guards import diverged_error, non_finite_weights
 from medgmae.files import remove_interrupted_writes
 from medgmae.torch_files import save_torch_atomic
@@ -357,8 +357,8 @@ class CheckpointHandler:
         saved_loader, current_loader = saved_loader_record(ckpt), loader_record(engine.state.dataloader)
         check_epoch_length(path, ckpt["engine"], saved_loader, current_loader)
         check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok, saved=ckpt["engine"])
-        restore = restorable(path, self.objects, ckpt.get("objects", {}), RECORDS)
-        restore_states(path, records_first(restore), ckpt["objects"])
+        restore, saved = restorable(path, self.objects, ckpt.get("objects", {}))
+        restore_states(path, records_first(restore), saved)
         restore_scaler(path, engine, ckpt)
         inexact_resume_notes(path, saved_loader, current_loader)
         ranks = ckpt.get("random_state_ranks")

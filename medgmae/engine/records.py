@@ -26,7 +26,7 @@ from medgmae.engine.restore import ResumeRefused
 from medgmae.words import plural
 from medgmae.settings_diff import settings_differences
 
-__all__ = ["SettingsRecord", "CasesRecord", "RECORDS"]
+__all__ = ["SettingsRecord", "CasesRecord", "RECORDS", "restorable", "unrecorded_states"]
 
 logger = logging.getLogger("medgmae.engine")
 
@@ -38,18 +38,33 @@ class SettingsRecord:
         settings: e.g. ``{"model": model.config(), "data": {...}}``.
         what: how the error message names the run (``"GViT training"``).
         saved_defaults: ``{section: {key: value}}`` read into a saved record that lacks the key (a setting added
-            later, whose earlier behaviour was ``value``), where this run's record holds the key.
+            later, whose earlier behaviour was ``value``), where this run's record holds the key; a value that is
+            no mapping is a top-level setting's (``{"flip": True}``). A checkpoint written before its run recorded
+            settings at all is compared on these alone (:func:`unrecorded_states`).
         sources: ``{section: where its values come from}``, said after the differences of that section (settings
             no flag names: fine-tuning's pre-processing and encoder come from the ``--pretrained`` file).
+        retired: ``{section: keys}`` that earlier versions recorded and this one no longer does, because they no
+            longer change what a resumed run trains (GViT's ``data.default_root``): dropped from a saved record
+            before comparing. Any other key only the saved record holds is still a difference.
+        flags: ``{setting: bundle flag}`` (``{"model.classifier_freqs": "classifier_freqs"}``): a refusal naming
+            one of them says the flags and saved values that resume the run (``--classifier_freqs 6``).
     """
 
     def __init__(self, settings: Mapping, what: str = "the run", saved_defaults: Mapping | None = None,
-                 sources: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 sources: Mapping[str, str] | None = None, retired: Mapping[str, Sequence[str]] | None = None,
+                 flags: Mapping[str, str] | None = None) -> None:  # fmt: skip
         if not isinstance(settings, Mapping):
             raise ValueError(f"settings must be a mapping, got {type(settings).__name__}")
+        if retired is not None and (not isinstance(retired, Mapping)
+                                    or any(isinstance(v, str) or not isinstance(v, Sequence) for v in retired.values())):
+            raise ValueError(f"retired must map each section to a list of keys, got {retired!r}")
         self.settings, self.what = dict(settings), what
-        self.saved_defaults = {k: dict(v) for k, v in (saved_defaults or {}).items()}
-        self.sources = dict(sources or {})
+        self.saved_defaults = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (saved_defaults or {}).items()}
+        # explicit per record, not every key the saved record alone holds: such a key may be a setting the old run
+        # trained with that this version cannot give (a resume would then go on silently without it); only a key
+        # known to change nothing any more may be dropped
+        self.retired = {k: frozenset(v) for k, v in (retired or {}).items()}
+        self.sources, self.flags = dict(sources or {}), dict(flags or {})
         self._warned = False
 
     def state_dict(self) -> dict:
@@ -60,43 +75,62 @@ class SettingsRecord:
         """Accept a checkpoint written with these settings.
 
         Args:
-            state: what :meth:`state_dict` returned when the checkpoint was written.
+            state: what :meth:`state_dict` returned when the checkpoint was written; ``{}`` for a checkpoint that
+                holds no settings record (:func:`unrecorded_states`): only :attr:`saved_defaults` are compared.
 
         Raises:
             ValueError: naming each differing setting (:func:`~medgmae.settings_diff.settings_differences`).
         """
+        recorded = "settings" in state
         saved, now = dict(state.get("settings") or {}), self.state_dict()["settings"]
-        defaulted = self._saved_with_defaults(saved, now) if saved else {}
-        unrecorded = [k for k in now if k not in saved] if saved else []
+        for section, keys in self.retired.items():  # settings no longer recorded: the old value changes nothing now
+            if isinstance(saved.get(section), Mapping):
+                saved[section] = {k: v for k, v in saved[section].items() if k not in keys}
+        partial = bool(saved) or not recorded  # an empty recorded record is compared whole, as it was
+        defaulted = self._saved_with_defaults(saved, now) if partial else {}
+        unrecorded = [k for k in now if k not in saved] if partial else []
         for section, keys in defaulted.items():  # a section an earlier record lacks: its defaulted keys compared
             unrecorded += [f"{section}.{k}" for k in now[section] if k not in keys]
             now[section] = {k: v for k, v in now[section].items() if k in keys}
             saved[section] = {k: v for k, v in saved[section].items() if k in keys}
         if unrecorded:  # settings added to the record later: an earlier version's checkpoint still resumes
-            if not self._warned and is_main_process():  # the resume check and the restore both read it: said once
+            if recorded and not self._warned and is_main_process():  # the resume check and the restore: said once
                 logger.warning("the checkpoint of %s records no %s settings (an earlier version wrote it): they are "
                                "not compared, so give the same ones as that run", self.what, " or ".join(unrecorded))  # fmt: skip
             self._warned = True
             now = {k: v for k, v in now.items() if k in saved}
-        diff = settings_differences(saved, now)
-        if diff:
-            why = [f"{section}.*: {source}" for section, source in self.sources.items()
-                   if any(line.startswith(f"{section}.") for line in diff)]  # fmt: skip
-            raise ResumeRefused(
-                f"the checkpoint was written by {self.what} with other settings (" + "; ".join(diff) + "). "
-                + (f"Where they come from: {'; '.join(why)}. " if why else "")
-                + "Resume with the saved settings or train into a new output_dir"
-            )
+        if diff := settings_differences(saved, now):
+            self._refuse(diff, saved, recorded)
+
+    def _refuse(self, diff: list[str], saved: Mapping, recorded: bool) -> None:
+        """Raise the refusal naming ``diff`` (lines of :func:`settings_differences`), where each section's values
+        come from (:attr:`sources`) and the flags that give the saved values (:attr:`flags`)."""
+        why = [f"{section}.*: {source}" for section, source in self.sources.items()
+               if any(line.startswith(f"{section}.") for line in diff)]  # fmt: skip
+        given = [f"--{flag} {_flag_value(value)}" for name, flag in self.flags.items()
+                 if any(line.startswith(f"{name}: ") for line in diff) and (value := _dotted(saved, name)) is not _ABSENT]  # fmt: skip
+        when = "" if recorded else " before runs recorded their settings; the version that wrote it trained"
+        raise ResumeRefused(
+            f"the checkpoint was written by {self.what}{when} with other settings (" + "; ".join(diff) + "). "
+            + (f"Where they come from: {'; '.join(why)}. " if why else "")
+            + "Resume with the saved settings" + (f" (here {' '.join(given)})" if given else "")
+            + " or train into a new output_dir"
+        )
 
     def _saved_with_defaults(self, saved: dict, now: Mapping) -> dict[str, set]:
-        """Fill ``saved`` (in place) with :attr:`saved_defaults` for the settings this run records and it lacks: in
-        a section it holds, and a whole section it lacks (its defaulted keys are compared, the rest of it is not).
+        """Fill ``saved`` (in place) with :attr:`saved_defaults` for the settings this run records and it lacks: a
+        top-level setting, in a section it holds, and a whole section it lacks (its defaulted keys are compared,
+        the rest of it is not).
 
         Returns:
             ``{section: the defaulted keys}`` for the sections ``saved`` lacked.
         """
         defaulted = {}
         for section, defaults in self.saved_defaults.items():
+            if not isinstance(defaults, Mapping):  # a top-level setting
+                if section in now and not isinstance(now[section], Mapping) and section not in saved:
+                    saved[section] = defaults
+                continue
             if not isinstance(now.get(section), Mapping):
                 continue  # a setting this run does not record is not compared
             known = {k: v for k, v in defaults.items() if k in now[section]}
@@ -105,6 +139,63 @@ class SettingsRecord:
             elif section not in saved and known:
                 saved[section], defaulted[section] = dict(known), set(known)
         return defaulted
+
+
+_ABSENT = object()
+
+
+def _dotted(settings: Mapping, name: str) -> Any:
+    """The value of ``name`` (``"model.classifier_freqs"``) in nested ``settings``, :data:`_ABSENT` if none."""
+    value: Any = settings
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _flag_value(value: Any) -> str:
+    """A setting's value as a bundle flag takes it (``true``, ``6``, ``[0.0, 1.0]``; text as it is)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def unrecorded_states(records: Mapping[str, Any]) -> dict[str, dict]:
+    """The saved state that stands for each of ``records`` a checkpoint lacks (written before its run recorded
+    them): ``{}`` for a :class:`SettingsRecord` with :attr:`~SettingsRecord.saved_defaults`, so that a setting
+    whose earlier behaviour is known is still compared; none for the others (not compared).
+
+    Args:
+        records: name -> the records the checkpoint holds no state of.
+
+    Returns:
+        ``{name: {}}``.
+    """
+    return {name: {} for name, record in records.items() if isinstance(record, SettingsRecord) and record.saved_defaults}
+
+
+def restorable(path: Path, objects: Mapping[str, Any], saved: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a resume restores from a checkpoint: ``ResumeRefused`` when it lacks the state of a training object (a
+    checkpoint of another kind of run); a record it lacks (written before the run recorded it) is left out with a
+    warning, or compared on its stand-in where its earlier values are known (:func:`unrecorded_states`).
+
+    Args:
+        path: the checkpoint, as the messages name it.
+        objects: this run's objects by name.
+        saved: the checkpoint's saved states by name.
+
+    Returns:
+        ``(objects to restore, their saved states)``.
+    """
+    missing = set(objects) - set(saved)
+    unrecorded = {name for name in missing if isinstance(objects[name], RECORDS)}
+    if missing - unrecorded:
+        raise ResumeRefused(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
+    stand_ins = unrecorded_states({name: objects[name] for name in unrecorded})
+    if unrecorded:
+        logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them%s", path,
+                       sorted(unrecorded), " (but for settings whose earlier values are known)" * bool(stand_ins))  # fmt: skip
+    restore = {k: v for k, v in objects.items() if k not in unrecorded or k in stand_ins}
+    return restore, {**saved, **stand_ins}
 
 
 def _entry(value: Any) -> tuple[str, int | str] | None:

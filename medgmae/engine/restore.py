@@ -16,8 +16,8 @@ from medgmae.settings_diff import settings_differences
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRAINING_STATE", "ResumeRefused", "records_first", "refusal", "restorable", "restore_states",
-           "load_scheduler_keeping_its_plan", "scaler_state", "restore_scaler"]
+__all__ = ["TRAINING_STATE", "ResumeRefused", "records_first", "refusal", "restore_states", "load_scheduler_keeping_its_plan",
+           "scaler_state", "restore_scaler"]
 
 
 class ResumeRefused(InputRefusal):
@@ -47,30 +47,6 @@ def records_first(objects: Mapping[str, Any]) -> list[tuple[str, Any]]:
     configuration record refusing a changed setting then names the setting before a weight tensor fails on its
     changed shape (the order :func:`restore_states` takes)."""
     return sorted(objects.items(), key=lambda item: isinstance(item[1], TRAINING_STATE))
-
-
-def restorable(path: Path, objects: Mapping[str, Any], saved: Mapping[str, Any], records: tuple) -> dict[str, Any]:
-    """The objects a checkpoint can restore: ``ResumeRefused`` when it lacks the state of a training object (a
-    checkpoint of another kind of run); a record it lacks (a checkpoint written before the run recorded it) is left
-    out with a warning, so the resume goes on without comparing it.
-
-    Args:
-        path: the checkpoint, as the messages name it.
-        objects: this run's objects by name.
-        saved: the checkpoint's saved states by name.
-        records: the record classes (:data:`medgmae.engine.records.RECORDS`).
-
-    Returns:
-        ``objects`` without the unrecorded records.
-    """
-    missing = set(objects) - set(saved)
-    unrecorded = {name for name in missing if isinstance(objects[name], records)}
-    if missing - unrecorded:
-        raise ResumeRefused(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
-    if unrecorded:
-        logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them",
-                       path, sorted(unrecorded))  # fmt: skip
-    return {k: v for k, v in objects.items() if k not in unrecorded}
 
 
 def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mapping[str, Any]) -> None:

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from medgmae.data.phantom.writer import recorded_differences
 from medgmae.distributed import rank_world
+from medgmae.engine.records import unrecorded_states
 from medgmae.engine.restore import ResumeRefused, refusal, restore_states
 from medgmae.torch_files import load_torch_file
 from medgmae.words import plural
@@ -378,10 +379,12 @@ def check_resume_fits(
     path, ckpt = read_latest_checkpoint(output_dir, select=_resume_parts(records))
     if path is None:
         return path
+    # a settings record the checkpoint lacks still compares the settings whose earlier values are known
+    saved = {**unrecorded_states({n: r for n, r in records.items() if n not in ckpt["records"]}), **ckpt["records"]}
     refused = []  # another epoch length and other settings or data are named together: one error lists every change
     for check in (lambda: check_epoch_length(path, ckpt["engine"], saved_loader_record(ckpt), loader_record(train_loader)),
                   lambda: check_max_epochs(path, ckpt["engine"]["epoch"], max_epochs, finished_ok, key, ckpt["engine"]),
-                  lambda: restore_states(path, ((name, records[name]) for name in ckpt["records"]), ckpt["records"])):  # fmt: skip
+                  lambda: restore_states(path, ((name, records[name]) for name in saved), saved)):  # fmt: skip
         try:
             check()
         except ValueError as e:

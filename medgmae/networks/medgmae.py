@@ -46,6 +46,8 @@ __all__ = [
 
 #: How a MedGMAE* child's intensity follows its parent's (see :class:`ResidualGaussianLevel`).
 INTENSITY_RESIDUALS = ("logit", "clamp")
+#: The rule a model is built with unless told otherwise (the first of :data:`INTENSITY_RESIDUALS`).
+DEFAULT_LEVEL_INTENSITY = INTENSITY_RESIDUALS[0]
 #: MedGMAE*'s default level multipliers ``m_l``: level ``l`` has ``m_l * K`` Gaussians.
 LEVEL_MULTIPLIERS = (1, 2, 4)
 
@@ -223,7 +225,7 @@ class MedGMAE(MaskedAutoencoder):
         level_multipliers: Sequence[int] = LEVEL_MULTIPLIERS,
         level_deltas: Sequence[float] = (0.02, 0.05),
         sigma_mu: float = 0.05,
-        level_intensity: str = "logit",
+        level_intensity: str = DEFAULT_LEVEL_INTENSITY,
     ) -> None:
         super().__init__(img_size, patch_size, in_channels, model_size, mask_ratio, loss_on_all_voxels)
         if in_channels != 1:
@@ -294,9 +296,12 @@ class MedGMAE(MaskedAutoencoder):
 
     @classmethod
     def upgrade_config(cls, config: dict) -> dict:
-        """A checkpoint's config from before ``level_intensity`` existed names the rule it was trained with."""
-        if config.get("multi_level") and "level_intensity" not in config:
-            return {**config, "level_intensity": "clamp"}
+        """A checkpoint's config from before ``level_intensity`` existed names the rule it was trained with: clamp
+        for MedGMAE*, and for plain MedGMAE (which has no levels, so the rule changes nothing) today's default, so
+        that such a run resumes as it is built today."""
+        if "level_intensity" not in config:
+            rule = "clamp" if config.get("multi_level") else DEFAULT_LEVEL_INTENSITY
+            return {**config, "level_intensity": rule}
         return config
 
     @property

@@ -68,7 +68,12 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     # resumes it); a checkpoint written before the data record held window always lacks it where no window was given,
     # and one written before augment was a setting trained on images as they are (augment false)
     before = {"model": {"classifier_freqs": LEGACY_CLASSIFIER_FREQS}, "data": {"window": None, "augment": False}}
-    records = {} if settings is None else {"settings": SettingsRecord(settings, "GViT training", saved_defaults=before)}
+    # a run begun before the phantom task's folder stopped being a setting recorded where it lay (data.default_root):
+    # the task is compared by its cases and its other data settings, so that old value is dropped, not compared
+    retired = {"data": ("default_root",)}
+    records = {} if settings is None else {
+        "settings": SettingsRecord(settings, "GViT training", saved_defaults=before, retired=retired,
+                                   flags={"model.classifier_freqs": "classifier_freqs", "data.augment": "augment"})}
     if cases is not None:
         records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")
     return records

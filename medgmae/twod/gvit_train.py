@@ -21,6 +21,7 @@ so ``GradientClipHandler`` clips between the backward pass and the step.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -213,10 +214,10 @@ class GViTWorkflow:
         (named so), another epoch length or other settings (:func:`~medgmae.engine.check_resume_fits`; a finished
         phase is passed through). Every phase is checked: one error names each refusing phase's checkpoint and all
         its differences, a line each, so that a resume with another learning rate and another ``gamma`` names both
-        (the joint phase alone records the guidance)."""
+        (the joint phase alone records the guidance); phases refusing alike are one line (:func:`_phase_refusals`)."""
         if not any(isinstance(h, PhaseCheckpoint) and h.resume for h in self.kwargs["handlers"] or ()):
             return
-        refused = []
+        refused, phases = [], []
         for phase in (p for p in PHASES if self.epochs[p] > 0):
             records = resume_records(self.settings(phase), self.cases)
             try:
@@ -224,8 +225,9 @@ class GViTWorkflow:
                                   records=records, finished_ok=True, key=f"{phase}_epochs")  # fmt: skip
             except ValueError as e:
                 refused.append(e)
+                phases.append(phase)
         if refused:  # a ResumeRefused when every phase's is one: the bundle prints it alone, as the 3D bundles do
-            raise refusal("\n".join(str(e) for e in refused), refused) from refused[0]
+            raise refusal(_phase_refusals(self.output_dir / "checkpoints", phases, refused), refused) from refused[0]
 
     def _first_phase_to_train(self, resume: bool) -> str | None:
         """The first phase this run trains: of a fresh run, its first phase with epochs; of a resumed one, the first
@@ -310,3 +312,27 @@ class GViTWorkflow:
             device=self.device, num_explanations=self.num_explanations, render_backend=self.kwargs["render_backend"],
             record=record,
         )  # fmt: skip
+
+
+def _phase_refusals(folder: Path, phases: Sequence[str], refused: Sequence[Exception]) -> str:
+    """The refusals of ``phases`` (checkpoints in ``folder/<phase>``), a line each; said once, naming the phases
+    as ``folder/{warmup,classifier}/checkpoint_epoch=1.pt``, when they differ in nothing but the checkpoint (a run
+    of an earlier version: each phase refuses the same settings).
+
+    Args:
+        folder: the run's ``checkpoints`` folder.
+        phases: the refusing phases, in order.
+        refused: each phase's refusal.
+
+    Returns:
+        The error's text.
+    """
+    texts, names, shapes = [str(e) for e in refused], set(), set()
+    for text, phase in zip(texts, phases):
+        found = re.search(re.escape(str(folder / phase)) + r"[\\/](checkpoint_epoch=\d+\.pt)", text)
+        names.add(found.group(1) if found else None)
+        shapes.add(text.replace(found.group(0), "\0") if found else text)
+    if len(texts) > 1 and len(shapes) == 1 and None not in names:
+        name = names.pop() if len(names) == 1 else "checkpoint_epoch=N.pt"
+        return shapes.pop().replace("\0", str(folder / ("{" + ",".join(phases) + "}") / name))
+    return "\n".join(texts)
