@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from importlib import import_module
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = ["run", "ended", "recon", "twod", "phantom", "datalist", "runs_table", "INTERRUPTED"]
 
@@ -25,14 +25,16 @@ __all__ = ["run", "ended", "recon", "twod", "phantom", "datalist", "runs_table",
 INTERRUPTED = 130
 
 
-def run(prog: str, module: str) -> int:
-    """Import ``module`` and return its ``main()``'s exit status; Ctrl-C while it imports, or one its ``main``
+def run(prog: str, module: str, *args: Any) -> int:
+    """Import ``module`` and return its ``main(*args)``'s exit status; Ctrl-C while it imports, or one its ``main``
     does not handle itself, prints ``<prog>: interrupted ...`` on stderr and returns 130; SIGTERM while it imports
     prints ``<prog>: terminated (SIGTERM) while starting ...`` and returns 143.
 
     Args:
         prog: the command's name, the start of the line printed after Ctrl-C.
-        module: the module whose ``main`` (no arguments: it reads ``sys.argv``) is the command.
+        module: the module whose ``main`` is the command.
+        *args: ``main``'s arguments: none for a console script's module (its ``main`` reads ``sys.argv``); a
+            command that parses its flags before importing its work passes the parsed flags (``medgmae-2d``).
 
     Returns:
         The command's exit status.
@@ -50,7 +52,7 @@ def run(prog: str, module: str) -> int:
         if previous is not None:  # the command's own handling from here
             signal.signal(signal.SIGTERM, previous)
     try:
-        return main()
+        return main(*args)
     except KeyboardInterrupt:  # the commands that handle Ctrl-C say what they left; this is the others' line
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED

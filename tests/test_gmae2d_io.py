@@ -334,7 +334,7 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(cli_files, capsys, tmp_path):
 
 
 def test_cli_device_defaults_to_auto_and_help_shows_defaults(cli_files, monkeypatch, capsys):
-    import medgmae.twod.cli as cli
+    import medgmae.twod.zero_shot_command as cli
 
     _, ckpt, d = cli_files
     asked = []

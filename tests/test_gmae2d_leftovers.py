@@ -89,7 +89,7 @@ def test_gvit_and_2d_tool_counts_of_one_are_singular(tmp_path, caplog):
     import pytest
 
     from medgmae.twod.classification_split import apply_recorded_split
-    from medgmae.twod.cli import _check_layers
+    from medgmae.twod.zero_shot_command import _check_layers
     from medgmae.twod.gvit_summary import _summary_lines
     from medgmae.twod.pngs import save_png_grid
 

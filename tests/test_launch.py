@@ -70,6 +70,25 @@ def test_interrupt_a_command_does_not_handle(monkeypatch, capsys):
     assert stopped.value.code == 2
 
 
+def test_medgmae_2d_imports_its_work_through_the_launcher(tmp_path, monkeypatch, capsys):
+    """``medgmae-2d`` parses its flags, then imports its subcommands' work (torch, the model) through
+    :func:`medgmae.launch.run`: Ctrl-C while that loads is one line and 130, nothing written; without it, the work's
+    ``main`` gets the parsed flags."""
+    from medgmae.twod.cli import main
+
+    argv = ["edges", "--checkpoint", str(tmp_path / "m.pt"), "--image", str(tmp_path / "i.png"),
+            "--out", str(tmp_path / "o")]
+    monkeypatch.setattr(launch, "import_module", _interrupted_import)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "medgmae-2d: interrupted while starting: nothing was written\n"
+    assert not (tmp_path / "o").exists()
+    asked = []
+    work = types.SimpleNamespace(main=lambda args: (args.command, args.granularities))
+    monkeypatch.setattr(launch, "import_module", lambda name: asked.append(name) or work)
+    assert main([*argv, "--granularities", "4"]) == ("edges", [4])
+    assert asked == ["medgmae.twod.zero_shot_command"]
+
+
 @pytest.mark.parametrize("package, script", [("recon", "medgmae-recon"), ("medgmae.data.phantom", "medgmae-phantom")])
 def test_python_dash_m_goes_through_the_launcher(package, script, monkeypatch, capsys):
     """``python -m recon`` and ``python -m medgmae.data.phantom`` handle Ctrl-C in their imports as the scripts do."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torch.distributed", "monai")
+HEAVY = ("torch", "torch.distributed", "monai", "ignite")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -32,6 +32,9 @@ def _loaded_after(code: str) -> list[str]:
     ("recon", ["--help"]),
     ("recon", ["reconstruct", "--bogus"]),
     ("phantom", ["--help"]),
+    ("twod", ["--help"]),
+    ("twod", ["segment", "--help"]),
+    ("twod", ["edges", "--checkpoint", "m.pt", "--image", "i.png", "--out", "o", "--bogus"]),
 ])  # fmt: skip
 def test_help_and_a_refused_flag_import_no_torch_or_monai(entry, args):
     """The console script's own entry point (``medgmae.launch``), run as the script is: argparse answers and exits
@@ -48,7 +51,37 @@ def test_light_modules_import_no_torch_or_monai(module):
     assert _loaded_after(f"import {module}") == []
 
 
-@pytest.mark.parametrize("package", ["medgmae.data", "medgmae.finetune", "medgmae.twod", "recon"])
+def test_the_device_choice_loads_torch_only():
+    """``medgmae-2d`` and ``medgmae-recon`` ask ``medgmae.engine`` for ``resolve_device``: the package's handlers
+    (ignite, MONAI's transforms) are not imported with it."""
+    code = "from medgmae.engine import resolve_device\nassert resolve_device('cpu').type == 'cpu'"
+    loaded = _loaded_after(code)
+    assert "torch" in loaded and "monai" not in loaded and "ignite" not in loaded
+
+
+def test_fbp_runs_without_monai(tmp_path):
+    """``medgmae-recon fbp`` on a tiny parallel-beam scan (4 views of an 8 x 8 x 8 grid) writes its volume with torch
+    only: MONAI and ignite came in through ``medgmae.engine``'s handlers, imported with ``resolve_device``."""
+    import json
+
+    import numpy as np
+
+    angles = [i * np.pi / 4 for i in range(4)]
+    geometry = {"kind": "parallel", "volume_shape": [8, 8, 8], "voxel_size": [1.0, 1.0, 1.0], "det_shape": [8, 12],
+                "det_spacing": [1.0, 1.0], "angles": angles, "source_origin": None, "source_detector": None,
+                "affine": np.eye(4).tolist()}  # fmt: skip
+    (tmp_path / "geometry.json").write_text(json.dumps(geometry), encoding="utf-8")
+    np.save(tmp_path / "projections.npy", np.random.default_rng(0).uniform(0.0, 2.0, (4, 8, 12)).astype(np.float32))
+    args = ["fbp", "--projections", str(tmp_path / "projections.npy"), "--geometry", str(tmp_path / "geometry.json"),
+            "--device", "cpu", "--out", str(tmp_path / "fbp.nii.gz")]  # fmt: skip
+    code = (f"import sys\nfrom medgmae import launch\nsys.argv = ['x', *{args!r}]\n"
+            "assert launch.run('medgmae-recon', 'recon.cli') == 0")
+    loaded = _loaded_after(code)
+    assert "torch" in loaded and "monai" not in loaded and "ignite" not in loaded
+    assert (tmp_path / "fbp.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("package", ["medgmae.data", "medgmae.engine", "medgmae.finetune", "medgmae.twod", "recon"])
 def test_every_public_name_of_a_lazy_package_is_there(package):
     """Each name of ``__all__`` is found, from the module that defines it, and another name is an AttributeError."""
     module = importlib.import_module(package)

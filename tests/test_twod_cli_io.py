@@ -112,7 +112,7 @@ def test_outputs_lie_on_the_images_pixel_grid(model_file, tmp_path, capsys):
 
 
 def test_a_large_image_renders_at_most_512_on_its_longer_edge():
-    from medgmae.twod.cli import default_render_size
+    from medgmae.twod.zero_shot_command import default_render_size
 
     assert default_render_size((30, 50)) == (30, 50) and default_render_size((512, 512)) == (512, 512)
     assert default_render_size((2048, 2048)) == (512, 512) and default_render_size((1000, 3000)) == (171, 512)
@@ -139,7 +139,7 @@ def test_edges_replace_the_files_of_an_earlier_run(model_file, tmp_path):
 def test_a_failing_output_leaves_the_earlier_run_whole(model_file, tmp_path, monkeypatch):
     """The outputs are staged and moved in only when all were written: a writer that fails part-way leaves the
     earlier run's files as they were and no new one beside them."""
-    import medgmae.twod.cli as cli
+    import medgmae.twod.zero_shot_command as cli
 
     out = tmp_path / "edges"
     argv = ["edges", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(out)]
@@ -175,7 +175,7 @@ def test_option_messages_name_the_option(model_file, tmp_path, capsys):
     assert main(["layers", "--checkpoint", str(model_file), *common, "--render-size", "5000", "64"]) == 2
     assert "--render-size 5000 64: at most 4096 pixels on an edge (the model sees a 32 x 32 input" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-    from medgmae.twod.cli import _check_render_size
+    from medgmae.twod.zero_shot_command import _check_render_size
 
     _check_render_size((1500, 40), (32, 32), torch.device("cpu"))
     assert "rendering 1500 x 40 pixels on the CPU takes minutes" in capsys.readouterr().err

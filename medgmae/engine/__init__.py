@@ -1,17 +1,12 @@
 """Shared training infrastructure for the toolkit's MONAI bundles (ignite handlers): checkpoint/resume and the
 up-front resume check (``medgmae.engine.resume``), guards, progress, metric history and picture helpers
-(``medgmae.engine.figures``). File I/O lives in :mod:`medgmae.files`."""
+(``medgmae.engine.figures``). File I/O lives in :mod:`medgmae.files`.
 
-from medgmae.engine.checkpoint_handler import CheckpointHandler
-from medgmae.engine.epoch_validation import ResumeEvents
-from medgmae.engine.devices import resolve_device, unwrap_model
-from medgmae.engine.step_guards import GradientClipHandler, NonFiniteLossHandler
-from medgmae.engine.random_state import RandomStateTracker
-from medgmae.engine.resume import check_resume_fits, latest_checkpoint
-from medgmae.distributed import is_main_process
-from medgmae.engine.console import EpochProgress, ValidationProgress, loss_value, quiet_known_warnings
-from medgmae.engine.history import MetricHistory
-from medgmae.engine.lr_scalar import LearningRateScalar
+The public names are imported from their modules on first use (:mod:`medgmae.lazy_names`), so that
+``from medgmae.engine import resolve_device`` (``medgmae-2d``, ``medgmae-recon``) loads torch only, not ignite and
+MONAI, which the handlers' modules import."""
+
+from medgmae.lazy_names import lazy_names
 
 __all__ = [
     "CheckpointHandler",
@@ -31,3 +26,23 @@ __all__ = [
     "resolve_device",
     "unwrap_model",
 ]
+
+#: Each public name's module, imported on first use.
+__getattr__ = lazy_names(__name__, {
+    "CheckpointHandler": "medgmae.engine.checkpoint_handler",
+    "ResumeEvents": "medgmae.engine.epoch_validation",
+    "resolve_device": "medgmae.engine.devices",
+    "unwrap_model": "medgmae.engine.devices",
+    "GradientClipHandler": "medgmae.engine.step_guards",
+    "NonFiniteLossHandler": "medgmae.engine.step_guards",
+    "RandomStateTracker": "medgmae.engine.random_state",
+    "check_resume_fits": "medgmae.engine.resume",
+    "latest_checkpoint": "medgmae.engine.resume",
+    "is_main_process": "medgmae.distributed",
+    "EpochProgress": "medgmae.engine.console",
+    "ValidationProgress": "medgmae.engine.console",
+    "loss_value": "medgmae.engine.console",
+    "quiet_known_warnings": "medgmae.engine.console",
+    "MetricHistory": "medgmae.engine.history",
+    "LearningRateScalar": "medgmae.engine.lr_scalar",
+})  # fmt: skip

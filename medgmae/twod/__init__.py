@@ -4,7 +4,8 @@ Modules: :mod:`~medgmae.twod.render` (the splatting renderer's entry points), :m
 (its PyTorch compositor and conventions), :mod:`~medgmae.twod.gsplat_backend` (its gsplat backend and the choice of
 backend), :mod:`~medgmae.twod.gmae` (2D GMAE),
 :mod:`~medgmae.twod.layering` (its zero-shot depth layering, figure-ground and edges), :mod:`~medgmae.twod.cli`
-(``medgmae-2d``), :mod:`~medgmae.twod.images` (the 2D image reader and PNG writers; its NIfTI slices in
+(``medgmae-2d``; its work in :mod:`~medgmae.twod.zero_shot_command`), :mod:`~medgmae.twod.images` (the 2D
+image reader and PNG writers; its NIfTI slices in
 :mod:`~medgmae.twod.nifti_slices`), :mod:`~medgmae.twod.windows`
 (the intensity window setting), :mod:`~medgmae.twod.data2d`
 (the loader, phantom slices and the 2D GMAE dataset), :mod:`~medgmae.twod.image_folders` (the one listing of

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from medgmae.twod.gmae import SplatGaussians
+from medgmae.twod.layering_defaults import DEFAULT_GRANULARITIES, DEFAULT_NUM_LAYERS
 from medgmae.twod.render import render_gaussians_2d
 
 __all__ = [
@@ -41,11 +42,6 @@ __all__ = [
     "zero_shot_edges",
     "mask_iou",
 ]
-
-
-#: Figure-ground layers, and the layer counts of the edge maps, unless asked otherwise (``medgmae-2d``, the bench).
-DEFAULT_NUM_LAYERS = 16
-DEFAULT_GRANULARITIES = (4, 8, 16)
 
 
 def default_num_layers(num_gaussians: int) -> int:
