@@ -296,3 +296,15 @@ def test_an_out_no_file_can_be_created_in_is_refused_before_any_phantom_is_gener
         main(["--out", str(tmp_path / "d"), "--num-cases", "2", "--shape", "16", "16", "12"])
     assert exc.value.code == 2 and not (tmp_path / "d").exists()
     assert f"--out {tmp_path / 'd'}: cannot create files in {tmp_path} (Read-only file system)" in capsys.readouterr().err
+
+
+def test_a_generated_folder_whose_dataset_json_reads_as_null_says_to_delete_it(tmp_path):
+    """A ``dataset.json`` holding the JSON text ``null`` parses (to ``None``) yet is no record: the folder's
+    damaged-record refusal, not an error of the code."""
+    out = tmp_path / "ph"
+    write_phantom_dataset(out, num_cases=2, shape=(32, 32, 24), num_validation=1)
+    (out / "dataset.json").write_text("null")
+    from medgmae.data.datalist import DatasetError
+
+    with pytest.raises(DatasetError, match="damaged dataset.json .*no phantom record.*delete"):
+        write_phantom_dataset(out, num_cases=2, shape=(32, 32, 24), num_validation=1)

@@ -207,9 +207,14 @@ class DiskCacheDataset(PersistentDataset):
         # taken for another item's and written again, once
         if isinstance(entry, Mapping) and set(entry) == {_KEY, _ITEM} and entry[_KEY] == key:
             return entry[_ITEM]
-        stored = isinstance(entry, Mapping) and isinstance(entry.get(_KEY), str)
-        why = "it holds another item's volume" if stored else "it holds no cache key: another file, or an older cache"
-        logger.warning("cache file %s is not this item's cache entry (%s): rebuilt", hashfile, why)
+        if isinstance(entry, Mapping) and isinstance(entry.get(_KEY), str):
+            logger.warning("cache file %s is not this item's cache entry (it holds another item's volume): rebuilt",
+                           hashfile)  # fmt: skip
+        elif str(self.cache_dir) not in _KEYLESS_NOTED:  # an upgrade's whole cache: said once per folder and process
+            _KEYLESS_NOTED.add(str(self.cache_dir))
+            logger.warning("cache files in %s hold no cache key (written by an earlier release, or another file "
+                           "copied in, e.g. %s): each is pre-processed again and rewritten as it is read",
+                           self.cache_dir, hashfile.name)  # fmt: skip
         return _REBUILD
 
     def _write(self, hashfile: Path, key: str, out: Any) -> None:
@@ -231,6 +236,8 @@ class DiskCacheDataset(PersistentDataset):
 
 #: What :meth:`DiskCacheDataset._cached` returns for a cache file to write again.
 _REBUILD = object()
+#: The cache folders whose entries without a key this process has warned of (once each).
+_KEYLESS_NOTED: set[str] = set()
 #: The keys of a cache file's entry: the item's key (:func:`item_hash`) and the pre-processed item.
 _KEY, _ITEM = "medgmae_cache_key", "item"
 #: The advice of a cache folder that cannot be written.
@@ -244,8 +251,10 @@ def _unreadable_reason(hashfile: Path, error: Exception) -> str:
     from medgmae.torch_files import torch_file_kind
 
     kind = torch_file_kind(hashfile)
-    if kind in ("other", "pickle"):
+    if kind == "other":
         return "not a cache file written by torch.save"
+    if kind == "pickle":
+        return "not a cache file: a torch.save file of the legacy (non-zip) format"
     if kind == "cut":
         return "truncated or damaged: its zip archive is incomplete"
     reason = str(error).strip().splitlines()[0] if str(error).strip() else ""  # torch's advice runs on for lines
@@ -304,7 +313,6 @@ def training_dataset(
 
     Raises:
         ValueError: ``cache_rate`` is out of range.
-        BundleSettingError: the cache folder of this pre-processing exists and files cannot be created in it.
     """
     if not 0.0 <= float(cache_rate) <= 1.0:
         raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}")
@@ -320,10 +328,10 @@ def training_dataset(
     if str(folder) not in _NAMED_FOLDERS:  # a run's training and validation datasets share it: named once
         _NAMED_FOLDERS.add(str(folder))
         logger.info("pre-processed volumes are cached in %s", folder)
-    if folder.is_dir() and (problem := output_dir_problem(folder)):  # another user's, on a shared cache
-        from medgmae.bundle_checks import BundleSettingError
-
-        raise BundleSettingError(f"--cache_dir {str(cache_root)!r}: {problem}: {_UNWRITABLE_ADVICE}")
+    if folder.is_dir() and (problem := output_dir_problem(folder)):  # another user's, on a shared cache: its
+        # entries still serve (a hit writes nothing); a missing one stops the run at its write, naming the folder
+        logger.warning("--cache_dir %r: %s: the cached volumes are read from it, and a volume not cached there "
+                       "stops the run when it is written (%s)", str(cache_root), problem, _UNWRITABLE_ADVICE)  # fmt: skip
     left = remove_dead_writers_files(folder, "*.pt")
     if left:
         logger.info("removed %s that killed runs left half-written in %s", plural(len(left), "cache file"), folder)

@@ -151,6 +151,7 @@ def _earlier_phantoms(out: Path) -> list[Path] | None:
     """
     json_path = out / "dataset.json"
     if json_path.is_file():
+        why = "it holds no phantom record"  # e.g. the text null: it parses, to None
         try:
             doc = json.loads(json_path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as e:
