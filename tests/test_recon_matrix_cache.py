@@ -290,7 +290,8 @@ def test_a_run_removes_the_temporary_matrix_files_of_killed_writers_alone(scan, 
         t.write_text("{}")
     capsys.readouterr()
     assert main(_args(scan, tmp_path / "a", "--matrix-dir", str(shared))) == 0
-    assert f"removed what killed runs left in {shared} ({killed}); saved the matrix in" in capsys.readouterr().out
+    said = f"removed what killed runs left in {shared} ({killed}: their writer no longer runs on this host, or they "
+    assert said + "were unchanged for 24 hours); saved the matrix in" in capsys.readouterr().out
     assert sorted(p.name for p in shared.iterdir() if p.name.startswith(".")) == sorted(kept)
 
 

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import pytest
 
@@ -46,10 +47,26 @@ def test_a_file_this_process_may_not_remove_is_left_and_the_run_goes_on(tmp_path
 
 
 def test_only_a_dead_writers_file_is_removed(tmp_path):
-    """This process is alive (its file stays); a folder that does not exist has nothing to remove."""
+    """This process is alive (its file, an hour old, stays); a folder that does not exist has nothing to remove."""
     assert process_alive(os.getpid()) and not process_alive(2**62)
     mine = tmp_path / temp_name("a.pt")
     mine.write_bytes(b"partial")
-    os.utime(mine, (0, 0))
+    an_hour_ago = time.time() - 3600
+    os.utime(mine, (an_hour_ago, an_hour_ago))
     assert remove_dead_writers_files(tmp_path) == [] and mine.exists()
     assert remove_dead_writers_files(tmp_path / "none") == []
+
+
+@pytest.mark.parametrize("writer", ["another-host.4242", "this-host.1"])
+def test_a_day_old_file_is_removed_whoever_wrote_it(tmp_path, writer):
+    """A container's writer is never told dead by its name: its main process is pid 1 (alive in every PID
+    namespace), and Docker gives each container a host name of its own. Its file, unchanged for 25 hours, is
+    removed; one an hour old is left (it may be another host's live writer)."""
+    writer = writer.replace("this-host", host_tag())
+    hour = 3600
+    old, recent = tmp_path / f".tmp-{writer}-0123456789ab-a.pt", tmp_path / f".tmp-{writer}-ba9876543210-b.pt"
+    for path, hours in ((old, 25), (recent, 1)):
+        path.write_bytes(b"partial")
+        os.utime(path, (time.time() - hours * hour, time.time() - hours * hour))
+    assert TEMP_NAME.match(old.name) and process_alive(1)  # pid 1 is alive in every PID namespace
+    assert remove_dead_writers_files(tmp_path, "*.pt") == [old] and not old.exists() and recent.exists()

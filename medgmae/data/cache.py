@@ -25,8 +25,8 @@ file or none. MONAI's ``PersistentDataset`` (1.x) writes into a ``tempfile.Tempo
 temporary folder) and ``shutil.move``s the file into the cache; when that folder is on another filesystem (a
 node-local ``/tmp`` and a shared cache) the move is a copy, which another rank can read half-written. Hence the
 override of ``_cachecheck``. A process killed while writing leaves its temporary file; every run removes those of
-writers that no longer run on its host (:func:`medgmae.temp_names.remove_dead_writers_files`), never one a live
-process may still be writing.
+writers that no longer run on its host, and those unchanged for a day whoever wrote them (a container's writer:
+:func:`medgmae.temp_names.remove_dead_writers_files`), never one a live process may still be writing.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from monai.transforms import Compose, RandomizableTrait
 
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.files import atomic_write, output_dir_problem, save_json_atomic
-from medgmae.temp_names import remove_dead_writers_files
+from medgmae.temp_names import REMOVED_BECAUSE, remove_dead_writers_files
 from medgmae.words import plural
 
 __all__ = [
@@ -334,6 +334,7 @@ def training_dataset(
                        "stops the run when it is written (%s)", str(cache_root), problem, _UNWRITABLE_ADVICE)  # fmt: skip
     left = remove_dead_writers_files(folder, "*.pt")
     if left:
-        logger.info("removed %s that killed runs left half-written in %s", plural(len(left), "cache file"), folder)
+        logger.info("removed %s that killed runs left half-written in %s (%s)", plural(len(left), "cache file"), folder,
+                    REMOVED_BECAUSE)  # fmt: skip
     mmap = os.environ.get("MEDGMAE_CACHE_MMAP", "1").strip() != "0"  # see the module docstring
     return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=record, mmap=mmap)

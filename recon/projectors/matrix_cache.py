@@ -14,8 +14,9 @@ matrix under a name with the key's first 16 hex digits (:data:`SHARED_MATRIX_FIL
 lie side by side. Its files are only read and replaced, never removed. A reader sees a whole file or none (the write
 renames a finished temporary file); two runs that find no file and build at once both build, and the second
 rename replaces the first's file with an equal one. A run killed while writing leaves its temporary file, named
-after its host and process: each run removes those of processes no longer running on its host
-(:func:`medgmae.temp_names.remove_dead_writers_files`), never one another run may still be writing.
+after its host and process: each run removes those of processes no longer running on its host, and those unchanged
+for a day whoever wrote them (a container's run: :func:`medgmae.temp_names.remove_dead_writers_files`), never one
+another run may still be writing.
 """
 
 from __future__ import annotations
@@ -131,13 +132,13 @@ def cached_matrix_projector(
 
 def _remove_killed_writes(folder: str | Path) -> str:
     """Remove the temporary matrix files that runs killed while writing left in the shared ``folder`` (their process
-    no longer runs on this host); the words naming them, ``""`` for none."""
-    from medgmae.temp_names import remove_dead_writers_files
+    no longer runs on this host, or they are a day old); the words naming them and why, ``""`` for none."""
+    from medgmae.temp_names import REMOVED_BECAUSE, remove_dead_writers_files
 
     removed = remove_dead_writers_files(folder, SHARED_MATRIX_FILE.format(key="*"))
     if not removed:
         return ""
-    return f"removed what killed runs left in {folder} ({', '.join(p.name for p in removed)}); "
+    return f"removed what killed runs left in {folder} ({', '.join(p.name for p in removed)}: {REMOVED_BECAUSE}); "
 
 
 def save_matrix(projector: RayMatrixProjector, folder: str | Path, shared: bool = False) -> str:
