@@ -6,6 +6,9 @@ other's ``model.pt``, two TensorBoard logs, phantoms of two seeds under one ``da
 an advisory lock on its output folder itself (``flock`` on the folder's descriptor: no lock file is left in it, and
 the lock goes with the process however it ends, SIGKILL included; children it forks do not keep it), and a second
 run into the folder is refused, naming the process that holds it where this host can tell (``/proc/locks``).
+A command that asks to (``medgmae-phantom``: ``--wait-seconds``) waits for the holder instead, up to a bound, with
+a line when it starts waiting and one every :data:`medgmae.terminal.LINE_SECONDS` after: a job array whose tasks
+all make one dataset before training then finds it made (the training runs themselves are refused at once).
 A folder a command created is removed when the command ends with it empty (failed or interrupted before it wrote
 anything there); one that existed is never removed. :func:`folder_made` does this alone, without a lock, for a
 command that writes one file into a folder that other runs may share (``medgmae-recon fbp --out``, the matrix
@@ -31,10 +34,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from medgmae import terminal
 from medgmae.bundle_errors import InputRefusal
 
 try:
@@ -90,13 +95,34 @@ def release_folder(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+#: Seconds between two tries at a folder's lock while waiting for its holder (:func:`folder_held` ``wait``).
+WAIT_POLL_SECONDS = 0.5
+
+
 @contextmanager
-def folder_held(folder: str | os.PathLike, flag: str = "--out") -> Iterator[Path | None]:
+def folder_held(
+    folder: str | os.PathLike, flag: str = "--out", wait: float = 0.0, say: Callable[[str], object] | None = None,
+) -> Iterator[Path | None]:  # fmt: skip
     """Hold ``folder`` (:func:`hold_folder`) for the block, removing it after if the block created it and left it
     empty (before letting it go: a run waiting for it never locks a folder about to be removed); a folder held
-    before the block stays held after it. Yields the outermost folder this call created (``folder`` or a parent),
-    ``None`` when it existed."""
-    created, end = _hold_to_end(folder, flag)
+    before the block stays held after it.
+
+    Args:
+        folder: the output folder.
+        flag: the setting that named it, for the refusal and the waiting lines.
+        wait: seconds to wait for another process holding it to let it go (0: refused at once). Waiting says so in
+            one line, then every :data:`medgmae.terminal.LINE_SECONDS`; Ctrl-C (or SIGTERM raising) ends it.
+        say: prints one waiting line; default ``print`` to stdout, flushed.
+
+    Yields:
+        The outermost folder this call created (``folder`` or a parent), ``None`` when it existed.
+
+    Raises:
+        FolderInUse: another process holds it (still, after ``wait`` seconds).
+    """
+    if not (isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0):
+        raise ValueError(f"wait: expected a number of seconds >= 0, got {wait!r}")
+    created, end = _hold_to_end(folder, flag, _Wait(wait, say))
     try:
         yield created
     finally:
@@ -121,12 +147,12 @@ def hold_until_ended(folder: str | os.PathLike, flag: str = "--output_dir") -> C
     return _hold_to_end(folder, flag)[1]
 
 
-def _hold_to_end(folder: str | os.PathLike, flag: str) -> tuple[Path | None, Callable[[], None]]:
+def _hold_to_end(folder: str | os.PathLike, flag: str, wait: _Wait | None = None) -> tuple[Path | None, Callable[[], None]]:
     """Hold ``folder``: the outermost folder this call created, and the function that ends the hold (removing the
     folders created if empty, before letting it go: a run waiting for it never locks a folder about to be removed;
     a folder held before stays held)."""
     held = _key(folder) in _HELD
-    created = _lock(folder, flag)
+    created = _lock(folder, flag, wait)
 
     def end() -> None:
         if created:
@@ -166,9 +192,9 @@ def _key(folder: str | os.PathLike) -> str:
     return os.path.realpath(Path(folder).expanduser())
 
 
-def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
-    """Take ``folder``'s lock for this process (:func:`hold_folder`); the outermost folder this call created, if any
-    (``folder`` or one of its parents)."""
+def _lock(folder: str | os.PathLike, flag: str, wait: _Wait | None = None) -> Path | None:
+    """Take ``folder``'s lock for this process (:func:`hold_folder`), waiting for another holder as ``wait`` says
+    (none: refused at once); the outermost folder this call created, if any (``folder`` or one of its parents)."""
     key = _key(folder)
     if key in _HELD or fcntl is None:
         return None
@@ -182,14 +208,14 @@ def _lock(folder: str | os.PathLike, flag: str) -> Path | None:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError:
             return None
-        if not _locked(fd, path, flag):
+        if not _locked(fd, path, flag, wait):
             return created
         if _same_file(fd, path):
             _HELD[key] = fd
             return created
         os.close(fd)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
+        try:  # made again here (the run waited for failed and removed it): then this call created it
+            created = created or _make(path)
         except OSError:
             return None
     return created
@@ -215,20 +241,65 @@ def _make(path: Path) -> Path | None:
     return created
 
 
-def _locked(fd: int, path: Path, flag: str) -> bool:
-    """``flock`` ``fd`` (the folder at ``path``); ``False`` (``fd`` closed) on a file system without it, and
-    :class:`FolderInUse` when another process holds it."""
+def _locked(fd: int, path: Path, flag: str, wait: _Wait | None = None) -> bool:
+    """``flock`` ``fd`` (the folder at ``path``), waiting for another holder as ``wait`` says; ``False`` (``fd``
+    closed) on a file system without it, and :class:`FolderInUse` when another process holds it."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        (wait or _Wait(0.0)).flock(fd, path, flag)
+    except BlockingIOError as e:
         os.close(fd)  # a folder this call created is another run's now: never removed here
         raise FolderInUse(f"{flag} {path}: another run is writing into it{_holder(path)}; give another {flag}, or "
-                          "run this one when that run has ended") from None  # fmt: skip
+                          f"run this one when that run has ended{e.args[0] if e.args else ''}") from None  # fmt: skip
+    except BaseException:  # Ctrl-C or SIGTERM while waiting: the descriptor goes, the folder stays the holder's
+        os.close(fd)
+        raise
     except OSError as e:  # no flock on this file system's folders
         os.close(fd)
         logger.debug("%s: no lock on the output folder here (%s): runs into it are not kept apart", path, e)
         return False
     return True
+
+
+class _Wait:
+    """How long :func:`_locked` waits for another holder of a folder's lock, and the lines it prints meanwhile.
+
+    Args:
+        seconds: the longest wait (0: none).
+        say: prints one line; default ``print`` to stdout, flushed.
+    """
+
+    def __init__(self, seconds: float, say: Callable[[str], object] | None = None) -> None:
+        self.seconds = float(seconds)
+        self.say = say or (lambda line: print(line, flush=True))
+
+    def flock(self, fd: int, path: Path, flag: str) -> None:
+        """Take ``fd``'s exclusive ``flock``, trying every :data:`WAIT_POLL_SECONDS` while another process holds it,
+        for up to :attr:`seconds`.
+
+        Raises:
+            BlockingIOError: it is still held at the end, its argument saying how long this waited (``""``: not).
+            OSError: no ``flock`` on this file system.
+        """
+        try:
+            return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if self.seconds <= 0:
+                raise BlockingIOError("") from None
+        start = last = time.monotonic()
+        self.say(f"{flag} {path}: waiting for another run{_holder(path)} writing into it "
+                 f"(at most {terminal.duration_text(self.seconds)})")  # fmt: skip
+        while True:
+            time.sleep(min(WAIT_POLL_SECONDS, max(0.0, start + self.seconds - time.monotonic())))
+            try:
+                return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                now = time.monotonic()
+            if now - start >= self.seconds:
+                raise BlockingIOError(f" (waited {terminal.duration_text(now - start)})") from None
+            if now - last >= terminal.LINE_SECONDS:
+                self.say(f"{flag} {path}: still waiting for another run{_holder(path)}, "
+                         f"{terminal.duration_text(now - start)}")  # fmt: skip
+                last = now
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -103,7 +103,8 @@ def test_the_tools_refuse_a_folder_another_run_holds_and_write_nothing(tmp_path,
     folder = tmp_path / "busy"
     other_run(folder)
     volume = tmp_path / "missing.nii.gz"  # never read: the folder is refused first
-    for cmd in (["medgmae-phantom", "--out", str(folder), "--num-cases", "2", "--shape", "24", "24", "16"],
+    for cmd in (["medgmae-phantom", "--out", str(folder), "--num-cases", "2", "--shape", "24", "24", "16",
+                 "--wait-seconds", "0"],  # without it, it waits for the folder
                 ["medgmae-recon", "simulate", "--volume", str(volume), "--geometry", "parallel", "--out", str(folder)],
                 ["medgmae-2d", "edges", "--checkpoint", str(tmp_path / "model.pt"), "--image", str(volume), "--out",
                  str(folder)]):  # fmt: skip
