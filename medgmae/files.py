@@ -312,8 +312,9 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 #: How far (mm, at any corner voxel) a NIfTI's qform and sform may place a voxel apart and still count as one frame
 #: (the reader's check, :mod:`medgmae.data.reader`; the writer's).
 FRAME_TOLERANCE_MM = 1e-3
-#: The NIfTI ``descrip`` of a file :func:`save_nifti_atomic` wrote with a sheared affine: its qform is the nearest
-#: frame a qform can state, not the sform, by design (the reader warned about the sheared input it came from).
+#: The NIfTI ``descrip`` of a file an earlier release of :func:`save_nifti_atomic` wrote with a sheared affine: its
+#: qform (code 1) is the nearest frame a qform can state, not the sform, by design; the reader still reads such files
+#: without a warning (it warned about the sheared input they came from). Today's writer states no qform there.
 SHEARED_SFORM_NOTE = "sform sheared; qform is its nearest frame"
 
 
@@ -323,8 +324,12 @@ def save_nifti_atomic(
     """Write a volume as NIfTI through :func:`atomic_write`; the one NIfTI writer of the toolkit.
 
     The header states what 3D Slicer, ITK and nibabel need to agree on the volume's place: the voxel-to-world
-    ``affine`` as both qform and sform (code 1, scanner RAS; of a sheared affine the qform is the nearest rotation and
-    scaling, which ITK-based tools read) and millimetres as the spatial unit.
+    ``affine`` as both qform and sform (code 1, scanner RAS) and millimetres as the spatial unit. A sheared affine
+    (an unresampled gantry-tilted scan's), which no qform can state (a rotation times voxel sizes), is written as the
+    sform alone (code 1) with qform code 0 (unknown): the nearest qform would place the far voxels tens of mm away
+    (76 mm at the far corner of a 512 x 512 x 300 grid tilted 20 degrees), and ITK-based tools (SimpleITK, 3D Slicer),
+    which read the qform when the sform is not orthonormal, would show the volume there without a word; with no
+    qform they refuse the file ("No orthonormal definition found") instead, as they refuse such an input.
 
     Args:
         data: the array in the file's own index order ``(I, J, K)`` (nibabel's), e.g. ``(H, W, D)``.
@@ -347,14 +352,12 @@ def save_nifti_atomic(
     img = nib.Nifti1Image(array, affine)
     img.header.set_data_dtype(array.dtype)
     img.header.set_xyzt_units("mm", "sec")
-    # a sheared affine (an unresampled gantry-tilted scan's) has no exact qform: nibabel writes the nearest one, which
-    # ITK-based tools read (they refuse a file without an orthonormal frame), while the sform keeps the shear
-    img.set_qform(affine, code=1)
+    img.set_qform(affine, code=1)  # nibabel stores the nearest rotation and voxel sizes (``affine`` unless sheared)
     img.set_sform(affine, code=1)
     from medgmae.data.grid import grid_offset_mm
 
-    if grid_offset_mm(array.shape[:3], affine, img.get_qform()) > FRAME_TOLERANCE_MM:
-        img.header["descrip"] = SHEARED_SFORM_NOTE  # the frames differ by design: readers need not warn again
+    if grid_offset_mm(array.shape[:3], affine, img.get_qform()) > FRAME_TOLERANCE_MM:  # the reader's test of a shear
+        img.set_qform(None)  # code 0: no qform rather than one placing the voxels elsewhere (ITK would read it)
     with atomic_write(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
