@@ -354,9 +354,10 @@ def save_nifti_atomic(
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)  # nibabel stores the nearest rotation and voxel sizes (``affine`` unless sheared)
     img.set_sform(affine, code=1)
-    from medgmae.data.grid import grid_offset_mm
+    from medgmae.data.grid import grid_offset_mm, nearest_unsheared_frame
 
-    if grid_offset_mm(array.shape[:3], affine, img.get_qform()) > FRAME_TOLERANCE_MM:  # the reader's test of a shear
+    nearest = nearest_unsheared_frame(affine)  # the frame the qform holds now (a singular affine: refused by nibabel)
+    if nearest is not None and grid_offset_mm(array.shape[:3], affine, nearest) > FRAME_TOLERANCE_MM:
         img.set_qform(None)  # code 0: no qform rather than one placing the voxels elsewhere (ITK would read it)
     with atomic_write(path) as tmp:
         nib.save(img, str(tmp))

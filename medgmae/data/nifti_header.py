@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medgmae.data.dicom_series import Refused
-from medgmae.data.grid import grid_offset_mm
+from medgmae.data.grid import grid_offset_mm, nearest_unsheared_frame
 from medgmae.files import FRAME_TOLERANCE_MM, SHEARED_SFORM_NOTE
 
 __all__ = ["load_nifti"]
@@ -119,14 +119,9 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
         return
     apart = grid_offset_mm(img.shape[:3], sform, qform)  # the grid module's measure: the farthest corner voxel
     if apart > FRAME_TOLERANCE_MM and str(path) not in _FRAMES_WARNED:  # once per file: epochs read it again
-        nearest = type(img.header)()
-        try:
-            nearest.set_qform(sform)  # the nearest frame a qform states (a singular sform has none)
-            nearest = nearest.get_qform()
-        except Exception:  # noqa: BLE001  (nibabel's HeaderDataError: "Could not decompose affine")
-            nearest = None
+        nearest = nearest_unsheared_frame(sform)  # the nearest frame a qform states (a singular sform has none)
         sheared = nearest is not None and grid_offset_mm(img.shape[:3], sform, nearest) > FRAME_TOLERANCE_MM
-        # the sheared sform beside its nearest qform: a converter's usual pair, and what the toolkit writes
+        # the sheared sform beside its nearest qform: a converter's usual pair, and what earlier releases wrote
         paired = sheared and grid_offset_mm(img.shape[:3], qform, nearest) <= FRAME_TOLERANCE_MM
         marked = img.header["descrip"].tobytes().rstrip(b"\0") == SHEARED_SFORM_NOTE.encode()  # the toolkit's output
         if paired and marked:
