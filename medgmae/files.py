@@ -312,9 +312,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 #: How far (mm, at any corner voxel) a NIfTI's qform and sform may place a voxel apart and still count as one frame
 #: (the reader's check, :mod:`medgmae.data.reader`; the writer's).
 FRAME_TOLERANCE_MM = 1e-3
-#: The NIfTI ``descrip`` of a file an earlier release of :func:`save_nifti_atomic` wrote with a sheared affine: its
-#: qform (code 1) is the nearest frame a qform can state, not the sform, by design; the reader still reads such files
-#: without a warning (it warned about the sheared input they came from). Today's writer states no qform there.
+#: The NIfTI ``descrip`` of a file earlier releases of :func:`save_nifti_atomic` wrote with a sheared affine, its
+#: qform (code 1) the nearest frame: read without a warning (the reader warned about the sheared input they came from).
 SHEARED_SFORM_NOTE = "sform sheared; qform is its nearest frame"
 
 
@@ -325,11 +324,9 @@ def save_nifti_atomic(
 
     The header states what 3D Slicer, ITK and nibabel need to agree on the volume's place: the voxel-to-world
     ``affine`` as both qform and sform (code 1, scanner RAS) and millimetres as the spatial unit. A sheared affine
-    (an unresampled gantry-tilted scan's), which no qform can state (a rotation times voxel sizes), is written as the
-    sform alone (code 1) with qform code 0 (unknown): the nearest qform would place the far voxels tens of mm away
-    (76 mm at the far corner of a 512 x 512 x 300 grid tilted 20 degrees), and ITK-based tools (SimpleITK, 3D Slicer),
-    which read the qform when the sform is not orthonormal, would show the volume there without a word; with no
-    qform they refuse the file ("No orthonormal definition found") instead, as they refuse such an input.
+    (an unresampled gantry tilt's), which no qform can state, is the sform alone, qform code 0: ITK-based tools read
+    the nearest qform in a sheared sform's stead (76 mm off at the far corner of 512 x 512 x 300 voxels tilted 20
+    degrees) without a word; with none they refuse the file ("No orthonormal definition found"), as such an input.
 
     Args:
         data: the array in the file's own index order ``(I, J, K)`` (nibabel's), e.g. ``(H, W, D)``.
