@@ -124,6 +124,23 @@ def _note_rotation_axis(affine: np.ndarray, path) -> None:
               "for one", flush=True)  # fmt: skip
 
 
+def _warn_if_sheared(affine: np.ndarray, shape, voxel, path) -> None:
+    """Warn when the volume's affine is sheared (a gantry-tilted scan not resampled): the projectors know an
+    orthogonal grid of the affine's column lengths only, so the object is simulated unsheared, and along the tilted
+    axis stretched by the column length over the slice spacing (1 / cos of the tilt)."""
+    from medgmae.data.grid import grid_offset_mm, nearest_unsheared_frame
+    from medgmae.files import FRAME_TOLERANCE_MM
+
+    nearest = nearest_unsheared_frame(affine)
+    apart = grid_offset_mm(shape[::-1], affine, nearest) if nearest is not None else 0.0
+    if apart > FRAME_TOLERANCE_MM:
+        sizes = " x ".join(f"{v:.4g}" for v in voxel)
+        print(f"warning: {path}: the volume's affine is sheared (a gantry tilt not resampled; voxels up to {apart:.3g} mm "
+              f"from the nearest orthogonal grid): it is simulated as an orthogonal grid of voxel sizes (z, y, x) "
+              f"{sizes} mm, the object unsheared and stretched along its tilted axis; resample the tilt onto an "
+              "orthogonal grid first for a faithful scan", flush=True)  # fmt: skip
+
+
 def cmd_simulate(args) -> int:
     """``simulate``: attenuation volume, projections (with Poisson noise if asked), geometry and FBP of a CT volume;
     one run at a time in its ``--out`` (:mod:`medgmae.folder_lock`)."""
@@ -157,6 +174,7 @@ def _simulate(args) -> int:
     mu = hu_to_mu(hu).astype(np.float32)
     geom = _simulation_geometry(args, planned, mu.shape, voxel, affine)
     _note_rotation_axis(affine, args.volume)
+    _warn_if_sheared(affine, mu.shape, voxel, args.volume)
     # one projection: on the CPU, building the cone-beam matrix would cost more than the ray marcher's single pass
     backend = "torch" if geom.kind == "cone" and device.type == "cpu" else "auto"
     proj_op = make_projector(geom, backend, device)

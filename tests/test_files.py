@@ -131,22 +131,37 @@ def test_save_nifti_atomic_header_read_back_by_itk(tmp_path, name):
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
-def test_a_sheared_affine_is_kept_by_the_sform_and_readable_by_itk(tmp_path):
-    """A sheared affine (a gantry-tilted scan's): the sform holds it exactly (nibabel reads it back) and the qform,
-    code 1, its nearest orthonormal frame, so that ITK (which refuses a file without one) still reads the file."""
+def test_a_sheared_affine_is_written_as_the_sform_alone_not_beside_its_nearest_qform(tmp_path):
+    """A sheared affine (a gantry-tilted scan's) has no exact qform: the sform holds it (code 1, nibabel reads it
+    back) and the qform is left unknown (code 0), not nibabel's nearest rotation, which here places the far corner
+    ~76 mm off and which ITK would read in the sform's stead. ITK then refuses the file rather than place it there.
+    An orthogonal affine written beside it keeps both forms, code 1, equal."""
     import nibabel as nib
     import numpy as np
     import SimpleITK as sitk
 
     from medgmae.files import save_nifti_atomic
 
-    sheared = _oblique_affine()
-    sheared[:3, 2] += [0.0, 2.5 * np.tan(np.radians(20.0)), 0.0]  # each slice shifted along y: a 20 degree tilt
-    path = save_nifti_atomic(np.zeros((5, 4, 3), np.float32), sheared, tmp_path / "tilt.nii.gz")
+    tilt = np.tan(np.radians(20.0))  # each slice 0.625 mm on and shifted along y: a 20 degree gantry tilt
+    sheared = np.array([[-0.7, 0, 0, 180], [0, -0.7, 0.625 * tilt, 200], [0, 0, 0.625, -300], [0, 0, 0, 1.0]])
+    shape = (512, 512, 300)
+    path = save_nifti_atomic(np.zeros(shape, np.uint8), sheared, tmp_path / "tilt.nii.gz")
     img = nib.load(str(path))
-    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 1
+    np.testing.assert_allclose(img.get_sform(), sheared, atol=1e-5)
     np.testing.assert_allclose(img.affine, sheared, atol=1e-5)
-    assert sitk.ReadImage(str(path)).GetSize() == (5, 4, 3)
+    nearest = nib.Nifti1Header()  # what a qform could state: nibabel's nearest rotation, independently of the writer
+    nearest.set_qform(sheared, code=1)
+    corner = np.array([511, 511, 299, 1.0])
+    assert np.linalg.norm((sheared - nearest.get_qform()) @ corner) > 70.0  # the misplacement that is not written
+    with pytest.raises(RuntimeError, match="orthonormal"):  # refused, not read in the nearest frame
+        sitk.ReadImage(str(path))
+    ortho = save_nifti_atomic(np.zeros((5, 4, 3), np.float32), _oblique_affine(), tmp_path / "ortho.nii.gz")
+    img = nib.load(str(ortho))
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    np.testing.assert_allclose(img.get_qform(), img.get_sform(), atol=1e-5)
+    np.testing.assert_allclose(img.get_sform(), _oblique_affine(), atol=1e-5)
+    np.testing.assert_allclose(sitk.ReadImage(str(ortho)).GetSpacing(), [0.7, 1.1, 2.5], atol=1e-5)
 
 
 def test_the_frames_of_a_sheared_affine_are_warned_about_in_an_input_not_in_the_toolkits_own_output(tmp_path, caplog):
@@ -158,7 +173,7 @@ def test_the_frames_of_a_sheared_affine_are_warned_about_in_an_input_not_in_the_
     import numpy as np
 
     from medgmae.data import read_volume
-    from medgmae.files import save_nifti_atomic
+    from medgmae.files import SHEARED_SFORM_NOTE, save_nifti_atomic
 
     sheared = _oblique_affine()
     sheared[:3, 2] += [0.0, 2.5 * np.tan(np.radians(20.0)), 0.0]
@@ -179,8 +194,19 @@ def test_the_frames_of_a_sheared_affine_are_warned_about_in_an_input_not_in_the_
     assert "will not overlay" not in said[str(tmp_path / "input.nii.gz")]
     assert "(Gaussian centres, PLY files) follow the sform" in said[str(tmp_path / "input.nii.gz")]
     assert "img.set_qform(img.get_sform())" in said[str(tmp_path / "shifted.nii.gz")]
-    # the toolkit's output edited with its header kept (the mark with it), the sform moved: warned about again
-    edited = nib.load(str(tmp_path / "output.nii.gz"))
+    assert "state the sform only (qform code 0)" in said[str(tmp_path / "input.nii.gz")]
+    # an earlier release's output (the nearest qform beside the sform, marked): read without a warning too
+    earlier = nib.Nifti1Image(np.zeros((5, 4, 3), np.float32), sheared)
+    earlier.set_qform(sheared, code=1)
+    earlier.set_sform(sheared, code=1)
+    earlier.header["descrip"] = SHEARED_SFORM_NOTE
+    nib.save(earlier, str(tmp_path / "earlier.nii.gz"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medgmae.data.reader"):
+        read_volume(tmp_path / "earlier.nii.gz")
+    assert not caplog.records, caplog.text
+    # that file edited with its header kept (the mark with it), the sform moved: warned about again
+    edited = nib.load(str(tmp_path / "earlier.nii.gz"))
     edited.set_sform(sheared + _shift(20.0), code=1)
     nib.save(edited, str(tmp_path / "edited.nii.gz"))
     assert edited.header["descrip"].tobytes().startswith(b"sform sheared")

@@ -296,3 +296,29 @@ def test_slices_are_drawn_to_scale(tmp_path, flip):
     colour &= ~np.all(img == LETTER_COLOUR, axis=-1)  # the orientation letters of every tile
     rows = np.nonzero(colour.any(1))[0]
     assert rows.size and rows.min() > height * 2 / 3  # only the error map, the last of three rows, is coloured
+
+
+def test_simulate_warns_once_that_a_sheared_volume_is_simulated_on_an_orthogonal_grid(tmp_path, capsys):
+    """A gantry-tilted volume (slices 0.625 mm apart, each shifted 0.625 x tan(20 degrees) mm along y) is simulated
+    on an orthogonal grid of its column lengths (z: 0.665 mm, not the 0.625 mm slice spacing): said once, naming the
+    file; an unsheared oblique volume is not warned about."""
+    hu = np.full((12, 12, 8), -1000.0, np.float32)
+    hu[3:9, 3:9, 2:6] = 40.0
+    tilt = np.tan(np.radians(20.0))
+    sheared = np.array([[-0.7, 0, 0, 180], [0, -0.7, 0.625 * tilt, 200], [0, 0, 0.625, -300], [0, 0, 0, 1.0]])
+    c, s = np.cos(0.3), np.sin(0.3)
+    oblique = np.array([[0.7 * c, -0.7 * s, 0, 1], [0.7 * s, 0.7 * c, 0, 2], [0, 0, 0.625, 3], [0, 0, 0, 1.0]])
+    for name, affine in (("tilt", sheared), ("oblique", oblique)):
+        nib.save(nib.Nifti1Image(hu, affine), str(tmp_path / f"{name}.nii.gz"))
+        assert main(["simulate", "--volume", str(tmp_path / f"{name}.nii.gz"), "--device", "cpu", "--geometry", "parallel", "--views", "4",
+                     "--out", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        said = [line for line in out.splitlines() if "sheared" in line]
+        if name == "oblique":
+            assert said == [], said
+            continue
+        assert len(said) == 1 and said[0].startswith(f"warning: {tmp_path / 'tilt.nii.gz'}: the volume's affine is sheared"), said
+        z = np.hypot(0.625, 0.625 * tilt)  # the column length the grid is given, against the 0.625 mm spacing
+        assert f"voxel sizes (z, y, x) {z:.4g} x 0.7 x 0.7 mm" in said[0], said
+        assert "resample the tilt" in said[0]
+        assert CTGeometry.load(tmp_path / name / "geometry.json").voxel_size[0] == pytest.approx(z, rel=1e-5)

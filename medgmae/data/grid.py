@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["GRID_TOLERANCE", "canonical_grid", "grid_fix_once", "grid_offset_mm", "grid_tolerance_mm", "label_grid_problem",
-           "same_grid_problem"]
+           "nearest_unsheared_frame", "same_grid_problem"]
 
 #: Largest offset between two grids' voxels still taken as the same grid, as a fraction of the smallest voxel size.
 GRID_TOLERANCE = 1e-2
@@ -70,6 +70,28 @@ def grid_offset_mm(shape: Sequence[int], affine: np.ndarray, ref_affine: np.ndar
     diff = np.asarray(affine, dtype=np.float64)[:3] - np.asarray(ref_affine, dtype=np.float64)[:3]
     corners = np.array([[*c, 1.0] for c in itertools.product(*[(0, n - 1) for n in _shape3(shape)])])
     return float(np.linalg.norm(corners @ diff.T, axis=1).max())
+
+
+def nearest_unsheared_frame(affine: np.ndarray) -> np.ndarray | None:
+    """The unsheared voxel-to-world frame nearest ``affine``: a rotation (or reflection) times voxel sizes, what a
+    NIfTI qform, ITK's direction and spacing, or an orthogonal grid can state (nibabel's decomposition of a qform).
+    The toolkit's one test of a sheared affine (a gantry tilt left unresampled) compares the two with
+    :func:`grid_offset_mm` against :data:`medgmae.files.FRAME_TOLERANCE_MM`; an unsheared affine is its own.
+
+    Args:
+        affine: a 4x4 voxel-to-world affine.
+
+    Returns:
+        The ``(4, 4)`` frame, or ``None`` for a singular affine (no frame is near it).
+    """
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    try:
+        header.set_qform(np.asarray(affine, dtype=np.float64), code=1)
+    except Exception:  # noqa: BLE001  (nibabel's HeaderDataError: "Could not decompose affine")
+        return None
+    return header.get_qform()
 
 
 def grid_tolerance_mm(affine: np.ndarray, ref_affine: np.ndarray) -> float:

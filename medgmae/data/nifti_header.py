@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medgmae.data.dicom_series import Refused
-from medgmae.data.grid import grid_offset_mm
+from medgmae.data.grid import grid_offset_mm, nearest_unsheared_frame
 from medgmae.files import FRAME_TOLERANCE_MM, SHEARED_SFORM_NOTE
 
 __all__ = ["load_nifti"]
@@ -109,22 +109,19 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
     more than :data:`FRAME_TOLERANCE_MM` apart. nibabel, MONAI and this toolkit use the sform; ITK-based tools
     (SimpleITK, 3D Slicer) read the qform of such a file, so the toolkit's outputs (written with the sform as both
     forms) do not overlay the input there; a sheared sform beside its nearest qform (an unresampled gantry tilt) is
-    written so too, so there only world positions computed from it are off, which the warning says instead. Why not
-    refuse: many pipelines (e.g. FSL registration) write such files on purpose, and MONAI reads them this way."""
+    shown there in the qform's place, while the toolkit's outputs from it state the sform alone (qform code 0, which
+    those tools refuse to open rather than misplace), which the warning says instead. A file earlier releases wrote
+    so (the nearest qform, marked :data:`SHEARED_SFORM_NOTE`) is read without a warning. Why not refuse: many
+    pipelines (e.g. FSL registration) write such files on purpose, and MONAI reads them this way."""
     sform, scode = img.get_sform(coded=True)
     qform, qcode = img.get_qform(coded=True)
     if not scode or not qcode or sform is None or qform is None:
         return
     apart = grid_offset_mm(img.shape[:3], sform, qform)  # the grid module's measure: the farthest corner voxel
     if apart > FRAME_TOLERANCE_MM and str(path) not in _FRAMES_WARNED:  # once per file: epochs read it again
-        nearest = type(img.header)()
-        try:
-            nearest.set_qform(sform)  # the nearest frame a qform states (a singular sform has none)
-            nearest = nearest.get_qform()
-        except Exception:  # noqa: BLE001  (nibabel's HeaderDataError: "Could not decompose affine")
-            nearest = None
+        nearest = nearest_unsheared_frame(sform)  # the nearest frame a qform states (a singular sform has none)
         sheared = nearest is not None and grid_offset_mm(img.shape[:3], sform, nearest) > FRAME_TOLERANCE_MM
-        # the sheared sform beside its nearest qform: a converter's usual pair, and what the toolkit writes
+        # the sheared sform beside its nearest qform: a converter's usual pair, and what earlier releases wrote
         paired = sheared and grid_offset_mm(img.shape[:3], qform, nearest) <= FRAME_TOLERANCE_MM
         marked = img.header["descrip"].tobytes().rstrip(b"\0") == SHEARED_SFORM_NOTE.encode()  # the toolkit's output
         if paired and marked:
@@ -134,10 +131,10 @@ def _warn_if_frames_disagree(img, path: Path) -> None:
             logger.warning(
                 "%s: its sform is sheared (e.g. a gantry-tilted scan not resampled) and its qform is the nearest "
                 "unsheared frame, placing voxels up to %.3g mm apart; the sform is used (as by nibabel and MONAI). "
-                "3D Slicer and other ITK-based viewers show the qform, for this file and the volumes written from it "
-                "alike, but world positions the toolkit computes from it (Gaussian centres, PLY files) follow the sform "
-                "and can land that far from where those viewers show the voxels: resample the volume onto an unsheared "
-                "grid to avoid this", path, apart,
+                "3D Slicer and other ITK-based viewers show this file in the qform's place; the volumes written from "
+                "it state the sform only (qform code 0), which those viewers refuse to open rather than show that far "
+                "off, and world positions the toolkit computes from it (Gaussian centres, PLY files) follow the sform "
+                "too: resample the volume onto an unsheared grid to avoid this", path, apart,
             )  # fmt: skip
             return
         advice = ("the sform is sheared (e.g. a gantry-tilted scan not resampled), which no qform can state: resample "
