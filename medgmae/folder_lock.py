@@ -21,7 +21,9 @@ that every rank stops on a refusal), the folder an evaluation or inference bundl
 ``--inference_dir``, ``--seg_dir``) and the folder of an export's ``--export_path`` (all through
 :func:`medgmae.bundle_checks.check_settings`), the run folder that a GViT evaluation writes the default phantom task
 into (for the writing), ``medgmae-recon reconstruct`` and ``simulate``'s ``--out``, ``medgmae-phantom --out``,
-``medgmae-2d``'s ``--out``.
+``medgmae-2d``'s ``--out``. Which process holds a folder can be asked without taking its lock
+(:func:`folder_holder`): an evaluation warns of a training run still writing the folder of the ``best_model.pt``
+it reads.
 
 Reach: runs on one host always exclude each other. Across hosts it depends on the file system's ``flock`` of a
 folder: NFS takes it as a lock of the client host alone (runs on two nodes sharing an NFS folder are not kept
@@ -47,7 +49,8 @@ try:
 except ImportError:  # Windows: no flock, no guard
     fcntl = None
 
-__all__ = ["FolderInUse", "hold_folder", "hold_run_folder", "hold_until_ended", "folder_held", "folder_made", "release_folder"]
+__all__ = ["FolderInUse", "hold_folder", "hold_run_folder", "hold_until_ended", "folder_held", "folder_made", "release_folder",
+           "folder_holder"]
 
 logger = logging.getLogger("medgmae")
 
@@ -340,18 +343,40 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def _holder(path: Path) -> str:
-    """``" (process 123: python -m monai.bundle run training ...)"`` for the process holding ``path``'s lock, from
-    ``/proc/locks`` and ``/proc/<pid>/cmdline``; ``""`` where that cannot be told (another host, another OS)."""
+def folder_holder(folder: str | os.PathLike) -> tuple[int, str] | None:
+    """The process holding ``folder``'s lock, told from ``/proc/locks`` without taking the lock (a run starting
+    meanwhile is never refused for it).
+
+    Args:
+        folder: a folder.
+
+    Returns:
+        ``(process id, its command line)`` (the command line ``""`` where it cannot be read, shortened past 300
+        characters), or ``None`` when no process holds it or this host cannot tell (no such folder, another host's
+        lock, another OS).
+    """
     try:
-        st = path.stat()
+        st = Path(_key(folder)).stat()
         device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
         with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            pids = [fields[4] for fields in map(str.split, f) if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device]
-        if not pids:
-            return ""
-        cmd = " ".join(Path(f"/proc/{pids[0]}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+            pids = [fields[4] for fields in map(str.split, f)
+                    if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device]  # fmt: skip
+    except (OSError, ValueError):
+        return None
+    if not pids or not pids[0].isdigit():
+        return None
+    try:
+        raw = Path(f"/proc/{pids[0]}/cmdline").read_bytes().decode(errors="replace")
+        cmd = " ".join(raw.replace("\0", " ").split())
     except OSError:
+        cmd = ""
+    return int(pids[0]), cmd if len(cmd) <= 300 else cmd[:297] + "..."
+
+
+def _holder(path: Path) -> str:
+    """``" (process 123: python -m monai.bundle run training ...)"`` for the process holding ``path``'s lock
+    (:func:`folder_holder`); ``""`` where that cannot be told (another host, another OS)."""
+    held = folder_holder(path)
+    if held is None:
         return ""
-    cmd = cmd if len(cmd) <= 300 else cmd[:297] + "..."
-    return f" (process {pids[0]}{': ' + cmd if cmd else ''})"
+    return f" (process {held[0]}{': ' + held[1] if held[1] else ''})"

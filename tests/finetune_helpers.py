@@ -138,10 +138,18 @@ def fake_run(folder: Path, fraction: float, cases: int, subset_seed: int, traini
     if epochs:
         (folder / f"checkpoint_epoch={epochs}.pt").write_bytes(b"")
     if best is not None:
-        extra = {"epoch": best[1], "metric_name": "val_mean_dice", "metric": best[0]}
-        torch.save(make_checkpoint("medgmae-unetr", {"out_channels": 3}, {}, None, extra), folder / "best_model.pt")
+        fake_best_model(folder, *best)
     if last is not None:
         (folder / "validation").mkdir()
         metrics = {"mean_dice": sum(last.values()) / len(last), "dice_per_class": last, "num_cases": 2}
         (folder / "validation" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     return folder
+
+
+def fake_best_model(folder: Path, metric: float, epoch: int) -> Path:
+    """A run's ``best_model.pt`` in ``folder`` recording ``metric`` at ``epoch`` (no weights), as a validation that
+    improved writes it (replacing the one there)."""
+    path = folder / "best_model.pt"
+    extra = {"epoch": epoch, "metric_name": "val_mean_dice", "metric": metric}
+    torch.save(make_checkpoint("medgmae-unetr", {"out_channels": 3}, {}, None, extra), path)
+    return path

@@ -16,7 +16,7 @@ from medgmae.finetune.run_record import (
 from medgmae.finetune.runs_table import main, runs_table, summary_table
 from medgmae.networks.vit import MaskedViTEncoder
 
-from finetune_helpers import encoder_file, fake_run, run_bundle
+from finetune_helpers import encoder_file, fake_best_model, fake_run, run_bundle
 
 
 def _study(tmp_path):
@@ -221,3 +221,51 @@ def test_the_summary_gathers_each_settings_seeds_against_numpy(tmp_path, capsys)
     assert md.read_text(encoding="utf-8").endswith("| scratch | 1.0000 | 1 | 1 | 0.8750 |  | 0.8750 | 0.8750 | 0 |\n")
     with pytest.raises(SystemExit):
         main([str(runs[0]), "--summary", "dice"])
+
+
+def _evaluated(folder, mean_dice: float, model: dict | None) -> None:
+    """``eval/metrics.json`` as ``evaluate.json`` writes it, with its record of the model it scored (``model``;
+    ``None``: an evaluation of a release that recorded none)."""
+    (folder / "eval").mkdir(exist_ok=True)
+    metrics = {"mean_dice": mean_dice, "dice_per_class": {"liver": mean_dice}, "num_cases": 2}
+    metrics.update({} if model is None else {"model": model, "checkpoint": str(folder / "best_model.pt")})
+    (folder / "eval" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+
+def test_an_evaluation_of_an_earlier_best_model_leaves_eval_dice_empty_with_a_note(tmp_path, capsys):
+    """An evaluation run while the fine-tuning still trained (or before a --resume trained on) was reported as the
+    Dice of the row's best model: ``best_dice 0.0105 | best_epoch 2 | ... | eval_dice 0.0032``, eval/metrics.json
+    recording epoch 1."""
+    from medgmae.finetune.best_model import finetuned_model_record
+
+    folder = fake_run(tmp_path / "run", 0.1, 2, 0, training_seed=0, epochs=1, best=(0.0032, 1), last={"liver": 0.0032})
+    _evaluated(folder, 0.0032, finetuned_model_record(folder / "best_model.pt"))
+    assert runs_table([folder])[1][0]["eval_dice"] == 0.0032 and runs_table([folder])[2] == []
+    fake_best_model(folder, 0.0105, 2)  # the training went on: a later epoch validated better
+    _, rows, messages = runs_table([folder])
+    assert (rows[0]["best_dice"], rows[0]["best_epoch"], rows[0]["eval_dice"]) == (0.0105, 2, None)
+    assert messages == [f"{folder}: eval/metrics.json evaluated epoch 1; best_model.pt is now epoch 2: evaluate "
+                        "again (listed without eval_dice)"]  # fmt: skip
+    assert main([str(folder), "--summary", "eval_dice"]) == 0
+    captured = capsys.readouterr()
+    assert f"| 0.0105 | 2 | 0.0032 |  |\n" in captured.out and "| scratch | 0.1000 | 1 | 0 |" in captured.out
+    assert captured.err == f"medgmae-runs-table: {messages[0]}\n"
+
+
+def test_a_best_model_of_the_same_epoch_from_another_training_is_told_apart_but_not_by_its_time(tmp_path):
+    import os
+
+    from medgmae.finetune.best_model import finetuned_model_record
+
+    folder = fake_run(tmp_path / "run", 0.1, 2, 0, epochs=3, best=(0.5, 3))
+    _evaluated(folder, 0.5, finetuned_model_record(folder / "best_model.pt"))
+    os.utime(folder / "best_model.pt", (1, 1))  # a run folder copied without its times: the same model
+    assert runs_table([folder])[1][0]["eval_dice"] == 0.5 and runs_table([folder])[2] == []
+    fake_best_model(folder, 0.25, 3)  # a new run into the folder, its best also at epoch 3
+    _, rows, messages = runs_table([folder])
+    assert rows[0]["eval_dice"] is None and len(messages) == 1
+    assert messages[0].startswith(f"{folder}: eval/metrics.json evaluated another best_model.pt of epoch 3 (")
+    assert "validation metric 0.5), not the one there now (" in messages[0] and messages[0].endswith(
+        ", 0.25): evaluate again (listed without eval_dice)")  # fmt: skip
+    _evaluated(folder, 0.5, None)  # recorded no model: cannot be told, listed as it is
+    assert runs_table([folder])[1][0]["eval_dice"] == 0.5 and runs_table([folder])[2] == []

@@ -380,3 +380,35 @@ def test_a_bundle_run_from_python_holds_its_folder_while_it_runs_and_no_longer(t
     if sys.version_info >= (3, 11):  # exception notes
         assert note.startswith("@@ note: interrupted") and "--resume true" in note, note
         assert note.endswith("(from Python: the same call, with `--key value` as `key=value`)"), note
+
+
+def test_an_evaluation_warns_of_a_run_holding_the_folder_of_the_model_it_scores(tmp_path, other_run, caplog):
+    """An evaluation run while the fine-tuning still trained scored a best_model.pt that a later epoch then replaced,
+    without a word. It warns, one line naming the process, and runs; the training's lock is not taken (the holder
+    is told from /proc/locks): a training run starting meanwhile is not refused."""
+    from medgmae.finetune.best_model import warn_if_training
+    from medgmae.folder_lock import folder_holder
+
+    _, _, settings = _writing_run("unetr_finetune/configs/evaluate.json", tmp_path / "run")
+    checkpoint = tmp_path / "run" / "best.pt"
+    assert folder_holder(tmp_path / "run") is None and not warn_if_training(checkpoint)
+    holder = other_run(tmp_path / "run")
+    held = folder_holder(tmp_path / "run")
+    assert held[0] == holder.pid and held[1].startswith(f"{sys.executable} -c import sys from medgmae.folder_lock")
+    ran = run_bundle("evaluating", "unetr_finetune/configs/evaluate.json", *settings, "--eval_dir",
+                     str(tmp_path / "eval"), "--device", "cpu")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    said = [line for line in (ran.stdout + ran.stderr).splitlines() if "another run holds this run folder" in line]
+    assert len(said) == 1 and f"{tmp_path / 'run'}: another run holds this run folder (process {holder.pid}: " in said[0]
+    assert said[0].endswith("evaluate again once it has ended") and (tmp_path / "eval" / "metrics.json").is_file()
+    with pytest.raises(FolderInUse):  # the evaluation took nothing from the holder
+        hold_folder(tmp_path / "run")
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    hold_folder(tmp_path / "run")
+    try:  # this process's own hold is no other run's
+        assert folder_holder(tmp_path / "run")[0] == os.getpid() and not warn_if_training(checkpoint)
+    finally:
+        release_folder(tmp_path / "run")
+    with pytest.raises(ValueError, match="checkpoint: expected the path"):
+        warn_if_training("")

@@ -21,7 +21,8 @@ from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
 
-__all__ = ["FINETUNED_KIND", "load_finetuned", "finetuned_model_check", "finetuned_model_record", "BestCheckpointSaver"]
+__all__ = ["FINETUNED_KIND", "load_finetuned", "finetuned_model_check", "finetuned_model_record", "warn_if_training",
+           "BestCheckpointSaver"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,34 @@ def finetuned_model_record(path: str | Path) -> dict:
     modified = None if mtime_ns is None else datetime.datetime.fromtimestamp(mtime_ns / 1e9, datetime.timezone.utc)
     return {"epoch": extra.get("epoch"), "metric_name": extra.get("metric_name"), "metric": extra.get("metric"),
             "size_bytes": size, "modified_utc": None if modified is None else modified.isoformat(timespec="seconds")}  # fmt: skip
+
+
+def warn_if_training(checkpoint: str | Path) -> bool:
+    """Warn, one line, when another run (a training run) holds the folder of ``checkpoint`` (:func:`medgmae.folder_lock.folder_holder`,
+    which does not take its lock): its ``best_model.pt`` may still be replaced by a later epoch's, and a result of
+    this one then no longer describes the run's model (``medgmae-runs-table`` says so, by the result's
+    :func:`finetuned_model_record`).
+
+    Args:
+        checkpoint: the ``best_model.pt`` an evaluation reads.
+
+    Returns:
+        Whether it warned (never for a lock this process holds, nor where the host cannot tell who holds it).
+    """
+    import os
+
+    from medgmae.folder_lock import folder_holder
+
+    if not str(checkpoint or "").strip():
+        raise ValueError("checkpoint: expected the path of a fine-tuning run's best_model.pt, got an empty value")
+    folder = Path(str(checkpoint)).expanduser().parent
+    held = folder_holder(folder)
+    if held is None or held[0] == os.getpid():
+        return False
+    logger.warning("%s: another run holds this run folder (process %d%s): where it is training, its best_model.pt "
+                   "may be replaced by a later epoch's after this evaluation; evaluate again once it has ended",
+                   folder, held[0], f": {held[1]}" if held[1] else "")  # fmt: skip
+    return True
 
 
 class BestCheckpointSaver:

@@ -4,8 +4,10 @@ Each row reads what a run of ``bundles/unetr_finetune`` left in its folder: ``tr
 fraction given and effective, training cases, subset seed, and, for runs recorded since they are, the training seed
 and the pre-trained encoder), the ``checkpoint_epoch=N.pt`` files (epochs trained), ``best_model.pt`` (best
 validation mean Dice and its epoch), ``validation/metrics.json`` (the last validation's mean and per-class Dice)
-and ``eval/metrics.json`` (the mean Dice of ``evaluate.json``, where it was run). A folder that is not a
-fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with a note.
+and ``eval/metrics.json`` (the mean Dice of ``evaluate.json``, where it was run, unless the ``best_model.pt`` it
+records having evaluated is not the one there now: then the cell is empty, with a note naming both epochs). A folder
+that is not a fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with
+a note.
 ``--summary METRIC`` adds a table of the runs of each initialisation and label fraction together (a study's seeds):
 how many runs and how many of them scored, the metric's mean, sample standard deviation, minimum and maximum.
 """
@@ -65,19 +67,39 @@ def _initialisation(record: dict) -> tuple[str, str]:
     return encoder_source(pretrained.get("source")) or str(pretrained.get("kind") or "pre-trained"), path
 
 
-def _best(folder: Path) -> tuple[float | None, int | None]:
-    """The best validation mean Dice and its epoch as ``best_model.pt`` records them (``None`` without the file)."""
-    from medgmae.checkpoint import load_checkpoint
-    from medgmae.finetune.best_model import FINETUNED_KIND
+def _best(folder: Path) -> dict | None:
+    """``best_model.pt``'s record (:func:`~medgmae.finetune.best_model.finetuned_model_record`: its best validation
+    metric and epoch, read memory-mapped, and the file's size and time), ``None`` without the file."""
+    from medgmae.finetune.best_model import finetuned_model_record
 
     path = folder / "best_model.pt"
     if not path.is_file():
-        return None, None
+        return None
     try:
-        extra = load_checkpoint(path, FINETUNED_KIND, "a fine-tuning run's best model", mmap=True).extra or {}
+        return finetuned_model_record(path)
     except (OSError, ValueError) as e:
         raise RunUnreadable(f"{path}: {e}") from None
-    return _number(extra.get("metric"), float), _number(extra.get("epoch"), int)
+
+
+#: What tells two ``best_model.pt`` files apart in :func:`~medgmae.finetune.best_model.finetuned_model_record`'s
+#: record (its time is left out: a run folder copied without times would read as evaluated on another model).
+MODEL_KEYS = ("epoch", "metric", "size_bytes")
+
+
+def _evaluated_another(folder: str | Path, evaluated: Any, best: dict | None) -> str | None:
+    """Why ``eval/metrics.json``'s Dice is not of the run's ``best_model.pt`` now (the evaluation ran while the run
+    still trained, or before a resume trained on): its record of the model it evaluated (``evaluated``, its
+    ``model`` entry) differs from the file's record ``best``; ``None`` when they agree or cannot be compared (no
+    ``best_model.pt``, an evaluation of a release that recorded no model)."""
+    if not isinstance(evaluated, dict) or best is None or all(evaluated.get(k) == best[k] for k in MODEL_KEYS):
+        return None
+    then, now = evaluated.get("epoch"), best["epoch"]
+    if then == now:
+        then = (f"another best_model.pt of epoch {then} ({evaluated.get('size_bytes')} bytes, validation metric "
+                f"{evaluated.get('metric')}), not the one there now ({best['size_bytes']} bytes, {best['metric']})")
+        return f"{folder}: eval/metrics.json evaluated {then}: evaluate again (listed without eval_dice)"
+    return (f"{folder}: eval/metrics.json evaluated epoch {then}; best_model.pt is now epoch {now}: evaluate again "
+            "(listed without eval_dice)")
 
 
 def _number(value: Any, kind: type) -> float | int | None:
@@ -96,7 +118,9 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
 
     Returns:
         ``(row, dice_per_class, note)``: the row keyed by :data:`COLUMNS` (``None`` where the run records nothing),
-        the last validation's Dice by class name, and a note for a run not validated yet (else ``None``).
+        the last validation's Dice by class name, and a note (else ``None``) for a run not validated yet or whose
+        ``eval/metrics.json`` evaluated another ``best_model.pt`` than the one there now (its ``eval_dice`` is then
+        ``None``: an evaluation run while the run still trained, or before a resume trained on).
 
     Raises:
         RunUnreadable: no such folder, no (or an unreadable) ``training_cases.json``, or an unreadable result file.
@@ -112,7 +136,8 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
         raise RunUnreadable(f"{folder}: not a fine-tuning run (no {RECORD_FILE})")
     last = _json(path / "validation" / "metrics.json", "the last validation's metrics") or {}
     evaluation = _json(path / "eval" / "metrics.json", "the evaluation's metrics") or {}
-    best, best_epoch = _best(path)
+    model = _best(path)
+    best, best_epoch = (None, None) if model is None else (_number(model["metric"], float), _number(model["epoch"], int))
     init, encoder = _initialisation(record)
     epochs = epoch_checkpoints(path)
     cases = record.get("cases")
@@ -123,12 +148,16 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
            "epochs": epochs[0][0] if epochs else None, "best_dice": best, "best_epoch": best_epoch,
            "last_dice": _number(last.get("mean_dice"), float),
            "eval_dice": _number(evaluation.get("mean_dice"), float)}  # fmt: skip
-    note = None
+    notes = []
     if best is None and row["last_dice"] is None:
         validated = (path / "validation" / "metrics.json").is_file()
-        note = (f"{folder}: validated, but no class of its validation cases was scored (mean Dice null): listed "
-                "without Dice" if validated else
-                f"{folder}: no validation yet (no best_model.pt or validation/metrics.json): listed without Dice")
+        notes.append(f"{folder}: validated, but no class of its validation cases was scored (mean Dice null): "
+                     "listed without Dice" if validated else
+                     f"{folder}: no validation yet (no best_model.pt or validation/metrics.json): listed without Dice")
+    if stale := _evaluated_another(folder, evaluation.get("model"), model):
+        row["eval_dice"] = None
+        notes.append(stale)
+    note = "; ".join(notes) or None
     by_class = last.get("dice_per_class")
     by_class = {str(k): _number(v, float) for k, v in by_class.items()} if isinstance(by_class, dict) else {}
     return row, by_class, note
@@ -144,7 +173,7 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
 
     Returns:
         ``(columns, rows, messages)``: the readable runs' rows, and a one-line message per folder left out or
-        listed without Dice.
+        listed without (evaluation) Dice.
     """
     rows, messages, classes = [], [], {}
     for folder in folders:
