@@ -81,8 +81,8 @@ def looks_like_label_map(array) -> int:
         picks = torch.arange(0, t.numel(), max(1, t.numel() // 1_000_000), device=t.device)
         sample = torch.take(t, picks).double().cpu().numpy()
     else:
-        flat = np.asarray(array).reshape(-1)
-        sample = flat[:: max(1, flat.size // 1_000_000)]
+        a = np.asarray(array)  # the voxels of its C-order flattening, gathered without it (a reshape copies a
+        sample = a.flat[:: max(1, a.size // 1_000_000)]  # Fortran-ordered volume, as NIfTI reads, whole)
     if sample.size == 0 or sample.min() < 0 or sample.max() > 255 or np.any(sample != np.round(sample)):
         return 0
     values = np.unique(sample).size

@@ -32,6 +32,7 @@ __all__ = [
     "line_plot",
     "mid_slices",
     "orthogonal_slices",
+    "orthogonal_views",
     "ras_oriented",
     "slice_point",
     "save_png",
@@ -184,12 +185,36 @@ def orthogonal_slices(
     coloured: Sequence[bool] | None = None,
 ) -> np.ndarray:
     """One labelled row per volume of its sagittal, coronal and axial mid-slices (:func:`mid_slices`: shown
-    radiologically), drawn to scale: a millimetre is the same number of pixels along every axis, so an anisotropic
-    scan is not squashed; each tile has its patient directions at its edges (:func:`with_orientation_letters`).
+    radiologically), drawn to scale by :func:`orthogonal_views`.
 
     Args:
         volumes: RAS-ordered 3D arrays ``(D, H, W)`` of one shape (:func:`ras_oriented`) with values in ``[0, 1]``
             (clipped), e.g. ``[input, rendering]``.
+        spacing, names, title, size, coloured: as for :func:`orthogonal_views`.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image (:func:`orthogonal_views`).
+    """
+    if any(v.ndim != 3 or v.shape != volumes[0].shape for v in volumes):
+        raise ValueError(f"orthogonal_slices needs 3D volumes of one shape, got {[v.shape for v in volumes]}")
+    return orthogonal_views([mid_slices(v) for v in volumes], spacing, names, title, size, coloured)
+
+
+def orthogonal_views(
+    views: Sequence[Sequence[np.ndarray]],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    names: Sequence[str] | None = None,
+    title: str = "",
+    size: int = 256,
+    coloured: Sequence[bool] | None = None,
+) -> np.ndarray:
+    """One labelled row per volume of its three :func:`mid_slices` views, drawn to scale: a millimetre is the same
+    number of pixels along every axis, so an anisotropic scan is not squashed; each tile has its patient directions
+    at its edges (:func:`with_orientation_letters`). Only the slices are needed, not the volumes they are cut from.
+
+    Args:
+        views: per volume, its ``(sagittal (W, H), coronal (W, D), axial (H, D))`` :func:`mid_slices` of a
+            RAS-ordered ``(D, H, W)`` volume, all volumes of one shape, values in ``[0, 1]`` (clipped).
         spacing: voxel size (mm) along ``(D, H, W)`` (R-L, A-P, I-S).
         names: one label per row (default: ``volume 0``, ``volume 1``...).
         title: text above the figure.
@@ -199,26 +224,28 @@ def orthogonal_slices(
     Returns:
         ``(H, W, 3)`` uint8 RGB image: tiles under 14-pixel labels, 2-pixel gaps, a 14-pixel title band.
     """
-    names = list(names) if names is not None else [f"volume {i}" for i in range(len(volumes))]
-    coloured = list(coloured) if coloured is not None else [False] * len(volumes)
+    names = list(names) if names is not None else [f"volume {i}" for i in range(len(views))]
+    coloured = list(coloured) if coloured is not None else [False] * len(views)
     sp = tuple(float(s) for s in spacing)
-    if not volumes or len(names) != len(volumes) or len(coloured) != len(volumes):
-        raise ValueError(f"orthogonal_slices needs volumes and one name (and colour flag) each, got {len(volumes)}, "
+    if not views or len(names) != len(views) or len(coloured) != len(views):
+        raise ValueError(f"orthogonal_slices needs volumes and one name (and colour flag) each, got {len(views)}, "
                          f"{len(names)} and {len(coloured)}")  # fmt: skip
     if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
         raise ValueError(f"spacing must be three positive sizes in mm, got {spacing!r}")
     if int(size) < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size!r}")
-    if any(v.ndim != 3 or v.shape != volumes[0].shape for v in volumes):
-        raise ValueError(f"orthogonal_slices needs 3D volumes of one shape, got {[v.shape for v in volumes]}")
-    scale = size / max(n * s for n, s in zip(volumes[0].shape, sp))  # pixels per mm
+    shapes = [tuple(s.shape for s in v) for v in views]
+    if any(len(v) != 3 or any(s.ndim != 2 for s in v) for v in views) or len(set(shapes)) != 1:
+        raise ValueError(f"views must be three 2D mid-slices per volume, of one shape, got {shapes}")
+    (w, h), (_, d) = views[0][0].shape, views[0][1].shape  # the volume's (D, H, W) from its sagittal and coronal
+    scale = size / max(n * s for n, s in zip((d, h, w), sp))  # pixels per mm
     pixel_mm = [(sp[2], sp[1]), (sp[2], sp[0]), (sp[1], sp[0])]  # (row, column) mm of sagittal, coronal, axial
     width = 6 * max(len(f"{n}: {v}") for n in names for v in _VIEWS) + 6  # room for the longest label
     rows = []
-    for vol, name, colour in zip(volumes, names, coloured):
+    for slices, name, colour in zip(views, names, coloured):
         draw = colormap if colour else grey_rgb
         rows.append([_labelled(with_orientation_letters(_to_scale(draw(view), mm, scale), i), f"{name}: {label}", width)
-                     for i, (view, mm, label) in enumerate(zip(mid_slices(vol), pixel_mm, _VIEWS))])  # fmt: skip
+                     for i, (view, mm, label) in enumerate(zip(slices, pixel_mm, _VIEWS))])  # fmt: skip
     return label_tile(tile_grid(rows), title)
 
 

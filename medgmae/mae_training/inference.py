@@ -18,7 +18,7 @@ from medgmae.data.datalist import DatasetError
 from medgmae.data.precheck import single_slice_problem
 from medgmae.data.reader import read_volume, volume_stem
 from medgmae.engine import resolve_device
-from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png, voxel_sizes
+from medgmae.engine.figures import mid_slices, orthogonal_views, ras_oriented, save_png, voxel_sizes
 from medgmae.files import save_nifti_atomic
 from medgmae.missing_paths import missing_path_message
 from medgmae.networks.medgmae import MedGMAE
@@ -26,7 +26,7 @@ from medgmae.preprocessing import describe_preprocessing, model_preprocessing
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 from medgmae.whole_numbers import nonnegative_count, positive_count
 
-__all__ = ["GaussianInference", "model_path_check", "overlap_check", "slices_png", "volume_path_check"]
+__all__ = ["GaussianInference", "model_path_check", "overlap_check", "picture_views", "slices_png", "volume_path_check"]
 
 logger = logging.getLogger("medgmae.mae_training")
 
@@ -84,12 +84,37 @@ def overlap_check(model_path: Any) -> Callable[[Any], None]:
 
 
 def slices_png(
-    volumes: Sequence[np.ndarray], path: str | Path, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    views: Sequence[Sequence[np.ndarray]], path: str | Path, spacing: Sequence[float] = (1.0, 1.0, 1.0),
     names: Sequence[str] | None = None, title: str = "",
 ) -> Path:  # fmt: skip
-    """Write :func:`~medgmae.engine.figures.orthogonal_slices` of RAS-ordered ``volumes`` in ``[0, 1]`` as a PNG,
-    atomically; returns the path."""
-    return save_png(orthogonal_slices(volumes, spacing, names, title), path)
+    """Write :func:`~medgmae.engine.figures.orthogonal_views` of ``views`` (per volume, the three
+    :func:`~medgmae.engine.figures.mid_slices` of a RAS-ordered volume, in ``[0, 1]``) as a PNG, atomically;
+    returns the path."""
+    return save_png(orthogonal_views(views, spacing, names, title), path)
+
+
+def picture_views(
+    scan: np.ndarray, rendered: np.ndarray, affine: np.ndarray, spec
+) -> tuple[list[list[np.ndarray]], tuple[float, float, float]]:  # fmt: skip
+    """The mid-slices of the PNG's two rows, cut before any arithmetic: the scan windowed to the model's intensities
+    and the rendering clipped to them, each scaled to ``[0, 1]``, in RAS order (:func:`ras_oriented`, a view: flips
+    and transposes only), so a 512 x 512 x 400 scan costs three slices, not several float copies of it.
+
+    Args:
+        scan: ``(I, J, K)`` input volume in HU, in the index order of ``affine``.
+        rendered: ``(I, J, K)`` rendering in the model's intensity units.
+        affine: ``(4, 4)`` voxel-to-RAS-mm matrix of both.
+        spec: the model's :class:`~medgmae.preprocessing.PreprocessingSpec`.
+
+    Returns:
+        ``([input views, rendering views], spacing)``: three 2D slices per row (:func:`mid_slices` of the
+        RAS-ordered ``(D, H, W)`` volume) and the voxel size (mm) along ``(D, H, W)``.
+    """
+    b0, b1 = spec.intensity_range
+    (scan_ras, spacing), (rendered_ras, _) = ras_oriented(scan, affine), ras_oriented(rendered, affine)
+    views = [[(spec.window(s) - b0) / (b1 - b0) for s in mid_slices(scan_ras)],
+             [np.clip((s - b0) / (b1 - b0), 0, 1) for s in mid_slices(rendered_ras)]]  # fmt: skip
+    return views, spacing
 
 
 class GaussianInference:
@@ -163,14 +188,11 @@ class GaussianInference:
         data = _rendered_output(rendered, res.spec, self.output_hu)
         _warn_if_another_scans(paths["nifti"], stem, data.shape, affine)
         save_nifti_atomic(data, affine, paths["nifti"])
-        b0, b1 = res.spec.intensity_range
-        pictures = [(res.spec.window(scan) - b0) / (b1 - b0), np.clip((rendered - b0) / (b1 - b0), 0, 1)]
-        ras = [ras_oriented(v, affine) for v in pictures]
-        spacing = ras[0][1]
+        views, spacing = picture_views(scan, rendered, affine, res.spec)
         a0, a1 = res.spec.hu_window
         title = (f"{stem}: voxels {voxel_sizes(spacing)}; "
                  f"grey window [{a0:.4g}, {a1:.4g}] HU")  # fmt: skip
-        slices_png([v for v, _ in ras], paths["png"], spacing, ("input", "rendering"), title)
+        slices_png(views, paths["png"], spacing, ("input", "rendering"), title)
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine, cutoff=cutoff)
         logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))
         return paths
