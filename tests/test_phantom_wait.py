@@ -27,9 +27,11 @@ SETTINGS = ["--num-cases", "3", "--shape", "24", "24", "16", "--spacing", "4"]
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
-    """``medgmae-phantom --out out`` with :data:`SETTINGS`, started (not awaited)."""
+    """``medgmae-phantom --out out`` with :data:`SETTINGS`, started (not awaited), with Ctrl-C's default action
+    (a test session started in the background, as CI may start it, passes SIGINT on ignored)."""
     return subprocess.Popen(["medgmae-phantom", "--out", str(out), *SETTINGS, *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def _until_waiting(proc: subprocess.Popen) -> str:
