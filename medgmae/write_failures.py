@@ -1,5 +1,6 @@
 """A write that failed for want of room (a full disk or quota, a file-size limit): told apart from other errors and
-named with its file, whichever library was writing.
+named with its file, whichever library was writing; and a write refused for want of permission
+(:func:`refused_write`), told apart the same way.
 
 Libraries report it each their own way: ``OSError`` with ``ENOSPC`` / ``EDQUOT`` / ``EFBIG`` (gzip, PIL, plain
 files), ``torch.save``'s ``RuntimeError`` from its C++ stream (``[enforce fail at inline_container.cc] . unexpected
@@ -16,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["OutputWriteError", "write_failure", "moved_failure"]
+__all__ = ["OutputWriteError", "write_failure", "moved_failure", "refused_write"]
 
 #: The errno values of a write refused for want of room.
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -75,3 +76,12 @@ def moved_failure(error: OutputWriteError, staging: Path, target: Path) -> Outpu
         return error
     final = os.fspath(target / name.relative_to(staging))
     return OutputWriteError(error.errno, str(error.strerror).replace(os.fspath(name), final), final)
+
+
+def refused_write(error: BaseException) -> str | None:
+    """The system's words when ``error`` is a write refused for want of permission (``PermissionError``, a read-only
+    file system, ``torch.save``'s ``RuntimeError`` quoting ``strerror``), else ``None``."""
+    refused = (errno.EACCES, errno.EPERM, errno.EROFS)
+    if isinstance(error, OSError) and error.errno in refused:
+        return error.strerror or os.strerror(error.errno)
+    return next((os.strerror(code) for code in refused if os.strerror(code) in str(error)), None)

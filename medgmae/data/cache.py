@@ -48,6 +48,7 @@ from monai.transforms import Compose, RandomizableTrait
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.files import atomic_write, output_dir_problem, save_json_atomic
 from medgmae.temp_names import REMOVED_BECAUSE, remove_dead_writers_files
+from medgmae.write_failures import refused_write
 from medgmae.words import plural
 
 __all__ = [
@@ -228,7 +229,7 @@ class DiskCacheDataset(PersistentDataset):
             with atomic_write(hashfile) as tmp:
                 torch.save(entry, tmp)
         except (OSError, RuntimeError) as e:  # torch.save's refusal is a RuntimeError naming no file
-            if (problem := _refused_write(e)) is None:
+            if (problem := refused_write(e)) is None:
                 raise
             raise PermissionError(errno.EACCES, f"cannot write cache files in {self.cache_dir} ({problem}): "
                                   f"{_UNWRITABLE_ADVICE}", str(hashfile)) from e  # fmt: skip
@@ -259,15 +260,6 @@ def _unreadable_reason(hashfile: Path, error: Exception) -> str:
         return "truncated or damaged: its zip archive is incomplete"
     reason = str(error).strip().splitlines()[0] if str(error).strip() else ""  # torch's advice runs on for lines
     return type(error).__name__ + (f": {reason[:200]}" if reason else "")
-
-
-def _refused_write(error: BaseException) -> str | None:
-    """The system's words when ``error`` is a write refused for want of permission (``PermissionError``, a read-only
-    file system, ``torch.save``'s ``RuntimeError`` quoting ``strerror``), else ``None``."""
-    refused = (errno.EACCES, errno.EPERM, errno.EROFS)
-    if isinstance(error, OSError) and error.errno in refused:
-        return error.strerror or os.strerror(error.errno)
-    return next((os.strerror(code) for code in refused if os.strerror(code) in str(error)), None)
 
 
 def _compact(obj: Any) -> Any:
