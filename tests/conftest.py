@@ -162,18 +162,22 @@ def folder_state():
 def _stop_while_validating(train_json: Path, folder: Path, epoch: int) -> Path:
     """A config file to list after a bundle's ``train.json``: a step added to its checkpoint handler's validation,
     after the first validation handler, that sends the run SIGTERM (as a batch system's time limit does) while it
-    validates epoch ``epoch``. Returns the file's path (in ``folder``)."""
+    validates epoch ``epoch``. Under a process group every rank stops at once, after all have reached the step:
+    a rank stopping alone (ranks other than 0 validate nothing) made torchrun stop rank 0 before it had kept the
+    epoch's state. Returns the file's path (in ``folder``)."""
     import json
 
     config = json.loads(Path(train_json).read_text(encoding="utf-8"))
     index, handler = next((i, h) for i, h in enumerate(config["train"]["handlers"])
                           if isinstance(h, dict) and h["_target_"].endswith("CheckpointHandler"))  # fmt: skip
     validation = list(handler["validation"])
+    dist = "__import__('torch.distributed', fromlist=['barrier'])"
     stop = ("$type('StopWhileValidating', (), {"
             "'attach': lambda self, engine: engine.add_event_handler(__import__('ignite.engine', fromlist=['Events'])"
             ".Events.EPOCH_COMPLETED, self), "
-            "'__call__': lambda self, engine: __import__('os').kill(__import__('os').getpid(), "
-            f"__import__('signal').SIGTERM) if engine.state.epoch == {int(epoch)} else None}})()")  # fmt: skip
+            f"'__call__': lambda self, engine: ({dist}.barrier() if {dist}.is_initialized() else None, "
+            "__import__('os').kill(__import__('os').getpid(), "
+            f"__import__('signal').SIGTERM)) if engine.state.epoch == {int(epoch)} else None}})()")  # fmt: skip
     path = Path(folder) / f"stop_while_validating_epoch_{int(epoch)}.json"
     path.write_text(json.dumps({"stop_while_validating": stop,
                                 f"train#handlers#{index}#validation": validation[:1] + ["@stop_while_validating"] + validation[1:]}))  # fmt: skip

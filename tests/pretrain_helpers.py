@@ -52,6 +52,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def two_nodes(bundle_args: list[str], cwd: Path, tries: int = 3) -> list[str]:
+    """Run ``python -m monai.bundle *bundle_args`` as two torchrun nodes of one process each on localhost and
+    return their logs (both must succeed). The port is free when chosen, but node 0 binds it only once torch has
+    started, seconds later: another test's process may take it in between, so a launch refused for a port in use
+    is tried again on another."""
+    for attempt in range(tries):
+        port = free_port()
+        nodes = [
+            subprocess.Popen(
+                torchrun_command("--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr",
+                                 "127.0.0.1", "--master_port", str(port), "-m", "monai.bundle", *bundle_args),
+                cwd=cwd, env=bundle_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8",
+                errors="replace",
+            )  # fmt: skip
+            for rank in (0, 1)
+        ]
+        try:
+            logs = [p.communicate(timeout=300)[0] for p in nodes]
+        finally:
+            for p in nodes:
+                p.kill()
+        taken = any("address already in use" in log.lower() or "eaddrinuse" in log.lower() for log in logs)
+        if all(p.returncode == 0 for p in nodes) or not taken or attempt == tries - 1:
+            break
+    assert all(p.returncode == 0 for p in nodes), "\n".join(log[-3000:] for log in logs)
+    return logs
+
+
 def torchrun_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
 

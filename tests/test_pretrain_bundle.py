@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -27,10 +26,10 @@ from pretrain_helpers import (
     TRAIN,
     bundle_env,
     bundle_process,
-    free_port,
     read_checkpoint,
     succeeded,
     torchrun_command,
+    two_nodes,
 )
 
 
@@ -269,17 +268,7 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path, stop_w
                           launcher=standalone))  # fmt: skip
     assert "resumed from" in resumed.stdout + resumed.stderr
 
-    port = free_port()
-    nodes = [
-        subprocess.Popen(
-            torchrun_command("--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
-                      "--master_port", str(port), "-m", "monai.bundle", *common, "2", "--output_dir", str(straight)),
-            cwd=tmp_path, env=bundle_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
-    logs = [p.communicate(timeout=300)[0] for p in nodes]
-    assert all(p.returncode == 0 for p in nodes), "\n".join(log[-3000:] for log in logs)
+    logs = two_nodes([*common, "2", "--output_dir", str(straight)], cwd=tmp_path)
 
     a, b = read_checkpoint(out / "checkpoint_epoch=2.pt"), read_checkpoint(straight / "checkpoint_epoch=2.pt")
     assert a["engine"] == b["engine"] == {"epoch": 2, "iteration": 2, "max_epochs": 2}
@@ -297,6 +286,7 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path, stop_w
     with_stop = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}','{stop}']"
     stopped = bundle_process(*[with_stop if a == MULTI else a for a in common], "2", "--output_dir", str(stopped_dir),
                       cwd=tmp_path, threads=1, launcher=standalone)  # fmt: skip
+    assert (stopped_dir / "checkpoint_epoch=1.pt").is_file(), (stopped.stdout + stopped.stderr)[-3000:]
     saved = read_checkpoint(stopped_dir / "checkpoint_epoch=1.pt")
     assert stopped.returncode != 0 and saved["engine"]["pending"] == "validation" and len(saved["random_state_ranks"]) == 2
     again = succeeded(bundle_process(*common, "2", "--output_dir", str(stopped_dir), "--resume", "true", cwd=tmp_path, threads=1,
