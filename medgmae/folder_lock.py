@@ -253,13 +253,13 @@ def _locked(fd: int, path: Path, flag: str, wait: _Wait | None = None) -> bool:
         os.close(fd)  # a folder this call created is another run's now: never removed here
         raise FolderInUse(f"{flag} {path}: another run is writing into it{_holder(path)}; give another {flag}, or "
                           f"run this one when that run has ended{e.args[0] if e.args else ''}") from None  # fmt: skip
-    except BaseException:  # Ctrl-C or SIGTERM while waiting: the descriptor goes, the folder stays the holder's
-        os.close(fd)
-        raise
-    except OSError as e:  # no flock on this file system's folders
+    except OSError as e:  # no flock on this file system's folders (before BaseException, which would catch it)
         os.close(fd)
         logger.debug("%s: no lock on the output folder here (%s): runs into it are not kept apart", path, e)
         return False
+    except BaseException:  # Ctrl-C or SIGTERM while waiting: the descriptor goes, the folder stays the holder's
+        os.close(fd)
+        raise
     return True
 
 

@@ -412,3 +412,23 @@ def test_an_evaluation_warns_of_a_run_holding_the_folder_of_the_model_it_scores(
         release_folder(tmp_path / "run")
     with pytest.raises(ValueError, match="checkpoint: expected the path"):
         warn_if_training("")
+
+
+@pytest.mark.parametrize("errno_name", ["ENOLCK", "EOPNOTSUPP"])
+def test_a_file_system_without_folder_locks_runs_unguarded(tmp_path, monkeypatch, errno_name):
+    """Some NFS and FUSE mounts refuse ``flock`` on a folder (ENOLCK, EOPNOTSUPP): the run goes on without the lock
+    (runs into the folder are not kept apart there), as it did before waiting for a holder was added; the error is
+    not raised, and the folder is made and used as usual."""
+    import errno
+
+    import medgmae.folder_lock as folder_lock
+
+    def no_locks(fd, operation):
+        raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
+
+    monkeypatch.setattr(folder_lock.fcntl, "flock", no_locks)
+    with folder_held(tmp_path / "out", "--out") as held:
+        (tmp_path / "out" / "result.txt").write_text("written")
+    assert held is not None and (tmp_path / "out" / "result.txt").read_text() == "written"
+    with folder_held(tmp_path / "waited", "--out", wait=5.0):
+        assert (tmp_path / "waited").is_dir()
