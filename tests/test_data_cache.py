@@ -294,3 +294,20 @@ def test_a_cache_folder_that_cannot_be_written_is_warned_at_the_start_and_named_
         ds[1]
     assert str(folder) in str(failed.value) and "Permission denied" in str(failed.value)
     assert {p.name for p in folder.iterdir()} == {"preprocessing.json", f"{item_hash(items[0]).decode()}.pt"}
+
+
+def test_the_cache_files_of_an_earlier_layout_live_in_another_folder(tmp_path):
+    """The earlier release stored the bare item in each file and named the folder by the hash of ``{"spec",
+    "transforms"}``: sharing that folder, it would read this release's files (the item beside its key) as items
+    and fail in its random transforms. This release's folder is another, whose record says the files' layout."""
+    import hashlib
+
+    head, items = _head_and_items(tmp_path, 1)
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2).to_dict()
+    ds = training_dataset(items, head, tmp_path / "cache", spec=spec)
+    ds[0]
+    record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text(encoding="utf-8"))
+    earlier = {"spec": record["spec"], "transforms": record["transforms"]}  # the earlier release's record
+    earlier_name = hashlib.sha256(json.dumps(earlier, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert record["entry_format"] == 2 and Path(ds.cache_dir).name != earlier_name
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [Path(ds.cache_dir).name]

@@ -9,10 +9,12 @@ an item drawn as two 96^3 crops of a 75 MB volume reads the pages those crops to
 and ranks on one host share the pages (``bench/data.py`` measures it against a whole read; the mapping is
 private, so no transform can write to the file). A mapped file cut short while in use (copied over in place,
 replaced by another host on a network file system) ends the process with SIGBUS, which no error handling catches:
-``MEDGMAE_CACHE_MMAP=0`` in the environment reads the files whole, as before. The cache lives in a sub-folder of ``cache_root`` named by a hash of the pre-processing record (the
-:class:`~medgmae.preprocessing.PreprocessingSpec` and a description of the deterministic transforms), so changing
-the spacing or the HU window starts a new cache instead of reusing stale arrays. Each item's file name hashes its
-paths with the size and modification time of its files, so an edited volume is pre-processed again. Each file holds
+``MEDGMAE_CACHE_MMAP=0`` in the environment reads the files whole, as before. The cache lives in a sub-folder of
+``cache_root`` named by a hash of the pre-processing record (the :class:`~medgmae.preprocessing.PreprocessingSpec`
+and a description of the deterministic transforms), so changing the spacing or the HU window starts a new cache
+instead of reusing stale arrays (as does a release that changes the files' layout: a folder of an earlier
+release's cache is left unused, to be removed by hand). Each item's file name hashes its paths with the size and
+modification time of its files, so an edited volume is pre-processed again. Each file holds
 that key beside the pre-processed item and is used only when the key is its item's: a file copied over it (another
 item's entry, a model) is pre-processed again, as an unreadable one is, with a warning naming it.
 
@@ -119,10 +121,16 @@ def _named_folder(cache_root: str | Path, record: Mapping, create: bool) -> Path
     return folder
 
 
+#: The layout of a cache file, in the record its folder's name hashes: files holding their item's key (2) live in
+#: other folders than the earlier release's bare items (1, no entry), which that release would read as items.
+ENTRY_FORMAT = 2
+
+
 def preprocessing_record(transform: Callable, spec: Mapping | None = None) -> dict:
-    """What a cache folder's name hashes and its ``preprocessing.json`` holds: the spec and the deterministic head
-    of ``transform`` (:func:`describe_transforms`)."""
-    return {"spec": dict(spec) if spec else None, "transforms": describe_transforms(transform)}
+    """What a cache folder's name hashes and its ``preprocessing.json`` holds: the spec, the deterministic head of
+    ``transform`` (:func:`describe_transforms`) and the layout of its files (:data:`ENTRY_FORMAT`)."""
+    return {"spec": dict(spec) if spec else None, "transforms": describe_transforms(transform),
+            "entry_format": ENTRY_FORMAT}  # fmt: skip
 
 
 def _write_record(folder: Path, record: Mapping | None) -> None:
