@@ -9,13 +9,14 @@ nothing, so that a command line that only parses its arguments does not load tor
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
 from datetime import timedelta
 from typing import Callable
 
-__all__ = ["MAIN_PROCESS_WAIT", "gather_in_order", "shard_sampler", "sharded_loader", "warn_if_sampler_repeats", "barrier", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
+__all__ = ["MAIN_PROCESS_WAIT", "gather_in_order", "shard_sampler", "sharded_loader", "warn_if_sampler_repeats", "barrier", "end_process_group", "in_process_group", "is_main_process", "loader_workers", "main_process_only", "process_rank", "process_count", "rank_world"]
 
 
 def in_process_group() -> bool:
@@ -75,6 +76,22 @@ def barrier() -> None:
         _dist().barrier()
 
 
+def end_process_group() -> None:
+    """The end of a multi-process run (its bundle's ``finalize``): wait for every process, destroy the process
+    group, then collect the garbage at once (nothing without a group).
+
+    The collection is what keeps the exit clean: the group's objects left in reference cycles were torn down with the
+    interpreter, where gloo aborted a few processes in a hundred (``terminate called without an active exception``,
+    SIGABRT: torchrun then reports a finished run as failed). ``bench/gloo_exit.py`` measures both ways.
+    """
+    if not in_process_group():
+        return
+    dist = _dist()
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
+
+
 #: How long the other ranks wait for the work rank 0 does for all in :func:`main_process_only`: the pre-check of a
 #: large dataset runs for tens of minutes, past the process group's own timeout (10 minutes under NCCL, 30 under
 #: gloo), which ended the waiting ranks' collective call and with it the run.
@@ -115,6 +132,7 @@ def main_process_only(work: Callable[[], object], error: type[Exception] = Runti
             _dist().broadcast_object_list(failure, src=0, group=group)
         finally:  # also when a peer went away: no group is left for the exit to tear down
             _dist().destroy_process_group(group)
+            gc.collect()  # nor its objects in reference cycles (end_process_group)
     if caught is not None:
         raise caught
     if failure[0] is not None:

@@ -3,7 +3,7 @@
 import pytest
 import torch.distributed as dist
 
-from medgmae.distributed import barrier, in_process_group, is_main_process, process_rank, rank_world
+from medgmae.distributed import barrier, end_process_group, in_process_group, is_main_process, process_rank, rank_world
 
 
 @pytest.mark.parametrize("rank, main", [(None, True), ("0", True), ("", True), ("1", False), ("3", False)])
@@ -157,3 +157,13 @@ def test_shard_sampler_deals_the_items_out_and_gather_in_order_puts_them_back():
     assert [g["mine"] for g in got] == [[0, 3, 6], [1, 4], [2, 5]]
     assert all(g["all"] == [f"case{i}" for i in range(7)] and g["few"] is None for g in got)
     assert all(g["sharded"] == [True, False] for g in got)
+
+
+def test_end_process_group_ends_the_group_and_does_nothing_without_one(tmp_path):
+    """The multi-process bundles' ``finalize``: without a group nothing happens (a one-process run); with one, every
+    process has met and the group is gone (``bench/gloo_exit.py`` measures the exits it keeps clean)."""
+    end_process_group()
+    assert not in_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    end_process_group()
+    assert not in_process_group() and not dist.is_initialized()
