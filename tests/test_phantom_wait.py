@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def test_wait_seconds_0_refuses_at_once_and_a_bound_refuses_after_it(tmp_path):
             said = run.stderr.strip().splitlines()[-1]
             assert said.startswith(f"medgmae-phantom: error: --out {out}: another run is writing into it (process "
                                    f"{os.getpid()}")  # fmt: skip
-            assert said.endswith("run this one when that run has ended" + (" (waited 1.5 s)" if waited else ""))
+            ended = said.split("run this one when that run has ended", 1)[-1]  # a loaded machine overshoots a little
+            assert (re.fullmatch(r" \(waited 1\.[5-9] s\)", ended) is not None) if waited else ended == "", said
             assert ("waiting for another run" in run.stdout) == waited and time.monotonic() - t0 >= (1.5 if waited else 0)
             assert list(out.iterdir()) == []
     finally:
