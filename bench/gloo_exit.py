@@ -1,18 +1,22 @@
-"""How often a gloo process aborts at exit after a finished multi-process run, ended two ways.
+"""How often a gloo process aborts at exit after its process group was destroyed, ended four ways.
 
-Each trial spawns ``--processes`` processes that do what a bundle's multi-process run does with its process group
-(gloo, file store): share out a list and gather it back (``shard_sampler`` / ``gather_in_order``), run work on
-rank 0 alone (``main_process_only``: a gloo group of its own, made and destroyed), then end the group either as
-the toolkit did before (``barrier`` and ``destroy_process_group`` in the bundles' ``finalize``, and no collection
-after ``main_process_only``'s group either: ``destroy``) or as it does now (``end_process_group``: the same, the
-garbage collected at once after each group: ``end``). A process that
-returns normally but dies at the interpreter's exit (``terminate called without an active exception``, SIGABRT)
-counts as an abort. The two ways alternate, trial by trial, on the same machine; the script prints one JSON line
-per way with its trials and aborts.
+Each trial spawns ``--processes`` processes that do what a multi-process run does with its process group (gloo,
+file store): share out a list and gather it back (``shard_sampler`` / ``gather_in_order``), then end the group:
+
+- ``gather-destroy``: ``destroy_process_group`` right after the gather (as the tests' spawned processes did);
+- ``gather-destroy-collect``: the same, then ``gc.collect()``;
+- ``bundle-before``: rank 0's work for all (``main_process_only``, with a gloo group of its own), then ``barrier``
+  and ``destroy_process_group``, with no garbage collected after either group (the bundles' ``finalize`` before);
+- ``bundle-now``: the same work, then ``end_process_group`` (barrier, destroy, collect; ``main_process_only``
+  collecting after its group too: the bundles now).
+
+A process that returns normally but dies at the interpreter's exit (``terminate called without an active
+exception``, SIGABRT) counts as an abort. The ways alternate, trial by trial, on the same machine; the script
+prints one JSON line per way with its trials and aborts.
 
 Usage::
 
-    python bench/gloo_exit.py --trials 60 --processes 3
+    python bench/gloo_exit.py --trials 50 --processes 3
 """
 
 from __future__ import annotations
@@ -33,22 +37,32 @@ from medgmae.cli_types import positive_int  # noqa: E402
 
 def _one_process(rank: int, store: str, world: int, way: str) -> None:
     """One process of a trial: the collective calls of a run, then the end of its process group ``way``."""
+    import gc
     import types
 
     import medgmae.distributed as distributed
     from medgmae.distributed import end_process_group, gather_in_order, main_process_only, shard_sampler
 
-    if way == "destroy":  # as before: main_process_only did not collect the garbage either
+    if way == "bundle-before":  # main_process_only collected no garbage after its group either
         distributed.gc = types.SimpleNamespace(collect=lambda: 0)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     items = list(range(2 * world + 1))
     assert gather_in_order(list(shard_sampler(items))) == items
+    if way.startswith("gather-destroy"):
+        dist.destroy_process_group()
+        if way.endswith("collect"):
+            gc.collect()
+        return
     main_process_only(lambda: None)
-    if way == "end":
+    if way == "bundle-now":
         end_process_group()
     else:
         dist.barrier()
         dist.destroy_process_group()
+
+
+#: The ways of ending the process group, in the order each trial runs them.
+WAYS = ("gather-destroy", "gather-destroy-collect", "bundle-before", "bundle-now")
 
 
 def _trial(way: str, world: int) -> str | None:
@@ -64,10 +78,10 @@ def _trial(way: str, world: int) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=positive_int, default=60, help="trials of each way")
+    parser.add_argument("--trials", type=positive_int, default=50, help="trials of each way")
     parser.add_argument("--processes", type=positive_int, default=3, help="processes of each trial")
     args = parser.parse_args(argv)
-    aborts: dict[str, list[str]] = {"destroy": [], "end": []}
+    aborts: dict[str, list[str]] = {way: [] for way in WAYS}
     for i in range(args.trials):
         for way in aborts:
             if (message := _trial(way, args.processes)) is not None:

@@ -13,7 +13,7 @@ def test_one_trial_of_each_way_is_counted_in_one_json_line_each(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [line["way"] for line in lines] == ["destroy", "end"]
+    assert [line["way"] for line in lines] == ["gather-destroy", "gather-destroy-collect", "bundle-before", "bundle-now"]
     assert all(line["trials"] == 1 and line["processes"] == 2 and line["aborts"] in (0, 1) for line in lines)
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "gloo_exit.py"), "--trials", "0"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
