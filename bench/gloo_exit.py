@@ -16,7 +16,7 @@ prints one JSON line per way with its trials and aborts.
 
 Usage::
 
-    python bench/gloo_exit.py --trials 50 --processes 3
+    python bench/gloo_exit.py --trials 50 --processes 3 [--ways gather-destroy gather-destroy-collect]
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from medgmae.cli_types import positive_int  # noqa: E402
 
 
 def _one_process(rank: int, store: str, world: int, way: str) -> None:
-    """One process of a trial: the collective calls of a run, then the end of its process group ``way``."""
+    """One process of a trial: the collective calls of a run, then the end of its process group ``way``; the two
+    ``gather-destroy`` ways then write what they gathered to a file beside the store, as the tests' processes did."""
     import gc
     import types
 
@@ -52,6 +53,7 @@ def _one_process(rank: int, store: str, world: int, way: str) -> None:
         dist.destroy_process_group()
         if way.endswith("collect"):
             gc.collect()
+        Path(f"{store}.{rank}.json").write_text(json.dumps(items))
         return
     main_process_only(lambda: None)
     if way == "bundle-now":
@@ -80,8 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=positive_int, default=50, help="trials of each way")
     parser.add_argument("--processes", type=positive_int, default=3, help="processes of each trial")
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS), help="the ways to run (default: all)")
     args = parser.parse_args(argv)
-    aborts: dict[str, list[str]] = {way: [] for way in WAYS}
+    aborts: dict[str, list[str]] = {way: [] for way in WAYS if way in args.ways}
     for i in range(args.trials):
         for way in aborts:
             if (message := _trial(way, args.processes)) is not None:
