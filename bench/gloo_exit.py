@@ -36,8 +36,9 @@ from medgmae.cli_types import positive_int  # noqa: E402
 
 
 def _one_process(rank: int, store: str, world: int, way: str) -> None:
-    """One process of a trial: the collective calls of a run, then the end of its process group ``way``; the two
-    ``gather-destroy`` ways then write what they gathered to a file beside the store, as the tests' processes did."""
+    """One process of a trial: the collective calls of a run, then the end of its process group ``way``; then it
+    writes what it gathered to a file beside the store, as the tests' processes did and a run writes its last lines
+    (with nothing done after the destroy, the aborts were rarer: none in 26 trials of any way)."""
     import gc
     import types
 
@@ -53,14 +54,14 @@ def _one_process(rank: int, store: str, world: int, way: str) -> None:
         dist.destroy_process_group()
         if way.endswith("collect"):
             gc.collect()
-        Path(f"{store}.{rank}.json").write_text(json.dumps(items))
-        return
-    main_process_only(lambda: None)
-    if way == "bundle-now":
-        end_process_group()
     else:
-        dist.barrier()
-        dist.destroy_process_group()
+        main_process_only(lambda: None)
+        if way == "bundle-now":
+            end_process_group()
+        else:
+            dist.barrier()
+            dist.destroy_process_group()
+    Path(f"{store}.{rank}.json").write_text(json.dumps(items))
 
 
 #: The ways of ending the process group, in the order each trial runs them.
