@@ -228,8 +228,8 @@ def orthogonal_views(
     coloured = list(coloured) if coloured is not None else [False] * len(views)
     sp = tuple(float(s) for s in spacing)
     if not views or len(names) != len(views) or len(coloured) != len(views):
-        raise ValueError(f"orthogonal_slices needs volumes and one name (and colour flag) each, got {len(views)}, "
-                         f"{len(names)} and {len(coloured)}")  # fmt: skip
+        raise ValueError(f"orthogonal_views needs the views of one volume or more and one name (and colour flag) each, "
+                         f"got {len(views)}, {len(names)} and {len(coloured)}")  # fmt: skip
     if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
         raise ValueError(f"spacing must be three positive sizes in mm, got {spacing!r}")
     if int(size) < 1:
