@@ -351,10 +351,9 @@ def save_nifti_atomic(
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)  # nibabel stores the nearest rotation and voxel sizes (``affine`` unless sheared)
     img.set_sform(affine, code=1)
-    from medgmae.data.grid import grid_offset_mm, nearest_unsheared_frame
+    from medgmae.data.grid import shear_offset_mm
 
-    nearest = nearest_unsheared_frame(affine)  # the frame the qform holds now (a singular affine: refused by nibabel)
-    if nearest is not None and grid_offset_mm(array.shape[:3], affine, nearest) > FRAME_TOLERANCE_MM:
+    if shear_offset_mm(array.shape[:3], affine) > FRAME_TOLERANCE_MM:  # the qform holds the nearest unsheared frame
         img.set_qform(None)  # code 0: no qform rather than one placing the voxels elsewhere (ITK would read it)
     with atomic_write(path) as tmp:
         nib.save(img, str(tmp))

@@ -128,11 +128,10 @@ def _warn_if_sheared(affine: np.ndarray, shape, voxel, path) -> None:
     """Warn when the volume's affine is sheared (a gantry-tilted scan not resampled): the projectors know an
     orthogonal grid of the affine's column lengths only, so the object is simulated unsheared, and along the tilted
     axis stretched by the column length over the slice spacing (1 / cos of the tilt)."""
-    from medgmae.data.grid import grid_offset_mm, nearest_unsheared_frame
+    from medgmae.data.grid import shear_offset_mm
     from medgmae.files import FRAME_TOLERANCE_MM
 
-    nearest = nearest_unsheared_frame(affine)
-    apart = grid_offset_mm(shape[::-1], affine, nearest) if nearest is not None else 0.0
+    apart = shear_offset_mm(shape[::-1], affine)
     if apart > FRAME_TOLERANCE_MM:
         sizes = " x ".join(f"{v:.4g}" for v in voxel)
         print(f"warning: {path}: the volume's affine is sheared (a gantry tilt not resampled; voxels up to {apart:.3g} mm "

@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["GRID_TOLERANCE", "canonical_grid", "grid_fix_once", "grid_offset_mm", "grid_tolerance_mm", "label_grid_problem",
-           "nearest_unsheared_frame", "same_grid_problem"]
+           "nearest_unsheared_frame", "same_grid_problem", "shear_offset_mm"]
 
 #: Largest offset between two grids' voxels still taken as the same grid, as a fraction of the smallest voxel size.
 GRID_TOLERANCE = 1e-2
@@ -92,6 +92,21 @@ def nearest_unsheared_frame(affine: np.ndarray) -> np.ndarray | None:
     except Exception:  # noqa: BLE001  (nibabel's HeaderDataError: "Could not decompose affine")
         return None
     return header.get_qform()
+
+
+def shear_offset_mm(shape: Sequence[int], affine: np.ndarray) -> float:
+    """How far (mm) a sheared ``affine`` puts a voxel of a grid of ``shape`` from where its
+    :func:`nearest_unsheared_frame` does: above :data:`medgmae.files.FRAME_TOLERANCE_MM`, the grid is sheared.
+
+    Args:
+        shape: the grid's shape in the affine's index order (1 to 3 axes).
+        affine: a 4x4 voxel-to-world affine.
+
+    Returns:
+        The offset in mm; 0 for an unsheared affine and for a singular one (no unsheared frame is near it).
+    """
+    nearest = nearest_unsheared_frame(affine)
+    return 0.0 if nearest is None else grid_offset_mm(shape, affine, nearest)
 
 
 def grid_tolerance_mm(affine: np.ndarray, ref_affine: np.ndarray) -> float:
