@@ -31,7 +31,7 @@ from torch import Tensor
 
 from recon.geometry import CTGeometry
 from recon.projectors.base import Projector
-from recon.projectors.torch_proj import TorchProjector
+from recon.projectors.torch_proj import TorchProjector, box_interval, sampling_support_half
 
 __all__ = ["RayMatrixProjector", "estimate_matrix_bytes", "BUILD_VERSION", "MATRIX_BUDGET_BYTES"]
 
@@ -51,25 +51,10 @@ def _ray_tables(marcher: TorchProjector) -> tuple[Tensor, Tensor, Tensor]:
     return start.reshape(-1, 3), d.reshape(-1, 3), t
 
 
-def _box_interval(start: Tensor, d: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
-    """Where each ray enters and leaves the box ``|p| <= half`` (slab method): distances from ``start`` in mm,
-    ``lo >= hi`` for rays that miss."""
-    inv = 1.0 / d  # +-inf along axes a ray does not move on
-    t0, t1 = (-half - start) * inv, (half - start) * inv
-    return torch.minimum(t0, t1).nan_to_num(-math.inf).amax(-1), torch.maximum(t0, t1).nan_to_num(math.inf).amin(-1)
-
-
 def _box_chords(start: Tensor, d: Tensor, half: Tensor) -> Tensor:
     """Length (mm) of each ray's chord through the box ``|p| <= half`` (slab method), 0 for rays that miss."""
-    lo, hi = _box_interval(start, d, half)
+    lo, hi = box_interval(start, d, half)
     return (hi - lo).clamp(min=0)
-
-
-def _support_half(geometry: CTGeometry) -> Tensor:
-    """Half the sampling support ``(x, y, z)`` in mm: the volume padded by half a voxel, where ``grid_sample`` still
-    reads an edge voxel."""
-    vs = torch.tensor(geometry.voxel_size[::-1], dtype=torch.float64)
-    return torch.tensor(geometry.extent[::-1], dtype=torch.float64) / 2 + vs / 2
 
 
 #: The last scan's bound, by its geometry and step: ``--backend auto`` asks for it to choose the backend and again
@@ -106,7 +91,7 @@ def _matrix_bytes_bound(geometry: CTGeometry, step: float) -> int:
     marcher = TorchProjector(geometry, step=step)
     start, d, _ = _ray_tables(marcher)
     vs = torch.tensor(geometry.voxel_size[::-1], dtype=torch.float64)  # (x, y, z)
-    chord = _box_chords(start, d, _support_half(geometry))
+    chord = _box_chords(start, d, sampling_support_half(geometry))
     samples = (chord / marcher.step_mm + 1).floor().clamp(max=marcher.num_steps)
     planes = (chord[:, None] * d.abs() / vs).floor().sum(-1) + 3
     per_ray = torch.minimum(8 * samples, 8 + 4 * planes) * (chord > 0)
@@ -149,9 +134,9 @@ def _corner_weights(pix: Tensor, shape: tuple, dtype: torch.dtype) -> tuple[Tens
 
 def _sample_index(marcher: TorchProjector, start: Tensor, d: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
     """The ray marcher's samples that can fall within the sampling support, as ``(ray, step)`` index pairs in ray
-    then step order: each ray's steps over its chord through the support ``half`` (:func:`_box_interval`), widened
+    then step order: each ray's steps over its chord through the support ``half`` (:func:`~recon.projectors.torch_proj.box_interval`), widened
     by a step at either end (the exact test follows in :func:`_build_rows`)."""
-    lo, hi = _box_interval(start, d, half)
+    lo, hi = box_interval(start, d, half)
     first = (torch.ceil(lo / marcher.step_mm - 0.5) - 1).clamp(0, marcher.num_steps)
     last = (torch.floor(hi / marcher.step_mm - 0.5) + 1).clamp(-1, marcher.num_steps - 1)
     count = (last - first + 1).clamp(min=0).long()
@@ -169,7 +154,7 @@ def _build_rows(marcher: TorchProjector, rays: slice, start: Tensor, d: Tensor, 
     g = marcher.geometry
     shape = g.volume_shape
     start, d = start[rays], d[rays]
-    ray, step = _sample_index(marcher, start, d, _support_half(g))
+    ray, step = _sample_index(marcher, start, d, sampling_support_half(g))
     pts = start[ray] + t[step, None] * d[ray]  # (S, 3) mm, as the ray marcher computes them
     pix = _pixel_coords(marcher._to_grid(pts), shape)
     inside = ((pix > -1) & (pix < pix.new_tensor(shape[::-1]))).all(-1)  # some corner of the sample is in the volume

@@ -2,7 +2,8 @@
 
 Each detector pixel's ray is sampled at intervals of ``step`` times the smallest voxel size (``step_mm``, in mm)
 over the volume's bounding sphere; samples are trilinearly interpolated from the volume with ``grid_sample`` (zero
-outside) and summed times ``step_mm``. The operator is therefore the exact line integral of the trilinear
+outside) and summed times ``step_mm``; a chunk of rays evaluates only the steps where one of its rays can be near
+the volume (the others read zero). The operator is therefore the exact line integral of the trilinear
 interpolant up to the midpoint rule, and because it is a linear map built from ``grid_sample`` its adjoint is
 obtained exactly by autograd of the forward (no separately written, mismatched backprojector). Rays are processed
 in chunks, forward and adjoint alike, so memory is one chunk's samples whatever the scan; the rays' geometry is
@@ -21,12 +22,35 @@ from medgmae.terminal import ProgressLines
 from recon.geometry import CTGeometry
 from recon.projectors.base import Projector
 
-__all__ = ["TorchProjector"]
+__all__ = ["TorchProjector", "box_interval", "sampling_support_half"]
 
 #: Upper bound on ray samples (rays x steps) evaluated at once.
 _CHUNK_SAMPLES = 1 << 22
 #: The same on a GPU, where larger launches pay (memory stays bounded: about 55 bytes per sample, under 1 GB).
 _CHUNK_SAMPLES_GPU = 1 << 24
+
+
+def box_interval(start: Tensor, d: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
+    """Where each ray enters and leaves the box ``|p| <= half`` (slab method).
+
+    Args:
+        start: ``(N, 3)`` ray start points, mm ``(x, y, z)`` about the box's centre.
+        d: ``(N, 3)`` unit directions.
+        half: ``(3,)`` the box's half sizes, mm ``(x, y, z)``.
+
+    Returns:
+        ``(lo, hi)``, ``(N,)`` each: distances from ``start`` in mm, ``lo >= hi`` for rays that miss.
+    """
+    inv = 1.0 / d  # +-inf along axes a ray does not move on
+    t0, t1 = (-half - start) * inv, (half - start) * inv
+    return torch.minimum(t0, t1).nan_to_num(-math.inf).amax(-1), torch.maximum(t0, t1).nan_to_num(math.inf).amin(-1)
+
+
+def sampling_support_half(geometry: CTGeometry) -> Tensor:
+    """Half the sampling support ``(x, y, z)`` in mm (float64): the volume padded by half a voxel, where
+    ``grid_sample`` still reads an edge voxel; a sample outside it reads zero."""
+    vs = torch.tensor(geometry.voxel_size[::-1], dtype=torch.float64)
+    return torch.tensor(geometry.extent[::-1], dtype=torch.float64) / 2 + vs / 2
 
 
 class TorchProjector(Projector):
@@ -97,26 +121,46 @@ class TorchProjector(Projector):
     def _ray_chunks(self, volume: Tensor, views: Tensor | None):
         """Yield ``(rays, integrals)`` per chunk of at most :data:`_CHUNK_SAMPLES` ray samples: ``rays`` the slice of
         the flattened ``(views * rows * cols)`` rays, ``integrals`` their ``(B, rays)`` sums (differentiable);
-        ``views`` as :meth:`_view_indices` gives them; with :attr:`lines`, a progress line a minute."""
+        ``views`` as :meth:`_view_indices` gives them; with :attr:`lines`, a progress line a minute. A chunk samples
+        only the steps where one of its rays can be within the sampling support (:func:`sampling_support_half`):
+        the others read zero."""
         g = self.geometry
         per_view = g.det_shape[0] * g.det_shape[1]
         nv = g.num_views if views is None else views.numel()
         ns = self.num_steps
-        t = (torch.arange(ns, device=volume.device, dtype=volume.dtype) + 0.5) * self.step_mm
         inp = volume.unsqueeze(0)  # (1, B, D, H, W): the batch rides in the channel dim
         chunk = max(1, (_CHUNK_SAMPLES if volume.device.type == "cpu" else _CHUNK_SAMPLES_GPU) // ns)
         lines = ProgressLines("projecting", nv, "views", bar=not self.lines)  # no bar shows a projection
+        support = sampling_support_half(g).to(volume.device)
+        scale = self._to_grid(support.new_ones(3))  # mm -> grid_sample's [-1, 1], per axis
         for r0 in range(0, nv * per_view, chunk):
             lines.update(r0 // per_view)
             rays = slice(r0, min(r0 + chunk, nv * per_view))
             index = torch.arange(rays.start, rays.stop, device=volume.device)
             if views is not None:  # rays of the selected views -> rays of the scan
                 index = views[index // per_view] * per_view + index % per_view
-            start, d = (a.to(volume.dtype) for a in self._rays_of(index))
-            pts = start[:, None, :] + t.view(1, ns, 1) * d[:, None, :]
-            grid = self._to_grid(pts).unsqueeze(0).unsqueeze(0)  # (1, 1, rays, ns, 3)
-            samp = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            start, d = self._rays_of(index)
+            steps = self._chunk_steps(start, d, support)
+            if steps is None:  # no ray of the chunk meets the volume
+                yield rays, volume.new_zeros(volume.shape[0], rays.stop - rays.start)
+                continue
+            t = (torch.arange(*steps, device=volume.device, dtype=volume.dtype) + 0.5) * self.step_mm
+            start, d = (start * scale).to(volume.dtype), (d * scale).to(volume.dtype)  # in [-1, 1] units
+            grid = torch.addcmul(start[:, None, :], t.view(1, -1, 1), d[:, None, :])  # (rays, steps, 3)
+            samp = F.grid_sample(inp, grid[None, None], mode="bilinear", padding_mode="zeros", align_corners=False)
             yield rays, samp.sum(-1)[0, :, 0] * self.step_mm
+
+    def _chunk_steps(self, start: Tensor, d: Tensor, support: Tensor) -> tuple[int, int] | None:
+        """The range ``(first, stop)`` of step indices at which some of the rays ``start + t d`` (``(N, 3)`` mm) can
+        be within the box ``support`` (widened by a step at either end), ``None`` where every ray misses it."""
+        lo, hi = box_interval(start, d, support.to(start.dtype))
+        hit = lo < hi
+        if not bool(hit.any()):
+            return None
+        first = math.ceil(float(lo[hit].min()) / self.step_mm - 0.5) - 1
+        last = math.floor(float(hi[hit].max()) / self.step_mm - 0.5) + 1
+        first, stop = max(first, 0), min(last + 1, self.num_steps)
+        return (first, stop) if first < stop else None
 
     def forward_plain(self, volume: Tensor, views: Tensor | None = None) -> Tensor:
         """``A x`` built from differentiable ops (autograd gives the exact adjoint).
@@ -157,7 +201,8 @@ class TorchProjector(Projector):
         with torch.enable_grad():
             x = torch.zeros((proj.shape[0], *g.volume_shape), device=proj.device, dtype=proj.dtype, requires_grad=True)
             for rays, s in self._ray_chunks(x, views):
-                s.backward(y[:, rays])  # accumulates into x.grad
+                if s.requires_grad:  # a chunk of rays that all miss the volume reads nothing
+                    s.backward(y[:, rays])  # accumulates into x.grad
         return x.grad if x.grad is not None else torch.zeros_like(x.detach())
 
     def _forward_raw(self, volume: Tensor, views: Tensor | None) -> Tensor:
