@@ -7,8 +7,9 @@ architecture from MONAI's UNETR blocks (:class:`~monai.networks.blocks.UnetrBasi
 :class:`~monai.networks.blocks.UnetOutBlock`) around the encoder as it is.
 
 Decoder design. Like UNETR, the decoder has four stages that go from the token grid back to the input resolution;
-the skips come from the input (``encoder1``) and from the hidden states of blocks ``depth // 4``,
-``depth // 2`` and ``3 * depth // 4`` (indices 3, 6 and 9 of 12, as UNETR). The up-sampling factor of each stage is
+the skips come from the input (``encoder1``) and from the outputs of the blocks of 0-based indices ``depth // 4``,
+``depth // 2`` and ``3 * depth // 4`` (3, 6 and 9 of 12: the 4th, 7th and 10th blocks, as MONAI's UNETR, whose
+weights this keeps; the UNETR paper's z3, z6, z9 are the outputs of the 3rd, 6th and 9th). The up-sampling factor of each stage is
 derived from the patch size, per axis, by :func:`upsample_factors`: the prime factors of the patch edge, largest
 first (coarsest stage first); more than four factors are folded by multiplying the two smallest, fewer than four are
 padded with factor 1 at the coarsest stages (a stage that fuses at the token resolution). So 16 gives
@@ -75,7 +76,8 @@ def upsample_factors(patch_size: Sequence[int], num_stages: int = NUM_STAGES) ->
 
 
 def skip_layer_indices(num_layers: int) -> tuple[int, int, int]:
-    """Indices of the transformer blocks whose outputs feed the three transformer skips (3, 6, 9 for 12 blocks)."""
+    """0-based indices of the transformer blocks whose outputs feed the three transformer skips (3, 6, 9 for 12
+    blocks: the 4th, 7th and 10th, as MONAI's UNETR)."""
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     return tuple(min(num_layers - 1, k * num_layers // 4) for k in (1, 2, 3))  # type: ignore[return-value]
