@@ -142,7 +142,7 @@ def _resume_check(model_fn, old_params, new_groups, tmp_path, caplog, wrap=lambd
     with caplog.at_level(logging.INFO, logger="medgmae"):
         restore_states(tmp_path / "c.pt", [("optimizer", opt), ("lr_scheduler", sched), ("model", wrap(new_model))],
                        saved)  # fmt: skip
-    assert "the checkpoint's optimiser decayed every parameter" in caplog.text
+    assert "c.pt ('optimizer'): its optimiser decayed every parameter" in caplog.text
     assert "biases, norms and tokens are not decayed" in caplog.text
     old_names = {id(p): n for n, p in old_model.named_parameters()}
     new_by_name = dict(new_model.named_parameters())

@@ -74,7 +74,8 @@ def decay_groups(network: nn.Module | Iterable[tuple[str, nn.Parameter]], weight
     return [g for g in groups if g["params"]]
 
 
-def regroup_saved_state(optimizer: torch.optim.Optimizer, modules: Sequence[nn.Module], state: Mapping) -> Mapping:
+def regroup_saved_state(optimizer: torch.optim.Optimizer, modules: Sequence[nn.Module], state: Mapping,
+                        source: str = "the checkpoint") -> Mapping:
     """An optimiser state saved with one parameter group, put onto ``optimizer``'s groups; any other state unchanged.
 
     A checkpoint of the earlier release holds one group over a network's parameters in their order. When this run's
@@ -88,6 +89,7 @@ def regroup_saved_state(optimizer: torch.optim.Optimizer, modules: Sequence[nn.M
         optimizer: this run's optimiser.
         modules: the networks among the checkpoint's objects (DDP wrappers are unwrapped).
         state: the saved ``optimizer.state_dict()``.
+        source: the checkpoint, as the log line names it.
 
     Returns:
         The state to load: ``state`` itself unless it is such a single group.
@@ -107,8 +109,8 @@ def regroup_saved_state(optimizer: torch.optim.Optimizer, modules: Sequence[nn.M
                   "params": [index[id(p)] for p in g["params"]]} for g in optimizer.param_groups]  # fmt: skip
     moved = {index[id(p)]: saved_states[i] for p, i in zip(order, groups[0]["params"]) if i in saved_states}
     if rank_world()[0] == 0:
-        logger.info("the checkpoint's optimiser decayed every parameter (one group, the earlier release's rule): from "
-                    "here on biases, norms and tokens are not decayed (MAE's rule); each parameter keeps its AdamW state")  # fmt: skip
+        logger.info("%s: its optimiser decayed every parameter (one group, the earlier release's rule): from here on "
+                    "biases, norms and tokens are not decayed (MAE's rule); each parameter keeps its AdamW state", source)  # fmt: skip
     return {"state": moved, "param_groups": regrouped}
 
 

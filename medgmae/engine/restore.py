@@ -78,7 +78,7 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
             if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
                 replanned += [obj] if load_scheduler_keeping_its_plan(path, name, obj, saved[name]) else []
             elif isinstance(obj, torch.optim.Optimizer):
-                obj.load_state_dict(regroup_saved_state(obj, modules, saved[name]))
+                obj.load_state_dict(regroup_saved_state(obj, modules, saved[name], f"checkpoint {path} ('{name}')"))
             else:
                 obj.load_state_dict(saved[name])
         except (ValueError, RuntimeError, KeyError) as e:
