@@ -11,6 +11,7 @@ from medgmae.lazy_names import lazy_names
 __all__ = [
     "CheckpointHandler",
     "check_resume_fits",
+    "decay_groups",
     "EpochProgress",
     "LearningRateScalar",
     "ValidationProgress",
@@ -37,6 +38,7 @@ __getattr__ = lazy_names(__name__, {
     "NonFiniteLossHandler": "medgmae.engine.step_guards",
     "RandomStateTracker": "medgmae.engine.random_state",
     "check_resume_fits": "medgmae.engine.resume",
+    "decay_groups": "medgmae.engine.decay_rule",
     "latest_checkpoint": "medgmae.engine.resume",
     "is_main_process": "medgmae.distributed",
     "EpochProgress": "medgmae.engine.console",

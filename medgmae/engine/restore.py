@@ -11,6 +11,7 @@ import torch
 
 from medgmae.bundle_errors import InputRefusal
 from medgmae.distributed import rank_world
+from medgmae.engine.decay_rule import regroup_saved_state
 from medgmae.engine.step_guards import active_scaler
 from medgmae.settings_diff import settings_differences
 
@@ -53,7 +54,9 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
     """``load_state_dict`` each ``(name, object)`` from ``saved[name]``, in the given order.
 
     The records (objects other than :data:`TRAINING_STATE`) that refuse their saved state are all named in one
-    error (other settings and other data at once), before any training state is restored.
+    error (other settings and other data at once), before any training state is restored. An optimiser saved with
+    every parameter in one group (the earlier release) is put onto this run's weight-decay groups
+    (:func:`~medgmae.engine.decay_rule.regroup_saved_state`, over the networks among ``objects``).
 
     Args:
         path: the checkpoint, as the message names it.
@@ -63,6 +66,8 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
     Raises:
         ValueError: naming the checkpoint, each refusing object and what it refused.
     """
+    objects = list(objects)
+    modules = [obj for _, obj in objects if isinstance(obj, torch.nn.Module)]
     refused: list[tuple[str, Exception]] = []
     replanned = []  # schedulers on another plan: their rates are set once the optimisers are restored too
     for name, obj in objects:
@@ -72,6 +77,8 @@ def restore_states(path: Path, objects: Iterable[tuple[str, Any]], saved: Mappin
         try:
             if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
                 replanned += [obj] if load_scheduler_keeping_its_plan(path, name, obj, saved[name]) else []
+            elif isinstance(obj, torch.optim.Optimizer):
+                obj.load_state_dict(regroup_saved_state(obj, modules, saved[name], f"checkpoint {path} ('{name}')"))
             else:
                 obj.load_state_dict(saved[name])
         except (ValueError, RuntimeError, KeyError) as e:
@@ -173,6 +180,7 @@ def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state
     """
     plan = {k: v for k, v in vars(scheduler).items() if k in state and k not in _SCHEDULER_PROGRESS}
     scheduler.load_state_dict(state)
+    _one_rate_per_group(scheduler)
     saved = {k: state[k] for k in plan}
     vars(scheduler).update(plan)
     warmup = _capped_warmup(scheduler, saved, plan, state.get("last_epoch"))
@@ -182,6 +190,17 @@ def load_scheduler_keeping_its_plan(path: Path, name: str, scheduler: Any, state
         logger.warning("checkpoint %s: '%s' continues on this run's schedule (%s): the learning rate follows the new "
                        "schedule from the saved step on", path, name, "; ".join(changed))  # fmt: skip
     return changed
+
+
+def _one_rate_per_group(scheduler: Any) -> None:
+    """Give each of the optimiser's groups the rates of a scheduler saved over one group (the earlier release's
+    optimiser, :func:`~medgmae.engine.decay_rule.regroup_saved_state`): its one ``base_lrs`` / ``_last_lr`` entry
+    for every group, as the saved group's rate is each group's now (the scheduler sets a group without a rate never)."""
+    groups = len(getattr(getattr(scheduler, "optimizer", None), "param_groups", ()))
+    for key in ("base_lrs", "_last_lr"):
+        rates = getattr(scheduler, key, None)
+        if isinstance(rates, list) and len(rates) == 1 < groups:
+            setattr(scheduler, key, rates * groups)
 
 
 def _capped_warmup(scheduler: Any, saved: Mapping, plan: Mapping, step: Any) -> str:

@@ -20,6 +20,7 @@ from monai.networks.nets import UNETR
 
 from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, encoder_source, load_checkpoint
 from medgmae.checkpoint_checks import TrainingStateError
+from medgmae.engine.decay_rule import no_weight_decay
 from medgmae.mae_training.models import MODEL_KINDS
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder, freeze_unused_cross_attn_norms
@@ -348,7 +349,7 @@ def param_groups(
 
     A parameter at depth ``d`` (see :func:`layer_id`) gets ``lr * layer_decay ** (num_layers + 1 - d)``: the decoder
     and the final norm train at ``lr``, earlier blocks slower. Biases, norms, the class token and the position
-    embedding get no weight decay.
+    embedding get no weight decay (:func:`~medgmae.engine.decay_rule.no_weight_decay`, MAE's rule).
 
     Args:
         network: :class:`MedGMAEUNETR` or MONAI :class:`UNETR`.
@@ -371,7 +372,7 @@ def param_groups(
         if not p.requires_grad:
             continue
         depth = layer_id(name, num_layers)
-        no_decay = p.ndim <= 1 or name.endswith(("cls_token", "position_embeddings"))
+        no_decay = no_weight_decay(name, p)
         g = groups.setdefault(
             (depth, no_decay),
             {"params": [], "lr": lr * layer_decay ** (num_layers + 1 - depth), "weight_decay": 0.0 if no_decay else weight_decay},

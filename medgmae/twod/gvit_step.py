@@ -45,11 +45,19 @@ def set_phase(model: nn.Module, phase: str) -> None:
     model.classifier.requires_grad_(cls).train(cls)
 
 
-def phase_parameters(model: nn.Module, phase: str) -> list[nn.Parameter]:
-    """Parameters a phase trains."""
+def phase_parameters(model: nn.Module, phase: str) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs a phase trains (named in ``model``), the encoder's before the classifier's.
+
+    Args:
+        model: a :class:`~medgmae.twod.gvit.GViT`.
+        phase: ``"warmup"`` (the encoder), ``"classifier"`` or ``"joint"`` (both).
+
+    Returns:
+        The pairs, for :func:`~medgmae.engine.decay_rule.decay_groups`.
+    """
     check_phase(phase)
-    mods = {"warmup": [model.encoder], "classifier": [model.classifier], "joint": [model.encoder, model.classifier]}[phase]
-    return [p for m in mods for p in m.parameters()]
+    mods = {"warmup": ["encoder"], "classifier": ["classifier"], "joint": ["encoder", "classifier"]}[phase]
+    return [(f"{m}.{n}", p) for m in mods for n, p in getattr(model, m).named_parameters()]
 
 
 class GViTIteration:

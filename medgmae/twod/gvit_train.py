@@ -32,6 +32,7 @@ from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
 from medgmae.engine import check_resume_fits, resolve_device
+from medgmae.engine.decay_rule import decay_groups
 from medgmae.engine.earlier_run import EarlierRun
 from medgmae.engine.restore import refusal
 from medgmae.engine.resume import epoch_checkpoints
@@ -82,7 +83,8 @@ def build_phase_trainer(
         train_loader: yields ``{"image": (B, C, H, W) in [0, 1], "label": (B,)}``.
         max_epochs: epochs of this phase (>= 1).
         device: training device.
-        lr, weight_decay: AdamW settings.
+        lr, weight_decay: AdamW settings; biases, norms and tokens are not decayed (MAE's rule,
+            :func:`~medgmae.engine.decay_rule.decay_groups`).
         warmup_fraction: fraction of the phase's iterations with linear LR warm-up.
         rec_loss, gamma, guidance_interval, render_backend, amp: see
             :class:`~medgmae.twod.gvit_step.GViTIteration`.
@@ -96,7 +98,7 @@ def build_phase_trainer(
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     set_phase(model, phase)
-    opt = torch.optim.AdamW(phase_parameters(model, phase), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    opt = torch.optim.AdamW(decay_groups(phase_parameters(model, phase), weight_decay), lr=lr, betas=(0.9, 0.95))
     total = max(1, max_epochs * len(train_loader))
     sched = WarmupCosineSchedule(opt, warmup_steps=int(warmup_fraction * total), t_total=total, warmup_multiplier=0.1)
     ctx = PhaseContext(phase, model, opt, sched, None if checkpoint_dir is None else Path(checkpoint_dir), settings, cases)
