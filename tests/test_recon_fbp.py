@@ -61,7 +61,9 @@ def test_chunked_real_fft_filter_matches_the_full_complex_fft(name, dtype):
     torch.testing.assert_close(one, out, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("ours, theirs", [("ram-lak", "ramp"), ("shepp-logan", "shepp-logan"), ("hann", "hann")])
+@pytest.mark.parametrize(
+    "ours, theirs", [("ram-lak", "ramp"), ("shepp-logan", "shepp-logan"), ("cosine", "cosine"), ("hann", "hann")]
+)
 def test_fbp_matches_skimage_iradon(ours, theirs):
     """Same sinogram (scikit-image's radon) into both. skimage's angle theta is our -theta with its detector
     centre at n // 2 (our (n - 1) / 2 for odd n). Both filter identically and interpolate linearly; the
