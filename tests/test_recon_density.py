@@ -124,7 +124,11 @@ def test_toolkit_round_keeps_the_rendered_volume(seed):
 
 
 # (rotation vector in radians, scales in voxels, intensity): two split (largest scale > split_scale = 2), one cloned
-_PARENTS = [((0.9, -0.4, 0.6), (3.0, 1.0, 0.5), 0.7), ((-0.3, 1.1, 0.8), (0.6, 2.6, 1.4), -0.45), ((1.2, 0.5, -0.7), (1.8, 0.8, 0.4), 1.0)]
+_PARENTS = [
+    ((0.9, -0.4, 0.6), (3.0, 1.0, 0.5), 0.7),
+    ((-0.3, 1.1, 0.8), (0.6, 2.6, 1.4), -0.45),
+    ((1.2, 0.5, -0.7), (1.8, 0.8, 0.4), 1.0),
+]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -169,9 +173,10 @@ def test_sample_rule_draws_children_from_the_rotated_parent(seed):
         assert offsets.shape[0] == 2 * n if split else n
         shrink = 1 / 1.6 if split else 1.0
         expected_scales = torch.tensor(s, dtype=torch.float64) * shrink
-        torch.testing.assert_close(p["log_scales"][rows].exp(), expected_scales.expand(int(rows.sum()), 3), rtol=1e-5, atol=0)
+        count = int(rows.sum())
+        torch.testing.assert_close(p["log_scales"][rows].exp(), expected_scales.expand(count, 3), rtol=1e-5, atol=0)
         expected_inten = param_inten[i] * (1.0 if split else 0.5)
-        torch.testing.assert_close(p["intensities"][rows], expected_inten.expand(int(rows.sum())), rtol=1e-6, atol=0)
+        torch.testing.assert_close(p["intensities"][rows], expected_inten.expand(count), rtol=1e-6, atol=0)
         spread = rot.as_matrix() * (np.asarray(s) * (1.0 if split else 0.5))  # R diag(s): columns are the axes
         white = offsets.numpy() @ np.linalg.inv(spread).T
         np.testing.assert_allclose(white.mean(0), 0.0, atol=0.09)
