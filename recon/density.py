@@ -7,8 +7,9 @@ Both work on a :class:`~recon.gaussian_recon.GaussianReconstructor` in place (pa
   since the last round (above ``grad_threshold``) are densified by ``split_rule``:
 
   - ``"sample"`` (the default; the split as in 3D Gaussian splatting): small Gaussians (largest scale ``<=
-    split_scale``) cloned (a copy drawn from the Gaussian, both at half intensity), large ones split (two children
-    drawn from the rotated Gaussian, scales / 1.6, the parent's intensity, so about half its mass). A round lowers
+    split_scale``) cloned (a copy drawn from the Gaussian at half its spread, both at half intensity), large ones
+    split (two children drawn from the rotated Gaussian, scales / 1.6, the parent's intensity, so about half its
+    mass). A round lowers
     the PSNR for a few dozen iterations (by up to about 5 dB with a coarse budget), but the children are narrower
     on every axis.
   - ``"moments"``: each is split in two along its largest axis (:func:`split_moments`): children at ``mu +- a
@@ -131,7 +132,15 @@ def densify_toolkit(rec) -> dict:
 
 def _sample_children(rec, clone: Tensor, split: Tensor, scales: Tensor, rot: Tensor) -> dict[str, Tensor]:
     """``split_rule="sample"``: the copies of the cloned rows (whose intensities are halved in place) and two
-    drawn children per split row."""
+    drawn children per split row.
+
+    A row with centre ``mu``, scales ``s`` and rotation ``R`` (column ``j``: axis ``j``) gives a clone at ``mu +
+    R diag(s / 2) z`` (its scales and quaternion, half its intensity), and split children at ``mu + R diag(s) z``
+    (scales ``s / 1.6``, its quaternion and intensity), ``z ~ N(0, I)`` from ``rec.generator``.
+
+    Returns:
+        ``{"means", "log_scales", "quats", "intensities"}`` of the clones, the first children, then the second.
+    """
     p, dev = rec.params, rec.device
 
     def sample(mask: Tensor, shrink: float) -> dict[str, Tensor]:

@@ -97,12 +97,13 @@ def test_split_moments_rejects_bad_offsets():
             split_moments(means, scales, quaternion_to_rotation_matrix(quats), inten, bad)
 
 
-def test_toolkit_round_keeps_the_rendered_volume():
+@pytest.mark.parametrize("seed", [3, 4, 5, 6, 7])
+def test_toolkit_round_keeps_the_rendered_volume(seed):
     """A density-control round with ``split_rule="moments"`` splits the chosen Gaussians (parents removed, their
     Adam moments with them) and leaves the rendered volume's mass unchanged; the drawn rule (the default) does not."""
     g = CTGeometry.parallel((24, 24, 24), 1.0, num_angles=4)
     proj = torch.ones(g.proj_shape)  # not fitted here
-    means, scales, quats, inten = _random_gaussians(3, 12)
+    means, scales, quats, inten = _random_gaussians(seed, 12)
     means, scales, inten = means * 0.4 + 8, scales.clamp(max=2.5), inten.abs() + 0.5
     masses = {}
     for rule in ("moments", "sample"):
@@ -120,3 +121,63 @@ def test_toolkit_round_keeps_the_rendered_volume():
                 assert group["params"][0] is rec.params[group["name"]]
     assert masses["moments"] == pytest.approx(1.0, abs=0.01)
     assert abs(masses["sample"] - 1.0) > 0.05, masses
+
+
+# (rotation vector in radians, scales in voxels, intensity): two split (largest scale > split_scale = 2), one cloned
+_PARENTS = [
+    ((0.9, -0.4, 0.6), (3.0, 1.0, 0.5), 0.7),
+    ((-0.3, 1.1, 0.8), (0.6, 2.6, 1.4), -0.45),
+    ((1.2, 0.5, -0.7), (1.8, 0.8, 0.4), 1.0),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sample_rule_draws_children_from_the_rotated_parent(seed):
+    """``split_rule="sample"`` (the default) on three rotated anisotropic parents, each repeated ``n = 3000`` times
+    and all chosen. Oracle, in float64 from SciPy's rotations (not the toolkit's quaternion code): a split parent is
+    removed and its ``2 n`` children keep its quaternion and intensity, have its scales / 1.6, and are offset by
+    draws of ``N(0, R diag(s^2) R^T)``; a cloned parent stays at half its intensity beside ``n`` copies (same scales
+    and quaternion, half intensity) offset by draws of ``N(0, R diag(s^2 / 4) R^T)`` (half its spread).
+
+    The offsets are whitened by ``(R diag(s))^-1``: their sample mean and covariance must be 0 and the identity.
+    With ``m`` (6000 or 3000) draws the mean's entries have a standard deviation ``1 / sqrt(m)`` and the covariance's
+    ``sqrt(2 / m)`` on the diagonal, ``sqrt(1 / m)`` off it, at most 0.018 and 0.026: tolerances of 0.09 and 0.12
+    are about 5 of them (and the generator is seeded). Offsets drawn with ``R^T`` instead of ``R`` whiten to
+    covariances a few units off the identity; split children at half intensity, or clones at the full spread, are
+    off by a factor 2 or 4."""
+    from scipy.spatial.transform import Rotation
+
+    n = 3000
+    rots = [Rotation.from_rotvec(r) for r, _, _ in _PARENTS]
+    quats = torch.tensor(np.array([np.roll(r.as_quat(), 1) for r in rots]), dtype=torch.float32)  # (w, x, y, z)
+    scales = torch.tensor([s for _, s, _ in _PARENTS], dtype=torch.float32)
+    inten = torch.tensor([a for _, _, a in _PARENTS], dtype=torch.float32)
+    centre = torch.tensor([12.0, 11.0, 13.0])
+    init = Gaussians3D(centre.expand(3 * n, 3)[None], scales.repeat_interleave(n, 0)[None],
+                       quats.repeat_interleave(n, 0)[None], inten.repeat_interleave(n, 0)[None])  # fmt: skip
+    g = CTGeometry.parallel((24, 24, 24), 1.0, num_angles=4)
+    cfg = GaussianReconConfig(iterations=10, densify_fraction=1.0, max_gaussians=10**6, seed=seed)
+    rec = GaussianReconstructor(TorchProjector(g), torch.ones(g.proj_shape), init, cfg)
+    rec.grad_accum, rec.grad_count = torch.ones(3 * n), torch.ones(3 * n)
+    param_inten = rec.params["intensities"].detach()[::n].double()  # per parent, in the parameters' units
+    assert rec.densify_and_prune() == {"cloned": n, "split": 2 * n, "pruned": 0}
+    p = {k: v.detach().double() for k, v in rec.params.items()}
+    for i, (rot, (_, s, _)) in enumerate(zip(rots, _PARENTS)):
+        rows = (p["quats"] - quats[i].double()).abs().amax(-1) < 1e-6
+        offsets = p["means"][rows] - centre.double()
+        split = i < 2
+        if not split:  # the parents stay where they were
+            at_centre = offsets.abs().amax(-1) == 0
+            assert int(at_centre.sum()) == n
+            offsets = offsets[~at_centre]
+        assert offsets.shape[0] == 2 * n if split else n
+        shrink = 1 / 1.6 if split else 1.0
+        expected_scales = torch.tensor(s, dtype=torch.float64) * shrink
+        count = int(rows.sum())
+        torch.testing.assert_close(p["log_scales"][rows].exp(), expected_scales.expand(count, 3), rtol=1e-5, atol=0)
+        expected_inten = param_inten[i] * (1.0 if split else 0.5)
+        torch.testing.assert_close(p["intensities"][rows], expected_inten.expand(count), rtol=1e-6, atol=0)
+        spread = rot.as_matrix() * (np.asarray(s) * (1.0 if split else 0.5))  # R diag(s): columns are the axes
+        white = offsets.numpy() @ np.linalg.inv(spread).T
+        np.testing.assert_allclose(white.mean(0), 0.0, atol=0.09)
+        np.testing.assert_allclose(np.cov(white.T), np.eye(3), atol=0.12)

@@ -61,7 +61,9 @@ def test_chunked_real_fft_filter_matches_the_full_complex_fft(name, dtype):
     torch.testing.assert_close(one, out, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("ours, theirs", [("ram-lak", "ramp"), ("shepp-logan", "shepp-logan"), ("hann", "hann")])
+@pytest.mark.parametrize(
+    "ours, theirs", [("ram-lak", "ramp"), ("shepp-logan", "shepp-logan"), ("cosine", "cosine"), ("hann", "hann")]
+)
 def test_fbp_matches_skimage_iradon(ours, theirs):
     """Same sinogram (scikit-image's radon) into both. skimage's angle theta is our -theta with its detector
     centre at n // 2 (our (n - 1) / 2 for odd n). Both filter identically and interpolate linearly; the
@@ -366,3 +368,30 @@ def test_projections_truncated_at_the_detector_sides_are_named(kind):
     for seed in range(5):
         assert truncation_note(noisy(TorchProjector(wide)(disc), 300, seed), wide) is None, seed
         assert truncation_note(noisy(TorchProjector(narrow)(full), 1000, seed), narrow) is not None, seed
+
+
+@pytest.mark.parametrize("offset", [(14.0, -3.0), "per-view"])
+def test_fdk_cosine_weights_are_each_rays_cosine_to_the_central_ray(offset):
+    """FDK's pre-weights are, at every pixel, the cosine of the angle between its ray and the central ray:
+    ``dot(d, -e)``, with each pixel's unit ray ``d`` written from the scan's definition in float64
+    (:func:`chord_helpers.geometry_rays`; the toolkit's weights use the isocentre-scaled ``so / sqrt(so^2 + u^2 +
+    v^2)``, the same number). A wide fan (about 31 degrees to the outer columns) and cone (about 11 degrees to the
+    outer rows), and a detector offset in both directions (one for all views, or one per view), so that dropping
+    either the ``u`` or the ``v`` term, or either offset, moves some weights by far more than rounding."""
+    from chord_helpers import geometry_rays
+
+    from recon.fbp import _cosine_weights
+
+    angles = np.deg2rad([0.0, 37.0, 111.0, 200.0, 290.0])
+    if offset == "per-view":
+        offset = [(14.0, -3.0), (-9.0, 4.0), (0.0, 0.0), (20.0, 2.5), (-17.0, -5.0)]
+    g = CTGeometry("cone", (16, 48, 48), 1.0, (40, 120), (1.5, 1.5), angles, 100.0, 150.0, det_offset=offset)
+    pix, d = geometry_rays(g)  # (V, rows, cols, 3)
+    toward_detector = np.stack([-np.sin(angles), np.cos(angles), 0 * angles], -1)  # -e: source to isocentre
+    expected = (d * toward_detector[:, None, None, :]).sum(-1)
+    w = _cosine_weights(g, torch.float64, "cpu").numpy()
+    if not g.per_view_offset:
+        assert w.shape == g.det_shape
+        w = np.broadcast_to(w, expected.shape)
+    assert w.shape == expected.shape and expected.min() < 0.85  # the fan and cone are wide enough to matter
+    np.testing.assert_allclose(w, expected, rtol=1e-12, atol=0)
