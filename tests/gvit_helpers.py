@@ -63,15 +63,16 @@ def shapes_dataset(root: Path) -> Path:
     return root
 
 
-def gvit_workflow(data, out: Path, resume: bool, augment: bool = False) -> GViTWorkflow:
+def gvit_workflow(data, out: Path, resume: bool, augment: bool = False, epochs: dict | None = None) -> GViTWorkflow:
     """The workflow the bundle builds, small; with ``augment`` the training images are augmented, their random
-    transforms checkpointed and ``augment`` recorded in the data settings, as the bundle does."""
+    transforms checkpointed and ``augment`` recorded in the data settings, as the bundle does. ``epochs``: each
+    phase's epochs (default warm-up 1, classifier 1, joint 2)."""
     set_determinism(seed=0)
     train_ds = make_dataset(data.train, 16, 1, augment=augment)
     train = DataLoader(train_ds, batch_size=4, shuffle=True)
     val = DataLoader(make_dataset(data.val, 16, 1), batch_size=4)
     model = GViT(1, 16, 2, num_gaussians=6, patch_size=4)
     handlers = default_phase_handlers(resume=resume, source=train_ds if augment else None)
-    return GViTWorkflow(model, train, val, data.class_names, out, {"warmup": 1, "classifier": 1, "joint": 2},
+    return GViTWorkflow(model, train, val, data.class_names, out, epochs or {"warmup": 1, "classifier": 1, "joint": 2},
                         device="cpu", render_backend="torch", num_explanations=0, handlers=handlers, cases=data.train,
                         data_settings={"augment": True} if augment else None)  # fmt: skip
