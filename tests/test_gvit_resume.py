@@ -15,7 +15,7 @@ from medgmae.engine.restore import ResumeRefused
 from medgmae.twod.classification_data import load_classification_data
 from medgmae.twod.gvit import GViT
 
-from gvit_helpers import shapes_dataset, gvit_workflow
+from gvit_helpers import assert_as_uninterrupted, gvit_workflow, shapes_dataset
 
 
 def test_a_resume_names_phases_not_reached_as_starting_not_as_a_wrong_folder(tmp_path, caplog):
@@ -74,21 +74,6 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-def _assert_as_uninterrupted(straight: dict, folder: Path, model: torch.nn.Module, metrics: dict) -> None:
-    """A resumed run (its ``model`` and ``metrics``, its folder ``folder``) ended as the ``straight`` run: weights, each phase's
-    optimiser (every moment and step count) and scheduler as its last checkpoint saved them, and the metrics."""
-    sa, sb = straight["weights"], model.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    for phase in ("warmup", "classifier", "joint"):
-        a, b = (torch.load(d / "checkpoints" / phase / "checkpoint_final.pt", weights_only=True)["objects"]
-                for d in (straight["dir"], folder))  # fmt: skip
-        assert a["lr_scheduler"] == b["lr_scheduler"], phase
-        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"], phase
-        ma, mb = a["optimizer"]["state"], b["optimizer"]["state"]
-        assert ma.keys() == mb.keys() and all(torch.equal(ma[i][k], mb[i][k]) for i in ma for k in ma[i]), phase
-    assert metrics["confusion_matrix"] == straight["metrics"]["confusion_matrix"]
-
-
 @pytest.mark.parametrize(("phase", "augment"), [("warmup", False), ("classifier", False), ("joint", False), ("joint", True)])
 def test_interrupted_run_resumes_bit_for_bit(tmp_path, uninterrupted, phase, augment):
     """Stopped in the first iteration of a phase's second epoch, a run resumes that phase from its first epoch's
@@ -127,7 +112,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, uninterrupted, phase, aug
     metrics = resumed.run()
     later = list(EPOCHS)[list(EPOCHS).index(phase) :]  # the stopped epoch again (from checkpoint_epoch=1.pt), then on
     assert iterations == [p for p in later for _ in range(EPOCHS[p] * per_epoch - (per_epoch if p == phase else 0))]
-    _assert_as_uninterrupted(straight, tmp_path / "b", resumed.model, metrics)
+    assert_as_uninterrupted(straight, tmp_path / "b", resumed.model, metrics)
 
 
 def test_a_stop_in_the_closing_evaluation_trains_no_epoch_again(tmp_path, monkeypatch, uninterrupted):
@@ -155,7 +140,7 @@ def test_a_stop_in_the_closing_evaluation_trains_no_epoch_again(tmp_path, monkey
     resumed.trainer = counted
     metrics = resumed.run()
     assert iterations == []
-    _assert_as_uninterrupted(straight, tmp_path / "b", resumed.model, metrics)
+    assert_as_uninterrupted(straight, tmp_path / "b", resumed.model, metrics)
 
 
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
