@@ -1,5 +1,5 @@
-"""GViT in tests: the image size of the model tests, the bundle on a tiny setting, a shapes dataset, and the
-workflow the bundle builds."""
+"""GViT in tests: the image size of the model tests, the bundle on a tiny setting, a shapes dataset, the
+workflow the bundle builds, and a resumed run compared with an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -63,15 +63,32 @@ def shapes_dataset(root: Path) -> Path:
     return root
 
 
-def gvit_workflow(data, out: Path, resume: bool, augment: bool = False) -> GViTWorkflow:
+def gvit_workflow(data, out: Path, resume: bool, augment: bool = False, epochs: dict | None = None) -> GViTWorkflow:
     """The workflow the bundle builds, small; with ``augment`` the training images are augmented, their random
-    transforms checkpointed and ``augment`` recorded in the data settings, as the bundle does."""
+    transforms checkpointed and ``augment`` recorded in the data settings, as the bundle does. ``epochs``: each
+    phase's epochs (default warm-up 1, classifier 1, joint 2)."""
     set_determinism(seed=0)
     train_ds = make_dataset(data.train, 16, 1, augment=augment)
     train = DataLoader(train_ds, batch_size=4, shuffle=True)
     val = DataLoader(make_dataset(data.val, 16, 1), batch_size=4)
     model = GViT(1, 16, 2, num_gaussians=6, patch_size=4)
     handlers = default_phase_handlers(resume=resume, source=train_ds if augment else None)
-    return GViTWorkflow(model, train, val, data.class_names, out, {"warmup": 1, "classifier": 1, "joint": 2},
+    return GViTWorkflow(model, train, val, data.class_names, out, epochs or {"warmup": 1, "classifier": 1, "joint": 2},
                         device="cpu", render_backend="torch", num_explanations=0, handlers=handlers, cases=data.train,
                         data_settings={"augment": True} if augment else None)  # fmt: skip
+
+
+def assert_as_uninterrupted(straight: dict, folder: Path, model: torch.nn.Module, metrics: dict) -> None:
+    """A resumed run (its ``model`` and ``metrics``, its folder ``folder``) ended as the ``straight`` run (``{"dir",
+    "weights", "metrics"}``): weights, each phase's optimiser (every moment and step count) and scheduler as its
+    last checkpoint saved them, and the metrics."""
+    sa, sb = straight["weights"], model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    for phase in ("warmup", "classifier", "joint"):
+        a, b = (torch.load(d / "checkpoints" / phase / "checkpoint_final.pt", weights_only=True)["objects"]
+                for d in (straight["dir"], folder))  # fmt: skip
+        assert a["lr_scheduler"] == b["lr_scheduler"], phase
+        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"], phase
+        ma, mb = a["optimizer"]["state"], b["optimizer"]["state"]
+        assert ma.keys() == mb.keys() and all(torch.equal(ma[i][k], mb[i][k]) for i in ma for k in ma[i]), phase
+    assert metrics["confusion_matrix"] == straight["metrics"]["confusion_matrix"]

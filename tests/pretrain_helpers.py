@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -16,8 +17,13 @@ MULTI = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
 SMALL = [
     "--roi_size", "32", "--patch_size", "8", "--num_gaussians", "8", "--num_phantoms", "2",
     "--phantom_shape", "[48,48,40]", "--phantom_spacing", "3.0", "--pixdim", "3.0", "--num_samples", "1",
-    "--batch_size", "1", "--lr_schedule_epochs", "3", "--device", "cpu",
+    "--batch_size", "1", "--lr_schedule_epochs", "3", "--warmup_steps", "3", "--device", "cpu",
 ]  # fmt: skip
+#: the learning rate of each of the 4 steps of a 2-epoch SMALL run and the one its optimiser holds after them: 2
+#: volumes make 2 steps per epoch, so a plan of 6 steps (--lr_schedule_epochs 3); a linear warm-up from 0 over 3 steps,
+#: then the cosine over the other 3. A run stopped after epoch 1 (step 2) stops inside the warm-up and its resume
+#: crosses into the cosine. Step i uses the factor of its i - 1 finished steps.
+SMALL_RATES = [1.5e-4 * f for f in (0.0, 1 / 3, 2 / 3, 1.0, 0.5 * (1.0 + math.cos(math.pi * (4 - 3) / (6 - 3))))]
 
 
 def bundle_env(threads: int | None = None) -> dict:
@@ -86,7 +92,8 @@ def torchrun_command(*args: str) -> list[str]:
 
 def pretraining_runs(root: Path) -> dict:
     """In ``root``: one short run generating phantoms (then resumed to 2 epochs) and an uninterrupted 2-epoch run on
-    the same phantoms; what the first run wrote, before its resume, and the resume's log (conftest.py's
+    the same phantoms; what the first run wrote (its encoder, model and scheduler state), before its resume, and the
+    resume's log (conftest.py's
     ``pretrain_runs`` runs it once for the modules that read these runs)."""
     resumed, straight = root / "resumed", root / "straight"
     first = succeeded(bundle_process("run", "training", "--config_file", TRAIN, *SMALL, "--output_dir", str(resumed), "--max_epochs", "1", cwd=root))
@@ -94,6 +101,7 @@ def pretraining_runs(root: Path) -> dict:
         "epoch_ckpt": sorted(p.name for p in resumed.glob("checkpoint_epoch=*.pt")),
         "encoder": read_checkpoint(resumed / "encoder.pt"),
         "model": read_checkpoint(resumed / "model.pt"),
+        "scheduler": read_checkpoint(resumed / "checkpoint_epoch=1.pt")["objects"]["lr_scheduler"],
         "log": first.stdout + first.stderr,
     }
     dataset = resumed / "phantom" / "dataset.json"

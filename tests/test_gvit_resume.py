@@ -15,7 +15,7 @@ from medgmae.engine.restore import ResumeRefused
 from medgmae.twod.classification_data import load_classification_data
 from medgmae.twod.gvit import GViT
 
-from gvit_helpers import shapes_dataset, gvit_workflow
+from gvit_helpers import assert_as_uninterrupted, gvit_workflow, shapes_dataset
 
 
 def test_a_resume_names_phases_not_reached_as_starting_not_as_a_wrong_folder(tmp_path, caplog):
@@ -49,20 +49,46 @@ def test_a_resume_names_phases_not_reached_as_starting_not_as_a_wrong_folder(tmp
     assert starts[0].levelno == logging.WARNING and "(is this the folder of the run to resume?)" in starts[0].getMessage()
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_interrupted_run_resumes_bit_for_bit(tmp_path, augment):
-    """With the paper's augmentation too: its flips and crops are drawn again as the uninterrupted run drew them."""
-    data = load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
-    straight = gvit_workflow(data, tmp_path / "a", resume=False, augment=augment)
-    metrics_a = straight.run()
+#: the phases' epochs of the runs the resumes compare with: 2 each, so that a stop in any phase's second epoch resumes
+#: that phase from its first epoch's checkpoint (optimiser and scheduler inside the phase) and then crosses into the
+#: phases after it, which train other parameters with their own optimisers (3 iterations per epoch)
+EPOCHS = {"warmup": 2, "classifier": 2, "joint": 2}
 
-    interrupted = gvit_workflow(data, tmp_path / "b", resume=False, augment=augment)
-    build = interrupted.trainer
 
-    def build_and_interrupt(phase):
-        trainer = build(phase)
-        if phase == "joint":  # stop in the middle of the second joint epoch
-            @trainer.on(Events.ITERATION_COMPLETED(once=len(interrupted.train_loader) + 1))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted runs (:data:`EPOCHS`) that the resumes compare with, by ``augment``, each run once for the
+    module: its data, folder, weights and metrics."""
+    runs = {}
+
+    def run(augment: bool) -> dict:
+        if augment not in runs:
+            root = tmp_path_factory.mktemp("gvit_uninterrupted")
+            data = load_classification_data(shapes_dataset(root / "shapes"), val_fraction=0.25)
+            straight = gvit_workflow(data, root / "run", resume=False, augment=augment, epochs=EPOCHS)
+            metrics = straight.run()
+            weights = {k: v.clone() for k, v in straight.model.state_dict().items()}
+            runs[augment] = {"data": data, "dir": root / "run", "weights": weights, "metrics": metrics}
+        return runs[augment]
+
+    return run
+
+
+@pytest.mark.parametrize(("phase", "augment"), [("warmup", False), ("classifier", False), ("joint", False), ("joint", True)])
+def test_interrupted_run_resumes_bit_for_bit(tmp_path, uninterrupted, phase, augment):
+    """Stopped in the first iteration of a phase's second epoch, a run resumes that phase from its first epoch's
+    checkpoint and then trains the phases after it (other trained parameters, other optimisers) as the uninterrupted
+    run: the stopped epoch again and every later phase's epochs, then the same weights, optimiser and scheduler
+    states and metrics. With the paper's augmentation too: its flips and crops are drawn again as the uninterrupted
+    run drew them."""
+    straight = uninterrupted(augment)
+    interrupted = gvit_workflow(straight["data"], tmp_path / "b", resume=False, augment=augment, epochs=EPOCHS)
+    build, per_epoch = interrupted.trainer, len(interrupted.train_loader)
+
+    def build_and_interrupt(name):
+        trainer = build(name)
+        if name == phase:
+            @trainer.on(Events.ITERATION_COMPLETED(once=per_epoch + 1))
             def _stop(_):
                 raise KeyboardInterrupt("simulated interruption")
 
@@ -71,33 +97,39 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, augment):
     interrupted.trainer = build_and_interrupt
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
-    assert (tmp_path / "b" / "checkpoints" / "joint" / "checkpoint_interrupted.pt").is_file()
+    assert (tmp_path / "b" / "checkpoints" / phase / "checkpoint_interrupted.pt").is_file()
     assert not (tmp_path / "b" / "model.pt").exists()
 
-    resumed = gvit_workflow(data, tmp_path / "b", resume=True, augment=augment)
-    metrics_b = resumed.run()
-    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert metrics_b["confusion_matrix"] == metrics_a["confusion_matrix"]
+    resumed, iterations = gvit_workflow(straight["data"], tmp_path / "b", resume=True, augment=augment, epochs=EPOCHS), []
+    build_resumed = resumed.trainer
+
+    def counted(name):
+        trainer = build_resumed(name)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: iterations.append(name))
+        return trainer
+
+    resumed.trainer = counted
+    metrics = resumed.run()
+    later = list(EPOCHS)[list(EPOCHS).index(phase) :]  # the stopped epoch again (from checkpoint_epoch=1.pt), then on
+    assert iterations == [p for p in later for _ in range(EPOCHS[p] * per_epoch - (per_epoch if p == phase else 0))]
+    assert_as_uninterrupted(straight, tmp_path / "b", resumed.model, metrics)
 
 
-def test_a_stop_in_the_closing_evaluation_trains_no_epoch_again(tmp_path, monkeypatch):
+def test_a_stop_in_the_closing_evaluation_trains_no_epoch_again(tmp_path, monkeypatch, uninterrupted):
     """GViT validates once, after its last phase, whose checkpoints are written by then: Ctrl-C in that evaluation
     keeps every epoch, and the resume trains none again (no iteration runs) and ends as the uninterrupted run (weights,
     each phase's optimiser and scheduler, metrics)."""
     import medgmae.twod.gvit_eval as gvit_eval
 
-    data = load_classification_data(shapes_dataset(tmp_path / "shapes"), val_fraction=0.25)
-    straight = gvit_workflow(data, tmp_path / "a", resume=False)
-    metrics_a = straight.run()
+    straight = uninterrupted(False)
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt("simulated interruption")
 
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
         patched.setattr(gvit_eval, "evaluate_gvit", stopped)
-        gvit_workflow(data, tmp_path / "b", resume=False).run()
-    resumed, iterations = gvit_workflow(data, tmp_path / "b", resume=True), []
+        gvit_workflow(straight["data"], tmp_path / "b", resume=False, epochs=EPOCHS).run()
+    resumed, iterations = gvit_workflow(straight["data"], tmp_path / "b", resume=True, epochs=EPOCHS), []
     build = resumed.trainer
 
     def counted(phase):
@@ -106,17 +138,9 @@ def test_a_stop_in_the_closing_evaluation_trains_no_epoch_again(tmp_path, monkey
         return trainer
 
     resumed.trainer = counted
-    metrics_b = resumed.run()
+    metrics = resumed.run()
     assert iterations == []
-    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    for phase in ("warmup", "classifier", "joint"):
-        a, b = (torch.load(d / "checkpoints" / phase / "checkpoint_final.pt", weights_only=True)["objects"]
-                for d in (tmp_path / "a", tmp_path / "b"))  # fmt: skip
-        assert a["lr_scheduler"] == b["lr_scheduler"]
-        ma, mb = a["optimizer"]["state"], b["optimizer"]["state"]
-        assert ma.keys() == mb.keys() and all(torch.equal(ma[i][k], mb[i][k]) for i in ma for k in ma[i])
-    assert metrics_b["confusion_matrix"] == metrics_a["confusion_matrix"]
+    assert_as_uninterrupted(straight, tmp_path / "b", resumed.model, metrics)
 
 
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path):

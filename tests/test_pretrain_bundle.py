@@ -23,6 +23,7 @@ from pretrain_helpers import (
     CONFIGS,
     MULTI,
     SMALL,
+    SMALL_RATES,
     TRAIN,
     bundle_env,
     bundle_process,
@@ -88,10 +89,9 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     psnr = [e.value for e in acc.Scalars("val/psnr")]
     ssim = [e.value for e in acc.Scalars("val/ssim")]
     assert [e.step for e in acc.Scalars("val/psnr")] == [2, 4] and np.isfinite(psnr + ssim).all()  # the iterations
-    # the learning rate each step used: 2 epochs of 2 volumes, rising from 0 towards 1.5e-4 over the schedule's
-    # 3 epochs of 2 steps (MONAI's WarmupCosineSchedule shortens the 10 warm-up steps to the 6 it has)
+    # the learning rate each step used: 2 epochs of 2 volumes, 3 warm-up steps from 0 to 1.5e-4, then the cosine
     lr = acc.Scalars("train/lr")
-    assert [e.step for e in lr] == [1, 2, 3, 4] and [e.value for e in lr] == pytest.approx([1.5e-4 * i / 6 for i in range(4)])
+    assert [e.step for e in lr] == [1, 2, 3, 4] and [e.value for e in lr] == pytest.approx(SMALL_RATES[:4])
     assert all(-1.0 <= v <= 1.0 for v in ssim)
     summary = json.loads((straight / "summary.json").read_text(encoding="utf-8"))
     assert summary["best_val_psnr"] == pytest.approx(max(psnr), abs=1e-4) and summary["best_epoch"] == 1 + int(np.argmax(psnr))
@@ -141,8 +141,20 @@ def test_resume_continues_bit_for_bit(runs):
     w1 = runs["first"]["model"]["state_dict"]
     assert any(not torch.equal(w1[k], wa[k]) for k in wa)
     oa, ob = a["objects"]["optimizer"]["state"], b["objects"]["optimizer"]["state"]
-    assert all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
+    assert oa.keys() == ob.keys() and all(oa[i].keys() == ob[i].keys() for i in oa)
+    assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])  # exp_avg, exp_avg_sq, step
     assert a["objects"]["lr_scheduler"]["last_epoch"] == b["objects"]["lr_scheduler"]["last_epoch"] == 4
+    assert runs["first"]["scheduler"]["last_epoch"] == 2  # the resume started inside the 3-step warm-up
+    # stopped after step 2, inside the 3-step warm-up, the run resumed into the cosine as the uninterrupted run: the
+    # rate of each step (TensorBoard: steps 1-2 of the stopped run, 3-4 of the resume), the scheduler's plan and the
+    # rate of step 5 the optimiser holds (a point of the cosine that depends on t_total)
+    for run in (resumed, straight):
+        lr = tensorboard_events(run / "tensorboard").Scalars("train/lr")
+        assert [(e.step, e.value) for e in lr] == [(i + 1, pytest.approx(r)) for i, r in enumerate(SMALL_RATES[:4])], run
+    sa, sb = a["objects"]["lr_scheduler"], b["objects"]["lr_scheduler"]
+    assert sa == sb and (sa["warmup_steps"], sa["t_total"]) == (3, 6)
+    ga, gb = a["objects"]["optimizer"]["param_groups"], b["objects"]["optimizer"]["param_groups"]
+    assert ga == gb and all(g["lr"] == pytest.approx(SMALL_RATES[4]) for g in ga)
     # the full training checkpoint rebuilds the model
     model = MedGMAE.from_checkpoint(resumed / "checkpoint_epoch=2.pt")
     assert all(torch.equal(model.state_dict()[k], wa[k]) for k in wa)
