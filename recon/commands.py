@@ -279,7 +279,7 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
     return p
 
 
-def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True) -> None:
+def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True, converted: bool = False) -> None:
     """Print a warning for each thing of the scan that biases FBP/FDK: the views' arc
     (:func:`recon.fbp.arc_weighting_note`, which asks whether angles going round many times are degrees),
     projections truncated at the detector's sides (:func:`recon.fbp.truncation_note`) and a rotation axis elsewhere
@@ -297,12 +297,18 @@ def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True)
         axis: check the rotation axis (``simulate`` does not: its projections follow the geometry by construction).
         fbp: give the notes about FBP/FDK's arc and truncation (``reconstruct --fbp`` computes no FBP: it only asks
             whether the angles are degrees, :func:`recon.angle_checks.degrees_question`, which misleads its fit too).
+        converted: the projections are raw images converted with ``--flat`` or ``--i0``: truncation is judged above
+            the level no pixel reads below, where that is raised (:data:`recon.flat_field.OPEN_BEAM_ABOVE`; a flat
+            brighter than the projections' open beam, which the conversion warned of).
     """
     from recon.angle_checks import degrees_question
     from recon.axis_check import axis_offset_note
     from recon.fbp import arc_weighting_note, truncation_note
+    from recon.flat_field import OPEN_BEAM_ABOVE, open_beam_floor
 
-    notes = (arc_weighting_note(geom), truncation_note(proj, geom)) if fbp else (degrees_question(geom.angles),)
+    floor = open_beam_floor(proj) if converted and fbp else 0.0
+    floor = floor if floor > OPEN_BEAM_ABOVE else 0.0
+    notes = (arc_weighting_note(geom), truncation_note(proj, geom, floor=floor)) if fbp else (degrees_question(geom.angles),)
     for note in (*notes, axis_offset_note(proj, geom) if axis else None):
         if note:
             print(f"warning: {note}", flush=True)
@@ -324,7 +330,7 @@ def cmd_fbp(args) -> int:
     what = "FBP" if geom.kind == "parallel" else "FDK"
     print(f"{what} of {geom.num_views} views onto {'x'.join(map(str, geom.volume_shape))} voxels ({device})...", flush=True)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
-    warn_about_scan(geom, proj)
+    warn_about_scan(geom, proj, converted=args.flat is not None or args.i0 is not None)
     replaced = " (it replaced the file of that name)" if out.exists() else ""
     with folder_made(out.parent):  # a write that fails (a full disk) leaves no folder it made
         save_nifti(args.out, rec, geom.default_affine())

@@ -277,7 +277,8 @@ def _turns_note(geometry: CTGeometry, arc: float, step: float) -> str | None:
             "whole turn; the Gaussian reconstruction, fitted to the projections, is not biased)")  # fmt: skip
 
 
-def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: float = 0.05) -> str | None:
+def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: float = 0.05,
+                    floor: float = 0.0) -> str | None:  # fmt: skip
     """Why :func:`fbp`'s values are biased by projections truncated at the detector's sides, or ``None``.
 
     An object wider than the detector's field of view (the cylinder its columns see) leaves line integrals well
@@ -290,23 +291,26 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
         proj: ``(V, rows, cols)`` line integrals.
         geometry: the scan.
         threshold: the share of the largest line integral an outer column may reach.
+        floor: a level no pixel reads below, subtracted from every line integral first: raw images converted with a
+            flat brighter than their open beam (:func:`recon.flat_field.open_beam_floor`, warned of there) raise all
+            of them, the outer columns' air too, which is no object at the detector's sides.
     """
     p = torch.as_tensor(proj).detach().to("cpu")
-    peak = float(p.max()) if p.numel() else 0.0
+    peak = float(p.max()) - floor if p.numel() else 0.0
     if p.dim() != 3 or p.shape[-1] < 3 or not math.isfinite(peak) or peak <= 0:
         return None
     # each view's two outer columns (only they are copied), averaged (noise in air averages out; an object cut on
     # one side still shows at half its value), by their median over the rows that see the object (a cone beam's
     # rows beyond the volume's ends would dilute it); judged over the views by the upper quartile, since an object
     # wider than the field of view is cut in many views, and noise peaks in a few
-    seen = p.mean(dim=2, dtype=torch.float64) > threshold * peak  # (V, rows): their mean, as noise averages out
+    seen = p.mean(dim=2, dtype=torch.float64) - floor > threshold * peak  # (V, rows): their mean, as noise averages out
     half_fan = geometry.half_fan
     offset_u = geometry.offsets()[:, 0]
     if half_fan:  # the short side's outer column sees the object by design: the wide side's alone counts
-        wide = p[:, :, 0 if wide_side(geometry.det_offset) < 0 else -1].double()
+        wide = p[:, :, 0 if wide_side(geometry.det_offset) < 0 else -1].double() - floor
         outer = wide.masked_fill(~seen, float("nan"))
     else:
-        outer = ((p[:, :, 0].double() + p[:, :, -1].double()) / 2).masked_fill(~seen, float("nan"))
+        outer = ((p[:, :, 0].double() + p[:, :, -1].double()) / 2 - floor).masked_fill(~seen, float("nan"))
     edges = torch.nan_to_num(outer.nanmedian(dim=1).values, nan=0.0)  # (V,)
     share = float(torch.quantile(edges, 0.75)) / peak
     if share <= threshold:
@@ -317,7 +321,8 @@ def truncation_note(proj: Tensor | np.ndarray, geometry: CTGeometry, threshold: 
     width = geometry.det_shape[1] * geometry.det_spacing[1] + (2 if half_fan else -2) * reach
     fov = width if geometry.kind == "parallel" else width * geometry.source_origin / geometry.source_detector
     what = "FBP" if geometry.kind == "parallel" else "FDK"
-    return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral "
+    less = f" (both less {floor:.3g}, the level no pixel reads below)" if floor else ""
+    return (f"the projections at the detector's outer columns reach {100 * share:.0f} % of the largest line integral{less} "
             f"in a quarter of the views (most in view {worst}): the object is wider than the detector's field of view "
             f"({fov:.1f} mm across at the rotation axis), so the projections are truncated and {what} values are "
             "biased (the Gaussian reconstruction fits what the detector saw; a wider detector, or more columns, avoids "

@@ -24,6 +24,10 @@ A micro-CT or bench-top cone-beam scanner gives detector readings ``I`` (counts 
 * Saturated readings (at the integer dtype's maximum, or above the open beam by more than noise: a line integral
   below ``-SATURATED_BELOW``, or five photon-noise deviations ``5 / sqrt(median F - D)`` where larger) are counted in
   one warning line (how many, in which share of the views) and kept.
+* A flat (or ``--i0``) ``k`` times brighter than the projections' open beam raises every line integral by
+  ``log(k)``: when even the lowest :data:`OPEN_BEAM_QUANTILE` of them (:func:`open_beam_floor`) lie above
+  :data:`OPEN_BEAM_ABOVE`, one warning names that floor (noise only lowers it: a right flat draws none; an object
+  covering the detector in every view does, and the line says so); truncation is then judged above the floor.
 
 The converted projections then go through the toolkit's one projection check
 (:func:`recon.scan_files.check_line_integrals`), so that a flat of another scan is caught as a file of line
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_OPEN_SHARE", "DEAD_SHARE", "FLOOR_SHARE", "LOW_I0_SHARE", "SATURATED_BELOW", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "read_field",
+__all__ = ["CONVERTED_SHARE", "CONVERTED_RATIO", "DEAD_OPEN_SHARE", "DEAD_SHARE", "FLOOR_SHARE", "LOW_I0_SHARE", "OPEN_BEAM_ABOVE", "OPEN_BEAM_QUANTILE", "SATURATED_BELOW", "SWAPPED_SHARE", "check_raw_flags", "load_raw_projections", "open_beam_floor", "read_field",
            "repair_dead_pixels", "to_line_integrals"]
 
 #: The floor of ``I - D`` and ``F - D``, as a share of the median open-beam signal ``F - D``.
@@ -61,6 +65,10 @@ DEAD_OPEN_SHARE = 0.01
 SATURATED_BELOW = 0.05
 #: With ``--i0``, more readings than this share above it (beyond noise): ``--i0`` is likely below the open beam.
 LOW_I0_SHARE = 0.01
+#: The quantile of the line integrals taken for the level of the rays past the object (about 0): :func:`open_beam_floor`.
+OPEN_BEAM_QUANTILE = 1e-3
+#: That quantile above this (a flat more than about 5 % brighter than the projections' open beam): a warning line.
+OPEN_BEAM_ABOVE = 0.05
 #: Views converted at a time (bounds the float64 copies of a large stack).
 _BLOCK_VIEWS = 32
 
@@ -338,12 +346,9 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
             f"D = --dark {dark} ({_images(nd, counts.shape[0])})" if dark else "D = 0 (no --dark)"]
     print(f"note: projections {proj_path}: raw detector images converted to line integrals -log((I - D) / (F - D)) "
           f"with {', '.join(used)}", flush=True)  # fmt: skip
-    warning = _clip_warning(proj_path, clip)
-    if warning:
-        print(warning, flush=True)
-    warning = _saturation_warning(counts, p, proj_path, clip["median_open"], i0, clip["dead"])
-    if warning:
-        print(warning, flush=True)
+    for warning in (_clip_warning(proj_path, clip), _saturation_warning(counts, p, proj_path, clip["median_open"], i0, clip["dead"])):
+        if warning:
+            print(warning, flush=True)
     if repaired:
         print(f"warning: projections {proj_path}: {repaired} dead detector pixel{'s' if repaired > 1 else ''} (F - D "
               f"below {DEAD_OPEN_SHARE:.0%} of its median, I - D below the floor in every view, or I stuck at its type's "
@@ -351,9 +356,41 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
               "neighbours", flush=True)  # fmt: skip
     check_line_integrals(p, f"projections {proj_path} converted with {open_text}", False,
                          f"is {open_text} the open-beam reading of this scan" + (f", and --dark {dark} its dark?" if dark else "?"))
+    if warning := _open_beam_warning(p, proj_path, open_text):
+        print(warning, flush=True)
     record = {"flat": str(Path(flat).resolve()) if flat else None, "dark": str(Path(dark).resolve()) if dark else None,
               "i0": None if i0 is None else float(i0)}  # fmt: skip
     return p, record
+
+
+def open_beam_floor(p: np.ndarray) -> float:
+    """The level the lowest line integrals read: their :data:`OPEN_BEAM_QUANTILE` quantile (in about 32 views at most).
+
+    Args:
+        p: the line integrals ``(views, rows, cols)``.
+
+    Returns:
+        The quantile: about 0 (a little below in noise) where some rays pass the object, ``log(k)`` for readings
+        converted with an open beam ``k`` times the projections' own.
+    """
+    return float(np.quantile(p[:: max(1, p.shape[0] // _BLOCK_VIEWS)], OPEN_BEAM_QUANTILE))
+
+
+def _open_beam_warning(p: np.ndarray, proj_path: str, open_text: str) -> str | None:
+    """The warning line when no pixel reads the open beam (:func:`open_beam_floor` above :data:`OPEN_BEAM_ABOVE`),
+    else ``None``; ``open_text``: ``"--flat FILE"`` or ``"--i0 VALUE"``."""
+    floor, flat = open_beam_floor(p), open_text.startswith("--flat")
+    if not floor > OPEN_BEAM_ABOVE:
+        return None
+    k = float(np.exp(floor))
+    fix = "take the flat at the projections' exposure and gain, or scale its F - D by " if flat else "scale --i0 by "
+    return (f"warning: projections {proj_path} converted with {open_text}: no pixel reads the open beam: the lowest "
+            f"line integrals are about {floor:.3g} (their {OPEN_BEAM_QUANTILE:.1%} quantile; {'the flat' if flat else '--i0'} "
+            f"about e^{floor:.3g} = {k:.3g} times brighter than the projections' open beam): "
+            f"{'a flat' if flat else 'an --i0'} of another exposure or gain? Then every line integral is about "
+            f"{floor:.3g} too high and FBP/FDK values are biased: {fix}{1 / k:.3g}. Or the object covers the whole "
+            "detector in every view (a sample tube, a body wider than the field of view): then the projections are "
+            "truncated")  # fmt: skip
 
 
 def _images(n: int, views: int) -> str:

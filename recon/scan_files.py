@@ -144,9 +144,10 @@ def _folder_problem(path: Path, what: str) -> str:
     if len(tiffs) < 2:
         return head
     by_number = sorted(tiffs, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
-    order = ("once their names sort in that order (numbers zero-padded: 0009 before 0010)" if by_number == tiffs else
-             f"once their names sort in that order: they do not ({tiffs[1]} sorts before {by_number[1]}); zero-pad "
-             "their numbers first")  # fmt: skip
+    first = next((i for i, (a, b) in enumerate(zip(tiffs, by_number)) if a != b), None)  # where the orders part
+    order = ("once their names sort in that order (numbers zero-padded: 0009 before 0010)" if first is None else
+             f"once their names sort in that order: they do not ({tiffs[first]} sorts before {by_number[first]}); "
+             "zero-pad their numbers first")  # fmt: skip
     return (f"{head}; it holds {len(tiffs)} TIFF files ({by_number[0]} ... {by_number[-1]}): write them into one "
             f"multi-page TIFF, a page per image in order, with tifffile.imwrite('stack.tif', numpy.stack([tifffile.imread(f) "
             f"for f in sorted(glob.glob('{path}/*')) if f.lower().endswith(('.tif', '.tiff'))]), photometric='minisblack'), "

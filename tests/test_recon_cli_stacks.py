@@ -195,6 +195,13 @@ def test_a_folder_of_one_tiff_per_view_is_refused_with_the_line_that_stacks_it(s
     assert main(["fbp", "--projections", str(views), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert f"(p1.tif ... p{len(proj)}.tif)" in err and "they do not (p10.tif sorts before p2.tif); zero-pad" in err, err
+    from_zero = tmp_path / "from_zero"  # numbered from 0: alphabetical and numeric order agree on q0 and q1, part at q10 / q2
+    from_zero.mkdir()
+    for i in range(12):
+        tifffile.imwrite(from_zero / f"q{i}.tif", proj[0])
+    assert main(["fbp", "--projections", str(from_zero), "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "(q0.tif ... q11.tif)" in err and "they do not (q10.tif sorts before q2.tif); zero-pad" in err, err
 
 
 def test_a_stack_saved_views_last_is_refused_with_the_transpose_that_fixes_it(simulated, tmp_path, capsys):

@@ -360,6 +360,13 @@ def test_projections_truncated_at_the_detector_sides_are_named(kind):
     assert note is not None and f"wider than the detector's field of view ({fov:.1f} mm across" in note, note
     assert truncation_note(TorchProjector(wide)(full), wide) is None
     assert truncation_note(TorchProjector(wide)(disc), wide) is None
+    # water (0.02 / mm) with every line integral raised by log(1.3) (raw images converted with a flat 1.3 times too
+    # bright): the raised air reads as truncation, unless judged above that floor; a truncated scan stays truncated
+    lift, seen, cut = math.log(1.3), 0.02 * TorchProjector(narrow)(disc), 0.02 * TorchProjector(narrow)(full)
+    assert truncation_note(seen + lift, narrow) is not None
+    assert truncation_note(seen + lift, narrow, floor=lift) is None
+    note = truncation_note(cut + lift, narrow, floor=lift)
+    assert note is not None and f"(both less {lift:.3g}, the level no pixel reads below)" in note, note
     # with Poisson noise (water line integrals up to ~0.4, 300 photons: noise in air ~15 % of the peak): the same
     def noisy(proj, photons, seed):
         counts = torch.poisson(photons * torch.exp(-0.0192 * proj), generator=torch.Generator().manual_seed(seed))
