@@ -169,7 +169,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     if x.fbp_vol is None:
         print(f"computing the {'FBP' if geom.kind == 'parallel' else 'FDK'} of {geom.num_views} views...", flush=True)
     fbp_t = fbp(proj_t, geom, args.filter) if x.fbp_vol is None else torch.from_numpy(x.fbp_vol).to(device)
-    warn_about_scan(geom, x.proj, fbp=x.fbp_vol is None)  # with --fbp, the axis and degrees: they spoil the fit as well
+    warn_about_scan(geom, x.proj, fbp=x.fbp_vol is None, source=f"projections {args.projections}")  # with --fbp, the axis and degrees: they spoil the fit as well
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
     if x.state is None:
         print(f"initialising the Gaussians (--init {init_settings['init']})...", flush=True)
