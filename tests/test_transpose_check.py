@@ -69,6 +69,7 @@ def scans(tmp_path_factory) -> dict[str, Path]:
 
 
 def _scan(folder: Path) -> tuple[np.ndarray, CTGeometry]:
+    """A simulated scan's ``(views, rows, cols)`` projections and geometry."""
     return np.load(folder / "projections.npy"), CTGeometry.load(folder / "geometry.json")
 
 
