@@ -93,9 +93,7 @@ def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str
             offset = check_projection_header(proj_path, geom.det_spacing, geom.det_shape)
         geom = with_header_offset(geom, offset, proj_path)
     except ValueError as e:
-        flipped = image and tuple(proj.shape[::-1]) == geom.proj_shape and proj.shape != geom.proj_shape
-        hint = ": its x, y, z run over (views, rows, cols); save it with x the column, y the row and z the view (RTK's layout)"
-        hint = hint if flipped else _axis_order_hint(proj.shape, geom.proj_shape) if array else ""
+        hint = _image_axis_hint(proj.shape, geom.proj_shape) if image else _axis_order_hint(proj.shape, geom.proj_shape)
         raise CLIError(f"{e} (geometry {geom_path}){hint}") from e
     return Scan(geom, proj, record)
 
@@ -108,6 +106,31 @@ def _axis_order_hint(shape: tuple, expected: tuple) -> str:
         return ""
     return (f": its axes hold the views, rows and columns in another order (the views on axis {orders[0][0]}); "
             f"numpy.transpose(stack, {orders[0]}) gives (views, rows, cols), to be saved as the stack")
+
+
+def _image_axis_hint(shape: tuple, expected: tuple) -> str:
+    """Where an image file (MetaImage, NRRD, NIfTI: its ``x, y, z`` read as ``(cols, rows, views)``) holds the
+    geometry's columns, rows and views along other axes, one way only, what each of its axes holds and the
+    reordering that fixes it; else ``""``.
+
+    Args:
+        shape: the stack as read, ``(z, y, x)`` of the image.
+        expected: the geometry's ``(views, rows, cols)``.
+
+    Returns:
+        ``": its x, y, z run over (...); save it with ..."`` (SimpleITK's ``PermuteAxes`` permutes the direction
+        too, which must stay the identity: :func:`recon.stack_header.check_projection_header`) or ``""``.
+    """
+    image, wanted = tuple(shape[::-1]), tuple(expected[::-1])  # (x, y, z) against (cols, rows, views)
+    orders = [o for o in itertools.permutations(range(3)) if tuple(image[i] for i in o) == wanted]
+    if len(shape) != 3 or len(orders) != 1 or orders[0] == (0, 1, 2):
+        return ""
+    held = ["", "", ""]
+    for what, axis in zip(("cols", "rows", "views"), orders[0]):
+        held[axis] = what
+    return (f": its x, y, z run over ({', '.join(held)}); save it with x the column, y the row and z the view "
+            f"(RTK's layout), e.g. SimpleITK.PermuteAxes(image, {list(orders[0])}) and then the identity direction "
+            "(image.SetDirection(numpy.eye(3).ravel()))")
 
 
 def check_same_grid(
@@ -279,12 +302,14 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
     return p
 
 
-def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True, converted: bool = False) -> None:
+def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True, converted: bool = False,
+                    source: str = "the projections") -> None:  # fmt: skip
     """Print a warning for each thing of the scan that biases FBP/FDK: the views' arc
     (:func:`recon.fbp.arc_weighting_note`, which asks whether angles going round many times are degrees),
-    projections truncated at the detector's sides (:func:`recon.fbp.truncation_note`) and a rotation axis elsewhere
-    than the geometry's detector offset puts it (:func:`recon.axis_check.axis_offset_note`, which spoils any
-    reconstruction).
+    projections truncated at the detector's sides (:func:`recon.fbp.truncation_note`), a rotation axis elsewhere
+    than the geometry's detector offset puts it (:func:`recon.axis_check.axis_offset_note`) and views that look
+    transposed, their rows and columns swapped (:func:`recon.transpose_check.transposed_note`); the last two spoil
+    any reconstruction.
 
     ``fbp`` and ``reconstruct`` both call this after :func:`load_scan` (whose own warnings, on raw images converted
     and values that look like intensities, both give as well), so that the two say the same of a scan;
@@ -294,22 +319,26 @@ def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True,
     Args:
         geom: the scan's geometry.
         proj: ``(V, rows, cols)`` line integrals.
-        axis: check the rotation axis (``simulate`` does not: its projections follow the geometry by construction).
+        axis: check the rotation axis and whether the views look transposed (``simulate`` does not: its projections
+            follow the geometry by construction).
         fbp: give the notes about FBP/FDK's arc and truncation (``reconstruct --fbp`` computes no FBP: it only asks
             whether the angles are degrees, :func:`recon.angle_checks.degrees_question`, which misleads its fit too).
         converted: the projections are raw images converted with ``--flat`` or ``--i0``: truncation is judged above
             the level no pixel reads below, where that is raised (:data:`recon.flat_field.OPEN_BEAM_ABOVE`; a flat
             brighter than the projections' open beam, which the conversion warned of).
+        source: the stack as the transposed views' warning names it (``"projections <file>"``).
     """
     from recon.angle_checks import degrees_question
     from recon.axis_check import axis_offset_note
     from recon.fbp import arc_weighting_note, truncation_note
     from recon.flat_field import OPEN_BEAM_ABOVE, open_beam_floor
+    from recon.transpose_check import transposed_note
 
     floor = open_beam_floor(proj) if converted and fbp else 0.0
     floor = floor if floor > OPEN_BEAM_ABOVE else 0.0
     notes = (arc_weighting_note(geom), truncation_note(proj, geom, floor=floor)) if fbp else (degrees_question(geom.angles),)
-    for note in (*notes, axis_offset_note(proj, geom) if axis else None):
+    checks = (axis_offset_note(proj, geom), transposed_note(proj, geom, source)) if axis else ()
+    for note in (*notes, *checks):
         if note:
             print(f"warning: {note}", flush=True)
 
@@ -330,7 +359,8 @@ def cmd_fbp(args) -> int:
     what = "FBP" if geom.kind == "parallel" else "FDK"
     print(f"{what} of {geom.num_views} views onto {'x'.join(map(str, geom.volume_shape))} voxels ({device})...", flush=True)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
-    warn_about_scan(geom, proj, converted=args.flat is not None or args.i0 is not None)
+    warn_about_scan(geom, proj, converted=args.flat is not None or args.i0 is not None,
+                    source=f"projections {args.projections}")  # fmt: skip
     replaced = " (it replaced the file of that name)" if out.exists() else ""
     with folder_made(out.parent):  # a write that fails (a full disk) leaves no folder it made
         save_nifti(args.out, rec, geom.default_affine())

@@ -170,7 +170,8 @@ def _reconstruct(args, matrix: list[Path]) -> int:
         print(f"computing the {'FBP' if geom.kind == 'parallel' else 'FDK'} of {geom.num_views} views...", flush=True)
     fbp_t = fbp(proj_t, geom, args.filter) if x.fbp_vol is None else torch.from_numpy(x.fbp_vol).to(device)
     converted = args.flat is not None or args.i0 is not None  # truncation judged above a raised floor
-    warn_about_scan(geom, x.proj, fbp=x.fbp_vol is None, converted=converted)  # with --fbp, the axis and degrees: they spoil the fit as well
+    warn_about_scan(geom, x.proj, fbp=x.fbp_vol is None, converted=converted,
+                    source=f"projections {args.projections}")  # with --fbp, the axis and degrees: they spoil the fit as well
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
     if x.state is None:
         print(f"initialising the Gaussians (--init {init_settings['init']})...", flush=True)
