@@ -63,6 +63,21 @@ def shapes_dataset(root: Path) -> Path:
     return root
 
 
+def count_iterations(workflow: GViTWorkflow) -> list[str]:
+    """Make ``workflow``'s trainers record each iteration they run by its phase's name; returns the list they fill."""
+    from ignite.engine import Events
+
+    build, iterations = workflow.trainer, []
+
+    def counted(phase):
+        trainer = build(phase)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: iterations.append(phase))
+        return trainer
+
+    workflow.trainer = counted
+    return iterations
+
+
 def gvit_workflow(data, out: Path, resume: bool, augment: bool = False, epochs: dict | None = None) -> GViTWorkflow:
     """The workflow the bundle builds, small; with ``augment`` the training images are augmented, their random
     transforms checkpointed and ``augment`` recorded in the data settings, as the bundle does. ``epochs``: each

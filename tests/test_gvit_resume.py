@@ -15,7 +15,7 @@ from medgmae.engine.restore import ResumeRefused
 from medgmae.twod.classification_data import load_classification_data
 from medgmae.twod.gvit import GViT
 
-from gvit_helpers import assert_as_uninterrupted, gvit_workflow, shapes_dataset
+from gvit_helpers import assert_as_uninterrupted, count_iterations, gvit_workflow, shapes_dataset
 
 
 def test_a_resume_names_phases_not_reached_as_starting_not_as_a_wrong_folder(tmp_path, caplog):
@@ -100,15 +100,8 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, uninterrupted, phase, aug
     assert (tmp_path / "b" / "checkpoints" / phase / "checkpoint_interrupted.pt").is_file()
     assert not (tmp_path / "b" / "model.pt").exists()
 
-    resumed, iterations = gvit_workflow(straight["data"], tmp_path / "b", resume=True, augment=augment, epochs=EPOCHS), []
-    build_resumed = resumed.trainer
-
-    def counted(name):
-        trainer = build_resumed(name)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: iterations.append(name))
-        return trainer
-
-    resumed.trainer = counted
+    resumed = gvit_workflow(straight["data"], tmp_path / "b", resume=True, augment=augment, epochs=EPOCHS)
+    iterations = count_iterations(resumed)
     metrics = resumed.run()
     later = list(EPOCHS)[list(EPOCHS).index(phase) :]  # the stopped epoch again (from checkpoint_epoch=1.pt), then on
     assert iterations == [p for p in later for _ in range(EPOCHS[p] * per_epoch - (per_epoch if p == phase else 0))]
@@ -129,15 +122,8 @@ def test_a_stop_in_the_closing_evaluation_trains_no_epoch_again(tmp_path, monkey
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
         patched.setattr(gvit_eval, "evaluate_gvit", stopped)
         gvit_workflow(straight["data"], tmp_path / "b", resume=False, epochs=EPOCHS).run()
-    resumed, iterations = gvit_workflow(straight["data"], tmp_path / "b", resume=True, epochs=EPOCHS), []
-    build = resumed.trainer
-
-    def counted(phase):
-        trainer = build(phase)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: iterations.append(phase))
-        return trainer
-
-    resumed.trainer = counted
+    resumed = gvit_workflow(straight["data"], tmp_path / "b", resume=True, epochs=EPOCHS)
+    iterations = count_iterations(resumed)
     metrics = resumed.run()
     assert iterations == []
     assert_as_uninterrupted(straight, tmp_path / "b", resumed.model, metrics)
