@@ -101,7 +101,7 @@ def scan_image_folder(root: str | Path, known: Sequence[str] | None = None) -> t
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    classes = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=label_text)
+    classes = _class_folders(root)
     loose_images, others = listed_files(root, recursive=False)  # others: named with the class folders' below
     if not classes:
         loose = len(loose_images)
@@ -127,6 +127,11 @@ def scan_image_folder(root: str | Path, known: Sequence[str] | None = None) -> t
     if skipped:
         logger.info("dataset folder %s: %s", root, skipped)
     return items, names
+
+
+def _class_folders(root: Path) -> list[str]:
+    """The names of ``root``'s class folders (sub-folders not hidden), sorted by their class name."""
+    return sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=label_text)
 
 
 #: Names of a dataset's split folders (any case), which are no class names.
@@ -178,6 +183,11 @@ def load_classification_data(
         others = [p.name + "/" for p in _split_folders(path) if p.name not in ("train", "val")]
         if others:
             logger.info("dataset %s: %s left out (training and its evaluation read train/ and val/)", path, ", ".join(others))
+        if class_names is None:  # training: the class sets compared first (val/ of one class is no 1-class task)
+            names = [list(dict.fromkeys(map(label_text, _class_folders(path / s)))) for s in ("train", "val")]
+            if names[0] != names[1]:
+                raise DatasetError(f"dataset {path}: train/ has classes {names[0]} but val/ has {names[1]} (val/ "
+                                   "must hold every class of train/, and no other)")  # fmt: skip
         train, classes = scan_image_folder(path / "train", class_names)
         val, val_classes = scan_image_folder(path / "val", class_names)
         seeded = False
