@@ -89,3 +89,18 @@ def test_medgmae_2d_notes_a_16_bit_image_of_12_bit_values(tmp_path, capsys, monk
     said = f"note: dark.png is a 16-bit picture with values within {low}..{high} of 0..65535, read as 0.000..0.062"
     assert (said in err) == noted, err
     assert opened.count(str(tmp_path / "dark.png")) == 1, opened
+
+
+def test_one_full_range_file_does_not_hide_the_narrow_ones(tmp_path, caplog):
+    """Each sampled file is judged by its own span: four 12-bit files beside one full-range file are counted, and
+    the first three named with their spans."""
+    _png16(tmp_path / "full.png", 0, 65535)
+    for k in range(4):
+        _png16(tmp_path / f"n{k}.png", 100 * k, 100 * k + 4000, seed=k)
+    with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
+        gmae2d_dataset(str(tmp_path), image_size=(16, 16), cache=False)
+    [line] = _warned(caplog)
+    assert line.startswith(f"dataset_dir {tmp_path}: 4 of its 16-bit PNG/TIFF files (5 files, all read) each hold "
+                           "values within less than an eighth of the range 0..65535")  # fmt: skip
+    assert "n0.png 0..4000 (read as 0.000..0.061), n1.png 100..4100" in line and "n2.png 200..4200" in line
+    assert "n3.png" not in line and "and 1 more" in line and "full.png" not in line

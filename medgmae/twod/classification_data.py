@@ -36,7 +36,7 @@ from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_
 from medgmae.twod.gvit_augment import gvit_augmentation
 from medgmae.twod.image_copies import warn_about_copies
 from medgmae.twod.images import IMAGE_SUFFIXES, read_image
-from medgmae.twod.phantom_task import check_phantom_task_resume, write_phantom_slice_task
+from medgmae.twod.phantom_task import TASK_WINDOW, check_phantom_task_resume, write_phantom_slice_task
 from medgmae.twod.windows import window_setting
 from medgmae.words import label_text, plural, plural_noun
 
@@ -101,7 +101,7 @@ def scan_image_folder(root: str | Path, known: Sequence[str] | None = None) -> t
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    classes = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=label_text)
+    classes = _class_folders(root)
     loose_images, others = listed_files(root, recursive=False)  # others: named with the class folders' below
     if not classes:
         loose = len(loose_images)
@@ -127,6 +127,22 @@ def scan_image_folder(root: str | Path, known: Sequence[str] | None = None) -> t
     if skipped:
         logger.info("dataset folder %s: %s", root, skipped)
     return items, names
+
+
+def _class_folders(root: Path) -> list[str]:
+    """The names of ``root``'s class folders (sub-folders not hidden), sorted by their class name."""
+    return sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=label_text)
+
+
+def _check_split_classes(path: Path, known: Sequence[str] | None) -> None:
+    """For training (``known`` None, not a model's evaluation, which may read a part of its classes), refuse
+    ``path/train`` and ``path/val`` of different class folders (by class name), naming both sets."""
+    if known is not None:
+        return
+    names = [list(dict.fromkeys(map(label_text, _class_folders(path / s)))) for s in ("train", "val")]
+    if names[0] != names[1]:
+        raise DatasetError(f"dataset {path}: train/ has classes {names[0]} but val/ has {names[1]} (val/ must hold "
+                           "every class of train/, and no other)")  # fmt: skip
 
 
 #: Names of a dataset's split folders (any case), which are no class names.
@@ -178,11 +194,10 @@ def load_classification_data(
         others = [p.name + "/" for p in _split_folders(path) if p.name not in ("train", "val")]
         if others:
             logger.info("dataset %s: %s left out (training and its evaluation read train/ and val/)", path, ", ".join(others))
+        _check_split_classes(path, class_names)  # before either is read: val/ of one class is no 1-class dataset
         train, classes = scan_image_folder(path / "train", class_names)
-        val, val_classes = scan_image_folder(path / "val", class_names)
+        val, _ = scan_image_folder(path / "val", class_names)  # the same classes (an evaluation's: the model's)
         seeded = False
-        if val_classes != classes:
-            raise DatasetError(f"dataset {path}: train/ has classes {classes} but val/ has {val_classes}")
     else:
         splits = [p.name + "/" for p in _split_folders(path)]
         if splits:  # read as classes, they would make a task of telling the splits apart
@@ -279,8 +294,9 @@ def resolve_classification_data(
     resume continues), a task there of other settings is refused before it is replaced
     (:func:`~medgmae.twod.phantom_task.check_phantom_task_resume`).
 
-    ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given,
-    and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
+    ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given
+    (for the default task, the window its PNGs were written at, :data:`~medgmae.twod.phantom_task.TASK_WINDOW`, so
+    that a model trained on it maps NIfTI/DICOM inputs as its slices were), and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
     class without validation images is named in a warning: the validation accuracy does not cover it. ``channels``:
     and ``class_names``: as :func:`load_classification_data`'s (an evaluated model's; its classes without images
     here are named in one logged line). Copies of one image under two classes, or in both
@@ -301,8 +317,13 @@ def resolve_classification_data(
                      "image_size": int(image_size)}  # fmt: skip
     if data.seeded_split:  # a split the dataset fixes cannot move training images into val: nothing to keep
         data.settings["split_files"] = split_record(data.train, data.val, data.source)
+    if phantom:  # its PNGs were written at the task's window, whatever the setting (which maps NIfTI/DICOM files)
+        if window is not None and tuple(window) != TASK_WINDOW:
+            logger.warning("window %g..%g maps NIfTI/DICOM images, and the default task holds PNGs written at %g..%g HU: "
+                           "the model records the task's window", *window, *TASK_WINDOW)  # fmt: skip
+        window = TASK_WINDOW
     if window is not None:
-        data.settings["window"] = list(window)
+        data.settings["window"] = [float(v) for v in window]
     logger.info("dataset %s: classes %s, %s", data.source, data.class_names, data.counts)
     absent = [name for name in data.class_names if not data.counts["train"].get(name) and not data.counts["val"].get(name)]
     if absent:  # a test set of a part of the model's classes

@@ -3,7 +3,7 @@
 Usage::
 
     medgmae-2d layers  --checkpoint model.pt --image slice.png --out DIR [--num-layers 16]
-    medgmae-2d segment --checkpoint model.pt --image ct.nii.gz --out DIR [--reference mask.png]
+    medgmae-2d segment --checkpoint model.pt --image ct.nii.gz --out DIR [--reference mask.nii.gz]
     medgmae-2d edges   --checkpoint model.pt --image img.dcm --out DIR [--granularities 4 8 16]
 
 The image (PNG/JPEG/BMP/TIFF, a NIfTI slice or a DICOM file) is converted to the model's channels and size
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=positive_int, default=None, help=f"L equal depth groups (default: {DEFAULT_NUM_LAYERS}, or the model's number of Gaussians when it has fewer)")
     p.add_argument("--split", type=int, default=None, help="first foreground layer (default: L // 2)")
     _add_threshold(p)
-    p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice")
+    p.add_argument("--reference", type=Path, default=None, help="reference mask for IoU (non-zero stored values = foreground, before any DICOM/NIfTI rescale), on the image's pixels (a NIfTI on its voxel grid); a volume is read at the same --slice. A PNG/JPEG mask of a NIfTI/DICOM image is read in the displayed orientation, as input.png shows the image (radiological), not as the array is stored: give the mask as NIfTI/DICOM where you can")
 
     p = sub.add_parser("edges", parents=[common], help="zero-shot edges at several granularities",
                        description="Zero-shot edges: the boundaries of the layer assignment with l@L depth layers, "

@@ -36,8 +36,8 @@ from medgmae.data.reader import volume_stem
 from medgmae.files import save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
 from medgmae.twod.gvit_figures import save_confusion_matrix_png, save_explanation_png
-from medgmae.twod.images import IMAGE_SUFFIXES
-from medgmae.twod.windows import recorded_window
+from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed
+from medgmae.twod.windows import no_window_note, recorded_window
 
 if TYPE_CHECKING:
     from medgmae.twod.classification_data import ClassificationData
@@ -363,6 +363,8 @@ def evaluate_model_file(
     items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
     if not items:
         raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
+    if window is None and (note := no_window_note(model_path, sum(is_windowed(it["image"]) for it in items))):
+        logger.warning(note)
     loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=window), batch_size=batch_size, shuffle=False)
     record = {"split": split, "data": {**without_split_files(data.settings), "source": data.source}, "model": str(model_path),
               "training": getattr(model, "training_settings", None)}  # fmt: skip

@@ -27,9 +27,9 @@ from medgmae.data.datalist import DatasetError
 from medgmae.files import atomic_write, given_more_than_once
 from medgmae.file_patterns import expand_input_patterns
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
-from medgmae.twod.images import read_image_source, slice_text, to_model_input
+from medgmae.twod.images import is_windowed, read_image_source, slice_text, to_model_input
 from medgmae.twod.picture_range import warn_if_picture_range_narrow
-from medgmae.twod.windows import recorded_window
+from medgmae.twod.windows import no_window_note, recorded_window
 from medgmae.words import plural
 
 __all__ = ["inference_images", "load_inference_model", "classify_images"]
@@ -153,7 +153,10 @@ def classify_images(
     paths = inference_images(images, image_dir)
     dev = resolve_device(device)
     model = load_inference_model(model_path, dev)
-    x, slices = _read_all(paths, model, recorded_window(getattr(model, "data_settings", None), model_path))
+    window = recorded_window(getattr(model, "data_settings", None), model_path)
+    if window is None and (note := no_window_note(model_path, sum(map(is_windowed, paths)))):
+        logger.warning(note)
+    x, slices = _read_all(paths, model, window)
     probs = torch.cat([torch.softmax(model(x[i : i + batch_size].to(dev)).float(), -1).cpu()
                        for i in range(0, len(x), batch_size)]).numpy()  # fmt: skip
     names, out = model.class_names, Path(output_dir) / "predictions.csv"

@@ -70,7 +70,9 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     before = {"model": {"classifier_freqs": LEGACY_CLASSIFIER_FREQS}, "data": {"window": None, "augment": False}}
     # a run begun before the phantom task's folder stopped being a setting recorded where it lay (data.default_root):
     # the task is compared by its cases and its other data settings, so that old value is dropped, not compared
-    retired = {"data": ("default_root",)}
+    # and the default task's run recorded a window (None, or one given) that maps none of its PNGs (compared by cases)
+    phantom = settings is not None and (settings.get("data") or {}).get("dataset_dir", None) == ""
+    retired = {"data": ("default_root", "window") if phantom else ("default_root",)}
     records = {} if settings is None else {
         "settings": SettingsRecord(settings, "GViT training", saved_defaults=before, retired=retired,
                                    flags={"model.classifier_freqs": "classifier_freqs", "data.augment": "augment"})}

@@ -49,7 +49,7 @@ def phase_settings(
     """The settings a resumed phase must share with its checkpoint: the model, the data (not where the default
     phantom task lies, ``default_root``, inside the output folder: a run folder moved as a whole resumes; nor its
     files, checked apart; its ``window`` always, ``None`` when none was given, so that a resume with a window
-    says the saved run had none), the optimiser (a restored AdamW keeps its saved learning rate and weight decay), and the
+    says the saved run had none, except for the default task, whose PNGs no window maps), the optimiser (a restored AdamW keeps its saved learning rate and weight decay), and the
     losses the phase trains on.
 
     Args:
@@ -64,6 +64,8 @@ def phase_settings(
     """
     data = {k: v for k, v in (without_split_files(data_settings) or {}).items() if k != "default_root"}
     data.setdefault("window", None)  # recorded only when given: without one, the record says None (no window)
+    if data.get("dataset_dir", None) == "":  # the default task: its PNGs' fixed window, which
+        data.pop("window")  # maps none of its images (compared by its cases), is no setting a resume must match
     out = {"model": dict(model_config), "data": data,
            "optimiser": {"lr": float(optimiser["lr"]), "weight_decay": float(optimiser["weight_decay"])}}  # fmt: skip
     if phase in ("warmup", "joint"):

@@ -50,7 +50,7 @@ from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
 from medgmae.missing_paths import missing_path_message
 from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.nifti_slices import nifti_grid, only_slice_0, read_nifti_slice
-from medgmae.twod.picture_notes import float_tiff_note, note_transparency
+from medgmae.twod.picture_notes import float_tiff_note, note_transparency, transposed_reference_problem
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import apply_window, window_setting
 from medgmae.volume_units import LABEL_MAP_MAX_VALUES
@@ -310,8 +310,9 @@ def read_reference(
     cover the image's pixels, so that an IoU is never computed against a misplaced mask.
 
     When both files are NIfTI they must be on the same voxel grid (shape and affine, from the headers, before any
-    voxel is read); otherwise the mask must have the image's ``H x W`` pixels. Either check is
-    :func:`medgmae.data.grid.same_grid_problem` (its tolerance, its message naming both files).
+    voxel is read); otherwise the mask must have the image's ``H x W`` pixels as they are displayed (a picture-file
+    mask of a NIfTI/DICOM image too: radiological, not as the array is stored; a transposed shape is said to be one).
+    Either check is :func:`medgmae.data.grid.same_grid_problem` (its tolerance, its message naming both files).
 
     Args:
         reference: the mask file.
@@ -339,8 +340,9 @@ def read_reference(
                          "0 for background and a few values for foreground); give the mask of the image")  # fmt: skip
     mask = np.any(np.nan_to_num(values) != 0, axis=0)
     problem = None if both_nifti else same_grid_problem(f"reference {ref}", mask.shape, None, f"image {img}", image_hw, None)
-    if problem:
-        raise ValueError(problem)
+    if problem:  # a transposed shape: most often a picture saved from a scan's stored array
+        scan = _image_kind(ref) == "pil" and is_windowed(img)
+        raise ValueError(transposed_reference_problem(problem, mask.shape, tuple(image_hw), scan))
     return mask
 
 

@@ -22,13 +22,17 @@ from medgmae.settings_diff import settings_differences
 from medgmae.twod.data2d import axial_slices, window_to_image
 from medgmae.twod.images import save_png
 
-__all__ = ["VAL_PHANTOMS", "check_num_phantoms", "check_phantom_task_resume", "phantom_task_conflicts",
+__all__ = ["TASK_WINDOW", "VAL_PHANTOMS", "check_num_phantoms", "check_phantom_task_resume", "phantom_task_conflicts",
            "phantom_task_params", "write_phantom_slice_task"]
 
 logger = logging.getLogger("medgmae.gvit")
 
 _TASK_VERSION = 2
 """Bumped when the task's images change for the same parameters (2: slices resized as every 2D input is)."""
+
+#: The HU window the default task's PNGs are written at, which a model trained on them records (``extra["data"]``),
+#: so that NIfTI/DICOM inputs are mapped as its training slices were.
+TASK_WINDOW = (-500.0, 500.0)
 
 #: Phantoms of the default task's validation split (the last ones).
 VAL_PHANTOMS = 2
@@ -60,7 +64,7 @@ def write_phantom_slice_task(
     volume_shape: Sequence[int] = (64, 64, 48),
     min_fraction: float = 0.02,
     max_per_class: int = 200,
-    window: tuple[float, float] = (-500.0, 500.0),
+    window: tuple[float, float] = TASK_WINDOW,
 ) -> Path:
     """Write the default GViT task: axial phantom slices labelled by their largest organ, as class-folder PNGs.
 
@@ -112,7 +116,7 @@ def write_phantom_slice_task(
 
 def _task_params(num_cases: int = 10, num_val_cases: int = 2, seed: int = 0, image_size: int = 32,
                  volume_shape: Sequence[int] = (64, 64, 48), min_fraction: float = 0.02, max_per_class: int = 200,
-                 window: Sequence[float] = (-500.0, 500.0)) -> dict:  # fmt: skip
+                 window: Sequence[float] = TASK_WINDOW) -> dict:  # fmt: skip
     """The parameters recorded in a phantom task's ``task.json`` (the arguments of :func:`write_phantom_slice_task`)."""
     return dict(version=_TASK_VERSION, num_cases=num_cases, num_val_cases=num_val_cases, seed=seed,
                 image_size=image_size, volume_shape=list(volume_shape), min_fraction=min_fraction,

@@ -5,6 +5,9 @@
   once per file and process.
 * :func:`float_tiff_note`: a TIFF of 64-bit (or 16-bit) floats, which PIL cannot open, named by its type from the
   header (read by tifffile) rather than as an unidentified file.
+* :func:`displayed_orientation_note`: a picture-file reference mask of a NIfTI/DICOM image is read in the displayed
+  orientation (the image's ``input.png``), not as the scan's array is stored; :func:`transposed_reference_problem`
+  says so where its shape is the image's transposed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["note_transparency", "float_tiff_note"]
+__all__ = ["note_transparency", "float_tiff_note", "displayed_orientation_note", "transposed_reference_problem"]
 
 logger = logging.getLogger("medgmae.twod")
 
@@ -52,3 +55,50 @@ def float_tiff_note(path: Path) -> str:
     if dtype is None or dtype.kind != "f" or dtype.itemsize == 4:
         return ""
     return f"a {dtype.name} TIFF, which PIL cannot read: save it as float32"
+
+
+#: Where a picture-file mask of a NIfTI/DICOM image must come from, as the notes and errors below say it.
+DISPLAYED_ORIENTATION = ("a picture-file mask of a NIfTI/DICOM image is read in the displayed orientation, as the "
+                         "command's input.png shows the image (radiological: anterior up, the patient's right on the "
+                         "left), not as the scan's array is stored: save it from the displayed slice, or give the mask "
+                         "as NIfTI/DICOM on the image's grid")  # fmt: skip
+
+
+def displayed_orientation_note(reference: Path, image: Path, picture_reference: bool, windowed_image: bool) -> str:
+    """The one-line note ``medgmae-2d segment`` prints for a picture-file ``reference`` of a NIfTI/DICOM ``image``
+    (a mask saved from the stored array, ``Image.fromarray(m[:, :, k])``, is the displayed slice transposed or
+    flipped; when the slice is square nothing else tells). ``""`` for other pairs.
+
+    Args:
+        reference: the reference mask file.
+        image: the image file.
+        picture_reference: whether ``reference`` is a PNG/JPEG/BMP/TIFF.
+        windowed_image: whether ``image`` is a NIfTI/DICOM file.
+
+    Returns:
+        The note, or ``""``.
+    """
+    if not (picture_reference and windowed_image):
+        return ""
+    return f"--reference {reference.name} is a picture file of the {image.name} slice: {DISPLAYED_ORIENTATION}"
+
+
+def transposed_reference_problem(problem: str, mask_hw: tuple[int, ...], image_hw: tuple[int, ...],
+                                 picture_of_scan: bool) -> str:  # fmt: skip
+    """``problem`` (the reference is off the image's ``(H, W)`` pixels) with what a transposed shape tells: a mask of
+    ``mask_hw`` pixels that are ``image_hw`` transposed; for a picture-file mask of a NIfTI/DICOM image
+    (``picture_of_scan``) the likely cause, a mask saved as the array is stored (:data:`DISPLAYED_ORIENTATION`).
+
+    Args:
+        problem: the grid check's message.
+        mask_hw: the mask's ``(H, W)``.
+        image_hw: the image's ``(H, W)`` as read.
+        picture_of_scan: the mask is a picture file and the image a NIfTI/DICOM file.
+
+    Returns:
+        ``problem``, extended when the shapes are each other's transpose.
+    """
+    if tuple(mask_hw) == tuple(image_hw) or tuple(mask_hw) != tuple(image_hw)[::-1]:
+        return problem
+    why = f"; {DISPLAYED_ORIENTATION}" if picture_of_scan else ""
+    return f"{problem}: the reference is the image's slice transposed{why}"

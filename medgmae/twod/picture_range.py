@@ -5,7 +5,7 @@ value reads the same in every image). A folder of 12-bit data saved as 16-bit (0
 as HU + 1024) then reaches 0.0625 at most, nearly black, and CT saved as HU + 32768 (DeepLesion's PNGs) sits within
 0.48..0.55, nearly uniform grey: the model trains on images with almost no contrast, and nothing said so.
 :func:`warn_if_16bit_range_narrow` reads the 16-bit pictures of a dataset (a sample of them, evenly spread) and
-warns when all their values lie within an eighth of the range; :func:`warn_if_picture_range_narrow` warns of one
+warns of those whose own values lie within an eighth of the range; :func:`warn_if_picture_range_narrow` warns of one
 picture from the values its reader already found (GViT's inference, which reads each file once).
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from medgmae.twod.images import is_windowed
 from medgmae.words import plural
 
-__all__ = ["NARROW_SHARE", "SAMPLE", "sixteen_bit_range", "warn_if_16bit_range_narrow", "warn_if_picture_range_narrow"]
+__all__ = ["NARROW_SHARE", "SAMPLE", "sixteen_bit_spans", "warn_if_16bit_range_narrow", "warn_if_picture_range_narrow"]
 
 logger = logging.getLogger("medgmae.twod")
 
@@ -45,16 +45,17 @@ def _is_16bit_picture(path: str) -> bool:
         return False
 
 
-def sixteen_bit_range(paths: Iterable[str | os.PathLike]) -> tuple[int, int, int, int] | None:
-    """``(files, read, low, high)``: how many of ``paths`` are 16-bit pictures, how many of them were read (at most
-    :data:`SAMPLE`, evenly spread), and the lowest and highest value stored in those; ``None`` when none is one."""
+def sixteen_bit_spans(paths: Iterable[str | os.PathLike]) -> tuple[int, list[tuple[str, int, int]]] | None:
+    """``(files, spans)``: how many of ``paths`` are 16-bit pictures, and for those read (at most :data:`SAMPLE`,
+    evenly spread) each one's ``(path, low, high)``, the lowest and highest value it stores; ``None`` when none is
+    one (or none could be read)."""
     from PIL import Image
 
     found = [str(p) for p in paths if _is_16bit_picture(str(p))]
     if not found:
         return None
     step = max(1, -(-len(found) // SAMPLE))
-    low, high, read = None, None, 0
+    spans = []
     for path in found[::step]:
         try:
             with Image.open(path) as im:
@@ -62,23 +63,49 @@ def sixteen_bit_range(paths: Iterable[str | os.PathLike]) -> tuple[int, int, int
         except Exception:  # noqa: BLE001 (as above)
             continue
         if arr.size:
-            low = int(arr.min()) if low is None else min(low, int(arr.min()))
-            high = int(arr.max()) if high is None else max(high, int(arr.max()))
-            read += 1
-    return None if low is None else (len(found), read, low, high)
+            spans.append((path, int(arr.min()), int(arr.max())))
+    return (len(found), spans) if spans else None
+
+
+#: The narrow files a dataset's warning names, at most.
+NAMED = 3
 
 
 def warn_if_16bit_range_narrow(paths: Iterable[str | os.PathLike], where: str) -> None:
-    """Warn when the 16-bit PNG/TIFF files among ``paths`` hold values within less than :data:`NARROW_SHARE` of
-    ``0..65535``, the range they are divided by (see the module docstring).
+    """Warn when 16-bit PNG/TIFF files among ``paths`` hold values within less than :data:`NARROW_SHARE` of
+    ``0..65535``, the range they are divided by (see the module docstring). Each sampled file is judged by its own
+    span, as inference judges each picture, so that one full-range file does not hide the others: when all are
+    narrow the warning gives their joint span, else how many are and the first :data:`NAMED` with theirs.
 
     Args:
         paths: the image files of a dataset.
         where: the data's name in the message (e.g. ``dataset_dir /data/pngs``).
     """
-    found = sixteen_bit_range(paths)
-    if found is not None:
-        _warn_if_narrow(*found, where)
+    found = sixteen_bit_spans(paths)
+    if found is None:
+        return
+    files, spans = found
+    narrow = [(p, lo, hi) for p, lo, hi in spans if _is_narrow(lo, hi)]
+    low, high = min(lo for _, lo, _ in spans), max(hi for _, _, hi in spans)
+    if len(narrow) == len(spans) and _is_narrow(low, high):  # the files share one narrow span
+        _warn_if_narrow(files, len(spans), low, high, where)
+    elif narrow:
+        top = os.path.commonpath([os.path.dirname(p) for p, _, _ in spans])
+        named = ", ".join(f"{os.path.relpath(p, top)} {lo}..{hi} (read as {lo / _UINT16_MAX:.3f}..{hi / _UINT16_MAX:.3f})"
+                          for p, lo, hi in narrow[:NAMED])  # fmt: skip
+        more = f" and {len(narrow) - NAMED} more" if len(narrow) > NAMED else ""
+        of = f"{plural(files, 'file')}, all read" if len(spans) == files else f"{len(spans)} read of {files} files"
+        logger.warning(
+            "%s: %d of its 16-bit PNG/TIFF files (%s) each hold values within less than an eighth of the range 0..65535 "
+            "they are divided by: %s%s; the model sees these almost without contrast (12-bit data, or CT stored as "
+            "HU + 1024 or HU + 32768?); stretch them to the 16-bit range, or save them as NIfTI/DICOM and give a "
+            "window in their unit", where, len(narrow), of, named, more,
+        )  # fmt: skip
+
+
+def _is_narrow(low: int, high: int) -> bool:
+    """Whether stored values within ``low..high`` span less than :data:`NARROW_SHARE` of the 16-bit range."""
+    return high - low < NARROW_SHARE * _UINT16_MAX
 
 
 def warn_if_picture_range_narrow(stored_range: tuple[int, int] | None, where: str) -> None:
@@ -97,7 +124,7 @@ def warn_if_picture_range_narrow(stored_range: tuple[int, int] | None, where: st
 def _warn_if_narrow(files: int, read: int, low: int, high: int, where: str) -> None:
     """The warning of :func:`warn_if_16bit_range_narrow` for ``read`` of ``files`` 16-bit files holding values
     within ``low..high``, when that span is under :data:`NARROW_SHARE` of the 16-bit range."""
-    if high - low >= NARROW_SHARE * _UINT16_MAX:
+    if not _is_narrow(low, high):
         return
     if files == 1:  # one picture (GViT's inference names each file): its values, not "its files'"
         whose, them = "its values (one 16-bit PNG/TIFF)", "it"

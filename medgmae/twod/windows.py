@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["window_setting", "recorded_window", "apply_window"]
+__all__ = ["window_setting", "recorded_window", "apply_window", "no_window_note"]
 
 
 def window_setting(value: Any) -> tuple[float, float] | None:
@@ -66,6 +66,25 @@ def recorded_window(data_settings: Mapping | None, source: str | os.PathLike) ->
         return window_setting((data_settings or {}).get("window"))
     except ValueError as e:
         raise ValueError(f"{source}: the recorded training window is unusable ({e})") from None
+
+
+def no_window_note(model_path: str | os.PathLike, count: int) -> str:
+    """The line GViT inference and evaluation log when ``count`` NIfTI/DICOM inputs meet a model file that records
+    no window: each is scaled on its own, not as the model's training images were; ``""`` when ``count`` is 0.
+
+    Args:
+        model_path: the model file.
+        count: the NIfTI/DICOM images among the inputs.
+
+    Returns:
+        The line, or ``""``.
+    """
+    if count < 1:
+        return ""
+    images = "1 NIfTI/DICOM image is" if count == 1 else f"{count} NIfTI/DICOM images are"
+    return (f"{model_path} records no intensity window (trained with window null, or written before the window was "
+            f"recorded): {images} scaled each by its own DICOM window or 0.5/99.5 percentiles, not as the training "
+            "images were; retrain with a window in HU (e.g. --window \"[-1000, 1000]\") for CT")
 
 
 def apply_window(

@@ -25,6 +25,7 @@ from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gsplat_backend import check_backend_setting
 from medgmae.twod.image_checks import blank_image_problem, upscale_note
 from medgmae.twod.images import is_windowed, read_image_source, read_reference, slice_text, to_model_input
+from medgmae.twod.picture_notes import displayed_orientation_note
 from medgmae.twod.pngs import save_png, save_png_grid
 from medgmae.twod.windows import recorded_window, window_setting
 
@@ -63,6 +64,9 @@ def _load(args) -> tuple[GMAE2D, torch.Tensor, tuple[int, int], np.ndarray | Non
     reference = None
     if getattr(args, "reference", None) is not None:
         reference = read_reference(args.reference, args.image, image.shape[-2:], slice_index=args.slice)
+        picture_of_scan = (not is_windowed(args.reference), is_windowed(args.image))  # read: a picture, or a scan
+        if note := displayed_orientation_note(args.reference, args.image, *picture_of_scan):
+            print(f"medgmae-2d {args.command}: note: {note}", file=sys.stderr)
     return model, x, size, reference, _image_record(args, source)
 
 
