@@ -27,7 +27,7 @@ A micro-CT or bench-top cone-beam scanner gives detector readings ``I`` (counts 
 * A flat (or ``--i0``) ``k`` times brighter than the projections' open beam raises every line integral by
   ``log(k)``: when even the lowest :data:`OPEN_BEAM_QUANTILE` of them (:func:`open_beam_floor`) lie above
   :data:`OPEN_BEAM_ABOVE`, one warning names that floor (noise only lowers it: a right flat draws none; an object
-  covering the detector in every view does, and the line says so); truncation is then judged above the floor.
+  covering the detector in every view does: the line names both); truncation is judged above the floor.
 
 The converted projections then go through the toolkit's one projection check
 (:func:`recon.scan_files.check_line_integrals`), so that a flat of another scan is caught as a file of line
@@ -385,12 +385,12 @@ def _open_beam_warning(p: np.ndarray, proj_path: str, open_text: str) -> str | N
     k = float(np.exp(floor))
     fix = "take the flat at the projections' exposure and gain, or scale its F - D by " if flat else "scale --i0 by "
     return (f"warning: projections {proj_path} converted with {open_text}: no pixel reads the open beam: the lowest "
-            f"line integrals are about {floor:.3g} (their {OPEN_BEAM_QUANTILE:.1%} quantile; {'the flat' if flat else '--i0'} "
-            f"about e^{floor:.3g} = {k:.3g} times brighter than the projections' open beam): "
-            f"{'a flat' if flat else 'an --i0'} of another exposure or gain? Then every line integral is about "
-            f"{floor:.3g} too high and FBP/FDK values are biased: {fix}{1 / k:.3g}. Or the object covers the whole "
-            "detector in every view (a sample tube, a body wider than the field of view): then the projections are "
-            "truncated")  # fmt: skip
+            f"line integrals are about {floor:.3g} (their {OPEN_BEAM_QUANTILE:.1%} quantile). Either the object covers "
+            "the whole detector in every view (a sample tube, a body wider than the field of view): then the "
+            "projections are truncated and FBP/FDK values biased (a wider detector avoids it; the truncation check "
+            f"judges above that level and may stay silent). Or {'the flat' if flat else '--i0'} is e^{floor:.3g} = {k:.3g} times brighter than "
+            f"the projections' open beam (another exposure or gain): then every line integral is about {floor:.3g} too "
+            f"high and FBP/FDK values are biased: {fix}{1 / k:.3g}")  # fmt: skip
 
 
 def _images(n: int, views: int) -> str:

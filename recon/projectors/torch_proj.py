@@ -131,7 +131,7 @@ class TorchProjector(Projector):
         inp = volume.unsqueeze(0)  # (1, B, D, H, W): the batch rides in the channel dim
         chunk = max(1, (_CHUNK_SAMPLES if volume.device.type == "cpu" else _CHUNK_SAMPLES_GPU) // ns)
         lines = ProgressLines("projecting", nv, "views", bar=not self.lines)  # no bar shows a projection
-        support = sampling_support_half(g).to(volume.device)
+        support = sampling_support_half(g).to(volume.device, torch.float32 if volume.device.type == "mps" else None)
         scale = self._to_grid(support.new_ones(3))  # mm -> grid_sample's [-1, 1], per axis
         for r0 in range(0, nv * per_view, chunk):
             lines.update(r0 // per_view)
@@ -155,10 +155,13 @@ class TorchProjector(Projector):
         be within the box ``support`` (widened by a step at either end), ``None`` where every ray misses it."""
         lo, hi = box_interval(start, d, support.to(start.dtype))
         hit = lo < hi
-        if not bool(hit.any()):
+        inf = torch.tensor(math.inf, dtype=lo.dtype, device=lo.device)
+        # one transfer to the host per chunk (on a GPU, each read of a value waits for the device)
+        lo_min, hi_max = torch.stack([torch.where(hit, lo, inf).amin(), torch.where(hit, hi, -inf).amax()]).tolist()
+        if not lo_min < hi_max:  # every ray misses the box
             return None
-        first = math.ceil(float(lo[hit].min()) / self.step_mm - 0.5) - 1
-        last = math.floor(float(hi[hit].max()) / self.step_mm - 0.5) + 1
+        first = math.ceil(lo_min / self.step_mm - 0.5) - 1
+        last = math.floor(hi_max / self.step_mm - 0.5) + 1
         first, stop = max(first, 0), min(last + 1, self.num_steps)
         return (first, stop) if first < stop else None
 
