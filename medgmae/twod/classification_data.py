@@ -288,6 +288,7 @@ def resolve_classification_data(
     channels: int | None = None,
     class_names: Sequence[str] | None = None,
     resume_dir: str | Path | None = None,
+    scaling_logged: bool = False,
 ) -> ClassificationData:
     """``dataset_dir`` (folder or CSV) loaded by :func:`load_classification_data`; when it is empty or None,
     the default phantom-slice task written to (or reused from) ``default_root``; with ``resume_dir`` (the GViT run a
@@ -296,11 +297,10 @@ def resolve_classification_data(
 
     ``window`` (the NIfTI/DICOM intensity window, see :func:`make_dataset`) is recorded in the settings when given
     (for the default task, the window its PNGs were written at, :data:`~medgmae.twod.phantom_task.TASK_WINDOW`, so
-    that a model trained on it maps NIfTI/DICOM inputs as its slices were), and how the NIfTI/DICOM images are scaled is logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`). A
-    class without validation images is named in a warning: the validation accuracy does not cover it. ``channels``:
-    and ``class_names``: as :func:`load_classification_data`'s (an evaluated model's; its classes without images
-    here are named in one logged line). Copies of one image under two classes, or in both
-    splits, are named in a warning (:func:`~medgmae.twod.image_copies.warn_about_copies`)."""
+    that a model trained on it maps NIfTI/DICOM inputs as its slices were); how the NIfTI/DICOM images are scaled is
+    logged (:func:`~medgmae.twod.data2d.log_intensity_scaling`; ``scaling_logged``: by the caller). A class without
+    validation images is named in a warning. ``channels`` and ``class_names``: as :func:`load_classification_data`'s
+    (an evaluated model's; its classes without images here are named in one logged line). Copies are warned about."""
     window = window_setting(window)
     dataset_dir = as_path_text(dataset_dir)
     phantom = dataset_dir is None or str(dataset_dir).strip() == ""
@@ -334,6 +334,6 @@ def resolve_classification_data(
         logger.warning("dataset %s: %s %s %s no validation image (too few images to hold one out): the "
                        "validation accuracy does not cover them", data.source, *_classes_have(unvalidated))  # fmt: skip
     if not phantom:
-        log_intensity_scaling([it["image"] for it in data.train + data.val], window, f"dataset {data.source}")
+        log_intensity_scaling([it["image"] for it in data.train + data.val], window, f"dataset {data.source}", scaling=not scaling_logged)
         warn_about_copies(data.train, data.val, data.class_names, data.source)
     return data

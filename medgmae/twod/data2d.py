@@ -212,10 +212,13 @@ def gmae2d_data_settings(dataset_dir: str | os.PathLike | None, flip: bool, wind
     return {"flip": bool(flip), "window": None if used is None else [float(v) for v in used]}
 
 
-def log_intensity_scaling(paths: Iterable[str | os.PathLike], window: Sequence[float] | None, where: str) -> None:
+def log_intensity_scaling(
+    paths: Iterable[str | os.PathLike], window: Sequence[float] | None, where: str, scaling: bool = True
+) -> None:
     """Log how the NIfTI/DICOM files among ``paths`` are brought to ``[0, 1]``: by the fixed ``window``, or, without
     one, each by its own DICOM window or 0.5/99.5 percentiles (then one HU reads differently between images: a
-    warning suggests ``window``). Without any, a ``window`` given is said to map none of them. 16-bit PNG/TIFF
+    warning suggests training's ``--window``; GViT evaluation logs its own lines instead, with ``scaling=False``:
+    :func:`~medgmae.twod.windows.input_window`). Without any, a ``window`` given is said to map none of them. 16-bit PNG/TIFF
     files whose values span a narrow part of the 16-bit range (12-bit data, CT as HU + 1024) are named in a warning
     (:func:`~medgmae.twod.picture_range.warn_if_16bit_range_narrow`).
 
@@ -223,15 +226,18 @@ def log_intensity_scaling(paths: Iterable[str | os.PathLike], window: Sequence[f
         paths: the image files.
         window: the ``window`` setting, ``(low, high)`` or ``None``.
         where: the data's name in the message (e.g. the folder).
+        scaling: ``False``: the 16-bit warning alone (the caller logs how the NIfTI/DICOM images are scaled).
     """
     paths = list(paths)
     warn_if_16bit_range_narrow(paths, where)
+    if not scaling:
+        return
     count = sum(is_windowed(p) for p in paths)
     if not count:
         if window is not None:
             logger.warning("%s holds no NIfTI/DICOM images: --window %g..%g maps none of its images (PNG/JPEG are "
-                           "read as they are), though the model records it and medgmae-2d applies it to NIfTI/DICOM "
-                           "inputs; leave --window out for a folder of pictures", where, *window)  # fmt: skip
+                           "read as they are), though the model records it, and medgmae-2d or GViT inference and "
+                           "evaluation apply it to NIfTI/DICOM inputs; leave --window out for a folder of pictures", where, *window)  # fmt: skip
         return
     if window is not None:
         logger.info("%s: %d NIfTI/DICOM images mapped from the window %g..%g to 0..1 (clipped)", where, count, *window)

@@ -37,7 +37,7 @@ from medgmae.files import save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
 from medgmae.twod.gvit_figures import save_confusion_matrix_png, save_explanation_png
 from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed
-from medgmae.twod.windows import no_window_note, recorded_window
+from medgmae.twod.windows import given_window, input_window, recorded_window
 
 if TYPE_CHECKING:
     from medgmae.twod.classification_data import ClassificationData
@@ -279,7 +279,8 @@ def _evaluation_data(
 
     Returns:
         ``(data, window)``: the :class:`~medgmae.twod.classification_data.ClassificationData`, split as training
-        recorded it when its ``seed`` and ``val_fraction`` are kept, and training's intensity window (or ``None``).
+        recorded it when its ``seed`` and ``val_fraction`` are kept, and training's intensity window (or ``None``;
+        how the images are scaled is the caller's to log, :func:`evaluate_model_file`).
 
     Raises:
         DatasetError: training's recorded data are not found, or the dataset has a class the model does not know
@@ -300,13 +301,35 @@ def _evaluation_data(
     with _task_folder_held(root, output_dir, st, model.img_size[0]):
         data = resolve_classification_data(st["dataset_dir"], root, image_size=model.img_size[0], seed=st["seed"],
                                            val_fraction=st["val_fraction"], num_cases=st["num_phantoms"],
-                                           window=window, channels=model.in_channels, class_names=names)  # fmt: skip
+                                           channels=model.in_channels, class_names=names, scaling_logged=True)  # fmt: skip
     if model.num_classes != data.num_classes:
         raise DatasetError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
     if given["seed"] is None and given["val_fraction"] is None and data.seeded_split:  # training's seeded split, kept as recorded
         recorded = (model.data_settings or {}).get("split_files")
         data.train, data.val = apply_recorded_split(data.train, data.val, recorded, data.source)
     return data, window
+
+
+def _evaluated_split(
+    data: ClassificationData, split: str, model_path: str | Path, recorded: tuple[float, float] | None, window
+) -> tuple[list[dict], tuple[float, float] | None, dict]:
+    """The images of ``split`` of ``data``, the window they are read with (:func:`~medgmae.twod.windows.input_window`:
+    the given ``window``, else the ``recorded`` one, else none; logged) and the ``data`` that ``metrics.json``
+    records: the data settings, ``source``, ``window`` (``[low, high]`` or ``None``) and ``window_source``.
+
+    Raises:
+        ValueError: the split holds no images, or a bad ``window`` (named).
+    """
+    from medgmae.twod.classification_split import without_split_files
+
+    items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
+    if not items:
+        raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
+    used, origin = input_window(window, recorded, model_path, sum(is_windowed(it["image"]) for it in items),
+                                f"the images of the {split!r} split of dataset {data.source}")  # fmt: skip
+    settings = {**without_split_files(data.settings), "source": data.source,
+                "window": None if used is None else list(used), "window_source": origin}  # fmt: skip
+    return items, used, settings
 
 
 def evaluate_model_file(
@@ -322,6 +345,7 @@ def evaluate_model_file(
     seed: int | None = None,
     val_fraction: float | None = None,
     num_cases: int | None = None,
+    window: Sequence[float] | str | None = None,
 ) -> dict:
     """Evaluate a saved GViT (``model.pt`` or a training checkpoint) on a split of a dataset.
 
@@ -329,7 +353,8 @@ def evaluate_model_file(
     ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used. With
     training's ``seed`` and ``val_fraction``, the images are split as training recorded it
     (:func:`~medgmae.twod.classification_split.apply_recorded_split`: images added since are in neither split).
-    NIfTI/DICOM images are read with training's intensity ``window`` (recorded in ``model.pt``), if it had one.
+    NIfTI/DICOM images are read with the ``window`` given, else training's, else each by its own (:func:`_evaluated_split`,
+    :func:`~medgmae.twod.windows.input_window`); ``metrics.json`` records it (``data.window``, ``data.window_source``).
 
     Args:
         model_path: file written by training.
@@ -343,29 +368,27 @@ def evaluate_model_file(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         num_explanations: explanation PNGs to write (all images when < 0).
         render_backend: 2D renderer backend.
-        seed, val_fraction, num_cases: dataset split and default-task settings; None: training's.
+        seed, val_fraction, num_cases, window: split, default-task settings, NIfTI/DICOM ``[low, high]``; None: training's.
+
+    Returns:
+        The metrics written to ``output_dir/metrics.json``; a bad ``split``, ``batch_size`` or ``window`` is a ValueError.
     """
     from monai.data import DataLoader
 
     from medgmae.engine import resolve_device
     from medgmae.twod.classification_data import make_dataset
-    from medgmae.twod.classification_split import without_split_files
     from medgmae.twod.gvit import GViT
 
     if split not in ("val", "train", "all"):
         raise ValueError(f"split must be 'val', 'train' or 'all', got {split!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    given_window(window)  # before any data are read or written
     dev = resolve_device(device)
     model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
     given = dict(dataset_dir=as_path_text(dataset_dir), seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
-    data, window = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
-    items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
-    if not items:
-        raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
-    if window is None and (note := no_window_note(model_path, sum(is_windowed(it["image"]) for it in items))):
-        logger.warning(note)
-    loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=window), batch_size=batch_size, shuffle=False)
-    record = {"split": split, "data": {**without_split_files(data.settings), "source": data.source}, "model": str(model_path),
-              "training": getattr(model, "training_settings", None)}  # fmt: skip
+    data, recorded = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
+    items, used, settings = _evaluated_split(data, split, model_path, recorded, window)
+    loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=used), batch_size=batch_size, shuffle=False)
+    record = {"split": split, "data": settings, "model": str(model_path), "training": getattr(model, "training_settings", None)}
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)

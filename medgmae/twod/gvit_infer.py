@@ -4,7 +4,10 @@
 ``window``, as training recorded them), reads every image with the toolkit's 2D reader
 (:func:`medgmae.twod.images.read_image_source`, then :func:`~medgmae.twod.images.to_model_input`, as training and
 evaluation read theirs) before it classifies any, and writes ``predictions.csv`` atomically: one row per image,
-``image,slice,predicted_class,probability_<class>...`` (softmax probabilities, in the model's class order).
+``image,slice,window,predicted_class,probability_<class>...`` (softmax probabilities, in the model's class order).
+NIfTI/DICOM inputs are read with the ``window`` given, else the one the model records, else each by its own DICOM
+window or 0.5/99.5 percentiles (:func:`~medgmae.twod.windows.input_window`); the ``window`` column says which,
+``-500..500 (given)``, and is empty for pictures, which are not windowed.
 ``slice`` says which slice of a file holding several was classified (``axial slice 24 of 48 (numbered from 0)``
 for a 3D NIfTI volume, ``frame 3 of 7 (numbered from 0)`` for a multi-frame DICOM: the middle one, as training
 reads them); it is empty for pictures and single slices. A 16-bit picture of 12-bit data (values within 0..4095,
@@ -29,7 +32,7 @@ from medgmae.file_patterns import expand_input_patterns
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
 from medgmae.twod.images import is_windowed, read_image_source, slice_text, to_model_input
 from medgmae.twod.picture_range import warn_if_picture_range_narrow
-from medgmae.twod.windows import no_window_note, recorded_window
+from medgmae.twod.windows import input_window, recorded_window
 from medgmae.words import plural
 
 __all__ = ["inference_images", "load_inference_model", "classify_images"]
@@ -100,13 +103,23 @@ def load_inference_model(model_path: str | Path, device: torch.device) -> torch.
     return model
 
 
-def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[torch.Tensor, list[str]]:
-    """Every image as the model's input ``(N, C, H, W)``, and for each the slice or frame read of a file holding
-    several (:func:`~medgmae.twod.images.slice_text`, ``""`` for the others); one error naming each image that is
+def _window_text(source: dict, origin: str) -> str:
+    """The window an image was read with, as ``predictions.csv`` gives it: ``-500..500 (given)``, ``-980..42
+    (percentiles 0.5/99.5)``; ``""`` for a picture (not windowed)."""
+    if source["window"] is None:
+        return ""
+    which = origin if source["window_source"] == "given" else source["window_source"]
+    return "{:g}..{:g} ({})".format(*source["window"], which)
+
+
+def _read_all(paths: Sequence[Path], model: torch.nn.Module, window, origin: str) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Every image as the model's input ``(N, C, H, W)``, for each the slice or frame read of a file holding
+    several (:func:`~medgmae.twod.images.slice_text`, ``""`` for the others) and the window it was read with
+    (:func:`_window_text`, ``origin`` naming a window passed in); one error naming each image that is
     missing or cannot be read. A 16-bit picture using a narrow part of the 16-bit range (12-bit data) is warned
     about, file by file, as training warns of such a dataset, from the values read (each file is read once:
     :func:`~medgmae.twod.picture_range.warn_if_picture_range_narrow`)."""
-    inputs, slices, problems = [], [], []
+    inputs, slices, windows, problems = [], [], [], []
     for path in paths:
         try:
             image, source = read_image_source(path, window=window)
@@ -117,9 +130,10 @@ def _read_all(paths: Sequence[Path], model: torch.nn.Module, window) -> tuple[to
         warn_if_picture_range_narrow(source["stored_range"], str(path))  # 12-bit data in a 16-bit PNG
         several = source["slice"] is not None and source["slice"]["count"] > 1
         slices.append(slice_text(source["slice"]) if several else "")
+        windows.append(_window_text(source, origin))
     if problems:
         raise DatasetError(f"{plural(len(problems), 'image')} cannot be read, nothing was written:\n  " + "\n  ".join(problems))
-    return torch.stack(inputs), slices
+    return torch.stack(inputs), slices, windows
 
 
 @torch.no_grad()
@@ -130,6 +144,7 @@ def classify_images(
     output_dir: str | Path,
     device: str = "auto",
     batch_size: int = 32,
+    window: Sequence[float] | str | None = None,
 ) -> Path:
     """Classify images with a trained GViT and write ``output_dir/predictions.csv``.
 
@@ -140,12 +155,15 @@ def classify_images(
         output_dir: where ``predictions.csv`` is written.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         batch_size: images per forward pass.
+        window: ``[low, high]`` mapped to 0..1 for NIfTI/DICOM inputs (HU for CT); ``None``: the window the model
+            records, else each image's own DICOM window or 0.5/99.5 percentiles. A given window that differs from
+            the recorded one is used with a warning; pictures are not windowed (:func:`~medgmae.twod.windows.input_window`).
 
     Returns:
         The path of ``predictions.csv``.
 
     Raises:
-        FileNotFoundError, ValueError: a missing or wrong model file.
+        FileNotFoundError, ValueError: a missing or wrong model file, a ``window`` that is not ``[low, high]``.
         DatasetError: no images, an image given twice, missing or unreadable images (each named in one error).
     """
     from medgmae.engine import resolve_device
@@ -153,20 +171,19 @@ def classify_images(
     paths = inference_images(images, image_dir)
     dev = resolve_device(device)
     model = load_inference_model(model_path, dev)
-    window = recorded_window(getattr(model, "data_settings", None), model_path)
-    if window is None and (note := no_window_note(model_path, sum(map(is_windowed, paths)))):
-        logger.warning(note)
-    x, slices = _read_all(paths, model, window)
+    recorded = recorded_window(getattr(model, "data_settings", None), model_path)
+    used, origin = input_window(window, recorded, model_path, sum(map(is_windowed, paths)), "inference inputs")
+    x, slices, windows = _read_all(paths, model, used, origin)
     probs = torch.cat([torch.softmax(model(x[i : i + batch_size].to(dev)).float(), -1).cpu()
                        for i in range(0, len(x), batch_size)]).numpy()  # fmt: skip
     names, out = model.class_names, Path(output_dir) / "predictions.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["image", "slice", "predicted_class", *(f"probability_{n}" for n in names)])
-        for path, which, p in zip(paths, slices, probs):
+        writer.writerow(["image", "slice", "window", "predicted_class", *(f"probability_{n}" for n in names)])
+        for path, which, used_window, p in zip(paths, slices, windows, probs):
             best = int(np.argmax(p))
-            writer.writerow([str(path), which, names[best], *(f"{v:.6f}" for v in p)])
+            writer.writerow([str(path), which, used_window, names[best], *(f"{v:.6f}" for v in p)])
             logger.info("%s%s: %s (probability %.3f)", path, f", {which}" if which else "", names[best], p[best])
     note = "".join(f"; {n}" for n in several_slices_notes(paths))
     logger.info("%s classified by %s: %s%s", plural(len(paths), "image"), model_path, out, note)

@@ -4,12 +4,15 @@ A window ``(low, high)`` names the stored intensities of NIfTI and DICOM files (
 :func:`medgmae.twod.images.read_image` maps to 0 and 1. The setting arrives in several spellings (a bundle key,
 ``--window "[-1000, 1000]"``, a list read back from a model file, a tuple in code); :func:`window_setting` turns
 every one of them into ``(low, high)`` or ``None``, and every layer that takes a window (the bundles' up-front
-check, the datasets, the image reader, ``medgmae-2d``, GViT evaluation) calls it rather than checking on its own.
+check, the datasets, the image reader, ``medgmae-2d``, GViT evaluation and inference) calls it rather than checking
+on its own. :func:`input_window` chooses the window GViT inference and evaluation read their NIfTI/DICOM inputs with
+(a ``window`` given to them, else the model's recorded one) and logs the choice.
 :func:`apply_window` maps an image's values through a window (or, without one, the 0.5/99.5 percentiles).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,7 +20,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["window_setting", "recorded_window", "apply_window", "no_window_note"]
+__all__ = ["window_setting", "given_window", "recorded_window", "input_window", "apply_window", "no_window_note"]
+
+logger = logging.getLogger("medgmae.gvit")
 
 
 def window_setting(value: Any) -> tuple[float, float] | None:
@@ -46,6 +51,25 @@ def window_setting(value: Any) -> tuple[float, float] | None:
     if not (np.isfinite([low, high]).all() and high > low):
         raise ValueError(f"expected [low, high] with high > low, got {value!r}")
     return low, high
+
+
+def given_window(window: Any) -> tuple[float, float] | None:
+    """The ``window`` setting of GViT inference or evaluation read by :func:`window_setting`, a bad one named as
+    ``window``.
+
+    Args:
+        window: ``None``, or ``[low, high]`` in any spelling :func:`window_setting` reads.
+
+    Returns:
+        ``(low, high)`` or ``None``.
+
+    Raises:
+        ValueError: not ``null`` or two finite numbers with ``high > low``; the message starts ``window:``.
+    """
+    try:
+        return window_setting(window)
+    except ValueError as e:
+        raise ValueError(f"window: {e}") from None
 
 
 def recorded_window(data_settings: Mapping | None, source: str | os.PathLike) -> tuple[float, float] | None:
@@ -84,7 +108,55 @@ def no_window_note(model_path: str | os.PathLike, count: int) -> str:
     images = "1 NIfTI/DICOM image is" if count == 1 else f"{count} NIfTI/DICOM images are"
     return (f"{model_path} records no intensity window (trained with window null, or written before the window was "
             f"recorded): {images} scaled each by its own DICOM window or 0.5/99.5 percentiles, not as the training "
-            "images were; retrain with a window in HU (e.g. --window \"[-1000, 1000]\") for CT")
+            "images were; give the window they were scaled at with --window \"[low, high]\" (HU for CT), or retrain "
+            "with one (e.g. --window \"[-1000, 1000]\")")
+
+
+def input_window(
+    window: Any, recorded: tuple[float, float] | None, model_path: str | os.PathLike, count: int, where: str
+) -> tuple[tuple[float, float] | None, str]:
+    """The window GViT inference and evaluation read their NIfTI/DICOM inputs with, and where it came from; the
+    choice is logged.
+
+    A given ``window`` wins (as fine-tuning's ``hu_range`` does over the recorded one), with a warning when it
+    differs from the window the model records; ``None`` keeps the recorded window, or, without one, each image's
+    own DICOM window or 0.5/99.5 percentiles (:func:`no_window_note`). PNG/JPEG/BMP/TIFF pictures are read as they
+    are, as training reads them: a window given for inputs holding no NIfTI/DICOM image maps none of them (a warning
+    says so, as training's does) and is not used.
+
+    Args:
+        window: the ``window`` setting (``None``, or ``[low, high]`` in any spelling :func:`window_setting` reads).
+        recorded: the model's recorded window (:func:`recorded_window`), or ``None``.
+        model_path: the model file, as the messages name it.
+        count: the NIfTI/DICOM images among the inputs.
+        where: the inputs, as the messages name them (``"inference inputs"``).
+
+    Returns:
+        ``(low, high)`` or ``None``, and its origin: ``"given"``, ``"recorded in <model_path>"``, ``"none: each
+        image's own DICOM window or 0.5/99.5 percentiles"`` or ``"given, unused: no NIfTI/DICOM inputs"``.
+
+    Raises:
+        ValueError: ``window`` is not ``null`` or ``[low, high]`` (two finite numbers, ``high > low``), naming it.
+    """
+    given = given_window(window)
+    if given is None:
+        if recorded is None:
+            if note := no_window_note(model_path, count):
+                logger.warning(note)
+            return None, "none: each image's own DICOM window or 0.5/99.5 percentiles"
+        if count:
+            logger.info("%s: %d NIfTI/DICOM images mapped from the window %g..%g recorded in %s to 0..1 (clipped)",
+                        where, count, *recorded, model_path)  # fmt: skip
+        return recorded, f"recorded in {model_path}"
+    if not count:
+        logger.warning("%s hold no NIfTI/DICOM images: window %g..%g maps none of them (PNG/JPEG/BMP/TIFF pictures "
+                       "are read as they are, as training reads them); leave --window out for pictures", where, *given)  # fmt: skip
+        return None, "given, unused: no NIfTI/DICOM inputs"
+    if recorded is not None and given != recorded:
+        logger.warning("window %g..%g differs from the window %g..%g recorded in %s: NIfTI/DICOM inputs are scaled "
+                       "differently from the model's training images", *given, *recorded, model_path)  # fmt: skip
+    logger.info("%s: %d NIfTI/DICOM images mapped from the given window %g..%g to 0..1 (clipped)", where, count, *given)
+    return given, "given"
 
 
 def apply_window(
