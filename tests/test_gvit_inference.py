@@ -42,18 +42,18 @@ def test_inference_matches_the_models_own_probabilities(trained, tmp_path, capfd
     log = "".join(capfd.readouterr())
     rows = _rows(tmp_path / "out" / "predictions.csv")
     names = data.class_names
-    assert rows[0] == ["image", "slice", "window", "predicted_class", *(f"probability_{n}" for n in names)]
+    assert rows[0] == ["image", "slice", "predicted_class", *(f"probability_{n}" for n in names), "window"]
     files = listed + sorted(str(p) for p in folder.glob("*.png"))
     assert [r[0] for r in rows[1:]] == files
     model = GViT.from_checkpoint(run / "model.pt").eval()
     loader = DataLoader(make_dataset([{"image": f, "label": 0} for f in files], 16, 1), batch_size=len(files))
     with torch.no_grad():
         expected = torch.softmax(model(next(iter(loader))["image"]), -1)
-    got = torch.tensor([[float(v) for v in r[4:]] for r in rows[1:]])
+    got = torch.tensor([[float(v) for v in r[3:-1]] for r in rows[1:]])
     assert torch.allclose(got, expected, atol=1e-5)
-    assert [r[3] for r in rows[1:]] == [names[int(i)] for i in expected.argmax(-1)]
-    assert [r[1:3] for r in rows[1:]] == [["", ""]] * len(files)  # pictures: no slice to name, not windowed
-    assert f" - {files[0]}: {rows[1][3]} (probability {float(expected[0].max()):.3f})\n" in log  # each logged
+    assert [r[2] for r in rows[1:]] == [names[int(i)] for i in expected.argmax(-1)]
+    assert [[r[1], r[-1]] for r in rows[1:]] == [["", ""]] * len(files)  # pictures: no slice to name, not windowed
+    assert f" - {files[0]}: {rows[1][2]} (probability {float(expected[0].max()):.3f})\n" in log  # each logged
     assert not list((tmp_path / "out").glob(".tmp-*"))  # written aside and renamed
 
 
@@ -87,8 +87,8 @@ def test_inference_names_the_slice_of_a_volume_and_the_frame_of_a_cine(trained, 
     rows = _rows(tmp_path / "out" / "predictions.csv")[1:]
     assert [r[1] for r in rows] == ["axial slice 2 of 5 (numbered from 0)", "frame 1 of 3 (numbered from 0)", "", ""]
     assert rows[0][2:] == rows[2][2:]  # the volume is classified as its middle slice alone is
-    assert f" - {images[0]}, axial slice 2 of 5 (numbered from 0): {rows[0][3]} (probability" in log
-    assert f" - {images[1]}, frame 1 of 3 (numbered from 0): {rows[1][3]} (probability" in log
+    assert f" - {images[0]}, axial slice 2 of 5 (numbered from 0): {rows[0][2]} (probability" in log
+    assert f" - {images[1]}, frame 1 of 3 (numbered from 0): {rows[1][2]} (probability" in log
     assert ("4 images classified by" in log and "; 1 of them a 3D NIfTI volume, contributing its middle axial "
             "slice; 1 of them a multi-frame DICOM file, contributing its middle frame\n" in log)
 

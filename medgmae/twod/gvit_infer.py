@@ -4,7 +4,8 @@
 ``window``, as training recorded them), reads every image with the toolkit's 2D reader
 (:func:`medgmae.twod.images.read_image_source`, then :func:`~medgmae.twod.images.to_model_input`, as training and
 evaluation read theirs) before it classifies any, and writes ``predictions.csv`` atomically: one row per image,
-``image,slice,window,predicted_class,probability_<class>...`` (softmax probabilities, in the model's class order).
+``image,slice,predicted_class,probability_<class>...,window`` (softmax probabilities, in the model's class order;
+``window`` last, so that the columns of earlier releases keep their places).
 NIfTI/DICOM inputs are read with the ``window`` given, else the one the model records, else each by its own DICOM
 window or 0.5/99.5 percentiles (:func:`~medgmae.twod.windows.input_window`); the ``window`` column says which,
 ``-500..500 (given)``, and is empty for pictures, which are not windowed.
@@ -180,10 +181,10 @@ def classify_images(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["image", "slice", "window", "predicted_class", *(f"probability_{n}" for n in names)])
+        writer.writerow(["image", "slice", "predicted_class", *(f"probability_{n}" for n in names), "window"])
         for path, which, used_window, p in zip(paths, slices, windows, probs):
             best = int(np.argmax(p))
-            writer.writerow([str(path), which, used_window, names[best], *(f"{v:.6f}" for v in p)])
+            writer.writerow([str(path), which, names[best], *(f"{v:.6f}" for v in p), used_window])
             logger.info("%s%s: %s (probability %.3f)", path, f", {which}" if which else "", names[best], p[best])
     note = "".join(f"; {n}" for n in several_slices_notes(paths))
     logger.info("%s classified by %s: %s%s", plural(len(paths), "image"), model_path, out, note)
