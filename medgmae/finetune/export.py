@@ -9,7 +9,7 @@ bundle's metadata plus:
 * ``preprocessing``: the :class:`~medgmae.preprocessing.PreprocessingSpec` recorded in ``best_model.pt`` (as
   :meth:`~medgmae.preprocessing.PreprocessingSpec.to_dict`), the same contract every other consumer reads;
 * ``roi_size``, ``in_channels``, ``out_channels``: the patch the network takes, ``(B, in_channels, *roi_size)`` in
-  the RAS-ordered frame of the spec, and the number of output classes (logits, ``(B, out_channels, *roi_size)``);
+  the frame of the spec's orientation (RAS by default), and the number of output classes (logits, ``(B, out_channels, *roi_size)``);
 * ``source``: the checkpoint it was exported from;
 * ``network_data_format``, ``description``, ``label_classes`` and ``pred_classes`` (MONAI's standard keys, from
   the bundle's template) rewritten for this network: input ``(in_channels, *roi_size)`` in the spec's intensity
@@ -81,7 +81,7 @@ def describe_network(
     Args:
         template: the bundle's metadata (may be empty).
         spec: the run's pre-processing.
-        roi: the network's input patch, ``(X, Y, Z)`` in the spec's RAS-ordered frame.
+        roi: the network's input patch, along the three axes of the spec's orientation (RAS by default).
         in_channels: image channels.
         names: the output classes in channel order, background first.
 
