@@ -24,6 +24,25 @@ FLAG_ALIASES = {"lr": "learning_rate", "epochs": "max_epochs", "bs": "batch_size
                 # the bundles' own two names of the phantom count: fine-tuning counts labelled cases
                 "num_phantoms": "phantom_cases", "phantom_cases": "num_phantoms"}  # fmt: skip
 
+#: Settings one bundle has and another takes elsewhere: a flag's notes, each given where the config has all the keys
+#: it names (the first that applies), in place of a spelling match.
+_FLAG_NOTES: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    "a_min": ((("hu_range",), "fine-tuning's HU window is --hu_range [a_min, a_max]"),),
+    "a_max": ((("hu_range",), "fine-tuning's HU window is --hu_range [a_min, a_max]"),),
+    "hu_range": ((("a_min", "a_max"), "pre-training's HU window is --a_min and --a_max"),),
+    "orientation": (
+        (("pretrained", "encoder"), "the orientation comes from --pretrained's recorded pre-processing; RAS from scratch"),
+        (("checkpoint", "preprocessing_spec"), "the orientation comes from --checkpoint's recorded pre-processing"),
+    ),
+    "patch_size": (
+        (("pretrained", "encoder"), "the patch size comes from --pretrained's recorded architecture; --encoder#patch_size "
+                                    "from scratch"),
+        (("checkpoint", "preprocessing_spec"), "the patch size comes from --checkpoint's recorded network"),
+    ),
+    "num_gaussians": ((("pretrained", "encoder"), "the Gaussian count is pre-training's decoder setting: fine-tuning "
+                                                  "takes only --pretrained's encoder"),),
+}  # fmt: skip
+
 #: MONAI's reserved keys of a config component (``--val#pictures#_disabled_ true`` switches one off).
 _MONAI_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
 
@@ -185,9 +204,10 @@ def derived_from_bad_keys(bad: Sequence[str], command: BundleCommand | None) -> 
 
 def unknown_key_problems(argv: Sequence[str] | None = None) -> list[str]:
     """``--key`` flags of a ``python -m monai.bundle run`` command line that name no top-level key of its config
-    files, each with the closest key: MONAI adds such an override as a new key that nothing reads, so a misspelled
-    ``--max_epoch 5`` was silently ignored. Nested overrides (``--network_def#num_gaussians``) are checked part by
-    part (:func:`_nested_key_problem`).
+    files, each with a note where the setting is another bundle's or comes from elsewhere (``--a_min`` to fine-tuning:
+    its ``--hu_range``), else the key it is another tool's name of (:data:`FLAG_ALIASES`) or the closest key: MONAI
+    adds such an override as a new key that nothing reads, so a misspelled ``--max_epoch 5`` was silently ignored.
+    Nested overrides (``--network_def#num_gaussians``) are checked part by part (:func:`_nested_key_problem`).
 
     Args:
         argv: the command line (``sys.argv``); anything but MONAI's bundle runner, or config files this cannot read
@@ -213,8 +233,12 @@ def unknown_key_lines(command: BundleCommand | None) -> list[str]:
             problems += [f"--{name}: {p}" for p in [_nested_key_problem(config, name.split("#"))] if p]
             continue
         key = name.split("#")[0]
-        close = [a for a in [FLAG_ALIASES.get(key)] if a in keys] or difflib.get_close_matches(key, sorted(keys), n=1)
-        hint = f" (did you mean --{close[0]}?)" if close else ""
+        notes = [note for needs, note in _FLAG_NOTES.get(key, ()) if all(k in keys for k in needs)]
+        if key in FLAG_ALIASES or key in _FLAG_NOTES:  # a known other name: no unrelated spelling match
+            close = [a for a in [FLAG_ALIASES.get(key)] if a in keys]
+        else:
+            close = difflib.get_close_matches(key, sorted(keys), n=1)
+        hint = f" ({notes[0]})" if notes else f" (did you mean --{close[0]}?)" if close else ""
         problems.append(f"--{name}: not a setting of {', '.join(Path(f).name for f in files)}{hint}")
     return problems
 

@@ -5,13 +5,16 @@ checkpoint of :class:`medgmae.engine.CheckpointHandler` through the model record
 (:func:`training_state_record`). A folder, a file of another format, a training state without a model record
 (:class:`TrainingStateError`, carrying what it holds) and a file of a newer format version are refused, naming the
 file; so is a model whose recorded pre-processing states other sizes than its network's
-(:func:`recorded_preprocessing`).
+(:func:`recorded_preprocessing`). A bare ``state_dict`` and a model pickled whole (``torch.save(model)``) are refused
+with the way to save a model file (:data:`RESAVE_ADVICE`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
+
+import torch
 
 from medgmae.bundle_errors import InputRefusal
 from medgmae.preprocessing import PreprocessingSpec
@@ -24,6 +27,10 @@ __all__ = [
 
 #: The format's name and the newest version this release reads (and writes).
 FORMAT, VERSION = "medgmae", 1
+
+#: How a model in memory becomes a model file the toolkit's loaders read (:mod:`medgmae.checkpoint`).
+RESAVE_ADVICE = ("save the model with medgmae.checkpoint.save_checkpoint(path, model.model_checkpoint()) (a network "
+                 "without model_checkpoint(): make_checkpoint(kind, config, model.state_dict(), preprocessing))")
 
 
 class CheckpointRefused(InputRefusal):
@@ -116,7 +123,8 @@ def read_model_record(path: Path, map_location: Any, mmap: bool) -> dict:
     if path.is_dir():
         hint = f"; did you mean {path / 'model.pt'}?" if (path / "model.pt").is_file() else ""
         raise CheckpointRefused(f"model checkpoint {path} is a folder, not a file{hint}")
-    ckpt = load_torch_file(path, map_location, what="model checkpoint", mmap=mmap)
+    ckpt = load_torch_file(path, map_location, what="model checkpoint", mmap=mmap,
+                           objects_advice=f"A model pickled whole (torch.save(model)) is not read: {RESAVE_ADVICE}.")
     if not isinstance(ckpt, dict):
         raise CheckpointRefused(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, expected a dict)")
     if "kind" not in ckpt:
@@ -131,6 +139,10 @@ def read_model_record(path: Path, map_location: Any, mmap: bool) -> dict:
                 "best_model.pt)",
                 objects,
             )
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):  # torch.save(model.state_dict())
+            raise CheckpointRefused(f"{path}: a bare state_dict of {len(ckpt)} tensor{'s' * (len(ckpt) != 1)} (torch.save(model.state_dict())): "
+                                    f"it records no architecture or pre-processing, so no model can be built from it; "
+                                    f"{RESAVE_ADVICE}")  # fmt: skip
         raise CheckpointRefused(f"{path}: not a model checkpoint of this toolkit (no 'kind', 'config' and 'state_dict')")
     version = ckpt.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:  # fields this one cannot read

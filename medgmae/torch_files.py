@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def torch_file_kind(path: Path) -> str:
 
 def load_torch_file(
     path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint", mmap: bool = False,
-    damaged_advice: str | None = None,
+    damaged_advice: str | None = None, objects_advice: str | None = None,
 ) -> Any:
     """``torch.load(weights_only=True)`` with errors naming the file.
 
@@ -53,6 +54,8 @@ def load_torch_file(
         what: the file, as messages name it.
         mmap: memory-map the file, so that tensors not used are not read (files written by ``torch.save``).
         damaged_advice: what a truncated or damaged file's message advises (default: write or copy it again).
+        objects_advice: what the message of a file holding other Python objects (``torch.save(model)``) advises
+            (default: only files of this toolkit or plain tensors are accepted).
 
     Returns:
         The loaded object.
@@ -78,10 +81,11 @@ def load_torch_file(
         if "weights_only" in msg or "Unsupported global" in msg or "Weights only load failed" in msg:
             lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
             why = next((ln for ln in lines if "Unsupported" in ln or "WeightsUnpickler" in ln), lines[-1] if lines else "")
+            why = re.split(r"\.? Please use `?torch\.serialization", why)[0]  # its allowlisting advice: not for here
+            advice = objects_advice or "Only files written by this toolkit (or re-saved as plain tensors) are accepted."
             raise ValueError(
                 f"{path}: refused to load this {what}: it holds Python objects other than tensors and plain data, "
-                "and loading such objects could run arbitrary code. Only files written by this toolkit (or "
-                f"re-saved as plain tensors) are accepted. ({why})"
+                f"and loading such objects could run arbitrary code. {advice} ({why})"
             ) from e
         raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
     except Exception as e:  # corrupt, truncated or not a torch file

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from medgmae.whole_numbers import positive_count, whole_number
 from medgmae.gaussians import Gaussians3D
 from medgmae.terminal import ProgressLines, progress_bars_shown
-from medgmae.preprocessing import PreprocessingSpec, model_preprocessing
+from medgmae.preprocessing import PreprocessingSpec, model_preprocessing, spec_with_overrides
 from medgmae.volume_units import warn_if_not_hu
 
 __all__ = ["ZeroShotResult", "zero_shot_gaussians", "prepare_scan", "window_origins"]
@@ -215,7 +215,8 @@ def _spec_and_window(
     model: torch.nn.Module, spec: PreprocessingSpec | dict | None, overlap: int, batch_size: int
 ) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
     """The pre-processing in use and the model's window ``(3,)``; ``ValueError`` for a bad overlap or batch size, or
-    a ``spec`` whose sizes are not the model's."""
+    a ``spec`` whose sizes are not the model's; a given ``spec`` whose spacing or HU window differs from the
+    model's recorded one is used with :func:`spec_with_overrides`' warning naming both."""
     if isinstance(spec, dict):  # e.g. a checkpoint's "preprocessing" entry as saved
         spec = PreprocessingSpec.from_dict(spec, source="spec")
     if spec is not None and not isinstance(spec, PreprocessingSpec):
@@ -227,6 +228,9 @@ def _spec_and_window(
     if given and tuple(spec.input_size) != win:
         raise ValueError(f"spec's input_size {tuple(spec.input_size)} is not the model's window {win}: give the "
                          "model's own spec (model.preprocessing) with only the settings to change replaced")  # fmt: skip
+    recorded = getattr(model, "preprocessing", None)
+    if given and isinstance(recorded, PreprocessingSpec):  # warns of a spacing / HU window not the recorded one
+        spec_with_overrides(recorded, spec.spacing, spec.hu_window, source="the model (model.preprocessing)")
     try:
         whole = whole_number(overlap)
     except TypeError:

@@ -375,3 +375,31 @@ def test_a_bundle_run_from_python_has_its_keywords_checked_as_flags(tmp_path):
     assert str(cause) == ("1 bad setting, nothing was written:\n"
                           "  --max_epoch: not a setting of train.json (did you mean --max_epochs?)")  # fmt: skip
     assert not out.exists() and sys.excepthook is hook
+
+
+def test_another_bundles_settings_are_pointed_to_where_this_one_takes_them():
+    """The real bundles' configs: pre-training's HU window is --a_min / --a_max, fine-tuning's --hu_range; fine-tuning
+    takes the orientation and patch size from --pretrained (the encoder's own architecture from scratch) and has no
+    Gaussians: each gets that note, not a spelling match of an unrelated key (--orientation was pointed to
+    --epoch_end_iteration, --patch_size to --batch_size)."""
+    from medgmae.bundle_checks import unknown_key_problems
+
+    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
+    finetune, pretrain = str(BUNDLES / "unetr_finetune/configs/train.json"), str(BUNDLES / "medgmae_pretrain/configs/train.json")
+    argv = [runner, "run", "training", "--config_file", finetune, "--a_min", "-1000", "--a_max", "1000", "--orientation",
+            "LPS", "--patch_size", "8", "--num_gaussians", "64"]  # fmt: skip
+    assert unknown_key_problems(argv) == [
+        "--a_min: not a setting of train.json (fine-tuning's HU window is --hu_range [a_min, a_max])",
+        "--a_max: not a setting of train.json (fine-tuning's HU window is --hu_range [a_min, a_max])",
+        "--orientation: not a setting of train.json (the orientation comes from --pretrained's recorded pre-processing; "
+        "RAS from scratch)",
+        "--patch_size: not a setting of train.json (the patch size comes from --pretrained's recorded architecture; "
+        "--encoder#patch_size from scratch)",
+        "--num_gaussians: not a setting of train.json (the Gaussian count is pre-training's decoder setting: fine-tuning "
+        "takes only --pretrained's encoder)",
+    ]
+    assert unknown_key_problems([runner, "run", "training", "--config_file", pretrain, "--hu_range", "[-1000, 1000]"]) == [
+        "--hu_range: not a setting of train.json (pre-training's HU window is --a_min and --a_max)"]
+    evaluate = str(BUNDLES / "unetr_finetune/configs/evaluate.json")
+    assert unknown_key_problems([runner, "run", "evaluating", "--config_file", evaluate, "--orientation", "LPS"]) == [
+        "--orientation: not a setting of evaluate.json (the orientation comes from --checkpoint's recorded pre-processing)"]

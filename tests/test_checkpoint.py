@@ -137,7 +137,7 @@ def test_corrupt_truncated_and_foreign_files_are_named(tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     (tmp_path / "summary.json").write_text('{"best_epoch": 3}')
     (tmp_path / "noise.pt").write_bytes(bytes(range(7, 256)) * 4)
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    torch.save({"weights": torch.zeros(2), "note": "another tool's"}, tmp_path / "foreign.pt")
     torch.save([1, 2], tmp_path / "list.pt")
     torch.save({"objects": {"network": {"w": torch.zeros(1)}, "optimizer": {"state": {}}}}, tmp_path / "checkpoint_final.pt")
     for name, pattern in (("truncated.pt", "not a complete PyTorch file: truncated or damaged"), ("text.pt", "not a (readable )?PyTorch file"),
@@ -347,3 +347,23 @@ def test_saving_anything_but_a_make_checkpoint_payload_is_refused_and_writes_not
     assert list(tmp_path.iterdir()) == []
     save_checkpoint(path, model.model_checkpoint())
     assert load_checkpoint(path).kind == "voxel-mae"
+
+
+def test_a_bare_state_dict_or_a_whole_model_is_refused_with_the_way_to_save_a_model_file(tmp_path):
+    """``torch.save(model.state_dict())`` records no architecture: refused as a bare state_dict with its tensor count;
+    ``torch.save(model)`` is refused without PyTorch's allowlisting advice (the toolkit's loaders take no allowlist);
+    both name ``save_checkpoint(path, model.model_checkpoint())``, whose file then loads."""
+    from medgmae.checkpoint import save_checkpoint
+
+    model = _models()["medgmae"]
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    torch.save(model, tmp_path / "whole.pt")
+    n = len(model.state_dict())
+    with pytest.raises(ValueError, match=rf"weights\.pt: a bare state_dict of {n} tensors \(torch\.save\(model\.state_dict\(\)\)\): "
+                                         r"it records no architecture or pre-processing.*save_checkpoint\(path, model\.model_checkpoint\(\)\)"):
+        load_checkpoint(tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"whole\.pt: .*save_checkpoint\(path, model\.model_checkpoint\(\)\)") as refused:
+        MedGMAE.from_checkpoint(tmp_path / "whole.pt")
+    assert "safe_globals" not in str(refused.value) and f"{type(model).__module__}.MedGMAE" in str(refused.value)
+    save_checkpoint(tmp_path / "model.pt", model.model_checkpoint())  # the advice, followed
+    assert load_checkpoint(tmp_path / "model.pt", "medgmae").kind == "medgmae"

@@ -137,6 +137,23 @@ def test_load_exported_refuses_other_files(tmp_path):
         load_exported(tmp_path / "missing.ts")
 
 
+def test_load_exported_names_a_model_file_given_for_an_export(tmp_path):
+    """A fine-tuned ``best_model.pt`` (torch.save) was called "not a TorchScript file" with torch's "your checkpoint
+    file is corrupted": it is named as the checkpoint it is, with the ways to use it; another torch.save file (a
+    bare state_dict) as one, and not as corrupted."""
+    import re
+
+    net = _finetuned(tmp_path / "best_model.pt")
+    with pytest.raises(ValueError) as refused:
+        load_exported(tmp_path / "best_model.pt")
+    assert str(refused.value) == (f"{tmp_path / 'best_model.pt'}: is a medgmae-unetr checkpoint (torch.save), not a "
+                                  "TorchScript export: use load_finetuned, or export it with export.json")  # fmt: skip
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=re.escape("weights.pt: a file written by torch.save, not a TorchScript export")) as refused:
+        load_exported(tmp_path / "weights.pt")
+    assert "corrupted" not in str(refused.value)
+
+
 def _run_export(*overrides: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "exporting", "--config_file", str(CONFIGS / "export.json"),
            "--logging_file", str(CONFIGS / "logging.conf"), *overrides]

@@ -42,6 +42,7 @@ from medgmae.files import atomic_write, read_json
 from medgmae.finetune.transforms import FOREGROUND_CROP
 from medgmae.finetune.best_model import load_finetuned
 from medgmae.preprocessing import PreprocessingSpec, model_preprocessing
+from medgmae.torch_files import torch_file_kind
 
 #: largest |traced - eager| accepted on a random patch (float32 logits of order 1-10)
 EXPORT_ATOL = 1e-4
@@ -271,7 +272,24 @@ def load_exported(
     try:
         network, meta, _ = load_net_with_metadata(str(path), map_location=torch.device(map_location))
     except RuntimeError as err:
-        raise ValueError(f"{path}: not a TorchScript file ({str(err).splitlines()[0]})") from err
+        raise ValueError(_not_torchscript(path, err)) from err
     if "preprocessing" not in meta:
         raise ValueError(f"{path}: holds no recorded pre-processing; export it with export_torchscript")
     return network.eval(), PreprocessingSpec.from_dict(meta["preprocessing"], source=str(path)), meta
+
+
+def _not_torchscript(path: str | os.PathLike, err: RuntimeError) -> str:
+    """Why ``path`` is not read as TorchScript: a toolkit model file named by its kind (a fine-tuned one with the
+    ways to use it), another ``torch.save`` file as one, else torch's own first line."""
+    from medgmae.checkpoint import model_file_kind
+    from medgmae.finetune.best_model import FINETUNED_KIND
+
+    kind = model_file_kind(path)
+    if kind == FINETUNED_KIND:
+        return (f"{path}: is a {kind} checkpoint (torch.save), not a TorchScript export: use load_finetuned, or export "
+                "it with export.json")  # fmt: skip
+    if kind is not None:
+        return f"{path}: is a {kind} model file (torch.save), not a TorchScript export of a fine-tuned network"
+    if torch_file_kind(Path(path)) in ("zip", "pickle"):  # torch's words would call it corrupted
+        return f"{path}: a file written by torch.save, not a TorchScript export (torch.jit.save; export.json writes one)"
+    return f"{path}: not a TorchScript file ({str(err).splitlines()[0]})"
