@@ -122,23 +122,26 @@ def encoder_file(path: Path, img_size: int = 24) -> Path:
 
 def fake_run(folder: Path, fraction: float, cases: int, subset_seed: int, training_seed: int | None = None,
              pretrained: dict | None = None, epochs: int = 0, best: tuple[float, int] | None = None,
-             last: dict | None = None) -> Path:
+             last: dict | None = None, preprocessing: dict | None = None, model_preprocessing: dict | None = None) -> Path:
     """A fine-tuning run folder holding the files a run of the bundle writes, with the given values:
     ``training_cases.json`` (without ``training_seed`` / ``pretrained`` when ``training_seed`` is ``None``, as runs
     wrote it before they were recorded), ``checkpoint_epoch=<epochs>.pt`` (empty: only its name is read),
     ``best_model.pt`` (``best``: metric and epoch; no weights) and ``validation/metrics.json`` (``last``: Dice by
-    class, their mean its ``mean_dice``)."""
+    class, their mean its ``mean_dice``); ``preprocessing`` is recorded in ``training_cases.json`` (as runs record it
+    since they do), ``model_preprocessing`` in ``best_model.pt``."""
     from medgmae.finetune.run_record import case_record, write_run_record
 
     chosen = [{"image": f"/d/c{i}.nii.gz", "label": f"/d/l{i}.nii.gz"} for i in range(cases)]
     record = case_record(fraction, subset_seed, 100, chosen, {"dataset_dir": "/d", "datalist": "/d/dataset.json"})
     if training_seed is not None:
         record.update(training_seed=training_seed, pretrained=pretrained or {"path": "", "kind": "", "source": ""})
+    if preprocessing is not None:
+        record["preprocessing"] = preprocessing
     write_run_record(folder, record)
     if epochs:
         (folder / f"checkpoint_epoch={epochs}.pt").write_bytes(b"")
     if best is not None:
-        fake_best_model(folder, *best)
+        fake_best_model(folder, *best, preprocessing=model_preprocessing)
     if last is not None:
         (folder / "validation").mkdir()
         metrics = {"mean_dice": sum(last.values()) / len(last), "dice_per_class": last, "num_cases": 2}
@@ -146,10 +149,11 @@ def fake_run(folder: Path, fraction: float, cases: int, subset_seed: int, traini
     return folder
 
 
-def fake_best_model(folder: Path, metric: float, epoch: int) -> Path:
-    """A run's ``best_model.pt`` in ``folder`` recording ``metric`` at ``epoch`` (no weights), as a validation that
-    improved writes it (replacing the one there)."""
+def fake_best_model(folder: Path, metric: float, epoch: int, preprocessing: dict | None = None) -> Path:
+    """A run's ``best_model.pt`` in ``folder`` recording ``metric`` at ``epoch`` (no weights) and ``preprocessing``
+    (a ``PreprocessingSpec.to_dict()``, ``None`` for none), as a validation that improved writes it (replacing the
+    one there)."""
     path = folder / "best_model.pt"
     extra = {"epoch": epoch, "metric_name": "val_mean_dice", "metric": metric}
-    torch.save(make_checkpoint("medgmae-unetr", {"out_channels": 3}, {}, None, extra), path)
+    torch.save(make_checkpoint("medgmae-unetr", {"out_channels": 3}, {}, preprocessing, extra), path)
     return path

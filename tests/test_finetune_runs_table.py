@@ -35,11 +35,12 @@ def _study(tmp_path):
 def test_the_table_holds_each_runs_recorded_values(tmp_path):
     scratch, pre, old = _study(tmp_path)
     columns, rows, messages = runs_table([scratch, pre, old], per_class=True)
-    assert columns[-3:] == ["dice liver", "dice spleen", "dice kidney"]
+    assert columns[-6:] == ["dice liver", "dice spleen", "dice kidney", "spacing", "hu_window", "orientation"]
     assert rows[0] == {"run": str(scratch), "init": "scratch", "encoder": "", "label_fraction": 0.01,
                        "effective_fraction": 0.01, "training_cases": 1, "training_seed": 0, "subset_seed": 0,
                        "epochs": 40, "best_dice": 0.25, "best_epoch": 30, "last_dice": 0.375, "eval_dice": None,
-                       "dice liver": 0.5, "dice spleen": 0.25, "dice kidney": None}  # fmt: skip
+                       "dice liver": 0.5, "dice spleen": 0.25, "dice kidney": None, "spacing": None,
+                       "hu_window": None, "orientation": None}  # fmt: skip
     assert (rows[1]["init"], rows[1]["encoder"], rows[1]["training_seed"]) == ("voxel-mae", "/enc/encoder.pt", 2)
     assert (rows[1]["best_dice"], rows[1]["best_epoch"], rows[1]["last_dice"], rows[1]["dice kidney"]) == (0.75, 3, 0.6875, 0.5625)
     assert (rows[2]["init"], rows[2]["training_seed"], rows[2]["subset_seed"], rows[2]["best_dice"]) == ("not recorded", None, 5, None)
@@ -115,15 +116,16 @@ def test_an_old_encoders_class_name_source_is_recorded_as_its_kind(tmp_path, sou
 def test_runs_recorded_from_old_and_new_encoders_of_one_pre_training_group_together(tmp_path, capsys):
     """A run record holding an old encoder's class-name source (written by a release that copied it) is listed by
     its kind: a voxel-MAE encoder's runs form one group whichever release wrote the file; an old MedGMAE source,
-    which cannot tell MedGMAE from MedGMAE*, is named as either."""
+    which cannot tell MedGMAE from MedGMAE*, is named as either. (The summary keeps encoder files apart: the first
+    two record one file, as an old and a new release record it.)"""
     runs = []
-    for name, source in (("old", "VoxelMAE"), ("new", "voxel-mae"), ("old_medgmae", "MedGMAE")):
-        encoder = {"path": f"/{name}/encoder.pt", "kind": "medgmae-encoder", "source": source}
+    for name, source, file in (("old", "VoxelMAE", "vm"), ("new", "voxel-mae", "vm"), ("old_medgmae", "MedGMAE", "mg")):
+        encoder = {"path": f"/{file}/encoder.pt", "kind": "medgmae-encoder", "source": source}
         runs.append(fake_run(tmp_path / name, 0.5, 1, 0, training_seed=0, pretrained=encoder, epochs=1, best=(0.5, 1)))
     _, rows, _ = runs_table(runs)
     assert [r["init"] for r in rows] == ["voxel-mae", "voxel-mae", "medgmae or medgmae-star"]
     assert main([*(str(r) for r in runs[:2]), "--summary", "best_dice"]) == 0
-    summary = capsys.readouterr().out.split("by initialisation")[1]
+    summary = capsys.readouterr().out.split("by setting")[1]
     assert "| voxel-mae | 0.5000 | 2 | 2 | 0.5000 |" in summary and "VoxelMAE" not in summary
 
 
@@ -185,6 +187,7 @@ def test_a_bundle_run_records_its_encoder_and_training_seed(tmp_path, capsys):
     record = read_run_record(out)
     assert (record["training_seed"], record["seed"]) == (3, 0)
     assert record["pretrained"] == {"path": str(encoder.resolve()), "kind": "medgmae-encoder", "source": ""}
+    assert record["preprocessing"] == torch.load(out / "best_model.pt", weights_only=True, mmap=True)["preprocessing"]
     assert main([str(out), "--per-class"]) == 0
     row = capsys.readouterr().out.splitlines()[2].split(" | ")
     assert row[1:4] == ["medgmae-encoder", str(encoder.resolve()), "1.0000"] and row[6:9] == ["3", "0", "1"]
@@ -216,9 +219,9 @@ def test_the_summary_gathers_each_settings_seeds_against_numpy(tmp_path, capsys)
     md = tmp_path / "t.md"
     assert main([*map(str, runs), "--summary", "best_dice", "--markdown", str(md)]) == 0
     out = capsys.readouterr().out
-    assert "best_dice by initialisation and label fraction:" in out
+    assert "best_dice by setting (initialisation, label fraction, encoder, pre-processing):" in out
     assert "| medgmae | 0.1000 | 3 | 2 | 0.6875 | 0.0884 | 0.6250 | 0.7500 | 0, 1, 2 |" in out
-    assert md.read_text(encoding="utf-8").endswith("| scratch | 1.0000 | 1 | 1 | 0.8750 |  | 0.8750 | 0.8750 | 0 |\n")
+    assert md.read_text(encoding="utf-8").endswith("| scratch | 1.0000 | 1 | 1 | 0.8750 |  | 0.8750 | 0.8750 | 0 |  |  |  |  |\n")
     with pytest.raises(SystemExit):
         main([str(runs[0]), "--summary", "dice"])
 
@@ -248,7 +251,7 @@ def test_an_evaluation_of_an_earlier_best_model_leaves_eval_dice_empty_with_a_no
                         "again (listed without eval_dice)"]  # fmt: skip
     assert main([str(folder), "--summary", "eval_dice"]) == 0
     captured = capsys.readouterr()
-    assert f"| 0.0105 | 2 | 0.0032 |  |\n" in captured.out and "| scratch | 0.1000 | 1 | 0 |" in captured.out
+    assert f"| 0.0105 | 2 | 0.0032 |  |  |  |  |\n" in captured.out and "| scratch | 0.1000 | 1 | 0 |" in captured.out
     assert captured.err == f"medgmae-runs-table: {messages[0]}\n"
 
 
@@ -269,3 +272,62 @@ def test_a_best_model_of_the_same_epoch_from_another_training_is_told_apart_but_
         ", 0.25): evaluate again (listed without eval_dice)")  # fmt: skip
     _evaluated(folder, 0.5, None)  # recorded no model: cannot be told, listed as it is
     assert runs_table([folder])[1][0]["eval_dice"] == 0.5 and runs_table([folder])[2] == []
+
+
+#: Two pre-processings as runs record them (``PreprocessingSpec.to_dict()``), written out here.
+_COARSE = {"orientation": "LPS", "spacing": [2.0, 2.0, 3.0], "hu_window": [-1000.0, 1000.0],
+           "intensity_range": [0.0, 1.0], "clip": True, "input_size": [96, 96, 96], "patch_size": [16, 16, 16]}  # fmt: skip
+_FINE = {**_COARSE, "orientation": "RAS", "spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.5]}
+
+
+def test_each_run_shows_its_preprocessing_and_the_summary_never_pools_other_ones(tmp_path, capsys):
+    encoder = {"path": "/enc/model.pt", "kind": "medgmae-star", "source": "medgmae-star"}
+    common = dict(fraction=1.0, cases=2, subset_seed=0, pretrained=encoder, epochs=1)
+    coarse = fake_run(tmp_path / "coarse", training_seed=0, best=(0.5, 1), model_preprocessing=_COARSE, **common)
+    fine = fake_run(tmp_path / "fine", training_seed=1, best=(0.25, 1), model_preprocessing=_FINE, **common)
+    pending = fake_run(tmp_path / "pending", training_seed=2, preprocessing=_FINE, **common)  # not validated yet
+    unknown = fake_run(tmp_path / "unknown", training_seed=3, best=(0.125, 1), **common)  # recorded nowhere
+    columns, rows, _ = runs_table([coarse, fine, pending, unknown], per_class=True)
+    assert columns[:13] == ["run", "init", "encoder", "label_fraction", "effective_fraction", "training_cases",
+                            "training_seed", "subset_seed", "epochs", "best_dice", "best_epoch", "last_dice", "eval_dice"]
+    assert columns[13:] == ["spacing", "hu_window", "orientation"]
+    assert [(r["spacing"], r["hu_window"], r["orientation"]) for r in rows] == [
+        ("[2, 2, 3]", "[-1000, 1000]", "LPS"), ("[1.5, 1.5, 1.5]", "[-175, 250.5]", "RAS"),
+        ("[1.5, 1.5, 1.5]", "[-175, 250.5]", "RAS"), (None, None, None)]  # fmt: skip
+    summary = summary_table(rows, "best_dice")
+    assert [(s["runs"], s["mean"], s["spacing"], s["hu_window"]) for s in summary] == [
+        (1, 0.5, "[2, 2, 3]", "[-1000, 1000]"), (2, 0.25, "[1.5, 1.5, 1.5]", "[-175, 250.5]"), (1, 0.125, None, None)]
+    table = tmp_path / "t.csv"
+    assert main([*map(str, (coarse, fine, pending, unknown)), "--summary", "best_dice", "--csv", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert f"| {coarse} | medgmae-star | /enc/model.pt | 1.0000 | 0.0200 | 2 | 0 | 0 | 1 | 0.5000 | 1 | " in out
+    assert "| 0.5000 | 1 |  |  | [2, 2, 3] | [-1000, 1000] | LPS |" in out
+    assert "| medgmae-star | 1.0000 | 2 | 1 | 0.2500 |  | 0.2500 | 0.2500 | 1, 2 | /enc/model.pt | [1.5, 1.5, 1.5] | [-175, 250.5] | RAS |" in out
+    assert "note:" not in out  # four training seeds, none twice
+    csv_rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    assert [r["spacing"] for r in csv_rows] == ["[2, 2, 3]", "[1.5, 1.5, 1.5]", "[1.5, 1.5, 1.5]", ""]
+
+
+def test_the_summary_notes_a_training_seed_one_setting_holds_twice(tmp_path, capsys):
+    runs = [fake_run(tmp_path / name, 0.1, 10, subset, training_seed=0, epochs=2, best=(0.5, 1), model_preprocessing=spec)
+            for name, subset, spec in (("a", 0, _FINE), ("b", 1, _FINE), ("c", 0, _COARSE))]  # fmt: skip
+    assert main([*map(str, runs), "--summary", "best_dice"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: init scratch, label_fraction 0.1000, encoder -, spacing [1.5, 1.5, 1.5], hu_window "
+                     f"[-175, 250.5], orientation RAS: training seed 0 in 2 runs ({runs[0]}, {runs[1]}; subset seeds "
+                     "0, 1): not independent repeats over training seeds; give each run its own --seed"]  # fmt: skip
+
+
+def test_the_run_record_holds_the_preprocessing_a_resume_keeps(tmp_path):
+    from medgmae.preprocessing import PreprocessingSpec
+
+    record = case_record(1.0, 0, 2, [{"image": "a", "label": "b"}])
+    started = start_record(record, "", 4, preprocessing=PreprocessingSpec.from_dict(_COARSE))
+    assert started["preprocessing"] == _COARSE
+    assert "preprocessing" not in start_record(record, "", 4)
+    write_run_record(tmp_path, started)
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"")
+    resumed = start_record(record, "", 9, tmp_path, preprocessing=PreprocessingSpec.from_dict(_FINE))
+    assert (resumed["preprocessing"], resumed["training_seed"]) == (_COARSE, 4)
+    with pytest.raises(TypeError, match="preprocessing must be a PreprocessingSpec"):
+        start_record(record, "", 4, preprocessing=_COARSE)

@@ -2,8 +2,10 @@
 
 The record holds the label fraction, the subset seed (``seed``), the chosen cases and the data source
 (``dataset_dir`` and ``datalist``, absolute; both ``""`` for the synthetic phantoms under ``output_dir/phantom``),
-and how the run started (:func:`start_record`): its training seed (``training_seed``) and the pre-trained encoder
-it loaded (``pretrained``: path, kind, source; an empty path for a run from scratch). Evaluation and inference of
+and how the run started (:func:`start_record`): its training seed (``training_seed``), the pre-trained encoder
+it loaded (``pretrained``: path, kind, source; an empty path for a run from scratch) and its pre-processing
+(``preprocessing``, as :meth:`~medgmae.preprocessing.PreprocessingSpec.to_dict`; runs recorded before it was have
+none). Evaluation and inference of
 the run default to its data source, and a resumed run must choose the same cases (records written before
 ``training_seed`` and ``pretrained`` were added resume as before: those keys are not compared). A record that is
 there but does not read as one is refused (:func:`read_run_record`), never taken for a missing one.
@@ -75,17 +77,24 @@ def pretrained_record(pretrained: str | Path) -> dict[str, str]:
     return {"path": str(path), "kind": str(ckpt.kind), "source": str(source)}
 
 
-def start_record(record: Mapping, pretrained: str | Path, training_seed: int, resumed: str | Path | None = None) -> dict:
+def start_record(record: Mapping, pretrained: str | Path, training_seed: int, resumed: str | Path | None = None,
+                 preprocessing=None) -> dict:
     """``record`` (:func:`case_record`) with how the run started: ``training_seed`` (the bundle's ``seed``, of
-    MONAI's determinism; the record's own ``seed`` stays the subset seed) and ``pretrained``
-    (:func:`pretrained_record`). A resume (``resumed``: the run's folder) keeps those its run recorded, or none
-    where it recorded none: it continues from the checkpoint's weights and random state, whatever its own ``--seed``
-    and ``--pretrained`` say; a record that is there but does not read is refused (``DatasetError``), not taken for
-    one that recorded none."""
+    MONAI's determinism; the record's own ``seed`` stays the subset seed), ``pretrained``
+    (:func:`pretrained_record`) and, where given, ``preprocessing`` (a
+    :class:`~medgmae.preprocessing.PreprocessingSpec`, recorded as its ``to_dict()``: ``medgmae-runs-table`` reads
+    it, also for a run not validated yet). A resume (``resumed``: the run's folder) keeps those its run recorded, or
+    none where it recorded none: it continues from the checkpoint's weights and random state, whatever its own
+    ``--seed`` and ``--pretrained`` say; a record that is there but does not read is refused (``DatasetError``), not
+    taken for one that recorded none."""
+    if preprocessing is not None and not hasattr(preprocessing, "to_dict"):
+        raise TypeError(f"preprocessing must be a PreprocessingSpec or None, got {type(preprocessing).__name__}")
     if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start: the encoder is read only here
-        return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained)}
+        spec = {} if preprocessing is None else {"preprocessing": preprocessing.to_dict()}
+        return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained), **spec}
     earlier = read_run_record(resumed, RESUME_AFRESH) or {}  # a run recorded before these keys existed keeps none
-    return {**dict(record), **{key: earlier[key] for key in ("training_seed", "pretrained") if key in earlier}}
+    kept = ("training_seed", "pretrained", "preprocessing")
+    return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}}
 
 
 def read_run_record(output_dir: str | Path, way_forward: str = EXPLICIT_DATA) -> dict | None:

@@ -5,11 +5,16 @@ fraction given and effective, training cases, subset seed, and, for runs recorde
 and the pre-trained encoder), the ``checkpoint_epoch=N.pt`` files (epochs trained), ``best_model.pt`` (best
 validation mean Dice and its epoch), ``validation/metrics.json`` (the last validation's mean and per-class Dice)
 and ``eval/metrics.json`` (the mean Dice of ``evaluate.json``, where it was run, unless the ``best_model.pt`` it
-records having evaluated is not the one there now: then the cell is empty, with a note naming both epochs). A folder
+records having evaluated is not the one there now: then the cell is empty, with a note naming both epochs), and,
+last, the run's pre-processing (``spacing``, ``hu_window``, ``orientation``: as the run record holds it, for runs
+recorded since it does, else as ``best_model.pt`` records it; empty cells where neither does). A folder
 that is not a fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with
 a note.
-``--summary METRIC`` adds a table of the runs of each initialisation and label fraction together (a study's seeds):
-how many runs and how many of them scored, the metric's mean, sample standard deviation, minimum and maximum.
+``--summary METRIC`` adds a table of the runs of each setting together (a study's seeds): those of one
+initialisation, label fraction, encoder file and pre-processing (runs of another spacing or HU window are never
+pooled); how many runs and how many of them scored, the metric's mean, sample standard deviation, minimum and
+maximum, and a note under it for a setting that holds one training seed more than once (those runs are no
+independent repeats).
 """
 
 from __future__ import annotations
@@ -22,16 +27,23 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["RunUnreadable", "read_run", "runs_table", "summary_table", "markdown_table", "csv_table", "main"]
+__all__ = ["RunUnreadable", "read_run", "runs_table", "summary_table", "repeated_seed_notes", "markdown_table", "csv_table",
+           "main"]
 
 PROG = "medgmae-runs-table"
-#: The table's columns, in order (per-class Dice columns, ``dice <class>``, follow with ``--per-class``).
+#: The table's first columns, in order (per-class Dice columns, ``dice <class>``, follow with ``--per-class``, then
+#: :data:`PREPROCESSING_COLUMNS`).
 COLUMNS = ["run", "init", "encoder", "label_fraction", "effective_fraction", "training_cases", "training_seed",
            "subset_seed", "epochs", "best_dice", "best_epoch", "last_dice", "eval_dice"]  # fmt: skip
 #: The metrics ``--summary`` can gather across the runs of one setting.
 SUMMARY_METRICS = ("best_dice", "last_dice", "eval_dice")
-#: The summary table's columns.
-SUMMARY_COLUMNS = ["init", "label_fraction", "runs", "scored", "mean", "sd", "min", "max", "training_seeds"]
+#: The run's pre-processing, the table's last columns (after those of earlier releases, which keep their places).
+PREPROCESSING_COLUMNS = ["spacing", "hu_window", "orientation"]
+#: The summary table's columns; a setting is the first two and the last four together.
+SUMMARY_COLUMNS = ["init", "label_fraction", "runs", "scored", "mean", "sd", "min", "max", "training_seeds", "encoder",
+                   *PREPROCESSING_COLUMNS]  # fmt: skip
+#: What tells the settings of :func:`summary_table` apart.
+SETTING_KEYS = ("init", "label_fraction", "encoder", *PREPROCESSING_COLUMNS)
 
 
 class RunUnreadable(ValueError):
@@ -67,18 +79,44 @@ def _initialisation(record: dict) -> tuple[str, str]:
     return encoder_source(pretrained.get("source")) or str(pretrained.get("kind") or "pre-trained"), path
 
 
-def _best(folder: Path) -> dict | None:
+def _best(folder: Path) -> tuple[dict | None, Any]:
     """``best_model.pt``'s record (:func:`~medgmae.finetune.best_model.finetuned_model_record`: its best validation
-    metric and epoch, read memory-mapped, and the file's size and time), ``None`` without the file."""
-    from medgmae.finetune.best_model import finetuned_model_record
+    metric and epoch, read memory-mapped, and the file's size and time) and its recorded pre-processing (a
+    :class:`~medgmae.preprocessing.PreprocessingSpec`, ``None`` where it records none); ``(None, None)`` without
+    the file."""
+    from medgmae.checkpoint import load_checkpoint
+    from medgmae.finetune.best_model import FINETUNED_KIND, finetuned_model_record
 
     path = folder / "best_model.pt"
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return finetuned_model_record(path)
+        return finetuned_model_record(path), load_checkpoint(path, FINETUNED_KIND, mmap=True).preprocessing
     except (OSError, ValueError) as e:
         raise RunUnreadable(f"{path}: {e}") from None
+
+
+def _shown(values: Sequence) -> str:
+    """Numbers as a cell shows them, ``[2, 2, 3]`` / ``[-175, 250.5]``: whole numbers without ``.0``, others in
+    full (two values that differ never read alike, so that the summary never pools them)."""
+    return "[" + ", ".join(str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values) + "]"
+
+
+def _preprocessing(record: dict, model_spec: Any, record_path: Path) -> dict[str, str | None]:
+    """The run's ``spacing``, ``hu_window`` and ``orientation`` cells: as the run record holds them (runs recorded
+    since it does, validated or not), else as ``best_model.pt`` records them (``model_spec``), else ``None``; a
+    record's pre-processing that does not read is :class:`RunUnreadable`, naming ``record_path``."""
+    from medgmae.preprocessing import PreprocessingSpec
+
+    spec = model_spec
+    if record.get("preprocessing") is not None:
+        try:
+            spec = PreprocessingSpec.from_dict(record["preprocessing"], source=f"{record_path}: preprocessing")
+        except ValueError as e:
+            raise RunUnreadable(str(e)) from None
+    if spec is None:
+        return dict.fromkeys(PREPROCESSING_COLUMNS)
+    return {"spacing": _shown(spec.spacing), "hu_window": _shown(spec.hu_window), "orientation": spec.orientation}
 
 
 #: What tells two ``best_model.pt`` files apart in :func:`~medgmae.finetune.best_model.finetuned_model_record`'s
@@ -117,7 +155,8 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
         folder: a fine-tuning run folder (the bundle's ``output_dir``).
 
     Returns:
-        ``(row, dice_per_class, note)``: the row keyed by :data:`COLUMNS` (``None`` where the run records nothing),
+        ``(row, dice_per_class, note)``: the row keyed by :data:`COLUMNS` and :data:`PREPROCESSING_COLUMNS`
+        (``None`` where the run records nothing),
         the last validation's Dice by class name, and a note (else ``None``) for a run not validated yet or whose
         ``eval/metrics.json`` evaluated another ``best_model.pt`` than the one there now (its ``eval_dice`` is then
         ``None``: an evaluation run while the run still trained, or before a resume trained on).
@@ -136,7 +175,7 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
         raise RunUnreadable(f"{folder}: not a fine-tuning run (no {RECORD_FILE})")
     last = _json(path / "validation" / "metrics.json", "the last validation's metrics") or {}
     evaluation = _json(path / "eval" / "metrics.json", "the evaluation's metrics") or {}
-    model = _best(path)
+    model, model_spec = _best(path)
     best, best_epoch = (None, None) if model is None else (_number(model["metric"], float), _number(model["epoch"], int))
     init, encoder = _initialisation(record)
     epochs = epoch_checkpoints(path)
@@ -147,7 +186,8 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
            "training_seed": record.get("training_seed"), "subset_seed": record.get("seed"),
            "epochs": epochs[0][0] if epochs else None, "best_dice": best, "best_epoch": best_epoch,
            "last_dice": _number(last.get("mean_dice"), float),
-           "eval_dice": _number(evaluation.get("mean_dice"), float)}  # fmt: skip
+           "eval_dice": _number(evaluation.get("mean_dice"), float),
+           **_preprocessing(record, model_spec, path / RECORD_FILE)}  # fmt: skip
     notes = []
     if best is None and row["last_dice"] is None:
         validated = (path / "validation" / "metrics.json").is_file()
@@ -169,7 +209,7 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
     Args:
         folders: run folders, in the table's order.
         per_class: add one column per class (``dice <class>``, the last validation's; classes in the order of
-            first appearance across the runs).
+            first appearance across the runs), before :data:`PREPROCESSING_COLUMNS`.
 
     Returns:
         ``(columns, rows, messages)``: the readable runs' rows, and a one-line message per folder left out or
@@ -186,37 +226,69 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
             messages.append(note)
         classes.update(dict.fromkeys(dice))
         rows.append({**row, **{f"dice {name}": value for name, value in dice.items()}})
-    columns = COLUMNS + ([f"dice {name}" for name in classes] if per_class else [])
+    columns = COLUMNS + ([f"dice {name}" for name in classes] if per_class else []) + PREPROCESSING_COLUMNS
     return columns, [{c: row.get(c) for c in columns} for row in rows], messages
 
 
+def _settings(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
+    """The rows by setting (their :data:`SETTING_KEYS` values), in order of first appearance."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(key) for key in SETTING_KEYS), []).append(row)
+    return groups
+
+
 def summary_table(rows: Sequence[dict], metric: str) -> list[dict]:
-    """The runs of each initialisation and label fraction gathered, for a study repeated over seeds.
+    """The runs of each setting gathered, for a study repeated over seeds.
 
     Args:
         rows: rows of :func:`runs_table`.
         metric: one of :data:`SUMMARY_METRICS`.
 
     Returns:
-        One row per ``(init, label_fraction)`` in order of first appearance, keyed by :data:`SUMMARY_COLUMNS`:
-        ``runs`` (all its runs), ``scored`` (those with a value of ``metric``), the values' ``mean``, sample
-        standard deviation ``sd`` (``None`` below two values), ``min`` and ``max`` (``None`` without values), and
-        the runs' training seeds (``"-"`` where a run does not record one).
+        One row per setting (``init``, ``label_fraction``, ``encoder``, ``spacing``, ``hu_window`` and
+        ``orientation`` together: runs of another encoder file or pre-processing are never pooled) in order of first
+        appearance, keyed by :data:`SUMMARY_COLUMNS`: ``runs`` (all its runs), ``scored`` (those with a value of
+        ``metric``), the values' ``mean``, sample standard deviation ``sd`` (``None`` below two values), ``min`` and
+        ``max`` (``None`` without values), and the runs' training seeds (``"-"`` where a run does not record one).
     """
     if metric not in SUMMARY_METRICS:
         raise ValueError(f"metric must be one of {', '.join(SUMMARY_METRICS)}, got {metric!r}")
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["init"], row["label_fraction"]), []).append(row)
     out = []
-    for (init, fraction), runs in groups.items():
+    for setting, runs in _settings(rows).items():
         values = [r[metric] for r in runs if r[metric] is not None]
         seeds = ", ".join("-" if r["training_seed"] is None else str(r["training_seed"]) for r in runs)
-        out.append({"init": init, "label_fraction": fraction, "runs": len(runs), "scored": len(values),
+        out.append({**dict(zip(SETTING_KEYS, setting)), "runs": len(runs), "scored": len(values),
                     "mean": statistics.mean(values) if values else None,
                     "sd": statistics.stdev(values) if len(values) > 1 else None,
                     "min": min(values, default=None), "max": max(values, default=None), "training_seeds": seeds})  # fmt: skip
     return out
+
+
+def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
+    """A note per training seed that one setting of :func:`summary_table` holds more than once: those runs are no
+    independent repeats over training seeds (and the setting's ``sd`` no spread over them).
+
+    Args:
+        rows: rows of :func:`runs_table`.
+
+    Returns:
+        One line each, naming the setting, the seed, its runs and their subset seeds; none where every setting's
+        recorded training seeds differ (runs that record none are not compared).
+    """
+    notes = []
+    for setting, runs in _settings(rows).items():
+        by_seed: dict[Any, list[dict]] = {}
+        for run in runs:
+            if run.get("training_seed") is not None:
+                by_seed.setdefault(run["training_seed"], []).append(run)
+        named = ", ".join(f"{key} {_cell(value) or '-'}" for key, value in zip(SETTING_KEYS, setting))
+        for seed, same in by_seed.items():
+            if len(same) > 1:
+                notes.append(f"note: {named}: training seed {seed} in {len(same)} runs ({', '.join(r['run'] for r in same)};"
+                             f" subset seeds {', '.join(str(r.get('subset_seed')) for r in same)}): not independent "
+                             "repeats over training seeds; give each run its own --seed")  # fmt: skip
+    return notes
 
 
 def _cell(value: Any) -> str:
@@ -260,8 +332,9 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="fine-tuning run folders (the bundle's output_dir), one row each")
     p.add_argument("--per-class", action="store_true", help="add the last validation's Dice of each class")
     p.add_argument("--summary", choices=SUMMARY_METRICS, default=None, metavar="METRIC",
-                   help="also gather the runs of each initialisation and label fraction (a study's seeds): runs, "
-                   "mean, standard deviation, min and max of METRIC (best_dice, last_dice or eval_dice); "
+                   help="also gather the runs of each setting (initialisation, label fraction, encoder file and "
+                   "pre-processing: a study's seeds): runs, mean, standard deviation, min and max of METRIC "
+                   "(best_dice, last_dice or eval_dice), with a note for a training seed a setting holds twice; "
                    "--markdown then holds both tables")  # fmt: skip
     p.add_argument("--markdown", default=None, help="also write the table to this markdown file")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
@@ -299,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = markdown_table(columns, rows)
     if args.summary:
         summary = markdown_table(SUMMARY_COLUMNS, summary_table(rows, args.summary))
-        text += f"\n{args.summary} by initialisation and label fraction:\n\n{summary}"
+        text += f"\n{args.summary} by setting (initialisation, label fraction, encoder, pre-processing):\n\n{summary}"
+        text += "".join(f"\n{note}\n" for note in repeated_seed_notes(rows))
     print(text, end="")
     try:
         for value, content in ((args.markdown, text), (args.csv, csv_table(columns, rows))):
