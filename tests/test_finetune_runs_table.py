@@ -13,7 +13,7 @@ from medgmae.checkpoint import make_checkpoint
 from medgmae.finetune.run_record import (
     case_record, check_resume_matches, pretrained_record, read_run_record, start_record, write_run_record,
 )  # fmt: skip
-from medgmae.finetune.runs_table import main, runs_table, summary_table
+from medgmae.finetune.runs_table import main, repeated_seed_notes, runs_table, summary_table
 from medgmae.networks.vit import MaskedViTEncoder
 
 from finetune_helpers import encoder_file, fake_best_model, fake_run, run_bundle
@@ -219,7 +219,7 @@ def test_the_summary_gathers_each_settings_seeds_against_numpy(tmp_path, capsys)
     md = tmp_path / "t.md"
     assert main([*map(str, runs), "--summary", "best_dice", "--markdown", str(md)]) == 0
     out = capsys.readouterr().out
-    assert "best_dice by setting (initialisation, label fraction, encoder, pre-processing):" in out
+    assert "best_dice by setting (initialisation, label fraction, pre-processing):" in out
     assert "| medgmae | 0.1000 | 3 | 2 | 0.6875 | 0.0884 | 0.6250 | 0.7500 | 0, 1, 2 |" in out
     assert md.read_text(encoding="utf-8").endswith("| scratch | 1.0000 | 1 | 1 | 0.8750 |  | 0.8750 | 0.8750 | 0 |  |  |  |  |\n")
     with pytest.raises(SystemExit):
@@ -313,9 +313,22 @@ def test_the_summary_notes_a_training_seed_one_setting_holds_twice(tmp_path, cap
             for name, subset, spec in (("a", 0, _FINE), ("b", 1, _FINE), ("c", 0, _COARSE))]  # fmt: skip
     assert main([*map(str, runs), "--summary", "best_dice"]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
-    assert notes == [f"note: init scratch, label_fraction 0.1000, encoder -, spacing [1.5, 1.5, 1.5], hu_window "
+    assert notes == [f"note: init scratch, label_fraction 0.1000, spacing [1.5, 1.5, 1.5], hu_window "
                      f"[-175, 250.5], orientation RAS: training seed 0 in 2 runs ({runs[0]}, {runs[1]}; subset seeds "
                      "0, 1): not independent repeats over training seeds; give each run its own --seed"]  # fmt: skip
+
+
+def test_a_study_over_pre_training_seeds_pools_its_encoders_and_notes_no_repeat(tmp_path, capsys):
+    """Fine-tuning seed 0 from each of two pre-trainings (two encoder files of one kind, one pre-processing) is a
+    study over pre-training seeds: one summary row naming both files, and no repeated-seed note."""
+    runs = [fake_run(tmp_path / f"ft{i}", 0.1, 10, 0, training_seed=0, epochs=2, best=(0.5 + i / 10, 1),
+                     model_preprocessing=_FINE,
+                     pretrained={"path": f"/pre{i}/encoder.pt", "kind": "medgmae-encoder", "source": "medgmae-star"})
+            for i in range(2)]  # fmt: skip
+    rows = runs_table(runs)[1]
+    summary = summary_table(rows, "best_dice")
+    assert [(s["runs"], s["encoder"], s["training_seeds"]) for s in summary] == [(2, "/pre0/encoder.pt, /pre1/encoder.pt", "0, 0")]
+    assert repeated_seed_notes(rows) == []
 
 
 def test_the_run_record_holds_the_preprocessing_a_resume_keeps(tmp_path):

@@ -43,7 +43,7 @@ PREPROCESSING_COLUMNS = ["spacing", "hu_window", "orientation"]
 SUMMARY_COLUMNS = ["init", "label_fraction", "runs", "scored", "mean", "sd", "min", "max", "training_seeds", "encoder",
                    *PREPROCESSING_COLUMNS]  # fmt: skip
 #: What tells the settings of :func:`summary_table` apart.
-SETTING_KEYS = ("init", "label_fraction", "encoder", *PREPROCESSING_COLUMNS)
+SETTING_KEYS = ("init", "label_fraction", *PREPROCESSING_COLUMNS)
 
 
 class RunUnreadable(ValueError):
@@ -246,11 +246,13 @@ def summary_table(rows: Sequence[dict], metric: str) -> list[dict]:
         metric: one of :data:`SUMMARY_METRICS`.
 
     Returns:
-        One row per setting (``init``, ``label_fraction``, ``encoder``, ``spacing``, ``hu_window`` and
-        ``orientation`` together: runs of another encoder file or pre-processing are never pooled) in order of first
-        appearance, keyed by :data:`SUMMARY_COLUMNS`: ``runs`` (all its runs), ``scored`` (those with a value of
-        ``metric``), the values' ``mean``, sample standard deviation ``sd`` (``None`` below two values), ``min`` and
-        ``max`` (``None`` without values), and the runs' training seeds (``"-"`` where a run does not record one).
+        One row per setting (``init``, ``label_fraction``, ``spacing``, ``hu_window`` and ``orientation`` together:
+        runs of other pre-processing are never pooled; runs of several encoder files of one kind are, as a study
+        repeated over pre-training seeds needs) in order of first appearance, keyed by :data:`SUMMARY_COLUMNS`:
+        ``runs`` (all its runs), ``scored`` (those with a value of ``metric``), the values' ``mean``, sample standard
+        deviation ``sd`` (``None`` below two values), ``min`` and ``max`` (``None`` without values), the runs'
+        training seeds (``"-"`` where a run does not record one) and their encoder files (``encoder``, in order of
+        first appearance, comma-separated).
     """
     if metric not in SUMMARY_METRICS:
         raise ValueError(f"metric must be one of {', '.join(SUMMARY_METRICS)}, got {metric!r}")
@@ -261,13 +263,14 @@ def summary_table(rows: Sequence[dict], metric: str) -> list[dict]:
         out.append({**dict(zip(SETTING_KEYS, setting)), "runs": len(runs), "scored": len(values),
                     "mean": statistics.mean(values) if values else None,
                     "sd": statistics.stdev(values) if len(values) > 1 else None,
-                    "min": min(values, default=None), "max": max(values, default=None), "training_seeds": seeds})  # fmt: skip
+                    "min": min(values, default=None), "max": max(values, default=None), "training_seeds": seeds,
+                    "encoder": ", ".join(dict.fromkeys(r.get("encoder") or "" for r in runs))})  # fmt: skip
     return out
 
 
 def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
-    """A note per training seed that one setting of :func:`summary_table` holds more than once: those runs are no
-    independent repeats over training seeds (and the setting's ``sd`` no spread over them).
+    """A note per training seed that one setting of :func:`summary_table` holds more than once from one encoder
+    file: those runs are no independent repeats (and the setting's ``sd`` no spread over them).
 
     Args:
         rows: rows of :func:`runs_table`.
@@ -280,10 +283,10 @@ def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
     for setting, runs in _settings(rows).items():
         by_seed: dict[Any, list[dict]] = {}
         for run in runs:
-            if run.get("training_seed") is not None:
-                by_seed.setdefault(run["training_seed"], []).append(run)
+            if run.get("training_seed") is not None:  # the same seed from another encoder file: another repeat
+                by_seed.setdefault((run["training_seed"], run.get("encoder") or ""), []).append(run)
         named = ", ".join(f"{key} {_cell(value) or '-'}" for key, value in zip(SETTING_KEYS, setting))
-        for seed, same in by_seed.items():
+        for (seed, _), same in by_seed.items():
             if len(same) > 1:
                 notes.append(f"note: {named}: training seed {seed} in {len(same)} runs ({', '.join(r['run'] for r in same)};"
                              f" subset seeds {', '.join(str(r.get('subset_seed')) for r in same)}): not independent "
@@ -332,7 +335,7 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="fine-tuning run folders (the bundle's output_dir), one row each")
     p.add_argument("--per-class", action="store_true", help="add the last validation's Dice of each class")
     p.add_argument("--summary", choices=SUMMARY_METRICS, default=None, metavar="METRIC",
-                   help="also gather the runs of each setting (initialisation, label fraction, encoder file and "
+                   help="also gather the runs of each setting (initialisation, label fraction and "
                    "pre-processing: a study's seeds): runs, mean, standard deviation, min and max of METRIC "
                    "(best_dice, last_dice or eval_dice), with a note for a training seed a setting holds twice; "
                    "--markdown then holds both tables")  # fmt: skip
@@ -372,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = markdown_table(columns, rows)
     if args.summary:
         summary = markdown_table(SUMMARY_COLUMNS, summary_table(rows, args.summary))
-        text += f"\n{args.summary} by setting (initialisation, label fraction, encoder, pre-processing):\n\n{summary}"
+        text += f"\n{args.summary} by setting (initialisation, label fraction, pre-processing):\n\n{summary}"
         text += "".join(f"\n{note}\n" for note in repeated_seed_notes(rows))
     print(text, end="")
     try:
