@@ -215,8 +215,8 @@ def _spec_and_window(
     model: torch.nn.Module, spec: PreprocessingSpec | dict | None, overlap: int, batch_size: int
 ) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
     """The pre-processing in use and the model's window ``(3,)``; ``ValueError`` for a bad overlap or batch size, or
-    a ``spec`` whose sizes are not the model's; a given ``spec`` whose spacing or HU window differs from the
-    model's recorded one is used with :func:`spec_with_overrides`' warning naming both."""
+    a ``spec`` whose sizes are not the model's; a given ``spec`` whose spacing, HU window or orientation differs from
+    the model's recorded one is used with a warning naming both (:func:`spec_with_overrides`' for the first two)."""
     if isinstance(spec, dict):  # e.g. a checkpoint's "preprocessing" entry as saved
         spec = PreprocessingSpec.from_dict(spec, source="spec")
     if spec is not None and not isinstance(spec, PreprocessingSpec):
@@ -231,6 +231,10 @@ def _spec_and_window(
     recorded = getattr(model, "preprocessing", None)
     if given and isinstance(recorded, PreprocessingSpec):  # warns of a spacing / HU window not the recorded one
         spec_with_overrides(recorded, spec.spacing, spec.hu_window, source="the model (model.preprocessing)")
+        if spec.orientation != recorded.orientation:  # the axes the model's windows are cut along
+            logger.warning("orientation %s differs from the orientation %s recorded in the model (model.preprocessing): "
+                           "the model sees its windows along other axes than it was trained on", spec.orientation,
+                           recorded.orientation)  # fmt: skip
     try:
         whole = whole_number(overlap)
     except TypeError:

@@ -363,7 +363,7 @@ def test_bad_settings_and_scans_are_named_before_any_work():
 
 
 def test_a_given_spec_unlike_the_models_recorded_one_is_warned_about(caplog):
-    """A model recording 2 mm and HU [-175, 250] given a spec of 1.5 mm and HU [-1000, 1000]: one warning line per
+    """A model recording 2 mm, HU [-175, 250] and RAS given a spec of 1.5 mm, HU [-1000, 1000] and LPS: one line per
     differing field naming the given and the recorded values; the model's own spec given back warns of nothing."""
     import dataclasses
     import logging
@@ -371,13 +371,14 @@ def test_a_given_spec_unlike_the_models_recorded_one_is_warned_about(caplog):
     probe = _Probe()
     probe.preprocessing = SPEC
     scan, affine = np.zeros(SHAPE, np.float32), np.diag([*SPACING, 1.0])
-    other = dataclasses.replace(SPEC, spacing=(1.5, 1.5, 1.5), hu_window=(-1000.0, 1000.0))
+    other = dataclasses.replace(SPEC, spacing=(1.5, 1.5, 1.5), hu_window=(-1000.0, 1000.0), orientation="LPS")
     with caplog.at_level(logging.WARNING):
         zero_shot_gaussians(scan, affine, probe, spec=other, decode=probe.decode)
     lines = [r.getMessage() for r in caplog.records if "differs from" in r.getMessage()]
-    assert len(lines) == 2, caplog.text
+    assert len(lines) == 3, caplog.text
     assert "spacing [1.5, 1.5, 1.5] differs from the spacing [2.0, 2.0, 2.0] recorded in" in lines[0]
     assert "HU window [-1000.0, 1000.0] differs from the HU window [-175.0, 250.0] recorded in" in lines[1]
+    assert "orientation LPS differs from the orientation RAS recorded in the model" in lines[2]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         zero_shot_gaussians(scan, affine, probe, spec=SPEC, decode=probe.decode)
