@@ -27,9 +27,12 @@ FLAG_ALIASES = {"lr": "learning_rate", "epochs": "max_epochs", "bs": "batch_size
 #: Settings one bundle has and another takes elsewhere: a flag's notes, each given where the config has all the keys
 #: it names (the first that applies), in place of a spelling match.
 _FLAG_NOTES: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
-    "a_min": ((("hu_range",), "fine-tuning's HU window is --hu_range [a_min, a_max]"),),
-    "a_max": ((("hu_range",), "fine-tuning's HU window is --hu_range [a_min, a_max]"),),
-    "hu_range": ((("a_min", "a_max"), "pre-training's HU window is --a_min and --a_max"),),
+    "a_min": ((("hu_range",), "fine-tuning's HU window is --hu_range [a_min, a_max]"),
+              (("window",), "this bundle's intensity window is --window [low, high]")),
+    "a_max": ((("hu_range",), "fine-tuning's HU window is --hu_range [a_min, a_max]"),
+              (("window",), "this bundle's intensity window is --window [low, high]")),
+    "hu_range": ((("a_min", "a_max"), "pre-training's HU window is --a_min and --a_max"),
+                 (("window",), "this bundle's intensity window is --window [low, high]")),
     "orientation": (
         (("pretrained", "encoder"), "the orientation comes from --pretrained's recorded pre-processing; RAS from scratch"),
         (("checkpoint", "preprocessing_spec"), "the orientation comes from --checkpoint's recorded pre-processing"),

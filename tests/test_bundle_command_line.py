@@ -403,3 +403,8 @@ def test_another_bundles_settings_are_pointed_to_where_this_one_takes_them():
     evaluate = str(BUNDLES / "unetr_finetune/configs/evaluate.json")
     assert unknown_key_problems([runner, "run", "evaluating", "--config_file", evaluate, "--orientation", "LPS"]) == [
         "--orientation: not a setting of evaluate.json (the orientation comes from --checkpoint's recorded pre-processing)"]
+    gvit = str(BUNDLES / "gvit_classification/configs/inference.json")
+    assert unknown_key_problems([runner, "run", "inferring", "--config_file", gvit, "--hu_range", "[-500, 500]", "--a_min",
+                                 "-500"]) == [  # fmt: skip
+        "--hu_range: not a setting of inference.json (this bundle's intensity window is --window [low, high])",
+        "--a_min: not a setting of inference.json (this bundle's intensity window is --window [low, high])"]
