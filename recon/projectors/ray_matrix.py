@@ -134,11 +134,9 @@ def _corner_weights(pix: Tensor, shape: tuple, dtype: torch.dtype) -> tuple[Tens
 
 def _sample_index(marcher: TorchProjector, start: Tensor, d: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
     """The ray marcher's samples that can fall within the sampling support, as ``(ray, step)`` index pairs in ray
-    then step order: each ray's steps over its chord through the support ``half`` (:func:`~recon.projectors.torch_proj.box_interval`), widened
-    by a step at either end (the exact test follows in :func:`_build_rows`)."""
-    lo, hi = box_interval(start, d, half)
-    first = (torch.ceil(lo / marcher.step_mm - 0.5) - 1).clamp(0, marcher.num_steps)
-    last = (torch.floor(hi / marcher.step_mm - 0.5) + 1).clamp(-1, marcher.num_steps - 1)
+    then step order: each ray's steps over its chord through the support ``half``
+    (:meth:`~recon.projectors.torch_proj.TorchProjector.steps_within`; the exact test follows in :func:`_build_rows`)."""
+    first, last = marcher.steps_within(*box_interval(start, d, half))
     count = (last - first + 1).clamp(min=0).long()
     ray = torch.repeat_interleave(torch.arange(start.shape[0]), count)
     offset = torch.cumsum(count, 0) - count

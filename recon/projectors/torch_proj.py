@@ -150,20 +150,31 @@ class TorchProjector(Projector):
             samp = F.grid_sample(inp, grid[None, None], mode="bilinear", padding_mode="zeros", align_corners=False)
             yield rays, samp.sum(-1)[0, :, 0] * self.step_mm
 
+    def steps_within(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """The first and last (inclusive) step indices whose samples, at ``(k + 0.5) * step_mm`` from a ray's start,
+        can lie within ``[lo, hi]`` (mm from the start, e.g. :func:`box_interval`'s), widened by a step at either end
+        and clamped to the ray's steps: ``first > last`` where none can (a miss, ``lo >= hi``, or infinite bounds).
+
+        Args:
+            lo: entry distances (mm), any shape.
+            hi: exit distances (mm), the same shape.
+
+        Returns:
+            ``(first, last)``, float tensors of step indices of ``lo``'s shape.
+        """
+        first = (torch.ceil(lo / self.step_mm - 0.5) - 1).clamp(0, self.num_steps)
+        last = (torch.floor(hi / self.step_mm - 0.5) + 1).clamp(-1, self.num_steps - 1)
+        return first, last
+
     def _chunk_steps(self, start: Tensor, d: Tensor, support: Tensor) -> tuple[int, int] | None:
         """The range ``(first, stop)`` of step indices at which some of the rays ``start + t d`` (``(N, 3)`` mm) can
-        be within the box ``support`` (widened by a step at either end), ``None`` where every ray misses it."""
+        be within the box ``support`` (:meth:`steps_within` of their joint span), ``None`` where every ray misses it."""
         lo, hi = box_interval(start, d, support.to(start.dtype))
         hit = lo < hi
         inf = torch.tensor(math.inf, dtype=lo.dtype, device=lo.device)
-        # one transfer to the host per chunk (on a GPU, each read of a value waits for the device)
-        lo_min, hi_max = torch.stack([torch.where(hit, lo, inf).amin(), torch.where(hit, hi, -inf).amax()]).tolist()
-        if not lo_min < hi_max:  # every ray misses the box
-            return None
-        first = math.ceil(lo_min / self.step_mm - 0.5) - 1
-        last = math.floor(hi_max / self.step_mm - 0.5) + 1
-        first, stop = max(first, 0), min(last + 1, self.num_steps)
-        return (first, stop) if first < stop else None
+        span = self.steps_within(torch.where(hit, lo, inf).amin(), torch.where(hit, hi, -inf).amax())
+        first, last = (int(v) for v in torch.stack(span).tolist())  # one transfer to the host (a GPU waits for each)
+        return (first, last + 1) if first <= last else None
 
     def forward_plain(self, volume: Tensor, views: Tensor | None = None) -> Tensor:
         """``A x`` built from differentiable ops (autograd gives the exact adjoint).
