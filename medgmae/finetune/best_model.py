@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from medgmae.checkpoint import kept_model_problem, load_checkpoint, make_checkpoint
+from medgmae.checkpoint import Checkpoint, kept_model_problem, load_checkpoint, make_checkpoint
 from medgmae.engine import is_main_process, unwrap_model
 from medgmae.finetune.classes import run_label_names
 from medgmae.networks.unetr import MedGMAEUNETR
@@ -78,15 +78,17 @@ def load_finetuned(
     return net
 
 
-def finetuned_model_record(path: str | Path) -> dict:
+def finetuned_model_record(path: str | Path, checkpoint: Checkpoint | None = None) -> dict:
     """Which model a result came from, for the results' ``metrics.json``: the epoch and validation metric
     ``best_model.pt`` records, its size and modification time (UTC), so that a result left beside a later run's
-    file of the same path reads as the earlier model's."""
+    file of the same path reads as the earlier model's; ``checkpoint``: the file as already read (else it is read,
+    memory-mapped)."""
     import datetime
 
     from medgmae.data.fingerprint import file_fingerprint
 
-    extra = dict(load_checkpoint(path, FINETUNED_KIND, mmap=True).extra or {})
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint(path, FINETUNED_KIND, mmap=True)
+    extra = dict(ckpt.extra or {})
     size, mtime_ns = file_fingerprint(path) or (None, None)
     modified = None if mtime_ns is None else datetime.datetime.fromtimestamp(mtime_ns / 1e9, datetime.timezone.utc)
     return {"epoch": extra.get("epoch"), "metric_name": extra.get("metric_name"), "metric": extra.get("metric"),

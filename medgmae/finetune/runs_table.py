@@ -11,10 +11,10 @@ recorded since it does, else as ``best_model.pt`` records it; empty cells where 
 that is not a fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with
 a note.
 ``--summary METRIC`` adds a table of the runs of each setting together (a study's seeds): those of one
-initialisation, label fraction, encoder file and pre-processing (runs of another spacing or HU window are never
-pooled); how many runs and how many of them scored, the metric's mean, sample standard deviation, minimum and
-maximum, and a note under it for a setting that holds one training seed more than once (those runs are no
-independent repeats).
+initialisation, label fraction and pre-processing (runs of another spacing or HU window are never pooled; runs
+from several encoder files of one kind are, their files named); how many runs and how many of them scored, the metric's mean, sample standard deviation, minimum and
+maximum, and a note under it for a setting that holds one training seed more than once from one encoder file
+(those runs are no independent repeats).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ COLUMNS = ["run", "init", "encoder", "label_fraction", "effective_fraction", "tr
 SUMMARY_METRICS = ("best_dice", "last_dice", "eval_dice")
 #: The run's pre-processing, the table's last columns (after those of earlier releases, which keep their places).
 PREPROCESSING_COLUMNS = ["spacing", "hu_window", "orientation"]
-#: The summary table's columns; a setting is the first two and the last four together.
+#: The summary table's columns; a setting is the first two and the last three together (:data:`SETTING_KEYS`).
 SUMMARY_COLUMNS = ["init", "label_fraction", "runs", "scored", "mean", "sd", "min", "max", "training_seeds", "encoder",
                    *PREPROCESSING_COLUMNS]  # fmt: skip
 #: What tells the settings of :func:`summary_table` apart.
@@ -91,7 +91,8 @@ def _best(folder: Path) -> tuple[dict | None, Any]:
     if not path.is_file():
         return None, None
     try:
-        return finetuned_model_record(path), load_checkpoint(path, FINETUNED_KIND, mmap=True).preprocessing
+        ckpt = load_checkpoint(path, FINETUNED_KIND, mmap=True)  # read once, for both
+        return finetuned_model_record(path, ckpt), ckpt.preprocessing
     except (OSError, ValueError) as e:
         raise RunUnreadable(f"{path}: {e}") from None
 
