@@ -43,6 +43,13 @@ def model_file(tmp_path_factory):
     return path, wrong
 
 
+def detector_patterns(rows: int, cols: int, photons: float = 20000.0) -> tuple[np.ndarray, np.ndarray]:
+    """A detector's open-beam gain pattern (``photons`` times 0.7 .. 1.3) and fixed-pattern dark offset (100 .. 130),
+    ``(rows, cols)`` each, float64: the readings of raw-image tests."""
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    return photons * (1.0 + 0.3 * np.sin(r / 2.0) * np.cos(c / 3.0)), 100.0 + 5.0 * ((r + 2 * c) % 7)
+
+
 def with_defaults(defaults: list[str], extra: tuple[str, ...] | list[str]) -> list[str]:
     """``defaults`` (``--flag value`` pairs and bare ``--flags``) less the flags ``extra`` gives, then ``extra``: each
     flag once, as the tools require."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from recon_cli_helpers import expect_refusal, few_gaussians_args as reconstruct_args
+from recon_cli_helpers import detector_patterns, expect_refusal, few_gaussians_args as reconstruct_args
 
 from recon.cli import main
 from recon.flat_field import FLOOR_SHARE, load_raw_projections
@@ -23,10 +23,7 @@ def raw(small_parallel_scan, tmp_path_factory):
     scan = small_parallel_scan[0]
     d = tmp_path_factory.mktemp("raw")
     p = np.load(scan / "projections.npy").astype(np.float64)
-    rows, cols = p.shape[1:]
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    flat = 20000.0 * (1.0 + 0.3 * np.sin(r / 2.0) * np.cos(c / 3.0))  # a detector gain pattern, 14000 .. 26000
-    dark = 100.0 + 5.0 * ((r + 2 * c) % 7)  # a fixed-pattern offset, 100 .. 130
+    flat, dark = detector_patterns(*p.shape[1:])  # a gain pattern 14000 .. 26000, a fixed-pattern offset 100 .. 130
     np.save(d / "counts.npy", dark + (flat - dark) * np.exp(-p))
     np.save(d / "flat.npy", flat)
     np.save(d / "dark.npy", dark)

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from recon_cli_helpers import few_gaussians_args as reconstruct_args
+from recon_cli_helpers import detector_patterns, few_gaussians_args as reconstruct_args
 
 from recon.cli import main
 from recon.flat_field import load_raw_projections
@@ -23,9 +23,7 @@ def _readings(p: np.ndarray, photons: float, seed: int) -> tuple[np.ndarray, np.
     """Photon counts of the line integrals ``p`` on a detector of patterned gain, with Poisson noise: ``(readings
     (views, rows, cols), three open-beam images (3, rows, cols), dark (rows, cols))``, all in float64."""
     rng = np.random.default_rng(seed)
-    r, c = np.meshgrid(np.arange(p.shape[1]), np.arange(p.shape[2]), indexing="ij")
-    gain = photons * (1.0 + 0.3 * np.sin(r / 2.0) * np.cos(c / 3.0))
-    dark = 100.0 + 5.0 * ((r + 2 * c) % 7)
+    gain, dark = detector_patterns(*p.shape[1:], photons)
     counts = rng.poisson(gain * np.exp(-p)) + dark
     flats = rng.poisson(gain, size=(3, *gain.shape)) + dark
     return counts.astype(np.float64), flats.astype(np.float64), dark
