@@ -15,21 +15,24 @@ from medgmae.twod.images import read_mask, read_reference
 
 #: 1 mm in-plane voxels in RAS order, 2.5 mm slices
 AFFINE = np.diag([1.0, 1.0, 2.5, 1.0])
+#: stored left-to-right and posterior-to-anterior flipped (LPS), anisotropic voxels, away from the origin
+LPS_AFFINE = np.array([[-0.8, 0.0, 0.0, 40.0], [0.0, -1.1, 0.0, -25.0], [0.0, 0.0, 2.5, 7.5], [0.0, 0.0, 0.0, 1.0]])
 
 
-def _volumes(tmp_path, shape):
+def _volumes(tmp_path, shape, affine=AFFINE):
     """A CT of ``shape`` (X, Y, Z) with a bright corner, and its mask, as NIfTI files; the mask array."""
     vol = np.full(shape, -1000, np.int16)
     vol[4:-4, 4:-4] = 40
     vol[4:12, 4:14] = 300  # asymmetric: a transpose or flip of the mask does not land on itself
     mask = (vol > 200).astype(np.uint8)
-    nib.save(nib.Nifti1Image(vol, AFFINE), str(tmp_path / "ct.nii.gz"))
-    nib.save(nib.Nifti1Image(mask, AFFINE), str(tmp_path / "mask.nii.gz"))
+    nib.save(nib.Nifti1Image(vol, affine), str(tmp_path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(mask, affine), str(tmp_path / "mask.nii.gz"))
     return mask
 
 
-def test_a_stored_array_png_of_a_non_square_slice_is_refused_as_transposed(tmp_path):
-    mask = _volumes(tmp_path, (40, 24, 6))
+@pytest.mark.parametrize("affine", [AFFINE, LPS_AFFINE], ids=["RAS", "LPS-anisotropic"])
+def test_a_stored_array_png_of_a_non_square_slice_is_refused_as_transposed(tmp_path, affine):
+    mask = _volumes(tmp_path, (40, 24, 6), affine)
     Image.fromarray(mask[:, :, 3] * 255).save(tmp_path / "naive.png")  # the array as stored: 40 x 24
     with pytest.raises(ValueError) as e:
         read_reference(tmp_path / "naive.png", tmp_path / "ct.nii.gz", (24, 40), 3)  # displayed: 24 x 40
