@@ -56,7 +56,7 @@ class Scan(NamedTuple):
 
     geom: CTGeometry
     proj: np.ndarray  # float32 (views, rows, cols) line integrals
-    raw: dict | None  # what converted raw images ({"flat", "dark", "i0"}, recon.flat_field), None for line integrals
+    raw: dict | None  # what converted raw images and their floor (recon.flat_field.load_raw_projections), None for line integrals
 
 
 def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str | None = None, i0: float | None = None) -> Scan:
@@ -302,7 +302,7 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
     return p
 
 
-def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True, converted: bool = False,
+def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True, open_beam_floor: float = 0.0,
                     source: str = "the projections") -> None:  # fmt: skip
     """Print a warning for each thing of the scan that biases FBP/FDK: the views' arc
     (:func:`recon.fbp.arc_weighting_note`, which asks whether angles going round many times are degrees),
@@ -323,19 +323,19 @@ def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True,
             follow the geometry by construction).
         fbp: give the notes about FBP/FDK's arc and truncation (``reconstruct --fbp`` computes no FBP: it only asks
             whether the angles are degrees, :func:`recon.angle_checks.degrees_question`, which misleads its fit too).
-        converted: the projections are raw images converted with ``--flat`` or ``--i0``: truncation is judged above
-            the level no pixel reads below, where that is raised (:data:`recon.flat_field.OPEN_BEAM_ABOVE`; a flat
-            brighter than the projections' open beam, which the conversion warned of).
+        open_beam_floor: for raw images converted with ``--flat`` or ``--i0``, the level no pixel reads below (the
+            :class:`Scan`'s ``raw["open_beam_floor"]``): truncation is judged above it where it is raised
+            (:data:`recon.flat_field.OPEN_BEAM_ABOVE`; a flat brighter than the projections' open beam, which the
+            conversion warned of).
         source: the stack as the transposed views' warning names it (``"projections <file>"``).
     """
     from recon.angle_checks import degrees_question
     from recon.axis_check import axis_offset_note
     from recon.fbp import arc_weighting_note, truncation_note
-    from recon.flat_field import OPEN_BEAM_ABOVE, open_beam_floor
+    from recon.flat_field import OPEN_BEAM_ABOVE
     from recon.transpose_check import transposed_note
 
-    floor = open_beam_floor(proj) if converted and fbp else 0.0
-    floor = floor if floor > OPEN_BEAM_ABOVE else 0.0
+    floor = open_beam_floor if open_beam_floor > OPEN_BEAM_ABOVE else 0.0
     notes = (arc_weighting_note(geom), truncation_note(proj, geom, floor=floor)) if fbp else (degrees_question(geom.angles),)
     checks = (axis_offset_note(proj, geom), transposed_note(proj, geom, source)) if axis else ()
     for note in (*notes, *checks):
@@ -354,13 +354,12 @@ def cmd_fbp(args) -> int:
         given = getattr(args, flag[2:])
         if given and out.exists() and Path(given).exists() and os.path.samefile(out, given):  # links too
             raise CLIError(f"--out {args.out} is the {what} given as {flag}: give another file name")
-    geom, proj, _ = load_scan(args.projections, args.geometry, args.flat, args.dark, args.i0)
+    geom, proj, raw = load_scan(args.projections, args.geometry, args.flat, args.dark, args.i0)
     device = resolve_cli_device(args.device)
     what = "FBP" if geom.kind == "parallel" else "FDK"
     print(f"{what} of {geom.num_views} views onto {'x'.join(map(str, geom.volume_shape))} voxels ({device})...", flush=True)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
-    warn_about_scan(geom, proj, converted=args.flat is not None or args.i0 is not None,
-                    source=f"projections {args.projections}")  # fmt: skip
+    warn_about_scan(geom, proj, open_beam_floor=(raw or {}).get("open_beam_floor", 0.0), source=f"projections {args.projections}")
     replaced = " (it replaced the file of that name)" if out.exists() else ""
     with folder_made(out.parent):  # a write that fails (a full disk) leaves no folder it made
         save_nifti(args.out, rec, geom.default_affine())

@@ -319,8 +319,9 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
         i0: the open-beam reading as one number (``None`` with ``flat``).
 
     Returns:
-        ``(line integrals (views, rows, cols) float32, {"flat", "dark", "i0"})``: the record of what converted them
-        (absolute paths, ``None`` where not given) that :func:`recon.resume.scan_fingerprint` fingerprints.
+        ``(line integrals (views, rows, cols) float32, {"flat", "dark", "i0", "open_beam_floor"})``: what converted
+        them (absolute paths, ``None`` where not given), which :func:`recon.resume.scan_fingerprint` fingerprints, and
+        the level the lowest line integrals read (:func:`open_beam_floor`, warned of above :data:`OPEN_BEAM_ABOVE`).
 
     Raises:
         ValueError: the flags do not go together (:func:`check_raw_flags`); a file missing, unreadable, non-finite
@@ -356,10 +357,10 @@ def load_raw_projections(proj_path: str, flat: str | None = None, dark: str | No
               "neighbours", flush=True)  # fmt: skip
     check_line_integrals(p, f"projections {proj_path} converted with {open_text}", False,
                          f"is {open_text} the open-beam reading of this scan" + (f", and --dark {dark} its dark?" if dark else "?"))
-    if warning := _open_beam_warning(p, proj_path, open_text):
+    if warning := _open_beam_warning(floor := open_beam_floor(p), proj_path, open_text):
         print(warning, flush=True)
     record = {"flat": str(Path(flat).resolve()) if flat else None, "dark": str(Path(dark).resolve()) if dark else None,
-              "i0": None if i0 is None else float(i0)}  # fmt: skip
+              "i0": None if i0 is None else float(i0), "open_beam_floor": floor}  # fmt: skip
     return p, record
 
 
@@ -370,16 +371,15 @@ def open_beam_floor(p: np.ndarray) -> float:
         p: the line integrals ``(views, rows, cols)``.
 
     Returns:
-        The quantile: about 0 (a little below in noise) where some rays pass the object, ``log(k)`` for readings
-        converted with an open beam ``k`` times the projections' own.
-    """
+        About 0 (a little below in noise) where some rays pass the object, ``log(k)`` for an open beam ``k`` times
+        the projections' own."""
     return float(np.quantile(p[:: max(1, p.shape[0] // _BLOCK_VIEWS)], OPEN_BEAM_QUANTILE))
 
 
-def _open_beam_warning(p: np.ndarray, proj_path: str, open_text: str) -> str | None:
-    """The warning line when no pixel reads the open beam (:func:`open_beam_floor` above :data:`OPEN_BEAM_ABOVE`),
-    else ``None``; ``open_text``: ``"--flat FILE"`` or ``"--i0 VALUE"``."""
-    floor, flat = open_beam_floor(p), open_text.startswith("--flat")
+def _open_beam_warning(floor: float, proj_path: str, open_text: str) -> str | None:
+    """The warning line when no pixel reads the open beam (``floor``, :func:`open_beam_floor`, above
+    :data:`OPEN_BEAM_ABOVE`), else ``None``; ``open_text``: ``"--flat FILE"`` or ``"--i0 VALUE"``."""
+    flat = open_text.startswith("--flat")
     if not floor > OPEN_BEAM_ABOVE:
         return None
     k = float(np.exp(floor))

@@ -108,6 +108,7 @@ class _Inputs(NamedTuple):
     state: dict | None
     device: torch.device
     model_spec: tuple | None  # --init medgmae: (the spec, its record), start.model_start_spec
+    open_beam_floor: float  # raw images: the level no pixel reads below (recon.flat_field.open_beam_floor), else 0
 
 
 def _read_inputs(args) -> _Inputs:
@@ -148,7 +149,8 @@ def _read_inputs(args) -> _Inputs:
                            "--backend auto, which picks one that can (matrix or torch)")  # fmt: skip
     if model is not None:
         model = model.to(device).eval()
-    return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device, model_spec)
+    return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device, model_spec,
+                   (raw or {}).get("open_beam_floor", 0.0))
 
 
 def _reconstruct(args, matrix: list[Path]) -> int:
@@ -169,8 +171,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     if x.fbp_vol is None:
         print(f"computing the {'FBP' if geom.kind == 'parallel' else 'FDK'} of {geom.num_views} views...", flush=True)
     fbp_t = fbp(proj_t, geom, args.filter) if x.fbp_vol is None else torch.from_numpy(x.fbp_vol).to(device)
-    converted = args.flat is not None or args.i0 is not None  # truncation judged above a raised floor
-    warn_about_scan(geom, x.proj, fbp=x.fbp_vol is None, converted=converted,
+    warn_about_scan(geom, x.proj, fbp=x.fbp_vol is None, open_beam_floor=x.open_beam_floor,
                     source=f"projections {args.projections}")  # with --fbp, the axis and degrees: they spoil the fit as well
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
     if x.state is None:

@@ -118,6 +118,7 @@ def test_an_object_covering_the_detector_is_named_as_a_possibility(scan, tmp_pat
     np.save(tmp_path / "counts.npy", counts)
     np.save(tmp_path / "flat.npy", flats)
     np.save(tmp_path / "dark.npy", dark)
-    load_raw_projections(str(tmp_path / "counts.npy"), str(tmp_path / "flat.npy"), str(tmp_path / "dark.npy"))
+    _, record = load_raw_projections(str(tmp_path / "counts.npy"), str(tmp_path / "flat.npy"), str(tmp_path / "dark.npy"))
     out = capsys.readouterr().out
+    assert abs(record["open_beam_floor"] - 2.0) < 0.1, record  # the floor fbp / reconstruct judge truncation above
     assert abs(_floor_said(out) - 2.0) < 0.1 and "Either the object covers the whole detector in every view" in out, out
