@@ -23,6 +23,7 @@ from torch import nn
 from medgmae.engine import CheckpointHandler, EpochProgress, NonFiniteLossHandler
 from medgmae.engine.records import CasesRecord, SettingsRecord
 from medgmae.twod.gvit.classifier import LEGACY_CLASSIFIER_FREQS
+from medgmae.twod.phantom_task import recorded_default_task
 from medgmae.whole_numbers import nonnegative_count
 
 __all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "PhaseProgress", "default_phase_handlers",
@@ -71,7 +72,7 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     # a run begun before the phantom task's folder stopped being a setting recorded where it lay (data.default_root):
     # the task is compared by its cases and its other data settings, so that old value is dropped, not compared
     # and the default task's run recorded a window (None, or one given) that maps none of its PNGs (compared by cases)
-    phantom = settings is not None and (settings.get("data") or {}).get("dataset_dir", None) == ""
+    phantom = settings is not None and recorded_default_task(settings.get("data") or {})
     retired = {"data": ("default_root", "window") if phantom else ("default_root",)}
     records = {} if settings is None else {
         "settings": SettingsRecord(settings, "GViT training", saved_defaults=before, retired=retired,

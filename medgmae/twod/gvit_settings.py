@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss
+from medgmae.twod.phantom_task import recorded_default_task
 from medgmae.words import plural
 
 __all__ = ["training_settings", "phase_settings", "guidance_note", "phase_epochs_check", "classifier_freqs_check",
@@ -64,8 +65,8 @@ def phase_settings(
     """
     data = {k: v for k, v in (without_split_files(data_settings) or {}).items() if k != "default_root"}
     data.setdefault("window", None)  # recorded only when given: without one, the record says None (no window)
-    if data.get("dataset_dir", None) == "":  # the default task: its PNGs' fixed window, which
-        data.pop("window")  # maps none of its images (compared by its cases), is no setting a resume must match
+    if recorded_default_task(data):  # its PNGs' fixed window is no setting a resume must match
+        data.pop("window")
     out = {"model": dict(model_config), "data": data,
            "optimiser": {"lr": float(optimiser["lr"]), "weight_decay": float(optimiser["weight_decay"])}}  # fmt: skip
     if phase in ("warmup", "joint"):

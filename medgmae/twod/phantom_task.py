@@ -13,7 +13,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from medgmae.twod.data2d import axial_slices, window_to_image
 from medgmae.twod.images import save_png
 
 __all__ = ["TASK_WINDOW", "VAL_PHANTOMS", "check_num_phantoms", "check_phantom_task_resume", "phantom_task_conflicts",
-           "phantom_task_params", "write_phantom_slice_task"]
+           "phantom_task_params", "recorded_default_task", "write_phantom_slice_task"]
 
 logger = logging.getLogger("medgmae.gvit")
 
@@ -39,6 +39,14 @@ VAL_PHANTOMS = 2
 
 #: The GViT bundle's settings behind each recorded task parameter, as a refused resume names them.
 _TASK_FLAGS = {"num_cases": "num_phantoms", "image_size": "image_size", "seed": "seed", "version": "task version"}
+
+
+def recorded_default_task(data_settings: Mapping | None) -> bool:
+    """Whether a run's recorded data settings (``data.settings`` of
+    :func:`~medgmae.twod.classification_data.resolve_classification_data`) are the default task's: its
+    ``dataset_dir`` recorded as ``""``. Its PNGs' fixed window (:data:`TASK_WINDOW`) maps none of its images, which
+    are compared by their cases, so a resume does not compare the recorded ``window``."""
+    return data_settings is not None and data_settings.get("dataset_dir", None) == ""
 
 
 def check_num_phantoms(value: Any, dataset_dir: Any = "") -> None:
