@@ -1,5 +1,5 @@
 """Picture files PIL reads short of what they hold: a float64 TIFF is named as such (PIL cannot open it), and
-transparent pixels, read as their stored colour, are noted once per file."""
+transparent pixels, read as their stored colour, and 16-bit colour PNGs, read at 8 bits, are noted once per file."""
 
 import logging
 
@@ -67,3 +67,28 @@ def test_a_picture_has_only_slice_0(tmp_path):
     for read in (read_image, read_mask):
         with pytest.raises(ValueError, match=r"one\.png: slice 5 is outside the image's 1 slice"):
             read(path, slice_index=5)
+
+
+def test_16bit_colour_pngs_are_warned_of_once_per_file(tmp_path, caplog):
+    """A 16-bit RGB or grey+alpha PNG (written by SimpleITK) is read at 8 bits: one warning per file however often it
+    is read, naming the file and its type; the values stay within one 8-bit step of the stored ones over 65535. A
+    16-bit grey PNG (read in full) and an 8-bit RGB one draw no warning."""
+    sitk = pytest.importorskip("SimpleITK")
+    rgb = (np.arange(4 * 6 * 3).reshape(4, 6, 3) * 900 + 7).astype(np.uint16)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "rgb16.png"))
+    la = np.stack([rgb[..., 0], np.full((4, 6), 65535, np.uint16)], -1)
+    sitk.WriteImage(sitk.GetImageFromArray(la, isVector=True), str(tmp_path / "la16.png"))
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey16.png")
+    Image.fromarray((rgb >> 8).astype(np.uint8), "RGB").save(tmp_path / "rgb8.png")
+    with caplog.at_level(logging.WARNING, logger="medgmae.twod"):
+        for _ in range(3):
+            got = read_image(tmp_path / "rgb16.png")
+        read_image(tmp_path / "la16.png")
+        grey = read_image(tmp_path / "grey16.png")
+        read_image(tmp_path / "rgb8.png")
+    assert np.abs(got - rgb.transpose(2, 0, 1) / 65535.0).max() <= 1 / 255 + 1e-6
+    np.testing.assert_allclose(grey[0], rgb[..., 0] / 65535.0, atol=1e-6)  # 16-bit grey: every bit kept
+    lines = [r.getMessage() for r in caplog.records if "read at 8 bits" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{tmp_path / 'rgb16.png'} is a 16-bit RGB PNG, which is read at 8 bits"), lines
+    assert lines[1].startswith(f"{tmp_path / 'la16.png'} is a 16-bit grey+alpha PNG"), lines

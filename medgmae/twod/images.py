@@ -2,7 +2,8 @@
 
 Every reader returns a ``(C, H, W)`` float32 array with ``C`` 1 (grey) or 3 (RGB), scaled to ``[0, 1]``:
 
-* PNG/JPEG/BMP/TIFF: one image (a multi-page TIFF is refused), 8- or 16-bit, grey, grey+alpha, RGB(A) or palette
+* PNG/JPEG/BMP/TIFF: one image (a multi-page TIFF is refused), 8-bit or 16-bit grey, 8-bit grey+alpha, RGB(A) or palette
+  (16-bit colour and grey+alpha PNGs are read by PIL at 8 bits, the high byte: warned of once per file)
   (grey when its pixels are; alpha is dropped: transparent pixels read as the colour stored under them, not
   composited onto a background, noted in the log once per file: :mod:`medgmae.twod.picture_notes`), upright by the
   file's EXIF orientation (a camera's JPEG); divided by the maximum of the file's integer type: 255 for 8-bit, 65535 for 16-bit, whatever the image's own values. A fixed scale keeps
@@ -50,7 +51,7 @@ from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
 from medgmae.missing_paths import missing_path_message
 from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.nifti_slices import nifti_grid, only_slice_0, read_nifti_slice
-from medgmae.twod.picture_notes import float_tiff_note, note_transparency, transposed_reference_problem
+from medgmae.twod.picture_notes import float_tiff_note, note_colour_16bit, note_transparency, transposed_reference_problem
 from medgmae.twod.pngs import save_png, save_png_grid  # noqa: F401  (the writers, re-exported)
 from medgmae.twod.windows import apply_window, window_setting
 from medgmae.volume_units import LABEL_MAP_MAX_VALUES
@@ -124,6 +125,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
             im = ImageOps.exif_transpose(opened)  # a photo's orientation tag applied: upright, as viewers show it
             mode = im.mode
             note_transparency(im, path)
+            note_colour_16bit(path)
             if mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit ("I") integers
                 arr = np.asarray(im, dtype=np.float64)[None]
             elif mode in ("1", "L", "LA", "F"):

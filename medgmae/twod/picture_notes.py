@@ -3,6 +3,8 @@
 * :func:`note_transparency`: a picture with transparent pixels (RGBA, LA, a palette or grey with a transparent
   colour) is read as the colour stored under them, often black, not composited onto a background; a line is logged
   once per file and process.
+* :func:`note_colour_16bit`: a 16-bit colour or grey+alpha PNG, which PIL reads at 8 bits (each value's high
+  byte): a warning once per file and process.
 * :func:`float_tiff_note`: a TIFF of 64-bit (or 16-bit) floats, which PIL cannot open, named by its type from the
   header (read by tifffile) rather than as an unidentified file.
 * :func:`displayed_orientation_note`: a picture-file reference mask of a NIfTI/DICOM image is read in the displayed
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["note_transparency", "float_tiff_note", "displayed_orientation_note", "transposed_reference_problem"]
+__all__ = ["note_transparency", "note_colour_16bit", "float_tiff_note", "displayed_orientation_note", "transposed_reference_problem"]
 
 logger = logging.getLogger("medgmae.twod")
 
@@ -35,6 +37,28 @@ def note_transparency(im, path: Path) -> None:
 
 
 _TRANSPARENCY_NOTED: set[str] = set()
+
+#: PNG colour types (IHDR byte 25) PIL reads at 8 bits when their bit depth (byte 24) is 16.
+_PNG_COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}
+
+
+def note_colour_16bit(path: Path) -> None:
+    """Warn once per file and process that ``path`` is a 16-bit RGB, RGBA or grey+alpha PNG: PIL reads such a file
+    at 8 bits, each value's high byte (a stored 300 reads as 1 / 255, values below 256 as 0). The header is read,
+    not the pixels; other files are passed in silence."""
+    if str(path) in _COLOUR_16BIT_NOTED:
+        return
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[24] != 16 or head[25] not in _PNG_COLOUR_TYPES:
+        return
+    _COLOUR_16BIT_NOTED.add(str(path))
+    logger.warning("%s is a 16-bit %s PNG, which is read at 8 bits (the high byte of each value: values below 256 "
+                   "read as 0): save it as a 16-bit grey PNG, a TIFF of one channel or NIfTI to keep its 16 bits",
+                   path, _PNG_COLOUR_TYPES[head[25]])  # fmt: skip
+
+
+_COLOUR_16BIT_NOTED: set[str] = set()
 
 
 def float_tiff_note(path: Path) -> str:
