@@ -171,7 +171,8 @@ def test_a_folder_holding_another_bundles_run_is_refused(path, tmp_path):
 
 def test_an_encoder_or_training_checkpoint_marks_another_bundles_run(tmp_path):
     """A 3D pre-training run stopped before its model.pt (its newest checkpoint_epoch=N.pt), or a folder holding only
-    its encoder.pt, is another run for the 2D bundle; a 2D encoder.pt is the 2D bundle's own."""
+    its encoder.pt, is another run for the 2D bundle; a 2D encoder.pt is the 2D bundle's own and another run for the
+    3D pre-training."""
     import torch
 
     from medgmae.checkpoint import ENCODER_KIND, make_checkpoint, save_checkpoint
@@ -188,6 +189,8 @@ def test_an_encoder_or_training_checkpoint_marks_another_bundles_run(tmp_path):
         assert check_settings({}, output_dirs={"output_dir": folder}, run_kinds=RUN_KINDS["medgmae_pretrain"])
     save_checkpoint(tmp_path / "own" / "encoder.pt", make_checkpoint(ENCODER_KIND, {"spatial_dims": 2}, {}))
     assert check_settings({}, output_dirs={"output_dir": tmp_path / "own"}, run_kinds=RUN_KINDS["gmae2d_pretrain"])
+    with pytest.raises(BundleSettingError, match=re.escape("encoder.pt (a pre-trained ViT encoder of a 2D pre-training run)")):
+        check_settings({}, output_dirs={"output_dir": tmp_path / "own"}, run_kinds=RUN_KINDS["medgmae_pretrain"])
 
 
 CHECKED_CONFIGS = [p for p in CONFIGS if "checked_settings" in json.loads(p.read_text(encoding="utf-8"))]

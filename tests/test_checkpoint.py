@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import torch
 
-from medgmae.checkpoint import CHECKPOINT_KINDS, load_checkpoint, make_checkpoint
+from medgmae.checkpoint import CHECKPOINT_KINDS, load_checkpoint, make_checkpoint, model_file_kind
 from medgmae.engine import CheckpointHandler
 from medgmae.torch_files import load_torch_file
 from medgmae.networks import MedGMAE, VoxelMAE
@@ -66,6 +66,19 @@ def test_encoder_file_carries_the_spec(tmp_path):
     assert ckpt.preprocessing == SPEC and ckpt.extra["source"] == "medgmae"
     enc = MaskedViTEncoder(**ckpt.config)
     enc.load_state_dict(ckpt.state_dict)
+
+
+def test_model_file_kind_tells_a_2d_encoder_from_a_3d_one(tmp_path):
+    """:func:`model_file_kind` of each pre-training's files: a model file is its own kind, an ``encoder.pt`` names the
+    pre-training by its dimensions (a 2D GMAE's "gmae2d", every 3D one's "medgmae"), as the bundles' folder checks
+    read them; a missing file is None."""
+    expected = {"medgmae": "medgmae", "medgmae-star": "medgmae", "voxel-mae": "medgmae", "gmae2d": "gmae2d"}
+    for kind, model in _models().items():
+        torch.save(model.model_checkpoint(), tmp_path / f"{kind}_model.pt")
+        torch.save(model.encoder_checkpoint(), tmp_path / f"{kind}_encoder.pt")
+        assert model_file_kind(tmp_path / f"{kind}_model.pt") == kind
+        assert model_file_kind(tmp_path / f"{kind}_encoder.pt") == expected[kind], kind
+    assert model_file_kind(tmp_path / "missing.pt") is None
 
 
 def test_fine_tuned_unetr_round_trips(tmp_path):

@@ -164,6 +164,29 @@ def test_a_sheared_affine_is_written_as_the_sform_alone_not_beside_its_nearest_q
     np.testing.assert_allclose(sitk.ReadImage(str(ortho)).GetSpacing(), [0.7, 1.1, 2.5], atol=1e-5)
 
 
+def test_a_shear_along_the_slices_of_a_thin_grid_drops_the_qform(tmp_path):
+    """A shear carried by the slice axis alone (y shifted 2e-5 mm per slice over 400 slices of a 2x2 grid) shows
+    only at the far slices: nibabel's nearest qform, computed here in float64 at the grid's 8 corners, misplaces
+    one of them by more than the 1 um tolerance, so the qform is left unknown (code 0). Corners of the first two
+    axes alone (slice 0) stay within it."""
+    import itertools
+
+    import nibabel as nib
+    import numpy as np
+
+    from medgmae.files import FRAME_TOLERANCE_MM, save_nifti_atomic
+
+    shape, sheared = (2, 2, 400), np.eye(4)
+    sheared[1, 2] = 2e-5
+    nearest = nib.Nifti1Header()
+    nearest.set_qform(sheared, code=1)
+    error = sheared - nearest.get_qform().astype(np.float64)
+    offsets = {c: np.linalg.norm(error[:3] @ [*c, 1.0]) for c in itertools.product(*((0, n - 1) for n in shape))}
+    assert max(offsets.values()) > FRAME_TOLERANCE_MM >= max(v for c, v in offsets.items() if c[2] == 0)
+    img = nib.load(str(save_nifti_atomic(np.zeros(shape, np.float32), sheared, tmp_path / "thin.nii.gz")))
+    assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 1
+
+
 def test_the_frames_of_a_sheared_affine_are_warned_about_in_an_input_not_in_the_toolkits_own_output(tmp_path, caplog):
     """A sheared sform has no exact qform. A user's file stating one and a qform (the nearest frame) is warned about
     once, with advice that can work (resample; "make the two agree" cannot); a file the toolkit wrote from it is

@@ -1,5 +1,6 @@
 """What a fine-tuning run states when it starts (medgmae.finetune.run_line), the warning for a frozen encoder
-without pre-trained weights, and the learning rate it writes to TensorBoard (medgmae.engine.LearningRateScalar)."""
+without pre-trained weights, the learning rate it writes to TensorBoard (medgmae.engine.LearningRateScalar), and
+the bundle's warm-up and cosine schedule in optimiser steps."""
 
 from __future__ import annotations
 
@@ -127,6 +128,24 @@ def test_the_bundle_logs_the_start_line_and_writes_the_decoders_rate():
     assert targets[0] == "medgmae.finetune.FinetuneRunLine"
     scalar = next(h for h in handlers if h["_target_"] == "medgmae.engine.LearningRateScalar")
     assert scalar["group"] == -1 and scalar["tag"] == "train/lr" and scalar["_disabled_"] == "$not @is_main_process"
+
+
+def test_the_bundles_warm_up_and_cosine_count_optimiser_steps():
+    """``--warmup_epochs`` and ``--lr_schedule_epochs`` are epochs, the schedule's steps are the optimiser's: with 7
+    batches an epoch, 2 warm-up epochs are 14 steps of a 35-step schedule over 5 epochs (the pre-training bundle's
+    pair, pinned in test_pretrain_bundle), and after one step the decoder's rate is 1/14 of its base (MONAI's
+    linear warm-up from 0)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "unetr_finetune" / "configs" / "train.json"))
+    parser.update({"roi_size": 24, "encoder#patch_size": 12, "encoder#num_layers": 1, "feature_size": 4,
+                   "warmup_epochs": 2, "lr_schedule_epochs": 5, "train#dataloader": "$[None] * 7"})  # fmt: skip
+    schedule = parser.get_parsed_content("lr_scheduler", lazy=False)
+    assert (schedule.warmup_steps, schedule.t_total) == (14, 35)
+    schedule.optimizer.step()
+    schedule.step()
+    assert schedule.get_last_lr()[-1] == pytest.approx(parser["learning_rate"] / 14)
 
 
 @pytest.mark.parametrize("n,word,expected", [(1, "batch", "1 batch"), (3, "batch", "3 batches"), (2, "process", "2 processes"),

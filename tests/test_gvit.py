@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from medgmae.twod.gvit import (
     DenoisingGaussianEncoder,
+    GaussianTokenEmbedding,
     GaussianViTClassifier,
     GViT,
     decode_gaussians_2d,
@@ -163,6 +164,35 @@ def test_encoder_residual_and_scale_bound():
     torch.testing.assert_close(enc(x), enc(x))
     enc.train()
     assert not torch.allclose(enc(x), enc(x))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_decoded_gaussians_read_each_field_from_its_place(channels):
+    """A raw Gaussian is ``(m_x, m_y, s_x, s_y, phi, colour_1..C, o)``: with only the last entry (the opacity) set
+    to 2, the opacity is sigmoid(2) and every colour sigmoid(0) = 0.5; with only colour ``c`` set, only it moves."""
+    g = torch.zeros(1, 2, gaussian_dim(channels))
+    g[..., 5 + channels] = 2.0
+    d = decode_gaussians_2d(g, channels)
+    assert torch.allclose(d.opacities, torch.full((1, 2), 1 / (1 + math.exp(-2.0))))
+    assert torch.equal(d.colors, torch.full((1, 2, channels), 0.5))
+    g = torch.zeros(1, 2, gaussian_dim(channels))
+    g[..., 5 + channels - 1] = 2.0
+    d = decode_gaussians_2d(g, channels)
+    assert torch.equal(d.opacities, torch.full((1, 2), 0.5)) and d.colors[..., -1].gt(0.8).all()
+
+
+def test_gaussian_tokens_are_the_same_after_a_half_turn():
+    """An ellipse is the same after a half turn: the token embedding reads the angle through ``cos 2 phi`` and
+    ``sin 2 phi``, so ``phi + pi`` gives the same tokens (float64), and a quarter turn (another ellipse) others."""
+    torch.manual_seed(0)
+    embed = GaussianTokenEmbedding(1, 16).double()
+    g = torch.randn(2, 4, gaussian_dim(1), dtype=torch.float64)
+    turned = {}
+    for name, turn in (("half", math.pi), ("quarter", math.pi / 2)):
+        turned[name] = g.clone()
+        turned[name][..., 4] += turn
+    torch.testing.assert_close(embed(turned["half"]), embed(g), rtol=0, atol=1e-12)
+    assert (embed(turned["quarter"]) - embed(g)).abs().amax(-1).min() > 1e-3
 
 
 @pytest.mark.parametrize("seed", range(6))

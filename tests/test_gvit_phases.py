@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -18,6 +19,7 @@ from medgmae.twod.classification_data import load_classification_data, make_data
 from medgmae.twod.phantom_task import write_phantom_slice_task
 from medgmae.twod.gvit import GViT, sample_gaussian_tokens
 from medgmae.twod.gvit_eval import classification_metrics
+from medgmae.twod.gvit_phases import default_phase_handlers
 from medgmae.twod.gvit_figures import ellipse_points
 from medgmae.twod.gvit_step import PHASES
 from medgmae.twod.gvit_train import build_phase_trainer
@@ -54,6 +56,30 @@ def test_phase_freezes_what_it_should(phase):
     out = trainer.state.output
     assert torch.isfinite(out["loss"])
     assert (out["loss_rec"] is None) == (phase == "classifier") and (out["loss_cls"] is None) == (phase == "warmup")
+
+
+def test_the_warm_up_is_a_fraction_of_the_phases_optimiser_steps():
+    """``warmup_fraction`` is of the phase's optimiser steps (epochs x batches), not of its epochs: a 4-epoch phase of
+    10 batches warms up over 4 of its 40 steps, and after its first step the rate is MONAI's linear warm-up from 0.1
+    of the rate, ``lr * (0.1 + 0.9 * 1 / 4)`` (warming up over int(0.1 * 4) = 0 steps gave the cosine's ~lr)."""
+    torch.manual_seed(0)
+    model = GViT(1, SIZE, 3, num_gaussians=6, patch_size=4)
+    gen = torch.Generator().manual_seed(0)
+    items = [{"image": torch.rand(1, SIZE, SIZE, generator=gen), "label": torch.tensor(i % 3)} for i in range(10)]
+    contexts, rates = [], []
+    handlers = [*default_phase_handlers(progress_bar=False), contexts.append]  # a factory seeing the phase's context
+    trainer = build_phase_trainer("classifier", model, DataLoader(items, batch_size=1), max_epochs=4, lr=1e-2,
+                                  warmup_fraction=0.1, render_backend="torch", handlers=handlers)  # fmt: skip
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=1))  # after the handlers' schedule step
+    def first_step(engine):
+        rates.append([group["lr"] for group in engine.optimizer.param_groups])
+        engine.terminate()
+
+    trainer.run()
+    schedule = contexts[0].lr_scheduler
+    assert (schedule.warmup_steps, schedule.t_total) == (4, 40)
+    assert rates[0] == pytest.approx([1e-2 * (0.1 + 0.9 / 4)] * len(rates[0]))
 
 
 def _write_png(path, arr):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from medgmae.cli_types import nonneg_float, positive_float, positive_int
 from medgmae.networks import MedGMAE, VoxelMAE
 from medgmae.networks.mae_base import MaskedAutoencoder, sincos_embedding
+from medgmae.networks.vit import MaskedViTEncoder, random_masking
 from medgmae.twod.gmae import GMAE2D
 
 
@@ -23,6 +26,37 @@ def test_sincos_embedding_matches_monai_and_zero_pads(spatial_dims, grid):
     assert torch.equal(padded[..., : 4 * unit], ref) and not padded[..., 4 * unit :].any()
     with pytest.raises(ValueError, match=f"at least {unit}"):
         sincos_embedding(grid, unit - 1, spatial_dims)
+
+
+def test_random_masking_draws_each_samples_mask_on_its_own():
+    """MAE's per-sample masking: every row of a batch masks exactly round(0.75 N) patches, its ``ids_keep`` are its
+    unmasked patches, ``ids_restore`` undoes its shuffle, and the rows differ (one noise row for the whole batch
+    gave every sample the same mask; four equal 48-of-64 masks by chance are out of reach)."""
+    for seed in range(4):
+        keep, mask, restore = random_masking(64, 4, 0.75, "cpu", torch.Generator().manual_seed(seed))
+        assert mask.sum(1).tolist() == [48.0] * 4 and keep.shape == (4, 16)
+        assert not mask.gather(1, keep).any()
+        # unshuffling puts visible token j back at patch keep[:, j] and a mask token at every masked patch
+        assert torch.equal(restore.gather(1, keep), torch.arange(16).expand(4, -1))
+        assert torch.equal(restore >= 16, mask.bool())
+        assert len({tuple(row.tolist()) for row in mask}) == 4, seed
+
+
+@pytest.mark.parametrize("spatial_dims, grid, patch", [(3, (2, 3, 4), (2, 3, 4)), (2, (2, 3), (3, 2))])
+def test_patchify_against_a_loop_and_unpatchify_inverts_it(spatial_dims, grid, patch):
+    """Token ``n`` of :meth:`MaskedViTEncoder.patchify` is the ``n``-th grid cell in row-major order (the patch
+    embedding's), its values the cell's voxels channel-last, against a loop over the cells of an anisotropic grid of
+    anisotropic patches in float64; :meth:`unpatchify` gives the volume back exactly (a swap of two grid axes or of
+    two axes within a patch still reshapes to the volume's size, so only the values tell)."""
+    img = tuple(g * p for g, p in zip(grid, patch))
+    enc = MaskedViTEncoder(2, img, patch, hidden_size=24, num_layers=1, num_heads=2, spatial_dims=spatial_dims)
+    x = torch.randn(2, 2, *img, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tokens = enc.patchify(x)
+    assert tokens.shape == (2, math.prod(grid), 2 * math.prod(patch))
+    for n, cell in enumerate(itertools.product(*(range(g) for g in grid))):
+        block = x[(..., *(slice(i * p, (i + 1) * p) for i, p in zip(cell, patch)))]
+        assert torch.equal(tokens[:, n], block.movedim(1, -1).reshape(2, -1)), cell
+    assert torch.equal(enc.unpatchify(tokens, 2), x)
 
 
 def test_base_validates_dimensions_and_channels():

@@ -92,6 +92,42 @@ def test_head_bias_init_and_activations():
     assert torch.allclose(g.quats, torch.tensor([1.0, 0.0, 0.0, 0.0]).expand_as(g.quats))
 
 
+def test_root_scales_are_floored_at_min_scale():
+    """A scale head driven far negative (bias -40: sigmoid ~4e-18 of the cap) gives every Gaussian the floor
+    ``min_scale``, not a scale the renderer would divide by."""
+    model = _gmae()
+    torch.nn.init.constant_(model.head_scale.bias, -40.0)
+    with torch.no_grad():
+        latent, _, ids = model.encoder(_volume(1))
+        scales = model.decode_gaussians(latent, ids)[0].scales
+    assert torch.equal(scales, torch.full_like(scales, model.min_scale))
+
+
+def test_gaussians_are_read_from_the_query_tokens_outputs(models, monkeypatch):
+    """The decoder's tokens are ``[cls] + K queries + visible patches``; Gaussian ``j`` is the heads applied to the
+    output at query ``j`` (position ``1 + j``). Shifting the decoder's output at one position: at the class token or a
+    visible patch's token no Gaussian moves, at query 0 (position 1) only Gaussian 0, at the last query (position K)
+    only Gaussian K - 1."""
+    model = models["medgmae"]
+    latent, _, ids = model.encoder(_volume(1), mask_ratio=0.75, generator=_gen())
+    run = model.run_decoder
+
+    def shifted_at(position: int):
+        def run_decoder(tokens: torch.Tensor) -> torch.Tensor:
+            out = run(tokens).clone()
+            out[:, position] += 1.0
+            return out
+
+        return run_decoder
+
+    with torch.no_grad():
+        ref = model.decode_gaussians(latent, ids)[0].as_tensor()
+        for position, moved in ((0, []), (1, [0]), (K, [K - 1]), (K + 1, [])):
+            monkeypatch.setattr(model, "run_decoder", shifted_at(position))
+            got = model.decode_gaussians(latent, ids)[0].as_tensor()
+            assert torch.nonzero((got - ref).abs().amax(-1)[0] > 1e-6).flatten().tolist() == moved, position
+
+
 def _dense_render(g: Gaussians3D, n: int, cutoff: float) -> torch.Tensor:
     """float64 oracle: sum of truncated Gaussians at voxel centres (j + 0.5) / n of the normalised frame."""
     c = (torch.arange(n, dtype=torch.float64) + 0.5) / n
@@ -182,6 +218,26 @@ def test_star_levels_counts_parents_and_scale_shrink():
     # large negative residuals are clamped positive
     child, _ = lvl.refine(parent, torch.full((1, 3, 3), 0.01), torch.full((1, 6, 11), -50.0))
     assert (child.scales > 0).all()
+
+
+def test_star_levels_shrink_from_the_level_0_ancestor_not_the_parent():
+    """MedGMAE*'s ``s_l = s_0 + tanh(.) * sigma - delta_l`` is relative to the level-0 ancestor's scale ``s_0``:
+    ``refine`` hands each child its ancestor's relative scale (the root's, repeated per child), and with zero
+    residual heads a level-2 Gaussian's scale is ``cap * (s_0 - delta_2)`` (from its parent's it would be
+    ``cap * (s_0 - delta_1 - delta_2)``)."""
+    lvl = ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3)
+    parent = Gaussians3D(torch.rand(1, 3, 3), torch.full((1, 3, 3), 0.06), torch.randn(1, 3, 4), torch.rand(1, 3))
+    root = torch.rand(1, 3, 3) * 0.3 + 0.2
+    _, child_root = lvl.refine(parent, root, torch.randn(1, 6, 11))
+    assert torch.equal(child_root, root.repeat_interleave(2, dim=1))
+    model = _gmae(multi_level=True, level_multipliers=(1, 2, 4), level_deltas=(0.02, 0.05), scale_cap=0.3)
+    for level in model.levels:
+        torch.nn.init.zeros_(level.heads.weight)
+    with torch.no_grad():
+        latent, _, ids = model.encoder(_volume(1))
+        levels = model.decode_gaussians(latent, ids)
+    s0 = levels[0].scales.double() / 0.3
+    assert torch.allclose(levels[2].scales.double(), 0.3 * (s0.repeat_interleave(4, dim=1) - 0.05), atol=1e-6)
 
 
 def test_star_child_intensity_rules_against_their_formulas():
