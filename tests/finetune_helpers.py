@@ -122,17 +122,19 @@ def encoder_file(path: Path, img_size: int = 24) -> Path:
 
 def fake_run(folder: Path, fraction: float, cases: int, subset_seed: int, training_seed: int | None = None,
              pretrained: dict | None = None, epochs: int = 0, best: tuple[float, int] | None = None,
-             last: dict | None = None, preprocessing: dict | None = None, model_preprocessing: dict | None = None) -> Path:
+             last: dict | None = None, preprocessing: dict | None = None, model_preprocessing: dict | None = None,
+             total: int = 100) -> Path:
     """A fine-tuning run folder holding the files a run of the bundle writes, with the given values:
     ``training_cases.json`` (without ``training_seed`` / ``pretrained`` when ``training_seed`` is ``None``, as runs
     wrote it before they were recorded), ``checkpoint_epoch=<epochs>.pt`` (empty: only its name is read),
     ``best_model.pt`` (``best``: metric and epoch; no weights) and ``validation/metrics.json`` (``last``: Dice by
     class, their mean its ``mean_dice``); ``preprocessing`` is recorded in ``training_cases.json`` (as runs record it
-    since they do), ``model_preprocessing`` in ``best_model.pt``."""
+    since they do), ``model_preprocessing`` in ``best_model.pt``; ``cases`` of ``total`` training cases are chosen,
+    the first ones of the datalist ``/d/dataset.json``."""
     from medgmae.finetune.run_record import case_record, write_run_record
 
     chosen = [{"image": f"/d/c{i}.nii.gz", "label": f"/d/l{i}.nii.gz"} for i in range(cases)]
-    record = case_record(fraction, subset_seed, 100, chosen, {"dataset_dir": "/d", "datalist": "/d/dataset.json"})
+    record = case_record(fraction, subset_seed, total, chosen, {"dataset_dir": "/d", "datalist": "/d/dataset.json"})
     if training_seed is not None:
         record.update(training_seed=training_seed, pretrained=pretrained or {"path": "", "kind": "", "source": ""})
     if preprocessing is not None:

@@ -344,3 +344,57 @@ def test_the_run_record_holds_the_preprocessing_a_resume_keeps(tmp_path):
     assert (resumed["preprocessing"], resumed["training_seed"]) == (_COARSE, 4)
     with pytest.raises(TypeError, match="preprocessing must be a PreprocessingSpec"):
         start_record(record, "", 4, preprocessing=_COARSE)
+
+
+def _six_case_study(tmp_path) -> dict:
+    """Runs of 6 training cases: from scratch at 1 % and 10 % (one case each: at least one is kept, and one subset
+    seed's subsets are nested) and 50 % (3); at 5 % from an encoder, and 2 % of another pre-processing (one each)."""
+    encoder = {"path": "/enc/encoder.pt", "kind": "medgmae-encoder", "source": "medgmae"}
+    return {name: fake_run(tmp_path / name, fraction, cases, 0, training_seed=0, pretrained=pretrained, epochs=2,
+                           best=(0.5, 1), preprocessing=spec, total=6)
+            for name, fraction, cases, pretrained, spec in (
+                ("s1", 0.01, 1, None, _COARSE), ("s10", 0.1, 1, None, _COARSE), ("s50", 0.5, 3, None, _COARSE),
+                ("e5", 0.05, 1, encoder, _COARSE), ("f2", 0.02, 1, None, _FINE))}  # fmt: skip
+
+
+def test_the_summary_notes_label_fractions_that_trained_on_the_same_cases(tmp_path, capsys):
+    """1 % and 10 % of 6 training cases both kept one case, the same one: the summary showed two settings with the
+    same numbers and said nothing; the one of another initialisation or pre-processing, and the 50 % (3 cases), are
+    other experiments."""
+    runs = _six_case_study(tmp_path)
+    assert main([*map(str, runs.values()), "--summary", "best_dice"]) == 0
+    out = capsys.readouterr().out
+    assert "| scratch | 0.0100 | 1 | 1 | 0.5000 |" in out and "| scratch | 0.1000 | 1 | 1 | 0.5000 |" in out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: init scratch, spacing [2, 2, 3], hu_window [-1000, 1000], orientation LPS: label fractions "
+                     "0.0100 and 0.1000 both trained on the same cases, 1 of 6 (effective fraction 0.1667; "
+                     "/d/dataset.json): one experiment, not two label fractions; choose fractions that keep different "
+                     "numbers of the 6 training cases"]  # fmt: skip
+
+
+def _as_phantom_run(folder) -> None:
+    """Rewrite ``folder``'s record as a run on phantom data records it: no data source, its cases in its own folder."""
+    record = read_run_record(folder)
+    cases = [{"image": f"{folder}/phantom/c{i}.nii.gz", "label": f"{folder}/phantom/l{i}.nii.gz"} for i in range(len(record["cases"]))]
+    write_run_record(folder, {**record, "dataset_dir": "", "datalist": "", "cases": cases})
+
+
+def test_label_fractions_of_phantom_runs_trained_on_the_same_number_of_cases_and_other_data_on_none(tmp_path):
+    """Phantom data are made in each run's folder: the runs kept as many cases, not known to be the same ones; a run
+    of phantom data and one of a datalist trained on other data."""
+    from medgmae.finetune.runs_table import same_cases_notes
+
+    runs = _six_case_study(tmp_path)
+    pair = [runs["s1"], runs["s10"]]
+    _as_phantom_run(runs["s1"])
+    assert same_cases_notes(runs_table(pair)[1]) == []  # other data: not one experiment
+    _as_phantom_run(runs["s10"])
+    assert same_cases_notes(runs_table(pair)[1]) == [
+        "note: init scratch, spacing [2, 2, 3], hu_window [-1000, 1000], orientation LPS: label fractions 0.0100 and "
+        "0.1000 both trained on the same number of cases, 1 of 6 (effective fraction 0.1667; phantom data): one "
+        "experiment, not two label fractions; choose fractions that keep different numbers of the 6 training cases"]
+    three = fake_run(tmp_path / "s5", 0.05, 1, 1, training_seed=1, preprocessing=_COARSE, total=6)
+    _as_phantom_run(three)
+    assert "label fractions 0.0100, 0.1000 and 0.0500 all trained on the same number of cases, 1 of 6" in (
+        same_cases_notes(runs_table([*pair, three])[1])[0])  # fmt: skip
+    assert same_cases_notes(runs_table([runs["s1"], runs["s50"], runs["e5"], runs["f2"]])[1]) == []

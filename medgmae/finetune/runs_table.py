@@ -10,11 +10,13 @@ last, the run's pre-processing (``spacing``, ``hu_window``, ``orientation``: as 
 recorded since it does, else as ``best_model.pt`` records it; empty cells where neither does). A folder
 that is not a fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with
 a note.
-``--summary METRIC`` adds a table of the runs of each setting together (a study's seeds): those of one
-initialisation, label fraction and pre-processing (runs of another spacing or HU window are never pooled; runs
-from several encoder files of one kind are, their files named); how many runs and how many of them scored, the metric's mean, sample standard deviation, minimum and
-maximum, and a note under it for a setting that holds one training seed more than once from one encoder file
-(those runs are no independent repeats).
+``--summary METRIC`` adds a table of the runs of each setting together (a study's seeds), with notes under it
+(:mod:`medgmae.finetune.runs_summary`, whose names are importable from here too): a setting is one initialisation,
+label fraction and pre-processing (runs of another spacing or HU window are never pooled; runs from several encoder
+files of one kind are, their files named); it gives how many runs and how many of them scored, the metric's mean,
+sample standard deviation, minimum and maximum; a note names a setting that holds one training seed more than once
+from one encoder file (those runs are no independent repeats), and label fractions of one initialisation and
+pre-processing that trained on the same number of cases of the same data (one experiment, not several fractions).
 """
 
 from __future__ import annotations
@@ -22,28 +24,24 @@ from __future__ import annotations
 import csv
 import io
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["RunUnreadable", "read_run", "runs_table", "summary_table", "repeated_seed_notes", "markdown_table", "csv_table",
-           "main"]
+from medgmae.finetune.runs_summary import (  # the summary's names, also importable from here
+    PREPROCESSING_COLUMNS, SETTING_KEYS, SUMMARY_COLUMNS, SUMMARY_METRICS, markdown_cell, repeated_seed_notes,
+    same_cases_notes, summary_table,
+)  # fmt: skip
+
+__all__ = ["RunUnreadable", "read_run", "runs_table", "summary_table", "repeated_seed_notes", "same_cases_notes",
+           "markdown_table", "csv_table", "main", "SUMMARY_METRICS", "SUMMARY_COLUMNS", "SETTING_KEYS",
+           "PREPROCESSING_COLUMNS"]  # fmt: skip
 
 PROG = "medgmae-runs-table"
 #: The table's first columns, in order (per-class Dice columns, ``dice <class>``, follow with ``--per-class``, then
 #: :data:`PREPROCESSING_COLUMNS`).
 COLUMNS = ["run", "init", "encoder", "label_fraction", "effective_fraction", "training_cases", "training_seed",
            "subset_seed", "epochs", "best_dice", "best_epoch", "last_dice", "eval_dice"]  # fmt: skip
-#: The metrics ``--summary`` can gather across the runs of one setting.
-SUMMARY_METRICS = ("best_dice", "last_dice", "eval_dice")
-#: The run's pre-processing, the table's last columns (after those of earlier releases, which keep their places).
-PREPROCESSING_COLUMNS = ["spacing", "hu_window", "orientation"]
-#: The summary table's columns; a setting is the first two and the last three together (:data:`SETTING_KEYS`).
-SUMMARY_COLUMNS = ["init", "label_fraction", "runs", "scored", "mean", "sd", "min", "max", "training_seeds", "encoder",
-                   *PREPROCESSING_COLUMNS]  # fmt: skip
-#: What tells the settings of :func:`summary_table` apart.
-SETTING_KEYS = ("init", "label_fraction", *PREPROCESSING_COLUMNS)
 
 
 class RunUnreadable(ValueError):
@@ -231,83 +229,10 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
     return columns, [{c: row.get(c) for c in columns} for row in rows], messages
 
 
-def _settings(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
-    """The rows by setting (their :data:`SETTING_KEYS` values), in order of first appearance."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row.get(key) for key in SETTING_KEYS), []).append(row)
-    return groups
-
-
-def summary_table(rows: Sequence[dict], metric: str) -> list[dict]:
-    """The runs of each setting gathered, for a study repeated over seeds.
-
-    Args:
-        rows: rows of :func:`runs_table`.
-        metric: one of :data:`SUMMARY_METRICS`.
-
-    Returns:
-        One row per setting (``init``, ``label_fraction``, ``spacing``, ``hu_window`` and ``orientation`` together:
-        runs of other pre-processing are never pooled; runs of several encoder files of one kind are, as a study
-        repeated over pre-training seeds needs) in order of first appearance, keyed by :data:`SUMMARY_COLUMNS`:
-        ``runs`` (all its runs), ``scored`` (those with a value of ``metric``), the values' ``mean``, sample standard
-        deviation ``sd`` (``None`` below two values), ``min`` and ``max`` (``None`` without values), the runs'
-        training seeds (``"-"`` where a run does not record one) and their encoder files (``encoder``, in order of
-        first appearance, comma-separated).
-    """
-    if metric not in SUMMARY_METRICS:
-        raise ValueError(f"metric must be one of {', '.join(SUMMARY_METRICS)}, got {metric!r}")
-    out = []
-    for setting, runs in _settings(rows).items():
-        values = [r[metric] for r in runs if r[metric] is not None]
-        seeds = ", ".join("-" if r["training_seed"] is None else str(r["training_seed"]) for r in runs)
-        out.append({**dict(zip(SETTING_KEYS, setting)), "runs": len(runs), "scored": len(values),
-                    "mean": statistics.mean(values) if values else None,
-                    "sd": statistics.stdev(values) if len(values) > 1 else None,
-                    "min": min(values, default=None), "max": max(values, default=None), "training_seeds": seeds,
-                    "encoder": ", ".join(dict.fromkeys(r.get("encoder") or "" for r in runs))})  # fmt: skip
-    return out
-
-
-def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
-    """A note per training seed that one setting of :func:`summary_table` holds more than once from one encoder
-    file: those runs are no independent repeats (and the setting's ``sd`` no spread over them).
-
-    Args:
-        rows: rows of :func:`runs_table`.
-
-    Returns:
-        One line each, naming the setting, the seed, its runs and their subset seeds; none where every setting's
-        recorded training seeds differ (runs that record none are not compared).
-    """
-    notes = []
-    for setting, runs in _settings(rows).items():
-        by_seed: dict[Any, list[dict]] = {}
-        for run in runs:
-            if run.get("training_seed") is not None:  # the same seed from another encoder file: another repeat
-                by_seed.setdefault((run["training_seed"], run.get("encoder") or ""), []).append(run)
-        named = ", ".join(f"{key} {_cell(value) or '-'}" for key, value in zip(SETTING_KEYS, setting))
-        for (seed, _), same in by_seed.items():
-            if len(same) > 1:
-                notes.append(f"note: {named}: training seed {seed} in {len(same)} runs ({', '.join(r['run'] for r in same)};"
-                             f" subset seeds {', '.join(str(r.get('subset_seed')) for r in same)}): not independent "
-                             "repeats over training seeds; give each run its own --seed")  # fmt: skip
-    return notes
-
-
-def _cell(value: Any) -> str:
-    """A markdown cell: numbers of Dice and fractions to 4 decimals, nothing for ``None``, ``|`` escaped."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return " ".join(str(value).splitlines()).replace("|", "\\|")
-
-
 def markdown_table(columns: Sequence[str], rows: Sequence[dict]) -> str:
     """The rows as a markdown table (floats to 4 decimals, an empty cell where a run records nothing)."""
-    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines = ["| " + " | ".join(markdown_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(markdown_cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -338,8 +263,8 @@ def build_parser():
     p.add_argument("--summary", choices=SUMMARY_METRICS, default=None, metavar="METRIC",
                    help="also gather the runs of each setting (initialisation, label fraction and "
                    "pre-processing: a study's seeds): runs, mean, standard deviation, min and max of METRIC "
-                   "(best_dice, last_dice or eval_dice), with a note for a training seed a setting holds twice; "
-                   "--markdown then holds both tables")  # fmt: skip
+                   "(best_dice, last_dice or eval_dice), with a note for a training seed a setting holds twice and "
+                   "for label fractions that kept the same number of cases; --markdown then holds both tables")  # fmt: skip
     p.add_argument("--markdown", default=None, help="also write the table to this markdown file")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     return p
@@ -377,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.summary:
         summary = markdown_table(SUMMARY_COLUMNS, summary_table(rows, args.summary))
         text += f"\n{args.summary} by setting (initialisation, label fraction, pre-processing):\n\n{summary}"
-        text += "".join(f"\n{note}\n" for note in repeated_seed_notes(rows))
+        text += "".join(f"\n{note}\n" for note in [*repeated_seed_notes(rows), *same_cases_notes(rows)])
     print(text, end="")
     try:
         for value, content in ((args.markdown, text), (args.csv, csv_table(columns, rows))):

@@ -1,0 +1,173 @@
+"""``medgmae-runs-table --summary METRIC``: the runs of each setting together, and notes on runs that are not what
+their settings say.
+
+A setting is one initialisation (the encoder's kind), label fraction and pre-processing (:data:`SETTING_KEYS`):
+runs of another spacing or HU window are never pooled; runs from several encoder files of one kind are (a study over
+pre-training seeds), their files named. :func:`summary_table` gives each setting's runs, how many of them scored, the
+metric's mean, sample standard deviation, minimum and maximum. Two notes go under it: :func:`repeated_seed_notes`
+for a setting that holds one training seed more than once from one encoder file (those runs are no independent
+repeats), and :func:`same_cases_notes` for label fractions of one initialisation and pre-processing that trained on
+the same number of cases of the same data (at least one case is always kept, so 1 % and 10 % of 6 cases are both one
+case: one experiment, not two label fractions). Only the latter reads the runs' ``training_cases.json`` again (their
+data source and chosen cases); the rest works on the rows of :func:`medgmae.finetune.runs_table.runs_table`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["SUMMARY_METRICS", "PREPROCESSING_COLUMNS", "SUMMARY_COLUMNS", "SETTING_KEYS", "markdown_cell",
+           "summary_table", "repeated_seed_notes", "same_cases_notes"]  # fmt: skip
+
+#: The metrics ``--summary`` can gather across the runs of one setting.
+SUMMARY_METRICS = ("best_dice", "last_dice", "eval_dice")
+#: The run's pre-processing, the runs table's last columns (after those of earlier releases, which keep their places).
+PREPROCESSING_COLUMNS = ["spacing", "hu_window", "orientation"]
+#: The summary table's columns; a setting is the first two and the last three together (:data:`SETTING_KEYS`).
+SUMMARY_COLUMNS = ["init", "label_fraction", "runs", "scored", "mean", "sd", "min", "max", "training_seeds", "encoder",
+                   *PREPROCESSING_COLUMNS]  # fmt: skip
+#: What tells the settings of :func:`summary_table` apart.
+SETTING_KEYS = ("init", "label_fraction", *PREPROCESSING_COLUMNS)
+#: How many label fractions a note says are one experiment, in words.
+_HOW_MANY = {2: ("both", "two"), 3: ("all", "three")}
+
+
+def markdown_cell(value: Any) -> str:
+    """A markdown cell: numbers of Dice and fractions to 4 decimals, nothing for ``None``, ``|`` escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return " ".join(str(value).splitlines()).replace("|", "\\|")
+
+
+def _settings(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
+    """The rows by setting (their :data:`SETTING_KEYS` values), in order of first appearance."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(key) for key in SETTING_KEYS), []).append(row)
+    return groups
+
+
+def summary_table(rows: Sequence[dict], metric: str) -> list[dict]:
+    """The runs of each setting gathered, for a study repeated over seeds.
+
+    Args:
+        rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`.
+        metric: one of :data:`SUMMARY_METRICS`.
+
+    Returns:
+        One row per setting (``init``, ``label_fraction``, ``spacing``, ``hu_window`` and ``orientation`` together:
+        runs of other pre-processing are never pooled; runs of several encoder files of one kind are, as a study
+        repeated over pre-training seeds needs) in order of first appearance, keyed by :data:`SUMMARY_COLUMNS`:
+        ``runs`` (all its runs), ``scored`` (those with a value of ``metric``), the values' ``mean``, sample standard
+        deviation ``sd`` (``None`` below two values), ``min`` and ``max`` (``None`` without values), the runs'
+        training seeds (``"-"`` where a run does not record one) and their encoder files (``encoder``, in order of
+        first appearance, comma-separated).
+    """
+    if metric not in SUMMARY_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(SUMMARY_METRICS)}, got {metric!r}")
+    out = []
+    for setting, runs in _settings(rows).items():
+        values = [r[metric] for r in runs if r[metric] is not None]
+        seeds = ", ".join("-" if r["training_seed"] is None else str(r["training_seed"]) for r in runs)
+        out.append({**dict(zip(SETTING_KEYS, setting)), "runs": len(runs), "scored": len(values),
+                    "mean": statistics.mean(values) if values else None,
+                    "sd": statistics.stdev(values) if len(values) > 1 else None,
+                    "min": min(values, default=None), "max": max(values, default=None), "training_seeds": seeds,
+                    "encoder": ", ".join(dict.fromkeys(r.get("encoder") or "" for r in runs))})  # fmt: skip
+    return out
+
+
+def _named(pairs: Sequence[tuple[str, Any]]) -> str:
+    """A setting's ``(key, value)`` pairs as the notes name them: ``init scratch, label_fraction 0.1000, ...``."""
+    return ", ".join(f"{key} {markdown_cell(value) or '-'}" for key, value in pairs)
+
+
+def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
+    """A note per training seed that one setting of :func:`summary_table` holds more than once from one encoder
+    file: those runs are no independent repeats (and the setting's ``sd`` no spread over them).
+
+    Args:
+        rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`.
+
+    Returns:
+        One line each, naming the setting, the seed, its runs and their subset seeds; none where every setting's
+        recorded training seeds differ (runs that record none are not compared).
+    """
+    notes = []
+    for setting, runs in _settings(rows).items():
+        by_seed: dict[Any, list[dict]] = {}
+        for run in runs:
+            if run.get("training_seed") is not None:  # the same seed from another encoder file: another repeat
+                by_seed.setdefault((run["training_seed"], run.get("encoder") or ""), []).append(run)
+        named = _named(list(zip(SETTING_KEYS, setting)))
+        for (seed, _), same in by_seed.items():
+            if len(same) > 1:
+                notes.append(f"note: {named}: training seed {seed} in {len(same)} runs ({', '.join(r['run'] for r in same)};"
+                             f" subset seeds {', '.join(str(r.get('subset_seed')) for r in same)}): not independent "
+                             "repeats over training seeds; give each run its own --seed")  # fmt: skip
+    return notes
+
+
+def _trained_on(run: dict) -> tuple[tuple, str] | None:
+    """``((cases kept, training cases, data source), chosen cases)`` of the run of a row as its
+    ``training_cases.json`` records them (the data source as the run record names it: its datalist, else its
+    dataset folder, else ``phantom data``; the chosen cases as JSON text); ``None`` where the record does not read,
+    holds no consistent count, or no longer agrees with the row (nothing is then said of the run)."""
+    from medgmae.finetune.run_record import read_run_record
+
+    try:
+        record = read_run_record(Path(str(run["run"])).expanduser())
+    except ValueError:  # read once already; it no longer reads
+        return None
+    cases, total = (record or {}).get("cases"), (record or {}).get("num_total")
+    if not cases or isinstance(total, bool) or not isinstance(total, int) or total < len(cases):
+        return None
+    if run.get("training_cases") != len(cases):  # read once already; changed since: not compared
+        return None
+    source = str(record.get("datalist") or record.get("dataset_dir") or "phantom data")
+    return (len(cases), total, source), json.dumps(cases, sort_keys=True)
+
+
+def same_cases_notes(rows: Sequence[dict]) -> list[str]:
+    """A note per group of settings of :func:`summary_table` that differ only in their label fraction and whose
+    runs all trained on the same number of cases of the same data (at least one case is kept, so two fractions
+    of few cases can keep as many): one experiment, not several label fractions.
+
+    Args:
+        rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`; each run's ``training_cases.json`` is read
+            for its data source (datalist, dataset folder, or phantom data) and its chosen cases.
+
+    Returns:
+        One line per such group, naming the initialisation and pre-processing, the label fractions (in order of
+        first appearance), the cases kept of how many and the data source; it says ``the same cases`` where every
+        setting's runs recorded the same chosen cases (one data source, the same case lists: phantom data, made in
+        each run's folder, never are), else ``the same number of cases``. None where the label fractions of each
+        initialisation and pre-processing kept different numbers of cases (a setting whose runs kept several, or do
+        not record them, is not compared).
+    """
+    groups: dict[tuple, dict[Any, set[str]]] = {}
+    for setting, runs in _settings(rows).items():
+        trained = [_trained_on(run) for run in runs]
+        if None in trained or len({kept for kept, _ in trained}) != 1:
+            continue
+        others = tuple((key, value) for key, value in zip(SETTING_KEYS, setting) if key != "label_fraction")
+        fraction = setting[SETTING_KEYS.index("label_fraction")]
+        groups.setdefault((others, trained[0][0]), {})[fraction] = {cases for _, cases in trained}
+    notes = []
+    for (others, (kept, total, source)), by_fraction in groups.items():
+        if len(by_fraction) < 2:
+            continue
+        fractions = [markdown_cell(f) for f in by_fraction]
+        same = all(cases == next(iter(by_fraction.values())) for cases in by_fraction.values())
+        every, count = _HOW_MANY.get(len(fractions), ("all", str(len(fractions))))
+        notes.append(f"note: {_named(others)}: label fractions {', '.join(fractions[:-1])} and "
+                     f"{fractions[-1]} {every} trained on {'the same cases' if same else 'the same number of cases'}, "
+                     f"{kept} of {total} (effective fraction {markdown_cell(kept / total)}; {source}): one experiment, "
+                     f"not {count} label fractions; choose fractions that keep different numbers of the {total} "
+                     "training cases")  # fmt: skip
+    return notes
