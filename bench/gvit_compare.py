@@ -1,6 +1,7 @@
 """GViT on the default phantom-slice task: with and without guidance, against a patch ViT of the same size.
 
-All models use the same data, batch size, optimiser (AdamW, betas 0.9/0.95, weight decay 0.05), learning rate and
+All models use the same data, batch size, optimiser (AdamW, betas 0.9/0.95, weight decay 0.05 under MAE's rule:
+biases, norms, tokens and position embeddings not decayed, ``medgmae.engine.decay_rule``), learning rate and
 warm-up + cosine schedule. GViT runs its three phases; the warm-up and classifier phases are shared by the two
 GViT variants (identical up to that point), which then differ only in the joint phase (gamma = 0.1 or 0). The patch
 ViT has the widths and depth of GViT's classifier and is trained with cross-entropy for as many epochs as GViT's
@@ -34,6 +35,7 @@ from monai.utils import set_determinism
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
 
+from medgmae.engine.decay_rule import decay_groups  # noqa: E402
 from medgmae.files import atomic_write  # noqa: E402
 from medgmae.twod.classification_data import load_classification_data, make_dataset  # noqa: E402
 from medgmae.twod.phantom_task import write_phantom_slice_task  # noqa: E402
@@ -48,7 +50,7 @@ def _params(m: torch.nn.Module) -> int:
 
 
 def _train_patch_vit(model, loader, epochs, lr, device):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+    opt = torch.optim.AdamW(decay_groups(model, 0.05), lr=lr, betas=(0.9, 0.95))  # MAE's rule, as GViT's phases
     total = max(1, epochs * len(loader))
     sched = WarmupCosineSchedule(opt, warmup_steps=int(0.1 * total), t_total=total, warmup_multiplier=0.1)
     trainer = SupervisedTrainer(
