@@ -75,8 +75,12 @@ class _EventFile:
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
         except OSError as e:
             raise (write_failure(self.path, e) or e) from e
-        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2",
-                                       source_metadata=event_pb2.SourceMetadata(writer=event_file_writer.__name__)))
+        try:
+            self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2",
+                                           source_metadata=event_pb2.SourceMetadata(writer=event_file_writer.__name__)))
+        except BaseException:
+            self.close()
+            raise
 
     def get_logdir(self) -> str:
         """The TensorBoard folder."""
