@@ -27,7 +27,7 @@ from medgmae.distributed import is_main_process, process_count, process_rank
 from medgmae.files import os_error_message
 
 __all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "InputRefusal", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "TRACEBACK_ENV",
-           "Terminated", "catch_sigterm",
+           "Terminated", "catch_sigterm", "exception_chain",
            "checkpoint_files", "data_worker_init", "on_sigint", "on_sigterm", "stopped_run_advice", "summarise_errors"]
 
 
@@ -142,7 +142,7 @@ def _kill_by_sigterm() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and its causes, outermost first (``raise ... from`` causes, then implicit contexts)."""
     chain, seen = [exc], {id(exc)}
     while True:
@@ -350,7 +350,7 @@ def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume:
 
     def hook(exc_type, exc, tb) -> None:
         _EXITING.append(True)
-        chain = _chain(exc) if isinstance(exc, BaseException) else []
+        chain = exception_chain(exc) if isinstance(exc, BaseException) else []
         # the outermost error MONAI did not wrap: the toolkit's message naming the file, not the library's under it
         reason = next((e for e in chain if not _is_monai_wrapper(e)), chain[-1]) if chain else None
         main = is_main_process()

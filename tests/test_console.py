@@ -372,3 +372,50 @@ def test_a_stop_in_validation_leaves_no_stats_handler_traceback_and_errors_keep_
             assert logged == (set() if error is Terminated else {"Exception: a broken batch"})
     finally:
         watched.removeHandler(lines)
+
+
+
+@pytest.mark.parametrize("logger_name", [None, "default"])
+def test_a_write_without_room_leaves_no_engine_error_lines_and_other_errors_keep_theirs(logger_name):
+    """Of an error, ignite logs ``Current run is terminating ...`` and ``Engine run is terminating ...`` and MONAI's
+    StatsHandler ``Exception: `` with the whole traceback, twice; of a write without room (an ``OutputWriteError``
+    under MONAI's transform wrappers) the run's last line names the file and the problem, so after
+    quiet_known_warnings none of them is left; an error of another kind keeps them."""
+    import errno
+
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import StatsHandler
+
+    from medgmae.write_failures import OutputWriteError
+
+    def no_room(batch, device=None, non_blocking=False, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            try:
+                raise OutputWriteError(errno.ENOSPC, "seg.nii.gz could not be written", "seg.nii.gz") from e
+            except OutputWriteError as failure:
+                raise RuntimeError("applying transform <SaveSegmentationd>") from failure
+
+    def broken(batch, device=None, non_blocking=False, **kwargs):
+        raise RuntimeError("a broken batch")
+
+    lines, stats_lines = _Lines(), _Lines()
+    kwargs = {} if logger_name == "default" else {"name": None}
+    logging.getLogger().addHandler(lines)
+    stats = StatsHandler(**kwargs).logger if logger_name == "default" else logging.getLogger("unused")
+    stats.addHandler(stats_lines)  # MONAI's own logger, which does not propagate to the root logger
+    try:
+        quiet_known_warnings()
+        for prepare in (no_room, broken):
+            evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.zeros(1, 2)}],
+                                            network=torch.nn.Linear(2, 1), prepare_batch=prepare)  # fmt: skip
+            StatsHandler(iteration_log=False, **kwargs).attach(evaluator)
+            lines.lines.clear(), stats_lines.lines.clear()
+            with pytest.raises(RuntimeError):
+                evaluator.run()
+            logged = [m for _, m in lines.lines + stats_lines.lines if "terminating" in m or m.startswith("Exception")]
+            assert len(logged) == (0 if prepare is no_room else 4), logged
+    finally:
+        logging.getLogger().removeHandler(lines)
+        stats.removeHandler(stats_lines)

@@ -241,6 +241,48 @@ def test_tensorboard_purge_step_is_the_iteration_after_the_newest_checkpoint(tmp
     assert _purge_step(tmp_path, True) is None
 
 
+_FULL_EVENTS_FILE = """
+import sys
+from medgmae.engine.tensorboard_writer import ResumeSummaryWriter
+from medgmae.write_failures import OutputWriteError
+writer = ResumeSummaryWriter(sys.argv[1], sys.argv[2], False)
+try:
+    for step in range(100000):
+        writer.add_scalar("loss", float(step), step)
+        writer.flush()
+except OutputWriteError as e:
+    print(step, e.filename, e.said, sep="\\n")
+writer.close()
+"""
+
+
+def test_a_full_events_file_is_named_in_the_callers_thread_and_keeps_whole_records(tmp_path):
+    """Under a 4 KiB file-size limit the writer raises, in the thread that logs, the toolkit's ``OutputWriteError``
+    naming the events file (TensorBoard's writing thread printed its own traceback and a bare ``OSError`` came
+    later); the file keeps the scalars logged before, each whole."""
+    import resource
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    logs = tmp_path / "tb"
+    done = subprocess.run([sys.executable, "-B", "-c", _FULL_EVENTS_FILE, str(logs), str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, preexec_fn=limit, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "Exception in thread" not in done.stderr, done
+    failed_at, name, said = done.stdout.splitlines()
+    (events,) = logs.glob("events.out.tfevents.*")
+    assert name == str(events) and said.startswith(f"{events} could not be written (File too large)")
+    assert said.endswith("The events logged before are kept") and events.stat().st_size <= 4096
+    shown = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    shown.Reload()
+    assert [(e.step, e.value) for e in shown.Scalars("loss")] == [(s, float(s)) for s in range(int(failed_at))]
+    assert int(failed_at) > 10
+
+
 def test_a_resumed_pending_epoch_logs_to_tensorboard_only_what_the_stopped_run_did_not(tmp_path):
     """Stopped while validating epoch 1 (iteration 3) after logging val/loss there; the resume validates epoch 1
     again: its writer leaves out val/loss at iteration 3 (shown once) and writes val/psnr, which the stop cut off."""

@@ -87,6 +87,48 @@ def test_an_output_file_that_cannot_be_written_is_refused_first(tmp_path, capsys
         main([str(scratch), "--csv", "a.csv", "--csv", "b.csv"])
 
 
+def test_a_file_where_the_outputs_folder_should_be_is_named_as_a_file(tmp_path, capsys):
+    scratch, _, _ = _study(tmp_path)
+    (tmp_path / "t.md").write_text("kept")
+    for given in (tmp_path / "t.md" / "x.md", tmp_path / "t.md" / "sub" / "x.md"):
+        assert main([str(scratch), "--markdown", str(given)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"medgmae-runs-table: error: --markdown {given}: {tmp_path / 't.md'} is an existing file, not a folder\n"
+
+
+def test_one_file_given_for_both_tables_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    scratch, _, _ = _study(tmp_path)
+    (tmp_path / "rt").mkdir()
+    (tmp_path / "rt" / "old.md").write_text("kept")
+    (tmp_path / "link.md").symlink_to(tmp_path / "rt" / "old.md")
+    monkeypatch.chdir(tmp_path)
+    for markdown, table in (("rt/same", "rt/same"), ("rt/same", "./rt/../rt/same"), ("link.md", "rt/old.md")):
+        assert main([str(scratch), "--markdown", markdown, "--csv", table]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == (
+            f"medgmae-runs-table: error: --markdown {markdown} and --csv {table} are one file: give each table its own\n")
+    assert sorted(p.name for p in (tmp_path / "rt").iterdir()) == ["old.md"] and (tmp_path / "link.md").read_text() == "kept"
+
+
+def test_a_table_without_room_is_named_once(tmp_path):
+    """Under a 64-byte file-size limit the markdown file cannot be written: one line names it, once."""
+    import resource
+    import subprocess
+    import sys
+
+    scratch, _, _ = _study(tmp_path)
+    md, before = tmp_path / "t.md", set(tmp_path.iterdir())
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    done = subprocess.run([sys.executable, "-B", "-m", "medgmae.finetune.runs_table", str(scratch), "--markdown", str(md)],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and set(tmp_path.iterdir()) == before, done  # no table, no temporary file
+    assert done.stderr.startswith(f"medgmae-runs-table: error: {md} could not be written (File too large): ")
+    assert done.stderr.count(str(md)) == 1 and len(done.stderr.splitlines()) == 1
+
+
 def test_the_pretrained_record_names_the_file_and_its_source(tmp_path):
     enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
     path = tmp_path / "encoder.pt"

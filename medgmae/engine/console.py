@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import time
 import warnings
 from typing import Any, Callable, Mapping
@@ -24,10 +25,12 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from medgmae.bundle_errors import exception_chain
 from medgmae.cli_types import as_bool
 from medgmae.distributed import is_main_process, rank_world, sharded_loader
 from medgmae.words import plural, plural_noun
 from medgmae.terminal import ProgressLines, progress_bars_shown
+from medgmae.write_failures import OutputWriteError
 
 __all__ = [
     "EpochProgress",
@@ -86,12 +89,28 @@ def _is_stop_traceback(record: logging.LogRecord) -> bool:
     return stop and str(record.getMessage()).startswith(_STATS_EXCEPTION)
 
 
+#: ignite's error lines of an engine stopped by an error, logged (with no traceback) while it handles the error.
+_IGNITE_STOPPED = ("Current run is terminating due to exception: ", _IGNITE_CTRL_C)
+
+
+def _is_write_failure_traceback(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is of a write without room, which the run's last line names with its file and problem
+    (:func:`medgmae.bundle_errors.summarise_errors`; with the whole traceback where that line is not the reason's):
+    a ``StatsHandler``'s ``Exception: `` with the traceback of an exception whose chain (causes and contexts) holds
+    an :class:`~medgmae.write_failures.OutputWriteError`, or ignite's ``Current run is terminating ...`` and
+    ``Engine run is terminating ...`` of one, logged as ignite handles it (so the exception being handled)."""
+    error = record.exc_info[1] if record.exc_info else None
+    if error is None and record.name.startswith("ignite.") and str(record.getMessage()).startswith(_IGNITE_STOPPED):
+        error = sys.exc_info()[1]  # a filter runs in the logging call, inside ignite's ``except`` block
+    return isinstance(error, BaseException) and any(isinstance(e, OutputWriteError) for e in exception_chain(error))
+
+
 class _DropStopTracebacks(logging.Filter):
     """On ``StatsHandler``'s own logger (MONAI's default, which has its own handler and does not propagate): drops
-    :func:`_is_stop_traceback` lines."""
+    :func:`_is_stop_traceback` and :func:`_is_write_failure_traceback` lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _is_stop_traceback(record)
+        return not (_is_stop_traceback(record) or _is_write_failure_traceback(record))
 
 
 def _stats_handler_logger() -> logging.Logger:
@@ -104,8 +123,9 @@ def _stats_handler_logger() -> logging.Logger:
 
 
 class _ConsoleLines(logging.Filter):
-    """On a log handler: drops :data:`IGNITE_START` of every engine, its empty error line after Ctrl-C and a
-    ``StatsHandler``'s traceback of a Ctrl-C / SIGTERM stop, and on training processes other than rank 0 the
+    """On a log handler: drops :data:`IGNITE_START` of every engine, its empty error line after Ctrl-C, a
+    ``StatsHandler``'s traceback of a Ctrl-C / SIGTERM stop, the error lines of a write without room
+    (:func:`_is_write_failure_traceback`), and on training processes other than rank 0 the
     information lines of ignite and the toolkit (each would repeat rank 0's); warnings and errors stay."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -113,6 +133,8 @@ class _ConsoleLines(logging.Filter):
         if record.name.startswith("ignite.") and (message.startswith(IGNITE_START) or message == _IGNITE_CTRL_C):
             return False
         if _is_stop_traceback(record):  # a StatsHandler given the engine's logger (name=None)
+            return False
+        if _is_write_failure_traceback(record):  # the run's last line names the file
             return False
         return not (record.levelno <= logging.INFO and record.name.split(".")[0] in ("ignite", "medgmae")
                     and not is_main_process())  # fmt: skip
@@ -128,8 +150,9 @@ def _drop_start_notice(engine: Engine) -> None:
 
 def quiet_known_warnings() -> None:
     """Filter the notices listed in :data:`KNOWN_HARMLESS` (by exact message start), a validation
-    ``StatsHandler``'s traceback of a Ctrl-C / SIGTERM stop, and on the root logger's handlers ignite's start notice
-    of every engine (:data:`IGNITE_START`) and, on ranks other than 0, the information lines of ignite and the
+    ``StatsHandler``'s traceback of a Ctrl-C / SIGTERM stop or of a write without room, and on the root logger's
+    handlers ignite's start notice of every engine (:data:`IGNITE_START`), the error lines of a write without room
+    (the run's last line names the file) and, on ranks other than 0, the information lines of ignite and the
     toolkit; idempotent.
 
     Call it before the data pipeline is built (the bundles do so from their ``initialize`` step, after MONAI's

@@ -278,7 +278,20 @@ def _out_problem(value: str | None, flag: str) -> str | None:
     if path.is_dir():
         return f"{flag} {value} is a folder: give the file to write"
     if not path.parent.is_dir():
+        above = next((folder for folder in path.parents if folder.exists()), None)
+        if above is not None and not above.is_dir():  # a file where a folder of the path should be
+            return f"{flag} {value}: {above} is an existing file, not a folder"
         return f"{flag} {value}: no folder {path.parent} to write it in"
+    return None
+
+
+def _outs_problem(markdown: str | None, csv_file: str | None) -> str | None:
+    """Why the tables cannot be written to the ``--markdown`` and ``--csv`` files, else ``None``: each file's
+    :func:`_out_problem`, or one file named by both (the CSV would replace the markdown)."""
+    if problem := _out_problem(markdown, "--markdown") or _out_problem(csv_file, "--csv"):
+        return problem
+    if markdown is not None and csv_file is not None and Path(markdown).resolve() == Path(csv_file).resolve():
+        return f"--markdown {markdown} and --csv {csv_file} are one file: give each table its own"
     return None
 
 
@@ -286,12 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``medgmae-runs-table`` entry point: prints the table; 0 when at least one run was read, 2 (with a message per
     folder) when none could be, or for bad flags or an output file that cannot be written."""
     from medgmae.cli_types import expand_home
+    from medgmae.files import os_error_message
 
     args = expand_home(build_parser().parse_args(argv))
-    for value, flag in ((args.markdown, "--markdown"), (args.csv, "--csv")):
-        if problem := _out_problem(value, flag):
-            print(f"{PROG}: error: {problem}", file=sys.stderr)
-            return 2
+    if problem := _outs_problem(args.markdown, args.csv):
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
     columns, rows, messages = runs_table(args.runs, args.per_class)
     for message in messages:
         print(f"{PROG}: {message}", file=sys.stderr)
@@ -309,8 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if value is not None:
                 _write(Path(value), content)
                 print(f"wrote {value}")
-    except OSError as e:
-        print(f"{PROG}: error: {e.filename or value}: {e.strerror or e}", file=sys.stderr)
+    except OSError as e:  # a write without room is named in the words of the other tools, its file once
+        said = os_error_message(e) or f"{e.filename or value}: {e.strerror or e}"
+        print(f"{PROG}: error: {said}", file=sys.stderr)
         return 2
     return 0
 
