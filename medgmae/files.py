@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections import Counter
@@ -19,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from medgmae.missing_paths import missing_path_message
-from medgmae.temp_names import WRITER, temp_name
+from medgmae.temp_names import remove_interrupted_writes, staging_prefix, temp_name
 from medgmae.write_failures import OutputWriteError, moved_failure, write_failure
 from medgmae.words import plural
 
@@ -180,20 +179,39 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         The temporary path to write to.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with _named_failure(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / temp_name(path.name)
     try:
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to the temporary file for {path}")
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # a full disk, whichever library wrote: named with the file
-        if (failure := write_failure(path, e)) is None or failure is e:
+    except (OSError, RuntimeError) as e:  # no room, or a read-only folder, whichever library wrote: named with the file
+        if (failure := write_failure(path, e, tmp)) is None or failure is e:
             raise
         raise failure from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a folder made read-only after the file was written: the error above tells
+            pass
+
+
+@contextmanager
+def _named_failure(path: Path, staging: Path | None = None) -> Iterator[None]:
+    """Raise an error of the block that :func:`~medgmae.write_failures.write_failure` knows (no room, no permission)
+    as an :class:`OutputWriteError` naming ``path``, or with ``staging`` the file below ``path`` that the staged file
+    it names was to become (a folder's own error names itself)."""
+    try:
+        yield
+    except OSError as e:
+        name = Path(os.fsdecode(e.filename)) if e.filename is not None and staging is not None else path
+        if staging is not None and name.is_relative_to(staging):
+            name = path / name.relative_to(staging)
+        if (failure := write_failure(name, e)) is None or failure is e:
+            raise
+        raise failure from e
 
 
 @contextmanager
@@ -217,11 +235,13 @@ def staged_outputs(target: str | os.PathLike, remove_stale: bool = False) -> Ite
         The staging folder to write into.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    with _named_failure(target):  # a read-only folder: named by the output folder, not the staging folder
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(target.name), dir=target.parent))
     try:
         yield staging
-        _move_into(staging, target, remove_stale)
+        with _named_failure(target, staging):
+            _move_into(staging, target, remove_stale)
     except OutputWriteError as e:  # named by the file it was to become, not by the staging folder's
         raise moved_failure(e, staging, target) from e.__cause__
     finally:
@@ -253,33 +273,6 @@ def _move_into(src: Path, dst: Path, remove_stale: bool) -> None:
         for old in sorted(dst.iterdir()):
             if old.name not in written:
                 _remove(old)
-
-
-#: What a writer killed mid-write (SIGKILL, power loss) leaves, by the exact names the toolkit makes:
-#: :func:`atomic_write`'s temporary files (``.tmp-<host>.<pid>-<12 hex>-<name>``, and ``.tmp-<12 hex>-<name>`` of
-#: earlier versions; files only) and the ``tempfile.mkdtemp`` folders of :func:`staged_outputs`
-#: (``.<name>.staging-<8>``), and the ``.best-<8>`` folders earlier versions wrote the pre-training's best model in.
-_LEFTOVER_FILE = re.compile(rf"^\.tmp-({WRITER})?[0-9a-f]{{12}}-[^/]+"
-                            r"\.(pt|json|gz|nii|png|md|csv|ts|ply|npy|txt)$")
-_LEFTOVER_DIR = re.compile(r"^(\.[^/]+\.staging-|\.best-)[a-z0-9_]{8}$")
-
-
-def remove_interrupted_writes(folder: str | os.PathLike) -> list[Path]:
-    """Remove, directly inside ``folder``, the temporary files and staging folders of writes that were killed before
-    they finished (a clean error removes its own); call it where no writer of ``folder`` can be running (a training
-    run's start). A checkpoint being written when the process was killed can be gigabytes.
-
-    Returns:
-        What was removed.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = sorted(p for p in folder.iterdir() if not p.is_symlink() and (
-        (p.is_file() and _LEFTOVER_FILE.match(p.name)) or (p.is_dir() and _LEFTOVER_DIR.match(p.name))))  # fmt: skip
-    for p in found:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    return found
 
 
 def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:

@@ -1,11 +1,13 @@
-"""The temporary files of atomic writes (:func:`medgmae.files.atomic_write`), named after their writer:
-``.tmp-<host>.<pid>-<12 hex>-<name>``.
+"""The temporary files of atomic writes (:func:`medgmae.files.atomic_write`) and the staging folders of sets of
+outputs (:func:`medgmae.files.staged_outputs`), named after their writer: ``.tmp-<host>.<pid>-<12 hex>-<name>``,
+``.<name>.staging-<host>.<pid>-<8>``.
 
-A write killed before its rename (SIGKILL, a batch system's time limit) leaves its temporary file. In a folder that
-one run owns, the next run removes such files (:func:`medgmae.files.remove_interrupted_writes`); in a folder shared
-by runs (``reconstruct --matrix-dir``, the pre-processing cache) another run may be writing one, so a file is
-removed only when its name says that it was written on this host by a process that is no longer running, or when it
-has not changed for :data:`STALE_SECONDS` whoever wrote it (:func:`remove_dead_writers_files`): the writer of a
+A write killed before its rename (SIGKILL, a batch system's time limit) leaves its temporary file or staging folder.
+In a folder that one run owns, the next run removes such files (:func:`remove_interrupted_writes`); in a folder
+shared by runs (``reconstruct --matrix-dir``, the pre-processing cache, a command-line tool's output:
+:func:`remove_dead_writes_of`) another run may be writing one, so a file is removed only when its name says that it
+was written on this host by a process that is no longer running, or when it has not changed for
+:data:`STALE_SECONDS` whoever wrote it (:func:`remove_dead_writers_files`): the writer of a
 container's main process (process id 1, alive in every PID namespace) or of a container with a host name of its own
 (Docker's default) is never told dead by its name. Light on purpose: the standard library only.
 """
@@ -13,22 +15,29 @@ container's main process (process id 1, alive in every PID namespace) or of a co
 from __future__ import annotations
 
 import fnmatch
+import glob
 import hashlib
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
 from pathlib import Path
 
-__all__ = ["HOST_CHARS", "RECENT_SECONDS", "REMOVED_BECAUSE", "STALE_SECONDS", "TEMP_NAME", "WRITER", "host_tag",
-           "process_alive", "remove_dead_writers_files", "temp_name"]
+__all__ = ["HOST_CHARS", "RECENT_SECONDS", "REMOVED_BECAUSE", "STAGING_NAME", "STALE_SECONDS", "TEMP_NAME", "WRITER",
+           "host_tag", "process_alive", "remove_dead_writers_files", "remove_dead_writes_of", "remove_interrupted_writes",
+           "staging_prefix", "temp_name"]
 
 #: The writer part of a temporary name, ``<host>.<pid>-`` (:func:`host_tag`, the process id), as a pattern.
 WRITER = r"(?P<host>[A-Za-z0-9.-]+?)\.(?P<pid>\d+)-"
 
 #: A temporary name: its writer (:data:`WRITER`), 12 random hex digits, the final file name.
 TEMP_NAME = re.compile(rf"^\.tmp-{WRITER}[0-9a-f]{{12}}-(?P<name>.+)$")
+
+#: A staging folder of :func:`medgmae.files.staged_outputs`: the folder it fills (``name``), its writer
+#: (:data:`WRITER`), the 8 characters ``tempfile.mkdtemp`` adds.
+STAGING_NAME = re.compile(rf"^\.(?P<name>.+)\.staging-{WRITER}[a-z0-9_]{{8}}$")
 
 #: The most characters of the host name a temporary name carries (:func:`host_tag`).
 HOST_CHARS = 32
@@ -67,6 +76,12 @@ def temp_name(name: str) -> str:
     return f".tmp-{host_tag()}.{os.getpid()}-{uuid.uuid4().hex[:12]}-{name}"
 
 
+def staging_prefix(name: str) -> str:
+    """The start of the name of a staging folder for the folder ``name`` (``tempfile.mkdtemp`` adds 8 characters),
+    carrying this host and process (:data:`STAGING_NAME`)."""
+    return f".{name}.staging-{host_tag()}.{os.getpid()}-"
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process ``pid`` runs on this host (signal 0 is sent: nothing is delivered). ``True`` where that
     cannot be told (another user's process; Windows, where ``os.kill`` would end it)."""
@@ -84,15 +99,16 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*") -> list[Path]:
-    """Remove, directly inside ``folder``, the temporary files (:data:`TEMP_NAME`) of writers that were killed: those
-    written on this host by a process that no longer runs and unchanged for :data:`RECENT_SECONDS`, and those
-    unchanged for :data:`STALE_SECONDS` whatever their host and process (a container's writer). Newer files of live
-    writers and of other hosts, and temporary names without a writer (older versions) are left as they are; a
-    message naming what was removed says why with :data:`REMOVED_BECAUSE`.
+    """Remove, directly inside ``folder``, the temporary files (:data:`TEMP_NAME`) and staging folders
+    (:data:`STAGING_NAME`) of writers that were killed: those written on this host by a process that no longer runs
+    and unchanged for :data:`RECENT_SECONDS`, and those unchanged for :data:`STALE_SECONDS` whatever their host and
+    process (a container's writer); a staging folder changes as long as anything in it does. Newer ones of live
+    writers and of other hosts, and names without a writer (older versions) are left as they are; a message naming
+    what was removed says why with :data:`REMOVED_BECAUSE`.
 
     Args:
         folder: a folder shared by runs (nothing happens when it does not exist).
-        names: a glob the final file names must match (e.g. ``"projector_matrix-*.pt"``).
+        names: a glob the final file (or folder) names must match (e.g. ``"projector_matrix-*.pt"``).
 
     Returns:
         What was removed.
@@ -102,18 +118,81 @@ def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*") -> li
         return []
     host, now, removed = host_tag(), time.time(), []
     for path in sorted(folder.iterdir()):
-        found = TEMP_NAME.match(path.name)
+        found = TEMP_NAME.match(path.name) or STAGING_NAME.match(path.name)
         if found is None or not fnmatch.fnmatchcase(found["name"], names):
             continue
         try:
-            if path.is_symlink() or not path.is_file():
+            staging = found.re is STAGING_NAME
+            if path.is_symlink() or not (path.is_dir() if staging else path.is_file()):
                 continue
-            age = now - path.stat().st_mtime
+            age = now - (_newest_change(path) if staging else path.stat().st_mtime)
             dead = found["host"] == host and age >= RECENT_SECONDS and not process_alive(int(found["pid"]))
             if not (dead or age >= STALE_SECONDS):
                 continue
-            path.unlink()
+            shutil.rmtree(path) if staging else path.unlink()
         except OSError:  # removed by another run first, or not ours to remove (another user's, a read-only folder)
             continue
         removed.append(path)
     return removed
+
+
+def _newest_change(folder: Path) -> float:
+    """The latest modification time of ``folder`` and of anything below it (links not followed)."""
+    newest = folder.lstat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:  # removed meanwhile
+                pass
+    return newest
+
+
+def remove_dead_writes_of(output: str | os.PathLike, folder: bool) -> str | None:
+    """Remove what killed writers left of a command-line tool's output (:func:`remove_dead_writers_files`): for an
+    output file, in its folder; for an output folder, in it and its staging folders beside it
+    (``.<name>.staging-*``). Call it at the tool's start: several runs may share these folders, and a live writer's
+    files stay.
+
+    Args:
+        output: the output file or folder given.
+        folder: whether ``output`` is a folder.
+
+    Returns:
+        The one line saying what was removed, or ``None`` when nothing was.
+    """
+    output = Path(output)
+    removed = remove_dead_writers_files(output) if folder else []
+    removed += remove_dead_writers_files(output.parent, glob.escape(output.name) if folder else "*")
+    if not removed:
+        return None
+    said = "1 killed write" if len(removed) == 1 else f"{len(removed)} killed writes"
+    return f"removed what {said} left of {output}: {', '.join(map(str, removed))} ({REMOVED_BECAUSE})"
+
+
+#: What a writer killed mid-write (SIGKILL, power loss) leaves, by the exact names the toolkit makes:
+#: :func:`medgmae.files.atomic_write`'s temporary files (``.tmp-<host>.<pid>-<12 hex>-<name>``, and
+#: ``.tmp-<12 hex>-<name>`` of earlier versions; files only) and the ``tempfile.mkdtemp`` folders of
+#: :func:`medgmae.files.staged_outputs` (``.<name>.staging-<host>.<pid>-<8>``, and ``.<name>.staging-<8>`` of earlier
+#: versions), and the ``.best-<8>`` folders earlier versions wrote the pre-training's best model in.
+_LEFTOVER_FILE = re.compile(rf"^\.tmp-({WRITER})?[0-9a-f]{{12}}-[^/]+"
+                            r"\.(pt|json|gz|nii|png|md|csv|ts|ply|npy|txt)$")
+_LEFTOVER_DIR = re.compile(rf"^(\.[^/]+\.staging-({WRITER})?|\.best-)[a-z0-9_]{{8}}$")
+
+
+def remove_interrupted_writes(folder: str | os.PathLike) -> list[Path]:
+    """Remove, directly inside ``folder``, the temporary files and staging folders of writes that were killed before
+    they finished (a clean error removes its own); call it where no writer of ``folder`` can be running (a training
+    run's start). A checkpoint being written when the process was killed can be gigabytes.
+
+    Returns:
+        What was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.iterdir() if not p.is_symlink() and (
+        (p.is_file() and _LEFTOVER_FILE.match(p.name)) or (p.is_dir() and _LEFTOVER_DIR.match(p.name))))  # fmt: skip
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return found

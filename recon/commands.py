@@ -2,7 +2,8 @@
 (``simulate`` is in :mod:`recon.simulate_command`, ``reconstruct`` in :mod:`recon.reconstruct_command`, ``select``
 in :mod:`recon.select_command`, ``geometry`` in :mod:`recon.geometry_command`; the options in :mod:`recon.cli`). A command's output folder
 is written through :func:`medgmae.files.staged_outputs`: its files move in only when all were written, merged with
-what the folder already holds (a ``reconstruct`` run's saved state stays beside them)."""
+what the folder already holds (a ``reconstruct`` run's saved state stays beside them). The check of an output
+removes what killed runs left of it (a temporary file, a staging folder), a live run's excepted."""
 
 from __future__ import annotations
 
@@ -18,27 +19,15 @@ import torch
 
 from medgmae.files import output_dir_problem, path_length_problem
 from medgmae.folder_lock import folder_made
+from medgmae.temp_names import remove_dead_writes_of
 from medgmae.volume_units import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
 from medgmae.volume_units import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
 from recon.cli_names import CLIError, Interrupted
 from recon.geometry import CTGeometry
 
-__all__ = [
-    "CLIError",
-    "Interrupted",
-    "check_out_file",
-    "check_out_folder",
-    "check_same_grid",
-    "check_units",
-    "cmd_evaluate",
-    "cmd_fbp",
-    "load_matching_volume",
-    "load_scan",
-    "output_lines",
-    "placed_geometry",
-    "resolve_cli_device",
-    "Scan",
-]
+__all__ = ["CLIError", "Interrupted", "check_out_file", "check_out_folder", "check_same_grid", "check_units",
+           "cmd_evaluate", "cmd_fbp", "load_matching_volume", "load_scan", "output_lines", "placed_geometry",
+           "resolve_cli_device", "Scan"]
 
 
 def resolve_cli_device(name: str) -> torch.device:
@@ -254,12 +243,14 @@ def output_lines(out: Path, files: dict[str, str]) -> list[str]:
     return [f"outputs in {out}:", *(f"  {Path(out) / name}  ({what})" for name, what in files.items())]
 
 
-def check_out_folder(path: str, flag: str = "--out") -> Path:
-    """Check, before any work, that ``path`` can become an output folder.
+def check_out_folder(path: str, flag: str = "--out", output: bool = True) -> Path:
+    """Check, before any work, that ``path`` can become an output folder; remove what killed runs left of it.
 
     Args:
         path: the folder given.
         flag: the option, as the message names it.
+        output: whether ``path`` is the command's output, whose leftovers are removed here (a cache folder such as
+            ``--matrix-dir`` removes its own as it is read).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -271,11 +262,13 @@ def check_out_folder(path: str, flag: str = "--out") -> Path:
     problem = output_dir_problem(path)
     if problem:
         raise CLIError(f"{flag} {path}: {problem}")
+    if output:
+        _remove_dead_writes(Path(path), folder=True)
     return Path(path)
 
 
 def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()) -> Path:
-    """Check, before any work, that ``path`` can become an output file.
+    """Check, before any work, that ``path`` can become an output file; remove what killed runs left beside it.
 
     Args:
         path: the file given.
@@ -299,7 +292,15 @@ def check_out_file(path: str, flag: str = "--out", endings: tuple[str, ...] = ()
     problem = output_dir_problem(p.parent)
     if problem:
         raise CLIError(f"{flag} {path}: {problem}")
+    _remove_dead_writes(p, folder=False)
     return p
+
+
+def _remove_dead_writes(out: Path, folder: bool) -> None:
+    """Remove what killed runs' writes left of the output ``out`` (a temporary file, a staging folder: SIGKILL, the
+    OOM killer) and say so in one line (:func:`medgmae.temp_names.remove_dead_writes_of`); a live run's stay."""
+    if note := remove_dead_writes_of(out, folder):
+        print(f"note: {note}", flush=True)
 
 
 def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True, open_beam_floor: float = 0.0,

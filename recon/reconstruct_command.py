@@ -316,7 +316,7 @@ def _check_flags(args) -> None:
     that ``--out`` and ``--matrix-dir`` can be folders."""
     check_out_folder(args.out)
     if args.matrix_dir is not None:
-        check_out_folder(args.matrix_dir, "--matrix-dir")
+        check_out_folder(args.matrix_dir, "--matrix-dir", output=False)
         if args.backend not in ("auto", "matrix"):
             raise CLIError(f"--matrix-dir keeps the matrix backend's matrix; --backend {args.backend} builds none")
     _check_holdout_flags(args)

@@ -260,6 +260,30 @@ def test_an_error_within_an_epoch_saves_the_interrupted_state_once(tmp_path, mon
     assert writes.count("checkpoint_interrupted.pt") == 1 and "checkpoint_epoch=1.pt" in writes
 
 
+def test_an_interrupted_checkpoint_that_cannot_be_written_is_named_once(tmp_path, monkeypatch, caplog):
+    """A read-only file system under a failing run: ``torch.save``'s own words (``open file failed with strerror:
+    Read-only file system``) named no file; now the line names the checkpoint file and the reason, the path once."""
+    import medgmae.engine.checkpoint_handler as handlers
+    from medgmae.files import atomic_write
+
+    real = handlers.save_torch_atomic
+
+    def read_only(payload, path):
+        if Path(path).name != "checkpoint_interrupted.pt":
+            return real(payload, path)
+        with atomic_write(path):
+            raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: Read-only "
+                               "file system")
+
+    monkeypatch.setattr(handlers, "save_torch_atomic", read_only)
+    trainer = _trainer(tmp_path, 2, resume=False, fail_at=5)
+    with caplog.at_level(logging.ERROR, logger="medgmae.engine"), pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    said = next(r.getMessage() for r in caplog.records if "interrupted checkpoint" in r.getMessage())
+    assert said == (f"could not save the interrupted checkpoint: {tmp_path / 'checkpoint_interrupted.pt'} could not be "
+                    "written (Read-only file system): is its folder read-only, or another user's? Nothing of it was kept")
+
+
 def test_a_resume_in_a_folder_without_any_run_is_warned(tmp_path, caplog):
     """--resume true where no run has written (a mistyped --output_dir?) starts afresh with a warning, not quietly."""
     with caplog.at_level(logging.INFO, logger="medgmae.engine"):

@@ -70,3 +70,24 @@ def test_a_day_old_file_is_removed_whoever_wrote_it(tmp_path, writer):
         os.utime(path, (time.time() - hours * hour, time.time() - hours * hour))
     assert TEMP_NAME.match(old.name) and process_alive(1)  # pid 1 is alive in every PID namespace
     assert remove_dead_writers_files(tmp_path, "*.pt") == [old] and not old.exists() and recent.exists()
+
+
+def test_a_staging_folder_names_its_writer_and_a_live_writers_stays(tmp_path, dead_pid):
+    """A staging folder (:func:`medgmae.files.staged_outputs`) carried no writer, so what a killed run left could not
+    be told from what a live one was filling; now it carries host and process as temporary files do. A dead
+    writer's is removed with its content; this process's stays, as does a dead writer's still being changed."""
+    from medgmae.files import staged_outputs
+    from medgmae.temp_names import STAGING_NAME
+
+    with staged_outputs(tmp_path / "scan") as stage:
+        found = STAGING_NAME.match(stage.name)
+        assert found and found["name"] == "scan" and found["host"] == host_tag() and int(found["pid"]) == os.getpid()
+    live, dead, busy = (tmp_path / f".scan.staging-{host_tag()}.{pid}-{tail}" for pid, tail in
+                        ((os.getpid(), "live_123"), (dead_pid, "abcd_123"), (dead_pid, "efgh_456")))
+    then = time.time() - 3600
+    for folder in (live, dead, busy):
+        (folder / "sub").mkdir(parents=True)
+        for p in (folder, folder / "sub"):
+            os.utime(p, (then, then))
+    (busy / "sub" / "fbp.nii.gz").write_bytes(b"being written")  # changed just now
+    assert remove_dead_writers_files(tmp_path, "scan") == [dead] and live.exists() and busy.exists()

@@ -299,3 +299,26 @@ def test_gsplat_on_the_cpu_is_refused_in_the_tools_own_flags(model_file, tmp_pat
     err = capsys.readouterr().err
     assert "error: --backend gsplat: gsplat renders on CUDA devices only and --device cpu runs on cpu: use --backend torch" in err
     assert "backend='torch'" not in err and not out.exists()
+
+
+def test_a_killed_runs_staging_folder_beside_out_is_removed_by_the_next_run(model_file, tmp_path, capsys, dead_pid):
+    """SIGKILL while the outputs were staged left ``.<out>.staging-...`` for good; the next run into ``--out``
+    removes a dead writer's (named in one line) and leaves this live process's."""
+    import os
+    import time
+
+    from medgmae.temp_names import host_tag
+
+    out = tmp_path / "l"
+    dead, live = (tmp_path / f".l.staging-{host_tag()}.{pid}-{tail}" for pid, tail in ((dead_pid, "abcd_123"), (os.getpid(), "efgh_456")))
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "input.png").write_bytes(b"partial")
+        for p in (folder / "input.png", folder):
+            os.utime(p, (time.time() - 120, time.time() - 120))
+    capsys.readouterr()
+    assert main(["layers", "--checkpoint", str(model_file), "--image", str(tmp_path / "img.png"), "--out", str(out)]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "killed write" in line]
+    assert said == [f"medgmae-2d layers: note: removed what 1 killed write left of {out}: {dead} (their writer no "
+                    "longer runs on this host, or they were unchanged for 24 hours)"]
+    assert not dead.exists() and live.exists()

@@ -1,5 +1,6 @@
-"""A write without room (a full disk, a quota, a file-size limit) is named with its file and said in one line by the
-command-line tools, whichever library was writing; nothing of the file is kept. The reference is the system
+"""A write without room (a full disk, a quota, a file-size limit) or refused (a read-only folder or file system) is
+named with its file and said in one line by the command-line tools, whichever library was writing; nothing of the
+file is kept. The reference is the system
 itself: each case runs in a child process under a file-size limit (``RLIMIT_FSIZE``), which refuses writes past it
 with ``EFBIG`` as a full disk does with ``ENOSPC``."""
 
@@ -67,11 +68,83 @@ def test_every_writer_of_the_toolkit_names_the_file_it_could_not_write(tmp_path)
 
 
 def test_other_errors_pass_as_they_are():
-    """A permission error or a bug's RuntimeError is not a full disk."""
-    assert write_failure("a.pt", PermissionError(errno.EACCES, "Permission denied")) is None
+    """A bug's RuntimeError is not a full disk; a permission error about another file than the one written (an
+    input read while writing it) is not this write's."""
     assert write_failure("a.pt", RuntimeError("shape mismatch")) is None
+    assert write_failure("a.pt", PermissionError(errno.EACCES, "Permission denied", "in.nii.gz"), ".tmp-a.pt") is None
     full = write_failure("a.pt", OSError(errno.ENOSPC, "No space left on device"))
     assert isinstance(full, OutputWriteError) and full.errno == errno.ENOSPC and full.filename == "a.pt"
+
+
+REFUSALS = [errno.EACCES, errno.EROFS]
+
+
+def _refusal(code: int, *names) -> OSError:
+    return OSError(code, os.strerror(code), *map(str, names))
+
+
+@pytest.mark.parametrize("code", REFUSALS)
+@pytest.mark.parametrize("where", ["write", "rename", "torch"])
+def test_a_refused_write_names_the_final_file_not_the_temporary_one(tmp_path, monkeypatch, code, where):
+    """A folder made read-only mid-run, a read-only file system: the write of the temporary file (``open``'s
+    ``PermissionError``, ``torch.save``'s ``RuntimeError`` naming no file) or its rename was raised as it was,
+    naming the hidden temporary file (``.tmp-<host>.<pid>-...-encoder.pt``); now one :class:`OutputWriteError`
+    names the final file and the system's words, and no temporary file is left."""
+    from medgmae.files import atomic_write
+
+    final = tmp_path / "encoder.pt"
+    if where == "rename":
+        monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(_refusal(code, src, dst)))
+    with pytest.raises(OutputWriteError) as e:
+        with atomic_write(final) as tmp:
+            tmp.write_bytes(b"model")
+            if where == "write":
+                raise _refusal(code, tmp)
+            if where == "torch":
+                raise RuntimeError(f"[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                                   f"{os.strerror(code)}")
+    assert e.value.filename == str(final) and e.value.errno == code
+    assert e.value.said == (f"{final} could not be written ({os.strerror(code)}): is its folder read-only, or "
+                            "another user's? Nothing of it was kept")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code", REFUSALS)
+@pytest.mark.parametrize("where", ["staging", "move"])
+def test_a_refused_staged_output_names_the_file_it_was_to_become(tmp_path, monkeypatch, code, where):
+    """Creating the staging folder beside the output folder, or moving a staged file in (fine-tuning's validation
+    folder made read-only), raised ``PermissionError: '.validation.staging-.../metrics.json' -> ...``; now the error
+    names the output (folder or file) and no staging folder is left."""
+    import tempfile
+
+    from medgmae.files import staged_outputs
+
+    target = tmp_path / "validation"
+    if where == "staging":
+        monkeypatch.setattr(tempfile, "mkdtemp", lambda prefix, dir: (_ for _ in ()).throw(_refusal(code, f"{dir}/{prefix}x")))
+    else:
+        monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(_refusal(code, src, dst)))
+    with pytest.raises(OutputWriteError) as e:
+        with staged_outputs(target) as stage:
+            (stage / "metrics.json").write_text("{}")
+    named = target if where == "staging" else target / "metrics.json"
+    assert e.value.filename == str(named) and f"{named} could not be written ({os.strerror(code)})" in e.value.said
+    assert [p for p in tmp_path.rglob(".*")] == []  # no staging folder
+
+
+def test_a_tool_refused_its_output_says_so_in_one_line(tmp_path, simulated, monkeypatch, capsys):  # noqa: F811
+    """``medgmae-recon fbp`` on a read-only file system: the last line names the output file and the reason, the
+    status is 1 (a failure while writing), and no temporary file is left."""
+    from recon.cli import main
+
+    out = tmp_path / "fbp.nii.gz"
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(_refusal(errno.EROFS, src, dst)))
+    assert main(["fbp", "--projections", str(simulated / "projections.npy"), "--geometry",
+                 str(simulated / "geometry.json"), "--out", str(out), "--device", "cpu"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"medgmae-recon fbp: error: {out} could not be written (Read-only file system): is its folder "
+                   "read-only, or another user's? Nothing of it was kept"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["fbp", "medgmae-2d"])

@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``medgmae-datalist`` entry point: 0 on success; bad flags or unusable data exit with code 2 and the problem
     (nothing written); Ctrl-C exits with 130, nothing written."""
     from medgmae.cli_types import expand_home
-    from medgmae.files import save_json_atomic
+    from medgmae.files import os_error_message, save_json_atomic
     from medgmae.folder_lock import folder_made
 
     parser = build_parser()
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetError as e:
         _refuse(str(e))
     except OSError as e:  # a folder that cannot be listed, a datalist that cannot be written (nothing is left half-written)
-        _refuse(f"{e.filename or out}: {e.strerror or e}")
+        _refuse(os_error_message(e) or f"{e.filename or out}: {e.strerror or e}")
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was written", file=sys.stderr)
         return 130

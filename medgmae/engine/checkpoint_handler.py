@@ -35,7 +35,7 @@ from medgmae.engine.restore import records_first, restore_scaler, restore_states
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import restorable
 from medgmae.engine.step_guards import diverged_error, non_finite_weights
-from medgmae.files import remove_interrupted_writes
+from medgmae.files import os_error_message, remove_interrupted_writes
 from medgmae.torch_files import save_torch_atomic
 
 __all__ = ["CheckpointHandler"]
@@ -319,8 +319,9 @@ class CheckpointHandler:
                 logger.warning("%s at the failing step: its state is not saved as %s", nan_state, INTERRUPTED)
             else:
                 self.save(engine, INTERRUPTED, gather=False)
-        except Exception as save_error:  # never mask the original error
-            logger.error("could not save the interrupted checkpoint: %s", save_error)
+        except Exception as save_error:  # never mask the original error; a write's error names its file once
+            said = os_error_message(save_error) if isinstance(save_error, OSError) else None
+            logger.error("could not save the interrupted checkpoint: %s", said or save_error)
         raise self._advised(engine, e)
 
     def _advised(self, engine: Engine, e: BaseException) -> BaseException:

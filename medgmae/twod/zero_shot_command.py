@@ -19,6 +19,7 @@ from medgmae.engine import resolve_device
 from medgmae.words import plural
 from medgmae.files import output_dir_problem, os_error_message, save_json_atomic, staged_outputs
 from medgmae.folder_lock import FolderInUse, folder_held
+from medgmae.temp_names import remove_dead_writes_of
 from medgmae.twod import layering as L
 from medgmae.twod.cli import FIRST_COUNT, MAX_EXPLICIT_RENDER_EDGE, MAX_RENDER_EDGE
 from medgmae.twod.gmae import GMAE2D
@@ -177,11 +178,14 @@ def _check_backend(args) -> None:
         raise ValueError(f"--backend {args.backend}: {e}") from None
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that cannot become a folder (before any computation)."""
+def _check_out(command: str, out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a folder (before any computation); remove what killed runs left of it
+    (:func:`medgmae.temp_names.remove_dead_writes_of`), saying so."""
     problem = output_dir_problem(out)
     if problem:
         raise ValueError(f"--out {out}: {problem}")
+    if note := remove_dead_writes_of(out, folder=True):
+        print(f"medgmae-2d {command}: note: {note}", flush=True)
 
 
 def _run_layers(args, model, x, size) -> tuple[dict[str, Callable[[Path], object]], dict]:
@@ -297,7 +301,7 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     """:func:`main` once its ``--out`` is held: compute every output, then write them; the exit status."""
     try:
-        _check_out(args.out)
+        _check_out(args.command, args.out)
         _check_backend(args)
         model, x, size, reference, image = _load(args)
         run = _COMMANDS[args.command]
