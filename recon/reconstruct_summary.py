@@ -4,6 +4,7 @@ density-control rounds, the held-out choice, PSNR/SSIM, and the outputs written 
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def print_summary(metrics: dict, out: Path) -> None:
         what = "the run on every view stopped at" if h["refit"] else "the Gaussians of"
         lines.append(f"  held-out views {h['views']}: lowest held-out error {h['best_error']:.4g} at iteration {h['best_iteration']} "
                      f"(the run {how} at iteration {h['run_iterations']}); written: {what} iteration {h['best_iteration']}")  # fmt: skip
-        lines.append(f"  (runs of this scan with the same --holdout-views and other settings: medgmae-recon select --runs {out} ...)")
+        lines.append(f"  (runs of this scan with the same --holdout-views and other settings: medgmae-recon select --runs {shlex.quote(str(out))} ...)")
     if "final" in metrics:
         rows = (("FBP", "fbp"), ("start", "start"), ("Gaussians", "final")) if metrics.get("start") else (("FBP", "fbp"), ("Gaussians", "final"))
         for name, key in rows:  # start: the initial Gaussians, before the first iteration

@@ -150,7 +150,8 @@ def _folder_problem(path: Path, what: str) -> str:
              "zero-pad their numbers first")  # fmt: skip
     return (f"{head}; it holds {len(tiffs)} TIFF files ({by_number[0]} ... {by_number[-1]}): write them into one "
             f"multi-page TIFF, a page per image in order, with tifffile.imwrite('stack.tif', numpy.stack([tifffile.imread(f) "
-            f"for f in sorted(glob.glob('{path}/*')) if f.lower().endswith(('.tif', '.tiff'))]), photometric='minisblack'), "
+            f"for f in sorted(glob.glob(glob.escape({str(path)!r}) + '/*')) if f.lower().endswith(('.tif', '.tiff'))]), "
+            "photometric='minisblack'), "
             f"{order}")  # fmt: skip
 
 

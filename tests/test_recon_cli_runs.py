@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 import nibabel as nib
 import numpy as np
@@ -38,7 +39,7 @@ def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
     draws the held-out error, and --patience ends the run early."""
     from PIL import Image
 
-    out = tmp_path / "held"
+    out = tmp_path / "held out $1"  # the printed select line pastes into a shell as it is
     args = reconstruct_args(simulated, out, "--holdout-views", "2", "--patience", "1", "--iterations", "30", "--eval-every", "1",
                              "--num-gaussians", "300", "--reference", str(simulated / "reference.nii.gz"))  # fmt: skip
     assert main(args) == 0
@@ -52,7 +53,8 @@ def test_holdout_views_choose_the_iteration(simulated, tmp_path, capsys):
     ref = nib.load(str(simulated / "reference.nii.gz")).get_fdata()
     assert m["final"]["psnr"] == pytest.approx(evaluate(rec, ref)["psnr"], abs=1e-3)
     text = capsys.readouterr().out
-    assert "held-out views [2, 7]" in text and f"medgmae-recon select --runs {out} ..." in text
+    select = next(line for line in text.splitlines() if "medgmae-recon select --runs" in line)
+    assert "held-out views [2, 7]" in text and shlex.split(select.split("select ", 1)[1].rstrip(")"))[:2] == ["--runs", str(out)]
     assert Image.open(out / "curve.png").size == (640, 10 + 3 * 235)  # loss, held-out error, PSNR
 
 

@@ -163,10 +163,11 @@ def test_projection_shape_and_nan_errors_say_where(simulated, tmp_path, capsys):
     assert "contain 2 NaN or Inf values in 2 of 10 views (the first: view 3, row 1, column 2)" in capsys.readouterr().err
 
 
-def test_a_folder_of_one_tiff_per_view_is_refused_with_the_line_that_stacks_it(simulated, tmp_path, capsys):
+def test_a_folder_of_one_tiff_per_view_is_refused_with_the_line_that_stacks_it(simulated, tmp_path, capsys, monkeypatch):
     """Micro-CT scanners export one TIFF per view: given the folder as --projections (or --flat), the refusal names
-    its TIFF files, first and last, and the tifffile line that writes them as one multi-page TIFF; that stack, of
-    the files in name order, reads back as the scan's (views, rows, cols) array."""
+    its TIFF files, first and last, and the tifffile line that writes them as one multi-page TIFF; that line, run as
+    printed for a folder whose name holds a quote and ``[1]``, stacks the files in name order, which read back as the
+    scan's (views, rows, cols) array."""
     import glob
 
     import tifffile
@@ -174,21 +175,23 @@ def test_a_folder_of_one_tiff_per_view_is_refused_with_the_line_that_stacks_it(s
     from recon.scan_files import load_projections
 
     proj = np.load(simulated / "projections.npy")
-    views = tmp_path / "views"
+    views = tmp_path / "bob's views [1]"  # a quote and a glob class in the name: the printed line takes them literally
     views.mkdir()
     for i, view in enumerate(proj):
         tifffile.imwrite(views / f"proj_{i:04d}.{'TIF' if i % 2 else 'tif'}", view)  # a Windows export's .TIF too
     (views / "notes.txt").write_text("scanner log")
+    (tmp_path / "bob's views 1").mkdir()  # what '[1]' matches as a glob class: another scan's views
+    tifffile.imwrite(tmp_path / "bob's views 1" / "proj_0000.tif", proj[0] + 1)
     geometry = str(simulated / "geometry.json")
     for flags in (["--projections", str(views)], ["--projections", str(simulated / "projections.npy"), "--flat", str(views)]):
         assert main(["fbp", *flags, "--geometry", geometry, "--out", str(tmp_path / "o.nii.gz")]) == 2
         err = capsys.readouterr().err
         assert f"{views} is a folder, not a file" in err, err
         assert f"it holds {len(proj)} TIFF files (proj_0000.tif ... proj_{len(proj) - 1:04d}.TIF)" in err, err
-        assert f"for f in sorted(glob.glob('{views}/*')) if f.lower().endswith(('.tif', '.tiff'))" in err
         assert "zero-padded: 0009 before 0010" in err and not (tmp_path / "o.nii.gz").exists()
-    stack = np.stack([tifffile.imread(f) for f in sorted(glob.glob(f"{views}/*")) if f.lower().endswith((".tif", ".tiff"))])
-    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    line = err[err.index("tifffile.imwrite('stack.tif'"):err.index(", once their names")]  # the line as printed, run
+    monkeypatch.chdir(tmp_path)
+    exec(line, {"tifffile": tifffile, "numpy": np, "glob": glob})
     np.testing.assert_array_equal(load_projections(tmp_path / "stack.tif"), proj)
     for i, f in enumerate(sorted(views.glob("proj_*"), key=lambda f: int(f.stem[5:]))):  # unpadded numbers: 1, 2, ..., 10
         f.rename(views / f"p{i + 1}.tif")
