@@ -211,11 +211,14 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
             first appearance across the runs), before :data:`PREPROCESSING_COLUMNS`.
 
     Returns:
-        ``(columns, rows, messages)``: the readable runs' rows, and a one-line message per folder left out or
-        listed without (evaluation) Dice.
+        ``(columns, rows, messages)``: the readable runs' rows (a folder given again, or through a link, once), and a
+        one-line message per folder left out or listed without (evaluation) Dice.
     """
-    rows, messages, classes = [], [], {}
+    rows, messages, classes, seen = [], [], {}, {}
     for folder in folders:
+        if (same := seen.setdefault(Path(folder).resolve(), folder)) is not folder:  # a link, "run/", "./run"
+            messages.append(f"{folder} is the run folder {same} (given twice, or a link to it): listed once")
+            continue
         try:
             row, dice, note = read_run(folder)
         except RunUnreadable as e:
