@@ -1,6 +1,7 @@
 """The temporary files of atomic writes (:func:`medgmae.files.atomic_write`) and the staging folders of sets of
 outputs (:func:`medgmae.files.staged_outputs`), named after their writer: ``.tmp-<host>.<pid>-<12 hex>-<name>``,
-``.<name>.staging-<host>.<pid>-<8>``.
+``.<name>.staging-<host>.<pid>-<8>``; a name too long for that is shortened (:func:`fitted_name`) to fit the file
+system's :data:`NAME_BYTES`, as are the names the toolkit makes from its inputs' names.
 
 A write killed before its rename (SIGKILL, a batch system's time limit) leaves its temporary file or staging folder.
 In a folder that one run owns, the next run removes such files (:func:`remove_interrupted_writes`); in a folder
@@ -15,7 +16,6 @@ container's main process (process id 1, alive in every PID namespace) or of a co
 from __future__ import annotations
 
 import fnmatch
-import glob
 import hashlib
 import os
 import re
@@ -25,9 +25,9 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["HOST_CHARS", "RECENT_SECONDS", "REMOVED_BECAUSE", "STAGING_NAME", "STALE_SECONDS", "TEMP_NAME", "WRITER",
-           "host_tag", "process_alive", "remove_dead_writers_files", "remove_dead_writes_of", "remove_interrupted_writes",
-           "staging_prefix", "temp_name"]
+__all__ = ["HOST_CHARS", "NAME_BYTES", "RECENT_SECONDS", "REMOVED_BECAUSE", "STAGING_NAME", "STALE_SECONDS",
+           "TEMP_NAME", "WRITER", "fitted_name", "host_tag", "process_alive", "remove_dead_writers_files",
+           "remove_dead_writes_of", "remove_interrupted_writes", "shortened_from", "staging_prefix", "temp_name"]
 
 #: The writer part of a temporary name, ``<host>.<pid>-`` (:func:`host_tag`, the process id), as a pattern.
 WRITER = r"(?P<host>[A-Za-z0-9.-]+?)\.(?P<pid>\d+)-"
@@ -38,6 +38,12 @@ TEMP_NAME = re.compile(rf"^\.tmp-{WRITER}[0-9a-f]{{12}}-(?P<name>.+)$")
 #: A staging folder of :func:`medgmae.files.staged_outputs`: the folder it fills (``name``), its writer
 #: (:data:`WRITER`), the 8 characters ``tempfile.mkdtemp`` adds.
 STAGING_NAME = re.compile(rf"^\.(?P<name>.+)\.staging-{WRITER}[a-z0-9_]{{8}}$")
+
+#: The longest file name the usual file systems take (``NAME_MAX``), in bytes.
+NAME_BYTES = 255
+
+#: A file ending kept when a name is shortened (``.nii.gz``, ``.pt``): up to two dot-parts of 1-8 letters or digits.
+_ENDING = re.compile(r"(\.[A-Za-z0-9]{1,8}){0,2}$")
 
 #: The most characters of the host name a temporary name carries (:func:`host_tag`).
 HOST_CHARS = 32
@@ -71,15 +77,68 @@ def host_tag() -> str:
     return f"{host[: HOST_CHARS - 9]}-{digest}"
 
 
+def _bytes(text: str) -> int:
+    """How many bytes ``text`` takes as a file name (the file system's encoding)."""
+    return len(os.fsencode(text))
+
+
+def _digest(name: str) -> str:
+    """8 hex digits of the SHA-1 of ``name``: what tells shortened names apart."""
+    return hashlib.sha1(os.fsencode(name)).hexdigest()[:8]
+
+
+def fitted_name(name: str, end: str = "", limit: int = NAME_BYTES) -> str:
+    """``name + end`` where it takes at most ``limit`` bytes; else the start of ``name`` (whole characters), ``-``
+    and 8 hex digits of the SHA-1 of the whole ``name``, then ``end``, in ``limit`` bytes: a name made from an input's
+    name (``<input>_seg.nii.gz``) fits the file system, and those of different inputs stay apart.
+
+    Args:
+        name: the part that may be shortened (e.g. an input's file name without its ending).
+        end: the part kept whole (e.g. ``"_seg.nii.gz"``).
+        limit: the most bytes the result may take (:data:`NAME_BYTES`, less a prefix added to it).
+
+    Returns:
+        The name, at most ``limit`` bytes long.
+    """
+    if not isinstance(name, str) or not isinstance(end, str):
+        raise TypeError(f"fitted_name: name and end must be strings, got {type(name).__name__}, {type(end).__name__}")
+    if _bytes(name + end) <= limit:
+        return name + end
+    tail = f"-{_digest(name)}{end}"
+    room = limit - _bytes(tail)
+    if room < 0:
+        raise ValueError(f"fitted_name: limit {limit} leaves no room for the ending {end!r} and a hash")
+    head = name[:room]  # each character takes a byte at least
+    while _bytes(head) > room:
+        head = head[:-1]
+    return head + tail
+
+
+def shortened_from(short: str, name: str) -> bool:
+    """Whether ``short`` is ``name`` as :func:`fitted_name` shortens it, its ending (``.nii.gz``) kept whole or not."""
+    ending = _ENDING.search(name).group(0)
+    for end in dict.fromkeys((ending, "")):
+        whole = name[: len(name) - len(end)]
+        tail = f"-{_digest(whole)}{end}"
+        if short.endswith(tail) and whole.startswith(short[: len(short) - len(tail)]):
+            return True
+    return False
+
+
 def temp_name(name: str) -> str:
-    """A temporary name for a file to be renamed to ``name``, carrying this host and process (:data:`TEMP_NAME`)."""
-    return f".tmp-{host_tag()}.{os.getpid()}-{uuid.uuid4().hex[:12]}-{name}"
+    """A temporary name for a file to be renamed to ``name``, carrying this host and process (:data:`TEMP_NAME`); in
+    :data:`NAME_BYTES`, ``name`` shortened where needed (:func:`fitted_name`; its ending, ``.nii.gz``, kept)."""
+    prefix = f".tmp-{host_tag()}.{os.getpid()}-{uuid.uuid4().hex[:12]}-"
+    end = _ENDING.search(name).group(0)
+    return prefix + fitted_name(name[: len(name) - len(end)], end, NAME_BYTES - _bytes(prefix))
 
 
 def staging_prefix(name: str) -> str:
     """The start of the name of a staging folder for the folder ``name`` (``tempfile.mkdtemp`` adds 8 characters),
-    carrying this host and process (:data:`STAGING_NAME`)."""
-    return f".{name}.staging-{host_tag()}.{os.getpid()}-"
+    carrying this host and process (:data:`STAGING_NAME`); in :data:`NAME_BYTES` with those 8, ``name`` shortened
+    where needed (:func:`fitted_name`)."""
+    writer = f".staging-{host_tag()}.{os.getpid()}-"
+    return f".{fitted_name(name, '', NAME_BYTES - 9 - _bytes(writer))}{writer}"
 
 
 def process_alive(pid: int) -> bool:
@@ -98,7 +157,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*") -> list[Path]:
+def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*", *, name: str | None = None) -> list[Path]:
     """Remove, directly inside ``folder``, the temporary files (:data:`TEMP_NAME`) and staging folders
     (:data:`STAGING_NAME`) of writers that were killed: those written on this host by a process that no longer runs
     and unchanged for :data:`RECENT_SECONDS`, and those unchanged for :data:`STALE_SECONDS` whatever their host and
@@ -109,6 +168,7 @@ def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*") -> li
     Args:
         folder: a folder shared by runs (nothing happens when it does not exist).
         names: a glob the final file (or folder) names must match (e.g. ``"projector_matrix-*.pt"``).
+        name: instead of ``names``, the one final name they must have, as it is or shortened (:func:`fitted_name`).
 
     Returns:
         What was removed.
@@ -119,7 +179,8 @@ def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*") -> li
     host, now, removed = host_tag(), time.time(), []
     for path in sorted(folder.iterdir()):
         found = TEMP_NAME.match(path.name) or STAGING_NAME.match(path.name)
-        if found is None or not fnmatch.fnmatchcase(found["name"], names):
+        if found is None or not (fnmatch.fnmatchcase(found["name"], names) if name is None else
+                                 found["name"] == name or shortened_from(found["name"], name)):
             continue
         try:
             staging = found.re is STAGING_NAME
@@ -162,8 +223,10 @@ def remove_dead_writes_of(output: str | os.PathLike, folder: bool) -> str | None
         The one line saying what was removed, or ``None`` when nothing was.
     """
     output = Path(output)
-    removed = remove_dead_writers_files(output) if folder else []
-    removed += remove_dead_writers_files(output.parent, glob.escape(output.name) if folder else "*")
+    if folder:
+        removed = remove_dead_writers_files(output) + remove_dead_writers_files(output.parent, name=output.name)
+    else:
+        removed = remove_dead_writers_files(output.parent)
     if not removed:
         return None
     said = "1 killed write" if len(removed) == 1 else f"{len(removed)} killed writes"

@@ -25,6 +25,7 @@ from medgmae.data.reader import volume_stem
 from medgmae.distributed import gather_in_order, is_main_process, sharded_loader
 from medgmae.files import save_json_atomic, save_nifti_atomic, staged_outputs
 from medgmae.finetune.color_table import COLOR_TABLE_NAME, write_color_table
+from medgmae.temp_names import fitted_name
 
 __all__ = ["case_mean_dice", "per_case_dice", "predicted_but_absent", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
@@ -250,7 +251,8 @@ class SaveSegmentationd(MapTransform):
     """Write a label map (``argmax`` already applied, in the input image's original space) as ``<case>_seg.nii.gz``.
 
     ``<case>`` is the item's ``name`` where it has one (:func:`~medgmae.finetune.segment_inputs.inference_cases`
-    gives each input a unique one), else the image's file name (:func:`case_name`).
+    gives each input a unique one), else the image's file name (:func:`case_name`); one too long for the file
+    system keeps its start and 8 hex digits of its hash (:func:`medgmae.temp_names.fitted_name`).
 
     The affine is the tensor's own (after :class:`monai.transforms.Invertd`, the original image's), so the file
     overlays the input in 3D Slicer or ITK-SNAP. Written atomically. With ``label_names``, the first segmentation
@@ -287,7 +289,8 @@ class SaveSegmentationd(MapTransform):
             self._write_color_table()
             name = d.get("name")
             name = name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
-            path = self.output_dir / f"{name if isinstance(name, str) and name else case_name(d)}_{self.postfix}.nii.gz"
+            case = name if isinstance(name, str) and name else case_name(d)
+            path = self.output_dir / fitted_name(case, f"_{self.postfix}.nii.gz")  # a long input's name shortened
             save_nifti_atomic(labels, affine, path)
             logger.info("wrote %s", path)
             d[f"{key}_path"] = str(path)

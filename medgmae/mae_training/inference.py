@@ -23,6 +23,7 @@ from medgmae.files import save_nifti_atomic
 from medgmae.missing_paths import missing_path_message
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.preprocessing import describe_preprocessing, model_preprocessing
+from medgmae.temp_names import NAME_BYTES, fitted_name
 from medgmae.zeroshot import ZeroShotResult, zero_shot_gaussians
 from medgmae.whole_numbers import nonnegative_count, positive_count
 
@@ -152,7 +153,9 @@ class GaussianInference:
         self.overlap, self.batch_size, self.output_hu = overlap, batch_size, bool(output_hu)
 
     def _stem(self) -> str:
-        return volume_stem(self.image_path)
+        """The input's file name without its ending, in the file system's 255 bytes with the longest ending added
+        (``_rendered.nii.gz``; :func:`~medgmae.temp_names.fitted_name`)."""
+        return fitted_name(volume_stem(self.image_path), limit=NAME_BYTES - len("_rendered.nii.gz"))
 
     def run(self) -> dict[str, Path]:
         """Run and write ``<name>_gaussians.ply``, ``<name>_rendered.nii.gz`` and ``<name>_slices.png``.

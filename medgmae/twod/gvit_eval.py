@@ -9,7 +9,8 @@
   settings (epochs, optimiser, loss, guidance) when the caller gives them;
 * ``confusion_matrix.png``;
 * ``explanations/<n>_<source>_<true>_pred-<predicted>.png`` (``<source>``: the image file's name without its
-  endings, after its folders below its class folder, ``p1-IM0001``; absent for images without a file): the
+  endings, after its folders below its class folder, ``p1-IM0001``; absent for images without a file; a name over
+  the file system's 255 bytes shortened: :func:`~medgmae.twod.gvit_figures.explanation_name`): the
   image, its Gaussians drawn as 2-sigma ellipses coloured by ``det(Sigma)`` (the paper's saliency proxy: small,
   yellow = class-relevant; large, purple = background), and the rendering of the Gaussians. They are written
   into a staging folder and moved in when all were written (:func:`medgmae.files.staged_outputs` with
@@ -32,11 +33,10 @@ import torch
 
 from medgmae.cli_types import as_path_text
 from medgmae.data.datalist import DatasetError
-from medgmae.data.reader import volume_stem
 from medgmae.files import save_json_atomic, staged_outputs
 from medgmae.twod.gvit import Gaussians2D
-from medgmae.twod.gvit_figures import save_confusion_matrix_png, save_explanation_png
-from medgmae.twod.images import IMAGE_SUFFIXES, is_windowed
+from medgmae.twod.gvit_figures import explanation_name, save_confusion_matrix_png, save_explanation_png
+from medgmae.twod.images import is_windowed
 from medgmae.twod.windows import given_window, input_window, recorded_window
 
 if TYPE_CHECKING:
@@ -94,24 +94,6 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, class_names: S
         "num_images": total,
         "predicted_classes": int(np.count_nonzero(cm.sum(0))),
     }
-
-
-def _stem(path: str | Path) -> str:
-    """The file name without its image ending (``ct.nii.gz`` -> ``ct``; a DICOM named by UID keeps its dots)."""
-    return volume_stem(path, IMAGE_SUFFIXES)
-
-
-def _source_name(path: str | Path, class_name: str) -> str:
-    """An image's name in its explanation's file name: its file name without ending (:func:`_stem`), after its
-    folders below its class folder, the nearest folder named as its class (``p1-IM0001`` for
-    ``<class>/p1/IM0001.png``; none for an image in its class folder, or listed by a CSV outside one)."""
-    parents = Path(path).parent.parts
-    below = next((parents[k + 1 :] for k in range(len(parents) - 1, -1, -1) if parents[k] == str(class_name)), ())
-    return "-".join((*below, _stem(path)))
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
 
 
 @torch.no_grad()
@@ -173,8 +155,7 @@ def _write_explanations(model, loader, class_names, folder: Path, device, num_ex
                 break
             one = Gaussians2D(*(t[i : i + 1] for t in (dec.means, dec.scales, dec.angles, dec.colors, dec.opacities)))
             true, pr = class_names[int(lab[i])], class_names[int(pred[i])]
-            source = f"{_safe(_source_name(paths[i], true))}_" if paths is not None else ""
-            name = f"{written:03d}_{source}{_safe(true)}_pred-{_safe(pr)}.png"
+            name = explanation_name(written, None if paths is None else paths[i], true, pr)
             save_explanation_png(x[i], one, folder / name, rendered[i], title=f"true {true} / predicted {pr}")
             written += 1
     return written

@@ -2,7 +2,8 @@
 
 * :func:`save_confusion_matrix_png`: the row-normalised confusion matrix as a heat map with counts;
 * :func:`save_explanation_png`: an image, its Gaussians drawn as 2-sigma ellipses coloured by ``det(Sigma)`` (the
-  paper's saliency proxy: small, yellow = class-relevant; large, purple = background), and their rendering.
+  paper's saliency proxy: small, yellow = class-relevant; large, purple = background), and their rendering;
+* :func:`explanation_name`: its file name, from the image's file name and the true and predicted classes.
 
 :func:`~medgmae.twod.gvit_eval.evaluate_gvit` writes them.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -17,11 +19,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from medgmae.data.reader import volume_stem
 from medgmae.engine.figures import colormap, drawable, figure_font, label_tile, save_png, tile_grid
 from medgmae.files import atomic_write
+from medgmae.temp_names import NAME_BYTES, fitted_name
 from medgmae.twod.gvit import Gaussians2D
+from medgmae.twod.images import IMAGE_SUFFIXES
 
-__all__ = ["save_confusion_matrix_png", "ellipse_points", "save_explanation_png", "ELLIPSES_CAPTION"]
+__all__ = ["save_confusion_matrix_png", "ellipse_points", "explanation_name", "save_explanation_png", "ELLIPSES_CAPTION"]
 
 #: The caption of an explanation's middle panel (its ellipses, 2 sigma, coloured by det(Sigma)); it fits a 256-pixel panel.
 ELLIPSES_CAPTION = "2 sigma; det(Sigma): yellow small, purple large"
@@ -117,3 +122,35 @@ def _vertical_text(text: str, font) -> Image.Image:
     strip = Image.new("RGBA", (max(1, right) + 2, max(1, lower) + 2), (255, 255, 255, 0))
     ImageDraw.Draw(strip).text((1, 1), text, fill="black", font=font)
     return strip.rotate(90, expand=True)
+
+
+def explanation_name(number: int, path: str | Path | None, true: str, predicted: str) -> str:
+    """An explanation's file name, ``<number>_<source>_<true>_pred-<predicted>.png``, in the file system's 255 bytes.
+
+    ``<source>`` is the image's file name without its ending, after its folders below its class folder, the nearest
+    folder named as its class (``p1-IM0001`` for ``<class>/p1/IM0001.png``; none for an image in its class folder, or
+    listed by a CSV outside one); no ``<source>_`` without a ``path``. Characters other than letters, digits, ``-``
+    and ``_`` become ``_``. A name too long keeps the start of its source and 8 hex digits of its hash
+    (:func:`~medgmae.temp_names.fitted_name`: distinct images stay apart), or, where the class names alone take
+    over half of the 255 bytes, the start of the whole name and its hash.
+
+    Args:
+        number: the explanation's number (3 digits at least).
+        path: the image file, or ``None``.
+        true, predicted: the class names.
+
+    Returns:
+        The file name.
+    """
+    source = ""
+    if path is not None:
+        parents = Path(path).parent.parts
+        below = next((parents[k + 1 :] for k in range(len(parents) - 1, -1, -1) if parents[k] == str(true)), ())
+        source = "_" + _safe("-".join((*below, volume_stem(path, IMAGE_SUFFIXES))))
+    head, end = f"{number:03d}{source}", f"_{_safe(true)}_pred-{_safe(predicted)}.png"
+    return fitted_name(head, end) if len(os.fsencode(end)) <= NAME_BYTES // 2 else fitted_name(head + end[:-4], ".png")
+
+
+def _safe(name: str) -> str:
+    """``name`` with characters other than letters, digits, ``-`` and ``_`` as ``_``."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
