@@ -5,7 +5,8 @@ used, a bad value fails late (after the data pre-check, with partial output writ
 name (``invalid literal for int() with base 10: 'abc'``). Each bundle's ``initialize`` list (3D and 2D alike)
 therefore starts with :func:`check_settings`, given the settings and the output folders, which raises one
 :class:`BundleSettingError` naming every bad key and its value, folders included. True/false keys are checked here
-too and read where they are used with :func:`medgmae.cli_types.as_bool`.
+too and read where they are used with :func:`medgmae.cli_types.as_bool`; a text is checked with each ``#`` that MONAI's
+parser made ``::`` back (:func:`medgmae.cli_types.as_given`).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def check_settings(
     if is_bundle_command_line():  # a later failure of the command ends with its reason (from Python: the exception)
         summarise_errors(resumable="resume" in settings, **context)
     command = bundle_command(None)  # the command line (or the call from Python) and its config files, read once
-    found = {key: p for key, (value, kind) in settings.items() if (p := setting_problem(value, kind, settings))}
+    found = {k: p for k, (value, kind) in settings.items() if (p := setting_problem(cli_types.as_given(value, k), kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers
     problems = [f"--{key}: {p}" for key, p in found.items() if key not in derived]
     problems += unknown_key_lines(command) + repeated_flag_lines(command)

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-__all__ = ["FLAG_ALIASES", "RUNNER_ARGS", "BundleCommand", "bundle_command", "command_line_flags", "config_folder", "derived_from_bad_keys",
-           "is_bundle_command_line", "repeated_flag_lines", "unknown_key_lines", "unknown_key_problems"]
+__all__ = ["FLAG_ALIASES", "NOT_GIVEN", "RUNNER_ARGS", "BundleCommand", "bundle_command", "command_line_flags", "config_folder",
+           "derived_from_bad_keys", "given_setting", "is_bundle_command_line", "repeated_flag_lines", "unknown_key_lines", "unknown_key_problems"]
 
 
 #: Other tools' names of the bundles' settings, suggested when given (too far apart for a spelling match).
@@ -97,6 +97,35 @@ def command_line_flags(argv: Sequence[str] | None = None) -> dict[str, str]:
     if not _is_bundle_run(argv):
         return {}
     return _flags(argv[1:])[0]
+
+
+#: :func:`given_setting`'s answer for a setting that neither the run nor its config files give.
+NOT_GIVEN = object()
+
+
+def given_setting(key: str) -> Any:
+    """The top-level setting ``key`` of the running bundle as given, before MONAI's config parser read it (which
+    makes every ``#`` in a text ``::``): the text the command line typed for ``--key`` (a list's literal read as the
+    list), else its ``--args_file`` value or the keyword of a run from Python, else its config files' value;
+    :data:`NOT_GIVEN` when none gives it or this is no bundle run.
+
+    Args:
+        key: the setting's name, e.g. ``"dataset_dir"``.
+
+    Returns:
+        The value as given (text, a list, a number...), or :data:`NOT_GIVEN`.
+    """
+    typed = command_line_flags()
+    if key in typed:
+        value = typed[key]
+        if value.strip().startswith(("[", "(")):
+            try:  # the text of a list, which MONAI's runner reads as the list
+                value = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                pass
+        return value
+    command = bundle_command(None)
+    return NOT_GIVEN if command is None else command.flags.get(key, command.config.get(key, NOT_GIVEN))
 
 
 def is_bundle_command_line() -> bool:

@@ -14,7 +14,7 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
-__all__ = ["INTEGER_NAMES", "as_bool", "as_path_text", "count_or_all", "expand_home", "factor", "fraction", "integer", "is_integer_text",
+__all__ = ["INTEGER_NAMES", "as_bool", "as_given", "as_path_text", "count_or_all", "expand_home", "factor", "fraction", "integer", "is_integer_text",
            "nonneg_float", "nonneg_int", "positive_float", "positive_int", "proper_fraction", "unit_interval", "ToolParser",
            "REPEATABLE_ACTIONS"]
 
@@ -172,13 +172,16 @@ def as_path_text(value: Any, key: str | None = None) -> Any:
     """A path setting of a bundle as text: MONAI's command line reads ``--output_dir 2024`` as the number 2024, the
     folder ``2024``, ``--output_dir 2024_01`` as the number 202401 (Python's digit separator), and ``True`` or
     ``[a,b]`` as Python's values (a ``TypeError`` then); with ``key``, the folder is the text the command line gave
-    for ``--key`` (``2024_01``, ``True``), else a number's text. Text, paths and ``None`` (``--cache_dir None``: no
-    disk cache) are returned as they are, as is any other value not typed on the command line.
+    for ``--key`` (``2024_01``, ``True``), else a number's text. Text gets back the ``#`` MONAI made ``::``
+    (:func:`as_given`); paths and ``None`` (``--cache_dir None``: no disk cache) are returned as they are, as is any
+    other value not typed on the command line.
 
     Args:
         value: the setting's value.
         key: the setting's name, whose ``--key`` text a value is read back from (the bundle configs give it).
     """
+    if isinstance(value, str) and key is not None:
+        return as_given(value, key)
     if value is None or isinstance(value, (str, os.PathLike)):
         return value
     if key is not None:
@@ -188,6 +191,38 @@ def as_path_text(value: Any, key: str | None = None) -> Any:
         if isinstance(given, str) and given.strip():
             return given
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def as_given(value: Any, key: str) -> Any:
+    """A bundle setting's text, or list of texts, with each ``#`` back that MONAI's config parser made ``::`` (it
+    reads ``#`` in any text as its reference separator: ``--output_dir run#2`` reached the config as ``run::2``):
+    the value as the command line, ``--args_file``, a run from Python or a config file gave it
+    (:func:`medgmae.bundle_command_line.given_setting`) where it differs from ``value`` only so; else ``value``
+    (a ``::`` that was given stays).
+
+    Args:
+        value: the setting's value as the config holds it (text, a list of texts, or anything else).
+        key: the top-level setting's name, e.g. ``"input_files"``.
+
+    Returns:
+        ``value``, its texts as given.
+    """
+    texts = value if isinstance(value, (list, tuple)) else [value]
+    if not any(isinstance(v, str) and "::" in v for v in texts):
+        return value
+    from medgmae.bundle_command_line import given_setting
+
+    return _restored(value, given_setting(key))
+
+
+def _restored(value: Any, given: Any) -> Any:
+    """``value`` with the ``#`` of ``given`` back where MONAI made them ``::`` (lists entry by entry)."""
+    if isinstance(value, str):
+        given = os.fspath(given) if isinstance(given, os.PathLike) else given
+        return given if isinstance(given, str) and given != value and given.replace("#", "::") == value else value
+    if isinstance(value, (list, tuple)) and isinstance(given, (list, tuple)) and len(given) == len(value):
+        return type(value)(_restored(v, g) for v, g in zip(value, given))
+    return value
 
 
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:

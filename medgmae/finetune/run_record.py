@@ -14,6 +14,7 @@ there but does not read as one is refused (:func:`read_run_record`), never taken
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -176,14 +177,15 @@ def folder_datalist_file(dataset_dir: Path) -> Path:
     """``dataset_dir/dataset.json``; a ``DatasetError`` saying what to give when the folder has none (fine-tuning
     needs each image's label, which only a datalist pairs) or when ``dataset_dir`` is the datalist itself."""
     if dataset_dir.is_file():
-        raise DatasetError(f"--dataset_dir {dataset_dir} is a file: give a datalist as --datalist {dataset_dir} (and "
-                           "--dataset_dir the folder its relative paths start from, when not the datalist's own)")  # fmt: skip
+        raise DatasetError(f"--dataset_dir {dataset_dir} is a file: give a datalist as --datalist "
+                           f"{shlex.quote(str(dataset_dir))} (and --dataset_dir the folder its relative paths start "
+                           "from, when not the datalist's own)")  # fmt: skip
     path = dataset_dir / "dataset.json"
     if dataset_dir.is_dir() and not path.exists():
         raise DatasetError(f"{dataset_dir} holds no dataset.json: fine-tuning pairs each image with its label through a "
                            "Decathlon datalist ('training' / 'validation' lists of {'image', 'label'}); give it as "
                            "--datalist <file>, its relative paths resolved against --dataset_dir; for a folder of "
-                           f"imagesTr/ and labelsTr/, `medgmae-datalist {dataset_dir}` writes one")  # fmt: skip
+                           f"imagesTr/ and labelsTr/, `medgmae-datalist {shlex.quote(str(dataset_dir))}` writes one")  # fmt: skip
     return path
 
 
