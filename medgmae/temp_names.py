@@ -211,7 +211,7 @@ def _newest_change(folder: Path) -> float:
 
 def remove_dead_writes_of(output: str | os.PathLike, folder: bool) -> str | None:
     """Remove what killed writers left of a command-line tool's output (:func:`remove_dead_writers_files`): for an
-    output file, in its folder; for an output folder, in it and its staging folders beside it
+    output file, its temporary files in its folder; for an output folder, in it and its staging folders beside it
     (``.<name>.staging-*``). Call it at the tool's start: several runs may share these folders, and a live writer's
     files stay.
 
@@ -226,7 +226,7 @@ def remove_dead_writes_of(output: str | os.PathLike, folder: bool) -> str | None
     if folder:
         removed = remove_dead_writers_files(output) + remove_dead_writers_files(output.parent, name=output.name)
     else:
-        removed = remove_dead_writers_files(output.parent)
+        removed = remove_dead_writers_files(output.parent, name=output.name)  # other outputs' are theirs to clear
     if not removed:
         return None
     said = "1 killed write" if len(removed) == 1 else f"{len(removed)} killed writes"

@@ -3,7 +3,7 @@ the summary counts the run once."""
 
 from __future__ import annotations
 
-from medgmae.finetune.runs_table import main
+from medgmae.finetune.runs_table import main, runs_table
 
 from finetune_helpers import fake_run
 
@@ -20,6 +20,8 @@ def test_a_run_given_again_or_through_a_link_is_listed_once(tmp_path, capsys):
     assert [line.split(" | ")[0] for line in rows] == [f"| {a}", f"| {b}"], said.out
     summary = said.out.split("best_dice by setting", 1)[1]
     assert "| scratch | 0.1000 | 2 | 2 |" in summary, summary  # two runs, not four
+    _, rows, messages = runs_table([a, a, b])  # one object given twice (the Python API)
+    assert [row["run"] for row in rows] == [str(a), str(b)] and len(messages) == 1, messages
     assert said.err.splitlines() == [
         f"medgmae-runs-table: {tmp_path / 'link'} is the run folder {a} (given twice, or a link to it): listed once",
         f"medgmae-runs-table: {a}/. is the run folder {a} (given twice, or a link to it): listed once",

@@ -49,11 +49,12 @@ def test_fbp_removes_a_killed_runs_temporary_file_beside_its_output(tmp_path, si
     out = tmp_path / "f" / "f.nii.gz"
     dead = _left(out.parent / ".tmp-{writer}0123456789ab-f.nii.gz", dead_pid)
     live = _left(out.parent / ".tmp-{writer}ba9876543210-f.nii.gz", os.getpid())
+    other = _left(out.parent / ".tmp-{writer}00112233aabb-g.nii.gz", dead_pid)  # another output's: its own run clears it
     args = ["fbp", "--projections", str(simulated / "projections.npy"), "--geometry", str(simulated / "geometry.json"),
             "--out", str(out), "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     said = [line for line in capsys.readouterr().out.splitlines() if "killed write" in line]
     assert said == [f"note: removed what 1 killed write left of {out}: {dead} (their writer no longer runs on this "
                     "host, or they were unchanged for 24 hours)"]
-    assert not dead.exists() and live.exists() and out.is_file()
+    assert not dead.exists() and live.exists() and other.exists() and out.is_file()
     assert main(args) == 0 and "killed write" not in capsys.readouterr().out  # nothing more to say

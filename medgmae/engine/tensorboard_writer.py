@@ -141,8 +141,10 @@ class ResumeSummaryWriter(SummaryWriter):
     writer of a folder, and log every scalar at the iteration (a tag at epoch steps, all smaller, would be kept and
     shown twice: the bundles log validation at the iteration that ends the epoch); a second writer whose file sorts
     first would lose its own later events (each bundle has one writer per folder). Built by the process that writes
-    TensorBoard alone (no collective). Events are written when logged (:class:`_EventFile`: ``max_queue`` and
-    ``flush_secs`` have no use); a write without room raises an ``OutputWriteError`` naming the events file.
+    TensorBoard alone (no collective). The events of the folder's own file (``add_scalar``, ``add_image`` and the
+    other methods of one tag: all the toolkit logs) are written when logged (:class:`_EventFile`: ``max_queue`` and
+    ``flush_secs`` have no use), and a write without room raises an ``OutputWriteError`` naming the events file;
+    ``add_scalars`` and ``add_hparams`` still make torch's own writers (their sub-folders), with TensorBoard's thread.
 
     Args:
         log_dir: the TensorBoard folder.

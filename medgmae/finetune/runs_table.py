@@ -216,9 +216,10 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
     """
     rows, messages, classes, seen = [], [], {}, {}
     for folder in folders:
-        if (same := seen.setdefault(Path(folder).resolve(), folder)) is not folder:  # a link, "run/", "./run"
+        if (same := seen.get(key := Path(folder).resolve())) is not None:  # again, a link, "run/", "./run"
             messages.append(f"{folder} is the run folder {same} (given twice, or a link to it): listed once")
             continue
+        seen[key] = folder
         try:
             row, dice, note = read_run(folder)
         except RunUnreadable as e:
