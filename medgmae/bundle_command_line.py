@@ -10,6 +10,7 @@ import ast
 import difflib
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -150,29 +151,55 @@ def bundle_command(argv: Sequence[str] | None) -> BundleCommand | None:
     return _read_configs(flags, repeated)
 
 
+#: The :class:`BundleCommand` of each workflow a run from Python initialised (:func:`_call_in_process`), read back
+#: while that workflow runs: ``monai.bundle.run`` calls its ``run`` once ``create_workflow`` has returned.
+_RECORDED: weakref.WeakKeyDictionary[Any, BundleCommand] = weakref.WeakKeyDictionary()
+
+
 def _call_in_process() -> BundleCommand | None:
     """The bundle run from Python that calls this, as a :class:`BundleCommand`: ``monai.bundle.run(...)`` (and
     ``create_workflow``, which it calls) keeps its merged arguments in a local variable while it initialises the
     workflow, the only place that still holds which keys were given (MONAI adds a misspelt ``max_epoch=1`` to the
     config as a new key that nothing reads). Its keys other than the workflow's own arguments (``meta_file``,
-    ``run_id``...) are the flags; ``None`` when no such call is running (a ``ConfigWorkflow`` built directly keeps
-    no record of its overrides) or its files cannot be read."""
+    ``run_id``...) are the flags. What is read there is kept for that workflow (:data:`_RECORDED`, as long as the
+    workflow lives) and answered again from any of its methods on the stack (its ``run``, its ``finalize``, a later
+    ``initialize``); the innermost call wins (a bundle run from another's run). ``None`` when no such call is running
+    (a ``ConfigWorkflow`` built directly keeps no record of its overrides) or its files cannot be read."""
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
         if code.co_name == "create_workflow" and code.co_filename.replace("\\", "/").endswith("monai/bundle/scripts.py"):
-            merged, files = frame.f_locals.get("_args"), frame.f_locals.get("config_file")
-            if not isinstance(merged, dict) or files is None:
-                return None
-            import inspect
-
-            from monai.bundle import ConfigWorkflow
-
-            own = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name"}
-            flags = {k: v for k, v in merged.items() if k not in own}
-            return _read_configs({**flags, "config_file": files}, {})
+            command = _create_workflow_command(frame.f_locals)
+            workflow = frame.f_locals.get("workflow_")  # set before its initialize runs
+            if command is not None and workflow is not None:
+                _RECORDED[workflow] = command
+            return command
+        if _RECORDED and _is_workflow(owner := frame.f_locals.get("self")) and owner in _RECORDED:
+            return _RECORDED[owner]
         frame = frame.f_back
     return None
+
+
+def _is_workflow(value: Any) -> bool:
+    """Whether ``value`` is a MONAI bundle workflow (``BundleWorkflow``)."""
+    from monai.bundle import BundleWorkflow
+
+    return isinstance(value, BundleWorkflow)
+
+
+def _create_workflow_command(local: dict[str, Any]) -> BundleCommand | None:
+    """The :class:`BundleCommand` of the locals of MONAI's ``create_workflow`` (its merged ``_args`` and
+    ``config_file``); ``None`` without them or where the files cannot be read."""
+    merged, files = local.get("_args"), local.get("config_file")
+    if not isinstance(merged, dict) or files is None:
+        return None
+    import inspect
+
+    from monai.bundle import ConfigWorkflow
+
+    own = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name"}
+    flags = {k: v for k, v in merged.items() if k not in own}
+    return _read_configs({**flags, "config_file": files}, {})
 
 
 def _read_configs(flags: dict[str, Any], repeated: dict[str, list[str]]) -> BundleCommand | None:

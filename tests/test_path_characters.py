@@ -68,6 +68,32 @@ def test_a_bundle_run_from_python_names_the_folder_with_a_hash_as_given(tmp_path
     assert f"--model_path: {model}: no such file" in text and "::" not in text, text
 
 
+def test_a_bundle_run_from_python_reads_a_hash_back_while_it_runs_and_finalises(tmp_path, capsys):
+    """``monai.bundle.run`` runs the workflow after ``create_workflow`` (where its keyword arguments are) has
+    returned: the run and the finalize steps got ``run::2`` back."""
+    from monai.bundle import run
+
+    config = tmp_path / "config.json"
+    show = "as_path_text(@output_dir, 'output_dir')"
+    config.write_text(json.dumps({"imports": ["$from medgmae.cli_types import as_path_text"],
+                                  "output_dir": str(tmp_path / "default"), "later": f"${show}",
+                                  **{step: [f"$print('>> {step}:', {show}, @later)"]
+                                     for step in ("initialize", "run", "finalize")}}))  # fmt: skip
+    folder = str(tmp_path / "run#2")
+    run("run", config_file=str(config), output_dir=folder)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(">> ")]
+    assert printed == [f">> {step}: {folder} {folder}" for step in ("initialize", "run", "finalize")]
+
+
+def test_a_bundle_trained_from_python_writes_into_the_folder_with_a_hash(tmp_path):
+    """The real training bundle from Python: the lock was taken on ``gv#1`` and the checkpoints went to ``gv::1``."""
+    from tests.gvit_helpers import TINY, run_gvit_bundle
+
+    run_gvit_bundle("train.json", output_dir=str(tmp_path / "gv#1"), **TINY)
+    assert (tmp_path / "gv#1" / "model.pt").is_file() and any((tmp_path / "gv#1" / "checkpoints").iterdir())
+    assert not [p for p in tmp_path.rglob("*") if "::" in p.name]
+
+
 def _cases(folder):
     (folder / "imagesTr").mkdir(parents=True)
     for i in range(3):
