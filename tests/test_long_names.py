@@ -12,7 +12,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from medgmae.temp_names import STAGING_NAME, TEMP_NAME, host_tag, remove_dead_writes_of, remove_interrupted_writes, temp_name
+from medgmae.temp_names import (
+    STAGING_NAME, TEMP_NAME, host_tag, remove_dead_writes_of, remove_interrupted_writes, staging_prefix, temp_name,
+)  # fmt: skip
 from recon.cli import main
 
 from recon_cli_helpers import ct, simulated  # noqa: F401 - fixtures
@@ -22,6 +24,16 @@ LIMIT = 255
 
 def _size(name: str) -> int:
     return len(name.encode("utf-8"))
+
+
+def _as_written_by(pid: int, make, name: str) -> str:
+    """``make(name)`` (:func:`temp_name`, :func:`staging_prefix`) as the process ``pid`` would have made it."""
+    saved = os.getpid
+    os.getpid = lambda: pid
+    try:
+        return make(name)
+    finally:
+        os.getpid = saved
 
 
 def test_a_temporary_name_of_a_long_name_fits_and_names_this_process(tmp_path, dead_pid):
@@ -36,7 +48,7 @@ def test_a_temporary_name_of_a_long_name_fits_and_names_this_process(tmp_path, d
     assert temp_name(final) != name and _size(temp_name("a.pt")) < 80  # short names stay as they were
     (tmp_path / name).write_bytes(b"partial")
     assert remove_interrupted_writes(tmp_path) == [tmp_path / name]
-    dead = tmp_path / name.replace(f".{os.getpid()}-", f".{dead_pid}-")
+    dead = tmp_path / _as_written_by(dead_pid, temp_name, final)  # its pid may have more digits than ours
     dead.write_bytes(b"partial")
     then = time.time() - 120
     os.utime(dead, (then, then))
@@ -52,8 +64,8 @@ def test_a_staging_folder_of_a_long_folder_name_fits_and_is_told_from_its_neighb
         assert _size(stage.name) <= LIMIT and found and int(found["pid"]) == os.getpid() and found["host"] == host_tag()
         (stage / "a.txt").write_text("x")
     assert (out / "a.txt").read_text() == "x"
-    dead = tmp_path / stage.name.replace(f".{os.getpid()}-", f".{dead_pid}-")
-    other = tmp_path / stage.name.replace(f".{os.getpid()}-", f".{dead_pid}-").replace("s" * 100, "t" * 100, 1)
+    dead = tmp_path / (_as_written_by(dead_pid, staging_prefix, out.name) + "abcdefgh")
+    other = tmp_path / (_as_written_by(dead_pid, staging_prefix, "t" * 100 + out.name[100:]) + "abcdefgh")
     for folder in (dead, other):
         folder.mkdir()
         then = time.time() - 120
