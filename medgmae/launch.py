@@ -8,6 +8,9 @@ A command stopped by Ctrl-C (status 130) or SIGTERM (143) ends by that signal on
 (:func:`ended`, at exit once Python's own shutdown work is done; POSIX only), as Python does for an uncaught
 Ctrl-C: a shell loop over runs (``for f in ...; do medgmae-recon ...; done``) then stops at Ctrl-C instead of going
 on to the next run, and the status is the same.
+A command whose ``main`` installs no SIGTERM handler of its own (``medgmae-2d``, ``medgmae-datalist``,
+``medgmae-runs-table``) keeps :func:`run`'s through its work: SIGTERM then gives ``<prog>: terminated (SIGTERM)``
+and status 143, where it ended the process silently.
 """
 
 from __future__ import annotations
@@ -19,16 +22,19 @@ import sys
 from importlib import import_module
 from typing import Any, Callable
 
-__all__ = ["run", "ended", "recon", "twod", "phantom", "datalist", "runs_table", "INTERRUPTED"]
+__all__ = ["run", "ended", "recon", "twod", "phantom", "datalist", "runs_table", "INTERRUPTED", "TERMINATED"]
 
 #: Exit status after Ctrl-C (128 + SIGINT), as each command's own handling returns.
 INTERRUPTED = 130
+#: Exit status after SIGTERM (128 + SIGTERM).
+TERMINATED = 128 + signal.SIGTERM
 
 
 def run(prog: str, module: str, *args: Any) -> int:
     """Import ``module`` and return its ``main(*args)``'s exit status; Ctrl-C while it imports, or one its ``main``
-    does not handle itself, prints ``<prog>: interrupted ...`` on stderr and returns 130; SIGTERM while it imports
-    prints ``<prog>: terminated (SIGTERM) while starting ...`` and returns 143.
+    does not handle itself, prints ``<prog>: interrupted ...`` on stderr and returns 130; SIGTERM likewise (while it
+    imports, or during a ``main`` that installs no handler of its own) prints ``<prog>: terminated (SIGTERM) ...``
+    and returns 143, where it ended the process silently.
 
     Args:
         prog: the command's name, the start of the line printed after Ctrl-C.
@@ -41,38 +47,42 @@ def run(prog: str, module: str, *args: Any) -> int:
     """
     previous = _stop_on_sigterm()
     try:
-        main = import_module(module).main
-    except _StartTerminated:
-        print(f"{prog}: terminated (SIGTERM) while starting: nothing was written", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted while starting: nothing was written", file=sys.stderr)
-        return INTERRUPTED
+        try:
+            main = import_module(module).main
+        except _Terminated:
+            print(f"{prog}: terminated (SIGTERM) while starting: nothing was written", file=sys.stderr)
+            return TERMINATED
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted while starting: nothing was written", file=sys.stderr)
+            return INTERRUPTED
+        try:  # a command that handles SIGTERM itself (medgmae-recon, medgmae-phantom) installs its own handler
+            return main(*args)
+        except _Terminated:  # the others' line (medgmae-2d: its outputs are staged, so none was half-written)
+            print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+            return TERMINATED
+        except KeyboardInterrupt:  # the commands that handle Ctrl-C say what they left; this is the others' line
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return INTERRUPTED
     finally:
-        if previous is not None:  # the command's own handling from here
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    try:
-        return main(*args)
-    except KeyboardInterrupt:  # the commands that handle Ctrl-C say what they left; this is the others' line
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return INTERRUPTED
 
 
-class _StartTerminated(KeyboardInterrupt):
-    """SIGTERM while a command imports (a batch system's time limit or ``kill`` in its first seconds)."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while a command imports or runs without a handler of its own (a batch system's time limit, ``kill``)."""
 
 
-def _raise_start_terminated(signum, frame) -> None:
-    raise _StartTerminated
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
 
 
 def _stop_on_sigterm() -> Callable | int | None:
-    """Make SIGTERM raise :class:`_StartTerminated` while the command imports, where it has the default action and
-    this is the main thread (it ended the process silently, status 143); the handler it replaces, else ``None``."""
+    """Make SIGTERM raise :class:`_Terminated` while the command imports and runs, where it has the default action
+    and this is the main thread (it ended the process silently, status 143); the handler it replaces, else ``None``."""
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return None
-        return signal.signal(signal.SIGTERM, _raise_start_terminated)
+        return signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread
         return None
 
@@ -87,7 +97,7 @@ def ended(status: int) -> int:
     Returns:
         ``status`` (any other status; a signal's only where the process is not ended by it).
     """
-    signum = {INTERRUPTED: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM}.get(status)
+    signum = {INTERRUPTED: signal.SIGINT, TERMINATED: signal.SIGTERM}.get(status)
     if signum is not None and os.name == "posix":  # Windows: os.kill ends a process with the signal's number
         _END_BY[:] = [signum]
     return status

@@ -139,6 +139,31 @@ def test_a_signal_while_importing_a_command(tmp_path, signum, said):
     assert err == f"medgmae-slow: {said} while starting: nothing was written\n"
 
 
+@pytest.mark.parametrize("own_handler", [False, True])
+def test_sigterm_during_a_command_without_its_own_handling(tmp_path, own_handler):
+    """SIGTERM while a command that installs no SIGTERM handler works (``medgmae-2d``, a batch time limit): one line
+    on stderr and the process ends by the signal; it ended silently. A command with its own handler keeps it."""
+    own = "import signal\nsignal.signal(signal.SIGTERM, lambda s, f: print('own handler', flush=True))\n"
+    (tmp_path / "working_command.py").write_text(
+        "import time\n\ndef main():\n" + "".join(f"    {line}\n" for line in own.splitlines() if own_handler)
+        + "    print('working', flush=True)\n    time.sleep(3 if {0} else 60)\n    return 0\n".format(own_handler),
+        encoding="utf-8")  # fmt: skip
+    code = "import sys; from medgmae.launch import ended, run; sys.exit(ended(run('medgmae-busy', 'working_command')))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout.readline() == "working\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    if own_handler:
+        assert (proc.returncode, out, err) == (0, "own handler\n", "")
+    else:
+        assert (proc.returncode, err) == (-signal.SIGTERM, "medgmae-busy: terminated (SIGTERM)\n")
+
+
 @pytest.mark.parametrize("status, signum", [(130, signal.SIGINT), (143, signal.SIGTERM), (0, None), (2, None)])
 def test_a_command_stopped_by_a_signal_ends_by_it(tmp_path, status, signum):
     """A command that handled Ctrl-C or SIGTERM itself (said what it left, returned 130 / 143) ends by that signal;

@@ -98,14 +98,14 @@ def _add_threshold(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``medgmae-2d``: parse the flags (``--help`` and nonsense flags are answered before torch
     loads), then run the subcommand (:mod:`medgmae.twod.zero_shot_command`, imported by :func:`medgmae.launch.run`:
-    Ctrl-C or SIGTERM while torch loads ends with one line, as during the work).
+    Ctrl-C or SIGTERM while torch loads or during the work ends with one line).
 
     Args:
         argv: the command's arguments (default: ``sys.argv[1:]``).
 
     Returns:
         The exit status (2: an input refused, ``--out`` held by another run included; 1: a failure while running or
-        writing; 130: Ctrl-C; 143: SIGTERM while torch loads).
+        writing; 130: Ctrl-C; 143: SIGTERM, each with one line on stderr).
     """
     args = expand_home(build_parser().parse_args(argv))  # exits with status 2 on nonsense flags
     return launch.run("medgmae-2d", "medgmae.twod.zero_shot_command", args)
