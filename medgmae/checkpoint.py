@@ -49,6 +49,7 @@ __all__ = [
     "load_checkpoint",
     "model_file_kind",
     "kept_model_problem",
+    "lost_best_warning",
     "record_preprocessing",
 ]
 
@@ -310,6 +311,29 @@ def kept_model_problem(
         return f"it cannot be read ({str(e).removeprefix(f'{path}: ').replace(str(path), 'the file')})"
     recorded = recorded_epoch(ckpt.extra)
     return None if recorded is None or recorded == epoch else f"it holds epoch {recorded}'s weights"
+
+
+def lost_best_warning(
+    path: str | os.PathLike, epoch: int, best: str, recorded_epoch: Callable[[dict], Any],
+    kinds: str | Sequence[str] | None = None,
+) -> str | None:  # fmt: skip
+    """The warning of a resumed run whose records name a best epoch that its ``best_model.pt`` does not hold
+    (:func:`kept_model_problem`: missing, unreadable or of another epoch), ``None`` when the file holds it; the
+    caller forgets that best, so that the next validation writes the file again.
+
+    Args:
+        path: the run's ``best_model.pt``.
+        epoch: the best epoch the run's records name (>= 1).
+        best: the best score as the warning shows it, e.g. ``"best validation PSNR 31.20 dB"``.
+        recorded_epoch, kinds: as for :func:`kept_model_problem`.
+
+    Returns:
+        ``"<path>: <problem>: epoch N's weights (<best>) are lost; the next validation writes it"`` or ``None``.
+    """
+    problem = kept_model_problem(path, epoch, recorded_epoch, kinds)
+    if problem is None:
+        return None
+    return f"{path}: {problem}: epoch {epoch}'s weights ({best}) are lost; the next validation writes it"
 
 
 def record_preprocessing(

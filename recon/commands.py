@@ -46,6 +46,7 @@ class Scan(NamedTuple):
     geom: CTGeometry
     proj: np.ndarray  # float32 (views, rows, cols) line integrals
     raw: dict | None  # what converted raw images and their floor (recon.flat_field.load_raw_projections), None for line integrals
+    open_beam_floor: float = 0.0  # raw images: the level no pixel reads below (raw's, recon.flat_field.open_beam_floor), else 0
 
 
 def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str | None = None, i0: float | None = None) -> Scan:
@@ -84,7 +85,7 @@ def load_scan(proj_path: str, geom_path: str, flat: str | None = None, dark: str
     except ValueError as e:
         hint = _image_axis_hint(proj.shape, geom.proj_shape) if image else _axis_order_hint(proj.shape, geom.proj_shape)
         raise CLIError(f"{e} (geometry {geom_path}){hint}") from e
-    return Scan(geom, proj, record)
+    return Scan(geom, proj, record, record["open_beam_floor"] if record else 0.0)
 
 
 def _axis_order_hint(shape: tuple, expected: tuple) -> str:
@@ -325,7 +326,7 @@ def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True,
         fbp: give the notes about FBP/FDK's arc and truncation (``reconstruct --fbp`` computes no FBP: it only asks
             whether the angles are degrees, :func:`recon.angle_checks.degrees_question`, which misleads its fit too).
         open_beam_floor: for raw images converted with ``--flat`` or ``--i0``, the level no pixel reads below (the
-            :class:`Scan`'s ``raw["open_beam_floor"]``): truncation is judged above it where it is raised
+            :class:`Scan`'s ``open_beam_floor``): truncation is judged above it where it is raised
             (:data:`recon.flat_field.OPEN_BEAM_ABOVE`; a flat brighter than the projections' open beam, which the
             conversion warned of).
         source: the stack as the transposed views' warning names it (``"projections <file>"``).
@@ -355,12 +356,12 @@ def cmd_fbp(args) -> int:
         given = getattr(args, flag[2:])
         if given and out.exists() and Path(given).exists() and os.path.samefile(out, given):  # links too
             raise CLIError(f"--out {args.out} is the {what} given as {flag}: give another file name")
-    geom, proj, raw = load_scan(args.projections, args.geometry, args.flat, args.dark, args.i0)
+    geom, proj, _, floor = load_scan(args.projections, args.geometry, args.flat, args.dark, args.i0)
     device = resolve_cli_device(args.device)
     what = "FBP" if geom.kind == "parallel" else "FDK"
     print(f"{what} of {geom.num_views} views onto {'x'.join(map(str, geom.volume_shape))} voxels ({device})...", flush=True)
     rec = fbp(torch.from_numpy(proj).to(device), geom, args.filter).cpu().numpy()
-    warn_about_scan(geom, proj, open_beam_floor=(raw or {}).get("open_beam_floor", 0.0), source=f"projections {args.projections}")
+    warn_about_scan(geom, proj, open_beam_floor=floor, source=f"projections {args.projections}")
     replaced = " (it replaced the file of that name)" if out.exists() else ""
     with folder_made(out.parent):  # a write that fails (a full disk) leaves no folder it made
         save_nifti(args.out, rec, geom.default_affine())

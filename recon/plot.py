@@ -1,6 +1,6 @@
 """Dependency-light pictures (PIL only): the convergence plot (loss on a log scale and, when available, the held-out
 error and PSNR, at each evaluation of the history) and the orthogonal mid-slices of the reference, FBP,
-reconstruction and error (drawn by :func:`medgmae.engine.figures.orthogonal_slices`, as the toolkit's other slice
+reconstruction and error (drawn by :func:`medgmae.engine.figures.orthogonal_views`, as the toolkit's other slice
 pictures)."""
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def draw_curve(history: list, path, holdout_errors: list | None = None, fbp_psnr
 
 def draw_slices(volumes: dict, path, affine, reference=None) -> tuple[int, int]:
     """Write a PNG of the sagittal, coronal and axial mid-slices of each volume (one row each), drawn to scale and
-    shown radiologically like every slice picture of the toolkit (:func:`medgmae.engine.figures.orthogonal_slices`
-    on the volumes reoriented to RAS).
+    shown radiologically like every slice picture of the toolkit (:func:`medgmae.engine.figures.orthogonal_views`
+    of the mid-slices of the volumes reoriented to RAS).
 
     With a ``reference``, it comes first, every volume shares its grey window ``[min, max]``, and the last row is
     the error ``|last volume - reference|`` (colour map, its own range ``[0, max]``); without one, the window is
@@ -102,7 +102,7 @@ def draw_slices(volumes: dict, path, affine, reference=None) -> tuple[int, int]:
     """
     import numpy as np
 
-    from medgmae.engine.figures import orthogonal_slices, ras_oriented, save_png, voxel_sizes
+    from medgmae.engine.figures import mid_slices, orthogonal_views, ras_oriented, save_png, voxel_sizes
 
     if not volumes:
         raise ValueError("draw_slices needs at least one volume")
@@ -124,6 +124,6 @@ def draw_slices(volumes: dict, path, affine, reference=None) -> tuple[int, int]:
     ras = [ras_oriented((v.transpose(2, 1, 0) - a) / max(b - a, 1e-12), affine) for _, v, a, b, _ in panels]
     spacing = ras[0][1]
     title = f"voxels {voxel_sizes(spacing)}; grey window [{lo:.4g}, {hi:.4g}] /mm"
-    img = orthogonal_slices([v for v, _ in ras], spacing, [p[0] for p in panels], title, coloured=[p[4] for p in panels])
+    img = orthogonal_views([mid_slices(v) for v, _ in ras], spacing, [p[0] for p in panels], title, coloured=[p[4] for p in panels])
     save_png(img, path)
     return img.shape[1], img.shape[0]

@@ -117,7 +117,7 @@ def _read_inputs(args) -> _Inputs:
 
     _check_flags(args)
     files = input_fingerprints(args, missing_ok=True)  # before they are read: compared with after, below
-    geom, proj, raw = load_scan(args.projections, args.geometry, args.flat, args.dark, args.i0)
+    geom, proj, raw, floor = load_scan(args.projections, args.geometry, args.flat, args.dark, args.i0)
     init_settings = start.init_settings(args, int(np.prod(geom.volume_shape)))
     _check_holdout_flags(args, geom)
     _check_views_per_iteration(args, geom)
@@ -149,8 +149,7 @@ def _read_inputs(args) -> _Inputs:
                            "--backend auto, which picks one that can (matrix or torch)")  # fmt: skip
     if model is not None:
         model = model.to(device).eval()
-    return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device, model_spec,
-                   (raw or {}).get("open_beam_floor", 0.0))
+    return _Inputs(geom, proj, init_settings, reference, fbp_vol, affine, model, run_info, state, device, model_spec, floor)
 
 
 def _reconstruct(args, matrix: list[Path]) -> int:

@@ -327,15 +327,13 @@ def test_a_title_longer_than_its_picture_widens_it_instead_of_being_cut():
 
 
 def test_each_figure_function_names_itself_in_its_refusals():
-    """``orthogonal_views`` refused mismatched names in ``orthogonal_slices``' words, a function its caller never
-    called; each now names itself (and ``orthogonal_slices`` its own shape check)."""
-    from medgmae.engine.figures import mid_slices, orthogonal_slices, orthogonal_views
+    """``orthogonal_views`` refused mismatched names in the words of ``orthogonal_slices`` (a wrapper since
+    removed), a function its caller never called; it now names itself."""
+    from medgmae.engine.figures import mid_slices, orthogonal_views
 
     vol = np.zeros((4, 5, 6), np.float32)
     with pytest.raises(ValueError, match=r"^orthogonal_views needs .* got 1, 2 and 1$"):
         orthogonal_views([mid_slices(vol)], names=["a", "b"])
-    with pytest.raises(ValueError, match=r"^orthogonal_slices needs 3D volumes of one shape"):
-        orthogonal_slices([vol, vol[:3]])
     assert orthogonal_views([mid_slices(vol)], names=["a"]).ndim == 3
 
 

@@ -202,7 +202,7 @@ def test_the_png_is_the_full_volume_computation_of_three_slices(tmp_path, spec):
     anisotropic, permuted, flipped and oblique grid."""
     import nibabel as nib
 
-    from medgmae.engine.figures import orthogonal_slices, save_png, voxel_sizes
+    from medgmae.engine.figures import mid_slices, orthogonal_views, save_png, voxel_sizes
     from medgmae.mae_training.inference import GaussianInference, picture_views
     from medgmae.zeroshot import ZeroShotResult
 
@@ -226,7 +226,8 @@ def test_the_png_is_the_full_volume_computation_of_three_slices(tmp_path, spec):
     png = GaussianInference(tmp_path / "model.pt", tmp_path / "case.nii.gz", tmp_path / "out", device="cpu")._write(
         scan, affine, res, rendered, 3.0)["png"]  # fmt: skip
     title = f"case: voxels {voxel_sizes(got_spacing)}; grey window [-175, 250] HU"
-    old = save_png(orthogonal_slices(reference, got_spacing, ("input", "rendering"), title), tmp_path / "old.png")
+    old = save_png(orthogonal_views([mid_slices(v) for v in reference], got_spacing, ("input", "rendering"), title),
+                   tmp_path / "old.png")  # fmt: skip
     assert png.read_bytes() == old.read_bytes()
 
 

@@ -1,6 +1,6 @@
 """Small picture helpers shared by the bundles' progress pictures (PIL and NumPy only, no plotting library).
 
-Slices of a RAS-ordered ``(D, H, W)`` volume (:func:`mid_slices`, also behind :func:`orthogonal_slices`, the to-scale
+Slices of a RAS-ordered ``(D, H, W)`` volume (:func:`mid_slices`, drawn by :func:`orthogonal_views` in the to-scale
 figure of zero-shot inference and of ``medgmae-recon reconstruct``; :func:`ras_oriented` brings any volume with its
 affine into that order) are shown radiologically, as CT viewers and the toolkit's 2D tools show
 them: sagittal (anterior on the left), coronal and axial (the patient's right on the image's left) mid-slices,
@@ -31,7 +31,6 @@ __all__ = [
     "legible",
     "line_plot",
     "mid_slices",
-    "orthogonal_slices",
     "orthogonal_views",
     "ras_oriented",
     "slice_point",
@@ -174,30 +173,6 @@ def with_orientation_letters(img: np.ndarray, view: int) -> np.ndarray:
     for text, (x, y) in ((left, (2, h // 2 - 5)), (right, (w - 8, h // 2 - 5)), (top, (w // 2 - 3, 1)), (bottom, (w // 2 - 3, h - 12))):
         draw.text((x, y), text, fill=LETTER_COLOUR, font=font, stroke_width=1, stroke_fill=(0, 0, 0))  # legible on any map
     return np.asarray(out)
-
-
-def orthogonal_slices(
-    volumes: Sequence[np.ndarray],
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    names: Sequence[str] | None = None,
-    title: str = "",
-    size: int = 256,
-    coloured: Sequence[bool] | None = None,
-) -> np.ndarray:
-    """One labelled row per volume of its sagittal, coronal and axial mid-slices (:func:`mid_slices`: shown
-    radiologically), drawn to scale by :func:`orthogonal_views`.
-
-    Args:
-        volumes: RAS-ordered 3D arrays ``(D, H, W)`` of one shape (:func:`ras_oriented`) with values in ``[0, 1]``
-            (clipped), e.g. ``[input, rendering]``.
-        spacing, names, title, size, coloured: as for :func:`orthogonal_views`.
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB image (:func:`orthogonal_views`).
-    """
-    if any(v.ndim != 3 or v.shape != volumes[0].shape for v in volumes):
-        raise ValueError(f"orthogonal_slices needs 3D volumes of one shape, got {[v.shape for v in volumes]}")
-    return orthogonal_views([mid_slices(v) for v in volumes], spacing, names, title, size, coloured)
 
 
 def orthogonal_views(

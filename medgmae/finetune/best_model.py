@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from medgmae.checkpoint import Checkpoint, kept_model_problem, load_checkpoint, make_checkpoint
+from medgmae.checkpoint import Checkpoint, load_checkpoint, lost_best_warning, make_checkpoint
 from medgmae.engine import is_main_process, unwrap_model
 from medgmae.finetune.classes import run_label_names
 from medgmae.networks.unetr import MedGMAEUNETR
@@ -197,7 +197,7 @@ class BestCheckpointSaver:
     def load_state_dict(self, state: dict) -> None:
         """Restore the best value and epoch of a resumed run, then check the file (main process): a restored best
         epoch whose ``best_model.pt`` is missing, unreadable or of another epoch
-        (:func:`~medgmae.checkpoint.kept_model_problem`) is warned about and forgotten, so that the next validation
+        (:func:`~medgmae.checkpoint.lost_best_warning`) is warned about and forgotten, so that the next validation
         writes the file and the run's best is that of a model it has.
 
         Args:
@@ -206,8 +206,7 @@ class BestCheckpointSaver:
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
         if self.best_epoch <= 0 or not is_main_process():
             return
-        problem = kept_model_problem(self.path, self.best_epoch, lambda extra: extra.get("epoch"), FINETUNED_KIND)
-        if problem:
-            logger.warning("%s: %s: epoch %d's weights (best %s %.4f) are lost; the next validation writes it",
-                           self.path, problem, self.best_epoch, self.metric_name, self.best)  # fmt: skip
+        best = f"best {self.metric_name} {self.best:.4f}"
+        if lost := lost_best_warning(self.path, self.best_epoch, best, lambda extra: extra.get("epoch"), FINETUNED_KIND):
+            logger.warning("%s", lost)
             self.best, self.best_epoch = -float("inf"), 0

@@ -32,6 +32,7 @@ from medgmae.finetune.runs_summary import (  # the summary's names, also importa
     PREPROCESSING_COLUMNS, SETTING_KEYS, SUMMARY_COLUMNS, SUMMARY_METRICS, markdown_cell, repeated_seed_notes,
     same_cases_notes, summary_table,
 )  # fmt: skip
+from medgmae.files import output_dir_problem
 
 __all__ = ["RunUnreadable", "read_run", "runs_table", "summary_table", "repeated_seed_notes", "same_cases_notes",
            "markdown_table", "csv_table", "main", "SUMMARY_METRICS", "SUMMARY_COLUMNS", "SETTING_KEYS",
@@ -275,17 +276,16 @@ def build_parser():
 
 
 def _out_problem(value: str | None, flag: str) -> str | None:
-    """Why the table cannot be written to ``value``, else ``None`` (checked before any run is read)."""
+    """Why the table cannot be written to ``value``, else ``None`` (checked before any run is read): a folder, or a
+    file whose folder is missing (:func:`medgmae.files.output_dir_problem` says why it cannot be made, if it cannot;
+    the table is not written into a folder made for it)."""
     if value is None:
         return None
     path = Path(value)
     if path.is_dir():
         return f"{flag} {value} is a folder: give the file to write"
     if not path.parent.is_dir():
-        above = next((folder for folder in path.parents if folder.exists()), None)
-        if above is not None and not above.is_dir():  # a file where a folder of the path should be
-            return f"{flag} {value}: {above} is an existing file, not a folder"
-        return f"{flag} {value}: no folder {path.parent} to write it in"
+        return f"{flag} {value}: {output_dir_problem(path.parent) or f'no folder {path.parent} to write it in'}"
     return None
 
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from torch import Tensor
 
-from medgmae.checkpoint import kept_model_problem
+from medgmae.checkpoint import lost_best_warning
 from medgmae.engine import MetricHistory, is_main_process, unwrap_model
 from medgmae.networks.mae_base import MAEOutput
 from medgmae.torch_files import save_torch_atomic
@@ -233,7 +233,7 @@ class MaskedValidationHandler:
     def check_best_file(self, engine: Engine | None = None) -> None:
         """Once, when a resumed run starts (or at its first validation, which a resume from an epoch saved while it
         was validated runs first): a restored best epoch whose ``best_model.pt`` is missing, unreadable or of
-        another epoch (:func:`~medgmae.checkpoint.kept_model_problem`) is warned about and forgotten
+        another epoch (:func:`~medgmae.checkpoint.lost_best_warning`) is warned about and forgotten
         (:meth:`~medgmae.engine.MetricHistory.forget_best`), so that the next validation writes ``best_model.pt``
         and the run's best is that of a model it has (main process).
 
@@ -246,10 +246,8 @@ class MaskedValidationHandler:
         epoch, path = self.history.best_epoch, self.output_dir / BEST_MODEL_FILE
         if epoch < 1:  # no best restored
             return
-        problem = kept_model_problem(path, epoch, _best_epoch)
-        if problem:
-            logger.warning("%s: %s: epoch %d's weights (best validation PSNR %.2f dB) are lost; the next validation "
-                           "writes it", path, problem, epoch, self.history.best_value)  # fmt: skip
+        if lost := lost_best_warning(path, epoch, f"best validation PSNR {self.history.best_value:.2f} dB", _best_epoch):
+            logger.warning("%s", lost)
             self.history.forget_best()
 
     def _due(self, engine: Engine, epoch: int) -> bool:
