@@ -67,6 +67,33 @@ def test_disk_cache_is_keyed_by_the_preprocessing(tmp_path, monkeypatch, caplog)
     assert record["spec"] == spec.to_dict()
 
 
+
+def test_a_file_edited_in_place_to_the_same_size_is_read_again(tmp_path, monkeypatch):
+    """A volume rewritten with other voxels of the same byte size (uncompressed NIfTI) and a new modification time
+    is a new cache key: pre-processed again, and the new voxels are what the dataset gives."""
+    path = tmp_path / "v.nii"
+    old, new = (np.random.default_rng(i).normal(0, 200, (12, 10, 8)).astype(np.float32) for i in (0, 1))
+    item = {"image": nifti_file(path, old)}
+    spec = PreprocessingSpec(spacing=2.0, input_size=4, patch_size=2)
+    chain = Compose([LoadVolumed("image")] + spec.transforms(["image"]))
+    reads = []
+    real = reader_mod.read_volume
+    monkeypatch.setattr(reader_mod, "read_volume", lambda p, **k: reads.append(Path(p).name) or real(p, **k))
+    first = training_dataset([item], chain, tmp_path / "cache", spec=spec.to_dict())[0]["image"]
+    size, mtime = path.stat().st_size, path.stat().st_mtime_ns
+    key = item_hash(item)
+    nifti_file(path, new)
+    os.utime(path, ns=(mtime + 5 * 10**9, mtime + 5 * 10**9))
+    assert path.stat().st_size == size
+    assert item_hash(item) != key
+    reads.clear()
+    again = training_dataset([item], chain, tmp_path / "cache", spec=spec.to_dict())[0]["image"]
+    assert reads == ["v.nii"]
+    expected = Compose([LoadVolumed("image")] + spec.transforms(["image"]))({"image": str(path)})["image"]
+    assert torch.equal(torch.as_tensor(again), expected.as_tensor())
+    assert not torch.equal(torch.as_tensor(again), torch.as_tensor(first))
+
+
 def test_the_disk_cache_removes_what_killed_writers_left(tmp_path, dead_pid, caplog):
     """A process killed while writing a cache file leaves its temporary file in a folder other runs share: a run
     removes those of writers no longer running on its host and a minute old, and no other file."""

@@ -47,6 +47,28 @@ def test_a_series_folder_is_fingerprinted_by_its_files(tmp_path):
     assert _fingerprint({"image": str(tmp_path / "missing.nii.gz")}, ["image"]) == [[str(tmp_path / "missing.nii.gz"), None, None]]
 
 
+def test_a_slice_replaced_by_a_same_size_file_of_an_older_time_changes_a_series_fingerprint(tmp_path):
+    """``os.replace`` of a slice by one of the same size whose modification time is the old slice's (a copy
+    keeping its time): no file's size or time changed, only the folder's (a name was replaced in it)."""
+    series = tmp_path / "series"
+    series.mkdir()
+    past = 1_000_000_000_000_000_000
+    for i in range(3):
+        (series / f"slice_{i}.dcm").write_bytes(b"x" * 10)
+        os.utime(series / f"slice_{i}.dcm", ns=(past + i, past + i))
+    os.utime(series, ns=(past, past))
+    before = file_fingerprint(series)
+    assert before == (30, past + 2)
+    fresh = tmp_path / "fresh.dcm"
+    fresh.write_bytes(b"y" * 10)
+    os.utime(fresh, ns=(past + 1, past + 1))
+    os.replace(fresh, series / "slice_1.dcm")
+    assert [(f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(series.iterdir())] == [
+        (10, past), (10, past + 1), (10, past + 2)]
+    assert os.stat(series).st_mtime_ns > past + 2
+    assert file_fingerprint(series) == (30, os.stat(series).st_mtime_ns) != before
+
+
 def test_datalist_base_rule(tmp_path):
     """A dataset_dir beside a named datalist is the base of its relative paths; otherwise the datalist's folder."""
     dl = tmp_path / "lists" / "d.json"

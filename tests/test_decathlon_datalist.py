@@ -315,6 +315,23 @@ def test_a_label_map_off_its_images_grid_is_refused_naming_both(tmp_path, capsys
     assert not (folder / "dataset.json").exists()
 
 
+def test_numbers_pair_by_their_value_not_by_the_names_sort_order(tmp_path, capsys):
+    """Unpadded image numbers (img2, img7, img10) sort as text in another order (img10 < img2 < img7) than the
+    padded label numbers (label0002, label0007, label0010): each image still pairs with the label map of its number."""
+    values = {2: 1, 7: 2, 10: 3}
+    for number, value in values.items():
+        _case(tmp_path, f"img{number}", value, channel=False)
+        (tmp_path / "labelsTr" / f"img{number}.nii.gz").rename(tmp_path / "labelsTr" / f"label{number:04d}.nii.gz")
+    assert main([str(tmp_path)]) == 0
+    capsys.readouterr()
+    doc = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
+    assert sorted((p["image"], p["label"]) for p in doc["training"] + doc["validation"]) == [
+        ("imagesTr/img10.nii.gz", "labelsTr/label0010.nii.gz"),
+        ("imagesTr/img2.nii.gz", "labelsTr/label0002.nii.gz"),
+        ("imagesTr/img7.nii.gz", "labelsTr/label0007.nii.gz"),
+    ]
+
+
 def test_volume_grid_reads_the_grid_read_volume_reads(tmp_path):
     """The header-only grid is the one the reader's full read gives (NIfTI, MetaImage, NRRD)."""
     import SimpleITK as sitk
@@ -332,6 +349,29 @@ def test_volume_grid_reads_the_grid_read_volume_reads(tmp_path):
         vol = read_volume(path)
         assert shape == vol.array.shape == (7, 6, 5)
         np.testing.assert_allclose(affine, vol.affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("qform_code", [1, 0])
+def test_volume_grid_of_a_nifti_is_its_sform_as_nibabel_reads_it(tmp_path, qform_code):
+    """A NIfTI whose qform (code 1, or a code-0 leftover) places it 5 mm off its sform (code 2): the header-only
+    grid is nibabel's ``img.affine`` (the sform) and the one :func:`read_volume` reads, not the qform."""
+    from medgmae.data.reader import read_volume, volume_grid
+
+    c, s = np.cos(0.5), np.sin(0.5)
+    qform = np.array([[c * 0.8, -s * 0.9, 0, 10], [s * 0.8, c * 0.9, 0, -20], [0, 0, 2.5, 5], [0, 0, 0, 1.0]])
+    sform = qform.copy()
+    sform[0, 3] += 5.0
+    img = nib.Nifti1Image(np.arange(7 * 6 * 5, dtype=np.float32).reshape(7, 6, 5), None)
+    img.set_qform(qform, code=qform_code)
+    img.set_sform(sform, code=2)
+    path = tmp_path / "v.nii.gz"
+    nib.save(img, path)
+    reference = nib.load(path).affine
+    np.testing.assert_allclose(reference, sform, atol=1e-5)
+    shape, affine = volume_grid(path)
+    assert shape == (7, 6, 5)
+    np.testing.assert_allclose(affine, reference, atol=1e-6)
+    np.testing.assert_allclose(read_volume(path).affine, reference, atol=1e-6)
 
 
 @pytest.mark.parametrize("given", ["0=liver", "1=liver,0=spleen", "00=liver"])

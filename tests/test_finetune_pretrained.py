@@ -31,6 +31,19 @@ def test_spacing_override_warns_naming_both(tmp_path, caplog):
     assert "differs" not in caplog.text
 
 
+def test_the_pretrained_encoders_patch_size_is_the_specs_whatever_the_caller_passes(tmp_path):
+    """The spec records the patch size of the network it pre-processes for: a pre-trained encoder's own (12 here,
+    also when a bundle passes its configured 16); without an encoder, the one given."""
+    from medgmae.finetune import finetune_spec
+
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(),
+                               PreprocessingSpec(spacing=2.0, input_size=24, patch_size=12)), tmp_path / "encoder.pt")  # fmt: skip
+    assert finetune_spec(tmp_path / "encoder.pt", roi_size=24, patch_size=16).patch_size == (12, 12, 12)
+    assert finetune_spec(tmp_path / "encoder.pt", roi_size=24).patch_size == (12, 12, 12)
+    assert finetune_spec("", roi_size=32, patch_size=16).patch_size == (16, 16, 16)
+
+
 def test_pretrained_check_names_the_file_and_the_problem(tmp_path):
     """The up-front check of ``--pretrained``: missing file, another kind of checkpoint, a ``roi_size`` other than
     the encoder's; ``""`` and a fitting encoder pass, and a bad ``roi_size`` is left to its own check."""

@@ -283,6 +283,27 @@ def test_summary_names_the_export_command_of_the_run(tmp_path):
     assert "exporting" in parser.config
 
 
+def test_a_label_stored_in_a_rotated_axis_order_is_brought_to_its_images_voxels(tmp_path):
+    """Native-space Dice's label (:class:`NativeLabeld`) of a label file stored with its axes in a 3-cycle
+    (file axes = image axes j, k, i; not its own inverse, unlike a reversal) and one of them flipped, with the affine
+    saying so: re-indexed, it is the image-ordered array voxel for voxel, on the image's affine."""
+    from medgmae.finetune.native_space import NativeLabeld
+
+    lab = np.zeros((30, 28, 14), np.uint8)
+    lab[4:20, 5:22, 2:9], lab[18:28, 3:12, 6:13], lab[8:14, 15:26, 9:13] = 1, 2, 3
+    affine = np.array([[-1.2, 0, 0, 40], [0, 1.2, 0, -20], [0, 0, 3.0, 10], [0, 0, 0, 1]])
+    stored = np.flip(lab.transpose(1, 2, 0), axis=0)  # file voxel (p, q, r) is image voxel (r, 27 - p, q)
+    to_image = np.array([[0, 0, 1, 0], [-1, 0, 0, 27], [0, 1, 0, 0], [0, 0, 0, 1.0]])
+    p, q, r = 5, 9, 17
+    assert stored[p, q, r] == lab[r, 27 - p, q] and stored.shape == (28, 14, 30)
+    label = nifti_file(tmp_path / "ct_label.nii.gz", np.ascontiguousarray(stored), affine @ to_image)
+    pred = MetaTensor(torch.zeros(4, *lab.shape), affine=torch.from_numpy(affine), meta={"filename_or_obj": "ct.nii.gz"})
+    d = NativeLabeld("label")({"pred": pred, "label": MetaTensor(torch.zeros(1, 1, 1, 1), meta={"filename_or_obj": label})})
+    np.testing.assert_array_equal(d["label"][0].numpy(), lab)
+    np.testing.assert_allclose(d["label"].affine.numpy(), affine, atol=1e-6)
+    np.testing.assert_allclose(nib.load(label).affine, affine @ to_image, atol=1e-6)
+
+
 def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
     """``evaluate.json --native_space true`` scores the prediction brought back to the image's grid (as the
     segmentation writes it) against the label file's own voxels: per class it equals a NumPy Dice of the segmentation

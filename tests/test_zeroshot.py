@@ -161,6 +161,33 @@ def test_exact_round_trip_with_an_oracle_decoder(kind, seed):
     assert np.abs(vcov - want_v).max() / np.abs(want_v).max() < 1e-4
 
 
+def test_gaussians_centred_past_the_scans_edge_voxels_are_not_kept():
+    """A scan already RAS at the model's 2 mm (its prepared grid is its own): an oracle decoder gives every window
+    Gaussians centred within the outer half of the first and last voxels of each axis (kept, each once) and just
+    beyond those voxels' outer faces, outside the scan (dropped: no window owns them)."""
+    shape = (40, 30, 26)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-20.0, 35.0, -110.0]
+    last = np.array(shape) - 1.0
+    inside = np.array([[last[0] + 0.4, 10, 10], [-0.4, 12, 8], [20, last[1] + 0.45, 13], [5, 5, last[2] + 0.3]])
+    outside = np.array([[last[0] + 0.6, 10, 10], [-0.6, 12, 8], [20, last[1] + 0.55, 13], [5, 5, last[2] + 0.9]])
+    idx = np.concatenate([inside, outside])
+    means = idx @ affine[:3, :3].T + affine[:3, 3]
+    truth = _as_gaussians(means, np.stack([np.eye(3) * 9.0] * len(idx)))
+    scan = np.random.default_rng(0).normal(0, 100, shape).astype(np.float32)
+
+    def oracle(windows, win_affines):
+        out = []
+        for waff in win_affines:
+            inv = torch.from_numpy(np.linalg.inv(waff))
+            out.append(truth.transformed(inv[:3, :3], inv[:3, 3]).to_normalized(SPEC.input_size))
+        return Gaussians3D.cat(out, dim=0)
+
+    res = zero_shot_gaussians(scan, affine, _Probe(), spec=SPEC, overlap=6, decode=oracle)
+    got = res.voxel.means[0].numpy()
+    np.testing.assert_allclose(got[np.lexsort(got.T)], inside[np.lexsort(inside.T)], atol=1e-4)
+
+
 def test_bad_inputs_are_named():
     probe = _Probe()
     with pytest.raises(ValueError, match="3D"):
