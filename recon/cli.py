@@ -36,7 +36,7 @@ toolkit preset every start, ``--init 3dgr-ct`` included, gets one least-squares 
 ``gaussians.ply`` (the Gaussians in world millimetres, RAS, the frame of ``recon.nii.gz``'s affine; its header
 records ``frame world``, and ``recon.nii.gz``'s shape and affine in the NIfTI's ``(I, J, K)`` index order, as the
 zero-shot inference PLYs), ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM of
-the FBP, of the start (the initial Gaussians) and of the result),
+the FBP, of the start (the initial Gaussians) and of the result, and the software used),
 ``curve.png``, ``slices.png`` (sagittal, coronal and axial mid-slices drawn to scale and shown radiologically, one row
 each for reference / FBP / reconstruction / error, or FBP / reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``
 iterations and at the end), and prints a closing summary. With ``--holdout-views N`` it leaves ``N`` views,

@@ -368,6 +368,8 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
     """What ``metrics.json`` records: the preset, every setting, the run and its history."""
     from dataclasses import asdict
 
+    from medgmae.software import software_versions
+
     return {
         "preset": args.preset, "init": init_settings["init"], "iterations": result.iterations, "time_seconds": result.seconds,
         "init_seconds": init_seconds, "num_gaussians": result.gaussians.num_gaussians, "initial_gaussians": init.num_gaussians,
@@ -376,7 +378,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
         "iterations_to_psnr": result.iterations_to_psnr, "history": result.history, "density_rounds": result.density_rounds,
-        "resumed": rec.resumed,
+        "resumed": rec.resumed, "software": software_versions(device),
     }  # fmt: skip
 
 

@@ -122,7 +122,7 @@ def outputs(metrics: dict) -> dict[str, str]:
     return {
         "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
         "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
-        "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else ""),
+        "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else "") + ", software",
         "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} "
                      f"{_evaluations((metrics.get('settings') or {}).get('eval_every'), metrics.get('iterations'))}",
         "slices.png": f"orthogonal mid-slices: {columns}",

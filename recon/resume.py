@@ -25,7 +25,7 @@ from medgmae.words import plural
 from recon.commands import CLIError
 from recon.geometry import CTGeometry
 
-__all__ = ["input_fingerprints", "load_resume_state", "run_settings", "scan_fingerprint", "RAW_KEYS", "SCAN_KEYS"]
+__all__ = ["input_fingerprints", "load_resume_state", "path_fingerprint", "run_settings", "scan_fingerprint", "RAW_KEYS", "SCAN_KEYS"]
 
 #: The fingerprint entries that identify a scan (the paths are recorded too, but a moved scan is the same scan).
 SCAN_KEYS = ("projections_shape", "projections_sha256", "geometry_sha256")
@@ -82,13 +82,31 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def path_fingerprint(path: str | Path) -> dict:
+    """What a run read from ``path``, for its records: ``{"path": absolute path, "sha256": ...}``, the SHA-256 of a
+    file's bytes, or of a folder's (a DICOM series) lines ``<path below it>\t<SHA-256 of the file>\n``, one per file
+    below it, sorted by path.
+
+    Args:
+        path: an existing file or folder.
+
+    Returns:
+        The fingerprint.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return {"path": str(path.resolve()), "sha256": _file_sha256(str(path))}
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    lines = "".join(f"{p.relative_to(path).as_posix()}\t{_file_sha256(str(p))}\n" for p in files)
+    return {"path": str(path.resolve()), "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+
+
 def input_fingerprints(args, missing_ok: bool = False) -> dict:
     """The content of the files a run's start is built from, which a resume rebuilds the start from again: for
-    ``--checkpoint`` and ``--fbp`` when given, ``{"path": absolute path, "sha256": SHA-256 of the file's bytes}``
-    (``missing_ok``: files that are not there are left out, for their readers to name)."""
+    ``--checkpoint`` and ``--fbp`` when given, their :func:`path_fingerprint` ``{"path": absolute path, "sha256":
+    SHA-256 of the file's bytes}`` (``missing_ok``: files that are not there are left out, for their readers to name)."""
     given = (("--checkpoint", getattr(args, "checkpoint", None)), ("--fbp", getattr(args, "fbp", None)))
-    return {flag: {"path": str(Path(path).resolve()), "sha256": _file_sha256(path)} for flag, path in given
-            if path and not (missing_ok and not Path(path).is_file())}  # fmt: skip
+    return {flag: path_fingerprint(path) for flag, path in given if path and not (missing_ok and not Path(path).is_file())}
 
 
 def changed_while_read(before: dict, after: dict) -> list[str]:

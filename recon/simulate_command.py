@@ -1,5 +1,6 @@
 """``medgmae-recon simulate``: a CT volume's attenuation, its projections along a built-in orbit or a geometry file's
-(with Poisson noise if asked), the geometry and their FBP / FDK, written together into ``--out``."""
+(with Poisson noise if asked), the geometry and their FBP / FDK, written together into ``--out`` with
+``simulate.json``, the record of how the scan was made (:func:`simulation_record`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgmae.files import staged_outputs
+from medgmae.files import save_json_atomic, staged_outputs
 from medgmae.folder_lock import folder_held
 from recon.commands import (
     CLIError,
@@ -21,7 +22,7 @@ from recon.commands import (
 )
 from recon.geometry import NO_OFFSET, CTGeometry
 
-__all__ = ["MAX_VIEWS", "cmd_simulate"]
+__all__ = ["MAX_VIEWS", "cmd_simulate", "simulation_record"]
 
 #: The most projection angles ``simulate --views`` takes: ten times a micro-CT's usual count.
 MAX_VIEWS = 100_000
@@ -108,9 +109,28 @@ def _check_offset_size(offset: tuple[float, float], centred: CTGeometry) -> None
 
 
 #: What ``simulate`` writes into its ``--out`` folder.
-_SCAN_FILES = ("projections.npy", "geometry.json", "reference.nii.gz", "fbp.nii.gz")
+_SCAN_FILES = ("projections.npy", "geometry.json", "reference.nii.gz", "fbp.nii.gz", "simulate.json")
 #: What ``reconstruct`` writes that belongs to the scan it was made from (a new scan beside it would not).
 _RUN_FILES = ("recon.nii.gz", "gaussians.ply", "recon_state.pt")
+
+
+def simulation_record(args, volume: dict, device) -> dict:
+    """What ``simulate.json`` records of how a scan was made: every argument as given (the seed of the noise, the
+    photons, the filter...), the volume read (its path and SHA-256) and the software
+    (:func:`medgmae.software.software_versions`): the same record, volume and software make the same scan.
+
+    Args:
+        args: the parsed ``simulate`` arguments.
+        volume: the volume's :func:`recon.resume.path_fingerprint`.
+        device: the torch device the scan was projected on.
+
+    Returns:
+        ``{"arguments", "volume": {"path", "sha256"}, "software"}``; JSON-ready.
+    """
+    from medgmae.software import software_versions
+
+    return {"arguments": {k: v for k, v in vars(args).items() if k != "command"}, "volume": dict(volume),
+            "software": software_versions(device)}  # fmt: skip
 
 
 def _note_rotation_axis(affine: np.ndarray, path) -> None:
@@ -152,8 +172,9 @@ def _simulate(args) -> int:
     from recon.fbp import fbp
     from recon.initialisation import hu_to_mu
     from recon.noise import noise_warnings, photons_problem, poisson_line_integrals, simulated_scan_problem
-    from recon.scan_files import load_volume, save_nifti, save_projections
+    from recon.scan_files import load_volume
     from recon.projectors import make_projector
+    from recon.resume import path_fingerprint
 
     if args.photons is not None and (problem := photons_problem(args.photons)):
         raise CLIError(problem)
@@ -164,6 +185,7 @@ def _simulate(args) -> int:
                        "beside a reconstruction of another scan; give simulate another --out")
     planned = _planned_geometry(args)
     hu, affine, voxel = load_volume(args.volume)
+    volume = path_fingerprint(args.volume)  # of what was read: the record of the scan names it
     earlier = [n for n in _SCAN_FILES if (out / n).is_file()]
     if earlier:  # reconstructions of that scan (and their --resume: the scan's fingerprint) no longer fit it
         print(f"note: {out} holds an earlier scan ({', '.join(earlier)}): this simulation replaces it", flush=True)
@@ -194,16 +216,27 @@ def _simulate(args) -> int:
     warn_about_scan(geom, proj, axis=False)
     for note in notes:
         print(f"warning: {note}", flush=True)
-    with staged_outputs(out) as stage:
-        save_projections(stage / "projections.npy", proj.numpy())
-        geom.save(stage / "geometry.json")
-        save_nifti(stage / "fbp.nii.gz", rec, geom.default_affine())
-        save_nifti(stage / "reference.nii.gz", mu, geom.default_affine())
+    _write_scan(out, proj, geom, rec, mu, simulation_record(args, volume, device))
     noise = "noiseless" if args.photons is None else f"Poisson noise at {args.photons:g} photons per pixel"
     print("\n".join([f"simulated a {geom.kind}-beam scan: {geom.num_views} views, {noise}", *output_lines(out, {
         "projections.npy": f"line integrals (views, rows, cols) = {tuple(proj.shape)}",
         "geometry.json": "the scan geometry (--geometry of fbp and reconstruct)",
         "reference.nii.gz": "the input as linear attenuation, 1/mm: the --reference of reconstruct and evaluate",
         "fbp.nii.gz": f"{'FBP' if geom.kind == 'parallel' else 'FDK'} ({args.filter} filter), attenuation 1/mm",
+        "simulate.json": "how the scan was made: every argument, the volume's SHA-256, the software",
     })]))  # fmt: skip
     return 0
+
+
+def _write_scan(out: Path, proj: torch.Tensor, geom: CTGeometry, rec: np.ndarray, mu: np.ndarray, record: dict) -> None:
+    """Write the scan into ``out`` together (staged, :func:`medgmae.files.staged_outputs`): the projections
+    ``(views, rows, cols)``, the geometry, the FBP / FDK ``rec`` and the attenuation ``mu`` (``(z, y, x)``, 1/mm), and
+    ``simulate.json`` (``record``, :func:`simulation_record`)."""
+    from recon.scan_files import save_nifti, save_projections
+
+    with staged_outputs(out) as stage:
+        save_projections(stage / "projections.npy", proj.numpy())
+        geom.save(stage / "geometry.json")
+        save_nifti(stage / "fbp.nii.gz", rec, geom.default_affine())
+        save_nifti(stage / "reference.nii.gz", mu, geom.default_affine())
+        save_json_atomic(record, stage / "simulate.json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, run
 
 from medgmae.twod.gmae import GMAE2D
 
@@ -27,3 +27,13 @@ def gmae_parser(tmp_path: Path, **overrides) -> ConfigParser:
     parser.update({"output_dir": str(tmp_path / "run"), "image_size": 32, "patch_size": 8, "device": "cpu",
                    "dataset_dir": str(tmp_path / "data"), **overrides})  # fmt: skip
     return parser
+
+
+#: the 2D GMAE bundle's settings of a tiny run on the CPU (6 phantom slices of 32 pixels)
+TINY_GMAE = dict(model_size="tiny", image_size=32, patch_size=8, num_gaussians=32, batch_size=4, num_phantoms=1,
+                 slices_per_case=6, device="cpu", amp=False, warmup_steps=1)  # fmt: skip
+
+
+def train_gmae2d_bundle(output_dir: Path, **overrides) -> None:
+    """``monai.bundle run training`` of the 2D GMAE bundle in this process, at :data:`TINY_GMAE` and ``overrides``."""
+    run("training", config_file=GMAE_TRAIN, logging_file=False, output_dir=str(output_dir), **{**TINY_GMAE, **overrides})

@@ -7,21 +7,16 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigParser, run, verify_metadata
+from monai.bundle import ConfigParser, verify_metadata
 from monai.utils import set_determinism
 from PIL import Image
+from gmae2d_helpers import TINY_GMAE, train_gmae2d_bundle
 
 from medgmae.twod.cli import main as cli_main
 from medgmae.twod.gmae import GMAE2D
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "gmae2d_pretrain"
 TRAIN = str(BUNDLE / "configs" / "train.json")
-TINY = dict(model_size="tiny", image_size=32, patch_size=8, num_gaussians=32, batch_size=4, num_phantoms=1,
-            slices_per_case=6, device="cpu", amp=False, warmup_steps=1)  # fmt: skip
-
-
-def _train(output_dir, **overrides):
-    run("training", config_file=TRAIN, logging_file=False, output_dir=str(output_dir), **{**TINY, **overrides})
 
 
 def test_metadata_passes_the_schema():
@@ -72,7 +67,7 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
     straight, split = tmp_path / "straight", tmp_path / "split"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _train(straight, max_epochs=2)
+        train_gmae2d_bundle(straight, max_epochs=2)
     out, err = capfd.readouterr()
     _check_validation_and_pictures(straight, out + err, caught)
     _stop_after_the_first_epoch_and_resume(split)
@@ -82,10 +77,10 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
 
 
 def _parsed_training(output_dir: Path) -> ConfigParser:
-    """The bundle's 2-epoch training config at TINY settings, with the random state a run starts from."""
+    """The bundle's 2-epoch training config at TINY_GMAE settings, with the random state a run starts from."""
     parser = ConfigParser()
     parser.read_config(TRAIN)
-    parser.update({**TINY, "output_dir": str(output_dir), "max_epochs": 2})
+    parser.update({**TINY_GMAE, "output_dir": str(output_dir), "max_epochs": 2})
     set_determinism(seed=0)
     return parser
 
@@ -109,7 +104,7 @@ def _stop_after_the_first_epoch_and_resume(split: Path) -> None:
     stale.add_scalar("train_loss", 99.0, saved + 1)
     stale.close()
     # then resumed
-    _train(split, max_epochs=2, resume=True)
+    train_gmae2d_bundle(split, max_epochs=2, resume=True)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(split / "tensorboard"), size_guidance={"scalars": 0})
@@ -163,7 +158,7 @@ def _check_a_stop_while_validating_resumes_to_the_same_run(cut: Path, a: dict, h
         trainer.run()
     assert torch.load(cut / "checkpoint_epoch=1.pt", weights_only=True)["engine"]["pending"] == "validation"
     with caplog.at_level("INFO"):
-        _train(cut, max_epochs=2, resume=True)
+        train_gmae2d_bundle(cut, max_epochs=2, resume=True)
     assert "validating epoch 1 before training on" in caplog.text and "epoch 1/2: train_loss" not in caplog.text
     assert "epoch 2/2: train_loss" in caplog.text
     c = torch.load(cut / "model.pt", weights_only=True)
@@ -181,7 +176,7 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     out = tmp_path / "run"
 
     def train(**overrides) -> subprocess.CompletedProcess:
-        args = [x for k, v in {**TINY, **overrides}.items() for x in (f"--{k}", str(v))]
+        args = [x for k, v in {**TINY_GMAE, **overrides}.items() for x in (f"--{k}", str(v))]
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--output_dir", str(out), *args]
         return subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", cwd=BUNDLE.parents[1], timeout=300)
 
@@ -212,14 +207,14 @@ def test_a_run_from_before_flip_was_a_setting_resumes_only_with_flips(tmp_path, 
     settings or data record. Its resume with today's default (no flips) went on with a generic warning, silently
     without the flips; it is refused naming --flip true, and resumes with it."""
     out = tmp_path / "run"
-    _train(out, max_epochs=1, flip=True)
+    train_gmae2d_bundle(out, max_epochs=1, flip=True)
     for path in out.glob("checkpoint_*.pt"):  # the checkpoints as that release wrote them
         saved = torch.load(path, weights_only=True)
         saved["objects"] = {k: v for k, v in saved["objects"].items() if k not in ("settings", "data")}
         torch.save(saved, path)
     before = folder_state(out)
     with pytest.raises(Exception) as info:
-        _train(out, max_epochs=2, resume=True)
+        train_gmae2d_bundle(out, max_epochs=2, resume=True)
     chain, e = [], info.value
     while e is not None:
         chain.append(str(e))
@@ -227,7 +222,7 @@ def test_a_run_from_before_flip_was_a_setting_resumes_only_with_flips(tmp_path, 
     assert any("(flip: saved True, now False). Resume with the saved settings (here --flip true)" in t for t in chain), chain
     assert folder_state(out) == before
     with caplog.at_level("INFO", logger="medgmae.engine"):
-        _train(out, max_epochs=2, resume=True, flip=True)
+        train_gmae2d_bundle(out, max_epochs=2, resume=True, flip=True)
     assert "resumed from" in caplog.text and "random-transform states" not in caplog.text
     assert torch.load(out / "model.pt", weights_only=True)["extra"]["data"]["flip"] is True
 
@@ -238,7 +233,7 @@ def test_training_on_an_rgb_image_folder(tmp_path):
     rng = np.random.default_rng(0)
     for i, size in enumerate([(40, 30), (32, 32), (50, 64), (20, 24)]):
         Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(data / f"im{i}.{'png' if i % 2 else 'jpg'}")
-    _train(tmp_path / "run", dataset_dir=str(tmp_path / "images"), in_channels=3, max_epochs=1)
+    train_gmae2d_bundle(tmp_path / "run", dataset_dir=str(tmp_path / "images"), in_channels=3, max_epochs=1)
     model = GMAE2D.from_checkpoint(tmp_path / "run" / "model.pt")
     assert model.in_channels == 3 and model.head_color.out_features == 3
 
@@ -262,7 +257,7 @@ def test_bad_configuration_fails_clearly(tmp_path, overrides, message):
     folders = {"EMPTY": str(tmp_path / "empty"), "CORRUPT": str(tmp_path / "corrupt")}
     overrides = {k: folders.get(v, v) for k, v in overrides.items()}
     with pytest.raises(Exception) as info:
-        _train(tmp_path / "run", max_epochs=1, **overrides)
+        train_gmae2d_bundle(tmp_path / "run", max_epochs=1, **overrides)
     chain, e = [], info.value
     while e is not None:
         chain.append(str(e))
@@ -276,7 +271,7 @@ def _resolved(tmp_path, **overrides):
     to it), so that the trainer's bf16 switch shows what ``amp`` resolved to (it is always off on CPU)."""
     parser = ConfigParser()
     parser.read_config(TRAIN)
-    parser.update({**TINY, "output_dir": str(tmp_path), "slices_per_case": 1, "image_size": 16,
+    parser.update({**TINY_GMAE, "output_dir": str(tmp_path), "slices_per_case": 1, "image_size": 16,
                    "device_obj": "$torch.device('cuda')", "network": "@network_def", **overrides})  # fmt: skip
     return parser
 
@@ -337,7 +332,7 @@ def test_sigterm_to_the_process_group_stops_like_sigterm_to_the_run(tmp_path):
     import sys
     import time
 
-    settings = {**TINY, "batch_size": 2, "num_phantoms": 2, "slices_per_case": 20, "num_workers": 2, "max_epochs": 50,
+    settings = {**TINY_GMAE, "batch_size": 2, "num_phantoms": 2, "slices_per_case": 20, "num_workers": 2, "max_epochs": 50,
                 "progress_bar": False}  # fmt: skip
     args = [x for k, v in settings.items() for x in (f"--{k}", str(v))]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--output_dir",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 
 import pytest
 import torch
@@ -38,6 +39,22 @@ def test_model_metrics_and_summary_record_the_guidance(tmp_path, shapes, caplog)
     assert summary["training"] == expected
     assert json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))["training"] == expected
     assert "trained with guidance (gamma 0.05 every 3 iterations of 1 joint epoch), loss mse + 0.25 D-SSIM" in caplog.text
+
+
+def test_metrics_and_summary_record_the_loader_workers_and_the_software(tmp_path, shapes):
+    """A seed reproduces a run only with the same data loader workers and software: metrics.json records the
+    training loader's num_workers beside the seed, and metrics.json and summary.json the software (torch's version
+    as torch itself gives it)."""
+    flow = gvit_workflow(shapes, tmp_path / "run", resume=False, epochs={"warmup": 1, "classifier": 1, "joint": 0})
+    flow.train_loader.num_workers, flow.train_loader.prefetch_factor = 1, 2  # one worker process
+    flow.run()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["data"]["num_workers"] == 1
+    assert metrics["software"]["packages"]["torch"] == torch.__version__
+    assert metrics["software"]["python"] == platform.python_version()
+    gvit_summary(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["software"]["packages"]["torch"] == torch.__version__
 
 
 def test_no_guidance_is_recorded_as_such(tmp_path, shapes):

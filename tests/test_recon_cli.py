@@ -30,7 +30,7 @@ def _files(d: Path) -> list[str]:
 
 
 def test_simulate_outputs(simulated, ct):
-    assert _files(simulated) == ["fbp.nii.gz", "geometry.json", "projections.npy", "reference.nii.gz"]
+    assert _files(simulated) == ["fbp.nii.gz", "geometry.json", "projections.npy", "reference.nii.gz", "simulate.json"]
     geom = CTGeometry.load(simulated / "geometry.json")
     proj = np.load(simulated / "projections.npy")
     assert proj.shape == geom.proj_shape and geom.num_views == 10 and geom.kind == "parallel"
@@ -60,7 +60,7 @@ def test_simulating_into_a_scan_folder_names_what_it_replaces(ct, tmp_path, caps
     args = ["simulate", "--volume", str(ct[0]), "--geometry", "parallel", "--views", "6", "--out", str(out), "--device", "cpu"]
     assert main(args) == 0 and "earlier scan" not in capsys.readouterr().out
     assert main([*args[:6], "8", *args[7:]]) == 0
-    assert (f"note: {out} holds an earlier scan (projections.npy, geometry.json, reference.nii.gz, fbp.nii.gz): this "
+    assert (f"note: {out} holds an earlier scan (projections.npy, geometry.json, reference.nii.gz, fbp.nii.gz, simulate.json): this "
             "simulation replaces it") in capsys.readouterr().out
     assert np.load(out / "projections.npy").shape[0] == 8
     (out / "recon_state.pt").write_bytes(b"state")  # a reconstruction of that scan, written into its folder

@@ -2,6 +2,7 @@
 ``configs/geometry/``), with the volume's own affine, checked against an analytic line integral; grids that do not
 fit and flags the file fixes are refused before anything is written."""
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -194,3 +195,37 @@ def test_simulate_refuses_views_beyond_any_scanner_and_warns_about_one_view(tmp_
     assert geom.num_views == 1 and fbp.std() > 0
     assert main([*args, "--views", "2", "--out", str(tmp_path / "two")]) == 0
     assert "one view holds no depth" not in capsys.readouterr().out
+
+
+def test_simulate_json_records_how_the_scan_was_made_and_reconstruct_the_software(tmp_path):
+    """simulate.json names every argument (the seed of the noise and the photons among them), the volume read with
+    the SHA-256 of its bytes (computed here with hashlib) and the software; reconstruct's metrics.json the software."""
+    _water_cube(tmp_path / "ct.nii.gz", shape=(12, 12, 12), spacing=4.0, inner=8)
+    out = tmp_path / "scan"
+    assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "6",
+                 "--photons", "1e5", "--seed", "7", "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    record = json.loads((out / "simulate.json").read_text(encoding="utf-8"))
+    args = record["arguments"]
+    assert (args["seed"], args["photons"], args["views"], args["geometry"], args["filter"]) == (7, 1e5, 6, "parallel", "hann")
+    assert record["volume"] == {"path": str((tmp_path / "ct.nii.gz").resolve()),
+                                "sha256": hashlib.sha256((tmp_path / "ct.nii.gz").read_bytes()).hexdigest()}  # fmt: skip
+    assert record["software"]["packages"]["torch"] == torch.__version__
+    assert not list(out.glob(".*"))  # written through the scan's staging folder, as its other files
+    assert main(["reconstruct", "--projections", str(out / "projections.npy"), "--geometry", str(out / "geometry.json"),
+                 "--out", str(tmp_path / "rec"), "--no-progress", "--iterations", "1", "--num-gaussians", "50",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["software"]["packages"]["torch"] == torch.__version__
+
+
+def test_a_dicom_folder_is_fingerprinted_by_its_files(tmp_path):
+    """A folder read as a volume (a DICOM series) is named by the SHA-256 of its files' paths below it and their
+    SHA-256s, one line each, sorted by path."""
+    from recon.resume import path_fingerprint
+
+    (tmp_path / "series" / "sub").mkdir(parents=True)
+    (tmp_path / "series" / "b.dcm").write_bytes(b"second")
+    (tmp_path / "series" / "sub" / "a.dcm").write_bytes(b"first")
+    lines = "".join(f"{name}\t{hashlib.sha256(data).hexdigest()}\n" for name, data in (("b.dcm", b"second"), ("sub/a.dcm", b"first")))
+    assert path_fingerprint(tmp_path / "series") == {"path": str((tmp_path / "series").resolve()),
+                                                     "sha256": hashlib.sha256(lines.encode()).hexdigest()}  # fmt: skip

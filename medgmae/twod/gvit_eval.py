@@ -6,7 +6,9 @@
   images), ``confusion_matrix`` (rows = true class, columns = predicted), ``class_names``, ``num_images``,
   ``predicted_classes`` (how many classes were predicted; one, with several present, is warned about),
   ``explanations`` (how many PNGs), and the ``split`` and ``data`` settings evaluated and the model's ``training``
-  settings (epochs, optimiser, loss, guidance) when the caller gives them;
+  settings (epochs, optimiser, loss, guidance) when the caller gives them (a training run's ``data`` holds its
+  ``seed`` and its data loader's ``num_workers``), and the ``software`` it ran with
+  (:func:`medgmae.software.software_versions`);
 * ``confusion_matrix.png``;
 * ``explanations/<n>_<source>_<true>_pred-<predicted>.png`` (``<source>``: the image file's name without its
   endings, after its folders below its class folder, ``p1-IM0001``; absent for images without a file; a name over
@@ -34,6 +36,7 @@ import torch
 from medgmae.cli_types import as_path_text
 from medgmae.data.datalist import DatasetError
 from medgmae.files import save_json_atomic, staged_outputs
+from medgmae.software import software_versions
 from medgmae.twod.gvit import Gaussians2D
 from medgmae.twod.gvit_figures import explanation_name, save_confusion_matrix_png, save_explanation_png
 from medgmae.twod.images import is_windowed
@@ -133,6 +136,7 @@ def evaluate_gvit(
     save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names, output_dir / "confusion_matrix.png")
     metrics["explanations"] = written
     metrics.update(dict(record or {}))
+    metrics["software"] = software_versions(device)
     save_json_atomic(metrics, output_dir / "metrics.json")
     return metrics
 

@@ -100,6 +100,7 @@ def _summary_record(m: Mapping, results: Path, run: Path, explanations: list[Pat
         },
         "explanation_files": [str(p) for p in explanations],
         "training": m.get("training"),
+        "software": m.get("software"),  # the evaluation's, of this same run
         "next": {"evaluate": evaluate_command(run)} if stage == "training" else {},
     }
 

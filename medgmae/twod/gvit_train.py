@@ -308,7 +308,9 @@ class GViTWorkflow:
             logger.warning("no validation images (val_fraction 0, classes too small to hold one out, or a CSV without "
                            "val rows): the model is evaluated on its training images, an accuracy that overstates what "
                            "it does on new images")  # fmt: skip
-        record = {"split": "val" if has_val else "train", "data": without_split_files(self.data_settings), "training": training}
+        # the data loader's workers beside the seed: a run is reproduced bit for bit only with both (and the software)
+        data = {**(without_split_files(self.data_settings) or {}), "num_workers": getattr(self.train_loader, "num_workers", None)}
+        record = {"split": "val" if has_val else "train", "data": data, "training": training}
         return evaluate_gvit(
             self.model, self.val_loader if has_val else self.train_loader, self.class_names, self.output_dir,
             device=self.device, num_explanations=self.num_explanations, render_backend=self.kwargs["render_backend"],

@@ -1,0 +1,55 @@
+"""What a 2D GMAE pre-training run records of how it was made: its settings (the seed among them) and software in
+``summary.json``, and the seed in its checkpoints, which a resume with another seed is refused by, naming it."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import pytest
+import torch
+from gmae2d_helpers import TINY_GMAE, train_gmae2d_bundle
+
+
+def _error_chain(e: BaseException) -> list[str]:
+    chain = []
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def test_summary_records_the_settings_seed_and_software_and_a_resume_names_another_seed(tmp_path, folder_state):
+    out = tmp_path / "run"
+    train_gmae2d_bundle(out, max_epochs=1, seed=3)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    training = summary["settings"]["training"]
+    assert training["seed"] == 3 and training["max_epochs"] == 1 and training["batch_size"] == 4
+    assert training["learning_rate"] == 0.0005 and training["num_workers"] == 0
+    assert summary["settings"]["data"] == {"flip": False, "window": [-350.0, 400.0], "dataset_dir": "",
+                                           "num_phantoms": 1, "slices_per_case": 6}  # fmt: skip
+    model = summary["settings"]["model"]
+    assert model["img_size"] == [32, 32] and model["num_gaussians"] == TINY_GMAE["num_gaussians"]
+    assert summary["software"]["packages"]["torch"] == torch.__version__
+    assert summary["software"]["python"] == platform.python_version()
+
+    before = folder_state(out)
+    with pytest.raises(Exception) as info:
+        train_gmae2d_bundle(out, max_epochs=2, seed=4, resume=True)
+    chain = _error_chain(info.value)
+    assert any("seed: saved 3, now 4" in t and "--seed 3" in t for t in chain), chain
+    assert folder_state(out) == before
+
+
+def test_a_checkpoint_from_before_the_seed_was_recorded_resumes(tmp_path, caplog):
+    """Checkpoints written before the seed was recorded resume (the seed is not compared; a warning says so)."""
+    out = tmp_path / "run"
+    train_gmae2d_bundle(out, max_epochs=1)
+    for path in out.glob("checkpoint_*.pt"):
+        saved = torch.load(path, weights_only=True)
+        del saved["objects"]["settings"]["settings"]["seed"]
+        torch.save(saved, path)
+    with caplog.at_level("WARNING"):
+        train_gmae2d_bundle(out, max_epochs=2, resume=True)
+    assert torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)["objects"]["settings"]["settings"]["seed"] == 0
+    assert "records no seed settings" in caplog.text
