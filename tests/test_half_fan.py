@@ -65,6 +65,28 @@ def test_the_weights_count_every_ray_once(kind, cols, offset):
     assert half_fan_weights(_geometry(kind, cols * 2, 0.0)) is None  # a centred detector: no weights
 
 
+@pytest.mark.parametrize("kind, cols, offset", [("cone", 32, 15.0), ("cone", 32, -15.0), ("parallel", 40, 14.0),
+                                               ("cone", 400, 15.0)])
+def test_the_weights_are_wangs_smooth_ramp_toward_the_wide_side(kind, cols, offset):
+    """Wang's weights in float64 from the definition: the short side reaches ``D = cols du / 2 - |offset_u|`` past
+    the central ray; a column at ``u`` (toward the wide side) has fan angle ``g = atan(u / sd)`` (parallel: ``u``),
+    and weight ``1 + sin(pi / 2 * g / g_D)`` within ``D``, 2 beyond. So they rise monotonically toward the wide side
+    and run into 2 without a step (fine columns: neighbours within a few per cent of each other)."""
+    g = _geometry(kind, cols, offset) if cols < 100 else CTGeometry.cone(
+        SHAPE, 1.0, SO, SD, det_shape=(10, cols), det_spacing=(1.5, 0.12), num_angles=180, det_offset=(offset, 0.0))
+    du = g.det_spacing[1]
+    u = ((np.arange(cols) - (cols - 1) / 2) * du + offset) * np.sign(offset)  # toward the wide side: positive
+    reach = cols * du / 2 - abs(offset)
+    x = np.arctan(u / SD) / math.atan(reach / SD) if kind == "cone" else u / reach
+    expected = np.where(x >= 1, 2.0, 1 + np.sin(math.pi / 2 * np.clip(x, -1, 1)))
+    w = half_fan_weights(g).double().numpy()
+    np.testing.assert_allclose(w, expected, atol=1e-6)
+    toward_wide = w if offset > 0 else w[::-1]
+    assert (np.diff(toward_wide) >= -1e-12).all()
+    if cols >= 100:
+        assert np.abs(np.diff(w)).max() < 0.05 and toward_wide[0] < 0.02
+
+
 @pytest.mark.parametrize("kind, cols, offset", [("cone", 32, 15.0), ("cone", 32, -15.0), ("parallel", 40, 14.0)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fbp_of_a_half_fan_scan_recovers_a_ball_seen_from_one_side(kind, cols, offset, seed, monkeypatch):

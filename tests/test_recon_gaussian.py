@@ -182,6 +182,20 @@ def test_resume_needs_the_density_statistics(tmp_path):
     assert not torch.equal(resumed.run(progress=False).volume, full.volume)
 
 
+def test_a_round_trip_keeps_the_density_statistics_mid_interval(tmp_path):
+    """A run stopped at iteration 7 (three iterations into the density-control interval, views sampled so that the
+    accumulated gradient norms differ from the counts), saved to a file and restored into a fresh reconstructor:
+    each statistic (the accumulated gradient norms and the counts) equals the stopped run's own, tensor for tensor."""
+    stopped, _ = _resumable("toolkit", tmp_path / "state.pt", stop_at=7)
+    accum, count = stopped.grad_accum.clone(), stopped.grad_count.clone()
+    assert float(count.max()) == 3 and not torch.equal(accum, count)
+    resumed, _ = _resumable("toolkit", stop_at=0)
+    resumed.load_state_dict(load_torch_file(tmp_path / "state.pt"))
+    assert resumed.iteration == stopped.iteration == 7
+    assert torch.equal(resumed.grad_accum, accum) and torch.equal(resumed.grad_count, count)
+    assert resumed.grad_accum.dtype == accum.dtype and resumed.grad_count.dtype == count.dtype
+
+
 def test_tv_and_coarse_phase_change_the_loss():
     g, p, proj, vol = _tiny_problem()
     init = fbp_init(fbp(proj, g), 30, seed=0)
@@ -194,6 +208,24 @@ def test_tv_and_coarse_phase_change_the_loss():
     tv_term = sum(float(v.diff(dim=d).abs().mean()) for d in range(3))
     assert l1 == pytest.approx(l0 + 0.1 * tv_term, rel=1e-5)
     assert l2 != pytest.approx(l0, rel=1e-3)
+
+
+@pytest.mark.parametrize("form", ["mse", "relative"])
+def test_the_loss_is_the_mean_squared_projection_residual(form):
+    """All views, no hold-out, no TV: ``loss`` of a volume (``value_scale`` units) is the mean of the squared residual
+    of its projection (the projector called directly) against the measured projections, in float64: over
+    ``value_scale ** 2`` (``mse``) or over the measured projections' mean square (``relative``)."""
+    g, p, proj, vol = _tiny_problem()
+    init = fbp_init(fbp(proj, g), 30, seed=0)
+    scale = 0.05
+    rec = GaussianReconstructor(p, proj, init, GaussianReconConfig(iterations=1, loss=form), value_scale=scale)
+    v = rec.render().detach()
+    with torch.no_grad():
+        got = float(rec.loss(v))
+    residual = p(v * scale).double() - proj.double()
+    assert float(residual.abs().max()) > 3 * float(residual.abs().mean())  # uneven: |r| and r**2 means differ
+    expected = residual.square().mean() / (scale**2 if form == "mse" else proj.double().square().mean())
+    assert got == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_reconstructor_input_errors():

@@ -137,13 +137,19 @@ def test_the_detector_must_be_given_and_match_the_stack(rtk_data, tmp_path, caps
     assert rc == 2 and not out.exists() and "write the stack with RTK's centred origin" in capsys.readouterr().err
 
 
+def _centred_offset_xml(tmp_path: Path) -> Path:
+    """The offset scan's RTK geometry without its ProjectionOffsetX/Y elements."""
+    xml = tmp_path / "no_offset.xml"
+    xml.write_text("".join(line for line in (DATA / "rtk_offset.xml").read_text().splitlines(True) if "ProjectionOffset" not in line))
+    return xml
+
+
 def test_a_stack_with_itks_default_origin_is_named_in_the_error(rtk_data, tmp_path, capsys):
     """A stack that states its pitch but keeps ITK's default origin 0 shifts the detector by ``(n - 1) / 2 *
     spacing`` from RTK's centred origin: with ProjectionOffsetX/Y of 0 the conversion fails, and the error names the
     header's origin and its shift; beside a ProjectionOffsetX it is refused before the two are added."""
     origin0 = rtk_stack(tmp_path, rtk_data, "offset", origin_shift=tuple(-float(o) for o in rtk_data["offset_origin"]))
-    xml = tmp_path / "no_offset.xml"
-    xml.write_text("".join(line for line in (DATA / "rtk_offset.xml").read_text().splitlines(True) if "ProjectionOffset" not in line))
+    xml = _centred_offset_xml(tmp_path)
     rc, out = convert_rtk(tmp_path, xml, "--projections", str(origin0))
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists(), err
@@ -153,6 +159,19 @@ def test_a_stack_with_itks_default_origin_is_named_in_the_error(rtk_data, tmp_pa
     err = capsys.readouterr().err
     assert rc == 2 and "the header's origin shifts the detector by (39.0, 31.0) mm beside RTK geometry" in err, err
 
+
+
+def test_a_stack_whose_origin_carries_the_detector_offset_converts_to_the_same_geometry(rtk_data, tmp_path, capsys):
+    """RTK places a pixel at its header coordinates plus ProjectionOffsetX/Y, so the offset scan's projections with
+    the offset moved from the XML into the stack's origin (``origin + (6, -3)``, no ProjectionOffset) are the same
+    scan: det_offset ``ProjectionOffsetX + h_u`` is again ``(6, -3)`` and the exact line integrals match RTK's."""
+    xml = _centred_offset_xml(tmp_path)
+    shifted = rtk_stack(tmp_path, rtk_data, "offset", origin_shift=POX_POY["offset"])
+    rc, out = convert_rtk(tmp_path, xml, "--projections", str(shifted))
+    assert rc == 0, capsys.readouterr().err
+    g = CTGeometry.load(out)
+    assert g.det_offset == pytest.approx(POX_POY["offset"], abs=1e-9)
+    assert relative(_exact(g, toolkit_ellipsoids(rtk_data["ellipsoids"])), rtk_data["offset_projections"]) < 1e-5
 
 
 def test_a_folder_given_as_the_rtk_geometry_is_named_a_folder(tmp_path):
