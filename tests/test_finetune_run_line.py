@@ -165,3 +165,18 @@ def test_the_start_line_counts_the_volumes_a_short_dataset_gives_a_step(caplog):
     line = caplog.records[-1].getMessage()
     assert line.endswith("global batch 6 crops per step (1 process x 3 volumes x 2 crops; batch_size 4, but the "
                          "dataset holds 3 volumes)"), line  # fmt: skip
+
+
+def test_the_start_line_states_the_runs_seed(caplog):
+    """The seed in effect ends the line (a run with the default seed never said which); the bundle passes its own."""
+    net, opt = _unetr()
+    engine = _engine(net, opt)
+    with caplog.at_level(logging.INFO, logger="medgmae.finetune"):
+        FinetuneRunLine("", crops_per_item=2, seed=1234)(engine)
+    assert caplog.records[-1].getMessage().endswith("global batch 2 crops per step (1 process x 1 volume x 2 crops), seed 1234")
+    assert "seed" not in finetune_run_line(net, opt, "cpu", False)  # none given: none stated
+    with pytest.raises(TypeError, match="seed must be a whole number"):
+        FinetuneRunLine("", seed="0")
+    config = json.loads((ROOT / "bundles" / "unetr_finetune" / "configs" / "train.json").read_text(encoding="utf-8"))
+    line = next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith("FinetuneRunLine"))
+    assert line["seed"] == "$int(@seed)"

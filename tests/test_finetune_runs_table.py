@@ -4,7 +4,9 @@ side by side."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import re
 
 import pytest
 import torch
@@ -134,9 +136,11 @@ def test_the_pretrained_record_names_the_file_and_its_source(tmp_path):
     enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
     path = tmp_path / "encoder.pt"
     torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), None, {"source": "medgmae-star"}), path)
-    assert pretrained_record(path) == {"path": str(path.resolve()), "kind": "medgmae-encoder", "source": "medgmae-star"}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert pretrained_record(path) == {"path": str(path.resolve()), "kind": "medgmae-encoder", "source": "medgmae-star",
+                                       "sha256": digest}  # fmt: skip
     assert pretrained_record(encoder_file(tmp_path / "bare.pt"))["source"] == ""  # an encoder.pt that records none
-    assert pretrained_record("") == {"path": "", "kind": "", "source": ""}
+    assert pretrained_record("") == {"path": "", "kind": "", "source": "", "sha256": ""}
     record = start_record(case_record(0.1, 4, 10, []), "", 9)
     assert (record["seed"], record["training_seed"], record["pretrained"]["path"]) == (4, 9, "")
 
@@ -222,14 +226,21 @@ def test_result_files_of_other_writers_leave_cells_empty_and_names_are_escaped(t
 
 
 def test_a_bundle_run_records_its_encoder_and_training_seed(tmp_path, capsys):
+    """... and what else decides its weights: the loader workers (one here; phantom runs default to none), the
+    software, the encoder file's content; the start line states the seed."""
     encoder = encoder_file(tmp_path / "encoder.pt")
     out = tmp_path / "run"
-    run_bundle("training", "train.json", "--output_dir", str(out), "--device", "cpu", "--feature_size", "4",
-               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--max_epochs", "1",
-               "--pretrained", str(encoder), "--seed", "3", "--subset_seed", "0", "--progress_bar", "false")  # fmt: skip
+    proc = run_bundle("training", "train.json", "--output_dir", str(out), "--device", "cpu", "--feature_size", "4",
+                      "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--max_epochs", "1",
+                      "--pretrained", str(encoder), "--seed", "3", "--subset_seed", "0", "--progress_bar", "false",
+                      "--num_workers", "1")  # fmt: skip
     record = read_run_record(out)
-    assert (record["training_seed"], record["seed"]) == (3, 0)
-    assert record["pretrained"] == {"path": str(encoder.resolve()), "kind": "medgmae-encoder", "source": ""}
+    assert (record["training_seed"], record["seed"], record["num_workers"]) == (3, 0, 1)
+    assert record["pretrained"] == {"path": str(encoder.resolve()), "kind": "medgmae-encoder", "source": "",
+                                    "sha256": hashlib.sha256(encoder.read_bytes()).hexdigest()}  # fmt: skip
+    assert record["software"]["packages"]["torch"] == torch.__version__
+    assert re.search(r"fine-tuning runs on cpu, .*, global batch 1 crop per step \(1 process x 1 volume x 1 crop\), "
+                     r"seed 3\n", proc.stdout + proc.stderr)  # fmt: skip
     assert record["preprocessing"] == torch.load(out / "best_model.pt", weights_only=True, mmap=True)["preprocessing"]
     assert main([str(out), "--per-class"]) == 0
     row = capsys.readouterr().out.splitlines()[2].split(" | ")
@@ -237,6 +248,7 @@ def test_a_bundle_run_records_its_encoder_and_training_seed(tmp_path, capsys):
     best = torch.load(out / "best_model.pt", weights_only=True, mmap=True)["extra"]["metric"]
     metrics = json.loads((out / "validation" / "metrics.json").read_text(encoding="utf-8"))
     assert row[9] == f"{best:.4f}" and row[11] == f"{metrics['mean_dice']:.4f}"
+    assert metrics["software"]["packages"]["torch"] == torch.__version__
 
 
 def test_the_summary_gathers_each_settings_seeds_against_numpy(tmp_path, capsys):

@@ -79,7 +79,7 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     # the start line: SMALL runs a 32^3 crop of 8^3 patches (64, 16 visible), one crop per volume, on the CPU
     assert ("pre-training runs on cpu, AMP off (amp true has no effect on the CPU), renderer torch, model medgmae tiny ("
             in log and "K=8 Gaussians, mask ratio 0.75 (16 of 64 patches visible per crop), global batch 1 crop per step "
-            "(1 process x 1 volume x 1 crop)" in log)  # fmt: skip
+            "(1 process x 1 volume x 1 crop), seed 0" in log)  # fmt: skip  (the default seed: no command line gives it)
     # best_model.pt: model.pt's format, loadable without unpickling code, rebuilds the model
     best = torch.load(straight / "best_model.pt", map_location="cpu", weights_only=True)
     assert set(best) == set(read_checkpoint(straight / "model.pt")) and best["kind"] == "medgmae"
@@ -100,8 +100,11 @@ def test_validation_best_model_pictures_tensorboard_and_summary(runs):
     settings = summary["settings"]
     assert settings["model"]["num_gaussians"] == 8 and settings["model"]["img_size"] == [32, 32, 32]
     assert settings["preprocessing"]["spacing"] == [3.0, 3.0, 3.0]
-    assert {k: settings["training"][k] for k in ("batch_size", "num_samples", "learning_rate", "seed", "processes")} == {
-        "batch_size": 1, "num_samples": 1, "learning_rate": 1.5e-4, "seed": 0, "processes": 1}
+    keys = ("batch_size", "num_samples", "learning_rate", "seed", "num_workers", "processes")
+    assert {k: settings["training"][k] for k in keys} == {
+        "batch_size": 1, "num_samples": 1, "learning_rate": 1.5e-4, "seed": 0, "num_workers": 0, "processes": 1}
+    # what else decides the weights: the software (and a GPU, which this CPU run names none of)
+    assert summary["software"]["packages"]["torch"] == torch.__version__ and "gpu" not in summary["software"]
     assert "val/reconstruction" in acc.Tags()["images"] and "curves" in acc.Tags()["images"]
     pictured = {e.step for e in acc.Images("val/reconstruction")}  # at iterations ending validated epochs, as val/psnr
     assert pictured and pictured <= {e.step for e in acc.Scalars("val/psnr")}, pictured

@@ -124,3 +124,17 @@ def test_no_writer_writes_nothing():
     engine.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     LearningRateScalar(None).attach(engine)
     engine.run([0], max_epochs=1)  # a process other than rank 0: no writer, no error
+
+
+def test_the_start_line_states_the_runs_seed():
+    """The trainer's seed (the bundle's ``seed``) ends the line; without one the line names none."""
+    model = build_model("voxel-mae", "tiny", img_size=16, patch_size=8)
+    line = run_settings_line(model, "cpu", False, batch_size=2, crops_per_item=1, seed=42)
+    assert line.endswith("global batch 2 crops per step (1 process x 2 volumes x 1 crop), seed 42")
+    loader = torch.utils.data.DataLoader([{"image": torch.zeros(1, 16, 16, 16)}] * 2, batch_size=2)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = MaskedAutoencoderTrainer("cpu", 1, loader, model, optimiser, seed=7)
+    assert trainer.run_settings().endswith("(1 process x 2 volumes x 1 crop), seed 7")
+    assert "seed" not in MaskedAutoencoderTrainer("cpu", 1, loader, model, optimiser).run_settings()
+    with pytest.raises(TypeError, match="seed must be a whole number"):
+        MaskedAutoencoderTrainer("cpu", 1, loader, model, optimiser, seed=1.5)

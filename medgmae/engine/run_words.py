@@ -1,4 +1,5 @@
-"""Words the training bundles' start-of-run lines share: the device, whether AMP runs, and the global batch.
+"""Words the training bundles' start-of-run lines share: the device, whether AMP runs, the global batch and the
+seed.
 
 Pre-training (:mod:`medgmae.mae_training.run_line`), fine-tuning (:mod:`medgmae.finetune.run_line`) and GViT
 training (:mod:`medgmae.twod.gvit_run_line`) resolve ``--device auto`` and ``--amp`` as their runs do and state the
@@ -14,7 +15,7 @@ import torch.nn as nn
 
 from medgmae.words import plural, plural_noun  # re-exported: the start lines count with them
 
-__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "loader_items", "parameter_counts", "model_words", "plural_noun"]
+__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "seed_words", "loader_items", "parameter_counts", "model_words", "plural_noun"]
 
 
 def device_words(device: torch.device | str) -> str:
@@ -73,6 +74,21 @@ def global_batch_words(
         return f"global batch {plural(total, 'image')} per step ({plural(processes, 'process')} x {per_process}{note})"
     parts = f"{plural(processes, 'process')} x {plural(per_process, 'volume')} x {plural(crops_per_item, 'crop')}"
     return f"global batch {plural(total, 'crop')} per step ({parts}{note})"
+
+
+def seed_words(seed: int) -> str:
+    """``"seed N"``: the seed of the run's determinism, stated so that a log says how to repeat the run (a default
+    seed is given on no command line).
+
+    Args:
+        seed: the bundle's ``seed``.
+
+    Raises:
+        TypeError: ``seed`` is not a whole number.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be a whole number, got {seed!r}")
+    return f"seed {seed}"
 
 
 def loader_items(loader: Any) -> int | None:

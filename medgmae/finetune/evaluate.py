@@ -25,6 +25,7 @@ from medgmae.data.reader import volume_stem
 from medgmae.distributed import gather_in_order, is_main_process, sharded_loader
 from medgmae.files import save_json_atomic, save_nifti_atomic, staged_outputs
 from medgmae.finetune.color_table import COLOR_TABLE_NAME, write_color_table
+from medgmae.software import software_versions
 from medgmae.temp_names import fitted_name
 
 __all__ = ["case_mean_dice", "per_case_dice", "predicted_but_absent", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
@@ -122,8 +123,9 @@ class SegmentationReport:
     evaluator's key metric are one number), per-class means under ``dice_per_class`` (by label name), the number of
     cases and of those with a labelled class in their reference (``num_cases_scored``: the others add nothing to
     any mean), ``absent_class_predictions`` (per class: in how many cases it is absent from the reference, and in how
-    many of those it was predicted all the same, false positives no Dice counts) and ``extra`` (e.g. the checkpoint
-    used). The CSV's ``predicted_but_absent`` column names a case's such classes.
+    many of those it was predicted all the same, false positives no Dice counts), ``extra`` (e.g. the checkpoint
+    used) and ``software`` (:func:`medgmae.software.software_versions` of the evaluator's device: the results
+    depend on it). The CSV's ``predicted_but_absent`` column names a case's such classes.
 
     Args:
         output_dir: folder for the two files.
@@ -196,7 +198,8 @@ class SegmentationReport:
         report); rank 0 alone writes and logs."""
         if sharded_loader(getattr(engine, "data_loader", None)):
             self.rows = gather_in_order(self.rows)
-        self.metrics = self.summary()
+        device = getattr(getattr(engine, "state", None), "device", None)  # MONAI's workflows keep it in their state
+        self.metrics = {**self.summary(), "software": software_versions(device)}
         if not is_main_process():
             return self.metrics
         with staged_outputs(self.output_dir) as stage:  # both files move in only when both were written

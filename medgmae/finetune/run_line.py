@@ -3,7 +3,7 @@
 :class:`FinetuneRunLine` (a train handler of the bundle) logs, on rank 0 and once, the device (``--device auto``
 resolved), whether AMP runs (MONAI's fp16 autocast on CUDA; none on the CPU), the network with its parameter and
 trainable counts, where the encoder comes from and whether it is frozen, the learning rates of the layer-wise decay's
-parameter groups, and the global batch. A frozen encoder without ``--pretrained`` is warned about: it stays at its
+parameter groups, the global batch and the seed. A frozen encoder without ``--pretrained`` is warned about: it stays at its
 random initialisation and only the decoder trains. The device, AMP and batch words are pre-training's
 (:mod:`medgmae.engine.run_words`).
 """
@@ -20,7 +20,8 @@ from ignite.engine import Engine, Events
 
 from medgmae.distributed import is_main_process, rank_world
 from medgmae.engine import unwrap_model
-from medgmae.engine.run_words import amp_words, device_words, global_batch_words, loader_items, parameter_counts, plural
+from medgmae.engine.run_words import (amp_words, device_words, global_batch_words, loader_items, parameter_counts, plural,
+                                      seed_words)
 from medgmae.finetune.weights import layer_id
 
 __all__ = ["FinetuneRunLine", "finetune_run_line", "learning_rate_words", "FROZEN_SCRATCH_WARNING"]
@@ -96,6 +97,7 @@ def finetune_run_line(
     crops_per_item: int = 1,
     processes: int = 1,
     items: int | None = None,
+    seed: int | None = None,
 ) -> str:
     """One line stating what a fine-tuning run runs.
 
@@ -110,10 +112,11 @@ def finetune_run_line(
         processes: training processes (torchrun's world size).
         items: the volumes one process draws in an epoch (:func:`~medgmae.engine.run_words.loader_items`): fewer
             than ``batch_size`` make each step hold those alone, and the global batch says so.
+        seed: the run's seed (``"seed N"`` ends the line); ``None`` leaves it out.
 
     Returns:
         ``"fine-tuning runs on cpu, AMP off, network UNETR (feature size 16, N parameters, M trainable), encoder
-        loaded from .../encoder.pt, fine-tuned, learning rates ..., global batch ..."``.
+        loaded from .../encoder.pt, fine-tuned, learning rates ..., global batch ..., seed 0"``.
     """
     model = unwrap_model(network)
     count, trainable = parameter_counts(model)
@@ -127,6 +130,8 @@ def finetune_run_line(
         learning_rate_words(model, optimizer),
         global_batch_words(processes, int(batch_size), int(crops_per_item), items=items),
     ]
+    if seed is not None:
+        parts.append(seed_words(seed))
     return ", ".join(parts)
 
 
@@ -137,10 +142,13 @@ class FinetuneRunLine:
     Args:
         pretrained: the bundle's ``pretrained`` (``""`` for training from scratch).
         crops_per_item: the bundle's ``num_samples``.
+        seed: the bundle's ``seed``, stated at the line's end; ``None`` leaves it out.
     """
 
-    def __init__(self, pretrained: str | Path = "", crops_per_item: int = 1) -> None:
-        self.pretrained, self.crops_per_item = str(pretrained or "").strip(), int(crops_per_item)
+    def __init__(self, pretrained: str | Path = "", crops_per_item: int = 1, seed: int | None = None) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"FinetuneRunLine: seed must be a whole number or None, got {seed!r}")
+        self.pretrained, self.crops_per_item, self.seed = str(pretrained or "").strip(), int(crops_per_item), seed
 
     def attach(self, engine: Engine) -> None:
         """Log at ``STARTED``."""
@@ -155,4 +163,4 @@ class FinetuneRunLine:
         batch = getattr(engine.data_loader, "batch_size", None) or 1
         logger.info(finetune_run_line(model, engine.optimizer, engine.state.device, bool(getattr(engine, "amp", False)),
                                       self.pretrained, batch, self.crops_per_item, rank_world()[1],
-                                      loader_items(engine.data_loader)))  # fmt: skip
+                                      loader_items(engine.data_loader), self.seed))  # fmt: skip

@@ -2,10 +2,12 @@
 
 The record holds the label fraction, the subset seed (``seed``), the chosen cases and the data source
 (``dataset_dir`` and ``datalist``, absolute; both ``""`` for the synthetic phantoms under ``output_dir/phantom``),
-and how the run started (:func:`start_record`): its training seed (``training_seed``), the pre-trained encoder
-it loaded (``pretrained``: path, kind, source; an empty path for a run from scratch) and its pre-processing
-(``preprocessing``, as :meth:`~medgmae.preprocessing.PreprocessingSpec.to_dict`; runs recorded before it was have
-none). Evaluation and inference of
+and how the run started (:func:`start_record`): its training seed (``training_seed``), its data loader workers
+(``num_workers``: with the seed, the software and the device they decide the weights), the pre-trained encoder it
+loaded (``pretrained``: path, kind, source and the file's SHA-256, which tells the encoder apart from a later one
+written at that path; an empty path for a run from scratch), its pre-processing (``preprocessing``, as
+:meth:`~medgmae.preprocessing.PreprocessingSpec.to_dict`) and its software (``software``,
+:func:`medgmae.software.software_versions`); runs recorded before a key was added have none. Evaluation and inference of
 the run default to its data source, and a resumed run must choose the same cases (records written before
 ``training_seed`` and ``pretrained`` were added resume as before: those keys are not compared). A record that is
 there but does not read as one is refused (:func:`read_run_record`), never taken for a missing one.
@@ -22,6 +24,7 @@ from medgmae.data.datalist import DatasetError
 from medgmae.data.sources import phantom_dataset
 from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
 from medgmae.files import read_json, save_json_atomic
+from medgmae.fingerprints import file_sha256
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["RECORD_FILE", "EXPLICIT_DATA", "RESUME_AFRESH", "case_record", "start_record", "pretrained_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
@@ -50,51 +53,80 @@ def case_record(fraction: float, seed: int, num_total: int, cases: list, source:
 
 
 def pretrained_record(pretrained: str | Path) -> dict[str, str]:
-    """The pre-trained file a run loaded, as recorded: ``{"path", "kind", "source"}``.
+    """The pre-trained file a run loaded, as recorded: ``{"path", "kind", "source", "sha256"}``.
 
     The file is opened memory-mapped (its weights are not read). ``kind`` is the file's checkpoint kind
     (``medgmae-encoder`` for an ``encoder.pt``, ``medgmae`` / ``voxel-mae`` / ... for a pre-training ``model.pt``);
     ``source`` the pre-training run an ``encoder.pt`` records it came from (its ``extra.source`` as a kind, by
     :func:`medgmae.checkpoint.encoder_source`: an old file's class name mapped; ``""`` where it records none), for a
-    model file its kind.
+    model file its kind. ``sha256`` is the file's content fingerprint (:func:`medgmae.fingerprints.file_sha256`):
+    the next pre-training run in the same folder replaces its ``encoder.pt``, and the path then names another encoder.
 
     Args:
         pretrained: the ``--pretrained`` file; ``""`` for a run from scratch.
 
     Returns:
-        The absolute path, kind and source; all ``""`` from scratch, and ``kind`` / ``source`` ``""`` for a file
-        that cannot be read as a toolkit checkpoint (the settings check refuses those before training).
+        The absolute path, kind, source and SHA-256; all ``""`` from scratch, ``kind`` / ``source`` ``""`` for a
+        file that cannot be read as a toolkit checkpoint (the settings check refuses those before training) and
+        ``sha256`` ``""`` for one that cannot be read at all.
     """
     from medgmae.checkpoint import ENCODER_KIND, encoder_source, load_checkpoint
 
     if not str(pretrained or "").strip():
-        return {"path": "", "kind": "", "source": ""}
+        return {"path": "", "kind": "", "source": "", "sha256": ""}
     path = Path(str(pretrained)).expanduser().resolve()
+    try:
+        digest = file_sha256(path)
+    except OSError:
+        digest = ""
     try:
         ckpt = load_checkpoint(path, mmap=True)
     except (OSError, ValueError):
-        return {"path": str(path), "kind": "", "source": ""}
+        return {"path": str(path), "kind": "", "source": "", "sha256": digest}
     source = encoder_source((ckpt.extra or {}).get("source"), ckpt.config) if ckpt.kind == ENCODER_KIND else ckpt.kind
-    return {"path": str(path), "kind": str(ckpt.kind), "source": str(source)}
+    return {"path": str(path), "kind": str(ckpt.kind), "source": str(source), "sha256": digest}
 
 
 def start_record(record: Mapping, pretrained: str | Path, training_seed: int, resumed: str | Path | None = None,
-                 preprocessing=None) -> dict:
-    """``record`` (:func:`case_record`) with how the run started: ``training_seed`` (the bundle's ``seed``, of
-    MONAI's determinism; the record's own ``seed`` stays the subset seed), ``pretrained``
-    (:func:`pretrained_record`) and, where given, ``preprocessing`` (a
-    :class:`~medgmae.preprocessing.PreprocessingSpec`, recorded as its ``to_dict()``: ``medgmae-runs-table`` reads
-    it, also for a run not validated yet). A resume (``resumed``: the run's folder) keeps those its run recorded, or
-    none where it recorded none: it continues from the checkpoint's weights and random state, whatever its own
-    ``--seed`` and ``--pretrained`` say; a record that is there but does not read is refused (``DatasetError``), not
-    taken for one that recorded none."""
+                 preprocessing=None, num_workers: int | None = None, device=None) -> dict:
+    """``record`` (:func:`case_record`) with how the run started.
+
+    A fresh start adds ``training_seed`` (the bundle's ``seed``, of MONAI's determinism; the record's own ``seed``
+    stays the subset seed), ``num_workers`` (the training data loader's workers, where given: the random crops are
+    drawn in them, so that the same seed with another count gives other weights), ``pretrained``
+    (:func:`pretrained_record`), ``preprocessing`` where given (``medgmae-runs-table`` reads it, also for a run not
+    validated yet) and ``software`` (:func:`medgmae.software.software_versions` of ``device``). A resume keeps those
+    its run recorded, or none where it recorded none: it continues from the checkpoint's weights and random state,
+    whatever its own ``--seed`` and ``--pretrained`` say (each validation's ``metrics.json`` names the software that
+    wrote it); a record that is there but does not read is refused (``DatasetError``), not taken for one that
+    recorded none.
+
+    Args:
+        record: the run's cases (:func:`case_record`).
+        pretrained: the ``--pretrained`` file, ``""`` from scratch.
+        training_seed: the bundle's ``seed``.
+        resumed: the run's folder when it resumes, else ``None``.
+        preprocessing: a :class:`~medgmae.preprocessing.PreprocessingSpec` (recorded as its ``to_dict()``) or
+            ``None``.
+        num_workers: the training data loader's ``num_workers``; ``None``: not recorded.
+        device: the training device, for the GPU entry of ``software``.
+
+    Returns:
+        The record to write (:func:`write_run_record`).
+    """
     if preprocessing is not None and not hasattr(preprocessing, "to_dict"):
         raise TypeError(f"preprocessing must be a PreprocessingSpec or None, got {type(preprocessing).__name__}")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+        raise ValueError(f"num_workers must be a whole number >= 0 or None, got {num_workers!r}")
     if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start: the encoder is read only here
+        from medgmae.software import software_versions
+
         spec = {} if preprocessing is None else {"preprocessing": preprocessing.to_dict()}
-        return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained), **spec}
+        workers = {} if num_workers is None else {"num_workers": num_workers}
+        return {**dict(record), "training_seed": int(training_seed), **workers, "pretrained": pretrained_record(pretrained),
+                **spec, "software": software_versions(device)}  # fmt: skip
     earlier = read_run_record(resumed, RESUME_AFRESH) or {}  # a run recorded before these keys existed keeps none
-    kept = ("training_seed", "pretrained", "preprocessing")
+    kept = ("training_seed", "num_workers", "pretrained", "preprocessing", "software")
     return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}}
 
 

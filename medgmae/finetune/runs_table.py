@@ -2,7 +2,8 @@
 
 Each row reads what a run of ``bundles/unetr_finetune`` left in its folder: ``training_cases.json`` (label
 fraction given and effective, training cases, subset seed, and, for runs recorded since they are, the training seed
-and the pre-trained encoder), the ``checkpoint_epoch=N.pt`` files (epochs trained), ``best_model.pt`` (best
+and the pre-trained encoder: a path whose content differs between runs, by the SHA-256 they recorded, gets a note),
+the ``checkpoint_epoch=N.pt`` files (epochs trained), ``best_model.pt`` (best
 validation mean Dice and its epoch), ``validation/metrics.json`` (the last validation's mean and per-class Dice)
 and ``eval/metrics.json`` (the mean Dice of ``evaluate.json``, where it was run, unless the ``best_model.pt`` it
 records having evaluated is not the one there now: then the cell is empty, with a note naming both epochs), and,
@@ -34,7 +35,7 @@ from medgmae.finetune.runs_summary import (  # the summary's names, also importa
 )  # fmt: skip
 from medgmae.files import output_dir_problem
 
-__all__ = ["RunUnreadable", "read_run", "runs_table", "summary_table", "repeated_seed_notes", "same_cases_notes",
+__all__ = ["RunUnreadable", "read_run", "runs_table", "replaced_encoder_notes", "summary_table", "repeated_seed_notes", "same_cases_notes",
            "markdown_table", "csv_table", "main", "SUMMARY_METRICS", "SUMMARY_COLUMNS", "SETTING_KEYS",
            "PREPROCESSING_COLUMNS"]  # fmt: skip
 
@@ -76,6 +77,34 @@ def _initialisation(record: dict) -> tuple[str, str]:
     if not path:
         return "scratch", ""
     return encoder_source(pretrained.get("source")) or str(pretrained.get("kind") or "pre-trained"), path
+
+
+def _encoder_sha256(record: dict) -> str | None:
+    """The SHA-256 the run recorded of its ``--pretrained`` file; ``None`` for runs recorded before it was."""
+    pretrained = record.get("pretrained")
+    digest = pretrained.get("sha256") if isinstance(pretrained, dict) else None
+    return digest if isinstance(digest, str) and digest else None
+
+
+def replaced_encoder_notes(rows: Sequence[dict]) -> list[str]:
+    """A note per encoder path that runs name with other content: the file was replaced between them (e.g. by the
+    next pre-training run in its folder), so that their encoders differ though the ``encoder`` column reads alike.
+
+    Args:
+        rows: rows of :func:`read_run` (with their ``encoder_sha256``).
+
+    Returns:
+        One line per such path, naming each content's first 12 hex digits and its runs; none where every path
+        names one content (runs that record none are not compared).
+    """
+    by_path: dict[str, dict[str, list[str]]] = {}
+    for row in rows:
+        if row.get("encoder") and row.get("encoder_sha256"):
+            by_path.setdefault(row["encoder"], {}).setdefault(row["encoder_sha256"], []).append(str(row["run"]))
+    return [f"note: encoder {path} had other content in different runs ("
+            + "; ".join(f"sha256 {digest[:12]}: {', '.join(runs)}" for digest, runs in contents.items())
+            + "): the file was replaced between them, so they started from different encoders"
+            for path, contents in by_path.items() if len(contents) > 1]  # fmt: skip
 
 
 def _best(folder: Path) -> tuple[dict | None, Any]:
@@ -156,7 +185,8 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
 
     Returns:
         ``(row, dice_per_class, note)``: the row keyed by :data:`COLUMNS` and :data:`PREPROCESSING_COLUMNS`
-        (``None`` where the run records nothing),
+        (``None`` where the run records nothing), and ``encoder_sha256`` (the encoder file's SHA-256 as the run
+        recorded it, for :func:`replaced_encoder_notes`; no column),
         the last validation's Dice by class name, and a note (else ``None``) for a run not validated yet or whose
         ``eval/metrics.json`` evaluated another ``best_model.pt`` than the one there now (its ``eval_dice`` is then
         ``None``: an evaluation run while the run still trained, or before a resume trained on).
@@ -187,7 +217,7 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
            "epochs": epochs[0][0] if epochs else None, "best_dice": best, "best_epoch": best_epoch,
            "last_dice": _number(last.get("mean_dice"), float),
            "eval_dice": _number(evaluation.get("mean_dice"), float),
-           **_preprocessing(record, model_spec, path / RECORD_FILE)}  # fmt: skip
+           **_preprocessing(record, model_spec, path / RECORD_FILE), "encoder_sha256": _encoder_sha256(record)}  # fmt: skip
     notes = []
     if best is None and row["last_dice"] is None:
         validated = (path / "validation" / "metrics.json").is_file()
@@ -213,7 +243,8 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
 
     Returns:
         ``(columns, rows, messages)``: the readable runs' rows (a folder given again, or through a link, once), and a
-        one-line message per folder left out or listed without (evaluation) Dice.
+        one-line message per folder left out or listed without (evaluation) Dice, then per encoder path whose
+        content differs between runs (:func:`replaced_encoder_notes`).
     """
     rows, messages, classes, seen = [], [], {}, {}
     for folder in folders:
@@ -230,6 +261,7 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
             messages.append(note)
         classes.update(dict.fromkeys(dice))
         rows.append({**row, **{f"dice {name}": value for name, value in dice.items()}})
+    messages += replaced_encoder_notes(rows)
     columns = COLUMNS + ([f"dice {name}" for name in classes] if per_class else []) + PREPROCESSING_COLUMNS
     return columns, [{c: row.get(c) for c in columns} for row in rows], messages
 

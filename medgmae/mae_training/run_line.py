@@ -2,7 +2,7 @@
 
 ``--device auto``, ``--amp`` and the renderer's ``auto`` are resolved here as the run resolves them, so the line
 names the device, whether bf16 autocast is on, the renderer backend, the model and its parameter count, the
-Gaussians, the mask and the global batch. A model without Gaussians (the voxel-MAE) has neither renderer nor K;
+Gaussians, the mask, the global batch and the seed. A model without Gaussians (the voxel-MAE) has neither renderer nor K;
 a 2D model's crops are whole images. The device, AMP and batch words are shared with fine-tuning's start line
 (:mod:`medgmae.engine.run_words`).
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from medgmae.engine import unwrap_model
-from medgmae.engine.run_words import amp_words, device_words, global_batch_words, model_words
+from medgmae.engine.run_words import amp_words, device_words, global_batch_words, model_words, seed_words
 from medgmae.networks.vit import visible_patch_count
 from medgmae.render import resolve_backend
 
@@ -57,6 +57,7 @@ def run_settings_line(
     processes: int = 1,
     items: int | None = None,
     augmented: bool = False,
+    seed: int | None = None,
 ) -> str:
     """One line stating what a pre-training run runs.
 
@@ -71,10 +72,11 @@ def run_settings_line(
             (:func:`~medgmae.engine.run_words.global_batch_words`).
         augmented: the crops get the paper's augmentation (the 3D bundle's ``augment``,
             :mod:`medgmae.data.augmentation`).
+        seed: the run's seed (``"seed N"`` ends the line); ``None`` leaves it out.
 
     Returns:
         ``"pre-training runs on cpu, AMP off, renderer torch, model medgmae tiny (N parameters), K=..., mask ratio
-        0.75 (16 of 64 patches visible per crop), global batch ..."``.
+        0.75 (16 of 64 patches visible per crop), global batch ..., seed 0"``.
     """
     model = unwrap_model(network)
     parts = [f"pre-training runs on {device_words(device)}", amp_words(amp, device)]
@@ -92,4 +94,6 @@ def run_settings_line(
         parts.append("crops augmented as in the paper (random flips, 90-degree turns, intensity scale and shift)")
     if batch_size is not None:
         parts.append(global_batch_words(processes, int(batch_size), int(crops_per_item), dims, items))
+    if seed is not None:
+        parts.append(seed_words(seed))
     return ", ".join(parts)

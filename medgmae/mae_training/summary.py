@@ -5,7 +5,8 @@ training and validation loss, validation SSIM per epoch; also in TensorBoard as 
 validation PSNR and its epoch, where ``model.pt``, ``encoder.pt``, ``best_model.pt`` (when a validation has written
 it: a run whose best epoch's file was lost claims none until one is written again), the pictures and the
 TensorBoard log are, and the commands that use them (fine-tuning, zero-shot inference, reconstruction
-initialisation), and saves the same as ``summary.json``.
+initialisation), and saves the same as ``summary.json``, with the run's settings and the software it ran on
+(``software``: :func:`medgmae.software.software_versions`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from medgmae.files import absolute_path, bundle_config, save_json_atomic
 from medgmae.engine.figures import add_image, line_plot, save_png
 from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE
 from medgmae.mae_training.validation import BEST_MODEL_FILE
+from medgmae.software import software_versions
 
 __all__ = ["PretrainSummary", "curves_figure", "finetune_dir", "next_commands"]
 
@@ -161,7 +163,10 @@ class PretrainSummary:
             (see :func:`next_commands`).
         data_dir: the ``dataset_dir`` a ``datalist``'s relative paths resolved against (``""``: none).
         settings: the run's settings, recorded in ``summary.json`` so that runs can be compared from their
-            folders (e.g. the model's config, its pre-processing and the training settings); ``None``: not recorded.
+            folders (e.g. the model's config, its pre-processing and the training settings: the seed and the data
+            loader's ``num_workers``, which with the software and the device decide the weights); ``None``: not
+            recorded.
+        device: the training device, for the GPU entry of ``summary.json``'s ``software``.
     """
 
     def __init__(
@@ -175,10 +180,12 @@ class PretrainSummary:
         pretrained_on: str = "",
         data_dir: str = "",
         settings: Mapping | None = None,
+        device: Any = None,
     ) -> None:
         # absolute paths: summary.json is read later, from other folders than the one the run was started in
         self.out, self.history, self.model_kind = absolute_path(output_dir), history, str(model_kind)
         self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
+        self.device = device
         self.data_dir = _absolute_or_empty(data_dir)
         self.example_image = _absolute_or_empty(example_image)
         self.tensorboard_dir = absolute_path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
@@ -206,6 +213,7 @@ class PretrainSummary:
                       "tensorboard": str(self.tensorboard_dir)},  # fmt: skip
             "next": self.commands(),
             **({"settings": self.settings} if self.settings is not None else {}),
+            "software": software_versions(self.device),
         }
 
     def commands(self) -> dict[str, str]:

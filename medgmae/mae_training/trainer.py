@@ -54,6 +54,7 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         crops_per_item: crops each loader item yields (the 3D bundle's ``num_samples``), for the start line's
             global batch.
         augmented: the loader's crops get the paper's augmentation (the 3D bundle's ``augment``), for the start line.
+        seed: the run's seed (the bundle's ``seed``), for the start line; ``None`` leaves it out.
         kwargs: further :class:`monai.engines.SupervisedTrainer` arguments.
     """
 
@@ -70,10 +71,13 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
         image_key: str = CommonKeys.IMAGE,
         crops_per_item: int = 1,
         augmented: bool = False,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         if grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {grad_clip}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"MaskedAutoencoderTrainer: seed must be a whole number or None, got {seed!r}")
         device = torch.device(device)
         super().__init__(
             device=device,
@@ -92,13 +96,14 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
             GradientClipHandler(self.grad_clip).attach(self)
         self.amp_asked, self.bf16 = bool(amp), bool(amp) and device.type == "cuda"
         self.image_key, self.crops_per_item, self.augmented = image_key, int(crops_per_item), bool(augmented)
+        self.seed = seed
         self.add_event_handler(Events.STARTED, self._log_run_settings)
 
     def run_settings(self) -> str:
-        """The start line: device, AMP, renderer, model, Gaussians, mask and global batch of this run."""
+        """The start line: device, AMP, renderer, model, Gaussians, mask, global batch and seed of this run."""
         batch = getattr(self.data_loader, "batch_size", None)
         return run_settings_line(self.network, self.state.device, self.amp_asked, batch, self.crops_per_item,
-                                 rank_world()[1], loader_items(self.data_loader), self.augmented)  # fmt: skip
+                                 rank_world()[1], loader_items(self.data_loader), self.augmented, self.seed)  # fmt: skip
 
     def _log_run_settings(self, _: Any = None) -> None:
         if is_main_process():

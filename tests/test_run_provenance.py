@@ -1,0 +1,101 @@
+"""What the 3D training records say of how to repeat a run: fine-tuning's ``training_cases.json`` names the data
+loader's workers, the software and the pre-trained file's content (SHA-256: the next pre-training run replaces an
+``encoder.pt`` at the same path), ``medgmae-runs-table`` notes runs whose encoder path held other content, and each
+``metrics.json`` and pre-training's ``summary.json`` name the software."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+from medgmae.checkpoint import make_checkpoint
+from medgmae.engine import MetricHistory
+from medgmae.finetune.evaluate import SegmentationReport
+from medgmae.finetune.run_record import case_record, pretrained_record, start_record, write_run_record
+from medgmae.finetune.runs_table import main, runs_table
+from medgmae.fingerprints import file_sha256
+from medgmae.mae_training.summary import PretrainSummary
+from medgmae.networks.vit import MaskedViTEncoder
+
+from finetune_helpers import fake_run
+
+
+def _encoder(path, seed: int):
+    """An ``encoder.pt`` at ``path`` whose weights come from ``seed`` (another seed: other bytes, same path)."""
+    torch.manual_seed(seed)
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), None, {"source": "medgmae"}), path)
+    return path
+
+
+def test_file_sha256_is_the_sha256_of_the_files_bytes(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 * (1 << 20) + 17))  # more than one block, and a short last one
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(TypeError, match="path must be a path"):
+        file_sha256(3)
+
+
+def test_two_encoders_written_at_one_path_are_told_apart_by_the_record(tmp_path):
+    """The next pre-training run replaces ``encoder.pt``: the two runs' records name one path, and the content each
+    loaded."""
+    path = _encoder(tmp_path / "encoder.pt", 0)
+    first = pretrained_record(path)
+    first_bytes = path.read_bytes()
+    _encoder(path, 1)
+    second = pretrained_record(path)
+    assert first["path"] == second["path"] == str(path.resolve())
+    assert first["sha256"] == hashlib.sha256(first_bytes).hexdigest()
+    assert second["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != first["sha256"]
+
+
+def test_the_runs_table_notes_an_encoder_path_that_held_other_content(tmp_path, capsys):
+    path = "/pre/encoder.pt"
+    runs = [fake_run(tmp_path / name, 0.5, 1, 0, training_seed=seed, epochs=1, best=(0.5, 1),
+                     pretrained={"path": path, "kind": "medgmae-encoder", "source": "medgmae", "sha256": digest})
+            for name, seed, digest in (("a", 0, "a" * 64), ("b", 1, "a" * 64), ("c", 2, "c" * 64))]  # fmt: skip
+    columns, rows, messages = runs_table(runs)
+    assert "encoder_sha256" not in columns and all(set(row) == set(columns) for row in rows)
+    notes = [m for m in messages if path in m]
+    assert len(notes) == 1 and f"sha256 {'a' * 12}: {runs[0]}, {runs[1]}" in notes[0] and f"sha256 {'c' * 12}: {runs[2]}" in notes[0]
+    assert main([str(r) for r in runs]) == 0 and "had other content in different runs" in capsys.readouterr().err
+    _, _, messages = runs_table(runs[:2])  # one content: nothing to note
+    assert not any(path in m for m in messages)
+    old = fake_run(tmp_path / "old", 0.5, 1, 0, training_seed=3, epochs=1, best=(0.5, 1),
+                   pretrained={"path": path, "kind": "medgmae-encoder", "source": "medgmae"})  # recorded before sha256
+    _, _, messages = runs_table([runs[0], old])
+    assert not any(path in m for m in messages)
+
+
+def test_the_run_record_names_the_loader_workers_and_the_software(tmp_path):
+    encoder = _encoder(tmp_path / "encoder.pt", 0)
+    record = start_record(case_record(0.5, 0, 2, []), str(encoder), 4, num_workers=3, device=torch.device("cpu"))
+    assert (record["training_seed"], record["num_workers"]) == (4, 3)
+    assert record["software"]["packages"]["torch"] == torch.__version__ and "gpu" not in record["software"]
+    assert record["pretrained"]["sha256"] == hashlib.sha256(encoder.read_bytes()).hexdigest()
+    write_run_record(tmp_path / "run", record)
+    (tmp_path / "run" / "checkpoint_epoch=1.pt").write_bytes(b"")
+    resumed = start_record(case_record(0.5, 0, 2, []), "", 9, resumed=tmp_path / "run", num_workers=0)
+    assert resumed["num_workers"] == 3 and resumed["software"] == json.loads(json.dumps(record["software"]))
+    with pytest.raises(ValueError, match="num_workers must be a whole number"):
+        start_record(case_record(0.5, 0, 2, []), "", 4, num_workers=-1)
+
+
+def test_metrics_json_and_the_pretraining_summary_name_the_software(tmp_path):
+    report = SegmentationReport(tmp_path / "validation", ["background", "liver"])
+    engine = Engine(lambda e, b: None)
+    engine.state.device = torch.device("cpu")
+    report.write(engine)
+    written = json.loads((tmp_path / "validation" / "metrics.json").read_text(encoding="utf-8"))
+    assert written["software"]["packages"]["torch"] == torch.__version__
+    assert written["software"]["packages"]["monai"] == __import__("monai").__version__
+    summary = PretrainSummary(tmp_path / "pre", MetricHistory(), "medgmae", settings={"training": {"num_workers": 2}},
+                              device="cpu")  # fmt: skip
+    engine.state.epoch = 1
+    s = summary.summary(engine)
+    assert s["settings"]["training"]["num_workers"] == 2 and s["software"]["packages"]["torch"] == torch.__version__
