@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medgmae.fingerprints import file_sha256, path_fingerprint
 from medgmae.settings_diff import settings_differences
 from medgmae.words import plural
 from recon.commands import CLIError
 from recon.geometry import CTGeometry
 
-__all__ = ["input_fingerprints", "load_resume_state", "path_fingerprint", "run_settings", "scan_fingerprint", "RAW_KEYS", "SCAN_KEYS"]
+__all__ = ["input_fingerprints", "load_resume_state", "run_settings", "scan_fingerprint", "RAW_KEYS", "SCAN_KEYS"]
 
 #: The fingerprint entries that identify a scan (the paths are recorded too, but a moved scan is the same scan).
 SCAN_KEYS = ("projections_shape", "projections_sha256", "geometry_sha256")
@@ -69,36 +70,8 @@ def scan_fingerprint(proj: np.ndarray, geom: CTGeometry, proj_path: str, geom_pa
     }
     for name in ("flat", "dark"):
         path = raw.get(name)
-        record[name], record[f"{name}_sha256"] = path, _file_sha256(path) if path else None
+        record[name], record[f"{name}_sha256"] = path, file_sha256(path) if path else None
     return {**record, "i0": raw.get("i0")}
-
-
-def _file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def path_fingerprint(path: str | Path) -> dict:
-    """What a run read from ``path``, for its records: ``{"path": absolute path, "sha256": ...}``, the SHA-256 of a
-    file's bytes, or of a folder's (a DICOM series) lines ``<path below it>\t<SHA-256 of the file>\n``, one per file
-    below it, sorted by path.
-
-    Args:
-        path: an existing file or folder.
-
-    Returns:
-        The fingerprint.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return {"path": str(path.resolve()), "sha256": _file_sha256(str(path))}
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    lines = "".join(f"{p.relative_to(path).as_posix()}\t{_file_sha256(str(p))}\n" for p in files)
-    return {"path": str(path.resolve()), "sha256": hashlib.sha256(lines.encode()).hexdigest()}
 
 
 def input_fingerprints(args, missing_ok: bool = False) -> dict:

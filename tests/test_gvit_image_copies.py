@@ -71,8 +71,8 @@ def test_only_files_that_share_their_size_and_ends_are_read_whole(tmp_path, monk
     import medgmae.twod.image_copies as copies
 
     size, whole = 3 * (1 << 16), []
-    digest = copies._digest
-    monkeypatch.setattr(copies, "_digest", lambda p, quick=False: (whole.append(p) if not quick else None) or digest(p, quick))
+    digest = copies.file_sha256
+    monkeypatch.setattr(copies, "file_sha256", lambda p: whole.append(p) or digest(p))
     files = []
     for k in range(12):  # a header that differs, then the same body
         files.append(tmp_path / f"slice{k:02d}.dcm")

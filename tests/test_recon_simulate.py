@@ -221,7 +221,7 @@ def test_simulate_json_records_how_the_scan_was_made_and_reconstruct_the_softwar
 def test_a_dicom_folder_is_fingerprinted_by_its_files(tmp_path):
     """A folder read as a volume (a DICOM series) is named by the SHA-256 of its files' paths below it and their
     SHA-256s, one line each, sorted by path."""
-    from recon.resume import path_fingerprint
+    from medgmae.fingerprints import path_fingerprint
 
     (tmp_path / "series" / "sub").mkdir(parents=True)
     (tmp_path / "series" / "b.dcm").write_bytes(b"second")

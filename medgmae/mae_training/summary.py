@@ -166,7 +166,7 @@ class PretrainSummary:
             folders (e.g. the model's config, its pre-processing and the training settings: the seed and the data
             loader's ``num_workers``, which with the software and the device decide the weights); ``None``: not
             recorded.
-        device: the training device, for the GPU entry of ``summary.json``'s ``software``.
+        device: the training device, for the GPU entry of ``summary.json``'s ``software`` (default: the engine's).
     """
 
     def __init__(
@@ -213,7 +213,7 @@ class PretrainSummary:
                       "tensorboard": str(self.tensorboard_dir)},  # fmt: skip
             "next": self.commands(),
             **({"settings": self.settings} if self.settings is not None else {}),
-            "software": software_versions(self.device),
+            "software": software_versions(self.device if self.device is not None else getattr(engine.state, "device", None)),
         }
 
     def commands(self) -> dict[str, str]:

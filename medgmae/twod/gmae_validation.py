@@ -185,7 +185,7 @@ class GMAE2DValidationHandler(MaskedValidationHandler):
 
 class GMAE2DSummary(PretrainSummary):
     """:class:`~medgmae.mae_training.summary.PretrainSummary` for 2D GMAE: the follow-up commands are ``medgmae-2d``'s
-    zero-shot tools on this run's ``model.pt``, and ``summary.json`` also records the software the run used.
+    zero-shot tools on this run's ``model.pt``.
 
     Args:
         output_dir: the run folder.
@@ -217,13 +217,6 @@ class GMAE2DSummary(PretrainSummary):
         from medgmae.twod.pngs import save_png as save_image_png  # (C, H, W) in [0, 1], as medgmae-2d reads it back
 
         return str(save_image_png(ds[0]["image"], self.out / "example_slice.png"))
-
-    def summary(self, engine: Engine) -> dict:
-        """The summary (:meth:`~medgmae.mae_training.summary.PretrainSummary.summary`: with the run's ``settings``,
-        the seed among them) and the ``software`` the run used (:func:`medgmae.software.software_versions`)."""
-        from medgmae.software import software_versions
-
-        return {**super().summary(engine), "software": software_versions(getattr(engine.state, "device", None))}
 
     def commands(self) -> dict[str, str]:
         model, image = shlex.quote(str(self.out / "model.pt")), shlex.quote(self._example())

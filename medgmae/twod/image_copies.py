@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from medgmae.fingerprints import file_sha256
 from medgmae.words import plural
 
 __all__ = ["same_content_groups", "warn_about_copies"]
@@ -33,17 +34,13 @@ SHOWN = 5
 _QUICK = 1 << 16
 
 
-def _digest(path: str, quick: bool = False) -> str:
-    """SHA-256 of the file, or (``quick``) of its first and last :data:`_QUICK` bytes."""
+def _ends_digest(path: str) -> str:
+    """SHA-256 of the file's first and last :data:`_QUICK` bytes (the whole file's: :func:`file_sha256`)."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
-        if quick:
-            sha.update(f.read(_QUICK))
-            f.seek(max(0, os.path.getsize(path) - _QUICK))
-            sha.update(f.read(_QUICK))
-            return sha.hexdigest()
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
+        sha.update(f.read(_QUICK))
+        f.seek(max(0, os.path.getsize(path) - _QUICK))
+        sha.update(f.read(_QUICK))
     return sha.hexdigest()
 
 
@@ -71,8 +68,8 @@ def same_content_groups(paths: Iterable[str | os.PathLike]) -> list[list[str]]:
     unique = list(dict.fromkeys(str(p) for p in paths))
     out = []
     for same_size in _grouped(unique, os.path.getsize):
-        for same_ends in _grouped(same_size, lambda p: _digest(p, quick=True)):
-            out += _grouped(same_ends, _digest)
+        for same_ends in _grouped(same_size, _ends_digest):
+            out += _grouped(same_ends, file_sha256)
     order = {p: i for i, p in enumerate(unique)}
     return sorted(out, key=lambda g: order[g[0]])
 
