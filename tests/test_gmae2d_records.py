@@ -19,9 +19,11 @@ def _error_chain(e: BaseException) -> list[str]:
     return chain
 
 
-def test_summary_records_the_settings_seed_and_software_and_a_resume_names_another_seed(tmp_path, folder_state):
+def test_summary_records_the_settings_seed_and_software_and_a_resume_names_another_seed(tmp_path, folder_state, caplog):
     out = tmp_path / "run"
-    train_gmae2d_bundle(out, max_epochs=1, seed=3)
+    with caplog.at_level("INFO"):
+        train_gmae2d_bundle(out, max_epochs=1, seed=3)
+    assert any(r.getMessage().endswith(", seed 3") for r in caplog.records), caplog.text[-2000:]  # the start line
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     training = summary["settings"]["training"]
     assert training["seed"] == 3 and training["max_epochs"] == 1 and training["batch_size"] == 4
