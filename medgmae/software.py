@@ -1,10 +1,11 @@
 """What software a run used, for its records: the toolkit's version (and its git commit when it runs from a checkout),
 Python's, the numerical libraries', the CUDA and cuDNN torch was built with, and the GPU it ran on.
 
-Every results record of the toolkit (pre-training's ``summary.json``, fine-tuning's ``training_cases.json`` and
-``metrics.json``, the 2D bundles' ``summary.json`` / ``metrics.json``, ``medgmae-recon``'s ``metrics.json`` and
-``simulate.json``) carries :func:`software_versions` under ``"software"``, so that a results folder says what made it:
-a fixed seed reproduces a run bit for bit only with the same software, device and data loader workers.
+The results records of the training runs (pre-training's ``summary.json``, fine-tuning's ``training_cases.json``
+and ``metrics.json``, the 2D bundles' ``summary.json`` / ``metrics.json``) and of ``medgmae-recon`` (``reconstruct``'s
+``metrics.json``, ``simulate.json``) carry :func:`software_versions` under ``"software"``, so that a results folder
+says what made it: a fixed seed reproduces a run bit for bit only with the same software, device and data loader
+workers.
 
 Versions are read from the installed packages' metadata (nothing is imported for them); torch's build facts and the
 device from torch where it is already loaded.
@@ -12,6 +13,7 @@ device from torch where it is already loaded.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -73,10 +75,14 @@ def checkout_commit() -> str | None:
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return None
+    # this checkout's own repository, whoever owns it (a container's root over a mounted checkout: git refuses a
+    # "dubious ownership" folder) and whatever GIT_DIR / GIT_WORK_TREE the caller's environment names
+    git = ["git", "-c", f"safe.directory={root}", f"--git-dir={root / '.git'}", f"--work-tree={root}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)  # fmt: skip
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, env=env)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, env=env)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0 or not head.stdout.strip():

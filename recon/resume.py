@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae.fingerprints import file_sha256, path_fingerprint
+from medgmae.data.fingerprint import file_sha256, path_fingerprint
 from medgmae.settings_diff import settings_differences
 from medgmae.words import plural
 from recon.commands import CLIError

@@ -121,7 +121,7 @@ def simulation_record(args, volume: dict, device) -> dict:
 
     Args:
         args: the parsed ``simulate`` arguments.
-        volume: the volume's :func:`medgmae.fingerprints.path_fingerprint`.
+        volume: the volume's :func:`medgmae.data.fingerprint.path_fingerprint`.
         device: the torch device the scan was projected on.
 
     Returns:
@@ -174,7 +174,7 @@ def _simulate(args) -> int:
     from recon.noise import noise_warnings, photons_problem, poisson_line_integrals, simulated_scan_problem
     from recon.scan_files import load_volume
     from recon.projectors import make_projector
-    from medgmae.fingerprints import path_fingerprint
+    from medgmae.data.fingerprint import path_fingerprint
 
     if args.photons is not None and (problem := photons_problem(args.photons)):
         raise CLIError(problem)

@@ -95,3 +95,52 @@ def test_the_disk_cache_writes_nothing_before_its_first_item(tmp_path):
     ds[0]
     record = json.loads((Path(ds.cache_dir) / "preprocessing.json").read_text(encoding="utf-8"))
     assert record["spec"] == json.loads(json.dumps(spec.to_dict())) and len(list(Path(ds.cache_dir).glob("*.pt"))) == 1
+
+
+def _write_mhd(folder: Path, values: np.ndarray) -> Path:
+    """A MetaImage header and its raw data file (little-endian int16), written by hand as the format says."""
+    (folder / "vol.raw").write_bytes(values.astype("<i2").tobytes())
+    header = folder / "vol.mhd"
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
+                      "ElementSpacing = 1 1 1\nElementDataFile = vol.raw\n", encoding="ascii")  # fmt: skip
+    return header
+
+
+def test_a_detached_headers_data_file_is_part_of_its_fingerprints(tmp_path):
+    """A MetaImage whose raw voxels are rewritten at the same size (its header untouched) changes both the cheap
+    fingerprint (the pre-check ledger, the cache) and the content one (records, resume), as SimpleITK reads other
+    voxels; the content one is hashlib's SHA-256 of the two files' lines."""
+    import hashlib
+
+    from medgmae.data.fingerprint import path_fingerprint
+
+    header = _write_mhd(tmp_path, np.zeros(64))
+    stat_before, content_before = file_fingerprint(header), path_fingerprint(header)
+    header_sha = hashlib.sha256(header.read_bytes()).hexdigest()
+    raw = tmp_path / "vol.raw"
+    values = np.zeros(64)
+    values[5] = 900
+    raw.write_bytes(values.astype("<i2").tobytes())
+    os.utime(raw, ns=(stat_before[1] + 10**9, stat_before[1] + 10**9))
+    assert file_fingerprint(header) != stat_before
+    after = path_fingerprint(header)
+    assert after["sha256"] != content_before["sha256"] and after["path"] == str(header.resolve())
+    lines = f"vol.mhd\t{header_sha}\nvol.raw\t{hashlib.sha256(raw.read_bytes()).hexdigest()}\n"
+    assert after["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_a_series_folders_content_fingerprint_is_its_slices_alone(tmp_path):
+    """A DICOM folder's content fingerprint covers the files the reader reads (its top level): outputs written in a
+    subfolder (a simulation's ``--out`` inside it) leave it as it was."""
+    from medgmae.data.fingerprint import path_fingerprint
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(3):
+        (series / f"slice_{i}.dcm").write_bytes(bytes([i]) * 100)
+    before = path_fingerprint(series)
+    (series / "sim").mkdir()
+    (series / "sim" / "projections.npy").write_bytes(b"\1" * 50)
+    assert path_fingerprint(series) == before
+    (series / "slice_1.dcm").write_bytes(b"\7" * 100)
+    assert path_fingerprint(series) != before

@@ -164,6 +164,21 @@ def test_sigterm_during_a_command_without_its_own_handling(tmp_path, own_handler
         assert (proc.returncode, err) == (-signal.SIGTERM, "medgmae-busy: terminated (SIGTERM)\n")
 
 
+def test_sigterm_while_medgmae_datalist_works_is_not_taken_for_ctrl_c(tmp_path):
+    """``medgmae-datalist`` answers Ctrl-C itself (130); a SIGTERM while it lists the folder (here sent from inside
+    its work) ends in the launcher's SIGTERM line and by SIGTERM, not as a Ctrl-C."""
+    (tmp_path / "cases").mkdir()
+    code = ("import os, signal, sys, time\nimport medgmae.data.decathlon as d\nfrom medgmae import launch\n"
+            "def listing(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(30)\n"
+            f"d.decathlon_datalist = listing\nsys.argv = ['medgmae-datalist', {str(tmp_path / 'cases')!r}]\n"
+            "sys.exit(launch.datalist())\n")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "medgmae-datalist: terminated (SIGTERM)"
+    assert not (tmp_path / "cases" / "dataset.json").exists()
+
+
 @pytest.mark.parametrize("status, signum", [(130, signal.SIGINT), (143, signal.SIGTERM), (0, None), (2, None)])
 def test_a_command_stopped_by_a_signal_ends_by_it(tmp_path, status, signum):
     """A command that handled Ctrl-C or SIGTERM itself (said what it left, returned 130 / 143) ends by that signal;

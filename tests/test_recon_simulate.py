@@ -219,13 +219,14 @@ def test_simulate_json_records_how_the_scan_was_made_and_reconstruct_the_softwar
 
 
 def test_a_dicom_folder_is_fingerprinted_by_its_files(tmp_path):
-    """A folder read as a volume (a DICOM series) is named by the SHA-256 of its files' paths below it and their
-    SHA-256s, one line each, sorted by path."""
-    from medgmae.fingerprints import path_fingerprint
+    """A folder read as a volume (a DICOM series) is named by the SHA-256 of its files' names and their SHA-256s, one
+    line each, sorted by name: the files of its top level, which the reader reads (not a subfolder's)."""
+    from medgmae.data.fingerprint import path_fingerprint
 
     (tmp_path / "series" / "sub").mkdir(parents=True)
     (tmp_path / "series" / "b.dcm").write_bytes(b"second")
-    (tmp_path / "series" / "sub" / "a.dcm").write_bytes(b"first")
-    lines = "".join(f"{name}\t{hashlib.sha256(data).hexdigest()}\n" for name, data in (("b.dcm", b"second"), ("sub/a.dcm", b"first")))
+    (tmp_path / "series" / "a.dcm").write_bytes(b"first")
+    (tmp_path / "series" / "sub" / "c.dcm").write_bytes(b"elsewhere")
+    lines = "".join(f"{name}\t{hashlib.sha256(data).hexdigest()}\n" for name, data in (("a.dcm", b"first"), ("b.dcm", b"second")))
     assert path_fingerprint(tmp_path / "series") == {"path": str((tmp_path / "series").resolve()),
                                                      "sha256": hashlib.sha256(lines.encode()).hexdigest()}  # fmt: skip

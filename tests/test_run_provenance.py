@@ -17,8 +17,8 @@ from medgmae.checkpoint import make_checkpoint
 from medgmae.engine import MetricHistory
 from medgmae.finetune.evaluate import SegmentationReport
 from medgmae.finetune.run_record import case_record, pretrained_record, start_record, write_run_record
-from medgmae.finetune.runs_table import main, runs_table
-from medgmae.fingerprints import file_sha256
+from medgmae.finetune.runs_table import main, repeated_seed_notes, runs_table
+from medgmae.data.fingerprint import file_sha256
 from medgmae.mae_training.summary import PretrainSummary
 from medgmae.networks.vit import MaskedViTEncoder
 
@@ -60,7 +60,7 @@ def test_the_runs_table_notes_an_encoder_path_that_held_other_content(tmp_path, 
                      pretrained={"path": path, "kind": "medgmae-encoder", "source": "medgmae", "sha256": digest})
             for name, seed, digest in (("a", 0, "a" * 64), ("b", 1, "a" * 64), ("c", 2, "c" * 64))]  # fmt: skip
     columns, rows, messages = runs_table(runs)
-    assert "encoder_sha256" not in columns and all(set(row) == set(columns) for row in rows)
+    assert "encoder_sha256" not in columns and all(set(row) == {*columns, "encoder_sha256"} for row in rows)
     notes = [m for m in messages if path in m]
     assert len(notes) == 1 and f"sha256 {'a' * 12}: {runs[0]}, {runs[1]}" in notes[0] and f"sha256 {'c' * 12}: {runs[2]}" in notes[0]
     assert main([str(r) for r in runs]) == 0 and "had other content in different runs" in capsys.readouterr().err
@@ -99,3 +99,19 @@ def test_metrics_json_and_the_pretraining_summary_name_the_software(tmp_path):
     engine.state.epoch = 1
     s = summary.summary(engine)
     assert s["settings"]["training"]["num_workers"] == 2 and s["software"]["packages"]["torch"] == torch.__version__
+
+
+def test_one_training_seed_from_a_replaced_encoder_is_no_repeat(tmp_path):
+    """Two runs of one setting and training seed whose encoder path held other content started from different
+    encoders: not the "not independent repeats" of one seed (the replaced-encoder note says what they are); the
+    same content is."""
+    path = "/pre/encoder.pt"
+
+    def run(name, digest):
+        return fake_run(tmp_path / name, 0.5, 1, 0, training_seed=0, epochs=1, best=(0.5, 1),
+                        pretrained={"path": path, "kind": "medgmae-encoder", "source": "medgmae", "sha256": digest})  # fmt: skip
+
+    _, rows, _ = runs_table([run("a", "a" * 64), run("b", "b" * 64)])
+    assert repeated_seed_notes(rows) == []
+    _, rows, _ = runs_table([run("c", "c" * 64), run("d", "c" * 64)])
+    assert len(notes := repeated_seed_notes(rows)) == 1 and "training seed 0 in 2 runs" in notes[0]

@@ -37,11 +37,17 @@ def test_a_cuda_device_adds_the_gpu(monkeypatch):
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
-def test_a_checkout_records_its_commit():
-    """Run from a git checkout, the record names the checkout's commit (``+dirty`` when tracked files differ)."""
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+def test_a_checkout_records_its_commit(tmp_path, monkeypatch):
+    """Run from a git checkout, the record names the checkout's commit (``+dirty`` when tracked files differ), also
+    where the environment names another repository (``GIT_DIR``, as a caller's hook or script may set)."""
+    head = subprocess.run(["git", "-c", f"safe.directory={ROOT}", "-C", str(ROOT), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)  # fmt: skip
     if head.returncode != 0:
         pytest.skip("git cannot read the checkout")
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere.git"))
     software.checkout_commit.cache_clear()
-    commit = software.software_versions()["commit"]
+    try:
+        commit = software.software_versions()["commit"]
+    finally:
+        software.checkout_commit.cache_clear()
     assert commit.removesuffix("+dirty") == head.stdout.strip()

@@ -337,7 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _refuse(str(e))
     except OSError as e:  # a folder that cannot be listed, a datalist that cannot be written (nothing is left half-written)
         _refuse(os_error_message(e) or f"{e.filename or out}: {e.strerror or e}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if type(e) is not KeyboardInterrupt:  # SIGTERM (medgmae.launch's): its own line and status, 143
+            raise
         print("\ninterrupted: nothing was written", file=sys.stderr)
         return 130
     classes = ", ".join(f"{k} {v}" for k, v in doc["labels"].items() if k != "0")

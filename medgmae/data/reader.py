@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from medgmae.data.fingerprint import detached_data_file
 from medgmae.data.dicom_series import Refused, read_series, series_ids, warn_if_modality_not_ct
 from medgmae.data.nifti_header import load_nifti
 from medgmae.missing_paths import missing_path_message
@@ -113,17 +114,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _missing_data_file(path: Path) -> Path | None:
     """The data file a detached header (MetaImage ``.mhd``: ``ElementDataFile``; NRRD ``.nhdr``: ``data file``)
     names when it does not exist, else ``None`` (ITK would say the file is unreadable, and print to the console)."""
-    keys = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}  # NRRD allows both spellings
-    names = keys.get(path.suffix.lower())
-    if names is None:
-        return None
-    for line in path.read_text(errors="replace").splitlines():
-        name, sep, value = line.partition("=" if path.suffix.lower() == ".mhd" else ":")
-        value = value.strip()
-        if sep and name.strip().lower() in names and value.upper() not in ("LOCAL", "LIST") and " " not in value:
-            data = (path.parent / value) if not Path(value).is_absolute() else Path(value)
-            return None if data.exists() else data
-    return None
+    data = detached_data_file(path)
+    return None if data is None or data.exists() else data
 
 
 def _read_sitk_file(path: Path):

@@ -24,7 +24,7 @@ from medgmae.data.datalist import DatasetError
 from medgmae.data.sources import phantom_dataset
 from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
 from medgmae.files import read_json, save_json_atomic
-from medgmae.fingerprints import file_sha256
+from medgmae.data.fingerprint import file_sha256
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["RECORD_FILE", "EXPLICIT_DATA", "RESUME_AFRESH", "case_record", "start_record", "pretrained_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
@@ -59,7 +59,7 @@ def pretrained_record(pretrained: str | Path) -> dict[str, str]:
     (``medgmae-encoder`` for an ``encoder.pt``, ``medgmae`` / ``voxel-mae`` / ... for a pre-training ``model.pt``);
     ``source`` the pre-training run an ``encoder.pt`` records it came from (its ``extra.source`` as a kind, by
     :func:`medgmae.checkpoint.encoder_source`: an old file's class name mapped; ``""`` where it records none), for a
-    model file its kind. ``sha256`` is the file's content fingerprint (:func:`medgmae.fingerprints.file_sha256`):
+    model file its kind. ``sha256`` is the file's content fingerprint (:func:`medgmae.data.fingerprint.file_sha256`):
     the next pre-training run in the same folder replaces its ``encoder.pt``, and the path then names another encoder.
 
     Args:

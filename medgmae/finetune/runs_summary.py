@@ -89,7 +89,8 @@ def _named(pairs: Sequence[tuple[str, Any]]) -> str:
 
 def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
     """A note per training seed that one setting of :func:`summary_table` holds more than once from one encoder
-    file: those runs are no independent repeats (and the setting's ``sd`` no spread over them).
+    file of one content (``encoder_sha256``, where recorded): those runs are no independent repeats (and the
+    setting's ``sd`` no spread over them).
 
     Args:
         rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`.
@@ -102,10 +103,10 @@ def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
     for setting, runs in _settings(rows).items():
         by_seed: dict[Any, list[dict]] = {}
         for run in runs:
-            if run.get("training_seed") is not None:  # the same seed from another encoder file: another repeat
-                by_seed.setdefault((run["training_seed"], run.get("encoder") or ""), []).append(run)
+            if run.get("training_seed") is not None:  # the same seed from another encoder file (or content): another repeat
+                by_seed.setdefault((run["training_seed"], run.get("encoder") or "", run.get("encoder_sha256")), []).append(run)
         named = _named(list(zip(SETTING_KEYS, setting)))
-        for (seed, _), same in by_seed.items():
+        for (seed, _, _), same in by_seed.items():
             if len(same) > 1:
                 notes.append(f"note: {named}: training seed {seed} in {len(same)} runs ({', '.join(r['run'] for r in same)};"
                              f" subset seeds {', '.join(str(r.get('subset_seed')) for r in same)}): not independent "

@@ -242,7 +242,8 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
             first appearance across the runs), before :data:`PREPROCESSING_COLUMNS`.
 
     Returns:
-        ``(columns, rows, messages)``: the readable runs' rows (a folder given again, or through a link, once), and a
+        ``(columns, rows, messages)``: the readable runs' rows (a folder given again, or through a link, once; each
+        with its ``encoder_sha256`` too, no column, which the summary's notes read), and a
         one-line message per folder left out or listed without (evaluation) Dice, then per encoder path whose
         content differs between runs (:func:`replaced_encoder_notes`).
     """
@@ -263,7 +264,7 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
         rows.append({**row, **{f"dice {name}": value for name, value in dice.items()}})
     messages += replaced_encoder_notes(rows)
     columns = COLUMNS + ([f"dice {name}" for name in classes] if per_class else []) + PREPROCESSING_COLUMNS
-    return columns, [{c: row.get(c) for c in columns} for row in rows], messages
+    return columns, [{**{c: row.get(c) for c in columns}, "encoder_sha256": row.get("encoder_sha256")} for row in rows], messages
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[dict]) -> str:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from medgmae.fingerprints import file_sha256
+from medgmae.data.fingerprint import file_sha256
 from medgmae.words import plural
 
 __all__ = ["same_content_groups", "warn_about_copies"]
