@@ -129,6 +129,16 @@ def test_a_detached_headers_data_file_is_part_of_its_fingerprints(tmp_path):
     assert after["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
 
 
+
+def test_a_run_on_metaimages_resumes_across_the_data_file_being_fingerprinted(tmp_path):
+    """The resume record keeps a header file's own size, as runs recorded before the data file was fingerprinted
+    hold it: their resume is not refused as other data."""
+    header = _write_mhd(tmp_path, np.zeros(64))
+    state = CasesRecord([{"image": str(header)}]).state_dict()
+    assert state["cases"][0]["image"][1] == len(header.read_bytes())  # the header's bytes, not with its 128 of data
+    CasesRecord([{"image": str(header)}]).load_state_dict(state)  # the same data: no refusal
+
+
 def test_a_series_folders_content_fingerprint_is_its_slices_alone(tmp_path):
     """A DICOM folder's content fingerprint covers the files the reader reads (its top level): outputs written in a
     subfolder (a simulation's ``--out`` inside it) leave it as it was."""

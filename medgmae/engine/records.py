@@ -206,6 +206,8 @@ def _entry(value: Any) -> tuple[str, int | str] | None:
         return "<int>", int(value)
     if isinstance(value, (str, os.PathLike)):
         path = Path(value).resolve()
+        if path.is_file():  # the file's own size (a .mhd header's, not its data file's added: as recorded before)
+            return str(path), path.stat().st_size
         fingerprint = file_fingerprint(path)
         return str(path), -1 if fingerprint is None else fingerprint[0]
     if hasattr(value, "shape") and hasattr(value, "dtype"):
