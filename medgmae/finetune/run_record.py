@@ -97,9 +97,10 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
     (:func:`pretrained_record`), ``preprocessing`` where given (``medgmae-runs-table`` reads it, also for a run not
     validated yet) and ``software`` (:func:`medgmae.software.software_versions` of ``device``). A resume keeps those
     its run recorded, or none where it recorded none: it continues from the checkpoint's weights and random state,
-    whatever its own ``--seed`` and ``--pretrained`` say (each validation's ``metrics.json`` names the software that
-    wrote it); a record that is there but does not read is refused (``DatasetError``), not taken for one that
-    recorded none.
+    whatever its own ``--seed`` and ``--pretrained`` say, and appends its own ``num_workers`` and ``software`` to
+    ``resumes`` (a run resumed with other workers or software is then no longer the fresh start's alone; each
+    validation's ``metrics.json`` names the software that wrote it); a record that is there but does not read is
+    refused (``DatasetError``), not taken for one that recorded none.
 
     Args:
         record: the run's cases (:func:`case_record`).
@@ -125,9 +126,13 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
         workers = {} if num_workers is None else {"num_workers": num_workers}
         return {**dict(record), "training_seed": int(training_seed), **workers, "pretrained": pretrained_record(pretrained),
                 **spec, "software": software_versions(device)}  # fmt: skip
+    from medgmae.software import software_versions
+
     earlier = read_run_record(resumed, RESUME_AFRESH) or {}  # a run recorded before these keys existed keeps none
     kept = ("training_seed", "num_workers", "pretrained", "preprocessing", "software")
-    return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}}
+    resumes = [*(r if isinstance(r := earlier.get("resumes"), list) else []), {**({} if num_workers is None else {"num_workers": num_workers}),
+                                                  "software": software_versions(device)}]  # fmt: skip
+    return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}, "resumes": resumes}
 
 
 def read_run_record(output_dir: str | Path, way_forward: str = EXPLICIT_DATA) -> dict | None:
