@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae.data.fingerprint import file_sha256, path_fingerprint
+from medgmae.data.fingerprint import detached_data_file, file_sha256, path_fingerprint
 from medgmae.settings_diff import settings_differences
 from medgmae.words import plural
 from recon.commands import CLIError
@@ -102,10 +102,20 @@ def _changed_files(saved: dict, now: dict, state_path: Path) -> list[str]:
     out = []
     for flag, mine in (now.get("files") or {}).items():
         theirs = (saved["files"] or {}).get(flag)
-        if theirs and theirs.get("path") == mine["path"] and theirs.get("sha256") != mine["sha256"]:
+        if theirs and theirs.get("path") == mine["path"] and not _same_content(theirs, mine):
             out.append(f"{flag} {mine['path']} changed since the saved run read it (sha256 saved {theirs['sha256'][:12]}, "
                        f"now {mine['sha256'][:12]}): the resumed start would be rebuilt from other content")  # fmt: skip
     return out
+
+
+def _same_content(theirs: dict, mine: dict) -> bool:
+    """Whether the saved run's fingerprint ``theirs`` names the content of this run's file ``mine``
+    (:func:`medgmae.data.fingerprint.path_fingerprint`): the same SHA-256, or, for a detached header (``.mhd``,
+    ``.nhdr``), the header's own, as releases before its data file was fingerprinted recorded it."""
+    if theirs.get("sha256") == mine["sha256"]:
+        return True
+    path = Path(mine["path"])
+    return detached_data_file(path) is not None and theirs.get("sha256") == file_sha256(path)
 
 
 def run_settings(args, init_settings: dict) -> dict:
@@ -129,7 +139,7 @@ def _follow_moved_files(saved: dict, now: dict) -> tuple[dict, list[str]]:
     settings, notes = dict(saved.get("settings") or {}), []
     for flag, mine in (now.get("files") or {}).items():
         theirs = (saved.get("files") or {}).get(flag)
-        if not theirs or theirs.get("path") == mine["path"] or theirs.get("sha256") != mine["sha256"]:
+        if not theirs or theirs.get("path") == mine["path"] or not _same_content(theirs, mine):
             continue
         if flag == "--checkpoint" and (settings.get("init") or {}).get("checkpoint") == theirs["path"]:
             settings["init"] = {**settings["init"], "checkpoint": mine["path"]}

@@ -368,3 +368,28 @@ def test_a_truncated_state_advises_a_new_run(saved, tmp_path, capsys):
     err = capsys.readouterr().err
     assert (f"{cut / 'recon_state.pt'}: not a PyTorch file (a reconstruction state written by torch.save is a zip "
             "archive); is this the right path? If it is: start a new run (without --resume, or another --out)") in err, err
+
+
+def test_a_detached_fbp_header_fingerprinted_alone_by_an_earlier_release_resumes(tmp_path):
+    """A state an earlier release saved holds a ``.mhd`` start's header SHA-256 alone (hashlib's, here); its resume
+    is not refused as a changed file (the data file is fingerprinted from now on), also moved elsewhere, while
+    another header content is."""
+    import hashlib
+
+    from medgmae.data.fingerprint import path_fingerprint
+    from recon.resume import _changed_files, _follow_moved_files
+
+    header = tmp_path / "fbp.mhd"
+    (tmp_path / "fbp.raw").write_bytes(np.zeros(8, "<f4").tobytes())
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_FLOAT\n"
+                      "ElementDataFile = fbp.raw\n", encoding="ascii")  # fmt: skip
+    now = {"files": {"--fbp": path_fingerprint(header)}, "settings": {"start FBP": f"--fbp {header.resolve()}"}}
+    legacy = {"path": str(header.resolve()), "sha256": hashlib.sha256(header.read_bytes()).hexdigest()}
+    assert legacy["sha256"] != now["files"]["--fbp"]["sha256"]  # the header and its data now
+    assert _changed_files({"files": {"--fbp": legacy}}, now, tmp_path / "recon_state.pt") == []
+    other = {**legacy, "sha256": hashlib.sha256(b"another header").hexdigest()}
+    assert len(_changed_files({"files": {"--fbp": other}}, now, tmp_path / "recon_state.pt")) == 1
+    moved = {"path": "/elsewhere/fbp.mhd", "sha256": legacy["sha256"]}
+    saved = {"files": {"--fbp": moved}, "settings": {"start FBP": "--fbp /elsewhere/fbp.mhd"}}
+    followed, notes = _follow_moved_files(saved, now)
+    assert followed["settings"]["start FBP"] == f"--fbp {header.resolve()}" and len(notes) == 1
