@@ -44,8 +44,7 @@ def test_summary_records_the_settings_seed_and_software_and_a_resume_names_anoth
 
 
 def test_a_checkpoint_from_before_the_seed_was_recorded_resumes(tmp_path, caplog):
-    """Checkpoints written before the seed was recorded resume (the seed is not compared; a warning says so), and
-    the resumed run's checkpoints keep it unrecorded."""
+    """Checkpoints written before the seed was recorded resume (the seed is not compared; a warning says so)."""
     out = tmp_path / "run"
     train_gmae2d_bundle(out, max_epochs=1)
     for path in out.glob("checkpoint_*.pt"):
@@ -54,6 +53,5 @@ def test_a_checkpoint_from_before_the_seed_was_recorded_resumes(tmp_path, caplog
         torch.save(saved, path)
     with caplog.at_level("WARNING"):
         train_gmae2d_bundle(out, max_epochs=2, resume=True)
-    # the run's seed stays unknown: this resume's (the default 0) is not recorded as the run's
-    assert "seed" not in torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)["objects"]["settings"]["settings"]
+    assert torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)["objects"]["settings"]["settings"]["seed"] == 0
     assert "records no seed settings" in caplog.text

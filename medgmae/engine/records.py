@@ -66,19 +66,10 @@ class SettingsRecord:
         self.retired = {k: frozenset(v) for k, v in (retired or {}).items()}
         self.sources, self.flags = dict(sources or {}), dict(flags or {})
         self._warned = False
-        self._unknown: list[str] = []  # settings the resumed run's checkpoint did not record ("seed", "data.flip")
 
     def state_dict(self) -> dict:
-        """The settings as plain JSON data (tuples as lists), saved with the checkpoint; those a resumed run's
-        checkpoint did not record stay unrecorded (this run's values are not the run's: a later resume with the
-        values the run started with is not refused)."""
-        settings = json.loads(json.dumps(self.settings, default=str))
-        for name in self._unknown:
-            section, _, key = name.rpartition(".")
-            holder = settings.get(section) if section else settings
-            if isinstance(holder, dict):
-                holder.pop(key, None)
-        return {"settings": settings}
+        """The settings as plain JSON data (tuples as lists), saved with the checkpoint."""
+        return {"settings": json.loads(json.dumps(self.settings, default=str))}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Accept a checkpoint written with these settings.
@@ -107,7 +98,6 @@ class SettingsRecord:
                 logger.warning("the checkpoint of %s records no %s settings (an earlier version wrote it): they are "
                                "not compared, so give the same ones as that run", self.what, " or ".join(unrecorded))  # fmt: skip
             self._warned = True
-            self._unknown = sorted(set(self._unknown) | set(unrecorded)) if recorded else self._unknown
             now = {k: v for k, v in now.items() if k in saved}
         if diff := settings_differences(saved, now):
             self._refuse(diff, saved, recorded)
