@@ -309,3 +309,15 @@ def test_cases_record_refuses_other_data_of_the_same_count(tmp_path):
     assert "<array>" not in str(err.value)
     with pytest.raises(ValueError, match="cases must be a list"):
         CasesRecord("dataset.json")
+
+
+def test_a_refusal_of_other_cases_names_the_settings_that_choose_them(tmp_path):
+    """A pre-training resume without the run's own --seed draws another split: the refusal says which settings
+    choose the cases (the record's hint), and counts one case as one."""
+    from medgmae.engine.records import CasesRecord
+
+    saved = CasesRecord(_cases(tmp_path / "a", {"x.nii.gz": 10})).state_dict()
+    other = CasesRecord(_cases(tmp_path / "a", {"y.nii.gz": 10}), what="the test", hint="drawn with --seed: give the run's")
+    with pytest.raises(ValueError, match=r"other data: 1 case then, 1 now, .*Resume with the interrupted run's data "
+                                         r"\(drawn with --seed: give the run's\) or train into a new output_dir"):
+        other.load_state_dict(saved)

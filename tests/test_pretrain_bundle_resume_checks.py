@@ -85,6 +85,7 @@ def test_resume_on_other_data_of_the_same_count_writes_nothing(runs, tmp_path, f
     proc = bundle_process(*args, "--max_epochs", "3", cwd=tmp_path)
     assert proc.returncode != 0 and "MedGMAE pre-training trained on other data: 2 cases then, 2 now" in proc.stderr, proc.stderr[-3000:]
     assert '2 differing (saved {"image": ["imagesTr/' in proc.stderr, proc.stderr[-3000:]
+    assert "drawn with --seed and --val_fraction" in proc.stderr, proc.stderr[-3000:]  # what chooses the cases
     assert folder_state(out) == before
 
 

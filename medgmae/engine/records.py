@@ -229,11 +229,13 @@ class CasesRecord:
         what: how the error message names the run.
         role: what the run did with the cases, as the error message says it (``"validated on"`` for a record of
             the validation cases: the best model would otherwise be chosen on two validation sets).
+        hint: the settings that choose the cases, said in the refusal (``"the split is drawn with --seed"``): a
+            resume without the run's own ``--seed`` chose other cases.
     """
 
     def __init__(
         self, cases: Sequence[Mapping], keys: Sequence[str] = ("image", "label"), what: str = "the run",
-        role: str = "trained on",
+        role: str = "trained on", hint: str = "",
     ) -> None:  # fmt: skip
         if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence):
             raise ValueError(f"cases must be a list of datalist items, got {type(cases).__name__}")
@@ -245,7 +247,7 @@ class CasesRecord:
              for k, e in case if e is not None}
             for case in entries
         ]  # fmt: skip
-        self.what, self.role = what, role
+        self.what, self.role, self.hint = what, role, str(hint)
 
     def state_dict(self) -> dict:
         """``{"cases": [{key: [relative path, "<array>" or "<int>", size, digest or value]}]}``, saved with the
@@ -271,10 +273,11 @@ class CasesRecord:
         if gone + new and all(_generated_only(c) for c in gone + new):  # digests say nothing to a reader
             detail = [f"{plural(max(len(gone), len(new)), 'generated image')} (held in memory, e.g. phantom slices) "
                       "with other pixels: made with other data settings"]  # fmt: skip
+        hint = f" ({self.hint})" if self.hint else ""
         raise ResumeRefused(
-            f"the checkpoint was written by {self.what} {self.role} other data: {len(saved)} cases then, {len(now)} "
-            f"now, {max(len(gone), len(new))} differing ({'; '.join(detail) or 'the same cases in another order'}). "
-            "Resume with the interrupted run's data or train into a new output_dir"
+            f"the checkpoint was written by {self.what} {self.role} other data: {plural(len(saved), 'case')} then, "
+            f"{len(now)} now, {max(len(gone), len(new))} differing ({'; '.join(detail) or 'the same cases in another order'}). "
+            f"Resume with the interrupted run's data{hint} or train into a new output_dir"
         )
 
 
