@@ -154,3 +154,44 @@ def test_a_series_folders_content_fingerprint_is_its_slices_alone(tmp_path):
     assert path_fingerprint(series) == before
     (series / "slice_1.dcm").write_bytes(b"\7" * 100)
     assert path_fingerprint(series) != before
+
+
+def test_a_local_metaimage_is_fingerprinted_without_reading_its_voxels(tmp_path):
+    """``ElementDataFile = LOCAL`` (the voxels follow the header in one file): no data file, and only the header is
+    read (the lookup runs for every cached item in every epoch; decoding 4 MB of voxels as text took seconds and
+    hundreds of MB for a CT)."""
+    import tracemalloc
+
+    from medgmae.data.fingerprint import detached_data_file
+
+    path = tmp_path / "local.mhd"
+    voxels = np.random.default_rng(0).integers(0, 256, 4 << 20, dtype=np.uint8).tobytes()
+    path.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 128 128 128\nElementType = MET_SHORT\n"
+                     b"ElementDataFile = LOCAL\n" + voxels + b"\nElementDataFile = other.raw\n")  # fmt: skip
+    tracemalloc.start()
+    try:
+        assert detached_data_file(path) is None
+        assert file_fingerprint(path) == (os.stat(path).st_size, os.stat(path).st_mtime_ns)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+def test_a_metaimage_data_file_with_a_space_in_its_name_is_fingerprinted(tmp_path):
+    """A data file named with a space (MetaIO takes it whole, as SimpleITK reads it) is part of the fingerprints;
+    a ``%`` pattern or a ``LIST`` names several files (the header alone is fingerprinted)."""
+    from medgmae.data.fingerprint import detached_data_file
+
+    (tmp_path / "scan 01.raw").write_bytes(np.zeros(64, "<i2").tobytes())
+    header = tmp_path / "scan.mhd"
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
+                      "ElementDataFile = scan 01.raw\n", encoding="ascii")  # fmt: skip
+    assert detached_data_file(header) == tmp_path / "scan 01.raw"
+    before = file_fingerprint(header)
+    (tmp_path / "scan 01.raw").write_bytes(np.full(64, 9, "<i2").tobytes())
+    os.utime(tmp_path / "scan 01.raw", ns=(before[1] + 10**9, before[1] + 10**9))
+    assert file_fingerprint(header) != before
+    for value in ("slice%03d.raw 1 4 1", "LIST 2D"):
+        header.write_text(f"NDims = 3\nElementDataFile = {value}\n", encoding="ascii")
+        assert detached_data_file(header) is None

@@ -120,3 +120,15 @@ def test_one_training_seed_from_a_replaced_encoder_is_no_repeat(tmp_path):
     assert repeated_seed_notes(rows) == []
     _, rows, _ = runs_table([run("c", "c" * 64), run("d", "c" * 64)])
     assert len(notes := repeated_seed_notes(rows)) == 1 and "training seed 0 in 2 runs" in notes[0]
+    _, rows, _ = runs_table([run("e", "e" * 64), run("f", None)])  # a run recorded before the digest: maybe the same
+    assert len(notes := repeated_seed_notes(rows)) == 1 and "training seed 0 in 2 runs" in notes[0]
+
+
+def test_only_the_main_process_writes_the_record(tmp_path, monkeypatch):
+    """Under torchrun each rank builds the same record: rank 0 alone writes it, so that a resume's ``resumes``
+    entry is added once (a rank reading after another's write appended a second)."""
+    import medgmae.finetune.run_record as run_record
+
+    monkeypatch.setattr(run_record, "is_main_process", lambda: False)
+    path = write_run_record(tmp_path / "run", start_record(case_record(0.5, 0, 2, []), "", 0, num_workers=1))
+    assert path == tmp_path / "run" / "training_cases.json" and not path.exists()

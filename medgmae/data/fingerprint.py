@@ -1,7 +1,7 @@
 """The fingerprints of the files a run reads: what tells that a listed volume changed, cheaply (size and time) or by
 its content (SHA-256), over every file the volume is made of (:func:`volume_files`).
 
-* :func:`file_fingerprint` (one ``stat`` a file): the pre-check's ledger (:mod:`medgmae.data.precheck`), the disk
+* :func:`file_fingerprint` (``stat``; a detached header's few lines): the pre-check's ledger (:mod:`medgmae.data.precheck`), the disk
   cache's item keys (:func:`medgmae.data.cache.item_hash`) and the training cases a resume is checked against
   (:class:`medgmae.engine.records.CasesRecord`, which keeps the size only, so that a copied dataset still resumes).
 * :func:`file_sha256` / :func:`path_fingerprint` (the bytes): fine-tuning's record of its ``--pretrained`` file
@@ -16,35 +16,55 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["detached_data_file", "file_fingerprint", "file_sha256", "path_fingerprint", "volume_files"]
+__all__ = ["HEADER_BYTES", "detached_data_file", "file_fingerprint", "file_sha256", "path_fingerprint", "volume_files"]
 
 #: Bytes read at a time by :func:`file_sha256`.
 _BLOCK = 1 << 20
+#: The most bytes of a header :func:`detached_data_file` reads (headers are a few hundred bytes).
+HEADER_BYTES = 1 << 16
 #: The header keys naming a detached header's data file (NRRD allows both spellings), by the header's suffix.
 _DATA_FILE_KEYS = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
 
 
 def detached_data_file(path: str | os.PathLike) -> Path | None:
     """The data file a detached header names (MetaImage ``.mhd``: ``ElementDataFile``; NRRD ``.nhdr``: ``data
-    file``), whether it exists or not; ``None`` for other files and for data in the header itself or in several
-    files (``LOCAL``, ``LIST``, a pattern).
+    file``), whether it exists or not; ``None`` for other files and for data in the header's own file or in several
+    files (``LOCAL``, ``LIST``, a ``%`` pattern; NRRD's multi-word forms).
+
+    Only the header is read, line by line up to that field (MetaImage's last) or the blank line ending an NRRD
+    header, at most :data:`HEADER_BYTES`: a ``LOCAL`` file's voxels are never read.
 
     Args:
         path: a volume file.
 
     Returns:
         The data file's path (relative names resolved against the header's folder), or ``None``.
+
+    Raises:
+        OSError: the header cannot be read.
     """
     path = Path(path)
-    names = _DATA_FILE_KEYS.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    names = _DATA_FILE_KEYS.get(suffix)
     if names is None:
         return None
-    for line in path.read_text(errors="replace").splitlines():
-        name, sep, value = line.partition("=" if path.suffix.lower() == ".mhd" else ":")
-        value = value.strip()
-        if sep and name.strip().lower() in names and value.upper() not in ("LOCAL", "LIST") and " " not in value:
-            return (path.parent / value) if not Path(value).is_absolute() else Path(value)
+    with open(path, "rb") as f:
+        for raw in iter(lambda: f.readline(HEADER_BYTES), b""):
+            if f.tell() > HEADER_BYTES or (suffix == ".nhdr" and not raw.strip()):
+                return None  # past the header (an NRRD header ends at a blank line)
+            name, sep, value = raw.decode("utf-8", "replace").partition("=" if suffix == ".mhd" else ":")
+            if sep and name.strip().lower() in names:
+                return _named_data_file(path, value.strip(), suffix)
     return None
+
+
+def _named_data_file(header: Path, value: str, suffix: str) -> Path | None:
+    """The one data file ``value`` names, or ``None`` for data in the header's file or in several files."""
+    upper = value.upper()
+    several = upper.startswith("LIST") or "%" in value or (suffix == ".nhdr" and " " in value)  # MetaIO / NRRD forms
+    if not value or upper == "LOCAL" or several:
+        return None
+    return Path(value) if Path(value).is_absolute() else header.parent / value
 
 
 def volume_files(path: str | os.PathLike) -> list[Path]:
@@ -68,7 +88,8 @@ def volume_files(path: str | os.PathLike) -> list[Path]:
 
 
 def file_fingerprint(path: str | os.PathLike) -> tuple[int, int] | None:
-    """``(size in bytes, modification time in ns)`` of a volume, from ``stat`` (no byte is read).
+    """``(size in bytes, modification time in ns)`` of a volume, from ``stat`` (a detached header's first lines are
+    read for its data file's name, :func:`detached_data_file`; no voxel is read).
 
     A folder (a DICOM series) counts as its files: their sizes added, and the newest modification time of the
     folder (which changes when a file is added, removed or renamed) and its files, through one ``scandir``; a

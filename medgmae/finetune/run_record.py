@@ -25,6 +25,7 @@ from medgmae.data.sources import phantom_dataset
 from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
 from medgmae.files import read_json, save_json_atomic
 from medgmae.data.fingerprint import file_sha256
+from medgmae.distributed import is_main_process
 from medgmae.settings_diff import settings_differences
 
 __all__ = ["RECORD_FILE", "EXPLICIT_DATA", "RESUME_AFRESH", "case_record", "start_record", "pretrained_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
@@ -177,8 +178,11 @@ def _structure_problem(record) -> str:
 
 
 def write_run_record(output_dir: str | Path, record: Mapping) -> Path:
-    """Write ``record`` as the run's ``training_cases.json`` (atomically); returns its path."""
+    """Write ``record`` as the run's ``training_cases.json`` (atomically), on the main process only (under
+    torchrun each rank builds the same record; a resume's ``resumes`` entry is added once); returns its path."""
     path = Path(output_dir) / RECORD_FILE
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     save_json_atomic(dict(record), path)
     return path

@@ -103,15 +103,28 @@ def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
     for setting, runs in _settings(rows).items():
         by_seed: dict[Any, list[dict]] = {}
         for run in runs:
-            if run.get("training_seed") is not None:  # the same seed from another encoder file (or content): another repeat
-                by_seed.setdefault((run["training_seed"], run.get("encoder") or "", run.get("encoder_sha256")), []).append(run)
+            if run.get("training_seed") is not None:  # the same seed from another encoder file: another repeat
+                by_seed.setdefault((run["training_seed"], run.get("encoder") or ""), []).append(run)
         named = _named(list(zip(SETTING_KEYS, setting)))
-        for (seed, _, _), same in by_seed.items():
+        for (seed, _), same in [(key, group) for key, runs_ in by_seed.items() for group in _same_content(runs_)]:
             if len(same) > 1:
                 notes.append(f"note: {named}: training seed {seed} in {len(same)} runs ({', '.join(r['run'] for r in same)};"
                              f" subset seeds {', '.join(str(r.get('subset_seed')) for r in same)}): not independent "
                              "repeats over training seeds; give each run its own --seed")  # fmt: skip
     return notes
+
+
+def _same_content(runs: list[dict]) -> list[list[dict]]:
+    """``runs`` of one encoder path split by the file's recorded content (``encoder_sha256``) where two contents
+    were recorded (the file was replaced between them; a run that recorded none then stands alone); one group where
+    at most one content was (a run recorded before the digest was may have loaded the same file)."""
+    digests = {run.get("encoder_sha256") for run in runs} - {None}
+    if len(digests) <= 1:
+        return [runs]
+    groups: dict[Any, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run.get("encoder_sha256") or id(run), []).append(run)
+    return list(groups.values())
 
 
 def _trained_on(run: dict) -> tuple[tuple, str] | None:
