@@ -201,6 +201,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
         rec, result, start_eval, init, init_seconds = _refit(rec, init_fn, result.best_iteration, progress=progress)
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, x.run_info["scan"], projector_seconds
+    metrics["inputs"] = x.run_info["files"]  # the --checkpoint / --fbp content the start was built from (SHA-256)
     metrics["start"] = start_eval
     if x.model_spec:  # the zero-shot start's pre-processing, read from the model (--model-spacing applied)
         metrics["init_settings"] = {**init_settings, "preprocessing": x.model_spec[1]}

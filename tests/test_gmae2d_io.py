@@ -270,7 +270,9 @@ def test_cli_layers_segment_edges_end_to_end(cli_files):
     assert stack.shape == (2 + 14 + 160 + 2, 2 + 4 * 162, 3)  # 4 tiles of the image's 40 x 40 enlarged x4, label bands, 2 px gaps
     partial = np.asarray(Image.open(d / "layers" / "partial_renders.png"))
     assert partial.shape[1] == 2 + 4 * 162  # input + K = 12, 24, 48
-    assert json.loads((d / "layers" / "layers.json").read_text(encoding="utf-8"))["partial_render_counts"] == [12, 24, 48]
+    layers = json.loads((d / "layers" / "layers.json").read_text(encoding="utf-8"))
+    assert layers["partial_render_counts"] == [12, 24, 48]
+    assert layers["software"]["packages"]["torch"] == torch.__version__  # what made it, as the training records say
 
     assert main(["segment", *common, "--out", str(d / "seg"), "--num-layers", "4", "--reference", str(d / "mask.png")]) == 0
     summary = json.loads((d / "seg" / "segment.json").read_text(encoding="utf-8"))

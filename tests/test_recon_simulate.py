@@ -199,7 +199,8 @@ def test_simulate_refuses_views_beyond_any_scanner_and_warns_about_one_view(tmp_
 
 def test_simulate_json_records_how_the_scan_was_made_and_reconstruct_the_software(tmp_path):
     """simulate.json names every argument (the seed of the noise and the photons among them), the volume read with
-    the SHA-256 of its bytes (computed here with hashlib) and the software; reconstruct's metrics.json the software."""
+    the SHA-256 of its bytes (computed here with hashlib) and the software; reconstruct's metrics.json the software
+    and the content of the --fbp its start was built from."""
     _water_cube(tmp_path / "ct.nii.gz", shape=(12, 12, 12), spacing=4.0, inner=8)
     out = tmp_path / "scan"
     assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "6",
@@ -212,10 +213,12 @@ def test_simulate_json_records_how_the_scan_was_made_and_reconstruct_the_softwar
     assert record["software"]["packages"]["torch"] == torch.__version__
     assert not list(out.glob(".*"))  # written through the scan's staging folder, as its other files
     assert main(["reconstruct", "--projections", str(out / "projections.npy"), "--geometry", str(out / "geometry.json"),
-                 "--out", str(tmp_path / "rec"), "--no-progress", "--iterations", "1", "--num-gaussians", "50",
-                 "--device", "cpu"]) == 0  # fmt: skip
+                 "--fbp", str(out / "fbp.nii.gz"), "--out", str(tmp_path / "rec"), "--no-progress", "--iterations", "1",
+                 "--num-gaussians", "50", "--device", "cpu"]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["software"]["packages"]["torch"] == torch.__version__
+    assert metrics["inputs"] == {"--fbp": {"path": str((out / "fbp.nii.gz").resolve()),  # what the start was built from
+                                           "sha256": hashlib.sha256((out / "fbp.nii.gz").read_bytes()).hexdigest()}}
 
 
 def test_a_dicom_folder_is_fingerprinted_by_its_files(tmp_path):

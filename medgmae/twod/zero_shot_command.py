@@ -16,6 +16,7 @@ import torch
 
 from medgmae.checkpoint_checks import TrainingStateError
 from medgmae.engine import resolve_device
+from medgmae.software import software_versions
 from medgmae.words import plural
 from medgmae.files import output_dir_problem, os_error_message, save_json_atomic, staged_outputs
 from medgmae.folder_lock import FolderInUse, folder_held
@@ -309,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
             run = functools.partial(run, reference=reference)
         with torch.no_grad():
             writers, summary = run(args, model, x, size)
-        summary["image"] = image
+        summary["image"], summary["software"] = image, software_versions(x.device)
         writers[f"{args.command}.json"] = lambda p: save_json_atomic(summary, p)
     except (FileNotFoundError, ValueError) as e:
         return _error(args.command, str(e), 2)
