@@ -76,8 +76,9 @@ def scan_fingerprint(proj: np.ndarray, geom: CTGeometry, proj_path: str, geom_pa
 
 def input_fingerprints(args, missing_ok: bool = False) -> dict:
     """The content of the files a run's start is built from, which a resume rebuilds the start from again: for
-    ``--checkpoint`` and ``--fbp`` when given, their :func:`path_fingerprint` ``{"path": absolute path, "sha256":
-    SHA-256 of the file's bytes}`` (``missing_ok``: files that are not there are left out, for their readers to name)."""
+    ``--checkpoint`` and ``--fbp`` when given, their :func:`path_fingerprint` ``{"path": absolute path, "sha256": ...}``
+    (a single file's bytes; a DICOM folder's or a header's with its data file: of its files' SHA-256 lines;
+    ``missing_ok``: files that are not there are left out, for their readers to name)."""
     given = (("--checkpoint", getattr(args, "checkpoint", None)), ("--fbp", getattr(args, "fbp", None)))
     return {flag: path_fingerprint(path) for flag, path in given if path and not (missing_ok and not Path(path).is_file())}
 
