@@ -99,8 +99,7 @@ def test_metrics_json_and_the_pretraining_summary_name_the_software(tmp_path):
     written = json.loads((tmp_path / "validation" / "metrics.json").read_text(encoding="utf-8"))
     assert written["software"]["packages"]["torch"] == torch.__version__
     assert written["software"]["packages"]["monai"] == __import__("monai").__version__
-    summary = PretrainSummary(tmp_path / "pre", MetricHistory(), "medgmae", settings={"training": {"num_workers": 2}},
-                              device="cpu")  # fmt: skip
+    summary = PretrainSummary(tmp_path / "pre", MetricHistory(), "medgmae", settings={"training": {"num_workers": 2}})
     engine.state.epoch = 1
     s = summary.summary(engine)
     assert s["settings"]["training"]["num_workers"] == 2 and s["software"]["packages"]["torch"] == torch.__version__

@@ -120,20 +120,17 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
         raise TypeError(f"preprocessing must be a PreprocessingSpec or None, got {type(preprocessing).__name__}")
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
         raise ValueError(f"num_workers must be a whole number >= 0 or None, got {num_workers!r}")
-    if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start: the encoder is read only here
-        from medgmae.software import software_versions
-
-        spec = {} if preprocessing is None else {"preprocessing": preprocessing.to_dict()}
-        workers = {} if num_workers is None else {"num_workers": num_workers}
-        return {**dict(record), "training_seed": int(training_seed), **workers, "pretrained": pretrained_record(pretrained),
-                **spec, "software": software_versions(device)}  # fmt: skip
     from medgmae.software import software_versions
 
+    ran = {**({} if num_workers is None else {"num_workers": num_workers}), "software": software_versions(device)}
+    if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start: the encoder is read only here
+        spec = {} if preprocessing is None else {"preprocessing": preprocessing.to_dict()}
+        return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained), **spec,
+                **ran}  # fmt: skip
     earlier = read_run_record(resumed, RESUME_AFRESH) or {}  # a run recorded before these keys existed keeps none
     kept = ("training_seed", "num_workers", "pretrained", "preprocessing", "software")
-    resumes = [*(r if isinstance(r := earlier.get("resumes"), list) else []), {**({} if num_workers is None else {"num_workers": num_workers}),
-                                                  "software": software_versions(device)}]  # fmt: skip
-    return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}, "resumes": resumes}
+    resumes = earlier.get("resumes") if isinstance(earlier.get("resumes"), list) else []
+    return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}, "resumes": [*resumes, ran]}
 
 
 def read_run_record(output_dir: str | Path, way_forward: str = EXPLICIT_DATA) -> dict | None:

@@ -106,11 +106,12 @@ def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
             if run.get("training_seed") is not None:  # the same seed from another encoder file: another repeat
                 by_seed.setdefault((run["training_seed"], run.get("encoder") or ""), []).append(run)
         named = _named(list(zip(SETTING_KEYS, setting)))
-        for (seed, _), same in [(key, group) for key, runs_ in by_seed.items() for group in _same_content(runs_)]:
-            if len(same) > 1:
-                notes.append(f"note: {named}: training seed {seed} in {len(same)} runs ({', '.join(r['run'] for r in same)};"
-                             f" subset seeds {', '.join(str(r.get('subset_seed')) for r in same)}): not independent "
-                             "repeats over training seeds; give each run its own --seed")  # fmt: skip
+        for (seed, _), of_seed in by_seed.items():
+            for same in _same_content(of_seed):
+                if len(same) > 1:
+                    notes.append(f"note: {named}: training seed {seed} in {len(same)} runs ({', '.join(r['run'] for r in same)};"
+                                 f" subset seeds {', '.join(str(r.get('subset_seed')) for r in same)}): not independent "
+                                 "repeats over training seeds; give each run its own --seed")  # fmt: skip
     return notes
 
 

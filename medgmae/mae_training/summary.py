@@ -166,7 +166,6 @@ class PretrainSummary:
             folders (e.g. the model's config, its pre-processing and the training settings: the seed and the data
             loader's ``num_workers``, which with the software and the device decide the weights); ``None``: not
             recorded.
-        device: the training device, for the GPU entry of ``summary.json``'s ``software`` (default: the engine's).
     """
 
     def __init__(
@@ -180,12 +179,10 @@ class PretrainSummary:
         pretrained_on: str = "",
         data_dir: str = "",
         settings: Mapping | None = None,
-        device: Any = None,
     ) -> None:
         # absolute paths: summary.json is read later, from other folders than the one the run was started in
         self.out, self.history, self.model_kind = absolute_path(output_dir), history, str(model_kind)
         self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
-        self.device = device
         self.data_dir = _absolute_or_empty(data_dir)
         self.example_image = _absolute_or_empty(example_image)
         self.tensorboard_dir = absolute_path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
@@ -213,7 +210,7 @@ class PretrainSummary:
                       "tensorboard": str(self.tensorboard_dir)},  # fmt: skip
             "next": self.commands(),
             **({"settings": self.settings} if self.settings is not None else {}),
-            "software": software_versions(self.device if self.device is not None else getattr(engine.state, "device", None)),
+            "software": software_versions(getattr(engine.state, "device", None)),  # MONAI's workflows keep it there
         }
 
     def commands(self) -> dict[str, str]:
