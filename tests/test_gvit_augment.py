@@ -15,7 +15,7 @@ from monai.data import DataLoader
 from monai.transforms import Compose, Randomizable
 from monai.utils import set_determinism
 
-from medgmae.engine.random_state import _randomizables
+from medgmae.engine.random_state import randomizables
 from medgmae.twod.classification_data import load_classification_data, make_dataset
 from medgmae.twod.gvit_augment import CROP_AREA, CROP_RATIO, RandResizedCropd, gvit_augmentation
 
@@ -24,7 +24,7 @@ from gvit_helpers import BUNDLE, gvit_workflow, shapes_dataset
 
 def _random_transforms(dataset) -> list:
     """The random transforms of a dataset's chain (a Compose is one too, and draws nothing of its own here)."""
-    return [t for t in _randomizables(dataset) if not isinstance(t, Compose)]
+    return [t for t in randomizables(dataset) if not isinstance(t, Compose)]
 
 
 def test_augmentation_changes_training_images_when_on_and_not_when_off(tmp_path):

@@ -69,6 +69,20 @@ def test_another_num_workers_is_warned_and_older_checkpoints_are_not_compared():
     assert loader_record(DataLoader(list(range(4)), batch_size=2, num_workers=2))["num_workers"] == 2
 
 
+def test_a_seeded_loader_resumes_any_num_workers_and_notes_a_checkpoint_of_worker_drawn_crops():
+    """Items drawn from the epoch's seed do not depend on the workers: another ``num_workers`` is no note; a
+    checkpoint of a loader whose workers drew the crops (an earlier release) is, whatever the workers."""
+    from medgmae.engine.seeded_loader import SeededDataLoader
+
+    seeded = loader_record(SeededDataLoader(list(range(4)), batch_size=2, num_workers=2))
+    assert seeded["item_seeded"] is True and loader_record(DataLoader(list(range(4))))["item_seeded"] is False
+    saved = saved_loader_record({"loader": {**seeded, "num_workers": 0}})
+    assert inexact_resume_notes(PATH, saved, seeded) == []
+    for earlier in ({"batch_size": 2, "epoch_length": 2, "num_workers": 2}, {**seeded, "item_seeded": False}):
+        notes = inexact_resume_notes(PATH, saved_loader_record({"loader": earlier}), seeded)
+        assert len(notes) == 1 and "whose workers drew the random crops" in notes[0] and "other crops" in notes[0]
+
+
 def _draws(tracker: RandomStateTracker) -> list:
     """One number from each generator a training process draws from."""
     return [random.random(), float(np.random.rand()), float(torch.rand(1)), float(tracker.transforms[0].R.rand())]

@@ -19,7 +19,7 @@ from monai.transforms import Compose, Randomizable
 
 from medgmae.distributed import is_main_process
 
-__all__ = ["RandomStateTracker"]
+__all__ = ["RandomStateTracker", "randomizables"]
 
 logger = logging.getLogger("medgmae.engine")
 
@@ -38,7 +38,7 @@ def _plain_to_numpy_state(d: Mapping) -> tuple:
             float(d["cached_gaussian"]))  # fmt: skip
 
 
-def _randomizables(obj: Any, seen: set | None = None) -> list[Randomizable]:
+def randomizables(obj: Any, seen: set | None = None) -> list[Randomizable]:
     """Random transforms reachable from a transform, a Compose or a dataset (depth-first, stable order)."""
     seen = set() if seen is None else seen
     out: list[Randomizable] = []
@@ -51,7 +51,7 @@ def _randomizables(obj: Any, seen: set | None = None) -> list[Randomizable]:
     if isinstance(obj, (Randomizable, Compose)) or hasattr(obj, "transform"):
         children += [v for v in vars(obj).values() if isinstance(v, (Randomizable, Compose))]
     for child in children:
-        out.extend(_randomizables(child, seen))
+        out.extend(randomizables(child, seen))
     return out
 
 
@@ -67,7 +67,7 @@ class RandomStateTracker:
     """
 
     def __init__(self, source: Any = None) -> None:
-        self.transforms = _randomizables(source)
+        self.transforms = randomizables(source)
 
     def state_dict(self) -> dict:
         return {

@@ -136,16 +136,17 @@ def resumed_engine_record(output_dir: str | Path, resume: bool) -> dict:
 
 
 def loader_record(loader: Any) -> dict:
-    """``{"batch_size", "epoch_length", "num_workers", "world_size"}`` of a training data loader, as checkpoints
-    record it: its batch size, length and worker processes (``None`` where the loader has no such attribute or
-    length) and the number of training processes (1 without torch.distributed)."""
+    """A training data loader's batch size, length, workers (``None`` where it has no such attribute or length), the
+    number of training processes (1 without torch.distributed) and ``item_seeded`` (a ``SeededDataLoader``, whose
+    crops do not depend on ``num_workers``), as checkpoints record them."""
     batch_size, workers = getattr(loader, "batch_size", None), getattr(loader, "num_workers", None)
     try:
         length = len(loader)
     except TypeError:
         length = None
     return {"batch_size": batch_size if isinstance(batch_size, int) else None, "epoch_length": length,
-            "num_workers": workers if isinstance(workers, int) else None, "world_size": rank_world()[1]}  # fmt: skip
+            "num_workers": workers if isinstance(workers, int) else None, "world_size": rank_world()[1],
+            "item_seeded": getattr(loader, "item_seeded", False) is True}  # fmt: skip
 
 
 def saved_loader_record(ckpt: Mapping) -> dict:
@@ -158,7 +159,7 @@ def saved_loader_record(ckpt: Mapping) -> dict:
             or its length as ``saved_ranks``).
     """
     saved = dict(ckpt.get("loader") or {}) if isinstance(ckpt.get("loader"), Mapping) else {}
-    record = {key: saved.get(key) for key in ("batch_size", "epoch_length", "num_workers", "world_size")}
+    record = {key: saved.get(key) for key in ("batch_size", "epoch_length", "num_workers", "world_size", "item_seeded")}
     if not isinstance(record["world_size"], int):
         ranks = ckpt.get("random_state_ranks")
         record["world_size"] = len(ranks) if isinstance(ranks, list) else int(ckpt.get("saved_ranks") or 1)
@@ -204,8 +205,8 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
 
 def inexact_resume_notes(path: Path, saved_loader: Mapping, current_loader: Mapping) -> list[str]:
     """What makes a resume that :func:`check_epoch_length` accepts differ from an uninterrupted run: another number
-    of training processes (the global batch changes with it) or of loader workers (they draw the random crops).
-    Rank 0 logs each as a warning, so that a multi-process run says it once.
+    of training processes (the global batch changes with it), a checkpoint of a loader whose workers drew the crops
+    (then another ``num_workers`` too). Rank 0 logs each as a warning, so that a multi-process run says it once.
 
     Args:
         path: the checkpoint, as the notes name it.
@@ -231,7 +232,12 @@ def inexact_resume_notes(path: Path, saved_loader: Mapping, current_loader: Mapp
                      "masks of their own, the same on every such resume)")  # fmt: skip
         notes.append(note)
     was, now = saved_loader.get("num_workers"), current_loader.get("num_workers")
-    if isinstance(was, int) and isinstance(now, int) and was != now:
+    seeded = current_loader.get("item_seeded") is True
+    if seeded and saved_loader.get("item_seeded") is not True:
+        notes.append(f"checkpoint {path} was saved by a loader whose workers drew the random crops (an earlier "
+                     "release, or another data loader): this run draws each item's crops from the epoch's seed and "
+                     "the item, so the resume continues with other crops than the interrupted run would have drawn")
+    elif not seeded and isinstance(was, int) and isinstance(now, int) and was != now:
         notes.append(f"checkpoint {path} was saved with num_workers={was} and this run has num_workers={now}: the "
                      "resume is not exact (the loader workers draw the random crops, so the crops differ from an "
                      f"uninterrupted run); resume with --num_workers {was} to continue it exactly")  # fmt: skip

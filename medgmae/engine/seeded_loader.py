@@ -1,0 +1,102 @@
+"""A training data loader whose random transforms draw the same crops and augmentations whatever ``num_workers`` is.
+
+MONAI's random transforms each draw from a private NumPy ``RandomState``. With ``num_workers=0`` the main process's
+states serve every item in turn; with workers, :func:`monai.data.utils.worker_init_fn` seeds each worker's copy
+from that worker's torch seed, and which worker takes which item depends on how many there are. The same ``--seed``
+therefore gave other crops, and so other weights, with another ``num_workers`` (and the 3D bundles' default
+``num_workers`` depends on the machine's CPUs). MONAI's ``DataLoader`` also rewinds torch's generator to its initial
+seed when it is built with ``num_workers=0`` and not otherwise, so the masks and initial weights drawn after it
+differed too.
+
+:class:`SeededDataLoader` re-seeds every random transform before each item from the epoch's seed and the item's
+index, so an item's random draws depend on neither the workers nor the order they finish in, and it leaves torch's
+generator as it found it. The epoch's seed is one draw from the loader's generator (torch's global one unless
+``generator`` is given) when the epoch's iterator is made, in the main process, as the shuffle's own seed is: a
+resumed run, whose checkpoint restores that generator (:class:`~medgmae.engine.random_state.RandomStateTracker`),
+draws the same seeds as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medgmae.engine.random_state import randomizables
+
+__all__ = ["SeededDataLoader", "SeededItems"]
+
+
+class SeededItems(Dataset):
+    """A map-style dataset whose random transforms are re-seeded from ``(epoch_seed, index)`` before each item.
+
+    Args:
+        dataset: the dataset to wrap (its transforms are found as :func:`randomizables` finds them: the
+            dataset's ``transform`` chain, nested ``Compose`` and the transforms' own random parts).
+
+    Attributes:
+        epoch_seed: the current epoch's seed (set by :class:`SeededDataLoader`); ``None``: items are drawn from the
+            transforms' states as they are, as without this wrapper.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise ValueError(f"SeededItems needs a map-style dataset with a length, got {type(dataset).__name__}")
+        self.dataset = dataset
+        self.transforms = randomizables(dataset)
+        self.epoch_seed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        if self.epoch_seed is not None and self.transforms:
+            seeds = np.random.SeedSequence([self.epoch_seed, int(index)]).generate_state(len(self.transforms))
+            for transform, seed in zip(self.transforms, seeds):  # parents before children: each keeps its own
+                transform.set_random_state(seed=int(seed))
+        return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped dataset's attributes (``data``, ``transform``, ...), for code that reads them through
+        ``loader.dataset``."""
+        if name.startswith("__") or name in ("dataset", "transforms", "epoch_seed"):
+            raise AttributeError(name)  # not forwarded: unpickling (spawned workers) looks these up before __init__
+        return getattr(self.dataset, name)
+
+
+class SeededDataLoader(DataLoader):
+    """A ``torch`` data loader over :class:`SeededItems`, with MONAI's collation and worker set-up as defaults.
+
+    Takes what ``torch.utils.data.DataLoader`` takes. ``loader.dataset`` is the :class:`SeededItems` wrapper
+    (its attributes forward to ``dataset``); a ``sampler`` (``DistributedSampler``) is built on ``dataset``
+    itself, as before.
+
+    Args:
+        dataset: a map-style dataset whose random transforms are MONAI ``Randomizable`` ones.
+        num_workers: data loader worker processes; the items do not depend on it.
+        **kwargs: the other ``DataLoader`` arguments; ``collate_fn`` defaults to MONAI's ``list_data_collate``
+            (a transform's list of crops becomes items of the batch) and ``worker_init_fn`` to MONAI's.
+
+    Raises:
+        ValueError: ``persistent_workers`` with workers: a kept worker would not see the next epoch's seed.
+    """
+
+    #: what :func:`~medgmae.engine.resume.loader_record` records: a resume compares it with the checkpoint's.
+    item_seeded = True
+
+    def __init__(self, dataset: Dataset, num_workers: int = 0, **kwargs: Any) -> None:
+        if kwargs.get("persistent_workers") and num_workers > 0:
+            raise ValueError("SeededDataLoader cannot keep its workers between epochs (persistent_workers): each "
+                             "epoch's seed reaches the workers when they start; leave persistent_workers off")
+        from monai.data.utils import list_data_collate, worker_init_fn
+
+        kwargs.setdefault("collate_fn", list_data_collate)
+        kwargs.setdefault("worker_init_fn", worker_init_fn)
+        super().__init__(SeededItems(dataset), num_workers=num_workers, **kwargs)
+
+    def _get_iterator(self):
+        """Draw the epoch's seed (in the main process, before the workers start and copy the dataset)."""
+        self.dataset.epoch_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+        return super()._get_iterator()

@@ -1,0 +1,105 @@
+"""The training data loader draws each item's random crops and augmentations from the epoch's seed and the item:
+the batches of a seed do not depend on ``num_workers`` (MONAI's loader, the control, gives other ones), the loader
+leaves torch's generator as it found it, and a restored generator draws the same epoch again."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandSpatialCropSamplesd
+
+from medgmae.engine.random_state import RandomStateTracker
+from medgmae.engine.seeded_loader import SeededDataLoader, SeededItems
+
+ITEMS = [{"image": np.arange(i, i + 8 * 9 * 10, dtype=np.float32).reshape(1, 8, 9, 10)} for i in range(7)]
+
+
+def _dataset() -> CacheDataset:
+    """Seven volumes, each giving two random crops, flipped and noised at random (a nested chain, as the bundles')."""
+    chain = Compose([
+        RandSpatialCropSamplesd(keys="image", roi_size=(4, 5, 6), num_samples=2, random_size=False),
+        Compose([RandFlipd(keys="image", prob=0.5, spatial_axis=0), RandGaussianNoised(keys="image", prob=0.5)]),
+    ])  # fmt: skip
+    return CacheDataset(ITEMS, transform=chain, cache_rate=1.0, progress=False)
+
+
+def _epochs(loader_type, seed: int, workers: int, epochs: int = 2) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    loader = loader_type(_dataset(), batch_size=3, shuffle=True, num_workers=workers)
+    return [torch.cat([batch["image"].as_tensor() for batch in loader]) for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_batches_of_a_seed_do_not_depend_on_the_workers(seed):
+    alone = _epochs(SeededDataLoader, seed, 0)
+    for workers in (1, 2):
+        assert all(torch.equal(a, b) for a, b in zip(alone, _epochs(SeededDataLoader, seed, workers))), workers
+    assert not torch.equal(alone[0], alone[1])  # each epoch draws again
+    assert not torch.equal(alone[0], _epochs(SeededDataLoader, seed + 10, 0)[0])  # and each seed
+
+
+def test_the_control_monai_loader_depends_on_the_workers():
+    """Without per-item seeds the same seed gives other batches with workers (what the loader mends)."""
+    assert not all(torch.equal(a, b) for a, b in zip(_epochs(DataLoader, 0, 0), _epochs(DataLoader, 0, 2)))
+
+
+def test_an_item_depends_on_the_epoch_seed_and_its_index_only():
+    items = SeededItems(_dataset())
+    items.epoch_seed = 12345
+    first = [items[i][0]["image"] for i in (4, 2, 4)]
+    assert torch.equal(first[0], first[2])  # the same item again, after another one drew
+    items.epoch_seed = 12346
+    assert not torch.equal(items[4][0]["image"], first[0])
+
+
+def test_building_the_loader_leaves_torchs_generator_as_it_was():
+    """MONAI's loader rewinds torch's generator to its initial seed when built without workers (and not with
+    them): what was drawn after it (masks, initial weights) then depended on ``num_workers``."""
+    torch.manual_seed(5)
+    torch.rand(3)
+    expected = torch.rand(4)
+    for workers in (0, 2):
+        torch.manual_seed(5)
+        torch.rand(3)
+        SeededDataLoader(_dataset(), batch_size=2, num_workers=workers)
+        assert torch.equal(torch.rand(4), expected), workers
+    torch.manual_seed(5)
+    torch.rand(3)
+    DataLoader(_dataset(), batch_size=2, num_workers=0)
+    assert not torch.equal(torch.rand(4), expected)  # the control
+
+
+def test_a_restored_generator_draws_the_same_epoch_again():
+    """A resume restores torch's generator (:class:`RandomStateTracker`): the next epoch is the uninterrupted one."""
+    torch.manual_seed(7)
+    loader = SeededDataLoader(_dataset(), batch_size=2, shuffle=True, num_workers=0)
+    tracker = RandomStateTracker(loader.dataset)
+    saved = tracker.state_dict()
+    straight = torch.cat([b["image"].as_tensor() for b in loader])
+    torch.manual_seed(99)
+    tracker.load_state_dict(saved)
+    again = SeededDataLoader(_dataset(), batch_size=2, shuffle=True, num_workers=2)
+    assert torch.equal(torch.cat([b["image"].as_tensor() for b in again]), straight)
+
+
+def test_the_wrapper_forwards_the_datasets_attributes_and_pickles():
+    dataset = _dataset()
+    loader = SeededDataLoader(dataset, batch_size=2)
+    assert loader.dataset.data is dataset.data and len(loader.dataset) == 7 and len(loader) == 4
+    copy = pickle.loads(pickle.dumps(loader.dataset))  # as a spawned worker receives it
+    copy.epoch_seed = loader.dataset.epoch_seed = 3
+    assert torch.equal(copy[1][1]["image"], loader.dataset[1][1]["image"])
+    with pytest.raises(AttributeError):
+        loader.dataset.no_such_attribute
+
+
+def test_persistent_workers_and_datasets_without_a_length_are_refused():
+    with pytest.raises(ValueError, match="persistent_workers"):
+        SeededDataLoader(_dataset(), num_workers=1, persistent_workers=True)
+    with pytest.raises(ValueError, match="map-style dataset"):
+        SeededItems(iter(range(3)))

@@ -1,0 +1,39 @@
+"""A training run's seed repeats it whatever ``num_workers`` is: 3D pre-training (random crops, two per volume,
+and the paper's augmentation) and GViT (its augmentation, and a validation loader built after the model's weights
+were drawn) give bit-identical weights with 0 and 2 data loader workers."""
+
+from __future__ import annotations
+
+import torch
+
+from gvit_helpers import TINY, gvit_bundle_command
+from pretrain_helpers import SMALL, TRAIN, bundle_process, read_checkpoint, succeeded
+
+
+def _different_tensors(a: dict, b: dict) -> list[str]:
+    assert a.keys() == b.keys()
+    return [k for k in a if isinstance(a[k], torch.Tensor) and not torch.equal(a[k], b[k])]
+
+
+def test_pretraining_weights_do_not_depend_on_num_workers(tmp_path):
+    changed = {"--num_samples": "2", "--batch_size": "2"}
+    settings = [changed.get(SMALL[i - 1], v) if i else v for i, v in enumerate(SMALL)] + ["--augment", "true", "--max_epochs", "2"]
+    assert settings.count("2") >= 2
+    encoders = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"workers{workers}"
+        succeeded(bundle_process("run", "training", "--config_file", TRAIN, *settings, "--output_dir", str(out),
+                                 "--num_workers", workers, cwd=tmp_path))  # fmt: skip
+        encoders.append(read_checkpoint(out / "encoder.pt")["state_dict"])
+    assert len(encoders[0]) > 30 and _different_tensors(*encoders) == []
+
+
+def test_gvit_weights_do_not_depend_on_num_workers(tmp_path):
+    settings = [f"--{k}={v}" for k, v in {**TINY, "batch_size": 8}.items()] + ["--augment", "true"]
+    models = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"workers{workers}"
+        proc = gvit_bundle_command("train.json", *settings, "--output_dir", str(out), "--num_workers", workers)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        models.append(torch.load(out / "model.pt", map_location="cpu", weights_only=True)["state_dict"])
+    assert len(models[0]) > 30 and _different_tensors(*models) == []
