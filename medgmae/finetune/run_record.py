@@ -3,7 +3,7 @@
 The record holds the label fraction, the subset seed (``seed``), the chosen cases and the data source
 (``dataset_dir`` and ``datalist``, absolute; both ``""`` for the synthetic phantoms under ``output_dir/phantom``),
 and how the run started (:func:`start_record`): its training seed (``training_seed``), its data loader workers
-(``num_workers``: with the seed, the software and the device they decide the weights), the pre-trained encoder it
+(``num_workers``: recorded, though the weights do not depend on it), the pre-trained encoder it
 loaded (``pretrained``: path, kind, source and the file's SHA-256, which tells the encoder apart from a later one
 written at that path; an empty path for a run from scratch), its pre-processing (``preprocessing``, as
 :meth:`~medgmae.preprocessing.PreprocessingSpec.to_dict`) and its software (``software``,
@@ -93,13 +93,13 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
     """``record`` (:func:`case_record`) with how the run started.
 
     A fresh start adds ``training_seed`` (the bundle's ``seed``, of MONAI's determinism; the record's own ``seed``
-    stays the subset seed), ``num_workers`` (the training data loader's workers, where given: the random crops are
-    drawn in them, so that the same seed with another count gives other weights), ``pretrained``
+    stays the subset seed), ``num_workers`` (the training data loader's workers, where given; each item's crops are
+    drawn from the epoch's seed and the item, whatever the count), ``pretrained``
     (:func:`pretrained_record`), ``preprocessing`` where given (``medgmae-runs-table`` reads it, also for a run not
     validated yet) and ``software`` (:func:`medgmae.software.software_versions` of ``device``). A resume keeps those
     its run recorded, or none where it recorded none: it continues from the checkpoint's weights and random state,
     whatever its own ``--seed`` and ``--pretrained`` say, and appends its own ``num_workers`` and ``software`` to
-    ``resumes`` (a run resumed with other workers or software is then no longer the fresh start's alone; each
+    ``resumes`` (a run resumed with other software is then no longer the fresh start's alone; each
     validation's ``metrics.json`` names the software that wrote it); a record that is there but does not read is
     refused (``DatasetError``), not taken for one that recorded none.
 

@@ -163,8 +163,8 @@ class PretrainSummary:
             (see :func:`next_commands`).
         data_dir: the ``dataset_dir`` a ``datalist``'s relative paths resolved against (``""``: none).
         settings: the run's settings, recorded in ``summary.json`` so that runs can be compared from their
-            folders (e.g. the model's config, its pre-processing and the training settings: the seed and the data
-            loader's ``num_workers``, which with the software and the device decide the weights); ``None``: not
+            folders (e.g. the model's config, its pre-processing and the training settings: the seed, which with
+            the software and the device decides the weights, and the data loader's ``num_workers``); ``None``: not
             recorded.
     """
 
