@@ -101,3 +101,8 @@ def read_only_folder(monkeypatch, folder: Path) -> None:
         return real(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
+
+
+def varied_volume(shape: tuple, value: float) -> np.ndarray:
+    """A float32 volume of ``shape`` around ``value`` that is not constant (the pre-check refuses a blank one)."""
+    return (value + np.arange(int(np.prod(shape))) % 5).reshape(shape).astype(np.float32)
