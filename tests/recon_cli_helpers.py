@@ -117,7 +117,14 @@ def raw(small_parallel_scan, tmp_path_factory):
 
 
 def fbp_volume(scan: Path, proj: Path, out: Path, *extra) -> np.ndarray:
-    """``fbp`` of ``proj`` with ``scan``'s geometry into ``out`` on the CPU (``extra`` flags added), read back in float64."""
+    """``fbp`` of ``proj`` with ``scan``'s geometry into ``out`` on the CPU (``extra`` flags added), read back in
+    float64."""
     assert main(["fbp", "--projections", str(proj), "--geometry", str(scan / "geometry.json"), "--device", "cpu",
                  "--out", str(out), *extra]) == 0  # fmt: skip
     return np.asarray(nib.load(str(out)).dataobj, np.float64)
+
+
+@pytest.fixture(scope="module")
+def scan(small_parallel_scan):
+    """A 10-view parallel-beam scan of a 16 x 16 x 12 phantom at 12 x 12 x 16 mm."""
+    return small_parallel_scan[0]
