@@ -101,3 +101,25 @@ def read_only_folder(monkeypatch, folder: Path) -> None:
         return real(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
+
+
+def varied_volume(shape: tuple, value: float) -> np.ndarray:
+    """A float32 volume of ``shape`` around ``value`` that is not constant (the pre-check refuses a blank one)."""
+    return (value + np.arange(int(np.prod(shape))) % 5).reshape(shape).astype(np.float32)
+
+
+def decathlon_case(folder: Path, name: str, value: int, channel: bool = True, label: bool = True, shape=(12, 10, 8),
+                   split: str = "Tr") -> None:
+    """An image whose largest intensity encodes its case (``value * 100``; one voxel lower, as the pre-check refuses a
+    blank image) and a label map of classes 0..value, in ``images<split>/`` and ``labels<split>/``."""
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    (folder / f"images{split}").mkdir(parents=True, exist_ok=True)
+    (folder / f"labels{split}").mkdir(parents=True, exist_ok=True)
+    image = np.full(shape, value * 100.0, np.float32)
+    image[0, 0, 0] -= 1.0
+    nib.save(nib.Nifti1Image(image, affine), folder / f"images{split}" / f"{name}{'_0000' if channel else ''}.nii.gz")
+    if label:
+        lab = np.zeros(shape, np.uint8)
+        for c in range(1, value + 1):
+            lab[c, :, :] = c
+        nib.save(nib.Nifti1Image(lab, affine), folder / f"labels{split}" / f"{name}.nii.gz")

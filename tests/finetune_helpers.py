@@ -159,3 +159,11 @@ def fake_best_model(folder: Path, metric: float, epoch: int, preprocessing: dict
     extra = {"epoch": epoch, "metric_name": "val_mean_dice", "metric": metric}
     torch.save(make_checkpoint("medgmae-unetr", {"out_channels": 3}, {}, preprocessing, extra), path)
     return path
+
+
+#: Two pre-processings as runs record them (``PreprocessingSpec.to_dict()``), written out here.
+COARSE_PREPROCESSING = {"orientation": "LPS", "spacing": [2.0, 2.0, 3.0], "hu_window": [-1000.0, 1000.0],
+                        "intensity_range": [0.0, 1.0], "clip": True, "input_size": [96, 96, 96],
+                        "patch_size": [16, 16, 16]}  # fmt: skip
+FINE_PREPROCESSING = {**COARSE_PREPROCESSING, "orientation": "RAS", "spacing": [1.5, 1.5, 1.5],
+                      "hu_window": [-175.0, 250.5]}  # fmt: skip

@@ -1,5 +1,5 @@
-"""The scan, phantom and model files of the medgmae-recon CLI tests (module fixtures), and the reconstruct arguments
-they share."""
+"""The scan, phantom, raw-reading and model files of the medgmae-recon CLI tests (module fixtures), and the reconstruct
+and fbp calls they share."""
 
 from __future__ import annotations
 
@@ -100,3 +100,31 @@ def stop_at_iteration(monkeypatch, iteration: int):
 
     monkeypatch.setattr(GaussianReconstructor, "step", interrupted_step)
     return step
+
+
+@pytest.fixture(scope="module")
+def raw(small_parallel_scan, tmp_path_factory):
+    """The scan's line integrals ``p``, a gain-patterned flat ``F``, a dark ``D`` and readings ``I = D + (F - D)
+    exp(-p)`` in float64, saved as ``.npy``: ``(scan folder, files folder, p, F, D)``."""
+    scan = small_parallel_scan[0]
+    d = tmp_path_factory.mktemp("raw")
+    p = np.load(scan / "projections.npy").astype(np.float64)
+    flat, dark = detector_patterns(*p.shape[1:])  # a gain pattern 14000 .. 26000, a fixed-pattern offset 100 .. 130
+    np.save(d / "counts.npy", dark + (flat - dark) * np.exp(-p))
+    np.save(d / "flat.npy", flat)
+    np.save(d / "dark.npy", dark)
+    return scan, d, p, flat, dark
+
+
+def fbp_volume(scan: Path, proj: Path, out: Path, *extra) -> np.ndarray:
+    """``fbp`` of ``proj`` with ``scan``'s geometry into ``out`` on the CPU (``extra`` flags added), read back in
+    float64."""
+    assert main(["fbp", "--projections", str(proj), "--geometry", str(scan / "geometry.json"), "--device", "cpu",
+                 "--out", str(out), *extra]) == 0  # fmt: skip
+    return np.asarray(nib.load(str(out)).dataobj, np.float64)
+
+
+@pytest.fixture(scope="module")
+def scan(small_parallel_scan):
+    """A 10-view parallel-beam scan of a 16 x 16 x 12 phantom at 12 x 12 x 16 mm."""
+    return small_parallel_scan[0]

@@ -1,19 +1,14 @@
-"""A bundle's command line: unknown and misspelled keys, YAML argument files, configs started the wrong way (and
-the multi-GPU config's place), warnings about settings that do nothing, unexpanded tildes."""
+"""A bundle's command line: unknown, misspelled and other bundles' keys, YAML argument files, run() keywords."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
 from medgmae.bundle_checks import BundleSettingError, check_settings
 
-from bundle_helpers import REPO, BUNDLES, run_bundle, setting_error_text
+from bundle_helpers import BUNDLES, run_bundle, setting_error_text
 
 
 def test_unknown_keys_of_a_bundle_command_line(tmp_path, monkeypatch):
@@ -85,128 +80,6 @@ def test_a_yaml_args_file_is_read(tmp_path):
     assert "No module named 'yaml'" not in proc.stderr and not (tmp_path / "run").exists()
 
 
-def test_a_config_started_the_wrong_way_is_refused(monkeypatch):
-    """A one-process config under torchrun (each process would run the whole job and remove the others' outputs
-    as an earlier run's) and a multi-process config without torchrun (no process group to join) are settings
-    problems, named with the config to add or the launcher to use."""
-    from medgmae.bundle_checks import process_problems
-
-    for var in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    assert process_problems(False) == [] and check_settings({}) is True
-    assert "is started by torchrun" in process_problems(True)[0]
-    monkeypatch.setenv("WORLD_SIZE", "2")  # exported by a job environment, one process started: not refused
-    assert process_problems(False) == []
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setenv("RANK", "0")
-    assert process_problems(False) == [] and process_problems(True) == []  # torchrun --nproc_per_node 1
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert process_problems(True) == []
-    with pytest.raises(BundleSettingError) as e:
-        check_settings({}, multi_gpu_config="bundles/x/configs/multi_gpu_train.json")
-    assert "torchrun runs 2 processes (WORLD_SIZE=2) but this config runs in one" in str(e.value)
-    assert f"list {REPO}/bundles/x/configs/multi_gpu_train.json after {REPO}/bundles/x/configs/train.json" in str(e.value)
-    assert "without torchrun" in process_problems(False)[0]
-
-
-@pytest.mark.parametrize("bundle", ["medgmae_pretrain", "unetr_finetune"])
-def test_the_multi_gpu_config_suggested_under_torchrun_is_the_given_configs_sibling(tmp_path, monkeypatch, bundle):
-    """A one-process config started by torchrun from another folder is refused naming its multi-process sibling by
-    a path that works from that folder (the one given, relative or absolute), in a command that can be pasted."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    for var, value in (("TORCHELASTIC_RUN_ID", "none"), ("WORLD_SIZE", "2"), ("RANK", "0")):
-        monkeypatch.setenv(var, value)
-    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    configs = BUNDLES / bundle / "configs"
-    for given in (os.path.relpath(configs / "train.json"), str(configs / "train.json")):
-        multi = str(Path(given).parent / "multi_gpu_train.json")
-        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", given])
-        with pytest.raises(BundleSettingError) as e:
-            check_settings({}, multi_gpu_config=f"bundles/{bundle}/configs/multi_gpu_train.json")
-        assert f"list {multi} after {given} in --config_file" in str(e.value), str(e.value)
-        assert f"""--config_file "['{given}','{multi}']\"""" in str(e.value) and Path(multi).is_file()
-
-
-def test_the_multi_gpu_config_named_first_is_refused_with_the_command_listing_it_after_train(tmp_path, monkeypatch):
-    """Its ``initialize`` starts with :func:`check_base_config`: given alone or first, the config is refused in one
-    line naming it and the command that lists it after its train.json; after train.json it passes."""
-    from medgmae.bundle_checks import check_base_config
-
-    monkeypatch.chdir(tmp_path)
-    for var in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    configs = Path(os.path.relpath(BUNDLES / "unetr_finetune" / "configs"))
-    one, multi = str(configs / "train.json"), str(configs / "multi_gpu_train.json")
-    for files in (multi, f"['{multi}','{one}']"):
-        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", files])
-        with pytest.raises(BundleSettingError) as e:
-            check_base_config("train.json", "multi_gpu_train.json")
-        assert len(str(e.value).splitlines()) == 1
-        assert f"--config_file: {multi} adds multi-GPU training to train.json and does not run alone" in str(e.value)
-        assert f"""--config_file "['{one}','{multi}']" ...`; nothing was written""" in str(e.value)
-    monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", f"['{one}','{multi}']"])
-    assert check_base_config("train.json", "multi_gpu_train.json") is True
-    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])  # not the bundle runner: nothing to check
-    assert check_base_config() is True
-
-
-def test_a_multi_gpu_config_listed_before_train_is_refused_by_train_json_first(tmp_path, folder_state):
-    """Listed before train.json, the multi-GPU config's settings (its first check included) are replaced by
-    train.json's, as MONAI merges in order: without torchrun the run trained in one process and then failed on a
-    name only the multi-GPU config imports, its outputs written. train.json's own first check now refuses it in
-    one line naming the command that lists it after train.json, before anything is written."""
-    configs = BUNDLES / "medgmae_pretrain" / "configs"
-    one, multi = configs / "train.json", configs / "multi_gpu_train.json"
-    out = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID")}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", f"['{multi}','{one}']",
-           "--output_dir", str(out), "--device", "cpu", "--max_epochs", "1"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert proc.returncode != 0
-    line = (f"--config_file: {multi} adds multi-GPU training to train.json and does not run alone or before it: list "
-            f"it after {one} in --config_file, `torchrun --standalone --nproc_per_node N -m monai.bundle run training "
-            f"--config_file \"['{one}','{multi}']\" ...`")  # fmt: skip
-    last = proc.stderr.strip().splitlines()[-2:]
-    assert last == ["error: BundleSettingError: 1 bad setting, nothing was written:", f"  {line}"], proc.stderr[-3000:]
-    assert not out.exists() and "NameError" not in proc.stderr
-
-
-@pytest.mark.parametrize("bundle", ["medgmae_pretrain", "unetr_finetune"])
-def test_a_multi_gpu_config_given_alone_under_torchrun_says_to_list_it_after_train(tmp_path, bundle):
-    """``--config_file multi_gpu_train.json`` alone failed in MONAI's merge of its ``train#sampler`` key (a
-    KeyError traceback on each rank): both ranks now stop on the one-line refusal, non-zero, nothing written."""
-    out = tmp_path / "run"
-    multi = BUNDLES / bundle / "configs" / "multi_gpu_train.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
-           "run", "training", "--config_file", str(multi), "--output_dir", str(out), "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode != 0
-    line = (f"error: BundleSettingError: --config_file: {multi} adds multi-GPU training to train.json and does not "
-            f"run alone or before it: list it after {multi.with_name('train.json')} in --config_file, `torchrun --standalone "
-            f"--nproc_per_node 2 -m monai.bundle run training --config_file \"['{multi.with_name('train.json')}',"
-            f"'{multi}']\" ...`; nothing was written")  # fmt: skip
-    assert line in proc.stderr.splitlines(), proc.stderr[-3000:]
-    assert "rank 1 stopped: BundleSettingError: --config_file:" in proc.stderr
-    assert "KeyError" not in proc.stderr and not out.exists()
-
-
-def test_torchrun_of_a_one_process_bundle_writes_nothing(tmp_path):
-    """Two processes started by torchrun on a bundle without multi-process training (2D GMAE) both stop at the
-    settings check, with a non-zero exit, before either makes its output folder."""
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
-           "run", "training", "--config_file", str(BUNDLES / "gmae2d_pretrain" / "configs" / "train.json"),
-           "--output_dir", str(out), "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode != 0
-    assert "torchrun runs 2 processes (WORLD_SIZE=2) but this config runs in one" in proc.stderr, proc.stderr[-3000:]
-    assert not out.exists()
-
-
 def test_a_bad_key_is_named_once_not_again_for_the_defaults_copying_it(tmp_path, monkeypatch):
     """``precheck_workers`` defaults to ``@num_workers`` and ``lr_schedule_epochs`` to ``@max_epochs``: a bad
     ``--num_workers -1`` is that key's problem alone; a key the command line sets itself is still named."""
@@ -236,128 +109,6 @@ def test_a_bad_key_is_named_once_not_again_for_the_defaults_copying_it(tmp_path,
     with pytest.raises(BundleSettingError) as e:
         check_settings(settings)
     assert len(str(e.value).splitlines()) == 5
-
-
-def test_phantom_settings_given_with_a_dataset_are_warned_about(tmp_path, monkeypatch, caplog):
-    """``--num_phantoms 4`` beside ``--dataset_dir`` shapes nothing (the run reads the user's data): MONAI takes it
-    silently, the settings check names it; one not given, or given for a phantom run, is not mentioned."""
-    config = tmp_path / "train.json"
-    config.write_text('{"num_phantoms": 8, "phantom_shape": null, "dataset_dir": ""}')
-    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", str(config), "--dataset_dir", "/d",
-                                      "--num_phantoms", "4", "--phantom_shape", "[32,32,32]"])  # fmt: skip
-    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    with caplog.at_level("WARNING", logger="medgmae"):
-        assert check_settings({}, unused_phantom_keys=["num_phantoms", "phantom_shape", "phantom_spacing"]) is True
-        assert check_settings({}, unused_phantom_keys=[]) is True
-    said = [r.getMessage() for r in caplog.records]
-    assert said == ["--num_phantoms, --phantom_shape: these shape the generated phantom data, which this run does not "
-                    "use (it reads the data given): ignored"], said
-
-
-@pytest.mark.parametrize("config_name", ["train.json", "multi_gpu_train.json"])
-def test_gaussian_settings_of_a_voxel_mae_run_are_warned_about(tmp_path, monkeypatch, caplog, config_name):
-    """``--model_kind voxel-mae --num_gaussians 64`` trained a voxel-MAE without a word about the Gaussians it does
-    not have: the pre-training bundle's settings check (its own expression, evaluated by MONAI) names them."""
-    from monai.bundle import ConfigParser
-
-    base = Path(__file__).resolve().parents[1] / "bundles" / "medgmae_pretrain" / "configs"
-    files = [str(base / "train.json")] + ([str(base / config_name)] if config_name != "train.json" else [])
-    parser = ConfigParser()
-    parser.read_config(files)
-    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    if config_name != "train.json":
-        monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "1")
-    step = next(i for i, e in enumerate(parser["initialize"]) if "check_settings(" in e)
-    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    expected_voxel = ["--num_gaussians: a voxel-mae model has no Gaussians: ignored",
-                      "--network_def#scale_cap: a voxel-mae model has no Gaussians: ignored"]  # a component's argument too
-    for kind, expected in (("voxel-mae", expected_voxel), ("medgmae", [])):
-        parser["model_kind"], parser["num_gaussians"], parser["output_dir"] = kind, 64, str(tmp_path / "run")
-        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", str(files), "--model_kind", kind,
-                                          "--num_gaussians", "64", "--network_def#scale_cap", "0.3"])  # fmt: skip
-        caplog.clear()
-        with caplog.at_level("WARNING", logger="medgmae"):
-            assert parser.get_parsed_content(f"initialize#{step}", lazy=False) is True
-        assert [r.getMessage() for r in caplog.records] == expected
-    from medgmae.folder_lock import release_folder
-
-    run = tmp_path / "run"  # held for a one-process run (medgmae.folder_lock; multi-process: after the group starts)
-    assert (list(run.iterdir()) == []) if config_name == "train.json" else not run.exists()
-    release_folder(run)
-
-
-def test_an_output_folder_with_an_unexpanded_tilde_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    """``--output_dir "~/run"`` (quoted), ``--output_dir=~/run`` or an args file's ``~/run`` reach the bundle as
-    written: its writers made a folder called ``~`` under the current one while nibabel wrote into the home folder,
-    and the run failed after its work. Such an output folder is named with its expansion; inputs are expanded where
-    they are read (``read_volume``, ``load_torch_file``, the datalist and 2D folder readers)."""
-    from medgmae.torch_files import load_torch_file
-
-    home = tmp_path / "home"
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
-    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(BundleSettingError) as e:
-        check_settings({}, output_dirs={"output_dir": "~/run", "eval_dir": str(tmp_path / "eval")})
-    assert str(e.value).splitlines()[1:] == [
-        f"  --output_dir '~/run': starts with '~', which was not expanded (quoted on the command line, or from an "
-        f"args file): give the full path, {home / 'run'}"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made, neither ./~ nor the home folder
-    home.mkdir()
-    torch.save({"x": torch.ones(2)}, home / "w.pt")
-    assert torch.equal(load_torch_file("~/w.pt")["x"], torch.ones(2))
-
-
-@pytest.mark.parametrize("cache_given", [False, True])
-def test_folders_made_from_a_refused_output_dir_are_not_named_again(tmp_path, monkeypatch, cache_given):
-    """``--output_dir "~/run"`` was refused in three lines, the other two naming ``--cache_dir`` and
-    ``--tensorboard_dir``, which the user never set (the config makes them from ``--output_dir``); a folder the
-    command line sets is still named."""
-    config = str(Path(__file__).resolve().parents[1] / "bundles" / "unetr_finetune" / "configs" / "train.json")
-    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    given = ["--cache_dir", "~/run/cache"] if cache_given else []
-    monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", config, "--output_dir", "~/run", *given])
-    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    dirs = {"output_dir": "~/run", "tensorboard_dir": "~/run/tensorboard", "cache_dir": "~/run/cache"}
-    with pytest.raises(BundleSettingError) as e:
-        check_settings({}, output_dirs=dirs)
-    named = [line.split()[0] for line in str(e.value).splitlines()[1:]]
-    assert named == (["--output_dir", "--cache_dir"] if cache_given else ["--output_dir"])
-
-
-def test_encoder_settings_of_a_run_from_a_pretrained_encoder_are_warned_about(tmp_path, monkeypatch, caplog):
-    """``--pretrained encoder.pt --encoder#hidden_size 768`` fine-tuned the encoder.pt's own architecture without a
-    word about the setting it ignores; the fine-tuning bundle's settings check names it (a run from scratch uses
-    it)."""
-    from monai.bundle import ConfigParser
-
-    config = str(Path(__file__).resolve().parents[1] / "bundles" / "unetr_finetune" / "configs" / "train.json")
-    parser = ConfigParser()
-    parser.read_config(config)
-    for var in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    step = next(i for i, e in enumerate(parser["initialize"]) if "check_settings(" in e)
-    runner = "/env/lib/python3.11/site-packages/monai/bundle/__main__.py"
-    expected = ["--encoder#hidden_size: the encoder comes from --pretrained, whose file records its architecture: "
-                "ignored"]  # fmt: skip
-    from finetune_helpers import encoder_file
-
-    encoder = str(encoder_file(tmp_path / "encoder.pt"))
-    for pretrained, said in ((encoder, expected), ("", [])):
-        parser["pretrained"], parser["output_dir"] = pretrained, str(tmp_path / "run")
-        monkeypatch.setattr(sys, "argv", [runner, "run", "training", "--config_file", config, "--pretrained",
-                                          pretrained, "--encoder#hidden_size", "768"])  # fmt: skip
-        caplog.clear()
-        with caplog.at_level("WARNING", logger="medgmae"):
-            parser.get_parsed_content(f"initialize#{step}", lazy=False)
-        assert [r.getMessage() for r in caplog.records] == said
 
 
 def test_a_bundle_run_from_python_has_its_keywords_checked_as_flags(tmp_path):

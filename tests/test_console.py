@@ -1,20 +1,15 @@
-"""Console hygiene and progress: only the listed third-party notices are filtered, ignite's start notice of every
-engine and, on ranks other than 0, the information lines that repeat rank 0's; the per-epoch line and the recorded
-mean loss (over every process's iterations)."""
+"""Console hygiene: known third-party notices, ignite's start notice, other ranks' information lines, stop traces."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 
-import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
-from torch.utils.data import DataLoader
 
-from medgmae.engine import EpochProgress, MetricHistory, ValidationProgress, loss_value, quiet_known_warnings
-from medgmae.engine.console import _ConsoleLines, mean_over_processes
+from medgmae.engine import EpochProgress, ValidationProgress, quiet_known_warnings
+from medgmae.engine.console import _ConsoleLines
 
 
 @pytest.fixture(autouse=True)
@@ -51,81 +46,6 @@ def test_only_the_known_notices_are_filtered(caplog):
         warnings.warn("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully.", UserWarning)
         warnings.warn("our own warning", UserWarning)
     assert [str(w.message) for w in caught] == ["our own warning"]
-
-
-def test_epoch_progress_logs_one_line_per_epoch_and_records_the_mean_loss(caplog):
-    losses = np.random.default_rng(0).random((2, 5))
-    engine = Engine(lambda e, b: {"loss": torch.tensor(losses[e.state.epoch - 1, (e.state.iteration - 1) % 5])})
-    history = MetricHistory()
-    EpochProgress(history=history, progress_bar="false").attach(engine)
-    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
-        engine.run(range(5), max_epochs=2)
-    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
-    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train_loss") and "5 iterations" in lines[0]
-    epochs, values = history.get("train_loss")
-    assert epochs == [1, 2] and np.allclose(values, losses.mean(1))
-    assert loss_value([{"loss": torch.tensor(0.5)}]) == 0.5 and loss_value({"other": 1}) is None
-    with pytest.raises(ValueError, match="progress_bar"):
-        EpochProgress(progress_bar="maybe")
-
-
-def _validation_lines(caplog, monkeypatch, lengths, batch_size: int) -> list[str]:
-    """The lines a :class:`ValidationProgress` logs over passes of ``lengths`` items in batches of ``batch_size``
-    (a bar shown, as on a terminal)."""
-    import medgmae.engine.console as console
-
-    monkeypatch.setattr(console, "progress_bars_shown", lambda: True)
-    engine = Engine(lambda e, b: None)
-    ValidationProgress(progress_bar=True).attach(engine)
-    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
-        for n in lengths:
-            engine.run(DataLoader(range(n), batch_size=batch_size), max_epochs=1)
-    return [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
-
-
-def test_validation_progress_logs_one_line_per_pass_with_its_case_count(caplog, capsys, monkeypatch):
-    lines = _validation_lines(caplog, monkeypatch, (3, 1), batch_size=1)
-    assert len(lines) == 2 and lines[0].startswith("validation: 3 cases in ") and lines[1].startswith("validation: 1 case in ")
-    err = capsys.readouterr().err  # the bar, on stderr
-    assert "validation: [1/3]" in err and "validation: [1/1]" in err
-    with pytest.raises(ValueError, match="progress_bar"):
-        ValidationProgress(progress_bar="sometimes")
-
-
-def test_validation_progress_counts_batches_of_more_than_one_case(caplog, monkeypatch):
-    """A pass over 5 cases in batches of 2 is 3 iterations: batches, not cases (it said 3 cases)."""
-    lines = _validation_lines(caplog, monkeypatch, (5, 2), batch_size=2)
-    assert len(lines) == 2 and lines[0].startswith("validation: 3 batches in ") and lines[1].startswith("validation: 1 batch in ")
-
-
-def test_bars_are_drawn_on_a_terminal_not_into_a_captured_log(capsys, caplog, monkeypatch):
-    """stderr captured (a batch job's log): no bar redraws, the epoch and validation lines alone; a terminal or a
-    Jupyter kernel gets the bars."""
-    import io
-    import sys
-
-    from medgmae.terminal import progress_bars_shown
-
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
-    for stream, shown in ((io.StringIO(), False), (Tty(), True), (None, False)):
-        monkeypatch.setattr(sys, "stderr", stream)
-        assert progress_bars_shown() is shown
-    monkeypatch.undo()
-    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
-    engine = Engine(lambda e, b: {"loss": torch.tensor(0.5)})
-    EpochProgress(progress_bar=True).attach(engine)
-    ValidationProgress(progress_bar=True).attach(engine)
-    with caplog.at_level(logging.INFO, logger="medgmae.engine"):
-        engine.run(range(3), max_epochs=1)
-    assert capsys.readouterr().err == ""  # pytest captures stderr: not a terminal
-    lines = [r.getMessage() for r in caplog.records if r.name == "medgmae.engine"]
-    assert lines[0].startswith("epoch 1/1: train_loss") and lines[1].startswith("validation: 3 batches")  # no loader
-    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # in a notebook the bars are widgets
-    assert progress_bars_shown()
 
 
 def test_the_meaningless_engine_resuming_line_is_dropped(caplog):
@@ -242,101 +162,6 @@ def test_every_engine_loses_the_start_notice_and_other_ranks_their_information_l
         logging.getLogger().removeHandler(lines)
 
 
-def test_the_epoch_loss_is_the_mean_over_every_process(monkeypatch):
-    """Under torch.distributed the epoch's loss is the mean of all ranks' iterations (here a fake second rank with
-    3 iterations summing to 0.9 beside this rank's 2 summing to 0.2: 1.1 / 5), not this rank's alone."""
-    import torch.distributed as dist
-
-    assert mean_over_processes(0.2, 2) == 0.2 / 2 and np.isnan(mean_over_processes(0.0, 0))
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_rank", lambda: 0)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
-    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(torch.tensor([0.9, 3.0], dtype=t.dtype)))
-    assert mean_over_processes(0.2, 2) == pytest.approx(1.1 / 5)
-
-
-def test_a_single_process_epoch_loss_is_the_plain_mean_bit_for_bit():
-    losses = np.random.default_rng(1).random(7).astype(np.float32)
-    engine = Engine(lambda e, b: {"loss": torch.tensor(losses[e.state.iteration - 1])})
-    history = MetricHistory()
-    EpochProgress(history=history, progress_bar=False).attach(engine)
-    engine.run(range(7), max_epochs=1)
-    total = 0.0
-    for value in losses:
-        total += float(value)
-    assert history.get("train_loss") == ([1], [total / 7])
-
-
-def test_slice_pictures_are_shown_radiologically():
-    """A marker at the patient's right, anterior and superior corner of a RAS-ordered volume appears at the top left
-    of the sagittal (anterior on the left), coronal and axial (the patient's right on the left) slices, and
-    slice_point puts a point where mid_slices shows it."""
-    from medgmae.engine.figures import mid_slices, slice_point
-
-    shape = (10, 12, 14)  # (R, A, S) voxel counts
-    vol = np.zeros(shape)
-    point = (9, 11, 13)  # the right-most, most anterior, most superior voxel
-    vol[point] = 1.0
-    centred = np.zeros(shape)
-    centred[5, 6, 7] = 1.0  # through the default mid-slices
-    for view, sl in enumerate(mid_slices(vol, centre=point)):
-        assert np.argwhere(sl == 1.0).tolist() == [[0, 0]], view
-    for view, sl in enumerate(mid_slices(centred)):
-        row, col, dist = slice_point(view, (5, 6, 7), shape)
-        assert dist == 0 and sl[int(row), int(col)] == 1.0, view
-
-
-def test_orientation_letters_name_the_directions_at_each_edge_of_a_view():
-    """Each view's edge letters are where mid_slices shows that direction: a slab at the patient's far right
-    (R, the highest first index of a RAS volume), left, anterior... lies along the edge its letter marks; the letters
-    are drawn in yellow at the edges' middles of a tile, and not on a tile too small to hold them."""
-    from medgmae.engine.figures import _EDGE_LETTERS, LETTER_COLOUR, mid_slices, with_orientation_letters
-
-    slabs = {"R": (-1, 0), "L": (0, 0), "A": (-1, 1), "P": (0, 1), "S": (-1, 2), "I": (0, 2)}  # (index, RAS axis)
-    edges = {0: lambda sl: sl[:, 0], 1: lambda sl: sl[:, -1], 2: lambda sl: sl[0, :], 3: lambda sl: sl[-1, :]}
-    for view, letters in enumerate(_EDGE_LETTERS):
-        for edge, letter in enumerate(letters):
-            vol = np.zeros((10, 12, 14))
-            index, axis = slabs[letter]
-            vol[(slice(None),) * axis + (index,)] = 1.0
-            sl = mid_slices(vol)[view]
-            assert edges[edge](sl).min() == 1.0 and sl.sum() == edges[edge](sl).sum(), (view, letter)
-    tile = with_orientation_letters(np.zeros((64, 80, 3), np.uint8), 2)
-    yellow = np.all(tile == LETTER_COLOUR, axis=-1)
-    assert yellow[24:40, :8].any() and yellow[24:40, -8:].any() and yellow[:12, 32:48].any() and yellow[-12:, 32:48].any()
-    assert not yellow[12:52, 12:68].any()  # the image itself is left alone
-    assert not np.all(with_orientation_letters(np.zeros((20, 80, 3), np.uint8), 2) == LETTER_COLOUR, axis=-1).any()
-
-
-def test_a_title_longer_than_its_picture_widens_it_instead_of_being_cut():
-    """A zero-shot picture of a small scan (two 128-pixel tiles) under a 90-character title lost the title's end:
-    the band, and the picture with it, is widened with black to hold the whole text; a short one changes nothing."""
-    from PIL import Image, ImageDraw
-
-    from medgmae.engine.figures import figure_font, label_tile
-
-    title = "case_0000: voxels 0.70 (R-L) x 0.90 (A-P) x 2.50 (I-S) mm; grey window [-1000, 1000] HU"
-    img = np.full((40, 128, 3), 90, np.uint8)
-    out = label_tile(img, title)
-    ink = np.argwhere(out[:14].max(axis=-1) > 0)  # the band's white pixels
-    full = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=figure_font())
-    assert out.shape[1] > 128 and ink[:, 1].max() >= full - 6  # the text's last glyph is drawn
-    assert np.array_equal(out[14:, :128], img) and not out[14:, 128:].any()  # the picture as it was, black beside
-    assert label_tile(img, "short").shape == (54, 128, 3)
-
-
-def test_each_figure_function_names_itself_in_its_refusals():
-    """``orthogonal_views`` refused mismatched names in the words of ``orthogonal_slices`` (a wrapper since
-    removed), a function its caller never called; it now names itself."""
-    from medgmae.engine.figures import mid_slices, orthogonal_views
-
-    vol = np.zeros((4, 5, 6), np.float32)
-    with pytest.raises(ValueError, match=r"^orthogonal_views needs .* got 1, 2 and 1$"):
-        orthogonal_views([mid_slices(vol)], names=["a", "b"])
-    assert orthogonal_views([mid_slices(vol)], names=["a"]).ndim == 3
-
-
 @pytest.mark.parametrize("logger_name", [None, "default"])
 def test_a_stop_in_validation_leaves_no_stats_handler_traceback_and_errors_keep_theirs(logger_name):
     """MONAI's StatsHandler on a validation engine logs ``Exception: `` with a traceback from its exception hook:
@@ -370,7 +195,6 @@ def test_a_stop_in_validation_leaves_no_stats_handler_traceback_and_errors_keep_
             assert logged == (set() if error is Terminated else {"Exception: a broken batch"})
     finally:
         watched.removeHandler(lines)
-
 
 
 @pytest.mark.parametrize("logger_name", [None, "default"])

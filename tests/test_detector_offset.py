@@ -142,7 +142,7 @@ def test_row_offsets_leave_astra_2d_for_the_ray_marcher():
 @pytest.mark.parametrize("kind", ["parallel", "cone"])
 def test_fbp_of_an_offset_scan_recovers_the_ball(kind):
     """FBP/FDK of a ball simulated on a detector offset by 3.7 columns: the core's mean within 2 % of the true
-    attenuation and the mass within 3 % (tests/test_recon_fbp.py's FDK ball tolerances); the same data
+    attenuation and the mass within 3 % (tests/test_recon_fbp_references.py's FDK ball tolerances); the same data
     reconstructed as if the detector were centred smears the ball (its core off by far more)."""
     shape, radius, mu, centre = (24, 32, 32), 7.0, 0.02, (2.0, -3.0, 4.0)
     spacing = 1.0 if kind == "parallel" else 1.5

@@ -1,4 +1,4 @@
-"""MedGMAE, MedGMAE* and the voxel-MAE baseline: shapes, masking, heads, loss, gradients, levels, checkpoints."""
+"""MedGMAE, MedGMAE* and the voxel-MAE baseline: shapes, masking, heads, rendering, loss, gradients, dtypes."""
 
 from __future__ import annotations
 
@@ -8,35 +8,20 @@ import pytest
 import torch
 
 from medgmae.gaussians import INTENSITY_BIAS_INIT, SCALE_BIAS_INIT, Gaussians3D
-from medgmae.networks import MaskedViTEncoder, MedGMAE, VoxelMAE, masked_mse, patch_mask_to_voxels
-from medgmae.networks.medgmae import ResidualGaussianLevel
+from medgmae.networks import MedGMAE, masked_mse, patch_mask_to_voxels
 
-IMG, PATCH, K = 32, 8, 12
+from medgmae_model_helpers import (  # noqa: F401 - fixtures
+    IMG,
+    K,
+    PATCH,
+    models,
+    random_volume as _volume,
+    seeded_generator as _gen,
+    small_medgmae as _gmae,
+    small_voxel_mae as _vmae,
+)
+
 N_PATCHES = (IMG // PATCH) ** 3
-
-
-def _gmae(**kw) -> MedGMAE:
-    torch.manual_seed(0)
-    return MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=K, **kw)
-
-
-def _vmae(**kw) -> VoxelMAE:
-    torch.manual_seed(0)
-    return VoxelMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", **kw)
-
-
-def _volume(b: int = 2, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 1, IMG, IMG, IMG, generator=g)
-
-
-def _gen(seed: int = 7) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(scope="module")
-def models():
-    return {"medgmae": _gmae(), "star": _gmae(multi_level=True), "voxel": _vmae()}
 
 
 @pytest.mark.parametrize("name", ["medgmae", "star", "voxel"])
@@ -192,172 +177,6 @@ def test_gradient_reaches_every_parameter(name):
     assert missing == []
 
 
-def test_star_levels_counts_parents_and_scale_shrink():
-    model = _gmae(multi_level=True, level_multipliers=(1, 2, 4), level_deltas=(0.02, 0.05), scale_cap=0.3)
-    x = _volume(1)
-    with torch.no_grad():
-        latent, _, ids = model.encoder(x)
-        levels = model.decode_gaussians(latent, ids)
-    assert [g.num_gaussians for g in levels] == [K, 2 * K, 4 * K]
-    assert model.total_gaussians == 7 * K
-    s0 = levels[0].scales / 0.3  # relative (sigmoid) scales of the roots
-    for l, (g, delta) in enumerate(zip(levels[1:], (0.02, 0.05)), start=1):
-        parent, root = levels[l - 1], s0.repeat_interleave(2**l, dim=1)
-        # each child stays within sigma_mu of its parent (children of parent p at p * 2 + c)
-        assert (g.means - parent.means.repeat_interleave(2, dim=1)).abs().max() <= model.sigma_mu + 1e-6
-        # s_l = s_0 + tanh(.) * 0.1 - delta_l in units of the cap
-        assert ((g.scales / 0.3 - (root - delta)).abs() <= 0.1 + 1e-6).all()
-        assert torch.allclose(g.quats.norm(dim=-1), torch.ones(1, g.num_gaussians))
-    # with zero residuals the scales shrink exactly by delta_l per level: monotone
-    lvl = ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3)
-    parent = Gaussians3D(torch.rand(1, 3, 3), torch.full((1, 3, 3), 0.06), torch.randn(1, 3, 4), torch.rand(1, 3))
-    root = torch.full((1, 3, 3), 0.2)
-    child, _ = lvl.refine(parent, root, torch.zeros(1, 6, 11))
-    assert torch.allclose(child.scales, torch.full((1, 6, 3), (0.2 - 0.05) * 0.3))
-    assert torch.equal(child.means, parent.means.repeat_interleave(2, dim=1))
-    # large negative residuals are clamped positive
-    child, _ = lvl.refine(parent, torch.full((1, 3, 3), 0.01), torch.full((1, 6, 11), -50.0))
-    assert (child.scales > 0).all()
-
-
-def test_star_levels_shrink_from_the_level_0_ancestor_not_the_parent():
-    """MedGMAE*'s ``s_l = s_0 + tanh(.) * sigma - delta_l`` is relative to the level-0 ancestor's scale ``s_0``:
-    ``refine`` hands each child its ancestor's relative scale (the root's, repeated per child), and with zero
-    residual heads a level-2 Gaussian's scale is ``cap * (s_0 - delta_2)`` (from its parent's it would be
-    ``cap * (s_0 - delta_1 - delta_2)``)."""
-    lvl = ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3)
-    parent = Gaussians3D(torch.rand(1, 3, 3), torch.full((1, 3, 3), 0.06), torch.randn(1, 3, 4), torch.rand(1, 3))
-    root = torch.rand(1, 3, 3) * 0.3 + 0.2
-    _, child_root = lvl.refine(parent, root, torch.randn(1, 6, 11))
-    assert torch.equal(child_root, root.repeat_interleave(2, dim=1))
-    model = _gmae(multi_level=True, level_multipliers=(1, 2, 4), level_deltas=(0.02, 0.05), scale_cap=0.3)
-    for level in model.levels:
-        torch.nn.init.zeros_(level.heads.weight)
-    with torch.no_grad():
-        latent, _, ids = model.encoder(_volume(1))
-        levels = model.decode_gaussians(latent, ids)
-    s0 = levels[0].scales.double() / 0.3
-    assert torch.allclose(levels[2].scales.double(), 0.3 * (s0.repeat_interleave(4, dim=1) - 0.05), atol=1e-6)
-
-
-def test_star_child_intensity_rules_against_their_formulas():
-    """Both rules against their closed forms in float64; under "logit" a child that "clamp" switches off (residual
-    pushing it below 0) still gets a gradient."""
-    parent = Gaussians3D(torch.rand(1, 5, 3), torch.full((1, 5, 3), 0.06), torch.randn(1, 5, 4), torch.rand(1, 5) * 0.3)
-    root = torch.full((1, 5, 3), 0.2)
-    r = torch.randn(1, 10, 11) * 3.0
-    ip = parent.intensities.double().repeat_interleave(2, dim=1)
-    t = torch.tanh(r[..., 10].double())
-    logit = ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3)
-    child, _ = logit.refine(parent, root, r)
-    expect = torch.sigmoid(torch.log(ip / (1 - ip)) + 3.0 * t)
-    assert torch.allclose(child.intensities.double(), expect, rtol=1e-5, atol=1e-7)
-    clamp = ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3, intensity_residual="clamp")
-    child, _ = clamp.refine(parent, root, r)
-    assert torch.allclose(child.intensities.double(), (ip + 0.1 * t).clamp(0, 1), atol=1e-7)
-    # a dim parent and a strongly negative residual: clamp gives 0 and no gradient, logit a positive one
-    dim = Gaussians3D(parent.means, parent.scales, parent.quats, torch.full((1, 5), 0.05))
-    for level, has_grad in ((clamp, False), (logit, True)):
-        rr = torch.full((1, 10, 11), -5.0, requires_grad=True)
-        child, _ = level.refine(dim, root, rr)
-        child.intensities.sum().backward()
-        assert (rr.grad[..., 10].abs() > 0).all() == has_grad
-        assert ((child.intensities > 0).all()) == has_grad
-    with pytest.raises(ValueError, match="intensity_residual"):
-        ResidualGaussianLevel(dim=8, ratio=2, delta=0.05, scale_cap=0.3, intensity_residual="relu")
-
-
-def test_star_checkpoint_from_before_the_intensity_rule_loads_as_clamp(tmp_path):
-    """A MedGMAE* config saved without ``level_intensity`` rebuilds with the rule it was trained with."""
-    model = _gmae(multi_level=True, level_intensity="clamp")
-    cfg = {k: v for k, v in model.config().items() if k != "level_intensity"}
-    assert MedGMAE.upgrade_config(cfg)["level_intensity"] == "clamp"
-    assert MedGMAE(**MedGMAE.upgrade_config(cfg)).levels[0].intensity_residual == "clamp"
-    assert MedGMAE.upgrade_config({**cfg, "multi_level": False})["level_intensity"] == "logit"  # no levels: no rule
-    assert _gmae(multi_level=True).config()["level_intensity"] == "logit"
-    with pytest.raises(ValueError, match="level_intensity"):
-        _gmae(multi_level=True, level_intensity="relu")
-
-
-def test_resuming_a_star_training_from_before_the_intensity_rule_keeps_or_names_it():
-    """A training checkpoint's model record from before ``level_intensity``: a run built with the clamp rule it was
-    trained with resumes; one built with today's default (logit) is refused, naming the field and both values."""
-    from medgmae.mae_training import ModelConfigRecord
-
-    old = ModelConfigRecord(_gmae(multi_level=True, level_intensity="clamp")).state_dict()
-    old["config"] = {k: v for k, v in old["config"].items() if k != "level_intensity"}
-    ModelConfigRecord(_gmae(multi_level=True, level_intensity="clamp")).load_state_dict(old)
-    with pytest.raises(ValueError, match=r"level_intensity: saved 'clamp', now 'logit'") as e:
-        ModelConfigRecord(_gmae(multi_level=True)).load_state_dict(old)
-    assert "num_gaussians" not in str(e.value)  # only the fields that differ
-    assert "--network_def#level_intensity clamp" in str(e.value)  # the override that restores the saved rule
-    with pytest.raises(ValueError, match=r"level_intensity: saved 'logit', now 'clamp'") as e:  # and the other way
-        ModelConfigRecord(_gmae(multi_level=True, level_intensity="clamp")).load_state_dict(
-            ModelConfigRecord(_gmae(multi_level=True)).state_dict())
-    assert "--network_def#level_intensity logit" in str(e.value) and "level_intensity clamp)" not in str(e.value)
-    with pytest.raises(ValueError, match=r"configuration \(num_gaussians: saved 16, now 8\)\. Resume"):
-        ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8)).load_state_dict(
-            ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict())
-
-
-def test_resuming_a_plain_medgmae_training_from_before_the_intensity_rule_resumes():
-    """A plain MedGMAE run's model record as releases before ``level_intensity`` existed wrote it (pre-training
-    bundle 0.1.0 before f9dccec: no ``level_intensity`` key) was refused with "level_intensity: saved (not recorded), now
-    'logit'" and no flag helped, though the rule does nothing without levels; it resumes as built today."""
-    from medgmae.mae_training import ModelConfigRecord
-
-    old = ModelConfigRecord(_gmae()).state_dict()
-    old["config"] = {k: v for k, v in old["config"].items() if k != "level_intensity"}
-    ModelConfigRecord(_gmae()).load_state_dict(old)
-    with pytest.raises(ValueError, match=r"configuration \(num_gaussians: saved 12, now 8\)\. Resume"):
-        ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8)).load_state_dict(old)
-
-
-def test_a_resume_as_another_model_kind_names_the_kind_and_its_flag_not_an_override_of_a_field():
-    """A MedGMAE* run resumed as a voxel-MAE was refused listing ten fields each "saved X, now (not set)" and the
-    advice to resume with --network_def#level_intensity logit, which cannot help; it names the kind and
-    --model_kind."""
-    from medgmae.mae_training import ModelConfigRecord
-
-    star = ModelConfigRecord(_gmae(multi_level=True)).state_dict()
-    with pytest.raises(ValueError) as e:
-        ModelConfigRecord(_vmae()).load_state_dict(star)
-    said = str(e.value)
-    assert "kind: saved 'medgmae-star', now 'voxel-mae'" in said and "(here --model_kind medgmae-star)" in said, said
-    assert "level_intensity" not in said and "num_gaussians" not in said
-
-
-def test_a_resume_into_another_model_configuration_is_a_resume_refusal():
-    """``--resume true`` with another ``--num_gaussians`` (3D pre-training, 2D GMAE) is a refusal of the settings
-    given: a ``ResumeRefused``, alone or beside another refusal of the checkpoint, so that the bundle prints its
-    message alone (README, "When it stops"), not under MONAI's traceback as an unexpected ``ValueError``."""
-    from pathlib import Path
-
-    from medgmae.engine.restore import ResumeRefused, refusal, restore_states
-    from medgmae.mae_training import ModelConfigRecord
-
-    saved = ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=16)).state_dict()
-    now = ModelConfigRecord(MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=8))
-    with pytest.raises(ResumeRefused, match=r"num_gaussians: saved 16, now 8"):
-        now.load_state_dict(saved)
-    with pytest.raises(ResumeRefused, match=r"\('config'\): the checkpoint was written by a different model") as e:
-        restore_states(Path("run/checkpoint_epoch=3.pt"), [("config", now)], {"config": saved})
-    epochs = ResumeRefused("checkpoint run/checkpoint_epoch=3.pt has already trained 3 epochs = --max_epochs 3")
-    assert type(refusal("both", [epochs, e.value])) is ResumeRefused
-
-
-def test_star_renders_the_sum_of_levels():
-    model = _gmae(multi_level=True)
-    x = _volume(1)
-    with torch.no_grad():
-        latent, _, ids = model.encoder(x)
-        levels = model.decode_gaussians(latent, ids)
-        pred, g = model.reconstruct(latent, ids)
-        summed = sum(model.render(lv) for lv in levels)
-    assert g.num_gaussians == 7 * K
-    assert torch.allclose(pred, summed, atol=1e-5)
-
-
 def test_predict_gaussians_zero_mask_is_forward_without_mask(models):
     model, x = models["medgmae"], _volume()
     g = model.predict_gaussians(x)
@@ -376,45 +195,6 @@ def test_decoder_positions_are_those_of_the_visible_patches(models):
     for b in range(2):
         rows = torch.cdist(pos[b], table).argmin(-1)
         assert sorted(rows.tolist()) == torch.nonzero(mask[b] == 0).flatten().tolist()
-
-
-@pytest.mark.parametrize(
-    "cls,kw,kind", [(MedGMAE, {}, "medgmae"), (MedGMAE, {"multi_level": True}, "medgmae-star"), (VoxelMAE, {}, "voxel-mae")]
-)
-def test_checkpoint_round_trip(tmp_path, cls, kw, kind):
-    torch.manual_seed(3)
-    model = cls(img_size=IMG, patch_size=PATCH, model_size="tiny", **({"num_gaussians": K} if cls is MedGMAE else {}), **kw)
-    x = _volume(1)
-    ref = model(x, generator=_gen()).pred
-    torch.save(model.model_checkpoint(), tmp_path / "model.pt")
-    record = {"kind": model.kind, "config": model.config(), "preprocessing": None}  # CheckpointHandler's layout
-    torch.save({"objects": {"model": model.state_dict(), "config": record}}, tmp_path / "train.pt")
-    for name in ("model.pt", "train.pt"):
-        loaded = cls.from_checkpoint(tmp_path / name)
-        assert loaded.config() == model.config() and loaded.kind == model.kind
-        assert torch.equal(loaded(x, generator=_gen()).pred, ref)
-    enc = model.encoder_checkpoint()
-    assert enc["kind"] == "medgmae-encoder" and enc["extra"]["source"] == kind  # tells MedGMAE* from MedGMAE
-    encoder = MaskedViTEncoder(**enc["config"])
-    encoder.load_state_dict(enc["state_dict"])
-    assert torch.equal(encoder(x)[0], model.encoder(x)[0])
-
-
-def test_from_checkpoint_wrong_kind_and_bad_files(tmp_path, models):
-    torch.save(models["voxel"].model_checkpoint(), tmp_path / "voxel.pt")
-    torch.save(models["medgmae"].encoder_checkpoint(), tmp_path / "encoder.pt")
-    torch.save(models["medgmae"].model_checkpoint(), tmp_path / "gmae.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"voxel\.pt is a voxel-mae checkpoint.*expected medgmae or medgmae-star"):
-        MedGMAE.from_checkpoint(tmp_path / "voxel.pt")
-    with pytest.raises(ValueError, match=r"encoder\.pt is a medgmae-encoder checkpoint.*expected voxel-mae"):
-        VoxelMAE.from_checkpoint(tmp_path / "encoder.pt")
-    with pytest.raises(ValueError, match=r"gmae\.pt is a medgmae checkpoint"):
-        VoxelMAE.from_checkpoint(tmp_path / "gmae.pt")
-    with pytest.raises(ValueError, match=r"junk\.pt"):
-        MedGMAE.from_checkpoint(tmp_path / "junk.pt")
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
-        MedGMAE.from_checkpoint(tmp_path / "missing.pt")
 
 
 def test_bad_arguments():
