@@ -8,7 +8,8 @@ random crops after it). Items are drawn in this process, i.e. as one loader work
 * epochs 2.. from the disk cache (load the cached array, random crops), each timed four ways side by side: the
   cache files read memory-mapped (as the bundle reads them) and read whole (as before), each with the files in the
   page cache ("warm") and evicted from it before the epoch ("cold": ``posix_fadvise(DONTNEED)``, as a cache on a
-  shared or spinning disk larger than RAM reads).
+  shared or spinning disk larger than RAM reads); and the warm memory-mapped read once more through the bundle's
+  per-item seeding (``SeededItems``: a generator seeded for each item), to show what that costs.
 
 The GPU side is an ESTIMATE (no GPU measurement of the pre-training step exists yet): the floating-point work and
 the number of kernels of one base-model training step (forward + backward + AdamW) are counted on the CPU with
@@ -51,6 +52,7 @@ def loader_throughput(folder: Path, work: Path, epochs: int, pixdim: float) -> d
     parser.read_config(str(REPO / "bundles" / "medgmae_pretrain" / "configs" / "train.json"))
     parser.update({"dataset_dir": str(folder), "output_dir": str(work), "num_workers": 0, "pixdim": pixdim,
                    "device": "cpu"})  # fmt: skip
+    from medgmae.engine.seeded_loader import SeededItems
     from medgmae.mae_training import check_pretrain_split
 
     items = parser.get_parsed_content("train_cases")
@@ -62,16 +64,19 @@ def loader_throughput(folder: Path, work: Path, epochs: int, pixdim: float) -> d
     out = {"num_volumes": len(items), "precheck_s_per_volume": precheck_s / checked, "epochs": []}
     cached: list[Path] = []
     for epoch in range(1, epochs + 1):
-        modes = [("raw files", True, False)] if epoch == 1 else [
-            (f"disk cache, {'mmap' if m else 'whole read'}, {'cold' if c else 'warm'}", m, c)
-            for c in (False, True) for m in (True, False)]  # fmt: skip
-        for source, mmap, cold in modes:
+        modes = [("raw files", True, False, False)] if epoch == 1 else [
+            (f"disk cache, {'mmap' if m else 'whole read'}, {'cold' if c else 'warm'}", m, c, False)
+            for c in (False, True) for m in (True, False)] + [("disk cache, mmap, warm, item seeds", True, False, True)]
+        for source, mmap, cold, seeded in modes:
             dataset.mmap = mmap
             if cold:
                 _evict(cached)
+            items_of = SeededItems(dataset) if seeded else dataset  # the bundle's loader re-seeds each item
+            if seeded:
+                items_of.epoch_seed = epoch
             t0 = time.perf_counter()
             for i in range(len(dataset)):
-                dataset[i]
+                items_of[i]
             dt = time.perf_counter() - t0
             out["epochs"].append({"epoch": epoch, "source": source, "s_per_volume": dt / len(items),
                                   "volumes_per_s": len(items) / dt})  # fmt: skip
