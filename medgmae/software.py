@@ -38,6 +38,7 @@ def software_versions(device: Any = None) -> dict[str, Any]:
     Returns:
         ``{"python": "3.11.9", "platform": "Linux-...", "packages": {"medgmae": "0.1.0", "torch": "2.13.0", ...},
         "commit": "<git commit>" (a checkout only), "torch_cuda": "12.4" or None, "cudnn": 90100 or None,
+        "torch_threads": 8 (a CPU run's weights depend on it: the renderer adds up per-thread blocks),
         "gpu": {"name": ..., "capability": "9.0"} (a CUDA device only)}``; JSON-ready.
     """
     record: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
@@ -48,6 +49,7 @@ def software_versions(device: Any = None) -> dict[str, Any]:
     if torch is not None:
         record["torch_cuda"] = getattr(torch.version, "cuda", None)
         record["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        record["torch_threads"] = torch.get_num_threads()
         if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
             index = torch.device(device).index
             index = torch.cuda.current_device() if index is None else index

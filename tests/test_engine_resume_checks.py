@@ -205,7 +205,7 @@ def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
     part, _ = make_trainer(tmp_path, 2, resume=False, batch_size=2, extra={"record": _Record(1)})
     part.run()
     saved = torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
-    assert saved["loader"] == {"batch_size": 2, "epoch_length": 3, "num_workers": 0, "world_size": 1}
+    assert saved["loader"] == {"batch_size": 2, "epoch_length": 3, "num_workers": 0, "world_size": 1, "item_seeded": False}
     assert saved["engine"] == {"epoch": 2, "iteration": 6, "max_epochs": 2}
     assert check_resume_fits(tmp_path, loader(2), max_epochs=4) == tmp_path / "checkpoint_epoch=2.pt"
     with pytest.raises(ValueError, match=r"\(3 per epoch, batch size 2\), but this run has 2 iterations per epoch "

@@ -80,7 +80,9 @@ def test_a_seeded_loader_resumes_any_num_workers_and_notes_a_checkpoint_of_worke
     assert inexact_resume_notes(PATH, saved, seeded) == []
     for earlier in ({"batch_size": 2, "epoch_length": 2, "num_workers": 2}, {**seeded, "item_seeded": False}):
         notes = inexact_resume_notes(PATH, saved_loader_record({"loader": earlier}), seeded)
-        assert len(notes) == 1 and "whose workers drew the random crops" in notes[0] and "other crops" in notes[0]
+        assert len(notes) == 1 and "whose workers drew random crops" in notes[0] and "other random draws" in notes[0]
+    back = inexact_resume_notes(PATH, saved, {**seeded, "item_seeded": False})  # a config back to a plain loader
+    assert len(back) == 1 and "that drew each item's random crops" in back[0] and "does not draw" in back[0]
 
 
 def _draws(tracker: RandomStateTracker) -> list:

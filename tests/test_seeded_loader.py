@@ -4,13 +4,15 @@ leaves torch's generator as it found it, and a restored generator draws the same
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import numpy as np
 import pytest
 import torch
-from monai.data import CacheDataset, DataLoader
-from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandSpatialCropSamplesd
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.transforms import Compose, MapTransform, RandFlipd, RandGaussianNoised, RandomizableTrait, RandSpatialCropSamplesd
+from torch.utils.data import Subset
 
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.seeded_loader import SeededDataLoader, SeededItems
@@ -78,7 +80,7 @@ def test_a_restored_generator_draws_the_same_epoch_again():
     """A resume restores torch's generator (:class:`RandomStateTracker`): the next epoch is the uninterrupted one."""
     torch.manual_seed(7)
     loader = SeededDataLoader(_dataset(), batch_size=2, shuffle=True, num_workers=0)
-    tracker = RandomStateTracker(loader.dataset)
+    tracker = RandomStateTracker(None)  # the global generators: the transforms' own states no longer matter
     saved = tracker.state_dict()
     straight = torch.cat([b["image"].as_tensor() for b in loader])
     torch.manual_seed(99)
@@ -103,3 +105,23 @@ def test_persistent_workers_and_datasets_without_a_length_are_refused():
         SeededDataLoader(_dataset(), num_workers=1, persistent_workers=True)
     with pytest.raises(ValueError, match="map-style dataset"):
         SeededItems(iter(range(3)))
+
+
+class _TorchDrawn(RandomizableTrait, MapTransform):
+    """A random transform without a private generator (as MONAI's ``RandTorchVisiond``): it draws from torch's."""
+
+    def __call__(self, data):
+        return {k: v + torch.rand(()) for k, v in data.items()}
+
+
+def test_random_draws_the_loader_cannot_seed_are_named(caplog):
+    caplog.set_level(logging.WARNING, logger="medgmae.engine")
+    SeededItems(Dataset(ITEMS, transform=Compose([_TorchDrawn(keys="image"), RandFlipd(keys="image", prob=0.5)])))
+    assert "the random transforms _TorchDrawn draw from another generator" in caplog.text
+    caplog.clear()
+    SeededItems(Subset(_dataset(), [0, 1]))
+    assert "the Subset wraps another dataset, whose random transforms are not found" in caplog.text
+    caplog.clear()
+    SeededItems(_dataset())
+    SeededItems(Dataset(ITEMS))  # no random transform at all: nothing to say
+    assert caplog.text == ""

@@ -1,11 +1,13 @@
 """A training run's seed repeats it whatever ``num_workers`` is: 3D pre-training (random crops, two per volume,
-and the paper's augmentation) and GViT (its augmentation, and a validation loader built after the model's weights
-were drawn) give bit-identical weights with 0 and 2 data loader workers."""
+and the paper's augmentation), fine-tuning (class-balanced crops), 2D GMAE (flips) and GViT (its augmentation, and a
+validation loader built after the model's weights were drawn) give bit-identical weights with 0 and 2 workers."""
 
 from __future__ import annotations
 
 import torch
 
+from finetune_helpers import run_bundle as finetune_run
+from gmae2d_helpers import train_gmae2d_bundle
 from gvit_helpers import TINY, gvit_bundle_command
 from pretrain_helpers import SMALL, TRAIN, bundle_process, read_checkpoint, succeeded
 
@@ -37,3 +39,22 @@ def test_gvit_weights_do_not_depend_on_num_workers(tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         models.append(torch.load(out / "model.pt", map_location="cpu", weights_only=True)["state_dict"])
     assert len(models[0]) > 30 and _different_tensors(*models) == []
+
+
+def test_fine_tuning_weights_do_not_depend_on_num_workers(tmp_path):
+    networks = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"workers{workers}"
+        finetune_run("training", "train.json", "--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]",
+                     "--feature_size", "4", "--num_samples", "2", "--max_epochs", "1", "--num_workers", workers,
+                     "--progress_bar", "false")  # fmt: skip
+        networks.append(read_checkpoint(out / "checkpoint_final.pt")["objects"]["network"])
+    assert len(networks[0]) > 30 and _different_tensors(*networks) == []
+
+
+def test_gmae2d_flips_do_not_depend_on_num_workers(tmp_path):
+    encoders = []
+    for workers in (0, 2):
+        train_gmae2d_bundle(tmp_path / f"workers{workers}", flip=True, max_epochs=2, num_workers=workers)
+        encoders.append(read_checkpoint(tmp_path / f"workers{workers}" / "encoder.pt")["state_dict"])
+    assert len(encoders[0]) > 20 and _different_tensors(*encoders) == []

@@ -24,6 +24,12 @@ def test_the_record_names_the_versions_the_libraries_report():
     assert packages["numpy"] == np.__version__
     assert record["python"] == platform.python_version()
     assert record["torch_cuda"] == torch.version.cuda
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert software.software_versions("cpu")["torch_threads"] == threads + 1  # read at each call, not cached
+    finally:
+        torch.set_num_threads(threads)
     assert "gpu" not in record  # a CPU run names no GPU
 
 

@@ -79,8 +79,8 @@ class CheckpointHandler:
     all ranks are gathered into the checkpoint (``random_state_ranks``); on resume rank 0 reads the checkpoint and
     broadcasts it, and each rank restores the weights, optimiser and its own random states, so a resumed DDP run
     continues as the uninterrupted one (``output_dir`` need only be visible to rank 0). A resume with another number
-    of processes or loader workers is warned as not exact (:func:`~medgmae.engine.resume.inexact_resume_notes`);
-    ranks the checkpoint lacks draw from seeds derived from rank 0's state (:meth:`RandomStateTracker.load_rank_state`).
+    of processes (or of loader workers, where they draw the crops) is warned as not exact
+    (:func:`~medgmae.engine.resume.inexact_resume_notes`); ranks the checkpoint lacks draw from seeds derived from rank 0's state (:meth:`RandomStateTracker.load_rank_state`).
 
     Attach it before ``monai.handlers.StatsHandler``: both re-raise from their ``EXCEPTION_RAISED`` handler, and
     ignite stops calling an event's handlers at the first that raises, so a handler attached after StatsHandler

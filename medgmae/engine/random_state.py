@@ -38,20 +38,27 @@ def _plain_to_numpy_state(d: Mapping) -> tuple:
             float(d["cached_gaussian"]))  # fmt: skip
 
 
-def randomizables(obj: Any, seen: set | None = None) -> list[Randomizable]:
-    """Random transforms reachable from a transform, a Compose or a dataset (depth-first, stable order)."""
+def randomizables(obj: Any, seen: set | None = None, kind: type = Randomizable) -> list[Randomizable]:
+    """Random transforms reachable from a transform, a Compose or a dataset (depth-first, stable order).
+
+    Args:
+        obj: the transform, Compose or dataset (its ``transform`` and the transforms held as its attributes).
+        seen: objects already visited (internal).
+        kind: what is collected: MONAI's ``Randomizable`` (a private ``R`` to seed), or ``RandomizableTrait`` to
+            find also the random transforms that draw from another generator (torch's, in ``RandTorchVisiond``).
+    """
     seen = set() if seen is None else seen
-    out: list[Randomizable] = []
+    out: list = []
     if obj is None or id(obj) in seen:
         return out
     seen.add(id(obj))
-    if isinstance(obj, Randomizable):
+    if isinstance(obj, kind):
         out.append(obj)
     children = list(obj.transforms) if isinstance(obj, Compose) else []
     if isinstance(obj, (Randomizable, Compose)) or hasattr(obj, "transform"):
         children += [v for v in vars(obj).values() if isinstance(v, (Randomizable, Compose))]
     for child in children:
-        out.extend(randomizables(child, seen))
+        out.extend(randomizables(child, seen, kind))
     return out
 
 

@@ -217,8 +217,7 @@ def inexact_resume_notes(path: Path, saved_loader: Mapping, current_loader: Mapp
     Returns:
         The notes (on every rank), empty when the resume continues the run exactly.
     """
-    notes = []
-    was, now = saved_loader.get("world_size"), current_loader.get("world_size")
+    notes, (was, now) = [], (saved_loader.get("world_size"), current_loader.get("world_size"))
     if isinstance(was, int) and isinstance(now, int) and was != now:
         then_batch, now_batch = saved_loader.get("batch_size"), current_loader.get("batch_size")
         batches = (f"{was} x {then_batch} to {now} x {now_batch} (processes x batch size)"
@@ -233,11 +232,12 @@ def inexact_resume_notes(path: Path, saved_loader: Mapping, current_loader: Mapp
         notes.append(note)
     was, now = saved_loader.get("num_workers"), current_loader.get("num_workers")
     seeded = current_loader.get("item_seeded") is True
-    if seeded and saved_loader.get("item_seeded") is not True:
-        notes.append(f"checkpoint {path} was saved by a loader whose workers drew the random crops (an earlier "
-                     "release, or another data loader): this run draws each item's crops from the epoch's seed and "
-                     "the item, so the resume continues with other crops than the interrupted run would have drawn")
-    elif not seeded and isinstance(was, int) and isinstance(now, int) and was != now:
+    if seeded != (saved_loader.get("item_seeded") is True):
+        then, now_draws = ("whose workers drew", "draws each item's") if seeded else ("that drew each item's", "does not draw")
+        notes.append(f"checkpoint {path} was saved by a loader {then} random crops (an earlier release, or another data "
+                     f"loader) and this run's loader {now_draws} from the epoch's seed and the item, so the resume "
+                     "continues with other random draws (crops, augmentation, masks) than the interrupted run's")
+    elif not seeded and isinstance(was, int) and isinstance(now, int) and was != now:  # workers draw the crops
         notes.append(f"checkpoint {path} was saved with num_workers={was} and this run has num_workers={now}: the "
                      "resume is not exact (the loader workers draw the random crops, so the crops differ from an "
                      f"uninterrupted run); resume with --num_workers {was} to continue it exactly")  # fmt: skip

@@ -18,6 +18,7 @@ draws the same seeds as an uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,24 @@ from torch.utils.data import DataLoader, Dataset
 from medgmae.engine.random_state import randomizables
 
 __all__ = ["SeededDataLoader", "SeededItems"]
+
+logger = logging.getLogger("medgmae.engine")
+
+
+def _unseeded_note(dataset: Dataset, seeded: list) -> str | None:
+    """Why some of ``dataset``'s random draws may still depend on the workers, or ``None``: random transforms with
+    no private generator to seed (MONAI's ``RandTorchVisiond`` draws from torch's), or a dataset wrapped in another
+    (a ``Subset``) whose transforms are not reached."""
+    from monai.transforms import Randomizable, RandomizableTrait
+
+    others = [type(t).__name__ for t in randomizables(dataset, kind=RandomizableTrait) if not isinstance(t, Randomizable)]
+    if others:
+        return (f"the random transforms {', '.join(sorted(set(others)))} draw from another generator than their own: "
+                "their draws are not seeded for each item and may depend on num_workers")
+    if not seeded and hasattr(dataset, "dataset") and not hasattr(dataset, "transform"):
+        return (f"the {type(dataset).__name__} wraps another dataset, whose random transforms are not found: they are "
+                "not seeded for each item, and their draws may depend on num_workers")
+    return None
 
 
 class SeededItems(Dataset):
@@ -40,6 +59,10 @@ class SeededItems(Dataset):
     Attributes:
         epoch_seed: the current epoch's seed (set by :class:`SeededDataLoader`); ``None``: items are drawn from the
             transforms' states as they are, as without this wrapper.
+
+    An index drawn twice in one epoch (a sampler with replacement) gets the same draws both times. Random
+    transforms that draw from another generator than their ``R`` (MONAI's ``RandTorchVisiond``, torch's), and those
+    of a dataset wrapped in a ``Subset``, are not reached: a warning names them.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -48,6 +71,9 @@ class SeededItems(Dataset):
         self.dataset = dataset
         self.transforms = randomizables(dataset)
         self.epoch_seed: int | None = None
+        note = _unseeded_note(dataset, self.transforms)
+        if note:
+            logger.warning("SeededDataLoader: %s", note)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -99,7 +125,7 @@ class SeededDataLoader(DataLoader):
         kwargs.setdefault("worker_init_fn", worker_init_fn)
         super().__init__(SeededItems(dataset), num_workers=num_workers, **kwargs)
 
-    def _get_iterator(self):
+    def __iter__(self):
         """Draw the epoch's seed (in the main process, before the workers start and copy the dataset)."""
         self.dataset.epoch_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
-        return super()._get_iterator()
+        return super().__iter__()

@@ -308,7 +308,7 @@ class GViTWorkflow:
             logger.warning("no validation images (val_fraction 0, classes too small to hold one out, or a CSV without "
                            "val rows): the model is evaluated on its training images, an accuracy that overstates what "
                            "it does on new images")  # fmt: skip
-        # the data loader's workers beside the seed: a run is reproduced bit for bit only with both (and the software)
+        # the data loader's workers beside the seed (recorded; the seed, the software and the device decide the run)
         data = {**(without_split_files(self.data_settings) or {}), "num_workers": getattr(self.train_loader, "num_workers", None)}
         record = {"split": "val" if has_val else "train", "data": data, "training": training}
         return evaluate_gvit(
