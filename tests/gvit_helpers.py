@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 from monai.bundle import run
-from monai.data import DataLoader
 from monai.utils import set_determinism
 from PIL import Image
 import torch
 
+from medgmae.engine.seeded_loader import SeededDataLoader
 from medgmae.twod.classification_data import make_dataset
 from medgmae.twod.gvit import GViT
 from medgmae.twod.gvit_phases import default_phase_handlers
@@ -84,8 +84,8 @@ def gvit_workflow(data, out: Path, resume: bool, augment: bool = False, epochs: 
     phase's epochs (default warm-up 1, classifier 1, joint 2)."""
     set_determinism(seed=0)
     train_ds = make_dataset(data.train, 16, 1, augment=augment)
-    train = DataLoader(train_ds, batch_size=4, shuffle=True)
-    val = DataLoader(make_dataset(data.val, 16, 1), batch_size=4)
+    train = SeededDataLoader(train_ds, batch_size=4, shuffle=True)  # the bundle's loaders
+    val = SeededDataLoader(make_dataset(data.val, 16, 1), batch_size=4)
     model = GViT(1, 16, 2, num_gaussians=6, patch_size=4)
     handlers = default_phase_handlers(resume=resume, source=train_ds if augment else None)
     return GViTWorkflow(model, train, val, data.class_names, out, epochs or {"warmup": 1, "classifier": 1, "joint": 2},
