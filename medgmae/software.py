@@ -38,7 +38,7 @@ def software_versions(device: Any = None) -> dict[str, Any]:
     Returns:
         ``{"python": "3.11.9", "platform": "Linux-...", "packages": {"medgmae": "0.1.0", "torch": "2.13.0", ...},
         "commit": "<git commit>" (a checkout only), "torch_cuda": "12.4" or None, "cudnn": 90100 or None,
-        "torch_threads": 8 (a CPU run's weights depend on it: the renderer adds up per-thread blocks),
+        "torch_threads": 8 (a CPU run's weights depend on it: torch's kernels add up per-thread partial sums),
         "gpu": {"name": ..., "capability": "9.0"} (a CUDA device only)}``; JSON-ready.
     """
     record: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
