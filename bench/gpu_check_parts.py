@@ -193,6 +193,45 @@ def part_pretrain(rec: Recorder, dry: bool) -> None:
     _guard(rec, f"MedGMAE K={', '.join(map(str, ks))}", measure)
 
 
+#: the README's main job at a tiny size (2 phantoms, 32^3 crops), as the pre-training bundle takes its settings
+BUNDLE_RUN = dict(roi_size=32, patch_size=8, num_gaussians=64, num_phantoms=2, phantom_shape=[48, 48, 40],
+                  phantom_spacing=3.0, pixdim=3.0, num_samples=2, batch_size=2, lr_schedule_epochs=2, warmup_steps=1,
+                  num_workers=2, progress_bar=False)  # fmt: skip
+_RUN_BUNDLE = ("import json, sys\nfrom monai.bundle import run\n"
+               "run('training', config_file=sys.argv[1], logging_file=False, **json.loads(sys.argv[2]))")
+
+
+def part_bundle(rec: Recorder, dry: bool) -> None:
+    """The pre-training bundle as a user runs it on a GPU: ``--device cuda``, bf16 autocast, the ``auto`` (Triton)
+    renderer, 2 loader workers; one epoch, then resumed to a second (the checkpoint's CUDA random states and the
+    bundle's records). Run through ``monai.bundle.run`` in a child process (the GPU machine has no ``fire``)."""
+    config = str(ROOT / "bundles" / "medgmae_pretrain" / "configs" / "train.json")
+    device, amp = ("cpu", False) if dry else ("cuda", True)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = dict(BUNDLE_RUN, device=device, amp=amp, output_dir=str(Path(tmp) / "run"))
+        for epochs, resume in ((1, False), (2, True)):
+            item = f"pre-training bundle on {device}{', bf16' if amp else ''}, 2 workers: " + (
+                "epoch 2, resumed" if resume else "epoch 1")
+
+            def measure(epochs=epochs, resume=resume, item=item) -> None:
+                t0 = time.monotonic()
+                args = json.dumps(dict(settings, max_epochs=epochs, resume=resume))
+                res = subprocess.run([sys.executable, "-c", _RUN_BUNDLE, config, args], cwd=ROOT, capture_output=True,
+                                     text=True, timeout=max(5.0, rec.left() - 5))  # fmt: skip
+                log = (res.stdout + res.stderr)[-4000:]
+                if res.returncode != 0:
+                    last = log.strip().splitlines()[-1] if log.strip() else ""
+                    rec.add(item, "failed", f"exit {res.returncode}: {last[:250]}", log=log)
+                    return
+                summary = json.loads((Path(settings["output_dir"]) / "summary.json").read_text(encoding="utf-8"))
+                gpu = summary.get("software", {}).get("gpu")
+                notes = [ln[:200] for ln in log.splitlines() if "WARNING" in ln and "not exact" in ln]
+                rec.add(item, "ok" if dry or gpu else "failed", f"{time.monotonic() - t0:.0f} s; summary's GPU: {gpu}"
+                        + (f"; {notes[0]}" if notes else ""), log=log[-1500:], summary_software=summary.get("software"))
+
+            _guard(rec, item, measure)
+
+
 def part_recon(rec: Recorder, dry: bool) -> None:
     import torch
 
@@ -271,5 +310,5 @@ def part_twod(rec: Recorder, dry: bool) -> None:
     _guard(rec, "gsplat vs torch compositor", measure)
 
 
-PART_FUNCS = {"tests": part_tests, "render": part_render, "pretrain": part_pretrain, "recon": part_recon,
-              "twod": part_twod}  # fmt: skip
+PART_FUNCS = {"tests": part_tests, "bundle": part_bundle, "render": part_render, "pretrain": part_pretrain,
+              "recon": part_recon, "twod": part_twod}  # fmt: skip
