@@ -18,6 +18,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# the helper modules hold assertions too (a fixture's, a shared check's): rewritten as the test modules' are, so that a
+# failure there shows the values compared, not a bare AssertionError
+pytest.register_assert_rewrite(*sorted(p.stem for p in Path(__file__).parent.glob("*_helpers.py")))
+
 
 @functools.lru_cache(maxsize=None)
 def triton_interpreter_problem() -> str | None:
