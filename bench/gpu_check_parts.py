@@ -69,16 +69,23 @@ def gpu_test_files(keyword: str | None = None) -> list[str]:
     return files
 
 
+def run_bounded(rec: Recorder, item: str, cmd: list[str]) -> subprocess.CompletedProcess | None:
+    """``cmd`` in a subprocess bounded by the part's budget (5 s kept for the rows); a timeout is a failed row of
+    ``item`` with the output so far, and ``None``."""
+    t0 = time.monotonic()
+    try:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(5.0, rec.left() - 5))
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        rec.add(item, "failed", f"timed out after {time.monotonic() - t0:.0f} s", log=out[-4000:])
+        return None
+
+
 def run_pytest(rec: Recorder, item: str, files: list[str], select: str) -> None:
     """``pytest -m gpu -k select`` in a subprocess bounded by the part's budget; one row with the counts."""
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-k", select, "-q", "-rA", "-p", "no:xdist",
            "-p", "no:cacheprovider", "--continue-on-collection-errors", *files]  # fmt: skip
-    t0 = time.monotonic()
-    try:
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(5.0, rec.left() - 5))
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        rec.add(item, "failed", f"timed out after {time.monotonic() - t0:.0f} s", log=out[-4000:])
+    if (res := run_bounded(rec, item, cmd)) is None:
         return
     lines = res.stdout.strip().splitlines()
     summary = lines[-1].strip("= ") if lines else "(no output)"
@@ -235,11 +242,7 @@ def part_bundle(rec: Recorder, dry: bool) -> None:
                 t0 = time.monotonic()
                 cmd = [sys.executable, "-c", _RUN_BUNDLE, str(configs / "train.json"), str(configs / "logging.conf"),
                        json.dumps(dict(settings, max_epochs=epochs, resume=resume))]  # fmt: skip
-                try:
-                    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(5.0, rec.left() - 5))
-                except subprocess.TimeoutExpired as e:
-                    out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-                    rec.add(item, "failed", f"timed out after {time.monotonic() - t0:.0f} s", log=out[-4000:])
+                if (res := run_bounded(rec, item, cmd)) is None:
                     return
                 log = res.stdout + res.stderr
                 if res.returncode != 0:
