@@ -59,6 +59,15 @@ def test_an_item_depends_on_the_epoch_seed_and_its_index_only():
     assert not torch.equal(items[4][0]["image"], first[0])
 
 
+def test_the_items_of_an_epoch_draw_apart():
+    """Seven copies of one volume: each index draws its own crops (a seed of the epoch alone would crop them alike)."""
+    same = [{"image": ITEMS[0]["image"].copy()} for _ in range(7)]
+    items = SeededItems(CacheDataset(same, transform=_dataset().transform, cache_rate=1.0, progress=False))
+    items.epoch_seed = 2024
+    crops = [items[i][0]["image"] for i in range(7)]
+    assert len({c.as_tensor().numpy().tobytes() for c in crops}) >= 5  # 2 x 3 x 3 crop corners, flips, noise
+
+
 def test_building_the_loader_leaves_torchs_generator_as_it_was():
     """MONAI's loader rewinds torch's generator to its initial seed when built without workers (and not with
     them): what was drawn after it (masks, initial weights) then depended on ``num_workers``."""
