@@ -41,6 +41,9 @@ def test_dry_run_reports_every_part(tmp_path):
     assert [r["item"] for r in rows if r["status"] == "skipped"] == [
         next(r["item"] for r in rows if r["part"] == "recon" and r["item"].startswith("astra"))
     ]
+    # the README's main job, run and resumed (the dry run's CPU stands in for CUDA)
+    bundle = [r["item"] for r in rows if r["part"] == "bundle"]
+    assert len(bundle) == 2 and bundle[1].endswith("epoch 2, resumed"), bundle
     render = [r for r in rows if r["part"] == "render" and not r["item"].startswith("launch")]
     assert len(render) == 2 and all("(part)" != r["item"] for r in rows)
     # the triton backend agrees with the torch one even through the interpreter
