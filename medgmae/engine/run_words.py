@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from medgmae.words import plural, plural_noun  # re-exported: the start lines count with them
 
-__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "seed_words", "loader_items", "parameter_counts", "model_words", "plural_noun"]
+__all__ = ["device_words", "amp_words", "plural", "global_batch_words", "seed_words", "checked_seed", "loader_items", "parameter_counts", "model_words", "plural_noun"]
 
 
 def device_words(device: torch.device | str) -> str:
@@ -76,6 +76,22 @@ def global_batch_words(
     return f"global batch {plural(total, 'crop')} per step ({parts}{note})"
 
 
+def checked_seed(seed: int, owner: str = "") -> int:
+    """``seed`` itself, checked where a start line's owner takes it (a bad seed is refused when the run is built,
+    not when its line is logged).
+
+    Args:
+        seed: the bundle's ``seed``.
+        owner: who takes it, to begin the message (``"MaskedAutoencoderTrainer"``); ``""``: nobody named.
+
+    Raises:
+        TypeError: ``seed`` is not a whole number (a bool is not).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{owner + ': ' if owner else ''}seed must be a whole number, got {seed!r}")
+    return seed
+
+
 def seed_words(seed: int) -> str:
     """``"seed N"``: the seed of the run's determinism, stated so that a log says how to repeat the run (a default
     seed is given on no command line).
@@ -84,11 +100,9 @@ def seed_words(seed: int) -> str:
         seed: the bundle's ``seed``.
 
     Raises:
-        TypeError: ``seed`` is not a whole number.
+        TypeError: ``seed`` is not a whole number (:func:`checked_seed`).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be a whole number, got {seed!r}")
-    return f"seed {seed}"
+    return f"seed {checked_seed(seed)}"
 
 
 def loader_items(loader: Any) -> int | None:

@@ -20,8 +20,8 @@ from ignite.engine import Engine, Events
 
 from medgmae.distributed import is_main_process, rank_world
 from medgmae.engine import unwrap_model
-from medgmae.engine.run_words import (amp_words, device_words, global_batch_words, loader_items, parameter_counts, plural,
-                                      seed_words)
+from medgmae.engine.run_words import (amp_words, checked_seed, device_words, global_batch_words, loader_items,
+                                      parameter_counts, plural, seed_words)
 from medgmae.finetune.weights import layer_id
 
 __all__ = ["FinetuneRunLine", "finetune_run_line", "learning_rate_words", "FROZEN_SCRATCH_WARNING"]
@@ -146,8 +146,7 @@ class FinetuneRunLine:
     """
 
     def __init__(self, pretrained: str | Path = "", crops_per_item: int = 1, seed: int | None = None) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"FinetuneRunLine: seed must be a whole number or None, got {seed!r}")
+        seed = None if seed is None else checked_seed(seed, "FinetuneRunLine")
         self.pretrained, self.crops_per_item, self.seed = str(pretrained or "").strip(), int(crops_per_item), seed
 
     def attach(self, engine: Engine) -> None:

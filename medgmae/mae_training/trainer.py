@@ -20,7 +20,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
 from medgmae.distributed import is_main_process, rank_world
-from medgmae.engine.run_words import loader_items
+from medgmae.engine.run_words import checked_seed, loader_items
 from medgmae.engine.step_guards import GradientClipHandler
 from medgmae.mae_training.run_line import run_settings_line
 from medgmae.mae_training.validation import masked_psnr
@@ -76,8 +76,7 @@ class MaskedAutoencoderTrainer(SupervisedTrainer):
     ) -> None:
         if grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {grad_clip}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"MaskedAutoencoderTrainer: seed must be a whole number or None, got {seed!r}")
+        seed = None if seed is None else checked_seed(seed, "MaskedAutoencoderTrainer")
         device = torch.device(device)
         super().__init__(
             device=device,
