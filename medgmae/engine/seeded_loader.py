@@ -32,13 +32,11 @@ __all__ = ["SeededDataLoader", "SeededItems"]
 logger = logging.getLogger("medgmae.engine")
 
 
-def _unseeded_note(dataset: Dataset, seeded: list) -> str | None:
+def _unseeded_note(dataset: Dataset, seeded: list, others: list) -> str | None:
     """Why some of ``dataset``'s random draws may still depend on the workers, or ``None``: random transforms with
-    no private generator to seed (MONAI's ``RandTorchVisiond`` draws from torch's), or a dataset wrapped in another
-    (a ``Subset``) whose transforms are not reached."""
-    from monai.transforms import Randomizable, RandomizableTrait
-
-    others = [type(t).__name__ for t in randomizables(dataset, kind=RandomizableTrait) if not isinstance(t, Randomizable)]
+    no private generator to seed (``others``: MONAI's ``RandTorchVisiond`` draws from torch's), or a dataset wrapped
+    in another (a ``Subset``) whose transforms are not reached (``seeded`` empty)."""
+    others = [type(t).__name__ for t in others]
     if others:
         return (f"the random transforms {', '.join(sorted(set(others)))} draw from another generator than their own: "
                 "their draws are not seeded for each item and may depend on num_workers")
@@ -68,10 +66,13 @@ class SeededItems(Dataset):
     def __init__(self, dataset: Dataset) -> None:
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise ValueError(f"SeededItems needs a map-style dataset with a length, got {type(dataset).__name__}")
+        from monai.transforms import Randomizable, RandomizableTrait
+
+        found = randomizables(dataset, kind=RandomizableTrait)  # one walk: the seedable ones and any others
         self.dataset = dataset
-        self.transforms = randomizables(dataset)
+        self.transforms = [t for t in found if isinstance(t, Randomizable)]
         self.epoch_seed: int | None = None
-        note = _unseeded_note(dataset, self.transforms)
+        note = _unseeded_note(dataset, self.transforms, [t for t in found if not isinstance(t, Randomizable)])
         if note:
             logger.warning("SeededDataLoader: %s", note)
 
