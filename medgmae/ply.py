@@ -10,7 +10,7 @@ them whole, and a 3D Gaussian holds about 3 % of its mass beyond 3). Centres in 
 frame (RAS millimetres, the toolkit's world) carry 3D Slicer's ``SPACE=RAS`` comment: Slicer takes a mesh file
 without one as LPS and would show the Gaussians mirrored in x and y against the scan. (The file has vertices and no
 faces, as 3DGS files do; VTK's PLY reader, which Slicer uses, loads such a file as points without cells, which Slicer
-does not draw.)
+does not draw: :mod:`medgmae.ellipsoids` writes the same Gaussians as a mesh of ellipsoids it draws.)
 
 PLY is written with NumPy rather than a PLY library because only this fixed, flat layout is needed.
 """

@@ -35,8 +35,10 @@ published settings; see :mod:`recon.presets`), including its initialisation unle
 toolkit preset every start, ``--init 3dgr-ct`` included, gets one least-squares intensity gain against the FBP). It writes ``recon.nii.gz``,
 ``gaussians.ply`` (the Gaussians in world millimetres, RAS, the frame of ``recon.nii.gz``'s affine; its header
 records ``frame world``, and ``recon.nii.gz``'s shape and affine in the NIfTI's ``(I, J, K)`` index order, as the
-zero-shot inference PLYs), ``metrics.json`` (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM of
-the FBP, of the start (the initial Gaussians) and of the result, and the software used),
+zero-shot inference PLYs), ``ellipsoids.vtk`` (the same Gaussians as a mesh 3D Slicer draws over ``recon.nii.gz``:
+one ellipsoid per Gaussian at half maximum, coloured by intensity; :mod:`medgmae.ellipsoids`), ``metrics.json``
+(the preset, every setting used, the history, the density-control rounds and PSNR/SSIM of the FBP, of the start
+(the initial Gaussians) and of the result, and the software used),
 ``curve.png``, ``slices.png`` (sagittal, coronal and axial mid-slices drawn to scale and shown radiologically, one row
 each for reference / FBP / reconstruction / error, or FBP / reconstruction without a reference) and the resumable ``recon_state.pt`` (saved every ``--checkpoint-every``
 iterations and at the end), and prints a closing summary. With ``--holdout-views N`` it leaves ``N`` views,
@@ -97,7 +99,9 @@ integrals are; reconstruct records the files' SHA-256 (metrics.json's scan) and 
 PLY_EPILOG = """
 gaussians.ply (reconstruct): centres, scales and rotations in world millimetres (RAS, the frame of recon.nii.gz's
 affine); its header records 'frame world', the volume shape and the voxel-to-world affine in the NIfTI's (I, J, K)
-index order, the same as recon.nii.gz and the zero-shot inference PLYs."""
+index order, the same as recon.nii.gz and the zero-shot inference PLYs.
+ellipsoids.vtk (reconstruct): the same Gaussians as a mesh 3D Slicer draws over recon.nii.gz (it loads the .ply as
+points it does not draw): one ellipsoid per Gaussian at half maximum, coloured by its intensity, marked SPACE=RAS."""
 
 #: The epilog of each subcommand: only the notes that concern its inputs and outputs (``select`` reads the
 #: reconstructions' metrics.json, in no unit); the top-level help has them all.

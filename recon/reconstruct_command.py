@@ -1,7 +1,7 @@
 """What ``medgmae-recon reconstruct`` does: the initialisation it asks for, the optimisation, and its outputs
-(``recon.nii.gz``, ``gaussians.ply``, ``metrics.json``, ``curve.png``, ``slices.png``, the resumable
-``recon_state.pt``) written together, then the closing summary (:mod:`recon.reconstruct_summary`). Every input is
-checked before anything is written."""
+(``recon.nii.gz``, ``gaussians.ply``, ``ellipsoids.vtk``, ``metrics.json``, ``curve.png``, ``slices.png``, the
+resumable ``recon_state.pt``) written together, then the closing summary (:mod:`recon.reconstruct_summary`). Every
+input is checked before anything is written."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """What ``medgmae-recon reconstruct`` leaves: its outputs (:func:`write_reconstruction`: the volume, the Gaussians
-in world mm, metrics and pictures, staged) and its closing summary (the times, the Gaussians and their budget, the
-density-control rounds, the held-out choice, PSNR/SSIM, and the outputs written with what each holds)."""
+in world mm and their ellipsoids, metrics and pictures, staged) and its closing summary (the times, the Gaussians
+and their budget, the density-control rounds, the held-out choice, PSNR/SSIM, and the outputs written with what each
+holds)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ def outputs(metrics: dict) -> dict[str, str]:
     return {
         "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
         "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
+        "ellipsoids.vtk": "the same Gaussians as ellipsoids at half maximum, coloured by intensity: what 3D Slicer draws",
         "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else "") + ", software",
         "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} "
                      f"{_evaluations((metrics.get('settings') or {}).get('eval_every'), metrics.get('iterations'))}",
@@ -151,17 +153,19 @@ def world_gaussians(gaussians, geom: CTGeometry):
 def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
     """Stage every output and move them into ``out`` when all were written (what ``out`` holds besides, such as
     ``recon_state.pt``, stays)."""
+    from medgmae.ellipsoids import save_ellipsoids
     from medgmae.files import save_json_atomic, staged_outputs
     from medgmae.ply import save_ply
     from recon.plot import draw_curve, draw_slices
     from recon.scan_files import save_nifti
 
-    volume = result.volume.cpu().numpy()
+    volume, world = result.volume.cpu().numpy(), world_gaussians(result.gaussians, geom)
     with staged_outputs(out) as stage:
         save_nifti(stage / "recon.nii.gz", volume, geom.default_affine())
         # the header in the NIfTI's (I, J, K) = (x, y, z) order: recon.nii.gz's shape and affine, as zero-shot PLYs
-        save_ply(stage / "gaussians.ply", world_gaussians(result.gaussians, geom), frame="world",
-                 shape=tuple(geom.volume_shape[::-1]), affine=geom.default_affine(), cutoff=metrics["settings"]["cutoff"])
+        save_ply(stage / "gaussians.ply", world, frame="world", shape=tuple(geom.volume_shape[::-1]),
+                 affine=geom.default_affine(), cutoff=metrics["settings"]["cutoff"])
+        save_ellipsoids(stage / "ellipsoids.vtk", world)  # the same world Gaussians, which 3D Slicer draws
         save_json_atomic(metrics, stage / "metrics.json")
         draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
                    (metrics.get("fbp") or {}).get("psnr"), (metrics.get("start") or {}).get("psnr"))

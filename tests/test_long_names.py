@@ -143,5 +143,6 @@ def test_zero_shot_outputs_of_a_long_input_name_fit(tmp_path):
     image = tmp_path / ("数" * 80 + ".nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(image))
     stem = GaussianInference(tmp_path / "model.pt", image, tmp_path / "out", device="cpu")._stem()
-    assert all(_size(f"{stem}{end}") <= LIMIT for end in ("_rendered.nii.gz", "_slices.png", "_gaussians.ply"))
+    assert all(_size(f"{stem}{end}") <= LIMIT for end in ("_rendered.nii.gz", "_slices.png", "_gaussians.ply",
+                                                         "_ellipsoids.vtk"))
     assert stem.startswith("数" * 70)

@@ -314,7 +314,7 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path, stop_w
     assert all(torch.equal(c["random_state_ranks"][r]["torch"], b["random_state_ranks"][r]["torch"]) for r in (0, 1))
 
 
-def test_inference_writes_ply_nifti_and_png(runs, tmp_path):
+def test_inference_writes_ply_ellipsoids_nifti_and_png(runs, tmp_path):
     image = runs["dataset"].parent / json.loads(runs["dataset"].read_text(encoding="utf-8"))["training"][0]["image"]
     model_path = runs["resumed"] / "model.pt"
     succeeded(bundle_process("run", "inferring", "--config_file", str(CONFIGS / "inference.json"), "--model_path", str(model_path),
@@ -334,3 +334,7 @@ def test_inference_writes_ply_nifti_and_png(runs, tmp_path):
     assert np.allclose(out.get_fdata(), rendered, atol=0.05)
     png = Image.open(tmp_path / "case_0000_slices.png")
     assert png.mode == "RGB" and png.size[1] > 2 * 256  # two rows (input, rendering) of slices 256 pixels high
+    from ellipsoid_helpers import read_vtk_polydata
+
+    mesh = read_vtk_polydata(tmp_path / "case_0000_ellipsoids.vtk")  # the same Gaussians, as ellipsoids Slicer draws
+    assert len(mesh["points"]) == 162 * g.num_gaussians and len(mesh["polygons"]) == 320 * g.num_gaussians

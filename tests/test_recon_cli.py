@@ -97,7 +97,8 @@ def test_end_to_end(simulated, model_file, tmp_path, capsys):
             "--reference", str(simulated / "reference.nii.gz"), "--out", str(out), "--no-progress", "--device", "cpu", *extra,
         ]  # fmt: skip
         assert main(args) == 0, init
-        assert _files(out) == ["curve.png", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt", "slices.png"]
+        assert _files(out) == ["curve.png", "ellipsoids.vtk", "gaussians.ply", "metrics.json", "recon.nii.gz", "recon_state.pt",
+                               "slices.png"]  # fmt: skip
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         assert metrics["iterations"] == iters and metrics["init"] == init and metrics["preset"] == "toolkit"
         assert metrics["settings"]["split_rule"] == ("moments" if init == "fbp" else "sample")  # --split-rule, the default

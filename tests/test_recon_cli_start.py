@@ -50,6 +50,46 @@ def test_gaussians_ply_is_in_world_millimetres(tmp_path):
     np.testing.assert_allclose(g.covariances()[0].double().numpy(), m @ cov @ m.T, rtol=1e-3, atol=1e-3)
 
 
+
+def test_ellipsoids_vtk_draws_the_gaussians_over_recon_nii(tmp_path, capsys):
+    """``reconstruct`` writes ``ellipsoids.vtk`` beside ``gaussians.ply`` (listed in the closing summary): with an
+    oblique, anisotropic, shifted affine each ellipsoid is centred on ``affine @ (x, y, z, 1)`` of the voxel centre
+    the state holds, so its centre in recon.nii.gz's voxel frame is that voxel position (it overlays recon.nii.gz as
+    the zero-shot ellipsoids overlay their scan), every vertex at the half-maximum Mahalanobis distance under
+    ``M Sigma M^T`` of the state's covariance (built with SciPy), carrying the .ply's intensity, marked RAS."""
+    from ellipsoid_helpers import covariance, mahalanobis, per_gaussian, read_vtk_polydata
+    from medgmae.ply import load_ply
+    from scipy.spatial.transform import Rotation
+
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [20.0, -15.0, 35.0], degrees=True).as_matrix() @ np.diag([12.0, 10.0, 16.0])
+    affine[:3, 3] = [-40.0, 25.0, 7.5]
+    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 10.0, 16.0), noise=False)
+    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), affine), str(tmp_path / "ct.nii.gz"))
+    assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "8",
+                 "--out", str(tmp_path / "scan"), "--device", "cpu"]) == 0  # fmt: skip
+    out = tmp_path / "rec"
+    capsys.readouterr()
+    assert main([*few_gaussians_args(tmp_path / "scan", out), "--checkpoint-every", "0"]) == 0
+    assert f"  {out / 'ellipsoids.vtk'}  (the same Gaussians as ellipsoids at half maximum" in capsys.readouterr().out
+    state = torch.load(out / "recon_state.pt", weights_only=True)["params"]
+    xyz = state["means"].double().numpy()[:, ::-1]  # the state's (z, y, x) voxel centres in the NIfTI's order
+    ply, _ = load_ply(out / "gaussians.ply")
+    mesh = read_vtk_polydata(out / "ellipsoids.vtk")
+    assert "SPACE=RAS" in mesh["title"]
+    points, carried, _ = per_gaussian(mesh, len(xyz))
+    written = nib.load(str(out / "recon.nii.gz")).affine
+    index = (points.mean(1) - written[:3, 3]) @ np.linalg.inv(written[:3, :3]).T
+    np.testing.assert_allclose(index, xyz, atol=1e-4)
+    m = affine[:3, :3][:, ::-1]  # the (z, y, x) columns
+    scales, quats = state["log_scales"].double().exp().numpy(), state["quats"].double().numpy()
+    for i in range(len(xyz)):
+        world_cov = m @ covariance(scales[i], quats[i]) @ m.T
+        centre = affine[:3, :3] @ xyz[i] + affine[:3, 3]
+        np.testing.assert_allclose(mahalanobis(points[i], centre, world_cov), np.sqrt(2 * np.log(2)), rtol=1e-3)
+    np.testing.assert_allclose(carried, np.repeat(ply.intensities[0].double().numpy()[:, None], points.shape[1], 1))
+
+
 def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     """With --init medgmae the sparse start grows until density control ends (densify_until): when it stopped
     below its budget the note says so and asks for more iterations, not a larger --num-gaussians."""

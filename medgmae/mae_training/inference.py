@@ -1,5 +1,6 @@
-"""Zero-shot inference with a pre-trained MedGMAE: a scan in; its Gaussians (``.ply`` in world millimetres), their
-rendering (NIfTI on the input's own grid and affine) and a PNG of orthogonal slices out.
+"""Zero-shot inference with a pre-trained MedGMAE: a scan in; its Gaussians (``.ply`` in world millimetres, and as
+ellipsoids 3D Slicer draws, ``.vtk``), their rendering (NIfTI on the input's own grid and affine) and a PNG of
+orthogonal slices out.
 
 The Gaussians come from :func:`medgmae.zeroshot.zero_shot_gaussians`, which prepares the scan with the
 pre-processing recorded in ``model.pt`` (orientation, spacing, HU window) and tiles it with sliding windows.
@@ -158,10 +159,11 @@ class GaussianInference:
         return fitted_name(volume_stem(self.image_path), limit=NAME_BYTES - len("_rendered.nii.gz"))
 
     def run(self) -> dict[str, Path]:
-        """Run and write ``<name>_gaussians.ply``, ``<name>_rendered.nii.gz`` and ``<name>_slices.png``.
+        """Run and write ``<name>_gaussians.ply``, ``<name>_ellipsoids.vtk`` (:mod:`medgmae.ellipsoids`),
+        ``<name>_rendered.nii.gz`` and ``<name>_slices.png``.
 
         Returns:
-            The written paths by kind (``ply``, ``nifti``, ``png``).
+            The written paths by kind (``ply``, ``mesh``, ``nifti``, ``png``).
         """
         volume = _read_scan(self.image_path)  # input errors first, before the model is loaded
         if flat := single_slice_problem(self.image_path, volume.array.shape):  # its Gaussians would all fall outside
@@ -182,12 +184,13 @@ class GaussianInference:
         return self._write(volume.array, volume.affine, res, rendered, model.cutoff)
 
     def _write(self, scan: np.ndarray, affine: np.ndarray, res: ZeroShotResult, rendered: np.ndarray, cutoff: float) -> dict[str, Path]:
+        from medgmae.ellipsoids import save_ellipsoids
         from medgmae.ply import save_ply
 
         stem, out = self._stem(), self.output_dir
         out.mkdir(parents=True, exist_ok=True)
         paths: dict[str, Path] = {"nifti": out / f"{stem}_rendered.nii.gz", "png": out / f"{stem}_slices.png",
-                                  "ply": out / f"{stem}_gaussians.ply"}  # fmt: skip
+                                  "ply": out / f"{stem}_gaussians.ply", "mesh": out / f"{stem}_ellipsoids.vtk"}  # fmt: skip
         data = _rendered_output(rendered, res.spec, self.output_hu)
         _warn_if_another_scans(paths["nifti"], stem, data.shape, affine)
         save_nifti_atomic(data, affine, paths["nifti"])
@@ -197,6 +200,7 @@ class GaussianInference:
                  f"grey window [{a0:.4g}, {a1:.4g}] HU")  # fmt: skip
         slices_png(views, paths["png"], spacing, ("input", "rendering"), title)
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine, cutoff=cutoff)
+        save_ellipsoids(paths["mesh"], res.world)  # the same world Gaussians, drawn: 3D Slicer does not draw the .ply
         logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))
         return paths
 

@@ -1,0 +1,160 @@
+"""The Gaussians as a mesh of ellipsoids 3D Slicer draws (medgmae.ellipsoids): every vertex at the stated Mahalanobis
+radius of a covariance built here from SciPy's rotations, every ellipsoid closed and turned outward with the volume
+of the ellipsoid within the icosphere's discretisation bound, the intensities carried, the file read by a reader of
+the legacy VTK format written in the test helpers, the level chosen by count and the sizes it gives, bad input
+refused before anything is written."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from medgmae.ellipsoids import HALF_MAXIMUM_RADIUS, save_ellipsoids, sphere_level
+from medgmae.gaussians import Gaussians3D
+
+from ellipsoid_helpers import (covariance, icosahedron_volume_ratio, mahalanobis, per_gaussian, read_vtk_polydata,
+                               signed_volume)  # fmt: skip
+
+
+def _random_gaussians(rng: np.random.Generator, k: int) -> tuple[np.ndarray, ...]:
+    """``k`` Gaussians in world mm: centres within 200 mm of the origin, scales 0.5-20 mm (anisotropic up to 40x),
+    quaternions of any length and sign, intensities of either sign; float32 as the toolkit's tensors."""
+    means = rng.uniform(-200.0, 200.0, (k, 3))
+    scales = np.exp(rng.uniform(math.log(0.5), math.log(20.0), (k, 3)))
+    quats = rng.normal(size=(k, 4)) * rng.uniform(0.2, 5.0, (k, 1))
+    intensities = rng.uniform(-0.5, 2.0, k)
+    return tuple(a.astype(np.float32) for a in (means, scales, quats, intensities))
+
+
+def _gaussians(means, scales, quats, intensities) -> Gaussians3D:
+    return Gaussians3D(*(torch.from_numpy(np.ascontiguousarray(a))[None] for a in (means, scales, quats, intensities)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_every_vertex_lies_at_the_stated_radius_of_its_gaussian(tmp_path, seed):
+    """Each of the K ellipsoids has ``10 * 4^L + 2`` points, all at the Mahalanobis radius (the half maximum by
+    default) from its Gaussian's centre under ``R diag(s^2) R^T`` built with SciPy, the vertices' mean at the centre,
+    and each point carrying its Gaussian's intensity; the header carries Slicer's ``SPACE=RAS``."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 30))
+    level = [None, 0, 1, 2, 3][seed % 5]
+    radius = [HALF_MAXIMUM_RADIUS, 1.0, 3.0][seed % 3]
+    means, scales, quats, intensities = _random_gaussians(rng, k)
+    path = save_ellipsoids(tmp_path / "e.vtk", _gaussians(means, scales, quats, intensities), radius=radius, level=level)
+    mesh = read_vtk_polydata(path)
+    assert "SPACE=RAS" in mesh["title"]
+    points, carried, _ = per_gaussian(mesh, k)
+    expected_level = 2 if level is None else level  # fewer than 6,250 Gaussians: the finest chosen by count
+    assert points.shape[1] == 10 * 4**expected_level + 2
+    for i in range(k):
+        cov = covariance(scales[i], quats[i])
+        distance = mahalanobis(points[i], means[i].astype(np.float64), cov)
+        np.testing.assert_allclose(distance, radius, rtol=2e-4)  # float32 points of a file in world mm
+        np.testing.assert_allclose(points[i].mean(0), means[i], atol=2e-4 * radius * scales[i].max() + 1e-4)
+        assert (carried[i] == np.float64(intensities[i])).all()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_each_ellipsoid_is_closed_and_turned_outward(tmp_path, seed):
+    """Each ellipsoid is a closed surface (every edge in both directions once, Euler characteristic 2), every
+    triangle faces away from the centre, and its signed volume is positive and that of the ellipsoid,
+    ``4/3 pi r^3 sqrt(det Sigma)``, times the inscribed polyhedron's share, which lies between ``h^3`` (``h``: its
+    faces' least distance from the centre on the unit sphere) and 1; the icosahedron's share exactly."""
+    rng = np.random.default_rng(100 + seed)
+    k, level = int(rng.integers(1, 12)), seed % 3
+    means, scales, quats, intensities = _random_gaussians(rng, k)
+    radius = HALF_MAXIMUM_RADIUS
+    path = save_ellipsoids(tmp_path / "e.vtk", _gaussians(means, scales, quats, intensities), level=level)
+    points, _, triangles = per_gaussian(read_vtk_polydata(path), k)
+    for i in range(k):
+        edges = [tuple(e) for t in triangles[i].tolist() for e in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))]
+        assert len(set(edges)) == len(edges) and all((b, a) in set(edges) for a, b in edges)
+        assert len(points[i]) - len(edges) // 2 + len(triangles[i]) == 2
+        cov = covariance(scales[i], quats[i])
+        # onto the unit sphere: u = L^-1 (x - c) / r, Sigma = L L^T; an orientation-preserving linear map
+        unit = np.linalg.solve(np.linalg.cholesky(cov), (points[i] - means[i]).T).T / radius
+        a, b, c = (unit[triangles[i][:, j]] for j in range(3))
+        normals = np.cross(b - a, c - a)
+        heights = np.einsum("ij,ij->i", normals, a) / np.linalg.norm(normals, axis=1)
+        assert (heights > 0).all(), "a triangle faces inward"
+        share = signed_volume(points[i] - means[i], triangles[i]) / (4 / 3 * math.pi * radius**3 * math.sqrt(np.linalg.det(cov)))
+        assert heights.min() ** 3 * (1 - 1e-4) <= share <= 1 + 1e-4, (share, heights.min())
+        if level == 0:
+            assert share == pytest.approx(icosahedron_volume_ratio(), rel=1e-4)
+
+
+def test_the_level_follows_the_count_and_the_sizes_are_as_stated(tmp_path):
+    """The finest icosphere whose ellipsoids hold at most 2 million triangles: 162 points up to 6,250 Gaussians, 42 up
+    to 25,000, the icosahedron beyond; a Gaussian costs 16 bytes a point and 16 a triangle (7,712, 1,952 and 512
+    bytes), so 100,000 Gaussians take 51 MB and 200,000 take 102 MB."""
+    assert [sphere_level(n) for n in (0, 1, 6250, 6251, 25000, 25001, 200_000)] == [2, 2, 2, 1, 1, 0, 0]
+    rng = np.random.default_rng(7)
+    for level, per in ((2, 7712), (1, 1952), (0, 512)):
+        k = 40
+        path = save_ellipsoids(tmp_path / f"e{level}.vtk", _gaussians(*_random_gaussians(rng, k)), level=level)
+        header = path.stat().st_size - k * per
+        assert 0 < header < 400, header  # the section lines
+        assert len(read_vtk_polydata(path)["points"]) == k * (10 * 4**level + 2)
+    assert round(100_000 * 512 / 1e6) == 51 and round(200_000 * 512 / 1e6) == 102
+
+
+def test_the_quaternions_length_does_not_matter(tmp_path):
+    """A quaternion and 3.7 times it (or its negative) draw the same ellipsoid."""
+    means, scales, quats, intensities = _random_gaussians(np.random.default_rng(3), 5)
+    one = read_vtk_polydata(save_ellipsoids(tmp_path / "a.vtk", _gaussians(means, scales, quats, intensities)))
+    other = read_vtk_polydata(save_ellipsoids(tmp_path / "b.vtk", _gaussians(means, scales, -3.7 * quats, intensities)))
+    np.testing.assert_allclose(one["points"], other["points"], atol=1e-4)
+
+
+def test_no_gaussians_write_an_empty_mesh(tmp_path):
+    """An empty set (a reconstruction that pruned every Gaussian) writes a file of no points and no polygons, as the
+    .ply of no vertices beside it: no 'POLYGONS 0 0' section, which VTK's reader reports as an error."""
+    empty = Gaussians3D(torch.zeros(1, 0, 3), torch.ones(1, 0, 3), torch.ones(1, 0, 4), torch.zeros(1, 0))
+    path = save_ellipsoids(tmp_path / "e.vtk", empty)
+    mesh = read_vtk_polydata(path)
+    assert mesh["points"].shape == (0, 3) and mesh["polygons"] == [] and b"POLYGONS" not in path.read_bytes()
+    assert "0 Gaussians" in mesh["title"] and "SPACE=RAS" in mesh["title"]
+
+
+def _bad(what: str) -> tuple[Gaussians3D, dict]:
+    """One bad input of each kind, and the keywords to pass."""
+    means, scales, quats, intensities = (a[None] for a in _random_gaussians(np.random.default_rng(0), 4))
+    if what == "batch":
+        return Gaussians3D(*(torch.from_numpy(np.concatenate([a, a])) for a in (means, scales, quats, intensities))), {}
+    arrays = {"means": means, "scales": scales, "quats": quats, "intensities": intensities}
+    name, value = {"nan": ("means", np.nan), "inf": ("scales", np.inf), "nan intensity": ("intensities", np.nan),
+                   "zero scale": ("scales", 0.0), "zero quat": ("quats", 0.0)}.get(what, ("means", None))  # fmt: skip
+    if value is not None:
+        arrays[name] = arrays[name].copy()
+        arrays[name][0, 2] = value
+    kwargs = {"radius 0": {"radius": 0.0}, "radius nan": {"radius": float("nan")}, "level 7": {"level": 7},
+              "level 1.5": {"level": 1.5}, "level True": {"level": True}}.get(what, {})  # fmt: skip
+    return Gaussians3D(*(torch.from_numpy(arrays[n]) for n in ("means", "scales", "quats", "intensities"))), kwargs
+
+
+@pytest.mark.parametrize("what, said", [
+    ("batch", "one set of Gaussians is written: got batch size 2"),
+    ("nan", "means must be finite to be drawn: 1 of 4 Gaussians hold NaN or Inf"),
+    ("inf", "scales must be finite to be drawn: 1 of 4"),
+    ("nan intensity", "intensities must be finite to be drawn: 1 of 4"),
+    ("zero scale", "scales must be positive to be drawn: 1 Gaussians have a scale of 0 or less"),
+    ("zero quat", "quats must be non-zero to be drawn"),
+    ("radius 0", "radius must be a positive finite Mahalanobis distance, got 0.0"),
+    ("radius nan", "radius must be a positive finite Mahalanobis distance, got nan"),
+    ("level 7", "level must be a whole number from 0 to 6"),
+    ("level 1.5", "level must be a whole number from 0 to 6"),
+    ("level True", "level must be a whole number from 0 to 6"),
+])  # fmt: skip
+def test_bad_input_is_refused_and_an_earlier_file_kept(tmp_path, what, said):
+    """Non-finite values, a scale of 0, a zero quaternion, a batch of several sets, a bad radius or level: a
+    ValueError naming it, before anything is written (a file from an earlier run stays as it was)."""
+    path = tmp_path / "e.vtk"
+    path.write_bytes(b"earlier")
+    gaussians, kwargs = _bad(what)
+    with pytest.raises(ValueError, match="^" + re.escape(said)):
+        save_ellipsoids(path, gaussians, **kwargs)
+    assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["e.vtk"]
