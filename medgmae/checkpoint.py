@@ -10,6 +10,10 @@ holding only tensors, numbers, strings, lists and dicts, so it loads with ``torc
 opening a checkpoint someone shared never runs code. :func:`load_checkpoint` names the file in every error and,
 for a checkpoint of another kind, both kinds.
 
+``extra["run"]`` (:data:`RUN_KEY`, :func:`run_record`), where a training run wrote the file, is that run's seed and
+data loader workers, so that a model file handed on alone says how it was trained; files written before it was
+recorded have none (:attr:`Checkpoint.run` is ``None``).
+
 Training (resume) checkpoints of :class:`medgmae.engine.CheckpointHandler` follow the same rule (only plain data),
 and :func:`load_checkpoint` also accepts them, reading the model from their ``objects`` (and the data settings from
 their settings record). One without a model record is refused with a
@@ -30,7 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from medgmae.checkpoint_checks import (
-    FORMAT, VERSION, CheckpointRefused, read_model_record, recorded_preprocessing, training_state_record,
+    FORMAT, RUN_KEY, VERSION, CheckpointRefused, read_model_record, recorded_preprocessing, run_record,
+    training_state_record,
 )  # fmt: skip
 from medgmae.torch_files import load_torch_file, save_torch_atomic
 from medgmae.preprocessing import PreprocessingSpec
@@ -51,6 +56,8 @@ __all__ = [
     "kept_model_problem",
     "lost_best_warning",
     "record_preprocessing",
+    "run_record",
+    "RUN_KEY",
 ]
 
 ENCODER_KIND = "medgmae-encoder"
@@ -94,6 +101,13 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def run(self) -> dict | None:
+        """The training run's ``{"seed", "num_workers"}`` (``extra["run"]``); ``None`` for a file written before
+        it was recorded, or by no training run."""
+        run = self.extra.get(RUN_KEY)
+        return dict(run) if isinstance(run, dict) else None
+
 
 def make_checkpoint(
     kind: str,
@@ -101,10 +115,13 @@ def make_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     preprocessing: PreprocessingSpec | Mapping | None = None,
     extra: Mapping | None = None,
+    run: Mapping | None = None,
 ) -> dict:
-    """The payload of a model file (see the module docstring); raises ``ValueError`` for an unknown kind."""
+    """The payload of a model file (see the module docstring), ``run`` (:func:`run_record`) as ``extra["run"]``;
+    raises ``ValueError`` for an unknown kind or a malformed ``run``."""
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; known: {sorted(CHECKPOINT_KINDS)}")
+    extra = {**dict(extra or {}), **({} if run is None else {RUN_KEY: run_record(run)})}
     if isinstance(preprocessing, PreprocessingSpec):
         preprocessing = preprocessing.to_dict()
     return {
@@ -114,7 +131,7 @@ def make_checkpoint(
         "config": dict(config),
         "preprocessing": None if preprocessing is None else dict(preprocessing),
         "state_dict": dict(state_dict),
-        "extra": dict(extra or {}),
+        "extra": extra,
     }
 
 

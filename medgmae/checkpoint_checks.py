@@ -19,14 +19,36 @@ import torch
 from medgmae.bundle_errors import InputRefusal
 from medgmae.preprocessing import PreprocessingSpec
 from medgmae.torch_files import load_torch_file
+from medgmae.whole_numbers import nonnegative_count
 
 __all__ = [
-    "FORMAT", "VERSION", "CheckpointRefused", "TrainingStateError", "read_model_record", "recorded_preprocessing",
-    "training_state_record",
+    "FORMAT", "VERSION", "RUN_KEY", "CheckpointRefused", "TrainingStateError", "read_model_record",
+    "recorded_preprocessing", "run_record", "training_state_record",
 ]  # fmt: skip
 
 #: The format's name and the newest version this release reads (and writes).
 FORMAT, VERSION = "medgmae", 1
+
+#: The ``extra`` key of the training run a model file comes from (:func:`run_record`).
+RUN_KEY = "run"
+
+
+def run_record(run: Mapping) -> dict:
+    """The record of the training run a model file comes from, ``extra["run"]``, checked.
+
+    Args:
+        run: ``{"seed": int}``, optionally with ``"num_workers"`` (the training data loader's workers).
+
+    Returns:
+        ``{"seed": int, "num_workers": int}`` (``num_workers`` only when given).
+
+    Raises:
+        ValueError: no mapping, another key, no ``seed``, or a value that is not a non-negative whole number.
+    """
+    if not isinstance(run, Mapping) or "seed" not in run or set(run) - {"seed", "num_workers"}:
+        raise ValueError(f"a run record is {{'seed': N}} or {{'seed': N, 'num_workers': W}}, got {run!r}")
+    return {k: nonnegative_count(v, k) for k, v in run.items()}
+
 
 #: How a model in memory becomes a model file the toolkit's loaders read (:mod:`medgmae.checkpoint`).
 RESAVE_ADVICE = ("save the model with medgmae.checkpoint.save_checkpoint(path, model.model_checkpoint()) (a network "

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_unit_check(e)
     s = _parser(sub, "select", "rank reconstructions of one scan by held-out error (runs of reconstruct --holdout-views N)")
     s.add_argument("--runs", nargs="+", required=True, help="output folders of reconstruct, the same scan and --holdout-views")
-    s.add_argument("--json", default=None, help="also write the ranking and the choice here")
+    s.add_argument("--json", default=None, help="also write the ranking, the choice and the software (versions) here")
     _add_geometry(sub)
     return p
 

@@ -14,7 +14,9 @@ ground truth is measured in ``bench/RESULTS.md`` ("Choosing the TV weight by hel
 Runs are of one scan when ``metrics.json`` records the same scan fingerprint (projection shape and content hash,
 geometry content hash: :func:`recon.resume.scan_fingerprint`), wherever the files lay; for runs without one, when
 their projection and geometry files resolve to the same absolute paths. Runs of different scans, with different
-held-out views, or without held-out views are refused with a message naming the run; nothing is written but the optional ``--json`` summary (atomically).
+held-out views, or without held-out views are refused with a message naming the run; nothing is written but the optional ``--json`` summary (atomically:
+the chosen run, the ranking, the margin, the runners-up within it and the ``software``,
+:func:`medgmae.software.software_versions`).
 """
 
 from __future__ import annotations
@@ -190,6 +192,9 @@ def cmd_select(args) -> int:
     if close:
         print(_margin_note(rows, close))
     if args.json:
+        from medgmae.software import software_versions
+
+        # select runs on no device: the software that ranked the runs (each run's own is in its metrics.json)
         save_json_atomic({"chosen": rows[0]["run"], "runs": rows, "margin": SELECT_MARGIN,
-                          "within_margin": [r["run"] for r in close]}, args.json)  # fmt: skip
+                          "within_margin": [r["run"] for r in close], "software": software_versions()}, args.json)  # fmt: skip
     return 0

@@ -78,10 +78,13 @@ def count_iterations(workflow: GViTWorkflow) -> list[str]:
     return iterations
 
 
-def gvit_workflow(data, out: Path, resume: bool, augment: bool = False, epochs: dict | None = None) -> GViTWorkflow:
+def gvit_workflow(
+    data, out: Path, resume: bool, augment: bool = False, epochs: dict | None = None, seed: int | None = None
+) -> GViTWorkflow:
     """The workflow the bundle builds, small; with ``augment`` the training images are augmented, their random
     transforms checkpointed and ``augment`` recorded in the data settings, as the bundle does. ``epochs``: each
-    phase's epochs (default warm-up 1, classifier 1, joint 2)."""
+    phase's epochs (default warm-up 1, classifier 1, joint 2); ``seed``: the run's seed, as the bundle gives it (the
+    model file records it)."""
     set_determinism(seed=0)
     train_ds = make_dataset(data.train, 16, 1, augment=augment)
     train = SeededDataLoader(train_ds, batch_size=4, shuffle=True)  # the bundle's loaders
@@ -90,7 +93,7 @@ def gvit_workflow(data, out: Path, resume: bool, augment: bool = False, epochs: 
     handlers = default_phase_handlers(resume=resume, source=train_ds if augment else None)
     return GViTWorkflow(model, train, val, data.class_names, out, epochs or {"warmup": 1, "classifier": 1, "joint": 2},
                         device="cpu", render_backend="torch", num_explanations=0, handlers=handlers, cases=data.train,
-                        data_settings={"augment": True} if augment else None)  # fmt: skip
+                        data_settings={"augment": True} if augment else None, seed=seed)  # fmt: skip
 
 
 def assert_as_uninterrupted(straight: dict, folder: Path, model: torch.nn.Module, metrics: dict) -> None:

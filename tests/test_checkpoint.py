@@ -380,3 +380,52 @@ def test_a_bare_state_dict_or_a_whole_model_is_refused_with_the_way_to_save_a_mo
     assert "safe_globals" not in str(refused.value) and f"{type(model).__module__}.MedGMAE" in str(refused.value)
     save_checkpoint(tmp_path / "model.pt", model.model_checkpoint())  # the advice, followed
     assert load_checkpoint(tmp_path / "model.pt", "medgmae").kind == "medgmae"
+
+
+def test_a_model_file_records_the_run_it_came_from_and_an_older_one_records_none(tmp_path):
+    """``extra["run"]``: the seed and loader workers given, as plain data (``weights_only``), read back as
+    ``Checkpoint.run``; a file written before (no such key) loads as before, ``run`` None; a malformed record is
+    refused before anything is written."""
+    weights = {"w": torch.zeros(2)}
+    path = tmp_path / "model.pt"
+    torch.save(make_checkpoint("gmae2d", {}, weights, extra={"data": {"flip": False}}, run={"seed": 7, "num_workers": 2}), path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["extra"] == {"data": {"flip": False}, "run": {"seed": 7, "num_workers": 2}}
+    assert load_checkpoint(path).run == {"seed": 7, "num_workers": 2}
+    assert load_checkpoint(path, mmap=True).run == {"seed": 7, "num_workers": 2}
+    torch.save(make_checkpoint("gmae2d", {}, weights, run={"seed": 0}), path)  # workers unknown: seed alone
+    assert load_checkpoint(path).run == {"seed": 0}
+    older = tmp_path / "older.pt"
+    torch.save(make_checkpoint("gmae2d", {}, weights, extra={"data": {}}), older)  # as files were written before
+    assert "run" not in torch.load(older, weights_only=True)["extra"]
+    assert load_checkpoint(older).run is None and load_checkpoint(older).extra == {"data": {}}
+    for bad in ({"seed": -1}, {"seed": 1.5}, {"num_workers": 2}, {"seed": 1, "threads": 4}, [1, 2]):
+        with pytest.raises(ValueError, match="seed|num_workers|run record"):
+            make_checkpoint("gmae2d", {}, weights, run=bad)
+
+
+def test_the_2d_models_carry_their_run_record_through_their_files(tmp_path):
+    """A 2D GMAE built with a run record writes it into model.pt and encoder.pt and reads it back; a GViT's save
+    records the run it is given (or the one it was loaded with); files without one load with ``run_settings`` None."""
+    from medgmae.twod.gvit import GViT
+
+    gmae = GMAE2D(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4, run_settings={"seed": 5, "num_workers": 1})
+    torch.save(gmae.model_checkpoint(), tmp_path / "model.pt")
+    torch.save(gmae.encoder_checkpoint(), tmp_path / "encoder.pt")
+    assert GMAE2D.from_checkpoint(tmp_path / "model.pt").run_settings == {"seed": 5, "num_workers": 1}
+    assert load_checkpoint(tmp_path / "encoder.pt", "medgmae-encoder").run == {"seed": 5, "num_workers": 1}
+    plain = GMAE2D(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4)
+    torch.save(plain.model_checkpoint(), tmp_path / "plain.pt")
+    assert "run" not in torch.load(tmp_path / "plain.pt", weights_only=True)["extra"]
+    assert GMAE2D.from_checkpoint(tmp_path / "plain.pt").run_settings is None
+    with pytest.raises(ValueError, match="seed"):
+        GMAE2D(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4, run_settings={"seed": -2})
+
+    vit = GViT(1, 16, 2, num_gaussians=4, patch_size=4)
+    vit.save(tmp_path / "gvit.pt", class_names=["a", "b"], run={"seed": 9, "num_workers": 0})
+    back = GViT.from_checkpoint(tmp_path / "gvit.pt")
+    assert back.run_settings == {"seed": 9, "num_workers": 0}
+    back.save(tmp_path / "again.pt")  # a loaded model saved again keeps its record
+    assert torch.load(tmp_path / "again.pt", weights_only=True)["extra"]["run"] == {"seed": 9, "num_workers": 0}
+    vit.save(tmp_path / "bare.pt", class_names=["a", "b"])
+    assert GViT.from_checkpoint(tmp_path / "bare.pt").run_settings is None

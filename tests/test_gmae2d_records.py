@@ -1,14 +1,21 @@
 """What a 2D GMAE pre-training run records of how it was made: its settings (the seed among them) and software in
-``summary.json``, and the seed in its checkpoints, which a resume with another seed is refused by, naming it."""
+``summary.json``, the seed in its checkpoints, which a resume with another seed is refused by, naming it, and the
+seed and loader workers in its model files, which a file of an earlier version lacks and still loads without."""
 
 from __future__ import annotations
 
 import json
 import platform
 
+import numpy as np
 import pytest
 import torch
 from gmae2d_helpers import TINY_GMAE, train_gmae2d_bundle
+from PIL import Image
+
+from medgmae.checkpoint import load_checkpoint
+from medgmae.twod.cli import main as cli_main
+from medgmae.twod.gmae import GMAE2D
 
 
 def _error_chain(e: BaseException) -> list[str]:
@@ -55,3 +62,28 @@ def test_a_checkpoint_from_before_the_seed_was_recorded_resumes(tmp_path, caplog
         train_gmae2d_bundle(out, max_epochs=2, resume=True)
     assert torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)["objects"]["settings"]["settings"]["seed"] == 0
     assert "records no seed settings" in caplog.text
+
+
+def test_the_model_files_record_the_seed_and_loader_workers_and_an_older_file_still_serves(tmp_path):
+    """model.pt, best_model.pt and encoder.pt say the seed and data loader workers the run trained with (as its
+    summary.json does), so a model file handed on alone says how it was made; a model.pt without that record, as
+    earlier versions wrote it, loads and runs medgmae-2d as before."""
+    out = tmp_path / "run"
+    train_gmae2d_bundle(out, max_epochs=1, seed=5, num_workers=1)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))["settings"]["training"]
+    for name in ("model.pt", "best_model.pt", "encoder.pt"):
+        raw = torch.load(out / name, weights_only=True)
+        assert raw["extra"]["run"] == {"seed": 5, "num_workers": 1}, name
+        assert (raw["extra"]["run"]["seed"], raw["extra"]["run"]["num_workers"]) == (summary["seed"], summary["num_workers"])
+    assert GMAE2D.from_checkpoint(out / "model.pt").run_settings == {"seed": 5, "num_workers": 1}
+    assert load_checkpoint(out / "encoder.pt", "medgmae-encoder").run == {"seed": 5, "num_workers": 1}
+
+    older = torch.load(out / "model.pt", weights_only=True)
+    del older["extra"]["run"]
+    torch.save(older, tmp_path / "older.pt")
+    model = GMAE2D.from_checkpoint(tmp_path / "older.pt")
+    assert model.run_settings is None and model.data_settings == {"flip": False, "window": [-350.0, 400.0]}
+    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(tmp_path / "img.png")
+    assert cli_main(["layers", "--checkpoint", str(tmp_path / "older.pt"), "--image", str(tmp_path / "img.png"),
+                     "--out", str(tmp_path / "layers"), "--num-layers", "2", "--device", "cpu"]) == 0  # fmt: skip
+    assert (tmp_path / "layers" / "layer_stack.png").is_file()

@@ -48,6 +48,9 @@ def test_bundle_train_evaluate_and_resume(tmp_path, capfd, folder_state):
         assert (out / "checkpoints" / phase / "checkpoint_epoch=1.pt").is_file()
     model = GViT.from_checkpoint(out / "model.pt")
     assert model.class_names == names and model.encoder.num_gaussians == 12
+    # the file alone says the seed and loader workers that metrics.json records
+    assert model.run_settings == {"seed": metrics["data"]["seed"], "num_workers": metrics["data"]["num_workers"]} == {
+        "seed": 0, "num_workers": 0}
 
     # the evaluation config on the same model and validation split reproduces the training metrics
     task_stamp = (out / "data" / "task.json").stat().st_mtime_ns

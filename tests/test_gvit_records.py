@@ -44,12 +44,14 @@ def test_model_metrics_and_summary_record_the_guidance(tmp_path, shapes, caplog)
 def test_metrics_and_summary_record_the_loader_workers_and_the_software(tmp_path, shapes):
     """A seed reproduces a run only with the same data loader workers and software: metrics.json records the
     training loader's num_workers beside the seed, and metrics.json and summary.json the software (torch's version
-    as torch itself gives it)."""
-    flow = gvit_workflow(shapes, tmp_path / "run", resume=False, epochs={"warmup": 1, "classifier": 1, "joint": 0})
+    as torch itself gives it); model.pt the seed and the workers, so that the file alone says them."""
+    flow = gvit_workflow(shapes, tmp_path / "run", resume=False, epochs={"warmup": 1, "classifier": 1, "joint": 0}, seed=4)
     flow.train_loader.num_workers, flow.train_loader.prefetch_factor = 1, 2  # one worker process
     flow.run()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["data"]["num_workers"] == 1
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["extra"]["run"] == {"seed": 4, "num_workers": 1}
+    assert GViT.from_checkpoint(tmp_path / "run" / "model.pt").run_settings == {"seed": 4, "num_workers": 1}
     assert metrics["software"]["packages"]["torch"] == torch.__version__
     assert metrics["software"]["python"] == platform.python_version()
     gvit_summary(tmp_path / "run")

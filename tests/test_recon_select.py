@@ -1,11 +1,13 @@
 """``medgmae-recon select``: ranking reconstructions of one scan by held-out error, and every refusal (exit 2)."""
 
 import json
+import platform
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from recon_cli_helpers import with_defaults
 
 from medgmae.data.phantom import generate_phantom
@@ -67,6 +69,10 @@ def test_select_chooses_the_run_that_predicts_unseen_views_best(runs, tmp_path, 
         assert (r["held_out_error"], r["iteration"]) == (h["best_error"], h["best_iteration"])
     assert set(rows[0]["settings"]) == {"tv_weight", "iterations"}  # what differs, and nothing else
     assert out.splitlines()[0] == "| run | tv_weight | iterations | held-out error | at iteration | PSNR | SSIM |"
+    # what ranked them, as every results record says: the versions the libraries give themselves, no GPU (select
+    # runs on none)
+    assert choice["software"]["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert choice["software"]["python"] == platform.python_version() and "gpu" not in choice["software"]
 
 
 def test_select_prefers_the_refitted_run_of_a_tie_and_says_so(runs, capsys):

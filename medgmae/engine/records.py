@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,7 +27,7 @@ from medgmae.engine.restore import ResumeRefused
 from medgmae.words import plural
 from medgmae.settings_diff import settings_differences
 
-__all__ = ["SettingsRecord", "CasesRecord", "RECORDS", "restorable", "unrecorded_states"]
+__all__ = ["SettingsRecord", "CasesRecord", "RECORDS", "restorable", "unrecorded_states", "resume_flags", "check_flags"]
 
 logger = logging.getLogger("medgmae.engine")
 
@@ -47,7 +48,8 @@ class SettingsRecord:
             longer change what a resumed run trains (GViT's ``data.default_root``): dropped from a saved record
             before comparing. Any other key only the saved record holds is still a difference.
         flags: ``{setting: bundle flag}`` (``{"model.classifier_freqs": "classifier_freqs"}``): a refusal naming
-            one of them says the flags and saved values that resume the run (``--classifier_freqs 6``).
+            one of them says the flags and saved values that resume the run (``--classifier_freqs 6``, quoted where
+            the shell needs it: ``--window "[-1000.0, 1000.0]"``); :func:`resume_flags` has the forms.
     """
 
     def __init__(self, settings: Mapping, what: str = "the run", saved_defaults: Mapping | None = None,
@@ -64,7 +66,7 @@ class SettingsRecord:
         # trained with that this version cannot give (a resume would then go on silently without it); only a key
         # known to change nothing any more may be dropped
         self.retired = {k: frozenset(v) for k, v in (retired or {}).items()}
-        self.sources, self.flags = dict(sources or {}), dict(flags or {})
+        self.sources, self.flags = dict(sources or {}), check_flags(flags)
         self._warned = False
 
     def state_dict(self) -> dict:
@@ -107,8 +109,7 @@ class SettingsRecord:
         come from (:attr:`sources`) and the flags that give the saved values (:attr:`flags`)."""
         why = [f"{section}.*: {source}" for section, source in self.sources.items()
                if any(line.startswith(f"{section}.") for line in diff)]  # fmt: skip
-        given = [f"--{flag} {_flag_value(value)}" for name, flag in self.flags.items()
-                 if any(line.startswith(f"{name}: ") for line in diff) and (value := _dotted(saved, name)) is not _ABSENT]  # fmt: skip
+        given = resume_flags(self.flags, diff, saved)
         when = "" if recorded else " before runs recorded their settings; the version that wrote it trained"
         raise ResumeRefused(
             f"the checkpoint was written by {self.what}{when} with other settings (" + "; ".join(diff) + "). "
@@ -154,9 +155,69 @@ def _dotted(settings: Mapping, name: str) -> Any:
     return value
 
 
+#: Characters a flag's value may hold unquoted in a POSIX shell (others: the value is put in double quotes).
+_SHELL_SAFE = re.compile(r"[\w@%+=:,./-]+")
+
+
 def _flag_value(value: Any) -> str:
-    """A setting's value as a bundle flag takes it (``true``, ``6``, ``[0.0, 1.0]``; text as it is)."""
-    return value if isinstance(value, str) else json.dumps(value)
+    """A setting's value as a bundle flag takes it on a shell command line: ``true``, ``6``, ``null``, text as it
+    is; in double quotes where the shell would split or expand it (``"[-1000.0, 1000.0]"``, ``""``, a path with a
+    space)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    if _SHELL_SAFE.fullmatch(text):
+        return text
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", text) + '"'
+
+
+def check_flags(flags: Mapping[str, Any] | None) -> dict[str, str | tuple[str, str]]:
+    """A record's ``flags`` (:func:`resume_flags`), checked: ``{setting: flag}`` or ``{setting: [flag, "side"]}``; a
+    component's flag as the command line writes it (``network_def#min_scale``, which a bundle config's parser hands
+    over as ``network_def::min_scale``).
+
+    Raises:
+        ValueError: not a mapping, or a value of another form, naming it.
+    """
+    if flags is not None and not isinstance(flags, Mapping):
+        raise ValueError(f"flags must map each setting to its bundle flag, got {flags!r}")
+    checked: dict[str, str | tuple[str, str]] = {}
+    for name, flag in (flags or {}).items():  # MONAI's config parser reads "network_def#x" as "network_def::x"
+        if isinstance(flag, str):
+            checked[str(name)] = flag.replace("::", "#")
+        elif isinstance(flag, Sequence) and len(flag) == 2 and isinstance(flag[0], str) and flag[1] == "side":
+            checked[str(name)] = (flag[0].replace("::", "#"), "side")
+        else:
+            raise ValueError(f"flags[{name!r}] must be a flag name or [flag, 'side'], got {flag!r}")
+    return checked
+
+
+def resume_flags(flags: Mapping[str, Any], diff: Sequence[str], saved: Mapping) -> list[str]:
+    """The ``--flag value`` words that give the saved values of the settings a refusal names.
+
+    Args:
+        flags: ``{setting: flag}`` (:func:`check_flags`), the setting dotted (``"optimiser.learning_rate"``); a flag
+            that takes one size for every axis is ``[flag, "side"]``: the saved sizes (``[32, 32]``), all equal, as
+            that one number (``--image_size 32``).
+        diff: the refusal's lines (:func:`~medgmae.settings_diff.settings_differences`, ``"name: saved X, now Y"``).
+        saved: the saved settings (nested, as the names are dotted).
+
+    Returns:
+        ``["--learning_rate 0.0005", '--window "[-350.0, 400.0]"', ...]`` in the order of ``flags``, each once; a
+        setting the saved record lacks, or sizes no one number gives, left out.
+    """
+    words: list[str] = []
+    for name, flag in check_flags(flags).items():
+        if not any(line.startswith(f"{name}: ") for line in diff):
+            continue
+        value, form = _dotted(saved, name), None if isinstance(flag, str) else flag[1]
+        if form == "side":
+            sides = value if isinstance(value, list) else [value]
+            value = sides[0] if sides and all(v == sides[0] and isinstance(v, int) for v in sides) else _ABSENT
+        if value is _ABSENT:
+            continue
+        word = f"--{flag if isinstance(flag, str) else flag[0]} {_flag_value(value)}"
+        if word not in words:
+            words.append(word)
+    return words
 
 
 def unrecorded_states(records: Mapping[str, Any]) -> dict[str, dict]:

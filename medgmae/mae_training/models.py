@@ -3,11 +3,12 @@ training checkpoints carry (so that a model can be rebuilt from a training check
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch.nn as nn
 
 from medgmae.engine import unwrap_model
+from medgmae.engine.records import check_flags, resume_flags
 from medgmae.engine.restore import ResumeRefused
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.networks.voxel_mae import VoxelMAE
@@ -69,10 +70,17 @@ def build_model(
 class ModelConfigRecord:
     """``state_dict``-able record of a model's kind, config and pre-processing, stored in training checkpoints as
     ``"config"`` (``{"kind", "config", "preprocessing"}``, the model-file fields of :mod:`medgmae.checkpoint`) so
-    that :meth:`MedGMAE.from_checkpoint` can rebuild the model from a training checkpoint alone."""
+    that :meth:`MedGMAE.from_checkpoint` can rebuild the model from a training checkpoint alone.
 
-    def __init__(self, network: nn.Module) -> None:
-        self.network = unwrap_model(network)
+    Args:
+        network: the model (DDP-wrapped or not).
+        flags: ``{config field: bundle flag}`` (:func:`~medgmae.engine.records.resume_flags`: ``[flag, "side"]`` for
+            a flag taking one size for every axis): a refusal naming one of them says the flags and saved values
+            that resume the run (``--num_gaussians 32``).
+    """
+
+    def __init__(self, network: nn.Module, flags: Mapping[str, Any] | None = None) -> None:
+        self.network, self.flags = unwrap_model(network), check_flags(flags)
 
     def state_dict(self) -> dict:
         spec = getattr(self.network, "preprocessing", None)
@@ -102,7 +110,8 @@ class ModelConfigRecord:
             rule, kind = _record_fields(saved).get("level_intensity"), _record_fields(saved).get("kind")
             other_kind = [d for d in diff if d.startswith("kind")]
             changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str) and not other_kind
-            example = f" (here --network_def#level_intensity {rule})" if changed else ""
+            given = resume_flags(self.flags, diff, _record_fields(saved)) + [f"--network_def#level_intensity {rule}"] * changed
+            example = f" (here {' '.join(given)})" if given else ""
             if other_kind:  # another model altogether: its fields differ as a consequence, named after it
                 diff = other_kind + ["and the fields of that model"]
                 example = f" (here --model_kind {kind})"

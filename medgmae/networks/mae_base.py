@@ -198,6 +198,9 @@ class MaskedAutoencoder(nn.Module):
         #: settings of the training data that neither the config nor ``preprocessing`` holds (2D GMAE: ``flip``,
         #: ``window``); written into ``model.pt`` / ``encoder.pt`` as ``extra["data"]`` when set, as GViT does.
         self.data_settings: dict | None = None
+        #: the training run's ``{"seed", "num_workers"}`` (:func:`medgmae.checkpoint.run_record`); written into
+        #: ``model.pt`` / ``encoder.pt`` as ``extra["run"]`` when set, so that a model file alone says how it was trained.
+        self.run_settings: dict | None = None
         self.encoder = MaskedViTEncoder(
             in_channels=self.in_channels,
             img_size=img,
@@ -249,12 +252,13 @@ class MaskedAutoencoder(nn.Module):
         (``medgmae``, ``medgmae-star``, ``voxel-mae``, as in its ``model.pt``; files written before named the model
         class there, e.g. ``MedGMAE``, and load alike: :func:`medgmae.checkpoint.encoder_source` reads either)."""
         return make_checkpoint(ENCODER_KIND, self.encoder.config(), self.encoder_state_dict(), self.preprocessing,
-                               extra={"source": self.kind, **self._data_extra()})  # fmt: skip
+                               extra={"source": self.kind, **self._data_extra()}, run=self.run_settings)  # fmt: skip
 
     def model_checkpoint(self) -> dict:
         """The ``model.pt`` payload (:mod:`medgmae.checkpoint` format) with the pre-processing record and, when set,
-        the :attr:`data_settings` (``extra["data"]``)."""
-        return make_checkpoint(self.kind, self.config(), self.state_dict(), self.preprocessing, extra=self._data_extra())
+        the :attr:`data_settings` (``extra["data"]``) and :attr:`run_settings` (``extra["run"]``)."""
+        return make_checkpoint(self.kind, self.config(), self.state_dict(), self.preprocessing, extra=self._data_extra(),
+                               run=self.run_settings)  # fmt: skip
 
     def _data_extra(self) -> dict:
         """``{"data": data_settings}`` as plain data (tuples as lists), or ``{}`` when none are set."""
@@ -266,8 +270,9 @@ class MaskedAutoencoder(nn.Module):
     def from_checkpoint(
         cls, path: str | Path, map_location: str | torch.device = "cpu", needed_for: str | None = None
     ) -> "MaskedAutoencoder":
-        """Rebuild a model from ``model.pt`` or from a training checkpoint; sets :attr:`preprocessing` and
-        :attr:`data_settings` (``None`` when the file records none, e.g. one written before they were recorded).
+        """Rebuild a model from ``model.pt`` or from a training checkpoint; sets :attr:`preprocessing`,
+        :attr:`data_settings` and :attr:`run_settings` (``None`` when the file records none, e.g. one written before
+        they were recorded).
 
         Args:
             path: the file.
@@ -298,7 +303,8 @@ class MaskedAutoencoder(nn.Module):
     @classmethod
     def from_loaded(cls, ckpt: Checkpoint) -> "MaskedAutoencoder":
         """Rebuild a model from a model file already read (:meth:`from_checkpoint`; fine-tuning's ``--pretrained``
-        reads one to tell its kind first), with its :attr:`preprocessing` and :attr:`data_settings`.
+        reads one to tell its kind first), with its :attr:`preprocessing`, :attr:`data_settings` and
+        :attr:`run_settings`.
 
         Raises:
             ValueError: its config and weights do not build this model (the message names the file).
@@ -311,6 +317,7 @@ class MaskedAutoencoder(nn.Module):
         model.preprocessing = ckpt.preprocessing
         data = ckpt.extra.get("data")
         model.data_settings = dict(data) if isinstance(data, dict) else None
+        model.run_settings = ckpt.run  # None: a file written before the run was recorded
         return model
 
     # ------------------------------------------------------------------ model

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from medgmae.checkpoint import run_record
 from medgmae.gaussians import SCALE_BIAS_INIT
 from medgmae.networks.mae_base import MaskedAutoencoder, full_precision, sincos_embedding_2d
 from medgmae.twod.render import render_gaussians_2d
@@ -172,6 +173,9 @@ class GMAE2D(MaskedAutoencoder):
             ``window``), recorded in ``model.pt`` / ``encoder.pt`` / ``best_model.pt`` as ``extra["data"]`` and
             read back by :meth:`from_checkpoint` as :attr:`data_settings`; ``medgmae-2d`` windows NIfTI/DICOM
             images with the recorded ``window``. Not part of :meth:`config`.
+        run_settings: the training run's seed and data loader workers, ``{"seed", "num_workers"}``
+            (:func:`medgmae.checkpoint.run_record`), recorded in those files as ``extra["run"]`` and read back as
+            :attr:`run_settings`. Not part of :meth:`config`.
     """
 
     kind = GMAE2D_KIND
@@ -189,6 +193,7 @@ class GMAE2D(MaskedAutoencoder):
         render_backend: str = "auto",
         loss_on_all_pixels: bool = False,
         data_settings: Mapping | None = None,
+        run_settings: Mapping | None = None,
     ) -> None:
         num_gaussians = positive_count(num_gaussians, "num_gaussians")
         if not (0.0 < float(min_scale) < float(scale_cap)):
@@ -199,6 +204,7 @@ class GMAE2D(MaskedAutoencoder):
         self.num_gaussians, self.scale_cap, self.min_scale = int(num_gaussians), float(scale_cap), float(min_scale)
         self.render_backend = render_backend
         self.data_settings = dict(data_settings) if data_settings is not None else None
+        self.run_settings = run_record(run_settings) if run_settings is not None else None
         dec = self.preset.decoder_hidden_size
         self.query_tokens = nn.Parameter(torch.randn(1, self.num_gaussians, dec) * QUERY_INIT_STD)
         self.head_mean = nn.Linear(dec, 3)

@@ -27,7 +27,20 @@ from medgmae.twod.phantom_task import recorded_default_task
 from medgmae.whole_numbers import nonnegative_count
 
 __all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "PhaseProgress", "default_phase_handlers",
-           "phase_handlers", "resume_records"]
+           "phase_handlers", "resume_records", "RESUME_FLAGS"]
+
+#: The bundle flag (a key of ``gvit_classification/configs/train.json``) that gives each recorded setting, said with
+#: its saved value in a resume's refusal (:func:`~medgmae.engine.records.resume_flags`). The model's channels and
+#: classes have none: the data give them.
+RESUME_FLAGS = {
+    "model.img_size": ("image_size", "side"), "model.num_gaussians": "num_gaussians", "model.model_size": "model_size",
+    "model.patch_size": ("patch_size", "side"), "model.mode": "encoder_mode", "model.scale_factor": "scale_factor",
+    "model.classifier_freqs": "classifier_freqs", "data.dataset_dir": "dataset_dir", "data.num_phantoms": "num_phantoms",
+    "data.seed": "seed", "data.val_fraction": "val_fraction", "data.image_size": "image_size", "data.window": "window",
+    "data.augment": "augment", "optimiser.lr": "learning_rate", "optimiser.weight_decay": "weight_decay",
+    "loss.pixel_loss": "pixel_loss", "loss.perceptual_weight": "perceptual_weight", "guidance.gamma": "gamma",
+    "guidance.guidance_interval": "guidance_interval",
+}  # fmt: skip
 
 
 @dataclass
@@ -75,8 +88,7 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     phantom = settings is not None and recorded_default_task(settings.get("data") or {})
     retired = {"data": ("default_root", "window") if phantom else ("default_root",)}
     records = {} if settings is None else {
-        "settings": SettingsRecord(settings, "GViT training", saved_defaults=before, retired=retired,
-                                   flags={"model.classifier_freqs": "classifier_freqs", "data.augment": "augment"})}
+        "settings": SettingsRecord(settings, "GViT training", saved_defaults=before, retired=retired, flags=RESUME_FLAGS)}
     if cases is not None:
         records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")
     return records

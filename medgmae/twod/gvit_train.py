@@ -43,6 +43,7 @@ from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phas
 from medgmae.twod.gvit_run_line import gvit_run_line
 from medgmae.twod.gvit_settings import guidance_note, phase_settings, training_settings
 from medgmae.twod.gvit_step import PHASES, GViTIteration, check_phase, phase_parameters, set_phase
+from medgmae.whole_numbers import nonnegative_count
 
 __all__ = [
     "build_phase_trainer",
@@ -136,6 +137,8 @@ class GViTWorkflow:
         data_settings: how the training data were chosen (``ClassificationData.settings``; the bundle adds its
             ``augment``), saved in ``model.pt`` for the evaluation and recorded in ``metrics.json``.
         cases: the training items, checked with their files' sizes on resume (None: not checked).
+        seed: the run's seed (the bundle's ``seed``, which seeds MONAI's ``set_determinism``), recorded with the
+            training loader's ``num_workers`` in ``model.pt`` (``extra["run"]``); ``None``: not recorded.
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class GViTWorkflow:
         handlers: Sequence | None = None,
         data_settings: Mapping | None = None,
         cases: Sequence[Mapping] | None = None,
+        seed: int | None = None,
     ) -> None:
         unknown = set(epochs) - set(PHASES)
         if unknown:
@@ -183,6 +187,7 @@ class GViTWorkflow:
         self.num_explanations = num_explanations
         self.data_settings = dict(data_settings) if data_settings is not None else None
         self.cases = None if cases is None else list(cases)
+        self.seed = None if seed is None else nonnegative_count(seed, "seed")
         self.trainers: dict[str, SupervisedTrainer] = {}
 
     def training_settings(self) -> dict:
@@ -301,15 +306,17 @@ class GViTWorkflow:
                 if stale is not None and phase == stale[0]:  # added after its checkpoint handler: after its save
                     self._remove_after_first_save(trainer, stale[2])
                 trainer.run()
-        training = self.training_settings()
-        self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings, training=training)
+        training, workers = self.training_settings(), getattr(self.train_loader, "num_workers", None)
+        run = None if self.seed is None else {"seed": self.seed, **({} if workers is None else {"num_workers": workers})}
+        self.model.save(self.output_dir / "model.pt", class_names=self.class_names, data=self.data_settings,
+                        training=training, run=run)  # fmt: skip
         has_val = self.val_loader is not None and len(self.val_loader) > 0
         if not has_val:
             logger.warning("no validation images (val_fraction 0, classes too small to hold one out, or a CSV without "
                            "val rows): the model is evaluated on its training images, an accuracy that overstates what "
                            "it does on new images")  # fmt: skip
         # the data loader's workers beside the seed (recorded; the seed, the software and the device decide the run)
-        data = {**(without_split_files(self.data_settings) or {}), "num_workers": getattr(self.train_loader, "num_workers", None)}
+        data = {**(without_split_files(self.data_settings) or {}), "num_workers": workers}
         record = {"split": "val" if has_val else "train", "data": data, "training": training}
         return evaluate_gvit(
             self.model, self.val_loader if has_val else self.train_loader, self.class_names, self.output_dir,

@@ -5,7 +5,7 @@ Model files are ``model.pt`` in the toolkit's one checkpoint format (:mod:`medgm
 folder or phantom-task settings, seed, validation fraction, image size; see
 :func:`medgmae.twod.classification_data.resolve_classification_data`) and how it was trained (``training``: epochs,
 optimiser, reconstruction loss and guidance; see :meth:`medgmae.twod.gvit_train.GViTWorkflow.training_settings`)
-in ``extra``.
+in ``extra``, and the training run's seed and data loader workers (``run``: :func:`medgmae.checkpoint.run_record`).
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ class GViT(nn.Module):
 
     def save(
         self, path: str | Path, class_names: Sequence[str] | None = None, data: Mapping | None = None,
-        training: Mapping | None = None,
+        training: Mapping | None = None, run: Mapping | None = None,
     ) -> None:  # fmt: skip
         """Write ``model.pt`` atomically (see :func:`save_gvit`)."""
-        save_gvit(self, path, class_names, data, training)
+        save_gvit(self, path, class_names, data, training, run)
 
 
 def read_gvit_file(path: str | Path, kind: str = "gvit", map_location="cpu", mmap: bool = False) -> Checkpoint:
@@ -158,7 +158,8 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
         cls: the model class (default :class:`GViT`).
 
     Returns:
-        The model, in eval mode, with ``class_names``, ``data_settings`` and ``training_settings`` from the file.
+        The model, in eval mode, with ``class_names``, ``data_settings``, ``training_settings`` and ``run_settings``
+        (the training run's seed and loader workers) from the file (``None`` where a file written before records none).
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -176,6 +177,7 @@ def load_gvit(path: str | Path, map_location="cpu", cls: type | None = None) -> 
     model.class_names = ckpt.extra.get("class_names")
     model.data_settings = ckpt.extra.get("data")
     model.training_settings = ckpt.extra.get("training")  # None: a file written before it was recorded
+    model.run_settings = ckpt.run  # likewise
     return model.eval()
 
 
@@ -200,7 +202,7 @@ def is_gvit_training_state(objects: Mapping) -> bool:
 
 def save_gvit(
     model: nn.Module, path: str | Path, class_names: Sequence[str] | None = None, data: Mapping | None = None,
-    training: Mapping | None = None,
+    training: Mapping | None = None, run: Mapping | None = None,
 ) -> None:  # fmt: skip
     """Write ``model.pt`` atomically.
 
@@ -210,9 +212,12 @@ def save_gvit(
         class_names: class index -> name (default: the model's own ``class_names``).
         data: the training data's settings (default: the model's ``data_settings``).
         training: how it was trained, plain data (default: the model's ``training_settings``).
+        run: the training run's ``{"seed", "num_workers"}`` (:func:`medgmae.checkpoint.run_record`; default: the
+            model's ``run_settings``), ``extra["run"]``; none recorded when neither is given.
     """
     names = list(class_names) if class_names is not None else getattr(model, "class_names", None)
     data = dict(data) if data is not None else getattr(model, "data_settings", None)
     training = dict(training) if training is not None else getattr(model, "training_settings", None)
+    run = run if run is not None else getattr(model, "run_settings", None)
     extra = {"class_names": names, "data": data, "training": training}
-    save_checkpoint(path, make_checkpoint(model.kind, model.config(), model.state_dict(), extra=extra))
+    save_checkpoint(path, make_checkpoint(model.kind, model.config(), model.state_dict(), extra=extra, run=run))
