@@ -27,12 +27,19 @@ The sphere's resolution follows the count (:func:`sphere_level`), so that a file
 triangles; up to 6,250 Gaussians), 1,952 at level 1 (42, 80; up to 25,000), 512 at level 0, the icosahedron (12, 20;
 beyond), so 200,000 Gaussians take 102 MB. Gaussians must be in the world frame (RAS millimetres, the toolkit's
 world): the ``SPACE=RAS`` comment says so.
+
+Zero-shot inference and ``medgmae-recon reconstruct`` write the mesh beside their ``.ply`` only up to
+:data:`MESH_LIMIT` Gaussians (200,000: 102 MB). Above it they write none (and remove one an earlier run left under
+that name, which would not be this run's Gaussians) and say so in one line with the command that writes it from the
+``.ply`` (:func:`skipped_mesh_message`): ``medgmae-ellipsoids GAUSSIANS.ply --out FILE.vtk``
+(:mod:`medgmae.ellipsoids_cli`), which also draws a ``.ply`` at another ``--radius`` or ``--level``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shlex
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -53,6 +60,11 @@ __all__ = [
     "sphere_level",
     "ellipsoid_mesh",
     "save_ellipsoids",
+    "MESH_LIMIT",
+    "mesh_bytes",
+    "over_mesh_limit",
+    "mesh_command",
+    "skipped_mesh_message",
 ]
 
 #: The Mahalanobis distance at which a Gaussian falls to half its peak, ``sqrt(2 ln 2)``: the default radius.
@@ -62,6 +74,14 @@ HALF_MAXIMUM_RADIUS = math.sqrt(2.0 * math.log(2.0))
 TRIANGLE_BUDGET = 2_000_000
 #: The finest icosphere level chosen by count (162 points, 320 triangles); a finer one may be asked for.
 MAX_LEVEL = 2
+#: Gaussians up to which zero-shot inference and ``reconstruct`` write the mesh beside their ``.ply``: 102 MB and 4
+#: million triangles at 200,000 (the icosahedron, 512 bytes a Gaussian; about 3 s to write on two CPU cores). The
+#: Gaussians of a whole scan's zero-shot inference (about 100,000 to 200,000 for an abdomen) stay within it; a default
+#: reconstruction grows to one Gaussian per 8 voxels (650,000 on a 256 x 256 x 80 scan: a 333 MB mesh of 13 million
+#: triangles, about 7 s to write), which every run would write whether it is looked at or not, and a viewer would
+#: have to load whole. Above it ``medgmae-ellipsoids`` writes the mesh from the ``.ply`` when asked
+#: (:func:`skipped_mesh_message`).
+MESH_LIMIT = 200_000
 #: Points one file may hold: legacy VTK's polygon indices are 32-bit.
 _MAX_POINTS = 2**31 - 1
 
@@ -252,3 +272,41 @@ def save_ellipsoids(
             f.write(mesh.intensities.astype(">f4").tobytes())
             f.write(b"\n")
     return Path(path)
+
+
+def mesh_bytes(count: int, level: int | None = None) -> int:
+    """The bytes of the points, triangles and intensities of a file of ``count`` ellipsoids (its few header lines
+    aside): ``16 V + 16 F`` a Gaussian (module docstring).
+
+    Args:
+        count: the number of Gaussians.
+        level: the icosphere level; ``None``: :func:`sphere_level` of the count.
+    """
+    level = sphere_level(count) if level is None else level
+    return count * 16 * ((10 * 4**level + 2) + 20 * 4**level)
+
+
+def over_mesh_limit(count: int) -> bool:
+    """Whether a run leaves out the mesh of ``count`` Gaussians: more than :data:`MESH_LIMIT`."""
+    return count > MESH_LIMIT
+
+
+def mesh_command(ply: str | os.PathLike, vtk: str | os.PathLike) -> str:
+    """The shell command that writes the mesh of the Gaussians of ``ply`` to ``vtk``, paths absolute and quoted
+    (``medgmae-ellipsoids``, :mod:`medgmae.ellipsoids_cli`)."""
+    from medgmae.files import absolute_path
+
+    return f"medgmae-ellipsoids {shlex.quote(str(absolute_path(ply)))} --out {shlex.quote(str(absolute_path(vtk)))}"
+
+
+def skipped_mesh_message(count: int, ply: str | os.PathLike, vtk: str | os.PathLike) -> str:
+    """The line a run gives where it leaves out the mesh of ``count`` Gaussians (:func:`over_mesh_limit`): the file
+    not written, why, and :func:`mesh_command`.
+
+    Args:
+        count: the number of Gaussians.
+        ply: the ``.ply`` the run wrote them to.
+        vtk: the mesh file it would have written.
+    """
+    return (f"{Path(vtk).name} not written: {count:,} Gaussians, more than the {MESH_LIMIT:,} whose ellipsoids a run "
+            f"writes (it would take {mesh_bytes(count) / 1e6:.0f} MB); write it with: {mesh_command(ply, vtk)}")

@@ -36,7 +36,9 @@ toolkit preset every start, ``--init 3dgr-ct`` included, gets one least-squares 
 ``gaussians.ply`` (the Gaussians in world millimetres, RAS, the frame of ``recon.nii.gz``'s affine; its header
 records ``frame world``, and ``recon.nii.gz``'s shape and affine in the NIfTI's ``(I, J, K)`` index order, as the
 zero-shot inference PLYs), ``ellipsoids.vtk`` (the same Gaussians as a mesh 3D Slicer draws over ``recon.nii.gz``:
-one ellipsoid per Gaussian at half maximum, coloured by intensity; :mod:`medgmae.ellipsoids`), ``metrics.json``
+one ellipsoid per Gaussian at half maximum, coloured by intensity; :mod:`medgmae.ellipsoids`; up to 200,000
+Gaussians, :data:`~medgmae.ellipsoids.MESH_LIMIT`: above it the summary gives the ``medgmae-ellipsoids`` command
+that writes it from ``gaussians.ply``), ``metrics.json``
 (the preset, every setting used, the history, the density-control rounds and PSNR/SSIM of the FBP, of the start
 (the initial Gaussians) and of the result, and the software used),
 ``curve.png``, ``slices.png`` (sagittal, coronal and axial mid-slices drawn to scale and shown radiologically, one row
@@ -101,7 +103,9 @@ gaussians.ply (reconstruct): centres, scales and rotations in world millimetres 
 affine); its header records 'frame world', the volume shape and the voxel-to-world affine in the NIfTI's (I, J, K)
 index order, the same as recon.nii.gz and the zero-shot inference PLYs.
 ellipsoids.vtk (reconstruct): the same Gaussians as a mesh 3D Slicer draws over recon.nii.gz (it loads the .ply as
-points it does not draw): one ellipsoid per Gaussian at half maximum, coloured by its intensity, marked SPACE=RAS."""
+points it does not draw): one ellipsoid per Gaussian at half maximum, coloured by its intensity, marked SPACE=RAS.
+Written up to 200,000 Gaussians (about 100 MB); above that the closing summary says so and gives the command that
+writes it from gaussians.ply: medgmae-ellipsoids OUT/gaussians.ply --out OUT/ellipsoids.vtk."""
 
 #: The epilog of each subcommand: only the notes that concern its inputs and outputs (``select`` reads the
 #: reconstructions' metrics.json, in no unit); the top-level help has them all.

@@ -1,7 +1,8 @@
 """What ``medgmae-recon reconstruct`` leaves: its outputs (:func:`write_reconstruction`: the volume, the Gaussians
-in world mm and their ellipsoids, metrics and pictures, staged) and its closing summary (the times, the Gaussians
-and their budget, the density-control rounds, the held-out choice, PSNR/SSIM, and the outputs written with what each
-holds)."""
+in world mm and their ellipsoids (up to :data:`medgmae.ellipsoids.MESH_LIMIT` Gaussians), metrics and pictures,
+staged) and its closing summary (the times, the Gaussians and their budget, the density-control rounds, the held-out
+choice, PSNR/SSIM, and the outputs written with what each holds; above that limit, the command that writes the
+ellipsoids)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from recon.commands import output_lines
 from recon.geometry import CTGeometry
 from recon.state import RECON_STATE
 
-__all__ = ["SPARSE_BUDGET", "outputs", "print_summary", "world_gaussians", "write_reconstruction"]
+__all__ = ["MESH", "SPARSE_BUDGET", "outputs", "print_summary", "world_gaussians", "write_reconstruction"]
 
 
+#: The mesh of the Gaussians 3D Slicer draws (:mod:`medgmae.ellipsoids`), beside ``gaussians.ply``.
+MESH = "ellipsoids.vtk"
 #: Voxels per Gaussian above which the summary says a given ``--num-gaussians`` is too small (the default budget has
 #: 8, ``recon.presets.toolkit_budget``). On a 112 x 128 x 160 phantom (60 noisy parallel views) 20,000 Gaussians
 #: (115 voxels each) ended 5.3 dB below one per 8 voxels after 400 iterations, 60,000 (38 each) 3.1 dB below
@@ -54,7 +57,18 @@ def print_summary(metrics: dict, out: Path) -> None:
     else:
         lines.append("  no --reference: PSNR/SSIM not computed")
     lines += output_lines(out, outputs(metrics))
+    if _without_mesh(metrics):
+        from medgmae.ellipsoids import skipped_mesh_message
+
+        lines.append(f"  {skipped_mesh_message(metrics['num_gaussians'], out / 'gaussians.ply', out / MESH)}")
     print("\n".join(lines))
+
+
+def _without_mesh(metrics: dict) -> bool:
+    """Whether the run left out ``ellipsoids.vtk``: more Gaussians than :data:`medgmae.ellipsoids.MESH_LIMIT`."""
+    from medgmae.ellipsoids import over_mesh_limit
+
+    return over_mesh_limit(metrics.get("num_gaussians", 0))
 
 
 def _other_times(metrics: dict) -> str:
@@ -115,15 +129,18 @@ def _what_limits_growth(metrics: dict) -> str:
 
 def outputs(metrics: dict) -> dict[str, str]:
     """The files a run wrote and what each holds, as its ``metrics`` (:func:`_metrics`) say: PSNR and the
-    reference / error columns only with ``--reference``, the held-out error only with ``--holdout-views``."""
+    reference / error columns only with ``--reference``, the held-out error only with ``--holdout-views``,
+    ``ellipsoids.vtk`` only up to :data:`medgmae.ellipsoids.MESH_LIMIT` Gaussians."""
     with_ref = "final" in metrics
     curves = ["loss", *(["held-out error"] if metrics.get("holdout") else []),
               *(["PSNR (from the start's, at iteration 0)" if metrics.get("start") else "PSNR"] if with_ref else [])]
     columns = "rows reference / FBP / reconstruction / error" if with_ref else "rows FBP / reconstruction"
+    mesh = {} if _without_mesh(metrics) else \
+        {MESH: "the same Gaussians as ellipsoids at half maximum, coloured by intensity: what 3D Slicer draws"}
     return {
         "recon.nii.gz": "reconstructed attenuation volume, 1/mm",
         "gaussians.ply": "the Gaussians in world mm, RAS, recon.nii.gz's frame; header: recon.nii.gz's shape and affine",
-        "ellipsoids.vtk": "the same Gaussians as ellipsoids at half maximum, coloured by intensity: what 3D Slicer draws",
+        **mesh,
         "metrics.json": "preset, every setting, history, density-control rounds" + (", PSNR/SSIM" if with_ref else "") + ", software",
         "curve.png": f"{' and '.join([', '.join(curves[:-1]), curves[-1]] if len(curves) > 1 else curves)} "
                      f"{_evaluations((metrics.get('settings') or {}).get('eval_every'), metrics.get('iterations'))}",
@@ -152,21 +169,26 @@ def world_gaussians(gaussians, geom: CTGeometry):
 
 def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
     """Stage every output and move them into ``out`` when all were written (what ``out`` holds besides, such as
-    ``recon_state.pt``, stays)."""
-    from medgmae.ellipsoids import save_ellipsoids
+    ``recon_state.pt``, stays); ``ellipsoids.vtk`` only up to :data:`medgmae.ellipsoids.MESH_LIMIT` Gaussians, an
+    earlier run's removed above it (it would pass for this run's; the summary says how to write it)."""
+    from medgmae.ellipsoids import over_mesh_limit, save_ellipsoids
     from medgmae.files import save_json_atomic, staged_outputs
     from medgmae.ply import save_ply
     from recon.plot import draw_curve, draw_slices
     from recon.scan_files import save_nifti
 
     volume, world = result.volume.cpu().numpy(), world_gaussians(result.gaussians, geom)
+    without_mesh = over_mesh_limit(world.num_gaussians)
     with staged_outputs(out) as stage:
         save_nifti(stage / "recon.nii.gz", volume, geom.default_affine())
         # the header in the NIfTI's (I, J, K) = (x, y, z) order: recon.nii.gz's shape and affine, as zero-shot PLYs
         save_ply(stage / "gaussians.ply", world, frame="world", shape=tuple(geom.volume_shape[::-1]),
                  affine=geom.default_affine(), cutoff=metrics["settings"]["cutoff"])
-        save_ellipsoids(stage / "ellipsoids.vtk", world)  # the same world Gaussians, which 3D Slicer draws
+        if not without_mesh:
+            save_ellipsoids(stage / MESH, world)  # the same world Gaussians, which 3D Slicer draws
         save_json_atomic(metrics, stage / "metrics.json")
         draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
                    (metrics.get("fbp") or {}).get("psnr"), (metrics.get("start") or {}).get("psnr"))
         draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", geom.default_affine(), reference)
+    if without_mesh:  # once this run's outputs are in
+        (out / MESH).unlink(missing_ok=True)

@@ -158,3 +158,31 @@ def test_bad_input_is_refused_and_an_earlier_file_kept(tmp_path, what, said):
     with pytest.raises(ValueError, match="^" + re.escape(said)):
         save_ellipsoids(path, gaussians, **kwargs)
     assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["e.vtk"]
+
+
+@pytest.mark.parametrize("count, level", [(3, 0), (5, 1), (4, 2), (300_000, None)])
+def test_mesh_bytes_is_the_size_of_the_file_less_its_header(tmp_path, count, level):
+    """:func:`mesh_bytes` is what a file of that many Gaussians holds besides its few header lines (written and
+    measured here), and the limit's size is the 512 bytes an icosahedron's 12 points and 20 triangles take."""
+    from medgmae.ellipsoids import MESH_LIMIT, mesh_bytes
+
+    g = Gaussians3D(*(torch.from_numpy(a)[None] for a in _random_gaussians(np.random.default_rng(count), count)))
+    size = save_ellipsoids(tmp_path / "m.vtk", g, level=level).stat().st_size
+    assert 0 < size - mesh_bytes(count, level) < 400
+    assert mesh_bytes(MESH_LIMIT) == MESH_LIMIT * (12 * 16 + 20 * 16)
+
+
+def test_the_limit_is_the_one_the_help_and_docs_state():
+    """The reconstruction's help (which loads no torch, so states it as a number), the README and the zero-shot
+    bundle's README give the limit the runs apply, and its size."""
+    from pathlib import Path
+
+    from medgmae.ellipsoids import MESH_LIMIT, mesh_bytes
+    from recon.cli import EPILOG, __doc__ as recon_doc
+
+    root = Path(__file__).resolve().parents[1]
+    stated = f"{MESH_LIMIT:,}"
+    for text in (EPILOG, recon_doc, (root / "README.md").read_text(encoding="utf-8"),
+                 (root / "bundles/medgmae_pretrain/docs/README.md").read_text(encoding="utf-8")):  # fmt: skip
+        assert f"up to {stated} Gaussians" in " ".join(text.split())
+    assert f"{mesh_bytes(MESH_LIMIT) / 1e6:.0f} MB" == "102 MB"

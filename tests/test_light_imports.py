@@ -29,6 +29,8 @@ def _loaded_after(code: str) -> list[str]:
 @pytest.mark.parametrize("entry, args", [
     ("datalist", ["--help"]),
     ("runs_table", ["--help"]),
+    ("ellipsoids", ["--help"]),
+    ("ellipsoids", ["g.ply", "--level", "9"]),
     ("recon", ["--help"]),
     ("recon", ["reconstruct", "--bogus"]),
     ("phantom", ["--help"]),
@@ -45,7 +47,8 @@ def test_help_and_a_refused_flag_import_no_torch_or_monai(entry, args):
     assert _loaded_after(code) == []
 
 
-@pytest.mark.parametrize("module", ["medgmae.data.reader", "medgmae.data.decathlon", "medgmae.finetune.runs_table"])
+@pytest.mark.parametrize("module", ["medgmae.data.reader", "medgmae.data.decathlon", "medgmae.finetune.runs_table",
+                                    "medgmae.ellipsoids_cli"])
 def test_light_modules_import_no_torch_or_monai(module):
     """Reading a volume (``medgmae-recon``'s inputs), the datalist tool and the runs table need neither."""
     assert _loaded_after(f"import {module}") == []

@@ -90,6 +90,51 @@ def test_ellipsoids_vtk_draws_the_gaussians_over_recon_nii(tmp_path, capsys):
     np.testing.assert_allclose(carried, np.repeat(ply.intensities[0].double().numpy()[:, None], points.shape[1], 1))
 
 
+def test_above_the_mesh_limit_no_ellipsoids_vtk_and_the_summary_gives_the_command(scan, tmp_path, capsys, monkeypatch):
+    """With more Gaussians than ``MESH_LIMIT`` (patched to 50, for 100 Gaussians) ``reconstruct`` writes no
+    ``ellipsoids.vtk`` and removes the one an earlier run left in the folder; the closing summary lists only files
+    that are there and says so in one line, whose command, run as the console script runs (a new process), writes the
+    same file as ``save_ellipsoids`` of the Gaussians read back from ``gaussians.ply`` (the independent VTK reader,
+    and byte for byte)."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ellipsoid_helpers import read_vtk_polydata
+    from medgmae import ellipsoids
+    from medgmae.ply import load_ply
+
+    out = tmp_path / "rec 1"
+    out.mkdir()
+    (out / "ellipsoids.vtk").write_bytes(b"an earlier run's ellipsoids")
+    monkeypatch.setattr(ellipsoids, "MESH_LIMIT", 50)
+    capsys.readouterr()
+    assert main([*few_gaussians_args(scan, out), "--checkpoint-every", "0"]) == 0
+    text = capsys.readouterr().out
+    assert not (out / "ellipsoids.vtk").exists() and (out / "gaussians.ply").is_file()
+    listed = re.findall(rf"^  {re.escape(str(out))}/(\S+)  \(", text, flags=re.M)
+    assert "gaussians.ply" in listed and "ellipsoids.vtk" not in listed and all((out / n).exists() for n in listed)
+    said = [line for line in text.splitlines() if "ellipsoids" in line]
+    assert len(said) == 1 and said[0].startswith("  ellipsoids.vtk not written: 100 Gaussians, more than the 50 "), text
+    command = shlex.split(said[0].split("write it with: ", 1)[1])
+    assert command[0] == "medgmae-ellipsoids" and command[1:] == [str(out / "gaussians.ply"), "--out", str(out / "ellipsoids.vtk")]
+    root = Path(__file__).resolve().parents[1]
+    script = "import sys\nfrom medgmae import launch\nsys.argv[0] = 'medgmae-ellipsoids'\nsys.exit(launch.ellipsoids())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", script, *command[1:]], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith(f"wrote {out / 'ellipsoids.vtk'}: 100 Gaussians (world frame)"), run
+    expected = ellipsoids.save_ellipsoids(tmp_path / "expected.vtk", load_ply(out / "gaussians.ply")[0])
+    mesh, reference = read_vtk_polydata(out / "ellipsoids.vtk"), read_vtk_polydata(expected)
+    assert mesh["title"] == reference["title"] and len(mesh["points"]) == 100 * 162
+    np.testing.assert_array_equal(mesh["points"], reference["points"])
+    np.testing.assert_array_equal(np.array(mesh["polygons"]), np.array(reference["polygons"]))
+    np.testing.assert_array_equal(mesh["scalars"]["intensity"], reference["scalars"]["intensity"])
+    assert (out / "ellipsoids.vtk").read_bytes() == expected.read_bytes()
+
+
 def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     """With --init medgmae the sparse start grows until density control ends (densify_until): when it stopped
     below its budget the note says so and asks for more iterations, not a larger --num-gaussians."""

@@ -293,3 +293,58 @@ def test_the_ellipsoids_draw_the_ply_gaussians_in_the_same_world_frame(tmp_path,
     index = (points.mean(1) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T  # world -> the scan's voxels
     beyond = (index - np.clip(index, -0.5, np.array(scan.shape) - 0.5)) @ affine[:3, :3].T  # past the grid's faces, mm
     assert np.linalg.norm(beyond, axis=1).max() <= 1.0 + 1e-3  # within half a voxel of the model's 2 mm grid
+
+
+def test_above_the_mesh_limit_no_ellipsoids_are_written_and_one_line_gives_the_command(tmp_path, monkeypatch, caplog):
+    """With more Gaussians than ``MESH_LIMIT`` (patched to 11, for 12 Gaussians) inference writes no
+    ``<name>_ellipsoids.vtk``, removes the one an earlier run left there, returns and logs only the files it wrote,
+    and says so in one line whose command (paths quoted: the folder's name has a space), run, writes the same file as
+    ``save_ellipsoids`` of the Gaussians read back from the ``.ply`` (read by the independent VTK reader, and byte for
+    byte); at the limit (12) the mesh is written."""
+    import shlex
+
+    import nibabel as nib
+
+    from ellipsoid_helpers import read_vtk_polydata
+    from medgmae import ellipsoids
+    from medgmae.ellipsoids_cli import main
+    from medgmae.mae_training.inference import GaussianInference
+    from medgmae.ply import load_ply
+    from medgmae.zeroshot import ZeroShotResult
+
+    rng = np.random.default_rng(8)
+    g = Gaussians3D(*(torch.tensor(a, dtype=torch.float32)[None] for a in (
+        rng.uniform(-20, 20, (12, 3)), rng.uniform(0.3, 3.0, (12, 3)), rng.normal(size=(12, 4)), rng.uniform(0.1, 0.9, 12))))  # fmt: skip
+    scan, affine = np.zeros((6, 7, 5), np.float32), _oblique_anisotropic_affine()
+    nib.save(nib.Nifti1Image(scan, affine), str(tmp_path / "case.nii.gz"))
+    res = ZeroShotResult(g, g, scan.shape, affine, PreprocessingSpec(), np.eye(4)[None])
+    out = tmp_path / "my runs"
+    inference = GaussianInference(tmp_path / "model.pt", tmp_path / "case.nii.gz", out, device="cpu")
+    stale = out / "case_ellipsoids.vtk"
+    out.mkdir()
+    stale.write_bytes(b"an earlier run's ellipsoids")
+    monkeypatch.setattr(ellipsoids, "MESH_LIMIT", 11)
+    with caplog.at_level("INFO", logger="medgmae.mae_training"):
+        paths = inference._write(scan, affine, res, scan, 3.0)
+    assert sorted(paths) == ["nifti", "ply", "png"] and all(p.is_file() for p in paths.values()) and not stale.exists()
+    lines = [r.getMessage() for r in caplog.records]
+    said = [line for line in lines if "ellipsoids" in line]
+    assert len(said) == 1 and said[0].startswith("case_ellipsoids.vtk not written: 12 Gaussians, more than the 11 "), lines
+    assert any(line.startswith("12 Gaussians; wrote ") for line in lines)
+    command = shlex.split(said[0].split("write it with: ", 1)[1])
+    assert command[0] == "medgmae-ellipsoids" and command[1:] == [str(paths["ply"]), "--out", str(stale)]
+    assert main(command[1:]) == 0
+    expected = ellipsoids.save_ellipsoids(tmp_path / "expected.vtk", load_ply(paths["ply"])[0])
+    mesh, reference = read_vtk_polydata(stale), read_vtk_polydata(expected)
+    assert mesh["title"] == reference["title"] and len(mesh["points"]) == 12 * 162  # 12 Gaussians: level 2
+    np.testing.assert_array_equal(mesh["points"], reference["points"])
+    np.testing.assert_array_equal(np.array(mesh["polygons"]), np.array(reference["polygons"]))
+    np.testing.assert_array_equal(mesh["scalars"]["intensity"], reference["scalars"]["intensity"])
+    assert stale.read_bytes() == expected.read_bytes()
+    monkeypatch.setattr(ellipsoids, "MESH_LIMIT", 12)
+    caplog.clear()
+    stale.unlink()
+    with caplog.at_level("INFO", logger="medgmae.mae_training"):
+        paths = inference._write(scan, affine, res, scan, 3.0)
+    assert paths["mesh"] == stale and stale.read_bytes() == expected.read_bytes()
+    assert "not written" not in caplog.text and str(stale) in caplog.text

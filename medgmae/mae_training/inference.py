@@ -159,11 +159,12 @@ class GaussianInference:
         return fitted_name(volume_stem(self.image_path), limit=NAME_BYTES - len("_rendered.nii.gz"))
 
     def run(self) -> dict[str, Path]:
-        """Run and write ``<name>_gaussians.ply``, ``<name>_ellipsoids.vtk`` (:mod:`medgmae.ellipsoids`),
-        ``<name>_rendered.nii.gz`` and ``<name>_slices.png``.
+        """Run and write ``<name>_gaussians.ply``, ``<name>_ellipsoids.vtk`` (:mod:`medgmae.ellipsoids`; only up to
+        :data:`~medgmae.ellipsoids.MESH_LIMIT` Gaussians: above it an earlier run's is removed and a log line gives
+        the command that writes it), ``<name>_rendered.nii.gz`` and ``<name>_slices.png``.
 
         Returns:
-            The written paths by kind (``ply``, ``mesh``, ``nifti``, ``png``).
+            The written paths by kind (``ply``, ``mesh`` where it was written, ``nifti``, ``png``).
         """
         volume = _read_scan(self.image_path)  # input errors first, before the model is loaded
         if flat := single_slice_problem(self.image_path, volume.array.shape):  # its Gaussians would all fall outside
@@ -184,7 +185,7 @@ class GaussianInference:
         return self._write(volume.array, volume.affine, res, rendered, model.cutoff)
 
     def _write(self, scan: np.ndarray, affine: np.ndarray, res: ZeroShotResult, rendered: np.ndarray, cutoff: float) -> dict[str, Path]:
-        from medgmae.ellipsoids import save_ellipsoids
+        from medgmae.ellipsoids import over_mesh_limit, save_ellipsoids, skipped_mesh_message
         from medgmae.ply import save_ply
 
         stem, out = self._stem(), self.output_dir
@@ -200,7 +201,12 @@ class GaussianInference:
                  f"grey window [{a0:.4g}, {a1:.4g}] HU")  # fmt: skip
         slices_png(views, paths["png"], spacing, ("input", "rendering"), title)
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine, cutoff=cutoff)
-        save_ellipsoids(paths["mesh"], res.world)  # the same world Gaussians, drawn: 3D Slicer does not draw the .ply
+        if over_mesh_limit(res.world.num_gaussians):
+            mesh = paths.pop("mesh")
+            mesh.unlink(missing_ok=True)  # an earlier run's would pass for this run's Gaussians
+            logger.info("%s", skipped_mesh_message(res.world.num_gaussians, paths["ply"], mesh))
+        else:
+            save_ellipsoids(paths["mesh"], res.world)  # the same world Gaussians, drawn: Slicer does not draw the .ply
         logger.info("%d Gaussians; wrote %s", res.world.num_gaussians, ", ".join(str(p) for p in paths.values()))
         return paths
 

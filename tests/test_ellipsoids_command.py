@@ -1,0 +1,166 @@
+"""``medgmae-ellipsoids``: a toolkit ``.ply`` drawn as the ellipsoid mesh 3D Slicer loads, where its file goes by
+default, a voxel-frame file mapped by its header's affine, and the refusals (one line naming the file, status 2,
+nothing written)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medgmae.ellipsoids_cli import main
+from medgmae.gaussians import Gaussians3D
+from medgmae.ply import load_ply, save_ply
+
+from ellipsoid_helpers import covariance, mahalanobis, per_gaussian, read_vtk_polydata, signed_volume
+
+HALF_MAXIMUM = float(np.sqrt(2.0 * np.log(2.0)))
+
+
+def _gaussians(count: int = 7, seed: int = 0) -> Gaussians3D:
+    rng = np.random.default_rng(seed)
+    arrays = (rng.uniform(-30, 30, (count, 3)), rng.uniform(0.5, 4.0, (count, 3)), rng.normal(size=(count, 4)),
+              rng.uniform(0.05, 0.95, count))  # fmt: skip
+    return Gaussians3D(*(torch.tensor(a, dtype=torch.float32)[None] for a in arrays))
+
+
+def _refused(capsys, argv: list[str], *words: str) -> str:
+    """``main(argv)`` returns 2 with one error line holding ``words`` (no traceback); returns that line."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("medgmae-ellipsoids: error: ") and "\n" not in err, err
+    assert all(w in err for w in words), (words, err)
+    return err
+
+
+def test_help_names_the_command_its_input_and_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0 and text.startswith("usage: medgmae-ellipsoids ")
+    assert all(w in text for w in ("GAUSSIANS.ply", "--out FILE.vtk", "--radius R", "--level L", "--force", "world"))
+
+
+@pytest.mark.parametrize("name, written", [("gaussians.ply", "ellipsoids.vtk"), ("ct_gaussians.ply", "ct_ellipsoids.vtk"),
+                                           ("scene.ply", "scene_ellipsoids.vtk")])  # fmt: skip
+def test_a_world_file_is_drawn_as_it_is_beside_the_input(tmp_path, capsys, name, written):
+    """A world-frame file's mesh: ``save_ellipsoids`` of the Gaussians it holds, byte for byte, under the runs' names
+    (``gaussians.ply`` -> ``ellipsoids.vtk``, ``<name>_gaussians.ply`` -> ``<name>_ellipsoids.vtk``), else
+    ``<stem>_ellipsoids.vtk``; its vertices at the half maximum of the .ply's Gaussians (SciPy's covariances)."""
+    from medgmae.ellipsoids import save_ellipsoids
+
+    g = _gaussians()
+    ply = save_ply(tmp_path / name, g, frame="world", shape=(9, 9, 9), affine=np.diag([2.0, 2.0, 3.0, 1.0]))
+    assert main([str(ply)]) == 0
+    out = tmp_path / written
+    assert capsys.readouterr().out.startswith(f"wrote {out}: 7 Gaussians (world frame) as ellipsoids of 162 points")
+    assert out.read_bytes() == save_ellipsoids(tmp_path / "expected.vtk", load_ply(ply)[0]).read_bytes()
+    points, _, _ = per_gaussian(read_vtk_polydata(out), 7)
+    means, scales, quats, _ = (t[0].double().numpy() for t in g.tensors())
+    for i in range(7):
+        np.testing.assert_allclose(mahalanobis(points[i], means[i], covariance(scales[i], quats[i])), HALF_MAXIMUM, rtol=1e-4)
+
+
+def test_radius_and_level_are_those_asked_for(tmp_path):
+    g = _gaussians(3)
+    ply = save_ply(tmp_path / "g.ply", g, frame="world")
+    assert main([str(ply), "--out", str(tmp_path / "a.vtk"), "--radius", "2", "--level", "1"]) == 0
+    points, _, triangles = per_gaussian(read_vtk_polydata(tmp_path / "a.vtk"), 3)
+    assert points.shape == (3, 42, 3) and triangles.shape == (3, 80, 3)
+    means, scales, quats, _ = (t[0].double().numpy() for t in g.tensors())
+    np.testing.assert_allclose(mahalanobis(points[2], means[2], covariance(scales[2], quats[2])), 2.0, rtol=1e-4)
+
+
+def test_a_voxel_file_is_mapped_by_its_headers_affine(tmp_path, capsys):
+    """A voxel-frame file with the voxel-to-world affine in its header (oblique, anisotropic, mirrored: determinant
+    below 0): each ellipsoid centred on ``A x + t`` of its voxel centre, every vertex at the half maximum under
+    ``M Sigma M^T`` (built here with SciPy), each ellipsoid's triangles still turning outward."""
+    from scipy.spatial.transform import Rotation
+
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [25.0, -10.0, 40.0], degrees=True).as_matrix() @ np.diag([-0.8, 1.2, 2.5])
+    affine[:3, 3] = [12.0, -40.0, 7.0]
+    g = _gaussians(5, seed=3)
+    ply = save_ply(tmp_path / "v.ply", g, frame="voxel", shape=(20, 20, 20), affine=affine)
+    assert main([str(ply)]) == 0
+    assert "(voxel frame mapped to world mm by the header's affine)" in capsys.readouterr().out
+    points, _, triangles = per_gaussian(read_vtk_polydata(tmp_path / "v_ellipsoids.vtk"), 5)
+    means, scales, quats, _ = (t[0].double().numpy() for t in g.tensors())
+    m, t = affine[:3, :3], affine[:3, 3]
+    for i in range(5):
+        centre, cov = m @ means[i] + t, m @ covariance(scales[i], quats[i]) @ m.T
+        np.testing.assert_allclose(points[i].mean(0), centre, atol=1e-3)
+        np.testing.assert_allclose(mahalanobis(points[i], centre, cov), HALF_MAXIMUM, rtol=1e-3)
+        assert signed_volume(points[i] - centre, triangles[i]) > 0
+
+
+def test_frames_3d_slicer_cannot_place_are_refused(tmp_path, capsys):
+    g = _gaussians(2)
+    voxel = save_ply(tmp_path / "voxel.ply", g, frame="voxel")
+    _refused(capsys, [str(voxel)], str(voxel), "voxel coordinates", "no voxel-to-world affine", "world millimetres")
+    normalised = save_ply(tmp_path / "n.ply", g, frame="normalized", shape=(8, 8, 8), affine=np.eye(4))
+    _refused(capsys, [str(normalised)], str(normalised), "frame 'normalized'", "world millimetres")
+    bad = np.eye(4)
+    bad[3] = [0.0, 0.0, 1.0, 1.0]
+    projective = save_ply(tmp_path / "p.ply", g, frame="voxel", affine=bad)
+    _refused(capsys, [str(projective)], str(projective), "not a finite voxel-to-world affine")
+    singular = save_ply(tmp_path / "s.ply", g, frame="voxel", affine=np.diag([1.0, 0.0, 1.0, 1.0]))
+    _refused(capsys, [str(singular)], str(singular), "cannot map its voxel coordinates")
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".ply"] * 4  # nothing written
+
+
+def test_inputs_that_are_no_ply_of_gaussians_are_refused(tmp_path, capsys):
+    _refused(capsys, [str(tmp_path / "none.ply")], f"{tmp_path / 'none.ply'}: no such file")
+    _refused(capsys, [str(tmp_path)], f"{tmp_path} is a folder")
+    (tmp_path / "text.ply").write_text("not a ply")
+    _refused(capsys, [str(tmp_path / "text.ply")], str(tmp_path / "text.ply"), "not a PLY file")
+    (tmp_path / "cut.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement\nend_header\n")
+    _refused(capsys, [str(tmp_path / "cut.ply")], str(tmp_path / "cut.ply"), "not a PLY file")
+    short = save_ply(tmp_path / "short.ply", _gaussians(4), frame="world")
+    short.write_bytes(short.read_bytes()[:-10])
+    _refused(capsys, [str(short)], str(short), "truncated")
+    flat = save_ply(tmp_path / "flat.ply", _gaussians(4), frame="world")
+    raw = bytearray(flat.read_bytes())
+    start = raw.index(b"end_header\n") + len(b"end_header\n")
+    record = np.frombuffer(raw, np.dtype([(n, "<f4") for n in _ply_fields(raw)]), 4, start).copy()
+    record["sigma_0"][1] = 0.0  # a Gaussian flat along one axis: no ellipsoid to draw
+    raw[start:] = record.tobytes()
+    flat.write_bytes(bytes(raw))
+    _refused(capsys, [str(flat)], str(flat), "scales must be positive")
+    assert not list(tmp_path.glob("*.vtk"))
+
+
+def _ply_fields(raw: bytes) -> list[str]:
+    """The vertex property names of a PLY header."""
+    header = raw[: raw.index(b"end_header")].decode("ascii")
+    return [line.split()[-1] for line in header.splitlines() if line.startswith("property")]
+
+
+def test_outputs_it_cannot_or_should_not_write_are_refused(tmp_path, capsys):
+    ply = save_ply(tmp_path / "gaussians.ply", _gaussians(3), frame="world")
+    _refused(capsys, [str(ply), "--out", str(tmp_path / "mesh.ply")], "--out", "mesh.ply", ".vtk")
+    (tmp_path / "folder.vtk").mkdir()
+    _refused(capsys, [str(ply), "--out", str(tmp_path / "folder.vtk")], str(tmp_path / "folder.vtk"), "is a folder")
+    (tmp_path / "file").write_text("")
+    _refused(capsys, [str(ply), "--out", str(tmp_path / "file" / "m.vtk")], f"{tmp_path / 'file'} is a file")
+    old = tmp_path / "ellipsoids.vtk"
+    old.write_bytes(b"kept")
+    _refused(capsys, [str(ply)], f"{old} exists", "--force")
+    assert old.read_bytes() == b"kept"
+    assert main([str(ply), "--force"]) == 0 and read_vtk_polydata(old)["points"].shape == (3 * 162, 3)
+    ply_named_vtk = save_ply(tmp_path / "g.vtk", _gaussians(3), frame="world")
+    _refused(capsys, [str(ply_named_vtk), "--out", str(ply_named_vtk), "--force"], "is the input itself")
+    assert load_ply(ply_named_vtk)[0].num_gaussians == 3
+
+
+@pytest.mark.parametrize("flags, words", [(["--radius", "0"], "--radius: expected a positive number"),
+                                          (["--radius", "nan"], "--radius: expected a positive number"),
+                                          (["--level", "7"], "--level: expected a whole number from 0 to 6"),
+                                          (["--level", "-1"], "--level: expected a whole number from 0 to 6"),
+                                          (["--level", "1.5"], "--level: expected a whole number from 0 to 6")])  # fmt: skip
+def test_bad_radius_or_level_is_a_usage_error(tmp_path, capsys, flags, words):
+    with pytest.raises(SystemExit) as done:
+        main([str(tmp_path / "g.ply"), *flags])
+    assert done.value.code == 2 and words in capsys.readouterr().err
