@@ -6,7 +6,8 @@ naming each one that differs (the handler restores such records before any weigh
 named rather than a tensor shape; a setting that changes no shape would otherwise resume silently).
 :class:`CasesRecord` does the same for the training data: other files, or files whose size changed, at an equal
 number of cases (which the epoch-length check cannot see); and for the validation data, on which the best model is
-chosen.
+chosen. A checkpoint written before its run recorded one of these, or its
+:class:`~medgmae.engine.start_record.StartRecord` (which compares nothing), still resumes (:func:`restorable`).
 """
 
 from __future__ import annotations
