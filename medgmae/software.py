@@ -4,7 +4,8 @@ Python's, the numerical libraries', the CUDA and cuDNN torch was built with, and
 The results records of the training runs (pre-training's ``summary.json``, fine-tuning's ``training_cases.json``
 and ``metrics.json``, the 2D bundles' ``summary.json`` / ``metrics.json``) and of ``medgmae-recon`` (``reconstruct``'s
 ``metrics.json``, ``simulate.json``, ``select --json``'s file) and ``medgmae-2d``'s ``<command>.json`` carry :func:`software_versions` under ``"software"``, so that a results folder
-says what made it: a fixed seed reproduces a run bit for bit only with the same software and device, and on the CPU
+says what made it (a resumed training run's records: the software it started with, and each resume's under
+``"resumes"``, :mod:`medgmae.engine.start_record`): a fixed seed reproduces a run bit for bit only with the same software and device, and on the CPU
 the same torch thread count (``torch_threads``); the data loader workers do not matter
 (:class:`~medgmae.engine.seeded_loader.SeededDataLoader`).
 

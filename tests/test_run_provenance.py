@@ -85,8 +85,10 @@ def test_the_run_record_names_the_loader_workers_and_the_software(tmp_path):
     assert [r["num_workers"] for r in resumed["resumes"]] == [0]  # what the resume ran with, beside the start's
     assert resumed["resumes"][0]["software"]["packages"]["torch"] == torch.__version__
     write_run_record(tmp_path / "run", resumed)
+    (tmp_path / "run" / "checkpoint_epoch=4.pt").write_bytes(b"")  # the newest, which the next resume continues
     again = start_record(case_record(0.5, 0, 2, []), "", 9, resumed=tmp_path / "run", num_workers=2)
     assert [r["num_workers"] for r in again["resumes"]] == [0, 2] and again["num_workers"] == 3
+    assert [r["epoch"] for r in again["resumes"]] == [1, 4]  # the epoch each resume continued from
     with pytest.raises(ValueError, match="num_workers must be a whole number"):
         start_record(case_record(0.5, 0, 2, []), "", 4, num_workers=-1)
 

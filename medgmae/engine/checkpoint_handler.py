@@ -34,6 +34,7 @@ from medgmae.engine.resume import (
 from medgmae.engine.restore import records_first, restore_scaler, restore_states, scaler_state
 from medgmae.engine.random_state import RandomStateTracker
 from medgmae.engine.records import restorable
+from medgmae.engine.start_record import note_resume
 from medgmae.engine.step_guards import diverged_error, non_finite_weights
 from medgmae.files import os_error_message, remove_interrupted_writes
 from medgmae.torch_files import save_torch_atomic
@@ -360,6 +361,7 @@ class CheckpointHandler:
         check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok, saved=ckpt["engine"])
         restore, saved = restorable(path, self.objects, ckpt.get("objects", {}))
         restore_states(path, records_first(restore), saved)
+        note_resume(restore, epoch)  # a StartRecord adds this session to the run's resumes
         restore_scaler(path, engine, ckpt)
         inexact_resume_notes(path, saved_loader, current_loader)
         ranks = ckpt.get("random_state_ranks")

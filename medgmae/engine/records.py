@@ -6,7 +6,8 @@ naming each one that differs (the handler restores such records before any weigh
 named rather than a tensor shape; a setting that changes no shape would otherwise resume silently).
 :class:`CasesRecord` does the same for the training data: other files, or files whose size changed, at an equal
 number of cases (which the epoch-length check cannot see); and for the validation data, on which the best model is
-chosen.
+chosen. A checkpoint written before its run recorded one of these, or its
+:class:`~medgmae.engine.start_record.StartRecord` (which compares nothing), still resumes (:func:`restorable`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.distributed import is_main_process
 from medgmae.engine.restore import ResumeRefused
+from medgmae.engine.start_record import StartRecord
 from medgmae.words import plural
 from medgmae.settings_diff import settings_differences
 
@@ -223,7 +225,9 @@ def resume_flags(flags: Mapping[str, Any], diff: Sequence[str], saved: Mapping) 
 def unrecorded_states(records: Mapping[str, Any]) -> dict[str, dict]:
     """The saved state that stands for each of ``records`` a checkpoint lacks (written before its run recorded
     them): ``{}`` for a :class:`SettingsRecord` with :attr:`~SettingsRecord.saved_defaults`, so that a setting
-    whose earlier behaviour is known is still compared; none for the others (not compared).
+    whose earlier behaviour is known is still compared, and for a
+    :class:`~medgmae.engine.start_record.StartRecord` (the run's start is then unknown); none for the others (not
+    compared).
 
     Args:
         records: name -> the records the checkpoint holds no state of.
@@ -231,7 +235,8 @@ def unrecorded_states(records: Mapping[str, Any]) -> dict[str, dict]:
     Returns:
         ``{name: {}}``.
     """
-    return {name: {} for name, record in records.items() if isinstance(record, SettingsRecord) and record.saved_defaults}
+    return {name: {} for name, record in records.items()
+            if isinstance(record, StartRecord) or isinstance(record, SettingsRecord) and record.saved_defaults}  # fmt: skip
 
 
 def restorable(path: Path, objects: Mapping[str, Any], saved: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -252,9 +257,10 @@ def restorable(path: Path, objects: Mapping[str, Any], saved: Mapping[str, Any])
     if missing - unrecorded:
         raise ResumeRefused(f"checkpoint {path} lacks state for {sorted(missing)}: it was written by another kind of run")
     stand_ins = unrecorded_states({name: objects[name] for name in unrecorded})
-    if unrecorded:
+    compared = {name for name in unrecorded if not isinstance(objects[name], StartRecord)}  # a start compares nothing
+    if compared:
         logger.warning("checkpoint %s was written before its run recorded %s: resuming without comparing them%s", path,
-                       sorted(unrecorded), " (but for settings whose earlier values are known)" * bool(stand_ins))  # fmt: skip
+                       sorted(compared), " (but for settings whose earlier values are known)" * bool(set(stand_ins) & compared))  # fmt: skip
     restore = {k: v for k, v in objects.items() if k not in unrecorded or k in stand_ins}
     return restore, {**saved, **stand_ins}
 
@@ -349,5 +355,5 @@ def _generated_only(case: str) -> bool:
 
 
 #: The record types a checkpoint may lack when it was written before its run recorded them (resumed with a
-#: warning instead of refused).
-RECORDS = (SettingsRecord, CasesRecord)
+#: warning instead of refused; a start record without one: its start is unknown).
+RECORDS = (SettingsRecord, CasesRecord, StartRecord)

@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 
 from medgmae.data.datalist import DatasetError
 from medgmae.data.sources import phantom_dataset
-from medgmae.engine.resume import latest_checkpoint, phantom_resume_differences
+from medgmae.engine.resume import epoch_checkpoints, latest_checkpoint, phantom_resume_differences
+from medgmae.engine.start_record import resume_entry
 from medgmae.files import read_json, save_json_atomic
 from medgmae.data.fingerprint import file_sha256
 from medgmae.distributed import is_main_process
@@ -98,10 +99,13 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
     (:func:`pretrained_record`), ``preprocessing`` where given (``medgmae-runs-table`` reads it, also for a run not
     validated yet) and ``software`` (:func:`medgmae.software.software_versions` of ``device``). A resume keeps those
     its run recorded, or none where it recorded none: it continues from the checkpoint's weights and random state,
-    whatever its own ``--seed`` and ``--pretrained`` say, and appends its own ``num_workers`` and ``software`` to
-    ``resumes`` (a run resumed with other software is then no longer the fresh start's alone; each
-    validation's ``metrics.json`` names the software that wrote it); a record that is there but does not read is
-    refused (``DatasetError``), not taken for one that recorded none.
+    whatever its own ``--seed`` and ``--pretrained`` say, and appends to ``resumes`` the entry every training bundle
+    records of a resume (:func:`medgmae.engine.start_record.resume_entry`: the epoch of the checkpoint it resumed
+    from, its own ``num_workers`` and ``software``; a run resumed with other software is then no longer the fresh
+    start's alone; each validation's ``metrics.json`` names the software that wrote it); a record that is there but
+    does not read is refused (``DatasetError``), not taken for one that recorded none. The start is kept in this
+    file, not in the checkpoints' :class:`~medgmae.engine.start_record.StartRecord` as the other bundles keep it:
+    the file is written before training, and evaluation and ``medgmae-runs-table`` read it.
 
     Args:
         record: the run's cases (:func:`case_record`).
@@ -122,15 +126,17 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
         raise ValueError(f"num_workers must be a whole number >= 0 or None, got {num_workers!r}")
     from medgmae.software import software_versions
 
-    ran = {**({} if num_workers is None else {"num_workers": num_workers}), "software": software_versions(device)}
-    if resumed is None or latest_checkpoint(resumed) is None:  # a fresh start: the encoder is read only here
+    ran_with = software_versions(device)
+    checkpoints = epoch_checkpoints(resumed) if resumed is not None else []
+    if not checkpoints:  # a fresh start: the encoder is read only here
         spec = {} if preprocessing is None else {"preprocessing": preprocessing.to_dict()}
         return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained), **spec,
-                **ran}  # fmt: skip
+                **({} if num_workers is None else {"num_workers": num_workers}), "software": ran_with}  # fmt: skip
     earlier = read_run_record(resumed, RESUME_AFRESH) or {}  # a run recorded before these keys existed keeps none
     kept = ("training_seed", "num_workers", "pretrained", "preprocessing", "software")
     resumes = earlier.get("resumes") if isinstance(earlier.get("resumes"), list) else []
-    return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}, "resumes": [*resumes, ran]}
+    entry = resume_entry(checkpoints[0][0], num_workers, ran_with)  # the newest epoch checkpoint's, resumed from
+    return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}, "resumes": [*resumes, entry]}
 
 
 def read_run_record(output_dir: str | Path, way_forward: str = EXPLICIT_DATA) -> dict | None:

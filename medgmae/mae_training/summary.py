@@ -5,8 +5,10 @@ training and validation loss, validation SSIM per epoch; also in TensorBoard as 
 validation PSNR and its epoch, where ``model.pt``, ``encoder.pt``, ``best_model.pt`` (when a validation has written
 it: a run whose best epoch's file was lost claims none until one is written again), the pictures and the
 TensorBoard log are, and the commands that use them (fine-tuning, zero-shot inference, reconstruction
-initialisation), and saves the same as ``summary.json``, with the run's settings and the software it ran on
-(``software``: :func:`medgmae.software.software_versions`).
+initialisation), and saves the same as ``summary.json``, with the settings and the software the run started with
+(``software``: :func:`medgmae.software.software_versions`) and, after a resume, each resume's epoch, loader
+workers, software and changed settings (``resumes``), from the run's
+:class:`~medgmae.engine.start_record.StartRecord`, which its checkpoints keep.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from medgmae.files import absolute_path, bundle_config, save_json_atomic
 from medgmae.engine.figures import add_image, line_plot, save_png
 from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE
 from medgmae.mae_training.validation import BEST_MODEL_FILE
-from medgmae.software import software_versions
+from medgmae.engine.start_record import StartRecord
 
 __all__ = ["PretrainSummary", "curves_figure", "finetune_dir", "next_commands"]
 
@@ -165,7 +167,10 @@ class PretrainSummary:
         settings: the run's settings, recorded in ``summary.json`` so that runs can be compared from their
             folders (e.g. the model's config, its pre-processing and the training settings: the seed, which with
             the software and the device decides the weights, and the data loader's ``num_workers``); ``None``: not
-            recorded.
+            recorded. Used where no ``record`` is given (a run that is not resumed).
+        record: the run's :class:`~medgmae.engine.start_record.StartRecord` among its checkpoints' objects, made
+            with its settings (the bundles'): ``summary.json`` then names the start's settings and software and the
+            resumes (:meth:`~medgmae.engine.start_record.StartRecord.summary`).
     """
 
     def __init__(
@@ -179,10 +184,14 @@ class PretrainSummary:
         pretrained_on: str = "",
         data_dir: str = "",
         settings: Mapping | None = None,
+        record: StartRecord | None = None,
     ) -> None:
         # absolute paths: summary.json is read later, from other folders than the one the run was started in
         self.out, self.history, self.model_kind = absolute_path(output_dir), history, str(model_kind)
         self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
+        if record is not None and not isinstance(record, StartRecord):
+            raise ValueError(f"record must be a StartRecord or None, got {type(record).__name__}")
+        self.record = record
         self.data_dir = _absolute_or_empty(data_dir)
         self.example_image = _absolute_or_empty(example_image)
         self.tensorboard_dir = absolute_path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
@@ -209,9 +218,13 @@ class PretrainSummary:
             "files": {**files, "pictures": str(out / "pictures"), "curves": str(out / CURVES_FILE),
                       "tensorboard": str(self.tensorboard_dir)},  # fmt: skip
             "next": self.commands(),
-            **({"settings": self.settings} if self.settings is not None else {}),
-            "software": software_versions(getattr(engine.state, "device", None)),  # MONAI's workflows keep it there
+            **self._start_record(engine).summary(),
         }
+
+    def _start_record(self, engine: Engine) -> StartRecord:
+        """The run's start record: the one given, or this session's (``settings``, the engine's device, which
+        MONAI's workflows keep in its state)."""
+        return self.record or StartRecord(self.settings, device=getattr(engine.state, "device", None))
 
     def commands(self) -> dict[str, str]:
         """The follow-up commands printed at the end (subclasses for other bundles override this)."""

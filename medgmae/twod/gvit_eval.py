@@ -7,8 +7,10 @@
   ``predicted_classes`` (how many classes were predicted; one, with several present, is warned about),
   ``explanations`` (how many PNGs), and the ``split`` and ``data`` settings evaluated and the model's ``training``
   settings (epochs, optimiser, loss, guidance) when the caller gives them (a training run's ``data`` holds its
-  ``seed`` and its data loader's ``num_workers``), and the ``software`` it ran with
-  (:func:`medgmae.software.software_versions`);
+  ``seed`` and its start's data loader ``num_workers``), and the ``software`` it ran with
+  (:func:`medgmae.software.software_versions`), or the one its caller's record names (a training run's: the
+  software its run started with, beside the ``resumes`` of a resumed run,
+  :class:`~medgmae.engine.start_record.StartRecord`);
 * ``confusion_matrix.png``;
 * ``explanations/<n>_<source>_<true>_pred-<predicted>.png`` (``<source>``: the image file's name without its
   endings, after its folders below its class folder, ``p1-IM0001``; absent for images without a file; a name over
@@ -115,7 +117,7 @@ def evaluate_gvit(
     ``num_explanations`` explanation PNGs are written for the first images of ``loader`` (all of them when < 0)
     into a staging folder whose PNGs then replace those of ``output_dir/explanations`` (earlier ones that this
     evaluation did not write are removed; see :func:`medgmae.files.staged_outputs`). ``record`` (e.g. ``{"split": "val",
-    "data": {...}}``) is added to the metrics.
+    "data": {...}}``) is added to the metrics, and ``software`` is this evaluation's where ``record`` names none.
 
     Returns:
         The metrics dictionary written to ``output_dir/metrics.json``.
@@ -136,7 +138,7 @@ def evaluate_gvit(
     save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names, output_dir / "confusion_matrix.png")
     metrics["explanations"] = written
     metrics.update(dict(record or {}))
-    metrics["software"] = software_versions(device)
+    metrics.setdefault("software", software_versions(device))  # a training run's record names its start's
     save_json_atomic(metrics, output_dir / "metrics.json")
     return metrics
 

@@ -55,6 +55,8 @@ class PhaseContext:
         checkpoint_dir: the phase's checkpoint folder (None: no checkpoints).
         settings: the run's model and data settings, checked on resume (None: not checked).
         cases: the training items (``{"image": path, "label": int}``), checked on resume (None: not checked).
+        run_record: the run's :class:`~medgmae.engine.start_record.StartRecord` (its start and resumes), one for
+            every phase (None: not recorded).
     """
 
     phase: str
@@ -64,13 +66,16 @@ class PhaseContext:
     checkpoint_dir: Path | None = None
     settings: Mapping | None = None
     cases: Sequence[Mapping] | None = None
+    run_record: Any = None
 
     @property
     def objects(self) -> dict:
-        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler`` and, with ``settings`` and
-        ``cases``, the records a resumed run must match (:func:`resume_records`)."""
+        """The phase's checkpointed objects: ``model``, ``optimizer``, ``lr_scheduler``, with ``settings`` and
+        ``cases`` the records a resumed run must match (:func:`resume_records`) and with ``run_record`` that record
+        (``"run"``)."""
         objects = {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler}
-        return {**objects, **resume_records(self.settings, self.cases)}
+        run = {} if self.run_record is None else {"run": self.run_record}
+        return {**objects, **resume_records(self.settings, self.cases), **run}
 
 
 def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) -> dict:

@@ -4,8 +4,9 @@
 ``confusion_matrix.png``, ``explanations/``), logs the accuracy, per-class accuracy and the confusion matrix as a
 text table, how the model was trained (guidance and loss, as ``model.pt`` records them), where the PNGs and
 ``model.pt`` are, and (after training) the evaluation command, and saves the same
-as ``summary.json`` beside ``metrics.json``. The ``gvit_classification`` bundle calls it after training and after
-evaluation.
+as ``summary.json`` beside ``metrics.json``, with the ``software`` ``metrics.json`` names (a training run's: the
+software it started with) and a resumed training run's ``resumes``. The ``gvit_classification`` bundle calls it
+after training and after evaluation.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def _summary_record(m: Mapping, results: Path, run: Path, explanations: list[Pat
         },
         "explanation_files": [str(p) for p in explanations],
         "training": m.get("training"),
-        "software": m.get("software"),  # the evaluation's, of this same run
+        "software": m.get("software"),  # the evaluation's; a training run's: its start's
+        **({"resumes": m["resumes"]} if "resumes" in m else {}),  # a resumed training run's
         "next": {"evaluate": evaluate_command(run)} if stage == "training" else {},
     }
 

@@ -15,7 +15,10 @@ Its handlers come from a list, the bundle's ``train#handlers``, of handlers and 
 checkpoints in one sub-folder per phase, so that ``resume`` skips finished phases and continues the interrupted one;
 the LR schedule; a progress bar and a loss line per epoch). The iteration fires MONAI's ``IterationEvents``,
 so ``GradientClipHandler`` clips between the backward pass and the step.
-:class:`GViTWorkflow` runs the phases in order, writes ``model.pt`` and evaluates (``metrics.json``).
+:class:`GViTWorkflow` runs the phases in order, writes ``model.pt`` and evaluates (``metrics.json``). Every phase's
+checkpoints also keep the run's :class:`~medgmae.engine.start_record.StartRecord`, so that ``metrics.json`` and
+``summary.json`` name the loader workers and software the run started with, and each resume (its phase, epoch,
+loader workers, software and the data or training settings it changed) however many phases later it came.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from medgmae.engine.earlier_run import EarlierRun
 from medgmae.engine.restore import refusal
 from medgmae.engine.resume import epoch_checkpoints
 from medgmae.engine.run_words import loader_items, plural
+from medgmae.engine.start_record import StartRecord
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma
 from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
@@ -75,6 +79,7 @@ def build_phase_trainer(
     handlers: Sequence[Any | Callable[[PhaseContext], Any]] | None = None,
     settings: Mapping | None = None,
     cases: Sequence[Mapping] | None = None,
+    run_record: StartRecord | None = None,
 ) -> SupervisedTrainer:
     """A MONAI trainer for one phase: AdamW (betas 0.9/0.95) on the phase's parameters, warm-up + cosine LR.
 
@@ -91,6 +96,7 @@ def build_phase_trainer(
             :class:`~medgmae.twod.gvit_step.GViTIteration`.
         checkpoint_dir: folder of this phase's checkpoints (none when None).
         settings, cases: what a resumed phase must share with its checkpoint (:class:`PhaseContext`).
+        run_record: the run's start and resumes, kept in the phase's checkpoints (:class:`PhaseContext`).
         handlers: handlers and handler factories (see the module doc); default :func:`default_phase_handlers`.
     """
     check_phase(phase)
@@ -102,7 +108,8 @@ def build_phase_trainer(
     opt = torch.optim.AdamW(decay_groups(phase_parameters(model, phase), weight_decay), lr=lr, betas=(0.9, 0.95))
     total = max(1, max_epochs * len(train_loader))
     sched = WarmupCosineSchedule(opt, warmup_steps=int(warmup_fraction * total), t_total=total, warmup_multiplier=0.1)
-    ctx = PhaseContext(phase, model, opt, sched, None if checkpoint_dir is None else Path(checkpoint_dir), settings, cases)
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+    ctx = PhaseContext(phase, model, opt, sched, folder, settings, cases, run_record)
     trainer = SupervisedTrainer(
         device=torch.device(device), max_epochs=max_epochs, train_data_loader=train_loader, network=model,
         optimizer=opt, loss_function=rec_loss or ReconstructionLoss(),
@@ -189,6 +196,7 @@ class GViTWorkflow:
         self.cases = None if cases is None else list(cases)
         self.seed = None if seed is None else nonnegative_count(seed, "seed")
         self.trainers: dict[str, SupervisedTrainer] = {}
+        self.run_record: StartRecord | None = None  # made as the run starts (run)
 
     def training_settings(self) -> dict:
         """How the model was trained (:func:`~medgmae.twod.gvit_settings.training_settings`), recorded in
@@ -208,10 +216,12 @@ class GViTWorkflow:
 
     def trainer(self, phase: str) -> SupervisedTrainer:
         """The (new) MONAI trainer of ``phase``."""
+        if self.run_record is not None:
+            self.run_record.stage = phase  # a resume from this phase's checkpoint names it
         self.trainers[phase] = build_phase_trainer(
             phase, self.model, self.train_loader, self.epochs[phase], self.device, rec_loss=self.rec_loss,
             checkpoint_dir=self.output_dir / "checkpoints" / phase,
-            settings=self.settings(phase), cases=self.cases, **self.kwargs,
+            settings=self.settings(phase), cases=self.cases, run_record=self.run_record, **self.kwargs,
         )  # fmt: skip
         return self.trainers[phase]
 
@@ -292,6 +302,10 @@ class GViTWorkflow:
         from medgmae.twod.gvit_eval import evaluate_gvit
 
         self.check_resume()
+        # the start's data and training settings, loader workers and software, kept in every phase's checkpoints
+        # with each resume's (its phase and epoch): metrics.json and summary.json name them
+        start = {"data": without_split_files(self.data_settings), "training": self.training_settings()}
+        self.run_record = StartRecord(start, getattr(self.train_loader, "num_workers", None), self.device)
         stale = self._stale_outputs()
         if stale is not None:
             later = any(self.epochs[p] > 0 for p in PHASES[PHASES.index(stale[0]) + 1 :])
@@ -315,9 +329,11 @@ class GViTWorkflow:
             logger.warning("no validation images (val_fraction 0, classes too small to hold one out, or a CSV without "
                            "val rows): the model is evaluated on its training images, an accuracy that overstates what "
                            "it does on new images")  # fmt: skip
-        # the data loader's workers beside the seed (recorded; the seed, the software and the device decide the run)
-        data = {**(without_split_files(self.data_settings) or {}), "num_workers": workers}
-        record = {"split": "val" if has_val else "train", "data": data, "training": training}
+        # the start's data loader workers beside the seed (recorded; the seed, the software and the device decide the
+        # run), its software and each resume's (run_record: the model's data and training are checked or named there)
+        data = {**(without_split_files(self.data_settings) or {}), "num_workers": self.run_record.start["num_workers"]}
+        ran = {k: v for k, v in self.run_record.summary().items() if k != "settings"}
+        record = {"split": "val" if has_val else "train", "data": data, "training": training, **ran}
         return evaluate_gvit(
             self.model, self.val_loader if has_val else self.train_loader, self.class_names, self.output_dir,
             device=self.device, num_explanations=self.num_explanations, render_backend=self.kwargs["render_backend"],
