@@ -20,6 +20,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from torch import Tensor
 
 from medgmae.checkpoint import ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
+from medgmae.input_scale import model_input_range
 from medgmae.networks.vit import (
     VIT_PRESETS, MaskedViTEncoder, check_model_input, freeze_unused_cross_attn_norms, quiet_monai_meshgrid,
 )
@@ -338,7 +339,9 @@ class MaskedAutoencoder(nn.Module):
         raise NotImplementedError
 
     def _check_input(self, x: Tensor) -> None:
-        check_model_input(x, self.in_channels, self.img_size, next(self.parameters()).dtype)
+        """:func:`check_model_input`, values off the scale of :attr:`preprocessing` warned of once."""
+        check_model_input(x, self.in_channels, self.img_size, next(self.parameters()).dtype, self,
+                          model_input_range(self.preprocessing))  # fmt: skip
 
     @staticmethod
     def _mask_ratio(value: float) -> float:
