@@ -14,6 +14,7 @@ Two coordinate frames are used:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medgmae.engine.devices import usable_device
 from medgmae.render import render_volume
 from medgmae.rotations import covariance_matrices, factorise_covariance, precision_matrices, quaternion_to_rotation_matrix
 from medgmae.whole_numbers import whole_sizes
@@ -128,6 +130,13 @@ class Gaussians3D:
         return self.means.shape[1]
 
     def to(self, *args, **kwargs) -> "Gaussians3D":
+        """The batch moved or cast as :meth:`torch.Tensor.to` moves each tensor, the device checked first
+        (:func:`~medgmae.engine.devices.usable_device`: CUDA on a machine without it is a ``ValueError`` saying so;
+        ``"auto"`` is taken)."""
+        if "device" in kwargs:
+            kwargs["device"] = usable_device(kwargs["device"])
+        elif args and isinstance(args[0], (str, int, torch.device)):
+            args = (usable_device(args[0]), *args[1:])
         return Gaussians3D(*(t.to(*args, **kwargs) for t in self.tensors()))
 
     def detach(self) -> "Gaussians3D":
@@ -137,9 +146,13 @@ class Gaussians3D:
         return self.means, self.scales, self.quats, self.intensities
 
     def __getitem__(self, index) -> "Gaussians3D":
-        """Select batch entries (``g[0:1]``) keeping the batch dimension for integer indices too."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        """Select batch entries (``g[0:1]``) keeping the batch dimension for integer indices too (a Python int or
+        NumPy integer, ``-1`` the last entry; one past either end is an ``IndexError``, as a list's)."""
+        if isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
+            i, b = int(index), self.batch_size
+            if not -b <= i < b:
+                raise IndexError(f"index {i} is out of range for a batch of {b}")
+            index = slice(i % b, i % b + 1)
         return Gaussians3D(*(t[index] for t in self.tensors()))
 
     @staticmethod

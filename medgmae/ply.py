@@ -24,8 +24,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from medgmae.engine.devices import usable_device
 from medgmae.files import atomic_write
 from medgmae.gaussians import Gaussians3D
+from medgmae.whole_numbers import positive_sizes
 
 __all__ = ["save_ply", "load_ply", "PlyMeta", "PLY_FRAMES"]
 
@@ -63,14 +65,19 @@ def save_ply(
         gaussians: a :class:`Gaussians3D` with ``B == 1``.
         frame: the coordinate frame of the centres (``"voxel"``, ``"normalized"`` or ``"world"``), recorded in the
             header.
-        shape: the volume shape the Gaussians belong to, recorded in the header.
+        shape: the volume shape the Gaussians belong to, three whole numbers >= 1, recorded in the header.
         affine: 4x4 voxel-to-world matrix, recorded in the header.
         cutoff: the Mahalanobis distance at which the rendering of the volume cut each Gaussian, recorded in the
             header (module docstring).
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: a batch of more than one, an unknown frame, non-finite values or scales not positive, a shape
+            that is not three positive whole numbers, an affine that is not 4x4, a cutoff that is not positive.
     """
+    shape = None if shape is None else positive_sizes(shape, 3, "shape (the volume's three sizes)", scalar=False)
     if gaussians.batch_size != 1:
         raise ValueError(f"save_ply writes one set of Gaussians: got batch size {gaussians.batch_size}; index it first")
     if frame not in PLY_FRAMES:
@@ -109,7 +116,7 @@ def _header(k: int, frame: str, shape: Sequence[int] | None, affine: np.ndarray 
     if frame == "world":
         header.append("comment SPACE=RAS")  # 3D Slicer's coordinate-system comment (see the module docstring)
     if shape is not None:
-        header.append("comment shape " + " ".join(str(int(v)) for v in shape))
+        header.append("comment shape " + " ".join(str(v) for v in shape))
     if affine is not None:
         a = np.asarray(affine, dtype=np.float64)
         if a.shape != (4, 4):
@@ -162,13 +169,19 @@ def load_ply(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
     Files from other tools need ``x, y, z, scale_0..2, rot_0..3``; the intensity comes from ``intensity`` when
     present, otherwise from the grey level of ``f_dc_0`` (``0.5 + C0 * f_dc_0``).
 
+    Args:
+        path: the file.
+        device: where the Gaussians are put (:func:`~medgmae.engine.devices.usable_device`: CUDA on a machine
+            without it is refused before the file is read).
+
     Returns:
         ``(gaussians, meta)`` with ``B == 1`` and :class:`PlyMeta` from the header comments.
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: not a binary little-endian PLY with the needed float properties.
+        ValueError: not a binary little-endian PLY with the needed float properties; a device that is not here.
     """
+    device = usable_device(device)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"PLY file not found: {path}")

@@ -127,9 +127,11 @@ def prepare_scan(volume: Tensor | np.ndarray, affine: np.ndarray, spec: Preproce
 
 
 def _check_scan_shape(shape: tuple[int, ...]) -> None:
-    """``ValueError`` naming ``volume`` unless ``shape`` is three non-zero sizes."""
+    """``ValueError`` naming ``volume`` unless ``shape`` is three non-zero sizes (a channel-first ``(1, I, J, K)``
+    volume, as MONAI's loaders give, is told to drop its channel)."""
     if len(shape) != 3 or 0 in shape:
-        raise ValueError(f"volume must be a 3D (I, J, K) scan with voxels, got shape {shape}")
+        fix = " (a channel-first (1, I, J, K) volume: give volume[0])" if len(shape) == 4 and shape[0] == 1 else ""
+        raise ValueError(f"volume must be a 3D (I, J, K) scan with voxels, got shape {shape}{fix}")
 
 
 def _window_affine(prepared_affine: np.ndarray, origin: Sequence[int]) -> np.ndarray:

@@ -84,6 +84,16 @@ def _check_volume(fbp_volume: Tensor | np.ndarray) -> Tensor:
     return fbp_volume.detach().float()
 
 
+def _warn_if_hu(volume: Tensor, start: str) -> None:
+    """Warn where ``fbp_volume`` looks like a CT in HU (:func:`~medgmae.volume_units.looks_like_hu`: below -100 or
+    above 10) though ``start`` (``"FBP start"``...) reads it as linear attenuation in 1/mm: the start would be off by
+    orders of magnitude (the command line refuses such an ``--fbp``)."""
+    if looks_like_hu(volume):
+        logger.warning("fbp_volume looks like a CT in HU (values %.4g .. %.4g), not linear attenuation in 1/mm (water "
+                       "0.0192): the %s reads it as attenuation; convert with mu = 0.0192 (1 + HU / 1000), clipped at 0",
+                       float(volume.min()), float(volume.max()), start)  # fmt: skip
+
+
 def calibrate_intensities(g: Gaussians3D, target: Tensor, cutoff: float = 3.0) -> Gaussians3D:
     """Scale intensities by the least-squares gain between the rendered Gaussians and ``target`` ``(D, H, W)``."""
     with torch.no_grad():
@@ -156,12 +166,14 @@ def random_init(fbp_volume: Tensor, num_gaussians: int, seed: int = 0, cutoff: f
     overall level is used).
 
     Args:
-        fbp_volume: ``(D, H, W)`` attenuation volume (for the intensity level).
+        fbp_volume: ``(D, H, W)`` attenuation volume (for the intensity level); one whose range is HU's is warned
+            about, as by :func:`fbp_init`.
         num_gaussians: K, a whole number >= 1.
         seed: random seed.
         cutoff: renderer cutoff used for the calibration.
     """
     vol = _check_volume(fbp_volume)
+    _warn_if_hu(vol, "random start")
     num_gaussians = positive_count(num_gaussians, "num_gaussians")
     gen = torch.Generator().manual_seed(seed)
     shape = torch.tensor(vol.shape, dtype=torch.float32)
@@ -187,7 +199,8 @@ def fbp_init(
     a 20-view scan with a floor of half a voxel). Intensities are the FBP values at the centres, then calibrated.
 
     Args:
-        fbp_volume: ``(D, H, W)`` attenuation volume.
+        fbp_volume: ``(D, H, W)`` attenuation volume (1/mm); one whose range is HU's (below -100 or above 10,
+            :func:`~medgmae.volume_units.looks_like_hu`) is warned about, as by :func:`medgmae_init`.
         num_gaussians: K, a whole number >= 1; a larger K than the candidate voxels (those above 5 % of the
             maximum, each holding at most one centre, as they are drawn without replacement) gives one Gaussian per
             candidate voxel.
@@ -196,9 +209,10 @@ def fbp_init(
         cutoff: renderer cutoff used for the calibration.
     """
     vol = _check_volume(fbp_volume)
+    v = vol.cpu()
+    _warn_if_hu(v, "FBP start")
     num_gaussians = positive_count(num_gaussians, "num_gaussians")
     gen = torch.Generator().manual_seed(seed)
-    v = vol.cpu()
     grads = torch.gradient(v)
     mag = torch.sqrt(sum(g * g for g in grads))
     weight = mag + uniform_fraction * mag.mean()
@@ -307,10 +321,7 @@ def medgmae_init(
 
     vol = _check_volume(fbp_volume)
     host = vol.cpu()  # the scan goes to the CPU for its preparation anyway; the unit check reads it there once
-    if looks_like_hu(host):
-        logger.warning("fbp_volume looks like a CT in HU (values %.4g .. %.4g), not linear attenuation in 1/mm (water "
-                       "0.0192): the zero-shot start reads it as attenuation; convert with mu = 0.0192 (1 + HU / 1000), "
-                       "clipped at 0", float(host.min()), float(host.max()))  # fmt: skip
+    _warn_if_hu(host, "zero-shot start")
     res = zero_shot_gaussians(mu_to_hu(host, mu_water), zyx_affine(affine), model, spec=spec, overlap=overlap,
                               batch_size=batch_size, min_intensity=min_intensity, source="fbp_volume (as HU)")  # fmt: skip
     if res.voxel.num_gaussians == 0:

@@ -234,41 +234,19 @@ def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: 
     chosen = resolve_backend(geom, backend, device)
     how = describe_backend(chosen, device) + (", chosen by --backend auto" if backend == "auto" else "")
     print(f"building the projector ({geom.kind} beam, {geom.num_views} views, {chosen} backend: {how}, {device})...", flush=True)
-    if backend == "auto" and chosen == "torch" and device.type == "cpu":
-        _slow_backend_note(geom)
     t0 = time.perf_counter()
     if chosen != "matrix":
         if matrix_dir is not None:  # only auto gets here (_check_flags refuses it with --backend torch or astra)
             print(f"note: --matrix-dir {matrix_dir} is not used: --backend auto chose the {chosen} backend, which "
                   "builds no matrix", file=sys.stderr, flush=True)  # fmt: skip
-        return make_projector(geom, chosen, device), time.perf_counter() - t0
+        # the request, not the choice: "auto" that falls back to the ray marcher on the CPU logs why, as from Python
+        return make_projector(geom, backend, device), time.perf_counter() - t0
     from recon.projectors.matrix_cache import cached_matrix_projector, matrix_key, matrix_path
 
     matrix.append(matrix_path(matrix_dir or out, matrix_key(geom), shared=matrix_dir is not None))
     projector, note = cached_matrix_projector(geom, matrix_dir or out, shared=matrix_dir is not None)
     print(f"{note} ({time.perf_counter() - t0:.1f} s)", flush=True)
     return projector, time.perf_counter() - t0
-
-
-def _slow_backend_note(geom: CTGeometry) -> None:
-    """Say on stderr why ``--backend auto`` fell back to the PyTorch ray marcher on the CPU, and how to get a faster
-    backend: ASTRA's 2D projectors do not take this parallel-beam scan, or this cone beam's sparse matrix is over
-    :data:`~recon.projectors.ray_matrix.MATRIX_BUDGET_BYTES`."""
-    from recon.projectors import ray_matrix
-    from recon.projectors.astra_proj import astra_cpu_problem, astra_installed
-
-    if geom.kind == "parallel":
-        problem = astra_cpu_problem(geom)
-        if problem and astra_installed():
-            print(f"note: ASTRA's CPU projectors cannot take this scan ({problem}); the PyTorch ray marcher is much "
-                  "slower on the CPU (resample the volume to square in-plane voxels, one detector row per slice, for "
-                  "ASTRA)", file=sys.stderr, flush=True)  # fmt: skip
-        return
-    need, budget = ray_matrix.estimate_matrix_bytes(geom, 0.5) / 2**30, ray_matrix.MATRIX_BUDGET_BYTES / 2**30
-    print(f"note: this cone beam's sparse matrix would take up to {need:.2f} GiB, over the {budget:.2f} GiB that "
-          "--backend auto builds on the CPU, so each iteration runs the PyTorch ray marcher, much slower (fewer views "
-          "or a coarser volume grid fit the matrix; --backend matrix builds it anyway, briefly needing about 2.5 "
-          "times that memory; a GPU runs ASTRA or the ray marcher fast)", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _config(args, init_settings: dict, init):

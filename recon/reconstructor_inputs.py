@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from medgmae.engine.devices import usable_device
 from medgmae.gaussians import Gaussians3D
 from medgmae.volume_units import looks_like_hu
 from recon.geometry import CTGeometry
@@ -71,11 +72,7 @@ def checked_inputs(
         ``(B, V, rows, cols)`` included), shapes that do not fit the geometry, non-finite projections,
         a start outside the grid, a CUDA device where there is none, a reference in HU.
     """
-    device = torch.device(device)
-    if device.type == "cuda":  # one that exists (the toolkit's check and words; other kinds are torch's to judge)
-        from medgmae.engine import resolve_device
-
-        device = resolve_device(device)
+    device = usable_device(device)  # a CUDA one that exists (the toolkit's check and words)
     projections = _tensor(projections, "projections")
     if projections.dim() != 3:  # the geometry's check lets a batch through, which the reconstructor cannot fit
         raise ValueError(f"projections must be one scan's (views, rows, cols) = {geometry.proj_shape}, got shape "

@@ -233,6 +233,36 @@ def test_a_plain_nifti_named_nii_gz_is_read_as_the_file_it_is(tmp_path, nifti2, 
     assert read_image(tmp_path / "slice.NII.GZ").shape[0] == 1  # one channel: the NIfTI slice, read
 
 
+def test_a_plain_nifti_named_nii_gz_leaves_no_file_open(tmp_path, monkeypatch):
+    """The stream a misnamed plain NIfTI is read through was never closed (a ``ResourceWarning`` at exit of every
+    read): it stays open while an image reads its voxels through it, lazily, and is closed with the last one
+    (the image in millimetres made from a file stating metres included), whether the voxels were read or not."""
+    import gc
+
+    import nibabel as nib
+    import numpy as np
+
+    import medgmae.data.nifti_header as reader_module
+    from medgmae.data import read_volume
+    from medgmae.data.nifti_header import load_nifti
+
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    metres = nib.Nifti1Image(array, np.diag([0.001, 0.001, 0.002, 1.0]))
+    metres.header.set_xyzt_units("meter")
+    nib.save(metres, str(tmp_path / "ct.nii"))
+    (tmp_path / "ct.nii").rename(tmp_path / "ct.nii.gz")
+    opened = []
+    monkeypatch.setattr(reader_module, "open", lambda *a, **k: opened.append(open(*a, **k)) or opened[-1], raising=False)
+    image = load_nifti(tmp_path / "ct.nii.gz")
+    assert image.header.get_zooms() == (1.0, 1.0, 2.0) and not opened[-1].closed  # read lazily through it
+    np.testing.assert_array_equal(np.asarray(image.dataobj), array)
+    del image
+    np.testing.assert_array_equal(read_volume(tmp_path / "ct.nii.gz").array, array)
+    assert load_nifti(tmp_path / "ct.nii.gz").shape == (2, 3, 4)  # the header alone
+    gc.collect()
+    assert len(opened) >= 3 and all(stream.closed for stream in opened)  # the gzip check's own included
+
+
 def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):
     import numpy as np
 

@@ -239,3 +239,42 @@ def test_transformed_refuses_a_singular_or_non_finite_matrix():
             g.transformed(linear, torch.zeros(3))
     small = g.transformed(1e-3 * torch.eye(3), torch.zeros(3))  # a small but regular matrix is fine
     assert torch.allclose(small.scales.sort(-1).values, 1e-3 * g.scales.sort(-1).values)
+
+
+def test_an_integer_index_selects_one_entry_or_is_out_of_range():
+    """``g[5]`` of a batch of 3 gave an empty batch and ``g[np.int64(1)]`` was not taken as an int; an index past
+    either end is now an ``IndexError`` as a list's, and a NumPy integer selects the entry a Python int does."""
+    g = _random(3, 4)
+    entries = [g.means[i : i + 1] for i in range(3)]  # what each entry is, sliced from the tensor itself
+    for index, expected in ((0, 0), (2, 2), (-1, 2), (-3, 0), (np.int64(1), 1), (np.int32(-2), 1)):
+        picked = g[index]
+        assert picked.batch_size == 1 and torch.equal(picked.means, entries[expected]), index
+    for index in (3, -4, np.int64(5)):
+        with pytest.raises(IndexError, match=rf"index {int(index)} is out of range for a batch of 3"):
+            g[index]
+    assert g[1:].batch_size == 2  # slices as before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_refused_in_the_toolkits_words(tmp_path):
+    """``load_ply(p, device="cuda")`` and ``Gaussians3D.to("cuda")`` ended in torch's bare ``AssertionError``
+    (``Torch not compiled with CUDA enabled``); they give the toolkit's ``--device cuda`` refusal."""
+    g = _random(1, 3, dtype=torch.float32)
+    path = save_ply(tmp_path / "g.ply", g)
+    said = "device 'cuda' was requested but CUDA is not available on this machine; use 'cpu' or 'auto'"
+    for move in (lambda: load_ply(path, device="cuda"), lambda: g.to("cuda"), lambda: g.to(device="cuda"),
+                 lambda: g.to("cuda", torch.float64)):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            move()
+    assert g.to(torch.float64).means.dtype == torch.float64 and load_ply(path, device="auto")[0].means.device.type == "cpu"
+
+
+def test_the_ply_shape_is_three_positive_whole_numbers(tmp_path):
+    """``save_ply(..., shape=(3, 4))`` wrote a header of two sizes that ``load_ply`` read back as the volume's shape;
+    a shape that is not three positive whole numbers is refused before anything is written."""
+    g = _random(1, 3, dtype=torch.float32)
+    for shape in ((3, 4), (3, 4, 0), (3, 4.5, 5), "345"):
+        with pytest.raises(ValueError, match=r"shape \(the volume's three sizes\) must be 3 positive whole numbers"):
+            save_ply(tmp_path / "bad.ply", g, shape=shape)
+        assert not (tmp_path / "bad.ply").exists()
+    assert load_ply(save_ply(tmp_path / "g.ply", g, shape=(np.int64(3), 4.0, 5)))[1]["shape"] == (3, 4, 5)

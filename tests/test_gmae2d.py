@@ -140,6 +140,22 @@ def test_depth_layers_partition_the_gaussians_front_to_back(num_layers):
         L.depth_layers(g, 41)
 
 
+def test_a_layer_count_is_a_whole_number_of_any_type():
+    """``num_layers=np.int64(4)`` (from an array or a config) was refused as not an int while the rest of the
+    toolkit takes whole numbers of any type; it now gives what ``4`` gives, and a fraction is still refused."""
+    import numpy as np
+
+    g = _random_splats(k=12)
+    fours = [L.depth_layers(g, n) for n in (4, np.int64(4), 4.0)]
+    assert all(len(groups) == 4 and all(torch.equal(a, b) for a, b in zip(groups, fours[0])) for groups in fours)
+    torch.testing.assert_close(L.cumulative_renders(g, np.int32(3), (8, 8), "torch"), L.cumulative_renders(g, 3, (8, 8), "torch"))
+    for bad in (4.5, 0, True, "4"):
+        with pytest.raises(ValueError, match="num_layers must be a positive whole number"):
+            L.depth_layers(g, bad)
+    with pytest.raises(ValueError, match="num_layers must be a positive whole number, got 2.5"):
+        L.zero_shot_edges(g, (8, 8), granularities=(2.5,), backend="torch")  # was cut to 2 layers
+
+
 def test_full_stack_equals_full_render():
     g = _random_splats(k=40, max_opacity=0.6)
     full, alpha = render_gaussians_2d(*g.tensors(), (20, 24), "torch", return_alpha=True)

@@ -230,6 +230,56 @@ def test_bad_inputs_at_forward_are_named(models, name):
         model(x)
 
 
+def test_an_input_off_the_models_scale_is_warned_of_once_per_model(caplog):
+    """``predict_gaussians`` of a raw HU crop ran on it without a word (``zero_shot_gaussians`` warns of a scan that
+    is not in HU, ``to_model_input`` refuses a 0-255 image): the model now warns, in ``to_model_input``'s words, once
+    per model (a training loop is not told every step); an overshoot within half the scale, as augmentation or a
+    resize gives, is not warned of, nor is an input an unclipped window gives."""
+    from medgmae.preprocessing import PreprocessingSpec
+
+    hu = torch.linspace(-1000.0, 1500.0, IMG**3).reshape(1, 1, IMG, IMG, IMG)
+    model = _gmae().eval()
+    with caplog.at_level("WARNING", logger="medgmae"):
+        model.predict_gaussians(hu)
+        model.predict_gaussians(hu)
+        model.train()(hu)  # a training step
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("model input values must be on the 0-1 scale, got -1000 to 1500 (a CT in "
+                                                 "HU: its window, model.preprocessing.window(hu)"), said  # fmt: skip
+    caplog.clear()
+    slightly_over = torch.linspace(-0.45, 1.45, IMG**3).reshape(1, 1, IMG, IMG, IMG)
+    unclipped = PreprocessingSpec(clip=False, input_size=(IMG,) * 3, patch_size=(PATCH,) * 3)  # [-175, 250] HU -> [0, 1]
+    wide = _vmae().eval()
+    wide.preprocessing = unclipped  # -1024 HU maps to -849 / 425 = -2.0, 3071 HU to 3246 / 425 = 7.64
+    with caplog.at_level("WARNING", logger="medgmae"):
+        _gmae().eval().predict_gaussians(slightly_over)
+        wide(torch.linspace(-2.0, 7.6, IMG**3).reshape(1, 1, IMG, IMG, IMG))
+        assert caplog.records == []
+        wide(hu)
+    assert [r.getMessage()[:60] for r in caplog.records] == ["model input values must be on the model's -2 to 7.64 scale, "]
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        _gmae().predict_gaussians(torch.full((1, 1, IMG, IMG, IMG), -math.inf))
+
+
+@pytest.mark.gpu
+def test_the_input_check_waits_for_the_gpu_once():
+    """The range is read with the finiteness, in one read of two numbers: a training step waits for the device in
+    the input check once, as it did for the finiteness alone."""
+    import warnings
+
+    from medgmae.networks.vit import check_model_input
+
+    model, x = _gmae().cuda(), _volume(1).cuda()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_model_input(x, 1, (IMG,) * 3, torch.float32, model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1, [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("name", ["medgmae", "star", "voxel"])
 def test_a_float64_model_runs_in_float64(models, name):
     """A float64 copy (for gradient checks) keeps float64 through the heads, the rendering and the loss, and

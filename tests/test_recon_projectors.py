@@ -1,6 +1,7 @@
 """Projectors: PyTorch ray marcher vs ASTRA's CPU 2D projectors, analytic ball line integrals, adjointness,
 autograd, and (on GPU) ASTRA's CUDA 3D projectors vs the PyTorch one."""
 
+import logging
 import math
 import sys
 
@@ -198,9 +199,38 @@ def test_auto_uses_pytorch_where_astra_is_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "astra", None)  # import astra raises ImportError
     parallel = CTGeometry.parallel((4, 8, 8), num_angles=6)
     assert make_projector(parallel, "auto", "cpu").name == "torch"
-    assert make_projector(parallel, "auto", "cuda").name == "torch"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the choice a CUDA machine makes
+    assert resolve_backend(parallel, "auto", "cuda") == "torch"
     with pytest.raises(ValueError, match="needs astra-toolbox installed"):
         make_projector(parallel, "astra", "cpu")
+
+
+@pytest.mark.astra
+def test_auto_says_from_python_why_it_projects_with_the_ray_marcher(caplog):
+    """``make_projector(g)`` from Python: where 'auto' leaves ASTRA's CPU projectors for the PyTorch ray marcher
+    (about 60 times slower), one warning on the ``recon`` logger says why and how to get ASTRA (the command line
+    printed it, Python said nothing); a choice made by name, or one that keeps ASTRA, says nothing."""
+    oblong = CTGeometry.parallel((4, 8, 8), (2.5, 1.2, 1.5), num_angles=6)  # 1.2 x 1.5 mm pixels
+    square = CTGeometry.parallel((4, 8, 8), 1.0, num_angles=6)
+    with caplog.at_level(logging.WARNING, logger="recon"):
+        assert make_projector(oblong).name == "torch"
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("ASTRA's CPU projectors cannot take this scan (it needs square "
+                                                 "in-plane voxels, not 1.2 x 1.5 mm)"), said  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="recon"):
+        assert make_projector(oblong, "torch").name == "torch" and make_projector(square).name == "astra"
+    assert caplog.records == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_projector_without_cuda_is_refused():
+    """``make_projector(g, device="cuda")`` on a machine without CUDA returned a CPU projector without a word; it is
+    refused as the toolkit refuses ``--device cuda`` there."""
+    g = CTGeometry.parallel((4, 8, 8), num_angles=6)
+    for backend in ("auto", "torch"):
+        with pytest.raises(ValueError, match="device 'cuda' was requested but CUDA is not available on this machine"):
+            make_projector(g, backend, device="cuda")
 
 
 @pytest.mark.astra

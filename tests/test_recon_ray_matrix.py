@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from recon.geometry import CTGeometry
-from recon.projectors import RayMatrixProjector, TorchProjector, estimate_matrix_bytes, make_projector, ray_matrix
+from recon.projectors import (
+    RayMatrixProjector, TorchProjector, estimate_matrix_bytes, make_projector, ray_matrix, resolve_backend,
+)  # fmt: skip
 
 GEOMETRIES = {
     "cone": lambda: CTGeometry.cone((8, 12, 10), (3.0, 2.0, 1.5), num_angles=6),
@@ -91,7 +93,9 @@ def test_make_projector_picks_matrix_for_cpu_cone_within_budget(monkeypatch):
     cone = GEOMETRIES["cone"]()
     assert make_projector(cone, "auto", "cpu").name == "matrix"
     assert make_projector(cone, "matrix", "cpu").name == "matrix"
-    assert make_projector(cone, "auto", "cuda").name in ("torch", "astra")  # GPU data never gets the matrix
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the choice a CUDA machine makes
+    assert resolve_backend(cone, "auto", "cuda") in ("torch", "astra")  # GPU data never gets the matrix
+    monkeypatch.undo()
     monkeypatch.setattr(ray_matrix, "MATRIX_BUDGET_BYTES", estimate_matrix_bytes(cone) - 1)
     assert make_projector(cone, "auto", "cpu").name == "torch"
     assert make_projector(cone, "matrix", "cpu").name == "matrix"  # an explicit choice is honoured

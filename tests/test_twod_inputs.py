@@ -43,6 +43,28 @@ def test_gvit_refuses_what_the_masked_autoencoders_refuse():
             model(bad)
 
 
+def test_the_2d_models_warn_once_of_a_batch_off_the_0_1_scale(caplog):
+    """``GMAE2D.predict_gaussians`` and a GViT's call took a 0-255 image without a word (``to_model_input`` refuses
+    one): each model now warns once, in ``to_model_input``'s words; a 0-1 batch is not warned of."""
+    from gmae2d_helpers import tiny_gmae2d
+
+    eight_bit = (torch.arange(32 * 32, dtype=torch.float32) % 256).reshape(1, 1, 32, 32)  # 0 .. 255, whole numbers
+    small = eight_bit.reshape(4, 1, 16, 16)  # 0 .. 255 in each image
+    gmae, gvit = tiny_gmae2d().eval(), GViT(1, 16, 2, num_gaussians=6, patch_size=4).eval()
+    with caplog.at_level("WARNING", logger="medgmae"):
+        gmae.predict_gaussians(torch.rand(2, 1, 32, 32))
+        gvit(torch.rand(2, 1, 16, 16))
+        assert caplog.records == []
+        for _ in range(3):
+            gmae.predict_gaussians(eight_bit)
+            gvit(small)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    for message in said:
+        assert message.startswith("model input values must be on the 0-1 scale, got 0 to 255; an 8-bit image: divide "
+                                  "by 255 (medgmae.twod.images.read_image reads files onto it"), message  # fmt: skip
+
+
 def test_a_resize_or_noise_overshooting_the_0_1_scale_a_little_is_clipped_as_before():
     """A bicubic resize of a 0-1 image reaches -0.16 to 1.10, noise slightly beyond 0 and 1: those are clipped, as
     they always were; 1.2 is not called an 8-bit image."""

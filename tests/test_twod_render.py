@@ -95,6 +95,26 @@ def test_single_gaussian_analytic():
     torch.testing.assert_close(img[0, 2, 1, 3], torch.tensor(expected, dtype=torch.float64))
 
 
+def test_scales_are_in_units_of_x_along_x_and_of_y_along_y():
+    """The documented spread (the docstring said "in the units of x" for both axes): on a 24 x 40 image a rotated
+    Gaussian's image-plane covariance is ``D R S^2 R^T D`` with ``D = diag(W / 2, H / 2)`` pixels, plus 0.3 pixel^2
+    on the diagonal, and alphas below 1/255 are dropped: every pixel equals that closed form."""
+    h, w, angle, (mx, my), opacity = 24, 40, 0.6, (0.1, -0.2), 0.8
+    s = torch.tensor([0.12, 0.05, 0.3], dtype=torch.float64)
+    quat = torch.tensor([math.cos(angle / 2), 0, 0, math.sin(angle / 2)], dtype=torch.float64)
+    img = render_gaussians_2d(torch.tensor([[[mx, my, 0.0]]], dtype=torch.float64), s.view(1, 1, 3), quat.view(1, 1, 4),
+                              torch.ones(1, 1, 1, dtype=torch.float64), torch.full((1, 1), opacity, dtype=torch.float64),
+                              (h, w), "torch")[0, 0]  # fmt: skip
+    rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64)
+    d = torch.diag(torch.tensor([w / 2, h / 2], dtype=torch.float64))
+    precision = torch.linalg.inv(d @ rot @ torch.diag(s[:2] ** 2) @ rot.T @ d + 0.3 * torch.eye(2, dtype=torch.float64))
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5 - (my + 1) * h / 2,
+                                torch.arange(w, dtype=torch.float64) + 0.5 - (mx + 1) * w / 2, indexing="ij")  # fmt: skip
+    offset = torch.stack([cols, rows], -1)
+    alpha = opacity * torch.exp(-0.5 * torch.einsum("...i,ij,...j->...", offset, precision, offset))
+    torch.testing.assert_close(img, torch.where(alpha < 1 / 255, 0.0, alpha), rtol=0, atol=1e-12)
+
+
 def test_numpy_arrays_render_as_tensors_do():
     """NumPy inputs were refused (``means must be a torch.Tensor``) while the 3D renderer takes them: the same
     Gaussians as arrays give the analytic centre pixel, float64 kept."""

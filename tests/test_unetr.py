@@ -128,6 +128,12 @@ def test_16_patch_into_stock_monai_unetr(tmp_path, caplog):
     ours = MedGMAEUNETR(3, encoder=MaskedViTEncoder(**enc.config()), feature_size=4)
     state = dict(stock.state_dict(), **{"vit.cls_token": enc.cls_token.detach()})
     ours.load_state_dict(state, strict=True)
+    # as documented: the stock network's position embedding (the loaded sin-cos values) trains, ours stays fixed
+    for net, trains in ((stock, True), (ours, False)):
+        position = net.vit.patch_embedding.position_embeddings
+        assert torch.equal(position.detach(), enc.patch_embedding.position_embeddings.detach())
+        optimised = [p for group in param_groups(net, 1e-3) for p in group["params"]]
+        assert position.requires_grad is trains and any(p is position for p in optimised) is trains
 
 
 def test_a_stock_unetr_without_attention_biases_is_told_to_add_them(tmp_path):

@@ -242,6 +242,28 @@ def test_the_zero_shot_start_warns_about_an_fbp_volume_in_hu(caplog):
     assert "looks like" not in caplog.text
 
 
+def test_the_fbp_and_random_starts_warn_about_an_fbp_volume_in_hu_as_the_zero_shot_start_does(caplog):
+    """``fbp_init`` took a volume in HU without a word (its Gaussians then carry HU intensities) while
+    ``medgmae_init`` warned; the three starts that read ``fbp_volume`` as attenuation warn in the same words, naming
+    themselves, and not of a volume in 1/mm."""
+    from recon.initialisation import fbp_init, random_init
+
+    hu = torch.from_numpy(_phantom_hu())
+    for init, start in ((fbp_init, "FBP start"), (random_init, "random start")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="recon"):
+            init(hu, 20)
+        warned = [r.getMessage() for r in caplog.records if r.name == "recon"]
+        lo, hi = float(hu.min()), float(hu.max())
+        assert warned == [f"fbp_volume looks like a CT in HU (values {lo:.4g} .. {hi:.4g}), not linear attenuation in "
+                          f"1/mm (water 0.0192): the {start} reads it as attenuation; convert with mu = 0.0192 (1 + HU / "
+                          "1000), clipped at 0"], warned  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="recon"):
+            init(torch.from_numpy(_to_attenuation(_phantom_hu())), 20)
+        assert "looks like" not in caplog.text
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int64])
 def test_the_unit_checks_take_tensors_of_any_dtype(dtype, caplog):
     """bf16 has no NumPy type: a bf16 label map listed as an image is told all the same, and a bf16 CT in HU is not

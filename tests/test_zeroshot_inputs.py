@@ -151,8 +151,13 @@ def test_bad_settings_and_scans_are_named_before_any_work():
     scaled[3, 3] = 5.0
     with pytest.raises(ValueError, match=r"the affine's last row must be \[0, 0, 0, 1\], got \[0\.0, 0\.0, 0\.0, 5\.0\]"):
         run(aff=scaled)
-    with pytest.raises(ValueError, match=r"volume must be a 3D \(I, J, K\) scan with voxels, got shape \(0, 30, 22\)"):
+    with pytest.raises(ValueError, match=r"volume must be a 3D \(I, J, K\) scan with voxels, got shape \(0, 30, 22\)$"):
         run(vol=scan[:0])
+    with pytest.raises(ValueError, match=r"got shape \(1, 40, 30, 22\) \(a channel-first \(1, I, J, K\) volume: give "
+                                         r"volume\[0\]\)"):  # fmt: skip
+        run(vol=scan[None])  # as MONAI's loaders give it
+    with pytest.raises(ValueError, match=r"got shape \(2, 40, 30, 22\)$"):
+        run(vol=np.stack([scan, scan]))
     assert probe.windows == []
     assert run(batch_size=np.int64(2), min_intensity=-math.inf, overlap=2.0).voxel.num_gaussians > 0
 

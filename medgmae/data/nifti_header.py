@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,16 @@ def load_nifti(path: str | os.PathLike):
         raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
     if path.name.lower().endswith(".nii.gz") and not gzipped:  # nibabel goes by the name: read the file as it is
         stream = open(path, "rb")  # the image's data proxy reads through it (header-only callers read no voxel)
-        head = stream.read(4)
-        nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))  # its header's size
-        stream.seek(0)
-        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_file_map({"image": nib.FileHolder(fileobj=stream)})
+        try:
+            head = stream.read(4)
+            nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))  # its header's size
+            stream.seek(0)
+            kind = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+            img = kind.from_file_map({"image": nib.FileHolder(fileobj=stream)})
+        except BaseException:
+            stream.close()
+            raise
+        weakref.finalize(img.dataobj, stream.close)  # closed with the last image reading through it (_in_mm's too)
     else:
         img = nib.load(str(path))
     _warn_if_no_frame(img, path)  # by the file's own codes (an image made in mm below states a frame)

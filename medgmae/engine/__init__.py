@@ -25,6 +25,7 @@ __all__ = [
     "ResumeEvents",
     "latest_checkpoint",
     "resolve_device",
+    "usable_device",
     "unwrap_model",
 ]
 
@@ -33,6 +34,7 @@ __getattr__ = lazy_names(__name__, {
     "CheckpointHandler": "medgmae.engine.checkpoint_handler",
     "ResumeEvents": "medgmae.engine.epoch_validation",
     "resolve_device": "medgmae.engine.devices",
+    "usable_device": "medgmae.engine.devices",
     "unwrap_model": "medgmae.engine.devices",
     "GradientClipHandler": "medgmae.engine.step_guards",
     "NonFiniteLossHandler": "medgmae.engine.step_guards",

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from medgmae.words import plural
 
-__all__ = ["resolve_device", "unwrap_model", "to_device"]
+__all__ = ["resolve_device", "usable_device", "unwrap_model", "to_device"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -33,6 +33,19 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"device '{name}' does not exist: {plural(torch.cuda.device_count(), 'CUDA device')} found")
         return dev
     raise ValueError(f"unknown device '{name}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def usable_device(device: str | int | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` (an int is a CUDA index, as torch takes it; ``"auto"`` is
+    :func:`resolve_device`'s), checked where it is CUDA with :func:`resolve_device`'s check and words (a
+    ``ValueError`` on a machine without CUDA, or for an index past its GPUs) instead of torch's bare
+    ``AssertionError`` at the first tensor moved; other kinds are torch's to judge. The Python API's device arguments
+    (a projector's, a ``.ply``'s, a batch of Gaussians') go through here."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return resolve_device("auto")
+    index = isinstance(device, int) and not isinstance(device, bool)  # torch.device(0) asks for an accelerator
+    device = torch.device("cuda", device) if index else torch.device(device)
+    return resolve_device(device) if device.type == "cuda" else device
 
 
 def unwrap_model(network: torch.nn.Module) -> torch.nn.Module:

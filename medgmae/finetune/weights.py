@@ -301,6 +301,11 @@ def stock_unetr_from_encoder(
 ) -> UNETR:
     """MONAI's own :class:`UNETR` with the pre-trained encoder loaded; needs 16^3 patches and 12 blocks.
 
+    It stays MONAI's network, which differs from :class:`~medgmae.networks.unetr.MedGMAEUNETR` in two ways: its
+    ViT has no class token (``cls_token`` is not loaded), and its position embedding is MONAI's learnable one, so
+    the encoder's sin-cos values are where it starts and it trains with the encoder (:func:`param_groups` gives it
+    no weight decay), where MedGMAEUNETR keeps them fixed, as pre-training had them.
+
     Args:
         pretrained: path of ``encoder.pt``.
         num_classes: output classes.

@@ -20,6 +20,8 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from torch import Tensor
 
 from medgmae.checkpoint import ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
+from medgmae.checkpoint_checks import CheckpointRefused
+from medgmae.input_scale import model_input_range
 from medgmae.networks.vit import (
     VIT_PRESETS, MaskedViTEncoder, check_model_input, freeze_unused_cross_attn_norms, quiet_monai_meshgrid,
 )
@@ -289,16 +291,22 @@ class MaskedAutoencoder(nn.Module):
 
         Raises:
             FileNotFoundError: the file does not exist.
-            ValueError: the file is not a checkpoint of this model's kind, or its config and weights do not build
-                this model (the message names the file).
+            ValueError: the file is not a checkpoint of this model's kind (a 2D GMAE's, where 2D GMAE is not loaded,
+                named with the call that reads it), or its config and weights do not build this model (the
+                message names the file).
         """
-        if cls is MaskedAutoencoder:
-            import medgmae.networks  # noqa: F401  (defines MedGMAE and VoxelMAE, the subclasses below)
+        import medgmae.networks  # noqa: F401  (defines MedGMAE and VoxelMAE, the subclasses below)
 
-            by_kind = {k: sub for sub in _subclasses(cls) for k in _own_kinds(sub)}
-            ckpt = load_checkpoint(path, tuple(by_kind), needed_for, map_location)
-            return by_kind[ckpt.kind].from_loaded(ckpt)
-        return cls.from_loaded(load_checkpoint(path, cls.checkpoint_kinds or cls.kind, needed_for, map_location))
+        by_kind = {k: sub for sub in _subclasses(cls) for k in _own_kinds(sub)} if cls is MaskedAutoencoder else {}
+        kinds = tuple(by_kind) or cls.checkpoint_kinds or (cls.kind,)
+        try:
+            ckpt = load_checkpoint(path, kinds, needed_for, map_location)
+        except CheckpointRefused as e:  # a 2D file (medgmae.twod.gmae.GMAE2D_KIND) where medgmae.twod is not loaded
+            if needed_for is None and "gmae2d" not in kinds and load_checkpoint(path, mmap=True).kind == "gmae2d":
+                raise CheckpointRefused(f"{e}; a 2D GMAE model file is read with medgmae.twod's "
+                                        "GMAE2D.from_checkpoint (from medgmae.twod import GMAE2D)") from e  # fmt: skip
+            raise
+        return by_kind.get(ckpt.kind, cls).from_loaded(ckpt)
 
     @classmethod
     def from_loaded(cls, ckpt: Checkpoint) -> "MaskedAutoencoder":
@@ -338,7 +346,9 @@ class MaskedAutoencoder(nn.Module):
         raise NotImplementedError
 
     def _check_input(self, x: Tensor) -> None:
-        check_model_input(x, self.in_channels, self.img_size, next(self.parameters()).dtype)
+        """:func:`check_model_input`, values off the scale of :attr:`preprocessing` warned of once."""
+        check_model_input(x, self.in_channels, self.img_size, next(self.parameters()).dtype, self,
+                          model_input_range(self.preprocessing))  # fmt: skip
 
     @staticmethod
     def _mask_ratio(value: float) -> float:

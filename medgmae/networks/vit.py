@@ -7,6 +7,7 @@ Built from MONAI's :class:`~monai.networks.blocks.PatchEmbeddingBlock` and
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch.nn as nn
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from torch import Tensor
 
+from medgmae.input_scale import IMAGE_SCALE_HOW, VOLUME_SCALE_HOW, warn_off_scale
 from medgmae.whole_numbers import positive_sizes
 
 __all__ = ["MaskedViTEncoder", "ViTPreset", "VIT_PRESETS", "batch_tokens", "check_model_input", "quiet_monai_meshgrid",
@@ -260,16 +262,26 @@ class MaskedViTEncoder(nn.Module):
         return latent, mask, ids_restore
 
 
-def check_model_input(x: Tensor, in_channels: int, img_size: Sequence[int], weights: torch.dtype) -> None:
+def check_model_input(
+    x: Tensor, in_channels: int, img_size: Sequence[int], weights: torch.dtype, model: nn.Module | None = None,
+    scale: tuple[float, float] = (0.0, 1.0),
+) -> None:
     """The input check of every model on a ViT encoder (the masked autoencoders, GViT): a tensor ``(B, C, *img_size)``
     with ``B >= 1``, floating point, in the weights' dtype (or under autocast), finite; ``ValueError`` naming what to
-    change otherwise.
+    change otherwise. Values off ``scale`` (a 0-255 image, a CT crop in HU) are warned of once per ``model``
+    (:func:`medgmae.input_scale.warn_off_scale`, :func:`~medgmae.twod.images.to_model_input`'s words).
+
+    The finiteness and the range come from one ``aminmax`` (NaN and infinities reach its ends) and one read of its
+    two numbers: a training step waits for the device here once, as it did for the finiteness check alone, and the
+    reduction costs less than that check's ``isfinite(x).all()`` did.
 
     Args:
         x: the batch.
         in_channels: ``C``.
         img_size: the spatial size the model takes.
         weights: the dtype of the model's weights.
+        model: the model given ``x``, which keeps whether it warned (``None``: the range is not checked).
+        scale: the values the model takes (:func:`medgmae.input_scale.model_input_range`).
     """
     size = tuple(int(s) for s in img_size)
     if not isinstance(x, Tensor) or x.dim() != 2 + len(size) or x.shape[1] != in_channels or tuple(x.shape[2:]) != size:
@@ -283,6 +295,10 @@ def check_model_input(x: Tensor, in_channels: int, img_size: Sequence[int], weig
     if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
         raise ValueError(f"input dtype {x.dtype} differs from the model's weights ({weights}): convert the input "
                          f"(x.to({weights})) or the model, or run under torch.autocast")  # fmt: skip
-    if not torch.isfinite(x).all():
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("the input holds NaN or infinite values: the model takes inputs scaled to [0, 1] (check "
                          "the data or its pre-processing)")  # fmt: skip
+    if model is not None:
+        how = VOLUME_SCALE_HOW if len(size) == 3 else f"{IMAGE_SCALE_HOW}; to_model_input makes the batch"
+        warn_off_scale(model, x, lo, hi, how, scale)

@@ -50,7 +50,8 @@ def project_gaussians_2d(
 
     Args:
         means: ``(B, K, 3)`` centres, ``x, y`` in ``[-1, 1]`` image-plane units.
-        scales: ``(B, K, 3)`` standard deviations in the same units.
+        scales: ``(B, K, 3)`` standard deviations in the same units (``W / 2`` pixels along ``x``, ``H / 2`` along
+            ``y``, once rotated).
         quats: ``(B, K, 4)`` rotations ``(w, x, y, z)``.
         image_size: ``(H, W)``.
         eps2d: dilation added to the diagonal of the pixel-space covariance.

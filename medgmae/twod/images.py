@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from medgmae.data.grid import same_grid_problem
 from medgmae.data.reader import DICOM_FILE_SUFFIXES, is_multiframe_dicom
+from medgmae.input_scale import IMAGE_SCALE_HOW, off_scale_problem
 from medgmae.missing_paths import missing_path_message
 from medgmae.twod.dicom_frames import read_dicom_frame
 from medgmae.twod.nifti_slices import nifti_grid, only_slice_0, read_nifti_slice
@@ -348,20 +349,16 @@ def read_reference(
     return mask
 
 
-#: How far beyond ``[0, 1]`` :func:`to_model_input` takes values (clipped, as before): the overshoot of a bicubic
-#: resize or of noise added to a 0-1 image; beyond it the image is on another scale (8-bit, HU).
-SCALE_SLACK = 0.5
-
-
 def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequence[int]) -> torch.Tensor:
     """``(C, H, W)`` image in ``[0, 1]`` -> ``(1, channels, *size)`` float32 tensor: grey/RGB conversion and
     area/bilinear resize (:func:`read_image` reads files onto that scale).
 
     RGB to grey uses ITU-R 601 luma weights; grey to RGB repeats the channel. ``ValueError`` for another layout
     (naming the transpose or new axis that gives this one), NaN, or values on another scale (more than
-    :data:`SCALE_SLACK` beyond 0-1: an 8-bit image not divided by 255, a CT slice in HU, which were clipped to 0 and
-    1 without a word); a smaller overshoot (a resize's, noise's) is clipped. ``size`` is two whole numbers >= 1
-    (``16.0`` is taken as 16; one number, a fraction or 0 is refused).
+    :data:`~medgmae.input_scale.SCALE_SLACK` beyond 0-1: an 8-bit image not divided by 255, a CT slice in HU, which
+    were clipped to 0 and 1 without a word; the models warn of such a batch in the same words); a smaller overshoot
+    (a resize's, noise's) is clipped. ``size`` is two whole numbers >= 1 (``16.0`` is taken as 16; one number, a
+    fraction or 0 is refused).
 
     Args:
         image: the image, ``(C, H, W)`` in ``[0, 1]``.
@@ -378,12 +375,9 @@ def to_model_input(image: np.ndarray | torch.Tensor, channels: int, size: Sequen
         raise ValueError(f"image must be (C, H, W) with C = 1 or 3, got {tuple(x.shape)}{fix}")
     if not torch.isfinite(x).all():
         raise ValueError("the image holds NaN or infinite values")
-    if x.numel() and (float(x.min()) < -SCALE_SLACK or float(x.max()) > 1 + SCALE_SLACK):
-        whole = float(x.min()) >= 0 and 2 < float(x.max()) <= 255 and bool((x == x.round()).all())
-        hint = "; an 8-bit image: divide by 255" if whole else ""
-        raise ValueError(f"image values must be on the 0-1 scale, got {float(x.min()):.4g} to {float(x.max()):.4g}{hint} "
-                         "(medgmae.twod.images.read_image reads files onto it; a CT slice: its window, as "
-                         "medgmae-2d --window maps it)")  # fmt: skip
+    problem = off_scale_problem(x, float(x.min()), float(x.max()), "image", IMAGE_SCALE_HOW) if x.numel() else None
+    if problem:
+        raise ValueError(problem)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     size = positive_sizes(size, 2, "size (H, W)", scalar=False)  # 16.5 or 0 refused, not truncated or emptied

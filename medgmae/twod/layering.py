@@ -23,6 +23,7 @@ from torch import Tensor
 from medgmae.twod.gmae import SplatGaussians
 from medgmae.twod.layering_defaults import DEFAULT_GRANULARITIES, DEFAULT_NUM_LAYERS
 from medgmae.twod.render import render_gaussians_2d
+from medgmae.whole_numbers import positive_count
 
 __all__ = [
     "DEFAULT_GRANULARITIES",
@@ -54,13 +55,15 @@ def default_granularities(num_gaussians: int) -> list[int]:
     return [n for n in DEFAULT_GRANULARITIES if n <= num_gaussians] or [int(num_gaussians)]
 
 
-def _check(gaussians: SplatGaussians, num_layers: int) -> None:
+def _check(gaussians: SplatGaussians, num_layers: int) -> int:
+    """``num_layers`` as an int (a whole number, ``np.int64(4)`` or ``4.0`` too: :func:`positive_count`), at most
+    the Gaussians' count; ``ValueError`` otherwise, or for Gaussians of another type."""
     if not isinstance(gaussians, SplatGaussians):
         raise ValueError(f"expected SplatGaussians, got {type(gaussians).__name__}")
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    num_layers = positive_count(num_layers, "num_layers")
     if num_layers > gaussians.num_gaussians:
         raise ValueError(f"num_layers ({num_layers}) exceeds the number of Gaussians ({gaussians.num_gaussians})")
+    return num_layers
 
 
 def depth_layers(gaussians: SplatGaussians, num_layers: int) -> list[Tensor]:
@@ -74,8 +77,7 @@ def depth_layers(gaussians: SplatGaussians, num_layers: int) -> list[Tensor]:
         ``L`` index tensors ``(B, K_l)`` into the Gaussian dimension, nearest layer first; together a partition
         of ``0 .. K-1`` for every image.
     """
-    _check(gaussians, num_layers)
-    return list(torch.tensor_split(gaussians.depth_order(), num_layers, dim=1))
+    return list(torch.tensor_split(gaussians.depth_order(), _check(gaussians, num_layers), dim=1))
 
 
 def layer_ids(gaussians: SplatGaussians, num_layers: int) -> Tensor:
@@ -124,7 +126,7 @@ def cumulative_renders(
     """``(B, L, C, H, W)``: entry ``n`` renders layers ``l_0 .. l_n`` together; the last is the full rendering."""
     layers = depth_layers(gaussians, num_layers)
     out = []
-    for n in range(num_layers):
+    for n in range(len(layers)):
         idx = torch.cat(layers[: n + 1], dim=1)
         out.append(render_gaussians_2d(*gaussians.take(idx).tensors(), image_size, backend))
     return torch.stack(out, 1)
@@ -215,7 +217,7 @@ def zero_shot_edges(
 ) -> dict[int, Tensor]:
     """Edge maps ``{L: (B, H, W) bool}`` from the layer assignments at ``l@L`` for each ``L`` in ``granularities``."""
     return {
-        int(n): edges_from_assignment(layer_assignment(cumulative_renders(gaussians, int(n), image_size, backend), threshold))
+        int(n): edges_from_assignment(layer_assignment(cumulative_renders(gaussians, n, image_size, backend), threshold))
         for n in granularities
     }
 

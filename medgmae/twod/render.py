@@ -113,7 +113,10 @@ def render_gaussians_2d(
     Args:
         means: ``(B, K, 3)`` centres: ``x`` (along W, to the right) and ``y`` (along H, downwards) in ``[-1, 1]``
             with -1/+1 the outer image edges; ``z`` depth, smaller is nearer.
-        scales: ``(B, K, 3)`` positive standard deviations along each Gaussian's own axes, in the units of ``x``.
+        scales: ``(B, K, 3)`` positive standard deviations along each Gaussian's own axes, in the frame's units
+            once rotated: units of ``x`` along ``x`` (``W / 2`` pixels) and of ``y`` along ``y`` (``H / 2`` pixels),
+            so an unrotated scale ``s`` spreads ``s W / 2`` pixels across and ``s H / 2`` down (a non-square image
+            stretches it); the compositor adds 0.3 pixel^2 to each variance and skips alphas below 1/255.
         quats: ``(B, K, 4)`` rotations ``(w, x, y, z)``, normalised inside.
         colors: ``(B, K, C)`` colours, any ``C >= 1``.
         opacities: ``(B, K)`` in ``[0, 1]``.
@@ -143,18 +146,27 @@ def render_gaussians_2d(
     b, k = means.shape[:2]
     dtype = functools.reduce(torch.promote_types, [t.dtype for t in (scales, quats, colors, opacities)], means.dtype)
     means, scales, quats, colors, opacities = (t.to(dtype) for t in (means, scales, quats, colors, opacities))
-    if k == 0:
-        zero = (means.sum() + scales.sum() + quats.sum() + colors.sum() + opacities.sum()) * 0
-        image = zero + torch.zeros(b, colors.shape[-1], *size, dtype=dtype, device=means.device)
-        if background is not None:
-            image = image + background.to(image).view(-1, colors.shape[-1], 1, 1)
-        alpha = torch.zeros(b, 1, *size, dtype=dtype, device=means.device)
-        return (image, alpha) if return_alpha else image
     if background is not None:
         background = background.to(device=means.device, dtype=dtype)
-    render = render_gsplat if backend == "gsplat" else render_torch
-    image, alpha = render(means, scales, quats, colors, opacities, size, background)
+    if k == 0:
+        image, alpha = _no_gaussians(b, size, (means, scales, quats, colors, opacities), background)
+    else:
+        render = render_gsplat if backend == "gsplat" else render_torch
+        image, alpha = render(means, scales, quats, colors, opacities, size, background)
     return (image, alpha) if return_alpha else image
+
+
+def _no_gaussians(
+    b: int, size: tuple[int, int], inputs: tuple[Tensor, ...], background: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The image and alpha of ``b`` images without Gaussians: the background (black without one), connected to
+    the (empty) inputs so that gradients flow, as zeros."""
+    means, colors = inputs[0], inputs[3]
+    zero = sum(t.sum() for t in inputs) * 0
+    image = zero + torch.zeros(b, colors.shape[-1], *size, dtype=means.dtype, device=means.device)
+    if background is not None:
+        image = image + background.view(-1, colors.shape[-1], 1, 1)
+    return image, torch.zeros(b, 1, *size, dtype=means.dtype, device=means.device)
 
 
 def render_planar_gaussians(
@@ -177,7 +189,8 @@ def render_planar_gaussians(
 
     Args:
         means2d: ``(B, K, 2)`` centres ``(x, y)`` in ``[-1, 1]`` (see :func:`render_gaussians_2d`).
-        scales2d: ``(B, K, 2)`` positive standard deviations along the Gaussian's two axes.
+        scales2d: ``(B, K, 2)`` positive standard deviations along the Gaussian's two axes, in the frame's units
+            (``W / 2`` pixels along ``x``, ``H / 2`` along ``y``: see :func:`render_gaussians_2d`'s ``scales``).
         angles: ``(B, K)`` rotation angles in radians.
         colors: ``(B, K, C)``.
         opacities: ``(B, K)`` in ``[0, 1]``.

@@ -8,9 +8,14 @@ matrix) when that matrix fits :data:`MATRIX_BUDGET_BYTES`.
 
 from __future__ import annotations
 
+import logging
+
+from medgmae.engine.devices import usable_device
 from recon.cli_names import PROJECTOR_BACKENDS
 from recon.geometry import CTGeometry
-from recon.projectors.astra_proj import AstraProjector, astra_cpu_supports, astra_cuda_available
+from recon.projectors.astra_proj import (
+    AstraProjector, astra_cpu_problem, astra_cpu_supports, astra_cuda_available, astra_installed,
+)  # fmt: skip
 from recon.projectors import ray_matrix
 from recon.projectors.base import BackProjection, ForwardProjection, Projector, check_geometry
 from recon.projectors.ray_matrix import MATRIX_BUDGET_BYTES, RayMatrixProjector, estimate_matrix_bytes
@@ -26,12 +31,15 @@ __all__ = [
     "make_projector",
     "resolve_backend",
     "describe_backend",
+    "slow_backend_note",
     "astra_cpu_supports",
     "astra_cuda_available",
     "PROJECTOR_BACKENDS",
     "MATRIX_BUDGET_BYTES",
     "estimate_matrix_bytes",
 ]
+
+logger = logging.getLogger("recon")
 
 
 def resolve_backend(geometry: CTGeometry, backend: str = "auto", device="cpu", step: float = 0.5) -> str:
@@ -45,8 +53,13 @@ def resolve_backend(geometry: CTGeometry, backend: str = "auto", device="cpu", s
 
     Returns:
         ``"torch"``, ``"astra"`` or ``"matrix"``.
+
+    Raises:
+        ValueError: an unknown backend, or a CUDA device on a machine without one
+            (:func:`~medgmae.engine.devices.usable_device`).
     """
     check_geometry(geometry)
+    device = usable_device(device)
     if backend not in PROJECTOR_BACKENDS:
         raise ValueError(f"backend must be one of {PROJECTOR_BACKENDS}, got {backend!r}")
     if backend != "auto":
@@ -71,6 +84,29 @@ def describe_backend(backend: str, device="cpu") -> str:
             "torch": "PyTorch ray marcher"}[backend]  # fmt: skip
 
 
+def slow_backend_note(geometry: CTGeometry, step: float = 0.5) -> str | None:
+    """Why ``backend="auto"`` chose the PyTorch ray marcher on the CPU for ``geometry``, and how to get a faster
+    backend: ASTRA's 2D projectors do not take this parallel-beam scan (:func:`astra_cpu_problem`), or this cone
+    beam's sparse matrix is over :data:`~recon.projectors.ray_matrix.MATRIX_BUDGET_BYTES`; ``None`` where no faster
+    CPU backend is near (parallel beam without astra-toolbox). :func:`make_projector` logs it as a warning.
+
+    Args:
+        geometry: the scan, one ``"auto"`` resolves to ``"torch"`` on the CPU (:func:`resolve_backend`).
+        step: the ray marcher's step (voxels), which sizes the sparse matrix.
+    """
+    if geometry.kind == "parallel":
+        problem = astra_cpu_problem(geometry)
+        if not (problem and astra_installed()):
+            return None
+        return (f"ASTRA's CPU projectors cannot take this scan ({problem}); the PyTorch ray marcher is much slower "
+                "on the CPU (resample the volume to square in-plane voxels, one detector row per slice, for ASTRA)")  # fmt: skip
+    need, budget = estimate_matrix_bytes(geometry, step) / 2**30, ray_matrix.MATRIX_BUDGET_BYTES / 2**30
+    return (f"this cone beam's sparse matrix would take up to {need:.2f} GiB, over the {budget:.2f} GiB that backend "
+            "'auto' builds on the CPU, so it projects with the PyTorch ray marcher, much slower (fewer views or a "
+            "coarser volume grid fit the matrix; backend 'matrix' builds it anyway, briefly needing about 2.5 times "
+            "that memory; a GPU runs ASTRA or the ray marcher fast)")  # fmt: skip
+
+
 def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **kwargs) -> Projector:
     """Build a projector for ``geometry``.
 
@@ -81,13 +117,20 @@ def make_projector(geometry: CTGeometry, backend: str = "auto", device="cpu", **
             when its bound fits ``ray_matrix.MATRIX_BUDGET_BYTES``; else PyTorch), ``"torch"``, ``"astra"`` or
             ``"matrix"``. The ASTRA projector itself routes by the tensors' device, so a choice made for the CPU
             holds on any machine; the matrix works on the CPU (other devices' tensors are copied there and back).
-        device: where the data will live (decides ``"auto"``).
+        device: where the data will live (decides ``"auto"``); CUDA on a machine without it is refused
+            (:func:`resolve_backend`).
         kwargs: passed to the backend's constructor (``step`` for torch and matrix, ``projector_2d`` for astra).
 
     Returns:
-        A :class:`Projector`.
+        A :class:`Projector`. Where ``"auto"`` falls back to the PyTorch ray marcher on the CPU, many times slower,
+        a warning on the ``recon`` logger says why and what gives a faster one (:func:`slow_backend_note`).
     """
-    backend = resolve_backend(geometry, backend, device, kwargs.get("step", 0.5))
+    chosen = resolve_backend(geometry, backend, device, kwargs.get("step", 0.5))
+    if backend == "auto" and chosen == "torch" and usable_device(device).type == "cpu":
+        note = slow_backend_note(geometry, kwargs.get("step", 0.5))
+        if note:
+            logger.warning(note)
+    backend = chosen
     if backend == "astra":
         return AstraProjector(geometry, **kwargs)
     if backend == "matrix":

@@ -111,7 +111,7 @@ class DenoisingGaussianEncoder(nn.Module):
         Returns:
             ``(B, K, 6 + C)`` raw Gaussians ``g = g0 + delta`` (denoising) or ``g = MLP(x)`` (queries).
         """
-        check_model_input(x, self.in_channels, self.vit.img_size, next(self.parameters()).dtype)
+        check_model_input(x, self.in_channels, self.vit.img_size, next(self.parameters()).dtype, self)
         b = x.shape[0]
         patches = self.vit.patch_embedding(x)
         if g0 is None:
