@@ -175,3 +175,12 @@ def test_a_gvit_resume_names_the_window_and_model_flags_and_their_words_resume(t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     model = torch.load(out / "model.pt", weights_only=True)
     assert model["extra"]["data"]["window"] == [-500.0, 500.0] and model["config"]["num_gaussians"] == 12
+
+
+@pytest.mark.parametrize("text, expected", [("false", False), ("true", True), ("False", False), ("0", False)])
+def test_a_true_false_network_flag_given_as_text_is_read_as_the_word_says(tmp_path, text, expected):
+    """``--network_def#loss_on_all_pixels false`` reaches the network as the text ``'false'`` (the bundle command
+    line hands the word on as it is, which a refusal's own words give): the network reads it as False, not as the
+    non-empty text bool() takes for True, so the words a refusal gives for a saved False resume the run."""
+    parser = gmae_parser(tmp_path, **{"network_def#loss_on_all_pixels": text})
+    assert parser.get_parsed_content("network_def").loss_on_all_pixels is expected
