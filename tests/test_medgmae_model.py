@@ -323,3 +323,14 @@ def test_initial_gaussians_spread_over_the_volume():
     # centres roughly uniform over [0, 1]^3 (a uniform distribution has std 0.29), not bunched in the middle
     assert (g.means.std(dim=1) > 0.15).all()
     assert g.means.amin() < 0.2 and g.means.amax() > 0.8
+
+
+@pytest.mark.parametrize("text, expected", [("false", False), ("true", True), ("off", False), (0, False)])
+def test_true_false_arguments_given_as_text_are_read_as_the_word_says(text, expected):
+    """A bundle's ``--network_def#multi_level false`` / ``#loss_on_all_voxels false`` reach the model as text: the
+    word decides (bool('false') would be True); a word that is neither is refused, naming the argument."""
+    model = MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=K, multi_level=text,
+                    loss_on_all_voxels=text)  # fmt: skip
+    assert model.multi_level is expected and model.loss_on_all_voxels is expected
+    with pytest.raises(ValueError, match="loss_on_all_voxels must be true or false"):
+        MedGMAE(img_size=IMG, patch_size=PATCH, model_size="tiny", num_gaussians=K, loss_on_all_voxels="maybe")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from gmae2d_helpers import GMAE_TRAIN, GVIT_TRAIN, TINY_GMAE, gmae_parser, train_gmae2d_bundle
 from gvit_helpers import TINY, gvit_bundle_command, run_gvit_bundle, shapes_dataset
 from monai.bundle import ConfigParser
+from resume_flag_helpers import given_words, leaves
 
 from medgmae.engine.records import SettingsRecord, check_flags, resume_flags
 from medgmae.mae_training import ModelConfigRecord
@@ -26,14 +26,6 @@ from medgmae.twod.windows import window_setting
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _leaves(settings: dict, prefix: str = "") -> set[str]:
-    """The dotted names of a nested record's settings (``"optimiser.learning_rate"``)."""
-    names = set()
-    for key, value in settings.items():
-        names |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
-    return names
-
-
 def _chain(e: BaseException) -> str:
     """The messages of an exception and its causes, one text."""
     texts = []
@@ -41,15 +33,6 @@ def _chain(e: BaseException) -> str:
         texts.append(str(e))
         e = e.__cause__ or e.__context__
     return "\n".join(texts)
-
-
-def _given(message: str) -> dict[str, str]:
-    """What the refusal's ``(here ...)`` words give, as a POSIX shell (``sh``) hands them to a command: ``{flag: value}``."""
-    parts = re.findall(r'\(here ((?:[^()"]|"[^"]*")*)\)', message)
-    said = subprocess.run(["sh", "-c", "printf '%s\\0' " + " ".join(parts)], capture_output=True, text=True, check=True)
-    words = said.stdout.split("\0")[:-1]
-    assert words and len(words) % 2 == 0 and all(w.startswith("--") for w in words[::2]), words
-    return dict(zip((w[2:] for w in words[::2]), words[1::2]))
 
 
 def _top_level_flag(flag: str, config: dict, network: type) -> bool:
@@ -103,7 +86,7 @@ def test_every_setting_the_2d_records_hold_has_a_flag_the_bundle_takes(tmp_path)
     ``network_def#...``); GViT's channels and classes alone have none (the data give them)."""
     gmae = gmae_parser(tmp_path, dataset_dir="")
     settings, config = gmae.get_parsed_content("resume_records#settings"), gmae.get_parsed_content("resume_records#config")
-    assert _leaves(settings.settings) == set(settings.flags)
+    assert leaves(settings.settings) == set(settings.flags)
     assert set(config.state_dict()["config"]) == set(config.flags)
     raw = json.loads(Path(GMAE_TRAIN).read_text(encoding="utf-8"))
     for flag in [*settings.flags.values(), *config.flags.values()]:
@@ -115,7 +98,7 @@ def test_every_setting_the_2d_records_hold_has_a_flag_the_bundle_takes(tmp_path)
     parser.read_config(GVIT_TRAIN)
     parser.update({"output_dir": str(tmp_path / "gvit"), "dataset_dir": str(shapes_dataset(tmp_path / "shapes")),
                    "window": [-500, 500], "device": "cpu", "image_size": 16, "patch_size": 4, "num_gaussians": 4})  # fmt: skip
-    recorded = _leaves(parser.get_parsed_content("workflow").settings("joint"))
+    recorded = leaves(parser.get_parsed_content("workflow").settings("joint"))
     assert recorded - set(RESUME_FLAGS) == {"model.in_channels", "model.num_classes"}
     raw = json.loads(Path(GVIT_TRAIN).read_text(encoding="utf-8"))
     for flag in RESUME_FLAGS.values():
@@ -137,7 +120,7 @@ def test_a_2d_gmae_resume_names_the_window_and_model_flags_and_their_words_resum
     assert '--window "[-1000.0, 1000.0]"' in message and "--learning_rate 0.0005" in message, message
     assert "num_gaussians: saved 32, now 16" in message and "(here --patch_size 8 --num_gaussians 32)" in message, message
     assert folder_state(out) == before
-    given = _given(message)
+    given = given_words(message)
     assert given == {"num_gaussians": "32", "patch_size": "8", "window": "[-1000.0, 1000.0]", "learning_rate": "0.0005"}
 
     settings = {**TINY_GMAE, **changed, **given}
@@ -166,7 +149,7 @@ def test_a_gvit_resume_names_the_window_and_model_flags_and_their_words_resume(t
     for words in ("--num_gaussians 12", "--patch_size 4", "--learning_rate 0.001", "--pixel_loss bce", "--gamma 0.1"):
         assert words in message, (words, message)
     assert folder_state(out) == before
-    given = _given(message)
+    given = given_words(message)
     assert given == {"num_gaussians": "12", "patch_size": "4", "window": "[-500.0, 500.0]", "learning_rate": "0.001",
                      "pixel_loss": "bce", "gamma": "0.1"}  # fmt: skip
 
@@ -175,3 +158,12 @@ def test_a_gvit_resume_names_the_window_and_model_flags_and_their_words_resume(t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     model = torch.load(out / "model.pt", weights_only=True)
     assert model["extra"]["data"]["window"] == [-500.0, 500.0] and model["config"]["num_gaussians"] == 12
+
+
+@pytest.mark.parametrize("text, expected", [("false", False), ("true", True), ("False", False), ("0", False)])
+def test_a_true_false_network_flag_given_as_text_is_read_as_the_word_says(tmp_path, text, expected):
+    """``--network_def#loss_on_all_pixels false`` reaches the network as the text ``'false'`` (the bundle command
+    line hands the word on as it is, which a refusal's own words give): the network reads it as False, not as the
+    non-empty text bool() takes for True, so the words a refusal gives for a saved False resume the run."""
+    parser = gmae_parser(tmp_path, **{"network_def#loss_on_all_pixels": text})
+    assert parser.get_parsed_content("network_def").loss_on_all_pixels is expected

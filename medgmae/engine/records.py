@@ -146,6 +146,9 @@ class SettingsRecord:
 
 _ABSENT = object()
 
+#: A checked flag (:func:`check_flags`): a flag, ``(flag, "side")`` or ``((flag, ...), "items")``.
+Flag = str | tuple[str, str] | tuple[tuple[str, ...], str]
+
 
 def _dotted(settings: Mapping, name: str) -> Any:
     """The value of ``name`` (``"model.classifier_freqs"``) in nested ``settings``, :data:`_ABSENT` if none."""
@@ -171,25 +174,33 @@ def _flag_value(value: Any) -> str:
     return '"' + re.sub(r'(["\\$`])', r"\\\1", text) + '"'
 
 
-def check_flags(flags: Mapping[str, Any] | None) -> dict[str, str | tuple[str, str]]:
-    """A record's ``flags`` (:func:`resume_flags`), checked: ``{setting: flag}`` or ``{setting: [flag, "side"]}``; a
-    component's flag as the command line writes it (``network_def#min_scale``, which a bundle config's parser hands
-    over as ``network_def::min_scale``).
+def check_flags(flags: Mapping[str, Any] | None) -> dict[str, Flag]:
+    """A record's ``flags`` (:func:`resume_flags`), checked: ``{setting: flag}``, ``{setting: [flag, "side"]}`` or
+    ``{setting: [[flag, flag, ...], "items"]}``; a component's flag as the command line writes it
+    (``network_def#min_scale``, which a bundle config's parser hands over as ``network_def::min_scale``).
 
     Raises:
         ValueError: not a mapping, or a value of another form, naming it.
     """
     if flags is not None and not isinstance(flags, Mapping):
         raise ValueError(f"flags must map each setting to its bundle flag, got {flags!r}")
-    checked: dict[str, str | tuple[str, str]] = {}
+    checked: dict[str, Flag] = {}
     for name, flag in (flags or {}).items():  # MONAI's config parser reads "network_def#x" as "network_def::x"
+        form = flag[1] if isinstance(flag, Sequence) and not isinstance(flag, str) and len(flag) == 2 else None
         if isinstance(flag, str):
             checked[str(name)] = flag.replace("::", "#")
-        elif isinstance(flag, Sequence) and len(flag) == 2 and isinstance(flag[0], str) and flag[1] == "side":
+        elif form == "side" and isinstance(flag[0], str):
             checked[str(name)] = (flag[0].replace("::", "#"), "side")
+        elif form == "items" and _flag_names(flag[0]):
+            checked[str(name)] = (tuple(f.replace("::", "#") for f in flag[0]), "items")
         else:
-            raise ValueError(f"flags[{name!r}] must be a flag name or [flag, 'side'], got {flag!r}")
+            raise ValueError(f"flags[{name!r}] must be a flag name, [flag, 'side'] or [[flag, ...], 'items'], got {flag!r}")
     return checked
+
+
+def _flag_names(names: Any) -> bool:
+    """Whether ``names`` is a non-empty list of flag names (an ``"items"`` form's)."""
+    return isinstance(names, Sequence) and not isinstance(names, str) and bool(names) and all(isinstance(n, str) for n in names)
 
 
 def resume_flags(flags: Mapping[str, Any], diff: Sequence[str], saved: Mapping) -> list[str]:
@@ -198,28 +209,35 @@ def resume_flags(flags: Mapping[str, Any], diff: Sequence[str], saved: Mapping) 
     Args:
         flags: ``{setting: flag}`` (:func:`check_flags`), the setting dotted (``"optimiser.learning_rate"``); a flag
             that takes one size for every axis is ``[flag, "side"]``: the saved sizes (``[32, 32]``), all equal, as
-            that one number (``--image_size 32``).
+            that one number (``--image_size 32``); a setting whose values each have a flag of their own is
+            ``[[flag, flag], "items"]``: the saved ``[-175.0, 250.0]`` as ``--a_min -175.0 --a_max 250.0``.
         diff: the refusal's lines (:func:`~medgmae.settings_diff.settings_differences`, ``"name: saved X, now Y"``).
         saved: the saved settings (nested, as the names are dotted).
 
     Returns:
         ``["--learning_rate 0.0005", '--window "[-350.0, 400.0]"', ...]`` in the order of ``flags``, each once; a
-        setting the saved record lacks, or sizes no one number gives, left out.
+        setting the saved record lacks, sizes no one number gives, or values not one for each flag, left out.
     """
     words: list[str] = []
     for name, flag in check_flags(flags).items():
-        if not any(line.startswith(f"{name}: ") for line in diff):
-            continue
-        value, form = _dotted(saved, name), None if isinstance(flag, str) else flag[1]
-        if form == "side":
-            sides = value if isinstance(value, list) else [value]
-            value = sides[0] if sides and all(v == sides[0] and isinstance(v, int) for v in sides) else _ABSENT
-        if value is _ABSENT:
-            continue
-        word = f"--{flag if isinstance(flag, str) else flag[0]} {_flag_value(value)}"
-        if word not in words:
-            words.append(word)
+        if any(line.startswith(f"{name}: ") for line in diff):
+            words += [w for w in _flag_words(flag, _dotted(saved, name)) if w not in words]
     return words
+
+
+def _flag_words(flag: Flag, value: Any) -> list[str]:
+    """The ``--flag value`` words of one checked flag (:func:`check_flags`) giving a saved ``value`` (none for
+    :data:`_ABSENT`, or a value its form cannot give)."""
+    if isinstance(flag, str):
+        return [] if value is _ABSENT else [f"--{flag} {_flag_value(value)}"]
+    names, form = flag
+    if form == "side":
+        sides = value if isinstance(value, list) else [value]
+        one = bool(sides) and all(v == sides[0] and isinstance(v, int) and not isinstance(v, bool) for v in sides)
+        return [f"--{names} {_flag_value(sides[0])}"] if one else []
+    if not isinstance(value, list) or len(value) != len(names):  # "items": one value for each flag
+        return []
+    return [f"--{n} {_flag_value(v)}" for n, v in zip(names, value)]
 
 
 def unrecorded_states(records: Mapping[str, Any]) -> dict[str, dict]:

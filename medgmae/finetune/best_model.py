@@ -3,18 +3,19 @@ inference and export.
 
 The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr``: the network's ``config()`` plus the
 run's ``class_names`` (label order, background first), the weights, the run's pre-processing and
-``extra = {"epoch", "metric_name", "metric"}``.
+``extra = {"epoch", "metric_name", "metric", "run"}``, ``run`` the training run's seed and data loader workers
+(:func:`medgmae.checkpoint.run_record`; a file written before it was recorded has none).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-from medgmae.checkpoint import Checkpoint, load_checkpoint, lost_best_warning, make_checkpoint
+from medgmae.checkpoint import Checkpoint, load_checkpoint, lost_best_warning, make_checkpoint, run_record
 from medgmae.engine import is_main_process, unwrap_model
 from medgmae.finetune.classes import run_label_names
 from medgmae.networks.unetr import MedGMAEUNETR
@@ -59,7 +60,8 @@ def load_finetuned(
         purpose: what needs the file, said when it is of another kind.
 
     Returns:
-        The network, in train mode as built, with ``preprocessing`` and ``class_names`` set.
+        The network, in train mode as built, with ``preprocessing``, ``class_names`` and ``run_settings`` (the
+        training run's ``{"seed", "num_workers"}``, ``None`` for a file that records none) set.
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -75,6 +77,7 @@ def load_finetuned(
     net.load_state_dict(ckpt.state_dict, strict=True)
     net.preprocessing = ckpt.preprocessing
     net.class_names = [str(n) for n in names] if names is not None else run_label_names(path, out_channels)
+    net.run_settings = ckpt.run  # None: a file written before the run was recorded
     return net
 
 
@@ -127,8 +130,8 @@ class BestCheckpointSaver:
     """Save ``best_model.pt`` atomically whenever a validation metric improves (attach to the evaluator).
 
     The file is a :mod:`medgmae.checkpoint` model file of kind ``medgmae-unetr`` with the run's pre-processing, its
-    class names (in the config, ``class_names``) and ``extra = {"epoch", "metric_name", "metric"}``, readable by
-    :func:`load_finetuned`. The best value so far is
+    class names (in the config, ``class_names``) and ``extra = {"epoch", "metric_name", "metric"}`` (and ``"run"``
+    when ``run`` is given), readable by :func:`load_finetuned`. The best value so far is
     part of ``state_dict()`` so that resumed runs keep it, as long as the file still holds that epoch's model
     (:meth:`load_state_dict`).
 
@@ -140,6 +143,8 @@ class BestCheckpointSaver:
         preprocessing: the run's pre-processing, recorded in the file for evaluation and inference.
         label_names: the run's class names in label order, background first (one per output channel), recorded
             for evaluation, inference and export; ``None`` records none.
+        run: the training run's seed and data loader workers, ``{"seed", "num_workers"}``
+            (:func:`medgmae.checkpoint.run_record`), recorded as ``extra["run"]``; ``None`` records none.
     """
 
     def __init__(
@@ -150,6 +155,7 @@ class BestCheckpointSaver:
         filename: str = "best_model.pt",
         preprocessing: PreprocessingSpec | None = None,
         label_names: Sequence[str] | None = None,
+        run: Mapping | None = None,
     ) -> None:
         if not hasattr(network, "config"):
             raise ValueError(f"{type(network).__name__} has no config(); use MedGMAEUNETR")
@@ -160,6 +166,7 @@ class BestCheckpointSaver:
         self.path, self.network, self.metric_name = Path(output_dir) / filename, network, metric_name
         self.best, self.best_epoch = -float("inf"), 0
         self.preprocessing = preprocessing
+        self.run_settings = None if run is None else run_record(run)
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -186,7 +193,7 @@ class BestCheckpointSaver:
         net = unwrap_model(self.network)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         config = net.config() if self.label_names is None else {**net.config(), "class_names": self.label_names}
-        payload = make_checkpoint(FINETUNED_KIND, config, state, self.preprocessing,
+        payload = make_checkpoint(FINETUNED_KIND, config, state, self.preprocessing, run=self.run_settings,
                                   extra={"epoch": self.best_epoch, "metric_name": self.metric_name, "metric": value})
         save_torch_atomic(payload, self.path)
         logger.info("new best %s %.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.path)

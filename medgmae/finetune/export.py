@@ -18,6 +18,9 @@ bundle's metadata plus:
   ``training_cases.json`` beside the checkpoint names, ``class_<i>`` where unknown), and the run's patch, spacing and HU window in the description;
 * ``eval_metrics``: the run's best validation score and its epoch as ``best_model.pt`` records them
   (``{"mean_dice": ..., "best_epoch": ...}``; absent when the file records none);
+* ``run``: the training run's seed and data loader workers as ``best_model.pt`` records them (``extra["run"]``,
+  ``{"seed", "num_workers"}``; absent when the file records none), so that the exported file handed on alone says
+  how it was trained;
 * ``inference``: the rest of the bundle's segmentation recipe (``inference.json``), which the spec alone does not
   give: after the spec's transforms the image is cropped to the box of its voxels above 0
   (``CropForegroundd(source_key="image", allow_smaller=True)``: outside it the prediction is background), then
@@ -236,6 +239,9 @@ def export_torchscript(
     metrics = run_eval_metrics(checkpoint)
     if metrics:
         meta["eval_metrics"] = metrics
+    meta.pop("run", None)  # likewise: only this run's own record
+    if network.run_settings is not None:
+        meta["run"] = network.run_settings
     meta.update(
         preprocessing=spec.to_dict(), roi_size=roi, in_channels=channels,
         out_channels=out_channels, source=str(checkpoint), inference=INFERENCE_RECIPE,

@@ -26,8 +26,9 @@ def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, P
     Both are :func:`medgmae.checkpoint.make_checkpoint` payloads carrying the model's pre-processing (the
     contract every consumer reads: orientation, spacing, HU window, input and patch size):
     ``encoder.pt``: ``{"kind": "medgmae-encoder", "config", "preprocessing", "state_dict", "extra": {"source": <model
-    kind>}}``; ``model.pt``: ``{"kind": <model kind>, "config", "preprocessing", "state_dict"}``, the model kind being
-    ``"medgmae"``, ``"medgmae-star"`` or ``"voxel-mae"``.
+    kind>}}``; ``model.pt``: ``{"kind": <model kind>, "config", "preprocessing", "state_dict", "extra"}``, the model
+    kind being ``"medgmae"``, ``"medgmae-star"`` or ``"voxel-mae"``; both with the training run's seed and loader
+    workers as ``extra["run"]`` where the model has them (``run_settings``, set by :func:`~medgmae.mae_training.build_model`).
 
     Args:
         network: MedGMAE / VoxelMAE, optionally wrapped in DDP.

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import torch.nn as nn
 
+from medgmae.checkpoint import run_record
 from medgmae.engine import unwrap_model
 from medgmae.engine.records import check_flags, resume_flags
 from medgmae.engine.restore import ResumeRefused
@@ -30,6 +31,7 @@ def build_model(
     mask_ratio: float = 0.75,
     loss_on_all_voxels: bool = False,
     preprocessing: PreprocessingSpec | None = None,
+    run_settings: Mapping | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a pre-training model by name (what the bundle configs instantiate).
@@ -44,6 +46,9 @@ def build_model(
         loss_on_all_voxels: MSE on every voxel instead of the masked ones.
         preprocessing: the data pre-processing the model is trained with, recorded in its checkpoints; its
             ``input_size`` and ``patch_size`` must match ``img_size`` and ``patch_size``.
+        run_settings: the training run's seed and data loader workers, ``{"seed", "num_workers"}``
+            (:func:`medgmae.checkpoint.run_record`), set as the model's ``run_settings``: recorded in its
+            ``model.pt``, ``best_model.pt`` and ``encoder.pt`` as ``extra["run"]``. Not part of its ``config()``.
         kwargs: further :class:`~medgmae.networks.MedGMAE` arguments (``scale_cap``, ``level_multipliers``...).
 
     Returns:
@@ -64,6 +69,7 @@ def build_model(
                 f"differ from the model's img_size {model.img_size} / patch_size {model.patch_size}"
             )
         model.preprocessing = preprocessing
+    model.run_settings = run_record(run_settings) if run_settings is not None else None
     return model
 
 
@@ -74,9 +80,10 @@ class ModelConfigRecord:
 
     Args:
         network: the model (DDP-wrapped or not).
-        flags: ``{config field: bundle flag}`` (:func:`~medgmae.engine.records.resume_flags`: ``[flag, "side"]`` for
-            a flag taking one size for every axis): a refusal naming one of them says the flags and saved values
-            that resume the run (``--num_gaussians 32``).
+        flags: ``{field: bundle flag}`` (:func:`~medgmae.engine.records.resume_flags`: ``[flag, "side"]`` for
+            a flag taking one size for every axis, ``[[flag, flag], "items"]`` for a field of a flag per value), the
+            fields ``kind``, ``preprocessing.<key>`` and the config's: a refusal naming one of them says the flags
+            and saved values that resume the run (``--num_gaussians 32``, ``--a_min -175.0 --a_max 250.0``).
     """
 
     def __init__(self, network: nn.Module, flags: Mapping[str, Any] | None = None) -> None:
@@ -110,7 +117,8 @@ class ModelConfigRecord:
             rule, kind = _record_fields(saved).get("level_intensity"), _record_fields(saved).get("kind")
             other_kind = [d for d in diff if d.startswith("kind")]
             changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str) and not other_kind
-            given = resume_flags(self.flags, diff, _record_fields(saved)) + [f"--network_def#level_intensity {rule}"] * changed
+            given = resume_flags(self.flags, diff, _record_fields(saved))
+            given += [w for w in [f"--network_def#level_intensity {rule}"] * changed if w not in given]
             example = f" (here {' '.join(given)})" if given else ""
             if other_kind:  # another model altogether: its fields differ as a consequence, named after it
                 diff = other_kind + ["and the fields of that model"]

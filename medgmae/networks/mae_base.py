@@ -19,6 +19,7 @@ from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import Tensor
 
+from medgmae.cli_types import as_bool
 from medgmae.checkpoint import ENCODER_KIND, Checkpoint, load_checkpoint, make_checkpoint
 from medgmae.checkpoint_checks import CheckpointRefused
 from medgmae.input_scale import model_input_range
@@ -194,7 +195,9 @@ class MaskedAutoencoder(nn.Module):
         preset = VIT_PRESETS[model_size]
         self.preset, self.model_size, self.spatial_dims = preset, model_size, spatial_dims
         self.img_size, self.patch_size, self.in_channels = img, patch, in_channels
-        self.mask_ratio, self.loss_on_all_voxels = float(mask_ratio), bool(loss_on_all_voxels)
+        # a bundle's ``--network_def#loss_on_all_pixels false`` arrives as the text 'false', which bool() reads as True
+        loss_name = "loss_on_all_pixels" if spatial_dims == 2 else "loss_on_all_voxels"
+        self.mask_ratio, self.loss_on_all_voxels = float(mask_ratio), as_bool(loss_on_all_voxels, loss_name)
         #: the pre-processing the model is (to be) trained with; written into ``model.pt`` / ``encoder.pt``.
         self.preprocessing: PreprocessingSpec | None = None
         #: settings of the training data that neither the config nor ``preprocessing`` holds (2D GMAE: ``flip``,

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from medgmae.cli_types import as_bool
 from medgmae.render import BACKENDS, as_cutoff
 from medgmae.gaussians import INTENSITY_BIAS_INIT, SCALE_BIAS_INIT, Gaussians3D, activate_gaussian_heads
 from medgmae.networks.mae_base import (
@@ -233,6 +234,7 @@ class MedGMAE(MaskedAutoencoder):
         num_gaussians = positive_count(num_gaussians, "num_gaussians")
         if not 0.0 < float(scale_cap) <= 1.0 or not 0.0 < float(min_scale) < float(scale_cap):
             raise ValueError(f"need 0 < min_scale < scale_cap <= 1, got min_scale={min_scale}, scale_cap={scale_cap}")
+        multi_level = as_bool(multi_level, "multi_level")  # a bundle flag's 'false' is text, which bool() reads as True
         mults, deltas = _level_multipliers(level_multipliers), [float(d) for d in level_deltas]
         if multi_level:
             _check_levels(mults, deltas)
@@ -242,7 +244,7 @@ class MedGMAE(MaskedAutoencoder):
             raise ValueError(f"render_backend must be one of {BACKENDS}, got {render_backend!r}")
         self.num_gaussians, self.scale_cap, self.min_scale = int(num_gaussians), float(scale_cap), float(min_scale)
         self.cutoff, self.render_backend = as_cutoff(cutoff), render_backend
-        self.multi_level, self.level_multipliers, self.level_deltas = bool(multi_level), mults, deltas
+        self.multi_level, self.level_multipliers, self.level_deltas = multi_level, mults, deltas
         self.sigma_mu, self.level_intensity = float(sigma_mu), level_intensity
         if self.multi_level:
             self.kind = "medgmae-star"
