@@ -28,6 +28,12 @@ triangles; up to 6,250 Gaussians), 1,952 at level 1 (42, 80; up to 25,000), 512 
 beyond), so 200,000 Gaussians take 102 MB. Gaussians must be in the world frame (RAS millimetres, the toolkit's
 world): the ``SPACE=RAS`` comment says so.
 
+A file is built and written a part at a time (:data:`_CHUNK_POINTS` points), so that writing one takes a few tens
+of MB of memory whatever its size; one that would not fit in the free room of its folder's file system is refused
+before anything is written, naming both sizes and the finest level that fits (level 6, 40,962 points a
+Gaussian, takes 1.97 MB a Gaussian: 98 GB for 50,000). Points beyond float32's range (a radius of ``1e308``) are
+refused, as the file holds them in float32.
+
 Zero-shot inference and ``medgmae-recon reconstruct`` write the mesh beside their ``.ply`` only up to
 :data:`MESH_LIMIT` Gaussians (200,000: 102 MB). Above it they write none (and remove one an earlier run left under
 that name, which would not be this run's Gaussians) and say so in one line with the command that writes it from the
@@ -37,10 +43,11 @@ that name, which would not be this run's Gaussians) and say so in one line with 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shlex
-from functools import lru_cache
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,6 +56,7 @@ import torch
 
 from medgmae.files import atomic_write
 from medgmae.gaussians import Gaussians3D
+from medgmae.icosphere import icosphere
 from medgmae.rotations import quaternion_to_rotation_matrix
 
 __all__ = [
@@ -75,15 +83,21 @@ TRIANGLE_BUDGET = 2_000_000
 #: The finest icosphere level chosen by count (162 points, 320 triangles); a finer one may be asked for.
 MAX_LEVEL = 2
 #: Gaussians up to which zero-shot inference and ``reconstruct`` write the mesh beside their ``.ply``: 102 MB and 4
-#: million triangles at 200,000 (the icosahedron, 512 bytes a Gaussian; about 3 s to write on two CPU cores). The
-#: Gaussians of a whole scan's zero-shot inference (about 100,000 to 200,000 for an abdomen) stay within it; a default
-#: reconstruction grows to one Gaussian per 8 voxels (650,000 on a 256 x 256 x 80 scan: a 333 MB mesh of 13 million
-#: triangles, about 7 s to write), which every run would write whether it is looked at or not, and a viewer would
-#: have to load whole. Above it ``medgmae-ellipsoids`` writes the mesh from the ``.ply`` when asked
-#: (:func:`skipped_mesh_message`).
+#: million triangles at 200,000 (the icosahedron, 512 bytes a Gaussian; about 3 s to write on two CPU cores). Zero-shot
+#: inference keeps each window's own Gaussians, so a scan gives at most ``num_gaussians`` times its windows: with the
+#: pre-training bundle's defaults (256 Gaussians a 96^3 window of 1.5 mm voxels, no overlap) a whole abdomen, up to
+#: 432 mm a side, is 3 x 3 x 3 windows: at most 6,912 Gaussians, and 48,384 for MedGMAE* (levels of 1, 2 and 4 times
+#: 256: 1,792 a window); 4 windows a side (up to 576 mm) give 16,384 and 114,688. A default reconstruction grows to
+#: one Gaussian per 8 voxels (650,000 on a 256 x 256 x 80 scan: a 333 MB mesh of 13 million triangles, about 7 s to
+#: write), which every run would write whether it is looked at or not, and a viewer would have to load whole. Above
+#: it ``medgmae-ellipsoids`` writes the mesh from the ``.ply`` when asked (:func:`skipped_mesh_message`).
 MESH_LIMIT = 200_000
 #: Points one file may hold: legacy VTK's polygon indices are 32-bit.
 _MAX_POINTS = 2**31 - 1
+#: The largest float32: the file holds its points in float32.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Points a file is built with at a time (6 MB of float64 points, 13 MB of their triangles' indices).
+_CHUNK_POINTS = 2**18
 
 
 class EllipsoidMesh(NamedTuple):
@@ -102,65 +116,6 @@ class EllipsoidMesh(NamedTuple):
     intensities: np.ndarray
     level: int
     radius: float
-
-
-def _icosahedron() -> tuple[np.ndarray, np.ndarray]:
-    """The 12 unit vertices and 20 triangles of the regular icosahedron, each triangle counterclockwise seen from
-    outside."""
-    t = (1.0 + math.sqrt(5.0)) / 2.0
-    v = np.array([[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t],
-                  [0, -1, -t], [0, 1, -t], [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]], dtype=np.float64)  # fmt: skip
-    f = np.array([[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
-                  [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9],
-                  [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]], dtype=np.int64)  # fmt: skip
-    return v / np.linalg.norm(v, axis=1, keepdims=True), f
-
-
-def _subdivided(vertices: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each triangle cut into four at its edges' midpoints, pushed out onto the unit sphere (orientation kept)."""
-    points, middle, out = list(vertices), {}, []
-
-    def mid(a: int, b: int) -> int:
-        key = (min(a, b), max(a, b))
-        if key not in middle:
-            m = vertices[a] + vertices[b]
-            middle[key] = len(points)
-            points.append(m / np.linalg.norm(m))
-        return middle[key]
-
-    for a, b, c in triangles.tolist():
-        ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
-        out += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-    return np.array(points), np.array(out, dtype=np.int64)
-
-
-@lru_cache(maxsize=None)
-def _cached_icosphere(level: int) -> tuple[np.ndarray, np.ndarray]:
-    vertices, triangles = _icosahedron()
-    for _ in range(level):
-        vertices, triangles = _subdivided(vertices, triangles)
-    for a in (vertices, triangles):
-        a.flags.writeable = False
-    return vertices, triangles
-
-
-def icosphere(level: int) -> tuple[np.ndarray, np.ndarray]:
-    """The unit icosphere of ``level`` subdivisions of the icosahedron.
-
-    Args:
-        level: 0 (the icosahedron: 12 vertices, 20 triangles), 1 (42, 80), 2 (162, 320)...: ``10 * 4^level + 2``
-            vertices, ``20 * 4^level`` triangles.
-
-    Returns:
-        ``(vertices, triangles)``: ``(V, 3)`` float64 unit vectors and ``(F, 3)`` int64 indices, counterclockwise
-        seen from outside; read-only (cached).
-
-    Raises:
-        ValueError: ``level`` is not a whole number from 0 to 6.
-    """
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 6:
-        raise ValueError(f"level must be a whole number from 0 to 6 (6: 40,962 points a Gaussian), got {level!r}")
-    return _cached_icosphere(int(level))
 
 
 def sphere_level(count: int, budget: int = TRIANGLE_BUDGET) -> int:
@@ -202,8 +157,59 @@ def _checked_arrays(gaussians: Gaussians3D) -> tuple[np.ndarray, np.ndarray, np.
     return means, scales, quats, intensities
 
 
+class _Parts(NamedTuple):
+    """Checked Gaussians (float64 arrays), the radius and the icosphere a mesh is built from (:func:`_parts`)."""
+
+    means: np.ndarray
+    scales: np.ndarray
+    quats: np.ndarray
+    intensities: np.ndarray
+    radius: float
+    level: int
+    unit: np.ndarray
+    triangles: np.ndarray
+
+
+def _parts(gaussians: Gaussians3D, radius: float, level: int | None) -> _Parts:
+    """:func:`ellipsoid_mesh`'s arguments checked (its ``Raises``), with the icosphere of the level."""
+    means, scales, quats, intensities = _checked_arrays(gaussians)
+    if not 0 < float(radius) < math.inf:
+        raise ValueError(f"radius must be a positive finite Mahalanobis distance, got {radius!r}")
+    level = sphere_level(len(means)) if level is None else level
+    unit, triangles = icosphere(level)
+    k, v = len(means), len(unit)
+    if k * v > _MAX_POINTS:
+        raise ValueError(f"{k} Gaussians of {v} points are more points than a legacy VTK file indexes ({_MAX_POINTS}); "
+                         "give a lower level")  # fmt: skip
+    with np.errstate(over="ignore"):  # a huge radius: inf, refused below
+        reach = np.abs(means).max(-1) + float(radius) * scales.max(-1) if k else np.zeros(1)
+    if not reach.max() < _FLOAT32_MAX:  # |R S u| <= max(S) for a unit u: no point lies farther out on any axis
+        i = int(np.argmax(reach))
+        raise ValueError(f"the ellipsoids reach {reach[i]:.3g} from the origin (a centre {np.abs(means[i]).max():.3g} "
+                         f"out, plus radius {float(radius):.6g} times a scale of {scales[i].max():.3g}): beyond "
+                         f"{_FLOAT32_MAX:.3g}, the largest float32, in which the file holds its points; give a smaller "
+                         "radius")  # fmt: skip
+    return _Parts(means, scales, quats, intensities, float(radius), int(level), unit, triangles)
+
+
+def _points(parts: _Parts, start: int, stop: int) -> np.ndarray:
+    """The ``(n * V, 3)`` float64 vertices of Gaussians ``start`` to ``stop - 1``."""
+    rot = quaternion_to_rotation_matrix(torch.from_numpy(parts.quats[start:stop])).numpy()  # normalised first
+    axes = rot * (parts.radius * parts.scales[start:stop])[:, None, :]  # R S r: column j is axis j's half-length vector
+    return (parts.means[start:stop, None, :] + np.einsum("kij,vj->kvi", axes, parts.unit)).reshape(-1, 3)
+
+
+def _faces(parts: _Parts, start: int, stop: int) -> np.ndarray:
+    """The ``(n * F, 3)`` int64 triangles of Gaussians ``start`` to ``stop - 1``, indexing the whole mesh's points."""
+    offsets = np.arange(start, stop, dtype=np.int64) * len(parts.unit)
+    return (parts.triangles[None] + offsets[:, None, None]).reshape(-1, 3)
+
+
 def ellipsoid_mesh(gaussians: Gaussians3D, radius: float = HALF_MAXIMUM_RADIUS, level: int | None = None) -> EllipsoidMesh:
     """One ellipsoid per Gaussian: the icosphere's unit vectors ``u`` at ``centre + radius * R S u``.
+
+    The whole mesh is built in memory: 28 bytes a point and 24 a triangle (:func:`save_ellipsoids` builds its file a
+    part at a time instead).
 
     Args:
         gaussians: a :class:`Gaussians3D` with ``B == 1`` (``K == 0`` gives an empty mesh).
@@ -215,30 +221,33 @@ def ellipsoid_mesh(gaussians: Gaussians3D, radius: float = HALF_MAXIMUM_RADIUS, 
 
     Raises:
         ValueError: a batch of several sets, non-finite values, a scale of 0 or less, a zero quaternion, a radius
-            that is not a positive finite number, a bad level, or more points than a VTK file indexes.
+            that is not a positive finite number, a bad level, more points than a VTK file indexes, points beyond
+            float32's range (the file's), or arrays larger than this machine's memory.
     """
-    means, scales, quats, intensities = _checked_arrays(gaussians)
-    if not 0 < float(radius) < math.inf:
-        raise ValueError(f"radius must be a positive finite Mahalanobis distance, got {radius!r}")
-    level = sphere_level(len(means)) if level is None else level
-    unit, triangles = icosphere(level)
-    k, v = len(means), len(unit)
-    if k * v > _MAX_POINTS:
-        raise ValueError(f"{k} Gaussians of {v} points are more points than a legacy VTK file indexes ({_MAX_POINTS}); "
-                         "give a lower level")  # fmt: skip
-    rot = quaternion_to_rotation_matrix(torch.from_numpy(quats)).numpy()  # (K, 3, 3), normalised first
-    axes = rot * (float(radius) * scales)[:, None, :]  # R S r: column j is axis j's half-length vector
-    points = means[:, None, :] + np.einsum("kij,vj->kvi", axes, unit)
-    faces = triangles[None] + (np.arange(k, dtype=np.int64) * v)[:, None, None]
-    return EllipsoidMesh(points.reshape(-1, 3), faces.reshape(-1, 3), np.repeat(intensities.astype(np.float32), v),
-                         int(level), float(radius))  # fmt: skip
+    parts = _parts(gaussians, radius, level)
+    k, v, f = len(parts.means), len(parts.unit), len(parts.triangles)
+    need, memory = k * (28 * v + 24 * f), _physical_memory()
+    if memory is not None and need > memory:
+        raise ValueError(f"the mesh of {k:,} Gaussians at level {parts.level} takes {_megabytes(need)} of arrays, more "
+                         f"than this machine's {_megabytes(memory)} of memory: give a lower level, or write it with "
+                         "save_ellipsoids, which builds it a part at a time")  # fmt: skip
+    return EllipsoidMesh(_points(parts, 0, k), _faces(parts, 0, k), np.repeat(parts.intensities.astype(np.float32), v),
+                         parts.level, parts.radius)  # fmt: skip
+
+
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes; ``None`` where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def save_ellipsoids(
     path: str | os.PathLike, gaussians: Gaussians3D, radius: float = HALF_MAXIMUM_RADIUS, level: int | None = None
 ) -> Path:
     """Write the :func:`ellipsoid_mesh` of Gaussians in the world frame (RAS millimetres) as a binary legacy VTK
-    polydata file, atomically (module docstring: the layout, the ``SPACE=RAS`` header, the sizes).
+    polydata file, atomically, a part at a time (module docstring: the layout, the ``SPACE=RAS`` header, the sizes).
 
     An empty set of Gaussians writes a valid file of no points and no triangles (no ``POLYGONS`` section: VTK's
     reader reports ``POLYGONS 0 0`` as an error), as :func:`medgmae.ply.save_ply` writes a ``.ply`` of no vertices.
@@ -253,25 +262,62 @@ def save_ellipsoids(
         The path written.
 
     Raises:
-        ValueError: as :func:`ellipsoid_mesh`.
+        ValueError: as :func:`ellipsoid_mesh` (but for its memory).
+        OutputWriteError: the file would not fit in the free room of its folder's file system (checked before
+            anything is written), or a write refused for want of room or permission.
     """
-    mesh = ellipsoid_mesh(gaussians, radius, level)
-    n, m = len(mesh.points), len(mesh.triangles)
-    title = (f"medgmae ellipsoids: {gaussians.num_gaussians} Gaussians, {10 * 4**mesh.level + 2} points each, "
-             f"Mahalanobis radius {mesh.radius:.6g}, world mm SPACE=RAS")  # fmt: skip
-    polygons = np.empty((m, 4), dtype=">i4")
-    polygons[:, 0], polygons[:, 1:] = 3, mesh.triangles
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(f"# vtk DataFile Version 4.2\n{title}\nBINARY\nDATASET POLYDATA\nPOINTS {n} float\n".encode("ascii"))
-            f.write(mesh.points.astype(">f4").tobytes())
-            if m:  # VTK's reader reports an error on 'POLYGONS 0 0', which 3D Slicer takes as a failed load
-                f.write(f"\nPOLYGONS {m} {4 * m}\n".encode("ascii"))
-                f.write(polygons.tobytes())
-            f.write(f"\nPOINT_DATA {n}\nSCALARS intensity float 1\nLOOKUP_TABLE default\n".encode("ascii"))
-            f.write(mesh.intensities.astype(">f4").tobytes())
-            f.write(b"\n")
+    parts = _parts(gaussians, radius, level)
+    k, v, f = len(parts.means), len(parts.unit), len(parts.triangles)
+    _check_room(Path(path), k, parts.level)
+    n, m, per = k * v, k * f, max(1, _CHUNK_POINTS // v)
+    spans = [(start, min(start + per, k)) for start in range(0, k, per)]
+    title = (f"medgmae ellipsoids: {gaussians.num_gaussians} Gaussians, {v} points each, "
+             f"Mahalanobis radius {parts.radius:.6g}, world mm SPACE=RAS")  # fmt: skip
+    with atomic_write(path) as tmp, open(tmp, "wb") as out:
+        out.write(f"# vtk DataFile Version 4.2\n{title}\nBINARY\nDATASET POLYDATA\nPOINTS {n} float\n".encode("ascii"))
+        for start, stop in spans:
+            out.write(_points(parts, start, stop).astype(">f4").tobytes())
+        if m:  # VTK's reader reports an error on 'POLYGONS 0 0', which 3D Slicer takes as a failed load
+            out.write(f"\nPOLYGONS {m} {4 * m}\n".encode("ascii"))
+            for start, stop in spans:
+                faces = _faces(parts, start, stop)
+                polygons = np.empty((len(faces), 4), dtype=">i4")
+                polygons[:, 0], polygons[:, 1:] = 3, faces
+                out.write(polygons.tobytes())
+        out.write(f"\nPOINT_DATA {n}\nSCALARS intensity float 1\nLOOKUP_TABLE default\n".encode("ascii"))
+        for start, stop in spans:
+            out.write(np.repeat(parts.intensities[start:stop].astype(">f4"), v).tobytes())
+        out.write(b"\n")
     return Path(path)
+
+
+def _check_room(path: Path, count: int, level: int) -> None:
+    """Raise :class:`~medgmae.write_failures.OutputWriteError` (no room) when the file of ``count`` ellipsoids at
+    ``level`` would not fit in the free room of the file system of ``path``'s folder, naming both sizes and the
+    finest level that fits; nothing where the free room cannot be read."""
+    from medgmae.write_failures import OutputWriteError
+
+    folder = path.absolute().parent
+    while not folder.exists() and folder.parent != folder:  # the folder atomic_write makes: the room above it
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    size = mesh_bytes(count, level)
+    if size <= free:
+        return
+    fits = next((lower for lower in range(level - 1, -1, -1) if mesh_bytes(count, lower) <= free), None)
+    advice = (f"give a lower level (level {fits}: {_megabytes(mesh_bytes(count, fits))})" if fits is not None
+              else "free room there, or write it to another file system")  # fmt: skip
+    said = (f"{path} could not be written (no room: the ellipsoids of {count:,} Gaussians at level {level} take "
+            f"{_megabytes(size)}, and {folder} has {_megabytes(free)} free): {advice}. Nothing of it was kept")
+    raise OutputWriteError(errno.ENOSPC, said, os.fspath(path))
+
+
+def _megabytes(count: int) -> str:
+    """A number of bytes in MB (GB from 10 GB)."""
+    return f"{count / 1e9:,.1f} GB" if count >= 1e10 else f"{count / 1e6:,.1f} MB"
 
 
 def mesh_bytes(count: int, level: int | None = None) -> int:

@@ -17,7 +17,10 @@ The output is ``--out``, else beside the input: a file name ending in ``gaussian
 in its place (``gaussians.ply`` -> ``ellipsoids.vtk``, ``ct_gaussians.ply`` -> ``ct_ellipsoids.vtk``: the names
 the runs give the mesh), any other ``<stem>.ply`` (or another ending) ``<stem>_ellipsoids.vtk``. An existing file
 is replaced only with ``--force``, as ``medgmae-datalist`` does; the file is written whole or not at all
-(:func:`medgmae.ellipsoids.save_ellipsoids`). Exit status 0, or 2 with one line naming the problem.
+(:func:`medgmae.ellipsoids.save_ellipsoids`), a part at a time, so that a fine ``--level`` takes no more memory; a
+mesh that would not fit in the free room of the output's file system (``--level 6``: 1.97 MB a Gaussian) and points
+beyond the file's float32 (``--radius 1e308``) are refused before anything is written. Exit status 0, or 2 with one
+line naming the problem.
 """
 
 from __future__ import annotations

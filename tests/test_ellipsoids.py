@@ -186,3 +186,130 @@ def test_the_limit_is_the_one_the_help_and_docs_state():
                  (root / "bundles/medgmae_pretrain/docs/README.md").read_text(encoding="utf-8")):  # fmt: skip
         assert f"up to {stated} Gaussians" in " ".join(text.split())
     assert f"{mesh_bytes(MESH_LIMIT) / 1e6:.0f} MB" == "102 MB"
+
+
+@pytest.mark.parametrize("radius, scale", [(1e38, 5.0), (1e308, 2.0), (float(np.finfo(np.float64).max), 1.0)])
+def test_points_beyond_float32_are_refused_before_anything_is_written(tmp_path, radius, scale):
+    """The file holds its points in float32 (3.4e38 at most): ellipsoids reaching beyond it, in float64 too (a
+    radius of 1e308) or only once written, are refused naming the radius, and an earlier file stays as it was."""
+    path = tmp_path / "e.vtk"
+    path.write_bytes(b"earlier")
+    means, scales, quats, intensities = _random_gaussians(np.random.default_rng(5), 3)
+    scales[:] = 1.0
+    scales[1, 2] = scale
+    with pytest.raises(ValueError, match="give a smaller radius") as refused:
+        save_ellipsoids(path, _gaussians(means, scales, quats, intensities), radius=radius)
+    assert f"radius {radius:.6g} times a scale of {scale:.3g}" in str(refused.value)
+    assert "the largest float32" in str(refused.value)
+    assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["e.vtk"]
+
+
+def test_a_huge_radius_within_float32_is_drawn_finite(tmp_path):
+    """A radius whose ellipsoids stay within float32's range (up to 2e31 mm here) is drawn, every point finite and
+    at that radius of its Gaussian."""
+    means, scales, quats, intensities = _random_gaussians(np.random.default_rng(6), 4)
+    path = save_ellipsoids(tmp_path / "e.vtk", _gaussians(means, scales, quats, intensities), radius=1e30, level=0)
+    points, _, _ = per_gaussian(read_vtk_polydata(path), 4)
+    assert np.isfinite(points).all() and np.abs(points).max() > 1e29
+    for i in range(4):
+        distance = mahalanobis(points[i], means[i].astype(np.float64), covariance(scales[i], quats[i]))
+        np.testing.assert_allclose(distance, 1e30, rtol=1e-4)
+
+
+def test_a_file_is_built_a_part_at_a_time(tmp_path):
+    """Writing the level-4 ellipsoids of 600 Gaussians (a 74 MB file) takes a small share of the file's size in
+    memory (NumPy's allocations, traced), where building it whole takes three times the file; its points still lie
+    at the radius of their own Gaussian and its triangles index their own Gaussian's points across the parts."""
+    import tracemalloc
+
+    k = 600
+    means, scales, quats, intensities = _random_gaussians(np.random.default_rng(8), k)
+    g = _gaussians(means, scales, quats, intensities)
+    tracemalloc.start()
+    try:
+        path = save_ellipsoids(tmp_path / "e.vtk", g, level=4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = path.stat().st_size
+    assert size > 70e6 and peak < 0.6 * size, (peak, size)
+    points, carried, triangles = per_gaussian(read_vtk_polydata(path), k)
+    assert points.shape == (k, 2562, 3) and triangles.shape == (k, 5120, 3)
+    for i in (0, 101, 102, 599):  # either side of the first part's end (102 Gaussians of 2,562 points)
+        distance = mahalanobis(points[i], means[i].astype(np.float64), covariance(scales[i], quats[i]))
+        np.testing.assert_allclose(distance, HALF_MAXIMUM_RADIUS, rtol=2e-4)
+        assert (carried[i] == np.float64(intensities[i])).all()
+
+
+def _free_room(monkeypatch, free: int) -> None:
+    """``shutil.disk_usage`` reporting ``free`` bytes free wherever it is asked."""
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda where: shutil._ntuple_diskusage(10 * free + 1, 9 * free + 1, free))
+
+
+def test_a_file_without_room_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    """50 Gaussians at level 6 (40,962 points and 81,920 triangles each: 1,966,112 bytes a Gaussian) with 50 MB free:
+    refused as a write without room before anything is written, naming both sizes and the finest level that fits
+    (level 5: 24.6 MB); with no level that fits, it says to free room. An earlier file stays as it was."""
+    from medgmae.write_failures import OutputWriteError
+
+    path = tmp_path / "e.vtk"
+    path.write_bytes(b"earlier")
+    g = _gaussians(*_random_gaussians(np.random.default_rng(9), 50))
+    _free_room(monkeypatch, 50_000_000)
+    with pytest.raises(OutputWriteError) as refused:
+        save_ellipsoids(path, g, level=6)
+    said = refused.value.said
+    assert said.startswith(f"{path} could not be written (no room: the ellipsoids of 50 Gaussians at level 6 take "
+                           f"{50 * 1_966_112 / 1e6:.1f} MB, and {tmp_path} has 50.0 MB free): give a lower level "
+                           f"(level 5: {50 * 16 * (10242 + 20480) / 1e6:.1f} MB)"), said  # fmt: skip
+    _free_room(monkeypatch, 20_000)
+    with pytest.raises(OutputWriteError, match="0.0 MB free\\): free room there, or write it to another file system"):
+        save_ellipsoids(path, g, level=1)
+    assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["e.vtk"]
+
+
+def test_a_mesh_larger_than_the_memory_is_refused(monkeypatch):
+    """``ellipsoid_mesh`` builds the whole mesh in memory (28 bytes a point, 24 a triangle): on a machine of 1 MB
+    (the system's page count made small) the 20 Gaussians at level 3 (642 points and 1,280 triangles each: 48,696
+    bytes a Gaussian, 973,920 in all) are built, 30 (1,460,880 bytes) are refused naming both sizes and
+    save_ellipsoids."""
+    import os
+
+    from medgmae.ellipsoids import ellipsoid_mesh
+
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 256}.get(name) or real(name))
+    rng = np.random.default_rng(10)
+    assert len(ellipsoid_mesh(_gaussians(*_random_gaussians(rng, 20)), level=3).points) == 20 * 642
+    with pytest.raises(ValueError, match="^the mesh of 30 Gaussians at level 3 takes 1.5 MB of arrays, more than "
+                       "this machine's 1.0 MB of memory: give a lower level, or write it with save_ellipsoids"):
+        ellipsoid_mesh(_gaussians(*_random_gaussians(rng, 30)), level=3)
+
+
+def test_the_zero_shot_counts_the_limit_states_follow_from_the_defaults():
+    """The counts of a scan's zero-shot Gaussians the comment on ``MESH_LIMIT`` gives, computed here from the
+    pre-training bundle's defaults (256 Gaussians a 96^3 window at 1.5 mm), the inference's overlap (0: each axis
+    cut into ``ceil(length / window)`` windows) and MedGMAE*'s level multipliers: 3 windows a side up to 432 mm, 4 up
+    to 576 mm; each count within the limit."""
+    import json
+    from pathlib import Path
+
+    from medgmae.ellipsoids import MESH_LIMIT
+    from medgmae.networks.medgmae import LEVEL_MULTIPLIERS
+
+    root = Path(__file__).resolve().parents[1]
+    train = json.loads((root / "bundles/medgmae_pretrain/configs/train.json").read_text(encoding="utf-8"))
+    assert json.loads((root / "bundles/medgmae_pretrain/configs/inference.json").read_text(encoding="utf-8"))["overlap"] == 0
+    k, window, spacing = train["num_gaussians"], train["roi_size"], train["pixdim"]
+    source = (root / "medgmae/ellipsoids.py").read_text(encoding="utf-8").splitlines()
+    end = next(i for i, line in enumerate(source) if line.startswith("MESH_LIMIT ="))
+    start = max(i for i in range(end) if not source[i].startswith("#:")) + 1
+    comment = " ".join(" ".join(line[2:].split()) for line in source[start:end])
+    for side, windows in ((432, 3), (576, 4)):
+        assert math.ceil(side / spacing / window) == windows < math.ceil((side + spacing) / spacing / window)
+        plain, star = windows**3 * k, windows**3 * k * sum(LEVEL_MULTIPLIERS)
+        assert f"{side} mm" in comment and f"{plain:,}" in comment and f"{star:,}" in comment, comment
+        assert star < MESH_LIMIT
+    assert "3 x 3 x 3 windows" in comment and f"{k * sum(LEVEL_MULTIPLIERS):,} a window" in comment

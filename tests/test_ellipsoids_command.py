@@ -164,3 +164,26 @@ def test_bad_radius_or_level_is_a_usage_error(tmp_path, capsys, flags, words):
     with pytest.raises(SystemExit) as done:
         main([str(tmp_path / "g.ply"), *flags])
     assert done.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_radius_beyond_float32_is_refused_in_one_line(tmp_path, capsys):
+    """``--radius 1e308`` (float64 overflows; 1e38 overflows the file's float32 only): one line naming the .ply
+    and what to do, status 2, nothing written."""
+    ply = save_ply(tmp_path / "g.ply", _gaussians(3), frame="world")
+    for radius in ("1e308", "1e38"):
+        _refused(capsys, [str(ply), "--radius", radius], str(ply), f"radius {float(radius):.6g} times a scale",
+                 "the largest float32", "give a smaller radius")  # fmt: skip
+    assert not list(tmp_path.glob("*.vtk"))
+
+
+def test_a_mesh_without_room_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """``--level 6`` on 40 Gaussians (79 MB) where 30 MB are free: refused before anything is written, in one line
+    naming both sizes and the finest level that fits (level 5: 19.7 MB)."""
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda where: shutil._ntuple_diskusage(10**9, 10**9 - 30_000_000, 30_000_000))
+    ply = save_ply(tmp_path / "g.ply", _gaussians(40), frame="world")
+    _refused(capsys, [str(ply), "--level", "6"], f"{tmp_path / 'g_ellipsoids.vtk'} could not be written (no room: the "
+             f"ellipsoids of 40 Gaussians at level 6 take {40 * 1_966_112 / 1e6:.1f} MB", "30.0 MB free",
+             "give a lower level (level 5: 19.7 MB)")  # fmt: skip
+    assert not list(tmp_path.glob("*.vtk"))

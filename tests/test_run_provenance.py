@@ -93,6 +93,35 @@ def test_the_run_record_names_the_loader_workers_and_the_software(tmp_path):
         start_record(case_record(0.5, 0, 2, []), "", 4, num_workers=-1)
 
 
+def test_a_resume_stopped_before_its_first_checkpoint_is_listed_once(tmp_path):
+    """The record is written as a resume starts, before it trains: a resume stopped before its first checkpoint
+    (killed, then resumed again from the same checkpoint) is listed once, by the last try, as the other bundles'
+    checkpoints list it; a resume from a later checkpoint adds its entry; one from an earlier checkpoint (the later
+    ones removed) drops the entries of the sessions after it, whose training it does not carry."""
+    run = tmp_path / "run"
+
+    def resume(workers: int) -> list:
+        record = start_record(case_record(0.5, 0, 2, []), "", 9, resumed=run, num_workers=workers)
+        write_run_record(run, record)
+        return [(r["epoch"], r["num_workers"]) for r in record["resumes"]]
+
+    write_run_record(run, start_record(case_record(0.5, 0, 2, []), "", 4, num_workers=3))
+    (run / "checkpoint_epoch=1.pt").write_bytes(b"")
+    assert resume(0) == [(1, 0)]
+    assert resume(1) == [(1, 1)]  # the try before wrote no checkpoint: replaced
+    (run / "checkpoint_epoch=3.pt").write_bytes(b"")
+    assert resume(2) == [(1, 1), (3, 2)]
+    assert resume(5) == [(1, 1), (3, 5)]
+    (run / "checkpoint_epoch=3.pt").unlink()  # back to epoch 1: the sessions from epoch 1 on are not this run's past
+    assert resume(6) == [(1, 6)]
+    record = json.loads((run / "training_cases.json").read_text(encoding="utf-8"))
+    record["resumes"] = ["not an entry", {"epoch": True}, {"epoch": 0, "num_workers": 2}, *record["resumes"]]
+    write_run_record(run, record)
+    resumes = start_record(case_record(0.5, 0, 2, []), "", 9, resumed=run, num_workers=7)["resumes"]
+    assert resumes[:3] == ["not an entry", {"epoch": True}, {"epoch": 0, "num_workers": 2}]  # kept as recorded
+    assert [(r["epoch"], r["num_workers"]) for r in resumes[3:]] == [(1, 7)]
+
+
 def test_metrics_json_and_the_pretraining_summary_name_the_software(tmp_path):
     report = SegmentationReport(tmp_path / "validation", ["background", "liver"])
     engine = Engine(lambda e, b: None)

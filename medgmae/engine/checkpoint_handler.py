@@ -361,7 +361,7 @@ class CheckpointHandler:
         check_max_epochs(path, epoch, engine.state.max_epochs, self.finished_ok, saved=ckpt["engine"])
         restore, saved = restorable(path, self.objects, ckpt.get("objects", {}))
         restore_states(path, records_first(restore), saved)
-        note_resume(restore, epoch)  # a StartRecord adds this session to the run's resumes
+        note_resume(restore, epoch, saved)  # a StartRecord adds this session to the run's resumes
         restore_scaler(path, engine, ckpt)
         inexact_resume_notes(path, saved_loader, current_loader)
         ranks = ckpt.get("random_state_ranks")

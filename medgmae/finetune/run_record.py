@@ -105,7 +105,11 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
     start's alone; each validation's ``metrics.json`` names the software that wrote it); a record that is there but
     does not read is refused (``DatasetError``), not taken for one that recorded none. The start is kept in this
     file, not in the checkpoints' :class:`~medgmae.engine.start_record.StartRecord` as the other bundles keep it:
-    the file is written before training, and evaluation and ``medgmae-runs-table`` read it.
+    the file is written before training, and evaluation and ``medgmae-runs-table`` read it. So that ``resumes``
+    lists what the other bundles' checkpoints would, the entries of resumes from this checkpoint's epoch or a later
+    one are dropped first: such a session wrote no checkpoint that this one continues from (it was stopped before
+    its first epoch ended, or its checkpoints were removed), and a session resumed and stopped again at once is
+    listed once, not once per try.
 
     Args:
         record: the run's cases (:func:`case_record`).
@@ -134,9 +138,19 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
                 **({} if num_workers is None else {"num_workers": num_workers}), "software": ran_with}  # fmt: skip
     earlier = read_run_record(resumed, RESUME_AFRESH) or {}  # a run recorded before these keys existed keeps none
     kept = ("training_seed", "num_workers", "pretrained", "preprocessing", "software")
+    epoch = checkpoints[0][0]  # the newest epoch checkpoint's, resumed from
     resumes = earlier.get("resumes") if isinstance(earlier.get("resumes"), list) else []
-    entry = resume_entry(checkpoints[0][0], num_workers, ran_with)  # the newest epoch checkpoint's, resumed from
+    resumes = [r for r in resumes if not _resumed_from(r, epoch)]  # sessions that wrote no checkpoint resumed here
+    entry = resume_entry(epoch, num_workers, ran_with)
     return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}, "resumes": [*resumes, entry]}
+
+
+def _resumed_from(entry, epoch: int) -> bool:
+    """Whether ``entry`` records a resume from ``epoch`` or a later checkpoint: that session wrote no checkpoint
+    that a resume from ``epoch`` (the newest) continues, and the other bundles' checkpoint of ``epoch`` lists none
+    such."""
+    found = entry.get("epoch") if isinstance(entry, Mapping) else None
+    return isinstance(found, int) and not isinstance(found, bool) and found >= epoch
 
 
 def read_run_record(output_dir: str | Path, way_forward: str = EXPLICIT_DATA) -> dict | None:

@@ -27,7 +27,7 @@ from medgmae.twod.phantom_task import recorded_default_task
 from medgmae.whole_numbers import nonnegative_count
 
 __all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "PhaseProgress", "default_phase_handlers",
-           "phase_handlers", "resume_records", "RESUME_FLAGS"]
+           "phase_handlers", "resume_records", "RESUME_FLAGS", "START_IN_RECORDS"]
 
 #: The bundle flag (a key of ``gvit_classification/configs/train.json``) that gives each recorded setting, said with
 #: its saved value in a resume's refusal (:func:`~medgmae.engine.records.resume_flags`). The model's channels and
@@ -98,6 +98,20 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
         records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")
     return records
 
+
+
+#: Where a phase checkpoint's settings record (:func:`resume_records`) holds the settings of the run's start
+#: (:class:`~medgmae.engine.start_record.StartRecord`'s ``recorded_in``): the start of a checkpoint that recorded
+#: none, written by an earlier release. The epochs are each session's own; the losses and the guidance are those of
+#: the phases that train on them.
+START_IN_RECORDS = {
+    "data": "settings.settings.data", "training.lr": "settings.settings.optimiser.lr",
+    "training.weight_decay": "settings.settings.optimiser.weight_decay",
+    "training.pixel_loss": "settings.settings.loss.pixel_loss",
+    "training.perceptual_weight": "settings.settings.loss.perceptual_weight",
+    "training.gamma": "settings.settings.guidance.gamma",
+    "training.guidance_interval": "settings.settings.guidance.guidance_interval",
+}  # fmt: skip
 
 class PhaseCheckpoint:
     """Handler factory: the toolkit's ``CheckpointHandler`` in the phase's checkpoint folder (none without one).

@@ -43,7 +43,8 @@ from medgmae.engine.run_words import loader_items, plural
 from medgmae.engine.start_record import StartRecord
 from medgmae.twod.classification_split import without_split_files
 from medgmae.twod.guidance import ReconstructionLoss, check_gamma
-from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext, default_phase_handlers, phase_handlers, resume_records
+from medgmae.twod.gvit_phases import (START_IN_RECORDS, PhaseCheckpoint, PhaseContext, default_phase_handlers,
+                                       phase_handlers, resume_records)  # fmt: skip
 from medgmae.twod.gvit_run_line import gvit_run_line
 from medgmae.twod.gvit_settings import guidance_note, phase_settings, training_settings
 from medgmae.twod.gvit_step import PHASES, GViTIteration, check_phase, phase_parameters, set_phase
@@ -305,7 +306,8 @@ class GViTWorkflow:
         # the start's data and training settings, loader workers and software, kept in every phase's checkpoints
         # with each resume's (its phase and epoch): metrics.json and summary.json name them
         start = {"data": without_split_files(self.data_settings), "training": self.training_settings()}
-        self.run_record = StartRecord(start, getattr(self.train_loader, "num_workers", None), self.device)
+        self.run_record = StartRecord(start, getattr(self.train_loader, "num_workers", None), self.device,
+                                      recorded_in=START_IN_RECORDS)
         stale = self._stale_outputs()
         if stale is not None:
             later = any(self.epochs[p] > 0 for p in PHASES[PHASES.index(stale[0]) + 1 :])
