@@ -23,9 +23,11 @@ logger = logging.getLogger("medgmae")
 #: :func:`~medgmae.twod.images.to_model_input`, as before): the overshoot of a bicubic resize or of noise added to a
 #: 0-1 image; beyond it the input is on another scale (8-bit, HU).
 SCALE_SLACK = 0.5
-#: The CT values an unclipped pre-processing window is expected to meet (12-bit CT: air -1024 HU to 3071 HU):
-#: such a model takes what the window maps them to (:func:`model_input_range`).
-CT_RANGE_HU = (-1024.0, 3071.0)
+#: The CT values an unclipped pre-processing window may meet: the whole int16 range CT is stored in (-32768 HU
+#: padding, metal up to 30000 HU in extended-range CT; not 12-bit CT's -1024 to 3071 HU, beyond which such a correctly
+#: windowed scan would be warned of): such a model takes what the window maps them to (:func:`model_input_range`).
+#: HU given unwindowed are still told (air at -1000 HU is far below what a window of a few hundred HU maps -32768 HU to).
+CT_RANGE_HU = (-32768.0, 32767.0)
 #: How a 2D image reaches the 0-1 scale (the end of the message).
 IMAGE_SCALE_HOW = "medgmae.twod.images.read_image reads files onto it; a CT slice: its window, as medgmae-2d --window maps it"
 #: How a 3D crop reaches its model's scale (the end of the message).

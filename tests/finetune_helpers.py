@@ -113,9 +113,11 @@ def check_progress_pictures_and_summary(out: Path, log: str) -> None:
     assert pic.shape == (14 + 2 * (cell_h + 2) + 2, 3 * (cell_w + 2) + 2, 3) and pic.astype(float).var() > 100.0
 
 
-def encoder_file(path: Path, img_size: int = 24) -> Path:
+def encoder_file(path: Path, img_size: int = 24, **preprocessing) -> Path:
+    """A small encoder.pt, its pre-processing at 2 mm unless ``preprocessing`` (:class:`PreprocessingSpec` arguments)
+    says otherwise."""
     enc = MaskedViTEncoder(img_size=img_size, patch_size=12, hidden_size=48, num_layers=1, num_heads=4, mlp_ratio=2.0)
-    spec = PreprocessingSpec(spacing=2.0, input_size=img_size, patch_size=12)
+    spec = PreprocessingSpec(**{"spacing": 2.0, **preprocessing}, input_size=img_size, patch_size=12)
     torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec), path)
     return path
 

@@ -141,6 +141,22 @@ def test_a_2d_model_file_given_to_the_3d_loaders_names_the_2d_one(tmp_path, monk
     assert isinstance(GMAE2D.from_checkpoint(tmp_path / "model.pt"), GMAE2D)  # the call named reads it
 
 
+def test_a_file_of_no_kind_given_to_the_base_loader_is_refused_once(tmp_path, monkeypatch):
+    """``MaskedAutoencoder.from_checkpoint`` of a dict with no ``kind``, where ``medgmae.twod`` is not loaded
+    (simulated as above), read the file again inside its handling of the refusal, to tell a 2D file, and was refused
+    there too: the error showed twice, one during the handling of the other. It is refused once, nothing chained."""
+    from medgmae.networks import MaskedAutoencoder, mae_base
+    from medgmae.twod import GMAE2D
+
+    subclasses = mae_base._subclasses
+    monkeypatch.setattr(mae_base, "_subclasses", lambda cls: [c for c in subclasses(cls) if c.__module__ != GMAE2D.__module__])
+    torch.save({"state_dict": {}}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError) as refused:
+        MaskedAutoencoder.from_checkpoint(tmp_path / "plain.pt")
+    assert "plain.pt" in str(refused.value) and "GMAE2D" not in str(refused.value)
+    assert refused.value.__context__ is None and refused.value.__cause__ is None, repr(refused.value.__context__)
+
+
 @pytest.mark.parametrize("source, run", [("VoxelMAE", "voxel-mae"), ("voxel-mae", "voxel-mae"),
                                          ("MedGMAE", "medgmae or medgmae-star")])  # fmt: skip
 def test_wrong_kind_names_the_run_an_old_encoder_came_from(tmp_path, source, run):

@@ -321,3 +321,15 @@ def test_a_refusal_of_other_cases_names_the_settings_that_choose_them(tmp_path):
     with pytest.raises(ValueError, match=r"other data: 1 case then, 1 now, .*Resume with the interrupted run's data "
                                          r"\(drawn with --seed: give the run's\) or train into a new output_dir"):
         other.load_state_dict(saved)
+    # the values that chose the saved cases, saved with them: those that differ are given as their flags; a record
+    # saved before it recorded them gives none
+    chose = CasesRecord(_cases(tmp_path / "a", {"x.nii.gz": 10}), chosen_by={"seed": 1, "val_fraction": 0.34}).state_dict()
+    assert chose["chosen_by"] == {"seed": 1, "val_fraction": 0.34} and "chosen_by" not in saved
+    now = CasesRecord(_cases(tmp_path / "a", {"y.nii.gz": 10}), hint="drawn with --seed: give the run's",
+                      chosen_by={"seed": 0, "val_fraction": 0.34})  # fmt: skip
+    with pytest.raises(ValueError, match=r"\(drawn with --seed: give the run's \(here --seed 1\)\) or train"):
+        now.load_state_dict(chose)
+    with pytest.raises(ValueError, match=r"\(drawn with --seed: give the run's\) or train"):
+        now.load_state_dict(saved)
+    with pytest.raises(ValueError, match="chosen_by must map"):
+        CasesRecord([], chosen_by=["seed"])

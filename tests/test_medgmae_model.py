@@ -250,13 +250,15 @@ def test_an_input_off_the_models_scale_is_warned_of_once_per_model(caplog):
     slightly_over = torch.linspace(-0.45, 1.45, IMG**3).reshape(1, 1, IMG, IMG, IMG)
     unclipped = PreprocessingSpec(clip=False, input_size=(IMG,) * 3, patch_size=(PATCH,) * 3)  # [-175, 250] HU -> [0, 1]
     wide = _vmae().eval()
-    wide.preprocessing = unclipped  # -1024 HU maps to -849 / 425 = -2.0, 3071 HU to 3246 / 425 = 7.64
+    wide.preprocessing = unclipped  # int16's -32768 HU maps to -32593 / 425 = -76.7, 32767 HU to 32942 / 425 = 77.5
+    extended = torch.linspace(-1000.0, 1500.0, IMG**3).reshape(1, 1, IMG, IMG, IMG)
+    extended[0, 0, 0], extended[0, 0, -1] = -32768.0, 30000.0  # padding and metal of extended-range CT
     with caplog.at_level("WARNING", logger="medgmae"):
         _gmae().eval().predict_gaussians(slightly_over)
-        wide(torch.linspace(-2.0, 7.6, IMG**3).reshape(1, 1, IMG, IMG, IMG))
+        wide(unclipped.window(extended))  # correctly windowed: -76.7 to 71 (12-bit CT's range made it -2 to 7.64)
         assert caplog.records == []
         wide(hu)
-    assert [r.getMessage()[:60] for r in caplog.records] == ["model input values must be on the model's -2 to 7.64 scale, "]
+    assert [r.getMessage()[:60] for r in caplog.records] == ["model input values must be on the model's -76.7 to 77.5 scal"]
     with pytest.raises(ValueError, match="NaN or infinite values"):
         _gmae().predict_gaussians(torch.full((1, 1, IMG, IMG, IMG), -math.inf))
 

@@ -74,7 +74,7 @@ def test_a_setting_of_several_values_gives_each_its_own_flag():
     flags = {"preprocessing.hu_window": [["a_min", "a_max"], "items"], "patch_size": ["patch_size", "side"]}
     saved = {"preprocessing": {"hu_window": [-175.0, 250.5]}, "patch_size": [8, 8, 16]}
     diff = ["preprocessing.hu_window: saved [-175.0, 250.5], now [-100.0, 250.5]", "patch_size: saved [8, 8, 16], now [8, 8, 8]"]
-    assert resume_flags(flags, diff, saved) == ["--a_min -175.0", "--a_max 250.5"]
+    assert resume_flags(flags, diff, saved) == ["--a_min -175.0", "--a_max 250.5", '--patch_size "[8, 8, 16]"']
     assert resume_flags(flags, diff[:1], {"preprocessing": {"hu_window": [1.0]}}) == []
     assert check_flags({"w": [("a", "b"), "items"]}) == {"w": (("a", "b"), "items")}
     for bad in ({"w": [[], "items"]}, {"w": [["a", 3], "items"]}, {"w": ["a", "items"]}):
@@ -88,6 +88,38 @@ def test_a_setting_of_several_values_gives_each_its_own_flag():
     with pytest.raises(ValueError) as refused:
         ModelConfigRecord(star("logit"), flags=level).load_state_dict(ModelConfigRecord(star("clamp")).state_dict())
     assert "(here --network_def#level_intensity clamp) or" in str(refused.value), refused.value
+
+
+def _built_from_words(words: dict) -> MedGMAE:
+    """The model a pre-training run builds given ``words`` (:func:`given_words`) beside a small base, each read as
+    the bundle's parser reads a flag's value: JSON where it parses, else text."""
+
+    def read(text: str):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    args = {"kind": "medgmae", "img_size": 16, "patch_size": 8, "num_gaussians": 2}
+    for flag, text in words.items():
+        args[{"model_kind": "kind"}.get(flag, flag.removeprefix("network_def#"))] = read(text)
+    return build_model(**args)
+
+
+def test_a_model_of_another_kind_is_resumed_by_its_kind_and_fields():
+    """A MedGMAE* run (its own sigma_mu and level rule) resumed as MedGMAE was refused with ``--model_kind
+    medgmae-star`` alone, and that was refused again for the fields; the words now give the kind first and the
+    saved fields that differ, and the model they build is accepted. The bundle's own flags are used."""
+    flags = json.loads(Path(TRAIN).read_text(encoding="utf-8"))["resume_records"]["config"]["flags"]
+    saved = build_model("medgmae-star", img_size=16, patch_size=8, num_gaussians=2, sigma_mu=0.1, level_intensity="clamp")
+    with pytest.raises(ValueError) as refused:
+        ModelConfigRecord(_built_from_words({}), flags=flags).load_state_dict(ModelConfigRecord(saved).state_dict())
+    message = str(refused.value)
+    assert message.index("kind: saved 'medgmae-star'") < message.index("sigma_mu: saved 0.1"), message
+    words = given_words(message)
+    assert list(words)[0] == "model_kind" and words["model_kind"] == "medgmae-star", message
+    assert words["network_def#sigma_mu"] == "0.1" and words["network_def#level_intensity"] == "clamp", message
+    ModelConfigRecord(_built_from_words(words), flags=flags).load_state_dict(ModelConfigRecord(saved).state_dict())
 
 
 @pytest.mark.parametrize("kind", ["medgmae", "medgmae-star", "voxel-mae"])
@@ -139,6 +171,35 @@ def test_a_pretraining_resume_names_every_flag_and_their_words_resume(tmp_path, 
     model = torch.load(out / "model.pt", weights_only=True)
     assert model["config"]["num_gaussians"] == 8 and model["config"]["min_scale"] == 0.001
     assert model["preprocessing"]["spacing"] == [3.0, 3.0, 3.0] and model["preprocessing"]["hu_window"] == [-175.0, 250.0]
+    assert (out / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_a_split_drawn_by_seed_and_sizes_that_differ_are_resumed_by_their_words(tmp_path, folder_state):
+    """A run on a folder of volumes (no dataset.json: the split drawn with --seed and --val_fraction) with a patch
+    of unequal sides, resumed with the defaults, was refused offering no words for the patch (its flag takes a
+    list) nor the split's seed; the refusal now gives both, and those words resume the run."""
+    import nibabel as nib
+    import numpy as np
+
+    volumes, out = tmp_path / "volumes", tmp_path / "run"
+    volumes.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        hu = rng.uniform(-1000.0, 1000.0, (48, 48, 40)).astype(np.float32)
+        nib.save(nib.Nifti1Image(hu, np.diag([3.0, 3.0, 3.0, 1.0])), volumes / f"case{i}.nii.gz")
+    base = {**dict(zip(SMALL[::2], SMALL[1::2])), "--output_dir": str(out), "--num_workers": "0", "--dataset_dir": str(volumes)}
+    first = {"--patch_size": "[8, 8, 16]", "--seed": 1, "--val_fraction": 0.34, "--max_epochs": 1}
+    succeeded(bundle_process("run", "training", "--config_file", TRAIN, *_args({**base, **first}), cwd=tmp_path))
+    before = folder_state(out)
+    resume = {**base, "--max_epochs": 2, "--resume": "true"}
+    proc = bundle_process("run", "training", "--config_file", TRAIN, *_args(resume), cwd=tmp_path)
+    message = proc.stderr.split("\nerror: ")[-1]
+    assert proc.returncode != 0 and "patch_size: saved [8, 8, 16], now [8, 8, 8]" in message, proc.stderr[-3000:]
+    assert "drawn with --seed and --val_fraction: give the run's (here --seed 1 --val_fraction 0.34)" in message, message
+    assert folder_state(out) == before
+    given = given_words(message)
+    assert given == {"patch_size": "[8, 8, 16]", "seed": "1", "val_fraction": "0.34"}, message
+    succeeded(bundle_process("run", "training", "--config_file", TRAIN, *_args({**resume, **_flagged(given)}), cwd=tmp_path))
     assert (out / "checkpoint_epoch=2.pt").is_file()
 
 
@@ -221,5 +282,32 @@ def test_a_fine_tuning_resume_from_a_pretrained_file_flags_its_overrides_and_sou
     assert folder_state(out) == before
 
     resumed = finetune_process("training", "train.json", *_args({**base, **changed, **given}))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (out / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_a_fine_tuning_resume_from_another_pretrained_file_leads_with_the_file(tmp_path, folder_state):
+    """Resumed from a --pretrained file of another orientation, spacing and window, the refusal offered the words of
+    --pixdim and --hu_range as if they were enough, but the orientation has no flag: pasted, they were refused again.
+    It now leads with the interrupted run's --pretrained file, which alone gives the orientation, and gives the
+    others' words after it; pasted with the other file they are refused again for the orientation alone, and with
+    the run's own file they resume it."""
+    out, enc = tmp_path / "run", encoder_file(tmp_path / "encoder.pt")
+    other = encoder_file(tmp_path / "other.pt", orientation="LPS", spacing=2.5, hu_window=(-100.0, 200.0))
+    base = {**FINETUNE_BASE, "--output_dir": str(out), "--pretrained": str(enc)}
+    assert finetune_process("training", "train.json", *_args({**base, "--max_epochs": 1})).returncode == 0
+    before = folder_state(out)
+    resume = {**base, "--max_epochs": 2, "--resume": "true"}
+    proc = finetune_process("training", "train.json", *_args({**resume, "--pretrained": str(other)}))
+    message = proc.stderr.split("\nerror: ")[-1]
+    assert proc.returncode != 0 and "preprocessing.orientation: saved 'RAS', now 'LPS'" in message, proc.stderr[-3000:]
+    assert ("Resume with the interrupted run's --pretrained file (which alone gives preprocessing.orientation: no flag "
+            "does) and the saved values of the others (here --pixdim") in message, message
+    given = _flagged(given_words(message))
+    assert set(given) == {"--pixdim", "--hu_range"} and folder_state(out) == before, message
+    again = finetune_process("training", "train.json", *_args({**resume, **given, "--pretrained": str(other)}))
+    message = again.stderr.split("\nerror: ")[-1]
+    assert again.returncode != 0 and "(preprocessing.orientation: saved 'RAS', now 'LPS')" in message, message
+    resumed = finetune_process("training", "train.json", *_args({**resume, **given}))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "checkpoint_epoch=2.pt").is_file()

@@ -18,6 +18,7 @@ from monai.bundle import ConfigParser
 from resume_flag_helpers import given_words, leaves
 
 from medgmae.engine.records import SettingsRecord, check_flags, resume_flags
+from medgmae.engine.resume_words import unflagged
 from medgmae.mae_training import ModelConfigRecord
 from medgmae.twod.gmae import GMAE2D
 from medgmae.twod.gvit_phases import RESUME_FLAGS
@@ -53,13 +54,18 @@ def test_the_flag_words_are_quoted_as_the_shell_must_read_them():
     split = dict(zip(*[iter(said.stdout.split("\0")[:-1])] * 2))  # the words as a POSIX shell hands them over
     assert window_setting(split["--window"]) == (-1000.0, 1000.0)
     assert split["--dataset_dir"] == '/data/my "ct" $x' and split["--note"] == "" and split["--none"] == "null"
-    # a size per axis given by one flag: the side when all are equal, nothing when no one number gives them
-    sides = {"img_size": ("image_size", "side"), "patch_size": ["patch_size", "side"]}
+    # a size per axis given by one flag: the side when all are equal; sizes that differ as the quoted list where the
+    # flag takes one ("side"), else no words but the reason (the 2D bundles' "edge" flags take one number only)
+    sides = {"img_size": ("image_size", "edge"), "patch_size": ["patch_size", "edge"]}
     diff = ["img_size: saved [32, 32], now [16, 16]", "patch_size: saved [8, 4], now [4, 4]"]
-    assert resume_flags(sides, diff, {"img_size": [32, 32], "patch_size": [8, 4]}) == ["--image_size 32"]
+    sizes = {"img_size": [32, 32], "patch_size": [8, 4]}
+    assert resume_flags(sides, diff, sizes) == ["--image_size 32"]
+    assert unflagged(sides, diff, sizes) == {"patch_size": "--patch_size takes one size for every side"}
+    assert resume_flags({**sides, "patch_size": ["patch_size", "side"]}, diff, sizes) == ["--image_size 32", '--patch_size "[8, 4]"']
+    assert unflagged({"img_size": "image_size"}, diff, sizes) == {"patch_size": ""}  # no flag at all
     # only the settings the refusal names, each flag once
     assert resume_flags({"a": "x", "b": "x", "c": "c"}, ["a: saved 1, now 2", "b: saved 1, now 3"], {"a": 1, "b": 1, "c": 5}) == ["--x 1"]
-    for bad in ({"a": 3}, {"a": ["x", "edge"]}, ["a"]):
+    for bad in ({"a": 3}, {"a": ["x", "cube"]}, ["a"]):
         with pytest.raises(ValueError, match="flag"):
             check_flags(bad)
     with pytest.raises(ValueError, match="flag"):
@@ -78,6 +84,13 @@ def test_a_model_configuration_refusal_names_the_flags_of_the_saved_fields():
     assert "Resume with the saved settings (here --image_size 32 --num_gaussians 8) or" in str(refused.value)
     with pytest.raises(ValueError, match=r"Resume with the saved settings or train"):
         ModelConfigRecord(small).load_state_dict(ModelConfigRecord(saved).state_dict())
+    # sides that differ, which the bundle's --image_size (one number) cannot give: said, not offered as a word
+    wide = GMAE2D(img_size=(32, 48), patch_size=8, model_size="tiny", num_gaussians=8)
+    edges = {**flags, "img_size": ["image_size", "edge"]}
+    with pytest.raises(ValueError) as refused:
+        ModelConfigRecord(small, flags=edges).load_state_dict(ModelConfigRecord(wide).state_dict())
+    assert ("Resume with the saved settings (here --num_gaussians 8); no flag gives img_size (--image_size takes one "
+            "size for every side): give it as the interrupted run did or train") in str(refused.value), refused.value
 
 
 def test_every_setting_the_2d_records_hold_has_a_flag_the_bundle_takes(tmp_path):

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,6 +24,7 @@ import numpy as np
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.distributed import is_main_process
 from medgmae.engine.restore import ResumeRefused
+from medgmae.engine.resume_words import check_flags, flag_value, resume_flags, unflagged
 from medgmae.engine.start_record import StartRecord
 from medgmae.words import plural
 from medgmae.settings_diff import settings_differences
@@ -52,11 +52,15 @@ class SettingsRecord:
         flags: ``{setting: bundle flag}`` (``{"model.classifier_freqs": "classifier_freqs"}``): a refusal naming
             one of them says the flags and saved values that resume the run (``--classifier_freqs 6``, quoted where
             the shell needs it: ``--window "[-1000.0, 1000.0]"``); :func:`resume_flags` has the forms.
+        given_by: ``{section: what alone gives its settings that no flag gives}`` (fine-tuning's pre-processing:
+            ``"the interrupted run's --pretrained file"``), which a refusal naming such a setting leads with, the
+            flags of the others after it; a differing setting no flag gives of another section is said to be given
+            as the interrupted run did.
     """
 
     def __init__(self, settings: Mapping, what: str = "the run", saved_defaults: Mapping | None = None,
                  sources: Mapping[str, str] | None = None, retired: Mapping[str, Sequence[str]] | None = None,
-                 flags: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 flags: Mapping[str, str] | None = None, given_by: Mapping[str, str] | None = None) -> None:  # fmt: skip
         if not isinstance(settings, Mapping):
             raise ValueError(f"settings must be a mapping, got {type(settings).__name__}")
         if retired is not None and (not isinstance(retired, Mapping)
@@ -68,7 +72,7 @@ class SettingsRecord:
         # trained with that this version cannot give (a resume would then go on silently without it); only a key
         # known to change nothing any more may be dropped
         self.retired = {k: frozenset(v) for k, v in (retired or {}).items()}
-        self.sources, self.flags = dict(sources or {}), check_flags(flags)
+        self.sources, self.flags, self.given_by = dict(sources or {}), check_flags(flags), dict(given_by or {})
         self._warned = False
 
     def state_dict(self) -> dict:
@@ -108,16 +112,24 @@ class SettingsRecord:
 
     def _refuse(self, diff: list[str], saved: Mapping, recorded: bool) -> None:
         """Raise the refusal naming ``diff`` (lines of :func:`settings_differences`), where each section's values
-        come from (:attr:`sources`) and the flags that give the saved values (:attr:`flags`)."""
+        come from (:attr:`sources`), the flags that give the saved values (:attr:`flags`) and, leading, what gives
+        those no flag gives (:attr:`given_by`, else said to be given as the interrupted run did)."""
         why = [f"{section}.*: {source}" for section, source in self.sources.items()
                if any(line.startswith(f"{section}.") for line in diff)]  # fmt: skip
-        given = resume_flags(self.flags, diff, saved)
+        given, missing = resume_flags(self.flags, diff, saved), unflagged(self.flags, diff, saved) if self.flags else {}
+        led = {name: self.given_by[name.split(".")[0]] for name in missing if name.split(".")[0] in self.given_by}
+        rest = [f"{name} ({reason})" if reason else name for name, reason in missing.items() if name not in led]
+        how = (f"{' and '.join(dict.fromkeys(led.values()))} (which alone gives {', '.join(led)}: no flag does)"
+               if led else "the saved settings")  # fmt: skip
+        if rest:
+            how += f"; no flag gives {', '.join(rest)}: give {'it' if len(rest) == 1 else 'them'} as the interrupted run did"
+        if given:  # after what no flag gives, so that the words do not read as enough
+            how += (f"{';' if rest else ' and'} the saved values of the others" if missing else "") + f" (here {' '.join(given)})"
         when = "" if recorded else " before runs recorded their settings; the version that wrote it trained"
         raise ResumeRefused(
             f"the checkpoint was written by {self.what}{when} with other settings (" + "; ".join(diff) + "). "
             + (f"Where they come from: {'; '.join(why)}. " if why else "")
-            + "Resume with the saved settings" + (f" (here {' '.join(given)})" if given else "")
-            + " or train into a new output_dir"
+            + f"Resume with {how} or train into a new output_dir"
         )
 
     def _saved_with_defaults(self, saved: dict, now: Mapping) -> dict[str, set]:
@@ -142,102 +154,6 @@ class SettingsRecord:
             elif section not in saved and known:
                 saved[section], defaulted[section] = dict(known), set(known)
         return defaulted
-
-
-_ABSENT = object()
-
-#: A checked flag (:func:`check_flags`): a flag, ``(flag, "side")`` or ``((flag, ...), "items")``.
-Flag = str | tuple[str, str] | tuple[tuple[str, ...], str]
-
-
-def _dotted(settings: Mapping, name: str) -> Any:
-    """The value of ``name`` (``"model.classifier_freqs"``) in nested ``settings``, :data:`_ABSENT` if none."""
-    value: Any = settings
-    for part in name.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _ABSENT
-        value = value[part]
-    return value
-
-
-#: Characters a flag's value may hold unquoted in a POSIX shell (others: the value is put in double quotes).
-_SHELL_SAFE = re.compile(r"[\w@%+=:,./-]+")
-
-
-def _flag_value(value: Any) -> str:
-    """A setting's value as a bundle flag takes it on a shell command line: ``true``, ``6``, ``null``, text as it
-    is; in double quotes where the shell would split or expand it (``"[-1000.0, 1000.0]"``, ``""``, a path with a
-    space)."""
-    text = value if isinstance(value, str) else json.dumps(value)
-    if _SHELL_SAFE.fullmatch(text):
-        return text
-    return '"' + re.sub(r'(["\\$`])', r"\\\1", text) + '"'
-
-
-def check_flags(flags: Mapping[str, Any] | None) -> dict[str, Flag]:
-    """A record's ``flags`` (:func:`resume_flags`), checked: ``{setting: flag}``, ``{setting: [flag, "side"]}`` or
-    ``{setting: [[flag, flag, ...], "items"]}``; a component's flag as the command line writes it
-    (``network_def#min_scale``, which a bundle config's parser hands over as ``network_def::min_scale``).
-
-    Raises:
-        ValueError: not a mapping, or a value of another form, naming it.
-    """
-    if flags is not None and not isinstance(flags, Mapping):
-        raise ValueError(f"flags must map each setting to its bundle flag, got {flags!r}")
-    checked: dict[str, Flag] = {}
-    for name, flag in (flags or {}).items():  # MONAI's config parser reads "network_def#x" as "network_def::x"
-        form = flag[1] if isinstance(flag, Sequence) and not isinstance(flag, str) and len(flag) == 2 else None
-        if isinstance(flag, str):
-            checked[str(name)] = flag.replace("::", "#")
-        elif form == "side" and isinstance(flag[0], str):
-            checked[str(name)] = (flag[0].replace("::", "#"), "side")
-        elif form == "items" and _flag_names(flag[0]):
-            checked[str(name)] = (tuple(f.replace("::", "#") for f in flag[0]), "items")
-        else:
-            raise ValueError(f"flags[{name!r}] must be a flag name, [flag, 'side'] or [[flag, ...], 'items'], got {flag!r}")
-    return checked
-
-
-def _flag_names(names: Any) -> bool:
-    """Whether ``names`` is a non-empty list of flag names (an ``"items"`` form's)."""
-    return isinstance(names, Sequence) and not isinstance(names, str) and bool(names) and all(isinstance(n, str) for n in names)
-
-
-def resume_flags(flags: Mapping[str, Any], diff: Sequence[str], saved: Mapping) -> list[str]:
-    """The ``--flag value`` words that give the saved values of the settings a refusal names.
-
-    Args:
-        flags: ``{setting: flag}`` (:func:`check_flags`), the setting dotted (``"optimiser.learning_rate"``); a flag
-            that takes one size for every axis is ``[flag, "side"]``: the saved sizes (``[32, 32]``), all equal, as
-            that one number (``--image_size 32``); a setting whose values each have a flag of their own is
-            ``[[flag, flag], "items"]``: the saved ``[-175.0, 250.0]`` as ``--a_min -175.0 --a_max 250.0``.
-        diff: the refusal's lines (:func:`~medgmae.settings_diff.settings_differences`, ``"name: saved X, now Y"``).
-        saved: the saved settings (nested, as the names are dotted).
-
-    Returns:
-        ``["--learning_rate 0.0005", '--window "[-350.0, 400.0]"', ...]`` in the order of ``flags``, each once; a
-        setting the saved record lacks, sizes no one number gives, or values not one for each flag, left out.
-    """
-    words: list[str] = []
-    for name, flag in check_flags(flags).items():
-        if any(line.startswith(f"{name}: ") for line in diff):
-            words += [w for w in _flag_words(flag, _dotted(saved, name)) if w not in words]
-    return words
-
-
-def _flag_words(flag: Flag, value: Any) -> list[str]:
-    """The ``--flag value`` words of one checked flag (:func:`check_flags`) giving a saved ``value`` (none for
-    :data:`_ABSENT`, or a value its form cannot give)."""
-    if isinstance(flag, str):
-        return [] if value is _ABSENT else [f"--{flag} {_flag_value(value)}"]
-    names, form = flag
-    if form == "side":
-        sides = value if isinstance(value, list) else [value]
-        one = bool(sides) and all(v == sides[0] and isinstance(v, int) and not isinstance(v, bool) for v in sides)
-        return [f"--{names} {_flag_value(sides[0])}"] if one else []
-    if not isinstance(value, list) or len(value) != len(names):  # "items": one value for each flag
-        return []
-    return [f"--{n} {_flag_value(v)}" for n, v in zip(names, value)]
 
 
 def unrecorded_states(records: Mapping[str, Any]) -> dict[str, dict]:
@@ -316,11 +232,14 @@ class CasesRecord:
             the validation cases: the best model would otherwise be chosen on two validation sets).
         hint: the settings that choose the cases, said in the refusal (``"the split is drawn with --seed"``): a
             resume without the run's own ``--seed`` chose other cases.
+        chosen_by: ``{flag: value}`` of the settings that chose the cases (``{"seed": 1, "val_fraction": 0.34}``),
+            saved with them: a refusal gives the saved values of those that differ as their flags
+            (``--seed 1``).
     """
 
     def __init__(
         self, cases: Sequence[Mapping], keys: Sequence[str] = ("image", "label"), what: str = "the run",
-        role: str = "trained on", hint: str = "",
+        role: str = "trained on", hint: str = "", chosen_by: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
         if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence):
             raise ValueError(f"cases must be a list of datalist items, got {type(cases).__name__}")
@@ -333,11 +252,14 @@ class CasesRecord:
             for case in entries
         ]  # fmt: skip
         self.what, self.role, self.hint = what, role, str(hint)
+        if chosen_by is not None and not isinstance(chosen_by, Mapping):
+            raise ValueError(f"chosen_by must map each flag to its value, got {chosen_by!r}")
+        self.chosen_by = json.loads(json.dumps(dict(chosen_by or {})))
 
     def state_dict(self) -> dict:
         """``{"cases": [{key: [relative path, "<array>" or "<int>", size, digest or value]}]}``, saved with the
-        checkpoint."""
-        return {"cases": self.cases}
+        checkpoint, and ``"chosen_by"`` where the run has it."""
+        return {"cases": self.cases, **({"chosen_by": self.chosen_by} if self.chosen_by else {})}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Accept a checkpoint trained on these cases.
@@ -358,12 +280,19 @@ class CasesRecord:
         if gone + new and all(_generated_only(c) for c in gone + new):  # digests say nothing to a reader
             detail = [f"{plural(max(len(gone), len(new)), 'generated image')} (held in memory, e.g. phantom slices) "
                       "with other pixels: made with other data settings"]  # fmt: skip
-        hint = f" ({self.hint})" if self.hint else ""
+        chosen = state.get("chosen_by") if isinstance(state.get("chosen_by"), Mapping) else {}
+        words = [f"--{flag} {flag_value(value)}" for flag, value in chosen.items() if self.chosen_by.get(flag, _NONE) != value]
+        given = f" (here {' '.join(words)})" if words else ""
+        hint = f" ({self.hint}{given})" if self.hint else given
         raise ResumeRefused(
             f"the checkpoint was written by {self.what} {self.role} other data: {plural(len(saved), 'case')} then, "
             f"{len(now)} now, {max(len(gone), len(new))} differing ({'; '.join(detail) or 'the same cases in another order'}). "
             f"Resume with the interrupted run's data{hint} or train into a new output_dir"
         )
+
+
+#: A value no saved setting has (``chosen_by`` lacking a flag).
+_NONE = object()
 
 
 def _generated_only(case: str) -> bool:

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from medgmae.checkpoint import run_record
 from medgmae.engine import unwrap_model
-from medgmae.engine.records import check_flags, resume_flags
+from medgmae.engine.resume_words import check_flags, resume_flags, unflagged
 from medgmae.engine.restore import ResumeRefused
 from medgmae.networks.medgmae import MedGMAE
 from medgmae.networks.voxel_mae import VoxelMAE
@@ -80,8 +80,9 @@ class ModelConfigRecord:
 
     Args:
         network: the model (DDP-wrapped or not).
-        flags: ``{field: bundle flag}`` (:func:`~medgmae.engine.records.resume_flags`: ``[flag, "side"]`` for
-            a flag taking one size for every axis, ``[[flag, flag], "items"]`` for a field of a flag per value), the
+        flags: ``{field: bundle flag}`` (:func:`~medgmae.engine.resume_words.resume_flags`: ``[flag, "side"]``
+            for a flag taking one size for every axis or a list, ``[flag, "edge"]`` for one taking one number only,
+            ``[[flag, flag], "items"]`` for a field of a flag per value), the
             fields ``kind``, ``preprocessing.<key>`` and the config's: a refusal naming one of them says the flags
             and saved values that resume the run (``--num_gaussians 32``, ``--a_min -175.0 --a_max 250.0``).
     """
@@ -112,21 +113,28 @@ class ModelConfigRecord:
             saved["config"] = type(self.network).upgrade_config(dict(saved["config"]))
         diff = settings_differences(_record_fields(saved), _record_fields(self.state_dict()))
         if diff:
-            # level_intensity has no top-level key: name the saved rule as the override that restores it (a run
-            # from before it existed was trained with the clamp rule, which upgrade_config records)
-            rule, kind = _record_fields(saved).get("level_intensity"), _record_fields(saved).get("kind")
-            other_kind = [d for d in diff if d.startswith("kind")]
-            changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str) and not other_kind
-            given = resume_flags(self.flags, diff, _record_fields(saved))
-            given += [w for w in [f"--network_def#level_intensity {rule}"] * changed if w not in given]
-            example = f" (here {' '.join(given)})" if given else ""
-            if other_kind:  # another model altogether: its fields differ as a consequence, named after it
-                diff = other_kind + ["and the fields of that model"]
-                example = f" (here --model_kind {kind})"
-            raise ResumeRefused(
-                "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
-                f"with the saved settings{example} or train into a new output_dir"
-            )
+            self._refuse(diff, _record_fields(saved))
+
+    def _refuse(self, diff: list[str], saved: dict) -> None:
+        """Raise the refusal naming ``diff`` and the words that give the ``saved`` fields (:attr:`flags`): a
+        different kind first, as its ``--model_kind`` before the words of the other fields that differ (the fields
+        only the current kind has give none: the saved kind leaves them out); the saved ``level_intensity`` rule,
+        which has no top-level key, as the override that restores it (a run from before it existed was trained
+        with the clamp rule, which ``upgrade_config`` records)."""
+        rule = saved.get("level_intensity")
+        diff = sorted(diff, key=lambda line: not line.startswith("kind: "))
+        changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str)
+        given = resume_flags(self.flags, diff, saved)
+        given += [w for w in [f"--network_def#level_intensity {rule}"] * changed if w not in given]
+        given = sorted(given, key=lambda w: not w.startswith("--model_kind "))
+        example = f" (here {' '.join(given)})" if given else ""
+        cannot = [f"{name} ({why})" for name, why in unflagged(self.flags, diff, saved).items() if why]
+        raise ResumeRefused(
+            "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
+            f"with the saved settings{example}"
+            + (f"; no flag gives {', '.join(cannot)}: give it as the interrupted run did" if cannot else "")
+            + " or train into a new output_dir"
+        )
 
 
 def _record_fields(record: dict) -> dict:

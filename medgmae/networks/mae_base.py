@@ -8,6 +8,7 @@ subclass it and add their decoder heads and :meth:`MaskedAutoencoder.reconstruct
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -305,11 +306,15 @@ class MaskedAutoencoder(nn.Module):
         try:
             ckpt = load_checkpoint(path, kinds, needed_for, map_location)
         except CheckpointRefused as e:  # a 2D file (medgmae.twod.gmae.GMAE2D_KIND) where medgmae.twod is not loaded
-            if needed_for is None and "gmae2d" not in kinds and load_checkpoint(path, mmap=True).kind == "gmae2d":
-                raise CheckpointRefused(f"{e}; a 2D GMAE model file is read with medgmae.twod's "
-                                        "GMAE2D.from_checkpoint (from medgmae.twod import GMAE2D)") from e  # fmt: skip
-            raise
-        return by_kind.get(ckpt.kind, cls).from_loaded(ckpt)
+            refused, kind = e, None
+        else:
+            return by_kind.get(ckpt.kind, cls).from_loaded(ckpt)
+        with contextlib.suppress(CheckpointRefused):  # read again outside the except block: refused once, not twice
+            kind = load_checkpoint(path, mmap=True).kind if needed_for is None and "gmae2d" not in kinds else None
+        if kind == "gmae2d":
+            raise CheckpointRefused(f"{refused}; a 2D GMAE model file is read with medgmae.twod's "
+                                    "GMAE2D.from_checkpoint (from medgmae.twod import GMAE2D)") from None  # fmt: skip
+        raise refused
 
     @classmethod
     def from_loaded(cls, ckpt: Checkpoint) -> "MaskedAutoencoder":

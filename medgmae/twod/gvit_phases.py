@@ -33,8 +33,8 @@ __all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "
 #: its saved value in a resume's refusal (:func:`~medgmae.engine.records.resume_flags`). The model's channels and
 #: classes have none: the data give them.
 RESUME_FLAGS = {
-    "model.img_size": ("image_size", "side"), "model.num_gaussians": "num_gaussians", "model.model_size": "model_size",
-    "model.patch_size": ("patch_size", "side"), "model.mode": "encoder_mode", "model.scale_factor": "scale_factor",
+    "model.img_size": ("image_size", "edge"), "model.num_gaussians": "num_gaussians", "model.model_size": "model_size",
+    "model.patch_size": ("patch_size", "edge"), "model.mode": "encoder_mode", "model.scale_factor": "scale_factor",
     "model.classifier_freqs": "classifier_freqs", "data.dataset_dir": "dataset_dir", "data.num_phantoms": "num_phantoms",
     "data.seed": "seed", "data.val_fraction": "val_fraction", "data.image_size": "image_size", "data.window": "window",
     "data.augment": "augment", "optimiser.lr": "learning_rate", "optimiser.weight_decay": "weight_decay",
