@@ -121,16 +121,21 @@ class ModelConfigRecord:
         only the current kind has give none: the saved kind leaves them out); the saved ``level_intensity`` rule,
         which has no top-level key, as the override that restores it (a run from before it existed was trained
         with the clamp rule, which ``upgrade_config`` records)."""
-        rule = saved.get("level_intensity")
+        rule, kind = saved.get("level_intensity"), saved.get("kind")
         diff = sorted(diff, key=lambda line: not line.startswith("kind: "))
-        changed = any(d.startswith("level_intensity") for d in diff) and isinstance(rule, str)
+        other_kind = diff[0].startswith("kind: ")
+        unset = [d for d in diff if other_kind and d.endswith("now (not set)")]  # fields only the saved kind has
+        changed = any(d.startswith("level_intensity") and d not in unset for d in diff) and isinstance(rule, str)
         given = resume_flags(self.flags, diff, saved)
         given += [w for w in [f"--network_def#level_intensity {rule}"] * changed if w not in given]
+        if other_kind and not any(w.startswith("--model_kind ") for w in given):
+            given.append(f"--model_kind {kind}")
         given = sorted(given, key=lambda w: not w.startswith("--model_kind "))
         example = f" (here {' '.join(given)})" if given else ""
         cannot = [f"{name} ({why})" for name, why in unflagged(self.flags, diff, saved).items() if why]
+        shown = [d for d in diff if d not in unset] + ["and the fields of that model"] * bool(unset)
         raise ResumeRefused(
-            "the checkpoint was written by a different model configuration (" + "; ".join(diff) + "). Resume "
+            "the checkpoint was written by a different model configuration (" + "; ".join(shown) + "). Resume "
             f"with the saved settings{example}"
             + (f"; no flag gives {', '.join(cannot)}: give it as the interrupted run did" if cannot else "")
             + " or train into a new output_dir"
