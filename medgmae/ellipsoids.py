@@ -54,6 +54,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from medgmae.data.phantom.generator import physical_memory
 from medgmae.files import atomic_write
 from medgmae.gaussians import Gaussians3D
 from medgmae.icosphere import icosphere
@@ -226,21 +227,13 @@ def ellipsoid_mesh(gaussians: Gaussians3D, radius: float = HALF_MAXIMUM_RADIUS, 
     """
     parts = _parts(gaussians, radius, level)
     k, v, f = len(parts.means), len(parts.unit), len(parts.triangles)
-    need, memory = k * (28 * v + 24 * f), _physical_memory()
+    need, memory = k * (28 * v + 24 * f), physical_memory()
     if memory is not None and need > memory:
         raise ValueError(f"the mesh of {k:,} Gaussians at level {parts.level} takes {_megabytes(need)} of arrays, more "
                          f"than this machine's {_megabytes(memory)} of memory: give a lower level, or write it with "
                          "save_ellipsoids, which builds it a part at a time")  # fmt: skip
     return EllipsoidMesh(_points(parts, 0, k), _faces(parts, 0, k), np.repeat(parts.intensities.astype(np.float32), v),
                          parts.level, parts.radius)  # fmt: skip
-
-
-def _physical_memory() -> int | None:
-    """This machine's memory in bytes; ``None`` where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def save_ellipsoids(

@@ -36,7 +36,7 @@ def _limits(monkeypatch, tmp_path, physical, v2, v1, rlimit):
         files.append(str(tmp_path / name))
         if text is not None:
             (tmp_path / name).write_text(text)
-    monkeypatch.setattr(generator_mod, "_physical_memory", lambda: physical)
+    monkeypatch.setattr(generator_mod, "physical_memory", lambda: physical)
     monkeypatch.setattr(generator_mod, "CGROUP_MEMORY_FILES", tuple(files))
     monkeypatch.setattr(generator_mod, "_address_space_limit", lambda: rlimit)
 

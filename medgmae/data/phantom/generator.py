@@ -116,7 +116,7 @@ def validate_geometry(shape: Sequence[int], spacing: Sequence[float] | float) ->
 PEAK_BYTES_PER_VOXEL = 48
 
 
-def _physical_memory() -> int | None:
+def physical_memory() -> int | None:
     """The machine's physical memory in bytes (``None`` where the system does not say)."""
     try:
         return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
@@ -153,7 +153,7 @@ def _address_space_limit() -> int | None:
 def memory_limit() -> int | None:
     """The memory this process may use, in bytes: the smallest of the machine's physical memory, the cgroup's
     limit (:data:`CGROUP_MEMORY_FILES`) and ``RLIMIT_AS``, those that are known; ``None`` when none is."""
-    limits = [_physical_memory(), *(_cgroup_limit(p) for p in CGROUP_MEMORY_FILES), _address_space_limit()]
+    limits = [physical_memory(), *(_cgroup_limit(p) for p in CGROUP_MEMORY_FILES), _address_space_limit()]
     return min((n for n in limits if n), default=None)
 
 
