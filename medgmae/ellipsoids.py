@@ -54,11 +54,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from medgmae.data.phantom.generator import physical_memory
 from medgmae.files import atomic_write
 from medgmae.gaussians import Gaussians3D
+from medgmae.host_memory import memory_limit
 from medgmae.icosphere import icosphere
 from medgmae.rotations import quaternion_to_rotation_matrix
+from medgmae.words import byte_size
 
 __all__ = [
     "HALF_MAXIMUM_RADIUS",
@@ -223,14 +224,16 @@ def ellipsoid_mesh(gaussians: Gaussians3D, radius: float = HALF_MAXIMUM_RADIUS, 
     Raises:
         ValueError: a batch of several sets, non-finite values, a scale of 0 or less, a zero quaternion, a radius
             that is not a positive finite number, a bad level, more points than a VTK file indexes, points beyond
-            float32's range (the file's), or arrays larger than this machine's memory.
+            float32's range (the file's), or arrays larger than the memory this process may use (the machine's, or
+            a cgroup or address-space limit: :func:`medgmae.host_memory.memory_limit`).
     """
     parts = _parts(gaussians, radius, level)
     k, v, f = len(parts.means), len(parts.unit), len(parts.triangles)
-    need, memory = k * (28 * v + 24 * f), physical_memory()
+    need, memory = k * (28 * v + 24 * f), memory_limit()
     if memory is not None and need > memory:
-        raise ValueError(f"the mesh of {k:,} Gaussians at level {parts.level} takes {_megabytes(need)} of arrays, more "
-                         f"than this machine's {_megabytes(memory)} of memory: give a lower level, or write it with "
+        raise ValueError(f"the mesh of {k:,} Gaussians at level {parts.level} takes {byte_size(need, binary=True)} of "
+                         f"arrays, more than the {byte_size(memory, binary=True)} of memory this process may use (the "
+                         "machine's memory, or a cgroup or address-space limit): give a lower level, or write it with "
                          "save_ellipsoids, which builds it a part at a time")  # fmt: skip
     return EllipsoidMesh(_points(parts, 0, k), _faces(parts, 0, k), np.repeat(parts.intensities.astype(np.float32), v),
                          parts.level, parts.radius)  # fmt: skip
@@ -301,16 +304,11 @@ def _check_room(path: Path, count: int, level: int) -> None:
     if size <= free:
         return
     fits = next((lower for lower in range(level - 1, -1, -1) if mesh_bytes(count, lower) <= free), None)
-    advice = (f"give a lower level (level {fits}: {_megabytes(mesh_bytes(count, fits))})" if fits is not None
+    advice = (f"give a lower level (level {fits}: {byte_size(mesh_bytes(count, fits))})" if fits is not None
               else "free room there, or write it to another file system")  # fmt: skip
     said = (f"{path} could not be written (no room: the ellipsoids of {count:,} Gaussians at level {level} take "
-            f"{_megabytes(size)}, and {folder} has {_megabytes(free)} free): {advice}. Nothing of it was kept")
+            f"{byte_size(size)}, and {folder} has {byte_size(free)} free): {advice}. Nothing of it was kept")
     raise OutputWriteError(errno.ENOSPC, said, os.fspath(path))
-
-
-def _megabytes(count: int) -> str:
-    """A number of bytes in MB (GB from 10 GB)."""
-    return f"{count / 1e9:,.1f} GB" if count >= 1e10 else f"{count / 1e6:,.1f} MB"
 
 
 def mesh_bytes(count: int, level: int | None = None) -> int:
@@ -348,4 +346,4 @@ def skipped_mesh_message(count: int, ply: str | os.PathLike, vtk: str | os.PathL
         vtk: the mesh file it would have written.
     """
     return (f"{Path(vtk).name} not written: {count:,} Gaussians, more than the {MESH_LIMIT:,} whose ellipsoids a run "
-            f"writes (it would take {mesh_bytes(count) / 1e6:.0f} MB); write it with: {mesh_command(ply, vtk)}")
+            f"writes (it would take {byte_size(mesh_bytes(count))}); write it with: {mesh_command(ply, vtk)}")

@@ -169,6 +169,7 @@ def world_gaussians(ply: Path):
 def _write(args: argparse.Namespace) -> str:
     """Write the mesh ``args`` ask for; the line that says what was written."""
     from medgmae.ellipsoids import HALF_MAXIMUM_RADIUS, mesh_bytes, save_ellipsoids, sphere_level
+    from medgmae.words import byte_size
 
     ply = Path(args.ply)
     if problem := _input_problem(ply):
@@ -185,12 +186,7 @@ def _write(args: argparse.Namespace) -> str:
     except ValueError as e:  # values that cannot be drawn (NaN, a zero scale), or too many points for the format
         raise MeshRefused(f"{ply}: {e}") from None
     return (f"wrote {out}: {k:,} Gaussians ({how}) as ellipsoids of {10 * 4**level + 2} points and {20 * 4**level} "
-            f"triangles at Mahalanobis radius {radius:.4g}, {_size(mesh_bytes(k, level))}")
-
-
-def _size(count: int) -> str:
-    """A number of bytes in kB or MB."""
-    return f"{count / 1e3:.1f} kB" if count < 1e6 else f"{count / 1e6:.1f} MB"
+            f"triangles at Mahalanobis radius {radius:.4g}, {byte_size(mesh_bytes(k, level))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,6 +73,20 @@ def activate_gaussian_heads(
     )
 
 
+def _single_index(index) -> int | None:
+    """``index`` as an int where it is one integer (a Python int, a NumPy integer, a 0-d integer tensor or NumPy
+    array: torch and NumPy would index with such a tensor or array as with the int, dropping the batch dimension);
+    ``None`` for anything else (slices, lists, masks, tensors of indices, bools: a bool is no position)."""
+    if isinstance(index, (bool, np.bool_)):
+        return None
+    if isinstance(index, Tensor):
+        plain = index.dim() == 0 and not index.dtype.is_floating_point and not index.dtype.is_complex
+        return int(index.item()) if plain and index.dtype != torch.bool else None
+    if isinstance(index, np.ndarray):
+        return int(index) if index.ndim == 0 and np.issubdtype(index.dtype, np.integer) else None
+    return int(index) if isinstance(index, numbers.Integral) else None
+
+
 def _shape_tensor(shape: Sequence[int], like: Tensor) -> Tensor:
     """``shape`` as a float tensor like ``like``; ``ValueError`` unless it is three positive integers, checked as
     :func:`medgmae.render.render_volume` checks its shape (:func:`~medgmae.whole_numbers.whole_sizes`: ``8.5`` is refused,
@@ -146,10 +160,12 @@ class Gaussians3D:
         return self.means, self.scales, self.quats, self.intensities
 
     def __getitem__(self, index) -> "Gaussians3D":
-        """Select batch entries (``g[0:1]``) keeping the batch dimension for integer indices too (a Python int or
-        NumPy integer, ``-1`` the last entry; one past either end is an ``IndexError``, as a list's)."""
-        if isinstance(index, numbers.Integral) and not isinstance(index, (bool, np.bool_)):
-            i, b = int(index), self.batch_size
+        """Select batch entries (``g[0:1]``) keeping the batch dimension for integer indices too (a Python int, a
+        NumPy integer, or a 0-d integer tensor or array such as ``torch.tensor(0)``; ``-1`` the last entry; one past
+        either end is an ``IndexError``, as a list's)."""
+        i = _single_index(index)
+        if i is not None:
+            b = self.batch_size
             if not -b <= i < b:
                 raise IndexError(f"index {i} is out of range for a batch of {b}")
             index = slice(i % b, i % b + 1)

@@ -169,8 +169,10 @@ def world_gaussians(gaussians, geom: CTGeometry):
 
 def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
     """Stage every output and move them into ``out`` when all were written (what ``out`` holds besides, such as
-    ``recon_state.pt``, stays); ``ellipsoids.vtk`` only up to :data:`medgmae.ellipsoids.MESH_LIMIT` Gaussians, an
-    earlier run's removed above it (it would pass for this run's; the summary says how to write it)."""
+    ``recon_state.pt``, stays); ``ellipsoids.vtk`` only up to :data:`medgmae.ellipsoids.MESH_LIMIT` Gaussians (above
+    it the summary says how to write it). An earlier run's ``ellipsoids.vtk`` is removed once every output is staged,
+    before any moves in: a stop at any point leaves it only beside that run's own outputs, never beside this run's,
+    where it would pass for their mesh."""
     from medgmae.ellipsoids import over_mesh_limit, save_ellipsoids
     from medgmae.files import save_json_atomic, staged_outputs
     from medgmae.ply import save_ply
@@ -190,5 +192,4 @@ def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray
         draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
                    (metrics.get("fbp") or {}).get("psnr"), (metrics.get("start") or {}).get("psnr"))
         draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", geom.default_affine(), reference)
-    if without_mesh:  # once this run's outputs are in
-        (out / MESH).unlink(missing_ok=True)
+        (out / MESH).unlink(missing_ok=True)  # the earlier run's, first: the staged outputs move in next

@@ -265,16 +265,16 @@ def test_a_file_without_room_is_refused_before_it_is_written(tmp_path, monkeypat
                            f"{50 * 1_966_112 / 1e6:.1f} MB, and {tmp_path} has 50.0 MB free): give a lower level "
                            f"(level 5: {50 * 16 * (10242 + 20480) / 1e6:.1f} MB)"), said  # fmt: skip
     _free_room(monkeypatch, 20_000)
-    with pytest.raises(OutputWriteError, match="0.0 MB free\\): free room there, or write it to another file system"):
+    with pytest.raises(OutputWriteError, match="has 20.0 kB free\\): free room there, or write it to another file system"):
         save_ellipsoids(path, g, level=1)
     assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["e.vtk"]
 
 
 def test_a_mesh_larger_than_the_memory_is_refused(monkeypatch):
-    """``ellipsoid_mesh`` builds the whole mesh in memory (28 bytes a point, 24 a triangle): on a machine of 1 MB
+    """``ellipsoid_mesh`` builds the whole mesh in memory (28 bytes a point, 24 a triangle): on a machine of 1 MiB
     (the system's page count made small) the 20 Gaussians at level 3 (642 points and 1,280 triangles each: 48,696
-    bytes a Gaussian, 973,920 in all) are built, 30 (1,460,880 bytes) are refused naming both sizes and
-    save_ellipsoids."""
+    bytes a Gaussian, 973,920 in all) are built, 30 (1,460,880 bytes: 1.39 MiB) are refused naming both sizes in
+    binary units, as memory is counted, and save_ellipsoids."""
     import os
 
     from medgmae.ellipsoids import ellipsoid_mesh
@@ -283,8 +283,9 @@ def test_a_mesh_larger_than_the_memory_is_refused(monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 256}.get(name) or real(name))
     rng = np.random.default_rng(10)
     assert len(ellipsoid_mesh(_gaussians(*_random_gaussians(rng, 20)), level=3).points) == 20 * 642
-    with pytest.raises(ValueError, match="^the mesh of 30 Gaussians at level 3 takes 1.5 MB of arrays, more than "
-                       "this machine's 1.0 MB of memory: give a lower level, or write it with save_ellipsoids"):
+    with pytest.raises(ValueError, match=r"^the mesh of 30 Gaussians at level 3 takes 1\.39 MiB of arrays, more than "
+                       r"the 1\.00 MiB of memory this process may use .*: give a lower level, or write it with "
+                       "save_ellipsoids"):  # fmt: skip
         ellipsoid_mesh(_gaussians(*_random_gaussians(rng, 30)), level=3)
 
 

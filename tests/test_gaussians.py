@@ -255,6 +255,30 @@ def test_an_integer_index_selects_one_entry_or_is_out_of_range():
     assert g[1:].batch_size == 2  # slices as before
 
 
+@pytest.mark.parametrize("index, expected", [
+    (torch.tensor(0), 0), (torch.tensor(2), 2), (torch.tensor(-1), 2), (torch.tensor(1, dtype=torch.int32), 1),
+    (torch.tensor(1, dtype=torch.uint8), 1), (np.array(1), 1), (np.array(-3, dtype=np.int16), 0),
+])  # fmt: skip
+def test_a_0d_integer_tensor_or_array_indexes_as_its_int(index, expected):
+    """``g[torch.tensor(0)]`` was refused with a shape message (``means must be (B, K, 3), got (4, 3)``: torch drops
+    the batch dimension for a 0-d tensor, as for an int); it selects one entry with its batch dimension, as ``g[0]``
+    does, and so does a 0-d NumPy array."""
+    g = _random(3, 4)
+    picked = g[index]
+    assert picked.batch_size == 1
+    for mine, whole in zip(picked.tensors(), g.tensors()):
+        assert torch.equal(mine, whole[expected : expected + 1])  # the entry, sliced from the tensor itself
+
+
+def test_a_0d_tensor_past_either_end_is_out_of_range_and_other_tensors_index_as_torchs():
+    g = _random(3, 4)
+    for index in (torch.tensor(3), torch.tensor(-4), np.array(7)):
+        with pytest.raises(IndexError, match=rf"index {int(index)} is out of range for a batch of 3"):
+            g[index]
+    assert torch.equal(g[torch.tensor([2, 0])].means, torch.stack([g.means[2], g.means[0]]))  # a tensor of indices
+    assert torch.equal(g[torch.tensor([True, False, True])].means, g.means[[0, 2]])  # a mask
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_refused_in_the_toolkits_words(tmp_path):
     """``load_ply(p, device="cuda")`` and ``Gaussians3D.to("cuda")`` ended in torch's bare ``AssertionError``

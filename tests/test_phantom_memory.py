@@ -8,6 +8,7 @@ import json
 import pytest
 from monai.bundle import ConfigParser
 from bundle_helpers import BUNDLES
+from host_memory_helpers import patch_memory_limits
 
 import medgmae.data.phantom.generator as generator_mod
 import medgmae.data.phantom.writer as writer_mod
@@ -24,27 +25,19 @@ def test_a_shape_beyond_the_machines_memory_is_refused_up_front(tmp_path, capsys
         main(["--out", str(out), "--num-cases", "1", "--shape", *HUGE])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    need = 48 * 10**15 / 2**30
-    assert f"--shape: a phantom of shape 100000 x 100000 x 100000 needs about {need:,.1f} GiB of memory" in err
+    # 48 bytes a voxel: 48e15 bytes, 48e15 / 2**50 = 42.63 PiB
+    assert "--shape: a phantom of shape 100000 x 100000 x 100000 needs about 42.6 PiB of memory" in err
     assert "Traceback" not in err and not out.exists()
 
 
-def _limits(monkeypatch, tmp_path, physical, v2, v1, rlimit):
-    """Patch the memory readers: ``v2``/``v1`` are the cgroup files' texts (``None``: no such file)."""
-    files = []
-    for name, text in (("memory.max", v2), ("memory.limit_in_bytes", v1)):
-        files.append(str(tmp_path / name))
-        if text is not None:
-            (tmp_path / name).write_text(text)
-    monkeypatch.setattr(generator_mod, "physical_memory", lambda: physical)
-    monkeypatch.setattr(generator_mod, "CGROUP_MEMORY_FILES", tuple(files))
-    monkeypatch.setattr(generator_mod, "_address_space_limit", lambda: rlimit)
-
-
 def test_the_bound_is_the_machines_physical_memory(monkeypatch, tmp_path):
-    _limits(monkeypatch, tmp_path, 48 * 64 * 64 * 48, "max\n", None, None)
+    """Both sizes in binary units: 48 * 64 * 64 * 48 bytes = 9 MiB exactly; a 49th slice needs 9.1875 MiB (the
+    message said "0.0 GiB" of both)."""
+    patch_memory_limits(monkeypatch, tmp_path, 48 * 64 * 64 * 48, "max\n", None, None)
     assert generator_mod.shape_memory_problem((64, 64, 48)) is None
-    assert "more than the 0.0 GiB this process may use" in generator_mod.shape_memory_problem((64, 64, 49))
+    said = generator_mod.shape_memory_problem((64, 64, 49))
+    assert "needs about 9.19 MiB of memory while it is generated" in said
+    assert "more than the 9.00 MiB this process may use" in said
 
 
 @pytest.mark.parametrize("v2, v1, rlimit, expected", [
@@ -56,20 +49,10 @@ def test_the_bound_is_the_machines_physical_memory(monkeypatch, tmp_path):
 ])  # fmt: skip
 def test_the_bound_is_the_smallest_memory_limit(monkeypatch, tmp_path, v2, v1, rlimit, expected):
     """A cgroup or address-space limit below the machine's memory bounds the shape (only the machine's counted)."""
-    _limits(monkeypatch, tmp_path, 16 << 30, v2, v1, rlimit)
-    assert generator_mod.memory_limit() == expected
+    patch_memory_limits(monkeypatch, tmp_path, 16 << 30, v2, v1, rlimit)
     voxels = expected // 48
     assert generator_mod.shape_memory_problem((voxels // 64, 8, 8)) is None
     assert "needs about" in generator_mod.shape_memory_problem((voxels // 64 + 1, 8, 8))
-
-
-def test_the_address_space_limit_is_read(monkeypatch):
-    import resource
-
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (3 << 30, resource.RLIM_INFINITY))
-    assert generator_mod._address_space_limit() == 3 << 30
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    assert generator_mod._address_space_limit() is None
 
 
 def _fail_on_second_case(monkeypatch, nth: int = 2):

@@ -135,6 +135,45 @@ def test_above_the_mesh_limit_no_ellipsoids_vtk_and_the_summary_gives_the_comman
     assert (out / "ellipsoids.vtk").read_bytes() == expected.read_bytes()
 
 
+@pytest.mark.parametrize("limit", [50, None])  # above the limit (no mesh written), and within it
+def test_an_earlier_runs_mesh_is_never_beside_this_runs_outputs(scan, tmp_path, monkeypatch, limit):
+    """An earlier run's ``ellipsoids.vtk`` was removed after this run's outputs had moved in (above the limit) or
+    replaced after ``curve.png`` (within it): a stop in between left it beside new Gaussians, as their mesh. Every
+    file replacement of the run is watched: at none of them is the earlier mesh beside one of this run's outputs."""
+    import os
+
+    from medgmae import ellipsoids
+
+    out = tmp_path / "rec"
+    out.mkdir()
+    names = ["recon.nii.gz", "gaussians.ply", "ellipsoids.vtk", "metrics.json", "curve.png", "slices.png"]
+    earlier = {name: f"the earlier run's {name}".encode() for name in names}
+    for name, content in earlier.items():
+        (out / name).write_bytes(content)
+    if limit is not None:
+        monkeypatch.setattr(ellipsoids, "MESH_LIMIT", limit)
+    seen, replace = [], os.replace
+
+    def state() -> tuple[bool, list[str]]:
+        """Whether the earlier mesh is there, and which of this run's outputs are."""
+        mesh = out / "ellipsoids.vtk"
+        old_mesh = mesh.is_file() and mesh.read_bytes() == earlier["ellipsoids.vtk"]
+        new = [n for n in names if n != "ellipsoids.vtk" and (out / n).is_file() and (out / n).read_bytes() != earlier[n]]
+        return old_mesh, new
+
+    def watched(src, dst, *args, **kwargs):  # a stop can fall before each replacement or after it
+        seen.append(state())
+        replace(src, dst, *args, **kwargs)
+        seen.append(state())
+
+    monkeypatch.setattr(os, "replace", watched)
+    assert main([*few_gaussians_args(scan, out), "--checkpoint-every", "0"]) == 0
+    seen.append(state())
+    assert [new for old_mesh, new in seen if old_mesh and new] == []
+    assert any(new for _, new in seen) and sorted(seen[-1][1]) == sorted(n for n in names if n != "ellipsoids.vtk")
+    assert (out / "ellipsoids.vtk").is_file() == (limit is None) and not seen[-1][0]
+
+
 def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     """With --init medgmae the sparse start grows until density control ends (densify_until): when it stopped
     below its budget the note says so and asks for more iterations, not a larger --num-gaussians."""

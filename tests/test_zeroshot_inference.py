@@ -295,6 +295,53 @@ def test_the_ellipsoids_draw_the_ply_gaussians_in_the_same_world_frame(tmp_path,
     assert np.linalg.norm(beyond, axis=1).max() <= 1.0 + 1e-3  # within half a voxel of the model's 2 mm grid
 
 
+@pytest.mark.parametrize("limit", [11, 12])  # 12 Gaussians: above the limit (no mesh written), and at it
+def test_an_earlier_runs_mesh_is_never_beside_this_runs_files(tmp_path, monkeypatch, limit):
+    """An earlier run's ``case_ellipsoids.vtk`` was removed (above the limit) or replaced (within it) after this
+    run's rendering, picture and ``.ply`` were written: a stop in between left it beside them, as their mesh. Every
+    file replacement of the write is watched: at none of them is the earlier mesh beside one of this run's files."""
+    import os
+
+    import nibabel as nib
+
+    from medgmae import ellipsoids
+    from medgmae.mae_training.inference import GaussianInference
+    from medgmae.zeroshot import ZeroShotResult
+
+    rng = np.random.default_rng(3)
+    g = Gaussians3D(*(torch.tensor(a, dtype=torch.float32)[None] for a in (
+        rng.uniform(-20, 20, (12, 3)), rng.uniform(0.3, 3.0, (12, 3)), rng.normal(size=(12, 4)), rng.uniform(0.1, 0.9, 12))))  # fmt: skip
+    scan, affine = np.zeros((6, 7, 5), np.float32), _oblique_anisotropic_affine()
+    nib.save(nib.Nifti1Image(scan, affine), str(tmp_path / "case.nii.gz"))
+    res = ZeroShotResult(g, g, scan.shape, affine, PreprocessingSpec(), np.eye(4)[None])
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ["case_rendered.nii.gz", "case_slices.png", "case_gaussians.ply", "case_ellipsoids.vtk"]
+    earlier = {name: f"the earlier run's {name}".encode() for name in names}
+    for name, content in earlier.items():
+        (out / name).write_bytes(content)
+    monkeypatch.setattr(ellipsoids, "MESH_LIMIT", limit)
+    seen, replace, mesh = [], os.replace, out / "case_ellipsoids.vtk"
+
+    def state() -> tuple[bool, list[str]]:
+        """Whether the earlier mesh is there, and which of this run's files are."""
+        new = [n for n in names[:3] if (out / n).is_file() and (out / n).read_bytes() != earlier[n]]
+        return mesh.is_file() and mesh.read_bytes() == earlier[mesh.name], new
+
+    def watched(src, dst, *args, **kwargs):  # a stop can fall before each replacement or after it
+        seen.append(state())
+        replace(src, dst, *args, **kwargs)
+        seen.append(state())
+
+    monkeypatch.setattr(os, "replace", watched)
+    inference = GaussianInference(tmp_path / "model.pt", tmp_path / "case.nii.gz", out, device="cpu")
+    paths = inference._write(scan, affine, res, scan, 3.0)
+    seen.append(state())
+    assert [new for old_mesh, new in seen if old_mesh and new] == []
+    assert any(new for _, new in seen) and seen[-1] == (False, names[:3])
+    assert ("mesh" in paths) == mesh.is_file() == (limit == 12)
+
+
 def test_above_the_mesh_limit_no_ellipsoids_are_written_and_one_line_gives_the_command(tmp_path, monkeypatch, caplog):
     """With more Gaussians than ``MESH_LIMIT`` (patched to 11, for 12 Gaussians) inference writes no
     ``<name>_ellipsoids.vtk``, removes the one an earlier run left there, returns and logs only the files it wrote,

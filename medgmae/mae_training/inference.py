@@ -160,8 +160,9 @@ class GaussianInference:
 
     def run(self) -> dict[str, Path]:
         """Run and write ``<name>_gaussians.ply``, ``<name>_ellipsoids.vtk`` (:mod:`medgmae.ellipsoids`; only up to
-        :data:`~medgmae.ellipsoids.MESH_LIMIT` Gaussians: above it an earlier run's is removed and a log line gives
-        the command that writes it), ``<name>_rendered.nii.gz`` and ``<name>_slices.png``.
+        :data:`~medgmae.ellipsoids.MESH_LIMIT` Gaussians: above it a log line gives the command that writes it),
+        ``<name>_rendered.nii.gz`` and ``<name>_slices.png``. An earlier run's ``<name>_ellipsoids.vtk`` is removed
+        before any of them is written, so that a stop leaves it beside no file of this run's.
 
         Returns:
             The written paths by kind (``ply``, ``mesh`` where it was written, ``nifti``, ``png``).
@@ -194,6 +195,7 @@ class GaussianInference:
                                   "ply": out / f"{stem}_gaussians.ply", "mesh": out / f"{stem}_ellipsoids.vtk"}  # fmt: skip
         data = _rendered_output(rendered, res.spec, self.output_hu)
         _warn_if_another_scans(paths["nifti"], stem, data.shape, affine)
+        paths["mesh"].unlink(missing_ok=True)  # an earlier run's, before this run's first file: never beside them
         save_nifti_atomic(data, affine, paths["nifti"])
         views, spacing = picture_views(scan, rendered, affine, res.spec)
         a0, a1 = res.spec.hu_window
@@ -203,7 +205,6 @@ class GaussianInference:
         save_ply(paths["ply"], res.world, frame="world", shape=res.shape, affine=affine, cutoff=cutoff)
         if over_mesh_limit(res.world.num_gaussians):
             mesh = paths.pop("mesh")
-            mesh.unlink(missing_ok=True)  # an earlier run's would pass for this run's Gaussians
             logger.info("%s", skipped_mesh_message(res.world.num_gaussians, paths["ply"], mesh))
         else:
             save_ellipsoids(paths["mesh"], res.world)  # the same world Gaussians, drawn: Slicer does not draw the .ply

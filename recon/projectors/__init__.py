@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from medgmae.engine.devices import usable_device
+from medgmae.words import byte_size
 from recon.cli_names import PROJECTOR_BACKENDS
 from recon.geometry import CTGeometry
 from recon.projectors.astra_proj import (
@@ -100,9 +101,9 @@ def slow_backend_note(geometry: CTGeometry, step: float = 0.5) -> str | None:
             return None
         return (f"ASTRA's CPU projectors cannot take this scan ({problem}); the PyTorch ray marcher is much slower "
                 "on the CPU (resample the volume to square in-plane voxels, one detector row per slice, for ASTRA)")  # fmt: skip
-    need, budget = estimate_matrix_bytes(geometry, step) / 2**30, ray_matrix.MATRIX_BUDGET_BYTES / 2**30
-    return (f"this cone beam's sparse matrix would take up to {need:.2f} GiB, over the {budget:.2f} GiB that backend "
-            "'auto' builds on the CPU, so it projects with the PyTorch ray marcher, much slower (fewer views or a "
+    need, budget = (byte_size(n, binary=True) for n in (estimate_matrix_bytes(geometry, step), ray_matrix.MATRIX_BUDGET_BYTES))
+    return (f"this cone beam's sparse matrix would take up to {need}, over the {budget} that backend 'auto' builds on "
+            "the CPU, so it projects with the PyTorch ray marcher, much slower (fewer views or a "
             "coarser volume grid fit the matrix; backend 'matrix' builds it anyway, briefly needing about 2.5 times "
             "that memory; a GPU runs ASTRA or the ray marcher fast)")  # fmt: skip
 

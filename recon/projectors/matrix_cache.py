@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from medgmae.words import byte_size
 from medgmae.write_failures import OutputWriteError
 from recon.geometry import CTGeometry
 from recon.projectors import ray_matrix
@@ -161,6 +162,6 @@ def save_matrix(projector: RayMatrixProjector, folder: str | Path, shared: bool 
     with folder_made(path.parent):  # a write that fails (a full disk, Ctrl-C) leaves no folder it made
         save_torch_atomic({"key": key, "data": torch.from_numpy(a.data), "indices": torch.from_numpy(a.indices),
                            "indptr": torch.from_numpy(a.indptr)}, path)  # fmt: skip
-    size = (a.data.nbytes + a.indices.nbytes + a.indptr.nbytes) / 2**20
+    size = byte_size(a.data.nbytes + a.indices.nbytes + a.indptr.nbytes, binary=True)  # as the memory budget it fits
     used_by = f"runs with --matrix-dir {folder}" if shared else "--resume"
-    return f"saved the matrix in {path} ({size:.0f} MiB) for {used_by}"
+    return f"saved the matrix in {path} ({size}) for {used_by}"

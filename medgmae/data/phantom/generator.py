@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -13,7 +12,9 @@ from scipy import ndimage
 
 from medgmae.data.phantom.anatomy import paint_body, paint_ribs, paint_spine_and_muscles, paint_thorax, paint_viscera
 from medgmae.data.phantom.scene import A_REF, B_REF, Scene
+from medgmae.host_memory import memory_limit
 from medgmae.whole_numbers import nonnegative_count, whole_sizes
+from medgmae.words import byte_size
 
 __all__ = ["ORGAN_LABELS", "TISSUE_CLASSES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "GENERATOR_VERSION", "Phantom",
            "PEAK_BYTES_PER_VOXEL", "generate_phantom", "phantom_affine", "shape_memory_problem", "validate_geometry"]
@@ -116,50 +117,10 @@ def validate_geometry(shape: Sequence[int], spacing: Sequence[float] | float) ->
 PEAK_BYTES_PER_VOXEL = 48
 
 
-def physical_memory() -> int | None:
-    """The machine's physical memory in bytes (``None`` where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):  # not a POSIX system, or the names are unknown
-        return None
-
-
-#: Files holding the memory limit of this process's control group: cgroup v2, then v1.
-CGROUP_MEMORY_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
-
-
-def _cgroup_limit(path: str) -> int | None:
-    """The byte count in a cgroup memory-limit file, or ``None`` for ``max`` (no limit), other text, or a file that
-    cannot be read."""
-    try:
-        with open(path, encoding="ascii") as f:
-            text = f.read().strip()
-    except (OSError, ValueError):
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _address_space_limit() -> int | None:
-    """This process's soft ``RLIMIT_AS`` in bytes, or ``None`` when unlimited or not known."""
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    except (ImportError, AttributeError, OSError, ValueError):  # not a POSIX system
-        return None
-    return None if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
-
-
-def memory_limit() -> int | None:
-    """The memory this process may use, in bytes: the smallest of the machine's physical memory, the cgroup's
-    limit (:data:`CGROUP_MEMORY_FILES`) and ``RLIMIT_AS``, those that are known; ``None`` when none is."""
-    limits = [physical_memory(), *(_cgroup_limit(p) for p in CGROUP_MEMORY_FILES), _address_space_limit()]
-    return min((n for n in limits if n), default=None)
-
-
 def shape_memory_problem(shape: Sequence[int]) -> str | None:
     """Why a case of ``shape`` cannot be generated here, else ``None``: the memory its generation holds
-    (:data:`PEAK_BYTES_PER_VOXEL` per voxel) is more than this process may use (:func:`memory_limit`).
+    (:data:`PEAK_BYTES_PER_VOXEL` per voxel) is more than this process may use
+    (:func:`medgmae.host_memory.memory_limit`).
 
     Args:
         shape: ``(X, Y, Z)`` voxels.
@@ -170,10 +131,10 @@ def shape_memory_problem(shape: Sequence[int]) -> str | None:
     need, have = PEAK_BYTES_PER_VOXEL * math.prod(int(n) for n in shape), memory_limit()
     if have is None or need <= have:
         return None
-    return (f"a phantom of shape {' x '.join(str(int(n)) for n in shape)} needs about {need / 2**30:,.1f} GiB of memory "
-            f"while it is generated ({PEAK_BYTES_PER_VOXEL} bytes per voxel), more than the "
-            f"{have / 2**30:,.1f} GiB this process may use (the machine's memory, or a cgroup or address-space limit): "
-            "give a smaller shape")  # fmt: skip
+    return (f"a phantom of shape {' x '.join(str(int(n)) for n in shape)} needs about {byte_size(need, binary=True)} "
+            f"of memory while it is generated ({PEAK_BYTES_PER_VOXEL} bytes per voxel), more than the "
+            f"{byte_size(have, binary=True)} this process may use (the machine's memory, or a cgroup or address-space "
+            "limit): give a smaller shape")  # fmt: skip
 
 
 def phantom_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
