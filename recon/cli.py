@@ -259,8 +259,9 @@ def _add_reconstruct(sub) -> None:
                    help="optimisation iterations (at least 1; default 1000). The toolkit preset's density control adds "
                         "5 %% of the Gaussians after every 100th iteration of the first 60 %% of the run, compounding: "
                         "the count ends at up to 1.34x the start after 1,000 iterations, 3.2x after 4,000, and reaches "
-                        "the cap (--max-gaussians) from about 8,000 on, each iteration taking longer as it grows; the "
-                        "run's first lines give the projected count and the time left follows it")
+                        "the cap (--max-gaussians) from about 8,000 on (--init medgmae: half of them every 10 "
+                        "iterations, up to its budget), each iteration taking longer as it grows; the run's first lines "
+                        "give the projected count and the time left follows it")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. runs/scan/reference.nii.gz) for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None,
                    help="project a random subset of this many views per iteration (default: all views)")

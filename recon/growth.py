@@ -106,18 +106,20 @@ def growth_note(config: GaussianReconConfig, iteration: int, count: int) -> str:
         left = [it for it in round_iterations(config) if it > iteration]
         if not left:
             return f"density control: no round left in the run; the count stays at {count:,} Gaussians or below"
-        return (f"density control (3dgr-ct): {count:,} Gaussians now; {plural(len(left), 'round')} from iteration "
-                f"{left[0]:,} to {left[-1]:,} clone or split every Gaussian over its gradient threshold while there are "
-                f"fewer than {cap} (--max-gaussians; one round can up to double the count): the growth follows the "
-                "data, and each iteration takes longer as the count grows")  # fmt: skip
+        when = f"after iteration {left[0]:,}" if len(left) == 1 else f"from iteration {left[0]:,} to {left[-1]:,}"
+        return (f"density control (3dgr-ct): {count:,} Gaussians now; {plural(len(left), 'round')} {when}, each "
+                f"cloning or splitting every Gaussian over its gradient threshold while there are fewer than {cap} "
+                "(--max-gaussians; one round can up to double the count): the growth follows the data, and each "
+                "iteration takes longer as the count grows")  # fmt: skip
     n = len(projection.rounds)
     if n == 0:
         return f"density control: no round left in the run; the count stays at {count:,} Gaussians or below"
     first, last = projection.rounds[0][0], projection.rounds[-1][0]
+    when = f"after iteration {first:,}" if n == 1 else f"from iteration {first:,} to {last:,}"
     reach = (f"reaching the cap of {cap} (--max-gaussians) at iteration {projection.cap_at:,} at the earliest"
              if projection.cap_at is not None else f"under the cap of {cap} (--max-gaussians)")  # fmt: skip
     return (f"density control: {count:,} Gaussians now, at most {projection.final:,} at the end of the run "
-            f"({projection.final / max(1, count):.2f}x: {plural(n, 'round')} from iteration {first:,} to {last:,}, each "
+            f"({projection.final / max(1, count):.2f}x: {plural(n, 'round')} {when}, each "
             f"adding {config.densify_fraction * 100:g} % of the count; pruning only lowers it), {reach}; each iteration "
             "takes longer as the count grows")  # fmt: skip
 

@@ -70,6 +70,7 @@ def test_the_projected_counts_of_the_documented_runs():
     capped = growth_note(GaussianReconConfig.preset("toolkit", 10_000, max_gaussians=30_000), 2000, 25_000)
     assert "reaching the cap of 30,000 (--max-gaussians) at iteration 2,400 at the earliest" in capped
     assert "no round left" in growth_note(GaussianReconConfig.preset("toolkit", 2), 0, 100)
+    assert "at most 2,100 at the end of the run (1.05x: 1 round after iteration 100," in growth_note(GaussianReconConfig.preset("toolkit", 300), 0, 2000)
     assert project_growth(GaussianReconConfig.preset("3dgr-ct", 1000), 0, 100) is None
     assert "the growth follows the data" in growth_note(GaussianReconConfig.preset("3dgr-ct", 1000), 0, 100)
 
