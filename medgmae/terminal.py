@@ -41,35 +41,46 @@ def duration_text(seconds: float) -> str:
 
 
 class Pace:
-    """When a loop that prints lines (into a log) should print one, and its time left from its pace so far.
+    """When a loop that prints lines (into a log) should print one, and its time left from its average pace so far
+    (every step taken to cost the same; a loop whose steps grow dearer overrides :meth:`seconds_left`, as
+    ``recon.growth.RunPace`` does).
 
     Args:
         first: the step the loop (re)starts from.
         stop: the step it stops at.
+        clock: seconds from a fixed origin (default :func:`time.perf_counter`).
     """
 
-    def __init__(self, first: int, stop: int) -> None:
+    def __init__(self, first: int, stop: int, clock: Callable[[], float] | None = None) -> None:
         self.first, self.stop = int(first), int(stop)
-        self.start = self.last = time.perf_counter()
+        self.clock = clock if clock is not None else (lambda: time.perf_counter())
+        self.start = self.last = self.clock()
 
     def seconds(self) -> float:
         """Seconds since the loop (re)started."""
-        return time.perf_counter() - self.start
+        return self.clock() - self.start
 
     def quiet_for(self) -> float:
         """Seconds since the last line (:meth:`said`)."""
-        return time.perf_counter() - self.last
+        return self.clock() - self.last
 
     def said(self) -> None:
         """A line was printed now."""
-        self.last = time.perf_counter()
+        self.last = self.clock()
 
-    def left(self, step: int) -> str:
-        """``", about 12.0 min left"`` after ``step``; ``""`` at the end or before any step ran."""
+    def seconds_left(self, step: int) -> float | None:
+        """Seconds the steps after ``step`` take at the average pace so far; ``None`` at the end or before any
+        step ran."""
         done, rest = step - self.first, self.stop - step
         if done <= 0 or rest <= 0:
-            return ""
-        return f", about {duration_text(self.seconds() / done * rest)} left"
+            return None
+        return self.seconds() / done * rest
+
+    def left(self, step: int) -> str:
+        """``", about 12.0 min left"`` after ``step`` (:meth:`seconds_left`); ``""`` at the end or before any step
+        ran."""
+        seconds = self.seconds_left(step)
+        return "" if seconds is None else f", about {duration_text(seconds)} left"
 
 
 class ProgressLines:

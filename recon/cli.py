@@ -255,7 +255,13 @@ def _add_reconstruct(sub) -> None:
     r.add_argument("--fbp", default=None, help="FBP volume (attenuation, 1/mm) for the initialisation (computed when absent)")
     r.add_argument("--preset", default="toolkit", choices=PRESETS, help="optimisation settings")
     _add_init_options(r)
-    r.add_argument("--iterations", type=positive_int, default=1000, help="optimisation iterations (at least 1)")
+    r.add_argument("--iterations", type=positive_int, default=1000,
+                   help="optimisation iterations (at least 1; default 1000). The toolkit preset's density control adds "
+                        "5 %% of the Gaussians after every 100th iteration of the first 60 %% of the run, compounding: "
+                        "the count ends at up to 1.34x the start after 1,000 iterations, 3.2x after 4,000, and reaches "
+                        "the cap (--max-gaussians) from about 8,000 on (--init medgmae: half of them every 10 "
+                        "iterations, up to its budget), each iteration taking longer as it grows; the run's first lines "
+                        "give the projected count and the time left follows it")
     r.add_argument("--reference", default=None, help="ground-truth attenuation volume (1/mm, e.g. runs/scan/reference.nii.gz) for PSNR/SSIM")
     r.add_argument("--views-per-iteration", type=positive_int, default=None,
                    help="project a random subset of this many views per iteration (default: all views)")
@@ -266,6 +272,11 @@ def _add_reconstruct(sub) -> None:
                    help="toolkit preset: how density control splits: 'sample' (default: clones, children drawn 1.6x "
                         "narrower) or 'moments' (halves along the largest axis, mass and covariance kept: no PSNR drop at "
                         "a round, better with a coarse --num-gaussians on many views; bench/RESULTS.md)")
+    r.add_argument("--max-gaussians", type=positive_int, default=None, metavar="N",
+                   help="the most Gaussians density control grows to, at least the start's --num-gaussians (equal: no "
+                        "growth; pruning still removes). Default: the preset's: toolkit ten times the start, at least "
+                        "200,000 (--init medgmae: its --num-gaussians budget, which this can only lower); 3dgr-ct its "
+                        "published 300,000 (a round under the cap can up to double the count)")
     r.add_argument("--coarse-iterations", type=nonneg_int, default=None,
                    help="iterations of the coarse phase (default: the preset's: toolkit none, measured faster without "
                         "it in bench/RESULTS.md; 3dgr-ct its published first third at half resolution)")

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from medgmae.gaussians import Gaussians3D
+from recon.growth import toolkit_additions
 
 
 __all__ = ["densify_toolkit", "densify_3dgr_ct", "replace_rows", "split_moments"]
@@ -105,7 +106,7 @@ def densify_toolkit(rec) -> dict:
     k = p["means"].shape[0]
     avg = rec.grad_accum / rec.grad_count.clamp_min(1) * rec.length
     scales = p["log_scales"].exp()
-    n_pick = min(int(math.ceil(c.densify_fraction * k)), max(0, c.max_gaussians - k))
+    n_pick = toolkit_additions(c, k)  # the rule recon.growth projects the count by
     chosen = torch.zeros(k, dtype=torch.bool, device=dev)
     if n_pick > 0:
         top = torch.topk(avg, n_pick).indices

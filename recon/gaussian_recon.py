@@ -3,11 +3,11 @@
 Each iteration renders the Gaussians into the voxel grid (:func:`medgmae.render.render_volume`), projects the
 volume with a differentiable projector and takes an Adam step on a projection MSE (optionally plus a TV term on
 the volume). Each parameter kind has its own learning rate with a log-linear decay (see
-:class:`GaussianReconConfig`). Adaptive density control (:mod:`recon.density`) runs every ``densify_every``
-iterations between ``densify_from`` and ``densify_until``. During the first ``coarse_iterations`` the loss works at
-half resolution (the coarse phase: low spatial frequencies first). With ``holdout_views`` a few views stay out of
-the loss and choose the Gaussians returned (:mod:`recon.holdout`). Two presets (:mod:`recon.presets`): the
-toolkit's defaults and SigmaLDC/3DGR-CT's published settings.
+:class:`GaussianReconConfig`). Adaptive density control (:mod:`recon.density`; the count it leads to and the time
+left as it grows: :mod:`recon.growth`) runs every ``densify_every`` iterations from ``densify_from`` to
+``densify_until``. The first ``coarse_iterations`` work at half resolution (low spatial frequencies first). With
+``holdout_views`` a few views stay out of the loss and choose the Gaussians returned (:mod:`recon.holdout`).
+Presets (:mod:`recon.presets`): the toolkit's defaults and SigmaLDC/3DGR-CT's published settings.
 
 Parameters live in the voxel frame of the reconstruction grid; intensities are optimised in units of
 ``value_scale`` (a robust maximum of the initial volume unless given) so one set of learning rates fits any
@@ -32,14 +32,13 @@ from torch import Tensor
 from medgmae import terminal
 from medgmae.gaussians import Gaussians3D
 from medgmae.render import render_volume
-from recon.metrics import psnr as psnr_fn
-from recon.metrics import ssim as ssim_fn
+from recon.growth import RunPace, round_due
+from recon.metrics import psnr as psnr_fn, ssim as ssim_fn
 from recon.presets import GaussianReconConfig
 from recon.projectors import Projector
 from recon.reconstructor_inputs import checked_inputs
 from recon.result import GaussianReconResult
-from recon.state import CHECKPOINT_KIND, reconstructor_state, restore_reconstructor
-from recon.state import PARAMS as _PARAMS
+from recon.state import CHECKPOINT_KIND, PARAMS as _PARAMS, reconstructor_state, restore_reconstructor
 
 __all__ = ["GaussianReconConfig", "GaussianReconResult", "GaussianReconstructor", "CHECKPOINT_KIND"]
 
@@ -158,6 +157,11 @@ class GaussianReconstructor:
         self.grad_accum = torch.zeros(k, device=self.device)
         self.grad_count = torch.zeros(k, device=self.device)
 
+    @property
+    def num_gaussians(self) -> int:
+        """The number of Gaussians now."""
+        return int(self.params["means"].shape[0])
+
     def activated_intensities(self, params: dict[str, Tensor] | None = None) -> Tensor:
         """``(K,)`` intensities in ``value_scale`` units (after the activation; differentiable) of ``params``
         (default: the current parameters)."""
@@ -245,10 +249,9 @@ class GaussianReconstructor:
 
     # ------------------------------------------------------------------ density control
     def _densify_if_due(self) -> None:
-        """Density control after the current iteration when its schedule says so, the round recorded."""
-        c, it = self.config, self.iteration
-        if c.densify_from <= it <= c.densify_until and it % c.densify_every == 0 and it < c.iterations:
-            self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": int(self.params["means"].shape[0])})
+        """Density control after the current iteration when :func:`recon.growth.round_due` says so, recorded."""
+        if round_due(self.config, it := self.iteration):
+            self.density_rounds.append({"iteration": it, **self.densify_and_prune(), "num_gaussians": self.num_gaussians})
 
     def densify_and_prune(self) -> dict:
         """One round of adaptive density control (:mod:`recon.density`); returns counts of cloned, split and
@@ -327,18 +330,19 @@ class GaussianReconstructor:
             stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
             half = self._coarse is not None  # the half-resolution stage ("bin": full-resolution volumes, binned data)
             coarse_end = c.coarse_iterations if half and self.iteration < c.coarse_iterations < stop else 0
-            pace = terminal.Pace(self.iteration, coarse_end or stop)  # the half-resolution stage's pace says nothing of the rest
+            pace = RunPace(self.iteration, coarse_end or stop, c, self.num_gaussians, c.eval_every)  # the stage: its own
             while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
                 loss = self.step()
                 it = self.iteration
                 self._densify_if_due()
                 line, shown = self._progress_line(loss, time.perf_counter() - t0, pace.quiet_for(), ssim_every_eval)
+                pace.record(it, self.num_gaussians)  # the time left follows the count (recon.growth)
                 if lines and line is not None:
                     left = pace.left(it) + (" of the half-resolution stage" if it < coarse_end else "")
                     print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{left})", flush=True)
                     pace.said()
                 if it == coarse_end:  # full resolution from here: its own pace
-                    pace = terminal.Pace(it, stop)
+                    pace = RunPace(it, stop, c, self.num_gaussians, c.eval_every)
                 postfix = {**(postfix if shown is None else shown), "loss": f"{loss:.4g}"}  # the last evaluation's
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
@@ -355,9 +359,9 @@ class GaussianReconstructor:
 
         if progress not in (True, False, "lines"):
             raise ValueError(f"progress must be True, False or 'lines', got {progress!r}")
-        lines = progress == "lines" or (progress is True and not terminal.progress_bars_shown())  # a log: no bar's redraws
-        desc = f"Gaussian recon ({self.config.preset_name})"
-        bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not progress or lines, desc=desc, dynamic_ncols=True)
+        lines = progress == "lines" or (progress is True and not terminal.progress_bars_shown())  # a log: no redraws
+        bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not progress or lines,
+                   desc=f"Gaussian recon ({self.config.preset_name})", dynamic_ncols=True)  # fmt: skip
         return lines, bar
 
     def _progress_line(self, loss: float, seconds: float, quiet: float, ssim_every_eval: bool) -> tuple[str | None, dict | None]:
@@ -373,7 +377,7 @@ class GaussianReconstructor:
 
     def _record(self, loss: float, seconds: float, with_ssim: bool) -> dict:
         """The evaluation of the current iteration, appended to the history (the held-out error recorded too)."""
-        rec = {"iteration": self.iteration, "loss": loss, "num_gaussians": int(self.params["means"].shape[0]), "seconds": seconds}
+        rec = {"iteration": self.iteration, "loss": loss, "num_gaussians": self.num_gaussians, "seconds": seconds}
         with torch.no_grad():
             volume = self.render() if self.holdout is not None or self.reference is not None else None
         rec.update(self.evaluate(volume, with_ssim=with_ssim))

@@ -27,6 +27,7 @@ from recon.commands import (
 from medgmae.files import path_length_problem
 from medgmae.folder_lock import folder_held
 from recon.geometry import CTGeometry
+from recon.growth import growth_note
 from recon import reconstruct_start as start
 from recon.reconstruct_summary import print_summary, write_reconstruction
 from recon.state import RECON_STATE
@@ -192,6 +193,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
             rec.load_state_dict(x.state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CLIError(f"cannot resume from {state_path}: {e}") from e
+    print(growth_note(cfg, rec.iteration, rec.num_gaussians), flush=True)  # how the count and the iterations' cost grow
     progress = "lines" if args.no_progress else True  # --no-progress: no bar, the evaluations' lines still
     result = rec.run(checkpoint_path=state_path, progress=progress)
     holdout = _holdout_record(args, rec, result)

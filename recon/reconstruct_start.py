@@ -137,11 +137,29 @@ def _check_budget(asked: int | None, num_voxels: int, default: int | None, start
                        f"volume ({bound:,}); {start}'s default here is {default or 0:,}")  # fmt: skip
 
 
+def _check_cap(cap: int | None, settings: dict, given: bool, preset: str) -> None:
+    """Refuse ``--max-gaussians`` below the start's ``--num-gaussians`` (``given``: by the flag, else the default
+    for the volume): density control stops adding at the cap but removes none to meet it. The zero-shot start
+    (``--init medgmae``) is the decoder's Gaussians: under the toolkit preset they grow toward the budget, which the
+    cap only lowers, under 3DGR-CT's they are subdivided to ``--num-gaussians`` when it is given."""
+    start = settings.get("num_gaussians")
+    decoded = settings["init"] == "medgmae" and (preset == "toolkit" or not given)
+    if cap is None or start is None or decoded or cap >= start:
+        return
+    from recon.commands import CLIError
+
+    source = "--num-gaussians" if given else f"the default of --init {settings['init']} for this volume"
+    raise CLIError(f"--max-gaussians {cap:,} is below the start's {start:,} Gaussians ({source}): density control "
+                   f"stops adding Gaussians at the cap but removes none to meet it; give --max-gaussians {start} (no "
+                   "growth) or more, or a smaller --num-gaussians")  # fmt: skip
+
+
 def init_settings(args, num_voxels: int | None = None) -> dict:
     """The initialisation's settings: the preset's, ``--init``, ``--num-gaussians`` and (``--init medgmae``)
     ``--init-fit-iterations`` applied; the toolkit's default budget is :func:`recon.presets.toolkit_budget` of
     ``num_voxels`` (the scan's volume), and ``--num-gaussians`` over :data:`MAX_GAUSSIANS_PER_VOXEL` per voxel of
-    it (or over the default of the start ``--init`` chooses, where that is more) is refused (``CLIError``), except on ``--resume``."""
+    it (or over the default of the start ``--init`` chooses, where that is more) is refused (``CLIError``), except on ``--resume``,
+    and so is a ``--max-gaussians`` below the start's count (:func:`_check_cap`)."""
     from recon.presets import preset_init_settings
 
     settings = preset_init_settings(args.preset, num_voxels)
@@ -152,6 +170,8 @@ def init_settings(args, num_voxels: int | None = None) -> dict:
         _check_budget(args.num_gaussians, num_voxels, settings.get("num_gaussians"), f"--init {settings['init']}")
     if args.num_gaussians is not None:
         settings["num_gaussians"] = args.num_gaussians
+    if num_voxels or args.num_gaussians is not None:  # the default budget follows the volume
+        _check_cap(args.max_gaussians, settings, args.num_gaussians is not None, args.preset)
     if settings["init"] == "medgmae":
         # fit_iterations: None when off, as in states saved before the setting existed (they resume)
         fit = getattr(args, "init_fit_iterations", 0) or None
@@ -165,11 +185,13 @@ def init_settings(args, num_voxels: int | None = None) -> dict:
 
 
 def density_overrides(args, init_settings: dict, init) -> dict:
-    """Density-control overrides of the toolkit preset: growth of the sparse zero-shot start to its budget, or a cap
-    ten times a large start (:func:`recon.presets.toolkit_cap`); ``--split-rule``."""
+    """Density-control overrides: under the toolkit preset, growth of the sparse zero-shot start to its budget (at
+    most ``--max-gaussians``), or a cap ten times a large start (:func:`recon.presets.toolkit_cap`), and
+    ``--split-rule``; ``--max-gaussians`` as the cap of either preset."""
     from recon.presets import sparse_start_growth, toolkit_cap
 
+    cap = {} if args.max_gaussians is None else {"max_gaussians": args.max_gaussians}
     rule = {} if args.split_rule is None else {"split_rule": args.split_rule}
     if "grow_to" in init_settings:
-        return {**sparse_start_growth(init_settings["grow_to"]), **rule}
-    return {**toolkit_cap(init.num_gaussians), **rule} if args.preset == "toolkit" else {}
+        return {**sparse_start_growth(min(init_settings["grow_to"], args.max_gaussians or init_settings["grow_to"])), **rule}
+    return {**toolkit_cap(init.num_gaussians), **rule, **cap} if args.preset == "toolkit" else cap

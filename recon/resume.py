@@ -126,7 +126,8 @@ def run_settings(args, init_settings: dict) -> dict:
         init_settings = {**init_settings, "checkpoint": str(Path(init_settings["checkpoint"]).resolve())}
     return {
         "--preset": args.preset, "--tv": float(args.tv), "--views-per-iteration": args.views_per_iteration,
-        "--split-rule": args.split_rule, "--coarse-iterations": args.coarse_iterations, "--seed": args.seed,
+        "--split-rule": args.split_rule, "--max-gaussians": args.max_gaussians, "--coarse-iterations": args.coarse_iterations,
+        "--seed": args.seed,
         "--holdout-views": args.holdout_views, "--patience": args.patience,
         "start FBP": f"--fbp {Path(args.fbp).resolve()}" if args.fbp else f"--filter {args.filter}", "init": init_settings,
     }  # fmt: skip

@@ -184,6 +184,7 @@ def test_projections_given_a_folder_say_it_is_a_folder(scan, tmp_path, capsys):
         (["--model-spacing", "1.5", "--preset", "3dgr-ct"], ["--model-spacing is only used by --init medgmae (got --init 3dgr-ct)"]),
         (["--init", "medgmae", "--checkpoint", "m.pt", "--model-spacing", "1", "2"], ["--model-spacing takes one value (isotropic) or three, got 2"]),
         (["--coarse-iterations", "3"], ["--coarse-iterations 3 is more than --iterations 2"]),
+        (["--max-gaussians", "99"], ["--max-gaussians 99 is below the start's 100 Gaussians (--num-gaussians)", "give --max-gaussians 100"]),
     ],
 )
 def test_reconstruct_flags_that_cannot_apply_are_refused(scan, tmp_path, capsys, extra, messages):
@@ -211,8 +212,10 @@ def test_a_negative_checkpoint_interval_is_refused(scan, tmp_path, capsys):
 def test_reconstruct_flags_at_their_limits_run(scan, tmp_path):
     """Every view per iteration, a coarse phase as long as the run, states at the end only: accepted."""
     out = tmp_path / "rec"
-    assert main(few_gaussians_args(scan, out, "--views-per-iteration", "10", "--coarse-iterations", "2", "--checkpoint-every", "0")) == 0
-    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["settings"]["views_per_iteration"] == 10
+    assert main(few_gaussians_args(scan, out, "--views-per-iteration", "10", "--coarse-iterations", "2", "--checkpoint-every", "0",
+                                   "--max-gaussians", "100")) == 0  # fmt: skip
+    settings = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["settings"]
+    assert settings["views_per_iteration"] == 10 and settings["max_gaussians"] == 100
 
 
 def test_backend_astra_that_cannot_take_the_scan_is_refused_before_any_work(small_parallel_scan, tmp_path, capsys):

@@ -65,6 +65,8 @@ def test_resume_refuses_another_scan_or_other_settings(saved, capsys):
         "--num-gaussians": (_args(scan, out, "--iterations", "6", "--resume", "--num-gaussians", "50"),
                             ["--num-gaussians: saved 100, now 50"]),
         "--preset": (_args(scan, out, "--iterations", "6", "--resume", "--preset", "3dgr-ct"), ["--preset: saved 'toolkit', now '3dgr-ct'"]),
+        "--max-gaussians": (_args(scan, out, "--iterations", "6", "--resume", "--max-gaussians", "500"),
+                            ["--max-gaussians: saved None, now 500"]),
         "fewer iterations": (_args(scan, out, "--iterations", "2", "--resume"), ["is at iteration 4 but --iterations is 2"]),
     }  # fmt: skip
     before = _contents(out)

@@ -1,0 +1,167 @@
+"""How many Gaussians a run's density control leads to, and how long the rest of a run takes as they grow.
+
+The toolkit's density control (:func:`recon.density.densify_toolkit`) runs after every ``densify_every``-th
+iteration from ``densify_from`` to ``densify_until`` (60 % of the run unless set), never after the last
+(:func:`round_due`), and densifies ``ceil(densify_fraction * K)`` of the current ``K`` Gaussians (5 %), no more
+than the cap ``max_gaussians`` leaves room for (:func:`toolkit_additions`): each adds one Gaussian, a clone or a
+split's second child. The growth compounds: 1.05 per round, so 1,000 iterations (6 rounds) end at up to 1.34 times
+the start, 4,000 (24 rounds) at 3.2 times, and the toolkit's cap (ten times the start, at least 200,000:
+:func:`recon.presets.toolkit_cap`) is reached from about 8,000 iterations on. Pruning (faint and oversized
+Gaussians) only removes, so :func:`project_growth` is an upper bound on the count. 3DGR-CT's rule densifies every
+Gaussian over a gradient threshold while the count is under its cap: its growth depends on the data and is not
+projected.
+
+Each iteration's cost grows with the count (the rendering sums every Gaussian), so the average pace since the start
+says too little time is left in a growing run (a 4,000-iteration run from 5,000 Gaussians said 4.0 min left at
+iteration 50 and took 11.5). :class:`RunPace` takes the seconds per iteration and Gaussian of the recent
+iterations and sums them over the projected counts of the iterations to come.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Callable, NamedTuple
+
+from medgmae import terminal
+from medgmae.words import plural
+from recon.presets import GaussianReconConfig
+
+__all__ = ["GrowthProjection", "RunPace", "growth_note", "project_growth", "round_due", "round_iterations",
+           "toolkit_additions", "work_left"]  # fmt: skip
+
+
+def round_due(config: GaussianReconConfig, iteration: int) -> bool:
+    """Whether density control runs after ``iteration`` (counted from 1): from ``densify_from`` to
+    ``densify_until``, every ``densify_every`` iterations, never after the last iteration of the run."""
+    c = config
+    return c.densify_from <= iteration <= c.densify_until and iteration % c.densify_every == 0 and iteration < c.iterations
+
+
+def round_iterations(config: GaussianReconConfig) -> list[int]:
+    """The iterations after which density control runs (:func:`round_due`), in order."""
+    return [it for it in range(1, config.iterations + 1) if round_due(config, it)]
+
+
+def toolkit_additions(config: GaussianReconConfig, count: int) -> int:
+    """The Gaussians a toolkit round densifies at most with ``count`` of them: ``ceil(densify_fraction * count)``,
+    no more than ``max_gaussians`` leaves room for (none at or over it)."""
+    return min(int(math.ceil(config.densify_fraction * count)), max(0, config.max_gaussians - count))
+
+
+class GrowthProjection(NamedTuple):
+    """The count of Gaussians density control leads to, every densified Gaussian adding one and none pruned.
+
+    Attributes:
+        rounds: ``(iteration, count after the round)`` of each round still to come.
+        final: the count at the end of the run.
+        cap_at: the iteration of the round that reaches ``max_gaussians`` (``None``: not reached).
+    """
+
+    rounds: list[tuple[int, int]]
+    final: int
+    cap_at: int | None
+
+
+def project_growth(config: GaussianReconConfig, iteration: int, count: int, rounds: list[int] | None = None) -> GrowthProjection | None:
+    """The upper bound on the count of Gaussians after ``iteration`` with ``count`` Gaussians now (pruning only
+    lowers it); ``None`` under 3DGR-CT's density control, whose growth depends on the data.
+
+    Args:
+        config: the run's settings.
+        iteration: the iteration done (0: the start).
+        count: the Gaussians now.
+        rounds: :func:`round_iterations` of ``config``, when known (computed otherwise).
+    """
+    if config.densify_mode != "toolkit":
+        return None
+    out, cap_at = [], None
+    for it in round_iterations(config) if rounds is None else rounds:
+        if it > iteration:
+            count += toolkit_additions(config, count)
+            out.append((it, count))
+            if cap_at is None and count >= config.max_gaussians:
+                cap_at = it
+    return GrowthProjection(out, count, cap_at)
+
+
+def work_left(projection: GrowthProjection, iteration: int, count: int, stop: int) -> int:
+    """Gaussian-iterations of the iterations ``iteration + 1`` to ``stop``: each iteration's count of Gaussians
+    (a round after iteration ``r`` changes the count of iteration ``r + 1`` on), summed."""
+    work, at = 0, iteration
+    for it, after in projection.rounds:
+        if it >= stop:
+            break
+        work += (it - at) * count
+        count, at = after, it
+    return work + max(0, stop - at) * count
+
+
+def growth_note(config: GaussianReconConfig, iteration: int, count: int) -> str:
+    """One line on how the count grows from ``count`` Gaussians after ``iteration`` to the end of the run, and the
+    cap (``--max-gaussians``)."""
+    cap = f"{config.max_gaussians:,}"
+    projection = project_growth(config, iteration, count)
+    if projection is None:
+        left = [it for it in round_iterations(config) if it > iteration]
+        if not left:
+            return f"density control: no round left in the run; the count stays at {count:,} Gaussians or below"
+        when = f"after iteration {left[0]:,}" if len(left) == 1 else f"from iteration {left[0]:,} to {left[-1]:,}"
+        return (f"density control (3dgr-ct): {count:,} Gaussians now; {plural(len(left), 'round')} {when}, each "
+                f"cloning or splitting every Gaussian over its gradient threshold while there are fewer than {cap} "
+                "(--max-gaussians; one round can up to double the count): the growth follows the data, and each "
+                "iteration takes longer as the count grows")  # fmt: skip
+    n = len(projection.rounds)
+    if n == 0:
+        return f"density control: no round left in the run; the count stays at {count:,} Gaussians or below"
+    first, last = projection.rounds[0][0], projection.rounds[-1][0]
+    when = f"after iteration {first:,}" if n == 1 else f"from iteration {first:,} to {last:,}"
+    reach = (f"reaching the cap of {cap} (--max-gaussians) at iteration {projection.cap_at:,} at the earliest"
+             if projection.cap_at is not None else f"under the cap of {cap} (--max-gaussians)")  # fmt: skip
+    return (f"density control: {count:,} Gaussians now, at most {projection.final:,} at the end of the run "
+            f"({projection.final / max(1, count):.2f}x: {plural(n, 'round')} {when}, each "
+            f"adding {config.densify_fraction * 100:g} % of the count; pruning only lowers it), {reach}; each iteration "
+            "takes longer as the count grows")  # fmt: skip
+
+
+class RunPace(terminal.Pace):
+    """:class:`medgmae.terminal.Pace` for a reconstruction whose iterations grow dearer as density control adds
+    Gaussians: the time left is the seconds per iteration and Gaussian of the last ``window`` iterations times the
+    Gaussian-iterations still to come (:func:`work_left` of :func:`project_growth`). Under 3DGR-CT's density control
+    (no projection) it is the seconds per iteration of the last ``window`` iterations times those left. Each
+    iteration is told with :meth:`record`.
+
+    Args:
+        first: the iteration the loop (re)starts from.
+        stop: the iteration it stops at.
+        config: the run's settings.
+        count: the Gaussians at ``first``.
+        window: how many of the last iterations give the pace.
+        clock: seconds from a fixed origin (default :func:`time.perf_counter`).
+    """
+
+    def __init__(self, first: int, stop: int, config: GaussianReconConfig, count: int, window: int = 50,
+                 clock: Callable[[], float] | None = None) -> None:  # fmt: skip
+        super().__init__(first, stop, clock)
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.config = config
+        self.rounds = round_iterations(config) if config.densify_mode == "toolkit" else None
+        self.samples: deque = deque([(self.start, self.first, int(count))], maxlen=window + 1)
+
+    def record(self, step: int, count: int) -> None:
+        """Iteration ``step`` is done, density control included, and ``count`` Gaussians go into the next."""
+        self.samples.append((self.clock(), int(step), int(count)))
+
+    def seconds_left(self, step: int) -> float | None:
+        """Seconds the iterations after ``step`` take (see the class); the average pace when ``step`` was not
+        recorded; ``None`` at the end or before any iteration ran."""
+        (t0, s0, _), (t1, s1, count) = self.samples[0], self.samples[-1]
+        if s1 != step or s1 <= s0 or t1 <= t0 or step >= self.stop:
+            return super().seconds_left(step)
+        if self.rounds is None:
+            return (t1 - t0) / (s1 - s0) * (self.stop - step)
+        samples = list(self.samples)
+        done = sum((b[1] - a[1]) * a[2] for a, b in zip(samples, samples[1:]))  # Gaussian-iterations in the window
+        projection = project_growth(self.config, step, count, self.rounds)
+        return (t1 - t0) / max(1, done) * work_left(projection, step, count, self.stop)

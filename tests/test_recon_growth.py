@@ -1,0 +1,195 @@
+"""The count of Gaussians density control leads to (recon.growth.project_growth) against plain integer compounding
+and a real run, and the time left of a growing run (recon.growth.RunPace) against the analytic answer of a fake
+clock whose iterations cost in proportion to the count."""
+
+from argparse import Namespace
+
+import pytest
+import torch
+
+from medgmae import terminal
+from medgmae.gaussians import Gaussians3D
+from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
+from recon.geometry import CTGeometry
+from recon.growth import RunPace, growth_note, project_growth, round_iterations, work_left
+from recon.presets import sparse_start_growth, toolkit_cap
+from recon.projectors import TorchProjector
+from recon.reconstruct_start import density_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _compound(iterations: int, start: int, every: int, first: int, until: int, percent: int, cap: int):
+    """Plain integer compounding: after each iteration ``it`` in ``[first, until]`` that ``every`` divides (and
+    before the last), ``ceil(start * percent / 100)`` more, up to ``cap``. Returns ``([(it, count)], cap_at)``."""
+    rounds, count, cap_at = [], start, None
+    for it in range(every, iterations, every):
+        if first <= it <= until:
+            count = min(cap, count + (count * percent + 99) // 100) if count < cap else count
+            rounds.append((it, count))
+            if cap_at is None and count >= cap:
+                cap_at = it
+    return rounds, cap_at
+
+
+@pytest.mark.parametrize(
+    "iterations, start, overrides, expected",
+    [  # (iterations, start, overrides, (every, first, until, percent, cap))
+        (1000, 655_360, toolkit_cap(655_360), (100, 100, 600, 5, 6_553_600)),  # README's 256 x 256 x 80 scan
+        (4000, 5000, toolkit_cap(5000), (100, 100, 2400, 5, 200_000)),  # the review's long run
+        (10_000, 20_000, toolkit_cap(20_000), (100, 100, 6000, 5, 200_000)),  # reaches the cap
+        (300, 40, sparse_start_growth(2000), (10, 10, 180, 50, 2000)),  # the zero-shot start's growth
+        (500, 1000, {"densify_until": 450, "max_gaussians": 1500}, (100, 100, 450, 5, 1500)),
+    ],
+)
+def test_the_projection_is_plain_integer_compounding(iterations, start, overrides, expected):
+    every, first, until, percent, cap = expected
+    cfg = GaussianReconConfig.preset("toolkit", iterations, **overrides)
+    rounds, cap_at = _compound(iterations, start, every, first, until, percent, cap)
+    got = project_growth(cfg, 0, start)
+    assert got.rounds == rounds and got.final == rounds[-1][1] and got.cap_at == cap_at
+    assert round_iterations(cfg) == [it for it, _ in rounds]
+    # from the middle of the run: the rounds still to come, from the count then
+    mid, at_mid = rounds[len(rounds) // 2]
+    assert project_growth(cfg, mid, at_mid).rounds == rounds[len(rounds) // 2 + 1 :]
+
+
+def test_the_projected_counts_of_the_documented_runs():
+    """README and --help: a default run of 1,000 iterations ends at up to 1.34x its start (655,360 Gaussians of a
+    256 x 256 x 80 scan: 878,248), 4,000 iterations at 3.2x (5,000: 16,147, where a real run measured 15,789 with
+    pruning), the cap of ten times the start from 8,000 iterations on."""
+    def final(iterations, start):
+        return project_growth(GaussianReconConfig.preset("toolkit", iterations, **toolkit_cap(start)), 0, start)
+
+    assert final(1000, 655_360).final == 878_248 and round(878_248 / 655_360, 2) == 1.34
+    assert final(4000, 5000).final == 16_147 and round(16_147 / 5000, 1) == 3.2
+    assert final(7900, 20_000).cap_at is None and final(8000, 20_000).cap_at == 4800
+    note = growth_note(GaussianReconConfig.preset("toolkit", 4000, **toolkit_cap(5000)), 0, 5000)
+    assert "5,000 Gaussians now, at most 16,147 at the end of the run (3.23x: 24 rounds from iteration 100 to 2,400" in note
+    assert "pruning only lowers it" in note and "under the cap of 200,000 (--max-gaussians)" in note
+    capped = growth_note(GaussianReconConfig.preset("toolkit", 10_000, max_gaussians=30_000), 2000, 25_000)
+    assert "reaching the cap of 30,000 (--max-gaussians) at iteration 2,400 at the earliest" in capped
+    assert "no round left" in growth_note(GaussianReconConfig.preset("toolkit", 2), 0, 100)
+    assert "at most 2,100 at the end of the run (1.05x: 1 round after iteration 100," in growth_note(GaussianReconConfig.preset("toolkit", 300), 0, 2000)
+    assert project_growth(GaussianReconConfig.preset("3dgr-ct", 1000), 0, 100) is None
+    assert "the growth follows the data" in growth_note(GaussianReconConfig.preset("3dgr-ct", 1000), 0, 100)
+
+
+def test_a_real_run_without_pruning_ends_at_the_projected_count():
+    """Pruning off (no intensity or size bound): every round adds what the projection says, the cap included."""
+    g = CTGeometry.parallel((12, 12, 12), 1.0, num_angles=6)
+    z, y, x = torch.meshgrid(*(torch.arange(12.0),) * 3, indexing="ij")
+    volume = 0.02 * (((z - 5.5) ** 2 + (y - 6) ** 2 + (x - 5) ** 2) < 16).float()
+    proj = TorchProjector(g)(volume)
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    init = Gaussians3D(2 + 8 * torch.rand(1, n, 3, generator=gen), torch.full((1, n, 3), 1.5),
+                       torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4), 0.01 * torch.rand(1, n, generator=gen))  # fmt: skip
+    cfg = GaussianReconConfig.preset("toolkit", 30, densify_from=5, densify_every=5, densify_until=25, densify_fraction=0.3,
+                                     max_gaussians=90, prune_intensity=0.0, prune_scale=0.0, eval_every=30)  # fmt: skip
+    rec = GaussianReconstructor(TorchProjector(g), proj, init, cfg)
+    result = rec.run(progress=False)
+    expected, cap_at = _compound(30, n, 5, 5, 25, 30, 90)
+    assert expected == [(5, 52), (10, 68), (15, 89), (20, 90), (25, 90)] and cap_at == 20
+    assert [(r["iteration"], r["num_gaussians"]) for r in result.density_rounds] == expected
+    assert result.gaussians.num_gaussians == project_growth(cfg, 0, n).final == 90
+
+
+def test_the_time_left_of_a_growing_run_is_the_analytic_one():
+    """Cost per iteration in proportion to the count, 5 % growth per round over 60 % of 4,000 iterations: the time
+    left is known; RunPace gives it at every iteration, the average pace since the start says far less."""
+    cfg = GaussianReconConfig.preset("toolkit", 4000, **toolkit_cap(5000))
+    rate, start = 3.0 / 50 / 5000, 5000  # 3 s per 50 iterations of 5,000 Gaussians, as measured at the start
+    checks = [50, 1000, 2000, 3000]
+    now, said = [0.0], {}
+    pace, average = RunPace(0, 4000, cfg, start, 50, clock=lambda: now[0]), terminal.Pace(0, 4000, lambda: now[0])
+    counts, count, spent = dict(_compound(4000, start, 100, 100, 2400, 5, 200_000)[0]), start, []
+    for it in range(1, 4001):
+        spent.append(rate * count)
+        now[0] += spent[-1]
+        count = counts.get(it, count)
+        pace.record(it, count)
+        if it in checks:
+            said[it] = (pace.seconds_left(it), average.seconds_left(it))
+    for it, (new, old) in said.items():
+        actual = sum(spent[it:])
+        assert new == pytest.approx(actual, rel=1e-9), (it, new, actual)
+        assert old < 0.75 * actual, (it, old, actual)  # the average pace: 4.0 min said against 11.5 in the review
+    assert pace.left(4000) == "" and pace.seconds_left(4000) is None
+
+
+def test_a_fixed_cost_per_iteration_makes_the_estimate_err_long():
+    """With a cost per iteration besides the Gaussians' (the projections), cost in proportion to the count
+    overstates the growth of the cost: RunPace says more time than is left, never less, and is nearer the truth
+    than the average pace; without growth left it is exact."""
+    cfg = GaussianReconConfig.preset("toolkit", 1000, **toolkit_cap(2000))
+    rounds = dict(_compound(1000, 2000, 100, 100, 600, 5, 20_000)[0])
+    now, count, spent, said = [0.0], 2000, [], {}
+    pace, average = RunPace(0, 1000, cfg, 2000, 50, clock=lambda: now[0]), terminal.Pace(0, 1000, lambda: now[0])
+    for it in range(1, 1001):
+        spent.append(0.01 + 2e-5 * count)
+        now[0] += spent[-1]
+        count = rounds.get(it, count)
+        pace.record(it, count)
+        said[it] = (pace.seconds_left(it), average.seconds_left(it))
+    for it in (50, 250, 450):
+        actual = sum(spent[it:])
+        new, old = said[it]
+        assert actual < new < 1.1 * actual and abs(new - actual) < abs(old - actual), (it, new, old, actual)
+    assert said[800][0] == pytest.approx(sum(spent[800:]), rel=1e-9)
+
+
+def test_without_a_projection_the_pace_is_the_recent_one():
+    """3DGR-CT's density control (no projection): the seconds per iteration of the last window; an iteration not
+    recorded falls back to the average pace."""
+    cfg = GaussianReconConfig.preset("3dgr-ct", 300)
+    now = [0.0]
+    pace = RunPace(0, 300, cfg, 100, window=20, clock=lambda: now[0])
+    for it in range(1, 101):
+        now[0] += 1.0 if it <= 50 else 3.0  # the iterations grew three times dearer
+        pace.record(it, 100)
+    assert pace.seconds_left(100) == pytest.approx(3.0 * 200)
+    assert pace.seconds_left(99) == pytest.approx(now[0] / 99 * 201)  # not the iteration recorded last
+    with pytest.raises(ValueError, match="window"):
+        RunPace(0, 10, cfg, 1, window=0)
+
+
+def test_work_left_counts_each_iteration_with_the_count_before_it():
+    cfg = GaussianReconConfig.preset("toolkit", 500, max_gaussians=10_000)  # rounds after 100, 200, 300
+    p = project_growth(cfg, 0, 100)
+    assert p.rounds == [(100, 105), (200, 111), (300, 117)]
+    assert work_left(p, 0, 100, 500) == 100 * 100 + 100 * 105 + 100 * 111 + 200 * 117
+    assert work_left(p, 0, 100, 150) == 100 * 100 + 50 * 105  # a stop before the last rounds (a stage's end)
+    assert work_left(p, 0, 100, 100) == 100 * 100  # the round after the stop's iteration counts for nothing here
+
+
+def test_max_gaussians_caps_both_presets_and_the_sparse_start():
+    """--max-gaussians replaces the cap of either preset; with the sparse zero-shot start it lowers the budget."""
+    args = Namespace(max_gaussians=30_000, split_rule=None, preset="toolkit")
+    start = Namespace(num_gaussians=5000)
+    assert density_overrides(args, {"init": "fbp"}, start)["max_gaussians"] == 30_000
+    assert density_overrides(Namespace(**{**vars(args), "max_gaussians": None}), {"init": "fbp"}, start)["max_gaussians"] == 200_000
+    assert density_overrides(args, {"init": "medgmae", "grow_to": 50_000}, start)["max_gaussians"] == 30_000
+    assert density_overrides(args, {"init": "medgmae", "grow_to": 20_000}, start)["max_gaussians"] == 20_000
+    assert density_overrides(Namespace(**{**vars(args), "preset": "3dgr-ct"}), {"init": "3dgr-ct"}, start) == {"max_gaussians": 30_000}
+
+
+def test_a_cap_below_the_start_is_refused_before_the_scan_is_read():
+    """--max-gaussians below the start's count (given, or the volume's default) is refused; the decoder's sparse
+    start under the toolkit preset grows toward a budget the cap may lower."""
+    from recon.cli_names import CLIError
+    from recon.reconstruct_start import init_settings
+
+    def args(**kw):
+        return Namespace(**{"preset": "toolkit", "init": None, "num_gaussians": None, "max_gaussians": 10_000,
+                            "resume": False, "checkpoint": "m.pt", "model_spacing": None, **kw})  # fmt: skip
+
+    with pytest.raises(CLIError, match=r"--max-gaussians 10,000 is below the start's 20,000 Gaussians \(the default of --init fbp"):
+        init_settings(args(), num_voxels=1000)
+    assert init_settings(args()) == {"init": "fbp", "num_gaussians": 20_000}  # the volume not known yet: checked once it is
+    with pytest.raises(CLIError, match=r"below the start's 12,000 Gaussians \(--num-gaussians\)"):
+        init_settings(args(num_gaussians=12_000))
+    assert init_settings(args(num_gaussians=10_000))["num_gaussians"] == 10_000  # equal: no growth
+    assert init_settings(args(init="medgmae", num_gaussians=50_000), num_voxels=10_000)["grow_to"] == 50_000
+    with pytest.raises(CLIError, match="below the start's 50,000"):
+        init_settings(args(preset="3dgr-ct", init="medgmae", num_gaussians=50_000), num_voxels=10_000)
