@@ -392,7 +392,8 @@ def _handler(config: dict, target: str) -> dict:
 def test_every_training_bundle_takes_a_checkpoint_interval_checked_first(path):
     """Checkpoints (over 1 GB each for a 3D base model) were written every epoch; ``save_interval`` was reachable only
     as ``--train#handlers#3#save_interval``. Each training bundle has ``checkpoint_interval`` (1 by default), checked
-    with the other settings, and its checkpoint handler and model export (the pre-trainings) follow it."""
+    with the other settings, and its checkpoint handler and model export (the pre-trainings) follow it; in the
+    pre-trainings the curves and summary of the run so far follow ``picture_interval``."""
     config = json.loads(path.read_text(encoding="utf-8"))
     assert config["checkpoint_interval"] == 1
     parser = ConfigParser()
@@ -408,3 +409,4 @@ def test_every_training_bundle_takes_a_checkpoint_interval_checked_first(path):
     assert _handler(config, ".CheckpointHandler")["save_interval"] == every
     if "pretrain" in path.parents[1].name:
         assert _handler(config, "ModelExportHandler")["interval"] == every
+        assert _handler(config, "Summary")["interval"] == "$int(@picture_interval)"
