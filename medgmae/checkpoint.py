@@ -317,17 +317,24 @@ def kept_model_problem(
         ValueError: ``epoch`` is not a positive whole number.
         TypeError: ``recorded_epoch`` is not callable.
     """
+    return _kept_model(path, epoch, recorded_epoch, kinds)[0]
+
+
+def _kept_model(
+    path: str | os.PathLike, epoch: int, recorded_epoch: Callable[[dict], Any], kinds: str | Sequence[str] | None
+) -> tuple[str | None, Any]:
+    """:func:`kept_model_problem`'s answer and the epoch the file records (``None`` where none is read)."""
     epoch = positive_count(epoch, "epoch")
     if not callable(recorded_epoch):
         raise TypeError(f"recorded_epoch must be a function of the file's extra, got {type(recorded_epoch).__name__}")
     try:
         ckpt = load_checkpoint(path, kinds, mmap=True)
     except FileNotFoundError:
-        return "it is missing"
+        return "it is missing", None
     except ValueError as e:  # cut short, damaged, not a model file, another kind
-        return f"it cannot be read ({str(e).removeprefix(f'{path}: ').replace(str(path), 'the file')})"
+        return f"it cannot be read ({str(e).removeprefix(f'{path}: ').replace(str(path), 'the file')})", None
     recorded = recorded_epoch(ckpt.extra)
-    return None if recorded is None or recorded == epoch else f"it holds epoch {recorded}'s weights"
+    return (None if recorded is None or recorded == epoch else f"it holds epoch {recorded}'s weights"), recorded
 
 
 def lost_best_warning(
@@ -347,9 +354,12 @@ def lost_best_warning(
     Returns:
         ``"<path>: <problem>: epoch N's weights (<best>) are lost; the next validation writes it"`` or ``None``.
     """
-    problem = kept_model_problem(path, epoch, recorded_epoch, kinds)
+    problem, recorded = _kept_model(path, epoch, recorded_epoch, kinds)
     if problem is None:
         return None
+    if isinstance(recorded, int) and recorded > epoch:  # written after the checkpoint resumed from (one every
+        # checkpoint_interval epochs): the resume trains that epoch again
+        problem += ", of an epoch the stopped run trained after its newest checkpoint, which this resume trains again"
     return f"{path}: {problem}: epoch {epoch}'s weights ({best}) are lost; the next validation writes it"
 
 

@@ -16,7 +16,7 @@ from medgmae.engine import CheckpointHandler, GradientClipHandler, NonFiniteLoss
 def make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05, clip: float | None = None, extra: dict | None = None,
                  batch_size: int = 2, finished_ok: bool = False, earlier_outputs: tuple[str, ...] | None = None,
                  later_stage: bool = False, validation: list | None = None, amp: bool = False,
-                 device: str = "cpu"):  # fmt: skip
+                 device: str = "cpu", save_interval: int = 1):  # fmt: skip
     """A SupervisedTrainer (6 items, 3 iterations an epoch at batch 2) checkpointed by CheckpointHandler;
     ``amp`` passes on to the trainer (its GradScaler, made in ``run``, is MONAI's CUDA one unless a test replaces
     ``torch.cuda.amp.GradScaler``); the network and the steps on ``device``."""
@@ -32,7 +32,7 @@ def make_trainer(out_dir: Path, max_epochs: int, resume: bool, lr: float = 0.05,
     more = ({} if earlier_outputs is None else {"earlier_outputs": earlier_outputs}) | ({"later_stage": True} if later_stage else {})
     more |= {"validation": [make(net) for make in validation]} if validation else {}
     handlers = [CheckpointHandler(out_dir, {"network": net, "optimizer": opt, **(extra or {})}, resume=resume, source=ds,
-                                  finished_ok=finished_ok, **more)]  # fmt: skip
+                                  finished_ok=finished_ok, save_interval=save_interval, **more)]  # fmt: skip
     handlers.append(NonFiniteLossHandler())
     if clip:
         handlers.append(GradientClipHandler(clip))

@@ -100,14 +100,19 @@ def test_kept_model_problem_reads_the_recorded_epoch(tmp_path):
 
 
 def test_the_lost_best_model_warning_is_one_sentence_for_both_trainings(tmp_path):
-    """Pre-training and fine-tuning warn of a lost ``best_model.pt`` in the same words, their scores as given."""
+    """Pre-training and fine-tuning warn of a lost ``best_model.pt`` in the same words, their scores as given; a
+    file of a later epoch than the records' best is one the stopped run wrote after its newest checkpoint (with a
+    ``checkpoint_interval`` above 1, a normal resume), said so."""
     from medgmae.checkpoint import lost_best_warning
 
     path = save_best_model(MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4), tmp_path, epoch=3)
     epoch_of = lambda extra: extra["best"]["epoch"]  # noqa: E731
     assert lost_best_warning(path, 3, "best validation PSNR 20.00 dB", epoch_of) is None
     assert lost_best_warning(path, 2, "best val_mean_dice 0.8000", epoch_of) == (
-        f"{path}: it holds epoch 3's weights: epoch 2's weights (best val_mean_dice 0.8000) are lost; "
+        f"{path}: it holds epoch 3's weights, of an epoch the stopped run trained after its newest checkpoint, which "
+        "this resume trains again: epoch 2's weights (best val_mean_dice 0.8000) are lost; the next validation writes it")
+    assert lost_best_warning(path, 4, "best validation PSNR 20.00 dB", epoch_of) == (  # an earlier epoch's: no more
+        f"{path}: it holds epoch 3's weights: epoch 4's weights (best validation PSNR 20.00 dB) are lost; "
         "the next validation writes it")
     assert lost_best_warning(tmp_path / "gone.pt", 1, "best validation PSNR 20.00 dB", epoch_of) == (
         f"{tmp_path / 'gone.pt'}: it is missing: epoch 1's weights (best validation PSNR 20.00 dB) are lost; "

@@ -381,3 +381,32 @@ def test_fine_tuning_refuses_a_layer_decay_above_one_with_the_settings():
     parser.update({"layer_decay": 2})
     with pytest.raises(BundleSettingError, match=r"--layer_decay: expected a number in \(0, 1\], got '2'"):
         check_settings({"layer_decay": parser.get_parsed_content("checked_settings")["layer_decay"]}, output_dirs={})
+
+
+def _handler(config: dict, target: str) -> dict:
+    """The entry of ``train#handlers`` whose ``_target_`` ends with ``target``."""
+    return next(h for h in config["train"]["handlers"] if isinstance(h, dict) and h["_target_"].endswith(target))
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=[p.parents[1].name for p in TRAIN_CONFIGS])
+def test_every_training_bundle_takes_a_checkpoint_interval_checked_first(path):
+    """Checkpoints (over 1 GB each for a 3D base model) were written every epoch; ``save_interval`` was reachable only
+    as ``--train#handlers#3#save_interval``. Each training bundle has ``checkpoint_interval`` (1 by default), checked
+    with the other settings, and its checkpoint handler and model export (the pre-trainings) follow it; in the
+    pre-trainings the curves and summary of the run so far follow ``picture_interval``."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    assert config["checkpoint_interval"] == 1
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    parser.update({"checkpoint_interval": 0, "device": "cpu"})
+    with pytest.raises(BundleSettingError) as err:
+        check_settings(parser.get_parsed_content("checked_settings"), output_dirs={})
+    assert "--checkpoint_interval: expected a positive integer, got '0'" in str(err.value)
+    every = "$int(@checkpoint_interval)"
+    if path.parents[1].name == "gvit_classification":
+        assert _handler(config, "PhaseCheckpoint")["interval"] == every
+        return
+    assert _handler(config, ".CheckpointHandler")["save_interval"] == every
+    if "pretrain" in path.parents[1].name:
+        assert _handler(config, "ModelExportHandler")["interval"] == every
+        assert _handler(config, "Summary")["interval"] == "$int(@picture_interval)"

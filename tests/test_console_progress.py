@@ -113,3 +113,50 @@ def test_a_single_process_epoch_loss_is_the_plain_mean_bit_for_bit():
     for value in losses:
         total += float(value)
     assert history.get("train_loss") == ([1], [total / 7])
+
+
+class _CountingTerminal:
+    """A fake terminal for stderr: counts the bars' writes and keeps their text."""
+
+    def __init__(self) -> None:
+        self.writes, self.text = 0, []
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        self.text.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_bars_redraw_on_their_half_second_timer_not_twice_an_iteration(monkeypatch):
+    """ignite's ProgressBar set the loss and the label with a redraw each at every iteration: 2 epochs of 1,000
+    fast iterations and a 1,000-batch validation wrote about 5,000 times. Now a bar redraws when it starts, when its
+    label changes, every ``mininterval`` (0.5 s) of ``update`` and when it closes; the loss still shows."""
+    import sys
+    import time
+
+    import medgmae.engine.console as console
+
+    monkeypatch.setattr(console, "progress_bars_shown", lambda: True)
+    terminal = _CountingTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    engine, passes = Engine(lambda e, b: {"loss": torch.tensor(0.5)}), Engine(lambda e, b: None)
+    EpochProgress(progress_bar=True).attach(engine)
+    ValidationProgress(progress_bar=True).attach(passes)
+    start = time.perf_counter()
+    engine.run(range(1000), max_epochs=2)
+    passes.run(range(1000), max_epochs=1)
+    seconds = time.perf_counter() - start
+    timed = 2 * (seconds / 0.5 + 3)  # at most one redraw a half second of each bar (3), each a write or two
+    assert terminal.writes <= 6 * 3 + timed, (terminal.writes, seconds)
+    shown = "".join(terminal.text)
+    assert "Epoch [2/2]: [1/1000]" in shown and "validation: [1/1000]" in shown  # the label, drawn as it changes
+    slow = Engine(lambda e, b: time.sleep(0.3) or {"loss": torch.tensor(0.25)})
+    EpochProgress(progress_bar=True).attach(slow)
+    slow.run(range(3), max_epochs=1)
+    assert "train_loss=0.25" in "".join(terminal.text)  # a redraw on the timer shows the newest loss

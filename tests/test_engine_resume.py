@@ -55,13 +55,13 @@ class _Validation:
             raise KeyboardInterrupt
 
 
-def _validated_trainer(out_dir: Path, max_epochs: int, resume: bool, stop_at: int | None = None):
+def _validated_trainer(out_dir: Path, max_epochs: int, resume: bool, stop_at: int | None = None, save_interval: int = 1):
     """A :func:`make_trainer` run validated by :class:`_Validation` (its history among the checkpointed objects),
     counting the iterations it trains."""
     from medgmae.engine import MetricHistory
 
     history = MetricHistory("val_score", mode="max")
-    trainer, net = make_trainer(out_dir, max_epochs, resume, extra={"history": history},
+    trainer, net = make_trainer(out_dir, max_epochs, resume, extra={"history": history}, save_interval=save_interval,
                                  validation=[lambda net: _Validation(net, history, stop_at)])  # fmt: skip
     trainer.trained = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: trainer.trained.append((e.state.epoch, e.state.iteration)))
@@ -99,6 +99,37 @@ def test_a_stop_while_validating_keeps_the_epochs_training(tmp_path):
         assert torch.equal(state["momentum_buffer"], b["objects"]["optimizer"]["state"][i]["momentum_buffer"])
     assert torch.equal(a["random_state"]["torch"], b["random_state"]["torch"])
     assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["checkpoint_epoch=4.pt", "checkpoint_final.pt"]
+
+
+def test_checkpoints_every_save_interval_epochs_and_at_the_last_resume_exactly(tmp_path):
+    """``save_interval`` 2 of 5 epochs: checkpoints at epochs 2, 4 and 5 (the last always has one; the epoch
+    filter was ``every=2``, which left epoch 5 without). Ctrl-C (or SIGTERM) while epoch 3, between checkpoints, is
+    validated saves ``checkpoint_interrupted.pt``; the resume goes back to epoch 2, trains epochs 3 to 5 again and
+    ends as the uninterrupted run. A stop before the first checkpoint (epoch 3 of ``save_interval`` 3) says so."""
+    full, net_full, history_full = _validated_trainer(tmp_path / "full", 5, resume=False, save_interval=2)
+    newest = []
+    full.add_event_handler(Events.EPOCH_COMPLETED, lambda e: newest.append(latest_checkpoint(tmp_path / "full")))
+    full.run()
+    assert [p and p.name for p in newest] == [None, "checkpoint_epoch=2.pt", "checkpoint_epoch=2.pt",
+                                              "checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt"]  # fmt: skip
+    part, _, _ = _validated_trainer(tmp_path / "part", 5, resume=False, stop_at=3, save_interval=2)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        part.run()
+    assert stopped.value.resume_advice is None  # the usual advice: resume
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["checkpoint_epoch=2.pt", "checkpoint_interrupted.pt"]
+    rest, net_rest, history_rest = _validated_trainer(tmp_path / "part", 5, resume=True, save_interval=2)
+    rest.run()
+    assert [epoch for epoch, _ in rest.trained] == [3, 3, 3, 4, 4, 4, 5, 5, 5]
+    assert history_rest.state_dict() == history_full.state_dict()
+    assert all(torch.equal(x, y) for x, y in zip(net_full.state_dict().values(), net_rest.state_dict().values()))
+    a, b = (load_torch_file(tmp_path / d / "checkpoint_epoch=5.pt") for d in ("full", "part"))
+    assert torch.equal(a["random_state"]["torch"], b["random_state"]["torch"]) and a["engine"] == b["engine"]
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["checkpoint_epoch=5.pt", "checkpoint_final.pt"]
+    early, _, _ = _validated_trainer(tmp_path / "early", 5, resume=False, stop_at=2, save_interval=3)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        early.run()
+    assert stopped.value.resume_advice.startswith(
+        "interrupted before its first checkpoint, at the end of epoch 3: there is no checkpoint_epoch=N.pt in ")
 
 
 def test_a_stop_while_the_epoch_checkpoint_is_written_keeps_the_epochs_training(tmp_path, monkeypatch):
@@ -211,3 +242,29 @@ def test_a_run_stopped_in_its_closing_steps_resumes_to_finish_them(tmp_path):
     lowered, _ = make_trainer(longer, 2, resume=True)
     with pytest.raises(ValueError, match="nothing to resume"):
         lowered.run()
+
+
+def test_the_model_export_and_the_gvit_phases_follow_the_checkpoint_interval(tmp_path, caplog):
+    """``model.pt`` / ``encoder.pt`` were written every epoch: now at the epochs with a checkpoint (every
+    ``interval``-th and the last), so that they are of the newest checkpoint's epoch; a GViT phase's checkpoint
+    handler takes the bundle's ``checkpoint_interval`` too."""
+    import logging
+
+    from ignite.engine import Engine
+
+    from medgmae.mae_training import ModelExportHandler
+    from medgmae.networks.medgmae import MedGMAE
+    from medgmae.twod.gvit_phases import PhaseCheckpoint, PhaseContext
+
+    model = MedGMAE(img_size=16, patch_size=8, model_size="tiny", num_gaussians=4)
+    engine = Engine(lambda e, b: None)
+    ModelExportHandler(tmp_path, model, interval=2).attach(engine)
+    with caplog.at_level(logging.INFO, logger="medgmae.mae_training"):
+        engine.run([0], max_epochs=5)
+    assert [r.getMessage().split(":")[0] for r in caplog.records if " wrote " in r.getMessage()] == ["epoch 2", "epoch 4", "epoch 5"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    assert PhaseCheckpoint(interval=3)(PhaseContext("warmup", model, opt, sched, tmp_path / "warmup")).save_interval == 3
+    for make in (lambda: PhaseCheckpoint(interval=0), lambda: ModelExportHandler(tmp_path, model, interval=1.5)):
+        with pytest.raises(ValueError, match="checkpoint_interval"):
+            make()

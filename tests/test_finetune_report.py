@@ -74,6 +74,38 @@ def test_segmentation_picture_is_drawn_in_the_patients_frame_with_its_directions
             assert drawn.shape == shape and yellow == 0
 
 
+def test_the_segmentation_picture_is_drawn_every_picture_interval_epochs_and_at_the_last(tmp_path):
+    """It was drawn at every validation (about 200 kB of TensorBoard events each at CT size): now at the
+    validations of epochs 5, 10 (``interval`` 5) and 12 (the last) of 12, each to ``segmentation.png`` and to
+    TensorBoard at its epoch's step; a bad interval is refused with the bundle key's name."""
+    from medgmae.finetune.report import SegmentationPicture
+
+    shape = (12, 10, 8)
+    label = np.zeros(shape, np.int64)
+    label[4:8, 3:7, 2:6] = 1
+    item = {"image": torch.rand(1, *shape), "pred": torch.from_numpy(label)[None], "label": torch.from_numpy(label)[None]}
+    steps = []
+    writer = SimpleNamespace(add_image=lambda tag, img, global_step, dataformats: steps.append((tag, global_step)),
+                             flush=lambda: None)  # fmt: skip
+    picture = SegmentationPicture(tmp_path, writer, global_step=lambda epoch: 100 * epoch, interval=5, last_epoch=12)
+    drawn = []
+    for epoch in range(1, 13):
+        engine = _Engine([item])
+        engine.state.epoch = epoch
+        picture._reset(engine)
+        picture._capture(engine)
+        picture(engine)
+        if (tmp_path / "segmentation.png").exists():
+            drawn.append(epoch)
+            (tmp_path / "segmentation.png").unlink()
+    assert drawn == [5, 10, 12] and steps == [("val/segmentation", 500), ("val/segmentation", 1000), ("val/segmentation", 1200)]
+    every = SegmentationPicture(tmp_path)  # the handler's default: every validation
+    assert all(every.due(epoch) for epoch in range(1, 8))
+    for bad in (0, -3, 2.5, "ten"):
+        with pytest.raises(ValueError, match="picture_interval"):
+            SegmentationPicture(tmp_path, interval=bad)
+
+
 def test_the_picture_and_the_slicer_colour_table_colour_a_class_alike(tmp_path):
     """A structure has one colour in ``segmentation.png`` and ``labels.ctbl``: class 1 is the first of the 20
     distinct colours (230, 25, 75), class 21 wraps to it, and a full-strength overlay shows the table's colours."""

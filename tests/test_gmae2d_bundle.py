@@ -65,11 +65,15 @@ def test_training_resumes_exactly_and_feeds_the_cli(tmp_path, capfd, caplog):
     import warnings
 
     straight, split = tmp_path / "straight", tmp_path / "split"
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO"):
         warnings.simplefilter("always")
-        train_gmae2d_bundle(straight, max_epochs=2)
+        train_gmae2d_bundle(straight, max_epochs=2, checkpoint_interval=2)  # the weights do not depend on it
     out, err = capfd.readouterr()
     _check_validation_and_pictures(straight, out + err, caught)
+    # --checkpoint_interval 2: neither a checkpoint nor model.pt / encoder.pt at epoch 1 (both were written each epoch)
+    assert "checkpoint_epoch=2.pt" in caplog.text and "checkpoint_epoch=1.pt" not in caplog.text
+    assert "epoch 2: wrote" in caplog.text and not any(f"epoch 1: wrote {straight}" in r.getMessage() for r in caplog.records)
+    caplog.clear()
     _stop_after_the_first_epoch_and_resume(split)
     a, ha = _check_the_resumed_run_is_the_uninterrupted_one(straight, split)
     _check_the_exported_model_drives_the_cli(split / "model.pt", tmp_path)
@@ -103,8 +107,8 @@ def _stop_after_the_first_epoch_and_resume(split: Path) -> None:
     stale = SummaryWriter(str(split / "tensorboard"))
     stale.add_scalar("train_loss", 99.0, saved + 1)
     stale.close()
-    # then resumed
-    train_gmae2d_bundle(split, max_epochs=2, resume=True)
+    # then resumed, with another checkpoint interval (allowed: it changes no weight); the last epoch has its checkpoint
+    train_gmae2d_bundle(split, max_epochs=2, resume=True, checkpoint_interval=3)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(split / "tensorboard"), size_guidance={"scalars": 0})

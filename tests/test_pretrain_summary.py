@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from medgmae.engine import MetricHistory
@@ -127,3 +128,48 @@ def test_curves_mark_whole_epochs_and_a_few_round_values():
     for epoch in (1, 2):
         column = round(56 + (epoch - 0.95) / 1.1 * (408 - 56))
         assert grey[30:260, column - 1 : column + 2].any(axis=1).mean() > 0.5
+
+
+def test_a_run_stopped_for_good_keeps_the_curves_and_summary_of_its_epochs_so_far(tmp_path):
+    """curves.png and summary.json were written only when training completed: a run killed by a job's time limit
+    and never resumed had neither. With ``interval`` 2 they are written (atomically) after epochs 2 and 4, the
+    summary marked ``in_progress`` and claiming no model file not written yet; the closing ones are not marked.
+    Here a run of 6 epochs stops in epoch 5, then one runs to its end."""
+    from ignite.engine import Engine, Events
+    from PIL import Image
+
+    def run(out: Path, stop_at: int | None) -> list:
+        history, seen = MetricHistory(), []
+        engine = Engine(lambda e, b: None)
+
+        @engine.on(Events.EPOCH_COMPLETED)
+        def validate(e):  # as the validation the checkpoint handler runs before the summary's step
+            history.record("train_loss", e.state.epoch, 1.0 / e.state.epoch)
+            history.record("val_psnr", e.state.epoch, 10.0 + e.state.epoch)
+            history.update_best(e.state.epoch, 10.0 + e.state.epoch)
+            if e.state.epoch == stop_at:
+                raise KeyboardInterrupt
+
+        PretrainSummary(out, history, "medgmae", interval=2).attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(
+            json.loads((out / "summary.json").read_text())["epochs"] if (out / "summary.json").is_file() else None))
+        try:
+            engine.run([0], max_epochs=6)
+        except KeyboardInterrupt:
+            pass
+        return seen
+
+    out = tmp_path / "run"
+    out.mkdir()
+    assert run(out, stop_at=5) == [None, 2, 2, 4]  # none after epoch 5: stopped before
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["in_progress"] is True and summary["epochs"] == 4 and summary["best_epoch"] == 4
+    assert "model.pt" not in summary["files"] and summary["files"]["curves"] == str(out / "curves.png")
+    assert np.asarray(Image.open(out / "curves.png").convert("RGB")).astype(float).var() > 100.0
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "summary.json"]  # no temporary left
+    (out / "model.pt").write_bytes(b"")
+    assert run(out, stop_at=None) == [4, 2, 2, 4, 4, 4]  # the stopped run's at first; the last epoch's at the end:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["in_progress"] is False and summary["epochs"] == 6 and "model.pt" in summary["files"]
+    with pytest.raises(ValueError, match="picture_interval"):
+        PretrainSummary(out, MetricHistory(), "medgmae", interval=0)

@@ -38,6 +38,7 @@ from medgmae.engine.start_record import note_resume
 from medgmae.engine.step_guards import diverged_error, non_finite_weights
 from medgmae.files import os_error_message, remove_interrupted_writes
 from medgmae.torch_files import save_torch_atomic
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["CheckpointHandler"]
 
@@ -50,16 +51,16 @@ INTERRUPTED = "checkpoint_interrupted.pt"
 class CheckpointHandler:
     """Atomic checkpoints at epoch ends and on interruption, and exact resume.
 
-    At every ``save_interval`` epochs it writes ``checkpoint_epoch=N.pt`` (keeping the newest ``n_saved``) with the
-    state dicts of ``objects`` and of the trainer's gradient scaler under amp (``engine.scaler``, restored on resume:
-    :func:`~medgmae.engine.restore.restore_scaler`), the engine's epoch/iteration, the training loader's batch size,
-    epoch length and workers and the number of processes (:func:`~medgmae.engine.resume.loader_record`) and a
-    :class:`RandomStateTracker`. When the run stops on an exception (including Ctrl-C) it writes
-    ``checkpoint_interrupted.pt`` (the state within the epoch, kept to inspect: a resume continues from the newest
-    epoch checkpoint, and removes it once it has saved a later one) and re-raises; when it stops while the epoch's
-    ``validation`` handlers run, it writes the epoch's training instead, as ``checkpoint_epoch=N.pt`` marked as not
-    yet validated, from which a resume validates the epoch and trains on
-    (:mod:`~medgmae.engine.epoch_validation`); at a normal end it writes
+    Every ``save_interval`` epochs and at the last (``max_epochs``) it writes ``checkpoint_epoch=N.pt`` (keeping the
+    newest ``n_saved``) with the state dicts of ``objects`` and of the trainer's gradient scaler under amp
+    (``engine.scaler``, restored on resume: :func:`~medgmae.engine.restore.restore_scaler`), the engine's
+    epoch/iteration, the training loader's batch size, epoch length and workers and the number of processes
+    (:func:`~medgmae.engine.resume.loader_record`) and a :class:`RandomStateTracker`. When the run stops on an
+    exception (including Ctrl-C) it writes ``checkpoint_interrupted.pt`` (the state within the epoch, kept to
+    inspect: a resume continues from the newest epoch checkpoint, and removes it once it has saved a later one) and
+    re-raises; when it stops while the epoch's ``validation`` handlers run (at a checkpoint's epoch), it writes the
+    epoch's training instead, as ``checkpoint_epoch=N.pt`` marked as not yet validated, from which a resume
+    validates the epoch and trains on (:mod:`~medgmae.engine.epoch_validation`); at a normal end it writes
     ``checkpoint_final.pt``. A run that does not resume, started in a folder holding an earlier run's checkpoints or
     outputs (``earlier_outputs``), names them when it starts and removes them when it writes its first epoch
     checkpoint (:class:`~medgmae.engine.earlier_run.EarlierRun`), naming each file: kept, the earlier run's
@@ -92,7 +93,7 @@ class CheckpointHandler:
         objects: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer, lr_scheduler, ...).
         resume: load the newest checkpoint at start when there is one.
         source: dataset or transform chain whose random transforms' states are saved (recommended).
-        save_interval: epochs between checkpoints.
+        save_interval: epochs between checkpoints (a bundle's ``checkpoint_interval``; the last epoch has one too).
         n_saved: epoch checkpoints kept.
         map_location: where tensors are loaded on resume.
         finished_ok: on resume, accept a checkpoint that has already trained ``max_epochs`` epochs (the engine then
@@ -124,8 +125,7 @@ class CheckpointHandler:
         later_stage: bool = False,
         validation: Sequence[Any] = (),
     ) -> None:
-        if save_interval < 1 or n_saved < 1:
-            raise ValueError(f"save_interval and n_saved must be >= 1, got {save_interval}, {n_saved}")
+        save_interval, n_saved = positive_count(save_interval, "save_interval"), positive_count(n_saved, "n_saved")
         for name, obj in objects.items():
             if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
                 raise ValueError(f"checkpoint object '{name}' ({type(obj).__name__}) has no state_dict/load_state_dict")
@@ -150,12 +150,16 @@ class CheckpointHandler:
     def attach(self, engine: Engine) -> None:
         engine.register_events(*ResumeEvents)
         engine.add_event_handler(Events.STARTED, self._on_started)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_trained)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self._on_trained)
         self.validation.attach(engine)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._on_epoch)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self._on_epoch)
         engine.add_event_handler(Events.COMPLETED, self._collect_final)  # before the other completion steps
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
+
+    def _due(self, engine: Engine, epoch: int) -> bool:
+        """Whether ``epoch`` ends with a checkpoint: a multiple of ``save_interval``, or the last epoch."""
+        return epoch % self.save_interval == 0 or epoch == engine.state.max_epochs
 
     def _on_iteration(self, engine: Engine) -> None:
         self._completed_iteration = engine.state.iteration
@@ -236,16 +240,14 @@ class CheckpointHandler:
             interrupted.unlink()
             logger.info("removed %s of the interrupted run: this resumed run %s", interrupted, why)
 
-    def _note_earlier_run(self) -> None:
+    def _first_save(self, engine: Engine) -> int:
+        """The epoch of a fresh run's first checkpoint."""
+        return min(self.save_interval, getattr(engine.state, "max_epochs", None) or self.save_interval)
+
+    def _note_earlier_run(self, engine: Engine) -> None:
         """Remember (and name) what another run left in ``output_dir``, which this fresh run replaces."""
-        found = self._earlier_run.find()
-        if found and rank_world()[0] == 0:
-            finished = any(p.name == "checkpoint_final.pt" for p in self._earlier_run.checkpoints)
-            advice = ("stop now and give another --output_dir to keep it, or add --resume true with a larger "
-                      "--max_epochs to train it further" if finished
-                      else "stop now and add --resume true to continue that run instead")  # fmt: skip
-            logger.warning("%s holds %s earlier run's %s: this new run removes them when it saves its first epoch (%s)",
-                           self.output_dir, "a finished" if finished else "an", found, advice)  # fmt: skip
+        if (warning := self._earlier_run.warning(self._first_save(engine))) and rank_world()[0] == 0:
+            logger.warning("%s", warning)
 
     def _collect_final(self, engine: Engine) -> None:
         """Collect ``checkpoint_final.pt``'s state as the run completes, before the completion steps (every rank:
@@ -288,10 +290,11 @@ class CheckpointHandler:
         if none_here:
             length = getattr(state, "epoch_length", None)
             # ignite counts an iteration when it starts: the epoch is done only if its last iteration completed
+            first = self._first_save(engine) if state is not None else 1
             done = bool(state is not None and length and state.iteration and state.iteration % length == 0
-                        and self._completed_iteration == state.iteration)  # fmt: skip
-            when = ("after epoch 1 finished, before its checkpoint was written" if done   # in the epoch-end handlers
-                    else "before the first epoch finished")  # fmt: skip
+                        and self._completed_iteration == state.iteration and state.epoch == first)  # fmt: skip
+            when = (f"after epoch {first} finished, before its checkpoint was written" if done else "before the first "
+                    "epoch finished" if first == 1 else f"before its first checkpoint, at the end of epoch {first}")  # fmt: skip
             return (f"interrupted {when}: there is no checkpoint_epoch=N.pt in {self.output_dir} to continue from, so "
                     "the same command (with or without --resume true) trains there from the first epoch again")  # fmt: skip
         if self.resume:
@@ -340,7 +343,7 @@ class CheckpointHandler:
             logger.warning("removed what %d killed write%s left in %s: %s", len(left), "s" if len(left) > 1 else "",
                            self.output_dir, file_list(left, self.output_dir))  # fmt: skip
         if not self.resume:
-            self._note_earlier_run()
+            self._note_earlier_run(engine)
             return
         self._failed_resume = True  # until the state is restored (or no checkpoint is found), a failure, reading
         path, ckpt = self._read_latest()  # the checkpoint too, writes no checkpoint_interrupted.pt

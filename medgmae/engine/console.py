@@ -5,7 +5,8 @@ third-party noise.
 nothing is wrong (the nvImageCodec DICOM plugin missing on a machine without it), ignite's start notice of every
 engine (and of every validation: a false "resuming"), and on training processes other than rank 0 the information lines that repeat rank 0's. Everything else, and
 every warning of the toolkit itself, stays visible. :class:`EpochProgress` puts ignite's tqdm
-:class:`~ignite.handlers.ProgressBar` (loss, it/s, ETA) on the console and logs one line per epoch for log files;
+:class:`~ignite.handlers.ProgressBar` (loss, it/s, ETA; redrawn at most every half second,
+:func:`medgmae.terminal.steady_bar`) on the console and logs one line per epoch for log files;
 :class:`ValidationProgress` does the same for a validation pass (a bar over its batches, one line with its time).
 Where no bar can be drawn (a log) a long epoch or pass logs a line every
 :data:`medgmae.terminal.LINE_SECONDS` instead, with its count and time left (:class:`medgmae.terminal.ProgressLines`).
@@ -29,7 +30,7 @@ from medgmae.bundle_errors import exception_chain
 from medgmae.cli_types import as_bool
 from medgmae.distributed import is_main_process, rank_world, sharded_loader
 from medgmae.words import plural, plural_noun
-from medgmae.terminal import ProgressLines, progress_bars_shown
+from medgmae.terminal import ProgressLines, progress_bars_shown, steady_bar
 from medgmae.write_failures import OutputWriteError
 
 __all__ = [
@@ -308,6 +309,7 @@ class EpochProgress:
             bar_format="{desc}[{n_fmt}/{total_fmt}] {percentage:3.0f}%|{bar}{postfix} [{elapsed}<{remaining}, {rate_fmt}]",
             mininterval=0.5,
         )
+        bar.pbar_cls = steady_bar(bar.pbar_cls)  # ignite sets the loss and label every iteration, each a redraw
         bar.attach(engine, output_transform=lambda out: {self.name: loss_value(out, self.loss_key) or 0.0})
 
     def _start(self, engine: Engine) -> None:
@@ -370,12 +372,14 @@ class ValidationProgress:
     def _bar(self, engine: Engine) -> None:
         from ignite.handlers import ProgressBar
 
-        ProgressBar(
+        bar = ProgressBar(
             persist=False,
             desc=self.desc,
             bar_format="{desc}[{n_fmt}/{total_fmt}] {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
             mininterval=0.5,
-        ).attach(engine)
+        )
+        bar.pbar_cls = steady_bar(bar.pbar_cls)  # redrawn every 0.5 s, not at each batch's new label
+        bar.attach(engine)
 
     def _start(self, engine: Engine) -> None:
         self._t0 = time.perf_counter()

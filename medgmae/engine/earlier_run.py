@@ -71,6 +71,21 @@ class EarlierRun:
                 parts.append(pat if plain else f"{len(files)} {pat} file{'s' if len(files) > 1 else ''}")
         return ", ".join(parts) or None
 
+    def warning(self, first_save: int = 1) -> str | None:
+        """:meth:`find`, and the warning naming what it found and how to keep it (``None`` for nothing).
+
+        Args:
+            first_save: the epoch of the new run's first checkpoint, when they are removed.
+        """
+        if not (found := self.find()):
+            return None
+        finished = any(p.name == "checkpoint_final.pt" for p in self.checkpoints)
+        advice = ("stop now and give another --output_dir to keep it, or add --resume true with a larger --max_epochs "
+                  "to train it further" if finished else "stop now and add --resume true to continue that run instead")
+        when = "its first epoch" if first_save == 1 else f"its first epoch checkpoint (epoch {first_save})"
+        return (f"{self.output_dir} holds {'a finished' if finished else 'an'} earlier run's {found}: this new run "
+                f"removes them when it saves {when} ({advice})")
+
     def remove(self, keep: Path) -> list[Path]:
         """Remove what :meth:`find` found, except ``keep`` and the outputs changed since; nothing a second time.
 

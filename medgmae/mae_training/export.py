@@ -11,6 +11,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.engine import ResumeEvents, is_main_process, unwrap_model
 from medgmae.files import atomic_write
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["save_pretrained", "ModelExportHandler", "ENCODER_FILE", "MODEL_FILE"]
 
@@ -49,25 +50,32 @@ def save_pretrained(network: nn.Module, output_dir: str | Path) -> tuple[Path, P
 
 
 class ModelExportHandler:
-    """Ignite handler writing ``encoder.pt`` and ``model.pt`` at each epoch end and when training completes (the
-    completion writes them unless this epoch's end already did: a resumed run that had only its closing steps
-    left trains no epoch), or only when training completes; on the main process only under DDP. An epoch a resume
-    validates (its run stopped while validating it) is written once its checkpoint is saved
+    """Ignite handler writing ``encoder.pt`` and ``model.pt`` at the end of every ``interval``-th epoch and of the
+    last, as the checkpoint handler saves its checkpoints, and when training completes (the completion writes them
+    unless this epoch's end already did: a resumed run that had only its closing steps left trains no epoch), or
+    only when training completes; on the main process only under DDP. An epoch a resume validates (its run stopped
+    while validating it) is written once its checkpoint is saved
     (:attr:`~medgmae.engine.ResumeEvents.PENDING_EPOCH_SAVED`), as at the end of an uninterrupted epoch.
 
     Args:
         output_dir: destination folder.
         network: the trained network.
-        every_epoch: also write after every epoch (not only at the end).
+        every_epoch: also write at epoch ends (not only at the end).
+        interval: epochs between those writes (the bundle's ``checkpoint_interval``: the files are of the epoch of
+            the newest checkpoint).
     """
 
-    def __init__(self, output_dir: str | Path, network: nn.Module, every_epoch: bool = True) -> None:
+    def __init__(self, output_dir: str | Path, network: nn.Module, every_epoch: bool = True, interval: int = 1) -> None:
         self.output_dir, self.network, self.every_epoch = Path(output_dir), network, bool(every_epoch)
+        self.interval = positive_count(interval, "checkpoint_interval")
         self._written_at: int | None = None  # the iteration of the last write
+
+    def _due(self, engine: Engine, epoch: int) -> bool:
+        return epoch % self.interval == 0 or epoch == engine.state.max_epochs
 
     def attach(self, engine: Engine) -> None:
         if self.every_epoch:
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+            engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
             engine.register_events(*ResumeEvents)  # the epoch a resume validated: written as at its end
             engine.add_event_handler(ResumeEvents.PENDING_EPOCH_SAVED, self)
         engine.add_event_handler(Events.COMPLETED, self._on_completed)

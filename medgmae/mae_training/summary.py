@@ -8,7 +8,9 @@ TensorBoard log are, and the commands that use them (fine-tuning, zero-shot infe
 initialisation), and saves the same as ``summary.json``, with the settings and the software the run started with
 (``software``: :func:`medgmae.software.software_versions`) and, after a resume, each resume's epoch, loader
 workers, software and changed settings (``resumes``), from the run's
-:class:`~medgmae.engine.start_record.StartRecord`, which its checkpoints keep.
+:class:`~medgmae.engine.start_record.StartRecord`, which its checkpoints keep. Every ``interval`` epochs before the
+last (the bundles' ``picture_interval``) it also writes ``curves.png`` and ``summary.json`` of the run so far,
+marked ``"in_progress": true``, so that a run stopped for good (a job's time limit, never resumed) keeps them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from medgmae.engine.figures import add_image, line_plot, save_png
 from medgmae.mae_training.export import ENCODER_FILE, MODEL_FILE
 from medgmae.mae_training.validation import BEST_MODEL_FILE
 from medgmae.engine.start_record import StartRecord
+from medgmae.whole_numbers import positive_count
 
 __all__ = ["PretrainSummary", "curves_figure", "finetune_dir", "next_commands"]
 
@@ -171,6 +174,8 @@ class PretrainSummary:
         record: the run's :class:`~medgmae.engine.start_record.StartRecord` among its checkpoints' objects, made
             with its settings (the bundles'): ``summary.json`` then names the start's settings and software and the
             resumes (:meth:`~medgmae.engine.start_record.StartRecord.summary`).
+        interval: epochs between the curves and summary of the run so far (:meth:`progress`); ``None``: none,
+            only the closing ones.
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class PretrainSummary:
         data_dir: str = "",
         settings: Mapping | None = None,
         record: StartRecord | None = None,
+        interval: int | None = None,
     ) -> None:
         # absolute paths: summary.json is read later, from other folders than the one the run was started in
         self.out, self.history, self.model_kind = absolute_path(output_dir), history, str(model_kind)
@@ -192,6 +198,7 @@ class PretrainSummary:
         if record is not None and not isinstance(record, StartRecord):
             raise ValueError(f"record must be a StartRecord or None, got {type(record).__name__}")
         self.record = record
+        self.interval = None if interval is None else positive_count(interval, "picture_interval")
         self.data_dir = _absolute_or_empty(data_dir)
         self.example_image = _absolute_or_empty(example_image)
         self.tensorboard_dir = absolute_path(tensorboard_dir) if tensorboard_dir else self.out / "tensorboard"
@@ -202,13 +209,20 @@ class PretrainSummary:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
+        if self.interval is not None:  # after the epoch's validation (run by the checkpoint handler, attached before)
+            engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self.progress)
 
-    def summary(self, engine: Engine) -> dict:
-        """What the summary says, as JSON-serialisable data."""
+    def _due(self, engine: Engine, epoch: int) -> bool:
+        return epoch % self.interval == 0 and epoch != engine.state.max_epochs  # the last: the closing summary
+
+    def summary(self, engine: Engine, in_progress: bool = False) -> dict:
+        """What the summary says, as JSON-serialisable data; ``in_progress``: of the run so far (its epochs
+        trained, the model files written yet)."""
         h, out = self.history, self.out
         kept = (MODEL_FILE, ENCODER_FILE) + ((BEST_MODEL_FILE,) if h.has_best else ())  # a lost one is not claimed
-        files = {name: str(out / name) for name in kept}
+        files = {name: str(out / name) for name in kept if not in_progress or (out / name).is_file()}
         return {
+            "in_progress": bool(in_progress),
             "epochs": int(engine.state.epoch),
             "model_kind": self.model_kind,
             "best_val_psnr": h.best_value if h.has_best else None,
@@ -265,6 +279,15 @@ class PretrainSummary:
                 " --datalist the fine-tuning uses generated phantoms)"
             )
         return "\n".join(lines)
+
+    def progress(self, engine: Engine) -> None:
+        """``curves.png`` and ``summary.json`` (``"in_progress": true``) of the run so far, each written atomically,
+        at the end of an ``interval``-th epoch (main process; no TensorBoard image, no closing lines)."""
+        if not is_main_process():
+            return
+        save_png(curves_figure(self.history), self.out / CURVES_FILE)
+        save_json_atomic(self.summary(engine, in_progress=True), self.out / "summary.json")
+        logger.info("epoch %d: wrote %s and %s (the run so far)", engine.state.epoch, CURVES_FILE, "summary.json")
 
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():

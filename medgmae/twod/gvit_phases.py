@@ -24,7 +24,7 @@ from medgmae.engine import CheckpointHandler, EpochProgress, NonFiniteLossHandle
 from medgmae.engine.records import CasesRecord, SettingsRecord
 from medgmae.twod.gvit.classifier import LEGACY_CLASSIFIER_FREQS
 from medgmae.twod.phantom_task import recorded_default_task
-from medgmae.whole_numbers import nonnegative_count
+from medgmae.whole_numbers import nonnegative_count, positive_count
 
 __all__ = ["PhaseContext", "PhaseCheckpoint", "PhaseLrSchedule", "PhaseStats", "PhaseProgress", "default_phase_handlers",
            "phase_handlers", "resume_records", "RESUME_FLAGS", "START_IN_RECORDS"]
@@ -122,19 +122,23 @@ class PhaseCheckpoint:
     Args:
         resume: continue from the newest checkpoint of each phase (finished phases are not re-run).
         source: dataset whose random transforms are checkpointed.
+        interval: epochs between a phase's checkpoints (the bundle's ``checkpoint_interval``); its last epoch always
+            has one, from which a resume skips the finished phase.
     """
 
-    def __init__(self, resume: bool = False, source: Any = None) -> None:
+    def __init__(self, resume: bool = False, source: Any = None, interval: int = 1) -> None:
         if not isinstance(resume, bool):
             raise ValueError(f"resume must be a bool, got {resume!r}")
         self.resume, self.source = resume, source
+        self.interval = positive_count(interval, "checkpoint_interval")
 
     def __call__(self, ctx: PhaseContext) -> CheckpointHandler | None:
         if ctx.checkpoint_dir is None:
             return None
         # a phase after one that has checkpoints: on resume, no checkpoint of its own is a phase not reached yet
         later = any(d != ctx.checkpoint_dir and any(d.glob("checkpoint_epoch=*.pt")) for d in ctx.checkpoint_dir.parent.glob("*/"))
-        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source, finished_ok=True, later_stage=later)
+        return CheckpointHandler(ctx.checkpoint_dir, ctx.objects, self.resume, self.source, save_interval=self.interval,
+                                 finished_ok=True, later_stage=later)  # fmt: skip
 
 
 class PhaseLrSchedule:
