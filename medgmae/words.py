@@ -55,8 +55,9 @@ def byte_size(count: float, binary: bool = False) -> str:
     if isinstance(count, bool) or not isinstance(count, numbers.Real) or not 0 <= float(count) < math.inf:
         raise ValueError(f"a byte count must be a finite number of 0 or more, got {count!r}")
     base, units = (1024, _BINARY_UNITS) if binary else (1000, _DECIMAL_UNITS)
-    if round(count) < 1000:
-        return plural(round(count), "byte")
+    whole = math.floor(float(count) + 0.5)  # half up: round() gives 0.5 and 2.5 bytes to the even 0 and 2
+    if whole < 1000:
+        return plural(whole, "byte")
     value, unit = float(count) / base, 0
     while unit < len(units) - 1 and round(value, _decimals(value)) >= 1000:
         value, unit = value / base, unit + 1

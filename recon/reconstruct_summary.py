@@ -97,9 +97,11 @@ def _time_note(resumed: dict | None) -> str:
 
 def _what_limits_growth(metrics: dict) -> str:
     """The advice of the sparse-budget note: a sparse start that stopped growing below its budget
-    (:func:`recon.presets.sparse_start_growth`) is limited by when density control ends, not by the budget."""
+    (:func:`recon.presets.sparse_start_growth`) is limited by when density control ends, not by the budget; one
+    that reached a budget ``--max-gaussians`` lowered (the settings' ``max_gaussians``) by that cap."""
     settings = metrics.get("settings") or {}
     grow_to, until = (metrics.get("init_settings") or {}).get("grow_to"), settings.get("densify_until")
+    budget = grow_to if grow_to is None else min(grow_to, settings.get("max_gaussians") or grow_to)
     if metrics["init"] == "medgmae" and metrics["preset"] == "3dgr-ct":
         return ("raise --num-gaussians (the decoder's Gaussians are subdivided to it; 3DGR-CT's density control adds "
                 "Gaussians by gradient, not up to a budget)")  # fmt: skip
@@ -110,7 +112,9 @@ def _what_limits_growth(metrics: dict) -> str:
         return ("--init fbp placed one Gaussian per voxel above 5 % of the FBP's maximum, fewer than --num-gaussians: "
                 "more iterations let density control add Gaussians where the run needs them")  # fmt: skip
     grown = max([metrics["num_gaussians"]] + [r.get("num_gaussians", 0) for r in metrics.get("density_rounds") or []])
-    if grow_to is None or until is None or grown >= grow_to:
+    if grow_to is not None and grown >= budget and budget < grow_to:
+        return f"raise --max-gaussians (its {budget} capped the sparse start's budget of {grow_to})"
+    if grow_to is None or until is None or grown >= budget:
         return "raise --num-gaussians (and the iterations)"
     written = "" if grown == metrics["num_gaussians"] else f" (the {metrics['num_gaussians']} written are those of the held-out choice)"
     rounds = [r["iteration"] for r in metrics.get("density_rounds") or [] if "iteration" in r]
@@ -123,7 +127,8 @@ def _what_limits_growth(metrics: dict) -> str:
         ends = f"this run's --iterations {settings.get('iterations', metrics['iterations'])} end rounds at iteration {until}"
     share = until / max(1, settings.get("iterations", 1))
     share = f" (growth runs to {share:.0%} of them)" if until > 0 else ""  # a run too short for any round: no 0 %
-    return (f"the sparse start grew to at most {grown}{written} of its budget of {grow_to}: {last}, and {ends}; "
+    budget_words = f"{budget}" + (f" (--max-gaussians; --num-gaussians asked {grow_to})" if budget < grow_to else "")
+    return (f"the sparse start grew to at most {grown}{written} of its budget of {budget_words}: {last}, and {ends}; "
             f"raise --iterations{share}, or start from --init fbp with that budget")  # fmt: skip
 
 

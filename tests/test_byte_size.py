@@ -36,6 +36,8 @@ def test_sizes_read_as_written_by_hand(count, decimal, binary):
 def test_numpy_counts_and_estimates_are_taken():
     assert byte_size(np.int64(2_500_000)) == "2.50 MB" and byte_size(2.5e6) == "2.50 MB"
     assert byte_size(np.float32(1023.7)) == "1.02 kB"
+    # an estimate's half byte rounds up, as written by hand (round() gave the even: "0 bytes", "2 bytes")
+    assert [byte_size(x) for x in (0.5, 2.5, 1.49)] == ["1 byte", "3 bytes", "1 byte"]
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), True, "12", None])

@@ -151,10 +151,39 @@ def test_ctrl_c_before_a_fresh_runs_first_save_in_a_used_folder_keeps_the_earlie
     with pytest.raises(KeyboardInterrupt) as stopped:
         trainer.run()
     assert stopped.value.resume_advice == (
-        f"interrupted before this run finished an epoch: it saved no checkpoint_epoch=N.pt and removed nothing of the "
+        f"interrupted before the first epoch finished: it saved no checkpoint_epoch=N.pt and removed nothing of the "
         f"earlier run in {tmp_path}; run the same command again to start over (with --resume true it would continue "
         "the earlier run instead)")
     assert (tmp_path / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_a_stop_after_epochs_before_a_fresh_runs_first_checkpoint_says_so_and_names_what_it_wrote(tmp_path):
+    """``save_interval`` 3, stopped in epoch 3 of a fresh run in a finished run's folder: the advice said "before
+    this run finished an epoch", though it had finished two. It now names the first checkpoint's epoch and the
+    outputs this run wrote before it (its own best_model.pt over the earlier run's, a picture), not the earlier run's."""
+    outputs = ("pictures/epoch_*.png", "best_model.pt", "summary.json")
+    make_trainer(tmp_path, 2, resume=False)[0].run()
+    for name in ("pictures/epoch_0002.png", "best_model.pt", "summary.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"earlier run")
+    trainer, _ = make_trainer(tmp_path, 6, resume=False, earlier_outputs=outputs, save_interval=3)
+
+    @trainer.on(Events.EPOCH_COMPLETED(once=1))
+    def _validated(engine):
+        (tmp_path / "best_model.pt").write_bytes(b"this run")
+        (tmp_path / "pictures" / "epoch_0001.png").write_bytes(b"this run")
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=7))
+    def _stop(engine):  # in epoch 3, before its end and checkpoint
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        trainer.run()
+    assert stopped.value.resume_advice == (
+        f"interrupted before its first checkpoint, at the end of epoch 3: it saved no checkpoint_epoch=N.pt and "
+        f"removed nothing of the earlier run in {tmp_path}; this run has written best_model.pt, "
+        "pictures/epoch_0001.png there; run the same command again to start over (with --resume true it would "
+        "continue the earlier run instead)")
 
 
 def test_ctrl_c_in_a_later_stage_before_its_first_save_advises_resuming_past_the_finished_stages(tmp_path):

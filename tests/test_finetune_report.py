@@ -99,6 +99,14 @@ def test_the_segmentation_picture_is_drawn_every_picture_interval_epochs_and_at_
             drawn.append(epoch)
             (tmp_path / "segmentation.png").unlink()
     assert drawn == [5, 10, 12] and steps == [("val/segmentation", 500), ("val/segmentation", 1000), ("val/segmentation", 1200)]
+    # validations every 3 epochs of 20, pictures every 10: no validation falls on 10 or 20, none was drawn; now the
+    # first validation after 10 (12) and the last (18), as an independent count of the validated epochs says
+    sparse = SegmentationPicture(tmp_path, interval=10, last_epoch=20, val_interval=3)
+    validated = list(range(3, 21, 3))
+    expected = [next(e for e in validated if e >= m) for m in (10, 20) if any(e >= m for e in validated)] + [validated[-1]]
+    assert [e for e in validated if sparse.due(e)] == sorted(set(expected)) == [12, 18]
+    quarterly = SegmentationPicture(tmp_path, interval=10, last_epoch=40, val_interval=4)
+    assert [e for e in range(4, 41, 4) if quarterly.due(e)] == [12, 20, 32, 40]
     every = SegmentationPicture(tmp_path)  # the handler's default: every validation
     assert all(every.due(epoch) for epoch in range(1, 8))
     for bad in (0, -3, 2.5, "ten"):
@@ -287,6 +295,9 @@ def test_summary_counts_one_validation_case_in_the_singular(tmp_path):
     saver = SimpleNamespace(best=0.5, best_epoch=1, path=tmp_path / "best_model.pt")
     text, _ = FinetuneSummary(tmp_path, report, saver).text(1)
     assert "(1 case):" in text
+    assert "  segmentation   none: no validation has drawn one" in text.splitlines()  # no segmentation.png named
+    (tmp_path / "segmentation.png").write_bytes(b"drawn")
+    assert f"  segmentation   {tmp_path / 'segmentation.png'}" in FinetuneSummary(tmp_path, report, saver).text(1)[0]
     report.metrics["num_cases"] = 2
     assert "(2 cases):" in FinetuneSummary(tmp_path, report, saver).text(1)[0]
 

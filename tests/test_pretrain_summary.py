@@ -150,6 +150,7 @@ def test_a_run_stopped_for_good_keeps_the_curves_and_summary_of_its_epochs_so_fa
             if e.state.epoch == stop_at:
                 raise KeyboardInterrupt
 
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: (out / "model.pt").write_bytes(b"%d" % e.state.epoch))
         PretrainSummary(out, history, "medgmae", interval=2).attach(engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(
             json.loads((out / "summary.json").read_text())["epochs"] if (out / "summary.json").is_file() else None))
@@ -164,12 +165,57 @@ def test_a_run_stopped_for_good_keeps_the_curves_and_summary_of_its_epochs_so_fa
     assert run(out, stop_at=5) == [None, 2, 2, 4]  # none after epoch 5: stopped before
     summary = json.loads((out / "summary.json").read_text())
     assert summary["in_progress"] is True and summary["epochs"] == 4 and summary["best_epoch"] == 4
-    assert "model.pt" not in summary["files"] and summary["files"]["curves"] == str(out / "curves.png")
+    assert "encoder.pt" not in summary["files"] and summary["files"]["curves"] == str(out / "curves.png")
+    assert "model.pt" in summary["files"] and "fine-tune" not in summary["next"]  # no encoder.pt written yet
     assert np.asarray(Image.open(out / "curves.png").convert("RGB")).astype(float).var() > 100.0
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "summary.json"]  # no temporary left
-    (out / "model.pt").write_bytes(b"")
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "model.pt", "summary.json"]  # no temporary left
     assert run(out, stop_at=None) == [4, 2, 2, 4, 4, 4]  # the stopped run's at first; the last epoch's at the end:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["in_progress"] is False and summary["epochs"] == 6 and "model.pt" in summary["files"]
     with pytest.raises(ValueError, match="picture_interval"):
         PretrainSummary(out, MetricHistory(), "medgmae", interval=0)
+
+
+def test_a_fresh_run_keeps_an_earlier_runs_summary_and_curves_until_it_writes_its_own_model(tmp_path):
+    """A fresh run in the folder of a finished run, ``picture_interval`` 1 and its first checkpoint (and model.pt) at
+    epoch 3: the summary and curves of the run so far were written from epoch 1, replacing the earlier run's closing
+    ones before its files were removed, and listed the earlier run's model.pt and encoder.pt as this run's, with
+    commands on them. Now epochs 1 and 2 leave them as they were; epoch 3 writes them, naming this run's files."""
+    from ignite.engine import Engine, Events
+
+    out = tmp_path / "run"
+    out.mkdir()
+    earlier = {name: b"the earlier run's " + name.encode() for name in ("summary.json", "curves.png", "model.pt", "encoder.pt")}
+    for name, data in earlier.items():
+        (out / name).write_bytes(data)
+    history, seen = MetricHistory(), []
+    engine = Engine(lambda e, b: None)
+    summary = PretrainSummary(out, history, "medgmae", interval=1)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def validate_and_export(e):  # the checkpoint handler's validation, then the model export at the checkpoint
+        history.record("val_psnr", e.state.epoch, 10.0 + e.state.epoch)
+        if e.state.epoch == 3:
+            (out / "model.pt").write_bytes(b"this run's model")
+
+    summary.attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(
+        {n: (out / n).read_bytes() == data for n, data in earlier.items()}))
+
+    @engine.on(Events.EPOCH_COMPLETED(once=2))
+    def as_in_progress(e):  # what a summary of the run so far would say now: no earlier run's file, no command on one
+        s = summary.summary(e, in_progress=True)
+        assert not {"model.pt", "encoder.pt"} & set(s["files"]) and s["next"] == {}, s
+
+    @engine.on(Events.EPOCH_COMPLETED(once=3))
+    def after_the_first_checkpoint(e):
+        s = json.loads((out / "summary.json").read_text())
+        assert s["in_progress"] is True and s["epochs"] == 3 and "encoder.pt" not in s["files"], s
+        assert s["files"]["model.pt"] == str(out / "model.pt") and "fine-tune" not in s["next"], s
+        assert "zero-shot inference" in s["next"]
+
+    engine.run([0], max_epochs=4)
+    assert seen[:2] == [dict.fromkeys(earlier, True)] * 2
+    assert seen[2] == {"summary.json": False, "curves.png": False, "model.pt": False, "encoder.pt": True}
+    written = json.loads((out / "summary.json").read_text())  # the closing one, after epoch 4
+    assert written["in_progress"] is False and written["epochs"] == 4

@@ -191,6 +191,16 @@ def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
     assert "rounds run until iteration 0; raise --iterations, or start" in text and "0%" not in text, text
     print_summary({**base, "num_gaussians": 20000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
     assert "raise --num-gaussians" in capsys.readouterr().out  # the budget was reached: it is the limit
+    # --max-gaussians 2000 capped the growth (the run's max_gaussians setting; grow_to keeps --num-gaussians): it was
+    # the limit, not the iterations
+    capped = {**base, "settings": {**base["settings"], "max_gaussians": 2000}}
+    print_summary({**capped, "num_gaussians": 2000, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    text = capsys.readouterr().out
+    assert "raise --max-gaussians (its 2000 capped the sparse start's budget of 20000)" in text
+    assert "raise --iterations" not in text, text
+    print_summary({**capped, "num_gaussians": 900, "init_settings": {"init": "medgmae", "grow_to": 20000}}, tmp_path)
+    assert ("grew to at most 900 of its budget of 2000 (--max-gaussians; --num-gaussians asked 20000)"
+            in capsys.readouterr().out)
     # the held-out choice wrote an earlier iteration's Gaussians: the growth is the rounds' largest count
     rounds = [{"iteration": 5, "cloned": 3, "split": 0, "pruned": 0, "num_gaussians": 5},
               {"iteration": 10, "cloned": 0, "split": 0, "pruned": 1, "num_gaussians": 4}]  # fmt: skip

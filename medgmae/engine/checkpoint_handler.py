@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.distributed import rank_world
 from medgmae.engine.devices import to_device
-from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun, file_list
+from medgmae.engine.earlier_run import EARLIER_OUTPUTS, EarlierRun, before_first_save, file_list
 from medgmae.engine.epoch_validation import PENDING, EpochValidation, ResumeEvents
 from medgmae.engine.resume import (
     FINAL_CHECKPOINT,
@@ -287,22 +287,18 @@ class CheckpointHandler:
             return (f"interrupted before this stage saved a checkpoint (none in {self.output_dir}): run the same command "
                     "with --resume true to continue after the stages already finished (without it, a new run trains "
                     "them again and replaces their checkpoints)")  # fmt: skip
-        if none_here:
-            length = getattr(state, "epoch_length", None)
-            # ignite counts an iteration when it starts: the epoch is done only if its last iteration completed
-            first = self._first_save(engine) if state is not None else 1
-            done = bool(state is not None and length and state.iteration and state.iteration % length == 0
-                        and self._completed_iteration == state.iteration and state.epoch == first)  # fmt: skip
-            when = (f"after epoch {first} finished, before its checkpoint was written" if done else "before the first "
-                    "epoch finished" if first == 1 else f"before its first checkpoint, at the end of epoch {first}")  # fmt: skip
-            return (f"interrupted {when}: there is no checkpoint_epoch=N.pt in {self.output_dir} to continue from, so "
-                    "the same command (with or without --resume true) trains there from the first epoch again")  # fmt: skip
-        if self.resume:
+        if not none_here and self.resume:
             return None
-        # an earlier run's, left as they were: a fresh run removes them at its first save
-        return (f"interrupted before this run finished an epoch: it saved no checkpoint_epoch=N.pt and removed nothing of "
-                f"the earlier run in {self.output_dir}; run the same command again to start over (with --resume true it "
-                "would continue the earlier run instead)")  # fmt: skip
+        length = getattr(state, "epoch_length", None)
+        # ignite counts an iteration when it starts: the epoch is done only if its last iteration completed
+        first = self._first_save(engine) if state is not None else 1
+        done = bool(state is not None and length and state.iteration and state.iteration % length == 0
+                    and self._completed_iteration == state.iteration and state.epoch == first)  # fmt: skip
+        if none_here:
+            return (f"interrupted {before_first_save(first, done)}: there is no checkpoint_epoch=N.pt in "
+                    f"{self.output_dir} to continue from, so the same command (with or without --resume true) trains "
+                    "there from the first epoch again")  # fmt: skip
+        return self._earlier_run.kept_advice(before_first_save(first, done))  # left as they were until the first save
 
     def _on_exception(self, engine: Engine, e: BaseException) -> None:
         # ignite fires EXCEPTION_RAISED twice for an error within an epoch (the epoch's handler, then the run's):

@@ -7,7 +7,8 @@ draws as one run with the new one, and whatever else it wrote (each bundle lists
 validation tables), which a new run stopped early would have left beside its own checkpoints as if they were its
 own. :class:`EarlierRun` finds them when the run starts, so the start can name them, and removes them when the run saves its first epoch checkpoint: a run stopped or refused before then has removed
 nothing. A file the new run has rewritten since the start (a picture of the same epoch) and the event files of this
-process (TensorBoard names the host and process id in each file's name) are the new run's and stay.
+process (TensorBoard names the host and process id in each file's name) are the new run's and stay. A stop before
+the first save is advised in words that say so (:func:`before_first_save`, :meth:`EarlierRun.kept_advice`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.engine.resume import epoch_checkpoints
 
-__all__ = ["EarlierRun", "EARLIER_OUTPUTS", "file_list"]
+__all__ = ["EarlierRun", "EARLIER_OUTPUTS", "before_first_save", "file_list"]
 
 #: The outputs besides checkpoints, as globs under the output folder, that a fresh run replaces by default (a bundle
 #: names all of its own outputs in its ``CheckpointHandler``'s ``earlier_outputs``; a TensorBoard folder elsewhere is
@@ -33,6 +34,18 @@ def file_list(paths: list[Path], folder: Path, shown: int = 8) -> str:
     names = sorted(str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p) for p in paths)
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+def before_first_save(first: int, done: bool) -> str:
+    """When a fresh run was stopped before its first epoch checkpoint, as the words after "interrupted".
+
+    Args:
+        first: the epoch of its first checkpoint.
+        done: whether that epoch's training had finished.
+    """
+    if done:
+        return f"after epoch {first} finished, before its checkpoint was written"
+    return "before the first epoch finished" if first == 1 else f"before its first checkpoint, at the end of epoch {first}"
 
 
 def _this_process(path: Path) -> bool:
@@ -101,3 +114,19 @@ class EarlierRun:
             p.unlink(missing_ok=True)
         self.checkpoints, self.outputs = [], {}
         return removed
+
+    def written(self) -> list[Path]:
+        """The outputs (``patterns``) this run has written so far: not in the folder when :meth:`find` looked, or
+        changed since (e.g. its ``best_model.pt``, pictures and TensorBoard events before its first save)."""
+        found = {p: sig for files in self.outputs.values() for p, sig in files.items()}
+        now = {p for pat in self.patterns for p in self.output_dir.glob(pat) if p.is_file()}
+        return sorted(p for p in now if p not in found or found[p] is None or file_fingerprint(p) != found[p])
+
+    def kept_advice(self, when: str) -> str:
+        """The advice after a stop before this run's first save (``when``: :func:`before_first_save`), which has
+        removed nothing of the earlier run: what this run wrote beside (or over) it, and how to go on."""
+        mine = self.written()
+        wrote = f"; this run has written {file_list(mine, self.output_dir)} there" if mine else ""
+        return (f"interrupted {when}: it saved no checkpoint_epoch=N.pt and removed nothing of the earlier run in "
+                f"{self.output_dir}{wrote}; run the same command again to start over (with --resume true it would "
+                "continue the earlier run instead)")

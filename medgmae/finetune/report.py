@@ -1,7 +1,7 @@
 """What a fine-tuning run shows: a picture of one validation segmentation and a closing summary with a Dice table.
 
-:class:`SegmentationPicture` (an evaluator handler) draws the first validation case at the validations of every
-``picture_interval``-th epoch and of the last: three orthogonal slices through the centre of its labelled structures, the prediction overlaid in the top row and
+:class:`SegmentationPicture` (an evaluator handler) draws the first validation case at the first validation at or
+after each multiple of ``picture_interval`` and at the run's last validation: three orthogonal slices through the centre of its labelled structures, the prediction overlaid in the top row and
 the reference label in the bottom row (``segmentation.png``, ``val/segmentation`` in TensorBoard).
 :class:`FinetuneSummary` (a trainer handler) ends the run with the best validation mean Dice and its epoch, the
 per-class Dice of the last validation (printed and saved as ``dice_per_class.md``), where the outputs are and the
@@ -101,8 +101,8 @@ def _list_flag(paths: list[str]) -> str:
 
 
 class SegmentationPicture:
-    """:func:`segmentation_figure` of the first validation case, at the validation of every ``interval``-th epoch
-    and of ``last_epoch`` (evaluator handler).
+    """:func:`segmentation_figure` of the first validation case, at the first validation at or after each multiple
+    of ``interval`` and at the run's last validation (evaluator handler).
 
     Writes ``output_dir/segmentation.png`` (replaced each time) and ``val/segmentation`` to TensorBoard at
     ``global_step(the trainer's epoch)``; main process only. Expects decollated evaluator outputs with ``image``
@@ -115,24 +115,31 @@ class SegmentationPicture:
         filename: PNG name.
         global_step: the TensorBoard step of an epoch's picture (the bundle's: the iteration that ends the epoch,
             as its scalars, so that a resume's purge step covers it); default the epoch.
-        interval: epochs between pictures (the bundle's ``picture_interval``): an epoch that is a multiple of it;
-            1 (the default) pictures every validation.
-        last_epoch: the trainer's ``max_epochs``, whose validation is always pictured (none by default).
+        interval: epochs between pictures (the bundle's ``picture_interval``): the first validation at or after
+            each multiple of it (with ``val_interval`` 4 and ``interval`` 10: epochs 12, 20, 32, 40, ...); 1 (the
+            default) pictures every validation.
+        last_epoch: the trainer's ``max_epochs``: the last validation (of the last multiple of ``val_interval`` up
+            to it) is always pictured (none by default).
+        val_interval: epochs between validations (the bundle's ``val_interval``: they validate its multiples).
     """
 
     def __init__(
         self, output_dir: str | Path, summary_writer: Any = None, filename: str = "segmentation.png",
         global_step: Callable[[int], int] | None = None, interval: int = 1, last_epoch: int | None = None,
+        val_interval: int = 1,
     ) -> None:  # fmt: skip
         self.path, self.writer = Path(output_dir) / filename, summary_writer
         self.global_step = global_step or (lambda epoch: epoch)
         self.interval = positive_count(interval, "picture_interval")
         self.last_epoch = None if last_epoch is None else positive_count(last_epoch, "last_epoch")
+        self.val_interval = positive_count(val_interval, "val_interval")
         self._case: dict | None = None
 
     def due(self, epoch: int) -> bool:
-        """Whether the validation of the trainer's ``epoch`` is pictured."""
-        return epoch % self.interval == 0 or epoch == self.last_epoch
+        """Whether the validation of the trainer's ``epoch`` is pictured: a multiple of ``interval`` lies between
+        the previous validation (``val_interval`` epochs before) and it, or no validation follows it."""
+        v, last = self.val_interval, self.last_epoch
+        return epoch // self.interval > (epoch - v) // self.interval or (last is not None and epoch + v > last)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -287,7 +294,8 @@ class FinetuneSummary:
             else f"  {'best_model.pt':<14} none: no validation has written one",
             f"  {'validation':<14} {val_dir / 'metrics.json'}, {val_dir / 'per_case_dice.csv'}",
             f"  {'Dice table':<14} {self.table_path}",
-            f"  {'segmentation':<14} {self.out / 'segmentation.png'}",
+            f"  {'segmentation':<14} {self.out / 'segmentation.png'}" if (self.out / "segmentation.png").is_file()
+            else f"  {'segmentation':<14} none: no validation has drawn one",
             f"  {'TensorBoard':<14} tensorboard --logdir {shlex.quote(str(self.tensorboard_dir))}",
             "next:",
         ] + [f"  {k}: {v}" for k, v in self.next_commands().items()]

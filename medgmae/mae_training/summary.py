@@ -10,7 +10,10 @@ initialisation), and saves the same as ``summary.json``, with the settings and t
 workers, software and changed settings (``resumes``), from the run's
 :class:`~medgmae.engine.start_record.StartRecord`, which its checkpoints keep. Every ``interval`` epochs before the
 last (the bundles' ``picture_interval``) it also writes ``curves.png`` and ``summary.json`` of the run so far,
-marked ``"in_progress": true``, so that a run stopped for good (a job's time limit, never resumed) keeps them.
+marked ``"in_progress": true``, so that a run stopped for good (a job's time limit, never resumed) keeps them: once
+this run has written its ``model.pt`` (at its first checkpoint, when a fresh run has removed an earlier run's files:
+before, they would have replaced an earlier run's closing ones), its ``files`` only the files this run wrote and its
+``next`` only the commands whose input files are written.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Mapping
 
 from ignite.engine import Engine, Events
 
+from medgmae.data.fingerprint import file_fingerprint
 from medgmae.engine import MetricHistory, is_main_process
 from medgmae.files import absolute_path, bundle_config, save_json_atomic
 from medgmae.engine.figures import add_image, line_plot, save_png
@@ -175,7 +179,8 @@ class PretrainSummary:
             with its settings (the bundles'): ``summary.json`` then names the start's settings and software and the
             resumes (:meth:`~medgmae.engine.start_record.StartRecord.summary`).
         interval: epochs between the curves and summary of the run so far (:meth:`progress`); ``None``: none,
-            only the closing ones.
+            only the closing ones. Attach it after the checkpoint handler and the model export (their epoch's
+            validation, checkpoint and ``model.pt`` come first; a resumed run's epoch is set when it starts).
     """
 
     def __init__(
@@ -206,21 +211,38 @@ class PretrainSummary:
         self.title = "pre-training finished"
         self.model_note = "last epoch" + ("" if self.model_kind == "voxel-mae" else ": zero-shot inference, reconstruction init")
         self.encoder_note = "encoder for fine-tuning"
+        self._found: dict[str, tuple[int, int] | None] = {}  # the model files a fresh run found as it started
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._on_started)
         engine.add_event_handler(Events.COMPLETED, self)
         if self.interval is not None:  # after the epoch's validation (run by the checkpoint handler, attached before)
             engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self.progress)
+
+    def _on_started(self, engine: Engine) -> None:
+        """Note the model files the folder holds as a fresh run starts: an earlier run's, until this run rewrites
+        them (a resumed run, whose epoch the checkpoint handler attached before has set, wrote those it finds)."""
+        fresh = not getattr(engine.state, "epoch", 0)
+        self._found = {n: file_fingerprint(self.out / n) for n in (MODEL_FILE, ENCODER_FILE, BEST_MODEL_FILE)} if fresh else {}
+
+    def written(self, name: str) -> bool:
+        """Whether this run wrote the file ``name`` of its folder: it is there, and not as the run found it."""
+        sig = file_fingerprint(self.out / name)
+        return sig is not None and (name not in self._found or sig != self._found[name])
 
     def _due(self, engine: Engine, epoch: int) -> bool:
         return epoch % self.interval == 0 and epoch != engine.state.max_epochs  # the last: the closing summary
 
     def summary(self, engine: Engine, in_progress: bool = False) -> dict:
         """What the summary says, as JSON-serialisable data; ``in_progress``: of the run so far (its epochs
-        trained, the model files written yet)."""
+        trained, the model files this run has written yet, the next commands whose input files they are)."""
         h, out = self.history, self.out
         kept = (MODEL_FILE, ENCODER_FILE) + ((BEST_MODEL_FILE,) if h.has_best else ())  # a lost one is not claimed
-        files = {name: str(out / name) for name in kept if not in_progress or (out / name).is_file()}
+        files = {name: str(out / name) for name in kept if not in_progress or self.written(name)}
+        commands = self.commands()
+        if in_progress:  # not a command on a file not written yet (e.g. an earlier run's model.pt)
+            unwritten = {str(out / n) for n in (MODEL_FILE, ENCODER_FILE) if n not in files}
+            commands = {k: c for k, c in commands.items() if not unwritten.intersection(shlex.split(c))}
         return {
             "in_progress": bool(in_progress),
             "epochs": int(engine.state.epoch),
@@ -231,7 +253,7 @@ class PretrainSummary:
             "last_val_ssim": h.latest("val_ssim"),
             "files": {**files, "pictures": str(out / "pictures"), "curves": str(out / CURVES_FILE),
                       "tensorboard": str(self.tensorboard_dir)},  # fmt: skip
-            "next": self.commands(),
+            "next": commands,
             **self._start_record(engine).summary(),
         }
 
@@ -282,9 +304,10 @@ class PretrainSummary:
 
     def progress(self, engine: Engine) -> None:
         """``curves.png`` and ``summary.json`` (``"in_progress": true``) of the run so far, each written atomically,
-        at the end of an ``interval``-th epoch (main process; no TensorBoard image, no closing lines)."""
-        if not is_main_process():
-            return
+        at the end of an ``interval``-th epoch once this run has written its ``model.pt`` (main process; a log line,
+        no TensorBoard image, no closing lines)."""
+        if not is_main_process() or not self.written(MODEL_FILE):  # before its first checkpoint: an earlier run's
+            return  # closing files, which that checkpoint removes, are not replaced
         save_png(curves_figure(self.history), self.out / CURVES_FILE)
         save_json_atomic(self.summary(engine, in_progress=True), self.out / "summary.json")
         logger.info("epoch %d: wrote %s and %s (the run so far)", engine.state.epoch, CURVES_FILE, "summary.json")
