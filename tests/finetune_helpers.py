@@ -102,6 +102,15 @@ def restored_run(out: Path, pristine: Path) -> Path:
     return Path(shutil.copytree(pristine, out, symlinks=True, copy_function=shutil.copy2))
 
 
+def bundle_in_this_process(run_id: str, config: str, **overrides) -> None:
+    """``monai.bundle.run`` of this bundle in the test's own process, as a notebook runs it (its errors raised, not
+    printed): for a test of what a run computes and writes, not of its command line (:func:`bundle_process`), without
+    the seconds a new Python process takes to import the toolkit."""
+    from monai.bundle import run
+
+    run(run_id, config_file=str(CONFIGS / config), logging_file=False, **overrides)
+
+
 FILTERED = ("nvImageCodec", "torch.meshgrid", "Orientationd.__init__:labels")
 
 
