@@ -31,6 +31,7 @@ from finetune_helpers import (
     make_case,
     two_case_datalist,
     truncated_copy,
+    bundle_in_this_process,
     bundle_process,
     run_bundle,
     check_progress_pictures_and_summary,
@@ -143,7 +144,7 @@ def _check_inference_in_another_orientation_and_spacing(out: Path, tmp_path: Pat
     data = np.asarray(src.dataobj)[::-1, :, ::2].astype(np.int16)  # L-to-R flipped, 4 mm slices
     affine = src.affine @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1.0]])
     moved = nifti_file(tmp_path / "input" / "moved.nii.gz", data, affine)
-    run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", f"['{moved}']")
+    bundle_in_this_process("inferring", "inference.json", output_dir=str(out), device="cpu", input_files=[str(moved)])
     seg = nib.load(out / "segmentations" / "moved_seg.nii.gz")
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, nib.load(moved).affine, atol=1e-5)
