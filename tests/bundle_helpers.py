@@ -17,6 +17,31 @@ def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.Complete
     return subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
 
 
+def bundle_keywords(words: list[str]) -> dict:
+    """A command line's ``--flag value`` (or ``--flag=value``) words as the keywords of ``monai.bundle.run`` in this
+    process, each value read as MONAI's runner reads it from the command line: a Python literal where it is one
+    (``2``, ``3.0``, ``[48,48,40]``), else the text itself (``true``, ``cpu``, a path)."""
+    import ast
+
+    pairs, i = [], 0
+    while i < len(words):
+        assert words[i].startswith("--"), words[i:]
+        if "=" in words[i]:
+            pairs.append(tuple(words[i][2:].split("=", 1)))
+            i += 1
+        else:
+            pairs.append((words[i][2:], words[i + 1]))
+            i += 2
+    keywords = {}
+    for key, text in pairs:
+        assert key not in keywords, f"--{key} given twice"
+        try:
+            keywords[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            keywords[key] = text
+    return keywords
+
+
 def setting_error_text(log: str) -> str:
     """The one BundleSettingError's lines in a bundle's log: its message alone at the very end of the log, with no
     traceback above it (a refusal of the user's input: where it was raised is no news to them)."""

@@ -204,6 +204,24 @@ def pretrain_runs(tmp_path_factory) -> dict:
     return pretraining_runs(tmp_path_factory.mktemp("pretrain_bundle"))
 
 
+@pytest.fixture(scope="session")
+def _finetune_first_epoch_pristine(tmp_path_factory) -> tuple[Path, Path]:
+    """The unetr_finetune bundle's one-epoch run (finetune_helpers.first_epoch_run), trained once per test process for
+    the resume tests that start from it (test_finetune_resume.py, test_threed_resume_flags.py)."""
+    from finetune_helpers import first_epoch_run
+
+    return first_epoch_run(tmp_path_factory.mktemp("finetune_first_epoch"))
+
+
+@pytest.fixture
+def finetune_first_epoch(_finetune_first_epoch_pristine) -> Path:
+    """The folder of a one-epoch unetr_finetune run (finetune_helpers.FIRST_EPOCH), as its training left it, for a
+    test to resume, damage or refuse: restored before each test that asks for it."""
+    from finetune_helpers import restored_run
+
+    return restored_run(*_finetune_first_epoch_pristine)
+
+
 @pytest.fixture
 def dead_pid() -> int:
     """The id of a process that has ended (a child run and waited for)."""

@@ -68,6 +68,49 @@ def run_bundle(run_id: str, config: str, *overrides: str) -> subprocess.Complete
     return proc
 
 
+#: A one-epoch fine-tuning run from scratch on 3 generated 32 x 32 x 24 phantoms (2 trained, 1 validated), 24^3 crops,
+#: batch size 1 (2 iterations an epoch), no progress bar: the run the resume refusals start from (with ``--output_dir``).
+FIRST_EPOCH = ["--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4", "--phantom_shape", "[32, 32, 24]",
+               "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false", "--batch_size", "1",
+               "--max_epochs", "1"]  # fmt: skip
+
+
+def flag_map(words: list[str]) -> dict[str, str]:
+    """``--flag value`` words as ``{flag: value}``: two command lines given the same flags in another order compare
+    equal (a test sharing :func:`first_epoch_run` checks that its own first run's flags are :data:`FIRST_EPOCH`'s)."""
+    assert len(words) % 2 == 0 and all(w.startswith("--") for w in words[::2]), words
+    return {k: str(v) for k, v in zip(words[::2], words[1::2])}
+
+
+def first_epoch_run(root: Path) -> tuple[Path, Path]:
+    """Train :data:`FIRST_EPOCH` into ``root / "run"`` and keep a copy of what it wrote in ``root / "pristine"``
+    (file times kept): ``(run, pristine)``, for :func:`restored_run`."""
+    import shutil
+
+    out = root / "run"
+    run_bundle("training", "train.json", *FIRST_EPOCH, "--output_dir", str(out))
+    return out, Path(shutil.copytree(out, root / "pristine", symlinks=True, copy_function=shutil.copy2))
+
+
+def restored_run(out: Path, pristine: Path) -> Path:
+    """``out`` as :func:`first_epoch_run` left it, whatever a test did to it since: the same path (a run records its
+    folder and its cases by absolute path), the same bytes and modification times."""
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    return Path(shutil.copytree(pristine, out, symlinks=True, copy_function=shutil.copy2))
+
+
+def bundle_in_this_process(run_id: str, config: str, **overrides) -> None:
+    """``monai.bundle.run`` of this bundle in the test's own process, as a notebook runs it (its errors raised, not
+    printed): for a test of what a run computes and writes, not of its command line (:func:`bundle_process`), without
+    the seconds a new Python process takes to import the toolkit."""
+    from monai.bundle import run
+
+    run(run_id, config_file=str(CONFIGS / config), logging_file=False, **overrides)
+
+
 FILTERED = ("nvImageCodec", "torch.meshgrid", "Orientationd.__init__:labels")
 
 

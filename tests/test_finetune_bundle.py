@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from medgmae.checkpoint import make_checkpoint
@@ -30,28 +31,45 @@ from finetune_helpers import (
     make_case,
     two_case_datalist,
     truncated_copy,
+    bundle_in_this_process,
     bundle_process,
     run_bundle,
     check_progress_pictures_and_summary,
 )
 
 
-def test_bundle_train_resume_evaluate_infer(tmp_path):
+def _two_epochs(encoder_pt: Path) -> list[str]:
+    """Fine-tuning from ``encoder_pt`` for 2 epochs on 3 small phantoms (one of the 2 training cases labelled), flags
+    but ``--output_dir``: the runs of :func:`straight` and of the tests that compare against it."""
+    return ["--device", "cpu", "--feature_size", "4",  # roi_size: the encoder's 24^3
+            "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1",
+            "--pretrained", str(encoder_pt), "--label_fraction", "0.5", "--lr_schedule_epochs", "2", "--max_epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> SimpleNamespace:
+    """An encoder.pt recording 2 mm voxels and a (-200, 300) HU window (not the bundle's defaults; ``enc``, ``spec``,
+    ``encoder_pt``), and the 2 epochs of :func:`_two_epochs` from it trained uninterrupted into ``run``: what the runs
+    stopped and resumed in this module must end as. Read, never written, by the tests."""
+    root = tmp_path_factory.mktemp("straight")
+    torch.manual_seed(0)
+    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=2, num_heads=4, mlp_ratio=2.0)
+    encoder_pt = root / "encoder.pt"
+    spec = PreprocessingSpec(spacing=2.0, hu_window=(-200.0, 300.0), input_size=24, patch_size=12)
+    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec, {"source": "test"}), encoder_pt)
+    run_bundle("training", "train.json", *_two_epochs(encoder_pt), "--output_dir", str(root / "run"))
+    return SimpleNamespace(enc=enc, spec=spec, encoder_pt=encoder_pt, run=root / "run")
+
+
+def test_bundle_train_resume_evaluate_infer(tmp_path, straight):
     """The chain pre-training -> fine-tuning -> evaluation / inference with the pre-processing read from the
     checkpoints: encoder.pt records 2 mm voxels and a (-200, 300) HU window (not the bundle's defaults), and
     best_model.pt carries them on to evaluation and inference."""
-    torch.manual_seed(0)
-    enc = MaskedViTEncoder(img_size=24, patch_size=12, hidden_size=48, num_layers=2, num_heads=4, mlp_ratio=2.0)
-    encoder_pt = tmp_path / "encoder.pt"
-    spec = PreprocessingSpec(spacing=2.0, hu_window=(-200.0, 300.0), input_size=24, patch_size=12)
-    torch.save(make_checkpoint("medgmae-encoder", enc.config(), enc.state_dict(), spec, {"source": "test"}), encoder_pt)
     out = tmp_path / "run"
-    common = ["--output_dir", str(out), "--device", "cpu", "--feature_size", "4",  # roi_size: the encoder's 24^3
-              "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1",
-              "--pretrained", str(encoder_pt), "--label_fraction", "0.5", "--lr_schedule_epochs", "2"]
+    common = ["--output_dir", str(out), *_two_epochs(straight.encoder_pt)[:-2]]  # less --max_epochs
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "1")
-    _check_the_first_epoch(out, proc.stdout + proc.stderr, enc, spec)
-    _check_the_resume_matches_an_uninterrupted_run(out, tmp_path / "straight", common)
+    _check_the_first_epoch(out, proc.stdout + proc.stderr, straight.enc, straight.spec)
+    _check_the_resume_matches_an_uninterrupted_run(out, straight.run, common)
     _check_the_evaluation(out)
     _check_inference_in_another_orientation_and_spacing(out, tmp_path)
     # the earlier model's evaluation and segmentations are replaced by a fresh run in this folder too
@@ -88,14 +106,13 @@ def _check_the_first_epoch(out: Path, log: str, enc: MaskedViTEncoder, spec: Pre
 
 
 def _check_the_resume_matches_an_uninterrupted_run(out: Path, straight: Path, common: list[str]) -> None:
-    """The run in ``out`` resumed to 2 epochs, and the same 2 epochs uninterrupted in ``straight``."""
+    """The run in ``out`` resumed to 2 epochs, and the same 2 epochs trained uninterrupted into ``straight``."""
     proc = run_bundle("training", "train.json", *common, "--max_epochs", "2", "--resume", "true")
     assert "resumed from" in proc.stdout + proc.stderr and (out / "checkpoint_epoch=2.pt").is_file()
     ckpt = torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
     assert ckpt["engine"]["epoch"] == 2 and ckpt["engine"]["iteration"] == 2
     # the same 2 epochs uninterrupted, validating after each as the resumed run did: the same weights and best
     # model (the epoch checkpoint is written after the validation, whose data loader draws from the global RNG)
-    run_bundle("training", "train.json", *[str(straight) if a == str(out) else a for a in common], "--max_epochs", "2")
     again = torch.load(straight / "checkpoint_epoch=2.pt", weights_only=True)
     for name, weights in again["objects"]["network"].items():
         assert torch.equal(weights, ckpt["objects"]["network"][name]), name
@@ -127,7 +144,7 @@ def _check_inference_in_another_orientation_and_spacing(out: Path, tmp_path: Pat
     data = np.asarray(src.dataobj)[::-1, :, ::2].astype(np.int16)  # L-to-R flipped, 4 mm slices
     affine = src.affine @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1.0]])
     moved = nifti_file(tmp_path / "input" / "moved.nii.gz", data, affine)
-    run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", f"['{moved}']")
+    bundle_in_this_process("inferring", "inference.json", output_dir=str(out), device="cpu", input_files=[str(moved)])
     seg = nib.load(out / "segmentations" / "moved_seg.nii.gz")
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, nib.load(moved).affine, atol=1e-5)
@@ -144,17 +161,14 @@ def _check_inference_in_another_orientation_and_spacing(out: Path, tmp_path: Pat
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {int(r[0]) for r in rows}
 
 
-def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop_while_validating):
+def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop_while_validating, straight):
     """SIGTERM while epoch 1 was validated (after the sliding-window evaluation) saved checkpoint_interrupted.pt and no
     epoch checkpoint, so the resume trained epoch 1 again. The epoch's training is now saved as
     checkpoint_epoch=1.pt, marked as not validated; the resume validates epoch 1, trains epoch 2 alone and ends as
     the uninterrupted run: weights, optimiser, scheduler, best value and best model (the validation's data loader
     draws from the global random generator: the marked checkpoint holds the generators as training left them)."""
-    run, straight = tmp_path / "run", tmp_path / "straight"
-    common = ["--device", "cpu", "--feature_size", "4", "--roi_size", "24", "--phantom_shape", "[32, 32, 24]",
-              "--phantom_cases", "3", "--num_samples", "1", "--label_fraction", "0.5", "--lr_schedule_epochs", "2",
-              "--max_epochs", "2"]  # fmt: skip
-    run_bundle("training", "train.json", *common, "--output_dir", str(straight))
+    run, uninterrupted = tmp_path / "run", straight.run
+    common = _two_epochs(straight.encoder_pt)  # the 2 epochs that straight.run trained uninterrupted
     stop = stop_while_validating(CONFIGS / "train.json", tmp_path, epoch=1)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", f"['{CONFIGS / 'train.json'}','{stop}']",
            "--logging_file", str(CONFIGS / "logging.conf"), *common, "--output_dir", str(run)]  # fmt: skip
@@ -169,7 +183,7 @@ def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop
     log = resumed.stdout + resumed.stderr
     assert "validating epoch 1 before training on" in log
     assert "epoch 1/2: train_loss" not in log and log.count("epoch 2/2: train_loss") == 1  # epoch 1 not trained again
-    a, b = (torch.load(d / "checkpoint_epoch=2.pt", weights_only=True) for d in (run, straight))
+    a, b = (torch.load(d / "checkpoint_epoch=2.pt", weights_only=True) for d in (run, uninterrupted))
     assert a["engine"] == b["engine"] and a["objects"]["best"] == b["objects"]["best"]
     assert a["objects"]["lr_scheduler"] == b["objects"]["lr_scheduler"]
     for name, weights in b["objects"]["network"].items():
@@ -177,10 +191,10 @@ def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop
     oa, ob = a["objects"]["optimizer"]["state"], b["objects"]["optimizer"]["state"]
     assert oa.keys() == ob.keys() and all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
     assert torch.equal(a["random_state"]["torch"], b["random_state"]["torch"])
-    ba, bb = (torch.load(d / "best_model.pt", weights_only=True) for d in (run, straight))
+    ba, bb = (torch.load(d / "best_model.pt", weights_only=True) for d in (run, uninterrupted))
     assert ba["extra"] == bb["extra"] and all(torch.equal(ba["state_dict"][k], bb["state_dict"][k]) for k in bb["state_dict"])
     # epoch 1's validation scalars, logged before the stop and again by the resume, shown once: as uninterrupted
-    assert tensorboard_shown(run / "tensorboard") == tensorboard_shown(straight / "tensorboard")
+    assert tensorboard_shown(run / "tensorboard") == tensorboard_shown(uninterrupted / "tensorboard")
 
 
 def test_printed_evaluate_command_runs_after_training_on_a_datalist(tmp_path):

@@ -19,6 +19,8 @@ from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder
 from medgmae.preprocessing import PreprocessingSpec
 
+from finetune_helpers import bundle_in_this_process
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "unetr_finetune" / "configs"
 #: not the bundle's defaults: anisotropic spacing, another window, a non-cubic patch
@@ -261,11 +263,7 @@ def test_plain_monai_following_the_metadata_gives_the_bundles_labels(tmp_path):
     affine[:3, 3] = [30.0, -12.0, 80.0]
     image = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(hu, affine), str(image))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", str(CONFIGS / "inference.json"),
-           "--logging_file", str(CONFIGS / "logging.conf"), "--output_dir", str(tmp_path), "--device", "cpu",
-           "--input_files", f"['{image}']"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    bundle_in_this_process("inferring", "inference.json", output_dir=str(tmp_path), device="cpu", input_files=[str(image)])
     bundle = np.asarray(nib.load(str(tmp_path / "segmentations" / "ct_seg.nii.gz")).dataobj)
     plain = _plain_monai_segmentation(tmp_path / "model.ts", image)
     assert plain.shape == bundle.shape == hu.shape

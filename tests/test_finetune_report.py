@@ -18,7 +18,7 @@ from PIL import Image
 from medgmae.preprocessing import PreprocessingSpec
 
 from data_helpers import nifti_file
-from finetune_helpers import REPO, run_bundle
+from finetune_helpers import REPO, bundle_in_this_process
 
 
 class _Engine:
@@ -377,10 +377,10 @@ def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
     names = {"0": "background", "1": "a", "2": "b", "3": "c"}
     datalist.write_text(json.dumps({"labels": names, "training": [{"image": image, "label": label}],
                                     "validation": [{"image": image, "label": label}]}))  # fmt: skip
-    common = ["--output_dir", str(out), "--device", "cpu", "--datalist", str(datalist)]
-    run_bundle("evaluating", "evaluate.json", *common, "--native_space", "true")
+    common = {"output_dir": str(out), "device": "cpu", "datalist": str(datalist)}  # runs of the configs, not of the command line
+    bundle_in_this_process("evaluating", "evaluate.json", **common, native_space=True)
     native = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
-    run_bundle("inferring", "inference.json", "--output_dir", str(out), "--device", "cpu", "--input_files", f"['{image}']")
+    bundle_in_this_process("inferring", "inference.json", output_dir=str(out), device="cpu", input_files=[image])
     seg = np.asarray(nib.load(out / "segmentations" / "ct_seg.nii.gz").dataobj)
     expected = {}
     for c, name in ((1, "a"), (2, "b"), (3, "c")):
@@ -389,13 +389,13 @@ def test_native_space_dice_is_dice_in_the_label_files_voxels(tmp_path):
     assert native["dice_space"] == "label files voxels"
     assert native["dice_per_class"] == pytest.approx(expected, abs=1e-6)
     assert 0.0 < max(expected.values()) < 1.0, expected  # a non-trivial prediction
-    run_bundle("evaluating", "evaluate.json", *common)
+    bundle_in_this_process("evaluating", "evaluate.json", **common)
     grid = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert grid["dice_space"] == "pre-processed grid" and grid["dice_per_class"] != pytest.approx(expected, abs=1e-6)
     # metrics.json says which model and which pre-processing gave it: the recorded spec, or an override named
     assert grid["model"]["epoch"] == 1 and grid["model"]["size_bytes"] == (out / "best_model.pt").stat().st_size
     assert grid["preprocessing"]["spacing"] == [2.0, 2.0, 2.0] and grid["preprocessing_overrides"] == []
-    run_bundle("evaluating", "evaluate.json", *common, "--pixdim", "3.0", "--eval_dir", str(out / "eval3"))
+    bundle_in_this_process("evaluating", "evaluate.json", **common, pixdim=3.0, eval_dir=str(out / "eval3"))
     coarse = json.loads((out / "eval3" / "metrics.json").read_text(encoding="utf-8"))
     assert coarse["preprocessing"]["spacing"] == [3.0, 3.0, 3.0] and coarse["preprocessing_overrides"] == ["pixdim"]
 

@@ -12,7 +12,7 @@ from medgmae.finetune.data import evaluation_cases, prepare_datalists, select_la
 from medgmae.data.datalist import DatasetError
 from medgmae.finetune.run_record import write_run_record
 
-from finetune_helpers import CONFIGS, make_case, two_case_datalist, bundle_process, run_bundle
+from finetune_helpers import CONFIGS, FIRST_EPOCH, make_case, two_case_datalist, bundle_process, flag_map, run_bundle
 
 
 def test_resume_with_other_label_fraction_is_refused(tmp_path):
@@ -155,14 +155,14 @@ def test_a_damaged_run_record_is_refused_not_taken_for_a_missing_one(tmp_path, d
     assert evaluation_cases("", "", out)["datalist"] == str(phantom)  # no record: the run's phantom data, as before
 
 
-def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
+def test_resume_with_another_batch_size_writes_nothing(finetune_first_epoch, folder_state):
     """A resume refused because the batch size changed (2 training cases: 2 iterations per epoch at batch size 1,
     1 at batch size 2) stops before training_cases.json or a TensorBoard event file is written: the run folder is
     byte for byte as it was, and the error names both batch sizes and both epoch lengths."""
-    out = tmp_path / "run"
+    out = finetune_first_epoch  # one epoch at batch size 1 (finetune_helpers.FIRST_EPOCH)
     common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false"]
-    run_bundle("training", "train.json", *common, "--max_epochs", "1", "--batch_size", "1")
+    assert flag_map([*common, "--max_epochs", "1", "--batch_size", "1"]) == flag_map([*FIRST_EPOCH, "--output_dir", str(out)])
     assert (out / "training_cases.json").is_file() and len(list((out / "tensorboard").iterdir())) == 1
     before = folder_state(out)
     proc = bundle_process("training", "train.json", *common, "--max_epochs", "2", "--batch_size", "2", "--resume", "true")
@@ -200,15 +200,15 @@ def test_resume_with_another_batch_size_writes_nothing(tmp_path, folder_state):
     assert folder_state(out) == before
 
 
-def test_resume_of_a_finished_run_is_refused_and_writes_nothing(tmp_path, folder_state):
+def test_resume_of_a_finished_run_is_refused_and_writes_nothing(finetune_first_epoch, folder_state):
     """A resume whose checkpoint has already trained --max_epochs epochs has nothing to train: it is refused before
     anything is built, instead of rewriting dice_per_class.md from an empty epoch ("0 cases"), checkpoint_final.pt
     and a new TensorBoard event file. A run stopped in its closing steps resumes to write them."""
-    out = tmp_path / "run"
+    out = finetune_first_epoch  # a one-epoch run (finetune_helpers.FIRST_EPOCH)
     common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false",
               "--max_epochs", "1"]
-    run_bundle("training", "train.json", *common)
+    assert flag_map([*common, "--batch_size", "1"]) == flag_map([*FIRST_EPOCH, "--output_dir", str(out)])  # 1: the default
     assert (out / "dice_per_class.md").is_file() and (out / "checkpoint_final.pt").is_file()
     before = folder_state(out)
     proc = bundle_process("training", "train.json", *common, "--resume", "true")
@@ -247,15 +247,15 @@ def test_a_resume_with_other_phantom_settings_leaves_the_runs_phantoms_as_they_w
 
 
 
-def test_a_refused_resume_leaves_the_pre_checks_ledger_as_it_was(tmp_path, folder_state):
+def test_a_refused_resume_leaves_the_pre_checks_ledger_as_it_was(finetune_first_epoch, folder_state):
     """A resume refused by its checkpoint (another batch size) after the pre-check read a changed data file again
     rewrote the pre-check's ledger (``cache/precheck.json``) first: the run folder is now byte for byte as it was,
     and a resume that goes on records the file's new time in the ledger."""
-    out = tmp_path / "run"
+    out = finetune_first_epoch  # one epoch at batch size 1 (finetune_helpers.FIRST_EPOCH)
     common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false",
               "--batch_size", "1"]  # fmt: skip
-    run_bundle("training", "train.json", *common, "--max_epochs", "1")
+    assert flag_map([*common, "--max_epochs", "1"]) == flag_map([*FIRST_EPOCH, "--output_dir", str(out)])
     ledger = out / "cache" / "precheck.json"
     image = json.loads((out / "phantom" / "dataset.json").read_text(encoding="utf-8"))["training"][0]["image"]
     image = out / "phantom" / image if not os.path.isabs(image) else image
@@ -269,14 +269,14 @@ def test_a_refused_resume_leaves_the_pre_checks_ledger_as_it_was(tmp_path, folde
     assert "1000000000000000000" in ledger.read_text(encoding="utf-8")
 
 
-def test_a_damaged_record_stops_evaluation_segmentation_and_resume_of_the_bundle(tmp_path, folder_state):
+def test_a_damaged_record_stops_evaluation_segmentation_and_resume_of_the_bundle(finetune_first_epoch, folder_state):
     """A run whose training_cases.json was cut short: the bundle's evaluation, segmentation of the run's validation
     cases and resume stop with one line naming the file, and write nothing (evaluation used to score the phantom
     data, a resume to continue and rewrite the record without the run's encoder and seed)."""
-    out = tmp_path / "run"
+    out = finetune_first_epoch  # a one-epoch run (finetune_helpers.FIRST_EPOCH)
     common = ["--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
               "--phantom_shape", "[32, 32, 24]", "--phantom_cases", "3", "--num_samples", "1", "--progress_bar", "false"]
-    run_bundle("training", "train.json", *common, "--max_epochs", "1")
+    assert flag_map([*common, "--max_epochs", "1", "--batch_size", "1"]) == flag_map([*FIRST_EPOCH, "--output_dir", str(out)])
     record = out / "training_cases.json"
     record.write_bytes(record.read_bytes()[:50])
     before = folder_state(out)

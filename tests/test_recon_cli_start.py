@@ -16,48 +16,20 @@ from recon_cli_helpers import expect_refusal, few_gaussians_args, scan  # noqa: 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_gaussians_ply_is_in_world_millimetres(tmp_path):
-    """With a rotated, anisotropic, shifted affine the PLY centres are ``affine @ (x, y, z, 1)`` of the voxel
-    centres the state holds (``(z, y, x)`` order), and the covariances map as ``M Sigma M^T``; the header's shape
-    and affine are recon.nii.gz's as nibabel reads them (the NIfTI's (I, J, K) order, as zero-shot PLYs)."""
-    from medgmae.gaussians import covariance_matrices
-    from medgmae.ply import load_ply
+def test_gaussians_ply_and_ellipsoids_vtk_are_in_world_millimetres(tmp_path, capsys):
+    """One ``reconstruct`` of a scan with an oblique, anisotropic, shifted affine, read back two ways.
 
-    t = np.deg2rad(30.0)
-    rot = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag([12.0, 12.0, 16.0])
-    affine[:3, 3] = [-40.0, 25.0, 7.5]
-    ph = generate_phantom(1, shape=(16, 16, 12), spacing=(12.0, 12.0, 16.0), noise=False)
-    nib.save(nib.Nifti1Image(ph.image.astype(np.float32), affine), str(tmp_path / "ct.nii.gz"))
-    assert main(["simulate", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry", "parallel", "--views", "8",
-                 "--out", str(tmp_path / "scan"), "--device", "cpu"]) == 0  # fmt: skip
-    out = tmp_path / "rec"
-    assert main([*few_gaussians_args(tmp_path / "scan", out), "--checkpoint-every", "0"]) == 0
-    state = torch.load(out / "recon_state.pt", weights_only=True)["params"]
-    zyx = state["means"].double().numpy()
-    expected = zyx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]  # (x, y, z) index -> world
-    g, meta = load_ply(out / "gaussians.ply")
-    assert meta["frame"] == "world" and g.num_gaussians == len(zyx) and meta["cutoff"] == 3.0  # the run's cutoff
-    written = nib.load(str(out / "recon.nii.gz"))
-    assert meta["shape"] == written.shape == (16, 16, 12)
-    np.testing.assert_allclose(meta["affine"], written.affine, atol=1e-6)
-    np.testing.assert_allclose(meta["affine"], affine, atol=1e-5)
-    np.testing.assert_allclose(g.means[0].double().numpy(), expected, atol=1e-3)
-    m = affine[:3, :3][:, ::-1]  # the (z, y, x) columns
-    quats = torch.nn.functional.normalize(state["quats"].double(), dim=-1)
-    cov = covariance_matrices(state["log_scales"].double().exp(), quats).numpy()
-    np.testing.assert_allclose(g.covariances()[0].double().numpy(), m @ cov @ m.T, rtol=1e-3, atol=1e-3)
+    gaussians.ply: the centres are ``affine @ (x, y, z, 1)`` of the voxel centres the state holds (``(z, y, x)``
+    order), and the covariances map as ``M Sigma M^T``; the header's shape and affine are recon.nii.gz's as nibabel
+    reads them (the NIfTI's (I, J, K) order, as zero-shot PLYs).
 
-
-
-def test_ellipsoids_vtk_draws_the_gaussians_over_recon_nii(tmp_path, capsys):
-    """``reconstruct`` writes ``ellipsoids.vtk`` beside ``gaussians.ply`` (listed in the closing summary): with an
-    oblique, anisotropic, shifted affine each ellipsoid is centred on ``affine @ (x, y, z, 1)`` of the voxel centre
-    the state holds, so its centre in recon.nii.gz's voxel frame is that voxel position (it overlays recon.nii.gz as
-    the zero-shot ellipsoids overlay their scan), every vertex at the half-maximum Mahalanobis distance under
-    ``M Sigma M^T`` of the state's covariance (built with SciPy), carrying the .ply's intensity, marked RAS."""
+    ellipsoids.vtk, written beside it (listed in the closing summary): each ellipsoid is centred on
+    ``affine @ (x, y, z, 1)`` of the voxel centre the state holds, so its centre in recon.nii.gz's voxel frame is
+    that voxel position (it overlays recon.nii.gz as the zero-shot ellipsoids overlay their scan), every vertex at
+    the half-maximum Mahalanobis distance under ``M Sigma M^T`` of the state's covariance (built with SciPy),
+    carrying the .ply's intensity, marked RAS."""
     from ellipsoid_helpers import covariance, mahalanobis, per_gaussian, read_vtk_polydata
+    from medgmae.gaussians import covariance_matrices
     from medgmae.ply import load_ply
     from scipy.spatial.transform import Rotation
 
@@ -73,21 +45,33 @@ def test_ellipsoids_vtk_draws_the_gaussians_over_recon_nii(tmp_path, capsys):
     assert main([*few_gaussians_args(tmp_path / "scan", out), "--checkpoint-every", "0"]) == 0
     assert f"  {out / 'ellipsoids.vtk'}  (the same Gaussians as ellipsoids at half maximum" in capsys.readouterr().out
     state = torch.load(out / "recon_state.pt", weights_only=True)["params"]
-    xyz = state["means"].double().numpy()[:, ::-1]  # the state's (z, y, x) voxel centres in the NIfTI's order
-    ply, _ = load_ply(out / "gaussians.ply")
+    m = affine[:3, :3][:, ::-1]  # the (z, y, x) columns
+    # gaussians.ply
+    zyx = state["means"].double().numpy()
+    expected = zyx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]  # (x, y, z) index -> world
+    g, meta = load_ply(out / "gaussians.ply")
+    assert meta["frame"] == "world" and g.num_gaussians == len(zyx) and meta["cutoff"] == 3.0  # the run's cutoff
+    written = nib.load(str(out / "recon.nii.gz"))
+    assert meta["shape"] == written.shape == (16, 16, 12)
+    np.testing.assert_allclose(meta["affine"], written.affine, atol=1e-6)
+    np.testing.assert_allclose(meta["affine"], affine, atol=1e-5)
+    np.testing.assert_allclose(g.means[0].double().numpy(), expected, atol=1e-3)
+    quats = torch.nn.functional.normalize(state["quats"].double(), dim=-1)
+    cov = covariance_matrices(state["log_scales"].double().exp(), quats).numpy()
+    np.testing.assert_allclose(g.covariances()[0].double().numpy(), m @ cov @ m.T, rtol=1e-3, atol=1e-3)
+    # ellipsoids.vtk
+    xyz = zyx[:, ::-1]  # the state's (z, y, x) voxel centres in the NIfTI's order
     mesh = read_vtk_polydata(out / "ellipsoids.vtk")
     assert "SPACE=RAS" in mesh["title"]
     points, carried, _ = per_gaussian(mesh, len(xyz))
-    written = nib.load(str(out / "recon.nii.gz")).affine
-    index = (points.mean(1) - written[:3, 3]) @ np.linalg.inv(written[:3, :3]).T
+    index = (points.mean(1) - written.affine[:3, 3]) @ np.linalg.inv(written.affine[:3, :3]).T
     np.testing.assert_allclose(index, xyz, atol=1e-4)
-    m = affine[:3, :3][:, ::-1]  # the (z, y, x) columns
     scales, quats = state["log_scales"].double().exp().numpy(), state["quats"].double().numpy()
     for i in range(len(xyz)):
         world_cov = m @ covariance(scales[i], quats[i]) @ m.T
         centre = affine[:3, :3] @ xyz[i] + affine[:3, 3]
         np.testing.assert_allclose(mahalanobis(points[i], centre, world_cov), np.sqrt(2 * np.log(2)), rtol=1e-3)
-    np.testing.assert_allclose(carried, np.repeat(ply.intensities[0].double().numpy()[:, None], points.shape[1], 1))
+    np.testing.assert_allclose(carried, np.repeat(g.intensities[0].double().numpy()[:, None], points.shape[1], 1))
 
 
 def test_above_the_mesh_limit_no_ellipsoids_vtk_and_the_summary_gives_the_command(scan, tmp_path, capsys, monkeypatch):

@@ -1,15 +1,18 @@
 """A training run's seed repeats it whatever ``num_workers`` is: 3D pre-training (random crops, two per volume,
 and the paper's augmentation), fine-tuning (class-balanced crops), 2D GMAE (flips) and GViT (its augmentation, and a
-validation loader built after the model's weights were drawn) give bit-identical weights with 0 and 2 workers."""
+validation loader built after the model's weights were drawn) give bit-identical weights with 0 and 2 workers. The
+runs are of the bundles' configs in this process (``monai.bundle.run``), the flags as the command line would give them."""
 
 from __future__ import annotations
 
 import torch
+from monai.bundle import run
 
-from finetune_helpers import run_bundle as finetune_run
+from bundle_helpers import bundle_keywords
+from finetune_helpers import bundle_in_this_process
 from gmae2d_helpers import train_gmae2d_bundle
-from gvit_helpers import TINY, gvit_bundle_command
-from pretrain_helpers import SMALL, TRAIN, bundle_process, read_checkpoint, succeeded
+from gvit_helpers import TINY, run_gvit_bundle
+from pretrain_helpers import SMALL, TRAIN, read_checkpoint
 
 
 def _different_tensors(a: dict, b: dict) -> list[str]:
@@ -24,8 +27,8 @@ def test_pretraining_weights_do_not_depend_on_num_workers(tmp_path):
     encoders = []
     for workers in ("0", "2"):
         out = tmp_path / f"workers{workers}"
-        succeeded(bundle_process("run", "training", "--config_file", TRAIN, *settings, "--output_dir", str(out),
-                                 "--num_workers", workers, cwd=tmp_path))  # fmt: skip
+        run("training", config_file=TRAIN, logging_file=False,
+            **bundle_keywords([*settings, "--output_dir", str(out), "--num_workers", workers]))  # fmt: skip
         encoders.append(read_checkpoint(out / "encoder.pt")["state_dict"])
     assert len(encoders[0]) > 30 and _different_tensors(*encoders) == []
 
@@ -35,8 +38,7 @@ def test_gvit_weights_do_not_depend_on_num_workers(tmp_path):
     models = []
     for workers in ("0", "2"):
         out = tmp_path / f"workers{workers}"
-        proc = gvit_bundle_command("train.json", *settings, "--output_dir", str(out), "--num_workers", workers)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        run_gvit_bundle("train.json", logging_file=False, **bundle_keywords([*settings, "--output_dir", str(out), "--num_workers", workers]))
         models.append(torch.load(out / "model.pt", map_location="cpu", weights_only=True)["state_dict"])
     assert len(models[0]) > 30 and _different_tensors(*models) == []
 
@@ -45,9 +47,9 @@ def test_fine_tuning_weights_do_not_depend_on_num_workers(tmp_path):
     networks = []
     for workers in ("0", "2"):
         out = tmp_path / f"workers{workers}"
-        finetune_run("training", "train.json", "--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]",
-                     "--feature_size", "4", "--num_samples", "2", "--max_epochs", "1", "--num_workers", workers,
-                     "--progress_bar", "false")  # fmt: skip
+        bundle_in_this_process("training", "train.json", **bundle_keywords([
+            "--output_dir", str(out), "--device", "cpu", "--roi_size", "[24, 24, 24]", "--feature_size", "4",
+            "--num_samples", "2", "--max_epochs", "1", "--num_workers", workers, "--progress_bar", "false"]))  # fmt: skip
         networks.append(read_checkpoint(out / "checkpoint_final.pt")["objects"]["network"])
     assert len(networks[0]) > 30 and _different_tensors(*networks) == []
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from finetune_helpers import CONFIGS as FINETUNE_CONFIGS
 from finetune_helpers import bundle_process as finetune_process
-from finetune_helpers import encoder_file
+from finetune_helpers import FIRST_EPOCH, encoder_file, flag_map
 from monai.bundle import ConfigParser
 from monai.losses import DiceCELoss
 from pretrain_helpers import SMALL, TRAIN, bundle_process, succeeded
@@ -214,13 +214,13 @@ def _finetune_flags(pretrained: str) -> dict:
     return check_flags(parser.get_parsed_content("settings_record#flags"))
 
 
-def test_a_fine_tuning_resume_names_every_flag_and_their_words_resume(tmp_path, folder_state):
+def test_a_fine_tuning_resume_names_every_flag_and_their_words_resume(finetune_first_epoch, folder_state):
     """A run from scratch resumed with another encoder, crop, spacing, rate and loss weight is refused naming each
     flag and saved value (the encoder's as ``--encoder#...``); the words resume it. Every setting the run records
     has a flag the bundle takes but those it fixes; the multi-GPU config changes no record, flag or key they name."""
-    out = tmp_path / "run"
+    out = finetune_first_epoch  # FINETUNE_BASE, 24^3 crops, one epoch (finetune_helpers.FIRST_EPOCH)
     base = {**FINETUNE_BASE, "--output_dir": str(out), "--roi_size": "[24, 24, 24]"}
-    assert finetune_process("training", "train.json", *_args({**base, "--max_epochs": 1})).returncode == 0
+    assert flag_map(_args({**base, "--max_epochs": 1})) == flag_map([*FIRST_EPOCH, "--output_dir", str(out)])
     flags = _finetune_flags("")
     recorded = torch.load(out / "checkpoint_epoch=1.pt", weights_only=True)["objects"]["settings"]["settings"]
     assert leaves(recorded) - set(flags) == FINETUNE_FIXED
