@@ -6,6 +6,16 @@ from __future__ import annotations
 import medgmae.host_memory as host_memory
 
 
+# (cgroup v2 text, cgroup v1 text, RLIMIT_AS, the limit expected) on a machine of 16 GiB
+MEMORY_LIMIT_CASES = [
+    ("max\n", "4294967296\n", None, 4 << 30),  # cgroup v1
+    ("2147483648\n", None, None, 2 << 30),  # cgroup v2
+    ("2147483648\n", "9223372036854771712\n", 1 << 30, 1 << 30),  # RLIMIT_AS the smallest; v1's "no limit"
+    ("max\n", "not a number", None, 16 << 30),  # none: the physical memory
+    (None, None, None, 16 << 30),
+]  # fmt: skip
+
+
 def patch_memory_limits(monkeypatch, tmp_path, physical, v2, v1, rlimit) -> None:
     """Patch the memory readers: ``physical`` and ``rlimit`` in bytes (``None``: not known), ``v2``/``v1`` the texts
     of the cgroup v2 and v1 limit files (``None``: no such file), written under ``tmp_path``."""

@@ -13,19 +13,13 @@ import pytest
 import torch
 
 import medgmae.host_memory as host_memory
-from host_memory_helpers import patch_memory_limits
+from host_memory_helpers import MEMORY_LIMIT_CASES, patch_memory_limits
 from medgmae.gaussians import Gaussians3D
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("v2, v1, rlimit, expected", [
-    ("max\n", "4294967296\n", None, 4 << 30),  # cgroup v1
-    ("2147483648\n", None, None, 2 << 30),  # cgroup v2
-    ("2147483648\n", "9223372036854771712\n", 1 << 30, 1 << 30),  # RLIMIT_AS the smallest; v1's "no limit"
-    ("max\n", "not a number", None, 16 << 30),  # none: the physical memory
-    (None, None, None, 16 << 30),
-])  # fmt: skip
+@pytest.mark.parametrize("v2, v1, rlimit, expected", MEMORY_LIMIT_CASES)
 def test_the_limit_is_the_smallest_that_is_known(monkeypatch, tmp_path, v2, v1, rlimit, expected):
     patch_memory_limits(monkeypatch, tmp_path, 16 << 30, v2, v1, rlimit)
     assert host_memory.memory_limit() == expected

@@ -8,7 +8,7 @@ import json
 import pytest
 from monai.bundle import ConfigParser
 from bundle_helpers import BUNDLES
-from host_memory_helpers import patch_memory_limits
+from host_memory_helpers import MEMORY_LIMIT_CASES, patch_memory_limits
 
 import medgmae.data.phantom.generator as generator_mod
 import medgmae.data.phantom.writer as writer_mod
@@ -40,13 +40,7 @@ def test_the_bound_is_the_machines_physical_memory(monkeypatch, tmp_path):
     assert "more than the 9.00 MiB this process may use" in said
 
 
-@pytest.mark.parametrize("v2, v1, rlimit, expected", [
-    ("max\n", "4294967296\n", None, 4 << 30),  # cgroup v1
-    ("2147483648\n", None, None, 2 << 30),  # cgroup v2
-    ("2147483648\n", "9223372036854771712\n", 1 << 30, 1 << 30),  # RLIMIT_AS the smallest; v1's "no limit"
-    ("max\n", "not a number", None, 16 << 30),  # none: the physical memory
-    (None, None, None, 16 << 30),
-])  # fmt: skip
+@pytest.mark.parametrize("v2, v1, rlimit, expected", MEMORY_LIMIT_CASES)
 def test_the_bound_is_the_smallest_memory_limit(monkeypatch, tmp_path, v2, v1, rlimit, expected):
     """A cgroup or address-space limit below the machine's memory bounds the shape (only the machine's counted)."""
     patch_memory_limits(monkeypatch, tmp_path, 16 << 30, v2, v1, rlimit)
