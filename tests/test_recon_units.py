@@ -93,7 +93,7 @@ def _help(capsys, *argv: str) -> str:
 
 
 @pytest.mark.parametrize("argv, shown", [
-    (("reconstruct",), ["optimisation iterations (at least 1) (default: 1000)", "(default: 50)", "(0: end only) (default: 500)",
+    (("reconstruct",), ["optimisation iterations (at least 1; default 1000)", "(default: 50)", "(0: end only) (default: 500)",
                         "(default: all views)", "filter for the FBP when --fbp is absent (default: hann)"]),
     (("simulate",), ["(default: none, noiseless projections)", "CT volume in HU", "(default: hann)"]),
     (("fbp",), ["ramp filter window (default: hann)"]),
