@@ -29,10 +29,10 @@ def _dataset() -> CacheDataset:
     return CacheDataset(ITEMS, transform=chain, cache_rate=1.0, progress=False)
 
 
-def _epochs(loader_type, seed: int, workers: int, epochs: int = 2) -> list[torch.Tensor]:
+def _epochs(loader_type, seed: int, workers: int, epochs: int = 2, **kwargs) -> list[torch.Tensor]:
     torch.manual_seed(seed)
     np.random.seed(seed)
-    loader = loader_type(_dataset(), batch_size=3, shuffle=True, num_workers=workers)
+    loader = loader_type(_dataset(), batch_size=3, shuffle=True, num_workers=workers, **kwargs)
     return [torch.cat([batch["image"].as_tensor() for batch in loader]) for _ in range(epochs)]
 
 
@@ -43,6 +43,31 @@ def test_the_batches_of_a_seed_do_not_depend_on_the_workers(seed):
         assert all(torch.equal(a, b) for a, b in zip(alone, _epochs(SeededDataLoader, seed, workers))), workers
     assert not torch.equal(alone[0], alone[1])  # each epoch draws again
     assert not torch.equal(alone[0], _epochs(SeededDataLoader, seed + 10, 0)[0])  # and each seed
+
+
+def test_workers_kept_between_epochs_draw_each_epoch_as_new_ones_do():
+    """``persistent_workers``: a worker holds its copy of the items from the first epoch on, yet each epoch's items
+    are those of the loader without workers (the seed comes with each index), epoch after epoch."""
+    alone = _epochs(SeededDataLoader, 4, 0, epochs=3)
+    assert len({a.numpy().tobytes() for a in alone}) == 3
+    after = torch.rand(5)  # what is drawn after the epochs (masks, dropout) too
+    kept = _epochs(SeededDataLoader, 4, 2, epochs=3, persistent_workers=True)
+    assert all(torch.equal(a, b) for a, b in zip(alone, kept)) and torch.equal(torch.rand(5), after)
+
+
+def _images(**kwargs) -> torch.Tensor:
+    torch.manual_seed(3)
+    return torch.cat([b["image"].as_tensor() for b in SeededDataLoader(_dataset(), num_workers=0, **kwargs)])
+
+
+def test_samplers_of_numpy_and_torch_integers_and_batches_of_tuples_index_as_ints_do():
+    ints = _images(batch_size=2, sampler=[3, 1, 6])
+    assert ints.shape[0] == 6  # two crops an item
+    assert torch.equal(_images(batch_size=2, sampler=np.array([3, 1, 6])), ints)
+    assert torch.equal(_images(batch_size=2, sampler=[torch.tensor(i) for i in (3, 1, 6)]), ints)
+    for batches in ([(3, 1), (6,)], [np.array([3, 1]), np.array([6])]):
+        assert torch.equal(_images(batch_sampler=batches), ints)
+    assert not torch.equal(_images(batch_size=2, sampler=[3, 6, 1]), ints)  # the control: the order matters
 
 
 def test_the_control_monai_loader_depends_on_the_workers():
@@ -109,9 +134,7 @@ def test_the_wrapper_forwards_the_datasets_attributes_and_pickles():
         loader.dataset.no_such_attribute
 
 
-def test_persistent_workers_and_datasets_without_a_length_are_refused():
-    with pytest.raises(ValueError, match="persistent_workers"):
-        SeededDataLoader(_dataset(), num_workers=1, persistent_workers=True)
+def test_datasets_without_a_length_are_refused():
     with pytest.raises(ValueError, match="map-style dataset"):
         SeededItems(iter(range(3)))
 

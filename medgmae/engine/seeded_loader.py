@@ -13,12 +13,16 @@ index, so an item's random draws depend on neither the workers nor the order the
 generator as it found it. The epoch's seed is one draw from the loader's generator (torch's global one unless
 ``generator`` is given) when the epoch's iterator is made, in the main process, as the shuffle's own seed is: a
 resumed run, whose checkpoint restores that generator (:class:`~medgmae.engine.random_state.RandomStateTracker`),
-draws the same seeds as an uninterrupted one.
+draws the same seeds as an uninterrupted one. The seed travels with each index, from the sampler in the main process
+to whichever worker reads the item (:class:`SeededIndices`), so the workers may stay alive between epochs
+(``persistent_workers``): the bundles keep them whenever ``num_workers`` > 0, which saves each epoch the start of its
+workers (a fork of the process and its cache, or a new interpreter under ``spawn``).
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any
 
 import numpy as np
@@ -27,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medgmae.engine.random_state import randomizables
 
-__all__ = ["SeededDataLoader", "SeededItems"]
+__all__ = ["SeededDataLoader", "SeededIndices", "SeededItems"]
 
 logger = logging.getLogger("medgmae.engine")
 
@@ -54,9 +58,12 @@ class SeededItems(Dataset):
         dataset: the dataset to wrap (its transforms are found as :func:`randomizables` finds them: the
             dataset's ``transform`` chain, nested ``Compose`` and the transforms' own random parts).
 
+    An item is asked for by ``(epoch_seed, index)`` (what :class:`SeededIndices` yields) or by ``index`` alone, which
+    uses :attr:`epoch_seed`.
+
     Attributes:
-        epoch_seed: the current epoch's seed (set by :class:`SeededDataLoader`); ``None``: items are drawn from the
-            transforms' states as they are, as without this wrapper.
+        epoch_seed: the current epoch's seed (set by :class:`SeededDataLoader` in the main process); ``None``: an item
+            asked for by its index alone is drawn from the transforms' states as they are, as without this wrapper.
 
     An index drawn twice in one epoch (a sampler with replacement) gets the same draws both times. Random
     transforms that draw from another generator than their ``R`` (MONAI's ``RandTorchVisiond``, torch's), and those
@@ -79,11 +86,14 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
-        if self.epoch_seed is not None and self.transforms:
+    def __getitem__(self, index: int | tuple[int, int]) -> Any:
+        seed = self.epoch_seed
+        if isinstance(index, tuple):
+            seed, index = index
+        if seed is not None and self.transforms:
             # one stream for the item, drawn from in the chain's fixed order: a generator per transform cost about
             # 0.15 ms each to seed (a Mersenne Twister's set-up), a millisecond an item for the 3D chain
-            stream = np.random.RandomState(np.random.SeedSequence([self.epoch_seed, int(index)]).generate_state(4))
+            stream = np.random.RandomState(np.random.SeedSequence([seed, int(index)]).generate_state(4))
             for transform in self.transforms:
                 transform.R = stream
         return self.dataset[index]
@@ -96,37 +106,76 @@ class SeededItems(Dataset):
         return getattr(self.dataset, name)
 
 
+class SeededIndices:
+    """The indices a loader's sampler (or batch sampler) yields, each as ``(epoch_seed, index)``: the seed of the
+    epoch, read from the items when an epoch's iteration starts in the main process, reaches the worker that reads
+    the item with its index (a worker kept from an earlier epoch holds that epoch's copy of the items).
+
+    Args:
+        indices: the sampler or batch sampler (a batch: a list of indices).
+        items: the :class:`SeededItems` whose ``epoch_seed`` is read.
+    """
+
+    def __init__(self, indices: Any, items: SeededItems) -> None:
+        self.indices, self.items = indices, items
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        seed = self.items.epoch_seed
+        for index in self.indices:
+            try:
+                yield seed, operator.index(index)  # an index (a Python, NumPy or 0-d torch integer)
+            except TypeError:
+                yield [(seed, operator.index(i)) for i in index]  # a batch of them
+
+
 class SeededDataLoader(DataLoader):
     """A ``torch`` data loader over :class:`SeededItems`, with MONAI's collation and worker set-up as defaults.
 
     Takes what ``torch.utils.data.DataLoader`` takes. ``loader.dataset`` is the :class:`SeededItems` wrapper
     (its attributes forward to ``dataset``); a ``sampler`` (``DistributedSampler``) is built on ``dataset``
-    itself, as before.
+    itself, as before, and stays ``loader.sampler`` (its ``set_epoch`` is called as before); the indices it yields
+    reach the items with the epoch's seed (:class:`SeededIndices`).
 
     Args:
         dataset: a map-style dataset whose random transforms are MONAI ``Randomizable`` ones.
         num_workers: data loader worker processes; the items do not depend on it.
         **kwargs: the other ``DataLoader`` arguments; ``collate_fn`` defaults to MONAI's ``list_data_collate``
-            (a transform's list of crops becomes items of the batch) and ``worker_init_fn`` to MONAI's.
-
-    Raises:
-        ValueError: ``persistent_workers`` with workers: a kept worker would not see the next epoch's seed.
+            (a transform's list of crops becomes items of the batch) and ``worker_init_fn`` to MONAI's;
+            ``persistent_workers`` keeps the workers between epochs (the items do not depend on it either).
     """
 
     #: what :func:`~medgmae.engine.resume.loader_record` records: a resume compares it with the checkpoint's.
     item_seeded = True
 
     def __init__(self, dataset: Dataset, num_workers: int = 0, **kwargs: Any) -> None:
-        if kwargs.get("persistent_workers") and num_workers > 0:
-            raise ValueError("SeededDataLoader cannot keep its workers between epochs (persistent_workers): each "
-                             "epoch's seed reaches the workers when they start; leave persistent_workers off")
         from monai.data.utils import list_data_collate, worker_init_fn
 
         kwargs.setdefault("collate_fn", list_data_collate)
         kwargs.setdefault("worker_init_fn", worker_init_fn)
         super().__init__(SeededItems(dataset), num_workers=num_workers, **kwargs)
+        self._seeded_indices: SeededIndices | None = None
+
+    @property
+    def _index_sampler(self) -> SeededIndices:
+        """What the loader's iterators draw indices from (torch's ``DataLoader`` reads this property for them and
+        for ``len(loader)``): its sampler or batch sampler, each index paired with the epoch's seed. One object for
+        the loader's life: a kept iterator (``persistent_workers``) holds it and iterates it again each epoch."""
+        if self._seeded_indices is None:
+            self._seeded_indices = SeededIndices(super()._index_sampler, self.dataset)
+        return self._seeded_indices
 
     def __iter__(self):
-        """Draw the epoch's seed (in the main process, before the workers start and copy the dataset)."""
-        self.dataset.epoch_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+        """Draw the epoch's seed (in the main process, before the indices are drawn). A kept iterator
+        (``persistent_workers``, after the first epoch) draws no seed for its workers as a new one does: one draw
+        stands in for it, so that the generator, and so the shuffle and everything drawn after the epoch (masks,
+        dropout), are those of a loader that starts its workers each epoch or has none."""
+        self.dataset.epoch_seed = self._draw()
+        if self.persistent_workers and self.num_workers > 0 and self._iterator is not None:
+            self._draw()  # what torch's new iterator draws for its workers' base seed
         return super().__iter__()
+
+    def _draw(self) -> int:
+        return int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
