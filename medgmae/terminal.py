@@ -8,7 +8,9 @@ where it says no, the one line per epoch or pass that they log anyway is the pro
 adds a :class:`ProgressLines` line every :data:`LINE_SECONDS` (as do sliding-window segmentation, projections and
 back-projections, and the data pre-check); ``medgmae-recon reconstruct`` prints one line per evaluation instead of
 its bar. :func:`steady_bar` makes a tqdm class whose description and postfix wait for its next timed redraw (ignite's
-``ProgressBar`` sets both every iteration, each a redraw of its own). No torch or MONAI imports.
+``ProgressBar`` sets both every iteration, each a redraw of its own); :func:`paced_bar` one that shows a
+:class:`Pace`'s time left in place of tqdm's own (the reconstruction's bar: its iterations grow dearer). No torch or
+MONAI imports.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import sys
 import time
 from typing import Any, Callable
 
-__all__ = ["progress_bars_shown", "duration_text", "Pace", "ProgressLines", "LINE_SECONDS", "steady_bar"]
+__all__ = ["progress_bars_shown", "duration_text", "Pace", "ProgressLines", "LINE_SECONDS", "steady_bar", "paced_bar",
+           "PACED_BAR_FORMAT"]  # fmt: skip
 
 #: Seconds without a progress line after which a long loop printing lines (into a log) prints one.
 LINE_SECONDS = 60.0
@@ -63,6 +66,45 @@ def steady_bar(base: type) -> type:
 
     SteadyBar.__name__ = SteadyBar.__qualname__ = f"Steady{base.__name__}"
     return SteadyBar
+
+
+#: tqdm's default layout (``desc: 40%|####  | 40/100 [00:12<00:18, 3.21it/s, loss=0.01]``) with ``{pace_left}``, a
+#: :meth:`Pace.left` text (``", about 4.5 min left"``), in place of ``<{remaining}``, tqdm's own time left.
+PACED_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{pace_left}, {rate_fmt}{postfix}]"
+
+
+@functools.lru_cache(maxsize=None)
+def paced_bar(base: type) -> type:
+    """A subclass of the tqdm class ``base`` whose time left is a :class:`Pace`'s, not tqdm's own.
+
+    tqdm says the iterations left at its recent rate, every iteration taken to cost the same: short in a
+    reconstruction whose iterations grow dearer as the count of Gaussians grows (``recon.growth.RunPace`` knows the
+    growth). The subclass takes ``left``, the bar's count to a :meth:`Pace.left` text, and draws that text where
+    tqdm's default layout has its own estimate (:data:`PACED_BAR_FORMAT`). It is asked at each of the bar's own
+    redraws (every ``mininterval`` of ``update``): no redraw of its own. A closed bar says no time left.
+
+    Args:
+        base: a tqdm class (``tqdm.tqdm``, ``tqdm.auto.tqdm``, ``tqdm.notebook.tqdm``).
+
+    Returns:
+        The subclass (the same one for the same ``base``), built as ``base`` is, with the keyword ``left``
+        (default: no time left) and :data:`PACED_BAR_FORMAT` unless ``bar_format`` is given.
+    """
+
+    class PacedBar(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, left: Callable[[int], str] | None = None, **kwargs: Any) -> None:
+            self.left = left if left is not None else (lambda n: "")  # before tqdm's first draw, in its __init__
+            kwargs.setdefault("bar_format", PACED_BAR_FORMAT)
+            super().__init__(*args, **kwargs)
+
+        @property
+        def format_dict(self) -> dict:
+            d = super().format_dict  # tqdm's own fields; the extra one reaches the layout (format_meter's kwargs)
+            d["pace_left"] = "" if self.disable else self.left(self.n)  # closing sets disable before its last draw
+            return d
+
+    PacedBar.__name__ = PacedBar.__qualname__ = f"Paced{base.__name__}"
+    return PacedBar
 
 
 def duration_text(seconds: float) -> str:

@@ -32,7 +32,7 @@ from torch import Tensor
 from medgmae import terminal
 from medgmae.gaussians import Gaussians3D
 from medgmae.render import render_volume
-from recon.growth import RunPace, round_due
+from recon.growth import RunPace, progress_bar, round_due
 from recon.metrics import psnr as psnr_fn, ssim as ssim_fn
 from recon.presets import GaussianReconConfig
 from recon.projectors import Projector
@@ -307,7 +307,8 @@ class GaussianReconstructor:
 
         Args:
             checkpoint_path: where to save checkpoints (every ``checkpoint_every`` iterations and at the end).
-            progress: ``True``: a tqdm bar with the loss (and PSNR/SSIM when a reference is given), or, where no bar
+            progress: ``True``: a tqdm bar with the loss (and PSNR/SSIM when a reference is given) and the time left
+                of :class:`recon.growth.RunPace` (:func:`recon.growth.progress_bar`), or, where no bar
                 can be drawn (a captured log: :func:`medgmae.terminal.progress_bars_shown`), one printed line per
                 evaluation; ``"lines"``: those lines in any case; ``False``: nothing.
             ssim_every_eval: compute SSIM at every evaluation (PSNR always).
@@ -324,13 +325,14 @@ class GaussianReconstructor:
         """
         c = self.config
         t0 = time.perf_counter() - self.seconds  # the history's seconds continue those of the runs before
-        lines, bar = self._progress(progress)
+        stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
+        half = self._coarse is not None  # the half-resolution stage ("bin": full-resolution volumes, binned data)
+        coarse_end = c.coarse_iterations if half and self.iteration < c.coarse_iterations < stop else 0
+        pace = RunPace(self.iteration, coarse_end or stop, c, self.num_gaussians, c.eval_every,
+                       stage=" of the half-resolution stage" if coarse_end else "")  # the stage: its own pace
+        lines, bar = progress_bar(c, self.iteration, progress, lambda n: pace.left(n))  # the pace then in use
         with bar:  # closed on Ctrl-C too, so that the interruption's message starts on a line of its own
             postfix: dict = {}
-            stop = c.iterations if stop_at is None else min(int(stop_at), c.iterations)
-            half = self._coarse is not None  # the half-resolution stage ("bin": full-resolution volumes, binned data)
-            coarse_end = c.coarse_iterations if half and self.iteration < c.coarse_iterations < stop else 0
-            pace = RunPace(self.iteration, coarse_end or stop, c, self.num_gaussians, c.eval_every)  # the stage: its own
             while self.iteration < stop and not (self.holdout is not None and self.holdout.stopped):
                 loss = self.step()
                 it = self.iteration
@@ -338,8 +340,7 @@ class GaussianReconstructor:
                 line, shown = self._progress_line(loss, time.perf_counter() - t0, pace.quiet_for(), ssim_every_eval)
                 pace.record(it, self.num_gaussians)  # the time left follows the count (recon.growth)
                 if lines and line is not None:
-                    left = pace.left(it) + (" of the half-resolution stage" if it < coarse_end else "")
-                    print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{left})", flush=True)
+                    print(f"iteration {it}/{c.iterations}: {line} ({time.perf_counter() - t0:.0f} s{pace.left(it)})", flush=True)
                     pace.said()
                 if it == coarse_end:  # full resolution from here: its own pace
                     pace = RunPace(it, stop, c, self.num_gaussians, c.eval_every)
@@ -351,18 +352,6 @@ class GaussianReconstructor:
         if checkpoint_path is not None:  # always at the end (also with checkpoint_every = 0)
             self.save_checkpoint(checkpoint_path)
         return self._result(self.seconds)
-
-    def _progress(self, progress: bool | str) -> tuple[bool, Any]:
-        """``(lines, bar)`` for :meth:`run`'s ``progress``: whether to print a line per evaluation, and the tqdm
-        bar (disabled when lines are printed or nothing is shown)."""
-        from tqdm.auto import tqdm
-
-        if progress not in (True, False, "lines"):
-            raise ValueError(f"progress must be True, False or 'lines', got {progress!r}")
-        lines = progress == "lines" or (progress is True and not terminal.progress_bars_shown())  # a log: no redraws
-        bar = tqdm(total=self.config.iterations, initial=self.iteration, disable=not progress or lines,
-                   desc=f"Gaussian recon ({self.config.preset_name})", dynamic_ncols=True)  # fmt: skip
-        return lines, bar
 
     def _progress_line(self, loss: float, seconds: float, quiet: float, ssim_every_eval: bool) -> tuple[str | None, dict | None]:
         """``(line, bar values)`` after the current iteration: its evaluation when one is due (recorded in the

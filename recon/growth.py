@@ -14,21 +14,23 @@ projected.
 Each iteration's cost grows with the count (the rendering sums every Gaussian), so the average pace since the start
 says too little time is left in a growing run (a 4,000-iteration run from 5,000 Gaussians said 4.0 min left at
 iteration 50 and took 11.5). :class:`RunPace` takes the seconds per iteration and Gaussian of the recent
-iterations and sums them over the projected counts of the iterations to come.
+iterations and sums them over the projected counts of the iterations to come. Its time left is the one the printed
+lines give and the one the bar shows (:func:`progress_bar`, in place of tqdm's own estimate, which assumes a
+constant cost per iteration).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from medgmae import terminal
 from medgmae.words import plural
 from recon.presets import GaussianReconConfig
 
-__all__ = ["GrowthProjection", "RunPace", "growth_note", "project_growth", "round_due", "round_iterations",
-           "toolkit_additions", "work_left"]  # fmt: skip
+__all__ = ["GrowthProjection", "RunPace", "growth_note", "progress_bar", "project_growth", "round_due",
+           "round_iterations", "toolkit_additions", "work_left"]  # fmt: skip
 
 
 def round_due(config: GaussianReconConfig, iteration: int) -> bool:
@@ -71,7 +73,8 @@ def project_growth(config: GaussianReconConfig, iteration: int, count: int, roun
         config: the run's settings.
         iteration: the iteration done (0: the start).
         count: the Gaussians now.
-        rounds: :func:`round_iterations` of ``config``, when known (computed otherwise).
+        rounds: the iterations of the rounds to count (default :func:`round_iterations` of ``config``; a run
+            stopped early: those up to its stop).
     """
     if config.densify_mode != "toolkit":
         return None
@@ -97,13 +100,25 @@ def work_left(projection: GrowthProjection, iteration: int, count: int, stop: in
     return work + max(0, stop - at) * count
 
 
-def growth_note(config: GaussianReconConfig, iteration: int, count: int) -> str:
+def growth_note(config: GaussianReconConfig, iteration: int, count: int, stop: int | None = None) -> str:
     """One line on how the count grows from ``count`` Gaussians after ``iteration`` to the end of the run, and the
-    cap (``--max-gaussians``)."""
+    cap (``--max-gaussians``).
+
+    Args:
+        config: the run's settings.
+        iteration: the iteration done (0: the start).
+        count: the Gaussians now.
+        stop: the iteration a run stopped early ends at (``GaussianReconstructor.run``'s ``stop_at``, the
+            ``--refit`` run's); its rounds are those of ``config`` up to it (one after ``stop`` itself included: it
+            runs before the run returns). Default: ``config.iterations``.
+    """
     cap = f"{config.max_gaussians:,}"
-    projection = project_growth(config, iteration, count)
+    stop = config.iterations if stop is None else min(int(stop), config.iterations)
+    rounds = [it for it in round_iterations(config) if it <= stop]
+    projection = project_growth(config, iteration, count, rounds)
+    end = "the end of the run" if stop == config.iterations else f"iteration {stop:,}, where the run stops"
     if projection is None:
-        left = [it for it in round_iterations(config) if it > iteration]
+        left = [it for it in rounds if it > iteration]
         if not left:
             return f"density control: no round left in the run; the count stays at {count:,} Gaussians or below"
         when = f"after iteration {left[0]:,}" if len(left) == 1 else f"from iteration {left[0]:,} to {left[-1]:,}"
@@ -118,7 +133,7 @@ def growth_note(config: GaussianReconConfig, iteration: int, count: int) -> str:
     when = f"after iteration {first:,}" if n == 1 else f"from iteration {first:,} to {last:,}"
     reach = (f"reaching the cap of {cap} (--max-gaussians) at iteration {projection.cap_at:,} at the earliest"
              if projection.cap_at is not None else f"under the cap of {cap} (--max-gaussians)")  # fmt: skip
-    return (f"density control: {count:,} Gaussians now, at most {projection.final:,} at the end of the run "
+    return (f"density control: {count:,} Gaussians now, at most {projection.final:,} at {end} "
             f"({projection.final / max(1, count):.2f}x: {plural(n, 'round')} {when}, each "
             f"adding {config.densify_fraction * 100:g} % of the count; pruning only lowers it), {reach}; each iteration "
             "takes longer as the count grows")  # fmt: skip
@@ -138,14 +153,15 @@ class RunPace(terminal.Pace):
         count: the Gaussians at ``first``.
         window: how many of the last iterations give the pace.
         clock: seconds from a fixed origin (default :func:`time.perf_counter`).
+        stage: words after the time left of a stage short of the run (``" of the half-resolution stage"``).
     """
 
     def __init__(self, first: int, stop: int, config: GaussianReconConfig, count: int, window: int = 50,
-                 clock: Callable[[], float] | None = None) -> None:  # fmt: skip
+                 clock: Callable[[], float] | None = None, stage: str = "") -> None:  # fmt: skip
         super().__init__(first, stop, clock)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        self.config = config
+        self.config, self.stage = config, stage
         self.rounds = round_iterations(config) if config.densify_mode == "toolkit" else None
         self.samples: deque = deque([(self.start, self.first, int(count))], maxlen=window + 1)
 
@@ -165,3 +181,32 @@ class RunPace(terminal.Pace):
         done = sum((b[1] - a[1]) * a[2] for a, b in zip(samples, samples[1:]))  # Gaussian-iterations in the window
         projection = project_growth(self.config, step, count, self.rounds)
         return (t1 - t0) / max(1, done) * work_left(projection, step, count, self.stop)
+
+    def left(self, step: int) -> str:
+        """``", about 12.0 min left"`` after ``step`` (:meth:`seconds_left`), the ``stage`` words after it; ``""`` at
+        the end or before any iteration ran."""
+        text = super().left(step)
+        return text + self.stage if text else ""
+
+
+def progress_bar(config: GaussianReconConfig, iteration: int, progress: bool | str, left: Callable[[int], str]) -> tuple[bool, Any]:
+    """``(lines, bar)`` for ``GaussianReconstructor.run``'s ``progress``: whether to print a line per evaluation,
+    and its tqdm bar (disabled when lines are printed or nothing is shown).
+
+    The bar's time left is ``left`` of its count (:meth:`RunPace.left`, that of the lines;
+    :func:`medgmae.terminal.paced_bar`), not tqdm's (the iterations left at its recent rate).
+
+    Args:
+        config: the run's settings (the bar counts to ``config.iterations``).
+        iteration: the iteration the run (re)starts from.
+        progress: ``True``, ``False`` or ``"lines"`` (``GaussianReconstructor.run``).
+        left: the time left after an iteration, as :meth:`RunPace.left` words it.
+    """
+    from tqdm.auto import tqdm
+
+    if progress not in (True, False, "lines"):
+        raise ValueError(f"progress must be True, False or 'lines', got {progress!r}")
+    lines = progress == "lines" or (progress is True and not terminal.progress_bars_shown())  # a log: no redraws
+    bar = terminal.paced_bar(tqdm)(total=config.iterations, initial=iteration, disable=not progress or lines, left=left,
+                                   desc=f"Gaussian recon ({config.preset_name})", dynamic_ncols=True)  # fmt: skip
+    return lines, bar

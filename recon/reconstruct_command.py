@@ -275,8 +275,9 @@ def _holdout_record(args, rec, result) -> dict | None:
 
 def _refit(rec, init_fn, iteration: int, progress: bool | str):
     """The run of ``rec`` on every view (``init_fn()``: the start from the every-view FBP), stopped at
-    ``iteration``: the same settings and schedule without held-out views. Returns ``(reconstructor, result, its
-    start's evaluation, its initial Gaussians, the seconds they took)``; its ``value_scale`` is its own start's."""
+    ``iteration``: the same settings and schedule without held-out views, its projected growth printed first (to
+    ``iteration``: :func:`recon.growth.growth_note`). Returns ``(reconstructor, result, its start's evaluation, its
+    initial Gaussians, the seconds they took)``; its ``value_scale`` is its own start's."""
     from recon.gaussian_recon import GaussianReconstructor
 
     print(f"--refit: the held-out views chose iteration {iteration}; running again on every view to it, from the "
@@ -288,6 +289,7 @@ def _refit(rec, init_fn, iteration: int, progress: bool | str):
     full = GaussianReconstructor(rec.projector, rec.proj, init, cfg, reference=rec.reference, device=rec.device,
                                  value_scale=value_scale, unit_check=False)  # the reference checked (or not) before
     start_eval = full.evaluate() or None
+    print(growth_note(cfg, 0, full.num_gaussians, stop=iteration), flush=True)  # as the first run's, to its stop
     return full, full.run(progress=progress, stop_at=iteration), start_eval, init, init_seconds
 
 

@@ -1,17 +1,21 @@
 """The count of Gaussians density control leads to (recon.growth.project_growth) against plain integer compounding
-and a real run, and the time left of a growing run (recon.growth.RunPace) against the analytic answer of a fake
-clock whose iterations cost in proportion to the count."""
+and a real run (a --refit run's, stopped early, too), and the time left of a growing run (recon.growth.RunPace)
+against the analytic answer of a fake clock whose iterations cost in proportion to the count, in the lines and on
+the bar of a fake terminal."""
 
+import re
+import sys
 from argparse import Namespace
 
 import pytest
 import torch
+import tqdm.std
 
 from medgmae import terminal
 from medgmae.gaussians import Gaussians3D
 from recon.gaussian_recon import GaussianReconConfig, GaussianReconstructor
 from recon.geometry import CTGeometry
-from recon.growth import RunPace, growth_note, project_growth, round_iterations, work_left
+from recon.growth import RunPace, growth_note, progress_bar, project_growth, round_iterations, work_left
 from recon.presets import sparse_start_growth, toolkit_cap
 from recon.projectors import TorchProjector
 from recon.reconstruct_start import density_overrides
@@ -193,3 +197,120 @@ def test_a_cap_below_the_start_is_refused_before_the_scan_is_read():
     assert init_settings(args(init="medgmae", num_gaussians=50_000), num_voxels=10_000)["grow_to"] == 50_000
     with pytest.raises(CLIError, match="below the start's 50,000"):
         init_settings(args(preset="3dgr-ct", init="medgmae", num_gaussians=50_000), num_voxels=10_000)
+
+
+class _Terminal:
+    """A fake terminal for stderr: keeps every write of the bars."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def drawn(self) -> str:
+        """The bar as last drawn."""
+        return [w for w in self.writes if "Gaussian recon" in w][-1].strip("\r\n")
+
+
+def test_the_bar_shows_the_time_left_of_the_run_pace_not_tqdms(monkeypatch):
+    """On a terminal the reconstruction's bar shows RunPace's time left, the analytic one of a growing run (cost in
+    proportion to the count), where tqdm's own layout shows the iterations left at its recent rate, far short; the
+    bar redraws exactly as often as a plain tqdm bar fed the same iterations on the same clock."""
+    cfg = GaussianReconConfig.preset("toolkit", 4000, **toolkit_cap(5000))
+    rate, start = 3.0 / 50 / 5000, 5000
+    counts = dict(_compound(4000, start, 100, 100, 2400, 5, 200_000)[0])
+    checks = (50, 1000, 2000, 3000)
+    monkeypatch.setattr(terminal, "progress_bars_shown", lambda: True)
+
+    def simulate(paced: bool):
+        """The run's iterations on a fake clock (tqdm's too): the fake terminal and, at the checks, the time left
+        the iterations after them actually took, and tqdm's own estimate then."""
+        now, count, spent, tqdms = [0.0], start, [], {}
+        monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+        pace = RunPace(0, 4000, cfg, start, 50, clock=lambda: now[0])
+        if paced:
+            lines, bar = progress_bar(cfg, 0, True, lambda n: pace.left(n))
+            assert not lines
+        else:
+            bar = tqdm.std.tqdm(total=4000, desc="Gaussian recon (toolkit)", dynamic_ncols=True)
+        drawn = {}
+        with bar:
+            for it in range(1, 4001):
+                spent.append(rate * count)
+                now[0] += spent[-1]
+                count = counts.get(it, count)
+                pace.record(it, count)
+                bar.update(1)
+                if it in checks:
+                    bar.refresh()  # the draw to read (the same in both runs)
+                    drawn[it] = sys.stderr.drawn()
+                    tqdms[it] = (4000 - it) / bar.format_dict["rate"]  # tqdm's: at its recent rate
+        return sys.stderr, drawn, spent, tqdms
+
+    shown, drawn, spent, tqdms = simulate(paced=True)
+    plain, plain_drawn, _, _ = simulate(paced=False)
+    for it in checks:
+        actual = sum(spent[it:])
+        assert f"| {it}/4000 [" in drawn[it] and f", about {terminal.duration_text(actual)} left, " in drawn[it], drawn[it]
+        if it < 2400:  # growth still to come: tqdm's own estimate falls short (237 s said at iteration 50 of 574)
+            assert tqdms[it] < 0.85 * actual, (it, tqdms[it], actual)
+        assert f"<{tqdm.std.tqdm.format_interval(tqdms[it])}" in plain_drawn[it] and "<" not in drawn[it], (plain_drawn[it], drawn[it])
+    assert len(shown.writes) == len(plain.writes)  # the time left asked at tqdm's own redraws, none added
+    assert " left" not in shown.drawn() and "| 4000/4000 [" in shown.drawn()  # the closed bar: no time left
+
+
+def test_a_run_on_a_terminal_shows_its_pace_on_the_bar(monkeypatch):
+    """GaussianReconstructor.run draws its bar with the time left of its pace in place of tqdm's (a redraw at every
+    iteration on tqdm's fake clock), and none once the bar is closed."""
+    g = CTGeometry.parallel((8, 8, 8), 1.0, num_angles=4)
+    proj = TorchProjector(g)(torch.full((8, 8, 8), 0.01))
+    n = 20
+    init = Gaussians3D(1 + 6 * torch.rand(1, n, 3, generator=torch.Generator().manual_seed(0)), torch.full((1, n, 3), 1.5),
+                       torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4), torch.full((1, n), 0.01))  # fmt: skip
+    rec = GaussianReconstructor(TorchProjector(g), proj, init, GaussianReconConfig.preset("toolkit", 6, eval_every=3))
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(tqdm.std, "time", lambda: float(next(ticks)))  # a second a reading: every update redraws
+    monkeypatch.setattr(terminal, "progress_bars_shown", lambda: True)
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    rec.run(progress=True)
+    draws = [w.strip("\r\n") for w in sys.stderr.writes if "Gaussian recon" in w]
+    paced = [d for d in draws if re.search(r"\| [1-5]/6 \[00:\d\d, about \d+\.\d (s|min|h) left, ", d)]
+    assert len(paced) >= 5 and not any("<" in d for d in draws), draws
+    assert "| 6/6 [" in draws[-1] and " left" not in draws[-1]
+
+
+def test_the_refit_run_logs_its_growth_to_its_stop(capsys):
+    """--refit's run on every view prints the projected growth as the first run does, to the iteration it stops at
+    (a round after that iteration runs before it returns); pruning off, the run ends at that count."""
+    from recon.reconstruct_command import _refit
+
+    g = CTGeometry.parallel((12, 12, 12), 1.0, num_angles=6)
+    z, y, x = torch.meshgrid(*(torch.arange(12.0),) * 3, indexing="ij")
+    proj = TorchProjector(g)(0.02 * (((z - 5.5) ** 2 + (y - 6) ** 2 + (x - 5) ** 2) < 16).float())
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    init = Gaussians3D(2 + 8 * torch.rand(1, n, 3, generator=gen), torch.full((1, n, 3), 1.5),
+                       torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4), 0.01 * torch.rand(1, n, generator=gen))  # fmt: skip
+    cfg = GaussianReconConfig.preset("toolkit", 30, densify_from=5, densify_every=5, densify_until=25, densify_fraction=0.3,
+                                     max_gaussians=90, prune_intensity=0.0, prune_scale=0.0, eval_every=30)  # fmt: skip
+    held_out = GaussianReconstructor(TorchProjector(g), proj, init, cfg)  # the first run (not run here)
+    capsys.readouterr()
+    full, result, *_ = _refit(held_out, lambda: (init, None), 10, progress=False)
+    out = capsys.readouterr().out
+    rounds = [(it, count) for it, count in _compound(30, n, 5, 5, 25, 30, 90)[0] if it <= 10]
+    assert rounds == [(5, 52), (10, 68)]
+    assert ("density control: 40 Gaussians now, at most 68 at iteration 10, where the run stops (1.70x: 2 rounds from "
+            "iteration 5 to 10, each adding 30 % of the count") in out, out  # fmt: skip
+    assert result.iterations == 10 and result.gaussians.num_gaussians == 68
+    assert [(r["iteration"], r["num_gaussians"]) for r in result.density_rounds] == rounds
+    assert "at most 52 at iteration 9, where the run stops" in growth_note(cfg, 0, n, stop=9)
+    assert "at the end of the run" in growth_note(cfg, 0, n, stop=30) and "at most 90" in growth_note(cfg, 0, n, stop=30)
