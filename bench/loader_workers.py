@@ -8,7 +8,8 @@ end of its first epoch to the end of its last (``epoch N/M`` lines of the log: t
 loader does not start again). The weights of the two runs of a pair are compared bit for bit (the setting changes
 no draw).
 
-    python bench/loader_workers.py --out /tmp/lw/results.json
+    python bench/loader_workers.py --out /tmp/lw/results.json              # torch's threads: the CPUs
+    python bench/loader_workers.py --threads 1 --out /tmp/lw/results1.json  # OMP_NUM_THREADS=1
     python bench/loader_workers.py --bundle unetr_finetune --epochs 20 --pairs 3
 
 Prints a markdown table (copy it into bench/RESULTS.md with the date, device and command).
@@ -52,7 +53,7 @@ def _epoch_span(log: str) -> float:
     return (stamps[-1] - stamps[0]).total_seconds()
 
 
-def one_run(bundle: str, out: Path, epochs: int, workers: int, keep: bool) -> dict:
+def one_run(bundle: str, out: Path, epochs: int, workers: int, keep: bool, threads: int | None) -> dict:
     """One bundle run in a new process; its wall seconds, its epochs' span and its weights file."""
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                str(REPO / "bundles" / bundle / "configs" / "train.json"), *SETTINGS[bundle], "--device", "cpu",
@@ -61,7 +62,8 @@ def one_run(bundle: str, out: Path, epochs: int, workers: int, keep: bool) -> di
     if bundle == "unetr_finetune":
         command += ["--val_interval", str(epochs)]  # one validation, at the end: the training loader is timed
     t0 = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = dict(os.environ) if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"the run failed (rc {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -84,17 +86,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS of the runs (default: the environment's; torch's default is the CPUs)")
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the raw results")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for pair in range(args.pairs):
-            runs = {keep: one_run(args.bundle, Path(tmp) / f"{pair}-{keep}", args.epochs, args.workers, keep) for keep in (True, False)}
+            runs = {keep: one_run(args.bundle, Path(tmp) / f"{pair}-{keep}", args.epochs, args.workers, keep, args.threads) for keep in (True, False)}
             same = _same_weights(runs[True]["weights"], runs[False]["weights"])
             rows.append({"pair": pair, "same_weights": same, **{f"{'kept' if k else 'started'}_{n}": r[n] for k, r in runs.items() for n in ("wall_s", "epochs_span_s")}})
     per_epoch = [(r["started_epochs_span_s"] - r["kept_epochs_span_s"]) / (args.epochs - 1) for r in rows]
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "bundle": args.bundle, "epochs": args.epochs,
-              "workers": args.workers, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
+              "workers": args.workers, "threads": args.threads or os.environ.get("OMP_NUM_THREADS"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
               "pairs": rows, "saved_per_epoch_s_median": statistics.median(per_epoch),
               "wall_ratio_median": statistics.median(r["started_wall_s"] / r["kept_wall_s"] for r in rows)}  # fmt: skip
     print(f"| pair | kept: wall s | started each epoch: wall s | kept: epochs 2-{args.epochs} s | started: epochs 2-{args.epochs} s | same weights |")
