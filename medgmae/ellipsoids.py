@@ -4,6 +4,13 @@ The ``.ply`` of :mod:`medgmae.ply` holds the Gaussians as vertices without faces
 Slicer loads as points without cells and does not draw. This module writes, beside it, one closed, outward-oriented
 low-poly ellipsoid per Gaussian: an icosphere of unit vectors ``u`` mapped to ``centre + r R S u``, ``R`` the
 Gaussian's rotation and ``S = diag(scales)``, so that every vertex lies at Mahalanobis distance ``r`` from the centre.
+Each vertex carries the ellipsoid's exact outward unit normal there, ``R S^-1 u`` normalised (the direction of
+``Sigma^-1 (x - centre)``, ``Sigma = R S^2 R^T``: the gradient of the Mahalanobis distance), so that a viewer shades
+the few facets as the smooth surface they stand for: 3D Slicer computes no normals for a model it loads, and draws
+one without them flat, facet by facet. ``R S`` has a positive determinant whatever the frame the Gaussians were
+mapped from (an affine that mirrors, such as a scan's whose slice axis runs against its world axis, maps each
+covariance, re-factorised into a rotation and positive scales: :meth:`~medgmae.gaussians.Gaussians3D.transformed`),
+so the triangles turn counterclockwise seen from outside, the side the normals point to.
 
 ``r`` is the **half-maximum** radius ``sqrt(2 ln 2) = 1.1774`` by default: each ellipsoid is the surface where its
 Gaussian falls to half its peak, its full width at half maximum along each of its axes, the usual measure of a
@@ -12,30 +19,31 @@ deviation (61 % of the peak) draws the Gaussians smaller; the renderer's cutoff,
 wider, where neighbours' shells would hide one another.
 
 The file is a binary legacy VTK polydata file (version 4.2, the one 3D Slicer writes): ``POINTS`` (float32, world
-millimetres), ``POLYGONS`` (triangles) and one point-data array, ``intensity`` (float32: each vertex carries its
-Gaussian's intensity, as the ``.ply`` holds it). Its header line carries 3D Slicer's ``SPACE=RAS``: Slicer reads the
-points as RAS (a file without it is taken as LPS, mirrored in x and y against the scan), and a model with point
-scalars opens coloured by them. (A PLY does not serve: VTK's PLY reader, Slicer's, keeps of the vertex properties
-only the position, normal, texture coordinates and ``red`` / ``green`` / ``blue`` / ``alpha`` bytes, and drops a float
-intensity.) Ellipsoid ``i`` is the ``i``-th Gaussian, in the
-``.ply``'s order: its points are rows ``i * V`` to ``(i + 1) * V - 1``, ``V`` the points of one ellipsoid. Every
-Gaussian is drawn, faint ones too: the reconstruction prunes near-zero intensities itself, and Slicer's scalar
-threshold hides the faint ones on screen.
+millimetres), ``POLYGONS`` (triangles) and two point-data arrays: the scalars ``intensity`` (float32: each vertex
+carries its Gaussian's intensity, as the ``.ply`` holds it) and the ``NORMALS`` ``normals`` (float32, unit length,
+outward). Its header line carries 3D Slicer's ``SPACE=RAS``: Slicer reads the points as RAS (a file without it is
+taken as LPS, mirrored in x and y against the scan), and a model with point scalars opens coloured by them. (A PLY
+does not serve: VTK's PLY reader, Slicer's, keeps of the vertex properties only the position, normal, texture
+coordinates and ``red`` / ``green`` / ``blue`` / ``alpha`` bytes, and drops a float intensity.) Ellipsoid ``i`` is
+the ``i``-th Gaussian, in the ``.ply``'s order: its points are rows ``i * V`` to ``(i + 1) * V - 1``, ``V`` the
+points of one ellipsoid. Every Gaussian is drawn, faint ones too: the reconstruction prunes near-zero intensities
+itself, and Slicer's scalar threshold hides the faint ones on screen.
 
-The sphere's resolution follows the count (:func:`sphere_level`), so that a file stays near 50 MB or less up to
-100,000 Gaussians: a Gaussian costs ``16 V + 16 F`` bytes (``F`` triangles), 7,712 bytes at level 2 (162 points, 320
-triangles; up to 6,250 Gaussians), 1,952 at level 1 (42, 80; up to 25,000), 512 at level 0, the icosahedron (12, 20;
-beyond), so 200,000 Gaussians take 102 MB. Gaussians must be in the world frame (RAS millimetres, the toolkit's
-world): the ``SPACE=RAS`` comment says so.
+The sphere's resolution follows the count (:func:`sphere_level`), so that a file stays near 66 MB or less up to
+100,000 Gaussians: a Gaussian costs ``28 V + 16 F`` bytes (``V`` points of 12 bytes, their 12 bytes of normal and 4
+of intensity; ``F`` triangles of 16), 9,656 bytes at level 2 (162 points, 320 triangles; up to 6,250 Gaussians),
+2,456 at level 1 (42, 80; up to 25,000), 656 at level 0, the icosahedron (12, 20; beyond), so 200,000 Gaussians
+take 131 MB. Gaussians must be in the world frame (RAS millimetres, the toolkit's world): the ``SPACE=RAS`` comment
+says so.
 
 A file is built and written a part at a time (:data:`_CHUNK_POINTS` points), so that writing one takes a few tens
 of MB of memory whatever its size; one that would not fit in the free room of its folder's file system is refused
 before anything is written, naming both sizes and the finest level that fits (level 6, 40,962 points a
-Gaussian, takes 1.97 MB a Gaussian: 98 GB for 50,000). Points beyond float32's range (a radius of ``1e308``) are
+Gaussian, takes 2.46 MB a Gaussian: 123 GB for 50,000). Points beyond float32's range (a radius of ``1e308``) are
 refused, as the file holds them in float32.
 
 Zero-shot inference and ``medgmae-recon reconstruct`` write the mesh beside their ``.ply`` only up to
-:data:`MESH_LIMIT` Gaussians (200,000: 102 MB). Above it they write none (and remove one an earlier run left under
+:data:`MESH_LIMIT` Gaussians (200,000: 131 MB). Above it they write none (and remove one an earlier run left under
 that name, which would not be this run's Gaussians) and say so in one line with the command that writes it from the
 ``.ply`` (:func:`skipped_mesh_message`): ``medgmae-ellipsoids GAUSSIANS.ply --out FILE.vtk``
 (:mod:`medgmae.ellipsoids_cli`), which also draws a ``.ply`` at another ``--radius`` or ``--level``.
@@ -79,18 +87,18 @@ __all__ = [
 
 #: The Mahalanobis distance at which a Gaussian falls to half its peak, ``sqrt(2 ln 2)``: the default radius.
 HALF_MAXIMUM_RADIUS = math.sqrt(2.0 * math.log(2.0))
-#: Triangles a file holds at most when the level is chosen by count (about 32 MB of triangles and 16 MB of points);
-#: the icosahedron is drawn beyond it whatever the count.
+#: Triangles a file holds at most when the level is chosen by count (about 32 MB of triangles and 28 MB of points
+#: with their normals and intensities); the icosahedron is drawn beyond it whatever the count.
 TRIANGLE_BUDGET = 2_000_000
 #: The finest icosphere level chosen by count (162 points, 320 triangles); a finer one may be asked for.
 MAX_LEVEL = 2
-#: Gaussians up to which zero-shot inference and ``reconstruct`` write the mesh beside their ``.ply``: 102 MB and 4
-#: million triangles at 200,000 (the icosahedron, 512 bytes a Gaussian; about 3 s to write on two CPU cores). Zero-shot
+#: Gaussians up to which zero-shot inference and ``reconstruct`` write the mesh beside their ``.ply``: 131 MB and 4
+#: million triangles at 200,000 (the icosahedron, 656 bytes a Gaussian; about 3 s to write on two CPU cores). Zero-shot
 #: inference keeps each window's own Gaussians, so a scan gives at most ``num_gaussians`` times its windows: with the
 #: pre-training bundle's defaults (256 Gaussians a 96^3 window of 1.5 mm voxels, no overlap) a whole abdomen, up to
 #: 432 mm a side, is 3 x 3 x 3 windows: at most 6,912 Gaussians, and 48,384 for MedGMAE* (levels of 1, 2 and 4 times
 #: 256: 1,792 a window); 4 windows a side (up to 576 mm) give 16,384 and 114,688. A default reconstruction grows to
-#: one Gaussian per 8 voxels (650,000 on a 256 x 256 x 80 scan: a 333 MB mesh of 13 million triangles, about 7 s to
+#: one Gaussian per 8 voxels (650,000 on a 256 x 256 x 80 scan: a 426 MB mesh of 13 million triangles, about 7 s to
 #: write), which every run would write whether it is looked at or not, and a viewer would have to load whole. Above
 #: it ``medgmae-ellipsoids`` writes the mesh from the ``.ply`` when asked (:func:`skipped_mesh_message`).
 MESH_LIMIT = 200_000
@@ -98,7 +106,7 @@ MESH_LIMIT = 200_000
 _MAX_POINTS = 2**31 - 1
 #: The largest float32: the file holds its points in float32.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-#: Points a file is built with at a time (6 MB of float64 points, 13 MB of their triangles' indices).
+#: Points a file is built with at a time (6 MB of float64 points or normals, 13 MB of their triangles' indices).
 _CHUNK_POINTS = 2**18
 
 
@@ -109,6 +117,7 @@ class EllipsoidMesh(NamedTuple):
         points: ``(K * V, 3)`` float64 vertices in the Gaussians' frame, ``V`` per Gaussian, Gaussian by Gaussian.
         triangles: ``(K * F, 3)`` int64 vertex indices, counterclockwise seen from outside.
         intensities: ``(K * V,)`` float32, each vertex's Gaussian's intensity.
+        normals: ``(K * V, 3)`` float64 unit outward normals of the ellipsoids at the vertices (:func:`_normals`).
         level: the icosphere level (:func:`icosphere`).
         radius: the Mahalanobis distance of every vertex from its Gaussian's centre.
     """
@@ -116,6 +125,7 @@ class EllipsoidMesh(NamedTuple):
     points: np.ndarray
     triangles: np.ndarray
     intensities: np.ndarray
+    normals: np.ndarray
     level: int
     radius: float
 
@@ -160,11 +170,12 @@ def _checked_arrays(gaussians: Gaussians3D) -> tuple[np.ndarray, np.ndarray, np.
 
 
 class _Parts(NamedTuple):
-    """Checked Gaussians (float64 arrays), the radius and the icosphere a mesh is built from (:func:`_parts`)."""
+    """Checked Gaussians (float64 arrays, their rotation matrices computed once for the points and the normals), the
+    radius and the icosphere a mesh is built from (:func:`_parts`)."""
 
     means: np.ndarray
     scales: np.ndarray
-    quats: np.ndarray
+    rotations: np.ndarray
     intensities: np.ndarray
     radius: float
     level: int
@@ -191,14 +202,28 @@ def _parts(gaussians: Gaussians3D, radius: float, level: int | None) -> _Parts:
                          f"out, plus radius {float(radius):.6g} times a scale of {scales[i].max():.3g}): beyond "
                          f"{_FLOAT32_MAX:.3g}, the largest float32, in which the file holds its points; give a smaller "
                          "radius")  # fmt: skip
-    return _Parts(means, scales, quats, intensities, float(radius), int(level), unit, triangles)
+    rotations = quaternion_to_rotation_matrix(torch.from_numpy(quats)).numpy()  # normalised first
+    return _Parts(means, scales, rotations, intensities, float(radius), int(level), unit, triangles)
 
 
 def _points(parts: _Parts, start: int, stop: int) -> np.ndarray:
     """The ``(n * V, 3)`` float64 vertices of Gaussians ``start`` to ``stop - 1``."""
-    rot = quaternion_to_rotation_matrix(torch.from_numpy(parts.quats[start:stop])).numpy()  # normalised first
-    axes = rot * (parts.radius * parts.scales[start:stop])[:, None, :]  # R S r: column j is axis j's half-length vector
-    return (parts.means[start:stop, None, :] + np.einsum("kij,vj->kvi", axes, parts.unit)).reshape(-1, 3)
+    axes = parts.rotations[start:stop] * (parts.radius * parts.scales[start:stop])[:, None, :]  # R S r: column j is
+    # axis j's half-length vector
+    return (parts.means[start:stop, None, :] + parts.unit @ axes.transpose(0, 2, 1)).reshape(-1, 3)  # R S r u
+
+
+def _normals(parts: _Parts, start: int, stop: int) -> np.ndarray:
+    """The ``(n * V, 3)`` float64 unit outward normals at the vertices of Gaussians ``start`` to ``stop - 1``.
+
+    At ``x = centre + r R S u`` the gradient of the Mahalanobis distance, ``Sigma^-1 (x - centre) = r R S^-1 u``, is
+    normal to the ellipsoid and points outward (its dot product with ``x - centre`` is ``r^2 |u|^2 > 0``); it is
+    computed as ``R (min(S) S^-1) u``, whose factors lie in (0, 1], so that no ``1 / s`` overflows, and normalised.
+    """
+    scales = parts.scales[start:stop]
+    inverse = parts.rotations[start:stop] * (scales.min(-1, keepdims=True) / scales)[:, None, :]  # R min(S) S^-1
+    normals = (parts.unit @ inverse.transpose(0, 2, 1)).reshape(-1, 3)
+    return normals / np.sqrt(np.einsum("ni,ni->n", normals, normals))[:, None]
 
 
 def _faces(parts: _Parts, start: int, stop: int) -> np.ndarray:
@@ -210,8 +235,8 @@ def _faces(parts: _Parts, start: int, stop: int) -> np.ndarray:
 def ellipsoid_mesh(gaussians: Gaussians3D, radius: float = HALF_MAXIMUM_RADIUS, level: int | None = None) -> EllipsoidMesh:
     """One ellipsoid per Gaussian: the icosphere's unit vectors ``u`` at ``centre + radius * R S u``.
 
-    The whole mesh is built in memory: 28 bytes a point and 24 a triangle (:func:`save_ellipsoids` builds its file a
-    part at a time instead).
+    The whole mesh is built in memory: 52 bytes a point (its float64 position and normal, its float32 intensity)
+    and 24 a triangle (:func:`save_ellipsoids` builds its file a part at a time instead).
 
     Args:
         gaussians: a :class:`Gaussians3D` with ``B == 1`` (``K == 0`` gives an empty mesh).
@@ -229,14 +254,14 @@ def ellipsoid_mesh(gaussians: Gaussians3D, radius: float = HALF_MAXIMUM_RADIUS, 
     """
     parts = _parts(gaussians, radius, level)
     k, v, f = len(parts.means), len(parts.unit), len(parts.triangles)
-    need, memory = k * (28 * v + 24 * f), memory_limit()
+    need, memory = k * (52 * v + 24 * f), memory_limit()
     if memory is not None and need > memory:
         raise ValueError(f"the mesh of {k:,} Gaussians at level {parts.level} takes {byte_size(need, binary=True)} of "
                          f"arrays, more than the {byte_size(memory, binary=True)} of memory this process may use (the "
                          "machine's memory, or a cgroup or address-space limit): give a lower level, or write it with "
                          "save_ellipsoids, which builds it a part at a time")  # fmt: skip
     return EllipsoidMesh(_points(parts, 0, k), _faces(parts, 0, k), np.repeat(parts.intensities.astype(np.float32), v),
-                         parts.level, parts.radius)  # fmt: skip
+                         _normals(parts, 0, k), parts.level, parts.radius)  # fmt: skip
 
 
 def save_ellipsoids(
@@ -283,6 +308,9 @@ def save_ellipsoids(
         out.write(f"\nPOINT_DATA {n}\nSCALARS intensity float 1\nLOOKUP_TABLE default\n".encode("ascii"))
         for start, stop in spans:
             out.write(np.repeat(parts.intensities[start:stop].astype(">f4"), v).tobytes())
+        out.write(b"\nNORMALS normals float\n")
+        for start, stop in spans:
+            out.write(_normals(parts, start, stop).astype(">f4").tobytes())
         out.write(b"\n")
     return Path(path)
 
@@ -312,15 +340,15 @@ def _check_room(path: Path, count: int, level: int) -> None:
 
 
 def mesh_bytes(count: int, level: int | None = None) -> int:
-    """The bytes of the points, triangles and intensities of a file of ``count`` ellipsoids (its few header lines
-    aside): ``16 V + 16 F`` a Gaussian (module docstring).
+    """The bytes of the points, triangles, intensities and normals of a file of ``count`` ellipsoids (its few header
+    lines aside): ``28 V + 16 F`` a Gaussian (module docstring).
 
     Args:
         count: the number of Gaussians.
         level: the icosphere level; ``None``: :func:`sphere_level` of the count.
     """
     level = sphere_level(count) if level is None else level
-    return count * 16 * ((10 * 4**level + 2) + 20 * 4**level)
+    return count * (28 * (10 * 4**level + 2) + 16 * 20 * 4**level)
 
 
 def over_mesh_limit(count: int) -> bool:

@@ -18,7 +18,7 @@ in its place (``gaussians.ply`` -> ``ellipsoids.vtk``, ``ct_gaussians.ply`` -> `
 the runs give the mesh), any other ``<stem>.ply`` (or another ending) ``<stem>_ellipsoids.vtk``. An existing file
 is replaced only with ``--force``, as ``medgmae-datalist`` does; the file is written whole or not at all
 (:func:`medgmae.ellipsoids.save_ellipsoids`), a part at a time, so that a fine ``--level`` takes no more memory; a
-mesh that would not fit in the free room of the output's file system (``--level 6``: 1.97 MB a Gaussian) and points
+mesh that would not fit in the free room of the output's file system (``--level 6``: 2.46 MB a Gaussian) and points
 beyond the file's float32 (``--radius 1e308``) are refused before anything is written. Exit status 0, or 2 with one
 line naming the problem.
 """

@@ -104,7 +104,7 @@ affine); its header records 'frame world', the volume shape and the voxel-to-wor
 index order, the same as recon.nii.gz and the zero-shot inference PLYs.
 ellipsoids.vtk (reconstruct): the same Gaussians as a mesh 3D Slicer draws over recon.nii.gz (it loads the .ply as
 points it does not draw): one ellipsoid per Gaussian at half maximum, coloured by its intensity, marked SPACE=RAS.
-Written up to 200,000 Gaussians (about 100 MB); above that the closing summary says so and gives the command that
+Written up to 200,000 Gaussians (about 130 MB); above that the closing summary says so and gives the command that
 writes it from gaussians.ply: medgmae-ellipsoids OUT/gaussians.ply --out OUT/ellipsoids.vtk."""
 
 #: The epilog of each subcommand: only the notes that concern its inputs and outputs (``select`` reads the

@@ -13,7 +13,8 @@ from scipy.spatial.transform import Rotation
 def read_vtk_polydata(path: str | Path) -> dict:
     """A binary legacy VTK ``DATASET POLYDATA`` file as written by the VTK format's own description: ``title``,
     ``points`` ``(N, 3)`` float64, ``polygons`` (a list of index arrays, any length), ``scalars`` (name -> ``(N,)``
-    array of the point data). Big-endian binary, as the format requires; anything else fails an assertion."""
+    array of the point data), ``normals`` (name -> ``(N, 3)`` array of the point data's ``NORMALS``). Big-endian
+    binary, as the format requires; anything else fails an assertion."""
     raw = Path(path).read_bytes()
     pos = 0
 
@@ -24,7 +25,7 @@ def read_vtk_polydata(path: str | Path) -> dict:
         return text.strip()
 
     assert line().startswith("# vtk DataFile Version ")
-    out: dict = {"title": line(), "points": None, "polygons": [], "scalars": {}}
+    out: dict = {"title": line(), "points": None, "polygons": [], "scalars": {}, "normals": {}}
     assert line() == "BINARY" and line() == "DATASET POLYDATA"
     point_count = None
     while pos < len(raw):
@@ -51,6 +52,10 @@ def read_vtk_polydata(path: str | Path) -> dict:
             assert line() == "LOOKUP_TABLE default"
             out["scalars"][words[1]] = np.frombuffer(raw, ">f4", point_count, pos).astype(np.float64)
             pos += 4 * point_count
+        elif words[0] == "NORMALS":
+            assert point_count is not None and len(words) == 3 and words[2] == "float", words
+            out["normals"][words[1]] = np.frombuffer(raw, ">f4", 3 * point_count, pos).reshape(-1, 3).astype(np.float64)
+            pos += 12 * point_count
         else:
             raise AssertionError(f"unexpected section {words}")
     return out
@@ -96,3 +101,27 @@ def icosahedron_volume_ratio() -> float:
     circumradius ``a sqrt(10 + 2 sqrt 5) / 4 = 1`` and volume ``5 (3 + sqrt 5) a^3 / 12``."""
     a = 4.0 / math.sqrt(10.0 + 2.0 * math.sqrt(5.0))
     return 5.0 * (3.0 + math.sqrt(5.0)) * a**3 / 12.0 / (4.0 / 3.0 * math.pi)
+
+
+def ellipsoid_normals(points: np.ndarray, centre: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """The outward unit normals of the ellipsoid ``(x - c)^T cov^-1 (x - c) = const`` at ``points`` ``(V, 3)``: the
+    gradient ``cov^-1 (x - c)`` normalised, in float64."""
+    grad = np.linalg.solve(cov, (np.asarray(points, np.float64) - centre).T).T
+    return grad / np.linalg.norm(grad, axis=1, keepdims=True)
+
+
+def facet_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Each vertex's normal as the area-weighted mean of the normals of the triangles around it (the right-hand
+    rule's, counterclockwise seen from the side they point to), normalised: what a viewer computes from the facets."""
+    a, b, c = (points[triangles[:, j]] for j in range(3))
+    weighted = np.cross(b - a, c - a)  # twice the area times the unit normal
+    sums = np.zeros_like(points, dtype=np.float64)
+    for j in range(3):
+        np.add.at(sums, triangles[:, j], weighted)
+    return sums / np.linalg.norm(sums, axis=1, keepdims=True)
+
+
+def angles_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The angle between the rows of ``a`` and ``b`` ``(V, 3)`` in degrees."""
+    cos = np.einsum("vi,vi->v", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))

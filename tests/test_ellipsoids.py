@@ -89,17 +89,21 @@ def test_each_ellipsoid_is_closed_and_turned_outward(tmp_path, seed):
 
 def test_the_level_follows_the_count_and_the_sizes_are_as_stated(tmp_path):
     """The finest icosphere whose ellipsoids hold at most 2 million triangles: 162 points up to 6,250 Gaussians, 42 up
-    to 25,000, the icosahedron beyond; a Gaussian costs 16 bytes a point and 16 a triangle (7,712, 1,952 and 512
-    bytes), so 100,000 Gaussians take 51 MB and 200,000 take 102 MB."""
+    to 25,000, the icosahedron beyond; a Gaussian costs 28 bytes a point (3 float32 coordinates, 3 of its normal, 1
+    intensity) and 16 a triangle (its count and 3 int32 indices): 9,656, 2,456 and 656 bytes, so 100,000 Gaussians
+    take 66 MB and 200,000 take 131 MB; the largest file the levels give up to 100,000 Gaussians, 66 MB."""
     assert [sphere_level(n) for n in (0, 1, 6250, 6251, 25000, 25001, 200_000)] == [2, 2, 2, 1, 1, 0, 0]
     rng = np.random.default_rng(7)
-    for level, per in ((2, 7712), (1, 1952), (0, 512)):
+    for level, per in ((2, 9656), (1, 2456), (0, 656)):
+        v, f = 10 * 4**level + 2, 20 * 4**level
+        assert per == v * (12 + 12 + 4) + f * 4 * 4
         k = 40
         path = save_ellipsoids(tmp_path / f"e{level}.vtk", _gaussians(*_random_gaussians(rng, k)), level=level)
         header = path.stat().st_size - k * per
         assert 0 < header < 400, header  # the section lines
         assert len(read_vtk_polydata(path)["points"]) == k * (10 * 4**level + 2)
-    assert round(100_000 * 512 / 1e6) == 51 and round(200_000 * 512 / 1e6) == 102
+    assert round(100_000 * 656 / 1e6) == 66 and round(200_000 * 656 / 1e6) == 131
+    assert max(round(n * per / 1e6) for n, per in ((6250, 9656), (25_000, 2456), (100_000, 656))) == 66
 
 
 def test_the_quaternions_length_does_not_matter(tmp_path):
@@ -162,14 +166,24 @@ def test_bad_input_is_refused_and_an_earlier_file_kept(tmp_path, what, said):
 
 @pytest.mark.parametrize("count, level", [(3, 0), (5, 1), (4, 2), (300_000, None)])
 def test_mesh_bytes_is_the_size_of_the_file_less_its_header(tmp_path, count, level):
-    """:func:`mesh_bytes` is what a file of that many Gaussians holds besides its few header lines (written and
-    measured here), and the limit's size is the 512 bytes an icosahedron's 12 points and 20 triangles take."""
+    """The file is exactly its section lines (the legacy format's, the title as written) and its binary arrays: ``N``
+    points of 3 float32, ``M`` polygons of a count and 3 int32 indices, ``N`` float32 intensities and ``N`` normals of
+    3 float32; :func:`mesh_bytes` is the arrays' part, and the limit's size the 656 bytes an icosahedron's 12 points
+    and 20 triangles take."""
     from medgmae.ellipsoids import MESH_LIMIT, mesh_bytes
 
     g = Gaussians3D(*(torch.from_numpy(a)[None] for a in _random_gaussians(np.random.default_rng(count), count)))
-    size = save_ellipsoids(tmp_path / "m.vtk", g, level=level).stat().st_size
-    assert 0 < size - mesh_bytes(count, level) < 400
-    assert mesh_bytes(MESH_LIMIT) == MESH_LIMIT * (12 * 16 + 20 * 16)
+    path = save_ellipsoids(tmp_path / "m.vtk", g, level=level)
+    v = 10 * 4 ** (sphere_level(count) if level is None else level) + 2
+    n, m = count * v, count * 2 * (v - 2)  # a closed triangulated sphere: F = 2 V - 4
+    title = read_vtk_polydata(path)["title"]
+    lines = (f"# vtk DataFile Version 4.2\n{title}\nBINARY\nDATASET POLYDATA\nPOINTS {n} float\n"
+             f"\nPOLYGONS {m} {4 * m}\n\nPOINT_DATA {n}\nSCALARS intensity float 1\nLOOKUP_TABLE default\n"
+             "\nNORMALS normals float\n\n")  # fmt: skip
+    arrays = 12 * n + 16 * m + 4 * n + 12 * n
+    assert path.stat().st_size == len(lines) + arrays
+    assert mesh_bytes(count, level) == arrays
+    assert mesh_bytes(MESH_LIMIT) == MESH_LIMIT * (12 * 28 + 20 * 16) == MESH_LIMIT * 656
 
 
 def test_the_limit_is_the_one_the_help_and_docs_state():
@@ -185,7 +199,7 @@ def test_the_limit_is_the_one_the_help_and_docs_state():
     for text in (EPILOG, recon_doc, (root / "README.md").read_text(encoding="utf-8"),
                  (root / "bundles/medgmae_pretrain/docs/README.md").read_text(encoding="utf-8")):  # fmt: skip
         assert f"up to {stated} Gaussians" in " ".join(text.split())
-    assert f"{mesh_bytes(MESH_LIMIT) / 1e6:.0f} MB" == "102 MB"
+    assert f"{mesh_bytes(MESH_LIMIT) / 1e6:.0f} MB" == "131 MB"
 
 
 @pytest.mark.parametrize("radius, scale", [(1e38, 5.0), (1e308, 2.0), (float(np.finfo(np.float64).max), 1.0)])
@@ -249,9 +263,10 @@ def _free_room(monkeypatch, free: int) -> None:
 
 
 def test_a_file_without_room_is_refused_before_it_is_written(tmp_path, monkeypatch):
-    """50 Gaussians at level 6 (40,962 points and 81,920 triangles each: 1,966,112 bytes a Gaussian) with 50 MB free:
-    refused as a write without room before anything is written, naming both sizes and the finest level that fits
-    (level 5: 24.6 MB); with no level that fits, it says to free room. An earlier file stays as it was."""
+    """50 Gaussians at level 6 (40,962 points of 28 bytes and 81,920 triangles of 16 each: 2,457,656 bytes a
+    Gaussian, 123 MB) with 50 MB free: refused as a write without room before anything is written, naming both sizes
+    and the finest level that fits (level 5: 30.7 MB); with no level that fits, it says to free room. An earlier
+    file stays as it was."""
     from medgmae.write_failures import OutputWriteError
 
     path = tmp_path / "e.vtk"
@@ -262,8 +277,9 @@ def test_a_file_without_room_is_refused_before_it_is_written(tmp_path, monkeypat
         save_ellipsoids(path, g, level=6)
     said = refused.value.said
     assert said.startswith(f"{path} could not be written (no room: the ellipsoids of 50 Gaussians at level 6 take "
-                           f"{50 * 1_966_112 / 1e6:.1f} MB, and {tmp_path} has 50.0 MB free): give a lower level "
-                           f"(level 5: {50 * 16 * (10242 + 20480) / 1e6:.1f} MB)"), said  # fmt: skip
+                           f"{50 * 2_457_656 / 1e6:.0f} MB, and {tmp_path} has 50.0 MB free): give a lower level "
+                           f"(level 5: {50 * (28 * 10242 + 16 * 20480) / 1e6:.1f} MB)"), said  # fmt: skip
+    assert 40962 * 28 + 81920 * 16 == 2_457_656 and "take 123 MB" in said and "level 5: 30.7 MB" in said
     _free_room(monkeypatch, 20_000)
     with pytest.raises(OutputWriteError, match="has 20.0 kB free\\): free room there, or write it to another file system"):
         save_ellipsoids(path, g, level=1)
@@ -271,10 +287,11 @@ def test_a_file_without_room_is_refused_before_it_is_written(tmp_path, monkeypat
 
 
 def test_a_mesh_larger_than_the_memory_is_refused(monkeypatch):
-    """``ellipsoid_mesh`` builds the whole mesh in memory (28 bytes a point, 24 a triangle): on a machine of 1 MiB
-    (the system's page count made small) the 20 Gaussians at level 3 (642 points and 1,280 triangles each: 48,696
-    bytes a Gaussian, 973,920 in all) are built, 30 (1,460,880 bytes: 1.39 MiB) are refused naming both sizes in
-    binary units, as memory is counted, and save_ellipsoids."""
+    """``ellipsoid_mesh`` builds the whole mesh in memory (52 bytes a point: float64 position and normal, float32
+    intensity; 24 a triangle: 3 int64 indices): on a machine of 1 MiB (the system's page count made small) the 16
+    Gaussians at level 3 (642 points and 1,280 triangles each: 64,104 bytes a Gaussian, 1,025,664 in all) are built,
+    30 (1,923,120 bytes: 1.83 MiB) are refused naming both sizes in binary units, as memory is counted, and
+    save_ellipsoids."""
     import os
 
     from medgmae.ellipsoids import ellipsoid_mesh
@@ -282,8 +299,10 @@ def test_a_mesh_larger_than_the_memory_is_refused(monkeypatch):
     real = os.sysconf
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 256}.get(name) or real(name))
     rng = np.random.default_rng(10)
-    assert len(ellipsoid_mesh(_gaussians(*_random_gaussians(rng, 20)), level=3).points) == 20 * 642
-    with pytest.raises(ValueError, match=r"^the mesh of 30 Gaussians at level 3 takes 1\.39 MiB of arrays, more than "
+    assert 642 * (3 * 8 + 3 * 8 + 4) + 1280 * 3 * 8 == 64_104 and 16 * 64_104 <= 2**20 < 30 * 64_104
+    built = ellipsoid_mesh(_gaussians(*_random_gaussians(rng, 16)), level=3)
+    assert built.points.shape == built.normals.shape == (16 * 642, 3)
+    with pytest.raises(ValueError, match=r"^the mesh of 30 Gaussians at level 3 takes 1\.83 MiB of arrays, more than "
                        r"the 1\.00 MiB of memory this process may use .*: give a lower level, or write it with "
                        "save_ellipsoids"):  # fmt: skip
         ellipsoid_mesh(_gaussians(*_random_gaussians(rng, 30)), level=3)

@@ -12,7 +12,8 @@ from medgmae.ellipsoids_cli import main
 from medgmae.gaussians import Gaussians3D
 from medgmae.ply import load_ply, save_ply
 
-from ellipsoid_helpers import covariance, mahalanobis, per_gaussian, read_vtk_polydata, signed_volume
+from ellipsoid_helpers import (angles_degrees, covariance, ellipsoid_normals, mahalanobis, per_gaussian,
+                               read_vtk_polydata, signed_volume)  # fmt: skip
 
 HALF_MAXIMUM = float(np.sqrt(2.0 * np.log(2.0)))
 
@@ -76,7 +77,8 @@ def test_radius_and_level_are_those_asked_for(tmp_path):
 def test_a_voxel_file_is_mapped_by_its_headers_affine(tmp_path, capsys):
     """A voxel-frame file with the voxel-to-world affine in its header (oblique, anisotropic, mirrored: determinant
     below 0): each ellipsoid centred on ``A x + t`` of its voxel centre, every vertex at the half maximum under
-    ``M Sigma M^T`` (built here with SciPy), each ellipsoid's triangles still turning outward."""
+    ``M Sigma M^T`` (built here with SciPy), each ellipsoid's triangles still turning outward and each vertex's
+    normal that ellipsoid's outward unit normal, ``(M Sigma M^T)^-1 (x - centre)`` normalised."""
     from scipy.spatial.transform import Rotation
 
     affine = np.eye(4)
@@ -86,7 +88,9 @@ def test_a_voxel_file_is_mapped_by_its_headers_affine(tmp_path, capsys):
     ply = save_ply(tmp_path / "v.ply", g, frame="voxel", shape=(20, 20, 20), affine=affine)
     assert main([str(ply)]) == 0
     assert "(voxel frame mapped to world mm by the header's affine)" in capsys.readouterr().out
-    points, _, triangles = per_gaussian(read_vtk_polydata(tmp_path / "v_ellipsoids.vtk"), 5)
+    mesh = read_vtk_polydata(tmp_path / "v_ellipsoids.vtk")
+    points, _, triangles = per_gaussian(mesh, 5)
+    normals = mesh["normals"]["normals"].reshape(5, -1, 3)
     means, scales, quats, _ = (t[0].double().numpy() for t in g.tensors())
     m, t = affine[:3, :3], affine[:3, 3]
     for i in range(5):
@@ -94,6 +98,8 @@ def test_a_voxel_file_is_mapped_by_its_headers_affine(tmp_path, capsys):
         np.testing.assert_allclose(points[i].mean(0), centre, atol=1e-3)
         np.testing.assert_allclose(mahalanobis(points[i], centre, cov), HALF_MAXIMUM, rtol=1e-3)
         assert signed_volume(points[i] - centre, triangles[i]) > 0
+        assert (np.einsum("vi,vi->v", normals[i], points[i] - centre) > 0).all()
+        assert angles_degrees(normals[i], ellipsoid_normals(points[i], centre, cov)).max() < 0.02
 
 
 def test_frames_3d_slicer_cannot_place_are_refused(tmp_path, capsys):
@@ -177,13 +183,15 @@ def test_a_radius_beyond_float32_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_a_mesh_without_room_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
-    """``--level 6`` on 40 Gaussians (79 MB) where 30 MB are free: refused before anything is written, in one line
-    naming both sizes and the finest level that fits (level 5: 19.7 MB)."""
+    """``--level 6`` on 40 Gaussians (98 MB: 40,962 points of 28 bytes, 81,920 triangles of 16 each) where 30 MB are
+    free: refused before anything is written, in one line naming both sizes and the finest level that fits (level 5:
+    10,242 points and 20,480 triangles each, 24.6 MB)."""
     import shutil
 
     monkeypatch.setattr(shutil, "disk_usage", lambda where: shutil._ntuple_diskusage(10**9, 10**9 - 30_000_000, 30_000_000))
     ply = save_ply(tmp_path / "g.ply", _gaussians(40), frame="world")
     _refused(capsys, [str(ply), "--level", "6"], f"{tmp_path / 'g_ellipsoids.vtk'} could not be written (no room: the "
-             f"ellipsoids of 40 Gaussians at level 6 take {40 * 1_966_112 / 1e6:.1f} MB", "30.0 MB free",
-             "give a lower level (level 5: 19.7 MB)")  # fmt: skip
+             f"ellipsoids of 40 Gaussians at level 6 take {40 * (40962 * 28 + 81920 * 16) / 1e6:.1f} MB",
+             "30.0 MB free",
+             f"give a lower level (level 5: {40 * (10242 * 28 + 20480 * 16) / 1e6:.1f} MB)")  # fmt: skip
     assert not list(tmp_path.glob("*.vtk"))

@@ -55,14 +55,14 @@ def _gaussians(count: int) -> Gaussians3D:
 
 
 def test_the_in_memory_mesh_is_bounded_by_a_containers_limit(monkeypatch, tmp_path):
-    """On a machine of 16 GiB in a cgroup of 1 MiB, the mesh of 20 Gaussians at level 3 (642 points of 28 bytes and
-    1,280 triangles of 24 bytes each: 48,696 bytes a Gaussian, 973,920 in all) is built and 30 (1,460,880 bytes,
-    1.39 MiB) are refused naming both sizes: the machine's memory alone passed them."""
+    """On a machine of 16 GiB in a cgroup of 1 MiB, the mesh of 16 Gaussians at level 3 (642 points of 52 bytes and
+    1,280 triangles of 24 bytes each: 64,104 bytes a Gaussian, 1,025,664 in all) is built and 30 (1,923,120 bytes,
+    1.83 MiB) are refused naming both sizes: the machine's memory alone passed them."""
     from medgmae.ellipsoids import ellipsoid_mesh
 
     patch_memory_limits(monkeypatch, tmp_path, 16 << 30, "1048576\n", None, None)
-    assert len(ellipsoid_mesh(_gaussians(20), level=3).points) == 20 * 642
-    with pytest.raises(ValueError, match=r"^the mesh of 30 Gaussians at level 3 takes 1\.39 MiB of arrays, more than "
+    assert len(ellipsoid_mesh(_gaussians(16), level=3).points) == 16 * 642
+    with pytest.raises(ValueError, match=r"^the mesh of 30 Gaussians at level 3 takes 1\.83 MiB of arrays, more than "
                        r"the 1\.00 MiB of memory this process may use \(the machine's memory, or a cgroup or "
                        r"address-space limit\): give a lower level, or write it with save_ellipsoids"):  # fmt: skip
         ellipsoid_mesh(_gaussians(30), level=3)
