@@ -11,6 +11,11 @@ no draw).
     python bench/loader_workers.py --out /tmp/lw/results.json              # torch's threads: the CPUs
     python bench/loader_workers.py --threads 1 --out /tmp/lw/results1.json  # OMP_NUM_THREADS=1
     python bench/loader_workers.py --bundle unetr_finetune --epochs 20 --pairs 3
+    python bench/loader_workers.py --latency --cache-gb 0.1 4 --workers-list 2 4  # the start of an epoch alone
+
+``--latency`` times, in this process, what an epoch's start costs: a ``SeededDataLoader`` over a MONAI
+``CacheDataset`` holding ``--cache-gb`` of volumes in memory (the process forks with it), one random crop an item,
+the seconds from ``iter(loader)`` to the first batch, kept workers and started ones epoch by epoch in turn.
 
 Prints a markdown table (copy it into bench/RESULTS.md with the date, device and command).
 """
@@ -70,6 +75,47 @@ def one_run(bundle: str, out: Path, epochs: int, workers: int, keep: bool, threa
     return {"wall_s": wall, "epochs_span_s": _epoch_span(done.stdout + done.stderr), "weights": out / WEIGHTS[bundle]}
 
 
+def epoch_starts(cache_gb: float, workers: int, epochs: int) -> dict:
+    """Median seconds from ``iter(loader)`` to the first batch, kept workers against started ones (alternating)."""
+    import numpy as np
+    from monai.data import CacheDataset
+    from monai.transforms import RandSpatialCropd
+
+    from medgmae.engine.seeded_loader import SeededDataLoader
+
+    side, count = 128, max(workers * 2, 8)
+    volumes = max(count, int(cache_gb * 1e9 // (side**3 * 4)))
+    data = [{"image": np.full((1, side, side, side), i, dtype=np.float32)} for i in range(volumes)]
+    dataset = CacheDataset(data, transform=RandSpatialCropd("image", (32, 32, 32), random_size=False), progress=False)
+    loaders = {keep: SeededDataLoader(dataset, batch_size=2, shuffle=True, num_workers=workers, persistent_workers=keep)
+               for keep in (True, False)}  # fmt: skip
+    seconds: dict = {True: [], False: []}
+    for _ in range(epochs):
+        for keep, loader in loaders.items():
+            t0 = time.perf_counter()
+            batches = iter(loader)
+            next(batches)
+            seconds[keep].append(time.perf_counter() - t0)
+            for _ in batches:  # the rest of the epoch, not timed
+                pass
+    del loaders, dataset, data
+    first = {k: v[0] for k, v in seconds.items()}
+    later = {k: statistics.median(v[1:]) for k, v in seconds.items()}
+    return {"cache_gb": round(volumes * side**3 * 4 / 1e9, 2), "workers": workers, "epochs": epochs,
+            "first_epoch_start_s": {"kept": first[True], "started": first[False]},
+            "later_epoch_start_s_median": {"kept": later[True], "started": later[False]}}  # fmt: skip
+
+
+def _latency_main(args: argparse.Namespace) -> dict:
+    rows = [epoch_starts(gb, w, args.epochs) for gb in args.cache_gb for w in args.workers_list]
+    print("| cache in memory | workers | first epoch: to the first batch, kept / started | later epochs: median, kept / started |")
+    print("|---|---|---|---|")
+    for r in rows:
+        f, l = r["first_epoch_start_s"], r["later_epoch_start_s_median"]
+        print(f"| {r['cache_gb']} GB | {r['workers']} | {f['kept']:.3f} / {f['started']:.3f} s | {l['kept']:.3f} / {l['started']:.3f} s |")
+    return {"latency": rows}
+
+
 def _same_weights(a: Path, b: Path) -> bool:
     def tensors(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -88,8 +134,18 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of the runs (default: the environment's; torch's default is the CPUs)")
+    parser.add_argument("--latency", action="store_true", help="time the start of an epoch alone, in this process")
+    parser.add_argument("--cache-gb", type=float, nargs="+", default=[0.1, 4.0], help="--latency: GB of volumes cached")
+    parser.add_argument("--workers-list", type=int, nargs="+", default=[2, 4], help="--latency: worker counts")
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the raw results")
     args = parser.parse_args()
+    if args.latency:
+        result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", **_latency_main(args)}  # fmt: skip
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for pair in range(args.pairs):
