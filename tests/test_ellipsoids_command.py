@@ -4,6 +4,8 @@ nothing written)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -190,8 +192,84 @@ def test_a_mesh_without_room_is_refused_in_one_line(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(shutil, "disk_usage", lambda where: shutil._ntuple_diskusage(10**9, 10**9 - 30_000_000, 30_000_000))
     ply = save_ply(tmp_path / "g.ply", _gaussians(40), frame="world")
-    _refused(capsys, [str(ply), "--level", "6"], f"{tmp_path / 'g_ellipsoids.vtk'} could not be written (no room: the "
-             f"ellipsoids of 40 Gaussians at level 6 take {40 * (40962 * 28 + 81920 * 16) / 1e6:.1f} MB",
-             "30.0 MB free",
-             f"give a lower level (level 5: {40 * (10242 * 28 + 20480 * 16) / 1e6:.1f} MB)")  # fmt: skip
+    err = _refused(capsys, [str(ply), "--level", "6"], f"{tmp_path / 'g_ellipsoids.vtk'} could not be written (no room: the "
+                   f"ellipsoids of 40 Gaussians at level 6 take {40 * (40962 * 28 + 81920 * 16) / 1e6:.1f} MB",
+                   "30.0 MB free",
+                   f"give a lower level (level 5: {40 * (10242 * 28 + 20480 * 16) / 1e6:.1f} MB)")  # fmt: skip
+    assert err.startswith(f"medgmae-ellipsoids: error: {tmp_path / 'g_ellipsoids.vtk'} could not be written"), err
     assert not list(tmp_path.glob("*.vtk"))
+
+
+def test_an_upper_case_vtk_ending_is_a_vtk_file(tmp_path):
+    ply = save_ply(tmp_path / "g.ply", _gaussians(3), frame="world")
+    assert main([str(ply), "--out", str(tmp_path / "mesh.VTK")]) == 0
+    assert read_vtk_polydata(tmp_path / "mesh.VTK")["points"].shape == (3 * 162, 3)
+
+
+@pytest.mark.parametrize("link", [os.link, os.symlink], ids=["hard link", "symbolic link"])
+def test_a_link_to_the_input_is_the_input_even_with_force(tmp_path, capsys, link):
+    """An --out that is another name of the .ply itself is refused, --force or not, and the .ply is kept."""
+    ply = save_ply(tmp_path / "g.vtk", _gaussians(3), frame="world")
+    link(ply, tmp_path / "other.vtk")
+    _refused(capsys, [str(ply), "--out", str(tmp_path / "other.vtk"), "--force"], "is the input itself")
+    assert load_ply(ply)[0].num_gaussians == 3
+
+
+def test_the_input_spelled_through_a_folder_not_made_yet_is_the_input(tmp_path, capsys):
+    """``new/../g.vtk`` names the input though ``new`` does not exist (so it cannot be opened to compare)."""
+    ply = save_ply(tmp_path / "g.vtk", _gaussians(3), frame="world")
+    _refused(capsys, [str(ply), "--out", str(tmp_path / "new" / ".." / "g.vtk"), "--force"], "is the input itself")
+    assert load_ply(ply)[0].num_gaussians == 3 and not (tmp_path / "new").exists()
+
+
+def test_a_default_output_refused_is_named_as_the_default(tmp_path, capsys, monkeypatch):
+    """Where the default output cannot be written, the line calls it the default output and says to give --out;
+    a given --out is called --out and not told to give itself. Both before the .ply is read."""
+    import medgmae.files
+
+    ply = save_ply(tmp_path / "g.ply", _gaussians(3), frame="world")
+    (tmp_path / "g_ellipsoids.vtk").mkdir()
+    _refused(capsys, [str(ply)], f"the default output {tmp_path / 'g_ellipsoids.vtk'} is a folder")
+    monkeypatch.setattr(medgmae.files, "output_dir_problem", lambda folder: f"{folder} cannot be written")
+    (tmp_path / "text.ply").write_text("not a ply")
+    for argv, said in (([str(tmp_path / "text.ply")], f"error: the default output {tmp_path / 'text_ellipsoids.vtk'}: "
+                        f"{tmp_path} cannot be written; give --out a .vtk file in a folder you can write"),
+                       ([str(tmp_path / "text.ply"), "--out", str(tmp_path / "m.vtk")],
+                        f"error: --out {tmp_path / 'm.vtk'}: {tmp_path} cannot be written")):  # fmt: skip
+        assert _refused(capsys, argv).endswith(said)
+
+
+def test_the_readers_message_names_the_file_once(tmp_path, capsys):
+    """The .ply reader's own message names the file already: it is not named again; one that does not is given it."""
+    (tmp_path / "text.ply").write_text("not a ply")
+    assert _refused(capsys, [str(tmp_path / "text.ply")]).count(str(tmp_path / "text.ply")) == 1
+    (tmp_path / "bad.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex abc\nend_header\n")
+    assert _refused(capsys, [str(tmp_path / "bad.ply")]).count(str(tmp_path / "bad.ply")) == 1
+
+
+def test_a_non_finite_affine_is_named_as_such(tmp_path, capsys):
+    affine = np.eye(4)
+    affine[0, 0] = np.nan
+    ply = save_ply(tmp_path / "v.ply", _gaussians(3), frame="voxel", affine=affine)
+    _refused(capsys, [str(ply)], "the header's affine is not a finite voxel-to-world affine")
+
+
+def test_a_missing_input_is_named_before_a_bad_output(tmp_path, capsys):
+    err = _refused(capsys, [str(tmp_path / "none.ply"), "--out", str(tmp_path / "m.ply")], "no such file")
+    assert "--out" not in err
+
+
+def test_the_line_gives_the_points_triangles_and_size_of_the_level_asked(tmp_path, capsys):
+    """Level 1: 42 points a Gaussian of 28 bytes each (position, intensity, normal) and 80 triangles of 16 each:
+    3 x (42 x 28 + 80 x 16) = 7,368 bytes."""
+    ply = save_ply(tmp_path / "g.ply", _gaussians(3), frame="world")
+    capsys.readouterr()
+    assert main([str(ply), "--level", "1"]) == 0
+    said = capsys.readouterr().out.strip()
+    assert said.endswith("as ellipsoids of 42 points and 80 triangles at Mahalanobis radius 1.177, 7.37 kB"), said
+
+
+def test_a_path_from_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_ply(tmp_path / "g.ply", _gaussians(3), frame="world")
+    assert main(["~/g.ply", "--out", "~/m.vtk"]) == 0 and (tmp_path / "m.vtk").is_file()

@@ -112,11 +112,13 @@ def resume_flags(flags: Mapping[str, Any], diff: Sequence[str], saved: Mapping) 
 def unflagged(flags: Mapping[str, Any], diff: Sequence[str], saved: Mapping) -> dict[str, str]:
     """The settings a refusal names whose saved value no flag gives (:func:`resume_flags` gives words for the
     others): those with no flag, and those whose flag cannot say the value (an ``"edge"`` flag and sizes that
-    differ). A setting the saved record lacks is left out (no value to give).
+    differ, sizes that are not whole numbers, an ``"items"`` flag and another number of values). A setting the
+    saved record lacks is left out (no value to give).
 
     Returns:
         ``{setting: why}``, in the order of ``diff``: ``why`` is ``""`` for a setting with no flag, else what its
-        flag takes (``"--image_size takes one size for every side"``).
+        flag takes (``"--image_size takes one size for every side"``, ``"--patch_size takes whole-number sizes, one
+        or one a side"``, ``"--a_min / --a_max take one value each"``).
     """
     checked, out = check_flags(flags), {}
     for name in _named(diff):
@@ -126,10 +128,18 @@ def unflagged(flags: Mapping[str, Any], diff: Sequence[str], saved: Mapping) -> 
         if name not in checked:
             out[name] = ""
         elif _flag_words(checked[name], value) is None:
-            flag = checked[name]
-            out[name] = (f"--{flag[0]} takes one size for every side" if flag[1] == "edge"
-                         else f"{' / '.join('--' + f for f in flag[0])} take one value each")  # fmt: skip
+            out[name] = _takes(checked[name])
     return out
+
+
+def _takes(flag: tuple[Any, str]) -> str:
+    """What a sized or ``"items"`` flag (:func:`check_flags`) takes, said where it cannot give a saved value."""
+    names, form = flag
+    if form == "items":
+        return f"{' / '.join('--' + n for n in names)} take one value each"
+    if form == "edge":
+        return f"--{names} takes one size for every side"
+    return f"--{names} takes whole-number sizes, one or one a side"
 
 
 def _flag_words(flag: Flag, value: Any) -> list[str] | None:
