@@ -233,10 +233,11 @@ def test_a_plain_nifti_named_nii_gz_is_read_as_the_file_it_is(tmp_path, nifti2, 
     assert read_image(tmp_path / "slice.NII.GZ").shape[0] == 1  # one channel: the NIfTI slice, read
 
 
-def test_a_plain_nifti_named_nii_gz_leaves_no_file_open(tmp_path, monkeypatch):
-    """The stream a misnamed plain NIfTI is read through was never closed (a ``ResourceWarning`` at exit of every
-    read): it stays open while an image reads its voxels through it, lazily, and is closed with the last one
-    (the image in millimetres made from a file stating metres included), whether the voxels were read or not."""
+def test_a_plain_nifti_named_nii_gz_leaves_no_file_open_and_its_proxies_outlive_the_image(tmp_path, monkeypatch):
+    """The file a misnamed plain NIfTI is read from is closed as soon as it is opened (its bytes memory-mapped, as
+    nibabel maps a plain ``.nii``), yet the image reads its voxels lazily (the image in millimetres made from a file
+    stating metres included), and a proxy derived from it (``dataobj.reshape``) reads them after the image is freed:
+    the stream the image read through was closed with the image, and such a proxy failed ("seek of closed file")."""
     import gc
 
     import nibabel as nib
@@ -254,13 +255,15 @@ def test_a_plain_nifti_named_nii_gz_leaves_no_file_open(tmp_path, monkeypatch):
     opened = []
     monkeypatch.setattr(reader_module, "open", lambda *a, **k: opened.append(open(*a, **k)) or opened[-1], raising=False)
     image = load_nifti(tmp_path / "ct.nii.gz")
-    assert image.header.get_zooms() == (1.0, 1.0, 2.0) and not opened[-1].closed  # read lazily through it
-    np.testing.assert_array_equal(np.asarray(image.dataobj), array)
+    assert image.header.get_zooms() == (1.0, 1.0, 2.0) and all(stream.closed for stream in opened)
+    np.testing.assert_array_equal(np.asarray(image.dataobj), array)  # read lazily, through the map
+    reshaped = image.dataobj.reshape((4, 3, 2))
     del image
+    gc.collect()
+    np.testing.assert_array_equal(np.asarray(reshaped), array.reshape((4, 3, 2), order="F"))
     np.testing.assert_array_equal(read_volume(tmp_path / "ct.nii.gz").array, array)
     assert load_nifti(tmp_path / "ct.nii.gz").shape == (2, 3, 4)  # the header alone
-    gc.collect()
-    assert len(opened) >= 3 and all(stream.closed for stream in opened)  # the gzip check's own included
+    assert len(opened) >= 5 and all(stream.closed for stream in opened)  # the gzip checks' own included
 
 
 def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -40,23 +39,32 @@ def load_nifti(path: str | os.PathLike):
     if path.name.lower().endswith(".nii") and gzipped:  # nibabel would not recognise the file type
         raise Refused("the file is gzip-compressed but named .nii: rename it to .nii.gz")
     if path.name.lower().endswith(".nii.gz") and not gzipped:  # nibabel goes by the name: read the file as it is
-        stream = open(path, "rb")  # the image's data proxy reads through it (header-only callers read no voxel)
-        try:
-            head = stream.read(4)
-            nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))  # its header's size
-            stream.seek(0)
-            kind = nib.Nifti2Image if nifti2 else nib.Nifti1Image
-            img = kind.from_file_map({"image": nib.FileHolder(fileobj=stream)})
-        except BaseException:
-            stream.close()
-            raise
-        weakref.finalize(img.dataobj, stream.close)  # closed with the last image reading through it (_in_mm's too)
+        view = _mapped(path)  # what the image's data proxies read (header-only callers read no voxel)
+        head = view.read(4)
+        view.seek(0)
+        nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))  # its header's size
+        kind = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+        img = kind.from_file_map({"image": nib.FileHolder(fileobj=view)})
     else:
         img = nib.load(str(path))
     _warn_if_no_frame(img, path)  # by the file's own codes (an image made in mm below states a frame)
     img = _in_mm(img, path)  # before the frames are compared: their distance in mm
     _warn_if_frames_disagree(img, path)
     return img
+
+
+def _mapped(path: Path):
+    """The file's bytes as a read-only memory map (as nibabel maps a plain ``.nii``): no file stays open, and a data
+    proxy derived from the image (``img.dataobj.reshape(...)``, :func:`_in_mm`'s image) reads it as long as it is
+    kept, whatever was freed before it (a stream closed with the first image failed them). An empty file gives an
+    empty stream: nibabel's own error names the missing header."""
+    import io
+    import mmap
+
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return io.BytesIO(b"")
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 #: Millimetres per NIfTI spatial unit other than mm; "unknown" is taken as mm, as ITK takes it.
