@@ -215,7 +215,7 @@ def _named_failure(path: Path, staging: Path | None = None) -> Iterator[None]:
 
 
 @contextmanager
-def staged_outputs(target: str | os.PathLike, remove_stale: bool = False) -> Iterator[Path]:
+def staged_outputs(target: str | os.PathLike, remove_stale: bool = False, last: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a temporary folder beside ``target`` to write a set of outputs into; move them into ``target`` only if
     the block succeeds.
 
@@ -230,6 +230,9 @@ def staged_outputs(target: str | os.PathLike, remove_stale: bool = False) -> Ite
     Args:
         target: the output folder; it and its parents are created if needed.
         remove_stale: remove whatever ``target`` holds that the block did not write.
+        last: names of files (in ``target`` itself) moved after every other, in this order (the others move in name
+            order): what describes or is drawn from the rest, so that a stop between two moves leaves it beside the
+            earlier run's files, never the new ones beside an earlier run's description.
 
     Yields:
         The staging folder to write into.
@@ -241,7 +244,7 @@ def staged_outputs(target: str | os.PathLike, remove_stale: bool = False) -> Ite
     try:
         yield staging
         with _named_failure(target, staging):
-            _move_into(staging, target, remove_stale)
+            _move_into(staging, target, remove_stale, tuple(last))
     except OutputWriteError as e:  # named by the file it was to become, not by the staging folder's
         raise moved_failure(e, staging, target) from e.__cause__
     finally:
@@ -256,11 +259,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _move_into(src: Path, dst: Path, remove_stale: bool) -> None:
-    """Move everything below ``src`` to the same place below ``dst`` (:func:`staged_outputs`)."""
+def _move_into(src: Path, dst: Path, remove_stale: bool, last: tuple[str, ...] = ()) -> None:
+    """Move everything below ``src`` to the same place below ``dst``, ``last`` after the rest (:func:`staged_outputs`)."""
     dst.mkdir(parents=True, exist_ok=True)
     written = set()
-    for item in sorted(src.iterdir()):
+    for item in sorted(src.iterdir(), key=lambda p: (last.index(p.name) + 1 if p.name in last else 0, p.name)):
         written.add(item.name)
         dest, is_dir = dst / item.name, item.is_dir() and not item.is_symlink()
         if remove_stale and (dest.exists() or dest.is_symlink()) and (dest.is_dir() and not dest.is_symlink()) != is_dir:

@@ -175,9 +175,10 @@ def world_gaussians(gaussians, geom: CTGeometry):
 def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray, reference, metrics: dict) -> None:
     """Stage every output and move them into ``out`` when all were written (what ``out`` holds besides, such as
     ``recon_state.pt``, stays); ``ellipsoids.vtk`` only up to :data:`medgmae.ellipsoids.MESH_LIMIT` Gaussians (above
-    it the summary says how to write it). An earlier run's ``ellipsoids.vtk`` is removed once every output is staged,
-    before any moves in: a stop at any point leaves it only beside that run's own outputs, never beside this run's,
-    where it would pass for their mesh."""
+    it the summary says how to write it). An earlier run's ``ellipsoids.vtk`` and ``metrics.json`` are removed once
+    every output is staged, before any moves in, and this run's move in last (the mesh, then the metrics): a stop
+    at any point leaves neither beside outputs of another run, where they would pass for their mesh and record; a
+    folder with a ``metrics.json`` holds one run's outputs, whole."""
     from medgmae.ellipsoids import over_mesh_limit, save_ellipsoids
     from medgmae.files import save_json_atomic, staged_outputs
     from medgmae.ply import save_ply
@@ -186,7 +187,7 @@ def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray
 
     volume, world = result.volume.cpu().numpy(), world_gaussians(result.gaussians, geom)
     without_mesh = over_mesh_limit(world.num_gaussians)
-    with staged_outputs(out) as stage:
+    with staged_outputs(out, last=(MESH, "metrics.json")) as stage:
         save_nifti(stage / "recon.nii.gz", volume, geom.default_affine())
         # the header in the NIfTI's (I, J, K) = (x, y, z) order: recon.nii.gz's shape and affine, as zero-shot PLYs
         save_ply(stage / "gaussians.ply", world, frame="world", shape=tuple(geom.volume_shape[::-1]),
@@ -197,4 +198,5 @@ def write_reconstruction(out: Path, geom: CTGeometry, result, fbp_np: np.ndarray
         draw_curve(result.history, stage / "curve.png", (metrics.get("holdout") or {}).get("errors"),
                    (metrics.get("fbp") or {}).get("psnr"), (metrics.get("start") or {}).get("psnr"))
         draw_slices({"FBP": fbp_np, "Gaussians": volume}, stage / "slices.png", geom.default_affine(), reference)
-        (out / MESH).unlink(missing_ok=True)  # the earlier run's, first: the staged outputs move in next
+        for earlier in (MESH, "metrics.json"):  # the earlier run's, first: the staged outputs move in next
+            (out / earlier).unlink(missing_ok=True)

@@ -149,3 +149,18 @@ def test_a_torchscript_file_is_named_as_one_without_advice_to_load_unsafely(tmp_
     assert "weights_only" not in message and not [w for w in recwarn if "TorchScript" in str(w.message)]
     torch.save({"a": torch.zeros(2)}, tmp_path / "plain.pt")  # a torch.save archive is not taken for one
     assert load_torch_file(tmp_path / "plain.pt")["a"].shape == (2,)
+
+
+def test_the_files_named_last_move_in_after_the_others_in_their_order(tmp_path, monkeypatch):
+    """``last``: the record and what is drawn from the rest move in after every other file (name order), in the
+    order given; a file in a sub-folder keeps the name order of its folder."""
+    import os
+
+    moved, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: moved.append(os.path.relpath(dst, tmp_path)) or replace(src, dst))
+    with staged_outputs(tmp_path / "out", last=("z.json", "b.vtk")) as stage:
+        for name in ("z.json", "b.vtk", "a.ply", "c.png", "sub/b.vtk", "sub/a.txt"):
+            (stage / name).parent.mkdir(exist_ok=True)
+            (stage / name).write_text(name)
+    assert moved == ["out/a.ply", "out/c.png", "out/sub/a.txt", "out/sub/b.vtk", "out/z.json", "out/b.vtk"]
+    assert all((tmp_path / m).read_text() == m[len("out/"):] for m in moved)

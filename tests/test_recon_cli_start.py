@@ -122,8 +122,11 @@ def test_above_the_mesh_limit_no_ellipsoids_vtk_and_the_summary_gives_the_comman
 @pytest.mark.parametrize("limit", [50, None])  # above the limit (no mesh written), and within it
 def test_an_earlier_runs_mesh_is_never_beside_this_runs_outputs(scan, tmp_path, monkeypatch, limit):
     """An earlier run's ``ellipsoids.vtk`` was removed after this run's outputs had moved in (above the limit) or
-    replaced after ``curve.png`` (within it): a stop in between left it beside new Gaussians, as their mesh. Every
-    file replacement of the run is watched: at none of them is the earlier mesh beside one of this run's outputs."""
+    replaced after ``curve.png`` (within it): a stop in between left it beside new Gaussians, as their mesh; files
+    moved in name order, so the new mesh could stand beside the earlier ``gaussians.ply``, and the earlier
+    ``metrics.json`` beside new outputs. Every file replacement of the run is watched: at none of them is the earlier
+    mesh or record beside one of this run's outputs, nor this run's mesh beside the earlier Gaussians, and once this
+    run's ``metrics.json`` is there every output is this run's."""
     import os
 
     from medgmae import ellipsoids
@@ -138,12 +141,10 @@ def test_an_earlier_runs_mesh_is_never_beside_this_runs_outputs(scan, tmp_path, 
         monkeypatch.setattr(ellipsoids, "MESH_LIMIT", limit)
     seen, replace = [], os.replace
 
-    def state() -> tuple[bool, list[str]]:
-        """Whether the earlier mesh is there, and which of this run's outputs are."""
-        mesh = out / "ellipsoids.vtk"
-        old_mesh = mesh.is_file() and mesh.read_bytes() == earlier["ellipsoids.vtk"]
-        new = [n for n in names if n != "ellipsoids.vtk" and (out / n).is_file() and (out / n).read_bytes() != earlier[n]]
-        return old_mesh, new
+    def state() -> tuple[list[str], list[str]]:
+        """Which of the earlier run's files are there, and which of this run's."""
+        there = [n for n in names if (out / n).is_file()]
+        return [n for n in there if (out / n).read_bytes() == earlier[n]], [n for n in there if (out / n).read_bytes() != earlier[n]]
 
     def watched(src, dst, *args, **kwargs):  # a stop can fall before each replacement or after it
         seen.append(state())
@@ -153,9 +154,11 @@ def test_an_earlier_runs_mesh_is_never_beside_this_runs_outputs(scan, tmp_path, 
     monkeypatch.setattr(os, "replace", watched)
     assert main([*few_gaussians_args(scan, out), "--checkpoint-every", "0"]) == 0
     seen.append(state())
-    assert [new for old_mesh, new in seen if old_mesh and new] == []
-    assert any(new for _, new in seen) and sorted(seen[-1][1]) == sorted(n for n in names if n != "ellipsoids.vtk")
-    assert (out / "ellipsoids.vtk").is_file() == (limit is None) and not seen[-1][0]
+    written = sorted(n for n in names if n != "ellipsoids.vtk" or limit is None)
+    assert [(old, new) for old, new in seen if new and ("ellipsoids.vtk" in old or "metrics.json" in old)] == []
+    assert [(old, new) for old, new in seen if "ellipsoids.vtk" in new and "gaussians.ply" in old] == []
+    assert [(old, new) for old, new in seen if "metrics.json" in new and sorted(new) != written] == []
+    assert any(new for _, new in seen) and sorted(seen[-1][1]) == written and seen[-1][0] == []
 
 
 def test_sparse_note_names_what_limits_a_grown_start(tmp_path, capsys):
