@@ -79,18 +79,25 @@ def test_the_projected_counts_of_the_documented_runs():
     assert "the growth follows the data" in growth_note(GaussianReconConfig.preset("3dgr-ct", 1000), 0, 100)
 
 
-def test_a_real_run_without_pruning_ends_at_the_projected_count():
-    """Pruning off (no intensity or size bound): every round adds what the projection says, the cap included."""
+def _unpruned_run():
+    """A 12^3 ball seen in 6 parallel views, 40 random Gaussians, 30 iterations with a round every 5 from 5 to 25 adding
+    30 % each, capped at 90, pruning off: ``(geometry, projections, start, config)``."""
     g = CTGeometry.parallel((12, 12, 12), 1.0, num_angles=6)
     z, y, x = torch.meshgrid(*(torch.arange(12.0),) * 3, indexing="ij")
-    volume = 0.02 * (((z - 5.5) ** 2 + (y - 6) ** 2 + (x - 5) ** 2) < 16).float()
-    proj = TorchProjector(g)(volume)
+    proj = TorchProjector(g)(0.02 * (((z - 5.5) ** 2 + (y - 6) ** 2 + (x - 5) ** 2) < 16).float())
     gen = torch.Generator().manual_seed(0)
     n = 40
     init = Gaussians3D(2 + 8 * torch.rand(1, n, 3, generator=gen), torch.full((1, n, 3), 1.5),
                        torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4), 0.01 * torch.rand(1, n, generator=gen))  # fmt: skip
     cfg = GaussianReconConfig.preset("toolkit", 30, densify_from=5, densify_every=5, densify_until=25, densify_fraction=0.3,
                                      max_gaussians=90, prune_intensity=0.0, prune_scale=0.0, eval_every=30)  # fmt: skip
+    return g, proj, init, cfg
+
+
+def test_a_real_run_without_pruning_ends_at_the_projected_count():
+    """Pruning off (no intensity or size bound): every round adds what the projection says, the cap included."""
+    g, proj, init, cfg = _unpruned_run()
+    n = init.num_gaussians
     rec = GaussianReconstructor(TorchProjector(g), proj, init, cfg)
     result = rec.run(progress=False)
     expected, cap_at = _compound(30, n, 5, 5, 25, 30, 90)
@@ -293,15 +300,8 @@ def test_the_refit_run_logs_its_growth_to_its_stop(capsys):
     (a round after that iteration runs before it returns); pruning off, the run ends at that count."""
     from recon.reconstruct_command import _refit
 
-    g = CTGeometry.parallel((12, 12, 12), 1.0, num_angles=6)
-    z, y, x = torch.meshgrid(*(torch.arange(12.0),) * 3, indexing="ij")
-    proj = TorchProjector(g)(0.02 * (((z - 5.5) ** 2 + (y - 6) ** 2 + (x - 5) ** 2) < 16).float())
-    gen = torch.Generator().manual_seed(0)
-    n = 40
-    init = Gaussians3D(2 + 8 * torch.rand(1, n, 3, generator=gen), torch.full((1, n, 3), 1.5),
-                       torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4), 0.01 * torch.rand(1, n, generator=gen))  # fmt: skip
-    cfg = GaussianReconConfig.preset("toolkit", 30, densify_from=5, densify_every=5, densify_until=25, densify_fraction=0.3,
-                                     max_gaussians=90, prune_intensity=0.0, prune_scale=0.0, eval_every=30)  # fmt: skip
+    g, proj, init, cfg = _unpruned_run()
+    n = init.num_gaussians
     held_out = GaussianReconstructor(TorchProjector(g), proj, init, cfg)  # the first run (not run here)
     capsys.readouterr()
     full, result, *_ = _refit(held_out, lambda: (init, None), 10, progress=False)
