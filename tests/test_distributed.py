@@ -3,6 +3,7 @@
 import pytest
 import torch.distributed as dist
 
+from distributed_helpers import end_without_teardown, meet
 from medgmae.distributed import barrier, end_process_group, in_process_group, is_main_process, process_rank, rank_world
 
 
@@ -30,29 +31,6 @@ def test_inside_a_process_group_the_group_decides(tmp_path, monkeypatch):
     assert not in_process_group()
 
 
-def _meet(store: str, rank: int, world: int) -> None:
-    """Wait (up to 2 minutes) until all ``world`` spawned processes have started: each imports torch and the
-    toolkit first, which on a loaded machine takes seconds longer in one than in another."""
-    from datetime import timedelta
-
-    meeting = dist.FileStore(f"{store}.meet", world)
-    meeting.set_timeout(timedelta(minutes=2))
-    meeting.set(f"rank{rank}", "started")
-    meeting.wait([f"rank{r}" for r in range(world)])
-
-
-def _end_without_teardown() -> None:
-    """End a spawned process, its results written, without the interpreter's teardown: there gloo's own clean-up,
-    after ``destroy_process_group``, aborts a few processes in a hundred (``terminate called without an active
-    exception``, SIGABRT) on this PyTorch, which is not what these tests check."""
-    import os
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def _two_ranks(rank: int, store: str, fail: bool | str, results: str) -> None:
     """One of two gloo processes: rank 0 does (or fails) the work, both record how main_process_only ended.
     ``fail="advice"``: the work raises the given error type carrying an attribute (a count the message advises);
@@ -76,7 +54,7 @@ def _two_ranks(rank: int, store: str, fail: bool | str, results: str) -> None:
         done.append(1)
 
     timeout = timedelta(seconds=2 if fail == "slow" else 60)
-    _meet(store, rank, 2)  # the 2 s timeout also bounds the group's set-up: a rank started late must not hit it
+    meet(store, rank, 2)  # the 2 s timeout also bounds the group's set-up: a rank started late must not hit it
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timeout)
     done = []
     try:
@@ -89,7 +67,7 @@ def _two_ranks(rank: int, store: str, fail: bool | str, results: str) -> None:
         outcome["groups"] = len(dist.distributed_c10d._world.pg_map)
         dist.destroy_process_group()
     Path(results, f"{rank}.json").write_text(json.dumps(outcome))
-    _end_without_teardown()
+    end_without_teardown()
 
 
 @pytest.mark.parametrize("fail", [False, True, "advice", "slow"])
@@ -134,7 +112,7 @@ def _three_ranks_share(rank: int, store: str, results: str) -> None:
     finally:
         dist.destroy_process_group()
     Path(results, f"{rank}.json").write_text(json.dumps(outcome))
-    _end_without_teardown()
+    end_without_teardown()
 
 
 def test_shard_sampler_deals_the_items_out_and_gather_in_order_puts_them_back():

@@ -279,6 +279,7 @@ def test_ddp_resume_matches_an_uninterrupted_two_node_run(runs, tmp_path, stop_w
     assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
     assert not any(k.startswith("module.") for k in first["objects"]["model"])
     assert "train_loss" in proc.stdout + proc.stderr
+    assert "validation (2 crops, fixed masks; shared out over 2 processes)" in proc.stdout + proc.stderr
     resumed = succeeded(bundle_process(*common, "2", "--output_dir", str(out), "--resume", "true", cwd=tmp_path, threads=1,
                           launcher=standalone))  # fmt: skip
     assert "resumed from" in resumed.stdout + resumed.stderr

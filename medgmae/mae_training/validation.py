@@ -5,7 +5,9 @@ volume and sample, the same in every run and after a resume), masks each with it
 ``interval`` epochs scores the model's reconstruction on the masked voxels: the loss (masked MSE), PSNR and SSIM.
 The values go to the log, TensorBoard (``val/loss``, ``val/psnr``, ``val/ssim``) and a
 :class:`~medgmae.engine.MetricHistory`; the model with the best PSNR is written as ``best_model.pt`` in
-``model.pt``'s format. MedGMAE, MedGMAE* and the voxel-MAE baseline are scored the same way.
+``model.pt``'s format. MedGMAE, MedGMAE* and the voxel-MAE baseline are scored the same way. Under torchrun the
+crops are shared out among the processes (rank ``r`` scores crops ``r, r + W, ...``) and their values gathered back
+in crop order, so the means are the ones one process computes from the same per-crop values.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ignite.engine import Engine, Events
 from torch import Tensor
 
 from medgmae.checkpoint import lost_best_warning
+from medgmae.distributed import gather_in_order, rank_world
 from medgmae.engine import MetricHistory, is_main_process, unwrap_model
 from medgmae.networks.mae_base import MAEOutput
 from medgmae.torch_files import save_torch_atomic
@@ -27,6 +30,7 @@ from medgmae.whole_numbers import nonnegative_count, positive_count
 
 __all__ = [
     "BEST_MODEL_FILE",
+    "VALIDATION_METRICS",
     "MaskedValidationHandler",
     "masked_psnr",
     "masked_psnr_per_sample",
@@ -38,6 +42,9 @@ logger = logging.getLogger("medgmae.mae_training")
 
 #: the best validation model, in ``model.pt``'s format
 BEST_MODEL_FILE = "best_model.pt"
+
+#: what :meth:`MaskedValidationHandler.evaluate` scores, in the order of a crop's values
+VALIDATION_METRICS = ("loss", "psnr", "ssim")
 
 
 def masked_psnr_per_sample(pred: Tensor, target: Tensor, mask: Tensor, data_range: float = 1.0) -> Tensor:
@@ -185,8 +192,10 @@ def _best_epoch(extra: dict) -> int | None:
 class MaskedValidationHandler:
     """Score the model on fixed validation crops with fixed masks every ``interval`` epochs and keep the best.
 
-    Runs on the main process only, after the epoch (and at the last epoch in any case). Attach it before the
-    checkpoint handler so that each epoch's checkpoint holds its validation result (``history``).
+    Runs after the epoch (and at the last epoch in any case). Under a process group every rank runs it: each scores
+    its share of the crops (:meth:`evaluate`) and rank 0 alone logs, records, writes TensorBoard and
+    ``best_model.pt``. Attach it before the checkpoint handler so that each epoch's checkpoint holds its validation
+    result (``history``).
 
     Args:
         network: the model being trained (DDP wrappers are removed).
@@ -289,23 +298,39 @@ class MaskedValidationHandler:
             model.train(was_training)
         return x, out
 
+    def crop_metrics(self, index: int) -> tuple[float, float, float]:
+        """Masked-voxel ``loss`` (MSE), ``psnr`` (dB) and ``ssim`` of crop ``index`` under its fixed mask
+        (:data:`VALIDATION_METRICS`' order)."""
+        x, out = self.masked_output(index)
+        psnr, ssim = masked_psnr_per_sample(out.pred, x, out.mask)[0], masked_ssim(out.pred, x, out.mask)[0]
+        return float(out.loss), float(psnr), float(ssim)
+
     def evaluate(self) -> dict[str, float]:
-        """Mean masked-voxel ``loss`` (MSE), ``psnr`` (dB) and ``ssim`` over the fixed crops."""
-        sums = {"loss": 0.0, "psnr": 0.0, "ssim": 0.0}
+        """Mean masked-voxel ``loss`` (MSE), ``psnr`` (dB) and ``ssim`` over the fixed crops.
+
+        Under a process group of ``W`` ranks, rank ``r`` scores crops ``r, r + W, ...`` (none when there are fewer
+        crops than ranks) through the unwrapped model, which runs no collective of DDP's; the per-crop values are
+        all-gathered back into crop order and summed in that order, as one process sums them. Every rank must
+        call it, at the same point (the gather is a collective), and every rank gets the same means.
+
+        Returns:
+            ``{"loss": ..., "psnr": ..., "ssim": ...}``.
+        """
         n = len(self.crops())
-        for i in range(n):
-            x, out = self.masked_output(i)
-            sums["loss"] += float(out.loss)
-            sums["psnr"] += float(masked_psnr_per_sample(out.pred, x, out.mask)[0])
-            sums["ssim"] += float(masked_ssim(out.pred, x, out.mask)[0])
+        rank, world = rank_world()
+        values = gather_in_order([self.crop_metrics(i) for i in range(rank, n, world)])
+        sums = dict.fromkeys(VALIDATION_METRICS, 0.0)
+        for crop in values:  # crop order, whatever the number of processes
+            for name, value in zip(VALIDATION_METRICS, crop):
+                sums[name] += value
         return {k: v / n for k, v in sums.items()}
 
     def __call__(self, engine: Engine) -> None:
+        self.check_best_file()  # rank 0; the others pass
+        epoch = engine.state.epoch
+        metrics = self.evaluate()  # every rank: its share of the crops
         if not is_main_process():
             return
-        self.check_best_file()
-        epoch = engine.state.epoch
-        metrics = self.evaluate()
         for name, value in metrics.items():
             self.history.record(f"val_{name}", epoch, value)
             if self.writer is not None:  # at the iteration, as train_loss: a resume's purge step then covers it
@@ -315,8 +340,10 @@ class MaskedValidationHandler:
         improved = self.history.update_best(epoch, metrics["psnr"])
         if improved:
             save_best_model(self.network, self.output_dir, epoch=epoch, psnr=metrics["psnr"])
+        processes = rank_world()[1]
         logger.info(
-            "epoch %d validation (%d %s, fixed masks): masked PSNR %.2f dB, SSIM %.4f, loss %.5f; best PSNR %.2f dB "
-            "at epoch %d%s", epoch, len(self.crops()), self.item_name, metrics["psnr"], metrics["ssim"], metrics["loss"],
+            "epoch %d validation (%d %s, fixed masks%s): masked PSNR %.2f dB, SSIM %.4f, loss %.5f; best PSNR %.2f dB "
+            "at epoch %d%s", epoch, len(self.crops()), self.item_name, f"; shared out over {processes} processes"
+            if processes > 1 else "", metrics["psnr"], metrics["ssim"], metrics["loss"],
             self.history.best_value, self.history.best_epoch, f" (wrote {BEST_MODEL_FILE})" if improved else "",
         )  # fmt: skip
